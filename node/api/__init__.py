@@ -1,0 +1,1 @@
+"""The operator, management and (later) regulator HTTP API (FastAPI, OpenAPI)."""

@@ -1,0 +1,78 @@
+"""Public request/response models of the operator API (never the storage tables)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+
+class Health(BaseModel):
+    status: str
+    name: str
+    member_id: str
+    role: str
+    schema_version: str
+
+
+class NodeInfo(BaseModel):
+    name: str
+    member_id: str
+    role: str
+    space: str
+    grpc_address: str
+    certificate_fingerprint: str
+    certificate_not_after: str
+    verify_key_hex: str
+    database: str
+    peers: dict[str, str]
+
+
+class RowErrorPublic(BaseModel):
+    source: str
+    line: int
+    field: str
+    reason: str
+
+
+class IngestResult(BaseModel):
+    kind: str
+    source: str
+    accepted: int
+    duplicates: int
+    rejected: list[RowErrorPublic]
+
+
+class IngestRows(BaseModel):
+    rows: list[dict[str, Any]] = Field(description="QDM rows of one kind; line = index + 1")
+    source: str = "api"
+
+
+class HelloPublic(BaseModel):
+    peer: str
+    peer_member_id: str
+    peer_role: str
+    seen_as: str
+    seen_as_role: str
+    round_trip_ms: float
+
+
+class BatchPublic(BaseModel):
+    batch_id: str
+    material: str
+    kind: str
+    producer: str
+    quantity: float
+
+
+class UpstreamPublic(BaseModel):
+    batch: BatchPublic
+    parents: list[BatchPublic]
+
+
+class Problem(BaseModel):
+    """An RFC 9457-style error body."""
+
+    title: str
+    detail: str
+    status: int

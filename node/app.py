@@ -1,0 +1,143 @@
+"""The composition root: wire settings, keys, store and servers once, then serve.
+
+``run_node`` is what ``qdspace node start`` runs: it binds both ports before
+starting anything (so a port in use is one clear error and nothing half-started),
+serves gRPC and the operator API in one event loop, and stops both gracefully on
+SIGTERM or SIGINT.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import signal
+import socket
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import uvicorn
+
+from node.api.app import create_app
+from node.config import NodeSettings
+from node.context import NodeContext, build_context
+from node.errors import PortInUseError
+from node.identity.files import write_atomic
+from node.rpc.auth import PeerAuthenticator
+from node.rpc.node_service import NodeServicer
+from node.rpc.server import PeerServer, build_server
+from node.rpc.trace_service import TraceServicer
+
+logger = logging.getLogger("node")
+
+RUNTIME_FILE = "runtime.json"
+
+
+def bind_api_socket(host: str, port: int) -> socket.socket:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise PortInUseError(f"cannot bind API port {host}:{port}: {exc.strerror}") from None
+    sock.listen(128)
+    sock.set_inheritable(True)
+    return sock
+
+
+class _Uvicorn(uvicorn.Server):
+    """uvicorn without its own signal handling: the node owns SIGTERM."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+def build_peer_server(ctx: NodeContext) -> PeerServer:
+    servicers = [NodeServicer(ctx.keys.identity), TraceServicer(ctx.store)]
+    return build_server(
+        ctx.keys,
+        PeerAuthenticator(ctx.revocations),
+        [s.register for s in servicers],
+        ctx.settings.grpc_host,
+        ctx.settings.grpc_port,
+    )
+
+
+def runtime_path(directory: Path) -> Path:
+    return directory / "run" / RUNTIME_FILE
+
+
+def read_runtime(directory: Path) -> dict[str, object] | None:
+    try:
+        data: dict[str, object] = json.loads(runtime_path(directory).read_text())
+    except (FileNotFoundError, ValueError):
+        return None
+    return data
+
+
+async def serve(ctx: NodeContext, stop: asyncio.Event) -> None:
+    settings = ctx.settings
+    api_sock = bind_api_socket(settings.api_host, settings.api_port)
+    try:
+        peer_server = build_peer_server(ctx)
+    except PortInUseError:
+        api_sock.close()
+        raise
+    api_port = api_sock.getsockname()[1]
+    app = create_app(ctx)
+    config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="on")
+    api = _Uvicorn(config)
+    await peer_server.start()
+    api_task = asyncio.create_task(api.serve(sockets=[api_sock]))
+    while not api.started and not api_task.done():
+        await asyncio.sleep(0.01)
+    if api_task.done():
+        await peer_server.stop(0)
+        api_task.result()
+    runtime = {
+        "pid": os.getpid(),
+        "name": settings.name,
+        "member_id": ctx.keys.identity.member_id,
+        "role": settings.role,
+        "grpc": f"{settings.grpc_host}:{peer_server.port}",
+        "api": f"http://{settings.api_host}:{api_port}",
+        "started_at": time.time(),
+    }
+    write_atomic(runtime_path(settings.directory), json.dumps(runtime, indent=2).encode())
+    logger.info(
+        "node %s (%s) serving gRPC on %s and API on %s",
+        settings.name, settings.role, runtime["grpc"], runtime["api"],
+    )
+    try:
+        await stop.wait()
+    finally:
+        logger.info("node %s shutting down (grace %.1fs)", settings.name, settings.shutdown_grace_s)
+        api.should_exit = True
+        await peer_server.stop(settings.shutdown_grace_s)
+        await api_task
+        await ctx.peers.close()
+        runtime_path(settings.directory).unlink(missing_ok=True)
+        logger.info("node %s stopped", settings.name)
+
+
+def run_node(directory: Path) -> None:
+    """Load, wire and serve a node until SIGTERM/SIGINT."""
+    settings = NodeSettings.load(directory)
+    ctx = build_context(settings)
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await serve(ctx, stop)
+
+    try:
+        asyncio.run(main())
+    finally:
+        ctx.close()

@@ -1,0 +1,273 @@
+"""The ``qdspace`` command line: thin commands over the node's wiring."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from connector.errors import ConnectorError
+from node.errors import NodeError
+
+app = typer.Typer(no_args_is_help=True, add_completion=False, help="qdspace connector node")
+authority_app = typer.Typer(no_args_is_help=True, help="the data space's authority (CA)")
+node_app = typer.Typer(no_args_is_help=True, help="a member's connector node")
+peer_app = typer.Typer(no_args_is_help=True, help="calls to other members")
+app.add_typer(authority_app, name="authority")
+app.add_typer(node_app, name="node")
+app.add_typer(peer_app, name="peer")
+
+console = Console()
+err = Console(stderr=True)
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+DirOpt = Annotated[Path, typer.Option("--dir", help="node directory")]
+
+
+def clean_errors(fn: F) -> F:
+    """Known errors become one line on stderr and exit code 1, never a traceback."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except (NodeError, ConnectorError) as exc:
+            err.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
+            raise typer.Exit(1) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def setup_logging(level: str, logfile: Path | None = None) -> None:
+    handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
+    if logfile is not None:
+        logfile.parent.mkdir(parents=True, exist_ok=True)
+        handlers.append(logging.FileHandler(logfile))
+    logging.basicConfig(
+        level=level,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        handlers=handlers,
+        force=True,
+    )
+
+
+# -- authority -----------------------------------------------------------------------------
+
+
+@authority_app.command("init")
+@clean_errors
+def authority_init(
+    directory: Annotated[Path, typer.Option("--dir", help="authority directory")],
+    space: Annotated[str, typer.Option(help="name of the data space")] = "qdspace",
+) -> None:
+    """Create the data space's certificate authority."""
+    from node.identity.authority import Authority
+    from node.identity.certs import fingerprint
+
+    auth = Authority.init(directory, space)
+    console.print(f"authority for [bold]{space}[/bold] created in {directory}")
+    console.print(f"CA fingerprint (sha256): {fingerprint(auth.cert)}")
+
+
+@authority_app.command("revoke")
+@clean_errors
+def authority_revoke(
+    directory: Annotated[Path, typer.Option("--dir", help="authority directory")],
+    member: Annotated[str, typer.Option(help="member name or id")],
+    reason: Annotated[str, typer.Option(help="why")] = "unspecified",
+) -> None:
+    """Revoke a member; nodes refuse it from their next call on."""
+    from node.identity.authority import Authority
+
+    for m in Authority.load(directory).revoke(member, reason):
+        console.print(f"revoked {m.name} ({m.member_id}, serial {m.serial})")
+
+
+@authority_app.command("list")
+@clean_errors
+def authority_list(
+    directory: Annotated[Path, typer.Option("--dir", help="authority directory")],
+) -> None:
+    """List issued member certificates."""
+    from node.identity.authority import Authority
+
+    table = Table("name", "member id", "role", "serial", "valid until", "revoked")
+    for m in Authority.load(directory).members():
+        table.add_row(m.name, m.member_id, m.role, m.serial, m.not_after, m.revoked_at or "")
+    console.print(table)
+
+
+# -- node ----------------------------------------------------------------------------------
+
+
+def _parse_peers(values: list[str]) -> dict[str, str]:
+    peers: dict[str, str] = {}
+    for value in values:
+        name, sep, address = value.partition("=")
+        if not sep:
+            raise typer.BadParameter(f"--peer {value!r}: expected NAME=HOST:PORT")
+        peers[name] = address
+    return peers
+
+
+@node_app.command("init")
+@clean_errors
+def node_init(
+    directory: DirOpt,
+    name: Annotated[str, typer.Option(help="member name, unique in the data space")],
+    role: Annotated[str, typer.Option(help="oem | supplier | host | regulator")],
+    authority: Annotated[Path, typer.Option(help="authority directory")],
+    grpc_port: Annotated[int, typer.Option(help="peer gRPC port")] = 7443,
+    api_port: Annotated[int, typer.Option(help="operator API port")] = 8443,
+    db_url: Annotated[str, typer.Option(help="database URL (default: SQLite in DIR)")] = "",
+    peer: Annotated[list[str] | None, typer.Option(help="NAME=HOST:PORT, repeatable")] = None,
+) -> None:
+    """Create a member's keys, certificate and node directory."""
+    from node.setup import init_node
+
+    settings = init_node(
+        directory, authority, name=name, role=role, grpc_port=grpc_port,
+        api_port=api_port, db_url=db_url, peers=_parse_peers(peer or []),
+    )
+    console.print(f"node [bold]{name}[/bold] ({role}) created in {settings.directory}")
+    console.print(f"member id {settings.member_id}")
+
+
+@node_app.command("start")
+@clean_errors
+def node_start(directory: DirOpt) -> None:
+    """Run the node (gRPC peer server + operator API) until SIGTERM."""
+    from node.app import run_node
+    from node.config import NodeSettings
+
+    settings = NodeSettings.load(directory)
+    setup_logging(settings.log_level, settings.directory / "logs" / "node.log")
+    run_node(directory)
+
+
+@node_app.command("info")
+@clean_errors
+def node_info(directory: DirOpt) -> None:
+    """Show a node's identity, configuration and database counts."""
+    from connector.storage import open_store
+    from node.app import read_runtime
+    from node.config import NodeSettings
+    from node.identity.member import load_member_keys
+
+    settings = NodeSettings.load(directory)
+    ident = load_member_keys(settings.directory).identity
+    runtime = read_runtime(settings.directory)
+    console.print(f"[bold]{ident.name}[/bold] {ident.role} {ident.member_id}")
+    console.print(f"certificate valid until {ident.not_after:%Y-%m-%d}, sha256 {ident.fingerprint}")
+    console.print(f"running: {runtime or 'no'}")
+    store = open_store(settings.database_url)
+    try:
+        for table, n in store.counts().items():
+            console.print(f"  {table}: {n}")
+    finally:
+        store.close()
+
+
+@node_app.command("peer-add")
+@clean_errors
+def node_peer_add(
+    directory: DirOpt,
+    peer: Annotated[list[str], typer.Option(help="NAME=HOST:PORT, repeatable")],
+) -> None:
+    """Add peers to a node's directory of members."""
+    from node.setup import add_peers
+
+    settings = add_peers(directory, _parse_peers(peer))
+    console.print(f"peers of {settings.name}: {settings.peers}")
+
+
+# -- ingest --------------------------------------------------------------------------------
+
+
+@app.command("ingest")
+@clean_errors
+def ingest(
+    directory: DirOpt,
+    file: Annotated[Path, typer.Argument(help=".csv or .jsonl file")],
+    kind: Annotated[str, typer.Option(help="QDM kind of the rows")],
+) -> None:
+    """Validate and store a file of QDM rows; bad rows are reported by line and field."""
+    from connector.ingest import ingest_file
+    from connector.storage import open_store
+    from node.config import NodeSettings
+
+    settings = NodeSettings.load(directory)
+    store = open_store(settings.database_url)
+    try:
+        with console.status(f"ingesting {file} as {kind}"):
+            report = ingest_file(store, file, kind)
+    finally:
+        store.close()
+    for row_error in report.rejected:
+        err.print(str(row_error), highlight=False, soft_wrap=True)
+    console.print(
+        f"{file}: {report.accepted} stored, {report.duplicates} already present, "
+        f"{len(report.rejected)} rejected"
+    )
+    if report.rejected:
+        raise typer.Exit(2)
+
+
+# -- peers ---------------------------------------------------------------------------------
+
+
+@peer_app.command("hello")
+@clean_errors
+def peer_hello(directory: DirOpt, name: Annotated[str, typer.Argument(help="peer name")]) -> None:
+    """Authenticate to a peer over mutual TLS with this node's identity."""
+    from node.config import NodeSettings
+    from node.identity.member import load_member_keys
+    from node.peers import PeerDirectory
+
+    settings = NodeSettings.load(directory)
+    peers = PeerDirectory(load_member_keys(settings.directory), settings.peers)
+
+    async def call() -> None:
+        try:
+            r = await peers.hello(name)
+        finally:
+            await peers.close()
+        console.print(
+            f"{r.peer} ({r.peer_role}, {r.peer_member_id}) sees us as {r.seen_as} "
+            f"({r.seen_as_role}); {r.round_trip_ms:.1f} ms"
+        )
+
+    asyncio.run(call())
+
+
+# -- demo ----------------------------------------------------------------------------------
+
+
+@app.command("demo")
+@clean_errors
+def demo(
+    workdir: Annotated[Path, typer.Option(help="where the data space lives")] = Path("qdspace-demo"),
+    keep_running: Annotated[bool, typer.Option(help="leave the nodes running")] = False,
+    fresh: Annotated[bool, typer.Option(help="delete WORKDIR first")] = True,
+) -> None:
+    """Run a local data space: authority, OEM, two suppliers and a regulator."""
+    from node.demo import run_demo
+
+    run_demo(workdir, keep_running=keep_running, fresh=fresh, console=console)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

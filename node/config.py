@@ -1,0 +1,97 @@
+"""Node settings: one pydantic-settings class, loaded once from ``DIR/node.json``.
+
+Environment variables prefixed ``QDSPACE_`` override the file (``QDSPACE_DB_URL``,
+``QDSPACE_API_PORT``...), so a container can point a node at PostgreSQL without
+editing its directory.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from node.errors import ConfigError
+from node.identity.files import write_atomic
+
+CONFIG_FILE = "node.json"
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_GRPC_PORT = 7443
+DEFAULT_API_PORT = 8443
+OPERATOR_TOKEN_FILE = "operator.token"
+
+
+class NodeSettings(BaseSettings):
+    """Everything a node process needs to start; paths are absolute after loading."""
+
+    model_config = SettingsConfigDict(env_prefix="QDSPACE_", extra="forbid")
+
+    directory: Path
+    name: str
+    role: str
+    member_id: str
+    space: str = "qdspace"
+    grpc_host: str = DEFAULT_HOST
+    grpc_port: int = Field(DEFAULT_GRPC_PORT, ge=0, le=65535)
+    api_host: str = DEFAULT_HOST
+    api_port: int = Field(DEFAULT_API_PORT, ge=0, le=65535)
+    db_url: str = ""
+    crl_path: Path | None = None
+    peers: dict[str, str] = Field(default_factory=dict)
+    log_level: str = "INFO"
+    shutdown_grace_s: float = 5.0
+
+    @field_validator("peers")
+    @classmethod
+    def _addresses(cls, peers: dict[str, str]) -> dict[str, str]:
+        for name, address in peers.items():
+            host, _, port = address.rpartition(":")
+            if not host or not port.isdigit():
+                raise ValueError(f"peer {name}: address {address!r} is not host:port")
+        return peers
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (env_settings, init_settings)
+
+    @property
+    def database_url(self) -> str:
+        return self.db_url or f"sqlite:///{self.directory / 'node.db'}"
+
+    @property
+    def operator_token_path(self) -> Path:
+        return self.directory / OPERATOR_TOKEN_FILE
+
+    @classmethod
+    def load(cls, directory: Path) -> NodeSettings:
+        directory = directory.resolve()
+        path = directory / CONFIG_FILE
+        if not directory.is_dir():
+            raise ConfigError(f"node directory not found: {directory}")
+        try:
+            data: dict[str, Any] = json.loads(path.read_text())
+        except FileNotFoundError:
+            raise ConfigError(f"{path} not found: run `qdspace node init --dir {directory}`") from None
+        except (OSError, ValueError) as exc:
+            raise ConfigError(f"{path} is not valid JSON: {exc}") from None
+        data["directory"] = directory
+        try:
+            return cls(**data)
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            where = ".".join(str(p) for p in first["loc"])
+            raise ConfigError(f"{path}: {where}: {first['msg']}") from None
+
+    def save(self) -> None:
+        data = self.model_dump(mode="json", exclude={"directory"})
+        write_atomic(self.directory / CONFIG_FILE, json.dumps(data, indent=2).encode() + b"\n")

@@ -1,0 +1,43 @@
+"""What a running node is made of, built once and passed to every adapter."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from connector.storage import QualityStore
+from node.config import NodeSettings
+from node.identity.member import MemberKeys, load_member_keys
+from node.identity.revocation import RevocationList
+from node.peers import PeerDirectory
+
+
+@dataclass
+class NodeContext:
+    settings: NodeSettings
+    keys: MemberKeys
+    revocations: RevocationList
+    store: QualityStore
+    peers: PeerDirectory
+    operator_token: str
+    extras: dict[str, object] = field(default_factory=dict)
+
+    @property
+    def directory(self) -> Path:
+        return self.settings.directory
+
+    def close(self) -> None:
+        self.store.close()
+
+
+def build_context(settings: NodeSettings) -> NodeContext:
+    """Load keys, revocation list and the store; every failure names its file or URL."""
+    from connector.storage import open_store
+    from node.identity.files import read_file
+
+    keys = load_member_keys(settings.directory)
+    revocations = RevocationList(keys.ca_cert, settings.crl_path)
+    token = read_file(settings.operator_token_path, "operator token").decode().strip()
+    store = open_store(settings.database_url)
+    peers = PeerDirectory(keys, settings.peers)
+    return NodeContext(settings, keys, revocations, store, peers, token)

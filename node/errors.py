@@ -1,0 +1,23 @@
+"""Errors of the node (composition root): configuration, identity, ports, peers."""
+
+from __future__ import annotations
+
+
+class NodeError(Exception):
+    """Base of every error the node raises; the CLI prints its message as one line."""
+
+
+class ConfigError(NodeError, ValueError):
+    """A node directory or its configuration is missing, unreadable or inconsistent."""
+
+
+class IdentityError(NodeError):
+    """A key, certificate or revocation list is missing, corrupt or does not verify."""
+
+
+class PortInUseError(NodeError, OSError):
+    """A configured port cannot be bound."""
+
+
+class PeerError(NodeError):
+    """A peer is unknown, unreachable or refused a call."""

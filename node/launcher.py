@@ -1,0 +1,212 @@
+"""A local data space of real node processes on loopback: the demo and the tests use it.
+
+Each member is its own ``qdspace node start`` process with its own directory, keys
+and SQLite file; the network grows with the project (a chain process, a managed
+host) by adding members and services here, not in the demo or the fixtures.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+
+import httpx
+
+from node.app import read_runtime
+from node.errors import NodeError
+from node.identity.authority import Authority
+from node.setup import init_node
+
+START_TIMEOUT_S = 60.0
+
+
+@dataclass(frozen=True)
+class MemberSpec:
+    name: str
+    role: str
+
+
+REFERENCE_MEMBERS = (
+    MemberSpec("sunarc", "oem"),
+    MemberSpec("cellex", "supplier"),
+    MemberSpec("polycell", "supplier"),
+    MemberSpec("regulator", "regulator"),
+)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class MemberProcess:
+    spec: MemberSpec
+    directory: Path
+    grpc_port: int
+    api_port: int
+    process: subprocess.Popen[bytes] | None = None
+    token: str = field(default="", repr=False)
+
+    @property
+    def api_url(self) -> str:
+        return f"http://127.0.0.1:{self.api_port}"
+
+    @property
+    def grpc_address(self) -> str:
+        return f"127.0.0.1:{self.grpc_port}"
+
+    @property
+    def log_path(self) -> Path:
+        return self.directory / "logs" / "process.log"
+
+    @property
+    def running(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def client(self, timeout: float = 30.0) -> httpx.Client:
+        return httpx.Client(
+            base_url=self.api_url,
+            headers={"Authorization": f"Bearer {self.token}"},
+            timeout=timeout,
+        )
+
+
+class LocalNetwork:
+    """Create, start and stop a set of member nodes under one work directory."""
+
+    def __init__(
+        self,
+        workdir: Path,
+        members: Iterable[MemberSpec] = REFERENCE_MEMBERS,
+        *,
+        python: str = sys.executable,
+        env: dict[str, str] | None = None,
+    ):
+        self.workdir = workdir.resolve()
+        self.specs = list(members)
+        self.python = python
+        self.env = {**os.environ, **(env or {})}
+        self.authority_dir = self.workdir / "authority"
+        self.members: dict[str, MemberProcess] = {}
+
+    def __getitem__(self, name: str) -> MemberProcess:
+        return self.members[name]
+
+    # -- creation ------------------------------------------------------------------------
+
+    def create(self) -> None:
+        Authority.init(self.authority_dir, "qdspace-demo")
+        ports = {s.name: (free_port(), free_port()) for s in self.specs}
+        for spec in self.specs:
+            peers = {o.name: f"127.0.0.1:{ports[o.name][0]}" for o in self.specs if o != spec}
+            directory = self.workdir / "nodes" / spec.name
+            init_node(
+                directory,
+                self.authority_dir,
+                name=spec.name,
+                role=spec.role,
+                grpc_port=ports[spec.name][0],
+                api_port=ports[spec.name][1],
+                peers=peers,
+            )
+            member = MemberProcess(spec, directory, *ports[spec.name])
+            member.token = (directory / "operator.token").read_text().strip()
+            self.members[spec.name] = member
+
+    # -- processes -----------------------------------------------------------------------
+
+    def start(self, names: Iterable[str] | None = None) -> None:
+        chosen = list(names or self.members)
+        for name in chosen:
+            self._spawn(self.members[name])
+        for name in chosen:
+            self.wait_ready(name)
+
+    def _spawn(self, member: MemberProcess) -> None:
+        member.log_path.parent.mkdir(parents=True, exist_ok=True)
+        log = member.log_path.open("ab")
+        member.process = subprocess.Popen(
+            [self.python, "-m", "node", "node", "start", "--dir", str(member.directory)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=self.env,
+            start_new_session=True,
+        )
+        log.close()
+
+    def wait_ready(self, name: str, timeout: float = START_TIMEOUT_S) -> None:
+        member = self.members[name]
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if not member.running:
+                tail = member.log_path.read_text(errors="replace")[-2000:]
+                raise NodeError(f"node {name} exited while starting; log {member.log_path}:\n{tail}")
+            runtime = read_runtime(member.directory)
+            if runtime and runtime.get("pid") == member.process.pid:  # type: ignore[union-attr]
+                try:
+                    if httpx.get(f"{member.api_url}/healthz", timeout=2).status_code == 200:
+                        return
+                except httpx.HTTPError:
+                    pass
+            time.sleep(0.1)
+        raise NodeError(f"node {name} did not become ready in {timeout:.0f}s; see {member.log_path}")
+
+    def stop(self, names: Iterable[str] | None = None, timeout: float = 20.0) -> dict[str, int]:
+        """SIGTERM, wait, and SIGKILL only what does not stop; returns exit codes."""
+        codes: dict[str, int] = {}
+        chosen = [self.members[n] for n in (names or self.members)]
+        for member in chosen:
+            if member.running:
+                member.process.send_signal(signal.SIGTERM)  # type: ignore[union-attr]
+        for member in chosen:
+            if member.process is None:
+                continue
+            try:
+                codes[member.spec.name] = member.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                member.process.kill()
+                codes[member.spec.name] = member.process.wait()
+        return codes
+
+    def kill(self, name: str) -> None:
+        member = self.members[name]
+        if member.running:
+            member.process.kill()  # type: ignore[union-attr]
+            member.process.wait()  # type: ignore[union-attr]
+
+    def __enter__(self) -> LocalNetwork:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    def describe(self) -> dict[str, object]:
+        return {
+            "authority": str(self.authority_dir),
+            "members": {
+                n: {"role": m.spec.role, "dir": str(m.directory), "grpc": m.grpc_address,
+                    "api": m.api_url}
+                for n, m in self.members.items()
+            },
+        }
+
+    def write_manifest(self) -> Path:
+        path = self.workdir / "network.json"
+        path.write_text(json.dumps(self.describe(), indent=2))
+        return path

@@ -1,0 +1,69 @@
+"""Builds the node's gRPC server: mutual TLS, the auth interceptor, services, health."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+
+from node.errors import PortInUseError
+from node.identity.member import MemberKeys
+from node.rpc.auth import AuthInterceptor, PeerAuthenticator
+from node.rpc.client import CHANNEL_OPTIONS
+
+logger = logging.getLogger("node.rpc")
+
+Registrar = Callable[[grpc.aio.Server], None]
+
+
+def server_credentials(keys: MemberKeys) -> grpc.ServerCredentials:
+    """Client certificates are required and must chain to the authority."""
+    return grpc.ssl_server_credentials(
+        [(keys.tls_key_pem, keys.cert_pem)],
+        root_certificates=keys.ca_pem,
+        require_client_auth=True,
+    )
+
+
+class PeerServer:
+    """The started gRPC server, its bound port and its health servicer."""
+
+    def __init__(self, server: grpc.aio.Server, port: int, health_servicer: health.aio.HealthServicer):
+        self.server = server
+        self.port = port
+        self.health = health_servicer
+
+    async def start(self) -> None:
+        await self.server.start()
+        await self.health.set("", health_pb2.HealthCheckResponse.SERVING)
+
+    async def stop(self, grace: float) -> None:
+        await self.health.enter_graceful_shutdown()
+        await self.server.stop(grace)
+
+
+def build_server(
+    keys: MemberKeys,
+    authenticator: PeerAuthenticator,
+    registrars: list[Registrar],
+    host: str,
+    port: int,
+) -> PeerServer:
+    server = grpc.aio.server(
+        interceptors=[AuthInterceptor(authenticator)],
+        options=[*CHANNEL_OPTIONS, ("grpc.so_reuseport", 0)],
+    )
+    for register in registrars:
+        register(server)
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    address = f"{host}:{port}"
+    try:
+        bound = server.add_secure_port(address, server_credentials(keys))
+    except RuntimeError as exc:
+        raise PortInUseError(f"cannot bind gRPC port {address}: {exc}") from None
+    if bound == 0:
+        raise PortInUseError(f"cannot bind gRPC port {address}: already in use")
+    return PeerServer(server, bound, health_servicer)

@@ -1,0 +1,44 @@
+"""``qdspace.v1.Trace``: one genealogy hop, answered only to the batch's customer."""
+
+from __future__ import annotations
+
+import grpc
+
+from connector.genealogy import BatchInfo, GenealogyError, NotYourBatch, UnknownBatch, upstream
+from connector.storage import QualityStore
+from node.rpc.auth import current_peer
+from protocols.v1 import trace_pb2, trace_pb2_grpc
+
+
+def batch_to_proto(batch: BatchInfo) -> trace_pb2.BatchRef:
+    return trace_pb2.BatchRef(
+        batch_id=batch.batch_id,
+        material=batch.material,
+        kind=batch.kind,
+        producer=batch.producer,
+        quantity=batch.quantity,
+    )
+
+
+class TraceServicer(trace_pb2_grpc.TraceServicer):
+    def __init__(self, store: QualityStore):
+        self._store = store
+
+    async def Upstream(  # noqa: N802 - gRPC method name
+        self, request: trace_pb2.UpstreamRequest, context: grpc.aio.ServicerContext
+    ) -> trace_pb2.UpstreamReply:
+        peer = current_peer()
+        try:
+            batch, parents = upstream(self._store.engine, request.batch_id, customer=peer.name)
+        except UnknownBatch as exc:
+            await context.abort(grpc.StatusCode.NOT_FOUND, str(exc))
+        except NotYourBatch as exc:
+            await context.abort(grpc.StatusCode.PERMISSION_DENIED, str(exc))
+        except GenealogyError as exc:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        return trace_pb2.UpstreamReply(
+            batch=batch_to_proto(batch), parents=[batch_to_proto(p) for p in parents]
+        )
+
+    def register(self, server: grpc.aio.Server) -> None:
+        trace_pb2_grpc.add_TraceServicer_to_server(self, server)

@@ -1,0 +1,49 @@
+"""Node settings: loading, environment overrides and clear errors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from node.config import NodeSettings
+from node.errors import ConfigError
+
+
+def _write(directory: Path, **data: object) -> None:
+    directory.mkdir(parents=True, exist_ok=True)
+    base = {"name": "cellex", "role": "supplier", "member_id": "cellex-1"}
+    (directory / "node.json").write_text(json.dumps({**base, **data}))
+
+
+def test_defaults_and_sqlite_url(tmp_path: Path) -> None:
+    _write(tmp_path)
+    s = NodeSettings.load(tmp_path)
+    assert s.database_url == f"sqlite:///{tmp_path.resolve() / 'node.db'}"
+    assert s.grpc_port == 7443
+
+
+def test_environment_overrides_the_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    _write(tmp_path, api_port=9000)
+    monkeypatch.setenv("QDSPACE_API_PORT", "9100")
+    assert NodeSettings.load(tmp_path).api_port == 9100
+
+
+def test_missing_directory_and_file(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="node directory not found"):
+        NodeSettings.load(tmp_path / "nope")
+    with pytest.raises(ConfigError, match="node.json not found"):
+        NodeSettings.load(tmp_path)
+
+
+def test_bad_values_name_the_field(tmp_path: Path) -> None:
+    _write(tmp_path, grpc_port=70000)
+    with pytest.raises(ConfigError, match="grpc_port"):
+        NodeSettings.load(tmp_path)
+    _write(tmp_path, peers={"polycell": "nohostport"})
+    with pytest.raises(ConfigError, match="polycell"):
+        NodeSettings.load(tmp_path)
+    (tmp_path / "node.json").write_text("{broken")
+    with pytest.raises(ConfigError, match="not valid JSON"):
+        NodeSettings.load(tmp_path)
