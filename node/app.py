@@ -58,11 +58,11 @@ class _Uvicorn(uvicorn.Server):
 
 
 def build_peer_server(ctx: NodeContext) -> PeerServer:
-    servicers = [NodeServicer(ctx.keys.identity), TraceServicer(ctx.store)]
+    registrations = [NodeServicer(ctx.keys.identity).register, TraceServicer(ctx.store).register]
     return build_server(
         ctx.keys,
         PeerAuthenticator(ctx.revocations),
-        [s.register for s in servicers],
+        registrations,
         ctx.settings.grpc_host,
         ctx.settings.grpc_port,
     )

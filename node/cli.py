@@ -58,6 +58,7 @@ def setup_logging(level: str, logfile: Path | None = None) -> None:
         handlers=handlers,
         force=True,
     )
+    logging.getLogger("alembic").setLevel(logging.WARNING)
 
 
 # -- authority -----------------------------------------------------------------------------
@@ -135,8 +136,14 @@ def node_init(
     from node.setup import init_node
 
     settings = init_node(
-        directory, authority, name=name, role=role, grpc_port=grpc_port,
-        api_port=api_port, db_url=db_url, peers=_parse_peers(peer or []),
+        directory,
+        authority,
+        name=name,
+        role=role,
+        grpc_port=grpc_port,
+        api_port=api_port,
+        db_url=db_url,
+        peers=_parse_peers(peer or []),
     )
     console.print(f"node [bold]{name}[/bold] ({role}) created in {settings.directory}")
     console.print(f"member id {settings.member_id}")
@@ -201,22 +208,37 @@ def ingest(
     kind: Annotated[str, typer.Option(help="QDM kind of the rows")],
 ) -> None:
     """Validate and store a file of QDM rows; bad rows are reported by line and field."""
-    from connector.ingest import ingest_file
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from connector.ingest import count_lines, ingest_file
     from connector.storage import open_store
     from node.config import NodeSettings
 
     settings = NodeSettings.load(directory)
     store = open_store(settings.database_url)
     try:
-        with console.status(f"ingesting {file} as {kind}"):
-            report = ingest_file(store, file, kind)
+        total = count_lines(file) if file.is_file() else None
+        with Progress(
+            TextColumn("ingest {task.fields[name]}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("rows"),
+            TimeElapsedColumn(),
+            console=err,
+            transient=True,
+        ) as progress:
+            task = progress.add_task("ingest", total=total, name=file.name)
+            report = ingest_file(
+                store, file, kind, on_progress=lambda done: progress.update(task, completed=done)
+            )
     finally:
         store.close()
     for row_error in report.rejected:
         err.print(str(row_error), highlight=False, soft_wrap=True)
     console.print(
         f"{file}: {report.accepted} stored, {report.duplicates} already present, "
-        f"{len(report.rejected)} rejected"
+        f"{len(report.rejected)} rejected",
+        soft_wrap=True,
     )
     if report.rejected:
         raise typer.Exit(2)
@@ -255,7 +277,9 @@ def peer_hello(directory: DirOpt, name: Annotated[str, typer.Argument(help="peer
 @app.command("demo")
 @clean_errors
 def demo(
-    workdir: Annotated[Path, typer.Option(help="where the data space lives")] = Path("qdspace-demo"),
+    workdir: Annotated[Path, typer.Option(help="where the data space lives")] = Path(
+        "qdspace-demo"
+    ),
     keep_running: Annotated[bool, typer.Option(help="leave the nodes running")] = False,
     fresh: Annotated[bool, typer.Option(help="delete WORKDIR first")] = True,
 ) -> None:

@@ -20,4 +20,8 @@ class PortInUseError(NodeError, OSError):
 
 
 class PeerError(NodeError):
-    """A peer is unknown, unreachable or refused a call."""
+    """A peer is unknown, unreachable or refused a call; ``code`` is the gRPC status name."""
+
+    def __init__(self, message: str, code: str | None = None):
+        super().__init__(message)
+        self.code = code

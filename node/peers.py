@@ -44,7 +44,9 @@ class PeerDirectory:
         try:
             return self._addresses[name]
         except KeyError:
-            raise PeerError(f"unknown peer {name!r}; known: {', '.join(self.names) or 'none'}") from None
+            raise PeerError(
+                f"unknown peer {name!r}; known: {', '.join(self.names) or 'none'}"
+            ) from None
 
     def channel(self, name: str) -> grpc.aio.Channel:
         if name not in self._channels:
@@ -63,7 +65,10 @@ class PeerDirectory:
         try:
             reply = await stub.Hello(node_pb2.HelloRequest(nonce=nonce), timeout=timeout)
         except grpc.aio.AioRpcError as exc:
-            raise PeerError(f"peer {name} ({self.address(name)}): {exc.code().name}: {exc.details()}") from None
+            raise PeerError(
+                f"peer {name} ({self.address(name)}): {exc.code().name}: {exc.details()}",
+                exc.code().name,
+            ) from None
         elapsed = (time.perf_counter() - started) * 1000
         if reply.nonce != nonce or reply.server.name != name:
             raise PeerError(f"peer {name} answered as {reply.server.name!r} with a wrong nonce")
@@ -87,5 +92,7 @@ class PeerDirectory:
                 trace_pb2.UpstreamRequest(batch_id=batch_id), timeout=timeout
             )
         except grpc.aio.AioRpcError as exc:
-            raise PeerError(f"peer {name}: {exc.code().name}: {exc.details()}") from None
+            raise PeerError(
+                f"peer {name}: {exc.code().name}: {exc.details()}", exc.code().name
+            ) from None
         return reply

@@ -28,6 +28,16 @@ from node.errors import ConfigError, NodeError, PeerError
 
 _bearer = HTTPBearer(auto_error=False)
 
+# what a peer's gRPC status means for the operator calling through this node
+PEER_STATUS = {
+    "PERMISSION_DENIED": 403,
+    "UNAUTHENTICATED": 403,
+    "NOT_FOUND": 404,
+    "INVALID_ARGUMENT": 400,
+    "FAILED_PRECONDITION": 409,
+    "DEADLINE_EXCEEDED": 504,
+}
+
 RAW_SUFFIX = {"text/csv": ".csv", "application/x-ndjson": ".jsonl", "application/jsonl": ".jsonl"}
 
 
@@ -69,7 +79,7 @@ def create_app(ctx: NodeContext) -> FastAPI:
 
     @app.exception_handler(PeerError)
     async def _peer_error(request: Request, exc: PeerError) -> JSONResponse:
-        return _problem(502, "peer call failed", str(exc))
+        return _problem(PEER_STATUS.get(exc.code or "", 502), "peer call failed", str(exc))
 
     @app.exception_handler(ConfigError)
     async def _config_error(request: Request, exc: ConfigError) -> JSONResponse:
@@ -151,7 +161,10 @@ def create_app(ctx: NodeContext) -> FastAPI:
         return dict(ctx.settings.peers)
 
     @app.post(
-        "/v1/peers/{name}/hello", response_model=HelloPublic, dependencies=[Operator], tags=["peers"]
+        "/v1/peers/{name}/hello",
+        response_model=HelloPublic,
+        dependencies=[Operator],
+        tags=["peers"],
     )
     async def hello(name: str) -> HelloPublic:
         result = await ctx.peers.hello(name)
@@ -168,8 +181,11 @@ def create_app(ctx: NodeContext) -> FastAPI:
 
         def pub(b: Any) -> BatchPublic:
             return BatchPublic(
-                batch_id=b.batch_id, material=b.material, kind=b.kind,
-                producer=b.producer, quantity=b.quantity,
+                batch_id=b.batch_id,
+                material=b.material,
+                kind=b.kind,
+                producer=b.producer,
+                quantity=b.quantity,
             )
 
         return UpstreamPublic(batch=pub(reply.batch), parents=[pub(p) for p in reply.parents])
@@ -183,7 +199,9 @@ async def _run(fn: Any, *args: Any, **kwargs: Any) -> Any:
     return await run_in_threadpool(fn, *args, **kwargs)
 
 
-def _ingest_bytes(ctx: NodeContext, kind: str, body: bytes, suffix: str, source: str) -> IngestReport:
+def _ingest_bytes(
+    ctx: NodeContext, kind: str, body: bytes, suffix: str, source: str
+) -> IngestReport:
     with tempfile.TemporaryDirectory(prefix="qdspace-upload-") as tmp:
         path = Path(tmp) / (Path(source).name if source.endswith(suffix) else f"upload{suffix}")
         path.write_bytes(body)

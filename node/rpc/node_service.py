@@ -26,7 +26,7 @@ class NodeServicer(node_pb2_grpc.NodeServicer):
     def __init__(self, me: MemberIdentity):
         self._me = me
 
-    async def Hello(  # noqa: N802 - gRPC method name
+    async def Hello(
         self, request: node_pb2.HelloRequest, context: grpc.aio.ServicerContext
     ) -> node_pb2.HelloReply:
         peer = current_peer()

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -47,7 +47,7 @@ class PeerServer:
 def build_server(
     keys: MemberKeys,
     authenticator: PeerAuthenticator,
-    registrars: list[Registrar],
+    registrars: Sequence[Registrar],
     host: str,
     port: int,
 ) -> PeerServer:

@@ -24,7 +24,7 @@ class TraceServicer(trace_pb2_grpc.TraceServicer):
     def __init__(self, store: QualityStore):
         self._store = store
 
-    async def Upstream(  # noqa: N802 - gRPC method name
+    async def Upstream(
         self, request: trace_pb2.UpstreamRequest, context: grpc.aio.ServicerContext
     ) -> trace_pb2.UpstreamReply:
         peer = current_peer()

@@ -1,0 +1,168 @@
+"""The Quality Data Model: the tables a node keeps about its own production.
+
+These SQLModel classes are the storage layer's; nothing outside ``connector`` builds
+or returns them (the API has its own public models). Every table has a natural key
+with a UNIQUE constraint, which is what makes re-ingesting a file store nothing twice.
+Times are aware datetimes in UTC.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import Index, UniqueConstraint
+from sqlmodel import Field, SQLModel
+
+metadata = SQLModel.metadata
+
+
+class Order(SQLModel, table=True):
+    """A purchase order between a customer and a supplier (the unit of a contract's scope)."""
+
+    __tablename__ = "qdm_order"
+    id: int | None = Field(default=None, primary_key=True)
+    order_id: str = Field(max_length=64, unique=True)
+    customer: str = Field(max_length=64)
+    supplier: str = Field(max_length=64)
+    product: str = Field(max_length=128)
+    quantity: int
+    status: str = Field(max_length=16)
+    opened_at: datetime
+    closed_at: datetime | None = None
+
+
+class Product(SQLModel, table=True):
+    """One serial-numbered unit (a cell string, a module) and the batch it belongs to."""
+
+    __tablename__ = "qdm_product"
+    id: int | None = Field(default=None, primary_key=True)
+    serial: str = Field(max_length=64, unique=True)
+    product_type: str = Field(max_length=64)
+    order_id: str | None = Field(default=None, max_length=64, index=True)
+    batch_id: str | None = Field(default=None, max_length=64, index=True)
+    made_at: datetime
+
+
+class Batch(SQLModel, table=True):
+    """A material batch, made here or bought (``producer`` names who made it)."""
+
+    __tablename__ = "qdm_batch"
+    id: int | None = Field(default=None, primary_key=True)
+    batch_id: str = Field(max_length=64, unique=True)
+    material: str = Field(max_length=128)
+    kind: str = Field(max_length=16)
+    producer: str = Field(max_length=64)
+    quantity: float
+    made_at: datetime
+    customer: str | None = Field(default=None, max_length=64)
+    order_id: str | None = Field(default=None, max_length=64, index=True)
+
+
+class GenealogyEdge(SQLModel, table=True):
+    """``child`` was made (partly) from ``parent``."""
+
+    __tablename__ = "qdm_genealogy"
+    __table_args__ = (
+        UniqueConstraint("child_batch_id", "parent_batch_id", name="uq_genealogy_edge"),
+    )
+    id: int | None = Field(default=None, primary_key=True)
+    child_batch_id: str = Field(max_length=64, index=True)
+    parent_batch_id: str = Field(max_length=64, index=True)
+    quantity_used: float | None = None
+
+
+class Inspection(SQLModel, table=True):
+    """One inspection verdict (EL imaging, X-ray, visual), by a person or a model."""
+
+    __tablename__ = "qdm_inspection"
+    __table_args__ = (Index("ix_inspection_order_time", "order_id", "inspected_at"),)
+    id: int | None = Field(default=None, primary_key=True)
+    inspection_id: str = Field(max_length=96, unique=True)
+    station: str = Field(max_length=64)
+    inspected_at: datetime
+    verdict: str = Field(max_length=8)
+    defect_class: str | None = Field(default=None, max_length=32)
+    score: float | None = None
+    model_version: str | None = Field(default=None, max_length=80)
+    image_hash: str | None = Field(default=None, max_length=64)
+    frame_id: str | None = Field(default=None, max_length=96)
+    latency_ms: float | None = None
+    order_id: str | None = Field(default=None, max_length=64)
+    serial: str | None = Field(default=None, max_length=64)
+    batch_id: str | None = Field(default=None, max_length=64, index=True)
+
+
+class ProcessMeasurement(SQLModel, table=True):
+    """A process parameter reading, stored canonically (``value`` in ``unit``)."""
+
+    __tablename__ = "qdm_measurement"
+    __table_args__ = (
+        UniqueConstraint("equipment", "parameter", "measured_at", name="uq_measurement"),
+        Index("ix_measurement_batch", "batch_id"),
+    )
+    id: int | None = Field(default=None, primary_key=True)
+    equipment: str = Field(max_length=64)
+    parameter: str = Field(max_length=64)
+    element_id: str = Field(max_length=16)
+    measured_at: datetime
+    value: float
+    unit: str = Field(max_length=16)
+    grade: str | None = Field(default=None, max_length=8)
+    raw_value: str = Field(max_length=64)
+    raw_unit: str = Field(max_length=16)
+    batch_id: str | None = Field(default=None, max_length=64)
+    order_id: str | None = Field(default=None, max_length=64)
+
+
+class EnvironmentReading(SQLModel, table=True):
+    """Temperature and humidity at a line location."""
+
+    __tablename__ = "qdm_environment"
+    __table_args__ = (UniqueConstraint("location", "measured_at", name="uq_environment"),)
+    id: int | None = Field(default=None, primary_key=True)
+    location: str = Field(max_length=64)
+    measured_at: datetime
+    temperature_c: float | None = None
+    humidity_rh: float | None = None
+
+
+class OperatorLog(SQLModel, table=True):
+    """What an operator did; the operator is known only by a pseudonymous id."""
+
+    __tablename__ = "qdm_operator_log"
+    __table_args__ = (
+        UniqueConstraint("operator_id", "logged_at", "action", name="uq_operator_log"),
+    )
+    id: int | None = Field(default=None, primary_key=True)
+    operator_id: str = Field(max_length=64)
+    logged_at: datetime
+    action: str = Field(max_length=64)
+    station: str | None = Field(default=None, max_length=64)
+    order_id: str | None = Field(default=None, max_length=64, index=True)
+    batch_id: str | None = Field(default=None, max_length=64)
+    note: str | None = Field(default=None, max_length=500)
+
+
+#: kind name (as used by ingest, REST and CLI) -> table class
+TABLES: dict[str, type[SQLModel]] = {
+    "order": Order,
+    "product": Product,
+    "batch": Batch,
+    "genealogy": GenealogyEdge,
+    "inspection": Inspection,
+    "measurement": ProcessMeasurement,
+    "environment": EnvironmentReading,
+    "operator_log": OperatorLog,
+}
+
+#: the natural key of each kind
+NATURAL_KEYS: dict[str, tuple[str, ...]] = {
+    "order": ("order_id",),
+    "product": ("serial",),
+    "batch": ("batch_id",),
+    "genealogy": ("child_batch_id", "parent_batch_id"),
+    "inspection": ("inspection_id",),
+    "measurement": ("equipment", "parameter", "measured_at"),
+    "environment": ("location", "measured_at"),
+    "operator_log": ("operator_id", "logged_at", "action"),
+}

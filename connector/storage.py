@@ -1,0 +1,214 @@
+"""The QDM store: one SQLAlchemy engine (SQLite/WAL by default, PostgreSQL by URL).
+
+``open_store`` connects and migrates the schema to the newest revision (Alembic);
+``QualityStore.ingest_rows`` validates rows and commits the good ones in atomic
+batches with ``INSERT ... ON CONFLICT DO NOTHING`` on the natural keys, so a
+re-delivered row is counted as a duplicate and stored once.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from sqlalchemy import Engine, Table, create_engine, event, func, select
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError, OperationalError, SQLAlchemyError
+
+from connector.dictionary import DataDictionary, default_dictionary
+from connector.errors import StorageError
+from connector.ingest import IngestReport, RowError, check_kind
+from connector.qdm import TABLES
+from connector.validate import FieldError, parse_row
+
+log = logging.getLogger(__name__)
+
+MIGRATIONS = Path(__file__).parent / "migrations"
+
+
+def normalise_url(url: str) -> str:
+    """``postgresql://`` means psycopg 3 here (the driver we install)."""
+    if url.startswith("postgresql://") or url.startswith("postgres://"):
+        return "postgresql+psycopg://" + url.split("://", 1)[1]
+    return url
+
+
+def safe_url(url: str) -> str:
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except ArgumentError:
+        return "<unparsable database URL>"
+
+
+def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.execute("PRAGMA busy_timeout=10000")
+    cursor.close()
+
+
+def create_store_engine(url: str) -> Engine:
+    url = normalise_url(url)
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        raise StorageError(f"database URL {url!r} cannot be parsed") from None
+    if parsed.get_backend_name() == "sqlite":
+        database = parsed.database or ""
+        if database and database != ":memory:" and not Path(database).parent.is_dir():
+            raise StorageError(
+                f"cannot open database {database}: directory {Path(database).parent} does not exist"
+            )
+        engine = create_engine(url, connect_args={"timeout": 30})
+        event.listen(engine, "connect", _sqlite_pragmas)
+        return engine
+    try:
+        return create_engine(url, pool_pre_ping=True)
+    except (ArgumentError, ImportError) as exc:
+        raise StorageError(f"database URL {safe_url(url)}: {exc}") from None
+
+
+def alembic_config(connection: Any) -> Config:
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS))
+    config.attributes["connection"] = connection
+    return config
+
+
+def migrate(engine: Engine, revision: str = "head") -> None:
+    """Bring the schema to ``revision`` (newest by default)."""
+    with engine.begin() as connection:
+        command.upgrade(alembic_config(connection), revision)
+
+
+class QualityStore:
+    """A node's QDM database."""
+
+    def __init__(self, engine: Engine, dictionary: DataDictionary | None = None):
+        self.engine = engine
+        self.dictionary = dictionary or default_dictionary()
+        self._insert = sqlite.insert if engine.dialect.name == "sqlite" else postgresql.insert
+        # sqlite3's executemany reports the total of inserted rows; psycopg's does not
+        self._rowcount_sums = engine.dialect.name == "sqlite"
+
+    @property
+    def url(self) -> str:
+        return safe_url(str(self.engine.url.render_as_string(hide_password=False)))
+
+    @property
+    def backend(self) -> str:
+        return self.engine.dialect.name
+
+    def schema_version(self) -> str:
+        with self.engine.connect() as connection:
+            return MigrationContext.configure(connection).get_current_revision() or "none"
+
+    def counts(self) -> dict[str, int]:
+        with self.engine.connect() as connection:
+            return {
+                kind: int(
+                    connection.execute(select(func.count()).select_from(_table(kind))).scalar_one()
+                )
+                for kind in TABLES
+            }
+
+    def ingest_rows(
+        self,
+        kind: str,
+        rows: Iterable[tuple[int, Mapping[str, Any] | tuple[str, str]]],
+        *,
+        source: str = "api",
+        batch_size: int = 5000,
+        on_progress: Callable[[int], None] | None = None,
+    ) -> IngestReport:
+        """Validate ``(line, row)`` pairs and store the good rows, ``batch_size`` per transaction.
+
+        A line given as ``(field, reason)`` instead of a row is reported as it is. A
+        database failure rolls the current batch back and raises :class:`StorageError`
+        naming the lines of that batch; batches before it stay committed.
+        """
+        check_kind(kind)
+        if batch_size < 1:
+            raise ValueError("batch_size must be >= 1")
+        report = IngestReport(kind=kind, source=source)
+        dictionary = self.dictionary
+        batch: list[dict[str, Any]] = []
+        lines: list[int] = []
+        done = 0
+        for line, row in rows:
+            done += 1
+            if isinstance(row, tuple):
+                report.rejected.append(RowError(source, line, row[0], row[1]))
+            else:
+                try:
+                    batch.append(parse_row(kind, row, dictionary))
+                    lines.append(line)
+                except FieldError as exc:
+                    report.rejected.append(RowError(source, line, exc.field, exc.reason))
+            if len(batch) >= batch_size:
+                self._flush(kind, batch, lines, report)
+                batch, lines = [], []
+                if on_progress is not None:
+                    on_progress(done)
+        if batch:
+            self._flush(kind, batch, lines, report)
+        if on_progress is not None:
+            on_progress(done)
+        return report
+
+    def _flush(
+        self, kind: str, batch: list[dict[str, Any]], lines: list[int], report: IngestReport
+    ) -> None:
+        table = _table(kind)
+        statement = self._insert(table).on_conflict_do_nothing()
+        try:
+            with self.engine.begin() as connection:
+                if self._rowcount_sums:
+                    inserted = connection.execute(statement, batch).rowcount
+                else:  # the driver does not sum executemany row counts: count what came back
+                    returning = statement.returning(table.c.id)
+                    inserted = len(connection.execute(returning, batch).all())
+        except SQLAlchemyError as exc:
+            orig = getattr(exc, "orig", None)
+            reason = str(orig) if orig is not None else str(exc)
+            raise StorageError(
+                f"{report.source}: lines {lines[0]}-{lines[-1]} of {kind} not stored "
+                f"(earlier batches are committed: {report.accepted} rows): {reason}"
+            ) from exc
+        report.accepted += inserted
+        report.duplicates += len(batch) - inserted
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+
+def _table(kind: str) -> Table:
+    table = TABLES[kind].__table__  # type: ignore[attr-defined]
+    assert isinstance(table, Table)
+    return table
+
+
+def open_store(url: str, dictionary: DataDictionary | None = None) -> QualityStore:
+    """Connect to ``url`` and migrate its schema; errors name the database (password hidden)."""
+    engine = create_store_engine(url)
+    try:
+        migrate(engine)
+    except OperationalError as exc:
+        engine.dispose()
+        raise StorageError(
+            f"cannot open database {safe_url(normalise_url(url))}: {exc.orig}"
+        ) from None
+    except SQLAlchemyError as exc:
+        engine.dispose()
+        raise StorageError(
+            f"cannot migrate database {safe_url(normalise_url(url))}: {exc}"
+        ) from None
+    return QualityStore(engine, dictionary)

@@ -1,0 +1,209 @@
+"""``qdspace demo``: a local data space on loopback, told as the reference scenario.
+
+SunArc Modules (OEM) buys cells from Cellex Mono and PolyCell Works; a regulator
+watches. Every member is a real node process with its own keys and database; the
+demo ingests each member's sample QDM data, has every pair of members authenticate
+over mutual-TLS gRPC, makes one genealogy hop, and prints where everything lives.
+Later capabilities add their chapter here.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+from rich.console import Console
+from rich.panel import Panel
+from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from connector.sample import write_sample_files
+from node.errors import NodeError
+from node.launcher import LocalNetwork
+
+
+@dataclass
+class DemoReport:
+    """What happened, for the summary and for ``summary.json``."""
+
+    workdir: str
+    members: dict[str, dict[str, Any]] = field(default_factory=dict)
+    ingest: dict[str, dict[str, dict[str, int]]] = field(default_factory=dict)
+    rejected_examples: list[str] = field(default_factory=list)
+    counts: dict[str, dict[str, int]] = field(default_factory=dict)
+    handshakes: dict[str, dict[str, str]] = field(default_factory=dict)
+    trace: dict[str, Any] = field(default_factory=dict)
+    refusal: str = ""
+    seconds: float = 0.0
+
+
+def _check(response: httpx.Response, what: str) -> Any:
+    if response.status_code >= 400:
+        raise NodeError(f"{what}: HTTP {response.status_code}: {response.text[:300]}")
+    return response.json()
+
+
+def _ingest_member(network: LocalNetwork, name: str, report: DemoReport) -> None:
+    member = network[name]
+    folder = network.workdir / "sample-data" / name
+    files = write_sample_files(folder, name, member.spec.role, bad_rows=(name == "cellex"))
+    report.ingest[name] = {}
+    with member.client() as client:
+        for kind, path in files.items():
+            media = "text/csv" if path.suffix == ".csv" else "application/x-ndjson"
+            result = _check(
+                client.post(
+                    f"/v1/ingest/{kind}",
+                    content=path.read_bytes(),
+                    headers={"content-type": media},
+                    params={"source": path.name},
+                ),
+                f"ingest {path} into {name}",
+            )
+            report.ingest[name][kind] = {
+                "stored": result["accepted"],
+                "duplicates": result["duplicates"],
+                "rejected": len(result["rejected"]),
+            }
+            report.rejected_examples.extend(
+                f"{name}: {e['source']}:{e['line']}: {e['field']}: {e['reason']}"
+                for e in result["rejected"]
+            )
+        report.counts[name] = _check(client.get("/v1/qdm/counts"), f"counts of {name}")
+
+
+def _handshakes(network: LocalNetwork, report: DemoReport) -> None:
+    for name, member in network.members.items():
+        report.handshakes[name] = {}
+        with member.client() as client:
+            for other in network.members:
+                if other == name:
+                    continue
+                r = client.post(f"/v1/peers/{other}/hello")
+                if r.status_code == 200:
+                    body = r.json()
+                    report.handshakes[name][other] = f"ok {body['round_trip_ms']:.0f} ms"
+                else:
+                    report.handshakes[name][other] = f"FAILED {r.json().get('detail', r.text)}"
+
+
+def _trace(network: LocalNetwork, report: DemoReport) -> None:
+    from connector.sample import sold_batch
+
+    batch_id = sold_batch("cellex", "sunarc")
+    with network["sunarc"].client() as client:
+        report.trace = _check(
+            client.get(f"/v1/peers/cellex/upstream/{batch_id}"), "genealogy hop sunarc -> cellex"
+        )
+    with network["regulator"].client() as client:
+        r = client.get(f"/v1/peers/cellex/upstream/{batch_id}")
+        report.refusal = r.json().get("detail", r.text) if r.status_code >= 400 else "NOT REFUSED"
+
+
+STEPS: list[tuple[str, Callable[[LocalNetwork, DemoReport], None]]] = [
+    ("mutual-TLS handshakes between every pair", _handshakes),
+    ("genealogy hop and a refused call", _trace),
+]
+
+
+def run_demo(
+    workdir: Path,
+    *,
+    keep_running: bool = False,
+    fresh: bool = True,
+    console: Console | None = None,
+) -> DemoReport:
+    console = console or Console()
+    started = time.monotonic()
+    if fresh and workdir.exists():
+        shutil.rmtree(workdir)
+    network = LocalNetwork(workdir)
+    report = DemoReport(workdir=str(network.workdir))
+    progress = Progress(
+        SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn(),
+        console=console, transient=False,
+    )
+    names = [s.name for s in network.specs]
+    try:
+        with progress:
+            task = progress.add_task("authority and member keys", total=1)
+            network.create()
+            progress.advance(task)
+            task = progress.add_task("starting node processes", total=1)
+            network.start()
+            progress.advance(task)
+            task = progress.add_task("ingesting sample QDM data", total=len(names))
+            for name in names:
+                _ingest_member(network, name, report)
+                progress.advance(task)
+            for title, step in STEPS:
+                task = progress.add_task(title, total=1)
+                step(network, report)
+                progress.advance(task)
+        report.members = network.describe()["members"]  # type: ignore[assignment]
+        report.seconds = time.monotonic() - started
+        (network.workdir / "summary.json").write_text(json.dumps(report.__dict__, indent=2))
+        network.write_manifest()
+        print_summary(console, network, report)
+    finally:
+        if not keep_running:
+            codes = network.stop()
+            console.print(
+                "nodes stopped: " + ", ".join(f"{n} (exit {c})" for n, c in codes.items())
+            )
+    if keep_running:
+        console.print(f"nodes keep running; stop them with: kill $(jq .pid {workdir}/nodes/*/run/runtime.json)")
+    return report
+
+
+def print_summary(console: Console, network: LocalNetwork, report: DemoReport) -> None:
+    members = Table(title="members of the data space", title_justify="left")
+    for col in ("member", "role", "member id", "gRPC (mTLS)", "operator API"):
+        members.add_column(col)
+    for name, m in network.members.items():
+        runtime = json.loads((m.directory / "run" / "runtime.json").read_text())
+        members.add_row(name, m.spec.role, str(runtime["member_id"]), m.grpc_address, m.api_url)
+    console.print(members)
+
+    kinds = sorted({k for c in report.counts.values() for k in c})
+    rows = Table(title="rows per node (QDM tables)", title_justify="left")
+    rows.add_column("table")
+    for name in report.counts:
+        rows.add_column(name, justify="right")
+    for kind in kinds:
+        rows.add_row(kind, *(str(report.counts[n].get(kind, 0)) for n in report.counts))
+    console.print(rows)
+    if report.rejected_examples:
+        console.print(f"[yellow]{len(report.rejected_examples)} bad rows reported and not stored:[/yellow]")
+        for line in report.rejected_examples[:5]:
+            console.print(f"  {line}", highlight=False)
+
+    matrix = Table(title="mutual-TLS gRPC: caller (row) -> callee (column)", title_justify="left")
+    matrix.add_column("")
+    for name in network.members:
+        matrix.add_column(name)
+    for caller, results in report.handshakes.items():
+        matrix.add_row(caller, *(results.get(c, "-") for c in network.members))
+    console.print(matrix)
+
+    if report.trace:
+        parents = ", ".join(f"{p['batch_id']} ({p['producer']})" for p in report.trace["parents"])
+        console.print(
+            f"genealogy: sunarc asked cellex about cell batch {report.trace['batch']['batch_id']}: "
+            f"made from {parents}"
+        )
+    console.print(f"regulator asking for genealogy was refused: {report.refusal}", highlight=False)
+
+    where = [
+        f"authority (CA, register, CRL): {network.authority_dir}",
+        *(f"{n}: {m.directory} (node.db SQLite/WAL, logs/, keys)" for n, m in network.members.items()),
+        f"summary: {network.workdir / 'summary.json'}",
+    ]
+    console.print(Panel("\n".join(where), title="where to look", expand=False))
+    console.print(f"done in {report.seconds:.1f} s")

@@ -1,0 +1,242 @@
+"""One storage suite, run against SQLite (always) and PostgreSQL (when configured)."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
+from sqlalchemy import select, text
+from sqlmodel import Session
+
+from connector.errors import IngestFileError, StorageError, UnknownKind
+from connector.genealogy import NotYourBatch, UnknownBatch, upstream
+from connector.ingest import ingest_file
+from connector.qdm import Inspection, ProcessMeasurement, metadata
+from connector.sample import sold_batch, write_sample_files
+from connector.storage import QualityStore, open_store
+
+
+def _inspection(i: int, **changes: Any) -> dict[str, Any]:
+    row = {
+        "inspection_id": f"EL-{i:05d}",
+        "station": "EL-1",
+        "inspected_at": "2026-11-02T08:00:00+01:00",
+        "verdict": "pass",
+        "score": 0.1,
+    }
+    row.update(changes)
+    return row
+
+
+def test_schema_is_migrated_and_matches_the_models(store: QualityStore) -> None:
+    assert store.schema_version() == "0001_qdm"
+    with store.engine.connect() as connection:
+        context = MigrationContext.configure(
+            connection,
+            opts={
+                "include_name": lambda name, type_, _p: (
+                    type_ != "table" or str(name).startswith("qdm_")
+                )
+            },
+        )
+        assert compare_metadata(context, metadata) == []
+
+
+def test_reopening_keeps_data(store_url: str) -> None:
+    first = open_store(store_url)
+    first.ingest_rows("inspection", [(1, _inspection(1))])
+    first.close()
+    again = open_store(store_url)
+    assert again.counts()["inspection"] == 1
+    again.close()
+
+
+def test_sample_files_ingest_and_reingest_stores_nothing_twice(
+    store: QualityStore, tmp_path: Path
+) -> None:
+    files = write_sample_files(tmp_path / "cellex", "cellex", "supplier", bad_rows=True)
+    first = {kind: ingest_file(store, path, kind, batch_size=500) for kind, path in files.items()}
+    counts = store.counts()
+    second = {kind: ingest_file(store, path, kind, batch_size=500) for kind, path in files.items()}
+    assert store.counts() == counts
+    for kind in files:
+        assert counts[kind] == first[kind].accepted > 0
+        assert second[kind].accepted == 0
+        assert second[kind].duplicates == first[kind].accepted
+        assert second[kind].rejected == first[kind].rejected
+    bad = [str(e) for e in first["inspection"].rejected]
+    assert bad[0] == "el_inspections.jsonl:11: score: 1.7 is above the maximum 1"
+    assert any(e.startswith("el_inspections.jsonl:41: -: invalid JSON") for e in bad)
+    assert [e.field for e in first["measurement"].rejected] == ["unit"]
+
+
+def test_duplicates_inside_one_delivery_are_stored_once(store: QualityStore) -> None:
+    report = store.ingest_rows(
+        "inspection", [(i + 1, _inspection(i % 3)) for i in range(9)], batch_size=4
+    )
+    assert (report.accepted, report.duplicates) == (3, 6)
+    assert store.counts()["inspection"] == 3
+
+
+def test_times_are_stored_in_utc(store: QualityStore) -> None:
+    store.ingest_rows("inspection", [(1, _inspection(1, inspected_at="2026-11-02T08:00:00+02:00"))])
+    with Session(store.engine) as session:
+        stored = session.exec(select(Inspection)).scalars().one()  # type: ignore[call-overload]
+    assert stored.inspected_at == datetime(2026, 11, 2, 6, 0, tzinfo=UTC)
+    assert stored.defect_class == "none"
+
+
+def test_void_rate_in_three_representations_is_stored_canonically(store: QualityStore) -> None:
+    base = {"equipment": "STRINGER-1", "parameter": "solder_void_rate"}
+    rows = [
+        {**base, "value": "4", "unit": "%", "measured_at": "2026-11-02T08:00:00Z"},
+        {**base, "value": "0.04", "unit": "fraction", "measured_at": "2026-11-02T08:01:00Z"},
+        {**base, "value": "A", "unit": "grade", "measured_at": "2026-11-02T08:02:00Z"},
+        {
+            **base,
+            "parameter": "void_rate",
+            "value": "0.04",
+            "unit": "fraction",
+            "measured_at": "2026-11-02T08:01:00Z",
+        },
+    ]
+    report = store.ingest_rows("measurement", list(enumerate(rows, start=1)))
+    assert (report.accepted, report.duplicates, report.rejected) == (3, 1, [])
+    with Session(store.engine) as session:
+        stored = (
+            session.exec(select(ProcessMeasurement).order_by(ProcessMeasurement.measured_at))
+            .scalars()
+            .all()
+        )  # type: ignore[call-overload, arg-type]
+    assert {(m.parameter, m.element_id, m.unit) for m in stored} == {
+        ("solder_void_rate", "QDE-0001", "1")
+    }
+    assert [round(m.value, 6) for m in stored] == [0.04, 0.04, 0.05]
+    assert [(m.raw_value, m.raw_unit, m.grade) for m in stored] == [
+        ("4", "%", None),
+        ("0.04", "fraction", None),
+        ("A", "grade", "A"),
+    ]
+
+
+def test_good_rows_are_stored_and_bad_rows_reported(store: QualityStore) -> None:
+    rows = [
+        (1, _inspection(1)),
+        (2, _inspection(2, score=7)),
+        (3, ("-", "invalid JSON: x")),
+        (4, _inspection(4)),
+    ]
+    report = store.ingest_rows("inspection", rows, source="upload.jsonl")
+    assert report.accepted == 2
+    assert [str(e) for e in report.rejected] == [
+        "upload.jsonl:2: score: 7 is above the maximum 1",
+        "upload.jsonl:3: -: invalid JSON: x",
+    ]
+
+
+FAIL_ON_6 = {
+    "sqlite": [
+        "CREATE TRIGGER fail_6 BEFORE INSERT ON qdm_inspection WHEN NEW.inspection_id = 'EL-00006' "
+        "BEGIN SELECT RAISE(ABORT, 'disk full (injected)'); END",
+    ],
+    "postgresql": [
+        "CREATE FUNCTION fail_6() RETURNS trigger AS $$ BEGIN "
+        "IF NEW.inspection_id = 'EL-00006' THEN RAISE EXCEPTION 'disk full (injected)'; END IF; "
+        "RETURN NEW; END $$ LANGUAGE plpgsql",
+        "CREATE TRIGGER fail_6 BEFORE INSERT ON qdm_inspection "
+        "FOR EACH ROW EXECUTE FUNCTION fail_6()",
+    ],
+}
+
+
+def test_a_failing_batch_is_rolled_back_whole_and_earlier_batches_stay(store: QualityStore) -> None:
+    with store.engine.begin() as connection:
+        for ddl in FAIL_ON_6[store.backend]:
+            connection.execute(text(ddl))
+    with pytest.raises(StorageError) as caught:
+        store.ingest_rows("inspection", [(i, _inspection(i)) for i in range(1, 11)], batch_size=4)
+    message = str(caught.value)
+    assert (
+        "api: lines 5-8 of inspection not stored (earlier batches are committed: 4 rows)" in message
+    )
+    assert "disk full (injected)" in message
+    with store.engine.connect() as connection:
+        ids = sorted(
+            r[0] for r in connection.execute(text("SELECT inspection_id FROM qdm_inspection"))
+        )
+    assert ids == [f"EL-{i:05d}" for i in range(1, 5)]
+
+
+def test_file_level_errors_name_the_file(store: QualityStore, tmp_path: Path) -> None:
+    with pytest.raises(IngestFileError, match="no such file"):
+        ingest_file(store, tmp_path / "missing.csv", "inspection")
+    bad_type = tmp_path / "rows.xlsx"
+    bad_type.write_bytes(b"PK")
+    with pytest.raises(IngestFileError, match=r"unsupported file type \.xlsx"):
+        ingest_file(store, bad_type, "inspection")
+    wrong_header = tmp_path / "rows.csv"
+    wrong_header.write_text("inspection_id,station,colour\nA,B,red\n")
+    with pytest.raises(
+        IngestFileError, match=r"rows.csv:1: column 'colour' is not a field of inspection"
+    ):
+        ingest_file(store, wrong_header, "inspection")
+    with pytest.raises(UnknownKind, match="unknown kind 'photo'"):
+        ingest_file(store, wrong_header, "photo")
+    assert store.counts()["inspection"] == 0
+
+
+def test_csv_and_jsonl_give_the_same_rows(store: QualityStore, tmp_path: Path) -> None:
+    rows = [_inspection(i, defect_class="", model_version="m1") for i in range(5)]
+    as_csv = tmp_path / "a.csv"
+    as_csv.write_text(
+        ",".join(rows[0])
+        + "\n"
+        + "".join(",".join(str(v) for v in r.values()) + "\n" for r in rows)
+    )
+    as_jsonl = tmp_path / "a.jsonl"
+    as_jsonl.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert ingest_file(store, as_csv, "inspection").accepted == 5
+    again = ingest_file(store, as_jsonl, "inspection")
+    assert (again.accepted, again.duplicates) == (0, 5)
+
+
+def test_genealogy_hop_is_answered_only_to_the_customer(
+    store: QualityStore, tmp_path: Path
+) -> None:
+    for kind, path in write_sample_files(tmp_path / "s", "cellex", "supplier").items():
+        ingest_file(store, path, kind)
+    batch, parents = upstream(store.engine, sold_batch("cellex", "sunarc"), customer="sunarc")
+    assert (batch.producer, batch.kind) == ("cellex", "cell")
+    assert [(p.batch_id, p.producer, p.kind) for p in parents] == [
+        ("CX-WB-260001", "siliwafer", "wafer"),
+        ("CX-WB-260002", "siliwafer", "wafer"),
+    ]
+    with pytest.raises(NotYourBatch):
+        upstream(store.engine, batch.batch_id, customer="polycell")
+    with pytest.raises(UnknownBatch):
+        upstream(store.engine, "NOPE", customer="sunarc")
+
+
+def test_sqlite_runs_in_wal_mode(tmp_path: Path) -> None:
+    store = open_store(f"sqlite:///{tmp_path / 'node.db'}")
+    with store.engine.connect() as connection:
+        assert connection.execute(text("PRAGMA journal_mode")).scalar_one() == "wal"
+    store.close()
+
+
+def test_missing_directory_is_one_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(StorageError, match=f"directory {tmp_path / 'nope'} does not exist"):
+        open_store(f"sqlite:///{tmp_path / 'nope' / 'node.db'}")
+    assert not (tmp_path / "nope").exists()
+
+
+def test_unreachable_postgresql_names_the_server_without_password() -> None:
+    with pytest.raises(StorageError) as caught:
+        open_store("postgresql://qdspace:s3cret@127.0.0.1:1/qdspace?connect_timeout=2")
+    assert "127.0.0.1:1" in str(caught.value)
+    assert "s3cret" not in str(caught.value)

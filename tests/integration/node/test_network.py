@@ -1,0 +1,115 @@
+"""Real node processes, real mutual TLS: who gets in, who is refused, and why."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import datetime as dt
+import time
+from pathlib import Path
+
+import pytest
+
+from node.errors import PeerError
+from node.identity.authority import Authority
+from node.identity.member import create_member_keys, load_member_keys
+from node.launcher import LocalNetwork
+from node.peers import PeerDirectory
+
+pytestmark = pytest.mark.integration
+
+
+def _hello(keys_dir_or_keys: object, network: LocalNetwork, target: str) -> object:
+    keys = (
+        load_member_keys(keys_dir_or_keys)
+        if isinstance(keys_dir_or_keys, Path)
+        else keys_dir_or_keys
+    )
+    peers = PeerDirectory(keys, {target: network[target].grpc_address})  # type: ignore[arg-type]
+
+    async def call() -> object:
+        try:
+            return await peers.hello(target, timeout=5)
+        finally:
+            await peers.close()
+
+    return asyncio.run(call())
+
+
+def _log_contains(network: LocalNetwork, name: str, needle: str, timeout: float = 5.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if needle in network[name].log_path.read_text(errors="replace"):
+            return True
+        time.sleep(0.1)
+    return False
+
+
+def test_every_pair_of_members_authenticates(network: LocalNetwork) -> None:
+    names = list(network.members)
+    for caller in names:
+        with network[caller].client() as client:
+            for callee in names:
+                if callee == caller:
+                    continue
+                r = client.post(f"/v1/peers/{callee}/hello")
+                assert r.status_code == 200, r.text
+                body = r.json()
+                assert body["peer"] == callee
+                assert body["peer_role"] == network[callee].spec.role
+                assert body["seen_as"] == caller
+    assert _log_contains(network, "cellex", "grpc /qdspace.v1.Node/Hello peer=sunarc role=oem")
+
+
+def test_foreign_certificate_is_refused_at_tls(network: LocalNetwork, tmp_path: Path) -> None:
+    foreign = Authority.init(tmp_path / "foreign")
+    forged = create_member_keys(tmp_path / "evil", foreign, name="sunarc", role="oem")
+    # the caller trusts the real authority (its certificate is public) but presents a
+    # certificate of its own making: the server must refuse the handshake
+    keys = dataclasses.replace(forged, ca_cert=Authority.load(network.authority_dir).cert)
+    with pytest.raises(PeerError, match="UNAVAILABLE"):
+        _hello(keys, network, "cellex")
+    assert _log_contains(network, "cellex", "Handshake failed")
+
+
+def test_expired_certificate_is_refused_at_tls(network: LocalNetwork, tmp_path: Path) -> None:
+    authority = Authority.load(network.authority_dir)
+    past = dt.datetime.now(dt.UTC) - dt.timedelta(days=30)
+    keys = create_member_keys(
+        tmp_path / "old", authority, name="stale", role="supplier", valid_days=1, not_before=past
+    )
+    with pytest.raises(PeerError, match="UNAVAILABLE"):
+        _hello(keys, network, "polycell")
+    assert _log_contains(network, "polycell", "Handshake failed")
+
+
+def test_revoked_member_is_refused_and_logged(network: LocalNetwork, tmp_path: Path) -> None:
+    authority = Authority.load(network.authority_dir)
+    keys = create_member_keys(tmp_path / "rogue", authority, name="rogue", role="supplier")
+    assert _hello(keys, network, "sunarc").peer == "sunarc"  # type: ignore[attr-defined]
+    authority.revoke("rogue", "left the data space")
+    with pytest.raises(PeerError, match="UNAUTHENTICATED.*revoked"):
+        _hello(keys, network, "sunarc")
+    assert _log_contains(network, "sunarc", "refused /qdspace.v1.Node/Hello")
+
+
+def test_wrong_role_gets_permission_denied(network: LocalNetwork) -> None:
+    with network["regulator"].client() as client:
+        r = client.get("/v1/peers/cellex/upstream/anything")
+    assert r.status_code == 403
+    assert "PERMISSION_DENIED" in r.json()["detail"]
+    assert "role regulator may not call /qdspace.v1.Trace/Upstream" in r.json()["detail"]
+    assert _log_contains(network, "cellex", "refused /qdspace.v1.Trace/Upstream")
+
+
+def test_operator_api_needs_the_token(network: LocalNetwork) -> None:
+    import httpx
+
+    r = httpx.get(f"{network['sunarc'].api_url}/v1/node")
+    assert r.status_code == 401
+    assert httpx.get(f"{network['sunarc'].api_url}/healthz").status_code == 200
+    with network["sunarc"].client() as client:
+        info = client.get("/v1/node").json()
+        assert info["role"] == "oem"
+        assert set(info["peers"]) == {"cellex", "polycell", "regulator"}
+        assert "paths" in client.get("/openapi.json").json()
