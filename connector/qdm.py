@@ -75,7 +75,7 @@ class Inspection(SQLModel, table=True):
     """One inspection verdict (EL imaging, X-ray, visual), by a person or a model."""
 
     __tablename__ = "qdm_inspection"
-    __table_args__ = (Index("ix_inspection_order_time", "order_id", "inspected_at"),)
+    __table_args__ = (Index("ix_inspection_order", "order_id", "id"),)
     id: int | None = Field(default=None, primary_key=True)
     inspection_id: str = Field(max_length=96, unique=True)
     station: str = Field(max_length=64)

@@ -75,7 +75,7 @@ def upgrade() -> None:
     sa.UniqueConstraint('inspection_id')
     )
     with op.batch_alter_table('qdm_inspection', schema=None) as batch_op:
-        batch_op.create_index('ix_inspection_order_time', ['order_id', 'inspected_at'], unique=False)
+        batch_op.create_index('ix_inspection_order', ['order_id', 'id'], unique=False)
         batch_op.create_index(batch_op.f('ix_qdm_inspection_batch_id'), ['batch_id'], unique=False)
 
     op.create_table('qdm_measurement',
@@ -158,7 +158,7 @@ def downgrade() -> None:
     op.drop_table('qdm_measurement')
     with op.batch_alter_table('qdm_inspection', schema=None) as batch_op:
         batch_op.drop_index(batch_op.f('ix_qdm_inspection_batch_id'))
-        batch_op.drop_index('ix_inspection_order_time')
+        batch_op.drop_index('ix_inspection_order')
 
     op.drop_table('qdm_inspection')
     with op.batch_alter_table('qdm_genealogy', schema=None) as batch_op:
