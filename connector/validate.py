@@ -45,7 +45,7 @@ def text(
         if value:
             if len(value) > max_len:
                 raise FieldError(name, f"longer than {max_len} characters")
-            return value  # type: ignore[no-any-return]
+            return value
         value = None
     if value is None:
         if required:
