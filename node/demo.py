@@ -40,6 +40,8 @@ class DemoReport:
     handshakes: dict[str, dict[str, str]] = field(default_factory=dict)
     trace: dict[str, Any] = field(default_factory=dict)
     refusal: str = ""
+    # one entry per later chapter (contracts, inspection, ledger, federation): JSON-able
+    chapters: dict[str, Any] = field(default_factory=dict)
     seconds: float = 0.0
 
 
@@ -109,7 +111,12 @@ def _trace(network: LocalNetwork, report: DemoReport) -> None:
 STEPS: list[tuple[str, Callable[[LocalNetwork, DemoReport], None]]] = [
     ("mutual-TLS handshakes between every pair", _handshakes),
     ("genealogy hop and a refused call", _trace),
+    # later chapters append (title, step) here; a step stores its results in
+    # report.chapters[<name>] and its printer below shows them in the summary
 ]
+
+# printers of the later chapters, called in order after the foundation's summary
+CHAPTER_PRINTERS: list[Callable[[Console, DemoReport], None]] = []
 
 
 def run_demo(
@@ -158,7 +165,10 @@ def run_demo(
                 "nodes stopped: " + ", ".join(f"{n} (exit {c})" for n, c in codes.items())
             )
     if keep_running:
-        console.print(f"nodes keep running; stop them with: kill $(jq .pid {workdir}/nodes/*/run/runtime.json)")
+        console.print(
+            "nodes keep running; stop them with: "
+            f"kill $(jq .pid {workdir}/nodes/*/run/runtime.json)"
+        )
     return report
 
 
@@ -180,7 +190,9 @@ def print_summary(console: Console, network: LocalNetwork, report: DemoReport) -
         rows.add_row(kind, *(str(report.counts[n].get(kind, 0)) for n in report.counts))
     console.print(rows)
     if report.rejected_examples:
-        console.print(f"[yellow]{len(report.rejected_examples)} bad rows reported and not stored:[/yellow]")
+        console.print(
+            f"[yellow]{len(report.rejected_examples)} bad rows reported and not stored:[/yellow]"
+        )
         for line in report.rejected_examples[:5]:
             console.print(f"  {line}", highlight=False)
 
@@ -199,10 +211,15 @@ def print_summary(console: Console, network: LocalNetwork, report: DemoReport) -
             f"made from {parents}"
         )
     console.print(f"regulator asking for genealogy was refused: {report.refusal}", highlight=False)
+    for printer in CHAPTER_PRINTERS:
+        printer(console, report)
 
     where = [
         f"authority (CA, register, CRL): {network.authority_dir}",
-        *(f"{n}: {m.directory} (node.db SQLite/WAL, logs/, keys)" for n, m in network.members.items()),
+        *(
+            f"{n}: {m.directory} (node.db SQLite/WAL, logs/, keys)"
+            for n, m in network.members.items()
+        ),
         f"summary: {network.workdir / 'summary.json'}",
     ]
     console.print(Panel("\n".join(where), title="where to look", expand=False))
