@@ -1,0 +1,70 @@
+"""Errors of the federation room.
+
+One base class so the node maps every federation failure to a gRPC status in one
+place; each subclass also derives from the matching built-in where a caller might
+reasonably catch that instead. Messages name the member, round or tensor at fault.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class FederationError(Exception):
+    """Base of every error raised by ``federation``; the message is safe to show a peer."""
+
+
+class RefusalReason(StrEnum):
+    """Why an update (or another round message) was refused; sent back to the member."""
+
+    NOT_A_MEMBER = "not_a_member"
+    WRONG_JOB = "wrong_job"
+    WRONG_ROUND = "wrong_round"
+    WRONG_PHASE = "wrong_phase"
+    WRONG_SHAPE = "wrong_shape"
+    NOT_FINITE = "not_finite"
+    DUPLICATE = "duplicate"
+    DEADLINE_PASSED = "deadline_passed"
+    DROPPED = "dropped"
+    BAD_SIGNATURE = "bad_signature"
+
+
+class UpdateRefused(FederationError, ValueError):
+    """A member's message does not fit the round; ``reason`` is machine-readable."""
+
+    def __init__(self, reason: RefusalReason, detail: str) -> None:
+        super().__init__(f"{reason.value}: {detail}")
+        self.reason = reason
+        self.detail = detail
+
+
+class ParamsError(FederationError, ValueError):
+    """Model parameters do not fit the expected shapes, or are not finite float32 values."""
+
+
+class StrategyError(FederationError, ValueError):
+    """An aggregation strategy is misconfigured, or got too few updates to run."""
+
+
+class SecAggError(FederationError, ValueError):
+    """A secure-aggregation message is malformed, inconsistent or arrived out of order."""
+
+
+class SecAggAbort(FederationError, RuntimeError):
+    """Too few members remain for the threshold: the round cannot be unmasked."""
+
+
+class PrivacyError(FederationError, ValueError):
+    """Differential-privacy settings are invalid or the privacy budget would be exceeded."""
+
+
+class VersionError(FederationError, ValueError):
+    """A global model version is malformed, badly signed or not anchored as claimed."""
+
+
+class CheckpointError(FederationError, OSError):
+    """A coordinator checkpoint is missing, unreadable or belongs to another job."""
+
+
+class TrainingError(FederationError, RuntimeError):
+    """Local training could not run (missing extra, bad data, diverged loss)."""

@@ -1,0 +1,179 @@
+"""A federated job: the terms a coordinator publishes and members agree to.
+
+A job is a contract: its canonical bytes are what the usage-policy agreement
+(``use`` for purpose ``model-training``, no distribution) refers to, so every
+setting that changes what a member reveals (strategy, secure aggregation, the
+clipping bound, differential privacy) is part of it and of its digest.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from federation.dp import DPConfig
+from federation.errors import FederationError
+from federation.params import Shapes, size_of
+from federation.secagg import Quantizer, SecAggConfig
+from federation.strategies import SUM_BASED, StrategyName, StrategySpec, build_strategy
+
+TRAINING_PURPOSE = "model-training"
+DEFAULT_PHASE_TIMEOUT_S = 120.0
+
+
+class JobSpecError(FederationError, ValueError):
+    """A job's terms are inconsistent (for example a robust strategy with secure aggregation)."""
+
+
+@dataclass(frozen=True, slots=True)
+class JobSpec:
+    """Everything members must agree on before round 1.
+
+    ``threshold`` is secure aggregation's ``t`` (at least that many members must stay
+    until unmasking); ``update_clip`` is the L2 bound members apply to their change
+    before sending it (needed for secure aggregation, implied by DP's clip).
+    ``phase_timeout_s`` is the deadline of each phase; stragglers miss the round.
+    """
+
+    job_id: str
+    coordinator: str
+    model: str
+    shapes: Shapes
+    rounds: int
+    min_members: int
+    members: tuple[str, ...]
+    strategy: StrategySpec = field(default_factory=StrategySpec)
+    secure_aggregation: bool = False
+    threshold: int = 2
+    update_clip: float | None = None
+    dp: DPConfig | None = None
+    phase_timeout_s: float = DEFAULT_PHASE_TIMEOUT_S
+    training: Mapping[str, float] = field(default_factory=dict)
+    purpose: str = TRAINING_PURPOSE
+
+    def __post_init__(self) -> None:
+        problems = list(self._problems())
+        if problems:
+            raise JobSpecError(f"job {self.job_id}: " + "; ".join(problems))
+        build_strategy(self.strategy)
+
+    def _problems(self) -> list[str]:
+        out = []
+        if not self.job_id or not self.coordinator or not self.model:
+            out.append("job id, coordinator and model must be named")
+        if self.rounds < 1:
+            out.append(f"rounds must be >= 1, got {self.rounds}")
+        if len(set(self.members)) != len(self.members):
+            out.append("members are listed more than once")
+        if not 1 <= self.min_members <= len(self.members):
+            out.append(f"min_members {self.min_members} must be in 1..{len(self.members)}")
+        if not self.shapes or size_of(self.shapes) == 0:
+            out.append("the model has no parameters")
+        if self.phase_timeout_s <= 0:
+            out.append("phase timeout must be > 0")
+        if self.update_clip is not None and self.update_clip <= 0:
+            out.append("update clip must be > 0")
+        if self.secure_aggregation:
+            if self.strategy.name not in SUM_BASED:
+                out.append(
+                    f"strategy {self.strategy.name.value} needs single updates and cannot run "
+                    "under secure aggregation (use fedavg, fedprox or norm_bounding)"
+                )
+            if not 2 <= self.threshold <= self.min_members:
+                out.append(f"threshold {self.threshold} must be in 2..min_members")
+            if self.clip is None:
+                out.append("secure aggregation needs a clipping bound (update_clip or dp)")
+        if self.dp is not None and self.strategy.name not in SUM_BASED:
+            out.append(
+                f"differential privacy is accounted for sums of clipped updates; strategy "
+                f"{self.strategy.name.value} is not one (use fedavg, fedprox or norm_bounding)"
+            )
+        return out
+
+    @property
+    def sum_mode(self) -> bool:
+        """Aggregate as an unweighted mean of clipped changes (secure aggregation or DP)."""
+        return self.secure_aggregation or self.dp is not None
+
+    @property
+    def clip(self) -> float | None:
+        """The L2 bound every member applies to its change (``None``: no clipping)."""
+        if self.dp is not None:
+            return self.dp.clip
+        if self.update_clip is not None:
+            return self.update_clip
+        if self.strategy.name is StrategyName.NORM_BOUNDING:
+            return self.strategy.params.get("bound", 1.0)
+        return None
+
+    @property
+    def vector_len(self) -> int:
+        return size_of(self.shapes)
+
+    def secagg_config(self, round_: int, attempt: int) -> SecAggConfig:
+        """The SecAgg settings of one round attempt; coordinator and members derive the same."""
+        if not self.secure_aggregation or self.clip is None:
+            raise JobSpecError(f"job {self.job_id} does not use secure aggregation")
+        # Every coordinate of an L2-clipped change is within +/- clip; distributed DP noise
+        # adds to that, so leave six standard deviations of headroom before wrapping.
+        headroom = 0.0 if self.dp is None else 6.0 * self.dp.member_noise_std(self.min_members)
+        quantizer = Quantizer(clip=self.clip + headroom, max_members=len(self.members))
+        return SecAggConfig(
+            self.job_id, round_, self.threshold, self.vector_len, quantizer, attempt=attempt
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "job_id": self.job_id,
+            "coordinator": self.coordinator,
+            "model": self.model,
+            "shapes": [list(s) for s in self.shapes],
+            "rounds": self.rounds,
+            "min_members": self.min_members,
+            "members": list(self.members),
+            "strategy": self.strategy.to_dict(),
+            "secure_aggregation": self.secure_aggregation,
+            "threshold": self.threshold,
+            "update_clip": self.update_clip,
+            "dp": None if self.dp is None else self.dp.to_dict(),
+            "phase_timeout_s": self.phase_timeout_s,
+            "training": {k: float(v) for k, v in sorted(self.training.items())},
+            "purpose": self.purpose,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> JobSpec:
+        try:
+            clip = data.get("update_clip")
+            dp = data.get("dp")
+            return cls(
+                job_id=str(data["job_id"]),
+                coordinator=str(data["coordinator"]),
+                model=str(data["model"]),
+                shapes=tuple(tuple(int(d) for d in s) for s in data["shapes"]),
+                rounds=int(data["rounds"]),
+                min_members=int(data["min_members"]),
+                members=tuple(str(m) for m in data["members"]),
+                strategy=StrategySpec.from_dict(data.get("strategy", {"name": "fedavg"})),
+                secure_aggregation=bool(data.get("secure_aggregation", False)),
+                threshold=int(data.get("threshold", 2)),
+                update_clip=None if clip is None else float(clip),
+                dp=None if dp is None else DPConfig.from_dict(dp),
+                phase_timeout_s=float(data.get("phase_timeout_s", DEFAULT_PHASE_TIMEOUT_S)),
+                training={str(k): float(v) for k, v in data.get("training", {}).items()},
+                purpose=str(data.get("purpose", TRAINING_PURPOSE)),
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            if isinstance(exc, FederationError):
+                raise
+            raise JobSpecError(f"job terms are not valid: {exc!r}") from exc
+
+    def canonical_bytes(self) -> bytes:
+        """Sorted-key compact JSON: the bytes an agreement and the ledger refer to."""
+        return json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":")).encode()
+
+    def digest(self) -> bytes:
+        return hashlib.sha256(self.canonical_bytes()).digest()

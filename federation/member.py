@@ -1,0 +1,61 @@
+"""A member's side of a round, minus the transport: what it sends, given what it trained.
+
+The member never sends data, only its change to the global model. When the job
+clips (secure aggregation, DP or norm bounding) the change is clipped here, before
+noise and masking, so the bound holds for whatever leaves the company; in
+distributed-DP jobs each member adds its share of the Gaussian noise here too.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+
+import numpy as np
+from nacl.signing import SigningKey, VerifyKey
+
+from federation.dp import add_noise
+from federation.job import JobSpec
+from federation.params import Params, Vector
+from federation.secagg import SecAggClient
+from federation.strategies import clip_to_norm
+
+
+def prepare_change(
+    job: JobSpec, global_vector: Vector, trained: Vector, rng: np.random.Generator
+) -> Vector:
+    """The change to report: ``trained - global``, clipped and noised as the job says."""
+    change = np.subtract(trained, global_vector, dtype=np.float32)
+    if job.clip is not None:
+        change, _ = clip_to_norm(change, job.clip)
+    if job.dp is not None:
+        change = add_noise(change, job.dp.member_noise_std(job.min_members), rng)
+    return change
+
+
+def plain_update(
+    job: JobSpec, global_vector: Vector, trained: Vector, rng: np.random.Generator
+) -> Vector:
+    """The parameter vector to upload in a round without secure aggregation."""
+    if job.clip is None and job.dp is None:
+        return np.asarray(trained, dtype=np.float32)
+    return (global_vector + prepare_change(job, global_vector, trained, rng)).astype(np.float32)
+
+
+def secagg_client(
+    job: JobSpec,
+    member: str,
+    round_: int,
+    attempt: int,
+    *,
+    signing_key: SigningKey | None = None,
+    verify_keys: Mapping[str, VerifyKey] | None = None,
+) -> SecAggClient:
+    """This member's SecAgg state for one round attempt (fresh keys every attempt)."""
+    return SecAggClient(
+        member, job.secagg_config(round_, attempt), signing_key=signing_key, verify_keys=verify_keys
+    )
+
+
+#: A member's local training: the global parameters and the round number in, the
+#: trained parameters and the number of examples out. The data stays in the closure.
+Trainer = Callable[[Params, int], tuple[Params, int]]

@@ -1,0 +1,140 @@
+"""Model parameters as numpy float32 arrays: what members exchange instead of data.
+
+A model is a list of float32 tensors in a fixed order (PyTorch ``state_dict`` order
+for the EL CNN). Aggregation works on one flat vector; these helpers convert between
+the two, check a member's update against the job's expected shapes, and give the
+one canonical byte form that is hashed, signed and streamed in chunks.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import struct
+from collections.abc import Sequence
+
+import numpy as np
+from numpy.typing import NDArray
+
+from federation.errors import ParamsError, RefusalReason, UpdateRefused
+
+Params = list[NDArray[np.float32]]
+Vector = NDArray[np.float32]
+Shapes = tuple[tuple[int, ...], ...]
+
+MAGIC = b"QDFP1\n"
+_HEADER_LEN = struct.Struct(">I")
+
+
+def shapes_of(params: Sequence[NDArray[np.generic]]) -> Shapes:
+    """The shape of each tensor, in order: what a flat vector needs to be cut back up."""
+    return tuple(tuple(int(d) for d in p.shape) for p in params)
+
+
+def size_of(shapes: Shapes) -> int:
+    """How many scalars a model of ``shapes`` has."""
+    return sum(int(np.prod(shape, dtype=np.int64)) for shape in shapes)
+
+
+def flatten(params: Sequence[NDArray[np.generic]]) -> Vector:
+    """Concatenate all tensors into one float32 vector (a copy)."""
+    if not params:
+        return np.zeros(0, dtype=np.float32)
+    return np.concatenate([np.asarray(p, dtype=np.float32).ravel() for p in params])
+
+
+def unflatten(vector: NDArray[np.generic], shapes: Shapes) -> Params:
+    """Cut a flat vector back into float32 tensors of ``shapes``; a wrong length is refused."""
+    flat = np.asarray(vector, dtype=np.float32)
+    expected = size_of(shapes)
+    if flat.ndim != 1 or flat.size != expected:
+        raise ParamsError(f"parameter vector has shape {flat.shape}, the model needs {expected}")
+    out: Params = []
+    offset = 0
+    for shape in shapes:
+        size = int(np.prod(shape, dtype=np.int64))
+        out.append(flat[offset : offset + size].reshape(shape).copy())
+        offset += size
+    return out
+
+
+def check_update(params: Sequence[NDArray[np.generic]], expected: Shapes, member: str) -> None:
+    """Refuse an update whose tensor count, shapes, dtype or values do not fit the job.
+
+    Raises ``UpdateRefused`` with ``WRONG_SHAPE`` or ``NOT_FINITE`` naming the first
+    tensor at fault, so the member learns exactly what it sent wrong.
+    """
+    if len(params) != len(expected):
+        raise UpdateRefused(
+            RefusalReason.WRONG_SHAPE,
+            f"member {member} sent {len(params)} tensors, the model has {len(expected)}",
+        )
+    for i, (tensor, shape) in enumerate(zip(params, expected, strict=True)):
+        if tuple(tensor.shape) != shape:
+            raise UpdateRefused(
+                RefusalReason.WRONG_SHAPE,
+                f"member {member} tensor {i} has shape {tuple(tensor.shape)}, expected {shape}",
+            )
+        if tensor.dtype != np.float32:
+            raise UpdateRefused(
+                RefusalReason.WRONG_SHAPE,
+                f"member {member} tensor {i} has dtype {tensor.dtype}, expected float32",
+            )
+        if not np.all(np.isfinite(tensor)):
+            raise UpdateRefused(
+                RefusalReason.NOT_FINITE, f"member {member} tensor {i} holds NaN or infinity"
+            )
+
+
+def _header(shapes: Shapes) -> bytes:
+    header = json.dumps({"dtype": "<f4", "shapes": [list(s) for s in shapes]}).encode("ascii")
+    return MAGIC + _HEADER_LEN.pack(len(header)) + header
+
+
+def encoded_size(shapes: Shapes) -> int:
+    """Length of ``params_to_bytes`` of a model of ``shapes``: what an upload must announce."""
+    return len(_header(shapes)) + 4 * size_of(shapes)
+
+
+def params_to_bytes(params: Sequence[NDArray[np.generic]]) -> bytes:
+    """Canonical bytes: magic, a JSON header with the shapes, then little-endian float32 data.
+
+    The same parameters always give the same bytes, so the digest of this string is
+    what a model version signs and what the ledger anchors.
+    """
+    body = flatten(params).astype("<f4", copy=False).tobytes()
+    return _header(shapes_of(params)) + body
+
+
+def params_from_bytes(data: bytes | bytearray | memoryview) -> Params:
+    """Parse ``params_to_bytes`` output; anything truncated or malformed is refused."""
+    view = memoryview(data)
+    if bytes(view[: len(MAGIC)]) != MAGIC:
+        raise ParamsError("parameter bytes do not start with the QDFP1 magic")
+    start = len(MAGIC) + _HEADER_LEN.size
+    if len(view) < start:
+        raise ParamsError("parameter bytes are truncated inside the header length")
+    (head_len,) = _HEADER_LEN.unpack(view[len(MAGIC) : start])
+    try:
+        header = json.loads(bytes(view[start : start + head_len]).decode("ascii"))
+        shapes: Shapes = tuple(tuple(int(d) for d in s) for s in header["shapes"])
+        dtype = header["dtype"]
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ParamsError(f"parameter header is not valid: {exc}") from exc
+    if dtype != "<f4":
+        raise ParamsError(f"parameter dtype {dtype!r} is not little-endian float32")
+    body = view[start + head_len :]
+    if len(body) != 4 * size_of(shapes):
+        raise ParamsError(
+            f"parameter body has {len(body)} bytes, the shapes need {4 * size_of(shapes)}"
+        )
+    flat = np.frombuffer(body, dtype="<f4").astype(np.float32)
+    return unflatten(flat, shapes)
+
+
+def params_digest(params: Sequence[NDArray[np.generic]]) -> bytes:
+    """SHA-256 of the canonical bytes (computed without holding a second copy of the body)."""
+    h = hashlib.sha256(_header(shapes_of(params)))
+    for p in params:
+        h.update(np.ascontiguousarray(p, dtype="<f4").data)
+    return h.digest()

@@ -1,0 +1,469 @@
+"""The coordinator's round state machine: phases, deadlines, refusals, aggregation.
+
+Pure and synchronous: every call takes ``now`` (seconds, any monotonic clock) so the
+transport decides what time it is and tests can jump. A round is either plain
+(``TRAINING``: members upload their trained parameters) or, with secure aggregation,
+the four SecAgg phases. A phase closes early when every expected member has
+answered, or at its deadline with whoever answered if that is enough; stragglers are
+then refused with ``DEADLINE_PASSED``. A round that ends with too few members is
+tried again (a fresh attempt, new deadline) up to ``max_attempts`` times.
+
+Between rounds the coordinator writes a checkpoint (global model, round, history);
+a restarted coordinator resumes from it and reopens the round it was in.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from enum import StrEnum
+from pathlib import Path
+
+import numpy as np
+from numpy.typing import NDArray
+
+from federation import secagg
+from federation.dp import Accountant, add_noise
+from federation.errors import (
+    CheckpointError,
+    FederationError,
+    PrivacyError,
+    RefusalReason,
+    SecAggAbort,
+    UpdateRefused,
+)
+from federation.job import JobSpec
+from federation.params import Vector, check_update, flatten
+from federation.secagg_server import SecAggServer
+from federation.strategies import ClientUpdate, build_strategy, clip_to_norm
+
+DEFAULT_MAX_ATTEMPTS = 3
+
+
+class Phase(StrEnum):
+    TRAINING = "training"
+    ADVERTISE = "advertise"
+    SHARE_KEYS = "share_keys"
+    MASKED_INPUT = "masked_input"
+    UNMASK = "unmask"
+    DONE = "done"
+    FAILED = "failed"
+
+
+_SECAGG_PHASES = (Phase.ADVERTISE, Phase.SHARE_KEYS, Phase.MASKED_INPUT, Phase.UNMASK)
+_ORDER = {p: i for i, p in enumerate((Phase.TRAINING, *_SECAGG_PHASES, Phase.DONE))}
+
+
+@dataclass(frozen=True, slots=True)
+class RoundStatus:
+    """What a member polls: where the job is and until when the current phase is open."""
+
+    job_id: str
+    round: int
+    attempt: int
+    phase: Phase
+    deadline: float
+    version: int
+    detail: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class RoundRecord:
+    """One aggregated round, as kept in the history and the checkpoint."""
+
+    round: int
+    version: int
+    members: tuple[str, ...]
+    bounded: tuple[str, ...]
+    epsilon: float | None
+
+
+@dataclass
+class Coordinator:
+    """Runs one job's rounds. Create with ``start`` or ``resume``."""
+
+    job: JobSpec
+    global_vector: Vector
+    round: int
+    version: int
+    history: list[RoundRecord]
+    max_attempts: int = DEFAULT_MAX_ATTEMPTS
+    phase: Phase = Phase.TRAINING
+    attempt: int = 0
+    deadline: float = 0.0
+    detail: str = ""
+    seed: int | None = None
+
+    def __post_init__(self) -> None:
+        self._updates: dict[str, ClientUpdate] = {}
+        self._secagg: SecAggServer | None = None
+        self._rng = np.random.default_rng(self.seed)
+        self._accountant = None if self.job.dp is None else Accountant(self.job.dp)
+
+    # --- lifecycle ---------------------------------------------------------------------
+
+    @classmethod
+    def start(
+        cls, job: JobSpec, initial: Vector, now: float, *, seed: int | None = None
+    ) -> Coordinator:
+        vec = np.asarray(initial, dtype=np.float32)
+        if vec.shape != (job.vector_len,):
+            raise FederationError(
+                f"initial model has {vec.size} values, job {job.job_id} needs {job.vector_len}"
+            )
+        coord = cls(job, vec.copy(), round=1, version=0, history=[], seed=seed)
+        coord._open_round(now)
+        return coord
+
+    def _open_round(self, now: float) -> None:
+        self._updates = {}
+        self._secagg = None
+        if self.round > self.job.rounds:
+            self._finish(Phase.DONE, f"all {self.job.rounds} rounds done")
+            return
+        if self._accountant is not None:
+            try:
+                self._accountant.check_budget(len(self.history) + 1)
+            except PrivacyError as exc:
+                self._finish(Phase.DONE, f"stopped before round {self.round}: {exc}")
+                return
+        self.attempt += 1
+        if self.attempt > self.max_attempts:
+            self._finish(Phase.FAILED, f"round {self.round} failed {self.max_attempts} times")
+            return
+        if self.job.secure_aggregation:
+            config = self.job.secagg_config(self.round, self.attempt)
+            self._secagg = SecAggServer(config, set(self.job.members))
+            self.phase = Phase.ADVERTISE
+        else:
+            self.phase = Phase.TRAINING
+        self.deadline = now + self.job.phase_timeout_s
+
+    def _finish(self, phase: Phase, detail: str) -> None:
+        self.phase, self.detail, self.deadline = phase, detail, 0.0
+
+    @property
+    def finished(self) -> bool:
+        return self.phase in (Phase.DONE, Phase.FAILED)
+
+    @property
+    def secagg_config(self) -> secagg.SecAggConfig | None:
+        """What members of the current secure round must agree on (None in plain rounds)."""
+        return None if self._secagg is None else self._secagg.config
+
+    def status(self) -> RoundStatus:
+        return RoundStatus(
+            self.job.job_id,
+            self.round,
+            self.attempt,
+            self.phase,
+            self.deadline,
+            self.version,
+            self.detail,
+        )
+
+    # --- checks ------------------------------------------------------------------------
+
+    def _admit(
+        self, member: str, round_: int, phase: Phase, now: float, attempt: int | None = None
+    ) -> None:
+        if member not in self.job.members:
+            raise UpdateRefused(
+                RefusalReason.NOT_A_MEMBER, f"{member} is not a member of job {self.job.job_id}"
+            )
+        self.tick(now)
+        if round_ != self.round or self.finished:
+            where = self.phase.value if self.finished else f"in round {self.round}"
+            closed = " (that round is closed)" if round_ < self.round else ""
+            raise UpdateRefused(
+                RefusalReason.WRONG_ROUND,
+                f"{member} sent a message for round {round_}{closed}; "
+                f"job {self.job.job_id} is {where}",
+            )
+        if attempt is not None and attempt != self.attempt:
+            raise UpdateRefused(
+                RefusalReason.WRONG_ROUND,
+                f"{member} sent a message for attempt {attempt} of round {round_}; "
+                f"the round is in attempt {self.attempt} (fresh keys are needed)",
+            )
+        if self.phase is not phase:
+            same_flow = (phase in _SECAGG_PHASES) == (self.phase in _SECAGG_PHASES)
+            late = same_flow and _ORDER[self.phase] > _ORDER[phase]
+            raise UpdateRefused(
+                RefusalReason.DEADLINE_PASSED if late else RefusalReason.WRONG_PHASE,
+                f"{phase.value} message from {member}, round {round_} is in {self.phase.value}",
+            )
+
+    def _server(self) -> SecAggServer:
+        if self._secagg is None:
+            raise UpdateRefused(RefusalReason.WRONG_PHASE, "this job has no secure aggregation")
+        return self._secagg
+
+    def expect(
+        self, member: str, round_: int, phase: Phase, now: float, attempt: int | None = None
+    ) -> None:
+        """Refuse now what ``submit_update`` / ``submit_masked`` would refuse later.
+
+        The transport calls this on an upload's header, so a non-member or a late or
+        duplicate upload is refused before 50 MB of chunks are read.
+        """
+        self._admit(member, round_, phase, now, attempt)
+        if phase is Phase.TRAINING and member in self._updates:
+            raise UpdateRefused(RefusalReason.DUPLICATE, f"{member} already sent round {round_}")
+        if phase is Phase.MASKED_INPUT:
+            server = self._server()
+            if member not in server.shared:
+                raise UpdateRefused(RefusalReason.DROPPED, f"{member} did not share keys")
+            if member in server.survivors:
+                raise UpdateRefused(RefusalReason.DUPLICATE, f"{member} already sent its input")
+
+    # --- plain rounds ------------------------------------------------------------------
+
+    def submit_update(
+        self,
+        member: str,
+        round_: int,
+        params: Sequence[NDArray[np.float32]],
+        examples: int,
+        now: float,
+    ) -> None:
+        """Accept a member's trained parameters for this round, or refuse with a reason."""
+        self._admit(member, round_, Phase.TRAINING, now)
+        if member in self._updates:
+            raise UpdateRefused(RefusalReason.DUPLICATE, f"{member} already sent round {round_}")
+        check_update(params, self.job.shapes, member)
+        self._updates[member] = ClientUpdate(member, flatten(params), max(examples, 0))
+        if len(self._updates) == len(self.job.members):
+            self._close(now)
+
+    # --- secure aggregation rounds -----------------------------------------------------
+
+    def submit_advert(
+        self, member: str, round_: int, attempt: int, advert: secagg.KeyAdvert, now: float
+    ) -> None:
+        self._admit(member, round_, Phase.ADVERTISE, now, attempt)
+        self._same(member, advert.member)
+        server = self._server()
+        server.receive_advert(advert)
+        if len(server.advertised) == len(self.job.members):
+            self._close(now)
+
+    def roster(self, member: str, round_: int, attempt: int) -> tuple[secagg.KeyAdvert, ...]:
+        self._readable(member, round_, Phase.SHARE_KEYS, attempt)
+        return self._server().roster
+
+    def submit_shares(
+        self,
+        member: str,
+        round_: int,
+        attempt: int,
+        shares: Sequence[secagg.EncryptedShare],
+        now: float,
+    ) -> None:
+        self._admit(member, round_, Phase.SHARE_KEYS, now, attempt)
+        server = self._server()
+        server.receive_shares(member, shares)
+        if len(server.shared) == len(server.roster):
+            self._close(now)
+
+    def inbox(self, member: str, round_: int, attempt: int) -> list[secagg.EncryptedShare]:
+        self._readable(member, round_, Phase.MASKED_INPUT, attempt)
+        return self._server().inbox(member)
+
+    def submit_masked(
+        self, member: str, round_: int, attempt: int, masked: secagg.MaskedInput, now: float
+    ) -> None:
+        self._admit(member, round_, Phase.MASKED_INPUT, now, attempt)
+        self._same(member, masked.member)
+        server = self._server()
+        server.receive_masked(masked)
+        if len(server.survivors) == len(server.shared):
+            self._close(now)
+
+    def unmask_request(self, member: str, round_: int, attempt: int) -> secagg.UnmaskRequest:
+        self._readable(member, round_, Phase.UNMASK, attempt)
+        return self._server().unmask_request()
+
+    def submit_unmask(
+        self, member: str, round_: int, attempt: int, response: secagg.UnmaskResponse, now: float
+    ) -> None:
+        self._admit(member, round_, Phase.UNMASK, now, attempt)
+        self._same(member, response.member)
+        server = self._server()
+        server.receive_unmask(response)
+        if server.responses == len(server.survivors):
+            self._close(now)
+
+    @staticmethod
+    def _same(member: str, claimed: str) -> None:
+        if member != claimed:
+            raise UpdateRefused(
+                RefusalReason.NOT_A_MEMBER, f"{member} sent a message in the name of {claimed}"
+            )
+
+    def _readable(self, member: str, round_: int, phase: Phase, attempt: int) -> None:
+        if member not in self.job.members:
+            raise UpdateRefused(RefusalReason.NOT_A_MEMBER, f"{member} is not a member")
+        if round_ != self.round or attempt != self.attempt:
+            raise UpdateRefused(
+                RefusalReason.WRONG_ROUND,
+                f"round {round_} attempt {attempt} is not current (round {self.round} "
+                f"attempt {self.attempt})",
+            )
+        if self.finished or self.phase not in _SECAGG_PHASES or _ORDER[self.phase] < _ORDER[phase]:
+            raise UpdateRefused(
+                RefusalReason.WRONG_PHASE,
+                f"round {round_} {phase.value} data is not available (job is in round "
+                f"{self.round}, {self.phase.value})",
+            )
+
+    # --- deadlines and closing ---------------------------------------------------------
+
+    def tick(self, now: float) -> bool:
+        """Close the current phase if its deadline has passed; True if anything changed."""
+        if self.finished or now <= self.deadline:
+            return False
+        self._close(now)
+        return True
+
+    def _close(self, now: float) -> None:
+        try:
+            if self.phase is Phase.TRAINING:
+                self._close_training(now)
+            else:
+                self._close_secagg(now)
+        except SecAggAbort as exc:
+            self.detail = f"round {self.round} attempt {self.attempt} aborted: {exc}"
+            self._open_round(now)
+
+    def _close_training(self, now: float) -> None:
+        if len(self._updates) < self.job.min_members:
+            self.detail = (
+                f"round {self.round} attempt {self.attempt}: {len(self._updates)} updates by "
+                f"the deadline, job needs {self.job.min_members}"
+            )
+            self._open_round(now)
+            return
+        updates = [self._updates[m] for m in sorted(self._updates)]
+        if self.job.sum_mode:
+            clip = self.job.clip
+            deltas = [u.vector - self.global_vector for u in updates]
+            bounded = []
+            if clip is not None:
+                clipped = [clip_to_norm(d, clip) for d in deltas]
+                deltas = [d for d, _ in clipped]
+                bounded = [u.member for u, (_, was) in zip(updates, clipped, strict=True) if was]
+            total = np.asarray(np.sum(deltas, axis=0, dtype=np.float64), dtype=np.float32)
+            self._apply_sum(total, tuple(u.member for u in updates), tuple(bounded), now)
+            return
+        agg = build_strategy(self.job.strategy).aggregate(self.global_vector, updates)
+        self._advance(agg.vector, agg.used, agg.bounded, now)
+
+    def _close_secagg(self, now: float) -> None:
+        server = self._server()
+        if self.phase is Phase.ADVERTISE:
+            if len(server.advertised) < self.job.min_members:
+                raise SecAggAbort(
+                    f"{len(server.advertised)} members advertised keys, job needs "
+                    f"{self.job.min_members}"
+                )
+            server.close_adverts()
+            self.phase = Phase.SHARE_KEYS
+        elif self.phase is Phase.SHARE_KEYS:
+            server.close_shares()
+            self.phase = Phase.MASKED_INPUT
+        elif self.phase is Phase.MASKED_INPUT:
+            server.close_masked()
+            self.phase = Phase.UNMASK
+        elif self.phase is Phase.UNMASK:
+            result = server.finish()
+            self._apply_sum(result.total, result.members, (), now)
+            return
+        self.deadline = now + self.job.phase_timeout_s
+
+    def _apply_sum(
+        self, total: Vector, members: tuple[str, ...], bounded: tuple[str, ...], now: float
+    ) -> None:
+        dp = self.job.dp
+        if dp is not None:
+            total = add_noise(total, dp.central_noise_std(), self._rng)
+        mean = (total / np.float32(len(members))).astype(np.float32)
+        self._advance(self.global_vector + mean, members, bounded, now)
+
+    def _advance(
+        self, vector: Vector, members: tuple[str, ...], bounded: tuple[str, ...], now: float
+    ) -> None:
+        self.global_vector = np.asarray(vector, dtype=np.float32)
+        self.version += 1
+        eps = None
+        if self._accountant is not None:
+            eps = self._accountant.spent(len(self.history) + 1).epsilon
+        self.history.append(RoundRecord(self.round, self.version, members, bounded, eps))
+        self.detail = f"round {self.round} aggregated from {len(members)} members"
+        self.round += 1
+        self.attempt = 0
+        self._open_round(now)
+
+    # --- checkpoint --------------------------------------------------------------------
+
+    def checkpoint(self, path: Path) -> None:
+        """Write the between-rounds state atomically (temp file, fsync, rename)."""
+        meta = {
+            "job": self.job.to_dict(),
+            "job_digest": self.job.digest().hex(),
+            "round": self.round,
+            "version": self.version,
+            "max_attempts": self.max_attempts,
+            "history": [asdict(r) for r in self.history],
+            "phase": self.phase.value,
+            "detail": self.detail,
+        }
+        blob = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                np.savez(fh, meta=blob, global_vector=self.global_vector)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+    @classmethod
+    def resume(
+        cls, path: Path, job: JobSpec, now: float, *, seed: int | None = None
+    ) -> Coordinator:
+        """Reload a checkpoint of ``job`` and reopen its current round with a fresh deadline."""
+        try:
+            with np.load(path, allow_pickle=False) as data:
+                meta = json.loads(bytes(data["meta"]).decode())
+                vector = np.asarray(data["global_vector"], dtype=np.float32)
+        except (OSError, ValueError, KeyError) as exc:
+            raise CheckpointError(f"checkpoint {path} cannot be read: {exc}") from exc
+        if meta.get("job_digest") != job.digest().hex():
+            raise CheckpointError(f"checkpoint {path} belongs to another job or other terms")
+        history = [
+            RoundRecord(
+                r["round"], r["version"], tuple(r["members"]), tuple(r["bounded"]), r["epsilon"]
+            )
+            for r in meta["history"]
+        ]
+        coord = cls(
+            job,
+            vector,
+            round=int(meta["round"]),
+            version=int(meta["version"]),
+            history=history,
+            max_attempts=int(meta["max_attempts"]),
+            seed=seed,
+        )
+        if meta["phase"] in (Phase.DONE.value, Phase.FAILED.value):
+            coord._finish(Phase(meta["phase"]), meta["detail"])
+        else:
+            coord._open_round(now)
+        return coord

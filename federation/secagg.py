@@ -1,0 +1,402 @@
+"""Secure aggregation: the aggregator learns the sum of the members' updates, nothing else.
+
+This is the protocol of Bonawitz et al. (CCS 2017) on the complete graph of members
+(SecAgg+ with every member a neighbour), for an honest-but-curious aggregator and
+members authenticated by mutual TLS (key adverts may also be Ed25519-signed):
+
+1. **Advertise**: each member makes two X25519 key pairs (one to encrypt shares,
+   one to agree pairwise masks) and a random self-mask seed ``b``; it sends the two
+   public keys and ``SHA-256(b)``.
+2. **Share keys**: each member Shamir-splits its mask secret key and ``b`` (any ``t``
+   of ``n`` rebuild them) and sends one share pair to each other member, encrypted
+   with NaCl ``Box`` under the cipher keys; the aggregator only routes ciphertexts.
+3. **Masked input**: each member quantises its clipped update into Z_(2^32), adds
+   ``PRG(b)`` and, for every other member ``v``, ``+/- PRG(X25519(s_u, s_v))`` (the
+   pairwise masks cancel in the sum).
+4. **Unmask**: for the members whose masked input arrived, the others reveal shares
+   of ``b``; for those that dropped after sharing keys, shares of the mask secret key,
+   so the aggregator can remove the masks they left behind. A member refuses to
+   reveal both kinds of share for the same peer.
+
+PRG output is ChaCha20 keystream (``cryptography``) keyed by HKDF-SHA256 of the secret
+and bound to the job and round, so masks never repeat across rounds.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from enum import Enum
+
+import numpy as np
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+from nacl import bindings
+from nacl.exceptions import BadSignatureError, CryptoError
+from nacl.public import Box, PrivateKey, PublicKey
+from nacl.signing import SigningKey, VerifyKey
+from numpy.typing import NDArray
+
+from federation import shamir
+from federation.errors import RefusalReason, SecAggAbort, SecAggError, UpdateRefused
+from federation.params import Vector
+
+DOMAIN = b"qdspace-secagg-v1"
+Ring = NDArray[np.uint32]
+_ZERO_NONCE = bytes(16)
+
+
+@dataclass(frozen=True, slots=True)
+class Quantizer:
+    """Signed fixed point in Z_(2^32) with a power-of-two scale, so encoding is exact.
+
+    Each coordinate is clipped to ``[-clip, clip]`` (members clip the update's L2 norm
+    to ``clip`` first, which bounds every coordinate too) and the scale leaves room for
+    the sum of ``max_members`` such values without wrapping. The rounding error of the
+    decoded sum is at most ``members * 0.5 / scale`` per coordinate.
+    """
+
+    clip: float
+    max_members: int
+
+    def __post_init__(self) -> None:
+        if not self.clip > 0 or self.max_members < 1:
+            raise SecAggError(f"quantizer needs clip > 0 and max_members >= 1, got {self}")
+
+    @property
+    def scale(self) -> float:
+        # 2^30 rather than 2^31 - 1 leaves a bit of headroom for float32 rounding of ``clip``.
+        return float(2.0 ** math.floor(math.log2(2**30 / (self.max_members * self.clip))))
+
+    def max_error(self, members: int) -> float:
+        """Largest rounding error per coordinate of a decoded sum of ``members`` inputs."""
+        return members * 0.5 / self.scale
+
+    def encode(self, vector: Vector) -> Ring:
+        scale = np.float32(self.scale)
+        scaled = np.multiply(np.asarray(vector, dtype=np.float32), scale)
+        bound = np.float32(self.clip) * scale
+        np.clip(scaled, -bound, bound, out=scaled)
+        np.rint(scaled, out=scaled)
+        encoded: Ring = scaled.astype(np.int32).view(np.uint32)
+        return encoded
+
+    def decode(self, total: Ring) -> Vector:
+        # int32 -> float32 rounds once; multiplying by a power of two is then exact.
+        signed = np.asarray(total, dtype=np.uint32).view(np.int32)
+        decoded: Vector = signed.astype(np.float32) * np.float32(1.0 / self.scale)
+        return decoded
+
+
+@dataclass(frozen=True, slots=True)
+class SecAggConfig:
+    """What every party of one round agrees on before it starts."""
+
+    job_id: str
+    round: int
+    threshold: int
+    vector_len: int
+    quantizer: Quantizer
+    attempt: int = 1
+
+    def __post_init__(self) -> None:
+        if self.threshold < 2:
+            raise SecAggError(f"secure aggregation needs a threshold >= 2, got {self.threshold}")
+
+    @property
+    def context(self) -> bytes:
+        return json.dumps([self.job_id, self.round, self.attempt, self.vector_len]).encode()
+
+
+class Prg:
+    """Expands 32-byte seeds into ring vectors (ChaCha20 keystream), reusing its buffers.
+
+    A round expands several 50 MB masks; allocating fresh buffers for each costs more
+    than the cipher, so one ``Prg`` keeps a zero input and one output buffer. The
+    array ``expand`` returns is overwritten by the next call: use it before that.
+    """
+
+    def __init__(self, length: int) -> None:
+        self.length = length
+        self._zeros = bytes(4 * length)
+        self._out = bytearray(4 * length + 64)  # update_into wants room for a block
+
+    def expand(self, seed: bytes) -> Ring:
+        encryptor = Cipher(algorithms.ChaCha20(seed, _ZERO_NONCE), mode=None).encryptor()
+        written = encryptor.update_into(self._zeros, self._out)
+        out: Ring = np.frombuffer(self._out, dtype="<u4", count=written // 4)
+        return out
+
+
+def expand(seed: bytes, length: int) -> Ring:
+    """``length`` pseudo-random ring elements: ChaCha20 keystream under a 32-byte seed."""
+    return Prg(length).expand(seed).copy()
+
+
+def _derive(secret: bytes, label: bytes, context: bytes) -> bytes:
+    hkdf = HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=DOMAIN + label + context)
+    return hkdf.derive(secret)
+
+
+def _agree(secret_key: bytes, public_key: bytes) -> bytes:
+    try:
+        return bindings.crypto_scalarmult(secret_key, public_key)
+    except (RuntimeError, ValueError, TypeError) as exc:
+        raise SecAggError("X25519 key agreement failed (invalid or low-order key)") from exc
+
+
+def pair_seed(secret_key: bytes, peer_public: bytes, a: str, b: str, context: bytes) -> bytes:
+    """The pairwise mask seed of members ``a`` and ``b``; both derive the same one."""
+    low, high = sorted((a, b))
+    pair = json.dumps([low, high]).encode()
+    return _derive(_agree(secret_key, peer_public), b"pair", context + pair)
+
+
+def self_seed(seed: bytes, context: bytes) -> bytes:
+    return _derive(seed, b"self", context)
+
+
+# --- messages --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class KeyAdvert:
+    """Step 1: a member's public keys and its self-mask commitment, optionally signed."""
+
+    member: str
+    cipher_pk: bytes
+    mask_pk: bytes
+    seed_commitment: bytes
+    signature: bytes = b""
+
+    def signed_bytes(self, context: bytes) -> bytes:
+        body = [self.member, self.cipher_pk.hex(), self.mask_pk.hex(), self.seed_commitment.hex()]
+        return DOMAIN + b"advert" + context + json.dumps(body).encode()
+
+
+@dataclass(frozen=True, slots=True)
+class EncryptedShare:
+    """Step 2: shares of ``sender``'s secrets for ``receiver``, sealed so only it can read."""
+
+    sender: str
+    receiver: str
+    ciphertext: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class MaskedInput:
+    """Step 3: a member's masked, quantised update."""
+
+    member: str
+    vector: Ring
+
+
+@dataclass(frozen=True, slots=True)
+class UnmaskRequest:
+    """Step 4 (aggregator to members): whose input arrived, who dropped after sharing keys."""
+
+    survivors: tuple[str, ...]
+    dropped: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class UnmaskResponse:
+    """Step 4 (member to aggregator): seed shares of survivors, key shares of dropped members."""
+
+    member: str
+    seed_shares: Mapping[str, bytes]
+    key_shares: Mapping[str, bytes]
+
+
+@dataclass(frozen=True, slots=True)
+class SecAggResult:
+    """The unmasked sum and the members it is the sum of."""
+
+    total: Vector
+    members: tuple[str, ...]
+
+    @property
+    def mean(self) -> Vector:
+        return (self.total / np.float32(len(self.members))).astype(np.float32)
+
+
+class Phase(Enum):
+    ADVERTISE = 1
+    SHARE_KEYS = 2
+    MASKED_INPUT = 3
+    UNMASK = 4
+    DONE = 5
+
+
+def roster_index(roster: Sequence[KeyAdvert]) -> dict[str, int]:
+    return {a.member: i + 1 for i, a in enumerate(roster)}
+
+
+def check_roster(
+    roster: Sequence[KeyAdvert], config: SecAggConfig, verify_keys: Mapping[str, VerifyKey] | None
+) -> None:
+    members = [a.member for a in roster]
+    if members != sorted(set(members)):
+        raise SecAggError("roster must list each member once, sorted by member id")
+    if len(members) < config.threshold:
+        raise SecAggAbort(
+            f"{len(members)} members advertised keys, threshold is {config.threshold}"
+        )
+    keys = [a.mask_pk for a in roster] + [a.cipher_pk for a in roster]
+    if len(set(keys)) != len(keys) or any(len(k) != 32 for k in keys):
+        raise SecAggError("roster has repeated or malformed public keys")
+    if verify_keys is not None:
+        for advert in roster:
+            verify_advert(advert, config, verify_keys)
+
+
+def verify_advert(advert: KeyAdvert, config: SecAggConfig, keys: Mapping[str, VerifyKey]) -> None:
+    key = keys.get(advert.member)
+    if key is None:
+        raise UpdateRefused(RefusalReason.NOT_A_MEMBER, f"{advert.member} has no known signing key")
+    try:
+        key.verify(advert.signed_bytes(config.context), advert.signature)
+    except BadSignatureError as exc:
+        raise UpdateRefused(
+            RefusalReason.BAD_SIGNATURE, f"key advert of {advert.member} is not signed by it"
+        ) from exc
+
+
+def _seal_payload(
+    config: SecAggConfig, sender: str, receiver: str, key: bytes, seed: bytes
+) -> bytes:
+    body = [config.job_id, config.round, config.attempt, sender, receiver, key.hex(), seed.hex()]
+    return json.dumps(body).encode()
+
+
+# --- member side -----------------------------------------------------------------------
+
+
+@dataclass
+class SecAggClient:
+    """One member's side of one round; call the four steps in order."""
+
+    member: str
+    config: SecAggConfig
+    signing_key: SigningKey | None = None
+    verify_keys: Mapping[str, VerifyKey] | None = None
+    _cipher_sk: PrivateKey = field(default_factory=PrivateKey.generate, repr=False)
+    _mask_sk: PrivateKey = field(default_factory=PrivateKey.generate, repr=False)
+    _seed: bytes = field(default_factory=lambda: bytes(PrivateKey.generate()), repr=False)
+    _phase: Phase = Phase.ADVERTISE
+    _roster: tuple[KeyAdvert, ...] = ()
+    _received: dict[str, tuple[bytes, bytes]] = field(default_factory=dict, repr=False)
+
+    def _step(self, expected: Phase, following: Phase) -> None:
+        if self._phase is not expected:
+            raise SecAggError(
+                f"member {self.member}: step {expected.name} called in phase {self._phase.name}"
+            )
+        self._phase = following
+
+    def advertise(self) -> KeyAdvert:
+        self._step(Phase.ADVERTISE, Phase.SHARE_KEYS)
+        advert = KeyAdvert(
+            self.member,
+            bytes(self._cipher_sk.public_key),
+            bytes(self._mask_sk.public_key),
+            hashlib.sha256(self._seed).digest(),
+        )
+        if self.signing_key is None:
+            return advert
+        signature = self.signing_key.sign(advert.signed_bytes(self.config.context)).signature
+        return KeyAdvert(
+            advert.member, advert.cipher_pk, advert.mask_pk, advert.seed_commitment, signature
+        )
+
+    def share_keys(self, roster: Sequence[KeyAdvert]) -> list[EncryptedShare]:
+        self._step(Phase.SHARE_KEYS, Phase.MASKED_INPUT)
+        check_roster(roster, self.config, self.verify_keys)
+        own = next((a for a in roster if a.member == self.member), None)
+        if own is None or own.mask_pk != bytes(self._mask_sk.public_key):
+            raise SecAggError(f"roster does not carry member {self.member}'s own keys")
+        self._roster = tuple(roster)
+        n, t = len(roster), self.config.threshold
+        key_shares = shamir.split(bytes(self._mask_sk), n, t)
+        seed_shares = shamir.split(self._seed, n, t)
+        out = []
+        for advert, ks, ss in zip(roster, key_shares, seed_shares, strict=True):
+            if advert.member == self.member:
+                self._received[self.member] = (ks.to_bytes(), ss.to_bytes())
+                continue
+            payload = _seal_payload(
+                self.config, self.member, advert.member, ks.to_bytes(), ss.to_bytes()
+            )
+            box = Box(self._cipher_sk, PublicKey(advert.cipher_pk))
+            out.append(EncryptedShare(self.member, advert.member, bytes(box.encrypt(payload))))
+        return out
+
+    def _open(self, share: EncryptedShare, adverts: Mapping[str, KeyAdvert]) -> None:
+        sender = adverts.get(share.sender)
+        if share.receiver != self.member or sender is None or share.sender == self.member:
+            raise SecAggError(f"share from {share.sender} to {share.receiver} is not for us")
+        try:
+            plain = Box(self._cipher_sk, PublicKey(sender.cipher_pk)).decrypt(share.ciphertext)
+            job, rnd, attempt, frm, to, key_hex, seed_hex = json.loads(plain)
+        except (CryptoError, ValueError) as exc:
+            raise SecAggError(f"share from {share.sender} does not decrypt") from exc
+        cfg = self.config
+        if [job, rnd, attempt, frm, to] != [
+            cfg.job_id,
+            cfg.round,
+            cfg.attempt,
+            sender.member,
+            self.member,
+        ]:
+            raise SecAggError(f"share from {share.sender} was made for another round or member")
+        self._received[share.sender] = (bytes.fromhex(key_hex), bytes.fromhex(seed_hex))
+
+    def mask(self, vector: Vector, inbox: Sequence[EncryptedShare]) -> MaskedInput:
+        """Quantise ``vector`` (already clipped to the job's bound) and add all masks."""
+        self._step(Phase.MASKED_INPUT, Phase.UNMASK)
+        if vector.shape != (self.config.vector_len,):
+            raise SecAggError(
+                f"member {self.member}: vector shape {vector.shape}, "
+                f"round expects ({self.config.vector_len},)"
+            )
+        adverts = {a.member: a for a in self._roster}
+        for share in inbox:
+            self._open(share, adverts)
+        if len(self._received) < self.config.threshold:
+            raise SecAggAbort(
+                f"only {len(self._received)} members shared keys, threshold {self.config.threshold}"
+            )
+        ctx = self.config.context
+        y = self.config.quantizer.encode(vector)
+        prg = Prg(self.config.vector_len)
+        y += prg.expand(self_seed(self._seed, ctx))
+        secret = bytes(self._mask_sk)
+        for peer in sorted(self._received):
+            if peer == self.member:
+                continue
+            seed = pair_seed(secret, adverts[peer].mask_pk, self.member, peer, ctx)
+            mask = prg.expand(seed)
+            if self.member < peer:
+                y += mask
+            else:
+                y -= mask
+        return MaskedInput(self.member, y)
+
+    def unmask(self, request: UnmaskRequest) -> UnmaskResponse:
+        """Reveal seed shares of survivors and key shares of dropped members, never both."""
+        self._step(Phase.UNMASK, Phase.DONE)
+        survivors, dropped = set(request.survivors), set(request.dropped)
+        if survivors & dropped or survivors | dropped != set(self._received):
+            raise SecAggError(
+                f"member {self.member}: unmask request does not split the members that "
+                f"shared keys ({sorted(self._received)}) into survivors and dropped"
+            )
+        if self.member not in survivors or len(survivors) < self.config.threshold:
+            raise SecAggError(f"member {self.member}: unmask request has too few survivors")
+        seed = {m: self._received[m][1] for m in sorted(survivors)}
+        key = {m: self._received[m][0] for m in sorted(dropped)}
+        return UnmaskResponse(self.member, seed, key)

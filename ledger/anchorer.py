@@ -1,0 +1,316 @@
+"""The anchorer: seals queued leaves into batches and anchors each batch root once.
+
+A batch of one kind is sealed when ``max_leaves`` leaves wait or the oldest waited
+``max_age_s``; each batch is one ``anchor`` transaction. The signed transaction is journaled
+before it is sent; on every pass, journaled transactions are resolved first (receipt found,
+or the same bytes resent), so a crash or an outage never anchors a batch twice and never
+loses one. While the chain is unreachable, leaves keep queuing and the anchorer retries with
+exponential backoff.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from ledger.client import LedgerClient, TxReceipt
+from ledger.errors import (
+    AlreadyAnchored,
+    ChainUnavailable,
+    LedgerError,
+    NonceConsumed,
+    TransactionFailed,
+)
+from ledger.keys import ChainSigner
+from ledger.leaves import KIND_CODES, Leaf, kind_code
+from ledger.queue import SEALED, SIGNED, Batch, LeafQueue, StoredLeaf
+
+log = logging.getLogger("ledger.anchorer")
+
+DEFAULT_MAX_LEAVES = 1_000
+DEFAULT_MAX_AGE_S = 5.0
+
+
+@dataclass(frozen=True, slots=True)
+class AnchorPolicy:
+    """When to seal a batch and how patiently to deal with the chain."""
+
+    max_leaves: int = DEFAULT_MAX_LEAVES
+    max_age_s: float = DEFAULT_MAX_AGE_S
+    tick_s: float = 0.5
+    receipt_timeout_s: float = 30.0
+    receipt_poll_s: float = 0.05
+    backoff_initial_s: float = 0.5
+    backoff_max_s: float = 30.0
+
+    def __post_init__(self) -> None:
+        if self.max_leaves < 1 or self.max_age_s < 0 or self.tick_s <= 0:
+            raise LedgerError(
+                f"anchor policy needs max_leaves >= 1, max_age_s >= 0, tick_s > 0; got {self}"
+            )
+
+
+@dataclass(frozen=True, slots=True)
+class StepReport:
+    """What one pass did."""
+
+    sealed: int = 0
+    anchored: int = 0
+    waiting: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class AnchorStatus:
+    """For operators: what waits, what is in flight, whether the chain answered lately."""
+
+    pending: dict[str, int]
+    batches: dict[str, int]
+    chain_reachable: bool
+    last_error: str | None = None
+    address: str = field(default="")
+
+
+class Anchorer:
+    """Drives batches from the queue to the chain; run it with :meth:`start` or :meth:`step`."""
+
+    def __init__(
+        self,
+        queue: LeafQueue,
+        client: LedgerClient,
+        signer: ChainSigner,
+        policy: AnchorPolicy | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.queue = queue
+        self.client = client
+        self.signer = signer
+        self.policy = policy or AnchorPolicy()
+        self._clock = clock
+        self._step_lock = threading.Lock()
+        self._stop = threading.Event()
+        self._wake = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._since_wake = 0
+        self._chain_reachable = True
+        self._last_error: str | None = None
+
+    # -- feeding -------------------------------------------------------------------------
+
+    def enqueue(self, kind: str, ref_id: str, record: bytes) -> StoredLeaf:
+        """Queue one leaf durably (returns once committed); anchoring happens later."""
+        stored = self.queue.enqueue(kind, ref_id, record)
+        self._nudge(1)
+        return stored
+
+    def enqueue_leaves(self, leaves: list[Leaf]) -> list[StoredLeaf]:
+        """Queue many leaves in one transaction per kind."""
+        stored = self.queue.enqueue_leaves(leaves)
+        self._nudge(len(leaves))
+        return stored
+
+    def _nudge(self, added: int) -> None:
+        self._since_wake += added
+        if self._since_wake >= self.policy.max_leaves:
+            self._since_wake = 0
+            self._wake.set()
+
+    # -- one pass ------------------------------------------------------------------------
+
+    def step(self, *, force: bool = False) -> StepReport:
+        """Resolve journaled transactions, seal due batches, anchor sealed ones.
+
+        ``force`` seals whatever waits regardless of age. Raises ChainUnavailable when the
+        chain cannot be reached; nothing is lost, the next step continues where this stopped.
+        """
+        with self._step_lock:
+            anchored = waiting = 0
+            for batch in self.queue.batches(SIGNED):
+                done = self._resolve(batch)
+                anchored, waiting = anchored + done, waiting + (not done)
+            sealed = self._seal_due(force)
+            for batch in self.queue.batches(SEALED):
+                done = self._send(batch)
+                anchored, waiting = anchored + done, waiting + (not done)
+            return StepReport(sealed, anchored, waiting)
+
+    def _seal_due(self, force: bool) -> int:
+        sealed, now = 0, self._clock()
+        for kind in KIND_CODES:
+            while True:
+                pending = self.queue.pending(kind)
+                if pending.count == 0 or pending.oldest_at is None:
+                    break
+                old = now - pending.oldest_at >= self.policy.max_age_s
+                if not (force or old or pending.count >= self.policy.max_leaves):
+                    break
+                if self.queue.seal(kind, self.policy.max_leaves) is None:
+                    break
+                sealed += 1
+        return sealed
+
+    def _send(self, batch: Batch) -> bool:
+        if self._adopt_if_anchored(batch):
+            return True
+        nonce = self.client.pending_nonce(self.signer.address)
+        try:
+            signed = self.client.sign_anchor(
+                self.signer, batch.root, batch.leaf_count, kind_code(batch.kind), nonce
+            )
+        except AlreadyAnchored:  # anchored between lookup and estimate
+            return self._adopt_if_anchored(batch)
+        batch = self.queue.mark_signed(batch, signed, self.client.chain_id, self.client.address)
+        log.info(
+            "anchorer.send: batch %s (%s x%s) nonce %s tx 0x%s",
+            batch.id,
+            batch.kind,
+            batch.leaf_count,
+            nonce,
+            signed.tx_hash.hex(),
+        )
+        return self._deliver(batch)
+
+    def _resolve(self, batch: Batch) -> bool:
+        assert batch.tx_hash is not None
+        receipt = self.client.receipt(batch.tx_hash)
+        if receipt is not None:
+            return self._settle(batch, receipt)
+        if self._adopt_if_anchored(batch):
+            return True
+        log.info(
+            "anchorer.resolve: batch %s has no receipt yet; resending tx 0x%s",
+            batch.id,
+            batch.tx_hash.hex(),
+        )
+        return self._deliver(batch)
+
+    def _deliver(self, batch: Batch) -> bool:
+        assert batch.raw_tx is not None and batch.tx_hash is not None
+        try:
+            self.client.send_raw(batch.raw_tx)
+        except NonceConsumed as exc:
+            if not self._adopt_if_anchored(batch):
+                self.queue.mark_unsent(batch, str(exc))
+            return False
+        except TransactionFailed as exc:
+            self.queue.note_error(batch, str(exc))
+            self._last_error = str(exc)
+            return False
+        receipt = self._wait_receipt(batch.tx_hash)
+        if receipt is None:
+            self.queue.note_error(batch, f"no receipt after {self.policy.receipt_timeout_s}s")
+            return False
+        return self._settle(batch, receipt)
+
+    def _wait_receipt(self, tx_hash: bytes) -> TxReceipt | None:
+        deadline = time.monotonic() + self.policy.receipt_timeout_s
+        while True:
+            receipt = self.client.receipt(tx_hash)
+            if receipt is not None or time.monotonic() >= deadline or self._stop.is_set():
+                return receipt
+            time.sleep(self.policy.receipt_poll_s)
+
+    def _settle(self, batch: Batch, receipt: TxReceipt) -> bool:
+        if receipt.succeeded and batch.root in receipt.anchored_roots:
+            self.queue.mark_anchored(
+                batch,
+                receipt.tx_hash,
+                receipt.block_number,
+                receipt.block_hash,
+                self.client.chain_id,
+                self.client.address,
+            )
+            log.info(
+                "anchorer.settle: batch %s anchored in block %s", batch.id, receipt.block_number
+            )
+            return True
+        if self._adopt_if_anchored(batch):
+            return True
+        self.queue.mark_unsent(batch, f"tx 0x{receipt.tx_hash.hex()} reverted")
+        return False
+
+    def _adopt_if_anchored(self, batch: Batch) -> bool:
+        """If the root is on chain already (an earlier send of ours), record that, don't resend."""
+        onchain = self.client.lookup(batch.root)
+        if onchain is None:
+            return False
+        tx_hash = self.client.anchoring_tx(batch.root, onchain.block_number) or b""
+        block_hash = self.client.block_hash(onchain.block_number) or b""
+        self.queue.mark_anchored(
+            batch,
+            tx_hash,
+            onchain.block_number,
+            block_hash,
+            self.client.chain_id,
+            self.client.address,
+        )
+        log.info(
+            "anchorer.adopt: batch %s was already anchored in block %s",
+            batch.id,
+            onchain.block_number,
+        )
+        return True
+
+    # -- running -------------------------------------------------------------------------
+
+    def flush(self, timeout_s: float = 60.0) -> bool:
+        """Seal and anchor everything queued now; True when nothing is left unanchored."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            try:
+                self.step(force=True)
+            except ChainUnavailable:
+                time.sleep(self.policy.backoff_initial_s)
+                continue
+            if not self.queue.batches(SEALED, SIGNED) and not any(
+                self.queue.pending(kind).count for kind in KIND_CODES
+            ):
+                return True
+        return False
+
+    def start(self) -> None:
+        """Run steps in a background thread until :meth:`stop`."""
+        if self._thread is not None:
+            return
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._run, name="ledger-anchorer", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout_s: float = 10.0) -> None:
+        """Stop the background thread; what is queued stays queued."""
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout_s)
+            self._thread = None
+
+    def _run(self) -> None:
+        backoff = self.policy.backoff_initial_s
+        while not self._stop.is_set():
+            wait = self.policy.tick_s
+            try:
+                self.step()
+                self._chain_reachable, self._last_error = True, None
+                backoff = self.policy.backoff_initial_s
+            except ChainUnavailable as exc:
+                self._chain_reachable, self._last_error = False, str(exc)
+                log.warning("anchorer.run: %s; retrying in %.1fs", exc, backoff)
+                wait, backoff = backoff, min(backoff * 2, self.policy.backoff_max_s)
+            except Exception as exc:  # keep anchoring alive; the error is shown in status
+                self._last_error = f"{type(exc).__name__}: {exc}"
+                log.exception("anchorer.run: step failed; retrying in %.1fs", backoff)
+                wait, backoff = backoff, min(backoff * 2, self.policy.backoff_max_s)
+            self._wake.wait(wait)
+            self._wake.clear()
+
+    def status(self) -> AnchorStatus:
+        """Queue and chain health for the operator API."""
+        return AnchorStatus(
+            pending={kind: self.queue.pending(kind).count for kind in KIND_CODES},
+            batches=self.queue.state_counts(),
+            chain_reachable=self._chain_reachable,
+            last_error=self._last_error,
+            address=self.signer.address,
+        )

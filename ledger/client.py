@@ -1,0 +1,306 @@
+"""The anchor contract over any EVM JSON-RPC endpoint (web3.py), with errors in ledger terms.
+
+Reading (``lookup``, receipts, logs) needs only the URL and the contract address; anchoring
+also needs a :class:`~ledger.keys.ChainSigner`. Transactions are signed locally and sent raw,
+so the same code works against the embedded chain, Hardhat, ganache and production nodes,
+and a signed transaction can be stored before it is sent and resent byte for byte.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import requests
+from eth_abi.abi import decode
+from eth_utils.crypto import keccak
+from hexbytes import HexBytes
+from web3 import Web3
+from web3.exceptions import (
+    BadFunctionCallOutput,
+    ContractLogicError,
+    TransactionNotFound,
+    Web3Exception,
+    Web3RPCError,
+)
+from web3.providers.rpc import HTTPProvider
+
+from ledger.artifact import load_artifact
+from ledger.errors import (
+    AlreadyAnchored,
+    ChainUnavailable,
+    NonceConsumed,
+    TransactionFailed,
+    WrongChain,
+)
+from ledger.keys import ChainSigner
+
+log = logging.getLogger("ledger.client")
+
+DEFAULT_TIMEOUT_S = 10.0
+GAS_MARGIN = 1.25
+_ALREADY_ANCHORED = "0x" + keccak(text="AlreadyAnchored(bytes32)")[:4].hex()
+_ANCHORED_TOPIC = "0x" + keccak(text="Anchored(bytes32,uint8,uint64,address,uint64,uint64)").hex()
+_KNOWN_TX = ("already known", "known transaction", "already imported", "alreadyknown")
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True, slots=True)
+class OnChainRoot:
+    """What the contract recorded for a root."""
+
+    root: bytes
+    leaf_count: int
+    kind: int
+    anchorer: str
+    block_number: int
+    timestamp: int
+
+
+@dataclass(frozen=True, slots=True)
+class AnchoredEvent:
+    """One ``Anchored`` log: which root, by whom, in which transaction."""
+
+    root: bytes
+    kind: int
+    leaf_count: int
+    anchorer: str
+    block_number: int
+    timestamp: int
+    tx_hash: bytes
+    log_index: int
+
+
+@dataclass(frozen=True, slots=True)
+class SignedAnchor:
+    """A signed ``anchor`` transaction, stored before it is sent so it can be resent as is."""
+
+    raw: bytes
+    tx_hash: bytes
+    nonce: int
+    sender: str
+
+
+@dataclass(frozen=True, slots=True)
+class TxReceipt:
+    """The mined outcome of a transaction."""
+
+    tx_hash: bytes
+    block_number: int
+    block_hash: bytes
+    succeeded: bool
+    anchored_roots: tuple[bytes, ...]
+
+
+@contextmanager
+def _chain_errors(url: str) -> Iterator[None]:
+    try:
+        yield
+    except (requests.ConnectionError, requests.Timeout) as exc:
+        raise ChainUnavailable(f"chain at {url} is unreachable ({type(exc).__name__})") from None
+    except requests.HTTPError as exc:
+        raise ChainUnavailable(f"chain at {url} answered HTTP {exc.response}") from None
+
+
+class LedgerClient:
+    """The anchor contract at ``contract_address`` on the chain at ``rpc_url``."""
+
+    def __init__(
+        self,
+        rpc_url: str,
+        contract_address: str,
+        *,
+        expected_chain_id: int | None = None,
+        timeout_s: float = DEFAULT_TIMEOUT_S,
+    ) -> None:
+        self.rpc_url = rpc_url
+        provider = HTTPProvider(
+            rpc_url, request_kwargs={"timeout": timeout_s}, exception_retry_configuration=None
+        )
+        self.w3 = Web3(provider)
+        if not Web3.is_address(contract_address):
+            raise WrongChain(f"contract address {contract_address!r} is not an address")
+        self.address = Web3.to_checksum_address(contract_address)
+        self.contract = self.w3.eth.contract(address=self.address, abi=load_artifact().abi)
+        self.expected_chain_id = expected_chain_id
+        self._chain_id: int | None = None
+
+    def _call(self, fn: Callable[[], T]) -> T:
+        with _chain_errors(self.rpc_url):
+            return fn()
+
+    @property
+    def chain_id(self) -> int:
+        """The chain id the endpoint reports (asked once)."""
+        if self._chain_id is None:
+            self._chain_id = int(self._call(lambda: self.w3.eth.chain_id))
+        return self._chain_id
+
+    def check(self) -> None:
+        """WrongChain unless the endpoint serves the expected chain and the contract is there."""
+        if self.expected_chain_id is not None and self.chain_id != self.expected_chain_id:
+            raise WrongChain(
+                f"chain at {self.rpc_url} has chain id {self.chain_id}, "
+                f"expected {self.expected_chain_id}"
+            )
+        code = self._call(lambda: self.w3.eth.get_code(self.address))
+        if len(code) == 0:
+            raise WrongChain(f"no contract at {self.address} on chain {self.chain_id}")
+
+    def lookup(self, root: bytes) -> OnChainRoot | None:
+        """The contract's record of ``root``, or None if it was never anchored."""
+        fn = self.contract.functions.lookup(root)
+        try:
+            count, kind, anchorer, block, ts = self._call(lambda: fn.call())
+        except BadFunctionCallOutput:
+            raise WrongChain(
+                f"no anchor contract at {self.address} on chain {self.chain_id}"
+            ) from None
+        if block == 0:
+            return None
+        return OnChainRoot(root, int(count), int(kind), str(anchorer), int(block), int(ts))
+
+    def pending_nonce(self, address: str) -> int:
+        """The next nonce for ``address``, counting transactions still in the pool."""
+        checksum = Web3.to_checksum_address(address)
+        return int(self._call(lambda: self.w3.eth.get_transaction_count(checksum, "pending")))
+
+    def balance(self, address: str) -> int:
+        """Balance in wei."""
+        return int(self._call(lambda: self.w3.eth.get_balance(Web3.to_checksum_address(address))))
+
+    def sign_anchor(
+        self, signer: ChainSigner, root: bytes, leaf_count: int, kind: int, nonce: int
+    ) -> SignedAnchor:
+        """Sign ``anchor(root, leafCount, kind)``; AlreadyAnchored if it would revert so."""
+        data = self.contract.encode_abi("anchor", args=[root, leaf_count, kind])
+        tx: dict[str, Any] = {
+            "from": signer.address,
+            "to": self.address,
+            "data": data,
+            "value": 0,
+            "nonce": nonce,
+            "chainId": self.chain_id,
+        }
+        tx["gas"] = int(self._estimate(tx, root) * GAS_MARGIN)
+        tx.update(self._fees())
+        del tx["from"]
+        signed = signer.sign(tx)
+        return SignedAnchor(
+            bytes(signed.raw_transaction), bytes(signed.hash), nonce, signer.address
+        )
+
+    def _estimate(self, tx: dict[str, Any], root: bytes) -> int:
+        try:
+            return int(self._call(lambda: self.w3.eth.estimate_gas(tx)))  # type: ignore[arg-type]
+        except ContractLogicError as exc:
+            # Chains spell revert data differently (ganache nests it); look for the
+            # AlreadyAnchored selector anywhere, else ask the contract itself.
+            text = f"{exc} {exc.data}".lower()
+            if _ALREADY_ANCHORED[2:] in text or self.lookup(root) is not None:
+                raise AlreadyAnchored("0x" + root.hex()) from None
+            raise TransactionFailed(f"anchor would revert: {exc}") from None
+
+    def _fees(self) -> dict[str, int]:
+        block = self._call(lambda: self.w3.eth.get_block("latest"))
+        base = block.get("baseFeePerGas")
+        if base is None:
+            return {"gasPrice": int(self._call(lambda: self.w3.eth.gas_price))}
+        tip = int(self._call(lambda: self.w3.eth.max_priority_fee))
+        return {"maxFeePerGas": 2 * int(base) + tip, "maxPriorityFeePerGas": tip}
+
+    def send_raw(self, raw: bytes) -> bytes:
+        """Send a signed transaction; resending one the pool already holds is not an error."""
+        try:
+            return bytes(self._call(lambda: self.w3.eth.send_raw_transaction(raw)))
+        except Web3RPCError as exc:
+            tx_hash = bytes(keccak(raw))
+            text = str(exc).lower()
+            if any(k in text for k in _KNOWN_TX) or self.receipt(tx_hash) is not None:
+                return tx_hash  # in the pool or mined already: resending changed nothing
+            if "nonce" in text:
+                raise NonceConsumed(f"chain refused the transaction: {exc}") from None
+            raise TransactionFailed(f"chain refused the transaction: {exc}") from None
+
+    def receipt(self, tx_hash: bytes) -> TxReceipt | None:
+        """The receipt of a mined transaction, or None while it is pending or unknown."""
+        try:
+            rcpt = self._call(lambda: self.w3.eth.get_transaction_receipt(HexBytes(tx_hash)))
+        except TransactionNotFound:
+            return None
+        roots = tuple(
+            bytes(entry["topics"][1])
+            for entry in rcpt["logs"]
+            if Web3.to_checksum_address(entry["address"]) == self.address
+            and len(entry["topics"]) > 1
+            and HexBytes(entry["topics"][0]).to_0x_hex() == _ANCHORED_TOPIC
+        )
+        return TxReceipt(
+            bytes(rcpt["transactionHash"]),
+            int(rcpt["blockNumber"]),
+            bytes(rcpt["blockHash"]),
+            int(rcpt["status"]) == 1,
+            roots,
+        )
+
+    def anchoring_tx(self, root: bytes, block_number: int) -> bytes | None:
+        """The hash of the transaction that anchored ``root`` in ``block_number`` (a log query)."""
+        params: Any = {
+            "address": self.address,
+            "fromBlock": block_number,
+            "toBlock": block_number,
+            "topics": [_ANCHORED_TOPIC, "0x" + root.hex()],
+        }
+        logs = self._call(lambda: self.w3.eth.get_logs(params))
+        return bytes(logs[0]["transactionHash"]) if logs else None
+
+    def anchored_by(self, anchorer: str, from_block: int, to_block: int) -> list[AnchoredEvent]:
+        """Every root ``anchorer`` anchored in blocks ``from_block..to_block``, in chain order."""
+        account_topic = "0x" + bytes(12).hex() + Web3.to_checksum_address(anchorer)[2:].lower()
+        params: Any = {
+            "address": self.address,
+            "fromBlock": from_block,
+            "toBlock": to_block,
+            "topics": [_ANCHORED_TOPIC, None, None, account_topic],
+        }
+        logs = self._call(lambda: self.w3.eth.get_logs(params))
+        events = []
+        for entry in logs:
+            count, block, ts = decode(["uint64", "uint64", "uint64"], bytes(entry["data"]))
+            events.append(
+                AnchoredEvent(
+                    bytes(entry["topics"][1]),
+                    int.from_bytes(bytes(entry["topics"][2]), "big"),
+                    int(count),
+                    Web3.to_checksum_address(bytes(entry["topics"][3])[12:]),
+                    int(block),
+                    int(ts),
+                    bytes(entry["transactionHash"]),
+                    int(entry["logIndex"]),
+                )
+            )
+        return sorted(events, key=lambda e: (e.block_number, e.log_index))
+
+    def latest_block(self) -> int:
+        """The current block number."""
+        return int(self._call(lambda: self.w3.eth.block_number))
+
+    def block_timestamp(self, block_number: int) -> int | None:
+        """A block's timestamp (seconds), or None if the chain has no such block."""
+        try:
+            block = self._call(lambda: self.w3.eth.get_block(block_number))
+        except Web3Exception:
+            return None
+        return int(block["timestamp"])
+
+    def block_hash(self, block_number: int) -> bytes | None:
+        """The canonical hash of a block, or None if the chain has no such block."""
+        try:
+            block = self._call(lambda: self.w3.eth.get_block(block_number))
+        except Web3Exception:
+            return None
+        return bytes(block["hash"])

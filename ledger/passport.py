@@ -1,0 +1,245 @@
+"""The quality data passport: a member's signed summary of what it anchored over a period.
+
+Per kind: how many leaves and batches the member's chain account anchored in a block range,
+and the latest root. The member signs it with its Ed25519 key; anyone with chain read access
+recomputes the same summary from the contract's ``Anchored`` events of that account, so a
+passport that leaves out, adds or alters a batch fails, as does any changed byte.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from typing import Annotated, Literal
+
+from nacl.exceptions import BadSignatureError
+from nacl.signing import SigningKey, VerifyKey
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from web3 import Web3
+
+from ledger.client import AnchoredEvent, LedgerClient
+from ledger.errors import PassportFormatError
+from ledger.leaves import KIND_CODES, KIND_NAMES
+from ledger.proofs import Check, Verdict, describe, hex32, unhex
+from ledger.queue import LeafQueue
+
+PASSPORT_TYPE: Literal["qdspace.quality-data-passport"] = "qdspace.quality-data-passport"
+
+Hash32 = Annotated[str, Field(pattern=r"^0x[0-9a-f]{64}$")]
+Address = Annotated[str, Field(pattern=r"^0x[0-9a-f]{40}$")]
+Kind = Literal["inspection", "agreement", "deletion_receipt", "model_version", "record_batch"]
+
+
+class _Doc(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid", strict=True)
+
+
+class KindActivity(_Doc):
+    """Anchored activity of one kind in the period."""
+
+    leaves: int = Field(ge=1)
+    batches: int = Field(ge=1)
+    latest_root: Hash32
+    latest_block: int = Field(ge=1)
+    latest_tx: Hash32
+
+
+class Period(_Doc):
+    """Inclusive block range, with the timestamps of its end blocks (UTC, ISO 8601)."""
+
+    from_block: int = Field(ge=0)
+    to_block: int = Field(ge=0)
+    from_time: str
+    to_time: str
+
+
+class Passport(_Doc):
+    """The passport document (``qdspace verify`` reads this too)."""
+
+    type: Literal["qdspace.quality-data-passport"] = PASSPORT_TYPE
+    version: Literal[1] = 1
+    member_id: str = Field(min_length=1, max_length=200)
+    verify_key: Hash32
+    anchorer: Address
+    chain_id: int = Field(ge=1)
+    contract: Address
+    period: Period
+    activity: dict[Kind, KindActivity]
+    issued_at: str
+    signature: str = Field(pattern=r"^0x[0-9a-f]{128}$")
+
+    def signed_bytes(self) -> bytes:
+        """Canonical JSON of everything but the signature: what the signature covers."""
+        body = self.model_dump(mode="json", exclude={"signature"})
+        return json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
+
+    def to_json(self) -> str:
+        """JSON text of the passport."""
+        return self.model_dump_json(indent=2)
+
+    @classmethod
+    def parse(cls, data: str | bytes) -> Passport:
+        """Parse a passport; PassportFormatError names the first offending field."""
+        try:
+            return cls.model_validate_json(data)
+        except ValidationError as exc:
+            raise PassportFormatError(f"malformed passport: {describe(exc)}") from None
+
+
+def _iso(ts: int | None) -> str:
+    if ts is None:
+        return ""
+    return dt.datetime.fromtimestamp(ts, dt.UTC).isoformat().replace("+00:00", "Z")
+
+
+def summarize(events: list[AnchoredEvent]) -> dict[Kind, KindActivity]:
+    """Per-kind leaves, batches and latest root of a list of events in chain order."""
+    out: dict[Kind, KindActivity] = {}
+    for ev in events:
+        name = KIND_NAMES.get(ev.kind)
+        if name is None:
+            continue
+        kind: Kind = name  # type: ignore[assignment]
+        prev = out.get(kind)
+        out[kind] = KindActivity(
+            leaves=(prev.leaves if prev else 0) + ev.leaf_count,
+            batches=(prev.batches if prev else 0) + 1,
+            latest_root=hex32(ev.root),
+            latest_block=ev.block_number,
+            latest_tx=hex32(ev.tx_hash),
+        )
+    return out
+
+
+def issue_passport(
+    queue: LeafQueue,
+    client: LedgerClient,
+    signing_key: SigningKey,
+    member_id: str,
+    anchorer: str,
+    from_block: int = 0,
+    to_block: int | None = None,
+) -> Passport:
+    """Summarize the node's anchored batches in the block range and sign the summary."""
+    last = client.latest_block() if to_block is None else to_block
+    events = [
+        AnchoredEvent(
+            b.root,
+            KIND_CODES[b.kind],
+            b.leaf_count,
+            anchorer,
+            b.block_number or 0,
+            0,
+            b.tx_hash or b"",
+            0,
+        )
+        for b in queue.batches("anchored")
+        if b.block_number is not None
+        and from_block <= b.block_number <= last
+        and b.sender in (None, anchorer)
+        and b.chain_id == client.chain_id
+    ]
+    events.sort(key=lambda e: (e.block_number, e.log_index))  # one sender: nonce order
+    unsigned = {
+        "member_id": member_id,
+        "verify_key": hex32(bytes(signing_key.verify_key)),
+        "anchorer": anchorer.lower(),
+        "chain_id": client.chain_id,
+        "contract": client.address.lower(),
+        "period": Period(
+            from_block=from_block,
+            to_block=last,
+            from_time=_iso(client.block_timestamp(from_block)),
+            to_time=_iso(client.block_timestamp(last)),
+        ),
+        "activity": summarize(events),
+        "issued_at": dt.datetime.now(dt.UTC).isoformat().replace("+00:00", "Z"),
+        "signature": "0x" + "00" * 64,
+    }
+    draft = Passport(**unsigned)  # type: ignore[arg-type]
+    signature = signing_key.sign(draft.signed_bytes()).signature
+    return draft.model_copy(update={"signature": "0x" + signature.hex()})
+
+
+def verify_passport(
+    passport: Passport, client: LedgerClient | None, verify_key: bytes | None = None
+) -> Verdict:
+    """Check the signature, then recompute the summary from the chain's events."""
+    checks: list[Check] = []
+    if verify_key is not None:
+        ok = verify_key == unhex(passport.verify_key)
+        checks.append(
+            Check(
+                "signer",
+                ok,
+                "signed by the expected member key"
+                if ok
+                else "signed by another key than the one given",
+            )
+        )
+    try:
+        VerifyKey(unhex(passport.verify_key)).verify(
+            passport.signed_bytes(), unhex(passport.signature)
+        )
+        checks.append(Check("signature", True, f"signed by member {passport.member_id}"))
+    except (BadSignatureError, ValueError):
+        checks.append(Check("signature", False, "the signature does not match the content"))
+    if not all(c.ok for c in checks):
+        return Verdict.of(checks)
+    if client is None:
+        checks.append(Check("chain", False, "no chain access given; activity unchecked"))
+        return Verdict.of(checks)
+    checks.extend(_chain_checks(passport, client))
+    return Verdict.of(checks)
+
+
+def _chain_checks(passport: Passport, client: LedgerClient) -> list[Check]:
+    if client.chain_id != passport.chain_id:
+        return [
+            Check(
+                "chain",
+                False,
+                f"passport is for chain {passport.chain_id}, the RPC "
+                f"endpoint serves chain {client.chain_id}",
+            )
+        ]
+    period = passport.period
+    checks = []
+    for name, block, claimed in (
+        ("from_time", period.from_block, period.from_time),
+        ("to_time", period.to_block, period.to_time),
+    ):
+        actual = _iso(client.block_timestamp(block))
+        checks.append(
+            Check(
+                name,
+                actual == claimed and bool(actual),
+                f"block {block} at {actual or 'missing'}"
+                + ("" if actual == claimed else f", passport says {claimed}"),
+            )
+        )
+    events = client.anchored_by(
+        Web3.to_checksum_address(passport.anchorer), period.from_block, period.to_block
+    )
+    onchain = summarize(events)
+    for kind in sorted(set(onchain) | set(passport.activity)):
+        got, want = onchain.get(kind), passport.activity.get(kind)
+        ok = got == want
+        checks.append(
+            Check(
+                f"activity.{kind}",
+                ok,
+                "matches the chain"
+                if ok
+                else f"chain has {_short(got)}, passport says {_short(want)}",
+            )
+        )
+    if not onchain and not passport.activity:
+        checks.append(Check("activity", True, "no anchoring in the period, as stated"))
+    return checks
+
+
+def _short(a: KindActivity | None) -> str:
+    if a is None:
+        return "nothing"
+    return f"{a.leaves} leaves in {a.batches} batches, latest {a.latest_root[:12]}..."

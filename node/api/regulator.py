@@ -1,0 +1,225 @@
+"""Regulator endpoints: read-only proofs, verification and passports from the ledger.
+
+Every route needs only the regulator credential (the dependency passed in) and changes
+nothing. Errors are mapped here, each to a 4xx with a clear detail (503 when the chain is
+unreachable), never a 500: unknown ids 404, not yet anchored 409, malformed documents 422,
+documents for another chain 400.
+"""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Callable
+from typing import Annotated, Any, NoReturn
+
+from fastapi import APIRouter, Body, Depends, HTTPException, Query
+from pydantic import BaseModel
+
+from ledger.client import LedgerClient
+from ledger.errors import (
+    ChainUnavailable,
+    DocumentFormatError,
+    LedgerError,
+    NotAnchored,
+    UnknownLeaf,
+    WrongChain,
+)
+from ledger.leaves import KIND_CODES, UnknownKind
+from ledger.passport import PASSPORT_TYPE, Passport, verify_passport
+from ledger.proofs import PROOF_TYPE, InclusionProof, Verdict, build_proof, verify_proof
+from ledger.queue import LeafQueue
+
+RecordLoader = Callable[[str, str], bytes | None]
+PassportIssuer = Callable[[int, int | None], Passport]
+
+# Path segment -> leaf kind, for the per-kind routes a regulator reads most.
+KIND_ROUTES = {
+    "inspections": "inspection",
+    "agreements": "agreement",
+    "deletion-receipts": "deletion_receipt",
+    "model-versions": "model_version",
+}
+
+
+class CheckPublic(BaseModel):
+    """One verification step."""
+
+    name: str
+    ok: bool
+    detail: str
+
+
+class VerdictPublic(BaseModel):
+    """Whether a document holds up against the chain, and why (not)."""
+
+    valid: bool
+    reason: str
+    checks: list[CheckPublic]
+
+
+class ProofPublic(BaseModel):
+    """A record's place on the ledger: leaf, proof, root, transaction, block and verdict."""
+
+    kind: str
+    ref_id: str
+    leaf: str
+    root: str
+    chain_id: int
+    contract: str
+    tx_hash: str
+    block_number: int
+    proof: InclusionProof
+    verdict: VerdictPublic
+
+
+class VerifyResult(BaseModel):
+    """Verdict on a posted document."""
+
+    type: str
+    verdict: VerdictPublic
+
+
+def verdict_public(verdict: Verdict) -> VerdictPublic:
+    """Domain verdict to its API model."""
+    return VerdictPublic(
+        valid=verdict.valid,
+        reason=verdict.reason,
+        checks=[CheckPublic(name=c.name, ok=c.ok, detail=c.detail) for c in verdict.checks],
+    )
+
+
+def raise_http(exc: LedgerError) -> NoReturn:
+    """The one place ledger errors become HTTP statuses."""
+    if isinstance(exc, UnknownLeaf | UnknownKind):
+        raise HTTPException(404, str(exc)) from None
+    if isinstance(exc, NotAnchored):
+        raise HTTPException(409, f"{exc}; ask again after the next anchoring") from None
+    if isinstance(exc, DocumentFormatError):
+        raise HTTPException(422, str(exc)) from None
+    if isinstance(exc, WrongChain):
+        raise HTTPException(400, str(exc)) from None
+    if isinstance(exc, ChainUnavailable):
+        raise HTTPException(503, "the ledger chain is unreachable; try again later") from None
+    raise HTTPException(400, str(exc)) from None
+
+
+def regulator_router(
+    *,
+    queue: LeafQueue,
+    client: LedgerClient,
+    require_regulator: Callable[..., Any],
+    record_loader: RecordLoader | None = None,
+    passport_issuer: PassportIssuer | None = None,
+) -> APIRouter:
+    """Routes under ``/v1/regulator``; ``require_regulator`` is a FastAPI dependency."""
+    router = APIRouter(
+        prefix="/v1/regulator", tags=["regulator"], dependencies=[Depends(require_regulator)]
+    )
+
+    def proof_of(kind: str, ref_id: str) -> ProofPublic:
+        try:
+            record = record_loader(kind, ref_id) if record_loader is not None else None
+            proof = with_record(build_proof(queue, kind, ref_id), record)
+            verdict = verify_proof(proof, client)
+        except LedgerError as exc:
+            raise_http(exc)
+        anchor = proof.anchor
+        return ProofPublic(
+            kind=kind,
+            ref_id=ref_id,
+            leaf=proof.leaf.leaf_hash,
+            root=proof.tree.root,
+            chain_id=anchor.chain_id,
+            contract=anchor.contract,
+            tx_hash=anchor.tx_hash,
+            block_number=anchor.block_number,
+            proof=proof,
+            verdict=verdict_public(verdict),
+        )
+
+    @router.get("/proofs/{kind}/{ref_id}", response_model=ProofPublic)
+    def get_proof(kind: str, ref_id: str) -> ProofPublic:
+        """The inclusion proof of any anchored leaf, verified against the chain now."""
+        if kind not in KIND_CODES:
+            raise HTTPException(404, f"unknown kind {kind!r}; one of: {', '.join(KIND_CODES)}")
+        return proof_of(kind, ref_id)
+
+    for segment, kind in KIND_ROUTES.items():
+        router.add_api_route(
+            f"/{segment}/{{ref_id}}/proof",
+            _kind_route(proof_of, kind),
+            methods=["GET"],
+            response_model=ProofPublic,
+            name=f"{kind}_proof",
+            summary=f"Proof that a {kind.replace('_', ' ')} was anchored",
+        )
+
+    @router.post("/verify", response_model=VerifyResult)
+    def verify(document: Annotated[dict[str, Any], Body()]) -> VerifyResult:
+        """Verify a posted proof or passport against this node's chain."""
+        doc_type = document.get("type")
+        try:
+            if doc_type == PROOF_TYPE:
+                proof = InclusionProof.parse(document)
+                _same_chain(client, proof.anchor.chain_id)
+                return VerifyResult(
+                    type=PROOF_TYPE, verdict=verdict_public(verify_proof(proof, client))
+                )
+            if doc_type == PASSPORT_TYPE:
+                passport = Passport.model_validate(document)
+                _same_chain(client, passport.chain_id)
+                return VerifyResult(
+                    type=PASSPORT_TYPE, verdict=verdict_public(verify_passport(passport, client))
+                )
+        except LedgerError as exc:
+            raise_http(exc)
+        except ValueError as exc:  # pydantic's ValidationError
+            raise HTTPException(422, f"malformed passport: {exc}") from None
+        raise HTTPException(422, f"'type' must be {PROOF_TYPE!r} or {PASSPORT_TYPE!r}")
+
+    if passport_issuer is not None:
+        issuer = passport_issuer
+
+        @router.get("/passport", response_model=Passport)
+        def passport(
+            from_block: Annotated[int, Query(ge=0)] = 0,
+            to_block: Annotated[int | None, Query(ge=0)] = None,
+        ) -> Passport:
+            """This member's signed quality data passport for a block range."""
+            if to_block is not None and to_block < from_block:
+                raise HTTPException(422, "to_block must not be before from_block")
+            try:
+                return issuer(from_block, to_block)
+            except LedgerError as exc:
+                raise_http(exc)
+
+    return router
+
+
+def with_record(proof: InclusionProof, record: bytes | None) -> InclusionProof:
+    """The proof carrying the record as the node holds it now.
+
+    A record changed after anchoring is not refused here: it goes into the proof, and the
+    verdict shows the regulator that its hash no longer matches what was anchored.
+    """
+    if record is None:
+        return proof
+    leaf = proof.leaf.model_copy(update={"record_b64": base64.b64encode(record).decode()})
+    return proof.model_copy(update={"leaf": leaf})
+
+
+def _kind_route(
+    proof_of: Callable[[str, str], ProofPublic], kind: str
+) -> Callable[[str], ProofPublic]:
+    def route(ref_id: str) -> ProofPublic:
+        return proof_of(kind, ref_id)
+
+    route.__doc__ = f"The inclusion proof of {kind.replace('_', ' ')} ``ref_id``."
+    return route
+
+
+def _same_chain(client: LedgerClient, chain_id: int) -> None:
+    if client.chain_id != chain_id:
+        raise WrongChain(
+            f"document is for chain {chain_id}; this node reads chain {client.chain_id}"
+        )

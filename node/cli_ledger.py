@@ -1,0 +1,195 @@
+"""``qdspace ledger ...``: verify proofs and passports, issue a passport, run a dev chain.
+
+``verify`` needs nothing but the document and read access to the chain; exit code 0 means
+valid, 1 invalid, 2 that the document is malformed or the chain unreachable.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from ledger.errors import ChainUnavailable, DocumentFormatError, LedgerError
+
+ledger_app = typer.Typer(no_args_is_help=True, help="ledger anchoring: verify, passport, chain")
+console = Console()
+err = Console(stderr=True)
+
+EXIT_VALID, EXIT_INVALID, EXIT_UNUSABLE = 0, 1, 2
+
+
+def _fail(message: str, code: int) -> typer.Exit:
+    err.print(f"[red]error:[/red] {message}", highlight=False, soft_wrap=True)
+    return typer.Exit(code)
+
+
+@ledger_app.command("verify")
+def verify(
+    document: Annotated[Path, typer.Argument(help="proof or passport JSON file")],
+    rpc: Annotated[str, typer.Option("--rpc", help="chain JSON-RPC URL (read access)")],
+    verify_key: Annotated[
+        str | None, typer.Option(help="pin a passport to this member key (hex)")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="print the verdict as JSON")] = False,
+) -> None:
+    """Verify an inclusion proof or a quality data passport against the chain."""
+    from ledger.verify import verify_document
+
+    try:
+        data = document.read_bytes()
+    except OSError as exc:
+        raise _fail(f"{document}: {exc.strerror}", EXIT_UNUSABLE) from None
+    try:
+        pinned = None if verify_key is None else bytes.fromhex(verify_key.removeprefix("0x"))
+    except ValueError:
+        raise _fail("--verify-key is not hex", EXIT_UNUSABLE) from None
+    try:
+        kind, verdict = verify_document(data, rpc, verify_key=pinned)
+    except DocumentFormatError as exc:
+        raise _fail(f"{document}: {exc}", EXIT_UNUSABLE) from None
+    except ChainUnavailable as exc:
+        raise _fail(str(exc), EXIT_UNUSABLE) from None
+    except LedgerError as exc:
+        raise _fail(f"{document}: {exc}", EXIT_INVALID) from None
+    if as_json:
+        checks = [{"name": c.name, "ok": c.ok, "detail": c.detail} for c in verdict.checks]
+        console.print_json(json.dumps({"type": kind, "valid": verdict.valid, "checks": checks}))
+    else:
+        for check in verdict.checks:
+            mark = "[green]ok[/green]  " if check.ok else "[red]FAIL[/red]"
+            console.print(f"{mark} {check.name}: {check.detail}", highlight=False)
+        word = "[green]VALID[/green]" if verdict.valid else "[red]INVALID[/red]"
+        console.print(f"{word} {kind}: {verdict.reason}", highlight=False)
+    raise typer.Exit(EXIT_VALID if verdict.valid else EXIT_INVALID)
+
+
+@ledger_app.command("passport")
+def passport(
+    directory: Annotated[Path, typer.Option("--dir", help="the member's node directory")],
+    from_block: Annotated[int, typer.Option(help="first block of the period")] = 0,
+    to_block: Annotated[int | None, typer.Option(help="last block (default: latest)")] = None,
+    out: Annotated[Path | None, typer.Option(help="write here instead of stdout")] = None,
+) -> None:
+    """Issue this member's signed quality data passport (verify it with `qdspace verify`)."""
+    from sqlalchemy import create_engine
+
+    from ledger.client import LedgerClient
+    from ledger.keys import load_signer
+    from ledger.passport import issue_passport
+    from ledger.queue import LeafQueue, ensure_schema
+    from node.anchoring import LedgerSettings
+    from node.config import NodeSettings
+    from node.errors import NodeError
+    from node.identity.member import load_member_keys
+
+    try:
+        node = NodeSettings.load(directory)
+        settings = LedgerSettings.load(node.directory)
+        if not settings.enabled:
+            raise _fail(f"{node.directory}: no chain configured (ledger.json)", EXIT_UNUSABLE)
+        keys = load_member_keys(node.directory)
+        signer = load_signer(settings.key_file)
+        engine = create_engine(node.database_url)
+        ensure_schema(engine)
+        doc = issue_passport(
+            LeafQueue(engine),
+            LedgerClient(settings.rpc_url, settings.contract),
+            keys.signing_key,
+            keys.identity.member_id,
+            signer.address,
+            from_block,
+            to_block,
+        )
+        engine.dispose()
+    except (LedgerError, NodeError) as exc:
+        raise _fail(str(exc), EXIT_UNUSABLE) from None
+    text = doc.to_json() + "\n"
+    if out is None:
+        typer.echo(text, nl=False)
+    else:
+        out.write_text(text)
+        err.print(f"passport for {doc.member_id} written to {out}")
+
+
+@ledger_app.command("chain")
+def chain(
+    state_dir: Annotated[Path, typer.Option(help="where the chain keeps its state")],
+    port: Annotated[int, typer.Option(help="JSON-RPC port (0: any free port)")] = 8545,
+    host: Annotated[str, typer.Option(help="bind address")] = "127.0.0.1",
+    chain_id: Annotated[int | None, typer.Option(help="chain id")] = None,
+    deploy: Annotated[bool, typer.Option(help="deploy the anchor contract")] = True,
+) -> None:
+    """Run the embedded EVM chain (py-evm, no Node.js) until SIGTERM."""
+    import logging
+
+    from ledger.chain import DEFAULT_CHAIN_ID, run
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    run(state_dir, host, port, chain_id or DEFAULT_CHAIN_ID, deploy)
+
+
+@ledger_app.command("deploy")
+def deploy(
+    rpc: Annotated[str, typer.Option("--rpc", help="chain JSON-RPC URL")],
+    key_file: Annotated[
+        Path | None, typer.Option(help="account key file (else $QDSPACE_CHAIN_KEY)")
+    ] = None,
+    out: Annotated[Path | None, typer.Option(help="write the deployment record here")] = None,
+) -> None:
+    """Deploy the anchor contract from a funded account (production or a dev chain)."""
+    from ledger.deploy import deploy_anchor
+    from ledger.keys import load_signer
+
+    try:
+        record = deploy_anchor(rpc, load_signer(key_file))
+    except LedgerError as exc:
+        raise _fail(str(exc), EXIT_UNUSABLE) from None
+    if out is not None:
+        out.write_text(record.to_json() + "\n")
+    console.print(
+        f"anchor contract at {record.address} on chain {record.chain_id} "
+        f"(block {record.block_number})"
+    )
+
+
+@ledger_app.command("fetch-proof")
+def fetch_proof(
+    directory: Annotated[Path, typer.Option("--dir", help="the regulator's node directory")],
+    api: Annotated[str, typer.Option(help="the member node's API URL (http://host:port)")],
+    kind: Annotated[str, typer.Option(help="inspection | agreement | deletion_receipt | ...")],
+    ref_id: Annotated[str, typer.Option("--id", help="the record's id")],
+    out: Annotated[Path | None, typer.Option(help="write the proof JSON here")] = None,
+) -> None:
+    """As the regulator: fetch a member's proof for a record, with a regulator credential."""
+    import httpx
+
+    from node.api.regulator_auth import issue_credential
+    from node.errors import NodeError
+    from node.identity.member import load_member_keys
+
+    try:
+        keys = load_member_keys(directory.resolve())
+        with httpx.Client(base_url=api, timeout=60) as http:
+            audience = http.get("/healthz").json()["member_id"]
+            token = issue_credential(keys, audience)
+            r = http.get(
+                f"/v1/regulator/proofs/{kind}/{ref_id}",
+                headers={"Authorization": f"Bearer {token}"},
+            )
+    except (NodeError, httpx.HTTPError, KeyError, ValueError) as exc:
+        raise _fail(f"fetching the proof from {api}: {exc}", EXIT_UNUSABLE) from None
+    if r.status_code >= 400:
+        raise _fail(f"{api}: HTTP {r.status_code}: {r.json().get('detail')}", EXIT_UNUSABLE)
+    body = r.json()
+    text = json.dumps(body["proof"], indent=2) + "\n"
+    if out is None:
+        typer.echo(text, nl=False)
+    else:
+        out.write_text(text)
+    verdict = body["verdict"]
+    word = "[green]VALID[/green]" if verdict["valid"] else "[red]INVALID[/red]"
+    err.print(f"member's node says: {word} {verdict['reason']}", highlight=False)

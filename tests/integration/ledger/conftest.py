@@ -1,0 +1,129 @@
+"""Ledger integration fixtures: a real embedded chain process, funded accounts, a node database."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from sqlalchemy import Engine, create_engine, event
+
+from ledger.chain import read_endpoint
+from ledger.client import LedgerClient
+from ledger.deploy import Deployment, fund_from_dev_account
+from ledger.keys import ChainSigner, new_key_file
+from ledger.queue import LeafQueue, ensure_schema
+
+START_TIMEOUT_S = 60.0
+ONE_ETH = 10**18
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class ChainProcess:
+    """``python -m ledger.chain`` as a child process that a test can kill and restart."""
+
+    state_dir: Path
+    port: int
+    proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        with (self.state_dir.parent / f"{self.state_dir.name}.log").open("ab") as log:
+            self.proc = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "ledger.chain",
+                    "--port",
+                    str(self.port),
+                    "--state-dir",
+                    str(self.state_dir),
+                ],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while True:
+            ep = read_endpoint(self.state_dir)
+            if ep is not None and ep.pid == self.proc.pid:
+                return
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"chain process exited with {self.proc.returncode}")
+            if time.monotonic() > deadline:
+                raise RuntimeError("chain process did not come up")
+            time.sleep(0.05)
+
+    def kill(self) -> None:
+        """SIGKILL: no clean shutdown, as in a crash or a pulled plug."""
+        if self.proc is not None and self.proc.poll() is None:
+            os.kill(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+    @property
+    def deployment(self) -> Deployment:
+        return Deployment.read(self.state_dir / "anchor.json")
+
+    def client(self) -> LedgerClient:
+        dep = self.deployment
+        return LedgerClient(self.url, dep.address, expected_chain_id=dep.chain_id, timeout_s=5)
+
+
+@pytest.fixture
+def chain(tmp_path: Path) -> Iterator[ChainProcess]:
+    proc = ChainProcess(tmp_path / "chain", free_port())
+    proc.start()
+    try:
+        yield proc
+    finally:
+        proc.stop()
+
+
+@pytest.fixture
+def signer(chain: ChainProcess, tmp_path: Path) -> ChainSigner:
+    s = new_key_file(tmp_path / "keys" / "chain.key")
+    fund_from_dev_account(chain.url, s.address, ONE_ETH)
+    return s
+
+
+def sqlite_engine(path: Path) -> Engine:
+    engine = create_engine(f"sqlite:///{path}", connect_args={"timeout": 30})
+
+    @event.listens_for(engine, "connect")
+    def _wal(dbapi_conn: object, _record: object) -> None:
+        cur = dbapi_conn.cursor()  # type: ignore[attr-defined]
+        cur.execute("PRAGMA journal_mode=WAL")
+        cur.close()
+
+    return engine
+
+
+@pytest.fixture
+def queue(tmp_path: Path) -> Iterator[LeafQueue]:
+    engine = sqlite_engine(tmp_path / "node.db")
+    ensure_schema(engine)
+    yield LeafQueue(engine)
+    engine.dispose()

@@ -1,0 +1,162 @@
+"""Regulator endpoints over a real chain: proofs per kind, verification, clear 4xx on faults."""
+
+from __future__ import annotations
+
+import hmac
+import json
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Annotated
+
+import httpx
+import pytest
+import uvicorn
+from fastapi import Depends, FastAPI, HTTPException
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from nacl.signing import SigningKey
+
+from ledger.anchorer import Anchorer, AnchorPolicy
+from ledger.keys import ChainSigner
+from ledger.passport import Passport, issue_passport
+from ledger.queue import LeafQueue
+from node.api.regulator import regulator_router
+
+from .conftest import ChainProcess
+
+pytestmark = pytest.mark.integration
+
+TOKEN = "regulator-secret"
+RECORDS = {
+    ("inspection", "EL-0001"): b'{"verdict":"ok"}',
+    ("agreement", "agr-1"): b'{"agreement":"one"}',
+    ("deletion_receipt", "del-1"): b'{"deleted":40}',
+    ("model_version", "el-model-v3"): b'{"sha256":"ab"}',
+}
+
+
+bearer = HTTPBearer(auto_error=False)
+
+
+def regulator(creds: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]) -> None:
+    """The test's regulator credential check (the node brings its own)."""
+    if creds is None or not hmac.compare_digest(creds.credentials, TOKEN):
+        raise HTTPException(401, "regulator credential required")
+
+
+@pytest.fixture
+def api(chain: ChainProcess, signer: ChainSigner, queue: LeafQueue) -> Iterator[httpx.Client]:
+    anchorer = Anchorer(queue, chain.client(), signer, AnchorPolicy())
+    for (kind, ref), record in RECORDS.items():
+        anchorer.enqueue(kind, ref, record)
+    assert anchorer.flush(timeout_s=30)
+    anchorer.enqueue("inspection", "EL-0002", b'{"verdict":"crack"}')  # queued, not anchored
+    client = chain.client()
+    member_key = SigningKey.generate()
+
+    def issue(from_block: int, to_block: int | None) -> Passport:
+        return issue_passport(
+            queue, client, member_key, "cellex-1", signer.address, from_block, to_block
+        )
+
+    app = FastAPI()
+    app.include_router(
+        regulator_router(
+            queue=queue,
+            client=client,
+            require_regulator=regulator,
+            record_loader=lambda kind, ref: RECORDS.get((kind, ref)),
+            passport_issuer=issue,
+        )
+    )
+    with (
+        serve(app) as base_url,
+        httpx.Client(
+            base_url=base_url, headers={"Authorization": f"Bearer {TOKEN}"}, timeout=30
+        ) as http,
+    ):
+        yield http
+
+
+@contextmanager
+def serve(app: FastAPI) -> Iterator[str]:
+    """The app under uvicorn on a loopback port of its own, for real HTTP."""
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        if time.monotonic() > deadline or not thread.is_alive():
+            raise RuntimeError("API server did not start")
+        time.sleep(0.02)
+    port = server.servers[0].sockets[0].getsockname()[1]
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(10)
+
+
+PROOF_ROUTES = [
+    ("/v1/regulator/inspections/EL-0001/proof", "inspection", "EL-0001"),
+    ("/v1/regulator/agreements/agr-1/proof", "agreement", "agr-1"),
+    ("/v1/regulator/deletion-receipts/del-1/proof", "deletion_receipt", "del-1"),
+    ("/v1/regulator/model-versions/el-model-v3/proof", "model_version", "el-model-v3"),
+    ("/v1/regulator/proofs/agreement/agr-1", "agreement", "agr-1"),
+]
+
+
+def test_each_kind_has_a_verified_proof(api: httpx.Client) -> None:
+    for path, kind, ref in PROOF_ROUTES:
+        r = api.get(path)
+        assert r.status_code == 200, (path, r.text)
+        body = r.json()
+        assert (body["kind"], body["ref_id"]) == (kind, ref)
+        assert body["verdict"]["valid"] is True, body["verdict"]
+        assert body["leaf"] == body["proof"]["leaf"]["leaf_hash"]
+        assert body["root"] == body["proof"]["tree"]["root"]
+        assert body["tx_hash"].startswith("0x") and body["block_number"] >= 1
+        # the proof handed out verifies again when posted back
+        again = api.post("/v1/regulator/verify", json=body["proof"])
+        assert again.status_code == 200 and again.json()["verdict"]["valid"] is True
+
+
+def test_faults_are_clear_4xx(api: httpx.Client, chain: ChainProcess) -> None:
+    assert api.get("/v1/regulator/agreements/nope/proof").status_code == 404
+    r = api.get("/v1/regulator/proofs/invoice/x")
+    assert r.status_code == 404 and "unknown kind 'invoice'" in r.json()["detail"]
+    r = api.get("/v1/regulator/inspections/EL-0002/proof")
+    assert r.status_code == 409 and "not yet in a batch" in r.json()["detail"]
+    no_auth = api.get("/v1/regulator/agreements/agr-1/proof", headers={"Authorization": ""})
+    assert no_auth.status_code == 401
+
+    proof = api.get("/v1/regulator/agreements/agr-1/proof").json()["proof"]
+    broken = json.loads(json.dumps(proof))
+    broken["tree"]["path"] = "not a list"
+    r = api.post("/v1/regulator/verify", json=broken)
+    assert r.status_code == 422 and "tree.path" in r.json()["detail"]
+    assert api.post("/v1/regulator/verify", json={"type": "invoice"}).status_code == 422
+    assert api.post("/v1/regulator/verify", content=b"{not json").status_code == 422
+    elsewhere = json.loads(json.dumps(proof))
+    elsewhere["anchor"]["chain_id"] = 1
+    r = api.post("/v1/regulator/verify", json=elsewhere)
+    assert r.status_code == 400 and "document is for chain 1" in r.json()["detail"]
+    tampered = json.loads(json.dumps(proof))
+    tampered["leaf"]["ref_id"] = "agr-2"
+    r = api.post("/v1/regulator/verify", json=tampered)
+    assert r.status_code == 200 and r.json()["verdict"]["valid"] is False
+
+    chain.kill()
+    r = api.get("/v1/regulator/agreements/agr-1/proof")
+    assert r.status_code == 503 and "unreachable" in r.json()["detail"]
+
+
+def test_passport_endpoint_returns_a_verifiable_passport(api: httpx.Client) -> None:
+    r = api.get("/v1/regulator/passport")
+    assert r.status_code == 200, r.text
+    doc = r.json()
+    assert doc["activity"]["deletion_receipt"]["leaves"] == 1
+    verified = api.post("/v1/regulator/verify", json=doc)
+    assert verified.status_code == 200 and verified.json()["verdict"]["valid"] is True
+    assert api.get("/v1/regulator/passport?from_block=5&to_block=2").status_code == 422

@@ -1,0 +1,157 @@
+"""Proofs and passports checked with nothing but chain read access (``qdspace ledger verify``)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from nacl.signing import SigningKey
+from typer.testing import CliRunner
+
+from ledger.anchorer import Anchorer, AnchorPolicy
+from ledger.errors import DocumentFormatError
+from ledger.keys import ChainSigner
+from ledger.passport import Passport, issue_passport, verify_passport
+from ledger.proofs import build_proof
+from ledger.queue import LeafQueue
+from ledger.verify import verify_document
+from node.cli_ledger import ledger_app
+
+from .conftest import ChainProcess
+
+pytestmark = pytest.mark.integration
+
+RECORDS = {
+    ("inspection", f"EL-CX-{i:03d}"): f'{{"station":"EL-2","verdict":"crack","n":{i}}}'.encode()
+    for i in range(7)
+}
+RECORDS[("agreement", "agr-sunarc-cellex-1")] = b'{"offer":"el-verdicts","order":"PO-77"}'
+RECORDS[("deletion_receipt", "del-1")] = b'{"agreement":"agr-sunarc-cellex-1","rows":40}'
+
+
+@dataclass
+class Anchored:
+    chain: ChainProcess
+    queue: LeafQueue
+    signer: ChainSigner
+    anchorer: Anchorer
+
+
+@pytest.fixture
+def anchored(chain: ChainProcess, signer: ChainSigner, queue: LeafQueue) -> Anchored:
+    anchorer = Anchorer(queue, chain.client(), signer, AnchorPolicy(max_leaves=4))
+    for (kind, ref), record in RECORDS.items():
+        anchorer.enqueue(kind, ref, record)
+    assert anchorer.flush(timeout_s=30)
+    return Anchored(chain, queue, signer, anchorer)
+
+
+def _cli(*args: str) -> tuple[int, str]:
+    result = CliRunner().invoke(ledger_app, list(args))
+    return result.exit_code, result.output
+
+
+def test_cli_verifies_a_proof_and_rejects_a_forged_record(
+    anchored: Anchored, tmp_path: Path
+) -> None:
+    proof = build_proof(
+        anchored.queue,
+        "agreement",
+        "agr-sunarc-cellex-1",
+        RECORDS[("agreement", "agr-sunarc-cellex-1")],
+    )
+    path = tmp_path / "proof.json"
+    path.write_text(proof.to_json())
+    code, out = _cli("verify", str(path), "--rpc", anchored.chain.url)
+    assert code == 0, out
+    assert "VALID qdspace.inclusion-proof" in out
+    forged = json.loads(path.read_text())
+    forged["leaf"]["record_b64"] = "eyJvZmZlciI6ImVsLXZlcmRpY3RzIiwib3JkZXIiOiJQTy03OCJ9"
+    path.write_text(json.dumps(forged))
+    code, out = _cli("verify", str(path), "--rpc", anchored.chain.url)
+    assert code == 1 and "INVALID" in out and "record" in out
+    path.write_text("{}")
+    code, out = _cli("verify", str(path), "--rpc", anchored.chain.url)
+    assert code == 2 and "no 'type' field" in out
+
+
+def _mutations(text: str) -> list[str]:
+    """Every single-byte change of ``text`` (one replacement per position)."""
+    out = []
+    for i, ch in enumerate(text):
+        if ch in "0123456789abcdef":
+            new = "0123456789abcdef"[("0123456789abcdef".index(ch) + 1) % 16]
+        else:
+            new = chr(ord(ch) ^ 1)
+        out.append(text[:i] + new + text[i + 1 :])
+    return out
+
+
+def test_changing_any_byte_of_record_proof_or_root_fails(anchored: Anchored) -> None:
+    key = ("inspection", "EL-CX-005")
+    proof = build_proof(anchored.queue, *key, RECORDS[key])
+    text = json.dumps(proof.model_dump(mode="json"), separators=(",", ":"))
+    assert verify_document(text, anchored.chain.url)[1].valid
+    survivors = []
+    for mutated in _mutations(text):
+        try:
+            _, verdict = verify_document(mutated, anchored.chain.url)
+        except DocumentFormatError:
+            continue
+        if verdict.valid:
+            survivors.append(mutated)
+    assert survivors == []
+
+
+def test_passport_verifies_and_catches_tampering_and_omissions(
+    anchored: Anchored, tmp_path: Path
+) -> None:
+    member_key = SigningKey.generate()
+    client = anchored.chain.client()
+    passport = issue_passport(
+        anchored.queue, client, member_key, "cellex-1", anchored.signer.address
+    )
+    assert passport.activity["inspection"].leaves == 7
+    assert passport.activity["inspection"].batches == 2
+    assert passport.activity["agreement"].leaves == 1
+    assert verify_passport(passport, client, bytes(member_key.verify_key)).valid
+    path = tmp_path / "passport.json"
+    path.write_text(passport.to_json())
+    code, out = _cli("verify", str(path), "--rpc", anchored.chain.url)
+    assert code == 0, out
+
+    inflated = json.loads(path.read_text())
+    inflated["activity"]["inspection"]["leaves"] = 70
+    resigned = Passport.model_validate(inflated)
+    sig = member_key.sign(resigned.signed_bytes()).signature
+    resigned = resigned.model_copy(update={"signature": "0x" + sig.hex()})
+    verdict = verify_passport(resigned, client)
+    assert not verdict.valid and "activity.inspection" in verdict.reason  # signed, but a lie
+    tampered = passport.model_copy(update={"member_id": "polycell-1"})
+    assert "signature" in verify_passport(tampered, client).reason
+    other = SigningKey.generate()
+    assert "signer" in verify_passport(passport, client, bytes(other.verify_key)).reason
+
+    # the account anchors something the passport does not report: the passport is incomplete
+    extra = client.sign_anchor(
+        anchored.signer, b"\x05" * 32, 3, 1, client.pending_nonce(anchored.signer.address)
+    )
+    client.send_raw(extra.raw)
+    stale = verify_passport(
+        passport.model_copy(
+            update={
+                "period": passport.period.model_copy(
+                    update={"to_block": client.latest_block(), "to_time": ""}
+                )
+            }
+        ),
+        client,
+    )
+    assert not stale.valid
+    fresh = issue_passport(anchored.queue, client, member_key, "cellex-1", anchored.signer.address)
+    verdict = verify_passport(fresh, client)
+    assert not verdict.valid and "activity.inspection" in verdict.reason
+    # the original passport, for its own period, still verifies
+    assert verify_passport(passport, client).valid

@@ -1,0 +1,47 @@
+"""Chunked payloads: in-order reassembly, size limits and digest checks."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from federation.chunks import Assembler, Chunk, chunks
+from federation.errors import RefusalReason, UpdateRefused
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.binary(max_size=5000), st.integers(1, 700))
+def test_chunks_reassemble_to_the_payload(payload: bytes, size: int) -> None:
+    asm = Assembler(len(payload), hashlib.sha256(payload).digest(), limit=10_000, what="model")
+    parts = list(chunks(payload, size))
+    assert all(len(c.data) <= size for c in parts)
+    for c in parts:
+        asm.add(c)
+    assert bytes(asm.finish()) == payload
+
+
+def test_out_of_order_oversize_truncated_and_corrupt_streams_are_refused() -> None:
+    payload = os.urandom(1000)
+    digest = hashlib.sha256(payload).digest()
+    parts = list(chunks(payload, 300))
+
+    def refused(action: object) -> str:
+        with pytest.raises(UpdateRefused) as exc:
+            action()  # type: ignore[operator]
+        assert exc.value.reason is RefusalReason.WRONG_SHAPE
+        return str(exc.value)
+
+    assert "limit" in refused(lambda: Assembler(10**9, digest, limit=10**6, what="update"))
+    asm = Assembler(1000, digest, limit=10**6, what="update")
+    assert "expected offset 0" in refused(lambda: asm.add(parts[1]))
+    asm.add(parts[0])
+    assert "run past" in refused(lambda: asm.add(Chunk(300, 1000, b"x" * 800)))
+    assert "ended after 300" in refused(asm.finish)
+    bad = Assembler(1000, digest, limit=10**6, what="update")
+    for c in chunks(payload[:-1] + b"\x00", 300):
+        bad.add(c)
+    assert "SHA-256" in refused(bad.finish)

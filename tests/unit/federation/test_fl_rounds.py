@@ -1,0 +1,313 @@
+"""The coordinator's round state machine, driven without sockets."""
+
+from __future__ import annotations
+
+from collections.abc import Collection
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from federation import logreg
+from federation.dp import DPConfig, NoiseMode
+from federation.errors import CheckpointError, RefusalReason, UpdateRefused
+from federation.job import JobSpec, JobSpecError
+from federation.member import plain_update, prepare_change, secagg_client
+from federation.params import flatten, unflatten
+from federation.rounds import Coordinator, Phase
+from federation.secagg import SecAggClient
+from federation.strategies import StrategyName, StrategySpec
+
+DIMS, CLASSES = 10, 3
+SHAPES = logreg.model_shapes(DIMS, CLASSES)
+MEMBERS = ("cellex", "polycell", "sunarc")
+_DATA = logreg.make_blobs(1200, DIMS, CLASSES, seed=5, spread=1.2)
+SHARDS = dict(
+    zip(MEMBERS, logreg.split(logreg.Dataset(_DATA.x[:900], _DATA.y[:900]), 3), strict=True)
+)
+TEST = logreg.Dataset(_DATA.x[900:], _DATA.y[900:])
+INITIAL = flatten(logreg.init_params(DIMS, CLASSES))
+
+
+def job(**overrides: object) -> JobSpec:
+    terms: dict[str, object] = {
+        "job_id": "el-2025-1",
+        "coordinator": "sunarc",
+        "model": "logreg",
+        "shapes": SHAPES,
+        "rounds": 3,
+        "min_members": 2,
+        "members": MEMBERS,
+        "phase_timeout_s": 10.0,
+    }
+    terms.update(overrides)
+    return JobSpec(**terms)  # type: ignore[arg-type]
+
+
+def train(member: str, coord: Coordinator) -> list[np.ndarray]:
+    params, _ = logreg.train_local(
+        unflatten(coord.global_vector, SHAPES), SHARDS[member], seed=coord.round
+    )
+    return params
+
+
+def plain_round(coord: Coordinator, now: float, members: Collection[str] = MEMBERS) -> None:
+    rnd = coord.round
+    for m in members:
+        coord.submit_update(m, rnd, train(m, coord), len(SHARDS[m]), now)
+
+
+# --- job terms -------------------------------------------------------------------------
+
+
+def test_job_terms_round_trip_and_digest() -> None:
+    spec = job(
+        secure_aggregation=True,
+        threshold=2,
+        dp=DPConfig(clip=0.5, noise_multiplier=1.0),
+        strategy=StrategySpec(StrategyName.NORM_BOUNDING, {"bound": 0.5}),
+        training={"epochs": 1, "lr": 0.1},
+    )
+    again = JobSpec.from_dict(spec.to_dict())
+    assert again == spec and again.digest() == spec.digest()
+    assert job(rounds=4).digest() != job().digest()
+    assert spec.clip == 0.5 and spec.sum_mode
+
+
+def test_inconsistent_job_terms_are_refused() -> None:
+    with pytest.raises(JobSpecError, match="cannot run under secure aggregation"):
+        job(secure_aggregation=True, update_clip=1.0, strategy=StrategySpec(StrategyName.MEDIAN))
+    with pytest.raises(JobSpecError, match="needs a clipping bound"):
+        job(secure_aggregation=True)
+    with pytest.raises(JobSpecError, match="min_members"):
+        job(min_members=4)
+    with pytest.raises(JobSpecError, match="threshold"):
+        job(secure_aggregation=True, update_clip=1.0, threshold=3)
+    with pytest.raises(JobSpecError, match="not valid"):
+        JobSpec.from_dict({"job_id": "x"})
+
+
+# --- plain rounds ----------------------------------------------------------------------
+
+
+def test_three_plain_rounds_learn_and_finish() -> None:
+    coord = Coordinator.start(job(), INITIAL, now=0.0)
+    before = logreg.accuracy(unflatten(coord.global_vector, SHAPES), TEST)
+    for r in range(3):
+        assert coord.status().phase is Phase.TRAINING and coord.round == r + 1
+        plain_round(coord, now=float(r))
+    assert coord.phase is Phase.DONE and coord.version == 3
+    assert [h.members for h in coord.history] == [MEMBERS] * 3
+    after = logreg.accuracy(unflatten(coord.global_vector, SHAPES), TEST)
+    assert after > max(before, 0.8)
+
+
+def test_updates_that_do_not_fit_are_refused_with_a_reason() -> None:
+    coord = Coordinator.start(job(), INITIAL, now=0.0)
+    good = train("cellex", coord)
+
+    def refused(member: str, rnd: int, params: list[np.ndarray]) -> RefusalReason:
+        with pytest.raises(UpdateRefused) as exc:
+            coord.submit_update(member, rnd, params, 10, now=1.0)
+        return exc.value.reason
+
+    assert refused("mallory", 1, good) is RefusalReason.NOT_A_MEMBER
+    assert refused("cellex", 2, good) is RefusalReason.WRONG_ROUND
+    assert refused("cellex", 1, [good[0]]) is RefusalReason.WRONG_SHAPE
+    assert refused("cellex", 1, [good[0].T.copy(), good[1]]) is RefusalReason.WRONG_SHAPE
+    assert refused("cellex", 1, [good[0].astype(np.float64), good[1]]) is RefusalReason.WRONG_SHAPE
+    nan = good[0].copy()
+    nan[0, 0] = np.nan
+    assert refused("cellex", 1, [nan, good[1]]) is RefusalReason.NOT_FINITE
+    coord.submit_update("cellex", 1, good, 10, now=1.0)
+    assert refused("cellex", 1, good) is RefusalReason.DUPLICATE
+    coord.submit_update("polycell", 1, good, 10, now=1.0)
+    coord.submit_update("sunarc", 1, good, 10, now=1.0)
+    assert coord.round == 2
+    assert refused("sunarc", 1, good) is RefusalReason.WRONG_ROUND
+    with pytest.raises(UpdateRefused, match="round 1 \\(that round is closed\\)"):
+        coord.submit_update("sunarc", 1, good, 10, now=1.0)
+
+
+def test_stragglers_miss_the_round_and_too_few_members_retry_then_fail() -> None:
+    coord = Coordinator.start(job(), INITIAL, now=0.0)
+    plain_round(coord, now=1.0, members=("cellex", "polycell"))
+    assert coord.round == 1  # still waiting for sunarc
+    assert coord.tick(now=10.5)  # deadline: aggregate the two that came
+    assert coord.round == 2 and coord.history[0].members == ("cellex", "polycell")
+    late = train("sunarc", coord)
+    with pytest.raises(UpdateRefused) as exc:
+        coord.submit_update("sunarc", 1, late, 10, now=11.0)
+    assert exc.value.reason is RefusalReason.WRONG_ROUND
+    # Round 2: only one member answers in each attempt.
+    now = 11.0
+    for attempt in (1, 2, 3):
+        assert coord.attempt == attempt
+        plain_round(coord, now=now, members=("cellex",))
+        now = coord.deadline + 0.1
+        coord.tick(now)
+    assert coord.phase is Phase.FAILED and "failed 3 times" in coord.detail
+
+
+def test_robust_strategy_is_applied_by_the_coordinator() -> None:
+    coord = Coordinator.start(
+        job(members=(*MEMBERS, "wafer"), strategy=StrategySpec(StrategyName.MEDIAN)), INITIAL, 0.0
+    )
+    for m in MEMBERS:
+        coord.submit_update(m, 1, train(m, coord), 300, now=1.0)
+    poisoned = [np.full(s, 1e6, np.float32) for s in SHAPES]
+    coord.submit_update("wafer", 1, poisoned, 10**9, now=1.0)
+    assert coord.round == 2 and float(np.max(np.abs(coord.global_vector))) < 10
+
+
+def test_dp_rounds_report_epsilon_and_stop_at_the_budget() -> None:
+    dp = DPConfig(clip=1.0, noise_multiplier=2.0, mode=NoiseMode.CENTRAL, max_epsilon=5.0)
+    coord = Coordinator.start(job(rounds=50, dp=dp), INITIAL, now=0.0, seed=1)
+    rounds = 0
+    while not coord.finished:
+        plain_round(coord, now=float(rounds))
+        rounds += 1
+    eps = [h.epsilon for h in coord.history]
+    assert all(e is not None for e in eps) and eps == sorted(eps)  # type: ignore[type-var]
+    assert eps[-1] is not None and eps[-1] <= 5.0
+    assert coord.phase is Phase.DONE and "over the job's budget 5" in coord.detail
+    assert 1 < rounds < 50
+
+
+def test_member_clips_its_change_before_it_leaves() -> None:
+    spec = job(update_clip=0.1)
+    rng = np.random.default_rng(0)
+    trained = INITIAL + 5.0
+    change = prepare_change(spec, INITIAL, trained, rng)
+    assert np.linalg.norm(change) == pytest.approx(0.1, rel=1e-5)
+    np.testing.assert_allclose(plain_update(spec, INITIAL, trained, rng), INITIAL + change)
+    np.testing.assert_array_equal(plain_update(job(), INITIAL, trained, rng), trained)
+
+
+# --- secure aggregation rounds ---------------------------------------------------------
+
+
+def secure_round(
+    coord: Coordinator,
+    now: float,
+    *,
+    skip_mask: Collection[str] = (),
+    skip_unmask: Collection[str] = (),
+) -> dict[str, np.ndarray]:
+    rnd, attempt, rng = coord.round, coord.attempt, np.random.default_rng(coord.round)
+    clients: dict[str, SecAggClient] = {
+        m: secagg_client(coord.job, m, rnd, attempt) for m in MEMBERS
+    }
+    changes = {}
+    for m, c in clients.items():
+        coord.submit_advert(m, rnd, attempt, c.advertise(), now)
+    assert coord.phase is Phase.SHARE_KEYS
+    for m, c in clients.items():
+        coord.submit_shares(m, rnd, attempt, c.share_keys(coord.roster(m, rnd, attempt)), now)
+    assert coord.phase is Phase.MASKED_INPUT
+    for m, c in clients.items():
+        trained = flatten(train(m, coord))
+        changes[m] = prepare_change(coord.job, coord.global_vector, trained, rng)
+        masked = c.mask(changes[m], coord.inbox(m, rnd, attempt))
+        if m not in skip_mask:
+            coord.submit_masked(m, rnd, attempt, masked, now)
+    if skip_mask:
+        coord.tick(coord.deadline + 0.1)
+        now = coord.deadline - coord.job.phase_timeout_s
+    assert coord.phase is Phase.UNMASK
+    request = coord.unmask_request(MEMBERS[0], rnd, attempt)
+    for m in request.survivors:
+        if m not in skip_unmask:
+            coord.submit_unmask(m, rnd, attempt, clients[m].unmask(request), now)
+    if skip_unmask:
+        coord.tick(coord.deadline + 0.1)
+    return {m: changes[m] for m in request.survivors}
+
+
+def test_secure_rounds_average_clipped_changes_and_survive_dropouts() -> None:
+    spec = job(secure_aggregation=True, update_clip=1.0, threshold=2)
+    coord = Coordinator.start(spec, INITIAL, now=0.0)
+    before = coord.global_vector.copy()
+    changes = secure_round(coord, now=1.0)
+    expected = before + np.mean(list(changes.values()), axis=0)
+    assert coord.round == 2 and coord.history[0].members == MEMBERS
+    np.testing.assert_allclose(coord.global_vector, expected, atol=1e-6)
+    # Round 2: polycell drops after sharing keys; round 3: sunarc after masking.
+    before = coord.global_vector.copy()
+    changes = secure_round(coord, now=2.0, skip_mask={"polycell"})
+    assert coord.history[1].members == ("cellex", "sunarc")
+    np.testing.assert_allclose(
+        coord.global_vector, before + np.mean(list(changes.values()), axis=0), atol=1e-6
+    )
+    before = coord.global_vector.copy()
+    changes = secure_round(coord, now=coord.deadline - 1, skip_unmask={"sunarc"})
+    assert coord.history[2].members == MEMBERS and coord.phase is Phase.DONE
+    np.testing.assert_allclose(
+        coord.global_vector, before + np.mean(list(changes.values()), axis=0), atol=1e-6
+    )
+
+
+def test_secure_round_refuses_out_of_phase_and_impersonation() -> None:
+    spec = job(secure_aggregation=True, update_clip=1.0, threshold=2)
+    coord = Coordinator.start(spec, INITIAL, now=0.0)
+    client = secagg_client(spec, "cellex", 1, 1)
+    with pytest.raises(UpdateRefused) as exc:
+        coord.submit_update("cellex", 1, train("cellex", coord), 10, now=1.0)
+    assert exc.value.reason is RefusalReason.WRONG_PHASE
+    with pytest.raises(UpdateRefused) as exc:
+        coord.submit_advert("polycell", 1, 1, client.advertise(), now=1.0)
+    assert exc.value.reason is RefusalReason.NOT_A_MEMBER
+    with pytest.raises(UpdateRefused) as exc:
+        coord.roster("cellex", 1, 1)
+    assert exc.value.reason is RefusalReason.WRONG_PHASE
+    # Nobody advertised by the deadline: attempt 2 starts, and attempt-1 keys are refused.
+    coord.tick(now=11.0)
+    assert coord.attempt == 2 and coord.phase is Phase.ADVERTISE
+    with pytest.raises(UpdateRefused) as exc:
+        coord.submit_advert("cellex", 1, 1, secagg_client(spec, "cellex", 1, 1).advertise(), 11.5)
+    assert exc.value.reason is RefusalReason.WRONG_ROUND
+    fresh = secagg_client(spec, "cellex", 1, 2)
+    coord.submit_advert("cellex", 1, 2, fresh.advertise(), now=11.5)
+
+
+# --- checkpoint and resume -------------------------------------------------------------
+
+
+def test_restarted_coordinator_resumes_from_its_checkpoint(tmp_path: Path) -> None:
+    path = tmp_path / "ckpt" / "el-2025-1.npz"
+    coord = Coordinator.start(job(), INITIAL, now=0.0)
+    plain_round(coord, now=1.0)
+    coord.checkpoint(path)
+    after_round_1 = coord.global_vector.copy()
+    plain_round(coord, now=2.0, members=("cellex",))  # in flight when the process dies
+    resumed = Coordinator.resume(path, job(), now=100.0)
+    assert (resumed.round, resumed.version, resumed.attempt) == (2, 1, 1)
+    assert resumed.phase is Phase.TRAINING and resumed.deadline == 110.0
+    np.testing.assert_array_equal(resumed.global_vector, after_round_1)
+    assert not np.array_equal(after_round_1, INITIAL)
+    assert resumed.history == coord.history[:1]
+    plain_round(resumed, now=101.0)
+    plain_round(resumed, now=102.0)
+    assert resumed.phase is Phase.DONE and resumed.version == 3
+    resumed.checkpoint(path)
+    assert Coordinator.resume(path, job(), now=200.0).phase is Phase.DONE
+    with pytest.raises(CheckpointError, match="another job"):
+        Coordinator.resume(path, job(rounds=5), now=0.0)
+    path.write_bytes(b"not a checkpoint")
+    with pytest.raises(CheckpointError, match="cannot be read"):
+        Coordinator.resume(path, job(), now=0.0)
+    assert [p.name for p in path.parent.iterdir()] == [path.name]
+
+
+def test_secure_round_with_distributed_dp_sums_noisy_changes_and_reports_epsilon() -> None:
+    dp = DPConfig(clip=1.0, noise_multiplier=1.0, mode=NoiseMode.DISTRIBUTED)
+    spec = job(secure_aggregation=True, dp=dp, threshold=2, rounds=1)
+    assert spec.secagg_config(1, 1).quantizer.clip == pytest.approx(1.0 + 6 / np.sqrt(2))
+    coord = Coordinator.start(spec, INITIAL, now=0.0)
+    before = coord.global_vector.copy()
+    changes = secure_round(coord, now=1.0)
+    noisy = np.stack(list(changes.values()))
+    assert float(np.max(np.linalg.norm(noisy, axis=1))) > 1.5  # noise on top of the clip
+    np.testing.assert_allclose(coord.global_vector, before + noisy.mean(axis=0), atol=1e-5)
+    record = coord.history[0]
+    assert record.epsilon is not None and record.epsilon > 0 and coord.phase is Phase.DONE

@@ -1,0 +1,270 @@
+"""Secure aggregation: exact sums, dropouts, refusals and what the aggregator can see."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Collection
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from nacl.signing import SigningKey
+
+from federation import shamir
+from federation.errors import RefusalReason, SecAggAbort, SecAggError, UpdateRefused
+from federation.params import Vector
+from federation.secagg import (
+    EncryptedShare,
+    MaskedInput,
+    Quantizer,
+    SecAggClient,
+    SecAggConfig,
+    SecAggResult,
+    UnmaskRequest,
+)
+from federation.secagg_server import SecAggServer
+
+LENGTH = 1000
+QUANT = Quantizer(clip=1.0, max_members=8)
+
+
+def config(threshold: int, length: int = LENGTH) -> SecAggConfig:
+    return SecAggConfig("job-1", 3, threshold, length, QUANT)
+
+
+def inputs(n: int, length: int = LENGTH, seed: int = 0) -> dict[str, Vector]:
+    rng = np.random.default_rng(seed)
+    return {f"m{i}": rng.uniform(-1, 1, length).astype(np.float32) for i in range(n)}
+
+
+def run_round(
+    vectors: dict[str, Vector],
+    threshold: int,
+    *,
+    skip_share: Collection[str] = (),
+    skip_mask: Collection[str] = (),
+    skip_unmask: Collection[str] = (),
+) -> tuple[SecAggResult, SecAggServer, dict[str, MaskedInput]]:
+    """Drive one round; members in ``skip_*`` go silent from that step on."""
+    cfg = config(threshold, len(next(iter(vectors.values()))))
+    server = SecAggServer(cfg, set(vectors))
+    clients = {m: SecAggClient(m, cfg) for m in vectors}
+    for c in clients.values():
+        server.receive_advert(c.advertise())
+    roster = server.close_adverts()
+    for m, c in clients.items():
+        shares = c.share_keys(roster)
+        if m not in skip_share:
+            server.receive_shares(m, shares)
+    server.close_shares()
+    masked = {}
+    for m, c in clients.items():
+        if m in skip_share:
+            continue
+        y = c.mask(vectors[m], server.inbox(m))
+        masked[m] = y
+        if m not in skip_mask:
+            server.receive_masked(y)
+    request = server.close_masked()
+    for m in request.survivors:
+        if m not in skip_unmask:
+            server.receive_unmask(clients[m].unmask(request))
+    return server.finish(), server, masked
+
+
+def plain_sum(vectors: dict[str, Vector], members: Collection[str]) -> Vector:
+    return np.sum([vectors[m] for m in members], axis=0, dtype=np.float64).astype(np.float32)
+
+
+# --- Shamir ----------------------------------------------------------------------------
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    secret=st.binary(min_size=32, max_size=32),
+    n=st.integers(2, 7),
+    data=st.data(),
+)
+def test_any_t_shares_rebuild_the_secret(secret: bytes, n: int, data: st.DataObject) -> None:
+    t = data.draw(st.integers(1, n))
+    shares = shamir.split(secret, n, t)
+    chosen = data.draw(st.permutations(shares))[: data.draw(st.integers(t, n))]
+    restored = [shamir.Share.from_bytes(s.x, s.to_bytes()) for s in chosen]
+    assert shamir.combine(restored, t) == secret
+
+
+def test_fewer_than_t_shares_do_not_rebuild() -> None:
+    secret = bytes(range(32))
+    shares = shamir.split(secret, 5, 3)
+    with pytest.raises(SecAggError, match="cannot rebuild"):
+        shamir.combine(shares[:2], 3)
+    # Pretending t=2 with shares of a t=3 polynomial gives garbage, not the secret.
+    with pytest.raises(SecAggError, match="inconsistent"):
+        shamir.combine(shares[:2], 2)
+    with pytest.raises(SecAggError, match="repeated"):
+        shamir.combine([shares[0], shares[0], shares[1]], 3)
+    with pytest.raises(SecAggError, match="threshold"):
+        shamir.split(secret, 2, 3)
+
+
+# --- quantisation and sums -------------------------------------------------------------
+
+
+def test_quantizer_round_trip_within_half_a_step() -> None:
+    x = np.random.default_rng(1).uniform(-1, 1, 10_000).astype(np.float32)
+    back = QUANT.decode(QUANT.encode(x))
+    assert np.max(np.abs(back - x)) <= QUANT.max_error(1)
+    assert QUANT.max_error(1) < 1e-7
+    np.testing.assert_array_equal(QUANT.decode(QUANT.encode(np.float32([5.0, -9.0]))), [1, -1])
+
+
+def test_sum_equals_plain_sum_within_quantisation_error() -> None:
+    vectors = inputs(5)
+    result, _, _ = run_round(vectors, threshold=3)
+    assert result.members == tuple(sorted(vectors))
+    error = np.max(np.abs(result.total - plain_sum(vectors, vectors)))
+    assert error <= QUANT.max_error(5) + 1e-6
+    np.testing.assert_allclose(result.mean, plain_sum(vectors, vectors) / 5, atol=1e-6)
+
+
+def test_member_dropping_after_sharing_keys_is_recovered() -> None:
+    vectors = inputs(5, seed=2)
+    result, _, _ = run_round(vectors, threshold=3, skip_mask={"m1", "m3"})
+    assert result.members == ("m0", "m2", "m4")
+    assert np.max(np.abs(result.total - plain_sum(vectors, result.members))) < 1e-6
+
+
+def test_member_dropping_after_masking_is_recovered() -> None:
+    vectors = inputs(4, seed=3)
+    result, _, _ = run_round(vectors, threshold=3, skip_unmask={"m2"})
+    assert result.members == ("m0", "m1", "m2", "m3")
+    assert np.max(np.abs(result.total - plain_sum(vectors, vectors))) < 1e-6
+
+
+def test_member_that_never_shared_keys_is_left_out() -> None:
+    vectors = inputs(4, seed=4)
+    result, _, _ = run_round(vectors, threshold=2, skip_share={"m0"})
+    assert result.members == ("m1", "m2", "m3")
+    assert np.max(np.abs(result.total - plain_sum(vectors, result.members))) < 1e-6
+
+
+def test_too_many_dropouts_abort_the_round() -> None:
+    with pytest.raises(SecAggAbort, match="masked inputs arrived"):
+        run_round(inputs(4), threshold=3, skip_mask={"m0", "m1"})
+    with pytest.raises(SecAggAbort, match="unmask responses"):
+        run_round(inputs(4), threshold=3, skip_unmask={"m0", "m1"})
+
+
+# --- refusals --------------------------------------------------------------------------
+
+
+def test_aggregator_refuses_what_does_not_fit_with_a_reason() -> None:
+    cfg = config(2)
+    server = SecAggServer(cfg, {"a", "b", "c"})
+    clients = {m: SecAggClient(m, cfg) for m in "abc"}
+    with pytest.raises(UpdateRefused) as exc:
+        server.receive_advert(SecAggClient("mallory", cfg).advertise())
+    assert exc.value.reason is RefusalReason.NOT_A_MEMBER
+    for c in clients.values():
+        server.receive_advert(c.advertise())
+    with pytest.raises(UpdateRefused) as exc:
+        server.receive_advert(SecAggClient("a", cfg).advertise())
+    assert exc.value.reason is RefusalReason.DUPLICATE
+    roster = server.close_adverts()
+    shares = {m: c.share_keys(roster) for m, c in clients.items()}
+    with pytest.raises(UpdateRefused) as exc:
+        server.receive_shares("a", shares["a"][:1])
+    assert exc.value.reason is RefusalReason.WRONG_SHAPE
+    with pytest.raises(UpdateRefused) as exc:
+        server.receive_masked(MaskedInput("a", np.zeros(LENGTH, np.uint32)))
+    assert exc.value.reason is RefusalReason.WRONG_PHASE
+    server.receive_shares("a", shares["a"])
+    server.receive_shares("b", shares["b"])
+    server.close_shares()
+    with pytest.raises(UpdateRefused) as exc:
+        server.receive_masked(MaskedInput("c", np.zeros(LENGTH, np.uint32)))
+    assert exc.value.reason is RefusalReason.DROPPED
+    with pytest.raises(UpdateRefused) as exc:
+        server.receive_masked(MaskedInput("a", np.zeros(LENGTH + 1, np.uint32)))
+    assert exc.value.reason is RefusalReason.WRONG_SHAPE
+
+
+def test_member_refuses_to_reveal_both_shares_of_one_peer() -> None:
+    cfg = config(2)
+    server = SecAggServer(cfg, {"a", "b", "c"})
+    clients = {m: SecAggClient(m, cfg) for m in "abc"}
+    for c in clients.values():
+        server.receive_advert(c.advertise())
+    roster = server.close_adverts()
+    for m, c in clients.items():
+        server.receive_shares(m, c.share_keys(roster))
+    server.close_shares()
+    vectors = inputs(3)
+    for m, c in clients.items():
+        server.receive_masked(c.mask(vectors[f"m{'abc'.index(m)}"], server.inbox(m)))
+    # A curious aggregator asks for b's seed AND b's key share: refused.
+    with pytest.raises(SecAggError, match="survivors and dropped"):
+        clients["a"].unmask(UnmaskRequest(("a", "b", "c"), ("b",)))
+
+
+def test_tampered_share_and_foreign_round_are_detected() -> None:
+    cfg = config(2)
+    a, b = SecAggClient("a", cfg), SecAggClient("b", cfg)
+    roster = tuple(sorted([a.advertise(), b.advertise()], key=lambda x: x.member))
+    to_a = b.share_keys(roster)[0]
+    a.share_keys(roster)
+    bad = EncryptedShare(to_a.sender, to_a.receiver, to_a.ciphertext[:-1] + b"\x00")
+    with pytest.raises(SecAggError, match="does not decrypt"):
+        a.mask(np.zeros(LENGTH, np.float32), [bad])
+    other = SecAggConfig("job-1", 4, 2, LENGTH, QUANT)
+    c, d = SecAggClient("c", other), SecAggClient("d", cfg)
+    roster2 = tuple(sorted([c.advertise(), d.advertise()], key=lambda x: x.member))
+    from_c = c.share_keys(roster2)[0]
+    d.share_keys(roster2)
+    with pytest.raises(SecAggError, match="another round"):
+        d.mask(np.zeros(LENGTH, np.float32), [from_c])
+
+
+def test_signed_adverts_are_checked() -> None:
+    cfg = config(2)
+    keys = {m: SigningKey.generate() for m in "ab"}
+    verify = {m: k.verify_key for m, k in keys.items()}
+    server = SecAggServer(cfg, {"a", "b"}, verify_keys=verify)
+    server.receive_advert(SecAggClient("a", cfg, signing_key=keys["a"]).advertise())
+    forged = SecAggClient("b", cfg, signing_key=keys["a"]).advertise()
+    with pytest.raises(UpdateRefused) as exc:
+        server.receive_advert(forged)
+    assert exc.value.reason is RefusalReason.BAD_SIGNATURE
+
+
+# --- what the aggregator sees ----------------------------------------------------------
+
+
+def chi_square_p(values: np.ndarray, bins: int = 256) -> float:
+    """p-value that ``values`` (top bytes of ring elements) are uniform over ``bins``."""
+    counts = np.bincount(values, minlength=bins)
+    expected = values.size / bins
+    x2 = float(((counts - expected) ** 2 / expected).sum())
+    k = bins - 1  # Wilson-Hilferty normal approximation of the chi-square tail
+    z = ((x2 / k) ** (1 / 3) - (1 - 2 / (9 * k))) / math.sqrt(2 / (9 * k))
+    return 0.5 * math.erfc(z / math.sqrt(2))
+
+
+def test_single_masked_update_looks_uniformly_random() -> None:
+    n = 50_000
+    structured = {
+        "m0": np.zeros(n, np.float32),
+        "m1": np.full(n, 0.5, np.float32),
+        "m2": np.linspace(-1, 1, n).astype(np.float32),
+    }
+    _, _, masked = run_round(structured, threshold=2)
+    for member, vec in structured.items():
+        seen = masked[member].vector
+        assert chi_square_p(seen >> 24) > 1e-4, member
+        assert chi_square_p(seen & 0xFF) > 1e-4, member
+        if np.ptp(vec) > 0:
+            corr = np.corrcoef(seen.astype(np.float64), vec.astype(np.float64))[0, 1]
+            assert abs(corr) < 0.03, member
+        # The same test does reject the unmasked encoding, so it can fail.
+        assert chi_square_p(QUANT.encode(vec) >> 24) < 1e-6

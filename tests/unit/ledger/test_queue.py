@@ -1,0 +1,143 @@
+"""The durable leaf queue on a real SQLite file (and PostgreSQL when QDSPACE_TEST_PG_URL is set)."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import Engine, create_engine, text
+
+from ledger.client import SignedAnchor
+from ledger.errors import LedgerError, NotAnchored, UnknownLeaf
+from ledger.leaves import Leaf, UnknownKind, leaf_preimage
+from ledger.merkle import leaf_hash, root_of
+from ledger.queue import ANCHORED, SEALED, SIGNED, LeafConflict, LeafQueue, ensure_schema
+
+PG_URL = os.environ.get("QDSPACE_TEST_PG_URL")
+
+
+def _sqlite(tmp_path: Path) -> Engine:
+    return create_engine(f"sqlite:///{tmp_path / 'node.db'}")
+
+
+def _postgres() -> Iterator[Engine]:
+    assert PG_URL is not None
+    schema = f"ledger_{uuid.uuid4().hex[:8]}"
+    admin = create_engine(PG_URL)
+    with admin.begin() as conn:
+        conn.execute(text(f"CREATE SCHEMA {schema}"))
+    engine = create_engine(PG_URL, connect_args={"options": f"-csearch_path={schema}"})
+    try:
+        yield engine
+    finally:
+        engine.dispose()
+        with admin.begin() as conn:
+            conn.execute(text(f"DROP SCHEMA {schema} CASCADE"))
+        admin.dispose()
+
+
+@pytest.fixture(
+    params=[
+        "sqlite",
+        pytest.param(
+            "postgres",
+            marks=[
+                pytest.mark.postgres,
+                pytest.mark.skipif(PG_URL is None, reason="QDSPACE_TEST_PG_URL not set"),
+            ],
+        ),
+    ]
+)
+def queue(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[LeafQueue]:
+    if request.param == "sqlite":
+        engine = _sqlite(tmp_path)
+        ensure_schema(engine)
+        yield LeafQueue(engine)
+        engine.dispose()
+    else:
+        for engine in _postgres():
+            ensure_schema(engine)
+            yield LeafQueue(engine)
+
+
+def _signed(tag: bytes, nonce: int = 0) -> SignedAnchor:
+    return SignedAnchor(b"raw-" + tag, tag.ljust(32, b"\0"), nonce, "0x" + "ab" * 20)
+
+
+def test_leaf_commits_to_kind_id_and_record() -> None:
+    leaf = Leaf.of("agreement", "a-1", b"{}")
+    assert leaf.hash() == leaf_hash(leaf_preimage("agreement", "a-1", leaf.record_sha256))
+    assert leaf.hash() != Leaf.of("agreement", "a-2", b"{}").hash()
+    assert leaf.hash() != Leaf.of("inspection", "a-1", b"{}").hash()
+    assert leaf.hash() != Leaf.of("agreement", "a-1", b"{ }").hash()
+    with pytest.raises(UnknownKind, match="unknown leaf kind 'invoice'"):
+        Leaf.of("invoice", "x", b"")
+    with pytest.raises(LedgerError, match="printable"):
+        Leaf.of("agreement", "", b"")
+
+
+def test_enqueue_is_durable_and_idempotent(queue: LeafQueue) -> None:
+    first = queue.enqueue("inspection", "insp-1", b"row-1")
+    again = queue.enqueue("inspection", "insp-1", b"row-1")
+    assert again == first
+    second = queue.enqueue("inspection", "insp-2", b"row-2")
+    other = queue.enqueue("agreement", "insp-1", b"row-1")
+    assert (first.seq, second.seq, other.seq) == (1, 2, 1)
+    with pytest.raises(LeafConflict, match="inspection 'insp-1' was anchored with other"):
+        queue.enqueue("inspection", "insp-1", b"tampered")
+    # a fresh queue object on the same database sees everything (it is in the database)
+    assert LeafQueue(queue.engine).leaf("inspection", "insp-2") == second
+    with pytest.raises(UnknownLeaf, match="no inspection with id 'nope'"):
+        queue.leaf("inspection", "nope")
+
+
+def test_bulk_enqueue_with_repeats_keeps_one_leaf_per_id(queue: LeafQueue) -> None:
+    queue.enqueue("inspection", "i-3", b"3")
+    leaves = [Leaf.of("inspection", f"i-{i}", str(i).encode()) for i in range(6)]
+    stored = queue.enqueue_leaves([*leaves, leaves[0]])
+    assert [s.ref_id for s in stored] == [*(f"i-{i}" for i in range(6)), "i-0"]
+    assert queue.pending("inspection").count == 6
+    assert sorted(s.seq for s in {s.seq: s for s in stored}.values()) == list(range(1, 7))
+
+
+def test_seal_takes_consecutive_leaves_per_kind(queue: LeafQueue) -> None:
+    queue.enqueue_leaves([Leaf.of("inspection", f"i-{i}", bytes([i])) for i in range(7)])
+    queue.enqueue("agreement", "a-1", b"a")
+    first = queue.seal("inspection", 3)
+    second = queue.seal("inspection", 3)
+    third = queue.seal("inspection", 3)
+    assert first and second and third
+    assert [(b.seq_from, b.seq_to, b.leaf_count) for b in (first, second, third)] == [
+        (1, 3, 3),
+        (4, 6, 3),
+        (7, 7, 1),
+    ]
+    assert queue.seal("inspection", 3) is None
+    assert queue.pending("inspection").count == 0
+    assert queue.pending("agreement").count == 1
+    hashes = queue.leaf_hashes(second)
+    assert second.root == root_of(hashes)
+    assert hashes == [queue.leaf("inspection", f"i-{i}").leaf_hash for i in (3, 4, 5)]
+    assert queue.batch_of(queue.leaf("inspection", "i-4")).id == second.id
+    with pytest.raises(NotAnchored, match="agreement 'a-1' is queued but not yet in a batch"):
+        queue.batch_of(queue.leaf("agreement", "a-1"))
+
+
+def test_batch_states_move_forward_only(queue: LeafQueue) -> None:
+    queue.enqueue("deletion_receipt", "d-1", b"d")
+    batch = queue.seal("deletion_receipt", 10)
+    assert batch is not None and batch.state == SEALED
+    signed = queue.mark_signed(batch, _signed(b"t1"), 7, "0x" + "cd" * 20)
+    assert (signed.state, signed.nonce, signed.raw_tx) == (SIGNED, 0, b"raw-t1")
+    with pytest.raises(LedgerError, match=f"batch {batch.id} is no longer sealed"):
+        queue.mark_signed(batch, _signed(b"t2"), 7, "0x" + "cd" * 20)
+    unsent = queue.mark_unsent(signed, "nonce used")
+    assert (unsent.state, unsent.raw_tx, unsent.last_error) == (SEALED, None, "nonce used")
+    resigned = queue.mark_signed(unsent, _signed(b"t3", 1), 7, "0x" + "cd" * 20)
+    done = queue.mark_anchored(resigned, b"\x01" * 32, 12, b"\x02" * 32, 7, "0x" + "cd" * 20)
+    assert (done.state, done.block_number, done.attempts) == (ANCHORED, 12, 2)
+    assert queue.state_counts() == {SEALED: 0, SIGNED: 0, ANCHORED: 1}
+    assert queue.anchored_between(0, 2**40) == [done]
