@@ -81,7 +81,9 @@ class NodeSettings(BaseSettings):
         try:
             data: dict[str, Any] = json.loads(path.read_text())
         except FileNotFoundError:
-            raise ConfigError(f"{path} not found: run `qdspace node init --dir {directory}`") from None
+            raise ConfigError(
+                f"{path} not found: run `qdspace node init --dir {directory}`"
+            ) from None
         except (OSError, ValueError) as exc:
             raise ConfigError(f"{path} is not valid JSON: {exc}") from None
         data["directory"] = directory

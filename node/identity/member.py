@@ -113,7 +113,9 @@ def load_member_keys(directory: Path, *, check_validity: bool = True) -> MemberK
     cert = load_cert(directory / TLS_CERT_FILE, "TLS certificate")
     ca_cert = load_cert(directory / CA_CERT_FILE, "authority certificate")
     if cert.public_key() != tls_key.public_key():
-        raise IdentityError(f"{directory / TLS_KEY_FILE} does not match {directory / TLS_CERT_FILE}")
+        raise IdentityError(
+            f"{directory / TLS_KEY_FILE} does not match {directory / TLS_CERT_FILE}"
+        )
     if check_validity:
         verify_issued_by(cert, ca_cert)
     identity = identity_of(cert)

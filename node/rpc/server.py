@@ -30,7 +30,9 @@ def server_credentials(keys: MemberKeys) -> grpc.ServerCredentials:
 class PeerServer:
     """The started gRPC server, its bound port and its health servicer."""
 
-    def __init__(self, server: grpc.aio.Server, port: int, health_servicer: health.aio.HealthServicer):
+    def __init__(
+        self, server: grpc.aio.Server, port: int, health_servicer: health.aio.HealthServicer
+    ):
         self.server = server
         self.port = port
         self.health = health_servicer

@@ -88,7 +88,7 @@ def test_revoked_member_is_refused_and_logged(network: LocalNetwork, tmp_path: P
     keys = create_member_keys(tmp_path / "rogue", authority, name="rogue", role="supplier")
     assert _hello(keys, network, "sunarc").peer == "sunarc"  # type: ignore[attr-defined]
     authority.revoke("rogue", "left the data space")
-    with pytest.raises(PeerError, match="UNAUTHENTICATED.*revoked"):
+    with pytest.raises(PeerError, match=r"UNAUTHENTICATED.*revoked"):
         _hello(keys, network, "sunarc")
     assert _log_contains(network, "sunarc", "refused /qdspace.v1.Node/Hello")
 

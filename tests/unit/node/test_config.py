@@ -33,7 +33,7 @@ def test_environment_overrides_the_file(tmp_path: Path, monkeypatch: pytest.Monk
 def test_missing_directory_and_file(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="node directory not found"):
         NodeSettings.load(tmp_path / "nope")
-    with pytest.raises(ConfigError, match="node.json not found"):
+    with pytest.raises(ConfigError, match=r"node\.json not found"):
         NodeSettings.load(tmp_path)
 
 
