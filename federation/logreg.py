@@ -8,8 +8,9 @@ parameters and example count out; the member's data never leaves the function.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 from numpy.typing import NDArray
@@ -121,3 +122,41 @@ def trainer(
         return train_local(params, data, epochs=epochs, lr=lr, batch=batch, mu=mu, seed=round_)
 
     return train
+
+
+def save_dataset(path: Path, data: Dataset) -> None:
+    """Write a member's features and labels as ``.npz`` (arrays ``x`` and ``y``)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("wb") as fh:
+        np.savez(fh, x=data.x, y=data.y)
+
+
+def load_dataset(path: Path, dims: int, classes: int) -> Dataset:
+    """Read a ``save_dataset`` file and check it fits a ``dims`` x ``classes`` model."""
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            x = np.asarray(npz["x"], dtype=np.float32)
+            y = np.asarray(npz["y"], dtype=np.int64)
+    except (OSError, ValueError, KeyError) as exc:
+        raise TrainingError(f"{path}: not a data file with arrays x and y ({exc})") from exc
+    if x.ndim != 2 or x.shape[1] != dims or y.shape != (x.shape[0],):
+        raise TrainingError(
+            f"{path}: x has shape {x.shape} and y {y.shape}; the job's model needs "
+            f"(n, {dims}) and (n,)"
+        )
+    if y.size and (y.min() < 0 or y.max() >= classes):
+        raise TrainingError(f"{path}: labels must be in 0..{classes - 1}")
+    return Dataset(x, y)
+
+
+def trainer_for(
+    job_training: Mapping[str, float], data: Dataset, mu: float = 0.0
+) -> Callable[[Params, int], tuple[Params, int]]:
+    """The trainer a job's ``training`` terms ask for (``epochs``, ``lr``, ``batch``)."""
+    return trainer(
+        data,
+        epochs=int(job_training.get("epochs", 1)),
+        lr=float(job_training.get("lr", 0.1)),
+        batch=int(job_training.get("batch", 32)),
+        mu=mu,
+    )

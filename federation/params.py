@@ -43,8 +43,12 @@ def flatten(params: Sequence[NDArray[np.generic]]) -> Vector:
     return np.concatenate([np.asarray(p, dtype=np.float32).ravel() for p in params])
 
 
-def unflatten(vector: NDArray[np.generic], shapes: Shapes) -> Params:
-    """Cut a flat vector back into float32 tensors of ``shapes``; a wrong length is refused."""
+def unflatten(vector: NDArray[np.generic], shapes: Shapes, *, copy: bool = True) -> Params:
+    """Cut a flat vector back into float32 tensors of ``shapes``; a wrong length is refused.
+
+    ``copy=False`` returns views into ``vector`` (when it already is float32), for
+    callers that own the vector and do not change it afterwards.
+    """
     flat = np.asarray(vector, dtype=np.float32)
     expected = size_of(shapes)
     if flat.ndim != 1 or flat.size != expected:
@@ -53,7 +57,8 @@ def unflatten(vector: NDArray[np.generic], shapes: Shapes) -> Params:
     offset = 0
     for shape in shapes:
         size = int(np.prod(shape, dtype=np.int64))
-        out.append(flat[offset : offset + size].reshape(shape).copy())
+        part = flat[offset : offset + size].reshape(shape)
+        out.append(part.copy() if copy else part)
         offset += size
     return out
 
@@ -102,13 +107,28 @@ def params_to_bytes(params: Sequence[NDArray[np.generic]]) -> bytes:
     The same parameters always give the same bytes, so the digest of this string is
     what a model version signs and what the ledger anchors.
     """
-    body = flatten(params).astype("<f4", copy=False).tobytes()
-    return _header(shapes_of(params)) + body
+    return bytes(encode_vector(flatten(params), shapes_of(params)))
 
 
-def params_from_bytes(data: bytes | bytearray | memoryview) -> Params:
-    """Parse ``params_to_bytes`` output; anything truncated or malformed is refused."""
-    view = memoryview(data)
+def encode_vector(vector: NDArray[np.generic], shapes: Shapes) -> memoryview:
+    """``params_to_bytes`` of the model whose flat parameter vector is ``vector``, in one copy.
+
+    The result is a fresh buffer; ``body_of`` gives the float32 body back as a view.
+    """
+    flat = np.asarray(vector, dtype="<f4")
+    if flat.ndim != 1 or flat.size != size_of(shapes):
+        raise ParamsError(
+            f"parameter vector has shape {flat.shape}, the model needs {size_of(shapes)}"
+        )
+    header = _header(shapes)
+    out = np.empty(len(header) + 4 * flat.size, dtype=np.uint8)
+    out[: len(header)] = np.frombuffer(header, dtype=np.uint8)
+    out[len(header) :].view("<f4")[:] = flat
+    return out.data
+
+
+def _parse(data: bytes | bytearray | memoryview) -> tuple[Shapes, memoryview]:
+    view = memoryview(data).cast("B") if not isinstance(data, bytes) else memoryview(data)
     if bytes(view[: len(MAGIC)]) != MAGIC:
         raise ParamsError("parameter bytes do not start with the QDFP1 magic")
     start = len(MAGIC) + _HEADER_LEN.size
@@ -128,8 +148,28 @@ def params_from_bytes(data: bytes | bytearray | memoryview) -> Params:
         raise ParamsError(
             f"parameter body has {len(body)} bytes, the shapes need {4 * size_of(shapes)}"
         )
-    flat = np.frombuffer(body, dtype="<f4").astype(np.float32)
-    return unflatten(flat, shapes)
+    return shapes, body
+
+
+def body_of(data: bytes | bytearray | memoryview) -> Vector:
+    """The flat float32 parameter vector of canonical bytes, as a view (no copy)."""
+    _, body = _parse(data)
+    flat: Vector = np.frombuffer(body, dtype="<f4")
+    return flat
+
+
+def params_from_bytes(data: bytes | bytearray | memoryview) -> Params:
+    """Parse ``params_to_bytes`` output; anything truncated or malformed is refused.
+
+    A writable buffer (what ``Assembler.finish`` returns) is parsed in place: the
+    tensors are views into it, so the caller must not reuse the buffer. Read-only
+    input (``bytes``) is copied, so the tensors are always writable.
+    """
+    shapes, body = _parse(data)
+    flat = np.frombuffer(body, dtype="<f4")
+    if not flat.flags.writeable:
+        flat = flat.copy()
+    return unflatten(flat, shapes, copy=False)
 
 
 def params_digest(params: Sequence[NDArray[np.generic]]) -> bytes:

@@ -16,11 +16,13 @@ from __future__ import annotations
 
 import json
 import os
+import struct
 import tempfile
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from enum import StrEnum
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
@@ -41,6 +43,8 @@ from federation.secagg_server import SecAggServer
 from federation.strategies import ClientUpdate, build_strategy, clip_to_norm
 
 DEFAULT_MAX_ATTEMPTS = 3
+_CHECKPOINT_MAGIC = b"QDFC1\n"
+_LEN = struct.Struct(">I")
 
 
 class Phase(StrEnum):
@@ -390,7 +394,14 @@ class Coordinator:
         dp = self.job.dp
         if dp is not None:
             total = add_noise(total, dp.central_noise_std(), self._rng)
-        mean = (total / np.float32(len(members))).astype(np.float32)
+        # ``total`` is a fresh array of this round: divide and add in place (no 50 MB temporaries)
+        mean = np.asarray(total, dtype=np.float32)
+        if mean is total and mean.flags.writeable:
+            np.divide(mean, np.float32(len(members)), out=mean)
+            np.add(mean, self.global_vector, out=mean)
+            self._advance(mean, members, bounded, now)
+            return
+        mean = (mean / np.float32(len(members))).astype(np.float32)
         self._advance(self.global_vector + mean, members, bounded, now)
 
     def _advance(
@@ -409,8 +420,14 @@ class Coordinator:
 
     # --- checkpoint --------------------------------------------------------------------
 
-    def checkpoint(self, path: Path) -> None:
-        """Write the between-rounds state atomically (temp file, fsync, rename)."""
+    def checkpoint(self, path: Path, *, fsync: bool = True) -> None:
+        """Write the between-rounds state atomically (temp file, rename; fsync if asked).
+
+        Format: ``QDFC1\n``, a 4-byte big-endian length, the JSON state, then the
+        global model as raw little-endian float32 (one write of the vector's memory).
+        ``fsync=False`` leaves flushing to the caller (the file is complete and in
+        place for a restarted process either way).
+        """
         meta = {
             "job": self.job.to_dict(),
             "job_digest": self.job.digest().hex(),
@@ -420,31 +437,48 @@ class Coordinator:
             "history": [asdict(r) for r in self.history],
             "phase": self.phase.value,
             "detail": self.detail,
+            "vector_len": int(self.global_vector.size),
         }
-        blob = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
+        head = json.dumps(meta).encode()
+        body = np.ascontiguousarray(self.global_vector, dtype="<f4")
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
         try:
             with os.fdopen(fd, "wb") as fh:
-                np.savez(fh, meta=blob, global_vector=self.global_vector)
+                fh.write(_CHECKPOINT_MAGIC + _LEN.pack(len(head)) + head)
+                fh.write(body.data.cast("B"))
                 fh.flush()
-                os.fsync(fh.fileno())
+                if fsync:
+                    os.fsync(fh.fileno())
             os.replace(tmp, path)
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise
+
+    @staticmethod
+    def read_checkpoint(path: Path) -> tuple[dict[str, Any], Vector]:
+        """The state and global vector of a checkpoint file; ``CheckpointError`` if unreadable."""
+        try:
+            data = path.read_bytes()
+            if not data.startswith(_CHECKPOINT_MAGIC):
+                raise ValueError("not a QDFC1 checkpoint")
+            start = len(_CHECKPOINT_MAGIC) + _LEN.size
+            (head_len,) = _LEN.unpack(data[len(_CHECKPOINT_MAGIC) : start])
+            meta = json.loads(data[start : start + head_len].decode())
+            body = memoryview(data)[start + head_len :]
+            if len(body) != 4 * int(meta["vector_len"]):
+                raise ValueError(f"{len(body)} bytes of model, expected {4 * meta['vector_len']}")
+            vector = np.frombuffer(body, dtype="<f4").astype(np.float32)
+        except (OSError, ValueError, KeyError, TypeError, struct.error) as exc:
+            raise CheckpointError(f"checkpoint {path} cannot be read: {exc}") from exc
+        return meta, vector
 
     @classmethod
     def resume(
         cls, path: Path, job: JobSpec, now: float, *, seed: int | None = None
     ) -> Coordinator:
         """Reload a checkpoint of ``job`` and reopen its current round with a fresh deadline."""
-        try:
-            with np.load(path, allow_pickle=False) as data:
-                meta = json.loads(bytes(data["meta"]).decode())
-                vector = np.asarray(data["global_vector"], dtype=np.float32)
-        except (OSError, ValueError, KeyError) as exc:
-            raise CheckpointError(f"checkpoint {path} cannot be read: {exc}") from exc
+        meta, vector = cls.read_checkpoint(path)
         if meta.get("job_digest") != job.digest().hex():
             raise CheckpointError(f"checkpoint {path} belongs to another job or other terms")
         history = [

@@ -88,7 +88,8 @@ class Quantizer:
     def decode(self, total: Ring) -> Vector:
         # int32 -> float32 rounds once; multiplying by a power of two is then exact.
         signed = np.asarray(total, dtype=np.uint32).view(np.int32)
-        decoded: Vector = signed.astype(np.float32) * np.float32(1.0 / self.scale)
+        decoded: Vector = signed.astype(np.float32)
+        np.multiply(decoded, np.float32(1.0 / self.scale), out=decoded)
         return decoded
 
 
@@ -116,20 +117,33 @@ class Prg:
     """Expands 32-byte seeds into ring vectors (ChaCha20 keystream), reusing its buffers.
 
     A round expands several 50 MB masks; allocating fresh buffers for each costs more
-    than the cipher, so one ``Prg`` keeps a zero input and one output buffer. The
-    array ``expand`` returns is overwritten by the next call: use it before that.
+    than the cipher, so one ``Prg`` keeps one output buffer and all share one
+    read-only zero input per length. The array ``expand`` returns is overwritten by
+    the next call: use it before that.
     """
 
     def __init__(self, length: int) -> None:
         self.length = length
-        self._zeros = bytes(4 * length)
-        self._out = bytearray(4 * length + 64)  # update_into wants room for a block
+        self._zeros = _zeros(4 * length)
+        self._out = np.empty(4 * length + 64, dtype=np.uint8)  # update_into wants a spare block
 
     def expand(self, seed: bytes) -> Ring:
         encryptor = Cipher(algorithms.ChaCha20(seed, _ZERO_NONCE), mode=None).encryptor()
-        written = encryptor.update_into(self._zeros, self._out)
+        written = encryptor.update_into(self._zeros, self._out.data)
         out: Ring = np.frombuffer(self._out, dtype="<u4", count=written // 4)
         return out
+
+
+_ZEROS: list[bytes] = []
+
+
+def _zeros(size: int) -> bytes:
+    """A shared read-only buffer of ``size`` zero bytes (the last size asked for is kept)."""
+    cached = _ZEROS[0] if _ZEROS else b""
+    if len(cached) != size:
+        cached = bytes(size)
+        _ZEROS[:] = [cached]
+    return cached
 
 
 def expand(seed: bytes, length: int) -> Ring:

@@ -152,8 +152,13 @@ def describe(
     created_at: datetime,
     epsilon: float | None = None,
     delta: float | None = None,
+    digest: bytes | None = None,
 ) -> ModelVersion:
-    """The record of a new global version; ``parent`` is the version it was trained from."""
+    """The record of a new global version; ``parent`` is the version it was trained from.
+
+    ``digest``: the SHA-256 of ``params``' canonical bytes when the caller already
+    hashed them (it is computed otherwise).
+    """
     if parent is not None and parent.version + 1 != version:
         raise VersionError(f"version {version} cannot follow version {parent.version}")
     return ModelVersion(
@@ -162,7 +167,7 @@ def describe(
         version,
         round_,
         model,
-        params_digest(params),
+        params_digest(params) if digest is None else digest,
         GENESIS_PARENT if parent is None else parent.digest(),
         tuple(sorted(members)),
         coordinator,
@@ -181,6 +186,7 @@ def verify_version(
     job_digest: bytes,
     parent: ModelVersion | None = None,
     anchored: AnchorCheck | None = None,
+    digest: bytes | None = None,
 ) -> ModelVersion:
     """Everything a member checks before hot-swapping a global model; raises ``VersionError``.
 
@@ -188,6 +194,8 @@ def verify_version(
     (from the job agreement, never from the message), the record must be for this
     job's terms, the parameters must hash to what it claims, it must extend the
     member's current version, and, when ``anchored`` is given, the ledger must hold it.
+    ``digest``: the SHA-256 the caller computed over the exact bytes ``params`` were
+    parsed from (saves hashing a 50 MB model twice); computed from ``params`` otherwise.
     """
     try:
         coordinator_key.verify(signed.record, signed.signature)
@@ -196,7 +204,8 @@ def verify_version(
     version = signed.version
     if version.job_id != job_id or version.job_digest != job_digest:
         raise VersionError(f"model version is for job {version.job_id} or other terms")
-    if params_digest(params) != version.params_digest:
+    actual = params_digest(params) if digest is None else digest
+    if actual != version.params_digest:
         raise VersionError(f"parameters do not match version {version.version}'s digest")
     if parent is not None and (
         version.parent_digest != parent.digest() or version.version != parent.version + 1

@@ -95,6 +95,7 @@ class Anchorer:
         self._thread: threading.Thread | None = None
         self._since_wake = 0
         self._chain_reachable = True
+        self._chain_checked = False
         self._last_error: str | None = None
 
     # -- feeding -------------------------------------------------------------------------
@@ -124,8 +125,13 @@ class Anchorer:
 
         ``force`` seals whatever waits regardless of age. Raises ChainUnavailable when the
         chain cannot be reached; nothing is lost, the next step continues where this stopped.
+        Raises WrongChain (before signing anything) when the endpoint serves another chain id
+        than the client expects or has no anchor contract at the address.
         """
         with self._step_lock:
+            if not self._chain_checked:  # never sign for a chain or contract we did not expect
+                self.client.check()
+                self._chain_checked = True
             anchored = waiting = 0
             for batch in self.queue.batches(SIGNED):
                 done = self._resolve(batch)
@@ -152,7 +158,10 @@ class Anchorer:
         return sealed
 
     def _send(self, batch: Batch) -> bool:
-        if self._adopt_if_anchored(batch):
+        # A batch never signed cannot have been sent by us; a root someone else anchored
+        # makes the gas estimate revert with AlreadyAnchored, handled below. Only batches
+        # that went back to sealed after an attempt need asking the contract first.
+        if batch.attempts > 0 and self._adopt_if_anchored(batch):
             return True
         nonce = self.client.pending_nonce(self.signer.address)
         try:

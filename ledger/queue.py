@@ -226,17 +226,14 @@ class LeafQueue:
             fresh.append(stored)
             result.append(stored)
         if fresh:
-            conn.execute(
-                insert(leaf_table),
+            # straight to the driver's executemany: SQLAlchemy's per-row bind processing
+            # of the two hash columns would cost more than hashing and storing them
+            mark = "?" if conn.dialect.paramstyle == "qmark" else "%s"
+            conn.exec_driver_sql(
+                f"INSERT INTO {leaf_table.name} (kind, seq, ref_id, record_sha256, leaf_hash, "
+                f"enqueued_at) VALUES ({', '.join([mark] * 6)})",
                 [
-                    {
-                        "kind": s.kind,
-                        "seq": s.seq,
-                        "ref_id": s.ref_id,
-                        "record_sha256": s.record_sha256,
-                        "leaf_hash": s.leaf_hash,
-                        "enqueued_at": s.enqueued_at,
-                    }
+                    (s.kind, s.seq, s.ref_id, s.record_sha256, s.leaf_hash, s.enqueued_at)
                     for s in fresh
                 ],
             )
@@ -265,6 +262,18 @@ class LeafQueue:
         if row is None:
             raise UnknownLeaf(f"no {kind} with id {ref_id!r} was ever anchored or queued")
         return _leaf(row)
+
+    def recent(self, kind: str, limit: int = 100) -> list[StoredLeaf]:
+        """The ``limit`` latest leaves of ``kind``, newest first (for operators and audits)."""
+        kind_code(kind)
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                select(leaf_table)
+                .where(leaf_table.c.kind == kind)
+                .order_by(leaf_table.c.seq.desc())
+                .limit(limit)
+            ).all()
+        return [_leaf(r) for r in rows]
 
     def pending(self, kind: str) -> Pending:
         """Leaves of ``kind`` not yet in any batch."""

@@ -27,6 +27,7 @@ from node.context import NodeContext, build_context
 from node.errors import PortInUseError
 from node.identity.files import write_atomic
 from node.rpc.auth import PeerAuthenticator
+from node.rpc.federation_service import FederationServicer
 from node.rpc.node_service import NodeServicer
 from node.rpc.server import PeerServer, build_server
 from node.rpc.trace_service import TraceServicer
@@ -59,6 +60,11 @@ class _Uvicorn(uvicorn.Server):
 
 def build_peer_server(ctx: NodeContext) -> PeerServer:
     registrations = [NodeServicer(ctx.keys.identity).register, TraceServicer(ctx.store).register]
+    registrations.append(FederationServicer.from_context(ctx).register)
+    if ctx.contracts is not None:
+        from node.rpc.contract_services import contract_registrations
+
+        registrations.extend(contract_registrations(ctx.contracts))
     return build_server(
         ctx.keys,
         PeerAuthenticator(ctx.revocations),
@@ -93,6 +99,9 @@ async def serve(ctx: NodeContext, stop: asyncio.Event) -> None:
     config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="on")
     api = _Uvicorn(config)
     await peer_server.start()
+    from node.contract_client import ContractJobs
+
+    contract_jobs = ContractJobs(ctx)
     api_task = asyncio.create_task(api.serve(sockets=[api_sock]))
     while not api.started and not api_task.done():
         await asyncio.sleep(0.01)
@@ -119,6 +128,7 @@ async def serve(ctx: NodeContext, stop: asyncio.Event) -> None:
         logger.info("node %s shutting down (grace %.1fs)", settings.name, settings.shutdown_grace_s)
         api.should_exit = True
         await peer_server.stop(settings.shutdown_grace_s)
+        await contract_jobs.stop()
         await api_task
         await ctx.peers.close()
         runtime_path(settings.directory).unlink(missing_ok=True)
@@ -129,6 +139,11 @@ def run_node(directory: Path) -> None:
     """Load, wire and serve a node until SIGTERM/SIGINT."""
     settings = NodeSettings.load(directory)
     ctx = build_context(settings)
+    from node.anchoring import attach_ledger
+
+    ledger = attach_ledger(ctx)  # anchorer + QDM sweep threads, when a chain is configured
+    if ledger is not None:
+        ledger.start()
 
     async def main() -> None:
         stop = asyncio.Event()
@@ -140,4 +155,6 @@ def run_node(directory: Path) -> None:
     try:
         asyncio.run(main())
     finally:
+        if ledger is not None:
+            ledger.stop()
         ctx.close()

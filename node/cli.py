@@ -15,6 +15,11 @@ from rich.console import Console
 from rich.table import Table
 
 from connector.errors import ConnectorError
+from node.cli_contracts import mount as mount_contracts
+from node.cli_fl import fl_app
+from node.cli_inspect import mount as mount_inspection
+from node.cli_ledger import ledger_app
+from node.cli_ledger import verify as ledger_verify
 from node.errors import NodeError
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help="qdspace connector node")
@@ -24,6 +29,11 @@ peer_app = typer.Typer(no_args_is_help=True, help="calls to other members")
 app.add_typer(authority_app, name="authority")
 app.add_typer(node_app, name="node")
 app.add_typer(peer_app, name="peer")
+app.add_typer(ledger_app, name="ledger")
+app.add_typer(fl_app, name="fl")
+app.command("verify")(ledger_verify)  # `qdspace verify PROOF.json --rpc URL`
+mount_inspection(app)  # train, inspect run/models/activate/explain
+mount_contracts(app)  # catalog, negotiate, transfer, subscribe, contracts, order close
 
 console = Console()
 err = Console(stderr=True)

@@ -193,3 +193,19 @@ def fetch_proof(
     verdict = body["verdict"]
     word = "[green]VALID[/green]" if verdict["valid"] else "[red]INVALID[/red]"
     err.print(f"member's node says: {word} {verdict['reason']}", highlight=False)
+
+
+@ledger_app.command("join")
+def join(
+    directory: Annotated[Path, typer.Option("--dir", help="the member's node directory")],
+    rpc: Annotated[str, typer.Option("--rpc", help="chain JSON-RPC URL")],
+    contract: Annotated[str, typer.Option(help="anchor contract address")],
+    chain_id: Annotated[int, typer.Option(help="the chain id the node must see")],
+) -> None:
+    """Point a node at a chain (writes DIR/ledger.json); the key: DIR/chain.key or env."""
+    from node.anchoring import CHAIN_KEY_FILE, write_ledger_file
+
+    path = write_ledger_file(directory.resolve(), rpc, contract, chain_id)
+    key = directory.resolve() / CHAIN_KEY_FILE
+    where = str(key) if key.exists() else "$QDSPACE_CHAIN_KEY"
+    console.print(f"{path} written; the node anchors from its next start with the key in {where}")

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from connector.storage import QualityStore
 from node.config import NodeSettings
+from node.contract_runtime import ContractRuntime, build_runtime
 from node.identity.member import MemberKeys, load_member_keys
 from node.identity.revocation import RevocationList
 from node.peers import PeerDirectory
@@ -21,6 +22,7 @@ class NodeContext:
     peers: PeerDirectory
     operator_token: str
     extras: dict[str, object] = field(default_factory=dict)
+    contracts: ContractRuntime | None = None
 
     @property
     def directory(self) -> Path:
@@ -40,4 +42,5 @@ def build_context(settings: NodeSettings) -> NodeContext:
     token = read_file(settings.operator_token_path, "operator token").decode().strip()
     store = open_store(settings.database_url)
     peers = PeerDirectory(keys, settings.peers)
-    return NodeContext(settings, keys, revocations, store, peers, token)
+    contracts = build_runtime(settings.directory, keys.identity, keys.signing_key, store.engine)
+    return NodeContext(settings, keys, revocations, store, peers, token, contracts=contracts)

@@ -24,6 +24,7 @@ from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeEl
 from rich.table import Table
 
 from connector.sample import write_sample_files
+from node import demo_contracts, demo_federation, demo_inspection, demo_ledger
 from node.errors import NodeError
 from node.launcher import LocalNetwork
 
@@ -113,10 +114,19 @@ STEPS: list[tuple[str, Callable[[LocalNetwork, DemoReport], None]]] = [
     ("genealogy hop and a refused call", _trace),
     # later chapters append (title, step) here; a step stores its results in
     # report.chapters[<name>] and its printer below shows them in the summary
+    (demo_contracts.TITLE, demo_contracts.contracts_step),
+    (demo_inspection.TITLE, demo_inspection.inspection_chapter),
+    ("federated learning: suppliers and OEM", demo_federation.federation_step),
+    (demo_ledger.TITLE, demo_ledger.ledger_step),  # keep last: verifies what others anchored
 ]
 
 # printers of the later chapters, called in order after the foundation's summary
-CHAPTER_PRINTERS: list[Callable[[Console, DemoReport], None]] = []
+CHAPTER_PRINTERS: list[Callable[[Console, DemoReport], None]] = [
+    demo_contracts.print_contracts,
+    demo_inspection.print_inspection,
+    demo_federation.federation_printer,
+    demo_ledger.print_ledger,
+]
 
 
 def run_demo(

@@ -22,6 +22,7 @@ from types import TracebackType
 import httpx
 
 from node.app import read_runtime
+from node.chain_process import ChainProcess
 from node.errors import NodeError
 from node.identity.authority import Authority
 from node.setup import init_node
@@ -92,13 +93,19 @@ class LocalNetwork:
         *,
         python: str = sys.executable,
         env: dict[str, str] | None = None,
+        chain: bool = True,
     ):
         self.workdir = workdir.resolve()
         self.specs = list(members)
         self.python = python
-        self.env = {**os.environ, **(env or {})}
+        # a local demo/test network may move its nodes' contract clock (node.contract_runtime)
+        self.env = {**os.environ, "QDSPACE_CLOCK_CONTROL": "1", **(env or {})}
         self.authority_dir = self.workdir / "authority"
         self.members: dict[str, MemberProcess] = {}
+        # one embedded EVM chain process for every node (ledger anchoring); chain=False: none
+        self.chain: ChainProcess | None = (
+            ChainProcess(self.workdir / "chain" / "state", python, self.env) if chain else None
+        )
 
     def __getitem__(self, name: str) -> MemberProcess:
         return self.members[name]
@@ -107,6 +114,8 @@ class LocalNetwork:
 
     def create(self) -> None:
         Authority.init(self.authority_dir, "qdspace-demo")
+        if self.chain is not None:
+            self.chain.start()
         ports = {s.name: (free_port(), free_port()) for s in self.specs}
         for spec in self.specs:
             peers = {o.name: f"127.0.0.1:{ports[o.name][0]}" for o in self.specs if o != spec}
@@ -123,11 +132,15 @@ class LocalNetwork:
             member = MemberProcess(spec, directory, *ports[spec.name])
             member.token = (directory / "operator.token").read_text().strip()
             self.members[spec.name] = member
+            if self.chain is not None:
+                self.chain.provision(directory)
 
     # -- processes -----------------------------------------------------------------------
 
     def start(self, names: Iterable[str] | None = None) -> None:
         chosen = list(names or self.members)
+        if self.chain is not None:
+            self.chain.start()  # no-op while running; restarts a stopped chain on its port
         for name in chosen:
             self._spawn(self.members[name])
         for name in chosen:
@@ -177,6 +190,8 @@ class LocalNetwork:
             except subprocess.TimeoutExpired:
                 member.process.kill()
                 codes[member.spec.name] = member.process.wait()
+        if names is None and self.chain is not None:
+            self.chain.stop()
         return codes
 
     def kill(self, name: str) -> None:
@@ -199,6 +214,7 @@ class LocalNetwork:
     def describe(self) -> dict[str, object]:
         return {
             "authority": str(self.authority_dir),
+            "chain": self.chain.url if self.chain is not None else None,
             "members": {
                 n: {"role": m.spec.role, "dir": str(m.directory), "grpc": m.grpc_address,
                     "api": m.api_url}

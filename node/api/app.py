@@ -13,6 +13,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from connector.errors import ConnectorError
 from connector.ingest import KINDS, IngestReport, ingest_file
+from node.api.inspection import create_inspection_router
 from node.api.models import (
     BatchPublic,
     Health,
@@ -190,6 +191,13 @@ def create_app(ctx: NodeContext) -> FastAPI:
 
         return UpstreamPublic(batch=pub(reply.batch), parents=[pub(p) for p in reply.parents])
 
+    app.include_router(create_inspection_router(ctx.directory, [Operator]))
+    from node.anchoring import mount_regulator_routes
+
+    mount_regulator_routes(app, ctx)
+    from node.api.contracts import contracts_router
+
+    app.include_router(contracts_router(ctx, Operator))
     return app
 
 

@@ -14,6 +14,26 @@ METHOD_ROLES: Mapping[str, frozenset[str]] = {
     # Genealogy is supply-chain know-how: only trading partners ask for it, and the
     # service then checks that the caller bought the batch.
     "/qdspace.v1.Trace/Upstream": TRADING,
+    # Usage contracts: only trading partners see catalogs, negotiate, pull and subscribe
+    # (the servicers then check the agreement); a regulator never sees raw data here.
+    "/qdspace.v1.Catalog/ListAssets": TRADING,
+    "/qdspace.v1.Catalog/GetAsset": TRADING,
+    "/qdspace.v1.Negotiation/Send": TRADING,
+    "/qdspace.v1.Negotiation/Get": TRADING,
+    "/qdspace.v1.Transfer/Send": TRADING,
+    "/qdspace.v1.Transfer/Pull": TRADING,
+    "/qdspace.v1.Subscription/Subscribe": TRADING,
+    "/qdspace.v1.Notification/Notify": TRADING,
+    # Federated learning: members of a job (the servicer checks membership per job);
+    # StartJob is further limited to the coordinator node's own identity.
+    **{
+        f"/qdspace.v1.Federation/{m}": TRADING
+        for m in (
+            "StartJob", "ListJobs", "GetJob", "GetStatus", "DownloadModel", "UploadUpdate",
+            "AdvertiseKeys", "GetRoster", "ShareKeys", "GetInbox", "UploadMasked",
+            "GetUnmaskRequest", "Unmask",
+        )
+    },
 }
 
 

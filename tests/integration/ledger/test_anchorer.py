@@ -10,6 +10,7 @@ import pytest
 
 from ledger.anchorer import Anchorer, AnchorPolicy
 from ledger.client import LedgerClient
+from ledger.errors import WrongChain
 from ledger.keys import ChainSigner
 from ledger.leaves import KIND_CODES, Leaf
 from ledger.queue import ANCHORED, SEALED, SIGNED, Batch, LeafQueue
@@ -180,3 +181,18 @@ def _wait(cond: object, what: str, timeout_s: float = 60.0) -> None:
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out waiting for {what}")
         time.sleep(0.05)
+
+
+def test_anchorer_refuses_a_chain_it_did_not_expect(
+    chain: ChainProcess, signer: ChainSigner, queue: LeafQueue
+) -> None:
+    dep = chain.deployment
+    wrong_id = LedgerClient(chain.url, dep.address, expected_chain_id=dep.chain_id + 1)
+    no_contract = LedgerClient(chain.url, signer.address, expected_chain_id=dep.chain_id)
+    for client, why in ((wrong_id, "chain id"), (no_contract, "no contract")):
+        anchorer = Anchorer(queue, client, signer, AnchorPolicy(max_leaves=1))
+        anchorer.enqueue("inspection", "insp-1", b"verdict")
+        with pytest.raises(WrongChain, match=why):
+            anchorer.step(force=True)
+    assert queue.batches() == []  # nothing sealed, signed or sent
+    assert client.pending_nonce(signer.address) == 0

@@ -1,0 +1,251 @@
+"""Federated round wall time: 3 members on loopback, small model and a 46.8 MB update.
+
+Loopback part: real node processes (``node.launcher.LocalNetwork``: SunArc as
+coordinator, Cellex and PolyCell), the real ``Federation`` gRPC service over mutual
+TLS, and three member runners (``MemberRunner``) in this process whose "training"
+adds a fixed change to the global model, so the figure is the cost of the round
+itself: download and signature check, upload in chunks, secure aggregation
+(X25519, Shamir, ChaCha20 masks, unmasking), aggregation, signing and checkpoint.
+Each variant runs a job of ``--rounds`` rounds; the figure is the median time
+between consecutive global versions as a member sees them (rounds 2 onwards).
+
+In-process part: the same round through the coordinator state machine without
+transport (baseline for the transport's share).
+
+Flower (``flwr==1.27.0``, SuperLink + SuperNodes) is installed into a separate
+virtual environment only with ``--flower``; see the output for what was measured.
+
+    python bench/federation.py                  # defaults, a few minutes on 2 cores
+    python bench/federation.py --mb 4 --rounds 3 --out result.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import itertools
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import numpy as np
+
+from federation.job import JobSpec
+from federation.member import plain_update, prepare_change, secagg_client
+from federation.params import Params, flatten, unflatten
+from federation.rounds import Coordinator
+from federation.strategies import StrategyName, StrategySpec
+from federation.versions import ModelVersion
+from node.identity.member import load_member_keys
+from node.launcher import LocalNetwork, MemberSpec
+from node.rpc.client import open_channel
+from node.rpc.federation_client import FederationClient, MemberRunner, coordinator_key
+
+MEMBERS = ("cellex", "polycell", "sunarc")
+COORDINATOR = "sunarc"
+SMALL_SHAPES = ((12, 3), (3,))
+
+
+def make_job(
+    job_id: str, shapes: tuple[tuple[int, ...], ...], secure: bool, rounds: int
+) -> JobSpec:
+    return JobSpec(
+        job_id=job_id,
+        coordinator=COORDINATOR,
+        model="synthetic",
+        shapes=shapes,
+        rounds=rounds,
+        min_members=3,
+        members=MEMBERS,
+        strategy=StrategySpec(StrategyName.FEDAVG),
+        secure_aggregation=secure,
+        threshold=2,
+        update_clip=1.0 if secure else None,
+        phase_timeout_s=120.0,
+    )
+
+
+def fixed_trainer(member: str, shapes: tuple[tuple[int, ...], ...]) -> Any:
+    n = sum(int(np.prod(s)) for s in shapes)
+    flat = np.random.default_rng(MEMBERS.index(member)).normal(0, 1e-5, n).astype(np.float32)
+    change = unflatten(flat, shapes)
+
+    def train(params: Params, round_: int) -> tuple[Params, int]:
+        return [p + c for p, c in zip(params, change, strict=True)], 100
+
+    return train
+
+
+async def loopback_job(network: LocalNetwork, job: JobSpec) -> list[float]:
+    """Run one job; the times (monotonic) at which the coordinator's member saw each version."""
+    seen: list[float] = []
+
+    def on_version(version: ModelVersion, params: Params) -> None:
+        seen.append(time.perf_counter())
+
+    async def member(name: str) -> None:
+        keys = load_member_keys(network[name].directory)
+        channel = open_channel(keys, network[COORDINATOR].grpc_address, COORDINATOR)
+        try:
+            client = FederationClient(channel, COORDINATOR, job.job_id)
+            if name == COORDINATOR:
+                zeros = [np.zeros(s, np.float32) for s in job.shapes]
+                await client.start_job(job, zeros)
+            else:
+                while not [j for j in await client.list_jobs() if j.job_id == job.job_id]:
+                    await asyncio.sleep(0.02)
+            runner = MemberRunner(
+                client,
+                name,
+                fixed_trainer(name, job.shapes),
+                await coordinator_key(channel, COORDINATOR),
+                signing_key=keys.signing_key,
+                on_version=on_version if name == COORDINATOR else None,
+                poll_s=30.0,
+            )
+            result = await runner.run()
+            assert result.status.phase.value == "done", result.status
+        finally:
+            await channel.close()
+
+    await asyncio.gather(*(member(m) for m in MEMBERS))
+    return seen
+
+
+def round_times(seen: list[float]) -> list[float]:
+    # seen[0] is version 0 (download before round 1); round 1 includes job start-up.
+    return [b - a for a, b in itertools.pairwise(seen[1:])]
+
+
+def loopback(rounds: int, mb: float) -> dict[str, float]:
+    big = (int(mb * 1e6 / 4),)
+    figures: dict[str, float] = {}
+    with tempfile.TemporaryDirectory(prefix="qdspace-bench-fl-") as tmp:
+        network = LocalNetwork(
+            Path(tmp),
+            [
+                MemberSpec("sunarc", "oem"),
+                MemberSpec("cellex", "supplier"),
+                MemberSpec("polycell", "supplier"),
+            ],
+            env={"QDSPACE_LOG_LEVEL": "WARNING"},
+        )
+        network.create()
+        network.start()
+        try:
+            for label, shapes in (("small", SMALL_SHAPES), (f"{mb:g}mb", (big,))):
+                for secure in (False, True):
+                    name = f"fl_loopback_{label}_{'secagg' if secure else 'plain'}_round_s"
+                    job = make_job(name.replace("_", "-"), shapes, secure, rounds)
+                    times = round_times(asyncio.run(loopback_job(network, job)))
+                    figures[name] = statistics.median(times)
+                    print(f"{name}: {figures[name]:.3f} s", flush=True)
+        finally:
+            network.stop()
+    return figures
+
+
+def inprocess_secure_round(n: int) -> float:
+    start = np.zeros(n, np.float32)
+    job = make_job("bench", ((n,),), True, 1)
+    rng = np.random.default_rng(1)
+    trained = {m: start + np.float32(1e-4) * rng.standard_normal(n, np.float32) for m in MEMBERS}
+    t0 = time.perf_counter()
+    coord = Coordinator.start(job, start, now=0.0)
+    clients = {m: secagg_client(job, m, 1, 1) for m in MEMBERS}
+    for m, c in clients.items():
+        coord.submit_advert(m, 1, 1, c.advertise(), 1.0)
+    for m, c in clients.items():
+        coord.submit_shares(m, 1, 1, c.share_keys(coord.roster(m, 1, 1)), 1.0)
+    for m, c in clients.items():
+        change = prepare_change(job, coord.global_vector, trained[m], rng)
+        coord.submit_masked(m, 1, 1, c.mask(change, coord.inbox(m, 1, 1)), 1.0)
+    request = coord.unmask_request(MEMBERS[0], 1, 1)
+    for m in request.survivors:
+        coord.submit_unmask(m, 1, 1, clients[m].unmask(request), 1.0)
+    assert coord.version == 1
+    return time.perf_counter() - t0
+
+
+def inprocess_plain_round(n: int) -> float:
+    start = np.zeros(n, np.float32)
+    job = make_job("bench", ((n,),), False, 1)
+    rng = np.random.default_rng(1)
+    t0 = time.perf_counter()
+    coord = Coordinator.start(job, start, now=0.0)
+    for m in MEMBERS:
+        coord.submit_update(m, 1, [plain_update(job, start, start + np.float32(1e-4), rng)], 1, 1.0)
+    assert coord.version == 1
+    return time.perf_counter() - t0
+
+
+def flower(install: bool) -> str:
+    """Install flwr==1.27.0 into its own venv; say what happened (the run is not written)."""
+    if not install:
+        return "not measured (run with --flower to install flwr==1.27.0 into a separate venv)"
+    venv = Path(tempfile.gettempdir()) / "qdspace-bench-flower-venv"
+    try:
+        if not venv.exists():
+            subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120)
+        pip = [str(venv / "bin" / "python"), "-m", "pip", "install", "-q", "flwr==1.27.0"]
+        done = subprocess.run(pip, capture_output=True, text=True, timeout=600)
+    except (OSError, subprocess.SubprocessError) as exc:
+        return f"not measured: could not create the Flower venv ({exc})"
+    if done.returncode != 0:
+        tail = (done.stderr or done.stdout).strip().splitlines()[-1:] or ["no output"]
+        return f"not measured: the registry did not supply flwr==1.27.0 ({tail[0]})"
+    return (
+        "not measured: flwr==1.27.0 installed in " + str(venv) + ", but the SuperLink + "
+        "SuperNodes harness exchanging the same payload is not written yet"
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--mb", type=float, default=46.8, help="large update size in MB")
+    parser.add_argument("--rounds", type=int, default=4, help="rounds per loopback job")
+    parser.add_argument("--flower", action="store_true", help="try the Flower comparison")
+    parser.add_argument("--out", help="write the figures as JSON here")
+    ns = parser.parse_args()
+    n = int(ns.mb * 1e6 / 4)
+    print(
+        f"platform: {platform.platform()} cores: {os.cpu_count()} python: {sys.version.split()[0]}"
+    )
+    print(f"members: {len(MEMBERS)}, large update: {n * 4 / 1e6:.1f} MB ({n} float32)")
+    figures: dict[str, float] = {}
+    figures["fl_inprocess_plain_round_s"] = min(inprocess_plain_round(n) for _ in range(2))
+    figures["fl_inprocess_secagg_round_s"] = min(inprocess_secure_round(n) for _ in range(2))
+    for key in ("fl_inprocess_plain_round_s", "fl_inprocess_secagg_round_s"):
+        print(f"{key}: {figures[key]:.3f} s", flush=True)
+    figures.update(loopback(ns.rounds, ns.mb))
+    big = f"{ns.mb:g}mb"
+    ratio = (
+        figures[f"fl_loopback_{big}_secagg_round_s"] / figures[f"fl_loopback_{big}_plain_round_s"]
+    )
+    figures["fl_loopback_secagg_vs_plain_ratio"] = ratio
+    print(f"fl_loopback_secagg_vs_plain_ratio: {ratio:.2f} x")
+    share = figures["fl_inprocess_secagg_round_s"] / figures[f"fl_loopback_{big}_secagg_round_s"]
+    figures["fl_secagg_compute_share_of_loopback_round"] = share
+    print(f"fl_secagg_compute_share_of_loopback_round: {share:.2f} ratio")
+    note = flower(ns.flower)
+    print(f"fl_flower_round_s: {note}")
+    if ns.out:
+        with open(ns.out, "w") as fh:
+            json.dump(
+                {"mb": ns.mb, "rounds": ns.rounds, "figures": figures, "flower": note}, fh, indent=2
+            )
+
+
+if __name__ == "__main__":
+    main()

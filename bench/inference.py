@@ -1,0 +1,258 @@
+"""Line inspection: frame -> stored verdict latency on Ray Serve, against bare onnxruntime.
+
+One run trains the EL CNN (the ``qdspace train`` network, 64 px, on all cells' train
+split), measures its held-out accuracy, F1 and AUROC on the test split through ONNX, and
+then feeds the held-out cells (300x300 EL frames) at 2 stations x 27 fps to:
+
+1. bare onnxruntime: ``judge_requests`` on one frame at a time in this process, the
+   exact per-frame work a replica does (check, resize, run, verdict), no line, no store;
+2. the in-process line: station loop, ``LocalJudge``, micro-batched writes into a real
+   SQLite QDM store (``QualityStore.ingest_rows``), no Ray;
+3. the served line: the same, judged by the Ray Serve tier (dynamic batching) on a local
+   Ray; serving overhead = its frame->verdict p50/p99 minus the bare ones.
+
+A burst phase then offers many more frames (4 stations x 100 fps by default) to show the
+throughput the tier sustains with batching and what it skips when it cannot keep up.
+
+    python bench/inference.py                      # ~3 minutes on 2 cores
+    python bench/inference.py --seconds 30 --device cuda --burst-fps 600 --out result.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import os.path
+import platform
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import numpy as np
+
+from connector.storage import open_store
+from inference.dataset import ElImages, load_elpv
+from inference.line import InspectionLine, LineConfig, LocalJudge, StationSpec
+from inference.metrics import binary_metrics
+from inference.model import OnnxClassifier
+from inference.sources import dataset_frames, split_round_robin
+from inference.splits import split_el_images
+from inference.stats import LatencySummary, LineSnapshot
+from inference.verdicts import FrameRequest, judge_requests
+from inference.writer import ingest_sink
+
+FIGURES: dict[str, Any] = {}
+
+
+def emit(name: str, value: float, unit: str) -> None:
+    """Print one figure as ``name: value unit`` and keep it for ``--out``."""
+    FIGURES[name] = {"value": value, "unit": unit}
+    print(f"{name}: {value:,.2f} {unit}", flush=True)
+
+
+def train(size: int, epochs: int, threads: int) -> tuple[bytes, ElImages, float]:
+    """Train on the train split of all cells; returns ONNX bytes, test cells, seconds."""
+    from inference import training
+
+    small = load_elpv(size=size)
+    manifest = split_el_images(small)
+    config = training.TrainConfig(input_size=size, epochs=epochs, threads=threads)
+    started = time.perf_counter()
+    result = training.train_and_export(
+        small.select(manifest.train), small.select(manifest.val), config
+    )
+    seconds = time.perf_counter() - started
+    return result.onnx_bytes, load_elpv().select(manifest.test), seconds
+
+
+def held_out(model: OnnxClassifier, test: ElImages) -> None:
+    """Accuracy, F1 and AUROC of the ONNX model on the held-out test split."""
+    scores = np.array([j.score for j in model.judge(list(test.images))])
+    m = binary_metrics(test.labels(2), scores)
+    emit("held_out_cells", m.count, "cells")
+    emit("held_out_accuracy", m.accuracy, "")
+    emit("held_out_f1", m.f1, "")
+    emit("held_out_auroc", m.auroc, "")
+
+
+def bare(model: OnnxClassifier, test: ElImages, frames: int) -> LatencySummary:
+    """Per-frame latency of the replica's own work, in this process, one frame at a time."""
+    ids = test.frame_ids
+    samples = []
+    for i in range(frames):
+        position = i % len(test)
+        request = FrameRequest("bare", ids[position], test.images[position])
+        started = time.perf_counter()
+        judge_requests(model, [request])
+        samples.append((time.perf_counter() - started) * 1000.0)
+    summary = LatencySummary.of(samples)
+    emit("bare_onnxruntime_p50", summary.p50, "ms")
+    emit("bare_onnxruntime_p99", summary.p99, "ms")
+    emit("bare_onnxruntime_frames_per_s_1_thread", 1000.0 / float(np.mean(samples)), "frames/s")
+    return summary
+
+
+def bare_batched(model: OnnxClassifier, test: ElImages, batch: int, rounds: int) -> None:
+    """Frames/s of the model alone on prepared batches (the ceiling batching can reach)."""
+    prepared = model.prepare(list(test.images[:batch]))
+    model.probabilities(prepared)
+    started = time.perf_counter()
+    for _ in range(rounds):
+        model.probabilities(prepared)
+    rate = batch * rounds / (time.perf_counter() - started)
+    emit(f"bare_onnxruntime_batch{batch}_frames_per_s", rate, "frames/s")
+
+
+def run_line(
+    judge: Any, test: ElImages, stations: int, fps: float, seconds: float, db: Path, tag: str
+) -> LineSnapshot:
+    """Stations over the held-out cells into a real SQLite QDM store for ``seconds``."""
+    store = open_store(f"sqlite:///{db}")
+    try:
+        specs = [
+            StationSpec(f"el-{i + 1}", dataset_frames(part), fps)
+            for i, part in enumerate(split_round_robin(test, stations))
+        ]
+        line = InspectionLine(
+            judge, ingest_sink(store.ingest_rows), specs, LineConfig(run_id=uuid.uuid4().hex[:8])
+        )
+        final = line.run(seconds)
+    finally:
+        store.close()
+    if not tag:
+        return final
+    j, s = final.judged_latency, final.stored_latency
+    captured = sum(c.captured for c in final.stations.values())
+    skipped = sum(c.skipped for c in final.stations.values())
+    emit(f"{tag}_frame_to_verdict_p50", j.p50, "ms")
+    emit(f"{tag}_frame_to_verdict_p99", j.p99, "ms")
+    emit(f"{tag}_frame_to_stored_p50", s.p50, "ms")
+    emit(f"{tag}_frame_to_stored_p99", s.p99, "ms")
+    emit(f"{tag}_throughput", final.stored / final.elapsed_s, "verdicts/s")
+    emit(f"{tag}_offered", captured / final.elapsed_s, "frames/s")
+    emit(f"{tag}_skipped", skipped, "frames")
+    emit(f"{tag}_dropped_verdicts", final.dropped_verdicts, "verdicts")
+    return final
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--size", type=int, default=64, help="model input side (px)")
+    parser.add_argument("--epochs", type=int, default=6, help="training epochs")
+    parser.add_argument("--stations", type=int, default=2)
+    parser.add_argument("--fps", type=float, default=27.0, help="frames/s per station")
+    parser.add_argument("--seconds", type=float, default=20.0, help="length of each line run")
+    parser.add_argument("--burst-stations", type=int, default=4)
+    parser.add_argument("--burst-fps", type=float, default=100.0)
+    parser.add_argument("--burst-seconds", type=float, default=8.0)
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    parser.add_argument("--replica-threads", type=int, default=1, help="onnxruntime threads")
+    parser.add_argument("--max-batch", type=int, default=16, help="Serve dynamic batch size")
+    parser.add_argument("--out", help="write the figures as JSON here")
+    args = parser.parse_args()
+    cores = os.cpu_count() or 1
+    print(f"cores: {cores}  python: {platform.python_version()}  device: {args.device}")
+    emit("cores", cores, "")
+
+    onnx_bytes, test, train_s = train(args.size, args.epochs, 1 if cores <= 2 else 4)
+    emit("train_seconds", train_s, "s")
+    model = OnnxClassifier(onnx_bytes, device=args.device, threads=args.replica_threads)
+    held_out(model, test)
+
+    frames = int(args.stations * args.fps * args.seconds)
+    base = bare(model, test, frames)
+    bare_batched(model, test, args.max_batch, rounds=max(20, 2000 // args.max_batch))
+
+    with tempfile.TemporaryDirectory(prefix="qdspace-bench-inference-") as tmp:
+        local = run_line(
+            LocalJudge(model),
+            test,
+            args.stations,
+            args.fps,
+            args.seconds,
+            Path(tmp) / "local.db",
+            "in_process",
+        )
+        served, burst = serve_phases(args, onnx_bytes, test, Path(tmp))
+    for q in ("p50", "p99"):
+        overhead = getattr(served.judged_latency, q) - getattr(base, q)
+        emit(f"serving_overhead_{q}", overhead, "ms")
+        line_cost = getattr(local.judged_latency, q) - getattr(base, q)
+        emit(f"in_process_line_overhead_{q}", line_cost, "ms")
+    emit("served_p50_ratio_vs_bare", served.judged_latency.p50 / base.p50, "x")
+    burst_rate = burst.stored / burst.elapsed_s
+    emit("burst_throughput_ratio_vs_line_target", burst_rate / frames_target(args), "x")
+    if args.out:
+        Path(args.out).write_text(json.dumps(FIGURES, indent=1) + "\n")
+
+
+def frames_target(args: argparse.Namespace) -> float:
+    """The line rate the issue asks for (2 stations x 27 fps by default)."""
+    return float(args.stations * args.fps)
+
+
+def serve_phases(
+    args: argparse.Namespace, onnx_bytes: bytes, test: ElImages, tmp: Path
+) -> tuple[LineSnapshot, LineSnapshot]:
+    """The served line at the target rate, then a burst, on one local Ray."""
+    import ray
+
+    from inference.serve import InspectionTier, ServeSettings
+
+    logging.getLogger("ray.serve").setLevel(logging.WARNING)
+    ray.init(
+        num_cpus=os.cpu_count(),
+        include_dashboard=False,
+        logging_level=logging.WARNING,
+        log_to_driver=False,
+    )
+    try:
+        settings = ServeSettings(
+            device=args.device, threads=args.replica_threads, max_batch_size=args.max_batch
+        )
+        tier = InspectionTier(settings, app_name="bench-inference")
+        started = time.perf_counter()
+        tier.start(onnx_bytes, "bench.onnx")
+        emit("serve_deploy_seconds", time.perf_counter() - started, "s")
+        try:
+            run_line(tier.judge(), test, 2, 5.0, 2.0, tmp / "warmup.db", "")  # warm-up
+            served = run_line(
+                tier.judge(),
+                test,
+                args.stations,
+                args.fps,
+                args.seconds,
+                tmp / "served.db",
+                "served",
+            )
+            burst = run_line(
+                tier.judge(),
+                test,
+                args.burst_stations,
+                args.burst_fps,
+                args.burst_seconds,
+                tmp / "burst.db",
+                "burst",
+            )
+            status = tier.status()
+            sizes = status.batch_sizes
+            mean = sum(k * v for k, v in sizes.items()) / max(sum(sizes.values()), 1)
+            emit("served_mean_batch_size", mean, "frames")
+        finally:
+            tier.stop()
+    finally:
+        ray.shutdown()
+    return served, burst
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,258 @@
+"""Transfer throughput: records/s through the mTLS, policy-filtered stream, against a plain
+gRPC stream of the same serialized payload, in the same run.
+
+Setup: a supplier node (a real ``qdspace node start`` process) holds N inspection records
+of one order; an OEM node negotiates an agreement for them. Then three measurements:
+
+1. ``policy_stream``: a client with the OEM's certificate pulls the transfer straight from
+   the supplier over mutual TLS: the supplier's node reads its QDM page by page, applies the
+   agreement's gate (order scope, granted fields) before serialisation, chains the sha256
+   checkpoint and streams batches; the client decodes each batch and verifies its
+   checkpoint (the consumer's integrity check), storing nothing.
+2. ``plain_stream`` (baseline): a bare gRPC server in its own process streams the very same
+   serialized batches (captured from run 1) over an insecure channel; the client decodes
+   them the same way, without the checkpoint check.
+3. ``node_to_node``: the OEM node itself pulls the transfer (``POST /v1/contracts/transfers``)
+   and stores every row encrypted under the agreement's data key: the full consumer path.
+
+    python bench/transfer.py                 # 100k records
+    python bench/transfer.py --records 20000 --out result.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import multiprocessing
+import os
+import platform
+import sys
+import tempfile
+import time
+import uuid
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import grpc
+
+from connector.transfer import Checkpoint
+from node.identity.member import load_member_keys
+from node.launcher import LocalNetwork, MemberSpec
+from node.peers import PeerDirectory
+from node.rpc.contract_serde import row_batch_from_proto
+from protocols.v1 import transfer_pb2, transfer_pb2_grpc
+
+ORDER = "PO-2026-0042"
+BATCH_ROWS = 2000
+PLAIN_METHOD = "/bench.Plain/Pull"
+
+
+def _records(path: Path, n: int) -> Path:
+    start = datetime(2026, 11, 1, tzinfo=UTC)
+    with path.open("w") as out:
+        for i in range(n):
+            at = (start + timedelta(seconds=i)).isoformat().replace("+00:00", "Z")
+            out.write(
+                json.dumps(
+                    {
+                        "inspection_id": f"B-{i:08d}",
+                        "station": f"EL-{1 + i % 4}",
+                        "inspected_at": at,
+                        "verdict": "pass" if i % 23 else "fail",
+                        "score": round((i % 997) / 1000, 3),
+                        "model_version": "el-2026.11",
+                        "image_hash": f"{i:064x}",
+                        "frame_id": f"F{i}",
+                        "order_id": ORDER,
+                        "batch_id": f"CX-CB-{i % 12:06d}",
+                    }
+                )
+                + "\n"
+            )
+    return path
+
+
+def _setup(workdir: Path, n: int) -> tuple[LocalNetwork, str]:
+    net = LocalNetwork(
+        workdir, [MemberSpec("sunarc", "oem"), MemberSpec("cellex", "supplier")], chain=False
+    )
+    net.create()
+    net.start()
+    order = {
+        "order_id": ORDER,
+        "customer": "sunarc",
+        "supplier": "cellex",
+        "product": "cells",
+        "quantity": n,
+        "status": "open",
+        "opened_at": "2026-10-01T00:00:00Z",
+    }
+    with net["cellex"].client(timeout=600) as supplier:
+        supplier.post("/v1/ingest/order", json={"rows": [order]}).raise_for_status()
+        data = _records(workdir / "records.jsonl", n).read_bytes()
+        r = supplier.post(
+            "/v1/ingest/inspection", content=data, headers={"content-type": "application/x-ndjson"}
+        )
+        r.raise_for_status()
+    with net["sunarc"].client() as oem:
+        r = oem.post(
+            "/v1/contracts/negotiations",
+            json={
+                "peer": "cellex",
+                "asset_id": "inspections",
+                "purposes": ["quality-assurance"],
+                "orders": [ORDER],
+            },
+        )
+        r.raise_for_status()
+    return net, r.json()["agreement_id"]
+
+
+async def _policy_stream(net: LocalNetwork, agreement_id: str) -> tuple[int, float, list[bytes]]:
+    """Pull straight from the supplier as the OEM; returns rows, seconds, raw batches."""
+    from connector.transfer import TransferRequest
+    from node.rpc.contract_serde import transfer_message_to_proto
+
+    keys = load_member_keys(net["sunarc"].directory)
+    peers = PeerDirectory(keys, {"cellex": net["cellex"].grpc_address})
+    stub = transfer_pb2_grpc.TransferStub(peers.channel("cellex"))
+    provider = load_member_keys(net["cellex"].directory).identity.member_id
+    tid = f"trf-bench-{uuid.uuid4().hex}"
+    request = TransferRequest(
+        f"{tid}:c",
+        tid,
+        keys.identity.member_id,
+        agreement_id,
+        provider,
+        datetime.now(UTC),
+        purpose="quality-assurance",
+        order_id=ORDER,
+    )
+    raw: list[bytes] = []
+    started = time.perf_counter()
+    ack = await stub.Send(transfer_message_to_proto(request))
+    pull = transfer_pb2.PullRequest(
+        transfer_id=tid, resume_from=ack.checkpoint, max_batch_rows=BATCH_ROWS
+    )
+    checkpoint = Checkpoint.genesis(tid)
+    rows = 0
+    async for message in stub.Pull(pull):
+        batch = row_batch_from_proto(message)
+        checkpoint = checkpoint.extend((r.payload for r in batch.rows), batch.checkpoint.position)
+        if checkpoint != batch.checkpoint:
+            raise SystemExit("checkpoint mismatch: the stream is corrupt")
+        rows += len(batch.rows)
+        raw.append(message.SerializeToString())
+    seconds = time.perf_counter() - started
+    await peers.close()
+    return rows, seconds, raw
+
+
+def _plain_server(path: str, port_file: str) -> None:
+    """The baseline: stream the captured batches as they are, no TLS, no auth, no policy."""
+    batches = json.loads(Path(path).read_text())
+    payloads = [bytes.fromhex(b) for b in batches]
+
+    async def pull(request: bytes, context: grpc.aio.ServicerContext) -> Any:
+        for payload in payloads:
+            yield payload
+
+    async def main() -> None:
+        server = grpc.aio.server(options=[("grpc.max_send_message_length", 64 << 20)])
+        handler = grpc.unary_stream_rpc_method_handler(pull)
+        server.add_generic_rpc_handlers(
+            [grpc.method_handlers_generic_handler("bench.Plain", {"Pull": handler})]
+        )
+        port = server.add_insecure_port("127.0.0.1:0")
+        await server.start()
+        Path(port_file).write_text(str(port))
+        await server.wait_for_termination()
+
+    asyncio.run(main())
+
+
+async def _plain_stream(port: int) -> tuple[int, float]:
+    options = [("grpc.max_receive_message_length", 64 << 20)]
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}", options=options) as channel:
+        call = channel.unary_stream(
+            PLAIN_METHOD, response_deserializer=transfer_pb2.RowBatch.FromString
+        )
+        rows = 0
+        started = time.perf_counter()
+        async for message in call(b""):
+            rows += len(row_batch_from_proto(message).rows)
+        return rows, time.perf_counter() - started
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--records", type=int, default=100_000)
+    parser.add_argument("--out", type=Path)
+    args = parser.parse_args()
+    results: dict[str, Any] = {
+        "records": args.records,
+        "cpus": os.cpu_count(),
+        "python": platform.python_version(),
+    }
+    with tempfile.TemporaryDirectory(prefix="qdspace-bench-transfer-") as tmp:
+        net, agreement_id = _setup(Path(tmp) / "space", args.records)
+        try:
+            asyncio.run(_policy_stream(net, agreement_id))  # warm-up (page cache, channels)
+            rows, seconds, raw = asyncio.run(_policy_stream(net, agreement_id))
+            results["policy_stream_records_per_s"] = rows / seconds
+            captured = Path(tmp) / "batches.json"
+            captured.write_text(json.dumps([b.hex() for b in raw]))
+            port_file = Path(tmp) / "port"
+            server = multiprocessing.get_context("spawn").Process(
+                target=_plain_server, args=(str(captured), str(port_file)), daemon=True
+            )
+            server.start()
+            try:
+                while not port_file.exists():
+                    time.sleep(0.05)
+                port = int(port_file.read_text())
+                asyncio.run(_plain_stream(port))  # warm-up
+                plain_rows, plain_s = asyncio.run(_plain_stream(port))
+            finally:
+                server.terminate()
+                server.join()
+            assert plain_rows == rows, (plain_rows, rows)
+            results["plain_stream_records_per_s"] = plain_rows / plain_s
+            results["policy_over_plain_ratio"] = (
+                results["policy_stream_records_per_s"] / results["plain_stream_records_per_s"]
+            )
+            with net["sunarc"].client(timeout=600) as oem:
+                started = time.perf_counter()
+                r = oem.post(
+                    "/v1/contracts/transfers",
+                    json={
+                        "agreement_id": agreement_id,
+                        "purpose": "quality-assurance",
+                        "order_id": ORDER,
+                        "batch_rows": BATCH_ROWS,
+                    },
+                )
+                r.raise_for_status()
+                elapsed = time.perf_counter() - started
+            results["node_to_node_stored_records_per_s"] = r.json()["offset"] / elapsed
+        finally:
+            net.stop()
+    print(f"transfer.records: {rows} records")
+    print(f"transfer.policy_stream: {results['policy_stream_records_per_s']:.0f} records/s")
+    print(f"transfer.plain_stream: {results['plain_stream_records_per_s']:.0f} records/s")
+    print(f"transfer.policy_over_plain: {results['policy_over_plain_ratio']:.3f} ratio")
+    print(
+        f"transfer.node_to_node_stored: {results['node_to_node_stored_records_per_s']:.0f} "
+        "records/s"
+    )
+    print(f"transfer.cpus: {results['cpus']} cores")
+    if args.out:
+        args.out.write_text(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()

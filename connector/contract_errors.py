@@ -1,0 +1,124 @@
+"""Errors of the contract machinery (negotiation, agreements, transfer, SPC, views).
+
+One base, `ContractError`, itself a `connector.errors.ConnectorError` (the
+room's one base), so the node can map the contract family in one place. Every
+class names the gRPC status it should become in `grpc_status` (a plain string:
+`connector` never imports grpc), and the message is safe to send to the peer.
+"""
+
+from __future__ import annotations
+
+from connector.errors import ConnectorError
+
+
+class ContractError(ConnectorError):
+    """Base of every error raised by the contract machinery."""
+
+    grpc_status = "FAILED_PRECONDITION"
+
+
+class IllegalTransitionError(ContractError):
+    """A message that the current state does not accept (names both)."""
+
+    def __init__(self, process: str, state: str, message: str) -> None:
+        super().__init__(f"{process} is {state}: {message} is not allowed in that state")
+        self.state = state
+        self.message = message
+
+
+class UnknownProcessError(ContractError, LookupError):
+    """A message for a negotiation or transfer other than the one it was applied to."""
+
+    grpc_status = "NOT_FOUND"
+
+
+class UnauthorizedSenderError(ContractError, PermissionError):
+    """The peer that sent a message is not the party allowed to send it."""
+
+    grpc_status = "PERMISSION_DENIED"
+
+
+class MessageReplayError(ContractError):
+    """A message id seen before, now with different content."""
+
+    grpc_status = "ALREADY_EXISTS"
+
+
+class OfferMismatchError(ContractError, ValueError):
+    """An offer or agreement that does not fit the negotiation (asset, parties, terms)."""
+
+    grpc_status = "INVALID_ARGUMENT"
+
+
+class AgreementError(ContractError, ValueError):
+    """Agreement or receipt bytes that are not a well-formed canonical document."""
+
+    grpc_status = "INVALID_ARGUMENT"
+
+
+class SignatureError(ContractError):
+    """A signature that does not verify."""
+
+    grpc_status = "UNAUTHENTICATED"
+
+
+class AgreementSignatureError(SignatureError):
+    """An agreement signature that is forged, replayed from another agreement, or tampered."""
+
+
+class ReceiptSignatureError(SignatureError):
+    """A deletion receipt signature that does not verify."""
+
+
+class TransferIntegrityError(ContractError):
+    """The running digest of a transfer differs between provider and consumer."""
+
+    grpc_status = "DATA_LOSS"
+
+
+class TransferCursorError(ContractError, ValueError):
+    """A resume or progress offset that would skip or duplicate rows."""
+
+    grpc_status = "OUT_OF_RANGE"
+
+
+class PseudonymError(ContractError, ValueError):
+    """A pseudonymisation key or input that cannot give unlinkable pseudonyms."""
+
+    grpc_status = "INTERNAL"
+
+
+class ContractDenied(ContractError, PermissionError):
+    """A request outside its agreement (order, field, purpose, time, termination, expiry)."""
+
+    grpc_status = "PERMISSION_DENIED"
+
+
+class ContractStoreError(ContractError):
+    """The contract store cannot find, decrypt or write what it was asked to."""
+
+    grpc_status = "INTERNAL"
+
+
+class UnknownContractError(ContractStoreError, LookupError):
+    """No negotiation, agreement or transfer with that id here."""
+
+    grpc_status = "NOT_FOUND"
+
+
+class KeyShreddedError(ContractStoreError):
+    """The data key of an agreement was destroyed: its rows are gone for good."""
+
+    grpc_status = "FAILED_PRECONDITION"
+
+
+class SpcError(ContractError, ValueError):
+    """An SPC specification or value that cannot be monitored."""
+
+    grpc_status = "INVALID_ARGUMENT"
+
+
+class ViewError(ContractError, ValueError):
+    """An asset declaration that contradicts itself or its offer."""
+
+    grpc_status = "INVALID_ARGUMENT"

@@ -1,0 +1,368 @@
+"""The Dataspace Protocol contract-negotiation state machine, as pure functions.
+
+Both parties run this same machine over the same messages: each applies the
+messages it sends and the ones it receives, so both sides agree on the state
+without a shared database. `role` in `Negotiation` only records which side
+this copy belongs to.
+
+States and transitions (sender in brackets)::
+
+    (start)    --ContractRequest [consumer]-->  REQUESTED
+    (start)    --ContractOffer   [provider]-->  OFFERED      provider-initiated
+    REQUESTED  --ContractOffer   [provider]-->  OFFERED      counter-offer
+    REQUESTED  --Agreement       [provider]-->  AGREED       request accepted as is
+    OFFERED    --ContractRequest [consumer]-->  REQUESTED    counter-request
+    OFFERED    --Accepted        [consumer]-->  ACCEPTED
+    ACCEPTED   --Agreement       [provider]-->  AGREED
+    AGREED     --Verification    [consumer]-->  VERIFIED     consumer countersigned
+    VERIFIED   --Finalized       [provider]-->  FINALIZED
+    any non-terminal --Termination [either]-->  TERMINATED
+
+FINALIZED and TERMINATED are final. A second Termination of a TERMINATED
+negotiation is accepted as a no-op (both sides may give up at once).
+
+Every message carries a message id. Applying a message whose id was already
+applied returns the negotiation unchanged (a retry after a lost reply); the
+same id with different content raises `MessageReplayError`. A message from the
+wrong party raises `UnauthorizedSenderError`, one the state does not accept
+`IllegalTransitionError` (naming state and message), an offer or agreement
+that does not fit the negotiation `OfferMismatchError`, and a bad signature
+`AgreementSignatureError`. Signatures are checked here, with the parties'
+verify keys passed in, so no caller can forget to.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, fields, replace
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+from nacl.signing import VerifyKey
+
+from connector.agreement import (
+    ContractAgreement,
+    SignedAgreement,
+    add_consumer_signature,
+    verify_provider_signature,
+)
+from connector.contract_errors import (
+    IllegalTransitionError,
+    MessageReplayError,
+    OfferMismatchError,
+    UnauthorizedSenderError,
+    UnknownProcessError,
+)
+from policies.canonical import canonical_json, to_jsonable
+from policies.codec import policy_to_dict
+from policies.model import Policy, PolicyType, to_agreement
+
+
+class NegotiationState(StrEnum):
+    REQUESTED = "REQUESTED"
+    OFFERED = "OFFERED"
+    ACCEPTED = "ACCEPTED"
+    AGREED = "AGREED"
+    VERIFIED = "VERIFIED"
+    FINALIZED = "FINALIZED"
+    TERMINATED = "TERMINATED"
+
+
+FINAL_STATES = frozenset({NegotiationState.FINALIZED, NegotiationState.TERMINATED})
+
+
+class Role(StrEnum):
+    PROVIDER = "provider"
+    CONSUMER = "consumer"
+
+
+@dataclass(frozen=True)
+class PartyKeys:
+    """The Ed25519 verify keys of both parties (from their certificates)."""
+
+    provider: VerifyKey
+    consumer: VerifyKey
+
+
+@dataclass(frozen=True)
+class ContractRequest:
+    """Consumer -> provider: the terms it asks for (opening, or a counter-request)."""
+
+    message_id: str
+    negotiation_id: str
+    sender_id: str
+    offer: Policy
+    at: datetime
+
+
+@dataclass(frozen=True)
+class ContractOffer:
+    """Provider -> consumer: terms it offers (a counter-offer, or provider-initiated)."""
+
+    message_id: str
+    negotiation_id: str
+    sender_id: str
+    offer: Policy
+    at: datetime
+
+
+@dataclass(frozen=True)
+class Accepted:
+    """Consumer -> provider: it accepts the offer on the table."""
+
+    message_id: str
+    negotiation_id: str
+    sender_id: str
+    at: datetime
+
+
+@dataclass(frozen=True)
+class Agreement:
+    """Provider -> consumer: the agreement, signed by the provider."""
+
+    message_id: str
+    negotiation_id: str
+    sender_id: str
+    signed: SignedAgreement
+    at: datetime
+
+
+@dataclass(frozen=True)
+class Verification:
+    """Consumer -> provider: the consumer's countersignature over the agreement."""
+
+    message_id: str
+    negotiation_id: str
+    sender_id: str
+    consumer_signature: bytes
+    at: datetime
+
+
+@dataclass(frozen=True)
+class Finalized:
+    """Provider -> consumer: both signatures are stored; the agreement is in force."""
+
+    message_id: str
+    negotiation_id: str
+    sender_id: str
+    at: datetime
+
+
+@dataclass(frozen=True)
+class Termination:
+    """Either party: the negotiation ends without (or before) an agreement."""
+
+    message_id: str
+    negotiation_id: str
+    sender_id: str
+    reason: str
+    at: datetime
+
+
+NegotiationMessage = (
+    ContractRequest | ContractOffer | Accepted | Agreement | Verification | Finalized | Termination
+)
+
+_S = NegotiationState
+_TRANSITIONS: dict[tuple[NegotiationState, type], NegotiationState] = {
+    (_S.REQUESTED, ContractOffer): _S.OFFERED,
+    (_S.REQUESTED, Agreement): _S.AGREED,
+    (_S.OFFERED, ContractRequest): _S.REQUESTED,
+    (_S.OFFERED, Accepted): _S.ACCEPTED,
+    (_S.ACCEPTED, Agreement): _S.AGREED,
+    (_S.AGREED, Verification): _S.VERIFIED,
+    (_S.VERIFIED, Finalized): _S.FINALIZED,
+}
+_CONSUMER_SENDS = (ContractRequest, Accepted, Verification)
+_PROVIDER_SENDS = (ContractOffer, Agreement, Finalized)
+
+
+@dataclass(frozen=True)
+class Negotiation:
+    """One side's copy of a negotiation; `offer` is the offer currently on the table."""
+
+    negotiation_id: str
+    role: Role
+    provider_id: str
+    consumer_id: str
+    asset_id: str
+    state: NegotiationState
+    offer: Policy
+    created_at: datetime
+    updated_at: datetime
+    agreement: SignedAgreement | None = None
+    reason: str | None = None
+    seen: tuple[tuple[str, str], ...] = ()  # (message id, content fingerprint)
+
+    @property
+    def is_final(self) -> bool:
+        return self.state in FINAL_STATES
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, Policy):
+        return policy_to_dict(value)
+    if isinstance(value, SignedAgreement):
+        return {
+            "agreement": value.canonical_bytes.hex(),
+            "provider": value.provider_signature.hex(),
+            "consumer": None
+            if value.consumer_signature is None
+            else value.consumer_signature.hex(),
+        }
+    return to_jsonable(value)
+
+
+def fingerprint(message: NegotiationMessage) -> str:
+    """sha256 of the message's canonical content: tells a retry from a forgery."""
+    content = {f.name: _plain(getattr(message, f.name)) for f in fields(message)}
+    content["type"] = type(message).__name__
+    return hashlib.sha256(canonical_json(content)).hexdigest()
+
+
+def _describe(message: NegotiationMessage) -> str:
+    return f"{type(message).__name__} message {message.message_id}"
+
+
+def _check_offer(offer: Policy, provider_id: str, consumer_id: str, asset_id: str) -> None:
+    if offer.type is not PolicyType.OFFER:
+        raise OfferMismatchError(f"offer {offer.uid} is an {offer.type}, not an Offer")
+    if offer.assigner != provider_id or offer.target != asset_id:
+        raise OfferMismatchError(
+            f"offer {offer.uid} is {offer.assigner}'s {offer.target}; "
+            f"the negotiation is about {provider_id}'s {asset_id}"
+        )
+    if offer.assignee is not None and offer.assignee != consumer_id:
+        raise OfferMismatchError(f"offer {offer.uid} is addressed to {offer.assignee}")
+
+
+def open_negotiation(message: ContractRequest | ContractOffer, role: Role) -> Negotiation:
+    """Start a negotiation from its first message (consumer request or provider offer)."""
+    offer = message.offer
+    if isinstance(message, ContractRequest):
+        provider_id, consumer_id, state = offer.assigner, message.sender_id, _S.REQUESTED
+    else:
+        if offer.assignee is None:
+            raise OfferMismatchError(f"offer {offer.uid} opens a negotiation but names no assignee")
+        if message.sender_id != offer.assigner:
+            raise UnauthorizedSenderError(
+                f"{_describe(message)} from {message.sender_id}: only {offer.assigner} may offer"
+            )
+        provider_id, consumer_id, state = offer.assigner, offer.assignee, _S.OFFERED
+    _check_offer(offer, provider_id, consumer_id, offer.target)
+    return Negotiation(
+        negotiation_id=message.negotiation_id,
+        role=role,
+        provider_id=provider_id,
+        consumer_id=consumer_id,
+        asset_id=offer.target,
+        state=state,
+        offer=offer,
+        created_at=message.at,
+        updated_at=message.at,
+        seen=((message.message_id, fingerprint(message)),),
+    )
+
+
+def _check_sender(negotiation: Negotiation, message: NegotiationMessage) -> None:
+    allowed: tuple[str, ...]
+    if isinstance(message, _CONSUMER_SENDS):
+        allowed = (negotiation.consumer_id,)
+    elif isinstance(message, _PROVIDER_SENDS):
+        allowed = (negotiation.provider_id,)
+    else:
+        allowed = (negotiation.consumer_id, negotiation.provider_id)
+    if message.sender_id not in allowed:
+        raise UnauthorizedSenderError(
+            f"negotiation {negotiation.negotiation_id}: {_describe(message)} from "
+            f"{message.sender_id}, but only {' or '.join(allowed)} may send it"
+        )
+
+
+def draft_agreement(
+    negotiation: Negotiation, agreement_id: str, agreed_at: datetime
+) -> ContractAgreement:
+    """The agreement the provider signs: the offer on the table, bound to the consumer."""
+    return ContractAgreement(
+        agreement_id=agreement_id,
+        negotiation_id=negotiation.negotiation_id,
+        provider_id=negotiation.provider_id,
+        consumer_id=negotiation.consumer_id,
+        asset_id=negotiation.asset_id,
+        policy=to_agreement(negotiation.offer, agreement_id, negotiation.consumer_id),
+        requested_at=negotiation.created_at,
+        agreed_at=agreed_at,
+    )
+
+
+def _check_agreement(negotiation: Negotiation, signed: SignedAgreement, keys: PartyKeys) -> None:
+    terms = signed.agreement
+    expected = draft_agreement(negotiation, terms.agreement_id, terms.agreed_at)
+    if terms != expected:
+        raise OfferMismatchError(
+            f"negotiation {negotiation.negotiation_id}: agreement {terms.agreement_id} "
+            "does not match the parties, asset, terms or request time of the negotiation"
+        )
+    verify_provider_signature(signed, keys.provider)
+
+
+def _next(negotiation: Negotiation, message: NegotiationMessage, keys: PartyKeys) -> dict[str, Any]:
+    """The fields that change when `message` moves the negotiation on."""
+    if isinstance(message, ContractRequest | ContractOffer):
+        n = negotiation
+        _check_offer(message.offer, n.provider_id, n.consumer_id, n.asset_id)
+        return {"offer": message.offer}
+    if isinstance(message, Agreement):
+        _check_agreement(negotiation, message.signed, keys)
+        return {"agreement": message.signed}
+    if isinstance(message, Verification):
+        assert negotiation.agreement is not None  # AGREED always holds one
+        signed = add_consumer_signature(
+            negotiation.agreement, message.consumer_signature, keys.consumer
+        )
+        return {"agreement": signed}
+    if isinstance(message, Termination):
+        return {"reason": message.reason}
+    return {}
+
+
+def apply(negotiation: Negotiation, message: NegotiationMessage, keys: PartyKeys) -> Negotiation:
+    """The negotiation after `message` (see the module docstring for the rules)."""
+    if message.negotiation_id != negotiation.negotiation_id:
+        raise UnknownProcessError(
+            f"{_describe(message)} is for negotiation {message.negotiation_id}, "
+            f"not {negotiation.negotiation_id}"
+        )
+    digest = fingerprint(message)
+    for seen_id, seen_digest in negotiation.seen:
+        if seen_id == message.message_id:
+            if seen_digest == digest:
+                return negotiation
+            raise MessageReplayError(
+                f"negotiation {negotiation.negotiation_id}: message id {seen_id} "
+                "was already used for a different message"
+            )
+    _check_sender(negotiation, message)
+    seen = (*negotiation.seen, (message.message_id, digest))
+    state = negotiation.state
+    if isinstance(message, Termination):
+        if state is _S.TERMINATED:
+            return replace(negotiation, seen=seen)
+        target = None if state is _S.FINALIZED else _S.TERMINATED
+    else:
+        target = _TRANSITIONS.get((state, type(message)))
+    if target is None:
+        raise IllegalTransitionError(
+            f"negotiation {negotiation.negotiation_id}", state.value, _describe(message)
+        )
+    changes = _next(negotiation, message, keys)
+    return replace(negotiation, state=target, updated_at=message.at, seen=seen, **changes)
+
+
+def awaiting(negotiation: Negotiation) -> Role | None:
+    """Whose move it is: who has to send the next message (None when final)."""
+    consumer_moves = {_S.OFFERED, _S.AGREED}
+    if negotiation.is_final:
+        return None
+    return Role.CONSUMER if negotiation.state in consumer_moves else Role.PROVIDER

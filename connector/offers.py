@@ -1,0 +1,233 @@
+"""What a provider publishes and how it answers a contract request, as pure functions.
+
+`standard_assets` is the catalog every trading node publishes over its own QDM:
+the inspection results of an order, the process data along an order's batch
+genealogy, the operator log of an order (operator ids pseudonymised) and the
+live inspection stream. Each comes with the standard offer (`make_offer`):
+use for quality purposes, no redistribution, delete within 180 days of the
+order closing with a signed receipt.
+
+A consumer asks for terms (a `ContractRequest` whose policy narrows the
+offer to its orders, purposes and fields); `answer_request` is the provider's
+decision: agree when the request is within the offer and covers only orders
+the consumer placed, counter-offer the narrowed terms when it asks for more,
+terminate when nothing of it can be granted. `acceptable_counter` is the
+consumer's mirror: accept a counter-offer only if it grants no more than asked.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from enum import StrEnum
+
+from connector.views import (
+    INSPECTION_FIELDS,
+    INSPECTION_TABLE,
+    MEASUREMENT_FIELDS,
+    MEASUREMENT_TABLE,
+    OPERATOR_LOG_FIELDS,
+    OPERATOR_LOG_TABLE,
+    Asset,
+    AssetKind,
+)
+from policies.model import (
+    DEFAULT_RETENTION_DAYS,
+    Action,
+    LeftOperand,
+    OfferTerms,
+    Operator,
+    Policy,
+    PolicyType,
+    make_offer,
+)
+
+QUALITY_PURPOSES = frozenset({"quality-assurance", "spc-monitoring", "failure-analysis"})
+# Internal bookkeeping a supplier does not share: which frame, and how fast the model was.
+INSPECTION_OFFERED = INSPECTION_FIELDS - {"frame_id", "latency_ms", "image_hash"}
+OPERATOR_LOG_OFFERED = OPERATOR_LOG_FIELDS - {"note"}
+CUSTOMER_ROLES = frozenset({"oem"})
+
+
+def standard_assets(provider_id: str) -> list[Asset]:
+    """The assets every trading node offers over its own QDM (ids are stable names)."""
+
+    def offer(asset_id: str, fields: frozenset[str]) -> Policy:
+        terms = OfferTerms(purposes=QUALITY_PURPOSES, fields=fields)
+        return make_offer(f"offer:{provider_id}:{asset_id}", provider_id, asset_id, terms)
+
+    return [
+        Asset(
+            "inspections",
+            "EL inspection results of an order",
+            AssetKind.INSPECTIONS_OF_ORDER,
+            (INSPECTION_TABLE.name,),
+            INSPECTION_FIELDS,
+            offer("inspections", INSPECTION_OFFERED),
+            pseudonymized=frozenset(),
+            audience=CUSTOMER_ROLES,
+        ),
+        Asset(
+            "process-genealogy",
+            "process data along the batch genealogy of an order",
+            AssetKind.PROCESS_ALONG_GENEALOGY,
+            (MEASUREMENT_TABLE.name,),
+            MEASUREMENT_FIELDS,
+            offer("process-genealogy", MEASUREMENT_FIELDS),
+            pseudonymized=frozenset(),
+            audience=CUSTOMER_ROLES,
+        ),
+        Asset(
+            "operator-log",
+            "operator actions of an order (operators pseudonymised)",
+            AssetKind.OPERATOR_LOG_OF_ORDER,
+            (OPERATOR_LOG_TABLE.name,),
+            OPERATOR_LOG_FIELDS,
+            offer("operator-log", OPERATOR_LOG_OFFERED),
+            audience=CUSTOMER_ROLES,
+        ),
+        Asset(
+            "live-inspections",
+            "live EL inspection stream of the lines",
+            AssetKind.LIVE_INSPECTION_STREAM,
+            (INSPECTION_TABLE.name,),
+            INSPECTION_FIELDS,
+            offer("live-inspections", INSPECTION_OFFERED),
+            pseudonymized=frozenset(),
+            audience=CUSTOMER_ROLES,
+        ),
+    ]
+
+
+class NonStandardPolicyError(ValueError):
+    """A policy that is not one permission of the standard offer's shape."""
+
+
+def offer_terms(policy: Policy) -> OfferTerms:
+    """Read the knobs back out of a policy of the standard shape (`make_offer`'s)."""
+    if len(policy.permissions) != 1 or policy.obligations:
+        raise NonStandardPolicyError(f"policy {policy.uid} is not a single-permission offer")
+    permission = policy.permissions[0]
+    if permission.action is not Action.USE:
+        raise NonStandardPolicyError(f"policy {policy.uid} grants {permission.action}, not use")
+    purposes: frozenset[str] = frozenset()
+    orders = fields = None
+    not_before = not_after = None
+    for c in permission.constraints:
+        right = c.right_operand
+        if c.left_operand is LeftOperand.PURPOSE and isinstance(right, frozenset):
+            purposes = right
+        elif c.left_operand is LeftOperand.ORDER and isinstance(right, frozenset):
+            orders = right
+        elif c.left_operand is LeftOperand.FIELDS and c.operator is Operator.IS_PART_OF:
+            fields = right if isinstance(right, frozenset) else None
+        elif c.left_operand is LeftOperand.DATETIME and isinstance(right, datetime):
+            if c.operator is Operator.GTEQ:
+                not_before = right
+            elif c.operator is Operator.LT:
+                not_after = right
+            else:
+                raise NonStandardPolicyError(f"policy {policy.uid}: dateTime {c.operator}")
+        else:
+            raise NonStandardPolicyError(f"policy {policy.uid}: constraint {c.left_operand}")
+    if not purposes or len(permission.duties) != 1:
+        raise NonStandardPolicyError(f"policy {policy.uid} needs purposes and one delete duty")
+    duty = permission.duties[0]
+    distribute = [p for p in policy.prohibitions if p.action is Action.DISTRIBUTE]
+    if len(policy.prohibitions) != len(distribute):
+        raise NonStandardPolicyError(f"policy {policy.uid} has non-standard prohibitions")
+    return OfferTerms(
+        purposes=purposes,
+        orders=orders,
+        fields=fields,
+        not_before=not_before,
+        not_after=not_after,
+        retention_days=duty.retention_days if duty.constraints else DEFAULT_RETENTION_DAYS,
+        receipt=duty.receipt,
+        allow_distribution=not distribute,
+    )
+
+
+class Verdict(StrEnum):
+    AGREE = "agree"
+    COUNTER = "counter"
+    TERMINATE = "terminate"
+
+
+@dataclass(frozen=True)
+class Answer:
+    verdict: Verdict
+    offer: Policy | None = None  # the counter-offer
+    reason: str = ""
+
+
+def _narrow(a: frozenset[str] | None, b: frozenset[str] | None) -> frozenset[str] | None:
+    if a is None:
+        return b
+    return a if b is None else a & b
+
+
+def _latest(a: datetime | None, b: datetime | None) -> datetime | None:
+    return b if a is None else a if b is None else max(a, b)
+
+
+def _earliest(a: datetime | None, b: datetime | None) -> datetime | None:
+    return b if a is None else a if b is None else min(a, b)
+
+
+def answer_request(
+    published: Policy, requested: Policy, customer_orders: frozenset[str], counter_uid: str
+) -> Answer:
+    """The provider's answer to a consumer asking for `requested` under `published`.
+
+    `customer_orders` are the orders the consumer placed with this provider: an
+    agreement never covers anybody else's order.
+    """
+    pub = offer_terms(published)
+    try:
+        req = offer_terms(requested)
+    except NonStandardPolicyError:
+        req = OfferTerms(purposes=pub.purposes)
+    purposes = req.purposes & pub.purposes
+    if not purposes:
+        wanted = ", ".join(sorted(req.purposes))
+        return Answer(Verdict.TERMINATE, reason=f"purpose {wanted} is not offered")
+    orders = _narrow(_narrow(req.orders, pub.orders), customer_orders)
+    assert orders is not None
+    if not orders:
+        asked = ", ".join(sorted(req.orders or ())) or "any order"
+        return Answer(
+            Verdict.TERMINATE, reason=f"no order in scope: {asked} is not an order you placed"
+        )
+    fields = _narrow(req.fields, pub.fields)
+    if fields is not None and not fields:
+        return Answer(Verdict.TERMINATE, reason="none of the requested fields is offered")
+    terms = OfferTerms(
+        purposes=purposes,
+        orders=orders,
+        fields=fields,
+        not_before=_latest(req.not_before, pub.not_before),
+        not_after=_earliest(req.not_after, pub.not_after),
+        retention_days=min(req.retention_days, pub.retention_days),
+        receipt=pub.receipt or req.receipt,
+        allow_distribution=pub.allow_distribution and req.allow_distribution,
+    )
+    if terms == req and requested.type is PolicyType.OFFER:
+        return Answer(Verdict.AGREE)
+    counter = make_offer(counter_uid, published.assigner, published.target, terms)
+    return Answer(Verdict.COUNTER, counter, "the request asked for more than is offered")
+
+
+def acceptable_counter(requested: Policy, counter: Policy) -> bool:
+    """Consumer side: a counter-offer is acceptable when it grants nothing beyond the request
+    and keeps its duties at least as strict (so the consumer never agrees to more)."""
+    try:
+        req, got = offer_terms(requested), offer_terms(counter)
+    except NonStandardPolicyError:
+        return False
+    within = got.purposes <= req.purposes
+    if req.orders is not None:
+        within = within and got.orders is not None and got.orders <= req.orders
+    if req.fields is not None:
+        within = within and got.fields is not None and got.fields <= req.fields
+    return within and bool(got.purposes) and (got.orders is None or bool(got.orders))

@@ -1,0 +1,300 @@
+"""SPC early warning on a stream of measurements received under an agreement.
+
+An OEM watching a supplier's live inspection stream wants to hear about a
+drifting process before parts fail. `SpcMonitor` is an individuals control
+chart: the centre line and sigma come from the spec or from a baseline window
+(sigma by the moving-range method, MR-bar / 1.128; a baseline without spread
+is extended until it has some), then each new value is judged by the run
+rules below, and a rolling Cpk is compared with a threshold.
+
+Rules (z = (x - centre) / sigma, "same side" means all above or all below):
+
+==========  ==========================================================
+WE1/N1      1 point beyond 3 sigma
+WE2/N5      2 of 3 consecutive points beyond 2 sigma, same side
+WE3/N6      4 of 5 consecutive points beyond 1 sigma, same side
+WE4         8 consecutive points on the same side of the centre line
+NELSON2     9 consecutive points on the same side of the centre line
+NELSON3     6 consecutive points steadily increasing or decreasing
+NELSON4     14 consecutive points alternating up and down
+NELSON7     15 consecutive points within 1 sigma (too little variation)
+NELSON8     8 consecutive points beyond 1 sigma, on both sides
+CPK         rolling Cpk over the last `cpk_window` values below threshold
+==========  ==========================================================
+
+After a rule fires it is re-armed only by new points: the next alert of the
+same rule uses none of the points of the previous one, so one excursion is
+one alert. The Cpk alert fires when Cpk falls below the threshold and again
+only after it has recovered.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections import deque
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from enum import StrEnum
+
+from connector.contract_errors import SpcError
+
+D2_MOVING_RANGE = 1.128  # d2 for subgroups of 2: sigma = mean moving range / d2
+
+
+class Rule(StrEnum):
+    WE1 = "WE1"
+    WE2 = "WE2"
+    WE3 = "WE3"
+    WE4 = "WE4"
+    NELSON1 = "NELSON1"
+    NELSON2 = "NELSON2"
+    NELSON3 = "NELSON3"
+    NELSON4 = "NELSON4"
+    NELSON5 = "NELSON5"
+    NELSON6 = "NELSON6"
+    NELSON7 = "NELSON7"
+    NELSON8 = "NELSON8"
+
+
+# The Western Electric rules plus the Nelson rules that are not the same test again.
+DEFAULT_RULES: tuple[Rule, ...] = (
+    Rule.WE1,
+    Rule.WE2,
+    Rule.WE3,
+    Rule.WE4,
+    Rule.NELSON3,
+    Rule.NELSON4,
+    Rule.NELSON7,
+    Rule.NELSON8,
+)
+CPK_RULE = "CPK"
+
+
+@dataclass(frozen=True)
+class SpcSpec:
+    """Spec limits, an optional known centre/sigma, and the window sizes."""
+
+    lsl: float | None = None
+    usl: float | None = None
+    centre: float | None = None
+    sigma: float | None = None
+    baseline_size: int = 25
+    cpk_window: int = 30
+    cpk_threshold: float = 1.33
+
+    def __post_init__(self) -> None:
+        if (self.centre is None) != (self.sigma is None):
+            raise SpcError("give both centre and sigma, or neither (then a baseline is used)")
+        if self.sigma is not None and not self.sigma > 0:
+            raise SpcError(f"sigma must be > 0, got {self.sigma}")
+        if self.lsl is not None and self.usl is not None and not self.lsl < self.usl:
+            raise SpcError(f"lsl {self.lsl} must be below usl {self.usl}")
+        if self.baseline_size < 2 or self.cpk_window < 2:
+            raise SpcError("baseline_size and cpk_window need at least 2 points")
+
+
+@dataclass(frozen=True)
+class SpcPoint:
+    index: int
+    value: float
+    at: datetime
+
+
+@dataclass(frozen=True)
+class SpcAlert:
+    rule: str  # a Rule value, or "CPK"
+    description: str
+    points: tuple[SpcPoint, ...]
+    at: datetime
+
+
+@dataclass(frozen=True)
+class _Judged:
+    point: SpcPoint
+    z: float
+
+
+_Check = Callable[[Sequence[_Judged]], tuple[Sequence[_Judged], str] | None]
+
+
+def _same_side(window: Sequence[_Judged], beyond: float, need: int, of: int) -> Sequence[_Judged]:
+    """The points of the last `of` beyond `beyond` sigma on the last point's side, if >= need."""
+    last = window[-1]
+    if abs(last.z) <= beyond:
+        return ()
+    sign = math.copysign(1.0, last.z)
+    hits = [j for j in window[-of:] if j.z * sign > beyond]
+    return hits if len(hits) >= need else ()
+
+
+def _k_of_n(beyond: float, need: int, of: int, text: str) -> _Check:
+    def check(window: Sequence[_Judged]) -> tuple[Sequence[_Judged], str] | None:
+        hits = _same_side(window, beyond, need, of)
+        return (hits, text) if hits else None
+
+    return check
+
+
+def _run(length: int, text: str, test: Callable[[Sequence[_Judged]], bool]) -> _Check:
+    def check(window: Sequence[_Judged]) -> tuple[Sequence[_Judged], str] | None:
+        run = window[-length:]
+        return (run, text) if len(run) == length and test(run) else None
+
+    return check
+
+
+def _one_side(run: Sequence[_Judged]) -> bool:
+    return all(j.z > 0 for j in run) or all(j.z < 0 for j in run)
+
+
+def _trend(run: Sequence[_Judged]) -> bool:
+    steps = [b.point.value - a.point.value for a, b in itertools.pairwise(run)]
+    return all(s > 0 for s in steps) or all(s < 0 for s in steps)
+
+
+def _alternating(run: Sequence[_Judged]) -> bool:
+    steps = [b.point.value - a.point.value for a, b in itertools.pairwise(run)]
+    return all(a * b < 0 for a, b in itertools.pairwise(steps))
+
+
+def _hugging(run: Sequence[_Judged]) -> bool:
+    return all(abs(j.z) < 1 for j in run)
+
+
+def _mixture(run: Sequence[_Judged]) -> bool:
+    return (
+        all(abs(j.z) > 1 for j in run) and any(j.z > 0 for j in run) and any(j.z < 0 for j in run)
+    )
+
+
+_BEYOND_3 = _k_of_n(3, 1, 1, "1 point beyond 3 sigma")
+_TWO_OF_THREE = _k_of_n(2, 2, 3, "2 of 3 consecutive points beyond 2 sigma on one side")
+_FOUR_OF_FIVE = _k_of_n(1, 4, 5, "4 of 5 consecutive points beyond 1 sigma on one side")
+_CHECKS: dict[Rule, _Check] = {
+    Rule.WE1: _BEYOND_3,
+    Rule.NELSON1: _BEYOND_3,
+    Rule.WE2: _TWO_OF_THREE,
+    Rule.NELSON5: _TWO_OF_THREE,
+    Rule.WE3: _FOUR_OF_FIVE,
+    Rule.NELSON6: _FOUR_OF_FIVE,
+    Rule.WE4: _run(8, "8 consecutive points on one side of the centre line", _one_side),
+    Rule.NELSON2: _run(9, "9 consecutive points on one side of the centre line", _one_side),
+    Rule.NELSON3: _run(6, "6 consecutive points steadily increasing or decreasing", _trend),
+    Rule.NELSON4: _run(14, "14 consecutive points alternating up and down", _alternating),
+    Rule.NELSON7: _run(15, "15 consecutive points within 1 sigma of the centre line", _hugging),
+    Rule.NELSON8: _run(8, "8 consecutive points beyond 1 sigma on both sides", _mixture),
+}
+_LONGEST_RUN = 15
+
+
+def moving_range_sigma(values: Sequence[float]) -> float:
+    """sigma estimated as the mean absolute difference of neighbours / d2."""
+    ranges = [abs(b - a) for a, b in itertools.pairwise(values)]
+    return sum(ranges) / len(ranges) / D2_MOVING_RANGE if ranges else 0.0
+
+
+def cpk(values: Sequence[float], lsl: float | None, usl: float | None) -> float:
+    """Process capability against the limits that are given (sample standard deviation)."""
+    mean = sum(values) / len(values)
+    var = sum((v - mean) ** 2 for v in values) / (len(values) - 1)
+    sides = [usl - mean] if usl is not None else []
+    if lsl is not None:
+        sides.append(mean - lsl)
+    if not sides:
+        raise SpcError("Cpk needs at least one spec limit")
+    if var <= 0:
+        return math.inf if min(sides) >= 0 else -math.inf
+    return min(sides) / (3 * math.sqrt(var))
+
+
+class SpcMonitor:
+    """Feed values one at a time with `add`; each call returns the alerts that value raised."""
+
+    def __init__(self, spec: SpcSpec, rules: Iterable[Rule] = DEFAULT_RULES) -> None:
+        self.spec = spec
+        self.rules = tuple(rules)
+        self.centre: float | None = spec.centre
+        self.sigma: float | None = spec.sigma
+        self._baseline: list[float] = []
+        self._judged: deque[_Judged] = deque(maxlen=_LONGEST_RUN)
+        self._last_fired: dict[Rule, int] = {}
+        self._cpk_points: deque[SpcPoint] = deque(maxlen=spec.cpk_window)
+        self._cpk_armed = True
+        self._count = 0
+
+    def add(self, value: float, at: datetime) -> list[SpcAlert]:
+        if not math.isfinite(value):
+            raise SpcError(f"value {value!r} at {at.isoformat()} is not a finite number")
+        point = SpcPoint(self._count, float(value), at)
+        self._count += 1
+        alerts = self._rule_alerts(point)
+        alerts.extend(self._cpk_alert(point))
+        return alerts
+
+    def _rule_alerts(self, point: SpcPoint) -> list[SpcAlert]:
+        if self.centre is None or self.sigma is None:
+            self._baseline.append(point.value)
+            if len(self._baseline) >= self.spec.baseline_size:
+                sigma = moving_range_sigma(self._baseline)
+                if sigma > 0:
+                    self.centre = sum(self._baseline) / len(self._baseline)
+                    self.sigma = sigma
+            return []
+        self._judged.append(_Judged(point, (point.value - self.centre) / self.sigma))
+        alerts = []
+        for rule in self.rules:
+            since = self._last_fired.get(rule, -1)
+            window = [j for j in self._judged if j.point.index > since]
+            found = _CHECKS[rule](window)
+            if found is not None:
+                hits, text = found
+                self._last_fired[rule] = point.index
+                points = tuple(j.point for j in hits)
+                alerts.append(SpcAlert(rule.value, f"{rule.value}: {text}", points, point.at))
+        return alerts
+
+    def _cpk_alert(self, point: SpcPoint) -> list[SpcAlert]:
+        spec = self.spec
+        if spec.lsl is None and spec.usl is None:
+            return []
+        self._cpk_points.append(point)
+        if len(self._cpk_points) < spec.cpk_window:
+            return []
+        value = cpk([p.value for p in self._cpk_points], spec.lsl, spec.usl)
+        if value >= spec.cpk_threshold:
+            self._cpk_armed = True
+            return []
+        if not self._cpk_armed:
+            return []
+        self._cpk_armed = False
+        text = (
+            f"{CPK_RULE}: rolling Cpk {value:.2f} over {spec.cpk_window} points "
+            f"is below {spec.cpk_threshold}"
+        )
+        return [SpcAlert(CPK_RULE, text, tuple(self._cpk_points), point.at)]
+
+
+@dataclass(frozen=True)
+class QualityAlert:
+    """An SPC alert with where it came from, as sent to the supplier concerned."""
+
+    alert_id: str
+    alert: SpcAlert
+    agreement_id: str = ""
+    order_id: str = ""
+    station: str = ""
+    characteristic: str = ""
+
+
+@dataclass(frozen=True)
+class Investigation:
+    """A quality investigation one member opens with another (e.g. a traced batch)."""
+
+    investigation_id: str
+    subject: str
+    description: str
+    batch_id: str = ""
+    order_id: str = ""
+    status: str = "open"

@@ -1,0 +1,360 @@
+"""The Dataspace Protocol transfer-process state machine, with a resumable, checked cursor.
+
+States and transitions (sender in brackets)::
+
+    (start)    --TransferRequest     [consumer]--> REQUESTED
+    REQUESTED  --TransferStart       [provider]--> STARTED     at the genesis checkpoint
+    STARTED    --TransferStart       [either]----> STARTED     restart after a broken stream
+    SUSPENDED  --TransferStart       [either]----> STARTED     resume
+    STARTED    --TransferSuspension  [either]----> SUSPENDED
+    SUSPENDED  --TransferSuspension  [either]----> SUSPENDED   no-op
+    STARTED    --TransferCompletion  [provider]--> COMPLETED   final checkpoints must match
+    COMPLETED  --TransferCompletion  [either]----> COMPLETED   acknowledgement, must match
+    REQUESTED | STARTED | SUSPENDED --TransferTermination [either]--> TERMINATED
+    TERMINATED --TransferTermination [either]----> TERMINATED  no-op
+
+The cursor is a `Checkpoint`: how many rows have passed (offset) and a chained
+sha256 over them, ``d[0] = sha256("qdspace.v1/transfer\\0" + transfer id)`` and
+``d[i+1] = sha256(d[i] + bytes of row i)``. The provider advances it for what it
+sends, the consumer for what it commits; each batch carries the provider's
+checkpoint so the consumer can check it (`verify_checkpoint`), and at
+COMPLETED both final checkpoints must be equal. A resume (TransferStart with a
+checkpoint) continues the chain where it stopped, so no row is lost or
+duplicated: the consumer only accepts a start at exactly its own checkpoint,
+the provider only at or before its own (rewinding to what the consumer has;
+to check a rewound digest the provider recomputes it from its rows).
+
+Messages are idempotent by message id, like in `connector.negotiation`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, fields, replace
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+from connector.contract_errors import (
+    IllegalTransitionError,
+    MessageReplayError,
+    TransferCursorError,
+    TransferIntegrityError,
+    UnauthorizedSenderError,
+    UnknownProcessError,
+)
+from connector.negotiation import Role
+from policies.canonical import canonical_json, to_jsonable
+
+_GENESIS_CONTEXT = b"qdspace.v1/transfer\x00"
+
+
+class TransferState(StrEnum):
+    REQUESTED = "REQUESTED"
+    STARTED = "STARTED"
+    SUSPENDED = "SUSPENDED"
+    COMPLETED = "COMPLETED"
+    TERMINATED = "TERMINATED"
+
+
+def row_bytes(row: Mapping[str, Any]) -> bytes:
+    """The bytes of a row that the chain covers: its canonical JSON."""
+    return canonical_json(row)
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """A cursor into a transfer: rows passed so far, the chained digest over them, and
+    `position`, the view cursor of the last row passed (opaque here; the provider's
+    view resumes strictly after it, see `connector.views`)."""
+
+    offset: int
+    digest: bytes
+    position: str = ""
+
+    def __post_init__(self) -> None:
+        if self.offset < 0 or len(self.digest) != 32:
+            raise TransferCursorError("a checkpoint has offset >= 0 and a 32-byte digest")
+
+    @classmethod
+    def genesis(cls, transfer_id: str) -> Checkpoint:
+        return cls(0, hashlib.sha256(_GENESIS_CONTEXT + transfer_id.encode()).digest())
+
+    def extend(self, rows: Iterable[bytes], position: str | None = None) -> Checkpoint:
+        """The checkpoint after `rows` (each already in its canonical bytes), whose last
+        row sits at view cursor `position` (None: unchanged, e.g. for no rows)."""
+        digest, offset = self.digest, self.offset
+        sha256 = hashlib.sha256
+        for item in rows:
+            digest = sha256(digest + item).digest()
+            offset += 1
+        return Checkpoint(offset, digest, self.position if position is None else position)
+
+    def extend_rows(
+        self, rows: Iterable[Mapping[str, Any]], position: str | None = None
+    ) -> Checkpoint:
+        return self.extend((row_bytes(row) for row in rows), position)
+
+
+@dataclass(frozen=True)
+class TransferRequest:
+    """Consumer -> provider: open a transfer under an agreement, for what and which part.
+
+    `purpose`, `order_id` and `fields` are the facts the provider's policy
+    decision needs (None fields: every granted field; None order: a stream).
+    """
+
+    message_id: str
+    transfer_id: str
+    sender_id: str
+    agreement_id: str
+    provider_id: str
+    at: datetime
+    purpose: str | None = None
+    order_id: str | None = None
+    fields: frozenset[str] | None = None
+
+
+@dataclass(frozen=True)
+class TransferStart:
+    message_id: str
+    transfer_id: str
+    sender_id: str
+    checkpoint: Checkpoint
+    at: datetime
+
+
+@dataclass(frozen=True)
+class TransferSuspension:
+    message_id: str
+    transfer_id: str
+    sender_id: str
+    reason: str
+    at: datetime
+
+
+@dataclass(frozen=True)
+class TransferCompletion:
+    message_id: str
+    transfer_id: str
+    sender_id: str
+    checkpoint: Checkpoint
+    at: datetime
+
+
+@dataclass(frozen=True)
+class TransferTermination:
+    message_id: str
+    transfer_id: str
+    sender_id: str
+    reason: str
+    at: datetime
+
+
+TransferMessage = (
+    TransferRequest | TransferStart | TransferSuspension | TransferCompletion | TransferTermination
+)
+
+
+@dataclass(frozen=True)
+class TransferProcess:
+    """One side's copy of a transfer under an agreement."""
+
+    transfer_id: str
+    agreement_id: str
+    role: Role
+    provider_id: str
+    consumer_id: str
+    state: TransferState
+    checkpoint: Checkpoint
+    created_at: datetime
+    updated_at: datetime
+    final: Checkpoint | None = None
+    reason: str | None = None
+    seen: tuple[tuple[str, str], ...] = ()
+    purpose: str | None = None
+    order_id: str | None = None
+    fields: frozenset[str] | None = None
+
+    @property
+    def offset(self) -> int:
+        return self.checkpoint.offset
+
+
+def fingerprint(message: TransferMessage) -> str:
+    content = {f.name: to_jsonable(_plain(getattr(message, f.name))) for f in fields(message)}
+    content["type"] = type(message).__name__
+    return hashlib.sha256(canonical_json(content)).hexdigest()
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, Checkpoint):
+        return {"offset": value.offset, "digest": value.digest.hex(), "position": value.position}
+    return value
+
+
+def _describe(message: TransferMessage) -> str:
+    return f"{type(message).__name__} message {message.message_id}"
+
+
+def open_transfer(request: TransferRequest, role: Role) -> TransferProcess:
+    """A transfer process in REQUESTED; the policy decision is the caller's, beforehand."""
+    return TransferProcess(
+        transfer_id=request.transfer_id,
+        agreement_id=request.agreement_id,
+        role=role,
+        provider_id=request.provider_id,
+        consumer_id=request.sender_id,
+        state=TransferState.REQUESTED,
+        checkpoint=Checkpoint.genesis(request.transfer_id),
+        created_at=request.at,
+        updated_at=request.at,
+        seen=((request.message_id, fingerprint(request)),),
+        purpose=request.purpose,
+        order_id=request.order_id,
+        fields=request.fields,
+    )
+
+
+def _compare(process: TransferProcess, claimed: Checkpoint, what: str) -> None:
+    own = process.checkpoint
+    if claimed.offset != own.offset:
+        raise TransferCursorError(
+            f"transfer {process.transfer_id}: {what} at offset {claimed.offset}, "
+            f"but the {process.role} is at offset {own.offset}"
+        )
+    if claimed.digest != own.digest:
+        raise TransferIntegrityError(
+            f"transfer {process.transfer_id}: {what} digest {claimed.digest.hex()} at offset "
+            f"{own.offset} differs from the {process.role}'s {own.digest.hex()}"
+        )
+    if claimed.position != own.position:
+        raise TransferCursorError(
+            f"transfer {process.transfer_id}: {what} at position {claimed.position!r}, "
+            f"but the {process.role} is at {own.position!r}"
+        )
+
+
+def verify_checkpoint(process: TransferProcess, claimed: Checkpoint) -> None:
+    """Check a batch's checkpoint from the provider against the consumer's own."""
+    _compare(process, claimed, "peer checkpoint")
+
+
+def _start(process: TransferProcess, message: TransferStart) -> TransferProcess:
+    claimed = message.checkpoint
+    if process.state is TransferState.REQUESTED and message.sender_id != process.provider_id:
+        raise UnauthorizedSenderError(
+            f"transfer {process.transfer_id}: only the provider {process.provider_id} starts it"
+        )
+    if process.role is Role.CONSUMER or claimed.offset >= process.offset:
+        _compare(process, claimed, "start")
+    return replace(process, state=TransferState.STARTED, checkpoint=claimed)
+
+
+def _complete(process: TransferProcess, message: TransferCompletion) -> TransferProcess:
+    if process.state is TransferState.COMPLETED:
+        assert process.final is not None
+        _compare(replace(process, checkpoint=process.final), message.checkpoint, "completion")
+        return process
+    if message.sender_id != process.provider_id:
+        raise UnauthorizedSenderError(
+            f"transfer {process.transfer_id}: only the provider {process.provider_id} completes it"
+        )
+    _compare(process, message.checkpoint, "completion")
+    return replace(process, state=TransferState.COMPLETED, final=message.checkpoint)
+
+
+_S = TransferState
+_ALLOWED: dict[type, frozenset[TransferState]] = {
+    TransferStart: frozenset({_S.REQUESTED, _S.STARTED, _S.SUSPENDED}),
+    TransferSuspension: frozenset({_S.STARTED, _S.SUSPENDED}),
+    TransferCompletion: frozenset({_S.STARTED, _S.COMPLETED}),
+    TransferTermination: frozenset({_S.REQUESTED, _S.STARTED, _S.SUSPENDED, _S.TERMINATED}),
+}
+
+
+def apply(process: TransferProcess, message: TransferMessage) -> TransferProcess:
+    """The transfer after `message` (see the module docstring for the rules)."""
+    if message.transfer_id != process.transfer_id:
+        raise UnknownProcessError(
+            f"{_describe(message)} is for transfer {message.transfer_id}, not {process.transfer_id}"
+        )
+    digest = fingerprint(message)
+    for seen_id, seen_digest in process.seen:
+        if seen_id == message.message_id:
+            if seen_digest == digest:
+                return process
+            raise MessageReplayError(
+                f"transfer {process.transfer_id}: message id {seen_id} was already used "
+                "for a different message"
+            )
+    if message.sender_id not in (process.provider_id, process.consumer_id):
+        raise UnauthorizedSenderError(
+            f"transfer {process.transfer_id}: {_describe(message)} from {message.sender_id}, "
+            "who is not a party to it"
+        )
+    if isinstance(message, TransferRequest) or process.state not in _ALLOWED[type(message)]:
+        raise IllegalTransitionError(
+            f"transfer {process.transfer_id}", process.state.value, _describe(message)
+        )
+    process = replace(process, seen=(*process.seen, (message.message_id, digest)))
+    if isinstance(message, TransferStart):
+        process = _start(process, message)
+    elif isinstance(message, TransferCompletion):
+        process = _complete(process, message)
+    elif isinstance(message, TransferSuspension):
+        process = replace(process, state=_S.SUSPENDED, reason=message.reason)
+    elif process.state is not _S.TERMINATED:
+        process = replace(process, state=_S.TERMINATED, reason=message.reason)
+    return replace(process, updated_at=message.at)
+
+
+def advance(
+    process: TransferProcess, rows: Iterable[bytes], position: str | None = None
+) -> TransferProcess:
+    """Move the cursor over rows sent (provider) or committed (consumer); STARTED only."""
+    if process.state is not TransferState.STARTED:
+        raise IllegalTransitionError(
+            f"transfer {process.transfer_id}", process.state.value, "moving the cursor"
+        )
+    return replace(process, checkpoint=process.checkpoint.extend(rows, position))
+
+
+@dataclass(frozen=True)
+class BatchRow:
+    """One row on the wire: its canonical JSON bytes and the order it belongs to."""
+
+    payload: bytes
+    order_id: str
+
+
+@dataclass(frozen=True)
+class RowBatch:
+    """Rows the provider sent in one go, with its checkpoint after them."""
+
+    transfer_id: str
+    rows: tuple[BatchRow, ...]
+    checkpoint: Checkpoint
+    last: bool = False
+
+    @property
+    def first_offset(self) -> int:
+        return self.checkpoint.offset - len(self.rows)
+
+
+def accept_batch(process: TransferProcess, batch: RowBatch) -> TransferProcess:
+    """Consumer side: the process after `batch`, once its checkpoint proved the rows
+    are exactly the ones the provider sent, in order, right after the consumer's own."""
+    if batch.transfer_id != process.transfer_id:
+        raise UnknownProcessError(
+            f"batch for transfer {batch.transfer_id} offered to {process.transfer_id}"
+        )
+    if batch.first_offset != process.offset:
+        raise TransferCursorError(
+            f"transfer {process.transfer_id}: batch starts at offset {batch.first_offset}, "
+            f"the consumer is at {process.offset}"
+        )
+    advanced = advance(process, (row.payload for row in batch.rows), batch.checkpoint.position)
+    verify_checkpoint(advanced, batch.checkpoint)
+    return advanced

@@ -1,0 +1,442 @@
+"""Assets: named views over the provider's QDM, and the gate rows pass to leave.
+
+An asset says what a consumer can get (its kind, the QDM tables it reads, the
+fields it exposes, which of them are pseudonymised) and on which terms (its
+offer). `read_asset` turns a kind plus an order id and a cursor into rows,
+sorted by a stable cursor (the table's insertion id, so rows added later come
+after and a resumed read neither skips nor repeats), fetched page by page in
+short transactions. `ReleaseGate` is the single gate those rows pass on their
+way out: policy enforcement (scope and fields) and then pseudonymisation, in
+that order, so a field the agreement does not grant is never even pseudonymised.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+from sqlalchemy import Engine, Table, or_, select, union
+
+from connector.contract_errors import ViewError
+from connector.pseudonym import Pseudonymizer
+from connector.qdm import Batch, GenealogyEdge, Inspection, OperatorLog, ProcessMeasurement, Product
+from connector.transfer import BatchRow, RowBatch, TransferProcess, advance, row_bytes
+from policies.evaluate import Decision, Request, RowGate
+from policies.model import FIELD_ALLOW_OPERATORS, LeftOperand, Policy, PolicyType
+
+DEFAULT_PSEUDONYMIZED = frozenset({"operator_id"})
+
+
+class AssetKind(StrEnum):
+    INSPECTIONS_OF_ORDER = "inspections_of_order"
+    PROCESS_ALONG_GENEALOGY = "process_along_genealogy"
+    LIVE_INSPECTION_STREAM = "live_inspection_stream"
+    OPERATOR_LOG_OF_ORDER = "operator_log_of_order"
+
+
+@dataclass(frozen=True)
+class Asset:
+    """A view a provider publishes in its catalog, with the offer it is available under.
+
+    `audience` lists the member roles that may see it in the catalog (empty:
+    every member). `order_key` is the field that carries a row's order id.
+    """
+
+    asset_id: str
+    title: str
+    kind: AssetKind
+    tables: tuple[str, ...]
+    fields: frozenset[str]
+    offer: Policy
+    pseudonymized: frozenset[str] = DEFAULT_PSEUDONYMIZED
+    order_key: str = "order_id"
+    audience: frozenset[str] = frozenset()
+    description: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.asset_id or not self.tables or not self.fields:
+            raise ViewError(f"asset {self.asset_id!r} needs an id, tables and fields")
+        if self.offer.type is not PolicyType.OFFER or self.offer.target != self.asset_id:
+            raise ViewError(
+                f"asset {self.asset_id}: its offer {self.offer.uid} must be an Offer "
+                f"targeting it (targets {self.offer.target})"
+            )
+        unknown = self.pseudonymized - self.fields
+        if unknown:
+            raise ViewError(
+                f"asset {self.asset_id}: pseudonymises unknown fields {sorted(unknown)}"
+            )
+        for permission in self.offer.permissions:
+            for constraint in permission.constraints:
+                right = constraint.right_operand
+                if (
+                    constraint.left_operand is LeftOperand.FIELDS
+                    and constraint.operator in FIELD_ALLOW_OPERATORS
+                    and isinstance(right, frozenset)
+                    and right - self.fields
+                ):
+                    raise ViewError(
+                        f"asset {self.asset_id}: its offer grants fields it does not expose: "
+                        f"{sorted(right - self.fields)}"
+                    )
+
+    def visible_to(self, role: str) -> bool:
+        """Whether a member with this role sees the asset in the catalog."""
+        return not self.audience or role in self.audience
+
+    @property
+    def is_stream(self) -> bool:
+        return self.kind is AssetKind.LIVE_INSPECTION_STREAM
+
+
+@dataclass(frozen=True)
+class CatalogEntry:
+    """What a member sees of an asset in a provider's catalog (no table names)."""
+
+    provider_id: str
+    asset_id: str
+    title: str
+    kind: AssetKind
+    fields: frozenset[str]
+    pseudonymized: frozenset[str]
+    offer: Policy
+    description: str = ""
+
+
+def catalog_entry(asset: Asset, provider_id: str) -> CatalogEntry:
+    return CatalogEntry(
+        provider_id=provider_id,
+        asset_id=asset.asset_id,
+        title=asset.title,
+        kind=asset.kind,
+        fields=asset.fields,
+        pseudonymized=asset.pseudonymized,
+        offer=asset.offer,
+        description=asset.description,
+    )
+
+
+def catalog(assets: Iterable[Asset], provider_id: str, role: str) -> list[CatalogEntry]:
+    """The entries a member with `role` may see, sorted by asset id."""
+    visible = (a for a in assets if a.visible_to(role))
+    return [catalog_entry(a, provider_id) for a in sorted(visible, key=lambda a: a.asset_id)]
+
+
+class ReleaseGate:
+    """`gate(row)`: the row as it may leave under `agreement` (scoped, projected,
+    pseudonymised), or None. `gate.decision` says whether anything may leave, and why not.
+
+    `request.asset_fields` must be the asset's fields: a request built for
+    another view could otherwise widen the grant.
+    """
+
+    def __init__(
+        self,
+        asset: Asset,
+        agreement: Policy,
+        request: Request,
+        pseudonymizer: Pseudonymizer,
+        *,
+        closed_orders: Mapping[str, datetime] | None = None,
+    ) -> None:
+        if agreement.target != asset.asset_id:
+            raise ViewError(
+                f"agreement {agreement.uid} is for {agreement.target}, not {asset.asset_id}"
+            )
+        if request.asset_fields != asset.fields:
+            raise ViewError(f"request for {asset.asset_id} names another asset's fields")
+        if pseudonymizer.agreement_id != agreement.uid:
+            raise ViewError(
+                f"pseudonyms for agreement {pseudonymizer.agreement_id} used for {agreement.uid}"
+            )
+        self.asset = asset
+        self._gate = RowGate(
+            agreement, request, order_key=asset.order_key, closed_orders=closed_orders
+        )
+        self._pseudonymizer = pseudonymizer
+        self._pseudonymized = tuple(sorted(asset.pseudonymized))
+
+    @property
+    def decision(self) -> Decision:
+        return self._gate.decision
+
+    @property
+    def query_fields(self) -> frozenset[str]:
+        """What to read from the database: the granted fields plus the order key."""
+        return self.decision.allowed_fields | {self.asset.order_key}
+
+    def __call__(self, row: Mapping[str, Any]) -> dict[str, Any] | None:
+        out = self._gate(row)
+        if out is None:
+            return None
+        return self._pseudonymizer.apply(out, self._pseudonymized)
+
+
+def release(
+    asset: Asset,
+    agreement: Policy,
+    request: Request,
+    rows: Iterable[Mapping[str, Any]],
+    pseudonymizer: Pseudonymizer,
+    *,
+    closed_orders: Mapping[str, datetime] | None = None,
+) -> Iterator[dict[str, Any]]:
+    """The rows that may leave under `agreement`: in scope, granted fields only, pseudonymised."""
+    gate = ReleaseGate(asset, agreement, request, pseudonymizer, closed_orders=closed_orders)
+    if not gate.decision.allowed:
+        return
+    for row in rows:
+        out = gate(row)
+        if out is not None:
+            yield out
+
+
+# ------------------------------------------------------------- QDM queries
+
+DEFAULT_PAGE_SIZE = 1000
+
+
+def _table(model: type[Any]) -> Table:
+    table = model.__table__
+    assert isinstance(table, Table)
+    return table
+
+
+INSPECTION_TABLE = _table(Inspection)
+OPERATOR_LOG_TABLE = _table(OperatorLog)
+MEASUREMENT_TABLE = _table(ProcessMeasurement)
+_BATCH = _table(Batch)
+_PRODUCT = _table(Product)
+_EDGE = _table(GenealogyEdge)
+
+
+def table_fields(table: Table) -> frozenset[str]:
+    """The fields a view over `table` can expose (every column but the surrogate id)."""
+    return frozenset(c.name for c in table.columns if c.name != "id")
+
+
+INSPECTION_FIELDS = table_fields(INSPECTION_TABLE)
+OPERATOR_LOG_FIELDS = table_fields(OPERATOR_LOG_TABLE)
+MEASUREMENT_FIELDS = table_fields(MEASUREMENT_TABLE)
+
+Positioned = tuple[int, dict[str, Any]]
+
+
+def _columns(table: Table, fields: Iterable[str]) -> list[Any]:
+    wanted = set(fields)
+    unknown = wanted - table_fields(table)
+    if unknown:
+        raise ViewError(f"{table.name} has no fields {sorted(unknown)}")
+    return [table.c[name] for name in sorted(wanted)]
+
+
+def _pages(
+    engine: Engine,
+    table: Table,
+    fields: Iterable[str],
+    where: Any,
+    after: int,
+    limit: int | None,
+    page_size: int,
+) -> Iterator[Positioned]:
+    """Rows with id > after, in id order, one short transaction per page."""
+    if after < 0:
+        raise ViewError(f"cursor {after} is negative")
+    columns = _columns(table, fields)
+    names = [c.name for c in columns]
+    cursor, left = after, limit
+    while left is None or left > 0:
+        size = page_size if left is None else min(page_size, left)
+        statement = select(table.c.id, *columns).where(table.c.id > cursor)
+        if where is not None:
+            statement = statement.where(where)
+        with engine.connect() as connection:
+            page = connection.execute(statement.order_by(table.c.id).limit(size)).all()
+        for record in page:
+            cursor = record[0]
+            yield cursor, dict(zip(names, record[1:], strict=True))
+        if left is not None:
+            left -= len(page)
+        if len(page) < size:
+            return
+
+
+def inspections(
+    engine: Engine,
+    order_id: str | None,
+    fields: Iterable[str],
+    *,
+    after: int = 0,
+    limit: int | None = None,
+    page_size: int = DEFAULT_PAGE_SIZE,
+) -> Iterator[Positioned]:
+    """Inspection rows of one order (None: of every order, the live stream), by cursor."""
+    where = None if order_id is None else INSPECTION_TABLE.c.order_id == order_id
+    return _pages(engine, INSPECTION_TABLE, fields, where, after, limit, page_size)
+
+
+def operator_logs(
+    engine: Engine,
+    order_id: str | None,
+    fields: Iterable[str],
+    *,
+    after: int = 0,
+    limit: int | None = None,
+    page_size: int = DEFAULT_PAGE_SIZE,
+) -> Iterator[Positioned]:
+    """Operator log rows of one order (None: every order), by cursor."""
+    where = None if order_id is None else OPERATOR_LOG_TABLE.c.order_id == order_id
+    return _pages(engine, OPERATOR_LOG_TABLE, fields, where, after, limit, page_size)
+
+
+def order_batches(engine: Engine, order_id: str) -> frozenset[str]:
+    """The order's batches (from batches, products and inspections) and, through the
+    local genealogy, every batch they were made from."""
+    direct = union(
+        select(_BATCH.c.batch_id).where(_BATCH.c.order_id == order_id),
+        select(_PRODUCT.c.batch_id).where(_PRODUCT.c.order_id == order_id),
+        select(INSPECTION_TABLE.c.batch_id).where(INSPECTION_TABLE.c.order_id == order_id),
+    )
+    with engine.connect() as connection:
+        found = {b for (b,) in connection.execute(direct) if b is not None}
+        frontier = set(found)
+        while frontier:
+            parents = connection.execute(
+                select(_EDGE.c.parent_batch_id).where(_EDGE.c.child_batch_id.in_(frontier))
+            )
+            frontier = {p for (p,) in parents} - found
+            found |= frontier
+    return frozenset(found)
+
+
+def process_along_genealogy(
+    engine: Engine,
+    order_id: str,
+    fields: Iterable[str],
+    *,
+    after: int = 0,
+    limit: int | None = None,
+    page_size: int = DEFAULT_PAGE_SIZE,
+) -> Iterator[Positioned]:
+    """Process measurements of the order or of any batch in its genealogy, by cursor.
+
+    Each row is attributed to `order_id` (its ``order_id`` field is set to it),
+    because that is the order scope under which it is shared and deleted.
+    """
+    batches = order_batches(engine, order_id)
+    table = MEASUREMENT_TABLE
+    where = or_(table.c.order_id == order_id, table.c.batch_id.in_(batches))
+    for cursor, row in _pages(engine, table, fields, where, after, limit, page_size):
+        row["order_id"] = order_id
+        yield cursor, row
+
+
+def read_asset(
+    engine: Engine,
+    asset: Asset,
+    order_id: str | None,
+    fields: Iterable[str],
+    *,
+    after: int = 0,
+    limit: int | None = None,
+    page_size: int = DEFAULT_PAGE_SIZE,
+) -> Iterator[Positioned]:
+    """The rows of `asset` (of one order, or all for a stream) after cursor `after`."""
+    options: dict[str, Any] = {"after": after, "limit": limit, "page_size": page_size}
+    if asset.kind is AssetKind.PROCESS_ALONG_GENEALOGY:
+        if order_id is None:
+            raise ViewError(f"asset {asset.asset_id} is read for one order at a time")
+        return process_along_genealogy(engine, order_id, fields, **options)
+    table = asset.tables[0]
+    if table == OPERATOR_LOG_TABLE.name:
+        return operator_logs(engine, order_id, fields, **options)
+    if table == INSPECTION_TABLE.name:
+        return inspections(engine, order_id, fields, **options)
+    raise ViewError(f"asset {asset.asset_id}: no view over table {table}")
+
+
+def parse_position(position: str) -> int:
+    """The view cursor of a transfer checkpoint's position ("" is the start)."""
+    if not position:
+        return 0
+    if not position.isdigit():
+        raise ViewError(f"position {position!r} is not a view cursor")
+    return int(position)
+
+
+# ------------------------------------------------------ provider streaming
+
+DEFAULT_BATCH_ROWS = 500
+
+
+def stream_batches(
+    process: TransferProcess,
+    rows: Iterable[Positioned],
+    gate: ReleaseGate,
+    *,
+    batch_rows: int = DEFAULT_BATCH_ROWS,
+) -> Iterator[tuple[RowBatch, TransferProcess]]:
+    """Provider side: the rows that may leave, in batches with the advanced process.
+
+    `rows` come from `read_asset` after the process's position; each batch's
+    checkpoint position is the cursor of the last row *read* (released or not),
+    so a resumed transfer does not read dropped rows again. The last batch has
+    ``last=True`` (it may be empty). Save the process a batch comes with once
+    the batch is handed to the transport.
+    """
+    if batch_rows < 1:
+        raise ViewError("batch_rows must be >= 1")
+    if not gate.decision.allowed:
+        raise ViewError(f"transfer {process.transfer_id}: {gate.decision.reason}")
+    order_key = gate.asset.order_key
+    pending: list[BatchRow] = []
+    position = process.checkpoint.position
+    for cursor, row in rows:
+        position = str(cursor)
+        released = gate(row)
+        if released is None:
+            continue
+        order = row.get(order_key)
+        pending.append(BatchRow(row_bytes(released), order if isinstance(order, str) else ""))
+        if len(pending) >= batch_rows:
+            process = advance(process, (r.payload for r in pending), position)
+            yield RowBatch(process.transfer_id, tuple(pending), process.checkpoint), process
+            pending = []
+    process = advance(process, (r.payload for r in pending), position)
+    yield RowBatch(process.transfer_id, tuple(pending), process.checkpoint, last=True), process
+
+
+# ------------------------------------------------------- live subscription
+
+
+@dataclass(frozen=True)
+class StreamRequest:
+    """Consumer -> provider: subscribe to a live asset under an agreement."""
+
+    subscription_id: str
+    agreement_id: str
+    purpose: str
+    fields: frozenset[str] | None = None  # None: every granted field
+    after_position: str = ""
+    from_start: bool = False
+
+
+@dataclass(frozen=True)
+class StreamEvent:
+    """Provider -> consumer: new rows of a live stream (none: a heartbeat)."""
+
+    subscription_id: str
+    rows: tuple[BatchRow, ...]
+    positions: tuple[str, ...]
+    sent_at: datetime
+
+    def __post_init__(self) -> None:
+        if len(self.rows) != len(self.positions):
+            raise ViewError("a stream event has one position per row")
+
+    @property
+    def heartbeat(self) -> bool:
+        return not self.rows

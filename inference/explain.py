@@ -1,0 +1,219 @@
+"""Explanations: where the model looked when it misjudged labelled validation cells.
+
+Misjudged cells are grouped by error (FP: an intact cell failed, FN: a defective cell
+passed), cell type and the experts' defect probability; the five largest groups get
+occlusion heatmaps of their most confident mistakes. Occlusion needs only the ONNX
+model (no PyTorch): grey out one patch at a time and record how much the defect score
+drops. The overlay is red-yellow where a region pushes the score towards 'defective'.
+Everything is written under one folder with an ``index.json`` the node's API serves.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import tempfile
+from collections import defaultdict
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+from PIL import Image
+
+from inference.dataset import ElImages
+from inference.frames import Frame
+from inference.model import DEFAULT_THRESHOLD, OnnxClassifier
+
+INDEX_FILE = "index.json"
+INDEX_FORMAT = "qdspace.explanations/1"
+TOP_GROUPS = 5
+PER_GROUP = 3
+
+
+@dataclass(frozen=True)
+class Misjudgment:
+    """One labelled cell the model got wrong."""
+
+    frame_id: str
+    kind: str  # "FP" or "FN"
+    cell_type: str
+    probability: float  # the experts' defect probability of the cell
+    score: float  # the model's defect score
+    position: int
+
+
+@dataclass(frozen=True)
+class Example:
+    """A heatmap of one misjudged cell."""
+
+    frame_id: str
+    score: float
+    probability: float
+    png: str
+
+
+@dataclass(frozen=True)
+class MisjudgmentGroup:
+    """Misjudgments of one kind, cell type and expert probability."""
+
+    group_id: str
+    kind: str
+    cell_type: str
+    probability: float
+    count: int
+    examples: tuple[Example, ...]
+
+
+def find_misjudgments(
+    model: OnnxClassifier, data: ElImages, threshold: float = DEFAULT_THRESHOLD
+) -> list[Misjudgment]:
+    """Judge every labelled cell and keep the wrong verdicts."""
+    labels = data.labels(2)
+    out: list[Misjudgment] = []
+    for start in range(0, len(data), 128):
+        chunk = list(data.images[start : start + 128])
+        for offset, judged in enumerate(model.judge(chunk, threshold)):
+            position = start + offset
+            predicted = 1 if judged.verdict == "fail" else 0
+            if predicted == labels[position]:
+                continue
+            out.append(
+                Misjudgment(
+                    frame_id=data.frame_ids[position],
+                    kind="FP" if predicted else "FN",
+                    cell_type=data.cell_types[position],
+                    probability=round(float(data.probabilities[position]), 4),
+                    score=judged.score,
+                    position=position,
+                )
+            )
+    return out
+
+
+def group_misjudgments(
+    misjudged: list[Misjudgment], top: int = TOP_GROUPS
+) -> list[tuple[str, list[Misjudgment]]]:
+    """The ``top`` largest groups, each with its members most confident mistake first."""
+    groups: dict[str, list[Misjudgment]] = defaultdict(list)
+    for m in misjudged:
+        groups[f"{m.kind}-{m.cell_type}-p{m.probability:.2f}"].append(m)
+    ranked = sorted(groups.items(), key=lambda item: (-len(item[1]), item[0]))[:top]
+    return [
+        (gid, sorted(members, key=lambda m: -abs(m.score - DEFAULT_THRESHOLD)))
+        for gid, members in ranked
+    ]
+
+
+def occlusion_map(
+    model: OnnxClassifier, frame: Frame, patch: int | None = None, stride: int | None = None
+) -> NDArray[np.float32]:
+    """Defect-score drop when each region is greyed out, at the model's input size."""
+    x = model.prepare([frame])
+    size = model.info.input_size
+    patch = patch or max(size // 8, 2)
+    stride = stride or max(patch // 2, 1)
+    starts = list(range(0, size - patch + 1, stride))
+    fill = float(x.mean())
+    variants = np.repeat(x, len(starts) ** 2, axis=0)
+    boxes = [(r, c) for r in starts for c in starts]
+    for index, (r, c) in enumerate(boxes):
+        variants[index, 0, r : r + patch, c : c + patch] = fill
+    defective = list(model.info.defective_classes)
+    base = float(model.probabilities(x)[0, defective].sum())
+    scores = np.concatenate(
+        [
+            model.probabilities(variants[i : i + 64])[:, defective].sum(axis=1)
+            for i in range(0, len(variants), 64)
+        ]
+    )
+    heat = np.zeros((size, size), dtype=np.float32)
+    cover = np.zeros((size, size), dtype=np.float32)
+    for (r, c), score in zip(boxes, scores, strict=True):
+        heat[r : r + patch, c : c + patch] += base - float(score)
+        cover[r : r + patch, c : c + patch] += 1.0
+    result: NDArray[np.float32] = (heat / np.maximum(cover, 1.0)).astype(np.float32)
+    return result
+
+
+def overlay_png(frame: Frame, heat: NDArray[np.float32]) -> bytes:
+    """The cell in grey with the positive part of ``heat`` in red-yellow, as PNG bytes."""
+    height, width = frame.shape
+    peak = float(heat.max())
+    norm = np.clip(heat / peak, 0.0, 1.0) if peak > 0 else np.zeros_like(heat)
+    big = Image.fromarray((norm * 255).astype(np.uint8)).resize((width, height))
+    h = np.asarray(big, dtype=np.float32) / 255.0
+    gray = frame.astype(np.float32)[..., None].repeat(3, axis=2)
+    colour = np.stack([np.full_like(h, 255.0), 255.0 * h, np.zeros_like(h)], axis=2)
+    alpha = (0.6 * h)[..., None]
+    rgb = (gray * (1 - alpha) + colour * alpha).clip(0, 255).astype(np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(rgb, mode="RGB").save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def explain(
+    model: OnnxClassifier,
+    data: ElImages,
+    out_dir: Path,
+    top: int = TOP_GROUPS,
+    per_group: int = PER_GROUP,
+    split: str = "val",
+) -> list[MisjudgmentGroup]:
+    """Write heatmaps of the top misjudgment groups and their ``index.json``."""
+    misjudged = find_misjudgments(model, data)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    groups: list[MisjudgmentGroup] = []
+    for group_id, members in group_misjudgments(misjudged, top):
+        examples = []
+        for m in members[:per_group]:
+            frame = data.images[m.position]
+            name = f"{group_id}-{m.frame_id}.png"
+            _atomic_write(out_dir / name, overlay_png(frame, occlusion_map(model, frame)))
+            examples.append(Example(m.frame_id, round(m.score, 4), m.probability, name))
+        first = members[0]
+        groups.append(
+            MisjudgmentGroup(
+                group_id,
+                first.kind,
+                first.cell_type,
+                first.probability,
+                len(members),
+                tuple(examples),
+            )
+        )
+    index = {
+        "format": INDEX_FORMAT,
+        "model_version": model.version,
+        "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "split": split,
+        "cells": len(data),
+        "misjudged": len(misjudged),
+        "method": "occlusion",
+        "groups": [asdict(g) for g in groups],
+    }
+    _atomic_write(out_dir / INDEX_FILE, (json.dumps(index, indent=1) + "\n").encode())
+    return groups
+
+
+def read_index(out_dir: Path) -> dict[str, Any] | None:
+    """The ``index.json`` of an explanation folder, or ``None`` when there is none."""
+    path = out_dir / INDEX_FILE
+    if not path.exists():
+        return None
+    raw: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
+    return raw
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

@@ -1,0 +1,304 @@
+"""Station runners: frames at a set rate to a judge, verdicts to the node, never waiting.
+
+Each station is a coroutine on one event loop (in its own thread) that takes a frame
+every ``1/fps`` seconds. A frame is checked and hashed at the station, sent to the
+judge (the Ray Serve tier, or an in-process onnxruntime session) without waiting for
+the answer, and its verdict is offered to the ``VerdictWriter``. Nothing the line does
+waits on the judge or the node: more than ``max_in_flight`` unanswered frames means
+the next frame is skipped, a full verdict queue drops the verdict; both are counted
+and alarmed. Bad frames and judge failures are counted, logged with the frame id, and
+the station goes on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Protocol
+
+from inference import alarms as kinds
+from inference.alarms import AlarmLog
+from inference.errors import FrameError, InferenceError
+from inference.frames import check_frame, image_sha256
+from inference.model import DEFAULT_THRESHOLD, OnnxClassifier
+from inference.sources import FrameSource, SourceFrame
+from inference.stats import LineSnapshot, LineStats
+from inference.verdicts import (
+    UNTYPED_DEFECT_CODE,
+    FrameRequest,
+    ServedVerdict,
+    inspection_row,
+    judge_requests,
+)
+from inference.writer import (
+    DEFAULT_BATCH_SIZE,
+    DEFAULT_CAPACITY,
+    DEFAULT_FLUSH_INTERVAL_S,
+    VerdictSink,
+    VerdictWriter,
+)
+
+logger = logging.getLogger("inference")
+
+DEFAULT_MAX_IN_FLIGHT = 8
+DRAIN_TIMEOUT_S = 10.0
+
+
+class Judge(Protocol):
+    """Judges one frame; the Serve tier batches concurrent calls."""
+
+    async def __call__(self, request: FrameRequest, /) -> ServedVerdict: ...
+
+
+class AuditHook(Protocol):
+    """Receives verdicts of frames whose true label is known (audit samples)."""
+
+    def observe(self, station: str, label: int, verdict: ServedVerdict, /) -> None: ...
+
+
+class LocalJudge:
+    """An in-process onnxruntime judge (no Ray): the baseline, and a node without Ray."""
+
+    def __init__(self, model: OnnxClassifier, threshold: float = DEFAULT_THRESHOLD) -> None:
+        self._model = model
+        self._threshold = threshold
+
+    async def __call__(self, request: FrameRequest) -> ServedVerdict:
+        model = self._model
+        answers = await asyncio.to_thread(judge_requests, model, [request], self._threshold)
+        return answers[0]
+
+    def swap(self, model: OnnxClassifier) -> None:
+        """Judge the next frames with ``model``; frames in progress finish on the old one."""
+        self._model = model
+
+
+@dataclass(frozen=True)
+class StationSpec:
+    """A station: its name, where its frames come from and how fast."""
+
+    name: str
+    source: FrameSource
+    fps: float
+    order_id: str | None = None
+    batch_id: str | None = None
+
+
+@dataclass(frozen=True)
+class LineConfig:
+    """How the line runs; ``run_id`` makes inspection ids unique across runs."""
+
+    run_id: str
+    max_in_flight: int = DEFAULT_MAX_IN_FLIGHT
+    queue_capacity: int = DEFAULT_CAPACITY
+    write_batch_size: int = DEFAULT_BATCH_SIZE
+    flush_interval_s: float = DEFAULT_FLUSH_INTERVAL_S
+    defect_code: str = UNTYPED_DEFECT_CODE
+
+
+class InspectionLine:
+    """Runs stations on one event loop thread and a writer thread until stopped."""
+
+    def __init__(
+        self,
+        judge: Judge,
+        sink: VerdictSink,
+        stations: Sequence[StationSpec],
+        config: LineConfig,
+        alarms: AlarmLog | None = None,
+        audit: AuditHook | None = None,
+    ) -> None:
+        if not stations:
+            raise InferenceError("a line needs at least one station")
+        if len({s.name for s in stations}) != len(stations):
+            raise InferenceError(f"station names repeat: {[s.name for s in stations]}")
+        self._judge = judge
+        self._stations = list(stations)
+        self._config = config
+        self.alarms = alarms or AlarmLog()
+        self.stats = LineStats()
+        self._audit = audit
+        self._writer = VerdictWriter(
+            sink,
+            self.alarms,
+            config.queue_capacity,
+            config.write_batch_size,
+            config.flush_interval_s,
+            on_stored=lambda _rows, latencies: self.stats.stored(latencies),
+        )
+        self._thread: threading.Thread | None = None
+        self._stopping = threading.Event()
+        self._finished = threading.Event()
+        self._exhausted = threading.Event()
+        self._error: BaseException | None = None
+
+    def start(self) -> None:
+        """Start the writer and the stations (returns at once)."""
+        if self._thread is not None:
+            raise InferenceError("this line was already started")
+        self._writer.start()
+        self._thread = threading.Thread(target=self._run_loop, name="stations", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> LineSnapshot:
+        """Stop taking frames, wait for answers in flight, flush verdicts; final snapshot."""
+        self._stopping.set()
+        if self._thread is not None:
+            self._thread.join(DRAIN_TIMEOUT_S + 5.0)
+        self._writer.stop(DRAIN_TIMEOUT_S)
+        if self._error is not None:
+            raise InferenceError(f"station loop failed: {self._error!r}") from self._error
+        return self.snapshot()
+
+    def wait(self, timeout_s: float) -> bool:
+        """Wait until every station's source is exhausted; ``False`` on timeout."""
+        return self._exhausted.wait(timeout_s)
+
+    def run(
+        self,
+        seconds: float,
+        on_tick: Callable[[LineSnapshot], None] | None = None,
+        tick_s: float = 0.5,
+    ) -> LineSnapshot:
+        """Run for ``seconds`` (or until every source is exhausted), calling ``on_tick``."""
+        self.start()
+        deadline = time.monotonic() + seconds
+        try:
+            while time.monotonic() < deadline and not self._exhausted.is_set():
+                self._exhausted.wait(min(tick_s, max(deadline - time.monotonic(), 0.0)))
+                if on_tick is not None:
+                    on_tick(self.snapshot())
+        finally:
+            final = self.stop()
+        return final
+
+    def snapshot(self) -> LineSnapshot:
+        """Counters and latency percentiles now."""
+        judged, stored, rate, versions, elapsed = self.stats.summaries()
+        writer = self._writer.counts()
+        return LineSnapshot(
+            elapsed_s=elapsed,
+            stations=self.stats.station_counts(),
+            judged_latency=judged,
+            stored_latency=stored,
+            throughput_fps=rate,
+            model_versions=versions,
+            stored=writer.stored,
+            dropped_verdicts=writer.dropped,
+            queued_verdicts=writer.queued,
+            sink_errors=writer.sink_errors,
+            rejected_verdicts=writer.rejected,
+            alarms=self.alarms.counts(),
+        )
+
+    def _run_loop(self) -> None:
+        try:
+            asyncio.run(self._main())
+        except BaseException as exc:  # surfaced by stop(); the thread must not die silently
+            logger.exception("inference.line: station loop failed")
+            self._error = exc
+        finally:
+            self._finished.set()
+
+    async def _main(self) -> None:
+        stations = [self._station(spec) for spec in self._stations]
+        in_flight = await asyncio.gather(*stations)
+        self._exhausted.set()
+        pending = set().union(*in_flight)
+        if not pending:
+            return
+        _, late = await asyncio.wait(pending, timeout=DRAIN_TIMEOUT_S)
+        for task in late:
+            task.cancel()
+            station = task.get_name()
+            self.stats.count(station, "judge_errors")
+            self.alarms.raise_alarm(
+                kinds.JUDGE_FAILED, station, f"no verdict {DRAIN_TIMEOUT_S}s after stop"
+            )
+
+    async def _station(self, spec: StationSpec) -> set[asyncio.Task[None]]:
+        """Take frames until stopped or exhausted; returns the frames still in flight."""
+        period = 1.0 / spec.fps
+        next_tick = time.perf_counter()
+        in_flight: set[asyncio.Task[None]] = set()
+        sequence = 0
+        while not self._stopping.is_set():
+            now = time.perf_counter()
+            if now < next_tick:
+                await asyncio.sleep(next_tick - now)
+                continue
+            if now - next_tick > 2 * period:  # the loop fell behind: resynchronise
+                self.stats.count(spec.name, "late_ticks")
+                next_tick = now
+            next_tick += period
+            try:
+                item = spec.source.next_frame()
+            except FrameError as exc:
+                self._bad_frame(spec.name, exc)
+                continue
+            if item is None:
+                break
+            sequence += 1
+            self.stats.count(spec.name, "captured")
+            if len(in_flight) >= self._config.max_in_flight:
+                self.stats.count(spec.name, "skipped")
+                self.alarms.raise_alarm(
+                    kinds.FRAME_BACKLOG,
+                    spec.name,
+                    f"frame {item.frame_id} skipped: {len(in_flight)} frames await a verdict",
+                )
+                continue
+            task = asyncio.create_task(self._inspect(spec, sequence, item, now), name=spec.name)
+            in_flight.add(task)
+            task.add_done_callback(in_flight.discard)
+        return set(in_flight)
+
+    def _bad_frame(self, station: str, exc: FrameError) -> None:
+        self.stats.count(station, "bad_frames")
+        self.alarms.raise_alarm(kinds.BAD_FRAME, station, str(exc))
+
+    async def _inspect(
+        self, spec: StationSpec, sequence: int, item: SourceFrame, captured: float
+    ) -> None:
+        captured_at = datetime.now(UTC)
+        try:
+            frame = check_frame(item.frame, item.frame_id)
+        except FrameError as exc:
+            self._bad_frame(spec.name, exc)
+            return
+        request = FrameRequest(spec.name, item.frame_id, frame)
+        try:
+            verdict = await self._judge(request)
+        except Exception as exc:  # the tier failed this call: count it, keep the line going
+            self.stats.count(spec.name, "judge_errors")
+            self.alarms.raise_alarm(
+                kinds.JUDGE_FAILED, spec.name, f"frame {item.frame_id}: {exc!r}"
+            )
+            return
+        latency_ms = (time.perf_counter() - captured) * 1000.0
+        if verdict.error is not None:
+            self._bad_frame(spec.name, FrameError(item.frame_id, verdict.error))
+            return
+        self.stats.judged(spec.name, latency_ms, verdict.model_version)
+        image_hash = image_sha256(
+            frame
+        )  # after the verdict: it is the line's time, not the judge's
+        row = inspection_row(
+            inspection_id=f"{spec.name}-{self._config.run_id}-{sequence:07d}",
+            station=spec.name,
+            inspected_at=captured_at,
+            verdict=verdict,
+            image_hash=image_hash,
+            latency_ms=latency_ms,
+            defect_code=self._config.defect_code,
+            order_id=spec.order_id,
+            batch_id=spec.batch_id,
+        )
+        self._writer.offer(row, captured)
+        if self._audit is not None and item.label is not None:
+            self._audit.observe(spec.name, item.label, verdict)

@@ -1,0 +1,197 @@
+"""An EL defect classifier as an ONNX file, judged with onnxruntime (no PyTorch needed).
+
+The ONNX file describes itself: metadata properties name the input size, the class
+names and which classes count as defective, so a node that only inspects can judge
+frames with any registered version without knowing how it was trained.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import onnxruntime as ort
+from numpy.typing import NDArray
+
+from inference.errors import ModelLoadError
+from inference.frames import Frame, ModelInput, to_model_input
+
+logger = logging.getLogger("inference")
+
+MODEL_FORMAT = "qdspace.el-classifier/1"
+INPUT_NAME = "frames"
+OUTPUT_NAME = "probs"
+META_FORMAT = "qdspace.format"
+META_INPUT_SIZE = "qdspace.input_size"
+META_CLASS_NAMES = "qdspace.class_names"
+META_DEFECTIVE = "qdspace.defective_classes"
+DEFAULT_THRESHOLD = 0.5
+CPU_PROVIDER = "CPUExecutionProvider"
+CUDA_PROVIDER = "CUDAExecutionProvider"
+
+Device = Literal["auto", "cpu", "cuda"]
+Verdict = Literal["pass", "fail"]
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What a model file says about itself, plus its content hash (the version)."""
+
+    version: str
+    input_size: int
+    class_names: tuple[str, ...]
+    defective_classes: tuple[int, ...]
+
+    @property
+    def short_version(self) -> str:
+        """First 12 hex digits: enough to tell versions apart on a screen."""
+        return self.version[:12]
+
+
+@dataclass(frozen=True)
+class Judgement:
+    """One frame's outcome: verdict, the most likely defect class, defect score."""
+
+    verdict: Verdict
+    defect_class: str | None
+    score: float
+
+
+def content_hash(data: bytes) -> str:
+    """The version of a model: sha256 of its ONNX bytes, in hex."""
+    return hashlib.sha256(data).hexdigest()
+
+
+def providers_for(device: Device) -> list[str]:
+    """Execution providers: CUDA when asked for or (``auto``) present, CPU as fallback."""
+    available = ort.get_available_providers()
+    if device == "cpu":
+        return [CPU_PROVIDER]
+    if device == "cuda" and CUDA_PROVIDER not in available:
+        raise ModelLoadError("<providers>", "CUDA asked for but onnxruntime has no CUDA provider")
+    if CUDA_PROVIDER in available:
+        return [CUDA_PROVIDER, CPU_PROVIDER]
+    return [CPU_PROVIDER]
+
+
+def _read_info(session: ort.InferenceSession, version: str, source: str) -> ModelInfo:
+    meta = session.get_modelmeta().custom_metadata_map
+    if meta.get(META_FORMAT) != MODEL_FORMAT:
+        raise ModelLoadError(source, f"metadata {META_FORMAT}={meta.get(META_FORMAT)!r}")
+    try:
+        size = int(meta[META_INPUT_SIZE])
+        names = tuple(str(n) for n in json.loads(meta[META_CLASS_NAMES]))
+        defective = tuple(int(i) for i in json.loads(meta[META_DEFECTIVE]))
+    except (KeyError, ValueError, TypeError) as exc:
+        raise ModelLoadError(source, f"bad qdspace metadata ({exc!r})") from exc
+    if len(names) < 2 or not defective or not all(0 <= i < len(names) for i in defective):
+        raise ModelLoadError(source, f"classes {names} / defective {defective} do not fit")
+    inputs, outputs = session.get_inputs(), session.get_outputs()
+    if [i.name for i in inputs] != [INPUT_NAME] or outputs[0].name != OUTPUT_NAME:
+        raise ModelLoadError(source, f"expected input {INPUT_NAME!r} and output {OUTPUT_NAME!r}")
+    if list(inputs[0].shape[1:]) != [1, size, size]:
+        raise ModelLoadError(source, f"input shape {inputs[0].shape}, metadata says {size}px")
+    return ModelInfo(version, size, names, defective)
+
+
+class OnnxClassifier:
+    """An onnxruntime session around one model version; thread-safe for ``run``."""
+
+    def __init__(
+        self,
+        data: bytes,
+        source: str = "<bytes>",
+        device: Device = "auto",
+        threads: int = 1,
+        expected_version: str | None = None,
+    ) -> None:
+        version = content_hash(data)
+        if expected_version is not None and version != expected_version:
+            raise ModelLoadError(source, f"content hash {version[:12]} != {expected_version[:12]}")
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        options.log_severity_level = 3
+        try:
+            session = ort.InferenceSession(data, options, providers=providers_for(device))
+        except ModelLoadError:
+            raise
+        except Exception as exc:  # onnxruntime raises its own untyped Fail/InvalidGraph errors
+            raise ModelLoadError(source, f"onnxruntime cannot load it: {exc}") from exc
+        self.info = _read_info(session, version, source)
+        self.source = source
+        self._session = session
+        self._defective = list(self.info.defective_classes)
+
+    @classmethod
+    def from_file(
+        cls,
+        path: Path,
+        device: Device = "auto",
+        threads: int = 1,
+        expected_version: str | None = None,
+    ) -> OnnxClassifier:
+        """Load a model file; a missing, corrupt or foreign file raises ``ModelLoadError``."""
+        try:
+            data = path.read_bytes()
+        except OSError as exc:
+            raise ModelLoadError(str(path), f"cannot read ({exc.strerror or exc})") from exc
+        return cls(data, str(path), device, threads, expected_version)
+
+    @property
+    def version(self) -> str:
+        """The content hash of the loaded ONNX bytes."""
+        return self.info.version
+
+    @property
+    def providers(self) -> list[str]:
+        """The execution providers the session actually runs on."""
+        return list(self._session.get_providers())
+
+    def prepare(self, frames: Sequence[Frame]) -> ModelInput:
+        """Frames as this model's input batch (resized to its input size)."""
+        return to_model_input(frames, self.info.input_size)
+
+    def probabilities(self, batch: ModelInput) -> NDArray[np.float32]:
+        """Class probabilities ``(N, classes)`` for a prepared batch."""
+        outputs = self._session.run([OUTPUT_NAME], {INPUT_NAME: batch})
+        probs: NDArray[np.float32] = np.asarray(outputs[0], dtype=np.float32)
+        return probs
+
+    def judge_batch(
+        self, batch: ModelInput, threshold: float = DEFAULT_THRESHOLD
+    ) -> list[Judgement]:
+        """Verdicts for a prepared batch: fail when P(defective) >= ``threshold``."""
+        return judgements(self.probabilities(batch), self.info, threshold)
+
+    def judge(
+        self, frames: Sequence[Frame], threshold: float = DEFAULT_THRESHOLD
+    ) -> list[Judgement]:
+        """Verdicts for raw frames."""
+        return self.judge_batch(self.prepare(frames), threshold)
+
+
+def judgements(
+    probs: NDArray[np.float32], info: ModelInfo, threshold: float = DEFAULT_THRESHOLD
+) -> list[Judgement]:
+    """Turn class probabilities into verdicts; the defect class is the likeliest defective one."""
+    defective = list(info.defective_classes)
+    scores = np.clip(probs[:, defective].sum(axis=1), 0.0, 1.0)
+    worst = np.asarray(defective)[np.argmax(probs[:, defective], axis=1)]
+    out: list[Judgement] = []
+    for score, cls in zip(scores.tolist(), worst.tolist(), strict=True):
+        failed = score >= threshold
+        out.append(
+            Judgement(
+                verdict="fail" if failed else "pass",
+                defect_class=info.class_names[int(cls)] if failed else None,
+                score=float(score),
+            )
+        )
+    return out

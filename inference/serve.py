@@ -1,0 +1,226 @@
+"""The Ray Serve tier: an onnxruntime session per replica, dynamic batching, hot swap.
+
+Stations call ``ServeJudge`` (an async callable) and never see Ray. A swap loads the
+new ONNX bytes next to the running session and then replaces one reference, so the
+batch in progress finishes on the old version, the next batch runs on the new one,
+no request is refused in between, and every verdict names the version that judged it.
+A model that does not load is refused before it reaches a replica (and again inside
+the replica): the tier keeps serving the current version.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import warnings
+from dataclasses import dataclass, field
+from typing import Any
+
+import ray
+
+with warnings.catch_warnings():
+    # Ray Serve's own pydantic models still pass v1-style extras to ``Field`` (ray 2.60).
+    warnings.filterwarnings("ignore", message=r"Using extra keyword arguments on `Field`")
+    from ray import serve
+    from ray.serve.handle import DeploymentHandle
+
+from inference.errors import ModelLoadError, ServingError
+from inference.model import DEFAULT_THRESHOLD, Device, OnnxClassifier
+from inference.verdicts import FrameRequest, ServedVerdict, judge_requests
+
+logger = logging.getLogger("inference")
+
+APP_NAME = "qdspace-inspection"
+DEPLOYMENT_NAME = "el-classifier"
+SWAP_TIMEOUT_S = 30.0
+
+
+@dataclass(frozen=True)
+class ServeSettings:
+    """How the tier runs: replicas, threads, batching and the verdict threshold."""
+
+    num_replicas: int = 1
+    replica_cpus: float = 1.0
+    device: Device = "auto"
+    threads: int = 1
+    max_batch_size: int = 16
+    batch_wait_timeout_s: float = 0.0005
+    max_ongoing_requests: int = 64
+    threshold: float = DEFAULT_THRESHOLD
+
+
+@dataclass(frozen=True)
+class SwapOutcome:
+    """What one replica did with a swap request."""
+
+    replica: str
+    version: str
+    previous: str
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class ReplicaStatus:
+    """A replica's model version, providers and counters."""
+
+    replica: str
+    version: str
+    providers: tuple[str, ...]
+    frames: int
+    batches: int
+    bad_frames: int
+    failed_swaps: int
+    batch_sizes: dict[int, int] = field(default_factory=dict)
+
+
+class InspectionModel:
+    """One replica: an ``OnnxClassifier`` behind a batched ``judge`` method."""
+
+    def __init__(self, model_bytes: bytes, source: str, settings: ServeSettings) -> None:
+        self._settings = settings
+        self._model = OnnxClassifier(model_bytes, source, settings.device, settings.threads)
+        self.judge.set_max_batch_size(settings.max_batch_size)  # type: ignore[attr-defined]
+        self.judge.set_batch_wait_timeout_s(settings.batch_wait_timeout_s)  # type: ignore[attr-defined]
+        self._frames = self._batches = self._bad_frames = self._failed_swaps = 0
+        self._batch_sizes: dict[int, int] = {}
+        self._swap_lock = asyncio.Lock()
+        logger.info(
+            "inference.serve: replica up with %s on %s",
+            self._model.info.short_version,
+            self._model.providers,
+        )
+
+    @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.0005)
+    async def judge(self, requests: list[FrameRequest]) -> list[ServedVerdict]:
+        """Judge a batch with the model current when the batch starts."""
+        model = self._model
+        answers = judge_requests(model, requests, self._settings.threshold)
+        self._frames += len(requests)
+        self._batches += 1
+        self._batch_sizes[len(requests)] = self._batch_sizes.get(len(requests), 0) + 1
+        self._bad_frames += sum(1 for a in answers if a.error is not None)
+        return answers
+
+    async def swap(self, model_bytes: bytes, source: str) -> SwapOutcome:
+        """Load a new version beside the current one, then switch; failure keeps the old."""
+        replica = _replica_name()
+        async with self._swap_lock:
+            previous = self._model.version
+            try:
+                model = await asyncio.to_thread(
+                    OnnxClassifier,
+                    model_bytes,
+                    source,
+                    self._settings.device,
+                    self._settings.threads,
+                )
+            except ModelLoadError as exc:
+                self._failed_swaps += 1
+                logger.error("inference.serve: swap refused, keeping %s: %s", previous[:12], exc)
+                return SwapOutcome(replica, previous, previous, str(exc))
+            self._model = model
+        logger.info("inference.serve: swapped %s -> %s", previous[:12], model.info.short_version)
+        return SwapOutcome(replica, model.version, previous)
+
+    async def status(self) -> ReplicaStatus:
+        """Counters and the current version of this replica."""
+        return ReplicaStatus(
+            replica=_replica_name(),
+            version=self._model.version,
+            providers=tuple(self._model.providers),
+            frames=self._frames,
+            batches=self._batches,
+            bad_frames=self._bad_frames,
+            failed_swaps=self._failed_swaps,
+            batch_sizes=dict(self._batch_sizes),
+        )
+
+
+INSPECTION_DEPLOYMENT = serve.deployment(name=DEPLOYMENT_NAME)(InspectionModel)
+
+
+def _replica_name() -> str:
+    return str(serve.get_replica_context().replica_id.unique_id)
+
+
+class ServeJudge:
+    """The stations' view of the tier: ``await judge(request)`` returns a verdict."""
+
+    def __init__(self, handle: DeploymentHandle[Any]) -> None:
+        self._judge = handle.judge
+
+    async def __call__(self, request: FrameRequest) -> ServedVerdict:
+        verdict: ServedVerdict = await self._judge.remote(request)
+        return verdict
+
+
+class InspectionTier:
+    """Starts the Serve application on a running Ray, swaps models, and tears it down."""
+
+    def __init__(self, settings: ServeSettings | None = None, app_name: str = APP_NAME) -> None:
+        self.settings = settings or ServeSettings()
+        self.app_name = app_name
+        self._handle: DeploymentHandle[Any] | None = None
+        self.version: str | None = None
+
+    @property
+    def handle(self) -> DeploymentHandle[Any]:
+        """The handle of the running deployment."""
+        if self._handle is None:
+            raise ServingError("the inspection tier is not started")
+        return self._handle
+
+    def start(self, model_bytes: bytes, source: str) -> DeploymentHandle[Any]:
+        """Deploy the model (checked locally first) and wait until replicas are up."""
+        if not ray.is_initialized():
+            raise ServingError("Ray is not initialised: call ray.init() before starting the tier")
+        version = OnnxClassifier(model_bytes, source, device="cpu").version
+        s = self.settings
+        app = INSPECTION_DEPLOYMENT.options(
+            num_replicas=s.num_replicas,
+            max_ongoing_requests=s.max_ongoing_requests,
+            ray_actor_options={"num_cpus": s.replica_cpus},
+        ).bind(model_bytes, source, s)
+        try:
+            self._handle = serve.run(app, name=self.app_name, route_prefix=None)
+        except Exception as exc:  # Serve wraps replica start failures in its own errors
+            raise ServingError(f"cannot start {self.app_name}: {exc}") from exc
+        self.version = version
+        logger.info("inference.serve: %s serving %s", self.app_name, version[:12])
+        return self._handle
+
+    def judge(self) -> ServeJudge:
+        """An async judge for station runners."""
+        return ServeJudge(self.handle)
+
+    def swap(self, model_bytes: bytes, source: str, timeout_s: float = SWAP_TIMEOUT_S) -> str:
+        """Hot-swap every replica to a new version; returns it, or raises ``ModelLoadError``.
+
+        The bytes are loaded here first, so a broken file never reaches a replica. A
+        handle call reaches one replica, so the call is repeated until every replica has
+        answered (swapping is idempotent per version).
+        """
+        version = OnnxClassifier(model_bytes, source, device="cpu").version
+        seen: dict[str, SwapOutcome] = {}
+        deadline = time.monotonic() + timeout_s
+        while len(seen) < self.settings.num_replicas:
+            if time.monotonic() > deadline:
+                raise ServingError(f"swap to {version[:12]} reached {len(seen)} replicas only")
+            outcome: SwapOutcome = self.handle.swap.remote(model_bytes, source).result()
+            if outcome.error is not None:
+                raise ModelLoadError(source, f"replica {outcome.replica}: {outcome.error}")
+            seen[outcome.replica] = outcome
+        self.version = version
+        return version
+
+    def status(self) -> ReplicaStatus:
+        """Status of one replica (with one replica: of the tier)."""
+        status: ReplicaStatus = self.handle.status.remote().result()
+        return status
+
+    def stop(self) -> None:
+        """Delete the application (Ray itself keeps running)."""
+        if self._handle is not None:
+            serve.delete(self.app_name)
+            self._handle = None

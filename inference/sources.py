@@ -1,0 +1,116 @@
+"""Frame sources for station runners: the EL data set, a folder of images, any arrays.
+
+A source hands out one frame at a time, as a camera would; ``None`` means it has no
+more frames (a source built with ``loop=True`` never ends). An image file that cannot
+be decoded raises ``FrameError`` naming the file, and the station counts it and goes on.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+from inference.dataset import ElImages
+from inference.errors import DatasetError
+from inference.frames import read_image
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+
+
+@dataclass(frozen=True)
+class SourceFrame:
+    """A frame as delivered (not yet checked) and its label when known (1 = defective)."""
+
+    frame_id: str
+    frame: object
+    label: int | None = None
+
+
+class FrameSource(Protocol):
+    """What a station reads frames from."""
+
+    def next_frame(self) -> SourceFrame | None:
+        """The next frame, ``None`` when exhausted; raises ``FrameError`` for an unreadable one."""
+        ...
+
+
+class _Cursor:
+    """A thread-safe position over ``count`` items, optionally wrapping around."""
+
+    def __init__(self, count: int, loop: bool) -> None:
+        self._count = count
+        self._loop = loop
+        self._next = 0
+        self._lock = threading.Lock()
+
+    def take(self) -> int | None:
+        with self._lock:
+            if self._next >= self._count:
+                if not self._loop or self._count == 0:
+                    return None
+                self._next = 0
+            position = self._next
+            self._next += 1
+            return position
+
+
+class ArrayFrames:
+    """Frames held in memory (for instance the EL data set), with optional labels."""
+
+    def __init__(
+        self,
+        frames: Sequence[object],
+        frame_ids: Sequence[str],
+        labels: Sequence[int] | None = None,
+        loop: bool = True,
+    ) -> None:
+        if len(frames) != len(frame_ids) or (labels is not None and len(labels) != len(frames)):
+            raise DatasetError(f"{len(frames)} frames but {len(frame_ids)} ids / labels")
+        self._frames = frames
+        self._ids = frame_ids
+        self._labels = labels
+        self._cursor = _Cursor(len(frames), loop)
+
+    def next_frame(self) -> SourceFrame | None:
+        position = self._cursor.take()
+        if position is None:
+            return None
+        label = None if self._labels is None else int(self._labels[position])
+        return SourceFrame(self._ids[position], self._frames[position], label)
+
+
+def dataset_frames(data: ElImages, loop: bool = True) -> ArrayFrames:
+    """The cells of an EL collection as frames, labelled defective when p >= 0.5."""
+    return ArrayFrames(list(data.images), data.frame_ids, data.labels(2).tolist(), loop)
+
+
+class FolderFrames:
+    """Image files of a folder, in name order; each file is read when its turn comes."""
+
+    def __init__(
+        self, folder: Path, loop: bool = True, labels: Mapping[str, int] | None = None
+    ) -> None:
+        if not folder.is_dir():
+            raise DatasetError(f"frame folder {folder} does not exist")
+        self._files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        if not self._files:
+            raise DatasetError(f"frame folder {folder} has no {'/'.join(IMAGE_SUFFIXES)} files")
+        self._labels = dict(labels or {})
+        self._cursor = _Cursor(len(self._files), loop)
+
+    def next_frame(self) -> SourceFrame | None:
+        position = self._cursor.take()
+        if position is None:
+            return None
+        path = self._files[position]
+        return SourceFrame(path.stem, read_image(path, path.stem), self._labels.get(path.stem))
+
+
+def split_round_robin(data: ElImages, parts: int) -> list[ElImages]:
+    """Deal a collection's cells to ``parts`` stations, alternating."""
+    if parts < 1:
+        raise DatasetError(f"cannot deal cells to {parts} stations")
+    return [data.subset(list(range(i, len(data), parts))) for i in range(parts)]

@@ -1,0 +1,475 @@
+"""The node's ledger: settings, the anchorer in the node process, QDM leaves, regulator routes.
+
+A node anchors when it has a chain: ``DIR/ledger.json`` (written by the launcher or by hand)
+or ``QDSPACE_LEDGER_*`` environment variables name the JSON-RPC URL and the anchor contract;
+the account key comes from ``DIR/chain.key`` or ``$QDSPACE_CHAIN_KEY`` (never logged).
+
+Other parts of the node hand leaves in through :func:`enqueue_leaf` (agreements, deletion
+receipts, model versions); QDM rows are swept in by :class:`QdmSweeper`: one ``inspection``
+leaf per inspection record (so a regulator can ask for any one by its id) and one
+``record_batch`` leaf per stored chunk of every other QDM table.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hmac
+import json
+import logging
+import threading
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from decimal import Decimal
+from pathlib import Path
+from typing import Annotated, Any
+
+from fastapi import Depends, FastAPI, HTTPException, Query
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from pydantic import BaseModel, Field, ValidationError
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+from sqlalchemy import BigInteger, Column, Engine, MetaData, String, Table, insert, select, update
+
+from connector.qdm import TABLES
+from ledger.anchorer import Anchorer, AnchorPolicy
+from ledger.client import LedgerClient
+from ledger.errors import LedgerError
+from ledger.keys import DEFAULT_KEY_ENV, load_signer
+from ledger.leaves import KIND_CODES, Leaf
+from ledger.passport import Passport, issue_passport
+from ledger.proofs import build_proof, verify_proof
+from ledger.queue import ANCHORED, LeafQueue, StoredLeaf, ensure_schema
+from node.api.regulator import RecordLoader, regulator_router, with_record
+from node.api.regulator_auth import regulator_dependency
+from node.context import NodeContext
+from node.errors import ConfigError
+
+log = logging.getLogger("node.anchoring")
+
+LEDGER_FILE = "ledger.json"
+CHAIN_KEY_FILE = "chain.key"
+CONTEXT_KEY = "ledger"
+SWEEP_CHUNK = 5_000
+INSPECTION_KIND = "inspection"
+
+
+class LedgerSettings(BaseSettings):
+    """Where the node anchors and how often; environment (``QDSPACE_LEDGER_*``) wins."""
+
+    model_config = SettingsConfigDict(env_prefix="QDSPACE_LEDGER_", extra="forbid")
+
+    rpc_url: str = ""
+    contract: str = ""
+    chain_id: int | None = None
+    key_file: Path | None = None
+    max_leaves: int = Field(1_000, ge=1)
+    flush_s: float = Field(5.0, ge=0)
+    sweep_s: float = Field(2.0, gt=0)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (env_settings, init_settings)
+
+    @classmethod
+    def load(cls, directory: Path) -> LedgerSettings:
+        """``DIR/ledger.json`` (optional) under the environment's overrides."""
+        path = directory / LEDGER_FILE
+        data: dict[str, Any] = {}
+        if path.exists():
+            try:
+                data = json.loads(path.read_text())
+            except (OSError, ValueError) as exc:
+                raise ConfigError(f"{path} is not valid JSON: {exc}") from None
+        try:
+            settings = cls(**data)
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            where = ".".join(str(p) for p in first["loc"])
+            raise ConfigError(f"{path}: {where}: {first['msg']}") from None
+        if settings.key_file is None and (directory / CHAIN_KEY_FILE).exists():
+            settings = settings.model_copy(update={"key_file": directory / CHAIN_KEY_FILE})
+        return settings
+
+    @property
+    def enabled(self) -> bool:
+        """A node without a chain URL runs without anchoring."""
+        return bool(self.rpc_url)
+
+
+def write_ledger_file(directory: Path, rpc_url: str, contract: str, chain_id: int) -> Path:
+    """What the launcher writes into each member's directory."""
+    path = directory / LEDGER_FILE
+    doc = {"rpc_url": rpc_url, "contract": contract, "chain_id": chain_id}
+    path.write_text(json.dumps(doc, indent=2) + "\n")
+    return path
+
+
+# -- QDM rows as leaves ------------------------------------------------------------------
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, dt.datetime | dt.date | dt.time):
+        return value.isoformat()
+    if isinstance(value, Decimal):
+        return str(value)
+    if isinstance(value, bytes):
+        return value.hex()
+    return value
+
+
+def canonical_row(qdm_kind: str, row: Mapping[str, Any]) -> bytes:
+    """The bytes a QDM row is anchored as: sorted-key JSON without the storage id."""
+    doc = {"qdm": qdm_kind, **{k: _plain(v) for k, v in row.items() if k != "id"}}
+    return json.dumps(doc, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def _qdm_table(qdm_kind: str) -> Table:
+    table = TABLES[qdm_kind].__table__  # type: ignore[attr-defined]
+    assert isinstance(table, Table)
+    return table
+
+
+_cursor_meta = MetaData()
+cursor_table = Table(
+    "ledger_qdm_cursor",
+    _cursor_meta,
+    Column("qdm_kind", String(32), primary_key=True),
+    Column("last_id", BigInteger, nullable=False),
+)
+
+
+class QdmSweeper:
+    """Turns newly stored QDM rows into leaves; a cursor per table remembers how far it got."""
+
+    def __init__(self, engine: Engine, anchorer: Anchorer) -> None:
+        self.engine = engine
+        self.anchorer = anchorer
+        self._lock = threading.Lock()
+        _cursor_meta.create_all(engine)
+
+    def sweep(self) -> int:
+        """Enqueue leaves for every row stored since the last sweep; returns rows covered."""
+        total = 0
+        with self._lock:
+            for qdm_kind in TABLES:
+                while (n := self._sweep_chunk(qdm_kind)) > 0:
+                    total += n
+        return total
+
+    def _sweep_chunk(self, qdm_kind: str) -> int:
+        table = _qdm_table(qdm_kind)
+        with self.engine.connect() as conn:
+            last = conn.execute(
+                select(cursor_table.c.last_id).where(cursor_table.c.qdm_kind == qdm_kind)
+            ).scalar_one_or_none()
+            rows = conn.execute(
+                select(table)
+                .where(table.c.id > (last or 0))
+                .order_by(table.c.id)
+                .limit(SWEEP_CHUNK)
+            ).all()
+        if not rows:
+            return 0
+        mappings = [dict(r._mapping) for r in rows]
+        first_id, last_id = int(mappings[0]["id"]), int(mappings[-1]["id"])
+        if qdm_kind == INSPECTION_KIND:
+            leaves = [
+                Leaf.of(INSPECTION_KIND, str(m["inspection_id"]), canonical_row(qdm_kind, m))
+                for m in mappings
+            ]
+        else:
+            body = b"\n".join(canonical_row(qdm_kind, m) for m in mappings)
+            leaves = [Leaf.of("record_batch", f"{qdm_kind}:{first_id}-{last_id}", body)]
+        self.anchorer.enqueue_leaves(leaves)
+        with self.engine.begin() as conn:
+            if last is None:
+                conn.execute(insert(cursor_table).values(qdm_kind=qdm_kind, last_id=last_id))
+            else:
+                conn.execute(
+                    update(cursor_table)
+                    .where(cursor_table.c.qdm_kind == qdm_kind)
+                    .values(last_id=last_id)
+                )
+        log.info("anchoring.sweep: %s rows %s..%s queued", qdm_kind, first_id, last_id)
+        return len(mappings)
+
+    def load_record(self, kind: str, ref_id: str) -> bytes | None:
+        """The current bytes of an anchored QDM record (to show whether it still matches)."""
+        if kind == INSPECTION_KIND:
+            table = _qdm_table(INSPECTION_KIND)
+            with self.engine.connect() as conn:
+                row = conn.execute(select(table).where(table.c.inspection_id == ref_id)).first()
+            return None if row is None else canonical_row(INSPECTION_KIND, dict(row._mapping))
+        if kind == "record_batch":
+            qdm_kind, _, span = ref_id.partition(":")
+            first, _, last = span.partition("-")
+            if qdm_kind not in TABLES or not first.isdigit() or not last.isdigit():
+                return None
+            table = _qdm_table(qdm_kind)
+            with self.engine.connect() as conn:
+                rows = conn.execute(
+                    select(table)
+                    .where(table.c.id >= int(first), table.c.id <= int(last))
+                    .order_by(table.c.id)
+                ).all()
+            return b"\n".join(canonical_row(qdm_kind, dict(r._mapping)) for r in rows)
+        return None
+
+
+# -- the node's ledger -------------------------------------------------------------------
+
+
+@dataclass
+class NodeLedger:
+    """Everything the node needs to anchor and to answer a regulator."""
+
+    settings: LedgerSettings
+    queue: LeafQueue
+    client: LedgerClient
+    anchorer: Anchorer
+    sweeper: QdmSweeper
+    loaders: dict[str, RecordLoader] = field(default_factory=dict)
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        """Run the anchorer and the QDM sweep in background threads."""
+        self.anchorer.start()
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._sweep_loop, name="ledger-qdm", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Stop both threads; queued leaves stay queued for the next start."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(10)
+            self._thread = None
+        self.anchorer.stop()
+
+    def _sweep_loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.sweeper.sweep()
+            except Exception:  # keep sweeping; the next pass retries from the cursor
+                log.exception("anchoring.sweep: failed; retrying")
+            self._stop.wait(self.settings.sweep_s)
+
+    def load_record(self, kind: str, ref_id: str) -> bytes | None:
+        """A registered loader's bytes for ``(kind, ref_id)``, else the QDM's."""
+        loader = self.loaders.get(kind)
+        if loader is not None:
+            return loader(kind, ref_id)
+        return self.sweeper.load_record(kind, ref_id)
+
+
+def attach_ledger(ctx: NodeContext) -> NodeLedger | None:
+    """Build the node's ledger (when configured) into ``ctx.extras['ledger']``."""
+    settings = LedgerSettings.load(ctx.directory)
+    if not settings.enabled:
+        log.info("anchoring: no chain configured (%s); not anchoring", LEDGER_FILE)
+        return None
+    if not settings.contract:
+        raise ConfigError(f"{ctx.directory / LEDGER_FILE}: rpc_url given but no contract address")
+    try:
+        signer = load_signer(settings.key_file, DEFAULT_KEY_ENV)
+        client = LedgerClient(
+            settings.rpc_url, settings.contract, expected_chain_id=settings.chain_id
+        )
+    except LedgerError as exc:
+        raise ConfigError(f"ledger: {exc}") from None
+    engine = ctx.store.engine
+    ensure_schema(engine)
+    queue = LeafQueue(engine)
+    policy = AnchorPolicy(max_leaves=settings.max_leaves, max_age_s=settings.flush_s)
+    anchorer = Anchorer(queue, client, signer, policy)
+    ledger = NodeLedger(settings, queue, client, anchorer, QdmSweeper(engine, anchorer))
+    ctx.extras[CONTEXT_KEY] = ledger
+    log.info(
+        "anchoring: account %s anchors to %s at %s",
+        signer.address,
+        settings.rpc_url,
+        settings.contract,
+    )
+    return ledger
+
+
+def node_ledger(ctx: NodeContext) -> NodeLedger | None:
+    """The node's ledger, or None when it runs without a chain."""
+    ledger = ctx.extras.get(CONTEXT_KEY)
+    return ledger if isinstance(ledger, NodeLedger) else None
+
+
+def enqueue_leaf(ctx: NodeContext, kind: str, ref_id: str, payload: bytes) -> StoredLeaf | None:
+    """Queue ``payload`` (canonical bytes) durably for anchoring as ``(kind, ref_id)``.
+
+    ``kind`` is one of ``agreement``, ``deletion_receipt``, ``model_version``,
+    ``inspection``, ``record_batch``. Returns once committed to the node's database, or None
+    when the node has no chain configured. The same id with the same bytes again is a no-op;
+    the same id with other bytes raises ``LeafConflict``.
+    """
+    ledger = node_ledger(ctx)
+    if ledger is None:
+        return None
+    return ledger.anchorer.enqueue(kind, ref_id, payload)
+
+
+def is_anchored(ctx: NodeContext, kind: str, ref_id: str, payload: bytes) -> bool:
+    """True when ``(kind, ref_id)`` with exactly ``payload`` is anchored and the chain agrees."""
+    ledger = node_ledger(ctx)
+    if ledger is None:
+        return False
+    try:
+        proof = with_record(build_proof(ledger.queue, kind, ref_id), payload)
+        return verify_proof(proof, ledger.client).valid
+    except LedgerError:
+        return False
+
+
+def register_record_loader(
+    ctx: NodeContext, kind: str, loader: Callable[[str, str], bytes | None]
+) -> None:
+    """Let the regulator endpoints show the current bytes of ``kind`` records (e.g. agreements)."""
+    if kind not in KIND_CODES:
+        raise ConfigError(f"unknown leaf kind {kind!r}; one of: {', '.join(KIND_CODES)}")
+    ledger = node_ledger(ctx)
+    if ledger is not None:
+        ledger.loaders[kind] = loader
+
+
+def mount_regulator_routes(app: FastAPI, ctx: NodeContext) -> None:
+    """``/v1/regulator/...`` on the node's API: regulator credential, read-only."""
+    ledger = node_ledger(ctx)
+    require = regulator_dependency(ctx.keys.ca_cert, ctx.revocations, ctx.keys.identity.member_id)
+    if ledger is None:
+
+        @app.api_route(
+            "/v1/regulator/{rest:path}",
+            methods=["GET", "POST"],
+            dependencies=[Depends(require)],
+            tags=["regulator"],
+        )
+        def no_ledger(rest: str) -> None:
+            raise HTTPException(503, "this node anchors to no chain (no ledger.json)")
+
+        return
+    mount_operator_routes(app, ctx, ledger)
+    member_id = ctx.keys.identity.member_id
+
+    def issue(from_block: int, to_block: int | None) -> Passport:
+        return issue_passport(
+            ledger.queue,
+            ledger.client,
+            ctx.keys.signing_key,
+            member_id,
+            ledger.anchorer.signer.address,
+            from_block,
+            to_block,
+        )
+
+    app.include_router(
+        regulator_router(
+            queue=ledger.queue,
+            client=ledger.client,
+            require_regulator=require,
+            record_loader=ledger.load_record,
+            passport_issuer=issue,
+        )
+    )
+
+
+class LedgerStatusPublic(BaseModel):
+    """For the operator: what waits, what is anchored, whether the chain answers."""
+
+    address: str
+    rpc_url: str
+    contract: str
+    pending: dict[str, int]
+    batches: dict[str, int]
+    chain_reachable: bool
+    last_error: str | None
+
+
+class LeafPublic(BaseModel):
+    """One queued leaf."""
+
+    kind: str
+    ref_id: str
+    seq: int
+    leaf_hash: str
+    anchored: bool
+
+
+class FlushPublic(BaseModel):
+    """Outcome of an operator's flush."""
+
+    swept_rows: int
+    flushed: bool
+    status: LedgerStatusPublic
+
+
+_bearer = HTTPBearer(auto_error=False)
+
+
+def mount_operator_routes(app: FastAPI, ctx: NodeContext, ledger: NodeLedger) -> None:
+    """``/v1/ledger/status`` and ``/v1/ledger/flush`` for the node's operator."""
+
+    def operator(
+        creds: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+    ) -> None:
+        if creds is None or not hmac.compare_digest(creds.credentials, ctx.operator_token):
+            raise HTTPException(401, "operator token required (Authorization: Bearer ...)")
+
+    def status() -> LedgerStatusPublic:
+        st = ledger.anchorer.status()
+        return LedgerStatusPublic(
+            address=st.address,
+            rpc_url=ledger.settings.rpc_url,
+            contract=ledger.client.address,
+            pending=st.pending,
+            batches=st.batches,
+            chain_reachable=st.chain_reachable,
+            last_error=st.last_error,
+        )
+
+    @app.get("/v1/ledger/status", dependencies=[Depends(operator)], tags=["ledger"])
+    def ledger_status() -> LedgerStatusPublic:
+        """Queue and chain health of this node's anchoring."""
+        return status()
+
+    @app.get("/v1/ledger/leaves/{kind}", dependencies=[Depends(operator)], tags=["ledger"])
+    def ledger_leaves(
+        kind: str, limit: Annotated[int, Query(ge=1, le=10_000)] = 100
+    ) -> list[LeafPublic]:
+        """The latest leaves of ``kind`` this node queued, newest first."""
+        if kind not in KIND_CODES:
+            raise HTTPException(404, f"unknown kind {kind!r}; one of: {', '.join(KIND_CODES)}")
+        spans = [(b.seq_from, b.seq_to) for b in ledger.queue.batches(ANCHORED) if b.kind == kind]
+        return [
+            LeafPublic(
+                kind=leaf.kind,
+                ref_id=leaf.ref_id,
+                seq=leaf.seq,
+                leaf_hash="0x" + leaf.leaf_hash.hex(),
+                anchored=any(lo <= leaf.seq <= hi for lo, hi in spans),
+            )
+            for leaf in ledger.queue.recent(kind, limit)
+        ]
+
+    @app.post("/v1/ledger/flush", dependencies=[Depends(operator)], tags=["ledger"])
+    def ledger_flush(
+        timeout_s: Annotated[float, Query(gt=0, le=300)] = 60.0,
+    ) -> FlushPublic:
+        """Sweep new QDM rows and anchor everything queued now (waits up to ``timeout_s``)."""
+        swept = ledger.sweeper.sweep()
+        try:
+            flushed = ledger.anchorer.flush(timeout_s)
+        except LedgerError as exc:  # e.g. WrongChain: the configuration, not the request
+            raise HTTPException(409, f"anchoring cannot proceed: {exc}") from None
+        return FlushPublic(swept_rows=swept, flushed=flushed, status=status())

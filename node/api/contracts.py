@@ -1,0 +1,439 @@
+"""Operator REST endpoints of usage contracts: catalog, negotiate, transfer, subscribe,
+agreements, order closure, retention sweep, deletion duties and receipts.
+
+Routes decode, call one runtime/client method, encode. Contract errors map to
+HTTP by the gRPC status they name (PERMISSION_DENIED -> 403, NOT_FOUND -> 404...);
+a peer's refusal arrives as `PeerError` and the app maps it the same way.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Awaitable, Callable
+from datetime import timedelta
+from typing import Any, TypeVar
+
+from fastapi import APIRouter, HTTPException, Query
+from pydantic import AwareDatetime, BaseModel, Field
+from starlette.concurrency import run_in_threadpool
+
+from connector.agreement import SignedReceipt
+from connector.contract_errors import ContractError
+from connector.contract_store import StoredAgreement
+from connector.negotiation import Negotiation
+from connector.spc import QualityAlert, SpcSpec
+from connector.transfer import TransferProcess
+from connector.views import CatalogEntry
+from node.context import NodeContext
+from node.contract_client import Subscription, client_of
+from node.contract_runtime import ClockControlDisabled, ContractRuntime
+from policies.canonical import format_datetime
+from policies.codec import policy_to_dict
+
+HTTP_OF_GRPC = {
+    "PERMISSION_DENIED": 403,
+    "UNAUTHENTICATED": 403,
+    "NOT_FOUND": 404,
+    "INVALID_ARGUMENT": 400,
+    "ALREADY_EXISTS": 409,
+    "FAILED_PRECONDITION": 409,
+    "ABORTED": 409,
+    "OUT_OF_RANGE": 400,
+    "DATA_LOSS": 502,
+}
+_T = TypeVar("_T")
+
+
+class NegotiateBody(BaseModel):
+    peer: str
+    asset_id: str
+    purposes: list[str] = Field(min_length=1)
+    orders: list[str] | None = None
+    fields: list[str] | None = None
+    retention_days: int | None = Field(default=None, ge=0)
+    valid_until: AwareDatetime | None = None
+
+
+class TransferBody(BaseModel):
+    agreement_id: str
+    purpose: str
+    order_id: str | None = None
+    fields: list[str] | None = None
+    wait: bool = True
+    batch_rows: int = Field(default=0, ge=0)
+
+
+class SubscribeBody(BaseModel):
+    agreement_id: str
+    purpose: str = "spc-monitoring"
+    characteristic: str = "score"
+    usl: float | None = 0.5
+    lsl: float | None = None
+    baseline_size: int = Field(default=20, ge=2)
+
+
+class TerminateBody(BaseModel):
+    reason: str = "terminated by the operator"
+
+
+class ClockBody(BaseModel):
+    offset_days: float
+
+
+def _time(value: Any) -> str | None:
+    return None if value is None else format_datetime(value)
+
+
+def negotiation_public(n: Negotiation) -> dict[str, Any]:
+    signed = n.agreement
+    return {
+        "negotiation_id": n.negotiation_id,
+        "role": n.role.value,
+        "state": n.state.value,
+        "provider_id": n.provider_id,
+        "consumer_id": n.consumer_id,
+        "asset_id": n.asset_id,
+        "reason": n.reason,
+        "agreement_id": None if signed is None else signed.agreement.agreement_id,
+        "provider_signed": signed is not None,
+        "consumer_signed": signed is not None and signed.consumer_signature is not None,
+        "offer": policy_to_dict(n.offer),
+        "messages": len(n.seen),
+    }
+
+
+def agreement_public(stored: StoredAgreement, full: bool = False) -> dict[str, Any]:
+    signed = stored.signed
+    terms = signed.agreement
+    out: dict[str, Any] = {
+        "agreement_id": terms.agreement_id,
+        "role": stored.role.value,
+        "provider_id": terms.provider_id,
+        "consumer_id": terms.consumer_id,
+        "asset_id": terms.asset_id,
+        "agreed_at": _time(terms.agreed_at),
+        "digest": terms.digest().hex(),
+        "active": stored.active,
+        "terminated_at": _time(stored.terminated_at),
+        "termination_reason": stored.termination_reason,
+        "provider_signature": signed.provider_signature.hex(),
+        "consumer_signature": None
+        if signed.consumer_signature is None
+        else signed.consumer_signature.hex(),
+    }
+    if full:
+        out["canonical"] = signed.canonical_bytes.decode()
+        out["policy"] = policy_to_dict(terms.policy)
+    return out
+
+
+def transfer_public(p: TransferProcess, error: str = "") -> dict[str, Any]:
+    return {
+        "transfer_id": p.transfer_id,
+        "agreement_id": p.agreement_id,
+        "role": p.role.value,
+        "state": p.state.value,
+        "offset": p.offset,
+        "digest": p.checkpoint.digest.hex(),
+        "order_id": p.order_id,
+        "purpose": p.purpose,
+        "reason": p.reason,
+        "error": error,
+    }
+
+
+def alert_public(a: QualityAlert) -> dict[str, Any]:
+    return {
+        "alert_id": a.alert_id,
+        "rule": a.alert.rule,
+        "description": a.alert.description,
+        "agreement_id": a.agreement_id,
+        "order_id": a.order_id,
+        "station": a.station,
+        "characteristic": a.characteristic,
+        "points": [p.value for p in a.alert.points],
+        "at": _time(a.alert.at),
+    }
+
+
+def subscription_public(s: Subscription) -> dict[str, Any]:
+    lat = sorted(s.latencies_ms)
+    return {
+        "subscription_id": s.subscription_id,
+        "provider": s.provider,
+        "agreement_id": s.agreement_id,
+        "running": s.running,
+        "received": s.received,
+        "position": s.position,
+        "error": s.error,
+        "latency_ms_p50": lat[len(lat) // 2] if lat else None,
+        "latency_ms_max": lat[-1] if lat else None,
+        "alerts": [alert_public(a) for a in s.alerts],
+    }
+
+
+def receipt_public(s: SignedReceipt) -> dict[str, Any]:
+    r = s.receipt
+    return {
+        "receipt_id": r.receipt_id,
+        "agreement_id": r.agreement_id,
+        "order_id": r.order_id,
+        "consumer_id": r.consumer_id,
+        "row_count": r.row_count,
+        "content_sha256": r.content_sha256,
+        "deleted_at": _time(r.deleted_at),
+        "signature": s.signature.hex(),
+    }
+
+
+def entry_public(e: CatalogEntry) -> dict[str, Any]:
+    return {
+        "provider_id": e.provider_id,
+        "asset_id": e.asset_id,
+        "title": e.title,
+        "kind": e.kind.value,
+        "fields": sorted(e.fields),
+        "pseudonymized": sorted(e.pseudonymized),
+        "offer": policy_to_dict(e.offer),
+    }
+
+
+async def _domain(call: Callable[[], Awaitable[_T]]) -> _T:
+    try:
+        return await call()
+    except ContractError as exc:
+        raise HTTPException(HTTP_OF_GRPC.get(exc.grpc_status, 500), str(exc)) from None
+    except ClockControlDisabled as exc:
+        raise HTTPException(403, str(exc)) from None
+
+
+def _sync(fn: Callable[..., _T], *args: Any) -> Callable[[], Awaitable[_T]]:
+    async def run() -> _T:
+        return await run_in_threadpool(fn, *args)
+
+    return run
+
+
+def contracts_router(ctx: NodeContext, operator: Any) -> APIRouter:
+    """The ``/v1/contracts`` routes of a node; `operator` is the app's token dependency."""
+    router = APIRouter(prefix="/v1/contracts", dependencies=[operator], tags=["contracts"])
+
+    def runtime() -> ContractRuntime:
+        if ctx.contracts is None:
+            raise HTTPException(503, "this node runs no contract machinery")
+        return ctx.contracts
+
+    @router.get("/catalog/{peer}")
+    async def peer_catalog(peer: str, kind: str = "") -> list[dict[str, Any]]:
+        client, _ = client_of(ctx)
+        return [entry_public(e) for e in await client.catalog(peer, kind)]
+
+    @router.get("/assets")
+    def own_assets() -> list[dict[str, Any]]:
+        return [entry_public(e) for e in runtime().catalog("oem")]
+
+    @router.post("/negotiations")
+    async def negotiate(body: NegotiateBody) -> dict[str, Any]:
+        client, _ = client_of(ctx)
+
+        async def run() -> Negotiation:
+            return await client.negotiate(
+                body.peer,
+                body.asset_id,
+                purposes=frozenset(body.purposes),
+                orders=None if body.orders is None else frozenset(body.orders),
+                fields=None if body.fields is None else frozenset(body.fields),
+                retention_days=body.retention_days,
+                valid_until=body.valid_until,
+            )
+
+        return negotiation_public(await _domain(run))
+
+    @router.get("/negotiations")
+    def negotiations() -> list[dict[str, Any]]:
+        return [negotiation_public(n) for n in runtime().store.negotiations()]
+
+    @router.get("/agreements")
+    def agreements() -> list[dict[str, Any]]:
+        return [agreement_public(a) for a in runtime().store.agreements()]
+
+    @router.get("/agreements/{agreement_id}")
+    async def agreement(agreement_id: str) -> dict[str, Any]:
+        stored = await _domain(_sync(runtime().store.agreement, agreement_id))
+        return agreement_public(stored, full=True)
+
+    @router.post("/agreements/{agreement_id}/terminate")
+    async def terminate(agreement_id: str, body: TerminateBody) -> dict[str, Any]:
+        stored = await _domain(_sync(runtime().terminate, agreement_id, body.reason))
+        await client_of(ctx)[1].flush()
+        return agreement_public(stored)
+
+    @router.post("/transfers")
+    async def transfer(body: TransferBody) -> dict[str, Any]:
+        client, _ = client_of(ctx)
+
+        async def run() -> TransferProcess:
+            return await client.request_transfer(
+                body.agreement_id,
+                purpose=body.purpose,
+                order_id=body.order_id,
+                fields=None if body.fields is None else frozenset(body.fields),
+            )
+
+        process = await _domain(run)
+        task = client.start_pull(process.transfer_id, body.batch_rows)
+        if body.wait:
+            process = await _domain(lambda: asyncio.shield(task))
+        return transfer_public(process)
+
+    @router.get("/transfers")
+    def transfers() -> list[dict[str, Any]]:
+        return [transfer_public(t) for t in runtime().store.transfers()]
+
+    @router.get("/transfers/{transfer_id}")
+    async def transfer_status(
+        transfer_id: str, wait_s: float = Query(0, ge=0, le=300)
+    ) -> dict[str, Any]:
+        client, _ = client_of(ctx)
+        task = client.transfers.get(transfer_id)
+        error = ""
+        if task is not None and wait_s:
+            await asyncio.wait({task}, timeout=wait_s)
+        if task is not None and task.done() and not task.cancelled() and task.exception():
+            error = str(task.exception())
+        process = await _domain(_sync(runtime().store.load_transfer, transfer_id))
+        return transfer_public(process, error)
+
+    @router.post("/transfers/{transfer_id}/resume")
+    async def resume(transfer_id: str, wait: bool = True) -> dict[str, Any]:
+        client, _ = client_of(ctx)
+        task = client.start_pull(transfer_id)
+        if wait:
+            return transfer_public(await _domain(lambda: asyncio.shield(task)))
+        return transfer_public(await _domain(_sync(runtime().store.load_transfer, transfer_id)))
+
+    @router.get("/received")
+    async def received(
+        agreement_id: str, order_id: str | None = None, limit: int = Query(1000, ge=1, le=100_000)
+    ) -> dict[str, Any]:
+        store = runtime().store
+        rows = await _domain(
+            _sync(lambda: store.received_rows(agreement_id, order_id, limit=limit))
+        )
+        return {
+            "agreement_id": agreement_id,
+            "total": store.count_received(agreement_id),
+            "rows": [json.loads(r.payload) for r in rows],
+        }
+
+    @router.post("/subscriptions")
+    async def subscribe(body: SubscribeBody) -> dict[str, Any]:
+        client, _ = client_of(ctx)
+        spec = SpcSpec(
+            usl=body.usl,
+            lsl=body.lsl,
+            baseline_size=body.baseline_size,
+            cpk_window=max(2, body.baseline_size),
+        )
+
+        async def run() -> Subscription:
+            sub = client.subscribe(
+                body.agreement_id,
+                purpose=body.purpose,
+                characteristic=body.characteristic,
+                spec=spec,
+            )
+            await asyncio.wait_for(sub.connected.wait(), 15)
+            return sub
+
+        sub = await _domain(run)
+        if sub.error:
+            code = 403 if sub.error.startswith("PERMISSION_DENIED") else 502
+            raise HTTPException(code, f"subscription refused: {sub.error}")
+        return subscription_public(sub)
+
+    @router.get("/subscriptions")
+    def subscriptions() -> list[dict[str, Any]]:
+        return [subscription_public(s) for s in client_of(ctx)[0].subscriptions.values()]
+
+    @router.get("/subscriptions/{subscription_id}")
+    def subscription(subscription_id: str) -> dict[str, Any]:
+        sub = client_of(ctx)[0].subscriptions.get(subscription_id)
+        if sub is None:
+            raise HTTPException(404, f"no subscription {subscription_id}")
+        return subscription_public(sub)
+
+    @router.get("/alerts")
+    def alerts() -> dict[str, Any]:
+        raised = [a for s in client_of(ctx)[0].subscriptions.values() for a in s.alerts]
+        return {
+            "raised": [alert_public(a) for a in raised],
+            "received": [alert_public(a) for a in runtime().received_alerts],
+        }
+
+    @router.post("/orders/{order_id}/close")
+    async def close_order(order_id: str) -> dict[str, Any]:
+        closed_at, ids = await _domain(_sync(runtime().close_order, order_id))
+        await client_of(ctx)[1].flush()
+        return {"order_id": order_id, "closed_at": _time(closed_at), "agreements": ids}
+
+    @router.get("/closures")
+    def closures() -> list[dict[str, Any]]:
+        return [
+            {
+                "agreement_id": c.agreement_id,
+                "order_id": c.order_id,
+                "closed_at": _time(c.closed_at),
+                "deadline": _time(c.deadline),
+            }
+            for c in runtime().store.closures()
+        ]
+
+    @router.post("/retention/sweep")
+    async def sweep(horizon_hours: float = Query(0, ge=0, le=720)) -> dict[str, Any]:
+        """Delete what expires by now + horizon; sign and send the receipts."""
+        horizon = timedelta(hours=horizon_hours)
+        report = await _domain(_sync(runtime().sweep, horizon))
+        await client_of(ctx)[1].flush()
+        return {
+            "rows_deleted": report.rows_deleted,
+            "receipts": [receipt_public(r) for r in report.receipts],
+            "failures": [f.__dict__ for f in report.failures],
+        }
+
+    @router.get("/receipts")
+    def receipts() -> list[dict[str, Any]]:
+        return [receipt_public(r) for r in runtime().store.receipts()]
+
+    @router.get("/duties")
+    def duties() -> list[dict[str, Any]]:
+        return [
+            {
+                "agreement_id": d.duty.agreement_id,
+                "consumer_id": d.duty.consumer_id,
+                "order_id": d.duty.order_id,
+                "retention_days": d.duty.retention_days,
+                "deadline": _time(d.duty.deadline),
+                "status": d.status.value,
+                "receipt_id": None if d.receipt is None else d.receipt.receipt_id,
+            }
+            for d in runtime().duties()
+        ]
+
+    @router.get("/clock")
+    def clock() -> dict[str, Any]:
+        c = runtime().clock
+        return {
+            "now": _time(c.now()),
+            "offset_days": c.offset / timedelta(days=1),
+            "control": c.control,
+        }
+
+    @router.post("/clock")
+    async def move_clock(body: ClockBody) -> dict[str, Any]:
+        c = runtime().clock
+        await _domain(_sync(c.set_offset, timedelta(days=body.offset_days)))
+        return {"now": _time(c.now()), "offset_days": body.offset_days, "control": c.control}
+
+    return router

@@ -1,0 +1,144 @@
+"""Inspection endpoints: model versions, FPR/FNR drift, misjudgment heatmaps (read-only).
+
+The router reads what the inspection tier writes into the node directory (the model
+registry, ``inspection/drift.json``, ``inspection/explanations/<version>/``); it never
+starts Ray or loads a model, so the API stays light. Heatmap files are served only when
+the explanation index lists them: a path from the URL is never joined blindly.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from fastapi import APIRouter, HTTPException
+from fastapi.params import Depends
+from fastapi.responses import FileResponse
+from pydantic import BaseModel
+
+from inference.explain import read_index
+from inference.registry import ModelRegistry, ModelVersion, RegistryError
+
+INSPECTION_DIR = "inspection"
+EXPLANATIONS_DIR = "explanations"
+DRIFT_FILE = "drift.json"
+_VERSION = re.compile(r"^[0-9a-f]{6,64}$")
+
+
+class ModelVersionPublic(BaseModel):
+    """A registered model version as the API shows it."""
+
+    version: str
+    created_at: str
+    source: str
+    input_size: int
+    class_names: list[str]
+    metrics: dict[str, float]
+    split_sha256: str | None
+    parent: str | None
+    notes: str
+    active: bool
+
+
+class ExplanationSummary(BaseModel):
+    """Which model version has heatmaps, and how many misjudgment groups."""
+
+    model_version: str
+    created_at: str
+    misjudged: int
+    groups: int
+
+
+def explanations_root(directory: Path) -> Path:
+    """Where ``qdspace inspect explain`` writes its folders (one per model version)."""
+    return directory / INSPECTION_DIR / EXPLANATIONS_DIR
+
+
+def _public(entry: ModelVersion, active: ModelVersion | None) -> ModelVersionPublic:
+    return ModelVersionPublic(
+        version=entry.version,
+        created_at=entry.created_at,
+        source=entry.source,
+        input_size=entry.input_size,
+        class_names=list(entry.class_names),
+        metrics=dict(entry.metrics),
+        split_sha256=entry.split_sha256,
+        parent=entry.parent,
+        notes=entry.notes,
+        active=active is not None and active.version == entry.version,
+    )
+
+
+def create_inspection_router(directory: Path, dependencies: Sequence[Depends]) -> APIRouter:
+    """Routes under ``/v1/inspection`` for the node in ``directory``, behind ``dependencies``."""
+    router = APIRouter(
+        prefix="/v1/inspection", tags=["inspection"], dependencies=list(dependencies)
+    )
+    registry = ModelRegistry(directory)
+
+    def entry_of(version: str) -> ModelVersion:
+        if not _VERSION.match(version):
+            raise HTTPException(400, f"model version {version!r}: expected 6 to 64 hex digits")
+        try:
+            return registry.get(version)
+        except RegistryError as exc:
+            raise HTTPException(404, str(exc)) from None
+
+    def index_of(version: str) -> dict[str, Any]:
+        entry = entry_of(version)
+        index = read_index(explanations_root(directory) / entry.version)
+        if index is None:
+            raise HTTPException(404, f"no explanations for model version {entry.version[:12]}")
+        return index
+
+    @router.get("/models", response_model=list[ModelVersionPublic])
+    def models() -> list[ModelVersionPublic]:
+        active = registry.active()
+        return [_public(v, active) for v in registry.versions()]
+
+    @router.get("/models/{version}", response_model=ModelVersionPublic)
+    def model(version: str) -> ModelVersionPublic:
+        return _public(entry_of(version), registry.active())
+
+    @router.get("/drift")
+    def drift() -> dict[str, Any]:
+        path = directory / INSPECTION_DIR / DRIFT_FILE
+        if not path.exists():
+            raise HTTPException(404, "no drift state yet: run `qdspace inspect run` first")
+        state: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
+        return state
+
+    @router.get("/explanations", response_model=list[ExplanationSummary])
+    def explanations() -> list[ExplanationSummary]:
+        root = explanations_root(directory)
+        out = []
+        for folder in sorted(root.iterdir()) if root.is_dir() else []:
+            index = read_index(folder)
+            if index is not None:
+                out.append(
+                    ExplanationSummary(
+                        model_version=index["model_version"],
+                        created_at=index["created_at"],
+                        misjudged=index["misjudged"],
+                        groups=len(index["groups"]),
+                    )
+                )
+        return out
+
+    @router.get("/explanations/{version}")
+    def explanation(version: str) -> dict[str, Any]:
+        return index_of(version)
+
+    @router.get("/explanations/{version}/{name}", response_class=FileResponse)
+    def heatmap(version: str, name: str) -> FileResponse:
+        index = index_of(version)
+        listed = {e["png"] for g in index["groups"] for e in g["examples"]}
+        if name not in listed:
+            raise HTTPException(404, f"heatmap {name!r} is not in the explanation index")
+        path = explanations_root(directory) / index["model_version"] / name
+        return FileResponse(path, media_type="image/png")
+
+    return router

@@ -1,0 +1,243 @@
+"""``qdspace fl start | join | status``: federated jobs from a member's node directory.
+
+Each command speaks to the coordinator's ``Federation`` service over mutual TLS with
+the node's own keys (the coordinator may be the node itself). ``start`` publishes a
+job on the coordinator's running node; ``join`` trains on the member's own data and
+follows the job round by round; ``status`` shows (and with ``--watch`` follows) it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, TypeVar
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from federation import logreg
+from federation.errors import FederationError
+from federation.host import StatusView
+from federation.job import JobSpec
+from federation.params import Params, params_from_bytes
+from federation.strategies import StrategyName
+from federation.versions import ModelVersion
+from node.errors import NodeError
+
+if TYPE_CHECKING:
+    import grpc
+
+    from node.identity.member import MemberKeys
+
+fl_app = typer.Typer(no_args_is_help=True, help="federated learning jobs")
+console = Console()
+err = Console(stderr=True)
+
+T = TypeVar("T")
+
+DirOpt = Annotated[Path, typer.Option("--dir", help="node directory")]
+CoordOpt = Annotated[str | None, typer.Option(help="coordinator member name (default: this node)")]
+
+
+def _fail(message: str) -> typer.Exit:
+    err.print(f"[red]error:[/red] {message}", highlight=False, soft_wrap=True)
+    return typer.Exit(1)
+
+
+def _with_channel(
+    directory: Path,
+    coordinator: str | None,
+    call: Callable[[grpc.aio.Channel, MemberKeys, str], Awaitable[T]],
+) -> T:
+    """Run ``call(channel, keys, coordinator_name)`` on an mTLS channel to the coordinator."""
+    from node.config import NodeSettings
+    from node.identity.member import load_member_keys
+    from node.rpc.client import open_channel
+
+    try:
+        settings = NodeSettings.load(directory)
+        keys = load_member_keys(settings.directory)
+        name = coordinator or settings.name
+        if name == settings.name:
+            address = f"{settings.grpc_host}:{settings.grpc_port}"
+        elif name in settings.peers:
+            address = settings.peers[name]
+        else:
+            raise NodeError(f"unknown coordinator {name!r}; known peers: {sorted(settings.peers)}")
+
+        async def run() -> T:
+            channel = open_channel(keys, address, name)
+            try:
+                return await call(channel, keys, name)
+            finally:
+                await channel.close()
+
+        return asyncio.run(run())
+    except (NodeError, FederationError) as exc:
+        raise _fail(str(exc)) from None
+
+
+def status_table(views: list[StatusView]) -> Table:
+    table = Table("job", "round", "phase", "version", "deadline in", "last round", "epsilon")
+    for v in views:
+        last = v.history[-1] if v.history else None
+        members = "" if last is None else f"{len(last.members)} members"
+        if last is not None and last.bounded:
+            members += f", bounded {','.join(last.bounded)}"
+        eps = "" if last is None or last.epsilon is None else f"{last.epsilon:.2f}"
+        table.add_row(
+            v.job_id,
+            f"{v.round}/{v.rounds}",
+            v.phase.value,
+            str(v.version),
+            "" if v.finished else f"{v.deadline_in_s:.0f} s",
+            members,
+            eps,
+        )
+    return table
+
+
+@fl_app.command("start")
+def start(
+    directory: DirOpt,
+    terms: Annotated[Path, typer.Option(help="job terms (JSON of federation.job.JobSpec)")],
+    initial: Annotated[
+        Path | None, typer.Option(help="initial model (QDFP1 bytes); default all zeros")
+    ] = None,
+    coordinator: CoordOpt = None,
+) -> None:
+    """Publish a federated job on the coordinator's running node (normally this node)."""
+    import numpy as np
+
+    from node.rpc.federation_client import FederationClient
+
+    try:
+        job = JobSpec.from_dict(json.loads(terms.read_text()))
+        params: Params = (
+            [np.zeros(s, np.float32) for s in job.shapes]
+            if initial is None
+            else params_from_bytes(initial.read_bytes())
+        )
+    except (OSError, ValueError) as exc:
+        raise _fail(f"{terms if initial is None else initial}: {exc}") from None
+
+    async def call(channel: grpc.aio.Channel, keys: MemberKeys, name: str) -> StatusView:
+        return await FederationClient(channel, name, job.job_id).start_job(job, params)
+
+    view = _with_channel(directory, coordinator, call)
+    secure = "with secure aggregation" if job.secure_aggregation else "without secure aggregation"
+    console.print(
+        f"job [bold]{job.job_id}[/bold] published on {job.coordinator}: {job.rounds} rounds, "
+        f"members {', '.join(job.members)}, strategy {job.strategy.name.value}, {secure}"
+    )
+    console.print(status_table([view]))
+
+
+@fl_app.command("status")
+def status(
+    directory: DirOpt,
+    coordinator: CoordOpt = None,
+    job: Annotated[str | None, typer.Option(help="job id (default: all visible jobs)")] = None,
+    watch: Annotated[bool, typer.Option(help="follow the job until it finishes")] = False,
+) -> None:
+    """Show the coordinator's jobs: round, phase, version, members and privacy spent."""
+    from node.rpc.federation_client import FederationClient
+
+    async def call(channel: grpc.aio.Channel, keys: MemberKeys, name: str) -> list[StatusView]:
+        client = FederationClient(channel, name, job or "")
+        if not watch or job is None:
+            return await client.list_jobs()
+        view = await client.status()
+        console.print(status_table([view]))
+        while not view.finished:
+            view = await client.status(view, wait_s=10.0)
+            console.print(_progress_line(view))
+        return [view]
+
+    views = _with_channel(directory, coordinator, call)
+    if job is not None:
+        views = [v for v in views if v.job_id == job]
+        if not views:
+            raise _fail(f"no job {job!r} visible on {coordinator or 'this node'}")
+    console.print(status_table(views))
+    for view in views:
+        console.print(_progress_line(view), highlight=False, soft_wrap=True)
+
+
+def _progress_line(view: StatusView) -> str:
+    if view.finished:
+        return f"{view.job_id}: {view.phase.value} after {len(view.history)} rounds ({view.detail})"
+    return (
+        f"{view.job_id}: round {view.round}/{view.rounds} attempt {view.attempt} "
+        f"{view.phase.value}, version {view.version}"
+    )
+
+
+@fl_app.command("join")
+def join(
+    directory: DirOpt,
+    job: Annotated[str, typer.Option(help="job id")],
+    data: Annotated[Path, typer.Option(help="this member's training data (.npz with x, y)")],
+    coordinator: CoordOpt = None,
+    test: Annotated[
+        Path | None, typer.Option(help="held-out data (.npz) to score each global version on")
+    ] = None,
+) -> None:
+    """Train on this member's own data and take part in every round until the job ends."""
+    from node.rpc.federation_client import (
+        FederationClient,
+        MemberEvent,
+        MemberResult,
+        MemberRunner,
+        coordinator_key,
+    )
+
+    def on_event(event: MemberEvent) -> None:
+        if event.kind != "model":
+            console.print(f"round {event.round}: {event.kind} {event.detail}", highlight=False)
+
+    async def call(channel: grpc.aio.Channel, keys: MemberKeys, name: str) -> MemberResult:
+        client = FederationClient(channel, name, job)
+        spec = await client.job()
+        if spec.model != "logreg":
+            raise FederationError(f"fl join trains 'logreg' models; job {job} is {spec.model}")
+        (dims, classes), _ = spec.shapes
+        own = logreg.load_dataset(data, dims, classes)
+        held_out = None if test is None else logreg.load_dataset(test, dims, classes)
+        mu = (
+            spec.strategy.params.get("mu", 0.0)
+            if spec.strategy.name is StrategyName.FEDPROX
+            else 0.0
+        )
+
+        def on_version(version: ModelVersion, params: Params) -> None:
+            score = (
+                ""
+                if held_out is None
+                else f", held-out accuracy {logreg.accuracy(params, held_out):.3f}"
+            )
+            console.print(
+                f"version {version.version} (round {version.round}) verified, signed by "
+                f"{version.coordinator}{score}",
+                highlight=False,
+            )
+
+        runner = MemberRunner(
+            client,
+            keys.identity.name,
+            logreg.trainer_for(spec.training, own, mu),
+            await coordinator_key(channel, name),
+            signing_key=keys.signing_key,
+            on_event=on_event,
+            on_version=on_version,
+        )
+        return await runner.run()
+
+    result = _with_channel(directory, coordinator, call)
+    console.print(
+        f"job {job} {result.status.phase.value}: contributed to rounds {result.contributed}, "
+        f"{len(result.versions)} versions verified"
+    )

@@ -1,0 +1,337 @@
+"""``qdspace train`` and ``qdspace inspect ...``: line inspection from the command line.
+
+Mounted by ``node.cli`` with :func:`mount`. PyTorch is imported only by ``train``;
+``inspect`` needs onnxruntime and (unless ``--local``) Ray.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+from rich.console import Console, Group
+from rich.live import Live
+from rich.table import Table
+
+from connector.errors import ConnectorError
+from inference.errors import InferenceError
+from node.errors import NodeError
+
+inspect_app = typer.Typer(no_args_is_help=True, help="line inspection (EL cells)")
+console = Console()
+err = Console(stderr=True)
+logger = logging.getLogger("node")
+
+F = TypeVar("F", bound=Callable[..., Any])
+DirOpt = Annotated[Path, typer.Option("--dir", help="node directory")]
+MemberOpt = Annotated[
+    str, typer.Option(help="whose cells: cellex (mono), polycell (poly), all; auto = node name")
+]
+INSPECTION_DIR = "inspection"
+DRIFT_FILE = "drift.json"
+
+
+def mount(app: typer.Typer) -> None:
+    """Add ``train`` and the ``inspect`` group to the ``qdspace`` app."""
+    app.command("train")(train)
+    app.add_typer(inspect_app, name="inspect")
+
+
+def clean_errors(fn: F) -> F:
+    """Known errors become one line on stderr and exit code 1, never a traceback."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except (InferenceError, NodeError, ConnectorError) as exc:
+            err.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
+            raise typer.Exit(1) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _member(directory: Path, member: str) -> str:
+    if member != "auto":
+        return member
+    from inference.dataset import ALL_MEMBERS, SUPPLIER_BY_CELL_TYPE
+    from node.config import NodeSettings
+
+    name = NodeSettings.load(directory).name
+    return name if name in SUPPLIER_BY_CELL_TYPE.values() else ALL_MEMBERS
+
+
+def split_path(directory: Path, member: str) -> Path:
+    """Where the split manifest of a member's cells is written."""
+    return directory / INSPECTION_DIR / f"split-{member}.json"
+
+
+@clean_errors
+def train(
+    directory: DirOpt,
+    member: MemberOpt = "auto",
+    epochs: Annotated[int, typer.Option(min=1, help="passes over the training split")] = 12,
+    size: Annotated[int, typer.Option(min=16, help="model input side in pixels")] = 64,
+    seed: Annotated[int, typer.Option(help="initialisation and shuffling seed")] = 0,
+    threads: Annotated[int, typer.Option(min=1, help="PyTorch threads")] = 1,
+    split_seed: Annotated[int, typer.Option(help="seed of the train/val/test split")] = 20240501,
+    activate: Annotated[bool, typer.Option(help="serve this version from now on")] = True,
+) -> None:
+    """Train the EL defect CNN on this member's own cells, export ONNX, register it."""
+    from inference.dataset import load_elpv, select_member
+    from inference.registry import ModelRegistry
+    from inference.splits import split_el_images
+    from inference.training import ONNX_OPSET, TrainConfig, train_and_export
+
+    who = _member(directory, member)
+    cells = select_member(load_elpv(size=size), who)
+    manifest = split_el_images(cells, seed=split_seed)
+    manifest.write(split_path(directory, who))
+    config = TrainConfig(input_size=size, epochs=epochs, seed=seed, threads=threads)
+    console.print(
+        f"training on {len(manifest.train)} {who} cells "
+        f"(val {len(manifest.val)}, test {len(manifest.test)}, split {manifest.sha256[:12]})"
+    )
+    result = train_and_export(
+        cells.select(manifest.train),
+        cells.select(manifest.test),
+        config,
+        on_epoch=lambda e, loss: console.print(f"  epoch {e:>2}/{epochs}  loss {loss:.4f}"),
+    )
+    entry = ModelRegistry(directory).register(
+        result.onnx_bytes,
+        source=f"local-train:{who}",
+        metrics={**result.metrics.as_dict(), "onnx_opset": float(ONNX_OPSET)},
+        split_sha256=manifest.sha256,
+        notes=f"epochs={epochs} size={size} seed={seed} split_seed={split_seed} held-out=test",
+        activate=activate,
+    )
+    m = result.metrics
+    table = Table("held-out (test)", "value")
+    for name, value in (("accuracy", m.accuracy), ("F1", m.f1), ("AUROC", m.auroc)):
+        table.add_row(name, f"{value:.3f}")
+    table.add_row("cells", str(m.count))
+    console.print(table)
+    console.print(f"model version [bold]{entry.version}[/bold]{' (active)' if activate else ''}")
+
+
+@inspect_app.command("models")
+@clean_errors
+def models(directory: DirOpt) -> None:
+    """List this node's model versions."""
+    from inference.registry import ModelRegistry
+
+    registry = ModelRegistry(directory)
+    active = registry.active()
+    table = Table("version", "source", "created", "acc", "F1", "AUROC", "active")
+    for v in registry.versions():
+        table.add_row(
+            v.version[:16],
+            v.source,
+            v.created_at,
+            *(
+                f"{v.metrics[k]:.3f}" if k in v.metrics else "-"
+                for k in ("accuracy", "f1", "auroc")
+            ),
+            "*" if active and active.version == v.version else "",
+        )
+    console.print(table)
+
+
+@inspect_app.command("activate")
+@clean_errors
+def activate_version(
+    directory: DirOpt, version: Annotated[str, typer.Argument(help="version or prefix")]
+) -> None:
+    """Make a registered version the one ``inspect run`` serves."""
+    from inference.registry import ModelRegistry
+
+    entry = ModelRegistry(directory).activate(version)
+    console.print(f"active model version {entry.version}")
+
+
+@inspect_app.command("explain")
+@clean_errors
+def explain_command(
+    directory: DirOpt,
+    member: MemberOpt = "auto",
+    version: Annotated[str | None, typer.Option(help="model version (default: active)")] = None,
+    top: Annotated[int, typer.Option(min=1, help="how many misjudgment groups")] = 5,
+    per_group: Annotated[int, typer.Option(min=1, help="heatmaps per group")] = 3,
+) -> None:
+    """Heatmaps of the top FP/FN groups on this member's labelled validation cells."""
+    from inference.dataset import load_elpv, select_member
+    from inference.explain import explain
+    from inference.registry import ModelRegistry, RegistryError
+    from inference.splits import SplitManifest, split_el_images
+    from node.api.inspection import explanations_root
+
+    registry = ModelRegistry(directory)
+    entry = registry.get(version) if version else registry.active()
+    if entry is None:
+        raise RegistryError(f"no active model version in {registry.root}")
+    who = _member(directory, member)
+    cells = select_member(load_elpv(), who)
+    path = split_path(directory, who)
+    manifest = SplitManifest.read(path) if path.exists() else split_el_images(cells)
+    out = explanations_root(directory) / entry.version
+    groups = explain(registry.load(entry.version), cells.select(manifest.val), out, top, per_group)
+    table = Table("group", "kind", "cells", "heatmaps", title=f"misjudged {who} validation cells")
+    for g in groups:
+        table.add_row(g.group_id, g.kind, str(g.count), ", ".join(e.png for e in g.examples))
+    console.print(table)
+    console.print(f"written to {out}")
+
+
+@inspect_app.command("run")
+@clean_errors
+def run(
+    directory: DirOpt,
+    stations: Annotated[int, typer.Option(min=1, help="number of stations")] = 2,
+    fps: Annotated[float, typer.Option(min=0.1, help="frames per second per station")] = 27.0,
+    seconds: Annotated[float, typer.Option(min=0.1, help="how long to run")] = 30.0,
+    frames: Annotated[
+        Path | None, typer.Option(help="folder of images instead of the EL data set")
+    ] = None,
+    member: MemberOpt = "auto",
+    version: Annotated[str | None, typer.Option(help="model version (default: active)")] = None,
+    local: Annotated[bool, typer.Option(help="judge in-process, without Ray Serve")] = False,
+    cpus: Annotated[int | None, typer.Option(help="CPUs for a Ray started here")] = None,
+    live: Annotated[bool, typer.Option(help="live display")] = True,
+) -> None:
+    """Feed stations at a set rate; verdicts go to this node's QDM, live stats on screen."""
+    from inference.alarms import AlarmLog
+    from inference.line import InspectionLine, LineConfig
+    from inference.registry import ModelRegistry
+    from inference.session import InspectionSession
+
+    if not local:
+        import inference.serve  # noqa: F401  (Serve sets its driver logger up on import)
+
+        logging.getLogger("ray.serve").setLevel(logging.WARNING)
+    alarms = AlarmLog()
+    with InspectionSession(ModelRegistry(directory), use_ray=not local, num_cpus=cpus) as session:
+        served = session.start(version)
+        specs, audit = _stations(directory, stations, fps, frames, member, alarms, served)
+        store, sink = _store_sink(directory)
+        try:
+            line = InspectionLine(
+                session.judge, sink, specs, LineConfig(run_id=uuid.uuid4().hex[:8]), alarms, audit
+            )
+            tier = "onnxruntime in-process" if local else "Ray Serve"
+            console.print(
+                f"serving {served.version[:12]} on {tier}; "
+                f"{stations} station(s) at {fps:g} fps for {seconds:g}s"
+            )
+            final = _run_with_display(line, session, seconds, audit, directory, live)
+        finally:
+            store.close()
+    console.print(_render(final, audit))
+
+
+def _stations(
+    directory: Path,
+    count: int,
+    fps: float,
+    frames: Path | None,
+    member: str,
+    alarms: Any,
+    served: Any,
+) -> tuple[list[Any], Any]:
+    """Station specs over a folder, or over the member's held-out cells with a drift audit."""
+    from inference.dataset import load_elpv, select_member
+    from inference.drift import DriftMonitor, DriftThresholds
+    from inference.line import StationSpec
+    from inference.sources import FolderFrames, dataset_frames, split_round_robin
+    from inference.splits import SplitManifest, split_el_images
+
+    if frames is not None:
+        return [StationSpec(f"el-{i + 1}", FolderFrames(frames), fps) for i in range(count)], None
+    who = _member(directory, member)
+    cells = select_member(load_elpv(), who)
+    path = split_path(directory, who)
+    manifest = SplitManifest.read(path) if path.exists() else split_el_images(cells)
+    held_out = cells.select(manifest.test)
+    parts = split_round_robin(held_out, count)
+    specs = [StationSpec(f"el-{i + 1}", dataset_frames(p), fps) for i, p in enumerate(parts)]
+    thresholds = DriftThresholds.from_baseline(served.metrics)
+    return specs, DriftMonitor(alarms, thresholds, model=served.version)
+
+
+def _store_sink(directory: Path) -> tuple[Any, Any]:
+    from connector.storage import open_store
+    from inference.writer import ingest_sink
+    from node.config import NodeSettings
+
+    store = open_store(NodeSettings.load(directory).database_url)
+    return store, ingest_sink(store.ingest_rows, source="inspection-line")
+
+
+def _run_with_display(
+    line: Any, session: Any, seconds: float, audit: Any, directory: Path, live: bool
+) -> Any:
+    """Run the line; each tick refreshes the display and drift file and follows activations."""
+    drift_path = directory / INSPECTION_DIR / DRIFT_FILE
+    view: Live | None = None
+
+    def tick(snapshot: Any) -> None:
+        swapped = session.follow_active()
+        if swapped is not None:
+            console.print(f"hot swap: now serving {swapped.version[:12]}")
+        if view is not None:
+            view.update(_render(snapshot, audit))
+        if audit is not None:
+            audit.model = session.version.version
+            audit.write(drift_path)
+
+    if not live:
+        final = line.run(seconds, on_tick=tick)
+    else:
+        with Live(_render(line.snapshot(), audit), console=console, refresh_per_second=4) as view:
+            final = line.run(seconds, on_tick=tick)
+    if audit is not None:
+        audit.write(drift_path)
+    return final
+
+
+def _ms(value: float) -> str:
+    return "-" if value != value else f"{value:.1f}"  # NaN when there are no samples
+
+
+def _render(snapshot: Any, audit: Any) -> Group:
+    """Stations, throughput, latency percentiles, versions and alarms as rich tables."""
+    stations = Table("station", "captured", "judged", "bad", "skipped", "errors", title="line")
+    for name, c in sorted(snapshot.stations.items()):
+        stations.add_row(
+            name, *map(str, (c.captured, c.judged, c.bad_frames, c.skipped, c.judge_errors))
+        )
+    j, s = snapshot.judged_latency, snapshot.stored_latency
+    perf = Table("measure", "value", title=f"after {snapshot.elapsed_s:.1f}s")
+    perf.add_row("throughput", f"{snapshot.throughput_fps:.1f} frames/s")
+    perf.add_row("frame->verdict p50/p90/p99", f"{_ms(j.p50)} / {_ms(j.p90)} / {_ms(j.p99)} ms")
+    perf.add_row("frame->stored p50/p99", f"{_ms(s.p50)} / {_ms(s.p99)} ms")
+    perf.add_row(
+        "stored / queued / dropped",
+        f"{snapshot.stored} / {snapshot.queued_verdicts} / {snapshot.dropped_verdicts}",
+    )
+    versions = ", ".join(f"{v[:12]}: {n}" for v, n in snapshot.model_versions.items()) or "-"
+    perf.add_row("model versions", versions)
+    alarms = ", ".join(f"{k}: {n}" for k, n in sorted(snapshot.alarms.items())) or "none"
+    perf.add_row("alarms", alarms)
+    parts: list[Any] = [stations, perf]
+    if audit is not None:
+        drift = Table("audit", "samples", "FPR", "FNR", title="drift (held-out cells)")
+        for st in audit.status():
+            drift.add_row(
+                st.station,
+                str(st.samples),
+                "-" if st.fpr is None else f"{st.fpr:.3f}{' !' if st.fpr_alarm else ''}",
+                "-" if st.fnr is None else f"{st.fnr:.3f}{' !' if st.fnr_alarm else ''}",
+            )
+        parts.append(drift)
+    return Group(*parts)

@@ -1,0 +1,296 @@
+"""Demo chapter: EL line inspection at each supplier, on Ray Serve, into the node's QDM.
+
+Each supplier trains a small CNN on its own cells only (Cellex Mono: mono, PolyCell
+Works: poly; a few seconds on 32 px inputs, so its held-out figures are modest and
+printed as measured), registers it in its node, and inspects its held-out cells at two
+stations on one local Ray Serve tier. Half-way through, a fine-tuned second version is
+activated and hot-swapped in; each verdict in the node's ``qdm_inspection`` table names
+the version that judged it. Drift rates and heatmaps of misjudged validation cells are
+then read back through the node's own REST API. Without the ``elpv`` or ``train``
+extras the chapter says so and is skipped.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from rich.console import Console
+from rich.table import Table
+
+from node.cli_inspect import DRIFT_FILE, INSPECTION_DIR, split_path
+
+if TYPE_CHECKING:
+    from inference.dataset import ElImages
+    from inference.registry import ModelRegistry, ModelVersion
+    from node.demo import DemoReport
+    from node.launcher import LocalNetwork, MemberProcess
+
+CHAPTER = "inspection"
+TITLE = "EL line inspection at each supplier (Ray Serve)"
+SUPPLIERS = ("cellex", "polycell")
+INPUT_SIZE = 32
+STATIONS = 2
+FPS = 27.0
+SECONDS = 3.0
+SWAP_AFTER_S = 1.5
+
+
+@dataclass(frozen=True)
+class DemoModels:
+    """The two versions a supplier trains: a first one and a fine-tuned successor."""
+
+    first: ModelVersion
+    second: ModelVersion
+
+
+def inspection_chapter(network: LocalNetwork, report: DemoReport) -> None:
+    """Train, serve, hot-swap and explain at every supplier; results in ``report.chapters``."""
+    try:
+        import inference.training  # noqa: F401  (PyTorch: the ``train`` extra)
+        from inference.dataset import load_elpv
+
+        cells = load_elpv()
+        small = load_elpv(size=INPUT_SIZE)  # the same cells, resized once for training
+    except ImportError as exc:  # DatasetUnavailableError / TrainingUnavailableError
+        report.chapters[CHAPTER] = {"skipped": str(exc)}
+        return
+    members = [network[name] for name in SUPPLIERS if name in network.members]
+    trained = {m.spec.name: _train_two(m, small) for m in members}  # before Ray takes the CPUs
+    results: dict[str, Any] = {}
+    with _LocalRay():
+        for member in members:
+            models, figures = trained[member.spec.name]
+            results[member.spec.name] = {**figures, **_inspect_at(member, models, cells)}
+    report.chapters[CHAPTER] = results
+
+
+class _LocalRay:
+    """One local Ray for the whole chapter, quiet, shut down at the end."""
+
+    def __enter__(self) -> None:
+        import ray
+
+        import inference.serve  # noqa: F401  (configures Serve's driver logger on import)
+
+        for noisy in ("ray", "ray.serve"):
+            logging.getLogger(noisy).setLevel(logging.WARNING)
+        ray.init(
+            num_cpus=2, include_dashboard=False, logging_level=logging.ERROR, log_to_driver=False
+        )
+
+    def __exit__(self, *exc: object) -> None:
+        import ray
+
+        ray.shutdown()  # ends Serve too; serve.shutdown() first only adds raylet noise
+
+
+def _train_two(member: MemberProcess, cells: ElImages) -> tuple[DemoModels, dict[str, Any]]:
+    """Train on the member's own cells; the second version fine-tunes the first."""
+    from inference import training
+    from inference.dataset import select_member
+    from inference.registry import ModelRegistry
+    from inference.splits import split_el_images
+
+    name = member.spec.name
+    own = select_member(cells, name)
+    manifest = split_el_images(own)
+    manifest.write(split_path(member.directory, name))
+    train, test = own.select(manifest.train), own.select(manifest.test)
+    # one thread: on two shared cores PyTorch's second thread mostly waits for the first
+    config = training.TrainConfig(input_size=INPUT_SIZE, epochs=3, widths=(8, 16, 32), threads=1)
+    registry = ModelRegistry(member.directory)
+    started = time.monotonic()
+    model, _ = training.train_model(train, config)
+    first_metrics = training.evaluate(model, test, config)
+    tuned, _ = training.train_model(train, config, initial=training.get_weights(model))
+    second_metrics = training.evaluate(tuned, test, config)
+    seconds = time.monotonic() - started
+    versions: list[ModelVersion] = []
+    for net, metrics, note in ((model, first_metrics, "3 epochs"), (tuned, second_metrics, "+3")):
+        versions.append(
+            registry.register(
+                training.export_onnx(net, INPUT_SIZE),
+                source=f"local-train:{name}",
+                metrics={**metrics.as_dict(), "onnx_opset": float(training.ONNX_OPSET)},
+                split_sha256=manifest.sha256,
+                parent=versions[0].version if versions else None,
+                notes=f"demo: {note} at {INPUT_SIZE}px, held-out=test",
+            )
+        )
+    registry.activate(versions[0].version)
+    figures = {
+        "cells": {"train": len(manifest.train), "test": len(manifest.test)},
+        "train_seconds": round(seconds, 1),
+        "held_out": [_figures(first_metrics), _figures(second_metrics)],
+    }
+    return DemoModels(versions[0], versions[1]), figures
+
+
+def _figures(metrics: Any) -> dict[str, float]:
+    return {k: round(float(getattr(metrics, k)), 3) for k in ("accuracy", "f1", "auroc")}
+
+
+def _inspect_at(member: MemberProcess, models: DemoModels, cells: ElImages) -> dict[str, Any]:
+    """One supplier: inspect with a hot swap, explain, read the results back via REST."""
+    from connector.storage import open_store
+    from inference.alarms import AlarmLog
+    from inference.dataset import select_member
+    from inference.drift import DriftMonitor, DriftThresholds
+    from inference.line import InspectionLine, LineConfig, StationSpec
+    from inference.registry import ModelRegistry
+    from inference.serve import ServeSettings
+    from inference.session import InspectionSession
+    from inference.sources import dataset_frames, split_round_robin
+    from inference.splits import SplitManifest
+    from inference.writer import ingest_sink
+    from node.config import NodeSettings
+
+    name = member.spec.name
+    registry = ModelRegistry(member.directory)
+    manifest = SplitManifest.read(split_path(member.directory, name))
+    held_out = select_member(cells, name).select(manifest.test)
+    specs = [
+        StationSpec(f"el-{i + 1}", dataset_frames(part), FPS)
+        for i, part in enumerate(split_round_robin(held_out, STATIONS))
+    ]
+    alarms = AlarmLog()
+    audit = DriftMonitor(
+        alarms, DriftThresholds.from_baseline(models.first.metrics), models.first.version
+    )
+    with member.client() as client:
+        rows_before = int(client.get("/v1/qdm/counts").json().get("inspection", 0))
+    store = open_store(NodeSettings.load(member.directory).database_url)
+    settings = ServeSettings(device="cpu")
+    swapped_at: list[float] = []
+    try:
+        with InspectionSession(registry, settings, alarms=alarms, app_name=f"el-{name}") as session:
+            session.start()
+            line = InspectionLine(
+                session.judge,
+                ingest_sink(store.ingest_rows, source="demo-inspection"),
+                specs,
+                LineConfig(run_id=uuid.uuid4().hex[:8]),
+                alarms,
+                audit,
+            )
+
+            def tick(snapshot: Any) -> None:
+                if not swapped_at and snapshot.elapsed_s >= SWAP_AFTER_S:
+                    registry.activate(models.second.version)
+                    if session.follow_active() is not None:
+                        swapped_at.append(snapshot.elapsed_s)
+
+            final = line.run(SECONDS, on_tick=tick, tick_s=0.25)
+    finally:
+        store.close()
+    audit.write(member.directory / INSPECTION_DIR / DRIFT_FILE)
+    heatmaps = _explain(member, registry, cells, manifest)
+    back = _read_back(member, heatmaps)
+    back["qdm_new_rows"] = back.pop("qdm_inspection_rows") - rows_before
+    return {**_served(final, swapped_at), **back}
+
+
+def _served(final: Any, swapped_at: list[float]) -> dict[str, Any]:
+    return {
+        "frames": sum(c.captured for c in final.stations.values()),
+        "stored": final.stored,
+        "dropped": final.dropped_verdicts + sum(c.skipped for c in final.stations.values()),
+        "p50_ms": round(final.stored_latency.p50, 1),
+        "p99_ms": round(final.stored_latency.p99, 1),
+        "versions": {v[:12]: n for v, n in final.model_versions.items()},
+        "swapped_at_s": round(swapped_at[0], 2) if swapped_at else None,
+        "alarms": dict(final.alarms),
+    }
+
+
+def _explain(member: MemberProcess, registry: ModelRegistry, cells: ElImages, manifest: Any) -> int:
+    """Heatmaps of the top misjudgment groups of the served version on validation cells."""
+    from inference.dataset import select_member
+    from inference.explain import explain
+    from inference.registry import RegistryError
+    from node.api.inspection import explanations_root
+
+    active = registry.active()
+    if active is None:
+        raise RegistryError(f"no active model version in {registry.root}")
+    val = select_member(cells, member.spec.name).select(manifest.val)
+    out = explanations_root(member.directory) / active.version
+    groups = explain(registry.load(active.version, device="cpu"), val, out, per_group=1)
+    return sum(len(g.examples) for g in groups)
+
+
+def _read_back(member: MemberProcess, heatmaps: int) -> dict[str, Any]:
+    """What the node itself now says, through its operator API."""
+    with member.client() as client:
+        counts = client.get("/v1/qdm/counts").json()
+        models = client.get("/v1/inspection/models").json()
+        drift = client.get("/v1/inspection/drift").json()
+        listed = client.get("/v1/inspection/explanations").json()
+    line = next((s for s in drift["stations"] if s["station"] == "*"), None)
+    return {
+        "qdm_inspection_rows": counts.get("inspection"),
+        "model_versions_registered": len(models),
+        "drift_fpr": None if line is None else line["fpr"],
+        "drift_fnr": None if line is None else line["fnr"],
+        "heatmaps": heatmaps,
+        "explanations_served": sum(e["groups"] for e in listed),
+        "heatmap_url": f"{member.api_url}/v1/inspection/explanations/<version>/<png>",
+    }
+
+
+def print_inspection(console: Console, report: DemoReport) -> None:
+    """The chapter's summary: one column per supplier, narrow enough for 80 columns."""
+    results = report.chapters.get(CHAPTER)
+    if not results:
+        return
+    if "skipped" in results:
+        console.print(f"[yellow]inspection chapter skipped:[/yellow] {results['skipped']}")
+        return
+    table = Table(
+        title=f"EL inspection on Ray Serve ({STATIONS} stations x {FPS:g} fps, {SECONDS:g} s)",
+        title_justify="left",
+    )
+    table.add_column("")
+    for name in results:
+        table.add_column(name)
+    for label, cell in _ROWS:
+        table.add_row(label, *(cell(r) for r in results.values()))
+    console.print(table)
+    console.print(
+        "each supplier trained on its own cells only (seconds, 32 px: modest figures), the "
+        "images never left its node; verdicts are rows of its qdm_inspection table, "
+        "heatmaps are served at /v1/inspection/explanations",
+        highlight=False,
+    )
+
+
+def _metrics(m: dict[str, float]) -> str:
+    return f"{m['accuracy']:.2f} / {m['f1']:.2f} / {m['auroc']:.2f}"
+
+
+def _rate(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}"
+
+
+_ROWS: tuple[tuple[str, Callable[[dict[str, Any]], str]], ...] = (
+    ("cells train / test", lambda r: f"{r['cells']['train']} / {r['cells']['test']}"),
+    ("v1 acc / F1 / AUROC", lambda r: _metrics(r["held_out"][0])),
+    ("v2 acc / F1 / AUROC", lambda r: _metrics(r["held_out"][1])),
+    ("frames / stored", lambda r: f"{r['frames']} / {r['stored']}"),
+    ("new rows in node QDM", lambda r: str(r["qdm_new_rows"])),
+    ("dropped", lambda r: str(r["dropped"])),
+    ("frame->stored p50/p99", lambda r: f"{r['p50_ms']} / {r['p99_ms']} ms"),
+    (
+        "verdicts per version",
+        lambda r: ", ".join(f"{v[:8]}: {n}" for v, n in r["versions"].items()),
+    ),
+    ("hot swap at", lambda r: "-" if r["swapped_at_s"] is None else f"{r['swapped_at_s']} s"),
+    ("audit FPR / FNR", lambda r: f"{_rate(r['drift_fpr'])} / {_rate(r['drift_fnr'])}"),
+    ("alarms", lambda r: ", ".join(f"{k} {n}" for k, n in r["alarms"].items()) or "none"),
+    ("heatmaps served", lambda r: str(r["explanations_served"])),
+)

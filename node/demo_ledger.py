@@ -1,0 +1,234 @@
+"""Demo chapter: the regulator checks members' records against the chain.
+
+Every member node anchors what it stored (inspection records one leaf each, other QDM
+tables in batches, agreements and deletion receipts as the contract chapters enqueue them).
+Here the regulator, with nothing but its credential and read access to the chain, fetches
+proofs from a supplier's node and verifies each one itself; then a record is changed in the
+supplier's database behind the node's back and the same check fails.
+
+``ledger_step`` finds what to verify by itself: one inspection batch of Cellex, and every
+agreement and deletion receipt any member anchored (the latest few). Chapters that create
+such records can name them explicitly in ``report.chapters['ledger_refs']`` as a list of
+``[member, kind, ref_id]``.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import httpx
+from rich.console import Console
+from rich.table import Table
+
+from connector.sample import cell_batch
+from ledger.verify import verify_document
+from node.api.regulator_auth import issue_credential
+from node.errors import NodeError
+from node.identity.member import load_member_keys
+
+if TYPE_CHECKING:
+    from node.demo import DemoReport
+    from node.launcher import LocalNetwork, MemberProcess
+
+TITLE = "regulator verifies records against the chain"
+CHAPTER = "ledger"
+SUPPLIER = "cellex"
+REGULATOR = "regulator"
+INSPECTION_BATCH_N = 7
+MAX_PER_KIND = 3
+FLUSH_TIMEOUT_S = 120
+
+
+@dataclass(frozen=True)
+class Checked:
+    member: str
+    kind: str
+    ref_id: str
+    valid: bool
+    reason: str
+    root: str
+    block: int
+    tx: str
+
+
+def _json(response: httpx.Response, what: str) -> Any:
+    if response.status_code >= 400:
+        raise NodeError(f"{what}: HTTP {response.status_code}: {response.text[:300]}")
+    return response.json()
+
+
+def _regulator_http(network: LocalNetwork, member: MemberProcess) -> httpx.Client:
+    keys = load_member_keys(network[REGULATOR].directory)
+    audience = _json(httpx.get(f"{member.api_url}/healthz", timeout=10), "healthz")["member_id"]
+    token = issue_credential(keys, audience)
+    return httpx.Client(
+        base_url=member.api_url, headers={"Authorization": f"Bearer {token}"}, timeout=60
+    )
+
+
+def _verify(
+    network: LocalNetwork, member: str, kind: str, ref_id: str
+) -> tuple[Checked, dict[str, Any]]:
+    """Fetch the proof as the regulator, then verify it independently against the chain."""
+    assert network.chain is not None
+    with _regulator_http(network, network[member]) as reg:
+        body = _json(reg.get(f"/v1/regulator/proofs/{kind}/{ref_id}"), f"proof of {ref_id}")
+    proof = body["proof"]
+    _, verdict = verify_document(json.dumps(proof), network.chain.url)
+    anchor = proof["anchor"]
+    checked = Checked(
+        member,
+        kind,
+        ref_id,
+        verdict.valid,
+        verdict.reason,
+        proof["tree"]["root"],
+        anchor["block_number"],
+        anchor["tx_hash"],
+    )
+    return checked, proof
+
+
+def _flush_all(network: LocalNetwork) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for name, member in network.members.items():
+        with member.client(timeout=FLUSH_TIMEOUT_S + 30) as client:
+            r = client.post("/v1/ledger/flush", params={"timeout_s": FLUSH_TIMEOUT_S})
+            out[name] = _json(r, f"anchoring flush of {name}")["status"]
+    return out
+
+
+def _contract_refs(network: LocalNetwork, report: DemoReport) -> list[tuple[str, str, str]]:
+    named = [tuple(x) for x in report.chapters.get("ledger_refs", [])]
+    refs: list[tuple[str, str, str]] = [(str(m), str(k), str(r)) for m, k, r in named]
+    if refs:
+        return refs
+    for name, member in network.members.items():
+        with member.client() as client:
+            for kind in ("agreement", "deletion_receipt"):
+                leaves = _json(
+                    client.get(f"/v1/ledger/leaves/{kind}", params={"limit": MAX_PER_KIND}),
+                    f"{kind} leaves of {name}",
+                )
+                refs += [(name, kind, leaf["ref_id"]) for leaf in leaves if leaf["anchored"]]
+    return refs
+
+
+def _batch_inspections(network: LocalNetwork) -> tuple[str, list[str]]:
+    batch = cell_batch(SUPPLIER, INSPECTION_BATCH_N)
+    path = network.workdir / "sample-data" / SUPPLIER / "el_inspections.jsonl"
+    ids: list[str] = []
+    for line in path.read_text().splitlines():
+        try:
+            row = json.loads(line)
+        except ValueError:
+            continue  # the sample's deliberately broken line
+        if isinstance(row, dict) and row.get("batch_id") == batch:
+            ids.append(str(row["inspection_id"]))
+    return batch, ids
+
+
+def _tamper(network: LocalNetwork, inspection_id: str) -> tuple[str, str]:
+    """Flip a stored verdict in the supplier's database, as a dishonest edit would."""
+    with sqlite3.connect(network[SUPPLIER].directory / "node.db") as db:
+        (old,) = db.execute(
+            "SELECT verdict FROM qdm_inspection WHERE inspection_id = ?", (inspection_id,)
+        ).fetchone()
+        new = "pass" if old in ("fail", "NOK") else "fail"
+        db.execute(
+            "UPDATE qdm_inspection SET verdict = ? WHERE inspection_id = ?", (new, inspection_id)
+        )
+    return old, new
+
+
+def ledger_step(network: LocalNetwork, report: DemoReport) -> None:
+    """The chapter: anchor, verify a batch, agreements and receipts, catch a tampered record."""
+    if network.chain is None:
+        report.chapters[CHAPTER] = {"skipped": "the network runs without a chain"}
+        return
+    status = _flush_all(network)
+    batch, ids = _batch_inspections(network)
+    checked = [_verify(network, SUPPLIER, "inspection", i)[0] for i in ids]
+    others = [_verify(network, m, k, r)[0] for m, k, r in _contract_refs(network, report)]
+    victim = ids[len(ids) // 2]
+    old, new = _tamper(network, victim)
+    tampered, proof = _verify(network, SUPPLIER, "inspection", victim)
+    proof_dir = network.workdir / "ledger"
+    proof_dir.mkdir(exist_ok=True)
+    with _regulator_http(network, network[SUPPLIER]) as reg:
+        good_proof = _json(reg.get(f"/v1/regulator/proofs/inspection/{ids[0]}"), "proof")["proof"]
+        passport = _json(reg.get("/v1/regulator/passport"), "passport of cellex")
+    (proof_dir / f"proof-{ids[0]}.json").write_text(json.dumps(good_proof, indent=2))
+    (proof_dir / f"proof-{victim}-tampered.json").write_text(json.dumps(proof, indent=2))
+    (proof_dir / "passport-cellex.json").write_text(json.dumps(passport, indent=2))
+    _, passport_verdict = verify_document(json.dumps(passport), network.chain.url)
+    _tamper(network, victim)  # put the record back for later chapters
+    report.chapters[CHAPTER] = {
+        "chain": network.chain.url,
+        "anchoring": status,
+        "inspection_batch": batch,
+        "inspections": [c.__dict__ for c in checked],
+        "contracts": [c.__dict__ for c in others],
+        "tampered": {**tampered.__dict__, "changed": f"verdict {old} -> {new}"},
+        "passport": {"valid": passport_verdict.valid, "reason": passport_verdict.reason},
+        "files": str(proof_dir),
+    }
+
+
+def print_ledger(console: Console, report: DemoReport) -> None:
+    """The chapter's part of the summary."""
+    doc = report.chapters.get(CHAPTER)
+    if not doc or "skipped" in doc:
+        return
+    insp = doc["inspections"]
+    valid = sum(1 for c in insp if c["valid"])
+    roots = {c["root"] for c in insp}
+    table = Table(title="regulator checks against the chain", title_justify="left")
+    for col in ("member", "record", "verdict", "root", "block", "transaction"):
+        table.add_column(col)
+    first = insp[0] if insp else None
+    rows = [
+        *([first] if first else []),
+        *doc["contracts"],
+        doc["tampered"],
+    ]
+    for c in rows:
+        failed = c["reason"].split(":")[0]
+        mark = "[green]valid[/green]" if c["valid"] else f"[red]INVALID[/red] ({failed})"
+        table.add_row(
+            c["member"],
+            f"{c['kind']} {c['ref_id']}",
+            mark,
+            c["root"][:10] + "..",
+            str(c["block"]),
+            c["tx"][:10] + "..",
+        )
+    console.print(table)
+    console.print(
+        f"inspection batch {doc['inspection_batch']} of {SUPPLIER}: {valid}/{len(insp)} records "
+        f"verified against {len(roots)} anchored root(s)",
+        highlight=False,
+    )
+    if not doc["contracts"]:
+        console.print("no agreement or deletion receipt was anchored yet", highlight=False)
+    t = doc["tampered"]
+    console.print(
+        f"tampered record {t['ref_id']} ({t['changed']}): "
+        + ("[green]caught[/green]: " if not t["valid"] else "[red]NOT CAUGHT[/red]: ")
+        + t["reason"],
+        highlight=False,
+    )
+    console.print(
+        f"quality data passport of {SUPPLIER}: "
+        + ("valid" if doc["passport"]["valid"] else f"INVALID {doc['passport']['reason']}"),
+        highlight=False,
+    )
+    console.print(
+        f"check yourself: qdspace verify {doc['files']}/proof-{first['ref_id'] if first else ''}"
+        f".json --rpc {doc['chain']}",
+        highlight=False,
+        soft_wrap=True,
+    )

@@ -1,0 +1,265 @@
+"""``qdspace.v1`` Catalog, Negotiation, Transfer, Subscription and Notification servicers.
+
+Each method decodes, calls one `ContractRuntime` method with the authenticated
+caller, encodes, and maps errors in one place (`_guard`): a contract error
+becomes the gRPC status it names (a request outside its agreement is
+PERMISSION_DENIED with the reason), a wire error INVALID_ARGUMENT.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+
+import grpc
+
+from connector.contract_errors import ContractDenied, ContractError
+from connector.views import catalog_entry
+from node.contract_runtime import ContractRuntime
+from node.identity.certs import MemberIdentity
+from node.rpc.auth import current_peer
+from node.rpc.contract_serde import (
+    WireFormatError,
+    catalog_entry_to_proto,
+    catalog_to_proto,
+    datetime_to_us,
+    negotiation_ack_to_proto,
+    negotiation_message_from_proto,
+    negotiation_message_to_proto,
+    negotiation_to_proto,
+    notification_from_proto,
+    pull_request_from_proto,
+    row_batch_to_proto,
+    stream_request_from_proto,
+    transfer_ack_to_proto,
+    transfer_message_from_proto,
+)
+from policies.errors import PolicyError
+from protocols.v1 import (
+    catalog_pb2,
+    catalog_pb2_grpc,
+    negotiation_pb2,
+    negotiation_pb2_grpc,
+    notification_pb2,
+    notification_pb2_grpc,
+    subscription_pb2,
+    subscription_pb2_grpc,
+    transfer_pb2,
+    transfer_pb2_grpc,
+)
+
+logger = logging.getLogger("node.rpc")
+
+DEFAULT_BATCH_ROWS = 1000
+MAX_BATCH_ROWS = 10_000
+POLL_S = 0.01
+RECHECK_S = 1.0
+HEARTBEAT_S = 5.0
+
+
+class _Abort(Exception):
+    def __init__(self, code: grpc.StatusCode, reason: str) -> None:
+        super().__init__(reason)
+        self.code = code
+        self.reason = reason
+
+
+@contextmanager
+def _guard(what: str) -> Iterator[None]:
+    """Turn domain errors into one gRPC status with a safe reason."""
+    try:
+        yield
+    except ContractError as exc:
+        code = getattr(grpc.StatusCode, exc.grpc_status, grpc.StatusCode.FAILED_PRECONDITION)
+        logger.warning("%s refused: %s: %s", what, code.name, exc)
+        raise _Abort(code, str(exc)) from None
+    except (WireFormatError, PolicyError) as exc:
+        raise _Abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc)) from None
+
+
+def _peer() -> MemberIdentity:
+    return current_peer().identity
+
+
+class CatalogServicer(catalog_pb2_grpc.CatalogServicer):
+    def __init__(self, runtime: ContractRuntime):
+        self._rt = runtime
+
+    async def ListAssets(
+        self, request: catalog_pb2.CatalogRequest, context: grpc.aio.ServicerContext
+    ) -> catalog_pb2.CatalogReply:
+        entries = self._rt.catalog(_peer().role, request.kind)
+        return catalog_to_proto(self._rt.me.member_id, entries)
+
+    async def GetAsset(
+        self, request: catalog_pb2.AssetRequest, context: grpc.aio.ServicerContext
+    ) -> catalog_pb2.Asset:
+        role = _peer().role
+        try:
+            with _guard("GetAsset"):
+                asset = self._rt.asset_for(request.asset_id, role)  # NOT_FOUND when not for role
+        except _Abort as abort:
+            await context.abort(abort.code, abort.reason)
+        entry = catalog_entry(asset, self._rt.me.member_id)
+        return catalog_entry_to_proto(entry)
+
+    def register(self, server: grpc.aio.Server) -> None:
+        catalog_pb2_grpc.add_CatalogServicer_to_server(self, server)
+
+
+class NegotiationServicer(negotiation_pb2_grpc.NegotiationServicer):
+    def __init__(self, runtime: ContractRuntime):
+        self._rt = runtime
+
+    async def Send(
+        self, request: negotiation_pb2.NegotiationMessage, context: grpc.aio.ServicerContext
+    ) -> negotiation_pb2.NegotiationAck:
+        try:
+            with _guard("Negotiation/Send"):
+                message = negotiation_message_from_proto(request)
+                negotiation, replies = self._rt.handle_negotiation(_peer(), message)
+        except _Abort as abort:
+            await context.abort(abort.code, abort.reason)
+        ack = negotiation_ack_to_proto(negotiation)
+        ack.replies.extend(negotiation_message_to_proto(r) for r in replies)
+        return ack
+
+    async def Get(
+        self, request: negotiation_pb2.NegotiationQuery, context: grpc.aio.ServicerContext
+    ) -> negotiation_pb2.NegotiationStatus:
+        try:
+            with _guard("Negotiation/Get"):
+                negotiation = self._rt.store.load_negotiation(request.negotiation_id)
+                caller = _peer().member_id
+                if caller not in (negotiation.provider_id, negotiation.consumer_id):
+                    raise ContractDenied(f"negotiation {request.negotiation_id} is not yours")
+        except _Abort as abort:
+            await context.abort(abort.code, abort.reason)
+        return negotiation_to_proto(negotiation)
+
+    def register(self, server: grpc.aio.Server) -> None:
+        negotiation_pb2_grpc.add_NegotiationServicer_to_server(self, server)
+
+
+class TransferServicer(transfer_pb2_grpc.TransferServicer):
+    def __init__(self, runtime: ContractRuntime):
+        self._rt = runtime
+
+    async def Send(
+        self, request: transfer_pb2.TransferMessage, context: grpc.aio.ServicerContext
+    ) -> transfer_pb2.TransferAck:
+        try:
+            with _guard("Transfer/Send"):
+                message = transfer_message_from_proto(request)
+                process = await asyncio.to_thread(self._rt.transfer_message, _peer(), message)
+        except _Abort as abort:
+            await context.abort(abort.code, abort.reason)
+        return transfer_ack_to_proto(process)
+
+    async def Pull(
+        self, request: transfer_pb2.PullRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[transfer_pb2.RowBatch]:
+        peer = _peer()
+        try:
+            with _guard("Transfer/Pull"):
+                pull = pull_request_from_proto(request)
+                size = min(pull.max_batch_rows or DEFAULT_BATCH_ROWS, MAX_BATCH_ROWS)
+                batches = self._rt.pull(peer, pull, size)
+                while True:
+                    batch = await asyncio.to_thread(next, batches, None)
+                    if batch is None:
+                        return
+                    yield row_batch_to_proto(batch)
+        except _Abort as abort:
+            await context.abort(abort.code, abort.reason)
+
+    def register(self, server: grpc.aio.Server) -> None:
+        transfer_pb2_grpc.add_TransferServicer_to_server(self, server)
+
+
+class SubscriptionServicer(subscription_pb2_grpc.SubscriptionServicer):
+    def __init__(self, runtime: ContractRuntime):
+        self._rt = runtime
+
+    async def Subscribe(
+        self, request: subscription_pb2.SubscribeRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[subscription_pb2.SubscriptionEvent]:
+        peer = _peer()
+        rt = self._rt
+        try:
+            with _guard("Subscription/Subscribe"):
+                stream = stream_request_from_proto(request)
+                gate, position = rt.open_stream(peer, stream)
+                checked = beat = time.monotonic()
+                yield subscription_pb2.SubscriptionEvent(
+                    subscription_id=stream.subscription_id,
+                    heartbeat=True,
+                    sent_at_unix_us=datetime_to_us(datetime.now(UTC)),
+                )
+                while True:
+                    if time.monotonic() - checked > RECHECK_S:  # terminated or expired since?
+                        stored = rt.provider_agreement(stream.agreement_id, peer)
+                        gate = rt.stream_gate(stored, stream)
+                        checked = time.monotonic()
+                    rows, positions, position = rt.stream_page(gate, position)
+                    if rows:
+                        yield subscription_pb2.SubscriptionEvent(
+                            subscription_id=stream.subscription_id,
+                            rows=[
+                                transfer_pb2.Row(json=r.payload, order_id=r.order_id) for r in rows
+                            ],
+                            positions=positions,
+                            sent_at_unix_us=datetime_to_us(rt.clock.now()),
+                        )
+                        beat = time.monotonic()
+                        continue
+                    if time.monotonic() - beat > HEARTBEAT_S:
+                        yield subscription_pb2.SubscriptionEvent(
+                            subscription_id=stream.subscription_id,
+                            heartbeat=True,
+                            sent_at_unix_us=datetime_to_us(rt.clock.now()),
+                        )
+                        beat = time.monotonic()
+                    await asyncio.sleep(POLL_S)
+        except _Abort as abort:
+            await context.abort(abort.code, abort.reason)
+
+    def register(self, server: grpc.aio.Server) -> None:
+        subscription_pb2_grpc.add_SubscriptionServicer_to_server(self, server)
+
+
+class NotificationServicer(notification_pb2_grpc.NotificationServicer):
+    def __init__(self, runtime: ContractRuntime):
+        self._rt = runtime
+
+    async def Notify(
+        self, request: notification_pb2.NotificationMessage, context: grpc.aio.ServicerContext
+    ) -> notification_pb2.NotificationAck:
+        try:
+            with _guard("Notification/Notify"):
+                note = notification_from_proto(request)
+                first = await asyncio.to_thread(self._rt.handle_notification, _peer(), note)
+        except _Abort as abort:
+            await context.abort(abort.code, abort.reason)
+        return notification_pb2.NotificationAck(
+            notification_id=request.notification_id, first_delivery=first
+        )
+
+    def register(self, server: grpc.aio.Server) -> None:
+        notification_pb2_grpc.add_NotificationServicer_to_server(self, server)
+
+
+def contract_registrations(runtime: ContractRuntime) -> list[Callable[..., None]]:
+    """The register functions of every contract servicer, for `build_server`."""
+    servicers = (
+        CatalogServicer(runtime),
+        NegotiationServicer(runtime),
+        TransferServicer(runtime),
+        SubscriptionServicer(runtime),
+        NotificationServicer(runtime),
+    )
+    return [s.register for s in servicers]

@@ -1,0 +1,110 @@
+"""``qdspace.v1.Federation`` messages <-> ``federation`` domain objects, in one place."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from federation import secagg
+from federation.host import StatusView
+from federation.rounds import Phase, RoundRecord
+from protocols.v1 import federation_pb2 as pb
+
+
+def record_to_proto(record: RoundRecord) -> pb.RoundRecord:
+    return pb.RoundRecord(
+        round=record.round,
+        version=record.version,
+        members=list(record.members),
+        bounded=list(record.bounded),
+        has_epsilon=record.epsilon is not None,
+        epsilon=record.epsilon or 0.0,
+    )
+
+
+def record_from_proto(msg: pb.RoundRecord) -> RoundRecord:
+    return RoundRecord(
+        round=msg.round,
+        version=msg.version,
+        members=tuple(msg.members),
+        bounded=tuple(msg.bounded),
+        epsilon=msg.epsilon if msg.has_epsilon else None,
+    )
+
+
+def status_to_proto(view: StatusView) -> pb.JobStatus:
+    return pb.JobStatus(
+        job_id=view.job_id,
+        round=view.round,
+        attempt=view.attempt,
+        phase=view.phase.value,
+        deadline_in_s=view.deadline_in_s,
+        version=view.version,
+        detail=view.detail,
+        rounds=view.rounds,
+        history=[record_to_proto(r) for r in view.history],
+        job_digest=view.job_digest,
+        delta=view.delta if view.delta is not None else 0.0,
+    )
+
+
+def status_from_proto(msg: pb.JobStatus) -> StatusView:
+    return StatusView(
+        job_id=msg.job_id,
+        round=msg.round,
+        attempt=msg.attempt,
+        phase=Phase(msg.phase),
+        deadline_in_s=msg.deadline_in_s,
+        version=msg.version,
+        detail=msg.detail,
+        rounds=msg.rounds,
+        history=tuple(record_from_proto(r) for r in msg.history),
+        job_digest=msg.job_digest,
+        delta=msg.delta or None,
+    )
+
+
+def advert_to_proto(advert: secagg.KeyAdvert) -> pb.KeyAdvert:
+    return pb.KeyAdvert(
+        member=advert.member,
+        cipher_pk=advert.cipher_pk,
+        mask_pk=advert.mask_pk,
+        seed_commitment=advert.seed_commitment,
+        signature=advert.signature,
+    )
+
+
+def advert_from_proto(msg: pb.KeyAdvert) -> secagg.KeyAdvert:
+    return secagg.KeyAdvert(
+        msg.member, msg.cipher_pk, msg.mask_pk, msg.seed_commitment, msg.signature
+    )
+
+
+def share_to_proto(share: secagg.EncryptedShare) -> pb.EncryptedShare:
+    return pb.EncryptedShare(
+        sender=share.sender, receiver=share.receiver, ciphertext=share.ciphertext
+    )
+
+
+def shares_from_proto(msgs: Iterable[pb.EncryptedShare]) -> list[secagg.EncryptedShare]:
+    return [secagg.EncryptedShare(m.sender, m.receiver, m.ciphertext) for m in msgs]
+
+
+def unmask_request_to_proto(request: secagg.UnmaskRequest) -> pb.UnmaskRequest:
+    return pb.UnmaskRequest(survivors=list(request.survivors), dropped=list(request.dropped))
+
+
+def unmask_request_from_proto(msg: pb.UnmaskRequest) -> secagg.UnmaskRequest:
+    return secagg.UnmaskRequest(tuple(msg.survivors), tuple(msg.dropped))
+
+
+def unmask_to_proto(response: secagg.UnmaskResponse, ref: pb.RoundRef) -> pb.UnmaskResponse:
+    return pb.UnmaskResponse(
+        ref=ref,
+        member=response.member,
+        seed_shares=dict(response.seed_shares),
+        key_shares=dict(response.key_shares),
+    )
+
+
+def unmask_from_proto(msg: pb.UnmaskResponse) -> secagg.UnmaskResponse:
+    return secagg.UnmaskResponse(msg.member, dict(msg.seed_shares), dict(msg.key_shares))

@@ -1,0 +1,508 @@
+"""``qdspace.v1.Federation``: a coordinator's jobs served to their members.
+
+Thin adapter over ``federation.host.JobHost``: decode, call one method under the
+job's lock (in a worker thread, so aggregating a 50 MB round does not stall the
+event loop), encode, and map ``federation`` errors to gRPC statuses in one place.
+The caller's member name is the authenticated TLS peer; a message claiming to be
+from someone else is refused by the round logic. ``GetStatus`` is a long poll: it
+answers as soon as the job moves on, or when the current phase's deadline passes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import json
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, NoReturn, TypeVar
+
+import grpc
+from nacl.signing import SigningKey, VerifyKey
+
+from federation.chunks import (
+    DEFAULT_CHUNK_BYTES,
+    Assembler,
+    Chunk,
+    prefer_heap_for_large_buffers,
+)
+from federation.errors import FederationError, RefusalReason, UpdateRefused
+from federation.host import (
+    JobExists,
+    JobHost,
+    Published,
+    UnknownJob,
+    VersionAnchor,
+    load_jobs,
+)
+from federation.job import JobSpec
+from federation.params import encoded_size, params_from_bytes
+from federation.rounds import Phase
+from node.identity.certs import MemberIdentity
+from node.rpc.auth import current_peer
+from node.rpc.federation_serde import (
+    advert_from_proto,
+    advert_to_proto,
+    share_to_proto,
+    shares_from_proto,
+    status_to_proto,
+    unmask_from_proto,
+    unmask_request_to_proto,
+)
+from protocols.v1 import federation_pb2 as pb
+from protocols.v1 import federation_pb2_grpc as pb_grpc
+
+logger = logging.getLogger("node.rpc")
+
+T = TypeVar("T")
+
+JOBS_DIR = Path("federation") / "jobs"
+#: ``NodeContext.extras`` key of an optional ``VersionAnchor`` (the ledger hook).
+ANCHOR_EXTRA = "federation.anchor"
+MAX_WAIT_S = 30.0
+
+_REFUSAL_CODES = {
+    RefusalReason.NOT_A_MEMBER: grpc.StatusCode.PERMISSION_DENIED,
+    RefusalReason.BAD_SIGNATURE: grpc.StatusCode.PERMISSION_DENIED,
+    RefusalReason.WRONG_SHAPE: grpc.StatusCode.INVALID_ARGUMENT,
+    RefusalReason.NOT_FINITE: grpc.StatusCode.INVALID_ARGUMENT,
+    RefusalReason.DUPLICATE: grpc.StatusCode.ALREADY_EXISTS,
+    RefusalReason.WRONG_JOB: grpc.StatusCode.NOT_FOUND,
+}
+
+
+def status_code_of(exc: FederationError) -> grpc.StatusCode:
+    """The gRPC status of a federation error (the details carry ``str(exc)``)."""
+    if isinstance(exc, UpdateRefused):
+        return _REFUSAL_CODES.get(exc.reason, grpc.StatusCode.FAILED_PRECONDITION)
+    if isinstance(exc, UnknownJob):
+        return grpc.StatusCode.NOT_FOUND
+    if isinstance(exc, JobExists):
+        return grpc.StatusCode.ALREADY_EXISTS
+    return grpc.StatusCode.INVALID_ARGUMENT
+
+
+async def _abort(context: grpc.aio.ServicerContext, method: str, exc: Exception) -> NoReturn:
+    if isinstance(exc, FederationError):
+        code = status_code_of(exc)
+    else:
+        code = grpc.StatusCode.INVALID_ARGUMENT
+    logger.warning("federation %s refused for %s: %s", method, current_peer().name, exc)
+    await context.abort(code, str(exc))
+    raise AssertionError("unreachable: abort raises")  # pragma: no cover
+
+
+def _state(host: JobHost) -> tuple[int, int, str, int]:
+    c = host.coordinator
+    return (c.round, c.attempt, c.phase.value, c.version)
+
+
+@dataclass
+class _Slot:
+    """One job with its lock and a 'something changed' event for long polls."""
+
+    host: JobHost
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    changed: asyncio.Event = field(default_factory=asyncio.Event)
+    # the latest version's stream, built once and sent to every member that downloads it
+    stream: tuple[Published | None, tuple[pb.ModelChunk, ...]] = (None, ())
+
+    def model_stream(self, published: Published) -> tuple[pb.ModelChunk, ...]:
+        if self.stream[0] is not published:
+            payload = memoryview(published.payload)
+            header = pb.ModelChunk(
+                header=pb.ModelHeader(
+                    record=published.signed.record,
+                    signature=published.signed.signature,
+                    total_bytes=len(payload),
+                    sha256=published.sha256,
+                )
+            )
+            data = (
+                pb.ModelChunk(data=bytes(payload[offset : offset + DEFAULT_CHUNK_BYTES]))
+                for offset in range(0, len(payload), DEFAULT_CHUNK_BYTES)
+            )
+            self.stream = (published, (header, *data))
+        return self.stream[1]
+
+    def notify(self) -> None:
+        old, self.changed = self.changed, asyncio.Event()
+        old.set()
+
+
+class FederationServicer(pb_grpc.FederationServicer):
+    """Serves the jobs this node coordinates; resumes them from disk when built."""
+
+    def __init__(
+        self,
+        me: MemberIdentity,
+        signer: SigningKey,
+        root: Path,
+        *,
+        anchor: VersionAnchor | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._me = me
+        self._signer = signer
+        self._root = root
+        self._anchor = anchor
+        self._clock = clock
+        prefer_heap_for_large_buffers()  # 50 MB round buffers without per-round page faults
+        hosts = load_jobs(root, signer, clock(), anchor=anchor)
+        self._jobs: dict[str, _Slot] = {job_id: _Slot(h) for job_id, h in hosts.items()}
+
+    @classmethod
+    def from_context(cls, ctx: Any) -> FederationServicer:
+        """Built from the node's context; ``ctx.extras[ANCHOR_EXTRA]`` is the ledger hook."""
+        anchor = ctx.extras.get(ANCHOR_EXTRA)
+        return cls(
+            ctx.keys.identity,
+            ctx.keys.signing_key,
+            ctx.directory / JOBS_DIR,
+            anchor=anchor if callable(anchor) else None,
+        )
+
+    def register(self, server: grpc.aio.Server) -> None:
+        pb_grpc.add_FederationServicer_to_server(self, server)
+
+    # --- helpers -----------------------------------------------------------------------
+
+    def _slot(self, job_id: str) -> _Slot:
+        slot = self._jobs.get(job_id)
+        if slot is None:
+            raise UnknownJob(f"no job {job_id!r} on {self._me.name}")
+        return slot
+
+    async def _locked(self, slot: _Slot, call: Callable[[], T]) -> T:
+        """Run ``call`` on the job under its lock in a worker thread; wake long polls."""
+        async with slot.lock:
+            before = _state(slot.host)
+            try:
+                return await asyncio.to_thread(call)
+            finally:
+                if _state(slot.host) != before:
+                    slot.notify()
+
+    async def _upload(
+        self,
+        requests: AsyncIterator[pb.UploadChunk],
+        check: Callable[[pb.UploadHeader], Awaitable[None]],
+        limit: Callable[[pb.UploadHeader], int],
+        what: str,
+    ) -> tuple[pb.UploadHeader, memoryview]:
+        """Read a header-then-data stream; ``check`` refuses on the header, before any data."""
+        try:
+            first = await anext(requests)
+        except StopAsyncIteration:
+            raise UpdateRefused(RefusalReason.WRONG_SHAPE, f"{what}: empty stream") from None
+        if not first.HasField("header"):
+            raise UpdateRefused(
+                RefusalReason.WRONG_SHAPE, f"{what}: stream must start with a header"
+            )
+        header = first.header
+        await check(header)
+        assembler = Assembler(header.total_bytes, header.sha256, limit=limit(header), what=what)
+        async for message in requests:
+            if not message.HasField("data"):
+                raise UpdateRefused(RefusalReason.WRONG_SHAPE, f"{what}: a second header")
+            assembler.add(Chunk(assembler.received, header.total_bytes, message.data))
+        return header, assembler.finish()
+
+    def _member(self) -> str:
+        return current_peer().name
+
+    def _accepted(self, slot: _Slot, detail: str) -> pb.Accepted:
+        view = slot.host.view(self._clock())
+        return pb.Accepted(detail=detail, status=status_to_proto(view))
+
+    # --- administration ----------------------------------------------------------------
+
+    async def StartJob(
+        self, request_iterator: AsyncIterator[pb.UploadChunk], context: grpc.aio.ServicerContext
+    ) -> pb.JobStatus:
+        peer = current_peer()
+        if peer.member_id != self._me.member_id:
+            await context.abort(
+                grpc.StatusCode.PERMISSION_DENIED,
+                f"only {self._me.name}'s own operator may start jobs on it, not {peer.name}",
+            )
+        holder: dict[str, JobSpec] = {}
+
+        async def check(header: pb.UploadHeader) -> None:
+            job = JobSpec.from_dict(_json(header.terms))
+            if job.coordinator != self._me.name:
+                raise FederationError(
+                    f"job {job.job_id} names coordinator {job.coordinator}, this node is "
+                    f"{self._me.name}"
+                )
+            if job.job_id in self._jobs:
+                raise JobExists(f"job {job.job_id} already exists on {self._me.name}")
+            holder["job"] = job
+
+        def limit(header: pb.UploadHeader) -> int:
+            return encoded_size(holder["job"].shapes)
+
+        try:
+            _, payload = await self._upload(request_iterator, check, limit, "initial model")
+            job = holder["job"]
+            initial = params_from_bytes(payload)
+            host = await asyncio.to_thread(
+                JobHost.create,
+                self._root,
+                job,
+                initial,
+                self._signer,
+                self._clock(),
+                anchor=self._anchor,
+            )
+        except FederationError as exc:
+            await _abort(context, "StartJob", exc)
+        slot = _Slot(host)
+        self._jobs[job.job_id] = slot
+        logger.info(
+            "federation: job %s started by %s: %s rounds, members %s, strategy %s, secagg %s",
+            job.job_id,
+            peer.name,
+            job.rounds,
+            ",".join(job.members),
+            job.strategy.name.value,
+            job.secure_aggregation,
+        )
+        return status_to_proto(host.view(self._clock()))
+
+    async def ListJobs(
+        self, request: pb.JobRef, context: grpc.aio.ServicerContext
+    ) -> pb.ListJobsReply:
+        member = self._member()
+        now = self._clock()
+        views = []
+        for job_id in sorted(self._jobs):
+            slot = self._jobs[job_id]
+            if request.job_id and request.job_id != job_id:
+                continue
+            host = slot.host
+            if member in host.job.members or member == self._me.name:
+                views.append(await self._locked(slot, functools.partial(host.view, now)))
+        return pb.ListJobsReply(jobs=[status_to_proto(v) for v in views])
+
+    async def GetJob(self, request: pb.JobRef, context: grpc.aio.ServicerContext) -> pb.JobTerms:
+        try:
+            job = self._visible(request.job_id)
+        except FederationError as exc:
+            await _abort(context, "GetJob", exc)
+        return pb.JobTerms(terms=job.canonical_bytes(), job_digest=job.digest())
+
+    def _visible(self, job_id: str) -> JobSpec:
+        job = self._slot(job_id).host.job
+        member = self._member()
+        if member not in job.members and member != self._me.name:
+            raise UpdateRefused(
+                RefusalReason.NOT_A_MEMBER, f"{member} is not a member of job {job_id}"
+            )
+        return job
+
+    async def GetStatus(
+        self, request: pb.StatusRequest, context: grpc.aio.ServicerContext
+    ) -> pb.JobStatus:
+        try:
+            self._visible(request.job_id)
+            slot = self._slot(request.job_id)
+        except FederationError as exc:
+            await _abort(context, "GetStatus", exc)
+        loop = asyncio.get_running_loop()
+        end = loop.time() + min(max(request.wait_s, 0.0), MAX_WAIT_S)
+        while True:
+            changed = slot.changed
+            view = await self._locked(slot, lambda: slot.host.view(self._clock()))
+            known = (request.known_round, request.known_attempt, request.known_phase)
+            if view.finished or view.moved_from(*known, request.known_version):
+                break
+            remaining = end - loop.time()
+            if remaining <= 0:
+                break
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(changed.wait(), min(remaining, view.deadline_in_s + 0.02))
+        return status_to_proto(view)
+
+    # --- model download ----------------------------------------------------------------
+
+    async def DownloadModel(
+        self, request: pb.DownloadRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[pb.ModelChunk]:
+        try:
+            self._visible(request.job_id)
+            slot = self._slot(request.job_id)
+            published = slot.host.model(request.version)
+        except FederationError as exc:
+            await _abort(context, "DownloadModel", exc)
+        if slot.stream[0] is not published:
+            async with slot.lock:  # the first download of a version builds its chunks
+                stream = await asyncio.to_thread(slot.model_stream, published)
+        else:
+            stream = slot.stream[1]
+        for message in stream:
+            yield message
+
+    # --- plain rounds ------------------------------------------------------------------
+
+    async def UploadUpdate(
+        self, request_iterator: AsyncIterator[pb.UploadChunk], context: grpc.aio.ServicerContext
+    ) -> pb.Accepted:
+        return await self._upload_round(request_iterator, context, Phase.TRAINING)
+
+    async def UploadMasked(
+        self, request_iterator: AsyncIterator[pb.UploadChunk], context: grpc.aio.ServicerContext
+    ) -> pb.Accepted:
+        return await self._upload_round(request_iterator, context, Phase.MASKED_INPUT)
+
+    async def _upload_round(
+        self,
+        requests: AsyncIterator[pb.UploadChunk],
+        context: grpc.aio.ServicerContext,
+        phase: Phase,
+    ) -> pb.Accepted:
+        member = self._member()
+        what = "update" if phase is Phase.TRAINING else "masked input"
+        holder: dict[str, _Slot] = {}
+
+        async def check(header: pb.UploadHeader) -> None:
+            slot = self._slot(header.job_id)
+            holder["slot"] = slot
+            attempt = None if phase is Phase.TRAINING else header.attempt
+            await self._locked(
+                slot,
+                lambda: slot.host.expect_upload(
+                    member,
+                    header.round,
+                    phase,
+                    self._clock(),
+                    attempt=attempt,
+                    total_bytes=header.total_bytes,
+                ),
+            )
+
+        def limit(header: pb.UploadHeader) -> int:
+            return holder["slot"].host.upload_size(phase)
+
+        try:
+            header, payload = await self._upload(requests, check, limit, f"{what} of {member}")
+            slot = holder["slot"]
+            host = slot.host
+            if phase is Phase.TRAINING:
+                examples = int(header.num_examples)
+                await self._locked(
+                    slot,
+                    lambda: host.submit_update(
+                        member, header.round, payload, examples, self._clock()
+                    ),
+                )
+            else:
+                await self._locked(
+                    slot,
+                    lambda: host.submit_masked(
+                        member, header.round, header.attempt, payload, self._clock()
+                    ),
+                )
+        except FederationError as exc:
+            await _abort(context, f"Upload {what}", exc)
+        return self._accepted(slot, f"{what} of {member} for round {header.round} accepted")
+
+    # --- secure aggregation ------------------------------------------------------------
+
+    async def AdvertiseKeys(
+        self, request: pb.AdvertiseRequest, context: grpc.aio.ServicerContext
+    ) -> pb.Accepted:
+        peer, ref = current_peer(), request.ref
+        try:
+            slot = self._slot(ref.job_id)
+            advert = advert_from_proto(request.advert)
+            key = VerifyKey(peer.identity.verify_key)
+            await self._locked(
+                slot,
+                lambda: slot.host.submit_advert(
+                    peer.name, ref.round, ref.attempt, advert, self._clock(), key
+                ),
+            )
+        except FederationError as exc:
+            await _abort(context, "AdvertiseKeys", exc)
+        return self._accepted(slot, f"keys of {peer.name} for round {ref.round} accepted")
+
+    async def GetRoster(self, request: pb.RoundRef, context: grpc.aio.ServicerContext) -> pb.Roster:
+        member = self._member()
+        try:
+            slot = self._slot(request.job_id)
+            roster = await self._locked(
+                slot, lambda: slot.host.roster(member, request.round, request.attempt)
+            )
+        except FederationError as exc:
+            await _abort(context, "GetRoster", exc)
+        return pb.Roster(adverts=[advert_to_proto(a) for a in roster])
+
+    async def ShareKeys(
+        self, request: pb.ShareKeysRequest, context: grpc.aio.ServicerContext
+    ) -> pb.Accepted:
+        member, ref = self._member(), request.ref
+        try:
+            slot = self._slot(ref.job_id)
+            shares = shares_from_proto(request.shares)
+            await self._locked(
+                slot,
+                lambda: slot.host.submit_shares(
+                    member, ref.round, ref.attempt, shares, self._clock()
+                ),
+            )
+        except FederationError as exc:
+            await _abort(context, "ShareKeys", exc)
+        return self._accepted(slot, f"key shares of {member} accepted")
+
+    async def GetInbox(self, request: pb.RoundRef, context: grpc.aio.ServicerContext) -> pb.Inbox:
+        member = self._member()
+        try:
+            slot = self._slot(request.job_id)
+            shares = await self._locked(
+                slot, lambda: slot.host.inbox(member, request.round, request.attempt)
+            )
+        except FederationError as exc:
+            await _abort(context, "GetInbox", exc)
+        return pb.Inbox(shares=[share_to_proto(s) for s in shares])
+
+    async def GetUnmaskRequest(
+        self, request: pb.RoundRef, context: grpc.aio.ServicerContext
+    ) -> pb.UnmaskRequest:
+        member = self._member()
+        try:
+            slot = self._slot(request.job_id)
+            unmask = await self._locked(
+                slot, lambda: slot.host.unmask_request(member, request.round, request.attempt)
+            )
+        except FederationError as exc:
+            await _abort(context, "GetUnmaskRequest", exc)
+        return unmask_request_to_proto(unmask)
+
+    async def Unmask(
+        self, request: pb.UnmaskResponse, context: grpc.aio.ServicerContext
+    ) -> pb.Accepted:
+        member, ref = self._member(), request.ref
+        try:
+            slot = self._slot(ref.job_id)
+            response = unmask_from_proto(request)
+            await self._locked(
+                slot,
+                lambda: slot.host.submit_unmask(
+                    member, ref.round, ref.attempt, response, self._clock()
+                ),
+            )
+        except FederationError as exc:
+            await _abort(context, "Unmask", exc)
+        return self._accepted(slot, f"unmask shares of {member} accepted")
+
+
+def _json(data: bytes) -> Any:
+    try:
+        return json.loads(data)
+    except ValueError as exc:
+        raise FederationError(f"job terms are not JSON: {exc}") from exc

@@ -1,0 +1,63 @@
+"""The contract commands of the ``qdspace`` CLI against running nodes."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+from typer.testing import CliRunner
+
+from node.cli import app
+
+from .conftest import CELLEX_ORDER, QA, Space
+
+pytestmark = pytest.mark.integration
+
+
+def test_catalog_negotiate_transfer_and_list_from_the_command_line(space: Space) -> None:
+    runner = CliRunner()
+    oem = str(space.directory("sunarc"))
+    listed = runner.invoke(app, ["catalog", "--dir", oem, "cellex"])
+    assert listed.exit_code == 0, listed.output
+    assert "live-inspections" in listed.output and "operator_id" in listed.output
+    agreed = runner.invoke(
+        app,
+        [
+            "negotiate",
+            "--dir",
+            oem,
+            "cellex",
+            "process-genealogy",
+            "--purpose",
+            QA,
+            "--order",
+            CELLEX_ORDER,
+        ],
+    )
+    assert agreed.exit_code == 0, agreed.output
+    match = re.search(r"agreement (agr-[0-9a-f]+)", agreed.output)
+    assert match and "signed by both parties" in agreed.output
+    pulled = runner.invoke(
+        app, ["transfer", "--dir", oem, match.group(1), "--purpose", QA, "--order", CELLEX_ORDER]
+    )
+    assert pulled.exit_code == 0, pulled.output
+    assert "COMPLETED" in pulled.output
+    refused = runner.invoke(
+        app,
+        [
+            "transfer",
+            "--dir",
+            oem,
+            match.group(1),
+            "--purpose",
+            "marketing",
+            "--order",
+            CELLEX_ORDER,
+        ],
+    )
+    assert refused.exit_code == 1
+    assert "purpose marketing is not granted" in refused.output
+    shown = runner.invoke(app, ["contracts", "--dir", oem])
+    assert shown.exit_code == 0 and match.group(1)[:12] in shown.output
+    foreign = runner.invoke(app, ["order", "close", "--dir", oem, "PO-NOT-HERE"])
+    assert foreign.exit_code == 1 and "no order PO-NOT-HERE here" in foreign.output

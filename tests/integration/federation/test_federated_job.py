@@ -1,0 +1,387 @@
+"""Real federated jobs between real node processes over mutual-TLS gRPC on loopback.
+
+SunArc (OEM) coordinates; SunArc, Cellex and PolyCell train a small softmax model on
+their own shards. The jobs run secure aggregation with a robust strategy, lose a
+member after masking, face a poisoned member, refuse what does not fit, and survive
+a coordinator restart between rounds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import subprocess
+import sys
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import grpc
+import numpy as np
+import pytest
+
+from federation import logreg
+from federation.job import JobSpec
+from federation.member import Trainer
+from federation.params import Params, flatten, params_to_bytes, unflatten
+from federation.rounds import Phase
+from federation.strategies import StrategyName, StrategySpec
+from federation.versions import ModelVersion
+from node.identity.member import load_member_keys
+from node.launcher import LocalNetwork
+from node.rpc.client import open_channel
+from node.rpc.federation_client import (
+    FederationClient,
+    FederationRefused,
+    MemberEvent,
+    MemberResult,
+    MemberRunner,
+    coordinator_key,
+)
+from protocols.v1 import federation_pb2 as pb
+from protocols.v1 import federation_pb2_grpc as pb_grpc
+
+pytestmark = pytest.mark.integration
+
+COORDINATOR = "sunarc"
+MEMBERS = ("cellex", "polycell", "sunarc")
+DIMS, CLASSES = 12, 3
+SHAPES = logreg.model_shapes(DIMS, CLASSES)
+_DATA = logreg.make_blobs(1500, DIMS, CLASSES, seed=11, spread=1.3)
+SHARDS = dict(
+    zip(MEMBERS, logreg.split(logreg.Dataset(_DATA.x[:1200], _DATA.y[:1200]), 3), strict=True)
+)
+TEST = logreg.Dataset(_DATA.x[1200:], _DATA.y[1200:])
+
+
+class Dropout(Exception):
+    """A member process dying at a chosen point of a round."""
+
+
+def job_terms(job_id: str, **overrides: Any) -> JobSpec:
+    terms: dict[str, Any] = {
+        "job_id": job_id,
+        "coordinator": COORDINATOR,
+        "model": "logreg",
+        "shapes": SHAPES,
+        "rounds": 3,
+        "min_members": 2,
+        "members": MEMBERS,
+        "phase_timeout_s": 20.0,
+    }
+    terms.update(overrides)
+    return JobSpec(**terms)
+
+
+def honest(member: str) -> Trainer:
+    return logreg.trainer(SHARDS[member], epochs=2, lr=0.2)
+
+
+def scaled(member: str, factor: float) -> Trainer:
+    """A poisoned member: its change is multiplied by ``factor`` (x100, or -1 to flip)."""
+    train = honest(member)
+
+    def attack(params: Params, round_: int) -> tuple[Params, int]:
+        trained, n = train(params, round_)
+        start, end = flatten(params), flatten(trained)
+        return unflatten(start + np.float32(factor) * (end - start), SHAPES), n
+
+    return attack
+
+
+def centralised_accuracy() -> float:
+    pooled = logreg.Dataset(_DATA.x[:1200], _DATA.y[:1200])
+    params = logreg.init_params(DIMS, CLASSES)
+    for r in range(3):
+        params, _ = logreg.train_local(params, pooled, epochs=2, lr=0.2, seed=r)
+    return logreg.accuracy(params, TEST)
+
+
+async def start_job(network: LocalNetwork, job: JobSpec) -> None:
+    keys = load_member_keys(network[COORDINATOR].directory)
+    channel = open_channel(keys, network[COORDINATOR].grpc_address, COORDINATOR)
+    try:
+        client = FederationClient(channel, COORDINATOR, job.job_id)
+        status = await client.start_job(job, logreg.init_params(DIMS, CLASSES))
+    finally:
+        await channel.close()
+    assert status.round == 1 and status.version == 0
+
+
+async def run_member(
+    network: LocalNetwork,
+    member: str,
+    job_id: str,
+    trainer: Trainer,
+    on_event: Callable[[MemberEvent], None] | None = None,
+) -> MemberResult:
+    keys = load_member_keys(network[member].directory)
+    channel = open_channel(keys, network[COORDINATOR].grpc_address, COORDINATOR)
+    try:
+        client = FederationClient(channel, COORDINATOR, job_id)
+        key = await coordinator_key(channel, COORDINATOR)
+        runner = MemberRunner(
+            client,
+            member,
+            trainer,
+            key,
+            signing_key=keys.signing_key,
+            on_event=on_event,
+            poll_s=5.0,
+        )
+        return await runner.run()
+    finally:
+        await channel.close()
+
+
+async def run_all(
+    network: LocalNetwork, job_id: str, trainers: Mapping[str, Trainer], **hooks: Any
+) -> dict[str, MemberResult | BaseException]:
+    results = await asyncio.gather(
+        *(run_member(network, m, job_id, t, hooks.get(m)) for m, t in trainers.items()),
+        return_exceptions=True,
+    )
+    return dict(zip(trainers, results, strict=True))
+
+
+def final_accuracy(result: MemberResult | BaseException) -> float:
+    assert isinstance(result, MemberResult), result
+    assert result.params is not None
+    return logreg.accuracy(result.params, TEST)
+
+
+async def test_secure_robust_job_survives_a_dropout_after_masking(network: LocalNetwork) -> None:
+    job = job_terms(
+        "el-secure",
+        secure_aggregation=True,
+        threshold=2,
+        strategy=StrategySpec(StrategyName.NORM_BOUNDING, {"bound": 1.0}),
+        phase_timeout_s=3.0,
+    )
+    await start_job(network, job)
+
+    def cellex_dies_after_masking_round_2(event: MemberEvent) -> None:
+        if event.kind == "sent" and event.round == 2:
+            raise Dropout("cellex lost power after sending its masked update")
+
+    results = await run_all(
+        network,
+        job.job_id,
+        {
+            "cellex": honest("cellex"),
+            "polycell": scaled("polycell", 100.0),
+            "sunarc": honest("sunarc"),
+        },
+        cellex=cellex_dies_after_masking_round_2,
+    )
+    assert isinstance(results["cellex"], Dropout)
+    sunarc = results["sunarc"]
+    assert isinstance(sunarc, MemberResult) and sunarc.status.phase is Phase.DONE
+    history = sunarc.status.history
+    # Round 2 still holds cellex's masked update: its masks were removed with the
+    # others' shares. Round 3 went on without it after the advert deadline.
+    assert [h.members for h in history] == [MEMBERS, MEMBERS, ("polycell", "sunarc")]
+    versions = [v.version for v in sunarc.versions]
+    assert versions == [0, 1, 2, 3]
+    assert all(
+        isinstance(v, ModelVersion) and v.coordinator == COORDINATOR for v in sunarc.versions
+    )
+    assert sunarc.versions[-1].members == ("polycell", "sunarc")
+    # The x100 member was bounded by clipping before masking: the model still learns.
+    reference = centralised_accuracy()
+    for name in ("polycell", "sunarc"):
+        assert final_accuracy(results[name]) >= reference - 0.05, name
+
+
+async def test_median_keeps_a_poisoned_member_out(network: LocalNetwork) -> None:
+    job = job_terms("el-median", strategy=StrategySpec(StrategyName.MEDIAN), min_members=3)
+    await start_job(network, job)
+    results = await run_all(
+        network,
+        job.job_id,
+        {
+            "cellex": honest("cellex"),
+            "polycell": scaled("polycell", -100.0),
+            "sunarc": honest("sunarc"),
+        },
+    )
+    reference = centralised_accuracy()
+    for name in MEMBERS:
+        assert final_accuracy(results[name]) >= reference - 0.05, name
+    # The same job under FedAvg is ruined by the flipped update (the test can fail).
+    job = job_terms("el-fedavg-poisoned", min_members=3)
+    await start_job(network, job)
+    results = await run_all(
+        network,
+        job.job_id,
+        {
+            "cellex": honest("cellex"),
+            "polycell": scaled("polycell", -100.0),
+            "sunarc": honest("sunarc"),
+        },
+    )
+    assert final_accuracy(results["sunarc"]) < reference - 0.1
+
+
+async def _raw_upload(
+    network: LocalNetwork, member: str, header: pb.UploadHeader, payload: bytes
+) -> grpc.aio.AioRpcError:
+    keys = load_member_keys(network[member].directory)
+    channel = open_channel(keys, network[COORDINATOR].grpc_address, COORDINATOR)
+
+    async def stream() -> Any:
+        yield pb.UploadChunk(header=header)
+        yield pb.UploadChunk(data=payload)
+
+    try:
+        with pytest.raises(grpc.aio.AioRpcError) as exc:
+            await pb_grpc.FederationStub(channel).UploadUpdate(stream(), timeout=10)
+    finally:
+        await channel.close()
+    return exc.value
+
+
+async def test_updates_that_do_not_fit_are_refused_with_a_reason(network: LocalNetwork) -> None:
+    job = job_terms("el-refusals", members=("cellex", "sunarc"), rounds=1)
+    await start_job(network, job)
+    payload = params_to_bytes(logreg.init_params(DIMS, CLASSES))
+    digest = hashlib.sha256(payload).digest()
+
+    def header(**kw: Any) -> pb.UploadHeader:
+        fields: dict[str, Any] = {
+            "job_id": job.job_id,
+            "round": 1,
+            "total_bytes": len(payload),
+            "sha256": digest,
+            "num_examples": 10,
+        }
+        fields.update(kw)
+        return pb.UploadHeader(**fields)
+
+    refused = await _raw_upload(network, "polycell", header(), payload)
+    assert refused.code() is grpc.StatusCode.PERMISSION_DENIED
+    assert refused.details().startswith("not_a_member: polycell is not a member")
+    refused = await _raw_upload(network, "cellex", header(round=2), payload)
+    assert refused.code() is grpc.StatusCode.FAILED_PRECONDITION
+    assert refused.details().startswith("wrong_round:")
+    wrong = params_to_bytes(logreg.init_params(DIMS + 1, CLASSES))
+    refused = await _raw_upload(
+        network,
+        "cellex",
+        header(total_bytes=len(wrong), sha256=hashlib.sha256(wrong).digest()),
+        wrong,
+    )
+    assert refused.code() is grpc.StatusCode.INVALID_ARGUMENT
+    assert refused.details().startswith("wrong_shape:")
+    refused = await _raw_upload(network, "regulator", header(), payload)
+    assert refused.code() is grpc.StatusCode.PERMISSION_DENIED
+    assert "role regulator may not call" in refused.details()
+    # Only the coordinator's own identity may start a job on its node.
+    keys = load_member_keys(network["cellex"].directory)
+    channel = open_channel(keys, network[COORDINATOR].grpc_address, COORDINATOR)
+    try:
+        client = FederationClient(channel, COORDINATOR, "el-foreign")
+        with pytest.raises(FederationRefused) as exc:
+            await client.start_job(job_terms("el-foreign"), logreg.init_params(DIMS, CLASSES))
+    finally:
+        await channel.close()
+    assert exc.value.code == "PERMISSION_DENIED" and "own operator" in str(exc.value)
+
+
+async def test_restarted_coordinator_resumes_between_rounds(network: LocalNetwork) -> None:
+    job = job_terms("el-restart", members=("cellex", "polycell"), rounds=3)
+    await start_job(network, job)
+
+    def stop_after_version_1(event: MemberEvent) -> None:
+        if event.kind == "model" and event.version == 1:
+            raise Dropout("members stop after round 1")
+
+    trainers = {m: honest(m) for m in ("cellex", "polycell")}
+    stop = dict.fromkeys(trainers, stop_after_version_1)
+    first = await run_all(network, job.job_id, trainers, **stop)
+    assert all(isinstance(r, Dropout) for r in first.values())
+    network.stop([COORDINATOR])
+    network.start([COORDINATOR])
+    results = await run_all(network, job.job_id, trainers)
+    cellex = results["cellex"]
+    assert isinstance(cellex, MemberResult) and cellex.status.phase is Phase.DONE
+    assert [h.round for h in cellex.status.history] == [1, 2, 3]
+    # After the restart the member continues from version 1 (resumed from the checkpoint).
+    assert [v.version for v in cellex.versions] == [1, 2, 3]
+    assert cellex.contributed == [2, 3]
+
+
+def test_cli_start_join_and_status(network: LocalNetwork, tmp_path: Path) -> None:
+    """The operator's path: `qdspace fl start`, two `fl join` processes, `fl status`."""
+    job = job_terms(
+        "el-cli",
+        members=("cellex", "polycell"),
+        rounds=2,
+        secure_aggregation=True,
+        threshold=2,
+        update_clip=2.0,
+        training={"epochs": 2, "lr": 0.2},
+    )
+    terms = tmp_path / "job.json"
+    terms.write_bytes(job.canonical_bytes())
+    test_file = tmp_path / "test.npz"
+    logreg.save_dataset(test_file, TEST)
+
+    def qdspace(member: str, *args: str) -> subprocess.Popen[str]:
+        return subprocess.Popen(
+            [sys.executable, "-m", "node", "fl", *args, "--dir", str(network[member].directory)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env={**os.environ, "COLUMNS": "200"},
+        )
+
+    started = qdspace(COORDINATOR, "start", "--terms", str(terms))
+    out, _ = started.communicate(timeout=60)
+    assert started.returncode == 0, out
+    assert "job el-cli published on sunarc" in out
+    joins = {}
+    for m in ("cellex", "polycell"):
+        data = tmp_path / f"{m}.npz"
+        logreg.save_dataset(data, SHARDS[m])
+        joins[m] = qdspace(
+            m,
+            "join",
+            "--job",
+            "el-cli",
+            "--coordinator",
+            COORDINATOR,
+            "--data",
+            str(data),
+            "--test",
+            str(test_file),
+        )
+    outputs = {m: p.communicate(timeout=60)[0] for m, p in joins.items()}
+    for m, p in joins.items():
+        assert p.returncode == 0, outputs[m]
+        assert "version 2 (round 2) verified, signed by sunarc, held-out accuracy" in outputs[m]
+        assert "round 2: sent masked update sent" in outputs[m]
+        assert "job el-cli done: contributed to rounds [1, 2]" in outputs[m]
+    shown = qdspace("cellex", "status", "--coordinator", COORDINATOR, "--job", "el-cli")
+    out, _ = shown.communicate(timeout=60)
+    assert shown.returncode == 0, out
+    assert "el-cli: done after 2 rounds" in out
+    # A job the caller is not a member of is not shown to it.
+    shown = qdspace("polycell", "status", "--coordinator", COORDINATOR, "--job", "el-refusals")
+    out, _ = shown.communicate(timeout=60)
+    assert shown.returncode == 1 and "no job 'el-refusals' visible" in out
+
+
+def test_demo_chapter_runs_the_el_job(network: LocalNetwork) -> None:
+    from node.demo_federation import MEMBERS as DEMO_MEMBERS
+    from node.demo_federation import ROUNDS, run_federation_chapter
+
+    result = run_federation_chapter(network, job_id="el-demo-test")
+    assert [r["version"] for r in result.rounds] == list(range(ROUNDS + 1))
+    assert all(r["members"] == list(DEMO_MEMBERS) for r in result.rounds[1:])
+    assert set(result.local_only) == set(DEMO_MEMBERS)
+    # Each member's data went into its own node directory only.
+    for m in DEMO_MEMBERS:
+        assert (network[m].directory / "federation" / "data" / "el-demo-test.npz").is_file()
+    assert result.global_accuracy == result.rounds[-1]["accuracy"]

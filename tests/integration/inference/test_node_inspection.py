@@ -1,0 +1,115 @@
+"""`qdspace train` / `inspect run` / `inspect explain` against a running node process.
+
+The node is a real ``qdspace node start`` process; the CLI trains on the member's own
+cells (Cellex Mono: mono cells), serves on the shared local Ray, writes verdicts into
+the node's SQLite QDM, and the node's REST API lists the model and serves heatmaps.
+"""
+
+from __future__ import annotations
+
+import io
+import sqlite3
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+from inference.dataset import frame_id_of, load_elpv
+from inference.registry import ModelRegistry
+from inference.splits import SplitManifest
+from node.cli import app
+from node.cli_inspect import split_path
+from node.launcher import LocalNetwork, MemberProcess, MemberSpec
+
+pytestmark = pytest.mark.integration
+pytest.importorskip("inference.training")
+
+
+@pytest.fixture(scope="module")
+def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MemberProcess]:
+    net = LocalNetwork(
+        tmp_path_factory.mktemp("inspect"), [MemberSpec("cellex", "supplier")], chain=False
+    )
+    net.create()
+    net.start()
+    try:
+        yield net["cellex"]
+    finally:
+        net.stop()
+
+
+def _cli(*args: str) -> str:
+    result = CliRunner().invoke(app, list(args))
+    assert result.exit_code == 0, result.output
+    return result.output
+
+
+def _rows(db: Path) -> list[tuple[str, str, str]]:
+    with sqlite3.connect(db) as conn:
+        query = "SELECT station, frame_id, model_version FROM qdm_inspection"
+        return [tuple(r) for r in conn.execute(query).fetchall()]
+
+
+def test_train_inspect_and_explain_through_a_running_node(
+    node: MemberProcess, local_ray: None
+) -> None:
+    d = str(node.directory)
+    out = _cli("train", "--dir", d, "--epochs", "2", "--size", "32")
+    assert "AUROC" in out and "F1" in out and "(active)" in out
+    with node.client() as client:
+        models = client.get("/v1/inspection/models").json()
+    assert len(models) == 1 and models[0]["active"] and models[0]["source"] == "local-train:cellex"
+    assert {"accuracy", "f1", "auroc", "onnx_opset"} <= set(models[0]["metrics"])
+    version = models[0]["version"]
+    manifest = SplitManifest.read(split_path(node.directory, "cellex"))
+    assert models[0]["split_sha256"] == manifest.sha256
+
+    cells = load_elpv(size=32)
+    mono = {frame_id_of(i) for i, kind in enumerate(cells.cell_types) if kind == "mono"}
+    assert {frame_id_of(i) for i in manifest.train} <= mono  # the member's own cells only
+
+    run = ["inspect", "run", "--dir", d, "--stations", "2", "--fps", "27", "--seconds", "3"]
+    out = _cli(*run, "--no-live", "--cpus", "2")
+    assert "Ray Serve" in out
+    rows = _rows(node.directory / "node.db")
+    assert rows and {r[0] for r in rows} == {"el-1", "el-2"}
+    assert {r[2] for r in rows} == {version}
+    held_out = {frame_id_of(i) for i in manifest.test}
+    assert {r[1] for r in rows} <= held_out
+    with node.client() as client:
+        assert client.get("/v1/qdm/counts").json()["inspection"] == len(rows)
+        drift = client.get("/v1/inspection/drift").json()
+    assert drift["model_version"] == version and drift["stations"]
+
+    _cli("inspect", "explain", "--dir", d, "--per-group", "1", "--top", "2")
+    with node.client() as client:
+        listed = client.get("/v1/inspection/explanations").json()
+        assert [e["model_version"] for e in listed] == [version]
+        index = client.get(f"/v1/inspection/explanations/{version[:12]}").json()
+        assert index["split"] == "val" and 1 <= len(index["groups"]) <= 2
+        png = index["groups"][0]["examples"][0]["png"]
+        got = client.get(f"/v1/inspection/explanations/{version[:12]}/{png}")
+        assert got.status_code == 200 and got.headers["content-type"] == "image/png"
+        assert Image.open(io.BytesIO(got.content)).size == (300, 300)
+        assert client.get(f"/v1/inspection/explanations/{version[:12]}/x.png").status_code == 404
+    with node.client() as client:
+        client.headers.pop("Authorization")
+        assert client.get("/v1/inspection/models").status_code == 401
+
+
+def test_a_corrupt_model_file_is_refused_by_name(node: MemberProcess) -> None:
+    registry = ModelRegistry(node.directory)
+    active = registry.active()
+    assert active is not None, "runs after the training test"
+    path = registry.root / active.file
+    good = path.read_bytes()
+    path.write_bytes(good[: len(good) // 2])
+    try:
+        args = ["inspect", "run", "--dir", str(node.directory), "--local", "--seconds", "1"]
+        result = CliRunner().invoke(app, [*args, "--no-live"])
+    finally:
+        path.write_bytes(good)
+    assert result.exit_code == 1
+    assert active.file in result.output and "content hash" in result.output

@@ -1,0 +1,350 @@
+"""The contract store on a real SQLite file (and PostgreSQL when QDSPACE_TEST_PG_URL is set)."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from nacl.signing import SigningKey
+from sqlalchemy import Engine, create_engine, select, text
+
+from connector.agreement import (
+    DeletionReceipt,
+    SignedAgreement,
+    countersign,
+    sign_agreement,
+    sign_receipt,
+)
+from connector.contract_errors import KeyShreddedError, UnknownContractError
+from connector.contract_store import (
+    ConcurrentUpdateError,
+    ContractStore,
+    ContractStoreError,
+    Deletion,
+    IncomingRow,
+    OutboxMessage,
+    ensure_schema,
+    received_row_table,
+)
+from connector.negotiation import (
+    Accepted,
+    Agreement,
+    ContractOffer,
+    ContractRequest,
+    Finalized,
+    Negotiation,
+    NegotiationState,
+    PartyKeys,
+    Role,
+    Verification,
+    apply,
+    draft_agreement,
+    open_negotiation,
+)
+from connector.transfer import (
+    Checkpoint,
+    TransferRequest,
+    TransferStart,
+    TransferState,
+    advance,
+    open_transfer,
+    row_bytes,
+)
+from connector.transfer import apply as apply_transfer
+from policies.canonical import canonical_json
+from policies.model import OfferTerms, Policy, make_offer
+from policies.retention import DutyStatus, ReceiptMismatchError
+
+PG_URL = os.environ.get("QDSPACE_TEST_PG_URL")
+T0 = datetime(2026, 5, 1, tzinfo=UTC)
+KEK = bytes(range(32))
+P_KEY, C_KEY = SigningKey(b"p" * 32), SigningKey(b"c" * 32)
+KEYS = PartyKeys(P_KEY.verify_key, C_KEY.verify_key)
+
+
+def _postgres() -> Iterator[Engine]:
+    assert PG_URL is not None
+    schema = f"contract_{uuid.uuid4().hex[:8]}"
+    admin = create_engine(PG_URL)
+    with admin.begin() as connection:
+        connection.execute(text(f"CREATE SCHEMA {schema}"))
+    engine = create_engine(PG_URL, connect_args={"options": f"-csearch_path={schema}"})
+    try:
+        yield engine
+    finally:
+        engine.dispose()
+        with admin.begin() as connection:
+            connection.execute(text(f"DROP SCHEMA {schema} CASCADE"))
+        admin.dispose()
+
+
+@pytest.fixture(
+    params=[
+        "sqlite",
+        pytest.param(
+            "postgres",
+            marks=[
+                pytest.mark.postgres,
+                pytest.mark.skipif(PG_URL is None, reason="QDSPACE_TEST_PG_URL not set"),
+            ],
+        ),
+    ]
+)
+def engine(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Engine]:
+    if request.param == "sqlite":
+        created = create_engine(f"sqlite:///{tmp_path / 'contracts.db'}")
+        ensure_schema(created)
+        ensure_schema(created)  # idempotent
+        yield created
+        created.dispose()
+    else:
+        for created in _postgres():
+            ensure_schema(created)
+            yield created
+
+
+@pytest.fixture
+def store(engine: Engine) -> ContractStore:
+    return ContractStore(engine, KEK)
+
+
+def offer(orders: frozenset[str] = frozenset({"ORD-1", "ORD-2"}), days: int = 180) -> Policy:
+    terms = OfferTerms(purposes=frozenset({"qa"}), orders=orders, retention_days=days)
+    return make_offer("offer-1", "cellex", "inspections", terms)
+
+
+def at(seconds: float) -> datetime:
+    return T0 + timedelta(seconds=seconds)
+
+
+def finalized(store: ContractStore, role: Role, neg: str = "neg-1", days: int = 180) -> Negotiation:
+    """Run a whole negotiation through the store, saving after every message."""
+    first = ContractRequest(f"{neg}-m1", neg, "sunarc", offer(days=days), at(0))
+    n = open_negotiation(first, role)
+    store.save_negotiation(None, n)
+    terms = draft_agreement(n, f"agr-{neg}", at(2))
+    signed = sign_agreement(terms, P_KEY)
+    countersigned = countersign(signed, C_KEY, P_KEY.verify_key)
+    assert countersigned.consumer_signature is not None
+    for message in (
+        Agreement(f"{neg}-m2", neg, "cellex", signed, at(2)),
+        Verification(f"{neg}-m3", neg, "sunarc", countersigned.consumer_signature, at(3)),
+        Finalized(f"{neg}-m4", neg, "cellex", at(4)),
+    ):
+        before = store.load_negotiation(neg)
+        store.save_negotiation(before, apply(before, message, KEYS))
+    return store.load_negotiation(neg)
+
+
+def test_negotiation_round_trips_with_its_history_and_agreement(store: ContractStore) -> None:
+    n = finalized(store, Role.PROVIDER)
+    assert n.state is NegotiationState.FINALIZED
+    assert n.agreement is not None and n.agreement.complete
+    assert [mid for mid, _ in n.seen] == ["neg-1-m1", "neg-1-m2", "neg-1-m3", "neg-1-m4"]
+    # A message re-delivered after a restart is recognised from the stored history.
+    again = Finalized("neg-1-m4", "neg-1", "cellex", at(4))
+    assert apply(n, again, KEYS) == n
+    stored = store.agreement("agr-neg-1")
+    assert stored.signed == n.agreement and stored.active and stored.role is Role.PROVIDER
+    assert store.negotiations(NegotiationState.FINALIZED) == [n]
+    assert store.negotiations(NegotiationState.REQUESTED) == []
+    with pytest.raises(UnknownContractError):
+        store.load_negotiation("neg-x")
+    assert store.find_negotiation("neg-x") is None
+
+
+def test_a_stale_save_loses_and_writes_nothing(store: ContractStore) -> None:
+    first = ContractRequest("m1", "neg-2", "sunarc", offer(), at(0))
+    n = open_negotiation(first, Role.PROVIDER)
+    store.save_negotiation(None, n)
+    with pytest.raises(ConcurrentUpdateError):
+        store.save_negotiation(None, n)
+    counter = ContractOffer("m2", "neg-2", "cellex", offer(days=30), at(1))
+    other = ContractOffer("m2b", "neg-2", "cellex", offer(days=60), at(1))
+    winner = apply(n, counter, KEYS)
+    store.save_negotiation(n, winner, [OutboxMessage("sunarc", "offer", "neg-2", "m2", b"1")])
+    with pytest.raises(ConcurrentUpdateError):
+        store.save_negotiation(
+            n, apply(n, other, KEYS), [OutboxMessage("sunarc", "offer", "neg-2", "m2b", b"2")]
+        )
+    assert store.load_negotiation("neg-2") == winner
+    assert [p.message.message_id for p in store.due_messages(at(5))] == ["m2"]
+    # The helper reloads and re-applies; an idempotent step changes nothing.
+    accepted = Accepted("m3", "neg-2", "sunarc", at(2))
+    result = store.update_negotiation("neg-2", lambda cur: (apply(cur, accepted, KEYS), ()))
+    assert result.state is NegotiationState.ACCEPTED
+    assert store.update_negotiation("neg-2", lambda cur: (apply(cur, accepted, KEYS), ())) == result
+
+
+def test_agreements_keep_exact_bytes_and_termination_is_sticky(store: ContractStore) -> None:
+    n = finalized(store, Role.CONSUMER)
+    assert n.agreement is not None
+    half = SignedAgreement(n.agreement.agreement, n.agreement.provider_signature)
+    store.save_agreement(half, Role.CONSUMER)  # a re-save without countersignature keeps it
+    stored = store.agreement("agr-neg-1")
+    assert stored.signed.canonical_bytes == n.agreement.canonical_bytes
+    assert stored.signed.consumer_signature == n.agreement.consumer_signature
+    ended = store.terminate_agreement("agr-neg-1", "supplier left", at(10))
+    assert not ended.active and ended.termination_reason == "supplier left"
+    again = store.terminate_agreement("agr-neg-1", "other", at(20))
+    assert again.terminated_at == at(10) and again.termination_reason == "supplier left"
+    other_terms = replace(n.agreement.agreement, agreed_at=at(3))
+    with pytest.raises(ContractStoreError, match="other terms"):
+        store.save_agreement(sign_agreement(other_terms, P_KEY), Role.CONSUMER)
+    assert [a.agreement_id for a in store.agreements(Role.CONSUMER)] == ["agr-neg-1"]
+    assert store.agreements(Role.PROVIDER) == []
+
+
+ROWS = [{"inspection_id": f"i{n}", "order_id": "ORD-1", "verdict": "ok"} for n in range(6)]
+
+
+def _transfer(store: ContractStore) -> tuple[Negotiation, object]:
+    n = finalized(store, Role.CONSUMER)
+    request = TransferRequest(
+        "t1", "tx-1", "sunarc", "agr-neg-1", "cellex", at(5), "qa", "ORD-1", frozenset({"verdict"})
+    )
+    process = open_transfer(request, Role.CONSUMER)
+    store.save_transfer(None, process)
+    started = apply_transfer(
+        process, TransferStart("t2", "tx-1", "cellex", Checkpoint.genesis("tx-1"), at(6))
+    )
+    store.save_transfer(process, started)
+    return n, started
+
+
+def test_transfer_batches_commit_atomically_and_never_twice(
+    store: ContractStore, engine: Engine
+) -> None:
+    _, started = _transfer(store)
+    process = store.load_transfer("tx-1")
+    assert process == started
+    assert (process.purpose, process.order_id, process.fields) == ("qa", "ORD-1", {"verdict"})
+    payloads = [row_bytes(r) for r in ROWS]
+    batch = [IncomingRow(i, "ORD-1", p) for i, p in enumerate(payloads[:4])]
+    after = advance(process, payloads[:4], "4")
+    store.commit_transfer_batch(process, after, batch, at(7))
+    # The same batch again (a retry after a crash before the acknowledgement) is refused
+    # and stores nothing twice.
+    with pytest.raises(ConcurrentUpdateError):
+        store.commit_transfer_batch(process, after, batch, at(7))
+    with pytest.raises(ContractStoreError, match="seq"):
+        store.commit_transfer_batch(after, advance(after, payloads[4:], "6"), batch[:2], at(8))
+    loaded = store.load_transfer("tx-1")
+    assert loaded.checkpoint == after.checkpoint and loaded.state is TransferState.STARTED
+    assert store.count_received("agr-neg-1") == 4
+    assert [r.decode() for r in store.received_rows("agr-neg-1")] == ROWS[:4]
+    assert store.last_received_seq("tx-1") == 3
+    # At rest the rows are ciphertext, bound to their place.
+    with engine.connect() as connection:
+        raw = [bytes(c) for c in connection.scalars(select(received_row_table.c.ciphertext))]
+    assert raw and all(b"inspection_id" not in blob for blob in raw)
+    with engine.begin() as connection:
+        connection.execute(
+            received_row_table.update().where(received_row_table.c.seq == 0).values(seq=99)
+        )
+    with pytest.raises(ContractStoreError, match="integrity"):
+        store.received_rows("agr-neg-1")
+
+
+def test_rows_do_not_open_without_the_node_key(store: ContractStore, engine: Engine) -> None:
+    finalized(store, Role.CONSUMER)
+    store.store_received_rows("agr-neg-1", "sub-1", [IncomingRow(7, "ORD-1", b"{}")], at(1))
+    assert (
+        store.store_received_rows("agr-neg-1", "sub-1", [IncomingRow(7, "ORD-1", b"{}")], at(2))
+        == 0
+    )
+    with pytest.raises(ContractStoreError, match="node's key"):
+        ContractStore(engine, b"\1" * 32).received_rows("agr-neg-1")
+    with pytest.raises(ContractStoreError, match="32 bytes"):
+        ContractStore(engine, b"short")
+
+
+def test_outbox_retries_until_sent(store: ContractStore) -> None:
+    message = OutboxMessage("cellex", "receipt", "agr-1", "msg-1", b"payload")
+    store.enqueue([message, message], at(0))
+    (pending,) = store.due_messages(at(0))
+    assert pending.message == message and pending.attempts == 0
+    store.mark_failed(pending.id, "connection refused", at(30))
+    assert store.due_messages(at(10)) == []
+    (retry,) = store.due_messages(at(30))
+    assert retry.attempts == 1 and retry.last_error == "connection refused"
+    store.mark_sent(retry.id, at(31))
+    assert store.due_messages(at(1000)) == []
+    store.enqueue([message], at(40))  # already sent once: not queued again
+    assert store.due_messages(at(1000)) == []
+
+
+def _receipt_for(deletion: Deletion, when: datetime) -> tuple[object, tuple[OutboxMessage, ...]]:
+    receipt = DeletionReceipt(
+        deletion.agreement_id,
+        "sunarc",
+        deletion.row_count,
+        deletion.content_sha256,
+        when,
+        deletion.order_id,
+    )
+    signed = sign_receipt(receipt, C_KEY)
+    note = OutboxMessage("cellex", "receipt", deletion.agreement_id, receipt.receipt_id, b"r")
+    return signed, (note,)
+
+
+def test_order_closure_shredding_and_duties_on_both_sides(
+    store: ContractStore, tmp_path: Path
+) -> None:
+    finalized(store, Role.CONSUMER, "neg-c", days=10)
+    payloads = [canonical_json(r) for r in ROWS]
+    store.store_received_rows(
+        "agr-neg-c", "sub", [IncomingRow(i, "ORD-1", p) for i, p in enumerate(payloads)], at(1)
+    )
+    store.store_received_rows("agr-neg-c", "sub", [IncomingRow(50, "ORD-2", b"{}")], at(1))
+    closure = store.record_order_closed("agr-neg-c", "ORD-1", at(100))
+    assert closure.deadline == at(100) + timedelta(days=10)
+    assert store.record_order_closed("agr-neg-c", "ORD-1", at(999)).closed_at == at(100)
+    assert store.expired_closures(at(100) + timedelta(days=9)) == []
+    (due,) = store.expired_closures(at(100) + timedelta(days=10))
+    when = at(100) + timedelta(days=11)
+    signed = store.shred(due.agreement_id, due.order_id, when, lambda d: _receipt_for(d, when))  # type: ignore[arg-type,return-value]
+    assert signed.receipt.row_count == 6
+    assert store.count_received("agr-neg-c") == 1  # ORD-2 is still open: kept
+    assert store.key_destroyed("agr-neg-c", "ORD-1")
+    assert not store.key_destroyed("agr-neg-c", "ORD-2")
+    with pytest.raises(KeyShreddedError):
+        store.store_received_rows("agr-neg-c", "sub", [IncomingRow(99, "ORD-1", b"{}")], when)
+    assert store.expired_closures(when + timedelta(days=100)) == []
+    assert store.receipts("agr-neg-c") == [signed]
+    assert [p.message.kind for p in store.due_messages(when)] == ["receipt"]
+    store.record_order_closed("agr-neg-c", "ORD-2", at(100))
+    with pytest.raises(ContractStoreError, match="does not describe"):
+        store.shred(
+            "agr-neg-c",
+            "ORD-2",
+            when,
+            lambda d: _receipt_for(replace(d, row_count=5), when),  # type: ignore[arg-type,return-value]
+        )
+    assert store.count_received("agr-neg-c") == 1  # the failed shred rolled back
+
+
+def test_provider_tracks_duties_from_pending_to_fulfilled(store: ContractStore) -> None:
+    finalized(store, Role.PROVIDER, "neg-p", days=10)
+    (pending,) = store.deletion_duties(at(50))
+    assert pending.status is DutyStatus.PENDING and pending.duty.deadline is None
+    assert store.close_order("cellex", "ORD-9", at(100)) == []  # outside the scope
+    assert store.close_order("cellex", "ORD-1", at(100)) == ["agr-neg-p"]
+    assert store.closed_orders("agr-neg-p") == {"ORD-1": at(100)}
+    (due,) = store.deletion_duties(at(200))
+    assert (due.status, due.duty.order_id) == (DutyStatus.DUE, "ORD-1")
+    late = at(100) + timedelta(days=10, seconds=1)
+    assert store.deletion_duties(late)[0].status is DutyStatus.OVERDUE
+    receipt = DeletionReceipt("agr-neg-p", "sunarc", 3, "ab" * 32, late, "ORD-1")
+    wrong = replace(receipt, consumer_id="polycell")
+    with pytest.raises(ReceiptMismatchError):
+        store.record_receipt(sign_receipt(wrong, C_KEY))
+    store.record_receipt(sign_receipt(receipt, C_KEY))
+    store.record_receipt(sign_receipt(receipt, C_KEY))  # idempotent
+    (done,) = store.deletion_duties(late)
+    assert done.status is DutyStatus.FULFILLED_LATE and done.receipt == receipt

@@ -1,0 +1,208 @@
+"""The retention sweeper on a real SQLite file, with a clock that jumps 181 days."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from nacl.signing import SigningKey
+from sqlalchemy import create_engine
+
+from connector.agreement import (
+    ContractAgreement,
+    SignedReceipt,
+    countersign,
+    deletion_digest,
+    open_signed_receipt,
+    sign_agreement,
+)
+from connector.contract_store import ContractStore, IncomingRow, OutboxMessage, ensure_schema
+from connector.negotiation import Role
+from connector.retention_sweep import RetentionSweeper, sweep
+from policies.canonical import canonical_json
+from policies.model import OfferTerms, make_offer, to_agreement
+from policies.retention import DutyStatus
+
+T0 = datetime(2026, 5, 1, tzinfo=UTC)
+P_KEY, C_KEY = SigningKey(b"p" * 32), SigningKey(b"c" * 32)
+
+
+def make_store(directory: Path) -> ContractStore:
+    engine = create_engine(f"sqlite:///{directory / f'{uuid.uuid4().hex}.db'}")
+    ensure_schema(engine)
+    return ContractStore(engine, b"k" * 32)
+
+
+def give_agreement(store: ContractStore, agreement_id: str, days: int | None, role: Role) -> None:
+    terms = OfferTerms(purposes=frozenset({"qa"}), retention_days=180 if days is None else days)
+    offer = make_offer(f"offer-{agreement_id}", "cellex", "inspections", terms)
+    terms_signed = ContractAgreement(
+        agreement_id=agreement_id,
+        negotiation_id=f"neg-{agreement_id}",
+        provider_id="cellex",
+        consumer_id="sunarc",
+        asset_id="inspections",
+        policy=to_agreement(offer, agreement_id, "sunarc"),
+        requested_at=T0,
+        agreed_at=T0,
+    )
+    signed = countersign(sign_agreement(terms_signed, P_KEY), C_KEY, P_KEY.verify_key)
+    store.save_agreement(signed, role)
+
+
+def rows_of(order: str, count: int) -> list[dict[str, object]]:
+    return [
+        {"order_id": order, "inspection_id": f"{order}-{n}", "score": n / 7} for n in range(count)
+    ]
+
+
+@pytest.fixture
+def consumer(tmp_path: Path) -> Iterator[ContractStore]:
+    store = make_store(tmp_path)
+    yield store
+    store.engine.dispose()
+
+
+def test_a_jump_of_181_days_deletes_the_data_and_signs_a_receipt(consumer: ContractStore) -> None:
+    give_agreement(consumer, "agr-1", None, Role.CONSUMER)  # default retention: 180 days
+    rows = rows_of("ORD-1", 5)
+    consumer.store_received_rows(
+        "agr-1",
+        "tx-1",
+        [IncomingRow(i, "ORD-1", canonical_json(r)) for i, r in enumerate(rows)],
+        T0,
+    )
+    closed = T0 + timedelta(days=3)
+    consumer.record_order_closed("agr-1", "ORD-1", closed)
+    now = [closed]
+
+    def outbox(signed: SignedReceipt, provider: str) -> list[OutboxMessage]:
+        receipt = signed.receipt
+        return [OutboxMessage(provider, "receipt", receipt.agreement_id, receipt.receipt_id, b"x")]
+
+    sweeper = RetentionSweeper(consumer, C_KEY, lambda: now[0], outbox=outbox)
+    assert sweeper.run_once().receipts == ()
+    now[0] = closed + timedelta(days=179)
+    assert sweeper.run_once().receipts == () and consumer.count_received() == 5
+    now[0] = closed + timedelta(days=181)
+    report = sweeper.run_once()
+    (signed,) = report.receipts
+    assert report.rows_deleted == 5 and report.failures == ()
+    assert consumer.count_received() == 0 and consumer.key_destroyed("agr-1", "ORD-1")
+    receipt = signed.receipt
+    assert (receipt.agreement_id, receipt.order_id, receipt.consumer_id) == (
+        "agr-1",
+        "ORD-1",
+        "sunarc",
+    )
+    assert receipt.deleted_at == now[0]
+    assert receipt.content_sha256 == deletion_digest(rows)[1]
+    # The provider can check the signature and the claims from the bytes alone.
+    opened = open_signed_receipt(receipt.canonical_bytes(), signed.signature, C_KEY.verify_key)
+    assert opened == signed
+    (message,) = consumer.due_messages(now[0])
+    assert (message.message.peer_id, message.message.message_id) == ("cellex", receipt.receipt_id)
+    assert sweeper.run_once().receipts == ()  # nothing twice
+
+
+def test_a_sweep_horizon_deletes_what_would_expire_before_the_next_run(
+    consumer: ContractStore,
+) -> None:
+    give_agreement(consumer, "agr-h", 180, Role.CONSUMER)
+    consumer.store_received_rows(
+        "agr-h", "tx-h", [IncomingRow(0, "ORD-1", canonical_json({"order_id": "ORD-1"}))], T0
+    )
+    consumer.record_order_closed("agr-h", "ORD-1", T0)
+    deadline = T0 + timedelta(days=180)
+    early = deadline - timedelta(hours=2)
+    assert sweep(consumer, C_KEY, early).receipts == ()  # no horizon: not yet
+    with pytest.raises(ValueError, match="negative"):
+        sweep(consumer, C_KEY, early, horizon=timedelta(hours=-1))
+    (signed,) = sweep(consumer, C_KEY, early, horizon=timedelta(hours=3)).receipts
+    assert signed.receipt.deleted_at == early < deadline  # on time, stamped when it happened
+    assert consumer.count_received("agr-h") == 0
+
+
+def test_provider_sees_the_duty_fulfilled_once_the_receipt_arrives(tmp_path: Path) -> None:
+    provider, consumer = make_store(tmp_path), make_store(tmp_path)
+    give_agreement(provider, "agr-1", 30, Role.PROVIDER)
+    give_agreement(consumer, "agr-1", 30, Role.CONSUMER)
+    consumer.store_received_rows("agr-1", "s", [IncomingRow(1, "ORD-1", b'{"a":1}')], T0)
+    closed = T0 + timedelta(days=1)
+    assert provider.close_order("cellex", "ORD-1", closed) == ["agr-1"]
+    consumer.record_order_closed("agr-1", "ORD-1", closed)
+    late = closed + timedelta(days=31)
+    assert [d.status for d in provider.deletion_duties(late)] == [DutyStatus.OVERDUE]
+    (signed,) = sweep(consumer, C_KEY, closed + timedelta(days=30)).receipts
+    provider.record_receipt(signed)
+    (duty,) = provider.deletion_duties(late)
+    assert duty.status is DutyStatus.FULFILLED and duty.receipt == signed.receipt
+
+
+orders = st.sampled_from(["ORD-1", "ORD-2", "ORD-3", "ORD-4"])
+plans = st.lists(
+    st.tuples(
+        st.sampled_from(["agr-a", "agr-b"]),
+        orders,
+        st.integers(0, 6),  # rows
+        st.none() | st.integers(0, 400),  # closed at day (None: still open)
+    ),
+    min_size=1,
+    max_size=6,
+    unique_by=lambda plan: (plan[0], plan[1]),
+)
+
+
+@settings(
+    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    plan=plans,
+    retention=st.tuples(st.integers(0, 200), st.integers(0, 200)),
+    sweeps=st.lists(st.integers(0, 700), min_size=1, max_size=4).map(sorted),
+)
+def test_after_a_sweep_no_row_is_kept_past_its_deadline(
+    tmp_path: Path,
+    plan: list[tuple[str, str, int, int | None]],
+    retention: tuple[int, int],
+    sweeps: list[int],
+) -> None:
+    store = make_store(tmp_path)
+    days = {"agr-a": retention[0], "agr-b": retention[1]}
+    for agreement_id, retention_days in days.items():
+        give_agreement(store, agreement_id, retention_days, Role.CONSUMER)
+    expected_rows: dict[tuple[str, str], list[dict[str, object]]] = {}
+    for index, (agreement_id, order, count, _) in enumerate(plan):
+        rows = rows_of(order, count)
+        expected_rows[(agreement_id, order)] = rows
+        incoming = [IncomingRow(i, order, canonical_json(r)) for i, r in enumerate(rows)]
+        store.store_received_rows(agreement_id, f"src-{index}", incoming, T0)
+    for agreement_id, order, _, closed_day in plan:
+        if closed_day is not None:
+            store.record_order_closed(agreement_id, order, T0 + timedelta(days=closed_day))
+    receipts: dict[tuple[str, str], SignedReceipt] = {}
+    for day in sweeps:
+        now = T0 + timedelta(days=day)
+        report = sweep(store, C_KEY, now)
+        assert report.failures == ()
+        for signed in report.receipts:
+            key = (signed.receipt.agreement_id, signed.receipt.order_id)
+            assert key not in receipts  # one receipt per duty
+            receipts[key] = signed
+        for agreement_id, order, _, closed_day in plan:
+            kept = store.received_rows(agreement_id, order)
+            expired = closed_day is not None and closed_day + days[agreement_id] <= day
+            if expired:
+                assert kept == []  # nothing kept past its deadline
+                receipt = receipts[(agreement_id, order)].receipt
+                wanted = expected_rows[(agreement_id, order)]
+                assert receipt.row_count == len(wanted)
+                assert receipt.content_sha256 == deletion_digest(wanted)[1]
+            else:
+                assert [r.decode() for r in kept] == expected_rows[(agreement_id, order)]
+    store.engine.dispose()

@@ -1,0 +1,129 @@
+"""SPC early warning: each run rule on a crafted series, re-arming, baselines and rolling Cpk."""
+
+from __future__ import annotations
+
+import math
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from connector.contract_errors import SpcError
+from connector.spc import (
+    CPK_RULE,
+    Rule,
+    SpcAlert,
+    SpcMonitor,
+    SpcSpec,
+    cpk,
+    moving_range_sigma,
+)
+
+T0 = datetime(2026, 5, 1, tzinfo=UTC)
+UNIT = SpcSpec(centre=0.0, sigma=1.0)
+
+
+def feed(
+    values: list[float], spec: SpcSpec = UNIT, rules: tuple[Rule, ...] | None = None
+) -> list[tuple[int, SpcAlert]]:
+    monitor = SpcMonitor(spec) if rules is None else SpcMonitor(spec, rules)
+    out = []
+    for index, value in enumerate(values):
+        out.extend((index, alert) for alert in monitor.add(value, T0 + timedelta(seconds=index)))
+    return out
+
+
+def fired(values: list[float], **kwargs: object) -> list[tuple[int, str]]:
+    return [(index, alert.rule) for index, alert in feed(values, **kwargs)]  # type: ignore[arg-type]
+
+
+WAVY = [0.2, 0.3, -0.1, -0.2, 0.1, 0.4, -0.3, -0.1]  # in control: no rule fires on it
+
+
+@pytest.mark.parametrize(
+    ("values", "expected"),
+    [
+        (WAVY, []),
+        ([0.1, 3.5], [(1, "WE1")]),
+        ([0.1, 2.5, 0.0, 2.5], [(3, "WE2")]),
+        ([1.5, 1.5, 0.0, 1.5, 1.5], [(4, "WE3")]),
+        ([0.5, 0.6] * 4, [(7, "WE4")]),
+        ([0.1, 0.2, 0.3, 0.4, 0.5, 0.6], [(5, "NELSON3")]),
+        ([0.5, -0.5] * 7, [(13, "NELSON4")]),
+        (WAVY * 2, [(14, "NELSON7")]),
+        ([1.5, -1.5] * 4, [(7, "NELSON8")]),
+        ([-3.5], [(0, "WE1")]),
+    ],
+)
+def test_each_rule_fires_on_its_pattern_and_only_there(
+    values: list[float], expected: list[tuple[int, str]]
+) -> None:
+    assert fired(values) == expected
+
+
+def test_one_excursion_is_one_alert_and_new_points_rearm_the_rule() -> None:
+    assert fired([0.5, 0.6] * 4 + [0.5]) == [(7, "WE4")]
+    assert fired([0.5, 0.6] * 8, rules=(Rule.WE4,)) == [(7, "WE4"), (15, "WE4")]
+    assert fired([3.5, 3.6]) == [(0, "WE1"), (1, "WE1"), (1, "WE2")]
+    alerts = feed([0.1, 2.5, 0.0, 2.5])
+    (_, alert) = alerts[0]
+    assert [p.value for p in alert.points] == [2.5, 2.5]
+    assert alert.description.startswith("WE2: 2 of 3")
+    assert alert.at == T0 + timedelta(seconds=3)
+
+
+def test_nelson_variants_are_available_when_asked_for() -> None:
+    rules = (Rule.NELSON1, Rule.NELSON2, Rule.NELSON5, Rule.NELSON6)
+    assert fired([0.5, 0.6] * 5, rules=rules) == [(8, "NELSON2")]
+    assert fired([0.1, 3.5], rules=rules) == [(1, "NELSON1")]
+
+
+def test_baseline_sets_the_limits_before_rules_run() -> None:
+    spec = SpcSpec(baseline_size=8)
+    monitor = SpcMonitor(spec)
+    for index, value in enumerate(WAVY):
+        assert monitor.add(value, T0 + timedelta(seconds=index)) == []
+    assert monitor.centre == pytest.approx(sum(WAVY) / 8)
+    assert monitor.sigma == pytest.approx(moving_range_sigma(WAVY))
+    alerts = monitor.add(10.0, T0 + timedelta(seconds=9))
+    assert [a.rule for a in alerts] == ["WE1"]
+
+
+def test_a_flat_baseline_waits_for_spread() -> None:
+    monitor = SpcMonitor(SpcSpec(baseline_size=3))
+    for value in (1.0, 1.0, 1.0):
+        monitor.add(value, T0)
+    assert monitor.sigma is None
+    monitor.add(1.2, T0)
+    assert monitor.sigma is not None and monitor.sigma > 0
+
+
+def test_cpk_formula() -> None:
+    assert cpk([9.0, 10.0, 11.0], 0.0, 20.0) == pytest.approx(10 / 3)
+    assert cpk([9.0, 10.0, 11.0], None, 12.0) == pytest.approx(2 / 3)
+    assert cpk([5.0, 5.0], 0.0, 10.0) == math.inf
+    with pytest.raises(SpcError, match="spec limit"):
+        cpk([1.0, 2.0], None, None)
+
+
+def test_rolling_cpk_alerts_once_per_drop_and_rearms_after_recovery() -> None:
+    spec = SpcSpec(centre=10.0, sigma=1.0, lsl=0.0, usl=20.0, cpk_window=4, cpk_threshold=1.33)
+    capable = [9.9, 10.1, 10.0, 9.9, 10.1, 10.0]
+    drifting = [12.0, 18.0, 12.0, 18.0, 12.0, 18.0]
+    values = capable + drifting + capable + drifting
+    cpk_alerts = [(i, a) for i, a in feed(values, spec=spec) if a.rule == CPK_RULE]
+    assert [i for i, _ in cpk_alerts] == [7, 19]  # the first windows that hold an 18
+    assert "rolling Cpk" in cpk_alerts[0][1].description
+    assert len(cpk_alerts[0][1].points) == 4
+
+
+def test_bad_specs_and_values_are_refused() -> None:
+    with pytest.raises(SpcError, match="both centre and sigma"):
+        SpcSpec(centre=1.0)
+    with pytest.raises(SpcError, match="sigma must be > 0"):
+        SpcSpec(centre=1.0, sigma=0.0)
+    with pytest.raises(SpcError, match="below usl"):
+        SpcSpec(lsl=2.0, usl=1.0)
+    with pytest.raises(SpcError, match="at least 2"):
+        SpcSpec(baseline_size=1)
+    with pytest.raises(SpcError, match="not a finite number"):
+        SpcMonitor(UNIT).add(math.nan, T0)

@@ -1,0 +1,187 @@
+"""The transfer-process machine: states, chained checkpoints, resume without loss or duplicates."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from connector.contract_errors import (
+    IllegalTransitionError,
+    MessageReplayError,
+    TransferCursorError,
+    TransferIntegrityError,
+    UnauthorizedSenderError,
+    UnknownProcessError,
+)
+from connector.negotiation import Role
+from connector.transfer import (
+    Checkpoint,
+    TransferCompletion,
+    TransferProcess,
+    TransferRequest,
+    TransferStart,
+    TransferState,
+    TransferSuspension,
+    TransferTermination,
+    advance,
+    apply,
+    open_transfer,
+    row_bytes,
+    verify_checkpoint,
+)
+
+T0 = datetime(2026, 5, 1, tzinfo=UTC)
+S = TransferState
+ROWS = [{"inspection_id": f"i{n}", "verdict": "ok" if n % 3 else "defect"} for n in range(10)]
+DATA = [row_bytes(row) for row in ROWS]
+
+
+def at(seconds: int) -> datetime:
+    return T0 + timedelta(seconds=seconds)
+
+
+REQUEST = TransferRequest("m1", "tx-1", "sunarc", "agr-1", "cellex", T0)
+
+
+def started(role: Role) -> TransferProcess:
+    process = open_transfer(REQUEST, role)
+    start = TransferStart("m2", "tx-1", "cellex", Checkpoint.genesis("tx-1"), at(1))
+    return apply(process, start)
+
+
+def test_rows_flow_and_both_sides_complete_on_the_same_checkpoint() -> None:
+    provider, consumer = started(Role.PROVIDER), started(Role.CONSUMER)
+    assert provider.state is S.STARTED and provider.offset == 0
+    for batch in (DATA[:4], DATA[4:]):
+        position = f"pos-{len(batch)}"
+        provider = advance(provider, batch, position)
+        verify_checkpoint(advance(consumer, batch, position), provider.checkpoint)
+        consumer = advance(consumer, batch, position)
+    done = TransferCompletion("m3", "tx-1", "cellex", provider.checkpoint, at(2))
+    provider, consumer = apply(provider, done), apply(consumer, done)
+    assert provider.state is consumer.state is S.COMPLETED
+    assert consumer.final == Checkpoint.genesis("tx-1").extend(DATA, "pos-6")
+    ack = TransferCompletion("m4", "tx-1", "sunarc", consumer.checkpoint, at(3))
+    assert apply(provider, ack).state is S.COMPLETED
+
+
+def test_a_changed_or_missing_row_breaks_the_chain() -> None:
+    provider, consumer = started(Role.PROVIDER), started(Role.CONSUMER)
+    provider = advance(provider, DATA)
+    tampered = [*DATA[:3], row_bytes({**ROWS[3], "verdict": "ok!"}), *DATA[4:]]
+    with pytest.raises(TransferIntegrityError, match="differs"):
+        verify_checkpoint(advance(consumer, tampered), provider.checkpoint)
+    with pytest.raises(TransferCursorError, match="offset 10"):
+        verify_checkpoint(advance(consumer, DATA[:9]), provider.checkpoint)
+    # Completion on a checkpoint the consumer does not share is refused.
+    done = TransferCompletion("m3", "tx-1", "cellex", provider.checkpoint, at(2))
+    with pytest.raises(TransferCursorError):
+        apply(consumer, done)
+
+
+def test_resume_after_a_broken_stream_continues_exactly_where_the_consumer_stopped() -> None:
+    provider, consumer = started(Role.PROVIDER), started(Role.CONSUMER)
+    provider = advance(provider, DATA[:7], "7")  # sent 7, but the consumer committed only 5
+    consumer = advance(consumer, DATA[:5], "5")
+    suspend = TransferSuspension("m3", "tx-1", "sunarc", "connection lost", at(2))
+    provider, consumer = apply(provider, suspend), apply(consumer, suspend)
+    assert consumer.state is S.SUSPENDED and consumer.reason == "connection lost"
+    resume = TransferStart("m4", "tx-1", "sunarc", consumer.checkpoint, at(3))
+    provider, consumer = apply(provider, resume), apply(consumer, resume)
+    assert provider.checkpoint == consumer.checkpoint  # the provider rewound to offset 5
+    assert provider.checkpoint.position == "5"
+    provider = advance(provider, DATA[5:], "10")
+    consumer = advance(consumer, DATA[5:], "10")
+    assert consumer.checkpoint == Checkpoint.genesis("tx-1").extend(DATA, "10")
+    # A start ahead of the consumer, or on another chain, is refused by the consumer.
+    ahead = TransferStart("m5", "tx-1", "cellex", provider.checkpoint.extend(DATA[:1]), at(4))
+    with pytest.raises(TransferCursorError):
+        apply(consumer, ahead)
+    other = Checkpoint(consumer.offset, b"\1" * 32, "10")
+    with pytest.raises(TransferIntegrityError):
+        apply(consumer, replace(ahead, checkpoint=other))
+    # A provider never skips ahead of what it sent.
+    with pytest.raises(TransferCursorError):
+        apply(provider, ahead)
+
+
+def test_idempotent_messages_and_refusals() -> None:
+    process = started(Role.CONSUMER)
+    suspend = TransferSuspension("m3", "tx-1", "sunarc", "pause", at(2))
+    once = apply(process, suspend)
+    assert apply(once, suspend) == once
+    with pytest.raises(MessageReplayError):
+        apply(once, replace(suspend, reason="other"))
+    with pytest.raises(UnknownProcessError):
+        apply(once, replace(suspend, message_id="m9", transfer_id="tx-2"))
+    with pytest.raises(UnauthorizedSenderError, match="not a party"):
+        apply(once, replace(suspend, message_id="m9", sender_id="polycell"))
+    fresh = open_transfer(REQUEST, Role.PROVIDER)
+    with pytest.raises(UnauthorizedSenderError, match="only the provider"):
+        apply(fresh, TransferStart("m2", "tx-1", "sunarc", Checkpoint.genesis("tx-1"), at(1)))
+    with pytest.raises(IllegalTransitionError, match="REQUESTED"):
+        apply(fresh, TransferSuspension("m2", "tx-1", "sunarc", "x", at(1)))
+    with pytest.raises(IllegalTransitionError, match="moving the cursor"):
+        advance(once, DATA)
+    with pytest.raises(UnauthorizedSenderError):
+        apply(
+            started(Role.PROVIDER),
+            TransferCompletion("m3", "tx-1", "sunarc", Checkpoint.genesis("tx-1"), at(2)),
+        )
+
+
+def test_termination_is_final() -> None:
+    process = started(Role.PROVIDER)
+    end = TransferTermination("m3", "tx-1", "sunarc", "agreement terminated", at(2))
+    ended = apply(process, end)
+    assert ended.state is S.TERMINATED
+    again = apply(ended, replace(end, message_id="m4", reason="again"))
+    assert again.state is S.TERMINATED and again.reason == "agreement terminated"
+    for message in (
+        TransferStart("m5", "tx-1", "cellex", Checkpoint.genesis("tx-1"), at(3)),
+        TransferSuspension("m5", "tx-1", "cellex", "x", at(3)),
+        TransferCompletion("m5", "tx-1", "cellex", ended.checkpoint, at(3)),
+    ):
+        with pytest.raises(IllegalTransitionError, match="TERMINATED"):
+            apply(ended, message)
+
+
+def test_checkpoint_refuses_nonsense() -> None:
+    with pytest.raises(TransferCursorError):
+        Checkpoint(-1, b"\0" * 32)
+    with pytest.raises(TransferCursorError):
+        Checkpoint(0, b"short")
+
+
+@settings(max_examples=80)
+@given(st.lists(st.integers(0, 10), min_size=1, max_size=6))
+def test_any_pattern_of_breaks_delivers_every_row_exactly_once(breaks: list[int]) -> None:
+    """The consumer commits a prefix of each attempt, then resumes; the result is exact."""
+    provider, consumer = started(Role.PROVIDER), started(Role.CONSUMER)
+    received: list[bytes] = []
+    for attempt, committed in enumerate(breaks):
+        if consumer.state is S.SUSPENDED:
+            resume = TransferStart(f"r{attempt}", "tx-1", "sunarc", consumer.checkpoint, at(9))
+            provider, consumer = apply(provider, resume), apply(consumer, resume)
+        rest = DATA[provider.offset :]
+        provider = advance(provider, rest, str(len(DATA)))
+        take = rest[: min(committed, len(rest))]
+        consumer = advance(consumer, take, str(consumer.offset + len(take)))
+        received.extend(take)
+        if consumer.offset < len(DATA):
+            pause = TransferSuspension(f"s{attempt}", "tx-1", "sunarc", "broken", at(9))
+            provider, consumer = apply(provider, pause), apply(consumer, pause)
+    if consumer.state is S.SUSPENDED:
+        resume = TransferStart("r-last", "tx-1", "sunarc", consumer.checkpoint, at(9))
+        provider, consumer = apply(provider, resume), apply(consumer, resume)
+        rest = DATA[consumer.offset :]
+        assert provider.checkpoint == consumer.checkpoint
+        provider = advance(provider, rest, str(len(DATA)))
+        consumer = advance(consumer, rest, str(len(DATA)))
+        received.extend(rest)
+    assert received == DATA
+    assert consumer.checkpoint == Checkpoint.genesis("tx-1").extend(DATA, str(len(DATA)))

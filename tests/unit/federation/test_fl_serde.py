@@ -1,0 +1,67 @@
+"""Federation wire conversions round-trip (``node.rpc.federation_serde``)."""
+
+from __future__ import annotations
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from federation import secagg
+from federation.host import StatusView
+from federation.rounds import Phase, RoundRecord
+from node.rpc.federation_serde import (
+    advert_from_proto,
+    advert_to_proto,
+    share_to_proto,
+    shares_from_proto,
+    status_from_proto,
+    status_to_proto,
+    unmask_from_proto,
+    unmask_request_from_proto,
+    unmask_request_to_proto,
+    unmask_to_proto,
+)
+from protocols.v1 import federation_pb2 as pb
+
+names = st.text("abcdefghij", min_size=1, max_size=8)
+records = st.builds(
+    RoundRecord,
+    round=st.integers(1, 1000),
+    version=st.integers(1, 1000),
+    members=st.lists(names, max_size=4).map(tuple),
+    bounded=st.lists(names, max_size=2).map(tuple),
+    epsilon=st.none() | st.floats(0.01, 100.0),
+)
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    round_=st.integers(0, 10**6),
+    phase=st.sampled_from(list(Phase)),
+    history=st.lists(records, max_size=4).map(tuple),
+    delta=st.none() | st.floats(1e-9, 0.5),
+    deadline=st.floats(0.0, 1e6),
+)
+def test_status_round_trips(
+    round_: int,
+    phase: Phase,
+    history: tuple[RoundRecord, ...],
+    delta: float | None,
+    deadline: float,
+) -> None:
+    view = StatusView(
+        "el-1", round_, 2, phase, deadline, 7, "detail", 9, history, b"\x01" * 32, delta
+    )
+    assert status_from_proto(status_to_proto(view)) == view
+
+
+@settings(max_examples=20, deadline=None)
+@given(member=names, keys=st.lists(st.binary(min_size=32, max_size=32), min_size=4, max_size=4))
+def test_secagg_messages_round_trip(member: str, keys: list[bytes]) -> None:
+    advert = secagg.KeyAdvert(member, keys[0], keys[1], keys[2], keys[3] + keys[3])
+    assert advert_from_proto(advert_to_proto(advert)) == advert
+    share = secagg.EncryptedShare(member, member + "x", keys[0])
+    assert shares_from_proto([share_to_proto(share)]) == [share]
+    request = secagg.UnmaskRequest((member, "z"), ("y",))
+    assert unmask_request_from_proto(unmask_request_to_proto(request)) == request
+    response = secagg.UnmaskResponse(member, {member: keys[1]}, {"y": keys[2]})
+    assert unmask_from_proto(unmask_to_proto(response, pb.RoundRef(job_id="j"))) == response

@@ -1,0 +1,298 @@
+"""Every contract wire message survives proto encoding unchanged; bad input is refused."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from nacl.signing import SigningKey
+
+from connector.agreement import (
+    AgreementTermination,
+    ContractAgreement,
+    DeletionReceipt,
+    OrderClosed,
+    SignedAgreement,
+    countersign,
+    sign_agreement,
+    sign_receipt,
+)
+from connector.negotiation import (
+    Accepted,
+    Agreement,
+    ContractOffer,
+    ContractRequest,
+    Finalized,
+    Negotiation,
+    NegotiationMessage,
+    NegotiationState,
+    Role,
+    Termination,
+    Verification,
+)
+from connector.spc import Investigation, QualityAlert, SpcAlert, SpcPoint
+from connector.transfer import (
+    BatchRow,
+    Checkpoint,
+    RowBatch,
+    TransferCompletion,
+    TransferMessage,
+    TransferProcess,
+    TransferRequest,
+    TransferStart,
+    TransferState,
+    TransferSuspension,
+    TransferTermination,
+)
+from connector.views import AssetKind, CatalogEntry, StreamEvent, StreamRequest
+from node.rpc import contract_serde as serde
+from policies.model import OfferTerms, Policy, make_offer, to_agreement
+from protocols.v1 import catalog_pb2, negotiation_pb2, notification_pb2, transfer_pb2
+
+ids = st.text(st.characters(codec="utf-8", exclude_categories=("Cs",)), min_size=1, max_size=12)
+texts = st.text(st.characters(codec="utf-8", exclude_categories=("Cs",)), max_size=20)
+instants = st.datetimes(
+    min_value=datetime(1970, 1, 1), max_value=datetime(2200, 1, 1), timezones=st.just(UTC)
+)
+field_sets = st.frozensets(ids, max_size=4)
+KEY = SigningKey(b"k" * 32)
+
+
+@st.composite
+def offers(draw: st.DrawFn) -> Policy:
+    terms = OfferTerms(
+        purposes=draw(st.frozensets(ids, min_size=1, max_size=3)),
+        orders=draw(st.none() | st.frozensets(ids, min_size=1, max_size=3)),
+        fields=draw(st.none() | field_sets),
+        not_after=draw(st.none() | instants),
+        retention_days=draw(st.integers(0, 3650)),
+        receipt=draw(st.booleans()),
+        allow_distribution=draw(st.booleans()),
+    )
+    return make_offer(draw(ids), draw(ids), draw(ids), terms)
+
+
+@st.composite
+def signed_agreements(draw: st.DrawFn) -> SignedAgreement:
+    offer = draw(offers())
+    agreement_id, consumer = draw(ids), draw(ids)
+    requested = draw(instants)
+    terms = ContractAgreement(
+        agreement_id=agreement_id,
+        negotiation_id=draw(ids),
+        provider_id=offer.assigner,
+        consumer_id=consumer,
+        asset_id=offer.target,
+        policy=to_agreement(offer, agreement_id, consumer),
+        requested_at=requested,
+        agreed_at=requested,
+    )
+    signed = sign_agreement(terms, KEY)
+    return countersign(signed, KEY, KEY.verify_key) if draw(st.booleans()) else signed
+
+
+signatures = st.binary(min_size=64, max_size=64)
+checkpoints = st.builds(
+    Checkpoint, st.integers(0, 2**62), st.binary(min_size=32, max_size=32), texts
+)
+
+
+def head(cls: type, *rest: st.SearchStrategy[object]) -> st.SearchStrategy[object]:
+    return st.builds(cls, ids, ids, ids, *rest)
+
+
+negotiation_messages: st.SearchStrategy[NegotiationMessage] = st.one_of(  # type: ignore[assignment]
+    head(ContractRequest, offers(), instants),
+    head(ContractOffer, offers(), instants),
+    head(Accepted, instants),
+    head(Agreement, signed_agreements(), instants),
+    head(Verification, signatures, instants),
+    head(Finalized, instants),
+    head(Termination, texts, instants),
+)
+
+
+@given(negotiation_messages)
+def test_negotiation_messages_round_trip(message: NegotiationMessage) -> None:
+    wire = serde.negotiation_message_to_proto(message).SerializeToString()
+    decoded = negotiation_pb2.NegotiationMessage.FromString(wire)
+    assert serde.negotiation_message_from_proto(decoded) == message
+
+
+@settings(max_examples=50)
+@given(
+    offers(),
+    st.none() | signed_agreements(),
+    st.sampled_from(list(NegotiationState)),
+    instants,
+    st.none() | texts.filter(bool),
+)
+def test_negotiation_status_round_trips(
+    offer: Policy,
+    signed: SignedAgreement | None,
+    state: NegotiationState,
+    at: datetime,
+    reason: str | None,
+) -> None:
+    negotiation = Negotiation(
+        "neg",
+        Role.CONSUMER,
+        offer.assigner,
+        "c",
+        offer.target,
+        state,
+        offer,
+        at,
+        at,
+        signed,
+        reason,
+    )
+    status = serde.negotiation_to_proto(negotiation)
+    assert serde.negotiation_from_proto(status, Role.CONSUMER) == negotiation
+    assert serde.negotiation_ack_to_proto(negotiation).state == state.value
+
+
+transfer_messages: st.SearchStrategy[TransferMessage] = st.one_of(  # type: ignore[assignment]
+    st.builds(
+        TransferRequest,
+        ids,
+        ids,
+        ids,
+        ids,
+        ids,
+        instants,
+        st.none() | ids,
+        st.none() | ids,
+        st.none() | field_sets,
+    ),
+    head(TransferStart, checkpoints, instants),
+    head(TransferSuspension, texts, instants),
+    head(TransferCompletion, checkpoints, instants),
+    head(TransferTermination, texts, instants),
+)
+rows = st.lists(st.builds(BatchRow, st.binary(max_size=40), texts), max_size=5).map(tuple)
+
+
+@given(transfer_messages, st.builds(RowBatch, ids, rows, checkpoints, st.booleans()))
+def test_transfer_messages_and_batches_round_trip(
+    message: TransferMessage, batch: RowBatch
+) -> None:
+    wire = serde.transfer_message_to_proto(message).SerializeToString()
+    assert (
+        serde.transfer_message_from_proto(transfer_pb2.TransferMessage.FromString(wire)) == message
+    )
+    wire = serde.row_batch_to_proto(batch).SerializeToString()
+    assert serde.row_batch_from_proto(transfer_pb2.RowBatch.FromString(wire)) == batch
+    pull = serde.PullRequest(batch.transfer_id, batch.checkpoint, 7)
+    assert serde.pull_request_from_proto(serde.pull_request_to_proto(pull)) == pull
+
+
+def test_transfer_ack_carries_state_and_cursor() -> None:
+    checkpoint = Checkpoint(5, b"\1" * 32, "17")
+    at = datetime(2026, 5, 1, tzinfo=UTC)
+    process = TransferProcess(
+        "tx", "agr", Role.PROVIDER, "p", "c", TransferState.SUSPENDED, checkpoint, at, at
+    )
+    view = serde.transfer_ack_from_proto(serde.transfer_ack_to_proto(process))
+    assert (view.transfer_id, view.state, view.checkpoint) == (
+        "tx",
+        TransferState.SUSPENDED,
+        checkpoint,
+    )
+
+
+@given(
+    st.builds(StreamRequest, ids, ids, texts, st.none() | field_sets, texts, st.booleans()),
+    ids,
+    st.lists(st.tuples(st.binary(max_size=20), texts, texts), max_size=4),
+    instants,
+)
+def test_subscription_messages_round_trip(
+    request: StreamRequest, sub_id: str, items: list[tuple[bytes, str, str]], at: datetime
+) -> None:
+    assert serde.stream_request_from_proto(serde.stream_request_to_proto(request)) == request
+    event = StreamEvent(
+        sub_id, tuple(BatchRow(p, o) for p, o, _ in items), tuple(pos for _, _, pos in items), at
+    )
+    proto = serde.stream_event_to_proto(event)
+    assert proto.heartbeat == (not items)
+    assert serde.stream_event_from_proto(proto) == event
+
+
+@given(offers(), st.sampled_from(list(AssetKind)), field_sets, field_sets, texts)
+def test_catalog_round_trips(
+    offer: Policy, kind: AssetKind, fields: frozenset[str], pseudo: frozenset[str], text: str
+) -> None:
+    entry = CatalogEntry(offer.assigner, offer.target, text, kind, fields, pseudo, offer, text)
+    reply = serde.catalog_to_proto("cellex", [entry, entry])
+    decoded = catalog_pb2.CatalogReply.FromString(reply.SerializeToString())
+    assert serde.catalog_from_proto(decoded) == [entry, entry]
+
+
+points = st.lists(
+    st.builds(SpcPoint, st.integers(0, 10**9), st.floats(allow_nan=False), instants), max_size=4
+).map(tuple)
+bodies = st.one_of(
+    st.builds(OrderClosed, ids, instants, st.lists(ids, max_size=3).map(tuple)),
+    st.builds(AgreementTermination, ids, texts, instants),
+    st.builds(
+        lambda agreement, count, digest, at, order: sign_receipt(
+            DeletionReceipt(agreement, "sunarc", count, digest, at, order), KEY
+        ),
+        ids,
+        st.integers(0, 10**9),
+        st.text("0123456789abcdef", min_size=64, max_size=64),
+        instants,
+        texts,
+    ),
+    st.builds(
+        QualityAlert,
+        ids,
+        st.builds(SpcAlert, st.sampled_from(["WE1", "NELSON3", "CPK"]), texts, points, instants),
+        texts,
+        texts,
+        texts,
+        texts,
+    ),
+    st.builds(Investigation, ids, texts, texts, texts, texts, texts),
+)
+
+
+@given(st.builds(serde.Notification, ids, ids, instants, bodies))
+def test_notifications_round_trip(notification: serde.Notification) -> None:
+    wire = serde.notification_to_proto(notification).SerializeToString()
+    decoded = notification_pb2.NotificationMessage.FromString(wire)
+    assert serde.notification_from_proto(decoded) == notification
+
+
+def test_undecodable_input_is_refused_with_a_reason() -> None:
+    with pytest.raises(serde.WireFormatError, match="has no body"):
+        serde.negotiation_message_from_proto(
+            negotiation_pb2.NegotiationMessage(message_id="m", negotiation_id="n", sender_id="s")
+        )
+    with pytest.raises(serde.WireFormatError, match="message_id is missing"):
+        serde.transfer_message_from_proto(transfer_pb2.TransferMessage())
+    bad_policy = negotiation_pb2.NegotiationMessage(
+        message_id="m", negotiation_id="n", sender_id="s"
+    )
+    bad_policy.request.offer_json = b'{"@type": "Offer"}'
+    with pytest.raises(serde.WireFormatError, match="policy"):
+        serde.negotiation_message_from_proto(bad_policy)
+    with pytest.raises(serde.WireFormatError, match="unknown kind"):
+        serde.catalog_entry_from_proto(catalog_pb2.Asset(provider_id="p", asset_id="a", kind="x"))
+    with pytest.raises(serde.WireFormatError, match="checkpoint"):
+        serde.checkpoint_from_proto(transfer_pb2.Checkpoint(offset=1, digest=b"short"))
+    broken = negotiation_pb2.SignedAgreement(agreement_json=b"{}", provider_signature=b"x")
+    with pytest.raises(serde.WireFormatError, match="agreement"):
+        serde.signed_agreement_from_proto(broken)
+    with pytest.raises(serde.WireFormatError, match="no body"):
+        serde.notification_from_proto(
+            notification_pb2.NotificationMessage(notification_id="n", sender_id="s")
+        )
+    with pytest.raises(serde.WireFormatError, match="time zone"):
+        serde.datetime_to_us(datetime(2026, 1, 1))
+    assert serde.datetime_from_us(
+        serde.datetime_to_us(datetime(1969, 12, 31, tzinfo=UTC))
+    ) == datetime(1969, 12, 31, tzinfo=UTC)
