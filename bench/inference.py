@@ -147,10 +147,10 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--size", type=int, default=64, help="model input side (px)")
-    parser.add_argument("--epochs", type=int, default=6, help="training epochs")
+    parser.add_argument("--epochs", type=int, default=4, help="training epochs")
     parser.add_argument("--stations", type=int, default=2)
     parser.add_argument("--fps", type=float, default=27.0, help="frames/s per station")
-    parser.add_argument("--seconds", type=float, default=20.0, help="length of each line run")
+    parser.add_argument("--seconds", type=float, default=15.0, help="length of each line run")
     parser.add_argument("--burst-stations", type=int, default=4)
     parser.add_argument("--burst-fps", type=float, default=100.0)
     parser.add_argument("--burst-seconds", type=float, default=8.0)

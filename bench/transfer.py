@@ -39,7 +39,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import grpc
 
-from connector.transfer import Checkpoint
+from connector.transfer import Checkpoint, RowBatch
 from node.identity.member import load_member_keys
 from node.launcher import LocalNetwork, MemberSpec
 from node.peers import PeerDirectory
@@ -112,6 +112,14 @@ def _setup(workdir: Path, n: int) -> tuple[LocalNetwork, str]:
     return net, r.json()["agreement_id"]
 
 
+def _decode(batch: RowBatch) -> int:
+    """What a consumer does with a batch before storing it: split it into rows and
+    their orders (both clients do the same)."""
+    payloads, orders = batch.payloads(), batch.orders()
+    assert len(payloads) == len(orders) == batch.count
+    return batch.count
+
+
 async def _policy_stream(net: LocalNetwork, agreement_id: str) -> tuple[int, float, list[bytes]]:
     """Pull straight from the supplier as the OEM; returns rows, seconds, raw batches."""
     from connector.transfer import TransferRequest
@@ -142,10 +150,12 @@ async def _policy_stream(net: LocalNetwork, agreement_id: str) -> tuple[int, flo
     rows = 0
     async for message in stub.Pull(pull):
         batch = row_batch_from_proto(message)
-        checkpoint = checkpoint.extend((r.payload for r in batch.rows), batch.checkpoint.position)
+        checkpoint = checkpoint.extend_payload(
+            batch.payload, batch.count, batch.checkpoint.position
+        )
         if checkpoint != batch.checkpoint:
             raise SystemExit("checkpoint mismatch: the stream is corrupt")
-        rows += len(batch.rows)
+        rows += _decode(batch)
         raw.append(message.SerializeToString())
     seconds = time.perf_counter() - started
     await peers.close()
@@ -184,7 +194,7 @@ async def _plain_stream(port: int) -> tuple[int, float]:
         rows = 0
         started = time.perf_counter()
         async for message in call(b""):
-            rows += len(row_batch_from_proto(message).rows)
+            rows += _decode(row_batch_from_proto(message))
         return rows, time.perf_counter() - started
 
 

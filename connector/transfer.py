@@ -13,16 +13,20 @@ States and transitions (sender in brackets)::
     REQUESTED | STARTED | SUSPENDED --TransferTermination [either]--> TERMINATED
     TERMINATED --TransferTermination [either]----> TERMINATED  no-op
 
-The cursor is a `Checkpoint`: how many rows have passed (offset) and a chained
-sha256 over them, ``d[0] = sha256("qdspace.v1/transfer\\0" + transfer id)`` and
-``d[i+1] = sha256(d[i] + bytes of row i)``. The provider advances it for what it
-sends, the consumer for what it commits; each batch carries the provider's
-checkpoint so the consumer can check it (`verify_checkpoint`), and at
+The cursor is a `Checkpoint`: how many rows have passed (offset) and a digest
+chained over the batches that carried them. Rows travel as JSON, one object per
+line: a batch's payload is its rows' bytes joined by ``\\n`` (JSON never holds a
+raw newline), and ``d[0] = sha256("qdspace.v1/transfer\\0" + transfer id)``,
+``d[k+1] = sha256(d[k] + u64be(rows in batch k) + payload of batch k)`` (a batch
+without rows leaves the digest as it is). The provider advances it for what it
+sends, the consumer for what it commits, batch by batch; each batch carries the
+provider's checkpoint so the consumer can check it (`verify_checkpoint`), and at
 COMPLETED both final checkpoints must be equal. A resume (TransferStart with a
 checkpoint) continues the chain where it stopped, so no row is lost or
-duplicated: the consumer only accepts a start at exactly its own checkpoint,
-the provider only at or before its own (rewinding to what the consumer has;
-to check a rewound digest the provider recomputes it from its rows).
+duplicated: the consumer only accepts a start at exactly its own checkpoint
+(always a batch boundary: it commits whole batches), the provider only at or
+before its own (rewinding to what the consumer has and continuing the chain
+from the consumer's digest).
 
 Messages are idempotent by message id, like in `connector.negotiation`.
 """
@@ -30,11 +34,13 @@ Messages are idempotent by message id, like in `connector.negotiation`.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, fields, replace
 from datetime import datetime
 from enum import StrEnum
 from typing import Any
+
+import orjson
 
 from connector.contract_errors import (
     IllegalTransitionError,
@@ -45,7 +51,7 @@ from connector.contract_errors import (
     UnknownProcessError,
 )
 from connector.negotiation import Role
-from policies.canonical import canonical_json, to_jsonable
+from policies.canonical import CanonicalEncodingError, canonical_json, to_jsonable
 
 _GENESIS_CONTEXT = b"qdspace.v1/transfer\x00"
 
@@ -59,15 +65,34 @@ class TransferState(StrEnum):
 
 
 def row_bytes(row: Mapping[str, Any]) -> bytes:
-    """The bytes of a row that the chain covers: its canonical JSON."""
-    return canonical_json(row)
+    """The bytes of a row on the wire: compact JSON, keys sorted, datetimes as in
+    `policies.canonical` (UTC, ``Z``). The provider's page encoder
+    (`connector.views`) writes exactly these bytes without building the row first."""
+    try:
+        return orjson.dumps(to_jsonable(row), option=orjson.OPT_SORT_KEYS)
+    except orjson.JSONEncodeError as exc:
+        raise CanonicalEncodingError(f"row has no JSON form: {exc}") from None
+
+
+def join_rows(rows: Iterable[bytes]) -> tuple[bytes, int]:
+    """One batch payload (rows joined by newlines) and its row count."""
+    items = list(rows)
+    for index, item in enumerate(items):
+        if b"\n" in item:
+            raise TransferIntegrityError(f"row {index} of a batch holds a raw newline")
+    return b"\n".join(items), len(items)
+
+
+def split_rows(payload: bytes, count: int) -> list[bytes]:
+    """The rows of a batch payload (see `join_rows`)."""
+    return payload.split(b"\n") if count else []
 
 
 @dataclass(frozen=True)
 class Checkpoint:
-    """A cursor into a transfer: rows passed so far, the chained digest over them, and
-    `position`, the view cursor of the last row passed (opaque here; the provider's
-    view resumes strictly after it, see `connector.views`)."""
+    """A cursor into a transfer: rows passed so far, the digest chained over the
+    batches that carried them, and `position`, the view cursor of the last row passed
+    (opaque here; the provider's view resumes strictly after it, see `connector.views`)."""
 
     offset: int
     digest: bytes
@@ -81,15 +106,26 @@ class Checkpoint:
     def genesis(cls, transfer_id: str) -> Checkpoint:
         return cls(0, hashlib.sha256(_GENESIS_CONTEXT + transfer_id.encode()).digest())
 
+    def extend_payload(self, payload: bytes, count: int, position: str | None = None) -> Checkpoint:
+        """The checkpoint after one batch of `count` rows whose joined bytes are
+        `payload`, the last of them at view cursor `position` (None: unchanged)."""
+        where = self.position if position is None else position
+        if count == 0:
+            if payload:
+                raise TransferIntegrityError("a batch without rows has an empty payload")
+            return Checkpoint(self.offset, self.digest, where)
+        lines = payload.count(b"\n") + 1
+        if count < 0 or lines != count:
+            raise TransferIntegrityError(f"a batch payload of {lines} lines claims {count} rows")
+        h = hashlib.sha256(self.digest)
+        h.update(count.to_bytes(8, "big"))
+        h.update(payload)
+        return Checkpoint(self.offset + count, h.digest(), where)
+
     def extend(self, rows: Iterable[bytes], position: str | None = None) -> Checkpoint:
-        """The checkpoint after `rows` (each already in its canonical bytes), whose last
-        row sits at view cursor `position` (None: unchanged, e.g. for no rows)."""
-        digest, offset = self.digest, self.offset
-        sha256 = hashlib.sha256
-        for item in rows:
-            digest = sha256(digest + item).digest()
-            offset += 1
-        return Checkpoint(offset, digest, self.position if position is None else position)
+        """The checkpoint after one batch of `rows` (each already in its wire bytes)."""
+        payload, count = join_rows(rows)
+        return self.extend_payload(payload, count, position)
 
     def extend_rows(
         self, rows: Iterable[Mapping[str, Any]], position: str | None = None
@@ -313,17 +349,25 @@ def apply(process: TransferProcess, message: TransferMessage) -> TransferProcess
 def advance(
     process: TransferProcess, rows: Iterable[bytes], position: str | None = None
 ) -> TransferProcess:
-    """Move the cursor over rows sent (provider) or committed (consumer); STARTED only."""
+    """Move the cursor over one batch of rows sent (provider) or committed (consumer)."""
+    payload, count = join_rows(rows)
+    return advance_payload(process, payload, count, position)
+
+
+def advance_payload(
+    process: TransferProcess, payload: bytes, count: int, position: str | None = None
+) -> TransferProcess:
+    """`advance` for a batch already joined (see `join_rows`); STARTED only."""
     if process.state is not TransferState.STARTED:
         raise IllegalTransitionError(
             f"transfer {process.transfer_id}", process.state.value, "moving the cursor"
         )
-    return replace(process, checkpoint=process.checkpoint.extend(rows, position))
+    return replace(process, checkpoint=process.checkpoint.extend_payload(payload, count, position))
 
 
 @dataclass(frozen=True)
 class BatchRow:
-    """One row on the wire: its canonical JSON bytes and the order it belongs to."""
+    """One row on the wire: its JSON bytes and the order it belongs to."""
 
     payload: bytes
     order_id: str
@@ -331,16 +375,69 @@ class BatchRow:
 
 @dataclass(frozen=True)
 class RowBatch:
-    """Rows the provider sent in one go, with its checkpoint after them."""
+    """Rows the provider sent in one go, with its checkpoint after them.
+
+    `payload` holds the rows' JSON, one per line (see `join_rows`), `count` how
+    many. The order of each row is ``order_ids[order_index[i]]``; when the batch
+    spans at most one order `order_index` is empty and every row belongs to
+    ``order_ids[0]`` (the common case: a transfer of one order).
+    """
 
     transfer_id: str
-    rows: tuple[BatchRow, ...]
+    payload: bytes
+    count: int
+    order_ids: tuple[str, ...]
+    order_index: tuple[int, ...]
     checkpoint: Checkpoint
     last: bool = False
 
+    def __post_init__(self) -> None:
+        n = self.count
+        lines = self.payload.count(b"\n") + 1 if self.payload else 0
+        if n < 0 or (lines != n and not (n == 1 and self.payload == b"")):
+            raise TransferIntegrityError(
+                f"batch of transfer {self.transfer_id}: {lines} lines for {n} rows"
+            )
+        if n and not self.order_ids:
+            raise TransferIntegrityError(
+                f"batch of transfer {self.transfer_id}: rows without orders"
+            )
+        if self.order_index:
+            if len(self.order_index) != n or max(self.order_index) >= len(self.order_ids):
+                raise TransferIntegrityError(
+                    f"batch of transfer {self.transfer_id}: order index does not fit its rows"
+                )
+        elif len(self.order_ids) > 1:
+            raise TransferIntegrityError(
+                f"batch of transfer {self.transfer_id}: several orders but no order index"
+            )
+
+    @classmethod
+    def of(
+        cls, transfer_id: str, rows: Sequence[BatchRow], checkpoint: Checkpoint, last: bool = False
+    ) -> RowBatch:
+        payload, count = join_rows(r.payload for r in rows)
+        orders = tuple(dict.fromkeys(r.order_id for r in rows))
+        index = tuple(orders.index(r.order_id) for r in rows) if len(orders) > 1 else ()
+        return cls(transfer_id, payload, count, orders, index, checkpoint, last)
+
     @property
     def first_offset(self) -> int:
-        return self.checkpoint.offset - len(self.rows)
+        return self.checkpoint.offset - self.count
+
+    def payloads(self) -> list[bytes]:
+        return split_rows(self.payload, self.count)
+
+    def orders(self) -> list[str]:
+        """The order of each row."""
+        if not self.order_index:
+            return [self.order_ids[0]] * self.count if self.count else []
+        ids = self.order_ids
+        return [ids[i] for i in self.order_index]
+
+    @property
+    def rows(self) -> tuple[BatchRow, ...]:
+        return tuple(map(BatchRow, self.payloads(), self.orders()))
 
 
 def accept_batch(process: TransferProcess, batch: RowBatch) -> TransferProcess:
@@ -355,6 +452,6 @@ def accept_batch(process: TransferProcess, batch: RowBatch) -> TransferProcess:
             f"transfer {process.transfer_id}: batch starts at offset {batch.first_offset}, "
             f"the consumer is at {process.offset}"
         )
-    advanced = advance(process, (row.payload for row in batch.rows), batch.checkpoint.position)
+    advanced = advance_payload(process, batch.payload, batch.count, batch.checkpoint.position)
     verify_checkpoint(advanced, batch.checkpoint)
     return advanced

@@ -12,18 +12,21 @@ that order, so a field the agreement does not grant is never even pseudonymised.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import Engine, Table, or_, select, union
+import orjson
+from sqlalchemy import DateTime, Engine, Float, Table, or_, select, union
 
 from connector.contract_errors import ViewError
 from connector.pseudonym import Pseudonymizer
 from connector.qdm import Batch, GenealogyEdge, Inspection, OperatorLog, ProcessMeasurement, Product
-from connector.transfer import BatchRow, RowBatch, TransferProcess, advance, row_bytes
+from connector.transfer import BatchRow, RowBatch, TransferProcess, advance_payload, row_bytes
+from policies.canonical import format_datetime
 from policies.evaluate import Decision, Request, RowGate
 from policies.model import FIELD_ALLOW_OPERATORS, LeftOperand, Policy, PolicyType
 
@@ -153,10 +156,11 @@ class ReleaseGate:
                 f"pseudonyms for agreement {pseudonymizer.agreement_id} used for {agreement.uid}"
             )
         self.asset = asset
+        self.request = request
         self._gate = RowGate(
             agreement, request, order_key=asset.order_key, closed_orders=closed_orders
         )
-        self._pseudonymizer = pseudonymizer
+        self.pseudonymizer = pseudonymizer
         self._pseudonymized = tuple(sorted(asset.pseudonymized))
 
     @property
@@ -172,7 +176,7 @@ class ReleaseGate:
         out = self._gate(row)
         if out is None:
             return None
-        return self._pseudonymizer.apply(out, self._pseudonymized)
+        return self.pseudonymizer.apply(out, self._pseudonymized)
 
 
 def release(
@@ -326,12 +330,34 @@ def process_along_genealogy(
     Each row is attributed to `order_id` (its ``order_id`` field is set to it),
     because that is the order scope under which it is shared and deleted.
     """
-    batches = order_batches(engine, order_id)
-    table = MEASUREMENT_TABLE
-    where = or_(table.c.order_id == order_id, table.c.batch_id.in_(batches))
+    table, where, _ = _genealogy_source(engine, order_id)
     for cursor, row in _pages(engine, table, fields, where, after, limit, page_size):
         row["order_id"] = order_id
         yield cursor, row
+
+
+def _genealogy_source(engine: Engine, order_id: str) -> tuple[Table, Any, str]:
+    batches = order_batches(engine, order_id)
+    table = MEASUREMENT_TABLE
+    return table, or_(table.c.order_id == order_id, table.c.batch_id.in_(batches)), order_id
+
+
+def asset_source(
+    engine: Engine, asset: Asset, order_id: str | None
+) -> tuple[Table, Any, str | None]:
+    """What `read_asset` queries: the table, the WHERE clause of the order scope (None:
+    every row) and, for a view that attributes every row to the order it is read for
+    (process data along a genealogy), that order."""
+    if asset.kind is AssetKind.PROCESS_ALONG_GENEALOGY:
+        if order_id is None:
+            raise ViewError(f"asset {asset.asset_id} is read for one order at a time")
+        return _genealogy_source(engine, order_id)
+    name = asset.tables[0]
+    for table in (OPERATOR_LOG_TABLE, INSPECTION_TABLE):
+        if table.name == name:
+            where = None if order_id is None else table.c[asset.order_key] == order_id
+            return table, where, None
+    raise ViewError(f"asset {asset.asset_id}: no view over table {name}")
 
 
 def read_asset(
@@ -345,17 +371,11 @@ def read_asset(
     page_size: int = DEFAULT_PAGE_SIZE,
 ) -> Iterator[Positioned]:
     """The rows of `asset` (of one order, or all for a stream) after cursor `after`."""
-    options: dict[str, Any] = {"after": after, "limit": limit, "page_size": page_size}
-    if asset.kind is AssetKind.PROCESS_ALONG_GENEALOGY:
-        if order_id is None:
-            raise ViewError(f"asset {asset.asset_id} is read for one order at a time")
-        return process_along_genealogy(engine, order_id, fields, **options)
-    table = asset.tables[0]
-    if table == OPERATOR_LOG_TABLE.name:
-        return operator_logs(engine, order_id, fields, **options)
-    if table == INSPECTION_TABLE.name:
-        return inspections(engine, order_id, fields, **options)
-    raise ViewError(f"asset {asset.asset_id}: no view over table {table}")
+    table, where, attributed = asset_source(engine, asset, order_id)
+    for cursor, row in _pages(engine, table, fields, where, after, limit, page_size):
+        if attributed is not None:
+            row[asset.order_key] = attributed
+        yield cursor, row
 
 
 def parse_position(position: str) -> int:
@@ -368,45 +388,245 @@ def parse_position(position: str) -> int:
 
 
 # ------------------------------------------------------ provider streaming
+#
+# The transfer path reads and releases whole pages: the database returns only the
+# columns the agreement grants (plus the order key) of rows in the order scope (a
+# WHERE clause), as raw driver tuples; the page is then checked and transformed
+# column by column (order scope again, timestamps to their canonical text,
+# pseudonyms, finite floats) and encoded as JSON lines. Enforcement happens before
+# encoding, and only the granted columns are ever encoded.
 
 DEFAULT_BATCH_ROWS = 500
+
+Columns = dict[str, list[Any]]
+
+
+def _is_type(column: Any, kind: type) -> bool:
+    kind_of = column.type
+    return isinstance(kind_of, kind) or isinstance(getattr(kind_of, "impl", None), kind)
+
+
+def _slow_timestamp(value: Any) -> str | None:
+    if value is None:
+        return None
+    if isinstance(value, str):
+        value = datetime.fromisoformat(value)
+    if not isinstance(value, datetime):
+        raise ViewError(f"{value!r} is not a timestamp")
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=UTC)  # stored as UTC without a zone (SQLite)
+    return format_datetime(value)
+
+
+def wire_timestamp(value: Any) -> str | None:
+    """A stored timestamp as it goes on the wire (``format_datetime``'s form).
+
+    SQLite keeps UTC text, ``YYYY-MM-DD HH:MM:SS[.ffffff][+00:00]`` (written by
+    SQLAlchemy or by the ingest's driver): that is rewritten without parsing;
+    anything else (a PostgreSQL datetime, another offset) is parsed.
+    """
+    if type(value) is str and len(value) >= 19 and value[10] == " ":
+        tail = value[19:]
+        if tail[-6:] == "+00:00":
+            tail = tail[:-6]
+        if not tail or tail == ".000000":
+            return f"{value[:10]}T{value[11:19]}Z"
+        if len(tail) == 7 and tail[0] == "." and tail[1:].isdigit():
+            return f"{value[:10]}T{value[11:19]}{tail}Z"
+    return _slow_timestamp(value)
+
+
+def read_pages(
+    engine: Engine,
+    table: Table,
+    fields: Iterable[str],
+    where: Any,
+    *,
+    after: int = 0,
+    page_size: int = DEFAULT_PAGE_SIZE,
+) -> Iterator[tuple[list[int], Columns, bool]]:
+    """Pages of raw column values (no type conversion) of rows with id > after, in id
+    order: (ids, {field: values}, last). A short page is the last; when the last page
+    is full, an empty last page follows."""
+    if after < 0:
+        raise ViewError(f"cursor {after} is negative")
+    if page_size < 1:
+        raise ViewError("page_size must be >= 1")
+    columns = _columns(table, fields)
+    names = [c.name for c in columns]
+    cursor = after
+    while True:
+        statement = select(table.c.id, *columns).where(table.c.id > cursor)
+        if where is not None:
+            statement = statement.where(where)
+        statement = statement.order_by(table.c.id).limit(page_size)
+        compiled = statement.compile(
+            dialect=engine.dialect, compile_kwargs={"render_postcompile": True}
+        )
+        params = compiled.construct_params()
+        args: Any = (
+            tuple(params[key] for key in compiled.positiontup or ())
+            if compiled.positional
+            else params
+        )
+        with engine.connect() as connection:
+            driver = connection.connection.cursor()
+            try:
+                driver.execute(compiled.string, args)
+                page = driver.fetchall()
+            finally:
+                driver.close()
+        if not page:
+            yield [], {name: [] for name in names}, True
+            return
+        values = list(zip(*page, strict=True))
+        ids = list(values[0])
+        cursor = ids[-1]
+        last = len(page) < page_size
+        yield ids, {name: list(values[i + 1]) for i, name in enumerate(names)}, last
+        if last:
+            return
+
+
+@dataclass(frozen=True)
+class EncodedPage:
+    """Released rows as JSON lines (see `connector.transfer.join_rows`) with their orders."""
+
+    payload: bytes
+    count: int
+    order_ids: tuple[str, ...]
+    order_index: tuple[int, ...]
+
+
+class PageEncoder:
+    """The gate of one request compiled for whole pages of `table`: `encode(ids, columns)`
+    keeps the rows in scope, projects them on the granted fields, pseudonymises and
+    encodes them. `read_fields` are the columns to read (granted fields + order key)."""
+
+    def __init__(self, gate: ReleaseGate, table: Table, attributed: str | None = None) -> None:
+        if not gate.decision.allowed:
+            raise ViewError(gate.decision.reason)
+        asset = gate.asset
+        self.gate = gate
+        self.order_key = asset.order_key
+        self.attributed = attributed
+        self.fields = sorted(gate.decision.allowed_fields)
+        self.read_fields = sorted(gate.query_fields)
+        self._order = gate.request.order_id  # None: the scope is decided row by row
+        self._timestamps = {n for n in self.read_fields if _is_type(table.c[n], DateTime)}
+        self._floats = {n for n in self.fields if _is_type(table.c[n], Float)}
+        self._pseudonymized = [n for n in self.fields if n in gate.asset.pseudonymized]
+        self._pseudonyms: dict[Any, str] = {}
+
+    def _pseudonym(self, value: Any) -> Any:
+        if value is None:
+            return None
+        out = self._pseudonyms.get(value)
+        if out is None:
+            out = self.gate.pseudonymizer.pseudonym(value)
+            if len(self._pseudonyms) < 100_000:
+                self._pseudonyms[value] = out
+        return out
+
+    def encode(self, ids: list[int], columns: Columns) -> EncodedPage:
+        n = len(ids)
+        if self.attributed is not None:
+            columns[self.order_key] = [self.attributed] * n
+        for name in self._timestamps:
+            columns[name] = list(map(wire_timestamp, columns[name]))
+        orders: list[Any] = columns[self.order_key]
+        if self._order is not None:
+            return self._encode_uniform(ids, columns, orders)
+        return self._encode_per_row(ids, columns, orders)
+
+    def _encode_uniform(self, ids: list[int], columns: Columns, orders: list[Any]) -> EncodedPage:
+        order = self._order
+        assert order is not None
+        if orders.count(order) != len(orders):  # the query is scoped; this is the check
+            keep = [i for i, o in enumerate(orders) if o == order]
+            ids = [ids[i] for i in keep]
+            columns = {k: [v[i] for i in keep] for k, v in columns.items()}
+        for name in self._pseudonymized:
+            columns[name] = list(map(self._pseudonym, columns[name]))
+        for name in self._floats:
+            self._check_finite(ids, columns[name])
+        names = self.fields
+        dumps = orjson.dumps
+        try:
+            rows = zip(*(columns[k] for k in names), strict=True)
+            lines = [dumps(dict(zip(names, row, strict=True))) for row in rows]
+        except orjson.JSONEncodeError as exc:
+            raise ViewError(f"{self.gate.asset.asset_id}: a row has no JSON form: {exc}") from None
+        count = len(lines)
+        return EncodedPage(b"\n".join(lines), count, (order,) if count else (), ())
+
+    def _encode_per_row(self, ids: list[int], columns: Columns, orders: list[Any]) -> EncodedPage:
+        names = self.read_fields
+        lines: list[bytes] = []
+        row_orders: list[str] = []
+        for index, values in enumerate(zip(*(columns[k] for k in names), strict=True)):
+            released = self.gate(dict(zip(names, values, strict=True)))
+            if released is None:
+                continue
+            for name in self._floats:
+                self._check_finite([ids[index]], [released.get(name)])
+            lines.append(row_bytes(released))
+            order = orders[index]
+            row_orders.append(order if isinstance(order, str) else "")
+        order_ids = tuple(dict.fromkeys(row_orders))
+        index_of = {o: i for i, o in enumerate(order_ids)}
+        order_index = tuple(index_of[o] for o in row_orders) if len(order_ids) > 1 else ()
+        return EncodedPage(b"\n".join(lines), len(lines), order_ids, order_index)
+
+    def _check_finite(self, ids: list[int], values: list[Any]) -> None:
+        for row_id, value in zip(ids, values, strict=True):
+            if value is not None and not math.isfinite(value):
+                raise ViewError(
+                    f"{self.gate.asset.asset_id}: row {row_id} holds {value!r}, "
+                    "which has no JSON form"
+                )
 
 
 def stream_batches(
     process: TransferProcess,
-    rows: Iterable[Positioned],
+    engine: Engine,
     gate: ReleaseGate,
     *,
     batch_rows: int = DEFAULT_BATCH_ROWS,
 ) -> Iterator[tuple[RowBatch, TransferProcess]]:
-    """Provider side: the rows that may leave, in batches with the advanced process.
+    """Provider side: the rows of the transfer's asset that may leave, after the
+    process's position, in batches with the advanced process.
 
-    `rows` come from `read_asset` after the process's position; each batch's
-    checkpoint position is the cursor of the last row *read* (released or not),
-    so a resumed transfer does not read dropped rows again. The last batch has
-    ``last=True`` (it may be empty). Save the process a batch comes with once
-    the batch is handed to the transport.
+    One page of `batch_rows` rows is read per batch; each batch's checkpoint
+    position is the cursor of the last row *read* (released or not), so a resumed
+    transfer does not read dropped rows again. The last batch has ``last=True``
+    (it may be empty). Save the process a batch comes with once the batch is
+    handed to the transport.
     """
     if batch_rows < 1:
         raise ViewError("batch_rows must be >= 1")
     if not gate.decision.allowed:
         raise ViewError(f"transfer {process.transfer_id}: {gate.decision.reason}")
-    order_key = gate.asset.order_key
-    pending: list[BatchRow] = []
-    position = process.checkpoint.position
-    for cursor, row in rows:
-        position = str(cursor)
-        released = gate(row)
-        if released is None:
-            continue
-        order = row.get(order_key)
-        pending.append(BatchRow(row_bytes(released), order if isinstance(order, str) else ""))
-        if len(pending) >= batch_rows:
-            process = advance(process, (r.payload for r in pending), position)
-            yield RowBatch(process.transfer_id, tuple(pending), process.checkpoint), process
-            pending = []
-    process = advance(process, (r.payload for r in pending), position)
-    yield RowBatch(process.transfer_id, tuple(pending), process.checkpoint, last=True), process
+    if gate.request.order_id != process.order_id:
+        raise ViewError(f"transfer {process.transfer_id}: the gate is for another order")
+    table, where, attributed = asset_source(engine, gate.asset, process.order_id)
+    encoder = PageEncoder(gate, table, attributed)
+    after = parse_position(process.checkpoint.position)
+    pages = read_pages(engine, table, encoder.read_fields, where, after=after, page_size=batch_rows)
+    for ids, columns, last in pages:
+        page = encoder.encode(ids, columns)
+        position = str(ids[-1]) if ids else None
+        process = advance_payload(process, page.payload, page.count, position)
+        batch = RowBatch(
+            process.transfer_id,
+            page.payload,
+            page.count,
+            page.order_ids,
+            page.order_index,
+            process.checkpoint,
+            last,
+        )
+        yield batch, process
 
 
 # ------------------------------------------------------- live subscription

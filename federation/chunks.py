@@ -26,10 +26,11 @@ import numpy as np
 
 from federation.errors import RefusalReason, UpdateRefused
 
-DEFAULT_CHUNK_BYTES = 16 * 1024 * 1024
+DEFAULT_CHUNK_BYTES = 4 * 1024 * 1024
 
 _M_TRIM_THRESHOLD = -1
 _M_MMAP_THRESHOLD = -3
+_M_ARENA_MAX = -8
 _HEAP_TUNED: list[bool] = []
 
 
@@ -52,8 +53,12 @@ def prefer_heap_for_large_buffers(limit: int = 1 << 30) -> bool:
         except (OSError, AttributeError):
             mallopt = None
         if mallopt is not None:
-            applied = bool(mallopt(_M_MMAP_THRESHOLD, limit)) and bool(
-                mallopt(_M_TRIM_THRESHOLD, 2 * limit)
+            # one arena: worker threads' 50 MB buffers cannot live in a thread arena
+            # (64 MB heaps), so they would be mmapped and faulted in every time
+            applied = (
+                bool(mallopt(_M_ARENA_MAX, 1))
+                and bool(mallopt(_M_MMAP_THRESHOLD, limit))
+                and bool(mallopt(_M_TRIM_THRESHOLD, 2 * limit))
             )
     _HEAP_TUNED.append(applied)
     return applied

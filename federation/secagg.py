@@ -48,6 +48,8 @@ from federation.params import Vector
 DOMAIN = b"qdspace-secagg-v1"
 Ring = NDArray[np.uint32]
 _ZERO_NONCE = bytes(16)
+#: Ring elements per block when masking (1 MiB: the masks are made in cache).
+BLOCK = 1 << 18
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,13 +79,22 @@ class Quantizer:
         return members * 0.5 / self.scale
 
     def encode(self, vector: Vector) -> Ring:
+        flat = np.asarray(vector, dtype=np.float32)
+        out: Ring = np.empty(flat.shape, dtype=np.uint32)
+        for start in range(0, flat.size, BLOCK):
+            self.encode_into(flat[start : start + BLOCK], out[start : start + BLOCK])
+        return out
+
+    def encode_into(
+        self, vector: Vector, out: Ring, scratch: NDArray[np.float32] | None = None
+    ) -> None:
+        """``encode`` of one block into ``out`` (``scratch``: a float32 buffer to reuse)."""
         scale = np.float32(self.scale)
-        scaled = np.multiply(np.asarray(vector, dtype=np.float32), scale)
         bound = np.float32(self.clip) * scale
-        np.clip(scaled, -bound, bound, out=scaled)
-        np.rint(scaled, out=scaled)
-        encoded: Ring = scaled.astype(np.int32).view(np.uint32)
-        return encoded
+        tmp = np.empty(vector.shape, np.float32) if scratch is None else scratch[: vector.size]
+        np.multiply(vector, scale, out=tmp)
+        np.clip(tmp, -bound, bound, out=tmp)
+        np.rint(tmp, out=out.view(np.int32), casting="unsafe")
 
     def decode(self, total: Ring) -> Vector:
         # int32 -> float32 rounds once; multiplying by a power of two is then exact.
@@ -144,6 +155,41 @@ def _zeros(size: int) -> bytes:
         cached = bytes(size)
         _ZEROS[:] = [cached]
     return cached
+
+
+class MaskStreams:
+    """Adds (or subtracts) the PRG expansions of several seeds to a ring vector, block by block.
+
+    Each seed's ChaCha20 stream continues from block to block, so the result equals
+    adding whole ``expand(seed, n)`` vectors; working in cache-sized blocks means the
+    masks never exist as 50 MB arrays and the vector is read and written once.
+    """
+
+    def __init__(self, seeds: Sequence[tuple[bytes, int]]) -> None:
+        for _, sign in seeds:
+            if sign not in (1, -1):
+                raise SecAggError(f"mask sign must be +1 or -1, got {sign}")
+        self._streams = [
+            (Cipher(algorithms.ChaCha20(seed, _ZERO_NONCE), mode=None).encryptor(), sign)
+            for seed, sign in seeds
+        ]
+        self._zeros = memoryview(bytes(4 * BLOCK))
+        self._out = np.empty(4 * BLOCK + 64, dtype=np.uint8)
+
+    def apply(self, part: Ring) -> None:
+        """Mask the next ``len(part)`` (at most ``BLOCK``) elements of the vector in place."""
+        size = 4 * part.size
+        for encryptor, sign in self._streams:
+            written = encryptor.update_into(self._zeros[:size], self._out.data)
+            mask = np.frombuffer(self._out, dtype="<u4", count=written // 4)
+            if sign > 0:
+                np.add(part, mask, out=part)
+            else:
+                np.subtract(part, mask, out=part)
+
+    def apply_all(self, vector: Ring) -> None:
+        for start in range(0, vector.size, BLOCK):
+            self.apply(vector[start : start + BLOCK])
 
 
 def expand(seed: bytes, length: int) -> Ring:
@@ -385,19 +431,22 @@ class SecAggClient:
                 f"only {len(self._received)} members shared keys, threshold {self.config.threshold}"
             )
         ctx = self.config.context
-        y = self.config.quantizer.encode(vector)
-        prg = Prg(self.config.vector_len)
-        y += prg.expand(self_seed(self._seed, ctx))
         secret = bytes(self._mask_sk)
+        seeds = [(self_seed(self._seed, ctx), 1)]
         for peer in sorted(self._received):
             if peer == self.member:
                 continue
             seed = pair_seed(secret, adverts[peer].mask_pk, self.member, peer, ctx)
-            mask = prg.expand(seed)
-            if self.member < peer:
-                y += mask
-            else:
-                y -= mask
+            seeds.append((seed, 1 if self.member < peer else -1))
+        # quantise and mask block by block: the update is read once, the result written once
+        quantizer, streams = self.config.quantizer, MaskStreams(seeds)
+        y: Ring = np.empty(self.config.vector_len, dtype=np.uint32)
+        scratch = np.empty(BLOCK, dtype=np.float32)
+        flat = np.asarray(vector, dtype=np.float32)
+        for start in range(0, y.size, BLOCK):
+            part = y[start : start + BLOCK]
+            quantizer.encode_into(flat[start : start + BLOCK], part, scratch)
+            streams.apply(part)
         return MaskedInput(self.member, y)
 
     def unmask(self, request: UnmaskRequest) -> UnmaskResponse:

@@ -21,8 +21,8 @@ from federation.secagg import (
     EncryptedShare,
     KeyAdvert,
     MaskedInput,
+    MaskStreams,
     Phase,
-    Prg,
     Ring,
     SecAggConfig,
     SecAggResult,
@@ -203,24 +203,25 @@ class SecAggServer:
             )
         index, adverts = roster_index(self._roster), {a.member: a for a in self._roster}
         ctx, length = self.config.context, self.config.vector_len
-        total, prg = self._total, Prg(length)
+        total = self._total
+        seeds: list[tuple[bytes, int]] = []
         for member in self._survivors:
             seed = self._rebuild(member, index, seeds=True)
             if hashlib.sha256(seed).digest() != adverts[member].seed_commitment:
                 raise SecAggAbort(
                     f"shares of {member}'s self-mask seed do not match its commitment"
                 )
-            total -= prg.expand(self_seed(seed, ctx))
+            seeds.append((self_seed(seed, ctx), -1))
         for gone in self._dropped:
             secret = self._rebuild(gone, index, seeds=False)
             if bindings.crypto_scalarmult_base(secret) != adverts[gone].mask_pk:
                 raise SecAggAbort(f"shares of {gone}'s mask key do not match its public key")
             for member in self._survivors:
-                mask = prg.expand(pair_seed(secret, adverts[member].mask_pk, gone, member, ctx))
-                if member < gone:
-                    total -= mask
-                else:
-                    total += mask
+                seed = pair_seed(secret, adverts[member].mask_pk, gone, member, ctx)
+                seeds.append((seed, -1 if member < gone else 1))
+        if total.size != length:
+            raise SecAggError(f"masked sum has {total.size} elements, expected {length}")
+        MaskStreams(seeds).apply_all(total)  # all masks removed in one blockwise pass
         self.phase = Phase.DONE
         return SecAggResult(self.config.quantizer.decode(total), self._survivors)
 

@@ -183,6 +183,8 @@ class InspectionTier:
             ray_actor_options={"num_cpus": s.replica_cpus},
         ).bind(model_bytes, source, s)
         try:
+            # stations call the deployment through a handle: no HTTP/gRPC proxy to feed
+            serve.start(proxy_location="Disabled", logging_config={"log_level": "WARNING"})
             self._handle = serve.run(app, name=self.app_name, route_prefix=None)
         except Exception as exc:  # Serve wraps replica start failures in its own errors
             raise ServingError(f"cannot start {self.app_name}: {exc}") from exc

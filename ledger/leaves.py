@@ -11,10 +11,11 @@ Kinds are opaque tags with a fixed small code for the contract's ``uint8 kind``.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from ledger.errors import LedgerError
-from ledger.merkle import leaf_hash
+from ledger.merkle import LEAF_PREFIX, leaf_hash
 
 LEAF_DOMAIN = b"qdspace/leaf/v1\x00"
 MAX_REF_ID = 200
@@ -46,6 +47,40 @@ def check_ref_id(ref_id: str) -> str:
     if not 0 < len(ref_id) <= MAX_REF_ID or not ref_id.isprintable():
         raise LedgerError(f"reference id {ref_id[:40]!r} must be 1..{MAX_REF_ID} printable chars")
     return ref_id
+
+
+def check_ref_ids(ref_ids: Sequence[str]) -> None:
+    """:func:`check_ref_id` over many ids at once (one pass, no per-id call unless one fails)."""
+    if not all(0 < len(r) <= MAX_REF_ID and r.isprintable() for r in ref_ids):
+        for r in ref_ids:
+            check_ref_id(r)
+
+
+def record_digests(records: Sequence[bytes]) -> list[bytes]:
+    """SHA-256 of each record (what a leaf commits to)."""
+    sha = hashlib.sha256
+    return [sha(r).digest() for r in records]
+
+
+def packed_leaf_hashes(kind: str, ref_ids: Sequence[str], record_sha256s: Sequence[bytes]) -> bytes:
+    """The leaf hashes of ``(kind, ref_id, record_sha256)`` triples, packed (32 bytes each).
+
+    The same bytes as ``Leaf.hash()`` per leaf, but the kind's part of the preimage is built
+    once and no object is made per leaf: this is the queue's bulk path.
+    """
+    if len(ref_ids) != len(record_sha256s):
+        raise LedgerError(f"{len(ref_ids)} reference ids but {len(record_sha256s)} record hashes")
+    if any(len(s) != 32 for s in record_sha256s):
+        raise LedgerError("every record hash must be 32 bytes (a SHA-256 digest)")
+    k = kind.encode("utf-8")
+    prefix = LEAF_PREFIX + LEAF_DOMAIN + len(k).to_bytes(2, "big") + k
+    sha = hashlib.sha256
+    return b"".join(
+        [
+            sha(prefix + len(rb).to_bytes(2, "big") + rb + s).digest()
+            for rb, s in zip([r.encode("utf-8") for r in ref_ids], record_sha256s, strict=True)
+        ]
+    )
 
 
 @dataclass(frozen=True, slots=True)

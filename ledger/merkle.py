@@ -3,8 +3,11 @@
 Leaves hash as ``SHA-256(0x00 || data)`` and interior nodes as ``SHA-256(0x01 || left ||
 right)``, so a leaf can never be passed off as an interior node (second-preimage attacks).
 The tree is built bottom-up, pairing neighbours and promoting a lone last node unchanged;
-this yields exactly RFC 6962's recursive split at the largest power of two below ``n``,
-but runs as list comprehensions over ``hashlib``, which is what makes it fast in Python.
+this yields exactly RFC 6962's recursive split at the largest power of two below ``n``.
+
+Levels are kept *packed*: one ``bytes`` of ``32 * width`` per level, never a Python object
+per node. Neighbours are adjacent 64-byte slices, so a level is one comprehension over
+``hashlib`` feeding a prefixed hash state with a memoryview slice; that is what makes it fast.
 """
 
 from __future__ import annotations
@@ -21,6 +24,8 @@ NODE_PREFIX = b"\x01"
 EMPTY_ROOT = hashlib.sha256(b"").digest()
 
 _sha256 = hashlib.sha256
+_NODE_STATE = hashlib.sha256(NODE_PREFIX)
+_PAIR = 2 * HASH_SIZE
 
 
 def leaf_hash(data: bytes) -> bytes:
@@ -38,42 +43,78 @@ def node_hash(left: bytes, right: bytes) -> bytes:
     return _sha256(NODE_PREFIX + left + right).digest()
 
 
-def _next_level(level: Sequence[bytes]) -> list[bytes]:
-    pairs = zip(level[0::2], level[1::2], strict=False)
-    upper = [_sha256(NODE_PREFIX + a + b).digest() for a, b in pairs]
-    if len(level) % 2:
-        upper.append(level[-1])
-    return upper
+def _pair_hash(pair: memoryview) -> bytes:
+    h = _NODE_STATE.copy()
+    h.update(pair)
+    return h.digest()
+
+
+def next_level(level: bytes) -> bytes:
+    """The packed level above ``level`` (a lone last node is promoted unchanged)."""
+    view = memoryview(level)
+    full = len(level) // _PAIR * _PAIR
+    upper = b"".join([_pair_hash(view[i : i + _PAIR]) for i in range(0, full, _PAIR)])
+    return upper + level[full:] if full != len(level) else upper
+
+
+def check_packed(packed: bytes) -> int:
+    """The number of hashes in ``packed``; MerkleError if it is not a whole number of them."""
+    if len(packed) % HASH_SIZE:
+        raise MerkleError(f"packed leaf hashes have {len(packed)} bytes, not a multiple of 32")
+    return len(packed) // HASH_SIZE
+
+
+def pack(hashes: Sequence[bytes]) -> bytes:
+    """``hashes`` as one packed buffer; MerkleError names the first one of a wrong size."""
+    for i, h in enumerate(hashes):
+        if len(h) != HASH_SIZE:
+            raise MerkleError(f"leaf hash {i} has {len(h)} bytes, expected {HASH_SIZE}")
+    return b"".join(hashes)
+
+
+def unpack(packed: bytes) -> list[bytes]:
+    """The hashes of a packed buffer, one ``bytes`` each."""
+    check_packed(packed)
+    return [packed[i : i + HASH_SIZE] for i in range(0, len(packed), HASH_SIZE)]
+
+
+def root_of_packed(packed: bytes) -> bytes:
+    """The Merkle tree hash of packed leaf hashes, one level in memory at a time."""
+    if not check_packed(packed):
+        return EMPTY_ROOT
+    level = packed
+    while len(level) > HASH_SIZE:
+        level = next_level(level)
+    return level
 
 
 def root_of(hashes: Sequence[bytes]) -> bytes:
-    """The Merkle tree hash of leaf hashes, keeping only one level in memory at a time."""
-    if not hashes:
-        return EMPTY_ROOT
-    level: Sequence[bytes] = hashes
-    while len(level) > 1:
-        level = _next_level(level)
-    return level[0]
+    """The Merkle tree hash of leaf hashes."""
+    return root_of_packed(pack(hashes))
 
 
 @dataclass(frozen=True, slots=True)
 class MerkleTree:
-    """A whole tree kept level by level, so that any leaf's audit path is a cheap lookup."""
+    """A whole tree kept as packed levels, so any leaf's audit path is a few slices."""
 
-    levels: tuple[tuple[bytes, ...], ...]
+    levels: tuple[bytes, ...]
+
+    @classmethod
+    def from_packed(cls, packed: bytes) -> MerkleTree:
+        """Build from packed leaf hashes (as the leaf queue stores them)."""
+        if not check_packed(packed):
+            raise MerkleError("a Merkle tree needs at least one leaf")
+        levels = [bytes(packed)]
+        while len(levels[-1]) > HASH_SIZE:
+            levels.append(next_level(levels[-1]))
+        return cls(tuple(levels))
 
     @classmethod
     def from_leaf_hashes(cls, hashes: Sequence[bytes]) -> MerkleTree:
-        """Build from already hashed leaves (as stored in the leaf queue)."""
+        """Build from already hashed leaves."""
         if not hashes:
             raise MerkleError("a Merkle tree needs at least one leaf")
-        for i, h in enumerate(hashes):
-            if len(h) != HASH_SIZE:
-                raise MerkleError(f"leaf hash {i} has {len(h)} bytes, expected {HASH_SIZE}")
-        levels = [tuple(hashes)]
-        while len(levels[-1]) > 1:
-            levels.append(tuple(_next_level(levels[-1])))
-        return cls(tuple(levels))
+        return cls.from_packed(pack(hashes))
 
     @classmethod
     def from_leaves(cls, items: Iterable[bytes]) -> MerkleTree:
@@ -83,12 +124,18 @@ class MerkleTree:
     @property
     def size(self) -> int:
         """Number of leaves."""
-        return len(self.levels[0])
+        return len(self.levels[0]) // HASH_SIZE
 
     @property
     def root(self) -> bytes:
         """The tree head that goes on chain."""
-        return self.levels[-1][0]
+        return self.levels[-1]
+
+    def leaf(self, index: int) -> bytes:
+        """The hash of leaf ``index``."""
+        if not 0 <= index < self.size:
+            raise LeafIndexError(f"leaf index {index} outside a tree of {self.size} leaves")
+        return self.levels[0][index * HASH_SIZE : (index + 1) * HASH_SIZE]
 
     def audit_path(self, index: int) -> tuple[bytes, ...]:
         """Sibling hashes from the leaf up to the root (RFC 6962 PATH, bottom first)."""
@@ -96,9 +143,9 @@ class MerkleTree:
             raise LeafIndexError(f"leaf index {index} outside a tree of {self.size} leaves")
         path: list[bytes] = []
         for level in self.levels[:-1]:
-            sibling = index ^ 1
+            sibling = (index ^ 1) * HASH_SIZE
             if sibling < len(level):
-                path.append(level[sibling])
+                path.append(level[sibling : sibling + HASH_SIZE])
             index >>= 1
         return tuple(path)
 

@@ -15,6 +15,9 @@ import base64
 import binascii
 import hashlib
 import json
+import threading
+import time
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
@@ -305,14 +308,69 @@ def _eq(name: str, on_chain: int, claimed: int, what: str) -> Check:
     )
 
 
-def verify_proof(proof: InclusionProof, client: LedgerClient | None) -> Verdict:
-    """Offline checks, then (with a client) the chain's confirmation."""
+class ConfirmationCache:
+    """The chain's confirmations of anchors already checked, for ``ttl_s`` seconds.
+
+    Many proofs share one batch root; asking the chain once per root instead of once per
+    proof is what makes verifying a whole inspection batch cheap. Only confirmations that
+    passed are kept, and only for a while, so a reorganised chain is noticed again soon.
+    """
+
+    def __init__(self, ttl_s: float = 60.0, max_entries: int = 4096) -> None:
+        self.ttl_s, self.max_entries = ttl_s, max_entries
+        self._entries: OrderedDict[tuple[str, ...], tuple[float, list[Check]]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    @staticmethod
+    def key(proof: InclusionProof, client: LedgerClient) -> tuple[str, ...]:
+        """Everything the chain checks depend on."""
+        tree = proof.tree
+        return (
+            client.rpc_url,
+            client.address,
+            proof.leaf.kind,
+            tree.root,
+            str(tree.size),
+            proof.anchor.model_dump_json(),
+        )
+
+    def get(self, key: tuple[str, ...]) -> list[Check] | None:
+        """Cached passing checks for ``key``, if still fresh."""
+        with self._lock:
+            entry = self._entries.get(key)
+            if entry is None or time.monotonic() - entry[0] > self.ttl_s:
+                self._entries.pop(key, None)
+                return None
+            return list(entry[1])
+
+    def put(self, key: tuple[str, ...], checks: list[Check]) -> None:
+        """Remember ``checks`` if they all passed."""
+        if not checks or not all(c.ok for c in checks):
+            return
+        with self._lock:
+            self._entries[key] = (time.monotonic(), list(checks))
+            while len(self._entries) > self.max_entries:
+                self._entries.popitem(last=False)
+
+
+def verify_proof(
+    proof: InclusionProof,
+    client: LedgerClient | None,
+    cache: ConfirmationCache | None = None,
+) -> Verdict:
+    """Offline checks, then (with a client) the chain's confirmation (cached per root)."""
     checks = offline_checks(proof)
     if all(c.ok for c in checks):
         if client is None:
             checks.append(Check("chain", False, "no chain access given; anchoring unchecked"))
         else:
-            checks.extend(chain_checks(proof, client))
+            key = ConfirmationCache.key(proof, client) if cache is not None else None
+            confirmed = cache.get(key) if cache is not None and key is not None else None
+            if confirmed is None:
+                confirmed = chain_checks(proof, client)
+                if cache is not None and key is not None:
+                    cache.put(key, confirmed)
+            checks.extend(confirmed)
     return Verdict.of(checks)
 
 

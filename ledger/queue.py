@@ -1,11 +1,15 @@
 """The durable leaf queue and batch journal, in the node's own database (SQLAlchemy Core).
 
-Leaves are numbered per kind (``seq``) as they arrive and never change afterwards. A batch
-is a run of consecutive ``seq`` of one kind, so sealing writes one row and leaves are never
-updated. A batch moves ``sealed -> signed -> anchored``; the signed raw transaction and its
-nonce are committed *before* it is sent, so after a crash the same bytes are resent (or their
-receipt found) and the batch is never anchored twice. The unique root is a second guard,
-the contract refusing a known root the third.
+Leaves are numbered per kind (``seq``) as they arrive and never change afterwards. Storage is
+slim: one index row per leaf (``(kind, ref_id) -> seq``, for lookups and exactly-once
+enqueueing) and the hashes packed into one row per run of leaves enqueued together, so a
+bulk enqueue is one transaction of small index inserts plus a few blobs, and sealing reads
+a batch's leaf hashes as a few slices. A batch is a run of consecutive ``seq`` of one kind,
+so sealing writes one row and leaves are never updated. A batch moves ``sealed -> signed ->
+anchored``; the signed raw transaction and its nonce are committed *before* it is sent, so
+after a crash the same bytes are resent (or their receipt found) and the batch is never
+anchored twice. The unique root is a second guard, the contract refusing a known root the
+third.
 
 Works on SQLite and PostgreSQL; the tables have their own ``MetaData`` and are created by
 :func:`ensure_schema`.
@@ -15,8 +19,9 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, fields
+from itertools import count, repeat
 from typing import Any
 
 from sqlalchemy import (
@@ -28,6 +33,7 @@ from sqlalchemy import (
     Integer,
     LargeBinary,
     MetaData,
+    SmallInteger,
     String,
     Table,
     Text,
@@ -43,21 +49,42 @@ from sqlalchemy.exc import IntegrityError
 
 from ledger.client import SignedAnchor
 from ledger.errors import LedgerError, NotAnchored, UnknownLeaf
-from ledger.leaves import Leaf, kind_code
-from ledger.merkle import root_of
+from ledger.leaves import (
+    MAX_REF_ID,
+    Leaf,
+    check_ref_ids,
+    kind_code,
+    packed_leaf_hashes,
+    record_digests,
+)
+from ledger.merkle import HASH_SIZE, root_of_packed, unpack
 
 metadata = MetaData()
 
-leaf_table = Table(
-    "ledger_leaf",
+# One row per leaf, only what a lookup by reference id needs: ``(kind, ref_id) -> seq``.
+# WITHOUT ROWID on SQLite keeps it a single B-tree, so a leaf costs one index insert.
+ref_table = Table(
+    "ledger_leaf_ref",
     metadata,
-    Column("kind", String(32), primary_key=True),
-    Column("seq", BigInteger, primary_key=True, autoincrement=False),
-    Column("ref_id", String(200), nullable=False),
-    Column("record_sha256", LargeBinary(32), nullable=False),
-    Column("leaf_hash", LargeBinary(32), nullable=False),
+    Column("kind", SmallInteger, primary_key=True, autoincrement=False),
+    Column("ref_id", String(MAX_REF_ID), primary_key=True),
+    Column("seq", BigInteger, nullable=False),
+    sqlite_with_rowid=False,
+)
+
+# The leaves themselves, packed: one row per run of up to CHUNK_LEAVES consecutive ``seq``
+# written in one enqueue call, holding the reference ids (newline-separated; ids are
+# printable), the record hashes and the leaf hashes (32 bytes each, in ``seq`` order).
+chunk_table = Table(
+    "ledger_leaf_chunk",
+    metadata,
+    Column("kind", SmallInteger, primary_key=True, autoincrement=False),
+    Column("seq_from", BigInteger, primary_key=True, autoincrement=False),
+    Column("leaf_count", Integer, nullable=False),
     Column("enqueued_at", Float, nullable=False),
-    UniqueConstraint("kind", "ref_id", name="uq_ledger_leaf_ref"),
+    Column("ref_ids", Text, nullable=False),
+    Column("record_sha256", LargeBinary, nullable=False),
+    Column("leaf_hash", LargeBinary, nullable=False),
 )
 
 batch_table = Table(
@@ -88,7 +115,9 @@ batch_table = Table(
 )
 
 SEALED, SIGNED, ANCHORED = "sealed", "signed", "anchored"
+CHUNK_LEAVES = 16_384  # leaves per packed row: blobs of 512 KiB, a bounded read per lookup
 _ENQUEUE_RETRIES = 5
+_H = HASH_SIZE
 
 
 class LeafConflict(LedgerError, ValueError):
@@ -161,6 +190,43 @@ class Pending:
     oldest_at: float | None
 
 
+@dataclass(frozen=True, slots=True)
+class Enqueued:
+    """What an enqueue call did: each input's ``seq`` and leaf hash, and how many were new."""
+
+    kind: str
+    seqs: Sequence[int]
+    leaf_hashes: bytes  # packed, in input order
+    enqueued_at: Sequence[float]
+    fresh: int
+
+    def stored(self, ref_ids: Sequence[str], record_sha256s: Sequence[bytes]) -> list[StoredLeaf]:
+        """One :class:`StoredLeaf` per input (for callers that want objects)."""
+        h = self.leaf_hashes
+        return [
+            StoredLeaf(self.kind, seq, ref, sha, h[i * _H : (i + 1) * _H], at)
+            for i, (seq, ref, sha, at) in enumerate(
+                zip(self.seqs, ref_ids, record_sha256s, self.enqueued_at, strict=True)
+            )
+        ]
+
+
+@dataclass(slots=True)
+class _Chunk:
+    seq_from: int
+    leaf_count: int
+    enqueued_at: float
+    record_sha256: bytes
+    leaf_hash: bytes
+
+    def covers(self, seq: int) -> bool:
+        return self.seq_from <= seq < self.seq_from + self.leaf_count
+
+    def at(self, seq: int) -> tuple[bytes, bytes]:
+        off = (seq - self.seq_from) * _H
+        return self.record_sha256[off : off + _H], self.leaf_hash[off : off + _H]
+
+
 class LeafQueue:
     """Enqueue leaves, seal them into batches, journal each batch's transaction."""
 
@@ -175,116 +241,247 @@ class LeafQueue:
         return self.enqueue_leaves([Leaf.of(kind, ref_id, record)])[0]
 
     def enqueue_leaves(self, leaves: Sequence[Leaf]) -> list[StoredLeaf]:
-        """Queue many leaves in one transaction per kind (what makes bulk ingest fast)."""
-        out: list[StoredLeaf] = []
-        by_kind: dict[str, list[Leaf]] = {}
-        for leaf in leaves:
-            by_kind.setdefault(leaf.kind, []).append(leaf)
-        for kind, group in by_kind.items():
-            kind_code(kind)
-            out.extend(self._enqueue_kind(kind, group))
-        return out
+        """Queue many leaves, one transaction per kind; returns them in input order."""
+        by_kind: dict[str, list[int]] = {}
+        for i, leaf in enumerate(leaves):
+            by_kind.setdefault(leaf.kind, []).append(i)
+        out: list[StoredLeaf | None] = [None] * len(leaves)
+        for kind, positions in by_kind.items():
+            refs = [leaves[i].ref_id for i in positions]
+            shas = [leaves[i].record_sha256 for i in positions]
+            done = self.enqueue_digests(kind, refs, shas)
+            for i, stored in zip(positions, done.stored(refs, shas), strict=True):
+                out[i] = stored
+        return [s for s in out if s is not None]
 
-    def _enqueue_kind(self, kind: str, group: list[Leaf]) -> list[StoredLeaf]:
+    def enqueue_records(self, kind: str, ref_ids: Sequence[str], records: Sequence[bytes]) -> int:
+        """Queue ``records`` (canonical bytes) under ``ref_ids``; returns how many were new.
+
+        The bulk path: no object per leaf, one transaction (all or nothing).
+        """
+        if len(ref_ids) != len(records):
+            raise LedgerError(f"{len(ref_ids)} reference ids but {len(records)} records")
+        return self.enqueue_digests(kind, ref_ids, record_digests(records)).fresh
+
+    def enqueue_digests(
+        self, kind: str, ref_ids: Sequence[str], record_sha256s: Sequence[bytes]
+    ) -> Enqueued:
+        """Queue leaves given their record hashes, in one transaction.
+
+        Ids queued before with the same hash are no-ops (their old ``seq`` is returned);
+        with another hash they raise LeafConflict and nothing of the call is stored.
+        """
+        code = kind_code(kind)
+        check_ref_ids(ref_ids)
+        if len(ref_ids) != len(record_sha256s):
+            raise LedgerError(f"{len(ref_ids)} reference ids but {len(record_sha256s)} hashes")
+        if not ref_ids:
+            return Enqueued(kind, [], b"", [], 0)
+        leaf_hashes = packed_leaf_hashes(kind, ref_ids, record_sha256s)
         # Optimistic first: insert all; a unique violation (an id seen before, or another
         # process taking the same seq) rolls back and we retry, looking existing ids up.
+        look_up = len(set(ref_ids)) != len(ref_ids)
         for attempt in range(_ENQUEUE_RETRIES):
             try:
                 with self._lock, self.engine.begin() as conn:
-                    return self._insert_new(conn, kind, group, look_up=attempt > 0)
+                    if look_up:
+                        return self._insert_looked_up(
+                            conn, kind, code, ref_ids, record_sha256s, leaf_hashes
+                        )
+                    seq = self._next_seq(conn, code)
+                    now = time.time()
+                    self._insert(conn, code, seq, ref_ids, record_sha256s, leaf_hashes, now)
+                    n = len(ref_ids)
+                    return Enqueued(kind, range(seq, seq + n), leaf_hashes, [now] * n, n)
             except IntegrityError:
                 if attempt == _ENQUEUE_RETRIES - 1:
                     raise
+                look_up = True
         raise AssertionError("unreachable")
 
-    def _insert_new(
-        self, conn: Connection, kind: str, group: list[Leaf], *, look_up: bool
-    ) -> list[StoredLeaf]:
-        ref_ids = [leaf.ref_id for leaf in group]
-        if len(set(ref_ids)) != len(ref_ids):
-            look_up = True
-        existing = self._existing(conn, kind, ref_ids) if look_up else {}
-        seq = conn.execute(
-            select(func.coalesce(func.max(leaf_table.c.seq), 0)).where(leaf_table.c.kind == kind)
-        ).scalar_one()
-        now = time.time()
-        result: list[StoredLeaf] = []
-        fresh: list[StoredLeaf] = []
-        for leaf in group:
-            old = existing.get(leaf.ref_id)
-            if old is not None:
-                if old.record_sha256 != leaf.record_sha256:
-                    raise LeafConflict(
-                        f"{kind} {leaf.ref_id!r} was anchored with other content "
-                        f"(sha256 {old.record_sha256.hex()[:16]}...); a record cannot change"
-                    )
-                result.append(old)
-                continue
-            seq += 1
-            stored = StoredLeaf(kind, seq, leaf.ref_id, leaf.record_sha256, leaf.hash(), now)
-            existing[leaf.ref_id] = stored
-            fresh.append(stored)
-            result.append(stored)
-        if fresh:
-            # straight to the driver's executemany: SQLAlchemy's per-row bind processing
-            # of the two hash columns would cost more than hashing and storing them
-            mark = "?" if conn.dialect.paramstyle == "qmark" else "%s"
-            conn.exec_driver_sql(
-                f"INSERT INTO {leaf_table.name} (kind, seq, ref_id, record_sha256, leaf_hash, "
-                f"enqueued_at) VALUES ({', '.join([mark] * 6)})",
-                [
-                    (s.kind, s.seq, s.ref_id, s.record_sha256, s.leaf_hash, s.enqueued_at)
-                    for s in fresh
-                ],
+    def _insert_looked_up(
+        self,
+        conn: Connection,
+        kind: str,
+        code: int,
+        ref_ids: Sequence[str],
+        shas: Sequence[bytes],
+        leaf_hashes: bytes,
+    ) -> Enqueued:
+        existing = self._existing(conn, code, ref_ids)
+        chunks: list[_Chunk] = []
+        known: dict[str, tuple[int, bytes, bytes, float]] = {}
+        for ref, seq in existing.items():
+            chunk = next((c for c in chunks if c.covers(seq)), None) or self._chunk_at(
+                conn, code, seq
             )
-        return result
+            if chunk not in chunks:
+                chunks.append(chunk)
+            sha, lh = chunk.at(seq)
+            known[ref] = (seq, sha, lh, chunk.enqueued_at)
+        seq, now = self._next_seq(conn, code), time.time()
+        fresh_refs: list[str] = []
+        fresh_shas: list[bytes] = []
+        fresh_hashes: list[bytes] = []
+        seqs: list[int] = []
+        hashes: list[bytes] = []
+        ats: list[float] = []
+        for i, (ref, sha) in enumerate(zip(ref_ids, shas, strict=True)):
+            old = known.get(ref)
+            if old is not None:
+                if old[1] != sha:
+                    raise LeafConflict(
+                        f"{kind} {ref!r} was anchored with other content "
+                        f"(sha256 {old[1].hex()[:16]}...); a record cannot change"
+                    )
+                seqs.append(old[0])
+                hashes.append(old[2])
+                ats.append(old[3])
+                continue
+            lh = leaf_hashes[i * _H : (i + 1) * _H]
+            known[ref] = (seq, sha, lh, now)
+            fresh_refs.append(ref)
+            fresh_shas.append(sha)
+            fresh_hashes.append(lh)
+            seqs.append(seq)
+            hashes.append(lh)
+            ats.append(now)
+            seq += 1
+        if fresh_refs:
+            first = seq - len(fresh_refs)
+            packed = b"".join(fresh_hashes)
+            self._insert(conn, code, first, fresh_refs, fresh_shas, packed, now)
+        return Enqueued(kind, seqs, b"".join(hashes), ats, len(fresh_refs))
 
-    def _existing(self, conn: Connection, kind: str, ref_ids: list[str]) -> dict[str, StoredLeaf]:
-        found: dict[str, StoredLeaf] = {}
-        for start in range(0, len(ref_ids), 500):
+    @staticmethod
+    def _insert(
+        conn: Connection,
+        code: int,
+        first: int,
+        ref_ids: Sequence[str],
+        shas: Sequence[bytes],
+        leaf_hashes: bytes,
+        now: float,
+    ) -> None:
+        mark = "?" if conn.dialect.paramstyle == "qmark" else "%s"
+        dbapi = conn.dialect.loaded_dbapi
+        cursor = conn.connection.cursor()
+        try:
+            # straight to the driver's executemany with a lazy iterator of small tuples:
+            # no per-row object on our side, no per-row bind processing in SQLAlchemy
+            cursor.executemany(
+                f"INSERT INTO {ref_table.name} (kind, ref_id, seq) VALUES ({mark}, {mark}, {mark})",
+                zip(repeat(code), ref_ids, count(first)),  # type: ignore[arg-type]
+            )
+        except dbapi.IntegrityError as exc:
+            raise IntegrityError("insert ledger_leaf_ref", None, exc) from None
+        finally:
+            cursor.close()
+        rows = []
+        for lo in range(0, len(ref_ids), CHUNK_LEAVES):
+            hi = min(lo + CHUNK_LEAVES, len(ref_ids))
+            rows.append(
+                {
+                    "kind": code,
+                    "seq_from": first + lo,
+                    "leaf_count": hi - lo,
+                    "enqueued_at": now,
+                    "ref_ids": "\n".join(ref_ids[lo:hi]),
+                    "record_sha256": b"".join(shas[lo:hi]),
+                    "leaf_hash": leaf_hashes[lo * _H : hi * _H],
+                }
+            )
+        conn.execute(insert(chunk_table), rows)
+
+    @staticmethod
+    def _next_seq(conn: Connection, code: int) -> int:
+        last = conn.execute(
+            select(chunk_table.c.seq_from + chunk_table.c.leaf_count)
+            .where(chunk_table.c.kind == code)
+            .order_by(chunk_table.c.seq_from.desc())
+            .limit(1)
+        ).scalar_one_or_none()
+        return 1 if last is None else int(last)
+
+    @staticmethod
+    def _chunk_at(conn: Connection, code: int, seq: int) -> _Chunk:
+        c = chunk_table.c
+        row = conn.execute(
+            select(c.seq_from, c.leaf_count, c.enqueued_at, c.record_sha256, c.leaf_hash)
+            .where(c.kind == code, c.seq_from <= seq)
+            .order_by(c.seq_from.desc())
+            .limit(1)
+        ).first()
+        if row is None or not int(row[0]) <= seq < int(row[0]) + int(row[1]):
+            raise LedgerError(f"leaf {seq} of kind code {code} has no stored hashes; queue corrupt")
+        return _Chunk(int(row[0]), int(row[1]), float(row[2]), bytes(row[3]), bytes(row[4]))
+
+    def _existing(self, conn: Connection, code: int, ref_ids: Iterable[str]) -> dict[str, int]:
+        found: dict[str, int] = {}
+        unique = list(dict.fromkeys(ref_ids))
+        for start in range(0, len(unique), 500):
             rows = conn.execute(
-                select(leaf_table).where(
-                    leaf_table.c.kind == kind, leaf_table.c.ref_id.in_(ref_ids[start : start + 500])
+                select(ref_table.c.ref_id, ref_table.c.seq).where(
+                    ref_table.c.kind == code, ref_table.c.ref_id.in_(unique[start : start + 500])
                 )
             )
-            for row in rows:
-                leaf = _leaf(row)
-                found[leaf.ref_id] = leaf
+            found.update({str(r[0]): int(r[1]) for r in rows})
         return found
 
     def leaf(self, kind: str, ref_id: str) -> StoredLeaf:
         """The queued leaf for ``(kind, ref_id)``; UnknownLeaf if it was never enqueued."""
-        kind_code(kind)
+        code = kind_code(kind)
         with self.engine.connect() as conn:
-            row = conn.execute(
-                select(leaf_table).where(leaf_table.c.kind == kind, leaf_table.c.ref_id == ref_id)
-            ).first()
-        if row is None:
-            raise UnknownLeaf(f"no {kind} with id {ref_id!r} was ever anchored or queued")
-        return _leaf(row)
+            seq = conn.execute(
+                select(ref_table.c.seq).where(
+                    ref_table.c.kind == code, ref_table.c.ref_id == ref_id
+                )
+            ).scalar_one_or_none()
+            if seq is None:
+                raise UnknownLeaf(f"no {kind} with id {ref_id!r} was ever anchored or queued")
+            chunk = self._chunk_at(conn, code, int(seq))
+        sha, lh = chunk.at(int(seq))
+        return StoredLeaf(kind, int(seq), ref_id, sha, lh, chunk.enqueued_at)
 
     def recent(self, kind: str, limit: int = 100) -> list[StoredLeaf]:
         """The ``limit`` latest leaves of ``kind``, newest first (for operators and audits)."""
-        kind_code(kind)
+        code = kind_code(kind)
+        c = chunk_table.c
+        out: list[StoredLeaf] = []
         with self.engine.connect() as conn:
             rows = conn.execute(
-                select(leaf_table)
-                .where(leaf_table.c.kind == kind)
-                .order_by(leaf_table.c.seq.desc())
-                .limit(limit)
-            ).all()
-        return [_leaf(r) for r in rows]
+                select(
+                    c.seq_from, c.leaf_count, c.enqueued_at, c.ref_ids, c.record_sha256, c.leaf_hash
+                )
+                .where(c.kind == code)
+                .order_by(c.seq_from.desc())
+            )
+            for seq_from, n, at, refs, shas, hashes in rows:
+                chunk = _Chunk(int(seq_from), int(n), float(at), bytes(shas), bytes(hashes))
+                for i, ref in reversed(list(enumerate(str(refs).split("\n")))):
+                    sha, lh = chunk.at(chunk.seq_from + i)
+                    out.append(
+                        StoredLeaf(kind, chunk.seq_from + i, ref, sha, lh, chunk.enqueued_at)
+                    )
+                    if len(out) >= limit:
+                        return out
+        return out
 
     def pending(self, kind: str) -> Pending:
         """Leaves of ``kind`` not yet in any batch."""
+        code = kind_code(kind)
         with self.engine.connect() as conn:
             last = self._last_sealed(conn, kind)
-            count, oldest = conn.execute(
-                select(func.count(), func.min(leaf_table.c.enqueued_at)).where(
-                    leaf_table.c.kind == kind, leaf_table.c.seq > last
-                )
-            ).one()
-        return Pending(kind, int(count), None if oldest is None else float(oldest))
+            waiting = self._next_seq(conn, code) - 1 - last
+            if waiting <= 0:
+                return Pending(kind, 0, None)
+            oldest = conn.execute(
+                select(chunk_table.c.enqueued_at)
+                .where(chunk_table.c.kind == code, chunk_table.c.seq_from <= last + 1)
+                .order_by(chunk_table.c.seq_from.desc())
+                .limit(1)
+            ).scalar_one()
+        return Pending(kind, waiting, float(oldest))
 
     @staticmethod
     def _last_sealed(conn: Connection, kind: str) -> int:
@@ -296,31 +493,50 @@ class LeafQueue:
             ).scalar_one()
         )
 
+    @staticmethod
+    def _packed_hashes(conn: Connection, code: int, lo: int, hi: int) -> bytes:
+        """Leaf hashes of ``seq`` ``lo..hi`` (inclusive), packed; LedgerError on a gap."""
+        c = chunk_table.c
+        start = conn.execute(
+            select(func.max(c.seq_from)).where(c.kind == code, c.seq_from <= lo)
+        ).scalar_one()
+        rows = conn.execute(
+            select(c.seq_from, c.leaf_count, c.leaf_hash)
+            .where(c.kind == code, c.seq_from >= (start or lo), c.seq_from <= hi)
+            .order_by(c.seq_from)
+        ).all()
+        parts, expect = [], lo
+        for seq_from, n, hashes in rows:
+            seq_from, n = int(seq_from), int(n)
+            if seq_from + n <= expect:
+                continue
+            if seq_from > expect:
+                break
+            a, b = expect - seq_from, min(n, hi + 1 - seq_from)
+            parts.append(bytes(hashes)[a * _H : b * _H])
+            expect = seq_from + b
+        if expect != hi + 1:
+            raise LedgerError(f"leaves {lo}..{hi} of kind code {code} have gaps; queue corrupt")
+        return b"".join(parts)
+
     # -- batches -------------------------------------------------------------------------
 
     def seal(self, kind: str, max_leaves: int) -> Batch | None:
         """Seal up to ``max_leaves`` pending leaves of ``kind`` into one batch (None if none)."""
+        code = kind_code(kind)
         with self._lock, self.engine.begin() as conn:
             last = self._last_sealed(conn, kind)
-            rows = conn.execute(
-                select(leaf_table.c.seq, leaf_table.c.leaf_hash)
-                .where(leaf_table.c.kind == kind, leaf_table.c.seq > last)
-                .order_by(leaf_table.c.seq)
-                .limit(max_leaves)
-            ).all()
-            if not rows:
+            end = min(last + max_leaves, self._next_seq(conn, code) - 1)
+            if end <= last:
                 return None
-            hashes = [bytes(r[1]) for r in rows]
-            seq_from, seq_to = int(rows[0][0]), int(rows[-1][0])
-            if seq_to - seq_from + 1 != len(rows):
-                raise LedgerError(f"{kind} leaves {seq_from}..{seq_to} have gaps; queue corrupt")
+            packed = self._packed_hashes(conn, code, last + 1, end)
             batch_id = conn.execute(
                 insert(batch_table).values(
                     kind=kind,
-                    seq_from=seq_from,
-                    seq_to=seq_to,
-                    leaf_count=len(rows),
-                    root=root_of(hashes),
+                    seq_from=last + 1,
+                    seq_to=end,
+                    leaf_count=end - last,
+                    root=root_of_packed(packed),
                     state=SEALED,
                     sealed_at=time.time(),
                     attempts=0,
@@ -370,17 +586,12 @@ class LeafQueue:
 
     def leaf_hashes(self, batch: Batch) -> list[bytes]:
         """The batch's leaf hashes in tree order."""
+        return unpack(self.packed_leaf_hashes(batch))
+
+    def packed_leaf_hashes(self, batch: Batch) -> bytes:
+        """The batch's leaf hashes in tree order, packed (what the Merkle tree is built from)."""
         with self.engine.connect() as conn:
-            rows = conn.execute(
-                select(leaf_table.c.leaf_hash)
-                .where(
-                    leaf_table.c.kind == batch.kind,
-                    leaf_table.c.seq >= batch.seq_from,
-                    leaf_table.c.seq <= batch.seq_to,
-                )
-                .order_by(leaf_table.c.seq)
-            ).all()
-        return [bytes(r[0]) for r in rows]
+            return self._packed_hashes(conn, kind_code(batch.kind), batch.seq_from, batch.seq_to)
 
     def mark_signed(
         self, batch: Batch, signed: SignedAnchor, chain_id: int, contract: str
@@ -468,15 +679,3 @@ class LeafQueue:
                 .order_by(batch_table.c.id)
             )
             return [Batch.from_row(r) for r in rows]
-
-
-def _leaf(row: Row[tuple[object, ...]]) -> StoredLeaf:
-    m = row._mapping
-    return StoredLeaf(
-        str(m["kind"]),
-        int(m["seq"]),
-        str(m["ref_id"]),
-        bytes(m["record_sha256"]),
-        bytes(m["leaf_hash"]),
-        float(m["enqueued_at"]),
-    )

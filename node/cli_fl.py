@@ -18,10 +18,10 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from federation import logreg
 from federation.errors import FederationError
 from federation.host import StatusView
 from federation.job import JobSpec
+from federation.models import model_kind
 from federation.params import Params, params_from_bytes
 from federation.strategies import StrategyName
 from federation.versions import ModelVersion
@@ -180,13 +180,22 @@ def _progress_line(view: StatusView) -> str:
 def join(
     directory: DirOpt,
     job: Annotated[str, typer.Option(help="job id")],
-    data: Annotated[Path, typer.Option(help="this member's training data (.npz with x, y)")],
+    data: Annotated[
+        Path,
+        typer.Option(
+            help="this member's own training data: .npz with y and x (features) or, for "
+            "el-mlp jobs, images (EL cells, turned into features here)"
+        ),
+    ],
     coordinator: CoordOpt = None,
     test: Annotated[
         Path | None, typer.Option(help="held-out data (.npz) to score each global version on")
     ] = None,
 ) -> None:
-    """Train on this member's own data and take part in every round until the job ends."""
+    """Train on this member's own data and take part in every round until the job ends.
+
+    Trains the job's model kind (logreg or el-mlp); the data never leaves this machine.
+    """
     from node.rpc.federation_client import (
         FederationClient,
         MemberEvent,
@@ -202,11 +211,9 @@ def join(
     async def call(channel: grpc.aio.Channel, keys: MemberKeys, name: str) -> MemberResult:
         client = FederationClient(channel, name, job)
         spec = await client.job()
-        if spec.model != "logreg":
-            raise FederationError(f"fl join trains 'logreg' models; job {job} is {spec.model}")
-        (dims, classes), _ = spec.shapes
-        own = logreg.load_dataset(data, dims, classes)
-        held_out = None if test is None else logreg.load_dataset(test, dims, classes)
+        kind = model_kind(spec.model)
+        own = kind.load(data, spec.shapes)
+        held_out = None if test is None else kind.load(test, spec.shapes)
         mu = (
             spec.strategy.params.get("mu", 0.0)
             if spec.strategy.name is StrategyName.FEDPROX
@@ -217,7 +224,7 @@ def join(
             score = (
                 ""
                 if held_out is None
-                else f", held-out accuracy {logreg.accuracy(params, held_out):.3f}"
+                else f", held-out accuracy {kind.accuracy(params, held_out):.3f}"
             )
             console.print(
                 f"version {version.version} (round {version.round}) verified, signed by "
@@ -228,7 +235,7 @@ def join(
         runner = MemberRunner(
             client,
             keys.identity.name,
-            logreg.trainer_for(spec.training, own, mu),
+            kind.trainer(spec.training, own, mu),
             await coordinator_key(channel, name),
             signing_key=keys.signing_key,
             on_event=on_event,

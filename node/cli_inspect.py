@@ -79,6 +79,9 @@ def train(
     size: Annotated[int, typer.Option(min=16, help="model input side in pixels")] = 64,
     seed: Annotated[int, typer.Option(help="initialisation and shuffling seed")] = 0,
     threads: Annotated[int, typer.Option(min=1, help="PyTorch threads")] = 1,
+    classes: Annotated[
+        int, typer.Option(min=2, max=4, help="2: ok/defective; 4: the experts' grades")
+    ] = 2,
     split_seed: Annotated[int, typer.Option(help="seed of the train/val/test split")] = 20240501,
     activate: Annotated[bool, typer.Option(help="serve this version from now on")] = True,
 ) -> None:
@@ -92,7 +95,11 @@ def train(
     cells = select_member(load_elpv(size=size), who)
     manifest = split_el_images(cells, seed=split_seed)
     manifest.write(split_path(directory, who))
-    config = TrainConfig(input_size=size, epochs=epochs, seed=seed, threads=threads)
+    if classes not in (2, 4):
+        raise typer.BadParameter(f"--classes {classes}: 2 or 4")
+    config = TrainConfig(
+        input_size=size, epochs=epochs, seed=seed, threads=threads, num_classes=classes
+    )
     console.print(
         f"training on {len(manifest.train)} {who} cells "
         f"(val {len(manifest.val)}, test {len(manifest.test)}, split {manifest.sha256[:12]})"
@@ -108,7 +115,8 @@ def train(
         source=f"local-train:{who}",
         metrics={**result.metrics.as_dict(), "onnx_opset": float(ONNX_OPSET)},
         split_sha256=manifest.sha256,
-        notes=f"epochs={epochs} size={size} seed={seed} split_seed={split_seed} held-out=test",
+        notes=f"classes={classes} epochs={epochs} size={size} seed={seed} "
+        f"split_seed={split_seed} held-out=test",
         activate=activate,
     )
     m = result.metrics
@@ -292,7 +300,9 @@ def _run_with_display(
     if not live:
         final = line.run(seconds, on_tick=tick)
     else:
-        with Live(_render(line.snapshot(), audit), console=console, refresh_per_second=4) as view:
+        with Live(
+            _render(line.snapshot(), audit), console=console, refresh_per_second=4, transient=True
+        ) as view:
             final = line.run(seconds, on_tick=tick)
     if audit is not None:
         audit.write(drift_path)

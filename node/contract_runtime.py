@@ -411,9 +411,7 @@ class ContractRuntime:
         gate = self.gate(stored, Action.READ, process.purpose, process.order_id, process.fields)
         if not gate.decision.allowed:
             raise ContractDenied(gate.decision.reason)
-        position = parse_position(process.checkpoint.position)
-        rows = read_asset(self.qdm, gate.asset, process.order_id, gate.query_fields, after=position)
-        for batch, after in stream_batches(process, rows, gate, batch_rows=batch_rows):
+        for batch, after in stream_batches(process, self.qdm, gate, batch_rows=batch_rows):
             if batch.last and save:
                 done = TransferCompletion(
                     f"{process.transfer_id}:p-complete",

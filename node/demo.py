@@ -230,7 +230,22 @@ def print_summary(console: Console, network: LocalNetwork, report: DemoReport) -
             f"{n}: {m.directory} (node.db SQLite/WAL, logs/, keys)"
             for n, m in network.members.items()
         ),
-        f"summary: {network.workdir / 'summary.json'}",
     ]
+    work = network.workdir
+    optional = [
+        (work / "chain", "embedded EVM chain (state, chain.log)"),
+        (work / "ledger", "proof and passport files for `qdspace verify`"),
+        *(
+            (m.directory / sub, f"{n}'s {what}")
+            for n, m in network.members.items()
+            for sub, what in (
+                ("models", "model versions (ONNX by content hash, manifest.json)"),
+                ("inspection/explanations", "heatmaps of misjudged cells (PNG)"),
+                ("federation", "federated job data, checkpoints and signed versions"),
+            )
+        ),
+    ]
+    where += [f"{what}: {path}" for path, what in optional if path.exists()]
+    where.append(f"summary: {work / 'summary.json'}")
     console.print(Panel("\n".join(where), title="where to look", expand=False))
     console.print(f"done in {report.seconds:.1f} s")

@@ -70,7 +70,10 @@ def inspection_chapter(network: LocalNetwork, report: DemoReport) -> None:
 
 
 class _LocalRay:
-    """One local Ray for the whole chapter, quiet, shut down at the end."""
+    """One local Ray for the whole chapter (or the one already running), quiet."""
+
+    def __init__(self) -> None:
+        self._started = False
 
     def __enter__(self) -> None:
         import ray
@@ -79,14 +82,20 @@ class _LocalRay:
 
         for noisy in ("ray", "ray.serve"):
             logging.getLogger(noisy).setLevel(logging.WARNING)
-        ray.init(
-            num_cpus=2, include_dashboard=False, logging_level=logging.ERROR, log_to_driver=False
-        )
+        if not ray.is_initialized():
+            ray.init(
+                num_cpus=2,
+                include_dashboard=False,
+                logging_level=logging.ERROR,
+                log_to_driver=False,
+            )
+            self._started = True
 
     def __exit__(self, *exc: object) -> None:
         import ray
 
-        ray.shutdown()  # ends Serve too; serve.shutdown() first only adds raylet noise
+        if self._started:
+            ray.shutdown()  # ends Serve too; serve.shutdown() first only adds raylet noise
 
 
 def _train_two(member: MemberProcess, cells: ElImages) -> tuple[DemoModels, dict[str, Any]]:

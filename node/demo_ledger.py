@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -24,6 +25,8 @@ from rich.console import Console
 from rich.table import Table
 
 from connector.sample import cell_batch
+from ledger.client import LedgerClient
+from ledger.proofs import ConfirmationCache, InclusionProof, verify_proof
 from ledger.verify import verify_document
 from node.api.regulator_auth import issue_credential
 from node.errors import NodeError
@@ -31,7 +34,7 @@ from node.identity.member import load_member_keys
 
 if TYPE_CHECKING:
     from node.demo import DemoReport
-    from node.launcher import LocalNetwork, MemberProcess
+    from node.launcher import LocalNetwork
 
 TITLE = "regulator verifies records against the chain"
 CHAPTER = "ledger"
@@ -60,36 +63,54 @@ def _json(response: httpx.Response, what: str) -> Any:
     return response.json()
 
 
-def _regulator_http(network: LocalNetwork, member: MemberProcess) -> httpx.Client:
-    keys = load_member_keys(network[REGULATOR].directory)
-    audience = _json(httpx.get(f"{member.api_url}/healthz", timeout=10), "healthz")["member_id"]
-    token = issue_credential(keys, audience)
-    return httpx.Client(
-        base_url=member.api_url, headers={"Authorization": f"Bearer {token}"}, timeout=60
-    )
+class Regulator:
+    """The regulator's side: one credential and connection per member, one chain client."""
 
+    def __init__(self, network: LocalNetwork) -> None:
+        assert network.chain is not None
+        self.network = network
+        self.rpc_url = network.chain.url
+        self.keys = load_member_keys(network[REGULATOR].directory)
+        self.confirmed = ConfirmationCache()  # ask the chain once per batch root
+        self._http: dict[str, httpx.Client] = {}
+        self._chain: dict[str, LedgerClient] = {}
 
-def _verify(
-    network: LocalNetwork, member: str, kind: str, ref_id: str
-) -> tuple[Checked, dict[str, Any]]:
-    """Fetch the proof as the regulator, then verify it independently against the chain."""
-    assert network.chain is not None
-    with _regulator_http(network, network[member]) as reg:
-        body = _json(reg.get(f"/v1/regulator/proofs/{kind}/{ref_id}"), f"proof of {ref_id}")
-    proof = body["proof"]
-    _, verdict = verify_document(json.dumps(proof), network.chain.url)
-    anchor = proof["anchor"]
-    checked = Checked(
-        member,
-        kind,
-        ref_id,
-        verdict.valid,
-        verdict.reason,
-        proof["tree"]["root"],
-        anchor["block_number"],
-        anchor["tx_hash"],
-    )
-    return checked, proof
+    def http(self, member: str) -> httpx.Client:
+        """A client for ``member``'s API carrying a fresh regulator credential for it."""
+        if member not in self._http:
+            api = self.network[member].api_url
+            audience = _json(httpx.get(f"{api}/healthz", timeout=10), "healthz")["member_id"]
+            token = issue_credential(self.keys, audience)
+            self._http[member] = httpx.Client(
+                base_url=api, headers={"Authorization": f"Bearer {token}"}, timeout=60
+            )
+        return self._http[member]
+
+    def verify(self, member: str, kind: str, ref_id: str) -> tuple[Checked, dict[str, Any]]:
+        """Fetch the proof from the member, then verify it independently against the chain."""
+        r = self.http(member).get(f"/v1/regulator/proofs/{kind}/{ref_id}")
+        proof = _json(r, f"proof of {kind} {ref_id} from {member}")["proof"]
+        parsed = InclusionProof.parse(json.dumps(proof))
+        contract = parsed.anchor.contract
+        if contract not in self._chain:
+            self._chain[contract] = LedgerClient(self.rpc_url, contract)
+        verdict = verify_proof(parsed, self._chain[contract], self.confirmed)
+        anchor = proof["anchor"]
+        checked = Checked(
+            member,
+            kind,
+            ref_id,
+            verdict.valid,
+            verdict.reason,
+            proof["tree"]["root"],
+            anchor["block_number"],
+            anchor["tx_hash"],
+        )
+        return checked, proof
+
+    def close(self) -> None:
+        for client in self._http.values():
+            client.close()
 
 
 def _flush_all(network: LocalNetwork) -> dict[str, Any]:
@@ -149,23 +170,30 @@ def ledger_step(network: LocalNetwork, report: DemoReport) -> None:
     if network.chain is None:
         report.chapters[CHAPTER] = {"skipped": "the network runs without a chain"}
         return
+    clock = time.monotonic()
     status = _flush_all(network)
+    seconds = {"anchor_flush": time.monotonic() - clock}
     batch, ids = _batch_inspections(network)
-    checked = [_verify(network, SUPPLIER, "inspection", i)[0] for i in ids]
-    others = [_verify(network, m, k, r)[0] for m, k, r in _contract_refs(network, report)]
-    victim = ids[len(ids) // 2]
-    old, new = _tamper(network, victim)
-    tampered, proof = _verify(network, SUPPLIER, "inspection", victim)
+    reg = Regulator(network)
+    try:
+        clock = time.monotonic()
+        checked = [reg.verify(SUPPLIER, "inspection", i)[0] for i in ids]
+        seconds["inspection_batch"] = time.monotonic() - clock
+        others = [reg.verify(m, k, r)[0] for m, k, r in _contract_refs(network, report)]
+        good_proof = reg.verify(SUPPLIER, "inspection", ids[0])[1]
+        victim = ids[len(ids) // 2]
+        old, new = _tamper(network, victim)
+        tampered, proof = reg.verify(SUPPLIER, "inspection", victim)
+        _tamper(network, victim)  # put the record back for later chapters
+        passport = _json(reg.http(SUPPLIER).get("/v1/regulator/passport"), "passport")
+    finally:
+        reg.close()
     proof_dir = network.workdir / "ledger"
     proof_dir.mkdir(exist_ok=True)
-    with _regulator_http(network, network[SUPPLIER]) as reg:
-        good_proof = _json(reg.get(f"/v1/regulator/proofs/inspection/{ids[0]}"), "proof")["proof"]
-        passport = _json(reg.get("/v1/regulator/passport"), "passport of cellex")
     (proof_dir / f"proof-{ids[0]}.json").write_text(json.dumps(good_proof, indent=2))
     (proof_dir / f"proof-{victim}-tampered.json").write_text(json.dumps(proof, indent=2))
     (proof_dir / "passport-cellex.json").write_text(json.dumps(passport, indent=2))
     _, passport_verdict = verify_document(json.dumps(passport), network.chain.url)
-    _tamper(network, victim)  # put the record back for later chapters
     report.chapters[CHAPTER] = {
         "chain": network.chain.url,
         "anchoring": status,
@@ -175,6 +203,7 @@ def ledger_step(network: LocalNetwork, report: DemoReport) -> None:
         "tampered": {**tampered.__dict__, "changed": f"verdict {old} -> {new}"},
         "passport": {"valid": passport_verdict.valid, "reason": passport_verdict.reason},
         "files": str(proof_dir),
+        "seconds": seconds,
     }
 
 

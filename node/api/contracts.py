@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections.abc import Awaitable, Callable
 from datetime import timedelta
 from typing import Any, TypeVar
@@ -248,7 +249,10 @@ def contracts_router(ctx: NodeContext, operator: Any) -> APIRouter:
                 valid_until=body.valid_until,
             )
 
-        return negotiation_public(await _domain(run))
+        started = time.perf_counter()
+        result = negotiation_public(await _domain(run))
+        result["elapsed_ms"] = (time.perf_counter() - started) * 1000  # in this node
+        return result
 
     @router.get("/negotiations")
     def negotiations() -> list[dict[str, Any]]:

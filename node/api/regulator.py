@@ -26,7 +26,14 @@ from ledger.errors import (
 )
 from ledger.leaves import KIND_CODES, UnknownKind
 from ledger.passport import PASSPORT_TYPE, Passport, verify_passport
-from ledger.proofs import PROOF_TYPE, InclusionProof, Verdict, build_proof, verify_proof
+from ledger.proofs import (
+    PROOF_TYPE,
+    ConfirmationCache,
+    InclusionProof,
+    Verdict,
+    build_proof,
+    verify_proof,
+)
 from ledger.queue import LeafQueue
 
 RecordLoader = Callable[[str, str], bytes | None]
@@ -112,6 +119,7 @@ def regulator_router(
     passport_issuer: PassportIssuer | None = None,
 ) -> APIRouter:
     """Routes under ``/v1/regulator``; ``require_regulator`` is a FastAPI dependency."""
+    confirmations = ConfirmationCache()  # a batch's proofs share one root: ask the chain once
     router = APIRouter(
         prefix="/v1/regulator", tags=["regulator"], dependencies=[Depends(require_regulator)]
     )
@@ -120,7 +128,7 @@ def regulator_router(
         try:
             record = record_loader(kind, ref_id) if record_loader is not None else None
             proof = with_record(build_proof(queue, kind, ref_id), record)
-            verdict = verify_proof(proof, client)
+            verdict = verify_proof(proof, client, confirmations)
         except LedgerError as exc:
             raise_http(exc)
         anchor = proof.anchor

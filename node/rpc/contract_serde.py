@@ -381,19 +381,28 @@ def _rows_from_proto(rows: Sequence[transfer_pb2.Row]) -> tuple[BatchRow, ...]:
 def row_batch_to_proto(batch: RowBatch) -> transfer_pb2.RowBatch:
     return transfer_pb2.RowBatch(
         transfer_id=batch.transfer_id,
-        rows=_rows_to_proto(batch.rows),
+        payload=batch.payload,
+        row_count=batch.count,
+        order_ids=batch.order_ids,
+        order_index=batch.order_index,
         checkpoint=checkpoint_to_proto(batch.checkpoint),
         last=batch.last,
     )
 
 
 def row_batch_from_proto(message: transfer_pb2.RowBatch) -> RowBatch:
-    return RowBatch(
-        transfer_id=_required(message.transfer_id, "transfer_id"),
-        rows=_rows_from_proto(message.rows),
-        checkpoint=checkpoint_from_proto(message.checkpoint),
-        last=message.last,
-    )
+    try:
+        return RowBatch(
+            transfer_id=_required(message.transfer_id, "transfer_id"),
+            payload=message.payload,
+            count=message.row_count,
+            order_ids=tuple(message.order_ids),
+            order_index=tuple(message.order_index),
+            checkpoint=checkpoint_from_proto(message.checkpoint),
+            last=message.last,
+        )
+    except ContractError as exc:
+        raise WireFormatError(f"row batch: {exc}") from None
 
 
 @dataclass(frozen=True)

@@ -50,6 +50,9 @@ from node.errors import PeerError
 from node.rpc.federation_serde import (
     advert_from_proto,
     advert_to_proto,
+    decode_model_chunk,
+    encode_data_chunk,
+    serialize,
     share_to_proto,
     shares_from_proto,
     status_from_proto,
@@ -104,13 +107,15 @@ class Download:
     sha256: bytes
 
 
-async def _chunks(
-    header: pb.UploadHeader, payload: bytes | memoryview
-) -> AsyncIterator[pb.UploadChunk]:
-    yield pb.UploadChunk(header=header)
+async def _chunks(header: pb.UploadHeader, payload: bytes | memoryview) -> AsyncIterator[bytes]:
+    """The upload stream, serialized: the header, then data chunks written in one copy each."""
+    yield pb.UploadChunk(header=header).SerializeToString()
     view = memoryview(payload)
     for offset in range(0, len(view), DEFAULT_CHUNK_BYTES):
-        yield pb.UploadChunk(data=bytes(view[offset : offset + DEFAULT_CHUNK_BYTES]))
+        yield encode_data_chunk(view[offset : offset + DEFAULT_CHUNK_BYTES])
+
+
+_METHOD = "/qdspace.v1.Federation/"
 
 
 async def coordinator_key(channel: grpc.aio.Channel, name: str) -> VerifyKey:
@@ -131,6 +136,24 @@ class FederationClient:
 
     def __init__(self, channel: grpc.aio.Channel, coordinator: str, job_id: str) -> None:
         self._stub = pb_grpc.FederationStub(channel)
+        # the payload streams carry serialized chunks (same wire format, fewer copies)
+        self._raw_uploads = {
+            name: channel.stream_unary(
+                _METHOD + name,
+                request_serializer=serialize,
+                response_deserializer=reply.FromString,
+            )
+            for name, reply in (
+                ("StartJob", pb.JobStatus),
+                ("UploadUpdate", pb.Accepted),
+                ("UploadMasked", pb.Accepted),
+            )
+        }
+        self._raw_download = channel.unary_stream(
+            _METHOD + "DownloadModel",
+            request_serializer=pb.DownloadRequest.SerializeToString,
+            response_deserializer=None,
+        )
         self.coordinator = coordinator
         self.job_id = job_id
         self._job: JobSpec | None = None
@@ -152,7 +175,12 @@ class FederationClient:
             sha256=hashlib.sha256(payload).digest(),
             terms=job.canonical_bytes(),
         )
-        reply = await self._call("StartJob", _chunks(header, payload))
+        try:
+            reply = await self._raw_uploads["StartJob"](
+                _chunks(header, payload), timeout=CALL_TIMEOUT_S
+            )
+        except grpc.aio.AioRpcError as exc:
+            raise _refusal(self.coordinator, exc) from None
         return status_from_proto(reply)
 
     async def list_jobs(self) -> list[StatusView]:
@@ -186,9 +214,10 @@ class FederationClient:
         """
         request = pb.DownloadRequest(job_id=self.job_id, version=version)
         try:
-            stream = self._stub.DownloadModel(request, timeout=CALL_TIMEOUT_S)
-            first = await anext(aiter(stream))
-            header = first.header
+            stream = self._raw_download(request, timeout=CALL_TIMEOUT_S)
+            header, _ = decode_model_chunk(await anext(aiter(stream)))
+            if header is None:
+                raise PeerError(f"coordinator {self.coordinator}: model stream without a header")
             assembler = Assembler(
                 header.total_bytes,
                 header.sha256,
@@ -196,8 +225,11 @@ class FederationClient:
                 what=f"version {version} from {self.coordinator}",
                 hash_always=True,
             )
-            async for message in stream:
-                assembler.add(Chunk(assembler.received, header.total_bytes, message.data))
+            async for raw in stream:
+                again, data = decode_model_chunk(raw)
+                if again is not None:
+                    raise PeerError(f"coordinator {self.coordinator}: a second model header")
+                assembler.add(Chunk(assembler.received, header.total_bytes, data))
         except grpc.aio.AioRpcError as exc:
             raise _refusal(self.coordinator, exc) from None
         payload = assembler.finish()
@@ -215,7 +247,7 @@ class FederationClient:
         header.job_id = self.job_id
         header.total_bytes = len(payload)
         try:
-            reply = await getattr(self._stub, method)(
+            reply = await self._raw_uploads[method](
                 _chunks(header, payload), timeout=CALL_TIMEOUT_S
             )
         except grpc.aio.AioRpcError as exc:

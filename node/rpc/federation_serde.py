@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import Any
 
 from federation import secagg
 from federation.host import StatusView
@@ -108,3 +109,75 @@ def unmask_to_proto(response: secagg.UnmaskResponse, ref: pb.RoundRef) -> pb.Unm
 
 def unmask_from_proto(msg: pb.UnmaskResponse) -> secagg.UnmaskResponse:
     return secagg.UnmaskResponse(msg.member, dict(msg.seed_shares), dict(msg.key_shares))
+
+
+# --- payload chunks on the wire ------------------------------------------------------------
+#
+# ``UploadChunk`` and ``ModelChunk`` are ``oneof {header = 1; data = 2}``. A data chunk
+# on the wire is the tag byte 0x12, the varint length and the raw bytes, so it can be
+# written with one copy (no intermediate message object) and read as a zero-copy view
+# of the received bytes; any other encoding (a header, or a sender that adds fields)
+# goes through the regular protobuf parser. The format on the wire is unchanged.
+
+_DATA_TAG = 0x12  # field 2, length-delimited
+
+
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while True:
+        low, value = value & 0x7F, value >> 7
+        if value:
+            out.append(low | 0x80)
+        else:
+            out.append(low)
+            return bytes(out)
+
+
+def encode_data_chunk(data: bytes | memoryview) -> bytes:
+    """The serialized ``UploadChunk``/``ModelChunk`` carrying ``data`` (one copy)."""
+    return b"".join((bytes((_DATA_TAG,)), _varint(len(data)), data))
+
+
+def _data_view(raw: bytes) -> memoryview | None:
+    """The data of a serialized chunk that holds exactly one data field, else None."""
+    if not raw or raw[0] != _DATA_TAG:
+        return None
+    length, shift, pos = 0, 0, 1
+    while pos < len(raw) and shift < 64:
+        byte = raw[pos]
+        pos += 1
+        length |= (byte & 0x7F) << shift
+        shift += 7
+        if not byte & 0x80:
+            return memoryview(raw)[pos:] if pos + length == len(raw) else None
+    return None
+
+
+def decode_upload_chunk(raw: bytes) -> tuple[pb.UploadHeader | None, memoryview | bytes]:
+    """``(header, b"")`` for a header message, ``(None, data)`` for a data chunk."""
+    view = _data_view(raw)
+    if view is not None:
+        return None, view
+    message = pb.UploadChunk.FromString(raw)
+    if message.HasField("header"):
+        return message.header, b""
+    return None, message.data
+
+
+def decode_model_chunk(raw: bytes) -> tuple[pb.ModelHeader | None, memoryview | bytes]:
+    """``(header, b"")`` for a header message, ``(None, data)`` for a data chunk."""
+    view = _data_view(raw)
+    if view is not None:
+        return None, view
+    message = pb.ModelChunk.FromString(raw)
+    if message.HasField("header"):
+        return message.header, b""
+    return None, message.data
+
+
+def serialize(message: bytes | Any) -> bytes:
+    """A message's wire bytes; already-serialized chunks pass through unchanged."""
+    if isinstance(message, bytes):
+        return message
+    data: bytes = message.SerializeToString()
+    return data

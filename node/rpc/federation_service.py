@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, NoReturn, TypeVar
 
 import grpc
+from google.protobuf.message import DecodeError
 from nacl.signing import SigningKey, VerifyKey
 
 from federation.chunks import (
@@ -47,6 +48,9 @@ from node.rpc.auth import current_peer
 from node.rpc.federation_serde import (
     advert_from_proto,
     advert_to_proto,
+    decode_upload_chunk,
+    encode_data_chunk,
+    serialize,
     share_to_proto,
     shares_from_proto,
     status_to_proto,
@@ -108,10 +112,10 @@ class _Slot:
     host: JobHost
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     changed: asyncio.Event = field(default_factory=asyncio.Event)
-    # the latest version's stream, built once and sent to every member that downloads it
-    stream: tuple[Published | None, tuple[pb.ModelChunk, ...]] = (None, ())
+    # the latest version's stream, serialized once and sent to every member that downloads it
+    stream: tuple[Published | None, tuple[bytes, ...]] = (None, ())
 
-    def model_stream(self, published: Published) -> tuple[pb.ModelChunk, ...]:
+    def model_stream(self, published: Published) -> tuple[bytes, ...]:
         if self.stream[0] is not published:
             payload = memoryview(published.payload)
             header = pb.ModelChunk(
@@ -121,9 +125,9 @@ class _Slot:
                     total_bytes=len(payload),
                     sha256=published.sha256,
                 )
-            )
+            ).SerializeToString()
             data = (
-                pb.ModelChunk(data=bytes(payload[offset : offset + DEFAULT_CHUNK_BYTES]))
+                encode_data_chunk(payload[offset : offset + DEFAULT_CHUNK_BYTES])
                 for offset in range(0, len(payload), DEFAULT_CHUNK_BYTES)
             )
             self.stream = (published, (header, *data))
@@ -167,7 +171,7 @@ class FederationServicer(pb_grpc.FederationServicer):
         )
 
     def register(self, server: grpc.aio.Server) -> None:
-        pb_grpc.add_FederationServicer_to_server(self, server)
+        pb_grpc.add_FederationServicer_to_server(self, _RawPayloads(server))
 
     # --- helpers -----------------------------------------------------------------------
 
@@ -189,27 +193,36 @@ class FederationServicer(pb_grpc.FederationServicer):
 
     async def _upload(
         self,
-        requests: AsyncIterator[pb.UploadChunk],
+        requests: AsyncIterator[bytes],
         check: Callable[[pb.UploadHeader], Awaitable[None]],
         limit: Callable[[pb.UploadHeader], int],
         what: str,
     ) -> tuple[pb.UploadHeader, memoryview]:
-        """Read a header-then-data stream; ``check`` refuses on the header, before any data."""
+        """Read a header-then-data stream; ``check`` refuses on the header, before any data.
+
+        The messages arrive serialized (see ``_RawPayloads``): data chunks are read as
+        views of the received bytes and copied once, into the payload buffer.
+        """
         try:
-            first = await anext(requests)
+            header, _ = decode_upload_chunk(await anext(requests))
         except StopAsyncIteration:
             raise UpdateRefused(RefusalReason.WRONG_SHAPE, f"{what}: empty stream") from None
-        if not first.HasField("header"):
+        except DecodeError as exc:
+            raise UpdateRefused(RefusalReason.WRONG_SHAPE, f"{what}: {exc}") from None
+        if header is None:
             raise UpdateRefused(
                 RefusalReason.WRONG_SHAPE, f"{what}: stream must start with a header"
             )
-        header = first.header
         await check(header)
         assembler = Assembler(header.total_bytes, header.sha256, limit=limit(header), what=what)
-        async for message in requests:
-            if not message.HasField("data"):
+        async for raw in requests:
+            try:
+                again, data = decode_upload_chunk(raw)
+            except DecodeError as exc:
+                raise UpdateRefused(RefusalReason.WRONG_SHAPE, f"{what}: {exc}") from None
+            if again is not None:
                 raise UpdateRefused(RefusalReason.WRONG_SHAPE, f"{what}: a second header")
-            assembler.add(Chunk(assembler.received, header.total_bytes, message.data))
+            assembler.add(Chunk(assembler.received, header.total_bytes, data))
         return header, assembler.finish()
 
     def _member(self) -> str:
@@ -222,7 +235,7 @@ class FederationServicer(pb_grpc.FederationServicer):
     # --- administration ----------------------------------------------------------------
 
     async def StartJob(
-        self, request_iterator: AsyncIterator[pb.UploadChunk], context: grpc.aio.ServicerContext
+        self, request_iterator: AsyncIterator[bytes], context: grpc.aio.ServicerContext
     ) -> pb.JobStatus:
         peer = current_peer()
         if peer.member_id != self._me.member_id:
@@ -332,7 +345,7 @@ class FederationServicer(pb_grpc.FederationServicer):
 
     async def DownloadModel(
         self, request: pb.DownloadRequest, context: grpc.aio.ServicerContext
-    ) -> AsyncIterator[pb.ModelChunk]:
+    ) -> AsyncIterator[bytes]:
         try:
             self._visible(request.job_id)
             slot = self._slot(request.job_id)
@@ -350,18 +363,18 @@ class FederationServicer(pb_grpc.FederationServicer):
     # --- plain rounds ------------------------------------------------------------------
 
     async def UploadUpdate(
-        self, request_iterator: AsyncIterator[pb.UploadChunk], context: grpc.aio.ServicerContext
+        self, request_iterator: AsyncIterator[bytes], context: grpc.aio.ServicerContext
     ) -> pb.Accepted:
         return await self._upload_round(request_iterator, context, Phase.TRAINING)
 
     async def UploadMasked(
-        self, request_iterator: AsyncIterator[pb.UploadChunk], context: grpc.aio.ServicerContext
+        self, request_iterator: AsyncIterator[bytes], context: grpc.aio.ServicerContext
     ) -> pb.Accepted:
         return await self._upload_round(request_iterator, context, Phase.MASKED_INPUT)
 
     async def _upload_round(
         self,
-        requests: AsyncIterator[pb.UploadChunk],
+        requests: AsyncIterator[bytes],
         context: grpc.aio.ServicerContext,
         phase: Phase,
     ) -> pb.Accepted:
@@ -499,6 +512,53 @@ class FederationServicer(pb_grpc.FederationServicer):
         except FederationError as exc:
             await _abort(context, "Unmask", exc)
         return self._accepted(slot, f"unmask shares of {member} accepted")
+
+
+#: Methods whose 50 MB payloads skip the protobuf message objects (same wire format).
+_RAW_REQUESTS = ("StartJob", "UploadUpdate", "UploadMasked")
+_RAW_RESPONSES = ("DownloadModel",)
+
+
+def _raw(data: bytes) -> bytes:
+    return data
+
+
+class _RawPayloads:
+    """Registers the generated handlers, with raw bytes for the payload streams.
+
+    ``add_FederationServicer_to_server`` builds the method table from the proto; this
+    stand-in for the server swaps the request deserializer of the upload streams and
+    the response serializer of the download stream for pass-through ones, so the
+    servicer parses (and, for downloads, pre-serializes) chunks itself without the
+    extra copies of protobuf message objects. Everything else is registered unchanged.
+    """
+
+    def __init__(self, server: grpc.aio.Server) -> None:
+        self._server = server
+
+    def add_generic_rpc_handlers(self, handlers: Any) -> None:
+        pass  # the same table arrives through ``add_registered_method_handlers``
+
+    def add_registered_method_handlers(self, service: str, handlers: dict[str, Any]) -> None:
+        table = dict(handlers)
+        for name in _RAW_REQUESTS:
+            old = table[name]
+            table[name] = grpc.stream_unary_rpc_method_handler(
+                old.stream_unary,
+                request_deserializer=_raw,
+                response_serializer=old.response_serializer,
+            )
+        for name in _RAW_RESPONSES:
+            old = table[name]
+            table[name] = grpc.unary_stream_rpc_method_handler(
+                old.unary_stream,
+                request_deserializer=old.request_deserializer,
+                response_serializer=serialize,
+            )
+        self._server.add_generic_rpc_handlers(
+            (grpc.method_handlers_generic_handler(service, table),)
+        )
+        self._server.add_registered_method_handlers(service, table)
 
 
 def _json(data: bytes) -> Any:

@@ -107,13 +107,19 @@ class PullRequest(_message.Message):
     def __init__(self, transfer_id: _Optional[str] = ..., resume_from: _Optional[_Union[Checkpoint, _Mapping]] = ..., max_batch_rows: _Optional[int] = ...) -> None: ...
 
 class RowBatch(_message.Message):
-    __slots__ = ("transfer_id", "rows", "checkpoint", "last")
+    __slots__ = ("transfer_id", "checkpoint", "last", "payload", "row_count", "order_ids", "order_index")
     TRANSFER_ID_FIELD_NUMBER: _ClassVar[int]
-    ROWS_FIELD_NUMBER: _ClassVar[int]
     CHECKPOINT_FIELD_NUMBER: _ClassVar[int]
     LAST_FIELD_NUMBER: _ClassVar[int]
+    PAYLOAD_FIELD_NUMBER: _ClassVar[int]
+    ROW_COUNT_FIELD_NUMBER: _ClassVar[int]
+    ORDER_IDS_FIELD_NUMBER: _ClassVar[int]
+    ORDER_INDEX_FIELD_NUMBER: _ClassVar[int]
     transfer_id: str
-    rows: _containers.RepeatedCompositeFieldContainer[Row]
     checkpoint: Checkpoint
     last: bool
-    def __init__(self, transfer_id: _Optional[str] = ..., rows: _Optional[_Iterable[_Union[Row, _Mapping]]] = ..., checkpoint: _Optional[_Union[Checkpoint, _Mapping]] = ..., last: _Optional[bool] = ...) -> None: ...
+    payload: bytes
+    row_count: int
+    order_ids: _containers.RepeatedScalarFieldContainer[str]
+    order_index: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, transfer_id: _Optional[str] = ..., checkpoint: _Optional[_Union[Checkpoint, _Mapping]] = ..., last: _Optional[bool] = ..., payload: _Optional[bytes] = ..., row_count: _Optional[int] = ..., order_ids: _Optional[_Iterable[str]] = ..., order_index: _Optional[_Iterable[int]] = ...) -> None: ...

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 from PIL import Image
+from rich.console import Console
 from typer.testing import CliRunner
 
 from inference.dataset import frame_id_of, load_elpv
@@ -28,16 +29,21 @@ pytest.importorskip("inference.training")
 
 
 @pytest.fixture(scope="module")
-def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MemberProcess]:
+def network(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalNetwork]:
     net = LocalNetwork(
         tmp_path_factory.mktemp("inspect"), [MemberSpec("cellex", "supplier")], chain=False
     )
     net.create()
     net.start()
     try:
-        yield net["cellex"]
+        yield net
     finally:
         net.stop()
+
+
+@pytest.fixture(scope="module")
+def node(network: LocalNetwork) -> MemberProcess:
+    return network["cellex"]
 
 
 def _cli(*args: str) -> str:
@@ -48,7 +54,7 @@ def _cli(*args: str) -> str:
 
 def _rows(db: Path) -> list[tuple[str, str, str]]:
     with sqlite3.connect(db) as conn:
-        query = "SELECT station, frame_id, model_version FROM qdm_inspection"
+        query = "SELECT station, frame_id, model_version FROM qdm_inspection ORDER BY id"
         return [tuple(r) for r in conn.execute(query).fetchall()]
 
 
@@ -113,3 +119,30 @@ def test_a_corrupt_model_file_is_refused_by_name(node: MemberProcess) -> None:
         path.write_bytes(good)
     assert result.exit_code == 1
     assert active.file in result.output and "content hash" in result.output
+
+
+def test_the_demo_chapter_inspects_and_hot_swaps_at_the_supplier(
+    network: LocalNetwork, local_ray: None
+) -> None:
+    from node.demo import DemoReport
+    from node.demo_inspection import CHAPTER, inspection_chapter, print_inspection
+
+    db = network["cellex"].directory / "node.db"
+    before = len(_rows(db))
+    report = DemoReport(workdir=str(network.workdir))
+    inspection_chapter(network, report)
+    result = report.chapters[CHAPTER]["cellex"]
+    rows = _rows(db)[before:]
+    assert result["stored"] == len(rows) == result["qdm_new_rows"] > 0
+    assert result["dropped"] == 0 and result["swapped_at_s"] is not None
+    registry = ModelRegistry(network["cellex"].directory)
+    first, second = registry.versions()[-2:]
+    assert second.parent == first.version
+    versions = [r[2] for r in rows]
+    assert set(versions) == {first.version, second.version}
+    for held_out in result["held_out"]:
+        assert 0.0 <= held_out["accuracy"] <= 1.0 and 0.0 <= held_out["auroc"] <= 1.0
+    assert result["explanations_served"] >= 1
+    console = Console(record=True, width=100)
+    print_inspection(console, report)
+    assert "hot swap at" in console.export_text()

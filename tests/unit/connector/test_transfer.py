@@ -64,7 +64,10 @@ def test_rows_flow_and_both_sides_complete_on_the_same_checkpoint() -> None:
     done = TransferCompletion("m3", "tx-1", "cellex", provider.checkpoint, at(2))
     provider, consumer = apply(provider, done), apply(consumer, done)
     assert provider.state is consumer.state is S.COMPLETED
-    assert consumer.final == Checkpoint.genesis("tx-1").extend(DATA, "pos-6")
+    chained = Checkpoint.genesis("tx-1").extend(DATA[:4]).extend(DATA[4:], "pos-6")
+    assert consumer.final == chained
+    # The chain covers batches: the same rows cut into other batches chain otherwise.
+    assert consumer.final != Checkpoint.genesis("tx-1").extend(DATA, "pos-6")
     ack = TransferCompletion("m4", "tx-1", "sunarc", consumer.checkpoint, at(3))
     assert apply(provider, ack).state is S.COMPLETED
 
@@ -96,7 +99,7 @@ def test_resume_after_a_broken_stream_continues_exactly_where_the_consumer_stopp
     assert provider.checkpoint.position == "5"
     provider = advance(provider, DATA[5:], "10")
     consumer = advance(consumer, DATA[5:], "10")
-    assert consumer.checkpoint == Checkpoint.genesis("tx-1").extend(DATA, "10")
+    assert consumer.checkpoint == Checkpoint.genesis("tx-1").extend(DATA[:5]).extend(DATA[5:], "10")
     # A start ahead of the consumer, or on another chain, is refused by the consumer.
     ahead = TransferStart("m5", "tx-1", "cellex", provider.checkpoint.extend(DATA[:1]), at(4))
     with pytest.raises(TransferCursorError):
@@ -160,18 +163,23 @@ def test_checkpoint_refuses_nonsense() -> None:
 @settings(max_examples=80)
 @given(st.lists(st.integers(0, 10), min_size=1, max_size=6))
 def test_any_pattern_of_breaks_delivers_every_row_exactly_once(breaks: list[int]) -> None:
-    """The consumer commits a prefix of each attempt, then resumes; the result is exact."""
+    """The provider sends batches of 2; the consumer commits some of each attempt's
+    batches, then resumes; the result is exact and both chains agree."""
     provider, consumer = started(Role.PROVIDER), started(Role.CONSUMER)
     received: list[bytes] = []
+    batches: list[list[bytes]] = []
     for attempt, committed in enumerate(breaks):
         if consumer.state is S.SUSPENDED:
             resume = TransferStart(f"r{attempt}", "tx-1", "sunarc", consumer.checkpoint, at(9))
             provider, consumer = apply(provider, resume), apply(consumer, resume)
-        rest = DATA[provider.offset :]
-        provider = advance(provider, rest, str(len(DATA)))
-        take = rest[: min(committed, len(rest))]
-        consumer = advance(consumer, take, str(consumer.offset + len(take)))
-        received.extend(take)
+        start = provider.offset
+        sent = [DATA[i : i + 2] for i in range(start, len(DATA), 2)]
+        for batch in sent:
+            provider = advance(provider, batch, str(provider.offset + len(batch)))
+        for batch in sent[:committed]:
+            consumer = advance(consumer, batch, str(consumer.offset + len(batch)))
+            received.extend(batch)
+            batches.append(batch)
         if consumer.offset < len(DATA):
             pause = TransferSuspension(f"s{attempt}", "tx-1", "sunarc", "broken", at(9))
             provider, consumer = apply(provider, pause), apply(consumer, pause)
@@ -183,5 +191,21 @@ def test_any_pattern_of_breaks_delivers_every_row_exactly_once(breaks: list[int]
         provider = advance(provider, rest, str(len(DATA)))
         consumer = advance(consumer, rest, str(len(DATA)))
         received.extend(rest)
+        batches.append(rest)
     assert received == DATA
-    assert consumer.checkpoint == Checkpoint.genesis("tx-1").extend(DATA, str(len(DATA)))
+    expected = Checkpoint.genesis("tx-1")
+    for batch in batches:
+        expected = expected.extend(batch, str(expected.offset + len(batch)))
+    assert consumer.checkpoint == expected
+
+
+def test_a_batch_payload_must_hold_exactly_its_rows() -> None:
+    genesis = Checkpoint.genesis("tx-1")
+    with pytest.raises(TransferIntegrityError, match="raw newline"):
+        genesis.extend([DATA[0], b"x\ny"])
+    with pytest.raises(TransferIntegrityError, match="claims 3 rows"):
+        genesis.extend_payload(b"a\nb", 3)
+    with pytest.raises(TransferIntegrityError, match="empty payload"):
+        genesis.extend_payload(b"a", 0)
+    assert genesis.extend([], "7") == Checkpoint(0, genesis.digest, "7")
+    assert genesis.extend(DATA[:2]) == genesis.extend_payload(b"\n".join(DATA[:2]), 2)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import random
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -25,6 +26,7 @@ from connector.transfer import (
     TransferSuspension,
     accept_batch,
     open_transfer,
+    row_bytes,
 )
 from connector.transfer import apply as apply_transfer
 from connector.views import (
@@ -44,6 +46,7 @@ from connector.views import (
     read_asset,
     stream_batches,
 )
+from policies.canonical import format_datetime
 from policies.evaluate import Request
 from policies.model import Action, OfferTerms, Policy, make_offer, to_agreement
 
@@ -61,7 +64,7 @@ def engine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Engine]:
         {
             "inspection_id": f"ins-{n}",
             "station": f"EL-{n % 3}",
-            "inspected_at": T0 + timedelta(seconds=n),
+            "inspected_at": T0 + timedelta(seconds=n, microseconds=1237 * n if n % 2 else 0),
             "verdict": rng.choice(["ok", "ng"]),
             "defect_class": rng.choice([None, "crack", "finger"]),
             "score": rng.random(),
@@ -213,11 +216,23 @@ def test_provider_never_emits_a_row_or_field_the_policy_does_not_allow(
     )
     gate = ReleaseGate(asset, agreement, request, Pseudonymizer(SECRET, "agr-x"))
     out: list[dict[str, Any]] = []
+    wire: list[dict[str, Any]] = []
     if gate.decision.allowed:
         for _, row in read_asset(engine, asset, asked_order, gate.query_fields, page_size=16):
             released = gate(row)
             if released is not None:
                 out.append(released)
+        # The transfer path: whole pages read, gated and encoded column by column.
+        opening = TransferRequest("m", "tx", "sunarc", "agr-x", "cellex", T0, "qa", asked_order)
+        process = apply_transfer(
+            open_transfer(opening, Role.PROVIDER),
+            TransferStart("s", "tx", "cellex", Checkpoint.genesis("tx"), T0),
+        )
+        for batch, _ in stream_batches(process, engine, gate, batch_rows=16):
+            wire.extend(json.loads(line) for line in batch.payloads())
+            for row, order in zip(batch.payloads(), batch.orders(), strict=True):
+                assert asked_order is None or order == asked_order
+                assert row == row_bytes(json.loads(row))
     granted = fields if fields is not None else INSPECTION_FIELDS
     in_scope = (
         purpose == "qa"
@@ -226,7 +241,7 @@ def test_provider_never_emits_a_row_or_field_the_policy_does_not_allow(
     )
     assert gate.decision.allowed == in_scope
     if not in_scope:
-        assert out == []
+        assert out == [] and wire == []
         return
     wanted = granted if asked_fields is None else asked_fields
     every = [row for _, row in inspections(engine, None, INSPECTION_FIELDS)]
@@ -239,6 +254,12 @@ def test_provider_never_emits_a_row_or_field_the_policy_does_not_allow(
     assert out == expected
     for row in out:
         assert set(row) <= granted
+    on_wire = [{k: _wire_value(v) for k, v in row.items()} for row in expected]
+    assert wire == on_wire
+
+
+def _wire_value(value: Any) -> Any:
+    return format_datetime(value) if isinstance(value, datetime) else value
 
 
 def test_a_transfer_broken_anywhere_resumes_without_loss_or_duplicates(
@@ -261,10 +282,8 @@ def test_a_transfer_broken_anywhere_resumes_without_loss_or_duplicates(
     attempt = 0
     while True:
         gate = ReleaseGate(asset, agreement, request, Pseudonymizer(SECRET, "agr-t"))
-        after = parse_position(provider.checkpoint.position)
-        rows = read_asset(engine, asset, None, gate.query_fields, after=after, page_size=2)
         finished = False
-        batches = stream_batches(provider, rows, gate, batch_rows=2)
+        batches = stream_batches(provider, engine, gate, batch_rows=2)
         for count, (batch, sent) in enumerate(batches):
             provider = sent  # the provider has sent it ...
             if count == 1 + attempt:  # ... but the connection breaks before it arrives

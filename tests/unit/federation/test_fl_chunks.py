@@ -45,3 +45,19 @@ def test_out_of_order_oversize_truncated_and_corrupt_streams_are_refused() -> No
     for c in chunks(payload[:-1] + b"\x00", 300):
         bad.add(c)
     assert "SHA-256" in refused(bad.finish)
+
+
+def test_without_a_digest_only_the_size_is_checked_and_the_digest_is_still_available() -> None:
+    payload = os.urandom(1000)
+    asm = Assembler(1000, b"", limit=10**6, what="masked input", hash_always=True)
+    for c in chunks(payload, 333):
+        asm.add(c)
+    out = asm.finish()
+    assert bytes(out) == payload and asm.digest == hashlib.sha256(payload).digest()
+    out[0] ^= 1  # the caller owns a writable buffer
+    short = Assembler(1000, b"", limit=10**6, what="masked input")
+    short.add(Chunk(0, 1000, payload[:10]))
+    with pytest.raises(UpdateRefused, match="ended after 10"):
+        short.finish()
+    with pytest.raises(UpdateRefused, match="32"):
+        Assembler(10, b"short", limit=100, what="update")

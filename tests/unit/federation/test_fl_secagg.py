@@ -15,13 +15,16 @@ from federation import shamir
 from federation.errors import RefusalReason, SecAggAbort, SecAggError, UpdateRefused
 from federation.params import Vector
 from federation.secagg import (
+    BLOCK,
     EncryptedShare,
     MaskedInput,
+    MaskStreams,
     Quantizer,
     SecAggClient,
     SecAggConfig,
     SecAggResult,
     UnmaskRequest,
+    expand,
 )
 from federation.secagg_server import SecAggServer
 
@@ -268,3 +271,27 @@ def test_single_masked_update_looks_uniformly_random() -> None:
             assert abs(corr) < 0.03, member
         # The same test does reject the unmasked encoding, so it can fail.
         assert chi_square_p(QUANT.encode(vec) >> 24) < 1e-6
+
+
+def test_blockwise_masks_equal_whole_expansions() -> None:
+    # Masks are made block by block (each seed's ChaCha20 stream continues across
+    # blocks); the result must be exactly the whole-vector expansions added up.
+    n = 2 * BLOCK + 12_345
+    rng = np.random.default_rng(5)
+    base = rng.integers(0, 2**32, n, dtype=np.uint32)
+    seeds = [(bytes([i]) * 32, sign) for i, sign in ((1, 1), (2, -1), (3, 1))]
+    expected = base.copy()
+    for seed, sign in seeds:
+        if sign > 0:
+            expected += expand(seed, n)
+        else:
+            expected -= expand(seed, n)
+    got = base.copy()
+    MaskStreams(seeds).apply_all(got)
+    assert np.array_equal(got, expected)
+    q = Quantizer(clip=1.0, max_members=3)
+    vec = rng.uniform(-1.5, 1.5, n).astype(np.float32)
+    scaled = np.clip(vec * np.float32(q.scale), -q.scale, q.scale)
+    assert np.array_equal(q.encode(vec).view(np.int32), np.rint(scaled).astype(np.int32))
+    with pytest.raises(SecAggError, match="sign"):
+        MaskStreams([(bytes(32), 2)])

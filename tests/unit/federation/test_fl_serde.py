@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -11,6 +12,10 @@ from federation.rounds import Phase, RoundRecord
 from node.rpc.federation_serde import (
     advert_from_proto,
     advert_to_proto,
+    decode_model_chunk,
+    decode_upload_chunk,
+    encode_data_chunk,
+    serialize,
     share_to_proto,
     shares_from_proto,
     status_from_proto,
@@ -65,3 +70,30 @@ def test_secagg_messages_round_trip(member: str, keys: list[bytes]) -> None:
     assert unmask_request_from_proto(unmask_request_to_proto(request)) == request
     response = secagg.UnmaskResponse(member, {member: keys[1]}, {"y": keys[2]})
     assert unmask_from_proto(unmask_to_proto(response, pb.RoundRef(job_id="j"))) == response
+
+
+@pytest.mark.parametrize("size", [0, 1, 127, 128, 16_384, 300_000])
+def test_raw_data_chunks_are_protobuf_chunks(size: int) -> None:
+    data = bytes(range(256)) * (size // 256) + bytes(size % 256)
+    wire = encode_data_chunk(memoryview(data))
+    assert wire == pb.UploadChunk(data=data).SerializeToString()
+    assert wire == pb.ModelChunk(data=data).SerializeToString()
+    header, view = decode_upload_chunk(wire)
+    assert header is None and bytes(view) == data
+    header, view = decode_model_chunk(wire)
+    assert header is None and bytes(view) == data
+
+
+def test_headers_and_unusual_encodings_go_through_the_parser() -> None:
+    wire = pb.UploadChunk(header=pb.UploadHeader(job_id="el", round=3)).SerializeToString()
+    header, data = decode_upload_chunk(wire)
+    assert header is not None and header.round == 3 and data == b""
+    model = pb.ModelChunk(header=pb.ModelHeader(total_bytes=9)).SerializeToString()
+    model_header, _ = decode_model_chunk(model)
+    assert model_header is not None and model_header.total_bytes == 9
+    # a data chunk followed by an unknown field: parsed, not taken as raw bytes
+    padded = encode_data_chunk(b"abc") + b"\x18\x01"
+    header, data = decode_upload_chunk(padded)
+    assert header is None and bytes(data) == b"abc"
+    assert serialize(b"raw") == b"raw"
+    assert serialize(pb.JobRef(job_id="x")) == pb.JobRef(job_id="x").SerializeToString()

@@ -101,7 +101,32 @@ def test_bad_model_files_are_refused(tmp_path: Path) -> None:
 def test_inspection_modules_do_not_import_torch() -> None:
     code = (
         "import sys, inference.model, inference.registry, inference.frames, inference.dataset, "
-        "inference.splits, inference.metrics\n"
+        "inference.splits, inference.metrics, inference.line, inference.session, "
+        "inference.serve, inference.explain, inference.drift, node.app, node.api.app, node.cli\n"
         "assert 'torch' not in sys.modules, 'torch was imported'"
     )
     subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).parents[3])
+
+
+def test_four_grade_variant_exports_and_judges(cells: ElImages) -> None:
+    from inference.dataset import GRADE_CLASSES
+
+    config = training.TrainConfig(
+        input_size=SIZE, epochs=1, batch_size=32, widths=(4, 8, 8), threads=1, num_classes=4
+    )
+    result = training.train_and_export(
+        cells.subset(range(200)), cells.subset(range(200, 328)), config
+    )
+    model = OnnxClassifier(result.onnx_bytes, device="cpu")
+    assert model.info.class_names == GRADE_CLASSES and model.info.defective_classes == (2, 3)
+    inputs, labels = training.tensors(cells.subset(range(200, 328)), config)
+    expected = training.predict_proba(result.model, inputs)
+    np.testing.assert_allclose(model.probabilities(inputs.numpy()), expected, atol=1e-5, rtol=1e-4)
+    assert set(labels.tolist()) <= {0, 1, 2, 3} and result.metrics.count == 128
+    for judged, score in zip(
+        model.judge(list(cells.images[200:228])),
+        training.defect_scores(expected[:28], 4),
+        strict=True,
+    ):
+        assert judged.score == pytest.approx(score, abs=1e-5)
+        assert judged.defect_class in ((None,) if score < 0.5 else GRADE_CLASSES[2:])

@@ -122,3 +122,20 @@ def test_malformed_documents_name_the_field(queue: LeafQueue, mutate: object, fi
         InclusionProof.parse(json.dumps(doc))
     with pytest.raises(ProofFormatError, match="not JSON"):
         document_type(b"{nope")
+
+
+def test_confirmation_cache_keeps_only_fresh_passing_checks() -> None:
+    from ledger.proofs import Check, ConfirmationCache
+
+    cache = ConfirmationCache(ttl_s=60, max_entries=2)
+    ok, bad = [Check("anchored", True, "yes")], [Check("anchored", False, "no")]
+    cache.put(("a",), ok)
+    cache.put(("b",), bad)
+    assert cache.get(("a",)) == ok and cache.get(("b",)) is None
+    cache.put(("c",), ok)
+    cache.put(("d",), ok)
+    assert cache.get(("a",)) is None  # evicted, oldest first
+    assert ConfirmationCache(ttl_s=0.0).get(("c",)) is None
+    stale = ConfirmationCache(ttl_s=-1.0)
+    stale.put(("e",), ok)
+    assert stale.get(("e",)) is None

@@ -172,10 +172,12 @@ transfer_messages: st.SearchStrategy[TransferMessage] = st.one_of(  # type: igno
     head(TransferCompletion, checkpoints, instants),
     head(TransferTermination, texts, instants),
 )
-rows = st.lists(st.builds(BatchRow, st.binary(max_size=40), texts), max_size=5).map(tuple)
+lines = st.binary(max_size=40).map(lambda b: b.replace(b"\n", b" "))
+rows = st.lists(st.builds(BatchRow, lines, texts), max_size=5).map(tuple)
+batches = st.builds(RowBatch.of, ids, rows, checkpoints, st.booleans())
 
 
-@given(transfer_messages, st.builds(RowBatch, ids, rows, checkpoints, st.booleans()))
+@given(transfer_messages, batches)
 def test_transfer_messages_and_batches_round_trip(
     message: TransferMessage, batch: RowBatch
 ) -> None:
@@ -184,9 +186,37 @@ def test_transfer_messages_and_batches_round_trip(
         serde.transfer_message_from_proto(transfer_pb2.TransferMessage.FromString(wire)) == message
     )
     wire = serde.row_batch_to_proto(batch).SerializeToString()
-    assert serde.row_batch_from_proto(transfer_pb2.RowBatch.FromString(wire)) == batch
+    decoded = serde.row_batch_from_proto(transfer_pb2.RowBatch.FromString(wire))
+    assert decoded == batch
+    assert [(r.payload, r.order_id) for r in decoded.rows] == [
+        (r.payload, r.order_id) for r in batch.rows
+    ]
     pull = serde.PullRequest(batch.transfer_id, batch.checkpoint, 7)
     assert serde.pull_request_from_proto(serde.pull_request_to_proto(pull)) == pull
+
+
+def test_a_batch_whose_rows_do_not_fit_its_count_or_orders_is_refused() -> None:
+    checkpoint = Checkpoint(2, b"\1" * 32, "9")
+    good = RowBatch.of("tx", (BatchRow(b"{}", "O1"), BatchRow(b"{}", "O2")), checkpoint)
+    assert good.order_index == (0, 1) and good.orders() == ["O1", "O2"]
+    for bad, why in (
+        (transfer_pb2.RowBatch(payload=b"{}\n{}", row_count=3), "lines for 3 rows"),
+        (transfer_pb2.RowBatch(payload=b"{}", row_count=1), "rows without orders"),
+        (
+            transfer_pb2.RowBatch(payload=b"{}\n{}", row_count=2, order_ids=["a", "b"]),
+            "no order index",
+        ),
+        (
+            transfer_pb2.RowBatch(
+                payload=b"{}\n{}", row_count=2, order_ids=["a", "b"], order_index=[0, 2]
+            ),
+            "order index",
+        ),
+    ):
+        bad.transfer_id = "tx"
+        bad.checkpoint.CopyFrom(serde.checkpoint_to_proto(checkpoint))
+        with pytest.raises(serde.WireFormatError, match=why):
+            serde.row_batch_from_proto(bad)
 
 
 def test_transfer_ack_carries_state_and_cursor() -> None:

@@ -1,0 +1,106 @@
+"""The README's first command: `qdspace demo` runs the whole data space and says what happened.
+
+One run of the real demo (its own processes, chain, Ray and work folder), then the
+summary it wrote is checked chapter by chapter against what each capability promises.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory: pytest.TempPathFactory) -> tuple[subprocess.CompletedProcess[str], Path]:
+    workdir = tmp_path_factory.mktemp("demo") / "space"
+    done = subprocess.run(
+        [sys.executable, "-m", "node", "demo", "--workdir", str(workdir)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "COLUMNS": "200"},
+    )
+    return done, workdir
+
+
+def _summary(workdir: Path) -> dict[str, Any]:
+    data: dict[str, Any] = json.loads((workdir / "summary.json").read_text())
+    return data
+
+
+def test_demo_exits_cleanly_and_says_where_to_look(
+    demo: tuple[subprocess.CompletedProcess[str], Path],
+) -> None:
+    done, workdir = demo
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    out = done.stdout
+    assert "where to look" in out
+    assert (
+        "nodes stopped: sunarc (exit 0), cellex (exit 0), polycell (exit 0), regulator (exit 0)"
+        in out
+    )
+    summary = _summary(workdir)
+    assert set(summary["members"]) == {"sunarc", "cellex", "polycell", "regulator"}
+    # every pair authenticated over mTLS
+    for caller, row in summary["handshakes"].items():
+        for callee, result in row.items():
+            assert caller == callee or result.startswith("ok"), (caller, callee, result)
+    assert "PERMISSION_DENIED" in summary["refusal"]
+
+
+def test_demo_contract_life_cycle(demo: tuple[subprocess.CompletedProcess[str], Path]) -> None:
+    done, workdir = demo
+    assert done.returncode == 0
+    contracts = _summary(workdir)["chapters"]["contracts"]
+    assert len(contracts["agreements"]) >= 2
+    assert len(contracts["refusals"]) >= 3
+    assert all("PERMISSION_DENIED" in r for r in contracts["refusals"])
+    retention = contracts["retention"]
+    assert retention["rows_deleted"] > 0 and retention["rows_left"] == 0
+    held = retention["receipts"]
+    # the consumer holds a receipt for each deleted data set, and its provider holds it too
+    consumer_ids = {r["receipt_id"] for r in held["sunarc"]}
+    provider_ids = {r["receipt_id"] for name in ("cellex", "polycell") for r in held[name]}
+    assert consumer_ids and consumer_ids == provider_ids
+
+
+def test_demo_inspects_at_every_supplier(
+    demo: tuple[subprocess.CompletedProcess[str], Path],
+) -> None:
+    done, workdir = demo
+    assert done.returncode == 0
+    inspection = _summary(workdir)["chapters"]["inspection"]
+    for supplier in ("cellex", "polycell"):
+        line = inspection[supplier]
+        assert line["frames"] > 0 and line["stored"] == line["frames"] == line["qdm_new_rows"]
+        assert len(line["versions"]) == 2  # hot swap: both versions judged frames
+        assert line["heatmaps"] > 0
+
+
+def test_demo_federates_and_regulator_verifies(
+    demo: tuple[subprocess.CompletedProcess[str], Path],
+) -> None:
+    done, workdir = demo
+    assert done.returncode == 0
+    chapters = _summary(workdir)["chapters"]
+    federation = chapters["federation"]
+    assert len(federation["rounds"]) >= 2
+    assert all(0.0 <= r["accuracy"] <= 1.0 for r in federation["rounds"])
+    assert set(federation["members"]) >= {"cellex", "polycell", "sunarc"}
+    ledger = chapters["ledger"]
+    assert ledger["contracts"] and all(c["valid"] for c in ledger["contracts"])
+    assert ledger["inspections"] and all(i["valid"] for i in ledger["inspections"])
+    kinds = {c["kind"] for c in ledger["contracts"]}
+    assert {"agreement", "deletion_receipt"} <= kinds
+    assert ledger["tampered"]["valid"] is False
+    assert ledger["passport"]["valid"] is True
+    proof = next((workdir / "ledger").glob("proof-*.json"))
+    assert proof.stat().st_size > 0
