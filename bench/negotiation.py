@@ -2,13 +2,14 @@
 
 Two real node processes (OEM, supplier). Each sample is one ``POST /v1/contracts/
 negotiations`` on the OEM's operator API asking for exactly the supplier's offer narrowed to
-one of the OEM's orders: the OEM reads the asset, sends the ContractRequest over mutual
-TLS, the supplier agrees at once and signs (Ed25519), the OEM verifies and countersigns,
-the supplier verifies and finalizes; each side commits every state to its SQLite file
-before answering. Baseline in the same run: ``POST /v1/peers/{peer}/hello`` through the
-same API (one mTLS round trip, nothing signed or stored). Each is reported as the operator
-sees it (HTTP included) and as the OEM node measures it (``in_node``: from the route's
-start to FINALIZED, both signatures persisted on both sides).
+one of the OEM's orders: the OEM sends the ContractRequest over mutual TLS (two round
+trips in all), the supplier agrees at once and signs (Ed25519), the OEM verifies and
+countersigns, the supplier verifies and finalizes; each side commits its state to its
+SQLite file before it answers or sends. Baseline in the same run:
+``POST /v1/peers/{peer}/hello`` through the same API (one mTLS round trip, nothing signed
+or stored). Each is reported as the operator sees it (HTTP included) and as the OEM node
+measures it (``in_node``: from the route's start to FINALIZED, both signatures persisted
+on both sides).
 
     python bench/negotiation.py              # 200 negotiations
     python bench/negotiation.py --runs 50 --out result.json

@@ -5,13 +5,16 @@ Setup: a supplier node (a real ``qdspace node start`` process) holds N inspectio
 of one order; an OEM node negotiates an agreement for them. Then three measurements:
 
 1. ``policy_stream``: a client with the OEM's certificate pulls the transfer straight from
-   the supplier over mutual TLS: the supplier's node reads its QDM page by page, applies the
-   agreement's gate (order scope, granted fields) before serialisation, chains the sha256
-   checkpoint and streams batches; the client decodes each batch and verifies its
-   checkpoint (the consumer's integrity check), storing nothing.
+   the supplier over mutual TLS: the supplier's node reads its QDM a page at a time (only
+   the granted columns of rows in the order scope), checks and encodes the page as JSON
+   lines, chains the sha256 checkpoint over the batch and streams it; the client decodes
+   each batch (rows and their orders) and verifies its checkpoint (the consumer's
+   integrity check), storing nothing.
 2. ``plain_stream`` (baseline): a bare gRPC server in its own process streams the very same
    serialized batches (captured from run 1) over an insecure channel; the client decodes
    them the same way, without the checkpoint check.
+
+Each stream is timed three times after a warm-up and the fastest run is reported.
 3. ``node_to_node``: the OEM node itself pulls the transfer (``POST /v1/contracts/transfers``)
    and stores every row encrypted under the agreement's data key: the full consumer path.
 
@@ -48,6 +51,7 @@ from protocols.v1 import transfer_pb2, transfer_pb2_grpc
 
 ORDER = "PO-2026-0042"
 BATCH_ROWS = 2000
+REPEATS = 3  # each stream is timed 3 times; the fastest run counts (a shared machine is noisy)
 PLAIN_METHOD = "/bench.Plain/Pull"
 
 
@@ -212,7 +216,8 @@ def main() -> None:
         net, agreement_id = _setup(Path(tmp) / "space", args.records)
         try:
             asyncio.run(_policy_stream(net, agreement_id))  # warm-up (page cache, channels)
-            rows, seconds, raw = asyncio.run(_policy_stream(net, agreement_id))
+            runs = [asyncio.run(_policy_stream(net, agreement_id)) for _ in range(REPEATS)]
+            rows, seconds, raw = min(runs, key=lambda run: run[1])
             results["policy_stream_records_per_s"] = rows / seconds
             captured = Path(tmp) / "batches.json"
             captured.write_text(json.dumps([b.hex() for b in raw]))
@@ -226,7 +231,8 @@ def main() -> None:
                     time.sleep(0.05)
                 port = int(port_file.read_text())
                 asyncio.run(_plain_stream(port))  # warm-up
-                plain_rows, plain_s = asyncio.run(_plain_stream(port))
+                plain = [asyncio.run(_plain_stream(port)) for _ in range(REPEATS)]
+                plain_rows, plain_s = min(plain, key=lambda run: run[1])
             finally:
                 server.terminate()
                 server.join()

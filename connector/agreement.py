@@ -102,7 +102,12 @@ class ContractAgreement:
         }
 
     def canonical_bytes(self) -> bytes:
-        return canonical_json(self.to_dict())
+        cached = self.__dict__.get("_canonical")
+        if cached is None:  # immutable, so computed once (signing, verifying, storing use it)
+            cached = canonical_json(self.to_dict())
+            object.__setattr__(self, "_canonical", cached)
+        assert isinstance(cached, bytes)
+        return cached
 
     def digest(self) -> bytes:
         """sha256 of the canonical bytes: the agreement's ledger leaf content."""
@@ -306,7 +311,12 @@ class DeletionReceipt:
         }
 
     def canonical_bytes(self) -> bytes:
-        return canonical_json(self.to_dict())
+        cached = self.__dict__.get("_canonical")
+        if cached is None:  # immutable, so computed once (signing, verifying, storing use it)
+            cached = canonical_json(self.to_dict())
+            object.__setattr__(self, "_canonical", cached)
+        assert isinstance(cached, bytes)
+        return cached
 
     @property
     def receipt_id(self) -> str:

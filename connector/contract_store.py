@@ -3,9 +3,10 @@
 `ContractStore` keeps negotiations (with the ids of every message applied, so a
 retried message is recognised after a restart), signed agreements, transfer
 cursors, an outbox of protocol messages, the rows received under agreements,
-order closures and deletion receipts. It works over a plain SQLAlchemy
-`Engine` passed in, with its own `MetaData` (`ensure_schema` creates the
-tables), so it can share the node's QDM database or live in its own.
+order closures, deletion receipts and the SPC alerts peers sent. It works over a plain SQLAlchemy
+`Engine` passed in; its tables (`CONTRACT_METADATA`) are created by the Alembic
+migration ``0002_contracts`` (`ensure_schema` runs the migrations), so it shares
+the node's QDM database or lives in its own.
 
 Concurrency: states are saved by compare-and-set on the number of messages
 applied (`save_negotiation(before, after)`), so two handlers racing on one
@@ -45,6 +46,7 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
     and_,
+    bindparam,
     delete,
     func,
     insert,
@@ -69,7 +71,9 @@ from connector.contract_errors import (
     UnknownContractError,
 )
 from connector.negotiation import Negotiation, NegotiationState, Role
+from connector.spc import QualityAlert, SpcAlert, SpcPoint
 from connector.transfer import Checkpoint, TransferProcess, TransferState
+from policies.canonical import format_datetime, parse_datetime
 from policies.codec import parse_policy, policy_to_json
 from policies.evaluate import order_in_scope
 from policies.retention import (
@@ -207,6 +211,21 @@ receipt_table = Table(
     Column("deleted_at", UTCDateTime(), nullable=False),
     UniqueConstraint("agreement_id", "order_id", name="uq_contract_receipt_duty"),
 )
+alert_table = Table(
+    "contract_quality_alert",
+    CONTRACT_METADATA,
+    Column("sender_id", String(_ID), primary_key=True),
+    Column("alert_id", String(_ID), primary_key=True),
+    Column("agreement_id", String(_ID), nullable=False),
+    Column("order_id", String(_ID), nullable=False),
+    Column("station", String(_ID), nullable=False),
+    Column("characteristic", String(_ID), nullable=False),
+    Column("rule", String(16), nullable=False),
+    Column("description", Text, nullable=False),
+    Column("points_json", Text, nullable=False),
+    Column("alert_at", UTCDateTime(), nullable=False),
+    Column("received_at", UTCDateTime(), nullable=False, index=True),
+)
 _KEY_CONTEXT = b"qdspace.v1/data-key\x00"
 _ROW_CONTEXT = b"qdspace.v1/received-row\x00"
 _NEGOTIATION = "negotiation"
@@ -214,8 +233,11 @@ _TRANSFER = "transfer"
 
 
 def ensure_schema(engine: Engine) -> None:
-    """Create the contract tables that do not exist yet (idempotent)."""
-    CONTRACT_METADATA.create_all(engine)
+    """Bring the database to the newest schema, contract tables included (Alembic
+    revision ``0002_contracts``; idempotent). A node's QDM database already is."""
+    from connector.storage import migrate  # the node's one migration path
+
+    migrate(engine)
 
 
 def utc_now() -> datetime:
@@ -337,6 +359,7 @@ class ContractStore:
         self._keys: dict[tuple[str, str], AESGCM] = {}
         dialect = sqlite if engine.dialect.name == "sqlite" else postgresql
         self._upsert = dialect.insert
+        self._row_sql: tuple[str, tuple[str, ...] | None] | None = None
 
     # ----------------------------------------------------------- messages
 
@@ -803,18 +826,49 @@ class ContractStore:
     def _row_aad(agreement_id: str, order_id: str, source_id: str, seq: int) -> bytes:
         return _ROW_CONTEXT + f"{agreement_id}\x00{order_id}\x00{source_id}\x00{seq}".encode()
 
+    _ROW_COLUMNS = (
+        "agreement_id",
+        "order_id",
+        "source_id",
+        "seq",
+        "nonce",
+        "ciphertext",
+        "received_at",
+    )
+
+    def _row_insert(self) -> tuple[str, tuple[str, ...] | None]:
+        """The driver SQL of the received-row upsert and, for a positional driver, the
+        order of its parameters (compiled once; a page is one executemany)."""
+        if self._row_sql is None:
+            table = received_row_table
+            statement = (
+                self._upsert(table)
+                .values({name: bindparam(name) for name in self._ROW_COLUMNS})
+                .on_conflict_do_nothing(index_elements=["source_id", "seq"])
+            )
+            compiled = statement.compile(dialect=self.engine.dialect)
+            order = tuple(compiled.positiontup or ()) if compiled.positional else None
+            self._row_sql = (compiled.string, order)
+        return self._row_sql
+
     def _store_rows(
         self,
         connection: Connection,
         agreement_id: str,
         source_id: str,
-        rows: Iterable[IncomingRow],
+        rows: Sequence[IncomingRow],
         at: datetime,
     ) -> int:
+        if not rows:
+            return 0
+        dialect = self.engine.dialect
+        stamp = received_row_table.c.received_at.type.dialect_impl(dialect).bind_processor(dialect)
+        received_at: Any = stamp(at) if stamp is not None else at
+        nonces = os.urandom(12 * len(rows))
         records = []
-        for row in rows:
+        for index, row in enumerate(rows):
             cipher = self._data_key(connection, agreement_id, row.order_id, True, at)
-            nonce = os.urandom(12)
+            nonce = nonces[12 * index : 12 * index + 12]
             aad = self._row_aad(agreement_id, row.order_id, source_id, row.seq)
             records.append(
                 {
@@ -824,18 +878,28 @@ class ContractStore:
                     "seq": row.seq,
                     "nonce": nonce,
                     "ciphertext": cipher.encrypt(nonce, row.payload, aad),
-                    "received_at": at,
+                    "received_at": received_at,
                 }
             )
-        if not records:
-            return 0
-        statement = (
-            self._upsert(received_row_table)
-            .on_conflict_do_nothing(index_elements=["source_id", "seq"])
-            .returning(received_row_table.c.id)
+        sql, order = self._row_insert()
+        params: list[Any] = (
+            records if order is None else [tuple(r[k] for k in order) for r in records]
         )
-        # rowcount is -1 for executemany on psycopg; RETURNING counts the new rows exactly.
-        return len(connection.execute(statement, records).all())
+        seqs = [row.seq for row in rows]
+        span = (source_id, min(seqs), max(seqs))
+        before = self._count_span(connection, *span)
+        connection.exec_driver_sql(sql, params)
+        # What was new (a re-delivered row is ignored): the drivers' executemany rowcounts
+        # differ, a count over the batch's (source, seq) range (an index range) does not.
+        return self._count_span(connection, *span) - before
+
+    @staticmethod
+    def _count_span(connection: Connection, source_id: str, first: int, last: int) -> int:
+        table = received_row_table
+        statement = select(func.count()).where(
+            table.c.source_id == source_id, table.c.seq.between(first, last)
+        )
+        return int(connection.execute(statement).scalar_one())
 
     def store_received_rows(
         self, agreement_id: str, source_id: str, rows: Iterable[IncomingRow], at: datetime
@@ -845,7 +909,7 @@ class ContractStore:
         Returns how many rows were new.
         """
         with self.engine.begin() as connection:
-            return self._store_rows(connection, agreement_id, source_id, rows, at)
+            return self._store_rows(connection, agreement_id, source_id, list(rows), at)
 
     def commit_transfer_batch(
         self,
@@ -1071,6 +1135,65 @@ class ContractStore:
                 )
             ).first()
         return row is not None and row.wrapped_key is None
+
+    # ------------------------------------------------------ received alerts
+
+    def record_alert(self, sender_id: str, notice: QualityAlert, at: datetime) -> bool:
+        """Keep an SPC alert a peer sent us; False when it was kept before (a retry)."""
+        alert = notice.alert
+        points = [
+            {"index": p.index, "value": p.value, "at": format_datetime(p.at)} for p in alert.points
+        ]
+        key = (alert_table.c.sender_id == sender_id, alert_table.c.alert_id == notice.alert_id)
+        with self.engine.begin() as connection:
+            if connection.execute(select(func.count()).where(*key)).scalar_one():
+                return False
+            connection.execute(
+                self._upsert(alert_table)
+                .values(
+                    sender_id=sender_id,
+                    alert_id=notice.alert_id,
+                    agreement_id=notice.agreement_id,
+                    order_id=notice.order_id,
+                    station=notice.station,
+                    characteristic=notice.characteristic,
+                    rule=alert.rule,
+                    description=alert.description,
+                    points_json=json.dumps(points),
+                    alert_at=alert.at,
+                    received_at=at,
+                )
+                .on_conflict_do_nothing()
+            )
+        return True
+
+    def received_alerts(self, sender_id: str | None = None) -> list[QualityAlert]:
+        """The SPC alerts peers sent us (of one sender), in the order they arrived."""
+        table = alert_table
+        statement = select(table).order_by(table.c.received_at, table.c.alert_id)
+        if sender_id is not None:
+            statement = statement.where(table.c.sender_id == sender_id)
+        with self.engine.connect() as connection:
+            rows = connection.execute(statement).all()
+        return [
+            QualityAlert(
+                alert_id=row.alert_id,
+                alert=SpcAlert(
+                    row.rule,
+                    row.description,
+                    tuple(
+                        SpcPoint(p["index"], p["value"], parse_datetime(p["at"]))
+                        for p in json.loads(row.points_json)
+                    ),
+                    row.alert_at,
+                ),
+                agreement_id=row.agreement_id,
+                order_id=row.order_id,
+                station=row.station,
+                characteristic=row.characteristic,
+            )
+            for row in rows
+        ]
 
     # --------------------------------------------------------------- receipts
 

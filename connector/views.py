@@ -13,10 +13,11 @@ that order, so a field the agreement does not grant is never even pseudonymised.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
+from itertools import repeat
 from typing import Any
 
 import orjson
@@ -398,8 +399,6 @@ def parse_position(position: str) -> int:
 
 DEFAULT_BATCH_ROWS = 500
 
-Columns = dict[str, list[Any]]
-
 
 def _is_type(column: Any, kind: type) -> bool:
     kind_of = column.type
@@ -436,27 +435,39 @@ def wire_timestamp(value: Any) -> str | None:
     return _slow_timestamp(value)
 
 
+def wire_timestamps(values: list[Any]) -> list[str | None]:
+    """`wire_timestamp` of a column; the ingest's ``...HH:MM:SS+00:00`` inline (most rows)."""
+    return [
+        f"{v[:10]}T{v[11:19]}Z"
+        if type(v) is str and len(v) == 25 and v[10] == " " and v[19:] == "+00:00"
+        else wire_timestamp(v)
+        for v in values
+    ]
+
+
 def read_pages(
     engine: Engine,
     table: Table,
-    fields: Iterable[str],
+    fields: Sequence[str],
     where: Any,
     *,
     after: int = 0,
     page_size: int = DEFAULT_PAGE_SIZE,
-) -> Iterator[tuple[list[int], Columns, bool]]:
-    """Pages of raw column values (no type conversion) of rows with id > after, in id
-    order: (ids, {field: values}, last). A short page is the last; when the last page
-    is full, an empty last page follows."""
+) -> Iterator[tuple[list[Sequence[Any]], bool]]:
+    """Pages of raw driver rows (no type conversion) with id > after, in id order:
+    (rows, last). Each row holds `fields` in the order given, then its id. A short
+    page is the last; when the last page is full, an empty last page follows."""
     if after < 0:
         raise ViewError(f"cursor {after} is negative")
     if page_size < 1:
         raise ViewError("page_size must be >= 1")
-    columns = _columns(table, fields)
-    names = [c.name for c in columns]
+    unknown = set(fields) - table_fields(table)
+    if unknown or len(set(fields)) != len(fields):
+        raise ViewError(f"{table.name}: cannot read fields {list(fields)}")
+    columns = [table.c[name] for name in fields]
     cursor = after
     while True:
-        statement = select(table.c.id, *columns).where(table.c.id > cursor)
+        statement = select(*columns, table.c.id).where(table.c.id > cursor)
         if where is not None:
             statement = statement.where(where)
         statement = statement.order_by(table.c.id).limit(page_size)
@@ -473,19 +484,14 @@ def read_pages(
             driver = connection.connection.cursor()
             try:
                 driver.execute(compiled.string, args)
-                page = driver.fetchall()
+                page: list[Sequence[Any]] = list(driver.fetchall())
             finally:
                 driver.close()
-        if not page:
-            yield [], {name: [] for name in names}, True
-            return
-        values = list(zip(*page, strict=True))
-        ids = list(values[0])
-        cursor = ids[-1]
         last = len(page) < page_size
-        yield ids, {name: list(values[i + 1]) for i, name in enumerate(names)}, last
+        yield page, last
         if last:
             return
+        cursor = page[-1][-1]
 
 
 @dataclass(frozen=True)
@@ -499,9 +505,10 @@ class EncodedPage:
 
 
 class PageEncoder:
-    """The gate of one request compiled for whole pages of `table`: `encode(ids, columns)`
+    """The gate of one request compiled for whole pages of `table`: `encode(page)`
     keeps the rows in scope, projects them on the granted fields, pseudonymises and
-    encodes them. `read_fields` are the columns to read (granted fields + order key)."""
+    encodes them. `read_fields` are the columns to read: the granted fields (sorted, the
+    order they are encoded in) and, when not granted, the order key after them."""
 
     def __init__(self, gate: ReleaseGate, table: Table, attributed: str | None = None) -> None:
         if not gate.decision.allowed:
@@ -511,11 +518,15 @@ class PageEncoder:
         self.order_key = asset.order_key
         self.attributed = attributed
         self.fields = sorted(gate.decision.allowed_fields)
-        self.read_fields = sorted(gate.query_fields)
+        if self.order_key in self.fields:
+            self.read_fields = list(self.fields)
+        else:
+            self.read_fields = [*self.fields, self.order_key]
+        self._order_at = self.read_fields.index(self.order_key)
         self._order = gate.request.order_id  # None: the scope is decided row by row
-        self._timestamps = {n for n in self.read_fields if _is_type(table.c[n], DateTime)}
-        self._floats = {n for n in self.fields if _is_type(table.c[n], Float)}
-        self._pseudonymized = [n for n in self.fields if n in gate.asset.pseudonymized]
+        self._timestamps = [n for n in self.read_fields if _is_type(table.c[n], DateTime)]
+        self._floats = [n for n in self.fields if _is_type(table.c[n], Float)]
+        self._pseudonymized = [n for n in self.fields if n in asset.pseudonymized]
         self._pseudonyms: dict[Any, str] = {}
 
     def _pseudonym(self, value: Any) -> Any:
@@ -528,61 +539,79 @@ class PageEncoder:
                 self._pseudonyms[value] = out
         return out
 
-    def encode(self, ids: list[int], columns: Columns) -> EncodedPage:
-        n = len(ids)
-        if self.attributed is not None:
-            columns[self.order_key] = [self.attributed] * n
+    def _rows(self, page: list[Sequence[Any]], names: list[str]) -> list[dict[str, Any]]:
+        """Dicts of `names` (a prefix of the read fields) with timestamps on the wire form."""
+        # dict(zip(names, row)) per row, in C; zip stops at the names, leaving out the id
+        rows: list[dict[str, Any]] = list(map(dict, map(zip, repeat(names), page)))
         for name in self._timestamps:
-            columns[name] = list(map(wire_timestamp, columns[name]))
-        orders: list[Any] = columns[self.order_key]
-        if self._order is not None:
-            return self._encode_uniform(ids, columns, orders)
-        return self._encode_per_row(ids, columns, orders)
+            if name in names:
+                at = self.read_fields.index(name)
+                stamps = wire_timestamps([row[at] for row in page])
+                for row, stamp in zip(rows, stamps, strict=True):
+                    row[name] = stamp
+        return rows
 
-    def _encode_uniform(self, ids: list[int], columns: Columns, orders: list[Any]) -> EncodedPage:
+    def encode(self, page: list[Sequence[Any]]) -> EncodedPage:
+        if self._order is not None:
+            return self._encode_uniform(page)
+        return self._encode_per_row(page)
+
+    def _encode_uniform(self, page: list[Sequence[Any]]) -> EncodedPage:
         order = self._order
         assert order is not None
-        if orders.count(order) != len(orders):  # the query is scoped; this is the check
-            keep = [i for i, o in enumerate(orders) if o == order]
-            ids = [ids[i] for i in keep]
-            columns = {k: [v[i] for i in keep] for k, v in columns.items()}
+        if self.attributed is None:  # the query is scoped; this is the check
+            at = self._order_at
+            orders = [row[at] for row in page]
+            if orders.count(order) != len(orders):
+                page = [row for row in page if row[at] == order]
+        if not page:
+            return EncodedPage(b"", 0, (), ())
+        rows = self._rows(page, self.fields)
+        if self.attributed is not None and self.order_key in self.fields:
+            for row in rows:
+                row[self.order_key] = self.attributed
         for name in self._pseudonymized:
-            columns[name] = list(map(self._pseudonym, columns[name]))
+            pseudonyms = list(map(self._pseudonym, [row[name] for row in rows]))
+            for row, pseudonym in zip(rows, pseudonyms, strict=True):
+                row[name] = pseudonym
         for name in self._floats:
-            self._check_finite(ids, columns[name])
-        names = self.fields
-        dumps = orjson.dumps
+            self._check_finite(page, [row[name] for row in rows])
         try:
-            rows = zip(*(columns[k] for k in names), strict=True)
-            lines = [dumps(dict(zip(names, row, strict=True))) for row in rows]
+            body = orjson.dumps(rows)  # one call per page: [{...},{...},...]
         except orjson.JSONEncodeError as exc:
             raise ViewError(f"{self.gate.asset.asset_id}: a row has no JSON form: {exc}") from None
-        count = len(lines)
-        return EncodedPage(b"\n".join(lines), count, (order,) if count else (), ())
+        # Rows are flat, non-empty objects and a '"' inside a string is escaped, so '},{"'
+        # occurs only between two rows: the page becomes JSON lines (RowBatch checks the count).
+        payload = body[1:-1].replace(b'},{"', b'}\n{"')
+        return EncodedPage(payload, len(rows), (order,), ())
 
-    def _encode_per_row(self, ids: list[int], columns: Columns, orders: list[Any]) -> EncodedPage:
-        names = self.read_fields
+    def _encode_per_row(self, page: list[Sequence[Any]]) -> EncodedPage:
         lines: list[bytes] = []
         row_orders: list[str] = []
-        for index, values in enumerate(zip(*(columns[k] for k in names), strict=True)):
-            released = self.gate(dict(zip(names, values, strict=True)))
+        for raw, row in zip(page, self._rows(page, self.read_fields), strict=True):
+            if self.attributed is not None:
+                row[self.order_key] = self.attributed
+            released = self.gate(row)
             if released is None:
                 continue
             for name in self._floats:
-                self._check_finite([ids[index]], [released.get(name)])
+                self._check_finite([raw], [released.get(name)])
             lines.append(row_bytes(released))
-            order = orders[index]
+            order = row[self.order_key]
             row_orders.append(order if isinstance(order, str) else "")
         order_ids = tuple(dict.fromkeys(row_orders))
         index_of = {o: i for i, o in enumerate(order_ids)}
         order_index = tuple(index_of[o] for o in row_orders) if len(order_ids) > 1 else ()
         return EncodedPage(b"\n".join(lines), len(lines), order_ids, order_index)
 
-    def _check_finite(self, ids: list[int], values: list[Any]) -> None:
-        for row_id, value in zip(ids, values, strict=True):
+    def _check_finite(self, page: list[Sequence[Any]], values: list[Any]) -> None:
+        present = [value for value in values if value is not None]
+        if math.isfinite(sum(present)):  # a NaN or an infinity makes the sum one
+            return
+        for raw, value in zip(page, values, strict=True):  # which row (or an overflow)
             if value is not None and not math.isfinite(value):
                 raise ViewError(
-                    f"{self.gate.asset.asset_id}: row {row_id} holds {value!r}, "
+                    f"{self.gate.asset.asset_id}: row {raw[-1]} holds {value!r}, "
                     "which has no JSON form"
                 )
 
@@ -613,16 +642,16 @@ def stream_batches(
     encoder = PageEncoder(gate, table, attributed)
     after = parse_position(process.checkpoint.position)
     pages = read_pages(engine, table, encoder.read_fields, where, after=after, page_size=batch_rows)
-    for ids, columns, last in pages:
-        page = encoder.encode(ids, columns)
-        position = str(ids[-1]) if ids else None
-        process = advance_payload(process, page.payload, page.count, position)
+    for page, last in pages:
+        encoded = encoder.encode(page)
+        position = str(page[-1][-1]) if page else None
+        process = advance_payload(process, encoded.payload, encoded.count, position)
         batch = RowBatch(
             process.transfer_id,
-            page.payload,
-            page.count,
-            page.order_ids,
-            page.order_index,
+            encoded.payload,
+            encoded.count,
+            encoded.order_ids,
+            encoded.order_index,
             process.checkpoint,
             last,
         )

@@ -27,6 +27,7 @@ class RefusalReason(StrEnum):
     DEADLINE_PASSED = "deadline_passed"
     DROPPED = "dropped"
     BAD_SIGNATURE = "bad_signature"
+    NO_AGREEMENT = "no_agreement"
 
 
 class UpdateRefused(FederationError, ValueError):

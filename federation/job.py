@@ -53,6 +53,9 @@ class JobSpec:
     phase_timeout_s: float = DEFAULT_PHASE_TIMEOUT_S
     training: Mapping[str, float] = field(default_factory=dict)
     purpose: str = TRAINING_PURPOSE
+    #: Contract asset id (``federation.agreements``): when set, the coordinator accepts
+    #: keys and updates only from members holding an active agreement for it.
+    agreement_asset: str | None = None
 
     def __post_init__(self) -> None:
         problems = list(self._problems())
@@ -142,7 +145,7 @@ class JobSpec:
             "phase_timeout_s": self.phase_timeout_s,
             "training": {k: float(v) for k, v in sorted(self.training.items())},
             "purpose": self.purpose,
-        }
+        } | ({} if self.agreement_asset is None else {"agreement_asset": self.agreement_asset})
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> JobSpec:
@@ -165,6 +168,9 @@ class JobSpec:
                 phase_timeout_s=float(data.get("phase_timeout_s", DEFAULT_PHASE_TIMEOUT_S)),
                 training={str(k): float(v) for k, v in data.get("training", {}).items()},
                 purpose=str(data.get("purpose", TRAINING_PURPOSE)),
+                agreement_asset=(
+                    None if data.get("agreement_asset") is None else str(data["agreement_asset"])
+                ),
             )
         except (KeyError, TypeError, ValueError) as exc:
             if isinstance(exc, FederationError):

@@ -45,9 +45,16 @@ class ServeSettings:
     device: Device = "auto"
     threads: int = 1
     max_batch_size: int = 16
-    batch_wait_timeout_s: float = 0.0005
+    #: 0 = adaptive batching: a batch is whatever queued while the previous one ran, so
+    #: a lone frame never waits for company and a burst still goes through in batches
+    batch_wait_timeout_s: float = 0.0
     max_ongoing_requests: int = 64
     threshold: float = DEFAULT_THRESHOLD
+    #: frames travel to the replica over Serve's direct gRPC channel, not as Ray
+    #: object references (one hop less each way; see bench/inference.py)
+    grpc_transport: bool = True
+    #: run the batch handler on a thread of its own in the replica (Serve's default)
+    user_code_thread: bool = True
 
 
 @dataclass(frozen=True)
@@ -91,7 +98,7 @@ class InspectionModel:
             self._model.providers,
         )
 
-    @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.0005)
+    @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.0)
     async def judge(self, requests: list[FrameRequest]) -> list[ServedVerdict]:
         """Judge a batch with the model current when the batch starts."""
         model = self._model
@@ -140,6 +147,15 @@ class InspectionModel:
 INSPECTION_DEPLOYMENT = serve.deployment(name=DEPLOYMENT_NAME)(InspectionModel)
 
 
+def _actor_options(settings: ServeSettings) -> dict[str, Any]:
+    options: dict[str, Any] = {"num_cpus": settings.replica_cpus}
+    if not settings.user_code_thread:
+        # judge batches on the replica's own event loop: no hop to and from a user thread
+        env = {"RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD": "0"}
+        options["runtime_env"] = {"env_vars": env}
+    return options
+
+
 def _replica_name() -> str:
     return str(serve.get_replica_context().replica_id.unique_id)
 
@@ -147,8 +163,10 @@ def _replica_name() -> str:
 class ServeJudge:
     """The stations' view of the tier: ``await judge(request)`` returns a verdict."""
 
-    def __init__(self, handle: DeploymentHandle[Any]) -> None:
-        self._judge = handle.judge
+    def __init__(self, handle: DeploymentHandle[Any], grpc_transport: bool = True) -> None:
+        # by reference, a frame goes driver -> object store -> replica and the answer back
+        # as a streamed object; over gRPC it is one request and one reply on a socket
+        self._judge = handle.judge.options(_by_reference=not grpc_transport)
 
     async def __call__(self, request: FrameRequest) -> ServedVerdict:
         verdict: ServedVerdict = await self._judge.remote(request)
@@ -180,7 +198,9 @@ class InspectionTier:
         app = INSPECTION_DEPLOYMENT.options(
             num_replicas=s.num_replicas,
             max_ongoing_requests=s.max_ongoing_requests,
-            ray_actor_options={"num_cpus": s.replica_cpus},
+            ray_actor_options=_actor_options(s),
+            # an access-log line per frame is file I/O on the replica's request path
+            logging_config={"log_level": "WARNING", "enable_access_log": False},
         ).bind(model_bytes, source, s)
         try:
             # stations call the deployment through a handle: no HTTP/gRPC proxy to feed
@@ -194,7 +214,7 @@ class InspectionTier:
 
     def judge(self) -> ServeJudge:
         """An async judge for station runners."""
-        return ServeJudge(self.handle)
+        return ServeJudge(self.handle, self.settings.grpc_transport)
 
     def swap(self, model_bytes: bytes, source: str, timeout_s: float = SWAP_TIMEOUT_S) -> str:
         """Hot-swap every replica to a new version; returns it, or raises ``ModelLoadError``.

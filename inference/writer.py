@@ -3,9 +3,12 @@
 Stations ``offer`` rows to a bounded queue and never wait: when the node is slower than
 the line the queue fills, and each verdict that does not fit is counted and alarmed.
 One writer thread drains the queue into a ``VerdictSink`` (for a node, its quality
-store's ``ingest_rows``) in batches of up to ``batch_size`` rows or every
-``flush_interval_s``. A failing sink is retried with back-off; meanwhile the queue
-absorbs what it can.
+store's ``ingest_rows``) in batches of up to ``batch_size`` rows. By default it never
+waits for a batch to fill (group commit): it writes what is queued as soon as a verdict
+arrives, and what arrives during a write goes into the next batch, so a quiet line
+stores each verdict at once and a busy one in larger batches; ``flush_interval_s > 0``
+makes it wait that long for company instead. A failing sink is retried with back-off;
+meanwhile the queue absorbs what it can.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ logger = logging.getLogger("inference")
 
 DEFAULT_CAPACITY = 4096
 DEFAULT_BATCH_SIZE = 64
-DEFAULT_FLUSH_INTERVAL_S = 0.005
+DEFAULT_FLUSH_INTERVAL_S = 0.0
 RETRY_BACKOFF_S = (0.05, 0.2, 1.0)
 
 

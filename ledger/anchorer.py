@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from ledger.client import LedgerClient, TxReceipt
+from ledger.client import ANCHOR_GAS, LedgerClient, TxReceipt
 from ledger.errors import (
     AlreadyAnchored,
     ChainUnavailable,
@@ -45,6 +45,7 @@ class AnchorPolicy:
     receipt_poll_s: float = 0.05
     backoff_initial_s: float = 0.5
     backoff_max_s: float = 30.0
+    gas: int | None = ANCHOR_GAS  # None: ask the chain to estimate every transaction
 
     def __post_init__(self) -> None:
         if self.max_leaves < 1 or self.max_age_s < 0 or self.tick_s <= 0:
@@ -97,6 +98,8 @@ class Anchorer:
         self._chain_reachable = True
         self._chain_checked = False
         self._last_error: str | None = None
+        # the next nonce to use; None means "ask the chain" (at start, after any failure)
+        self._next_nonce: int | None = None
 
     # -- feeding -------------------------------------------------------------------------
 
@@ -111,6 +114,12 @@ class Anchorer:
         stored = self.queue.enqueue_leaves(leaves)
         self._nudge(len(leaves))
         return stored
+
+    def enqueue_records(self, kind: str, ref_ids: list[str], records: list[bytes]) -> int:
+        """Queue many records of one kind in one transaction (the bulk path); returns new."""
+        fresh = self.queue.enqueue_records(kind, ref_ids, records)
+        self._nudge(fresh)
+        return fresh
 
     def _nudge(self, added: int) -> None:
         self._since_wake += added
@@ -129,18 +138,25 @@ class Anchorer:
         than the client expects or has no anchor contract at the address.
         """
         with self._step_lock:
-            if not self._chain_checked:  # never sign for a chain or contract we did not expect
-                self.client.check()
-                self._chain_checked = True
-            anchored = waiting = 0
-            for batch in self.queue.batches(SIGNED):
-                done = self._resolve(batch)
-                anchored, waiting = anchored + done, waiting + (not done)
-            sealed = self._seal_due(force)
-            for batch in self.queue.batches(SEALED):
-                done = self._send(batch)
-                anchored, waiting = anchored + done, waiting + (not done)
-            return StepReport(sealed, anchored, waiting)
+            try:
+                return self._step(force)
+            except Exception:
+                self._forget_nonce()  # e.g. the chain came back with another pool
+                raise
+
+    def _step(self, force: bool) -> StepReport:
+        if not self._chain_checked:  # never sign for a chain or contract we did not expect
+            self.client.check()
+            self._chain_checked = True
+        anchored = waiting = 0
+        for batch in self.queue.batches(SIGNED):
+            done = self._resolve(batch)
+            anchored, waiting = anchored + done, waiting + (not done)
+        sealed = self._seal_due(force)
+        for batch in self.queue.batches(SEALED):
+            done = self._send(batch)
+            anchored, waiting = anchored + done, waiting + (not done)
+        return StepReport(sealed, anchored, waiting)
 
     def _seal_due(self, force: bool) -> int:
         sealed, now = 0, self._clock()
@@ -159,18 +175,27 @@ class Anchorer:
 
     def _send(self, batch: Batch) -> bool:
         # A batch never signed cannot have been sent by us; a root someone else anchored
-        # makes the gas estimate revert with AlreadyAnchored, handled below. Only batches
-        # that went back to sealed after an attempt need asking the contract first.
+        # makes the transaction revert (or, with estimated gas, the estimate), handled in
+        # _settle. Only batches that went back to sealed after an attempt need asking the
+        # contract first.
         if batch.attempts > 0 and self._adopt_if_anchored(batch):
             return True
-        nonce = self.client.pending_nonce(self.signer.address)
+        nonce = self._nonce()
         try:
             signed = self.client.sign_anchor(
-                self.signer, batch.root, batch.leaf_count, kind_code(batch.kind), nonce
+                self.signer,
+                batch.root,
+                batch.leaf_count,
+                kind_code(batch.kind),
+                nonce,
+                # a retried batch asks for an estimate: a revert then names its reason
+                # before anything is spent
+                gas=self.policy.gas if batch.attempts == 0 else None,
             )
         except AlreadyAnchored:  # anchored between lookup and estimate
             return self._adopt_if_anchored(batch)
         batch = self.queue.mark_signed(batch, signed, self.client.chain_id, self.client.address)
+        self._next_nonce = nonce + 1
         log.info(
             "anchorer.send: batch %s (%s x%s) nonce %s tx 0x%s",
             batch.id,
@@ -180,6 +205,20 @@ class Anchorer:
             signed.tx_hash.hex(),
         )
         return self._deliver(batch)
+
+    def _nonce(self) -> int:
+        """The next nonce: counted locally while all goes well, else asked from the chain.
+
+        After a restart the journaled transactions are resolved (resent) before anything
+        new is signed, so the chain's pending count already includes them.
+        """
+        if self._next_nonce is None:
+            self._next_nonce = self.client.pending_nonce(self.signer.address)
+        return self._next_nonce
+
+    def _forget_nonce(self) -> None:
+        self._next_nonce = None
+        self.client.forget_fees()
 
     def _resolve(self, batch: Batch) -> bool:
         assert batch.tx_hash is not None
@@ -200,15 +239,21 @@ class Anchorer:
         try:
             self.client.send_raw(batch.raw_tx)
         except NonceConsumed as exc:
+            self._forget_nonce()
             if not self._adopt_if_anchored(batch):
                 self.queue.mark_unsent(batch, str(exc))
             return False
         except TransactionFailed as exc:
+            self._forget_nonce()
             self.queue.note_error(batch, str(exc))
             self._last_error = str(exc)
             return False
+        except ChainUnavailable:
+            self._forget_nonce()
+            raise
         receipt = self._wait_receipt(batch.tx_hash)
         if receipt is None:
+            self._forget_nonce()
             self.queue.note_error(batch, f"no receipt after {self.policy.receipt_timeout_s}s")
             return False
         return self._settle(batch, receipt)
@@ -237,6 +282,7 @@ class Anchorer:
             return True
         if self._adopt_if_anchored(batch):
             return True
+        self._forget_nonce()
         self.queue.mark_unsent(batch, f"tx 0x{receipt.tx_hash.hex()} reverted")
         return False
 

@@ -27,12 +27,17 @@ from pathlib import Path
 from typing import Any
 
 from eth.db.atomic import AtomicDB
+from eth.exceptions import TransactionNotFound as EvmTransactionNotFound
 from eth_tester import EthereumTester, PyEVMBackend
 from eth_tester.backends.pyevm.main import (
     generate_genesis_state_for_keys,
     get_default_genesis_params,
 )
-from eth_tester.exceptions import TransactionFailed
+from eth_tester.backends.pyevm.serializers import (
+    serialize_transaction,
+    serialize_transaction_receipt,
+)
+from eth_tester.exceptions import TransactionFailed, TransactionNotFound
 from web3 import Web3
 from web3.providers.eth_tester import EthereumTesterProvider
 from web3.providers.eth_tester.defaults import API_ENDPOINTS
@@ -102,6 +107,43 @@ def to_json_rpc(value: Any, key: str = "") -> Any:
     raise TypeError(f"cannot encode {type(value).__name__} for JSON-RPC")
 
 
+class _IndexedBackend(PyEVMBackend):  # type: ignore[misc]
+    """eth-tester's py-evm backend, finding transactions by hash through py-evm's index.
+
+    eth-tester looks a transaction up by scanning every block from the head down (its own
+    TODO says so), so each receipt cost grew with the chain: ~40 ms after 200 anchors,
+    seconds after tens of thousands. py-evm indexes every mined transaction by hash; this
+    asks that index (the pending block, which is not indexed, is still searched first).
+    """
+
+    def _locate(self, tx_hash: bytes) -> tuple[Any, Any, int]:
+        head = self.chain.get_block()
+        for index, tx in enumerate(head.transactions):
+            if tx.hash == tx_hash:
+                return head, tx, index
+        try:
+            number, index = self.chain.chaindb.get_transaction_index(tx_hash)
+        except EvmTransactionNotFound:
+            raise TransactionNotFound(
+                f"No transaction found for transaction hash: 0x{bytes(tx_hash).hex()}"
+            ) from None
+        block = self.chain.get_canonical_block_by_number(number)
+        return block, block.transactions[index], index
+
+    def get_transaction_by_hash(self, transaction_hash: bytes) -> Any:
+        block, tx, index = self._locate(transaction_hash)
+        is_pending = block.number == self.chain.get_block().number
+        return serialize_transaction(block, tx, index, is_pending)
+
+    def get_transaction_receipt(self, transaction_hash: bytes) -> Any:
+        block, tx, index = self._locate(transaction_hash)
+        is_pending = block.number == self.chain.get_block().number
+        receipts = block.get_receipts(self.chain.chaindb)
+        return serialize_transaction_receipt(
+            block, receipts, tx, index, is_pending, self.chain.get_vm()
+        )
+
+
 class EmbeddedChain:
     """One py-evm chain with its journal, answering JSON-RPC requests one at a time."""
 
@@ -111,7 +153,7 @@ class EmbeddedChain:
         self.chain_id = chain_id
         self._lock = threading.Lock()
         self._store = JournaledMemoryDB(state_dir / JOURNAL_FILE)
-        backend = PyEVMBackend()  # builds a throwaway in-memory chain; we swap in ours below
+        backend = _IndexedBackend()  # builds a throwaway in-memory chain; we swap in ours below
         base_class = type(backend.chain)
         chain_class: Any = type("QdspaceDevChain", (base_class,), {"chain_id": chain_id})
         db = AtomicDB(self._store)

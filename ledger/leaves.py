@@ -28,6 +28,8 @@ KIND_CODES: dict[str, int] = {
     "record_batch": 5,
 }
 KIND_NAMES: dict[int, str] = {code: name for name, code in KIND_CODES.items()}
+# two-byte big-endian lengths of every UTF-8 reference id (at most 4 bytes per character)
+_LENGTH_PREFIX = [n.to_bytes(2, "big") for n in range(4 * MAX_REF_ID + 1)]
 
 
 class UnknownKind(LedgerError, ValueError):
@@ -51,7 +53,10 @@ def check_ref_id(ref_id: str) -> str:
 
 def check_ref_ids(ref_ids: Sequence[str]) -> None:
     """:func:`check_ref_id` over many ids at once (one pass, no per-id call unless one fails)."""
-    if not all(0 < len(r) <= MAX_REF_ID and r.isprintable() for r in ref_ids):
+    if not ref_ids:
+        return
+    lengths = set(map(len, ref_ids))
+    if min(lengths) < 1 or max(lengths) > MAX_REF_ID or not all(map(str.isprintable, ref_ids)):
         for r in ref_ids:
             check_ref_id(r)
 
@@ -70,15 +75,15 @@ def packed_leaf_hashes(kind: str, ref_ids: Sequence[str], record_sha256s: Sequen
     """
     if len(ref_ids) != len(record_sha256s):
         raise LedgerError(f"{len(ref_ids)} reference ids but {len(record_sha256s)} record hashes")
-    if any(len(s) != 32 for s in record_sha256s):
+    if record_sha256s and set(map(len, record_sha256s)) != {32}:
         raise LedgerError("every record hash must be 32 bytes (a SHA-256 digest)")
     k = kind.encode("utf-8")
     prefix = LEAF_PREFIX + LEAF_DOMAIN + len(k).to_bytes(2, "big") + k
-    sha = hashlib.sha256
+    sha, size = hashlib.sha256, _LENGTH_PREFIX
     return b"".join(
         [
-            sha(prefix + len(rb).to_bytes(2, "big") + rb + s).digest()
-            for rb, s in zip([r.encode("utf-8") for r in ref_ids], record_sha256s, strict=True)
+            sha(prefix + size[len(rb)] + rb + s).digest()
+            for rb, s in zip(map(str.encode, ref_ids), record_sha256s, strict=True)
         ]
     )
 

@@ -1,12 +1,19 @@
 """Inclusion proofs: build one from the node's queue, check one with only chain read access.
 
-A proof document carries the leaf (kind, reference id, record hash and, optionally, the
-record itself), its RFC 6962 audit path, the batch root and the anchoring transaction. The
-verifier recomputes everything it can offline, then asks the chain whether the contract
-recorded that root with that leaf count, kind and block, and whether the named transaction
-emitted it. Every value in the document is checked, so changing any byte of record, proof
-or root makes verification fail. Hex is lowercase and ``0x``-prefixed, base64 canonical:
-there is exactly one spelling of each value.
+A proof carries the leaf (kind, reference id, record hash and, optionally, the record
+itself), its RFC 6962 audit path, the batch root and where the root was anchored (chain id,
+contract, transaction, block). Nothing derivable is repeated: the leaf hash is recomputed
+from kind, id and record hash, the block hash is the chain's. The verifier recomputes
+everything it can offline, then asks the chain whether the contract recorded that root with
+that leaf count, kind and block, and whether the named transaction emitted it. Every value
+is checked, so changing any byte of record, proof or root makes verification fail.
+
+Two spellings of the same content, both read by ``qdspace verify``:
+
+* JSON (version 2): flat, hashes as lowercase ``0x`` hex, the audit path as one canonical
+  base64 string of the concatenated hashes (~1.2 KB at 1M leaves);
+* binary (``.qdp``): fixed-width fields behind the magic ``QDSP``, 810 bytes at 1M leaves
+  with a 12-character id. Encoding is canonical both ways: one spelling per value, no slack.
 """
 
 from __future__ import annotations
@@ -15,6 +22,7 @@ import base64
 import binascii
 import hashlib
 import json
+import struct
 import threading
 import time
 from collections import OrderedDict
@@ -25,15 +33,21 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from ledger.client import LedgerClient
 from ledger.errors import NotAnchored, ProofFormatError, WrongChain
-from ledger.leaves import KIND_CODES, leaf_preimage
-from ledger.merkle import MerkleTree, leaf_hash, verify_inclusion
+from ledger.leaves import KIND_CODES, KIND_NAMES, leaf_preimage
+from ledger.merkle import HASH_SIZE, MerkleTree, leaf_hash, verify_inclusion
 from ledger.queue import ANCHORED, LeafQueue
 
 PROOF_TYPE: Literal["qdspace.inclusion-proof"] = "qdspace.inclusion-proof"
-PROOF_VERSION: Literal[1] = 1
+PROOF_VERSION: Literal[2] = 2
+BINARY_MAGIC = b"QDSP"
+MAX_PATH = 64
 
 Hash32 = Annotated[str, Field(pattern=r"^0x[0-9a-f]{64}$")]
 Address = Annotated[str, Field(pattern=r"^0x[0-9a-f]{40}$")]
+Kind = Literal["inspection", "agreement", "deletion_receipt", "model_version", "record_batch"]
+
+# magic, version, kind code, chain id, contract, tx hash, block, size, index, record hash, root
+_FIXED = struct.Struct(">4sBBQ20s32sQQQ32s32s")
 
 
 def hex32(data: bytes) -> str:
@@ -46,68 +60,161 @@ def unhex(text: str) -> bytes:
     return bytes.fromhex(text[2:])
 
 
-class _Doc(BaseModel):
+def _canonical_b64(value: str, name: str) -> bytes:
+    try:
+        raw = base64.b64decode(value, validate=True)
+    except (binascii.Error, ValueError):
+        raise ValueError(f"{name} is not base64") from None
+    if base64.b64encode(raw).decode() != value:
+        raise ValueError(f"{name} is not canonical base64")
+    return raw
+
+
+class InclusionProof(BaseModel):
+    """The proof document (``qdspace verify`` reads this, as JSON or binary)."""
+
     model_config = ConfigDict(frozen=True, extra="forbid", strict=True)
 
-
-class LeafPart(_Doc):
-    """What the leaf commits to."""
-
-    kind: Literal["inspection", "agreement", "deletion_receipt", "model_version", "record_batch"]
+    type: Literal["qdspace.inclusion-proof"] = PROOF_TYPE
+    version: Literal[2] = PROOF_VERSION
+    kind: Kind
     ref_id: str = Field(min_length=1, max_length=200)
     record_sha256: Hash32
-    leaf_hash: Hash32
+    index: int = Field(ge=0, lt=2**64)
+    size: int = Field(ge=1, lt=2**64)
+    path: str = Field(description="the audit path, bottom first: base64 of 32-byte hashes")
+    root: Hash32
+    chain_id: int = Field(ge=1, lt=2**64)
+    contract: Address
+    tx_hash: Hash32
+    block_number: int = Field(ge=1, lt=2**64)
     record_b64: str | None = None
+
+    @field_validator("path")
+    @classmethod
+    def _path(cls, value: str) -> str:
+        raw = _canonical_b64(value, "path")
+        if len(raw) % HASH_SIZE or len(raw) > MAX_PATH * HASH_SIZE:
+            raise ValueError(f"path must hold at most {MAX_PATH} hashes of 32 bytes each")
+        return value
 
     @field_validator("record_b64")
     @classmethod
-    def _canonical_b64(cls, value: str | None) -> str | None:
-        if value is None:
-            return None
-        try:
-            raw = base64.b64decode(value, validate=True)
-        except (binascii.Error, ValueError):
-            raise ValueError("record_b64 is not base64") from None
-        if base64.b64encode(raw).decode() != value:
-            raise ValueError("record_b64 is not canonical base64")
+    def _record(cls, value: str | None) -> str | None:
+        if value is not None:
+            _canonical_b64(value, "record_b64")
         return value
 
+    # -- derived values ----------------------------------------------------------------
 
-class TreePart(_Doc):
-    """Where the leaf sits in its batch tree."""
+    def path_hashes(self) -> list[bytes]:
+        """The audit path as hashes."""
+        raw = base64.b64decode(self.path)
+        return [raw[i : i + HASH_SIZE] for i in range(0, len(raw), HASH_SIZE)]
 
-    size: int = Field(ge=1, lt=2**64)
-    index: int = Field(ge=0)
-    path: list[Hash32] = Field(max_length=64)
-    root: Hash32
+    def leaf_hash(self) -> bytes:
+        """The leaf hash this proof's kind, id and record hash commit to."""
+        return leaf_hash(leaf_preimage(self.kind, self.ref_id, unhex(self.record_sha256)))
 
+    def record(self) -> bytes | None:
+        """The record carried along, if any."""
+        return None if self.record_b64 is None else base64.b64decode(self.record_b64)
 
-class AnchorPart(_Doc):
-    """Where the batch root went on chain."""
+    def with_record(self, record: bytes | None) -> InclusionProof:
+        """This proof carrying ``record`` (or none)."""
+        rec = None if record is None else base64.b64encode(record).decode()
+        return self.model_copy(update={"record_b64": rec})
 
-    chain_id: int = Field(ge=1)
-    contract: Address
-    tx_hash: Hash32
-    block_number: int = Field(ge=1)
-    block_hash: Hash32
-
-
-class InclusionProof(_Doc):
-    """The proof document (``qdspace verify`` reads this)."""
-
-    type: Literal["qdspace.inclusion-proof"] = PROOF_TYPE
-    version: Literal[1] = PROOF_VERSION
-    leaf: LeafPart
-    tree: TreePart
-    anchor: AnchorPart
+    # -- spellings ---------------------------------------------------------------------
 
     def to_json(self) -> str:
-        """Canonical JSON text of the proof."""
-        return self.model_dump_json(indent=2)
+        """Canonical JSON text of the proof (compact; no absent record)."""
+        return self.model_dump_json(exclude_none=True)
+
+    def to_bytes(self) -> bytes:
+        """The binary spelling (``.qdp``): fixed-width big-endian fields, nothing to spare."""
+        ref = self.ref_id.encode("utf-8")
+        path = base64.b64decode(self.path)
+        record = self.record()
+        fixed = _FIXED.pack(
+            BINARY_MAGIC,
+            PROOF_VERSION,
+            KIND_CODES[self.kind],
+            self.chain_id,
+            unhex(self.contract),
+            unhex(self.tx_hash),
+            self.block_number,
+            self.size,
+            self.index,
+            unhex(self.record_sha256),
+            unhex(self.root),
+        )
+        tail = b"\x00" if record is None else b"\x01" + len(record).to_bytes(4, "big") + record
+        return b"".join(
+            (fixed, len(ref).to_bytes(2, "big"), ref, bytes([len(path) // HASH_SIZE]), path, tail)
+        )
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> InclusionProof:
+        """Parse the binary spelling; ProofFormatError names what is wrong."""
+        if len(data) < _FIXED.size + 4:
+            raise ProofFormatError(f"malformed proof: binary proof of {len(data)} bytes is short")
+        magic, version, code, chain_id, contract, tx, block, size, index, sha, root = (
+            _FIXED.unpack_from(data)
+        )
+        if magic != BINARY_MAGIC:
+            raise ProofFormatError("malformed proof: not a binary qdspace proof (magic)")
+        if version != PROOF_VERSION:
+            raise ProofFormatError(f"malformed proof: version: binary version {version}, not 2")
+        if code not in KIND_NAMES:
+            raise ProofFormatError(f"malformed proof: kind: unknown kind code {code}")
+        pos = _FIXED.size
+        ref_len = int.from_bytes(data[pos : pos + 2], "big")
+        pos += 2
+        try:
+            ref_id = data[pos : pos + ref_len].decode("utf-8")
+        except UnicodeDecodeError:
+            raise ProofFormatError("malformed proof: ref_id: not UTF-8") from None
+        pos += ref_len
+        n = data[pos] if pos < len(data) else 0
+        path = data[pos + 1 : pos + 1 + n * HASH_SIZE]
+        pos += 1 + n * HASH_SIZE
+        flag = data[pos] if pos < len(data) else -1
+        record: bytes | None = None
+        if flag == 1 and pos + 5 <= len(data):
+            rec_len = int.from_bytes(data[pos + 1 : pos + 5], "big")
+            record = data[pos + 5 : pos + 5 + rec_len]
+            pos += 5 + rec_len
+        elif flag == 0:
+            pos += 1
+        else:
+            raise ProofFormatError("malformed proof: record: bad presence flag or truncated")
+        if pos != len(data) or len(path) != n * HASH_SIZE:
+            raise ProofFormatError(
+                f"malformed proof: binary length {len(data)} does not match its fields"
+            )
+        return cls.parse(
+            {
+                "kind": KIND_NAMES[code],
+                "ref_id": ref_id,
+                "record_sha256": hex32(sha),
+                "index": index,
+                "size": size,
+                "path": base64.b64encode(path).decode(),
+                "root": hex32(root),
+                "chain_id": chain_id,
+                "contract": "0x" + contract.hex(),
+                "tx_hash": hex32(tx),
+                "block_number": block,
+                "record_b64": None if record is None else base64.b64encode(record).decode(),
+            }
+        )
 
     @classmethod
     def parse(cls, data: str | bytes | dict[str, Any]) -> InclusionProof:
-        """Parse a proof; ProofFormatError names the first offending field."""
+        """Parse a proof (JSON text, binary, or a dict); ProofFormatError names the field."""
+        if isinstance(data, bytes) and data.startswith(BINARY_MAGIC):
+            return cls.from_bytes(data)
         try:
             if isinstance(data, dict):
                 return cls.model_validate(data)
@@ -161,42 +268,33 @@ def build_proof(
     batch = queue.batch_of(stored)
     if batch.state != ANCHORED or batch.tx_hash is None or not batch.tx_hash:
         raise NotAnchored(f"{kind} {ref_id!r} is in batch {batch.id}, not anchored yet")
-    assert batch.chain_id and batch.contract and batch.block_number and batch.block_hash
-    tree = MerkleTree.from_leaf_hashes(queue.leaf_hashes(batch))
+    assert batch.chain_id and batch.contract and batch.block_number
+    tree = MerkleTree.from_packed(queue.packed_leaf_hashes(batch))
     index = stored.seq - batch.seq_from
     if record is not None and hashlib.sha256(record).digest() != stored.record_sha256:
         raise ProofFormatError(f"the record given for {kind} {ref_id!r} is not the one anchored")
     return InclusionProof(
-        leaf=LeafPart(
-            kind=kind,  # type: ignore[arg-type]
-            ref_id=ref_id,
-            record_sha256=hex32(stored.record_sha256),
-            leaf_hash=hex32(stored.leaf_hash),
-            record_b64=None if record is None else base64.b64encode(record).decode(),
-        ),
-        tree=TreePart(
-            size=tree.size,
-            index=index,
-            path=[hex32(h) for h in tree.audit_path(index)],
-            root=hex32(tree.root),
-        ),
-        anchor=AnchorPart(
-            chain_id=int(batch.chain_id),
-            contract=batch.contract.lower(),
-            tx_hash=hex32(batch.tx_hash),
-            block_number=int(batch.block_number),
-            block_hash=hex32(batch.block_hash),
-        ),
+        kind=kind,  # type: ignore[arg-type]
+        ref_id=ref_id,
+        record_sha256=hex32(stored.record_sha256),
+        index=index,
+        size=tree.size,
+        path=base64.b64encode(b"".join(tree.audit_path(index))).decode(),
+        root=hex32(tree.root),
+        chain_id=int(batch.chain_id),
+        contract=batch.contract.lower(),
+        tx_hash=hex32(batch.tx_hash),
+        block_number=int(batch.block_number),
+        record_b64=None if record is None else base64.b64encode(record).decode(),
     )
 
 
 def offline_checks(proof: InclusionProof) -> list[Check]:
     """Everything that needs no chain: record hash, leaf hash, audit path."""
-    leaf, tree = proof.leaf, proof.tree
     checks: list[Check] = []
-    if leaf.record_b64 is not None:
-        digest = hashlib.sha256(base64.b64decode(leaf.record_b64)).digest()
-        ok = hex32(digest) == leaf.record_sha256
+    record = proof.record()
+    if record is not None:
+        ok = hex32(hashlib.sha256(record).digest()) == proof.record_sha256
         checks.append(
             Check(
                 "record",
@@ -206,27 +304,19 @@ def offline_checks(proof: InclusionProof) -> list[Check]:
                 else "the record's SHA-256 differs from record_sha256",
             )
         )
-    computed = leaf_hash(leaf_preimage(leaf.kind, leaf.ref_id, unhex(leaf.record_sha256)))
-    ok = hex32(computed) == leaf.leaf_hash
-    checks.append(
-        Check(
-            "leaf",
-            ok,
-            "leaf hash commits to kind, id and record"
-            if ok
-            else "leaf_hash is not the hash of kind, ref_id and record_sha256",
-        )
-    )
+    leaf = proof.leaf_hash()
     included = verify_inclusion(
-        computed, tree.index, tree.size, [unhex(p) for p in tree.path], unhex(tree.root)
+        leaf, proof.index, proof.size, proof.path_hashes(), unhex(proof.root)
     )
     checks.append(
         Check(
             "inclusion",
             included,
-            f"leaf {tree.index} of {tree.size} leads to the root"
+            f"leaf {hex32(leaf)[:18]}... ({proof.kind} {proof.ref_id!r}) is leaf {proof.index} "
+            f"of {proof.size} under the root"
             if included
-            else "the audit path does not lead from the leaf to the root",
+            else "the audit path does not lead from the leaf (kind, ref_id, record_sha256) "
+            "to the root",
         )
     )
     return checks
@@ -234,24 +324,22 @@ def offline_checks(proof: InclusionProof) -> list[Check]:
 
 def chain_checks(proof: InclusionProof, client: LedgerClient) -> list[Check]:
     """What the chain must confirm: the root, its size, kind, block and transaction."""
-    anchor, tree = proof.anchor, proof.tree
-    root = unhex(tree.root)
-    if client.chain_id != anchor.chain_id:
+    root = unhex(proof.root)
+    if client.chain_id != proof.chain_id:
         return [
             Check(
                 "chain",
                 False,
-                f"proof is for chain {anchor.chain_id}, the RPC endpoint "
+                f"proof is for chain {proof.chain_id}, the RPC endpoint "
                 f"serves chain {client.chain_id}",
             )
         ]
-    if client.address.lower() != anchor.contract:
+    if client.address.lower() != proof.contract:
         return [
             Check(
                 "contract",
                 False,
-                f"proof names contract {anchor.contract}, the client "
-                f"reads {client.address.lower()}",
+                f"proof names contract {proof.contract}, the client reads {client.address.lower()}",
             )
         ]
     try:
@@ -263,37 +351,27 @@ def chain_checks(proof: InclusionProof, client: LedgerClient) -> list[Check]:
             Check(
                 "anchored",
                 False,
-                f"root {tree.root} was never anchored at "
-                f"{anchor.contract} on chain {anchor.chain_id}",
+                f"root {proof.root} was never anchored at "
+                f"{proof.contract} on chain {proof.chain_id}",
             )
         ]
     checks = [
         Check("anchored", True, f"root anchored by {entry.anchorer}"),
-        _eq("leaf_count", entry.leaf_count, tree.size, "leaves in the anchored batch"),
-        _eq("kind", entry.kind, KIND_CODES[proof.leaf.kind], "kind code on chain"),
-        _eq("block", entry.block_number, anchor.block_number, "block of the anchor"),
+        _eq("leaf_count", entry.leaf_count, proof.size, "leaves in the anchored batch"),
+        _eq("kind", entry.kind, KIND_CODES[proof.kind], "kind code on chain"),
+        _eq("block", entry.block_number, proof.block_number, "block of the anchor"),
     ]
-    receipt = client.receipt(unhex(anchor.tx_hash))
+    receipt = client.receipt(unhex(proof.tx_hash))
     tx_ok = receipt is not None and receipt.succeeded and root in receipt.anchored_roots
-    tx_ok = tx_ok and receipt is not None and receipt.block_number == anchor.block_number
+    tx_ok = tx_ok and receipt is not None and receipt.block_number == proof.block_number
     checks.append(
         Check(
             "transaction",
             tx_ok,
-            "the transaction emitted this root"
-            if tx_ok
-            else f"transaction {anchor.tx_hash} did not anchor this root there",
-        )
-    )
-    block_hash = client.block_hash(anchor.block_number)
-    ok = block_hash is not None and hex32(block_hash) == anchor.block_hash
-    checks.append(
-        Check(
-            "block_hash",
-            ok,
-            "block is canonical"
-            if ok
-            else f"block {anchor.block_number} on chain has another hash",
+            f"the transaction emitted this root in block {proof.block_number} "
+            f"({hex32(receipt.block_hash)[:18]}...)"
+            if tx_ok and receipt is not None
+            else f"transaction {proof.tx_hash} did not anchor this root there",
         )
     )
     return checks
@@ -324,14 +402,16 @@ class ConfirmationCache:
     @staticmethod
     def key(proof: InclusionProof, client: LedgerClient) -> tuple[str, ...]:
         """Everything the chain checks depend on."""
-        tree = proof.tree
         return (
             client.rpc_url,
             client.address,
-            proof.leaf.kind,
-            tree.root,
-            str(tree.size),
-            proof.anchor.model_dump_json(),
+            proof.kind,
+            proof.root,
+            str(proof.size),
+            str(proof.chain_id),
+            proof.contract,
+            proof.tx_hash,
+            str(proof.block_number),
         )
 
     def get(self, key: tuple[str, ...]) -> list[Check] | None:

@@ -17,6 +17,7 @@ Works on SQLite and PostgreSQL; the tables have their own ``MetaData`` and are c
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from collections.abc import Iterable, Sequence
@@ -73,8 +74,8 @@ ref_table = Table(
 )
 
 # The leaves themselves, packed: one row per run of up to CHUNK_LEAVES consecutive ``seq``
-# written in one enqueue call, holding the reference ids (newline-separated; ids are
-# printable), the record hashes and the leaf hashes (32 bytes each, in ``seq`` order).
+# written in one enqueue call, holding the reference ids (a JSON array), the record hashes
+# and the leaf hashes (32 bytes each, in ``seq`` order).
 chunk_table = Table(
     "ledger_leaf_chunk",
     metadata,
@@ -363,30 +364,18 @@ class LeafQueue:
         leaf_hashes: bytes,
         now: float,
     ) -> None:
-        mark = "?" if conn.dialect.paramstyle == "qmark" else "%s"
-        dbapi = conn.dialect.loaded_dbapi
-        cursor = conn.connection.cursor()
-        try:
-            # straight to the driver's executemany with a lazy iterator of small tuples:
-            # no per-row object on our side, no per-row bind processing in SQLAlchemy
-            cursor.executemany(
-                f"INSERT INTO {ref_table.name} (kind, ref_id, seq) VALUES ({mark}, {mark}, {mark})",
-                zip(repeat(code), ref_ids, count(first)),  # type: ignore[arg-type]
-            )
-        except dbapi.IntegrityError as exc:
-            raise IntegrityError("insert ledger_leaf_ref", None, exc) from None
-        finally:
-            cursor.close()
         rows = []
         for lo in range(0, len(ref_ids), CHUNK_LEAVES):
             hi = min(lo + CHUNK_LEAVES, len(ref_ids))
+            refs_json = json.dumps(list(ref_ids[lo:hi]), separators=(",", ":"))
+            _insert_refs(conn, code, first + lo, ref_ids[lo:hi], refs_json)
             rows.append(
                 {
                     "kind": code,
                     "seq_from": first + lo,
                     "leaf_count": hi - lo,
                     "enqueued_at": now,
-                    "ref_ids": "\n".join(ref_ids[lo:hi]),
+                    "ref_ids": refs_json,
                     "record_sha256": b"".join(shas[lo:hi]),
                     "leaf_hash": leaf_hashes[lo * _H : hi * _H],
                 }
@@ -458,7 +447,7 @@ class LeafQueue:
             )
             for seq_from, n, at, refs, shas, hashes in rows:
                 chunk = _Chunk(int(seq_from), int(n), float(at), bytes(shas), bytes(hashes))
-                for i, ref in reversed(list(enumerate(str(refs).split("\n")))):
+                for i, ref in reversed(list(enumerate(json.loads(refs)))):
                     sha, lh = chunk.at(chunk.seq_from + i)
                     out.append(
                         StoredLeaf(kind, chunk.seq_from + i, ref, sha, lh, chunk.enqueued_at)
@@ -679,3 +668,33 @@ class LeafQueue:
                 .order_by(batch_table.c.id)
             )
             return [Batch.from_row(r) for r in rows]
+
+
+def _insert_refs(
+    conn: Connection, code: int, first: int, ref_ids: Sequence[str], refs_json: str
+) -> None:
+    """One ``ledger_leaf_ref`` row per id, numbered from ``first``, in one statement.
+
+    On SQLite the ids travel as the JSON array already made for the packed row and are
+    expanded by ``json_each`` inside the engine: one statement, no per-row binding in
+    Python (about twice as fast as executemany). Elsewhere the driver's executemany gets a
+    lazy iterator of small tuples, skipping SQLAlchemy's per-row bind processing.
+    """
+    table = ref_table.name
+    if conn.dialect.name == "sqlite":
+        conn.exec_driver_sql(
+            f"INSERT INTO {table} (kind, ref_id, seq) SELECT ?, value, ? + key FROM json_each(?)",
+            (code, first, refs_json),
+        )
+        return
+    mark = "?" if conn.dialect.paramstyle == "qmark" else "%s"
+    cursor = conn.connection.cursor()
+    try:
+        cursor.executemany(
+            f"INSERT INTO {table} (kind, ref_id, seq) VALUES ({mark}, {mark}, {mark})",
+            zip(repeat(code), ref_ids, count(first)),  # type: ignore[arg-type]
+        )
+    except conn.dialect.loaded_dbapi.IntegrityError as exc:
+        raise IntegrityError(f"INSERT INTO {table}", None, exc) from None
+    finally:
+        cursor.close()

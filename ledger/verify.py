@@ -1,7 +1,7 @@
 """The offline verifier behind ``qdspace verify``: a document plus chain read access.
 
-Reads a proof or a passport, connects to the RPC URL given (nothing else: no node, no
-database), and returns a :class:`~ledger.proofs.Verdict`. Malformed documents raise a
+Reads a proof (JSON or binary) or a passport, connects to the RPC URL given (nothing else:
+no node, no database), and returns a :class:`~ledger.proofs.Verdict`. Malformed documents raise a
 DocumentFormatError naming the field; an unreachable chain raises ChainUnavailable.
 """
 
@@ -10,17 +10,25 @@ from __future__ import annotations
 from ledger.client import LedgerClient
 from ledger.errors import ProofFormatError
 from ledger.passport import PASSPORT_TYPE, Passport, verify_passport
-from ledger.proofs import PROOF_TYPE, InclusionProof, Verdict, document_type, verify_proof
+from ledger.proofs import (
+    BINARY_MAGIC,
+    PROOF_TYPE,
+    InclusionProof,
+    Verdict,
+    document_type,
+    verify_proof,
+)
 
 
 def verify_document(
     data: str | bytes, rpc_url: str | None, *, verify_key: bytes | None = None
 ) -> tuple[str, Verdict]:
     """Verify a proof or passport; returns its type and the verdict."""
-    kind = document_type(data)
+    binary = isinstance(data, bytes) and data.startswith(BINARY_MAGIC)
+    kind = PROOF_TYPE if binary else document_type(data)
     if kind == PROOF_TYPE:
         proof = InclusionProof.parse(data)
-        client = None if rpc_url is None else LedgerClient(rpc_url, proof.anchor.contract)
+        client = None if rpc_url is None else LedgerClient(rpc_url, proof.contract)
         return kind, verify_proof(proof, client)
     if kind == PASSPORT_TYPE:
         passport = Passport.parse(data)

@@ -31,10 +31,10 @@ from sqlalchemy import BigInteger, Column, Engine, MetaData, String, Table, inse
 
 from connector.qdm import TABLES
 from ledger.anchorer import Anchorer, AnchorPolicy
-from ledger.client import LedgerClient
+from ledger.client import ANCHOR_GAS, LedgerClient
 from ledger.errors import LedgerError
 from ledger.keys import DEFAULT_KEY_ENV, load_signer
-from ledger.leaves import KIND_CODES, Leaf
+from ledger.leaves import KIND_CODES
 from ledger.passport import Passport, issue_passport
 from ledger.proofs import build_proof, verify_proof
 from ledger.queue import ANCHORED, LeafQueue, StoredLeaf, ensure_schema
@@ -64,6 +64,9 @@ class LedgerSettings(BaseSettings):
     max_leaves: int = Field(1_000, ge=1)
     flush_s: float = Field(5.0, ge=0)
     sweep_s: float = Field(2.0, gt=0)
+    # gas limit of each anchor transaction; 0 asks the chain to estimate every one (for
+    # chains that price gas differently, e.g. rollups that charge L1 data as gas)
+    gas: int = Field(ANCHOR_GAS, ge=0)
 
     @classmethod
     def settings_customise_sources(
@@ -178,15 +181,17 @@ class QdmSweeper:
             return 0
         mappings = [dict(r._mapping) for r in rows]
         first_id, last_id = int(mappings[0]["id"]), int(mappings[-1]["id"])
-        if qdm_kind == INSPECTION_KIND:
-            leaves = [
-                Leaf.of(INSPECTION_KIND, str(m["inspection_id"]), canonical_row(qdm_kind, m))
-                for m in mappings
-            ]
+        if qdm_kind == INSPECTION_KIND:  # the bulk path: one transaction, no object per leaf
+            self.anchorer.enqueue_records(
+                INSPECTION_KIND,
+                [str(m["inspection_id"]) for m in mappings],
+                [canonical_row(qdm_kind, m) for m in mappings],
+            )
         else:
             body = b"\n".join(canonical_row(qdm_kind, m) for m in mappings)
-            leaves = [Leaf.of("record_batch", f"{qdm_kind}:{first_id}-{last_id}", body)]
-        self.anchorer.enqueue_leaves(leaves)
+            self.anchorer.enqueue_records(
+                "record_batch", [f"{qdm_kind}:{first_id}-{last_id}"], [body]
+            )
         with self.engine.begin() as conn:
             if last is None:
                 conn.execute(insert(cursor_table).values(qdm_kind=qdm_kind, last_id=last_id))
@@ -287,7 +292,9 @@ def attach_ledger(ctx: NodeContext) -> NodeLedger | None:
     engine = ctx.store.engine
     ensure_schema(engine)
     queue = LeafQueue(engine)
-    policy = AnchorPolicy(max_leaves=settings.max_leaves, max_age_s=settings.flush_s)
+    policy = AnchorPolicy(
+        max_leaves=settings.max_leaves, max_age_s=settings.flush_s, gas=settings.gas or None
+    )
     anchorer = Anchorer(queue, client, signer, policy)
     ledger = NodeLedger(settings, queue, client, anchorer, QdmSweeper(engine, anchorer))
     ctx.extras[CONTEXT_KEY] = ledger

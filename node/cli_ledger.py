@@ -29,7 +29,9 @@ def _fail(message: str, code: int) -> typer.Exit:
 
 @ledger_app.command("verify")
 def verify(
-    document: Annotated[Path, typer.Argument(help="proof or passport JSON file")],
+    document: Annotated[
+        Path, typer.Argument(help="proof (JSON or binary .qdp) or passport (JSON) file")
+    ],
     rpc: Annotated[str, typer.Option("--rpc", help="chain JSON-RPC URL (read access)")],
     verify_key: Annotated[
         str | None, typer.Option(help="pin a passport to this member key (hex)")

@@ -137,6 +137,7 @@ class ContractClient:
         self.runtime = runtime
         self.peers = peers
         self._keys: dict[str, VerifyKey] = {}
+        self._member_ids: dict[str, str] = {}
         self.transfers: dict[str, asyncio.Task[TransferProcess]] = {}
         self.subscriptions: dict[str, Subscription] = {}
 
@@ -154,6 +155,7 @@ class ContractClient:
             if server.name != peer or member_id_for(peer, server.verify_key) != server.member_id:
                 raise PeerError(f"peer {peer}: its verify key does not match its member id")
             self._keys[peer] = VerifyKey(server.verify_key)
+            self._member_ids[peer] = server.member_id
         return self._keys[peer]
 
     # ------------------------------------------------------------- catalog
@@ -183,20 +185,28 @@ class ContractClient:
         retention_days: int | None = None,
         valid_until: datetime | None = None,
     ) -> Negotiation:
-        """Ask `peer` for `asset_id` on these terms; see it through to FINALIZED or TERMINATED."""
-        entry = await self.asset(peer, asset_id)
+        """Ask `peer` for `asset_id` on these terms; see it through to FINALIZED or TERMINATED.
+
+        Two round trips: the request (answered by the provider's signed agreement, or
+        a counter-offer or termination) and the countersignature (answered by FINALIZED).
+        The offer asked for is the provider's (its member id, bound to its verify key by
+        the Hello); an asset it does not offer us is refused by the provider.
+        """
         provider_vk = await self.provider_key(peer)
+        provider_id = self._member_ids[peer]
         keys = PartyKeys(provider_vk, self.runtime.verify_key)
         terms = OfferTerms(purposes=purposes, orders=orders, fields=fields, not_after=valid_until)
         if retention_days is not None:
             terms = dataclasses.replace(terms, retention_days=retention_days)
         nid = f"neg-{uuid.uuid4().hex}"
-        asked = make_offer(f"{nid}:request", entry.offer.assigner, asset_id, terms)
+        asked = make_offer(f"{nid}:request", provider_id, asset_id, terms)
         message: NegotiationMessage = ContractRequest(
             f"{nid}:c0", nid, self.me, asked, self.runtime.clock.now()
         )
         negotiation = open_negotiation(message, Role.CONSUMER)  # type: ignore[arg-type]
-        self.runtime.store.save_negotiation(None, negotiation)
+        store = self.runtime.store
+        store.save_negotiation(None, negotiation)
+        saved = negotiation
         stub = negotiation_pb2_grpc.NegotiationStub(self.peers.channel(peer))
         for _ in range(MAX_ROUNDS):
             wire = negotiation_message_to_proto(message)
@@ -204,23 +214,22 @@ class ContractClient:
                 peer, "negotiation", functools.partial(stub.Send, wire, timeout=TIMEOUT_S)
             )
             for reply in ack.replies:
-                negotiation = self._apply(negotiation, negotiation_message_from_proto(reply), keys)
+                negotiation = apply(negotiation, negotiation_message_from_proto(reply), keys)
             answer = self._answer(negotiation, asked)
+            if answer is not None:
+                negotiation = apply(negotiation, answer, keys)
+            # One commit per round, before the answer leaves: the provider's reply and our
+            # answer together (a retry after a crash rebuilds the same answer: its id and
+            # Ed25519 signature are deterministic).
+            if negotiation != saved:
+                store.save_negotiation(saved, negotiation)
+                saved = negotiation
             if answer is None:
                 if negotiation.state is NegotiationState.FINALIZED:
                     self.runtime.record_agreement(negotiation)
                 return negotiation
             message = answer
-            negotiation = self._apply(negotiation, message, keys)
         raise PeerError(f"peer {peer}: negotiation {nid} did not finish in {MAX_ROUNDS} rounds")
-
-    def _apply(
-        self, negotiation: Negotiation, message: NegotiationMessage, keys: PartyKeys
-    ) -> Negotiation:
-        after = apply(negotiation, message, keys)
-        if after != negotiation:
-            self.runtime.store.save_negotiation(negotiation, after)
-        return after
 
     def _answer(self, n: Negotiation, asked: Any) -> NegotiationMessage | None:
         """The consumer's next message in state `n`, or None when there is nothing to say."""
@@ -298,9 +307,12 @@ class ContractClient:
             async for wire in stub.Pull(request):
                 batch = row_batch_from_proto(wire)
                 after = accept_batch(process, batch)
+                first = process.offset
                 rows = [
-                    IncomingRow(process.offset + i, r.order_id, r.payload)
-                    for i, r in enumerate(batch.rows)
+                    IncomingRow(first + i, order, payload)
+                    for i, (order, payload) in enumerate(
+                        zip(batch.orders(), batch.payloads(), strict=True)
+                    )
                 ]
                 now = self.runtime.clock.now()
                 await asyncio.to_thread(store.commit_transfer_batch, process, after, rows, now)

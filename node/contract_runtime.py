@@ -45,7 +45,6 @@ from connector.contract_store import (
     DutyReport,
     OutboxMessage,
     StoredAgreement,
-    ensure_schema,
 )
 from connector.negotiation import (
     Agreement,
@@ -165,7 +164,6 @@ class ContractRuntime:
     clock: ContractClock
     pseudonym_secret: bytes
     assets: dict[str, Asset]
-    received_alerts: list[QualityAlert] = field(default_factory=list)
     # (kind, ref id, canonical bytes) of each agreement in force and each verified receipt:
     # the node's ledger anchors them (see ContractJobs); a no-op without a chain
     record: Callable[[str, str, bytes], None] = field(default=lambda kind, ref, data: None)
@@ -174,6 +172,11 @@ class ContractRuntime:
     @property
     def verify_key(self) -> VerifyKey:
         return self.signing_key.verify_key
+
+    @property
+    def received_alerts(self) -> list[QualityAlert]:
+        """The SPC alerts consumers sent us (kept in the contract store)."""
+        return self.store.received_alerts()
 
     # ------------------------------------------------------------- catalog
 
@@ -243,29 +246,36 @@ class ContractRuntime:
                 f"message {message.message_id} claims sender {message.sender_id}, "
                 f"but the caller is {peer.member_id}"
             )
-        existing = self.store.find_negotiation(message.negotiation_id)
-        if existing is None:
+        keys = PartyKeys(self.verify_key, VerifyKey(peer.verify_key))
+        before_states: list[NegotiationState] = []
+
+        def step(before: Negotiation) -> tuple[Negotiation, Sequence[OutboxMessage]]:
+            if before.role is not Role.PROVIDER:
+                raise ContractDenied(f"negotiation {before.negotiation_id}: we are its consumer")
+            before_states.append(before.state)
+            after = apply(before, message, keys)
+            return (after if after == before else self._provider_move(after, peer)), ()
+
+        try:  # one load and one save for a message on a known negotiation
+            negotiation = self.store.update_negotiation(message.negotiation_id, step)
+        except UnknownContractError:
+            if before_states:  # not "no such negotiation": something the step refused
+                raise
             if not isinstance(message, ContractRequest):
-                raise UnknownContractError(f"no negotiation {message.negotiation_id} here")
+                raise UnknownContractError(
+                    f"no negotiation {message.negotiation_id} here"
+                ) from None
             if message.offer.assigner != self.me.member_id:
-                raise ContractDenied(f"the request is for {message.offer.assigner}'s offer")
+                raise ContractDenied(
+                    f"the request is for {message.offer.assigner}'s offer"
+                ) from None
             self.asset_for(message.offer.target, peer.role)
             opened = open_negotiation(message, Role.PROVIDER)
             negotiation = self._provider_move(opened, peer)
             self.store.save_negotiation(None, negotiation)
         else:
-            if existing.role is not Role.PROVIDER:
-                raise ContractDenied(f"negotiation {existing.negotiation_id}: we are its consumer")
-            keys = PartyKeys(self.verify_key, VerifyKey(peer.verify_key))
-
-            def step(before: Negotiation) -> tuple[Negotiation, Sequence[OutboxMessage]]:
-                after = apply(before, message, keys)
-                return (after if after == before else self._provider_move(after, peer)), ()
-
-            negotiation = self.store.update_negotiation(message.negotiation_id, step)
-            if negotiation.state is NegotiationState.FINALIZED and existing.state is not (
-                NegotiationState.FINALIZED
-            ):
+            finalized = NegotiationState.FINALIZED
+            if negotiation.state is finalized and before_states[-1] is not finalized:
                 self.record_agreement(negotiation)
         return negotiation, self.replies(negotiation)
 
@@ -513,9 +523,10 @@ class ContractRuntime:
         if isinstance(body, SignedReceipt):
             return self._receipt(peer, body)
         if isinstance(body, QualityAlert):
-            self.received_alerts.append(body)
-            logger.warning("quality alert from %s: %s", peer.name, body.alert.description)
-            return True
+            first = self.store.record_alert(peer.member_id, body, self.clock.now())
+            if first:
+                logger.warning("quality alert from %s: %s", peer.name, body.alert.description)
+            return first
         assert isinstance(body, Investigation)
         self.investigations.append(body)
         return True
@@ -613,8 +624,8 @@ class ContractRuntime:
 def build_runtime(
     directory: Path, me: MemberIdentity, signing_key: SigningKey, qdm: Engine
 ) -> ContractRuntime:
-    """The contract runtime over the node's own database (contract tables added if missing)."""
-    ensure_schema(qdm)
+    """The contract runtime over the node's own database (its contract tables come with
+    the QDM schema: `open_store` migrates to the newest revision, ``0002_contracts``)."""
     store = ContractStore(qdm, _secret(directory / KEK_FILE, "contract key-encryption key"))
     control = os.environ.get(CLOCK_CONTROL_ENV, "") == "1"
     clock = ContractClock(directory / "run" / CLOCK_FILE, control=control)

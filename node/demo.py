@@ -10,6 +10,7 @@ Later capabilities add their chapter here.
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 import time
 from collections.abc import Callable
@@ -19,6 +20,7 @@ from typing import Any
 
 import httpx
 from rich.console import Console
+from rich.logging import RichHandler
 from rich.panel import Panel
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
@@ -129,6 +131,18 @@ CHAPTER_PRINTERS: list[Callable[[Console, DemoReport], None]] = [
 ]
 
 
+def _log_to(path: Path, console: Console) -> None:
+    """The demo process's own log (Ray driver, chapters): all of it to ``demo.log``,
+    warnings (alarms, retries) also on the console, above the progress bars."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    to_file = logging.FileHandler(path)
+    to_file.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    to_console = RichHandler(console=console, show_path=False, show_time=False)
+    to_console.setLevel(logging.WARNING)
+    logging.basicConfig(level=logging.INFO, handlers=[to_file, to_console], force=True)
+    logging.getLogger("alembic").setLevel(logging.WARNING)
+
+
 def run_demo(
     workdir: Path,
     *,
@@ -142,6 +156,7 @@ def run_demo(
         shutil.rmtree(workdir)
     network = LocalNetwork(workdir)
     report = DemoReport(workdir=str(network.workdir))
+    _log_to(network.workdir / "demo.log", console)
     progress = Progress(
         SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn(),
         console=console, transient=False,
@@ -233,6 +248,7 @@ def print_summary(console: Console, network: LocalNetwork, report: DemoReport) -
     ]
     work = network.workdir
     optional = [
+        (work / "demo.log", "the demo process's log (line alarms, Ray)"),
         (work / "chain", "embedded EVM chain (state, chain.log)"),
         (work / "ledger", "proof and passport files for `qdspace verify`"),
         *(

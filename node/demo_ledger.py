@@ -91,20 +91,19 @@ class Regulator:
         r = self.http(member).get(f"/v1/regulator/proofs/{kind}/{ref_id}")
         proof = _json(r, f"proof of {kind} {ref_id} from {member}")["proof"]
         parsed = InclusionProof.parse(json.dumps(proof))
-        contract = parsed.anchor.contract
+        contract = parsed.contract
         if contract not in self._chain:
             self._chain[contract] = LedgerClient(self.rpc_url, contract)
         verdict = verify_proof(parsed, self._chain[contract], self.confirmed)
-        anchor = proof["anchor"]
         checked = Checked(
             member,
             kind,
             ref_id,
             verdict.valid,
             verdict.reason,
-            proof["tree"]["root"],
-            anchor["block_number"],
-            anchor["tx_hash"],
+            parsed.root,
+            parsed.block_number,
+            parsed.tx_hash,
         )
         return checked, proof
 
@@ -125,11 +124,12 @@ def _flush_all(network: LocalNetwork) -> dict[str, Any]:
 def _contract_refs(network: LocalNetwork, report: DemoReport) -> list[tuple[str, str, str]]:
     named = [tuple(x) for x in report.chapters.get("ledger_refs", [])]
     refs: list[tuple[str, str, str]] = [(str(m), str(k), str(r)) for m, k, r in named]
-    if refs:
-        return refs
+    # contract chapters name their agreements and receipts; otherwise take the latest few.
+    # Signed global model versions of a federated job are anchored by their coordinator.
+    kinds = ("model_version",) if refs else ("agreement", "deletion_receipt", "model_version")
     for name, member in network.members.items():
         with member.client() as client:
-            for kind in ("agreement", "deletion_receipt"):
+            for kind in kinds:
                 leaves = _json(
                     client.get(f"/v1/ledger/leaves/{kind}", params={"limit": MAX_PER_KIND}),
                     f"{kind} leaves of {name}",
@@ -191,6 +191,8 @@ def ledger_step(network: LocalNetwork, report: DemoReport) -> None:
     proof_dir = network.workdir / "ledger"
     proof_dir.mkdir(exist_ok=True)
     (proof_dir / f"proof-{ids[0]}.json").write_text(json.dumps(good_proof, indent=2))
+    # the same proof in its compact binary spelling; `qdspace verify` reads both
+    (proof_dir / f"proof-{ids[0]}.qdp").write_bytes(InclusionProof.parse(good_proof).to_bytes())
     (proof_dir / f"proof-{victim}-tampered.json").write_text(json.dumps(proof, indent=2))
     (proof_dir / "passport-cellex.json").write_text(json.dumps(passport, indent=2))
     _, passport_verdict = verify_document(json.dumps(passport), network.chain.url)

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from typing import Annotated, Any, NoReturn
 
 from fastapi import APIRouter, Body, Depends, HTTPException, Query
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from ledger.client import LedgerClient
 from ledger.errors import (
@@ -32,6 +32,7 @@ from ledger.proofs import (
     InclusionProof,
     Verdict,
     build_proof,
+    hex32,
     verify_proof,
 )
 from ledger.queue import LeafQueue
@@ -76,6 +77,9 @@ class ProofPublic(BaseModel):
     tx_hash: str
     block_number: int
     proof: InclusionProof
+    proof_binary_b64: str = Field(
+        description="the same proof in its binary spelling (a .qdp file), base64"
+    )
     verdict: VerdictPublic
 
 
@@ -131,21 +135,21 @@ def regulator_router(
             verdict = verify_proof(proof, client, confirmations)
         except LedgerError as exc:
             raise_http(exc)
-        anchor = proof.anchor
         return ProofPublic(
             kind=kind,
             ref_id=ref_id,
-            leaf=proof.leaf.leaf_hash,
-            root=proof.tree.root,
-            chain_id=anchor.chain_id,
-            contract=anchor.contract,
-            tx_hash=anchor.tx_hash,
-            block_number=anchor.block_number,
+            leaf=hex32(proof.leaf_hash()),
+            root=proof.root,
+            chain_id=proof.chain_id,
+            contract=proof.contract,
+            tx_hash=proof.tx_hash,
+            block_number=proof.block_number,
             proof=proof,
+            proof_binary_b64=base64.b64encode(proof.to_bytes()).decode(),
             verdict=verdict_public(verdict),
         )
 
-    @router.get("/proofs/{kind}/{ref_id}", response_model=ProofPublic)
+    @router.get("/proofs/{kind}/{ref_id:path}", response_model=ProofPublic)
     def get_proof(kind: str, ref_id: str) -> ProofPublic:
         """The inclusion proof of any anchored leaf, verified against the chain now."""
         if kind not in KIND_CODES:
@@ -169,7 +173,7 @@ def regulator_router(
         try:
             if doc_type == PROOF_TYPE:
                 proof = InclusionProof.parse(document)
-                _same_chain(client, proof.anchor.chain_id)
+                _same_chain(client, proof.chain_id)
                 return VerifyResult(
                     type=PROOF_TYPE, verdict=verdict_public(verify_proof(proof, client))
                 )
@@ -210,10 +214,7 @@ def with_record(proof: InclusionProof, record: bytes | None) -> InclusionProof:
     A record changed after anchoring is not refused here: it goes into the proof, and the
     verdict shows the regulator that its hash no longer matches what was anchored.
     """
-    if record is None:
-        return proof
-    leaf = proof.leaf.model_copy(update={"record_b64": base64.b64encode(record).decode()})
-    return proof.model_copy(update={"leaf": leaf})
+    return proof if record is None else proof.with_record(record)
 
 
 def _kind_route(

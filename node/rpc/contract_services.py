@@ -14,6 +14,7 @@ import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
+from typing import Any
 
 import grpc
 
@@ -79,6 +80,12 @@ def _guard(what: str) -> Iterator[None]:
         raise _Abort(code, str(exc)) from None
     except (WireFormatError, PolicyError) as exc:
         raise _Abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc)) from None
+
+
+def _settle(future: asyncio.Future[Any]) -> None:
+    """Retrieve a finished read-ahead nobody awaits (so its error is not logged as lost)."""
+    if not future.cancelled():
+        future.exception()
 
 
 def _peer() -> MemberIdentity:
@@ -169,11 +176,19 @@ class TransferServicer(transfer_pb2_grpc.TransferServicer):
                 pull = pull_request_from_proto(request)
                 size = min(pull.max_batch_rows or DEFAULT_BATCH_ROWS, MAX_BATCH_ROWS)
                 batches = self._rt.pull(peer, pull, size)
-                while True:
-                    batch = await asyncio.to_thread(next, batches, None)
-                    if batch is None:
-                        return
-                    yield row_batch_to_proto(batch)
+                # Read and encode the next batch (in a worker thread) while this one is
+                # written: one batch ahead at most, so the provider's saved cursor runs at
+                # most two batches ahead of the consumer's (a resume rewinds to the latter).
+                ahead = asyncio.ensure_future(asyncio.to_thread(next, batches, None))
+                try:
+                    while True:
+                        batch = await ahead
+                        if batch is None:
+                            return
+                        ahead = asyncio.ensure_future(asyncio.to_thread(next, batches, None))
+                        yield row_batch_to_proto(batch)
+                finally:
+                    ahead.add_done_callback(_settle)  # the consumer left: drop what was read
         except _Abort as abort:
             await context.abort(abort.code, abort.reason)
 

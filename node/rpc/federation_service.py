@@ -18,6 +18,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, NoReturn, TypeVar
 
@@ -25,6 +26,7 @@ import grpc
 from google.protobuf.message import DecodeError
 from nacl.signing import SigningKey, VerifyKey
 
+from federation.agreements import check_job_agreement
 from federation.chunks import (
     DEFAULT_CHUNK_BYTES,
     Assembler,
@@ -71,6 +73,7 @@ MAX_WAIT_S = 30.0
 
 _REFUSAL_CODES = {
     RefusalReason.NOT_A_MEMBER: grpc.StatusCode.PERMISSION_DENIED,
+    RefusalReason.NO_AGREEMENT: grpc.StatusCode.PERMISSION_DENIED,
     RefusalReason.BAD_SIGNATURE: grpc.StatusCode.PERMISSION_DENIED,
     RefusalReason.WRONG_SHAPE: grpc.StatusCode.INVALID_ARGUMENT,
     RefusalReason.NOT_FINITE: grpc.StatusCode.INVALID_ARGUMENT,
@@ -149,8 +152,10 @@ class FederationServicer(pb_grpc.FederationServicer):
         *,
         anchor: VersionAnchor | None = None,
         clock: Callable[[], float] = time.monotonic,
+        agreements: AgreementCheck | None = None,
     ) -> None:
         self._me = me
+        self._agreements = agreements
         self._signer = signer
         self._root = root
         self._anchor = anchor
@@ -163,12 +168,28 @@ class FederationServicer(pb_grpc.FederationServicer):
     def from_context(cls, ctx: Any) -> FederationServicer:
         """Built from the node's context; ``ctx.extras[ANCHOR_EXTRA]`` is the ledger hook."""
         anchor = ctx.extras.get(ANCHOR_EXTRA)
+        contracts = getattr(ctx, "contracts", None)
         return cls(
             ctx.keys.identity,
             ctx.keys.signing_key,
             ctx.directory / JOBS_DIR,
             anchor=anchor if callable(anchor) else None,
+            agreements=None if contracts is None else contract_agreements(contracts),
         )
+
+    async def _require_agreement(self, job: JobSpec, member_id: str) -> None:
+        """Refuse a member without an agreement in force when the job is under contract."""
+        if job.agreement_asset is None:
+            return
+        if self._agreements is None:
+            raise UpdateRefused(
+                RefusalReason.NO_AGREEMENT,
+                f"job {job.job_id} needs agreements, and {self._me.name} keeps no contracts",
+            )
+        asset, now = job.agreement_asset, datetime.now(UTC)
+        reason = await asyncio.to_thread(self._agreements, member_id, asset, now)
+        if reason is not None:
+            raise UpdateRefused(RefusalReason.NO_AGREEMENT, reason)
 
     def register(self, server: grpc.aio.Server) -> None:
         pb_grpc.add_FederationServicer_to_server(self, _RawPayloads(server))
@@ -385,6 +406,7 @@ class FederationServicer(pb_grpc.FederationServicer):
         async def check(header: pb.UploadHeader) -> None:
             slot = self._slot(header.job_id)
             holder["slot"] = slot
+            await self._require_agreement(slot.host.job, current_peer().member_id)
             attempt = None if phase is Phase.TRAINING else header.attempt
             await self._locked(
                 slot,
@@ -432,6 +454,7 @@ class FederationServicer(pb_grpc.FederationServicer):
         peer, ref = current_peer(), request.ref
         try:
             slot = self._slot(ref.job_id)
+            await self._require_agreement(slot.host.job, peer.member_id)
             advert = advert_from_proto(request.advert)
             key = VerifyKey(peer.identity.verify_key)
             await self._locked(
@@ -559,6 +582,22 @@ class _RawPayloads:
             (grpc.method_handlers_generic_handler(service, table),)
         )
         self._server.add_registered_method_handlers(service, table)
+
+
+#: ``(member_id, asset_id, now) -> None`` if the member may send updates, else the reason.
+AgreementCheck = Callable[[str, str, datetime], str | None]
+
+
+def contract_agreements(contracts: Any) -> AgreementCheck:
+    """The check over the node's contract store (``node.contract_runtime.ContractRuntime``)."""
+    from connector.negotiation import Role
+
+    def check(member_id: str, asset_id: str, at: datetime) -> str | None:
+        return check_job_agreement(
+            contracts.store.agreements(Role.PROVIDER), member_id, asset_id, at
+        )
+
+    return check
 
 
 def _json(data: bytes) -> Any:

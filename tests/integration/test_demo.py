@@ -99,7 +99,7 @@ def test_demo_federates_and_regulator_verifies(
     assert ledger["contracts"] and all(c["valid"] for c in ledger["contracts"])
     assert ledger["inspections"] and all(i["valid"] for i in ledger["inspections"])
     kinds = {c["kind"] for c in ledger["contracts"]}
-    assert {"agreement", "deletion_receipt"} <= kinds
+    assert {"agreement", "deletion_receipt", "model_version"} <= kinds
     assert ledger["tampered"]["valid"] is False
     assert ledger["passport"]["valid"] is True
     proof = next((workdir / "ledger").glob("proof-*.json"))

@@ -289,6 +289,21 @@ async def test_updates_that_do_not_fit_are_refused_with_a_reason(network: LocalN
     assert exc.value.code == "PERMISSION_DENIED" and "own operator" in str(exc.value)
 
 
+async def test_a_job_under_contract_refuses_members_without_an_agreement(
+    network: LocalNetwork,
+) -> None:
+    job = job_terms(
+        "el-contract", members=("cellex", "sunarc"), rounds=1, agreement_asset="fl-job:el-contract"
+    )
+    await start_job(network, job)
+    payload = params_to_bytes(logreg.init_params(DIMS, CLASSES))
+    header = pb.UploadHeader(job_id=job.job_id, round=1, total_bytes=len(payload), num_examples=10)
+    refused = await _raw_upload(network, "cellex", header, payload)
+    assert refused.code() is grpc.StatusCode.PERMISSION_DENIED
+    assert refused.details().startswith("no_agreement: member cellex")
+    assert "holds no agreement for fl-job:el-contract" in refused.details()
+
+
 async def test_restarted_coordinator_resumes_between_rounds(network: LocalNetwork) -> None:
     job = job_terms("el-restart", members=("cellex", "polycell"), rounds=3)
     await start_job(network, job)

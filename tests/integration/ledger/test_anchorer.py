@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from ledger.anchorer import Anchorer, AnchorPolicy
-from ledger.client import LedgerClient
+from ledger.client import ANCHOR_GAS, GAS_MARGIN, LedgerClient
 from ledger.errors import WrongChain
 from ledger.keys import ChainSigner
 from ledger.leaves import KIND_CODES, Leaf
@@ -130,6 +130,44 @@ def test_journaled_tx_whose_nonce_was_taken_is_signed_again(
     done = queue.batch(batch.id)
     assert done.state == ANCHORED and done.tx_hash != batch.tx_hash and done.nonce == 1
     assert sorted(anchored_events(client)) == sorted([b"\x07" * 32, done.root])
+
+
+def test_fixed_gas_and_a_root_anchored_elsewhere_is_adopted_not_repeated(
+    chain: ChainProcess, signer: ChainSigner, queue: LeafQueue
+) -> None:
+    client = chain.client()
+    # the constant gas limit covers the worst case (all-non-zero calldata) with margin
+    worst = client.estimate_anchor_gas(signer.address, b"\xff" * 32, 2**64 - 1, 255)
+    assert worst * GAS_MARGIN <= ANCHOR_GAS
+    anchorer = Anchorer(queue, client, signer, AnchorPolicy())
+    anchorer.enqueue("inspection", "i-1", b"one")
+    assert anchorer.step(force=True).anchored == 1
+    first = queue.batches()[0]
+    assert first.tx_hash is not None
+    assert client.w3.eth.get_transaction(first.tx_hash)["gas"] == ANCHOR_GAS  # no estimate
+    # a sealed batch whose root someone else anchored first: our fixed-gas tx reverts,
+    # the anchorer finds the root on chain and records that anchoring instead
+    queue.enqueue("inspection", "i-2", b"two")
+    batch = queue.seal("inspection", 10)
+    assert batch is not None
+    other = client.sign_anchor(signer, batch.root, batch.leaf_count, 1, 1)
+    client.send_raw(other.raw)
+    anchorer.step()  # its nonce 1 was taken meanwhile: refused, root found, adopted
+    done = queue.batch(batch.id)
+    assert done.state == ANCHORED and done.tx_hash == other.tx_hash
+    queue.enqueue("inspection", "i-3", b"three")
+    batch = queue.seal("inspection", 10)
+    assert batch is not None
+    other = client.sign_anchor(signer, batch.root, batch.leaf_count, 1, 2)
+    client.send_raw(other.raw)
+    fresh = Anchorer(queue, client, signer, AnchorPolicy())  # asks the chain: nonce 3
+    fresh.step()  # mined, reverted (AlreadyAnchored), root found, adopted
+    done = queue.batch(batch.id)
+    assert done.state == ANCHORED and done.tx_hash == other.tx_hash
+    assert len(anchored_events(client)) == 3  # each root once
+    assert fresh.step().anchored == 0
+    assert client.pending_nonce(signer.address) == 4  # ours, two others, our reverted one
+    assert [r.state for r in queue.batches()] == [ANCHORED] * 3
 
 
 def test_chain_outage_during_anchoring_loses_nothing(

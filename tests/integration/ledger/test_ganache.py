@@ -12,7 +12,7 @@ import pytest
 import requests
 
 from ledger.anchorer import Anchorer, AnchorPolicy
-from ledger.client import LedgerClient
+from ledger.client import ANCHOR_GAS, GAS_MARGIN, LedgerClient
 from ledger.compile import tools_dir
 from ledger.deploy import deploy_anchor, fund_from_dev_account
 from ledger.errors import AlreadyAnchored
@@ -92,6 +92,8 @@ def test_anchor_and_verify_on_ganache(ganache: str, queue: LeafQueue, tmp_path: 
     assert verdict.valid, verdict.reason
     with pytest.raises(AlreadyAnchored):
         client.sign_anchor(signer, batches[0].root, 3, 1, client.pending_nonce(signer.address))
+    worst = client.estimate_anchor_gas(signer.address, b"\xff" * 32, 2**64 - 1, 255)
+    assert worst * GAS_MARGIN <= ANCHOR_GAS  # the fixed limit holds on ganache's EVM too
     # a journaled transaction resent after a crash is recognised, not sent twice
     b = batches[-1]
     assert b.raw_tx is not None and b.tx_hash is not None

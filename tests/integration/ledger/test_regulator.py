@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import hmac
 import json
 import threading
@@ -20,6 +21,7 @@ from nacl.signing import SigningKey
 from ledger.anchorer import Anchorer, AnchorPolicy
 from ledger.keys import ChainSigner
 from ledger.passport import Passport, issue_passport
+from ledger.proofs import InclusionProof
 from ledger.queue import LeafQueue
 from node.api.regulator import regulator_router
 
@@ -114,8 +116,10 @@ def test_each_kind_has_a_verified_proof(api: httpx.Client) -> None:
         body = r.json()
         assert (body["kind"], body["ref_id"]) == (kind, ref)
         assert body["verdict"]["valid"] is True, body["verdict"]
-        assert body["leaf"] == body["proof"]["leaf"]["leaf_hash"]
-        assert body["root"] == body["proof"]["tree"]["root"]
+        proof = InclusionProof.parse(body["proof"])
+        assert body["leaf"] == "0x" + proof.leaf_hash().hex()
+        assert body["root"] == proof.root
+        assert base64.b64decode(body["proof_binary_b64"]) == proof.to_bytes()
         assert body["tx_hash"].startswith("0x") and body["block_number"] >= 1
         # the proof handed out verifies again when posted back
         again = api.post("/v1/regulator/verify", json=body["proof"])
@@ -133,17 +137,17 @@ def test_faults_are_clear_4xx(api: httpx.Client, chain: ChainProcess) -> None:
 
     proof = api.get("/v1/regulator/agreements/agr-1/proof").json()["proof"]
     broken = json.loads(json.dumps(proof))
-    broken["tree"]["path"] = "not a list"
+    broken["path"] = "not base64!"
     r = api.post("/v1/regulator/verify", json=broken)
-    assert r.status_code == 422 and "tree.path" in r.json()["detail"]
+    assert r.status_code == 422 and "path" in r.json()["detail"]
     assert api.post("/v1/regulator/verify", json={"type": "invoice"}).status_code == 422
     assert api.post("/v1/regulator/verify", content=b"{not json").status_code == 422
     elsewhere = json.loads(json.dumps(proof))
-    elsewhere["anchor"]["chain_id"] = 1
+    elsewhere["chain_id"] = 1
     r = api.post("/v1/regulator/verify", json=elsewhere)
     assert r.status_code == 400 and "document is for chain 1" in r.json()["detail"]
     tampered = json.loads(json.dumps(proof))
-    tampered["leaf"]["ref_id"] = "agr-2"
+    tampered["ref_id"] = "agr-2"
     r = api.post("/v1/regulator/verify", json=tampered)
     assert r.status_code == 200 and r.json()["verdict"]["valid"] is False
 

@@ -68,13 +68,21 @@ def test_cli_verifies_a_proof_and_rejects_a_forged_record(
     assert code == 0, out
     assert "VALID qdspace.inclusion-proof" in out
     forged = json.loads(path.read_text())
-    forged["leaf"]["record_b64"] = "eyJvZmZlciI6ImVsLXZlcmRpY3RzIiwib3JkZXIiOiJQTy03OCJ9"
+    forged["record_b64"] = "eyJvZmZlciI6ImVsLXZlcmRpY3RzIiwib3JkZXIiOiJQTy03OCJ9"
     path.write_text(json.dumps(forged))
     code, out = _cli("verify", str(path), "--rpc", anchored.chain.url)
     assert code == 1 and "INVALID" in out and "record" in out
     path.write_text("{}")
     code, out = _cli("verify", str(path), "--rpc", anchored.chain.url)
     assert code == 2 and "no 'type' field" in out
+    # the binary spelling of the same proof verifies the same way
+    binary = tmp_path / "proof.qdp"
+    binary.write_bytes(proof.to_bytes())
+    code, out = _cli("verify", str(binary), "--rpc", anchored.chain.url)
+    assert code == 0 and "VALID qdspace.inclusion-proof" in out, out
+    binary.write_bytes(proof.to_bytes()[:-1])
+    code, out = _cli("verify", str(binary), "--rpc", anchored.chain.url)
+    assert code == 2 and "malformed proof" in out
 
 
 def _mutations(text: str) -> list[str]:
@@ -92,7 +100,7 @@ def _mutations(text: str) -> list[str]:
 def test_changing_any_byte_of_record_proof_or_root_fails(anchored: Anchored) -> None:
     key = ("inspection", "EL-CX-005")
     proof = build_proof(anchored.queue, *key, RECORDS[key])
-    text = json.dumps(proof.model_dump(mode="json"), separators=(",", ":"))
+    text = proof.to_json()
     assert verify_document(text, anchored.chain.url)[1].valid
     survivors = []
     for mutated in _mutations(text):
@@ -103,6 +111,26 @@ def test_changing_any_byte_of_record_proof_or_root_fails(anchored: Anchored) -> 
         if verdict.valid:
             survivors.append(mutated)
     assert survivors == []
+
+
+def test_changing_any_byte_of_a_binary_proof_fails(anchored: Anchored) -> None:
+    key = ("agreement", "agr-sunarc-cellex-1")
+    data = build_proof(anchored.queue, *key, RECORDS[key]).to_bytes()
+    assert verify_document(data, anchored.chain.url)[1].valid
+    survivors = []
+    for i in range(len(data)):
+        for xor in (0x01, 0x80):
+            mutated = data[:i] + bytes([data[i] ^ xor]) + data[i + 1 :]
+            try:
+                _, verdict = verify_document(mutated, anchored.chain.url)
+            except DocumentFormatError:
+                continue
+            if verdict.valid:
+                survivors.append((i, xor))
+    assert survivors == []
+    for cut in (data[:-1], data + b"\x00", data[:40]):
+        with pytest.raises(DocumentFormatError, match="malformed proof"):
+            verify_document(cut, anchored.chain.url)
 
 
 def test_passport_verifies_and_catches_tampering_and_omissions(

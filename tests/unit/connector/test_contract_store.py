@@ -10,8 +10,10 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
 from nacl.signing import SigningKey
-from sqlalchemy import Engine, create_engine, select, text
+from sqlalchemy import Engine, create_engine, inspect, select, text
 
 from connector.agreement import (
     DeletionReceipt,
@@ -22,6 +24,7 @@ from connector.agreement import (
 )
 from connector.contract_errors import KeyShreddedError, UnknownContractError
 from connector.contract_store import (
+    CONTRACT_METADATA,
     ConcurrentUpdateError,
     ContractStore,
     ContractStoreError,
@@ -46,6 +49,8 @@ from connector.negotiation import (
     draft_agreement,
     open_negotiation,
 )
+from connector.spc import QualityAlert, SpcAlert, SpcPoint
+from connector.storage import migrate
 from connector.transfer import (
     Checkpoint,
     TransferRequest,
@@ -238,6 +243,7 @@ def test_transfer_batches_commit_atomically_and_never_twice(
     assert loaded.checkpoint == after.checkpoint and loaded.state is TransferState.STARTED
     assert store.count_received("agr-neg-1") == 4
     assert [r.decode() for r in store.received_rows("agr-neg-1")] == ROWS[:4]
+    assert {r.received_at for r in store.received_rows("agr-neg-1")} == {at(7)}
     assert store.last_received_seq("tx-1") == 3
     # At rest the rows are ciphertext, bound to their place.
     with engine.connect() as connection:
@@ -258,6 +264,8 @@ def test_rows_do_not_open_without_the_node_key(store: ContractStore, engine: Eng
         store.store_received_rows("agr-neg-1", "sub-1", [IncomingRow(7, "ORD-1", b"{}")], at(2))
         == 0
     )
+    mixed = [IncomingRow(7, "ORD-1", b"{}"), IncomingRow(8, "ORD-1", b"{}")]
+    assert store.store_received_rows("agr-neg-1", "sub-1", mixed, at(3)) == 1
     with pytest.raises(ContractStoreError, match="node's key"):
         ContractStore(engine, b"\1" * 32).received_rows("agr-neg-1")
     with pytest.raises(ContractStoreError, match="32 bytes"):
@@ -348,3 +356,49 @@ def test_provider_tracks_duties_from_pending_to_fulfilled(store: ContractStore) 
     store.record_receipt(sign_receipt(receipt, C_KEY))  # idempotent
     (done,) = store.deletion_duties(late)
     assert done.status is DutyStatus.FULFILLED_LATE and done.receipt == receipt
+
+
+def test_the_contract_schema_comes_from_its_migration(engine: Engine) -> None:
+    """The tables `ensure_schema` made are exactly CONTRACT_METADATA's, at revision
+    0002_contracts (a table change without a new revision fails here)."""
+    with engine.connect() as connection:
+        context = MigrationContext.configure(connection)
+        assert context.get_current_revision() == "0002_contracts"
+        diffs = compare_metadata(context, CONTRACT_METADATA)
+    ours = [d for d in diffs if "contract_" in repr(d)]
+    assert ours == []
+    assert set(CONTRACT_METADATA.tables) <= set(inspect(engine).get_table_names())
+
+
+def test_tables_made_before_the_migration_existed_are_adopted(tmp_path: Path) -> None:
+    old = create_engine(f"sqlite:///{tmp_path / 'old.db'}")
+    migrate(old, "0001_qdm")
+    CONTRACT_METADATA.create_all(old)  # what a node did before 0002_contracts
+    kept = OutboxMessage("cellex", "notification", "n-1", "n-1", b"x")
+    ContractStore(old, KEK).enqueue([kept], T0)
+    ensure_schema(old)
+    with old.connect() as connection:
+        assert MigrationContext.configure(connection).get_current_revision() == "0002_contracts"
+    assert [m.message for m in ContractStore(old, KEK).due_messages(at(1))] == [kept]
+    old.dispose()
+
+
+def test_received_quality_alerts_are_kept_once_and_read_back_whole(store: ContractStore) -> None:
+    points = tuple(SpcPoint(i, 0.5 + i / 7, at(i)) for i in range(3))
+    first = QualityAlert(
+        "alert-1",
+        SpcAlert("RULE_2", "9 points above the centre line", points, at(3)),
+        agreement_id="agr-neg-1",
+        order_id="ORD-1",
+        station="EL-1",
+        characteristic="score",
+    )
+    second = QualityAlert("alert-2", SpcAlert("CPK", "Cpk 0.81 < 1.33", points[:1], at(4)))
+    assert store.record_alert("sunarc", first, at(5))
+    assert not store.record_alert("sunarc", first, at(6))  # a retried notification
+    assert store.record_alert("sunarc", second, at(7))
+    assert store.record_alert("polycell", first, at(8))  # ids are per sender
+    assert store.received_alerts("sunarc") == [first, second]
+    assert len(store.received_alerts()) == 3
+    reopened = ContractStore(store.engine, KEK)  # durable: another process sees them
+    assert reopened.received_alerts("polycell") == [first]

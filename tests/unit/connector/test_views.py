@@ -319,3 +319,83 @@ def test_a_transfer_broken_anywhere_resumes_without_loss_or_duplicates(
     assert received == expected
     assert store.load_transfer("tx").offset == len(expected)
     consumer_db.dispose()
+
+
+def test_pages_split_into_exactly_their_rows_whatever_the_strings_hold(tmp_path: Path) -> None:
+    """JSON lines from one page encoding: quotes, braces, newlines and non-ASCII in values
+    neither merge nor split rows, and each line is the row's wire bytes."""
+    store = open_store(f"sqlite:///{tmp_path / 'qdm.sqlite'}")
+    tricky = ['x},{"y', "a\nb", 'q"},{"r', "}\n{", "Zürich ✓", "\\", "{}"]
+    rows = [
+        {
+            "inspection_id": f"T-{n}",
+            "station": text,
+            "inspected_at": (T0 + timedelta(seconds=n)).isoformat(),
+            "verdict": "ok",
+            "model_version": text or None,
+            "order_id": "ORD-1",
+        }
+        for n, text in enumerate(tricky)
+    ]
+    report = store.ingest_rows("inspection", list(enumerate(rows, 1)))
+    assert report.accepted == len(tricky), report
+    asset = Asset(
+        asset_id="inspections",
+        title="EL inspections",
+        kind=AssetKind.INSPECTIONS_OF_ORDER,
+        tables=("qdm_inspection",),
+        fields=INSPECTION_FIELDS,
+        offer=offer_for("inspections", frozenset({"ORD-1"}), None),
+        pseudonymized=frozenset(),
+    )
+    agreement = to_agreement(asset.offer, "agr-s", "sunarc")
+    request = Request(Action.READ, T0, asset.fields, purpose="qa", order_id="ORD-1")
+    gate = ReleaseGate(asset, agreement, request, Pseudonymizer(SECRET, "agr-s"))
+    opening = TransferRequest("m", "tx", "sunarc", "agr-s", "cellex", T0, "qa", "ORD-1")
+    process = apply_transfer(
+        open_transfer(opening, Role.PROVIDER),
+        TransferStart("s", "tx", "cellex", Checkpoint.genesis("tx"), T0),
+    )
+    lines = [
+        line
+        for batch, _ in stream_batches(process, store.engine, gate, batch_rows=3)
+        for line in batch.payloads()
+    ]
+    expected = [gate(row) for _, row in read_asset(store.engine, asset, "ORD-1", gate.query_fields)]
+    assert lines == [row_bytes(row) for row in expected if row is not None]
+    assert [json.loads(line)["station"] for line in lines] == tricky
+    assert json.loads(lines[0])["inspected_at"] == "2026-05-01T00:00:00Z"
+    store.close()
+
+
+def test_a_value_without_a_json_form_stops_the_page_and_names_its_row(tmp_path: Path) -> None:
+    store = open_store(f"sqlite:///{tmp_path / 'qdm.sqlite'}")
+    base = {"station": "EL-1", "inspected_at": T0, "verdict": "ok", "order_id": "ORD-1"}
+    with store.engine.begin() as connection:
+        connection.execute(
+            insert(INSPECTION_TABLE),
+            [
+                {**base, "inspection_id": "F-1", "score": 0.5},
+                {**base, "inspection_id": "F-2", "score": float("inf")},
+            ],
+        )
+    asset = Asset(
+        asset_id="inspections",
+        title="EL inspections",
+        kind=AssetKind.INSPECTIONS_OF_ORDER,
+        tables=("qdm_inspection",),
+        fields=INSPECTION_FIELDS,
+        offer=offer_for("inspections", frozenset({"ORD-1"}), None),
+        pseudonymized=frozenset(),
+    )
+    agreement = to_agreement(asset.offer, "agr-f", "sunarc")
+    request = Request(Action.READ, T0, asset.fields, purpose="qa", order_id="ORD-1")
+    gate = ReleaseGate(asset, agreement, request, Pseudonymizer(SECRET, "agr-f"))
+    opening = TransferRequest("m", "tx", "sunarc", "agr-f", "cellex", T0, "qa", "ORD-1")
+    process = apply_transfer(
+        open_transfer(opening, Role.PROVIDER),
+        TransferStart("s", "tx", "cellex", Checkpoint.genesis("tx"), T0),
+    )
+    with pytest.raises(ViewError, match=r"row 2 holds inf"):
+        list(stream_batches(process, store.engine, gate))
+    store.close()

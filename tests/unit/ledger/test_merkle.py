@@ -82,6 +82,10 @@ def test_empty_tree_and_domain_separation() -> None:
         MerkleTree.from_leaf_hashes([])
     with pytest.raises(MerkleError, match="leaf hash 1 has 3 bytes"):
         MerkleTree.from_leaf_hashes([a, b"abc"])
+    with pytest.raises(MerkleError, match="33 bytes, not a multiple of 32"):
+        MerkleTree.from_packed(a + b"x")
+    assert MerkleTree.from_packed(a + b).root == root_of([a, b]) == node_hash(a, b)
+    assert MerkleTree.from_packed(a + b).leaf(1) == b
 
 
 def test_index_outside_tree_names_the_size() -> None:

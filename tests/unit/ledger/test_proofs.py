@@ -49,12 +49,40 @@ def test_every_leaf_of_a_batch_gets_a_proof_that_checks_offline(queue: LeafQueue
         proof = build_proof(queue, "inspection", ref, rec)
         assert all(c.ok for c in offline_checks(proof)), ref
         assert InclusionProof.parse(proof.to_json()) == proof
-        roots.add(proof.tree.root)
+        assert InclusionProof.parse(proof.to_bytes()) == proof
+        assert proof.leaf_hash() == queue.leaf("inspection", ref).leaf_hash
+        roots.add(proof.root)
     assert len(roots) == 1
-    assert proof.tree.size == 11
-    assert len(proof.tree.path) == proof_length(11, proof.tree.index)
+    assert proof.size == 11
+    assert len(proof.path_hashes()) == proof_length(11, proof.index)
     no_chain = verify_proof(proof, None)
     assert not no_chain.valid and "no chain access" in no_chain.reason
+    bare = proof.with_record(None)
+    assert [c.name for c in offline_checks(bare)] == ["inclusion"]
+    assert len(bare.to_bytes()) < len(proof.to_bytes()) < len(proof.to_json())
+
+
+def test_proof_at_one_million_leaves_fits_in_one_kilobyte() -> None:
+    """The issue's aim: <= 1 KB at 1M leaves. A 20-hash path, and every field kept."""
+    size, index = 1_000_000, 524_287  # an index with the longest path
+    path = [bytes([i]) * 32 for i in range(proof_length(size, index))]
+    proof = InclusionProof(
+        kind="inspection",
+        ref_id="EL-000000042",
+        record_sha256="0x" + "ab" * 32,
+        index=index,
+        size=size,
+        path=base64.b64encode(b"".join(path)).decode(),
+        root="0x" + "cd" * 32,
+        chain_id=131277322940537,
+        contract="0x" + "12" * 20,
+        tx_hash="0x" + "ef" * 32,
+        block_number=123_456,
+    )
+    assert len(path) == 20
+    assert len(proof.to_bytes()) <= 1024
+    assert InclusionProof.parse(proof.to_bytes()) == proof
+    assert len(proof.to_json()) <= 1400  # the JSON spelling: hex hashes, base64 path
 
 
 def test_missing_or_unanchored_leaves_say_so(queue: LeafQueue) -> None:
@@ -71,33 +99,28 @@ def test_missing_or_unanchored_leaves_say_so(queue: LeafQueue) -> None:
 def test_any_changed_byte_fails_offline_or_parsing(queue: LeafQueue, data: st.DataObject) -> None:
     ref = data.draw(st.sampled_from(sorted(RECORDS)), label="ref")
     doc = build_proof(queue, "inspection", ref, RECORDS[ref]).model_dump(mode="json")
-    # change one byte of the record, one character of the path/root/leaf, or the index
+    # change one byte of the record, the path, the root, the record hash, the index or the id
     target = data.draw(
-        st.sampled_from(
-            ["record", "path", "root", "leaf_hash", "record_sha256", "index", "ref_id", "kind"]
-        ),
+        st.sampled_from(["record", "path", "root", "record_sha256", "index", "ref_id", "kind"]),
         label="target",
     )
-    if target == "record":
-        raw = bytearray(base64.b64decode(doc["leaf"]["record_b64"]))
+    if target in ("record", "path"):
+        key = "record_b64" if target == "record" else "path"
+        raw = bytearray(base64.b64decode(doc[key]))
         pos = data.draw(st.integers(0, len(raw) - 1), label="pos")
         raw[pos] ^= data.draw(st.integers(1, 255), label="xor")
-        doc["leaf"]["record_b64"] = base64.b64encode(bytes(raw)).decode()
+        doc[key] = base64.b64encode(bytes(raw)).decode()
     elif target == "index":
-        doc["tree"]["index"] = (doc["tree"]["index"] + data.draw(st.integers(1, 10))) % 11
+        doc["index"] = (doc["index"] + data.draw(st.integers(1, 10))) % 11
     elif target == "kind":
-        doc["leaf"]["kind"] = "agreement"
+        doc["kind"] = "agreement"
     elif target == "ref_id":
-        doc["leaf"]["ref_id"] += "x"
+        doc["ref_id"] += "x"
     else:
-        holder = doc["tree"] if target in ("path", "root") else doc["leaf"]
-        if target == "path":
-            i = data.draw(st.integers(0, len(holder["path"]) - 1), label="i")
-            holder, target = holder["path"], i  # type: ignore[assignment]
-        value = holder[target]  # type: ignore[index]
+        value = doc[target]
         pos = data.draw(st.integers(2, len(value) - 1), label="char")
         new = data.draw(st.sampled_from("0123456789abcdef").filter(lambda c: c != value[pos]))
-        holder[target] = value[:pos] + new + value[pos + 1 :]  # type: ignore[index]
+        doc[target] = value[:pos] + new + value[pos + 1 :]
     proof = InclusionProof.parse(json.dumps(doc))
     assert not all(c.ok for c in offline_checks(proof))
 
@@ -105,14 +128,16 @@ def test_any_changed_byte_fails_offline_or_parsing(queue: LeafQueue, data: st.Da
 @pytest.mark.parametrize(
     ("mutate", "field"),
     [
-        (lambda d: d["tree"].__setitem__("root", d["tree"]["root"].upper()), "tree.root"),
-        (lambda d: d["tree"].__setitem__("size", "11"), "tree.size"),
-        (lambda d: d["anchor"].__setitem__("contract", "0x12"), "anchor.contract"),
-        (lambda d: d["leaf"].__setitem__("kind", "invoice"), "leaf.kind"),
+        (lambda d: d.__setitem__("root", d["root"].upper()), "root"),
+        (lambda d: d.__setitem__("size", "11"), "size"),
+        (lambda d: d.__setitem__("contract", "0x12"), "contract"),
+        (lambda d: d.__setitem__("kind", "invoice"), "kind"),
         (lambda d: d.__setitem__("extra", 1), "extra"),
-        (lambda d: d.__setitem__("version", 2), "version"),
-        (lambda d: d["leaf"].__setitem__("record_b64", "QR=="), "leaf.record_b64"),
-        (lambda d: d["tree"].pop("path"), "tree.path"),
+        (lambda d: d.__setitem__("version", 1), "version"),
+        (lambda d: d.__setitem__("record_b64", "QR=="), "record_b64"),
+        (lambda d: d.__setitem__("path", d["path"][:-4]), "path"),
+        (lambda d: d.__setitem__("path", base64.b64encode(b"x" * 31).decode()), "path"),
+        (lambda d: d.pop("path"), "path"),
     ],
 )
 def test_malformed_documents_name_the_field(queue: LeafQueue, mutate: object, field: str) -> None:

@@ -141,3 +141,44 @@ def test_batch_states_move_forward_only(queue: LeafQueue) -> None:
     assert (done.state, done.block_number, done.attempts) == (ANCHORED, 12, 2)
     assert queue.state_counts() == {SEALED: 0, SIGNED: 0, ANCHORED: 1}
     assert queue.anchored_between(0, 2**40) == [done]
+
+
+def test_bulk_records_span_packed_rows_and_seal_across_them(
+    queue: LeafQueue, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("ledger.queue.CHUNK_LEAVES", 4)  # many packed rows from few leaves
+    refs = [f"EL-{i:03d}" for i in range(11)]
+    records = [f'{{"n":{i}}}'.encode() for i in range(11)]
+    assert queue.enqueue_records("inspection", refs[:6], records[:6]) == 6
+    queue.enqueue("inspection", refs[6], records[6])  # a one-leaf row in between
+    assert queue.enqueue_records("inspection", refs, records) == 4  # 7 known, 4 new
+    expected = [Leaf.of("inspection", r, d) for r, d in zip(refs, records, strict=True)]
+    for i, leaf in enumerate(expected):
+        stored = queue.leaf("inspection", leaf.ref_id)
+        assert (stored.seq, stored.record_sha256, stored.leaf_hash) == (
+            i + 1,
+            leaf.record_sha256,
+            leaf.hash(),
+        )
+    assert [s.ref_id for s in queue.recent("inspection", 6)] == refs[:4:-1]
+    pending = queue.pending("inspection")
+    assert pending.count == 11 and pending.oldest_at is not None
+    batches = [queue.seal("inspection", 5) for _ in range(3)]
+    assert [(b.seq_from, b.seq_to) for b in batches if b] == [(1, 5), (6, 10), (11, 11)]
+    for b in batches:
+        assert b is not None
+        hashes = queue.leaf_hashes(b)
+        assert hashes == [x.hash() for x in expected[b.seq_from - 1 : b.seq_to]]
+        assert b.root == root_of(hashes)
+    with pytest.raises(LeafConflict, match="'EL-003' was anchored with other content"):
+        queue.enqueue_records("inspection", ["EL-100", "EL-003"], [b"new", b"changed"])
+    with pytest.raises(UnknownLeaf):  # all or nothing: the new id of that call is not stored
+        queue.leaf("inspection", "EL-100")
+    with pytest.raises(LeafConflict, match="'EL-200' was anchored with other content"):
+        queue.enqueue_records("inspection", ["EL-200", "EL-200"], [b"one", b"two"])
+    with pytest.raises(LedgerError, match="printable"):
+        queue.enqueue_records("inspection", ["ok", "bad\nid"], [b"", b""])
+    with pytest.raises(LedgerError, match="2 reference ids but 1 records"):
+        queue.enqueue_records("inspection", ["a", "b"], [b""])
+    assert queue.enqueue_records("inspection", [], []) == 0
+    assert queue.pending("inspection").count == 0

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from ledger.client import ANCHOR_GAS
 from node.anchoring import LedgerSettings, canonical_row, write_ledger_file
 from node.errors import ConfigError
 
@@ -23,6 +24,13 @@ def test_ledger_file_and_environment(tmp_path: Path, monkeypatch: pytest.MonkeyP
     monkeypatch.setenv("QDSPACE_LEDGER_MAX_LEAVES", "50")
     settings = LedgerSettings.load(tmp_path)
     assert (settings.rpc_url, settings.max_leaves) == ("http://chain.internal:8545", 50)
+    assert settings.gas == ANCHOR_GAS  # a fixed gas limit unless told to estimate (0)
+    monkeypatch.setenv("QDSPACE_LEDGER_GAS", "0")
+    assert LedgerSettings.load(tmp_path).gas == 0
+    monkeypatch.setenv("QDSPACE_LEDGER_GAS", "-1")
+    with pytest.raises(ConfigError, match="gas"):
+        LedgerSettings.load(tmp_path)
+    monkeypatch.delenv("QDSPACE_LEDGER_GAS")
     monkeypatch.setenv("QDSPACE_LEDGER_MAX_LEAVES", "0")
     with pytest.raises(ConfigError, match="max_leaves"):
         LedgerSettings.load(tmp_path)
