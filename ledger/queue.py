@@ -11,8 +11,9 @@ after a crash the same bytes are resent (or their receipt found) and the batch i
 anchored twice. The unique root is a second guard, the contract refusing a known root the
 third.
 
-Works on SQLite and PostgreSQL; the tables have their own ``MetaData`` and are created by
-:func:`ensure_schema`.
+Works on SQLite and PostgreSQL; the tables have their own ``MetaData``. In a node's database
+the migration ``0003_ledger`` makes them; a standalone queue gets them from
+:func:`ensure_schema` (a no-op where they exist).
 """
 
 from __future__ import annotations

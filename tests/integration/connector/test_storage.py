@@ -18,7 +18,7 @@ from connector.genealogy import NotYourBatch, UnknownBatch, upstream
 from connector.ingest import ingest_file
 from connector.qdm import Inspection, ProcessMeasurement, metadata
 from connector.sample import sold_batch, write_sample_files
-from connector.storage import QualityStore, open_store
+from connector.storage import QualityStore, head_revision, open_store
 
 
 def _inspection(i: int, **changes: Any) -> dict[str, Any]:
@@ -34,7 +34,7 @@ def _inspection(i: int, **changes: Any) -> dict[str, Any]:
 
 
 def test_schema_is_migrated_and_matches_the_models(store: QualityStore) -> None:
-    assert store.schema_version() == "0002_contracts"  # the head revision
+    assert store.schema_version() == head_revision() == "0003_ledger"
     with store.engine.connect() as connection:
         context = MigrationContext.configure(
             connection,
