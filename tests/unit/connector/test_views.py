@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
 import random
+import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -12,13 +14,13 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from sqlalchemy import Engine, create_engine, insert
+from sqlalchemy import Engine, create_engine, insert, text
 
 from connector.contract_errors import ViewError
 from connector.contract_store import ContractStore, IncomingRow, ensure_schema
 from connector.negotiation import Role
 from connector.pseudonym import PSEUDONYM_PREFIX, Pseudonymizer
-from connector.storage import open_store
+from connector.storage import QualityStore, migrate, open_store
 from connector.transfer import (
     Checkpoint,
     TransferRequest,
@@ -321,21 +323,60 @@ def test_a_transfer_broken_anywhere_resumes_without_loss_or_duplicates(
     consumer_db.dispose()
 
 
-def test_pages_split_into_exactly_their_rows_whatever_the_strings_hold(tmp_path: Path) -> None:
+PG_URL = os.environ.get("QDSPACE_TEST_PG_URL")
+
+
+@pytest.fixture(
+    params=[
+        "sqlite",
+        pytest.param(
+            "postgres",
+            marks=[
+                pytest.mark.postgres,
+                pytest.mark.skipif(PG_URL is None, reason="QDSPACE_TEST_PG_URL not set"),
+            ],
+        ),
+    ]
+)
+def qdm(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[QualityStore]:
+    """An empty QDM on SQLite, or in a fresh PostgreSQL schema."""
+    if request.param == "sqlite":
+        store = open_store(f"sqlite:///{tmp_path / 'qdm.sqlite'}")
+        yield store
+        store.close()
+        return
+    assert PG_URL is not None
+    schema = f"views_{uuid.uuid4().hex[:8]}"
+    admin = create_engine(PG_URL)
+    with admin.begin() as connection:
+        connection.execute(text(f"CREATE SCHEMA {schema}"))
+    engine = create_engine(PG_URL, connect_args={"options": f"-csearch_path={schema}"})
+    try:
+        migrate(engine)
+        yield QualityStore(engine)
+    finally:
+        engine.dispose()
+        with admin.begin() as connection:
+            connection.execute(text(f"DROP SCHEMA {schema} CASCADE"))
+        admin.dispose()
+
+
+def test_pages_split_into_exactly_their_rows_whatever_the_strings_hold(qdm: QualityStore) -> None:
     """JSON lines from one page encoding: quotes, braces, newlines and non-ASCII in values
-    neither merge nor split rows, and each line is the row's wire bytes."""
-    store = open_store(f"sqlite:///{tmp_path / 'qdm.sqlite'}")
+    neither merge nor split rows, and each line is the row's wire bytes (as the row-by-row
+    path makes them), on SQLite and PostgreSQL."""
+    store = qdm
     tricky = ['x},{"y', "a\nb", 'q"},{"r', "}\n{", "Zürich ✓", "\\", "{}"]
     rows = [
         {
             "inspection_id": f"T-{n}",
-            "station": text,
-            "inspected_at": (T0 + timedelta(seconds=n)).isoformat(),
+            "station": value,
+            "inspected_at": (T0 + timedelta(seconds=n, microseconds=999 * n)).isoformat(),
             "verdict": "ok",
-            "model_version": text or None,
+            "model_version": value or None,
             "order_id": "ORD-1",
         }
-        for n, text in enumerate(tricky)
+        for n, value in enumerate(tricky)
     ]
     report = store.ingest_rows("inspection", list(enumerate(rows, 1)))
     assert report.accepted == len(tricky), report
@@ -365,7 +406,7 @@ def test_pages_split_into_exactly_their_rows_whatever_the_strings_hold(tmp_path:
     assert lines == [row_bytes(row) for row in expected if row is not None]
     assert [json.loads(line)["station"] for line in lines] == tricky
     assert json.loads(lines[0])["inspected_at"] == "2026-05-01T00:00:00Z"
-    store.close()
+    assert json.loads(lines[1])["inspected_at"] == "2026-05-01T00:00:01.000999Z"
 
 
 def test_a_value_without_a_json_form_stops_the_page_and_names_its_row(tmp_path: Path) -> None:
