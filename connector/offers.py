@@ -13,6 +13,10 @@ decision: agree when the request is within the offer and covers only orders
 the consumer placed, counter-offer the narrowed terms when it asks for more,
 terminate when nothing of it can be granted. `acceptable_counter` is the
 consumer's mirror: accept a counter-offer only if it grants no more than asked.
+
+A federated-learning job is offered too (`federated_job_asset`): its terms are
+fixed by the job, so `answer_job_request` agrees only to exactly the published
+offer, and only with the job's members.
 """
 
 from __future__ import annotations
@@ -97,6 +101,29 @@ def standard_assets(provider_id: str) -> list[Asset]:
             audience=CUSTOMER_ROLES,
         ),
     ]
+
+
+MODEL_UPDATE_FIELD = "model_update"
+
+
+def federated_job_asset(
+    provider_id: str, asset_id: str, title: str, members: frozenset[str], terms: OfferTerms
+) -> Asset:
+    """A federated job in the coordinator's catalog: `members` (names) may negotiate it.
+
+    It exposes one field, ``model_update`` (a member's clipped, masked change to
+    the model), and no table: no row of anyone's QDM is released under it.
+    """
+    return Asset(
+        asset_id,
+        title,
+        AssetKind.FEDERATED_JOB,
+        (),
+        frozenset({MODEL_UPDATE_FIELD}),
+        make_offer(f"offer:{provider_id}:{asset_id}", provider_id, asset_id, terms),
+        pseudonymized=frozenset(),
+        consumers=members,
+    )
 
 
 class NonStandardPolicyError(ValueError):
@@ -216,6 +243,25 @@ def answer_request(
         return Answer(Verdict.AGREE)
     counter = make_offer(counter_uid, published.assigner, published.target, terms)
     return Answer(Verdict.COUNTER, counter, "the request asked for more than is offered")
+
+
+def answer_job_request(asset: Asset, requested: Policy, consumer: str) -> Answer:
+    """The coordinator's answer to member `consumer` (a name) asking to join a job.
+
+    A job's terms are the same for every member: the request must be the published
+    offer (same permission, duties and prohibitions), else nothing is agreed.
+    """
+    if not asset.negotiable_by(consumer):
+        return Answer(
+            Verdict.TERMINATE, reason=f"{consumer} is not a member of job asset {asset.asset_id}"
+        )
+    if requested.type is not PolicyType.OFFER or not requested.same_terms(asset.offer):
+        return Answer(
+            Verdict.TERMINATE,
+            reason=f"job asset {asset.asset_id} is agreed only on its published offer "
+            "(model updates for training, no raw data, no redistribution)",
+        )
+    return Answer(Verdict.AGREE)
 
 
 def acceptable_counter(requested: Policy, counter: Policy) -> bool:

@@ -39,6 +39,8 @@ class AssetKind(StrEnum):
     PROCESS_ALONG_GENEALOGY = "process_along_genealogy"
     LIVE_INSPECTION_STREAM = "live_inspection_stream"
     OPERATOR_LOG_OF_ORDER = "operator_log_of_order"
+    #: A federated-learning job: no table behind it, only model updates under contract.
+    FEDERATED_JOB = "federated_job"
 
 
 @dataclass(frozen=True)
@@ -47,6 +49,9 @@ class Asset:
 
     `audience` lists the member roles that may see it in the catalog (empty:
     every member). `order_key` is the field that carries a row's order id.
+    `consumers` names the members that may negotiate it (empty: any member the
+    audience admits); a federated job's are its members. Only a federated job
+    has no tables: nothing of it is ever read from the QDM.
     """
 
     asset_id: str
@@ -59,9 +64,11 @@ class Asset:
     order_key: str = "order_id"
     audience: frozenset[str] = frozenset()
     description: str = ""
+    consumers: frozenset[str] = frozenset()
 
     def __post_init__(self) -> None:
-        if not self.asset_id or not self.tables or not self.fields:
+        needs_tables = self.kind is not AssetKind.FEDERATED_JOB
+        if not self.asset_id or (needs_tables and not self.tables) or not self.fields:
             raise ViewError(f"asset {self.asset_id!r} needs an id, tables and fields")
         if self.offer.type is not PolicyType.OFFER or self.offer.target != self.asset_id:
             raise ViewError(
@@ -90,6 +97,10 @@ class Asset:
     def visible_to(self, role: str) -> bool:
         """Whether a member with this role sees the asset in the catalog."""
         return not self.audience or role in self.audience
+
+    def negotiable_by(self, name: str) -> bool:
+        """Whether the member called `name` may negotiate the asset."""
+        return not self.consumers or name in self.consumers
 
     @property
     def is_stream(self) -> bool:
@@ -353,6 +364,8 @@ def asset_source(
         if order_id is None:
             raise ViewError(f"asset {asset.asset_id} is read for one order at a time")
         return _genealogy_source(engine, order_id)
+    if not asset.tables:
+        raise ViewError(f"asset {asset.asset_id} ({asset.kind}) has no rows to read")
     name = asset.tables[0]
     for table in (OPERATOR_LOG_TABLE, INSPECTION_TABLE):
         if table.name == name:

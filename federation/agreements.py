@@ -1,9 +1,12 @@
 """A federated job under a usage contract: only members with an agreement may send updates.
 
 A job whose terms name an ``agreement_asset`` is offered like any other asset of
-the data space, with ``job_offer_terms``: use for the ``training`` purpose only, of
-the single field ``model_update`` (a member's clipped, masked change to the model;
-no image, label or other raw field is ever granted), no redistribution. Before the
+the data space (``job_asset``, in its coordinator's catalog), with
+``job_offer_terms``: use for the ``training`` purpose only, of the single field
+``model_update`` (a member's clipped, masked change to the model; no image, label
+or other raw field is ever granted), with reading or streaming raw data and any
+redistribution prohibited. Members negotiate exactly that offer; only the job's
+members may. Before the
 coordinator accepts a member's keys or updates it looks for an agreement the
 coordinator (provider) concluded with that member (consumer) for the asset which
 is countersigned, not terminated and, evaluated now, allows exactly that use
@@ -16,17 +19,41 @@ from collections.abc import Iterable
 from datetime import datetime
 from typing import Any, Protocol
 
+from connector.offers import MODEL_UPDATE_FIELD, federated_job_asset
+from connector.views import Asset
+from federation.job import JobSpec
 from policies.evaluate import Request, evaluate
-from policies.model import Action, OfferTerms
+from policies.model import Action, OfferTerms, Prohibition
 
 TRAINING_PURPOSE = "training"
-MODEL_UPDATE_FIELD = "model_update"
+__all__ = [
+    "MODEL_UPDATE_FIELD",
+    "TRAINING_PURPOSE",
+    "check_job_agreement",
+    "job_asset",
+    "job_offer_terms",
+]
 
 
 def job_offer_terms() -> OfferTerms:
-    """The standard offer of a federated job: model updates, for training, nothing else."""
+    """The offer of a federated job: use of model updates for training, nothing else.
+
+    Reading or streaming rows (raw data) and distributing are prohibited outright.
+    """
     return OfferTerms(
-        purposes=frozenset({TRAINING_PURPOSE}), fields=frozenset({MODEL_UPDATE_FIELD})
+        purposes=frozenset({TRAINING_PURPOSE}),
+        fields=frozenset({MODEL_UPDATE_FIELD}),
+        extra_prohibitions=(Prohibition(Action.READ), Prohibition(Action.STREAM)),
+    )
+
+
+def job_asset(provider_id: str, job: JobSpec) -> Asset:
+    """The catalog entry of a job under contract (its ``agreement_asset``) on its coordinator."""
+    if job.agreement_asset is None:
+        raise ValueError(f"job {job.job_id} names no agreement asset")
+    title = f"federated job {job.job_id}: {job.model}, {job.rounds} rounds"
+    return federated_job_asset(
+        provider_id, job.agreement_asset, title, frozenset(job.members), job_offer_terms()
     )
 
 

@@ -12,12 +12,14 @@ import asyncio
 import json
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
+import httpx
 import typer
 from rich.console import Console
 from rich.table import Table
 
+from federation.agreements import TRAINING_PURPOSE
 from federation.errors import FederationError
 from federation.host import StatusView
 from federation.job import JobSpec
@@ -40,6 +42,10 @@ T = TypeVar("T")
 
 DirOpt = Annotated[Path, typer.Option("--dir", help="node directory")]
 CoordOpt = Annotated[str | None, typer.Option(help="coordinator member name (default: this node)")]
+
+
+#: EL image size of an el-mlp job whose terms do not name one (the demo's).
+DEFAULT_IMAGE_SIZE = 96
 
 
 def _fail(message: str) -> typer.Exit:
@@ -78,6 +84,55 @@ def _with_channel(
         return asyncio.run(run())
     except (NodeError, FederationError) as exc:
         raise _fail(str(exc)) from None
+
+
+def ensure_job_agreement(api: httpx.Client, coordinator: str, asset_id: str) -> tuple[str, bool]:
+    """An agreement in force with ``coordinator`` for a job's asset, negotiated if missing.
+
+    ``api`` is the member node's operator API (its contract store and peer channels):
+    the node asks for exactly the job's published offer (model updates for training,
+    no raw data, no redistribution) and countersigns. Returns the agreement id and
+    whether it was negotiated now.
+    """
+    from node.contract_runtime import peer_name
+
+    def ok(response: httpx.Response) -> Any:
+        if response.status_code >= 400:
+            try:
+                detail = response.json().get("detail", response.text)
+            except ValueError:
+                detail = response.text
+            raise NodeError(f"{response.request.url.path}: {response.status_code} {detail}")
+        return response.json()
+
+    for held in ok(api.get("/v1/contracts/agreements")):
+        if (
+            held["asset_id"] == asset_id
+            and held["role"] == "consumer"
+            and held["active"]
+            and peer_name(held["provider_id"]) == coordinator
+        ):
+            return str(held["agreement_id"]), False
+    body = {"peer": coordinator, "asset_id": asset_id, "purposes": [TRAINING_PURPOSE]}
+    result = ok(api.post("/v1/contracts/negotiations", json=body | {"as_offered": True}))
+    if result["state"] != "FINALIZED":
+        raise NodeError(
+            f"negotiation {result['negotiation_id']} for {asset_id} with {coordinator} "
+            f"{result['state']}: {result['reason']}"
+        )
+    return str(result["agreement_id"]), True
+
+
+def _operator_api(directory: Path) -> httpx.Client:
+    from node.app import read_runtime
+
+    runtime = read_runtime(directory.resolve())
+    if runtime is None:
+        raise NodeError(f"node in {directory} is not running (no run/runtime.json)")
+    token = (directory / "operator.token").read_text().strip()
+    return httpx.Client(
+        base_url=str(runtime["api"]), headers={"Authorization": f"Bearer {token}"}, timeout=60.0
+    )
 
 
 def status_table(views: list[StatusView]) -> Table:
@@ -191,10 +246,23 @@ def join(
     test: Annotated[
         Path | None, typer.Option(help="held-out data (.npz) to score each global version on")
     ] = None,
+    deploy: Annotated[
+        bool,
+        typer.Option(
+            help="after the job, check the final version's ledger anchor and hot-swap it "
+            "into this node's inspection tier (el-mlp jobs)"
+        ),
+    ] = False,
+    image_size: Annotated[
+        int | None,
+        typer.Option(help="EL image size the features were computed at (default: job terms)"),
+    ] = None,
 ) -> None:
     """Train on this member's own data and take part in every round until the job ends.
 
-    Trains the job's model kind (logreg or el-mlp); the data never leaves this machine.
+    A job under contract is first negotiated with the coordinator through this
+    member's running node (its offer: model updates for training only). Trains the
+    job's model kind (logreg or el-mlp); the data never leaves this machine.
     """
     from node.rpc.federation_client import (
         FederationClient,
@@ -211,6 +279,16 @@ def join(
     async def call(channel: grpc.aio.Channel, keys: MemberKeys, name: str) -> MemberResult:
         client = FederationClient(channel, name, job)
         spec = await client.job()
+        if spec.agreement_asset is not None and name != keys.identity.name:
+            with _operator_api(directory) as api:
+                agreement, fresh = await asyncio.to_thread(
+                    ensure_job_agreement, api, name, spec.agreement_asset
+                )
+            console.print(
+                f"agreement {agreement} with {name} for {spec.agreement_asset} "
+                f"({'negotiated now' if fresh else 'held'}): model updates for training only",
+                highlight=False,
+            )
         kind = model_kind(spec.model)
         own = kind.load(data, spec.shapes)
         held_out = None if test is None else kind.load(test, spec.shapes)
@@ -241,7 +319,28 @@ def join(
             on_event=on_event,
             on_version=on_version,
         )
-        return await runner.run()
+        result = await runner.run()
+        if deploy and result.versions and result.params is not None:
+            await _deploy(client, spec, result)
+        return result
+
+    async def _deploy(client: FederationClient, spec: JobSpec, result: MemberResult) -> None:
+        from node.fl_deploy import install, member_ledger, verified_anchor
+
+        final, params = result.versions[-1], result.params
+        assert params is not None
+        verdict = await verified_anchor(client, final, member_ledger(directory))
+        console.print(
+            f"version {final.version} anchored on the ledger: {verdict.reason}", highlight=False
+        )
+        size = image_size or int(spec.training.get("image_size", DEFAULT_IMAGE_SIZE))
+        deployed = await asyncio.to_thread(install, directory, final, params, verdict, size)
+        console.print(
+            f"version {final.version} is now the active inspection model "
+            f"{deployed.registry_version[:12]} (ONNX matches the model within "
+            f"{deployed.max_difference:.1e}); running lines hot-swap to it",
+            highlight=False,
+        )
 
     result = _with_channel(directory, coordinator, call)
     console.print(

@@ -79,7 +79,7 @@ from node.rpc.contract_serde import (
     transfer_ack_from_proto,
     transfer_message_to_proto,
 )
-from policies.model import OfferTerms, make_offer
+from policies.model import OfferTerms, Policy, make_offer
 from protocols.v1 import (
     catalog_pb2,
     catalog_pb2_grpc,
@@ -192,14 +192,29 @@ class ContractClient:
         The offer asked for is the provider's (its member id, bound to its verify key by
         the Hello); an asset it does not offer us is refused by the provider.
         """
-        provider_vk = await self.provider_key(peer)
+        await self.provider_key(peer)
         provider_id = self._member_ids[peer]
-        keys = PartyKeys(provider_vk, self.runtime.verify_key)
         terms = OfferTerms(purposes=purposes, orders=orders, fields=fields, not_after=valid_until)
         if retention_days is not None:
             terms = dataclasses.replace(terms, retention_days=retention_days)
         nid = f"neg-{uuid.uuid4().hex}"
         asked = make_offer(f"{nid}:request", provider_id, asset_id, terms)
+        return await self._negotiate(peer, nid, asked)
+
+    async def negotiate_offer(self, peer: str, asset_id: str) -> Negotiation:
+        """Ask `peer` for `asset_id` on exactly the offer in its catalog (a federated job's
+        terms are the same for every member and are agreed as published)."""
+        entry = await self.asset(peer, asset_id)
+        await self.provider_key(peer)
+        if entry.offer.assigner != self._member_ids[peer]:
+            raise PeerError(f"peer {peer}: asset {asset_id} is offered by {entry.offer.assigner}")
+        nid = f"neg-{uuid.uuid4().hex}"
+        asked = dataclasses.replace(entry.offer, uid=f"{nid}:request")
+        return await self._negotiate(peer, nid, asked)
+
+    async def _negotiate(self, peer: str, nid: str, asked: Policy) -> Negotiation:
+        provider_vk = await self.provider_key(peer)
+        keys = PartyKeys(provider_vk, self.runtime.verify_key)
         message: NegotiationMessage = ContractRequest(
             f"{nid}:c0", nid, self.me, asked, self.runtime.clock.now()
         )

@@ -62,7 +62,7 @@ from connector.negotiation import (
     fingerprint,
     open_negotiation,
 )
-from connector.offers import Verdict, answer_request, standard_assets
+from connector.offers import Verdict, answer_job_request, answer_request, standard_assets
 from connector.pseudonym import Pseudonymizer
 from connector.qdm import Inspection, Order
 from connector.retention_sweep import SweepReport, sweep
@@ -181,7 +181,7 @@ class ContractRuntime:
     # ------------------------------------------------------------- catalog
 
     def catalog(self, role: str, kind: str = "") -> list[CatalogEntry]:
-        entries = catalog(self.assets.values(), self.me.member_id, role)
+        entries = catalog(list(self.assets.values()), self.me.member_id, role)
         return [e for e in entries if not kind or e.kind.value == kind]
 
     def asset_for(self, asset_id: str, role: str) -> Asset:
@@ -189,6 +189,12 @@ class ContractRuntime:
         if asset is None or not asset.visible_to(role):
             raise UnknownContractError(f"{self.me.name} offers no asset {asset_id!r} to {role}s")
         return asset
+
+    def offer_asset(self, asset: Asset) -> None:
+        """Add an asset to the catalog while running (a federated job its coordinator
+        publishes); an asset of the same id is replaced."""
+        self.assets[asset.asset_id] = asset
+        logger.info("catalog: %s (%s) offered", asset.asset_id, asset.kind)
 
     def customer_orders(self, customer: str) -> frozenset[str]:
         table = Order.__table__  # type: ignore[attr-defined]
@@ -212,9 +218,12 @@ class ContractRuntime:
         message: NegotiationMessage
         if n.state is NegotiationState.REQUESTED:
             asset = self.asset_for(n.asset_id, peer.role)
-            answer = answer_request(
-                asset.offer, n.offer, self.customer_orders(peer.name), f"{mid}:counter"
-            )
+            if asset.kind is AssetKind.FEDERATED_JOB:
+                answer = answer_job_request(asset, n.offer, peer.name)
+            else:
+                answer = answer_request(
+                    asset.offer, n.offer, self.customer_orders(peer.name), f"{mid}:counter"
+                )
             if answer.verdict is Verdict.TERMINATE:
                 message = Termination(mid, n.negotiation_id, me, answer.reason, at)
             elif answer.verdict is Verdict.COUNTER:

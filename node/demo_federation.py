@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import time
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -30,6 +31,7 @@ from federation.logreg import Dataset
 from federation.params import Params
 from federation.strategies import StrategyName, StrategySpec
 from federation.versions import ModelVersion
+from node.cli_fl import ensure_job_agreement
 from node.identity.member import load_member_keys
 from node.launcher import LocalNetwork
 from node.rpc.client import open_channel
@@ -41,11 +43,13 @@ from node.rpc.federation_client import (
 )
 
 COORDINATOR = "sunarc"
+#: the supplier that puts the final global version on its inspection line
+DEPLOY_AT = "cellex"
 MEMBERS = SPLIT_MEMBERS
 IMAGE_SIZE = 96
 HIDDEN = 32
 ROUNDS = 10
-TRAINING = {"epochs": 2.0, "lr": 0.002, "batch": 32.0}
+TRAINING = {"epochs": 2.0, "lr": 0.002, "batch": 32.0, "image_size": float(IMAGE_SIZE)}
 UPDATE_CLIP = 20.0
 MODEL = "el-mlp"
 
@@ -67,6 +71,10 @@ class FederationDemo:
     global_auroc: float = 0.0
     centralised_f1: float = 0.0
     local_only_f1: dict[str, float] = field(default_factory=dict)
+    #: member -> the agreement it negotiated with the coordinator before training
+    agreements: dict[str, str] = field(default_factory=dict)
+    #: the final version at a supplier's line: signature and anchor checked, ONNX, active
+    deployed: dict[str, Any] = field(default_factory=dict)
 
 
 def _metrics(params: Params, data: Dataset) -> tuple[float, float, float]:
@@ -114,6 +122,7 @@ def _job(job_id: str, dims: int) -> JobSpec:
         update_clip=UPDATE_CLIP,
         phase_timeout_s=30.0,
         training=TRAINING,
+        agreement_asset=f"fl-job:{job_id}",
     )
 
 
@@ -124,12 +133,36 @@ def _alone(start: Params, data: Dataset) -> Params:
     return params
 
 
+async def _deploy(
+    directory: Path, client: FederationClient, job: JobSpec, result: MemberResult
+) -> dict[str, Any]:
+    """The member's checks before its line judges with the federated model: the
+    coordinator's signature (checked by MemberRunner on download), the ledger anchor
+    against its own view of the chain, ONNX equal to the model; then activate it."""
+    from node.fl_deploy import install, member_ledger, verified_anchor
+
+    final, params = result.versions[-1], result.params
+    assert params is not None
+    verdict = await verified_anchor(client, final, member_ledger(directory))
+    size = int(job.training.get("image_size", 96))
+    done = await asyncio.to_thread(install, directory, final, params, verdict, size)
+    return {
+        "member": DEPLOY_AT,
+        "version": final.version,
+        "anchor": verdict.reason,
+        "registry_version": done.registry_version,
+        "max_difference": done.max_difference,
+    }
+
+
 async def _run_job(
     network: LocalNetwork,
     job: JobSpec,
     initial: Params,
     files: dict[str, Any],
     test: Dataset,
+    agreements: dict[str, str],
+    deployed: dict[str, Any],
 ) -> tuple[dict[str, MemberResult], list[dict[str, Any]]]:
     rounds: list[dict[str, Any]] = []
     address = network[COORDINATOR].grpc_address
@@ -157,6 +190,13 @@ async def _run_job(
             else:
                 while not [j for j in await client.list_jobs() if j.job_id == job.job_id]:
                     await asyncio.sleep(0.05)
+                # a job under contract: negotiate its offer (model updates for training
+                # only, no raw data) through the member's own node before training
+                assert job.agreement_asset is not None
+                with network[name].client() as api:
+                    agreements[name], _ = await asyncio.to_thread(
+                        ensure_job_agreement, api, COORDINATOR, job.agreement_asset
+                    )
             own = logreg.load_dataset(files[name], job.shapes[0][0], 2)  # its own file only
             runner = MemberRunner(
                 client,
@@ -167,7 +207,10 @@ async def _run_job(
                 on_version=score if name == COORDINATOR else None,
                 poll_s=5.0,
             )
-            return await runner.run()
+            result = await runner.run()
+            if name == DEPLOY_AT and result.versions and result.params is not None:
+                deployed.update(await _deploy(network[name].directory, client, job, result))
+            return result
         finally:
             await channel.close()
 
@@ -187,7 +230,11 @@ def run_federation_chapter(network: LocalNetwork, job_id: str = "el-defects-fl")
     # the OEM creates the job: it fits the model's input scaling to its own cells
     initial = mlp.init_params(shares[COORDINATOR].x, HIDDEN, seed=7)
     job = _job(job_id, dims)
-    results, rounds = asyncio.run(_run_job(network, job, initial, files, test))
+    agreements: dict[str, str] = {}
+    deployed: dict[str, Any] = {}
+    results, rounds = asyncio.run(
+        _run_job(network, job, initial, files, test, agreements, deployed)
+    )
     final = results[COORDINATOR].params
     assert final is not None
     pooled = Dataset(
@@ -204,6 +251,8 @@ def run_federation_chapter(network: LocalNetwork, job_id: str = "el-defects-fl")
             m: {"cells": float(len(d)), "defect_rate": float(d.y.mean())} for m, d in shares.items()
         },
         rounds=rounds,
+        agreements=agreements,
+        deployed=deployed,
         global_accuracy=global_acc,
         global_f1=global_f1,
         global_auroc=global_auroc,
@@ -240,6 +289,12 @@ def print_federation(console: Console, result: FederationDemo | dict[str, Any]) 
         f"federated job {r.job_id} on {r.data}: secure aggregation, norm bounding; {shares}",
         highlight=False,
     )
+    for m, agreement in r.agreements.items():
+        console.print(
+            f"{m} joined under agreement {agreement} with {COORDINATOR}: "
+            "model updates for training only, no raw data, no redistribution",
+            highlight=False,
+        )
     table = Table(title="federated rounds (held-out scores of each signed version)")
     for col in ("version", "round", "members", "accuracy", "F1", "AUROC"):
         table.add_column(col)
@@ -265,6 +320,14 @@ def print_federation(console: Console, result: FederationDemo | dict[str, Any]) 
     )
     compare.add_row("always 'ok' (majority)", f"{r.majority:.3f}", "0.000")
     console.print(compare)
+    if r.deployed:
+        d = r.deployed
+        console.print(
+            f"{d['member']} checked version {d['version']} (coordinator's signature; ledger "
+            f"anchor: {d['anchor']}; ONNX equals the model within {d['max_difference']:.1e}) "
+            f"and made it the active model of its inspection line: {d['registry_version'][:12]}",
+            highlight=False,
+        )
     best = max(r.local_only.values(), default=0.0)
     console.print(
         f"federated vs centralised {100 * (r.global_accuracy - r.centralised):+.1f} points, "

@@ -54,6 +54,8 @@ class NegotiateBody(BaseModel):
     fields: list[str] | None = None
     retention_days: int | None = Field(default=None, ge=0)
     valid_until: AwareDatetime | None = None
+    #: ask for exactly the offer of the provider's catalog (a federated job's terms)
+    as_offered: bool = False
 
 
 class TransferBody(BaseModel):
@@ -239,6 +241,8 @@ def contracts_router(ctx: NodeContext, operator: Any) -> APIRouter:
         client, _ = client_of(ctx)
 
         async def run() -> Negotiation:
+            if body.as_offered:
+                return await client.negotiate_offer(body.peer, body.asset_id)
             return await client.negotiate(
                 body.peer,
                 body.asset_id,

@@ -31,7 +31,7 @@ METHOD_ROLES: Mapping[str, frozenset[str]] = {
         for m in (
             "StartJob", "ListJobs", "GetJob", "GetStatus", "DownloadModel", "UploadUpdate",
             "AdvertiseKeys", "GetRoster", "ShareKeys", "GetInbox", "UploadMasked",
-            "GetUnmaskRequest", "Unmask",
+            "GetUnmaskRequest", "Unmask", "GetVersionProof",
         )
     },
 }

@@ -205,6 +205,12 @@ class FederationClient:
         reply = await self._call("GetStatus", request, timeout=wait_s + CALL_TIMEOUT_S)
         return status_from_proto(reply)
 
+    async def version_proof(self, version: int) -> str:
+        """The coordinator's ledger proof (JSON) of ``version``; UNAVAILABLE until anchored."""
+        request = pb.VersionRef(job_id=self.job_id, version=version)
+        reply = await self._call("GetVersionProof", request)
+        return str(reply.proof)
+
     async def download(self, version: int) -> Download:
         """The signed record and parameters of ``version`` (not yet verified).
 

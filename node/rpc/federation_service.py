@@ -26,7 +26,7 @@ import grpc
 from google.protobuf.message import DecodeError
 from nacl.signing import SigningKey, VerifyKey
 
-from federation.agreements import check_job_agreement
+from federation.agreements import check_job_agreement, job_asset
 from federation.chunks import (
     DEFAULT_CHUNK_BYTES,
     Assembler,
@@ -45,6 +45,9 @@ from federation.host import (
 from federation.job import JobSpec
 from federation.params import encoded_size, params_from_bytes
 from federation.rounds import Phase
+from federation.versions import LEDGER_KIND
+from ledger.errors import LedgerError, NotAnchored, UnknownLeaf
+from ledger.proofs import build_proof
 from node.identity.certs import MemberIdentity
 from node.rpc.auth import current_peer
 from node.rpc.federation_serde import (
@@ -153,9 +156,13 @@ class FederationServicer(pb_grpc.FederationServicer):
         anchor: VersionAnchor | None = None,
         clock: Callable[[], float] = time.monotonic,
         agreements: AgreementCheck | None = None,
+        offer: Callable[[JobSpec], None] | None = None,
+        proofs: ProofSource | None = None,
     ) -> None:
         self._me = me
+        self._proofs = proofs
         self._agreements = agreements
+        self._offer = offer
         self._signer = signer
         self._root = root
         self._anchor = anchor
@@ -163,6 +170,13 @@ class FederationServicer(pb_grpc.FederationServicer):
         prefer_heap_for_large_buffers()  # 50 MB round buffers without per-round page faults
         hosts = load_jobs(root, signer, clock(), anchor=anchor)
         self._jobs: dict[str, _Slot] = {job_id: _Slot(h) for job_id, h in hosts.items()}
+        for slot in self._jobs.values():
+            self._publish(slot.host.job)
+
+    def _publish(self, job: JobSpec) -> None:
+        """Offer a job under contract in this node's catalog, so members can negotiate it."""
+        if job.agreement_asset is not None and self._offer is not None:
+            self._offer(job)
 
     @classmethod
     def from_context(cls, ctx: Any) -> FederationServicer:
@@ -175,12 +189,14 @@ class FederationServicer(pb_grpc.FederationServicer):
             ctx.directory / JOBS_DIR,
             anchor=anchor if callable(anchor) else None,
             agreements=None if contracts is None else contract_agreements(contracts),
+            offer=None if contracts is None else contract_offer(contracts),
+            proofs=ledger_proofs(ctx),
         )
 
     async def _require_agreement(self, job: JobSpec, member_id: str) -> None:
         """Refuse a member without an agreement in force when the job is under contract."""
-        if job.agreement_asset is None:
-            return
+        if job.agreement_asset is None or member_id == self._me.member_id:
+            return  # the coordinator takes part in its own job without a contract with itself
         if self._agreements is None:
             raise UpdateRefused(
                 RefusalReason.NO_AGREEMENT,
@@ -297,6 +313,7 @@ class FederationServicer(pb_grpc.FederationServicer):
             await _abort(context, "StartJob", exc)
         slot = _Slot(host)
         self._jobs[job.job_id] = slot
+        self._publish(job)
         logger.info(
             "federation: job %s started by %s: %s rounds, members %s, strategy %s, secagg %s",
             job.job_id,
@@ -536,6 +553,40 @@ class FederationServicer(pb_grpc.FederationServicer):
             await _abort(context, "Unmask", exc)
         return self._accepted(slot, f"unmask shares of {member} accepted")
 
+    # --- ledger proofs ------------------------------------------------------------------
+
+    async def GetVersionProof(
+        self, request: pb.VersionRef, context: grpc.aio.ServicerContext
+    ) -> pb.VersionProof:
+        """The inclusion proof of a published version's ``model_version`` leaf."""
+        try:
+            self._visible(request.job_id)
+            published = self._slot(request.job_id).host.coordinator.version
+        except FederationError as exc:
+            await _abort(context, "GetVersionProof", exc)
+        ref = f"{request.job_id}/v{request.version}"
+        if request.version > published:
+            await context.abort(
+                grpc.StatusCode.NOT_FOUND, f"job {request.job_id} has no version {request.version}"
+            )
+        proofs = self._proofs
+        if proofs is None:
+            await context.abort(
+                grpc.StatusCode.FAILED_PRECONDITION, f"{self._me.name} anchors to no chain"
+            )
+            raise AssertionError("unreachable: abort raises")  # pragma: no cover
+        try:
+            proof = await asyncio.to_thread(proofs, LEDGER_KIND, ref)
+        except NotAnchored as exc:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, f"not anchored yet: {exc}")
+        except UnknownLeaf as exc:
+            await context.abort(grpc.StatusCode.NOT_FOUND, f"{ref} was never anchored: {exc}")
+        except LedgerError as exc:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, f"ledger: {exc}")
+        except FederationError as exc:
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
+        return pb.VersionProof(proof=proof)
+
 
 #: Methods whose 50 MB payloads skip the protobuf message objects (same wire format).
 _RAW_REQUESTS = ("StartJob", "UploadUpdate", "UploadMasked")
@@ -598,6 +649,36 @@ def contract_agreements(contracts: Any) -> AgreementCheck:
         )
 
     return check
+
+
+#: ``(kind, ref_id) -> proof JSON``; raises ``ledger.errors`` NotAnchored / UnknownLeaf.
+ProofSource = Callable[[str, str], str]
+
+
+def ledger_proofs(ctx: Any) -> ProofSource | None:
+    """Proofs from the node's ledger queue (looked up per call: the ledger may be attached
+    after the servicer is built); None for a context without extras (tests)."""
+    if not hasattr(ctx, "extras"):
+        return None
+
+    def proof(kind: str, ref_id: str) -> str:
+        from node.anchoring import node_ledger
+
+        ledger = node_ledger(ctx)
+        if ledger is None:
+            raise FederationError(f"{ctx.keys.identity.name} anchors to no chain (no ledger.json)")
+        return build_proof(ledger.queue, kind, ref_id).to_json()
+
+    return proof
+
+
+def contract_offer(contracts: Any) -> Callable[[JobSpec], None]:
+    """Publishes a job's asset (``federation.agreements.job_asset``) in the node's catalog."""
+
+    def offer(job: JobSpec) -> None:
+        contracts.offer_asset(job_asset(contracts.me.member_id, job))
+
+    return offer
 
 
 def _json(data: bytes) -> Any:

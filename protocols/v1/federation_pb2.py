@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dprotocols/v1/federation.proto\x12\nqdspace.v1\"\x18\n\x06JobRef\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"-\n\x08JobTerms\x12\r\n\x05terms\x18\x01 \x01(\x0c\x12\x12\n\njob_digest\x18\x02 \x01(\x0c\"u\n\x0bRoundRecord\x12\r\n\x05round\x18\x01 \x01(\r\x12\x0f\n\x07version\x18\x02 \x01(\r\x12\x0f\n\x07members\x18\x03 \x03(\t\x12\x0f\n\x07\x62ounded\x18\x04 \x03(\t\x12\x13\n\x0bhas_epsilon\x18\x05 \x01(\x08\x12\x0f\n\x07\x65psilon\x18\x06 \x01(\x01\"\xdf\x01\n\tJobStatus\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\r\n\x05round\x18\x02 \x01(\r\x12\x0f\n\x07\x61ttempt\x18\x03 \x01(\r\x12\r\n\x05phase\x18\x04 \x01(\t\x12\x15\n\rdeadline_in_s\x18\x05 \x01(\x01\x12\x0f\n\x07version\x18\x06 \x01(\r\x12\x0e\n\x06\x64\x65tail\x18\x07 \x01(\t\x12\x0e\n\x06rounds\x18\x08 \x01(\r\x12(\n\x07history\x18\t \x03(\x0b\x32\x17.qdspace.v1.RoundRecord\x12\x12\n\njob_digest\x18\n \x01(\x0c\x12\r\n\x05\x64\x65lta\x18\x0b \x01(\x01\"\x87\x01\n\rStatusRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x13\n\x0bknown_round\x18\x02 \x01(\r\x12\x15\n\rknown_attempt\x18\x03 \x01(\r\x12\x13\n\x0bknown_phase\x18\x04 \x01(\t\x12\x15\n\rknown_version\x18\x05 \x01(\r\x12\x0e\n\x06wait_s\x18\x06 \x01(\x01\"4\n\rListJobsReply\x12#\n\x04jobs\x18\x01 \x03(\x0b\x32\x15.qdspace.v1.JobStatus\"2\n\x0f\x44ownloadRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\r\"U\n\x0bModelHeader\x12\x0e\n\x06record\x18\x01 \x01(\x0c\x12\x11\n\tsignature\x18\x02 \x01(\x0c\x12\x13\n\x0btotal_bytes\x18\x03 \x01(\x04\x12\x0e\n\x06sha256\x18\x04 \x01(\x0c\"O\n\nModelChunk\x12)\n\x06header\x18\x01 \x01(\x0b\x32\x17.qdspace.v1.ModelHeaderH\x00\x12\x0e\n\x04\x64\x61ta\x18\x02 \x01(\x0cH\x00\x42\x06\n\x04part\"\x88\x01\n\x0cUploadHeader\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\r\n\x05round\x18\x02 \x01(\r\x12\x0f\n\x07\x61ttempt\x18\x03 \x01(\r\x12\x13\n\x0btotal_bytes\x18\x04 \x01(\x04\x12\x0e\n\x06sha256\x18\x05 \x01(\x0c\x12\x14\n\x0cnum_examples\x18\x06 \x01(\x04\x12\r\n\x05terms\x18\x07 \x01(\x0c\"Q\n\x0bUploadChunk\x12*\n\x06header\x18\x01 \x01(\x0b\x32\x18.qdspace.v1.UploadHeaderH\x00\x12\x0e\n\x04\x64\x61ta\x18\x02 \x01(\x0cH\x00\x42\x06\n\x04part\"A\n\x08\x41\x63\x63\x65pted\x12\x0e\n\x06\x64\x65tail\x18\x01 \x01(\t\x12%\n\x06status\x18\x02 \x01(\x0b\x32\x15.qdspace.v1.JobStatus\":\n\x08RoundRef\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\r\n\x05round\x18\x02 \x01(\r\x12\x0f\n\x07\x61ttempt\x18\x03 \x01(\r\"k\n\tKeyAdvert\x12\x0e\n\x06member\x18\x01 \x01(\t\x12\x11\n\tcipher_pk\x18\x02 \x01(\x0c\x12\x0f\n\x07mask_pk\x18\x03 \x01(\x0c\x12\x17\n\x0fseed_commitment\x18\x04 \x01(\x0c\x12\x11\n\tsignature\x18\x05 \x01(\x0c\"\\\n\x10\x41\x64vertiseRequest\x12!\n\x03ref\x18\x01 \x01(\x0b\x32\x14.qdspace.v1.RoundRef\x12%\n\x06\x61\x64vert\x18\x02 \x01(\x0b\x32\x15.qdspace.v1.KeyAdvert\"0\n\x06Roster\x12&\n\x07\x61\x64verts\x18\x01 \x03(\x0b\x32\x15.qdspace.v1.KeyAdvert\"F\n\x0e\x45ncryptedShare\x12\x0e\n\x06sender\x18\x01 \x01(\t\x12\x10\n\x08receiver\x18\x02 \x01(\t\x12\x12\n\nciphertext\x18\x03 \x01(\x0c\"a\n\x10ShareKeysRequest\x12!\n\x03ref\x18\x01 \x01(\x0b\x32\x14.qdspace.v1.RoundRef\x12*\n\x06shares\x18\x02 \x03(\x0b\x32\x1a.qdspace.v1.EncryptedShare\"3\n\x05Inbox\x12*\n\x06shares\x18\x01 \x03(\x0b\x32\x1a.qdspace.v1.EncryptedShare\"3\n\rUnmaskRequest\x12\x11\n\tsurvivors\x18\x01 \x03(\t\x12\x0f\n\x07\x64ropped\x18\x02 \x03(\t\"\xa8\x02\n\x0eUnmaskResponse\x12!\n\x03ref\x18\x01 \x01(\x0b\x32\x14.qdspace.v1.RoundRef\x12\x0e\n\x06member\x18\x02 \x01(\t\x12?\n\x0bseed_shares\x18\x03 \x03(\x0b\x32*.qdspace.v1.UnmaskResponse.SeedSharesEntry\x12=\n\nkey_shares\x18\x04 \x03(\x0b\x32).qdspace.v1.UnmaskResponse.KeySharesEntry\x1a\x31\n\x0fSeedSharesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x0c:\x02\x38\x01\x1a\x30\n\x0eKeySharesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x0c:\x02\x38\x01\x32\xb5\x06\n\nFederation\x12<\n\x08StartJob\x12\x17.qdspace.v1.UploadChunk\x1a\x15.qdspace.v1.JobStatus(\x01\x12\x39\n\x08ListJobs\x12\x12.qdspace.v1.JobRef\x1a\x19.qdspace.v1.ListJobsReply\x12\x32\n\x06GetJob\x12\x12.qdspace.v1.JobRef\x1a\x14.qdspace.v1.JobTerms\x12=\n\tGetStatus\x12\x19.qdspace.v1.StatusRequest\x1a\x15.qdspace.v1.JobStatus\x12\x46\n\rDownloadModel\x12\x1b.qdspace.v1.DownloadRequest\x1a\x16.qdspace.v1.ModelChunk0\x01\x12?\n\x0cUploadUpdate\x12\x17.qdspace.v1.UploadChunk\x1a\x14.qdspace.v1.Accepted(\x01\x12\x43\n\rAdvertiseKeys\x12\x1c.qdspace.v1.AdvertiseRequest\x1a\x14.qdspace.v1.Accepted\x12\x35\n\tGetRoster\x12\x14.qdspace.v1.RoundRef\x1a\x12.qdspace.v1.Roster\x12?\n\tShareKeys\x12\x1c.qdspace.v1.ShareKeysRequest\x1a\x14.qdspace.v1.Accepted\x12\x33\n\x08GetInbox\x12\x14.qdspace.v1.RoundRef\x1a\x11.qdspace.v1.Inbox\x12?\n\x0cUploadMasked\x12\x17.qdspace.v1.UploadChunk\x1a\x14.qdspace.v1.Accepted(\x01\x12\x43\n\x10GetUnmaskRequest\x12\x14.qdspace.v1.RoundRef\x1a\x19.qdspace.v1.UnmaskRequest\x12:\n\x06Unmask\x12\x1a.qdspace.v1.UnmaskResponse\x1a\x14.qdspace.v1.Acceptedb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dprotocols/v1/federation.proto\x12\nqdspace.v1\"\x18\n\x06JobRef\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"-\n\x08JobTerms\x12\r\n\x05terms\x18\x01 \x01(\x0c\x12\x12\n\njob_digest\x18\x02 \x01(\x0c\"u\n\x0bRoundRecord\x12\r\n\x05round\x18\x01 \x01(\r\x12\x0f\n\x07version\x18\x02 \x01(\r\x12\x0f\n\x07members\x18\x03 \x03(\t\x12\x0f\n\x07\x62ounded\x18\x04 \x03(\t\x12\x13\n\x0bhas_epsilon\x18\x05 \x01(\x08\x12\x0f\n\x07\x65psilon\x18\x06 \x01(\x01\"\xdf\x01\n\tJobStatus\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\r\n\x05round\x18\x02 \x01(\r\x12\x0f\n\x07\x61ttempt\x18\x03 \x01(\r\x12\r\n\x05phase\x18\x04 \x01(\t\x12\x15\n\rdeadline_in_s\x18\x05 \x01(\x01\x12\x0f\n\x07version\x18\x06 \x01(\r\x12\x0e\n\x06\x64\x65tail\x18\x07 \x01(\t\x12\x0e\n\x06rounds\x18\x08 \x01(\r\x12(\n\x07history\x18\t \x03(\x0b\x32\x17.qdspace.v1.RoundRecord\x12\x12\n\njob_digest\x18\n \x01(\x0c\x12\r\n\x05\x64\x65lta\x18\x0b \x01(\x01\"\x87\x01\n\rStatusRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x13\n\x0bknown_round\x18\x02 \x01(\r\x12\x15\n\rknown_attempt\x18\x03 \x01(\r\x12\x13\n\x0bknown_phase\x18\x04 \x01(\t\x12\x15\n\rknown_version\x18\x05 \x01(\r\x12\x0e\n\x06wait_s\x18\x06 \x01(\x01\"4\n\rListJobsReply\x12#\n\x04jobs\x18\x01 \x03(\x0b\x32\x15.qdspace.v1.JobStatus\"2\n\x0f\x44ownloadRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\r\"-\n\nVersionRef\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\r\"\x1d\n\x0cVersionProof\x12\r\n\x05proof\x18\x01 \x01(\t\"U\n\x0bModelHeader\x12\x0e\n\x06record\x18\x01 \x01(\x0c\x12\x11\n\tsignature\x18\x02 \x01(\x0c\x12\x13\n\x0btotal_bytes\x18\x03 \x01(\x04\x12\x0e\n\x06sha256\x18\x04 \x01(\x0c\"O\n\nModelChunk\x12)\n\x06header\x18\x01 \x01(\x0b\x32\x17.qdspace.v1.ModelHeaderH\x00\x12\x0e\n\x04\x64\x61ta\x18\x02 \x01(\x0cH\x00\x42\x06\n\x04part\"\x88\x01\n\x0cUploadHeader\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\r\n\x05round\x18\x02 \x01(\r\x12\x0f\n\x07\x61ttempt\x18\x03 \x01(\r\x12\x13\n\x0btotal_bytes\x18\x04 \x01(\x04\x12\x0e\n\x06sha256\x18\x05 \x01(\x0c\x12\x14\n\x0cnum_examples\x18\x06 \x01(\x04\x12\r\n\x05terms\x18\x07 \x01(\x0c\"Q\n\x0bUploadChunk\x12*\n\x06header\x18\x01 \x01(\x0b\x32\x18.qdspace.v1.UploadHeaderH\x00\x12\x0e\n\x04\x64\x61ta\x18\x02 \x01(\x0cH\x00\x42\x06\n\x04part\"A\n\x08\x41\x63\x63\x65pted\x12\x0e\n\x06\x64\x65tail\x18\x01 \x01(\t\x12%\n\x06status\x18\x02 \x01(\x0b\x32\x15.qdspace.v1.JobStatus\":\n\x08RoundRef\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\r\n\x05round\x18\x02 \x01(\r\x12\x0f\n\x07\x61ttempt\x18\x03 \x01(\r\"k\n\tKeyAdvert\x12\x0e\n\x06member\x18\x01 \x01(\t\x12\x11\n\tcipher_pk\x18\x02 \x01(\x0c\x12\x0f\n\x07mask_pk\x18\x03 \x01(\x0c\x12\x17\n\x0fseed_commitment\x18\x04 \x01(\x0c\x12\x11\n\tsignature\x18\x05 \x01(\x0c\"\\\n\x10\x41\x64vertiseRequest\x12!\n\x03ref\x18\x01 \x01(\x0b\x32\x14.qdspace.v1.RoundRef\x12%\n\x06\x61\x64vert\x18\x02 \x01(\x0b\x32\x15.qdspace.v1.KeyAdvert\"0\n\x06Roster\x12&\n\x07\x61\x64verts\x18\x01 \x03(\x0b\x32\x15.qdspace.v1.KeyAdvert\"F\n\x0e\x45ncryptedShare\x12\x0e\n\x06sender\x18\x01 \x01(\t\x12\x10\n\x08receiver\x18\x02 \x01(\t\x12\x12\n\nciphertext\x18\x03 \x01(\x0c\"a\n\x10ShareKeysRequest\x12!\n\x03ref\x18\x01 \x01(\x0b\x32\x14.qdspace.v1.RoundRef\x12*\n\x06shares\x18\x02 \x03(\x0b\x32\x1a.qdspace.v1.EncryptedShare\"3\n\x05Inbox\x12*\n\x06shares\x18\x01 \x03(\x0b\x32\x1a.qdspace.v1.EncryptedShare\"3\n\rUnmaskRequest\x12\x11\n\tsurvivors\x18\x01 \x03(\t\x12\x0f\n\x07\x64ropped\x18\x02 \x03(\t\"\xa8\x02\n\x0eUnmaskResponse\x12!\n\x03ref\x18\x01 \x01(\x0b\x32\x14.qdspace.v1.RoundRef\x12\x0e\n\x06member\x18\x02 \x01(\t\x12?\n\x0bseed_shares\x18\x03 \x03(\x0b\x32*.qdspace.v1.UnmaskResponse.SeedSharesEntry\x12=\n\nkey_shares\x18\x04 \x03(\x0b\x32).qdspace.v1.UnmaskResponse.KeySharesEntry\x1a\x31\n\x0fSeedSharesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x0c:\x02\x38\x01\x1a\x30\n\x0eKeySharesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x0c:\x02\x38\x01\x32\xfa\x06\n\nFederation\x12<\n\x08StartJob\x12\x17.qdspace.v1.UploadChunk\x1a\x15.qdspace.v1.JobStatus(\x01\x12\x39\n\x08ListJobs\x12\x12.qdspace.v1.JobRef\x1a\x19.qdspace.v1.ListJobsReply\x12\x32\n\x06GetJob\x12\x12.qdspace.v1.JobRef\x1a\x14.qdspace.v1.JobTerms\x12=\n\tGetStatus\x12\x19.qdspace.v1.StatusRequest\x1a\x15.qdspace.v1.JobStatus\x12\x46\n\rDownloadModel\x12\x1b.qdspace.v1.DownloadRequest\x1a\x16.qdspace.v1.ModelChunk0\x01\x12?\n\x0cUploadUpdate\x12\x17.qdspace.v1.UploadChunk\x1a\x14.qdspace.v1.Accepted(\x01\x12\x43\n\rAdvertiseKeys\x12\x1c.qdspace.v1.AdvertiseRequest\x1a\x14.qdspace.v1.Accepted\x12\x35\n\tGetRoster\x12\x14.qdspace.v1.RoundRef\x1a\x12.qdspace.v1.Roster\x12?\n\tShareKeys\x12\x1c.qdspace.v1.ShareKeysRequest\x1a\x14.qdspace.v1.Accepted\x12\x33\n\x08GetInbox\x12\x14.qdspace.v1.RoundRef\x1a\x11.qdspace.v1.Inbox\x12?\n\x0cUploadMasked\x12\x17.qdspace.v1.UploadChunk\x1a\x14.qdspace.v1.Accepted(\x01\x12\x43\n\x10GetUnmaskRequest\x12\x14.qdspace.v1.RoundRef\x1a\x19.qdspace.v1.UnmaskRequest\x12:\n\x06Unmask\x12\x1a.qdspace.v1.UnmaskResponse\x1a\x14.qdspace.v1.Accepted\x12\x43\n\x0fGetVersionProof\x12\x16.qdspace.v1.VersionRef\x1a\x18.qdspace.v1.VersionProofb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -49,38 +49,42 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_LISTJOBSREPLY']._serialized_end=653
   _globals['_DOWNLOADREQUEST']._serialized_start=655
   _globals['_DOWNLOADREQUEST']._serialized_end=705
-  _globals['_MODELHEADER']._serialized_start=707
-  _globals['_MODELHEADER']._serialized_end=792
-  _globals['_MODELCHUNK']._serialized_start=794
-  _globals['_MODELCHUNK']._serialized_end=873
-  _globals['_UPLOADHEADER']._serialized_start=876
-  _globals['_UPLOADHEADER']._serialized_end=1012
-  _globals['_UPLOADCHUNK']._serialized_start=1014
-  _globals['_UPLOADCHUNK']._serialized_end=1095
-  _globals['_ACCEPTED']._serialized_start=1097
-  _globals['_ACCEPTED']._serialized_end=1162
-  _globals['_ROUNDREF']._serialized_start=1164
-  _globals['_ROUNDREF']._serialized_end=1222
-  _globals['_KEYADVERT']._serialized_start=1224
-  _globals['_KEYADVERT']._serialized_end=1331
-  _globals['_ADVERTISEREQUEST']._serialized_start=1333
-  _globals['_ADVERTISEREQUEST']._serialized_end=1425
-  _globals['_ROSTER']._serialized_start=1427
-  _globals['_ROSTER']._serialized_end=1475
-  _globals['_ENCRYPTEDSHARE']._serialized_start=1477
-  _globals['_ENCRYPTEDSHARE']._serialized_end=1547
-  _globals['_SHAREKEYSREQUEST']._serialized_start=1549
-  _globals['_SHAREKEYSREQUEST']._serialized_end=1646
-  _globals['_INBOX']._serialized_start=1648
-  _globals['_INBOX']._serialized_end=1699
-  _globals['_UNMASKREQUEST']._serialized_start=1701
-  _globals['_UNMASKREQUEST']._serialized_end=1752
-  _globals['_UNMASKRESPONSE']._serialized_start=1755
-  _globals['_UNMASKRESPONSE']._serialized_end=2051
-  _globals['_UNMASKRESPONSE_SEEDSHARESENTRY']._serialized_start=1952
-  _globals['_UNMASKRESPONSE_SEEDSHARESENTRY']._serialized_end=2001
-  _globals['_UNMASKRESPONSE_KEYSHARESENTRY']._serialized_start=2003
-  _globals['_UNMASKRESPONSE_KEYSHARESENTRY']._serialized_end=2051
-  _globals['_FEDERATION']._serialized_start=2054
-  _globals['_FEDERATION']._serialized_end=2875
+  _globals['_VERSIONREF']._serialized_start=707
+  _globals['_VERSIONREF']._serialized_end=752
+  _globals['_VERSIONPROOF']._serialized_start=754
+  _globals['_VERSIONPROOF']._serialized_end=783
+  _globals['_MODELHEADER']._serialized_start=785
+  _globals['_MODELHEADER']._serialized_end=870
+  _globals['_MODELCHUNK']._serialized_start=872
+  _globals['_MODELCHUNK']._serialized_end=951
+  _globals['_UPLOADHEADER']._serialized_start=954
+  _globals['_UPLOADHEADER']._serialized_end=1090
+  _globals['_UPLOADCHUNK']._serialized_start=1092
+  _globals['_UPLOADCHUNK']._serialized_end=1173
+  _globals['_ACCEPTED']._serialized_start=1175
+  _globals['_ACCEPTED']._serialized_end=1240
+  _globals['_ROUNDREF']._serialized_start=1242
+  _globals['_ROUNDREF']._serialized_end=1300
+  _globals['_KEYADVERT']._serialized_start=1302
+  _globals['_KEYADVERT']._serialized_end=1409
+  _globals['_ADVERTISEREQUEST']._serialized_start=1411
+  _globals['_ADVERTISEREQUEST']._serialized_end=1503
+  _globals['_ROSTER']._serialized_start=1505
+  _globals['_ROSTER']._serialized_end=1553
+  _globals['_ENCRYPTEDSHARE']._serialized_start=1555
+  _globals['_ENCRYPTEDSHARE']._serialized_end=1625
+  _globals['_SHAREKEYSREQUEST']._serialized_start=1627
+  _globals['_SHAREKEYSREQUEST']._serialized_end=1724
+  _globals['_INBOX']._serialized_start=1726
+  _globals['_INBOX']._serialized_end=1777
+  _globals['_UNMASKREQUEST']._serialized_start=1779
+  _globals['_UNMASKREQUEST']._serialized_end=1830
+  _globals['_UNMASKRESPONSE']._serialized_start=1833
+  _globals['_UNMASKRESPONSE']._serialized_end=2129
+  _globals['_UNMASKRESPONSE_SEEDSHARESENTRY']._serialized_start=2030
+  _globals['_UNMASKRESPONSE_SEEDSHARESENTRY']._serialized_end=2079
+  _globals['_UNMASKRESPONSE_KEYSHARESENTRY']._serialized_start=2081
+  _globals['_UNMASKRESPONSE_KEYSHARESENTRY']._serialized_end=2129
+  _globals['_FEDERATION']._serialized_start=2132
+  _globals['_FEDERATION']._serialized_end=3022
 # @@protoc_insertion_point(module_scope)

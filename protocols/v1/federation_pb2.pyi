@@ -92,6 +92,20 @@ class DownloadRequest(_message.Message):
     version: int
     def __init__(self, job_id: _Optional[str] = ..., version: _Optional[int] = ...) -> None: ...
 
+class VersionRef(_message.Message):
+    __slots__ = ("job_id", "version")
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    job_id: str
+    version: int
+    def __init__(self, job_id: _Optional[str] = ..., version: _Optional[int] = ...) -> None: ...
+
+class VersionProof(_message.Message):
+    __slots__ = ("proof",)
+    PROOF_FIELD_NUMBER: _ClassVar[int]
+    proof: str
+    def __init__(self, proof: _Optional[str] = ...) -> None: ...
+
 class ModelHeader(_message.Message):
     __slots__ = ("record", "signature", "total_bytes", "sha256")
     RECORD_FIELD_NUMBER: _ClassVar[int]

@@ -99,6 +99,11 @@ class FederationStub:
                 request_serializer=protocols_dot_v1_dot_federation__pb2.UnmaskResponse.SerializeToString,
                 response_deserializer=protocols_dot_v1_dot_federation__pb2.Accepted.FromString,
                 _registered_method=True)
+        self.GetVersionProof = channel.unary_unary(
+                '/qdspace.v1.Federation/GetVersionProof',
+                request_serializer=protocols_dot_v1_dot_federation__pb2.VersionRef.SerializeToString,
+                response_deserializer=protocols_dot_v1_dot_federation__pb2.VersionProof.FromString,
+                _registered_method=True)
 
 
 class FederationServicer:
@@ -185,6 +190,13 @@ class FederationServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetVersionProof(self, request, context):
+        """The ledger proof of a published version, for a member to check before deploying it.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_FederationServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -252,6 +264,11 @@ def add_FederationServicer_to_server(servicer, server):
                     servicer.Unmask,
                     request_deserializer=protocols_dot_v1_dot_federation__pb2.UnmaskResponse.FromString,
                     response_serializer=protocols_dot_v1_dot_federation__pb2.Accepted.SerializeToString,
+            ),
+            'GetVersionProof': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetVersionProof,
+                    request_deserializer=protocols_dot_v1_dot_federation__pb2.VersionRef.FromString,
+                    response_serializer=protocols_dot_v1_dot_federation__pb2.VersionProof.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -605,6 +622,33 @@ class Federation:
             '/qdspace.v1.Federation/Unmask',
             protocols_dot_v1_dot_federation__pb2.UnmaskResponse.SerializeToString,
             protocols_dot_v1_dot_federation__pb2.Accepted.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetVersionProof(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/qdspace.v1.Federation/GetVersionProof',
+            protocols_dot_v1_dot_federation__pb2.VersionRef.SerializeToString,
+            protocols_dot_v1_dot_federation__pb2.VersionProof.FromString,
             options,
             channel_credentials,
             insecure,

@@ -95,6 +95,11 @@ def test_demo_federates_and_regulator_verifies(
     assert len(federation["rounds"]) >= 2
     assert all(0.0 <= r["accuracy"] <= 1.0 for r in federation["rounds"])
     assert set(federation["members"]) >= {"cellex", "polycell", "sunarc"}
+    # members trained only under a negotiated job agreement (model updates for training)
+    assert set(federation["agreements"]) == {"cellex", "polycell"}
+    deployed = federation["deployed"]  # signature + anchor checked, ONNX equal, active
+    assert deployed["member"] == "cellex" and deployed["max_difference"] <= 1e-4
+    assert deployed["version"] == federation["rounds"][-1]["version"]
     ledger = chapters["ledger"]
     assert ledger["contracts"] and all(c["valid"] for c in ledger["contracts"])
     assert ledger["inspections"] and all(i["valid"] for i in ledger["inspections"])

@@ -9,6 +9,7 @@ a coordinator restart between rounds.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
 import os
 import subprocess
@@ -28,6 +29,8 @@ from federation.params import Params, flatten, params_to_bytes, unflatten
 from federation.rounds import Phase
 from federation.strategies import StrategyName, StrategySpec
 from federation.versions import ModelVersion
+from node.cli_fl import ensure_job_agreement
+from node.errors import NodeError
 from node.identity.member import load_member_keys
 from node.launcher import LocalNetwork
 from node.rpc.client import open_channel
@@ -232,11 +235,16 @@ async def _raw_upload(
 
     async def stream() -> Any:
         yield pb.UploadChunk(header=header)
-        yield pb.UploadChunk(data=payload)
+        # A refusal comes on the header: then send no data, since a write racing the
+        # server's status makes the client report INTERNAL instead of the refusal.
+        done, _ = await asyncio.wait({asyncio.ensure_future(call.code())}, timeout=1.0)
+        if not done:
+            yield pb.UploadChunk(data=payload)
 
     try:
         with pytest.raises(grpc.aio.AioRpcError) as exc:
-            await pb_grpc.FederationStub(channel).UploadUpdate(stream(), timeout=10)
+            call = pb_grpc.FederationStub(channel).UploadUpdate(stream(), timeout=10)
+            await call
     finally:
         await channel.close()
     return exc.value
@@ -302,6 +310,31 @@ async def test_a_job_under_contract_refuses_members_without_an_agreement(
     assert refused.code() is grpc.StatusCode.PERMISSION_DENIED
     assert refused.details().startswith("no_agreement: member cellex")
     assert "holds no agreement for fl-job:el-contract" in refused.details()
+    # The job is in the coordinator's catalog, offered for training on model updates only.
+    with network["cellex"].client() as api:
+        listed = api.get(f"/v1/contracts/catalog/{COORDINATOR}", params={"kind": "federated_job"})
+        entry = next(e for e in listed.json() if e["asset_id"] == "fl-job:el-contract")
+        assert entry["fields"] == ["model_update"]
+        offer = entry["offer"]
+        assert {p["action"] for p in offer["prohibition"]} == {"distribute", "read", "stream"}
+        # cellex negotiates the job's offer through its node, once; then it trains
+        agreement, fresh = await asyncio.to_thread(
+            ensure_job_agreement, api, COORDINATOR, "fl-job:el-contract"
+        )
+        again = await asyncio.to_thread(
+            ensure_job_agreement, api, COORDINATOR, "fl-job:el-contract"
+        )
+    assert fresh and again == (agreement, False)
+    # polycell is no member of the job: its node's negotiation is terminated
+    with network["polycell"].client() as api, pytest.raises(NodeError) as not_member:
+        await asyncio.to_thread(ensure_job_agreement, api, COORDINATOR, "fl-job:el-contract")
+    assert "TERMINATED: polycell is not a member of job asset fl-job:el-contract" in str(
+        not_member.value
+    )
+    results = await run_all(network, job.job_id, {m: honest(m) for m in ("cellex", "sunarc")})
+    cellex = results["cellex"]
+    assert isinstance(cellex, MemberResult) and cellex.status.phase is Phase.DONE
+    assert cellex.contributed == [1]
 
 
 async def test_restarted_coordinator_resumes_between_rounds(network: LocalNetwork) -> None:
@@ -396,7 +429,94 @@ def test_demo_chapter_runs_the_el_job(network: LocalNetwork) -> None:
     assert [r["version"] for r in result.rounds] == list(range(ROUNDS + 1))
     assert all(r["members"] == list(DEMO_MEMBERS) for r in result.rounds[1:])
     assert set(result.local_only) == set(DEMO_MEMBERS)
+    # every member but the coordinator negotiated the job's contract before training
+    assert set(result.agreements) == set(DEMO_MEMBERS) - {COORDINATOR}
     # Each member's data went into its own node directory only.
     for m in DEMO_MEMBERS:
         assert (network[m].directory / "federation" / "data" / "el-demo-test.npz").is_file()
     assert result.global_accuracy == result.rounds[-1]["accuracy"]
+
+
+def _el_cells(count: int, size: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Synthetic EL cells in [0, 1]: defective ones carry a dark crack line."""
+    rng = np.random.default_rng(seed)
+    frames = rng.uniform(0.4, 0.8, (count, 1, size, size)).astype(np.float32)
+    labels = (rng.random(count) < 0.4).astype(np.int64)
+    for i in np.flatnonzero(labels):
+        row = rng.integers(2, size - 2)
+        frames[i, 0, row, :] *= 0.15
+    return frames, labels
+
+
+async def test_member_deploys_a_verified_anchored_version_into_its_inspection_tier(
+    network: LocalNetwork,
+) -> None:
+    """Signature and ledger anchor checked, ONNX export checked, registered, hot-swapped."""
+    from federation import mlp
+    from federation.el_features import el_features, feature_count
+    from federation.errors import VersionError
+    from federation.onnx_export import el_mlp_reference, export_el_mlp
+    from inference.registry import ModelRegistry
+    from inference.session import InspectionSession
+    from node.fl_deploy import check_anchor, install, member_ledger, verified_anchor
+
+    size, members = 32, ("polycell", "sunarc")
+    data = {}
+    for n, m in enumerate(members):
+        frames, labels = _el_cells(160, size, seed=n)
+        data[m] = logreg.Dataset(el_features(frames[:, 0]), labels)
+    initial = mlp.init_params(data["sunarc"].x, 8, seed=1)
+    job = job_terms(
+        "el-deploy",
+        model="el-mlp",
+        shapes=mlp.model_shapes(feature_count(), 8),
+        members=members,
+        rounds=1,
+        training={"epochs": 3, "lr": 0.01, "batch": 32},
+    )
+    keys = load_member_keys(network[COORDINATOR].directory)
+    channel = open_channel(keys, network[COORDINATOR].grpc_address, COORDINATOR)
+    try:
+        await FederationClient(channel, COORDINATOR, job.job_id).start_job(job, initial)
+    finally:
+        await channel.close()
+    # polycell's line serves a model of its own before the job
+    directory = network["polycell"].directory
+    registry = ModelRegistry(directory)
+    registry.register(export_el_mlp(initial, size), source="local", activate=True)
+    session = InspectionSession(registry, use_ray=False)
+    before = session.start()
+    try:
+        trainers = {m: mlp.trainer_for(job.training, data[m]) for m in members}
+        results = await run_all(network, job.job_id, trainers)
+        result = results["polycell"]
+        assert isinstance(result, MemberResult) and result.params is not None
+        final = result.versions[-1]
+        assert final.version == 1
+        ledger = member_ledger(directory)
+        member_keys = load_member_keys(directory)
+        channel = open_channel(member_keys, network[COORDINATOR].grpc_address, COORDINATOR)
+        try:
+            client = FederationClient(channel, COORDINATOR, job.job_id)
+            verdict = await verified_anchor(client, final, ledger, wait_s=30.0, poll_s=0.5)
+            proof = await client.version_proof(final.version)
+        finally:
+            await channel.close()
+        assert verdict.valid, verdict.reason
+        # the proof holds for exactly this record: not for another version, not for altered bytes
+        with pytest.raises(VersionError, match="the proof is for model_version el-deploy/v1"):
+            check_anchor(result.versions[0], proof, ledger)
+        altered = dataclasses.replace(final, members=("polycell",))
+        with pytest.raises(VersionError, match="record"):
+            check_anchor(altered, proof, ledger)
+        deployment = install(directory, final, result.params, verdict, size)
+        assert deployment.max_difference <= 1e-4
+        assert registry.active() is not None
+        swapped = session.follow_active()  # what a running line does on its display tick
+        assert swapped is not None and swapped.version == deployment.registry_version
+        assert swapped.version != before.version and swapped.source == "federated:el-deploy/v1"
+        probe, _ = _el_cells(6, size, seed=9)
+        served = registry.load(swapped.version, device="cpu").probabilities(probe)
+        assert np.abs(served - el_mlp_reference(result.params, probe)).max() <= 1e-4
+    finally:
+        session.close()

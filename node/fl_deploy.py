@@ -1,0 +1,171 @@
+"""A member deploys a verified global version of a federated job into its inspection tier.
+
+Before the member's line judges a single cell with a federated model, the member checks:
+
+1. the coordinator's Ed25519 signature over the version record and the parameters'
+   digest (``federation.versions.verify_version``, done by ``MemberRunner`` for every
+   version it downloads);
+2. the ledger anchor: the coordinator's node hands out the inclusion proof of the
+   version's ``model_version`` leaf (``Federation/GetVersionProof``); the member checks
+   it against the record it holds and against the chain named in *its own*
+   ``ledger.json`` (``ledger.proofs.verify_proof``: record hash, audit path, root,
+   contract, kind, block and transaction);
+3. that the exported ONNX graph (``federation.onnx_export``) computes the same
+   probabilities as the numpy model, with onnxruntime, on probe frames.
+
+Only then is the ONNX file registered in the member's model registry and activated;
+a running line (``inference.session.InspectionSession.follow_active``) hot-swaps to it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from numpy.typing import NDArray
+
+from federation.errors import VersionError
+from federation.onnx_export import el_mlp_reference, export_el_mlp
+from federation.params import Params
+from federation.versions import LEDGER_KIND, ModelVersion
+from ledger.client import LedgerClient
+from ledger.errors import LedgerError
+from ledger.proofs import InclusionProof, Verdict, verify_proof
+from node.errors import NodeError
+from node.rpc.federation_client import FederationClient, FederationRefused
+
+DEFAULT_ANCHOR_WAIT_S = 60.0
+#: Largest difference in any class probability between the ONNX graph and numpy.
+EXPORT_TOLERANCE = 1e-4
+DEPLOYABLE_MODELS = ("el-mlp",)
+
+
+@dataclass(frozen=True)
+class Deployment:
+    """A version in the member's registry, with what was checked before it went there."""
+
+    version: ModelVersion
+    registry_version: str
+    anchor: Verdict
+    max_difference: float
+
+
+def member_ledger(directory: Path) -> LedgerClient:
+    """A read-only client of the chain named in the member's own ``ledger.json``."""
+    from node.anchoring import LedgerSettings
+
+    settings = LedgerSettings.load(directory)
+    if not settings.enabled or not settings.contract:
+        raise NodeError(f"{directory}: no chain configured (ledger.json); cannot check anchors")
+    try:
+        return LedgerClient(
+            settings.rpc_url, settings.contract, expected_chain_id=settings.chain_id
+        )
+    except LedgerError as exc:
+        raise NodeError(f"ledger: {exc}") from None
+
+
+def check_anchor(version: ModelVersion, proof_json: str, ledger: LedgerClient) -> Verdict:
+    """The verdict on ``proof_json`` for exactly this version's record; raises if not valid."""
+    try:
+        proof = InclusionProof.parse(proof_json)
+    except LedgerError as exc:
+        raise VersionError(f"version {version.ledger_ref}: proof is malformed: {exc}") from None
+    if proof.kind != LEDGER_KIND or proof.ref_id != version.ledger_ref:
+        raise VersionError(
+            f"version {version.ledger_ref}: the proof is for {proof.kind} {proof.ref_id}"
+        )
+    verdict = verify_proof(proof.with_record(version.canonical_bytes()), ledger)
+    if not verdict.valid:
+        raise VersionError(f"version {version.ledger_ref} is not anchored: {verdict.reason}")
+    return verdict
+
+
+async def verified_anchor(
+    client: FederationClient,
+    version: ModelVersion,
+    ledger: LedgerClient,
+    *,
+    wait_s: float = DEFAULT_ANCHOR_WAIT_S,
+    poll_s: float = 1.0,
+) -> Verdict:
+    """Ask the coordinator for the version's proof (waiting while it is not anchored yet)
+    and check it against the member's own view of the chain."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            proof = await client.version_proof(version.version)
+            break
+        except FederationRefused as exc:
+            if exc.code != "UNAVAILABLE" or time.monotonic() + poll_s > deadline:
+                raise
+        await asyncio.sleep(poll_s)
+    return await asyncio.to_thread(check_anchor, version, proof, ledger)
+
+
+def probe_frames(size: int, count: int = 8, seed: int = 0) -> NDArray[np.float32]:
+    """Frames to compare the ONNX graph with numpy on: noise with dark lines and blotches."""
+    rng = np.random.default_rng(seed)
+    frames = rng.uniform(0.3, 0.9, (count, 1, size, size)).astype(np.float32)
+    for i in range(count):
+        row, col = rng.integers(0, size, 2)
+        frames[i, 0, row, :] *= 0.2
+        frames[i, 0, : size // 3, col : col + 2] *= 0.4
+    return frames
+
+
+def export_checked(
+    version: ModelVersion, params: Params, size: int, probe: NDArray[np.float32] | None = None
+) -> tuple[bytes, float]:
+    """The ONNX bytes of a version and the largest probability difference from numpy."""
+    import onnxruntime as ort
+
+    if version.model not in DEPLOYABLE_MODELS:
+        raise VersionError(
+            f"version {version.ledger_ref} is a {version.model} model; the inspection tier "
+            f"takes EL images, which only {', '.join(DEPLOYABLE_MODELS)} models read"
+        )
+    doc = f"federated {version.ledger_ref} signed by {version.coordinator}"
+    data = export_el_mlp(params, size, doc=doc)
+    frames = probe_frames(size) if probe is None else np.asarray(probe, np.float32)
+    session = ort.InferenceSession(data, providers=["CPUExecutionProvider"])
+    got = session.run(["probs"], {"frames": frames})[0]
+    difference = float(np.abs(got - el_mlp_reference(params, frames)).max())
+    if not difference <= EXPORT_TOLERANCE:
+        raise VersionError(
+            f"version {version.ledger_ref}: the ONNX export differs from the model by "
+            f"{difference:.2e} (tolerance {EXPORT_TOLERANCE:.0e})"
+        )
+    return data, difference
+
+
+def install(
+    node_dir: Path,
+    version: ModelVersion,
+    params: Params,
+    anchor: Verdict,
+    size: int,
+    probe: NDArray[np.float32] | None = None,
+    metrics: dict[str, float] | None = None,
+) -> Deployment:
+    """Export, check and register a verified version in the member's registry, active."""
+    from inference.registry import ModelRegistry
+
+    if not anchor.valid:
+        raise VersionError(f"version {version.ledger_ref}: anchor not verified: {anchor.reason}")
+    data, difference = export_checked(version, params, size, probe)
+    registry = ModelRegistry(node_dir)
+    current = registry.active()
+    entry = registry.register(
+        data,
+        source=f"federated:{version.ledger_ref}",
+        metrics=metrics,
+        parent=None if current is None else current.version,
+        notes=f"signed by {version.coordinator}; anchored ({anchor.reason}); "
+        f"ONNX vs numpy max difference {difference:.1e}",
+        activate=True,
+    )
+    return Deployment(version, entry.version, anchor, difference)
