@@ -11,9 +11,12 @@ $(VENV)/bin/activate:
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 
-# Runtime + the EL images (CC BY-NC-SA 4.0, non-commercial) the demo inspects.
+# Runtime + the EL images (CC BY-NC-SA 4.0, non-commercial) the demo inspects + the
+# `train` extra: the demo trains each supplier's small CNN and exports the federated
+# model to ONNX. torch==2.13.0 (CPU) comes from the machine's local wheel.
 $(VENV)/.demo-installed: pyproject.toml $(VENV)/bin/activate
-	$(PIP) install -q -e '.[elpv]'
+	$(PIP) install -q 'torch==2.13.0'
+	$(PIP) install -q -e '.[elpv,train]'
 	@touch $@
 
 # Everything the tests need; torch==2.13.0 (CPU) comes from the machine's local wheel.
