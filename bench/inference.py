@@ -9,7 +9,10 @@ then feeds the held-out cells (300x300 EL frames) at 2 stations x 27 fps to:
 2. the in-process line: station loop, ``LocalJudge``, micro-batched writes into a real
    SQLite QDM store (``QualityStore.ingest_rows``), no Ray;
 3. the served line: the same, judged by the Ray Serve tier (dynamic batching) on a local
-   Ray; serving overhead = its frame->verdict p50/p99 minus the bare ones.
+   Ray; serving overhead = its frame->verdict p50/p99 minus the bare ones;
+4. (``--compare-previous``, on by default) the served line as first built: one Serve
+   request per frame passed by reference, a 0.5 ms batch wait, a writer waiting 5 ms for
+   company, no GC freeze; its stored p50/p99 over the current ones is printed as a ratio.
 
 A burst phase then offers many more frames (4 stations x 100 fps by default) to show the
 throughput the tier sustains with batching and what it skips when it cannot keep up.
@@ -30,6 +33,7 @@ import sys
 import tempfile
 import time
 import uuid
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -110,8 +114,25 @@ def bare_batched(model: OnnxClassifier, test: ElImages, batch: int, rounds: int)
     emit(f"bare_onnxruntime_batch{batch}_frames_per_s", rate, "frames/s")
 
 
+class PerFrameJudge:
+    """The first served design, for comparison: one Serve request per frame, by reference."""
+
+    def __init__(self, handle: Any) -> None:
+        self._judge = handle.judge.options(_by_reference=True)
+
+    async def __call__(self, request: FrameRequest) -> Any:
+        return await self._judge.remote(request)
+
+
 def run_line(
-    judge: Any, test: ElImages, stations: int, fps: float, seconds: float, db: Path, tag: str
+    judge: Any,
+    test: ElImages,
+    stations: int,
+    fps: float,
+    seconds: float,
+    db: Path,
+    tag: str,
+    config: LineConfig | None = None,
 ) -> LineSnapshot:
     """Stations over the held-out cells into a real SQLite QDM store for ``seconds``."""
     store = open_store(f"sqlite:///{db}")
@@ -120,9 +141,9 @@ def run_line(
             StationSpec(f"el-{i + 1}", dataset_frames(part), fps)
             for i, part in enumerate(split_round_robin(test, stations))
         ]
-        line = InspectionLine(
-            judge, ingest_sink(store.ingest_rows), specs, LineConfig(run_id=uuid.uuid4().hex[:8])
-        )
+        run_id = uuid.uuid4().hex[:8]
+        config = replace(config, run_id=run_id) if config else LineConfig(run_id=run_id)
+        line = InspectionLine(judge, ingest_sink(store.ingest_rows), specs, config)
         final = line.run(seconds)
     finally:
         store.close()
@@ -157,6 +178,12 @@ def main() -> None:
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     parser.add_argument("--replica-threads", type=int, default=1, help="onnxruntime threads")
     parser.add_argument("--max-batch", type=int, default=16, help="Serve dynamic batch size")
+    parser.add_argument(
+        "--compare-previous",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="also run the first served design (per-frame requests by reference)",
+    )
     parser.add_argument("--out", help="write the figures as JSON here")
     args = parser.parse_args()
     cores = os.cpu_count() or 1
@@ -249,9 +276,48 @@ def serve_phases(
             emit("served_mean_batch_size", mean, "frames")
         finally:
             tier.stop()
+        if args.compare_previous:
+            previous_design(args, onnx_bytes, test, tmp, served)
     finally:
         ray.shutdown()
     return served, burst
+
+
+def previous_design(
+    args: argparse.Namespace, onnx_bytes: bytes, test: ElImages, tmp: Path, served: LineSnapshot
+) -> None:
+    """The same line as first built: per-frame requests by reference, a 0.5 ms batch wait,
+    a writer that waits 5 ms for company, no GC freeze (the replica's access log was on
+    too; it stays off here). Run after the current design, on the same Ray."""
+    from inference.serve import InspectionTier, ServeSettings
+
+    settings = ServeSettings(
+        device=args.device,
+        threads=args.replica_threads,
+        max_batch_size=args.max_batch,
+        batch_wait_timeout_s=0.0005,
+    )
+    tier = InspectionTier(settings, app_name="bench-inference-previous")
+    tier.start(onnx_bytes, "bench.onnx")
+    config = LineConfig(run_id="", flush_interval_s=0.005, freeze_gc=False)
+    try:
+        judge = PerFrameJudge(tier.handle)
+        run_line(judge, test, 2, 5.0, 2.0, tmp / "warmup-previous.db", "", config)
+        previous = run_line(
+            judge,
+            test,
+            args.stations,
+            args.fps,
+            args.seconds,
+            tmp / "previous.db",
+            "previous_design",
+            config,
+        )
+    finally:
+        tier.stop()
+    for q in ("p50", "p99"):
+        ratio = getattr(previous.stored_latency, q) / getattr(served.stored_latency, q)
+        emit(f"stored_{q}_ratio_previous_vs_current", ratio, "x")
 
 
 if __name__ == "__main__":

@@ -16,7 +16,7 @@ import logging
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
@@ -38,6 +38,8 @@ STATIONS = 2
 FPS = 27.0
 SECONDS = 3.0
 SWAP_AFTER_S = 1.5
+EPOCHS = 3
+FINE_TUNE_EPOCHS = 2
 
 
 @dataclass(frozen=True)
@@ -111,16 +113,20 @@ def _train_two(member: MemberProcess, cells: ElImages) -> tuple[DemoModels, dict
     manifest.write(split_path(member.directory, name))
     train, test = own.select(manifest.train), own.select(manifest.test)
     # one thread: on two shared cores PyTorch's second thread mostly waits for the first
-    config = training.TrainConfig(input_size=INPUT_SIZE, epochs=3, widths=(8, 16, 32), threads=1)
+    config = training.TrainConfig(
+        input_size=INPUT_SIZE, epochs=EPOCHS, widths=(8, 16, 32), threads=1
+    )
     registry = ModelRegistry(member.directory)
     started = time.monotonic()
     model, _ = training.train_model(train, config)
     first_metrics = training.evaluate(model, test, config)
-    tuned, _ = training.train_model(train, config, initial=training.get_weights(model))
+    fine_tune = replace(config, epochs=FINE_TUNE_EPOCHS)
+    tuned, _ = training.train_model(train, fine_tune, initial=training.get_weights(model))
     second_metrics = training.evaluate(tuned, test, config)
     seconds = time.monotonic() - started
     versions: list[ModelVersion] = []
-    for net, metrics, note in ((model, first_metrics, "3 epochs"), (tuned, second_metrics, "+3")):
+    notes = (f"{config.epochs} epochs", f"+{FINE_TUNE_EPOCHS} fine-tuning")
+    for net, metrics, note in ((model, first_metrics, notes[0]), (tuned, second_metrics, notes[1])):
         versions.append(
             registry.register(
                 training.export_onnx(net, INPUT_SIZE),

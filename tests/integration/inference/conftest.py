@@ -1,24 +1,56 @@
-"""One real local Ray for every serving test of the inspection tier (started once)."""
+"""One real local Ray for the serving tests of the inspection tier, gone when they are.
+
+Ray is started by the first test of this folder that needs it and shut down (Serve
+with it) after the last test of the folder, not at the end of the session: an idle
+Ray with a Serve controller and replica costs ~10% of a core, which the test folders
+that run after this one should not pay. ``local_ray`` is module-scoped so module
+fixtures (a deployed tier) can use it; it starts Ray again if tests of this folder
+come back after others (a reordered run).
+"""
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
+from pathlib import Path
 
 import pytest
 
+HERE = Path(__file__).resolve().parent
+_started = False
 
-@pytest.fixture(scope="session")
+
+def _stop_ray() -> None:
+    global _started
+    if not _started:
+        return
+    import ray
+
+    if ray.is_initialized():
+        ray.shutdown()  # ends Serve too; serve.shutdown() first only adds raylet noise
+    _started = False
+
+
+@pytest.fixture(scope="module")
 def local_ray() -> Iterator[None]:
-    """A 2-CPU local Ray without dashboard; Serve and Ray are shut down at the end."""
+    """A 2-CPU local Ray without dashboard (started once for the folder)."""
+    global _started
     ray = pytest.importorskip("ray")
-    ray.init(
-        num_cpus=2, include_dashboard=False, logging_level=logging.WARNING, log_to_driver=False
-    )
-    try:
-        yield
-    finally:
-        from ray import serve
+    if not ray.is_initialized():
+        ray.init(
+            num_cpus=2,
+            include_dashboard=False,
+            logging_level=logging.WARNING,
+            log_to_driver=False,
+        )
+        _started = True
+    yield
 
-        serve.shutdown()
-        ray.shutdown()
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None) -> Generator[None]:
+    """After the item's fixtures are torn down: stop Ray when the folder's tests end."""
+    result = yield
+    if nextitem is None or not Path(nextitem.path).resolve().is_relative_to(HERE):
+        _stop_ray()
+    return result

@@ -97,6 +97,25 @@ def test_bad_frames_in_a_batch_do_not_fail_the_others(on_first: InspectionTier) 
     assert "c1" in (served[1].error or "") and "dtype float64" in (served[1].error or "")
 
 
+def test_frames_sent_together_share_one_trip_and_its_fate(on_first: InspectionTier) -> None:
+    """Frames of one loop turn go in one Serve request: a trip that cannot be sent fails
+    each of its frames with the cause (the line counts them), and the tier goes on."""
+    good = np.full((300, 300), 128, np.uint8)
+
+    async def together() -> list[ServedVerdict | BaseException]:
+        judge = on_first.judge()
+        calls = [
+            judge(FrameRequest("el-1", "ok", good)),
+            judge(FrameRequest("el-2", "lock", threading.Lock())),  # cannot be pickled
+        ]
+        return list(await asyncio.gather(*calls, return_exceptions=True))
+
+    first, second = asyncio.run(together())
+    assert isinstance(first, BaseException) and isinstance(second, BaseException)
+    assert "lock" in str(second).lower() and str(first) == str(second)
+    assert asyncio.run(_judge_all(on_first, [good]))[0].error is None
+
+
 def _line(tier: InspectionTier, cells: ElImages, db: Path, run_id: str) -> InspectionLine:
     store = open_store(f"sqlite:///{db}")
     halves = [cells.subset(range(0, 60)), cells.subset(range(60, 120))]
