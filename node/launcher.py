@@ -164,7 +164,9 @@ class LocalNetwork:
         while time.monotonic() < deadline:
             if not member.running:
                 tail = member.log_path.read_text(errors="replace")[-2000:]
-                raise NodeError(f"node {name} exited while starting; log {member.log_path}:\n{tail}")
+                raise NodeError(
+                    f"node {name} exited while starting; log {member.log_path}:\n{tail}"
+                )
             runtime = read_runtime(member.directory)
             if runtime and runtime.get("pid") == member.process.pid:  # type: ignore[union-attr]
                 try:
@@ -173,7 +175,9 @@ class LocalNetwork:
                 except httpx.HTTPError:
                     pass
             time.sleep(0.1)
-        raise NodeError(f"node {name} did not become ready in {timeout:.0f}s; see {member.log_path}")
+        raise NodeError(
+            f"node {name} did not become ready in {timeout:.0f}s; see {member.log_path}"
+        )
 
     def stop(self, names: Iterable[str] | None = None, timeout: float = 20.0) -> dict[str, int]:
         """SIGTERM, wait, and SIGKILL only what does not stop; returns exit codes."""
