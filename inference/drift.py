@@ -10,8 +10,6 @@ after the rate fell back under it. The state is written as JSON for the node's A
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 import threading
 from collections import deque
 from collections.abc import Mapping
@@ -23,6 +21,7 @@ from typing import Any
 from inference import alarms as kinds
 from inference.alarms import AlarmLog
 from inference.errors import InferenceError
+from inference.files import write_atomic
 from inference.verdicts import ServedVerdict
 
 LINE = "*"  # the key of the whole line's window
@@ -170,11 +169,4 @@ class DriftMonitor:
     def write(self, path: Path) -> None:
         """Write the state atomically (the API reads this file)."""
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as handle:
-                json.dump(self.to_dict(), handle, indent=1)
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        write_atomic(path, json.dumps(self.to_dict(), indent=1).encode("utf-8"))

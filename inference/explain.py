@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
-import tempfile
 from collections import defaultdict
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
@@ -25,6 +23,7 @@ from numpy.typing import NDArray
 from PIL import Image
 
 from inference.dataset import ElImages
+from inference.files import write_atomic
 from inference.frames import Frame
 from inference.model import DEFAULT_THRESHOLD, OnnxClassifier
 
@@ -172,7 +171,7 @@ def explain(
         for m in members[:per_group]:
             frame = data.images[m.position]
             name = f"{group_id}-{m.frame_id}.png"
-            _atomic_write(out_dir / name, overlay_png(frame, occlusion_map(model, frame)))
+            write_atomic(out_dir / name, overlay_png(frame, occlusion_map(model, frame)))
             examples.append(Example(m.frame_id, round(m.score, 4), m.probability, name))
         first = members[0]
         groups.append(
@@ -195,7 +194,7 @@ def explain(
         "method": "occlusion",
         "groups": [asdict(g) for g in groups],
     }
-    _atomic_write(out_dir / INDEX_FILE, (json.dumps(index, indent=1) + "\n").encode())
+    write_atomic(out_dir / INDEX_FILE, (json.dumps(index, indent=1) + "\n").encode())
     return groups
 
 
@@ -206,14 +205,3 @@ def read_index(out_dir: Path) -> dict[str, Any] | None:
         return None
     raw: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
     return raw
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

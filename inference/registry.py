@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import tempfile
 import threading
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
@@ -20,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from inference.errors import InferenceError, ModelLoadError
+from inference.files import write_atomic
 from inference.model import Device, OnnxClassifier, content_hash
 
 logger = logging.getLogger("inference")
@@ -105,7 +104,7 @@ class ModelRegistry:
 
     def _write(self, raw: dict[str, Any]) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
-        _atomic_write(self.manifest_path, (json.dumps(raw, indent=1) + "\n").encode())
+        write_atomic(self.manifest_path, (json.dumps(raw, indent=1) + "\n").encode())
 
     def versions(self) -> list[ModelVersion]:
         """All registered versions, oldest first."""
@@ -162,7 +161,7 @@ class ModelRegistry:
                 entry = ModelVersion.from_dict(known[version])
             else:
                 self.root.mkdir(parents=True, exist_ok=True)
-                _atomic_write(self.root / entry.file, data)
+                write_atomic(self.root / entry.file, data)
                 raw["versions"].append(entry.to_dict())
             if activate:
                 raw["active"] = version
@@ -198,17 +197,6 @@ class ModelRegistry:
         if not path.exists():
             raise ModelLoadError(str(path), "registered but the file is missing")
         return OnnxClassifier.from_file(path, device, threads, expected_version=entry.version)
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def version_of_file(path: Path) -> str:

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +19,7 @@ from numpy.typing import NDArray
 
 from inference.dataset import ElImages
 from inference.errors import DatasetError
+from inference.files import write_atomic
 
 DEFAULT_SEED = 20240501
 DEFAULT_FRACTIONS = (0.70, 0.15, 0.15)
@@ -96,14 +95,7 @@ class SplitManifest:
         """Write the manifest atomically (a reader never sees half a file)."""
         text = json.dumps(self.to_dict(), indent=1, sort_keys=True) + "\n"
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as handle:
-                handle.write(text)
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        write_atomic(path, text.encode("utf-8"))
 
     @classmethod
     def read(cls, path: Path) -> SplitManifest:
