@@ -281,16 +281,31 @@ def _check_sender(negotiation: Negotiation, message: NegotiationMessage) -> None
 
 
 def draft_agreement(
-    negotiation: Negotiation, agreement_id: str, agreed_at: datetime
+    negotiation: Negotiation,
+    agreement_id: str,
+    agreed_at: datetime,
+    terms: Policy | None = None,
 ) -> ContractAgreement:
-    """The agreement the provider signs: the offer on the table, bound to the consumer."""
+    """The agreement for the offer on the table, bound to the consumer.
+
+    The provider passes `terms`, the policy it built itself from what it decided to
+    grant (`connector.offers.answer_request`): that object is what gets signed, and
+    it must say exactly what the offer on the table says. The consumer checks an
+    agreement it receives against its own copy of the offer (`terms` omitted).
+    """
+    policy = negotiation.offer if terms is None else terms
+    if not policy.same_terms(negotiation.offer):
+        raise OfferMismatchError(
+            f"negotiation {negotiation.negotiation_id}: the terms to sign ({policy.uid}) "
+            f"differ from the offer on the table ({negotiation.offer.uid})"
+        )
     return ContractAgreement(
         agreement_id=agreement_id,
         negotiation_id=negotiation.negotiation_id,
         provider_id=negotiation.provider_id,
         consumer_id=negotiation.consumer_id,
         asset_id=negotiation.asset_id,
-        policy=to_agreement(negotiation.offer, agreement_id, negotiation.consumer_id),
+        policy=to_agreement(policy, agreement_id, negotiation.consumer_id),
         requested_at=negotiation.created_at,
         agreed_at=agreed_at,
     )

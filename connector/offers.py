@@ -38,6 +38,8 @@ from connector.views import (
 from policies.model import (
     DEFAULT_RETENTION_DAYS,
     Action,
+    Constraint,
+    Duty,
     LeftOperand,
     OfferTerms,
     Operator,
@@ -130,8 +132,51 @@ class NonStandardPolicyError(ValueError):
     """A policy that is not one permission of the standard offer's shape."""
 
 
+# The one operator each knob of the standard offer is written with (`make_offer`). A
+# policy that says the same knob with another operator (``order isNoneOf [mine]``,
+# ``purpose neq x``) means something else entirely, so it is not of the standard shape.
+_STANDARD_OPERATORS: dict[LeftOperand, frozenset[Operator]] = {
+    LeftOperand.PURPOSE: frozenset({Operator.IS_ANY_OF}),
+    LeftOperand.ORDER: frozenset({Operator.IS_ANY_OF}),
+    LeftOperand.FIELDS: frozenset({Operator.IS_PART_OF}),
+    LeftOperand.DATETIME: frozenset({Operator.GTEQ, Operator.LT}),
+}
+
+
+def _standard_constraint(policy: Policy, c: Constraint, seen: set[tuple[str, str]]) -> None:
+    """Refuse a constraint `make_offer` would not write: another operator, or a repeat."""
+    allowed = _STANDARD_OPERATORS.get(c.left_operand, frozenset())
+    if c.operator not in allowed:
+        raise NonStandardPolicyError(
+            f"policy {policy.uid}: {c.left_operand} {c.operator} is not a term we offer "
+            f"(only {c.left_operand} {' or '.join(sorted(allowed)) or 'nothing'})"
+        )
+    key = (c.left_operand.value, c.operator.value)
+    if key in seen:
+        raise NonStandardPolicyError(f"policy {policy.uid}: {c.left_operand} {c.operator} twice")
+    seen.add(key)
+
+
+def _standard_duty(policy: Policy, duties: tuple[Duty, ...]) -> Duty:
+    if len(duties) != 1:
+        raise NonStandardPolicyError(f"policy {policy.uid} needs purposes and one delete duty")
+    duty = duties[0]
+    for c in duty.constraints:
+        if c.left_operand is not LeftOperand.RETENTION or c.operator is not Operator.LTEQ:
+            raise NonStandardPolicyError(
+                f"policy {policy.uid}: the delete duty's {c.left_operand} {c.operator} "
+                "is not a term we offer (only retention lteq DAYS)"
+            )
+    return duty
+
+
 def offer_terms(policy: Policy) -> OfferTerms:
-    """Read the knobs back out of a policy of the standard shape (`make_offer`'s)."""
+    """Read the knobs back out of a policy of the standard shape (`make_offer`'s).
+
+    Strict on purpose: every constraint must use the operator `make_offer` writes for
+    it, so that reading terms and writing them back is the identity; anything else
+    raises `NonStandardPolicyError` (a provider never grants what it cannot read).
+    """
     if len(policy.permissions) != 1 or policy.obligations:
         raise NonStandardPolicyError(f"policy {policy.uid} is not a single-permission offer")
     permission = policy.permissions[0]
@@ -140,29 +185,33 @@ def offer_terms(policy: Policy) -> OfferTerms:
     purposes: frozenset[str] = frozenset()
     orders = fields = None
     not_before = not_after = None
+    seen: set[tuple[str, str]] = set()
     for c in permission.constraints:
+        _standard_constraint(policy, c, seen)
         right = c.right_operand
+        if not isinstance(right, frozenset | datetime):
+            raise NonStandardPolicyError(f"policy {policy.uid}: {c.left_operand} {right!r}")
         if c.left_operand is LeftOperand.PURPOSE and isinstance(right, frozenset):
             purposes = right
         elif c.left_operand is LeftOperand.ORDER and isinstance(right, frozenset):
             orders = right
-        elif c.left_operand is LeftOperand.FIELDS and c.operator is Operator.IS_PART_OF:
-            fields = right if isinstance(right, frozenset) else None
+        elif c.left_operand is LeftOperand.FIELDS and isinstance(right, frozenset):
+            fields = right
         elif c.left_operand is LeftOperand.DATETIME and isinstance(right, datetime):
             if c.operator is Operator.GTEQ:
                 not_before = right
-            elif c.operator is Operator.LT:
-                not_after = right
             else:
-                raise NonStandardPolicyError(f"policy {policy.uid}: dateTime {c.operator}")
+                not_after = right
         else:
             raise NonStandardPolicyError(f"policy {policy.uid}: constraint {c.left_operand}")
-    if not purposes or len(permission.duties) != 1:
+    if not purposes:
         raise NonStandardPolicyError(f"policy {policy.uid} needs purposes and one delete duty")
-    duty = permission.duties[0]
+    duty = _standard_duty(policy, permission.duties)
     distribute = [p for p in policy.prohibitions if p.action is Action.DISTRIBUTE]
-    if len(policy.prohibitions) != len(distribute):
+    if len(policy.prohibitions) != len(distribute) or len(distribute) > 1:
         raise NonStandardPolicyError(f"policy {policy.uid} has non-standard prohibitions")
+    if any(p.constraints for p in distribute):  # "no distribution, except ..." is a loophole
+        raise NonStandardPolicyError(f"policy {policy.uid}: a conditional prohibition")
     return OfferTerms(
         purposes=purposes,
         orders=orders,
@@ -183,8 +232,11 @@ class Verdict(StrEnum):
 
 @dataclass(frozen=True)
 class Answer:
+    """The provider's decision. `offer` is a policy the provider built itself: the
+    counter-offer (COUNTER), or the terms to sign (AGREE); never the consumer's object."""
+
     verdict: Verdict
-    offer: Policy | None = None  # the counter-offer
+    offer: Policy | None = None
     reason: str = ""
 
 
@@ -208,13 +260,18 @@ def answer_request(
     """The provider's answer to a consumer asking for `requested` under `published`.
 
     `customer_orders` are the orders the consumer placed with this provider: an
-    agreement never covers anybody else's order.
+    agreement never covers anybody else's order. The provider rebuilds the terms it
+    grants from its own reading of the request (`make_offer`) and agrees only when
+    that rebuilt policy says exactly what the consumer asked; the agreement is then
+    drafted from the rebuilt policy (`Answer.offer`). A request it cannot read (an
+    operator it does not offer, an extra rule) is countered with its own terms.
     """
     pub = offer_terms(published)
+    reason = "the request asked for more than is offered"
     try:
         req = offer_terms(requested)
-    except NonStandardPolicyError:
-        req = OfferTerms(purposes=pub.purposes)
+    except NonStandardPolicyError as exc:
+        req, reason = OfferTerms(purposes=pub.purposes), f"{exc}; countered with our terms"
     purposes = req.purposes & pub.purposes
     if not purposes:
         wanted = ", ".join(sorted(req.purposes))
@@ -239,10 +296,11 @@ def answer_request(
         receipt=pub.receipt or req.receipt,
         allow_distribution=pub.allow_distribution and req.allow_distribution,
     )
-    if terms == req and requested.type is PolicyType.OFFER:
-        return Answer(Verdict.AGREE)
+    ours = make_offer(requested.uid, published.assigner, published.target, terms)
+    if requested.type is PolicyType.OFFER and ours.same_terms(requested):
+        return Answer(Verdict.AGREE, ours)
     counter = make_offer(counter_uid, published.assigner, published.target, terms)
-    return Answer(Verdict.COUNTER, counter, "the request asked for more than is offered")
+    return Answer(Verdict.COUNTER, counter, reason)
 
 
 def answer_job_request(asset: Asset, requested: Policy, consumer: str) -> Answer:
@@ -261,7 +319,7 @@ def answer_job_request(asset: Asset, requested: Policy, consumer: str) -> Answer
             reason=f"job asset {asset.asset_id} is agreed only on its published offer "
             "(model updates for training, no raw data, no redistribution)",
         )
-    return Answer(Verdict.AGREE)
+    return Answer(Verdict.AGREE, asset.offer)
 
 
 def acceptable_counter(requested: Policy, counter: Policy) -> bool:

@@ -146,6 +146,11 @@ class ReleaseGate:
 
     `request.asset_fields` must be the asset's fields: a request built for
     another view could otherwise widen the grant.
+
+    `owned_orders` are the orders the consumer has placed with the provider, read at
+    the time of the call (None: the asset is not scoped by customer). It is checked
+    on top of the agreement: a request for an order outside it is denied, and a row
+    of such an order never passes, whatever the agreement's order scope says.
     """
 
     def __init__(
@@ -156,6 +161,7 @@ class ReleaseGate:
         pseudonymizer: Pseudonymizer,
         *,
         closed_orders: Mapping[str, datetime] | None = None,
+        owned_orders: frozenset[str] | None = None,
     ) -> None:
         if agreement.target != asset.asset_id:
             raise ViewError(
@@ -174,10 +180,19 @@ class ReleaseGate:
         )
         self.pseudonymizer = pseudonymizer
         self._pseudonymized = tuple(sorted(asset.pseudonymized))
+        self.owned_orders = owned_orders
+        self._decision = self._gate.decision
+        order = request.order_id
+        if owned_orders is not None and order is not None and order not in owned_orders:
+            self._decision = Decision(False, f"order {order} is not an order you placed with us")
 
     @property
     def decision(self) -> Decision:
-        return self._gate.decision
+        return self._decision
+
+    def owns(self, order: Any) -> bool:
+        """Whether a row of `order` may go to this consumer at all (see `owned_orders`)."""
+        return self.owned_orders is None or (isinstance(order, str) and order in self.owned_orders)
 
     @property
     def query_fields(self) -> frozenset[str]:
@@ -185,6 +200,8 @@ class ReleaseGate:
         return self.decision.allowed_fields | {self.asset.order_key}
 
     def __call__(self, row: Mapping[str, Any]) -> dict[str, Any] | None:
+        if not self._decision.allowed or not self.owns(row.get(self.asset.order_key)):
+            return None
         out = self._gate(row)
         if out is None:
             return None
@@ -199,9 +216,17 @@ def release(
     pseudonymizer: Pseudonymizer,
     *,
     closed_orders: Mapping[str, datetime] | None = None,
+    owned_orders: frozenset[str] | None = None,
 ) -> Iterator[dict[str, Any]]:
     """The rows that may leave under `agreement`: in scope, granted fields only, pseudonymised."""
-    gate = ReleaseGate(asset, agreement, request, pseudonymizer, closed_orders=closed_orders)
+    gate = ReleaseGate(
+        asset,
+        agreement,
+        request,
+        pseudonymizer,
+        closed_orders=closed_orders,
+        owned_orders=owned_orders,
+    )
     if not gate.decision.allowed:
         return
     for row in rows:

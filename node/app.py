@@ -123,7 +123,10 @@ async def serve(ctx: NodeContext, stop: asyncio.Event) -> None:
     write_atomic(runtime_path(settings.directory), json.dumps(runtime, indent=2).encode())
     logger.info(
         "node %s (%s) serving gRPC on %s and API on %s",
-        settings.name, settings.role, runtime["grpc"], runtime["api"],
+        settings.name,
+        settings.role,
+        runtime["grpc"],
+        runtime["api"],
     )
     try:
         await stop.wait()

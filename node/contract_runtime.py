@@ -62,7 +62,13 @@ from connector.negotiation import (
     fingerprint,
     open_negotiation,
 )
-from connector.offers import Verdict, answer_job_request, answer_request, standard_assets
+from connector.offers import (
+    Answer,
+    Verdict,
+    answer_job_request,
+    answer_request,
+    standard_assets,
+)
 from connector.pseudonym import Pseudonymizer
 from connector.qdm import Inspection, Order
 from connector.retention_sweep import SweepReport, sweep
@@ -95,7 +101,7 @@ from node.identity.certs import MemberIdentity
 from node.identity.files import read_file, write_atomic
 from node.rpc.contract_serde import Notification, PullRequest, notification_to_proto
 from policies.evaluate import Request
-from policies.model import Action
+from policies.model import Action, Policy
 
 logger = logging.getLogger("node.contracts")
 
@@ -210,29 +216,35 @@ class ContractRuntime:
     def _mid(self, negotiation: Negotiation) -> str:
         return f"{negotiation.negotiation_id}:p{len(negotiation.seen)}"
 
+    def _decide(self, n: Negotiation, peer: MemberIdentity, mid: str) -> Answer:
+        """What we grant for the offer on the table, decided now (orders the peer placed
+        today, the asset as offered today): an AGREE carries the policy we built."""
+        asset = self.asset_for(n.asset_id, peer.role)
+        if asset.kind is AssetKind.FEDERATED_JOB:
+            return answer_job_request(asset, n.offer, peer.name)
+        return answer_request(
+            asset.offer, n.offer, self.customer_orders(peer.name), f"{mid}:counter"
+        )
+
     def _provider_move(self, negotiation: Negotiation, peer: MemberIdentity) -> Negotiation:
         """The provider's answer to the state the consumer's message left."""
         n = negotiation
         keys = PartyKeys(self.verify_key, VerifyKey(peer.verify_key))
         me, at, mid = self.me.member_id, self._at(n), self._mid(n)
         message: NegotiationMessage
-        if n.state is NegotiationState.REQUESTED:
-            asset = self.asset_for(n.asset_id, peer.role)
-            if asset.kind is AssetKind.FEDERATED_JOB:
-                answer = answer_job_request(asset, n.offer, peer.name)
+        if n.state in (NegotiationState.REQUESTED, NegotiationState.ACCEPTED):
+            # ACCEPTED: the consumer took our counter-offer; it is decided again, so that
+            # only terms we build now are signed (and no order it no longer holds).
+            answer = self._decide(n, peer, mid)
+            if answer.verdict is Verdict.AGREE:
+                assert answer.offer is not None
+                message = self._agreement_message(n, mid, at, answer.offer)
+            elif n.state is NegotiationState.ACCEPTED or answer.verdict is Verdict.TERMINATE:
+                reason = answer.reason or "the accepted offer is no longer granted"
+                message = Termination(mid, n.negotiation_id, me, reason, at)
             else:
-                answer = answer_request(
-                    asset.offer, n.offer, self.customer_orders(peer.name), f"{mid}:counter"
-                )
-            if answer.verdict is Verdict.TERMINATE:
-                message = Termination(mid, n.negotiation_id, me, answer.reason, at)
-            elif answer.verdict is Verdict.COUNTER:
                 assert answer.offer is not None
                 message = ContractOffer(mid, n.negotiation_id, me, answer.offer, at)
-            else:
-                message = self._agreement_message(n, mid, at)
-        elif n.state is NegotiationState.ACCEPTED:
-            message = self._agreement_message(n, mid, at)
         elif n.state is NegotiationState.VERIFIED:
             message = Finalized(mid, n.negotiation_id, me, at)
         else:
@@ -240,10 +252,12 @@ class ContractRuntime:
         logger.info("negotiation %s: %s -> %s", n.negotiation_id, n.state, type(message).__name__)
         return apply(n, message, keys)
 
-    def _agreement_message(self, n: Negotiation, mid: str, at: datetime) -> Agreement:
-        terms = draft_agreement(n, f"agr-{uuid.uuid4().hex}", at)
+    def _agreement_message(
+        self, n: Negotiation, mid: str, at: datetime, terms: Policy
+    ) -> Agreement:
+        draft = draft_agreement(n, f"agr-{uuid.uuid4().hex}", at, terms)
         return Agreement(
-            mid, n.negotiation_id, self.me.member_id, sign_agreement(terms, self.signing_key), at
+            mid, n.negotiation_id, self.me.member_id, sign_agreement(draft, self.signing_key), at
         )
 
     def handle_negotiation(
@@ -353,7 +367,10 @@ class ContractRuntime:
         order_id: str | None,
         fields: frozenset[str] | None,
     ) -> ReleaseGate:
-        """The decision and row gate for one request under a stored agreement, now."""
+        """The decision and row gate for one request under a stored agreement, now.
+
+        Besides the agreement, the consumer must still be the customer of every order
+        a row belongs to (read now, not when the agreement was signed)."""
         terms = stored.signed.agreement
         asset = self.assets[terms.asset_id]
         closed = self.store.closed_orders(terms.agreement_id)
@@ -368,7 +385,10 @@ class ContractRuntime:
             order_closed_at=closed.get(order_id) if order_id else None,
         )
         pseudonyms = Pseudonymizer(self.pseudonym_secret, terms.agreement_id)
-        return ReleaseGate(asset, terms.policy, request, pseudonyms, closed_orders=closed)
+        owned = self.customer_orders(peer_name(terms.consumer_id))
+        return ReleaseGate(
+            asset, terms.policy, request, pseudonyms, closed_orders=closed, owned_orders=owned
+        )
 
     def open_transfer(self, peer: MemberIdentity, message: TransferRequest) -> TransferProcess:
         """Decide a transfer request; allowed: the process, STARTED at the genesis checkpoint."""

@@ -158,8 +158,12 @@ def run_demo(
     report = DemoReport(workdir=str(network.workdir))
     _log_to(network.workdir / "demo.log", console)
     progress = Progress(
-        SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn(),
-        console=console, transient=False,
+        SpinnerColumn(),
+        TextColumn("{task.description}"),
+        BarColumn(),
+        TimeElapsedColumn(),
+        console=console,
+        transient=False,
     )
     names = [s.name for s in network.specs]
     try:

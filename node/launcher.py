@@ -220,8 +220,12 @@ class LocalNetwork:
             "authority": str(self.authority_dir),
             "chain": self.chain.url if self.chain is not None else None,
             "members": {
-                n: {"role": m.spec.role, "dir": str(m.directory), "grpc": m.grpc_address,
-                    "api": m.api_url}
+                n: {
+                    "role": m.spec.role,
+                    "dir": str(m.directory),
+                    "grpc": m.grpc_address,
+                    "api": m.api_url,
+                }
                 for n, m in self.members.items()
             },
         }

@@ -184,9 +184,7 @@ class Authority:
         """Revoke every certificate of a member and publish a new CRL."""
         members = self.members()
         now = dt.datetime.now(dt.UTC).isoformat()
-        hits = [
-            m for m in members if name_or_id in (m.name, m.member_id) and m.revoked_at is None
-        ]
+        hits = [m for m in members if name_or_id in (m.name, m.member_id) and m.revoked_at is None]
         if not hits:
             raise IdentityError(f"no active member named {name_or_id!r} in {self.directory}")
         updated = [

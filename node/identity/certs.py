@@ -179,9 +179,13 @@ def verify_issued_by(cert: x509.Certificate, ca_cert: x509.Certificate) -> None:
     try:
         cert.verify_directly_issued_by(ca_cert)
     except (ValueError, TypeError, InvalidSignature) as exc:
-        raise IdentityError(f"certificate serial {cert.serial_number:x} was not issued by "
-                            f"this data space's authority: {exc}") from None
+        raise IdentityError(
+            f"certificate serial {cert.serial_number:x} was not issued by "
+            f"this data space's authority: {exc}"
+        ) from None
     now = dt.datetime.now(dt.UTC)
     if not cert.not_valid_before_utc <= now <= cert.not_valid_after_utc:
-        raise IdentityError(f"certificate serial {cert.serial_number:x} is not valid now "
-                            f"(valid {cert.not_valid_before_utc} .. {cert.not_valid_after_utc})")
+        raise IdentityError(
+            f"certificate serial {cert.serial_number:x} is not valid now "
+            f"(valid {cert.not_valid_before_utc} .. {cert.not_valid_after_utc})"
+        )

@@ -29,9 +29,20 @@ METHOD_ROLES: Mapping[str, frozenset[str]] = {
     **{
         f"/qdspace.v1.Federation/{m}": TRADING
         for m in (
-            "StartJob", "ListJobs", "GetJob", "GetStatus", "DownloadModel", "UploadUpdate",
-            "AdvertiseKeys", "GetRoster", "ShareKeys", "GetInbox", "UploadMasked",
-            "GetUnmaskRequest", "Unmask", "GetVersionProof",
+            "StartJob",
+            "ListJobs",
+            "GetJob",
+            "GetStatus",
+            "DownloadModel",
+            "UploadUpdate",
+            "AdvertiseKeys",
+            "GetRoster",
+            "ShareKeys",
+            "GetInbox",
+            "UploadMasked",
+            "GetUnmaskRequest",
+            "Unmask",
+            "GetVersionProof",
         )
     },
 }

@@ -88,9 +88,7 @@ class PeerAuthenticator:
 
 def authorise(peer: Peer, method: str) -> None:
     if peer.role not in allowed_roles(method):
-        raise Refused(
-            grpc.StatusCode.PERMISSION_DENIED, f"role {peer.role} may not call {method}"
-        )
+        raise Refused(grpc.StatusCode.PERMISSION_DENIED, f"role {peer.role} may not call {method}")
 
 
 class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]

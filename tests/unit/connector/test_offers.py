@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import UTC, datetime
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from connector.offers import (
     QUALITY_PURPOSES,
+    NonStandardPolicyError,
     Verdict,
     acceptable_counter,
     answer_request,
@@ -16,7 +19,20 @@ from connector.offers import (
     standard_assets,
 )
 from policies.codec import parse_policy, policy_to_json
-from policies.model import OfferTerms, make_offer
+from policies.errors import PolicySyntaxError
+from policies.evaluate import Request, evaluate
+from policies.model import (
+    ALLOWED_OPERATORS,
+    Action,
+    Constraint,
+    LeftOperand,
+    OfferTerms,
+    Operator,
+    Policy,
+    Prohibition,
+    make_offer,
+    to_agreement,
+)
 
 PROVIDER = "cellex-0123456789ab"
 ASSETS = {a.asset_id: a for a in standard_assets(PROVIDER)}
@@ -102,7 +118,8 @@ def test_whatever_is_asked_the_agreed_terms_stay_within_offer_and_own_orders(
     if answer.verdict is Verdict.TERMINATE:
         assert answer.reason
         return
-    agreed = offer_terms(request if answer.verdict is Verdict.AGREE else answer.offer)  # type: ignore[arg-type]
+    assert answer.offer is not None  # AGREE and COUNTER both carry the provider's own policy
+    agreed = offer_terms(answer.offer)
     assert agreed.purposes <= QUALITY_PURPOSES and agreed.purposes
     assert agreed.orders is not None and agreed.orders <= mine and agreed.orders
     assert agreed.fields is not None and agreed.fields <= OFFERED
@@ -111,3 +128,126 @@ def test_whatever_is_asked_the_agreed_terms_stay_within_offer_and_own_orders(
         assert agreed.orders <= orders
     if until is not None:
         assert agreed.not_after is not None and agreed.not_after <= until
+
+
+# ------------------------------------------------- bent offers (issue 10, finding 1)
+
+ALL_ORDERS = ("PO-MINE", "PO-OTHER-1", "PO-OTHER-2")
+MINE = frozenset({"PO-MINE"})
+SCOPE_OPERANDS = (LeftOperand.PURPOSE, LeftOperand.ORDER, LeftOperand.FIELDS, LeftOperand.DATETIME)
+
+
+def _bend(policy: Policy, left: LeftOperand, operator: Operator, right: object) -> Policy:
+    """`policy` with its `left` constraint rewritten as `left operator right`."""
+    permission = policy.permissions[0]
+    constraints = tuple(
+        Constraint(left, operator, right) if c.left_operand is left else c  # type: ignore[arg-type]
+        for c in permission.constraints
+    )
+    if all(c.left_operand is not left for c in permission.constraints):
+        constraints = (*constraints, Constraint(left, operator, right))  # type: ignore[arg-type]
+    return replace(policy, permissions=(replace(permission, constraints=constraints),))
+
+
+def _right_for(left: LeftOperand, operator: Operator) -> object:
+    if left is LeftOperand.DATETIME:
+        return datetime(2020, 1, 1, tzinfo=UTC)
+    values = {
+        LeftOperand.PURPOSE: frozenset({"quality-assurance"}),
+        LeftOperand.ORDER: MINE,
+        LeftOperand.FIELDS: frozenset({"score"}),
+    }[left]
+    if operator in (Operator.EQ, Operator.NEQ):
+        return next(iter(values))
+    return values
+
+
+def _bent_requests() -> list[tuple[str, Policy]]:
+    base = ask(orders=MINE, fields=OFFERED)
+    out = []
+    for left in SCOPE_OPERANDS:
+        for operator in ALLOWED_OPERATORS[left]:
+            try:
+                bent = _bend(base, left, operator, _right_for(left, operator))  # type: ignore[arg-type]
+            except PolicySyntaxError:
+                continue
+            out.append((f"{left} {operator}", bent))
+    return out
+
+
+def _granted_orders(policy: Policy) -> set[str]:
+    at = datetime(2027, 6, 1, tzinfo=UTC)
+    granted = set()
+    for order in ALL_ORDERS:
+        for purpose in (*QUALITY_PURPOSES, "marketing"):
+            request = Request(Action.READ, at, PUBLISHED_FIELDS, purpose=purpose, order_id=order)
+            if evaluate(policy, request).allowed:
+                granted.add(order)
+    return granted
+
+
+PUBLISHED_FIELDS = ASSETS["inspections"].fields
+
+
+@pytest.mark.parametrize(("label", "bent"), _bent_requests(), ids=[x for x, _ in _bent_requests()])
+def test_a_bent_request_is_never_signed_as_sent(label: str, bent: Policy) -> None:
+    """Every operator on every scope constraint: whatever the provider signs is a policy it
+    built itself, granting only the consumer's own orders and offered purposes."""
+    answer = answer_request(PUBLISHED, bent, MINE, "counter")
+    if answer.verdict is Verdict.TERMINATE:
+        assert answer.reason
+        return
+    assert answer.offer is not None, label
+    built = answer.offer
+    assert offer_terms(built).orders == MINE  # the provider's own reading, always narrowed
+    if answer.verdict is Verdict.AGREE:
+        assert built.same_terms(bent)  # agreed only to exactly its own terms
+    agreement = to_agreement(built, "agr-1", "sunarc-000000000000")
+    assert _granted_orders(agreement) <= MINE, label
+
+
+def test_the_isnoneof_order_bypass_is_countered_not_agreed() -> None:
+    """The reproduced attack: copy the offer, scope `order isNoneOf [my order]`."""
+    bent = _bend(ask(orders=MINE, fields=OFFERED), LeftOperand.ORDER, Operator.IS_NONE_OF, MINE)
+    assert _granted_orders(to_agreement(bent, "agr-x", "sunarc")) == {"PO-OTHER-1", "PO-OTHER-2"}
+    answer = answer_request(PUBLISHED, bent, MINE, "counter")
+    assert answer.verdict is Verdict.COUNTER and answer.offer is not None
+    assert "order isNoneOf is not a term we offer" in answer.reason
+    assert _granted_orders(to_agreement(answer.offer, "agr-x", "sunarc")) == set(MINE)
+
+
+def test_a_request_with_extra_rules_is_not_of_the_standard_shape() -> None:
+    base = ask(orders=MINE, fields=OFFERED)
+    loophole = replace(
+        base,
+        prohibitions=(
+            Prohibition(
+                Action.DISTRIBUTE,
+                (Constraint(LeftOperand.PURPOSE, Operator.IS_ANY_OF, frozenset({"x"})),),
+            ),
+        ),
+    )
+    with pytest.raises(NonStandardPolicyError, match="conditional prohibition"):
+        offer_terms(loophole)
+    twice = replace(
+        base,
+        permissions=(
+            replace(
+                base.permissions[0],
+                constraints=(
+                    *base.permissions[0].constraints,
+                    Constraint(LeftOperand.ORDER, Operator.IS_ANY_OF, frozenset({"PO-OTHER-1"})),
+                ),
+            ),
+        ),
+    )
+    with pytest.raises(NonStandardPolicyError, match="twice"):
+        offer_terms(twice)
+    assert answer_request(PUBLISHED, twice, MINE, "c").verdict is Verdict.COUNTER
+
+
+def test_an_agreed_request_carries_the_providers_own_policy_object() -> None:
+    request = ask(orders=MINE, fields=OFFERED)
+    answer = answer_request(PUBLISHED, request, MINE, "c")  # type: ignore[arg-type]
+    assert answer.verdict is Verdict.AGREE and answer.offer is not None
+    assert answer.offer is not request and answer.offer.same_terms(request)  # type: ignore[attr-defined]

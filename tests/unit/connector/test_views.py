@@ -50,7 +50,18 @@ from connector.views import (
 )
 from policies.canonical import format_datetime
 from policies.evaluate import Request
-from policies.model import Action, OfferTerms, Policy, make_offer, to_agreement
+from policies.model import (
+    Action,
+    Constraint,
+    LeftOperand,
+    OfferTerms,
+    Operator,
+    Permission,
+    Policy,
+    PolicyType,
+    make_offer,
+    to_agreement,
+)
 
 T0 = datetime(2026, 5, 1, tzinfo=UTC)
 ORDERS = ["ORD-1", "ORD-2", "ORD-3"]
@@ -440,3 +451,59 @@ def test_a_value_without_a_json_form_stops_the_page_and_names_its_row(tmp_path: 
     with pytest.raises(ViewError, match=r"row 2 holds inf"):
         list(stream_batches(process, store.engine, gate))
     store.close()
+
+
+@pytest.mark.parametrize("asked_order", [None, "ORD-1", "ORD-2"])
+def test_orders_the_consumer_did_not_place_never_leave_whatever_the_agreement_says(
+    engine: Engine, asked_order: str | None
+) -> None:
+    """An agreement bent to `order isNoneOf [ORD-3]` (signed before the provider checked
+    operators) still releases only the orders the consumer placed, on both paths."""
+    bent = Policy(
+        uid="agr-bent",
+        type=PolicyType.AGREEMENT,
+        assigner="cellex",
+        target="inspections",
+        permissions=(
+            Permission(
+                Action.USE,
+                (
+                    Constraint(LeftOperand.PURPOSE, Operator.IS_ANY_OF, frozenset({"qa"})),
+                    Constraint(LeftOperand.ORDER, Operator.IS_NONE_OF, frozenset({"ORD-3"})),
+                ),
+            ),
+        ),
+        assignee="sunarc",
+    )
+    asset = Asset(
+        asset_id="inspections",
+        title="EL inspections",
+        kind=AssetKind.INSPECTIONS_OF_ORDER,
+        tables=("qdm_inspection",),
+        fields=INSPECTION_FIELDS,
+        offer=offer_for("inspections", None, None),
+        pseudonymized=frozenset(),
+    )
+    action = Action.READ if asked_order else Action.STREAM
+    request = Request(action, T0, asset.fields, purpose="qa", order_id=asked_order)
+    owned = frozenset({"ORD-1"})
+    unchecked = ReleaseGate(asset, bent, request, Pseudonymizer(SECRET, "agr-bent"))
+    gate = ReleaseGate(asset, bent, request, Pseudonymizer(SECRET, "agr-bent"), owned_orders=owned)
+    assert unchecked.decision.allowed  # the agreement alone would release ORD-2
+    if asked_order == "ORD-2":
+        assert not gate.decision.allowed
+        assert "ORD-2 is not an order you placed" in gate.decision.reason
+        return
+    assert gate.decision.allowed
+    rows = [gate(row) for _, row in read_asset(engine, asset, asked_order, gate.query_fields)]
+    released = {r["order_id"] for r in rows if r is not None}
+    assert released == {"ORD-1"}
+    opening = TransferRequest("m", "tx", "sunarc", "agr-bent", "cellex", T0, "qa", asked_order)
+    process = apply_transfer(
+        open_transfer(opening, Role.PROVIDER),
+        TransferStart("s", "tx", "cellex", Checkpoint.genesis("tx"), T0),
+    )
+    on_wire = set()
+    for batch, _ in stream_batches(process, engine, gate, batch_rows=8):
+        on_wire |= {json.loads(line)["order_id"] for line in batch.payloads()}
+    assert on_wire == {"ORD-1"}
