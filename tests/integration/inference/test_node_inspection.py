@@ -25,7 +25,7 @@ from node.cli_inspect import split_path
 from node.launcher import LocalNetwork, MemberProcess, MemberSpec
 
 pytestmark = pytest.mark.integration
-pytest.importorskip("inference.training")
+pytest.importorskip("inference.training", exc_type=ImportError)
 
 
 @pytest.fixture(scope="module")

@@ -24,7 +24,7 @@ from inference.verdicts import FrameRequest, ServedVerdict
 from inference.writer import ingest_sink
 
 pytestmark = pytest.mark.integration
-training = pytest.importorskip("inference.training")
+training = pytest.importorskip("inference.training", exc_type=ImportError)
 pytest.importorskip("ray")
 
 SIZE = 32

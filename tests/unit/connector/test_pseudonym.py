@@ -40,7 +40,13 @@ def test_rows_are_pseudonymised_and_dropped_fields_removed() -> None:
         {"operator_id": None, "action": "scrap"},
     ]
     assert rows[0]["operator_id"] == "op-7"  # the input is not modified
-    assert "SECRET" not in repr(p) and "agr-1" in repr(p)
+    assert "agr-1" in repr(p)
+    key = derive_agreement_key(SECRET, "agr-1")
+    shown = repr(p) + str(p) + repr(vars(p).get("agreement_id"))
+    for secret in (SECRET, key):  # neither the provider secret nor the derived key, in any form
+        for form in (repr(secret), secret.hex(), secret.decode("latin-1")):
+            assert form not in shown
+        assert repr(list(secret)) not in shown
 
 
 def test_weak_secrets_and_odd_values_are_refused() -> None:

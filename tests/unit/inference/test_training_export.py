@@ -15,7 +15,7 @@ from inference.model import OnnxClassifier, content_hash
 from inference.registry import ModelRegistry, RegistryError
 from inference.splits import split_el_images
 
-training = pytest.importorskip("inference.training")
+training = pytest.importorskip("inference.training", exc_type=ImportError)
 
 SIZE = 32
 CONFIG = training.TrainConfig(input_size=SIZE, epochs=2, batch_size=32, widths=(4, 8, 8), threads=1)
