@@ -183,7 +183,8 @@ class ReleaseGate:
         self.owned_orders = owned_orders
         self._decision = self._gate.decision
         order = request.order_id
-        if owned_orders is not None and order is not None and order not in owned_orders:
+        foreign = owned_orders is not None and order is not None and order not in owned_orders
+        if self._decision.allowed and foreign:  # the agreement's own reason comes first
             self._decision = Decision(False, f"order {order} is not an order you placed with us")
 
     @property
