@@ -3,7 +3,8 @@
 Pure and synchronous: every call takes ``now`` (seconds, any monotonic clock) so the
 transport decides what time it is and tests can jump. A round is either plain
 (``TRAINING``: members upload their trained parameters) or, with secure aggregation,
-the four SecAgg phases. A phase closes early when every expected member has
+the five SecAgg phases (the fourth, ``CONSISTENCY``, is the signed survivor-set check
+that keeps a lying coordinator from unmasking one member's update). A phase closes early when every expected member has
 answered, or at its deadline with whoever answered if that is enough; stragglers are
 then refused with ``DEADLINE_PASSED``. A round that ends with too few members is
 tried again (a fresh attempt, new deadline) up to ``max_attempts`` times.
@@ -25,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from nacl.signing import VerifyKey
 from numpy.typing import NDArray
 
 from federation import secagg
@@ -52,12 +54,19 @@ class Phase(StrEnum):
     ADVERTISE = "advertise"
     SHARE_KEYS = "share_keys"
     MASKED_INPUT = "masked_input"
+    CONSISTENCY = "consistency"
     UNMASK = "unmask"
     DONE = "done"
     FAILED = "failed"
 
 
-_SECAGG_PHASES = (Phase.ADVERTISE, Phase.SHARE_KEYS, Phase.MASKED_INPUT, Phase.UNMASK)
+_SECAGG_PHASES = (
+    Phase.ADVERTISE,
+    Phase.SHARE_KEYS,
+    Phase.MASKED_INPUT,
+    Phase.CONSISTENCY,
+    Phase.UNMASK,
+)
 _ORDER = {p: i for i, p in enumerate((Phase.TRAINING, *_SECAGG_PHASES, Phase.DONE))}
 
 
@@ -246,12 +255,19 @@ class Coordinator:
     # --- secure aggregation rounds -----------------------------------------------------
 
     def submit_advert(
-        self, member: str, round_: int, attempt: int, advert: secagg.KeyAdvert, now: float
+        self,
+        member: str,
+        round_: int,
+        attempt: int,
+        advert: secagg.KeyAdvert,
+        key: VerifyKey,
+        now: float,
     ) -> None:
+        """A member's signed key advert; ``key`` is its certificate-bound Ed25519 key."""
         self._admit(member, round_, Phase.ADVERTISE, now, attempt)
         self._same(member, advert.member)
         server = self._server()
-        server.receive_advert(advert)
+        server.receive_advert(advert, key)
         if len(server.advertised) == len(self.job.members):
             self._close(now)
 
@@ -288,8 +304,24 @@ class Coordinator:
             self._close(now)
 
     def unmask_request(self, member: str, round_: int, attempt: int) -> secagg.UnmaskRequest:
-        self._readable(member, round_, Phase.UNMASK, attempt)
+        """The split to sign (``CONSISTENCY``), then with the signatures on it (``UNMASK``)."""
+        self._readable(member, round_, Phase.CONSISTENCY, attempt)
         return self._server().unmask_request()
+
+    def submit_confirmation(
+        self,
+        member: str,
+        round_: int,
+        attempt: int,
+        confirmation: secagg.Confirmation,
+        now: float,
+    ) -> None:
+        self._admit(member, round_, Phase.CONSISTENCY, now, attempt)
+        self._same(member, confirmation.member)
+        server = self._server()
+        server.receive_confirmation(confirmation)
+        if len(server.confirmed) == len(server.survivors):
+            self._close(now)
 
     def submit_unmask(
         self, member: str, round_: int, attempt: int, response: secagg.UnmaskResponse, now: float
@@ -381,6 +413,9 @@ class Coordinator:
             self.phase = Phase.MASKED_INPUT
         elif self.phase is Phase.MASKED_INPUT:
             server.close_masked()
+            self.phase = Phase.CONSISTENCY
+        elif self.phase is Phase.CONSISTENCY:
+            server.close_consistency()
             self.phase = Phase.UNMASK
         elif self.phase is Phase.UNMASK:
             result = server.finish()

@@ -316,6 +316,8 @@ def join(
             kind.trainer(spec.training, own, mu),
             await coordinator_key(channel, name),
             signing_key=keys.signing_key,
+            certificate=keys.cert,
+            ca_cert=keys.ca_cert,
             on_event=on_event,
             on_version=on_version,
         )

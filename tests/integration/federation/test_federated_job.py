@@ -130,6 +130,8 @@ async def run_member(
             trainer,
             key,
             signing_key=keys.signing_key,
+            certificate=keys.cert,
+            ca_cert=keys.ca_cert,
             on_event=on_event,
             poll_s=5.0,
         )
