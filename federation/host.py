@@ -379,9 +379,7 @@ class JobHost:
     ) -> None:
         """``verify_key``: the Ed25519 key the caller's certificate binds to ``member``."""
         self._run(
-            lambda: self.coordinator.submit_advert(
-                member, round_, attempt, advert, verify_key, now
-            )
+            lambda: self.coordinator.submit_advert(member, round_, attempt, advert, verify_key, now)
         )
 
     def roster(self, member: str, round_: int, attempt: int) -> tuple[secagg.KeyAdvert, ...]:
@@ -432,9 +430,7 @@ class JobHost:
         now: float,
     ) -> None:
         self._run(
-            lambda: self.coordinator.submit_confirmation(
-                member, round_, attempt, confirmation, now
-            )
+            lambda: self.coordinator.submit_confirmation(member, round_, attempt, confirmation, now)
         )
 
     def submit_unmask(

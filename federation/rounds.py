@@ -4,10 +4,11 @@ Pure and synchronous: every call takes ``now`` (seconds, any monotonic clock) so
 transport decides what time it is and tests can jump. A round is either plain
 (``TRAINING``: members upload their trained parameters) or, with secure aggregation,
 the five SecAgg phases (the fourth, ``CONSISTENCY``, is the signed survivor-set check
-that keeps a lying coordinator from unmasking one member's update). A phase closes early when every expected member has
-answered, or at its deadline with whoever answered if that is enough; stragglers are
-then refused with ``DEADLINE_PASSED``. A round that ends with too few members is
-tried again (a fresh attempt, new deadline) up to ``max_attempts`` times.
+that keeps a lying coordinator from unmasking one member's update). A phase closes
+early when every expected member has answered, or at its deadline with whoever
+answered if that is enough; stragglers are then refused with ``DEADLINE_PASSED``.
+A round that ends with too few members is tried again (a fresh attempt, new
+deadline) up to ``max_attempts`` times.
 
 Between rounds the coordinator writes a checkpoint (global model, round, history);
 a restarted coordinator resumes from it and reopens the round it was in.

@@ -543,10 +543,15 @@ class SecAggClient:
         check_roster(roster, self.config, verify_keys)
         own = next((a for a in roster if a.member == self.member), None)
         mine = self._advert
-        if own is None or mine is None or (own.cipher_pk, own.mask_pk, own.seed_commitment) != (
-            mine.cipher_pk,
-            mine.mask_pk,
-            mine.seed_commitment,
+        if (
+            own is None
+            or mine is None
+            or (own.cipher_pk, own.mask_pk, own.seed_commitment)
+            != (
+                mine.cipher_pk,
+                mine.mask_pk,
+                mine.seed_commitment,
+            )
         ):
             raise RosterRefused(f"roster does not carry member {self.member}'s own keys")
         self._roster, self._keys = tuple(roster), dict(verify_keys)

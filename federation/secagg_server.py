@@ -248,7 +248,9 @@ class SecAggServer:
                 self._check_revealed(response.member, dealer, kind, share)
         self._responses[response.member] = response
 
-    def _check_revealed(self, holder: str, dealer: str, kind: ShareKind, share: SignedShare) -> None:
+    def _check_revealed(
+        self, holder: str, dealer: str, kind: ShareKind, share: SignedShare
+    ) -> None:
         if not verify_share(share, self.config.context, dealer, holder, kind, self._keys[dealer]):
             raise UpdateRefused(
                 RefusalReason.BAD_SIGNATURE,

@@ -28,6 +28,8 @@ from typing import Any
 
 import grpc
 import numpy as np
+from cryptography import x509
+from cryptography.hazmat.primitives.serialization import Encoding
 from nacl.signing import SigningKey, VerifyKey
 from numpy.typing import NDArray
 
@@ -38,9 +40,6 @@ from federation.chunks import (
     Chunk,
     prefer_heap_for_large_buffers,
 )
-from cryptography import x509
-from cryptography.hazmat.primitives.serialization import Encoding
-
 from federation.errors import FederationError, RefusalReason, SecAggAbort, SecAggError
 from federation.host import StatusView
 from federation.job import JobSpec
@@ -315,9 +314,7 @@ class FederationClient:
         reply = await self._call("GetUnmaskRequest", self._ref(round_, attempt))
         return unmask_request_from_proto(reply)
 
-    async def confirm(
-        self, round_: int, attempt: int, confirmation: secagg.Confirmation
-    ) -> None:
+    async def confirm(self, round_: int, attempt: int, confirmation: secagg.Confirmation) -> None:
         request = pb.ConfirmRequest(
             ref=self._ref(round_, attempt), confirmation=confirmation_to_proto(confirmation)
         )
@@ -498,7 +495,7 @@ class MemberRunner:
         key = (round_, attempt)
         state = self._secure.get(key)
         if phase is Phase.ADVERTISE and state is None:
-            signing_key, certificate, keys = self._credentials()
+            signing_key, certificate, _ = self._credentials()
             trained, _ = await self._train(round_)
             change = prepare_change(job, global_vector, trained, self._rng)
             sa = secagg_client(job, self.member, round_, attempt, signing_key)

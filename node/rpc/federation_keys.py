@@ -43,7 +43,7 @@ class CertificateKeys:
         self._revoked = revoked
 
     def identity(self, advert: KeyAdvert) -> MemberIdentity:
-        """The identity in ``advert``'s certificate, once it is checked to be ``advert.member``'s."""
+        """The identity in ``advert``'s certificate, once checked to be ``advert.member``'s."""
         who = advert.member
         if not advert.certificate:
             raise RosterRefused(f"key advert of {who} carries no certificate")
@@ -52,11 +52,11 @@ class CertificateKeys:
             verify_issued_by(cert, self._ca)
             identity = identity_of(cert)
         except (ValueError, IdentityError) as exc:
-            raise RosterRefused(f"certificate in the key advert of {who} is not valid: {exc}") from exc
-        if identity.name != who:
             raise RosterRefused(
-                f"key advert of {who} carries the certificate of {identity.name}"
-            )
+                f"certificate in the key advert of {who} is not valid: {exc}"
+            ) from exc
+        if identity.name != who:
+            raise RosterRefused(f"key advert of {who} carries the certificate of {identity.name}")
         if who not in self._members or identity.role not in TRADING_ROLES:
             raise RosterRefused(f"{who} ({identity.role}) is not a member of this job")
         if self._revoked is not None and self._revoked(cert.serial_number):
@@ -67,5 +67,5 @@ class CertificateKeys:
         return VerifyKey(self.identity(advert).verify_key)
 
     def keys(self, roster: Sequence[KeyAdvert]) -> Mapping[str, VerifyKey]:
-        """Every roster member's certificate-bound key; ``RosterRefused`` names the first bad one."""
+        """Every roster member's certificate-bound key; ``RosterRefused`` names a bad one."""
         return {advert.member: self.key(advert) for advert in roster}
