@@ -85,6 +85,9 @@ class StatusView:
     history: tuple[RoundRecord, ...]
     job_digest: bytes
     delta: float | None = None
+    #: The job's contract asset (``JobSpec.agreement_asset``): what a member must hold
+    #: an agreement for before it may read the terms, status or models.
+    agreement_asset: str | None = None
 
     def __post_init__(self) -> None:
         """A status comes from a peer: every number must be finite and in range."""
@@ -309,6 +312,7 @@ class JobHost:
             history=tuple(self.coordinator.history),
             job_digest=job.digest(),
             delta=None if job.dp is None else job.dp.delta,
+            agreement_asset=job.agreement_asset,
         )
 
     def model(self, version: int) -> Published:

@@ -265,8 +265,8 @@ class Coordinator:
         now: float,
     ) -> None:
         """A member's signed key advert; ``key`` is its certificate-bound Ed25519 key."""
+        self._same(member, advert.member)  # identity first: impersonation is never "late"
         self._admit(member, round_, Phase.ADVERTISE, now, attempt)
-        self._same(member, advert.member)
         server = self._server()
         server.receive_advert(advert, key)
         if len(server.advertised) == len(self.job.members):
@@ -297,8 +297,8 @@ class Coordinator:
     def submit_masked(
         self, member: str, round_: int, attempt: int, masked: secagg.MaskedInput, now: float
     ) -> None:
-        self._admit(member, round_, Phase.MASKED_INPUT, now, attempt)
         self._same(member, masked.member)
+        self._admit(member, round_, Phase.MASKED_INPUT, now, attempt)
         server = self._server()
         server.receive_masked(masked)
         if len(server.survivors) == len(server.shared):
@@ -317,8 +317,8 @@ class Coordinator:
         confirmation: secagg.Confirmation,
         now: float,
     ) -> None:
-        self._admit(member, round_, Phase.CONSISTENCY, now, attempt)
         self._same(member, confirmation.member)
+        self._admit(member, round_, Phase.CONSISTENCY, now, attempt)
         server = self._server()
         server.receive_confirmation(confirmation)
         if len(server.confirmed) == len(server.survivors):
@@ -327,8 +327,8 @@ class Coordinator:
     def submit_unmask(
         self, member: str, round_: int, attempt: int, response: secagg.UnmaskResponse, now: float
     ) -> None:
-        self._admit(member, round_, Phase.UNMASK, now, attempt)
         self._same(member, response.member)
+        self._admit(member, round_, Phase.UNMASK, now, attempt)
         server = self._server()
         server.receive_unmask(response)
         if server.responses == len(server.survivors):

@@ -45,6 +45,7 @@ def status_to_proto(view: StatusView) -> pb.JobStatus:
         history=[record_to_proto(r) for r in view.history],
         job_digest=view.job_digest,
         delta=view.delta if view.delta is not None else 0.0,
+        agreement_asset=view.agreement_asset or "",
     )
 
 
@@ -61,6 +62,7 @@ def status_from_proto(msg: pb.JobStatus) -> StatusView:
         history=tuple(record_from_proto(r) for r in msg.history),
         job_digest=msg.job_digest,
         delta=msg.delta or None,
+        agreement_asset=msg.agreement_asset or None,
     )
 
 

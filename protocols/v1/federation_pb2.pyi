@@ -37,7 +37,7 @@ class RoundRecord(_message.Message):
     def __init__(self, round: _Optional[int] = ..., version: _Optional[int] = ..., members: _Optional[_Iterable[str]] = ..., bounded: _Optional[_Iterable[str]] = ..., has_epsilon: _Optional[bool] = ..., epsilon: _Optional[float] = ...) -> None: ...
 
 class JobStatus(_message.Message):
-    __slots__ = ("job_id", "round", "attempt", "phase", "deadline_in_s", "version", "detail", "rounds", "history", "job_digest", "delta")
+    __slots__ = ("job_id", "round", "attempt", "phase", "deadline_in_s", "version", "detail", "rounds", "history", "job_digest", "delta", "agreement_asset")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     ROUND_FIELD_NUMBER: _ClassVar[int]
     ATTEMPT_FIELD_NUMBER: _ClassVar[int]
@@ -49,6 +49,7 @@ class JobStatus(_message.Message):
     HISTORY_FIELD_NUMBER: _ClassVar[int]
     JOB_DIGEST_FIELD_NUMBER: _ClassVar[int]
     DELTA_FIELD_NUMBER: _ClassVar[int]
+    AGREEMENT_ASSET_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     round: int
     attempt: int
@@ -60,7 +61,8 @@ class JobStatus(_message.Message):
     history: _containers.RepeatedCompositeFieldContainer[RoundRecord]
     job_digest: bytes
     delta: float
-    def __init__(self, job_id: _Optional[str] = ..., round: _Optional[int] = ..., attempt: _Optional[int] = ..., phase: _Optional[str] = ..., deadline_in_s: _Optional[float] = ..., version: _Optional[int] = ..., detail: _Optional[str] = ..., rounds: _Optional[int] = ..., history: _Optional[_Iterable[_Union[RoundRecord, _Mapping]]] = ..., job_digest: _Optional[bytes] = ..., delta: _Optional[float] = ...) -> None: ...
+    agreement_asset: str
+    def __init__(self, job_id: _Optional[str] = ..., round: _Optional[int] = ..., attempt: _Optional[int] = ..., phase: _Optional[str] = ..., deadline_in_s: _Optional[float] = ..., version: _Optional[int] = ..., detail: _Optional[str] = ..., rounds: _Optional[int] = ..., history: _Optional[_Iterable[_Union[RoundRecord, _Mapping]]] = ..., job_digest: _Optional[bytes] = ..., delta: _Optional[float] = ..., agreement_asset: _Optional[str] = ...) -> None: ...
 
 class StatusRequest(_message.Message):
     __slots__ = ("job_id", "known_round", "known_attempt", "known_phase", "known_version", "wait_s")
