@@ -301,6 +301,11 @@ class FederationServicer(pb_grpc.FederationServicer):
 
     def _advert_key(self, slot: _Slot, peer: Peer, advert: secagg.KeyAdvert) -> VerifyKey:
         """The caller's signing key, once its advert is seen to carry the caller's certificate."""
+        if advert.member != peer.name:
+            raise UpdateRefused(
+                RefusalReason.NOT_A_MEMBER,
+                f"{peer.name} sent a message in the name of {advert.member}",
+            )
         if self._ca is None:
             raise RosterRefused(f"{self._me.name} has no authority certificate to check adverts")
         identity = CertificateKeys(self._ca, slot.host.job.members).identity(advert)

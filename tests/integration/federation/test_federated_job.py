@@ -166,9 +166,12 @@ async def test_secure_robust_job_survives_a_dropout_after_masking(network: Local
     )
     await start_job(network, job)
 
-    def cellex_dies_after_masking_round_2(event: MemberEvent) -> None:
+    # SunArc coordinates and trains too. Its consistency signature never counts towards
+    # t (it could sign two survivor sets), so with t=2 of three members the round can
+    # lose the coordinator-member, not another one: that is the dropout shown here.
+    def sunarc_dies_after_masking_round_2(event: MemberEvent) -> None:
         if event.kind == "sent" and event.round == 2:
-            raise Dropout("cellex lost power after sending its masked update")
+            raise Dropout("sunarc's training process died after sending its masked update")
 
     results = await run_all(
         network,
@@ -178,24 +181,25 @@ async def test_secure_robust_job_survives_a_dropout_after_masking(network: Local
             "polycell": scaled("polycell", 100.0),
             "sunarc": honest("sunarc"),
         },
-        cellex=cellex_dies_after_masking_round_2,
+        sunarc=sunarc_dies_after_masking_round_2,
     )
-    assert isinstance(results["cellex"], Dropout)
-    sunarc = results["sunarc"]
-    assert isinstance(sunarc, MemberResult) and sunarc.status.phase is Phase.DONE
-    history = sunarc.status.history
-    # Round 2 still holds cellex's masked update: its masks were removed with the
+    assert isinstance(results["sunarc"], Dropout)
+    cellex = results["cellex"]
+    assert isinstance(cellex, MemberResult) and cellex.status.phase is Phase.DONE
+    assert cellex.aborted == []
+    history = cellex.status.history
+    # Round 2 still holds sunarc's masked update: its masks were removed with the
     # others' shares. Round 3 went on without it after the advert deadline.
-    assert [h.members for h in history] == [MEMBERS, MEMBERS, ("polycell", "sunarc")]
-    versions = [v.version for v in sunarc.versions]
+    assert [h.members for h in history] == [MEMBERS, MEMBERS, ("cellex", "polycell")]
+    versions = [v.version for v in cellex.versions]
     assert versions == [0, 1, 2, 3]
     assert all(
-        isinstance(v, ModelVersion) and v.coordinator == COORDINATOR for v in sunarc.versions
+        isinstance(v, ModelVersion) and v.coordinator == COORDINATOR for v in cellex.versions
     )
-    assert sunarc.versions[-1].members == ("polycell", "sunarc")
+    assert cellex.versions[-1].members == ("cellex", "polycell")
     # The x100 member was bounded by clipping before masking: the model still learns.
     reference = centralised_accuracy()
-    for name in ("polycell", "sunarc"):
+    for name in ("cellex", "polycell"):
         assert final_accuracy(results[name]) >= reference - 0.05, name
 
 
