@@ -197,6 +197,7 @@ class JobHost:
         self._latest = latest
         self._anchor = anchor
         self._saved_phase = coordinator.phase
+        self._saved_attempt = (coordinator.round, coordinator.attempt)
 
     # --- lifecycle ---------------------------------------------------------------------
 
@@ -274,6 +275,7 @@ class JobHost:
                 f"the signed version file at {signed.version.version}"
             )
         host._saved_phase = coordinator.phase
+        host._save()  # the resumed attempt's number is on disk before anyone uses it
         return host
 
     # --- what members read -------------------------------------------------------------
@@ -458,12 +460,15 @@ class JobHost:
             self._publish()
         elif coordinator.finished and self._saved_phase is not coordinator.phase:
             self._save()
+        elif (coordinator.round, coordinator.attempt) != self._saved_attempt:
+            self._save()  # a new attempt: a restart must not reuse its number
 
     def _save(self) -> None:
         path = self.directory / CHECKPOINT_FILE
         self.coordinator.checkpoint(path, fsync=False)
         _fsync_later((path, self.directory))
         self._saved_phase = self.coordinator.phase
+        self._saved_attempt = (self.coordinator.round, self.coordinator.attempt)
 
     def _publish(self) -> None:
         coordinator, job = self.coordinator, self.job

@@ -110,6 +110,10 @@ class Coordinator:
     deadline: float = 0.0
     detail: str = ""
     seed: int | None = None
+    #: Attempts of the current round made before a restart: they do not count towards
+    #: ``max_attempts``, but their numbers are never reused (each attempt's keys and
+    #: masks are bound to its number, so a resumed round starts with a fresh one).
+    attempt_base: int = 0
 
     def __post_init__(self) -> None:
         self._updates: dict[str, ClientUpdate] = {}
@@ -145,7 +149,7 @@ class Coordinator:
                 self._finish(Phase.DONE, f"stopped before round {self.round}: {exc}")
                 return
         self.attempt += 1
-        if self.attempt > self.max_attempts:
+        if self.attempt - self.attempt_base > self.max_attempts:
             self._finish(Phase.FAILED, f"round {self.round} failed {self.max_attempts} times")
             return
         if self.job.secure_aggregation:
@@ -451,7 +455,7 @@ class Coordinator:
         self.history.append(RoundRecord(self.round, self.version, members, bounded, eps))
         self.detail = f"round {self.round} aggregated from {len(members)} members"
         self.round += 1
-        self.attempt = 0
+        self.attempt = self.attempt_base = 0
         self._open_round(now)
 
     # --- checkpoint --------------------------------------------------------------------
@@ -472,6 +476,7 @@ class Coordinator:
             "max_attempts": self.max_attempts,
             "history": [asdict(r) for r in self.history],
             "phase": self.phase.value,
+            "attempt": self.attempt,
             "detail": self.detail,
             "vector_len": int(self.global_vector.size),
         }
@@ -513,7 +518,12 @@ class Coordinator:
     def resume(
         cls, path: Path, job: JobSpec, now: float, *, seed: int | None = None
     ) -> Coordinator:
-        """Reload a checkpoint of ``job`` and reopen its current round with a fresh deadline."""
+        """Reload a checkpoint of ``job`` and reopen its current round with a fresh deadline.
+
+        What the lost process held of the round in flight (adverts, shares, masked
+        inputs) is gone; the round reopens as the next attempt number, so members make
+        fresh keys and no mask is ever used twice, and the round is aggregated once.
+        """
         meta, vector = cls.read_checkpoint(path)
         if meta.get("job_digest") != job.digest().hex():
             raise CheckpointError(f"checkpoint {path} belongs to another job or other terms")
@@ -535,5 +545,6 @@ class Coordinator:
         if meta["phase"] in (Phase.DONE.value, Phase.FAILED.value):
             coord._finish(Phase(meta["phase"]), meta["detail"])
         else:
+            coord.attempt = coord.attempt_base = int(meta.get("attempt", 0))
             coord._open_round(now)
         return coord

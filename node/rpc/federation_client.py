@@ -78,6 +78,10 @@ logger = logging.getLogger("node.rpc")
 
 CALL_TIMEOUT_S = 60.0
 DEFAULT_POLL_S = 10.0
+#: How long a member keeps polling a coordinator that cannot be reached (it restarts).
+OUTAGE_S = 180.0
+RETRY_S = 1.0
+_TRANSIENT = frozenset({"UNAVAILABLE", "DEADLINE_EXCEEDED"})
 
 
 class FederationRefused(PeerError):
@@ -331,7 +335,7 @@ class FederationClient:
 class MemberEvent:
     """Progress of a member through a job, for the CLI, the demo and logs."""
 
-    kind: str  # model | trained | sent | refused | skipped | aborted | done
+    kind: str  # model | trained | sent | refused | skipped | aborted | waiting | done
     round: int
     version: int
     detail: str = ""
@@ -441,11 +445,25 @@ class MemberRunner:
                 self._emit("aborted", status.round, str(exc))
             except FederationError as exc:  # e.g. our masked input missed the round
                 self._emit("skipped", status.round, str(exc))
-            status = await self.client.status(status, wait_s=self._poll_s)
+            status = await self._poll(status)
         result.status, result.params = status, self._params
         result.contributed = sorted(self._sent)
         self._emit("done", status.round, f"{status.phase.value}: {status.detail}")
         return result
+
+    async def _poll(self, known: StatusView) -> StatusView:
+        """The next status; a coordinator that is down (restarting) is polled again until
+        it is back or ``OUTAGE_S`` has passed: a restarted coordinator resumes the job."""
+        waited = 0.0
+        while True:
+            try:
+                return await self.client.status(known, wait_s=self._poll_s)
+            except FederationRefused as exc:
+                if exc.code not in _TRANSIENT or waited >= OUTAGE_S:
+                    raise
+                self._emit("waiting", known.round, f"coordinator unreachable: {exc}")
+            await asyncio.sleep(RETRY_S)
+            waited += RETRY_S
 
     async def _download(self, version: int) -> None:
         got = await self.client.download(version)

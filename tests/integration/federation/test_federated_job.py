@@ -366,6 +366,52 @@ async def test_restarted_coordinator_resumes_between_rounds(network: LocalNetwor
     assert cellex.contributed == [2, 3]
 
 
+async def test_coordinator_killed_mid_secure_aggregation_finishes_without_loss_or_duplicates(
+    network: LocalNetwork,
+) -> None:
+    """SIGKILL the coordinator's node while round 1's masked inputs are arriving, restart it:
+    the members keep polling, the round reruns as a fresh attempt (new keys, no mask used
+    twice) and every round is aggregated exactly once."""
+    job = job_terms(
+        "el-sigkill",
+        secure_aggregation=True,
+        threshold=2,
+        update_clip=1.0,
+        rounds=2,
+        min_members=3,
+        phase_timeout_s=20.0,
+    )
+    await start_job(network, job)
+    masked_sent = asyncio.Event()
+    events: list[MemberEvent] = []
+
+    def cellex_events(event: MemberEvent) -> None:
+        events.append(event)
+        if event.kind == "sent" and event.round == 1:
+            masked_sent.set()
+
+    async def crash_and_restart() -> None:
+        await masked_sent.wait()
+        await asyncio.to_thread(network.kill, COORDINATOR)
+        await asyncio.to_thread(network.start, [COORDINATOR])
+
+    crash = asyncio.create_task(crash_and_restart())
+    results = await run_all(
+        network, job.job_id, {m: honest(m) for m in MEMBERS}, cellex=cellex_events
+    )
+    await crash
+    for name in MEMBERS:
+        result = results[name]
+        assert isinstance(result, MemberResult), (name, result)
+        assert result.status.phase is Phase.DONE, (name, result.status)
+        history = result.status.history
+        assert [(h.round, h.version) for h in history] == [(1, 1), (2, 2)], name
+        assert all(h.members == MEMBERS for h in history), name
+        assert [v.version for v in result.versions] == [0, 1, 2], name
+    assert any(e.kind == "waiting" for e in events)  # cellex saw the coordinator go away
+    assert final_accuracy(results["cellex"]) > 0.5
+
+
 def test_cli_start_join_and_status(network: LocalNetwork, tmp_path: Path) -> None:
     """The operator's path: `qdspace fl start`, two `fl join` processes, `fl status`."""
     job = job_terms(

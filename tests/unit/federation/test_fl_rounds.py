@@ -292,7 +292,8 @@ def test_restarted_coordinator_resumes_from_its_checkpoint(tmp_path: Path) -> No
     after_round_1 = coord.global_vector.copy()
     plain_round(coord, now=2.0, members=("cellex",))  # in flight when the process dies
     resumed = Coordinator.resume(path, job(), now=100.0)
-    assert (resumed.round, resumed.version, resumed.attempt) == (2, 1, 1)
+    # round 2 reopens as attempt 2: attempt 1's number (and keys) are never reused
+    assert (resumed.round, resumed.version, resumed.attempt) == (2, 1, 2)
     assert resumed.phase is Phase.TRAINING and resumed.deadline == 110.0
     np.testing.assert_array_equal(resumed.global_vector, after_round_1)
     assert not np.array_equal(after_round_1, INITIAL)
