@@ -49,6 +49,7 @@ from federation.params import (
     Vector,
     body_of,
     encode_vector,
+    encoded_size,
     flatten,
     params_from_bytes,
     params_to_bytes,
@@ -234,6 +235,7 @@ class FederationClient:
         ``verify_version`` (which checks it against the signed record).
         """
         request = pb.DownloadRequest(job_id=self.job_id, version=version)
+        job = await self.job() if self._job is None else self._job
         try:
             stream = self._raw_download(request, timeout=CALL_TIMEOUT_S)
             header, _ = decode_model_chunk(await anext(aiter(stream)))
@@ -242,7 +244,7 @@ class FederationClient:
             assembler = Assembler(
                 header.total_bytes,
                 header.sha256,
-                limit=header.total_bytes,
+                limit=encoded_size(job.shapes),  # never what the coordinator announces
                 what=f"version {version} from {self.coordinator}",
                 hash_always=True,
             )

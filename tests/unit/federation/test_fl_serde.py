@@ -7,8 +7,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from federation import secagg
-from federation.errors import RefusalReason, UpdateRefused
+from federation.errors import FederationError, RefusalReason, UpdateRefused
 from federation.host import MAX_WAIT_S, StatusView, poll_wait
+from federation.job import JobSpec
 from federation.rounds import Phase, RoundRecord
 from node.rpc.federation_serde import (
     advert_from_proto,
@@ -132,3 +133,30 @@ def test_headers_and_unusual_encodings_go_through_the_parser() -> None:
     assert header is None and bytes(data) == b"abc"
     assert serialize(b"raw") == b"raw"
     assert serialize(pb.JobRef(job_id="x")) == pb.JobRef(job_id="x").SerializeToString()
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"phase_timeout_s": float("nan")},
+        {"phase_timeout_s": 1e12},
+        {"update_clip": float("inf")},
+        {"training": {"lr": float("nan")}},
+        {"dp": {"clip": float("inf"), "noise_multiplier": 1.0, "delta": 1e-5}},
+        {"dp": {"clip": 1.0, "noise_multiplier": float("inf"), "delta": 1e-5}},
+    ],
+)
+def test_job_terms_from_a_peer_with_numbers_out_of_range_are_refused(
+    change: dict[str, object],
+) -> None:
+    terms = {
+        "job_id": "el-1",
+        "coordinator": "sunarc",
+        "model": "logreg",
+        "shapes": [[2, 2]],
+        "rounds": 1,
+        "min_members": 1,
+        "members": ["cellex"],
+    }
+    with pytest.raises(FederationError):
+        JobSpec.from_dict(terms | change)
