@@ -21,6 +21,7 @@ from federation.errors import RosterRefused
 from federation.secagg import KeyAdvert
 from node.errors import IdentityError
 from node.identity.certs import MemberIdentity, identity_of, verify_issued_by
+from node.identity.member import member_id_for
 
 #: ``serial -> True`` when the authority has revoked that certificate.
 Revoked = Callable[[int], bool]
@@ -57,6 +58,10 @@ class CertificateKeys:
             ) from exc
         if identity.name != who:
             raise RosterRefused(f"key advert of {who} carries the certificate of {identity.name}")
+        if identity.member_id != member_id_for(identity.name, identity.verify_key):
+            raise RosterRefused(
+                f"certificate of {who} binds member id {identity.member_id} to another key"
+            )
         if who not in self._members or identity.role not in TRADING_ROLES:
             raise RosterRefused(f"{who} ({identity.role}) is not a member of this job")
         if self._revoked is not None and self._revoked(cert.serial_number):
