@@ -24,6 +24,8 @@ for a split ``t`` non-coordinator members signed; two different splits would nee
 sets of ``t`` honest signers, which cannot be disjoint when ``t > n/2`` (enforced by
 ``federation.job``). So all honest members reveal for the same split, never both kinds
 of share of one member, and the coordinator's own single share cannot make up ``t``.
+With ``c`` members colluding with the coordinator the same argument needs
+``2t >= n + c`` and ``t > c + 1``; the job's ``t`` bounds how much collusion it covers.
 
 The steps:
 
