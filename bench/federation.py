@@ -5,7 +5,8 @@ coordinator, Cellex and PolyCell), the real ``Federation`` gRPC service over mut
 TLS, and three member runners (``MemberRunner``) in this process whose "training"
 adds a fixed change to the global model, so the figure is the cost of the round
 itself: download and signature check, upload in chunks, secure aggregation
-(X25519, Shamir, ChaCha20 masks, unmasking), aggregation, signing and checkpoint.
+(X25519, Shamir, ChaCha20 masks, certificate-checked signed adverts, dealer-signed
+shares, the signed consistency round, unmasking), aggregation, signing and checkpoint.
 Each variant runs a job of ``--rounds`` rounds; the figure is the median time
 between consecutive global versions as a member sees them (rounds 2 onwards).
 
@@ -44,6 +45,7 @@ from typing import Any
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import numpy as np
+from nacl.signing import SigningKey
 
 from federation.job import JobSpec
 from federation.member import plain_update, prepare_change, secagg_client
@@ -115,6 +117,8 @@ async def loopback_job(network: LocalNetwork, job: JobSpec) -> list[float]:
                 fixed_trainer(name, job.shapes),
                 await coordinator_key(channel, COORDINATOR),
                 signing_key=keys.signing_key,
+                certificate=keys.cert,
+                ca_cert=keys.ca_cert,
                 on_version=on_version if name == COORDINATOR else None,
                 poll_s=30.0,
             )
@@ -185,14 +189,19 @@ def inprocess_secure_round(n: int) -> float:
     trained = {m: start + np.float32(1e-4) * rng.standard_normal(n, np.float32) for m in MEMBERS}
     t0 = time.perf_counter()
     coord = Coordinator.start(job, start, now=0.0)
-    clients = {m: secagg_client(job, m, 1, 1) for m in MEMBERS}
+    signing = {m: SigningKey.generate() for m in MEMBERS}
+    verify = {m: k.verify_key for m, k in signing.items()}
+    clients = {m: secagg_client(job, m, 1, 1, signing[m]) for m in MEMBERS}
     for m, c in clients.items():
-        coord.submit_advert(m, 1, 1, c.advertise(), 1.0)
+        coord.submit_advert(m, 1, 1, c.advertise(), verify[m], 1.0)
     for m, c in clients.items():
-        coord.submit_shares(m, 1, 1, c.share_keys(coord.roster(m, 1, 1)), 1.0)
+        coord.submit_shares(m, 1, 1, c.share_keys(coord.roster(m, 1, 1), verify), 1.0)
     for m, c in clients.items():
         change = prepare_change(job, coord.global_vector, trained[m], rng)
         coord.submit_masked(m, 1, 1, c.mask(change, coord.inbox(m, 1, 1)), 1.0)
+    split = coord.unmask_request(MEMBERS[0], 1, 1)
+    for m in split.survivors:
+        coord.submit_confirmation(m, 1, 1, clients[m].confirm(split), 1.0)
     request = coord.unmask_request(MEMBERS[0], 1, 1)
     for m in request.survivors:
         coord.submit_unmask(m, 1, 1, clients[m].unmask(request), 1.0)
@@ -252,6 +261,7 @@ import json
 import time
 
 import numpy as np
+from nacl.signing import SigningKey
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, RecordDict
 from flwr.serverapp import Grid, ServerApp
 
@@ -294,6 +304,7 @@ def main(grid: Grid, context: Context) -> None:
 
 _FLOWER_CLIENT = """\
 import numpy as np
+from nacl.signing import SigningKey
 from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 

@@ -56,15 +56,17 @@ class DPConfig:
     sample_rate: float = 1.0
 
     def __post_init__(self) -> None:
-        if not self.clip > 0:
-            raise PrivacyError(f"DP clip must be > 0, got {self.clip}")
-        if not self.noise_multiplier > 0:
-            raise PrivacyError(f"DP noise multiplier must be > 0, got {self.noise_multiplier}")
+        if not 0 < self.clip < math.inf:
+            raise PrivacyError(f"DP clip must be a finite number > 0, got {self.clip}")
+        if not 0 < self.noise_multiplier < math.inf:
+            raise PrivacyError(
+                f"DP noise multiplier must be a finite number > 0, got {self.noise_multiplier}"
+            )
         if not 0 < self.delta < 1:
             raise PrivacyError(f"DP delta must be in (0, 1), got {self.delta}")
         if not 0 < self.sample_rate <= 1:
             raise PrivacyError(f"DP sample rate must be in (0, 1], got {self.sample_rate}")
-        if self.max_epsilon is not None and not self.max_epsilon > 0:
+        if self.max_epsilon is not None and not 0 < self.max_epsilon < math.inf:
             raise PrivacyError(f"DP epsilon budget must be > 0, got {self.max_epsilon}")
 
     def to_dict(self) -> dict[str, Any]:

@@ -28,6 +28,8 @@ class RefusalReason(StrEnum):
     DROPPED = "dropped"
     BAD_SIGNATURE = "bad_signature"
     NO_AGREEMENT = "no_agreement"
+    BUSY = "busy"
+    OUT_OF_RANGE = "out_of_range"
 
 
 class UpdateRefused(FederationError, ValueError):
@@ -53,6 +55,30 @@ class SecAggError(FederationError, ValueError):
 
 class SecAggAbort(FederationError, RuntimeError):
     """Too few members remain for the threshold: the round cannot be unmasked."""
+
+
+class RosterRefused(SecAggError):
+    """A member refuses the coordinator's roster: an advert is unsigned, badly signed, or
+    carries a key that is not the one certificate-bound to the member it names."""
+
+
+class InconsistentView(SecAggAbort):
+    """The consistency round failed: the coordinator showed members different survivor
+    sets (or too few members vouched for the one shown); the member reveals nothing."""
+
+
+class BadShares(SecAggAbort):
+    """A member's Shamir shares are wrong; ``member`` names the one at fault.
+
+    Shares are signed by the member that dealt them, so a share that does not verify
+    names whoever presented it, and signed shares that do not rebuild the dealer's
+    committed secret name the dealer.
+    """
+
+    def __init__(self, member: str, detail: str) -> None:
+        super().__init__(f"bad shares from {member}: {detail}")
+        self.member = member
+        self.detail = detail
 
 
 class PrivacyError(FederationError, ValueError):

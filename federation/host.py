@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import os
 import re
 import threading
@@ -50,6 +51,13 @@ JOB_FILE = "job.json"
 CHECKPOINT_FILE = "checkpoint.bin"
 VERSION_FILE = "version.json"
 
+#: Longest long poll a member may ask for (longer asks are cut to this).
+MAX_WAIT_S = 30.0
+#: Largest example count an update may claim (the weight of plain FedAvg).
+MAX_EXAMPLES = 10**12
+#: Largest phase deadline a coordinator's status may announce (a day).
+MAX_DEADLINE_S = 86_400.0
+
 #: ``(kind, ref_id, record)``: called once per signed version; the node's ledger hook.
 VersionAnchor = Callable[[str, str, bytes], None]
 
@@ -77,6 +85,26 @@ class StatusView:
     history: tuple[RoundRecord, ...]
     job_digest: bytes
     delta: float | None = None
+    #: The job's contract asset (``JobSpec.agreement_asset``): what a member must hold
+    #: an agreement for before it may read the terms, status or models.
+    agreement_asset: str | None = None
+
+    def __post_init__(self) -> None:
+        """A status comes from a peer: every number must be finite and in range."""
+        bad = []
+        if not (math.isfinite(self.deadline_in_s) and 0.0 <= self.deadline_in_s <= MAX_DEADLINE_S):
+            bad.append(f"deadline_in_s {self.deadline_in_s}")
+        if self.delta is not None and not (math.isfinite(self.delta) and 0.0 < self.delta < 1.0):
+            bad.append(f"delta {self.delta}")
+        for record in self.history:
+            eps = record.epsilon
+            if eps is not None and not (math.isfinite(eps) and eps >= 0.0):
+                bad.append(f"epsilon {eps} of round {record.round}")
+        if bad:
+            raise UpdateRefused(
+                RefusalReason.OUT_OF_RANGE,
+                f"status of job {self.job_id} has out-of-range values: {', '.join(bad)}",
+            )
 
     @property
     def finished(self) -> bool:
@@ -134,6 +162,16 @@ def _fsync_later(paths: Sequence[Path]) -> None:
     threading.Thread(target=flush, name="federation-fsync", daemon=True).start()
 
 
+def poll_wait(wait_s: float) -> float:
+    """How long a long poll may wait: ``wait_s`` capped at ``MAX_WAIT_S``; a NaN, infinite
+    or negative value from a peer is refused (it would make the poll loop spin)."""
+    if not math.isfinite(wait_s) or wait_s < 0.0:
+        raise UpdateRefused(
+            RefusalReason.OUT_OF_RANGE, f"wait_s must be a finite number >= 0, got {wait_s}"
+        )
+    return min(wait_s, MAX_WAIT_S)
+
+
 def check_job_id(job_id: str) -> None:
     if not JOB_ID.fullmatch(job_id):
         raise FederationError(
@@ -159,6 +197,7 @@ class JobHost:
         self._latest = latest
         self._anchor = anchor
         self._saved_phase = coordinator.phase
+        self._saved_attempt = (coordinator.round, coordinator.attempt)
 
     # --- lifecycle ---------------------------------------------------------------------
 
@@ -236,6 +275,7 @@ class JobHost:
                 f"the signed version file at {signed.version.version}"
             )
         host._saved_phase = coordinator.phase
+        host._save()  # the resumed attempt's number is on disk before anyone uses it
         return host
 
     # --- what members read -------------------------------------------------------------
@@ -274,6 +314,7 @@ class JobHost:
             history=tuple(self.coordinator.history),
             job_digest=job.digest(),
             delta=None if job.dp is None else job.dp.delta,
+            agreement_asset=job.agreement_asset,
         )
 
     def model(self, version: int) -> Published:
@@ -322,6 +363,11 @@ class JobHost:
         examples: int,
         now: float,
     ) -> None:
+        if not 0 <= examples <= MAX_EXAMPLES:
+            raise UpdateRefused(
+                RefusalReason.OUT_OF_RANGE,
+                f"update of {member} claims {examples} examples, the limit is {MAX_EXAMPLES}",
+            )
         try:
             params = params_from_bytes(payload)
         except FederationError as exc:
@@ -334,13 +380,13 @@ class JobHost:
         round_: int,
         attempt: int,
         advert: secagg.KeyAdvert,
+        verify_key: VerifyKey,
         now: float,
-        verify_key: VerifyKey | None = None,
     ) -> None:
-        config = self.coordinator.secagg_config
-        if verify_key is not None and config is not None:
-            secagg.verify_advert(advert, config, {member: verify_key})
-        self._run(lambda: self.coordinator.submit_advert(member, round_, attempt, advert, now))
+        """``verify_key``: the Ed25519 key the caller's certificate binds to ``member``."""
+        self._run(
+            lambda: self.coordinator.submit_advert(member, round_, attempt, advert, verify_key, now)
+        )
 
     def roster(self, member: str, round_: int, attempt: int) -> tuple[secagg.KeyAdvert, ...]:
         return self.coordinator.roster(member, round_, attempt)
@@ -381,6 +427,18 @@ class JobHost:
     def unmask_request(self, member: str, round_: int, attempt: int) -> secagg.UnmaskRequest:
         return self.coordinator.unmask_request(member, round_, attempt)
 
+    def submit_confirmation(
+        self,
+        member: str,
+        round_: int,
+        attempt: int,
+        confirmation: secagg.Confirmation,
+        now: float,
+    ) -> None:
+        self._run(
+            lambda: self.coordinator.submit_confirmation(member, round_, attempt, confirmation, now)
+        )
+
     def submit_unmask(
         self, member: str, round_: int, attempt: int, response: secagg.UnmaskResponse, now: float
     ) -> None:
@@ -402,12 +460,15 @@ class JobHost:
             self._publish()
         elif coordinator.finished and self._saved_phase is not coordinator.phase:
             self._save()
+        elif (coordinator.round, coordinator.attempt) != self._saved_attempt:
+            self._save()  # a new attempt: a restart must not reuse its number
 
     def _save(self) -> None:
         path = self.directory / CHECKPOINT_FILE
         self.coordinator.checkpoint(path, fsync=False)
         _fsync_later((path, self.directory))
         self._saved_phase = self.coordinator.phase
+        self._saved_attempt = (self.coordinator.round, self.coordinator.attempt)
 
     def _publish(self) -> None:
         coordinator, job = self.coordinator, self.job

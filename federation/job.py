@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -22,6 +23,8 @@ from federation.strategies import SUM_BASED, StrategyName, StrategySpec, build_s
 
 TRAINING_PURPOSE = "model-training"
 DEFAULT_PHASE_TIMEOUT_S = 120.0
+#: Longest phase deadline terms may set (a day): terms come from a peer.
+MAX_PHASE_TIMEOUT_S = 86_400.0
 
 
 class JobSpecError(FederationError, ValueError):
@@ -75,24 +78,48 @@ class JobSpec:
             out.append(f"min_members {self.min_members} must be in 1..{len(self.members)}")
         if not self.shapes or size_of(self.shapes) == 0:
             out.append("the model has no parameters")
-        if self.phase_timeout_s <= 0:
-            out.append("phase timeout must be > 0")
-        if self.update_clip is not None and self.update_clip <= 0:
-            out.append("update clip must be > 0")
+        if not 0 < self.phase_timeout_s <= MAX_PHASE_TIMEOUT_S:
+            out.append(f"phase timeout must be in (0, {MAX_PHASE_TIMEOUT_S:g}] seconds")
+        if self.update_clip is not None and not 0 < self.update_clip < math.inf:
+            out.append("update clip must be a finite number > 0")
+        if any(not math.isfinite(v) for v in self.training.values()):
+            out.append("training settings must be finite numbers")
         if self.secure_aggregation:
             if self.strategy.name not in SUM_BASED:
                 out.append(
                     f"strategy {self.strategy.name.value} needs single updates and cannot run "
                     "under secure aggregation (use fedavg, fedprox or norm_bounding)"
                 )
-            if not 2 <= self.threshold <= self.min_members:
-                out.append(f"threshold {self.threshold} must be in 2..min_members")
+            out.extend(self._threshold_problems())
             if self.clip is None:
                 out.append("secure aggregation needs a clipping bound (update_clip or dp)")
         if self.dp is not None and self.strategy.name not in SUM_BASED:
             out.append(
                 f"differential privacy is accounted for sums of clipped updates; strategy "
                 f"{self.strategy.name.value} is not one (use fedavg, fedprox or norm_bounding)"
+            )
+        return out
+
+    def _threshold_problems(self) -> list[str]:
+        """``t`` must be a strict majority of the members (else a coordinator showing two
+        survivor sets to two halves could collect both kinds of share of one member) and
+        reachable: at most ``min_members``, and, when the coordinator takes part, by the
+        other members alone (its own consistency signature never counts)."""
+        n, t = len(self.members), self.threshold
+        out = []
+        if t < 2 or 2 * t <= n:
+            out.append(
+                f"threshold {t} must be more than half of the {n} members (t > n/2, at "
+                f"least {max(2, n // 2 + 1)}): a smaller one lets a coordinator that shows "
+                "different survivor sets to different members unmask one member's update"
+            )
+        if t > self.min_members:
+            out.append(f"threshold {t} must not exceed min_members {self.min_members}")
+        others = n - 1 if self.coordinator in self.members else n
+        if t > others:
+            out.append(
+                f"threshold {t} exceeds the {others} members other than the coordinator "
+                f"{self.coordinator}, whose signatures alone must reach it"
             )
         return out
 
@@ -124,8 +151,15 @@ class JobSpec:
         # adds to that, so leave six standard deviations of headroom before wrapping.
         headroom = 0.0 if self.dp is None else 6.0 * self.dp.member_noise_std(self.min_members)
         quantizer = Quantizer(clip=self.clip + headroom, max_members=len(self.members))
+        coordinator = self.coordinator if self.coordinator in self.members else ""
         return SecAggConfig(
-            self.job_id, round_, self.threshold, self.vector_len, quantizer, attempt=attempt
+            self.job_id,
+            round_,
+            self.threshold,
+            self.vector_len,
+            quantizer,
+            attempt=attempt,
+            coordinator=coordinator,
         )
 
     def to_dict(self) -> dict[str, Any]:

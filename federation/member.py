@@ -8,10 +8,10 @@ distributed-DP jobs each member adds its share of the Gaussian noise here too.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 
 import numpy as np
-from nacl.signing import SigningKey, VerifyKey
+from nacl.signing import SigningKey
 
 from federation.dp import add_noise
 from federation.job import JobSpec
@@ -46,14 +46,12 @@ def secagg_client(
     member: str,
     round_: int,
     attempt: int,
-    *,
-    signing_key: SigningKey | None = None,
-    verify_keys: Mapping[str, VerifyKey] | None = None,
+    signing_key: SigningKey,
 ) -> SecAggClient:
-    """This member's SecAgg state for one round attempt (fresh keys every attempt)."""
-    return SecAggClient(
-        member, job.secagg_config(round_, attempt), signing_key=signing_key, verify_keys=verify_keys
-    )
+    """This member's SecAgg state for one round attempt (fresh keys every attempt); its
+    adverts, shares and consistency signatures are signed with ``signing_key``, the
+    Ed25519 key its certificate binds to its name."""
+    return SecAggClient(member, job.secagg_config(round_, attempt), signing_key)
 
 
 #: A member's local training: the global parameters and the round number in, the

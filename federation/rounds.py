@@ -3,10 +3,12 @@
 Pure and synchronous: every call takes ``now`` (seconds, any monotonic clock) so the
 transport decides what time it is and tests can jump. A round is either plain
 (``TRAINING``: members upload their trained parameters) or, with secure aggregation,
-the four SecAgg phases. A phase closes early when every expected member has
-answered, or at its deadline with whoever answered if that is enough; stragglers are
-then refused with ``DEADLINE_PASSED``. A round that ends with too few members is
-tried again (a fresh attempt, new deadline) up to ``max_attempts`` times.
+the five SecAgg phases (the fourth, ``CONSISTENCY``, is the signed survivor-set check
+that keeps a lying coordinator from unmasking one member's update). A phase closes
+early when every expected member has answered, or at its deadline with whoever
+answered if that is enough; stragglers are then refused with ``DEADLINE_PASSED``.
+A round that ends with too few members is tried again (a fresh attempt, new
+deadline) up to ``max_attempts`` times.
 
 Between rounds the coordinator writes a checkpoint (global model, round, history);
 a restarted coordinator resumes from it and reopens the round it was in.
@@ -25,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from nacl.signing import VerifyKey
 from numpy.typing import NDArray
 
 from federation import secagg
@@ -52,12 +55,19 @@ class Phase(StrEnum):
     ADVERTISE = "advertise"
     SHARE_KEYS = "share_keys"
     MASKED_INPUT = "masked_input"
+    CONSISTENCY = "consistency"
     UNMASK = "unmask"
     DONE = "done"
     FAILED = "failed"
 
 
-_SECAGG_PHASES = (Phase.ADVERTISE, Phase.SHARE_KEYS, Phase.MASKED_INPUT, Phase.UNMASK)
+_SECAGG_PHASES = (
+    Phase.ADVERTISE,
+    Phase.SHARE_KEYS,
+    Phase.MASKED_INPUT,
+    Phase.CONSISTENCY,
+    Phase.UNMASK,
+)
 _ORDER = {p: i for i, p in enumerate((Phase.TRAINING, *_SECAGG_PHASES, Phase.DONE))}
 
 
@@ -100,6 +110,10 @@ class Coordinator:
     deadline: float = 0.0
     detail: str = ""
     seed: int | None = None
+    #: Attempts of the current round made before a restart: they do not count towards
+    #: ``max_attempts``, but their numbers are never reused (each attempt's keys and
+    #: masks are bound to its number, so a resumed round starts with a fresh one).
+    attempt_base: int = 0
 
     def __post_init__(self) -> None:
         self._updates: dict[str, ClientUpdate] = {}
@@ -135,7 +149,7 @@ class Coordinator:
                 self._finish(Phase.DONE, f"stopped before round {self.round}: {exc}")
                 return
         self.attempt += 1
-        if self.attempt > self.max_attempts:
+        if self.attempt - self.attempt_base > self.max_attempts:
             self._finish(Phase.FAILED, f"round {self.round} failed {self.max_attempts} times")
             return
         if self.job.secure_aggregation:
@@ -246,12 +260,19 @@ class Coordinator:
     # --- secure aggregation rounds -----------------------------------------------------
 
     def submit_advert(
-        self, member: str, round_: int, attempt: int, advert: secagg.KeyAdvert, now: float
+        self,
+        member: str,
+        round_: int,
+        attempt: int,
+        advert: secagg.KeyAdvert,
+        key: VerifyKey,
+        now: float,
     ) -> None:
+        """A member's signed key advert; ``key`` is its certificate-bound Ed25519 key."""
+        self._same(member, advert.member)  # identity first: impersonation is never "late"
         self._admit(member, round_, Phase.ADVERTISE, now, attempt)
-        self._same(member, advert.member)
         server = self._server()
-        server.receive_advert(advert)
+        server.receive_advert(advert, key)
         if len(server.advertised) == len(self.job.members):
             self._close(now)
 
@@ -280,22 +301,38 @@ class Coordinator:
     def submit_masked(
         self, member: str, round_: int, attempt: int, masked: secagg.MaskedInput, now: float
     ) -> None:
-        self._admit(member, round_, Phase.MASKED_INPUT, now, attempt)
         self._same(member, masked.member)
+        self._admit(member, round_, Phase.MASKED_INPUT, now, attempt)
         server = self._server()
         server.receive_masked(masked)
         if len(server.survivors) == len(server.shared):
             self._close(now)
 
     def unmask_request(self, member: str, round_: int, attempt: int) -> secagg.UnmaskRequest:
-        self._readable(member, round_, Phase.UNMASK, attempt)
+        """The split to sign (``CONSISTENCY``), then with the signatures on it (``UNMASK``)."""
+        self._readable(member, round_, Phase.CONSISTENCY, attempt)
         return self._server().unmask_request()
+
+    def submit_confirmation(
+        self,
+        member: str,
+        round_: int,
+        attempt: int,
+        confirmation: secagg.Confirmation,
+        now: float,
+    ) -> None:
+        self._same(member, confirmation.member)
+        self._admit(member, round_, Phase.CONSISTENCY, now, attempt)
+        server = self._server()
+        server.receive_confirmation(confirmation)
+        if len(server.confirmed) == len(server.survivors):
+            self._close(now)
 
     def submit_unmask(
         self, member: str, round_: int, attempt: int, response: secagg.UnmaskResponse, now: float
     ) -> None:
-        self._admit(member, round_, Phase.UNMASK, now, attempt)
         self._same(member, response.member)
+        self._admit(member, round_, Phase.UNMASK, now, attempt)
         server = self._server()
         server.receive_unmask(response)
         if server.responses == len(server.survivors):
@@ -381,6 +418,9 @@ class Coordinator:
             self.phase = Phase.MASKED_INPUT
         elif self.phase is Phase.MASKED_INPUT:
             server.close_masked()
+            self.phase = Phase.CONSISTENCY
+        elif self.phase is Phase.CONSISTENCY:
+            server.close_consistency()
             self.phase = Phase.UNMASK
         elif self.phase is Phase.UNMASK:
             result = server.finish()
@@ -415,7 +455,7 @@ class Coordinator:
         self.history.append(RoundRecord(self.round, self.version, members, bounded, eps))
         self.detail = f"round {self.round} aggregated from {len(members)} members"
         self.round += 1
-        self.attempt = 0
+        self.attempt = self.attempt_base = 0
         self._open_round(now)
 
     # --- checkpoint --------------------------------------------------------------------
@@ -436,6 +476,7 @@ class Coordinator:
             "max_attempts": self.max_attempts,
             "history": [asdict(r) for r in self.history],
             "phase": self.phase.value,
+            "attempt": self.attempt,
             "detail": self.detail,
             "vector_len": int(self.global_vector.size),
         }
@@ -477,7 +518,12 @@ class Coordinator:
     def resume(
         cls, path: Path, job: JobSpec, now: float, *, seed: int | None = None
     ) -> Coordinator:
-        """Reload a checkpoint of ``job`` and reopen its current round with a fresh deadline."""
+        """Reload a checkpoint of ``job`` and reopen its current round with a fresh deadline.
+
+        What the lost process held of the round in flight (adverts, shares, masked
+        inputs) is gone; the round reopens as the next attempt number, so members make
+        fresh keys and no mask is ever used twice, and the round is aggregated once.
+        """
         meta, vector = cls.read_checkpoint(path)
         if meta.get("job_digest") != job.digest().hex():
             raise CheckpointError(f"checkpoint {path} belongs to another job or other terms")
@@ -499,5 +545,6 @@ class Coordinator:
         if meta["phase"] in (Phase.DONE.value, Phase.FAILED.value):
             coord._finish(Phase(meta["phase"]), meta["detail"])
         else:
+            coord.attempt = coord.attempt_base = int(meta.get("attempt", 0))
             coord._open_round(now)
         return coord

@@ -1,8 +1,9 @@
 """The aggregator's side of secure aggregation: route shares, sum masked inputs, unmask.
 
 It never sees a member's update: only ciphertexts it cannot open, masked vectors that
-look uniformly random, and, after the masked-input phase has closed, exactly the
-shares needed to remove the masks from the sum (see ``federation.secagg``).
+look uniformly random, and, after the consistency round, exactly the shares needed to
+remove the masks from the sum (see ``federation.secagg``). Every revealed share must
+carry its dealer's signature, so when unmasking fails the member at fault is named.
 """
 
 from __future__ import annotations
@@ -13,11 +14,13 @@ from dataclasses import dataclass, field
 
 import numpy as np
 from nacl import bindings
+from nacl.exceptions import BadSignatureError
 from nacl.signing import VerifyKey
 
 from federation import shamir
-from federation.errors import RefusalReason, SecAggAbort, SecAggError, UpdateRefused
+from federation.errors import BadShares, RefusalReason, SecAggAbort, SecAggError, UpdateRefused
 from federation.secagg import (
+    Confirmation,
     EncryptedShare,
     KeyAdvert,
     MaskedInput,
@@ -26,13 +29,17 @@ from federation.secagg import (
     Ring,
     SecAggConfig,
     SecAggResult,
+    ShareKind,
+    SignedShare,
     UnmaskRequest,
     UnmaskResponse,
     check_roster,
     pair_seed,
     roster_index,
     self_seed,
+    split_signed_bytes,
     verify_advert,
+    verify_share,
 )
 
 
@@ -42,15 +49,16 @@ class SecAggServer:
 
     config: SecAggConfig
     members: Collection[str]
-    verify_keys: Mapping[str, VerifyKey] | None = None
     phase: Phase = Phase.ADVERTISE
     _adverts: dict[str, KeyAdvert] = field(default_factory=dict)
+    _keys: dict[str, VerifyKey] = field(default_factory=dict)
     _roster: tuple[KeyAdvert, ...] = ()
     _shares: dict[str, list[EncryptedShare]] = field(default_factory=dict)
     _shared: frozenset[str] = frozenset()
     _total: Ring | None = None
     _survivors: tuple[str, ...] = ()
     _dropped: tuple[str, ...] = ()
+    _confirmations: dict[str, Confirmation] = field(default_factory=dict)
     _responses: dict[str, UnmaskResponse] = field(default_factory=dict)
 
     def _expect(self, phase: Phase, member: str, what: str) -> None:
@@ -85,27 +93,40 @@ class SecAggServer:
         """Members that shared keys but sent no masked input (known once step 3 closed)."""
         return self._dropped
 
+    @property
+    def confirmed(self) -> frozenset[str]:
+        """Survivors whose signature on the split arrived (step 4)."""
+        return frozenset(self._confirmations)
+
     def unmask_request(self) -> UnmaskRequest:
-        if self.phase.value < Phase.UNMASK.value:
+        """The split to sign (consistency round), then with the signatures (unmasking)."""
+        if self.phase.value < Phase.CONSISTENCY.value:
             raise UpdateRefused(
                 RefusalReason.WRONG_PHASE, "masked inputs are still being collected"
             )
-        return UnmaskRequest(self._survivors, self._dropped)
+        confirmations: tuple[Confirmation, ...] = ()
+        if self.phase.value >= Phase.UNMASK.value:
+            confirmations = tuple(self._confirmations[m] for m in sorted(self._confirmations))
+        return UnmaskRequest(self._survivors, self._dropped, confirmations)
 
-    def receive_advert(self, advert: KeyAdvert) -> None:
+    def receive_advert(self, advert: KeyAdvert, key: VerifyKey) -> None:
+        """Step 1; ``key`` is the sender's certificate-bound Ed25519 key (from its TLS peer)."""
         self._expect(Phase.ADVERTISE, advert.member, "key advert")
         if advert.member in self._adverts:
             raise UpdateRefused(RefusalReason.DUPLICATE, f"{advert.member} already advertised keys")
-        if self.verify_keys is not None:
-            verify_advert(advert, self.config, self.verify_keys)
+        try:
+            verify_advert(advert, self.config, key)
+        except SecAggError as exc:
+            raise UpdateRefused(RefusalReason.BAD_SIGNATURE, str(exc)) from exc
         self._adverts[advert.member] = advert
+        self._keys[advert.member] = key
 
     def close_adverts(self) -> tuple[KeyAdvert, ...]:
         """End step 1 (all arrived or deadline); the roster goes to every advertiser."""
         if self.phase is not Phase.ADVERTISE:
             raise SecAggError(f"cannot close adverts in phase {self.phase.name}")
         roster = tuple(self._adverts[m] for m in sorted(self._adverts))
-        check_roster(roster, self.config, None)
+        check_roster(roster, self.config, self._keys)
         self._roster, self.phase = roster, Phase.SHARE_KEYS
         return roster
 
@@ -162,7 +183,7 @@ class SecAggServer:
         self._survivors = (*self._survivors, masked.member)
 
     def close_masked(self) -> UnmaskRequest:
-        """End step 3; what every survivor is asked to reveal."""
+        """End step 3; the split every survivor is asked to sign."""
         if self.phase is not Phase.MASKED_INPUT:
             raise SecAggError(f"cannot close masked input in phase {self.phase.name}")
         if len(self._survivors) < self.config.threshold:
@@ -171,10 +192,42 @@ class SecAggServer:
             )
         self._survivors = tuple(sorted(self._survivors))
         self._dropped = tuple(sorted(self._shared - set(self._survivors)))
-        self.phase = Phase.UNMASK
+        self.phase = Phase.CONSISTENCY
         return UnmaskRequest(self._survivors, self._dropped)
 
+    def receive_confirmation(self, confirmation: Confirmation) -> None:
+        """Step 4: a survivor's signature on the split; refused unless it verifies."""
+        member = confirmation.member
+        self._expect(Phase.CONSISTENCY, member, "consistency signature")
+        if member not in self._survivors:
+            raise UpdateRefused(RefusalReason.DROPPED, f"{member} sent no masked input")
+        if member in self._confirmations:
+            raise UpdateRefused(RefusalReason.DUPLICATE, f"{member} already signed the split")
+        body = split_signed_bytes(self.config.context, self._survivors, self._dropped)
+        try:
+            self._keys[member].verify(body, confirmation.signature)
+        except (BadSignatureError, ValueError, TypeError) as exc:
+            raise UpdateRefused(
+                RefusalReason.BAD_SIGNATURE,
+                f"consistency signature of {member} does not verify for this round's split",
+            ) from exc
+        self._confirmations[member] = confirmation
+
+    def close_consistency(self) -> UnmaskRequest:
+        """End step 4: enough survivors other than the coordinator must have signed."""
+        if self.phase is not Phase.CONSISTENCY:
+            raise SecAggError(f"cannot close the consistency round in phase {self.phase.name}")
+        vouching = [m for m in self._confirmations if m != self.config.coordinator]
+        if len(vouching) < self.config.threshold:
+            raise SecAggAbort(
+                f"{len(vouching)} survivors other than the coordinator signed the survivor set, "
+                f"threshold {self.config.threshold}"
+            )
+        self.phase = Phase.UNMASK
+        return self.unmask_request()
+
     def receive_unmask(self, response: UnmaskResponse) -> None:
+        """Step 5; every revealed share must carry its dealer's signature for this responder."""
         self._expect(Phase.UNMASK, response.member, "unmask response")
         if response.member not in self._survivors:
             raise UpdateRefused(RefusalReason.DROPPED, f"{response.member} sent no masked input")
@@ -187,7 +240,27 @@ class SecAggServer:
                 RefusalReason.WRONG_SHAPE,
                 f"unmask response of {response.member} names other members",
             )
+        for kind, shares in (
+            (ShareKind.SEED, response.seed_shares),
+            (ShareKind.KEY, response.key_shares),
+        ):
+            for dealer, share in shares.items():
+                self._check_revealed(response.member, dealer, kind, share)
         self._responses[response.member] = response
+
+    def _check_revealed(
+        self, holder: str, dealer: str, kind: ShareKind, share: SignedShare
+    ) -> None:
+        if not verify_share(share, self.config.context, dealer, holder, kind, self._keys[dealer]):
+            raise UpdateRefused(
+                RefusalReason.BAD_SIGNATURE,
+                f"{holder} revealed a {kind.value} share of {dealer} that {dealer} did not deal "
+                f"to it (bad shares from {holder})",
+            )
+        try:
+            shamir.Share.from_bytes(1, share.value)
+        except SecAggError as exc:  # signed but malformed: the dealer made it so
+            raise BadShares(dealer, f"its {kind.value} share for {holder}: {exc}") from exc
 
     @property
     def responses(self) -> int:
@@ -206,16 +279,14 @@ class SecAggServer:
         total = self._total
         seeds: list[tuple[bytes, int]] = []
         for member in self._survivors:
-            seed = self._rebuild(member, index, seeds=True)
+            seed = self._rebuild(member, index, ShareKind.SEED)
             if hashlib.sha256(seed).digest() != adverts[member].seed_commitment:
-                raise SecAggAbort(
-                    f"shares of {member}'s self-mask seed do not match its commitment"
-                )
+                raise BadShares(member, "its signed seed shares do not rebuild its commitment")
             seeds.append((self_seed(seed, ctx), -1))
         for gone in self._dropped:
-            secret = self._rebuild(gone, index, seeds=False)
+            secret = self._rebuild(gone, index, ShareKind.KEY)
             if bindings.crypto_scalarmult_base(secret) != adverts[gone].mask_pk:
-                raise SecAggAbort(f"shares of {gone}'s mask key do not match its public key")
+                raise BadShares(gone, "its signed mask-key shares do not rebuild its public key")
             for member in self._survivors:
                 seed = pair_seed(secret, adverts[member].mask_pk, gone, member, ctx)
                 seeds.append((seed, -1 if member < gone else 1))
@@ -225,9 +296,21 @@ class SecAggServer:
         self.phase = Phase.DONE
         return SecAggResult(self.config.quantizer.decode(total), self._survivors)
 
-    def _rebuild(self, member: str, index: Mapping[str, int], *, seeds: bool) -> bytes:
+    def _rebuild(self, member: str, index: Mapping[str, int], kind: ShareKind) -> bytes:
+        """``member``'s secret from the revealed shares (all dealer-signed, checked on arrival).
+
+        Every share must lie on one polynomial of degree ``t - 1``; since the dealer signed
+        each of them, shares that do not are the dealer's fault and name it.
+        """
         shares = []
         for responder, response in sorted(self._responses.items()):
-            data = (response.seed_shares if seeds else response.key_shares)[member]
-            shares.append(shamir.Share.from_bytes(index[responder], data))
-        return shamir.combine(shares, self.config.threshold)
+            signed = (response.seed_shares if kind is ShareKind.SEED else response.key_shares)[
+                member
+            ]
+            shares.append(shamir.Share.from_bytes(index[responder], signed.value))
+        if not shamir.consistent(shares, self.config.threshold):
+            raise BadShares(member, f"its signed {kind.value} shares are not of one polynomial")
+        try:
+            return shamir.combine(shares, self.config.threshold)
+        except SecAggError as exc:
+            raise BadShares(member, f"its signed {kind.value} shares: {exc}") from exc

@@ -79,3 +79,28 @@ def combine(shares: Sequence[Share], t: int) -> bytes:
     if secret >= 2 ** (8 * SECRET_BYTES):
         raise SecAggError("shares do not rebuild a 32-byte secret (inconsistent shares)")
     return secret.to_bytes(SECRET_BYTES, "big")
+
+
+def _at(shares: Sequence[Share], x: int) -> int:
+    """The polynomial through ``shares`` evaluated at ``x`` (Lagrange)."""
+    value = 0
+    for i, si in enumerate(shares):
+        num, den = 1, 1
+        for j, sj in enumerate(shares):
+            if i != j:
+                num = num * (x - sj.x) % PRIME
+                den = den * (si.x - sj.x) % PRIME
+        value = (value + si.y * num * pow(den, -1, PRIME)) % PRIME
+    return value
+
+
+def consistent(shares: Sequence[Share], t: int) -> bool:
+    """Whether all ``shares`` lie on the one polynomial of degree ``t - 1`` the first ``t`` fix.
+
+    With exactly ``t`` shares this is always true; each share beyond ``t`` is a check
+    that the dealer did not hand out shares of different polynomials.
+    """
+    if len(shares) < t or len({s.x for s in shares}) != len(shares):
+        return False
+    base = shares[:t]
+    return all(_at(base, s.x) == s.y for s in shares[t:])

@@ -278,17 +278,19 @@ def join(
 
     async def call(channel: grpc.aio.Channel, keys: MemberKeys, name: str) -> MemberResult:
         client = FederationClient(channel, name, job)
-        spec = await client.job()
-        if spec.agreement_asset is not None and name != keys.identity.name:
+        # the terms, status and models need an agreement in force: learn the job's
+        # contract asset from the listing (membership is enough there) and negotiate first
+        listed = [s for s in await client.list_jobs() if s.job_id == job]
+        asset = listed[0].agreement_asset if listed else None
+        if asset is not None and name != keys.identity.name:
             with _operator_api(directory) as api:
-                agreement, fresh = await asyncio.to_thread(
-                    ensure_job_agreement, api, name, spec.agreement_asset
-                )
+                agreement, fresh = await asyncio.to_thread(ensure_job_agreement, api, name, asset)
             console.print(
-                f"agreement {agreement} with {name} for {spec.agreement_asset} "
+                f"agreement {agreement} with {name} for {asset} "
                 f"({'negotiated now' if fresh else 'held'}): model updates for training only",
                 highlight=False,
             )
+        spec = await client.job()
         kind = model_kind(spec.model)
         own = kind.load(data, spec.shapes)
         held_out = None if test is None else kind.load(test, spec.shapes)
@@ -316,6 +318,8 @@ def join(
             kind.trainer(spec.training, own, mu),
             await coordinator_key(channel, name),
             signing_key=keys.signing_key,
+            certificate=keys.cert,
+            ca_cert=keys.ca_cert,
             on_event=on_event,
             on_version=on_version,
         )

@@ -204,6 +204,8 @@ async def _run_job(
                 mlp.trainer_for(job.training, own),
                 await coordinator_key(channel, COORDINATOR),
                 signing_key=keys.signing_key,
+                certificate=keys.cert,
+                ca_cert=keys.ca_cert,
                 on_version=score if name == COORDINATOR else None,
                 poll_s=5.0,
             )

@@ -41,6 +41,7 @@ METHOD_ROLES: Mapping[str, frozenset[str]] = {
             "GetInbox",
             "UploadMasked",
             "GetUnmaskRequest",
+            "ConfirmSurvivors",
             "Unmask",
             "GetVersionProof",
         )

@@ -6,6 +6,13 @@ a job from the member's node: it downloads each global version and checks its
 signature (and, given a hook, its ledger anchor) before anything uses it, trains
 on the member's own data through a ``Trainer``, and sends only its clipped change,
 masked when the job uses secure aggregation.
+
+In secure rounds the runner trusts the coordinator with nothing it can check
+itself: the roster's keys are taken only from adverts signed under the key each
+member's certificate binds to it (``federation_keys``), it signs the survivor set
+it is shown, and it reveals shares only for a set enough other members signed.
+When it refuses, the round's abort is reported as an ``aborted`` event that names
+the cause (a swapped key, an inconsistent survivor set, a member's bad shares).
 """
 
 from __future__ import annotations
@@ -21,6 +28,8 @@ from typing import Any
 
 import grpc
 import numpy as np
+from cryptography import x509
+from cryptography.hazmat.primitives.serialization import Encoding
 from nacl.signing import SigningKey, VerifyKey
 from numpy.typing import NDArray
 
@@ -31,7 +40,7 @@ from federation.chunks import (
     Chunk,
     prefer_heap_for_large_buffers,
 )
-from federation.errors import FederationError, RefusalReason
+from federation.errors import FederationError, RefusalReason, SecAggAbort, SecAggError
 from federation.host import StatusView
 from federation.job import JobSpec
 from federation.member import Trainer, plain_update, prepare_change, secagg_client
@@ -40,6 +49,7 @@ from federation.params import (
     Vector,
     body_of,
     encode_vector,
+    encoded_size,
     flatten,
     params_from_bytes,
     params_to_bytes,
@@ -47,9 +57,11 @@ from federation.params import (
 from federation.rounds import Phase
 from federation.versions import AnchorCheck, ModelVersion, SignedVersion, verify_version
 from node.errors import PeerError
+from node.rpc.federation_keys import CertificateKeys
 from node.rpc.federation_serde import (
     advert_from_proto,
     advert_to_proto,
+    confirmation_to_proto,
     decode_model_chunk,
     encode_data_chunk,
     serialize,
@@ -67,6 +79,10 @@ logger = logging.getLogger("node.rpc")
 
 CALL_TIMEOUT_S = 60.0
 DEFAULT_POLL_S = 10.0
+#: How long a member keeps polling a coordinator that cannot be reached (it restarts).
+OUTAGE_S = 180.0
+RETRY_S = 1.0
+_TRANSIENT = frozenset({"UNAVAILABLE", "DEADLINE_EXCEEDED"})
 
 
 class FederationRefused(PeerError):
@@ -219,6 +235,7 @@ class FederationClient:
         ``verify_version`` (which checks it against the signed record).
         """
         request = pb.DownloadRequest(job_id=self.job_id, version=version)
+        job = await self.job() if self._job is None else self._job
         try:
             stream = self._raw_download(request, timeout=CALL_TIMEOUT_S)
             header, _ = decode_model_chunk(await anext(aiter(stream)))
@@ -227,7 +244,7 @@ class FederationClient:
             assembler = Assembler(
                 header.total_bytes,
                 header.sha256,
-                limit=header.total_bytes,
+                limit=encoded_size(job.shapes),  # never what the coordinator announces
                 what=f"version {version} from {self.coordinator}",
                 hash_always=True,
             )
@@ -303,6 +320,12 @@ class FederationClient:
         reply = await self._call("GetUnmaskRequest", self._ref(round_, attempt))
         return unmask_request_from_proto(reply)
 
+    async def confirm(self, round_: int, attempt: int, confirmation: secagg.Confirmation) -> None:
+        request = pb.ConfirmRequest(
+            ref=self._ref(round_, attempt), confirmation=confirmation_to_proto(confirmation)
+        )
+        await self._call("ConfirmSurvivors", request)
+
     async def unmask(self, round_: int, attempt: int, response: secagg.UnmaskResponse) -> None:
         await self._call("Unmask", unmask_to_proto(response, self._ref(round_, attempt)))
 
@@ -314,7 +337,7 @@ class FederationClient:
 class MemberEvent:
     """Progress of a member through a job, for the CLI, the demo and logs."""
 
-    kind: str  # model | trained | sent | refused | skipped | done
+    kind: str  # model | trained | sent | refused | skipped | aborted | waiting | done
     round: int
     version: int
     detail: str = ""
@@ -328,6 +351,9 @@ class MemberResult:
     versions: list[ModelVersion] = field(default_factory=list)
     params: Params | None = None
     contributed: list[int] = field(default_factory=list)
+    #: Why secure rounds were abandoned by this member (a swapped key, an inconsistent
+    #: survivor set, a named member's bad shares), one line per round attempt.
+    aborted: list[str] = field(default_factory=list)
 
 
 #: Called with each verified global version: the member's hot-swap hook.
@@ -352,6 +378,8 @@ class MemberRunner:
         coordinator_key: VerifyKey,
         *,
         signing_key: SigningKey | None = None,
+        certificate: x509.Certificate | None = None,
+        ca_cert: x509.Certificate | None = None,
         on_event: Callable[[MemberEvent], None] | None = None,
         on_version: VersionHook | None = None,
         anchored: AnchorCheck | None = None,
@@ -363,6 +391,8 @@ class MemberRunner:
         self._trainer = trainer
         self._key = coordinator_key
         self._signing_key = signing_key
+        self._certificate = certificate
+        self._ca_cert = ca_cert
         self._on_event = on_event
         self._on_version = on_version
         self._anchored = anchored
@@ -412,13 +442,30 @@ class MemberRunner:
                 if exc.code == "PERMISSION_DENIED":
                     raise
                 self._emit("refused", status.round, str(exc))
+            except (SecAggError, SecAggAbort) as exc:  # we refuse what the coordinator relayed
+                result.aborted.append(f"round {status.round} attempt {status.attempt}: {exc}")
+                self._emit("aborted", status.round, str(exc))
             except FederationError as exc:  # e.g. our masked input missed the round
                 self._emit("skipped", status.round, str(exc))
-            status = await self.client.status(status, wait_s=self._poll_s)
+            status = await self._poll(status)
         result.status, result.params = status, self._params
         result.contributed = sorted(self._sent)
         self._emit("done", status.round, f"{status.phase.value}: {status.detail}")
         return result
+
+    async def _poll(self, known: StatusView) -> StatusView:
+        """The next status; a coordinator that is down (restarting) is polled again until
+        it is back or ``OUTAGE_S`` has passed: a restarted coordinator resumes the job."""
+        waited = 0.0
+        while True:
+            try:
+                return await self.client.status(known, wait_s=self._poll_s)
+            except FederationRefused as exc:
+                if exc.code not in _TRANSIENT or waited >= OUTAGE_S:
+                    raise
+                self._emit("waiting", known.round, f"coordinator unreachable: {exc}")
+            await asyncio.sleep(RETRY_S)
+            waited += RETRY_S
 
     async def _download(self, version: int) -> None:
         got = await self.client.download(version)
@@ -468,18 +515,20 @@ class MemberRunner:
         key = (round_, attempt)
         state = self._secure.get(key)
         if phase is Phase.ADVERTISE and state is None:
+            signing_key, certificate, _ = self._credentials()
             trained, _ = await self._train(round_)
             change = prepare_change(job, global_vector, trained, self._rng)
-            sa = secagg_client(job, self.member, round_, attempt, signing_key=self._signing_key)
+            sa = secagg_client(job, self.member, round_, attempt, signing_key)
             state = self._secure[key] = _SecureRound(sa, change)
             state.steps.add(Phase.ADVERTISE)
-            await client.advertise(round_, attempt, sa.advertise())
+            await client.advertise(round_, attempt, sa.advertise(certificate))
         elif state is None or phase in state.steps:
             return
         elif phase is Phase.SHARE_KEYS:
             state.steps.add(phase)
             roster = await client.roster(round_, attempt)
-            await client.share_keys(round_, attempt, state.client.share_keys(roster))
+            verify_keys = self._credentials()[2].keys(roster)
+            await client.share_keys(round_, attempt, state.client.share_keys(roster, verify_keys))
         elif phase is Phase.MASKED_INPUT:
             state.steps.add(phase)
             inbox = await client.inbox(round_, attempt)
@@ -487,7 +536,22 @@ class MemberRunner:
             await client.upload_masked(round_, attempt, masked.vector)
             self._sent.add(round_)
             self._emit("sent", round_, "masked update sent")
+        elif phase is Phase.CONSISTENCY:
+            state.steps.add(phase)
+            request = await client.unmask_request(round_, attempt)
+            await client.confirm(round_, attempt, state.client.confirm(request))
         elif phase is Phase.UNMASK:
             state.steps.add(phase)
             request = await client.unmask_request(round_, attempt)
             await client.unmask(round_, attempt, state.client.unmask(request))
+
+    def _credentials(self) -> tuple[SigningKey, bytes, CertificateKeys]:
+        """What secure rounds need: our signing key, our certificate (DER) for the others to
+        check, and the authority's certificate to check theirs."""
+        if self._signing_key is None or self._certificate is None or self._ca_cert is None:
+            raise SecAggError(
+                f"member {self.member}: secure aggregation needs the member's signing key, "
+                "its certificate and the authority's certificate"
+            )
+        der = self._certificate.public_bytes(Encoding.DER)
+        return self._signing_key, der, CertificateKeys(self._ca_cert, self.job.members)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from federation import secagg
@@ -45,6 +45,7 @@ def status_to_proto(view: StatusView) -> pb.JobStatus:
         history=[record_to_proto(r) for r in view.history],
         job_digest=view.job_digest,
         delta=view.delta if view.delta is not None else 0.0,
+        agreement_asset=view.agreement_asset or "",
     )
 
 
@@ -61,6 +62,7 @@ def status_from_proto(msg: pb.JobStatus) -> StatusView:
         history=tuple(record_from_proto(r) for r in msg.history),
         job_digest=msg.job_digest,
         delta=msg.delta or None,
+        agreement_asset=msg.agreement_asset or None,
     )
 
 
@@ -71,12 +73,18 @@ def advert_to_proto(advert: secagg.KeyAdvert) -> pb.KeyAdvert:
         mask_pk=advert.mask_pk,
         seed_commitment=advert.seed_commitment,
         signature=advert.signature,
+        certificate=advert.certificate,
     )
 
 
 def advert_from_proto(msg: pb.KeyAdvert) -> secagg.KeyAdvert:
     return secagg.KeyAdvert(
-        msg.member, msg.cipher_pk, msg.mask_pk, msg.seed_commitment, msg.signature
+        msg.member,
+        msg.cipher_pk,
+        msg.mask_pk,
+        msg.seed_commitment,
+        msg.signature,
+        msg.certificate,
     )
 
 
@@ -90,25 +98,49 @@ def shares_from_proto(msgs: Iterable[pb.EncryptedShare]) -> list[secagg.Encrypte
     return [secagg.EncryptedShare(m.sender, m.receiver, m.ciphertext) for m in msgs]
 
 
+def confirmation_to_proto(confirmation: secagg.Confirmation) -> pb.Confirmation:
+    return pb.Confirmation(member=confirmation.member, signature=confirmation.signature)
+
+
+def confirmation_from_proto(msg: pb.Confirmation) -> secagg.Confirmation:
+    return secagg.Confirmation(msg.member, msg.signature)
+
+
 def unmask_request_to_proto(request: secagg.UnmaskRequest) -> pb.UnmaskRequest:
-    return pb.UnmaskRequest(survivors=list(request.survivors), dropped=list(request.dropped))
+    return pb.UnmaskRequest(
+        survivors=list(request.survivors),
+        dropped=list(request.dropped),
+        confirmations=[confirmation_to_proto(c) for c in request.confirmations],
+    )
 
 
 def unmask_request_from_proto(msg: pb.UnmaskRequest) -> secagg.UnmaskRequest:
-    return secagg.UnmaskRequest(tuple(msg.survivors), tuple(msg.dropped))
+    return secagg.UnmaskRequest(
+        tuple(msg.survivors),
+        tuple(msg.dropped),
+        tuple(confirmation_from_proto(c) for c in msg.confirmations),
+    )
+
+
+def _revealed(shares: Mapping[str, secagg.SignedShare]) -> dict[str, pb.RevealedShare]:
+    return {m: pb.RevealedShare(share=s.value, signature=s.signature) for m, s in shares.items()}
+
+
+def _signed(shares: Mapping[str, pb.RevealedShare]) -> dict[str, secagg.SignedShare]:
+    return {m: secagg.SignedShare(s.share, s.signature) for m, s in shares.items()}
 
 
 def unmask_to_proto(response: secagg.UnmaskResponse, ref: pb.RoundRef) -> pb.UnmaskResponse:
     return pb.UnmaskResponse(
         ref=ref,
         member=response.member,
-        seed_shares=dict(response.seed_shares),
-        key_shares=dict(response.key_shares),
+        seed_shares=_revealed(response.seed_shares),
+        key_shares=_revealed(response.key_shares),
     )
 
 
 def unmask_from_proto(msg: pb.UnmaskResponse) -> secagg.UnmaskResponse:
-    return secagg.UnmaskResponse(msg.member, dict(msg.seed_shares), dict(msg.key_shares))
+    return secagg.UnmaskResponse(msg.member, _signed(msg.seed_shares), _signed(msg.key_shares))
 
 
 # --- payload chunks on the wire ------------------------------------------------------------

@@ -5,7 +5,14 @@ job's lock (in a worker thread, so aggregating a 50 MB round does not stall the
 event loop), encode, and map ``federation`` errors to gRPC statuses in one place.
 The caller's member name is the authenticated TLS peer; a message claiming to be
 from someone else is refused by the round logic. ``GetStatus`` is a long poll: it
-answers as soon as the job moves on, or when the current phase's deadline passes.
+answers as soon as the job moves on, or when the current phase's deadline passes
+(``wait_s`` from the caller is checked by ``federation.host.poll_wait``).
+
+A hostile member is expected: every job call but ``ListJobs`` needs membership *and*,
+for a job under contract, an agreement in force (FINALIZED, not terminated, policy
+allows training now); one upload stream per member and job is read at a time (a
+second is refused with RESOURCE_EXHAUSTED before its data is read); a key advert must
+carry the caller's own certificate, which members check before trusting the key.
 """
 
 from __future__ import annotations
@@ -23,9 +30,11 @@ from pathlib import Path
 from typing import Any, NoReturn, TypeVar
 
 import grpc
+from cryptography import x509
 from google.protobuf.message import DecodeError
 from nacl.signing import SigningKey, VerifyKey
 
+from federation import secagg
 from federation.agreements import check_job_agreement, job_asset
 from federation.chunks import (
     DEFAULT_CHUNK_BYTES,
@@ -33,7 +42,13 @@ from federation.chunks import (
     Chunk,
     prefer_heap_for_large_buffers,
 )
-from federation.errors import FederationError, RefusalReason, UpdateRefused
+from federation.errors import (
+    FederationError,
+    RefusalReason,
+    RosterRefused,
+    SecAggAbort,
+    UpdateRefused,
+)
 from federation.host import (
     JobExists,
     JobHost,
@@ -41,6 +56,7 @@ from federation.host import (
     UnknownJob,
     VersionAnchor,
     load_jobs,
+    poll_wait,
 )
 from federation.job import JobSpec
 from federation.params import encoded_size, params_from_bytes
@@ -49,10 +65,12 @@ from federation.versions import LEDGER_KIND
 from ledger.errors import LedgerError, NotAnchored, UnknownLeaf
 from ledger.proofs import build_proof
 from node.identity.certs import MemberIdentity
-from node.rpc.auth import current_peer
+from node.rpc.auth import Peer, current_peer
+from node.rpc.federation_keys import CertificateKeys
 from node.rpc.federation_serde import (
     advert_from_proto,
     advert_to_proto,
+    confirmation_from_proto,
     decode_upload_chunk,
     encode_data_chunk,
     serialize,
@@ -72,7 +90,6 @@ T = TypeVar("T")
 JOBS_DIR = Path("federation") / "jobs"
 #: ``NodeContext.extras`` key of an optional ``VersionAnchor`` (the ledger hook).
 ANCHOR_EXTRA = "federation.anchor"
-MAX_WAIT_S = 30.0
 
 _REFUSAL_CODES = {
     RefusalReason.NOT_A_MEMBER: grpc.StatusCode.PERMISSION_DENIED,
@@ -82,6 +99,8 @@ _REFUSAL_CODES = {
     RefusalReason.NOT_FINITE: grpc.StatusCode.INVALID_ARGUMENT,
     RefusalReason.DUPLICATE: grpc.StatusCode.ALREADY_EXISTS,
     RefusalReason.WRONG_JOB: grpc.StatusCode.NOT_FOUND,
+    RefusalReason.BUSY: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    RefusalReason.OUT_OF_RANGE: grpc.StatusCode.INVALID_ARGUMENT,
 }
 
 
@@ -93,6 +112,10 @@ def status_code_of(exc: FederationError) -> grpc.StatusCode:
         return grpc.StatusCode.NOT_FOUND
     if isinstance(exc, JobExists):
         return grpc.StatusCode.ALREADY_EXISTS
+    if isinstance(exc, RosterRefused):
+        return grpc.StatusCode.PERMISSION_DENIED
+    if isinstance(exc, SecAggAbort):
+        return grpc.StatusCode.ABORTED
     return grpc.StatusCode.INVALID_ARGUMENT
 
 
@@ -158,8 +181,11 @@ class FederationServicer(pb_grpc.FederationServicer):
         agreements: AgreementCheck | None = None,
         offer: Callable[[JobSpec], None] | None = None,
         proofs: ProofSource | None = None,
+        ca_cert: x509.Certificate | None = None,
     ) -> None:
         self._me = me
+        self._ca = ca_cert
+        self._uploading: set[tuple[str, str]] = set()
         self._proofs = proofs
         self._agreements = agreements
         self._offer = offer
@@ -191,6 +217,7 @@ class FederationServicer(pb_grpc.FederationServicer):
             agreements=None if contracts is None else contract_agreements(contracts),
             offer=None if contracts is None else contract_offer(contracts),
             proofs=ledger_proofs(ctx),
+            ca_cert=ctx.keys.ca_cert,
         )
 
     async def _require_agreement(self, job: JobSpec, member_id: str) -> None:
@@ -264,6 +291,30 @@ class FederationServicer(pb_grpc.FederationServicer):
 
     def _member(self) -> str:
         return current_peer().name
+
+    async def _admitted(self, job_id: str) -> _Slot:
+        """The job, if the caller is one of its members holding an agreement in force."""
+        slot = self._slot(job_id)
+        self._visible(job_id)
+        await self._require_agreement(slot.host.job, current_peer().member_id)
+        return slot
+
+    def _advert_key(self, slot: _Slot, peer: Peer, advert: secagg.KeyAdvert) -> VerifyKey:
+        """The caller's signing key, once its advert is seen to carry the caller's certificate."""
+        if advert.member != peer.name:
+            raise UpdateRefused(
+                RefusalReason.NOT_A_MEMBER,
+                f"{peer.name} sent a message in the name of {advert.member}",
+            )
+        if self._ca is None:
+            raise RosterRefused(f"{self._me.name} has no authority certificate to check adverts")
+        identity = CertificateKeys(self._ca, slot.host.job.members).identity(advert)
+        if identity.fingerprint != peer.identity.fingerprint:
+            raise UpdateRefused(
+                RefusalReason.BAD_SIGNATURE,
+                f"key advert of {peer.name} carries a certificate other than its own",
+            )
+        return VerifyKey(peer.identity.verify_key)
 
     def _accepted(self, slot: _Slot, detail: str) -> pb.Accepted:
         view = slot.host.view(self._clock())
@@ -342,7 +393,7 @@ class FederationServicer(pb_grpc.FederationServicer):
 
     async def GetJob(self, request: pb.JobRef, context: grpc.aio.ServicerContext) -> pb.JobTerms:
         try:
-            job = self._visible(request.job_id)
+            job = (await self._admitted(request.job_id)).host.job
         except FederationError as exc:
             await _abort(context, "GetJob", exc)
         return pb.JobTerms(terms=job.canonical_bytes(), job_digest=job.digest())
@@ -360,12 +411,12 @@ class FederationServicer(pb_grpc.FederationServicer):
         self, request: pb.StatusRequest, context: grpc.aio.ServicerContext
     ) -> pb.JobStatus:
         try:
-            self._visible(request.job_id)
-            slot = self._slot(request.job_id)
+            slot = await self._admitted(request.job_id)
+            wait_s = poll_wait(request.wait_s)
         except FederationError as exc:
             await _abort(context, "GetStatus", exc)
         loop = asyncio.get_running_loop()
-        end = loop.time() + min(max(request.wait_s, 0.0), MAX_WAIT_S)
+        end = loop.time() + wait_s
         while True:
             changed = slot.changed
             view = await self._locked(slot, lambda: slot.host.view(self._clock()))
@@ -385,8 +436,7 @@ class FederationServicer(pb_grpc.FederationServicer):
         self, request: pb.DownloadRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[bytes]:
         try:
-            self._visible(request.job_id)
-            slot = self._slot(request.job_id)
+            slot = await self._admitted(request.job_id)
             published = slot.host.model(request.version)
         except FederationError as exc:
             await _abort(context, "DownloadModel", exc)
@@ -418,12 +468,19 @@ class FederationServicer(pb_grpc.FederationServicer):
     ) -> pb.Accepted:
         member = self._member()
         what = "update" if phase is Phase.TRAINING else "masked input"
-        holder: dict[str, _Slot] = {}
+        holder: dict[str, Any] = {}
 
         async def check(header: pb.UploadHeader) -> None:
-            slot = self._slot(header.job_id)
-            holder["slot"] = slot
-            await self._require_agreement(slot.host.job, current_peer().member_id)
+            slot = await self._admitted(header.job_id)
+            key = (header.job_id, member)
+            if key in self._uploading:
+                raise UpdateRefused(
+                    RefusalReason.BUSY,
+                    f"{member} already has an upload in flight for job {header.job_id}; "
+                    f"this {what} is refused until it ends",
+                )
+            self._uploading.add(key)
+            holder["slot"], holder["job"] = slot, header.job_id
             attempt = None if phase is Phase.TRAINING else header.attempt
             await self._locked(
                 slot,
@@ -438,7 +495,8 @@ class FederationServicer(pb_grpc.FederationServicer):
             )
 
         def limit(header: pb.UploadHeader) -> int:
-            return holder["slot"].host.upload_size(phase)
+            slot: _Slot = holder["slot"]
+            return slot.host.upload_size(phase)
 
         try:
             header, payload = await self._upload(requests, check, limit, f"{what} of {member}")
@@ -461,6 +519,9 @@ class FederationServicer(pb_grpc.FederationServicer):
                 )
         except FederationError as exc:
             await _abort(context, f"Upload {what}", exc)
+        finally:  # this stream held the member's upload slot until its payload was taken
+            if "job" in holder:
+                self._uploading.discard((holder["job"], member))
         return self._accepted(slot, f"{what} of {member} for round {header.round} accepted")
 
     # --- secure aggregation ------------------------------------------------------------
@@ -470,14 +531,13 @@ class FederationServicer(pb_grpc.FederationServicer):
     ) -> pb.Accepted:
         peer, ref = current_peer(), request.ref
         try:
-            slot = self._slot(ref.job_id)
-            await self._require_agreement(slot.host.job, peer.member_id)
+            slot = await self._admitted(ref.job_id)
             advert = advert_from_proto(request.advert)
-            key = VerifyKey(peer.identity.verify_key)
+            key = self._advert_key(slot, peer, advert)
             await self._locked(
                 slot,
                 lambda: slot.host.submit_advert(
-                    peer.name, ref.round, ref.attempt, advert, self._clock(), key
+                    peer.name, ref.round, ref.attempt, advert, key, self._clock()
                 ),
             )
         except FederationError as exc:
@@ -487,7 +547,7 @@ class FederationServicer(pb_grpc.FederationServicer):
     async def GetRoster(self, request: pb.RoundRef, context: grpc.aio.ServicerContext) -> pb.Roster:
         member = self._member()
         try:
-            slot = self._slot(request.job_id)
+            slot = await self._admitted(request.job_id)
             roster = await self._locked(
                 slot, lambda: slot.host.roster(member, request.round, request.attempt)
             )
@@ -500,7 +560,7 @@ class FederationServicer(pb_grpc.FederationServicer):
     ) -> pb.Accepted:
         member, ref = self._member(), request.ref
         try:
-            slot = self._slot(ref.job_id)
+            slot = await self._admitted(ref.job_id)
             shares = shares_from_proto(request.shares)
             await self._locked(
                 slot,
@@ -515,7 +575,7 @@ class FederationServicer(pb_grpc.FederationServicer):
     async def GetInbox(self, request: pb.RoundRef, context: grpc.aio.ServicerContext) -> pb.Inbox:
         member = self._member()
         try:
-            slot = self._slot(request.job_id)
+            slot = await self._admitted(request.job_id)
             shares = await self._locked(
                 slot, lambda: slot.host.inbox(member, request.round, request.attempt)
             )
@@ -528,7 +588,7 @@ class FederationServicer(pb_grpc.FederationServicer):
     ) -> pb.UnmaskRequest:
         member = self._member()
         try:
-            slot = self._slot(request.job_id)
+            slot = await self._admitted(request.job_id)
             unmask = await self._locked(
                 slot, lambda: slot.host.unmask_request(member, request.round, request.attempt)
             )
@@ -536,12 +596,29 @@ class FederationServicer(pb_grpc.FederationServicer):
             await _abort(context, "GetUnmaskRequest", exc)
         return unmask_request_to_proto(unmask)
 
+    async def ConfirmSurvivors(
+        self, request: pb.ConfirmRequest, context: grpc.aio.ServicerContext
+    ) -> pb.Accepted:
+        member, ref = self._member(), request.ref
+        try:
+            slot = await self._admitted(ref.job_id)
+            confirmation = confirmation_from_proto(request.confirmation)
+            await self._locked(
+                slot,
+                lambda: slot.host.submit_confirmation(
+                    member, ref.round, ref.attempt, confirmation, self._clock()
+                ),
+            )
+        except FederationError as exc:
+            await _abort(context, "ConfirmSurvivors", exc)
+        return self._accepted(slot, f"survivor set signed by {member}")
+
     async def Unmask(
         self, request: pb.UnmaskResponse, context: grpc.aio.ServicerContext
     ) -> pb.Accepted:
         member, ref = self._member(), request.ref
         try:
-            slot = self._slot(ref.job_id)
+            slot = await self._admitted(ref.job_id)
             response = unmask_from_proto(request)
             await self._locked(
                 slot,
@@ -560,8 +637,7 @@ class FederationServicer(pb_grpc.FederationServicer):
     ) -> pb.VersionProof:
         """The inclusion proof of a published version's ``model_version`` leaf."""
         try:
-            self._visible(request.job_id)
-            published = self._slot(request.job_id).host.coordinator.version
+            published = (await self._admitted(request.job_id)).host.coordinator.version
         except FederationError as exc:
             await _abort(context, "GetVersionProof", exc)
         ref = f"{request.job_id}/v{request.version}"

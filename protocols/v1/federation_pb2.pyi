@@ -37,7 +37,7 @@ class RoundRecord(_message.Message):
     def __init__(self, round: _Optional[int] = ..., version: _Optional[int] = ..., members: _Optional[_Iterable[str]] = ..., bounded: _Optional[_Iterable[str]] = ..., has_epsilon: _Optional[bool] = ..., epsilon: _Optional[float] = ...) -> None: ...
 
 class JobStatus(_message.Message):
-    __slots__ = ("job_id", "round", "attempt", "phase", "deadline_in_s", "version", "detail", "rounds", "history", "job_digest", "delta")
+    __slots__ = ("job_id", "round", "attempt", "phase", "deadline_in_s", "version", "detail", "rounds", "history", "job_digest", "delta", "agreement_asset")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     ROUND_FIELD_NUMBER: _ClassVar[int]
     ATTEMPT_FIELD_NUMBER: _ClassVar[int]
@@ -49,6 +49,7 @@ class JobStatus(_message.Message):
     HISTORY_FIELD_NUMBER: _ClassVar[int]
     JOB_DIGEST_FIELD_NUMBER: _ClassVar[int]
     DELTA_FIELD_NUMBER: _ClassVar[int]
+    AGREEMENT_ASSET_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     round: int
     attempt: int
@@ -60,7 +61,8 @@ class JobStatus(_message.Message):
     history: _containers.RepeatedCompositeFieldContainer[RoundRecord]
     job_digest: bytes
     delta: float
-    def __init__(self, job_id: _Optional[str] = ..., round: _Optional[int] = ..., attempt: _Optional[int] = ..., phase: _Optional[str] = ..., deadline_in_s: _Optional[float] = ..., version: _Optional[int] = ..., detail: _Optional[str] = ..., rounds: _Optional[int] = ..., history: _Optional[_Iterable[_Union[RoundRecord, _Mapping]]] = ..., job_digest: _Optional[bytes] = ..., delta: _Optional[float] = ...) -> None: ...
+    agreement_asset: str
+    def __init__(self, job_id: _Optional[str] = ..., round: _Optional[int] = ..., attempt: _Optional[int] = ..., phase: _Optional[str] = ..., deadline_in_s: _Optional[float] = ..., version: _Optional[int] = ..., detail: _Optional[str] = ..., rounds: _Optional[int] = ..., history: _Optional[_Iterable[_Union[RoundRecord, _Mapping]]] = ..., job_digest: _Optional[bytes] = ..., delta: _Optional[float] = ..., agreement_asset: _Optional[str] = ...) -> None: ...
 
 class StatusRequest(_message.Message):
     __slots__ = ("job_id", "known_round", "known_attempt", "known_phase", "known_version", "wait_s")
@@ -171,18 +173,20 @@ class RoundRef(_message.Message):
     def __init__(self, job_id: _Optional[str] = ..., round: _Optional[int] = ..., attempt: _Optional[int] = ...) -> None: ...
 
 class KeyAdvert(_message.Message):
-    __slots__ = ("member", "cipher_pk", "mask_pk", "seed_commitment", "signature")
+    __slots__ = ("member", "cipher_pk", "mask_pk", "seed_commitment", "signature", "certificate")
     MEMBER_FIELD_NUMBER: _ClassVar[int]
     CIPHER_PK_FIELD_NUMBER: _ClassVar[int]
     MASK_PK_FIELD_NUMBER: _ClassVar[int]
     SEED_COMMITMENT_FIELD_NUMBER: _ClassVar[int]
     SIGNATURE_FIELD_NUMBER: _ClassVar[int]
+    CERTIFICATE_FIELD_NUMBER: _ClassVar[int]
     member: str
     cipher_pk: bytes
     mask_pk: bytes
     seed_commitment: bytes
     signature: bytes
-    def __init__(self, member: _Optional[str] = ..., cipher_pk: _Optional[bytes] = ..., mask_pk: _Optional[bytes] = ..., seed_commitment: _Optional[bytes] = ..., signature: _Optional[bytes] = ...) -> None: ...
+    certificate: bytes
+    def __init__(self, member: _Optional[str] = ..., cipher_pk: _Optional[bytes] = ..., mask_pk: _Optional[bytes] = ..., seed_commitment: _Optional[bytes] = ..., signature: _Optional[bytes] = ..., certificate: _Optional[bytes] = ...) -> None: ...
 
 class AdvertiseRequest(_message.Message):
     __slots__ = ("ref", "advert")
@@ -222,13 +226,39 @@ class Inbox(_message.Message):
     shares: _containers.RepeatedCompositeFieldContainer[EncryptedShare]
     def __init__(self, shares: _Optional[_Iterable[_Union[EncryptedShare, _Mapping]]] = ...) -> None: ...
 
+class Confirmation(_message.Message):
+    __slots__ = ("member", "signature")
+    MEMBER_FIELD_NUMBER: _ClassVar[int]
+    SIGNATURE_FIELD_NUMBER: _ClassVar[int]
+    member: str
+    signature: bytes
+    def __init__(self, member: _Optional[str] = ..., signature: _Optional[bytes] = ...) -> None: ...
+
 class UnmaskRequest(_message.Message):
-    __slots__ = ("survivors", "dropped")
+    __slots__ = ("survivors", "dropped", "confirmations")
     SURVIVORS_FIELD_NUMBER: _ClassVar[int]
     DROPPED_FIELD_NUMBER: _ClassVar[int]
+    CONFIRMATIONS_FIELD_NUMBER: _ClassVar[int]
     survivors: _containers.RepeatedScalarFieldContainer[str]
     dropped: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, survivors: _Optional[_Iterable[str]] = ..., dropped: _Optional[_Iterable[str]] = ...) -> None: ...
+    confirmations: _containers.RepeatedCompositeFieldContainer[Confirmation]
+    def __init__(self, survivors: _Optional[_Iterable[str]] = ..., dropped: _Optional[_Iterable[str]] = ..., confirmations: _Optional[_Iterable[_Union[Confirmation, _Mapping]]] = ...) -> None: ...
+
+class ConfirmRequest(_message.Message):
+    __slots__ = ("ref", "confirmation")
+    REF_FIELD_NUMBER: _ClassVar[int]
+    CONFIRMATION_FIELD_NUMBER: _ClassVar[int]
+    ref: RoundRef
+    confirmation: Confirmation
+    def __init__(self, ref: _Optional[_Union[RoundRef, _Mapping]] = ..., confirmation: _Optional[_Union[Confirmation, _Mapping]] = ...) -> None: ...
+
+class RevealedShare(_message.Message):
+    __slots__ = ("share", "signature")
+    SHARE_FIELD_NUMBER: _ClassVar[int]
+    SIGNATURE_FIELD_NUMBER: _ClassVar[int]
+    share: bytes
+    signature: bytes
+    def __init__(self, share: _Optional[bytes] = ..., signature: _Optional[bytes] = ...) -> None: ...
 
 class UnmaskResponse(_message.Message):
     __slots__ = ("ref", "member", "seed_shares", "key_shares")
@@ -237,21 +267,21 @@ class UnmaskResponse(_message.Message):
         KEY_FIELD_NUMBER: _ClassVar[int]
         VALUE_FIELD_NUMBER: _ClassVar[int]
         key: str
-        value: bytes
-        def __init__(self, key: _Optional[str] = ..., value: _Optional[bytes] = ...) -> None: ...
+        value: RevealedShare
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[_Union[RevealedShare, _Mapping]] = ...) -> None: ...
     class KeySharesEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
         VALUE_FIELD_NUMBER: _ClassVar[int]
         key: str
-        value: bytes
-        def __init__(self, key: _Optional[str] = ..., value: _Optional[bytes] = ...) -> None: ...
+        value: RevealedShare
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[_Union[RevealedShare, _Mapping]] = ...) -> None: ...
     REF_FIELD_NUMBER: _ClassVar[int]
     MEMBER_FIELD_NUMBER: _ClassVar[int]
     SEED_SHARES_FIELD_NUMBER: _ClassVar[int]
     KEY_SHARES_FIELD_NUMBER: _ClassVar[int]
     ref: RoundRef
     member: str
-    seed_shares: _containers.ScalarMap[str, bytes]
-    key_shares: _containers.ScalarMap[str, bytes]
-    def __init__(self, ref: _Optional[_Union[RoundRef, _Mapping]] = ..., member: _Optional[str] = ..., seed_shares: _Optional[_Mapping[str, bytes]] = ..., key_shares: _Optional[_Mapping[str, bytes]] = ...) -> None: ...
+    seed_shares: _containers.MessageMap[str, RevealedShare]
+    key_shares: _containers.MessageMap[str, RevealedShare]
+    def __init__(self, ref: _Optional[_Union[RoundRef, _Mapping]] = ..., member: _Optional[str] = ..., seed_shares: _Optional[_Mapping[str, RevealedShare]] = ..., key_shares: _Optional[_Mapping[str, RevealedShare]] = ...) -> None: ...

@@ -94,6 +94,11 @@ class FederationStub:
                 request_serializer=protocols_dot_v1_dot_federation__pb2.RoundRef.SerializeToString,
                 response_deserializer=protocols_dot_v1_dot_federation__pb2.UnmaskRequest.FromString,
                 _registered_method=True)
+        self.ConfirmSurvivors = channel.unary_unary(
+                '/qdspace.v1.Federation/ConfirmSurvivors',
+                request_serializer=protocols_dot_v1_dot_federation__pb2.ConfirmRequest.SerializeToString,
+                response_deserializer=protocols_dot_v1_dot_federation__pb2.Accepted.FromString,
+                _registered_method=True)
         self.Unmask = channel.unary_unary(
                 '/qdspace.v1.Federation/Unmask',
                 request_serializer=protocols_dot_v1_dot_federation__pb2.UnmaskResponse.SerializeToString,
@@ -184,6 +189,12 @@ class FederationServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ConfirmSurvivors(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def Unmask(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -259,6 +270,11 @@ def add_FederationServicer_to_server(servicer, server):
                     servicer.GetUnmaskRequest,
                     request_deserializer=protocols_dot_v1_dot_federation__pb2.RoundRef.FromString,
                     response_serializer=protocols_dot_v1_dot_federation__pb2.UnmaskRequest.SerializeToString,
+            ),
+            'ConfirmSurvivors': grpc.unary_unary_rpc_method_handler(
+                    servicer.ConfirmSurvivors,
+                    request_deserializer=protocols_dot_v1_dot_federation__pb2.ConfirmRequest.FromString,
+                    response_serializer=protocols_dot_v1_dot_federation__pb2.Accepted.SerializeToString,
             ),
             'Unmask': grpc.unary_unary_rpc_method_handler(
                     servicer.Unmask,
@@ -595,6 +611,33 @@ class Federation:
             '/qdspace.v1.Federation/GetUnmaskRequest',
             protocols_dot_v1_dot_federation__pb2.RoundRef.SerializeToString,
             protocols_dot_v1_dot_federation__pb2.UnmaskRequest.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ConfirmSurvivors(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/qdspace.v1.Federation/ConfirmSurvivors',
+            protocols_dot_v1_dot_federation__pb2.ConfirmRequest.SerializeToString,
+            protocols_dot_v1_dot_federation__pb2.Accepted.FromString,
             options,
             channel_credentials,
             insecure,

@@ -111,7 +111,8 @@ def test_a_restarted_coordinator_resumes_its_jobs(tmp_path: Path) -> None:
     assert list(jobs) == ["el-1"]
     resumed = jobs["el-1"]
     view = resumed.view(100.0)
-    assert (view.round, view.attempt, view.version, view.phase) == (2, 1, 1, Phase.TRAINING)
+    # round 2 reopens as a fresh attempt (2): a number in use before the restart is not reused
+    assert (view.round, view.attempt, view.version, view.phase) == (2, 2, 1, Phase.TRAINING)
     assert view.deadline_in_s == pytest.approx(10.0)
     assert resumed.latest.signed == host.latest.signed
     for m in MEMBERS:

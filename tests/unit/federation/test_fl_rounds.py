@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from nacl.signing import SigningKey
 
 from federation import logreg
 from federation.dp import DPConfig, NoiseMode
@@ -27,6 +28,8 @@ SHARDS = dict(
 )
 TEST = logreg.Dataset(_DATA.x[900:], _DATA.y[900:])
 INITIAL = flatten(logreg.init_params(DIMS, CLASSES))
+SIGNING = {m: SigningKey.generate() for m in MEMBERS}
+VERIFY = {m: k.verify_key for m, k in SIGNING.items()}
 
 
 def job(**overrides: object) -> JobSpec:
@@ -196,14 +199,15 @@ def secure_round(
 ) -> dict[str, np.ndarray]:
     rnd, attempt, rng = coord.round, coord.attempt, np.random.default_rng(coord.round)
     clients: dict[str, SecAggClient] = {
-        m: secagg_client(coord.job, m, rnd, attempt) for m in MEMBERS
+        m: secagg_client(coord.job, m, rnd, attempt, SIGNING[m]) for m in MEMBERS
     }
     changes = {}
     for m, c in clients.items():
-        coord.submit_advert(m, rnd, attempt, c.advertise(), now)
+        coord.submit_advert(m, rnd, attempt, c.advertise(), VERIFY[m], now)
     assert coord.phase is Phase.SHARE_KEYS
     for m, c in clients.items():
-        coord.submit_shares(m, rnd, attempt, c.share_keys(coord.roster(m, rnd, attempt)), now)
+        roster = coord.roster(m, rnd, attempt)
+        coord.submit_shares(m, rnd, attempt, c.share_keys(roster, VERIFY), now)
     assert coord.phase is Phase.MASKED_INPUT
     for m, c in clients.items():
         trained = flatten(train(m, coord))
@@ -214,6 +218,10 @@ def secure_round(
     if skip_mask:
         coord.tick(coord.deadline + 0.1)
         now = coord.deadline - coord.job.phase_timeout_s
+    assert coord.phase is Phase.CONSISTENCY
+    split = coord.unmask_request(MEMBERS[0], rnd, attempt)
+    for m in split.survivors:
+        coord.submit_confirmation(m, rnd, attempt, clients[m].confirm(split), now)
     assert coord.phase is Phase.UNMASK
     request = coord.unmask_request(MEMBERS[0], rnd, attempt)
     for m in request.survivors:
@@ -232,10 +240,12 @@ def test_secure_rounds_average_clipped_changes_and_survive_dropouts() -> None:
     expected = before + np.mean(list(changes.values()), axis=0)
     assert coord.round == 2 and coord.history[0].members == MEMBERS
     np.testing.assert_allclose(coord.global_vector, expected, atol=1e-6)
-    # Round 2: polycell drops after sharing keys; round 3: sunarc after masking.
+    # Round 2: the coordinator-member sunarc drops after sharing keys (the consistency
+    # round needs t=2 signatures from members other than the coordinator, so with three
+    # members only the coordinator's own dropout is survivable); round 3: after masking.
     before = coord.global_vector.copy()
-    changes = secure_round(coord, now=2.0, skip_mask={"polycell"})
-    assert coord.history[1].members == ("cellex", "sunarc")
+    changes = secure_round(coord, now=2.0, skip_mask={"sunarc"})
+    assert coord.history[1].members == ("cellex", "polycell")
     np.testing.assert_allclose(
         coord.global_vector, before + np.mean(list(changes.values()), axis=0), atol=1e-6
     )
@@ -250,12 +260,12 @@ def test_secure_rounds_average_clipped_changes_and_survive_dropouts() -> None:
 def test_secure_round_refuses_out_of_phase_and_impersonation() -> None:
     spec = job(secure_aggregation=True, update_clip=1.0, threshold=2)
     coord = Coordinator.start(spec, INITIAL, now=0.0)
-    client = secagg_client(spec, "cellex", 1, 1)
+    client = secagg_client(spec, "cellex", 1, 1, SIGNING["cellex"])
     with pytest.raises(UpdateRefused) as exc:
         coord.submit_update("cellex", 1, train("cellex", coord), 10, now=1.0)
     assert exc.value.reason is RefusalReason.WRONG_PHASE
     with pytest.raises(UpdateRefused) as exc:
-        coord.submit_advert("polycell", 1, 1, client.advertise(), now=1.0)
+        coord.submit_advert("polycell", 1, 1, client.advertise(), VERIFY["polycell"], now=1.0)
     assert exc.value.reason is RefusalReason.NOT_A_MEMBER
     with pytest.raises(UpdateRefused) as exc:
         coord.roster("cellex", 1, 1)
@@ -264,10 +274,11 @@ def test_secure_round_refuses_out_of_phase_and_impersonation() -> None:
     coord.tick(now=11.0)
     assert coord.attempt == 2 and coord.phase is Phase.ADVERTISE
     with pytest.raises(UpdateRefused) as exc:
-        coord.submit_advert("cellex", 1, 1, secagg_client(spec, "cellex", 1, 1).advertise(), 11.5)
+        stale = secagg_client(spec, "cellex", 1, 1, SIGNING["cellex"]).advertise()
+        coord.submit_advert("cellex", 1, 1, stale, VERIFY["cellex"], 11.5)
     assert exc.value.reason is RefusalReason.WRONG_ROUND
-    fresh = secagg_client(spec, "cellex", 1, 2)
-    coord.submit_advert("cellex", 1, 2, fresh.advertise(), now=11.5)
+    fresh = secagg_client(spec, "cellex", 1, 2, SIGNING["cellex"])
+    coord.submit_advert("cellex", 1, 2, fresh.advertise(), VERIFY["cellex"], now=11.5)
 
 
 # --- checkpoint and resume -------------------------------------------------------------
@@ -281,7 +292,8 @@ def test_restarted_coordinator_resumes_from_its_checkpoint(tmp_path: Path) -> No
     after_round_1 = coord.global_vector.copy()
     plain_round(coord, now=2.0, members=("cellex",))  # in flight when the process dies
     resumed = Coordinator.resume(path, job(), now=100.0)
-    assert (resumed.round, resumed.version, resumed.attempt) == (2, 1, 1)
+    # round 2 reopens as attempt 2: attempt 1's number (and keys) are never reused
+    assert (resumed.round, resumed.version, resumed.attempt) == (2, 1, 2)
     assert resumed.phase is Phase.TRAINING and resumed.deadline == 110.0
     np.testing.assert_array_equal(resumed.global_vector, after_round_1)
     assert not np.array_equal(after_round_1, INITIAL)

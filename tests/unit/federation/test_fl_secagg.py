@@ -12,7 +12,15 @@ from hypothesis import strategies as st
 from nacl.signing import SigningKey
 
 from federation import shamir
-from federation.errors import RefusalReason, SecAggAbort, SecAggError, UpdateRefused
+from federation.errors import (
+    BadShares,
+    InconsistentView,
+    RefusalReason,
+    RosterRefused,
+    SecAggAbort,
+    SecAggError,
+    UpdateRefused,
+)
 from federation.params import Vector
 from federation.secagg import (
     BLOCK,
@@ -32,8 +40,29 @@ LENGTH = 1000
 QUANT = Quantizer(clip=1.0, max_members=8)
 
 
-def config(threshold: int, length: int = LENGTH) -> SecAggConfig:
-    return SecAggConfig("job-1", 3, threshold, length, QUANT)
+def config(threshold: int, length: int = LENGTH, coordinator: str = "") -> SecAggConfig:
+    return SecAggConfig("job-1", 3, threshold, length, QUANT, coordinator=coordinator)
+
+
+#: Each member's certificate-bound Ed25519 key (the node reads it from the certificate).
+SIGNING = {name: SigningKey.generate() for name in [*"abcd", *(f"m{i}" for i in range(8))]}
+VERIFY = {name: key.verify_key for name, key in SIGNING.items()}
+
+
+def client(member: str, cfg: SecAggConfig) -> SecAggClient:
+    return SecAggClient(member, cfg, SIGNING[member])
+
+
+def advertise(server: SecAggServer, c: SecAggClient) -> None:
+    server.receive_advert(c.advertise(), VERIFY[c.member])
+
+
+def confirm_all(server: SecAggServer, clients: dict[str, SecAggClient]) -> UnmaskRequest:
+    """Step 4 for every survivor; the request each then unmasks for."""
+    request = server.unmask_request()
+    for m in request.survivors:
+        server.receive_confirmation(clients[m].confirm(request))
+    return server.close_consistency()
 
 
 def inputs(n: int, length: int = LENGTH, seed: int = 0) -> dict[str, Vector]:
@@ -52,12 +81,12 @@ def run_round(
     """Drive one round; members in ``skip_*`` go silent from that step on."""
     cfg = config(threshold, len(next(iter(vectors.values()))))
     server = SecAggServer(cfg, set(vectors))
-    clients = {m: SecAggClient(m, cfg) for m in vectors}
+    clients = {m: client(m, cfg) for m in vectors}
     for c in clients.values():
-        server.receive_advert(c.advertise())
+        advertise(server, c)
     roster = server.close_adverts()
     for m, c in clients.items():
-        shares = c.share_keys(roster)
+        shares = c.share_keys(roster, VERIFY)
         if m not in skip_share:
             server.receive_shares(m, shares)
     server.close_shares()
@@ -69,7 +98,8 @@ def run_round(
         masked[m] = y
         if m not in skip_mask:
             server.receive_masked(y)
-    request = server.close_masked()
+    server.close_masked()
+    request = confirm_all(server, clients)
     for m in request.survivors:
         if m not in skip_unmask:
             server.receive_unmask(clients[m].unmask(request))
@@ -165,17 +195,18 @@ def test_too_many_dropouts_abort_the_round() -> None:
 def test_aggregator_refuses_what_does_not_fit_with_a_reason() -> None:
     cfg = config(2)
     server = SecAggServer(cfg, {"a", "b", "c"})
-    clients = {m: SecAggClient(m, cfg) for m in "abc"}
+    clients = {m: client(m, cfg) for m in "abc"}
+    mallory = SecAggClient("mallory", cfg, SigningKey.generate())
     with pytest.raises(UpdateRefused) as exc:
-        server.receive_advert(SecAggClient("mallory", cfg).advertise())
+        server.receive_advert(mallory.advertise(), VERIFY["a"])
     assert exc.value.reason is RefusalReason.NOT_A_MEMBER
     for c in clients.values():
-        server.receive_advert(c.advertise())
+        advertise(server, c)
     with pytest.raises(UpdateRefused) as exc:
-        server.receive_advert(SecAggClient("a", cfg).advertise())
+        advertise(server, client("a", cfg))
     assert exc.value.reason is RefusalReason.DUPLICATE
     roster = server.close_adverts()
-    shares = {m: c.share_keys(roster) for m, c in clients.items()}
+    shares = {m: c.share_keys(roster, VERIFY) for m, c in clients.items()}
     with pytest.raises(UpdateRefused) as exc:
         server.receive_shares("a", shares["a"][:1])
     assert exc.value.reason is RefusalReason.WRONG_SHAPE
@@ -196,48 +227,46 @@ def test_aggregator_refuses_what_does_not_fit_with_a_reason() -> None:
 def test_member_refuses_to_reveal_both_shares_of_one_peer() -> None:
     cfg = config(2)
     server = SecAggServer(cfg, {"a", "b", "c"})
-    clients = {m: SecAggClient(m, cfg) for m in "abc"}
+    clients = {m: client(m, cfg) for m in "abc"}
     for c in clients.values():
-        server.receive_advert(c.advertise())
+        advertise(server, c)
     roster = server.close_adverts()
     for m, c in clients.items():
-        server.receive_shares(m, c.share_keys(roster))
+        server.receive_shares(m, c.share_keys(roster, VERIFY))
     server.close_shares()
     vectors = inputs(3)
     for m, c in clients.items():
         server.receive_masked(c.mask(vectors[f"m{'abc'.index(m)}"], server.inbox(m)))
-    # A curious aggregator asks for b's seed AND b's key share: refused.
-    with pytest.raises(SecAggError, match="survivors and dropped"):
-        clients["a"].unmask(UnmaskRequest(("a", "b", "c"), ("b",)))
+    # A curious aggregator asks for b's seed AND b's key share: refused before signing.
+    with pytest.raises(InconsistentView, match="survivors and dropped"):
+        clients["a"].confirm(UnmaskRequest(("a", "b", "c"), ("b",)))
 
 
 def test_tampered_share_and_foreign_round_are_detected() -> None:
     cfg = config(2)
-    a, b = SecAggClient("a", cfg), SecAggClient("b", cfg)
+    a, b = client("a", cfg), client("b", cfg)
     roster = tuple(sorted([a.advertise(), b.advertise()], key=lambda x: x.member))
-    to_a = b.share_keys(roster)[0]
-    a.share_keys(roster)
+    to_a = b.share_keys(roster, VERIFY)[0]
+    a.share_keys(roster, VERIFY)
     bad = EncryptedShare(to_a.sender, to_a.receiver, to_a.ciphertext[:-1] + b"\x00")
-    with pytest.raises(SecAggError, match="does not decrypt"):
+    with pytest.raises(BadShares, match="does not decrypt") as named:
         a.mask(np.zeros(LENGTH, np.float32), [bad])
+    assert named.value.member == "b"
     other = SecAggConfig("job-1", 4, 2, LENGTH, QUANT)
-    c, d = SecAggClient("c", other), SecAggClient("d", cfg)
-    roster2 = tuple(sorted([c.advertise(), d.advertise()], key=lambda x: x.member))
-    from_c = c.share_keys(roster2)[0]
-    d.share_keys(roster2)
-    with pytest.raises(SecAggError, match="another round"):
-        d.mask(np.zeros(LENGTH, np.float32), [from_c])
+    c, d = client("c", other), client("d", cfg)
+    adverts = [c.advertise(), d.advertise()]
+    # c's advert is signed for round 4: in a round-3 roster its signature does not verify
+    with pytest.raises(RosterRefused, match="key advert of c"):
+        d.share_keys(adverts, VERIFY)
 
 
-def test_signed_adverts_are_checked() -> None:
+def test_coordinator_checks_adverts_against_the_callers_key() -> None:
     cfg = config(2)
-    keys = {m: SigningKey.generate() for m in "ab"}
-    verify = {m: k.verify_key for m, k in keys.items()}
-    server = SecAggServer(cfg, {"a", "b"}, verify_keys=verify)
-    server.receive_advert(SecAggClient("a", cfg, signing_key=keys["a"]).advertise())
-    forged = SecAggClient("b", cfg, signing_key=keys["a"]).advertise()
+    server = SecAggServer(cfg, {"a", "b"})
+    advertise(server, client("a", cfg))
+    forged = SecAggClient("b", cfg, SIGNING["a"]).advertise()
     with pytest.raises(UpdateRefused) as exc:
-        server.receive_advert(forged)
+        server.receive_advert(forged, VERIFY["b"])
     assert exc.value.reason is RefusalReason.BAD_SIGNATURE
 
 

@@ -7,11 +7,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from federation import secagg
-from federation.host import StatusView
+from federation.errors import FederationError, RefusalReason, UpdateRefused
+from federation.host import MAX_WAIT_S, StatusView, poll_wait
+from federation.job import JobSpec
 from federation.rounds import Phase, RoundRecord
 from node.rpc.federation_serde import (
     advert_from_proto,
     advert_to_proto,
+    confirmation_from_proto,
+    confirmation_to_proto,
     decode_model_chunk,
     decode_upload_chunk,
     encode_data_chunk,
@@ -44,7 +48,7 @@ records = st.builds(
     phase=st.sampled_from(list(Phase)),
     history=st.lists(records, max_size=4).map(tuple),
     delta=st.none() | st.floats(1e-9, 0.5),
-    deadline=st.floats(0.0, 1e6),
+    deadline=st.floats(0.0, 86_400.0),
 )
 def test_status_round_trips(
     round_: int,
@@ -62,14 +66,46 @@ def test_status_round_trips(
 @settings(max_examples=20, deadline=None)
 @given(member=names, keys=st.lists(st.binary(min_size=32, max_size=32), min_size=4, max_size=4))
 def test_secagg_messages_round_trip(member: str, keys: list[bytes]) -> None:
-    advert = secagg.KeyAdvert(member, keys[0], keys[1], keys[2], keys[3] + keys[3])
+    advert = secagg.KeyAdvert(member, keys[0], keys[1], keys[2], keys[3] + keys[3], keys[1])
     assert advert_from_proto(advert_to_proto(advert)) == advert
     share = secagg.EncryptedShare(member, member + "x", keys[0])
     assert shares_from_proto([share_to_proto(share)]) == [share]
-    request = secagg.UnmaskRequest((member, "z"), ("y",))
+    confirmation = secagg.Confirmation(member, keys[3] + keys[2])
+    assert confirmation_from_proto(confirmation_to_proto(confirmation)) == confirmation
+    request = secagg.UnmaskRequest((member, "z"), ("y",), (confirmation,))
     assert unmask_request_from_proto(unmask_request_to_proto(request)) == request
-    response = secagg.UnmaskResponse(member, {member: keys[1]}, {"y": keys[2]})
+    response = secagg.UnmaskResponse(
+        member,
+        {member: secagg.SignedShare(keys[1], keys[0] + keys[1])},
+        {"y": secagg.SignedShare(keys[2], keys[2] + keys[3])},
+    )
     assert unmask_from_proto(unmask_to_proto(response, pb.RoundRef(job_id="j"))) == response
+
+
+@pytest.mark.parametrize(
+    "field,value",
+    [
+        ("deadline_in_s", float("nan")),
+        ("deadline_in_s", -1.0),
+        ("deadline_in_s", 1e300),
+        ("delta", float("inf")),
+        ("delta", 2.0),
+    ],
+)
+def test_a_status_with_numbers_out_of_range_is_refused(field: str, value: float) -> None:
+    wire = status_to_proto(StatusView("el-1", 1, 1, Phase.TRAINING, 1.0, 0, "", 1, (), b""))
+    setattr(wire, field, value)
+    with pytest.raises(UpdateRefused) as exc:
+        status_from_proto(wire)
+    assert exc.value.reason is RefusalReason.OUT_OF_RANGE
+
+
+def test_poll_wait_refuses_nan_and_negative_and_caps_huge() -> None:
+    for bad in (float("nan"), -0.5, float("inf"), float("-inf")):
+        with pytest.raises(UpdateRefused, match="wait_s"):
+            poll_wait(bad)
+    assert poll_wait(1e12) == MAX_WAIT_S
+    assert poll_wait(0.0) == 0.0 and poll_wait(2.5) == 2.5
 
 
 @pytest.mark.parametrize("size", [0, 1, 127, 128, 16_384, 300_000])
@@ -97,3 +133,30 @@ def test_headers_and_unusual_encodings_go_through_the_parser() -> None:
     assert header is None and bytes(data) == b"abc"
     assert serialize(b"raw") == b"raw"
     assert serialize(pb.JobRef(job_id="x")) == pb.JobRef(job_id="x").SerializeToString()
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"phase_timeout_s": float("nan")},
+        {"phase_timeout_s": 1e12},
+        {"update_clip": float("inf")},
+        {"training": {"lr": float("nan")}},
+        {"dp": {"clip": float("inf"), "noise_multiplier": 1.0, "delta": 1e-5}},
+        {"dp": {"clip": 1.0, "noise_multiplier": float("inf"), "delta": 1e-5}},
+    ],
+)
+def test_job_terms_from_a_peer_with_numbers_out_of_range_are_refused(
+    change: dict[str, object],
+) -> None:
+    terms = {
+        "job_id": "el-1",
+        "coordinator": "sunarc",
+        "model": "logreg",
+        "shapes": [[2, 2]],
+        "rounds": 1,
+        "min_members": 1,
+        "members": ["cellex"],
+    }
+    with pytest.raises(FederationError):
+        JobSpec.from_dict(terms | change)

@@ -1,0 +1,285 @@
+"""Hostile callers of a real coordinator over mutual-TLS gRPC (real node processes).
+
+Each refusal here comes from the coordinator node SunArc: callers outside a job, the
+regulator, members without an agreement in force, a member speaking in another's
+name or presenting another's certificate, a second upload stream while one is in
+flight, and long polls with nonsense waits. The certificate check a member runs on
+the roster is exercised on the network's real certificates.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import hashlib
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import grpc
+import pytest
+from cryptography.hazmat.primitives.serialization import Encoding
+
+from federation import logreg
+from federation.errors import RosterRefused
+from federation.job import JobSpec
+from federation.member import secagg_client
+from federation.params import params_to_bytes
+from node.identity.member import load_member_keys
+from node.launcher import LocalNetwork
+from node.rpc.client import open_channel
+from node.rpc.federation_client import FederationClient
+from node.rpc.federation_keys import CertificateKeys
+from node.rpc.federation_serde import advert_to_proto
+from protocols.v1 import federation_pb2 as pb
+from protocols.v1 import federation_pb2_grpc as pb_grpc
+
+pytestmark = pytest.mark.integration
+
+COORDINATOR = "sunarc"
+DIMS, CLASSES = 6, 2
+SHAPES = logreg.model_shapes(DIMS, CLASSES)
+
+
+def terms(job_id: str, **overrides: Any) -> JobSpec:
+    fields: dict[str, Any] = {
+        "job_id": job_id,
+        "coordinator": COORDINATOR,
+        "model": "logreg",
+        "shapes": SHAPES,
+        "rounds": 1,
+        "min_members": 2,
+        "members": ("cellex", "sunarc"),
+        "phase_timeout_s": 60.0,
+    }
+    fields.update(overrides)
+    return JobSpec(**fields)
+
+
+async def start(network: LocalNetwork, job: JobSpec) -> None:
+    keys = load_member_keys(network[COORDINATOR].directory)
+    channel = open_channel(keys, network[COORDINATOR].grpc_address, COORDINATOR)
+    try:
+        await FederationClient(channel, COORDINATOR, job.job_id).start_job(
+            job, logreg.init_params(DIMS, CLASSES)
+        )
+    finally:
+        await channel.close()
+
+
+Call = Callable[[pb_grpc.FederationStub], Awaitable[Any]]
+
+
+async def refused(network: LocalNetwork, caller: str, call: Call) -> grpc.aio.AioRpcError:
+    """The error ``caller`` gets from the coordinator for ``call`` (which must fail)."""
+    keys = load_member_keys(network[caller].directory)
+    channel = open_channel(keys, network[COORDINATOR].grpc_address, COORDINATOR)
+    try:
+        with pytest.raises(grpc.aio.AioRpcError) as exc:
+            await call(pb_grpc.FederationStub(channel))
+    finally:
+        await channel.close()
+    return exc.value
+
+
+def calls(job_id: str) -> dict[str, Call]:
+    ref = pb.RoundRef(job_id=job_id, round=1, attempt=1)
+
+    async def download(stub: pb_grpc.FederationStub) -> Any:
+        async for _ in stub.DownloadModel(pb.DownloadRequest(job_id=job_id, version=0)):
+            pass
+
+    return {
+        "GetJob": lambda stub: stub.GetJob(pb.JobRef(job_id=job_id)),
+        "GetStatus": lambda stub: stub.GetStatus(pb.StatusRequest(job_id=job_id)),
+        "DownloadModel": download,
+        "GetRoster": lambda stub: stub.GetRoster(ref),
+        "GetInbox": lambda stub: stub.GetInbox(ref),
+        "GetUnmaskRequest": lambda stub: stub.GetUnmaskRequest(ref),
+        "Unmask": lambda stub: stub.Unmask(pb.UnmaskResponse(ref=ref, member="cellex")),
+        "ConfirmSurvivors": lambda stub: stub.ConfirmSurvivors(
+            pb.ConfirmRequest(ref=ref, confirmation=pb.Confirmation(member="cellex"))
+        ),
+    }
+
+
+async def test_non_members_and_the_regulator_are_refused_every_job_call(
+    network: LocalNetwork,
+) -> None:
+    job = terms("el-hostile-members")
+    await start(network, job)
+    for method, call in calls(job.job_id).items():
+        outsider = await refused(network, "polycell", call)
+        assert outsider.code() is grpc.StatusCode.PERMISSION_DENIED, method
+        assert outsider.details().startswith("not_a_member: polycell"), (method, outsider)
+        regulator = await refused(network, "regulator", call)
+        assert regulator.code() is grpc.StatusCode.PERMISSION_DENIED, method
+        assert "role regulator may not call" in regulator.details(), method
+
+
+async def test_members_without_an_agreement_in_force_are_refused(network: LocalNetwork) -> None:
+    asset = "fl-job:el-hostile-contract"
+    job = terms("el-hostile-contract", agreement_asset=asset)
+    await start(network, job)
+    for method in ("GetJob", "GetStatus", "DownloadModel", "GetRoster", "GetInbox"):
+        error = await refused(network, "cellex", calls(job.job_id)[method])
+        assert error.code() is grpc.StatusCode.PERMISSION_DENIED, method
+        assert error.details().startswith("no_agreement: member cellex"), (method, error)
+        assert f"holds no agreement for {asset}" in error.details(), method
+    # Listing stays open to members: it names the asset to negotiate.
+    keys = load_member_keys(network["cellex"].directory)
+    channel = open_channel(keys, network[COORDINATOR].grpc_address, COORDINATOR)
+    try:
+        listed = await FederationClient(channel, COORDINATOR, job.job_id).list_jobs()
+    finally:
+        await channel.close()
+    assert [v.agreement_asset for v in listed if v.job_id == job.job_id] == [asset]
+
+
+async def test_members_cannot_speak_for_another_member(network: LocalNetwork) -> None:
+    members = ("cellex", "polycell", "sunarc")
+    job = terms("el-hostile-names", members=members, min_members=3)
+    job = dataclasses.replace(job, secure_aggregation=True, threshold=2, update_clip=1.0)
+    await start(network, job)
+    ref = pb.RoundRef(job_id=job.job_id, round=1, attempt=1)
+    cellex, sunarc = (load_member_keys(network[m].directory) for m in ("cellex", "sunarc"))
+    # cellex presents sunarc's certificate with a key advert signed by cellex
+    advert = secagg_client(job, "cellex", 1, 1, cellex.signing_key).advertise(
+        sunarc.cert.public_bytes(Encoding.DER)
+    )
+    error = await refused(
+        network,
+        "cellex",
+        lambda stub: stub.AdvertiseKeys(
+            pb.AdvertiseRequest(ref=ref, advert=advert_to_proto(advert))
+        ),
+    )
+    assert error.code() is grpc.StatusCode.PERMISSION_DENIED
+    assert "carries the certificate of sunarc" in error.details()
+    # ... an advert in sunarc's name, an unmask response and a signature in polycell's
+    forged = secagg_client(job, "sunarc", 1, 1, cellex.signing_key).advertise(
+        cellex.cert.public_bytes(Encoding.DER)
+    )
+    impersonations: dict[str, Call] = {
+        "AdvertiseKeys": lambda stub: stub.AdvertiseKeys(
+            pb.AdvertiseRequest(ref=ref, advert=advert_to_proto(forged))
+        ),
+        "Unmask": lambda stub: stub.Unmask(pb.UnmaskResponse(ref=ref, member="polycell")),
+        "ConfirmSurvivors": lambda stub: stub.ConfirmSurvivors(
+            pb.ConfirmRequest(ref=ref, confirmation=pb.Confirmation(member="polycell"))
+        ),
+    }
+    for method, call in impersonations.items():
+        error = await refused(network, "cellex", call)
+        assert error.code() is grpc.StatusCode.PERMISSION_DENIED, method
+        assert "cellex sent a message in the name of" in error.details(), (method, error)
+
+
+async def test_a_second_upload_stream_of_a_member_is_refused_while_one_is_in_flight(
+    network: LocalNetwork,
+) -> None:
+    job = terms("el-hostile-streams")
+    await start(network, job)
+    payload = params_to_bytes(logreg.init_params(DIMS, CLASSES))
+    header = pb.UploadHeader(
+        job_id=job.job_id,
+        round=1,
+        total_bytes=len(payload),
+        sha256=hashlib.sha256(payload).digest(),
+        num_examples=10,
+    )
+    keys = load_member_keys(network["cellex"].directory)
+    channel = open_channel(keys, network[COORDINATOR].grpc_address, COORDINATOR)
+    release = asyncio.Event()
+
+    async def slow() -> Any:
+        yield pb.UploadChunk(header=header)
+        await release.wait()  # the header is in: the stream holds cellex's upload slot
+        yield pb.UploadChunk(data=payload)
+
+    async def quick() -> Any:
+        yield pb.UploadChunk(header=header)
+
+    try:
+        stub = pb_grpc.FederationStub(channel)
+        first = stub.UploadUpdate(slow(), timeout=30)
+        await asyncio.sleep(1.0)
+        with pytest.raises(grpc.aio.AioRpcError) as second:
+            await stub.UploadUpdate(quick(), timeout=10)
+        assert second.value.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert second.value.details().startswith("busy: cellex already has an upload")
+        release.set()
+        accepted = await first
+        assert "update of cellex for round 1 accepted" in accepted.detail
+    finally:
+        await channel.close()
+    # with the first stream done, a further upload is judged on its merits again
+    error = await refused(
+        network, "cellex", lambda stub: stub.UploadUpdate(_one(header), timeout=10)
+    )
+    assert error.code() is grpc.StatusCode.ALREADY_EXISTS
+    assert error.details().startswith("duplicate:")
+
+
+async def _one(header: pb.UploadHeader) -> Any:
+    yield pb.UploadChunk(header=header)
+
+
+async def test_long_polls_with_nonsense_waits_are_refused(network: LocalNetwork) -> None:
+    job = terms("el-hostile-wait")
+    await start(network, job)
+    for wait in (float("nan"), -1.0, float("inf")):
+        error = await refused(
+            network,
+            "cellex",
+            lambda stub, w=wait: stub.GetStatus(
+                pb.StatusRequest(job_id=job.job_id, wait_s=w), timeout=10
+            ),
+        )
+        assert error.code() is grpc.StatusCode.INVALID_ARGUMENT, wait
+        assert error.details().startswith("out_of_range: wait_s"), wait
+
+
+def test_members_check_roster_certificates_against_the_authority(network: LocalNetwork) -> None:
+    """What a member runs on the roster the coordinator relays, on real certificates."""
+    job = dataclasses.replace(
+        terms("el-hostile-roster", members=("cellex", "polycell", "sunarc"), min_members=3),
+        secure_aggregation=True,
+        threshold=2,
+        update_clip=1.0,
+    )
+    keys = {m: load_member_keys(network[m].directory) for m in ("cellex", "polycell", "sunarc")}
+    der = {m: k.cert.public_bytes(Encoding.DER) for m, k in keys.items()}
+    checker = CertificateKeys(keys["cellex"].ca_cert, job.members)
+    adverts = {
+        m: secagg_client(job, m, 1, 1, k.signing_key).advertise(der[m]) for m, k in keys.items()
+    }
+    resolved = checker.keys(list(adverts.values()))
+    assert {m: bytes(v) for m, v in resolved.items()} == {
+        m: k.identity.verify_key for m, k in keys.items()
+    }
+    # the coordinator swaps polycell's keys for its own and attaches its own certificate
+    swapped = secagg_client(job, "polycell", 1, 1, keys["sunarc"].signing_key).advertise(
+        der["sunarc"]
+    )
+    with pytest.raises(RosterRefused, match="carries the certificate of sunarc"):
+        checker.key(swapped)
+    # ... or no certificate, or one the authority did not issue, or a non-member's
+    for bad, reason in (
+        (dataclasses.replace(adverts["polycell"], certificate=b""), "no certificate"),
+        (dataclasses.replace(adverts["polycell"], certificate=b"junk"), "not valid"),
+    ):
+        with pytest.raises(RosterRefused, match=reason):
+            checker.key(bad)
+    regulator = load_member_keys(network["regulator"].directory)
+    outsider = secagg_client(job, "regulator", 1, 1, regulator.signing_key).advertise(
+        regulator.cert.public_bytes(Encoding.DER)
+    )
+    with pytest.raises(RosterRefused, match="not a member of this job"):
+        checker.key(outsider)
+    # and with the right certificate, a key other than the certified one does not verify
+    client = secagg_client(job, "cellex", 1, 1, keys["cellex"].signing_key)
+    own = client.advertise(der["cellex"])
+    forged = dataclasses.replace(swapped, certificate=der["polycell"])
+    roster = [own, forged, adverts["sunarc"]]
+    with pytest.raises(RosterRefused, match="key advert of polycell is not signed by polycell"):
+        client.share_keys(roster, checker.keys(roster))
