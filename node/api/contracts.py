@@ -209,6 +209,30 @@ async def _domain(call: Callable[[], Awaitable[_T]]) -> _T:
     return await call()
 
 
+async def _opened(sub: Subscription) -> None:
+    """Wait until the provider opened ``sub``'s stream, or its task failed, or time ran out.
+
+    A task that fails before the stream opens (an agreement this node provides, a peer
+    that cannot be reached) raises its own error here at once instead of leaving the
+    caller waiting; a peer that never answers is a 504 after `SUBSCRIBE_WAIT_S`.
+    """
+    assert sub.task is not None
+    opened = asyncio.ensure_future(sub.connected.wait())
+    try:
+        await asyncio.wait(
+            {opened, sub.task}, timeout=SUBSCRIBE_WAIT_S, return_when=asyncio.FIRST_COMPLETED
+        )
+    finally:
+        opened.cancel()
+    failed = sub.task.exception() if sub.task.done() and not sub.task.cancelled() else None
+    if failed is not None:
+        raise failed
+    if not sub.connected.is_set():
+        raise PeerTimeout(
+            f"peer {sub.provider} did not open the stream within {SUBSCRIBE_WAIT_S:.0f} s"
+        )
+
+
 def _sync(fn: Callable[..., _T], *args: Any) -> Callable[[], Awaitable[_T]]:
     async def run() -> _T:
         return await run_in_threadpool(fn, *args)
@@ -355,14 +379,12 @@ def contracts_router(ctx: NodeContext, operator: Any) -> APIRouter:
                 spec=spec,
             )
             try:
-                await asyncio.wait_for(sub.connected.wait(), SUBSCRIBE_WAIT_S)
-            except TimeoutError:  # do not leave a stream behind that nobody asked for
+                await _opened(sub)
+            except BaseException:  # do not leave a stream behind that nobody asked for
                 if sub.task is not None:
                     sub.task.cancel()
                 client.subscriptions.pop(sub.subscription_id, None)
-                raise PeerTimeout(
-                    f"peer {sub.provider} did not open the stream within {SUBSCRIBE_WAIT_S:.0f} s"
-                ) from None
+                raise
             return sub
 
         sub = await _domain(run)
