@@ -1,8 +1,11 @@
 """Schema-generated requests to every REST route of a real running node.
 
-The requests come from the node's own OpenAPI schema (hypothesis-jsonschema draws path
-and query parameters and JSON bodies from it, schema-valid and arbitrary JSON alike, and
-raw bytes in assorted content types for routes that read their body themselves). Sent
+The requests come from the node's own OpenAPI schema: `from_schema` turns the JSON Schema
+subset FastAPI writes (types, bounds, lengths, patterns, arrays, objects, anyOf, $ref)
+into hypothesis strategies for path and query parameters and JSON bodies, drawn
+schema-valid and as arbitrary JSON alike, plus raw bytes in assorted content types for
+routes that read their body themselves. (hypothesis-jsonschema would do this, but its
+0.23 release relies on hypothesis internals that hypothesis 6.170 no longer has.) Sent
 with the operator token and without, each must get an answer the caller caused: a 2xx,
 3xx or 4xx, never a 5xx, and within a few seconds (no hang). The node must still be up.
 
@@ -15,6 +18,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Iterator
+from datetime import UTC
 from typing import Any
 from urllib.parse import quote
 
@@ -22,7 +26,6 @@ import httpx
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from hypothesis_jsonschema import from_schema
 
 from node.launcher import LocalNetwork, MemberSpec
 
@@ -59,9 +62,83 @@ def operations(schema: dict[str, Any]) -> list[tuple[str, str, dict[str, Any]]]:
     ]
 
 
-def with_components(schema: dict[str, Any], components: dict[str, Any]) -> dict[str, Any]:
-    """A parameter or body schema that can resolve the document's ``#/components/...``."""
-    return {**schema, "components": components}
+JSON_SCALARS = (
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(max_size=40)
+)
+ANY_JSON: st.SearchStrategy[Any] = st.recursive(
+    JSON_SCALARS,
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=12), inner, max_size=4)
+    ),
+    max_leaves=12,
+)
+
+
+def from_schema(schema: dict[str, Any], components: dict[str, Any]) -> st.SearchStrategy[Any]:
+    """Values valid under ``schema`` (the JSON Schema subset of FastAPI's OpenAPI output)."""
+    if "$ref" in schema:
+        name = schema["$ref"].rsplit("/", 1)[-1]
+        return from_schema(components["schemas"][name], components)
+    for key in ("anyOf", "oneOf"):
+        if key in schema:
+            return st.one_of(*(from_schema(s, components) for s in schema[key]))
+    if "allOf" in schema and len(schema["allOf"]) == 1:
+        return from_schema(schema["allOf"][0], components)
+    if "enum" in schema:
+        return st.sampled_from(schema["enum"])
+    if "const" in schema:
+        return st.just(schema["const"])
+    kind = schema.get("type")
+    if kind == "string":
+        return _strings(schema)
+    if kind == "integer":
+        low, high = _bounds(schema, 1)
+        return st.integers(low, high)
+    if kind == "number":
+        low, high = _bounds(schema, 0)
+        return st.floats(low, high, allow_nan=False, allow_infinity=False)
+    if kind == "boolean":
+        return st.booleans()
+    if kind == "null":
+        return st.none()
+    if kind == "array":
+        items = from_schema(schema.get("items", {}), components)
+        return st.lists(
+            items, min_size=schema.get("minItems", 0), max_size=min(schema.get("maxItems", 5), 5)
+        )
+    if kind == "object" or "properties" in schema:
+        props = schema.get("properties", {})
+        required = set(schema.get("required", ()))
+        return st.fixed_dictionaries(
+            {k: from_schema(v, components) for k, v in props.items() if k in required},
+            optional={k: from_schema(v, components) for k, v in props.items() if k not in required},
+        )
+    return ANY_JSON
+
+
+def _strings(schema: dict[str, Any]) -> st.SearchStrategy[str]:
+    low, high = schema.get("minLength", 0), min(schema.get("maxLength", 40), 40)
+    if schema.get("format") == "date-time":
+        return st.datetimes(timezones=st.just(UTC)).map(lambda d: d.isoformat())
+    if "pattern" in schema:
+        return st.from_regex(schema["pattern"], fullmatch=True).filter(
+            lambda t: low <= len(t) <= schema.get("maxLength", 10**9)
+        )
+    return st.text(min_size=low, max_size=max(low, high))
+
+
+def _bounds(schema: dict[str, Any], step: int) -> tuple[float | None, float | None]:
+    low = schema.get("minimum", schema.get("exclusiveMinimum"))
+    high = schema.get("maximum", schema.get("exclusiveMaximum"))
+    if "exclusiveMinimum" in schema and step:
+        low += step
+    if "exclusiveMaximum" in schema and step:
+        high -= step
+    return low, high
 
 
 def request_strategy(
@@ -71,7 +148,7 @@ def request_strategy(
     path_params: dict[str, st.SearchStrategy[Any]] = {}
     query: dict[str, st.SearchStrategy[Any]] = {}
     for param in op.get("parameters", []):
-        values = from_schema(with_components(param.get("schema", {}), components))
+        values = from_schema(param.get("schema", {}), components)
         if param["in"] == "path":
             path_params[param["name"]] = values
         elif param["in"] == "query":
@@ -82,7 +159,7 @@ def request_strategy(
     if body_schema is not None:
         body = st.tuples(
             st.just("application/json"),
-            from_schema(with_components(body_schema, components)) | from_schema({}),
+            from_schema(body_schema, components) | ANY_JSON,
         ).map(lambda mb: (mb[0], json.dumps(mb[1]).encode()))
     else:
         body = st.tuples(st.sampled_from(RAW_MEDIA), st.binary(max_size=2048))
