@@ -102,6 +102,10 @@ class BearerGate:
         except IdentityError as exc:
             await send_problem(send, 403, str(exc), path)
             return
+        except Exception as exc:  # a credential nobody could read: fail closed, say so
+            log.warning("api %s: credential check failed: %r", path, exc)
+            await send_problem(send, 403, "the credential cannot be read", path)
+            return
         await self.app(scope, receive, send)
 
     def _check(self, path: str, headers: list[tuple[bytes, bytes]]) -> None:

@@ -162,6 +162,21 @@ def test_non_ascii_or_malformed_tokens_are_401(network: LocalNetwork, authorizat
     assert httpx.get(member.api_url + "/healthz").status_code == 200
 
 
+@pytest.mark.parametrize(
+    "credential",
+    ["a.b.c", "!!!.!!!.!!!", "AAAA.AAAA.AAAA", "MIIB.e30.AAAA", "..", "x" * 5000 + ".y.z"],
+)
+def test_garbage_regulator_credentials_are_refused_not_500(
+    network: LocalNetwork, credential: str
+) -> None:
+    member = network["cellex"]
+    response = httpx.get(
+        member.api_url + "/v1/regulator/inspections/EL-1/proof",
+        headers={"Authorization": f"Bearer {credential}"},
+    )
+    assert problem(response, response.status_code)["status"] in (401, 403)
+
+
 def test_the_token_is_checked_before_the_body_is_read(network: LocalNetwork) -> None:
     """A head that promises 100 MB without a token is answered at once: nobody waits for it."""
     member = network["cellex"]

@@ -9,7 +9,7 @@ routes that read their body themselves. (hypothesis-jsonschema would do this, bu
 with the operator token and without, each must get an answer the caller caused: a 2xx,
 3xx or 4xx, never a 5xx, and within a few seconds (no hang). The node must still be up.
 
-The network is this module's own (an OEM and a supplier on a chain): the fuzzer moves
+The network is this module's own (an OEM, a supplier and a regulator on a chain): the fuzzer moves
 clocks, closes orders and ingests rows, which must not leak into other tests.
 """
 
@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections import Counter
 from collections.abc import Iterator
 from datetime import UTC
 from typing import Any
@@ -27,6 +28,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from node.api.regulator_auth import MAX_TTL_S, issue_credential
+from node.identity.member import load_member_keys
 from node.launcher import LocalNetwork, MemberSpec
 
 pytestmark = pytest.mark.integration
@@ -42,7 +45,11 @@ RAW_MEDIA = ["application/json", "text/csv", "application/x-ndjson", "text/plain
 def fuzz_network(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalNetwork]:
     net = LocalNetwork(
         tmp_path_factory.mktemp("fuzz"),
-        [MemberSpec("sunarc", "oem"), MemberSpec("cellex", "supplier")],
+        [
+            MemberSpec("sunarc", "oem"),
+            MemberSpec("cellex", "supplier"),
+            MemberSpec("regulator", "regulator"),
+        ],
     )
     net.create()
     net.start()
@@ -186,7 +193,9 @@ def query_of(values: dict[str, Any]) -> dict[str, str]:
     }
 
 
-def exchange(client: httpx.Client, method: str, template: str, drawn: dict[str, Any]) -> str:
+def exchange(
+    client: httpx.Client, method: str, template: str, drawn: dict[str, Any], seen: Counter[int]
+) -> str:
     """Send one drawn request; a failure message, or '' when the answer is acceptable."""
     url = url_of(template, drawn["path"])
     media, content = drawn["body"]
@@ -201,6 +210,7 @@ def exchange(client: httpx.Client, method: str, template: str, drawn: dict[str, 
     except httpx.TransportError as exc:
         return f"{method} {url}: connection failed: {exc!r}"
     took = time.monotonic() - started
+    seen[response.status_code] += 1
     if response.status_code >= 500:
         return f"{method} {url} {drawn}: HTTP {response.status_code}: {response.text[:300]}"
     if took > ANSWER_WITHIN_S:
@@ -214,6 +224,7 @@ def fuzz_operation(
     template: str,
     strategy: st.SearchStrategy[dict[str, Any]],
     examples: int,
+    seen: Counter[int],
 ) -> list[str]:
     """Send ``examples`` drawn requests for one operation; the failures found."""
     failures: list[str] = []
@@ -227,7 +238,7 @@ def fuzz_operation(
     )
     @given(drawn=strategy)
     def probe(drawn: dict[str, Any]) -> None:
-        failure = exchange(client, method, template, drawn)
+        failure = exchange(client, method, template, drawn, seen)
         if failure:
             failures.append(failure)
 
@@ -243,16 +254,31 @@ def test_schema_generated_requests_get_4xx_not_5xx_and_no_hang(
     components = schema.get("components", {})
     ops = operations(schema)
     assert len(ops) >= 30, [f"{m} {p}" for m, p, _ in ops]
+    audience = httpx.get(member.api_url + "/healthz").json()["member_id"]
+    credential = issue_credential(
+        load_member_keys(fuzz_network["regulator"].directory), audience, ttl_s=MAX_TTL_S
+    )
+    timeout = ANSWER_WITHIN_S + 5
+    operator = member.client(timeout=timeout)
+    regulator = httpx.Client(
+        base_url=member.api_url, headers={"Authorization": f"Bearer {credential}"}, timeout=timeout
+    )
+    anonymous = httpx.Client(base_url=member.api_url, timeout=timeout)
     failures: list[str] = []
-    authed = member.client(timeout=ANSWER_WITHIN_S + 5)
-    anonymous = httpx.Client(base_url=member.api_url, timeout=ANSWER_WITHIN_S + 5)
-    with authed, anonymous:
+    seen: dict[str, Counter[int]] = {"with": Counter(), "without": Counter()}
+    with operator, regulator, anonymous:
         for method, template, op in ops:
             strategy = request_strategy(op, components)
-            failures += fuzz_operation(authed, method, template, strategy, EXAMPLES_WITH_TOKEN)
+            caller = regulator if template.startswith("/v1/regulator/") else operator
             failures += fuzz_operation(
-                anonymous, method, template, strategy, EXAMPLES_WITHOUT_TOKEN
+                caller, method, template, strategy, EXAMPLES_WITH_TOKEN, seen["with"]
+            )
+            failures += fuzz_operation(
+                anonymous, method, template, strategy, EXAMPLES_WITHOUT_TOKEN, seen["without"]
             )
             assert member.running, f"the node died on {method} {template}: {failures[-3:]}"
-        assert authed.get("/healthz").status_code == 200
+        assert operator.get("/healthz").status_code == 200
     assert not failures, "\n".join(failures[:20])
+    # the credentials opened the routes: many answers got past authentication
+    assert sum(n for code, n in seen["with"].items() if code < 300) >= len(ops), seen
+    assert set(seen["without"]) <= {200, 401}, seen["without"]  # only open paths answer 200
