@@ -21,7 +21,6 @@ from .conftest import Space, ingest_sample
 from .test_contracts_lifecycle import (
     inspections_agreement,  # noqa: F401  (a fixture the imported tests use)
     test_negotiation_ends_agreed_with_both_signatures_on_both_sides,
-    test_requests_outside_the_agreement_are_denied_with_zero_rows,
     test_transfer_delivers_exactly_the_allowed_rows_and_fields,
 )
 from .test_contracts_retention import (
@@ -41,7 +40,6 @@ __all__ = [
     "test_closed_order_expires_is_swept_and_both_sides_hold_the_receipt",
     "test_live_records_arrive_in_scope_and_an_spc_rule_fires",
     "test_negotiation_ends_agreed_with_both_signatures_on_both_sides",
-    "test_requests_outside_the_agreement_are_denied_with_zero_rows",
     "test_transfer_delivers_exactly_the_allowed_rows_and_fields",
 ]
 
