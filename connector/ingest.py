@@ -10,6 +10,7 @@ from __future__ import annotations
 import codecs
 import csv
 import json
+import re
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,6 +21,30 @@ from connector.validate import FIELDS
 
 KINDS: tuple[str, ...] = tuple(FIELDS)
 SUFFIXES = (".csv", ".jsonl", ".ndjson")
+
+
+#: a QDM row is a flat object; nothing a caller sends needs deeper JSON than this
+MAX_JSON_DEPTH = 32
+_JSON_STRING = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"', re.DOTALL)
+_JSON_BRACKET = re.compile(r"[\[\]{}]")
+
+
+def json_too_deep(text: str, limit: int = MAX_JSON_DEPTH) -> bool:
+    """Whether ``text`` nests arrays/objects deeper than ``limit`` (strings ignored).
+
+    Checked before ``json.loads``: its decoder recurses in C, and in a process whose
+    recursion limit a library raised (py-evm sets 100,000) a few hundred kilobytes of
+    ``[`` overflow the C stack and kill the process instead of raising.
+    """
+    depth = 0
+    for bracket in _JSON_BRACKET.findall(_JSON_STRING.sub("", text)):
+        if bracket in "[{":
+            depth += 1
+            if depth > limit:
+                return True
+        else:
+            depth -= 1
+    return False
 
 
 class UnsupportedCharset(IngestFileError):
@@ -206,6 +231,9 @@ def _jsonl_rows(lines: _DecodedLines) -> Iterator[tuple[int, Mapping[str, Any] |
             yield number, ("-", lines.bad[number])
             continue
         if not text.strip():
+            continue
+        if json_too_deep(text):
+            yield number, ("-", f"JSON nested deeper than {MAX_JSON_DEPTH} levels")
             continue
         try:
             row = json.loads(text)

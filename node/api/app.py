@@ -5,7 +5,7 @@ Three layers stand between a caller and a route, each for one reason:
 - `node.api.gate.BearerGate` checks the credential from the headers before anything
   reads the body (a dependency would run only after FastAPI parsed it);
 - `node.api.gate.BodyLimit` caps the body before it is parsed (ingest has its own,
-  larger limit, and spools uploads to disk);
+  larger limit, and spools uploads to disk), `JsonDepthLimit` its nesting;
 - `node.api.problems` answers every error as an RFC 9457 problem from one table.
 """
 
@@ -21,7 +21,13 @@ from fastapi import Path as PathParam
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from connector.ingest import IngestReport, check_kind, ingest_file
-from node.api.gate import INGEST_BODY_LIMIT, INGEST_PREFIX, BearerGate, BodyLimit
+from node.api.gate import (
+    INGEST_BODY_LIMIT,
+    INGEST_PREFIX,
+    BearerGate,
+    BodyLimit,
+    JsonDepthLimit,
+)
 from node.api.inspection import create_inspection_router
 from node.api.models import (
     BatchPublic,
@@ -86,6 +92,8 @@ def create_app(ctx: NodeContext) -> FastAPI:
 
     Operator = Depends(operator)
     install_problem_handlers(app)
+    # added innermost first: BearerGate -> BodyLimit -> JsonDepthLimit -> routes
+    app.add_middleware(JsonDepthLimit, exempt=(INGEST_PREFIX,))
     app.add_middleware(BodyLimit, limits={INGEST_PREFIX: INGEST_BODY_LIMIT})
     member_id = ctx.keys.identity.member_id
 

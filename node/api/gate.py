@@ -11,6 +11,10 @@ size. These gates look only at the request line and headers and answer with a pr
   is well-formed but not acceptable stays 403, as its dependency says).
 - `BodyLimit`: a declared ``Content-Length`` over the path's limit is 413 at once; a body
   without one is counted while it arrives and cut off at the limit with 413.
+- `JsonDepthLimit`: a JSON body nested deeper than `MAX_JSON_DEPTH` is 400 before the
+  parser sees it. Python's JSON decoder recurses in C, and py-evm (imported by the ledger)
+  raises the recursion limit to 100,000, so ~400 kB of ``[`` would overflow the C stack
+  and kill the node instead of raising.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from connector.ingest import MAX_JSON_DEPTH, json_too_deep
 from node.api.problems import PROBLEM_MEDIA_TYPE, problem_bytes
 from node.errors import IdentityError
 
@@ -183,6 +188,65 @@ class _LimitedExchange:
                 raise
         if self.exceeded and not self.started:
             await send_problem(send, 413, _too_large(self.limit), self.path)
+
+
+@dataclass(frozen=True)
+class JsonDepthLimit:
+    """Refuses JSON bodies nested deeper than ``limit`` (see the module docstring).
+
+    Paths under ``exempt`` parse their JSON themselves with pydantic-core, whose parser
+    is iterative and has its own depth limit (ingest: no need to hold a second copy).
+    """
+
+    app: ASGIApp
+    limit: int = MAX_JSON_DEPTH
+    exempt: tuple[str, ...] = ()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        path = scope.get("path", "") if scope["type"] == "http" else ""
+        if not path or path.startswith(self.exempt) or not _is_json(scope):
+            await self.app(scope, receive, send)
+            return
+        body, last = await _read_body(receive)
+        if last["type"] == "http.request" and json_too_deep(body.decode("latin-1"), self.limit):
+            detail = f"JSON body nested deeper than {self.limit} levels"
+            await send_problem(send, 400, detail, path)
+            return
+        await self.app(scope, _replay(body, last, receive), send)
+
+
+async def _read_body(receive: Receive) -> tuple[bytes, Message]:
+    """The whole body (already capped by `BodyLimit`) and the last message received."""
+    chunks: list[bytes] = []
+    while True:
+        message = await receive()
+        if message["type"] != "http.request":
+            return b"".join(chunks), message
+        chunks.append(message.get("body", b""))
+        if not message.get("more_body", False):
+            return b"".join(chunks), message
+
+
+def _replay(body: bytes, last: Message, receive: Receive) -> Receive:
+    """A ``receive`` that hands the app the body read already, then the real channel."""
+    pending: list[Message] = [
+        {"type": "http.request", "body": body, "more_body": False}
+        if last["type"] == "http.request"
+        else last
+    ]
+
+    async def replayed() -> Message:
+        return pending.pop() if pending else await receive()
+
+    return replayed
+
+
+def _is_json(scope: Scope) -> bool:
+    for key, value in scope.get("headers", []):
+        if key.lower() == b"content-type":
+            media: bytes = value.split(b";")[0].strip().lower()
+            return media == b"application/json" or media.endswith(b"+json")
+    return False
 
 
 def _too_large(limit: int) -> str:

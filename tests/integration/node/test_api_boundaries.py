@@ -337,3 +337,26 @@ def test_wrong_content_type_is_415_and_an_oversized_upload_413(network: LocalNet
         b"Content-Type: text/csv\r\nContent-Length: 999999999999\r\n\r\n",
     )
     assert answer.startswith(b"HTTP/1.1 413"), answer[:200]
+
+
+# -- JSON nesting ----------------------------------------------------------------------
+
+
+def test_deeply_nested_json_is_refused_and_the_node_survives(network: LocalNetwork) -> None:
+    """~400 kB of brackets used to overflow the C stack of the JSON decoder: the node died."""
+    member = network["polycell"]
+    deep = b"[" * 200_000 + b"]" * 200_000
+    with member.client() as client:
+        body = problem(
+            client.post(
+                "/v1/contracts/clock", content=deep, headers={"content-type": "application/json"}
+            ),
+            400,
+        )
+        assert "nested deeper than 32 levels" in body["detail"]
+        rows = b'{"rows": [' + b"[" * 200_000 + b"]" * 200_000 + b"]}"
+        problem(upload(client, "environment", rows, "application/json"), 422)
+        line = upload(client, "environment", deep + b"\n", "application/x-ndjson").json()
+        assert line["rejected"][0]["reason"] == "JSON nested deeper than 32 levels"
+        assert client.get("/healthz").status_code == 200
+    assert member.running

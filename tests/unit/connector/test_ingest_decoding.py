@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from connector.errors import IngestFileError
-from connector.ingest import UnsupportedCharset, charset_of, read_rows
+from connector.ingest import UnsupportedCharset, charset_of, json_too_deep, read_rows
 
 HEADER = b"location,measured_at,temperature\r\n"
 
@@ -75,3 +75,10 @@ def test_charsets_that_cannot_be_read_line_by_line_are_refused(declared: str) ->
     with pytest.raises(UnsupportedCharset):
         charset_of(declared)
     assert charset_of(None) == "utf-8" and charset_of("Windows-1252") == "cp1252"
+
+
+def test_json_nesting_is_measured_without_parsing() -> None:
+    assert not json_too_deep("[" * 32 + "]" * 32)
+    assert json_too_deep("[" * 33 + "]" * 33)
+    assert json_too_deep("[" * 200_000)
+    assert not json_too_deep('{"a": "' + "[{" * 100 + '\\"' + "[" * 50 + '"}')
