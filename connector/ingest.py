@@ -7,9 +7,10 @@ committed in atomic batches by :meth:`connector.storage.QualityStore.ingest_rows
 
 from __future__ import annotations
 
+import codecs
 import csv
-import io
 import json
+import re
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,6 +21,34 @@ from connector.validate import FIELDS
 
 KINDS: tuple[str, ...] = tuple(FIELDS)
 SUFFIXES = (".csv", ".jsonl", ".ndjson")
+
+
+#: a QDM row is a flat object; nothing a caller sends needs deeper JSON than this
+MAX_JSON_DEPTH = 32
+_JSON_STRING = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"', re.DOTALL)
+_JSON_BRACKET = re.compile(r"[\[\]{}]")
+
+
+def json_too_deep(text: str, limit: int = MAX_JSON_DEPTH) -> bool:
+    """Whether ``text`` nests arrays/objects deeper than ``limit`` (strings ignored).
+
+    Checked before ``json.loads``: its decoder recurses in C, and in a process whose
+    recursion limit a library raised (py-evm sets 100,000) a few hundred kilobytes of
+    ``[`` overflow the C stack and kill the process instead of raising.
+    """
+    depth = 0
+    for bracket in _JSON_BRACKET.findall(_JSON_STRING.sub("", text)):
+        if bracket in "[{":
+            depth += 1
+            if depth > limit:
+                return True
+        else:
+            depth -= 1
+    return False
+
+
+class UnsupportedCharset(IngestFileError):
+    """A declared charset this reader cannot decode line by line (unknown, or UTF-16/32)."""
 
 
 @dataclass(frozen=True)
@@ -67,73 +96,156 @@ def check_kind(kind: str) -> str:
 BadLine = tuple[str, str]  # (field, reason) for a line that is not a row at all
 
 
-def read_rows(path: Path, kind: str) -> Iterator[tuple[int, Mapping[str, Any] | BadLine]]:
-    """Yield ``(line, row)`` from a CSV or JSONL file.
+#: charsets a file may declare: UTF-8 and single-byte, ASCII-compatible ones (lines split
+#: on b"\n" safely); UTF-16/32 would need another reader and are refused by name
+CHARSETS = ("utf-8", "ascii", "iso8859-1", "iso8859-15", "cp1252")
+DEFAULT_CHARSET = "utf-8"
+_BOM = b"\xef\xbb\xbf"
 
-    A line that is not a row at all yields ``(line, (field, reason))``.
+
+def charset_of(declared: str | None) -> str:
+    """The codec name of a declared charset (``None``: UTF-8); unknown or multi-byte: error."""
+    if not declared:
+        return DEFAULT_CHARSET
+    try:
+        name = codecs.lookup(declared.strip().strip('"')).name
+    except LookupError:
+        raise UnsupportedCharset(f"charset {declared!r} is not known") from None
+    if name not in CHARSETS:
+        raise UnsupportedCharset(
+            f"charset {declared!r} is not supported; use utf-8, us-ascii, iso-8859-1, "
+            "iso-8859-15 or windows-1252"
+        )
+    return name
+
+
+def read_rows(
+    path: Path, kind: str, *, charset: str | None = None, source: str | None = None
+) -> Iterator[tuple[int, Mapping[str, Any] | BadLine]]:
+    """Yield ``(line, row)`` from a CSV or JSONL file decoded as ``charset`` (UTF-8).
+
+    A line that is not a row at all yields ``(line, (field, reason))``: bytes that are not
+    valid in the charset, a NUL byte, a row with more or fewer values than the header.
+    Nothing is ever decoded with replacement characters. ``source`` names the file in
+    messages (an upload's name instead of its temporary path).
     """
     check_kind(kind)
+    encoding = charset_of(charset)
+    name = source or str(path)
     suffix = path.suffix.lower()
     if suffix not in SUFFIXES:
         raise IngestFileError(
-            f"{path}: unsupported file type {suffix or '(none)'}; use .csv or .jsonl"
+            f"{name}: unsupported file type {suffix or '(none)'}; use .csv or .jsonl"
         )
     try:
         handle = path.open("rb")
     except FileNotFoundError:
-        raise IngestFileError(f"{path}: no such file") from None
+        raise IngestFileError(f"{name}: no such file") from None
     except OSError as exc:
-        raise IngestFileError(f"{path}: cannot read: {exc.strerror}") from None
+        raise IngestFileError(f"{name}: cannot read: {exc.strerror}") from None
     with handle:
+        lines = _DecodedLines(handle, encoding)
         if suffix == ".csv":
-            yield from _csv_rows(path, handle, kind)
+            yield from _csv_rows(name, lines, kind)
         else:
-            yield from _jsonl_rows(handle)
+            yield from _jsonl_rows(lines)
+
+
+class _DecodedLines:
+    """Physical lines decoded strictly; a line that does not decode is remembered, not mended.
+
+    The CSV reader needs text, so an undecodable line reaches it as an empty string and
+    the record it belonged to is reported by line with the reason kept in `bad`.
+    """
+
+    def __init__(self, handle: Any, encoding: str) -> None:
+        self.handle = handle
+        self.encoding = encoding
+        self.number = 0
+        self.bad: dict[int, str] = {}
+
+    def __iter__(self) -> Iterator[str]:
+        for raw in self.handle:
+            self.number += 1
+            if self.number == 1 and raw.startswith(_BOM) and self.encoding == "utf-8":
+                raw = raw[len(_BOM) :]
+            text = self.decode(raw)
+            yield "\n" if text is None else text
+
+    def decode(self, raw: bytes) -> str | None:
+        if b"\x00" in raw:
+            self.bad[self.number] = "NUL byte in line"
+            return None
+        try:
+            return raw.decode(self.encoding)
+        except UnicodeDecodeError as exc:
+            self.bad[self.number] = (
+                f"not valid {self.encoding}: byte 0x{raw[exc.start]:02x} at column "
+                f"{exc.start + 1}; declare the file's charset (e.g. text/csv; charset=iso-8859-1)"
+            )
+            return None
 
 
 def _csv_rows(
-    path: Path, handle: Any, kind: str
+    name: str, lines: _DecodedLines, kind: str
 ) -> Iterator[tuple[int, Mapping[str, Any] | BadLine]]:
-    with io.TextIOWrapper(handle, encoding="utf-8-sig", errors="replace", newline="") as text:
-        yield from _csv_records(path, csv.DictReader(text), kind)
+    reader = csv.reader(lines)
+    try:
+        header = next(reader, None)
+        if lines.bad:
+            raise IngestFileError(f"{name}:1: header line: {lines.bad[1]}")
+        if not header or header == [""]:
+            raise IngestFileError(f"{name}: the file is empty; expected a header line")
+        unknown = [h for h in header if h not in FIELDS[kind]]
+        if unknown:
+            raise IngestFileError(
+                f"{name}:1: column {unknown[0]!r} is not a field of {kind}; "
+                f"fields: {', '.join(sorted(FIELDS[kind]))}"
+            )
+        yield from _csv_records(header, reader, lines)
+    except csv.Error as exc:
+        raise IngestFileError(f"{name}:{reader.line_num}: malformed CSV: {exc}") from None
 
 
 def _csv_records(
-    path: Path, reader: csv.DictReader[str], kind: str
+    header: list[str], reader: Any, lines: _DecodedLines
 ) -> Iterator[tuple[int, Mapping[str, Any] | BadLine]]:
-    header = reader.fieldnames
-    if not header:
-        return
-    unknown = [h for h in header if h not in FIELDS[kind]]
-    if unknown:
-        raise IngestFileError(
-            f"{path}:1: column {unknown[0]!r} is not a field of {kind}; "
-            f"fields: {', '.join(sorted(FIELDS[kind]))}"
-        )
-    try:
-        for row in reader:
-            if any("\ufffd" in v for v in row.values() if isinstance(v, str)):
-                yield reader.line_num, ("-", "not valid UTF-8")
-                continue
-            yield reader.line_num, row
-    except csv.Error as exc:
-        raise IngestFileError(f"{path}:{reader.line_num}: malformed CSV: {exc}") from None
+    first = reader.line_num + 1
+    for values in reader:
+        line, first = first, reader.line_num + 1
+        bad = [lines.bad[n] for n in range(line, reader.line_num + 1) if n in lines.bad]
+        if bad:
+            yield line, ("-", bad[0])
+        elif not values:
+            continue  # a blank line is no row
+        elif len(values) != len(header):
+            yield line, ("-", f"expected {len(header)} values (one per column), got {len(values)}")
+        else:
+            yield line, dict(zip(header, values, strict=True))
 
 
-def _jsonl_rows(handle: Any) -> Iterator[tuple[int, Mapping[str, Any] | BadLine]]:
-    for number, raw in enumerate(handle, start=1):
-        if not raw.strip():
+def _jsonl_rows(lines: _DecodedLines) -> Iterator[tuple[int, Mapping[str, Any] | BadLine]]:
+    for text in lines:
+        number = lines.number
+        if number in lines.bad:
+            yield number, ("-", lines.bad[number])
+            continue
+        if not text.strip():
+            continue
+        if json_too_deep(text):
+            yield number, ("-", f"JSON nested deeper than {MAX_JSON_DEPTH} levels")
             continue
         try:
-            row = json.loads(raw)
-        except UnicodeDecodeError:
-            yield number, ("-", "not valid UTF-8")
-            continue
+            row = json.loads(text)
         except json.JSONDecodeError as exc:
             yield number, ("-", f"invalid JSON: {exc.msg} at column {exc.colno}")
             continue
         if not isinstance(row, dict):
             yield number, ("-", f"a row must be a JSON object, got {type(row).__name__}")
+            continue
+        nul = [k for k, v in row.items() if "\x00" in k or (isinstance(v, str) and "\x00" in v)]
+        if nul:
+            yield number, (str(nul[0]), "NUL character in value")
             continue
         yield number, row
 
@@ -154,10 +266,17 @@ def ingest_file(
     *,
     batch_size: int = 5000,
     on_progress: Callable[[int], None] | None = None,
+    charset: str | None = None,
+    source: str | None = None,
 ) -> IngestReport:
-    """Validate and store every row of ``path``; the report names each bad row."""
+    """Validate and store every row of ``path``; the report names each bad row.
+
+    ``charset`` is the file's declared encoding (UTF-8 when not given); ``source`` names
+    the file in the report and in errors (an upload's name rather than a temporary path).
+    """
     check_kind(kind)
-    rows = read_rows(Path(path), kind)
+    name = source or Path(path).name
+    rows = read_rows(Path(path), kind, charset=charset, source=source)
     return store.ingest_rows(
-        kind, rows, source=Path(path).name, batch_size=batch_size, on_progress=on_progress
+        kind, rows, source=name, batch_size=batch_size, on_progress=on_progress
     )

@@ -25,3 +25,10 @@ class PeerError(NodeError):
     def __init__(self, message: str, code: str | None = None):
         super().__init__(message)
         self.code = code
+
+
+class UnknownPeerError(PeerError, LookupError):
+    """A peer name that is not in this node's configuration (the caller's mistake)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, "NOT_FOUND")

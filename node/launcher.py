@@ -3,12 +3,17 @@
 Each member is its own ``qdspace node start`` process with its own directory, keys
 and SQLite file; the network grows with the project (a chain process, a managed
 host) by adding members and services here, not in the demo or the fixtures.
+
+With ``pg_url`` (a PostgreSQL server, as in ``QDSPACE_TEST_PG_URL``) every member's
+database is instead a schema of its own on that server, created with the network and
+dropped by `LocalNetwork.drop_databases`, so the whole network runs on PostgreSQL.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import secrets
 import signal
 import socket
 import subprocess
@@ -20,7 +25,9 @@ from pathlib import Path
 from types import TracebackType
 
 import httpx
+from sqlalchemy import create_engine, text
 
+from connector.storage import normalise_url
 from node.app import read_runtime
 from node.chain_process import ChainProcess
 from node.errors import NodeError
@@ -58,6 +65,12 @@ class MemberProcess:
     api_port: int
     process: subprocess.Popen[bytes] | None = None
     token: str = field(default="", repr=False)
+    #: the member's database ("" = the SQLite file in its directory)
+    pg_url: str = field(default="", repr=False)
+
+    @property
+    def db_url(self) -> str:
+        return self.pg_url or f"sqlite:///{self.directory / 'node.db'}"
 
     @property
     def api_url(self) -> str:
@@ -94,6 +107,7 @@ class LocalNetwork:
         python: str = sys.executable,
         env: dict[str, str] | None = None,
         chain: bool = True,
+        pg_url: str | None = None,
     ):
         self.workdir = workdir.resolve()
         self.specs = list(members)
@@ -102,6 +116,9 @@ class LocalNetwork:
         self.env = {**os.environ, "QDSPACE_CLOCK_CONTROL": "1", **(env or {})}
         self.authority_dir = self.workdir / "authority"
         self.members: dict[str, MemberProcess] = {}
+        # a PostgreSQL server for every member's database (a schema each); None: SQLite files
+        self.pg_url = normalise_url(pg_url) if pg_url else None
+        self.pg_schemas: list[str] = []
         # one embedded EVM chain process for every node (ledger anchoring); chain=False: none
         self.chain: ChainProcess | None = (
             ChainProcess(self.workdir / "chain" / "state", python, self.env) if chain else None
@@ -120,6 +137,7 @@ class LocalNetwork:
         for spec in self.specs:
             peers = {o.name: f"127.0.0.1:{ports[o.name][0]}" for o in self.specs if o != spec}
             directory = self.workdir / "nodes" / spec.name
+            db_url = self._create_database(spec.name) if self.pg_url else ""
             init_node(
                 directory,
                 self.authority_dir,
@@ -127,13 +145,41 @@ class LocalNetwork:
                 role=spec.role,
                 grpc_port=ports[spec.name][0],
                 api_port=ports[spec.name][1],
+                db_url=db_url,
                 peers=peers,
             )
-            member = MemberProcess(spec, directory, *ports[spec.name])
+            member = MemberProcess(spec, directory, *ports[spec.name], pg_url=db_url)
             member.token = (directory / "operator.token").read_text().strip()
             self.members[spec.name] = member
             if self.chain is not None:
                 self.chain.provision(directory)
+
+    def _create_database(self, name: str) -> str:
+        """A fresh schema for member ``name`` on the PostgreSQL server; its connection URL."""
+        assert self.pg_url is not None
+        schema = f"qdspace_net_{secrets.token_hex(4)}_{name}"
+        engine = create_engine(self.pg_url)
+        try:
+            with engine.begin() as connection:
+                connection.execute(text(f'CREATE SCHEMA "{schema}"'))
+        finally:
+            engine.dispose()
+        self.pg_schemas.append(schema)
+        separator = "&" if "?" in self.pg_url else "?"
+        return f"{self.pg_url}{separator}options=-csearch_path%3D{schema}"
+
+    def drop_databases(self) -> None:
+        """Drop the members' PostgreSQL schemas (after `stop`); nothing for SQLite files."""
+        if not self.pg_url or not self.pg_schemas:
+            return
+        engine = create_engine(self.pg_url)
+        try:
+            with engine.begin() as connection:
+                for schema in self.pg_schemas:
+                    connection.execute(text(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'))
+        finally:
+            engine.dispose()
+        self.pg_schemas.clear()
 
     # -- processes -----------------------------------------------------------------------
 
@@ -225,6 +271,7 @@ class LocalNetwork:
                     "dir": str(m.directory),
                     "grpc": m.grpc_address,
                     "api": m.api_url,
+                    "database": "postgresql" if m.pg_url else "sqlite",
                 }
                 for n, m in self.members.items()
             },

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import grpc
 
-from node.errors import PeerError
+from node.errors import PeerError, UnknownPeerError
 from node.identity.member import MemberKeys
 from node.rpc.client import open_channel
 from protocols.v1 import node_pb2, node_pb2_grpc, trace_pb2, trace_pb2_grpc
@@ -44,7 +44,7 @@ class PeerDirectory:
         try:
             return self._addresses[name]
         except KeyError:
-            raise PeerError(
+            raise UnknownPeerError(
                 f"unknown peer {name!r}; known: {', '.join(self.names) or 'none'}"
             ) from None
 

@@ -1,4 +1,13 @@
-"""FastAPI app factory: routes decode, call one handler, encode; errors map in one place."""
+"""FastAPI app factory: routes decode, call one handler, encode; errors map in one place.
+
+Three layers stand between a caller and a route, each for one reason:
+
+- `node.api.gate.BearerGate` checks the credential from the headers before anything
+  reads the body (a dependency would run only after FastAPI parsed it);
+- `node.api.gate.BodyLimit` caps the body before it is parsed (ingest has its own,
+  larger limit, and spools uploads to disk), `JsonDepthLimit` its nesting;
+- `node.api.problems` answers every error as an RFC 9457 problem from one table.
+"""
 
 from __future__ import annotations
 
@@ -7,12 +16,18 @@ import tempfile
 from pathlib import Path
 from typing import Annotated, Any
 
-from fastapi import Depends, FastAPI, HTTPException, Request
-from fastapi.responses import JSONResponse
+from fastapi import Depends, FastAPI, Request
+from fastapi import Path as PathParam
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from connector.errors import ConnectorError
-from connector.ingest import KINDS, IngestReport, ingest_file
+from connector.ingest import IngestReport, check_kind, ingest_file
+from node.api.gate import (
+    INGEST_BODY_LIMIT,
+    INGEST_PREFIX,
+    BearerGate,
+    BodyLimit,
+    JsonDepthLimit,
+)
 from node.api.inspection import create_inspection_router
 from node.api.models import (
     BatchPublic,
@@ -24,22 +39,26 @@ from node.api.models import (
     RowErrorPublic,
     UpstreamPublic,
 )
+from node.api.problems import (
+    ApiProblem,
+    NotAuthenticated,
+    UnsupportedMediaType,
+    install_problem_handlers,
+)
+from node.api.regulator_auth import check_credential
 from node.context import NodeContext
-from node.errors import ConfigError, NodeError, PeerError
 
 _bearer = HTTPBearer(auto_error=False)
 
-# what a peer's gRPC status means for the operator calling through this node
-PEER_STATUS = {
-    "PERMISSION_DENIED": 403,
-    "UNAUTHENTICATED": 403,
-    "NOT_FOUND": 404,
-    "INVALID_ARGUMENT": 400,
-    "FAILED_PRECONDITION": 409,
-    "DEADLINE_EXCEEDED": 504,
-}
-
 RAW_SUFFIX = {"text/csv": ".csv", "application/x-ndjson": ".jsonl", "application/jsonl": ".jsonl"}
+JSON_MEDIA = "application/json"
+#: an upload is spooled to a temporary file in chunks of this size, never held whole
+SPOOL_CHUNK = 1 << 20
+PeerName = Annotated[str, PathParam(min_length=1, max_length=128)]
+
+
+class EmptyUpload(ApiProblem):
+    """An ingest upload without a single byte."""
 
 
 def report_to_public(report: IngestReport) -> IngestResult:
@@ -55,14 +74,6 @@ def report_to_public(report: IngestReport) -> IngestResult:
     )
 
 
-def _problem(status: int, title: str, detail: str) -> JSONResponse:
-    return JSONResponse(
-        {"title": title, "detail": detail, "status": status},
-        status_code=status,
-        media_type="application/problem+json",
-    )
-
-
 def create_app(ctx: NodeContext) -> FastAPI:
     app = FastAPI(
         title=f"qdspace node {ctx.settings.name}",
@@ -73,27 +84,29 @@ def create_app(ctx: NodeContext) -> FastAPI:
     def operator(
         creds: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
     ) -> None:
-        if creds is None or not hmac.compare_digest(creds.credentials, ctx.operator_token):
-            raise HTTPException(401, "operator token required (Authorization: Bearer ...)")
+        """The gate has checked already; this keeps the check beside the route and in the
+        OpenAPI schema (``bearer`` security), comparing bytes so no token can raise."""
+        given = "" if creds is None else creds.credentials
+        if not hmac.compare_digest(given.encode(), ctx.operator_token.encode()):
+            raise NotAuthenticated("operator token required (Authorization: Bearer ...)")
 
     Operator = Depends(operator)
+    install_problem_handlers(app)
+    # added innermost first: BearerGate -> BodyLimit -> JsonDepthLimit -> routes
+    app.add_middleware(JsonDepthLimit, exempt=(INGEST_PREFIX,))
+    app.add_middleware(BodyLimit, limits={INGEST_PREFIX: INGEST_BODY_LIMIT})
+    member_id = ctx.keys.identity.member_id
 
-    @app.exception_handler(PeerError)
-    async def _peer_error(request: Request, exc: PeerError) -> JSONResponse:
-        return _problem(PEER_STATUS.get(exc.code or "", 502), "peer call failed", str(exc))
+    def regulator_check(token: str) -> object:
+        """The regulator routes check again in their own dependency (which also guards them
+        where they are mounted without this gate); a signature check costs microseconds."""
+        return check_credential(
+            token, ca_cert=ctx.keys.ca_cert, revocations=ctx.revocations, audience=member_id
+        )
 
-    @app.exception_handler(ConfigError)
-    async def _config_error(request: Request, exc: ConfigError) -> JSONResponse:
-        return _problem(400, "bad request", str(exc))
-
-    @app.exception_handler(ConnectorError)
-    async def _connector_error(request: Request, exc: ConnectorError) -> JSONResponse:
-        status = 400 if isinstance(exc, ValueError) else 500
-        return _problem(status, type(exc).__name__, str(exc))
-
-    @app.exception_handler(NodeError)
-    async def _node_error(request: Request, exc: NodeError) -> JSONResponse:
-        return _problem(500, type(exc).__name__, str(exc))
+    app.add_middleware(
+        BearerGate, operator_token=ctx.operator_token, regulator_check=regulator_check
+    )
 
     @app.get("/healthz", response_model=Health, tags=["health"])
     def healthz() -> Health:
@@ -135,15 +148,11 @@ def create_app(ctx: NodeContext) -> FastAPI:
         "/v1/ingest/{kind}", response_model=IngestResult, dependencies=[Operator], tags=["qdm"]
     )
     async def ingest(kind: str, request: Request) -> IngestResult:
-        if kind not in KINDS:
-            raise HTTPException(404, f"unknown kind {kind!r}; one of: {', '.join(KINDS)}")
-        media = request.headers.get("content-type", "application/json").split(";")[0].strip()
-        body = await request.body()
-        if media == "application/json":
-            try:
-                payload = IngestRows.model_validate_json(body)
-            except ValueError as exc:
-                raise HTTPException(422, f"body is not {{'rows': [...]}}: {exc}") from None
+        """Rows as JSON (``{"rows": [...]}``), CSV or JSON Lines (``charset`` honoured)."""
+        check_kind(kind)
+        media, charset = _media_type(request.headers.get("content-type", JSON_MEDIA))
+        if media == JSON_MEDIA:
+            payload = IngestRows.model_validate_json(await request.body())
             report = await _run(
                 ctx.store.ingest_rows,
                 kind,
@@ -153,9 +162,18 @@ def create_app(ctx: NodeContext) -> FastAPI:
             return report_to_public(report)
         suffix = RAW_SUFFIX.get(media)
         if suffix is None:
-            raise HTTPException(415, f"content type {media} not supported: use JSON, CSV or JSONL")
-        source = request.query_params.get("source", f"upload{suffix}")
-        return report_to_public(await _run(_ingest_bytes, ctx, kind, body, suffix, source))
+            raise UnsupportedMediaType(
+                f"content type {media or '(none)'} is not supported: use application/json, "
+                "text/csv or application/x-ndjson"
+            )
+        source = Path(request.query_params.get("source", f"upload{suffix}")).name
+        with tempfile.TemporaryDirectory(prefix="qdspace-upload-") as tmp:
+            path = Path(tmp) / f"upload{suffix}"
+            await _spool(request, path)
+            report = await _run(
+                ingest_file, ctx.store, path, kind, charset=charset, source=source or path.name
+            )
+        return report_to_public(report)
 
     @app.get("/v1/peers", dependencies=[Operator], tags=["peers"])
     def peers() -> dict[str, str]:
@@ -167,7 +185,7 @@ def create_app(ctx: NodeContext) -> FastAPI:
         dependencies=[Operator],
         tags=["peers"],
     )
-    async def hello(name: str) -> HelloPublic:
+    async def hello(name: PeerName) -> HelloPublic:
         result = await ctx.peers.hello(name)
         return HelloPublic(**result.__dict__)
 
@@ -177,7 +195,7 @@ def create_app(ctx: NodeContext) -> FastAPI:
         dependencies=[Operator],
         tags=["trace"],
     )
-    async def peer_upstream(name: str, batch_id: str) -> UpstreamPublic:
+    async def peer_upstream(name: PeerName, batch_id: str) -> UpstreamPublic:
         reply = await ctx.peers.upstream(name, batch_id)
 
         def pub(b: Any) -> BatchPublic:
@@ -207,11 +225,23 @@ async def _run(fn: Any, *args: Any, **kwargs: Any) -> Any:
     return await run_in_threadpool(fn, *args, **kwargs)
 
 
-def _ingest_bytes(
-    ctx: NodeContext, kind: str, body: bytes, suffix: str, source: str
-) -> IngestReport:
-    with tempfile.TemporaryDirectory(prefix="qdspace-upload-") as tmp:
-        path = Path(tmp) / (Path(source).name if source.endswith(suffix) else f"upload{suffix}")
-        path.write_bytes(body)
-        report = ingest_file(ctx.store, path, kind)
-    return report
+def _media_type(header: str) -> tuple[str, str | None]:
+    """``text/csv; charset=ISO-8859-1`` -> ``("text/csv", "ISO-8859-1")``."""
+    media, *params = (part.strip() for part in header.split(";"))
+    charset = None
+    for param in params:
+        key, _, value = param.partition("=")
+        if key.strip().lower() == "charset":
+            charset = value.strip().strip('"') or None
+    return media.lower(), charset
+
+
+async def _spool(request: Request, path: Path) -> None:
+    """The request body into ``path`` as it arrives (`BodyLimit` has capped its size)."""
+    size = 0
+    with path.open("wb") as out:
+        async for chunk in request.stream():
+            size += len(chunk)
+            out.write(chunk)
+    if size == 0:
+        raise EmptyUpload("the upload is empty: send a header line and rows")

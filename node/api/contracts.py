@@ -1,9 +1,11 @@
 """Operator REST endpoints of usage contracts: catalog, negotiate, transfer, subscribe,
 agreements, order closure, retention sweep, deletion duties and receipts.
 
-Routes decode, call one runtime/client method, encode. Contract errors map to
-HTTP by the gRPC status they name (PERMISSION_DENIED -> 403, NOT_FOUND -> 404...);
-a peer's refusal arrives as `PeerError` and the app maps it the same way.
+Routes decode, call one runtime/client method, encode. Errors are not caught here: a
+contract error, a peer's refusal (`PeerError`) or a timeout rises to the app's one table
+(`node.api.problems`), which maps it by the gRPC status it names (PERMISSION_DENIED ->
+403, NOT_FOUND -> 404...). Every number a caller sends is finite and bounded, every id
+non-empty and printable, so bad input is a 422 naming the field, never a 500.
 """
 
 from __future__ import annotations
@@ -13,75 +15,75 @@ import json
 import time
 from collections.abc import Awaitable, Callable
 from datetime import timedelta
-from typing import Any, TypeVar
+from typing import Annotated, Any, TypeVar
 
 from fastapi import APIRouter, HTTPException, Query
 from pydantic import AwareDatetime, BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 
 from connector.agreement import SignedReceipt
-from connector.contract_errors import ContractError
 from connector.contract_store import StoredAgreement
 from connector.negotiation import Negotiation
 from connector.spc import QualityAlert, SpcSpec
 from connector.transfer import TransferProcess
 from connector.views import CatalogEntry
+from node.api.models import Id, IdPath, Text
+from node.api.problems import PeerTimeout
 from node.context import NodeContext
 from node.contract_client import Subscription, client_of
-from node.contract_runtime import ClockControlDisabled, ContractRuntime
+from node.contract_runtime import ContractRuntime
 from policies.canonical import format_datetime
 from policies.codec import policy_to_dict
 
-HTTP_OF_GRPC = {
-    "PERMISSION_DENIED": 403,
-    "UNAUTHENTICATED": 403,
-    "NOT_FOUND": 404,
-    "INVALID_ARGUMENT": 400,
-    "ALREADY_EXISTS": 409,
-    "FAILED_PRECONDITION": 409,
-    "ABORTED": 409,
-    "OUT_OF_RANGE": 400,
-    "DATA_LOSS": 502,
-}
 _T = TypeVar("_T")
 
 
+#: bounds of what a caller may ask for (a century of retention or clock offset at most)
+MAX_DAYS = 36_500
+MAX_LIST = 1000
+MAX_BATCH_ROWS = 100_000
+MAX_BASELINE = 10_000
+#: how long POST /subscriptions waits for the provider to open the stream
+SUBSCRIBE_WAIT_S = 10.0
+Finite = Annotated[float, Field(allow_inf_nan=False)]
+
+
 class NegotiateBody(BaseModel):
-    peer: str
-    asset_id: str
-    purposes: list[str] = Field(min_length=1)
-    orders: list[str] | None = None
-    fields: list[str] | None = None
-    retention_days: int | None = Field(default=None, ge=0)
+    peer: Id
+    asset_id: Id
+    purposes: list[Id] = Field(min_length=1, max_length=MAX_LIST)
+    orders: list[Id] | None = Field(default=None, max_length=MAX_LIST)
+    fields: list[Id] | None = Field(default=None, max_length=MAX_LIST)
+    retention_days: int | None = Field(default=None, ge=0, le=MAX_DAYS)
     valid_until: AwareDatetime | None = None
     #: ask for exactly the offer of the provider's catalog (a federated job's terms)
     as_offered: bool = False
 
 
 class TransferBody(BaseModel):
-    agreement_id: str
-    purpose: str
-    order_id: str | None = None
-    fields: list[str] | None = None
+    agreement_id: Id
+    purpose: Id
+    order_id: Id | None = None
+    fields: list[Id] | None = Field(default=None, max_length=MAX_LIST)
     wait: bool = True
-    batch_rows: int = Field(default=0, ge=0)
+    batch_rows: int = Field(default=0, ge=0, le=MAX_BATCH_ROWS)
 
 
 class SubscribeBody(BaseModel):
-    agreement_id: str
-    purpose: str = "spc-monitoring"
-    characteristic: str = "score"
-    usl: float | None = 0.5
-    lsl: float | None = None
-    baseline_size: int = Field(default=20, ge=2)
+    agreement_id: Id
+    purpose: Id = "spc-monitoring"
+    characteristic: Id = "score"
+    usl: Finite | None = 0.5
+    lsl: Finite | None = None
+    baseline_size: int = Field(default=20, ge=2, le=MAX_BASELINE)
 
 
 class TerminateBody(BaseModel):
-    reason: str = "terminated by the operator"
+    reason: Text = "terminated by the operator"
 
 
 class ClockBody(BaseModel):
-    offset_days: float
+    offset_days: Finite = Field(ge=-MAX_DAYS, le=MAX_DAYS)
 
 
 def _time(value: Any) -> str | None:
@@ -203,12 +205,32 @@ def entry_public(e: CatalogEntry) -> dict[str, Any]:
 
 
 async def _domain(call: Callable[[], Awaitable[_T]]) -> _T:
+    """Await a domain call; its errors map in the app's one table (`node.api.problems`)."""
+    return await call()
+
+
+async def _opened(sub: Subscription) -> None:
+    """Wait until the provider opened ``sub``'s stream, or its task failed, or time ran out.
+
+    A task that fails before the stream opens (an agreement this node provides, a peer
+    that cannot be reached) raises its own error here at once instead of leaving the
+    caller waiting; a peer that never answers is a 504 after `SUBSCRIBE_WAIT_S`.
+    """
+    assert sub.task is not None
+    opened = asyncio.ensure_future(sub.connected.wait())
     try:
-        return await call()
-    except ContractError as exc:
-        raise HTTPException(HTTP_OF_GRPC.get(exc.grpc_status, 500), str(exc)) from None
-    except ClockControlDisabled as exc:
-        raise HTTPException(403, str(exc)) from None
+        await asyncio.wait(
+            {opened, sub.task}, timeout=SUBSCRIBE_WAIT_S, return_when=asyncio.FIRST_COMPLETED
+        )
+    finally:
+        opened.cancel()
+    failed = sub.task.exception() if sub.task.done() and not sub.task.cancelled() else None
+    if failed is not None:
+        raise failed
+    if not sub.connected.is_set():
+        raise PeerTimeout(
+            f"peer {sub.provider} did not open the stream within {SUBSCRIBE_WAIT_S:.0f} s"
+        )
 
 
 def _sync(fn: Callable[..., _T], *args: Any) -> Callable[[], Awaitable[_T]]:
@@ -228,7 +250,9 @@ def contracts_router(ctx: NodeContext, operator: Any) -> APIRouter:
         return ctx.contracts
 
     @router.get("/catalog/{peer}")
-    async def peer_catalog(peer: str, kind: str = "") -> list[dict[str, Any]]:
+    async def peer_catalog(
+        peer: IdPath, kind: Annotated[str, Query(max_length=64)] = ""
+    ) -> list[dict[str, Any]]:
         client, _ = client_of(ctx)
         return [entry_public(e) for e in await client.catalog(peer, kind)]
 
@@ -267,12 +291,12 @@ def contracts_router(ctx: NodeContext, operator: Any) -> APIRouter:
         return [agreement_public(a) for a in runtime().store.agreements()]
 
     @router.get("/agreements/{agreement_id}")
-    async def agreement(agreement_id: str) -> dict[str, Any]:
+    async def agreement(agreement_id: IdPath) -> dict[str, Any]:
         stored = await _domain(_sync(runtime().store.agreement, agreement_id))
         return agreement_public(stored, full=True)
 
     @router.post("/agreements/{agreement_id}/terminate")
-    async def terminate(agreement_id: str, body: TerminateBody) -> dict[str, Any]:
+    async def terminate(agreement_id: IdPath, body: TerminateBody) -> dict[str, Any]:
         stored = await _domain(_sync(runtime().terminate, agreement_id, body.reason))
         await client_of(ctx)[1].flush()
         return agreement_public(stored)
@@ -301,7 +325,7 @@ def contracts_router(ctx: NodeContext, operator: Any) -> APIRouter:
 
     @router.get("/transfers/{transfer_id}")
     async def transfer_status(
-        transfer_id: str, wait_s: float = Query(0, ge=0, le=300)
+        transfer_id: IdPath, wait_s: float = Query(0, ge=0, le=300, allow_inf_nan=False)
     ) -> dict[str, Any]:
         client, _ = client_of(ctx)
         task = client.transfers.get(transfer_id)
@@ -314,7 +338,7 @@ def contracts_router(ctx: NodeContext, operator: Any) -> APIRouter:
         return transfer_public(process, error)
 
     @router.post("/transfers/{transfer_id}/resume")
-    async def resume(transfer_id: str, wait: bool = True) -> dict[str, Any]:
+    async def resume(transfer_id: IdPath, wait: bool = True) -> dict[str, Any]:
         client, _ = client_of(ctx)
         task = client.start_pull(transfer_id)
         if wait:
@@ -323,7 +347,9 @@ def contracts_router(ctx: NodeContext, operator: Any) -> APIRouter:
 
     @router.get("/received")
     async def received(
-        agreement_id: str, order_id: str | None = None, limit: int = Query(1000, ge=1, le=100_000)
+        agreement_id: Annotated[str, Query(min_length=1, max_length=256)],
+        order_id: Annotated[str | None, Query(min_length=1, max_length=256)] = None,
+        limit: int = Query(1000, ge=1, le=100_000),
     ) -> dict[str, Any]:
         store = runtime().store
         rows = await _domain(
@@ -352,7 +378,13 @@ def contracts_router(ctx: NodeContext, operator: Any) -> APIRouter:
                 characteristic=body.characteristic,
                 spec=spec,
             )
-            await asyncio.wait_for(sub.connected.wait(), 15)
+            try:
+                await _opened(sub)
+            except BaseException:  # do not leave a stream behind that nobody asked for
+                if sub.task is not None:
+                    sub.task.cancel()
+                client.subscriptions.pop(sub.subscription_id, None)
+                raise
             return sub
 
         sub = await _domain(run)
@@ -366,7 +398,7 @@ def contracts_router(ctx: NodeContext, operator: Any) -> APIRouter:
         return [subscription_public(s) for s in client_of(ctx)[0].subscriptions.values()]
 
     @router.get("/subscriptions/{subscription_id}")
-    def subscription(subscription_id: str) -> dict[str, Any]:
+    def subscription(subscription_id: IdPath) -> dict[str, Any]:
         sub = client_of(ctx)[0].subscriptions.get(subscription_id)
         if sub is None:
             raise HTTPException(404, f"no subscription {subscription_id}")
@@ -381,7 +413,7 @@ def contracts_router(ctx: NodeContext, operator: Any) -> APIRouter:
         }
 
     @router.post("/orders/{order_id}/close")
-    async def close_order(order_id: str) -> dict[str, Any]:
+    async def close_order(order_id: IdPath) -> dict[str, Any]:
         closed_at, ids = await _domain(_sync(runtime().close_order, order_id))
         await client_of(ctx)[1].flush()
         return {"order_id": order_id, "closed_at": _time(closed_at), "agreements": ids}
@@ -399,7 +431,9 @@ def contracts_router(ctx: NodeContext, operator: Any) -> APIRouter:
         ]
 
     @router.post("/retention/sweep")
-    async def sweep(horizon_hours: float = Query(0, ge=0, le=720)) -> dict[str, Any]:
+    async def sweep(
+        horizon_hours: float = Query(0, ge=0, le=720, allow_inf_nan=False),
+    ) -> dict[str, Any]:
         """Delete what expires by now + horizon; sign and send the receipts."""
         horizon = timedelta(hours=horizon_hours)
         report = await _domain(_sync(runtime().sweep, horizon))

@@ -2,9 +2,19 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, Field
+from fastapi import Path
+from pydantic import BaseModel, Field, StringConstraints
+
+#: ids and names a caller sends: printable, bounded (no NUL or control characters, which
+#: some databases refuse outright)
+ID_PATTERN = r"^[^\x00-\x1f\x7f]+$"
+ID_MAX = 256
+TEXT_MAX = 2000
+Id = Annotated[str, StringConstraints(min_length=1, max_length=ID_MAX, pattern=ID_PATTERN)]
+Text = Annotated[str, StringConstraints(max_length=TEXT_MAX, pattern=r"^[^\x00]*$")]
+IdPath = Annotated[str, Path(min_length=1, max_length=ID_MAX, pattern=ID_PATTERN)]
 
 
 class Health(BaseModel):
@@ -45,7 +55,7 @@ class IngestResult(BaseModel):
 
 class IngestRows(BaseModel):
     rows: list[dict[str, Any]] = Field(description="QDM rows of one kind; line = index + 1")
-    source: str = "api"
+    source: Id = "api"
 
 
 class HelloPublic(BaseModel):
@@ -68,11 +78,3 @@ class BatchPublic(BaseModel):
 class UpstreamPublic(BaseModel):
     batch: BatchPublic
     parents: list[BatchPublic]
-
-
-class Problem(BaseModel):
-    """An RFC 9457-style error body."""
-
-    title: str
-    detail: str
-    status: int

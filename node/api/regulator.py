@@ -1,9 +1,11 @@
 """Regulator endpoints: read-only proofs, verification and passports from the ledger.
 
 Every route needs only the regulator credential (the dependency passed in) and changes
-nothing. Errors are mapped here, each to a 4xx with a clear detail (503 when the chain is
-unreachable), never a 500: unknown ids 404, not yet anchored 409, malformed documents 422,
-documents for another chain 400.
+nothing. Errors map by the API's one table (`node.api.problems`), each to a 4xx with a
+clear detail (503 when the chain is unreachable), never a 500: unknown ids 404, not yet
+anchored 409, malformed documents 422, documents for another chain 400. A proof is built
+(and an unknown id refused) before the record it covers is loaded: a ``record_batch`` id
+names a row range, and nobody may make the node read a range it never anchored.
 """
 
 from __future__ import annotations
@@ -16,15 +18,8 @@ from fastapi import APIRouter, Body, Depends, HTTPException, Query
 from pydantic import BaseModel, Field
 
 from ledger.client import LedgerClient
-from ledger.errors import (
-    ChainUnavailable,
-    DocumentFormatError,
-    LedgerError,
-    NotAnchored,
-    UnknownLeaf,
-    WrongChain,
-)
-from ledger.leaves import KIND_CODES, UnknownKind
+from ledger.errors import ChainUnavailable, LedgerError, NotAnchored, WrongChain
+from ledger.leaves import KIND_CODES
 from ledger.passport import PASSPORT_TYPE, Passport, verify_passport
 from ledger.proofs import (
     PROOF_TYPE,
@@ -36,6 +31,7 @@ from ledger.proofs import (
     verify_proof,
 )
 from ledger.queue import LeafQueue
+from node.api.problems import status_of
 
 RecordLoader = Callable[[str, str], bytes | None]
 PassportIssuer = Callable[[int, int | None], Passport]
@@ -100,18 +96,17 @@ def verdict_public(verdict: Verdict) -> VerdictPublic:
 
 
 def raise_http(exc: LedgerError) -> NoReturn:
-    """The one place ledger errors become HTTP statuses."""
-    if isinstance(exc, UnknownLeaf | UnknownKind):
-        raise HTTPException(404, str(exc)) from None
+    """A ledger error as the HTTP status of the API's one table (`node.api.problems`).
+
+    The router raises `HTTPException` rather than the ledger error itself so that it keeps
+    its 4xx answers when mounted on an app without the node's problem handlers.
+    """
+    status = status_of(exc)
     if isinstance(exc, NotAnchored):
-        raise HTTPException(409, f"{exc}; ask again after the next anchoring") from None
-    if isinstance(exc, DocumentFormatError):
-        raise HTTPException(422, str(exc)) from None
-    if isinstance(exc, WrongChain):
-        raise HTTPException(400, str(exc)) from None
+        raise HTTPException(status, f"{exc}; ask again after the next anchoring") from None
     if isinstance(exc, ChainUnavailable):
-        raise HTTPException(503, "the ledger chain is unreachable; try again later") from None
-    raise HTTPException(400, str(exc)) from None
+        raise HTTPException(status, "the ledger chain is unreachable; try again later") from None
+    raise HTTPException(status, str(exc)) from None
 
 
 def regulator_router(
@@ -130,8 +125,9 @@ def regulator_router(
 
     def proof_of(kind: str, ref_id: str) -> ProofPublic:
         try:
+            proof = build_proof(queue, kind, ref_id)  # an unknown id is 404 before any load
             record = record_loader(kind, ref_id) if record_loader is not None else None
-            proof = with_record(build_proof(queue, kind, ref_id), record)
+            proof = with_record(proof, record)
             verdict = verify_proof(proof, client, confirmations)
         except LedgerError as exc:
             raise_http(exc)

@@ -46,8 +46,8 @@ def ingest_sample(network: LocalNetwork, name: str) -> None:
 def provider_rows(
     network: LocalNetwork, name: str, sql: str, **params: Any
 ) -> list[dict[str, Any]]:
-    """Read the provider's own SQLite file: what it holds, independently of the services."""
-    engine = create_engine(f"sqlite:///{network[name].directory / 'node.db'}")
+    """Read the provider's own database: what it holds, independently of the services."""
+    engine = create_engine(network[name].db_url)
     try:
         with engine.connect() as connection:
             return [dict(r._mapping) for r in connection.execute(text(sql), params)]
