@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import logging
 import sys
@@ -261,6 +260,8 @@ def ingest(
 @clean_errors
 def peer_hello(directory: DirOpt, name: Annotated[str, typer.Argument(help="peer name")]) -> None:
     """Authenticate to a peer over mutual TLS with this node's identity."""
+    import asyncio
+
     from node.config import NodeSettings
     from node.identity.member import load_member_keys
     from node.peers import PeerDirectory
@@ -284,19 +285,60 @@ def peer_hello(directory: DirOpt, name: Annotated[str, typer.Argument(help="peer
 # -- demo ----------------------------------------------------------------------------------
 
 
-@app.command("demo")
+demo_app = typer.Typer(help="a local data space: authority, OEM, two suppliers, a regulator")
+app.add_typer(demo_app, name="demo")
+
+
+@demo_app.callback(invoke_without_command=True)
 @clean_errors
 def demo(
+    ctx: typer.Context,
     workdir: Annotated[Path, typer.Option(help="where the data space lives")] = Path(
         "qdspace-demo"
     ),
-    keep_running: Annotated[bool, typer.Option(help="leave the nodes running")] = False,
+    keep_running: Annotated[
+        bool, typer.Option(help="leave the nodes and their chain running")
+    ] = False,
     fresh: Annotated[bool, typer.Option(help="delete WORKDIR first")] = True,
+    network_only: Annotated[
+        bool,
+        typer.Option(
+            help="only the network: keys, chain, nodes, sample data, handshakes, one "
+            "genealogy hop (seconds; no contracts, inspection, federation or ledger chapters)"
+        ),
+    ] = False,
 ) -> None:
-    """Run a local data space: authority, OEM, two suppliers and a regulator."""
+    """Run a local data space: authority, OEM, two suppliers and a regulator.
+
+    With --keep-running the nodes and the chain stay up; `qdspace demo stop` ends them.
+    """
+    if ctx.invoked_subcommand is not None:
+        return
     from node.demo import run_demo
 
-    run_demo(workdir, keep_running=keep_running, fresh=fresh, console=console)
+    run_demo(
+        workdir,
+        keep_running=keep_running,
+        fresh=fresh,
+        network_only=network_only,
+        console=console,
+    )
+
+
+@demo_app.command("stop")
+@clean_errors
+def demo_stop(
+    workdir: Annotated[Path, typer.Option(help="the demo's work directory")] = Path("qdspace-demo"),
+) -> None:
+    """Stop the nodes and the chain a `qdspace demo --keep-running` left running."""
+    from node.left_running import stop_left_running
+
+    outcome = stop_left_running(workdir.resolve())
+    console.print(
+        "stopped: " + ", ".join(f"{name} ({what})" for name, what in outcome.items()),
+        highlight=False,
+        soft_wrap=True,
+    )
 
 
 def main() -> None:
