@@ -212,11 +212,24 @@ def node_peer_add(
 @app.command("ingest")
 @clean_errors
 def ingest(
-    directory: DirOpt,
-    file: Annotated[Path, typer.Argument(help=".csv or .jsonl file")],
-    kind: Annotated[str, typer.Option(help="QDM kind of the rows")],
+    directory: Annotated[Path | None, typer.Option("--dir", help="node directory")] = None,
+    file: Annotated[Path | None, typer.Argument(help=".csv or .jsonl file")] = None,
+    kind: Annotated[str, typer.Option(help="QDM kind of the rows")] = "",
+    template: Annotated[
+        bool, typer.Option(help="show the columns KIND takes (units, allowed values) and exit")
+    ] = False,
 ) -> None:
-    """Validate and store a file of QDM rows; bad rows are reported by line and field."""
+    """Validate and store a file of QDM rows; every problem of a bad row is reported by
+    line and field. `--kind K --template` lists what a file of kind K may carry."""
+    from connector.ingest import KINDS
+
+    if kind not in KINDS:
+        raise typer.BadParameter(f"--kind {kind!r}: one of {', '.join(KINDS)}")
+    if template:
+        print_template(kind)
+        return
+    if directory is None or file is None:
+        raise typer.BadParameter("give --dir DIR and FILE (or --template)")
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from connector.ingest import count_lines, ingest_file
@@ -244,13 +257,35 @@ def ingest(
         store.close()
     for row_error in report.rejected:
         err.print(str(row_error), highlight=False, soft_wrap=True)
+    bad_rows = len({e.line for e in report.rejected})
     console.print(
         f"{file}: {report.accepted} stored, {report.duplicates} already present, "
-        f"{len(report.rejected)} rejected",
+        f"{bad_rows} rejected ({len(report.rejected)} problems)",
         soft_wrap=True,
     )
     if report.rejected:
         raise typer.Exit(2)
+
+
+def print_template(kind: str) -> None:
+    """The columns of ``kind`` as a table, then a CSV header line to start a file from."""
+    from connector.dictionary import default_dictionary
+    from connector.validate import parameters
+    from connector.validate import template as columns_of
+
+    d = default_dictionary()
+    rows = columns_of(kind, d)
+    table = Table("column", "required", "value", "units / allowed values", title=f"{kind} rows")
+    for r in rows:
+        table.add_row(r.name, r.required, r.kind, r.allowed)
+    console.print(table)
+    if kind == "measurement":
+        params = Table("parameter", "unit (accepted units; range; grades)", "definition")
+        for r in parameters(d):
+            params.add_row(r.name, r.allowed, r.kind)
+        console.print(params)
+    console.print("CSV header:", highlight=False)
+    console.print(",".join(r.name for r in rows), highlight=False, soft_wrap=True)
 
 
 # -- peers ---------------------------------------------------------------------------------
