@@ -107,6 +107,35 @@ def test_kept_network_anchors_new_records_and_stops_completely(tmp_path: Path) -
             status = api.get("/v1/ledger/status").json()
             assert status["chain_reachable"] and status["chain_checked"] == "now", status
 
+            # a command that only calls its node loads the client, not the server stack
+            timed = subprocess.run(
+                [
+                    sys.executable,
+                    "-X",
+                    "importtime",
+                    "-m",
+                    "node",
+                    "contracts",
+                    "--dir",
+                    str(cellex),
+                ],
+                capture_output=True,
+                text=True,
+                timeout=60,
+            )
+            assert timed.returncode == 0, timed.stderr[-2000:]
+            loaded = {line.rpartition("|")[2].strip() for line in timed.stderr.splitlines()}
+            assert "httpx" in loaded
+            assert not loaded & {
+                "fastapi",
+                "grpc",
+                "sqlalchemy",
+                "web3",
+                "ray",
+                "torch",
+                "node.app",
+            }
+
             proof = tmp_path / "proof.json"
             fetched = qdspace(
                 "ledger", "fetch-proof",
