@@ -69,7 +69,7 @@ class _Problems:
         self.found: list[FieldError] = []
 
     def fail(self, field: str, reason: str) -> None:
-        """Record a problem; returns None, the value a failed field parses to."""
+        """Record a problem; the helper then returns None for the field."""
         self.found.append(FieldError(field, reason))
 
     def done(self, row: Row) -> Row:
@@ -96,18 +96,22 @@ def text(
         value = value.strip()
         if value:
             if len(value) > max_len:
-                return p.fail(name, f"longer than {max_len} characters")
+                p.fail(name, f"longer than {max_len} characters")
+                return None
             return value
         value = None
     if value is None:
         if required:
-            return p.fail(name, "missing")
+            p.fail(name, "missing")
+            return None
         return None
     if isinstance(value, bool) or not isinstance(value, int | float | str):
-        return p.fail(name, f"expected text, got {type(value).__name__}")
+        p.fail(name, f"expected text, got {type(value).__name__}")
+        return None
     value = str(value)
     if len(value) > max_len:
-        return p.fail(name, f"longer than {max_len} characters")
+        p.fail(name, f"longer than {max_len} characters")
+        return None
     return value
 
 
@@ -127,20 +131,26 @@ def number(
     value = _raw(row, name)
     if value is None:
         if required:
-            return p.fail(name, "missing")
+            p.fail(name, "missing")
+            return None
         return None
     if isinstance(value, bool):
-        return p.fail(name, f"expected a number, got {value!r}")
+        p.fail(name, f"expected a number, got {value!r}")
+        return None
     try:
         result = float(value)
     except (TypeError, ValueError):
-        return p.fail(name, f"expected a number, got {value!r}")
+        p.fail(name, f"expected a number, got {value!r}")
+        return None
     if result != result or result in (float("inf"), float("-inf")):
-        return p.fail(name, f"expected a finite number, got {value!r}")
+        p.fail(name, f"expected a finite number, got {value!r}")
+        return None
     if minimum is not None and result < minimum:
-        return p.fail(name, f"{result:g} is below the minimum {minimum:g}")
+        p.fail(name, f"{result:g} is below the minimum {minimum:g}")
+        return None
     if maximum is not None and result > maximum:
-        return p.fail(name, f"{result:g} is above the maximum {maximum:g}")
+        p.fail(name, f"{result:g} is above the maximum {maximum:g}")
+        return None
     return result
 
 
@@ -149,17 +159,21 @@ def integer(
 ) -> int | None:
     value = _raw(row, name)
     if value is None:
-        return p.fail(name, "missing")
+        p.fail(name, "missing")
+        return None
     if isinstance(value, bool):
-        return p.fail(name, f"expected an integer, got {value!r}")
+        p.fail(name, f"expected an integer, got {value!r}")
+        return None
     try:
         result = int(value) if not isinstance(value, float) or value.is_integer() else None
     except (TypeError, ValueError):
         result = None
     if result is None:
-        return p.fail(name, f"expected an integer, got {value!r}")
+        p.fail(name, f"expected an integer, got {value!r}")
+        return None
     if minimum is not None and result < minimum:
-        return p.fail(name, f"{result} is below the minimum {minimum}")
+        p.fail(name, f"{result} is below the minimum {minimum}")
+        return None
     return result
 
 
@@ -170,7 +184,8 @@ def timestamp(
     value = _raw(row, name)
     if value is None:
         if required:
-            return p.fail(name, "missing")
+            p.fail(name, "missing")
+            return None
         return None
     if isinstance(value, datetime):
         parsed = value
@@ -178,9 +193,11 @@ def timestamp(
         try:
             parsed = datetime.fromisoformat(str(value))
         except ValueError:
-            return p.fail(name, f"not an ISO-8601 time: {value!r}")
+            p.fail(name, f"not an ISO-8601 time: {value!r}")
+            return None
     if parsed.tzinfo is None:
-        return p.fail(name, f"time {value!r} has no zone; add Z or an offset like +01:00")
+        p.fail(name, f"time {value!r} has no zone; add Z or an offset like +01:00")
+        return None
     return parsed.astimezone(UTC)
 
 
@@ -204,12 +221,14 @@ def _code(
     value = _raw(row, name)
     if value is None:
         if required:
-            return p.fail(name, "missing")
+            p.fail(name, "missing")
+            return None
         return None
     try:
         return d.code(element, value)
     except DictionaryError as exc:
-        return p.fail(name, str(exc))
+        p.fail(name, str(exc))
+        return None
 
 
 def parse_order(row: Mapping[str, Any], d: DataDictionary) -> Row:
@@ -283,7 +302,8 @@ def _image_hash(p: _Problems, row: Mapping[str, Any]) -> str | None:
     if image_hash is not None:
         image_hash = image_hash.lower()
         if not _HEX.match(image_hash):
-            return p.fail("image_hash", "expected 16 to 64 hex digits (a SHA-256 of the image)")
+            p.fail("image_hash", "expected 16 to 64 hex digits (a SHA-256 of the image)")
+            return None
     return image_hash
 
 
@@ -323,7 +343,8 @@ def _measured(
             if "unknown data element" in str(exc)
             else ("unit" if "unit" in str(exc) else "value")
         )
-        return p.fail(field, str(exc))
+        p.fail(field, str(exc))
+        return None
 
 
 def parse_measurement(row: Mapping[str, Any], d: DataDictionary) -> Row:
@@ -376,7 +397,8 @@ def _env_value(
     try:
         return d.measure(element, value, unit).value
     except DictionaryError as exc:
-        return p.fail(name, str(exc))
+        p.fail(name, str(exc))
+        return None
 
 
 def parse_environment(row: Mapping[str, Any], d: DataDictionary) -> Row:
@@ -398,10 +420,11 @@ def parse_environment(row: Mapping[str, Any], d: DataDictionary) -> Row:
 def _pseudonym(p: _Problems, row: Mapping[str, Any]) -> str | None:
     operator = req_text(p, row, "operator_id")
     if operator is not None and (not _PSEUDONYM.match(operator) or "@" in operator):
-        return p.fail(
+        p.fail(
             "operator_id",
             "must be a pseudonymous id (3-64 letters, digits, '_.:-'; no names or e-mails)",
         )
+        return None
     return operator
 
 

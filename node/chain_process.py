@@ -60,7 +60,9 @@ class ChainProcess:
     env: dict[str, str] | None = None
     port: int = field(default_factory=_free_port)
     process: subprocess.Popen[bytes] | None = None
-    _reaper: weakref.finalize | None = field(default=None, repr=False)
+    _reaper: weakref.finalize[[subprocess.Popen[bytes]], ChainProcess] | None = field(
+        default=None, repr=False
+    )
 
     @property
     def url(self) -> str:
