@@ -201,15 +201,14 @@ def run_demo(
         network.write_manifest()
         print_summary(console, network, report)
     finally:
-        if keep_running:
+        if keep_running:  # also after a failed chapter: the operator can look, then stop it
             network.leave_running()
+            print_left_running(console, network)
         else:
             codes = network.stop()
             console.print(
                 "nodes stopped: " + ", ".join(f"{n} (exit {c})" for n, c in codes.items())
             )
-    if keep_running:
-        print_left_running(console, network)
     return report
 
 
