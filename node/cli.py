@@ -1,4 +1,12 @@
-"""The ``qdspace`` command line: thin commands over the node's wiring."""
+"""The ``qdspace`` command line: thin commands over the node's wiring.
+
+Importing this module (and the command groups it mounts) loads typer and rich and
+nothing else of weight: each command imports what it needs when it runs. Every
+command pays for the module-level imports of all of them, so the server stack
+(uvicorn, FastAPI, gRPC, SQLAlchemy, web3, the federation room) at module level
+made ``qdspace --help`` take seconds (issue 21); ``tests/unit/node/test_cli_imports.py``
+keeps it out and ``bench/cli.py`` measures the start-up.
+"""
 
 from __future__ import annotations
 
