@@ -161,8 +161,10 @@ class QualityStore:
                 try:
                     batch.append(parse_row(kind, row, dictionary))
                     lines.append(line)
-                except FieldError as exc:
-                    report.rejected.append(RowError(source, line, exc.field, exc.reason))
+                except FieldError as exc:  # every problem of the row, each by its field
+                    report.rejected.extend(
+                        RowError(source, line, p.field, p.reason) for p in exc.problems
+                    )
             if len(batch) >= batch_size:
                 self._flush(kind, batch, lines, report)
                 batch, lines = [], []

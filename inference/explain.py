@@ -4,8 +4,16 @@ Misjudged cells are grouped by error (FP: an intact cell failed, FN: a defective
 passed), cell type and the experts' defect probability; the five largest groups get
 occlusion heatmaps of their most confident mistakes. Occlusion needs only the ONNX
 model (no PyTorch): grey out one patch at a time and record how much the defect score
-drops. The overlay is red-yellow where a region pushes the score towards 'defective'.
-Everything is written under one folder with an ``index.json`` the node's API serves.
+drops. Everything is written under one folder with an ``index.json`` the node's API
+serves.
+
+Each PNG is meant to be read by a quality engineer without a manual (issue 21: the
+first overlay, a faint red wash, was barely visible): the cell as the line saw it,
+the same cell under a diverging colour map (red-yellow where a region pushes the
+score towards 'defective', blue where it pushes towards 'intact', the cell's own
+grey where it does not matter), and a colour bar whose ends are labelled with the
+score change they stand for, under a caption with the verdict and score. Drawn with
+NumPy and Pillow only: the inspection tier does not pull in matplotlib.
 """
 
 from __future__ import annotations
@@ -20,7 +28,7 @@ from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
-from PIL import Image
+from PIL import Image, ImageDraw, ImageFont
 
 from inference.dataset import ElImages
 from inference.files import write_atomic
@@ -138,19 +146,80 @@ def occlusion_map(
     return result
 
 
-def overlay_png(frame: Frame, heat: NDArray[np.float32]) -> bytes:
-    """The cell in grey with the positive part of ``heat`` in red-yellow, as PNG bytes."""
-    height, width = frame.shape
-    peak = float(heat.max())
-    norm = np.clip(heat / peak, 0.0, 1.0) if peak > 0 else np.zeros_like(heat)
-    big = Image.fromarray((norm * 255).astype(np.uint8)).resize((width, height))
-    h = np.asarray(big, dtype=np.float32) / 255.0
+#: diverging colour map anchors, position in [-1, 1] -> RGB (blue: towards intact,
+#: red-yellow: towards defective); between anchors colours are interpolated
+_ANCHORS = (
+    (-1.0, (33, 64, 154)),
+    (-0.5, (67, 147, 227)),
+    (0.0, (245, 245, 245)),
+    (0.35, (253, 174, 97)),
+    (0.7, (215, 48, 39)),
+    (1.0, (255, 237, 0)),
+)
+MIN_PANEL = 192  # cells are scaled up (nearest neighbour) to at least this many pixels
+_GAP, _BAR, _CAPTION = 8, 14, 34
+
+
+def colour_map(values: NDArray[np.float32]) -> NDArray[np.uint8]:
+    """RGB of the diverging map for ``values`` in [-1, 1] (clipped), shape ``(..., 3)``."""
+    v = np.clip(values, -1.0, 1.0)
+    points = np.array([a for a, _ in _ANCHORS], dtype=np.float32)
+    colours = np.array([c for _, c in _ANCHORS], dtype=np.float32)
+    rgb = np.stack([np.interp(v, points, colours[:, i]) for i in range(3)], axis=-1)
+    out: NDArray[np.uint8] = rgb.round().astype(np.uint8)
+    return out
+
+
+def _panel(frame: Frame, norm: NDArray[np.float32], scale: int) -> NDArray[np.uint8]:
+    """The cell with the map blended in by strength: neutral regions stay the cell's grey."""
     gray = frame.astype(np.float32)[..., None].repeat(3, axis=2)
-    colour = np.stack([np.full_like(h, 255.0), 255.0 * h, np.zeros_like(h)], axis=2)
-    alpha = (0.6 * h)[..., None]
+    colour = colour_map(norm).astype(np.float32)
+    alpha = (0.85 * np.abs(norm) ** 0.6)[..., None]
     rgb = (gray * (1 - alpha) + colour * alpha).clip(0, 255).astype(np.uint8)
+    return np.kron(rgb, np.ones((scale, scale, 1), dtype=np.uint8))
+
+
+def overlay_png(frame: Frame, heat: NDArray[np.float32], caption: str = "") -> bytes:
+    """Original cell | cell under the occlusion map | labelled colour bar, as PNG bytes.
+
+    ``heat`` (model input size) is resized to the cell; colours are scaled to the
+    largest absolute score change, printed at the ends of the colour bar.
+    """
+    height, width = frame.shape
+    peak = float(np.abs(heat).max())
+    norm_small = heat / peak if peak > 0 else np.zeros_like(heat)
+    resized = Image.fromarray(norm_small.astype(np.float32), mode="F").resize(
+        (width, height), Image.Resampling.BILINEAR
+    )
+    norm = np.asarray(resized, dtype=np.float32)
+    scale = max(1, -(-MIN_PANEL // max(height, width)))
+    h, w = height * scale, width * scale
+    original = np.kron(
+        frame.astype(np.uint8)[..., None].repeat(3, axis=2), np.ones((scale, scale, 1), np.uint8)
+    )
+    font = ImageFont.load_default()
+    label_w = 64
+    canvas = Image.new("RGB", (2 * w + 3 * _GAP + _BAR + label_w, h + _CAPTION + _GAP), "white")
+    canvas.paste(Image.fromarray(original, "RGB"), (0, _CAPTION))
+    canvas.paste(Image.fromarray(_panel(frame, norm, scale), "RGB"), (w + _GAP, _CAPTION))
+    ramp = np.linspace(1.0, -1.0, h, dtype=np.float32)[:, None].repeat(_BAR, axis=1)
+    bar_x = 2 * w + 2 * _GAP
+    canvas.paste(Image.fromarray(colour_map(ramp), "RGB"), (bar_x, _CAPTION))
+    draw = ImageDraw.Draw(canvas)
+    draw.rectangle((bar_x, _CAPTION, bar_x + _BAR - 1, _CAPTION + h - 1), outline="black")
+    text_x = bar_x + _BAR + 4
+    draw.text((text_x, _CAPTION), f"+{peak:.3f}", fill="black", font=font)
+    draw.text((text_x, _CAPTION + h // 2 - 6), "0", fill="black", font=font)
+    draw.text((text_x, _CAPTION + h - 12), f"-{peak:.3f}", fill="black", font=font)
+    draw.text((0, 2), caption or "cell as inspected", fill="black", font=font)
+    draw.text(
+        (0, 16),
+        "right: red/yellow pushed the score to 'defective', blue to 'intact'",
+        fill="black",
+        font=font,
+    )
     buffer = io.BytesIO()
-    Image.fromarray(rgb, mode="RGB").save(buffer, format="PNG")
+    canvas.save(buffer, format="PNG")
     return buffer.getvalue()
 
 
@@ -171,7 +240,12 @@ def explain(
         for m in members[:per_group]:
             frame = data.images[m.position]
             name = f"{group_id}-{m.frame_id}.png"
-            write_atomic(out_dir / name, overlay_png(frame, occlusion_map(model, frame)))
+            caption = (
+                f"{m.kind} {m.frame_id}: model score {m.score:.2f}, "
+                f"experts' defect probability {m.probability:.2f}"
+            )
+            png = overlay_png(frame, occlusion_map(model, frame), caption)
+            write_atomic(out_dir / name, png)
             examples.append(Example(m.frame_id, round(m.score, 4), m.probability, name))
         first = members[0]
         groups.append(

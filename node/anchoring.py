@@ -17,6 +17,7 @@ import hmac
 import json
 import logging
 import threading
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -391,8 +392,19 @@ def mount_regulator_routes(app: FastAPI, ctx: NodeContext) -> None:
     )
 
 
+#: how long ``/v1/ledger/status`` waits for the chain before it calls it unreachable
+PROBE_TIMEOUT_S = 2.0
+
+
 class LedgerStatusPublic(BaseModel):
-    """For the operator: what waits, what is anchored, whether the chain answers."""
+    """For the operator: what waits, what is anchored, whether the chain answers.
+
+    ``chain_reachable`` is the answer of a live probe made for this request (with a
+    ``PROBE_TIMEOUT_S`` timeout) unless the caller asked for ``probe=false``; then it
+    is what the last anchoring attempt saw, which can be minutes old (issue 21: a
+    stopped chain was reported reachable until the next anchoring failed).
+    ``chain_checked`` says which of the two it is.
+    """
 
     address: str
     rpc_url: str
@@ -400,7 +412,31 @@ class LedgerStatusPublic(BaseModel):
     pending: dict[str, int]
     batches: dict[str, int]
     chain_reachable: bool
+    chain_checked: str  # "now" (live probe) or "last anchoring attempt"
+    latest_block: int | None = None
+    probe_ms: float | None = None
+    probe_error: str | None = None
     last_error: str | None
+
+
+@dataclass(frozen=True)
+class ChainProbe:
+    """One live look at the chain: does it answer within the timeout, and how fast."""
+
+    reachable: bool
+    latest_block: int | None
+    ms: float
+    error: str | None
+
+
+def probe_chain(client: LedgerClient) -> ChainProbe:
+    """Ask the chain for its latest block now (``client`` carries the short timeout)."""
+    started = time.perf_counter()
+    try:
+        block = client.latest_block()
+    except LedgerError as exc:
+        return ChainProbe(False, None, (time.perf_counter() - started) * 1000, str(exc))
+    return ChainProbe(True, block, (time.perf_counter() - started) * 1000, None)
 
 
 class LeafPublic(BaseModel):
@@ -433,22 +469,34 @@ def mount_operator_routes(app: FastAPI, ctx: NodeContext, ledger: NodeLedger) ->
         if creds is None or not hmac.compare_digest(creds.credentials, ctx.operator_token):
             raise HTTPException(401, "operator token required (Authorization: Bearer ...)")
 
-    def status() -> LedgerStatusPublic:
+    # its own client: a short timeout, and no cached state shared with the anchorer
+    prober = LedgerClient(ledger.settings.rpc_url, ledger.client.address, timeout_s=PROBE_TIMEOUT_S)
+
+    def status(probe: bool = True) -> LedgerStatusPublic:
         st = ledger.anchorer.status()
+        seen = probe_chain(prober) if probe else None
         return LedgerStatusPublic(
             address=st.address,
             rpc_url=ledger.settings.rpc_url,
             contract=ledger.client.address,
             pending=st.pending,
             batches=st.batches,
-            chain_reachable=st.chain_reachable,
+            chain_reachable=st.chain_reachable if seen is None else seen.reachable,
+            chain_checked="last anchoring attempt" if seen is None else "now",
+            latest_block=None if seen is None else seen.latest_block,
+            probe_ms=None if seen is None else round(seen.ms, 1),
+            probe_error=None if seen is None else seen.error,
             last_error=st.last_error,
         )
 
     @app.get("/v1/ledger/status", dependencies=[Depends(operator)], tags=["ledger"])
-    def ledger_status() -> LedgerStatusPublic:
-        """Queue and chain health of this node's anchoring."""
-        return status()
+    def ledger_status(probe: bool = True) -> LedgerStatusPublic:
+        """Queue and chain health of this node's anchoring.
+
+        The chain is asked now (at most ``PROBE_TIMEOUT_S``); ``probe=false`` returns
+        what the last anchoring attempt saw instead, without touching the chain.
+        """
+        return status(probe)
 
     @app.get("/v1/ledger/leaves/{kind}", dependencies=[Depends(operator)], tags=["ledger"])
     def ledger_leaves(

@@ -4,6 +4,12 @@ The launcher starts it before the nodes, gives every member a funded account key
 (``DIR/chain.key``) and a ``DIR/ledger.json`` naming the URL and the anchor contract, and
 restarts it on the same port and state directory, so a stopped chain comes back with its
 blocks and every node reconnects by itself.
+
+A chain started here goes when its owner goes (a finalizer reaps it when the network is
+dropped or the interpreter exits), unless the owner hands it over with :meth:`detach`:
+``qdspace demo --keep-running`` does, so the nodes it leaves running keep their chain
+(issue 21: before, the chain ended with the demo command while every ``ledger.json``
+still named it).
 """
 
 from __future__ import annotations
@@ -54,6 +60,9 @@ class ChainProcess:
     env: dict[str, str] | None = None
     port: int = field(default_factory=_free_port)
     process: subprocess.Popen[bytes] | None = None
+    _reaper: weakref.finalize[[subprocess.Popen[bytes]], ChainProcess] | None = field(
+        default=None, repr=False
+    )
 
     @property
     def url(self) -> str:
@@ -91,7 +100,7 @@ class ChainProcess:
                 start_new_session=True,
             )
         # a network dropped without stop() (or the interpreter exiting) takes its chain along
-        weakref.finalize(self, _reap, self.process)
+        self._reaper = weakref.finalize(self, _reap, self.process)
         deadline = time.monotonic() + START_TIMEOUT_S
         while True:
             endpoint = read_endpoint(self.state_dir)
@@ -104,6 +113,16 @@ class ChainProcess:
                 self.stop()
                 raise NodeError(f"chain did not come up in {START_TIMEOUT_S:.0f}s")
             time.sleep(0.05)
+
+    @property
+    def pid(self) -> int | None:
+        return None if self.process is None else self.process.pid
+
+    def detach(self) -> None:
+        """Let the chain outlive this object and this interpreter (stop it by its pid)."""
+        if self._reaper is not None:
+            self._reaper.detach()
+            self._reaper = None
 
     def stop(self, timeout: float = 10.0) -> None:
         """SIGTERM (the chain fsyncs and exits), SIGKILL only if it does not."""

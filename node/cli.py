@@ -1,8 +1,15 @@
-"""The ``qdspace`` command line: thin commands over the node's wiring."""
+"""The ``qdspace`` command line: thin commands over the node's wiring.
+
+Importing this module (and the command groups it mounts) loads typer and rich and
+nothing else of weight: each command imports what it needs when it runs. Every
+command pays for the module-level imports of all of them, so the server stack
+(uvicorn, FastAPI, gRPC, SQLAlchemy, web3, the federation room) at module level
+made ``qdspace --help`` take seconds (issue 21); ``tests/unit/node/test_cli_imports.py``
+keeps it out and ``bench/cli.py`` measures the start-up.
+"""
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import logging
 import sys
@@ -213,11 +220,24 @@ def node_peer_add(
 @app.command("ingest")
 @clean_errors
 def ingest(
-    directory: DirOpt,
-    file: Annotated[Path, typer.Argument(help=".csv or .jsonl file")],
-    kind: Annotated[str, typer.Option(help="QDM kind of the rows")],
+    directory: Annotated[Path | None, typer.Option("--dir", help="node directory")] = None,
+    file: Annotated[Path | None, typer.Argument(help=".csv or .jsonl file")] = None,
+    kind: Annotated[str, typer.Option(help="QDM kind of the rows")] = "",
+    template: Annotated[
+        bool, typer.Option(help="show the columns KIND takes (units, allowed values) and exit")
+    ] = False,
 ) -> None:
-    """Validate and store a file of QDM rows; bad rows are reported by line and field."""
+    """Validate and store a file of QDM rows; every problem of a bad row is reported by
+    line and field. `--kind K --template` lists what a file of kind K may carry."""
+    from connector.ingest import KINDS
+
+    if kind not in KINDS:
+        raise typer.BadParameter(f"--kind {kind!r}: one of {', '.join(KINDS)}")
+    if template:
+        print_template(kind)
+        return
+    if directory is None or file is None:
+        raise typer.BadParameter("give --dir DIR and FILE (or --template)")
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from connector.ingest import count_lines, ingest_file
@@ -245,13 +265,35 @@ def ingest(
         store.close()
     for row_error in report.rejected:
         err.print(str(row_error), highlight=False, soft_wrap=True)
+    bad_rows = len({e.line for e in report.rejected})
     console.print(
         f"{file}: {report.accepted} stored, {report.duplicates} already present, "
-        f"{len(report.rejected)} rejected",
+        f"{bad_rows} rejected ({len(report.rejected)} problems)",
         soft_wrap=True,
     )
     if report.rejected:
         raise typer.Exit(2)
+
+
+def print_template(kind: str) -> None:
+    """The columns of ``kind`` as a table, then a CSV header line to start a file from."""
+    from connector.dictionary import default_dictionary
+    from connector.validate import parameters
+    from connector.validate import template as columns_of
+
+    d = default_dictionary()
+    rows = columns_of(kind, d)
+    table = Table("column", "required", "value", "units / allowed values", title=f"{kind} rows")
+    for r in rows:
+        table.add_row(r.name, r.required, r.kind, r.allowed)
+    console.print(table)
+    if kind == "measurement":
+        params = Table("parameter", "unit (accepted units; range; grades)", "definition")
+        for r in parameters(d):
+            params.add_row(r.name, r.allowed, r.kind)
+        console.print(params)
+    console.print("CSV header:", highlight=False)
+    console.print(",".join(r.name for r in rows), highlight=False, soft_wrap=True)
 
 
 # -- peers ---------------------------------------------------------------------------------
@@ -261,6 +303,8 @@ def ingest(
 @clean_errors
 def peer_hello(directory: DirOpt, name: Annotated[str, typer.Argument(help="peer name")]) -> None:
     """Authenticate to a peer over mutual TLS with this node's identity."""
+    import asyncio
+
     from node.config import NodeSettings
     from node.identity.member import load_member_keys
     from node.peers import PeerDirectory
@@ -284,19 +328,60 @@ def peer_hello(directory: DirOpt, name: Annotated[str, typer.Argument(help="peer
 # -- demo ----------------------------------------------------------------------------------
 
 
-@app.command("demo")
+demo_app = typer.Typer(help="a local data space: authority, OEM, two suppliers, a regulator")
+app.add_typer(demo_app, name="demo")
+
+
+@demo_app.callback(invoke_without_command=True)
 @clean_errors
 def demo(
+    ctx: typer.Context,
     workdir: Annotated[Path, typer.Option(help="where the data space lives")] = Path(
         "qdspace-demo"
     ),
-    keep_running: Annotated[bool, typer.Option(help="leave the nodes running")] = False,
+    keep_running: Annotated[
+        bool, typer.Option(help="leave the nodes and their chain running")
+    ] = False,
     fresh: Annotated[bool, typer.Option(help="delete WORKDIR first")] = True,
+    network_only: Annotated[
+        bool,
+        typer.Option(
+            help="only the network: keys, chain, nodes, sample data, handshakes, one "
+            "genealogy hop (seconds; no contracts, inspection, federation or ledger chapters)"
+        ),
+    ] = False,
 ) -> None:
-    """Run a local data space: authority, OEM, two suppliers and a regulator."""
+    """Run a local data space: authority, OEM, two suppliers and a regulator.
+
+    With --keep-running the nodes and the chain stay up; `qdspace demo stop` ends them.
+    """
+    if ctx.invoked_subcommand is not None:
+        return
     from node.demo import run_demo
 
-    run_demo(workdir, keep_running=keep_running, fresh=fresh, console=console)
+    run_demo(
+        workdir,
+        keep_running=keep_running,
+        fresh=fresh,
+        network_only=network_only,
+        console=console,
+    )
+
+
+@demo_app.command("stop")
+@clean_errors
+def demo_stop(
+    workdir: Annotated[Path, typer.Option(help="the demo's work directory")] = Path("qdspace-demo"),
+) -> None:
+    """Stop the nodes and the chain a `qdspace demo --keep-running` left running."""
+    from node.left_running import stop_left_running
+
+    outcome = stop_left_running(workdir.resolve())
+    console.print(
+        "stopped: " + ", ".join(f"{name} ({what})" for name, what in outcome.items()),
+        highlight=False,
+        soft_wrap=True,
+    )
 
 
 def main() -> None:

@@ -4,7 +4,9 @@ Thin commands over a running node's operator API (``/v1/contracts``): the node
 holds the keys, the contract store and the peer channels, so the CLI only
 finds the node (``DIR/run/runtime.json``), authenticates with its operator
 token, and prints what comes back. A refusal prints the peer's reason and
-exits 1.
+exits 1. Finding the node goes through :mod:`node.cli_call`, not ``node.app``, so
+these commands start without the server stack; the times they print are of the
+request alone.
 """
 
 from __future__ import annotations
@@ -12,12 +14,16 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
-import httpx
 import typer
 from rich.console import Console
 from rich.table import Table
+
+from node.cli_call import NodeNotRunning, operator_client
+
+if TYPE_CHECKING:
+    import httpx
 
 console = Console()
 err = Console(stderr=True)
@@ -28,25 +34,30 @@ order_app = typer.Typer(no_args_is_help=True, help="orders this node supplies")
 
 
 def _client(directory: Path, timeout: float = 300.0) -> httpx.Client:
-    from node.app import read_runtime
-
-    runtime = read_runtime(directory.resolve())
-    if runtime is None:
-        err.print(f"[red]error:[/red] node in {directory} is not running (no run/runtime.json)")
-        raise typer.Exit(1)
-    token = (directory / "operator.token").read_text().strip()
-    return httpx.Client(
-        base_url=str(runtime["api"]), headers={"Authorization": f"Bearer {token}"}, timeout=timeout
-    )
+    try:
+        return operator_client(directory, timeout)
+    except NodeNotRunning as exc:
+        err.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
+        raise typer.Exit(1) from None
 
 
-def _call(directory: Path, method: str, path: str, **kwargs: Any) -> Any:
+def _timed_call(directory: Path, method: str, path: str, **kwargs: Any) -> tuple[Any, float]:
+    """One request to the running node and the seconds the request itself took.
+
+    A refusal or failure prints and exits 1. The time excludes start-up, the httpx
+    import and client set-up, so a printed negotiation time is the node's, not the
+    CLI's. httpx is imported here, not at module level: ``qdspace --help`` never needs it.
+    """
+    import httpx
+
     with _client(directory) as client:
+        started = time.perf_counter()
         try:
             response = client.request(method, path, **kwargs)
         except httpx.HTTPError as exc:
             err.print(f"[red]error:[/red] {path}: {exc}")
             raise typer.Exit(1) from None
+        seconds = time.perf_counter() - started
     if response.status_code >= 400:
         try:
             detail = response.json().get("detail", response.text)
@@ -54,7 +65,12 @@ def _call(directory: Path, method: str, path: str, **kwargs: Any) -> Any:
             detail = response.text
         err.print(f"[red]refused ({response.status_code}):[/red] {detail}", soft_wrap=True)
         raise typer.Exit(1)
-    return response.json()
+    return response.json(), seconds
+
+
+def _call(directory: Path, method: str, path: str, **kwargs: Any) -> Any:
+    """One request to the running node (see `_timed_call`); returns the JSON body."""
+    return _timed_call(directory, method, path, **kwargs)[0]
 
 
 def catalog(
@@ -97,9 +113,8 @@ def negotiate(
         "retention_days": retention_days,
         "valid_until": valid_until,
     }
-    started = time.perf_counter()
-    result = _call(directory, "POST", "/v1/contracts/negotiations", json=body)
-    ms = (time.perf_counter() - started) * 1000
+    result, seconds = _timed_call(directory, "POST", "/v1/contracts/negotiations", json=body)
+    ms = seconds * 1000
     if result["state"] != "FINALIZED":
         err.print(f"negotiation {result['negotiation_id']} {result['state']}: {result['reason']}")
         raise typer.Exit(1)
@@ -118,9 +133,8 @@ def transfer(
     resume: Annotated[str | None, typer.Option(help="resume this transfer id instead")] = None,
 ) -> None:
     """Pull data under an agreement; only what it allows leaves the provider."""
-    started = time.perf_counter()
     if resume:
-        result = _call(directory, "POST", f"/v1/contracts/transfers/{resume}/resume")
+        result, seconds = _timed_call(directory, "POST", f"/v1/contracts/transfers/{resume}/resume")
     else:
         body = {
             "agreement_id": agreement,
@@ -128,8 +142,7 @@ def transfer(
             "order_id": order,
             "fields": field or None,
         }
-        result = _call(directory, "POST", "/v1/contracts/transfers", json=body)
-    seconds = time.perf_counter() - started
+        result, seconds = _timed_call(directory, "POST", "/v1/contracts/transfers", json=body)
     console.print(
         f"transfer {result['transfer_id']} {result['state']}: {result['offset']} rows "
         f"in {seconds:.1f} s, chained digest {result['digest'][:16]}..."

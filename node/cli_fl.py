@@ -4,34 +4,34 @@ Each command speaks to the coordinator's ``Federation`` service over mutual TLS 
 the node's own keys (the coordinator may be the node itself). ``start`` publishes a
 job on the coordinator's running node; ``join`` trains on the member's own data and
 follows the job round by round; ``status`` shows (and with ``--watch`` follows) it.
+
+The federation room (NumPy, SQLAlchemy via the job store) and the gRPC client are
+imported inside the commands: mounting these commands must not slow down every
+other ``qdspace`` command (issue 21).
 """
 
 from __future__ import annotations
 
-import asyncio
 import json
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
-import httpx
 import typer
 from rich.console import Console
 from rich.table import Table
 
-from federation.agreements import TRAINING_PURPOSE
-from federation.errors import FederationError
-from federation.host import StatusView
-from federation.job import JobSpec
-from federation.models import model_kind
-from federation.params import Params, params_from_bytes
-from federation.strategies import StrategyName
-from federation.versions import ModelVersion
+from node.cli_call import operator_client
 from node.errors import NodeError
 
 if TYPE_CHECKING:
     import grpc
+    import httpx
 
+    from federation.host import StatusView
+    from federation.job import JobSpec
+    from federation.params import Params
+    from federation.versions import ModelVersion
     from node.identity.member import MemberKeys
 
 fl_app = typer.Typer(no_args_is_help=True, help="federated learning jobs")
@@ -59,6 +59,9 @@ def _with_channel(
     call: Callable[[grpc.aio.Channel, MemberKeys, str], Awaitable[T]],
 ) -> T:
     """Run ``call(channel, keys, coordinator_name)`` on an mTLS channel to the coordinator."""
+    import asyncio
+
+    from federation.errors import FederationError
     from node.config import NodeSettings
     from node.identity.member import load_member_keys
     from node.rpc.client import open_channel
@@ -94,6 +97,7 @@ def ensure_job_agreement(api: httpx.Client, coordinator: str, asset_id: str) -> 
     no raw data, no redistribution) and countersigns. Returns the agreement id and
     whether it was negotiated now.
     """
+    from federation.agreements import TRAINING_PURPOSE
     from node.contract_runtime import peer_name
 
     def ok(response: httpx.Response) -> Any:
@@ -124,15 +128,7 @@ def ensure_job_agreement(api: httpx.Client, coordinator: str, asset_id: str) -> 
 
 
 def _operator_api(directory: Path) -> httpx.Client:
-    from node.app import read_runtime
-
-    runtime = read_runtime(directory.resolve())
-    if runtime is None:
-        raise NodeError(f"node in {directory} is not running (no run/runtime.json)")
-    token = (directory / "operator.token").read_text().strip()
-    return httpx.Client(
-        base_url=str(runtime["api"]), headers={"Authorization": f"Bearer {token}"}, timeout=60.0
-    )
+    return operator_client(directory, timeout=60.0)
 
 
 def status_table(views: list[StatusView]) -> Table:
@@ -167,6 +163,8 @@ def start(
     """Publish a federated job on the coordinator's running node (normally this node)."""
     import numpy as np
 
+    from federation.job import JobSpec
+    from federation.params import params_from_bytes
     from node.rpc.federation_client import FederationClient
 
     try:
@@ -264,6 +262,10 @@ def join(
     member's running node (its offer: model updates for training only). Trains the
     job's model kind (logreg or el-mlp); the data never leaves this machine.
     """
+    import asyncio
+
+    from federation.models import model_kind
+    from federation.strategies import StrategyName
     from node.rpc.federation_client import (
         FederationClient,
         MemberEvent,

@@ -29,6 +29,7 @@ from connector.sample import write_sample_files
 from node import demo_contracts, demo_federation, demo_inspection, demo_ledger
 from node.errors import NodeError
 from node.launcher import LocalNetwork
+from node.left_running import processes_file, stop_left_running
 
 
 @dataclass
@@ -111,9 +112,13 @@ def _trace(network: LocalNetwork, report: DemoReport) -> None:
         report.refusal = r.json().get("detail", r.text) if r.status_code >= 400 else "NOT REFUSED"
 
 
-STEPS: list[tuple[str, Callable[[LocalNetwork, DemoReport], None]]] = [
+# the network itself: what `qdspace demo --network-only` stops after
+FOUNDATION_STEPS: list[tuple[str, Callable[[LocalNetwork, DemoReport], None]]] = [
     ("mutual-TLS handshakes between every pair", _handshakes),
     ("genealogy hop and a refused call", _trace),
+]
+STEPS: list[tuple[str, Callable[[LocalNetwork, DemoReport], None]]] = [
+    *FOUNDATION_STEPS,
     # later chapters append (title, step) here; a step stores its results in
     # report.chapters[<name>] and its printer below shows them in the summary
     (demo_contracts.TITLE, demo_contracts.contracts_step),
@@ -148,10 +153,18 @@ def run_demo(
     *,
     keep_running: bool = False,
     fresh: bool = True,
+    network_only: bool = False,
     console: Console | None = None,
 ) -> DemoReport:
+    """Run the demo in ``workdir``; ``network_only`` stops after the foundation steps.
+
+    With ``keep_running`` the nodes and the chain are left running (also when a
+    chapter fails, so the operator can look) and recorded for ``qdspace demo stop``.
+    """
     console = console or Console()
     started = time.monotonic()
+    if processes_file(workdir).exists():  # a network an earlier --keep-running left
+        _print_stopped(console, stop_left_running(workdir))
     if fresh and workdir.exists():
         shutil.rmtree(workdir)
     network = LocalNetwork(workdir)
@@ -178,7 +191,7 @@ def run_demo(
             for name in names:
                 _ingest_member(network, name, report)
                 progress.advance(task)
-            for title, step in STEPS:
+            for title, step in FOUNDATION_STEPS if network_only else STEPS:
                 task = progress.add_task(title, total=1)
                 step(network, report)
                 progress.advance(task)
@@ -188,17 +201,43 @@ def run_demo(
         network.write_manifest()
         print_summary(console, network, report)
     finally:
-        if not keep_running:
+        if keep_running:  # also after a failed chapter: the operator can look, then stop it
+            network.leave_running()
+            print_left_running(console, network)
+        else:
             codes = network.stop()
             console.print(
                 "nodes stopped: " + ", ".join(f"{n} (exit {c})" for n, c in codes.items())
             )
-    if keep_running:
-        console.print(
-            "nodes keep running; stop them with: "
-            f"kill $(jq .pid {workdir}/nodes/*/run/runtime.json)"
-        )
     return report
+
+
+def print_left_running(console: Console, network: LocalNetwork) -> None:
+    """What keeps running after ``--keep-running``, and the one command that stops it."""
+    table = Table(title="left running", title_justify="left")
+    for col in ("process", "pid", "address"):
+        table.add_column(col)
+    if network.chain is not None and network.chain.pid is not None:
+        table.add_row("chain (JSON-RPC)", str(network.chain.pid), network.chain.url)
+    for name, m in network.members.items():
+        pid = "-" if m.process is None else str(m.process.pid)
+        table.add_row(f"{name} operator API", pid, f"{m.api_url}/docs")
+    console.print(table)
+    console.print(
+        f"operator tokens: {network.workdir}/nodes/<member>/operator.token\n"
+        f"stop nodes and chain with: qdspace demo stop --workdir {network.workdir}",
+        highlight=False,
+        soft_wrap=True,
+    )
+
+
+def _print_stopped(console: Console, outcome: dict[str, str]) -> None:
+    console.print(
+        "stopped what the demo left running: "
+        + ", ".join(f"{name} ({what})" for name, what in outcome.items()),
+        highlight=False,
+        soft_wrap=True,
+    )
 
 
 def print_summary(console: Console, network: LocalNetwork, report: DemoReport) -> None:

@@ -244,6 +244,25 @@ class LocalNetwork:
             self.chain.stop()
         return codes
 
+    def leave_running(self) -> Path:
+        """Hand the running nodes and chain over to a later ``stop_left_running``.
+
+        The chain is detached from this interpreter (else it is reaped when this
+        process exits, stranding nodes whose ``ledger.json`` names it), and every
+        process is recorded with its pid in ``WORKDIR/run/processes.json``.
+        """
+        from node.left_running import RunningProcess, write_processes
+
+        processes = [
+            RunningProcess(name, m.process.pid, str(m.directory))
+            for name, m in self.members.items()
+            if m.process is not None and m.running
+        ]
+        if self.chain is not None and self.chain.running and self.chain.pid is not None:
+            self.chain.detach()
+            processes.append(RunningProcess("chain", self.chain.pid, str(self.chain.state_dir)))
+        return write_processes(self.workdir, processes)
+
     def kill(self, name: str) -> None:
         member = self.members[name]
         if member.running:

@@ -1,0 +1,106 @@
+"""The CLI starts without the node's server stack.
+
+Issue 21: every ``qdspace`` command took seconds because ``node.cli`` imported the
+server stack (FastAPI, gRPC, SQLAlchemy, web3, the federation room) at module level,
+and the commands that talk to a running node imported ``node.app`` to find it. These
+tests run the CLI in a fresh interpreter and fail if a heavy module got loaded by
+``qdspace --help`` or on the way of a command that only calls its node.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).parents[3]
+
+#: top-level packages a command that only calls its node must not load
+HEAVY = (
+    "grpc",
+    "fastapi",
+    "starlette",
+    "uvicorn",
+    "web3",
+    "eth_account",
+    "ray",
+    "torch",
+    "onnxruntime",
+    "sqlalchemy",
+    "sqlmodel",
+    "numpy",
+    "federation",
+    "ledger",
+    "inference",
+)
+HEAVY_NODE = ("node.app", "node.api", "node.rpc", "node.context", "connector.storage")
+
+PROBE = """
+import json, sys
+from node.cli import app
+try:
+    app(sys.argv[1:], prog_name="qdspace")
+except SystemExit as done:
+    code = done.code
+print(json.dumps({"code": code, "modules": sorted(sys.modules)}))
+"""
+
+
+def _run(*args: str) -> tuple[int, list[str], str]:
+    done = subprocess.run(
+        [sys.executable, "-c", PROBE, *args],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=120,
+    )
+    last = done.stdout.strip().splitlines()[-1]
+    result = json.loads(last)
+    return int(result["code"] or 0), result["modules"], done.stdout + done.stderr
+
+
+def _heavy(modules: list[str]) -> list[str]:
+    """Loaded heavy modules; a room's package and its ``errors`` module are light."""
+    light = {"federation", "ledger", "inference"}
+    return [
+        m
+        for m in modules
+        if not (m in light or (m.split(".")[0] in light and m.endswith(".errors")))
+        and (m.split(".")[0] in HEAVY or any(m == h or m.startswith(h + ".") for h in HEAVY_NODE))
+    ]
+
+
+def test_help_loads_no_server_stack() -> None:
+    code, modules, out = _run("--help")
+    assert code == 0, out
+    assert _heavy(modules) == []
+    assert "httpx" not in modules  # not even the HTTP client: --help calls nothing
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("contracts", "--dir", "{d}"),
+        ("catalog", "--dir", "{d}", "cellex"),
+        ("order", "close", "--dir", "{d}", "PO-1"),
+        ("contracts", "--dir", "{d}", "sweep"),
+    ],
+)
+def test_node_calling_commands_load_only_the_client(tmp_path: Path, args: tuple[str, ...]) -> None:
+    # a node directory whose node is not running: the command goes all the way to the
+    # client (runtime file, token, httpx) and stops there with a clear error
+    (tmp_path / "operator.token").write_text("t\n")
+    code, modules, out = _run(*(a.format(d=tmp_path) for a in args))
+    assert code == 1 and "is not running" in out, out
+    assert _heavy(modules) == []
+    assert "httpx" in modules
+
+
+def test_the_light_runtime_reader_reads_what_the_node_writes(tmp_path: Path) -> None:
+    from node.app import runtime_path
+    from node.cli_call import runtime_file
+
+    assert runtime_file(tmp_path) == runtime_path(tmp_path)
