@@ -180,13 +180,17 @@ class ContractRuntime:
     # (kind, ref id, canonical bytes) of each agreement in force and each verified receipt:
     # the node's ledger anchors them (see ContractJobs); a no-op without a chain
     record: Callable[[str, str, bytes], None] = field(default=lambda kind, ref, data: None)
-    investigations: list[Investigation] = field(default_factory=list)
     # wakes live streams when inspections are committed (node.table_watch); None: poll only
     new_inspections: TableWatch | None = None
 
     @property
     def verify_key(self) -> VerifyKey:
         return self.signing_key.verify_key
+
+    @property
+    def investigations(self) -> list[Investigation]:
+        """The investigations peers opened with us (kept in the contract store)."""
+        return self.store.received_investigations()
 
     @property
     def received_alerts(self) -> list[QualityAlert]:
@@ -558,10 +562,7 @@ class ContractRuntime:
         if isinstance(body, OrderClosed):
             return self._order_closed(peer, body)
         if isinstance(body, AgreementTermination):
-            stored = self.store.agreement(body.agreement_id)
-            terms = stored.signed.agreement
-            if peer.member_id not in (terms.provider_id, terms.consumer_id):
-                raise ContractDenied(f"agreement {body.agreement_id} is not between us")
+            stored = self._agreement_between(peer, body.agreement_id)
             first = stored.terminated_at is None
             self.store.terminate_agreement(body.agreement_id, body.reason, body.terminated_at)
             return first
@@ -573,13 +574,34 @@ class ContractRuntime:
                 logger.warning("quality alert from %s: %s", peer.name, body.alert.description)
             return first
         assert isinstance(body, Investigation)
-        self.investigations.append(body)
-        return True
+        first = self.store.record_investigation(peer.member_id, body, self.clock.now())
+        if first:
+            logger.warning("investigation from %s: %s", peer.name, body.subject[:200])
+        return first
+
+    def _agreement_between(self, peer: MemberIdentity, agreement_id: str) -> StoredAgreement:
+        """An agreement `peer` is a party to; one answer for unknown and foreign ids."""
+        try:
+            stored = self.store.agreement(agreement_id)
+        except UnknownContractError:
+            stored = None
+        terms = stored.signed.agreement if stored is not None else None
+        if (
+            stored is None
+            or terms is None
+            or peer.member_id
+            not in (
+                terms.provider_id,
+                terms.consumer_id,
+            )
+        ):
+            raise ContractDenied(f"agreement {agreement_id} is not between us")
+        return stored
 
     def _order_closed(self, peer: MemberIdentity, body: OrderClosed) -> bool:
         first = False
         for agreement_id in body.agreement_ids:
-            stored = self.store.agreement(agreement_id)
+            stored = self._agreement_between(peer, agreement_id)
             terms = stored.signed.agreement
             if stored.role is not Role.CONSUMER or terms.provider_id != peer.member_id:
                 raise ContractDenied(f"agreement {agreement_id} is not one {peer.name} gave us")

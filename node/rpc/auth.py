@@ -29,6 +29,7 @@ from typing import Any, NoReturn
 
 import grpc
 from cryptography import x509
+from google.protobuf.message import Message
 
 from node.errors import IdentityError
 from node.identity.certs import MemberIdentity, identity_of
@@ -187,7 +188,9 @@ class _Call:
         self._max_bytes = max_request_bytes(method)
 
     async def _refuse(self, context: grpc.aio.ServicerContext, refusal: Refused) -> NoReturn:
-        logger.warning("refused %s from %s: %s", self.method, context.peer(), refusal.reason)
+        peer = _CURRENT_PEER.get(None)
+        who = f"{peer.name} at {peer.address}" if peer is not None else context.peer()
+        logger.warning("refused %s from %s: %s", self.method, who, refusal.reason)
         await context.abort(refusal.code, refusal.reason)
         raise refusal  # abort raises; this keeps type checkers honest
 
@@ -203,9 +206,15 @@ class _Call:
                 raise Refused(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc)) from None
         except Refused as refusal:
             await self._refuse(context, refusal)
-        logger.info("grpc %s peer=%s role=%s addr=%s", self.method, peer.name, peer.role, address)
         _CURRENT_PEER.set(peer)
         return release
+
+    def _served(self) -> None:
+        """The one line of an admitted call (a refused one has its refusal line instead)."""
+        peer = current_peer()
+        logger.info(
+            "grpc %s peer=%s role=%s addr=%s", self.method, peer.name, peer.role, peer.address
+        )
 
     async def decode(self, raw: bytes, context: grpc.aio.ServicerContext) -> Any:
         """The request message, or an abort naming what is wrong with the bytes."""
@@ -226,7 +235,8 @@ class _Call:
             reason = f"request is not a valid message for {self.method} ({type(exc).__name__})"
             await self._refuse(context, Refused(grpc.StatusCode.INVALID_ARGUMENT, reason))
         try:
-            check_numbers(message)
+            if isinstance(message, Message):  # (a chunked upload's own decoder gives bytes)
+                check_numbers(message)
         except NumberOutOfRange as exc:
             await self._refuse(context, Refused(grpc.StatusCode.INVALID_ARGUMENT, str(exc)))
         return message
@@ -238,7 +248,12 @@ class _Call:
             yield await self.decode(item, context)
 
     async def request(self, raw: Any, streaming: bool, context: grpc.aio.ServicerContext) -> Any:
-        return self._requests(raw, context) if streaming else await self.decode(raw, context)
+        if streaming:  # each message is decoded (and may be refused) as it arrives
+            self._served()
+            return self._requests(raw, context)
+        request = await self.decode(raw, context)
+        self._served()
+        return request
 
     def unary(self, behavior: Behavior, *, streaming_request: bool) -> Behavior:
         async def wrapped(raw: Any, context: grpc.aio.ServicerContext) -> Any:
