@@ -139,6 +139,7 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         self._auth = authenticator
         self._limiter = limiter or CallLimiter(CallCaps())
         self._recheck_s = recheck_s
+        self.reported: set[tuple[str, str]] = set()  # (method, error type) with a traceback
 
     async def intercept_service(
         self,
@@ -183,6 +184,7 @@ class _Call:
         self._auth = interceptor._auth
         self._limiter = interceptor._limiter
         self._recheck_s = interceptor._recheck_s
+        self._reported = interceptor.reported
         self.method = method
         self._deserialize = deserialize
         self._max_bytes = max_request_bytes(method)
@@ -208,6 +210,21 @@ class _Call:
             await self._refuse(context, refusal)
         _CURRENT_PEER.set(peer)
         return release
+
+    async def _failed(self, context: grpc.aio.ServicerContext, exc: Exception) -> NoReturn:
+        """A servicer failed unexpectedly: INTERNAL to the caller without details, and the
+        traceback logged once per method and error type (a caller who found a way to make
+        a method fail cannot flood the log with tracebacks); an abort passes through."""
+        if isinstance(exc, grpc.aio.AbortError) or context.done():
+            raise exc
+        key = (self.method, type(exc).__name__)
+        if key in self._reported:
+            logger.error("%s failed: %s: %s (traceback logged before)", self.method, key[1], exc)
+        else:
+            self._reported.add(key)
+            logger.error("%s failed: %s: %s", self.method, key[1], exc, exc_info=exc)
+        await context.abort(grpc.StatusCode.INTERNAL, f"{self.method} failed on this node")
+        raise exc
 
     def _served(self) -> None:
         """The one line of an admitted call (a refused one has its refusal line instead)."""
@@ -260,7 +277,10 @@ class _Call:
             release = await self.admit(context, stream=streaming_request)
             try:
                 request = await self.request(raw, streaming_request, context)
-                return await behavior(request, context)
+                try:
+                    return await behavior(request, context)
+                except Exception as exc:
+                    await self._failed(context, exc)
             finally:
                 release()
 
@@ -273,8 +293,11 @@ class _Call:
                 release = await self.admit(context, stream=True)
                 try:
                     request = await self.request(raw, streaming_request, context)
-                    async for item in self._watched(behavior(request, context), context):
-                        yield item
+                    try:
+                        async for item in self._watched(behavior(request, context), context):
+                            yield item
+                    except Exception as exc:
+                        await self._failed(context, exc)
                 finally:
                     release()
 
@@ -287,7 +310,10 @@ class _Call:
                 request = await self.request(raw, streaming_request, context)
                 task = asyncio.ensure_future(behavior(request, context))
                 await self._until_done(task, context)
-                await task
+                try:
+                    await task
+                except Exception as exc:
+                    await self._failed(context, exc)
             finally:
                 release()
 

@@ -114,15 +114,26 @@ class CallLimiter:
 
 
 class NumberOutOfRange(ValueError):
-    """A float field of a peer's message is NaN or infinite."""
+    """A number in a peer's message is NaN, infinite or outside what its field can mean."""
+
+
+#: Timestamps on the wire (``*_unix_us``, ``*_unix_ms``) lie between 1970 and 9999.
+_TIME_SUFFIXES = {"_unix_us": 253_402_300_799_999_999, "_unix_ms": 253_402_300_799_999}
 
 
 def check_numbers(message: Message, path: str = "") -> None:
     """Every float/double anywhere in `message` must be finite (NaN passes no range check,
-    so a NaN score or bound would slip through every later comparison)."""
+    so a NaN score or bound would slip through every later comparison), and every
+    timestamp a date (a year-300000 timestamp overflows the code that reads it)."""
     for field, value in message.ListFields():
         where = f"{path}{field.name}"
-        if field.type in (FieldDescriptor.TYPE_DOUBLE, FieldDescriptor.TYPE_FLOAT):
+        limit = next((v for k, v in _TIME_SUFFIXES.items() if field.name.endswith(k)), None)
+        if limit is not None and not field.is_repeated and isinstance(value, int):
+            if not 0 <= value <= limit:
+                raise NumberOutOfRange(
+                    f"field {where} is {value}; not a time between 1970 and 9999"
+                )
+        elif field.type in (FieldDescriptor.TYPE_DOUBLE, FieldDescriptor.TYPE_FLOAT):
             values = value if _repeated(field) else [value]
             for v in values:
                 if not math.isfinite(v):

@@ -520,6 +520,20 @@ def test_non_finite_numbers_from_a_peer_are_invalid(net: LocalNetwork) -> None:
     code, details, _ = _notify(net, "mallory", "cellex", note)
     assert code is grpc.StatusCode.INVALID_ARGUMENT
     assert "must be finite" in details
+    far = notification_to_proto(Notification(f"n-{uuid.uuid4().hex}", mallory_id, _now(), alert))
+    far.quality_alert.points[0].value = 0.2
+    far.sent_at_unix_us = 2**62  # the year 146 million: overflows whoever reads it
+    code, details, _ = _run(
+        _unary(
+            _keys(net, "mallory"),
+            net,
+            "cellex",
+            "/qdspace.v1.Notification/Notify",
+            far.SerializeToString(),
+        )
+    )
+    assert code is grpc.StatusCode.INVALID_ARGUMENT
+    assert "sent_at_unix_us" in details
 
 
 # ----------------------------------------------------------------------- revocation

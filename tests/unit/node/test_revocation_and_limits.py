@@ -76,3 +76,10 @@ def test_non_finite_numbers_anywhere_in_a_message_are_refused() -> None:
         )
         with pytest.raises(NumberOutOfRange, match=r"quality_alert.points\[1\].value"):
             check_numbers(notification_pb2.NotificationMessage(quality_alert=alert))
+
+
+def test_timestamps_must_be_dates() -> None:
+    check_numbers(notification_pb2.NotificationMessage(sent_at_unix_us=1_764_655_200_000_000))
+    for bad in (-1, 2**62):
+        with pytest.raises(NumberOutOfRange, match="sent_at_unix_us"):
+            check_numbers(notification_pb2.NotificationMessage(sent_at_unix_us=bad))
