@@ -23,6 +23,7 @@ import contextlib
 import contextvars
 import inspect
 import logging
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, NoReturn
@@ -324,6 +325,8 @@ class _Call:
     ) -> AsyncIterator[Any]:
         """`items`, while the caller stays in good standing (re-checked every few seconds)."""
         iterator = aiter(items)
+        peer = current_peer()
+        checked = time.monotonic()
         try:
             while True:
                 step = asyncio.ensure_future(anext(iterator))
@@ -332,6 +335,12 @@ class _Call:
                     item = step.result()
                 except StopAsyncIteration:
                     return
+                if time.monotonic() - checked > self._recheck_s:  # a stream that never waits
+                    try:
+                        self._auth.check_standing(peer.identity)
+                    except Refused as refusal:
+                        await self._refuse(context, refusal)
+                    checked = time.monotonic()
                 yield item
         finally:
             with contextlib.suppress(RuntimeError, StopAsyncIteration):
