@@ -10,7 +10,8 @@ The clock (`ContractClock`) is the one time source of the contract machinery
 (deadlines, expiry, receipts, outbox). Its offset can only be moved when the
 node was started with ``QDSPACE_CLOCK_CONTROL=1`` (local demo and test
 networks), so that a test can jump 181 days and a production node cannot
-pretend time passed.
+pretend time passed (an offset file found without clock control is ignored, with a
+warning).
 """
 
 from __future__ import annotations
