@@ -26,6 +26,7 @@ from node.config import NodeSettings
 from node.context import NodeContext, build_context
 from node.errors import PortInUseError
 from node.identity.files import write_atomic
+from node.identity.revocation import StaleRevocationList
 from node.rpc.auth import PeerAuthenticator
 from node.rpc.federation_service import FederationServicer
 from node.rpc.limits import CallCaps
@@ -152,7 +153,11 @@ async def serve(ctx: NodeContext, stop: asyncio.Event) -> None:
 def run_node(directory: Path) -> None:
     """Load, wire and serve a node until SIGTERM/SIGINT."""
     settings = NodeSettings.load(directory)
-    ctx = build_context(settings)
+    ctx = build_context(settings)  # refuses to start without a revocation list
+    try:
+        ctx.revocations.check_fresh()
+    except StaleRevocationList as exc:  # start anyway: a refreshed file is picked up live
+        logger.error("%s", exc)
     from node.anchoring import attach_ledger
 
     ledger = attach_ledger(ctx)  # anchorer + QDM sweep threads, when a chain is configured
