@@ -321,6 +321,45 @@ def test_streams_per_member_are_capped_and_freed(net: LocalNetwork) -> None:
     _run(scenario())
 
 
+def test_stalled_uploads_run_into_the_members_stream_cap(net: LocalNetwork) -> None:
+    """Uploads that never send their first chunk hold their streams open (a slowloris):
+    the member runs into its own cap; its unary calls and other members are served."""
+
+    async def scenario() -> None:
+        never = asyncio.Event()
+
+        async def silence() -> AsyncIterator[bytes]:
+            await never.wait()
+            yield b""
+
+        address = net["cellex"].grpc_address
+        hello = node_pb2.HelloRequest(nonce=b"n").SerializeToString()
+        kw: dict[str, Any] = {"request_serializer": None, "response_deserializer": None}
+        method = "/qdspace.v1.Federation/UploadUpdate"
+        async with (
+            open_channel(_keys(net, "mallory"), address, "cellex") as evil,
+            open_channel(_keys(net, "sunarc"), address, "cellex") as good,
+        ):
+            stalled = [
+                evil.stream_unary(method, **kw)(silence(), timeout=60) for _ in range(STREAM_CAP)
+            ]
+            await asyncio.sleep(1.0)  # all admitted, each waiting for its first chunk
+            with pytest.raises(grpc.aio.AioRpcError) as refused:
+                await evil.stream_unary(method, **kw)(silence(), timeout=10)
+            assert refused.value.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
+            assert f"member mallory has {STREAM_CAP} streams open" in (
+                refused.value.details() or ""
+            )
+            await evil.unary_unary("/qdspace.v1.Node/Hello", **kw)(hello, timeout=10)
+            theirs = good.stream_unary(method, **kw)(silence(), timeout=60)
+            done, _ = await asyncio.wait({asyncio.ensure_future(theirs)}, timeout=1.0)
+            assert not done  # admitted: waiting for its chunk, not refused
+            for call in (*stalled, theirs):
+                call.cancel()
+
+    _run(scenario())
+
+
 # ------------------------------------------------------------------------- oracles
 
 
