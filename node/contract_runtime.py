@@ -585,17 +585,9 @@ class ContractRuntime:
         try:
             stored = self.store.agreement(agreement_id)
         except UnknownContractError:
-            stored = None
-        terms = stored.signed.agreement if stored is not None else None
-        if (
-            stored is None
-            or terms is None
-            or peer.member_id
-            not in (
-                terms.provider_id,
-                terms.consumer_id,
-            )
-        ):
+            raise ContractDenied(f"agreement {agreement_id} is not between us") from None
+        terms = stored.signed.agreement
+        if peer.member_id not in (terms.provider_id, terms.consumer_id):
             raise ContractDenied(f"agreement {agreement_id} is not between us")
         return stored
 
