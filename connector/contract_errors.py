@@ -122,3 +122,9 @@ class ViewError(ContractError, ValueError):
     """An asset declaration that contradicts itself or its offer."""
 
     grpc_status = "INVALID_ARGUMENT"
+
+
+class NotificationQuotaError(ContractError):
+    """A peer has as many notices kept here as it may have; a new one is refused."""
+
+    grpc_status = "RESOURCE_EXHAUSTED"

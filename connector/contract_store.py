@@ -68,10 +68,11 @@ from connector.agreement import (
 from connector.contract_errors import (
     ContractStoreError,
     KeyShreddedError,
+    NotificationQuotaError,
     UnknownContractError,
 )
 from connector.negotiation import Negotiation, NegotiationState, Role
-from connector.spc import QualityAlert, SpcAlert, SpcPoint
+from connector.spc import Investigation, QualityAlert, SpcAlert, SpcPoint
 from connector.transfer import Checkpoint, TransferProcess, TransferState
 from policies.canonical import format_datetime, parse_datetime
 from policies.codec import parse_policy, policy_to_json
@@ -226,6 +227,21 @@ alert_table = Table(
     Column("alert_at", UTCDateTime(), nullable=False),
     Column("received_at", UTCDateTime(), nullable=False, index=True),
 )
+investigation_table = Table(
+    "contract_investigation",
+    CONTRACT_METADATA,
+    Column("sender_id", String(_ID), primary_key=True),
+    Column("investigation_id", String(_ID), primary_key=True),
+    Column("subject", Text, nullable=False),
+    Column("description", Text, nullable=False),
+    Column("batch_id", String(_ID), nullable=False),
+    Column("order_id", String(_ID), nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("received_at", UTCDateTime(), nullable=False, index=True),
+)
+#: What one peer may have kept here of each kind of notice (alerts, investigations):
+#: a member flooding us is refused past it instead of filling the database.
+MAX_RECEIVED_PER_SENDER = 10_000
 _KEY_CONTEXT = b"qdspace.v1/data-key\x00"
 _ROW_CONTEXT = b"qdspace.v1/received-row\x00"
 _NEGOTIATION = "negotiation"
@@ -1148,6 +1164,7 @@ class ContractStore:
         with self.engine.begin() as connection:
             if connection.execute(select(func.count()).where(*key)).scalar_one():
                 return False
+            self._check_quota(connection, alert_table, sender_id)
             connection.execute(
                 self._upsert(alert_table)
                 .values(
@@ -1166,6 +1183,60 @@ class ContractStore:
                 .on_conflict_do_nothing()
             )
         return True
+
+    def _check_quota(self, connection: Connection, table: Table, sender_id: str) -> None:
+        held = connection.execute(
+            select(func.count()).where(table.c.sender_id == sender_id)
+        ).scalar_one()
+        if held >= MAX_RECEIVED_PER_SENDER:
+            raise NotificationQuotaError(
+                f"{sender_id} already has {held} {table.name} entries kept here "
+                f"(limit {MAX_RECEIVED_PER_SENDER})"
+            )
+
+    def record_investigation(self, sender_id: str, case: Investigation, at: datetime) -> bool:
+        """Keep an investigation a peer opened with us; False when kept before (a retry)."""
+        table = investigation_table
+        key = (table.c.sender_id == sender_id, table.c.investigation_id == case.investigation_id)
+        with self.engine.begin() as connection:
+            if connection.execute(select(func.count()).where(*key)).scalar_one():
+                return False
+            self._check_quota(connection, table, sender_id)
+            connection.execute(
+                self._upsert(table)
+                .values(
+                    sender_id=sender_id,
+                    investigation_id=case.investigation_id,
+                    subject=case.subject,
+                    description=case.description,
+                    batch_id=case.batch_id,
+                    order_id=case.order_id,
+                    status=case.status,
+                    received_at=at,
+                )
+                .on_conflict_do_nothing()
+            )
+        return True
+
+    def received_investigations(self, sender_id: str | None = None) -> list[Investigation]:
+        """The investigations peers opened with us (of one sender), in the order they came."""
+        table = investigation_table
+        statement = select(table).order_by(table.c.received_at, table.c.investigation_id)
+        if sender_id is not None:
+            statement = statement.where(table.c.sender_id == sender_id)
+        with self.engine.connect() as connection:
+            rows = connection.execute(statement).all()
+        return [
+            Investigation(
+                row.investigation_id,
+                row.subject,
+                row.description,
+                row.batch_id,
+                row.order_id,
+                row.status,
+            )
+            for row in rows
+        ]
 
     def received_alerts(self, sender_id: str | None = None) -> list[QualityAlert]:
         """The SPC alerts peers sent us (of one sender), in the order they arrived."""

@@ -26,8 +26,10 @@ from node.config import NodeSettings
 from node.context import NodeContext, build_context
 from node.errors import PortInUseError
 from node.identity.files import write_atomic
+from node.identity.revocation import StaleRevocationList
 from node.rpc.auth import PeerAuthenticator
 from node.rpc.federation_service import FederationServicer
+from node.rpc.limits import CallCaps
 from node.rpc.node_service import NodeServicer
 from node.rpc.server import PeerServer, build_server
 from node.rpc.trace_service import TraceServicer
@@ -68,12 +70,19 @@ def build_peer_server(ctx: NodeContext) -> PeerServer:
         from node.rpc.contract_services import contract_registrations
 
         registrations.extend(contract_registrations(ctx.contracts))
+    settings = ctx.settings
+    caps = CallCaps(
+        server_calls=settings.rpc_max_calls,
+        per_peer_calls=settings.rpc_max_calls_per_peer,
+        per_peer_streams=settings.rpc_max_streams_per_peer,
+    )
     return build_server(
         ctx.keys,
         PeerAuthenticator(ctx.revocations),
         registrations,
-        ctx.settings.grpc_host,
-        ctx.settings.grpc_port,
+        settings.grpc_host,
+        settings.grpc_port,
+        caps,
     )
 
 
@@ -144,7 +153,11 @@ async def serve(ctx: NodeContext, stop: asyncio.Event) -> None:
 def run_node(directory: Path) -> None:
     """Load, wire and serve a node until SIGTERM/SIGINT."""
     settings = NodeSettings.load(directory)
-    ctx = build_context(settings)
+    ctx = build_context(settings)  # refuses to start without a revocation list
+    try:
+        ctx.revocations.check_fresh()
+    except StaleRevocationList as exc:  # start anyway: a refreshed file is picked up live
+        logger.error("%s", exc)
     from node.anchoring import attach_ledger
 
     ledger = attach_ledger(ctx)  # anchorer + QDM sweep threads, when a chain is configured

@@ -110,6 +110,22 @@ def authority_revoke(
         console.print(f"revoked {m.name} ({m.member_id}, serial {m.serial})")
 
 
+@authority_app.command("crl")
+@clean_errors
+def authority_crl(
+    directory: Annotated[Path, typer.Option("--dir", help="authority directory")],
+    valid_days: Annotated[float, typer.Option(help="days until its nextUpdate")] = 7.0,
+) -> None:
+    """Re-issue the revocation list; nodes refuse every call once theirs is past nextUpdate."""
+    import datetime as dt
+
+    from node.identity.authority import Authority
+
+    path = Authority.load(directory).issue_crl(dt.timedelta(days=valid_days))
+    console.print(f"revocation list re-issued: {path} (valid {valid_days:g} days)")
+    console.print("nodes whose crl_path is this file reload it; copy it to the others")
+
+
 @authority_app.command("list")
 @clean_errors
 def authority_list(

@@ -16,6 +16,7 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 
 from node.errors import ConfigError
 from node.identity.files import write_atomic
+from node.rpc.limits import DEFAULT_PER_PEER_CALLS, DEFAULT_PER_PEER_STREAMS, DEFAULT_SERVER_CALLS
 
 CONFIG_FILE = "node.json"
 DEFAULT_HOST = "127.0.0.1"
@@ -43,6 +44,10 @@ class NodeSettings(BaseSettings):
     peers: dict[str, str] = Field(default_factory=dict)
     log_level: str = "INFO"
     shutdown_grace_s: float = 5.0
+    # peer-server caps (node.rpc.limits): calls in flight in all, and per member
+    rpc_max_calls: int = Field(default=DEFAULT_SERVER_CALLS, ge=1)
+    rpc_max_calls_per_peer: int = Field(default=DEFAULT_PER_PEER_CALLS, ge=1)
+    rpc_max_streams_per_peer: int = Field(default=DEFAULT_PER_PEER_STREAMS, ge=1)
 
     @field_validator("peers")
     @classmethod

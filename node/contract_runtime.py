@@ -10,7 +10,8 @@ The clock (`ContractClock`) is the one time source of the contract machinery
 (deadlines, expiry, receipts, outbox). Its offset can only be moved when the
 node was started with ``QDSPACE_CLOCK_CONTROL=1`` (local demo and test
 networks), so that a test can jump 181 days and a production node cannot
-pretend time passed.
+pretend time passed (an offset file found without clock control is ignored, with a
+warning).
 """
 
 from __future__ import annotations
@@ -100,6 +101,7 @@ from node.errors import NodeError
 from node.identity.certs import MemberIdentity
 from node.identity.files import read_file, write_atomic
 from node.rpc.contract_serde import Notification, PullRequest, notification_to_proto
+from node.table_watch import TableWatch
 from policies.evaluate import Request
 from policies.model import Action, Policy
 
@@ -124,7 +126,13 @@ class ContractClock:
         self._path = path
         self.control = control
         self.offset = timedelta(0)
-        if path.exists():
+        if path.exists() and not control:
+            logger.warning(
+                "contract clock file %s ignored: clock control is off (%s is not 1)",
+                path,
+                CLOCK_CONTROL_ENV,
+            )
+        elif path.exists():
             self.offset = timedelta(seconds=float(json.loads(path.read_text())["offset_s"]))
 
     def now(self) -> datetime:
@@ -173,11 +181,17 @@ class ContractRuntime:
     # (kind, ref id, canonical bytes) of each agreement in force and each verified receipt:
     # the node's ledger anchors them (see ContractJobs); a no-op without a chain
     record: Callable[[str, str, bytes], None] = field(default=lambda kind, ref, data: None)
-    investigations: list[Investigation] = field(default_factory=list)
+    # wakes live streams when inspections are committed (node.table_watch); None: poll only
+    new_inspections: TableWatch | None = None
 
     @property
     def verify_key(self) -> VerifyKey:
         return self.signing_key.verify_key
+
+    @property
+    def investigations(self) -> list[Investigation]:
+        """The investigations peers opened with us (kept in the contract store)."""
+        return self.store.received_investigations()
 
     @property
     def received_alerts(self) -> list[QualityAlert]:
@@ -396,11 +410,9 @@ class ContractRuntime:
             raise UnauthorizedSenderError(f"transfer request {message.message_id}: wrong parties")
         existing = self.store.find_transfer(message.transfer_id)
         if existing is not None:
-            return (
-                apply_transfer(existing, message)
-                if existing.consumer_id == peer.member_id
-                else existing
-            )
+            if existing.consumer_id != peer.member_id:  # say nothing about another's transfer
+                raise ContractDenied(f"transfer id {message.transfer_id} cannot be used")
+            return apply_transfer(existing, message)
         stored = self.provider_agreement(message.agreement_id, peer)
         asset = self.assets[stored.signed.agreement.asset_id]
         if asset.is_stream:
@@ -423,13 +435,22 @@ class ContractRuntime:
         self.store.save_transfer(None, process)
         return process
 
+    def _peer_transfer(self, peer: MemberIdentity, transfer_id: str) -> TransferProcess:
+        """A transfer we provide to `peer`; one answer for unknown and foreign ids."""
+        process = self.store.find_transfer(transfer_id)
+        if (
+            process is None
+            or process.role is not Role.PROVIDER
+            or process.consumer_id != peer.member_id
+        ):
+            raise ContractDenied(f"transfer {transfer_id} is not yours")
+        return process
+
     def pull(
         self, peer: MemberIdentity, request: PullRequest, batch_rows: int
     ) -> Iterator[RowBatch]:
         """Provider side of Pull: the batches after the consumer's checkpoint."""
-        process = self.store.load_transfer(request.transfer_id)
-        if process.role is not Role.PROVIDER or process.consumer_id != peer.member_id:
-            raise ContractDenied(f"transfer {request.transfer_id} is not yours")
+        process = self._peer_transfer(peer, request.transfer_id)
         save = True
         if process.state is TransferState.COMPLETED:
             save = False  # a re-read of a finished transfer: send again, change nothing
@@ -474,7 +495,7 @@ class ContractRuntime:
             raise UnauthorizedSenderError(f"message {message.message_id}: wrong sender")
         if isinstance(message, TransferRequest):
             return self.open_transfer(peer, message)
-        before = self.store.load_transfer(message.transfer_id)
+        before = self._peer_transfer(peer, message.transfer_id)
         after = apply_transfer(before, message)
         if after != before:
             self.store.save_transfer(before, after)
@@ -542,10 +563,7 @@ class ContractRuntime:
         if isinstance(body, OrderClosed):
             return self._order_closed(peer, body)
         if isinstance(body, AgreementTermination):
-            stored = self.store.agreement(body.agreement_id)
-            terms = stored.signed.agreement
-            if peer.member_id not in (terms.provider_id, terms.consumer_id):
-                raise ContractDenied(f"agreement {body.agreement_id} is not between us")
+            stored = self._agreement_between(peer, body.agreement_id)
             first = stored.terminated_at is None
             self.store.terminate_agreement(body.agreement_id, body.reason, body.terminated_at)
             return first
@@ -557,13 +575,26 @@ class ContractRuntime:
                 logger.warning("quality alert from %s: %s", peer.name, body.alert.description)
             return first
         assert isinstance(body, Investigation)
-        self.investigations.append(body)
-        return True
+        first = self.store.record_investigation(peer.member_id, body, self.clock.now())
+        if first:
+            logger.warning("investigation from %s: %s", peer.name, body.subject[:200])
+        return first
+
+    def _agreement_between(self, peer: MemberIdentity, agreement_id: str) -> StoredAgreement:
+        """An agreement `peer` is a party to; one answer for unknown and foreign ids."""
+        try:
+            stored = self.store.agreement(agreement_id)
+        except UnknownContractError:
+            raise ContractDenied(f"agreement {agreement_id} is not between us") from None
+        terms = stored.signed.agreement
+        if peer.member_id not in (terms.provider_id, terms.consumer_id):
+            raise ContractDenied(f"agreement {agreement_id} is not between us")
+        return stored
 
     def _order_closed(self, peer: MemberIdentity, body: OrderClosed) -> bool:
         first = False
         for agreement_id in body.agreement_ids:
-            stored = self.store.agreement(agreement_id)
+            stored = self._agreement_between(peer, agreement_id)
             terms = stored.signed.agreement
             if stored.role is not Role.CONSUMER or terms.provider_id != peer.member_id:
                 raise ContractDenied(f"agreement {agreement_id} is not one {peer.name} gave us")
@@ -660,7 +691,9 @@ def build_runtime(
     clock = ContractClock(directory / "run" / CLOCK_FILE, control=control)
     assets = {a.asset_id: a for a in standard_assets(me.member_id)}
     secret = _secret(directory / PSEUDONYM_FILE, "pseudonym secret")
-    return ContractRuntime(me, signing_key, store, qdm, clock, secret, assets)
+    runtime = ContractRuntime(me, signing_key, store, qdm, clock, secret, assets)
+    runtime.new_inspections = TableWatch(qdm, Inspection.__tablename__)
+    return runtime
 
 
 def contract_error_status(exc: ContractError) -> str:

@@ -2,7 +2,9 @@
 
 The authority directory holds ``ca.key`` (private, 0600), ``ca.crt``, ``members.json``
 (what was issued) and ``crl.pem`` (a signed revocation list that nodes reload when it
-changes). Every file is written atomically, so an interrupted command leaves the
+changes). A CRL is valid for ``CRL_VALID_DAYS``; nodes refuse every call once it is past
+its nextUpdate, so the authority re-issues it (``qdspace authority crl``, e.g. daily from
+cron) well before then. Every file is written atomically, so an interrupted command leaves the
 directory as it was.
 """
 
@@ -197,13 +199,22 @@ class Authority:
         self._save_members(updated)
         return hits
 
-    def _write_crl(self, revoked: list[IssuedMember]) -> None:
+    def issue_crl(self, valid: dt.timedelta = dt.timedelta(days=CRL_VALID_DAYS)) -> Path:
+        """Re-issue the CRL from the register with a new nextUpdate (now + `valid`)."""
+        if valid <= dt.timedelta(0):
+            raise IdentityError("a revocation list must be valid for some time")
+        self._write_crl([m for m in self.members() if m.revoked_at], valid)
+        return self.directory / "crl.pem"
+
+    def _write_crl(
+        self, revoked: list[IssuedMember], valid: dt.timedelta = dt.timedelta(days=CRL_VALID_DAYS)
+    ) -> None:
         now = dt.datetime.now(dt.UTC)
         builder = (
             x509.CertificateRevocationListBuilder()
             .issuer_name(self.cert.subject)
             .last_update(now)
-            .next_update(now + dt.timedelta(days=CRL_VALID_DAYS))
+            .next_update(now + valid)
         )
         for m in revoked:
             entry = (

@@ -1,26 +1,49 @@
-"""Peer authentication and authorisation for every incoming call, in one interceptor.
+"""Peer authentication, authorisation and admission for every incoming call, in one interceptor.
 
 TLS already refused certificates not issued by the authority or expired. Here the
 certificate the handshake verified is read back, checked against the authority's
-revocation list, turned into a :class:`Peer`, and the caller's role is checked
-against the method's access list. Every decision is logged with peer and method.
+revocation list (a stale list refuses everybody: revocation fails closed), turned
+into a :class:`Peer`, and the caller's role is checked against the method's access
+list. Every decision is logged with peer and method.
+
+Only then is the request admitted and decoded: the interceptor takes the raw bytes
+(the servicers' deserializers are moved behind the gate), so a caller who is refused
+never gets a byte parsed, a request over its method's size cap is RESOURCE_EXHAUSTED,
+bytes that are not the method's message are INVALID_ARGUMENT with one log line (no
+traceback to flood the log with), and so are NaN or infinite numbers. A caller holds
+a slot per call (`node.rpc.limits`). Open streams are re-checked every
+``STREAM_RECHECK_S``: when the member is revoked, or the CRL went stale, the stream
+ends with UNAUTHENTICATED instead of feeding a member that is no longer one.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import contextvars
+import inspect
 import logging
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NoReturn
 
 import grpc
 from cryptography import x509
+from google.protobuf.message import Message
 
 from node.errors import IdentityError
 from node.identity.certs import MemberIdentity, identity_of
-from node.identity.revocation import RevocationList
+from node.identity.revocation import RevocationList, StaleRevocationList
 from node.rpc.acl import allowed_roles
+from node.rpc.limits import (
+    CallCaps,
+    CallLimiter,
+    LimitExceeded,
+    NumberOutOfRange,
+    check_numbers,
+    max_request_bytes,
+)
 
 logger = logging.getLogger("node.rpc")
 
@@ -78,12 +101,20 @@ class PeerAuthenticator:
             except (ValueError, IdentityError) as exc:
                 raise Refused(grpc.StatusCode.UNAUTHENTICATED, f"bad certificate: {exc}") from None
             self._cache[pem] = identity
-        if self._revocations.is_revoked(identity.serial):
+        self.check_standing(identity)
+        return Peer(identity, address)
+
+    def check_standing(self, identity: MemberIdentity) -> None:
+        """Refuse a revoked member, and everybody while the revocation list is stale."""
+        try:
+            revoked = self._revocations.is_revoked(identity.serial)
+        except StaleRevocationList as exc:
+            raise Refused(grpc.StatusCode.UNAVAILABLE, str(exc)) from None
+        if revoked:
             raise Refused(
                 grpc.StatusCode.UNAUTHENTICATED,
                 f"certificate of member {identity.name} (serial {identity.serial:x}) is revoked",
             )
-        return Peer(identity, address)
 
 
 def authorise(peer: Peer, method: str) -> None:
@@ -91,11 +122,25 @@ def authorise(peer: Peer, method: str) -> None:
         raise Refused(grpc.StatusCode.PERMISSION_DENIED, f"role {peer.role} may not call {method}")
 
 
-class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
-    """Wraps every handler so that no servicer code runs for an unauthorised caller."""
+STREAM_RECHECK_S = 1.0
 
-    def __init__(self, authenticator: PeerAuthenticator):
+Behavior = Callable[[Any, grpc.aio.ServicerContext], Any]
+
+
+class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
+    """Wraps every handler so that no servicer code runs, and no request byte is decoded,
+    for a caller who is not authenticated, authorised and admitted (module docstring)."""
+
+    def __init__(
+        self,
+        authenticator: PeerAuthenticator,
+        limiter: CallLimiter | None = None,
+        recheck_s: float = STREAM_RECHECK_S,
+    ):
         self._auth = authenticator
+        self._limiter = limiter or CallLimiter(CallCaps())
+        self._recheck_s = recheck_s
+        self.reported: set[tuple[str, str]] = set()  # (method, error type) with a traceback
 
     async def intercept_service(
         self,
@@ -105,67 +150,215 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         handler = await continuation(details)
         if handler is None:
             return None
-        method: str = details.method
-        gate = self._gate(method)
+        call = _Call(self, details.method, handler.request_deserializer)
+        serializer = handler.response_serializer
         if handler.unary_unary:
             return grpc.unary_unary_rpc_method_handler(
-                _wrap_unary(gate, handler.unary_unary),
-                request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer,
-            )
-        if handler.unary_stream:
-            return grpc.unary_stream_rpc_method_handler(
-                _wrap_stream(gate, handler.unary_stream),
-                request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer,
+                call.unary(handler.unary_unary, streaming_request=False),
+                response_serializer=serializer,
             )
         if handler.stream_unary:
             return grpc.stream_unary_rpc_method_handler(
-                _wrap_unary(gate, handler.stream_unary),
-                request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer,
+                call.unary(handler.stream_unary, streaming_request=True),
+                response_serializer=serializer,
+            )
+        if handler.unary_stream:
+            return grpc.unary_stream_rpc_method_handler(
+                call.stream(handler.unary_stream, streaming_request=False),
+                response_serializer=serializer,
             )
         return grpc.stream_stream_rpc_method_handler(
-            _wrap_stream(gate, handler.stream_stream),
-            request_deserializer=handler.request_deserializer,
-            response_serializer=handler.response_serializer,
+            call.stream(handler.stream_stream, streaming_request=True),
+            response_serializer=serializer,
         )
 
-    def _gate(self, method: str) -> Callable[[grpc.aio.ServicerContext], Awaitable[Peer]]:
-        async def gate(context: grpc.aio.ServicerContext) -> Peer:
-            address = context.peer()
+
+class _Call:
+    """One method's gate: authenticate, authorise, admit, decode; then watch streams."""
+
+    def __init__(
+        self,
+        interceptor: AuthInterceptor,
+        method: str,
+        deserialize: Callable[[bytes], Any] | None,
+    ):
+        self._auth = interceptor._auth
+        self._limiter = interceptor._limiter
+        self._recheck_s = interceptor._recheck_s
+        self._reported = interceptor.reported
+        self.method = method
+        self._deserialize = deserialize
+        self._max_bytes = max_request_bytes(method)
+
+    async def _refuse(self, context: grpc.aio.ServicerContext, refusal: Refused) -> NoReturn:
+        peer = _CURRENT_PEER.get(None)
+        who = f"{peer.name} at {peer.address}" if peer is not None else context.peer()
+        logger.warning("refused %s from %s: %s", self.method, who, refusal.reason)
+        await context.abort(refusal.code, refusal.reason)
+        raise refusal  # abort raises; this keeps type checkers honest
+
+    async def admit(self, context: grpc.aio.ServicerContext, *, stream: bool) -> Callable[[], None]:
+        """The caller's peer set for the handler and its slot held; aborts otherwise."""
+        address = context.peer()
+        try:
+            peer = self._auth.authenticate(context.auth_context(), address)
+            authorise(peer, self.method)
             try:
-                peer = self._auth.authenticate(context.auth_context(), address)
-                authorise(peer, method)
+                release = self._limiter.acquire(peer.member_id, peer.name, stream=stream)
+            except LimitExceeded as exc:
+                raise Refused(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc)) from None
+        except Refused as refusal:
+            await self._refuse(context, refusal)
+        _CURRENT_PEER.set(peer)
+        return release
+
+    async def _failed(self, context: grpc.aio.ServicerContext, exc: Exception) -> NoReturn:
+        """A servicer failed unexpectedly: INTERNAL to the caller without details, and the
+        traceback logged once per method and error type (a caller who found a way to make
+        a method fail cannot flood the log with tracebacks); an abort passes through."""
+        if isinstance(exc, grpc.aio.AbortError) or context.done():
+            raise exc
+        key = (self.method, type(exc).__name__)
+        if key in self._reported:
+            logger.error("%s failed: %s: %s (traceback logged before)", self.method, key[1], exc)
+        else:
+            self._reported.add(key)
+            logger.error("%s failed: %s: %s", self.method, key[1], exc, exc_info=exc)
+        await context.abort(grpc.StatusCode.INTERNAL, f"{self.method} failed on this node")
+        raise exc
+
+    def _served(self) -> None:
+        """The one line of an admitted call (a refused one has its refusal line instead)."""
+        peer = current_peer()
+        logger.info(
+            "grpc %s peer=%s role=%s addr=%s", self.method, peer.name, peer.role, peer.address
+        )
+
+    async def decode(self, raw: bytes, context: grpc.aio.ServicerContext) -> Any:
+        """The request message, or an abort naming what is wrong with the bytes."""
+        size = len(raw)
+        if size > self._max_bytes:
+            await self._refuse(
+                context,
+                Refused(
+                    grpc.StatusCode.RESOURCE_EXHAUSTED,
+                    f"request of {size} bytes; {self.method} accepts at most {self._max_bytes}",
+                ),
+            )
+        if self._deserialize is None:
+            return raw
+        try:
+            message = self._deserialize(raw)
+        except Exception as exc:  # any decoder failure is the caller's bytes
+            reason = f"request is not a valid message for {self.method} ({type(exc).__name__})"
+            await self._refuse(context, Refused(grpc.StatusCode.INVALID_ARGUMENT, reason))
+        try:
+            if isinstance(message, Message):  # (a chunked upload's own decoder gives bytes)
+                check_numbers(message)
+        except NumberOutOfRange as exc:
+            await self._refuse(context, Refused(grpc.StatusCode.INVALID_ARGUMENT, str(exc)))
+        return message
+
+    async def _requests(
+        self, raw: AsyncIterator[bytes], context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[Any]:
+        async for item in raw:
+            yield await self.decode(item, context)
+
+    async def request(self, raw: Any, streaming: bool, context: grpc.aio.ServicerContext) -> Any:
+        if streaming:  # each message is decoded (and may be refused) as it arrives
+            self._served()
+            return self._requests(raw, context)
+        request = await self.decode(raw, context)
+        self._served()
+        return request
+
+    def unary(self, behavior: Behavior, *, streaming_request: bool) -> Behavior:
+        async def wrapped(raw: Any, context: grpc.aio.ServicerContext) -> Any:
+            release = await self.admit(context, stream=streaming_request)
+            try:
+                request = await self.request(raw, streaming_request, context)
+                try:
+                    return await behavior(request, context)
+                except Exception as exc:
+                    await self._failed(context, exc)
+            finally:
+                release()
+
+        return wrapped
+
+    def stream(self, behavior: Behavior, *, streaming_request: bool) -> Behavior:
+        if inspect.isasyncgenfunction(behavior):
+
+            async def generated(raw: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+                release = await self.admit(context, stream=True)
+                try:
+                    request = await self.request(raw, streaming_request, context)
+                    try:
+                        async for item in self._watched(behavior(request, context), context):
+                            yield item
+                    except Exception as exc:
+                        await self._failed(context, exc)
+                finally:
+                    release()
+
+            return generated
+
+        async def written(raw: Any, context: grpc.aio.ServicerContext) -> None:
+            # a servicer that writes with context.write (grpc's Health/Watch)
+            release = await self.admit(context, stream=True)
+            try:
+                request = await self.request(raw, streaming_request, context)
+                task = asyncio.ensure_future(behavior(request, context))
+                await self._until_done(task, context)
+                try:
+                    await task
+                except Exception as exc:
+                    await self._failed(context, exc)
+            finally:
+                release()
+
+        return written
+
+    async def _watched(
+        self, items: AsyncIterator[Any], context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[Any]:
+        """`items`, while the caller stays in good standing (re-checked every few seconds)."""
+        iterator = aiter(items)
+        peer = current_peer()
+        checked = time.monotonic()
+        try:
+            while True:
+                step = asyncio.ensure_future(anext(iterator))
+                await self._until_done(step, context)
+                try:
+                    item = step.result()
+                except StopAsyncIteration:
+                    return
+                if time.monotonic() - checked > self._recheck_s:  # a stream that never waits
+                    try:
+                        self._auth.check_standing(peer.identity)
+                    except Refused as refusal:
+                        await self._refuse(context, refusal)
+                    checked = time.monotonic()
+                yield item
+        finally:
+            with contextlib.suppress(RuntimeError, StopAsyncIteration):
+                await items.aclose()  # type: ignore[attr-defined]
+
+    async def _until_done(
+        self, task: asyncio.Future[Any], context: grpc.aio.ServicerContext
+    ) -> None:
+        """Wait for `task`, re-checking the caller's standing; cancel it and abort when lost."""
+        peer = current_peer()
+        while True:
+            done, _ = await asyncio.wait({task}, timeout=self._recheck_s)
+            if done:
+                return
+            try:
+                self._auth.check_standing(peer.identity)
             except Refused as refusal:
-                logger.warning("refused %s from %s: %s", method, address, refusal.reason)
-                await context.abort(refusal.code, refusal.reason)
-                raise  # abort raises; this keeps type checkers honest
-            logger.info("grpc %s peer=%s role=%s addr=%s", method, peer.name, peer.role, address)
-            _CURRENT_PEER.set(peer)
-            return peer
-
-        return gate
-
-
-def _wrap_unary(
-    gate: Callable[[grpc.aio.ServicerContext], Awaitable[Peer]],
-    behavior: Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]],
-) -> Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]:
-    async def wrapped(request: Any, context: grpc.aio.ServicerContext) -> Any:
-        await gate(context)
-        return await behavior(request, context)
-
-    return wrapped
-
-
-def _wrap_stream(
-    gate: Callable[[grpc.aio.ServicerContext], Awaitable[Peer]],
-    behavior: Callable[[Any, grpc.aio.ServicerContext], AsyncIterator[Any]],
-) -> Callable[[Any, grpc.aio.ServicerContext], AsyncIterator[Any]]:
-    async def wrapped(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
-        await gate(context)
-        async for item in behavior(request, context):
-            yield item
-
-    return wrapped
+                task.cancel()
+                with contextlib.suppress(BaseException):
+                    await task
+                await self._refuse(context, refusal)

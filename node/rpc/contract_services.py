@@ -39,6 +39,7 @@ from node.rpc.contract_serde import (
     transfer_ack_to_proto,
     transfer_message_from_proto,
 )
+from node.table_watch import FALLBACK_POLL_S
 from policies.errors import PolicyError
 from protocols.v1 import (
     catalog_pb2,
@@ -57,7 +58,6 @@ logger = logging.getLogger("node.rpc")
 
 DEFAULT_BATCH_ROWS = 1000
 MAX_BATCH_ROWS = 10_000
-POLL_S = 0.01
 RECHECK_S = 1.0
 HEARTBEAT_S = 5.0
 
@@ -215,12 +215,19 @@ class SubscriptionServicer(subscription_pb2_grpc.SubscriptionServicer):
                     heartbeat=True,
                     sent_at_unix_us=datetime_to_us(datetime.now(UTC)),
                 )
+                watch = rt.new_inspections
+                seen = watch.generation if watch is not None else 0
                 while True:
                     if time.monotonic() - checked > RECHECK_S:  # terminated or expired since?
-                        stored = rt.provider_agreement(stream.agreement_id, peer)
-                        gate = rt.stream_gate(stored, stream)
+                        stored = await asyncio.to_thread(
+                            rt.provider_agreement, stream.agreement_id, peer
+                        )
+                        gate = await asyncio.to_thread(rt.stream_gate, stored, stream)
                         checked = time.monotonic()
-                    rows, positions, position = rt.stream_page(gate, position)
+                    # the database is read in a worker thread, never on the event loop
+                    rows, positions, position = await asyncio.to_thread(
+                        rt.stream_page, gate, position
+                    )
                     if rows:
                         yield subscription_pb2.SubscriptionEvent(
                             subscription_id=stream.subscription_id,
@@ -239,7 +246,10 @@ class SubscriptionServicer(subscription_pb2_grpc.SubscriptionServicer):
                             sent_at_unix_us=datetime_to_us(rt.clock.now()),
                         )
                         beat = time.monotonic()
-                    await asyncio.sleep(POLL_S)
+                    if watch is None:
+                        await asyncio.sleep(FALLBACK_POLL_S)
+                    else:  # woken by a commit of new inspections, or looks again anyway
+                        seen = await watch.wait(seen, FALLBACK_POLL_S)
         except _Abort as abort:
             await context.abort(abort.code, abort.reason)
 

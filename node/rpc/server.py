@@ -1,4 +1,9 @@
-"""Builds the node's gRPC server: mutual TLS, the auth interceptor, services, health."""
+"""Builds the node's gRPC server: mutual TLS, the auth interceptor, services, health.
+
+The transport's receive limit is the largest message any method accepts (one chunk of
+a chunked federation upload); each method's own, smaller cap and the per-peer call
+caps are enforced by the interceptor (`node.rpc.limits`).
+"""
 
 from __future__ import annotations
 
@@ -12,6 +17,10 @@ from node.errors import PortInUseError
 from node.identity.member import MemberKeys
 from node.rpc.auth import AuthInterceptor, PeerAuthenticator
 from node.rpc.client import CHANNEL_OPTIONS
+from node.rpc.limits import TRANSPORT_MAX_BYTES, CallCaps, CallLimiter
+
+#: What the server sends; a peer's download is chunked too, this is only the ceiling.
+SERVER_MAX_SEND_BYTES = 64 * 1024 * 1024
 
 logger = logging.getLogger("node.rpc")
 
@@ -52,10 +61,17 @@ def build_server(
     registrars: Sequence[Registrar],
     host: str,
     port: int,
+    caps: CallCaps | None = None,
 ) -> PeerServer:
+    options = [o for o in CHANNEL_OPTIONS if not o[0].startswith("grpc.max_")]
     server = grpc.aio.server(
-        interceptors=[AuthInterceptor(authenticator)],
-        options=[*CHANNEL_OPTIONS, ("grpc.so_reuseport", 0)],
+        interceptors=[AuthInterceptor(authenticator, CallLimiter(caps or CallCaps()))],
+        options=[
+            *options,
+            ("grpc.max_receive_message_length", TRANSPORT_MAX_BYTES),
+            ("grpc.max_send_message_length", SERVER_MAX_SEND_BYTES),
+            ("grpc.so_reuseport", 0),
+        ],
     )
     for register in registrars:
         register(server)

@@ -1,4 +1,8 @@
-"""``qdspace.v1.Trace``: one genealogy hop, answered only to the batch's customer."""
+"""``qdspace.v1.Trace``: one genealogy hop, answered only to the batch's customer.
+
+A batch that does not exist and a batch sold to somebody else get the same answer
+(status and words): otherwise a member could probe which batch ids a supplier holds.
+"""
 
 from __future__ import annotations
 
@@ -20,6 +24,11 @@ def batch_to_proto(batch: BatchInfo) -> trace_pb2.BatchRef:
     )
 
 
+def not_yours(request: trace_pb2.UpstreamRequest, caller: str) -> str:
+    """The one answer for "no such batch" and "not your batch"."""
+    return f"batch {request.batch_id[:200]!r} was not sold to {caller}"
+
+
 class TraceServicer(trace_pb2_grpc.TraceServicer):
     def __init__(self, store: QualityStore):
         self._store = store
@@ -30,10 +39,8 @@ class TraceServicer(trace_pb2_grpc.TraceServicer):
         peer = current_peer()
         try:
             batch, parents = upstream(self._store.engine, request.batch_id, customer=peer.name)
-        except UnknownBatch as exc:
-            await context.abort(grpc.StatusCode.NOT_FOUND, str(exc))
-        except NotYourBatch as exc:
-            await context.abort(grpc.StatusCode.PERMISSION_DENIED, str(exc))
+        except (UnknownBatch, NotYourBatch):
+            await context.abort(grpc.StatusCode.PERMISSION_DENIED, not_yours(request, peer.name))
         except GenealogyError as exc:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         return trace_pb2.UpstreamReply(

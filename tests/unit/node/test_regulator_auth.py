@@ -26,7 +26,7 @@ def member(authority: Authority, tmp_path: Path, name: str, role: str) -> Member
 
 
 def check(token: str, authority: Authority, crl: Path | None = None, **kw: float) -> str:
-    revocations = RevocationList(authority.cert, crl)
+    revocations = RevocationList(authority.cert, crl or authority.directory / "crl.pem")
     return check_credential(
         token, ca_cert=authority.cert, revocations=revocations, audience=AUDIENCE, **kw
     ).name

@@ -1,0 +1,156 @@
+"""Resource limits of the peer server: message sizes per method, concurrent calls per peer.
+
+A member is authenticated, not trusted. Without limits one member could open
+thousands of streams or send 64 MiB to a method that needs a few hundred bytes and
+starve the node for everybody else. The limits are set here, in one place, and
+enforced by the interceptor (`node.rpc.auth`) after the caller is authenticated and
+before any request is decoded:
+
+- the transport accepts at most ``TRANSPORT_MAX_BYTES`` per message (one federation
+  upload chunk and its header), so nothing bigger is even read;
+- each method has its own cap (`max_request_bytes`): small for unary calls, chunk-sized
+  only for the federation's chunked upload streams, the only way to send bulk data;
+- a member may hold ``per_peer_calls`` unary calls and ``per_peer_streams`` streams at
+  once on this node, and the node serves at most ``server_calls`` calls in all; a call
+  over a cap is refused with RESOURCE_EXHAUSTED and the cap it hit.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+from google.protobuf.descriptor import FieldDescriptor
+from google.protobuf.message import Message
+
+from federation.chunks import DEFAULT_CHUNK_BYTES
+
+KIB = 1024
+#: What a unary request may weigh unless its method says otherwise.
+UNARY_MAX_BYTES = 256 * KIB
+#: One chunk of a chunked federation upload, with room for its header.
+CHUNK_MAX_BYTES = DEFAULT_CHUNK_BYTES + 64 * KIB
+#: The transport refuses anything larger before it is read into a message.
+TRANSPORT_MAX_BYTES = CHUNK_MAX_BYTES
+
+_FED = "/qdspace.v1.Federation/"
+METHOD_MAX_BYTES: Mapping[str, int] = {
+    # chunked uploads: the only path for bulk data (model updates, job terms)
+    _FED + "StartJob": CHUNK_MAX_BYTES,
+    _FED + "UploadUpdate": CHUNK_MAX_BYTES,
+    _FED + "UploadMasked": CHUNK_MAX_BYTES,
+    # secure aggregation key material grows with the number of members in a round
+    _FED + "ShareKeys": 1024 * KIB,
+    _FED + "Unmask": 1024 * KIB,
+}
+
+DEFAULT_SERVER_CALLS = 512
+DEFAULT_PER_PEER_CALLS = 32
+DEFAULT_PER_PEER_STREAMS = 8
+
+
+def max_request_bytes(method: str) -> int:
+    return METHOD_MAX_BYTES.get(method, UNARY_MAX_BYTES)
+
+
+class LimitExceeded(Exception):
+    """A call over one of the caps; the message names the cap."""
+
+
+@dataclass(frozen=True)
+class CallCaps:
+    server_calls: int = DEFAULT_SERVER_CALLS
+    per_peer_calls: int = DEFAULT_PER_PEER_CALLS
+    per_peer_streams: int = DEFAULT_PER_PEER_STREAMS
+
+
+class CallLimiter:
+    """Counts the calls in flight, in all and per member; `admit` holds a slot for one call."""
+
+    def __init__(self, caps: CallCaps) -> None:
+        self.caps = caps
+        self._lock = threading.Lock()
+        self._total = 0
+        self._calls: dict[str, int] = {}
+        self._streams: dict[str, int] = {}
+
+    def acquire(self, member: str, name: str, *, stream: bool) -> Callable[[], None]:
+        """Hold a slot for one call of `member` (display name `name`); returns its release."""
+        counts = self._streams if stream else self._calls
+        cap = self.caps.per_peer_streams if stream else self.caps.per_peer_calls
+        with self._lock:
+            if self._total >= self.caps.server_calls:
+                raise LimitExceeded(
+                    f"this node is serving {self._total} calls (limit {self.caps.server_calls}); "
+                    "retry later"
+                )
+            held = counts.get(member, 0)
+            if held >= cap:
+                kind = "streams" if stream else "calls"
+                raise LimitExceeded(
+                    f"member {name} has {held} {kind} open on this node (limit {cap}); "
+                    "close one before opening another"
+                )
+            counts[member] = held + 1
+            self._total += 1
+        released = False
+
+        def release() -> None:
+            nonlocal released
+            with self._lock:
+                if released:
+                    return
+                released = True
+                self._total -= 1
+                left = counts[member] - 1
+                if left:
+                    counts[member] = left
+                else:
+                    del counts[member]
+
+        return release
+
+
+class NumberOutOfRange(ValueError):
+    """A number in a peer's message is NaN, infinite or outside what its field can mean."""
+
+
+#: Timestamps on the wire (``*_unix_us``, ``*_unix_ms``) lie between 1970 and 9999.
+_TIME_SUFFIXES = {"_unix_us": 253_402_300_799_999_999, "_unix_ms": 253_402_300_799_999}
+
+
+def check_numbers(message: Message, path: str = "") -> None:
+    """Every float/double anywhere in `message` must be finite (NaN passes no range check,
+    so a NaN score or bound would slip through every later comparison), and every
+    timestamp a date (a year-300000 timestamp overflows the code that reads it)."""
+    for field, value in message.ListFields():
+        where = f"{path}{field.name}"
+        limit = next((v for k, v in _TIME_SUFFIXES.items() if field.name.endswith(k)), None)
+        if limit is not None and not field.is_repeated and isinstance(value, int):
+            if not 0 <= value <= limit:
+                raise NumberOutOfRange(
+                    f"field {where} is {value}; not a time between 1970 and 9999"
+                )
+        elif field.type in (FieldDescriptor.TYPE_DOUBLE, FieldDescriptor.TYPE_FLOAT):
+            values = value if _repeated(field) else [value]
+            for v in values:
+                if not math.isfinite(v):
+                    raise NumberOutOfRange(f"field {where} is {v}; numbers must be finite")
+        elif field.type == FieldDescriptor.TYPE_MESSAGE:
+            if field.message_type.GetOptions().map_entry:
+                for item in value.values():
+                    if isinstance(item, Message):
+                        check_numbers(item, f"{where}.")
+                    elif isinstance(item, float) and not math.isfinite(item):
+                        raise NumberOutOfRange(f"field {where} is {item}; numbers must be finite")
+            elif _repeated(field):
+                for i, item in enumerate(value):
+                    check_numbers(item, f"{where}[{i}].")
+            else:
+                check_numbers(value, f"{where}.")
+
+
+def _repeated(field: FieldDescriptor) -> bool:
+    return bool(field.is_repeated)
