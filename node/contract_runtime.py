@@ -82,7 +82,6 @@ from connector.transfer import (
     TransferStart,
     TransferState,
     open_transfer,
-    row_bytes,
 )
 from connector.transfer import apply as apply_transfer
 from connector.views import (
@@ -92,8 +91,8 @@ from connector.views import (
     ReleaseGate,
     StreamRequest,
     catalog,
+    live_page,
     parse_position,
-    read_asset,
     stream_batches,
 )
 from node.errors import NodeError
@@ -512,19 +511,7 @@ class ContractRuntime:
         self, gate: ReleaseGate, position: int
     ) -> tuple[list[BatchRow], list[str], int]:
         """The next released rows of a live stream after `position`, and the new position."""
-        rows: list[BatchRow] = []
-        positions: list[str] = []
-        key = gate.asset.order_key
-        for cursor, row in read_asset(
-            self.qdm, gate.asset, None, gate.query_fields, after=position, limit=STREAM_PAGE
-        ):
-            position = cursor
-            released = gate(row)
-            if released is not None:
-                order = row.get(key)
-                rows.append(BatchRow(row_bytes(released), order if isinstance(order, str) else ""))
-                positions.append(str(cursor))
-        return rows, positions, position
+        return live_page(self.qdm, gate, position, STREAM_PAGE)
 
     # ------------------------------------------------------- notifications
 

@@ -205,7 +205,15 @@ def test_agreements_keep_exact_bytes_and_termination_is_sticky(store: ContractSt
     assert store.agreements(Role.PROVIDER) == []
 
 
-ROWS = [{"inspection_id": f"i{n}", "order_id": "ORD-1", "verdict": "ok"} for n in range(6)]
+ROWS = [
+    {"@key": f"rec_{n}", "@v": 1, "inspection_id": f"i{n}", "order_id": "ORD-1", "verdict": "ok"}
+    for n in range(6)
+]
+
+
+def rec(key: str, version: int = 1, **fields: object) -> bytes:
+    """A received row's bytes: the record envelope and `fields`."""
+    return row_bytes({"@key": key, "@v": version, **fields})
 
 
 def _transfer(store: ContractStore) -> tuple[Negotiation, object]:
@@ -259,13 +267,11 @@ def test_transfer_batches_commit_atomically_and_never_twice(
 
 def test_rows_do_not_open_without_the_node_key(store: ContractStore, engine: Engine) -> None:
     finalized(store, Role.CONSUMER)
-    store.store_received_rows("agr-neg-1", "sub-1", [IncomingRow(7, "ORD-1", b"{}")], at(1))
-    assert (
-        store.store_received_rows("agr-neg-1", "sub-1", [IncomingRow(7, "ORD-1", b"{}")], at(2))
-        == 0
-    )
-    mixed = [IncomingRow(7, "ORD-1", b"{}"), IncomingRow(8, "ORD-1", b"{}")]
-    assert store.store_received_rows("agr-neg-1", "sub-1", mixed, at(3)) == 1
+    seven = IncomingRow(7, "ORD-1", rec("k7"))
+    store.store_received_rows("agr-neg-1", "sub-1", [seven], at(1))
+    assert store.store_received_rows("agr-neg-1", "sub-1", [seven], at(2)).changed == 0
+    mixed = [seven, IncomingRow(8, "ORD-1", rec("k8"))]
+    assert store.store_received_rows("agr-neg-1", "sub-1", mixed, at(3)).added == 1
     with pytest.raises(ContractStoreError, match="node's key"):
         ContractStore(engine, b"\1" * 32).received_rows("agr-neg-1")
     with pytest.raises(ContractStoreError, match="32 bytes"):
@@ -309,7 +315,7 @@ def test_order_closure_shredding_and_duties_on_both_sides(
     store.store_received_rows(
         "agr-neg-c", "sub", [IncomingRow(i, "ORD-1", p) for i, p in enumerate(payloads)], at(1)
     )
-    store.store_received_rows("agr-neg-c", "sub", [IncomingRow(50, "ORD-2", b"{}")], at(1))
+    store.store_received_rows("agr-neg-c", "sub", [IncomingRow(50, "ORD-2", rec("k50"))], at(1))
     closure = store.record_order_closed("agr-neg-c", "ORD-1", at(100))
     assert closure.deadline == at(100) + timedelta(days=10)
     assert store.record_order_closed("agr-neg-c", "ORD-1", at(999)).closed_at == at(100)
@@ -322,7 +328,7 @@ def test_order_closure_shredding_and_duties_on_both_sides(
     assert store.key_destroyed("agr-neg-c", "ORD-1")
     assert not store.key_destroyed("agr-neg-c", "ORD-2")
     with pytest.raises(KeyShreddedError):
-        store.store_received_rows("agr-neg-c", "sub", [IncomingRow(99, "ORD-1", b"{}")], when)
+        store.store_received_rows("agr-neg-c", "sub", [IncomingRow(99, "ORD-1", rec("k99"))], when)
     assert store.expired_closures(when + timedelta(days=100)) == []
     assert store.receipts("agr-neg-c") == [signed]
     assert [p.message.kind for p in store.due_messages(when)] == ["receipt"]
