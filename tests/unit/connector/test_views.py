@@ -17,8 +17,8 @@ from hypothesis import strategies as st
 from nacl.signing import SigningKey
 from sqlalchemy import Engine, create_engine, insert, text
 
-from connector.contract_errors import ViewError
 from connector.agreement import ContractAgreement, countersign, sign_agreement
+from connector.contract_errors import ViewError
 from connector.contract_store import ContractStore, IncomingRow, ensure_schema
 from connector.negotiation import Role
 from connector.pseudonym import PSEUDONYM_PREFIX, Pseudonymizer
