@@ -247,7 +247,8 @@ def ingest(
         err.print(str(row_error), highlight=False, soft_wrap=True)
     console.print(
         f"{file}: {report.accepted} stored, {report.duplicates} already present, "
-        f"{len(report.rejected)} rejected",
+        f"{len(report.rejected)} rejected"
+        + (f", {report.corrected} corrected (new versions)" if report.corrected else ""),
         soft_wrap=True,
     )
     if report.rejected:
