@@ -464,6 +464,20 @@ def asset_source(
     raise ViewError(f"asset {asset.asset_id}: no view over table {name}")
 
 
+def incremental_refusal(asset: Asset) -> str | None:
+    """Why `asset` cannot be pulled incrementally (None: it can).
+
+    A watermark stands for "every change after this id". That holds for a view over one
+    table scoped by the row's own order; process data along a genealogy is scoped by
+    the genealogy, which can grow to take in rows stored long before the watermark."""
+    if asset.kind is AssetKind.PROCESS_ALONG_GENEALOGY:
+        return (
+            f"asset {asset.asset_id} is pulled in full: a batch joining the order's genealogy "
+            "brings rows older than any watermark (a full pull stores nothing twice)"
+        )
+    return None
+
+
 def read_asset(
     engine: Engine,
     asset: Asset,

@@ -91,6 +91,7 @@ from connector.views import (
     ReleaseGate,
     StreamRequest,
     catalog,
+    incremental_refusal,
     live_page,
     parse_position,
     stream_batches,
@@ -406,6 +407,8 @@ class ContractRuntime:
             raise ContractDenied(f"asset {asset.asset_id} is a live stream: subscribe to it")
         if asset.kind is AssetKind.PROCESS_ALONG_GENEALOGY and message.order_id is None:
             raise ContractDenied(f"asset {asset.asset_id} is transferred one order at a time")
+        if message.since and (refusal := incremental_refusal(asset)) is not None:
+            raise ContractDenied(refusal)
         decision = self.gate(stored, Action.READ, message.purpose, message.order_id, message.fields)
         if not decision.decision.allowed:
             logger.warning("transfer %s denied: %s", message.transfer_id, decision.decision.reason)

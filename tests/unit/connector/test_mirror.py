@@ -491,3 +491,14 @@ def test_tombstones_hold_no_content(mirror: Mirror) -> None:
         (False, False, 1),
         (True, True, 2),
     ]
+
+
+def test_process_data_along_a_genealogy_is_pulled_in_full() -> None:
+    """Its scope grows with the genealogy, so a watermark would miss older rows."""
+    from dataclasses import replace
+
+    from connector.views import incremental_refusal
+
+    assert incremental_refusal(ASSET) is None
+    along = replace(ASSET, kind=AssetKind.PROCESS_ALONG_GENEALOGY)
+    assert "pulled in full" in (incremental_refusal(along) or "")
