@@ -266,18 +266,16 @@ def changes(
     """Corrections and withdrawals received: record, version, hash and when."""
     query = {"agreement_id": agreement} if agreement else {}
     found = _call(ctx.obj, "GET", "/v1/contracts/received/changes", params=query)
-    table = Table("agreement", "record", "version", "order", "change", "sha256", "received")
     for c in found:
-        table.add_row(
-            c["agreement_id"],
-            c["record_key"],
-            str(c["version"]),
-            c["order_id"],
-            "withdrawn" if c["withdrawn"] else "corrected",
-            c["content_sha256"][:16],
-            c["received_at"],
+        change = "withdrawn" if c["withdrawn"] else "corrected"
+        console.print(
+            f"{c['received_at']} {c['agreement_id']} {c['record_key']} v{c['version']} "
+            f"{change} (order {c['order_id']}, sha256 {c['content_sha256'][:16]}...)",
+            soft_wrap=True,
+            highlight=False,
         )
-    console.print(table)
+    if not found:
+        console.print("no corrections or withdrawals received")
 
 
 def withdraw(

@@ -171,4 +171,5 @@ def test_repeated_incremental_and_interrupted_pulls_keep_a_faithful_copy(
     assert again.exit_code == 0, again.output
     assert re.search(r"COMPLETED: 0 rows since position\s+\d+", again.output), again.output
     listed = runner.invoke(app, ["contracts", "--dir", oem_dir, "changes", agreement])
-    assert listed.exit_code == 0 and "withdrawn" in listed.output, listed.output
+    assert listed.exit_code == 0, listed.output
+    assert listed.output.count(" corrected ") == CORRECTED and " v2 withdrawn " in listed.output
