@@ -20,6 +20,7 @@ after a cursor finds every change after it: that is what an incremental pull is.
 
 from __future__ import annotations
 
+import hashlib
 import math
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -306,22 +307,39 @@ def natural_key(table: Table) -> tuple[str, ...]:
     return NATURAL_KEYS[_KIND_OF_TABLE[table.name]]
 
 
+class RecordKeys:
+    """The record keys of `table`'s records under one agreement.
+
+    A key is a keyed BLAKE2b MAC of the record's natural key (timestamps in their wire form,
+    so a stored time gives the same key whichever driver, or path: a pull, the live
+    stream, read it), under a key derived from the agreement's pseudonym key and the
+    table: opaque to the consumer, stable across versions, unlinkable between
+    agreements. BLAKE2b's built-in keyed mode is a MAC and costs about a microsecond
+    (an OpenSSL HMAC call costs ten times that), cheap enough for every row of a pull."""
+
+    def __init__(self, pseudonymizer: Pseudonymizer, table: Table) -> None:
+        derived = pseudonymizer.pseudonym(_RECORD_CONTEXT + table.name.encode())
+        self._key = bytes.fromhex(derived[-32:])
+        self._stamps = tuple(_is_type(table.c[name], DateTime) for name in natural_key(table))
+        self._plain = len(self._stamps) == 1 and not self._stamps[0]
+
+    def _text(self, parts: Sequence[Any]) -> str:
+        if self._plain:
+            return str(parts[0])
+        return "\x00".join(
+            "" if p is None else (wire_timestamp(p) or "") if stamp else str(p)
+            for p, stamp in zip(parts, self._stamps, strict=True)
+        )
+
+    def __call__(self, parts: Sequence[Any]) -> str:
+        """The key of the record whose natural key is `parts` (in `natural_key` order)."""
+        mac = hashlib.blake2b(self._text(parts).encode(), key=self._key, digest_size=16)
+        return RECORD_KEY_PREFIX + mac.hexdigest()
+
+
 def record_key(pseudonymizer: Pseudonymizer, table: Table, parts: Sequence[Any]) -> str:
-    """The record key of the record of `table` whose natural key is `parts` (in
-    `natural_key` order), under the agreement `pseudonymizer` is for. Timestamps are
-    taken in their wire form, so a stored time gives the same key whichever driver
-    (or path: a pull, the live stream) read it."""
-    stamps = _key_timestamps(table)
-    text = "\x00".join(
-        "" if p is None else (wire_timestamp(p) or "") if stamp else str(p)
-        for p, stamp in zip(parts, stamps, strict=True)
-    )
-    material = _RECORD_CONTEXT + table.name.encode() + b"\x00" + text.encode()
-    return RECORD_KEY_PREFIX + pseudonymizer.pseudonym(material)[-32:]
-
-
-def _key_timestamps(table: Table) -> tuple[bool, ...]:
-    return tuple(_is_type(table.c[name], DateTime) for name in natural_key(table))
+    """The record key of one record (see `RecordKeys`)."""
+    return RecordKeys(pseudonymizer, table)(parts)
 
 
 INSPECTION_FIELDS = table_fields(INSPECTION_TABLE)
@@ -643,6 +661,7 @@ class PageEncoder:
         self.read_fields += [name for name in dict.fromkeys(extra) if name not in self.fields]
         self._order_at = self.read_fields.index(self.order_key)
         self._key_at = [self.read_fields.index(name) for name in natural_key(table)]
+        self._keys = RecordKeys(gate.pseudonymizer, table)
         self._version_at = self.read_fields.index("version")
         self._withdrawn_at = self.read_fields.index("withdrawn_at")
         self._order = gate.request.order_id  # None: the scope is decided row by row
@@ -729,7 +748,7 @@ class PageEncoder:
 
     def _envelope(self, raw: Sequence[Any], row: dict[str, Any]) -> dict[str, Any]:
         """`row` (released) with the record envelope of `raw` (as read), or a tombstone."""
-        key = record_key(self.gate.pseudonymizer, self.table, [raw[i] for i in self._key_at])
+        key = self._keys([raw[i] for i in self._key_at])
         version = raw[self._version_at]
         if raw[self._withdrawn_at] is not None:
             return {KEY_FIELD: key, VERSION_FIELD: version, WITHDRAWN_FIELD: True}
@@ -801,6 +820,7 @@ def live_page(
     the same agreement gives, so the consumer stores a record seen on both once."""
     table, _, _ = asset_source(engine, gate.asset, None)
     keys = natural_key(table)
+    make_key = RecordKeys(gate.pseudonymizer, table)
     fields = gate.query_fields | set(keys) | set(VERSION_COLUMNS)
     rows: list[BatchRow] = []
     positions: list[str] = []
@@ -811,7 +831,7 @@ def live_page(
         released = gate(row)
         if released is None:
             continue
-        key = record_key(gate.pseudonymizer, table, [row[name] for name in keys])
+        key = make_key([row[name] for name in keys])
         envelope: dict[str, Any] = {KEY_FIELD: key, VERSION_FIELD: row["version"]}
         if row["withdrawn_at"] is not None:
             envelope[WITHDRAWN_FIELD] = True
