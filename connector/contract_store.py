@@ -40,6 +40,7 @@ import os
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from operator import itemgetter
 from typing import Any
 
 from cryptography.exceptions import InvalidTag
@@ -961,15 +962,18 @@ class ContractStore:
     def _held(
         self, connection: Connection, agreement_id: str, keys: Sequence[str]
     ) -> dict[str, tuple[int, bool]]:
-        """record key -> (version, withdrawn) of the records of `keys` held now."""
-        table = received_row_table
+        """record key -> (version, withdrawn) of the records of `keys` held now (one
+        indexed lookup per chunk, in the driver's SQL: this runs for every batch)."""
+        mark = "?" if self.engine.dialect.paramstyle == "qmark" else "%s"
         held: dict[str, tuple[int, bool]] = {}
-        for start in range(0, len(keys), 500):
-            chunk = list(dict.fromkeys(keys[start : start + 500]))
-            statement = select(table.c.record_key, table.c.version, table.c.withdrawn).where(
-                table.c.agreement_id == agreement_id, table.c.record_key.in_(chunk)
+        unique = list(dict.fromkeys(keys))
+        for start in range(0, len(unique), 500):
+            chunk = unique[start : start + 500]
+            sql = (
+                "SELECT record_key, version, withdrawn FROM contract_received_row "
+                f"WHERE agreement_id = {mark} AND record_key IN ({', '.join([mark] * len(chunk))})"
             )
-            for key, version, withdrawn in connection.execute(statement):
+            for key, version, withdrawn in connection.exec_driver_sql(sql, (agreement_id, *chunk)):
                 held[key] = (int(version), bool(withdrawn))
         return held
 
@@ -1029,9 +1033,7 @@ class ContractStore:
                 changes.append(self._change(agreement_id, source_id, row, meta, at))
         if records:
             sql, order = self._row_upsert()
-            params: list[Any] = (
-                records if order is None else [tuple(r[k] for k in order) for r in records]
-            )
+            params: list[Any] = records if order is None else list(map(itemgetter(*order), records))
             connection.exec_driver_sql(sql, params)
         if changes:
             connection.execute(
