@@ -29,7 +29,7 @@ from connector.errors import StorageError
 from connector.ingest import IngestReport, RowError, check_kind
 from connector.qdm import TABLES, VERSION_COLUMNS
 from connector.validate import FieldError, parse_row
-from connector.versions import Withdrawal, correct_rows, withdraw
+from connector.versions import Withdrawal, correct_rows, serialize_writes, withdraw
 
 log = logging.getLogger(__name__)
 
@@ -184,6 +184,7 @@ class QualityStore:
         sql, columns = self._insert_sql(kind)
         try:
             with self.engine.begin() as connection:
+                serialize_writes(connection)  # ids become visible in order (watermarks)
                 # straight to the driver's executemany: the rows are validated already,
                 # and SQLAlchemy's per-row statement machinery would double the cost
                 params = [tuple(p(row[c]) if p else row[c] for c, p in columns) for row in batch]

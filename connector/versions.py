@@ -17,6 +17,12 @@ consumer gets it on its next pull, and the ledger anchors the new version's hash
 next to the old one's. On PostgreSQL the fresh id comes from the table's own
 sequence, on SQLite from ``MAX(id) + 1`` inside the writing transaction (SQLite has
 one writer at a time).
+
+A cursor is only a watermark if rows become visible in id order. SQLite has one writer
+at a time; on PostgreSQL two writers could take ids 10 and 11 and commit 11 first, and
+a reader that saw 11 would never look at 10. So every QDM write takes one transaction
+advisory lock first (`serialize_writes`): writers of a node's QDM commit one after the
+other, and ids become visible in order.
 """
 
 from __future__ import annotations
@@ -78,6 +84,17 @@ def _bind(connection: Connection, table: Table, name: str, value: Any) -> Any:
     return processor(value) if processor is not None else value
 
 
+#: the advisory lock every QDM writer holds on PostgreSQL (see the module docstring)
+QDM_WRITE_LOCK = 0x7164_6D5F_7772  # "qdm_wr"
+
+
+def serialize_writes(connection: Connection) -> None:
+    """Make this transaction the only QDM writer until it ends (PostgreSQL; SQLite
+    writers are serialised by the database itself)."""
+    if connection.dialect.name == "postgresql":
+        connection.exec_driver_sql(f"SELECT pg_advisory_xact_lock({QDM_WRITE_LOCK})")
+
+
 def correct_rows(connection: Connection, kind: str, rows: Sequence[Mapping[str, Any]]) -> int:
     """Apply `rows` (validated, complete) as corrections of the records they name, in
     the caller's transaction: a record whose stored content differs (or that is
@@ -131,6 +148,7 @@ def withdraw(connection: Connection, kind: str, key: Mapping[str, Any], at: date
     it becomes a tombstone with a new version and id (see the module docstring)."""
     table = qdm_table(kind)
     values = _key_values(kind, key)
+    serialize_writes(connection)
     mark = _mark(connection)
     where = " AND ".join(f"{k} = {mark}" for k in values)
     sql = (

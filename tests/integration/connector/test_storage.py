@@ -276,3 +276,26 @@ def test_unreachable_postgresql_names_the_server_without_password() -> None:
         open_store("postgresql://qdspace:s3cret@127.0.0.1:1/qdspace?connect_timeout=2")
     assert "127.0.0.1:1" in str(caught.value)
     assert "s3cret" not in str(caught.value)
+
+
+def test_writers_take_turns_so_ids_become_visible_in_order(store: QualityStore) -> None:
+    """A reader's id cursor is a watermark only if no lower id commits after a higher one."""
+    import threading
+
+    from connector.versions import serialize_writes
+
+    if store.backend != "postgresql":
+        pytest.skip("SQLite has one writer at a time by itself")
+    done = threading.Event()
+
+    def other_writer() -> None:
+        store.ingest_rows("inspection", [(1, _inspection(1))])
+        done.set()
+
+    with store.engine.begin() as connection:
+        serialize_writes(connection)
+        writer = threading.Thread(target=other_writer)
+        writer.start()
+        assert not done.wait(0.5)  # the other writer waits until this transaction ends
+    writer.join(10)
+    assert done.is_set() and store.counts()["inspection"] == 1
