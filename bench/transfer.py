@@ -17,6 +17,10 @@ of one order; an OEM node negotiates an agreement for them. Then three measureme
 Each stream is timed three times after a warm-up and the fastest run is reported.
 3. ``node_to_node``: the OEM node itself pulls the transfer (``POST /v1/contracts/transfers``)
    and stores every row encrypted under the agreement's data key: the full consumer path.
+4. ``incremental``: the supplier then changes 1 % of the order (half of it new
+   inspections, half corrections of stored ones) and the OEM pulls with ``since_last``:
+   only the changed rows move; against it, a full pull of the same order in the same run
+   (which moves every row and, the copy being keyed by record, stores none twice).
 
     python bench/transfer.py                 # 100k records
     python bench/transfer.py --records 20000 --out result.json
@@ -55,10 +59,10 @@ REPEATS = 3  # each stream is timed 3 times; the fastest run counts (a shared ma
 PLAIN_METHOD = "/bench.Plain/Pull"
 
 
-def _records(path: Path, n: int) -> Path:
+def _records(path: Path, n: int, first: int = 0, corrected: bool = False) -> Path:
     start = datetime(2026, 11, 1, tzinfo=UTC)
     with path.open("w") as out:
-        for i in range(n):
+        for i in range(first, first + n):
             at = (start + timedelta(seconds=i)).isoformat().replace("+00:00", "Z")
             out.write(
                 json.dumps(
@@ -66,7 +70,7 @@ def _records(path: Path, n: int) -> Path:
                         "inspection_id": f"B-{i:08d}",
                         "station": f"EL-{1 + i % 4}",
                         "inspected_at": at,
-                        "verdict": "pass" if i % 23 else "fail",
+                        "verdict": "pass" if (i % 23 != 0) != corrected else "fail",
                         "score": round((i % 997) / 1000, 3),
                         "model_version": "el-2026.11",
                         "image_hash": f"{i:064x}",
@@ -202,6 +206,52 @@ async def _plain_stream(port: int) -> tuple[int, float]:
         return rows, time.perf_counter() - started
 
 
+def _timed_pull(net: LocalNetwork, agreement_id: str, since_last: bool) -> tuple[int, float]:
+    with net["sunarc"].client(timeout=600) as oem:
+        started = time.perf_counter()
+        r = oem.post(
+            "/v1/contracts/transfers",
+            json={
+                "agreement_id": agreement_id,
+                "purpose": "quality-assurance",
+                "order_id": ORDER,
+                "batch_rows": BATCH_ROWS,
+                "since_last": since_last,
+            },
+        )
+        r.raise_for_status()
+        elapsed = time.perf_counter() - started
+    done = r.json()
+    assert done["state"] == "COMPLETED", done
+    return int(done["offset"]), elapsed
+
+
+def _change_one_percent(net: LocalNetwork, workdir: Path, n: int) -> tuple[int, int]:
+    """The supplier adds 0.5 % new inspections and corrects 0.5 % of the stored ones."""
+    changed = max(2, n // 100)
+    new, fixed = changed // 2, changed - changed // 2
+    with net["cellex"].client(timeout=600) as supplier:
+        for path, field, expect in (
+            (_records(workdir / "new.jsonl", new, first=n), "accepted", new),
+            (_records(workdir / "fixed.jsonl", fixed, n // 3, True), "corrected", fixed),
+        ):
+            r = supplier.post(
+                "/v1/ingest/inspection",
+                content=path.read_bytes(),
+                headers={"content-type": "application/x-ndjson"},
+            )
+            r.raise_for_status()
+            assert r.json()[field] == expect, r.json()
+    return new, fixed
+
+
+def _held(net: LocalNetwork, agreement_id: str) -> int:
+    with net["sunarc"].client(timeout=600) as oem:
+        r = oem.get("/v1/contracts/received", params={"agreement_id": agreement_id, "limit": 1})
+        r.raise_for_status()
+        return int(r.json()["total"])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--records", type=int, default=100_000)
@@ -255,6 +305,23 @@ def main() -> None:
                 r.raise_for_status()
                 elapsed = time.perf_counter() - started
             results["node_to_node_stored_records_per_s"] = r.json()["offset"] / elapsed
+            new, fixed = _change_one_percent(net, Path(tmp), args.records)
+            moved, incremental_s = _timed_pull(net, agreement_id, since_last=True)
+            assert moved == new + fixed, (moved, new, fixed)
+            full_rows, full_s = _timed_pull(net, agreement_id, since_last=False)
+            assert full_rows == args.records + new, full_rows
+            held = _held(net, agreement_id)
+            assert held == args.records + new, held  # each record once, after three pulls
+            results["incremental"] = {
+                "changed_rows": moved,
+                "new_rows": new,
+                "corrected_rows": fixed,
+                "incremental_pull_s": incremental_s,
+                "full_pull_rows": full_rows,
+                "full_pull_s": full_s,
+                "full_over_incremental": full_s / incremental_s,
+                "held_records": held,
+            }
         finally:
             net.stop()
     print(f"transfer.records: {rows} records")
@@ -265,6 +332,17 @@ def main() -> None:
         f"transfer.node_to_node_stored: {results['node_to_node_stored_records_per_s']:.0f} "
         "records/s"
     )
+    inc = results["incremental"]
+    print(
+        f"transfer.incremental_1pct: {inc['changed_rows']} rows in "
+        f"{inc['incremental_pull_s']:.2f} s ({inc['new_rows']} new, "
+        f"{inc['corrected_rows']} corrected)"
+    )
+    print(
+        f"transfer.full_pull_same_order: {inc['full_pull_rows']} rows in {inc['full_pull_s']:.2f} s"
+    )
+    print(f"transfer.full_over_incremental: {inc['full_over_incremental']:.1f} ratio")
+    print(f"transfer.held_after_all_pulls: {inc['held_records']} records")
     print(f"transfer.cpus: {results['cpus']} cores")
     if args.out:
         args.out.write_text(json.dumps(results, indent=2))

@@ -76,6 +76,18 @@ class TransferIntegrityError(ContractError):
     grpc_status = "DATA_LOSS"
 
 
+class RecordEnvelopeError(TransferIntegrityError, ValueError):
+    """A received row without a well-formed record key, version or tombstone mark."""
+
+    grpc_status = "DATA_LOSS"
+
+
+class ForeignRecordError(ContractError, PermissionError):
+    """A peer's row (or tombstone) for an order its agreement does not cover."""
+
+    grpc_status = "PERMISSION_DENIED"
+
+
 class TransferCursorError(ContractError, ValueError):
     """A resume or progress offset that would skip or duplicate rows."""
 

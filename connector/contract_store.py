@@ -13,6 +13,16 @@ applied (`save_negotiation(before, after)`), so two handlers racing on one
 process cannot both win; the loser gets `ConcurrentUpdateError`, reloads and
 re-applies, which the idempotent state machines turn into a no-op.
 
+Received rows are the consumer's copy of the provider's records: one row per
+(agreement, record key), the highest version seen (see the record envelope in
+`connector.transfer`). Pulling the same records again, over several transfers or
+the live stream, concurrently or not, stores each once; a later version replaces
+the row, a tombstone withdraws it (kept, without content, so a late copy of an
+older version cannot bring it back), and every correction and withdrawal is kept
+in an audit trail (`received_changes`) with the hash of what arrived. A row, and a
+tombstone, is only accepted for an order its agreement covers, and only ever
+touches that agreement's rows.
+
 Received rows are stored encrypted (AES-256-GCM) under a data key per
 agreement and order; the data key is kept wrapped under the node's key
 encryption key. Deleting an expired order's rows also destroys its data key
@@ -24,20 +34,24 @@ resurrect deleted data.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from operator import itemgetter
 from typing import Any
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from sqlalchemy import (
     BigInteger,
+    Boolean,
     Column,
     Connection,
     Engine,
+    Index,
     Integer,
     LargeBinary,
     MetaData,
@@ -48,6 +62,7 @@ from sqlalchemy import (
     and_,
     bindparam,
     delete,
+    false,
     func,
     insert,
     select,
@@ -67,13 +82,20 @@ from connector.agreement import (
 )
 from connector.contract_errors import (
     ContractStoreError,
+    ForeignRecordError,
     KeyShreddedError,
     NotificationQuotaError,
     UnknownContractError,
 )
 from connector.negotiation import Negotiation, NegotiationState, Role
 from connector.spc import Investigation, QualityAlert, SpcAlert, SpcPoint
-from connector.transfer import Checkpoint, TransferProcess, TransferState
+from connector.transfer import (
+    Checkpoint,
+    RecordMeta,
+    TransferProcess,
+    TransferState,
+    record_meta,
+)
 from policies.canonical import format_datetime, parse_datetime
 from policies.codec import parse_policy, policy_to_json
 from policies.evaluate import order_in_scope
@@ -188,7 +210,23 @@ received_row_table = Table(
     Column("nonce", LargeBinary, nullable=False),
     Column("ciphertext", LargeBinary, nullable=False),
     Column("received_at", UTCDateTime(), nullable=False),
-    UniqueConstraint("source_id", "seq", name="uq_contract_received_row"),
+    Column("record_key", String(_ID), nullable=False),
+    Column("version", BigInteger, nullable=False, server_default="1"),
+    Column("withdrawn", Boolean, nullable=False, server_default=false()),
+    UniqueConstraint("agreement_id", "record_key", name="uq_contract_received_record"),
+    Index("ix_contract_received_row_source", "source_id", "seq"),
+)
+change_table = Table(
+    "contract_received_change",
+    CONTRACT_METADATA,
+    Column("agreement_id", String(_ID), primary_key=True),
+    Column("record_key", String(_ID), primary_key=True),
+    Column("version", BigInteger, primary_key=True, autoincrement=False),
+    Column("order_id", String(_ID), nullable=False),
+    Column("withdrawn", Boolean, nullable=False),
+    Column("content_sha256", String(64), nullable=False),
+    Column("source_id", String(_ID), nullable=False),
+    Column("received_at", UTCDateTime(), nullable=False),
 )
 closure_table = Table(
     "contract_order_closure",
@@ -313,6 +351,8 @@ class IncomingRow:
 
 @dataclass(frozen=True)
 class ReceivedRow:
+    """The current version of one record received under an agreement."""
+
     id: int
     agreement_id: str
     order_id: str
@@ -320,11 +360,44 @@ class ReceivedRow:
     seq: int
     payload: bytes
     received_at: datetime
+    record_key: str = ""
+    version: int = 1
 
     def decode(self) -> dict[str, Any]:
         value = json.loads(self.payload)
         assert isinstance(value, dict)
         return value
+
+
+@dataclass(frozen=True)
+class ReceivedChange:
+    """One correction (version > 1) or withdrawal of a received record: the audit trail.
+
+    `content_sha256` is the SHA-256 of the row's bytes as they arrived (a tombstone's
+    for a withdrawal); the provider's ledger anchors its own records' versions."""
+
+    agreement_id: str
+    record_key: str
+    version: int
+    order_id: str
+    withdrawn: bool
+    content_sha256: str
+    source_id: str
+    received_at: datetime
+
+
+@dataclass(frozen=True)
+class MirrorResult:
+    """What one delivery did to the consumer's copy."""
+
+    added: int = 0
+    replaced: int = 0
+    withdrawn: int = 0
+    unchanged: int = 0
+
+    @property
+    def changed(self) -> int:
+        return self.added + self.replaced + self.withdrawn
 
 
 @dataclass(frozen=True)
@@ -356,8 +429,19 @@ class Deletion:
 
 def _scope_json(process: TransferProcess) -> str:
     fields = None if process.fields is None else sorted(process.fields)
-    scope = {"purpose": process.purpose, "order_id": process.order_id, "fields": fields}
+    scope: dict[str, Any] = {
+        "purpose": process.purpose,
+        "order_id": process.order_id,
+        "fields": fields,
+    }
+    if process.since:
+        scope["since"] = process.since
     return json.dumps(scope, sort_keys=True)
+
+
+def _position(process: TransferProcess) -> int:
+    final = process.final
+    return int(final.position) if final is not None and final.position.isdigit() else 0
 
 
 class ContractStore:
@@ -702,6 +786,7 @@ class ContractStore:
             purpose=scope["purpose"],
             order_id=scope["order_id"],
             fields=None if scope["fields"] is None else frozenset(scope["fields"]),
+            since=scope.get("since", ""),
         )
 
     def find_transfer(self, transfer_id: str) -> TransferProcess | None:
@@ -850,22 +935,63 @@ class ContractStore:
         "nonce",
         "ciphertext",
         "received_at",
+        "record_key",
+        "version",
+        "withdrawn",
     )
+    _REPLACED_COLUMNS = _ROW_COLUMNS[1:]
 
-    def _row_insert(self) -> tuple[str, tuple[str, ...] | None]:
+    def _row_upsert(self) -> tuple[str, tuple[str, ...] | None]:
         """The driver SQL of the received-row upsert and, for a positional driver, the
-        order of its parameters (compiled once; a page is one executemany)."""
+        order of its parameters (compiled once; a page is one executemany): a record
+        not held is inserted, one held is replaced only by a higher version."""
         if self._row_sql is None:
             table = received_row_table
-            statement = (
-                self._upsert(table)
-                .values({name: bindparam(name) for name in self._ROW_COLUMNS})
-                .on_conflict_do_nothing(index_elements=["source_id", "seq"])
+            statement = self._upsert(table).values(
+                {name: bindparam(name) for name in self._ROW_COLUMNS}
+            )
+            excluded = statement.excluded
+            statement = statement.on_conflict_do_update(
+                index_elements=["agreement_id", "record_key"],
+                set_={name: excluded[name] for name in self._REPLACED_COLUMNS},
+                where=table.c.version < excluded.version,
             )
             compiled = statement.compile(dialect=self.engine.dialect)
             order = tuple(compiled.positiontup or ()) if compiled.positional else None
             self._row_sql = (compiled.string, order)
         return self._row_sql
+
+    def _check_orders(
+        self, connection: Connection, agreement_id: str, rows: Sequence[IncomingRow]
+    ) -> None:
+        """Every row, and every tombstone, must be of an order the agreement covers."""
+        stored = self._get_agreement(connection, agreement_id)
+        if stored.role is not Role.CONSUMER:
+            raise ForeignRecordError(f"agreement {agreement_id}: we are not its consumer")
+        policy = stored.signed.agreement.policy
+        for order in {row.order_id for row in rows}:
+            if not order_in_scope(policy, order):
+                raise ForeignRecordError(
+                    f"agreement {agreement_id} does not cover order {order!r}: its rows are refused"
+                )
+
+    def _held(
+        self, connection: Connection, agreement_id: str, keys: Sequence[str]
+    ) -> dict[str, tuple[int, bool]]:
+        """record key -> (version, withdrawn) of the records of `keys` held now (one
+        indexed lookup per chunk, in the driver's SQL: this runs for every batch)."""
+        mark = "?" if self.engine.dialect.paramstyle == "qmark" else "%s"
+        held: dict[str, tuple[int, bool]] = {}
+        unique = list(dict.fromkeys(keys))
+        for start in range(0, len(unique), 500):
+            chunk = unique[start : start + 500]
+            sql = (
+                "SELECT record_key, version, withdrawn FROM contract_received_row "
+                f"WHERE agreement_id = {mark} AND record_key IN ({', '.join([mark] * len(chunk))})"
+            )
+            for key, version, withdrawn in connection.exec_driver_sql(sql, (agreement_id, *chunk)):
+                held[key] = (int(version), bool(withdrawn))
+        return held
 
     def _store_rows(
         self,
@@ -874,18 +1000,37 @@ class ContractStore:
         source_id: str,
         rows: Sequence[IncomingRow],
         at: datetime,
-    ) -> int:
+    ) -> MirrorResult:
         if not rows:
-            return 0
+            return MirrorResult()
+        metas = [record_meta(row.payload) for row in rows]
+        self._check_orders(connection, agreement_id, rows)
+        held = self._held(connection, agreement_id, [m.key for m in metas])
         dialect = self.engine.dialect
         stamp = received_row_table.c.received_at.type.dialect_impl(dialect).bind_processor(dialect)
         received_at: Any = stamp(at) if stamp is not None else at
         nonces = os.urandom(12 * len(rows))
-        records = []
-        for index, row in enumerate(rows):
-            cipher = self._data_key(connection, agreement_id, row.order_id, True, at)
-            nonce = nonces[12 * index : 12 * index + 12]
-            aad = self._row_aad(agreement_id, row.order_id, source_id, row.seq)
+        records, changes = [], []
+        added = replaced = withdrawn = unchanged = 0
+        for index, (row, meta) in enumerate(zip(rows, metas, strict=True)):
+            before = held.get(meta.key)
+            if before is not None and before[0] >= meta.version:
+                unchanged += 1  # a copy of what is held, or older
+                continue
+            held[meta.key] = (meta.version, meta.withdrawn)
+            if meta.withdrawn:
+                withdrawn += before is not None and not before[1]
+                unchanged += before is None or before[1]
+                nonce, ciphertext = b"", b""  # a tombstone holds nothing to encrypt
+            else:
+                cipher = self._data_key(connection, agreement_id, row.order_id, True, at)
+                nonce = nonces[12 * index : 12 * index + 12]
+                aad = self._row_aad(agreement_id, row.order_id, source_id, row.seq)
+                ciphertext = cipher.encrypt(nonce, row.payload, aad)
+                if before is None or before[1]:
+                    added += 1
+                else:
+                    replaced += 1
             records.append(
                 {
                     "agreement_id": agreement_id,
@@ -893,37 +1038,49 @@ class ContractStore:
                     "source_id": source_id,
                     "seq": row.seq,
                     "nonce": nonce,
-                    "ciphertext": cipher.encrypt(nonce, row.payload, aad),
+                    "ciphertext": ciphertext,
                     "received_at": received_at,
+                    "record_key": meta.key,
+                    "version": meta.version,
+                    "withdrawn": meta.withdrawn,
                 }
             )
-        sql, order = self._row_insert()
-        params: list[Any] = (
-            records if order is None else [tuple(r[k] for k in order) for r in records]
-        )
-        seqs = [row.seq for row in rows]
-        span = (source_id, min(seqs), max(seqs))
-        before = self._count_span(connection, *span)
-        connection.exec_driver_sql(sql, params)
-        # What was new (a re-delivered row is ignored): the drivers' executemany rowcounts
-        # differ, a count over the batch's (source, seq) range (an index range) does not.
-        return self._count_span(connection, *span) - before
+            if meta.version > 1 or meta.withdrawn:
+                changes.append(self._change(agreement_id, source_id, row, meta, at))
+        if records:
+            sql, order = self._row_upsert()
+            params: list[Any] = records if order is None else list(map(itemgetter(*order), records))
+            connection.exec_driver_sql(sql, params)
+        if changes:
+            connection.execute(
+                self._upsert(change_table)
+                .values(changes)
+                .on_conflict_do_nothing(index_elements=["agreement_id", "record_key", "version"])
+            )
+        return MirrorResult(added, replaced, withdrawn, unchanged)
 
     @staticmethod
-    def _count_span(connection: Connection, source_id: str, first: int, last: int) -> int:
-        table = received_row_table
-        statement = select(func.count()).where(
-            table.c.source_id == source_id, table.c.seq.between(first, last)
-        )
-        return int(connection.execute(statement).scalar_one())
+    def _change(
+        agreement_id: str, source_id: str, row: IncomingRow, meta: RecordMeta, at: datetime
+    ) -> dict[str, Any]:
+        return {
+            "agreement_id": agreement_id,
+            "record_key": meta.key,
+            "version": meta.version,
+            "order_id": row.order_id,
+            "withdrawn": meta.withdrawn,
+            "content_sha256": hashlib.sha256(row.payload).hexdigest(),
+            "source_id": source_id,
+            "received_at": at,
+        }
 
     def store_received_rows(
         self, agreement_id: str, source_id: str, rows: Iterable[IncomingRow], at: datetime
-    ) -> int:
-        """Store rows of a live stream (seq = provider cursor); re-deliveries are ignored.
-
-        Returns how many rows were new.
-        """
+    ) -> MirrorResult:
+        """Mirror rows of a live stream (seq = provider cursor) into the copy held under
+        the agreement: new records are added, later versions replace, tombstones
+        withdraw; anything already held (a re-delivery, a record seen on a pull) is not
+        stored again."""
         with self.engine.begin() as connection:
             return self._store_rows(connection, agreement_id, source_id, list(rows), at)
 
@@ -933,12 +1090,12 @@ class ContractStore:
         after: TransferProcess,
         rows: Sequence[IncomingRow],
         at: datetime,
-    ) -> None:
-        """Store a verified batch and the consumer's advanced cursor in one transaction.
+    ) -> MirrorResult:
+        """Mirror a verified batch and save the consumer's advanced cursor in one transaction.
 
-        The seq of each row must be its offset in the transfer, so a batch
-        committed twice (a crash between commit and acknowledgement) stores nothing
-        twice, and a crash before commit leaves the cursor where the rows stop.
+        The seq of each row must be its offset in the transfer. A batch committed twice
+        (a crash between commit and acknowledgement) changes nothing the second time, and
+        a crash before commit leaves the cursor where the rows stop.
         """
         expected = range(before.checkpoint.offset, after.checkpoint.offset)
         if [row.seq for row in rows] != list(expected):
@@ -948,12 +1105,63 @@ class ContractStore:
             )
         try:
             with self.engine.begin() as connection:
-                self._store_rows(connection, after.agreement_id, after.transfer_id, rows, at)
+                result = self._store_rows(
+                    connection, after.agreement_id, after.transfer_id, rows, at
+                )
                 self._save_transfer(connection, before, after)
         except IntegrityError:
             raise ConcurrentUpdateError(
                 f"transfer {after.transfer_id} was saved concurrently"
             ) from None
+        return result
+
+    def last_completed_pull(
+        self,
+        agreement_id: str,
+        order_id: str | None,
+        fields: frozenset[str] | None,
+        purpose: str | None,
+    ) -> TransferProcess | None:
+        """The consumer's latest completed pull of exactly this scope (its final position is
+        the watermark an incremental pull continues from), None when there is none."""
+        latest: TransferProcess | None = None
+        for process in self.transfers(agreement_id):
+            if (
+                process.role is Role.CONSUMER
+                and process.state is TransferState.COMPLETED
+                and process.final is not None
+                and (process.order_id, process.fields, process.purpose)
+                == (order_id, fields, purpose)
+                and (latest is None or _position(process) >= _position(latest))
+            ):
+                latest = process
+        return latest
+
+    def received_changes(
+        self, agreement_id: str | None = None, record_key: str | None = None
+    ) -> list[ReceivedChange]:
+        """The audit trail of corrections and withdrawals received, oldest first."""
+        table = change_table
+        statement = select(table).order_by(table.c.received_at, table.c.version)
+        if agreement_id is not None:
+            statement = statement.where(table.c.agreement_id == agreement_id)
+        if record_key is not None:
+            statement = statement.where(table.c.record_key == record_key)
+        with self.engine.connect() as connection:
+            found = connection.execute(statement).all()
+        return [
+            ReceivedChange(
+                r.agreement_id,
+                r.record_key,
+                int(r.version),
+                r.order_id,
+                bool(r.withdrawn),
+                r.content_sha256,
+                r.source_id,
+                r.received_at,
+            )
+            for r in found
+        ]
 
     def last_received_seq(self, source_id: str) -> int | None:
         """The highest seq stored for a stream (its resume cursor), None when nothing yet."""
@@ -982,6 +1190,8 @@ class ContractStore:
             int(row.seq),
             payload,
             row.received_at,
+            row.record_key,
+            int(row.version),
         )
 
     def received_rows(
@@ -992,10 +1202,15 @@ class ContractStore:
         after_id: int = 0,
         limit: int | None = None,
     ) -> list[ReceivedRow]:
-        """Decrypted rows received under an agreement (of one order), in arrival order;
-        page with `after_id` (the `id` of the last row seen) and `limit`."""
+        """The records held under an agreement (of one order), decrypted, each once in its
+        current version (withdrawn ones are not held); page with `after_id` (the `id` of
+        the last row seen) and `limit`."""
         table = received_row_table
-        statement = select(table).where(table.c.agreement_id == agreement_id, table.c.id > after_id)
+        statement = select(table).where(
+            table.c.agreement_id == agreement_id,
+            table.c.id > after_id,
+            table.c.withdrawn == false(),
+        )
         if order_id is not None:
             statement = statement.where(table.c.order_id == order_id)
         with self.engine.connect() as connection:
@@ -1004,7 +1219,12 @@ class ContractStore:
             return [self._decrypt(connection, record, now) for record in records]
 
     def count_received(self, agreement_id: str | None = None) -> int:
-        statement = select(func.count()).select_from(received_row_table)
+        """How many records are held (each once, withdrawn ones not)."""
+        statement = (
+            select(func.count())
+            .select_from(received_row_table)
+            .where(received_row_table.c.withdrawn == false())
+        )
         if agreement_id is not None:
             statement = statement.where(received_row_table.c.agreement_id == agreement_id)
         with self.engine.connect() as connection:
@@ -1104,16 +1324,26 @@ class ContractStore:
         make_receipt: Callable[[Deletion], tuple[SignedReceipt, Sequence[OutboxMessage]]],
     ) -> SignedReceipt:
         """Delete the rows of one order under one agreement, destroy their data key, and
-        store the signed receipt `make_receipt` builds, all in one transaction."""
+        store the signed receipt `make_receipt` builds, all in one transaction.
+
+        The receipt covers exactly the records held (current versions; tombstones hold
+        nothing); tombstones and the audit trail of the order go with them."""
         table = received_row_table
         where = and_(table.c.agreement_id == agreement_id, table.c.order_id == order_id)
         with self.engine.begin() as connection:
-            records = connection.execute(select(table).where(where)).all()
+            held = and_(where, table.c.withdrawn == false())
+            records = connection.execute(select(table).where(held).order_by(table.c.id)).all()
             payloads = []
             if records:
                 payloads = [self._decrypt(connection, r, at).payload for r in records]
             count, digest = deletion_digest_of_bytes(payloads)
             connection.execute(delete(table).where(where))
+            connection.execute(
+                delete(change_table).where(
+                    change_table.c.agreement_id == agreement_id,
+                    change_table.c.order_id == order_id,
+                )
+            )
             self._destroy_key(connection, agreement_id, order_id, at)
             signed, outbox = make_receipt(Deletion(agreement_id, order_id, count, digest))
             receipt = signed.receipt

@@ -26,3 +26,7 @@ class DictionaryError(ConnectorError, ValueError):
 
 class StorageError(ConnectorError, RuntimeError):
     """The database cannot be opened, migrated or written."""
+
+
+class UnknownRecordError(ConnectorError, LookupError):
+    """No QDM record with that natural key (or it is withdrawn already)."""

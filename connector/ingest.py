@@ -2,7 +2,9 @@
 
 Every row is validated against its kind (see :mod:`connector.validate`); a bad row is
 reported with its file, line, field and reason and never stored; good rows are
-committed in atomic batches by :meth:`connector.storage.QualityStore.ingest_rows`.
+committed in atomic batches by :meth:`connector.storage.QualityStore.ingest_rows`. A
+good row whose natural key is stored with other content is a correction: a new
+version of that record (:mod:`connector.versions`), counted in ``corrected``.
 """
 
 from __future__ import annotations
@@ -69,10 +71,12 @@ class IngestReport:
     accepted: int = 0
     duplicates: int = 0
     rejected: list[RowError] = field(default_factory=list)
+    #: rows whose natural key was stored with other content: new versions of those records
+    corrected: int = 0
 
     @property
     def seen(self) -> int:
-        return self.accepted + self.duplicates + len(self.rejected)
+        return self.accepted + self.corrected + self.duplicates + len(self.rejected)
 
 
 class RowSink(Protocol):

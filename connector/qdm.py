@@ -4,16 +4,33 @@ These SQLModel classes are the storage layer's; nothing outside ``connector`` bu
 or returns them (the API has its own public models). Every table has a natural key
 with a UNIQUE constraint, which is what makes re-ingesting a file store nothing twice.
 Times are aware datetimes in UTC.
+
+Records are versioned, because a consumer's copy must follow the provider's: a row
+re-ingested under the same natural key with different content is a *correction*
+(``version`` + 1) and a withdrawal keeps the row as a *tombstone* (``withdrawn_at``
+set, ``version`` + 1). Either change also moves the row to a fresh surrogate ``id``
+above every other, so the ``id`` order is the order of changes: a reader that
+remembers the highest id it has seen (a transfer's watermark, the ledger sweeper's
+cursor) finds every insert, correction and withdrawal after it by ``id > cursor``
+(see :mod:`connector.versions`).
 """
 
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy import Index, UniqueConstraint
 from sqlmodel import Field, SQLModel
 
 metadata = SQLModel.metadata
+
+#: the columns every QDM table has for versioning (not part of a record's content)
+VERSION_COLUMNS = ("version", "withdrawn_at")
+
+
+def _version() -> Any:
+    return Field(default=1, sa_column_kwargs={"server_default": "1"})
 
 
 class Order(SQLModel, table=True):
@@ -30,6 +47,9 @@ class Order(SQLModel, table=True):
     opened_at: datetime
     closed_at: datetime | None = None
 
+    version: int = _version()
+    withdrawn_at: datetime | None = None
+
 
 class Product(SQLModel, table=True):
     """One serial-numbered unit (a cell string, a module) and the batch it belongs to."""
@@ -41,6 +61,9 @@ class Product(SQLModel, table=True):
     order_id: str | None = Field(default=None, max_length=64, index=True)
     batch_id: str | None = Field(default=None, max_length=64, index=True)
     made_at: datetime
+
+    version: int = _version()
+    withdrawn_at: datetime | None = None
 
 
 class Batch(SQLModel, table=True):
@@ -57,6 +80,9 @@ class Batch(SQLModel, table=True):
     customer: str | None = Field(default=None, max_length=64)
     order_id: str | None = Field(default=None, max_length=64, index=True)
 
+    version: int = _version()
+    withdrawn_at: datetime | None = None
+
 
 class GenealogyEdge(SQLModel, table=True):
     """``child`` was made (partly) from ``parent``."""
@@ -69,6 +95,9 @@ class GenealogyEdge(SQLModel, table=True):
     child_batch_id: str = Field(max_length=64, index=True)
     parent_batch_id: str = Field(max_length=64, index=True)
     quantity_used: float | None = None
+
+    version: int = _version()
+    withdrawn_at: datetime | None = None
 
 
 class Inspection(SQLModel, table=True):
@@ -90,6 +119,9 @@ class Inspection(SQLModel, table=True):
     order_id: str | None = Field(default=None, max_length=64)
     serial: str | None = Field(default=None, max_length=64)
     batch_id: str | None = Field(default=None, max_length=64, index=True)
+
+    version: int = _version()
+    withdrawn_at: datetime | None = None
 
 
 class ProcessMeasurement(SQLModel, table=True):
@@ -113,6 +145,9 @@ class ProcessMeasurement(SQLModel, table=True):
     batch_id: str | None = Field(default=None, max_length=64)
     order_id: str | None = Field(default=None, max_length=64)
 
+    version: int = _version()
+    withdrawn_at: datetime | None = None
+
 
 class EnvironmentReading(SQLModel, table=True):
     """Temperature and humidity at a line location."""
@@ -124,6 +159,9 @@ class EnvironmentReading(SQLModel, table=True):
     measured_at: datetime
     temperature_c: float | None = None
     humidity_rh: float | None = None
+
+    version: int = _version()
+    withdrawn_at: datetime | None = None
 
 
 class OperatorLog(SQLModel, table=True):
@@ -141,6 +179,8 @@ class OperatorLog(SQLModel, table=True):
     order_id: str | None = Field(default=None, max_length=64, index=True)
     batch_id: str | None = Field(default=None, max_length=64)
     note: str | None = Field(default=None, max_length=500)
+    version: int = _version()
+    withdrawn_at: datetime | None = None
 
 
 #: kind name (as used by ingest, REST and CLI) -> table class

@@ -3,13 +3,16 @@
 ``open_store`` connects and migrates the schema to the newest revision (Alembic);
 ``QualityStore.ingest_rows`` validates rows and commits the good ones in atomic
 batches with ``INSERT ... ON CONFLICT DO NOTHING`` on the natural keys, so a
-re-delivered row is counted as a duplicate and stored once.
+re-delivered row is counted as a duplicate and stored once; a row whose natural key
+is stored with different content is a correction, stored as a new version
+(:mod:`connector.versions`).
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterable, Mapping
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -24,8 +27,9 @@ from sqlalchemy.exc import ArgumentError, OperationalError, SQLAlchemyError
 from connector.dictionary import DataDictionary, default_dictionary
 from connector.errors import StorageError
 from connector.ingest import IngestReport, RowError, check_kind
-from connector.qdm import TABLES
+from connector.qdm import TABLES, VERSION_COLUMNS
 from connector.validate import FieldError, parse_row
+from connector.versions import Withdrawal, correct_rows, serialize_writes, withdraw
 
 log = logging.getLogger(__name__)
 
@@ -182,10 +186,14 @@ class QualityStore:
         sql, columns = self._insert_sql(kind)
         try:
             with self.engine.begin() as connection:
+                serialize_writes(connection)  # ids become visible in order (watermarks)
                 # straight to the driver's executemany: the rows are validated already,
                 # and SQLAlchemy's per-row statement machinery would double the cost
                 params = [tuple(p(row[c]) if p else row[c] for c, p in columns) for row in batch]
                 inserted = connection.exec_driver_sql(sql, params).rowcount
+                corrected = 0
+                if inserted < len(batch):  # some natural keys are stored: corrections?
+                    corrected = correct_rows(connection, kind, batch)
         except SQLAlchemyError as exc:
             orig = getattr(exc, "orig", None)
             reason = str(orig) if orig is not None else str(exc)
@@ -194,7 +202,8 @@ class QualityStore:
                 f"(earlier batches are committed: {report.accepted} rows): {reason}"
             ) from exc
         report.accepted += inserted
-        report.duplicates += len(batch) - inserted
+        report.corrected += corrected
+        report.duplicates += len(batch) - inserted - corrected
 
     def _insert_sql(self, kind: str) -> tuple[str, list[tuple[str, Any]]]:
         """``INSERT ... ON CONFLICT DO NOTHING`` for ``kind`` in the driver's paramstyle,
@@ -203,7 +212,7 @@ class QualityStore:
         if cached is None:
             dialect = self.engine.dialect
             table = _table(kind)
-            columns = [c for c in table.columns if c.name != "id"]
+            columns = [c for c in table.columns if c.name not in ("id", *VERSION_COLUMNS)]
             mark = "?" if dialect.paramstyle == "qmark" else "%s"
             sql = (
                 f"INSERT INTO {table.name} ({', '.join(c.name for c in columns)}) "
@@ -212,6 +221,12 @@ class QualityStore:
             cached = (sql, [(c.name, c.type.bind_processor(dialect)) for c in columns])
             self._statements[kind] = cached
         return cached
+
+    def withdraw(self, kind: str, key: Mapping[str, Any], at: datetime) -> Withdrawal:
+        """Withdraw one record (a tombstone that consumers holding a copy receive)."""
+        check_kind(kind)
+        with self.engine.begin() as connection:
+            return withdraw(connection, kind, key, at)
 
     def close(self) -> None:
         self.engine.dispose()

@@ -28,6 +28,18 @@ duplicated: the consumer only accepts a start at exactly its own checkpoint
 before its own (rewinding to what the consumer has and continuing the chain
 from the consumer's digest).
 
+An incremental pull asks for the changes after a watermark: `TransferRequest.since`
+is the final position of the consumer's last completed pull of the same scope, and the
+transfer's genesis checkpoint starts at that position instead of the beginning, so
+the digest chain, resume and completion work exactly as for a full pull.
+
+Every row carries its *record envelope* (`RecordMeta`): ``@key``, the provider's
+record key (opaque, derived per agreement; the same for a record on a pull and on the
+live stream), ``@v``, its version, and, for a withdrawn record, ``@withdrawn: true``
+with no other field (a tombstone). The consumer keeps one copy per (agreement, key),
+the highest version it has seen, which makes pulls idempotent and lets corrections
+and withdrawals reach a copy it already holds.
+
 Messages are idempotent by message id, like in `connector.negotiation`.
 """
 
@@ -45,6 +57,7 @@ import orjson
 from connector.contract_errors import (
     IllegalTransitionError,
     MessageReplayError,
+    RecordEnvelopeError,
     TransferCursorError,
     TransferIntegrityError,
     UnauthorizedSenderError,
@@ -72,6 +85,58 @@ def row_bytes(row: Mapping[str, Any]) -> bytes:
         return orjson.dumps(to_jsonable(row), option=orjson.OPT_SORT_KEYS)
     except orjson.JSONEncodeError as exc:
         raise CanonicalEncodingError(f"row has no JSON form: {exc}") from None
+
+
+KEY_FIELD = "@key"
+VERSION_FIELD = "@v"
+WITHDRAWN_FIELD = "@withdrawn"
+MAX_RECORD_KEY = 128
+
+
+@dataclass(frozen=True)
+class RecordMeta:
+    """The record envelope of a row on the wire (see the module docstring)."""
+
+    key: str
+    version: int
+    withdrawn: bool = False
+
+
+def record_meta(payload: bytes) -> RecordMeta:
+    """The envelope of one row's bytes; a row without a usable one is refused."""
+    try:
+        row = orjson.loads(payload)
+    except orjson.JSONDecodeError as exc:
+        raise RecordEnvelopeError(f"a received row is not JSON: {exc}") from None
+    if not isinstance(row, dict):
+        raise RecordEnvelopeError("a received row is not a JSON object")
+    key, version, withdrawn = row.get(KEY_FIELD), row.get(VERSION_FIELD), row.get(WITHDRAWN_FIELD)
+    if not isinstance(key, str) or not 0 < len(key) <= MAX_RECORD_KEY:
+        raise RecordEnvelopeError(
+            f"a received row has no record key ({KEY_FIELD!r}, 1..{MAX_RECORD_KEY} characters)"
+        )
+    if type(version) is not int or version < 1:
+        raise RecordEnvelopeError(f"record {key}: version {version!r} is not an integer >= 1")
+    if withdrawn is None:
+        return RecordMeta(key, version)
+    if withdrawn is not True or set(row) != {KEY_FIELD, VERSION_FIELD, WITHDRAWN_FIELD}:
+        raise RecordEnvelopeError(
+            f"record {key}: a tombstone is {{{KEY_FIELD}, {VERSION_FIELD}, "
+            f"{WITHDRAWN_FIELD}: true}} and nothing else"
+        )
+    return RecordMeta(key, version, True)
+
+
+def tombstone_bytes(key: str, version: int) -> bytes:
+    """The wire bytes of a withdrawn record."""
+    return row_bytes({KEY_FIELD: key, VERSION_FIELD: version, WITHDRAWN_FIELD: True})
+
+
+def parse_since(since: str) -> str:
+    """A watermark as sent (``""``: a full pull); it is a view position, digits only."""
+    if since and not since.isdigit():
+        raise TransferCursorError(f"watermark {since!r} is not a view position")
+    return since
 
 
 def join_rows(rows: Iterable[bytes]) -> tuple[bytes, int]:
@@ -150,6 +215,8 @@ class TransferRequest:
     purpose: str | None = None
     order_id: str | None = None
     fields: frozenset[str] | None = None
+    #: the watermark of an incremental pull ("" for a full one): changes after it only
+    since: str = ""
 
 
 @dataclass(frozen=True)
@@ -212,6 +279,7 @@ class TransferProcess:
     purpose: str | None = None
     order_id: str | None = None
     fields: frozenset[str] | None = None
+    since: str = ""
 
     @property
     def offset(self) -> int:
@@ -219,7 +287,11 @@ class TransferProcess:
 
 
 def fingerprint(message: TransferMessage) -> str:
-    content = {f.name: to_jsonable(_plain(getattr(message, f.name))) for f in fields(message)}
+    content = {
+        f.name: to_jsonable(_plain(getattr(message, f.name)))
+        for f in fields(message)
+        if not (f.name == "since" and not getattr(message, f.name))  # as before watermarks
+    }
     content["type"] = type(message).__name__
     return hashlib.sha256(canonical_json(content)).hexdigest()
 
@@ -235,7 +307,11 @@ def _describe(message: TransferMessage) -> str:
 
 
 def open_transfer(request: TransferRequest, role: Role) -> TransferProcess:
-    """A transfer process in REQUESTED; the policy decision is the caller's, beforehand."""
+    """A transfer process in REQUESTED; the policy decision is the caller's, beforehand.
+
+    An incremental pull's genesis checkpoint is at its watermark (`TransferRequest.since`)."""
+    since = parse_since(request.since)
+    genesis = Checkpoint.genesis(request.transfer_id)
     return TransferProcess(
         transfer_id=request.transfer_id,
         agreement_id=request.agreement_id,
@@ -243,13 +319,14 @@ def open_transfer(request: TransferRequest, role: Role) -> TransferProcess:
         provider_id=request.provider_id,
         consumer_id=request.sender_id,
         state=TransferState.REQUESTED,
-        checkpoint=Checkpoint.genesis(request.transfer_id),
+        checkpoint=replace(genesis, position=since),
         created_at=request.at,
         updated_at=request.at,
         seen=((request.message_id, fingerprint(request)),),
         purpose=request.purpose,
         order_id=request.order_id,
         fields=request.fields,
+        since=since,
     )
 
 

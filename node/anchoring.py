@@ -128,9 +128,19 @@ def _plain(value: Any) -> Any:
 
 
 def canonical_row(qdm_kind: str, row: Mapping[str, Any]) -> bytes:
-    """The bytes a QDM row is anchored as: sorted-key JSON without the storage id."""
-    doc = {"qdm": qdm_kind, **{k: _plain(v) for k, v in row.items() if k != "id"}}
+    """The bytes a QDM row is anchored as: sorted-key JSON without the storage id. A
+    first version leaves out its versioning columns (so it hashes as before records had
+    versions); a correction or a withdrawal includes them."""
+    first = row.get("version", 1) == 1 and row.get("withdrawn_at") is None
+    skip = ("id", "version", "withdrawn_at") if first else ("id",)
+    doc = {"qdm": qdm_kind, **{k: _plain(v) for k, v in row.items() if k not in skip}}
     return json.dumps(doc, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def inspection_ref(inspection_id: str, version: int) -> str:
+    """The leaf id of one version of an inspection record: its id, then ``@vN`` for N > 1
+    (a correction or withdrawal is anchored next to the version it replaced)."""
+    return inspection_id if version == 1 else f"{inspection_id}@v{version}"
 
 
 def _qdm_table(qdm_kind: str) -> Table:
@@ -185,7 +195,7 @@ class QdmSweeper:
         if qdm_kind == INSPECTION_KIND:  # the bulk path: one transaction, no object per leaf
             self.anchorer.enqueue_records(
                 INSPECTION_KIND,
-                [str(m["inspection_id"]) for m in mappings],
+                [inspection_ref(str(m["inspection_id"]), int(m["version"])) for m in mappings],
                 [canonical_row(qdm_kind, m) for m in mappings],
             )
         else:
@@ -209,8 +219,13 @@ class QdmSweeper:
         """The current bytes of an anchored QDM record (to show whether it still matches)."""
         if kind == INSPECTION_KIND:
             table = _qdm_table(INSPECTION_KIND)
+            inspection_id, _, version = ref_id.rpartition("@v")
+            if not inspection_id or not version.isdigit():
+                inspection_id = ref_id
             with self.engine.connect() as conn:
-                row = conn.execute(select(table).where(table.c.inspection_id == ref_id)).first()
+                row = conn.execute(
+                    select(table).where(table.c.inspection_id == inspection_id)
+                ).first()
             return None if row is None else canonical_row(INSPECTION_KIND, dict(row._mapping))
         if kind == "record_batch":
             qdm_kind, _, span = ref_id.partition(":")

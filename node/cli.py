@@ -284,7 +284,8 @@ def ingest(
     bad_rows = len({e.line for e in report.rejected})
     console.print(
         f"{file}: {report.accepted} stored, {report.duplicates} already present, "
-        f"{bad_rows} rejected ({len(report.rejected)} problems)",
+        f"{bad_rows} rejected ({len(report.rejected)} problems)"
+        + (f", {report.corrected} corrected (new versions)" if report.corrected else ""),
         soft_wrap=True,
     )
     if report.rejected:

@@ -131,8 +131,13 @@ def transfer(
     order: Annotated[str | None, typer.Option(help="order id")] = None,
     field: Annotated[list[str] | None, typer.Option(help="field, repeatable")] = None,
     resume: Annotated[str | None, typer.Option(help="resume this transfer id instead")] = None,
+    since_last: Annotated[
+        bool, typer.Option(help="only what changed since the last completed pull of this scope")
+    ] = False,
 ) -> None:
-    """Pull data under an agreement; only what it allows leaves the provider."""
+    """Pull data under an agreement; only what it allows leaves the provider.
+
+    The copy held is a mirror: each record once, corrections replace, withdrawals remove."""
     if resume:
         result, seconds = _timed_call(directory, "POST", f"/v1/contracts/transfers/{resume}/resume")
     else:
@@ -141,10 +146,12 @@ def transfer(
             "purpose": purpose,
             "order_id": order,
             "fields": field or None,
+            "since_last": since_last,
         }
         result, seconds = _timed_call(directory, "POST", "/v1/contracts/transfers", json=body)
+    since = f" since position {result['since']}" if result.get("since") else ""
     console.print(
-        f"transfer {result['transfer_id']} {result['state']}: {result['offset']} rows "
+        f"transfer {result['transfer_id']} {result['state']}: {result['offset']} rows{since} "
         f"in {seconds:.1f} s, chained digest {result['digest'][:16]}..."
     )
 
@@ -264,6 +271,48 @@ def show(
     console.print_json(json.dumps(_call(ctx.obj, "GET", f"/v1/contracts/agreements/{agreement}")))
 
 
+@contracts_app.command("changes")
+def changes(
+    ctx: typer.Context,
+    agreement: Annotated[str | None, typer.Argument(help="agreement id")] = None,
+) -> None:
+    """Corrections and withdrawals received: record, version, hash and when."""
+    query = {"agreement_id": agreement} if agreement else {}
+    found = _call(ctx.obj, "GET", "/v1/contracts/received/changes", params=query)
+    for c in found:
+        change = "withdrawn" if c["withdrawn"] else "corrected"
+        console.print(
+            f"{c['received_at']} {c['agreement_id']} {c['record_key']} v{c['version']} "
+            f"{change} (order {c['order_id']}, sha256 {c['content_sha256'][:16]}...)",
+            soft_wrap=True,
+            highlight=False,
+        )
+    if not found:
+        console.print("no corrections or withdrawals received")
+
+
+def withdraw(
+    directory: DirOpt,
+    kind: Annotated[str, typer.Option(help="QDM kind, e.g. inspection")],
+    key: Annotated[
+        list[str], typer.Option(help="natural key field=value, repeatable (inspection_id=...)")
+    ],
+) -> None:
+    """Withdraw one of our QDM records; consumers holding a copy receive a tombstone."""
+    fields: dict[str, str] = {}
+    for item in key:
+        name, sep, value = item.partition("=")
+        if not sep or not name:
+            raise typer.BadParameter(f"{item!r} is not field=value", param_hint="--key")
+        fields[name] = value
+    result = _call(
+        directory, "POST", "/v1/contracts/withdrawals", json={"kind": kind, "key": fields}
+    )
+    console.print(
+        f"{kind} {fields} withdrawn at {result['withdrawn_at']} (version {result['version']})"
+    )
+
+
 @order_app.command("close")
 def order_close(directory: DirOpt, order: Annotated[str, typer.Argument(help="order id")]) -> None:
     """Close an order: its agreements' retention deadlines start; consumers are told."""
@@ -276,7 +325,7 @@ def order_close(directory: DirOpt, order: Annotated[str, typer.Argument(help="or
 
 def mount(app: typer.Typer) -> None:
     """Add the contract commands to the ``qdspace`` app."""
-    for command in (catalog, negotiate, transfer, subscribe):
+    for command in (catalog, negotiate, transfer, subscribe, withdraw):
         app.command(command.__name__)(command)
     app.add_typer(contracts_app, name="contracts")
     app.add_typer(order_app, name="order")

@@ -272,9 +272,18 @@ class ContractClient:
         purpose: str,
         order_id: str | None,
         fields: frozenset[str] | None = None,
+        since_last: bool = False,
     ) -> TransferProcess:
-        """Ask the provider to start a transfer; a denial raises PeerError (PERMISSION_DENIED)."""
+        """Ask the provider to start a transfer; a denial raises PeerError (PERMISSION_DENIED).
+
+        `since_last`: an incremental pull, of the changes after the last completed pull of
+        the same scope (a full pull when there is none)."""
         stored = self.runtime.store.agreement(agreement_id)
+        since = ""
+        if since_last:
+            last = self.runtime.store.last_completed_pull(agreement_id, order_id, fields, purpose)
+            if last is not None and last.final is not None:
+                since = last.final.position
         terms = stored.signed.agreement
         peer = peer_name(terms.provider_id)
         tid = f"trf-{uuid.uuid4().hex}"
@@ -289,6 +298,7 @@ class ContractClient:
             purpose=purpose,
             order_id=order_id,
             fields=fields,
+            since=since,
         )
         stub = transfer_pb2_grpc.TransferStub(self.peers.channel(peer))
         wire = transfer_message_to_proto(request)

@@ -83,7 +83,6 @@ from connector.transfer import (
     TransferStart,
     TransferState,
     open_transfer,
-    row_bytes,
 )
 from connector.transfer import apply as apply_transfer
 from connector.views import (
@@ -93,8 +92,9 @@ from connector.views import (
     ReleaseGate,
     StreamRequest,
     catalog,
+    incremental_refusal,
+    live_page,
     parse_position,
-    read_asset,
     stream_batches,
 )
 from node.errors import NodeError
@@ -419,6 +419,8 @@ class ContractRuntime:
             raise ContractDenied(f"asset {asset.asset_id} is a live stream: subscribe to it")
         if asset.kind is AssetKind.PROCESS_ALONG_GENEALOGY and message.order_id is None:
             raise ContractDenied(f"asset {asset.asset_id} is transferred one order at a time")
+        if message.since and (refusal := incremental_refusal(asset)) is not None:
+            raise ContractDenied(refusal)
         decision = self.gate(stored, Action.READ, message.purpose, message.order_id, message.fields)
         if not decision.decision.allowed:
             logger.warning("transfer %s denied: %s", message.transfer_id, decision.decision.reason)
@@ -533,19 +535,7 @@ class ContractRuntime:
         self, gate: ReleaseGate, position: int
     ) -> tuple[list[BatchRow], list[str], int]:
         """The next released rows of a live stream after `position`, and the new position."""
-        rows: list[BatchRow] = []
-        positions: list[str] = []
-        key = gate.asset.order_key
-        for cursor, row in read_asset(
-            self.qdm, gate.asset, None, gate.query_fields, after=position, limit=STREAM_PAGE
-        ):
-            position = cursor
-            released = gate(row)
-            if released is not None:
-                order = row.get(key)
-                rows.append(BatchRow(row_bytes(released), order if isinstance(order, str) else ""))
-                positions.append(str(cursor))
-        return rows, positions, position
+        return live_page(self.qdm, gate, position, STREAM_PAGE)
 
     # ------------------------------------------------------- notifications
 

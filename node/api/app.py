@@ -67,6 +67,7 @@ def report_to_public(report: IngestReport) -> IngestResult:
         source=report.source,
         accepted=report.accepted,
         duplicates=report.duplicates,
+        corrected=report.corrected,
         rejected=[
             RowErrorPublic(source=e.source, line=e.line, field=e.field, reason=e.reason)
             for e in report.rejected

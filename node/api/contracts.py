@@ -22,10 +22,11 @@ from pydantic import AwareDatetime, BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 
 from connector.agreement import SignedReceipt
-from connector.contract_store import StoredAgreement
+from connector.contract_store import ReceivedChange, StoredAgreement
 from connector.negotiation import Negotiation
 from connector.spc import QualityAlert, SpcSpec
 from connector.transfer import TransferProcess
+from connector.versions import Withdrawal, withdraw
 from connector.views import CatalogEntry
 from node.api.models import Id, IdPath, Text
 from node.api.problems import PeerTimeout
@@ -67,6 +68,15 @@ class TransferBody(BaseModel):
     fields: list[Id] | None = Field(default=None, max_length=MAX_LIST)
     wait: bool = True
     batch_rows: int = Field(default=0, ge=0, le=MAX_BATCH_ROWS)
+    #: only the changes since the last completed pull of the same scope (incremental)
+    since_last: bool = False
+
+
+class WithdrawBody(BaseModel):
+    """Withdraw one of our QDM records: consumers holding a copy get a tombstone."""
+
+    kind: Id
+    key: dict[Id, Text] = Field(min_length=1, max_length=MAX_LIST)
 
 
 class SubscribeBody(BaseModel):
@@ -143,8 +153,23 @@ def transfer_public(p: TransferProcess, error: str = "") -> dict[str, Any]:
         "digest": p.checkpoint.digest.hex(),
         "order_id": p.order_id,
         "purpose": p.purpose,
+        "since": p.since,
+        "position": p.checkpoint.position,
         "reason": p.reason,
         "error": error,
+    }
+
+
+def change_public(c: ReceivedChange) -> dict[str, Any]:
+    return {
+        "agreement_id": c.agreement_id,
+        "record_key": c.record_key,
+        "version": c.version,
+        "order_id": c.order_id,
+        "withdrawn": c.withdrawn,
+        "content_sha256": c.content_sha256,
+        "source_id": c.source_id,
+        "received_at": _time(c.received_at),
     }
 
 
@@ -311,6 +336,7 @@ def contracts_router(ctx: NodeContext, operator: Any) -> APIRouter:
                 purpose=body.purpose,
                 order_id=body.order_id,
                 fields=None if body.fields is None else frozenset(body.fields),
+                since_last=body.since_last,
             )
 
         process = await _domain(run)
@@ -359,6 +385,29 @@ def contracts_router(ctx: NodeContext, operator: Any) -> APIRouter:
             "agreement_id": agreement_id,
             "total": store.count_received(agreement_id),
             "rows": [json.loads(r.payload) for r in rows],
+        }
+
+    @router.get("/received/changes")
+    async def received_changes(agreement_id: str | None = None) -> list[dict[str, Any]]:
+        """The corrections and withdrawals received (the consumer's audit trail)."""
+        store = runtime().store
+        changes = await _domain(_sync(store.received_changes, agreement_id))
+        return [change_public(c) for c in changes]
+
+    @router.post("/withdrawals")
+    async def withdraw_record(body: WithdrawBody) -> dict[str, Any]:
+        rt = runtime()
+
+        def run() -> Withdrawal:
+            with rt.qdm.begin() as connection:
+                return withdraw(connection, body.kind, body.key, rt.clock.now())
+
+        done = await _domain(_sync(run))
+        return {
+            "kind": done.kind,
+            "key": done.key,
+            "version": done.version,
+            "withdrawn_at": _time(done.withdrawn_at),
         }
 
     @router.post("/subscriptions")

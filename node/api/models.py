@@ -51,6 +51,8 @@ class IngestResult(BaseModel):
     accepted: int
     duplicates: int
     rejected: list[RowErrorPublic]
+    #: rows whose record was stored with other content: new versions (corrections)
+    corrected: int = 0
 
 
 class IngestRows(BaseModel):

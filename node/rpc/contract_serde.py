@@ -303,6 +303,7 @@ def transfer_message_to_proto(message: TransferMessage) -> transfer_pb2.Transfer
                 order_id=message.order_id or "",
                 fields=fields,
                 all_fields=all_fields,
+                since=message.since,
             )
         )
     elif isinstance(message, TransferStart):
@@ -334,6 +335,7 @@ def transfer_message_from_proto(message: transfer_pb2.TransferMessage) -> Transf
                 purpose=body.purpose or None,
                 order_id=body.order_id or None,
                 fields=_fields_from_proto(body.fields, body.all_fields),
+                since=body.since,
             )
         case "start":
             return TransferStart(*head, checkpoint_from_proto(message.start.checkpoint), at)

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1bprotocols/v1/transfer.proto\x12\nqdspace.v1\">\n\nCheckpoint\x12\x0e\n\x06offset\x18\x01 \x01(\x03\x12\x0e\n\x06\x64igest\x18\x02 \x01(\x0c\x12\x10\n\x08position\x18\x03 \x01(\t\"\x83\x01\n\x0fTransferRequest\x12\x14\n\x0c\x61greement_id\x18\x01 \x01(\t\x12\x13\n\x0bprovider_id\x18\x02 \x01(\t\x12\x0f\n\x07purpose\x18\x03 \x01(\t\x12\x10\n\x08order_id\x18\x04 \x01(\t\x12\x0e\n\x06\x66ields\x18\x05 \x03(\t\x12\x12\n\nall_fields\x18\x06 \x01(\x08\";\n\rTransferStart\x12*\n\ncheckpoint\x18\x01 \x01(\x0b\x32\x16.qdspace.v1.Checkpoint\"$\n\x12TransferSuspension\x12\x0e\n\x06reason\x18\x01 \x01(\t\"@\n\x12TransferCompletion\x12*\n\ncheckpoint\x18\x01 \x01(\x0b\x32\x16.qdspace.v1.Checkpoint\"%\n\x13TransferTermination\x12\x0e\n\x06reason\x18\x01 \x01(\t\"\xe9\x02\n\x0fTransferMessage\x12\x12\n\nmessage_id\x18\x01 \x01(\t\x12\x13\n\x0btransfer_id\x18\x02 \x01(\t\x12\x11\n\tsender_id\x18\x03 \x01(\t\x12\x12\n\nat_unix_us\x18\x04 \x01(\x03\x12.\n\x07request\x18\n \x01(\x0b\x32\x1b.qdspace.v1.TransferRequestH\x00\x12*\n\x05start\x18\x0b \x01(\x0b\x32\x19.qdspace.v1.TransferStartH\x00\x12\x34\n\nsuspension\x18\x0c \x01(\x0b\x32\x1e.qdspace.v1.TransferSuspensionH\x00\x12\x34\n\ncompletion\x18\r \x01(\x0b\x32\x1e.qdspace.v1.TransferCompletionH\x00\x12\x36\n\x0btermination\x18\x0e \x01(\x0b\x32\x1f.qdspace.v1.TransferTerminationH\x00\x42\x06\n\x04\x62ody\"]\n\x0bTransferAck\x12\x13\n\x0btransfer_id\x18\x01 \x01(\t\x12\r\n\x05state\x18\x02 \x01(\t\x12*\n\ncheckpoint\x18\x03 \x01(\x0b\x32\x16.qdspace.v1.Checkpoint\"%\n\x03Row\x12\x0c\n\x04json\x18\x01 \x01(\x0c\x12\x10\n\x08order_id\x18\x02 \x01(\t\"g\n\x0bPullRequest\x12\x13\n\x0btransfer_id\x18\x01 \x01(\t\x12+\n\x0bresume_from\x18\x02 \x01(\x0b\x32\x16.qdspace.v1.Checkpoint\x12\x16\n\x0emax_batch_rows\x18\x03 \x01(\x05\"\xab\x01\n\x08RowBatch\x12\x13\n\x0btransfer_id\x18\x01 \x01(\t\x12*\n\ncheckpoint\x18\x03 \x01(\x0b\x32\x16.qdspace.v1.Checkpoint\x12\x0c\n\x04last\x18\x04 \x01(\x08\x12\x0f\n\x07payload\x18\x05 \x01(\x0c\x12\x11\n\trow_count\x18\x06 \x01(\x05\x12\x11\n\torder_ids\x18\x07 \x03(\t\x12\x13\n\x0border_index\x18\x08 \x03(\rJ\x04\x08\x02\x10\x03\x32\x81\x01\n\x08Transfer\x12<\n\x04Send\x12\x1b.qdspace.v1.TransferMessage\x1a\x17.qdspace.v1.TransferAck\x12\x37\n\x04Pull\x12\x17.qdspace.v1.PullRequest\x1a\x14.qdspace.v1.RowBatch0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1bprotocols/v1/transfer.proto\x12\nqdspace.v1\">\n\nCheckpoint\x12\x0e\n\x06offset\x18\x01 \x01(\x03\x12\x0e\n\x06\x64igest\x18\x02 \x01(\x0c\x12\x10\n\x08position\x18\x03 \x01(\t\"\x92\x01\n\x0fTransferRequest\x12\x14\n\x0c\x61greement_id\x18\x01 \x01(\t\x12\x13\n\x0bprovider_id\x18\x02 \x01(\t\x12\x0f\n\x07purpose\x18\x03 \x01(\t\x12\x10\n\x08order_id\x18\x04 \x01(\t\x12\x0e\n\x06\x66ields\x18\x05 \x03(\t\x12\x12\n\nall_fields\x18\x06 \x01(\x08\x12\r\n\x05since\x18\x07 \x01(\t\";\n\rTransferStart\x12*\n\ncheckpoint\x18\x01 \x01(\x0b\x32\x16.qdspace.v1.Checkpoint\"$\n\x12TransferSuspension\x12\x0e\n\x06reason\x18\x01 \x01(\t\"@\n\x12TransferCompletion\x12*\n\ncheckpoint\x18\x01 \x01(\x0b\x32\x16.qdspace.v1.Checkpoint\"%\n\x13TransferTermination\x12\x0e\n\x06reason\x18\x01 \x01(\t\"\xe9\x02\n\x0fTransferMessage\x12\x12\n\nmessage_id\x18\x01 \x01(\t\x12\x13\n\x0btransfer_id\x18\x02 \x01(\t\x12\x11\n\tsender_id\x18\x03 \x01(\t\x12\x12\n\nat_unix_us\x18\x04 \x01(\x03\x12.\n\x07request\x18\n \x01(\x0b\x32\x1b.qdspace.v1.TransferRequestH\x00\x12*\n\x05start\x18\x0b \x01(\x0b\x32\x19.qdspace.v1.TransferStartH\x00\x12\x34\n\nsuspension\x18\x0c \x01(\x0b\x32\x1e.qdspace.v1.TransferSuspensionH\x00\x12\x34\n\ncompletion\x18\r \x01(\x0b\x32\x1e.qdspace.v1.TransferCompletionH\x00\x12\x36\n\x0btermination\x18\x0e \x01(\x0b\x32\x1f.qdspace.v1.TransferTerminationH\x00\x42\x06\n\x04\x62ody\"]\n\x0bTransferAck\x12\x13\n\x0btransfer_id\x18\x01 \x01(\t\x12\r\n\x05state\x18\x02 \x01(\t\x12*\n\ncheckpoint\x18\x03 \x01(\x0b\x32\x16.qdspace.v1.Checkpoint\"%\n\x03Row\x12\x0c\n\x04json\x18\x01 \x01(\x0c\x12\x10\n\x08order_id\x18\x02 \x01(\t\"g\n\x0bPullRequest\x12\x13\n\x0btransfer_id\x18\x01 \x01(\t\x12+\n\x0bresume_from\x18\x02 \x01(\x0b\x32\x16.qdspace.v1.Checkpoint\x12\x16\n\x0emax_batch_rows\x18\x03 \x01(\x05\"\xab\x01\n\x08RowBatch\x12\x13\n\x0btransfer_id\x18\x01 \x01(\t\x12*\n\ncheckpoint\x18\x03 \x01(\x0b\x32\x16.qdspace.v1.Checkpoint\x12\x0c\n\x04last\x18\x04 \x01(\x08\x12\x0f\n\x07payload\x18\x05 \x01(\x0c\x12\x11\n\trow_count\x18\x06 \x01(\x05\x12\x11\n\torder_ids\x18\x07 \x03(\t\x12\x13\n\x0border_index\x18\x08 \x03(\rJ\x04\x08\x02\x10\x03\x32\x81\x01\n\x08Transfer\x12<\n\x04Send\x12\x1b.qdspace.v1.TransferMessage\x1a\x17.qdspace.v1.TransferAck\x12\x37\n\x04Pull\x12\x17.qdspace.v1.PullRequest\x1a\x14.qdspace.v1.RowBatch0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,25 +34,25 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_CHECKPOINT']._serialized_start=43
   _globals['_CHECKPOINT']._serialized_end=105
   _globals['_TRANSFERREQUEST']._serialized_start=108
-  _globals['_TRANSFERREQUEST']._serialized_end=239
-  _globals['_TRANSFERSTART']._serialized_start=241
-  _globals['_TRANSFERSTART']._serialized_end=300
-  _globals['_TRANSFERSUSPENSION']._serialized_start=302
-  _globals['_TRANSFERSUSPENSION']._serialized_end=338
-  _globals['_TRANSFERCOMPLETION']._serialized_start=340
-  _globals['_TRANSFERCOMPLETION']._serialized_end=404
-  _globals['_TRANSFERTERMINATION']._serialized_start=406
-  _globals['_TRANSFERTERMINATION']._serialized_end=443
-  _globals['_TRANSFERMESSAGE']._serialized_start=446
-  _globals['_TRANSFERMESSAGE']._serialized_end=807
-  _globals['_TRANSFERACK']._serialized_start=809
-  _globals['_TRANSFERACK']._serialized_end=902
-  _globals['_ROW']._serialized_start=904
-  _globals['_ROW']._serialized_end=941
-  _globals['_PULLREQUEST']._serialized_start=943
-  _globals['_PULLREQUEST']._serialized_end=1046
-  _globals['_ROWBATCH']._serialized_start=1049
-  _globals['_ROWBATCH']._serialized_end=1220
-  _globals['_TRANSFER']._serialized_start=1223
-  _globals['_TRANSFER']._serialized_end=1352
+  _globals['_TRANSFERREQUEST']._serialized_end=254
+  _globals['_TRANSFERSTART']._serialized_start=256
+  _globals['_TRANSFERSTART']._serialized_end=315
+  _globals['_TRANSFERSUSPENSION']._serialized_start=317
+  _globals['_TRANSFERSUSPENSION']._serialized_end=353
+  _globals['_TRANSFERCOMPLETION']._serialized_start=355
+  _globals['_TRANSFERCOMPLETION']._serialized_end=419
+  _globals['_TRANSFERTERMINATION']._serialized_start=421
+  _globals['_TRANSFERTERMINATION']._serialized_end=458
+  _globals['_TRANSFERMESSAGE']._serialized_start=461
+  _globals['_TRANSFERMESSAGE']._serialized_end=822
+  _globals['_TRANSFERACK']._serialized_start=824
+  _globals['_TRANSFERACK']._serialized_end=917
+  _globals['_ROW']._serialized_start=919
+  _globals['_ROW']._serialized_end=956
+  _globals['_PULLREQUEST']._serialized_start=958
+  _globals['_PULLREQUEST']._serialized_end=1061
+  _globals['_ROWBATCH']._serialized_start=1064
+  _globals['_ROWBATCH']._serialized_end=1235
+  _globals['_TRANSFER']._serialized_start=1238
+  _globals['_TRANSFER']._serialized_end=1367
 # @@protoc_insertion_point(module_scope)

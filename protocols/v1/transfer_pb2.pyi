@@ -17,20 +17,22 @@ class Checkpoint(_message.Message):
     def __init__(self, offset: _Optional[int] = ..., digest: _Optional[bytes] = ..., position: _Optional[str] = ...) -> None: ...
 
 class TransferRequest(_message.Message):
-    __slots__ = ("agreement_id", "provider_id", "purpose", "order_id", "fields", "all_fields")
+    __slots__ = ("agreement_id", "provider_id", "purpose", "order_id", "fields", "all_fields", "since")
     AGREEMENT_ID_FIELD_NUMBER: _ClassVar[int]
     PROVIDER_ID_FIELD_NUMBER: _ClassVar[int]
     PURPOSE_FIELD_NUMBER: _ClassVar[int]
     ORDER_ID_FIELD_NUMBER: _ClassVar[int]
     FIELDS_FIELD_NUMBER: _ClassVar[int]
     ALL_FIELDS_FIELD_NUMBER: _ClassVar[int]
+    SINCE_FIELD_NUMBER: _ClassVar[int]
     agreement_id: str
     provider_id: str
     purpose: str
     order_id: str
     fields: _containers.RepeatedScalarFieldContainer[str]
     all_fields: bool
-    def __init__(self, agreement_id: _Optional[str] = ..., provider_id: _Optional[str] = ..., purpose: _Optional[str] = ..., order_id: _Optional[str] = ..., fields: _Optional[_Iterable[str]] = ..., all_fields: _Optional[bool] = ...) -> None: ...
+    since: str
+    def __init__(self, agreement_id: _Optional[str] = ..., provider_id: _Optional[str] = ..., purpose: _Optional[str] = ..., order_id: _Optional[str] = ..., fields: _Optional[_Iterable[str]] = ..., all_fields: _Optional[bool] = ..., since: _Optional[str] = ...) -> None: ...
 
 class TransferStart(_message.Message):
     __slots__ = ("checkpoint",)

@@ -13,7 +13,7 @@ from alembic.runtime.migration import MigrationContext
 from sqlalchemy import select, text
 from sqlmodel import Session
 
-from connector.errors import IngestFileError, StorageError, UnknownKind
+from connector.errors import IngestFileError, StorageError, UnknownKind, UnknownRecordError
 from connector.genealogy import NotYourBatch, UnknownBatch, upstream
 from connector.ingest import ingest_file
 from connector.qdm import Inspection, ProcessMeasurement, metadata
@@ -34,7 +34,7 @@ def _inspection(i: int, **changes: Any) -> dict[str, Any]:
 
 
 def test_schema_is_migrated_and_matches_the_models(store: QualityStore) -> None:
-    assert store.schema_version() == head_revision() == "0004_investigations"
+    assert store.schema_version() == head_revision() == "0005_mirror"
     with store.engine.connect() as connection:
         context = MigrationContext.configure(
             connection,
@@ -73,6 +73,42 @@ def test_sample_files_ingest_and_reingest_stores_nothing_twice(
     assert bad[0] == "el_inspections.jsonl:11: score: 1.7 is above the maximum 1"
     assert any(e.startswith("el_inspections.jsonl:41: -: invalid JSON") for e in bad)
     assert [e.field for e in first["measurement"].rejected] == ["unit"]
+
+
+def test_a_changed_row_is_a_new_version_and_a_withdrawal_a_tombstone(store: QualityStore) -> None:
+    """Corrections and withdrawals move the record to a fresh id above every other (so a
+    reader walking the table by id meets the change), with the version counted up."""
+    store.ingest_rows("inspection", [(i, _inspection(i)) for i in range(1, 5)])
+    report = store.ingest_rows(
+        "inspection",
+        [(1, _inspection(2, verdict="fail", defect_class="crack")), (2, _inspection(3))],
+    )
+    assert (report.accepted, report.corrected, report.duplicates) == (0, 1, 1)
+    table = Inspection.__table__  # type: ignore[attr-defined]
+    columns = (table.c.inspection_id, table.c.version, table.c.verdict, table.c.withdrawn_at)
+
+    def in_id_order() -> list[tuple[Any, ...]]:
+        with store.engine.connect() as connection:
+            return [tuple(r) for r in connection.execute(select(*columns).order_by(table.c.id))]
+
+    assert in_id_order()[-1] == ("EL-00002", 2, "fail", None)
+    at = datetime(2026, 11, 3, 9, 0, tzinfo=UTC)
+    gone = store.withdraw("inspection", {"inspection_id": "EL-00001"}, at)
+    assert gone.version == 2
+    assert in_id_order()[-1] == ("EL-00001", 2, "pass", at)
+    with pytest.raises(UnknownRecordError, match="withdrawn"):
+        store.withdraw("inspection", {"inspection_id": "EL-00001"}, at)
+    with pytest.raises(UnknownRecordError, match="named by"):
+        store.withdraw("inspection", {"serial": "x"}, at)
+    back = store.ingest_rows("inspection", [(1, _inspection(1))])  # the same content again
+    assert back.corrected == 1 and in_id_order()[-1] == ("EL-00001", 3, "pass", None)
+    assert [r[0] for r in in_id_order()] == ["EL-00003", "EL-00004", "EL-00002", "EL-00001"]
+    reading = {"location": "HALL-A", "measured_at": "2026-11-02T08:00:00Z", "temperature": 21}
+    store.ingest_rows("environment", [(1, reading)])
+    assert store.ingest_rows("environment", [(1, {**reading, "temperature": 22})]).corrected == 1
+    when = {"location": "HALL-A", "measured_at": "2026-11-02T09:00:00+01:00"}
+    assert store.withdraw("environment", when, at).version == 3
+    assert store.counts()["inspection"] == 4  # a tombstone is still a row
 
 
 def test_duplicates_inside_one_delivery_are_stored_once(store: QualityStore) -> None:
@@ -240,3 +276,26 @@ def test_unreachable_postgresql_names_the_server_without_password() -> None:
         open_store("postgresql://qdspace:s3cret@127.0.0.1:1/qdspace?connect_timeout=2")
     assert "127.0.0.1:1" in str(caught.value)
     assert "s3cret" not in str(caught.value)
+
+
+def test_writers_take_turns_so_ids_become_visible_in_order(store: QualityStore) -> None:
+    """A reader's id cursor is a watermark only if no lower id commits after a higher one."""
+    import threading
+
+    from connector.versions import serialize_writes
+
+    if store.backend != "postgresql":
+        pytest.skip("SQLite has one writer at a time by itself")
+    done = threading.Event()
+
+    def other_writer() -> None:
+        store.ingest_rows("inspection", [(1, _inspection(1))])
+        done.set()
+
+    with store.engine.begin() as connection:
+        serialize_writes(connection)
+        writer = threading.Thread(target=other_writer)
+        writer.start()
+        assert not done.wait(0.5)  # the other writer waits until this transaction ends
+    writer.join(10)
+    assert done.is_set() and store.counts()["inspection"] == 1

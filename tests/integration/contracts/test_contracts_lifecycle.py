@@ -162,7 +162,9 @@ def test_transfer_delivers_exactly_the_allowed_rows_and_fields(
     assert len(got) == len(held)  # none duplicated
     for row in held:
         out = got[row["inspection_id"]]
-        assert set(out) == GRANTED_INSPECTION_FIELDS  # image_hash, frame_id, latency_ms stay home
+        envelope = {"@key", "@v"}  # the record's key under the agreement and its version
+        assert set(out) - envelope == GRANTED_INSPECTION_FIELDS  # image_hash etc. stay home
+        assert out["@key"].startswith("rec_") and out["@v"] == row["version"]
         assert out["order_id"] == CELLEX_ORDER
         assert out["score"] == row["score"] and out["verdict"] == row["verdict"]
     with space.client("cellex") as supplier:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import uuid
 from collections.abc import Iterator
@@ -22,7 +23,7 @@ from connector.agreement import (
     sign_agreement,
     sign_receipt,
 )
-from connector.contract_errors import KeyShreddedError, UnknownContractError
+from connector.contract_errors import ForeignRecordError, KeyShreddedError, UnknownContractError
 from connector.contract_store import (
     CONTRACT_METADATA,
     ConcurrentUpdateError,
@@ -205,7 +206,15 @@ def test_agreements_keep_exact_bytes_and_termination_is_sticky(store: ContractSt
     assert store.agreements(Role.PROVIDER) == []
 
 
-ROWS = [{"inspection_id": f"i{n}", "order_id": "ORD-1", "verdict": "ok"} for n in range(6)]
+ROWS = [
+    {"@key": f"rec_{n}", "@v": 1, "inspection_id": f"i{n}", "order_id": "ORD-1", "verdict": "ok"}
+    for n in range(6)
+]
+
+
+def rec(key: str, version: int = 1, **fields: object) -> bytes:
+    """A received row's bytes: the record envelope and `fields`."""
+    return row_bytes({"@key": key, "@v": version, **fields})
 
 
 def _transfer(store: ContractStore) -> tuple[Negotiation, object]:
@@ -259,13 +268,11 @@ def test_transfer_batches_commit_atomically_and_never_twice(
 
 def test_rows_do_not_open_without_the_node_key(store: ContractStore, engine: Engine) -> None:
     finalized(store, Role.CONSUMER)
-    store.store_received_rows("agr-neg-1", "sub-1", [IncomingRow(7, "ORD-1", b"{}")], at(1))
-    assert (
-        store.store_received_rows("agr-neg-1", "sub-1", [IncomingRow(7, "ORD-1", b"{}")], at(2))
-        == 0
-    )
-    mixed = [IncomingRow(7, "ORD-1", b"{}"), IncomingRow(8, "ORD-1", b"{}")]
-    assert store.store_received_rows("agr-neg-1", "sub-1", mixed, at(3)) == 1
+    seven = IncomingRow(7, "ORD-1", rec("k7"))
+    store.store_received_rows("agr-neg-1", "sub-1", [seven], at(1))
+    assert store.store_received_rows("agr-neg-1", "sub-1", [seven], at(2)).changed == 0
+    mixed = [seven, IncomingRow(8, "ORD-1", rec("k8"))]
+    assert store.store_received_rows("agr-neg-1", "sub-1", mixed, at(3)).added == 1
     with pytest.raises(ContractStoreError, match="node's key"):
         ContractStore(engine, b"\1" * 32).received_rows("agr-neg-1")
     with pytest.raises(ContractStoreError, match="32 bytes"):
@@ -309,7 +316,7 @@ def test_order_closure_shredding_and_duties_on_both_sides(
     store.store_received_rows(
         "agr-neg-c", "sub", [IncomingRow(i, "ORD-1", p) for i, p in enumerate(payloads)], at(1)
     )
-    store.store_received_rows("agr-neg-c", "sub", [IncomingRow(50, "ORD-2", b"{}")], at(1))
+    store.store_received_rows("agr-neg-c", "sub", [IncomingRow(50, "ORD-2", rec("k50"))], at(1))
     closure = store.record_order_closed("agr-neg-c", "ORD-1", at(100))
     assert closure.deadline == at(100) + timedelta(days=10)
     assert store.record_order_closed("agr-neg-c", "ORD-1", at(999)).closed_at == at(100)
@@ -322,7 +329,7 @@ def test_order_closure_shredding_and_duties_on_both_sides(
     assert store.key_destroyed("agr-neg-c", "ORD-1")
     assert not store.key_destroyed("agr-neg-c", "ORD-2")
     with pytest.raises(KeyShreddedError):
-        store.store_received_rows("agr-neg-c", "sub", [IncomingRow(99, "ORD-1", b"{}")], when)
+        store.store_received_rows("agr-neg-c", "sub", [IncomingRow(99, "ORD-1", rec("k99"))], when)
     assert store.expired_closures(when + timedelta(days=100)) == []
     assert store.receipts("agr-neg-c") == [signed]
     assert [p.message.kind for p in store.due_messages(when)] == ["receipt"]
@@ -402,3 +409,34 @@ def test_received_quality_alerts_are_kept_once_and_read_back_whole(store: Contra
     assert len(store.received_alerts()) == 3
     reopened = ContractStore(store.engine, KEK)  # durable: another process sees them
     assert reopened.received_alerts("polycell") == [first]
+
+
+def test_received_records_are_held_once_in_their_latest_version(store: ContractStore) -> None:
+    """Keyed by (agreement, record key): re-deliveries store nothing, a later version
+    replaces, an older one never does, a tombstone withdraws (on both backends)."""
+    finalized(store, Role.CONSUMER)
+    rows = [IncomingRow(i, "ORD-1", rec(f"k{i}", verdict="ok")) for i in range(4)]
+    assert store.store_received_rows("agr-neg-1", "sub-1", rows, at(1)).added == 4
+    again = store.store_received_rows("agr-neg-1", "sub-2", rows, at(2))
+    assert (again.changed, again.unchanged) == (0, 4)
+    newer = [
+        IncomingRow(10, "ORD-2", rec("k1", 2, verdict="ng")),
+        IncomingRow(11, "ORD-1", rec("k2", 2, **{"@withdrawn": True})),
+        IncomingRow(12, "ORD-1", rec("k0", 1, verdict="stale")),
+    ]
+    result = store.store_received_rows("agr-neg-1", "sub-3", newer, at(3))
+    assert (result.replaced, result.withdrawn, result.unchanged) == (1, 1, 1)
+    older = store.store_received_rows("agr-neg-1", "sub-4", rows[1:3], at(4))
+    assert older.changed == 0  # versions 1 of k1 and k2 arrive late: ignored
+    held = {r.record_key: r for r in store.received_rows("agr-neg-1")}
+    assert sorted(held) == ["k0", "k1", "k3"] and store.count_received("agr-neg-1") == 3
+    assert held["k1"].decode()["verdict"] == "ng" and held["k1"].order_id == "ORD-2"
+    assert held["k0"].decode()["verdict"] == "ok"
+    changes = store.received_changes("agr-neg-1")
+    assert [(c.record_key, c.version, c.withdrawn) for c in changes] == [
+        ("k1", 2, False),
+        ("k2", 2, True),
+    ]
+    assert changes[0].content_sha256 == hashlib.sha256(newer[0].payload).hexdigest()
+    with pytest.raises(ForeignRecordError, match="ORD-9"):
+        store.store_received_rows("agr-neg-1", "s", [IncomingRow(1, "ORD-9", rec("k9"))], at(5))

@@ -57,7 +57,14 @@ def give_agreement(store: ContractStore, agreement_id: str, days: int | None, ro
 
 def rows_of(order: str, count: int) -> list[dict[str, object]]:
     return [
-        {"order_id": order, "inspection_id": f"{order}-{n}", "score": n / 7} for n in range(count)
+        {
+            "@key": f"rec-{order}-{n}",
+            "@v": 1,
+            "order_id": order,
+            "inspection_id": f"{order}-{n}",
+            "score": n / 7,
+        }
+        for n in range(count)
     ]
 
 
@@ -115,7 +122,10 @@ def test_a_sweep_horizon_deletes_what_would_expire_before_the_next_run(
 ) -> None:
     give_agreement(consumer, "agr-h", 180, Role.CONSUMER)
     consumer.store_received_rows(
-        "agr-h", "tx-h", [IncomingRow(0, "ORD-1", canonical_json({"order_id": "ORD-1"}))], T0
+        "agr-h",
+        "tx-h",
+        [IncomingRow(0, "ORD-1", canonical_json({"@key": "k0", "@v": 1, "order_id": "ORD-1"}))],
+        T0,
     )
     consumer.record_order_closed("agr-h", "ORD-1", T0)
     deadline = T0 + timedelta(days=180)
@@ -132,7 +142,9 @@ def test_provider_sees_the_duty_fulfilled_once_the_receipt_arrives(tmp_path: Pat
     provider, consumer = make_store(tmp_path), make_store(tmp_path)
     give_agreement(provider, "agr-1", 30, Role.PROVIDER)
     give_agreement(consumer, "agr-1", 30, Role.CONSUMER)
-    consumer.store_received_rows("agr-1", "s", [IncomingRow(1, "ORD-1", b'{"a":1}')], T0)
+    consumer.store_received_rows(
+        "agr-1", "s", [IncomingRow(1, "ORD-1", b'{"@key":"k1","@v":1,"a":1}')], T0
+    )
     closed = T0 + timedelta(days=1)
     assert provider.close_order("cellex", "ORD-1", closed) == ["agr-1"]
     consumer.record_order_closed("agr-1", "ORD-1", closed)

@@ -209,3 +209,37 @@ def test_a_batch_payload_must_hold_exactly_its_rows() -> None:
         genesis.extend_payload(b"a", 0)
     assert genesis.extend([], "7") == Checkpoint(0, genesis.digest, "7")
     assert genesis.extend(DATA[:2]) == genesis.extend_payload(b"\n".join(DATA[:2]), 2)
+
+
+def test_an_incremental_transfer_starts_at_its_watermark() -> None:
+    from connector.transfer import fingerprint
+
+    since = replace(REQUEST, since="4711")
+    provider, consumer = open_transfer(since, Role.PROVIDER), open_transfer(since, Role.CONSUMER)
+    assert provider.checkpoint == consumer.checkpoint
+    assert provider.checkpoint.position == "4711" and provider.checkpoint.offset == 0
+    assert provider.checkpoint.digest == Checkpoint.genesis("tx-1").digest
+    assert fingerprint(since) != fingerprint(REQUEST)
+    with pytest.raises(TransferCursorError, match="watermark"):
+        open_transfer(replace(REQUEST, since="-1; DROP"), Role.PROVIDER)
+
+
+def test_a_row_envelope_names_its_record_version_and_tombstone() -> None:
+    from connector.contract_errors import RecordEnvelopeError
+    from connector.transfer import RecordMeta, record_meta, row_bytes, tombstone_bytes
+
+    assert record_meta(row_bytes({"@key": "k", "@v": 3, "verdict": "ok"})) == RecordMeta("k", 3)
+    assert record_meta(tombstone_bytes("k", 4)) == RecordMeta("k", 4, True)
+    for bad in (
+        b"[1]",
+        b"not json",
+        row_bytes({"@v": 1}),
+        row_bytes({"@key": "", "@v": 1}),
+        row_bytes({"@key": "k" * 129, "@v": 1}),
+        row_bytes({"@key": "k", "@v": 0}),
+        row_bytes({"@key": "k", "@v": True}),
+        row_bytes({"@key": "k", "@v": 1, "@withdrawn": False}),
+        row_bytes({"@key": "k", "@v": 1, "@withdrawn": True, "verdict": "ok"}),
+    ):
+        with pytest.raises(RecordEnvelopeError):
+            record_meta(bad)

@@ -14,8 +14,10 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from nacl.signing import SigningKey
 from sqlalchemy import Engine, create_engine, insert, text
 
+from connector.agreement import ContractAgreement, countersign, sign_agreement
 from connector.contract_errors import ViewError
 from connector.contract_store import ContractStore, IncomingRow, ensure_schema
 from connector.negotiation import Role
@@ -46,6 +48,7 @@ from connector.views import (
     parse_position,
     process_along_genealogy,
     read_asset,
+    record_key,
     stream_batches,
 )
 from policies.canonical import format_datetime
@@ -242,7 +245,7 @@ def test_provider_never_emits_a_row_or_field_the_policy_does_not_allow(
             TransferStart("s", "tx", "cellex", Checkpoint.genesis("tx"), T0),
         )
         for batch, _ in stream_batches(process, engine, gate, batch_rows=16):
-            wire.extend(json.loads(line) for line in batch.payloads())
+            wire.extend(_content(json.loads(line)) for line in batch.payloads())
             for row, order in zip(batch.payloads(), batch.orders(), strict=True):
                 assert asked_order is None or order == asked_order
                 assert row == row_bytes(json.loads(row))
@@ -271,6 +274,32 @@ def test_provider_never_emits_a_row_or_field_the_policy_does_not_allow(
     assert wire == on_wire
 
 
+P_KEY, C_KEY = SigningKey(b"p" * 32), SigningKey(b"c" * 32)
+
+
+def hold_agreement(store: ContractStore, agreement: Policy, asset: Asset) -> None:
+    """Save `agreement` (signed by both) in a consumer's store: rows need one to land."""
+    terms = ContractAgreement(
+        agreement.uid,
+        f"neg-{agreement.uid}",
+        "cellex",
+        "sunarc",
+        asset.asset_id,
+        agreement,
+        T0,
+        T0,
+    )
+    store.save_agreement(
+        countersign(sign_agreement(terms, P_KEY), C_KEY, P_KEY.verify_key), Role.CONSUMER
+    )
+
+
+def _content(row: dict[str, Any]) -> dict[str, Any]:
+    """A row on the wire without its record envelope (which every row has)."""
+    assert row["@key"].startswith("rec_") and row["@v"] >= 1 and "@withdrawn" not in row
+    return {k: v for k, v in row.items() if not k.startswith("@")}
+
+
 def _wire_value(value: Any) -> Any:
     return format_datetime(value) if isinstance(value, datetime) else value
 
@@ -284,6 +313,7 @@ def test_a_transfer_broken_anywhere_resumes_without_loss_or_duplicates(
     consumer_db = create_engine(f"sqlite:///{tmp_path / 'consumer.db'}")
     ensure_schema(consumer_db)
     store = ContractStore(consumer_db, b"k" * 32)
+    hold_agreement(store, agreement, asset)
     opening = TransferRequest("m1", "tx", "sunarc", "agr-t", "cellex", T0, "qa")
     provider = open_transfer(opening, Role.PROVIDER)
     consumer = open_transfer(opening, Role.CONSUMER)
@@ -319,7 +349,7 @@ def test_a_transfer_broken_anywhere_resumes_without_loss_or_duplicates(
         resume = TransferStart(f"r{attempt}", "tx", "sunarc", paused.checkpoint, T0)
         provider = apply_transfer(apply_transfer(provider, pause), resume)
         store.save_transfer(paused, apply_transfer(paused, resume))
-    received = [r.decode() for r in store.received_rows("agr-t")]
+    received = [_content(r.decode()) for r in store.received_rows("agr-t")]
     pseudo = Pseudonymizer(SECRET, "agr-t")
     expected = [
         {k: (pseudo.pseudonym(v) if k == "operator_id" else v) for k, v in row.items()}
@@ -414,7 +444,17 @@ def test_pages_split_into_exactly_their_rows_whatever_the_strings_hold(qdm: Qual
         for line in batch.payloads()
     ]
     expected = [gate(row) for _, row in read_asset(store.engine, asset, "ORD-1", gate.query_fields)]
-    assert lines == [row_bytes(row) for row in expected if row is not None]
+    assert lines == [
+        row_bytes(
+            {
+                "@key": record_key(gate.pseudonymizer, INSPECTION_TABLE, [r["inspection_id"]]),
+                "@v": 1,
+                **r,
+            }
+        )
+        for r in expected
+        if r is not None
+    ]
     assert [json.loads(line)["station"] for line in lines] == tricky
     assert json.loads(lines[0])["inspected_at"] == "2026-05-01T00:00:00Z"
     assert json.loads(lines[1])["inspected_at"] == "2026-05-01T00:00:01.000999Z"

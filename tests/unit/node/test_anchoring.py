@@ -54,3 +54,50 @@ def test_canonical_row_is_stable_and_ignores_the_storage_id() -> None:
     assert json.loads(data)["inspected_at"] == "2026-11-02T08:00:00+00:00"
     assert "id" not in json.loads(data) and json.loads(data)["qdm"] == "inspection"
     assert canonical_row("inspection", {**row, "verdict": "pass"}) != data
+
+
+def test_a_corrected_record_is_anchored_next_to_the_version_it_replaced(tmp_path: Path) -> None:
+    """Both hashes stay on the ledger: the first version under the inspection id, the
+    correction and the withdrawal under ``id@vN``; an unchanged record hashes as before."""
+    import hashlib
+
+    from connector.storage import open_store
+    from ledger.anchorer import Anchorer
+    from ledger.client import LedgerClient
+    from ledger.keys import ChainSigner
+    from ledger.queue import LeafQueue
+    from ledger.queue import ensure_schema as ensure_queue
+    from node.anchoring import QdmSweeper, inspection_ref
+
+    store = open_store(f"sqlite:///{tmp_path / 'node.db'}")
+    ensure_queue(store.engine)
+    queue = LeafQueue(store.engine)
+    client = LedgerClient("http://127.0.0.1:9", "0x" + "11" * 20)  # never called here
+    anchorer = Anchorer(queue, client, ChainSigner.from_hex("22" * 32, source="test"))
+    sweeper = QdmSweeper(store.engine, anchorer)
+    row = {
+        "inspection_id": "INS-1",
+        "station": "EL-1",
+        "inspected_at": "2026-11-02T08:00:00Z",
+        "verdict": "pass",
+    }
+    store.ingest_rows("inspection", [(1, row)])
+    sweeper.sweep()
+    first = queue.leaf("inspection", "INS-1")
+    store.ingest_rows("inspection", [(1, {**row, "verdict": "fail"})])
+    sweeper.sweep()
+    store.withdraw(
+        "inspection", {"inspection_id": "INS-1"}, dt.datetime(2026, 11, 3, tzinfo=dt.UTC)
+    )
+    sweeper.sweep()
+    second = queue.leaf("inspection", inspection_ref("INS-1", 2))
+    third = queue.leaf("inspection", inspection_ref("INS-1", 3))
+    assert len({first.record_sha256, second.record_sha256, third.record_sha256}) == 3
+    assert second.enqueued_at >= first.enqueued_at
+    current = sweeper.load_record("inspection", "INS-1@v3")
+    assert current is not None and hashlib.sha256(current).digest() == third.record_sha256
+    assert json.loads(current)["withdrawn_at"].startswith("2026-11-03")
+    stored = sweeper.load_record("inspection", "INS-1")  # changed since it was anchored
+    assert stored is not None and hashlib.sha256(stored).digest() != first.record_sha256
+    assert "version" not in json.loads(canonical_row("inspection", {**row, "version": 1}))
+    store.close()

@@ -166,6 +166,7 @@ transfer_messages: st.SearchStrategy[TransferMessage] = st.one_of(  # type: igno
         st.none() | ids,
         st.none() | ids,
         st.none() | field_sets,
+        st.just("") | st.integers(0, 2**62).map(str),  # since: a watermark or none
     ),
     head(TransferStart, checkpoints, instants),
     head(TransferSuspension, texts, instants),

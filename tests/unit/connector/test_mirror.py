@@ -1,0 +1,504 @@
+"""The consumer's copy is a faithful mirror of the provider's records under an agreement.
+
+A real provider (a QDM on SQLite, the views' `stream_batches` behind a `ReleaseGate`) and
+a real consumer (`ContractStore`, the transfer state machine with its chained digest)
+exchange batches directly, without a network, so that pulls, ingests, corrections and
+withdrawals can be interleaved at will: each record is held once, in its current
+version; an incremental pull moves only what changed; corrections replace, withdrawals
+remove, and both are kept in the audit trail.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from nacl.signing import SigningKey
+from sqlalchemy import create_engine, select
+
+from connector.agreement import (
+    ContractAgreement,
+    DeletionReceipt,
+    countersign,
+    deletion_digest_of_bytes,
+    sign_agreement,
+    sign_receipt,
+)
+from connector.contract_errors import (
+    ForeignRecordError,
+    RecordEnvelopeError,
+    UnknownContractError,
+)
+from connector.contract_store import (
+    ContractStore,
+    Deletion,
+    IncomingRow,
+    OutboxMessage,
+    received_row_table,
+)
+from connector.errors import UnknownRecordError
+from connector.negotiation import Role
+from connector.pseudonym import Pseudonymizer
+from connector.storage import QualityStore, create_store_engine, open_store
+from connector.transfer import (
+    RowBatch,
+    TransferCompletion,
+    TransferRequest,
+    TransferStart,
+    accept_batch,
+    open_transfer,
+    row_bytes,
+)
+from connector.transfer import apply as apply_transfer
+from connector.views import (
+    INSPECTION_FIELDS,
+    INSPECTION_TABLE,
+    Asset,
+    AssetKind,
+    ReleaseGate,
+    live_page,
+    record_key,
+    stream_batches,
+)
+from policies.evaluate import Request
+from policies.model import Action, OfferTerms, make_offer, to_agreement
+
+T0 = datetime(2026, 6, 1, tzinfo=UTC)
+ORDER, OTHER = "PO-1", "PO-2"
+AGR = "agr-mirror"
+SECRET = b"s" * 32
+KEK = bytes(range(32))
+P_KEY, C_KEY = SigningKey(b"p" * 32), SigningKey(b"c" * 32)
+QA = "qa"
+
+OFFER = make_offer(
+    "offer-insp",
+    "cellex",
+    "inspections",
+    OfferTerms(purposes=frozenset({QA}), orders=frozenset({ORDER}), retention_days=30),
+)
+ASSET = Asset(
+    asset_id="inspections",
+    title="EL inspections of an order",
+    kind=AssetKind.INSPECTIONS_OF_ORDER,
+    tables=("qdm_inspection",),
+    fields=INSPECTION_FIELDS,
+    offer=OFFER,
+    pseudonymized=frozenset(),
+)
+AGREEMENT = to_agreement(OFFER, AGR, "sunarc")
+
+
+def inspection(n: int, verdict: str = "pass", order: str = ORDER) -> dict[str, Any]:
+    return {
+        "inspection_id": f"INS-{n:05d}",
+        "station": f"EL-{n % 2}",
+        "inspected_at": (T0 + timedelta(seconds=n)).isoformat(),
+        "verdict": verdict,
+        "score": round((n % 50) / 100, 2),
+        "model_version": "el-1",
+        "order_id": order,
+        "batch_id": "CB-1",
+    }
+
+
+def hold(store: ContractStore, agreement_id: str = AGR) -> None:
+    policy = AGREEMENT if agreement_id == AGR else to_agreement(OFFER, agreement_id, "sunarc")
+    terms = ContractAgreement(
+        agreement_id, f"neg-{agreement_id}", "cellex", "sunarc", "inspections", policy, T0, T0
+    )
+    signed = countersign(sign_agreement(terms, P_KEY), C_KEY, P_KEY.verify_key)
+    store.save_agreement(signed, Role.CONSUMER)
+
+
+@pytest.fixture(scope="module")
+def template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A migrated database with the consumer's agreement, copied for every example."""
+    path = tmp_path_factory.mktemp("mirror") / "template.db"
+    store = open_store(f"sqlite:///{path}")
+    hold(ContractStore(store.engine, KEK))
+    store.close()
+    return path
+
+
+@dataclass
+class Pull:
+    transfer_id: str
+    batches: Iterator[tuple[RowBatch, Any]]
+    done: bool = False
+
+
+@dataclass
+class Mirror:
+    """One provider QDM and one consumer store (two SQLite files), pulls between them."""
+
+    qdm: QualityStore
+    store: ContractStore
+    pulls: int = 0
+    open: list[Pull] = field(default_factory=list)
+
+    @classmethod
+    def create(cls, template: Path, where: Path) -> Mirror:
+        where.mkdir(parents=True, exist_ok=True)
+        shutil.copy(template, where / "provider.db")
+        shutil.copy(template, where / "consumer.db")
+        qdm = QualityStore(create_store_engine(f"sqlite:///{where / 'provider.db'}"))
+        store = ContractStore(create_engine(f"sqlite:///{where / 'consumer.db'}"), KEK)
+        return cls(qdm, store)
+
+    def close(self) -> None:
+        self.qdm.close()
+        self.store.engine.dispose()
+
+    def ingest(self, rows: list[dict[str, Any]]) -> Any:
+        return self.qdm.ingest_rows("inspection", enumerate(rows, start=1))
+
+    def start(self, *, since_last: bool = False, batch_rows: int = 7) -> Pull:
+        self.pulls += 1
+        tid = f"tx-{self.pulls}"
+        since = ""
+        if since_last:
+            last = self.store.last_completed_pull(AGR, ORDER, None, QA)
+            since = "" if last is None or last.final is None else last.final.position
+        request = TransferRequest(
+            f"{tid}:req", tid, "sunarc", AGR, "cellex", T0, QA, ORDER, None, since
+        )
+        provider = open_transfer(request, Role.PROVIDER)
+        start = TransferStart(f"{tid}:start", tid, "cellex", provider.checkpoint, T0)
+        provider = apply_transfer(provider, start)
+        consumer = open_transfer(request, Role.CONSUMER)
+        self.store.save_transfer(None, consumer)
+        self.store.save_transfer(consumer, apply_transfer(consumer, start))
+        asked = Request(Action.READ, T0, ASSET.fields, purpose=QA, order_id=ORDER)
+        gate = ReleaseGate(ASSET, AGREEMENT, asked, Pseudonymizer(SECRET, AGR))
+        pull = Pull(tid, stream_batches(provider, self.qdm.engine, gate, batch_rows=batch_rows))
+        self.open.append(pull)
+        return pull
+
+    def step(self, pull: Pull) -> None:
+        """The consumer commits the provider's next batch (and completes after the last)."""
+        batch, _ = next(pull.batches)
+        current = self.store.load_transfer(pull.transfer_id)
+        advanced = accept_batch(current, batch)
+        rows = [
+            IncomingRow(batch.first_offset + i, r.order_id, r.payload)
+            for i, r in enumerate(batch.rows)
+        ]
+        self.store.commit_transfer_batch(current, advanced, rows, T0)
+        if batch.last:
+            tid = pull.transfer_id
+            done = TransferCompletion(f"{tid}:done", tid, "cellex", batch.checkpoint, T0)
+            self.store.save_transfer(advanced, apply_transfer(advanced, done))
+            pull.done = True
+            self.open.remove(pull)
+
+    def pull(self, *, since_last: bool = False, batch_rows: int = 7) -> int:
+        """A whole pull; returns how many rows it moved."""
+        pull = self.start(since_last=since_last, batch_rows=batch_rows)
+        while not pull.done:
+            self.step(pull)
+        return self.store.load_transfer(pull.transfer_id).offset
+
+    def provider_records(self) -> dict[str, tuple[int, str]]:
+        """record key -> (version, verdict) of the provider's current records in scope."""
+        table = INSPECTION_TABLE
+        pseudonyms = Pseudonymizer(SECRET, AGR)
+        statement = select(table.c.inspection_id, table.c.version, table.c.verdict).where(
+            table.c.order_id == ORDER, table.c.withdrawn_at.is_(None)
+        )
+        with self.qdm.engine.connect() as connection:
+            found = connection.execute(statement).all()
+        return {
+            record_key(pseudonyms, table, [i]): (int(version), verdict)
+            for i, version, verdict in found
+        }
+
+    def held(self) -> dict[str, tuple[int, str]]:
+        rows = self.store.received_rows(AGR)
+        assert len(rows) == self.store.count_received(AGR)
+        out = {r.record_key: (r.version, r.decode()["verdict"]) for r in rows}
+        assert len(out) == len(rows), "a record is held twice"
+        for r in rows:
+            envelope = r.decode()
+            assert (envelope["@key"], envelope["@v"]) == (r.record_key, r.version)
+        return out
+
+
+@pytest.fixture
+def mirror(template: Path, tmp_path: Path) -> Iterator[Mirror]:
+    m = Mirror.create(template, tmp_path)
+    yield m
+    m.close()
+
+
+# ------------------------------------------------------------- idempotent
+
+
+def test_pulling_the_same_order_again_stores_nothing_twice(mirror: Mirror) -> None:
+    mirror.ingest([inspection(n) for n in range(50)])
+    assert mirror.pull() == 50
+    for _ in range(3):
+        assert mirror.pull() == 50  # every full pull moves the order ...
+    assert mirror.store.count_received(AGR) == 50  # ... and it is held once
+    assert mirror.held() == mirror.provider_records()
+
+
+def test_concurrent_pulls_of_one_agreement_store_each_record_once(mirror: Mirror) -> None:
+    mirror.ingest([inspection(n) for n in range(40)])
+    first, second = mirror.start(batch_rows=3), mirror.start(batch_rows=5)
+    while mirror.open:
+        for pull in list(mirror.open):
+            mirror.step(pull)
+    assert mirror.store.count_received(AGR) == 40
+    assert mirror.held() == mirror.provider_records()
+    assert first.done and second.done
+
+
+# ------------------------------------------------------------ incremental
+
+
+def test_an_incremental_pull_after_n_new_rows_moves_exactly_n(mirror: Mirror) -> None:
+    mirror.ingest([inspection(n) for n in range(120)])
+    assert mirror.pull(since_last=True) == 120  # no earlier pull: everything
+    mirror.ingest([inspection(n, order=OTHER) for n in range(1000, 1010)])  # out of scope
+    mirror.ingest([inspection(n) for n in range(120, 133)])
+    assert mirror.pull(since_last=True) == 13
+    assert mirror.pull(since_last=True) == 0  # nothing changed since
+    assert mirror.held() == mirror.provider_records()
+    transfers = {t.transfer_id: t for t in mirror.store.transfers(AGR)}
+    assert transfers["tx-2"].since == transfers["tx-1"].final.position  # type: ignore[union-attr]
+
+
+def test_an_incremental_pull_carries_corrections_and_withdrawals(mirror: Mirror) -> None:
+    mirror.ingest([inspection(n) for n in range(30)])
+    mirror.pull()
+    report = mirror.ingest([inspection(3, "fail"), inspection(4), inspection(30)])
+    assert (report.accepted, report.corrected, report.duplicates) == (1, 1, 1)
+    mirror.qdm.withdraw("inspection", {"inspection_id": "INS-00007"}, T0 + timedelta(days=1))
+    assert mirror.pull(since_last=True) == 3  # the new row, the correction, the tombstone
+    held = mirror.held()
+    assert held == mirror.provider_records()
+    assert len(held) == 30
+    assert sorted(v for v, _ in held.values()).count(2) == 1
+
+
+# ------------------------------------------------------------ corrections
+
+
+def test_a_correction_replaces_a_withdrawal_removes_and_both_are_in_the_audit_trail(
+    mirror: Mirror,
+) -> None:
+    mirror.ingest([inspection(n) for n in range(5)])
+    mirror.pull()
+    pseudonyms = Pseudonymizer(SECRET, AGR)
+    key1 = record_key(pseudonyms, INSPECTION_TABLE, ["INS-00001"])
+    key2 = record_key(pseudonyms, INSPECTION_TABLE, ["INS-00002"])
+    assert mirror.ingest([inspection(1, "fail")]).corrected == 1
+    assert mirror.ingest([inspection(1, "fail")]).duplicates == 1  # the same again: nothing
+    mirror.qdm.withdraw("inspection", {"inspection_id": "INS-00002"}, T0 + timedelta(hours=1))
+    with pytest.raises(UnknownRecordError, match="withdrawn"):
+        mirror.qdm.withdraw("inspection", {"inspection_id": "INS-00002"}, T0)
+    with pytest.raises(UnknownRecordError):
+        mirror.qdm.withdraw("inspection", {"inspection_id": "nope"}, T0)
+    mirror.pull(since_last=True)
+    held = mirror.held()
+    assert held[key1] == (2, "fail")
+    assert key2 not in held and len(held) == 4
+    trail = {(c.record_key, c.version, c.withdrawn) for c in mirror.store.received_changes(AGR)}
+    assert trail == {(key1, 2, False), (key2, 2, True)}
+    corrected = next(c for c in mirror.store.received_changes(AGR) if c.record_key == key1)
+    current = next(r for r in mirror.store.received_rows(AGR) if r.record_key == key1)
+    assert corrected.content_sha256 == hashlib.sha256(current.payload).hexdigest()
+    # Re-ingesting a withdrawn record brings it back as the next version.
+    assert mirror.ingest([inspection(2, "fail")]).corrected == 1
+    mirror.pull(since_last=True)
+    assert mirror.held()[key2] == (3, "fail")
+
+
+def test_a_late_older_version_never_replaces_a_newer_one(mirror: Mirror) -> None:
+    mirror.ingest([inspection(n) for n in range(10)])
+    slow = mirror.start(batch_rows=2)
+    mirror.step(slow)  # it has read a page: INS-0..1 at version 1 are on their way
+    mirror.ingest([inspection(0, "fail")])  # corrected after the slow pull read it
+    mirror.qdm.withdraw("inspection", {"inspection_id": "INS-00005"}, T0)
+    assert mirror.pull() == 10  # a quick pull: 9 current records and one tombstone
+    while not slow.done:
+        mirror.step(slow)
+    assert mirror.held() == mirror.provider_records()
+
+
+# ------------------------------------------------- the live stream agrees
+
+
+def test_a_record_seen_on_the_stream_is_not_stored_again_by_a_pull(mirror: Mirror) -> None:
+    mirror.ingest([inspection(n) for n in range(12)])
+    asked = Request(Action.STREAM, T0, ASSET.fields, purpose=QA)
+    gate = ReleaseGate(ASSET, AGREEMENT, asked, Pseudonymizer(SECRET, AGR))
+    rows, positions, _ = live_page(mirror.qdm.engine, gate, 0, 500)
+    incoming = [
+        IncomingRow(int(p), r.order_id, r.payload) for p, r in zip(positions, rows, strict=True)
+    ]
+    assert mirror.store.store_received_rows(AGR, "sub-1", incoming, T0).added == 12
+    assert mirror.pull() == 12
+    assert mirror.store.count_received(AGR) == 12
+    assert mirror.held() == mirror.provider_records()
+    mirror.ingest([inspection(3, "fail")])
+    rows, positions, _ = live_page(mirror.qdm.engine, gate, int(positions[-1]), 500)
+    incoming = [
+        IncomingRow(int(p), r.order_id, r.payload) for p, r in zip(positions, rows, strict=True)
+    ]
+    assert mirror.store.store_received_rows(AGR, "sub-1", incoming, T0).replaced == 1
+    assert mirror.held() == mirror.provider_records()
+
+
+# ------------------------------------------------------------ hostile peers
+
+
+def test_a_peers_rows_and_tombstones_are_checked_against_the_agreement(mirror: Mirror) -> None:
+    mirror.ingest([inspection(n) for n in range(3)])
+    mirror.pull()
+    hold(mirror.store, "agr-other")
+    other_key = "rec_other"
+    mirror.store.store_received_rows(
+        "agr-other",
+        "sub-x",
+        [IncomingRow(1, ORDER, row_bytes({"@key": other_key, "@v": 1, "verdict": "pass"}))],
+        T0,
+    )
+    (victim,) = [r.record_key for r in mirror.store.received_rows(AGR)][:1]
+    tombstone = row_bytes({"@key": victim, "@v": 9, "@withdrawn": True})
+    # A tombstone for an order the agreement does not cover is refused ...
+    with pytest.raises(ForeignRecordError, match=OTHER):
+        mirror.store.store_received_rows(AGR, "sub-x", [IncomingRow(5, OTHER, tombstone)], T0)
+    # ... one under another agreement cannot reach this agreement's rows ...
+    foreign = row_bytes({"@key": victim, "@v": 9, "@withdrawn": True})
+    mirror.store.store_received_rows("agr-other", "sub-x", [IncomingRow(6, ORDER, foreign)], T0)
+    assert victim in mirror.held()
+    # ... a tombstone that carries content, or a row without a key, is not a row at all.
+    bent = row_bytes({"@key": victim, "@v": 9, "@withdrawn": True, "verdict": "fail"})
+    with pytest.raises(RecordEnvelopeError, match="tombstone"):
+        mirror.store.store_received_rows(AGR, "sub-x", [IncomingRow(7, ORDER, bent)], T0)
+    with pytest.raises(RecordEnvelopeError, match="record key"):
+        mirror.store.store_received_rows(AGR, "sub-x", [IncomingRow(8, ORDER, b"{}")], T0)
+    with pytest.raises(UnknownContractError):
+        mirror.store.store_received_rows("agr-none", "sub-x", [IncomingRow(9, ORDER, foreign)], T0)
+    assert len(mirror.held()) == 3
+    assert mirror.store.count_received("agr-other") == 1
+
+
+# -------------------------------------------------------------- retention
+
+
+def test_the_deletion_receipt_covers_exactly_the_records_held(mirror: Mirror) -> None:
+    mirror.ingest([inspection(n) for n in range(20)])
+    mirror.pull()
+    mirror.ingest([inspection(n, "fail") for n in range(5)])
+    for n in (10, 11):
+        mirror.qdm.withdraw("inspection", {"inspection_id": f"INS-{n:05d}"}, T0)
+    mirror.pull(since_last=True)
+    held = [r.payload for r in mirror.store.received_rows(AGR)]
+    assert len(held) == 18
+    mirror.store.record_order_closed(AGR, ORDER, T0)
+
+    def receipt(deletion: Deletion) -> tuple[Any, tuple[OutboxMessage, ...]]:
+        signed = sign_receipt(
+            DeletionReceipt(AGR, "sunarc", deletion.row_count, deletion.content_sha256, T0, ORDER),
+            C_KEY,
+        )
+        return signed, ()
+
+    signed = mirror.store.shred(AGR, ORDER, T0 + timedelta(days=31), receipt)
+    assert (signed.receipt.row_count, signed.receipt.content_sha256) == deletion_digest_of_bytes(
+        held
+    )
+    assert mirror.store.count_received(AGR) == 0
+    assert mirror.store.received_changes(AGR) == []
+    assert mirror.store.receipts(AGR) == [signed]
+
+
+# --------------------------------------------------------- property test
+
+OPS = st.lists(
+    st.one_of(
+        st.tuples(st.just("ingest"), st.integers(1, 12)),
+        st.tuples(st.just("correct"), st.integers(0, 200)),
+        st.tuples(st.just("withdraw"), st.integers(0, 200)),
+        st.tuples(st.just("start"), st.booleans()),
+        st.tuples(st.just("step"), st.integers(0, 3)),
+    ),
+    max_size=30,
+)
+
+
+@settings(
+    max_examples=25,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(ops=OPS)
+def test_any_interleaving_of_pulls_and_changes_ends_in_a_faithful_copy(
+    template: Path, tmp_path_factory: pytest.TempPathFactory, ops: list[tuple[str, Any]]
+) -> None:
+    mirror = Mirror.create(template, tmp_path_factory.mktemp("example"))
+    try:
+        made = 0
+        for op, arg in ops:
+            if op == "ingest":
+                mirror.ingest([inspection(made + i) for i in range(arg)])
+                made += arg
+            elif op == "correct" and made:
+                mirror.ingest([inspection(arg % made, "fail" if arg % 2 else "pass")])
+            elif op == "withdraw" and made:
+                try:
+                    key = {"inspection_id": f"INS-{arg % made:05d}"}
+                    mirror.qdm.withdraw("inspection", key, T0)
+                except UnknownRecordError:
+                    pass  # withdrawn already
+            elif op == "start":
+                mirror.start(since_last=arg, batch_rows=3)
+            elif op == "step" and mirror.open:
+                mirror.step(mirror.open[arg % len(mirror.open)])
+        while mirror.open:  # every pull runs to its end, in the order they were started
+            mirror.step(mirror.open[0])
+        mirror.pull(since_last=True)
+        assert mirror.held() == mirror.provider_records()
+        before = mirror.store.count_received(AGR)
+        assert mirror.pull(since_last=True) == 0
+        mirror.pull()  # a full pull on top changes nothing
+        assert mirror.store.count_received(AGR) == before
+        assert mirror.held() == mirror.provider_records()
+    finally:
+        mirror.close()
+
+
+def test_tombstones_hold_no_content(mirror: Mirror) -> None:
+    mirror.ingest([inspection(n) for n in range(3)])
+    mirror.qdm.withdraw("inspection", {"inspection_id": "INS-00001"}, T0)
+    mirror.pull()
+    t = received_row_table
+    with mirror.store.engine.connect() as connection:
+        rows = connection.execute(select(t.c.withdrawn, t.c.ciphertext, t.c.version)).all()
+    assert sorted((bool(w), len(c) == 0, v) for w, c, v in rows) == [
+        (False, False, 1),
+        (False, False, 1),
+        (True, True, 2),
+    ]
+
+
+def test_process_data_along_a_genealogy_is_pulled_in_full() -> None:
+    """Its scope grows with the genealogy, so a watermark would miss older rows."""
+    from dataclasses import replace
+
+    from connector.views import incremental_refusal
+
+    assert incremental_refusal(ASSET) is None
+    along = replace(ASSET, kind=AssetKind.PROCESS_ALONG_GENEALOGY)
+    assert "pulled in full" in (incremental_refusal(along) or "")
