@@ -17,6 +17,7 @@ import pytest
 
 from inference.dataset import ElImages, load_elpv
 from inference.errors import ModelLoadError, WeightsError
+from inference.gate import GatePolicy, PromotionRefusedError
 from inference.metrics import BinaryMetrics
 from inference.model import OnnxClassifier, content_hash
 from inference.registry import ModelRegistry, RegistryError
@@ -165,12 +166,50 @@ def test_registry_versions_by_content_hash(trained: training.TrainResult, tmp_pa
     assert entry.version == content_hash(trained.onnx_bytes)
     assert registry.register(trained.onnx_bytes, "again") == entry  # idempotent
     assert registry.active() == entry and registry.get(entry.version[:8]) == entry
+    assert registry.promotions()[-1]["outcome"] == "ungated"  # no audit set: nothing to judge on
     assert registry.load(entry.version, device="cpu").version == entry.version
     (tmp_path / "models" / entry.file).write_bytes(trained.onnx_bytes[:-1] + b"\x00")
     with pytest.raises(ModelLoadError, match="content hash"):
         registry.load(entry.version, device="cpu")
     with pytest.raises(RegistryError, match="not registered"):
         registry.get("abcdef00")
+
+
+def test_the_registry_gates_activation_on_the_audit_set(
+    trained: training.TrainResult, cells: ElImages, tmp_path: Path
+) -> None:
+    registry = ModelRegistry(tmp_path)
+    test = cells.select(split_el_images(cells, seed=1).test)
+    registry.set_audit_set(list(test.images), test.labels(2).tolist(), test.frame_ids)
+    assert registry.audit_set() is not None and len(registry.audit_set().frame_ids) == len(test)
+    untrained = training.export_onnx(training.build_model(replace(CONFIG, seed=5)), SIZE)
+    # the first version must beat the majority class: an untrained network does not
+    with pytest.raises(PromotionRefusedError, match="the majority-class predictor") as first:
+        registry.register(untrained, "local-train", activate=True)
+    bad = first.value.version
+    assert registry.active() is None and registry.get(bad).version == bad
+    assert registry.activate(bad, force=True, reason="operator override").version == bad
+    good = registry.register(trained.onnx_bytes, "local-train", activate=True)
+    assert registry.active() == good
+    # going back to the worse version is refused, with the figures, and nothing changes
+    with pytest.raises(PromotionRefusedError, match=rf"active {good.version[:12]}") as back:
+        registry.activate(bad)
+    assert back.value.decision.difference < 0 and not back.value.decision.promote
+    assert registry.active() == good
+    registry.set_gate_policy(GatePolicy(metric="auroc", fnr_weight=3.0))
+    assert registry.gate_policy().metric == "auroc"
+    with pytest.raises(PromotionRefusedError, match="auroc"):
+        registry.activate(bad)
+    log = registry.promotions()
+    assert [(p["version"], p["outcome"]) for p in log] == [
+        (bad, "refused"),
+        (bad, "forced"),
+        (good.version, "activated"),
+        (bad, "refused"),
+        (bad, "refused"),
+    ]
+    assert log[1]["reason"] == "operator override" and log[1]["previous"] is None
+    assert log[2]["decision"]["incumbent_version"] == bad and log[2]["decision"]["promote"]
 
 
 def test_bad_model_files_are_refused(tmp_path: Path) -> None:
