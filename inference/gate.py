@@ -138,6 +138,14 @@ class GateDecision:
         """JSON-ready form (for the registry's promotion log)."""
         return asdict(self)
 
+    @classmethod
+    def from_dict(cls, raw: Mapping[str, Any]) -> GateDecision:
+        """Rebuild from ``to_dict`` output (a promotion log entry)."""
+        fields = dict(raw)
+        fields["candidate"] = Rates(**fields["candidate"])
+        fields["incumbent"] = Rates(**fields["incumbent"])
+        return cls(**fields)
+
 
 def _rates(
     labels: NDArray[np.bool_], called: NDArray[np.bool_]

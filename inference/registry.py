@@ -220,24 +220,25 @@ class ModelRegistry:
 
         Raises :class:`PromotionRefusedError` (with the figures) when the version is
         worse than the active one on the audit set; ``force`` activates it anyway and
-        logs that it did. A ``decision`` from :meth:`evaluate` against the version
-        active now is used instead of scoring again (the demo decides before its run).
+        logs that it did, with the figures it overrode. A ``decision`` from
+        :meth:`evaluate` against the version active now is used instead of scoring
+        again (the demo decides before its run).
         """
         entry = self.get(version)
         current = self.active()
         if current is not None and current.version == entry.version:
             return entry
         incumbent = None if current is None else current.version
+        if decision is None or decision.incumbent_version != incumbent:
+            decision = self._evaluate_for(entry.version, force)
         if force:
-            outcome, decision = "forced", None
+            outcome = "forced"
             logger.warning(
                 "inference.registry: %s activated by force over the gate (%s)",
                 entry.version[:12],
                 reason or "no reason given",
             )
         else:
-            if decision is None or decision.incumbent_version != incumbent:
-                decision = self.evaluate(entry.version)
             outcome = "ungated" if decision is None else "activated"
             if decision is not None and not decision.promote:
                 self._log_promotion(entry.version, incumbent, "refused", decision, reason)
@@ -264,6 +265,15 @@ class ModelRegistry:
             self.gate_policy(),
             None if current is None else current.version,
         )
+
+    def _evaluate_for(self, version: str, force: bool) -> GateDecision | None:
+        """The gate's figures; when forcing, an audit set the gate cannot use is no bar."""
+        try:
+            return self.evaluate(version)
+        except GateError:
+            if not force:
+                raise
+            return None
 
     def _audit_scores(self, version: str, audit: AuditSet) -> NDArray[np.float64]:
         model = self.load(version, device="cpu")

@@ -405,11 +405,7 @@ def _torch_export(model: ElCnn, input_size: int, path: Path) -> None:
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=r".*legacy TorchScript-based ONNX export.*")
         warnings.filterwarnings("ignore", message=r"The feature will be removed.*")
-        warnings.filterwarnings(
-            "ignore",
-            message=r"Converting a tensor to a Python boolean",
-            category=torch.jit.TracerWarning,
-        )
+        warnings.filterwarnings("ignore", message=r"Converting a tensor to a Python boolean")
         torch.onnx.export(
             _Probabilities(model),
             (example,),
