@@ -133,7 +133,9 @@ def train(
     console.print(table)
     console.print(f"model version [bold]{entry.version}[/bold] registered")
     if activate:
-        activate_version(directory, entry.version)
+        registry.activate(entry.version)  # through the promotion gate: may refuse, with figures
+        _print_gate(registry, entry.version)
+        console.print(f"model version [bold]{entry.version}[/bold] (active)")
 
 
 @inspect_app.command("models")
@@ -176,13 +178,7 @@ def activate_version(
     entry = registry.activate(
         version, force=force, reason=reason or ("cli --force" if force else "")
     )
-    log = registry.promotions()
-    last = log[-1] if log and log[-1]["version"] == entry.version else None
-    if last is not None and last.get("decision"):
-        from inference.gate import GateDecision
-
-        summary = GateDecision.from_dict(last["decision"]).summary()
-        console.print(f"promotion gate: {summary}", highlight=False)
+    _print_gate(registry, entry.version)
     if force:
         err.print(
             f"[yellow]forced:[/yellow] {entry.version[:12]} activated over the promotion "
@@ -190,6 +186,17 @@ def activate_version(
             highlight=False,
         )
     console.print(f"active model version {entry.version}")
+
+
+def _print_gate(registry: Any, version: str) -> None:
+    """The promotion gate's figures for ``version``, if it just judged it."""
+    log = registry.promotions()
+    last = log[-1] if log and log[-1]["version"] == version else None
+    if last is not None and last.get("decision"):
+        from inference.gate import GateDecision
+
+        summary = GateDecision.from_dict(last["decision"]).summary()
+        console.print(f"promotion gate: {summary}", highlight=False)
 
 
 @inspect_app.command("explain")
