@@ -212,6 +212,43 @@ def test_the_registry_gates_activation_on_the_audit_set(
     assert log[2]["decision"]["incumbent_version"] == bad and log[2]["decision"]["promote"]
 
 
+def test_inspect_activate_refuses_with_figures_and_force_is_logged(
+    trained: training.TrainResult, cells: ElImages, tmp_path: Path
+) -> None:
+    from typer.testing import CliRunner
+
+    from node.cli import app
+
+    registry = ModelRegistry(tmp_path)
+    test = cells.select(split_el_images(cells, seed=1).test)
+    registry.set_audit_set(list(test.images), test.labels(2).tolist(), test.frame_ids)
+    untrained = training.export_onnx(training.build_model(replace(CONFIG, seed=5)), SIZE)
+    bad = registry.register(untrained, "local-train").version
+    good = registry.register(trained.onnx_bytes, "local-train").version
+    activate = ["inspect", "activate", "--dir", str(tmp_path)]
+
+    refused = CliRunner().invoke(app, [*activate, bad[:12]])
+    assert refused.exit_code == 1, refused.output
+    assert "not activated" in refused.output and "majority-class predictor" in refused.output
+    assert registry.active() is None
+
+    forced = CliRunner().invoke(app, [*activate, bad[:12], "--force", "--reason", "line trial"])
+    assert forced.exit_code == 0, forced.output
+    assert "forced" in forced.output and "promotion gate: weighted_accuracy" in forced.output
+    assert registry.active() is not None and registry.active().version == bad
+    last = registry.promotions()[-1]
+    assert (last["outcome"], last["reason"], last["decision"]["promote"]) == (
+        "forced",
+        "line trial",
+        False,
+    )
+
+    better = CliRunner().invoke(app, [*activate, good[:12]])
+    assert better.exit_code == 0, better.output
+    assert f"active model version {good}" in better.output and "promotion gate" in better.output
+    assert registry.promotions()[-1]["outcome"] == "activated"
+
+
 def test_bad_model_files_are_refused(tmp_path: Path) -> None:
     junk = tmp_path / "junk.onnx"
     junk.write_bytes(b"not a model at all")
