@@ -214,12 +214,12 @@ def _inspect_at(member: MemberProcess, models: DemoModels, cells: ElImages) -> d
                 audit,
             )
 
-            promote = models.gate is None or models.gate.promote
-            swap_due: list[bool] = [promote]
+            # a version the gate refused is not swapped in; the summary shows its figures
+            swap_due = [models.gate is None or models.gate.promote]
 
             def tick(snapshot: Any) -> None:
-                if swap_due and snapshot.elapsed_s >= SWAP_AFTER_S:
-                    swap_due.clear()
+                if swap_due[-1] and snapshot.elapsed_s >= SWAP_AFTER_S:
+                    swap_due.append(False)
                     registry.activate(models.second.version, decision=models.gate)
                     if session.follow_active() is not None:
                         swapped_at.append(snapshot.elapsed_s)
