@@ -59,7 +59,18 @@ def test_a_slightly_different_but_as_good_version_is_promoted() -> None:
     candidate[[0, 1]] = 0.9  # two more defects found...
     candidate[[60, 61]] = 0.9  # ...two more false alarms
     d = decide(labels, candidate, incumbent, POLICY, "ab" * 32)
-    assert d.promote and d.lower >= -POLICY.margin
+    assert d.promote and d.difference > 0
+
+
+def test_an_equally_good_model_with_other_errors_is_promoted() -> None:
+    labels = _labels(60, 140)
+    incumbent = _scores(labels, 0.2, 0.1)  # misses defects 0..11
+    candidate = incumbent.copy()
+    candidate[:6] = 0.9  # finds six of those...
+    candidate[12:18] = 0.2  # ...and misses six others: as good, with a wide paired interval
+    d = decide(labels, candidate, incumbent, POLICY, "ab" * 32)
+    assert d.difference == pytest.approx(0.0) and d.lower < -POLICY.margin < 0 < d.upper
+    assert d.promote
 
 
 def test_the_fnr_weight_decides_between_a_missed_defect_and_a_false_alarm() -> None:
@@ -79,7 +90,7 @@ def test_without_an_active_version_the_majority_class_must_be_beaten() -> None:
     d = decide(labels, constant, None, POLICY)
     assert not d.promote and d.incumbent_version is None
     assert d.candidate.value == pytest.approx(0.5) and d.incumbent.value == pytest.approx(0.5)
-    assert "the majority-class predictor" in d.summary() and "needed > 0" in d.summary()
+    assert "the majority-class predictor" in d.summary() and "needed lower end > 0" in d.summary()
     assert decide(labels, _scores(labels, 0.2, 0.2), None, POLICY).promote
 
 
