@@ -6,6 +6,7 @@ only inspects report the same numbers the trainer did.
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -14,6 +15,10 @@ from numpy.typing import ArrayLike
 from inference.errors import InferenceError
 
 DEFAULT_THRESHOLD = 0.5
+#: A defect score whose range over a set of cells is narrower than this is constant.
+MIN_SCORE_SPREAD = 1e-3
+#: A loss within this fraction of chance (ln of the class count) has learnt nothing.
+CHANCE_MARGIN = 0.02
 
 
 @dataclass(frozen=True)
@@ -31,6 +36,14 @@ class BinaryMetrics:
     f1: float
     auroc: float
     threshold: float
+
+    @property
+    def balanced_accuracy(self) -> float:
+        """Mean of the recalls of both classes: 0.5 for any constant decision, so a model
+        beats the majority-class predictor exactly when this is above 0.5."""
+        negatives = self.true_negatives + self.false_positives
+        specificity = self.true_negatives / negatives if negatives else 0.0
+        return (self.recall + specificity) / 2.0
 
     def as_dict(self) -> dict[str, float]:
         """Numbers only, for JSON reports and the model version's metrics."""
@@ -92,3 +105,35 @@ def binary_metrics(
         auroc=auroc(y, s),
         threshold=threshold,
     )
+
+
+def collapse_finding(
+    scores: ArrayLike, loss: float, num_classes: int, threshold: float = DEFAULT_THRESHOLD
+) -> str | None:
+    """Why a model with these defect ``scores`` and class-balanced ``loss`` on a set of
+    labelled cells is useless, or None when it is not.
+
+    Three signs of a collapsed network, in the order they are reported: the same score
+    for every cell; the same decision for every cell (the majority-class predictor, or
+    its mirror image); a loss at chance (``ln num_classes``, what a constant output
+    scores under class-balanced cross-entropy).
+    """
+    s = np.asarray(scores, dtype=np.float64)
+    if s.ndim != 1 or s.size == 0:
+        raise InferenceError(f"collapse check needs a non-empty 1-D score array, got {s.shape}")
+    if not (np.all(np.isfinite(s)) and math.isfinite(loss)):
+        return f"non-finite output or loss (loss {loss}): training diverged"
+    spread = float(s.max() - s.min())
+    if not spread >= MIN_SCORE_SPREAD:
+        return f"constant output (P(defective) {s.mean():.3f} for every cell, spread {spread:.1e})"
+    called = s >= threshold
+    if bool(called.all()) or not bool(called.any()):
+        verdict = "defective" if bool(called.all()) else "ok"
+        return (
+            f"every cell called {verdict!r} (P(defective) from {s.min():.3f} to {s.max():.3f}, "
+            f"threshold {threshold:g})"
+        )
+    chance = math.log(num_classes)
+    if not loss < chance * (1.0 - CHANCE_MARGIN):
+        return f"loss {loss:.4f} at chance (ln {num_classes} = {chance:.4f})"
+    return None

@@ -4,21 +4,36 @@ A version is the sha256 of its ONNX bytes, so the same model registered twice is
 version, and a file whose bytes no longer match its name is refused when loaded. The
 manifest keeps, per version, where it came from (local training, a federated round),
 its held-out metrics, the split it was measured on, and which version is active.
+
+Activation goes through the promotion gate (``inference.gate``) whenever the member
+has an audit set (``models/audit.npz``: labelled cells it re-inspected): a version
+worse than the active one on those cells is registered but not activated, and
+:class:`~inference.gate.PromotionRefusedError` carries the figures. Every activation,
+refusal and forced activation is appended to the manifest's ``promotions`` log, so
+an auditor can see who overrode the gate and what the figures were at the time.
+Whoever activates (the CLI, a federated deploy, the demo) goes through here, so none
+of them can forget the gate.
 """
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import threading
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+from numpy.typing import NDArray
+
 from inference.errors import InferenceError, ModelLoadError
 from inference.files import write_atomic
+from inference.frames import Frame
+from inference.gate import GateDecision, GateError, GatePolicy, PromotionRefusedError, decide
 from inference.model import Device, OnnxClassifier, content_hash
 
 logger = logging.getLogger("inference")
@@ -26,6 +41,8 @@ logger = logging.getLogger("inference")
 MODELS_DIR = "models"
 MANIFEST_NAME = "manifest.json"
 MANIFEST_FORMAT = "qdspace.models/1"
+AUDIT_NAME = "audit.npz"
+GATE_NAME = "gate.json"
 
 
 class RegistryError(InferenceError, LookupError):
@@ -77,6 +94,24 @@ class ModelVersion:
             parent=raw.get("parent"),
             notes=str(raw.get("notes", "")),
         )
+
+
+@dataclass(frozen=True)
+class AuditSet:
+    """The member's labelled audit cells: images, 0/1 labels (1 = defective), frame ids."""
+
+    images: tuple[Frame, ...]
+    labels: NDArray[np.int64]
+    frame_ids: tuple[str, ...]
+
+    def __post_init__(self) -> None:
+        if not len(self.images) == len(self.labels) == len(self.frame_ids):
+            raise GateError(
+                f"audit set: {len(self.images)} images, {len(self.labels)} labels and "
+                f"{len(self.frame_ids)} frame ids must be as many"
+            )
+        if not set(np.unique(self.labels).tolist()) <= {0, 1}:
+            raise GateError("audit set: labels must be 0 (good) or 1 (defective)")
 
 
 class ModelRegistry:
@@ -139,7 +174,11 @@ class ModelRegistry:
         notes: str = "",
         activate: bool = False,
     ) -> ModelVersion:
-        """Store ONNX bytes as a version (checked by loading them); idempotent per content."""
+        """Store ONNX bytes as a version (checked by loading them); idempotent per content.
+
+        With ``activate`` the version then goes through the gate (:meth:`activate`): a
+        refused version stays registered and :class:`PromotionRefusedError` is raised.
+        """
         model = OnnxClassifier(data, source="<registering>", device="cpu")
         version = model.version
         entry = ModelVersion(
@@ -163,20 +202,161 @@ class ModelRegistry:
                 self.root.mkdir(parents=True, exist_ok=True)
                 write_atomic(self.root / entry.file, data)
                 raw["versions"].append(entry.to_dict())
-            if activate:
-                raw["active"] = version
             self._write(raw)
         logger.info("inference.registry: registered %s from %s", version[:12], source)
+        if activate:
+            self.activate(version)
         return entry
 
-    def activate(self, version: str) -> ModelVersion:
-        """Mark a registered version as the one to serve."""
+    def activate(
+        self,
+        version: str,
+        *,
+        force: bool = False,
+        reason: str = "",
+        decision: GateDecision | None = None,
+    ) -> ModelVersion:
+        """Make a registered version the one to serve, if the promotion gate lets it.
+
+        Raises :class:`PromotionRefusedError` (with the figures) when the version is
+        worse than the active one on the audit set; ``force`` activates it anyway and
+        logs that it did, with the figures it overrode. A ``decision`` from
+        :meth:`evaluate` against the version active now is used instead of scoring
+        again (the demo decides before its run).
+        """
         entry = self.get(version)
+        current = self.active()
+        if current is not None and current.version == entry.version:
+            return entry
+        incumbent = None if current is None else current.version
+        if decision is None or decision.incumbent_version != incumbent:
+            decision = self._evaluate_for(entry.version, force)
+        if force:
+            outcome = "forced"
+            logger.warning(
+                "inference.registry: %s activated by force over the gate (%s)",
+                entry.version[:12],
+                reason or "no reason given",
+            )
+        else:
+            outcome = "ungated" if decision is None else "activated"
+            if decision is not None and not decision.promote:
+                self._log_promotion(entry.version, incumbent, "refused", decision, reason)
+                raise PromotionRefusedError(entry.version, decision)
         with self._lock:
             raw = self._read()
             raw["active"] = entry.version
             self._write(raw)
+        self._log_promotion(entry.version, incumbent, outcome, decision, reason)
         return entry
+
+    def evaluate(self, version: str) -> GateDecision | None:
+        """The gate's decision on ``version`` against the active one; None without audit set."""
+        audit = self.audit_set()
+        if audit is None:
+            return None
+        current = self.active()
+        candidate = self._audit_scores(self.get(version).version, audit)
+        incumbent = None if current is None else self._audit_scores(current.version, audit)
+        return decide(
+            audit.labels,
+            candidate,
+            incumbent,
+            self.gate_policy(),
+            None if current is None else current.version,
+        )
+
+    def _evaluate_for(self, version: str, force: bool) -> GateDecision | None:
+        """The gate's figures; when forcing, an audit set the gate cannot use is no bar."""
+        try:
+            return self.evaluate(version)
+        except GateError:
+            if not force:
+                raise
+            return None
+
+    def _audit_scores(self, version: str, audit: AuditSet) -> NDArray[np.float64]:
+        model = self.load(version, device="cpu")
+        probs = model.probabilities(model.prepare(audit.images))
+        scores = probs[:, list(model.info.defective_classes)].sum(axis=1)
+        return np.asarray(scores, dtype=np.float64)
+
+    def _log_promotion(
+        self,
+        version: str,
+        incumbent: str | None,
+        outcome: str,
+        decision: GateDecision | None,
+        reason: str,
+    ) -> None:
+        record = {
+            "at": datetime.now(UTC).isoformat(timespec="seconds"),
+            "version": version,
+            "previous": incumbent,
+            "outcome": outcome,
+            "reason": reason,
+            "decision": None if decision is None else decision.to_dict(),
+        }
+        with self._lock:
+            raw = self._read()
+            raw.setdefault("promotions", []).append(record)
+            self._write(raw)
+        summary = "no audit set, gate not applied" if decision is None else decision.summary()
+        logger.info("inference.registry: %s %s: %s", version[:12], outcome, summary)
+
+    def promotions(self) -> list[dict[str, Any]]:
+        """The log of activations, refusals and forced activations, oldest first."""
+        return list(self._read().get("promotions", []))
+
+    def gate_policy(self) -> GatePolicy:
+        """The member's gate policy (``models/gate.json``), or the defaults."""
+        path = self.root / GATE_NAME
+        if not path.exists():
+            return GatePolicy()
+        try:
+            raw = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError) as exc:
+            raise RegistryError(f"{path}: cannot read ({exc})") from exc
+        return GatePolicy.from_dict(raw)
+
+    def set_gate_policy(self, policy: GatePolicy) -> None:
+        """Write the member's gate policy."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        write_atomic(
+            self.root / GATE_NAME, (json.dumps(policy.to_dict(), indent=1) + "\n").encode()
+        )
+
+    def audit_set(self) -> AuditSet | None:
+        """The member's labelled audit cells, if it has set them."""
+        path = self.root / AUDIT_NAME
+        if not path.exists():
+            return None
+        try:
+            with np.load(path, allow_pickle=False) as raw:
+                images = raw["images"]
+                return AuditSet(
+                    tuple(images[i] for i in range(len(images))),
+                    raw["labels"].astype(np.int64),
+                    tuple(str(f) for f in raw["frame_ids"]),
+                )
+        except (OSError, KeyError, ValueError) as exc:
+            raise RegistryError(f"{path}: not a readable audit set ({exc})") from exc
+
+    def set_audit_set(
+        self, images: Sequence[Frame], labels: Sequence[int], frame_ids: Sequence[str]
+    ) -> AuditSet:
+        """Store the cells later versions are judged on (images of one size, uint8)."""
+        audit = AuditSet(tuple(images), np.asarray(labels, dtype=np.int64), tuple(frame_ids))
+        buffer = io.BytesIO()
+        np.savez_compressed(
+            buffer,
+            images=np.stack([np.asarray(i, dtype=np.uint8) for i in audit.images]),
+            labels=audit.labels,
+            frame_ids=np.asarray(audit.frame_ids, dtype=str),
+        )
+        self.root.mkdir(parents=True, exist_ok=True)
+        write_atomic(self.root / AUDIT_NAME, buffer.getvalue())
+        return audit
 
     def update_metrics(self, version: str, metrics: Mapping[str, float]) -> ModelVersion:
         """Add or replace metrics of a version (e.g. measured later on another split)."""

@@ -95,6 +95,11 @@ def train(
     cells = select_member(load_elpv(size=size), who)
     manifest = split_el_images(cells, seed=split_seed)
     manifest.write(split_path(directory, who))
+    registry = ModelRegistry(directory)
+    if registry.audit_set() is None:
+        # the member's held-out cells, full size, become the audit set the gate judges on
+        audit = select_member(load_elpv(), who).select(manifest.test)
+        registry.set_audit_set(list(audit.images), audit.labels(2).tolist(), audit.frame_ids)
     if classes not in (2, 4):
         raise typer.BadParameter(f"--classes {classes}: 2 or 4")
     config = TrainConfig(
@@ -109,15 +114,16 @@ def train(
         cells.select(manifest.test),
         config,
         on_epoch=lambda e, loss: console.print(f"  epoch {e:>2}/{epochs}  loss {loss:.4f}"),
+        val=cells.select(manifest.val),
     )
-    entry = ModelRegistry(directory).register(
+    console.print(f"kept epoch {result.best_epoch} (lowest validation loss)")
+    entry = registry.register(
         result.onnx_bytes,
         source=f"local-train:{who}",
         metrics={**result.metrics.as_dict(), "onnx_opset": float(ONNX_OPSET)},
         split_sha256=manifest.sha256,
         notes=f"classes={classes} epochs={epochs} size={size} seed={seed} "
-        f"split_seed={split_seed} held-out=test",
-        activate=activate,
+        f"split_seed={split_seed} held-out=test best_epoch={result.best_epoch}",
     )
     m = result.metrics
     table = Table("held-out (test)", "value")
@@ -125,7 +131,11 @@ def train(
         table.add_row(name, f"{value:.3f}")
     table.add_row("cells", str(m.count))
     console.print(table)
-    console.print(f"model version [bold]{entry.version}[/bold]{' (active)' if activate else ''}")
+    console.print(f"model version [bold]{entry.version}[/bold] registered")
+    if activate:
+        registry.activate(entry.version)  # through the promotion gate: may refuse, with figures
+        _print_gate(registry, entry.version)
+        console.print(f"model version [bold]{entry.version}[/bold] (active)")
 
 
 @inspect_app.command("models")
@@ -154,13 +164,39 @@ def models(directory: DirOpt) -> None:
 @inspect_app.command("activate")
 @clean_errors
 def activate_version(
-    directory: DirOpt, version: Annotated[str, typer.Argument(help="version or prefix")]
+    directory: DirOpt,
+    version: Annotated[str, typer.Argument(help="version or prefix")],
+    force: Annotated[
+        bool, typer.Option(help="activate even if the promotion gate refuses it (logged)")
+    ] = False,
+    reason: Annotated[str, typer.Option(help="why, for the promotion log")] = "",
 ) -> None:
-    """Make a registered version the one ``inspect run`` serves."""
+    """Make a registered version the one ``inspect run`` serves, if the gate lets it."""
     from inference.registry import ModelRegistry
 
-    entry = ModelRegistry(directory).activate(version)
+    registry = ModelRegistry(directory)
+    entry = registry.activate(
+        version, force=force, reason=reason or ("cli --force" if force else "")
+    )
+    _print_gate(registry, entry.version)
+    if force:
+        err.print(
+            f"[yellow]forced:[/yellow] {entry.version[:12]} activated over the promotion "
+            "gate; recorded in the promotion log",
+            highlight=False,
+        )
     console.print(f"active model version {entry.version}")
+
+
+def _print_gate(registry: Any, version: str) -> None:
+    """The promotion gate's figures for ``version``, if it just judged it."""
+    log = registry.promotions()
+    last = log[-1] if log and log[-1]["version"] == version else None
+    if last is not None and last.get("decision"):
+        from inference.gate import GateDecision
+
+        summary = GateDecision.from_dict(last["decision"]).summary()
+        console.print(f"promotion gate: {summary}", highlight=False)
 
 
 @inspect_app.command("explain")

@@ -3,11 +3,14 @@
 Each supplier trains a small CNN on its own cells only (Cellex Mono: mono, PolyCell
 Works: poly; a few seconds on 32 px inputs, so its held-out figures are modest and
 printed as measured), registers it in its node, and inspects its held-out cells at two
-stations on one local Ray Serve tier. Half-way through, a fine-tuned second version is
-activated and hot-swapped in; each verdict in the node's ``qdm_inspection`` table names
-the version that judged it. Drift rates and heatmaps of misjudged validation cells are
-then read back through the node's own REST API. Without the ``elpv`` or ``train``
-extras the chapter says so and is skipped.
+stations on one local Ray Serve tier. Its held-out cells are also its audit set, on
+which the promotion gate judges every version before it goes live. Half-way through,
+a fine-tuned second version is activated and hot-swapped in if the gate lets it (the
+chapter prints the gate's figures either way, and says so when it refuses); each
+verdict in the node's ``qdm_inspection`` table names the version that judged it.
+Drift rates and heatmaps of misjudged validation cells are then read back through the
+node's own REST API. Without the ``elpv`` or ``train`` extras the chapter says so and
+is skipped.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from node.cli_inspect import DRIFT_FILE, INSPECTION_DIR, split_path
 
 if TYPE_CHECKING:
     from inference.dataset import ElImages
+    from inference.gate import GateDecision
     from inference.registry import ModelRegistry, ModelVersion
     from node.demo import DemoReport
     from node.launcher import LocalNetwork, MemberProcess
@@ -48,6 +52,7 @@ class DemoModels:
 
     first: ModelVersion
     second: ModelVersion
+    gate: GateDecision | None
 
 
 def inspection_chapter(network: LocalNetwork, report: DemoReport) -> None:
@@ -62,7 +67,9 @@ def inspection_chapter(network: LocalNetwork, report: DemoReport) -> None:
         report.chapters[CHAPTER] = {"skipped": str(exc)}
         return
     members = [network[name] for name in SUPPLIERS if name in network.members]
-    trained = {m.spec.name: _train_two(m, small) for m in members}  # before Ray takes the CPUs
+    trained = {
+        m.spec.name: _train_two(m, small, cells) for m in members
+    }  # before Ray takes the CPUs
     results: dict[str, Any] = {}
     with _LocalRay():
         for member in members:
@@ -100,8 +107,15 @@ class _LocalRay:
             ray.shutdown()  # ends Serve too; serve.shutdown() first only adds raylet noise
 
 
-def _train_two(member: MemberProcess, cells: ElImages) -> tuple[DemoModels, dict[str, Any]]:
-    """Train on the member's own cells; the second version fine-tunes the first."""
+def _train_two(
+    member: MemberProcess, cells: ElImages, full: ElImages
+) -> tuple[DemoModels, dict[str, Any]]:
+    """Train on the member's own cells; the second version fine-tunes the first.
+
+    The first version goes live through the promotion gate (against the majority-class
+    predictor); the gate's decision on the second is taken now, against the first, so
+    the line's tick only has to act on it.
+    """
     from inference import training
     from inference.dataset import select_member
     from inference.registry import ModelRegistry
@@ -111,17 +125,19 @@ def _train_two(member: MemberProcess, cells: ElImages) -> tuple[DemoModels, dict
     own = select_member(cells, name)
     manifest = split_el_images(own)
     manifest.write(split_path(member.directory, name))
-    train, test = own.select(manifest.train), own.select(manifest.test)
+    train, val, test = (own.select(manifest.indices(p)) for p in ("train", "val", "test"))
+    registry = ModelRegistry(member.directory)
+    audit = select_member(full, name).select(manifest.test)
+    registry.set_audit_set(list(audit.images), audit.labels(2).tolist(), audit.frame_ids)
     # one thread: on two shared cores PyTorch's second thread mostly waits for the first
     config = training.TrainConfig(
         input_size=INPUT_SIZE, epochs=EPOCHS, widths=(8, 16, 32), threads=1
     )
-    registry = ModelRegistry(member.directory)
     started = time.monotonic()
-    model, _ = training.train_model(train, config)
+    model, _ = training.train_model(train, config, val=val)
     first_metrics = training.evaluate(model, test, config)
-    fine_tune = replace(config, epochs=FINE_TUNE_EPOCHS)
-    tuned, _ = training.train_model(train, fine_tune, initial=training.get_weights(model))
+    fine_tune = replace(config, epochs=FINE_TUNE_EPOCHS, learning_rate=config.learning_rate / 3)
+    tuned, _ = training.train_model(train, fine_tune, initial=training.get_weights(model), val=val)
     second_metrics = training.evaluate(tuned, test, config)
     seconds = time.monotonic() - started
     versions: list[ModelVersion] = []
@@ -137,13 +153,17 @@ def _train_two(member: MemberProcess, cells: ElImages) -> tuple[DemoModels, dict
                 notes=f"demo: {note} at {INPUT_SIZE}px, held-out=test",
             )
         )
-    registry.activate(versions[0].version)
+    registry.activate(versions[0].version, reason="demo: first version")
+    gate = registry.evaluate(versions[1].version)
     figures = {
         "cells": {"train": len(manifest.train), "test": len(manifest.test)},
         "train_seconds": round(seconds, 1),
         "held_out": [_figures(first_metrics), _figures(second_metrics)],
+        "gate": None
+        if gate is None
+        else {"promote": gate.promote, "summary": gate.summary(), "metric": gate.metric},
     }
-    return DemoModels(versions[0], versions[1]), figures
+    return DemoModels(versions[0], versions[1], gate), figures
 
 
 def _figures(metrics: Any) -> dict[str, float]:
@@ -194,9 +214,13 @@ def _inspect_at(member: MemberProcess, models: DemoModels, cells: ElImages) -> d
                 audit,
             )
 
+            # a version the gate refused is not swapped in; the summary shows its figures
+            swap_due = [models.gate is None or models.gate.promote]
+
             def tick(snapshot: Any) -> None:
-                if not swapped_at and snapshot.elapsed_s >= SWAP_AFTER_S:
-                    registry.activate(models.second.version)
+                if swap_due[-1] and snapshot.elapsed_s >= SWAP_AFTER_S:
+                    swap_due.append(False)
+                    registry.activate(models.second.version, decision=models.gate)
                     if session.follow_active() is not None:
                         swapped_at.append(snapshot.elapsed_s)
 
@@ -276,6 +300,13 @@ def print_inspection(console: Console, report: DemoReport) -> None:
     for label, cell in _ROWS:
         table.add_row(label, *(cell(r) for r in results.values()))
     console.print(table)
+    for name, result in results.items():
+        if result.get("gate"):
+            verdict = "let v2 in" if result["gate"]["promote"] else "REFUSED v2"
+            console.print(
+                f"promotion gate at {name} {verdict}: {result['gate']['summary']}",
+                highlight=False,
+            )
     console.print(
         "each supplier trained on its own cells only (seconds, 32 px: modest figures), the "
         "images never left its node; verdicts are rows of its qdm_inspection table, "
@@ -288,6 +319,12 @@ def _metrics(m: dict[str, float]) -> str:
     return f"{m['accuracy']:.2f} / {m['f1']:.2f} / {m['auroc']:.2f}"
 
 
+def _gate(gate: dict[str, Any] | None) -> str:
+    if gate is None:
+        return "no audit set"
+    return "passed" if gate["promote"] else "refused (no swap)"
+
+
 def _rate(value: float | None) -> str:
     return "-" if value is None else f"{value:.2f}"
 
@@ -296,6 +333,7 @@ _ROWS: tuple[tuple[str, Callable[[dict[str, Any]], str]], ...] = (
     ("cells train / test", lambda r: f"{r['cells']['train']} / {r['cells']['test']}"),
     ("v1 acc / F1 / AUROC", lambda r: _metrics(r["held_out"][0])),
     ("v2 acc / F1 / AUROC", lambda r: _metrics(r["held_out"][1])),
+    ("gate on v2 (audit)", lambda r: _gate(r.get("gate"))),
     ("frames / stored", lambda r: f"{r['frames']} / {r['stored']}"),
     ("new rows in node QDM", lambda r: str(r["qdm_new_rows"])),
     ("dropped", lambda r: str(r["dropped"])),

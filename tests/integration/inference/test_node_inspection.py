@@ -8,6 +8,7 @@ the node's SQLite QDM, and the node's REST API lists the model and serves heatma
 from __future__ import annotations
 
 import io
+import shutil
 import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
@@ -62,8 +63,12 @@ def test_train_inspect_and_explain_through_a_running_node(
     node: MemberProcess, local_ray: None
 ) -> None:
     d = str(node.directory)
-    out = _cli("train", "--dir", d, "--epochs", "2", "--size", "32")
+    out = _cli("train", "--dir", d, "--epochs", "6", "--size", "32")
     assert "AUROC" in out and "F1" in out and "(active)" in out
+    # the first version had to beat the majority class on the member's audit set
+    assert "promotion gate: weighted_accuracy" in out and "majority-class predictor" in out
+    registry = ModelRegistry(node.directory)
+    assert [p["outcome"] for p in registry.promotions()] == ["activated"]
     with node.client() as client:
         models = client.get("/v1/inspection/models").json()
     assert len(models) == 1 and models[0]["active"] and models[0]["source"] == "local-train:cellex"
@@ -129,20 +134,32 @@ def test_the_demo_chapter_inspects_and_hot_swaps_at_the_supplier(
 
     db = network["cellex"].directory / "node.db"
     before = len(_rows(db))
+    # a demo node starts without models: the first version then only has to beat the
+    # majority class, not the version the CLI test above trained
+    shutil.rmtree(ModelRegistry(network["cellex"].directory).root, ignore_errors=True)
     report = DemoReport(workdir=str(network.workdir))
     inspection_chapter(network, report)
     result = report.chapters[CHAPTER]["cellex"]
     rows = _rows(db)[before:]
     assert result["stored"] == len(rows) == result["qdm_new_rows"] > 0
-    assert result["dropped"] == 0 and result["swapped_at_s"] is not None
     registry = ModelRegistry(network["cellex"].directory)
     first, second = registry.versions()[-2:]
     assert second.parent == first.version
     versions = [r[2] for r in rows]
-    assert set(versions) == {first.version, second.version}
+    gate = result["gate"]
+    assert gate is not None and gate["summary"].startswith("weighted_accuracy")
+    # the fine-tuned version is swapped in only if the promotion gate let it in
+    if gate["promote"]:
+        assert result["swapped_at_s"] is not None
+        assert set(versions) == {first.version, second.version}
+    else:
+        assert result["swapped_at_s"] is None and set(versions) == {first.version}
+    assert result["dropped"] == 0
     for held_out in result["held_out"]:
         assert 0.0 <= held_out["accuracy"] <= 1.0 and 0.0 <= held_out["auroc"] <= 1.0
     assert result["explanations_served"] >= 1
     console = Console(record=True, width=100)
     print_inspection(console, report)
-    assert "hot swap at" in console.export_text()
+    text = console.export_text()
+    assert "hot swap at" in text and "gate on v2 (audit)" in text
+    assert ("let v2 in" if gate["promote"] else "REFUSED v2") in text

@@ -10,7 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from inference.errors import InferenceError, WeightsError
-from inference.metrics import auroc, binary_metrics
+from inference.metrics import auroc, binary_metrics, collapse_finding
 from inference.weights import check_shapes, flatten, shapes_of, unflatten
 
 
@@ -67,3 +67,30 @@ def test_weights_flatten_round_trip_and_errors() -> None:
         unflatten(np.zeros(9, dtype=np.float32), shapes)
     with pytest.raises(WeightsError, match="tensor 1"):
         check_shapes([weights[0], np.ones(5, dtype=np.float32)], shapes)
+
+
+def test_balanced_accuracy_is_a_half_for_the_majority_class() -> None:
+    labels = [1] * 3 + [0] * 7
+    assert binary_metrics(labels, [0.0] * 10).balanced_accuracy == 0.5
+    assert binary_metrics(labels, [0.0] * 10).accuracy == 0.7
+    assert binary_metrics(labels, [1, 1, 0, 0, 0, 0, 0, 0, 0, 1]).balanced_accuracy == (
+        pytest.approx((2 / 3 + 6 / 7) / 2)
+    )
+
+
+def test_collapse_findings() -> None:
+    healthy = np.array([0.1, 0.7, 0.3, 0.9])
+    assert collapse_finding(healthy, 0.5, 2) is None
+    constant = collapse_finding(np.full(8, 0.31), 0.69, 2)
+    assert constant is not None and constant.startswith("constant output (P(defective) 0.310")
+    one_class = collapse_finding(np.array([0.1, 0.2, 0.4]), 0.6, 2)
+    assert one_class is not None and "every cell called 'ok'" in one_class
+    all_bad = collapse_finding(np.array([0.6, 0.9]), 0.6, 2)
+    assert all_bad is not None and "every cell called 'defective'" in all_bad
+    at_chance = collapse_finding(healthy, 0.69, 2)
+    assert at_chance == "loss 0.6900 at chance (ln 2 = 0.6931)"
+    assert collapse_finding(healthy, 1.37, 4) is not None  # ln 4 = 1.386
+    diverged = collapse_finding(np.array([np.nan, 0.2]), 0.5, 2)
+    assert diverged is not None and "diverged" in diverged
+    with pytest.raises(InferenceError, match="non-empty"):
+        collapse_finding(np.array([]), 0.5, 2)
