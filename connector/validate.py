@@ -98,6 +98,9 @@ def text(
             if len(value) > max_len:
                 p.fail(name, f"longer than {max_len} characters")
                 return None
+            if "\x00" in value:  # PostgreSQL refuses it, and no code or name holds one
+                p.fail(name, "contains a NUL character")
+                return None
             return value
         value = None
     if value is None:

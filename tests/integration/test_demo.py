@@ -10,25 +10,34 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-pytestmark = [pytest.mark.integration, pytest.mark.slow]
+from .conftest import kill_leftovers
+
+# the whole demo runs in the first test's setup: minutes on 2 busy cores
+pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(900)]
 
 
 @pytest.fixture(scope="module")
-def demo(tmp_path_factory: pytest.TempPathFactory) -> tuple[subprocess.CompletedProcess[str], Path]:
+def demo(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[tuple[subprocess.CompletedProcess[str], Path]]:
     workdir = tmp_path_factory.mktemp("demo") / "space"
-    done = subprocess.run(
-        [sys.executable, "-m", "node", "demo", "--workdir", str(workdir)],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        env={**os.environ, "COLUMNS": "200"},
-    )
-    return done, workdir
+    try:
+        done = subprocess.run(
+            [sys.executable, "-m", "node", "demo", "--workdir", str(workdir)],
+            capture_output=True,
+            text=True,
+            timeout=840,
+            env={**os.environ, "COLUMNS": "200"},
+        )
+        yield done, workdir
+    finally:  # a demo cut short leaves its nodes and chain behind: they go with it
+        kill_leftovers(workdir)
 
 
 def _summary(workdir: Path) -> dict[str, Any]:

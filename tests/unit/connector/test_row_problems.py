@@ -105,3 +105,12 @@ def test_template_gives_allowed_values_and_units_from_the_dictionary() -> None:
     environment = {r.name: r for r in template("environment", D)}
     assert environment["temperature"].allowed.startswith("°C")
     assert "°F" in environment["temperature"].allowed
+
+
+def test_a_nul_character_inside_a_value_is_a_problem_not_a_stored_row() -> None:
+    """JSON can carry ``\\u0000`` inside a string; PostgreSQL would refuse the insert."""
+    found = _problems("order", {**ORDER, "customer": "sun\x00arc", "product": "cell\x00"})
+    assert found == [
+        ("customer", "contains a NUL character"),
+        ("product", "contains a NUL character"),
+    ]
