@@ -27,6 +27,7 @@ from node.errors import NodeError
 if TYPE_CHECKING:
     import grpc
     import httpx
+    from cryptography import x509
 
     from federation.host import StatusView
     from federation.job import JobSpec
@@ -87,6 +88,15 @@ def _with_channel(
         return asyncio.run(run())
     except (NodeError, FederationError) as exc:
         raise _fail(str(exc)) from None
+
+
+def member_revocations(directory: Path, ca_cert: x509.Certificate) -> Callable[[int], bool]:
+    """The member node's own revocation list, to check the roster's certificates with
+    (a member without one refuses secure rounds: revocation fails closed)."""
+    from node.config import NodeSettings
+    from node.identity.revocation import RevocationList
+
+    return RevocationList(ca_cert, NodeSettings.load(directory).crl_path).is_revoked
 
 
 def ensure_job_agreement(api: httpx.Client, coordinator: str, asset_id: str) -> tuple[str, bool]:
@@ -322,6 +332,7 @@ def join(
             signing_key=keys.signing_key,
             certificate=keys.cert,
             ca_cert=keys.ca_cert,
+            revoked=member_revocations(directory, keys.ca_cert),
             on_event=on_event,
             on_version=on_version,
         )

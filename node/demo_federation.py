@@ -31,7 +31,7 @@ from federation.logreg import Dataset
 from federation.params import Params
 from federation.strategies import StrategyName, StrategySpec
 from federation.versions import ModelVersion
-from node.cli_fl import ensure_job_agreement
+from node.cli_fl import ensure_job_agreement, member_revocations
 from node.identity.member import load_member_keys
 from node.launcher import LocalNetwork
 from node.rpc.client import open_channel
@@ -206,6 +206,7 @@ async def _run_job(
                 signing_key=keys.signing_key,
                 certificate=keys.cert,
                 ca_cert=keys.ca_cert,
+                revoked=member_revocations(network[name].directory, keys.ca_cert),
                 on_version=score if name == COORDINATOR else None,
                 poll_s=5.0,
             )

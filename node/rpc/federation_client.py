@@ -57,7 +57,7 @@ from federation.params import (
 from federation.rounds import Phase
 from federation.versions import AnchorCheck, ModelVersion, SignedVersion, verify_version
 from node.errors import PeerError
-from node.rpc.federation_keys import CertificateKeys
+from node.rpc.federation_keys import CertificateKeys, Revoked
 from node.rpc.federation_serde import (
     advert_from_proto,
     advert_to_proto,
@@ -380,6 +380,7 @@ class MemberRunner:
         signing_key: SigningKey | None = None,
         certificate: x509.Certificate | None = None,
         ca_cert: x509.Certificate | None = None,
+        revoked: Revoked | None = None,
         on_event: Callable[[MemberEvent], None] | None = None,
         on_version: VersionHook | None = None,
         anchored: AnchorCheck | None = None,
@@ -393,6 +394,7 @@ class MemberRunner:
         self._signing_key = signing_key
         self._certificate = certificate
         self._ca_cert = ca_cert
+        self._revoked = revoked  # the member's own revocation list, for the roster
         self._on_event = on_event
         self._on_version = on_version
         self._anchored = anchored
@@ -554,4 +556,5 @@ class MemberRunner:
                 "its certificate and the authority's certificate"
             )
         der = self._certificate.public_bytes(Encoding.DER)
-        return self._signing_key, der, CertificateKeys(self._ca_cert, self.job.members)
+        checker = CertificateKeys(self._ca_cert, self.job.members, revoked=self._revoked)
+        return self._signing_key, der, checker

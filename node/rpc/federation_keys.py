@@ -64,8 +64,13 @@ class CertificateKeys:
             )
         if who not in self._members or identity.role not in TRADING_ROLES:
             raise RosterRefused(f"{who} ({identity.role}) is not a member of this job")
-        if self._revoked is not None and self._revoked(cert.serial_number):
-            raise RosterRefused(f"the certificate of {who} is revoked")
+        if self._revoked is not None:
+            try:
+                revoked = self._revoked(cert.serial_number)
+            except IdentityError as exc:  # no list, or a stale one: fail closed
+                raise RosterRefused(f"cannot check whether {who} is revoked: {exc}") from exc
+            if revoked:
+                raise RosterRefused(f"the certificate of {who} is revoked")
         return identity
 
     def key(self, advert: KeyAdvert) -> VerifyKey:

@@ -11,13 +11,18 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import datetime as dt
 import hashlib
 import math
+import time
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import grpc
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from federation import logreg
@@ -25,7 +30,10 @@ from federation.errors import RosterRefused
 from federation.job import JobSpec
 from federation.member import secagg_client
 from federation.params import params_to_bytes
+from node.cli_fl import member_revocations
+from node.identity.certs import load_cert, load_key
 from node.identity.member import load_member_keys
+from node.identity.revocation import RevocationList
 from node.launcher import LocalNetwork
 from node.rpc.client import open_channel
 from node.rpc.federation_client import FederationClient
@@ -287,3 +295,54 @@ def test_members_check_roster_certificates_against_the_authority(network: LocalN
     roster = [own, forged, adverts["sunarc"]]
     with pytest.raises(RosterRefused, match="key advert of polycell is not signed by polycell"):
         client.share_keys(roster, checker.keys(roster))
+
+
+def _crl(network: LocalNetwork, path: Path, revoked: list[int], valid: dt.timedelta) -> Path:
+    """A revocation list signed by the data space's real authority, outside the network's
+    own ``crl.pem`` (the session's nodes keep theirs)."""
+    authority = network.workdir / "authority"
+    ca_cert = load_cert(authority / "ca.crt", "authority certificate")
+    ca_key = load_key(authority / "ca.key", "authority key")
+    now = dt.datetime.now(dt.UTC)
+    builder = (
+        x509.CertificateRevocationListBuilder()
+        .issuer_name(ca_cert.subject)
+        .last_update(now - dt.timedelta(minutes=1))
+        .next_update(now + valid)
+    )
+    for serial in revoked:
+        entry = x509.RevokedCertificateBuilder().serial_number(serial).revocation_date(now)
+        builder = builder.add_revoked_certificate(entry.build())
+    path.write_bytes(builder.sign(ca_key, hashes.SHA256()).public_bytes(Encoding.PEM))
+    return path
+
+
+def test_members_refuse_a_revoked_or_unverifiable_roster_certificate(
+    network: LocalNetwork, tmp_path: Path
+) -> None:
+    """A coordinator relaying a revoked member's advert (or a member whose own list is
+    stale) gets no shares: the member checks the roster against its revocation list."""
+    keys = {m: load_member_keys(network[m].directory) for m in ("cellex", "polycell")}
+    job = dataclasses.replace(
+        terms("el-hostile-crl", members=("cellex", "polycell", "sunarc"), min_members=3),
+        secure_aggregation=True,
+        threshold=2,
+        update_clip=1.0,
+    )
+    advert = secagg_client(job, "polycell", 1, 1, keys["polycell"].signing_key).advertise(
+        keys["polycell"].cert.public_bytes(Encoding.DER)
+    )
+    ca = keys["cellex"].ca_cert
+    clean = RevocationList(ca, _crl(network, tmp_path / "clean.pem", [], dt.timedelta(days=1)))
+    assert CertificateKeys(ca, job.members, revoked=clean.is_revoked).key(advert)
+    serial = keys["polycell"].cert.serial_number
+    listed = RevocationList(ca, _crl(network, tmp_path / "rev.pem", [serial], dt.timedelta(days=1)))
+    with pytest.raises(RosterRefused, match="the certificate of polycell is revoked"):
+        CertificateKeys(ca, job.members, revoked=listed.is_revoked).key(advert)
+    stale = RevocationList(ca, _crl(network, tmp_path / "old.pem", [], dt.timedelta(seconds=1)))
+    time.sleep(1.5)
+    with pytest.raises(RosterRefused, match="cannot check whether polycell is revoked"):
+        CertificateKeys(ca, job.members, revoked=stale.is_revoked).key(advert)
+    # the member runner of `qdspace fl join` and of the demo uses the node's own list
+    own = member_revocations(network["cellex"].directory, ca)
+    assert CertificateKeys(ca, job.members, revoked=own).key(advert)
