@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +15,7 @@ import pytest
 from sqlalchemy import create_engine, text
 
 from connector.sample import write_sample_files
-from node.launcher import LocalNetwork
+from node.launcher import LocalNetwork, MemberSpec
 
 CELLEX_ORDER = "PO-2026-0042"
 POLYCELL_ORDER = "PO-2026-0043"
@@ -41,6 +43,56 @@ def ingest_sample(network: LocalNetwork, name: str) -> None:
                     params={"source": path.name},
                 )
             )
+
+
+#: the order SunArc places with Cellex in the two-member networks of the crash tests
+BIG_ORDER = {
+    "order_id": CELLEX_ORDER,
+    "customer": "sunarc",
+    "supplier": "cellex",
+    "product": "mono PERC cell M10",
+    "quantity": 240000,
+    "status": "open",
+    "opened_at": "2026-10-19T06:00:00Z",
+}
+
+
+def bulk_inspection(i: int, prefix: str = "BULK", verdict: str | None = None) -> dict[str, Any]:
+    """Inspection number `i` of the big order (one second apart, every 17th a fail)."""
+    at = datetime(2026, 11, 20, tzinfo=UTC) + timedelta(seconds=i)
+    return {
+        "inspection_id": f"{prefix}-{i:06d}",
+        "station": f"EL-{1 + i % 2}",
+        "inspected_at": at.isoformat().replace("+00:00", "Z"),
+        "verdict": verdict or ("pass" if i % 17 else "fail"),
+        "score": round((i % 100) / 250, 4),
+        "model_version": "el-2026.11",
+        "order_id": CELLEX_ORDER,
+        "batch_id": "CX-CB-260003",
+    }
+
+
+def ingest_inspections(client: httpx.Client, rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Post inspection rows as JSON lines to a member's ingest route."""
+    body = "".join(json.dumps(r) + "\n" for r in rows).encode()
+    headers = {"content-type": "application/x-ndjson"}
+    result: dict[str, Any] = ok(client.post("/v1/ingest/inspection", content=body, headers=headers))
+    return result
+
+
+def oem_and_supplier(tmp_path_factory: pytest.TempPathFactory, name: str) -> Iterator[LocalNetwork]:
+    """A network of its own (SunArc and Cellex, no chain), for a test that kills a node."""
+    net = LocalNetwork(
+        tmp_path_factory.mktemp(name),
+        [MemberSpec("sunarc", "oem"), MemberSpec("cellex", "supplier")],
+        chain=False,
+    )
+    net.create()
+    net.start()
+    try:
+        yield net
+    finally:
+        net.stop()
 
 
 def provider_rows(

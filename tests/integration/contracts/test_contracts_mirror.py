@@ -9,10 +9,8 @@ and the audit trail names each change.
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Iterator
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -21,9 +19,20 @@ import pytest
 from typer.testing import CliRunner
 
 from node.cli import app
-from node.launcher import LocalNetwork, MemberSpec
+from node.launcher import LocalNetwork
 
-from .conftest import CELLEX_ORDER, QA, negotiate, ok, provider_rows, wait_for
+from .conftest import (
+    BIG_ORDER,
+    CELLEX_ORDER,
+    QA,
+    bulk_inspection,
+    ingest_inspections,
+    negotiate,
+    oem_and_supplier,
+    ok,
+    provider_rows,
+    wait_for,
+)
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -34,38 +43,14 @@ WITHDRAWN = "MIR-000007"
 @pytest.fixture(scope="module")
 def pair(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalNetwork]:
     """Its own OEM and supplier, so killing the OEM disturbs no other test."""
-    net = LocalNetwork(
-        tmp_path_factory.mktemp("mirror"),
-        [MemberSpec("sunarc", "oem"), MemberSpec("cellex", "supplier")],
-        chain=False,
-    )
-    net.create()
-    net.start()
-    try:
-        yield net
-    finally:
-        net.stop()
+    yield from oem_and_supplier(tmp_path_factory, "mirror")
 
 
 def _inspection(i: int, verdict: str | None = None) -> dict[str, Any]:
-    at = datetime(2026, 11, 20, tzinfo=UTC) + timedelta(seconds=i)
-    return {
-        "inspection_id": f"MIR-{i:06d}",
-        "station": f"EL-{1 + i % 2}",
-        "inspected_at": at.isoformat().replace("+00:00", "Z"),
-        "verdict": verdict or ("pass" if i % 17 else "fail"),
-        "score": round((i % 100) / 250, 4),
-        "model_version": "el-2026.11",
-        "order_id": CELLEX_ORDER,
-        "batch_id": "CX-CB-260003",
-    }
+    return bulk_inspection(i, "MIR", verdict)
 
 
-def _ingest(client: httpx.Client, rows: list[dict[str, Any]]) -> dict[str, Any]:
-    body = "".join(json.dumps(r) + "\n" for r in rows).encode()
-    headers = {"content-type": "application/x-ndjson"}
-    result: dict[str, Any] = ok(client.post("/v1/ingest/inspection", content=body, headers=headers))
-    return result
+_ingest = ingest_inspections
 
 
 def _received(client: httpx.Client, agreement_id: str) -> dict[str, Any]:
@@ -83,17 +68,8 @@ def _pull(client: httpx.Client, agreement_id: str, **extra: Any) -> dict[str, An
 def test_repeated_incremental_and_interrupted_pulls_keep_a_faithful_copy(
     pair: LocalNetwork, tmp_path: Path
 ) -> None:
-    order = {
-        "order_id": CELLEX_ORDER,
-        "customer": "sunarc",
-        "supplier": "cellex",
-        "product": "mono PERC cell M10",
-        "quantity": 240000,
-        "status": "open",
-        "opened_at": "2026-10-19T06:00:00Z",
-    }
     with pair["cellex"].client(timeout=120) as supplier:
-        ok(supplier.post("/v1/ingest/order", json={"rows": [order]}))
+        ok(supplier.post("/v1/ingest/order", json={"rows": [BIG_ORDER]}))
         assert _ingest(supplier, [_inspection(i) for i in range(FIRST)])["accepted"] == FIRST
     with pair["sunarc"].client(timeout=120) as oem:
         agreement = negotiate(oem, "cellex", "inspections", orders=[CELLEX_ORDER])["agreement_id"]

@@ -9,9 +9,18 @@ from pathlib import Path
 
 import pytest
 
-from node.launcher import LocalNetwork, MemberSpec
+from node.launcher import LocalNetwork
 
-from .conftest import CELLEX_ORDER, QA, negotiate, ok, provider_rows, wait_for
+from .conftest import (
+    BIG_ORDER,
+    CELLEX_ORDER,
+    QA,
+    negotiate,
+    oem_and_supplier,
+    ok,
+    provider_rows,
+    wait_for,
+)
 from .test_contracts_resume import ROWS, _big_inspection_file
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -20,33 +29,14 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 @pytest.fixture(scope="module")
 def pair(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalNetwork]:
     """Its own OEM and supplier, so killing the supplier disturbs no other test."""
-    net = LocalNetwork(
-        tmp_path_factory.mktemp("provider-crash"),
-        [MemberSpec("sunarc", "oem"), MemberSpec("cellex", "supplier")],
-        chain=False,
-    )
-    net.create()
-    net.start()
-    try:
-        yield net
-    finally:
-        net.stop()
+    yield from oem_and_supplier(tmp_path_factory, "provider-crash")
 
 
 def test_provider_sigkilled_mid_transfer_then_restarted_loses_and_duplicates_nothing(
     pair: LocalNetwork, tmp_path: Path
 ) -> None:
-    order = {
-        "order_id": CELLEX_ORDER,
-        "customer": "sunarc",
-        "supplier": "cellex",
-        "product": "mono PERC cell M10",
-        "quantity": 240000,
-        "status": "open",
-        "opened_at": "2026-10-19T06:00:00Z",
-    }
     with pair["cellex"].client(timeout=120) as supplier:
-        ok(supplier.post("/v1/ingest/order", json={"rows": [order]}))
+        ok(supplier.post("/v1/ingest/order", json={"rows": [BIG_ORDER]}))
         data = _big_inspection_file(tmp_path / "bulk.jsonl").read_bytes()
         stored = ok(
             supplier.post(

@@ -5,14 +5,23 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 
-from node.launcher import LocalNetwork, MemberSpec
+from node.launcher import LocalNetwork
 
-from .conftest import CELLEX_ORDER, QA, negotiate, ok, provider_rows, wait_for
+from .conftest import (
+    BIG_ORDER,
+    CELLEX_ORDER,
+    QA,
+    bulk_inspection,
+    negotiate,
+    oem_and_supplier,
+    ok,
+    provider_rows,
+    wait_for,
+)
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -22,56 +31,21 @@ ROWS = 25_000
 @pytest.fixture(scope="module")
 def pair(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalNetwork]:
     """Its own OEM and supplier, so killing the OEM disturbs no other test."""
-    net = LocalNetwork(
-        tmp_path_factory.mktemp("resume"),
-        [MemberSpec("sunarc", "oem"), MemberSpec("cellex", "supplier")],
-        chain=False,
-    )
-    net.create()
-    net.start()
-    try:
-        yield net
-    finally:
-        net.stop()
+    yield from oem_and_supplier(tmp_path_factory, "resume")
 
 
 def _big_inspection_file(path: Path) -> Path:
-    start = datetime(2026, 11, 20, tzinfo=UTC)
     with path.open("w") as handle:
         for i in range(ROWS):
-            at = (start + timedelta(seconds=i)).isoformat().replace("+00:00", "Z")
-            handle.write(
-                json.dumps(
-                    {
-                        "inspection_id": f"BULK-{i:06d}",
-                        "station": f"EL-{1 + i % 2}",
-                        "inspected_at": at,
-                        "verdict": "pass" if i % 17 else "fail",
-                        "score": round((i % 100) / 250, 4),
-                        "model_version": "el-2026.11",
-                        "order_id": CELLEX_ORDER,
-                        "batch_id": "CX-CB-260003",
-                    }
-                )
-                + "\n"
-            )
+            handle.write(json.dumps(bulk_inspection(i)) + "\n")
     return path
 
 
 def test_sigkill_mid_transfer_then_resume_loses_and_duplicates_nothing(
     pair: LocalNetwork, tmp_path: Path
 ) -> None:
-    order = {
-        "order_id": CELLEX_ORDER,
-        "customer": "sunarc",
-        "supplier": "cellex",
-        "product": "mono PERC cell M10",
-        "quantity": 240000,
-        "status": "open",
-        "opened_at": "2026-10-19T06:00:00Z",
-    }
     with pair["cellex"].client(timeout=120) as supplier:
-        ok(supplier.post("/v1/ingest/order", json={"rows": [order]}))
+        ok(supplier.post("/v1/ingest/order", json={"rows": [BIG_ORDER]}))
         data = _big_inspection_file(tmp_path / "bulk.jsonl").read_bytes()
         stored = ok(
             supplier.post(
