@@ -1390,63 +1390,59 @@ class ContractStore:
         points = [
             {"index": p.index, "value": p.value, "at": format_datetime(p.at)} for p in alert.points
         ]
-        key = (alert_table.c.sender_id == sender_id, alert_table.c.alert_id == notice.alert_id)
+        return self._keep_once(
+            alert_table,
+            sender_id,
+            alert_table.c.alert_id == notice.alert_id,
+            {
+                "alert_id": notice.alert_id,
+                "agreement_id": notice.agreement_id,
+                "order_id": notice.order_id,
+                "station": notice.station,
+                "characteristic": notice.characteristic,
+                "rule": alert.rule,
+                "description": alert.description,
+                "points_json": json.dumps(points),
+                "alert_at": alert.at,
+                "received_at": at,
+            },
+        )
+
+    def _keep_once(self, table: Table, sender_id: str, same: Any, values: dict[str, Any]) -> bool:
+        """Insert one entry a peer sent, unless kept before (`same` names it among the
+        sender's); each sender may keep at most `MAX_RECEIVED_PER_SENDER` in `table`."""
+        mine = table.c.sender_id == sender_id
         with self.engine.begin() as connection:
-            if connection.execute(select(func.count()).where(*key)).scalar_one():
+            if connection.execute(select(func.count()).where(mine, same)).scalar_one():
                 return False
-            self._check_quota(connection, alert_table, sender_id)
-            connection.execute(
-                self._upsert(alert_table)
-                .values(
-                    sender_id=sender_id,
-                    alert_id=notice.alert_id,
-                    agreement_id=notice.agreement_id,
-                    order_id=notice.order_id,
-                    station=notice.station,
-                    characteristic=notice.characteristic,
-                    rule=alert.rule,
-                    description=alert.description,
-                    points_json=json.dumps(points),
-                    alert_at=alert.at,
-                    received_at=at,
+            held = connection.execute(select(func.count()).where(mine)).scalar_one()
+            if held >= MAX_RECEIVED_PER_SENDER:
+                raise NotificationQuotaError(
+                    f"{sender_id} already has {held} {table.name} entries kept here "
+                    f"(limit {MAX_RECEIVED_PER_SENDER})"
                 )
-                .on_conflict_do_nothing()
+            connection.execute(
+                self._upsert(table).values(sender_id=sender_id, **values).on_conflict_do_nothing()
             )
         return True
-
-    def _check_quota(self, connection: Connection, table: Table, sender_id: str) -> None:
-        held = connection.execute(
-            select(func.count()).where(table.c.sender_id == sender_id)
-        ).scalar_one()
-        if held >= MAX_RECEIVED_PER_SENDER:
-            raise NotificationQuotaError(
-                f"{sender_id} already has {held} {table.name} entries kept here "
-                f"(limit {MAX_RECEIVED_PER_SENDER})"
-            )
 
     def record_investigation(self, sender_id: str, case: Investigation, at: datetime) -> bool:
         """Keep an investigation a peer opened with us; False when kept before (a retry)."""
         table = investigation_table
-        key = (table.c.sender_id == sender_id, table.c.investigation_id == case.investigation_id)
-        with self.engine.begin() as connection:
-            if connection.execute(select(func.count()).where(*key)).scalar_one():
-                return False
-            self._check_quota(connection, table, sender_id)
-            connection.execute(
-                self._upsert(table)
-                .values(
-                    sender_id=sender_id,
-                    investigation_id=case.investigation_id,
-                    subject=case.subject,
-                    description=case.description,
-                    batch_id=case.batch_id,
-                    order_id=case.order_id,
-                    status=case.status,
-                    received_at=at,
-                )
-                .on_conflict_do_nothing()
-            )
-        return True
+        return self._keep_once(
+            table,
+            sender_id,
+            table.c.investigation_id == case.investigation_id,
+            {
+                "investigation_id": case.investigation_id,
+                "subject": case.subject,
+                "description": case.description,
+                "batch_id": case.batch_id,
+                "order_id": case.order_id,
+                "status": case.status,
+                "received_at": at,
+            },
+        )
 
     def received_investigations(self, sender_id: str | None = None) -> list[Investigation]:
         """The investigations peers opened with us (of one sender), in the order they came."""

@@ -16,6 +16,7 @@ from alembic.runtime.migration import MigrationContext
 from nacl.signing import SigningKey
 from sqlalchemy import Engine, create_engine, inspect, select, text
 
+from connector import contract_store
 from connector.agreement import (
     DeletionReceipt,
     SignedAgreement,
@@ -23,7 +24,12 @@ from connector.agreement import (
     sign_agreement,
     sign_receipt,
 )
-from connector.contract_errors import ForeignRecordError, KeyShreddedError, UnknownContractError
+from connector.contract_errors import (
+    ForeignRecordError,
+    KeyShreddedError,
+    NotificationQuotaError,
+    UnknownContractError,
+)
 from connector.contract_store import (
     CONTRACT_METADATA,
     ConcurrentUpdateError,
@@ -50,7 +56,7 @@ from connector.negotiation import (
     draft_agreement,
     open_negotiation,
 )
-from connector.spc import QualityAlert, SpcAlert, SpcPoint
+from connector.spc import Investigation, QualityAlert, SpcAlert, SpcPoint
 from connector.storage import head_revision, migrate
 from connector.transfer import (
     Checkpoint,
@@ -409,6 +415,28 @@ def test_received_quality_alerts_are_kept_once_and_read_back_whole(store: Contra
     assert len(store.received_alerts()) == 3
     reopened = ContractStore(store.engine, KEK)  # durable: another process sees them
     assert reopened.received_alerts("polycell") == [first]
+
+
+def test_each_sender_keeps_a_bounded_number_of_alerts_and_investigations(
+    store: ContractStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(contract_store, "MAX_RECEIVED_PER_SENDER", 2)
+    points = (SpcPoint(0, 0.9, at(0)),)
+    alerts = [
+        QualityAlert(f"q-{i}", SpcAlert("RULE_1", "beyond 3 sigma", points, at(1)))
+        for i in range(3)
+    ]
+    cases = [Investigation(f"inv-{i}", "microcracks", "check batch") for i in range(3)]
+    for record, items in ((store.record_alert, alerts), (store.record_investigation, cases)):
+        assert record("mallory", items[0], at(2)) and record("mallory", items[1], at(3))
+        assert not record("mallory", items[1], at(4))  # a retry is no new entry
+        with pytest.raises(NotificationQuotaError, match=r"mallory already has 2 .* kept here"):
+            record("mallory", items[2], at(5))
+        assert record("sunarc", items[2], at(6))  # the bound is per sender
+    assert [c.investigation_id for c in store.received_investigations("mallory")] == [
+        "inv-0",
+        "inv-1",
+    ]
 
 
 def test_received_records_are_held_once_in_their_latest_version(store: ContractStore) -> None:
