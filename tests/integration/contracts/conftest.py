@@ -95,6 +95,57 @@ def oem_and_supplier(tmp_path_factory: pytest.TempPathFactory, name: str) -> Ite
         net.stop()
 
 
+def start_big_transfer(network: LocalNetwork, rows: Path, batch_rows: int) -> tuple[str, str]:
+    """Ingest the big order's inspections (`rows`, JSON lines) at Cellex, agree on them and
+    start SunArc's pull; returns (agreement id, transfer id) once it is under way, not done."""
+    with network["cellex"].client(timeout=120) as supplier:
+        ok(supplier.post("/v1/ingest/order", json={"rows": [BIG_ORDER]}))
+        headers = {"content-type": "application/x-ndjson"}
+        data = rows.read_bytes()
+        stored = ok(supplier.post("/v1/ingest/inspection", content=data, headers=headers))
+        assert stored["accepted"] == data.count(b"\n")
+    with network["sunarc"].client() as oem:
+        agreement = negotiate(oem, "cellex", "inspections", orders=[CELLEX_ORDER])
+        body = {
+            "agreement_id": agreement["agreement_id"],
+            "purpose": QA,
+            "order_id": CELLEX_ORDER,
+            "wait": False,
+            "batch_rows": batch_rows,
+        }
+        tid = ok(oem.post("/v1/contracts/transfers", json=body))["transfer_id"]
+        midway = wait_for(
+            "the transfer to be underway",
+            lambda: (t := ok(oem.get(f"/v1/contracts/transfers/{tid}")))["offset"] >= 2000 and t,
+        )
+    assert midway["state"] == "STARTED", "the transfer finished before it could be interrupted"
+    return agreement["agreement_id"], tid
+
+
+def assert_faithful_copy(network: LocalNetwork, agreement_id: str, done: dict[str, Any]) -> None:
+    """SunArc holds every row of the big order that Cellex holds, each once, and both sides
+    finished the transfer with the same chained digest."""
+    with network["sunarc"].client(timeout=120) as oem:
+        params: dict[str, Any] = {"agreement_id": agreement_id, "limit": 100_000}
+        received = ok(oem.get("/v1/contracts/received", params=params))
+    held = provider_rows(
+        network,
+        "cellex",
+        "SELECT inspection_id FROM qdm_inspection WHERE order_id = :o",
+        o=CELLEX_ORDER,
+    )
+    assert done["state"] == "COMPLETED", done
+    ids = [r["inspection_id"] for r in received["rows"]]
+    assert len(ids) == len(set(ids)) == received["total"]  # nothing duplicated
+    assert set(ids) == {r["inspection_id"] for r in held}  # nothing lost
+    assert done["offset"] == len(held)
+    with network["cellex"].client() as supplier:
+        theirs = ok(supplier.get("/v1/contracts/transfers"))
+    provider_side = next(t for t in theirs if t["transfer_id"] == done["transfer_id"])
+    assert provider_side["state"] == "COMPLETED"
+    assert provider_side["digest"] == done["digest"]  # the same rows, in the same order
+
+
 def provider_rows(
     network: LocalNetwork, name: str, sql: str, **params: Any
 ) -> list[dict[str, Any]]:

@@ -11,16 +11,7 @@ import pytest
 
 from node.launcher import LocalNetwork
 
-from .conftest import (
-    BIG_ORDER,
-    CELLEX_ORDER,
-    QA,
-    negotiate,
-    oem_and_supplier,
-    ok,
-    provider_rows,
-    wait_for,
-)
+from .conftest import assert_faithful_copy, oem_and_supplier, ok, start_big_transfer, wait_for
 from .test_contracts_resume import ROWS, _big_inspection_file
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -35,37 +26,7 @@ def pair(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalNetwork]:
 def test_provider_sigkilled_mid_transfer_then_restarted_loses_and_duplicates_nothing(
     pair: LocalNetwork, tmp_path: Path
 ) -> None:
-    with pair["cellex"].client(timeout=120) as supplier:
-        ok(supplier.post("/v1/ingest/order", json={"rows": [BIG_ORDER]}))
-        data = _big_inspection_file(tmp_path / "bulk.jsonl").read_bytes()
-        stored = ok(
-            supplier.post(
-                "/v1/ingest/inspection",
-                content=data,
-                headers={"content-type": "application/x-ndjson"},
-            )
-        )
-        assert stored["accepted"] == ROWS
-    with pair["sunarc"].client() as oem:
-        agreement = negotiate(oem, "cellex", "inspections", orders=[CELLEX_ORDER])
-        started = ok(
-            oem.post(
-                "/v1/contracts/transfers",
-                json={
-                    "agreement_id": agreement["agreement_id"],
-                    "purpose": QA,
-                    "order_id": CELLEX_ORDER,
-                    "wait": False,
-                    "batch_rows": 50,
-                },
-            )
-        )
-        tid = started["transfer_id"]
-        midway = wait_for(
-            "the transfer to be underway",
-            lambda: (t := ok(oem.get(f"/v1/contracts/transfers/{tid}")))["offset"] >= 2000 and t,
-        )
-    assert midway["state"] == "STARTED", "the transfer finished before it could be interrupted"
+    agreement, tid = start_big_transfer(pair, _big_inspection_file(tmp_path / "bulk.jsonl"), 50)
 
     pair.kill("cellex")  # SIGKILL the provider: no shutdown, no goodbye
     with pair["sunarc"].client() as oem:
@@ -80,25 +41,5 @@ def test_provider_sigkilled_mid_transfer_then_restarted_loses_and_duplicates_not
         done = ok(oem.post(f"/v1/contracts/transfers/{tid}/resume"))  # `qdspace transfer --resume`
         if done["state"] != "COMPLETED":
             done = ok(oem.get(f"/v1/contracts/transfers/{tid}", params={"wait_s": 90}))
-        received = ok(
-            oem.get(
-                "/v1/contracts/received",
-                params={"agreement_id": agreement["agreement_id"], "limit": 100_000},
-            )
-        )
-    held = provider_rows(
-        pair,
-        "cellex",
-        "SELECT inspection_id FROM qdm_inspection WHERE order_id = :o",
-        o=CELLEX_ORDER,
-    )
-    assert done["state"] == "COMPLETED", done
-    ids = [r["inspection_id"] for r in received["rows"]]
-    assert len(ids) == len(set(ids)) == received["total"]  # nothing duplicated
-    assert set(ids) == {r["inspection_id"] for r in held}  # nothing lost
-    assert done["offset"] == len(held) == ROWS
-    with pair["cellex"].client() as supplier:
-        theirs = ok(supplier.get("/v1/contracts/transfers"))
-    provider_side = next(t for t in theirs if t["transfer_id"] == tid)
-    assert provider_side["state"] == "COMPLETED"
-    assert provider_side["digest"] == done["digest"]  # the same rows, in the same order
+    assert_faithful_copy(pair, agreement, done)
+    assert done["offset"] == ROWS

@@ -12,15 +12,11 @@ import pytest
 from node.launcher import LocalNetwork
 
 from .conftest import (
-    BIG_ORDER,
-    CELLEX_ORDER,
-    QA,
+    assert_faithful_copy,
     bulk_inspection,
-    negotiate,
     oem_and_supplier,
     ok,
-    provider_rows,
-    wait_for,
+    start_big_transfer,
 )
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -44,37 +40,7 @@ def _big_inspection_file(path: Path) -> Path:
 def test_sigkill_mid_transfer_then_resume_loses_and_duplicates_nothing(
     pair: LocalNetwork, tmp_path: Path
 ) -> None:
-    with pair["cellex"].client(timeout=120) as supplier:
-        ok(supplier.post("/v1/ingest/order", json={"rows": [BIG_ORDER]}))
-        data = _big_inspection_file(tmp_path / "bulk.jsonl").read_bytes()
-        stored = ok(
-            supplier.post(
-                "/v1/ingest/inspection",
-                content=data,
-                headers={"content-type": "application/x-ndjson"},
-            )
-        )
-        assert stored["accepted"] == ROWS
-    with pair["sunarc"].client() as oem:
-        agreement = negotiate(oem, "cellex", "inspections", orders=[CELLEX_ORDER])
-        started = ok(
-            oem.post(
-                "/v1/contracts/transfers",
-                json={
-                    "agreement_id": agreement["agreement_id"],
-                    "purpose": QA,
-                    "order_id": CELLEX_ORDER,
-                    "wait": False,
-                    "batch_rows": 100,
-                },
-            )
-        )
-        tid = started["transfer_id"]
-        midway = wait_for(
-            "the transfer to be underway",
-            lambda: (t := ok(oem.get(f"/v1/contracts/transfers/{tid}")))["offset"] >= 2000 and t,
-        )
-    assert midway["state"] == "STARTED", "the transfer finished before it could be interrupted"
+    agreement, tid = start_big_transfer(pair, _big_inspection_file(tmp_path / "bulk.jsonl"), 100)
 
     pair.kill("sunarc")  # SIGKILL: no shutdown, no goodbye
     pair.start(["sunarc"])  # the node resumes unfinished transfers when it starts
@@ -83,30 +49,6 @@ def test_sigkill_mid_transfer_then_resume_loses_and_duplicates_nothing(
         # the node resumes on its own: no manual resume may rescue this test
         done = ok(oem.get(f"/v1/contracts/transfers/{tid}", params={"wait_s": 90}))
         assert done["state"] == "COMPLETED" and not done["error"], done
-        received = ok(
-            oem.get(
-                "/v1/contracts/received",
-                params={
-                    "agreement_id": agreement["agreement_id"],
-                    "limit": 100_000,
-                },
-            )
-        )
-    held = provider_rows(
-        pair,
-        "cellex",
-        "SELECT inspection_id FROM qdm_inspection WHERE order_id = :o",
-        o=CELLEX_ORDER,
-    )
-    assert done["state"] == "COMPLETED", done
-    ids = [r["inspection_id"] for r in received["rows"]]
-    assert len(ids) == len(set(ids)) == received["total"]  # nothing duplicated
-    assert set(ids) == {r["inspection_id"] for r in held}  # nothing lost
-    assert done["offset"] == len(held)
-    with pair["cellex"].client() as supplier:
-        theirs = ok(supplier.get("/v1/contracts/transfers"))
-    provider_side = next(t for t in theirs if t["transfer_id"] == tid)
-    assert provider_side["state"] == "COMPLETED"
-    assert provider_side["digest"] == done["digest"]  # the same rows, in the same order
+    assert_faithful_copy(pair, agreement, done)
     log = pair["sunarc"].log_path.read_text(errors="replace")
     assert f"resuming transfer {tid}" in log
