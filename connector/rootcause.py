@@ -202,14 +202,19 @@ def _typical_gap(readings: Sequence[Reading]) -> timedelta:
     return timedelta(seconds=3 * median(gaps)) if gaps else timedelta(hours=1)
 
 
-def _excursions(batches: Mapping[str, list[Reading]], sigma: float) -> list[tuple[Reading, float]]:
-    """Readings beyond the short-term limits around their own batch's median: a change
-    *within* a batch, which a batch that merely runs a little high never shows."""
+def _batch_medians(batches: Mapping[str, list[Reading]]) -> dict[str, float]:
+    return {batch: median(r.value for r in readings) for batch, readings in batches.items()}
+
+
+def _excursions(
+    batches: Mapping[str, list[Reading]], centers: Mapping[str, float], sigma: float
+) -> list[tuple[Reading, float]]:
+    """Readings beyond the short-term limits around their own batch's median (`centers`):
+    a change *within* a batch, which a batch that merely runs a little high never shows."""
     flagged = []
-    for readings in batches.values():
-        center = median(r.value for r in readings)
+    for batch, readings in batches.items():
         for r in readings:
-            z = (r.value - center) / sigma
+            z = (r.value - centers[batch]) / sigma
             if abs(z) > SIGMA_LIMIT:
                 flagged.append((r, z))
     return flagged
@@ -252,8 +257,9 @@ def numeric_finding(
     center = median(r.value for r in comparable)
     if sigma <= 0.0:  # a constant parameter: any different reading is out of control
         sigma = max(abs(center), 1.0) * 1e-9
-    flagged = _excursions(ours, sigma)
-    out_comparable = len(_excursions(theirs, sigma))
+    centers1, centers2 = _batch_medians(ours), _batch_medians(theirs)
+    flagged = _excursions(ours, centers1, sigma)
+    out_comparable = len(_excursions(theirs, centers2, sigma))
     excess = len(flagged) / n1 - out_comparable / n2
     p_excursion = float(
         fisher_exact(
@@ -261,8 +267,7 @@ def numeric_finding(
             alternative="greater",
         ).pvalue
     )
-    medians1 = [median(r.value for r in rs) for rs in ours.values()]
-    medians2 = [median(r.value for r in rs) for rs in theirs.values()]
+    medians1, medians2 = list(centers1.values()), list(centers2.values())
     _, low, high = _robust_limits(medians2, sigma / math.sqrt(max(n2 / len(theirs), 1.0)))
     off1 = sum(1 for m in medians1 if not low <= m <= high)
     off2 = sum(1 for m in medians2 if not low <= m <= high)
