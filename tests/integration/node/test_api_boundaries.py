@@ -8,6 +8,7 @@ decodes exactly what the upload declares and reports every line it cannot take.
 
 from __future__ import annotations
 
+import re
 import socket
 import time
 import uuid
@@ -39,12 +40,25 @@ def problem(response: httpx.Response, status: int) -> dict[str, Any]:
 
 def raw_exchange(member: MemberProcess, head: bytes, timeout: float = 5.0) -> bytes:
     """Send only a request head over a plain socket; what the node answers before any body."""
+    answer = b""
     with socket.create_connection(("127.0.0.1", member.api_port), timeout=timeout) as sock:
         sock.sendall(head)
         try:
-            return sock.recv(65536)
+            # The head and the body of the answer may arrive in separate segments: read
+            # until the head is complete and as many body bytes as it declares are here.
+            while True:
+                chunk = sock.recv(65536)
+                if not chunk:
+                    return answer
+                answer += chunk
+                head_end = answer.find(b"\r\n\r\n")
+                if head_end < 0:
+                    continue
+                declared = re.search(rb"(?im)^content-length:\s*(\d+)", answer[:head_end])
+                if declared is None or len(answer) >= head_end + 4 + int(declared.group(1)):
+                    return answer
         except TimeoutError:
-            return b""
+            return answer
 
 
 # -- errors are problems, 4xx for the caller's mistakes ---------------------------------
