@@ -36,10 +36,10 @@ lint: $(VENV)/.test-installed
 	$(VENV)/bin/ruff format --check .
 
 typecheck: $(VENV)/.test-installed
-	$(VENV)/bin/mypy protocols connector policies ledger federation inference node
+	$(VENV)/bin/mypy -p qdspace
 
 protos: $(VENV)/.test-installed
-	$(PY) -m protocols.generate
+	$(PY) -m qdspace.protocols.generate
 
 clean:
 	rm -rf $(VENV) qdspace-demo .pytest_cache .mypy_cache .ruff_cache

@@ -33,14 +33,14 @@ from typing import Any
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from connector.storage import create_store_engine
-from ledger.anchorer import Anchorer, AnchorPolicy
-from ledger.client import ANCHOR_GAS, LedgerClient
-from ledger.deploy import fund_from_dev_account
-from ledger.keys import new_key_file
-from ledger.leaves import Leaf, kind_code, packed_leaf_hashes, record_digests
-from ledger.merkle import MerkleTree, root_of_packed, verify_inclusion
-from ledger.proofs import (
+from qdspace.connector.storage import create_store_engine
+from qdspace.ledger.anchorer import Anchorer, AnchorPolicy
+from qdspace.ledger.client import ANCHOR_GAS, LedgerClient
+from qdspace.ledger.deploy import fund_from_dev_account
+from qdspace.ledger.keys import new_key_file
+from qdspace.ledger.leaves import Leaf, kind_code, packed_leaf_hashes, record_digests
+from qdspace.ledger.merkle import MerkleTree, root_of_packed, verify_inclusion
+from qdspace.ledger.proofs import (
     ConfirmationCache,
     InclusionProof,
     build_proof,
@@ -48,8 +48,8 @@ from ledger.proofs import (
     offline_checks,
     verify_proof,
 )
-from ledger.queue import LeafQueue, ensure_schema
-from node.chain_process import ChainProcess
+from qdspace.ledger.queue import LeafQueue, ensure_schema
+from qdspace.node.chain_process import ChainProcess
 
 ENQUEUE_CHUNK = 20_000
 

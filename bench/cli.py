@@ -8,8 +8,8 @@ as a user runs it, timed from spawn to exit:
 - ``baseline.python``: ``python -c pass`` (the floor of any Python command);
 - ``baseline.httpx_get``: ``python -c "import httpx; httpx.get(URL)"`` against the same
   node (the floor of a Python command that calls a node);
-- ``cli.help``: ``python -m node --help``;
-- ``cli.contracts``: ``python -m node contracts --dir D`` against a running node (its
+- ``cli.help``: ``python -m qdspace --help``;
+- ``cli.contracts``: ``python -m qdspace contracts --dir D`` against a running node (its
   four REST calls and the tables it prints);
 - ``rest.contracts``: the same four REST calls from this already-warm process.
 
@@ -39,7 +39,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from node.launcher import LocalNetwork, MemberSpec  # noqa: E402
+from qdspace.node.launcher import LocalNetwork, MemberSpec  # noqa: E402
 
 CONTRACT_CALLS = (
     "/v1/contracts/agreements",
@@ -85,12 +85,12 @@ def measure(runs: int, before: Path | None) -> dict[str, Any]:
             trees = {"cli": ROOT} | ({"before": before} if before is not None else {})
             for label, tree in trees.items():
                 out[f"{label}.help"] = _samples(
-                    runs, lambda tree=tree: _spawn_ms([py, "-m", "node", "--help"], tree)
+                    runs, lambda tree=tree: _spawn_ms([py, "-m", "qdspace", "--help"], tree)
                 )
                 out[f"{label}.contracts"] = _samples(
                     runs,
                     lambda tree=tree: _spawn_ms(
-                        [py, "-m", "node", "contracts", "--dir", directory], tree
+                        [py, "-m", "qdspace", "contracts", "--dir", directory], tree
                     ),
                 )
             with member.client() as client:

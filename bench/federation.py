@@ -47,16 +47,16 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import numpy as np
 from nacl.signing import SigningKey
 
-from federation.job import JobSpec
-from federation.member import plain_update, prepare_change, secagg_client
-from federation.params import Params, unflatten
-from federation.rounds import Coordinator
-from federation.strategies import StrategyName, StrategySpec
-from federation.versions import ModelVersion
-from node.identity.member import load_member_keys
-from node.launcher import LocalNetwork, MemberSpec
-from node.rpc.client import open_channel
-from node.rpc.federation_client import FederationClient, MemberRunner, coordinator_key
+from qdspace.federation.job import JobSpec
+from qdspace.federation.member import plain_update, prepare_change, secagg_client
+from qdspace.federation.params import Params, unflatten
+from qdspace.federation.rounds import Coordinator
+from qdspace.federation.strategies import StrategyName, StrategySpec
+from qdspace.federation.versions import ModelVersion
+from qdspace.node.identity.member import load_member_keys
+from qdspace.node.launcher import LocalNetwork, MemberSpec
+from qdspace.node.rpc.client import open_channel
+from qdspace.node.rpc.federation_client import FederationClient, MemberRunner, coordinator_key
 
 MEMBERS = ("cellex", "polycell", "sunarc")
 COORDINATOR = "sunarc"

@@ -40,15 +40,15 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import numpy as np
 
-from federation import mlp
-from federation.el_features import SPLIT_MEMBERS, el_features, member_split
-from federation.job import JobSpec
-from federation.logreg import Dataset
-from federation.member import prepare_change, secagg_client
-from federation.params import Params, flatten, unflatten
-from federation.rounds import Coordinator
-from federation.strategies import StrategyName, StrategySpec
-from inference.metrics import binary_metrics
+from qdspace.federation import mlp
+from qdspace.federation.el_features import SPLIT_MEMBERS, el_features, member_split
+from qdspace.federation.job import JobSpec
+from qdspace.federation.logreg import Dataset
+from qdspace.federation.member import prepare_change, secagg_client
+from qdspace.federation.params import Params, flatten, unflatten
+from qdspace.federation.rounds import Coordinator
+from qdspace.federation.strategies import StrategyName, StrategySpec
+from qdspace.inference.metrics import binary_metrics
 
 IMAGE_SIZE = 96
 HIDDEN = 32
@@ -168,7 +168,7 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=5, help="held-out splits to average over")
     parser.add_argument("--out", help="write the figures as JSON here")
     ns = parser.parse_args()
-    from inference.dataset import binary_labels, load_elpv
+    from qdspace.inference.dataset import binary_labels, load_elpv
 
     print(f"platform: {platform.platform()} cores: {os.cpu_count()} load: {os.getloadavg()[0]:.1f}")
     t0 = time.perf_counter()

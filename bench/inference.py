@@ -41,16 +41,16 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import numpy as np
 
-from connector.storage import open_store
-from inference.dataset import ElImages, load_elpv
-from inference.line import InspectionLine, LineConfig, LocalJudge, StationSpec
-from inference.metrics import binary_metrics
-from inference.model import OnnxClassifier
-from inference.sources import dataset_frames, split_round_robin
-from inference.splits import split_el_images
-from inference.stats import LatencySummary, LineSnapshot
-from inference.verdicts import FrameRequest, judge_requests
-from inference.writer import ingest_sink
+from qdspace.connector.storage import open_store
+from qdspace.inference.dataset import ElImages, load_elpv
+from qdspace.inference.line import InspectionLine, LineConfig, LocalJudge, StationSpec
+from qdspace.inference.metrics import binary_metrics
+from qdspace.inference.model import OnnxClassifier
+from qdspace.inference.sources import dataset_frames, split_round_robin
+from qdspace.inference.splits import split_el_images
+from qdspace.inference.stats import LatencySummary, LineSnapshot
+from qdspace.inference.verdicts import FrameRequest, judge_requests
+from qdspace.inference.writer import ingest_sink
 
 FIGURES: dict[str, Any] = {}
 
@@ -63,7 +63,7 @@ def emit(name: str, value: float, unit: str) -> None:
 
 def train(size: int, epochs: int, threads: int) -> tuple[bytes, ElImages, float]:
     """Train on the train split of all cells; returns ONNX bytes, test cells, seconds."""
-    from inference import training
+    from qdspace.inference import training
 
     small = load_elpv(size=size)
     manifest = split_el_images(small)
@@ -233,7 +233,7 @@ def serve_phases(
     """The served line at the target rate, then a burst, on one local Ray."""
     import ray
 
-    from inference.serve import InspectionTier, ServeSettings
+    from qdspace.inference.serve import InspectionTier, ServeSettings
 
     logging.getLogger("ray.serve").setLevel(logging.WARNING)
     ray.init(
@@ -289,7 +289,7 @@ def previous_design(
     """The same line as first built: per-frame requests by reference, a 0.5 ms batch wait,
     a writer that waits 5 ms for company, no GC freeze (the replica's access log was on
     too; it stays off here). Run after the current design, on the same Ray."""
-    from inference.serve import InspectionTier, ServeSettings
+    from qdspace.inference.serve import InspectionTier, ServeSettings
 
     settings = ServeSettings(
         device=args.device,

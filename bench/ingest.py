@@ -30,9 +30,9 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from sqlalchemy import create_engine, text
 
-from connector.dictionary import default_dictionary
-from connector.storage import normalise_url, open_store
-from connector.validate import parse_row
+from qdspace.connector.dictionary import default_dictionary
+from qdspace.connector.storage import normalise_url, open_store
+from qdspace.connector.validate import parse_row
 
 COLUMNS = (
     "inspection_id", "station", "inspected_at", "verdict", "defect_class", "score", "model_version",

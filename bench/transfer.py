@@ -46,12 +46,12 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import grpc
 
-from connector.transfer import Checkpoint, RowBatch
-from node.identity.member import load_member_keys
-from node.launcher import LocalNetwork, MemberSpec
-from node.peers import PeerDirectory
-from node.rpc.contract_serde import row_batch_from_proto
-from protocols.v1 import transfer_pb2, transfer_pb2_grpc
+from qdspace.connector.transfer import Checkpoint, RowBatch
+from qdspace.node.identity.member import load_member_keys
+from qdspace.node.launcher import LocalNetwork, MemberSpec
+from qdspace.node.peers import PeerDirectory
+from qdspace.node.rpc.contract_serde import row_batch_from_proto
+from qdspace.protocols.v1 import transfer_pb2, transfer_pb2_grpc
 
 ORDER = "PO-2026-0042"
 BATCH_ROWS = 2000
@@ -130,8 +130,8 @@ def _decode(batch: RowBatch) -> int:
 
 async def _policy_stream(net: LocalNetwork, agreement_id: str) -> tuple[int, float, list[bytes]]:
     """Pull straight from the supplier as the OEM; returns rows, seconds, raw batches."""
-    from connector.transfer import TransferRequest
-    from node.rpc.contract_serde import transfer_message_to_proto
+    from qdspace.connector.transfer import TransferRequest
+    from qdspace.node.rpc.contract_serde import transfer_message_to_proto
 
     keys = load_member_keys(net["sunarc"].directory)
     peers = PeerDirectory(keys, {"cellex": net["cellex"].grpc_address})

@@ -30,16 +30,16 @@ from typing import Any
 from nacl.exceptions import BadSignatureError
 from nacl.signing import SigningKey, VerifyKey
 
-from connector.contract_errors import (
+from qdspace.connector.contract_errors import (
     AgreementError,
     AgreementSignatureError,
     ReceiptSignatureError,
     SignatureError,
 )
-from policies.canonical import canonical_json, format_datetime, parse_datetime
-from policies.codec import policy_from_dict, policy_to_dict
-from policies.errors import PolicyError
-from policies.model import Policy, PolicyType
+from qdspace.policies.canonical import canonical_json, format_datetime, parse_datetime
+from qdspace.policies.codec import policy_from_dict, policy_to_dict
+from qdspace.policies.errors import PolicyError
+from qdspace.policies.model import Policy, PolicyType
 
 AGREEMENT_SCHEMA = "qdspace.v1/agreement"
 RECEIPT_SCHEMA = "qdspace.v1/deletion-receipt"

@@ -8,7 +8,7 @@ class names the gRPC status it should become in `grpc_status` (a plain string:
 
 from __future__ import annotations
 
-from connector.errors import ConnectorError
+from qdspace.connector.errors import ConnectorError
 
 
 class ContractError(ConnectorError):

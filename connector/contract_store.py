@@ -72,7 +72,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlmodel.sql.sqltypes import UTCDateTime
 
-from connector.agreement import (
+from qdspace.connector.agreement import (
     DeletionReceipt,
     SignedAgreement,
     SignedReceipt,
@@ -80,26 +80,26 @@ from connector.agreement import (
     deletion_digest_of_bytes,
     receipt_from_bytes,
 )
-from connector.contract_errors import (
+from qdspace.connector.contract_errors import (
     ContractStoreError,
     ForeignRecordError,
     KeyShreddedError,
     NotificationQuotaError,
     UnknownContractError,
 )
-from connector.negotiation import Negotiation, NegotiationState, Role
-from connector.spc import Investigation, QualityAlert, SpcAlert, SpcPoint
-from connector.transfer import (
+from qdspace.connector.negotiation import Negotiation, NegotiationState, Role
+from qdspace.connector.spc import Investigation, QualityAlert, SpcAlert, SpcPoint
+from qdspace.connector.transfer import (
     Checkpoint,
     RecordMeta,
     TransferProcess,
     TransferState,
     record_meta,
 )
-from policies.canonical import format_datetime, parse_datetime
-from policies.codec import parse_policy, policy_to_json
-from policies.evaluate import order_in_scope
-from policies.retention import (
+from qdspace.policies.canonical import format_datetime, parse_datetime
+from qdspace.policies.codec import parse_policy, policy_to_json
+from qdspace.policies.evaluate import order_in_scope
+from qdspace.policies.retention import (
     DeletionDuty,
     DutyStatus,
     check_receipt_claims,
@@ -289,7 +289,7 @@ _TRANSFER = "transfer"
 def ensure_schema(engine: Engine) -> None:
     """Bring the database to the newest schema, contract tables included (Alembic
     revision ``0002_contracts``; idempotent). A node's QDM database already is."""
-    from connector.storage import migrate  # the node's one migration path
+    from qdspace.connector.storage import migrate  # the node's one migration path
 
     migrate(engine)
 

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from functools import cache
 from typing import Any
 
-from connector.errors import DictionaryError
+from qdspace.connector.errors import DictionaryError
 
 
 @dataclass(frozen=True)

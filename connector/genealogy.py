@@ -12,8 +12,8 @@ from dataclasses import dataclass
 from sqlalchemy import Engine
 from sqlmodel import Session, col, select
 
-from connector.errors import ConnectorError
-from connector.qdm import Batch, GenealogyEdge
+from qdspace.connector.errors import ConnectorError
+from qdspace.connector.qdm import Batch, GenealogyEdge
 
 
 class GenealogyError(ConnectorError):

@@ -18,8 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from connector.errors import IngestFileError, UnknownKind
-from connector.validate import FIELDS
+from qdspace.connector.errors import IngestFileError, UnknownKind
+from qdspace.connector.validate import FIELDS
 
 KINDS: tuple[str, ...] = tuple(FIELDS)
 SUFFIXES = (".csv", ".jsonl", ".ndjson")

@@ -41,22 +41,22 @@ from typing import Any
 
 from nacl.signing import VerifyKey
 
-from connector.agreement import (
+from qdspace.connector.agreement import (
     ContractAgreement,
     SignedAgreement,
     add_consumer_signature,
     verify_provider_signature,
 )
-from connector.contract_errors import (
+from qdspace.connector.contract_errors import (
     IllegalTransitionError,
     MessageReplayError,
     OfferMismatchError,
     UnauthorizedSenderError,
     UnknownProcessError,
 )
-from policies.canonical import canonical_json, to_jsonable
-from policies.codec import policy_to_dict
-from policies.model import Policy, PolicyType, to_agreement
+from qdspace.policies.canonical import canonical_json, to_jsonable
+from qdspace.policies.codec import policy_to_dict
+from qdspace.policies.model import Policy, PolicyType, to_agreement
 
 
 class NegotiationState(StrEnum):

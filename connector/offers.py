@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
 
-from connector.views import (
+from qdspace.connector.views import (
     INSPECTION_FIELDS,
     INSPECTION_TABLE,
     MEASUREMENT_FIELDS,
@@ -35,7 +35,7 @@ from connector.views import (
     Asset,
     AssetKind,
 )
-from policies.model import (
+from qdspace.policies.model import (
     DEFAULT_RETENTION_DAYS,
     Action,
     Constraint,

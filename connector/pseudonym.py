@@ -15,7 +15,7 @@ import hmac
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
-from connector.contract_errors import PseudonymError
+from qdspace.connector.contract_errors import PseudonymError
 
 MIN_SECRET_BYTES = 32
 PSEUDONYM_PREFIX = "psn_"

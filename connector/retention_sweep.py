@@ -19,10 +19,10 @@ from datetime import datetime, timedelta
 from nacl.signing import SigningKey
 from sqlalchemy.exc import SQLAlchemyError
 
-from connector.agreement import DeletionReceipt, SignedReceipt, sign_receipt
-from connector.contract_store import ContractStore, Deletion, OrderClosure, OutboxMessage
-from connector.errors import ConnectorError
-from policies.errors import PolicyError
+from qdspace.connector.agreement import DeletionReceipt, SignedReceipt, sign_receipt
+from qdspace.connector.contract_store import ContractStore, Deletion, OrderClosure, OutboxMessage
+from qdspace.connector.errors import ConnectorError
+from qdspace.policies.errors import PolicyError
 
 log = logging.getLogger(__name__)
 

@@ -46,7 +46,7 @@ from datetime import datetime, timedelta
 from itertools import pairwise
 from statistics import median
 
-from connector.errors import ConnectorError
+from qdspace.connector.errors import ConnectorError
 
 #: d2 for moving ranges of two consecutive readings (Shewhart individuals chart).
 D2 = 1.128

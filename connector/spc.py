@@ -38,7 +38,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
 
-from connector.contract_errors import SpcError
+from qdspace.connector.contract_errors import SpcError
 
 D2_MOVING_RANGE = 1.128  # d2 for subgroups of 2: sigma = mean moving range / d2
 

@@ -24,12 +24,12 @@ from sqlalchemy import Engine, Table, create_engine, event, func, select
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, OperationalError, SQLAlchemyError
 
-from connector.dictionary import DataDictionary, default_dictionary
-from connector.errors import StorageError
-from connector.ingest import IngestReport, RowError, check_kind
-from connector.qdm import TABLES, VERSION_COLUMNS
-from connector.validate import FieldError, parse_row
-from connector.versions import Withdrawal, correct_rows, serialize_writes, withdraw
+from qdspace.connector.dictionary import DataDictionary, default_dictionary
+from qdspace.connector.errors import StorageError
+from qdspace.connector.ingest import IngestReport, RowError, check_kind
+from qdspace.connector.qdm import TABLES, VERSION_COLUMNS
+from qdspace.connector.validate import FieldError, parse_row
+from qdspace.connector.versions import Withdrawal, correct_rows, serialize_writes, withdraw
 
 log = logging.getLogger(__name__)
 

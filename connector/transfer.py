@@ -54,7 +54,7 @@ from typing import Any
 
 import orjson
 
-from connector.contract_errors import (
+from qdspace.connector.contract_errors import (
     IllegalTransitionError,
     MessageReplayError,
     RecordEnvelopeError,
@@ -63,8 +63,8 @@ from connector.contract_errors import (
     UnauthorizedSenderError,
     UnknownProcessError,
 )
-from connector.negotiation import Role
-from policies.canonical import CanonicalEncodingError, canonical_json, to_jsonable
+from qdspace.connector.negotiation import Role
+from qdspace.policies.canonical import CanonicalEncodingError, canonical_json, to_jsonable
 
 _GENESIS_CONTEXT = b"qdspace.v1/transfer\x00"
 

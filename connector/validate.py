@@ -22,8 +22,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from connector.dictionary import DataDictionary, EnumDomain, Measured, UnitDomain
-from connector.errors import DictionaryError
+from qdspace.connector.dictionary import DataDictionary, EnumDomain, Measured, UnitDomain
+from qdspace.connector.errors import DictionaryError
 
 Row = dict[str, Any]
 

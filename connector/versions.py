@@ -34,9 +34,9 @@ from typing import Any
 
 from sqlalchemy import Connection, DateTime, Table
 
-from connector.errors import UnknownKind, UnknownRecordError
-from connector.qdm import NATURAL_KEYS, TABLES, VERSION_COLUMNS
-from policies.canonical import parse_datetime
+from qdspace.connector.errors import UnknownKind, UnknownRecordError
+from qdspace.connector.qdm import NATURAL_KEYS, TABLES, VERSION_COLUMNS
+from qdspace.policies.canonical import parse_datetime
 
 
 @dataclass(frozen=True)

@@ -32,9 +32,9 @@ from typing import Any
 import orjson
 from sqlalchemy import DateTime, Engine, Float, Table, or_, select, union
 
-from connector.contract_errors import ViewError
-from connector.pseudonym import Pseudonymizer
-from connector.qdm import (
+from qdspace.connector.contract_errors import ViewError
+from qdspace.connector.pseudonym import Pseudonymizer
+from qdspace.connector.qdm import (
     NATURAL_KEYS,
     TABLES,
     VERSION_COLUMNS,
@@ -45,7 +45,7 @@ from connector.qdm import (
     ProcessMeasurement,
     Product,
 )
-from connector.transfer import (
+from qdspace.connector.transfer import (
     KEY_FIELD,
     VERSION_FIELD,
     WITHDRAWN_FIELD,
@@ -55,9 +55,9 @@ from connector.transfer import (
     advance_payload,
     row_bytes,
 )
-from policies.canonical import format_datetime
-from policies.evaluate import Decision, Request, RowGate
-from policies.model import FIELD_ALLOW_OPERATORS, LeftOperand, Policy, PolicyType
+from qdspace.policies.canonical import format_datetime
+from qdspace.policies.evaluate import Decision, Request, RowGate
+from qdspace.policies.model import FIELD_ALLOW_OPERATORS, LeftOperand, Policy, PolicyType
 
 DEFAULT_PSEUDONYMIZED = frozenset({"operator_id"})
 

@@ -19,11 +19,11 @@ from collections.abc import Iterable
 from datetime import datetime
 from typing import Any, Protocol
 
-from connector.offers import MODEL_UPDATE_FIELD, federated_job_asset
-from connector.views import Asset
-from federation.job import JobSpec
-from policies.evaluate import Request, evaluate
-from policies.model import Action, OfferTerms, Prohibition
+from qdspace.connector.offers import MODEL_UPDATE_FIELD, federated_job_asset
+from qdspace.connector.views import Asset
+from qdspace.federation.job import JobSpec
+from qdspace.policies.evaluate import Request, evaluate
+from qdspace.policies.model import Action, OfferTerms, Prohibition
 
 TRAINING_PURPOSE = "training"
 __all__ = [

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from federation.errors import RefusalReason, UpdateRefused
+from qdspace.federation.errors import RefusalReason, UpdateRefused
 
 DEFAULT_CHUNK_BYTES = 4 * 1024 * 1024
 

@@ -22,9 +22,9 @@ from typing import Any
 
 import numpy as np
 
-from federation.errors import PrivacyError
-from federation.params import Vector
-from federation.strategies import clip_to_norm
+from qdspace.federation.errors import PrivacyError
+from qdspace.federation.params import Vector
+from qdspace.federation.strategies import clip_to_norm
 
 DEFAULT_ORDERS: tuple[float, ...] = (
     1.25,

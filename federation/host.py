@@ -29,10 +29,10 @@ import numpy as np
 from nacl.signing import SigningKey, VerifyKey
 from numpy.typing import NDArray
 
-from federation import secagg
-from federation.errors import CheckpointError, FederationError, RefusalReason, UpdateRefused
-from federation.job import JobSpec
-from federation.params import (
+from qdspace.federation import secagg
+from qdspace.federation.errors import CheckpointError, FederationError, RefusalReason, UpdateRefused
+from qdspace.federation.job import JobSpec
+from qdspace.federation.params import (
     Params,
     check_update,
     encode_vector,
@@ -41,8 +41,14 @@ from federation.params import (
     params_from_bytes,
     unflatten,
 )
-from federation.rounds import Coordinator, Phase, RoundRecord, RoundStatus
-from federation.versions import LEDGER_KIND, ModelVersion, SignedVersion, describe, sign_version
+from qdspace.federation.rounds import Coordinator, Phase, RoundRecord, RoundStatus
+from qdspace.federation.versions import (
+    LEDGER_KIND,
+    ModelVersion,
+    SignedVersion,
+    describe,
+    sign_version,
+)
 
 logger = logging.getLogger("federation")
 

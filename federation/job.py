@@ -15,11 +15,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from federation.dp import DPConfig
-from federation.errors import FederationError
-from federation.params import Shapes, size_of
-from federation.secagg import Quantizer, SecAggConfig
-from federation.strategies import SUM_BASED, StrategyName, StrategySpec, build_strategy
+from qdspace.federation.dp import DPConfig
+from qdspace.federation.errors import FederationError
+from qdspace.federation.params import Shapes, size_of
+from qdspace.federation.secagg import Quantizer, SecAggConfig
+from qdspace.federation.strategies import SUM_BASED, StrategyName, StrategySpec, build_strategy
 
 TRAINING_PURPOSE = "model-training"
 DEFAULT_PHASE_TIMEOUT_S = 120.0

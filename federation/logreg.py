@@ -15,9 +15,9 @@ from pathlib import Path
 import numpy as np
 from numpy.typing import NDArray
 
-from federation.errors import TrainingError
-from federation.params import Params, Shapes, flatten, unflatten
-from federation.strategies import proximal_gradient
+from qdspace.federation.errors import TrainingError
+from qdspace.federation.params import Params, Shapes, flatten, unflatten
+from qdspace.federation.strategies import proximal_gradient
 
 
 @dataclass(frozen=True, slots=True)

@@ -13,11 +13,11 @@ from collections.abc import Callable
 import numpy as np
 from nacl.signing import SigningKey
 
-from federation.dp import add_noise
-from federation.job import JobSpec
-from federation.params import Params, Vector
-from federation.secagg import SecAggClient
-from federation.strategies import clip_to_norm
+from qdspace.federation.dp import add_noise
+from qdspace.federation.job import JobSpec
+from qdspace.federation.params import Params, Vector
+from qdspace.federation.secagg import SecAggClient
+from qdspace.federation.strategies import clip_to_norm
 
 
 def prepare_change(

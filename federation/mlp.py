@@ -17,9 +17,9 @@ from dataclasses import dataclass
 import numpy as np
 from numpy.typing import NDArray
 
-from federation.errors import TrainingError
-from federation.logreg import Dataset
-from federation.params import Params, Shapes
+from qdspace.federation.errors import TrainingError
+from qdspace.federation.logreg import Dataset
+from qdspace.federation.params import Params, Shapes
 
 CLASSES = 2
 FROZEN = 2  # mean and scale come first and are not trained

@@ -17,12 +17,12 @@ from pathlib import Path
 
 import numpy as np
 
-from federation import logreg, mlp
-from federation.el_features import el_features
-from federation.errors import FederationError, TrainingError
-from federation.logreg import Dataset
-from federation.member import Trainer
-from federation.params import Params, Shapes
+from qdspace.federation import logreg, mlp
+from qdspace.federation.el_features import el_features
+from qdspace.federation.errors import FederationError, TrainingError
+from qdspace.federation.logreg import Dataset
+from qdspace.federation.member import Trainer
+from qdspace.federation.params import Params, Shapes
 
 
 @dataclass(frozen=True, slots=True)

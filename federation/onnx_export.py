@@ -28,8 +28,8 @@ import onnx
 from numpy.typing import NDArray
 from onnx import TensorProto, helper, numpy_helper
 
-from federation import mlp
-from federation.el_features import (
+from qdspace.federation import mlp
+from qdspace.federation.el_features import (
     DARK_LEVELS,
     DIRECTIONS,
     GRID,
@@ -38,8 +38,8 @@ from federation.el_features import (
     el_features,
     feature_count,
 )
-from federation.errors import FederationError
-from federation.params import Params
+from qdspace.federation.errors import FederationError
+from qdspace.federation.params import Params
 
 OPSET = 17
 INPUT_NAME = "frames"

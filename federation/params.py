@@ -16,7 +16,7 @@ from collections.abc import Sequence
 import numpy as np
 from numpy.typing import NDArray
 
-from federation.errors import ParamsError, RefusalReason, UpdateRefused
+from qdspace.federation.errors import ParamsError, RefusalReason, UpdateRefused
 
 Params = list[NDArray[np.float32]]
 Vector = NDArray[np.float32]

@@ -30,9 +30,9 @@ import numpy as np
 from nacl.signing import VerifyKey
 from numpy.typing import NDArray
 
-from federation import secagg
-from federation.dp import Accountant, add_noise
-from federation.errors import (
+from qdspace.federation import secagg
+from qdspace.federation.dp import Accountant, add_noise
+from qdspace.federation.errors import (
     CheckpointError,
     FederationError,
     PrivacyError,
@@ -40,10 +40,10 @@ from federation.errors import (
     SecAggAbort,
     UpdateRefused,
 )
-from federation.job import JobSpec
-from federation.params import Vector, check_update, flatten
-from federation.secagg_server import SecAggServer
-from federation.strategies import ClientUpdate, build_strategy, clip_to_norm
+from qdspace.federation.job import JobSpec
+from qdspace.federation.params import Vector, check_update, flatten
+from qdspace.federation.secagg_server import SecAggServer
+from qdspace.federation.strategies import ClientUpdate, build_strategy, clip_to_norm
 
 DEFAULT_MAX_ATTEMPTS = 3
 _CHECKPOINT_MAGIC = b"QDFC1\n"

@@ -68,15 +68,15 @@ from nacl.public import Box, PrivateKey, PublicKey
 from nacl.signing import SigningKey, VerifyKey
 from numpy.typing import NDArray
 
-from federation import shamir
-from federation.errors import (
+from qdspace.federation import shamir
+from qdspace.federation.errors import (
     BadShares,
     InconsistentView,
     RosterRefused,
     SecAggAbort,
     SecAggError,
 )
-from federation.params import Vector
+from qdspace.federation.params import Vector
 
 DOMAIN = b"qdspace-secagg-v1"
 Ring = NDArray[np.uint32]

@@ -17,9 +17,15 @@ from nacl import bindings
 from nacl.exceptions import BadSignatureError
 from nacl.signing import VerifyKey
 
-from federation import shamir
-from federation.errors import BadShares, RefusalReason, SecAggAbort, SecAggError, UpdateRefused
-from federation.secagg import (
+from qdspace.federation import shamir
+from qdspace.federation.errors import (
+    BadShares,
+    RefusalReason,
+    SecAggAbort,
+    SecAggError,
+    UpdateRefused,
+)
+from qdspace.federation.secagg import (
     Confirmation,
     EncryptedShare,
     KeyAdvert,

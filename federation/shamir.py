@@ -12,7 +12,7 @@ import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from federation.errors import SecAggError
+from qdspace.federation.errors import SecAggError
 
 PRIME = 2**521 - 1
 SHARE_BYTES = 66  # ceil(521 / 8)

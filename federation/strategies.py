@@ -30,8 +30,8 @@ from typing import Any, Protocol
 import numpy as np
 from numpy.typing import NDArray
 
-from federation.errors import StrategyError
-from federation.params import Vector
+from qdspace.federation.errors import StrategyError
+from qdspace.federation.params import Vector
 
 
 class StrategyName(StrEnum):

@@ -17,8 +17,8 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from federation.errors import TrainingError
-from federation.params import Params, check_update, shapes_of
+from qdspace.federation.errors import TrainingError
+from qdspace.federation.params import Params, check_update, shapes_of
 
 
 def _torch() -> Any:
@@ -104,7 +104,7 @@ def train_el_cnn(
 ) -> tuple[Params, int]:
     """Train the EL CNN of ``inference.training`` on a member's own ``ElImages``."""
     try:
-        training = importlib.import_module("inference.training")
+        training = importlib.import_module("qdspace.inference.training")
     except ImportError as exc:
         raise TrainingError(f"the EL CNN trainer is unavailable: {exc}") from exc
     cnn_config = training.TrainConfig(seed=config.seed, threads=config.threads)

@@ -22,8 +22,8 @@ from nacl.exceptions import BadSignatureError
 from nacl.signing import SigningKey, VerifyKey
 from numpy.typing import NDArray
 
-from federation.errors import VersionError
-from federation.params import params_digest
+from qdspace.federation.errors import VersionError
+from qdspace.federation.params import params_digest
 
 LEDGER_KIND = "model_version"
 GENESIS_PARENT = bytes(32)

@@ -20,8 +20,8 @@ import numpy as np
 from numpy.typing import NDArray
 from PIL import Image
 
-from inference.errors import DatasetError, DatasetUnavailableError
-from inference.frames import resize_frame
+from qdspace.inference.errors import DatasetError, DatasetUnavailableError
+from qdspace.inference.frames import resize_frame
 
 logger = logging.getLogger("inference")
 

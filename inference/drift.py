@@ -18,11 +18,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from inference import alarms as kinds
-from inference.alarms import AlarmLog
-from inference.errors import InferenceError
-from inference.files import write_atomic
-from inference.verdicts import ServedVerdict
+from qdspace.inference import alarms as kinds
+from qdspace.inference.alarms import AlarmLog
+from qdspace.inference.errors import InferenceError
+from qdspace.inference.files import write_atomic
+from qdspace.inference.verdicts import ServedVerdict
 
 LINE = "*"  # the key of the whole line's window
 DEFAULT_MARGIN = 0.10

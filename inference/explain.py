@@ -30,10 +30,10 @@ import numpy as np
 from numpy.typing import NDArray
 from PIL import Image, ImageDraw, ImageFont
 
-from inference.dataset import ElImages
-from inference.files import write_atomic
-from inference.frames import Frame
-from inference.model import DEFAULT_THRESHOLD, OnnxClassifier
+from qdspace.inference.dataset import ElImages
+from qdspace.inference.files import write_atomic
+from qdspace.inference.frames import Frame
+from qdspace.inference.model import DEFAULT_THRESHOLD, OnnxClassifier
 
 INDEX_FILE = "index.json"
 INDEX_FORMAT = "qdspace.explanations/1"

@@ -17,7 +17,7 @@ import numpy as np
 from numpy.typing import NDArray
 from PIL import Image, UnidentifiedImageError
 
-from inference.errors import FrameError
+from qdspace.inference.errors import FrameError
 
 MIN_SIDE = 16
 MAX_SIDE = 4096

@@ -28,8 +28,8 @@ from typing import Any
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
-from inference.errors import InferenceError
-from inference.metrics import DEFAULT_THRESHOLD, auroc
+from qdspace.inference.errors import InferenceError
+from qdspace.inference.metrics import DEFAULT_THRESHOLD, auroc
 
 WEIGHTED_ACCURACY = "weighted_accuracy"
 GATE_METRICS = (WEIGHTED_ACCURACY, "accuracy", "f1", "auroc")

@@ -22,21 +22,21 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Protocol
 
-from inference import alarms as kinds
-from inference.alarms import AlarmLog
-from inference.errors import FrameError, InferenceError
-from inference.frames import check_frame, image_sha256
-from inference.model import DEFAULT_THRESHOLD, OnnxClassifier
-from inference.sources import FrameSource, SourceFrame
-from inference.stats import LineSnapshot, LineStats
-from inference.verdicts import (
+from qdspace.inference import alarms as kinds
+from qdspace.inference.alarms import AlarmLog
+from qdspace.inference.errors import FrameError, InferenceError
+from qdspace.inference.frames import check_frame, image_sha256
+from qdspace.inference.model import DEFAULT_THRESHOLD, OnnxClassifier
+from qdspace.inference.sources import FrameSource, SourceFrame
+from qdspace.inference.stats import LineSnapshot, LineStats
+from qdspace.inference.verdicts import (
     UNTYPED_DEFECT_CODE,
     FrameRequest,
     ServedVerdict,
     inspection_row,
     judge_requests,
 )
-from inference.writer import (
+from qdspace.inference.writer import (
     DEFAULT_BATCH_SIZE,
     DEFAULT_CAPACITY,
     DEFAULT_FLUSH_INTERVAL_S,

@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 from numpy.typing import ArrayLike
 
-from inference.errors import InferenceError
+from qdspace.inference.errors import InferenceError
 
 DEFAULT_THRESHOLD = 0.5
 #: A defect score whose range over a set of cells is narrower than this is constant.

@@ -19,8 +19,8 @@ import numpy as np
 import onnxruntime as ort
 from numpy.typing import NDArray
 
-from inference.errors import ModelLoadError
-from inference.frames import Frame, ModelInput, to_model_input
+from qdspace.inference.errors import ModelLoadError
+from qdspace.inference.frames import Frame, ModelInput, to_model_input
 
 logger = logging.getLogger("inference")
 

@@ -30,11 +30,17 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from inference.errors import InferenceError, ModelLoadError
-from inference.files import write_atomic
-from inference.frames import Frame
-from inference.gate import GateDecision, GateError, GatePolicy, PromotionRefusedError, decide
-from inference.model import Device, OnnxClassifier, content_hash
+from qdspace.inference.errors import InferenceError, ModelLoadError
+from qdspace.inference.files import write_atomic
+from qdspace.inference.frames import Frame
+from qdspace.inference.gate import (
+    GateDecision,
+    GateError,
+    GatePolicy,
+    PromotionRefusedError,
+    decide,
+)
+from qdspace.inference.model import Device, OnnxClassifier, content_hash
 
 logger = logging.getLogger("inference")
 

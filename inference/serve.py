@@ -26,9 +26,9 @@ with warnings.catch_warnings():
     from ray import serve
     from ray.serve.handle import DeploymentHandle
 
-from inference.errors import ModelLoadError, ServingError
-from inference.model import DEFAULT_THRESHOLD, Device, OnnxClassifier
-from inference.verdicts import FrameRequest, ServedVerdict, judge_requests
+from qdspace.inference.errors import ModelLoadError, ServingError
+from qdspace.inference.model import DEFAULT_THRESHOLD, Device, OnnxClassifier
+from qdspace.inference.verdicts import FrameRequest, ServedVerdict, judge_requests
 
 logger = logging.getLogger("inference")
 

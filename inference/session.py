@@ -11,15 +11,15 @@ import logging
 from types import TracebackType
 from typing import TYPE_CHECKING
 
-from inference import alarms as kinds
-from inference.alarms import AlarmLog
-from inference.errors import ModelLoadError, ServingError
-from inference.line import Judge, LocalJudge
-from inference.model import OnnxClassifier, content_hash
-from inference.registry import ModelRegistry, ModelVersion, RegistryError
+from qdspace.inference import alarms as kinds
+from qdspace.inference.alarms import AlarmLog
+from qdspace.inference.errors import ModelLoadError, ServingError
+from qdspace.inference.line import Judge, LocalJudge
+from qdspace.inference.model import OnnxClassifier, content_hash
+from qdspace.inference.registry import ModelRegistry, ModelVersion, RegistryError
 
 if TYPE_CHECKING:
-    from inference.serve import InspectionTier, ServeSettings
+    from qdspace.inference.serve import InspectionTier, ServeSettings
 
 logger = logging.getLogger("inference")
 
@@ -68,7 +68,7 @@ class InspectionSession:
     def _start_ray(self, data: bytes, entry: ModelVersion) -> None:
         import ray
 
-        from inference.serve import APP_NAME, InspectionTier, ServeSettings
+        from qdspace.inference.serve import APP_NAME, InspectionTier, ServeSettings
 
         if not ray.is_initialized():
             ray.init(

@@ -13,9 +13,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-from inference.dataset import ElImages
-from inference.errors import DatasetError
-from inference.frames import read_image
+from qdspace.inference.dataset import ElImages
+from qdspace.inference.errors import DatasetError
+from qdspace.inference.frames import read_image
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 

@@ -17,9 +17,9 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from inference.dataset import ElImages
-from inference.errors import DatasetError
-from inference.files import write_atomic
+from qdspace.inference.dataset import ElImages
+from qdspace.inference.errors import DatasetError
+from qdspace.inference.files import write_atomic
 
 DEFAULT_SEED = 20240501
 DEFAULT_FRACTIONS = (0.70, 0.15, 0.15)

@@ -30,11 +30,11 @@ from pathlib import Path
 import numpy as np
 from numpy.typing import NDArray
 
-from inference.dataset import ElImages, class_names, defective_classes
-from inference.errors import InferenceError, TrainingUnavailableError, WeightsError
-from inference.frames import to_model_input
-from inference.metrics import BinaryMetrics, binary_metrics, collapse_finding
-from inference.model import (
+from qdspace.inference.dataset import ElImages, class_names, defective_classes
+from qdspace.inference.errors import InferenceError, TrainingUnavailableError, WeightsError
+from qdspace.inference.frames import to_model_input
+from qdspace.inference.metrics import BinaryMetrics, binary_metrics, collapse_finding
+from qdspace.inference.model import (
     INPUT_NAME,
     META_CLASS_NAMES,
     META_DEFECTIVE,
@@ -43,7 +43,7 @@ from inference.model import (
     MODEL_FORMAT,
     OUTPUT_NAME,
 )
-from inference.weights import Weights, check_shapes, shapes_of
+from qdspace.inference.weights import Weights, check_shapes, shapes_of
 
 try:
     import onnx

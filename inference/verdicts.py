@@ -16,9 +16,9 @@ from typing import Any
 
 import numpy as np
 
-from inference.errors import FrameError
-from inference.frames import check_frame
-from inference.model import DEFAULT_THRESHOLD, OnnxClassifier, Verdict
+from qdspace.inference.errors import FrameError
+from qdspace.inference.frames import check_frame
+from qdspace.inference.model import DEFAULT_THRESHOLD, OnnxClassifier, Verdict
 
 logger = logging.getLogger("inference")
 

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 import numpy as np
 from numpy.typing import NDArray
 
-from inference.errors import WeightsError
+from qdspace.inference.errors import WeightsError
 
 Weights = list[NDArray[np.float32]]
 Shapes = tuple[tuple[int, ...], ...]

@@ -21,7 +21,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from inference.alarms import SINK_FAILED, VERDICT_QUEUE_FULL, VERDICT_REJECTED, AlarmLog
+from qdspace.inference.alarms import SINK_FAILED, VERDICT_QUEUE_FULL, VERDICT_REJECTED, AlarmLog
 
 logger = logging.getLogger("inference")
 

@@ -16,17 +16,17 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from ledger.client import ANCHOR_GAS, LedgerClient, TxReceipt
-from ledger.errors import (
+from qdspace.ledger.client import ANCHOR_GAS, LedgerClient, TxReceipt
+from qdspace.ledger.errors import (
     AlreadyAnchored,
     ChainUnavailable,
     LedgerError,
     NonceConsumed,
     TransactionFailed,
 )
-from ledger.keys import ChainSigner
-from ledger.leaves import KIND_CODES, Leaf, kind_code
-from ledger.queue import SEALED, SIGNED, Batch, LeafQueue, StoredLeaf
+from qdspace.ledger.keys import ChainSigner
+from qdspace.ledger.leaves import KIND_CODES, Leaf, kind_code
+from qdspace.ledger.queue import SEALED, SIGNED, Batch, LeafQueue, StoredLeaf
 
 log = logging.getLogger("ledger.anchorer")
 

@@ -1,7 +1,7 @@
 """The committed, compiled anchor contract: loaded from package data, never compiled at run time.
 
 Nodes must not need Node.js or a Solidity compiler; they deploy and call the bytecode and ABI
-that `python -m ledger.compile` wrote and that a test keeps in step with the source.
+that `python -m qdspace.ledger.compile` wrote and that a test keeps in step with the source.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from importlib import resources
 from typing import Any
 
-from ledger.errors import ArtifactError
+from qdspace.ledger.errors import ArtifactError
 
 CONTRACT_NAME = "Anchor"
 SOURCE_FILE = "Anchor.sol"
@@ -33,7 +33,7 @@ class ContractArtifact:
 
 def source_text() -> str:
     """The Solidity source shipped in the package."""
-    return (resources.files("ledger.contracts") / SOURCE_FILE).read_text(encoding="utf-8")
+    return (resources.files("qdspace.ledger.contracts") / SOURCE_FILE).read_text(encoding="utf-8")
 
 
 def source_sha256(text: str | None = None) -> str:
@@ -44,7 +44,7 @@ def source_sha256(text: str | None = None) -> str:
 
 def load_artifact() -> ContractArtifact:
     """Read ``ledger/contracts/Anchor.json``; ArtifactError when it is missing or corrupt."""
-    path = resources.files("ledger.contracts") / ARTIFACT_FILE
+    path = resources.files("qdspace.ledger.contracts") / ARTIFACT_FILE
     try:
         doc = json.loads(path.read_text(encoding="utf-8"))
         return ContractArtifact(
@@ -56,6 +56,8 @@ def load_artifact() -> ContractArtifact:
             source_sha256=str(doc["sourceSha256"]),
         )
     except FileNotFoundError as exc:
-        raise ArtifactError(f"{path}: artifact missing; run `python -m ledger.compile`") from exc
+        raise ArtifactError(
+            f"{path}: artifact missing; run `python -m qdspace.ledger.compile`"
+        ) from exc
     except (ValueError, KeyError, TypeError) as exc:
         raise ArtifactError(f"{path}: artifact is corrupt ({exc!r})") from exc

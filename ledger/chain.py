@@ -7,7 +7,7 @@ restarted on the same directory keeps its blocks, contracts and nonces. Each tra
 mined into its own block at once (auto-mining), and a request is answered only after its
 writes are fsynced, so an acknowledged transaction is never lost.
 
-Run: ``python -m ledger.chain --port 8545 --state-dir ./chain`` (``--port 0`` picks a free
+Run: ``python -m qdspace.ledger.chain --port 8545 --state-dir ./chain`` (``--port 0`` picks a free
 port; the address is written to ``STATE_DIR/endpoint.json`` once the chain is ready).
 """
 
@@ -43,8 +43,8 @@ from web3.providers.eth_tester import EthereumTesterProvider
 from web3.providers.eth_tester.defaults import API_ENDPOINTS
 from web3.types import RPCEndpoint, RPCResponse
 
-from ledger.artifact import load_artifact
-from ledger.chain_store import JournaledMemoryDB
+from qdspace.ledger.artifact import load_artifact
+from qdspace.ledger.chain_store import JournaledMemoryDB
 
 log = logging.getLogger("ledger.chain")
 
@@ -360,9 +360,9 @@ def run(state_dir: Path, host: str, port: int, chain_id: int, deploy: bool) -> N
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m ledger.chain``: the embedded chain as a process."""
+    """``python -m qdspace.ledger.chain``: the embedded chain as a process."""
     parser = argparse.ArgumentParser(
-        prog="python -m ledger.chain",
+        prog="python -m qdspace.ledger.chain",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )

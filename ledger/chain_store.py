@@ -15,7 +15,7 @@ from pathlib import Path
 
 from eth.db.backends.memory import MemoryDB
 
-from ledger.errors import LedgerError
+from qdspace.ledger.errors import LedgerError
 
 _FRAME = struct.Struct(">Q32s")  # payload length, sha256 of payload
 _RECORD = struct.Struct(">BII")  # op, key length, value length

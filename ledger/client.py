@@ -30,15 +30,15 @@ from web3.exceptions import (
 )
 from web3.providers.rpc import HTTPProvider
 
-from ledger.artifact import load_artifact
-from ledger.errors import (
+from qdspace.ledger.artifact import load_artifact
+from qdspace.ledger.errors import (
     AlreadyAnchored,
     ChainUnavailable,
     NonceConsumed,
     TransactionFailed,
     WrongChain,
 )
-from ledger.keys import ChainSigner
+from qdspace.ledger.keys import ChainSigner
 
 log = logging.getLogger("ledger.client")
 

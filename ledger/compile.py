@@ -1,6 +1,6 @@
 """Compile ``Anchor.sol`` with the pinned ``solc`` npm package and (re)write its artifact.
 
-Run ``python -m ledger.compile`` after editing the contract, ``--check`` to fail when the
+Run ``python -m qdspace.ledger.compile`` after editing the contract, ``--check`` to fail when the
 committed artifact differs from a fresh compile. Needs Node.js and ``npm ci --prefix
 deploy/chain``; the compiler version and EVM version are pinned here and in
 ``deploy/chain/package.json``, so the same source always yields the same bytes.
@@ -17,8 +17,14 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from ledger.artifact import ARTIFACT_FILE, CONTRACT_NAME, SOURCE_FILE, source_sha256, source_text
-from ledger.errors import ArtifactError
+from qdspace.ledger.artifact import (
+    ARTIFACT_FILE,
+    CONTRACT_NAME,
+    SOURCE_FILE,
+    source_sha256,
+    source_text,
+)
+from qdspace.ledger.errors import ArtifactError
 
 SOLC_VERSION = "0.8.28"
 # Paris (the Merge) has no PUSH0, so the bytecode runs on py-evm, ganache, Hardhat and on
@@ -108,7 +114,7 @@ def artifact_path() -> Path:
 
 def main(argv: list[str] | None = None) -> int:
     """CLI: write the artifact, or with --check report drift (exit 1) without writing."""
-    parser = argparse.ArgumentParser(prog="python -m ledger.compile", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m qdspace.ledger.compile", description=__doc__)
     parser.add_argument("--check", action="store_true", help="fail if the artifact drifted")
     args = parser.parse_args(argv)
     try:

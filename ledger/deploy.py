@@ -16,10 +16,10 @@ from typing import Any
 from web3 import Web3
 from web3.exceptions import TransactionNotFound
 
-from ledger.artifact import load_artifact
-from ledger.client import LedgerClient
-from ledger.errors import ChainUnavailable, LedgerError, TransactionFailed
-from ledger.keys import ChainSigner
+from qdspace.ledger.artifact import load_artifact
+from qdspace.ledger.client import LedgerClient
+from qdspace.ledger.errors import ChainUnavailable, LedgerError, TransactionFailed
+from qdspace.ledger.keys import ChainSigner
 
 DEPLOY_GAS = 1_000_000
 RECEIPT_TIMEOUT_S = 60.0

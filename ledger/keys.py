@@ -17,7 +17,7 @@ from eth_account import Account
 from eth_account.datastructures import SignedTransaction
 from eth_account.signers.local import LocalAccount
 
-from ledger.errors import AccountKeyError
+from qdspace.ledger.errors import AccountKeyError
 
 _HEX_KEY = re.compile(r"(0x)?[0-9a-fA-F]{64}")
 DEFAULT_KEY_ENV = "QDSPACE_CHAIN_KEY"

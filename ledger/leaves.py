@@ -14,8 +14,8 @@ import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from ledger.errors import LedgerError
-from ledger.merkle import LEAF_PREFIX, leaf_hash
+from qdspace.ledger.errors import LedgerError
+from qdspace.ledger.merkle import LEAF_PREFIX, leaf_hash
 
 LEAF_DOMAIN = b"qdspace/leaf/v1\x00"
 MAX_REF_ID = 200

@@ -16,7 +16,7 @@ import hashlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from ledger.errors import LeafIndexError, MerkleError
+from qdspace.ledger.errors import LeafIndexError, MerkleError
 
 HASH_SIZE = 32
 LEAF_PREFIX = b"\x00"

@@ -17,11 +17,11 @@ from nacl.signing import SigningKey, VerifyKey
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from web3 import Web3
 
-from ledger.client import AnchoredEvent, LedgerClient
-from ledger.errors import PassportFormatError
-from ledger.leaves import KIND_CODES, KIND_NAMES
-from ledger.proofs import Check, Verdict, describe, hex32, unhex
-from ledger.queue import LeafQueue
+from qdspace.ledger.client import AnchoredEvent, LedgerClient
+from qdspace.ledger.errors import PassportFormatError
+from qdspace.ledger.leaves import KIND_CODES, KIND_NAMES
+from qdspace.ledger.proofs import Check, Verdict, describe, hex32, unhex
+from qdspace.ledger.queue import LeafQueue
 
 PASSPORT_TYPE: Literal["qdspace.quality-data-passport"] = "qdspace.quality-data-passport"
 

@@ -31,11 +31,11 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from ledger.client import LedgerClient
-from ledger.errors import NotAnchored, ProofFormatError, WrongChain
-from ledger.leaves import KIND_CODES, KIND_NAMES, leaf_preimage
-from ledger.merkle import HASH_SIZE, MerkleTree, leaf_hash, verify_inclusion
-from ledger.queue import ANCHORED, LeafQueue
+from qdspace.ledger.client import LedgerClient
+from qdspace.ledger.errors import NotAnchored, ProofFormatError, WrongChain
+from qdspace.ledger.leaves import KIND_CODES, KIND_NAMES, leaf_preimage
+from qdspace.ledger.merkle import HASH_SIZE, MerkleTree, leaf_hash, verify_inclusion
+from qdspace.ledger.queue import ANCHORED, LeafQueue
 
 PROOF_TYPE: Literal["qdspace.inclusion-proof"] = "qdspace.inclusion-proof"
 PROOF_VERSION: Literal[2] = 2

@@ -49,9 +49,9 @@ from sqlalchemy import (
 from sqlalchemy.engine import Connection, Row
 from sqlalchemy.exc import IntegrityError
 
-from ledger.client import SignedAnchor
-from ledger.errors import LedgerError, NotAnchored, UnknownLeaf
-from ledger.leaves import (
+from qdspace.ledger.client import SignedAnchor
+from qdspace.ledger.errors import LedgerError, NotAnchored, UnknownLeaf
+from qdspace.ledger.leaves import (
     MAX_REF_ID,
     Leaf,
     check_ref_ids,
@@ -59,7 +59,7 @@ from ledger.leaves import (
     packed_leaf_hashes,
     record_digests,
 )
-from ledger.merkle import HASH_SIZE, root_of_packed, unpack
+from qdspace.ledger.merkle import HASH_SIZE, root_of_packed, unpack
 
 metadata = MetaData()
 

@@ -7,10 +7,10 @@ DocumentFormatError naming the field; an unreachable chain raises ChainUnavailab
 
 from __future__ import annotations
 
-from ledger.client import LedgerClient
-from ledger.errors import ProofFormatError
-from ledger.passport import PASSPORT_TYPE, Passport, verify_passport
-from ledger.proofs import (
+from qdspace.ledger.client import LedgerClient
+from qdspace.ledger.errors import ProofFormatError
+from qdspace.ledger.passport import PASSPORT_TYPE, Passport, verify_passport
+from qdspace.ledger.proofs import (
     BINARY_MAGIC,
     PROOF_TYPE,
     InclusionProof,

@@ -30,19 +30,19 @@ from pydantic import BaseModel, Field, ValidationError
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 from sqlalchemy import BigInteger, Column, Engine, MetaData, String, Table, insert, select, update
 
-from connector.qdm import TABLES
-from ledger.anchorer import Anchorer, AnchorPolicy
-from ledger.client import ANCHOR_GAS, LedgerClient
-from ledger.errors import LedgerError
-from ledger.keys import DEFAULT_KEY_ENV, load_signer
-from ledger.leaves import KIND_CODES
-from ledger.passport import Passport, issue_passport
-from ledger.proofs import build_proof, verify_proof
-from ledger.queue import ANCHORED, LeafQueue, StoredLeaf, ensure_schema
-from node.api.regulator import RecordLoader, regulator_router, with_record
-from node.api.regulator_auth import regulator_dependency
-from node.context import NodeContext
-from node.errors import ConfigError
+from qdspace.connector.qdm import TABLES
+from qdspace.ledger.anchorer import Anchorer, AnchorPolicy
+from qdspace.ledger.client import ANCHOR_GAS, LedgerClient
+from qdspace.ledger.errors import LedgerError
+from qdspace.ledger.keys import DEFAULT_KEY_ENV, load_signer
+from qdspace.ledger.leaves import KIND_CODES
+from qdspace.ledger.passport import Passport, issue_passport
+from qdspace.ledger.proofs import build_proof, verify_proof
+from qdspace.ledger.queue import ANCHORED, LeafQueue, StoredLeaf, ensure_schema
+from qdspace.node.api.regulator import RecordLoader, regulator_router, with_record
+from qdspace.node.api.regulator_auth import regulator_dependency
+from qdspace.node.context import NodeContext
+from qdspace.node.errors import ConfigError
 
 log = logging.getLogger("node.anchoring")
 

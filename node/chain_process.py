@@ -1,4 +1,6 @@
-"""The local network's chain: one embedded EVM process (``python -m ledger.chain``) for all nodes.
+"""The local network's chain: one embedded EVM process for all nodes.
+
+The process is ``python -m qdspace.ledger.chain``.
 
 The launcher starts it before the nodes, gives every member a funded account key
 (``DIR/chain.key``) and a ``DIR/ledger.json`` naming the URL and the anchor contract, and
@@ -24,12 +26,12 @@ import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ledger.chain import DEPLOYMENT_FILE, read_endpoint
-from ledger.deploy import Deployment, fund_from_dev_account
-from ledger.errors import LedgerError
-from ledger.keys import new_key_file
-from node.anchoring import CHAIN_KEY_FILE, write_ledger_file
-from node.errors import NodeError
+from qdspace.ledger.chain import DEPLOYMENT_FILE, read_endpoint
+from qdspace.ledger.deploy import Deployment, fund_from_dev_account
+from qdspace.ledger.errors import LedgerError
+from qdspace.ledger.keys import new_key_file
+from qdspace.node.anchoring import CHAIN_KEY_FILE, write_ledger_file
+from qdspace.node.errors import NodeError
 
 START_TIMEOUT_S = 60.0
 MEMBER_FUNDS_WEI = 10**18
@@ -89,7 +91,7 @@ class ChainProcess:
         if self.running:
             return
         self.state_dir.mkdir(parents=True, exist_ok=True)
-        cmd = [self.python, "-m", "ledger.chain", "--port", str(self.port)]
+        cmd = [self.python, "-m", "qdspace.ledger.chain", "--port", str(self.port)]
         cmd += ["--state-dir", str(self.state_dir)]
         with self.log_path.open("ab") as log:
             self.process = subprocess.Popen(
@@ -146,7 +148,7 @@ class ChainProcess:
         """Give the member in ``directory`` a funded account and its ``ledger.json``."""
         key_path = directory / CHAIN_KEY_FILE
         if key_path.exists():
-            from ledger.keys import load_signer
+            from qdspace.ledger.keys import load_signer
 
             address = load_signer(key_path).address
         else:

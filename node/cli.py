@@ -21,13 +21,13 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from connector.errors import ConnectorError
-from node.cli_contracts import mount as mount_contracts
-from node.cli_fl import fl_app
-from node.cli_inspect import mount as mount_inspection
-from node.cli_ledger import ledger_app
-from node.cli_ledger import verify as ledger_verify
-from node.errors import NodeError
+from qdspace.connector.errors import ConnectorError
+from qdspace.node.cli_contracts import mount as mount_contracts
+from qdspace.node.cli_fl import fl_app
+from qdspace.node.cli_inspect import mount as mount_inspection
+from qdspace.node.cli_ledger import ledger_app
+from qdspace.node.cli_ledger import verify as ledger_verify
+from qdspace.node.errors import NodeError
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help="qdspace connector node")
 authority_app = typer.Typer(no_args_is_help=True, help="the data space's authority (CA)")
@@ -88,8 +88,8 @@ def authority_init(
     space: Annotated[str, typer.Option(help="name of the data space")] = "qdspace",
 ) -> None:
     """Create the data space's certificate authority."""
-    from node.identity.authority import Authority
-    from node.identity.certs import fingerprint
+    from qdspace.node.identity.authority import Authority
+    from qdspace.node.identity.certs import fingerprint
 
     auth = Authority.init(directory, space)
     console.print(f"authority for [bold]{space}[/bold] created in {directory}")
@@ -104,7 +104,7 @@ def authority_revoke(
     reason: Annotated[str, typer.Option(help="why")] = "unspecified",
 ) -> None:
     """Revoke a member; nodes refuse it from their next call on."""
-    from node.identity.authority import Authority
+    from qdspace.node.identity.authority import Authority
 
     for m in Authority.load(directory).revoke(member, reason):
         console.print(f"revoked {m.name} ({m.member_id}, serial {m.serial})")
@@ -119,7 +119,7 @@ def authority_crl(
     """Re-issue the revocation list; nodes refuse every call once theirs is past nextUpdate."""
     import datetime as dt
 
-    from node.identity.authority import Authority
+    from qdspace.node.identity.authority import Authority
 
     path = Authority.load(directory).issue_crl(dt.timedelta(days=valid_days))
     console.print(f"revocation list re-issued: {path} (valid {valid_days:g} days)")
@@ -132,7 +132,7 @@ def authority_list(
     directory: Annotated[Path, typer.Option("--dir", help="authority directory")],
 ) -> None:
     """List issued member certificates."""
-    from node.identity.authority import Authority
+    from qdspace.node.identity.authority import Authority
 
     table = Table("name", "member id", "role", "serial", "valid until", "revoked")
     for m in Authority.load(directory).members():
@@ -166,7 +166,7 @@ def node_init(
     peer: Annotated[list[str] | None, typer.Option(help="NAME=HOST:PORT, repeatable")] = None,
 ) -> None:
     """Create a member's keys, certificate and node directory."""
-    from node.setup import init_node
+    from qdspace.node.setup import init_node
 
     settings = init_node(
         directory,
@@ -186,8 +186,8 @@ def node_init(
 @clean_errors
 def node_start(directory: DirOpt) -> None:
     """Run the node (gRPC peer server + operator API) until SIGTERM."""
-    from node.app import run_node
-    from node.config import NodeSettings
+    from qdspace.node.app import run_node
+    from qdspace.node.config import NodeSettings
 
     settings = NodeSettings.load(directory)
     setup_logging(settings.log_level, settings.directory / "logs" / "node.log")
@@ -198,10 +198,10 @@ def node_start(directory: DirOpt) -> None:
 @clean_errors
 def node_info(directory: DirOpt) -> None:
     """Show a node's identity, configuration and database counts."""
-    from connector.storage import open_store
-    from node.app import read_runtime
-    from node.config import NodeSettings
-    from node.identity.member import load_member_keys
+    from qdspace.connector.storage import open_store
+    from qdspace.node.app import read_runtime
+    from qdspace.node.config import NodeSettings
+    from qdspace.node.identity.member import load_member_keys
 
     settings = NodeSettings.load(directory)
     ident = load_member_keys(settings.directory).identity
@@ -224,7 +224,7 @@ def node_peer_add(
     peer: Annotated[list[str], typer.Option(help="NAME=HOST:PORT, repeatable")],
 ) -> None:
     """Add peers to a node's directory of members."""
-    from node.setup import add_peers
+    from qdspace.node.setup import add_peers
 
     settings = add_peers(directory, _parse_peers(peer))
     console.print(f"peers of {settings.name}: {settings.peers}")
@@ -245,7 +245,7 @@ def ingest(
 ) -> None:
     """Validate and store a file of QDM rows; every problem of a bad row is reported by
     line and field. `--kind K --template` lists what a file of kind K may carry."""
-    from connector.ingest import KINDS
+    from qdspace.connector.ingest import KINDS
 
     if kind not in KINDS:
         raise typer.BadParameter(f"--kind {kind!r}: one of {', '.join(KINDS)}")
@@ -256,9 +256,9 @@ def ingest(
         raise typer.BadParameter("give --dir DIR and FILE (or --template)")
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from connector.ingest import count_lines, ingest_file
-    from connector.storage import open_store
-    from node.config import NodeSettings
+    from qdspace.connector.ingest import count_lines, ingest_file
+    from qdspace.connector.storage import open_store
+    from qdspace.node.config import NodeSettings
 
     settings = NodeSettings.load(directory)
     store = open_store(settings.database_url)
@@ -294,9 +294,9 @@ def ingest(
 
 def print_template(kind: str) -> None:
     """The columns of ``kind`` as a table, then a CSV header line to start a file from."""
-    from connector.dictionary import default_dictionary
-    from connector.validate import parameters
-    from connector.validate import template as columns_of
+    from qdspace.connector.dictionary import default_dictionary
+    from qdspace.connector.validate import parameters
+    from qdspace.connector.validate import template as columns_of
 
     d = default_dictionary()
     rows = columns_of(kind, d)
@@ -322,9 +322,9 @@ def peer_hello(directory: DirOpt, name: Annotated[str, typer.Argument(help="peer
     """Authenticate to a peer over mutual TLS with this node's identity."""
     import asyncio
 
-    from node.config import NodeSettings
-    from node.identity.member import load_member_keys
-    from node.peers import PeerDirectory
+    from qdspace.node.config import NodeSettings
+    from qdspace.node.identity.member import load_member_keys
+    from qdspace.node.peers import PeerDirectory
 
     settings = NodeSettings.load(directory)
     peers = PeerDirectory(load_member_keys(settings.directory), settings.peers)
@@ -374,7 +374,7 @@ def demo(
     """
     if ctx.invoked_subcommand is not None:
         return
-    from node.demo import run_demo
+    from qdspace.node.demo import run_demo
 
     run_demo(
         workdir,
@@ -391,7 +391,7 @@ def demo_stop(
     workdir: Annotated[Path, typer.Option(help="the demo's work directory")] = Path("qdspace-demo"),
 ) -> None:
     """Stop the nodes and the chain a `qdspace demo --keep-running` left running."""
-    from node.left_running import stop_left_running
+    from qdspace.node.left_running import stop_left_running
 
     outcome = stop_left_running(workdir.resolve())
     console.print(

@@ -16,7 +16,7 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from node.errors import NodeError
+from qdspace.node.errors import NodeError
 
 if TYPE_CHECKING:
     import httpx

@@ -20,7 +20,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from node.cli_call import NodeNotRunning, operator_client
+from qdspace.node.cli_call import NodeNotRunning, operator_client
 
 if TYPE_CHECKING:
     import httpx

@@ -21,19 +21,19 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from node.cli_call import operator_client
-from node.errors import NodeError
+from qdspace.node.cli_call import operator_client
+from qdspace.node.errors import NodeError
 
 if TYPE_CHECKING:
     import grpc
     import httpx
     from cryptography import x509
 
-    from federation.host import StatusView
-    from federation.job import JobSpec
-    from federation.params import Params
-    from federation.versions import ModelVersion
-    from node.identity.member import MemberKeys
+    from qdspace.federation.host import StatusView
+    from qdspace.federation.job import JobSpec
+    from qdspace.federation.params import Params
+    from qdspace.federation.versions import ModelVersion
+    from qdspace.node.identity.member import MemberKeys
 
 fl_app = typer.Typer(no_args_is_help=True, help="federated learning jobs")
 console = Console()
@@ -62,10 +62,10 @@ def _with_channel(
     """Run ``call(channel, keys, coordinator_name)`` on an mTLS channel to the coordinator."""
     import asyncio
 
-    from federation.errors import FederationError
-    from node.config import NodeSettings
-    from node.identity.member import load_member_keys
-    from node.rpc.client import open_channel
+    from qdspace.federation.errors import FederationError
+    from qdspace.node.config import NodeSettings
+    from qdspace.node.identity.member import load_member_keys
+    from qdspace.node.rpc.client import open_channel
 
     try:
         settings = NodeSettings.load(directory)
@@ -93,8 +93,8 @@ def _with_channel(
 def member_revocations(directory: Path, ca_cert: x509.Certificate) -> Callable[[int], bool]:
     """The member node's own revocation list, to check the roster's certificates with
     (a member without one refuses secure rounds: revocation fails closed)."""
-    from node.config import NodeSettings
-    from node.identity.revocation import RevocationList
+    from qdspace.node.config import NodeSettings
+    from qdspace.node.identity.revocation import RevocationList
 
     return RevocationList(ca_cert, NodeSettings.load(directory).crl_path).is_revoked
 
@@ -107,8 +107,8 @@ def ensure_job_agreement(api: httpx.Client, coordinator: str, asset_id: str) -> 
     no raw data, no redistribution) and countersigns. Returns the agreement id and
     whether it was negotiated now.
     """
-    from federation.agreements import TRAINING_PURPOSE
-    from node.contract_runtime import peer_name
+    from qdspace.federation.agreements import TRAINING_PURPOSE
+    from qdspace.node.contract_runtime import peer_name
 
     def ok(response: httpx.Response) -> Any:
         if response.status_code >= 400:
@@ -173,9 +173,9 @@ def start(
     """Publish a federated job on the coordinator's running node (normally this node)."""
     import numpy as np
 
-    from federation.job import JobSpec
-    from federation.params import params_from_bytes
-    from node.rpc.federation_client import FederationClient
+    from qdspace.federation.job import JobSpec
+    from qdspace.federation.params import params_from_bytes
+    from qdspace.node.rpc.federation_client import FederationClient
 
     try:
         job = JobSpec.from_dict(json.loads(terms.read_text()))
@@ -207,7 +207,7 @@ def status(
     watch: Annotated[bool, typer.Option(help="follow the job until it finishes")] = False,
 ) -> None:
     """Show the coordinator's jobs: round, phase, version, members and privacy spent."""
-    from node.rpc.federation_client import FederationClient
+    from qdspace.node.rpc.federation_client import FederationClient
 
     async def call(channel: grpc.aio.Channel, keys: MemberKeys, name: str) -> list[StatusView]:
         client = FederationClient(channel, name, job or "")
@@ -274,9 +274,9 @@ def join(
     """
     import asyncio
 
-    from federation.models import model_kind
-    from federation.strategies import StrategyName
-    from node.rpc.federation_client import (
+    from qdspace.federation.models import model_kind
+    from qdspace.federation.strategies import StrategyName
+    from qdspace.node.rpc.federation_client import (
         FederationClient,
         MemberEvent,
         MemberResult,
@@ -342,7 +342,7 @@ def join(
         return result
 
     async def _deploy(client: FederationClient, spec: JobSpec, result: MemberResult) -> None:
-        from node.fl_deploy import install, member_ledger, verified_anchor
+        from qdspace.node.fl_deploy import install, member_ledger, verified_anchor
 
         final, params = result.versions[-1], result.params
         assert params is not None

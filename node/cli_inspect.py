@@ -18,9 +18,9 @@ from rich.console import Console, Group
 from rich.live import Live
 from rich.table import Table
 
-from connector.errors import ConnectorError
-from inference.errors import InferenceError
-from node.errors import NodeError
+from qdspace.connector.errors import ConnectorError
+from qdspace.inference.errors import InferenceError
+from qdspace.node.errors import NodeError
 
 inspect_app = typer.Typer(no_args_is_help=True, help="line inspection (EL cells)")
 console = Console()
@@ -59,8 +59,8 @@ def clean_errors(fn: F) -> F:
 def _member(directory: Path, member: str) -> str:
     if member != "auto":
         return member
-    from inference.dataset import ALL_MEMBERS, SUPPLIER_BY_CELL_TYPE
-    from node.config import NodeSettings
+    from qdspace.inference.dataset import ALL_MEMBERS, SUPPLIER_BY_CELL_TYPE
+    from qdspace.node.config import NodeSettings
 
     name = NodeSettings.load(directory).name
     return name if name in SUPPLIER_BY_CELL_TYPE.values() else ALL_MEMBERS
@@ -86,10 +86,10 @@ def train(
     activate: Annotated[bool, typer.Option(help="serve this version from now on")] = True,
 ) -> None:
     """Train the EL defect CNN on this member's own cells, export ONNX, register it."""
-    from inference.dataset import load_elpv, select_member
-    from inference.registry import ModelRegistry
-    from inference.splits import split_el_images
-    from inference.training import ONNX_OPSET, TrainConfig, train_and_export
+    from qdspace.inference.dataset import load_elpv, select_member
+    from qdspace.inference.registry import ModelRegistry
+    from qdspace.inference.splits import split_el_images
+    from qdspace.inference.training import ONNX_OPSET, TrainConfig, train_and_export
 
     who = _member(directory, member)
     cells = select_member(load_elpv(size=size), who)
@@ -142,7 +142,7 @@ def train(
 @clean_errors
 def models(directory: DirOpt) -> None:
     """List this node's model versions."""
-    from inference.registry import ModelRegistry
+    from qdspace.inference.registry import ModelRegistry
 
     registry = ModelRegistry(directory)
     active = registry.active()
@@ -172,7 +172,7 @@ def activate_version(
     reason: Annotated[str, typer.Option(help="why, for the promotion log")] = "",
 ) -> None:
     """Make a registered version the one ``inspect run`` serves, if the gate lets it."""
-    from inference.registry import ModelRegistry
+    from qdspace.inference.registry import ModelRegistry
 
     registry = ModelRegistry(directory)
     entry = registry.activate(
@@ -193,7 +193,7 @@ def _print_gate(registry: Any, version: str) -> None:
     log = registry.promotions()
     last = log[-1] if log and log[-1]["version"] == version else None
     if last is not None and last.get("decision"):
-        from inference.gate import GateDecision
+        from qdspace.inference.gate import GateDecision
 
         summary = GateDecision.from_dict(last["decision"]).summary()
         console.print(f"promotion gate: {summary}", highlight=False)
@@ -209,11 +209,11 @@ def explain_command(
     per_group: Annotated[int, typer.Option(min=1, help="heatmaps per group")] = 3,
 ) -> None:
     """Heatmaps of the top FP/FN groups on this member's labelled validation cells."""
-    from inference.dataset import load_elpv, select_member
-    from inference.explain import explain
-    from inference.registry import ModelRegistry, RegistryError
-    from inference.splits import SplitManifest, split_el_images
-    from node.api.inspection import explanations_root
+    from qdspace.inference.dataset import load_elpv, select_member
+    from qdspace.inference.explain import explain
+    from qdspace.inference.registry import ModelRegistry, RegistryError
+    from qdspace.inference.splits import SplitManifest, split_el_images
+    from qdspace.node.api.inspection import explanations_root
 
     registry = ModelRegistry(directory)
     entry = registry.get(version) if version else registry.active()
@@ -249,13 +249,13 @@ def run(
     live: Annotated[bool, typer.Option(help="live display")] = True,
 ) -> None:
     """Feed stations at a set rate; verdicts go to this node's QDM, live stats on screen."""
-    from inference.alarms import AlarmLog
-    from inference.line import InspectionLine, LineConfig
-    from inference.registry import ModelRegistry
-    from inference.session import InspectionSession
+    from qdspace.inference.alarms import AlarmLog
+    from qdspace.inference.line import InspectionLine, LineConfig
+    from qdspace.inference.registry import ModelRegistry
+    from qdspace.inference.session import InspectionSession
 
     if not local:
-        import inference.serve  # noqa: F401  (Serve sets its driver logger up on import)
+        import qdspace.inference.serve  # noqa: F401  (Serve sets its driver logger up on import)
 
         logging.getLogger("ray.serve").setLevel(logging.WARNING)
     alarms = AlarmLog()
@@ -288,11 +288,11 @@ def _stations(
     served: Any,
 ) -> tuple[list[Any], Any]:
     """Station specs over a folder, or over the member's held-out cells with a drift audit."""
-    from inference.dataset import load_elpv, select_member
-    from inference.drift import DriftMonitor, DriftThresholds
-    from inference.line import StationSpec
-    from inference.sources import FolderFrames, dataset_frames, split_round_robin
-    from inference.splits import SplitManifest, split_el_images
+    from qdspace.inference.dataset import load_elpv, select_member
+    from qdspace.inference.drift import DriftMonitor, DriftThresholds
+    from qdspace.inference.line import StationSpec
+    from qdspace.inference.sources import FolderFrames, dataset_frames, split_round_robin
+    from qdspace.inference.splits import SplitManifest, split_el_images
 
     if frames is not None:
         return [StationSpec(f"el-{i + 1}", FolderFrames(frames), fps) for i in range(count)], None
@@ -308,9 +308,9 @@ def _stations(
 
 
 def _store_sink(directory: Path) -> tuple[Any, Any]:
-    from connector.storage import open_store
-    from inference.writer import ingest_sink
-    from node.config import NodeSettings
+    from qdspace.connector.storage import open_store
+    from qdspace.inference.writer import ingest_sink
+    from qdspace.node.config import NodeSettings
 
     store = open_store(NodeSettings.load(directory).database_url)
     return store, ingest_sink(store.ingest_rows, source="inspection-line")

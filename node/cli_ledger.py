@@ -13,7 +13,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from ledger.errors import ChainUnavailable, DocumentFormatError, LedgerError
+from qdspace.ledger.errors import ChainUnavailable, DocumentFormatError, LedgerError
 
 ledger_app = typer.Typer(no_args_is_help=True, help="ledger anchoring: verify, passport, chain")
 console = Console()
@@ -39,7 +39,7 @@ def verify(
     as_json: Annotated[bool, typer.Option("--json", help="print the verdict as JSON")] = False,
 ) -> None:
     """Verify an inclusion proof or a quality data passport against the chain."""
-    from ledger.verify import verify_document
+    from qdspace.ledger.verify import verify_document
 
     try:
         data = document.read_bytes()
@@ -79,14 +79,14 @@ def passport(
     """Issue this member's signed quality data passport (verify it with `qdspace verify`)."""
     from sqlalchemy import create_engine
 
-    from ledger.client import LedgerClient
-    from ledger.keys import load_signer
-    from ledger.passport import issue_passport
-    from ledger.queue import LeafQueue, ensure_schema
-    from node.anchoring import LedgerSettings
-    from node.config import NodeSettings
-    from node.errors import NodeError
-    from node.identity.member import load_member_keys
+    from qdspace.ledger.client import LedgerClient
+    from qdspace.ledger.keys import load_signer
+    from qdspace.ledger.passport import issue_passport
+    from qdspace.ledger.queue import LeafQueue, ensure_schema
+    from qdspace.node.anchoring import LedgerSettings
+    from qdspace.node.config import NodeSettings
+    from qdspace.node.errors import NodeError
+    from qdspace.node.identity.member import load_member_keys
 
     try:
         node = NodeSettings.load(directory)
@@ -128,7 +128,7 @@ def chain(
     """Run the embedded EVM chain (py-evm, no Node.js) until SIGTERM."""
     import logging
 
-    from ledger.chain import DEFAULT_CHAIN_ID, run
+    from qdspace.ledger.chain import DEFAULT_CHAIN_ID, run
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     run(state_dir, host, port, chain_id or DEFAULT_CHAIN_ID, deploy)
@@ -143,8 +143,8 @@ def deploy(
     out: Annotated[Path | None, typer.Option(help="write the deployment record here")] = None,
 ) -> None:
     """Deploy the anchor contract from a funded account (production or a dev chain)."""
-    from ledger.deploy import deploy_anchor
-    from ledger.keys import load_signer
+    from qdspace.ledger.deploy import deploy_anchor
+    from qdspace.ledger.keys import load_signer
 
     try:
         record = deploy_anchor(rpc, load_signer(key_file))
@@ -169,9 +169,9 @@ def fetch_proof(
     """As the regulator: fetch a member's proof for a record, with a regulator credential."""
     import httpx
 
-    from node.api.regulator_auth import issue_credential
-    from node.errors import NodeError
-    from node.identity.member import load_member_keys
+    from qdspace.node.api.regulator_auth import issue_credential
+    from qdspace.node.errors import NodeError
+    from qdspace.node.identity.member import load_member_keys
 
     try:
         keys = load_member_keys(directory.resolve())
@@ -205,7 +205,7 @@ def join(
     chain_id: Annotated[int, typer.Option(help="the chain id the node must see")],
 ) -> None:
     """Point a node at a chain (writes DIR/ledger.json); the key: DIR/chain.key or env."""
-    from node.anchoring import CHAIN_KEY_FILE, write_ledger_file
+    from qdspace.node.anchoring import CHAIN_KEY_FILE, write_ledger_file
 
     path = write_ledger_file(directory.resolve(), rpc, contract, chain_id)
     key = directory.resolve() / CHAIN_KEY_FILE

@@ -14,9 +14,13 @@ from typing import Any
 from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
-from node.errors import ConfigError
-from node.identity.files import write_atomic
-from node.rpc.limits import DEFAULT_PER_PEER_CALLS, DEFAULT_PER_PEER_STREAMS, DEFAULT_SERVER_CALLS
+from qdspace.node.errors import ConfigError
+from qdspace.node.identity.files import write_atomic
+from qdspace.node.rpc.limits import (
+    DEFAULT_PER_PEER_CALLS,
+    DEFAULT_PER_PEER_STREAMS,
+    DEFAULT_SERVER_CALLS,
+)
 
 CONFIG_FILE = "node.json"
 DEFAULT_HOST = "127.0.0.1"

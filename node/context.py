@@ -5,12 +5,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from connector.storage import QualityStore
-from node.config import NodeSettings
-from node.contract_runtime import ContractRuntime, build_runtime
-from node.identity.member import MemberKeys, load_member_keys
-from node.identity.revocation import RevocationList
-from node.peers import PeerDirectory
+from qdspace.connector.storage import QualityStore
+from qdspace.node.config import NodeSettings
+from qdspace.node.contract_runtime import ContractRuntime, build_runtime
+from qdspace.node.identity.member import MemberKeys, load_member_keys
+from qdspace.node.identity.revocation import RevocationList
+from qdspace.node.peers import PeerDirectory
 
 
 @dataclass
@@ -34,8 +34,8 @@ class NodeContext:
 
 def build_context(settings: NodeSettings) -> NodeContext:
     """Load keys, revocation list and the store; every failure names its file or URL."""
-    from connector.storage import open_store
-    from node.identity.files import read_file
+    from qdspace.connector.storage import open_store
+    from qdspace.node.identity.files import read_file
 
     keys = load_member_keys(settings.directory)
     revocations = RevocationList(keys.ca_cert, settings.crl_path)

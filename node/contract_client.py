@@ -32,10 +32,10 @@ from typing import Any, TypeVar
 import grpc
 from nacl.signing import VerifyKey
 
-from connector.agreement import countersign
-from connector.contract_errors import ContractError
-from connector.contract_store import IncomingRow, OutboxMessage
-from connector.negotiation import (
+from qdspace.connector.agreement import countersign
+from qdspace.connector.contract_errors import ContractError
+from qdspace.connector.contract_store import IncomingRow, OutboxMessage
+from qdspace.connector.negotiation import (
     Accepted,
     ContractRequest,
     Negotiation,
@@ -48,9 +48,9 @@ from connector.negotiation import (
     apply,
     open_negotiation,
 )
-from connector.offers import acceptable_counter
-from connector.spc import QualityAlert, SpcAlert, SpcMonitor, SpcSpec
-from connector.transfer import (
+from qdspace.connector.offers import acceptable_counter
+from qdspace.connector.spc import QualityAlert, SpcAlert, SpcMonitor, SpcSpec
+from qdspace.connector.transfer import (
     TransferCompletion,
     TransferProcess,
     TransferRequest,
@@ -59,14 +59,14 @@ from connector.transfer import (
     accept_batch,
     open_transfer,
 )
-from connector.transfer import apply as apply_transfer
-from connector.views import CatalogEntry, StreamRequest
-from node.context import NodeContext
-from node.contract_runtime import ContractRuntime, peer_name
-from node.errors import PeerError
-from node.identity.member import member_id_for
-from node.peers import PeerDirectory
-from node.rpc.contract_serde import (
+from qdspace.connector.transfer import apply as apply_transfer
+from qdspace.connector.views import CatalogEntry, StreamRequest
+from qdspace.node.context import NodeContext
+from qdspace.node.contract_runtime import ContractRuntime, peer_name
+from qdspace.node.errors import PeerError
+from qdspace.node.identity.member import member_id_for
+from qdspace.node.peers import PeerDirectory
+from qdspace.node.rpc.contract_serde import (
     PullRequest,
     catalog_entry_from_proto,
     catalog_from_proto,
@@ -79,8 +79,8 @@ from node.rpc.contract_serde import (
     transfer_ack_from_proto,
     transfer_message_to_proto,
 )
-from policies.model import OfferTerms, Policy, make_offer
-from protocols.v1 import (
+from qdspace.policies.model import OfferTerms, Policy, make_offer
+from qdspace.protocols.v1 import (
     catalog_pb2,
     catalog_pb2_grpc,
     negotiation_pb2_grpc,
@@ -435,7 +435,7 @@ class ContractClient:
     def _spc(self, sub: Subscription, monitor: SpcMonitor, rows: Sequence[Any]) -> None:
         import json
 
-        from policies.canonical import parse_datetime
+        from qdspace.policies.canonical import parse_datetime
 
         for row in rows:
             record = json.loads(row.payload)
@@ -589,7 +589,7 @@ def _attach_ledger(ctx: NodeContext) -> None:
     """Anchor agreements and receipts through the node's ledger, when it has one."""
     runtime = ctx.contracts
     try:
-        from node.anchoring import enqueue_leaf, node_ledger, register_record_loader
+        from qdspace.node.anchoring import enqueue_leaf, node_ledger, register_record_loader
     except ImportError:  # a node built without the ledger room
         return
     if runtime is None or node_ledger(ctx) is None:

@@ -28,26 +28,26 @@ from pathlib import Path
 from nacl.signing import SigningKey, VerifyKey
 from sqlalchemy import Engine, func, select, update
 
-from connector.agreement import (
+from qdspace.connector.agreement import (
     AgreementTermination,
     OrderClosed,
     SignedReceipt,
     open_signed_receipt,
     sign_agreement,
 )
-from connector.contract_errors import (
+from qdspace.connector.contract_errors import (
     ContractDenied,
     ContractError,
     UnauthorizedSenderError,
     UnknownContractError,
 )
-from connector.contract_store import (
+from qdspace.connector.contract_store import (
     ContractStore,
     DutyReport,
     OutboxMessage,
     StoredAgreement,
 )
-from connector.negotiation import (
+from qdspace.connector.negotiation import (
     Agreement,
     ContractOffer,
     ContractRequest,
@@ -63,18 +63,18 @@ from connector.negotiation import (
     fingerprint,
     open_negotiation,
 )
-from connector.offers import (
+from qdspace.connector.offers import (
     Answer,
     Verdict,
     answer_job_request,
     answer_request,
     standard_assets,
 )
-from connector.pseudonym import Pseudonymizer
-from connector.qdm import Inspection, Order
-from connector.retention_sweep import SweepReport, sweep
-from connector.spc import Investigation, QualityAlert
-from connector.transfer import (
+from qdspace.connector.pseudonym import Pseudonymizer
+from qdspace.connector.qdm import Inspection, Order
+from qdspace.connector.retention_sweep import SweepReport, sweep
+from qdspace.connector.spc import Investigation, QualityAlert
+from qdspace.connector.transfer import (
     BatchRow,
     RowBatch,
     TransferCompletion,
@@ -84,8 +84,8 @@ from connector.transfer import (
     TransferState,
     open_transfer,
 )
-from connector.transfer import apply as apply_transfer
-from connector.views import (
+from qdspace.connector.transfer import apply as apply_transfer
+from qdspace.connector.views import (
     Asset,
     AssetKind,
     CatalogEntry,
@@ -97,13 +97,13 @@ from connector.views import (
     parse_position,
     stream_batches,
 )
-from node.errors import NodeError
-from node.identity.certs import MemberIdentity
-from node.identity.files import read_file, write_atomic
-from node.rpc.contract_serde import Notification, PullRequest, notification_to_proto
-from node.table_watch import TableWatch
-from policies.evaluate import Request
-from policies.model import Action, Policy
+from qdspace.node.errors import NodeError
+from qdspace.node.identity.certs import MemberIdentity
+from qdspace.node.identity.files import read_file, write_atomic
+from qdspace.node.rpc.contract_serde import Notification, PullRequest, notification_to_proto
+from qdspace.node.table_watch import TableWatch
+from qdspace.policies.evaluate import Request
+from qdspace.policies.model import Action, Policy
 
 logger = logging.getLogger("node.contracts")
 
@@ -490,7 +490,7 @@ class ContractRuntime:
 
     def transfer_message(self, peer: MemberIdentity, message: object) -> TransferProcess:
         """Apply a control message (completion ack, suspension, termination) of the consumer."""
-        from connector.transfer import TransferMessage
+        from qdspace.connector.transfer import TransferMessage
 
         assert isinstance(message, TransferMessage)
         if message.sender_id != peer.member_id:

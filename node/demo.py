@@ -25,11 +25,11 @@ from rich.panel import Panel
 from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from connector.sample import write_sample_files
-from node import demo_contracts, demo_federation, demo_inspection, demo_ledger
-from node.errors import NodeError
-from node.launcher import LocalNetwork
-from node.left_running import processes_file, stop_left_running
+from qdspace.connector.sample import write_sample_files
+from qdspace.node import demo_contracts, demo_federation, demo_inspection, demo_ledger
+from qdspace.node.errors import NodeError
+from qdspace.node.launcher import LocalNetwork
+from qdspace.node.left_running import processes_file, stop_left_running
 
 
 @dataclass
@@ -100,7 +100,7 @@ def _handshakes(network: LocalNetwork, report: DemoReport) -> None:
 
 
 def _trace(network: LocalNetwork, report: DemoReport) -> None:
-    from connector.sample import sold_batch
+    from qdspace.connector.sample import sold_batch
 
     batch_id = sold_batch("cellex", "sunarc")
     with network["sunarc"].client() as client:

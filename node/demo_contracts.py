@@ -22,12 +22,12 @@ import httpx
 from rich.console import Console
 from rich.table import Table
 
-from connector.sample import order_for
-from node.errors import NodeError
+from qdspace.connector.sample import order_for
+from qdspace.node.errors import NodeError
 
 if TYPE_CHECKING:
-    from node.demo import DemoReport
-    from node.launcher import LocalNetwork
+    from qdspace.node.demo import DemoReport
+    from qdspace.node.launcher import LocalNetwork
 
 TITLE = "usage contracts: negotiate, transfer, live SPC, close, delete"
 CHAPTER = "contracts"

@@ -24,18 +24,18 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
-from federation import logreg, mlp
-from federation.el_features import SPLIT_MEMBERS, el_features, member_split
-from federation.job import JobSpec
-from federation.logreg import Dataset
-from federation.params import Params
-from federation.strategies import StrategyName, StrategySpec
-from federation.versions import ModelVersion
-from node.cli_fl import ensure_job_agreement, member_revocations
-from node.identity.member import load_member_keys
-from node.launcher import LocalNetwork
-from node.rpc.client import open_channel
-from node.rpc.federation_client import (
+from qdspace.federation import logreg, mlp
+from qdspace.federation.el_features import SPLIT_MEMBERS, el_features, member_split
+from qdspace.federation.job import JobSpec
+from qdspace.federation.logreg import Dataset
+from qdspace.federation.params import Params
+from qdspace.federation.strategies import StrategyName, StrategySpec
+from qdspace.federation.versions import ModelVersion
+from qdspace.node.cli_fl import ensure_job_agreement, member_revocations
+from qdspace.node.identity.member import load_member_keys
+from qdspace.node.launcher import LocalNetwork
+from qdspace.node.rpc.client import open_channel
+from qdspace.node.rpc.federation_client import (
     FederationClient,
     MemberResult,
     MemberRunner,
@@ -79,7 +79,7 @@ class FederationDemo:
 
 def _metrics(params: Params, data: Dataset) -> tuple[float, float, float]:
     """Held-out accuracy, F1 and AUROC of the defective class."""
-    from inference.metrics import binary_metrics
+    from qdspace.inference.metrics import binary_metrics
 
     m = binary_metrics(data.y, mlp.defect_scores(params, data.x))
     return m.accuracy, m.f1, m.auroc
@@ -91,7 +91,7 @@ def el_split(seed: int = 7) -> tuple[dict[str, Dataset], Dataset, str]:
     Without the EL images (an optional extra) the chapter runs on synthetic blobs.
     """
     try:
-        from inference.dataset import binary_labels, load_elpv
+        from qdspace.inference.dataset import binary_labels, load_elpv
 
         data = load_elpv(size=IMAGE_SIZE)
     except Exception as exc:  # the EL images are an optional extra
@@ -139,7 +139,7 @@ async def _deploy(
     """The member's checks before its line judges with the federated model: the
     coordinator's signature (checked by MemberRunner on download), the ledger anchor
     against its own view of the chain, ONNX equal to the model; then activate it."""
-    from node.fl_deploy import install, member_ledger, verified_anchor
+    from qdspace.node.fl_deploy import install, member_ledger, verified_anchor
 
     final, params = result.versions[-1], result.params
     assert params is not None
@@ -340,7 +340,7 @@ def print_federation(console: Console, result: FederationDemo | dict[str, Any]) 
     )
 
 
-def main() -> None:  # pragma: no cover - manual run: python -m node.demo_federation DIR
+def main() -> None:  # pragma: no cover - manual run: python -m qdspace.node.demo_federation DIR
     import sys
     from pathlib import Path
 

@@ -25,14 +25,14 @@ from typing import TYPE_CHECKING, Any
 from rich.console import Console
 from rich.table import Table
 
-from node.cli_inspect import DRIFT_FILE, INSPECTION_DIR, split_path
+from qdspace.node.cli_inspect import DRIFT_FILE, INSPECTION_DIR, split_path
 
 if TYPE_CHECKING:
-    from inference.dataset import ElImages
-    from inference.gate import GateDecision
-    from inference.registry import ModelRegistry, ModelVersion
-    from node.demo import DemoReport
-    from node.launcher import LocalNetwork, MemberProcess
+    from qdspace.inference.dataset import ElImages
+    from qdspace.inference.gate import GateDecision
+    from qdspace.inference.registry import ModelRegistry, ModelVersion
+    from qdspace.node.demo import DemoReport
+    from qdspace.node.launcher import LocalNetwork, MemberProcess
 
 CHAPTER = "inspection"
 TITLE = "EL line inspection at each supplier (Ray Serve)"
@@ -58,8 +58,8 @@ class DemoModels:
 def inspection_chapter(network: LocalNetwork, report: DemoReport) -> None:
     """Train, serve, hot-swap and explain at every supplier; results in ``report.chapters``."""
     try:
-        import inference.training  # noqa: F401  (PyTorch: the ``train`` extra)
-        from inference.dataset import load_elpv
+        import qdspace.inference.training  # noqa: F401  (PyTorch: the ``train`` extra)
+        from qdspace.inference.dataset import load_elpv
 
         cells = load_elpv()
         small = load_elpv(size=INPUT_SIZE)  # the same cells, resized once for training
@@ -87,7 +87,7 @@ class _LocalRay:
     def __enter__(self) -> None:
         import ray
 
-        import inference.serve  # noqa: F401  (configures Serve's driver logger on import)
+        import qdspace.inference.serve  # noqa: F401  (configures Serve's driver logger on import)
 
         for noisy in ("ray", "ray.serve"):
             logging.getLogger(noisy).setLevel(logging.WARNING)
@@ -116,10 +116,10 @@ def _train_two(
     predictor); the gate's decision on the second is taken now, against the first, so
     the line's tick only has to act on it.
     """
-    from inference import training
-    from inference.dataset import select_member
-    from inference.registry import ModelRegistry
-    from inference.splits import split_el_images
+    from qdspace.inference import training
+    from qdspace.inference.dataset import select_member
+    from qdspace.inference.registry import ModelRegistry
+    from qdspace.inference.splits import split_el_images
 
     name = member.spec.name
     own = select_member(cells, name)
@@ -172,18 +172,18 @@ def _figures(metrics: Any) -> dict[str, float]:
 
 def _inspect_at(member: MemberProcess, models: DemoModels, cells: ElImages) -> dict[str, Any]:
     """One supplier: inspect with a hot swap, explain, read the results back via REST."""
-    from connector.storage import open_store
-    from inference.alarms import AlarmLog
-    from inference.dataset import select_member
-    from inference.drift import DriftMonitor, DriftThresholds
-    from inference.line import InspectionLine, LineConfig, StationSpec
-    from inference.registry import ModelRegistry
-    from inference.serve import ServeSettings
-    from inference.session import InspectionSession
-    from inference.sources import dataset_frames, split_round_robin
-    from inference.splits import SplitManifest
-    from inference.writer import ingest_sink
-    from node.config import NodeSettings
+    from qdspace.connector.storage import open_store
+    from qdspace.inference.alarms import AlarmLog
+    from qdspace.inference.dataset import select_member
+    from qdspace.inference.drift import DriftMonitor, DriftThresholds
+    from qdspace.inference.line import InspectionLine, LineConfig, StationSpec
+    from qdspace.inference.registry import ModelRegistry
+    from qdspace.inference.serve import ServeSettings
+    from qdspace.inference.session import InspectionSession
+    from qdspace.inference.sources import dataset_frames, split_round_robin
+    from qdspace.inference.splits import SplitManifest
+    from qdspace.inference.writer import ingest_sink
+    from qdspace.node.config import NodeSettings
 
     name = member.spec.name
     registry = ModelRegistry(member.directory)
@@ -249,10 +249,10 @@ def _served(final: Any, swapped_at: list[float]) -> dict[str, Any]:
 
 def _explain(member: MemberProcess, registry: ModelRegistry, cells: ElImages, manifest: Any) -> int:
     """Heatmaps of the top misjudgment groups of the served version on validation cells."""
-    from inference.dataset import select_member
-    from inference.explain import explain
-    from inference.registry import RegistryError
-    from node.api.inspection import explanations_root
+    from qdspace.inference.dataset import select_member
+    from qdspace.inference.explain import explain
+    from qdspace.inference.registry import RegistryError
+    from qdspace.node.api.inspection import explanations_root
 
     active = registry.active()
     if active is None:

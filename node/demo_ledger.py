@@ -24,17 +24,17 @@ import httpx
 from rich.console import Console
 from rich.table import Table
 
-from connector.sample import cell_batch
-from ledger.client import LedgerClient
-from ledger.proofs import ConfirmationCache, InclusionProof, verify_proof
-from ledger.verify import verify_document
-from node.api.regulator_auth import issue_credential
-from node.errors import NodeError
-from node.identity.member import load_member_keys
+from qdspace.connector.sample import cell_batch
+from qdspace.ledger.client import LedgerClient
+from qdspace.ledger.proofs import ConfirmationCache, InclusionProof, verify_proof
+from qdspace.ledger.verify import verify_document
+from qdspace.node.api.regulator_auth import issue_credential
+from qdspace.node.errors import NodeError
+from qdspace.node.identity.member import load_member_keys
 
 if TYPE_CHECKING:
-    from node.demo import DemoReport
-    from node.launcher import LocalNetwork
+    from qdspace.node.demo import DemoReport
+    from qdspace.node.launcher import LocalNetwork
 
 TITLE = "regulator verifies records against the chain"
 CHAPTER = "ledger"

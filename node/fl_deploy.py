@@ -27,15 +27,15 @@ from pathlib import Path
 import numpy as np
 from numpy.typing import NDArray
 
-from federation.errors import VersionError
-from federation.onnx_export import el_mlp_reference, export_el_mlp
-from federation.params import Params
-from federation.versions import LEDGER_KIND, ModelVersion
-from ledger.client import LedgerClient
-from ledger.errors import LedgerError
-from ledger.proofs import InclusionProof, Verdict, verify_proof
-from node.errors import NodeError
-from node.rpc.federation_client import FederationClient, FederationRefused
+from qdspace.federation.errors import VersionError
+from qdspace.federation.onnx_export import el_mlp_reference, export_el_mlp
+from qdspace.federation.params import Params
+from qdspace.federation.versions import LEDGER_KIND, ModelVersion
+from qdspace.ledger.client import LedgerClient
+from qdspace.ledger.errors import LedgerError
+from qdspace.ledger.proofs import InclusionProof, Verdict, verify_proof
+from qdspace.node.errors import NodeError
+from qdspace.node.rpc.federation_client import FederationClient, FederationRefused
 
 DEFAULT_ANCHOR_WAIT_S = 60.0
 #: Largest difference in any class probability between the ONNX graph and numpy.
@@ -55,7 +55,7 @@ class Deployment:
 
 def member_ledger(directory: Path) -> LedgerClient:
     """A read-only client of the chain named in the member's own ``ledger.json``."""
-    from node.anchoring import LedgerSettings
+    from qdspace.node.anchoring import LedgerSettings
 
     settings = LedgerSettings.load(directory)
     if not settings.enabled or not settings.contract:
@@ -152,7 +152,7 @@ def install(
     metrics: dict[str, float] | None = None,
 ) -> Deployment:
     """Export, check and register a verified version in the member's registry, active."""
-    from inference.registry import ModelRegistry
+    from qdspace.inference.registry import ModelRegistry
 
     if not anchor.valid:
         raise VersionError(f"version {version.ledger_ref}: anchor not verified: {anchor.reason}")

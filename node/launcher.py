@@ -27,12 +27,12 @@ from types import TracebackType
 import httpx
 from sqlalchemy import create_engine, text
 
-from connector.storage import normalise_url
-from node.app import read_runtime
-from node.chain_process import ChainProcess
-from node.errors import NodeError
-from node.identity.authority import Authority
-from node.setup import init_node
+from qdspace.connector.storage import normalise_url
+from qdspace.node.app import read_runtime
+from qdspace.node.chain_process import ChainProcess
+from qdspace.node.errors import NodeError
+from qdspace.node.identity.authority import Authority
+from qdspace.node.setup import init_node
 
 START_TIMEOUT_S = 60.0
 
@@ -196,7 +196,7 @@ class LocalNetwork:
         member.log_path.parent.mkdir(parents=True, exist_ok=True)
         log = member.log_path.open("ab")
         member.process = subprocess.Popen(
-            [self.python, "-m", "node", "node", "start", "--dir", str(member.directory)],
+            [self.python, "-m", "qdspace", "node", "start", "--dir", str(member.directory)],
             stdout=log,
             stderr=subprocess.STDOUT,
             env=self.env,
@@ -251,7 +251,7 @@ class LocalNetwork:
         process exits, stranding nodes whose ``ledger.json`` names it), and every
         process is recorded with its pid in ``WORKDIR/run/processes.json``.
         """
-        from node.left_running import RunningProcess, write_processes
+        from qdspace.node.left_running import RunningProcess, write_processes
 
         processes = [
             RunningProcess(name, m.process.pid, str(m.directory))

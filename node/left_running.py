@@ -22,7 +22,7 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from node.errors import NodeError
+from qdspace.node.errors import NodeError
 
 PROCESSES_FILE = Path("run") / "processes.json"
 STOP_TIMEOUT_S = 30.0

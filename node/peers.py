@@ -8,10 +8,10 @@ from dataclasses import dataclass
 
 import grpc
 
-from node.errors import PeerError, UnknownPeerError
-from node.identity.member import MemberKeys
-from node.rpc.client import open_channel
-from protocols.v1 import node_pb2, node_pb2_grpc, trace_pb2, trace_pb2_grpc
+from qdspace.node.errors import PeerError, UnknownPeerError
+from qdspace.node.identity.member import MemberKeys
+from qdspace.node.rpc.client import open_channel
+from qdspace.protocols.v1 import node_pb2, node_pb2_grpc, trace_pb2, trace_pb2_grpc
 
 DEFAULT_TIMEOUT_S = 10.0
 

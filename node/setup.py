@@ -6,11 +6,11 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from node.config import DEFAULT_API_PORT, DEFAULT_GRPC_PORT, NodeSettings
-from node.errors import ConfigError
-from node.identity.authority import Authority
-from node.identity.files import write_atomic
-from node.identity.member import create_member_keys, random_token
+from qdspace.node.config import DEFAULT_API_PORT, DEFAULT_GRPC_PORT, NodeSettings
+from qdspace.node.errors import ConfigError
+from qdspace.node.identity.authority import Authority
+from qdspace.node.identity.files import write_atomic
+from qdspace.node.identity.member import create_member_keys, random_token
 
 
 def init_node(

@@ -15,7 +15,7 @@ from datetime import UTC, datetime
 from enum import Enum
 from typing import Any
 
-from policies.errors import PolicyError
+from qdspace.policies.errors import PolicyError
 
 
 class CanonicalEncodingError(PolicyError, TypeError):

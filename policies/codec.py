@@ -15,9 +15,9 @@ from collections.abc import Callable, Mapping
 from datetime import datetime
 from typing import Any, TypeVar
 
-from policies.canonical import canonical_json, format_datetime, parse_datetime
-from policies.errors import PolicySyntaxError
-from policies.model import (
+from qdspace.policies.canonical import canonical_json, format_datetime, parse_datetime
+from qdspace.policies.errors import PolicySyntaxError
+from qdspace.policies.model import (
     CONTEXT,
     SET_OPERATORS,
     Action,

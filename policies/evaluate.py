@@ -26,9 +26,9 @@ from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
-from policies.canonical import format_datetime
-from policies.errors import PolicyDenied, PolicyError
-from policies.model import (
+from qdspace.policies.canonical import format_datetime
+from qdspace.policies.errors import PolicyDenied, PolicyError
+from qdspace.policies.model import (
     FIELD_ALLOW_OPERATORS,
     RULE_ACTIONS,
     Action,
@@ -39,7 +39,7 @@ from policies.model import (
     Policy,
     Prohibition,
 )
-from policies.retention import retention_days, retention_deadline
+from qdspace.policies.retention import retention_days, retention_deadline
 
 
 class InvalidRequestError(PolicyError, ValueError):

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
 
-from policies.errors import PolicySyntaxError
+from qdspace.policies.errors import PolicySyntaxError
 
 ODRL_CONTEXT = "http://www.w3.org/ns/odrl.jsonld"
 QDS_NAMESPACE = "https://qdspace.dev/ns/policy#"

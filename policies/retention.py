@@ -14,8 +14,8 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import StrEnum
 
-from policies.errors import PolicyError
-from policies.model import Policy, PolicyType
+from qdspace.policies.errors import PolicyError
+from qdspace.policies.model import Policy, PolicyType
 
 # What a deletion receipt must state, besides the consumer's signature over it.
 RECEIPT_CONTENT = (

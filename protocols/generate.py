@@ -1,6 +1,6 @@
 """Regenerate the committed gRPC/protobuf stubs from ``protocols/v1/*.proto``.
 
-Run ``python -m protocols.generate`` from the repository root; ``--out DIR``
+Run ``python -m qdspace.protocols.generate`` from the repository root; ``--out DIR``
 writes into another tree (the drift test uses that to compare).
 """
 
@@ -29,7 +29,15 @@ def generate(out: Path = ROOT) -> list[Path]:
     ]
     if protoc.main(args) != 0:
         raise SystemExit("protoc failed")
-    return sorted((out / "protocols" / "v1").glob("*_pb2*.py*"))
+    written = sorted((out / "protocols" / "v1").glob("*_pb2*.py*"))
+    for path in written:
+        # protoc names modules after the proto path (``protocols.v1``); the project
+        # imports them under its namespace (``qdspace.protocols.v1``).
+        text = path.read_text(encoding="utf-8")
+        text = text.replace("from protocols.v1 import", "from qdspace.protocols.v1 import")
+        text = text.replace("'protocols.v1.", "'qdspace.protocols.v1.")
+        path.write_text(text, encoding="utf-8")
+    return written
 
 
 def main() -> None:

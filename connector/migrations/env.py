@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from alembic import context
 
-from connector.qdm import metadata
+from qdspace.connector.qdm import metadata
 
 connection = context.config.attributes.get("connection")
 if connection is None:

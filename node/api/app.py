@@ -20,16 +20,16 @@ from fastapi import Depends, FastAPI, Request
 from fastapi import Path as PathParam
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from connector.ingest import IngestReport, check_kind, ingest_file
-from node.api.gate import (
+from qdspace.connector.ingest import IngestReport, check_kind, ingest_file
+from qdspace.node.api.gate import (
     INGEST_BODY_LIMIT,
     INGEST_PREFIX,
     BearerGate,
     BodyLimit,
     JsonDepthLimit,
 )
-from node.api.inspection import create_inspection_router
-from node.api.models import (
+from qdspace.node.api.inspection import create_inspection_router
+from qdspace.node.api.models import (
     BatchPublic,
     Health,
     HelloPublic,
@@ -39,14 +39,14 @@ from node.api.models import (
     RowErrorPublic,
     UpstreamPublic,
 )
-from node.api.problems import (
+from qdspace.node.api.problems import (
     ApiProblem,
     NotAuthenticated,
     UnsupportedMediaType,
     install_problem_handlers,
 )
-from node.api.regulator_auth import check_credential
-from node.context import NodeContext
+from qdspace.node.api.regulator_auth import check_credential
+from qdspace.node.context import NodeContext
 
 _bearer = HTTPBearer(auto_error=False)
 
@@ -141,7 +141,7 @@ def create_app(ctx: NodeContext) -> FastAPI:
 
     @app.get("/v1/qdm/dictionary", dependencies=[Operator], tags=["qdm"])
     def dictionary() -> Any:
-        from connector.dictionary import default_dictionary
+        from qdspace.connector.dictionary import default_dictionary
 
         return default_dictionary().to_json()
 
@@ -211,10 +211,10 @@ def create_app(ctx: NodeContext) -> FastAPI:
         return UpstreamPublic(batch=pub(reply.batch), parents=[pub(p) for p in reply.parents])
 
     app.include_router(create_inspection_router(ctx.directory, [Operator]))
-    from node.anchoring import mount_regulator_routes
+    from qdspace.node.anchoring import mount_regulator_routes
 
     mount_regulator_routes(app, ctx)
-    from node.api.contracts import contracts_router
+    from qdspace.node.api.contracts import contracts_router
 
     app.include_router(contracts_router(ctx, Operator))
     return app

@@ -21,20 +21,20 @@ from fastapi import APIRouter, HTTPException, Query
 from pydantic import AwareDatetime, BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 
-from connector.agreement import SignedReceipt
-from connector.contract_store import ReceivedChange, StoredAgreement
-from connector.negotiation import Negotiation
-from connector.spc import QualityAlert, SpcSpec
-from connector.transfer import TransferProcess
-from connector.versions import Withdrawal, withdraw
-from connector.views import CatalogEntry
-from node.api.models import Id, IdPath, Text
-from node.api.problems import PeerTimeout
-from node.context import NodeContext
-from node.contract_client import Subscription, client_of
-from node.contract_runtime import ContractRuntime
-from policies.canonical import format_datetime
-from policies.codec import policy_to_dict
+from qdspace.connector.agreement import SignedReceipt
+from qdspace.connector.contract_store import ReceivedChange, StoredAgreement
+from qdspace.connector.negotiation import Negotiation
+from qdspace.connector.spc import QualityAlert, SpcSpec
+from qdspace.connector.transfer import TransferProcess
+from qdspace.connector.versions import Withdrawal, withdraw
+from qdspace.connector.views import CatalogEntry
+from qdspace.node.api.models import Id, IdPath, Text
+from qdspace.node.api.problems import PeerTimeout
+from qdspace.node.context import NodeContext
+from qdspace.node.contract_client import Subscription, client_of
+from qdspace.node.contract_runtime import ContractRuntime
+from qdspace.policies.canonical import format_datetime
+from qdspace.policies.codec import policy_to_dict
 
 _T = TypeVar("_T")
 

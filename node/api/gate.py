@@ -27,9 +27,9 @@ from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from connector.ingest import MAX_JSON_DEPTH, json_too_deep
-from node.api.problems import PROBLEM_MEDIA_TYPE, problem_bytes
-from node.errors import IdentityError
+from qdspace.connector.ingest import MAX_JSON_DEPTH, json_too_deep
+from qdspace.node.api.problems import PROBLEM_MEDIA_TYPE, problem_bytes
+from qdspace.node.errors import IdentityError
 
 log = logging.getLogger("node.api")
 

@@ -19,8 +19,8 @@ from fastapi.params import Depends
 from fastapi.responses import FileResponse
 from pydantic import BaseModel
 
-from inference.explain import read_index
-from inference.registry import ModelRegistry, ModelVersion, RegistryError
+from qdspace.inference.explain import read_index
+from qdspace.inference.registry import ModelRegistry, ModelVersion, RegistryError
 
 INSPECTION_DIR = "inspection"
 EXPLANATIONS_DIR = "explanations"

@@ -24,12 +24,12 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field, ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from connector.contract_errors import ContractError
-from connector.errors import ConnectorError, IngestFileError, StorageError, UnknownKind
-from connector.genealogy import NotYourBatch, UnknownBatch
-from connector.ingest import UnsupportedCharset
-from inference.registry import RegistryError
-from ledger.errors import (
+from qdspace.connector.contract_errors import ContractError
+from qdspace.connector.errors import ConnectorError, IngestFileError, StorageError, UnknownKind
+from qdspace.connector.genealogy import NotYourBatch, UnknownBatch
+from qdspace.connector.ingest import UnsupportedCharset
+from qdspace.inference.registry import RegistryError
+from qdspace.ledger.errors import (
     ChainUnavailable,
     DocumentFormatError,
     LedgerError,
@@ -37,8 +37,8 @@ from ledger.errors import (
     UnknownLeaf,
     WrongChain,
 )
-from ledger.leaves import UnknownKind as UnknownLeafKind
-from node.errors import ConfigError, IdentityError, NodeError, PeerError, UnknownPeerError
+from qdspace.ledger.leaves import UnknownKind as UnknownLeafKind
+from qdspace.node.errors import ConfigError, IdentityError, NodeError, PeerError, UnknownPeerError
 
 log = logging.getLogger("node.api")
 

@@ -17,11 +17,11 @@ from typing import Annotated, Any, NoReturn
 from fastapi import APIRouter, Body, Depends, HTTPException, Query
 from pydantic import BaseModel, Field
 
-from ledger.client import LedgerClient
-from ledger.errors import ChainUnavailable, LedgerError, NotAnchored, WrongChain
-from ledger.leaves import KIND_CODES
-from ledger.passport import PASSPORT_TYPE, Passport, verify_passport
-from ledger.proofs import (
+from qdspace.ledger.client import LedgerClient
+from qdspace.ledger.errors import ChainUnavailable, LedgerError, NotAnchored, WrongChain
+from qdspace.ledger.leaves import KIND_CODES
+from qdspace.ledger.passport import PASSPORT_TYPE, Passport, verify_passport
+from qdspace.ledger.proofs import (
     PROOF_TYPE,
     ConfirmationCache,
     InclusionProof,
@@ -30,8 +30,8 @@ from ledger.proofs import (
     hex32,
     verify_proof,
 )
-from ledger.queue import LeafQueue
-from node.api.problems import status_of
+from qdspace.ledger.queue import LeafQueue
+from qdspace.node.api.problems import status_of
 
 RecordLoader = Callable[[str, str], bytes | None]
 PassportIssuer = Callable[[int, int | None], Passport]

@@ -27,10 +27,10 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from nacl.exceptions import BadSignatureError
 from nacl.signing import VerifyKey
 
-from node.errors import IdentityError
-from node.identity.certs import MemberIdentity, identity_of, verify_issued_by
-from node.identity.member import MemberKeys
-from node.identity.revocation import RevocationList
+from qdspace.node.errors import IdentityError
+from qdspace.node.identity.certs import MemberIdentity, identity_of, verify_issued_by
+from qdspace.node.identity.member import MemberKeys
+from qdspace.node.identity.revocation import RevocationList
 
 REGULATOR_ROLE = "regulator"
 DEFAULT_TTL_S = 300

@@ -20,8 +20,8 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from node.errors import IdentityError
-from node.identity.certs import (
+from qdspace.node.errors import IdentityError
+from qdspace.node.identity.certs import (
     ROLES,
     build_member_cert,
     cert_to_pem,
@@ -31,7 +31,7 @@ from node.identity.certs import (
     member_subject,
     new_tls_key,
 )
-from node.identity.files import read_file, write_atomic
+from qdspace.node.identity.files import read_file, write_atomic
 
 CA_VALID_DAYS = 3650
 MEMBER_VALID_DAYS = 825

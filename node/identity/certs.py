@@ -19,8 +19,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from node.errors import IdentityError
-from node.identity.files import read_file
+from qdspace.node.errors import IdentityError
+from qdspace.node.identity.files import read_file
 
 ROLES = ("oem", "supplier", "host", "regulator")
 # 2.25.<uuid> is the registration-free OID arc (ITU-T X.667).

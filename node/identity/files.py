@@ -26,7 +26,7 @@ def write_atomic(path: Path, data: bytes, *, private: bool = False) -> None:
 
 def read_file(path: Path, what: str) -> bytes:
     """Read a file or raise an IdentityError naming it and what it should have been."""
-    from node.errors import IdentityError
+    from qdspace.node.errors import IdentityError
 
     try:
         return path.read_bytes()

@@ -13,9 +13,9 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from nacl.exceptions import CryptoError
 from nacl.signing import SigningKey
 
-from node.errors import IdentityError
-from node.identity.authority import Authority
-from node.identity.certs import (
+from qdspace.node.errors import IdentityError
+from qdspace.node.identity.authority import Authority
+from qdspace.node.identity.certs import (
     MemberIdentity,
     cert_to_pem,
     identity_of,
@@ -25,7 +25,7 @@ from node.identity.certs import (
     new_tls_key,
     verify_issued_by,
 )
-from node.identity.files import read_file, write_atomic
+from qdspace.node.identity.files import read_file, write_atomic
 
 SIGNING_KEY_FILE = "signing.key"
 TLS_KEY_FILE = "tls.key"

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from cryptography import x509
 
-from node.errors import IdentityError
+from qdspace.node.errors import IdentityError
 
 logger = logging.getLogger("node.identity")
 

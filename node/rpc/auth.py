@@ -32,11 +32,11 @@ import grpc
 from cryptography import x509
 from google.protobuf.message import Message
 
-from node.errors import IdentityError
-from node.identity.certs import MemberIdentity, identity_of
-from node.identity.revocation import RevocationList, StaleRevocationList
-from node.rpc.acl import allowed_roles
-from node.rpc.limits import (
+from qdspace.node.errors import IdentityError
+from qdspace.node.identity.certs import MemberIdentity, identity_of
+from qdspace.node.identity.revocation import RevocationList, StaleRevocationList
+from qdspace.node.rpc.acl import allowed_roles
+from qdspace.node.rpc.limits import (
     CallCaps,
     CallLimiter,
     LimitExceeded,

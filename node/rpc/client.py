@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import grpc
 
-from node.identity.member import MemberKeys
+from qdspace.node.identity.member import MemberKeys
 
 CHANNEL_OPTIONS = [
     ("grpc.max_receive_message_length", 64 * 1024 * 1024),

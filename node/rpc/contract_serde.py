@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-from connector.agreement import (
+from qdspace.connector.agreement import (
     AgreementTermination,
     DeletionReceipt,
     OrderClosed,
@@ -24,8 +24,8 @@ from connector.agreement import (
     agreement_from_bytes,
     receipt_from_bytes,
 )
-from connector.contract_errors import ContractError
-from connector.negotiation import (
+from qdspace.connector.contract_errors import ContractError
+from qdspace.connector.negotiation import (
     Accepted,
     Agreement,
     ContractOffer,
@@ -39,8 +39,8 @@ from connector.negotiation import (
     Verification,
     awaiting,
 )
-from connector.spc import Investigation, QualityAlert, SpcAlert, SpcPoint
-from connector.transfer import (
+from qdspace.connector.spc import Investigation, QualityAlert, SpcAlert, SpcPoint
+from qdspace.connector.transfer import (
     BatchRow,
     Checkpoint,
     RowBatch,
@@ -53,12 +53,12 @@ from connector.transfer import (
     TransferSuspension,
     TransferTermination,
 )
-from connector.views import AssetKind, CatalogEntry, StreamEvent, StreamRequest
-from node.errors import NodeError
-from policies.codec import parse_policy, policy_to_json
-from policies.errors import PolicyError
-from policies.model import Policy
-from protocols.v1 import (
+from qdspace.connector.views import AssetKind, CatalogEntry, StreamEvent, StreamRequest
+from qdspace.node.errors import NodeError
+from qdspace.policies.codec import parse_policy, policy_to_json
+from qdspace.policies.errors import PolicyError
+from qdspace.policies.model import Policy
+from qdspace.protocols.v1 import (
     catalog_pb2,
     negotiation_pb2,
     notification_pb2,

@@ -18,12 +18,12 @@ from typing import Any
 
 import grpc
 
-from connector.contract_errors import ContractDenied, ContractError
-from connector.views import catalog_entry
-from node.contract_runtime import ContractRuntime
-from node.identity.certs import MemberIdentity
-from node.rpc.auth import current_peer
-from node.rpc.contract_serde import (
+from qdspace.connector.contract_errors import ContractDenied, ContractError
+from qdspace.connector.views import catalog_entry
+from qdspace.node.contract_runtime import ContractRuntime
+from qdspace.node.identity.certs import MemberIdentity
+from qdspace.node.rpc.auth import current_peer
+from qdspace.node.rpc.contract_serde import (
     WireFormatError,
     catalog_entry_to_proto,
     catalog_to_proto,
@@ -39,9 +39,9 @@ from node.rpc.contract_serde import (
     transfer_ack_to_proto,
     transfer_message_from_proto,
 )
-from node.table_watch import FALLBACK_POLL_S
-from policies.errors import PolicyError
-from protocols.v1 import (
+from qdspace.node.table_watch import FALLBACK_POLL_S
+from qdspace.policies.errors import PolicyError
+from qdspace.protocols.v1 import (
     catalog_pb2,
     catalog_pb2_grpc,
     negotiation_pb2,

@@ -33,18 +33,18 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from nacl.signing import SigningKey, VerifyKey
 from numpy.typing import NDArray
 
-from federation import secagg
-from federation.chunks import (
+from qdspace.federation import secagg
+from qdspace.federation.chunks import (
     DEFAULT_CHUNK_BYTES,
     Assembler,
     Chunk,
     prefer_heap_for_large_buffers,
 )
-from federation.errors import FederationError, RefusalReason, SecAggAbort, SecAggError
-from federation.host import StatusView
-from federation.job import JobSpec
-from federation.member import Trainer, plain_update, prepare_change, secagg_client
-from federation.params import (
+from qdspace.federation.errors import FederationError, RefusalReason, SecAggAbort, SecAggError
+from qdspace.federation.host import StatusView
+from qdspace.federation.job import JobSpec
+from qdspace.federation.member import Trainer, plain_update, prepare_change, secagg_client
+from qdspace.federation.params import (
     Params,
     Vector,
     body_of,
@@ -54,11 +54,11 @@ from federation.params import (
     params_from_bytes,
     params_to_bytes,
 )
-from federation.rounds import Phase
-from federation.versions import AnchorCheck, ModelVersion, SignedVersion, verify_version
-from node.errors import PeerError
-from node.rpc.federation_keys import CertificateKeys, Revoked
-from node.rpc.federation_serde import (
+from qdspace.federation.rounds import Phase
+from qdspace.federation.versions import AnchorCheck, ModelVersion, SignedVersion, verify_version
+from qdspace.node.errors import PeerError
+from qdspace.node.rpc.federation_keys import CertificateKeys, Revoked
+from qdspace.node.rpc.federation_serde import (
     advert_from_proto,
     advert_to_proto,
     confirmation_to_proto,
@@ -71,9 +71,9 @@ from node.rpc.federation_serde import (
     unmask_request_from_proto,
     unmask_to_proto,
 )
-from protocols.v1 import federation_pb2 as pb
-from protocols.v1 import federation_pb2_grpc as pb_grpc
-from protocols.v1 import node_pb2, node_pb2_grpc
+from qdspace.protocols.v1 import federation_pb2 as pb
+from qdspace.protocols.v1 import federation_pb2_grpc as pb_grpc
+from qdspace.protocols.v1 import node_pb2, node_pb2_grpc
 
 logger = logging.getLogger("node.rpc")
 

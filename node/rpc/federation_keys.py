@@ -17,11 +17,11 @@ from collections.abc import Callable, Collection, Mapping, Sequence
 from cryptography import x509
 from nacl.signing import VerifyKey
 
-from federation.errors import RosterRefused
-from federation.secagg import KeyAdvert
-from node.errors import IdentityError
-from node.identity.certs import MemberIdentity, identity_of, verify_issued_by
-from node.identity.member import member_id_for
+from qdspace.federation.errors import RosterRefused
+from qdspace.federation.secagg import KeyAdvert
+from qdspace.node.errors import IdentityError
+from qdspace.node.identity.certs import MemberIdentity, identity_of, verify_issued_by
+from qdspace.node.identity.member import member_id_for
 
 #: ``serial -> True`` when the authority has revoked that certificate.
 Revoked = Callable[[int], bool]

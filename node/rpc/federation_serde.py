@@ -5,10 +5,10 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from federation import secagg
-from federation.host import StatusView
-from federation.rounds import Phase, RoundRecord
-from protocols.v1 import federation_pb2 as pb
+from qdspace.federation import secagg
+from qdspace.federation.host import StatusView
+from qdspace.federation.rounds import Phase, RoundRecord
+from qdspace.protocols.v1 import federation_pb2 as pb
 
 
 def record_to_proto(record: RoundRecord) -> pb.RoundRecord:

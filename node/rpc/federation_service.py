@@ -34,22 +34,22 @@ from cryptography import x509
 from google.protobuf.message import DecodeError
 from nacl.signing import SigningKey, VerifyKey
 
-from federation import secagg
-from federation.agreements import check_job_agreement, job_asset
-from federation.chunks import (
+from qdspace.federation import secagg
+from qdspace.federation.agreements import check_job_agreement, job_asset
+from qdspace.federation.chunks import (
     DEFAULT_CHUNK_BYTES,
     Assembler,
     Chunk,
     prefer_heap_for_large_buffers,
 )
-from federation.errors import (
+from qdspace.federation.errors import (
     FederationError,
     RefusalReason,
     RosterRefused,
     SecAggAbort,
     UpdateRefused,
 )
-from federation.host import (
+from qdspace.federation.host import (
     JobExists,
     JobHost,
     Published,
@@ -58,16 +58,16 @@ from federation.host import (
     load_jobs,
     poll_wait,
 )
-from federation.job import JobSpec
-from federation.params import encoded_size, params_from_bytes
-from federation.rounds import Phase
-from federation.versions import LEDGER_KIND
-from ledger.errors import LedgerError, NotAnchored, UnknownLeaf
-from ledger.proofs import build_proof
-from node.identity.certs import MemberIdentity
-from node.rpc.auth import Peer, current_peer
-from node.rpc.federation_keys import CertificateKeys
-from node.rpc.federation_serde import (
+from qdspace.federation.job import JobSpec
+from qdspace.federation.params import encoded_size, params_from_bytes
+from qdspace.federation.rounds import Phase
+from qdspace.federation.versions import LEDGER_KIND
+from qdspace.ledger.errors import LedgerError, NotAnchored, UnknownLeaf
+from qdspace.ledger.proofs import build_proof
+from qdspace.node.identity.certs import MemberIdentity
+from qdspace.node.rpc.auth import Peer, current_peer
+from qdspace.node.rpc.federation_keys import CertificateKeys
+from qdspace.node.rpc.federation_serde import (
     advert_from_proto,
     advert_to_proto,
     confirmation_from_proto,
@@ -80,8 +80,8 @@ from node.rpc.federation_serde import (
     unmask_from_proto,
     unmask_request_to_proto,
 )
-from protocols.v1 import federation_pb2 as pb
-from protocols.v1 import federation_pb2_grpc as pb_grpc
+from qdspace.protocols.v1 import federation_pb2 as pb
+from qdspace.protocols.v1 import federation_pb2_grpc as pb_grpc
 
 logger = logging.getLogger("node.rpc")
 
@@ -717,7 +717,7 @@ AgreementCheck = Callable[[str, str, datetime], str | None]
 
 def contract_agreements(contracts: Any) -> AgreementCheck:
     """The check over the node's contract store (``node.contract_runtime.ContractRuntime``)."""
-    from connector.negotiation import Role
+    from qdspace.connector.negotiation import Role
 
     def check(member_id: str, asset_id: str, at: datetime) -> str | None:
         return check_job_agreement(
@@ -738,7 +738,7 @@ def ledger_proofs(ctx: Any) -> ProofSource | None:
         return None
 
     def proof(kind: str, ref_id: str) -> str:
-        from node.anchoring import node_ledger
+        from qdspace.node.anchoring import node_ledger
 
         ledger = node_ledger(ctx)
         if ledger is None:

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import Message
 
-from federation.chunks import DEFAULT_CHUNK_BYTES
+from qdspace.federation.chunks import DEFAULT_CHUNK_BYTES
 
 KIB = 1024
 #: What a unary request may weigh unless its method says otherwise.

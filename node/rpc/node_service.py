@@ -6,9 +6,9 @@ import time
 
 import grpc
 
-from node.identity.certs import MemberIdentity
-from node.rpc.auth import current_peer
-from protocols.v1 import node_pb2, node_pb2_grpc
+from qdspace.node.identity.certs import MemberIdentity
+from qdspace.node.rpc.auth import current_peer
+from qdspace.protocols.v1 import node_pb2, node_pb2_grpc
 
 SOFTWARE_VERSION = "qdspace/0.1.0"
 

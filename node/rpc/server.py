@@ -13,11 +13,11 @@ from collections.abc import Callable, Sequence
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from node.errors import PortInUseError
-from node.identity.member import MemberKeys
-from node.rpc.auth import AuthInterceptor, PeerAuthenticator
-from node.rpc.client import CHANNEL_OPTIONS
-from node.rpc.limits import TRANSPORT_MAX_BYTES, CallCaps, CallLimiter
+from qdspace.node.errors import PortInUseError
+from qdspace.node.identity.member import MemberKeys
+from qdspace.node.rpc.auth import AuthInterceptor, PeerAuthenticator
+from qdspace.node.rpc.client import CHANNEL_OPTIONS
+from qdspace.node.rpc.limits import TRANSPORT_MAX_BYTES, CallCaps, CallLimiter
 
 #: What the server sends; a peer's download is chunked too, this is only the ceiling.
 SERVER_MAX_SEND_BYTES = 64 * 1024 * 1024

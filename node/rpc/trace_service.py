@@ -8,10 +8,16 @@ from __future__ import annotations
 
 import grpc
 
-from connector.genealogy import BatchInfo, GenealogyError, NotYourBatch, UnknownBatch, upstream
-from connector.storage import QualityStore
-from node.rpc.auth import current_peer
-from protocols.v1 import trace_pb2, trace_pb2_grpc
+from qdspace.connector.genealogy import (
+    BatchInfo,
+    GenealogyError,
+    NotYourBatch,
+    UnknownBatch,
+    upstream,
+)
+from qdspace.connector.storage import QualityStore
+from qdspace.node.rpc.auth import current_peer
+from qdspace.protocols.v1 import trace_pb2, trace_pb2_grpc
 
 
 def batch_to_proto(batch: BatchInfo) -> trace_pb2.BatchRef:

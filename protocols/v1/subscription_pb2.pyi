@@ -1,4 +1,4 @@
-from protocols.v1 import transfer_pb2 as _transfer_pb2
+from qdspace.protocols.v1 import transfer_pb2 as _transfer_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message

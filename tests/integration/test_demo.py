@@ -29,7 +29,7 @@ def demo(
     workdir = tmp_path_factory.mktemp("demo") / "space"
     try:
         done = subprocess.run(
-            [sys.executable, "-m", "node", "demo", "--workdir", str(workdir)],
+            [sys.executable, "-m", "qdspace", "demo", "--workdir", str(workdir)],
             capture_output=True,
             text=True,
             timeout=840,

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import create_engine, text
 
-from connector.storage import QualityStore, normalise_url, open_store
+from qdspace.connector.storage import QualityStore, normalise_url, open_store
 
 PG_ENV = "QDSPACE_TEST_PG_URL"
 PG_HOWTO = (

@@ -13,12 +13,12 @@ from alembic.runtime.migration import MigrationContext
 from sqlalchemy import select, text
 from sqlmodel import Session
 
-from connector.errors import IngestFileError, StorageError, UnknownKind, UnknownRecordError
-from connector.genealogy import NotYourBatch, UnknownBatch, upstream
-from connector.ingest import ingest_file
-from connector.qdm import Inspection, ProcessMeasurement, metadata
-from connector.sample import sold_batch, write_sample_files
-from connector.storage import QualityStore, head_revision, open_store
+from qdspace.connector.errors import IngestFileError, StorageError, UnknownKind, UnknownRecordError
+from qdspace.connector.genealogy import NotYourBatch, UnknownBatch, upstream
+from qdspace.connector.ingest import ingest_file
+from qdspace.connector.qdm import Inspection, ProcessMeasurement, metadata
+from qdspace.connector.sample import sold_batch, write_sample_files
+from qdspace.connector.storage import QualityStore, head_revision, open_store
 
 
 def _inspection(i: int, **changes: Any) -> dict[str, Any]:
@@ -282,7 +282,7 @@ def test_writers_take_turns_so_ids_become_visible_in_order(store: QualityStore) 
     """A reader's id cursor is a watermark only if no lower id commits after a higher one."""
     import threading
 
-    from connector.versions import serialize_writes
+    from qdspace.connector.versions import serialize_writes
 
     if store.backend != "postgresql":
         pytest.skip("SQLite has one writer at a time by itself")

@@ -14,8 +14,8 @@ import httpx
 import pytest
 from sqlalchemy import create_engine, text
 
-from connector.sample import write_sample_files
-from node.launcher import LocalNetwork, MemberSpec
+from qdspace.connector.sample import write_sample_files
+from qdspace.node.launcher import LocalNetwork, MemberSpec
 
 CELLEX_ORDER = "PO-2026-0042"
 POLYCELL_ORDER = "PO-2026-0043"

@@ -23,13 +23,13 @@ import grpc
 import pytest
 from nacl.signing import VerifyKey
 
-from connector.agreement import countersign
-from connector.negotiation import Accepted, ContractRequest, Verification
-from connector.transfer import Checkpoint, TransferRequest
-from connector.views import StreamRequest
-from node.identity.member import load_member_keys
-from node.peers import PeerDirectory
-from node.rpc.contract_serde import (
+from qdspace.connector.agreement import countersign
+from qdspace.connector.negotiation import Accepted, ContractRequest, Verification
+from qdspace.connector.transfer import Checkpoint, TransferRequest
+from qdspace.connector.views import StreamRequest
+from qdspace.node.identity.member import load_member_keys
+from qdspace.node.peers import PeerDirectory
+from qdspace.node.rpc.contract_serde import (
     PullRequest,
     negotiation_message_from_proto,
     negotiation_message_to_proto,
@@ -39,9 +39,9 @@ from node.rpc.contract_serde import (
     stream_request_to_proto,
     transfer_message_to_proto,
 )
-from policies.errors import PolicySyntaxError
-from policies.model import ALLOWED_OPERATORS, Constraint, LeftOperand, Operator, Policy
-from protocols.v1 import (
+from qdspace.policies.errors import PolicySyntaxError
+from qdspace.policies.model import ALLOWED_OPERATORS, Constraint, LeftOperand, Operator, Policy
+from qdspace.protocols.v1 import (
     catalog_pb2,
     catalog_pb2_grpc,
     negotiation_pb2_grpc,

@@ -7,7 +7,7 @@ import re
 import pytest
 from typer.testing import CliRunner
 
-from node.cli import app
+from qdspace.node.cli import app
 
 from .conftest import CELLEX_ORDER, QA, Space
 

@@ -12,27 +12,27 @@ import grpc
 import pytest
 from nacl.signing import VerifyKey
 
-from connector.agreement import (
+from qdspace.connector.agreement import (
     SignedAgreement,
     agreement_from_bytes,
     countersign,
     open_signed_agreement,
     verify_agreement,
 )
-from connector.contract_errors import AgreementSignatureError
-from connector.negotiation import ContractRequest, Verification
-from connector.transfer import Checkpoint
-from node.identity.member import load_member_keys
-from node.peers import PeerDirectory
-from node.rpc.contract_serde import (
+from qdspace.connector.contract_errors import AgreementSignatureError
+from qdspace.connector.negotiation import ContractRequest, Verification
+from qdspace.connector.transfer import Checkpoint
+from qdspace.node.identity.member import load_member_keys
+from qdspace.node.peers import PeerDirectory
+from qdspace.node.rpc.contract_serde import (
     PullRequest,
     negotiation_message_from_proto,
     negotiation_message_to_proto,
     pull_request_to_proto,
     row_batch_from_proto,
 )
-from policies.model import OfferTerms, make_offer
-from protocols.v1 import (
+from qdspace.policies.model import OfferTerms, make_offer
+from qdspace.protocols.v1 import (
     catalog_pb2,
     catalog_pb2_grpc,
     negotiation_pb2,

@@ -18,8 +18,8 @@ import httpx
 import pytest
 from typer.testing import CliRunner
 
-from node.cli import app
-from node.launcher import LocalNetwork
+from qdspace.node.cli import app
+from qdspace.node.launcher import LocalNetwork
 
 from .conftest import (
     BIG_ORDER,

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from node.launcher import LocalNetwork
+from qdspace.node.launcher import LocalNetwork
 
 from .conftest import (
     assert_faithful_copy,

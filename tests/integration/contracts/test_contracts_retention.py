@@ -7,9 +7,9 @@ from datetime import timedelta
 import pytest
 from nacl.signing import VerifyKey
 
-from connector.agreement import deletion_digest, open_signed_receipt, receipt_from_bytes
-from node.identity.member import load_member_keys
-from policies.canonical import canonical_json, parse_datetime
+from qdspace.connector.agreement import deletion_digest, open_signed_receipt, receipt_from_bytes
+from qdspace.node.identity.member import load_member_keys
+from qdspace.policies.canonical import canonical_json, parse_datetime
 
 from .conftest import POLYCELL_ORDER, QA, Space, negotiate, ok, wait_for
 

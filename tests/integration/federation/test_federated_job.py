@@ -22,19 +22,19 @@ import grpc
 import numpy as np
 import pytest
 
-from federation import logreg
-from federation.job import JobSpec
-from federation.member import Trainer
-from federation.params import Params, flatten, params_to_bytes, unflatten
-from federation.rounds import Phase
-from federation.strategies import StrategyName, StrategySpec
-from federation.versions import ModelVersion
-from node.cli_fl import ensure_job_agreement
-from node.errors import NodeError
-from node.identity.member import load_member_keys
-from node.launcher import LocalNetwork
-from node.rpc.client import open_channel
-from node.rpc.federation_client import (
+from qdspace.federation import logreg
+from qdspace.federation.job import JobSpec
+from qdspace.federation.member import Trainer
+from qdspace.federation.params import Params, flatten, params_to_bytes, unflatten
+from qdspace.federation.rounds import Phase
+from qdspace.federation.strategies import StrategyName, StrategySpec
+from qdspace.federation.versions import ModelVersion
+from qdspace.node.cli_fl import ensure_job_agreement
+from qdspace.node.errors import NodeError
+from qdspace.node.identity.member import load_member_keys
+from qdspace.node.launcher import LocalNetwork
+from qdspace.node.rpc.client import open_channel
+from qdspace.node.rpc.federation_client import (
     FederationClient,
     FederationRefused,
     MemberEvent,
@@ -42,8 +42,8 @@ from node.rpc.federation_client import (
     MemberRunner,
     coordinator_key,
 )
-from protocols.v1 import federation_pb2 as pb
-from protocols.v1 import federation_pb2_grpc as pb_grpc
+from qdspace.protocols.v1 import federation_pb2 as pb
+from qdspace.protocols.v1 import federation_pb2_grpc as pb_grpc
 
 pytestmark = pytest.mark.integration
 
@@ -430,7 +430,7 @@ def test_cli_start_join_and_status(network: LocalNetwork, tmp_path: Path) -> Non
 
     def qdspace(member: str, *args: str) -> subprocess.Popen[str]:
         return subprocess.Popen(
-            [sys.executable, "-m", "node", "fl", *args, "--dir", str(network[member].directory)],
+            [sys.executable, "-m", "qdspace", "fl", *args, "--dir", str(network[member].directory)],
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
@@ -474,8 +474,8 @@ def test_cli_start_join_and_status(network: LocalNetwork, tmp_path: Path) -> Non
 
 
 def test_demo_chapter_runs_the_el_job(network: LocalNetwork) -> None:
-    from node.demo_federation import MEMBERS as DEMO_MEMBERS
-    from node.demo_federation import ROUNDS, run_federation_chapter
+    from qdspace.node.demo_federation import MEMBERS as DEMO_MEMBERS
+    from qdspace.node.demo_federation import ROUNDS, run_federation_chapter
 
     result = run_federation_chapter(network, job_id="el-demo-test")
     assert [r["version"] for r in result.rounds] == list(range(ROUNDS + 1))
@@ -504,13 +504,13 @@ async def test_member_deploys_a_verified_anchored_version_into_its_inspection_ti
     network: LocalNetwork,
 ) -> None:
     """Signature and ledger anchor checked, ONNX export checked, registered, hot-swapped."""
-    from federation import mlp
-    from federation.el_features import el_features, feature_count
-    from federation.errors import VersionError
-    from federation.onnx_export import el_mlp_reference, export_el_mlp
-    from inference.registry import ModelRegistry
-    from inference.session import InspectionSession
-    from node.fl_deploy import check_anchor, install, member_ledger, verified_anchor
+    from qdspace.federation import mlp
+    from qdspace.federation.el_features import el_features, feature_count
+    from qdspace.federation.errors import VersionError
+    from qdspace.federation.onnx_export import el_mlp_reference, export_el_mlp
+    from qdspace.inference.registry import ModelRegistry
+    from qdspace.inference.session import InspectionSession
+    from qdspace.node.fl_deploy import check_anchor, install, member_ledger, verified_anchor
 
     size, members = 32, ("polycell", "sunarc")
     data = {}

@@ -25,22 +25,22 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.serialization import Encoding
 
-from federation import logreg
-from federation.errors import RosterRefused
-from federation.job import JobSpec
-from federation.member import secagg_client
-from federation.params import params_to_bytes
-from node.cli_fl import member_revocations
-from node.identity.certs import load_cert, load_key
-from node.identity.member import load_member_keys
-from node.identity.revocation import RevocationList
-from node.launcher import LocalNetwork
-from node.rpc.client import open_channel
-from node.rpc.federation_client import FederationClient
-from node.rpc.federation_keys import CertificateKeys
-from node.rpc.federation_serde import advert_to_proto
-from protocols.v1 import federation_pb2 as pb
-from protocols.v1 import federation_pb2_grpc as pb_grpc
+from qdspace.federation import logreg
+from qdspace.federation.errors import RosterRefused
+from qdspace.federation.job import JobSpec
+from qdspace.federation.member import secagg_client
+from qdspace.federation.params import params_to_bytes
+from qdspace.node.cli_fl import member_revocations
+from qdspace.node.identity.certs import load_cert, load_key
+from qdspace.node.identity.member import load_member_keys
+from qdspace.node.identity.revocation import RevocationList
+from qdspace.node.launcher import LocalNetwork
+from qdspace.node.rpc.client import open_channel
+from qdspace.node.rpc.federation_client import FederationClient
+from qdspace.node.rpc.federation_keys import CertificateKeys
+from qdspace.node.rpc.federation_serde import advert_to_proto
+from qdspace.protocols.v1 import federation_pb2 as pb
+from qdspace.protocols.v1 import federation_pb2_grpc as pb_grpc
 
 pytestmark = pytest.mark.integration
 

@@ -18,15 +18,15 @@ from PIL import Image
 from rich.console import Console
 from typer.testing import CliRunner
 
-from inference.dataset import frame_id_of, load_elpv
-from inference.registry import ModelRegistry
-from inference.splits import SplitManifest
-from node.cli import app
-from node.cli_inspect import split_path
-from node.launcher import LocalNetwork, MemberProcess, MemberSpec
+from qdspace.inference.dataset import frame_id_of, load_elpv
+from qdspace.inference.registry import ModelRegistry
+from qdspace.inference.splits import SplitManifest
+from qdspace.node.cli import app
+from qdspace.node.cli_inspect import split_path
+from qdspace.node.launcher import LocalNetwork, MemberProcess, MemberSpec
 
 pytestmark = pytest.mark.integration
-pytest.importorskip("inference.training", exc_type=ImportError)
+pytest.importorskip("qdspace.inference.training", exc_type=ImportError)
 
 
 @pytest.fixture(scope="module")
@@ -130,8 +130,8 @@ def test_a_corrupt_model_file_is_refused_by_name(node: MemberProcess) -> None:
 def test_the_demo_chapter_inspects_and_hot_swaps_at_the_supplier(
     network: LocalNetwork, local_ray: None
 ) -> None:
-    from node.demo import DemoReport
-    from node.demo_inspection import CHAPTER, inspection_chapter, print_inspection
+    from qdspace.node.demo import DemoReport
+    from qdspace.node.demo_inspection import CHAPTER, inspection_chapter, print_inspection
 
     db = network["cellex"].directory / "node.db"
     before = len(_rows(db))

@@ -11,20 +11,20 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from connector.storage import open_store
-from inference.dataset import ElImages, load_elpv
-from inference.errors import ModelLoadError
-from inference.line import InspectionLine, LineConfig, StationSpec
-from inference.model import OnnxClassifier
-from inference.registry import ModelRegistry
-from inference.serve import InspectionTier, ServeSettings
-from inference.sources import dataset_frames
-from inference.splits import split_el_images
-from inference.verdicts import FrameRequest, ServedVerdict
-from inference.writer import ingest_sink
+from qdspace.connector.storage import open_store
+from qdspace.inference.dataset import ElImages, load_elpv
+from qdspace.inference.errors import ModelLoadError
+from qdspace.inference.line import InspectionLine, LineConfig, StationSpec
+from qdspace.inference.model import OnnxClassifier
+from qdspace.inference.registry import ModelRegistry
+from qdspace.inference.serve import InspectionTier, ServeSettings
+from qdspace.inference.sources import dataset_frames
+from qdspace.inference.splits import split_el_images
+from qdspace.inference.verdicts import FrameRequest, ServedVerdict
+from qdspace.inference.writer import ingest_sink
 
 pytestmark = pytest.mark.integration
-training = pytest.importorskip("inference.training", exc_type=ImportError)
+training = pytest.importorskip("qdspace.inference.training", exc_type=ImportError)
 pytest.importorskip("ray")
 
 SIZE = 32

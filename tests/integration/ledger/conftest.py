@@ -15,11 +15,11 @@ from pathlib import Path
 import pytest
 from sqlalchemy import Engine, create_engine, event
 
-from ledger.chain import read_endpoint
-from ledger.client import LedgerClient
-from ledger.deploy import Deployment, fund_from_dev_account
-from ledger.keys import ChainSigner, new_key_file
-from ledger.queue import LeafQueue, ensure_schema
+from qdspace.ledger.chain import read_endpoint
+from qdspace.ledger.client import LedgerClient
+from qdspace.ledger.deploy import Deployment, fund_from_dev_account
+from qdspace.ledger.keys import ChainSigner, new_key_file
+from qdspace.ledger.queue import LeafQueue, ensure_schema
 
 START_TIMEOUT_S = 60.0
 ONE_ETH = 10**18
@@ -33,7 +33,7 @@ def free_port() -> int:
 
 @dataclass
 class ChainProcess:
-    """``python -m ledger.chain`` as a child process that a test can kill and restart."""
+    """``python -m qdspace.ledger.chain`` as a child process that a test can kill and restart."""
 
     state_dir: Path
     port: int
@@ -49,7 +49,7 @@ class ChainProcess:
                 [
                     sys.executable,
                     "-m",
-                    "ledger.chain",
+                    "qdspace.ledger.chain",
                     "--port",
                     str(self.port),
                     "--state-dir",

@@ -8,12 +8,12 @@ from pathlib import Path
 
 import pytest
 
-from ledger.anchorer import Anchorer, AnchorPolicy
-from ledger.client import ANCHOR_GAS, GAS_MARGIN, LedgerClient
-from ledger.errors import WrongChain
-from ledger.keys import ChainSigner
-from ledger.leaves import KIND_CODES, Leaf
-from ledger.queue import ANCHORED, SEALED, SIGNED, Batch, LeafQueue
+from qdspace.ledger.anchorer import Anchorer, AnchorPolicy
+from qdspace.ledger.client import ANCHOR_GAS, GAS_MARGIN, LedgerClient
+from qdspace.ledger.errors import WrongChain
+from qdspace.ledger.keys import ChainSigner
+from qdspace.ledger.leaves import KIND_CODES, Leaf
+from qdspace.ledger.queue import ANCHORED, SEALED, SIGNED, Batch, LeafQueue
 
 from .conftest import ChainProcess
 

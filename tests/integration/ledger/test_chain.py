@@ -7,9 +7,9 @@ import os
 import pytest
 import requests
 
-from ledger.client import LedgerClient
-from ledger.errors import AlreadyAnchored, ChainUnavailable, WrongChain
-from ledger.keys import ChainSigner
+from qdspace.ledger.client import LedgerClient
+from qdspace.ledger.errors import AlreadyAnchored, ChainUnavailable, WrongChain
+from qdspace.ledger.keys import ChainSigner
 
 from .conftest import ChainProcess
 

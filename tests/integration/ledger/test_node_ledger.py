@@ -18,10 +18,10 @@ from pathlib import Path
 import httpx
 import pytest
 
-from ledger.client import LedgerClient
-from node.api.regulator_auth import issue_credential
-from node.identity.member import load_member_keys
-from node.launcher import LocalNetwork, MemberProcess, MemberSpec
+from qdspace.ledger.client import LedgerClient
+from qdspace.node.api.regulator_auth import issue_credential
+from qdspace.node.identity.member import load_member_keys
+from qdspace.node.launcher import LocalNetwork, MemberProcess, MemberSpec
 
 pytestmark = pytest.mark.integration
 
@@ -81,7 +81,7 @@ def regulator_client(network: LocalNetwork, member: MemberProcess) -> httpx.Clie
 
 def verify_cli(path: Path, rpc: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "node", "verify", str(path), "--rpc", rpc],
+        [sys.executable, "-m", "qdspace", "verify", str(path), "--rpc", rpc],
         capture_output=True,
         text=True,
         timeout=120,
@@ -141,7 +141,7 @@ def test_regulator_verifies_node_anchored_records_and_catches_a_changed_one(
 
     passport = tmp_path / "passport.json"
     out = subprocess.run(
-        [sys.executable, "-m", "node", "ledger", "passport", "--dir", str(cellex.directory),
+        [sys.executable, "-m", "qdspace", "ledger", "passport", "--dir", str(cellex.directory),
          "--out", str(passport)],
         capture_output=True, text=True, timeout=120, check=False,
     )  # fmt: skip

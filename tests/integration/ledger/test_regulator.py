@@ -18,12 +18,12 @@ from fastapi import Depends, FastAPI, HTTPException
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from nacl.signing import SigningKey
 
-from ledger.anchorer import Anchorer, AnchorPolicy
-from ledger.keys import ChainSigner
-from ledger.passport import Passport, issue_passport
-from ledger.proofs import InclusionProof
-from ledger.queue import LeafQueue
-from node.api.regulator import regulator_router
+from qdspace.ledger.anchorer import Anchorer, AnchorPolicy
+from qdspace.ledger.keys import ChainSigner
+from qdspace.ledger.passport import Passport, issue_passport
+from qdspace.ledger.proofs import InclusionProof
+from qdspace.ledger.queue import LeafQueue
+from qdspace.node.api.regulator import regulator_router
 
 from .conftest import ChainProcess
 

@@ -11,8 +11,8 @@ import httpx
 import pytest
 from fastapi import FastAPI
 
-from ledger.queue import LeafQueue
-from node.api.regulator import regulator_router
+from qdspace.ledger.queue import LeafQueue
+from qdspace.node.api.regulator import regulator_router
 
 from .conftest import ChainProcess
 from .test_regulator import TOKEN, regulator, serve

@@ -10,14 +10,14 @@ import pytest
 from nacl.signing import SigningKey
 from typer.testing import CliRunner
 
-from ledger.anchorer import Anchorer, AnchorPolicy
-from ledger.errors import DocumentFormatError
-from ledger.keys import ChainSigner
-from ledger.passport import Passport, issue_passport, verify_passport
-from ledger.proofs import build_proof
-from ledger.queue import LeafQueue
-from ledger.verify import verify_document
-from node.cli_ledger import ledger_app
+from qdspace.ledger.anchorer import Anchorer, AnchorPolicy
+from qdspace.ledger.errors import DocumentFormatError
+from qdspace.ledger.keys import ChainSigner
+from qdspace.ledger.passport import Passport, issue_passport, verify_passport
+from qdspace.ledger.proofs import build_proof
+from qdspace.ledger.queue import LeafQueue
+from qdspace.ledger.verify import verify_document
+from qdspace.node.cli_ledger import ledger_app
 
 from .conftest import ChainProcess
 

@@ -19,7 +19,7 @@ import httpx
 import pytest
 from sqlalchemy import create_engine, text
 
-from node.launcher import LocalNetwork, MemberProcess
+from qdspace.node.launcher import LocalNetwork, MemberProcess
 
 pytestmark = pytest.mark.integration
 

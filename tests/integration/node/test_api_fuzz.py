@@ -28,9 +28,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from node.api.regulator_auth import MAX_TTL_S, issue_credential
-from node.identity.member import load_member_keys
-from node.launcher import LocalNetwork, MemberSpec
+from qdspace.node.api.regulator_auth import MAX_TTL_S, issue_credential
+from qdspace.node.identity.member import load_member_keys
+from qdspace.node.launcher import LocalNetwork, MemberSpec
 
 pytestmark = pytest.mark.integration
 

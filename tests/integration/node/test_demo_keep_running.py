@@ -30,7 +30,7 @@ RECORD_ID = "CX-EL-KEPT-000001"
 
 def qdspace(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "node", *args],
+        [sys.executable, "-m", "qdspace", *args],
         capture_output=True,
         text=True,
         timeout=timeout,
@@ -114,7 +114,7 @@ def test_kept_network_anchors_new_records_and_stops_completely(tmp_path: Path) -
                     "-X",
                     "importtime",
                     "-m",
-                    "node",
+                    "qdspace",
                     "contracts",
                     "--dir",
                     str(cellex),
@@ -133,7 +133,7 @@ def test_kept_network_anchors_new_records_and_stops_completely(tmp_path: Path) -
                 "web3",
                 "ray",
                 "torch",
-                "node.app",
+                "qdspace.node.app",
             }
 
             proof = tmp_path / "proof.json"

@@ -25,15 +25,15 @@ import pytest
 from grpc_health.v1 import health_pb2
 from sqlalchemy import create_engine, text
 
-from connector.agreement import AgreementTermination
-from connector.spc import Investigation, QualityAlert, SpcAlert, SpcPoint
-from connector.transfer import Checkpoint
-from node.identity.authority import Authority
-from node.identity.member import MemberKeys, load_member_keys
-from node.launcher import LocalNetwork, MemberSpec
-from node.rpc.client import open_channel
-from node.rpc.contract_serde import Notification, checkpoint_to_proto, notification_to_proto
-from protocols.v1 import (
+from qdspace.connector.agreement import AgreementTermination
+from qdspace.connector.spc import Investigation, QualityAlert, SpcAlert, SpcPoint
+from qdspace.connector.transfer import Checkpoint
+from qdspace.node.identity.authority import Authority
+from qdspace.node.identity.member import MemberKeys, load_member_keys
+from qdspace.node.launcher import LocalNetwork, MemberSpec
+from qdspace.node.rpc.client import open_channel
+from qdspace.node.rpc.contract_serde import Notification, checkpoint_to_proto, notification_to_proto
+from qdspace.protocols.v1 import (
     catalog_pb2,
     federation_pb2,
     negotiation_pb2,
@@ -642,8 +642,8 @@ def test_a_node_without_a_revocation_list_refuses_to_start(tmp_path: Path) -> No
     import subprocess
     import sys
 
-    from node.launcher import free_port
-    from node.setup import init_node
+    from qdspace.node.launcher import free_port
+    from qdspace.node.setup import init_node
 
     Authority.init(tmp_path / "authority")
     directory = tmp_path / "node"
@@ -655,7 +655,7 @@ def test_a_node_without_a_revocation_list_refuses_to_start(tmp_path: Path) -> No
     config["crl_path"] = None
     (directory / "node.json").write_text(json.dumps(config))
     result = subprocess.run(
-        [sys.executable, "-m", "node", "node", "start", "--dir", str(directory)],
+        [sys.executable, "-m", "qdspace", "node", "start", "--dir", str(directory)],
         capture_output=True,
         text=True,
         timeout=60,

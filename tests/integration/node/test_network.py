@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from node.errors import PeerError
-from node.identity.authority import Authority
-from node.identity.member import create_member_keys, load_member_keys
-from node.launcher import LocalNetwork
-from node.peers import PeerDirectory
+from qdspace.node.errors import PeerError
+from qdspace.node.identity.authority import Authority
+from qdspace.node.identity.member import create_member_keys, load_member_keys
+from qdspace.node.launcher import LocalNetwork
+from qdspace.node.peers import PeerDirectory
 
 pytestmark = pytest.mark.integration
 

@@ -15,15 +15,15 @@ from pathlib import Path
 import httpx
 import pytest
 
-from connector.sample import sold_batch, write_sample_files
-from node.launcher import LocalNetwork, MemberSpec, free_port
+from qdspace.connector.sample import sold_batch, write_sample_files
+from qdspace.node.launcher import LocalNetwork, MemberSpec, free_port
 
 pytestmark = pytest.mark.integration
 
 
 def qdspace(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "node", *args], capture_output=True, text=True, timeout=timeout
+        [sys.executable, "-m", "qdspace", *args], capture_output=True, text=True, timeout=timeout
     )
 
 

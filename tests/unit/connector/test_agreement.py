@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from nacl.signing import SigningKey
 
-from connector.agreement import (
+from qdspace.connector.agreement import (
     ContractAgreement,
     DeletionReceipt,
     SignedReceipt,
@@ -26,12 +26,12 @@ from connector.agreement import (
     verify_agreement,
     verify_receipt,
 )
-from connector.contract_errors import (
+from qdspace.connector.contract_errors import (
     AgreementError,
     AgreementSignatureError,
     ReceiptSignatureError,
 )
-from policies.model import OfferTerms, make_offer, to_agreement
+from qdspace.policies.model import OfferTerms, make_offer, to_agreement
 
 T0 = datetime(2026, 5, 1, 8, 30, tzinfo=UTC)
 PROVIDER = SigningKey(bytes(range(32)))

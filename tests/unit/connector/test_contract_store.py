@@ -16,21 +16,21 @@ from alembic.runtime.migration import MigrationContext
 from nacl.signing import SigningKey
 from sqlalchemy import Engine, create_engine, inspect, select, text
 
-from connector import contract_store
-from connector.agreement import (
+from qdspace.connector import contract_store
+from qdspace.connector.agreement import (
     DeletionReceipt,
     SignedAgreement,
     countersign,
     sign_agreement,
     sign_receipt,
 )
-from connector.contract_errors import (
+from qdspace.connector.contract_errors import (
     ForeignRecordError,
     KeyShreddedError,
     NotificationQuotaError,
     UnknownContractError,
 )
-from connector.contract_store import (
+from qdspace.connector.contract_store import (
     CONTRACT_METADATA,
     ConcurrentUpdateError,
     ContractStore,
@@ -41,7 +41,7 @@ from connector.contract_store import (
     ensure_schema,
     received_row_table,
 )
-from connector.negotiation import (
+from qdspace.connector.negotiation import (
     Accepted,
     Agreement,
     ContractOffer,
@@ -56,9 +56,9 @@ from connector.negotiation import (
     draft_agreement,
     open_negotiation,
 )
-from connector.spc import Investigation, QualityAlert, SpcAlert, SpcPoint
-from connector.storage import head_revision, migrate
-from connector.transfer import (
+from qdspace.connector.spc import Investigation, QualityAlert, SpcAlert, SpcPoint
+from qdspace.connector.storage import head_revision, migrate
+from qdspace.connector.transfer import (
     Checkpoint,
     TransferRequest,
     TransferStart,
@@ -67,10 +67,10 @@ from connector.transfer import (
     open_transfer,
     row_bytes,
 )
-from connector.transfer import apply as apply_transfer
-from policies.canonical import canonical_json
-from policies.model import OfferTerms, Policy, make_offer
-from policies.retention import DutyStatus, ReceiptMismatchError
+from qdspace.connector.transfer import apply as apply_transfer
+from qdspace.policies.canonical import canonical_json
+from qdspace.policies.model import OfferTerms, Policy, make_offer
+from qdspace.policies.retention import DutyStatus, ReceiptMismatchError
 
 PG_URL = os.environ.get("QDSPACE_TEST_PG_URL")
 T0 = datetime(2026, 5, 1, tzinfo=UTC)

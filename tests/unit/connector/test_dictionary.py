@@ -8,8 +8,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from connector.dictionary import default_dictionary
-from connector.errors import DictionaryError
+from qdspace.connector.dictionary import default_dictionary
+from qdspace.connector.errors import DictionaryError
 
 D = default_dictionary()
 

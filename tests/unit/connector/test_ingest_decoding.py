@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from connector.errors import IngestFileError
-from connector.ingest import UnsupportedCharset, charset_of, json_too_deep, read_rows
+from qdspace.connector.errors import IngestFileError
+from qdspace.connector.ingest import UnsupportedCharset, charset_of, json_too_deep, read_rows
 
 HEADER = b"location,measured_at,temperature\r\n"
 

@@ -24,7 +24,7 @@ from hypothesis import strategies as st
 from nacl.signing import SigningKey
 from sqlalchemy import create_engine, select
 
-from connector.agreement import (
+from qdspace.connector.agreement import (
     ContractAgreement,
     DeletionReceipt,
     countersign,
@@ -32,23 +32,23 @@ from connector.agreement import (
     sign_agreement,
     sign_receipt,
 )
-from connector.contract_errors import (
+from qdspace.connector.contract_errors import (
     ForeignRecordError,
     RecordEnvelopeError,
     UnknownContractError,
 )
-from connector.contract_store import (
+from qdspace.connector.contract_store import (
     ContractStore,
     Deletion,
     IncomingRow,
     OutboxMessage,
     received_row_table,
 )
-from connector.errors import UnknownRecordError
-from connector.negotiation import Role
-from connector.pseudonym import Pseudonymizer
-from connector.storage import QualityStore, create_store_engine, open_store
-from connector.transfer import (
+from qdspace.connector.errors import UnknownRecordError
+from qdspace.connector.negotiation import Role
+from qdspace.connector.pseudonym import Pseudonymizer
+from qdspace.connector.storage import QualityStore, create_store_engine, open_store
+from qdspace.connector.transfer import (
     RowBatch,
     TransferCompletion,
     TransferRequest,
@@ -57,8 +57,8 @@ from connector.transfer import (
     open_transfer,
     row_bytes,
 )
-from connector.transfer import apply as apply_transfer
-from connector.views import (
+from qdspace.connector.transfer import apply as apply_transfer
+from qdspace.connector.views import (
     INSPECTION_FIELDS,
     INSPECTION_TABLE,
     Asset,
@@ -68,8 +68,8 @@ from connector.views import (
     record_key,
     stream_batches,
 )
-from policies.evaluate import Request
-from policies.model import Action, OfferTerms, make_offer, to_agreement
+from qdspace.policies.evaluate import Request
+from qdspace.policies.model import Action, OfferTerms, make_offer, to_agreement
 
 T0 = datetime(2026, 6, 1, tzinfo=UTC)
 ORDER, OTHER = "PO-1", "PO-2"
@@ -497,7 +497,7 @@ def test_process_data_along_a_genealogy_is_pulled_in_full() -> None:
     """Its scope grows with the genealogy, so a watermark would miss older rows."""
     from dataclasses import replace
 
-    from connector.views import incremental_refusal
+    from qdspace.connector.views import incremental_refusal
 
     assert incremental_refusal(ASSET) is None
     along = replace(ASSET, kind=AssetKind.PROCESS_ALONG_GENEALOGY)

@@ -10,8 +10,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from nacl.signing import SigningKey
 
-from connector.agreement import countersign, sign_agreement
-from connector.contract_errors import (
+from qdspace.connector.agreement import countersign, sign_agreement
+from qdspace.connector.contract_errors import (
     AgreementSignatureError,
     IllegalTransitionError,
     MessageReplayError,
@@ -19,7 +19,7 @@ from connector.contract_errors import (
     UnauthorizedSenderError,
     UnknownProcessError,
 )
-from connector.negotiation import (
+from qdspace.connector.negotiation import (
     Accepted,
     Agreement,
     ContractOffer,
@@ -37,7 +37,7 @@ from connector.negotiation import (
     draft_agreement,
     open_negotiation,
 )
-from policies.model import OfferTerms, Policy, make_offer
+from qdspace.policies.model import OfferTerms, Policy, make_offer
 
 T0 = datetime(2026, 5, 1, tzinfo=UTC)
 P_KEY = SigningKey(b"p" * 32)

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from connector.offers import (
+from qdspace.connector.offers import (
     QUALITY_PURPOSES,
     NonStandardPolicyError,
     Verdict,
@@ -18,10 +18,10 @@ from connector.offers import (
     offer_terms,
     standard_assets,
 )
-from policies.codec import parse_policy, policy_to_json
-from policies.errors import PolicySyntaxError
-from policies.evaluate import Request, evaluate
-from policies.model import (
+from qdspace.policies.codec import parse_policy, policy_to_json
+from qdspace.policies.errors import PolicySyntaxError
+from qdspace.policies.evaluate import Request, evaluate
+from qdspace.policies.model import (
     ALLOWED_OPERATORS,
     Action,
     Constraint,

@@ -6,8 +6,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from connector.contract_errors import PseudonymError
-from connector.pseudonym import PSEUDONYM_PREFIX, Pseudonymizer, derive_agreement_key
+from qdspace.connector.contract_errors import PseudonymError
+from qdspace.connector.pseudonym import PSEUDONYM_PREFIX, Pseudonymizer, derive_agreement_key
 
 SECRET = bytes(range(32))
 

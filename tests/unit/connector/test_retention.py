@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from nacl.signing import SigningKey
 from sqlalchemy import create_engine
 
-from connector.agreement import (
+from qdspace.connector.agreement import (
     ContractAgreement,
     SignedReceipt,
     countersign,
@@ -21,12 +21,17 @@ from connector.agreement import (
     open_signed_receipt,
     sign_agreement,
 )
-from connector.contract_store import ContractStore, IncomingRow, OutboxMessage, ensure_schema
-from connector.negotiation import Role
-from connector.retention_sweep import RetentionSweeper, sweep
-from policies.canonical import canonical_json
-from policies.model import OfferTerms, make_offer, to_agreement
-from policies.retention import DutyStatus
+from qdspace.connector.contract_store import (
+    ContractStore,
+    IncomingRow,
+    OutboxMessage,
+    ensure_schema,
+)
+from qdspace.connector.negotiation import Role
+from qdspace.connector.retention_sweep import RetentionSweeper, sweep
+from qdspace.policies.canonical import canonical_json
+from qdspace.policies.model import OfferTerms, make_offer, to_agreement
+from qdspace.policies.retention import DutyStatus
 
 T0 = datetime(2026, 5, 1, tzinfo=UTC)
 P_KEY, C_KEY = SigningKey(b"p" * 32), SigningKey(b"c" * 32)

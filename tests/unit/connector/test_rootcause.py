@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from connector.rootcause import (
+from qdspace.connector.rootcause import (
     DataConfidence,
     Observation,
     Reading,

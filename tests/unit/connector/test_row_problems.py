@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from connector.dictionary import default_dictionary
-from connector.ingest import ingest_file
-from connector.storage import open_store
-from connector.validate import FIELDS, RowInvalid, parse_row, template
+from qdspace.connector.dictionary import default_dictionary
+from qdspace.connector.ingest import ingest_file
+from qdspace.connector.storage import open_store
+from qdspace.connector.validate import FIELDS, RowInvalid, parse_row, template
 
 D = default_dictionary()
 

@@ -7,8 +7,8 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from connector.contract_errors import SpcError
-from connector.spc import (
+from qdspace.connector.contract_errors import SpcError
+from qdspace.connector.spc import (
     CPK_RULE,
     Rule,
     SpcAlert,

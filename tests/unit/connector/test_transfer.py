@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from connector.contract_errors import (
+from qdspace.connector.contract_errors import (
     IllegalTransitionError,
     MessageReplayError,
     TransferCursorError,
@@ -17,8 +17,8 @@ from connector.contract_errors import (
     UnauthorizedSenderError,
     UnknownProcessError,
 )
-from connector.negotiation import Role
-from connector.transfer import (
+from qdspace.connector.negotiation import Role
+from qdspace.connector.transfer import (
     Checkpoint,
     TransferCompletion,
     TransferProcess,
@@ -212,7 +212,7 @@ def test_a_batch_payload_must_hold_exactly_its_rows() -> None:
 
 
 def test_an_incremental_transfer_starts_at_its_watermark() -> None:
-    from connector.transfer import fingerprint
+    from qdspace.connector.transfer import fingerprint
 
     since = replace(REQUEST, since="4711")
     provider, consumer = open_transfer(since, Role.PROVIDER), open_transfer(since, Role.CONSUMER)
@@ -225,8 +225,8 @@ def test_an_incremental_transfer_starts_at_its_watermark() -> None:
 
 
 def test_a_row_envelope_names_its_record_version_and_tombstone() -> None:
-    from connector.contract_errors import RecordEnvelopeError
-    from connector.transfer import RecordMeta, record_meta, row_bytes, tombstone_bytes
+    from qdspace.connector.contract_errors import RecordEnvelopeError
+    from qdspace.connector.transfer import RecordMeta, record_meta, row_bytes, tombstone_bytes
 
     assert record_meta(row_bytes({"@key": "k", "@v": 3, "verdict": "ok"})) == RecordMeta("k", 3)
     assert record_meta(tombstone_bytes("k", 4)) == RecordMeta("k", 4, True)

@@ -6,8 +6,8 @@ from datetime import UTC, datetime
 
 import pytest
 
-from connector.dictionary import default_dictionary
-from connector.validate import FieldError, parse_row
+from qdspace.connector.dictionary import default_dictionary
+from qdspace.connector.validate import FieldError, parse_row
 
 D = default_dictionary()
 GOOD_INSPECTION = {

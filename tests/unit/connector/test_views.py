@@ -17,13 +17,13 @@ from hypothesis import strategies as st
 from nacl.signing import SigningKey
 from sqlalchemy import Engine, create_engine, insert, text
 
-from connector.agreement import ContractAgreement, countersign, sign_agreement
-from connector.contract_errors import ViewError
-from connector.contract_store import ContractStore, IncomingRow, ensure_schema
-from connector.negotiation import Role
-from connector.pseudonym import PSEUDONYM_PREFIX, Pseudonymizer
-from connector.storage import QualityStore, migrate, open_store
-from connector.transfer import (
+from qdspace.connector.agreement import ContractAgreement, countersign, sign_agreement
+from qdspace.connector.contract_errors import ViewError
+from qdspace.connector.contract_store import ContractStore, IncomingRow, ensure_schema
+from qdspace.connector.negotiation import Role
+from qdspace.connector.pseudonym import PSEUDONYM_PREFIX, Pseudonymizer
+from qdspace.connector.storage import QualityStore, migrate, open_store
+from qdspace.connector.transfer import (
     Checkpoint,
     TransferRequest,
     TransferStart,
@@ -32,8 +32,8 @@ from connector.transfer import (
     open_transfer,
     row_bytes,
 )
-from connector.transfer import apply as apply_transfer
-from connector.views import (
+from qdspace.connector.transfer import apply as apply_transfer
+from qdspace.connector.views import (
     INSPECTION_FIELDS,
     INSPECTION_TABLE,
     MEASUREMENT_TABLE,
@@ -51,9 +51,9 @@ from connector.views import (
     record_key,
     stream_batches,
 )
-from policies.canonical import format_datetime
-from policies.evaluate import Request
-from policies.model import (
+from qdspace.policies.canonical import format_datetime
+from qdspace.policies.evaluate import Request
+from qdspace.policies.model import (
     Action,
     Constraint,
     LeftOperand,

@@ -9,12 +9,12 @@ import pytest
 from nacl.signing import SigningKey
 from sqlalchemy import create_engine
 
-from connector.agreement import ContractAgreement, countersign, sign_agreement
-from connector.contract_store import ContractStore, ensure_schema
-from connector.negotiation import Role
-from federation.agreements import check_job_agreement, job_offer_terms
-from federation.job import JobSpec
-from policies.model import OfferTerms, make_offer, to_agreement
+from qdspace.connector.agreement import ContractAgreement, countersign, sign_agreement
+from qdspace.connector.contract_store import ContractStore, ensure_schema
+from qdspace.connector.negotiation import Role
+from qdspace.federation.agreements import check_job_agreement, job_offer_terms
+from qdspace.federation.job import JobSpec
+from qdspace.policies.model import OfferTerms, make_offer, to_agreement
 
 T0 = datetime(2026, 6, 1, tzinfo=UTC)
 PROVIDER, KEY_P, KEY_C = "sunarc-0001", SigningKey(b"p" * 32), SigningKey(b"c" * 32)

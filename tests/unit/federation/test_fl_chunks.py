@@ -9,8 +9,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from federation.chunks import Assembler, Chunk, chunks
-from federation.errors import RefusalReason, UpdateRefused
+from qdspace.federation.chunks import Assembler, Chunk, chunks
+from qdspace.federation.errors import RefusalReason, UpdateRefused
 
 
 @settings(max_examples=40, deadline=None)

@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from federation.dp import (
+from qdspace.federation.dp import (
     Accountant,
     DPConfig,
     NoiseMode,
@@ -16,7 +16,7 @@ from federation.dp import (
     noise_for_budget,
     rdp_sampled_gaussian,
 )
-from federation.errors import PrivacyError
+from qdspace.federation.errors import PrivacyError
 
 
 def test_clipping_bounds_the_norm_and_keeps_short_updates() -> None:

@@ -7,11 +7,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from federation import logreg, mlp
-from federation.el_features import el_features, feature_count, member_split
-from federation.errors import FederationError, TrainingError
-from federation.logreg import Dataset
-from federation.models import model_kind
+from qdspace.federation import logreg, mlp
+from qdspace.federation.el_features import el_features, feature_count, member_split
+from qdspace.federation.errors import FederationError, TrainingError
+from qdspace.federation.logreg import Dataset
+from qdspace.federation.models import model_kind
 
 
 def _cells(n: int, seed: int, cracked: bool) -> np.ndarray:

@@ -8,13 +8,13 @@ import numpy as np
 import pytest
 from nacl.signing import SigningKey
 
-from federation import logreg
-from federation.errors import FederationError, RefusalReason, UpdateRefused, VersionError
-from federation.host import JobExists, JobHost, load_jobs
-from federation.job import JobSpec
-from federation.params import encoded_size, params_to_bytes
-from federation.rounds import Phase
-from federation.versions import LEDGER_KIND, verify_version
+from qdspace.federation import logreg
+from qdspace.federation.errors import FederationError, RefusalReason, UpdateRefused, VersionError
+from qdspace.federation.host import JobExists, JobHost, load_jobs
+from qdspace.federation.job import JobSpec
+from qdspace.federation.params import encoded_size, params_to_bytes
+from qdspace.federation.rounds import Phase
+from qdspace.federation.versions import LEDGER_KIND, verify_version
 
 SHAPES = logreg.model_shapes(4, 2)
 MEMBERS = ("cellex", "polycell")

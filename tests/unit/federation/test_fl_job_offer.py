@@ -8,13 +8,13 @@ from datetime import UTC, datetime
 import pytest
 from sqlalchemy import create_engine
 
-from connector.contract_errors import ViewError
-from connector.offers import Verdict, answer_job_request
-from connector.views import AssetKind, asset_source
-from federation.agreements import job_asset
-from federation.job import JobSpec
-from policies.evaluate import Request, evaluate
-from policies.model import Action, OfferTerms, make_offer, to_agreement
+from qdspace.connector.contract_errors import ViewError
+from qdspace.connector.offers import Verdict, answer_job_request
+from qdspace.connector.views import AssetKind, asset_source
+from qdspace.federation.agreements import job_asset
+from qdspace.federation.job import JobSpec
+from qdspace.policies.evaluate import Request, evaluate
+from qdspace.policies.model import Action, OfferTerms, make_offer, to_agreement
 
 AT = datetime(2026, 6, 1, tzinfo=UTC)
 COORDINATOR_ID = "sunarc-0123456789ab"

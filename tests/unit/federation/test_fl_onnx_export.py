@@ -6,11 +6,11 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from federation import mlp
-from federation.el_features import el_features, feature_count
-from federation.onnx_export import ExportError, el_mlp_reference, export_el_mlp
-from inference.model import OnnxClassifier
-from node.fl_deploy import probe_frames
+from qdspace.federation import mlp
+from qdspace.federation.el_features import el_features, feature_count
+from qdspace.federation.onnx_export import ExportError, el_mlp_reference, export_el_mlp
+from qdspace.inference.model import OnnxClassifier
+from qdspace.node.fl_deploy import probe_frames
 
 
 @pytest.mark.parametrize("size", [24, 37])

@@ -9,15 +9,15 @@ import numpy as np
 import pytest
 from nacl.signing import SigningKey
 
-from federation import logreg
-from federation.dp import DPConfig, NoiseMode
-from federation.errors import CheckpointError, RefusalReason, UpdateRefused
-from federation.job import JobSpec, JobSpecError
-from federation.member import plain_update, prepare_change, secagg_client
-from federation.params import flatten, unflatten
-from federation.rounds import Coordinator, Phase
-from federation.secagg import SecAggClient
-from federation.strategies import StrategyName, StrategySpec
+from qdspace.federation import logreg
+from qdspace.federation.dp import DPConfig, NoiseMode
+from qdspace.federation.errors import CheckpointError, RefusalReason, UpdateRefused
+from qdspace.federation.job import JobSpec, JobSpecError
+from qdspace.federation.member import plain_update, prepare_change, secagg_client
+from qdspace.federation.params import flatten, unflatten
+from qdspace.federation.rounds import Coordinator, Phase
+from qdspace.federation.secagg import SecAggClient
+from qdspace.federation.strategies import StrategyName, StrategySpec
 
 DIMS, CLASSES = 10, 3
 SHAPES = logreg.model_shapes(DIMS, CLASSES)

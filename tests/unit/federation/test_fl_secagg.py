@@ -11,8 +11,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from nacl.signing import SigningKey
 
-from federation import shamir
-from federation.errors import (
+from qdspace.federation import shamir
+from qdspace.federation.errors import (
     BadShares,
     InconsistentView,
     RefusalReason,
@@ -21,8 +21,8 @@ from federation.errors import (
     SecAggError,
     UpdateRefused,
 )
-from federation.params import Vector
-from federation.secagg import (
+from qdspace.federation.params import Vector
+from qdspace.federation.secagg import (
     BLOCK,
     EncryptedShare,
     MaskedInput,
@@ -34,7 +34,7 @@ from federation.secagg import (
     UnmaskRequest,
     expand,
 )
-from federation.secagg_server import SecAggServer
+from qdspace.federation.secagg_server import SecAggServer
 
 LENGTH = 1000
 QUANT = Quantizer(clip=1.0, max_members=8)

@@ -17,16 +17,16 @@ import pytest
 from nacl.public import Box, PublicKey
 from nacl.signing import SigningKey, VerifyKey
 
-from federation import secagg, shamir
-from federation.errors import (
+from qdspace.federation import secagg, shamir
+from qdspace.federation.errors import (
     BadShares,
     InconsistentView,
     RefusalReason,
     RosterRefused,
     UpdateRefused,
 )
-from federation.job import JobSpec, JobSpecError
-from federation.secagg import (
+from qdspace.federation.job import JobSpec, JobSpecError
+from qdspace.federation.secagg import (
     Quantizer,
     SecAggClient,
     SecAggConfig,
@@ -34,7 +34,7 @@ from federation.secagg import (
     UnmaskRequest,
     UnmaskResponse,
 )
-from federation.secagg_server import SecAggServer
+from qdspace.federation.secagg_server import SecAggServer
 
 LENGTH = 64
 COORDINATOR = "m0"

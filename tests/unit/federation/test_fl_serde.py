@@ -6,12 +6,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from federation import secagg
-from federation.errors import FederationError, RefusalReason, UpdateRefused
-from federation.host import MAX_WAIT_S, StatusView, poll_wait
-from federation.job import JobSpec
-from federation.rounds import Phase, RoundRecord
-from node.rpc.federation_serde import (
+from qdspace.federation import secagg
+from qdspace.federation.errors import FederationError, RefusalReason, UpdateRefused
+from qdspace.federation.host import MAX_WAIT_S, StatusView, poll_wait
+from qdspace.federation.job import JobSpec
+from qdspace.federation.rounds import Phase, RoundRecord
+from qdspace.node.rpc.federation_serde import (
     advert_from_proto,
     advert_to_proto,
     confirmation_from_proto,
@@ -29,7 +29,7 @@ from node.rpc.federation_serde import (
     unmask_request_to_proto,
     unmask_to_proto,
 )
-from protocols.v1 import federation_pb2 as pb
+from qdspace.protocols.v1 import federation_pb2 as pb
 
 names = st.text("abcdefghij", min_size=1, max_size=8)
 records = st.builds(

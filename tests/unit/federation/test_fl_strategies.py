@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from federation import logreg
-from federation.errors import StrategyError
-from federation.params import Vector, flatten, unflatten
-from federation.strategies import (
+from qdspace.federation import logreg
+from qdspace.federation.errors import StrategyError
+from qdspace.federation.params import Vector, flatten, unflatten
+from qdspace.federation.strategies import (
     SUM_BASED,
     ClientUpdate,
     FedAvg,

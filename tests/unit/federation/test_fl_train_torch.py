@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from federation import logreg
-from federation.errors import TrainingError
-from federation.params import flatten
-from federation.train_torch import LocalConfig, get_params, set_params, train_local
+from qdspace.federation import logreg
+from qdspace.federation.errors import TrainingError
+from qdspace.federation.params import flatten
+from qdspace.federation.train_torch import LocalConfig, get_params, set_params, train_local
 
 DATA = logreg.make_blobs(400, 8, 3, seed=3, spread=1.0)
 INPUTS = torch.from_numpy(DATA.x)

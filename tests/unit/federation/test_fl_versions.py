@@ -11,9 +11,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from nacl.signing import SigningKey
 
-from federation.errors import ParamsError, VersionError
-from federation.params import params_digest, params_from_bytes, params_to_bytes
-from federation.versions import (
+from qdspace.federation.errors import ParamsError, VersionError
+from qdspace.federation.params import params_digest, params_from_bytes, params_to_bytes
+from qdspace.federation.versions import (
     LEDGER_KIND,
     ModelVersion,
     SignedVersion,
@@ -21,8 +21,8 @@ from federation.versions import (
     sign_version,
     verify_version,
 )
-from ledger.leaves import Leaf
-from ledger.merkle import MerkleTree, verify_inclusion
+from qdspace.ledger.leaves import Leaf
+from qdspace.ledger.merkle import MerkleTree, verify_inclusion
 
 COORDINATOR = SigningKey(bytes(range(32)))
 JOB_DIGEST = bytes(32)

@@ -10,7 +10,7 @@ SIZE = 32
 @pytest.fixture(scope="session")
 def model_bytes() -> tuple[bytes, bytes]:
     """Two different untrained tiny EL classifiers (two versions), as ONNX bytes."""
-    training = pytest.importorskip("inference.training", exc_type=ImportError)
+    training = pytest.importorskip("qdspace.inference.training", exc_type=ImportError)
     out = []
     for seed in (1, 2):
         config = training.TrainConfig(input_size=SIZE, widths=(4, 8, 8), seed=seed)

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from inference.dataset import (
+from qdspace.inference.dataset import (
     ElImages,
     binary_labels,
     class_labels,
@@ -20,9 +20,9 @@ from inference.dataset import (
     partition_by_supplier,
     read_labels,
 )
-from inference.errors import DatasetError, FrameError
-from inference.frames import check_frame, image_sha256, read_image, to_model_input
-from inference.splits import SplitManifest, make_split, split_el_images
+from qdspace.inference.errors import DatasetError, FrameError
+from qdspace.inference.frames import check_frame, image_sha256, read_image, to_model_input
+from qdspace.inference.splits import SplitManifest, make_split, split_el_images
 
 
 def _images(n: int = 40, size: int = 20) -> ElImages:

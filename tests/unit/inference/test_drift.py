@@ -7,11 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from inference import alarms as kinds
-from inference.alarms import AlarmLog
-from inference.drift import LINE, DriftMonitor, DriftThresholds
-from inference.errors import InferenceError
-from inference.verdicts import ServedVerdict
+from qdspace.inference import alarms as kinds
+from qdspace.inference.alarms import AlarmLog
+from qdspace.inference.drift import LINE, DriftMonitor, DriftThresholds
+from qdspace.inference.errors import InferenceError
+from qdspace.inference.verdicts import ServedVerdict
 
 
 def _v(verdict: str) -> ServedVerdict:

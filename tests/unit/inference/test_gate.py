@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from inference.gate import (
+from qdspace.inference.gate import (
     GateError,
     GatePolicy,
     PromotionRefusedError,
@@ -13,7 +13,7 @@ from inference.gate import (
     metric_values,
     stratified_resamples,
 )
-from inference.metrics import binary_metrics
+from qdspace.inference.metrics import binary_metrics
 
 POLICY = GatePolicy()
 

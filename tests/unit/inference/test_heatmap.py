@@ -13,8 +13,8 @@ import io
 import numpy as np
 from PIL import Image
 
-from inference.explain import MIN_PANEL, colour_map, occlusion_map, overlay_png
-from inference.model import OnnxClassifier
+from qdspace.inference.explain import MIN_PANEL, colour_map, occlusion_map, overlay_png
+from qdspace.inference.model import OnnxClassifier
 
 CELL = 64
 PATCH = (slice(40, 52), slice(8, 20))  # rows, columns of the planted patch

@@ -10,14 +10,14 @@ import numpy as np
 from fastapi import Depends, FastAPI, Header, HTTPException
 from PIL import Image
 
-from inference.alarms import AlarmLog
-from inference.dataset import ElImages
-from inference.drift import DriftMonitor
-from inference.explain import explain, find_misjudgments, group_misjudgments, occlusion_map
-from inference.model import OnnxClassifier
-from inference.registry import ModelRegistry
-from inference.verdicts import ServedVerdict
-from node.api.inspection import create_inspection_router, explanations_root
+from qdspace.inference.alarms import AlarmLog
+from qdspace.inference.dataset import ElImages
+from qdspace.inference.drift import DriftMonitor
+from qdspace.inference.explain import explain, find_misjudgments, group_misjudgments, occlusion_map
+from qdspace.inference.model import OnnxClassifier
+from qdspace.inference.registry import ModelRegistry
+from qdspace.inference.verdicts import ServedVerdict
+from qdspace.node.api.inspection import create_inspection_router, explanations_root
 
 
 def _cells(n: int = 24) -> ElImages:
@@ -50,7 +50,7 @@ def test_groups_are_ranked_by_size_and_split_by_kind() -> None:
         ("FN", "poly", 1.0),
         ("FN", "poly", 1.0),
     ]
-    from inference.explain import Misjudgment
+    from qdspace.inference.explain import Misjudgment
 
     ms = [
         Misjudgment(f"c{i}", k, t, p, 0.9 if k == "FP" else 0.1 * i, i)

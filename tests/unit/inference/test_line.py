@@ -12,14 +12,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from connector.storage import open_store
-from inference import alarms as kinds
-from inference.frames import image_sha256
-from inference.line import InspectionLine, LineConfig, LocalJudge, StationSpec
-from inference.model import OnnxClassifier
-from inference.sources import ArrayFrames, FolderFrames
-from inference.verdicts import FrameRequest, ServedVerdict
-from inference.writer import ingest_sink
+from qdspace.connector.storage import open_store
+from qdspace.inference import alarms as kinds
+from qdspace.inference.frames import image_sha256
+from qdspace.inference.line import InspectionLine, LineConfig, LocalJudge, StationSpec
+from qdspace.inference.model import OnnxClassifier
+from qdspace.inference.sources import ArrayFrames, FolderFrames
+from qdspace.inference.verdicts import FrameRequest, ServedVerdict
+from qdspace.inference.writer import ingest_sink
 
 FPS = 400.0
 

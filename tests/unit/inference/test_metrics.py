@@ -9,9 +9,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from inference.errors import InferenceError, WeightsError
-from inference.metrics import auroc, binary_metrics, collapse_finding
-from inference.weights import check_shapes, flatten, shapes_of, unflatten
+from qdspace.inference.errors import InferenceError, WeightsError
+from qdspace.inference.metrics import auroc, binary_metrics, collapse_finding
+from qdspace.inference.weights import check_shapes, flatten, shapes_of, unflatten
 
 
 def _pairwise_auroc(labels: list[int], scores: list[float]) -> float:

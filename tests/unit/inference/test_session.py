@@ -8,12 +8,12 @@ from typing import Any
 
 import numpy as np
 
-from inference import alarms as kinds
-from inference.line import InspectionLine, LineConfig, StationSpec
-from inference.registry import ModelRegistry
-from inference.session import InspectionSession
-from inference.sources import ArrayFrames
-from inference.verdicts import ServedVerdict
+from qdspace.inference import alarms as kinds
+from qdspace.inference.line import InspectionLine, LineConfig, StationSpec
+from qdspace.inference.registry import ModelRegistry
+from qdspace.inference.session import InspectionSession
+from qdspace.inference.sources import ArrayFrames
+from qdspace.inference.verdicts import ServedVerdict
 
 
 class _Rows:

@@ -15,15 +15,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from inference.dataset import ElImages, load_elpv
-from inference.errors import ModelLoadError, WeightsError
-from inference.gate import GatePolicy, PromotionRefusedError
-from inference.metrics import BinaryMetrics
-from inference.model import OnnxClassifier, content_hash
-from inference.registry import ModelRegistry, RegistryError
-from inference.splits import split_el_images
+from qdspace.inference.dataset import ElImages, load_elpv
+from qdspace.inference.errors import ModelLoadError, WeightsError
+from qdspace.inference.gate import GatePolicy, PromotionRefusedError
+from qdspace.inference.metrics import BinaryMetrics
+from qdspace.inference.model import OnnxClassifier, content_hash
+from qdspace.inference.registry import ModelRegistry, RegistryError
+from qdspace.inference.splits import split_el_images
 
-training = pytest.importorskip("inference.training", exc_type=ImportError)
+training = pytest.importorskip("qdspace.inference.training", exc_type=ImportError)
 
 SIZE = 32
 # a few seconds of one thread per run; early stopping may end it sooner
@@ -217,7 +217,7 @@ def test_inspect_activate_refuses_with_figures_and_force_is_logged(
 ) -> None:
     from typer.testing import CliRunner
 
-    from node.cli import app
+    from qdspace.node.cli import app
 
     registry = ModelRegistry(tmp_path)
     test = cells.select(split_el_images(cells, seed=1).test)
@@ -273,7 +273,7 @@ def test_inspection_modules_do_not_import_torch() -> None:
 
 
 def test_four_grade_variant_exports_and_judges(cells: ElImages) -> None:
-    from inference.dataset import GRADE_CLASSES
+    from qdspace.inference.dataset import GRADE_CLASSES
 
     config = replace(CONFIG, num_classes=4)
     split = split_el_images(cells, seed=1)

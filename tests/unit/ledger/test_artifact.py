@@ -6,16 +6,22 @@ import json
 
 import pytest
 
-from ledger.artifact import load_artifact, source_sha256
-from ledger.compile import EVM_VERSION, SOLC_VERSION, artifact_path, compile_artifact, missing_tools
-from ledger.compile import render as render_artifact
+from qdspace.ledger.artifact import load_artifact, source_sha256
+from qdspace.ledger.compile import (
+    EVM_VERSION,
+    SOLC_VERSION,
+    artifact_path,
+    compile_artifact,
+    missing_tools,
+)
+from qdspace.ledger.compile import render as render_artifact
 
 
 def test_artifact_loads_and_records_its_source_hash() -> None:
     art = load_artifact()
     assert art.source_sha256 == source_sha256(), (
         "ledger/contracts/Anchor.sol changed since Anchor.json was compiled; "
-        "run `python -m ledger.compile`"
+        "run `python -m qdspace.ledger.compile`"
     )
     assert art.evm_version == EVM_VERSION
     assert art.compiler_version.startswith(SOLC_VERSION + "+")
@@ -33,5 +39,5 @@ def test_recompiling_reproduces_the_committed_artifact() -> None:
     fresh = render_artifact(compile_artifact())
     assert fresh == artifact_path().read_text(encoding="utf-8"), (
         "ledger/contracts/Anchor.json drifted from a fresh compile of Anchor.sol; "
-        "run `python -m ledger.compile` and commit the result"
+        "run `python -m qdspace.ledger.compile` and commit the result"
     )

@@ -8,8 +8,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ledger.errors import LeafIndexError, MerkleError
-from ledger.merkle import (
+from qdspace.ledger.errors import LeafIndexError, MerkleError
+from qdspace.ledger.merkle import (
     EMPTY_ROOT,
     HASH_SIZE,
     MerkleTree,

@@ -10,17 +10,17 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from sqlalchemy import create_engine
 
-from ledger.client import SignedAnchor
-from ledger.errors import NotAnchored, ProofFormatError, UnknownLeaf
-from ledger.merkle import proof_length
-from ledger.proofs import (
+from qdspace.ledger.client import SignedAnchor
+from qdspace.ledger.errors import NotAnchored, ProofFormatError, UnknownLeaf
+from qdspace.ledger.merkle import proof_length
+from qdspace.ledger.proofs import (
     InclusionProof,
     build_proof,
     document_type,
     offline_checks,
     verify_proof,
 )
-from ledger.queue import LeafQueue, ensure_schema
+from qdspace.ledger.queue import LeafQueue, ensure_schema
 
 RECORDS = {f"insp-{i}": f'{{"verdict":"ok","n":{i}}}'.encode() for i in range(11)}
 
@@ -150,7 +150,7 @@ def test_malformed_documents_name_the_field(queue: LeafQueue, mutate: object, fi
 
 
 def test_confirmation_cache_keeps_only_fresh_passing_checks() -> None:
-    from ledger.proofs import Check, ConfirmationCache
+    from qdspace.ledger.proofs import Check, ConfirmationCache
 
     cache = ConfirmationCache(ttl_s=60, max_entries=2)
     ok, bad = [Check("anchored", True, "yes")], [Check("anchored", False, "no")]

@@ -10,11 +10,11 @@ from pathlib import Path
 import pytest
 from sqlalchemy import Engine, create_engine, text
 
-from ledger.client import SignedAnchor
-from ledger.errors import LedgerError, NotAnchored, UnknownLeaf
-from ledger.leaves import Leaf, UnknownKind, leaf_preimage
-from ledger.merkle import leaf_hash, root_of
-from ledger.queue import ANCHORED, SEALED, SIGNED, LeafConflict, LeafQueue, ensure_schema
+from qdspace.ledger.client import SignedAnchor
+from qdspace.ledger.errors import LedgerError, NotAnchored, UnknownLeaf
+from qdspace.ledger.leaves import Leaf, UnknownKind, leaf_preimage
+from qdspace.ledger.merkle import leaf_hash, root_of
+from qdspace.ledger.queue import ANCHORED, SEALED, SIGNED, LeafConflict, LeafQueue, ensure_schema
 
 PG_URL = os.environ.get("QDSPACE_TEST_PG_URL")
 
@@ -146,7 +146,7 @@ def test_batch_states_move_forward_only(queue: LeafQueue) -> None:
 def test_bulk_records_span_packed_rows_and_seal_across_them(
     queue: LeafQueue, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr("ledger.queue.CHUNK_LEAVES", 4)  # many packed rows from few leaves
+    monkeypatch.setattr("qdspace.ledger.queue.CHUNK_LEAVES", 4)  # many packed rows from few leaves
     refs = [f"EL-{i:03d}" for i in range(11)]
     records = [f'{{"n":{i}}}'.encode() for i in range(11)]
     assert queue.enqueue_records("inspection", refs[:6], records[:6]) == 6

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from ledger.client import ANCHOR_GAS
-from node.anchoring import LedgerSettings, canonical_row, write_ledger_file
-from node.errors import ConfigError
+from qdspace.ledger.client import ANCHOR_GAS
+from qdspace.node.anchoring import LedgerSettings, canonical_row, write_ledger_file
+from qdspace.node.errors import ConfigError
 
 
 def test_ledger_file_and_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -61,13 +61,13 @@ def test_a_corrected_record_is_anchored_next_to_the_version_it_replaced(tmp_path
     correction and the withdrawal under ``id@vN``; an unchanged record hashes as before."""
     import hashlib
 
-    from connector.storage import open_store
-    from ledger.anchorer import Anchorer
-    from ledger.client import LedgerClient
-    from ledger.keys import ChainSigner
-    from ledger.queue import LeafQueue
-    from ledger.queue import ensure_schema as ensure_queue
-    from node.anchoring import QdmSweeper, inspection_ref
+    from qdspace.connector.storage import open_store
+    from qdspace.ledger.anchorer import Anchorer
+    from qdspace.ledger.client import LedgerClient
+    from qdspace.ledger.keys import ChainSigner
+    from qdspace.ledger.queue import LeafQueue
+    from qdspace.ledger.queue import ensure_schema as ensure_queue
+    from qdspace.node.anchoring import QdmSweeper, inspection_ref
 
     store = open_store(f"sqlite:///{tmp_path / 'node.db'}")
     ensure_queue(store.engine)

@@ -4,20 +4,20 @@ from __future__ import annotations
 
 import pytest
 
-from connector.contract_errors import (
+from qdspace.connector.contract_errors import (
     ContractDenied,
     OfferMismatchError,
     PseudonymError,
     SpcError,
     UnknownContractError,
 )
-from connector.errors import IngestFileError, StorageError, UnknownKind
-from connector.ingest import UnsupportedCharset
-from ledger.errors import ChainUnavailable, NotAnchored, ProofFormatError, UnknownLeaf
-from node.api.gate import CredentialRejected, bearer_token
-from node.api.problems import BodyTooLarge, problem_response, status_of
-from node.contract_runtime import ClockControlDisabled
-from node.errors import ConfigError, PeerError, UnknownPeerError
+from qdspace.connector.errors import IngestFileError, StorageError, UnknownKind
+from qdspace.connector.ingest import UnsupportedCharset
+from qdspace.ledger.errors import ChainUnavailable, NotAnchored, ProofFormatError, UnknownLeaf
+from qdspace.node.api.gate import CredentialRejected, bearer_token
+from qdspace.node.api.problems import BodyTooLarge, problem_response, status_of
+from qdspace.node.contract_runtime import ClockControlDisabled
+from qdspace.node.errors import ConfigError, PeerError, UnknownPeerError
 
 
 @pytest.mark.parametrize(

@@ -36,11 +36,17 @@ HEAVY = (
     "ledger",
     "inference",
 )
-HEAVY_NODE = ("node.app", "node.api", "node.rpc", "node.context", "connector.storage")
+HEAVY_NODE = (
+    "qdspace.node.app",
+    "qdspace.node.api",
+    "qdspace.node.rpc",
+    "qdspace.node.context",
+    "qdspace.connector.storage",
+)
 
 PROBE = """
 import json, sys
-from node.cli import app
+from qdspace.node.cli import app
 try:
     app(sys.argv[1:], prog_name="qdspace")
 except SystemExit as done:
@@ -62,14 +68,22 @@ def _run(*args: str) -> tuple[int, list[str], str]:
     return int(result["code"] or 0), result["modules"], done.stdout + done.stderr
 
 
+def _room(module: str) -> str:
+    """The top-level name a module belongs to; ``qdspace.ledger.x`` belongs to ``ledger``."""
+    parts = module.split(".")
+    return parts[1] if parts[0] == "qdspace" and len(parts) > 1 else parts[0]
+
+
 def _heavy(modules: list[str]) -> list[str]:
     """Loaded heavy modules; a room's package and its ``errors`` module are light."""
     light = {"federation", "ledger", "inference"}
     return [
         m
         for m in modules
-        if not (m in light or (m.split(".")[0] in light and m.endswith(".errors")))
-        and (m.split(".")[0] in HEAVY or any(m == h or m.startswith(h + ".") for h in HEAVY_NODE))
+        if not (
+            m.removeprefix("qdspace.") in light or (_room(m) in light and m.endswith(".errors"))
+        )
+        and (_room(m) in HEAVY or any(m == h or m.startswith(h + ".") for h in HEAVY_NODE))
     ]
 
 
@@ -100,7 +114,7 @@ def test_node_calling_commands_load_only_the_client(tmp_path: Path, args: tuple[
 
 
 def test_the_light_runtime_reader_reads_what_the_node_writes(tmp_path: Path) -> None:
-    from node.app import runtime_path
-    from node.cli_call import runtime_file
+    from qdspace.node.app import runtime_path
+    from qdspace.node.cli_call import runtime_file
 
     assert runtime_file(tmp_path) == runtime_path(tmp_path)

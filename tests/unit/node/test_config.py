@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from node.config import NodeSettings
-from node.errors import ConfigError
+from qdspace.node.config import NodeSettings
+from qdspace.node.errors import ConfigError
 
 
 def _write(directory: Path, **data: object) -> None:

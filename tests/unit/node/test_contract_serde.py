@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from nacl.signing import SigningKey
 
-from connector.agreement import (
+from qdspace.connector.agreement import (
     AgreementTermination,
     ContractAgreement,
     DeletionReceipt,
@@ -19,7 +19,7 @@ from connector.agreement import (
     sign_agreement,
     sign_receipt,
 )
-from connector.negotiation import (
+from qdspace.connector.negotiation import (
     Accepted,
     Agreement,
     ContractOffer,
@@ -32,8 +32,8 @@ from connector.negotiation import (
     Termination,
     Verification,
 )
-from connector.spc import Investigation, QualityAlert, SpcAlert, SpcPoint
-from connector.transfer import (
+from qdspace.connector.spc import Investigation, QualityAlert, SpcAlert, SpcPoint
+from qdspace.connector.transfer import (
     BatchRow,
     Checkpoint,
     RowBatch,
@@ -46,10 +46,10 @@ from connector.transfer import (
     TransferSuspension,
     TransferTermination,
 )
-from connector.views import AssetKind, CatalogEntry, StreamEvent, StreamRequest
-from node.rpc import contract_serde as serde
-from policies.model import OfferTerms, Policy, make_offer, to_agreement
-from protocols.v1 import catalog_pb2, negotiation_pb2, notification_pb2, transfer_pb2
+from qdspace.connector.views import AssetKind, CatalogEntry, StreamEvent, StreamRequest
+from qdspace.node.rpc import contract_serde as serde
+from qdspace.policies.model import OfferTerms, Policy, make_offer, to_agreement
+from qdspace.protocols.v1 import catalog_pb2, negotiation_pb2, notification_pb2, transfer_pb2
 
 ids = st.text(st.characters(codec="utf-8", exclude_categories=("Cs",)), min_size=1, max_size=12)
 texts = st.text(st.characters(codec="utf-8", exclude_categories=("Cs",)), max_size=20)

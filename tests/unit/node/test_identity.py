@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from node.errors import IdentityError
-from node.identity.authority import Authority
-from node.identity.certs import identity_of, verify_issued_by
-from node.identity.member import create_member_keys, load_member_keys
-from node.identity.revocation import RevocationList
+from qdspace.node.errors import IdentityError
+from qdspace.node.identity.authority import Authority
+from qdspace.node.identity.certs import identity_of, verify_issued_by
+from qdspace.node.identity.member import create_member_keys, load_member_keys
+from qdspace.node.identity.revocation import RevocationList
 
 
 @pytest.fixture

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from node.errors import NodeError
-from node.left_running import (
+from qdspace.node.errors import NodeError
+from qdspace.node.left_running import (
     RunningProcess,
     group_members,
     is_ours,

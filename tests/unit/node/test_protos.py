@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from protocols.generate import ROOT, generate
+from qdspace.protocols.generate import ROOT, generate
 
 
 def test_generated_stubs_are_up_to_date(tmp_path: Path) -> None:

@@ -7,11 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from node.api.regulator_auth import CredentialError, check_credential, issue_credential
-from node.errors import IdentityError
-from node.identity.authority import Authority
-from node.identity.member import MemberKeys, create_member_keys
-from node.identity.revocation import RevocationList
+from qdspace.node.api.regulator_auth import CredentialError, check_credential, issue_credential
+from qdspace.node.errors import IdentityError
+from qdspace.node.identity.authority import Authority
+from qdspace.node.identity.member import MemberKeys, create_member_keys
+from qdspace.node.identity.revocation import RevocationList
 
 AUDIENCE = "cellex-0123456789ab"
 

@@ -9,10 +9,20 @@ from pathlib import Path
 
 import pytest
 
-from node.identity.authority import Authority
-from node.identity.revocation import RevocationList, RevocationListMissing, StaleRevocationList
-from node.rpc.limits import CallCaps, CallLimiter, LimitExceeded, NumberOutOfRange, check_numbers
-from protocols.v1 import notification_pb2
+from qdspace.node.identity.authority import Authority
+from qdspace.node.identity.revocation import (
+    RevocationList,
+    RevocationListMissing,
+    StaleRevocationList,
+)
+from qdspace.node.rpc.limits import (
+    CallCaps,
+    CallLimiter,
+    LimitExceeded,
+    NumberOutOfRange,
+    check_numbers,
+)
+from qdspace.protocols.v1 import notification_pb2
 
 
 @pytest.fixture

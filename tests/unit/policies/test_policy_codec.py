@@ -10,10 +10,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from policies.canonical import canonical_json, format_datetime
-from policies.codec import parse_policy, policy_to_dict, policy_to_json
-from policies.errors import PolicyError, PolicySyntaxError
-from policies.model import (
+from qdspace.policies.canonical import canonical_json, format_datetime
+from qdspace.policies.codec import parse_policy, policy_to_dict, policy_to_json
+from qdspace.policies.errors import PolicyError, PolicySyntaxError
+from qdspace.policies.model import (
     ALLOWED_OPERATORS,
     PERMISSION_OPERANDS,
     PROHIBITION_OPERANDS,

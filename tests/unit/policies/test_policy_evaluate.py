@@ -10,9 +10,9 @@ import pytest
 from hypothesis import event, given, settings
 from hypothesis import strategies as st
 
-from policies.errors import PolicyDenied
-from policies.evaluate import InvalidRequestError, Request, enforce_rows, evaluate
-from policies.model import (
+from qdspace.policies.errors import PolicyDenied
+from qdspace.policies.evaluate import InvalidRequestError, Request, enforce_rows, evaluate
+from qdspace.policies.model import (
     Action,
     Constraint,
     Duty,

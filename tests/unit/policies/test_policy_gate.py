@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-from policies.evaluate import Request, RowGate, enforce_rows, order_in_scope
-from policies.model import Action, OfferTerms, Policy, make_offer, to_agreement
+from qdspace.policies.evaluate import Request, RowGate, enforce_rows, order_in_scope
+from qdspace.policies.model import Action, OfferTerms, Policy, make_offer, to_agreement
 
 T0 = datetime(2026, 5, 1, tzinfo=UTC)
 FIELDS = frozenset({"order_id", "verdict", "operator_id"})
