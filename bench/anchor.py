@@ -49,7 +49,7 @@ from qdspace.ledger.proofs import (
     verify_proof,
 )
 from qdspace.ledger.queue import LeafQueue, ensure_schema
-from qdspace.node.chain_process import ChainProcess
+from qdspace.node.localnet.chain import ChainProcess
 
 ENQUEUE_CHUNK = 20_000
 

@@ -39,7 +39,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from qdspace.node.launcher import LocalNetwork, MemberSpec  # noqa: E402
+from qdspace.node.localnet.network import LocalNetwork, MemberSpec  # noqa: E402
 
 CONTRACT_CALLS = (
     "/v1/contracts/agreements",

@@ -1,6 +1,6 @@
 """Federated round wall time: 3 members on loopback, small model and a 46.8 MB update.
 
-Loopback part: real node processes (``node.launcher.LocalNetwork``: SunArc as
+Loopback part: real node processes (``node.localnet.network.LocalNetwork``: SunArc as
 coordinator, Cellex and PolyCell), the real ``Federation`` gRPC service over mutual
 TLS, and three member runners (``MemberRunner``) in this process whose "training"
 adds a fixed change to the global model, so the figure is the cost of the round
@@ -54,7 +54,7 @@ from qdspace.federation.rounds import Coordinator
 from qdspace.federation.strategies import StrategyName, StrategySpec
 from qdspace.federation.versions import ModelVersion
 from qdspace.node.identity.member import load_member_keys
-from qdspace.node.launcher import LocalNetwork, MemberSpec
+from qdspace.node.localnet.network import LocalNetwork, MemberSpec
 from qdspace.node.rpc.client import open_channel
 from qdspace.node.rpc.federation_client import FederationClient, MemberRunner, coordinator_key
 

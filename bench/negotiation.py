@@ -30,7 +30,7 @@ from typing import Any
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from qdspace.node.launcher import LocalNetwork, MemberSpec
+from qdspace.node.localnet.network import LocalNetwork, MemberSpec
 
 ORDER = "PO-2026-0042"
 

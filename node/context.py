@@ -7,10 +7,10 @@ from pathlib import Path
 
 from qdspace.connector.storage import QualityStore
 from qdspace.node.config import NodeSettings
-from qdspace.node.contract_runtime import ContractRuntime, build_runtime
 from qdspace.node.identity.member import MemberKeys, load_member_keys
 from qdspace.node.identity.revocation import RevocationList
-from qdspace.node.peers import PeerDirectory
+from qdspace.node.runtime.contracts import ContractRuntime, build_runtime
+from qdspace.node.runtime.peers import PeerDirectory
 
 
 @dataclass

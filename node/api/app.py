@@ -211,7 +211,7 @@ def create_app(ctx: NodeContext) -> FastAPI:
         return UpstreamPublic(batch=pub(reply.batch), parents=[pub(p) for p in reply.parents])
 
     app.include_router(create_inspection_router(ctx.directory, [Operator]))
-    from qdspace.node.anchoring import mount_regulator_routes
+    from qdspace.node.runtime.ledger import mount_regulator_routes
 
     mount_regulator_routes(app, ctx)
     from qdspace.node.api.contracts import contracts_router

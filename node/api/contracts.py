@@ -31,8 +31,8 @@ from qdspace.connector.views import CatalogEntry
 from qdspace.node.api.models import Id, IdPath, Text
 from qdspace.node.api.problems import PeerTimeout
 from qdspace.node.context import NodeContext
-from qdspace.node.contract_client import Subscription, client_of
-from qdspace.node.contract_runtime import ContractRuntime
+from qdspace.node.rpc.contracts_client import Subscription, client_of
+from qdspace.node.runtime.contracts import ContractRuntime
 from qdspace.policies.canonical import format_datetime
 from qdspace.policies.codec import policy_to_dict
 

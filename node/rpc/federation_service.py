@@ -716,7 +716,7 @@ AgreementCheck = Callable[[str, str, datetime], str | None]
 
 
 def contract_agreements(contracts: Any) -> AgreementCheck:
-    """The check over the node's contract store (``node.contract_runtime.ContractRuntime``)."""
+    """The check over the node's contract store (``node.runtime.contracts.ContractRuntime``)."""
     from qdspace.connector.negotiation import Role
 
     def check(member_id: str, asset_id: str, at: datetime) -> str | None:
@@ -738,7 +738,7 @@ def ledger_proofs(ctx: Any) -> ProofSource | None:
         return None
 
     def proof(kind: str, ref_id: str) -> str:
-        from qdspace.node.anchoring import node_ledger
+        from qdspace.node.runtime.ledger import node_ledger
 
         ledger = node_ledger(ctx)
         if ledger is None:

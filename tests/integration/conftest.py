@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from qdspace.node.launcher import LocalNetwork
+from qdspace.node.localnet.network import LocalNetwork
 
 
 @pytest.fixture(scope="session")

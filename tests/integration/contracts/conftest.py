@@ -15,7 +15,7 @@ import pytest
 from sqlalchemy import create_engine, text
 
 from qdspace.connector.sample import write_sample_files
-from qdspace.node.launcher import LocalNetwork, MemberSpec
+from qdspace.node.localnet.network import LocalNetwork, MemberSpec
 
 CELLEX_ORDER = "PO-2026-0042"
 POLYCELL_ORDER = "PO-2026-0043"

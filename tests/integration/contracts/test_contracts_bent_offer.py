@@ -28,8 +28,7 @@ from qdspace.connector.negotiation import Accepted, ContractRequest, Verificatio
 from qdspace.connector.transfer import Checkpoint, TransferRequest
 from qdspace.connector.views import StreamRequest
 from qdspace.node.identity.member import load_member_keys
-from qdspace.node.peers import PeerDirectory
-from qdspace.node.rpc.contract_serde import (
+from qdspace.node.rpc.contracts_serde import (
     PullRequest,
     negotiation_message_from_proto,
     negotiation_message_to_proto,
@@ -39,6 +38,7 @@ from qdspace.node.rpc.contract_serde import (
     stream_request_to_proto,
     transfer_message_to_proto,
 )
+from qdspace.node.runtime.peers import PeerDirectory
 from qdspace.policies.errors import PolicySyntaxError
 from qdspace.policies.model import ALLOWED_OPERATORS, Constraint, LeftOperand, Operator, Policy
 from qdspace.protocols.v1 import (

@@ -23,14 +23,14 @@ from qdspace.connector.contract_errors import AgreementSignatureError
 from qdspace.connector.negotiation import ContractRequest, Verification
 from qdspace.connector.transfer import Checkpoint
 from qdspace.node.identity.member import load_member_keys
-from qdspace.node.peers import PeerDirectory
-from qdspace.node.rpc.contract_serde import (
+from qdspace.node.rpc.contracts_serde import (
     PullRequest,
     negotiation_message_from_proto,
     negotiation_message_to_proto,
     pull_request_to_proto,
     row_batch_from_proto,
 )
+from qdspace.node.runtime.peers import PeerDirectory
 from qdspace.policies.model import OfferTerms, make_offer
 from qdspace.protocols.v1 import (
     catalog_pb2,

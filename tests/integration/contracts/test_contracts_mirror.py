@@ -19,7 +19,7 @@ import pytest
 from typer.testing import CliRunner
 
 from qdspace.node.cli import app
-from qdspace.node.launcher import LocalNetwork
+from qdspace.node.localnet.network import LocalNetwork
 
 from .conftest import (
     BIG_ORDER,

@@ -15,7 +15,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from qdspace.node.launcher import LocalNetwork
+from qdspace.node.localnet.network import LocalNetwork
 
 from .conftest import Space, ingest_sample
 from .test_contracts_lifecycle import (

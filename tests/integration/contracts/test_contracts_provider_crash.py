@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from qdspace.node.launcher import LocalNetwork
+from qdspace.node.localnet.network import LocalNetwork
 
 from .conftest import assert_faithful_copy, oem_and_supplier, ok, start_big_transfer, wait_for
 from .test_contracts_resume import ROWS, _big_inspection_file

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from qdspace.node.launcher import LocalNetwork
+from qdspace.node.localnet.network import LocalNetwork
 
 from .conftest import (
     assert_faithful_copy,

@@ -29,10 +29,10 @@ from qdspace.federation.params import Params, flatten, params_to_bytes, unflatte
 from qdspace.federation.rounds import Phase
 from qdspace.federation.strategies import StrategyName, StrategySpec
 from qdspace.federation.versions import ModelVersion
-from qdspace.node.cli_fl import ensure_job_agreement
+from qdspace.node.cli.federation import ensure_job_agreement
 from qdspace.node.errors import NodeError
 from qdspace.node.identity.member import load_member_keys
-from qdspace.node.launcher import LocalNetwork
+from qdspace.node.localnet.network import LocalNetwork
 from qdspace.node.rpc.client import open_channel
 from qdspace.node.rpc.federation_client import (
     FederationClient,
@@ -474,8 +474,8 @@ def test_cli_start_join_and_status(network: LocalNetwork, tmp_path: Path) -> Non
 
 
 def test_demo_chapter_runs_the_el_job(network: LocalNetwork) -> None:
-    from qdspace.node.demo_federation import MEMBERS as DEMO_MEMBERS
-    from qdspace.node.demo_federation import ROUNDS, run_federation_chapter
+    from qdspace.node.demo.federation import MEMBERS as DEMO_MEMBERS
+    from qdspace.node.demo.federation import ROUNDS, run_federation_chapter
 
     result = run_federation_chapter(network, job_id="el-demo-test")
     assert [r["version"] for r in result.rounds] == list(range(ROUNDS + 1))
@@ -510,7 +510,12 @@ async def test_member_deploys_a_verified_anchored_version_into_its_inspection_ti
     from qdspace.federation.onnx_export import el_mlp_reference, export_el_mlp
     from qdspace.inference.registry import ModelRegistry
     from qdspace.inference.session import InspectionSession
-    from qdspace.node.fl_deploy import check_anchor, install, member_ledger, verified_anchor
+    from qdspace.node.runtime.federation import (
+        check_anchor,
+        install,
+        member_ledger,
+        verified_anchor,
+    )
 
     size, members = 32, ("polycell", "sunarc")
     data = {}

@@ -21,7 +21,7 @@ import pytest
 from qdspace.ledger.client import LedgerClient
 from qdspace.node.api.regulator_auth import issue_credential
 from qdspace.node.identity.member import load_member_keys
-from qdspace.node.launcher import LocalNetwork, MemberProcess, MemberSpec
+from qdspace.node.localnet.network import LocalNetwork, MemberProcess, MemberSpec
 
 pytestmark = pytest.mark.integration
 

@@ -17,7 +17,7 @@ from qdspace.ledger.passport import Passport, issue_passport, verify_passport
 from qdspace.ledger.proofs import build_proof
 from qdspace.ledger.queue import LeafQueue
 from qdspace.ledger.verify import verify_document
-from qdspace.node.cli_ledger import ledger_app
+from qdspace.node.cli.ledger import ledger_app
 
 from .conftest import ChainProcess
 

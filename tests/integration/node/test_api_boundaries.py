@@ -19,7 +19,7 @@ import httpx
 import pytest
 from sqlalchemy import create_engine, text
 
-from qdspace.node.launcher import LocalNetwork, MemberProcess
+from qdspace.node.localnet.network import LocalNetwork, MemberProcess
 
 pytestmark = pytest.mark.integration
 

@@ -30,7 +30,7 @@ from hypothesis import strategies as st
 
 from qdspace.node.api.regulator_auth import MAX_TTL_S, issue_credential
 from qdspace.node.identity.member import load_member_keys
-from qdspace.node.launcher import LocalNetwork, MemberSpec
+from qdspace.node.localnet.network import LocalNetwork, MemberSpec
 
 pytestmark = pytest.mark.integration
 

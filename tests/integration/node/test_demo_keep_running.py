@@ -133,7 +133,7 @@ def test_kept_network_anchors_new_records_and_stops_completely(tmp_path: Path) -
                 "web3",
                 "ray",
                 "torch",
-                "qdspace.node.app",
+                "qdspace.node.run",
             }
 
             proof = tmp_path / "proof.json"

@@ -30,9 +30,13 @@ from qdspace.connector.spc import Investigation, QualityAlert, SpcAlert, SpcPoin
 from qdspace.connector.transfer import Checkpoint
 from qdspace.node.identity.authority import Authority
 from qdspace.node.identity.member import MemberKeys, load_member_keys
-from qdspace.node.launcher import LocalNetwork, MemberSpec
+from qdspace.node.localnet.network import LocalNetwork, MemberSpec
 from qdspace.node.rpc.client import open_channel
-from qdspace.node.rpc.contract_serde import Notification, checkpoint_to_proto, notification_to_proto
+from qdspace.node.rpc.contracts_serde import (
+    Notification,
+    checkpoint_to_proto,
+    notification_to_proto,
+)
 from qdspace.protocols.v1 import (
     catalog_pb2,
     federation_pb2,
@@ -642,8 +646,8 @@ def test_a_node_without_a_revocation_list_refuses_to_start(tmp_path: Path) -> No
     import subprocess
     import sys
 
-    from qdspace.node.launcher import free_port
-    from qdspace.node.setup import init_node
+    from qdspace.node.init import init_node
+    from qdspace.node.localnet.network import free_port
 
     Authority.init(tmp_path / "authority")
     directory = tmp_path / "node"

@@ -13,8 +13,8 @@ import pytest
 from qdspace.node.errors import PeerError
 from qdspace.node.identity.authority import Authority
 from qdspace.node.identity.member import create_member_keys, load_member_keys
-from qdspace.node.launcher import LocalNetwork
-from qdspace.node.peers import PeerDirectory
+from qdspace.node.localnet.network import LocalNetwork
+from qdspace.node.runtime.peers import PeerDirectory
 
 pytestmark = pytest.mark.integration
 

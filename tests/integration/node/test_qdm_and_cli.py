@@ -16,7 +16,7 @@ import httpx
 import pytest
 
 from qdspace.connector.sample import sold_batch, write_sample_files
-from qdspace.node.launcher import LocalNetwork, MemberSpec, free_port
+from qdspace.node.localnet.network import LocalNetwork, MemberSpec, free_port
 
 pytestmark = pytest.mark.integration
 

@@ -10,7 +10,7 @@ from qdspace.federation import mlp
 from qdspace.federation.el_features import el_features, feature_count
 from qdspace.federation.onnx_export import ExportError, el_mlp_reference, export_el_mlp
 from qdspace.inference.model import OnnxClassifier
-from qdspace.node.fl_deploy import probe_frames
+from qdspace.node.runtime.federation import probe_frames
 
 
 @pytest.mark.parametrize("size", [24, 37])

@@ -266,7 +266,7 @@ def test_inspection_modules_do_not_import_torch() -> None:
     code = (
         "import sys, inference.model, inference.registry, inference.frames, inference.dataset, "
         "inference.splits, inference.metrics, inference.line, inference.session, "
-        "inference.serve, inference.explain, inference.drift, node.app, node.api.app, node.cli\n"
+        "inference.serve, inference.explain, inference.drift, node.run, node.api.app, node.cli\n"
         "assert 'torch' not in sys.modules, 'torch was imported'"
     )
     subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).parents[3])

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from qdspace.ledger.client import ANCHOR_GAS
-from qdspace.node.anchoring import LedgerSettings, canonical_row, write_ledger_file
 from qdspace.node.errors import ConfigError
+from qdspace.node.runtime.ledger import LedgerSettings, canonical_row, write_ledger_file
 
 
 def test_ledger_file_and_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -67,7 +67,7 @@ def test_a_corrected_record_is_anchored_next_to_the_version_it_replaced(tmp_path
     from qdspace.ledger.keys import ChainSigner
     from qdspace.ledger.queue import LeafQueue
     from qdspace.ledger.queue import ensure_schema as ensure_queue
-    from qdspace.node.anchoring import QdmSweeper, inspection_ref
+    from qdspace.node.runtime.ledger import QdmSweeper, inspection_ref
 
     store = open_store(f"sqlite:///{tmp_path / 'node.db'}")
     ensure_queue(store.engine)

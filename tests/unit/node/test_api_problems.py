@@ -16,8 +16,8 @@ from qdspace.connector.ingest import UnsupportedCharset
 from qdspace.ledger.errors import ChainUnavailable, NotAnchored, ProofFormatError, UnknownLeaf
 from qdspace.node.api.gate import CredentialRejected, bearer_token
 from qdspace.node.api.problems import BodyTooLarge, problem_response, status_of
-from qdspace.node.contract_runtime import ClockControlDisabled
 from qdspace.node.errors import ConfigError, PeerError, UnknownPeerError
+from qdspace.node.runtime.contracts import ClockControlDisabled
 
 
 @pytest.mark.parametrize(

@@ -2,7 +2,7 @@
 
 Issue 21: every ``qdspace`` command took seconds because ``node.cli`` imported the
 server stack (FastAPI, gRPC, SQLAlchemy, web3, the federation room) at module level,
-and the commands that talk to a running node imported ``node.app`` to find it. These
+and the commands that talk to a running node imported ``node.run`` to find it. These
 tests run the CLI in a fresh interpreter and fail if a heavy module got loaded by
 ``qdspace --help`` or on the way of a command that only calls its node.
 """
@@ -37,7 +37,7 @@ HEAVY = (
     "inference",
 )
 HEAVY_NODE = (
-    "qdspace.node.app",
+    "qdspace.node.run",
     "qdspace.node.api",
     "qdspace.node.rpc",
     "qdspace.node.context",
@@ -114,7 +114,7 @@ def test_node_calling_commands_load_only_the_client(tmp_path: Path, args: tuple[
 
 
 def test_the_light_runtime_reader_reads_what_the_node_writes(tmp_path: Path) -> None:
-    from qdspace.node.app import runtime_path
-    from qdspace.node.cli_call import runtime_file
+    from qdspace.node.client import runtime_file
+    from qdspace.node.run import runtime_path
 
     assert runtime_file(tmp_path) == runtime_path(tmp_path)

@@ -47,7 +47,7 @@ from qdspace.connector.transfer import (
     TransferTermination,
 )
 from qdspace.connector.views import AssetKind, CatalogEntry, StreamEvent, StreamRequest
-from qdspace.node.rpc import contract_serde as serde
+from qdspace.node.rpc import contracts_serde as serde
 from qdspace.policies.model import OfferTerms, Policy, make_offer, to_agreement
 from qdspace.protocols.v1 import catalog_pb2, negotiation_pb2, notification_pb2, transfer_pb2
 

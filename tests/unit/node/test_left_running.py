@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from qdspace.node.errors import NodeError
-from qdspace.node.left_running import (
+from qdspace.node.localnet.left_running import (
     RunningProcess,
     group_members,
     is_ours,

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from sqlalchemy import Column, Integer, MetaData, String, Table, create_engine, insert
 
-from qdspace.node.table_watch import TableWatch
+from qdspace.node.runtime.table_watch import TableWatch
 
 
 def _tables(tmp_path: Path) -> tuple[object, Table, Table]:

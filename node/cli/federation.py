@@ -21,7 +21,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from qdspace.node.cli_call import operator_client
+from qdspace.node.client import operator_client
 from qdspace.node.errors import NodeError
 
 if TYPE_CHECKING:
@@ -108,7 +108,7 @@ def ensure_job_agreement(api: httpx.Client, coordinator: str, asset_id: str) -> 
     whether it was negotiated now.
     """
     from qdspace.federation.agreements import TRAINING_PURPOSE
-    from qdspace.node.contract_runtime import peer_name
+    from qdspace.node.runtime.contracts import peer_name
 
     def ok(response: httpx.Response) -> Any:
         if response.status_code >= 400:
@@ -342,7 +342,7 @@ def join(
         return result
 
     async def _deploy(client: FederationClient, spec: JobSpec, result: MemberResult) -> None:
-        from qdspace.node.fl_deploy import install, member_ledger, verified_anchor
+        from qdspace.node.runtime.federation import install, member_ledger, verified_anchor
 
         final, params = result.versions[-1], result.params
         assert params is not None

@@ -26,10 +26,13 @@ from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeEl
 from rich.table import Table
 
 from qdspace.connector.sample import write_sample_files
-from qdspace.node import demo_contracts, demo_federation, demo_inspection, demo_ledger
+from qdspace.node.demo import contracts as demo_contracts
+from qdspace.node.demo import federation as demo_federation
+from qdspace.node.demo import inspection as demo_inspection
+from qdspace.node.demo import ledger as demo_ledger
 from qdspace.node.errors import NodeError
-from qdspace.node.launcher import LocalNetwork
-from qdspace.node.left_running import processes_file, stop_left_running
+from qdspace.node.localnet.left_running import processes_file, stop_left_running
+from qdspace.node.localnet.network import LocalNetwork
 
 
 @dataclass

@@ -100,8 +100,8 @@ from qdspace.connector.views import (
 from qdspace.node.errors import NodeError
 from qdspace.node.identity.certs import MemberIdentity
 from qdspace.node.identity.files import read_file, write_atomic
-from qdspace.node.rpc.contract_serde import Notification, PullRequest, notification_to_proto
-from qdspace.node.table_watch import TableWatch
+from qdspace.node.rpc.contracts_serde import Notification, PullRequest, notification_to_proto
+from qdspace.node.runtime.table_watch import TableWatch
 from qdspace.policies.evaluate import Request
 from qdspace.policies.model import Action, Policy
 
@@ -181,7 +181,7 @@ class ContractRuntime:
     # (kind, ref id, canonical bytes) of each agreement in force and each verified receipt:
     # the node's ledger anchors them (see ContractJobs); a no-op without a chain
     record: Callable[[str, str, bytes], None] = field(default=lambda kind, ref, data: None)
-    # wakes live streams when inspections are committed (node.table_watch); None: poll only
+    # wakes live streams when inspections are committed (node.runtime.table_watch); None: poll only
     new_inspections: TableWatch | None = None
 
     @property

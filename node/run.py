@@ -67,7 +67,7 @@ def build_peer_server(ctx: NodeContext) -> PeerServer:
     registrations = [NodeServicer(ctx.keys.identity).register, TraceServicer(ctx.store).register]
     registrations.append(FederationServicer.from_context(ctx).register)
     if ctx.contracts is not None:
-        from qdspace.node.rpc.contract_services import contract_registrations
+        from qdspace.node.rpc.contracts_service import contract_registrations
 
         registrations.extend(contract_registrations(ctx.contracts))
     settings = ctx.settings
@@ -111,7 +111,7 @@ async def serve(ctx: NodeContext, stop: asyncio.Event) -> None:
     config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="on")
     api = _Uvicorn(config)
     await peer_server.start()
-    from qdspace.node.contract_client import ContractJobs
+    from qdspace.node.rpc.contracts_client import ContractJobs
 
     contract_jobs = ContractJobs(ctx)
     api_task = asyncio.create_task(api.serve(sockets=[api_sock]))
@@ -158,14 +158,14 @@ def run_node(directory: Path) -> None:
         ctx.revocations.check_fresh()
     except StaleRevocationList as exc:  # start anyway: a refreshed file is picked up live
         logger.error("%s", exc)
-    from qdspace.node.anchoring import attach_ledger
+    from qdspace.node.runtime.ledger import attach_ledger
 
     ledger = attach_ledger(ctx)  # anchorer + QDM sweep threads, when a chain is configured
     if ledger is not None:
         ledger.start()
         # every signed global model version this node coordinates is anchored too
-        from qdspace.node.anchoring import enqueue_leaf
         from qdspace.node.rpc.federation_service import ANCHOR_EXTRA
+        from qdspace.node.runtime.ledger import enqueue_leaf
 
         def anchor_version(kind: str, ref_id: str, record: bytes) -> None:
             enqueue_leaf(ctx, kind, ref_id, record)

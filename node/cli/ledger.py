@@ -83,10 +83,10 @@ def passport(
     from qdspace.ledger.keys import load_signer
     from qdspace.ledger.passport import issue_passport
     from qdspace.ledger.queue import LeafQueue, ensure_schema
-    from qdspace.node.anchoring import LedgerSettings
     from qdspace.node.config import NodeSettings
     from qdspace.node.errors import NodeError
     from qdspace.node.identity.member import load_member_keys
+    from qdspace.node.runtime.ledger import LedgerSettings
 
     try:
         node = NodeSettings.load(directory)
@@ -205,7 +205,7 @@ def join(
     chain_id: Annotated[int, typer.Option(help="the chain id the node must see")],
 ) -> None:
     """Point a node at a chain (writes DIR/ledger.json); the key: DIR/chain.key or env."""
-    from qdspace.node.anchoring import CHAIN_KEY_FILE, write_ledger_file
+    from qdspace.node.runtime.ledger import CHAIN_KEY_FILE, write_ledger_file
 
     path = write_ledger_file(directory.resolve(), rpc, contract, chain_id)
     key = directory.resolve() / CHAIN_KEY_FILE

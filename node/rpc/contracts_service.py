@@ -20,10 +20,9 @@ import grpc
 
 from qdspace.connector.contract_errors import ContractDenied, ContractError
 from qdspace.connector.views import catalog_entry
-from qdspace.node.contract_runtime import ContractRuntime
 from qdspace.node.identity.certs import MemberIdentity
 from qdspace.node.rpc.auth import current_peer
-from qdspace.node.rpc.contract_serde import (
+from qdspace.node.rpc.contracts_serde import (
     WireFormatError,
     catalog_entry_to_proto,
     catalog_to_proto,
@@ -39,7 +38,8 @@ from qdspace.node.rpc.contract_serde import (
     transfer_ack_to_proto,
     transfer_message_from_proto,
 )
-from qdspace.node.table_watch import FALLBACK_POLL_S
+from qdspace.node.runtime.contracts import ContractRuntime
+from qdspace.node.runtime.table_watch import FALLBACK_POLL_S
 from qdspace.policies.errors import PolicyError
 from qdspace.protocols.v1 import (
     catalog_pb2,

@@ -27,7 +27,7 @@ from qdspace.node.errors import NodeError
 
 if TYPE_CHECKING:
     from qdspace.node.demo import DemoReport
-    from qdspace.node.launcher import LocalNetwork
+    from qdspace.node.localnet.network import LocalNetwork
 
 TITLE = "usage contracts: negotiate, transfer, live SPC, close, delete"
 CHAPTER = "contracts"

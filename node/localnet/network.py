@@ -28,11 +28,11 @@ import httpx
 from sqlalchemy import create_engine, text
 
 from qdspace.connector.storage import normalise_url
-from qdspace.node.app import read_runtime
-from qdspace.node.chain_process import ChainProcess
 from qdspace.node.errors import NodeError
 from qdspace.node.identity.authority import Authority
-from qdspace.node.setup import init_node
+from qdspace.node.init import init_node
+from qdspace.node.localnet.chain import ChainProcess
+from qdspace.node.run import read_runtime
 
 START_TIMEOUT_S = 60.0
 
@@ -112,7 +112,7 @@ class LocalNetwork:
         self.workdir = workdir.resolve()
         self.specs = list(members)
         self.python = python
-        # a local demo/test network may move its nodes' contract clock (node.contract_runtime)
+        # a local demo/test network may move its nodes' contract clock (node.runtime.contracts)
         self.env = {**os.environ, "QDSPACE_CLOCK_CONTROL": "1", **(env or {})}
         self.authority_dir = self.workdir / "authority"
         self.members: dict[str, MemberProcess] = {}
@@ -251,7 +251,7 @@ class LocalNetwork:
         process exits, stranding nodes whose ``ledger.json`` names it), and every
         process is recorded with its pid in ``WORKDIR/run/processes.json``.
         """
-        from qdspace.node.left_running import RunningProcess, write_processes
+        from qdspace.node.localnet.left_running import RunningProcess, write_processes
 
         processes = [
             RunningProcess(name, m.process.pid, str(m.directory))

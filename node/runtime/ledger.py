@@ -44,7 +44,7 @@ from qdspace.node.api.regulator_auth import regulator_dependency
 from qdspace.node.context import NodeContext
 from qdspace.node.errors import ConfigError
 
-log = logging.getLogger("node.anchoring")
+log = logging.getLogger("node.runtime.ledger")
 
 LEDGER_FILE = "ledger.json"
 CHAIN_KEY_FILE = "chain.key"

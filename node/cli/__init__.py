@@ -22,11 +22,11 @@ from rich.console import Console
 from rich.table import Table
 
 from qdspace.connector.errors import ConnectorError
-from qdspace.node.cli_contracts import mount as mount_contracts
-from qdspace.node.cli_fl import fl_app
-from qdspace.node.cli_inspect import mount as mount_inspection
-from qdspace.node.cli_ledger import ledger_app
-from qdspace.node.cli_ledger import verify as ledger_verify
+from qdspace.node.cli.contracts import mount as mount_contracts
+from qdspace.node.cli.federation import fl_app
+from qdspace.node.cli.inspection import mount as mount_inspection
+from qdspace.node.cli.ledger import ledger_app
+from qdspace.node.cli.ledger import verify as ledger_verify
 from qdspace.node.errors import NodeError
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help="qdspace connector node")
@@ -166,7 +166,7 @@ def node_init(
     peer: Annotated[list[str] | None, typer.Option(help="NAME=HOST:PORT, repeatable")] = None,
 ) -> None:
     """Create a member's keys, certificate and node directory."""
-    from qdspace.node.setup import init_node
+    from qdspace.node.init import init_node
 
     settings = init_node(
         directory,
@@ -186,8 +186,8 @@ def node_init(
 @clean_errors
 def node_start(directory: DirOpt) -> None:
     """Run the node (gRPC peer server + operator API) until SIGTERM."""
-    from qdspace.node.app import run_node
     from qdspace.node.config import NodeSettings
+    from qdspace.node.run import run_node
 
     settings = NodeSettings.load(directory)
     setup_logging(settings.log_level, settings.directory / "logs" / "node.log")
@@ -199,9 +199,9 @@ def node_start(directory: DirOpt) -> None:
 def node_info(directory: DirOpt) -> None:
     """Show a node's identity, configuration and database counts."""
     from qdspace.connector.storage import open_store
-    from qdspace.node.app import read_runtime
     from qdspace.node.config import NodeSettings
     from qdspace.node.identity.member import load_member_keys
+    from qdspace.node.run import read_runtime
 
     settings = NodeSettings.load(directory)
     ident = load_member_keys(settings.directory).identity
@@ -224,7 +224,7 @@ def node_peer_add(
     peer: Annotated[list[str], typer.Option(help="NAME=HOST:PORT, repeatable")],
 ) -> None:
     """Add peers to a node's directory of members."""
-    from qdspace.node.setup import add_peers
+    from qdspace.node.init import add_peers
 
     settings = add_peers(directory, _parse_peers(peer))
     console.print(f"peers of {settings.name}: {settings.peers}")
@@ -324,7 +324,7 @@ def peer_hello(directory: DirOpt, name: Annotated[str, typer.Argument(help="peer
 
     from qdspace.node.config import NodeSettings
     from qdspace.node.identity.member import load_member_keys
-    from qdspace.node.peers import PeerDirectory
+    from qdspace.node.runtime.peers import PeerDirectory
 
     settings = NodeSettings.load(directory)
     peers = PeerDirectory(load_member_keys(settings.directory), settings.peers)
@@ -391,7 +391,7 @@ def demo_stop(
     workdir: Annotated[Path, typer.Option(help="the demo's work directory")] = Path("qdspace-demo"),
 ) -> None:
     """Stop the nodes and the chain a `qdspace demo --keep-running` left running."""
-    from qdspace.node.left_running import stop_left_running
+    from qdspace.node.localnet.left_running import stop_left_running
 
     outcome = stop_left_running(workdir.resolve())
     console.print(

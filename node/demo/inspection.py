@@ -25,14 +25,14 @@ from typing import TYPE_CHECKING, Any
 from rich.console import Console
 from rich.table import Table
 
-from qdspace.node.cli_inspect import DRIFT_FILE, INSPECTION_DIR, split_path
+from qdspace.node.cli.inspection import DRIFT_FILE, INSPECTION_DIR, split_path
 
 if TYPE_CHECKING:
     from qdspace.inference.dataset import ElImages
     from qdspace.inference.gate import GateDecision
     from qdspace.inference.registry import ModelRegistry, ModelVersion
     from qdspace.node.demo import DemoReport
-    from qdspace.node.launcher import LocalNetwork, MemberProcess
+    from qdspace.node.localnet.network import LocalNetwork, MemberProcess
 
 CHAPTER = "inspection"
 TITLE = "EL line inspection at each supplier (Ray Serve)"

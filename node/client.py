@@ -6,7 +6,7 @@ the stores and the peer channels. Such a command needs the node's address
 (``DIR/run/runtime.json``, written by the node on start), its operator token and an
 HTTP client -- not the server stack that writes them. This module is therefore kept
 to the standard library at import time; ``httpx`` is imported when a call is made.
-Importing ``node.app`` here would cost seconds on every command (uvicorn, FastAPI,
+Importing ``node.run`` here would cost seconds on every command (uvicorn, FastAPI,
 gRPC, SQLAlchemy, web3), which is what issue 21 measured.
 """
 
@@ -21,7 +21,7 @@ from qdspace.node.errors import NodeError
 if TYPE_CHECKING:
     import httpx
 
-#: where a running node publishes its pid and addresses; ``node.app.runtime_path`` writes it
+#: where a running node publishes its pid and addresses; ``node.run.runtime_path`` writes it
 RUNTIME_PARTS = ("run", "runtime.json")
 TOKEN_FILE = "operator.token"
 DEFAULT_TIMEOUT_S = 300.0

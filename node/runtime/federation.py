@@ -55,7 +55,7 @@ class Deployment:
 
 def member_ledger(directory: Path) -> LedgerClient:
     """A read-only client of the chain named in the member's own ``ledger.json``."""
-    from qdspace.node.anchoring import LedgerSettings
+    from qdspace.node.runtime.ledger import LedgerSettings
 
     settings = LedgerSettings.load(directory)
     if not settings.enabled or not settings.contract:

@@ -62,11 +62,9 @@ from qdspace.connector.transfer import (
 from qdspace.connector.transfer import apply as apply_transfer
 from qdspace.connector.views import CatalogEntry, StreamRequest
 from qdspace.node.context import NodeContext
-from qdspace.node.contract_runtime import ContractRuntime, peer_name
 from qdspace.node.errors import PeerError
 from qdspace.node.identity.member import member_id_for
-from qdspace.node.peers import PeerDirectory
-from qdspace.node.rpc.contract_serde import (
+from qdspace.node.rpc.contracts_serde import (
     PullRequest,
     catalog_entry_from_proto,
     catalog_from_proto,
@@ -79,6 +77,8 @@ from qdspace.node.rpc.contract_serde import (
     transfer_ack_from_proto,
     transfer_message_to_proto,
 )
+from qdspace.node.runtime.contracts import ContractRuntime, peer_name
+from qdspace.node.runtime.peers import PeerDirectory
 from qdspace.policies.model import OfferTerms, Policy, make_offer
 from qdspace.protocols.v1 import (
     catalog_pb2,
@@ -589,7 +589,7 @@ def _attach_ledger(ctx: NodeContext) -> None:
     """Anchor agreements and receipts through the node's ledger, when it has one."""
     runtime = ctx.contracts
     try:
-        from qdspace.node.anchoring import enqueue_leaf, node_ledger, register_record_loader
+        from qdspace.node.runtime.ledger import enqueue_leaf, node_ledger, register_record_loader
     except ImportError:  # a node built without the ledger room
         return
     if runtime is None or node_ledger(ctx) is None:

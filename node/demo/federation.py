@@ -31,9 +31,9 @@ from qdspace.federation.logreg import Dataset
 from qdspace.federation.params import Params
 from qdspace.federation.strategies import StrategyName, StrategySpec
 from qdspace.federation.versions import ModelVersion
-from qdspace.node.cli_fl import ensure_job_agreement, member_revocations
+from qdspace.node.cli.federation import ensure_job_agreement, member_revocations
 from qdspace.node.identity.member import load_member_keys
-from qdspace.node.launcher import LocalNetwork
+from qdspace.node.localnet.network import LocalNetwork
 from qdspace.node.rpc.client import open_channel
 from qdspace.node.rpc.federation_client import (
     FederationClient,
@@ -139,7 +139,7 @@ async def _deploy(
     """The member's checks before its line judges with the federated model: the
     coordinator's signature (checked by MemberRunner on download), the ledger anchor
     against its own view of the chain, ONNX equal to the model; then activate it."""
-    from qdspace.node.fl_deploy import install, member_ledger, verified_anchor
+    from qdspace.node.runtime.federation import install, member_ledger, verified_anchor
 
     final, params = result.versions[-1], result.params
     assert params is not None
@@ -340,7 +340,7 @@ def print_federation(console: Console, result: FederationDemo | dict[str, Any]) 
     )
 
 
-def main() -> None:  # pragma: no cover - manual run: python -m qdspace.node.demo_federation DIR
+def main() -> None:  # pragma: no cover - manual run: python -m qdspace.node.demo.federation DIR
     import sys
     from pathlib import Path
 

@@ -4,7 +4,7 @@ Thin commands over a running node's operator API (``/v1/contracts``): the node
 holds the keys, the contract store and the peer channels, so the CLI only
 finds the node (``DIR/run/runtime.json``), authenticates with its operator
 token, and prints what comes back. A refusal prints the peer's reason and
-exits 1. Finding the node goes through :mod:`node.cli_call`, not ``node.app``, so
+exits 1. Finding the node goes through :mod:`node.client`, not ``node.run``, so
 these commands start without the server stack; the times they print are of the
 request alone.
 """
@@ -20,7 +20,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from qdspace.node.cli_call import NodeNotRunning, operator_client
+from qdspace.node.client import NodeNotRunning, operator_client
 
 if TYPE_CHECKING:
     import httpx

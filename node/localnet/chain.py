@@ -30,8 +30,8 @@ from qdspace.ledger.chain import DEPLOYMENT_FILE, read_endpoint
 from qdspace.ledger.deploy import Deployment, fund_from_dev_account
 from qdspace.ledger.errors import LedgerError
 from qdspace.ledger.keys import new_key_file
-from qdspace.node.anchoring import CHAIN_KEY_FILE, write_ledger_file
 from qdspace.node.errors import NodeError
+from qdspace.node.runtime.ledger import CHAIN_KEY_FILE, write_ledger_file
 
 START_TIMEOUT_S = 60.0
 MEMBER_FUNDS_WEI = 10**18

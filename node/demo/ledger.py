@@ -34,7 +34,7 @@ from qdspace.node.identity.member import load_member_keys
 
 if TYPE_CHECKING:
     from qdspace.node.demo import DemoReport
-    from qdspace.node.launcher import LocalNetwork
+    from qdspace.node.localnet.network import LocalNetwork
 
 TITLE = "regulator verifies records against the chain"
 CHAPTER = "ledger"
