@@ -17,13 +17,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from qdspace.node.errors import NodeError
+from qdspace.node.layout import NodeLayout
 
 if TYPE_CHECKING:
     import httpx
 
-#: where a running node publishes its pid and addresses; ``node.run.runtime_path`` writes it
-RUNTIME_PARTS = ("run", "runtime.json")
-TOKEN_FILE = "operator.token"
 DEFAULT_TIMEOUT_S = 300.0
 
 
@@ -33,7 +31,7 @@ class NodeNotRunning(NodeError):
 
 def runtime_file(directory: Path) -> Path:
     """``DIR/run/runtime.json``."""
-    return directory.joinpath(*RUNTIME_PARTS)
+    return NodeLayout(directory).runtime
 
 
 def read_runtime(directory: Path) -> dict[str, object] | None:
@@ -54,9 +52,9 @@ def operator_client(directory: Path, timeout: float = DEFAULT_TIMEOUT_S) -> http
     if runtime is None:
         raise NodeNotRunning(f"node in {directory} is not running (no run/runtime.json)")
     try:
-        token = (directory / TOKEN_FILE).read_text().strip()
+        token = NodeLayout(directory).operator_token.read_text().strip()
     except OSError as exc:
-        raise NodeNotRunning(f"{directory / TOKEN_FILE}: {exc.strerror}") from None
+        raise NodeNotRunning(f"{NodeLayout(directory).operator_token}: {exc.strerror}") from None
     return httpx.Client(
         base_url=str(runtime["api"]), headers={"Authorization": f"Bearer {token}"}, timeout=timeout
     )

@@ -16,17 +16,16 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 
 from qdspace.node.errors import ConfigError
 from qdspace.node.identity.files import write_atomic
+from qdspace.node.layout import NodeLayout
 from qdspace.node.rpc.limits import (
     DEFAULT_PER_PEER_CALLS,
     DEFAULT_PER_PEER_STREAMS,
     DEFAULT_SERVER_CALLS,
 )
 
-CONFIG_FILE = "node.json"
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_GRPC_PORT = 7443
 DEFAULT_API_PORT = 8443
-OPERATOR_TOKEN_FILE = "operator.token"
 
 
 class NodeSettings(BaseSettings):
@@ -74,17 +73,22 @@ class NodeSettings(BaseSettings):
         return (env_settings, init_settings)
 
     @property
+    def layout(self) -> NodeLayout:
+        """The paths of this node's directory."""
+        return NodeLayout(self.directory)
+
+    @property
     def database_url(self) -> str:
-        return self.db_url or f"sqlite:///{self.directory / 'node.db'}"
+        return self.db_url or self.layout.sqlite_url
 
     @property
     def operator_token_path(self) -> Path:
-        return self.directory / OPERATOR_TOKEN_FILE
+        return self.layout.operator_token
 
     @classmethod
     def load(cls, directory: Path) -> NodeSettings:
         directory = directory.resolve()
-        path = directory / CONFIG_FILE
+        path = NodeLayout(directory).config
         if not directory.is_dir():
             raise ConfigError(f"node directory not found: {directory}")
         try:
@@ -105,4 +109,4 @@ class NodeSettings(BaseSettings):
 
     def save(self) -> None:
         data = self.model_dump(mode="json", exclude={"directory"})
-        write_atomic(self.directory / CONFIG_FILE, json.dumps(data, indent=2).encode() + b"\n")
+        write_atomic(self.layout.config, json.dumps(data, indent=2).encode() + b"\n")

@@ -1,16 +1,32 @@
-"""What a running node is made of, built once and passed to every adapter."""
+"""What a running node is made of, built once and passed to every adapter.
+
+Every part has a typed field of its own. The optional parts are attached after the
+context is built, by the module that owns them: the ledger by
+``runtime.ledger.attach_ledger`` (only when ``ledger.json`` names a chain), the contract
+client and outbox dispatcher by ``rpc.contracts_client.client_of`` on first use, the
+federation anchor hook by ``run.run_node`` when the node has a ledger. Their types are
+imported for the type checker only: building a context must not pull in the gRPC
+client or the chain stack, and those modules import this one.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from qdspace.connector.storage import QualityStore
 from qdspace.node.config import NodeSettings
 from qdspace.node.identity.member import MemberKeys, load_member_keys
 from qdspace.node.identity.revocation import RevocationList
+from qdspace.node.layout import NodeLayout
 from qdspace.node.runtime.contracts import ContractRuntime, build_runtime
 from qdspace.node.runtime.peers import PeerDirectory
+
+if TYPE_CHECKING:
+    from qdspace.federation.host import VersionAnchor
+    from qdspace.node.rpc.contracts_client import ContractClient, OutboxDispatcher
+    from qdspace.node.runtime.ledger import NodeLedger
 
 
 @dataclass
@@ -21,12 +37,24 @@ class NodeContext:
     store: QualityStore
     peers: PeerDirectory
     operator_token: str
-    extras: dict[str, object] = field(default_factory=dict)
     contracts: ContractRuntime | None = None
+    #: the node's anchoring queue and threads; None when it anchors to no chain
+    ledger: NodeLedger | None = None
+    #: the consumer side of the contract services (made on first use)
+    contract_client: ContractClient | None = None
+    #: delivers the contract outbox to peers (made with ``contract_client``)
+    outbox: OutboxDispatcher | None = None
+    #: anchors each global model version this node coordinates; None without a ledger
+    anchor_version: VersionAnchor | None = None
 
     @property
     def directory(self) -> Path:
         return self.settings.directory
+
+    @property
+    def layout(self) -> NodeLayout:
+        """The paths of the node's directory."""
+        return self.settings.layout
 
     def close(self) -> None:
         self.store.close()

@@ -11,6 +11,7 @@ from qdspace.node.errors import ConfigError
 from qdspace.node.identity.authority import Authority
 from qdspace.node.identity.files import write_atomic
 from qdspace.node.identity.member import create_member_keys, random_token
+from qdspace.node.layout import NodeLayout
 
 
 def init_node(
@@ -26,7 +27,7 @@ def init_node(
 ) -> NodeSettings:
     """Create a member's directory. It is assembled aside and moved in place at the end."""
     directory = directory.resolve()
-    if (directory / "node.json").exists():
+    if NodeLayout(directory).config.exists():
         raise ConfigError(f"a node already exists in {directory}")
     if directory.exists() and any(directory.iterdir()):
         raise ConfigError(f"{directory} is not empty; choose a new directory for the node")
@@ -44,12 +45,12 @@ def init_node(
             grpc_port=grpc_port,
             api_port=api_port,
             db_url=db_url,
-            crl_path=authority.directory / "crl.pem",
+            crl_path=authority.files.crl,
             peers=peers or {},
         )
         settings_staged = settings.model_copy(update={"directory": staging})
         settings_staged.save()
-        write_atomic(staging / "operator.token", random_token().encode(), private=True)
+        write_atomic(NodeLayout(staging).operator_token, random_token().encode(), private=True)
         if directory.exists():
             directory.rmdir()
         staging.rename(directory)

@@ -27,6 +27,7 @@ from qdspace.node.context import NodeContext, build_context
 from qdspace.node.errors import PortInUseError
 from qdspace.node.identity.files import write_atomic
 from qdspace.node.identity.revocation import StaleRevocationList
+from qdspace.node.layout import NodeLayout
 from qdspace.node.rpc.auth import PeerAuthenticator
 from qdspace.node.rpc.federation_service import FederationServicer
 from qdspace.node.rpc.limits import CallCaps
@@ -35,8 +36,6 @@ from qdspace.node.rpc.server import PeerServer, build_server
 from qdspace.node.rpc.trace_service import TraceServicer
 
 logger = logging.getLogger("node")
-
-RUNTIME_FILE = "runtime.json"
 
 
 def bind_api_socket(host: str, port: int) -> socket.socket:
@@ -87,7 +86,7 @@ def build_peer_server(ctx: NodeContext) -> PeerServer:
 
 
 def runtime_path(directory: Path) -> Path:
-    return directory / "run" / RUNTIME_FILE
+    return NodeLayout(directory).runtime
 
 
 def read_runtime(directory: Path) -> dict[str, object] | None:
@@ -164,13 +163,12 @@ def run_node(directory: Path) -> None:
     if ledger is not None:
         ledger.start()
         # every signed global model version this node coordinates is anchored too
-        from qdspace.node.rpc.federation_service import ANCHOR_EXTRA
         from qdspace.node.runtime.ledger import enqueue_leaf
 
         def anchor_version(kind: str, ref_id: str, record: bytes) -> None:
             enqueue_leaf(ctx, kind, ref_id, record)
 
-        ctx.extras[ANCHOR_EXTRA] = anchor_version
+        ctx.anchor_version = anchor_version
 
     async def main() -> None:
         stop = asyncio.Event()

@@ -17,7 +17,7 @@ from collections.abc import Awaitable, Callable
 from datetime import timedelta
 from typing import Annotated, Any, TypeVar
 
-from fastapi import APIRouter, HTTPException, Query
+from fastapi import APIRouter, HTTPException, Query, params
 from pydantic import AwareDatetime, BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 
@@ -265,7 +265,7 @@ def _sync(fn: Callable[..., _T], *args: Any) -> Callable[[], Awaitable[_T]]:
     return run
 
 
-def contracts_router(ctx: NodeContext, operator: Any) -> APIRouter:
+def contracts_router(ctx: NodeContext, operator: params.Depends) -> APIRouter:
     """The ``/v1/contracts`` routes of a node; `operator` is the app's token dependency."""
     router = APIRouter(prefix="/v1/contracts", dependencies=[operator], tags=["contracts"])
 

@@ -21,10 +21,8 @@ from pydantic import BaseModel
 
 from qdspace.inference.explain import read_index
 from qdspace.inference.registry import ModelRegistry, ModelVersion, RegistryError
+from qdspace.node.layout import NodeLayout
 
-INSPECTION_DIR = "inspection"
-EXPLANATIONS_DIR = "explanations"
-DRIFT_FILE = "drift.json"
 _VERSION = re.compile(r"^[0-9a-f]{6,64}$")
 
 
@@ -54,7 +52,7 @@ class ExplanationSummary(BaseModel):
 
 def explanations_root(directory: Path) -> Path:
     """Where ``qdspace inspect explain`` writes its folders (one per model version)."""
-    return directory / INSPECTION_DIR / EXPLANATIONS_DIR
+    return NodeLayout(directory).explanations
 
 
 def _public(entry: ModelVersion, active: ModelVersion | None) -> ModelVersionPublic:
@@ -105,7 +103,7 @@ def create_inspection_router(directory: Path, dependencies: Sequence[Depends]) -
 
     @router.get("/drift")
     def drift() -> dict[str, Any]:
-        path = directory / INSPECTION_DIR / DRIFT_FILE
+        path = NodeLayout(directory).drift
         if not path.exists():
             raise HTTPException(404, "no drift state yet: run `qdspace inspect run` first")
         state: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))

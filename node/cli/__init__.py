@@ -190,7 +190,7 @@ def node_start(directory: DirOpt) -> None:
     from qdspace.node.run import run_node
 
     settings = NodeSettings.load(directory)
-    setup_logging(settings.log_level, settings.directory / "logs" / "node.log")
+    setup_logging(settings.log_level, settings.layout.node_log)
     run_node(directory)
 
 

@@ -21,6 +21,7 @@ from rich.table import Table
 from qdspace.connector.errors import ConnectorError
 from qdspace.inference.errors import InferenceError
 from qdspace.node.errors import NodeError
+from qdspace.node.layout import NodeLayout
 
 inspect_app = typer.Typer(no_args_is_help=True, help="line inspection (EL cells)")
 console = Console()
@@ -32,8 +33,6 @@ DirOpt = Annotated[Path, typer.Option("--dir", help="node directory")]
 MemberOpt = Annotated[
     str, typer.Option(help="whose cells: cellex (mono), polycell (poly), all; auto = node name")
 ]
-INSPECTION_DIR = "inspection"
-DRIFT_FILE = "drift.json"
 
 
 def mount(app: typer.Typer) -> None:
@@ -68,7 +67,7 @@ def _member(directory: Path, member: str) -> str:
 
 def split_path(directory: Path, member: str) -> Path:
     """Where the split manifest of a member's cells is written."""
-    return directory / INSPECTION_DIR / f"split-{member}.json"
+    return NodeLayout(directory).split_manifest(member)
 
 
 @clean_errors
@@ -320,7 +319,7 @@ def _run_with_display(
     line: Any, session: Any, seconds: float, audit: Any, directory: Path, live: bool
 ) -> Any:
     """Run the line; each tick refreshes the display and drift file and follows activations."""
-    drift_path = directory / INSPECTION_DIR / DRIFT_FILE
+    drift_path = NodeLayout(directory).drift
     view: Live | None = None
 
     def tick(snapshot: Any) -> None:

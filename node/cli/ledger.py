@@ -205,9 +205,10 @@ def join(
     chain_id: Annotated[int, typer.Option(help="the chain id the node must see")],
 ) -> None:
     """Point a node at a chain (writes DIR/ledger.json); the key: DIR/chain.key or env."""
-    from qdspace.node.runtime.ledger import CHAIN_KEY_FILE, write_ledger_file
+    from qdspace.node.layout import NodeLayout
+    from qdspace.node.runtime.ledger import write_ledger_file
 
     path = write_ledger_file(directory.resolve(), rpc, contract, chain_id)
-    key = directory.resolve() / CHAIN_KEY_FILE
+    key = NodeLayout(directory.resolve()).chain_key
     where = str(key) if key.exists() else "$QDSPACE_CHAIN_KEY"
     console.print(f"{path} written; the node anchors from its next start with the key in {where}")

@@ -248,7 +248,7 @@ def print_summary(console: Console, network: LocalNetwork, report: DemoReport) -
     for col in ("member", "role", "member id", "gRPC (mTLS)", "operator API"):
         members.add_column(col)
     for name, m in network.members.items():
-        runtime = json.loads((m.directory / "run" / "runtime.json").read_text())
+        runtime = json.loads(m.layout.runtime.read_text())
         members.add_row(name, m.spec.role, str(runtime["member_id"]), m.grpc_address, m.api_url)
     console.print(members)
 
@@ -298,12 +298,12 @@ def print_summary(console: Console, network: LocalNetwork, report: DemoReport) -
         (work / "chain", "embedded EVM chain (state, chain.log)"),
         (work / "ledger", "proof and passport files for `qdspace verify`"),
         *(
-            (m.directory / sub, f"{n}'s {what}")
+            (path, f"{n}'s {what}")
             for n, m in network.members.items()
-            for sub, what in (
-                ("models", "model versions (ONNX by content hash, manifest.json)"),
-                ("inspection/explanations", "heatmaps of misjudged cells (PNG)"),
-                ("federation", "federated job data, checkpoints and signed versions"),
+            for path, what in (
+                (m.layout.models, "model versions (ONNX by content hash, manifest.json)"),
+                (m.layout.explanations, "heatmaps of misjudged cells (PNG)"),
+                (m.layout.federation, "federated job data, checkpoints and signed versions"),
             )
         ),
     ]

@@ -228,7 +228,7 @@ def run_federation_chapter(network: LocalNetwork, job_id: str = "el-defects-fl")
     dims = test.x.shape[1]
     files = {}
     for name, data in shares.items():
-        files[name] = network[name].directory / "federation" / "data" / f"{job_id}.npz"
+        files[name] = network[name].layout.federation_data(job_id)
         logreg.save_dataset(files[name], data)
     # the OEM creates the job: it fits the model's input scaling to its own cells
     initial = mlp.init_params(shares[COORDINATOR].x, HIDDEN, seed=7)

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 from rich.console import Console
 from rich.table import Table
 
-from qdspace.node.cli.inspection import DRIFT_FILE, INSPECTION_DIR, split_path
+from qdspace.node.cli.inspection import split_path
 
 if TYPE_CHECKING:
     from qdspace.inference.dataset import ElImages
@@ -227,7 +227,7 @@ def _inspect_at(member: MemberProcess, models: DemoModels, cells: ElImages) -> d
             final = line.run(SECONDS, on_tick=tick, tick_s=0.25)
     finally:
         store.close()
-    audit.write(member.directory / INSPECTION_DIR / DRIFT_FILE)
+    audit.write(member.layout.drift)
     heatmaps = _explain(member, registry, cells, manifest)
     back = _read_back(member, heatmaps)
     back["qdm_new_rows"] = back.pop("qdm_inspection_rows") - rows_before

@@ -154,7 +154,7 @@ def _batch_inspections(network: LocalNetwork) -> tuple[str, list[str]]:
 
 def _tamper(network: LocalNetwork, inspection_id: str) -> tuple[str, str]:
     """Flip a stored verdict in the supplier's database, as a dishonest edit would."""
-    with sqlite3.connect(network[SUPPLIER].directory / "node.db") as db:
+    with sqlite3.connect(network[SUPPLIER].layout.database) as db:
         (old,) = db.execute(
             "SELECT verdict FROM qdm_inspection WHERE inspection_id = ?", (inspection_id,)
         ).fetchone()

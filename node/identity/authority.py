@@ -32,6 +32,7 @@ from qdspace.node.identity.certs import (
     new_tls_key,
 )
 from qdspace.node.identity.files import read_file, write_atomic
+from qdspace.node.layout import AuthorityLayout
 
 CA_VALID_DAYS = 3650
 MEMBER_VALID_DAYS = 825
@@ -60,13 +61,19 @@ class Authority:
         self._key = key
 
     @property
+    def files(self) -> AuthorityLayout:
+        """The paths of this authority's directory."""
+        return AuthorityLayout(self.directory)
+
+    @property
     def space(self) -> str:
         return str(self.cert.subject.get_attributes_for_oid(NameOID.ORGANIZATION_NAME)[0].value)
 
     @classmethod
     def init(cls, directory: Path, space: str = "qdspace") -> Authority:
         """Create a new authority; refuses to overwrite an existing one."""
-        if (directory / "ca.key").exists() or (directory / "ca.crt").exists():
+        files = AuthorityLayout(directory)
+        if files.ca_key.exists() or files.ca_cert.exists():
             raise IdentityError(f"an authority already exists in {directory}")
         key = new_tls_key()
         name = x509.Name(
@@ -105,26 +112,27 @@ class Authority:
         directory.mkdir(parents=True, exist_ok=True)
         authority = cls(directory, cert, key)
         # The register and CRL first, the key and cert last: a half-done init is re-runnable.
-        write_atomic(directory / "members.json", b"[]\n")
+        write_atomic(files.members, b"[]\n")
         authority._write_crl([])
-        write_atomic(directory / "ca.key", key_to_pem(key), private=True)
-        write_atomic(directory / "ca.crt", cert_to_pem(cert))
+        write_atomic(files.ca_key, key_to_pem(key), private=True)
+        write_atomic(files.ca_cert, cert_to_pem(cert))
         return authority
 
     @classmethod
     def load(cls, directory: Path) -> Authority:
         if not directory.is_dir():
             raise IdentityError(f"authority directory not found: {directory}")
-        cert = load_cert(directory / "ca.crt", "authority certificate")
-        key = load_key(directory / "ca.key", "authority key")
+        files = AuthorityLayout(directory)
+        cert = load_cert(files.ca_cert, "authority certificate")
+        key = load_key(files.ca_key, "authority key")
         if cert.public_key() != key.public_key():
-            raise IdentityError(f"{directory / 'ca.key'} does not match {directory / 'ca.crt'}")
+            raise IdentityError(f"{files.ca_key} does not match {files.ca_cert}")
         return cls(directory, cert, key)
 
     # -- register -------------------------------------------------------------------------
 
     def members(self) -> list[IssuedMember]:
-        path = self.directory / "members.json"
+        path = self.files.members
         try:
             rows = json.loads(read_file(path, "authority register"))
             return [IssuedMember(**row) for row in rows]
@@ -133,7 +141,7 @@ class Authority:
 
     def _save_members(self, members: list[IssuedMember]) -> None:
         data = json.dumps([asdict(m) for m in members], indent=2).encode() + b"\n"
-        write_atomic(self.directory / "members.json", data)
+        write_atomic(self.files.members, data)
 
     # -- issuing --------------------------------------------------------------------------
 
@@ -204,7 +212,7 @@ class Authority:
         if valid <= dt.timedelta(0):
             raise IdentityError("a revocation list must be valid for some time")
         self._write_crl([m for m in self.members() if m.revoked_at], valid)
-        return self.directory / "crl.pem"
+        return self.files.crl
 
     def _write_crl(
         self, revoked: list[IssuedMember], valid: dt.timedelta = dt.timedelta(days=CRL_VALID_DAYS)
@@ -227,4 +235,4 @@ class Authority:
         crl = builder.sign(self._key, hashes.SHA256())
         from cryptography.hazmat.primitives import serialization
 
-        write_atomic(self.directory / "crl.pem", crl.public_bytes(serialization.Encoding.PEM))
+        write_atomic(self.files.crl, crl.public_bytes(serialization.Encoding.PEM))

@@ -26,11 +26,7 @@ from qdspace.node.identity.certs import (
     verify_issued_by,
 )
 from qdspace.node.identity.files import read_file, write_atomic
-
-SIGNING_KEY_FILE = "signing.key"
-TLS_KEY_FILE = "tls.key"
-TLS_CERT_FILE = "tls.crt"
-CA_CERT_FILE = "ca.crt"
+from qdspace.node.layout import NodeLayout
 
 
 def member_id_for(name: str, verify_key: bytes) -> str:
@@ -86,10 +82,11 @@ def create_member_keys(
         **kwargs,
     )
     directory.mkdir(parents=True, exist_ok=True)
-    write_atomic(directory / SIGNING_KEY_FILE, bytes(signing_key).hex().encode(), private=True)
-    write_atomic(directory / TLS_KEY_FILE, key_to_pem(tls_key), private=True)
-    write_atomic(directory / TLS_CERT_FILE, cert_to_pem(cert))
-    write_atomic(directory / CA_CERT_FILE, cert_to_pem(authority.cert))
+    files = NodeLayout(directory)
+    write_atomic(files.signing_key, bytes(signing_key).hex().encode(), private=True)
+    write_atomic(files.tls_key, key_to_pem(tls_key), private=True)
+    write_atomic(files.tls_cert, cert_to_pem(cert))
+    write_atomic(files.ca_cert, cert_to_pem(authority.cert))
     return MemberKeys(signing_key, tls_key, cert, authority.cert, identity_of(cert))
 
 
@@ -108,21 +105,19 @@ def load_member_keys(directory: Path, *, check_validity: bool = True) -> MemberK
     """Load and cross-check a member's keys; any mismatch is an error naming the file."""
     if not directory.is_dir():
         raise IdentityError(f"node directory not found: {directory}")
-    signing_key = load_signing_key(directory / SIGNING_KEY_FILE)
-    tls_key = load_key(directory / TLS_KEY_FILE, "TLS key")
-    cert = load_cert(directory / TLS_CERT_FILE, "TLS certificate")
-    ca_cert = load_cert(directory / CA_CERT_FILE, "authority certificate")
+    files = NodeLayout(directory)
+    signing_key = load_signing_key(files.signing_key)
+    tls_key = load_key(files.tls_key, "TLS key")
+    cert = load_cert(files.tls_cert, "TLS certificate")
+    ca_cert = load_cert(files.ca_cert, "authority certificate")
     if cert.public_key() != tls_key.public_key():
-        raise IdentityError(
-            f"{directory / TLS_KEY_FILE} does not match {directory / TLS_CERT_FILE}"
-        )
+        raise IdentityError(f"{files.tls_key} does not match {files.tls_cert}")
     if check_validity:
         verify_issued_by(cert, ca_cert)
     identity = identity_of(cert)
     if identity.verify_key != bytes(signing_key.verify_key):
         raise IdentityError(
-            f"{directory / SIGNING_KEY_FILE} does not match the verify key in "
-            f"{directory / TLS_CERT_FILE}"
+            f"{files.signing_key} does not match the verify key in {files.tls_cert}"
         )
     return MemberKeys(signing_key, tls_key, cert, ca_cert, identity)
 

@@ -31,7 +31,8 @@ from qdspace.ledger.deploy import Deployment, fund_from_dev_account
 from qdspace.ledger.errors import LedgerError
 from qdspace.ledger.keys import new_key_file
 from qdspace.node.errors import NodeError
-from qdspace.node.runtime.ledger import CHAIN_KEY_FILE, write_ledger_file
+from qdspace.node.layout import NodeLayout
+from qdspace.node.runtime.ledger import write_ledger_file
 
 START_TIMEOUT_S = 60.0
 MEMBER_FUNDS_WEI = 10**18
@@ -146,7 +147,7 @@ class ChainProcess:
 
     def provision(self, directory: Path) -> str:
         """Give the member in ``directory`` a funded account and its ``ledger.json``."""
-        key_path = directory / CHAIN_KEY_FILE
+        key_path = NodeLayout(directory).chain_key
         if key_path.exists():
             from qdspace.ledger.keys import load_signer
 

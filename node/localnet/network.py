@@ -31,6 +31,7 @@ from qdspace.connector.storage import normalise_url
 from qdspace.node.errors import NodeError
 from qdspace.node.identity.authority import Authority
 from qdspace.node.init import init_node
+from qdspace.node.layout import NodeLayout
 from qdspace.node.localnet.chain import ChainProcess
 from qdspace.node.run import read_runtime
 
@@ -69,8 +70,13 @@ class MemberProcess:
     pg_url: str = field(default="", repr=False)
 
     @property
+    def layout(self) -> NodeLayout:
+        """The paths of this member's node directory."""
+        return NodeLayout(self.directory)
+
+    @property
     def db_url(self) -> str:
-        return self.pg_url or f"sqlite:///{self.directory / 'node.db'}"
+        return self.pg_url or self.layout.sqlite_url
 
     @property
     def api_url(self) -> str:
@@ -82,7 +88,7 @@ class MemberProcess:
 
     @property
     def log_path(self) -> Path:
-        return self.directory / "logs" / "process.log"
+        return self.layout.process_log
 
     @property
     def running(self) -> bool:
@@ -149,7 +155,7 @@ class LocalNetwork:
                 peers=peers,
             )
             member = MemberProcess(spec, directory, *ports[spec.name], pg_url=db_url)
-            member.token = (directory / "operator.token").read_text().strip()
+            member.token = NodeLayout(directory).operator_token.read_text().strip()
             self.members[spec.name] = member
             if self.chain is not None:
                 self.chain.provision(directory)

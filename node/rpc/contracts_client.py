@@ -531,21 +531,15 @@ class OutboxDispatcher:
             await asyncio.sleep(0.05)
 
 
-CLIENT_KEY = "contracts.client"
-DISPATCHER_KEY = "contracts.outbox"
-
-
 def client_of(ctx: NodeContext) -> tuple[ContractClient, OutboxDispatcher]:
     """The node's one ContractClient and OutboxDispatcher (made on first use)."""
     runtime = ctx.contracts
     if runtime is None:
         raise PeerError("this node runs no contract machinery")
-    if CLIENT_KEY not in ctx.extras:
-        ctx.extras[CLIENT_KEY] = ContractClient(runtime, ctx.peers)
-        ctx.extras[DISPATCHER_KEY] = OutboxDispatcher(runtime, ctx.peers)
-    client, dispatcher = ctx.extras[CLIENT_KEY], ctx.extras[DISPATCHER_KEY]
-    assert isinstance(client, ContractClient) and isinstance(dispatcher, OutboxDispatcher)
-    return client, dispatcher
+    if ctx.contract_client is None or ctx.outbox is None:
+        ctx.contract_client = ContractClient(runtime, ctx.peers)
+        ctx.outbox = OutboxDispatcher(runtime, ctx.peers)
+    return ctx.contract_client, ctx.outbox
 
 
 SWEEP_INTERVAL_S = 30.0

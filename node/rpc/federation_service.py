@@ -27,7 +27,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, NoReturn, TypeVar
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 import grpc
 from cryptography import x509
@@ -83,13 +83,13 @@ from qdspace.node.rpc.federation_serde import (
 from qdspace.protocols.v1 import federation_pb2 as pb
 from qdspace.protocols.v1 import federation_pb2_grpc as pb_grpc
 
+if TYPE_CHECKING:
+    from qdspace.node.context import NodeContext
+    from qdspace.node.runtime.contracts import ContractRuntime
+
 logger = logging.getLogger("node.rpc")
 
 T = TypeVar("T")
-
-JOBS_DIR = Path("federation") / "jobs"
-#: ``NodeContext.extras`` key of an optional ``VersionAnchor`` (the ledger hook).
-ANCHOR_EXTRA = "federation.anchor"
 
 _REFUSAL_CODES = {
     RefusalReason.NOT_A_MEMBER: grpc.StatusCode.PERMISSION_DENIED,
@@ -205,14 +205,14 @@ class FederationServicer(pb_grpc.FederationServicer):
             self._offer(job)
 
     @classmethod
-    def from_context(cls, ctx: Any) -> FederationServicer:
-        """Built from the node's context; ``ctx.extras[ANCHOR_EXTRA]`` is the ledger hook."""
-        anchor = ctx.extras.get(ANCHOR_EXTRA)
+    def from_context(cls, ctx: NodeContext) -> FederationServicer:
+        """Built from the node's context; ``ctx.anchor_version`` is the ledger hook."""
+        anchor = ctx.anchor_version
         contracts = getattr(ctx, "contracts", None)
         return cls(
             ctx.keys.identity,
             ctx.keys.signing_key,
-            ctx.directory / JOBS_DIR,
+            ctx.layout.federation_jobs,
             anchor=anchor if callable(anchor) else None,
             agreements=None if contracts is None else contract_agreements(contracts),
             offer=None if contracts is None else contract_offer(contracts),
@@ -715,7 +715,7 @@ class _RawPayloads:
 AgreementCheck = Callable[[str, str, datetime], str | None]
 
 
-def contract_agreements(contracts: Any) -> AgreementCheck:
+def contract_agreements(contracts: ContractRuntime) -> AgreementCheck:
     """The check over the node's contract store (``node.runtime.contracts.ContractRuntime``)."""
     from qdspace.connector.negotiation import Role
 
@@ -731,11 +731,9 @@ def contract_agreements(contracts: Any) -> AgreementCheck:
 ProofSource = Callable[[str, str], str]
 
 
-def ledger_proofs(ctx: Any) -> ProofSource | None:
+def ledger_proofs(ctx: NodeContext) -> ProofSource | None:
     """Proofs from the node's ledger queue (looked up per call: the ledger may be attached
-    after the servicer is built); None for a context without extras (tests)."""
-    if not hasattr(ctx, "extras"):
-        return None
+    after the servicer is built)."""
 
     def proof(kind: str, ref_id: str) -> str:
         from qdspace.node.runtime.ledger import node_ledger
@@ -748,7 +746,7 @@ def ledger_proofs(ctx: Any) -> ProofSource | None:
     return proof
 
 
-def contract_offer(contracts: Any) -> Callable[[JobSpec], None]:
+def contract_offer(contracts: ContractRuntime) -> Callable[[JobSpec], None]:
     """Publishes a job's asset (``federation.agreements.job_asset``) in the node's catalog."""
 
     def offer(job: JobSpec) -> None:

@@ -100,6 +100,7 @@ from qdspace.connector.views import (
 from qdspace.node.errors import NodeError
 from qdspace.node.identity.certs import MemberIdentity
 from qdspace.node.identity.files import read_file, write_atomic
+from qdspace.node.layout import NodeLayout
 from qdspace.node.rpc.contracts_serde import Notification, PullRequest, notification_to_proto
 from qdspace.node.runtime.table_watch import TableWatch
 from qdspace.policies.evaluate import Request
@@ -108,9 +109,6 @@ from qdspace.policies.model import Action, Policy
 logger = logging.getLogger("node.contracts")
 
 CLOCK_CONTROL_ENV = "QDSPACE_CLOCK_CONTROL"
-CLOCK_FILE = "contract-clock.json"
-KEK_FILE = "contract.kek"
-PSEUDONYM_FILE = "pseudonym.secret"
 NOTIFICATION = "notification"
 STREAM_PAGE = 500
 
@@ -676,11 +674,12 @@ def build_runtime(
 ) -> ContractRuntime:
     """The contract runtime over the node's own database (its contract tables come with
     the QDM schema: `open_store` migrates to the newest revision, ``0002_contracts``)."""
-    store = ContractStore(qdm, _secret(directory / KEK_FILE, "contract key-encryption key"))
+    files = NodeLayout(directory)
+    store = ContractStore(qdm, _secret(files.contract_kek, "contract key-encryption key"))
     control = os.environ.get(CLOCK_CONTROL_ENV, "") == "1"
-    clock = ContractClock(directory / "run" / CLOCK_FILE, control=control)
+    clock = ContractClock(files.contract_clock, control=control)
     assets = {a.asset_id: a for a in standard_assets(me.member_id)}
-    secret = _secret(directory / PSEUDONYM_FILE, "pseudonym secret")
+    secret = _secret(files.pseudonym_secret, "pseudonym secret")
     runtime = ContractRuntime(me, signing_key, store, qdm, clock, secret, assets)
     runtime.new_inspections = TableWatch(qdm, Inspection.__tablename__)
     return runtime

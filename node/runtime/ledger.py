@@ -43,12 +43,10 @@ from qdspace.node.api.regulator import RecordLoader, regulator_router, with_reco
 from qdspace.node.api.regulator_auth import regulator_dependency
 from qdspace.node.context import NodeContext
 from qdspace.node.errors import ConfigError
+from qdspace.node.layout import LEDGER_FILE, NodeLayout
 
 log = logging.getLogger("node.runtime.ledger")
 
-LEDGER_FILE = "ledger.json"
-CHAIN_KEY_FILE = "chain.key"
-CONTEXT_KEY = "ledger"
 SWEEP_CHUNK = 5_000
 INSPECTION_KIND = "inspection"
 
@@ -83,7 +81,8 @@ class LedgerSettings(BaseSettings):
     @classmethod
     def load(cls, directory: Path) -> LedgerSettings:
         """``DIR/ledger.json`` (optional) under the environment's overrides."""
-        path = directory / LEDGER_FILE
+        files = NodeLayout(directory)
+        path = files.ledger
         data: dict[str, Any] = {}
         if path.exists():
             try:
@@ -96,8 +95,8 @@ class LedgerSettings(BaseSettings):
             first = exc.errors()[0]
             where = ".".join(str(p) for p in first["loc"])
             raise ConfigError(f"{path}: {where}: {first['msg']}") from None
-        if settings.key_file is None and (directory / CHAIN_KEY_FILE).exists():
-            settings = settings.model_copy(update={"key_file": directory / CHAIN_KEY_FILE})
+        if settings.key_file is None and files.chain_key.exists():
+            settings = settings.model_copy(update={"key_file": files.chain_key})
         return settings
 
     @property
@@ -108,7 +107,7 @@ class LedgerSettings(BaseSettings):
 
 def write_ledger_file(directory: Path, rpc_url: str, contract: str, chain_id: int) -> Path:
     """What the launcher writes into each member's directory."""
-    path = directory / LEDGER_FILE
+    path = NodeLayout(directory).ledger
     doc = {"rpc_url": rpc_url, "contract": contract, "chain_id": chain_id}
     path.write_text(json.dumps(doc, indent=2) + "\n")
     return path
@@ -291,13 +290,13 @@ class NodeLedger:
 
 
 def attach_ledger(ctx: NodeContext) -> NodeLedger | None:
-    """Build the node's ledger (when configured) into ``ctx.extras['ledger']``."""
+    """Build the node's ledger (when configured) into ``ctx.ledger``."""
     settings = LedgerSettings.load(ctx.directory)
     if not settings.enabled:
         log.info("anchoring: no chain configured (%s); not anchoring", LEDGER_FILE)
         return None
     if not settings.contract:
-        raise ConfigError(f"{ctx.directory / LEDGER_FILE}: rpc_url given but no contract address")
+        raise ConfigError(f"{ctx.layout.ledger}: rpc_url given but no contract address")
     try:
         signer = load_signer(settings.key_file, DEFAULT_KEY_ENV)
         client = LedgerClient(
@@ -313,7 +312,7 @@ def attach_ledger(ctx: NodeContext) -> NodeLedger | None:
     )
     anchorer = Anchorer(queue, client, signer, policy)
     ledger = NodeLedger(settings, queue, client, anchorer, QdmSweeper(engine, anchorer))
-    ctx.extras[CONTEXT_KEY] = ledger
+    ctx.ledger = ledger
     log.info(
         "anchoring: account %s anchors to %s at %s",
         signer.address,
@@ -325,8 +324,7 @@ def attach_ledger(ctx: NodeContext) -> NodeLedger | None:
 
 def node_ledger(ctx: NodeContext) -> NodeLedger | None:
     """The node's ledger, or None when it runs without a chain."""
-    ledger = ctx.extras.get(CONTEXT_KEY)
-    return ledger if isinstance(ledger, NodeLedger) else None
+    return ctx.ledger
 
 
 def enqueue_leaf(ctx: NodeContext, kind: str, ref_id: str, payload: bytes) -> StoredLeaf | None:
