@@ -29,7 +29,6 @@ import numpy as np
 from nacl.signing import SigningKey, VerifyKey
 from numpy.typing import NDArray
 
-from qdspace.federation import secagg
 from qdspace.federation.errors import CheckpointError, FederationError, RefusalReason, UpdateRefused
 from qdspace.federation.job import JobSpec
 from qdspace.federation.params import (
@@ -42,6 +41,14 @@ from qdspace.federation.params import (
     unflatten,
 )
 from qdspace.federation.rounds import Coordinator, Phase, RoundRecord, RoundStatus
+from qdspace.federation.secagg_messages import (
+    Confirmation,
+    EncryptedShare,
+    KeyAdvert,
+    MaskedInput,
+    UnmaskRequest,
+    UnmaskResponse,
+)
 from qdspace.federation.versions import (
     LEDGER_KIND,
     ModelVersion,
@@ -385,7 +392,7 @@ class JobHost:
         member: str,
         round_: int,
         attempt: int,
-        advert: secagg.KeyAdvert,
+        advert: KeyAdvert,
         verify_key: VerifyKey,
         now: float,
     ) -> None:
@@ -394,7 +401,7 @@ class JobHost:
             lambda: self.coordinator.submit_advert(member, round_, attempt, advert, verify_key, now)
         )
 
-    def roster(self, member: str, round_: int, attempt: int) -> tuple[secagg.KeyAdvert, ...]:
+    def roster(self, member: str, round_: int, attempt: int) -> tuple[KeyAdvert, ...]:
         return self.coordinator.roster(member, round_, attempt)
 
     def submit_shares(
@@ -402,12 +409,12 @@ class JobHost:
         member: str,
         round_: int,
         attempt: int,
-        shares: Sequence[secagg.EncryptedShare],
+        shares: Sequence[EncryptedShare],
         now: float,
     ) -> None:
         self._run(lambda: self.coordinator.submit_shares(member, round_, attempt, shares, now))
 
-    def inbox(self, member: str, round_: int, attempt: int) -> list[secagg.EncryptedShare]:
+    def inbox(self, member: str, round_: int, attempt: int) -> list[EncryptedShare]:
         return self.coordinator.inbox(member, round_, attempt)
 
     def submit_masked(
@@ -427,10 +434,10 @@ class JobHost:
         vector = np.frombuffer(payload, dtype="<u4")
         if not vector.flags.writeable:
             vector = vector.copy()
-        masked = secagg.MaskedInput(member, vector)
+        masked = MaskedInput(member, vector)
         self._run(lambda: self.coordinator.submit_masked(member, round_, attempt, masked, now))
 
-    def unmask_request(self, member: str, round_: int, attempt: int) -> secagg.UnmaskRequest:
+    def unmask_request(self, member: str, round_: int, attempt: int) -> UnmaskRequest:
         return self.coordinator.unmask_request(member, round_, attempt)
 
     def submit_confirmation(
@@ -438,7 +445,7 @@ class JobHost:
         member: str,
         round_: int,
         attempt: int,
-        confirmation: secagg.Confirmation,
+        confirmation: Confirmation,
         now: float,
     ) -> None:
         self._run(
@@ -446,7 +453,7 @@ class JobHost:
         )
 
     def submit_unmask(
-        self, member: str, round_: int, attempt: int, response: secagg.UnmaskResponse, now: float
+        self, member: str, round_: int, attempt: int, response: UnmaskResponse, now: float
     ) -> None:
         self._run(lambda: self.coordinator.submit_unmask(member, round_, attempt, response, now))
 

@@ -18,7 +18,8 @@ from typing import Any
 from qdspace.federation.dp import DPConfig
 from qdspace.federation.errors import FederationError
 from qdspace.federation.params import Shapes, size_of
-from qdspace.federation.secagg import Quantizer, SecAggConfig
+from qdspace.federation.secagg_masks import Quantizer
+from qdspace.federation.secagg_messages import SecAggConfig
 from qdspace.federation.strategies import SUM_BASED, StrategyName, StrategySpec, build_strategy
 
 TRAINING_PURPOSE = "model-training"

@@ -30,7 +30,6 @@ import numpy as np
 from nacl.signing import VerifyKey
 from numpy.typing import NDArray
 
-from qdspace.federation import secagg
 from qdspace.federation.dp import Accountant, add_noise
 from qdspace.federation.errors import (
     CheckpointError,
@@ -42,6 +41,15 @@ from qdspace.federation.errors import (
 )
 from qdspace.federation.job import JobSpec
 from qdspace.federation.params import Vector, check_update, flatten
+from qdspace.federation.secagg_messages import (
+    Confirmation,
+    EncryptedShare,
+    KeyAdvert,
+    MaskedInput,
+    SecAggConfig,
+    UnmaskRequest,
+    UnmaskResponse,
+)
 from qdspace.federation.secagg_server import SecAggServer
 from qdspace.federation.strategies import ClientUpdate, build_strategy, clip_to_norm
 
@@ -168,7 +176,7 @@ class Coordinator:
         return self.phase in (Phase.DONE, Phase.FAILED)
 
     @property
-    def secagg_config(self) -> secagg.SecAggConfig | None:
+    def secagg_config(self) -> SecAggConfig | None:
         """What members of the current secure round must agree on (None in plain rounds)."""
         return None if self._secagg is None else self._secagg.config
 
@@ -264,7 +272,7 @@ class Coordinator:
         member: str,
         round_: int,
         attempt: int,
-        advert: secagg.KeyAdvert,
+        advert: KeyAdvert,
         key: VerifyKey,
         now: float,
     ) -> None:
@@ -276,7 +284,7 @@ class Coordinator:
         if len(server.advertised) == len(self.job.members):
             self._close(now)
 
-    def roster(self, member: str, round_: int, attempt: int) -> tuple[secagg.KeyAdvert, ...]:
+    def roster(self, member: str, round_: int, attempt: int) -> tuple[KeyAdvert, ...]:
         self._readable(member, round_, Phase.SHARE_KEYS, attempt)
         return self._server().roster
 
@@ -285,7 +293,7 @@ class Coordinator:
         member: str,
         round_: int,
         attempt: int,
-        shares: Sequence[secagg.EncryptedShare],
+        shares: Sequence[EncryptedShare],
         now: float,
     ) -> None:
         self._admit(member, round_, Phase.SHARE_KEYS, now, attempt)
@@ -294,12 +302,12 @@ class Coordinator:
         if len(server.shared) == len(server.roster):
             self._close(now)
 
-    def inbox(self, member: str, round_: int, attempt: int) -> list[secagg.EncryptedShare]:
+    def inbox(self, member: str, round_: int, attempt: int) -> list[EncryptedShare]:
         self._readable(member, round_, Phase.MASKED_INPUT, attempt)
         return self._server().inbox(member)
 
     def submit_masked(
-        self, member: str, round_: int, attempt: int, masked: secagg.MaskedInput, now: float
+        self, member: str, round_: int, attempt: int, masked: MaskedInput, now: float
     ) -> None:
         self._same(member, masked.member)
         self._admit(member, round_, Phase.MASKED_INPUT, now, attempt)
@@ -308,7 +316,7 @@ class Coordinator:
         if len(server.survivors) == len(server.shared):
             self._close(now)
 
-    def unmask_request(self, member: str, round_: int, attempt: int) -> secagg.UnmaskRequest:
+    def unmask_request(self, member: str, round_: int, attempt: int) -> UnmaskRequest:
         """The split to sign (``CONSISTENCY``), then with the signatures on it (``UNMASK``)."""
         self._readable(member, round_, Phase.CONSISTENCY, attempt)
         return self._server().unmask_request()
@@ -318,7 +326,7 @@ class Coordinator:
         member: str,
         round_: int,
         attempt: int,
-        confirmation: secagg.Confirmation,
+        confirmation: Confirmation,
         now: float,
     ) -> None:
         self._same(member, confirmation.member)
@@ -329,7 +337,7 @@ class Coordinator:
             self._close(now)
 
     def submit_unmask(
-        self, member: str, round_: int, attempt: int, response: secagg.UnmaskResponse, now: float
+        self, member: str, round_: int, attempt: int, response: UnmaskResponse, now: float
     ) -> None:
         self._same(member, response.member)
         self._admit(member, round_, Phase.UNMASK, now, attempt)

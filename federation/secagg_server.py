@@ -25,14 +25,13 @@ from qdspace.federation.errors import (
     SecAggError,
     UpdateRefused,
 )
-from qdspace.federation.secagg import (
+from qdspace.federation.secagg_masks import MaskStreams, Ring, pair_seed, self_seed
+from qdspace.federation.secagg_messages import (
     Confirmation,
     EncryptedShare,
     KeyAdvert,
     MaskedInput,
-    MaskStreams,
     Phase,
-    Ring,
     SecAggConfig,
     SecAggResult,
     ShareKind,
@@ -40,9 +39,7 @@ from qdspace.federation.secagg import (
     UnmaskRequest,
     UnmaskResponse,
     check_roster,
-    pair_seed,
     roster_index,
-    self_seed,
     split_signed_bytes,
     verify_advert,
     verify_share,

@@ -55,6 +55,14 @@ from qdspace.federation.params import (
     params_to_bytes,
 )
 from qdspace.federation.rounds import Phase
+from qdspace.federation.secagg_masks import Ring
+from qdspace.federation.secagg_messages import (
+    Confirmation,
+    EncryptedShare,
+    KeyAdvert,
+    UnmaskRequest,
+    UnmaskResponse,
+)
 from qdspace.federation.versions import AnchorCheck, ModelVersion, SignedVersion, verify_version
 from qdspace.node.errors import PeerError
 from qdspace.node.rpc.federation_keys import CertificateKeys, Revoked
@@ -289,44 +297,42 @@ class FederationClient:
             payload = params_to_bytes(params)
         return await self._upload("UploadUpdate", header, payload)
 
-    async def upload_masked(self, round_: int, attempt: int, masked: secagg.Ring) -> StatusView:
+    async def upload_masked(self, round_: int, attempt: int, masked: Ring) -> StatusView:
         header = pb.UploadHeader(round=round_, attempt=attempt)
         payload = np.ascontiguousarray(masked, dtype="<u4").data.cast("B")
         return await self._upload("UploadMasked", header, payload)
 
-    async def advertise(self, round_: int, attempt: int, advert: secagg.KeyAdvert) -> None:
+    async def advertise(self, round_: int, attempt: int, advert: KeyAdvert) -> None:
         request = pb.AdvertiseRequest(
             ref=self._ref(round_, attempt), advert=advert_to_proto(advert)
         )
         await self._call("AdvertiseKeys", request)
 
-    async def roster(self, round_: int, attempt: int) -> list[secagg.KeyAdvert]:
+    async def roster(self, round_: int, attempt: int) -> list[KeyAdvert]:
         reply = await self._call("GetRoster", self._ref(round_, attempt))
         return [advert_from_proto(a) for a in reply.adverts]
 
-    async def share_keys(
-        self, round_: int, attempt: int, shares: Sequence[secagg.EncryptedShare]
-    ) -> None:
+    async def share_keys(self, round_: int, attempt: int, shares: Sequence[EncryptedShare]) -> None:
         request = pb.ShareKeysRequest(
             ref=self._ref(round_, attempt), shares=[share_to_proto(s) for s in shares]
         )
         await self._call("ShareKeys", request)
 
-    async def inbox(self, round_: int, attempt: int) -> list[secagg.EncryptedShare]:
+    async def inbox(self, round_: int, attempt: int) -> list[EncryptedShare]:
         reply = await self._call("GetInbox", self._ref(round_, attempt))
         return shares_from_proto(reply.shares)
 
-    async def unmask_request(self, round_: int, attempt: int) -> secagg.UnmaskRequest:
+    async def unmask_request(self, round_: int, attempt: int) -> UnmaskRequest:
         reply = await self._call("GetUnmaskRequest", self._ref(round_, attempt))
         return unmask_request_from_proto(reply)
 
-    async def confirm(self, round_: int, attempt: int, confirmation: secagg.Confirmation) -> None:
+    async def confirm(self, round_: int, attempt: int, confirmation: Confirmation) -> None:
         request = pb.ConfirmRequest(
             ref=self._ref(round_, attempt), confirmation=confirmation_to_proto(confirmation)
         )
         await self._call("ConfirmSurvivors", request)
 
-    async def unmask(self, round_: int, attempt: int, response: secagg.UnmaskResponse) -> None:
+    async def unmask(self, round_: int, attempt: int, response: UnmaskResponse) -> None:
         await self._call("Unmask", unmask_to_proto(response, self._ref(round_, attempt)))
 
 

@@ -18,7 +18,7 @@ from cryptography import x509
 from nacl.signing import VerifyKey
 
 from qdspace.federation.errors import RosterRefused
-from qdspace.federation.secagg import KeyAdvert
+from qdspace.federation.secagg_messages import KeyAdvert
 from qdspace.node.errors import IdentityError
 from qdspace.node.identity.certs import MemberIdentity, identity_of, verify_issued_by
 from qdspace.node.identity.member import member_id_for

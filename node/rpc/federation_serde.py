@@ -5,9 +5,16 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from qdspace.federation import secagg
 from qdspace.federation.host import StatusView
 from qdspace.federation.rounds import Phase, RoundRecord
+from qdspace.federation.secagg_messages import (
+    Confirmation,
+    EncryptedShare,
+    KeyAdvert,
+    SignedShare,
+    UnmaskRequest,
+    UnmaskResponse,
+)
 from qdspace.protocols.v1 import federation_pb2 as pb
 
 
@@ -66,7 +73,7 @@ def status_from_proto(msg: pb.JobStatus) -> StatusView:
     )
 
 
-def advert_to_proto(advert: secagg.KeyAdvert) -> pb.KeyAdvert:
+def advert_to_proto(advert: KeyAdvert) -> pb.KeyAdvert:
     return pb.KeyAdvert(
         member=advert.member,
         cipher_pk=advert.cipher_pk,
@@ -77,8 +84,8 @@ def advert_to_proto(advert: secagg.KeyAdvert) -> pb.KeyAdvert:
     )
 
 
-def advert_from_proto(msg: pb.KeyAdvert) -> secagg.KeyAdvert:
-    return secagg.KeyAdvert(
+def advert_from_proto(msg: pb.KeyAdvert) -> KeyAdvert:
+    return KeyAdvert(
         msg.member,
         msg.cipher_pk,
         msg.mask_pk,
@@ -88,25 +95,25 @@ def advert_from_proto(msg: pb.KeyAdvert) -> secagg.KeyAdvert:
     )
 
 
-def share_to_proto(share: secagg.EncryptedShare) -> pb.EncryptedShare:
+def share_to_proto(share: EncryptedShare) -> pb.EncryptedShare:
     return pb.EncryptedShare(
         sender=share.sender, receiver=share.receiver, ciphertext=share.ciphertext
     )
 
 
-def shares_from_proto(msgs: Iterable[pb.EncryptedShare]) -> list[secagg.EncryptedShare]:
-    return [secagg.EncryptedShare(m.sender, m.receiver, m.ciphertext) for m in msgs]
+def shares_from_proto(msgs: Iterable[pb.EncryptedShare]) -> list[EncryptedShare]:
+    return [EncryptedShare(m.sender, m.receiver, m.ciphertext) for m in msgs]
 
 
-def confirmation_to_proto(confirmation: secagg.Confirmation) -> pb.Confirmation:
+def confirmation_to_proto(confirmation: Confirmation) -> pb.Confirmation:
     return pb.Confirmation(member=confirmation.member, signature=confirmation.signature)
 
 
-def confirmation_from_proto(msg: pb.Confirmation) -> secagg.Confirmation:
-    return secagg.Confirmation(msg.member, msg.signature)
+def confirmation_from_proto(msg: pb.Confirmation) -> Confirmation:
+    return Confirmation(msg.member, msg.signature)
 
 
-def unmask_request_to_proto(request: secagg.UnmaskRequest) -> pb.UnmaskRequest:
+def unmask_request_to_proto(request: UnmaskRequest) -> pb.UnmaskRequest:
     return pb.UnmaskRequest(
         survivors=list(request.survivors),
         dropped=list(request.dropped),
@@ -114,23 +121,23 @@ def unmask_request_to_proto(request: secagg.UnmaskRequest) -> pb.UnmaskRequest:
     )
 
 
-def unmask_request_from_proto(msg: pb.UnmaskRequest) -> secagg.UnmaskRequest:
-    return secagg.UnmaskRequest(
+def unmask_request_from_proto(msg: pb.UnmaskRequest) -> UnmaskRequest:
+    return UnmaskRequest(
         tuple(msg.survivors),
         tuple(msg.dropped),
         tuple(confirmation_from_proto(c) for c in msg.confirmations),
     )
 
 
-def _revealed(shares: Mapping[str, secagg.SignedShare]) -> dict[str, pb.RevealedShare]:
+def _revealed(shares: Mapping[str, SignedShare]) -> dict[str, pb.RevealedShare]:
     return {m: pb.RevealedShare(share=s.value, signature=s.signature) for m, s in shares.items()}
 
 
-def _signed(shares: Mapping[str, pb.RevealedShare]) -> dict[str, secagg.SignedShare]:
-    return {m: secagg.SignedShare(s.share, s.signature) for m, s in shares.items()}
+def _signed(shares: Mapping[str, pb.RevealedShare]) -> dict[str, SignedShare]:
+    return {m: SignedShare(s.share, s.signature) for m, s in shares.items()}
 
 
-def unmask_to_proto(response: secagg.UnmaskResponse, ref: pb.RoundRef) -> pb.UnmaskResponse:
+def unmask_to_proto(response: UnmaskResponse, ref: pb.RoundRef) -> pb.UnmaskResponse:
     return pb.UnmaskResponse(
         ref=ref,
         member=response.member,
@@ -139,8 +146,8 @@ def unmask_to_proto(response: secagg.UnmaskResponse, ref: pb.RoundRef) -> pb.Unm
     )
 
 
-def unmask_from_proto(msg: pb.UnmaskResponse) -> secagg.UnmaskResponse:
-    return secagg.UnmaskResponse(msg.member, _signed(msg.seed_shares), _signed(msg.key_shares))
+def unmask_from_proto(msg: pb.UnmaskResponse) -> UnmaskResponse:
+    return UnmaskResponse(msg.member, _signed(msg.seed_shares), _signed(msg.key_shares))
 
 
 # --- payload chunks on the wire ------------------------------------------------------------

@@ -34,7 +34,6 @@ from cryptography import x509
 from google.protobuf.message import DecodeError
 from nacl.signing import SigningKey, VerifyKey
 
-from qdspace.federation import secagg
 from qdspace.federation.agreements import check_job_agreement, job_asset
 from qdspace.federation.chunks import (
     DEFAULT_CHUNK_BYTES,
@@ -61,6 +60,7 @@ from qdspace.federation.host import (
 from qdspace.federation.job import JobSpec
 from qdspace.federation.params import encoded_size, params_from_bytes
 from qdspace.federation.rounds import Phase
+from qdspace.federation.secagg_messages import KeyAdvert
 from qdspace.federation.versions import LEDGER_KIND
 from qdspace.ledger.errors import LedgerError, NotAnchored, UnknownLeaf
 from qdspace.ledger.proofs import build_proof
@@ -299,7 +299,7 @@ class FederationServicer(pb_grpc.FederationServicer):
         await self._require_agreement(slot.host.job, current_peer().member_id)
         return slot
 
-    def _advert_key(self, slot: _Slot, peer: Peer, advert: secagg.KeyAdvert) -> VerifyKey:
+    def _advert_key(self, slot: _Slot, peer: Peer, advert: KeyAdvert) -> VerifyKey:
         """The caller's signing key, once its advert is seen to carry the caller's certificate."""
         if advert.member != peer.name:
             raise UpdateRefused(

@@ -22,17 +22,14 @@ from qdspace.federation.errors import (
     UpdateRefused,
 )
 from qdspace.federation.params import Vector
-from qdspace.federation.secagg import (
-    BLOCK,
+from qdspace.federation.secagg import SecAggClient
+from qdspace.federation.secagg_masks import BLOCK, MaskStreams, Quantizer, expand
+from qdspace.federation.secagg_messages import (
     EncryptedShare,
     MaskedInput,
-    MaskStreams,
-    Quantizer,
-    SecAggClient,
     SecAggConfig,
     SecAggResult,
     UnmaskRequest,
-    expand,
 )
 from qdspace.federation.secagg_server import SecAggServer
 

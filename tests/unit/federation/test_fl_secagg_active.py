@@ -17,18 +17,19 @@ import pytest
 from nacl.public import Box, PublicKey
 from nacl.signing import SigningKey, VerifyKey
 
-from qdspace.federation import secagg, shamir
+from qdspace.federation import secagg, secagg_messages, shamir
 from qdspace.federation.errors import (
     BadShares,
     InconsistentView,
     RefusalReason,
     RosterRefused,
+    SecAggAbort,
     UpdateRefused,
 )
 from qdspace.federation.job import JobSpec, JobSpecError
-from qdspace.federation.secagg import (
-    Quantizer,
-    SecAggClient,
+from qdspace.federation.secagg import SecAggClient
+from qdspace.federation.secagg_masks import Quantizer
+from qdspace.federation.secagg_messages import (
     SecAggConfig,
     ShareKind,
     UnmaskRequest,
@@ -70,7 +71,7 @@ class Round:
     def honest(self) -> list[str]:
         return [m for m in self.clients if m != COORDINATOR]
 
-    def advertise(self) -> tuple[secagg.KeyAdvert, ...]:
+    def advertise(self) -> tuple[secagg_messages.KeyAdvert, ...]:
         for m, c in self.clients.items():
             self.server.receive_advert(c.advertise(), self.verify[m])
         return self.server.close_adverts()
@@ -139,11 +140,11 @@ def _split_attack(n: int, t: int, in_first: frozenset[str]) -> tuple[dict[str, s
     first = UnmaskRequest(everyone, ())
     second = UnmaskRequest(tuple(m for m in everyone if m != target), (target,))
     shown = {m: first if m in in_first else second for m in rnd.honest}
-    signatures: dict[int, list[secagg.Confirmation]] = {0: [], 1: []}
+    signatures: dict[int, list[secagg_messages.Confirmation]] = {0: [], 1: []}
     for i, split in enumerate((first, second)):  # the coordinator signs both
-        body = secagg.split_signed_bytes(rnd.cfg.context, split.survivors, split.dropped)
+        body = secagg_messages.split_signed_bytes(rnd.cfg.context, split.survivors, split.dropped)
         sig = rnd.signing[COORDINATOR].sign(body).signature
-        signatures[i].append(secagg.Confirmation(COORDINATOR, sig))
+        signatures[i].append(secagg_messages.Confirmation(COORDINATOR, sig))
     aborted, signed = 0, {}
     for m in rnd.honest:
         try:
@@ -205,14 +206,14 @@ def test_the_coordinators_own_signature_does_not_count() -> None:
     with pytest.raises(InconsistentView, match="only 1 survivors other than the coordinator"):
         rnd.clients["m1"].unmask(partial)
     # a signature of m2 over another split does not count either
-    body = secagg.split_signed_bytes(rnd.cfg.context, ("m0", "m2"), ("m1",))
-    wrong = secagg.Confirmation("m2", rnd.signing["m2"].sign(body).signature)
+    body = secagg_messages.split_signed_bytes(rnd.cfg.context, ("m0", "m2"), ("m1",))
+    wrong = secagg_messages.Confirmation("m2", rnd.signing["m2"].sign(body).signature)
     with pytest.raises(InconsistentView):
         rnd.clients["m2"].unmask(replace(split, confirmations=(signed["m0"], wrong)))
     # and the server will not start unmasking without t non-coordinator signatures
     rnd.server.receive_confirmation(signed["m0"])
     rnd.server.receive_confirmation(signed["m1"])
-    with pytest.raises(secagg.SecAggAbort, match="other than the coordinator"):
+    with pytest.raises(SecAggAbort, match="other than the coordinator"):
         rnd.server.close_consistency()
 
 
@@ -294,16 +295,18 @@ def test_share_signed_with_a_wrong_key_names_its_dealer() -> None:
     # m2 re-deals m1's share signed under another key (sealed correctly, so it decrypts)
     bad_signer = SigningKey.generate()
     ks, ss = shamir.split(bytes(32), 3, 2)[0], shamir.split(bytes(32), 3, 2)[0]
-    key = secagg.SignedShare(
+    key = secagg_messages.SignedShare(
         ks.to_bytes(),
         bad_signer.sign(
-            secagg.share_signed_bytes(rnd.cfg.context, "m2", "m1", ShareKind.KEY, ks.to_bytes())
+            secagg_messages.share_signed_bytes(
+                rnd.cfg.context, "m2", "m1", ShareKind.KEY, ks.to_bytes()
+            )
         ).signature,
     )
-    seed = secagg.SignedShare(ss.to_bytes(), key.signature)
+    seed = secagg_messages.SignedShare(ss.to_bytes(), key.signature)
     payload = secagg._seal_payload(rnd.cfg, "m2", "m1", key, seed)
     box = Box(cheat._cipher_sk, PublicKey(roster[1].cipher_pk))
-    forged = secagg.EncryptedShare("m2", "m1", bytes(box.encrypt(payload)))
+    forged = secagg_messages.EncryptedShare("m2", "m1", bytes(box.encrypt(payload)))
     for m, out in shares.items():
         rnd.server.receive_shares(m, out)
     rnd.server.close_shares()
@@ -322,7 +325,7 @@ def test_member_revealing_a_share_it_was_not_dealt_is_named() -> None:
     request = rnd.server.close_consistency()
     responses = {m: rnd.clients[m].unmask(request) for m in request.survivors}
     good = responses["m3"]
-    tampered_share = secagg.SignedShare(
+    tampered_share = secagg_messages.SignedShare(
         bytes(shamir.SHARE_BYTES - 1) + b"\x01", good.seed_shares["m1"].signature
     )
     tampered = UnmaskResponse("m3", {**good.seed_shares, "m1": tampered_share}, good.key_shares)

@@ -6,11 +6,18 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from qdspace.federation import secagg
 from qdspace.federation.errors import FederationError, RefusalReason, UpdateRefused
 from qdspace.federation.host import MAX_WAIT_S, StatusView, poll_wait
 from qdspace.federation.job import JobSpec
 from qdspace.federation.rounds import Phase, RoundRecord
+from qdspace.federation.secagg_messages import (
+    Confirmation,
+    EncryptedShare,
+    KeyAdvert,
+    SignedShare,
+    UnmaskRequest,
+    UnmaskResponse,
+)
 from qdspace.node.rpc.federation_serde import (
     advert_from_proto,
     advert_to_proto,
@@ -66,18 +73,18 @@ def test_status_round_trips(
 @settings(max_examples=20, deadline=None)
 @given(member=names, keys=st.lists(st.binary(min_size=32, max_size=32), min_size=4, max_size=4))
 def test_secagg_messages_round_trip(member: str, keys: list[bytes]) -> None:
-    advert = secagg.KeyAdvert(member, keys[0], keys[1], keys[2], keys[3] + keys[3], keys[1])
+    advert = KeyAdvert(member, keys[0], keys[1], keys[2], keys[3] + keys[3], keys[1])
     assert advert_from_proto(advert_to_proto(advert)) == advert
-    share = secagg.EncryptedShare(member, member + "x", keys[0])
+    share = EncryptedShare(member, member + "x", keys[0])
     assert shares_from_proto([share_to_proto(share)]) == [share]
-    confirmation = secagg.Confirmation(member, keys[3] + keys[2])
+    confirmation = Confirmation(member, keys[3] + keys[2])
     assert confirmation_from_proto(confirmation_to_proto(confirmation)) == confirmation
-    request = secagg.UnmaskRequest((member, "z"), ("y",), (confirmation,))
+    request = UnmaskRequest((member, "z"), ("y",), (confirmation,))
     assert unmask_request_from_proto(unmask_request_to_proto(request)) == request
-    response = secagg.UnmaskResponse(
+    response = UnmaskResponse(
         member,
-        {member: secagg.SignedShare(keys[1], keys[0] + keys[1])},
-        {"y": secagg.SignedShare(keys[2], keys[2] + keys[3])},
+        {member: SignedShare(keys[1], keys[0] + keys[1])},
+        {"y": SignedShare(keys[2], keys[2] + keys[3])},
     )
     assert unmask_from_proto(unmask_to_proto(response, pb.RoundRef(job_id="j"))) == response
 
