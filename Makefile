@@ -4,25 +4,30 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip
 
-.PHONY: demo test venv lint typecheck protos bench clean
+.PHONY: demo test venv lint typecheck protos bench bench-quick clean
 
 $(VENV)/bin/activate:
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "qdspace needs Python >= 3.11, found " + sys.version.split()[0]'
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 
-# Runtime + the EL images (CC BY-NC-SA 4.0, non-commercial) the demo inspects + the
-# `train` extra: the demo trains each supplier's small CNN and exports the federated
-# model to ONNX. torch==2.13.0 (CPU) comes from the machine's local wheel.
+# What the demo needs beyond the core install (a node: contracts, ledger client, FL):
+# `inspect` (Ray Serve + onnxruntime: the inspection chapter), `devchain` (the embedded
+# EVM chain it anchors on), `train` (each supplier's small CNN, the ONNX export) and
+# `elpv` (the EL images, CC BY-NC-SA 4.0, non-commercial). torch==2.13.0 (CPU) comes
+# from the machine's local wheel.
+DEMO_EXTRAS := inspect,devchain,train,elpv
+
 $(VENV)/.demo-installed: pyproject.toml $(VENV)/bin/activate
 	$(PIP) install -q 'torch==2.13.0'
-	$(PIP) install -q -e '.[elpv,train]'
+	$(PIP) install -q -e '.[$(DEMO_EXTRAS)]'
 	@touch $@
 
-# Everything the tests need; torch==2.13.0 (CPU) comes from the machine's local wheel.
+# Everything the tests need: the demo's extras plus `dev` (pytest, ruff and mypy at
+# pinned versions); torch==2.13.0 (CPU) comes from the machine's local wheel.
 $(VENV)/.test-installed: pyproject.toml $(VENV)/bin/activate
 	$(PIP) install -q 'torch==2.13.0'
-	$(PIP) install -q -e '.[dev,train,elpv]'
+	$(PIP) install -q -e '.[dev,$(DEMO_EXTRAS)]'
 	@touch $@ $(VENV)/.demo-installed
 
 demo: $(VENV)/.demo-installed
@@ -37,6 +42,11 @@ lint: $(VENV)/.test-installed
 
 typecheck: $(VENV)/.test-installed
 	$(VENV)/bin/mypy -p qdspace
+
+# Every bench script with --quick (small sizes, seconds each), its JSON checked, so the
+# benchmarks cannot rot; the full runs stay manual (`python bench/<name>.py`).
+bench-quick: $(VENV)/.test-installed
+	$(PY) -m pytest -q -ra tests/integration/test_bench_quick.py
 
 protos: $(VENV)/.test-installed
 	$(PY) -m qdspace.protocols.generate

@@ -230,12 +230,20 @@ def main() -> None:
     parser.add_argument("--batches", type=int, nargs="+", default=[1_000, 10_000, 100_000])
     parser.add_argument("--tree", type=int, default=1_000_000, help="leaves for the proof size")
     parser.add_argument("--out", help="write the figures as JSON here")
+    parser.add_argument("--quick", action="store_true", help="small sizes, seconds (CI)")
     args = parser.parse_args()
+    if args.quick:
+        args.leaves, args.batches, args.tree = 2_000, [200, 1_000], 10_000
+    load = os.getloadavg()[0]
     figures: dict[str, Any] = {
-        "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
+        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
+                    "loadavg_1m": load},
         "leaves": args.leaves,
-    }
+        "quick": args.quick,
+    }  # fmt: skip
     print(f"# {os.cpu_count()} CPUs, Python {platform.python_version()}, {args.leaves} leaves")
+    print(f"anchor.cores: {os.cpu_count()} cores")
+    print(f"anchor.loadavg_1m: {load:.2f} load")
     items = records(args.leaves)
 
     best = float("inf")

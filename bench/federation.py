@@ -338,8 +338,11 @@ def _tail(path: Path, lines: int = 3) -> str:
     return " | ".join(text[-lines:]) or "(empty log)"
 
 
-def _flower_install() -> str | None:
-    """Create the separate venv with flwr==1.27.0; None when ready, else why not."""
+def _flower_install(offline: bool = False) -> str | None:
+    """Create the separate venv with flwr==1.27.0; None when ready, else why not.
+
+    ``offline`` (``--quick``, CI): pip may use only what the machine already has (its
+    wheel cache, a configured find-links folder), never the index, and gets 2 minutes."""
     flwr_bin = FLOWER_VENV / "bin" / "flower-superlink"
     python = FLOWER_VENV / "bin" / "python"
     if flwr_bin.exists():
@@ -357,23 +360,28 @@ def _flower_install() -> str | None:
                 [sys.executable, "-m", "venv", str(FLOWER_VENV)], check=True, timeout=120
             )
         pip = [str(python), "-m", "pip", "install", "-q", f"flwr=={FLOWER_VERSION}"]
-        done = subprocess.run(pip, capture_output=True, text=True, timeout=900)
+        if offline:
+            pip.insert(-1, "--no-index")
+        done = subprocess.run(pip, capture_output=True, text=True, timeout=120 if offline else 900)
     except (OSError, subprocess.SubprocessError) as exc:
         return f"could not create the Flower venv {FLOWER_VENV}: {exc}"
     if done.returncode != 0:
         lines = [ln for ln in (done.stderr or done.stdout).splitlines() if "ERROR" in ln]
-        return f"pip could not install flwr=={FLOWER_VERSION}: {(lines or ['no output'])[-1]}"
+        how = " offline (--quick never reaches the index)" if offline else ""
+        return f"pip could not install flwr=={FLOWER_VERSION}{how}: {(lines or ['no output'])[-1]}"
     return None
 
 
-def flower(n: int, rounds: int, timeout_s: float = 600.0) -> tuple[list[float] | None, str]:
+def flower(
+    n: int, rounds: int, timeout_s: float = 600.0, offline: bool = False
+) -> tuple[list[float] | None, str]:
     """Flower's deployment (SuperLink + 3 SuperNodes, ``flwr run``) exchanging ``n`` float32.
 
     Returns the per-round times measured inside Flower's ServerApp (send the global
     ArrayRecord to every SuperNode, receive the trained ones, average), or None and
     the exact reason it could not be measured.
     """
-    problem = _flower_install()
+    problem = _flower_install(offline)
     if problem is not None:
         return None, problem
     bindir = FLOWER_VENV / "bin"
@@ -496,12 +504,21 @@ def main() -> None:
     )
     parser.add_argument("--flower-rounds", type=int, default=3, help="rounds of the Flower run")
     parser.add_argument("--out", help="write the figures as JSON here")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="1 MB updates, 2 rounds; Flower only if it installs offline (CI)",
+    )
     ns = parser.parse_args()
+    if ns.quick:
+        ns.mb, ns.rounds, ns.flower_rounds = 1.0, 2, 2
     n = int(ns.mb * 1e6 / 4)
     print(
         f"platform: {platform.platform()} cores: {os.cpu_count()} python: {sys.version.split()[0]}"
         f" load: {os.getloadavg()[0]:.1f}"
     )
+    print(f"fl_cores: {os.cpu_count()} cores")
+    print(f"fl_loadavg_1m: {os.getloadavg()[0]:.2f} load")
     print(f"members: {len(MEMBERS)}, large update: {n * 4 / 1e6:.1f} MB ({n} float32)")
     figures: dict[str, float] = {}
     figures["fl_inprocess_plain_round_s"] = min(inprocess_plain_round(n) for _ in range(2))
@@ -522,7 +539,7 @@ def main() -> None:
     )
     note = "skipped (--no-flower)"
     if not ns.no_flower:
-        times, note = flower(n, ns.flower_rounds)
+        times, note = flower(n, ns.flower_rounds, offline=ns.quick)
         if times is None:
             print(f"fl_flower_{big}_round_s: not measured: {note}")
         else:
@@ -540,7 +557,17 @@ def main() -> None:
     if ns.out:
         with open(ns.out, "w") as fh:
             json.dump(
-                {"mb": ns.mb, "rounds": ns.rounds, "figures": figures, "flower": note}, fh, indent=2
+                {
+                    "mb": ns.mb,
+                    "rounds": ns.rounds,
+                    "quick": ns.quick,
+                    "cpus": os.cpu_count(),
+                    "loadavg_1m": os.getloadavg()[0],
+                    "figures": figures,
+                    "flower": note,
+                },
+                fh,
+                indent=2,
             )
 
 

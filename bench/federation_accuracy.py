@@ -39,6 +39,7 @@ from typing import Any
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import numpy as np
+from nacl.signing import SigningKey
 
 from qdspace.federation import mlp
 from qdspace.federation.el_features import SPLIT_MEMBERS, el_features, member_split
@@ -91,6 +92,9 @@ def federated(
     rng = np.random.default_rng(0)
     coord = Coordinator.start(job, flatten(start), now=0.0, seed=0)
     trainers = {m: mlp.trainer_for(TRAINING, shares[m]) for m in members}
+    # each member signs its SecAgg messages with the Ed25519 key its certificate binds
+    signing = {m: SigningKey.generate() for m in members}
+    verify = {m: k.verify_key for m, k in signing.items()}
     while not coord.finished:
         rnd, glob = coord.round, coord.global_vector
         trained = {m: flatten(trainers[m](unflatten(glob, shapes), rnd)[0]) for m in members}
@@ -99,14 +103,18 @@ def federated(
                 coord.submit_update(m, rnd, unflatten(trained[m], shapes), len(shares[m]), 1.0)
             continue
         att = coord.attempt
-        clients = {m: secagg_client(job, m, rnd, att) for m in members}
+        clients = {m: secagg_client(job, m, rnd, att, signing[m]) for m in members}
         for m, c in clients.items():
-            coord.submit_advert(m, rnd, att, c.advertise(), 1.0)
+            coord.submit_advert(m, rnd, att, c.advertise(), verify[m], 1.0)
         for m, c in clients.items():
-            coord.submit_shares(m, rnd, att, c.share_keys(coord.roster(m, rnd, att)), 1.0)
+            shares_out = c.share_keys(coord.roster(m, rnd, att), verify)
+            coord.submit_shares(m, rnd, att, shares_out, 1.0)
         for m, c in clients.items():
             change = prepare_change(job, glob, trained[m], rng)
             coord.submit_masked(m, rnd, att, c.mask(change, coord.inbox(m, rnd, att)), 1.0)
+        split = coord.unmask_request(members[0], rnd, att)
+        for m in split.survivors:
+            coord.submit_confirmation(m, rnd, att, clients[m].confirm(split), 1.0)
         request = coord.unmask_request(members[0], rnd, att)
         for m in request.survivors:
             coord.submit_unmask(m, rnd, att, clients[m].unmask(request), 1.0)
@@ -167,10 +175,15 @@ def main() -> None:
     )
     parser.add_argument("--seeds", type=int, default=5, help="held-out splits to average over")
     parser.add_argument("--out", help="write the figures as JSON here")
+    parser.add_argument("--quick", action="store_true", help="one held-out split (CI)")
     ns = parser.parse_args()
+    if ns.quick:
+        ns.seeds = 1
     from qdspace.inference.dataset import binary_labels, load_elpv
 
     print(f"platform: {platform.platform()} cores: {os.cpu_count()} load: {os.getloadavg()[0]:.1f}")
+    print(f"fl_acc_cores: {os.cpu_count()} cores")
+    print(f"fl_acc_loadavg_1m: {os.getloadavg()[0]:.2f} load")
     t0 = time.perf_counter()
     data = load_elpv(size=IMAGE_SIZE)
     features = el_features(data.images)
@@ -222,7 +235,8 @@ def main() -> None:
         )
     if ns.out:
         with open(ns.out, "w") as fh:
-            json.dump({"figures": figures, "splits": results}, fh, indent=2)
+            machine = {"cpus": os.cpu_count(), "loadavg_1m": os.getloadavg()[0]}
+            json.dump({"figures": figures, "splits": results, "machine": machine}, fh, indent=2)
 
 
 if __name__ == "__main__":

@@ -185,10 +185,17 @@ def main() -> None:
         help="also run the first served design (per-frame requests by reference)",
     )
     parser.add_argument("--out", help="write the figures as JSON here")
+    parser.add_argument(
+        "--quick", action="store_true", help="32 px, 3 epochs, 2 s runs, one design (CI)"
+    )
     args = parser.parse_args()
+    if args.quick:
+        args.size, args.epochs, args.seconds, args.burst_seconds = 32, 3, 2.0, 2.0
+        args.compare_previous = False
     cores = os.cpu_count() or 1
     print(f"cores: {cores}  python: {platform.python_version()}  device: {args.device}")
-    emit("cores", cores, "")
+    emit("cores", cores, "cores")
+    emit("loadavg_1m", os.getloadavg()[0], "load")
 
     onnx_bytes, test, train_s = train(args.size, args.epochs, 1 if cores <= 2 else 4)
     emit("train_seconds", train_s, "s")

@@ -132,14 +132,19 @@ def main() -> None:
         default=os.environ.get("QDSPACE_BENCH_PG_URL") or os.environ.get("QDSPACE_TEST_PG_URL"),
     )
     parser.add_argument("--out", help="write the figures as JSON here")
+    parser.add_argument("--quick", action="store_true", help="2,000 rows (CI)")
     args = parser.parse_args()
+    if args.quick:
+        args.sizes = "2000"
     sizes = [int(s) for s in args.sizes.split(",")]
     figures: dict[str, Any] = {
         "cores": os.cpu_count(),
+        "loadavg_1m": os.getloadavg()[0],
         "machine": platform.machine(),
         "python": platform.python_version(),
     }
-    print(f"cores: {os.cpu_count()}")
+    print(f"ingest_cores: {os.cpu_count()} cores")
+    print(f"ingest_loadavg_1m: {figures['loadavg_1m']:.2f} load")
     backends = ["sqlite"] + (["postgresql"] if args.pg_url else [])
     if not args.pg_url:
         print("postgresql: skipped (set QDSPACE_BENCH_PG_URL or --pg-url)")

@@ -44,7 +44,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=200)
     parser.add_argument("--out", type=Path)
+    parser.add_argument("--quick", action="store_true", help="20 negotiations (CI)")
     args = parser.parse_args()
+    if args.quick:
+        args.runs = 20
     with tempfile.TemporaryDirectory(prefix="qdspace-bench-negotiation-") as tmp:
         net = LocalNetwork(
             Path(tmp), [MemberSpec("sunarc", "oem"), MemberSpec("cellex", "supplier")], chain=False
@@ -107,6 +110,7 @@ def main() -> None:
     results: dict[str, Any] = {
         "runs": args.runs,
         "cpus": os.cpu_count(),
+        "loadavg_1m": os.getloadavg()[0],
         "python": platform.python_version(),
         "negotiation_p50_ms": statistics.median(agreed),
         "negotiation_p99_ms": _pct(agreed, 0.99),
@@ -129,6 +133,7 @@ def main() -> None:
     print(f"negotiation.in_node_hello_p50: {results['in_node_hello_p50_ms']:.1f} ms")
     print(f"negotiation.over_hello_p50: {results['negotiation_over_hello_p50']:.1f} ratio")
     print(f"negotiation.cpus: {results['cpus']} cores")
+    print(f"negotiation.loadavg_1m: {results['loadavg_1m']:.2f} load")
     if args.out:
         args.out.write_text(json.dumps(results, indent=2))
 

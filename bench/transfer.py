@@ -256,10 +256,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--records", type=int, default=100_000)
     parser.add_argument("--out", type=Path)
+    parser.add_argument("--quick", action="store_true", help="5,000 records (CI)")
     args = parser.parse_args()
+    if args.quick:
+        args.records = 5_000
     results: dict[str, Any] = {
         "records": args.records,
         "cpus": os.cpu_count(),
+        "loadavg_1m": os.getloadavg()[0],
         "python": platform.python_version(),
     }
     with tempfile.TemporaryDirectory(prefix="qdspace-bench-transfer-") as tmp:
@@ -344,6 +348,7 @@ def main() -> None:
     print(f"transfer.full_over_incremental: {inc['full_over_incremental']:.1f} ratio")
     print(f"transfer.held_after_all_pulls: {inc['held_records']} records")
     print(f"transfer.cpus: {results['cpus']} cores")
+    print(f"transfer.loadavg_1m: {results['loadavg_1m']:.2f} load")
     if args.out:
         args.out.write_text(json.dumps(results, indent=2))
 

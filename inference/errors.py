@@ -20,6 +20,10 @@ class TrainingUnavailableError(InferenceError, ImportError):
     """PyTorch (the ``train`` extra) is not installed, so this node cannot train."""
 
 
+class InspectionUnavailableError(InferenceError, ImportError):
+    """onnxruntime or Ray Serve (the ``inspect`` extra) is not installed: no inspection."""
+
+
 class DatasetError(InferenceError, ValueError):
     """Images, labels or a split manifest are missing, inconsistent or tampered with."""
 

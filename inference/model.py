@@ -1,5 +1,9 @@
 """An EL defect classifier as an ONNX file, judged with onnxruntime (no PyTorch needed).
 
+onnxruntime itself is loaded when a classifier is built (``inference.extras``): the
+node's API imports this module for the registry and explanations, and a node installed
+without the ``inspect`` extra must still start.
+
 The ONNX file describes itself: metadata properties name the input size, the class
 names and which classes count as defective, so a node that only inspects can judge
 frames with any registered version without knowing how it was trained.
@@ -13,14 +17,17 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
-import onnxruntime as ort
 from numpy.typing import NDArray
 
 from qdspace.inference.errors import ModelLoadError
+from qdspace.inference.extras import load_onnxruntime
 from qdspace.inference.frames import Frame, ModelInput, to_model_input
+
+if TYPE_CHECKING:
+    import onnxruntime as ort
 
 logger = logging.getLogger("inference")
 
@@ -70,7 +77,7 @@ def content_hash(data: bytes) -> str:
 
 def providers_for(device: Device) -> list[str]:
     """Execution providers: CUDA when asked for or (``auto``) present, CPU as fallback."""
-    available = ort.get_available_providers()
+    available = load_onnxruntime().get_available_providers()
     if device == "cpu":
         return [CPU_PROVIDER]
     if device == "cuda" and CUDA_PROVIDER not in available:
@@ -114,6 +121,7 @@ class OnnxClassifier:
         version = content_hash(data)
         if expected_version is not None and version != expected_version:
             raise ModelLoadError(source, f"content hash {version[:12]} != {expected_version[:12]}")
+        ort = load_onnxruntime()
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1

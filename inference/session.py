@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 from qdspace.inference import alarms as kinds
 from qdspace.inference.alarms import AlarmLog
 from qdspace.inference.errors import ModelLoadError, ServingError
+from qdspace.inference.extras import load_ray
 from qdspace.inference.line import Judge, LocalJudge
 from qdspace.inference.model import OnnxClassifier, content_hash
 from qdspace.inference.registry import ModelRegistry, ModelVersion, RegistryError
@@ -66,8 +67,7 @@ class InspectionSession:
         return entry
 
     def _start_ray(self, data: bytes, entry: ModelVersion) -> None:
-        import ray
-
+        ray = load_ray()  # InspectionUnavailableError without the ``inspect`` extra
         from qdspace.inference.serve import APP_NAME, InspectionTier, ServeSettings
 
         if not ray.is_initialized():

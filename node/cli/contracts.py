@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from qdspace.node.client import NodeNotRunning, operator_client
@@ -37,7 +38,7 @@ def _client(directory: Path, timeout: float = 300.0) -> httpx.Client:
     try:
         return operator_client(directory, timeout)
     except NodeNotRunning as exc:
-        err.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
+        err.print(f"[red]error:[/red] {escape(str(exc))}", highlight=False, soft_wrap=True)
         raise typer.Exit(1) from None
 
 
@@ -55,7 +56,7 @@ def _timed_call(directory: Path, method: str, path: str, **kwargs: Any) -> tuple
         try:
             response = client.request(method, path, **kwargs)
         except httpx.HTTPError as exc:
-            err.print(f"[red]error:[/red] {path}: {exc}")
+            err.print(f"[red]error:[/red] {escape(f'{path}: {exc}')}")
             raise typer.Exit(1) from None
         seconds = time.perf_counter() - started
     if response.status_code >= 400:

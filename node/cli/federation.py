@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from qdspace.node.client import operator_client
@@ -50,7 +51,7 @@ DEFAULT_IMAGE_SIZE = 96
 
 
 def _fail(message: str) -> typer.Exit:
-    err.print(f"[red]error:[/red] {message}", highlight=False, soft_wrap=True)
+    err.print(f"[red]error:[/red] {escape(message)}", highlight=False, soft_wrap=True)
     return typer.Exit(1)
 
 
@@ -273,6 +274,15 @@ def join(
     job's model kind (logreg or el-mlp); the data never leaves this machine.
     """
     import asyncio
+
+    from qdspace.inference.errors import InspectionUnavailableError
+    from qdspace.inference.extras import require_model_export
+
+    if deploy:
+        try:  # before any round: the deployment at the end needs the ``inspect`` extra
+            require_model_export()
+        except InspectionUnavailableError as exc:
+            raise _fail(str(exc)) from None
 
     from qdspace.federation.models import model_kind
     from qdspace.federation.strategies import StrategyName

@@ -16,6 +16,7 @@ from typing import Annotated, Any, TypeVar
 import typer
 from rich.console import Console, Group
 from rich.live import Live
+from rich.markup import escape
 from rich.table import Table
 
 from qdspace.connector.errors import ConnectorError
@@ -49,7 +50,7 @@ def clean_errors(fn: F) -> F:
         try:
             return fn(*args, **kwargs)
         except (InferenceError, NodeError, ConnectorError) as exc:
-            err.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
+            err.print(f"[red]error:[/red] {escape(str(exc))}", highlight=False, soft_wrap=True)
             raise typer.Exit(1) from None
 
     return wrapper  # type: ignore[return-value]
@@ -210,10 +211,12 @@ def explain_command(
     """Heatmaps of the top FP/FN groups on this member's labelled validation cells."""
     from qdspace.inference.dataset import load_elpv, select_member
     from qdspace.inference.explain import explain
+    from qdspace.inference.extras import require_inspection
     from qdspace.inference.registry import ModelRegistry, RegistryError
     from qdspace.inference.splits import SplitManifest, split_el_images
     from qdspace.node.api.inspection import explanations_root
 
+    require_inspection(ray=False)  # judging the cells needs onnxruntime
     registry = ModelRegistry(directory)
     entry = registry.get(version) if version else registry.active()
     if entry is None:
@@ -249,10 +252,12 @@ def run(
 ) -> None:
     """Feed stations at a set rate; verdicts go to this node's QDM, live stats on screen."""
     from qdspace.inference.alarms import AlarmLog
+    from qdspace.inference.extras import require_inspection
     from qdspace.inference.line import InspectionLine, LineConfig
     from qdspace.inference.registry import ModelRegistry
     from qdspace.inference.session import InspectionSession
 
+    require_inspection(ray=not local)  # the ``inspect`` extra, before anything starts
     if not local:
         import qdspace.inference.serve  # noqa: F401  (Serve sets its driver logger up on import)
 

@@ -12,6 +12,7 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from qdspace.ledger.errors import ChainUnavailable, DocumentFormatError, LedgerError
 
@@ -23,7 +24,7 @@ EXIT_VALID, EXIT_INVALID, EXIT_UNUSABLE = 0, 1, 2
 
 
 def _fail(message: str, code: int) -> typer.Exit:
-    err.print(f"[red]error:[/red] {message}", highlight=False, soft_wrap=True)
+    err.print(f"[red]error:[/red] {escape(message)}", highlight=False, soft_wrap=True)
     return typer.Exit(code)
 
 
@@ -128,7 +129,14 @@ def chain(
     """Run the embedded EVM chain (py-evm, no Node.js) until SIGTERM."""
     import logging
 
-    from qdspace.ledger.chain import DEFAULT_CHAIN_ID, run
+    try:
+        from qdspace.ledger.chain import DEFAULT_CHAIN_ID, run
+    except ImportError as exc:  # eth-tester / py-evm: the ``devchain`` extra
+        raise _fail(
+            f"the embedded dev chain needs eth-tester[py-evm], which is not installed "
+            f"({exc}); install the dev-chain extra: pip install 'qdspace[devchain]'",
+            EXIT_UNUSABLE,
+        ) from None
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     run(state_dir, host, port, chain_id or DEFAULT_CHAIN_ID, deploy)

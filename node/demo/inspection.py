@@ -60,10 +60,13 @@ def inspection_chapter(network: LocalNetwork, report: DemoReport) -> None:
     try:
         import qdspace.inference.training  # noqa: F401  (PyTorch: the ``train`` extra)
         from qdspace.inference.dataset import load_elpv
+        from qdspace.inference.extras import require_inspection
+
+        require_inspection(ray=True)  # onnxruntime + Ray Serve: the ``inspect`` extra
 
         cells = load_elpv()
         small = load_elpv(size=INPUT_SIZE)  # the same cells, resized once for training
-    except ImportError as exc:  # DatasetUnavailableError / TrainingUnavailableError
+    except ImportError as exc:  # Dataset-, Training- or InspectionUnavailableError
         report.chapters[CHAPTER] = {"skipped": str(exc)}
         return
     members = [network[name] for name in SUPPLIERS if name in network.members]

@@ -28,7 +28,6 @@ import numpy as np
 from numpy.typing import NDArray
 
 from qdspace.federation.errors import VersionError
-from qdspace.federation.onnx_export import el_mlp_reference, export_el_mlp
 from qdspace.federation.params import Params
 from qdspace.federation.versions import LEDGER_KIND, ModelVersion
 from qdspace.ledger.client import LedgerClient
@@ -121,7 +120,12 @@ def export_checked(
     version: ModelVersion, params: Params, size: int, probe: NDArray[np.float32] | None = None
 ) -> tuple[bytes, float]:
     """The ONNX bytes of a version and the largest probability difference from numpy."""
-    import onnxruntime as ort
+    from qdspace.inference.extras import load_onnxruntime, require_model_export
+
+    require_model_export()  # onnx + onnxruntime (the ``inspect`` extra), a clear error
+    from qdspace.federation.onnx_export import el_mlp_reference, export_el_mlp
+
+    ort = load_onnxruntime()
 
     if version.model not in DEPLOYABLE_MODELS:
         raise VersionError(
