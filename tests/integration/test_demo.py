@@ -89,7 +89,11 @@ def test_demo_inspects_at_every_supplier(
     inspection = _summary(workdir)["chapters"]["inspection"]
     for supplier in ("cellex", "polycell"):
         line = inspection[supplier]
-        assert line["frames"] > 0 and line["stored"] == line["frames"] == line["qdm_new_rows"]
+        # every stored verdict is a new row in the node; a loaded machine may skip frames
+        # (the line refuses to queue past its in-flight bound), and says how many
+        assert line["stored"] > 0 and line["stored"] == line["qdm_new_rows"]
+        assert line["stored"] + line["dropped"] <= line["frames"]
+        assert line["stored"] >= line["frames"] // 2, line
         assert len(line["versions"]) == 2  # hot swap: both versions judged frames
         assert line["heatmaps"] > 0
 
