@@ -21,10 +21,13 @@ from pydantic import BaseModel
 
 from qdspace.inference.explain import read_index
 from qdspace.inference.registry import ModelRegistry, ModelVersion, RegistryError
+from qdspace.node.runtime.inspection import (  # noqa: F401  (re-exported)
+    DRIFT_FILE,
+    EXPLANATIONS_DIR,
+    INSPECTION_DIR,
+    explanations_root,
+)
 
-INSPECTION_DIR = "inspection"
-EXPLANATIONS_DIR = "explanations"
-DRIFT_FILE = "drift.json"
 _VERSION = re.compile(r"^[0-9a-f]{6,64}$")
 
 
@@ -50,11 +53,6 @@ class ExplanationSummary(BaseModel):
     created_at: str
     misjudged: int
     groups: int
-
-
-def explanations_root(directory: Path) -> Path:
-    """Where ``qdspace inspect explain`` writes its folders (one per model version)."""
-    return directory / INSPECTION_DIR / EXPLANATIONS_DIR
 
 
 def _public(entry: ModelVersion, active: ModelVersion | None) -> ModelVersionPublic:

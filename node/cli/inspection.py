@@ -6,34 +6,31 @@ Mounted by ``node.cli`` with :func:`mount`. PyTorch is imported only by ``train`
 
 from __future__ import annotations
 
-import functools
 import logging
 import uuid
-from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console, Group
 from rich.live import Live
 from rich.table import Table
 
-from qdspace.connector.errors import ConnectorError
-from qdspace.inference.errors import InferenceError
-from qdspace.node.errors import NodeError
+from qdspace.node.cli.choices import CellMember
+from qdspace.node.cli.connect import JsonOpt, print_json
+from qdspace.node.cli.errors import clean_errors
+from qdspace.node.runtime.inspection import DRIFT_FILE, INSPECTION_DIR, split_path
 
 inspect_app = typer.Typer(no_args_is_help=True, help="line inspection (EL cells)")
 console = Console()
 err = Console(stderr=True)
 logger = logging.getLogger("node")
 
-F = TypeVar("F", bound=Callable[..., Any])
 DirOpt = Annotated[Path, typer.Option("--dir", help="node directory")]
 MemberOpt = Annotated[
-    str, typer.Option(help="whose cells: cellex (mono), polycell (poly), all; auto = node name")
+    CellMember,
+    typer.Option(help="whose cells: cellex (mono), polycell (poly), all; auto = node name"),
 ]
-INSPECTION_DIR = "inspection"
-DRIFT_FILE = "drift.json"
 
 
 def mount(app: typer.Typer) -> None:
@@ -42,23 +39,9 @@ def mount(app: typer.Typer) -> None:
     app.add_typer(inspect_app, name="inspect")
 
 
-def clean_errors(fn: F) -> F:
-    """Known errors become one line on stderr and exit code 1, never a traceback."""
-
-    @functools.wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return fn(*args, **kwargs)
-        except (InferenceError, NodeError, ConnectorError) as exc:
-            err.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
-            raise typer.Exit(1) from None
-
-    return wrapper  # type: ignore[return-value]
-
-
-def _member(directory: Path, member: str) -> str:
-    if member != "auto":
-        return member
+def _member(directory: Path, member: CellMember) -> str:
+    if member is not CellMember.AUTO:
+        return member.value
     from qdspace.inference.dataset import ALL_MEMBERS, SUPPLIER_BY_CELL_TYPE
     from qdspace.node.config import NodeSettings
 
@@ -66,15 +49,10 @@ def _member(directory: Path, member: str) -> str:
     return name if name in SUPPLIER_BY_CELL_TYPE.values() else ALL_MEMBERS
 
 
-def split_path(directory: Path, member: str) -> Path:
-    """Where the split manifest of a member's cells is written."""
-    return directory / INSPECTION_DIR / f"split-{member}.json"
-
-
 @clean_errors
 def train(
     directory: DirOpt,
-    member: MemberOpt = "auto",
+    member: MemberOpt = CellMember.AUTO,
     epochs: Annotated[int, typer.Option(min=1, help="passes over the training split")] = 12,
     size: Annotated[int, typer.Option(min=16, help="model input side in pixels")] = 64,
     seed: Annotated[int, typer.Option(help="initialisation and shuffling seed")] = 0,
@@ -140,12 +118,16 @@ def train(
 
 @inspect_app.command("models")
 @clean_errors
-def models(directory: DirOpt) -> None:
+def models(directory: DirOpt, as_json: JsonOpt = False) -> None:
     """List this node's model versions."""
     from qdspace.inference.registry import ModelRegistry
 
     registry = ModelRegistry(directory)
     active = registry.active()
+    if as_json:
+        current = None if active is None else active.version
+        print_json([v.to_dict() | {"active": v.version == current} for v in registry.versions()])
+        return
     table = Table("version", "source", "created", "acc", "F1", "AUROC", "active")
     for v in registry.versions():
         table.add_row(
@@ -203,7 +185,7 @@ def _print_gate(registry: Any, version: str) -> None:
 @clean_errors
 def explain_command(
     directory: DirOpt,
-    member: MemberOpt = "auto",
+    member: MemberOpt = CellMember.AUTO,
     version: Annotated[str | None, typer.Option(help="model version (default: active)")] = None,
     top: Annotated[int, typer.Option(min=1, help="how many misjudgment groups")] = 5,
     per_group: Annotated[int, typer.Option(min=1, help="heatmaps per group")] = 3,
@@ -213,7 +195,7 @@ def explain_command(
     from qdspace.inference.explain import explain
     from qdspace.inference.registry import ModelRegistry, RegistryError
     from qdspace.inference.splits import SplitManifest, split_el_images
-    from qdspace.node.api.inspection import explanations_root
+    from qdspace.node.runtime.inspection import explanations_root
 
     registry = ModelRegistry(directory)
     entry = registry.get(version) if version else registry.active()
@@ -242,7 +224,7 @@ def run(
     frames: Annotated[
         Path | None, typer.Option(help="folder of images instead of the EL data set")
     ] = None,
-    member: MemberOpt = "auto",
+    member: MemberOpt = CellMember.AUTO,
     version: Annotated[str | None, typer.Option(help="model version (default: active)")] = None,
     local: Annotated[bool, typer.Option(help="judge in-process, without Ray Serve")] = False,
     cpus: Annotated[int | None, typer.Option(help="CPUs for a Ray started here")] = None,
@@ -283,7 +265,7 @@ def _stations(
     count: int,
     fps: float,
     frames: Path | None,
-    member: str,
+    member: CellMember,
     alarms: Any,
     served: Any,
 ) -> tuple[list[Any], Any]:

@@ -25,13 +25,13 @@ from typing import TYPE_CHECKING, Any
 from rich.console import Console
 from rich.table import Table
 
-from qdspace.node.cli.inspection import DRIFT_FILE, INSPECTION_DIR, split_path
+from qdspace.node.demo.report import DemoReport
+from qdspace.node.runtime.inspection import drift_path, split_path
 
 if TYPE_CHECKING:
     from qdspace.inference.dataset import ElImages
     from qdspace.inference.gate import GateDecision
     from qdspace.inference.registry import ModelRegistry, ModelVersion
-    from qdspace.node.demo import DemoReport
     from qdspace.node.localnet.network import LocalNetwork, MemberProcess
 
 CHAPTER = "inspection"
@@ -197,8 +197,8 @@ def _inspect_at(member: MemberProcess, models: DemoModels, cells: ElImages) -> d
     audit = DriftMonitor(
         alarms, DriftThresholds.from_baseline(models.first.metrics), models.first.version
     )
-    with member.client() as client:
-        rows_before = int(client.get("/v1/qdm/counts").json().get("inspection", 0))
+    with member.operator() as client:
+        rows_before = int(client.qdm_counts().get("inspection", 0))
     store = open_store(NodeSettings.load(member.directory).database_url)
     settings = ServeSettings(device="cpu")
     swapped_at: list[float] = []
@@ -227,7 +227,7 @@ def _inspect_at(member: MemberProcess, models: DemoModels, cells: ElImages) -> d
             final = line.run(SECONDS, on_tick=tick, tick_s=0.25)
     finally:
         store.close()
-    audit.write(member.directory / INSPECTION_DIR / DRIFT_FILE)
+    audit.write(drift_path(member.directory))
     heatmaps = _explain(member, registry, cells, manifest)
     back = _read_back(member, heatmaps)
     back["qdm_new_rows"] = back.pop("qdm_inspection_rows") - rows_before
@@ -252,7 +252,7 @@ def _explain(member: MemberProcess, registry: ModelRegistry, cells: ElImages, ma
     from qdspace.inference.dataset import select_member
     from qdspace.inference.explain import explain
     from qdspace.inference.registry import RegistryError
-    from qdspace.node.api.inspection import explanations_root
+    from qdspace.node.runtime.inspection import explanations_root
 
     active = registry.active()
     if active is None:
@@ -265,11 +265,11 @@ def _explain(member: MemberProcess, registry: ModelRegistry, cells: ElImages, ma
 
 def _read_back(member: MemberProcess, heatmaps: int) -> dict[str, Any]:
     """What the node itself now says, through its operator API."""
-    with member.client() as client:
-        counts = client.get("/v1/qdm/counts").json()
-        models = client.get("/v1/inspection/models").json()
-        drift = client.get("/v1/inspection/drift").json()
-        listed = client.get("/v1/inspection/explanations").json()
+    with member.operator() as client:
+        counts = client.qdm_counts()
+        models = client.inspection_models()
+        drift = client.inspection_drift()
+        listed = client.inspection_explanations()
     line = next((s for s in drift["stations"] if s["station"] == "*"), None)
     return {
         "qdm_inspection_rows": counts.get("inspection"),

@@ -30,7 +30,6 @@ from qdspace.federation.errors import RosterRefused
 from qdspace.federation.job import JobSpec
 from qdspace.federation.member import secagg_client
 from qdspace.federation.params import params_to_bytes
-from qdspace.node.cli.federation import member_revocations
 from qdspace.node.identity.certs import load_cert, load_key
 from qdspace.node.identity.member import load_member_keys
 from qdspace.node.identity.revocation import RevocationList
@@ -39,6 +38,7 @@ from qdspace.node.rpc.client import open_channel
 from qdspace.node.rpc.federation_client import FederationClient
 from qdspace.node.rpc.federation_keys import CertificateKeys
 from qdspace.node.rpc.federation_serde import advert_to_proto
+from qdspace.node.runtime.federation import member_revocations
 from qdspace.protocols.v1 import federation_pb2 as pb
 from qdspace.protocols.v1 import federation_pb2_grpc as pb_grpc
 

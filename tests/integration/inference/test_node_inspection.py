@@ -22,8 +22,8 @@ from qdspace.inference.dataset import frame_id_of, load_elpv
 from qdspace.inference.registry import ModelRegistry
 from qdspace.inference.splits import SplitManifest
 from qdspace.node.cli import app
-from qdspace.node.cli.inspection import split_path
 from qdspace.node.localnet.network import LocalNetwork, MemberProcess, MemberSpec
+from qdspace.node.runtime.inspection import split_path
 
 pytestmark = pytest.mark.integration
 pytest.importorskip("qdspace.inference.training", exc_type=ImportError)
@@ -130,8 +130,8 @@ def test_a_corrupt_model_file_is_refused_by_name(node: MemberProcess) -> None:
 def test_the_demo_chapter_inspects_and_hot_swaps_at_the_supplier(
     network: LocalNetwork, local_ray: None
 ) -> None:
-    from qdspace.node.demo import DemoReport
     from qdspace.node.demo.inspection import CHAPTER, inspection_chapter, print_inspection
+    from qdspace.node.demo.report import DemoReport
 
     db = network["cellex"].directory / "node.db"
     before = len(_rows(db))
