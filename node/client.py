@@ -390,8 +390,9 @@ class OperatorClient:
         result: dict[str, Any] = self._post("/v1/ledger/flush", timeout_s=timeout_s)
         return result
 
-    def ledger_status(self) -> dict[str, Any]:
-        result: dict[str, Any] = self._get("/v1/ledger/status")
+    def ledger_status(self, probe: bool | None = None) -> dict[str, Any]:
+        """Anchoring health; ``probe=False``: the last anchoring attempt's view of the chain."""
+        result: dict[str, Any] = self._get("/v1/ledger/status", probe=probe)
         return result
 
     def ledger_leaves(self, kind: str, limit: int | None = None) -> Rows:

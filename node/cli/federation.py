@@ -256,6 +256,7 @@ def join(
     from qdspace.federation.models import model_kind
     from qdspace.federation.strategies import StrategyName
     from qdspace.node.client import OperatorClient, ensure_job_agreement
+    from qdspace.node.identity.revocation import member_revocations
     from qdspace.node.rpc.federation_client import (
         FederationClient,
         MemberEvent,
@@ -263,7 +264,6 @@ def join(
         MemberRunner,
         coordinator_key,
     )
-    from qdspace.node.runtime.federation import member_revocations
 
     def on_event(event: MemberEvent) -> None:
         if event.kind != "model":

@@ -34,6 +34,7 @@ from qdspace.federation.versions import ModelVersion
 from qdspace.node.client import ensure_job_agreement
 from qdspace.node.demo.report import DemoReport
 from qdspace.node.identity.member import load_member_keys
+from qdspace.node.identity.revocation import member_revocations
 from qdspace.node.localnet.network import LocalNetwork
 from qdspace.node.rpc.client import open_channel
 from qdspace.node.rpc.federation_client import (
@@ -42,7 +43,6 @@ from qdspace.node.rpc.federation_client import (
     MemberRunner,
     coordinator_key,
 )
-from qdspace.node.runtime.federation import member_revocations
 
 COORDINATOR = "sunarc"
 #: the supplier that puts the final global version on its inspection line

@@ -21,12 +21,10 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from cryptography import x509
 from numpy.typing import NDArray
 
 from qdspace.federation.errors import VersionError
@@ -53,15 +51,6 @@ class Deployment:
     registry_version: str
     anchor: Verdict
     max_difference: float
-
-
-def member_revocations(directory: Path, ca_cert: x509.Certificate) -> Callable[[int], bool]:
-    """The member node's own revocation list, to check the roster's certificates with
-    (a member without one refuses secure rounds: revocation fails closed)."""
-    from qdspace.node.config import NodeSettings
-    from qdspace.node.identity.revocation import RevocationList
-
-    return RevocationList(ca_cert, NodeSettings.load(directory).crl_path).is_revoked
 
 
 def member_ledger(directory: Path) -> LedgerClient:

@@ -32,13 +32,12 @@ from qdspace.federation.member import secagg_client
 from qdspace.federation.params import params_to_bytes
 from qdspace.node.identity.certs import load_cert, load_key
 from qdspace.node.identity.member import load_member_keys
-from qdspace.node.identity.revocation import RevocationList
+from qdspace.node.identity.revocation import RevocationList, member_revocations
 from qdspace.node.localnet.network import LocalNetwork
 from qdspace.node.rpc.client import open_channel
 from qdspace.node.rpc.federation_client import FederationClient
 from qdspace.node.rpc.federation_keys import CertificateKeys
 from qdspace.node.rpc.federation_serde import advert_to_proto
-from qdspace.node.runtime.federation import member_revocations
 from qdspace.protocols.v1 import federation_pb2 as pb
 from qdspace.protocols.v1 import federation_pb2_grpc as pb_grpc
 
