@@ -1,20 +1,32 @@
-"""How a CLI command finds and calls its running node, without loading the node.
+"""The operator-API client: one class that calls a running node over HTTP.
+
+The CLI, the demo and the tests all talk to a node through its operator API
+(``/v1/...``, a bearer token). Each used to build its own ``httpx.Client`` and write
+its own "status >= 400? read ``detail``" check, six copies with four different
+error messages. :class:`OperatorClient` is the one place: one method per route they
+use, one check that turns an RFC 9457 problem answer into a :class:`ClientError`
+(status, title, detail), and one way to find a node -- by its directory (the run
+file the node publishes on start, ``DIR/run/runtime.json``, and ``DIR/operator.token``)
+or by address and token, so a command can reach a node on another machine.
 
 Most commands (``catalog``, ``negotiate``, ``contracts``, ``order close``, ``fl join``'s
 negotiation) only talk to a node that is already running: the node holds the keys,
-the stores and the peer channels. Such a command needs the node's address
-(``DIR/run/runtime.json``, written by the node on start), its operator token and an
-HTTP client -- not the server stack that writes them. This module is therefore kept
-to the standard library at import time; ``httpx`` is imported when a call is made.
-Importing ``node.run`` here would cost seconds on every command (uvicorn, FastAPI,
-gRPC, SQLAlchemy, web3), which is what issue 21 measured.
+the stores and the peer channels. Such a command needs an address, a token and an
+HTTP client -- not the server stack. This module is therefore kept to the standard
+library at import time; ``httpx`` is imported when a client is built. Importing
+``node.run`` here would cost seconds on every command (uvicorn, FastAPI, gRPC,
+SQLAlchemy, web3), which is what issue 21 measured.
+
+Answers are returned as decoded JSON (dicts and lists): the client is a thin,
+typed door to the routes, not a second model of the API.
 """
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING
+from types import TracebackType
+from typing import TYPE_CHECKING, Any
 
 from qdspace.node.errors import NodeError
 from qdspace.node.layout import NodeLayout
@@ -22,11 +34,48 @@ from qdspace.node.layout import NodeLayout
 if TYPE_CHECKING:
     import httpx
 
+    from qdspace.node.identity.member import MemberKeys
+
 DEFAULT_TIMEOUT_S = 300.0
+#: environment variables naming a node to call when no ``--dir`` is given
+API_URL_ENV = "QDSPACE_API_URL"
+TOKEN_ENV = "QDSPACE_TOKEN"
+
+JSON = Any  # a decoded JSON answer
+Rows = list[dict[str, Any]]
 
 
-class NodeNotRunning(NodeError):
+class ClientError(NodeError):
+    """A call to a node's API failed: the node answered with a problem, or not at all.
+
+    ``status`` is the HTTP status of the answer (``None`` when no answer came:
+    connection refused, timeout, no run file); ``title`` and ``detail`` are the
+    problem's (RFC 9457), or the raw body when the answer was not a problem.
+    """
+
+    def __init__(
+        self, status: int | None, title: str, detail: str, *, method: str = "", path: str = ""
+    ) -> None:
+        self.status = status
+        self.title = title
+        self.detail = detail
+        self.method = method
+        self.path = path
+        where = f"{method} {path}: " if path else ""
+        code = "" if status is None else f"{status} "
+        head = f"{code}{title}" if title else code.strip()
+        super().__init__(f"{where}{head}: {detail}" if head else f"{where}{detail}")
+
+
+class NodeNotRunning(ClientError):
     """The node directory has no ``run/runtime.json``: its node is not running."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(None, "", message)
+
+
+class NodeUnreachable(ClientError):
+    """No answer came from the node's API (connection refused, reset, timed out)."""
 
 
 def runtime_file(directory: Path) -> Path:
@@ -43,10 +92,8 @@ def read_runtime(directory: Path) -> dict[str, object] | None:
     return data
 
 
-def operator_client(directory: Path, timeout: float = DEFAULT_TIMEOUT_S) -> httpx.Client:
-    """An HTTP client on the running node's operator API, with its bearer token."""
-    import httpx
-
+def locate(directory: Path) -> tuple[str, str]:
+    """The API address and operator token of the node running in ``directory``."""
     directory = directory.resolve()
     runtime = read_runtime(directory)
     if runtime is None:
@@ -55,6 +102,345 @@ def operator_client(directory: Path, timeout: float = DEFAULT_TIMEOUT_S) -> http
         token = NodeLayout(directory).operator_token.read_text().strip()
     except OSError as exc:
         raise NodeNotRunning(f"{NodeLayout(directory).operator_token}: {exc.strerror}") from None
-    return httpx.Client(
-        base_url=str(runtime["api"]), headers={"Authorization": f"Bearer {token}"}, timeout=timeout
+    return str(runtime["api"]), token
+
+
+def problem_of(response: httpx.Response) -> ClientError:
+    """The :class:`ClientError` a failed answer stands for (problem body or raw text)."""
+    title, detail = "", response.text
+    try:
+        body = response.json()
+    except ValueError:
+        body = None
+    if isinstance(body, dict):
+        title = str(body.get("title") or "")
+        if "detail" in body:
+            raw = body["detail"]
+            detail = raw if isinstance(raw, str) else json.dumps(raw)
+    if not title:
+        title = response.reason_phrase
+    return ClientError(
+        response.status_code,
+        title,
+        detail,
+        method=response.request.method,
+        path=response.request.url.path,
     )
+
+
+def operator_client(directory: Path, timeout: float = DEFAULT_TIMEOUT_S) -> httpx.Client:
+    """A raw HTTP client on the running node's operator API, with its bearer token
+    (for callers that send deliberately unusual requests; others use OperatorClient)."""
+    import httpx
+
+    api_url, token = locate(directory)
+    return httpx.Client(
+        base_url=api_url, headers={"Authorization": f"Bearer {token}"}, timeout=timeout
+    )
+
+
+class OperatorClient:
+    """A node's operator API: one method per route, every failure a :class:`ClientError`."""
+
+    def __init__(
+        self,
+        api_url: str,
+        token: str = "",
+        *,
+        timeout: float = DEFAULT_TIMEOUT_S,
+        transport: httpx.BaseTransport | None = None,
+    ):
+        import httpx
+
+        self.api_url = api_url.rstrip("/")
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self.http = httpx.Client(
+            base_url=self.api_url, headers=headers, timeout=timeout, transport=transport
+        )
+
+    @classmethod
+    def from_directory(cls, directory: Path, timeout: float = DEFAULT_TIMEOUT_S) -> OperatorClient:
+        """The client of the node running in ``directory`` (its run file and token)."""
+        import httpx  # noqa: F401  (the transport first: a command's start-up cost is paid here)
+
+        api_url, token = locate(directory)
+        return cls(api_url, token, timeout=timeout)
+
+    @classmethod
+    def for_regulator(cls, keys: MemberKeys, api_url: str, timeout: float = 60.0) -> OperatorClient:
+        """A client on a member's API carrying a fresh regulator credential for it."""
+        from qdspace.node.identity.credential import issue_credential
+
+        audience = cls(api_url, timeout=timeout).healthz()["member_id"]
+        return cls(api_url, issue_credential(keys, str(audience)), timeout=timeout)
+
+    def close(self) -> None:
+        self.http.close()
+
+    def __enter__(self) -> OperatorClient:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    # -- the one error check ----------------------------------------------------------------
+
+    def request(self, method: str, path: str, **kwargs: Any) -> JSON:
+        """Send one request; the decoded JSON answer, or a :class:`ClientError`."""
+        import httpx
+
+        try:
+            response = self.http.request(method, path, **kwargs)
+        except httpx.HTTPError as exc:
+            raise NodeUnreachable(
+                None, type(exc).__name__, f"{self.api_url}: {exc}", method=method, path=path
+            ) from None
+        if response.status_code >= 400:
+            raise problem_of(response)
+        try:
+            return response.json()
+        except ValueError:
+            raise ClientError(
+                response.status_code,
+                "not JSON",
+                response.text[:300],
+                method=method,
+                path=path,
+            ) from None
+
+    def _get(self, path: str, **params: Any) -> JSON:
+        query = {k: v for k, v in params.items() if v is not None}
+        return self.request("GET", path, params=query)
+
+    def _post(self, path: str, body: Any = None, **params: Any) -> JSON:
+        query = {k: v for k, v in params.items() if v is not None}
+        return self.request("POST", path, json=body, params=query)
+
+    # -- node, QDM, peers -------------------------------------------------------------------
+
+    def healthz(self) -> dict[str, Any]:
+        result: dict[str, Any] = self._get("/healthz")
+        return result
+
+    def node(self) -> dict[str, Any]:
+        result: dict[str, Any] = self._get("/v1/node")
+        return result
+
+    def qdm_counts(self) -> dict[str, int]:
+        result: dict[str, int] = self._get("/v1/qdm/counts")
+        return result
+
+    def ingest_rows(self, kind: str, rows: Rows) -> dict[str, Any]:
+        result: dict[str, Any] = self._post(f"/v1/ingest/{kind}", {"rows": rows})
+        return result
+
+    def ingest_file(self, kind: str, path: Path) -> dict[str, Any]:
+        """Upload a .csv or .jsonl file of ``kind`` rows as it is on disk."""
+        media = "text/csv" if path.suffix == ".csv" else "application/x-ndjson"
+        result: dict[str, Any] = self.request(
+            "POST",
+            f"/v1/ingest/{kind}",
+            content=path.read_bytes(),
+            headers={"content-type": media},
+            params={"source": path.name},
+        )
+        return result
+
+    def hello(self, peer: str) -> dict[str, Any]:
+        result: dict[str, Any] = self._post(f"/v1/peers/{peer}/hello")
+        return result
+
+    def upstream(self, peer: str, batch_id: str) -> dict[str, Any]:
+        result: dict[str, Any] = self._get(f"/v1/peers/{peer}/upstream/{batch_id}")
+        return result
+
+    # -- contracts --------------------------------------------------------------------------
+
+    def catalog(self, peer: str, kind: str = "") -> Rows:
+        result: Rows = self._get(f"/v1/contracts/catalog/{peer}", kind=kind)
+        return result
+
+    def negotiate(
+        self,
+        peer: str,
+        asset_id: str,
+        purposes: list[str],
+        *,
+        orders: list[str] | None = None,
+        fields: list[str] | None = None,
+        retention_days: int | None = None,
+        valid_until: str | None = None,
+        as_offered: bool = False,
+    ) -> dict[str, Any]:
+        """Negotiate (request, counter-offer, both signatures); the negotiation's outcome."""
+        body: dict[str, Any] = {"peer": peer, "asset_id": asset_id, "purposes": purposes}
+        if as_offered:
+            body["as_offered"] = True
+        else:
+            body |= {
+                "orders": orders or None,
+                "fields": fields or None,
+                "retention_days": retention_days,
+                "valid_until": valid_until,
+            }
+        result: dict[str, Any] = self._post("/v1/contracts/negotiations", body)
+        return result
+
+    def agreements(self) -> Rows:
+        result: Rows = self._get("/v1/contracts/agreements")
+        return result
+
+    def agreement(self, agreement_id: str) -> dict[str, Any]:
+        result: dict[str, Any] = self._get(f"/v1/contracts/agreements/{agreement_id}")
+        return result
+
+    def terminate(self, agreement_id: str, reason: str) -> dict[str, Any]:
+        path = f"/v1/contracts/agreements/{agreement_id}/terminate"
+        result: dict[str, Any] = self._post(path, {"reason": reason})
+        return result
+
+    def transfer(
+        self,
+        agreement_id: str,
+        purpose: str,
+        *,
+        order_id: str | None = None,
+        fields: list[str] | None = None,
+        since_last: bool = False,
+    ) -> dict[str, Any]:
+        body = {
+            "agreement_id": agreement_id,
+            "purpose": purpose,
+            "order_id": order_id,
+            "fields": fields or None,
+            "since_last": since_last,
+        }
+        result: dict[str, Any] = self._post("/v1/contracts/transfers", body)
+        return result
+
+    def resume_transfer(self, transfer_id: str) -> dict[str, Any]:
+        result: dict[str, Any] = self._post(f"/v1/contracts/transfers/{transfer_id}/resume")
+        return result
+
+    def transfers(self) -> Rows:
+        result: Rows = self._get("/v1/contracts/transfers")
+        return result
+
+    def received(self, agreement_id: str) -> dict[str, Any]:
+        result: dict[str, Any] = self._get("/v1/contracts/received", agreement_id=agreement_id)
+        return result
+
+    def received_changes(self, agreement_id: str | None = None) -> Rows:
+        result: Rows = self._get("/v1/contracts/received/changes", agreement_id=agreement_id)
+        return result
+
+    def withdraw(self, kind: str, key: dict[str, str]) -> dict[str, Any]:
+        result: dict[str, Any] = self._post("/v1/contracts/withdrawals", {"kind": kind, "key": key})
+        return result
+
+    def subscribe(self, agreement_id: str, purpose: str, **terms: Any) -> dict[str, Any]:
+        """Subscribe to a live stream; ``terms``: characteristic, usl, baseline_size."""
+        body = {"agreement_id": agreement_id, "purpose": purpose, **terms}
+        result: dict[str, Any] = self._post("/v1/contracts/subscriptions", body)
+        return result
+
+    def subscription(self, subscription_id: str) -> dict[str, Any]:
+        result: dict[str, Any] = self._get(f"/v1/contracts/subscriptions/{subscription_id}")
+        return result
+
+    def alerts(self) -> dict[str, Any]:
+        result: dict[str, Any] = self._get("/v1/contracts/alerts")
+        return result
+
+    def close_order(self, order_id: str) -> dict[str, Any]:
+        result: dict[str, Any] = self._post(f"/v1/contracts/orders/{order_id}/close")
+        return result
+
+    def closures(self) -> Rows:
+        result: Rows = self._get("/v1/contracts/closures")
+        return result
+
+    def sweep(self, horizon_hours: float | None = None) -> dict[str, Any]:
+        path = "/v1/contracts/retention/sweep"
+        result: dict[str, Any] = self._post(path, horizon_hours=horizon_hours)
+        return result
+
+    def receipts(self) -> Rows:
+        result: Rows = self._get("/v1/contracts/receipts")
+        return result
+
+    def duties(self) -> Rows:
+        result: Rows = self._get("/v1/contracts/duties")
+        return result
+
+    def set_clock(self, offset_days: float) -> dict[str, Any]:
+        result: dict[str, Any] = self._post("/v1/contracts/clock", {"offset_days": offset_days})
+        return result
+
+    # -- ledger, regulator, inspection ------------------------------------------------------
+
+    def ledger_flush(self, timeout_s: float) -> dict[str, Any]:
+        result: dict[str, Any] = self._post("/v1/ledger/flush", timeout_s=timeout_s)
+        return result
+
+    def ledger_status(self, probe: bool | None = None) -> dict[str, Any]:
+        """Anchoring health; ``probe=False``: the last anchoring attempt's view of the chain."""
+        result: dict[str, Any] = self._get("/v1/ledger/status", probe=probe)
+        return result
+
+    def ledger_leaves(self, kind: str, limit: int | None = None) -> Rows:
+        result: Rows = self._get(f"/v1/ledger/leaves/{kind}", limit=limit)
+        return result
+
+    def regulator_proof(self, kind: str, ref_id: str) -> dict[str, Any]:
+        """A record's inclusion proof and the member node's own verdict (regulator only)."""
+        result: dict[str, Any] = self._get(f"/v1/regulator/proofs/{kind}/{ref_id}")
+        return result
+
+    def regulator_passport(self) -> dict[str, Any]:
+        result: dict[str, Any] = self._get("/v1/regulator/passport")
+        return result
+
+    def inspection_models(self) -> Rows:
+        result: Rows = self._get("/v1/inspection/models")
+        return result
+
+    def inspection_drift(self) -> JSON:
+        return self._get("/v1/inspection/drift")
+
+    def inspection_explanations(self) -> Rows:
+        result: Rows = self._get("/v1/inspection/explanations")
+        return result
+
+
+def ensure_job_agreement(api: OperatorClient, coordinator: str, asset_id: str) -> tuple[str, bool]:
+    """An agreement in force with ``coordinator`` for a job's asset, negotiated if missing.
+
+    ``api`` is the member node's operator API (its contract store and peer channels):
+    the node asks for exactly the job's published offer (model updates for training,
+    no raw data, no redistribution) and countersigns. Returns the agreement id and
+    whether it was negotiated now. Used by ``qdspace fl join`` and the demo.
+    """
+    from qdspace.federation.agreements import TRAINING_PURPOSE
+    from qdspace.node.runtime.contracts import peer_name
+
+    for held in api.agreements():
+        if (
+            held["asset_id"] == asset_id
+            and held["role"] == "consumer"
+            and held["active"]
+            and peer_name(held["provider_id"]) == coordinator
+        ):
+            return str(held["agreement_id"]), False
+    result = api.negotiate(coordinator, asset_id, [TRAINING_PURPOSE], as_offered=True)
+    if result["state"] != "FINALIZED":
+        raise NodeError(
+            f"negotiation {result['negotiation_id']} for {asset_id} with {coordinator} "
+            f"{result['state']}: {result['reason']}"
+        )
+    return str(result["agreement_id"]), True

@@ -10,25 +10,24 @@ keeps it out and ``bench/cli.py`` measures the start-up.
 
 from __future__ import annotations
 
-import functools
 import logging
 import sys
-from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import Annotated
 
 import typer
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from qdspace.connector.errors import ConnectorError
+from qdspace.node.cli.choices import QdmKind, Role
+from qdspace.node.cli.connect import JsonOpt, print_json
 from qdspace.node.cli.contracts import mount as mount_contracts
+from qdspace.node.cli.errors import clean_errors
 from qdspace.node.cli.federation import fl_app
 from qdspace.node.cli.inspection import mount as mount_inspection
 from qdspace.node.cli.ledger import ledger_app
 from qdspace.node.cli.ledger import verify as ledger_verify
-from qdspace.node.errors import NodeError
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help="qdspace connector node")
 authority_app = typer.Typer(no_args_is_help=True, help="the data space's authority (CA)")
@@ -46,23 +45,7 @@ mount_contracts(app)  # catalog, negotiate, transfer, subscribe, contracts, orde
 console = Console()
 err = Console(stderr=True)
 
-F = TypeVar("F", bound=Callable[..., Any])
-
 DirOpt = Annotated[Path, typer.Option("--dir", help="node directory")]
-
-
-def clean_errors(fn: F) -> F:
-    """Known errors become one line on stderr and exit code 1, never a traceback."""
-
-    @functools.wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return fn(*args, **kwargs)
-        except (NodeError, ConnectorError) as exc:
-            err.print(f"[red]error:[/red] {escape(str(exc))}", highlight=False, soft_wrap=True)
-            raise typer.Exit(1) from None
-
-    return wrapper  # type: ignore[return-value]
 
 
 def setup_logging(level: str, logfile: Path | None = None) -> None:
@@ -131,12 +114,19 @@ def authority_crl(
 @clean_errors
 def authority_list(
     directory: Annotated[Path, typer.Option("--dir", help="authority directory")],
+    as_json: JsonOpt = False,
 ) -> None:
     """List issued member certificates."""
+    from dataclasses import asdict
+
     from qdspace.node.identity.authority import Authority
 
+    issued = Authority.load(directory).members()
+    if as_json:
+        print_json([asdict(m) for m in issued])
+        return
     table = Table("name", "member id", "role", "serial", "valid until", "revoked")
-    for m in Authority.load(directory).members():
+    for m in issued:
         table.add_row(m.name, m.member_id, m.role, m.serial, m.not_after, m.revoked_at or "")
     console.print(table)
 
@@ -159,7 +149,7 @@ def _parse_peers(values: list[str]) -> dict[str, str]:
 def node_init(
     directory: DirOpt,
     name: Annotated[str, typer.Option(help="member name, unique in the data space")],
-    role: Annotated[str, typer.Option(help="oem | supplier | host | regulator")],
+    role: Annotated[Role, typer.Option(help="the member's role")],
     authority: Annotated[Path, typer.Option(help="authority directory")],
     grpc_port: Annotated[int, typer.Option(help="peer gRPC port")] = 7443,
     api_port: Annotated[int, typer.Option(help="operator API port")] = 8443,
@@ -173,7 +163,7 @@ def node_init(
         directory,
         authority,
         name=name,
-        role=role,
+        role=role.value,
         grpc_port=grpc_port,
         api_port=api_port,
         db_url=db_url,
@@ -237,21 +227,17 @@ def node_peer_add(
 @app.command("ingest")
 @clean_errors
 def ingest(
+    kind: Annotated[QdmKind, typer.Option(help="QDM kind of the rows")],
     directory: Annotated[Path | None, typer.Option("--dir", help="node directory")] = None,
     file: Annotated[Path | None, typer.Argument(help=".csv or .jsonl file")] = None,
-    kind: Annotated[str, typer.Option(help="QDM kind of the rows")] = "",
     template: Annotated[
         bool, typer.Option(help="show the columns KIND takes (units, allowed values) and exit")
     ] = False,
 ) -> None:
     """Validate and store a file of QDM rows; every problem of a bad row is reported by
     line and field. `--kind K --template` lists what a file of kind K may carry."""
-    from qdspace.connector.ingest import KINDS
-
-    if kind not in KINDS:
-        raise typer.BadParameter(f"--kind {kind!r}: one of {', '.join(KINDS)}")
     if template:
-        print_template(kind)
+        print_template(kind.value)
         return
     if directory is None or file is None:
         raise typer.BadParameter("give --dir DIR and FILE (or --template)")
@@ -276,12 +262,15 @@ def ingest(
         ) as progress:
             task = progress.add_task("ingest", total=total, name=file.name)
             report = ingest_file(
-                store, file, kind, on_progress=lambda done: progress.update(task, completed=done)
+                store,
+                file,
+                kind.value,
+                on_progress=lambda done: progress.update(task, completed=done),
             )
     finally:
         store.close()
     for row_error in report.rejected:
-        err.print(str(row_error), highlight=False, soft_wrap=True)
+        err.print(escape(str(row_error)), highlight=False, soft_wrap=True)
     bad_rows = len({e.line for e in report.rejected})
     console.print(
         f"{file}: {report.accepted} stored, {report.duplicates} already present, "
@@ -375,7 +364,7 @@ def demo(
     """
     if ctx.invoked_subcommand is not None:
         return
-    from qdspace.node.demo import run_demo
+    from qdspace.node.demo.story import run_demo
 
     run_demo(
         workdir,

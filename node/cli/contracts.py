@@ -1,86 +1,51 @@
 """``qdspace catalog | negotiate | transfer | subscribe | contracts | order close``.
 
 Thin commands over a running node's operator API (``/v1/contracts``): the node
-holds the keys, the contract store and the peer channels, so the CLI only
-finds the node (``DIR/run/runtime.json``), authenticates with its operator
-token, and prints what comes back. A refusal prints the peer's reason and
-exits 1. Finding the node goes through :mod:`node.client`, not ``node.run``, so
-these commands start without the server stack; the times they print are of the
-request alone.
+holds the keys, the contract store and the peer channels, so the CLI only names
+the node (``--dir DIR`` on this machine, or ``--api-url``/``--token`` anywhere; see
+:mod:`node.cli.connect`), calls it through :class:`node.client.OperatorClient` and
+prints what comes back. A refusal is a ``ClientError`` naming the route, the status
+and the peer's reason; the CLI's error handler prints it on one line. The client is
+imported when a command runs, so these commands start without the server stack;
+the times they print are of the request alone. Listing commands take ``--json``.
 """
 
 from __future__ import annotations
 
 import json
 import time
-from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
-from rich.markup import escape
 from rich.table import Table
 
-from qdspace.node.client import NodeNotRunning, operator_client
-
-if TYPE_CHECKING:
-    import httpx
+from qdspace.node.cli.connect import ApiUrlOpt, DirOpt, JsonOpt, Target, TokenOpt, print_json
+from qdspace.node.cli.connect import target as name_target
+from qdspace.node.cli.errors import clean_errors
 
 console = Console()
 err = Console(stderr=True)
 
-DirOpt = Annotated[Path, typer.Option("--dir", help="node directory (the node must be running)")]
 contracts_app = typer.Typer(help="agreements, transfers, deletion duties and receipts")
 order_app = typer.Typer(no_args_is_help=True, help="orders this node supplies")
 
 
-def _client(directory: Path, timeout: float = 300.0) -> httpx.Client:
-    try:
-        return operator_client(directory, timeout)
-    except NodeNotRunning as exc:
-        err.print(f"[red]error:[/red] {escape(str(exc))}", highlight=False, soft_wrap=True)
-        raise typer.Exit(1) from None
-
-
-def _timed_call(directory: Path, method: str, path: str, **kwargs: Any) -> tuple[Any, float]:
-    """One request to the running node and the seconds the request itself took.
-
-    A refusal or failure prints and exits 1. The time excludes start-up, the httpx
-    import and client set-up, so a printed negotiation time is the node's, not the
-    CLI's. httpx is imported here, not at module level: ``qdspace --help`` never needs it.
-    """
-    import httpx
-
-    with _client(directory) as client:
-        started = time.perf_counter()
-        try:
-            response = client.request(method, path, **kwargs)
-        except httpx.HTTPError as exc:
-            err.print(f"[red]error:[/red] {escape(f'{path}: {exc}')}")
-            raise typer.Exit(1) from None
-        seconds = time.perf_counter() - started
-    if response.status_code >= 400:
-        try:
-            detail = response.json().get("detail", response.text)
-        except ValueError:
-            detail = response.text
-        err.print(f"[red]refused ({response.status_code}):[/red] {detail}", soft_wrap=True)
-        raise typer.Exit(1)
-    return response.json(), seconds
-
-
-def _call(directory: Path, method: str, path: str, **kwargs: Any) -> Any:
-    """One request to the running node (see `_timed_call`); returns the JSON body."""
-    return _timed_call(directory, method, path, **kwargs)[0]
-
-
+@clean_errors
 def catalog(
-    directory: DirOpt,
     peer: Annotated[str, typer.Argument(help="provider member name")],
+    directory: DirOpt = None,
+    api_url: ApiUrlOpt = None,
+    token: TokenOpt = None,
     kind: Annotated[str, typer.Option(help="only assets of this kind")] = "",
+    as_json: JsonOpt = False,
 ) -> None:
     """List the assets a provider offers us, with their offers."""
-    assets = _call(directory, "GET", f"/v1/contracts/catalog/{peer}", params={"kind": kind})
+    with name_target(directory, api_url, token).client() as node:
+        assets = node.catalog(peer, kind)
+    if as_json:
+        print_json(assets)
+        return
     for a in assets:
         perm = a["offer"]["permission"][0]["constraint"]
         offered = next(
@@ -92,11 +57,14 @@ def catalog(
             console.print(f"  pseudonymised: {', '.join(a['pseudonymized'])}", highlight=False)
 
 
+@clean_errors
 def negotiate(
-    directory: DirOpt,
     peer: Annotated[str, typer.Argument(help="provider member name")],
     asset: Annotated[str, typer.Argument(help="asset id from its catalog")],
     purpose: Annotated[list[str], typer.Option(help="purpose, repeatable")],
+    directory: DirOpt = None,
+    api_url: ApiUrlOpt = None,
+    token: TokenOpt = None,
     order: Annotated[list[str] | None, typer.Option(help="order id, repeatable")] = None,
     field: Annotated[list[str] | None, typer.Option(help="field, repeatable")] = None,
     retention_days: Annotated[int | None, typer.Option(help="ask for shorter retention")] = None,
@@ -105,17 +73,18 @@ def negotiate(
     ] = None,
 ) -> None:
     """Negotiate an agreement for an asset (request, counter-offer, signatures)."""
-    body = {
-        "peer": peer,
-        "asset_id": asset,
-        "purposes": purpose,
-        "orders": order or None,
-        "fields": field or None,
-        "retention_days": retention_days,
-        "valid_until": valid_until,
-    }
-    result, seconds = _timed_call(directory, "POST", "/v1/contracts/negotiations", json=body)
-    ms = seconds * 1000
+    with name_target(directory, api_url, token).client() as node:
+        started = time.perf_counter()
+        result = node.negotiate(
+            peer,
+            asset,
+            purpose,
+            orders=order,
+            fields=field,
+            retention_days=retention_days,
+            valid_until=valid_until,
+        )
+        ms = (time.perf_counter() - started) * 1000
     if result["state"] != "FINALIZED":
         err.print(f"negotiation {result['negotiation_id']} {result['state']}: {result['reason']}")
         raise typer.Exit(1)
@@ -125,10 +94,13 @@ def negotiate(
     )
 
 
+@clean_errors
 def transfer(
-    directory: DirOpt,
     agreement: Annotated[str, typer.Argument(help="agreement id")],
     purpose: Annotated[str, typer.Option(help="purpose of this use")],
+    directory: DirOpt = None,
+    api_url: ApiUrlOpt = None,
+    token: TokenOpt = None,
     order: Annotated[str | None, typer.Option(help="order id")] = None,
     field: Annotated[list[str] | None, typer.Option(help="field, repeatable")] = None,
     resume: Annotated[str | None, typer.Option(help="resume this transfer id instead")] = None,
@@ -139,17 +111,15 @@ def transfer(
     """Pull data under an agreement; only what it allows leaves the provider.
 
     The copy held is a mirror: each record once, corrections replace, withdrawals remove."""
-    if resume:
-        result, seconds = _timed_call(directory, "POST", f"/v1/contracts/transfers/{resume}/resume")
-    else:
-        body = {
-            "agreement_id": agreement,
-            "purpose": purpose,
-            "order_id": order,
-            "fields": field or None,
-            "since_last": since_last,
-        }
-        result, seconds = _timed_call(directory, "POST", "/v1/contracts/transfers", json=body)
+    with name_target(directory, api_url, token).client() as node:
+        started = time.perf_counter()
+        if resume:
+            result = node.resume_transfer(resume)
+        else:
+            result = node.transfer(
+                agreement, purpose, order_id=order, fields=field, since_last=since_last
+            )
+        seconds = time.perf_counter() - started
     since = f" since position {result['since']}" if result.get("since") else ""
     console.print(
         f"transfer {result['transfer_id']} {result['state']}: {result['offset']} rows{since} "
@@ -157,41 +127,60 @@ def transfer(
     )
 
 
+@clean_errors
 def subscribe(
-    directory: DirOpt,
     agreement: Annotated[str, typer.Argument(help="agreement id of a live stream")],
+    directory: DirOpt = None,
+    api_url: ApiUrlOpt = None,
+    token: TokenOpt = None,
     purpose: Annotated[str, typer.Option(help="purpose of this use")] = "spc-monitoring",
     characteristic: Annotated[str, typer.Option(help="field watched by SPC")] = "score",
     usl: Annotated[float | None, typer.Option(help="upper spec limit")] = 0.5,
     watch: Annotated[float, typer.Option(help="print arrivals and alerts for N seconds")] = 0.0,
 ) -> None:
     """Subscribe to a live stream; the node runs SPC early warning on what arrives."""
-    body = {
-        "agreement_id": agreement,
-        "purpose": purpose,
-        "characteristic": characteristic,
-        "usl": usl,
-    }
-    sub = _call(directory, "POST", "/v1/contracts/subscriptions", json=body)
-    sid = sub["subscription_id"]
-    console.print(f"subscription {sid} to {sub['provider']} running")
-    deadline, shown = time.monotonic() + watch, 0
-    while time.monotonic() < deadline:
-        time.sleep(1.0)
-        sub = _call(directory, "GET", f"/v1/contracts/subscriptions/{sid}")
-        for alert in sub["alerts"][shown:]:
-            console.print(f"[red]SPC alert[/red] {alert['description']} ({alert['station']})")
-        shown = len(sub["alerts"])
-        console.print(f"{sub['received']} records, p50 latency {sub['latency_ms_p50']} ms")
+    with name_target(directory, api_url, token).client() as node:
+        sub = node.subscribe(agreement, purpose, characteristic=characteristic, usl=usl)
+        sid = sub["subscription_id"]
+        console.print(f"subscription {sid} to {sub['provider']} running")
+        deadline, shown = time.monotonic() + watch, 0
+        while time.monotonic() < deadline:
+            time.sleep(1.0)
+            sub = node.subscription(sid)
+            for alert in sub["alerts"][shown:]:
+                console.print(f"[red]SPC alert[/red] {alert['description']} ({alert['station']})")
+            shown = len(sub["alerts"])
+            console.print(f"{sub['received']} records, p50 latency {sub['latency_ms_p50']} ms")
 
 
 @contracts_app.callback(invoke_without_command=True)
-def contracts(ctx: typer.Context, directory: DirOpt) -> None:
+@clean_errors
+def contracts(
+    ctx: typer.Context,
+    directory: DirOpt = None,
+    api_url: ApiUrlOpt = None,
+    token: TokenOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
     """Agreements, transfers, deletion duties and receipts of this node."""
-    ctx.obj = directory
+    ctx.obj = name_target(directory, api_url, token)
     if ctx.invoked_subcommand is not None:
         return
-    agreements = _call(directory, "GET", "/v1/contracts/agreements")
+    with ctx.obj.client() as node:
+        agreements = node.agreements()
+        transfers = node.transfers()
+        duties = node.duties()
+        receipts = node.receipts()
+    if as_json:
+        print_json(
+            {
+                "agreements": agreements,
+                "transfers": transfers,
+                "duties": duties,
+                "receipts": receipts,
+            }
+        )
+        return
     table = Table("agreement", "role", "asset", "provider", "consumer", "active", "digest")
     for a in agreements:
         table.add_row(
@@ -204,7 +193,6 @@ def contracts(ctx: typer.Context, directory: DirOpt) -> None:
             a["digest"][:16],
         )
     console.print(table)
-    transfers = _call(directory, "GET", "/v1/contracts/transfers")
     if transfers:
         table = Table("transfer", "agreement", "role", "state", "rows")
         for t in transfers:
@@ -212,7 +200,6 @@ def contracts(ctx: typer.Context, directory: DirOpt) -> None:
                 t["transfer_id"], t["agreement_id"], t["role"], t["state"], str(t["offset"])
             )
         console.print(table)
-    duties = _call(directory, "GET", "/v1/contracts/duties")
     if duties:
         table = Table("deletion duty: agreement", "consumer", "order", "deadline", "status")
         for d in duties:
@@ -224,7 +211,7 @@ def contracts(ctx: typer.Context, directory: DirOpt) -> None:
                 d["status"],
             )
         console.print(table)
-    _print_receipts(_call(directory, "GET", "/v1/contracts/receipts"))
+    _print_receipts(receipts)
 
 
 def _print_receipts(receipts: list[dict[str, Any]]) -> None:
@@ -243,43 +230,57 @@ def _print_receipts(receipts: list[dict[str, Any]]) -> None:
     console.print(table)
 
 
+def _target(ctx: typer.Context) -> Target:
+    found: Target = ctx.obj
+    return found
+
+
 @contracts_app.command("sweep")
+@clean_errors
 def sweep(ctx: typer.Context) -> None:
     """Delete expired data now and send the signed deletion receipts."""
-    result = _call(ctx.obj, "POST", "/v1/contracts/retention/sweep")
+    with _target(ctx).client() as node:
+        result = node.sweep()
     console.print(f"{result['rows_deleted']} rows deleted")
     _print_receipts(result["receipts"])
 
 
 @contracts_app.command("terminate")
+@clean_errors
 def terminate(
     ctx: typer.Context,
     agreement: Annotated[str, typer.Argument(help="agreement id")],
     reason: Annotated[str, typer.Option(help="why")] = "terminated by the operator",
 ) -> None:
     """End an agreement; the other party is told and nothing more flows under it."""
-    result = _call(
-        ctx.obj, "POST", f"/v1/contracts/agreements/{agreement}/terminate", json={"reason": reason}
-    )
+    with _target(ctx).client() as node:
+        result = node.terminate(agreement, reason)
     console.print(f"agreement {agreement} terminated at {result['terminated_at']}")
 
 
 @contracts_app.command("show")
+@clean_errors
 def show(
     ctx: typer.Context, agreement: Annotated[str, typer.Argument(help="agreement id")]
 ) -> None:
     """Print an agreement's canonical signed bytes and both signatures as JSON."""
-    console.print_json(json.dumps(_call(ctx.obj, "GET", f"/v1/contracts/agreements/{agreement}")))
+    with _target(ctx).client() as node:
+        console.print_json(json.dumps(node.agreement(agreement)))
 
 
 @contracts_app.command("changes")
+@clean_errors
 def changes(
     ctx: typer.Context,
     agreement: Annotated[str | None, typer.Argument(help="agreement id")] = None,
+    as_json: JsonOpt = False,
 ) -> None:
     """Corrections and withdrawals received: record, version, hash and when."""
-    query = {"agreement_id": agreement} if agreement else {}
-    found = _call(ctx.obj, "GET", "/v1/contracts/received/changes", params=query)
+    with _target(ctx).client() as node:
+        found = node.received_changes(agreement)
+    if as_json:
+        print_json(found)
+        return
     for c in found:
         change = "withdrawn" if c["withdrawn"] else "corrected"
         console.print(
@@ -292,12 +293,15 @@ def changes(
         console.print("no corrections or withdrawals received")
 
 
+@clean_errors
 def withdraw(
-    directory: DirOpt,
     kind: Annotated[str, typer.Option(help="QDM kind, e.g. inspection")],
     key: Annotated[
         list[str], typer.Option(help="natural key field=value, repeatable (inspection_id=...)")
     ],
+    directory: DirOpt = None,
+    api_url: ApiUrlOpt = None,
+    token: TokenOpt = None,
 ) -> None:
     """Withdraw one of our QDM records; consumers holding a copy receive a tombstone."""
     fields: dict[str, str] = {}
@@ -306,18 +310,24 @@ def withdraw(
         if not sep or not name:
             raise typer.BadParameter(f"{item!r} is not field=value", param_hint="--key")
         fields[name] = value
-    result = _call(
-        directory, "POST", "/v1/contracts/withdrawals", json={"kind": kind, "key": fields}
-    )
+    with name_target(directory, api_url, token).client() as node:
+        result = node.withdraw(kind, fields)
     console.print(
         f"{kind} {fields} withdrawn at {result['withdrawn_at']} (version {result['version']})"
     )
 
 
 @order_app.command("close")
-def order_close(directory: DirOpt, order: Annotated[str, typer.Argument(help="order id")]) -> None:
+@clean_errors
+def order_close(
+    order: Annotated[str, typer.Argument(help="order id")],
+    directory: DirOpt = None,
+    api_url: ApiUrlOpt = None,
+    token: TokenOpt = None,
+) -> None:
     """Close an order: its agreements' retention deadlines start; consumers are told."""
-    result = _call(directory, "POST", f"/v1/contracts/orders/{order}/close")
+    with name_target(directory, api_url, token).client() as node:
+        result = node.close_order(order)
     console.print(
         f"order {order} closed at {result['closed_at']}; "
         f"{len(result['agreements'])} agreements notified"

@@ -22,13 +22,11 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from qdspace.node.client import operator_client
+from qdspace.node.cli.connect import JsonOpt, print_json
 from qdspace.node.errors import NodeError
 
 if TYPE_CHECKING:
     import grpc
-    import httpx
-    from cryptography import x509
 
     from qdspace.federation.host import StatusView
     from qdspace.federation.job import JobSpec
@@ -91,55 +89,32 @@ def _with_channel(
         raise _fail(str(exc)) from None
 
 
-def member_revocations(directory: Path, ca_cert: x509.Certificate) -> Callable[[int], bool]:
-    """The member node's own revocation list, to check the roster's certificates with
-    (a member without one refuses secure rounds: revocation fails closed)."""
-    from qdspace.node.config import NodeSettings
-    from qdspace.node.identity.revocation import RevocationList
-
-    return RevocationList(ca_cert, NodeSettings.load(directory).crl_path).is_revoked
-
-
-def ensure_job_agreement(api: httpx.Client, coordinator: str, asset_id: str) -> tuple[str, bool]:
-    """An agreement in force with ``coordinator`` for a job's asset, negotiated if missing.
-
-    ``api`` is the member node's operator API (its contract store and peer channels):
-    the node asks for exactly the job's published offer (model updates for training,
-    no raw data, no redistribution) and countersigns. Returns the agreement id and
-    whether it was negotiated now.
-    """
-    from qdspace.federation.agreements import TRAINING_PURPOSE
-    from qdspace.node.runtime.contracts import peer_name
-
-    def ok(response: httpx.Response) -> Any:
-        if response.status_code >= 400:
-            try:
-                detail = response.json().get("detail", response.text)
-            except ValueError:
-                detail = response.text
-            raise NodeError(f"{response.request.url.path}: {response.status_code} {detail}")
-        return response.json()
-
-    for held in ok(api.get("/v1/contracts/agreements")):
-        if (
-            held["asset_id"] == asset_id
-            and held["role"] == "consumer"
-            and held["active"]
-            and peer_name(held["provider_id"]) == coordinator
-        ):
-            return str(held["agreement_id"]), False
-    body = {"peer": coordinator, "asset_id": asset_id, "purposes": [TRAINING_PURPOSE]}
-    result = ok(api.post("/v1/contracts/negotiations", json=body | {"as_offered": True}))
-    if result["state"] != "FINALIZED":
-        raise NodeError(
-            f"negotiation {result['negotiation_id']} for {asset_id} with {coordinator} "
-            f"{result['state']}: {result['reason']}"
-        )
-    return str(result["agreement_id"]), True
-
-
-def _operator_api(directory: Path) -> httpx.Client:
-    return operator_client(directory, timeout=60.0)
+def status_json(view: StatusView) -> dict[str, Any]:
+    """A job's status as plain JSON (``fl status --json``)."""
+    return {
+        "job_id": view.job_id,
+        "round": view.round,
+        "rounds": view.rounds,
+        "attempt": view.attempt,
+        "phase": view.phase.value,
+        "finished": view.finished,
+        "version": view.version,
+        "deadline_in_s": view.deadline_in_s,
+        "detail": view.detail,
+        "delta": view.delta,
+        "agreement_asset": view.agreement_asset,
+        "job_digest": view.job_digest.hex(),
+        "history": [
+            {
+                "round": r.round,
+                "version": r.version,
+                "members": list(r.members),
+                "bounded": list(r.bounded),
+                "epsilon": r.epsilon,
+            }
+            for r in view.history
+        ],
+    }
 
 
 def status_table(views: list[StatusView]) -> Table:
@@ -206,6 +181,7 @@ def status(
     coordinator: CoordOpt = None,
     job: Annotated[str | None, typer.Option(help="job id (default: all visible jobs)")] = None,
     watch: Annotated[bool, typer.Option(help="follow the job until it finishes")] = False,
+    as_json: JsonOpt = False,
 ) -> None:
     """Show the coordinator's jobs: round, phase, version, members and privacy spent."""
     from qdspace.node.rpc.federation_client import FederationClient
@@ -226,6 +202,9 @@ def status(
         views = [v for v in views if v.job_id == job]
         if not views:
             raise _fail(f"no job {job!r} visible on {coordinator or 'this node'}")
+    if as_json:
+        print_json([status_json(v) for v in views])
+        return
     console.print(status_table(views))
     for view in views:
         console.print(_progress_line(view), highlight=False, soft_wrap=True)
@@ -286,6 +265,8 @@ def join(
 
     from qdspace.federation.models import model_kind
     from qdspace.federation.strategies import StrategyName
+    from qdspace.node.client import OperatorClient, ensure_job_agreement
+    from qdspace.node.identity.revocation import member_revocations
     from qdspace.node.rpc.federation_client import (
         FederationClient,
         MemberEvent,
@@ -305,7 +286,7 @@ def join(
         listed = [s for s in await client.list_jobs() if s.job_id == job]
         asset = listed[0].agreement_asset if listed else None
         if asset is not None and name != keys.identity.name:
-            with _operator_api(directory) as api:
+            with OperatorClient.from_directory(directory, timeout=60.0) as api:
                 agreement, fresh = await asyncio.to_thread(ensure_job_agreement, api, name, asset)
             console.print(
                 f"agreement {agreement} with {name} for {asset} "

@@ -6,22 +6,19 @@ Mounted by ``node.cli`` with :func:`mount`. PyTorch is imported only by ``train`
 
 from __future__ import annotations
 
-import functools
 import logging
 import uuid
-from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console, Group
 from rich.live import Live
-from rich.markup import escape
 from rich.table import Table
 
-from qdspace.connector.errors import ConnectorError
-from qdspace.inference.errors import InferenceError
-from qdspace.node.errors import NodeError
+from qdspace.node.cli.choices import CellMember
+from qdspace.node.cli.connect import JsonOpt, print_json
+from qdspace.node.cli.errors import clean_errors
 from qdspace.node.layout import NodeLayout
 
 inspect_app = typer.Typer(no_args_is_help=True, help="line inspection (EL cells)")
@@ -29,10 +26,10 @@ console = Console()
 err = Console(stderr=True)
 logger = logging.getLogger("node")
 
-F = TypeVar("F", bound=Callable[..., Any])
 DirOpt = Annotated[Path, typer.Option("--dir", help="node directory")]
 MemberOpt = Annotated[
-    str, typer.Option(help="whose cells: cellex (mono), polycell (poly), all; auto = node name")
+    CellMember,
+    typer.Option(help="whose cells: cellex (mono), polycell (poly), all; auto = node name"),
 ]
 
 
@@ -42,23 +39,9 @@ def mount(app: typer.Typer) -> None:
     app.add_typer(inspect_app, name="inspect")
 
 
-def clean_errors(fn: F) -> F:
-    """Known errors become one line on stderr and exit code 1, never a traceback."""
-
-    @functools.wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return fn(*args, **kwargs)
-        except (InferenceError, NodeError, ConnectorError) as exc:
-            err.print(f"[red]error:[/red] {escape(str(exc))}", highlight=False, soft_wrap=True)
-            raise typer.Exit(1) from None
-
-    return wrapper  # type: ignore[return-value]
-
-
-def _member(directory: Path, member: str) -> str:
-    if member != "auto":
-        return member
+def _member(directory: Path, member: CellMember) -> str:
+    if member is not CellMember.AUTO:
+        return member.value
     from qdspace.inference.dataset import ALL_MEMBERS, SUPPLIER_BY_CELL_TYPE
     from qdspace.node.config import NodeSettings
 
@@ -66,15 +49,10 @@ def _member(directory: Path, member: str) -> str:
     return name if name in SUPPLIER_BY_CELL_TYPE.values() else ALL_MEMBERS
 
 
-def split_path(directory: Path, member: str) -> Path:
-    """Where the split manifest of a member's cells is written."""
-    return NodeLayout(directory).split_manifest(member)
-
-
 @clean_errors
 def train(
     directory: DirOpt,
-    member: MemberOpt = "auto",
+    member: MemberOpt = CellMember.AUTO,
     epochs: Annotated[int, typer.Option(min=1, help="passes over the training split")] = 12,
     size: Annotated[int, typer.Option(min=16, help="model input side in pixels")] = 64,
     seed: Annotated[int, typer.Option(help="initialisation and shuffling seed")] = 0,
@@ -94,7 +72,7 @@ def train(
     who = _member(directory, member)
     cells = select_member(load_elpv(size=size), who)
     manifest = split_el_images(cells, seed=split_seed)
-    manifest.write(split_path(directory, who))
+    manifest.write(NodeLayout(directory).split_manifest(who))
     registry = ModelRegistry(directory)
     if registry.audit_set() is None:
         # the member's held-out cells, full size, become the audit set the gate judges on
@@ -140,12 +118,16 @@ def train(
 
 @inspect_app.command("models")
 @clean_errors
-def models(directory: DirOpt) -> None:
+def models(directory: DirOpt, as_json: JsonOpt = False) -> None:
     """List this node's model versions."""
     from qdspace.inference.registry import ModelRegistry
 
     registry = ModelRegistry(directory)
     active = registry.active()
+    if as_json:
+        current = None if active is None else active.version
+        print_json([v.to_dict() | {"active": v.version == current} for v in registry.versions()])
+        return
     table = Table("version", "source", "created", "acc", "F1", "AUROC", "active")
     for v in registry.versions():
         table.add_row(
@@ -203,7 +185,7 @@ def _print_gate(registry: Any, version: str) -> None:
 @clean_errors
 def explain_command(
     directory: DirOpt,
-    member: MemberOpt = "auto",
+    member: MemberOpt = CellMember.AUTO,
     version: Annotated[str | None, typer.Option(help="model version (default: active)")] = None,
     top: Annotated[int, typer.Option(min=1, help="how many misjudgment groups")] = 5,
     per_group: Annotated[int, typer.Option(min=1, help="heatmaps per group")] = 3,
@@ -214,7 +196,6 @@ def explain_command(
     from qdspace.inference.extras import require_inspection
     from qdspace.inference.registry import ModelRegistry, RegistryError
     from qdspace.inference.splits import SplitManifest, split_el_images
-    from qdspace.node.api.inspection import explanations_root
 
     require_inspection(ray=False)  # judging the cells needs onnxruntime
     registry = ModelRegistry(directory)
@@ -223,9 +204,9 @@ def explain_command(
         raise RegistryError(f"no active model version in {registry.root}")
     who = _member(directory, member)
     cells = select_member(load_elpv(), who)
-    path = split_path(directory, who)
+    path = NodeLayout(directory).split_manifest(who)
     manifest = SplitManifest.read(path) if path.exists() else split_el_images(cells)
-    out = explanations_root(directory) / entry.version
+    out = NodeLayout(directory).explanations / entry.version
     groups = explain(registry.load(entry.version), cells.select(manifest.val), out, top, per_group)
     table = Table("group", "kind", "cells", "heatmaps", title=f"misjudged {who} validation cells")
     for g in groups:
@@ -244,7 +225,7 @@ def run(
     frames: Annotated[
         Path | None, typer.Option(help="folder of images instead of the EL data set")
     ] = None,
-    member: MemberOpt = "auto",
+    member: MemberOpt = CellMember.AUTO,
     version: Annotated[str | None, typer.Option(help="model version (default: active)")] = None,
     local: Annotated[bool, typer.Option(help="judge in-process, without Ray Serve")] = False,
     cpus: Annotated[int | None, typer.Option(help="CPUs for a Ray started here")] = None,
@@ -287,7 +268,7 @@ def _stations(
     count: int,
     fps: float,
     frames: Path | None,
-    member: str,
+    member: CellMember,
     alarms: Any,
     served: Any,
 ) -> tuple[list[Any], Any]:
@@ -302,7 +283,7 @@ def _stations(
         return [StationSpec(f"el-{i + 1}", FolderFrames(frames), fps) for i in range(count)], None
     who = _member(directory, member)
     cells = select_member(load_elpv(), who)
-    path = split_path(directory, who)
+    path = NodeLayout(directory).split_manifest(who)
     manifest = SplitManifest.read(path) if path.exists() else split_el_images(cells)
     held_out = cells.select(manifest.test)
     parts = split_round_robin(held_out, count)

@@ -15,6 +15,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from qdspace.ledger.errors import ChainUnavailable, DocumentFormatError, LedgerError
+from qdspace.node.cli.choices import LeafKind
 
 ledger_app = typer.Typer(no_args_is_help=True, help="ledger anchoring: verify, passport, chain")
 console = Console()
@@ -170,31 +171,21 @@ def deploy(
 def fetch_proof(
     directory: Annotated[Path, typer.Option("--dir", help="the regulator's node directory")],
     api: Annotated[str, typer.Option(help="the member node's API URL (http://host:port)")],
-    kind: Annotated[str, typer.Option(help="inspection | agreement | deletion_receipt | ...")],
+    kind: Annotated[LeafKind, typer.Option(help="the kind of anchored record")],
     ref_id: Annotated[str, typer.Option("--id", help="the record's id")],
     out: Annotated[Path | None, typer.Option(help="write the proof JSON here")] = None,
 ) -> None:
     """As the regulator: fetch a member's proof for a record, with a regulator credential."""
-    import httpx
-
-    from qdspace.node.api.regulator_auth import issue_credential
+    from qdspace.node.client import OperatorClient
     from qdspace.node.errors import NodeError
     from qdspace.node.identity.member import load_member_keys
 
     try:
         keys = load_member_keys(directory.resolve())
-        with httpx.Client(base_url=api, timeout=60) as http:
-            audience = http.get("/healthz").json()["member_id"]
-            token = issue_credential(keys, audience)
-            r = http.get(
-                f"/v1/regulator/proofs/{kind}/{ref_id}",
-                headers={"Authorization": f"Bearer {token}"},
-            )
-    except (NodeError, httpx.HTTPError, KeyError, ValueError) as exc:
+        with OperatorClient.for_regulator(keys, api) as member:
+            body = member.regulator_proof(kind.value, ref_id)
+    except (NodeError, KeyError, ValueError) as exc:
         raise _fail(f"fetching the proof from {api}: {exc}", EXIT_UNUSABLE) from None
-    if r.status_code >= 400:
-        raise _fail(f"{api}: HTTP {r.status_code}: {r.json().get('detail')}", EXIT_UNUSABLE)
-    body = r.json()
     text = json.dumps(body["proof"], indent=2) + "\n"
     if out is None:
         typer.echo(text, nl=False)

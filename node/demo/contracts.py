@@ -15,18 +15,19 @@ on both sides.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-import httpx
 from rich.console import Console
 from rich.table import Table
 
 from qdspace.connector.sample import order_for
+from qdspace.node.client import ClientError, OperatorClient
+from qdspace.node.demo.report import DemoReport
 from qdspace.node.errors import NodeError
 
 if TYPE_CHECKING:
-    from qdspace.node.demo import DemoReport
     from qdspace.node.localnet.network import LocalNetwork
 
 TITLE = "usage contracts: negotiate, transfer, live SPC, close, delete"
@@ -39,12 +40,6 @@ SPC = "spc-monitoring"
 CLOCK_JUMP_DAYS = 180 - 1 / 48
 
 
-def _ok(response: httpx.Response, what: str) -> Any:
-    if response.status_code >= 400:
-        raise NodeError(f"{what}: HTTP {response.status_code}: {response.text[:300]}")
-    return response.json()
-
-
 def _wait(what: str, probe: Any, timeout: float = 30.0, poll_s: float = 0.05) -> Any:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -55,22 +50,16 @@ def _wait(what: str, probe: Any, timeout: float = 30.0, poll_s: float = 0.05) ->
     raise NodeError(f"demo: timed out waiting for {what}")
 
 
-def _agree_and_pull(oem: httpx.Client, supplier: str, asset: str) -> dict[str, Any]:
+def _agree_and_pull(oem: OperatorClient, supplier: str, asset: str) -> dict[str, Any]:
     order = order_for(supplier)
-    body = {"peer": supplier, "asset_id": asset, "purposes": [QA], "orders": [order]}
     started = time.perf_counter()
-    agreed = _ok(oem.post("/v1/contracts/negotiations", json=body), f"negotiate with {supplier}")
+    agreed = oem.negotiate(supplier, asset, [QA], orders=[order])
     ms = (time.perf_counter() - started) * 1000
     if agreed["state"] != "FINALIZED":
         raise NodeError(f"negotiation with {supplier} ended {agreed['state']}: {agreed['reason']}")
     aid = agreed["agreement_id"]
     started = time.perf_counter()
-    pulled = _ok(
-        oem.post(
-            "/v1/contracts/transfers", json={"agreement_id": aid, "purpose": QA, "order_id": order}
-        ),
-        f"transfer from {supplier}",
-    )
+    pulled = oem.transfer(aid, QA, order_id=order)
     seconds = time.perf_counter() - started
     return {
         "supplier": supplier,
@@ -85,50 +74,38 @@ def _agree_and_pull(oem: httpx.Client, supplier: str, asset: str) -> dict[str, A
     }
 
 
-def _refusals(network: LocalNetwork, oem: httpx.Client, first: dict[str, Any]) -> list[str]:
+def _refused(call: Callable[[], Any]) -> str:
+    """``status detail`` of a call that must be refused."""
+    try:
+        call()
+    except ClientError as exc:
+        return f"{exc.status} {exc.detail}"
+    raise NodeError("demo: a call that the contract forbids was not refused")
+
+
+def _refusals(network: LocalNetwork, oem: OperatorClient, first: dict[str, Any]) -> list[str]:
     out = []
     other = order_for("polycell")
-    r = oem.post(
-        "/v1/contracts/transfers",
-        json={"agreement_id": first["agreement_id"], "purpose": QA, "order_id": other},
-    )
-    out.append(f"{OEM} asks cellex for {other}: {r.status_code} {r.json().get('detail')}")
-    r = oem.post(
-        "/v1/contracts/transfers",
-        json={
-            "agreement_id": first["agreement_id"],
-            "purpose": "marketing",
-            "order_id": first["order"],
-        },
-    )
-    out.append(f"{OEM} asks for marketing use: {r.status_code} {r.json().get('detail')}")
-    with network["regulator"].client() as regulator:
-        r = regulator.get("/v1/contracts/catalog/cellex")
-    out.append(f"regulator asks for cellex's catalog: {r.status_code} {r.json().get('detail')}")
+    aid = first["agreement_id"]
+    refused = _refused(lambda: oem.transfer(aid, QA, order_id=other))
+    out.append(f"{OEM} asks cellex for {other}: {refused}")
+    refused = _refused(lambda: oem.transfer(aid, "marketing", order_id=first["order"]))
+    out.append(f"{OEM} asks for marketing use: {refused}")
+    with network["regulator"].operator() as regulator:
+        refused = _refused(lambda: regulator.catalog("cellex"))
+    out.append(f"regulator asks for cellex's catalog: {refused}")
     return out
 
 
-def _live(network: LocalNetwork, oem: httpx.Client) -> dict[str, Any]:
+def _live(network: LocalNetwork, oem: OperatorClient) -> dict[str, Any]:
     order = order_for("cellex")
-    body = {"peer": "cellex", "asset_id": "live-inspections", "purposes": [SPC], "orders": [order]}
-    agreed = _ok(oem.post("/v1/contracts/negotiations", json=body), "negotiate live stream")
-    sub = _ok(
-        oem.post(
-            "/v1/contracts/subscriptions",
-            json={
-                "agreement_id": agreed["agreement_id"],
-                "purpose": SPC,
-                "usl": 0.5,
-                "baseline_size": 20,
-            },
-        ),
-        "subscribe",
-    )
+    agreed = oem.negotiate("cellex", "live-inspections", [SPC], orders=[order])
+    sub = oem.subscribe(agreed["agreement_id"], SPC, usl=0.5, baseline_size=20)
     sid = sub["subscription_id"]
     start = datetime.now(UTC).replace(microsecond=0)
     scores = [0.10, 0.12, 0.09, 0.11, 0.10, 0.13, 0.08, 0.11, 0.10, 0.12] * 2 + [0.44] * 4
     seen_ms: list[float] = []
-    with network["cellex"].client() as supplier:
+    with network["cellex"].operator() as supplier:
         for i, score in enumerate(scores):
             row = {
                 "inspection_id": f"CX-LIVE-{start:%H%M%S}-{i:03d}",
@@ -140,30 +117,20 @@ def _live(network: LocalNetwork, oem: httpx.Client) -> dict[str, Any]:
                 "order_id": order,
                 "batch_id": "CX-CB-260012",
             }
-            _ok(supplier.post("/v1/ingest/inspection", json={"rows": [row]}), "live ingest")
+            supplier.ingest_rows("inspection", [row])
             posted = time.perf_counter()  # committed at the supplier
             _wait(
                 "the record at the OEM",
-                lambda n=i + 1: (
-                    _ok(oem.get(f"/v1/contracts/subscriptions/{sid}"), "subscription")["received"]
-                    >= n
-                ),
+                lambda n=i + 1: oem.subscription(sid)["received"] >= n,
                 poll_s=0.002,
             )
             seen_ms.append((time.perf_counter() - posted) * 1000)
     status = _wait(
         "the SPC alert at the OEM",
-        lambda: (
-            (s := _ok(oem.get(f"/v1/contracts/subscriptions/{sid}"), "subscription"))["alerts"]
-            and s["received"] >= len(scores)
-            and s
-        ),
+        lambda: (s := oem.subscription(sid))["alerts"] and s["received"] >= len(scores) and s,
     )
-    with network["cellex"].client() as supplier:
-        told = _wait(
-            "the alert at cellex",
-            lambda: _ok(supplier.get("/v1/contracts/alerts"), "alerts")["received"],
-        )
+    with network["cellex"].operator() as supplier:
+        told = _wait("the alert at cellex", lambda: supplier.alerts()["received"])
     return {
         "agreement_id": agreed["agreement_id"],
         "received": status["received"],
@@ -175,51 +142,36 @@ def _live(network: LocalNetwork, oem: httpx.Client) -> dict[str, Any]:
     }
 
 
-def _close_and_delete(network: LocalNetwork, oem: httpx.Client) -> dict[str, Any]:
+def _close_and_delete(network: LocalNetwork, oem: OperatorClient) -> dict[str, Any]:
     closed = {}
     for supplier in SUPPLIERS:
-        with network[supplier].client() as client:
-            closed[supplier] = _ok(
-                client.post(f"/v1/contracts/orders/{order_for(supplier)}/close"), "close order"
-            )
-    agreements = _ok(oem.get("/v1/contracts/agreements"), "agreements")
-    _wait(
-        "the closures at the OEM",
-        lambda: len(_ok(oem.get("/v1/contracts/closures"), "c")) >= len(agreements),
-    )
+        with network[supplier].operator() as client:
+            closed[supplier] = client.close_order(order_for(supplier))
+    agreements = oem.agreements()
+    _wait("the closures at the OEM", lambda: len(oem.closures()) >= len(agreements))
     for name in network.members:
-        with network[name].client() as client:
-            _ok(client.post("/v1/contracts/clock", json={"offset_days": CLOCK_JUMP_DAYS}), "clock")
-    swept = _ok(oem.post("/v1/contracts/retention/sweep", params={"horizon_hours": 1}), "sweep")
-    left = sum(
-        _ok(
-            oem.get("/v1/contracts/received", params={"agreement_id": a["agreement_id"]}),
-            "received",
-        )["total"]
-        for a in agreements
-    )
+        with network[name].operator() as client:
+            client.set_clock(CLOCK_JUMP_DAYS)
+    swept = oem.sweep(horizon_hours=1)
+    left = sum(oem.received(a["agreement_id"])["total"] for a in agreements)
     receipts: dict[str, list[dict[str, Any]]] = {OEM: swept["receipts"]}
     duties: dict[str, list[dict[str, Any]]] = {}
     for supplier in SUPPLIERS:
-        with network[supplier].client() as client:
+        with network[supplier].operator() as client:
             theirs = {
                 a["agreement_id"] for a in agreements if a["provider_id"].startswith(f"{supplier}-")
             }
             mine = {r["receipt_id"] for r in swept["receipts"] if r["agreement_id"] in theirs}
 
-            def arrived(c: httpx.Client = client, want: set[str] = mine) -> Any:
-                got = [
-                    r
-                    for r in _ok(c.get("/v1/contracts/receipts"), "receipts")
-                    if r["receipt_id"] in want
-                ]
+            def arrived(c: OperatorClient = client, want: set[str] = mine) -> Any:
+                got = [r for r in c.receipts() if r["receipt_id"] in want]
                 return got if len(got) == len(want) else None
 
             receipts[supplier] = _wait(f"receipts at {supplier}", arrived)
-            duties[supplier] = _ok(client.get("/v1/contracts/duties"), "duties")
+            duties[supplier] = client.duties()
     for name in network.members:  # back to real time for whatever comes next
-        with network[name].client() as client:
-            _ok(client.post("/v1/contracts/clock", json={"offset_days": 0}), "clock")
+        with network[name].operator() as client:
+            client.set_clock(0)
     return {
         "closed": {s: c["closed_at"] for s, c in closed.items()},
         "rows_deleted": swept["rows_deleted"],
@@ -231,7 +183,7 @@ def _close_and_delete(network: LocalNetwork, oem: httpx.Client) -> dict[str, Any
 
 def contracts_step(network: LocalNetwork, report: DemoReport) -> None:
     """The chapter: see the module docstring."""
-    with network[OEM].client(timeout=120) as oem:
+    with network[OEM].operator(timeout=120) as oem:
         pulls = [_agree_and_pull(oem, s, "inspections") for s in SUPPLIERS]
         pulls.append(_agree_and_pull(oem, "cellex", "process-genealogy"))
         refusals = _refusals(network, oem, pulls[0])

@@ -7,9 +7,9 @@ node directory and read only by that member's runner; only masked, clipped model
 changes travel, over mutual-TLS gRPC to SunArc's node process. The chapter reports
 the held-out accuracy of every signed global version, and global versus local-only.
 
-How the demo uses it: ``federation_step`` fits ``node.demo.STEPS`` (it stores its
-result in ``report.chapters["federation"]``) and ``federation_printer`` fits
-``node.demo.CHAPTER_PRINTERS``.
+How the demo uses it: ``federation_step`` fits ``node.demo.story.STEPS`` (it stores
+its result in ``report.chapters["federation"]``) and ``federation_printer`` fits
+``node.demo.story.CHAPTER_PRINTERS``.
 """
 
 from __future__ import annotations
@@ -31,8 +31,10 @@ from qdspace.federation.logreg import Dataset
 from qdspace.federation.params import Params
 from qdspace.federation.strategies import StrategyName, StrategySpec
 from qdspace.federation.versions import ModelVersion
-from qdspace.node.cli.federation import ensure_job_agreement, member_revocations
+from qdspace.node.client import ensure_job_agreement
+from qdspace.node.demo.report import DemoReport
 from qdspace.node.identity.member import load_member_keys
+from qdspace.node.identity.revocation import member_revocations
 from qdspace.node.localnet.network import LocalNetwork
 from qdspace.node.rpc.client import open_channel
 from qdspace.node.rpc.federation_client import (
@@ -193,7 +195,7 @@ async def _run_job(
                 # a job under contract: negotiate its offer (model updates for training
                 # only, no raw data) through the member's own node before training
                 assert job.agreement_asset is not None
-                with network[name].client() as api:
+                with network[name].operator() as api:
                     agreements[name], _ = await asyncio.to_thread(
                         ensure_job_agreement, api, COORDINATOR, job.agreement_asset
                     )
@@ -268,13 +270,13 @@ def run_federation_chapter(network: LocalNetwork, job_id: str = "el-defects-fl")
     )
 
 
-def federation_step(network: LocalNetwork, report: Any) -> None:
-    """``node.demo.STEPS`` entry: runs the chapter and keeps its result on the report."""
+def federation_step(network: LocalNetwork, report: DemoReport) -> None:
+    """``story.STEPS`` entry: runs the chapter and keeps its result on the report."""
     report.chapters["federation"] = asdict(run_federation_chapter(network))
 
 
-def federation_printer(console: Console, report: Any) -> None:
-    """``node.demo.CHAPTER_PRINTERS`` entry."""
+def federation_printer(console: Console, report: DemoReport) -> None:
+    """``story.CHAPTER_PRINTERS`` entry."""
     if "federation" in report.chapters:
         print_federation(console, report.chapters["federation"])
 

@@ -25,13 +25,12 @@ from typing import TYPE_CHECKING, Any
 from rich.console import Console
 from rich.table import Table
 
-from qdspace.node.cli.inspection import split_path
+from qdspace.node.demo.report import DemoReport
 
 if TYPE_CHECKING:
     from qdspace.inference.dataset import ElImages
     from qdspace.inference.gate import GateDecision
     from qdspace.inference.registry import ModelRegistry, ModelVersion
-    from qdspace.node.demo import DemoReport
     from qdspace.node.localnet.network import LocalNetwork, MemberProcess
 
 CHAPTER = "inspection"
@@ -127,7 +126,7 @@ def _train_two(
     name = member.spec.name
     own = select_member(cells, name)
     manifest = split_el_images(own)
-    manifest.write(split_path(member.directory, name))
+    manifest.write(member.layout.split_manifest(name))
     train, val, test = (own.select(manifest.indices(p)) for p in ("train", "val", "test"))
     registry = ModelRegistry(member.directory)
     audit = select_member(full, name).select(manifest.test)
@@ -190,7 +189,7 @@ def _inspect_at(member: MemberProcess, models: DemoModels, cells: ElImages) -> d
 
     name = member.spec.name
     registry = ModelRegistry(member.directory)
-    manifest = SplitManifest.read(split_path(member.directory, name))
+    manifest = SplitManifest.read(member.layout.split_manifest(name))
     held_out = select_member(cells, name).select(manifest.test)
     specs = [
         StationSpec(f"el-{i + 1}", dataset_frames(part), FPS)
@@ -200,8 +199,8 @@ def _inspect_at(member: MemberProcess, models: DemoModels, cells: ElImages) -> d
     audit = DriftMonitor(
         alarms, DriftThresholds.from_baseline(models.first.metrics), models.first.version
     )
-    with member.client() as client:
-        rows_before = int(client.get("/v1/qdm/counts").json().get("inspection", 0))
+    with member.operator() as client:
+        rows_before = int(client.qdm_counts().get("inspection", 0))
     store = open_store(NodeSettings.load(member.directory).database_url)
     settings = ServeSettings(device="cpu")
     swapped_at: list[float] = []
@@ -255,24 +254,23 @@ def _explain(member: MemberProcess, registry: ModelRegistry, cells: ElImages, ma
     from qdspace.inference.dataset import select_member
     from qdspace.inference.explain import explain
     from qdspace.inference.registry import RegistryError
-    from qdspace.node.api.inspection import explanations_root
 
     active = registry.active()
     if active is None:
         raise RegistryError(f"no active model version in {registry.root}")
     val = select_member(cells, member.spec.name).select(manifest.val)
-    out = explanations_root(member.directory) / active.version
+    out = member.layout.explanations / active.version
     groups = explain(registry.load(active.version, device="cpu"), val, out, per_group=1)
     return sum(len(g.examples) for g in groups)
 
 
 def _read_back(member: MemberProcess, heatmaps: int) -> dict[str, Any]:
     """What the node itself now says, through its operator API."""
-    with member.client() as client:
-        counts = client.get("/v1/qdm/counts").json()
-        models = client.get("/v1/inspection/models").json()
-        drift = client.get("/v1/inspection/drift").json()
-        listed = client.get("/v1/inspection/explanations").json()
+    with member.operator() as client:
+        counts = client.qdm_counts()
+        models = client.inspection_models()
+        drift = client.inspection_drift()
+        listed = client.inspection_explanations()
     line = next((s for s in drift["stations"] if s["station"] == "*"), None)
     return {
         "qdm_inspection_rows": counts.get("inspection"),

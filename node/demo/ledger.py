@@ -20,7 +20,6 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-import httpx
 from rich.console import Console
 from rich.table import Table
 
@@ -28,12 +27,11 @@ from qdspace.connector.sample import cell_batch
 from qdspace.ledger.client import LedgerClient
 from qdspace.ledger.proofs import ConfirmationCache, InclusionProof, verify_proof
 from qdspace.ledger.verify import verify_document
-from qdspace.node.api.regulator_auth import issue_credential
-from qdspace.node.errors import NodeError
+from qdspace.node.client import OperatorClient
+from qdspace.node.demo.report import DemoReport
 from qdspace.node.identity.member import load_member_keys
 
 if TYPE_CHECKING:
-    from qdspace.node.demo import DemoReport
     from qdspace.node.localnet.network import LocalNetwork
 
 TITLE = "regulator verifies records against the chain"
@@ -57,12 +55,6 @@ class Checked:
     tx: str
 
 
-def _json(response: httpx.Response, what: str) -> Any:
-    if response.status_code >= 400:
-        raise NodeError(f"{what}: HTTP {response.status_code}: {response.text[:300]}")
-    return response.json()
-
-
 class Regulator:
     """The regulator's side: one credential and connection per member, one chain client."""
 
@@ -72,24 +64,19 @@ class Regulator:
         self.rpc_url = network.chain.url
         self.keys = load_member_keys(network[REGULATOR].directory)
         self.confirmed = ConfirmationCache()  # ask the chain once per batch root
-        self._http: dict[str, httpx.Client] = {}
+        self._http: dict[str, OperatorClient] = {}
         self._chain: dict[str, LedgerClient] = {}
 
-    def http(self, member: str) -> httpx.Client:
+    def http(self, member: str) -> OperatorClient:
         """A client for ``member``'s API carrying a fresh regulator credential for it."""
         if member not in self._http:
             api = self.network[member].api_url
-            audience = _json(httpx.get(f"{api}/healthz", timeout=10), "healthz")["member_id"]
-            token = issue_credential(self.keys, audience)
-            self._http[member] = httpx.Client(
-                base_url=api, headers={"Authorization": f"Bearer {token}"}, timeout=60
-            )
+            self._http[member] = OperatorClient.for_regulator(self.keys, api, timeout=60)
         return self._http[member]
 
     def verify(self, member: str, kind: str, ref_id: str) -> tuple[Checked, dict[str, Any]]:
         """Fetch the proof from the member, then verify it independently against the chain."""
-        r = self.http(member).get(f"/v1/regulator/proofs/{kind}/{ref_id}")
-        proof = _json(r, f"proof of {kind} {ref_id} from {member}")["proof"]
+        proof = self.http(member).regulator_proof(kind, ref_id)["proof"]
         parsed = InclusionProof.parse(json.dumps(proof))
         contract = parsed.contract
         if contract not in self._chain:
@@ -115,9 +102,8 @@ class Regulator:
 def _flush_all(network: LocalNetwork) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for name, member in network.members.items():
-        with member.client(timeout=FLUSH_TIMEOUT_S + 30) as client:
-            r = client.post("/v1/ledger/flush", params={"timeout_s": FLUSH_TIMEOUT_S})
-            out[name] = _json(r, f"anchoring flush of {name}")["status"]
+        with member.operator(timeout=FLUSH_TIMEOUT_S + 30) as client:
+            out[name] = client.ledger_flush(FLUSH_TIMEOUT_S)["status"]
     return out
 
 
@@ -128,12 +114,9 @@ def _contract_refs(network: LocalNetwork, report: DemoReport) -> list[tuple[str,
     # Signed global model versions of a federated job are anchored by their coordinator.
     kinds = ("model_version",) if refs else ("agreement", "deletion_receipt", "model_version")
     for name, member in network.members.items():
-        with member.client() as client:
+        with member.operator() as client:
             for kind in kinds:
-                leaves = _json(
-                    client.get(f"/v1/ledger/leaves/{kind}", params={"limit": MAX_PER_KIND}),
-                    f"{kind} leaves of {name}",
-                )
+                leaves = client.ledger_leaves(kind, limit=MAX_PER_KIND)
                 refs += [(name, kind, leaf["ref_id"]) for leaf in leaves if leaf["anchored"]]
     return refs
 
@@ -185,7 +168,7 @@ def ledger_step(network: LocalNetwork, report: DemoReport) -> None:
         old, new = _tamper(network, victim)
         tampered, proof = reg.verify(SUPPLIER, "inspection", victim)
         _tamper(network, victim)  # put the record back for later chapters
-        passport = _json(reg.http(SUPPLIER).get("/v1/regulator/passport"), "passport")
+        passport = reg.http(SUPPLIER).regulator_passport()
     finally:
         reg.close()
     proof_dir = network.workdir / "ledger"

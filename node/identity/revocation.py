@@ -14,6 +14,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -147,3 +148,12 @@ class RevocationList:
         """True when revoked; raises :class:`StaleRevocationList` when the list is stale."""
         self.check_fresh()
         return serial in self._loaded.serials
+
+
+def member_revocations(directory: Path, ca_cert: x509.Certificate) -> Callable[[int], bool]:
+    """The member node's own revocation list, to check the roster's certificates with
+    (a member without one refuses secure rounds: revocation fails closed). Used by
+    ``qdspace fl join`` and the demo's federation chapter."""
+    from qdspace.node.config import NodeSettings
+
+    return RevocationList(ca_cert, NodeSettings.load(directory).crl_path).is_revoked

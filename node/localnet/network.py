@@ -28,6 +28,7 @@ import httpx
 from sqlalchemy import create_engine, text
 
 from qdspace.connector.storage import normalise_url
+from qdspace.node.client import OperatorClient
 from qdspace.node.errors import NodeError
 from qdspace.node.identity.authority import Authority
 from qdspace.node.init import init_node
@@ -94,7 +95,12 @@ class MemberProcess:
     def running(self) -> bool:
         return self.process is not None and self.process.poll() is None
 
+    def operator(self, timeout: float = 30.0) -> OperatorClient:
+        """The member's operator API: one method per route, failures as ClientError."""
+        return OperatorClient(self.api_url, self.token, timeout=timeout)
+
     def client(self, timeout: float = 30.0) -> httpx.Client:
+        """A raw HTTP client with the operator token (for deliberately unusual requests)."""
         return httpx.Client(
             base_url=self.api_url,
             headers={"Authorization": f"Bearer {self.token}"},

@@ -29,7 +29,7 @@ from qdspace.federation.params import Params, flatten, params_to_bytes, unflatte
 from qdspace.federation.rounds import Phase
 from qdspace.federation.strategies import StrategyName, StrategySpec
 from qdspace.federation.versions import ModelVersion
-from qdspace.node.cli.federation import ensure_job_agreement
+from qdspace.node.client import ensure_job_agreement
 from qdspace.node.errors import NodeError
 from qdspace.node.identity.member import load_member_keys
 from qdspace.node.localnet.network import LocalNetwork
@@ -317,9 +317,9 @@ async def test_a_job_under_contract_refuses_members_without_an_agreement(
     assert refused.details().startswith("no_agreement: member cellex")
     assert "holds no agreement for fl-job:el-contract" in refused.details()
     # The job is in the coordinator's catalog, offered for training on model updates only.
-    with network["cellex"].client() as api:
-        listed = api.get(f"/v1/contracts/catalog/{COORDINATOR}", params={"kind": "federated_job"})
-        entry = next(e for e in listed.json() if e["asset_id"] == "fl-job:el-contract")
+    with network["cellex"].operator() as api:
+        listed = api.catalog(COORDINATOR, kind="federated_job")
+        entry = next(e for e in listed if e["asset_id"] == "fl-job:el-contract")
         assert entry["fields"] == ["model_update"]
         offer = entry["offer"]
         assert {p["action"] for p in offer["prohibition"]} == {"distribute", "read", "stream"}
@@ -332,7 +332,7 @@ async def test_a_job_under_contract_refuses_members_without_an_agreement(
         )
     assert fresh and again == (agreement, False)
     # polycell is no member of the job: its node's negotiation is terminated
-    with network["polycell"].client() as api, pytest.raises(NodeError) as not_member:
+    with network["polycell"].operator() as api, pytest.raises(NodeError) as not_member:
         await asyncio.to_thread(ensure_job_agreement, api, COORDINATOR, "fl-job:el-contract")
     assert "TERMINATED: polycell is not a member of job asset fl-job:el-contract" in str(
         not_member.value

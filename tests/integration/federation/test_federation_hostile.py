@@ -30,10 +30,9 @@ from qdspace.federation.errors import RosterRefused
 from qdspace.federation.job import JobSpec
 from qdspace.federation.member import secagg_client
 from qdspace.federation.params import params_to_bytes
-from qdspace.node.cli.federation import member_revocations
 from qdspace.node.identity.certs import load_cert, load_key
 from qdspace.node.identity.member import load_member_keys
-from qdspace.node.identity.revocation import RevocationList
+from qdspace.node.identity.revocation import RevocationList, member_revocations
 from qdspace.node.localnet.network import LocalNetwork
 from qdspace.node.rpc.client import open_channel
 from qdspace.node.rpc.federation_client import FederationClient

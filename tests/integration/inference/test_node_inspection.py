@@ -22,7 +22,7 @@ from qdspace.inference.dataset import frame_id_of, load_elpv
 from qdspace.inference.registry import ModelRegistry
 from qdspace.inference.splits import SplitManifest
 from qdspace.node.cli import app
-from qdspace.node.cli.inspection import split_path
+from qdspace.node.layout import NodeLayout
 from qdspace.node.localnet.network import LocalNetwork, MemberProcess, MemberSpec
 
 pytestmark = pytest.mark.integration
@@ -74,7 +74,7 @@ def test_train_inspect_and_explain_through_a_running_node(
     assert len(models) == 1 and models[0]["active"] and models[0]["source"] == "local-train:cellex"
     assert {"accuracy", "f1", "auroc", "onnx_opset"} <= set(models[0]["metrics"])
     version = models[0]["version"]
-    manifest = SplitManifest.read(split_path(node.directory, "cellex"))
+    manifest = SplitManifest.read(NodeLayout(node.directory).split_manifest("cellex"))
     assert models[0]["split_sha256"] == manifest.sha256
 
     cells = load_elpv(size=32)
@@ -130,8 +130,8 @@ def test_a_corrupt_model_file_is_refused_by_name(node: MemberProcess) -> None:
 def test_the_demo_chapter_inspects_and_hot_swaps_at_the_supplier(
     network: LocalNetwork, local_ray: None
 ) -> None:
-    from qdspace.node.demo import DemoReport
     from qdspace.node.demo.inspection import CHAPTER, inspection_chapter, print_inspection
+    from qdspace.node.demo.report import DemoReport
 
     db = network["cellex"].directory / "node.db"
     before = len(_rows(db))

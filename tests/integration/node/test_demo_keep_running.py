@@ -20,8 +20,9 @@ import sys
 import time
 from pathlib import Path
 
-import httpx
 import pytest
+
+from qdspace.node.client import OperatorClient
 
 pytestmark = pytest.mark.integration
 
@@ -87,24 +88,16 @@ def test_kept_network_anchors_new_records_and_stops_completely(tmp_path: Path) -
         assert json.loads((cellex / "ledger.json").read_text())["rpc_url"] == chain_url
 
         runtime = json.loads((cellex / "run" / "runtime.json").read_text())
-        token = (cellex / "operator.token").read_text().strip()
         sample = workdir / "sample-data" / "cellex" / "el_inspections.jsonl"
         first = json.loads(sample.read_text().splitlines()[0])
-        with httpx.Client(
-            base_url=str(runtime["api"]),
-            headers={"Authorization": f"Bearer {token}"},
-            timeout=90,
-        ) as api:
-            stored = api.post(
-                "/v1/ingest/inspection",
-                content=_record(first),
-                headers={"content-type": "application/x-ndjson"},
-                params={"source": "kept.jsonl"},
-            ).json()
+        with OperatorClient.from_directory(cellex, timeout=90) as api:
+            kept = tmp_path / "kept.jsonl"
+            kept.write_bytes(_record(first))
+            stored = api.ingest_file("inspection", kept)
             assert stored["accepted"] == 1, stored
-            flushed = api.post("/v1/ledger/flush", params={"timeout_s": 60}).json()
+            flushed = api.ledger_flush(60)
             assert flushed["flushed"], flushed
-            status = api.get("/v1/ledger/status").json()
+            status = api.ledger_status()
             assert status["chain_reachable"] and status["chain_checked"] == "now", status
 
             # a command that only calls its node loads the client, not the server stack
@@ -156,11 +149,11 @@ def test_kept_network_anchors_new_records_and_stops_completely(tmp_path: Path) -
             while _alive(pids["chain"]) and time.monotonic() < deadline:
                 time.sleep(0.1)
             clock = time.monotonic()
-            status = api.get("/v1/ledger/status").json()
+            status = api.ledger_status()
             assert time.monotonic() - clock < 5
             assert not status["chain_reachable"], status
             assert status["chain_checked"] == "now" and status["probe_error"], status
-            cached = api.get("/v1/ledger/status", params={"probe": False}).json()
+            cached = api.ledger_status(probe=False)
             assert cached["chain_checked"] == "last anchoring attempt"
     finally:
         stopped = qdspace("demo", "stop", "--workdir", str(workdir))

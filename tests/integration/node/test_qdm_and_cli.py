@@ -27,30 +27,18 @@ def qdspace(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]
     )
 
 
-def _ingest(client: httpx.Client, kind: str, path: Path) -> dict[str, object]:
-    media = "text/csv" if path.suffix == ".csv" else "application/x-ndjson"
-    r = client.post(
-        f"/v1/ingest/{kind}",
-        content=path.read_bytes(),
-        headers={"content-type": media},
-        params={"source": path.name},
-    )
-    assert r.status_code == 200, r.text
-    return r.json()  # type: ignore[no-any-return]
-
-
 def test_rest_ingest_reports_bad_rows_and_stores_nothing_twice(
     network: LocalNetwork, tmp_path: Path
 ) -> None:
     # the network is shared by the whole session: other tests may have ingested Cellex's
     # sample already, so count what this ingest adds rather than what the node holds
     files = write_sample_files(tmp_path / "cellex", "cellex", "supplier", bad_rows=True)
-    with network["cellex"].client() as client:
-        before = client.get("/v1/qdm/counts").json()
-        first = {kind: _ingest(client, kind, path) for kind, path in files.items()}
-        counts = client.get("/v1/qdm/counts").json()
-        again = {kind: _ingest(client, kind, path) for kind, path in files.items()}
-        assert client.get("/v1/qdm/counts").json() == counts
+    with network["cellex"].operator() as client:
+        before = client.qdm_counts()
+        first = {kind: client.ingest_file(kind, path) for kind, path in files.items()}
+        counts = client.qdm_counts()
+        again = {kind: client.ingest_file(kind, path) for kind, path in files.items()}
+        assert client.qdm_counts() == counts
     for kind, result in first.items():
         assert counts[kind] - before.get(kind, 0) == result["accepted"], kind
     inspection = first["inspection"]
@@ -82,14 +70,12 @@ def test_genealogy_hop_over_mtls_answers_only_the_customer(
     network: LocalNetwork, tmp_path: Path
 ) -> None:
     files = write_sample_files(tmp_path / "cellex2", "cellex", "supplier")
-    with network["cellex"].client() as client:
+    with network["cellex"].operator() as api:
         for kind in ("batch", "genealogy"):
-            _ingest(client, kind, files[kind])
+            api.ingest_file(kind, files[kind])
     batch = sold_batch("cellex", "sunarc")
-    with network["sunarc"].client() as client:
-        r = client.get(f"/v1/peers/cellex/upstream/{batch}")
-        assert r.status_code == 200, r.text
-        body = r.json()
+    with network["sunarc"].operator() as api:
+        body = api.upstream("cellex", batch)
         assert body["batch"]["producer"] == "cellex"
         assert [p["producer"] for p in body["parents"]] == ["siliwafer", "siliwafer"]
     with network["polycell"].client() as client:

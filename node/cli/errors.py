@@ -1,0 +1,40 @@
+"""The CLI's one error handler: a known error is one line on stderr, never a traceback.
+
+Every command is wrapped in :func:`clean_errors`. The errors it knows are the
+projects' own (node, connector, inference); a failed call to a node arrives as a
+:class:`~qdspace.node.client.ClientError` (a ``NodeError``) whose message already
+names the route, the status and the problem's detail. Exit code 1 for all of them.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+
+from qdspace.connector.errors import ConnectorError
+from qdspace.inference.errors import InferenceError
+from qdspace.node.errors import NodeError
+
+F = TypeVar("F", bound=Callable[..., Any])
+err = Console(stderr=True)
+
+KNOWN_ERRORS: tuple[type[Exception], ...] = (NodeError, ConnectorError, InferenceError)
+
+
+def clean_errors(fn: F) -> F:
+    """Known errors become one line on stderr and exit code 1, never a traceback."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except KNOWN_ERRORS as exc:
+            err.print(f"[red]error:[/red] {escape(str(exc))}", highlight=False, soft_wrap=True)
+            raise typer.Exit(1) from None
+
+    return wrapper  # type: ignore[return-value]

@@ -1,0 +1,281 @@
+"""``qdspace demo``'s story: a local data space on loopback, told as the reference scenario.
+
+SunArc Modules (OEM) buys cells from Cellex Mono and PolyCell Works; a regulator
+watches. Every member is a real node process with its own keys and database; the
+demo ingests each member's sample QDM data, has every pair of members authenticate
+over mutual-TLS gRPC, makes one genealogy hop, and prints where everything lives.
+Later capabilities add their chapter here (a module of this package: its step
+and its printer go into ``STEPS`` and ``CHAPTER_PRINTERS``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import time
+from pathlib import Path
+
+from rich.console import Console
+from rich.logging import RichHandler
+from rich.panel import Panel
+from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from qdspace.connector.sample import write_sample_files
+from qdspace.node.client import ClientError
+from qdspace.node.demo import contracts as demo_contracts
+from qdspace.node.demo import federation as demo_federation
+from qdspace.node.demo import inspection as demo_inspection
+from qdspace.node.demo import ledger as demo_ledger
+from qdspace.node.demo.report import DemoReport, Printer, Step
+from qdspace.node.localnet.left_running import processes_file, stop_left_running
+from qdspace.node.localnet.network import LocalNetwork
+
+
+def _ingest_member(network: LocalNetwork, name: str, report: DemoReport) -> None:
+    member = network[name]
+    folder = network.workdir / "sample-data" / name
+    files = write_sample_files(folder, name, member.spec.role, bad_rows=(name == "cellex"))
+    report.ingest[name] = {}
+    with member.operator() as client:
+        for kind, path in files.items():
+            result = client.ingest_file(kind, path)
+            report.ingest[name][kind] = {
+                "stored": result["accepted"],
+                "duplicates": result["duplicates"],
+                "rejected": len(result["rejected"]),
+            }
+            report.rejected_examples.extend(
+                f"{name}: {e['source']}:{e['line']}: {e['field']}: {e['reason']}"
+                for e in result["rejected"]
+            )
+        report.counts[name] = client.qdm_counts()
+
+
+def _handshakes(network: LocalNetwork, report: DemoReport) -> None:
+    for name, member in network.members.items():
+        report.handshakes[name] = {}
+        with member.operator() as client:
+            for other in network.members:
+                if other == name:
+                    continue
+                try:
+                    body = client.hello(other)
+                except ClientError as exc:
+                    report.handshakes[name][other] = f"FAILED {exc.detail}"
+                else:
+                    report.handshakes[name][other] = f"ok {body['round_trip_ms']:.0f} ms"
+
+
+def _trace(network: LocalNetwork, report: DemoReport) -> None:
+    from qdspace.connector.sample import sold_batch
+
+    batch_id = sold_batch("cellex", "sunarc")
+    with network["sunarc"].operator() as client:
+        report.trace = client.upstream("cellex", batch_id)
+    with network["regulator"].operator() as client:
+        try:
+            client.upstream("cellex", batch_id)
+        except ClientError as exc:
+            report.refusal = exc.detail
+        else:
+            report.refusal = "NOT REFUSED"
+
+
+# the network itself: what `qdspace demo --network-only` stops after
+FOUNDATION_STEPS: list[tuple[str, Step]] = [
+    ("mutual-TLS handshakes between every pair", _handshakes),
+    ("genealogy hop and a refused call", _trace),
+]
+STEPS: list[tuple[str, Step]] = [
+    *FOUNDATION_STEPS,
+    # later chapters append (title, step) here; a step stores its results in
+    # report.chapters[<name>] and its printer below shows them in the summary
+    (demo_contracts.TITLE, demo_contracts.contracts_step),
+    (demo_inspection.TITLE, demo_inspection.inspection_chapter),
+    ("federated learning: suppliers and OEM", demo_federation.federation_step),
+    (demo_ledger.TITLE, demo_ledger.ledger_step),  # keep last: verifies what others anchored
+]
+
+# printers of the later chapters, called in order after the foundation's summary
+CHAPTER_PRINTERS: list[Printer] = [
+    demo_contracts.print_contracts,
+    demo_inspection.print_inspection,
+    demo_federation.federation_printer,
+    demo_ledger.print_ledger,
+]
+
+
+def _log_to(path: Path, console: Console) -> None:
+    """The demo process's own log (Ray driver, chapters): all of it to ``demo.log``,
+    warnings (alarms, retries) also on the console, above the progress bars."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    to_file = logging.FileHandler(path)
+    to_file.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    to_console = RichHandler(console=console, show_path=False, show_time=False)
+    to_console.setLevel(logging.WARNING)
+    logging.basicConfig(level=logging.INFO, handlers=[to_file, to_console], force=True)
+    logging.getLogger("alembic").setLevel(logging.WARNING)
+
+
+def run_demo(
+    workdir: Path,
+    *,
+    keep_running: bool = False,
+    fresh: bool = True,
+    network_only: bool = False,
+    console: Console | None = None,
+) -> DemoReport:
+    """Run the demo in ``workdir``; ``network_only`` stops after the foundation steps.
+
+    With ``keep_running`` the nodes and the chain are left running (also when a
+    chapter fails, so the operator can look) and recorded for ``qdspace demo stop``.
+    """
+    console = console or Console()
+    started = time.monotonic()
+    if processes_file(workdir).exists():  # a network an earlier --keep-running left
+        _print_stopped(console, stop_left_running(workdir))
+    if fresh and workdir.exists():
+        shutil.rmtree(workdir)
+    network = LocalNetwork(workdir)
+    report = DemoReport(workdir=str(network.workdir))
+    _log_to(network.workdir / "demo.log", console)
+    progress = Progress(
+        SpinnerColumn(),
+        TextColumn("{task.description}"),
+        BarColumn(),
+        TimeElapsedColumn(),
+        console=console,
+        transient=False,
+    )
+    names = [s.name for s in network.specs]
+    try:
+        with progress:
+            task = progress.add_task("authority and member keys", total=1)
+            network.create()
+            progress.advance(task)
+            task = progress.add_task("starting node processes", total=1)
+            network.start()
+            progress.advance(task)
+            task = progress.add_task("ingesting sample QDM data", total=len(names))
+            for name in names:
+                _ingest_member(network, name, report)
+                progress.advance(task)
+            for title, step in FOUNDATION_STEPS if network_only else STEPS:
+                task = progress.add_task(title, total=1)
+                step(network, report)
+                progress.advance(task)
+        report.members = network.describe()["members"]  # type: ignore[assignment]
+        report.seconds = time.monotonic() - started
+        (network.workdir / "summary.json").write_text(json.dumps(report.__dict__, indent=2))
+        network.write_manifest()
+        print_summary(console, network, report)
+    finally:
+        if keep_running:  # also after a failed chapter: the operator can look, then stop it
+            network.leave_running()
+            print_left_running(console, network)
+        else:
+            codes = network.stop()
+            console.print(
+                "nodes stopped: " + ", ".join(f"{n} (exit {c})" for n, c in codes.items())
+            )
+    return report
+
+
+def print_left_running(console: Console, network: LocalNetwork) -> None:
+    """What keeps running after ``--keep-running``, and the one command that stops it."""
+    table = Table(title="left running", title_justify="left")
+    for col in ("process", "pid", "address"):
+        table.add_column(col)
+    if network.chain is not None and network.chain.pid is not None:
+        table.add_row("chain (JSON-RPC)", str(network.chain.pid), network.chain.url)
+    for name, m in network.members.items():
+        pid = "-" if m.process is None else str(m.process.pid)
+        table.add_row(f"{name} operator API", pid, f"{m.api_url}/docs")
+    console.print(table)
+    console.print(
+        f"operator tokens: {network.workdir}/nodes/<member>/operator.token\n"
+        f"stop nodes and chain with: qdspace demo stop --workdir {network.workdir}",
+        highlight=False,
+        soft_wrap=True,
+    )
+
+
+def _print_stopped(console: Console, outcome: dict[str, str]) -> None:
+    console.print(
+        "stopped what the demo left running: "
+        + ", ".join(f"{name} ({what})" for name, what in outcome.items()),
+        highlight=False,
+        soft_wrap=True,
+    )
+
+
+def print_summary(console: Console, network: LocalNetwork, report: DemoReport) -> None:
+    members = Table(title="members of the data space", title_justify="left")
+    for col in ("member", "role", "member id", "gRPC (mTLS)", "operator API"):
+        members.add_column(col)
+    for name, m in network.members.items():
+        runtime = json.loads(m.layout.runtime.read_text())
+        members.add_row(name, m.spec.role, str(runtime["member_id"]), m.grpc_address, m.api_url)
+    console.print(members)
+
+    kinds = sorted({k for c in report.counts.values() for k in c})
+    rows = Table(title="rows per node (QDM tables)", title_justify="left")
+    rows.add_column("table")
+    for name in report.counts:
+        rows.add_column(name, justify="right")
+    for kind in kinds:
+        rows.add_row(kind, *(str(report.counts[n].get(kind, 0)) for n in report.counts))
+    console.print(rows)
+    if report.rejected_examples:
+        console.print(
+            f"[yellow]{len(report.rejected_examples)} bad rows reported and not stored:[/yellow]"
+        )
+        for line in report.rejected_examples[:5]:
+            console.print(f"  {line}", highlight=False)
+
+    matrix = Table(title="mutual-TLS gRPC: caller (row) -> callee (column)", title_justify="left")
+    matrix.add_column("")
+    for name in network.members:
+        matrix.add_column(name)
+    for caller, results in report.handshakes.items():
+        matrix.add_row(caller, *(results.get(c, "-") for c in network.members))
+    console.print(matrix)
+
+    if report.trace:
+        parents = ", ".join(f"{p['batch_id']} ({p['producer']})" for p in report.trace["parents"])
+        console.print(
+            f"genealogy: sunarc asked cellex about cell batch {report.trace['batch']['batch_id']}: "
+            f"made from {parents}"
+        )
+    console.print(f"regulator asking for genealogy was refused: {report.refusal}", highlight=False)
+    for printer in CHAPTER_PRINTERS:
+        printer(console, report)
+
+    where = [
+        f"authority (CA, register, CRL): {network.authority_dir}",
+        *(
+            f"{n}: {m.directory} (node.db SQLite/WAL, logs/, keys)"
+            for n, m in network.members.items()
+        ),
+    ]
+    work = network.workdir
+    optional = [
+        (work / "demo.log", "the demo process's log (line alarms, Ray)"),
+        (work / "chain", "embedded EVM chain (state, chain.log)"),
+        (work / "ledger", "proof and passport files for `qdspace verify`"),
+        *(
+            (path, f"{n}'s {what}")
+            for n, m in network.members.items()
+            for path, what in (
+                (m.layout.models, "model versions (ONNX by content hash, manifest.json)"),
+                (m.layout.explanations, "heatmaps of misjudged cells (PNG)"),
+                (m.layout.federation, "federated job data, checkpoints and signed versions"),
+            )
+        ),
+    ]
+    where += [f"{what}: {path}" for path, what in optional if path.exists()]
+    where.append(f"summary: {work / 'summary.json'}")
+    console.print(Panel("\n".join(where), title="where to look", expand=False))
+    console.print(f"done in {report.seconds:.1f} s")

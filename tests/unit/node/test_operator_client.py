@@ -1,0 +1,145 @@
+"""The operator-API client's one error check, and the CLI's usage errors.
+
+A node answers a refused call with an RFC 9457 problem; the client turns it into a
+typed ``ClientError`` (status, title, detail) whose message names the route. These
+tests answer from an in-process transport, so no node runs.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import httpx
+import pytest
+from typer.testing import CliRunner
+
+from qdspace.connector.ingest import KINDS
+from qdspace.inference.dataset import ALL_MEMBERS, SUPPLIER_BY_CELL_TYPE
+from qdspace.ledger.leaves import KIND_CODES
+from qdspace.node.cli import app
+from qdspace.node.cli.choices import CellMember, LeafKind, QdmKind, Role
+from qdspace.node.client import ClientError, NodeUnreachable, OperatorClient
+from qdspace.node.errors import NodeError
+from qdspace.node.identity.certs import ROLES
+
+
+def _answering(status: int, body: Any, media: str = "application/problem+json") -> OperatorClient:
+    def handler(request: httpx.Request) -> httpx.Response:
+        content = body if isinstance(body, bytes) else json.dumps(body).encode()
+        return httpx.Response(status, content=content, headers={"content-type": media})
+
+    return OperatorClient("http://node.test", "t", transport=httpx.MockTransport(handler))
+
+
+def test_a_problem_answer_becomes_a_typed_client_error() -> None:
+    problem = {
+        "type": "about:blank",
+        "title": "Forbidden",
+        "status": 403,
+        "detail": "purpose marketing is not granted",
+    }
+    with _answering(403, problem) as node, pytest.raises(ClientError) as caught:
+        node.transfer("agr-1", "marketing")
+    error = caught.value
+    assert isinstance(error, NodeError)  # the CLI's handler knows it
+    assert (error.status, error.title, error.detail) == (
+        403,
+        "Forbidden",
+        "purpose marketing is not granted",
+    )
+    message = str(error)
+    assert "\n" not in message
+    assert message == (
+        "POST /v1/contracts/transfers: 403 Forbidden: purpose marketing is not granted"
+    )
+
+
+def test_a_non_problem_failure_keeps_its_body_as_the_detail() -> None:
+    with _answering(502, b"bad gateway", "text/plain") as node, pytest.raises(ClientError) as c:
+        node.agreements()
+    assert (c.value.status, c.value.title, c.value.detail) == (502, "Bad Gateway", "bad gateway")
+
+
+def test_no_answer_is_node_unreachable_without_a_status() -> None:
+    def refuse(request: httpx.Request) -> httpx.Response:
+        raise httpx.ConnectError("connection refused", request=request)
+
+    node = OperatorClient("http://node.test", "t", transport=httpx.MockTransport(refuse))
+    with node, pytest.raises(NodeUnreachable) as caught:
+        node.qdm_counts()
+    assert caught.value.status is None and "connection refused" in str(caught.value)
+
+
+def test_answers_are_decoded_and_the_token_is_sent() -> None:
+    seen: list[httpx.Request] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return httpx.Response(200, json=[{"asset_id": "a"}])
+
+    node = OperatorClient("http://node.test/", "tok", transport=httpx.MockTransport(handler))
+    with node:
+        assert node.catalog("cellex", kind="inspection") == [{"asset_id": "a"}]
+    assert seen[0].headers["authorization"] == "Bearer tok"
+    assert seen[0].url.path == "/v1/contracts/catalog/cellex"
+    assert seen[0].url.params["kind"] == "inspection"
+
+
+def test_the_cli_choices_are_the_domains_value_sets() -> None:
+    assert {r.value for r in Role} == set(ROLES)
+    assert [k.value for k in QdmKind] == list(KINDS)
+    assert {k.value for k in LeafKind} == set(KIND_CODES)
+    members = {m.value for m in CellMember}
+    assert members == {"auto", ALL_MEMBERS, *SUPPLIER_BY_CELL_TYPE.values()}
+
+
+@pytest.mark.parametrize(
+    ("args", "allowed"),
+    [
+        (
+            ["node", "init", "--dir", "x", "--name", "n", "--role", "boss", "--authority", "a"],
+            ROLES,
+        ),
+        (["ingest", "--kind", "photos", "--template"], KINDS),
+        (
+            ["ledger", "fetch-proof", "--dir", "x", "--api", "u", "--kind", "x", "--id", "1"],
+            KIND_CODES,
+        ),
+    ],
+)
+def test_a_wrong_choice_is_a_usage_error_naming_the_allowed_values(
+    args: list[str], allowed: tuple[str, ...]
+) -> None:
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 2, result.output
+    assert "Invalid value" in result.output
+    for value in allowed:
+        assert value in result.output
+
+
+def test_a_node_calling_command_needs_dir_or_api_url_and_token(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv("QDSPACE_API_URL", raising=False)
+    monkeypatch.delenv("QDSPACE_TOKEN", raising=False)
+    runner = CliRunner()
+    nothing = runner.invoke(app, ["catalog", "cellex"])
+    assert nothing.exit_code == 2 and "--api-url" in nothing.output, nothing.output
+    no_token = runner.invoke(app, ["catalog", "cellex", "--api-url", "http://127.0.0.1:9"])
+    assert no_token.exit_code == 2 and "QDSPACE_TOKEN" in no_token.output, no_token.output
+    both = runner.invoke(
+        app, ["catalog", "cellex", "--dir", "x", "--api-url", "http://127.0.0.1:9"]
+    )
+    assert both.exit_code == 2 and "not both" in both.output, both.output
+
+
+def test_an_unreachable_api_url_is_one_clean_error_line() -> None:
+    result = CliRunner().invoke(
+        app,
+        ["order", "close", "PO-1"],
+        env={"QDSPACE_API_URL": "http://127.0.0.1:9", "QDSPACE_TOKEN": "t"},
+    )
+    assert result.exit_code == 1, result.output
+    assert result.output.startswith("error: POST /v1/contracts/orders/PO-1/close: ")
+    assert "Traceback" not in result.output
