@@ -50,7 +50,7 @@ from qdspace.connector.transfer import Checkpoint, RowBatch
 from qdspace.node.identity.member import load_member_keys
 from qdspace.node.localnet.network import LocalNetwork, MemberSpec
 from qdspace.node.rpc.contracts_serde import row_batch_from_proto
-from qdspace.node.runtime.peers import PeerDirectory
+from qdspace.node.rpc.peers import PeerDirectory
 from qdspace.protocols.v1 import transfer_pb2, transfer_pb2_grpc
 
 ORDER = "PO-2026-0042"

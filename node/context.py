@@ -20,8 +20,8 @@ from qdspace.node.config import NodeSettings
 from qdspace.node.identity.member import MemberKeys, load_member_keys
 from qdspace.node.identity.revocation import RevocationList
 from qdspace.node.layout import NodeLayout
+from qdspace.node.rpc.peers import PeerDirectory
 from qdspace.node.runtime.contracts import ContractRuntime, build_runtime
-from qdspace.node.runtime.peers import PeerDirectory
 
 if TYPE_CHECKING:
     from qdspace.federation.host import VersionAnchor

@@ -21,7 +21,8 @@ from rich.markup import escape
 from rich.table import Table
 
 from qdspace.node.cli.choices import QdmKind, Role
-from qdspace.node.cli.connect import JsonOpt, print_json
+from qdspace.node.cli.connect import ApiUrlOpt, JsonOpt, TokenOpt, print_json, target
+from qdspace.node.cli.connect import DirOpt as ConnDirOpt
 from qdspace.node.cli.contracts import mount as mount_contracts
 from qdspace.node.cli.errors import clean_errors
 from qdspace.node.cli.federation import fl_app
@@ -308,28 +309,23 @@ def print_template(kind: str) -> None:
 
 @peer_app.command("hello")
 @clean_errors
-def peer_hello(directory: DirOpt, name: Annotated[str, typer.Argument(help="peer name")]) -> None:
-    """Authenticate to a peer over mutual TLS with this node's identity."""
-    import asyncio
-
-    from qdspace.node.config import NodeSettings
-    from qdspace.node.identity.member import load_member_keys
-    from qdspace.node.runtime.peers import PeerDirectory
-
-    settings = NodeSettings.load(directory)
-    peers = PeerDirectory(load_member_keys(settings.directory), settings.peers)
-
-    async def call() -> None:
-        try:
-            r = await peers.hello(name)
-        finally:
-            await peers.close()
-        console.print(
-            f"{r.peer} ({r.peer_role}, {r.peer_member_id}) sees us as {r.seen_as} "
-            f"({r.seen_as_role}); {r.round_trip_ms:.1f} ms"
-        )
-
-    asyncio.run(call())
+def peer_hello(
+    name: Annotated[str, typer.Argument(help="peer name")],
+    directory: ConnDirOpt = None,
+    api_url: ApiUrlOpt = None,
+    token: TokenOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Ask this node to authenticate to a peer over mutual TLS with its identity."""
+    with target(directory, api_url, token).client() as node:
+        r = node.hello(name)
+    if as_json:
+        print_json(r)
+        return
+    console.print(
+        f"{r['peer']} ({r['peer_role']}, {r['peer_member_id']}) sees us as {r['seen_as']} "
+        f"({r['seen_as_role']}); {r['round_trip_ms']:.1f} ms"
+    )
 
 
 # -- demo ----------------------------------------------------------------------------------

@@ -77,8 +77,8 @@ from qdspace.node.rpc.contracts_serde import (
     transfer_ack_from_proto,
     transfer_message_to_proto,
 )
+from qdspace.node.rpc.peers import PeerDirectory
 from qdspace.node.runtime.contracts import ContractRuntime, peer_name
-from qdspace.node.runtime.peers import PeerDirectory
 from qdspace.policies.model import OfferTerms, Policy, make_offer
 from qdspace.protocols.v1 import (
     catalog_pb2,

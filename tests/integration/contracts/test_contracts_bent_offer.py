@@ -38,7 +38,7 @@ from qdspace.node.rpc.contracts_serde import (
     stream_request_to_proto,
     transfer_message_to_proto,
 )
-from qdspace.node.runtime.peers import PeerDirectory
+from qdspace.node.rpc.peers import PeerDirectory
 from qdspace.policies.errors import PolicySyntaxError
 from qdspace.policies.model import ALLOWED_OPERATORS, Constraint, LeftOperand, Operator, Policy
 from qdspace.protocols.v1 import (

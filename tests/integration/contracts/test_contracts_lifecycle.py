@@ -30,7 +30,7 @@ from qdspace.node.rpc.contracts_serde import (
     pull_request_to_proto,
     row_batch_from_proto,
 )
-from qdspace.node.runtime.peers import PeerDirectory
+from qdspace.node.rpc.peers import PeerDirectory
 from qdspace.policies.model import OfferTerms, make_offer
 from qdspace.protocols.v1 import (
     catalog_pb2,

@@ -14,7 +14,7 @@ from qdspace.node.errors import PeerError
 from qdspace.node.identity.authority import Authority
 from qdspace.node.identity.member import create_member_keys, load_member_keys
 from qdspace.node.localnet.network import LocalNetwork
-from qdspace.node.runtime.peers import PeerDirectory
+from qdspace.node.rpc.peers import PeerDirectory
 
 pytestmark = pytest.mark.integration
 
