@@ -27,6 +27,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from nacl.exceptions import BadSignatureError
 from nacl.signing import VerifyKey
 
+from qdspace.node import faults
 from qdspace.node.errors import IdentityError
 from qdspace.node.identity.certs import MemberIdentity, identity_of, verify_issued_by
 from qdspace.node.identity.member import MemberKeys
@@ -158,6 +159,6 @@ def regulator_dependency(
                 creds.credentials, ca_cert=ca_cert, revocations=revocations, audience=audience
             )
         except IdentityError as exc:
-            raise HTTPException(403, str(exc)) from None
+            raise HTTPException(faults.http_status(exc), str(exc)) from None
 
     return require_regulator

@@ -51,15 +51,18 @@ DirOpt = Annotated[Path, typer.Option("--dir", help="node directory")]
 
 
 def clean_errors(fn: F) -> F:
-    """Known errors become one line on stderr and exit code 1, never a traceback."""
+    """Known errors become one line on stderr and the exit code of the node's fault table
+    (`qdspace.node.faults`: 1 for these), never a traceback."""
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return fn(*args, **kwargs)
         except (NodeError, ConnectorError) as exc:
+            from qdspace.node import faults  # only on the error path: `--help` stays quick
+
             err.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
-            raise typer.Exit(1) from None
+            raise typer.Exit(faults.exit_code(exc)) from None
 
     return wrapper  # type: ignore[return-value]
 
