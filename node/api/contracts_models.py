@@ -158,12 +158,11 @@ class TransferPublic(BaseModel):
 
 
 class ReceivedPublic(BaseModel):
-    """Rows received under an agreement (a page of them)."""
+    """The first rows received under an agreement (``limit`` of them; ``total`` counts all)."""
 
     agreement_id: str
     total: int
     rows: list[dict[str, Any]]
-    next_cursor: str | None = None
 
 
 class ChangePublic(BaseModel):

@@ -9,7 +9,7 @@ Paging is by opaque cursor: a list route takes ``limit`` (absent: everything, as
 cursors existed) and ``cursor`` (from a previous page), answers the page, and names the
 cursor of the next page in the ``X-Next-Cursor`` response header (absent on the last
 page). The bodies of list routes stay JSON arrays, so callers that read a whole list
-need no change; routes that already answer an object carry ``next_cursor`` in it too.
+need no change.
 A cursor is base64url JSON that callers must not build or read: the node may change what
 it holds (today the position in the listing) without breaking them.
 """
@@ -122,11 +122,6 @@ class PageRequest:
         if end < len(items):
             response.headers[NEXT_CURSOR_HEADER] = encode_cursor(end)
         return list(items[self.offset : end])
-
-    def next_cursor(self, total: int) -> str | None:
-        """The next page's cursor when ``total`` items exist, None on the last page."""
-        end = total if self.limit is None else self.offset + self.limit
-        return encode_cursor(end) if end < total else None
 
 
 def encode_cursor(offset: int) -> str:
