@@ -52,3 +52,7 @@ class WeightsError(InferenceError, ValueError):
 
 class ServingError(InferenceError, RuntimeError):
     """The Ray Serve tier could not be started, reached or shut down."""
+
+
+class RegistryError(InferenceError, LookupError):
+    """A model version is not registered, or the manifest cannot be read."""

@@ -30,7 +30,8 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from qdspace.inference.errors import InferenceError, ModelLoadError
+from qdspace.inference.errors import ModelLoadError
+from qdspace.inference.errors import RegistryError as RegistryError  # its home was here
 from qdspace.inference.files import write_atomic
 from qdspace.inference.frames import Frame
 from qdspace.inference.gate import (
@@ -49,10 +50,6 @@ MANIFEST_NAME = "manifest.json"
 MANIFEST_FORMAT = "qdspace.models/1"
 AUDIT_NAME = "audit.npz"
 GATE_NAME = "gate.json"
-
-
-class RegistryError(InferenceError, LookupError):
-    """A model version is not registered, or the manifest cannot be read."""
 
 
 @dataclass(frozen=True)

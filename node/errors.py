@@ -1,4 +1,8 @@
-"""Errors of the node (composition root): configuration, identity, ports, peers."""
+"""Errors of the node (composition root): configuration, identity, ports, peers, the wire.
+
+They live here, free of any transport import, so that `qdspace.node.faults` can name
+every one of them in its table without pulling in grpc, protobuf or FastAPI.
+"""
 
 from __future__ import annotations
 
@@ -32,3 +36,22 @@ class UnknownPeerError(PeerError, LookupError):
 
     def __init__(self, message: str) -> None:
         super().__init__(message, "NOT_FOUND")
+
+
+class WireFormatError(NodeError, ValueError):
+    """A message from a peer that does not decode into a valid domain value."""
+
+    grpc_status = "INVALID_ARGUMENT"
+
+
+class LimitExceeded(Exception):
+    """A call over one of the peer server's caps; the message names the cap."""
+
+
+class NumberOutOfRange(ValueError):
+    """A number in a peer's message is NaN, infinite or outside what its field can mean."""
+
+
+class AnchoringBlocked(NodeError):
+    """Anchoring cannot proceed for a reason of the chain or its configuration (e.g. the
+    endpoint serves another chain), not of the request that asked for it."""

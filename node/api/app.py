@@ -6,21 +6,26 @@ Three layers stand between a caller and a route, each for one reason:
   reads the body (a dependency would run only after FastAPI parsed it);
 - `node.api.gate.BodyLimit` caps the body before it is parsed (ingest has its own,
   larger limit, and spools uploads to disk), `JsonDepthLimit` its nesting;
-- `node.api.problems` answers every error as an RFC 9457 problem from one table.
+- `node.api.problems` answers every error as an RFC 9457 problem by the node's fault
+  table (`qdspace.node.faults`).
+
+Routes get the node's parts as typed dependencies (`node.api.deps`: the node context on
+``app.state.node``, the contract runtime, the operator, the page asked for) and answer a
+response model each.
 """
 
 from __future__ import annotations
 
-import hmac
 import tempfile
 from pathlib import Path
 from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, Request
 from fastapi import Path as PathParam
-from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from qdspace.connector.ingest import IngestReport, check_kind, ingest_file
+from qdspace.node.api.contracts import contracts_router
+from qdspace.node.api.deps import require_operator
 from qdspace.node.api.gate import (
     INGEST_BODY_LIMIT,
     INGEST_PREFIX,
@@ -29,8 +34,10 @@ from qdspace.node.api.gate import (
     JsonDepthLimit,
 )
 from qdspace.node.api.inspection import create_inspection_router
+from qdspace.node.api.ledger import mount_ledger_routes
 from qdspace.node.api.models import (
     BatchPublic,
+    DictionaryEntry,
     Health,
     HelloPublic,
     IngestResult,
@@ -41,14 +48,11 @@ from qdspace.node.api.models import (
 )
 from qdspace.node.api.problems import (
     ApiProblem,
-    NotAuthenticated,
     UnsupportedMediaType,
     install_problem_handlers,
 )
 from qdspace.node.api.regulator_auth import check_credential
 from qdspace.node.context import NodeContext
-
-_bearer = HTTPBearer(auto_error=False)
 
 RAW_SUFFIX = {"text/csv": ".csv", "application/x-ndjson": ".jsonl", "application/jsonl": ".jsonl"}
 JSON_MEDIA = "application/json"
@@ -82,16 +86,8 @@ def create_app(ctx: NodeContext) -> FastAPI:
         description="Operator and management API of a qdspace connector node.",
     )
 
-    def operator(
-        creds: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
-    ) -> None:
-        """The gate has checked already; this keeps the check beside the route and in the
-        OpenAPI schema (``bearer`` security), comparing bytes so no token can raise."""
-        given = "" if creds is None else creds.credentials
-        if not hmac.compare_digest(given.encode(), ctx.operator_token.encode()):
-            raise NotAuthenticated("operator token required (Authorization: Bearer ...)")
-
-    Operator = Depends(operator)
+    app.state.node = ctx  # what `node.api.deps` hands to routes
+    Operator = Depends(require_operator)
     install_problem_handlers(app)
     # added innermost first: BearerGate -> BodyLimit -> JsonDepthLimit -> routes
     app.add_middleware(JsonDepthLimit, exempt=(INGEST_PREFIX,))
@@ -140,10 +136,10 @@ def create_app(ctx: NodeContext) -> FastAPI:
         return ctx.store.counts()
 
     @app.get("/v1/qdm/dictionary", dependencies=[Operator], tags=["qdm"])
-    def dictionary() -> Any:
+    def dictionary() -> list[DictionaryEntry]:
         from qdspace.connector.dictionary import default_dictionary
 
-        return default_dictionary().to_json()
+        return [DictionaryEntry.model_validate(e) for e in default_dictionary().to_json()]
 
     @app.post(
         "/v1/ingest/{kind}", response_model=IngestResult, dependencies=[Operator], tags=["qdm"]
@@ -211,12 +207,8 @@ def create_app(ctx: NodeContext) -> FastAPI:
         return UpstreamPublic(batch=pub(reply.batch), parents=[pub(p) for p in reply.parents])
 
     app.include_router(create_inspection_router(ctx.directory, [Operator]))
-    from qdspace.node.runtime.ledger import mount_regulator_routes
-
-    mount_regulator_routes(app, ctx)
-    from qdspace.node.api.contracts import contracts_router
-
-    app.include_router(contracts_router(ctx, Operator))
+    mount_ledger_routes(app, ctx)
+    app.include_router(contracts_router())
     return app
 
 

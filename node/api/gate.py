@@ -28,6 +28,7 @@ from typing import Any
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from qdspace.connector.ingest import MAX_JSON_DEPTH, json_too_deep
+from qdspace.node import faults
 from qdspace.node.api.problems import PROBLEM_MEDIA_TYPE, problem_bytes
 from qdspace.node.errors import IdentityError
 
@@ -105,7 +106,7 @@ class BearerGate:
             await send_problem(send, 401, str(exc), path)
             return
         except IdentityError as exc:
-            await send_problem(send, 403, str(exc), path)
+            await send_problem(send, faults.http_status(exc), str(exc), path)
             return
         except Exception as exc:  # a credential nobody could read: fail closed, say so
             log.warning("api %s: credential check failed: %r", path, exc)

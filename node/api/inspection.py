@@ -3,7 +3,8 @@
 The router reads what the inspection tier writes into the node directory (the model
 registry, ``inspection/drift.json``, ``inspection/explanations/<version>/``); it never
 starts Ray or loads a model, so the API stays light. Heatmap files are served only when
-the explanation index lists them: a path from the URL is never joined blindly.
+the explanation index lists them: a path from the URL is never joined blindly. Lists page
+by cursor (`qdspace.node.api.deps.Paging`); every answer is a model.
 """
 
 from __future__ import annotations
@@ -14,13 +15,15 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from fastapi import APIRouter, HTTPException
+from fastapi import APIRouter, HTTPException, Response
 from fastapi.params import Depends
 from fastapi.responses import FileResponse
-from pydantic import BaseModel
+from pydantic import BaseModel, ConfigDict
 
 from qdspace.inference.explain import read_index
 from qdspace.inference.registry import ModelRegistry, ModelVersion, RegistryError
+from qdspace.node import faults
+from qdspace.node.api.deps import Paging
 from qdspace.node.layout import NodeLayout
 
 _VERSION = re.compile(r"^[0-9a-f]{6,64}$")
@@ -48,6 +51,55 @@ class ExplanationSummary(BaseModel):
     created_at: str
     misjudged: int
     groups: int
+
+
+class DriftPublic(BaseModel):
+    """FPR/FNR drift of the serving model per station (``inspection/drift.json``); keys a
+    newer writer adds pass through."""
+
+    model_config = ConfigDict(extra="allow")
+
+    format: str
+    model_version: str | None
+    updated_at: str
+    thresholds: dict[str, Any]
+    stations: list[dict[str, Any]]
+
+
+class ExamplePublic(BaseModel):
+    """One misjudged frame and its heatmap file (``png``, served below)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    frame_id: str
+    score: float
+    probability: float
+    png: str
+
+
+class MisjudgmentGroupPublic(BaseModel):
+    """Misjudged frames of one kind and cell type, with examples."""
+
+    model_config = ConfigDict(extra="allow")
+
+    group_id: str
+    kind: str
+    cell_type: str
+    probability: float
+    count: int
+    examples: list[ExamplePublic]
+
+
+class ExplanationIndexPublic(BaseModel):
+    """The explanation index of one model version (what ``qdspace inspect explain`` wrote)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    format: str
+    model_version: str
+    created_at: str
+    misjudged: int
+    groups: list[MisjudgmentGroupPublic]
 
 
 def explanations_root(directory: Path) -> Path:
@@ -83,7 +135,7 @@ def create_inspection_router(directory: Path, dependencies: Sequence[Depends]) -
         try:
             return registry.get(version)
         except RegistryError as exc:
-            raise HTTPException(404, str(exc)) from None
+            raise HTTPException(faults.http_status(exc), str(exc)) from None
 
     def index_of(version: str) -> dict[str, Any]:
         entry = entry_of(version)
@@ -93,15 +145,15 @@ def create_inspection_router(directory: Path, dependencies: Sequence[Depends]) -
         return index
 
     @router.get("/models", response_model=list[ModelVersionPublic])
-    def models() -> list[ModelVersionPublic]:
+    def models(page: Paging, response: Response) -> list[ModelVersionPublic]:
         active = registry.active()
-        return [_public(v, active) for v in registry.versions()]
+        return page.take([_public(v, active) for v in registry.versions()], response)
 
     @router.get("/models/{version}", response_model=ModelVersionPublic)
     def model(version: str) -> ModelVersionPublic:
         return _public(entry_of(version), registry.active())
 
-    @router.get("/drift")
+    @router.get("/drift", response_model=DriftPublic)
     def drift() -> dict[str, Any]:
         path = NodeLayout(directory).drift
         if not path.exists():
@@ -110,7 +162,7 @@ def create_inspection_router(directory: Path, dependencies: Sequence[Depends]) -
         return state
 
     @router.get("/explanations", response_model=list[ExplanationSummary])
-    def explanations() -> list[ExplanationSummary]:
+    def explanations(page: Paging, response: Response) -> list[ExplanationSummary]:
         root = explanations_root(directory)
         out = []
         for folder in sorted(root.iterdir()) if root.is_dir() else []:
@@ -124,9 +176,9 @@ def create_inspection_router(directory: Path, dependencies: Sequence[Depends]) -
                         groups=len(index["groups"]),
                     )
                 )
-        return out
+        return page.take(out, response)
 
-    @router.get("/explanations/{version}")
+    @router.get("/explanations/{version}", response_model=ExplanationIndexPublic)
     def explanation(version: str) -> dict[str, Any]:
         return index_of(version)
 

@@ -80,3 +80,14 @@ class BatchPublic(BaseModel):
 class UpstreamPublic(BaseModel):
     batch: BatchPublic
     parents: list[BatchPublic]
+
+
+class DictionaryEntry(BaseModel):
+    """One quality data element of the dictionary; ``domain`` is its value domain (a unit
+    with conversions and grades, or a list of allowed values), tagged by ``type``."""
+
+    id: str
+    name: str
+    definition: str
+    aliases: list[str]
+    domain: dict[str, Any]

@@ -1,10 +1,11 @@
-"""RFC 9457 problem details: the one table that turns an error into an HTTP answer.
+"""RFC 9457 problem details: how an error becomes an HTTP answer.
 
 Routes are thin adapters: they call one handler and let domain errors rise. This module
-decides, in one place, what each error means for the caller: 4xx for anything the
-caller got wrong (an unknown id, a malformed value, a request outside an agreement),
-502/503/504 when a peer or the chain fails, and a bare 500 only for the node's own
-bugs, whose details go to the node's log and never to the caller.
+answers them through the node's one fault table (`qdspace.node.faults`, shared with
+the gRPC services and the CLI), which decides what each error means for the caller:
+4xx for anything the caller got wrong (an unknown id, a malformed value, a request
+outside an agreement), 502/503/504 when a peer or the chain fails, and a bare 500 only
+for the node's own bugs, whose details go to the node's log and never to the caller.
 
 Every answer is ``application/problem+json`` with ``type``, ``title``, ``status``,
 ``detail`` and ``instance`` (the request path); a validation problem adds ``errors``, one
@@ -14,8 +15,7 @@ entry per offending field with its path (``body.purposes.0``, ``query.limit``).
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping, Sequence
-from http import HTTPStatus
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -24,43 +24,20 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field, ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from qdspace.connector.contract_errors import ContractError
-from qdspace.connector.errors import ConnectorError, IngestFileError, StorageError, UnknownKind
-from qdspace.connector.genealogy import NotYourBatch, UnknownBatch
-from qdspace.connector.ingest import UnsupportedCharset
-from qdspace.inference.registry import RegistryError
-from qdspace.ledger.errors import (
-    ChainUnavailable,
-    DocumentFormatError,
-    LedgerError,
-    NotAnchored,
-    UnknownLeaf,
-    WrongChain,
-)
-from qdspace.ledger.leaves import UnknownKind as UnknownLeafKind
-from qdspace.node.errors import ConfigError, IdentityError, NodeError, PeerError, UnknownPeerError
+from qdspace.connector.errors import ConnectorError
+from qdspace.inference.errors import RegistryError
+from qdspace.ledger.errors import LedgerError
+from qdspace.node import faults
+from qdspace.node.errors import NodeError, PeerError
 
 log = logging.getLogger("node.api")
 
 PROBLEM_MEDIA_TYPE = "application/problem+json"
-TYPE_BASE = "https://qdspace.dev/problems/"
+TYPE_BASE = faults.PROBLEM_TYPE_BASE
 INTERNAL_DETAIL = "the node failed to answer this request; its log names the cause"
 
 #: a gRPC status name (a peer's refusal, or a contract error's `grpc_status`) -> HTTP status
-HTTP_OF_GRPC: Mapping[str, int] = {
-    "PERMISSION_DENIED": 403,
-    "UNAUTHENTICATED": 403,
-    "NOT_FOUND": 404,
-    "INVALID_ARGUMENT": 400,
-    "ALREADY_EXISTS": 409,
-    "FAILED_PRECONDITION": 409,
-    "ABORTED": 409,
-    "OUT_OF_RANGE": 400,
-    "RESOURCE_EXHAUSTED": 429,
-    "DEADLINE_EXCEEDED": 504,
-    "UNAVAILABLE": 503,
-    "DATA_LOSS": 502,
-}
+HTTP_OF_GRPC = faults.HTTP_OF_GRPC
 
 
 class FieldProblem(BaseModel):
@@ -116,55 +93,12 @@ class PeerTimeout(ApiProblem):
     status = 504
 
 
-# domain error class -> HTTP status; the most specific class in an error's MRO wins
-STATUS_OF_ERROR: Mapping[type[BaseException], int] = {
-    UnknownPeerError: 404,
-    ConfigError: 400,
-    IdentityError: 403,
-    UnknownKind: 404,
-    UnsupportedCharset: 415,
-    IngestFileError: 400,
-    StorageError: 503,
-    UnknownBatch: 404,
-    NotYourBatch: 403,
-    RegistryError: 404,
-    UnknownLeaf: 404,
-    UnknownLeafKind: 404,
-    NotAnchored: 409,
-    DocumentFormatError: 422,
-    WrongChain: 400,
-    ChainUnavailable: 503,
-    LedgerError: 400,
-}
-
-# a family whose status is named by the error itself (a gRPC status name), else fallback
-_BY_CODE: Sequence[tuple[type[BaseException], Callable[[Any], str | None], int]] = (
-    (ContractError, lambda e: e.grpc_status, 500),
-    (PeerError, lambda e: e.code, 502),
-)
-
-# what any other error says about whose fault it is, by the built-in it also derives from
-BUILTIN_STATUS: Sequence[tuple[type[BaseException], int]] = (
-    (PermissionError, 403),
-    (LookupError, 404),
-    (ValueError, 400),
-)
-
-
 def status_of(exc: BaseException) -> int:
-    """The HTTP status of an error by the tables above; 500 for the node's own bugs."""
+    """The HTTP status of an error by the node's one fault table (`qdspace.node.faults`);
+    an `ApiProblem` knows its own; 500 for the node's own bugs."""
     if isinstance(exc, ApiProblem):
         return exc.status
-    for cls in type(exc).__mro__:
-        if cls in STATUS_OF_ERROR:
-            return STATUS_OF_ERROR[cls]
-    for family, code_of, fallback in _BY_CODE:
-        if isinstance(exc, family):
-            return HTTP_OF_GRPC.get(code_of(exc) or "", fallback)
-    for builtin, status in BUILTIN_STATUS:
-        if isinstance(exc, builtin):
-            return status
-    return 500
+    return faults.http_status(exc)
 
 
 def problem_response(
@@ -177,10 +111,9 @@ def problem_response(
     headers: Mapping[str, str] | None = None,
 ) -> JSONResponse:
     """The ``application/problem+json`` answer for ``status``."""
-    phrase = _phrase(status)
     body = Problem(
-        type=TYPE_BASE + phrase.lower().replace(" ", "-"),
-        title=title or phrase,
+        type=faults.problem_type(status),
+        title=title or faults.problem_title(status),
         status=status,
         detail=detail,
         instance=instance,
@@ -258,7 +191,4 @@ def _safe(exc: BaseException) -> bool:
 
 
 def _phrase(status: int) -> str:
-    try:
-        return HTTPStatus(status).phrase
-    except ValueError:
-        return "Error"
+    return faults.problem_title(status)

@@ -1,7 +1,7 @@
 """Regulator endpoints: read-only proofs, verification and passports from the ledger.
 
 Every route needs only the regulator credential (the dependency passed in) and changes
-nothing. Errors map by the API's one table (`node.api.problems`), each to a 4xx with a
+nothing. Errors map by the node's fault table (`qdspace.node.faults`), each to a 4xx with a
 clear detail (503 when the chain is unreachable), never a 500: unknown ids 404, not yet
 anchored 409, malformed documents 422, documents for another chain 400. A proof is built
 (and an unknown id refused) before the record it covers is loaded: a ``record_batch`` id
@@ -31,9 +31,9 @@ from qdspace.ledger.proofs import (
     verify_proof,
 )
 from qdspace.ledger.queue import LeafQueue
-from qdspace.node.api.problems import status_of
+from qdspace.node import faults
+from qdspace.node.runtime.ledger import RecordLoader, with_record
 
-RecordLoader = Callable[[str, str], bytes | None]
 PassportIssuer = Callable[[int, int | None], Passport]
 
 # Path segment -> leaf kind, for the per-kind routes a regulator reads most.
@@ -96,12 +96,12 @@ def verdict_public(verdict: Verdict) -> VerdictPublic:
 
 
 def raise_http(exc: LedgerError) -> NoReturn:
-    """A ledger error as the HTTP status of the API's one table (`node.api.problems`).
+    """A ledger error as the HTTP status of the node's fault table (`qdspace.node.faults`).
 
     The router raises `HTTPException` rather than the ledger error itself so that it keeps
     its 4xx answers when mounted on an app without the node's problem handlers.
     """
-    status = status_of(exc)
+    status = faults.http_status(exc)
     if isinstance(exc, NotAnchored):
         raise HTTPException(status, f"{exc}; ask again after the next anchoring") from None
     if isinstance(exc, ChainUnavailable):
@@ -202,15 +202,6 @@ def regulator_router(
                 raise_http(exc)
 
     return router
-
-
-def with_record(proof: InclusionProof, record: bytes | None) -> InclusionProof:
-    """The proof carrying the record as the node holds it now.
-
-    A record changed after anchoring is not refused here: it goes into the proof, and the
-    verdict shows the regulator that its hash no longer matches what was anchored.
-    """
-    return proof if record is None else proof.with_record(record)
 
 
 def _kind_route(

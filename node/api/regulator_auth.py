@@ -14,6 +14,7 @@ from cryptography import x509
 from fastapi import Depends, HTTPException
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
+from qdspace.node import faults
 from qdspace.node.errors import IdentityError
 from qdspace.node.identity.credential import (
     CLOCK_SKEW_S,
@@ -59,6 +60,6 @@ def regulator_dependency(
                 creds.credentials, ca_cert=ca_cert, revocations=revocations, audience=audience
             )
         except IdentityError as exc:
-            raise HTTPException(403, str(exc)) from None
+            raise HTTPException(faults.http_status(exc), str(exc)) from None
 
     return require_regulator

@@ -3,7 +3,8 @@
 Every command is wrapped in :func:`clean_errors`. The errors it knows are the
 projects' own (node, connector, inference); a failed call to a node arrives as a
 :class:`~qdspace.node.client.ClientError` (a ``NodeError``) whose message already
-names the route, the status and the problem's detail. Exit code 1 for all of them.
+names the route, the status and the problem's detail. The exit code comes from the
+node's one fault table (:mod:`qdspace.node.faults`).
 """
 
 from __future__ import annotations
@@ -34,7 +35,9 @@ def clean_errors(fn: F) -> F:
         try:
             return fn(*args, **kwargs)
         except KNOWN_ERRORS as exc:
+            from qdspace.node import faults  # only on the error path: `--help` stays quick
+
             err.print(f"[red]error:[/red] {escape(str(exc))}", highlight=False, soft_wrap=True)
-            raise typer.Exit(1) from None
+            raise typer.Exit(faults.exit_code(exc)) from None
 
     return wrapper  # type: ignore[return-value]

@@ -32,10 +32,11 @@ import grpc
 from cryptography import x509
 from google.protobuf.message import Message
 
-from qdspace.node.errors import IdentityError
+from qdspace.node.errors import IdentityError, WireFormatError
 from qdspace.node.identity.certs import MemberIdentity, identity_of
 from qdspace.node.identity.revocation import RevocationList, StaleRevocationList
 from qdspace.node.rpc.acl import allowed_roles
+from qdspace.node.rpc.codes import status_code
 from qdspace.node.rpc.limits import (
     CallCaps,
     CallLimiter,
@@ -98,8 +99,8 @@ class PeerAuthenticator:
         if identity is None:
             try:
                 identity = identity_of(x509.load_pem_x509_certificate(pem))
-            except (ValueError, IdentityError) as exc:
-                raise Refused(grpc.StatusCode.UNAUTHENTICATED, f"bad certificate: {exc}") from None
+            except (ValueError, IdentityError) as exc:  # an unreadable certificate: identity
+                raise Refused(status_code(IdentityError), f"bad certificate: {exc}") from None
             self._cache[pem] = identity
         self.check_standing(identity)
         return Peer(identity, address)
@@ -109,7 +110,7 @@ class PeerAuthenticator:
         try:
             revoked = self._revocations.is_revoked(identity.serial)
         except StaleRevocationList as exc:
-            raise Refused(grpc.StatusCode.UNAVAILABLE, str(exc)) from None
+            raise Refused(status_code(exc), str(exc)) from None
         if revoked:
             raise Refused(
                 grpc.StatusCode.UNAUTHENTICATED,
@@ -206,7 +207,7 @@ class _Call:
             try:
                 release = self._limiter.acquire(peer.member_id, peer.name, stream=stream)
             except LimitExceeded as exc:
-                raise Refused(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc)) from None
+                raise Refused(status_code(exc), str(exc)) from None
         except Refused as refusal:
             await self._refuse(context, refusal)
         _CURRENT_PEER.set(peer)
@@ -251,12 +252,12 @@ class _Call:
             message = self._deserialize(raw)
         except Exception as exc:  # any decoder failure is the caller's bytes
             reason = f"request is not a valid message for {self.method} ({type(exc).__name__})"
-            await self._refuse(context, Refused(grpc.StatusCode.INVALID_ARGUMENT, reason))
+            await self._refuse(context, Refused(status_code(WireFormatError), reason))
         try:
             if isinstance(message, Message):  # (a chunked upload's own decoder gives bytes)
                 check_numbers(message)
         except NumberOutOfRange as exc:
-            await self._refuse(context, Refused(grpc.StatusCode.INVALID_ARGUMENT, str(exc)))
+            await self._refuse(context, Refused(status_code(exc), str(exc)))
         return message
 
     async def _requests(

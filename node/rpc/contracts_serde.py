@@ -54,7 +54,7 @@ from qdspace.connector.transfer import (
     TransferTermination,
 )
 from qdspace.connector.views import AssetKind, CatalogEntry, StreamEvent, StreamRequest
-from qdspace.node.errors import NodeError
+from qdspace.node.errors import WireFormatError as WireFormatError  # its home was here
 from qdspace.policies.codec import parse_policy, policy_to_json
 from qdspace.policies.errors import PolicyError
 from qdspace.policies.model import Policy
@@ -67,12 +67,6 @@ from qdspace.protocols.v1 import (
 )
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-
-
-class WireFormatError(NodeError, ValueError):
-    """A message from a peer that does not decode into a valid domain value."""
-
-    grpc_status = "INVALID_ARGUMENT"
 
 
 # ------------------------------------------------------------------ basics

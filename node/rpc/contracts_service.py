@@ -22,6 +22,7 @@ from qdspace.connector.contract_errors import ContractDenied, ContractError
 from qdspace.connector.views import catalog_entry
 from qdspace.node.identity.certs import MemberIdentity
 from qdspace.node.rpc.auth import current_peer
+from qdspace.node.rpc.codes import status_code
 from qdspace.node.rpc.contracts_serde import (
     WireFormatError,
     catalog_entry_to_proto,
@@ -71,15 +72,15 @@ class _Abort(Exception):
 
 @contextmanager
 def _guard(what: str) -> Iterator[None]:
-    """Turn domain errors into one gRPC status with a safe reason."""
+    """Turn domain errors into one gRPC status (`qdspace.node.faults`) with a safe reason."""
     try:
         yield
     except ContractError as exc:
-        code = getattr(grpc.StatusCode, exc.grpc_status, grpc.StatusCode.FAILED_PRECONDITION)
+        code = status_code(exc, grpc.StatusCode.FAILED_PRECONDITION)
         logger.warning("%s refused: %s: %s", what, code.name, exc)
         raise _Abort(code, str(exc)) from None
     except (WireFormatError, PolicyError) as exc:
-        raise _Abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc)) from None
+        raise _Abort(status_code(exc, grpc.StatusCode.INVALID_ARGUMENT), str(exc)) from None
 
 
 def _settle(future: asyncio.Future[Any]) -> None:

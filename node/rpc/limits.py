@@ -26,6 +26,8 @@ from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import Message
 
 from qdspace.federation.chunks import DEFAULT_CHUNK_BYTES
+from qdspace.node.errors import LimitExceeded as LimitExceeded  # their home was here
+from qdspace.node.errors import NumberOutOfRange as NumberOutOfRange
 
 KIB = 1024
 #: What a unary request may weigh unless its method says otherwise.
@@ -53,10 +55,6 @@ DEFAULT_PER_PEER_STREAMS = 8
 
 def max_request_bytes(method: str) -> int:
     return METHOD_MAX_BYTES.get(method, UNARY_MAX_BYTES)
-
-
-class LimitExceeded(Exception):
-    """A call over one of the caps; the message names the cap."""
 
 
 @dataclass(frozen=True)
@@ -111,10 +109,6 @@ class CallLimiter:
                     del counts[member]
 
         return release
-
-
-class NumberOutOfRange(ValueError):
-    """A number in a peer's message is NaN, infinite or outside what its field can mean."""
 
 
 #: Timestamps on the wire (``*_unix_us``, ``*_unix_ms``) lie between 1970 and 9999.

@@ -2,6 +2,7 @@
 
 A batch that does not exist and a batch sold to somebody else get the same answer
 (status and words): otherwise a member could probe which batch ids a supplier holds.
+Both statuses come from the node's fault table (`qdspace.node.faults`).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from qdspace.connector.genealogy import (
 )
 from qdspace.connector.storage import QualityStore
 from qdspace.node.rpc.auth import current_peer
+from qdspace.node.rpc.codes import status_code
 from qdspace.protocols.v1 import trace_pb2, trace_pb2_grpc
 
 
@@ -45,10 +47,10 @@ class TraceServicer(trace_pb2_grpc.TraceServicer):
         peer = current_peer()
         try:
             batch, parents = upstream(self._store.engine, request.batch_id, customer=peer.name)
-        except (UnknownBatch, NotYourBatch):
-            await context.abort(grpc.StatusCode.PERMISSION_DENIED, not_yours(request, peer.name))
+        except (UnknownBatch, NotYourBatch) as exc:  # one status and one answer for both
+            await context.abort(status_code(exc), not_yours(request, peer.name))
         except GenealogyError as exc:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+            await context.abort(status_code(exc), str(exc))
         return trace_pb2.UpstreamReply(
             batch=batch_to_proto(batch), parents=[batch_to_proto(p) for p in parents]
         )

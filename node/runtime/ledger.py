@@ -1,4 +1,4 @@
-"""The node's ledger: settings, the anchorer in the node process, QDM leaves, regulator routes.
+"""The node's ledger: settings, the anchorer in the node process, QDM leaves.
 
 A node anchors when it has a chain: ``DIR/ledger.json`` (written by the launcher or by hand)
 or ``QDSPACE_LEDGER_*`` environment variables name the JSON-RPC URL and the anchor contract;
@@ -7,13 +7,14 @@ the account key comes from ``DIR/chain.key`` or ``$QDSPACE_CHAIN_KEY`` (never lo
 Other parts of the node hand leaves in through :func:`enqueue_leaf` (agreements, deletion
 receipts, model versions); QDM rows are swept in by :class:`QdmSweeper`: one ``inspection``
 leaf per inspection record (so a regulator can ask for any one by its id) and one
-``record_batch`` leaf per stored chunk of every other QDM table.
+``record_batch`` leaf per stored chunk of every other QDM table. The REST routes over
+it (``/v1/ledger/...`` for the operator, ``/v1/regulator/...``) are in
+`qdspace.node.api.ledger`; this module imports no web framework.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-import hmac
 import json
 import logging
 import threading
@@ -22,11 +23,9 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Any
 
-from fastapi import Depends, FastAPI, HTTPException, Query
-from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import Field, ValidationError
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 from sqlalchemy import BigInteger, Column, Engine, MetaData, String, Table, insert, select, update
 
@@ -36,16 +35,16 @@ from qdspace.ledger.client import ANCHOR_GAS, LedgerClient
 from qdspace.ledger.errors import LedgerError
 from qdspace.ledger.keys import DEFAULT_KEY_ENV, load_signer
 from qdspace.ledger.leaves import KIND_CODES
-from qdspace.ledger.passport import Passport, issue_passport
-from qdspace.ledger.proofs import build_proof, verify_proof
-from qdspace.ledger.queue import ANCHORED, LeafQueue, StoredLeaf, ensure_schema
-from qdspace.node.api.regulator import RecordLoader, regulator_router, with_record
-from qdspace.node.api.regulator_auth import regulator_dependency
+from qdspace.ledger.proofs import InclusionProof, build_proof, verify_proof
+from qdspace.ledger.queue import LeafQueue, StoredLeaf, ensure_schema
 from qdspace.node.context import NodeContext
 from qdspace.node.errors import ConfigError
 from qdspace.node.layout import LEDGER_FILE, NodeLayout
 
 log = logging.getLogger("node.runtime.ledger")
+
+#: the current bytes of an anchored record, by ``(kind, ref_id)``; None when unknown here
+RecordLoader = Callable[[str, str], bytes | None]
 
 SWEEP_CHUNK = 5_000
 INSPECTION_KIND = "inspection"
@@ -353,6 +352,15 @@ def is_anchored(ctx: NodeContext, kind: str, ref_id: str, payload: bytes) -> boo
         return False
 
 
+def with_record(proof: InclusionProof, record: bytes | None) -> InclusionProof:
+    """The proof carrying the record as the node holds it now.
+
+    A record changed after anchoring is not refused here: it goes into the proof, and the
+    verdict shows the regulator that its hash no longer matches what was anchored.
+    """
+    return proof if record is None else proof.with_record(record)
+
+
 def register_record_loader(
     ctx: NodeContext, kind: str, loader: Callable[[str, str], bytes | None]
 ) -> None:
@@ -362,74 +370,6 @@ def register_record_loader(
     ledger = node_ledger(ctx)
     if ledger is not None:
         ledger.loaders[kind] = loader
-
-
-def mount_regulator_routes(app: FastAPI, ctx: NodeContext) -> None:
-    """``/v1/regulator/...`` on the node's API: regulator credential, read-only."""
-    ledger = node_ledger(ctx)
-    require = regulator_dependency(ctx.keys.ca_cert, ctx.revocations, ctx.keys.identity.member_id)
-    if ledger is None:
-
-        @app.api_route(
-            "/v1/regulator/{rest:path}",
-            methods=["GET", "POST"],
-            dependencies=[Depends(require)],
-            tags=["regulator"],
-        )
-        def no_ledger(rest: str) -> None:
-            raise HTTPException(503, "this node anchors to no chain (no ledger.json)")
-
-        return
-    mount_operator_routes(app, ctx, ledger)
-    member_id = ctx.keys.identity.member_id
-
-    def issue(from_block: int, to_block: int | None) -> Passport:
-        return issue_passport(
-            ledger.queue,
-            ledger.client,
-            ctx.keys.signing_key,
-            member_id,
-            ledger.anchorer.signer.address,
-            from_block,
-            to_block,
-        )
-
-    app.include_router(
-        regulator_router(
-            queue=ledger.queue,
-            client=ledger.client,
-            require_regulator=require,
-            record_loader=ledger.load_record,
-            passport_issuer=issue,
-        )
-    )
-
-
-#: how long ``/v1/ledger/status`` waits for the chain before it calls it unreachable
-PROBE_TIMEOUT_S = 2.0
-
-
-class LedgerStatusPublic(BaseModel):
-    """For the operator: what waits, what is anchored, whether the chain answers.
-
-    ``chain_reachable`` is the answer of a live probe made for this request (with a
-    ``PROBE_TIMEOUT_S`` timeout) unless the caller asked for ``probe=false``; then it
-    is what the last anchoring attempt saw, which can be minutes old (issue 21: a
-    stopped chain was reported reachable until the next anchoring failed).
-    ``chain_checked`` says which of the two it is.
-    """
-
-    address: str
-    rpc_url: str
-    contract: str
-    pending: dict[str, int]
-    batches: dict[str, int]
-    chain_reachable: bool
-    chain_checked: str  # "now" (live probe) or "last anchoring attempt"
-    latest_block: int | None = None
-    probe_ms: float | None = None
-    probe_error: str | None = None
-    last_error: str | None
 
 
 @dataclass(frozen=True)
@@ -450,94 +390,3 @@ def probe_chain(client: LedgerClient) -> ChainProbe:
     except LedgerError as exc:
         return ChainProbe(False, None, (time.perf_counter() - started) * 1000, str(exc))
     return ChainProbe(True, block, (time.perf_counter() - started) * 1000, None)
-
-
-class LeafPublic(BaseModel):
-    """One queued leaf."""
-
-    kind: str
-    ref_id: str
-    seq: int
-    leaf_hash: str
-    anchored: bool
-
-
-class FlushPublic(BaseModel):
-    """Outcome of an operator's flush."""
-
-    swept_rows: int
-    flushed: bool
-    status: LedgerStatusPublic
-
-
-_bearer = HTTPBearer(auto_error=False)
-
-
-def mount_operator_routes(app: FastAPI, ctx: NodeContext, ledger: NodeLedger) -> None:
-    """``/v1/ledger/status`` and ``/v1/ledger/flush`` for the node's operator."""
-
-    def operator(
-        creds: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
-    ) -> None:
-        if creds is None or not hmac.compare_digest(creds.credentials, ctx.operator_token):
-            raise HTTPException(401, "operator token required (Authorization: Bearer ...)")
-
-    # its own client: a short timeout, and no cached state shared with the anchorer
-    prober = LedgerClient(ledger.settings.rpc_url, ledger.client.address, timeout_s=PROBE_TIMEOUT_S)
-
-    def status(probe: bool = True) -> LedgerStatusPublic:
-        st = ledger.anchorer.status()
-        seen = probe_chain(prober) if probe else None
-        return LedgerStatusPublic(
-            address=st.address,
-            rpc_url=ledger.settings.rpc_url,
-            contract=ledger.client.address,
-            pending=st.pending,
-            batches=st.batches,
-            chain_reachable=st.chain_reachable if seen is None else seen.reachable,
-            chain_checked="last anchoring attempt" if seen is None else "now",
-            latest_block=None if seen is None else seen.latest_block,
-            probe_ms=None if seen is None else round(seen.ms, 1),
-            probe_error=None if seen is None else seen.error,
-            last_error=st.last_error,
-        )
-
-    @app.get("/v1/ledger/status", dependencies=[Depends(operator)], tags=["ledger"])
-    def ledger_status(probe: bool = True) -> LedgerStatusPublic:
-        """Queue and chain health of this node's anchoring.
-
-        The chain is asked now (at most ``PROBE_TIMEOUT_S``); ``probe=false`` returns
-        what the last anchoring attempt saw instead, without touching the chain.
-        """
-        return status(probe)
-
-    @app.get("/v1/ledger/leaves/{kind}", dependencies=[Depends(operator)], tags=["ledger"])
-    def ledger_leaves(
-        kind: str, limit: Annotated[int, Query(ge=1, le=10_000)] = 100
-    ) -> list[LeafPublic]:
-        """The latest leaves of ``kind`` this node queued, newest first."""
-        if kind not in KIND_CODES:
-            raise HTTPException(404, f"unknown kind {kind!r}; one of: {', '.join(KIND_CODES)}")
-        spans = [(b.seq_from, b.seq_to) for b in ledger.queue.batches(ANCHORED) if b.kind == kind]
-        return [
-            LeafPublic(
-                kind=leaf.kind,
-                ref_id=leaf.ref_id,
-                seq=leaf.seq,
-                leaf_hash="0x" + leaf.leaf_hash.hex(),
-                anchored=any(lo <= leaf.seq <= hi for lo, hi in spans),
-            )
-            for leaf in ledger.queue.recent(kind, limit)
-        ]
-
-    @app.post("/v1/ledger/flush", dependencies=[Depends(operator)], tags=["ledger"])
-    def ledger_flush(
-        timeout_s: Annotated[float, Query(gt=0, le=300)] = 60.0,
-    ) -> FlushPublic:
-        """Sweep new QDM rows and anchor everything queued now (waits up to ``timeout_s``)."""
-        swept = ledger.sweeper.sweep()
-        try:
-            flushed = ledger.anchorer.flush(timeout_s)
-        except LedgerError as exc:  # e.g. WrongChain: the configuration, not the request
-            raise HTTPException(409, f"anchoring cannot proceed: {exc}") from None
-        return FlushPublic(swept_rows=swept, flushed=flushed, status=status())

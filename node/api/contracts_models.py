@@ -1,0 +1,406 @@
+"""Request bodies and response models of the contract routes, and the domain -> API mapping.
+
+Kept apart from the routes (`qdspace.node.api.contracts`) so that each route file reads as
+what it serves. Every response is a model: the OpenAPI schema names every field a caller
+gets, and nothing from the storage rows leaks out by accident. An ODRL policy is carried
+as its JSON-LD document (``dict``): its shape is the ODRL standard's, not this API's.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any
+
+from pydantic import AwareDatetime, BaseModel, Field
+
+from qdspace.connector.agreement import SignedReceipt
+from qdspace.connector.contract_store import ReceivedChange, StoredAgreement
+from qdspace.connector.negotiation import Negotiation
+from qdspace.connector.spc import QualityAlert
+from qdspace.connector.transfer import TransferProcess
+from qdspace.connector.views import CatalogEntry
+from qdspace.node.api.models import Id, Text
+from qdspace.node.rpc.contracts_client import Subscription
+from qdspace.policies.canonical import format_datetime
+from qdspace.policies.codec import policy_to_dict
+
+#: bounds of what a caller may ask for (a century of retention or clock offset at most)
+MAX_DAYS = 36_500
+MAX_LIST = 1000
+MAX_BATCH_ROWS = 100_000
+MAX_BASELINE = 10_000
+Finite = Annotated[float, Field(allow_inf_nan=False)]
+#: an ODRL policy as its JSON-LD document
+PolicyDoc = dict[str, Any]
+
+
+# -- request bodies ----------------------------------------------------------------------
+
+
+class NegotiateBody(BaseModel):
+    peer: Id
+    asset_id: Id
+    purposes: list[Id] = Field(min_length=1, max_length=MAX_LIST)
+    orders: list[Id] | None = Field(default=None, max_length=MAX_LIST)
+    fields: list[Id] | None = Field(default=None, max_length=MAX_LIST)
+    retention_days: int | None = Field(default=None, ge=0, le=MAX_DAYS)
+    valid_until: AwareDatetime | None = None
+    #: ask for exactly the offer of the provider's catalog (a federated job's terms)
+    as_offered: bool = False
+
+
+class TransferBody(BaseModel):
+    agreement_id: Id
+    purpose: Id
+    order_id: Id | None = None
+    fields: list[Id] | None = Field(default=None, max_length=MAX_LIST)
+    wait: bool = True
+    batch_rows: int = Field(default=0, ge=0, le=MAX_BATCH_ROWS)
+    #: only the changes since the last completed pull of the same scope (incremental)
+    since_last: bool = False
+
+
+class WithdrawBody(BaseModel):
+    """Withdraw one of our QDM records: consumers holding a copy get a tombstone."""
+
+    kind: Id
+    key: dict[Id, Text] = Field(min_length=1, max_length=MAX_LIST)
+
+
+class SubscribeBody(BaseModel):
+    agreement_id: Id
+    purpose: Id = "spc-monitoring"
+    characteristic: Id = "score"
+    usl: Finite | None = 0.5
+    lsl: Finite | None = None
+    baseline_size: int = Field(default=20, ge=2, le=MAX_BASELINE)
+
+
+class TerminateBody(BaseModel):
+    reason: Text = "terminated by the operator"
+
+
+class ClockBody(BaseModel):
+    offset_days: Finite = Field(ge=-MAX_DAYS, le=MAX_DAYS)
+
+
+# -- responses ---------------------------------------------------------------------------
+
+
+class CatalogEntryPublic(BaseModel):
+    """An asset a provider offers, with its offer."""
+
+    provider_id: str
+    asset_id: str
+    title: str
+    kind: str
+    fields: list[str]
+    pseudonymized: list[str]
+    offer: PolicyDoc
+
+
+class NegotiationPublic(BaseModel):
+    negotiation_id: str
+    role: str
+    state: str
+    provider_id: str
+    consumer_id: str
+    asset_id: str
+    reason: str | None
+    agreement_id: str | None
+    provider_signed: bool
+    consumer_signed: bool
+    offer: PolicyDoc
+    messages: int
+
+
+class NegotiationResult(NegotiationPublic):
+    """A negotiation just run, and how long it took in this node."""
+
+    elapsed_ms: float
+
+
+class AgreementPublic(BaseModel):
+    agreement_id: str
+    role: str
+    provider_id: str
+    consumer_id: str
+    asset_id: str
+    agreed_at: str | None
+    digest: str
+    active: bool
+    terminated_at: str | None
+    termination_reason: str | None
+    provider_signature: str
+    consumer_signature: str | None
+
+
+class AgreementFull(AgreementPublic):
+    """An agreement with its canonical bytes and policy."""
+
+    canonical: str
+    policy: PolicyDoc
+
+
+class TransferPublic(BaseModel):
+    transfer_id: str
+    agreement_id: str
+    role: str
+    state: str
+    offset: int
+    digest: str
+    order_id: str | None
+    purpose: str | None
+    since: str
+    position: str
+    reason: str | None
+    error: str
+
+
+class ReceivedPublic(BaseModel):
+    """The first rows received under an agreement (``limit`` of them; ``total`` counts all)."""
+
+    agreement_id: str
+    total: int
+    rows: list[dict[str, Any]]
+
+
+class ChangePublic(BaseModel):
+    agreement_id: str
+    record_key: str
+    version: int
+    order_id: str
+    withdrawn: bool
+    content_sha256: str
+    source_id: str
+    received_at: str | None
+
+
+class WithdrawalPublic(BaseModel):
+    kind: str
+    key: dict[str, Any]
+    version: int
+    withdrawn_at: str | None
+
+
+class AlertPublic(BaseModel):
+    alert_id: str
+    rule: str
+    description: str
+    agreement_id: str
+    order_id: str
+    station: str
+    characteristic: str
+    points: list[float]
+    at: str | None
+
+
+class SubscriptionPublic(BaseModel):
+    subscription_id: str
+    provider: str
+    agreement_id: str
+    running: bool
+    received: int
+    position: str
+    error: str
+    latency_ms_p50: float | None
+    latency_ms_max: float | None
+    alerts: list[AlertPublic]
+
+
+class AlertsPublic(BaseModel):
+    raised: list[AlertPublic]
+    received: list[AlertPublic]
+
+
+class OrderClosedPublic(BaseModel):
+    order_id: str
+    closed_at: str | None
+    agreements: list[str]
+
+
+class ClosurePublic(BaseModel):
+    agreement_id: str
+    order_id: str
+    closed_at: str | None
+    deadline: str | None
+
+
+class ReceiptPublic(BaseModel):
+    receipt_id: str
+    agreement_id: str
+    order_id: str
+    consumer_id: str
+    row_count: int
+    content_sha256: str
+    deleted_at: str | None
+    signature: str
+
+
+class SweepFailurePublic(BaseModel):
+    agreement_id: str
+    order_id: str
+    error: str
+
+
+class SweepPublic(BaseModel):
+    rows_deleted: int
+    receipts: list[ReceiptPublic]
+    failures: list[SweepFailurePublic]
+
+
+class DutyPublic(BaseModel):
+    agreement_id: str
+    consumer_id: str
+    order_id: str
+    retention_days: int
+    deadline: str | None
+    status: str
+    receipt_id: str | None
+
+
+class ClockPublic(BaseModel):
+    now: str | None
+    offset_days: float
+    control: bool
+
+
+# -- domain -> API -----------------------------------------------------------------------
+
+
+def _time(value: datetime | None) -> str | None:
+    return None if value is None else format_datetime(value)
+
+
+def negotiation_public(n: Negotiation) -> NegotiationPublic:
+    signed = n.agreement
+    return NegotiationPublic(
+        negotiation_id=n.negotiation_id,
+        role=n.role.value,
+        state=n.state.value,
+        provider_id=n.provider_id,
+        consumer_id=n.consumer_id,
+        asset_id=n.asset_id,
+        reason=n.reason,
+        agreement_id=None if signed is None else signed.agreement.agreement_id,
+        provider_signed=signed is not None,
+        consumer_signed=signed is not None and signed.consumer_signature is not None,
+        offer=policy_to_dict(n.offer),
+        messages=len(n.seen),
+    )
+
+
+def agreement_public(stored: StoredAgreement) -> AgreementPublic:
+    signed = stored.signed
+    terms = signed.agreement
+    return AgreementPublic(
+        agreement_id=terms.agreement_id,
+        role=stored.role.value,
+        provider_id=terms.provider_id,
+        consumer_id=terms.consumer_id,
+        asset_id=terms.asset_id,
+        agreed_at=_time(terms.agreed_at),
+        digest=terms.digest().hex(),
+        active=stored.active,
+        terminated_at=_time(stored.terminated_at),
+        termination_reason=stored.termination_reason,
+        provider_signature=signed.provider_signature.hex(),
+        consumer_signature=None
+        if signed.consumer_signature is None
+        else signed.consumer_signature.hex(),
+    )
+
+
+def agreement_full(stored: StoredAgreement) -> AgreementFull:
+    signed = stored.signed
+    return AgreementFull(
+        **agreement_public(stored).model_dump(),
+        canonical=signed.canonical_bytes.decode(),
+        policy=policy_to_dict(signed.agreement.policy),
+    )
+
+
+def transfer_public(p: TransferProcess, error: str = "") -> TransferPublic:
+    return TransferPublic(
+        transfer_id=p.transfer_id,
+        agreement_id=p.agreement_id,
+        role=p.role.value,
+        state=p.state.value,
+        offset=p.offset,
+        digest=p.checkpoint.digest.hex(),
+        order_id=p.order_id,
+        purpose=p.purpose,
+        since=p.since,
+        position=p.checkpoint.position,
+        reason=p.reason,
+        error=error,
+    )
+
+
+def change_public(c: ReceivedChange) -> ChangePublic:
+    return ChangePublic(
+        agreement_id=c.agreement_id,
+        record_key=c.record_key,
+        version=c.version,
+        order_id=c.order_id,
+        withdrawn=c.withdrawn,
+        content_sha256=c.content_sha256,
+        source_id=c.source_id,
+        received_at=_time(c.received_at),
+    )
+
+
+def alert_public(a: QualityAlert) -> AlertPublic:
+    return AlertPublic(
+        alert_id=a.alert_id,
+        rule=a.alert.rule,
+        description=a.alert.description,
+        agreement_id=a.agreement_id,
+        order_id=a.order_id,
+        station=a.station,
+        characteristic=a.characteristic,
+        points=[p.value for p in a.alert.points],
+        at=_time(a.alert.at),
+    )
+
+
+def subscription_public(s: Subscription) -> SubscriptionPublic:
+    lat = sorted(s.latencies_ms)
+    return SubscriptionPublic(
+        subscription_id=s.subscription_id,
+        provider=s.provider,
+        agreement_id=s.agreement_id,
+        running=s.running,
+        received=s.received,
+        position=s.position,
+        error=s.error,
+        latency_ms_p50=lat[len(lat) // 2] if lat else None,
+        latency_ms_max=lat[-1] if lat else None,
+        alerts=[alert_public(a) for a in s.alerts],
+    )
+
+
+def receipt_public(s: SignedReceipt) -> ReceiptPublic:
+    r = s.receipt
+    return ReceiptPublic(
+        receipt_id=r.receipt_id,
+        agreement_id=r.agreement_id,
+        order_id=r.order_id,
+        consumer_id=r.consumer_id,
+        row_count=r.row_count,
+        content_sha256=r.content_sha256,
+        deleted_at=_time(r.deleted_at),
+        signature=s.signature.hex(),
+    )
+
+
+def entry_public(e: CatalogEntry) -> CatalogEntryPublic:
+    return CatalogEntryPublic(
+        provider_id=e.provider_id,
+        asset_id=e.asset_id,
+        title=e.title,
+        kind=e.kind.value,
+        fields=sorted(e.fields),
+        pseudonymized=sorted(e.pseudonymized),
+        offer=policy_to_dict(e.offer),
+    )

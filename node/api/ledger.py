@@ -1,0 +1,200 @@
+"""REST routes over the node's ledger: the operator's ``/v1/ledger/...`` and the
+regulator's ``/v1/regulator/...``.
+
+The ledger itself (settings, anchorer, QDM sweep) is `qdspace.node.runtime.ledger`, which
+imports no web framework; this module only adapts it. A node without a chain mounts no
+operator ledger routes (404) and answers every regulator route 503, after the regulator
+credential is checked: a caller without one learns nothing about the node's anchoring.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import Depends, FastAPI, HTTPException, Query, Response
+from pydantic import BaseModel
+
+from qdspace.ledger.client import LedgerClient
+from qdspace.ledger.errors import LedgerError
+from qdspace.ledger.leaves import KIND_CODES
+from qdspace.ledger.passport import Passport, issue_passport
+from qdspace.ledger.queue import ANCHORED
+from qdspace.node.api.deps import PageRequest, decode_cursor, require_operator
+from qdspace.node.api.problems import Problem
+from qdspace.node.api.regulator import regulator_router
+from qdspace.node.api.regulator_auth import regulator_dependency
+from qdspace.node.context import NodeContext
+from qdspace.node.errors import AnchoringBlocked
+from qdspace.node.runtime.ledger import NodeLedger, node_ledger, probe_chain
+
+#: how long ``/v1/ledger/status`` waits for the chain before it calls it unreachable
+PROBE_TIMEOUT_S = 2.0
+
+
+class LedgerStatusPublic(BaseModel):
+    """For the operator: what waits, what is anchored, whether the chain answers.
+
+    ``chain_reachable`` is the answer of a live probe made for this request (with a
+    ``PROBE_TIMEOUT_S`` timeout) unless the caller asked for ``probe=false``; then it
+    is what the last anchoring attempt saw, which can be minutes old (issue 21: a
+    stopped chain was reported reachable until the next anchoring failed).
+    ``chain_checked`` says which of the two it is.
+    """
+
+    address: str
+    rpc_url: str
+    contract: str
+    pending: dict[str, int]
+    batches: dict[str, int]
+    chain_reachable: bool
+    chain_checked: str  # "now" (live probe) or "last anchoring attempt"
+    latest_block: int | None = None
+    probe_ms: float | None = None
+    probe_error: str | None = None
+    last_error: str | None
+
+
+class LeafPublic(BaseModel):
+    """One queued leaf."""
+
+    kind: str
+    ref_id: str
+    seq: int
+    leaf_hash: str
+    anchored: bool
+
+
+class FlushPublic(BaseModel):
+    """Outcome of an operator's flush."""
+
+    swept_rows: int
+    flushed: bool
+    status: LedgerStatusPublic
+
+
+def mount_ledger_routes(app: FastAPI, ctx: NodeContext) -> None:
+    """``/v1/regulator/...`` (regulator credential, read-only) and, on a node that
+    anchors, the operator's ``/v1/ledger/...``."""
+    ledger = node_ledger(ctx)
+    require = regulator_dependency(ctx.keys.ca_cert, ctx.revocations, ctx.keys.identity.member_id)
+    if ledger is None:
+
+        @app.api_route(
+            "/v1/regulator/{rest:path}",
+            methods=["GET", "POST"],
+            dependencies=[Depends(require)],
+            tags=["regulator"],
+            response_model=Problem,
+            status_code=503,
+        )
+        def no_ledger(rest: str) -> Problem:
+            raise HTTPException(503, "this node anchors to no chain (no ledger.json)")
+
+        return
+    mount_operator_routes(app, ledger)
+    member_id = ctx.keys.identity.member_id
+
+    def issue(from_block: int, to_block: int | None) -> Passport:
+        return issue_passport(
+            ledger.queue,
+            ledger.client,
+            ctx.keys.signing_key,
+            member_id,
+            ledger.anchorer.signer.address,
+            from_block,
+            to_block,
+        )
+
+    app.include_router(
+        regulator_router(
+            queue=ledger.queue,
+            client=ledger.client,
+            require_regulator=require,
+            record_loader=ledger.load_record,
+            passport_issuer=issue,
+        )
+    )
+
+
+def mount_operator_routes(app: FastAPI, ledger: NodeLedger) -> None:
+    """``/v1/ledger/status``, ``/v1/ledger/leaves/{kind}`` and ``/v1/ledger/flush``."""
+    # its own client: a short timeout, and no cached state shared with the anchorer
+    prober = LedgerClient(ledger.settings.rpc_url, ledger.client.address, timeout_s=PROBE_TIMEOUT_S)
+    operator = [Depends(require_operator)]
+
+    def status(probe: bool = True) -> LedgerStatusPublic:
+        st = ledger.anchorer.status()
+        seen = probe_chain(prober) if probe else None
+        return LedgerStatusPublic(
+            address=st.address,
+            rpc_url=ledger.settings.rpc_url,
+            contract=ledger.client.address,
+            pending=st.pending,
+            batches=st.batches,
+            chain_reachable=st.chain_reachable if seen is None else seen.reachable,
+            chain_checked="last anchoring attempt" if seen is None else "now",
+            latest_block=None if seen is None else seen.latest_block,
+            probe_ms=None if seen is None else round(seen.ms, 1),
+            probe_error=None if seen is None else seen.error,
+            last_error=st.last_error,
+        )
+
+    @app.get(
+        "/v1/ledger/status",
+        response_model=LedgerStatusPublic,
+        dependencies=operator,
+        tags=["ledger"],
+    )
+    def ledger_status(probe: bool = True) -> LedgerStatusPublic:
+        """Queue and chain health of this node's anchoring.
+
+        The chain is asked now (at most ``PROBE_TIMEOUT_S``); ``probe=false`` returns
+        what the last anchoring attempt saw instead, without touching the chain.
+        """
+        return status(probe)
+
+    @app.get(
+        "/v1/ledger/leaves/{kind}",
+        response_model=list[LeafPublic],
+        dependencies=operator,
+        tags=["ledger"],
+    )
+    def ledger_leaves(
+        kind: str,
+        response: Response,
+        limit: Annotated[int, Query(ge=1, le=10_000)] = 100,
+        cursor: Annotated[str | None, Query(max_length=200)] = None,
+    ) -> list[LeafPublic]:
+        """The latest ``limit`` leaves of ``kind`` this node queued, newest first (pages
+        of ``limit`` by ``cursor``)."""
+        if kind not in KIND_CODES:
+            raise HTTPException(404, f"unknown kind {kind!r}; one of: {', '.join(KIND_CODES)}")
+        page = PageRequest(limit, 0 if cursor is None else decode_cursor(cursor))
+        spans = [(b.seq_from, b.seq_to) for b in ledger.queue.batches(ANCHORED) if b.kind == kind]
+        # the queue answers the newest n: ask for one page beyond this one to know if more wait
+        recent = ledger.queue.recent(kind, page.offset + limit + 1)
+        leaves = [
+            LeafPublic(
+                kind=leaf.kind,
+                ref_id=leaf.ref_id,
+                seq=leaf.seq,
+                leaf_hash="0x" + leaf.leaf_hash.hex(),
+                anchored=any(lo <= leaf.seq <= hi for lo, hi in spans),
+            )
+            for leaf in recent
+        ]
+        return page.take(leaves, response)
+
+    @app.post(
+        "/v1/ledger/flush", response_model=FlushPublic, dependencies=operator, tags=["ledger"]
+    )
+    def ledger_flush(
+        timeout_s: Annotated[float, Query(gt=0, le=300)] = 60.0,
+    ) -> FlushPublic:
+        """Sweep new QDM rows and anchor everything queued now (waits up to ``timeout_s``)."""
+        swept = ledger.sweeper.sweep()
+        try:
+            flushed = ledger.anchorer.flush(timeout_s)
+        except LedgerError as exc:  # e.g. WrongChain: the configuration, not the request
+            raise AnchoringBlocked(f"anchoring cannot proceed: {exc}") from None
+        return FlushPublic(swept_rows=swept, flushed=flushed, status=status())
