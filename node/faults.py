@@ -26,6 +26,12 @@ operator but PERMISSION_DENIED to a peer (a peer must not learn which batch ids 
 HTTP credential (the HTTP gate treats every identity failure alike); ``PolicyError`` is
 INVALID_ARGUMENT on the contract service even for ``PolicyDenied``, which HTTP answers 403.
 
+The table names each class by its dotted path (``module.QualName``) instead of
+importing it, and the lookup compares the paths along the error's MRO. So the module
+imports nothing of the project: the CLI consults it on every error without loading the
+stores, the chain client or the crypto stack, and a test resolves every path to a real
+exception class (a renamed or moved class fails there, not silently here).
+
 This module is pure: it imports no grpc, FastAPI or Typer. gRPC codes are held as
 ``grpc.StatusCode`` *names* (``"NOT_FOUND"``); `qdspace.node.rpc` turns them into codes.
 
@@ -44,73 +50,12 @@ code  meaning
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from http import HTTPStatus
 
-from qdspace.connector.contract_errors import (
-    AgreementError,
-    AgreementSignatureError,
-    ContractDenied,
-    ContractError,
-    ContractStoreError,
-    ForeignRecordError,
-    IllegalTransitionError,
-    KeyShreddedError,
-    MessageReplayError,
-    NotificationQuotaError,
-    OfferMismatchError,
-    PseudonymError,
-    ReceiptSignatureError,
-    RecordEnvelopeError,
-    SignatureError,
-    SpcError,
-    TransferCursorError,
-    TransferIntegrityError,
-    UnauthorizedSenderError,
-    UnknownContractError,
-    UnknownProcessError,
-    ViewError,
-)
-from qdspace.connector.contract_store import ConcurrentUpdateError
-from qdspace.connector.errors import (
-    ConnectorError,
-    IngestFileError,
-    StorageError,
-    UnknownKind,
-)
-from qdspace.connector.genealogy import GenealogyError, NotYourBatch, UnknownBatch
-from qdspace.connector.ingest import UnsupportedCharset
-from qdspace.federation.errors import (
-    FederationError,
-    RefusalReason,
-    RosterRefused,
-    SecAggAbort,
-    UpdateRefused,
-)
-from qdspace.inference.errors import InferenceError, RegistryError
-from qdspace.ledger.errors import (
-    ChainUnavailable,
-    DocumentFormatError,
-    LedgerError,
-    NotAnchored,
-    UnknownLeaf,
-    WrongChain,
-)
-from qdspace.ledger.leaves import UnknownKind as UnknownLeafKind
-from qdspace.node.errors import (
-    AnchoringBlocked,
-    ConfigError,
-    IdentityError,
-    LimitExceeded,
-    NodeError,
-    NumberOutOfRange,
-    PeerError,
-    UnknownPeerError,
-    WireFormatError,
-)
-from qdspace.node.identity.revocation import StaleRevocationList
-from qdspace.policies.errors import PolicyError
+#: the federation error whose gRPC status depends on its ``reason`` (`REFUSAL_GRPC`)
+UPDATE_REFUSED = "qdspace.federation.errors.UpdateRefused"
 
 #: the base of every problem ``type`` URI (RFC 9457); the slug names the HTTP status
 PROBLEM_TYPE_BASE = "https://qdspace.dev/problems/"
@@ -135,86 +80,96 @@ def F(grpc: str | None, http: int | None, exit: int | None = None) -> Fault:
 
 
 #: the one table: domain error class -> (gRPC status name, HTTP status, CLI exit code)
-FAULTS: Mapping[type[BaseException], Fault] = {
+FAULTS: Mapping[str, Fault] = {
     # -- node (composition root) ------------------------------------------- grpc, http, exit
-    NodeError: F(None, None, 1),
-    ConfigError: F(None, 400, 1),
-    AnchoringBlocked: F("FAILED_PRECONDITION", 409, 1),  # an operator's flush
-    IdentityError: F("UNAUTHENTICATED", 403, 1),  # gRPC: a bad certificate
-    StaleRevocationList: F("UNAVAILABLE", 403, 1),  # gRPC: retry when the CRL is renewed
-    PeerError: Fault(None, 502, 1, relay=True),  # the peer's own status, relayed
-    UnknownPeerError: F("NOT_FOUND", 404, 1),
-    WireFormatError: F("INVALID_ARGUMENT", 400, 1),
-    LimitExceeded: F("RESOURCE_EXHAUSTED", None),
-    NumberOutOfRange: F("INVALID_ARGUMENT", 400),
+    "qdspace.node.errors.NodeError": F(None, None, 1),
+    "qdspace.node.errors.ConfigError": F(None, 400, 1),
+    "qdspace.node.errors.AnchoringBlocked": F("FAILED_PRECONDITION", 409, 1),  # an operator's flush
+    "qdspace.node.errors.IdentityError": F("UNAUTHENTICATED", 403, 1),  # gRPC: a bad certificate
+    "qdspace.node.identity.revocation.StaleRevocationList": F(
+        "UNAVAILABLE", 403, 1
+    ),  # gRPC: retry when the CRL is renewed
+    "qdspace.node.errors.PeerError": Fault(
+        None, 502, 1, relay=True
+    ),  # the peer's own status, relayed
+    "qdspace.node.errors.UnknownPeerError": F("NOT_FOUND", 404, 1),
+    "qdspace.node.errors.WireFormatError": F("INVALID_ARGUMENT", 400, 1),
+    "qdspace.node.errors.LimitExceeded": F("RESOURCE_EXHAUSTED", None),
+    "qdspace.node.errors.NumberOutOfRange": F("INVALID_ARGUMENT", 400),
     # -- connector: records, ingest, genealogy -----------------------------
-    ConnectorError: F(None, None, 1),
-    UnknownKind: F(None, 404, 1),
-    IngestFileError: F(None, 400, 1),
-    UnsupportedCharset: F(None, 415, 1),
-    StorageError: F(None, 503, 1),
-    GenealogyError: F("INVALID_ARGUMENT", None, 1),
-    UnknownBatch: F("PERMISSION_DENIED", 404, 1),  # a peer may not probe which ids exist
-    NotYourBatch: F("PERMISSION_DENIED", 403, 1),
+    "qdspace.connector.errors.ConnectorError": F(None, None, 1),
+    "qdspace.connector.errors.UnknownKind": F(None, 404, 1),
+    "qdspace.connector.errors.IngestFileError": F(None, 400, 1),
+    "qdspace.connector.ingest.UnsupportedCharset": F(None, 415, 1),
+    "qdspace.connector.errors.StorageError": F(None, 503, 1),
+    "qdspace.connector.genealogy.GenealogyError": F("INVALID_ARGUMENT", None, 1),
+    "qdspace.connector.genealogy.UnknownBatch": F(
+        "PERMISSION_DENIED", 404, 1
+    ),  # a peer may not probe which ids exist
+    "qdspace.connector.genealogy.NotYourBatch": F("PERMISSION_DENIED", 403, 1),
     # -- connector: usage contracts (grpc = the class's own ``grpc_status``) -
-    ContractError: F("FAILED_PRECONDITION", 409, 1),
-    IllegalTransitionError: F("FAILED_PRECONDITION", 409, 1),
-    UnknownProcessError: F("NOT_FOUND", 404, 1),
-    UnauthorizedSenderError: F("PERMISSION_DENIED", 403, 1),
-    MessageReplayError: F("ALREADY_EXISTS", 409, 1),
-    OfferMismatchError: F("INVALID_ARGUMENT", 400, 1),
-    AgreementError: F("INVALID_ARGUMENT", 400, 1),
-    SignatureError: F("UNAUTHENTICATED", 403, 1),
-    AgreementSignatureError: F("UNAUTHENTICATED", 403, 1),
-    ReceiptSignatureError: F("UNAUTHENTICATED", 403, 1),
-    TransferIntegrityError: F("DATA_LOSS", 502, 1),
-    RecordEnvelopeError: F("DATA_LOSS", 502, 1),
-    ForeignRecordError: F("PERMISSION_DENIED", 403, 1),
-    TransferCursorError: F("OUT_OF_RANGE", 400, 1),
-    PseudonymError: F("INTERNAL", 500, 1),
-    ContractDenied: F("PERMISSION_DENIED", 403, 1),
-    ContractStoreError: F("INTERNAL", 500, 1),
-    UnknownContractError: F("NOT_FOUND", 404, 1),
-    KeyShreddedError: F("FAILED_PRECONDITION", 409, 1),
-    ConcurrentUpdateError: F("ABORTED", 409, 1),
-    SpcError: F("INVALID_ARGUMENT", 400, 1),
-    ViewError: F("INVALID_ARGUMENT", 400, 1),
-    NotificationQuotaError: F("RESOURCE_EXHAUSTED", 429, 1),
+    "qdspace.connector.contract_errors.ContractError": F("FAILED_PRECONDITION", 409, 1),
+    "qdspace.connector.contract_errors.IllegalTransitionError": F("FAILED_PRECONDITION", 409, 1),
+    "qdspace.connector.contract_errors.UnknownProcessError": F("NOT_FOUND", 404, 1),
+    "qdspace.connector.contract_errors.UnauthorizedSenderError": F("PERMISSION_DENIED", 403, 1),
+    "qdspace.connector.contract_errors.MessageReplayError": F("ALREADY_EXISTS", 409, 1),
+    "qdspace.connector.contract_errors.OfferMismatchError": F("INVALID_ARGUMENT", 400, 1),
+    "qdspace.connector.contract_errors.AgreementError": F("INVALID_ARGUMENT", 400, 1),
+    "qdspace.connector.contract_errors.SignatureError": F("UNAUTHENTICATED", 403, 1),
+    "qdspace.connector.contract_errors.AgreementSignatureError": F("UNAUTHENTICATED", 403, 1),
+    "qdspace.connector.contract_errors.ReceiptSignatureError": F("UNAUTHENTICATED", 403, 1),
+    "qdspace.connector.contract_errors.TransferIntegrityError": F("DATA_LOSS", 502, 1),
+    "qdspace.connector.contract_errors.RecordEnvelopeError": F("DATA_LOSS", 502, 1),
+    "qdspace.connector.contract_errors.ForeignRecordError": F("PERMISSION_DENIED", 403, 1),
+    "qdspace.connector.contract_errors.TransferCursorError": F("OUT_OF_RANGE", 400, 1),
+    "qdspace.connector.contract_errors.PseudonymError": F("INTERNAL", 500, 1),
+    "qdspace.connector.contract_errors.ContractDenied": F("PERMISSION_DENIED", 403, 1),
+    "qdspace.connector.contract_errors.ContractStoreError": F("INTERNAL", 500, 1),
+    "qdspace.connector.contract_errors.UnknownContractError": F("NOT_FOUND", 404, 1),
+    "qdspace.connector.contract_errors.KeyShreddedError": F("FAILED_PRECONDITION", 409, 1),
+    "qdspace.connector.contract_store.ConcurrentUpdateError": F("ABORTED", 409, 1),
+    "qdspace.connector.contract_errors.SpcError": F("INVALID_ARGUMENT", 400, 1),
+    "qdspace.connector.contract_errors.ViewError": F("INVALID_ARGUMENT", 400, 1),
+    "qdspace.connector.contract_errors.NotificationQuotaError": F("RESOURCE_EXHAUSTED", 429, 1),
     # -- policies ------------------------------------------------------------
-    PolicyError: F("INVALID_ARGUMENT", None, 1),  # HTTP: PolicyDenied 403, others 400
+    "qdspace.policies.errors.PolicyError": F(
+        "INVALID_ARGUMENT", None, 1
+    ),  # HTTP: PolicyDenied 403, others 400
     # -- ledger --------------------------------------------------------------
-    LedgerError: F(None, 400, 1),
-    WrongChain: F(None, 400, 1),
-    UnknownLeaf: F(None, 404, 1),
-    UnknownLeafKind: F(None, 404, 1),
-    NotAnchored: F(None, 409, 1),
-    DocumentFormatError: F(None, 422, 2),
-    ChainUnavailable: F(None, 503, 2),
+    "qdspace.ledger.errors.LedgerError": F(None, 400, 1),
+    "qdspace.ledger.errors.WrongChain": F(None, 400, 1),
+    "qdspace.ledger.errors.UnknownLeaf": F(None, 404, 1),
+    "qdspace.ledger.leaves.UnknownKind": F(None, 404, 1),
+    "qdspace.ledger.errors.NotAnchored": F(None, 409, 1),
+    "qdspace.ledger.errors.DocumentFormatError": F(None, 422, 2),
+    "qdspace.ledger.errors.ChainUnavailable": F(None, 503, 2),
     # -- federation (gRPC as `node.rpc.federation_service` answers today) ----
-    FederationError: F("INVALID_ARGUMENT", None, 1),
-    UpdateRefused: F("FAILED_PRECONDITION", None, 1),  # by its reason: REFUSAL_GRPC
-    RosterRefused: F("PERMISSION_DENIED", None, 1),
-    SecAggAbort: F("ABORTED", None, 1),
+    "qdspace.federation.errors.FederationError": F("INVALID_ARGUMENT", None, 1),
+    "qdspace.federation.errors.UpdateRefused": F(
+        "FAILED_PRECONDITION", None, 1
+    ),  # by its reason: REFUSAL_GRPC
+    "qdspace.federation.errors.RosterRefused": F("PERMISSION_DENIED", None, 1),
+    "qdspace.federation.errors.SecAggAbort": F("ABORTED", None, 1),
     # -- inference -----------------------------------------------------------
-    InferenceError: F(None, None, 1),
-    RegistryError: F(None, 404, 1),
+    "qdspace.inference.errors.InferenceError": F(None, None, 1),
+    "qdspace.inference.errors.RegistryError": F(None, 404, 1),
     # -- what any other error says about whose fault it is --------------------
-    PermissionError: F(None, 403),
-    LookupError: F(None, 404),
-    ValueError: F(None, 400),
+    "builtins.PermissionError": F(None, 403),
+    "builtins.LookupError": F(None, 404),
+    "builtins.ValueError": F(None, 400),
 }
 
 #: a refused federation update: its reason -> gRPC status name (others FAILED_PRECONDITION)
-REFUSAL_GRPC: Mapping[RefusalReason, str] = {
-    RefusalReason.NOT_A_MEMBER: "PERMISSION_DENIED",
-    RefusalReason.NO_AGREEMENT: "PERMISSION_DENIED",
-    RefusalReason.BAD_SIGNATURE: "PERMISSION_DENIED",
-    RefusalReason.WRONG_SHAPE: "INVALID_ARGUMENT",
-    RefusalReason.NOT_FINITE: "INVALID_ARGUMENT",
-    RefusalReason.DUPLICATE: "ALREADY_EXISTS",
-    RefusalReason.WRONG_JOB: "NOT_FOUND",
-    RefusalReason.BUSY: "RESOURCE_EXHAUSTED",
-    RefusalReason.OUT_OF_RANGE: "INVALID_ARGUMENT",
+REFUSAL_GRPC: Mapping[str, str] = {
+    "NOT_A_MEMBER": "PERMISSION_DENIED",
+    "NO_AGREEMENT": "PERMISSION_DENIED",
+    "BAD_SIGNATURE": "PERMISSION_DENIED",
+    "WRONG_SHAPE": "INVALID_ARGUMENT",
+    "NOT_FINITE": "INVALID_ARGUMENT",
+    "DUPLICATE": "ALREADY_EXISTS",
+    "WRONG_JOB": "NOT_FOUND",
+    "BUSY": "RESOURCE_EXHAUSTED",
+    "OUT_OF_RANGE": "INVALID_ARGUMENT",
 }
 
 #: a gRPC status name (a peer's refusal) -> HTTP status
@@ -236,26 +191,36 @@ HTTP_OF_GRPC: Mapping[str, int] = {
 ErrorOrClass = BaseException | type[BaseException]
 
 
-def _mro(error: ErrorOrClass) -> tuple[type, ...]:
-    return (error if isinstance(error, type) else type(error)).__mro__
+def class_path(cls: type) -> str:
+    """The table's key of a class: ``module.QualName`` (``builtins.ValueError``)."""
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
+def _rows(error: ErrorOrClass) -> Iterator[Fault]:
+    """The rows of ``error``'s classes, most specific first (its MRO, by class path)."""
+    for cls in (error if isinstance(error, type) else type(error)).__mro__:
+        row = FAULTS.get(class_path(cls))
+        if row is not None:
+            yield row
+
+
+def _is_refusal(error: ErrorOrClass) -> bool:
+    return isinstance(error, BaseException) and any(
+        class_path(cls) == UPDATE_REFUSED for cls in type(error).__mro__
+    )
 
 
 def fault_of(error: ErrorOrClass) -> Fault | None:
     """The most specific row of ``error`` (an instance or a class), if any."""
-    for cls in _mro(error):
-        if cls in FAULTS:
-            return FAULTS[cls]
-    return None
+    return next(_rows(error), None)
 
 
 def grpc_status_name(error: ErrorOrClass) -> str | None:
     """The ``grpc.StatusCode`` name ``error`` answers with; None: not a mapped fault."""
-    if isinstance(error, UpdateRefused):
-        return REFUSAL_GRPC.get(error.reason, "FAILED_PRECONDITION")
-    for cls in _mro(error):
-        row = FAULTS.get(cls)
-        if row is None:
-            continue
+    if _is_refusal(error):
+        reason = getattr(error, "reason", None)
+        return REFUSAL_GRPC.get(getattr(reason, "name", ""), "FAILED_PRECONDITION")
+    for row in _rows(error):
         relayed = getattr(error, "code", None) if row.relay else None
         if isinstance(error, BaseException) and relayed:
             return str(relayed)
@@ -266,10 +231,7 @@ def grpc_status_name(error: ErrorOrClass) -> str | None:
 
 def http_status(error: ErrorOrClass) -> int:
     """The HTTP status of ``error``; 500 (the node's own bug) when no row has an opinion."""
-    for cls in _mro(error):
-        row = FAULTS.get(cls)
-        if row is None:
-            continue
+    for row in _rows(error):
         if row.relay and isinstance(error, BaseException):
             relayed = HTTP_OF_GRPC.get(getattr(error, "code", None) or "")
             if relayed is not None:
@@ -286,9 +248,8 @@ def http_of_grpc(name: str, fallback: int) -> int:
 
 def exit_code(error: ErrorOrClass) -> int:
     """The CLI exit code of ``error`` (see the table in this module's docstring)."""
-    for cls in _mro(error):
-        row = FAULTS.get(cls)
-        if row is not None and row.exit is not None:
+    for row in _rows(error):
+        if row.exit is not None:
             return row.exit
     return DEFAULT_EXIT
 

@@ -32,8 +32,17 @@ def _all_subclasses(cls: type) -> set[type]:
     return out
 
 
+def _resolve(path: str) -> type:
+    module, _, name = path.rpartition(".")
+    found = getattr(importlib.import_module(module), name)
+    assert isinstance(found, type), path
+    return found
+
+
 def test_every_row_names_an_exception_of_the_codebase_or_a_builtin() -> None:
-    for cls, row in faults.FAULTS.items():
+    for path, row in faults.FAULTS.items():
+        cls = _resolve(path)  # a typo or a moved class fails here
+        assert faults.class_path(cls) == path, (path, cls)
         assert issubclass(cls, Exception), cls
         assert cls.__module__.startswith("qdspace.") or cls.__module__ == "builtins", cls
         assert row.grpc is None or row.grpc in grpc.StatusCode.__members__, (cls, row)
@@ -55,6 +64,21 @@ def test_the_most_specific_row_wins() -> None:
     assert faults.http_status(NodeError("x")) == 500  # nobody's opinion: the node's bug
     # a class resolves like its instances
     assert faults.http_status(UnknownPeerError) == 404
+
+
+def test_refusal_reasons_are_named_in_the_table() -> None:
+    assert set(faults.REFUSAL_GRPC) <= {r.name for r in RefusalReason}
+    assert _resolve(faults.UPDATE_REFUSED) is UpdateRefused
+
+
+def test_the_table_imports_nothing_of_the_project() -> None:
+    # the CLI consults it on every error, so it must stay as light as the CLI's client
+    probe = (
+        "import sys, qdspace.node.faults; "
+        "print(sorted(m for m in sys.modules if m.startswith('qdspace.')))"
+    )
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "['qdspace.node', 'qdspace.node.faults']", done.stdout
 
 
 def test_transports_may_disagree_on_purpose() -> None:
