@@ -3,7 +3,7 @@
 Every part has a typed field of its own. The optional parts are attached after the
 context is built, by the module that owns them: the ledger by
 ``runtime.ledger.attach_ledger`` (only when ``ledger.json`` names a chain), the contract
-client and outbox dispatcher by ``rpc.contracts_client.client_of`` on first use, the
+client and outbox dispatcher by ``run.serve`` (``rpc.contracts_client.client_of``), the
 federation anchor hook by ``run.run_node`` when the node has a ledger. Their types are
 imported for the type checker only: building a context must not pull in the gRPC
 client or the chain stack, and those modules import this one.
@@ -25,7 +25,7 @@ from qdspace.node.runtime.contracts import ContractRuntime, build_runtime
 
 if TYPE_CHECKING:
     from qdspace.federation.host import VersionAnchor
-    from qdspace.node.rpc.contracts_client import ContractClient, OutboxDispatcher
+    from qdspace.node.runtime.contract_ports import OutboxDelivery, PeerContracts
     from qdspace.node.runtime.ledger import NodeLedger
 
 
@@ -41,9 +41,9 @@ class NodeContext:
     #: the node's anchoring queue and threads; None when it anchors to no chain
     ledger: NodeLedger | None = None
     #: the consumer side of the contract services (made on first use)
-    contract_client: ContractClient | None = None
+    contract_client: PeerContracts | None = None
     #: delivers the contract outbox to peers (made with ``contract_client``)
-    outbox: OutboxDispatcher | None = None
+    outbox: OutboxDelivery | None = None
     #: anchors each global model version this node coordinates; None without a ledger
     anchor_version: VersionAnchor | None = None
 

@@ -68,7 +68,7 @@ from qdspace.node.api.deps import Client, Outbox, Paging, Runtime, require_opera
 from qdspace.node.api.models import IdPath
 from qdspace.node.api.problems import PeerTimeout
 from qdspace.node.errors import PeerError
-from qdspace.node.rpc.contracts_client import Subscription
+from qdspace.node.runtime.contract_ports import Subscription
 
 _T = TypeVar("_T")
 

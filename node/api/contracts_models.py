@@ -20,7 +20,7 @@ from qdspace.connector.spc import QualityAlert
 from qdspace.connector.transfer import TransferProcess
 from qdspace.connector.views import CatalogEntry
 from qdspace.node.api.models import Id, Text
-from qdspace.node.rpc.contracts_client import Subscription
+from qdspace.node.runtime.contract_ports import Subscription
 from qdspace.policies.canonical import format_datetime
 from qdspace.policies.codec import policy_to_dict
 

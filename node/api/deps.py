@@ -29,7 +29,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from qdspace.node.api.problems import ApiProblem, NotAuthenticated
 from qdspace.node.context import NodeContext
-from qdspace.node.rpc.contracts_client import ContractClient, OutboxDispatcher, client_of
+from qdspace.node.runtime.contract_ports import OutboxDelivery, PeerContracts
 from qdspace.node.runtime.contracts import ContractRuntime
 
 _T = TypeVar("_T")
@@ -72,18 +72,22 @@ def contract_runtime(ctx: Ctx) -> ContractRuntime:
 Runtime = Annotated[ContractRuntime, Depends(contract_runtime)]
 
 
-def contract_client(ctx: Ctx) -> ContractClient:
+def contract_client(ctx: Ctx) -> PeerContracts:
     """The node's one contract client (consumer side: negotiate, pull, subscribe)."""
-    return client_of(ctx)[0]
+    if ctx.contract_client is None:
+        raise NoContracts("this node runs no contract machinery")
+    return ctx.contract_client
 
 
-def outbox(ctx: Ctx) -> OutboxDispatcher:
+def outbox(ctx: Ctx) -> OutboxDelivery:
     """The node's outbox dispatcher (notices to peers: terminations, receipts)."""
-    return client_of(ctx)[1]
+    if ctx.outbox is None:
+        raise NoContracts("this node runs no contract machinery")
+    return ctx.outbox
 
 
-Client = Annotated[ContractClient, Depends(contract_client)]
-Outbox = Annotated[OutboxDispatcher, Depends(outbox)]
+Client = Annotated[PeerContracts, Depends(contract_client)]
+Outbox = Annotated[OutboxDelivery, Depends(outbox)]
 
 
 @dataclass(frozen=True)

@@ -185,7 +185,6 @@ def _inspect_at(member: MemberProcess, models: DemoModels, cells: ElImages) -> d
     from qdspace.inference.sources import dataset_frames, split_round_robin
     from qdspace.inference.splits import SplitManifest
     from qdspace.inference.writer import ingest_sink
-    from qdspace.node.config import NodeSettings
 
     name = member.spec.name
     registry = ModelRegistry(member.directory)
@@ -201,7 +200,7 @@ def _inspect_at(member: MemberProcess, models: DemoModels, cells: ElImages) -> d
     )
     with member.operator() as client:
         rows_before = int(client.qdm_counts().get("inspection", 0))
-    store = open_store(NodeSettings.load(member.directory).database_url)
+    store = open_store(member.db_url)
     settings = ServeSettings(device="cpu")
     swapped_at: list[float] = []
     try:

@@ -29,7 +29,6 @@ from qdspace.ledger.proofs import ConfirmationCache, InclusionProof, verify_proo
 from qdspace.ledger.verify import verify_document
 from qdspace.node.client import OperatorClient
 from qdspace.node.demo.report import DemoReport
-from qdspace.node.identity.member import load_member_keys
 
 if TYPE_CHECKING:
     from qdspace.node.localnet.network import LocalNetwork
@@ -62,7 +61,7 @@ class Regulator:
         assert network.chain is not None
         self.network = network
         self.rpc_url = network.chain.url
-        self.keys = load_member_keys(network[REGULATOR].directory)
+        self.keys = network[REGULATOR].keys()
         self.confirmed = ConfirmationCache()  # ask the chain once per batch root
         self._http: dict[str, OperatorClient] = {}
         self._chain: dict[str, LedgerClient] = {}

@@ -31,6 +31,7 @@ from qdspace.connector.storage import normalise_url
 from qdspace.node.client import OperatorClient
 from qdspace.node.errors import NodeError
 from qdspace.node.identity.authority import Authority
+from qdspace.node.identity.member import MemberKeys, load_member_keys
 from qdspace.node.init import init_node
 from qdspace.node.layout import NodeLayout
 from qdspace.node.localnet.chain import ChainProcess
@@ -94,6 +95,10 @@ class MemberProcess:
     @property
     def running(self) -> bool:
         return self.process is not None and self.process.poll() is None
+
+    def keys(self) -> MemberKeys:
+        """The member's keys, read from its node directory (the regulator's signing key)."""
+        return load_member_keys(self.directory)
 
     def operator(self, timeout: float = 30.0) -> OperatorClient:
         """The member's operator API: one method per route, failures as ClientError."""

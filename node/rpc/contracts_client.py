@@ -23,9 +23,7 @@ import hashlib
 import logging
 import time
 import uuid
-from collections import deque
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
@@ -78,6 +76,7 @@ from qdspace.node.rpc.contracts_serde import (
     transfer_message_to_proto,
 )
 from qdspace.node.rpc.peers import PeerDirectory
+from qdspace.node.runtime.contract_ports import Subscription
 from qdspace.node.runtime.contracts import ContractRuntime, peer_name
 from qdspace.policies.model import OfferTerms, Policy, make_offer
 from qdspace.protocols.v1 import (
@@ -106,28 +105,6 @@ async def _call(peer: str, what: str, call: Callable[[], Any]) -> Any:
     except grpc.aio.AioRpcError as exc:
         code = exc.code().name
         raise PeerError(f"peer {peer}: {what}: {code}: {exc.details()}", code) from None
-
-
-@dataclass
-class Subscription:
-    """A running live subscription on the consumer side, with what its SPC monitor saw."""
-
-    subscription_id: str
-    provider: str
-    agreement_id: str
-    characteristic: str
-    spec: SpcSpec
-    received: int = 0
-    alerts: list[QualityAlert] = field(default_factory=list)
-    latencies_ms: deque[float] = field(default_factory=lambda: deque(maxlen=1000))
-    position: str = ""
-    error: str = ""
-    task: asyncio.Task[None] | None = None
-    connected: asyncio.Event = field(default_factory=asyncio.Event)
-
-    @property
-    def running(self) -> bool:
-        return self.task is not None and not self.task.done()
 
 
 class ContractClient:
@@ -532,14 +509,17 @@ class OutboxDispatcher:
 
 
 def client_of(ctx: NodeContext) -> tuple[ContractClient, OutboxDispatcher]:
-    """The node's one ContractClient and OutboxDispatcher (made on first use)."""
+    """The node's one ContractClient and OutboxDispatcher: made once, put on the context
+    (where the operator API finds them through its ports)."""
     runtime = ctx.contracts
     if runtime is None:
         raise PeerError("this node runs no contract machinery")
-    if ctx.contract_client is None or ctx.outbox is None:
-        ctx.contract_client = ContractClient(runtime, ctx.peers)
-        ctx.outbox = OutboxDispatcher(runtime, ctx.peers)
-    return ctx.contract_client, ctx.outbox
+    client, outbox = ctx.contract_client, ctx.outbox
+    if isinstance(client, ContractClient) and isinstance(outbox, OutboxDispatcher):
+        return client, outbox
+    made = ContractClient(runtime, ctx.peers), OutboxDispatcher(runtime, ctx.peers)
+    ctx.contract_client, ctx.outbox = made
+    return made
 
 
 SWEEP_INTERVAL_S = 30.0

@@ -27,7 +27,16 @@ PACKAGES = ("node", "connector", "policies", "ledger", "federation", "inference"
 LOWER = tuple(p for p in PACKAGES if p != "node")
 TRANSPORTS = ("grpc", "grpc_health", "fastapi", "starlette", "typer", "uvicorn")
 NODE_TRANSPORT_LAYERS = ("rpc", "api", "cli")
-DEMO_MAY_USE = ("qdspace.node.client", "qdspace.node.localnet", "qdspace.node.demo")
+#: besides the client and localnet, the demo may name the node's vocabulary: its error
+#: base (a failed step is a NodeError, which the CLI prints as one line) and the names
+#: of a node directory's files (layout); neither does anything
+DEMO_MAY_USE = (
+    "qdspace.node.client",
+    "qdspace.node.localnet",
+    "qdspace.node.demo",
+    "qdspace.node.errors",
+    "qdspace.node.layout",
+)
 
 
 @dataclass(frozen=True)
