@@ -33,8 +33,10 @@ import grpc
 from nacl.signing import VerifyKey
 
 from qdspace.connector.agreement import countersign
+from qdspace.connector.assets import CatalogEntry
 from qdspace.connector.contract_errors import ContractError
 from qdspace.connector.contract_store import IncomingRow, OutboxMessage
+from qdspace.connector.encoding import StreamRequest
 from qdspace.connector.negotiation import (
     Accepted,
     ContractRequest,
@@ -60,7 +62,6 @@ from qdspace.connector.transfer import (
     open_transfer,
 )
 from qdspace.connector.transfer import apply as apply_transfer
-from qdspace.connector.views import CatalogEntry, StreamRequest
 from qdspace.node.context import NodeContext
 from qdspace.node.contract_runtime import ContractRuntime, peer_name
 from qdspace.node.errors import PeerError

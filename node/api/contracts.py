@@ -22,12 +22,12 @@ from pydantic import AwareDatetime, BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 
 from qdspace.connector.agreement import SignedReceipt
+from qdspace.connector.assets import CatalogEntry
 from qdspace.connector.contract_store import ReceivedChange, StoredAgreement
 from qdspace.connector.negotiation import Negotiation
 from qdspace.connector.spc import QualityAlert, SpcSpec
 from qdspace.connector.transfer import TransferProcess
 from qdspace.connector.versions import Withdrawal, withdraw
-from qdspace.connector.views import CatalogEntry
 from qdspace.node.api.models import Id, IdPath, Text
 from qdspace.node.api.problems import PeerTimeout
 from qdspace.node.context import NodeContext

@@ -18,8 +18,8 @@ from typing import Any
 
 import grpc
 
+from qdspace.connector.assets import catalog_entry
 from qdspace.connector.contract_errors import ContractDenied, ContractError
-from qdspace.connector.views import catalog_entry
 from qdspace.node.contract_runtime import ContractRuntime
 from qdspace.node.identity.certs import MemberIdentity
 from qdspace.node.rpc.auth import current_peer
