@@ -31,7 +31,6 @@ import numpy as np
 from numpy.typing import NDArray
 
 from qdspace.inference.errors import InferenceError, ModelLoadError
-from qdspace.inference.files import write_atomic
 from qdspace.inference.frames import Frame
 from qdspace.inference.gate import (
     GateDecision,
@@ -41,6 +40,7 @@ from qdspace.inference.gate import (
     decide,
 )
 from qdspace.inference.model import Device, OnnxClassifier, content_hash
+from qdspace.util.files import write_atomic
 
 logger = logging.getLogger("inference")
 

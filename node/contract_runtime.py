@@ -91,11 +91,12 @@ from qdspace.connector.transfer import (
 from qdspace.connector.transfer import apply as apply_transfer
 from qdspace.node.errors import NodeError
 from qdspace.node.identity.certs import MemberIdentity
-from qdspace.node.identity.files import read_file, write_atomic
+from qdspace.node.identity.files import read_file
 from qdspace.node.rpc.contract_serde import Notification, PullRequest, notification_to_proto
 from qdspace.node.table_watch import TableWatch
 from qdspace.policies.evaluate import Request
 from qdspace.policies.model import Action, Policy
+from qdspace.util.files import write_atomic
 
 logger = logging.getLogger("node.contracts")
 
@@ -144,7 +145,7 @@ class ContractClock:
 def _secret(path: Path, what: str) -> bytes:
     """A 32-byte node secret, created on first start (kept outside the database)."""
     if not path.exists():
-        write_atomic(path, os.urandom(32), private=True)
+        write_atomic(path, os.urandom(32), mode=0o600)
     data = read_file(path, what)
     if len(data) != 32:
         raise NodeError(f"{path}: {what} must be 32 bytes, found {len(data)}")

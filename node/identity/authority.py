@@ -31,7 +31,8 @@ from qdspace.node.identity.certs import (
     member_subject,
     new_tls_key,
 )
-from qdspace.node.identity.files import read_file, write_atomic
+from qdspace.node.identity.files import read_file
+from qdspace.util.files import write_atomic
 
 CA_VALID_DAYS = 3650
 MEMBER_VALID_DAYS = 825
@@ -107,7 +108,7 @@ class Authority:
         # The register and CRL first, the key and cert last: a half-done init is re-runnable.
         write_atomic(directory / "members.json", b"[]\n")
         authority._write_crl([])
-        write_atomic(directory / "ca.key", key_to_pem(key), private=True)
+        write_atomic(directory / "ca.key", key_to_pem(key), mode=0o600)
         write_atomic(directory / "ca.crt", cert_to_pem(cert))
         return authority
 

@@ -25,7 +25,8 @@ from qdspace.node.identity.certs import (
     new_tls_key,
     verify_issued_by,
 )
-from qdspace.node.identity.files import read_file, write_atomic
+from qdspace.node.identity.files import read_file
+from qdspace.util.files import write_atomic
 
 SIGNING_KEY_FILE = "signing.key"
 TLS_KEY_FILE = "tls.key"
@@ -86,8 +87,8 @@ def create_member_keys(
         **kwargs,
     )
     directory.mkdir(parents=True, exist_ok=True)
-    write_atomic(directory / SIGNING_KEY_FILE, bytes(signing_key).hex().encode(), private=True)
-    write_atomic(directory / TLS_KEY_FILE, key_to_pem(tls_key), private=True)
+    write_atomic(directory / SIGNING_KEY_FILE, bytes(signing_key).hex().encode(), mode=0o600)
+    write_atomic(directory / TLS_KEY_FILE, key_to_pem(tls_key), mode=0o600)
     write_atomic(directory / TLS_CERT_FILE, cert_to_pem(cert))
     write_atomic(directory / CA_CERT_FILE, cert_to_pem(authority.cert))
     return MemberKeys(signing_key, tls_key, cert, authority.cert, identity_of(cert))
