@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from qdspace.connector.errors import IngestFileError, UnknownKind
-from qdspace.connector.validate import FIELDS
+from qdspace.connector.row_template import FIELDS
 
 KINDS: tuple[str, ...] = tuple(FIELDS)
 SUFFIXES = (".csv", ".jsonl", ".ndjson")

@@ -25,15 +25,14 @@ from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
 
-from qdspace.connector.views import (
+from qdspace.connector.assets import Asset, AssetKind
+from qdspace.connector.paging import (
     INSPECTION_FIELDS,
     INSPECTION_TABLE,
     MEASUREMENT_FIELDS,
     MEASUREMENT_TABLE,
     OPERATOR_LOG_FIELDS,
     OPERATOR_LOG_TABLE,
-    Asset,
-    AssetKind,
 )
 from qdspace.policies.model import (
     DEFAULT_RETENTION_DAYS,

@@ -26,9 +26,10 @@ from sqlalchemy.exc import ArgumentError, OperationalError, SQLAlchemyError
 
 from qdspace.connector.dictionary import DataDictionary, default_dictionary
 from qdspace.connector.errors import StorageError
+from qdspace.connector.field_parsers import FieldError
 from qdspace.connector.ingest import IngestReport, RowError, check_kind
 from qdspace.connector.qdm import TABLES, VERSION_COLUMNS
-from qdspace.connector.validate import FieldError, parse_row
+from qdspace.connector.validate import parse_row
 from qdspace.connector.versions import Withdrawal, correct_rows, serialize_writes, withdraw
 
 log = logging.getLogger(__name__)

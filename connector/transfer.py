@@ -80,7 +80,7 @@ class TransferState(StrEnum):
 def row_bytes(row: Mapping[str, Any]) -> bytes:
     """The bytes of a row on the wire: compact JSON, keys sorted, datetimes as in
     `policies.canonical` (UTC, ``Z``). The provider's page encoder
-    (`connector.views`) writes exactly these bytes without building the row first."""
+    (`connector.encoding`) writes exactly these bytes without building the row first."""
     try:
         return orjson.dumps(to_jsonable(row), option=orjson.OPT_SORT_KEYS)
     except orjson.JSONEncodeError as exc:
@@ -157,7 +157,7 @@ def split_rows(payload: bytes, count: int) -> list[bytes]:
 class Checkpoint:
     """A cursor into a transfer: rows passed so far, the digest chained over the
     batches that carried them, and `position`, the view cursor of the last row passed
-    (opaque here; the provider's view resumes strictly after it, see `connector.views`)."""
+    (opaque here; the provider's view resumes strictly after it, see `connector.paging`)."""
 
     offset: int
     digest: bytes

@@ -11,7 +11,7 @@ from a file that lacks a row) keeps the row as a tombstone: ``withdrawn_at`` set
 
 Either change also moves the row to a fresh surrogate id above every other row of
 its table. Readers that walk a table by id (a transfer's view cursor and an
-incremental pull's watermark in `connector.views`, the ledger sweeper that anchors
+incremental pull's watermark in `connector.paging`, the ledger sweeper that anchors
 each record) therefore meet the new version as a new row after their cursor: the
 consumer gets it on its next pull, and the ledger anchors the new version's hash
 next to the old one's. On PostgreSQL the fresh id comes from the table's own

@@ -19,8 +19,8 @@ from collections.abc import Iterable
 from datetime import datetime
 from typing import Any, Protocol
 
+from qdspace.connector.assets import Asset
 from qdspace.connector.offers import MODEL_UPDATE_FIELD, federated_job_asset
-from qdspace.connector.views import Asset
 from qdspace.federation.job import JobSpec
 from qdspace.policies.evaluate import Request, evaluate
 from qdspace.policies.model import Action, OfferTerms, Prohibition

@@ -56,6 +56,7 @@ from qdspace.federation.versions import (
     describe,
     sign_version,
 )
+from qdspace.util.files import write_atomic
 
 logger = logging.getLogger("federation")
 
@@ -513,9 +514,7 @@ class JobHost:
         signed = published.signed
         saved = {"record": signed.record.hex(), "signature": signed.signature.hex()}
         path = self.directory / VERSION_FILE
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(saved))
-        tmp.replace(path)
+        write_atomic(path, json.dumps(saved).encode(), mode=0o644)
         if self._anchor is None:
             return
         version = published.version

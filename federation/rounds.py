@@ -17,9 +17,7 @@ a restarted coordinator resumes from it and reopens the round it was in.
 from __future__ import annotations
 
 import json
-import os
 import struct
-import tempfile
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from enum import StrEnum
@@ -52,6 +50,7 @@ from qdspace.federation.secagg_messages import (
 )
 from qdspace.federation.secagg_server import SecAggServer
 from qdspace.federation.strategies import ClientUpdate, build_strategy, clip_to_norm
+from qdspace.util.files import atomic_writer
 
 DEFAULT_MAX_ATTEMPTS = 3
 _CHECKPOINT_MAGIC = b"QDFC1\n"
@@ -490,19 +489,9 @@ class Coordinator:
         }
         head = json.dumps(meta).encode()
         body = np.ascontiguousarray(self.global_vector, dtype="<f4")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                fh.write(_CHECKPOINT_MAGIC + _LEN.pack(len(head)) + head)
-                fh.write(body.data.cast("B"))
-                fh.flush()
-                if fsync:
-                    os.fsync(fh.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        with atomic_writer(path, fsync=fsync) as fh:
+            fh.write(_CHECKPOINT_MAGIC + _LEN.pack(len(head)) + head)
+            fh.write(body.data.cast("B"))
 
     @staticmethod
     def read_checkpoint(path: Path) -> tuple[dict[str, Any], Vector]:

@@ -21,8 +21,8 @@ from typing import Any
 from qdspace.inference import alarms as kinds
 from qdspace.inference.alarms import AlarmLog
 from qdspace.inference.errors import InferenceError
-from qdspace.inference.files import write_atomic
 from qdspace.inference.verdicts import ServedVerdict
+from qdspace.util.files import write_atomic
 
 LINE = "*"  # the key of the whole line's window
 DEFAULT_MARGIN = 0.10
@@ -168,5 +168,6 @@ class DriftMonitor:
 
     def write(self, path: Path) -> None:
         """Write the state atomically (the API reads this file)."""
-        path.parent.mkdir(parents=True, exist_ok=True)
-        write_atomic(path, json.dumps(self.to_dict(), indent=1).encode("utf-8"))
+        # rewritten on every tick of the line: the API must never read half of it, but a
+        # disk sync per tick is not worth it (a reader only wants the latest state)
+        write_atomic(path, json.dumps(self.to_dict(), indent=1).encode("utf-8"), fsync=False)

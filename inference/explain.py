@@ -31,9 +31,9 @@ from numpy.typing import NDArray
 from PIL import Image, ImageDraw, ImageFont
 
 from qdspace.inference.dataset import ElImages
-from qdspace.inference.files import write_atomic
 from qdspace.inference.frames import Frame
 from qdspace.inference.model import DEFAULT_THRESHOLD, OnnxClassifier
+from qdspace.util.files import write_atomic
 
 INDEX_FILE = "index.json"
 INDEX_FORMAT = "qdspace.explanations/1"

@@ -32,7 +32,6 @@ from numpy.typing import NDArray
 
 from qdspace.inference.errors import ModelLoadError
 from qdspace.inference.errors import RegistryError as RegistryError  # its home was here
-from qdspace.inference.files import write_atomic
 from qdspace.inference.frames import Frame
 from qdspace.inference.gate import (
     GateDecision,
@@ -42,6 +41,7 @@ from qdspace.inference.gate import (
     decide,
 )
 from qdspace.inference.model import Device, OnnxClassifier, content_hash
+from qdspace.util.files import write_atomic
 
 logger = logging.getLogger("inference")
 

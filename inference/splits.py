@@ -19,7 +19,7 @@ from numpy.typing import NDArray
 
 from qdspace.inference.dataset import ElImages
 from qdspace.inference.errors import DatasetError
-from qdspace.inference.files import write_atomic
+from qdspace.util.files import write_atomic
 
 DEFAULT_SEED = 20240501
 DEFAULT_FRACTIONS = (0.70, 0.15, 0.15)

@@ -45,6 +45,7 @@ from web3.types import RPCEndpoint, RPCResponse
 
 from qdspace.ledger.artifact import load_artifact
 from qdspace.ledger.chain_store import JournaledMemoryDB
+from qdspace.util.files import write_atomic
 
 log = logging.getLogger("ledger.chain")
 
@@ -289,11 +290,8 @@ class ChainServer:
         """Publish the URL so launchers and tests know the chain is ready."""
         endpoint = Endpoint(self.url, self.chain.chain_id, os.getpid())
         path = self.chain.state_dir / ENDPOINT_FILE
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(
-            json.dumps({"url": endpoint.url, "chain_id": endpoint.chain_id, "pid": endpoint.pid})
-        )
-        tmp.replace(path)
+        doc = {"url": endpoint.url, "chain_id": endpoint.chain_id, "pid": endpoint.pid}
+        write_atomic(path, json.dumps(doc).encode(), mode=0o644)
         return endpoint
 
     def serve_forever(self) -> None:
@@ -334,9 +332,7 @@ def deploy_with_dev_account(chain: EmbeddedChain) -> dict[str, Any]:
         "block_number": int(receipt["blockNumber"], 16),
         "tx_hash": tx_hash,
     }
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(doc, indent=2))
-    tmp.replace(path)
+    write_atomic(path, json.dumps(doc, indent=2).encode(), mode=0o644)
     return doc
 
 

@@ -15,13 +15,13 @@ from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from qdspace.node.errors import ConfigError
-from qdspace.node.identity.files import write_atomic
 from qdspace.node.layout import NodeLayout
 from qdspace.node.rpc.limits import (
     DEFAULT_PER_PEER_CALLS,
     DEFAULT_PER_PEER_STREAMS,
     DEFAULT_SERVER_CALLS,
 )
+from qdspace.util.files import write_atomic
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_GRPC_PORT = 7443

@@ -9,9 +9,9 @@ from pathlib import Path
 from qdspace.node.config import DEFAULT_API_PORT, DEFAULT_GRPC_PORT, NodeSettings
 from qdspace.node.errors import ConfigError
 from qdspace.node.identity.authority import Authority
-from qdspace.node.identity.files import write_atomic
 from qdspace.node.identity.member import create_member_keys, random_token
 from qdspace.node.layout import NodeLayout
+from qdspace.util.files import write_atomic
 
 
 def init_node(
@@ -50,7 +50,7 @@ def init_node(
         )
         settings_staged = settings.model_copy(update={"directory": staging})
         settings_staged.save()
-        write_atomic(NodeLayout(staging).operator_token, random_token().encode(), private=True)
+        write_atomic(NodeLayout(staging).operator_token, random_token().encode(), mode=0o600)
         if directory.exists():
             directory.rmdir()
         staging.rename(directory)

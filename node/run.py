@@ -25,7 +25,6 @@ from qdspace.node.api.app import create_app
 from qdspace.node.config import NodeSettings
 from qdspace.node.context import NodeContext, build_context
 from qdspace.node.errors import PortInUseError
-from qdspace.node.identity.files import write_atomic
 from qdspace.node.identity.revocation import StaleRevocationList
 from qdspace.node.layout import NodeLayout
 from qdspace.node.rpc.auth import PeerAuthenticator
@@ -34,6 +33,7 @@ from qdspace.node.rpc.limits import CallCaps
 from qdspace.node.rpc.node_service import NodeServicer
 from qdspace.node.rpc.server import PeerServer, build_server
 from qdspace.node.rpc.trace_service import TraceServicer
+from qdspace.util.files import write_atomic
 
 logger = logging.getLogger("node")
 

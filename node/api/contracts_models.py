@@ -14,11 +14,11 @@ from typing import Annotated, Any
 from pydantic import AwareDatetime, BaseModel, Field
 
 from qdspace.connector.agreement import SignedReceipt
+from qdspace.connector.assets import CatalogEntry
 from qdspace.connector.contract_store import ReceivedChange, StoredAgreement
 from qdspace.connector.negotiation import Negotiation
 from qdspace.connector.spc import QualityAlert
 from qdspace.connector.transfer import TransferProcess
-from qdspace.connector.views import CatalogEntry
 from qdspace.node.api.models import Id, Text
 from qdspace.node.runtime.contract_ports import Subscription
 from qdspace.policies.canonical import format_datetime

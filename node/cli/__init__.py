@@ -286,8 +286,8 @@ def ingest(
 def print_template(kind: str) -> None:
     """The columns of ``kind`` as a table, then a CSV header line to start a file from."""
     from qdspace.connector.dictionary import default_dictionary
-    from qdspace.connector.validate import parameters
-    from qdspace.connector.validate import template as columns_of
+    from qdspace.connector.row_template import parameters
+    from qdspace.connector.row_template import template as columns_of
 
     d = default_dictionary()
     rows = columns_of(kind, d)

@@ -31,8 +31,9 @@ from qdspace.node.identity.certs import (
     member_subject,
     new_tls_key,
 )
-from qdspace.node.identity.files import read_file, write_atomic
+from qdspace.node.identity.files import read_file
 from qdspace.node.layout import AuthorityLayout
+from qdspace.util.files import write_atomic
 
 CA_VALID_DAYS = 3650
 MEMBER_VALID_DAYS = 825
@@ -114,7 +115,7 @@ class Authority:
         # The register and CRL first, the key and cert last: a half-done init is re-runnable.
         write_atomic(files.members, b"[]\n")
         authority._write_crl([])
-        write_atomic(files.ca_key, key_to_pem(key), private=True)
+        write_atomic(files.ca_key, key_to_pem(key), mode=0o600)
         write_atomic(files.ca_cert, cert_to_pem(cert))
         return authority
 

@@ -1,27 +1,11 @@
-"""Small, safe file helpers: atomic writes and private key files."""
+"""Reading the node's identity files, with errors that say which file and what it is.
+
+(Writing them goes through `qdspace.util.files.write_atomic`: keys with ``mode=0o600``.)
+"""
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
-
-
-def write_atomic(path: Path, data: bytes, *, private: bool = False) -> None:
-    """Write ``data`` so that ``path`` holds either the old or the new content, never half."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        if private:
-            os.fchmod(fd, 0o600)
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def read_file(path: Path, what: str) -> bytes:

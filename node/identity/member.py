@@ -25,8 +25,9 @@ from qdspace.node.identity.certs import (
     new_tls_key,
     verify_issued_by,
 )
-from qdspace.node.identity.files import read_file, write_atomic
+from qdspace.node.identity.files import read_file
 from qdspace.node.layout import NodeLayout
+from qdspace.util.files import write_atomic
 
 
 def member_id_for(name: str, verify_key: bytes) -> str:
@@ -83,8 +84,8 @@ def create_member_keys(
     )
     directory.mkdir(parents=True, exist_ok=True)
     files = NodeLayout(directory)
-    write_atomic(files.signing_key, bytes(signing_key).hex().encode(), private=True)
-    write_atomic(files.tls_key, key_to_pem(tls_key), private=True)
+    write_atomic(files.signing_key, bytes(signing_key).hex().encode(), mode=0o600)
+    write_atomic(files.tls_key, key_to_pem(tls_key), mode=0o600)
     write_atomic(files.tls_cert, cert_to_pem(cert))
     write_atomic(files.ca_cert, cert_to_pem(authority.cert))
     return MemberKeys(signing_key, tls_key, cert, authority.cert, identity_of(cert))

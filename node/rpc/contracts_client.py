@@ -31,8 +31,10 @@ import grpc
 from nacl.signing import VerifyKey
 
 from qdspace.connector.agreement import countersign
+from qdspace.connector.assets import CatalogEntry
 from qdspace.connector.contract_errors import ContractError
 from qdspace.connector.contract_store import IncomingRow, OutboxMessage
+from qdspace.connector.encoding import StreamRequest
 from qdspace.connector.negotiation import (
     Accepted,
     ContractRequest,
@@ -58,7 +60,6 @@ from qdspace.connector.transfer import (
     open_transfer,
 )
 from qdspace.connector.transfer import apply as apply_transfer
-from qdspace.connector.views import CatalogEntry, StreamRequest
 from qdspace.node.context import NodeContext
 from qdspace.node.errors import PeerError
 from qdspace.node.identity.member import member_id_for

@@ -24,7 +24,9 @@ from qdspace.connector.agreement import (
     agreement_from_bytes,
     receipt_from_bytes,
 )
+from qdspace.connector.assets import AssetKind, CatalogEntry
 from qdspace.connector.contract_errors import ContractError
+from qdspace.connector.encoding import StreamEvent, StreamRequest
 from qdspace.connector.negotiation import (
     Accepted,
     Agreement,
@@ -53,7 +55,6 @@ from qdspace.connector.transfer import (
     TransferSuspension,
     TransferTermination,
 )
-from qdspace.connector.views import AssetKind, CatalogEntry, StreamEvent, StreamRequest
 from qdspace.node.errors import WireFormatError as WireFormatError  # its home was here
 from qdspace.policies.codec import parse_policy, policy_to_json
 from qdspace.policies.errors import PolicyError

@@ -18,8 +18,8 @@ from typing import Any
 
 import grpc
 
+from qdspace.connector.assets import catalog_entry
 from qdspace.connector.contract_errors import ContractDenied, ContractError
-from qdspace.connector.views import catalog_entry
 from qdspace.node.identity.certs import MemberIdentity
 from qdspace.node.rpc.auth import current_peer
 from qdspace.node.rpc.codes import status_code

@@ -18,10 +18,10 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Protocol
 
+from qdspace.connector.assets import CatalogEntry
 from qdspace.connector.negotiation import Negotiation
 from qdspace.connector.spc import QualityAlert, SpcSpec
 from qdspace.connector.transfer import TransferProcess
-from qdspace.connector.views import CatalogEntry
 
 
 @dataclass

@@ -35,6 +35,7 @@ from qdspace.connector.agreement import (
     open_signed_receipt,
     sign_agreement,
 )
+from qdspace.connector.assets import Asset, AssetKind, CatalogEntry, catalog
 from qdspace.connector.contract_errors import (
     ContractDenied,
     ContractError,
@@ -47,6 +48,7 @@ from qdspace.connector.contract_store import (
     OutboxMessage,
     StoredAgreement,
 )
+from qdspace.connector.encoding import StreamRequest, live_page, stream_batches
 from qdspace.connector.negotiation import (
     Agreement,
     ContractOffer,
@@ -70,8 +72,10 @@ from qdspace.connector.offers import (
     answer_request,
     standard_assets,
 )
+from qdspace.connector.paging import incremental_refusal, parse_position
 from qdspace.connector.pseudonym import Pseudonymizer
 from qdspace.connector.qdm import Inspection, Order
+from qdspace.connector.release_gate import ReleaseGate
 from qdspace.connector.retention_sweep import SweepReport, sweep
 from qdspace.connector.spc import Investigation, QualityAlert
 from qdspace.connector.transfer import (
@@ -85,26 +89,15 @@ from qdspace.connector.transfer import (
     open_transfer,
 )
 from qdspace.connector.transfer import apply as apply_transfer
-from qdspace.connector.views import (
-    Asset,
-    AssetKind,
-    CatalogEntry,
-    ReleaseGate,
-    StreamRequest,
-    catalog,
-    incremental_refusal,
-    live_page,
-    parse_position,
-    stream_batches,
-)
 from qdspace.node.errors import NodeError
 from qdspace.node.identity.certs import MemberIdentity
-from qdspace.node.identity.files import read_file, write_atomic
+from qdspace.node.identity.files import read_file
 from qdspace.node.layout import NodeLayout
 from qdspace.node.rpc.contracts_serde import Notification, PullRequest, notification_to_proto
 from qdspace.node.runtime.table_watch import TableWatch
 from qdspace.policies.evaluate import Request
 from qdspace.policies.model import Action, Policy
+from qdspace.util.files import write_atomic
 
 logger = logging.getLogger("node.contracts")
 
@@ -150,7 +143,7 @@ class ContractClock:
 def _secret(path: Path, what: str) -> bytes:
     """A 32-byte node secret, created on first start (kept outside the database)."""
     if not path.exists():
-        write_atomic(path, os.urandom(32), private=True)
+        write_atomic(path, os.urandom(32), mode=0o600)
     data = read_file(path, what)
     if len(data) != 32:
         raise NodeError(f"{path}: {what} must be 32 bytes, found {len(data)}")

@@ -23,7 +23,16 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 NAMESPACE = "qdspace"
-PACKAGES = ("node", "connector", "policies", "ledger", "federation", "inference", "protocols")
+PACKAGES = (
+    "node",
+    "connector",
+    "policies",
+    "ledger",
+    "federation",
+    "inference",
+    "protocols",
+    "util",
+)
 LOWER = tuple(p for p in PACKAGES if p != "node")
 TRANSPORTS = ("grpc", "grpc_health", "fastapi", "starlette", "typer", "uvicorn")
 NODE_TRANSPORT_LAYERS = ("rpc", "api", "cli")
@@ -149,6 +158,11 @@ def test_transport_layers_do_not_import_each_other(layer: str) -> None:
 def test_lower_packages_never_import_the_node(package: str) -> None:
     bad = [i for i in _all_imports(package) if i.names("qdspace.node")]
     _check(f"{package}/ never imports qdspace.node", bad)
+
+
+def test_util_imports_nothing_of_the_project() -> None:
+    bad = [i for i in _all_imports("util") if any(t.startswith("qdspace.") for t in i.targets)]
+    _check("util/ imports nothing of the project (every package may import it)", bad)
 
 
 def test_demo_uses_only_the_client_localnet_and_lower_packages() -> None:

@@ -24,9 +24,9 @@ import pytest
 from nacl.signing import VerifyKey
 
 from qdspace.connector.agreement import countersign
+from qdspace.connector.encoding import StreamRequest
 from qdspace.connector.negotiation import Accepted, ContractRequest, Verification
 from qdspace.connector.transfer import Checkpoint, TransferRequest
-from qdspace.connector.views import StreamRequest
 from qdspace.node.identity.member import load_member_keys
 from qdspace.node.rpc.contracts_serde import (
     PullRequest,

@@ -16,7 +16,6 @@ from alembic.runtime.migration import MigrationContext
 from nacl.signing import SigningKey
 from sqlalchemy import Engine, create_engine, inspect, select, text
 
-from qdspace.connector import contract_store
 from qdspace.connector.agreement import (
     DeletionReceipt,
     SignedAgreement,
@@ -39,6 +38,7 @@ from qdspace.connector.contract_store import (
     IncomingRow,
     OutboxMessage,
     ensure_schema,
+    notices,
     received_row_table,
 )
 from qdspace.connector.negotiation import (
@@ -420,7 +420,7 @@ def test_received_quality_alerts_are_kept_once_and_read_back_whole(store: Contra
 def test_each_sender_keeps_a_bounded_number_of_alerts_and_investigations(
     store: ContractStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(contract_store, "MAX_RECEIVED_PER_SENDER", 2)
+    monkeypatch.setattr(notices, "MAX_RECEIVED_PER_SENDER", 2)
     points = (SpcPoint(0, 0.9, at(0)),)
     alerts = [
         QualityAlert(f"q-{i}", SpcAlert("RULE_1", "beyond 3 sigma", points, at(1)))

@@ -32,6 +32,7 @@ from qdspace.connector.agreement import (
     sign_agreement,
     sign_receipt,
 )
+from qdspace.connector.assets import Asset, AssetKind
 from qdspace.connector.contract_errors import (
     ForeignRecordError,
     RecordEnvelopeError,
@@ -44,9 +45,12 @@ from qdspace.connector.contract_store import (
     OutboxMessage,
     received_row_table,
 )
+from qdspace.connector.encoding import live_page, record_key, stream_batches
 from qdspace.connector.errors import UnknownRecordError
 from qdspace.connector.negotiation import Role
+from qdspace.connector.paging import INSPECTION_FIELDS, INSPECTION_TABLE
 from qdspace.connector.pseudonym import Pseudonymizer
+from qdspace.connector.release_gate import ReleaseGate
 from qdspace.connector.storage import QualityStore, create_store_engine, open_store
 from qdspace.connector.transfer import (
     RowBatch,
@@ -58,16 +62,6 @@ from qdspace.connector.transfer import (
     row_bytes,
 )
 from qdspace.connector.transfer import apply as apply_transfer
-from qdspace.connector.views import (
-    INSPECTION_FIELDS,
-    INSPECTION_TABLE,
-    Asset,
-    AssetKind,
-    ReleaseGate,
-    live_page,
-    record_key,
-    stream_batches,
-)
 from qdspace.policies.evaluate import Request
 from qdspace.policies.model import Action, OfferTerms, make_offer, to_agreement
 
@@ -497,7 +491,7 @@ def test_process_data_along_a_genealogy_is_pulled_in_full() -> None:
     """Its scope grows with the genealogy, so a watermark would miss older rows."""
     from dataclasses import replace
 
-    from qdspace.connector.views import incremental_refusal
+    from qdspace.connector.paging import incremental_refusal
 
     assert incremental_refusal(ASSET) is None
     along = replace(ASSET, kind=AssetKind.PROCESS_ALONG_GENEALOGY)

@@ -11,9 +11,11 @@ from pathlib import Path
 import pytest
 
 from qdspace.connector.dictionary import default_dictionary
+from qdspace.connector.field_parsers import RowInvalid
 from qdspace.connector.ingest import ingest_file
+from qdspace.connector.row_template import FIELDS, template
 from qdspace.connector.storage import open_store
-from qdspace.connector.validate import FIELDS, RowInvalid, parse_row, template
+from qdspace.connector.validate import parse_row
 
 D = default_dictionary()
 

@@ -7,7 +7,8 @@ from datetime import UTC, datetime
 import pytest
 
 from qdspace.connector.dictionary import default_dictionary
-from qdspace.connector.validate import FieldError, parse_row
+from qdspace.connector.field_parsers import FieldError
+from qdspace.connector.validate import parse_row
 
 D = default_dictionary()
 GOOD_INSPECTION = {

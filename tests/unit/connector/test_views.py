@@ -18,10 +18,25 @@ from nacl.signing import SigningKey
 from sqlalchemy import Engine, create_engine, insert, text
 
 from qdspace.connector.agreement import ContractAgreement, countersign, sign_agreement
+from qdspace.connector.assets import Asset, AssetKind, catalog
 from qdspace.connector.contract_errors import ViewError
 from qdspace.connector.contract_store import ContractStore, IncomingRow, ensure_schema
+from qdspace.connector.encoding import record_key, stream_batches
 from qdspace.connector.negotiation import Role
+from qdspace.connector.paging import (
+    INSPECTION_FIELDS,
+    INSPECTION_TABLE,
+    MEASUREMENT_TABLE,
+    OPERATOR_LOG_FIELDS,
+    OPERATOR_LOG_TABLE,
+    inspections,
+    order_batches,
+    parse_position,
+    process_along_genealogy,
+    read_asset,
+)
 from qdspace.connector.pseudonym import PSEUDONYM_PREFIX, Pseudonymizer
+from qdspace.connector.release_gate import ReleaseGate
 from qdspace.connector.storage import QualityStore, migrate, open_store
 from qdspace.connector.transfer import (
     Checkpoint,
@@ -33,24 +48,6 @@ from qdspace.connector.transfer import (
     row_bytes,
 )
 from qdspace.connector.transfer import apply as apply_transfer
-from qdspace.connector.views import (
-    INSPECTION_FIELDS,
-    INSPECTION_TABLE,
-    MEASUREMENT_TABLE,
-    OPERATOR_LOG_FIELDS,
-    OPERATOR_LOG_TABLE,
-    Asset,
-    AssetKind,
-    ReleaseGate,
-    catalog,
-    inspections,
-    order_batches,
-    parse_position,
-    process_along_genealogy,
-    read_asset,
-    record_key,
-    stream_batches,
-)
 from qdspace.policies.canonical import format_datetime
 from qdspace.policies.evaluate import Request
 from qdspace.policies.model import (

@@ -8,9 +8,10 @@ from datetime import UTC, datetime
 import pytest
 from sqlalchemy import create_engine
 
+from qdspace.connector.assets import AssetKind
 from qdspace.connector.contract_errors import ViewError
 from qdspace.connector.offers import Verdict, answer_job_request
-from qdspace.connector.views import AssetKind, asset_source
+from qdspace.connector.paging import asset_source
 from qdspace.federation.agreements import job_asset
 from qdspace.federation.job import JobSpec
 from qdspace.policies.evaluate import Request, evaluate

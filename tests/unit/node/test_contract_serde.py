@@ -19,6 +19,8 @@ from qdspace.connector.agreement import (
     sign_agreement,
     sign_receipt,
 )
+from qdspace.connector.assets import AssetKind, CatalogEntry
+from qdspace.connector.encoding import StreamEvent, StreamRequest
 from qdspace.connector.negotiation import (
     Accepted,
     Agreement,
@@ -46,7 +48,6 @@ from qdspace.connector.transfer import (
     TransferSuspension,
     TransferTermination,
 )
-from qdspace.connector.views import AssetKind, CatalogEntry, StreamEvent, StreamRequest
 from qdspace.node.rpc import contracts_serde as serde
 from qdspace.policies.model import OfferTerms, Policy, make_offer, to_agreement
 from qdspace.protocols.v1 import catalog_pb2, negotiation_pb2, notification_pb2, transfer_pb2

@@ -1,0 +1,282 @@
+"""Durable state of the contract machinery, on SQLite or PostgreSQL.
+
+`ContractStore` keeps negotiations, signed agreements, transfer cursors, an outbox
+of protocol messages, the rows received under agreements (with their data keys),
+order closures, deletion receipts and the notices (SPC alerts, investigations) peers
+sent. It works over a plain SQLAlchemy `Engine` passed in; its tables
+(`CONTRACT_METADATA`) are created by the Alembic migrations (``0002_contracts`` and
+later; `ensure_schema` runs them), so it shares the node's QDM database or lives in
+its own.
+
+The store is split by aggregate, one module each, owning its tables and explaining
+the invariants it keeps:
+
+- `common`: the shared schema, transactions and optimistic locking (compare-and-set
+  on the messages a process applied);
+- `negotiations`, `agreements`, `transfers`: the contract processes and their result;
+- `outbox`: messages to peers, queued in the transaction that owes them;
+- `received` and `data_keys`: the consumer's mirror of the provider's records
+  (keep-once, highest version wins) and the keys it is encrypted under
+  (crypto-shredding);
+- `closures` and `receipts`: order closures, the deletion duties they start, and the
+  signed receipts that answer them;
+- `notices`: alerts and investigations peers sent, kept once within a bound.
+
+`ContractStore` wires them together (which aggregate takes another's step into its
+transaction) and delegates each call to the module that owns it, under the name the
+method has there.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from datetime import datetime
+
+from sqlalchemy import Engine
+
+from qdspace.connector.agreement import SignedAgreement, SignedReceipt
+from qdspace.connector.contract_errors import ContractStoreError
+from qdspace.connector.contract_store.agreements import AgreementStore, StoredAgreement
+from qdspace.connector.contract_store.closures import ClosureStore, DutyReport, OrderClosure
+from qdspace.connector.contract_store.common import (
+    CONTRACT_METADATA,
+    ConcurrentUpdateError,
+    ensure_schema,
+)
+from qdspace.connector.contract_store.data_keys import DataKeys
+from qdspace.connector.contract_store.negotiations import NegotiationStore
+from qdspace.connector.contract_store.notices import NoticeStore
+from qdspace.connector.contract_store.outbox import OutboxMessage, OutboxStore, PendingMessage
+from qdspace.connector.contract_store.receipts import ReceiptStore
+from qdspace.connector.contract_store.received import (
+    Deletion,
+    IncomingRow,
+    MirrorResult,
+    ReceivedChange,
+    ReceivedRow,
+    ReceivedStore,
+    received_row_table,
+)
+from qdspace.connector.contract_store.transfers import TransferStore
+from qdspace.connector.negotiation import Negotiation, NegotiationState, Role
+from qdspace.connector.spc import Investigation, QualityAlert
+from qdspace.connector.transfer import TransferProcess
+
+__all__ = [
+    "CONTRACT_METADATA",
+    "ConcurrentUpdateError",
+    "ContractStore",
+    "ContractStoreError",
+    "Deletion",
+    "DutyReport",
+    "IncomingRow",
+    "MirrorResult",
+    "OrderClosure",
+    "OutboxMessage",
+    "PendingMessage",
+    "ReceivedChange",
+    "ReceivedRow",
+    "StoredAgreement",
+    "ensure_schema",
+    "received_row_table",
+]
+
+
+class ContractStore:
+    """Negotiations, agreements, transfers, outbox, received rows and deletion duties.
+
+    `key_encryption_key` (32 bytes) wraps the per-agreement data keys; keep it
+    outside the database (for example in the node's key directory).
+    """
+
+    def __init__(self, engine: Engine, key_encryption_key: bytes) -> None:
+        self.engine = engine
+        self._keys = DataKeys(engine, key_encryption_key)
+        self._outbox = OutboxStore(engine)
+        self._agreements = AgreementStore(engine)
+        self._negotiations = NegotiationStore(engine, self._agreements, self._outbox)
+        self._transfers = TransferStore(engine, self._outbox)
+        self._received = ReceivedStore(engine, self._keys, self._agreements, self._transfers)
+        self._receipts = ReceiptStore(engine)
+        self._closures = ClosureStore(
+            engine, self._agreements, self._received, self._receipts, self._outbox
+        )
+        self._notices = NoticeStore(engine)
+
+    # -------------------------------------------------------- negotiations
+
+    def save_negotiation(
+        self,
+        before: Negotiation | None,
+        after: Negotiation,
+        outbox: Iterable[OutboxMessage] = (),
+    ) -> None:
+        self._negotiations.save_negotiation(before, after, outbox)
+
+    def load_negotiation(self, negotiation_id: str) -> Negotiation:
+        return self._negotiations.load_negotiation(negotiation_id)
+
+    def find_negotiation(self, negotiation_id: str) -> Negotiation | None:
+        return self._negotiations.find_negotiation(negotiation_id)
+
+    def update_negotiation(
+        self,
+        negotiation_id: str,
+        step: Callable[[Negotiation], tuple[Negotiation, Sequence[OutboxMessage]]],
+        *,
+        attempts: int = 3,
+    ) -> Negotiation:
+        return self._negotiations.update_negotiation(negotiation_id, step, attempts=attempts)
+
+    def negotiations(self, state: NegotiationState | None = None) -> list[Negotiation]:
+        return self._negotiations.negotiations(state)
+
+    # ---------------------------------------------------------- agreements
+
+    def save_agreement(self, signed: SignedAgreement, role: Role) -> None:
+        self._agreements.save_agreement(signed, role)
+
+    def agreement(self, agreement_id: str) -> StoredAgreement:
+        return self._agreements.agreement(agreement_id)
+
+    def agreements(self, role: Role | None = None) -> list[StoredAgreement]:
+        return self._agreements.agreements(role)
+
+    def terminate_agreement(self, agreement_id: str, reason: str, at: datetime) -> StoredAgreement:
+        return self._agreements.terminate_agreement(agreement_id, reason, at)
+
+    # ----------------------------------------------------------- transfers
+
+    def save_transfer(
+        self,
+        before: TransferProcess | None,
+        after: TransferProcess,
+        outbox: Iterable[OutboxMessage] = (),
+    ) -> None:
+        self._transfers.save_transfer(before, after, outbox)
+
+    def load_transfer(self, transfer_id: str) -> TransferProcess:
+        return self._transfers.load_transfer(transfer_id)
+
+    def find_transfer(self, transfer_id: str) -> TransferProcess | None:
+        return self._transfers.find_transfer(transfer_id)
+
+    def transfers(self, agreement_id: str | None = None) -> list[TransferProcess]:
+        return self._transfers.transfers(agreement_id)
+
+    def last_completed_pull(
+        self,
+        agreement_id: str,
+        order_id: str | None,
+        fields: frozenset[str] | None,
+        purpose: str | None,
+    ) -> TransferProcess | None:
+        return self._transfers.last_completed_pull(agreement_id, order_id, fields, purpose)
+
+    # -------------------------------------------------------------- outbox
+
+    def enqueue(self, messages: Iterable[OutboxMessage], at: datetime) -> None:
+        self._outbox.enqueue(messages, at)
+
+    def due_messages(self, now: datetime, limit: int = 100) -> list[PendingMessage]:
+        return self._outbox.due_messages(now, limit)
+
+    def mark_sent(self, message_id: int, at: datetime) -> None:
+        self._outbox.mark_sent(message_id, at)
+
+    def mark_failed(self, message_id: int, error: str, retry_at: datetime) -> None:
+        self._outbox.mark_failed(message_id, error, retry_at)
+
+    # -------------------------------------------------------- received rows
+
+    def store_received_rows(
+        self, agreement_id: str, source_id: str, rows: Iterable[IncomingRow], at: datetime
+    ) -> MirrorResult:
+        return self._received.store_received_rows(agreement_id, source_id, rows, at)
+
+    def commit_transfer_batch(
+        self,
+        before: TransferProcess,
+        after: TransferProcess,
+        rows: Sequence[IncomingRow],
+        at: datetime,
+    ) -> MirrorResult:
+        return self._received.commit_transfer_batch(before, after, rows, at)
+
+    def received_changes(
+        self, agreement_id: str | None = None, record_key: str | None = None
+    ) -> list[ReceivedChange]:
+        return self._received.received_changes(agreement_id, record_key)
+
+    def last_received_seq(self, source_id: str) -> int | None:
+        return self._received.last_received_seq(source_id)
+
+    def received_rows(
+        self,
+        agreement_id: str,
+        order_id: str | None = None,
+        *,
+        after_id: int = 0,
+        limit: int | None = None,
+    ) -> list[ReceivedRow]:
+        return self._received.received_rows(agreement_id, order_id, after_id=after_id, limit=limit)
+
+    def count_received(self, agreement_id: str | None = None) -> int:
+        return self._received.count_received(agreement_id)
+
+    def key_destroyed(self, agreement_id: str, order_id: str) -> bool:
+        return self._keys.key_destroyed(agreement_id, order_id)
+
+    # ------------------------------------------------- closures and deletion
+
+    def record_order_closed(
+        self, agreement_id: str, order_id: str, closed_at: datetime
+    ) -> OrderClosure:
+        return self._closures.record_order_closed(agreement_id, order_id, closed_at)
+
+    def close_order(self, provider_id: str, order_id: str, closed_at: datetime) -> list[str]:
+        return self._closures.close_order(provider_id, order_id, closed_at)
+
+    def closure(self, agreement_id: str, order_id: str) -> OrderClosure | None:
+        return self._closures.closure(agreement_id, order_id)
+
+    def closures(self, agreement_id: str | None = None) -> list[OrderClosure]:
+        return self._closures.closures(agreement_id)
+
+    def closed_orders(self, agreement_id: str) -> dict[str, datetime]:
+        return self._closures.closed_orders(agreement_id)
+
+    def expired_closures(self, now: datetime) -> list[OrderClosure]:
+        return self._closures.expired_closures(now)
+
+    def shred(
+        self,
+        agreement_id: str,
+        order_id: str,
+        at: datetime,
+        make_receipt: Callable[[Deletion], tuple[SignedReceipt, Sequence[OutboxMessage]]],
+    ) -> SignedReceipt:
+        return self._closures.shred(agreement_id, order_id, at, make_receipt)
+
+    def record_receipt(self, signed: SignedReceipt) -> None:
+        self._closures.record_receipt(signed)
+
+    def deletion_duties(self, now: datetime) -> list[DutyReport]:
+        return self._closures.deletion_duties(now)
+
+    def receipts(self, agreement_id: str | None = None) -> list[SignedReceipt]:
+        return self._receipts.receipts(agreement_id)
+
+    # ------------------------------------------------------------- notices
+
+    def record_alert(self, sender_id: str, notice: QualityAlert, at: datetime) -> bool:
+        return self._notices.record_alert(sender_id, notice, at)
+
+    def record_investigation(self, sender_id: str, case: Investigation, at: datetime) -> bool:
+        return self._notices.record_investigation(sender_id, case, at)
+
+    def received_alerts(self, sender_id: str | None = None) -> list[QualityAlert]:
+        return self._notices.received_alerts(sender_id)
+
+    def received_investigations(self, sender_id: str | None = None) -> list[Investigation]:
+        return self._notices.received_investigations(sender_id)

@@ -1,0 +1,171 @@
+"""Agreements: the signed contracts, as this node holds them (as provider or consumer).
+
+Why separate: nearly every other aggregate hangs off an agreement (a transfer runs
+under one, received rows are kept under one, an order closure starts one's deletion
+duty) but none of them changes it. They read it, within their own transaction when
+what they write depends on it (`agreement_in`); only a negotiation writes one, in the
+transaction that finalises it (`save_agreement_in`).
+
+Invariants: the terms are written once. Storing an agreement again with other
+canonical bytes under the same id is an error, never an overwrite; the same terms
+again are a no-op, except that the consumer's signature, once it arrives, is added
+(and never removed). Termination is idempotent: the first termination, with its
+time and reason, stands.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import (
+    Column,
+    ColumnElement,
+    Connection,
+    LargeBinary,
+    String,
+    Table,
+    Text,
+    insert,
+    select,
+    update,
+)
+from sqlmodel.sql.sqltypes import UTCDateTime
+
+from qdspace.connector.agreement import SignedAgreement, agreement_from_bytes
+from qdspace.connector.contract_errors import ContractStoreError, UnknownContractError
+from qdspace.connector.contract_store.common import CONTRACT_METADATA, ID_LENGTH, TableStore
+from qdspace.connector.negotiation import Role
+
+agreement_table = Table(
+    "contract_agreement",
+    CONTRACT_METADATA,
+    Column("agreement_id", String(ID_LENGTH), primary_key=True),
+    Column("negotiation_id", String(ID_LENGTH), nullable=False),
+    Column("role", String(16), nullable=False),
+    Column("provider_id", String(ID_LENGTH), nullable=False),
+    Column("consumer_id", String(ID_LENGTH), nullable=False),
+    Column("asset_id", String(ID_LENGTH), nullable=False),
+    Column("canonical", LargeBinary, nullable=False),
+    Column("provider_signature", LargeBinary, nullable=False),
+    Column("consumer_signature", LargeBinary, nullable=True),
+    Column("digest", String(64), nullable=False),
+    Column("agreed_at", UTCDateTime(), nullable=False),
+    Column("terminated_at", UTCDateTime(), nullable=True),
+    Column("termination_reason", Text, nullable=True),
+)
+
+
+@dataclass(frozen=True)
+class StoredAgreement:
+    signed: SignedAgreement
+    role: Role
+    terminated_at: datetime | None
+    termination_reason: str | None
+
+    @property
+    def agreement_id(self) -> str:
+        return self.signed.agreement.agreement_id
+
+    @property
+    def active(self) -> bool:
+        return self.terminated_at is None and self.signed.complete
+
+
+def held_as(agreement_id: ColumnElement[str], role: Role) -> ColumnElement[bool]:
+    """An SQL condition: the agreement `agreement_id` names is held here in `role`
+    (for another aggregate's query over its own rows)."""
+    table = agreement_table
+    return (
+        select(table.c.agreement_id)
+        .where(table.c.agreement_id == agreement_id, table.c.role == role.value)
+        .exists()
+    )
+
+
+class AgreementStore(TableStore):
+    """Save, read, list and terminate agreements."""
+
+    def save_agreement_in(
+        self, connection: Connection, signed: SignedAgreement, role: Role
+    ) -> None:
+        """`save_agreement` within the caller's transaction."""
+        terms = signed.agreement
+        table = agreement_table
+        existing = connection.execute(
+            select(table.c.canonical, table.c.consumer_signature).where(
+                table.c.agreement_id == terms.agreement_id
+            )
+        ).first()
+        if existing is None:
+            connection.execute(
+                insert(table).values(
+                    agreement_id=terms.agreement_id,
+                    negotiation_id=terms.negotiation_id,
+                    role=role.value,
+                    provider_id=terms.provider_id,
+                    consumer_id=terms.consumer_id,
+                    asset_id=terms.asset_id,
+                    canonical=signed.canonical_bytes,
+                    provider_signature=signed.provider_signature,
+                    consumer_signature=signed.consumer_signature,
+                    digest=terms.digest().hex(),
+                    agreed_at=terms.agreed_at,
+                )
+            )
+            return
+        if bytes(existing.canonical) != signed.canonical_bytes:
+            raise ContractStoreError(f"agreement {terms.agreement_id} exists with other terms")
+        if existing.consumer_signature is None and signed.consumer_signature is not None:
+            connection.execute(
+                update(table)
+                .where(table.c.agreement_id == terms.agreement_id)
+                .values(consumer_signature=signed.consumer_signature)
+            )
+
+    def save_agreement(self, signed: SignedAgreement, role: Role) -> None:
+        """Store a (verified) agreement; a later call may add the consumer's signature."""
+        with self.engine.begin() as connection:
+            self.save_agreement_in(connection, signed, role)
+
+    def agreement_in(self, connection: Connection, agreement_id: str) -> StoredAgreement:
+        """`agreement` within the caller's transaction."""
+        row = connection.execute(
+            select(agreement_table).where(agreement_table.c.agreement_id == agreement_id)
+        ).first()
+        if row is None:
+            raise UnknownContractError(f"no agreement {agreement_id} here")
+        consumer_signature = (
+            None if row.consumer_signature is None else bytes(row.consumer_signature)
+        )
+        signed = SignedAgreement(
+            agreement_from_bytes(bytes(row.canonical)),
+            bytes(row.provider_signature),
+            consumer_signature,
+        )
+        return StoredAgreement(signed, Role(row.role), row.terminated_at, row.termination_reason)
+
+    def agreement(self, agreement_id: str) -> StoredAgreement:
+        with self.engine.connect() as connection:
+            return self.agreement_in(connection, agreement_id)
+
+    def agreements(self, role: Role | None = None) -> list[StoredAgreement]:
+        table = agreement_table
+        statement = select(table.c.agreement_id).order_by(table.c.agreed_at, table.c.agreement_id)
+        if role is not None:
+            statement = statement.where(table.c.role == role.value)
+        with self.engine.connect() as connection:
+            ids = list(connection.execute(statement).scalars())
+            return [self.agreement_in(connection, i) for i in ids]
+
+    def terminate_agreement(self, agreement_id: str, reason: str, at: datetime) -> StoredAgreement:
+        """Mark an agreement terminated (idempotent: the first termination stands)."""
+        table = agreement_table
+        with self.engine.begin() as connection:
+            self.agreement_in(connection, agreement_id)
+            connection.execute(
+                update(table)
+                .where(table.c.agreement_id == agreement_id, table.c.terminated_at.is_(None))
+                .values(terminated_at=at, termination_reason=reason)
+            )
+            return self.agreement_in(connection, agreement_id)

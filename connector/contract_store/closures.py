@@ -1,0 +1,253 @@
+"""Order closures and the deletion duties they start.
+
+When a provider closes an order, every agreement it gave whose scope covers the order
+records the closure; an agreement with a delete duty (`policies.retention`) then owes
+the deletion of that order's rows by a deadline. The provider records closures and
+tells consumers; the consumer records the same closure, deletes when the deadline
+comes (`shred`) and answers with a signed receipt; the provider checks the receipt
+against the duty it computed (`record_receipt`) and reports every duty's status
+(`deletion_duties`).
+
+Why separate: a duty is not stored, it is derived from the agreement's policy and the
+closure each time it is looked at; this module is where that derivation meets the
+aggregates it reads (agreements, receipts) and the ones a deletion writes (the
+mirror and its keys, receipts, the outbox).
+
+Invariants: a closure is recorded once, with the deadline its duty gives (the first
+close time stands). A deletion is all or nothing: the order's rows, tombstones and
+audit trail go, its data key is destroyed (see `data_keys`), and the signed receipt
+and the message carrying it are stored, in one transaction; a receipt that does not
+describe exactly what was deleted aborts it. A receipt is recorded only as the answer
+to a recorded duty, and only if its claims match it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import Column, Engine, String, Table, select
+from sqlmodel.sql.sqltypes import UTCDateTime
+
+from qdspace.connector.agreement import DeletionReceipt, SignedReceipt
+from qdspace.connector.contract_errors import ContractStoreError
+from qdspace.connector.contract_store.agreements import AgreementStore, held_as
+from qdspace.connector.contract_store.common import CONTRACT_METADATA, ID_LENGTH, TableStore
+from qdspace.connector.contract_store.outbox import OutboxMessage, OutboxStore
+from qdspace.connector.contract_store.receipts import ReceiptStore, receipted
+from qdspace.connector.contract_store.received import Deletion, ReceivedStore
+from qdspace.connector.negotiation import Role
+from qdspace.policies.evaluate import order_in_scope
+from qdspace.policies.retention import (
+    DeletionDuty,
+    DutyStatus,
+    check_receipt_claims,
+    deletion_duty,
+    duty_status,
+)
+
+closure_table = Table(
+    "contract_order_closure",
+    CONTRACT_METADATA,
+    Column("agreement_id", String(ID_LENGTH), primary_key=True),
+    Column("order_id", String(ID_LENGTH), primary_key=True),
+    Column("closed_at", UTCDateTime(), nullable=False),
+    Column("deadline", UTCDateTime(), nullable=True, index=True),
+)
+
+
+@dataclass(frozen=True)
+class OrderClosure:
+    agreement_id: str
+    order_id: str
+    closed_at: datetime
+    deadline: datetime | None
+
+
+@dataclass(frozen=True)
+class DutyReport:
+    """A provider's view of one deletion duty, with the verified receipt if any."""
+
+    duty: DeletionDuty
+    status: DutyStatus
+    receipt: DeletionReceipt | None
+
+
+class ClosureStore(TableStore):
+    """Record closures; fulfil (consumer) and check (provider) the duties they start."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        agreements: AgreementStore,
+        received: ReceivedStore,
+        receipts: ReceiptStore,
+        outbox: OutboxStore,
+    ) -> None:
+        super().__init__(engine)
+        self._agreements = agreements
+        self._received = received
+        self._receipts = receipts
+        self._outbox = outbox
+
+    def record_order_closed(
+        self, agreement_id: str, order_id: str, closed_at: datetime
+    ) -> OrderClosure:
+        """Record that the provider closed `order_id` (idempotent: the first time stands)."""
+        with self.engine.begin() as connection:
+            stored = self._agreements.agreement_in(connection, agreement_id)
+            duty = deletion_duty(stored.signed.agreement.policy, closed_at, order_id)
+            deadline = None if duty is None else duty.deadline
+            statement = self._upsert(closure_table).on_conflict_do_nothing(
+                index_elements=["agreement_id", "order_id"]
+            )
+            connection.execute(
+                statement.values(
+                    agreement_id=agreement_id,
+                    order_id=order_id,
+                    closed_at=closed_at,
+                    deadline=deadline,
+                )
+            )
+        closure = self.closure(agreement_id, order_id)
+        assert closure is not None
+        return closure
+
+    def close_order(self, provider_id: str, order_id: str, closed_at: datetime) -> list[str]:
+        """Provider side: record the closure for every agreement it gave whose scope covers
+        the order; returns those agreement ids (their consumers must be told)."""
+        concerned = [
+            stored.agreement_id
+            for stored in self._agreements.agreements(Role.PROVIDER)
+            if stored.signed.agreement.provider_id == provider_id
+            and stored.signed.complete
+            and order_in_scope(stored.signed.agreement.policy, order_id)
+        ]
+        for agreement_id in concerned:
+            self.record_order_closed(agreement_id, order_id, closed_at)
+        return concerned
+
+    def closure(self, agreement_id: str, order_id: str) -> OrderClosure | None:
+        table = closure_table
+        with self.engine.connect() as connection:
+            row = connection.execute(
+                select(table).where(
+                    table.c.agreement_id == agreement_id, table.c.order_id == order_id
+                )
+            ).first()
+        if row is None:
+            return None
+        return OrderClosure(row.agreement_id, row.order_id, row.closed_at, row.deadline)
+
+    def closures(self, agreement_id: str | None = None) -> list[OrderClosure]:
+        table = closure_table
+        statement = select(table).order_by(table.c.agreement_id, table.c.order_id)
+        if agreement_id is not None:
+            statement = statement.where(table.c.agreement_id == agreement_id)
+        with self.engine.connect() as connection:
+            rows = connection.execute(statement).all()
+        return [OrderClosure(r.agreement_id, r.order_id, r.closed_at, r.deadline) for r in rows]
+
+    def closed_orders(self, agreement_id: str) -> dict[str, datetime]:
+        """order id -> close time, for the policy gate (`closed_orders=`)."""
+        return {c.order_id: c.closed_at for c in self.closures(agreement_id)}
+
+    def expired_closures(self, now: datetime) -> list[OrderClosure]:
+        """Consumer side: closures past their deadline that have no receipt yet."""
+        table = closure_table
+        statement = (
+            select(table)
+            .where(
+                held_as(table.c.agreement_id, Role.CONSUMER),
+                table.c.deadline.is_not(None),
+                table.c.deadline <= now,
+                ~receipted(table.c.agreement_id, table.c.order_id),
+            )
+            .order_by(table.c.deadline, table.c.agreement_id, table.c.order_id)
+        )
+        with self.engine.connect() as connection:
+            rows = connection.execute(statement).all()
+        return [OrderClosure(r.agreement_id, r.order_id, r.closed_at, r.deadline) for r in rows]
+
+    def shred(
+        self,
+        agreement_id: str,
+        order_id: str,
+        at: datetime,
+        make_receipt: Callable[[Deletion], tuple[SignedReceipt, Sequence[OutboxMessage]]],
+    ) -> SignedReceipt:
+        """Delete the rows of one order under one agreement, destroy their data key, and
+        store the signed receipt `make_receipt` builds, all in one transaction.
+
+        The receipt covers exactly the records held (current versions; tombstones hold
+        nothing); tombstones and the audit trail of the order go with them."""
+        with self.engine.begin() as connection:
+            deletion = self._received.erase_order_in(connection, agreement_id, order_id, at)
+            signed, outbox = make_receipt(deletion)
+            receipt = signed.receipt
+            if (receipt.agreement_id, receipt.order_id, receipt.row_count) != (
+                agreement_id,
+                order_id,
+                deletion.row_count,
+            ) or receipt.content_sha256 != deletion.content_sha256:
+                raise ContractStoreError("the receipt does not describe what was deleted")
+            self._receipts.save_receipt_in(connection, signed)
+            self._outbox.enqueue_in(connection, outbox, at)
+        return signed
+
+    def record_receipt(self, signed: SignedReceipt) -> None:
+        """Provider side: store a receipt whose signature the caller verified; it must
+        answer a recorded duty (an agreement given, an order closed)."""
+        receipt = signed.receipt
+        with self.engine.begin() as connection:
+            stored = self._agreements.agreement_in(connection, receipt.agreement_id)
+            closure = connection.execute(
+                select(closure_table).where(
+                    closure_table.c.agreement_id == receipt.agreement_id,
+                    closure_table.c.order_id == receipt.order_id,
+                )
+            ).first()
+            duty = deletion_duty(
+                stored.signed.agreement.policy,
+                None if closure is None else closure.closed_at,
+                receipt.order_id,
+            )
+            if duty is None:
+                raise ContractStoreError(f"agreement {receipt.agreement_id} has no delete duty")
+            check_receipt_claims(
+                duty,
+                agreement_id=receipt.agreement_id,
+                consumer_id=receipt.consumer_id,
+                row_count=receipt.row_count,
+                content_sha256=receipt.content_sha256,
+                order_id=receipt.order_id,
+            )
+            self._receipts.save_receipt_in(connection, signed)
+
+    def deletion_duties(self, now: datetime) -> list[DutyReport]:
+        """Provider side: every deletion duty of the agreements it gave, with its status.
+
+        An agreement none of whose orders has closed yet shows as one PENDING duty.
+        """
+        receipts = {
+            (s.receipt.agreement_id, s.receipt.order_id): s.receipt
+            for s in self._receipts.receipts()
+        }
+        closures: dict[str, list[OrderClosure]] = {}
+        for closure in self.closures():
+            closures.setdefault(closure.agreement_id, []).append(closure)
+        reports = []
+        for stored in self._agreements.agreements(Role.PROVIDER):
+            policy = stored.signed.agreement.policy
+            closed: list[tuple[str, datetime | None]] = [
+                (c.order_id, c.closed_at) for c in closures.get(stored.agreement_id, [])
+            ]
+            for order_id, closed_at in closed or [("", None)]:
+                duty = deletion_duty(policy, closed_at, order_id)
+                if duty is None:
+                    continue
+                receipt = receipts.get((stored.agreement_id, order_id))
+                deleted_at = None if receipt is None else receipt.deleted_at
+                reports.append(DutyReport(duty, duty_status(duty, now, deleted_at), receipt))
+        return reports

@@ -1,0 +1,165 @@
+"""Negotiations: the contract-negotiation processes this node takes part in.
+
+Why separate: a negotiation is driven by a peer's messages and is the one process
+whose save spans three aggregates. When it applies a message it may reach an
+agreement and it usually owes the peer an answer; the new state, the agreement
+(`agreements`) and the answer (`outbox`) are committed in one transaction, so a
+crash never leaves an agreement without the negotiation that reached it, nor a
+state change whose reply is lost (or a reply to a change that rolled back).
+
+Invariants: a negotiation is saved by compare-and-set on the number of messages it
+applied, with the ids of those messages kept to recognise a retry after a restart
+(see `common.save_process`). `update_negotiation` is the safe way to change one:
+load, apply, save; on a concurrent update it reloads and applies again, which the
+idempotent state machine (`connector.negotiation`) turns into a no-op when the other
+handler already applied the same message.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+
+from sqlalchemy import Column, Engine, Integer, LargeBinary, String, Table, Text, select
+from sqlmodel.sql.sqltypes import UTCDateTime
+
+from qdspace.connector.contract_errors import UnknownContractError
+from qdspace.connector.contract_store.agreements import AgreementStore
+from qdspace.connector.contract_store.common import (
+    CONTRACT_METADATA,
+    ID_LENGTH,
+    ConcurrentUpdateError,
+    TableStore,
+    save_process,
+    saving,
+    seen_messages,
+)
+from qdspace.connector.contract_store.outbox import OutboxMessage, OutboxStore
+from qdspace.connector.negotiation import Negotiation, NegotiationState, Role
+from qdspace.policies.codec import parse_policy, policy_to_json
+
+negotiation_table = Table(
+    "contract_negotiation",
+    CONTRACT_METADATA,
+    Column("negotiation_id", String(ID_LENGTH), primary_key=True),
+    Column("role", String(16), nullable=False),
+    Column("provider_id", String(ID_LENGTH), nullable=False),
+    Column("consumer_id", String(ID_LENGTH), nullable=False),
+    Column("asset_id", String(ID_LENGTH), nullable=False),
+    Column("state", String(16), nullable=False, index=True),
+    Column("offer_json", LargeBinary, nullable=False),
+    Column("agreement_id", String(ID_LENGTH), nullable=True),
+    Column("reason", Text, nullable=True),
+    Column("message_count", Integer, nullable=False),
+    Column("created_at", UTCDateTime(), nullable=False),
+    Column("updated_at", UTCDateTime(), nullable=False),
+)
+_KIND = "negotiation"
+
+
+class NegotiationStore(TableStore):
+    """Save, load and list negotiations."""
+
+    def __init__(self, engine: Engine, agreements: AgreementStore, outbox: OutboxStore) -> None:
+        super().__init__(engine)
+        self._agreements = agreements
+        self._outbox = outbox
+
+    def save_negotiation(
+        self,
+        before: Negotiation | None,
+        after: Negotiation,
+        outbox: Iterable[OutboxMessage] = (),
+    ) -> None:
+        """Persist `after` (loaded as `before`, None when new) and queue `outbox`, atomically."""
+        values = {
+            "role": after.role.value,
+            "provider_id": after.provider_id,
+            "consumer_id": after.consumer_id,
+            "asset_id": after.asset_id,
+            "state": after.state.value,
+            "offer_json": policy_to_json(after.offer),
+            "agreement_id": None
+            if after.agreement is None
+            else after.agreement.agreement.agreement_id,
+            "reason": after.reason,
+            "message_count": len(after.seen),
+            "created_at": after.created_at,
+            "updated_at": after.updated_at,
+        }
+        with saving(self.engine, f"negotiation {after.negotiation_id}") as connection:
+            seen = None if before is None else before.seen
+            save_process(
+                connection,
+                negotiation_table,
+                _KIND,
+                after.negotiation_id,
+                values,
+                seen,
+                after.seen,
+            )
+            if after.agreement is not None:
+                self._agreements.save_agreement_in(connection, after.agreement, after.role)
+            self._outbox.enqueue_in(connection, outbox, after.updated_at)
+
+    def load_negotiation(self, negotiation_id: str) -> Negotiation:
+        table = negotiation_table
+        with self.engine.connect() as connection:
+            row = connection.execute(
+                select(table).where(table.c.negotiation_id == negotiation_id)
+            ).first()
+            if row is None:
+                raise UnknownContractError(f"no negotiation {negotiation_id} here")
+            seen = seen_messages(connection, _KIND, negotiation_id)
+            signed = None
+            if row.agreement_id is not None:
+                signed = self._agreements.agreement_in(connection, row.agreement_id).signed
+        return Negotiation(
+            negotiation_id=row.negotiation_id,
+            role=Role(row.role),
+            provider_id=row.provider_id,
+            consumer_id=row.consumer_id,
+            asset_id=row.asset_id,
+            state=NegotiationState(row.state),
+            offer=parse_policy(row.offer_json),
+            created_at=row.created_at,
+            updated_at=row.updated_at,
+            agreement=signed,
+            reason=row.reason,
+            seen=seen,
+        )
+
+    def find_negotiation(self, negotiation_id: str) -> Negotiation | None:
+        try:
+            return self.load_negotiation(negotiation_id)
+        except UnknownContractError:
+            return None
+
+    def update_negotiation(
+        self,
+        negotiation_id: str,
+        step: Callable[[Negotiation], tuple[Negotiation, Sequence[OutboxMessage]]],
+        *,
+        attempts: int = 3,
+    ) -> Negotiation:
+        """Load, apply `step`, save by compare-and-set; retried on a concurrent update."""
+        for attempt in range(attempts):
+            before = self.load_negotiation(negotiation_id)
+            after, outbox = step(before)
+            if after == before and not outbox:
+                return after
+            try:
+                self.save_negotiation(before, after, outbox)
+                return after
+            except ConcurrentUpdateError:
+                if attempt == attempts - 1:
+                    raise
+        raise AssertionError("unreachable")
+
+    def negotiations(self, state: NegotiationState | None = None) -> list[Negotiation]:
+        table = negotiation_table
+        statement = select(table.c.negotiation_id).order_by(table.c.created_at)
+        if state is not None:
+            statement = statement.where(table.c.state == state.value)
+        with self.engine.connect() as connection:
+            ids = list(connection.execute(statement).scalars())
+        return [self.load_negotiation(i) for i in ids]

@@ -1,0 +1,176 @@
+"""Notices peers sent us: SPC quality alerts and investigations.
+
+A customer watching our live inspection stream under an agreement (`connector.spc`)
+sends us a quality alert when it sees our process drift; a member that opens a
+quality investigation with us (a traced batch, a defect) sends it too. They arrive as
+notifications, which the sender retries until we acknowledge, so the same notice may
+arrive more than once.
+
+Why separate: these are the only rows written on a peer's initiative with no
+agreement process behind them to bound them (a notice names its agreement and order,
+but nothing here is derived from them), so they need their own guard against a
+member filling the database.
+
+Invariants (keep-once within a bound): a notice is kept once per (sender, id): a
+retried notification is recognised and reported as not new; ids are the sender's,
+so two senders' ids never collide. Each sender may keep at most
+`MAX_RECEIVED_PER_SENDER` notices of each kind here; past it, a new one is refused
+(`NotificationQuotaError`) instead of stored.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Column, String, Table, Text, func, select
+from sqlmodel.sql.sqltypes import UTCDateTime
+
+from qdspace.connector.contract_errors import NotificationQuotaError
+from qdspace.connector.contract_store.common import CONTRACT_METADATA, ID_LENGTH, TableStore
+from qdspace.connector.spc import Investigation, QualityAlert, SpcAlert, SpcPoint
+from qdspace.policies.canonical import format_datetime, parse_datetime
+
+alert_table = Table(
+    "contract_quality_alert",
+    CONTRACT_METADATA,
+    Column("sender_id", String(ID_LENGTH), primary_key=True),
+    Column("alert_id", String(ID_LENGTH), primary_key=True),
+    Column("agreement_id", String(ID_LENGTH), nullable=False),
+    Column("order_id", String(ID_LENGTH), nullable=False),
+    Column("station", String(ID_LENGTH), nullable=False),
+    Column("characteristic", String(ID_LENGTH), nullable=False),
+    Column("rule", String(16), nullable=False),
+    Column("description", Text, nullable=False),
+    Column("points_json", Text, nullable=False),
+    Column("alert_at", UTCDateTime(), nullable=False),
+    Column("received_at", UTCDateTime(), nullable=False, index=True),
+)
+investigation_table = Table(
+    "contract_investigation",
+    CONTRACT_METADATA,
+    Column("sender_id", String(ID_LENGTH), primary_key=True),
+    Column("investigation_id", String(ID_LENGTH), primary_key=True),
+    Column("subject", Text, nullable=False),
+    Column("description", Text, nullable=False),
+    Column("batch_id", String(ID_LENGTH), nullable=False),
+    Column("order_id", String(ID_LENGTH), nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("received_at", UTCDateTime(), nullable=False, index=True),
+)
+#: What one peer may have kept here of each kind of notice (alerts, investigations):
+#: a member flooding us is refused past it instead of filling the database.
+MAX_RECEIVED_PER_SENDER = 10_000
+
+
+class NoticeStore(TableStore):
+    """Keep the alerts and investigations peers send, once each, within a bound."""
+
+    def _keep_once(self, table: Table, sender_id: str, same: Any, values: dict[str, Any]) -> bool:
+        """Insert one entry a peer sent, unless kept before (`same` names it among the
+        sender's); each sender may keep at most `MAX_RECEIVED_PER_SENDER` in `table`."""
+        mine = table.c.sender_id == sender_id
+        with self.engine.begin() as connection:
+            if connection.execute(select(func.count()).where(mine, same)).scalar_one():
+                return False
+            held = connection.execute(select(func.count()).where(mine)).scalar_one()
+            if held >= MAX_RECEIVED_PER_SENDER:
+                raise NotificationQuotaError(
+                    f"{sender_id} already has {held} {table.name} entries kept here "
+                    f"(limit {MAX_RECEIVED_PER_SENDER})"
+                )
+            connection.execute(
+                self._upsert(table).values(sender_id=sender_id, **values).on_conflict_do_nothing()
+            )
+        return True
+
+    def record_alert(self, sender_id: str, notice: QualityAlert, at: datetime) -> bool:
+        """Keep an SPC alert a peer sent us; False when it was kept before (a retry)."""
+        alert = notice.alert
+        points = [
+            {"index": p.index, "value": p.value, "at": format_datetime(p.at)} for p in alert.points
+        ]
+        return self._keep_once(
+            alert_table,
+            sender_id,
+            alert_table.c.alert_id == notice.alert_id,
+            {
+                "alert_id": notice.alert_id,
+                "agreement_id": notice.agreement_id,
+                "order_id": notice.order_id,
+                "station": notice.station,
+                "characteristic": notice.characteristic,
+                "rule": alert.rule,
+                "description": alert.description,
+                "points_json": json.dumps(points),
+                "alert_at": alert.at,
+                "received_at": at,
+            },
+        )
+
+    def record_investigation(self, sender_id: str, case: Investigation, at: datetime) -> bool:
+        """Keep an investigation a peer opened with us; False when kept before (a retry)."""
+        table = investigation_table
+        return self._keep_once(
+            table,
+            sender_id,
+            table.c.investigation_id == case.investigation_id,
+            {
+                "investigation_id": case.investigation_id,
+                "subject": case.subject,
+                "description": case.description,
+                "batch_id": case.batch_id,
+                "order_id": case.order_id,
+                "status": case.status,
+                "received_at": at,
+            },
+        )
+
+    def received_alerts(self, sender_id: str | None = None) -> list[QualityAlert]:
+        """The SPC alerts peers sent us (of one sender), in the order they arrived."""
+        table = alert_table
+        statement = select(table).order_by(table.c.received_at, table.c.alert_id)
+        if sender_id is not None:
+            statement = statement.where(table.c.sender_id == sender_id)
+        with self.engine.connect() as connection:
+            rows = connection.execute(statement).all()
+        return [
+            QualityAlert(
+                alert_id=row.alert_id,
+                alert=SpcAlert(
+                    row.rule,
+                    row.description,
+                    tuple(
+                        SpcPoint(p["index"], p["value"], parse_datetime(p["at"]))
+                        for p in json.loads(row.points_json)
+                    ),
+                    row.alert_at,
+                ),
+                agreement_id=row.agreement_id,
+                order_id=row.order_id,
+                station=row.station,
+                characteristic=row.characteristic,
+            )
+            for row in rows
+        ]
+
+    def received_investigations(self, sender_id: str | None = None) -> list[Investigation]:
+        """The investigations peers opened with us (of one sender), in the order they came."""
+        table = investigation_table
+        statement = select(table).order_by(table.c.received_at, table.c.investigation_id)
+        if sender_id is not None:
+            statement = statement.where(table.c.sender_id == sender_id)
+        with self.engine.connect() as connection:
+            rows = connection.execute(statement).all()
+        return [
+            Investigation(
+                row.investigation_id,
+                row.subject,
+                row.description,
+                row.batch_id,
+                row.order_id,
+                row.status,
+            )
+            for row in rows
+        ]

@@ -1,0 +1,97 @@
+"""Deletion receipts: the consumer's signed statements that it deleted an order's rows.
+
+A consumer that deletes the rows of a closed order under a delete duty signs a
+receipt (how many records, the digest of their canonical bytes, when) and sends it to
+the provider; both keep it. The consumer keeps its own to know the duty is done; the
+provider keeps the consumer's as its evidence, for the duty report and the ledger.
+
+Why separate: a receipt is evidence, written once and then only read, by both sides,
+while the duty it answers (`closures`) is derived from policy and a closure and is
+re-evaluated at every look. Whether a receipt may be recorded at all (does it answer
+a recorded duty, do its claims hold) is the duty's question and is asked there; this
+module only keeps receipts.
+
+Invariants: at most one receipt per duty (agreement, order), by a unique key; storing
+a receipt again is a no-op, so a retried delivery of the same receipt, or the
+consumer's own second attempt, changes nothing.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    ColumnElement,
+    Connection,
+    LargeBinary,
+    String,
+    Table,
+    UniqueConstraint,
+    select,
+)
+from sqlmodel.sql.sqltypes import UTCDateTime
+
+from qdspace.connector.agreement import SignedReceipt, receipt_from_bytes
+from qdspace.connector.contract_store.common import CONTRACT_METADATA, ID_LENGTH, TableStore
+
+receipt_table = Table(
+    "contract_deletion_receipt",
+    CONTRACT_METADATA,
+    Column("receipt_id", String(64), primary_key=True),
+    Column("agreement_id", String(ID_LENGTH), nullable=False),
+    Column("order_id", String(ID_LENGTH), nullable=False),
+    Column("consumer_id", String(ID_LENGTH), nullable=False),
+    Column("canonical", LargeBinary, nullable=False),
+    Column("signature", LargeBinary, nullable=False),
+    Column("row_count", BigInteger, nullable=False),
+    Column("content_sha256", String(64), nullable=False),
+    Column("deleted_at", UTCDateTime(), nullable=False),
+    UniqueConstraint("agreement_id", "order_id", name="uq_contract_receipt_duty"),
+)
+
+
+def receipted(
+    agreement_id: ColumnElement[str], order_id: ColumnElement[str]
+) -> ColumnElement[bool]:
+    """An SQL condition: a receipt is held for the duty of (`agreement_id`, `order_id`)
+    (for another aggregate's query over its own rows)."""
+    table = receipt_table
+    return (
+        select(table.c.agreement_id, table.c.order_id)
+        .where(table.c.agreement_id == agreement_id, table.c.order_id == order_id)
+        .exists()
+    )
+
+
+class ReceiptStore(TableStore):
+    """Keep and list deletion receipts."""
+
+    def save_receipt_in(self, connection: Connection, signed: SignedReceipt) -> None:
+        """Keep a receipt within the caller's transaction (a no-op when one is held for
+        its duty)."""
+        receipt = signed.receipt
+        statement = self._upsert(receipt_table).on_conflict_do_nothing()
+        connection.execute(
+            statement.values(
+                receipt_id=receipt.receipt_id,
+                agreement_id=receipt.agreement_id,
+                order_id=receipt.order_id,
+                consumer_id=receipt.consumer_id,
+                canonical=receipt.canonical_bytes(),
+                signature=signed.signature,
+                row_count=receipt.row_count,
+                content_sha256=receipt.content_sha256,
+                deleted_at=receipt.deleted_at,
+            )
+        )
+
+    def receipts(self, agreement_id: str | None = None) -> list[SignedReceipt]:
+        table = receipt_table
+        statement = select(table).order_by(table.c.deleted_at, table.c.receipt_id)
+        if agreement_id is not None:
+            statement = statement.where(table.c.agreement_id == agreement_id)
+        with self.engine.connect() as connection:
+            rows = connection.execute(statement).all()
+        return [
+            SignedReceipt(receipt_from_bytes(bytes(r.canonical)), bytes(r.signature)) for r in rows
+        ]

@@ -1,0 +1,216 @@
+"""Transfers: the data-transfer processes run under agreements, with their cursors.
+
+Why separate: a transfer is a message-driven process like a negotiation, but what it
+carries is a position in the provider's data. Its row holds the transfer's scope
+(purpose, order, fields, the watermark it continued from), the cursor reached (offset,
+running digest, provider position; see `connector.transfer`) and, once complete, the
+final checkpoint.
+
+Invariants: a transfer is saved by compare-and-set on the number of messages applied
+*and* on the cursor it was loaded at (see `common.save_process`), so two handlers
+cannot both advance it from the same place. The consumer advances its cursor in the
+same transaction that stores the rows it covers (`received.commit_transfer_batch`,
+through `save_transfer_in`): a crash leaves the cursor exactly where the stored rows
+stop. A completed pull's final position is the watermark an incremental pull of the
+same scope continues from (`last_completed_pull`).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from typing import Any
+
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    Connection,
+    Engine,
+    Integer,
+    LargeBinary,
+    String,
+    Table,
+    Text,
+    select,
+)
+from sqlmodel.sql.sqltypes import UTCDateTime
+
+from qdspace.connector.contract_errors import UnknownContractError
+from qdspace.connector.contract_store.common import (
+    CONTRACT_METADATA,
+    ID_LENGTH,
+    TableStore,
+    save_process,
+    saving,
+    seen_messages,
+)
+from qdspace.connector.contract_store.outbox import OutboxMessage, OutboxStore
+from qdspace.connector.negotiation import Role
+from qdspace.connector.transfer import Checkpoint, TransferProcess, TransferState
+
+transfer_table = Table(
+    "contract_transfer",
+    CONTRACT_METADATA,
+    Column("transfer_id", String(ID_LENGTH), primary_key=True),
+    Column("agreement_id", String(ID_LENGTH), nullable=False, index=True),
+    Column("role", String(16), nullable=False),
+    Column("provider_id", String(ID_LENGTH), nullable=False),
+    Column("consumer_id", String(ID_LENGTH), nullable=False),
+    Column("state", String(16), nullable=False),
+    Column("scope_json", Text, nullable=False),
+    Column("cursor_offset", BigInteger, nullable=False),
+    Column("cursor_digest", LargeBinary, nullable=False),
+    Column("cursor_position", String(256), nullable=False),
+    Column("final_offset", BigInteger, nullable=True),
+    Column("final_digest", LargeBinary, nullable=True),
+    Column("final_position", String(256), nullable=True),
+    Column("reason", Text, nullable=True),
+    Column("message_count", Integer, nullable=False),
+    Column("created_at", UTCDateTime(), nullable=False),
+    Column("updated_at", UTCDateTime(), nullable=False),
+)
+_KIND = "transfer"
+
+
+def _scope_json(process: TransferProcess) -> str:
+    fields = None if process.fields is None else sorted(process.fields)
+    scope: dict[str, Any] = {
+        "purpose": process.purpose,
+        "order_id": process.order_id,
+        "fields": fields,
+    }
+    if process.since:
+        scope["since"] = process.since
+    return json.dumps(scope, sort_keys=True)
+
+
+def _position(process: TransferProcess) -> int:
+    final = process.final
+    return int(final.position) if final is not None and final.position.isdigit() else 0
+
+
+def _values(process: TransferProcess) -> dict[str, Any]:
+    final = process.final
+    return {
+        "agreement_id": process.agreement_id,
+        "role": process.role.value,
+        "provider_id": process.provider_id,
+        "consumer_id": process.consumer_id,
+        "state": process.state.value,
+        "scope_json": _scope_json(process),
+        "cursor_offset": process.checkpoint.offset,
+        "cursor_digest": process.checkpoint.digest,
+        "cursor_position": process.checkpoint.position,
+        "final_offset": None if final is None else final.offset,
+        "final_digest": None if final is None else final.digest,
+        "final_position": None if final is None else final.position,
+        "reason": process.reason,
+        "message_count": len(process.seen),
+        "created_at": process.created_at,
+        "updated_at": process.updated_at,
+    }
+
+
+class TransferStore(TableStore):
+    """Save, load and list transfers; find the watermark of an incremental pull."""
+
+    def __init__(self, engine: Engine, outbox: OutboxStore) -> None:
+        super().__init__(engine)
+        self._outbox = outbox
+
+    def save_transfer_in(
+        self, connection: Connection, before: TransferProcess | None, after: TransferProcess
+    ) -> None:
+        """Save `after` within the caller's transaction (no outbox)."""
+        save_process(
+            connection,
+            transfer_table,
+            _KIND,
+            after.transfer_id,
+            _values(after),
+            None if before is None else before.seen,
+            after.seen,
+            unchanged=()
+            if before is None
+            else (transfer_table.c.cursor_offset == before.checkpoint.offset,),
+        )
+
+    def save_transfer(
+        self,
+        before: TransferProcess | None,
+        after: TransferProcess,
+        outbox: Iterable[OutboxMessage] = (),
+    ) -> None:
+        """Persist `after` (loaded as `before`, None when new) and queue `outbox`, atomically."""
+        with saving(self.engine, f"transfer {after.transfer_id}") as connection:
+            self.save_transfer_in(connection, before, after)
+            self._outbox.enqueue_in(connection, outbox, after.updated_at)
+
+    def load_transfer(self, transfer_id: str) -> TransferProcess:
+        table = transfer_table
+        with self.engine.connect() as connection:
+            row = connection.execute(
+                select(table).where(table.c.transfer_id == transfer_id)
+            ).first()
+            if row is None:
+                raise UnknownContractError(f"no transfer {transfer_id} here")
+            seen = seen_messages(connection, _KIND, transfer_id)
+        scope = json.loads(row.scope_json)
+        final = None
+        if row.final_offset is not None:
+            final = Checkpoint(row.final_offset, bytes(row.final_digest), row.final_position)
+        return TransferProcess(
+            transfer_id=row.transfer_id,
+            agreement_id=row.agreement_id,
+            role=Role(row.role),
+            provider_id=row.provider_id,
+            consumer_id=row.consumer_id,
+            state=TransferState(row.state),
+            checkpoint=Checkpoint(row.cursor_offset, bytes(row.cursor_digest), row.cursor_position),
+            created_at=row.created_at,
+            updated_at=row.updated_at,
+            final=final,
+            reason=row.reason,
+            seen=seen,
+            purpose=scope["purpose"],
+            order_id=scope["order_id"],
+            fields=None if scope["fields"] is None else frozenset(scope["fields"]),
+            since=scope.get("since", ""),
+        )
+
+    def find_transfer(self, transfer_id: str) -> TransferProcess | None:
+        try:
+            return self.load_transfer(transfer_id)
+        except UnknownContractError:
+            return None
+
+    def transfers(self, agreement_id: str | None = None) -> list[TransferProcess]:
+        table = transfer_table
+        statement = select(table.c.transfer_id).order_by(table.c.created_at)
+        if agreement_id is not None:
+            statement = statement.where(table.c.agreement_id == agreement_id)
+        with self.engine.connect() as connection:
+            ids = list(connection.execute(statement).scalars())
+        return [self.load_transfer(i) for i in ids]
+
+    def last_completed_pull(
+        self,
+        agreement_id: str,
+        order_id: str | None,
+        fields: frozenset[str] | None,
+        purpose: str | None,
+    ) -> TransferProcess | None:
+        """The consumer's latest completed pull of exactly this scope (its final position is
+        the watermark an incremental pull continues from), None when there is none."""
+        latest: TransferProcess | None = None
+        for process in self.transfers(agreement_id):
+            if (
+                process.role is Role.CONSUMER
+                and process.state is TransferState.COMPLETED
+                and process.final is not None
+                and (process.order_id, process.fields, process.purpose)
+                == (order_id, fields, purpose)
+                and (latest is None or _position(process) >= _position(latest))
+            ):
+                latest = process
+        return latest

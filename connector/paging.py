@@ -1,0 +1,309 @@
+"""Reading assets from the provider's QDM: page by page, by a stable cursor.
+
+`read_asset` turns an asset plus an order id and a cursor into rows, sorted by a
+stable cursor (the table's insertion id, so rows added later come after and a resumed
+read neither skips nor repeats), fetched page by page in short transactions: a long
+transfer never holds a transaction open. `read_pages` is the transfer path's reader:
+the same pages as raw driver tuples of exactly the columns asked for, for
+`encoding.PageEncoder` to check and encode a page at a time.
+
+Because a correction or withdrawal moves the record to a fresh id (`connector.qdm`),
+reading after a cursor finds every change after it: that is what an incremental pull
+is. `natural_key` names the columns that identify a record across its versions (the
+record key is derived from them, see `encoding.RecordKeys`).
+
+Why separate: this is the only module of the release path that touches the database;
+it decides which rows are read (the order scope as a WHERE clause, the genealogy of a
+process view), not whether they may leave (`release_gate`) nor how they are written
+(`encoding`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Sequence
+from typing import Any
+
+from sqlalchemy import Engine, Table, or_, select, union
+
+from qdspace.connector.assets import Asset, AssetKind
+from qdspace.connector.contract_errors import ViewError
+from qdspace.connector.qdm import (
+    NATURAL_KEYS,
+    TABLES,
+    VERSION_COLUMNS,
+    Batch,
+    GenealogyEdge,
+    Inspection,
+    OperatorLog,
+    ProcessMeasurement,
+    Product,
+)
+
+DEFAULT_PAGE_SIZE = 1000
+
+
+def _table(model: type[Any]) -> Table:
+    table = model.__table__
+    assert isinstance(table, Table)
+    return table
+
+
+INSPECTION_TABLE = _table(Inspection)
+OPERATOR_LOG_TABLE = _table(OperatorLog)
+MEASUREMENT_TABLE = _table(ProcessMeasurement)
+_BATCH = _table(Batch)
+_PRODUCT = _table(Product)
+_EDGE = _table(GenealogyEdge)
+
+
+def table_fields(table: Table) -> frozenset[str]:
+    """The fields a view over `table` can expose (every column but the surrogate id and
+    the versioning columns, which travel in the record envelope instead)."""
+    return frozenset(
+        c.name for c in table.columns if c.name != "id" and c.name not in VERSION_COLUMNS
+    )
+
+
+def _readable(table: Table) -> frozenset[str]:
+    return frozenset(c.name for c in table.columns if c.name != "id")
+
+
+_KIND_OF_TABLE = {
+    model.__table__.name: kind  # type: ignore[attr-defined]
+    for kind, model in TABLES.items()
+}
+
+
+def natural_key(table: Table) -> tuple[str, ...]:
+    """The columns that identify a record of `table` across its versions."""
+    return NATURAL_KEYS[_KIND_OF_TABLE[table.name]]
+
+
+INSPECTION_FIELDS = table_fields(INSPECTION_TABLE)
+OPERATOR_LOG_FIELDS = table_fields(OPERATOR_LOG_TABLE)
+MEASUREMENT_FIELDS = table_fields(MEASUREMENT_TABLE)
+
+Positioned = tuple[int, dict[str, Any]]
+
+
+def _columns(table: Table, fields: Iterable[str]) -> list[Any]:
+    wanted = set(fields)
+    unknown = wanted - _readable(table)
+    if unknown:
+        raise ViewError(f"{table.name} has no fields {sorted(unknown)}")
+    return [table.c[name] for name in sorted(wanted)]
+
+
+def _pages(
+    engine: Engine,
+    table: Table,
+    fields: Iterable[str],
+    where: Any,
+    after: int,
+    limit: int | None,
+    page_size: int,
+) -> Iterator[Positioned]:
+    """Rows with id > after, in id order, one short transaction per page."""
+    if after < 0:
+        raise ViewError(f"cursor {after} is negative")
+    columns = _columns(table, fields)
+    names = [c.name for c in columns]
+    cursor, left = after, limit
+    while left is None or left > 0:
+        size = page_size if left is None else min(page_size, left)
+        statement = select(table.c.id, *columns).where(table.c.id > cursor)
+        if where is not None:
+            statement = statement.where(where)
+        with engine.connect() as connection:
+            page = connection.execute(statement.order_by(table.c.id).limit(size)).all()
+        for record in page:
+            cursor = record[0]
+            yield cursor, dict(zip(names, record[1:], strict=True))
+        if left is not None:
+            left -= len(page)
+        if len(page) < size:
+            return
+
+
+def inspections(
+    engine: Engine,
+    order_id: str | None,
+    fields: Iterable[str],
+    *,
+    after: int = 0,
+    limit: int | None = None,
+    page_size: int = DEFAULT_PAGE_SIZE,
+) -> Iterator[Positioned]:
+    """Inspection rows of one order (None: of every order, the live stream), by cursor."""
+    where = None if order_id is None else INSPECTION_TABLE.c.order_id == order_id
+    return _pages(engine, INSPECTION_TABLE, fields, where, after, limit, page_size)
+
+
+def operator_logs(
+    engine: Engine,
+    order_id: str | None,
+    fields: Iterable[str],
+    *,
+    after: int = 0,
+    limit: int | None = None,
+    page_size: int = DEFAULT_PAGE_SIZE,
+) -> Iterator[Positioned]:
+    """Operator log rows of one order (None: every order), by cursor."""
+    where = None if order_id is None else OPERATOR_LOG_TABLE.c.order_id == order_id
+    return _pages(engine, OPERATOR_LOG_TABLE, fields, where, after, limit, page_size)
+
+
+def order_batches(engine: Engine, order_id: str) -> frozenset[str]:
+    """The order's batches (from batches, products and inspections) and, through the
+    local genealogy, every batch they were made from."""
+    direct = union(
+        select(_BATCH.c.batch_id).where(_BATCH.c.order_id == order_id),
+        select(_PRODUCT.c.batch_id).where(_PRODUCT.c.order_id == order_id),
+        select(INSPECTION_TABLE.c.batch_id).where(INSPECTION_TABLE.c.order_id == order_id),
+    )
+    with engine.connect() as connection:
+        found = {b for (b,) in connection.execute(direct) if b is not None}
+        frontier = set(found)
+        while frontier:
+            parents = connection.execute(
+                select(_EDGE.c.parent_batch_id).where(_EDGE.c.child_batch_id.in_(frontier))
+            )
+            frontier = {p for (p,) in parents} - found
+            found |= frontier
+    return frozenset(found)
+
+
+def process_along_genealogy(
+    engine: Engine,
+    order_id: str,
+    fields: Iterable[str],
+    *,
+    after: int = 0,
+    limit: int | None = None,
+    page_size: int = DEFAULT_PAGE_SIZE,
+) -> Iterator[Positioned]:
+    """Process measurements of the order or of any batch in its genealogy, by cursor.
+
+    Each row is attributed to `order_id` (its ``order_id`` field is set to it),
+    because that is the order scope under which it is shared and deleted.
+    """
+    table, where, _ = _genealogy_source(engine, order_id)
+    for cursor, row in _pages(engine, table, fields, where, after, limit, page_size):
+        row["order_id"] = order_id
+        yield cursor, row
+
+
+def _genealogy_source(engine: Engine, order_id: str) -> tuple[Table, Any, str]:
+    batches = order_batches(engine, order_id)
+    table = MEASUREMENT_TABLE
+    return table, or_(table.c.order_id == order_id, table.c.batch_id.in_(batches)), order_id
+
+
+def asset_source(
+    engine: Engine, asset: Asset, order_id: str | None
+) -> tuple[Table, Any, str | None]:
+    """What `read_asset` queries: the table, the WHERE clause of the order scope (None:
+    every row) and, for a view that attributes every row to the order it is read for
+    (process data along a genealogy), that order."""
+    if asset.kind is AssetKind.PROCESS_ALONG_GENEALOGY:
+        if order_id is None:
+            raise ViewError(f"asset {asset.asset_id} is read for one order at a time")
+        return _genealogy_source(engine, order_id)
+    if not asset.tables:
+        raise ViewError(f"asset {asset.asset_id} ({asset.kind}) has no rows to read")
+    name = asset.tables[0]
+    for table in (OPERATOR_LOG_TABLE, INSPECTION_TABLE):
+        if table.name == name:
+            where = None if order_id is None else table.c[asset.order_key] == order_id
+            return table, where, None
+    raise ViewError(f"asset {asset.asset_id}: no view over table {name}")
+
+
+def incremental_refusal(asset: Asset) -> str | None:
+    """Why `asset` cannot be pulled incrementally (None: it can).
+
+    A watermark stands for "every change after this id". That holds for a view over one
+    table scoped by the row's own order; process data along a genealogy is scoped by
+    the genealogy, which can grow to take in rows stored long before the watermark."""
+    if asset.kind is AssetKind.PROCESS_ALONG_GENEALOGY:
+        return (
+            f"asset {asset.asset_id} is pulled in full: a batch joining the order's genealogy "
+            "brings rows older than any watermark (a full pull stores nothing twice)"
+        )
+    return None
+
+
+def read_asset(
+    engine: Engine,
+    asset: Asset,
+    order_id: str | None,
+    fields: Iterable[str],
+    *,
+    after: int = 0,
+    limit: int | None = None,
+    page_size: int = DEFAULT_PAGE_SIZE,
+) -> Iterator[Positioned]:
+    """The rows of `asset` (of one order, or all for a stream) after cursor `after`."""
+    table, where, attributed = asset_source(engine, asset, order_id)
+    for cursor, row in _pages(engine, table, fields, where, after, limit, page_size):
+        if attributed is not None:
+            row[asset.order_key] = attributed
+        yield cursor, row
+
+
+def parse_position(position: str) -> int:
+    """The view cursor of a transfer checkpoint's position ("" is the start)."""
+    if not position:
+        return 0
+    if not position.isdigit():
+        raise ViewError(f"position {position!r} is not a view cursor")
+    return int(position)
+
+
+def read_pages(
+    engine: Engine,
+    table: Table,
+    fields: Sequence[str],
+    where: Any,
+    *,
+    after: int = 0,
+    page_size: int = DEFAULT_PAGE_SIZE,
+) -> Iterator[tuple[list[Sequence[Any]], bool]]:
+    """Pages of raw driver rows (no type conversion) with id > after, in id order:
+    (rows, last). Each row holds `fields` in the order given, then its id. A short
+    page is the last; when the last page is full, an empty last page follows."""
+    if after < 0:
+        raise ViewError(f"cursor {after} is negative")
+    if page_size < 1:
+        raise ViewError("page_size must be >= 1")
+    unknown = set(fields) - _readable(table)
+    if unknown or len(set(fields)) != len(fields):
+        raise ViewError(f"{table.name}: cannot read fields {list(fields)}")
+    columns = [table.c[name] for name in fields]
+    cursor = after
+    while True:
+        statement = select(*columns, table.c.id).where(table.c.id > cursor)
+        if where is not None:
+            statement = statement.where(where)
+        statement = statement.order_by(table.c.id).limit(page_size)
+        compiled = statement.compile(
+            dialect=engine.dialect, compile_kwargs={"render_postcompile": True}
+        )
+        params = compiled.construct_params()
+        args: Any = (
+            tuple(params[key] for key in compiled.positiontup or ())
+            if compiled.positional
+            else params
+        )
+        with engine.connect() as connection:
+            driver = connection.connection.cursor()
+            try:
+                driver.execute(compiled.string, args)
+                page: list[Sequence[Any]] = list(driver.fetchall())
+            finally:
+                driver.close()
+        last = len(page) < page_size
+        yield page, last
+        if last:
+            return
+        cursor = page[-1][-1]
