@@ -21,6 +21,8 @@ from fastapi import Path as PathParam
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from qdspace.connector.ingest import IngestReport, check_kind, ingest_file
+from qdspace.node.api.federation import PREFIX as FEDERATION_PREFIX
+from qdspace.node.api.federation import START_BODY_LIMIT, federation_router
 from qdspace.node.api.gate import (
     INGEST_BODY_LIMIT,
     INGEST_PREFIX,
@@ -54,6 +56,7 @@ RAW_SUFFIX = {"text/csv": ".csv", "application/x-ndjson": ".jsonl", "application
 JSON_MEDIA = "application/json"
 #: an upload is spooled to a temporary file in chunks of this size, never held whole
 SPOOL_CHUNK = 1 << 20
+FEDERATION_JOBS = FEDERATION_PREFIX + "/jobs"
 PeerName = Annotated[str, PathParam(min_length=1, max_length=128)]
 
 
@@ -95,7 +98,10 @@ def create_app(ctx: NodeContext) -> FastAPI:
     install_problem_handlers(app)
     # added innermost first: BearerGate -> BodyLimit -> JsonDepthLimit -> routes
     app.add_middleware(JsonDepthLimit, exempt=(INGEST_PREFIX,))
-    app.add_middleware(BodyLimit, limits={INGEST_PREFIX: INGEST_BODY_LIMIT})
+    app.add_middleware(
+        BodyLimit,
+        limits={INGEST_PREFIX: INGEST_BODY_LIMIT, FEDERATION_JOBS: START_BODY_LIMIT},
+    )
     member_id = ctx.keys.identity.member_id
 
     def regulator_check(token: str) -> object:
@@ -217,6 +223,7 @@ def create_app(ctx: NodeContext) -> FastAPI:
     from qdspace.node.api.contracts import contracts_router
 
     app.include_router(contracts_router(ctx, Operator))
+    app.include_router(federation_router(ctx, Operator))
     return app
 
 

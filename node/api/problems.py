@@ -28,6 +28,7 @@ from qdspace.connector.contract_errors import ContractError
 from qdspace.connector.errors import ConnectorError, IngestFileError, StorageError, UnknownKind
 from qdspace.connector.genealogy import NotYourBatch, UnknownBatch
 from qdspace.connector.ingest import UnsupportedCharset
+from qdspace.federation.errors import FederationError
 from qdspace.inference.registry import RegistryError
 from qdspace.ledger.errors import (
     ChainUnavailable,
@@ -39,6 +40,7 @@ from qdspace.ledger.errors import (
 )
 from qdspace.ledger.leaves import UnknownKind as UnknownLeafKind
 from qdspace.node.errors import ConfigError, IdentityError, NodeError, PeerError, UnknownPeerError
+from qdspace.node.runtime.federation_member import SessionConflict
 
 log = logging.getLogger("node.api")
 
@@ -135,6 +137,9 @@ STATUS_OF_ERROR: Mapping[type[BaseException], int] = {
     WrongChain: 400,
     ChainUnavailable: 503,
     LedgerError: 400,
+    # a job's terms, a member's data or a model that does not fit: the caller's to fix
+    FederationError: 400,
+    SessionConflict: 409,
 }
 
 # a family whose status is named by the error itself (a gRPC status name), else fallback
@@ -246,6 +251,7 @@ def install_problem_handlers(app: FastAPI) -> None:
         NodeError,
         ConnectorError,
         LedgerError,
+        FederationError,
         RegistryError,
         Exception,
     ):
