@@ -417,6 +417,54 @@ class OperatorClient:
         result: Rows = self._get("/v1/inspection/explanations")
         return result
 
+    # -- federated learning -----------------------------------------------------------------
+
+    def federation_start(
+        self, terms: dict[str, Any], initial: bytes | None = None, coordinator: str | None = None
+    ) -> dict[str, Any]:
+        """Publish a job (terms as ``JobSpec.to_dict``; ``initial``: QDFP1 bytes, else zeros)."""
+        import base64
+
+        body = {
+            "terms": terms,
+            "initial": None if initial is None else base64.b64encode(initial).decode(),
+            "coordinator": coordinator,
+        }
+        result: dict[str, Any] = self._post("/v1/federation/jobs", body)
+        return result
+
+    def federation_jobs(self, coordinator: str | None = None) -> Rows:
+        result: Rows = self._get("/v1/federation/jobs", coordinator=coordinator)
+        return result
+
+    def federation_job(
+        self,
+        job_id: str,
+        coordinator: str | None = None,
+        *,
+        seen: dict[str, Any] | None = None,
+        wait_s: float | None = None,
+    ) -> dict[str, Any]:
+        """A job's status; given ``seen`` (a status), once the job moved past it."""
+        since = {k: seen[k] for k in ("round", "attempt", "phase", "version")} if seen else {}
+        path = f"/v1/federation/jobs/{job_id}"
+        result: dict[str, Any] = self._get(path, coordinator=coordinator, wait_s=wait_s, **since)
+        return result
+
+    def federation_join(self, job_id: str, data: str, **options: Any) -> dict[str, Any]:
+        """Join a job as this node's member; ``options``: coordinator, test, deploy,
+        image_size, poll_s. The session answers at once and runs in the node."""
+        given = {k: v for k, v in options.items() if v is not None}
+        body = {"job_id": job_id, "data": data, **given}
+        result: dict[str, Any] = self._post("/v1/federation/sessions", body)
+        return result
+
+    def federation_session(self, session_id: str, after: int = 0) -> dict[str, Any]:
+        """A member session: its events after the first ``after``, state and result."""
+        path = f"/v1/federation/sessions/{session_id}"
+        result: dict[str, Any] = self._get(path, after=after or None)
+        return result
+
 
 def ensure_job_agreement(api: OperatorClient, coordinator: str, asset_id: str) -> tuple[str, bool]:
     """An agreement in force with ``coordinator`` for a job's asset, negotiated if missing.

@@ -4,7 +4,8 @@ Every part has a typed field of its own. The optional parts are attached after t
 context is built, by the module that owns them: the ledger by
 ``runtime.ledger.attach_ledger`` (only when ``ledger.json`` names a chain), the contract
 client and outbox dispatcher by ``run.serve`` (``rpc.contracts_client.client_of``), the
-federation anchor hook by ``run.run_node`` when the node has a ledger. Their types are
+federation anchor hook by ``run.run_node`` when the node has a ledger, the federation
+member service (wired to the gRPC coordinator link) by ``run.serve``. Their types are
 imported for the type checker only: building a context must not pull in the gRPC
 client or the chain stack, and those modules import this one.
 """
@@ -26,6 +27,7 @@ from qdspace.node.runtime.contracts import ContractRuntime, build_runtime
 if TYPE_CHECKING:
     from qdspace.federation.host import VersionAnchor
     from qdspace.node.runtime.contract_ports import OutboxDelivery, PeerContracts
+    from qdspace.node.runtime.federation_member import FederationMember
     from qdspace.node.runtime.ledger import NodeLedger
 
 
@@ -46,6 +48,8 @@ class NodeContext:
     outbox: OutboxDelivery | None = None
     #: anchors each global model version this node coordinates; None without a ledger
     anchor_version: VersionAnchor | None = None
+    #: follows federated jobs as this member, starts and reads jobs (the operator's ``fl``)
+    federation: FederationMember | None = None
 
     @property
     def directory(self) -> Path:

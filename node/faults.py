@@ -93,6 +93,8 @@ FAULTS: Mapping[str, Fault] = {
         None, 502, 1, relay=True
     ),  # the peer's own status, relayed
     "qdspace.node.errors.UnknownPeerError": F("NOT_FOUND", 404, 1),
+    # one member session per job at a coordinator (``POST /v1/federation/sessions``)
+    "qdspace.node.runtime.federation_member.SessionConflict": F(None, 409, 1),
     "qdspace.node.errors.WireFormatError": F("INVALID_ARGUMENT", 400, 1),
     "qdspace.node.errors.LimitExceeded": F("RESOURCE_EXHAUSTED", None),
     "qdspace.node.errors.NumberOutOfRange": F("INVALID_ARGUMENT", 400),
@@ -144,7 +146,8 @@ FAULTS: Mapping[str, Fault] = {
     "qdspace.ledger.errors.DocumentFormatError": F(None, 422, 2),
     "qdspace.ledger.errors.ChainUnavailable": F(None, 503, 2),
     # -- federation (gRPC as `node.rpc.federation_service` answers today) ----
-    "qdspace.federation.errors.FederationError": F("INVALID_ARGUMENT", None, 1),
+    # HTTP: a job's terms, a member's data or a model that does not fit: the caller's to fix
+    "qdspace.federation.errors.FederationError": F("INVALID_ARGUMENT", 400, 1),
     "qdspace.federation.errors.UpdateRefused": F(
         "FAILED_PRECONDITION", None, 1
     ),  # by its reason: REFUSAL_GRPC

@@ -106,6 +106,14 @@ async def serve(ctx: NodeContext, stop: asyncio.Event) -> None:
         api_sock.close()
         raise
     api_port = api_sock.getsockname()[1]
+    from qdspace.node.rpc.federation_link import grpc_coordinators
+    from qdspace.node.runtime.federation_member import FederationMember
+
+    # the member side of federated learning runs here, reaching coordinators over gRPC
+    federation = FederationMember(
+        grpc_coordinators(ctx), settings.directory, ctx.keys.identity.name
+    )
+    ctx.federation = federation
     app = create_app(ctx)
     config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="on")
     api = _Uvicorn(config)
@@ -141,6 +149,7 @@ async def serve(ctx: NodeContext, stop: asyncio.Event) -> None:
     finally:
         logger.info("node %s shutting down (grace %.1fs)", settings.name, settings.shutdown_grace_s)
         api.should_exit = True
+        await federation.stop()
         await peer_server.stop(settings.shutdown_grace_s)
         await contract_jobs.stop()
         await api_task

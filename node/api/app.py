@@ -26,6 +26,8 @@ from fastapi import Path as PathParam
 from qdspace.connector.ingest import IngestReport, check_kind, ingest_file
 from qdspace.node.api.contracts import contracts_router
 from qdspace.node.api.deps import require_operator
+from qdspace.node.api.federation import PREFIX as FEDERATION_PREFIX
+from qdspace.node.api.federation import START_BODY_LIMIT, federation_router
 from qdspace.node.api.gate import (
     INGEST_BODY_LIMIT,
     INGEST_PREFIX,
@@ -58,6 +60,7 @@ RAW_SUFFIX = {"text/csv": ".csv", "application/x-ndjson": ".jsonl", "application
 JSON_MEDIA = "application/json"
 #: an upload is spooled to a temporary file in chunks of this size, never held whole
 SPOOL_CHUNK = 1 << 20
+FEDERATION_JOBS = FEDERATION_PREFIX + "/jobs"
 PeerName = Annotated[str, PathParam(min_length=1, max_length=128)]
 
 
@@ -91,7 +94,10 @@ def create_app(ctx: NodeContext) -> FastAPI:
     install_problem_handlers(app)
     # added innermost first: BearerGate -> BodyLimit -> JsonDepthLimit -> routes
     app.add_middleware(JsonDepthLimit, exempt=(INGEST_PREFIX,))
-    app.add_middleware(BodyLimit, limits={INGEST_PREFIX: INGEST_BODY_LIMIT})
+    app.add_middleware(
+        BodyLimit,
+        limits={INGEST_PREFIX: INGEST_BODY_LIMIT, FEDERATION_JOBS: START_BODY_LIMIT},
+    )
     member_id = ctx.keys.identity.member_id
 
     def regulator_check(token: str) -> object:
@@ -209,6 +215,7 @@ def create_app(ctx: NodeContext) -> FastAPI:
     app.include_router(create_inspection_router(ctx.directory, [Operator]))
     mount_ledger_routes(app, ctx)
     app.include_router(contracts_router())
+    app.include_router(federation_router(ctx, Operator))
     return app
 
 

@@ -25,6 +25,7 @@ from pydantic import BaseModel, Field, ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from qdspace.connector.errors import ConnectorError
+from qdspace.federation.errors import FederationError
 from qdspace.inference.errors import RegistryError
 from qdspace.ledger.errors import LedgerError
 from qdspace.node import faults
@@ -179,6 +180,7 @@ def install_problem_handlers(app: FastAPI) -> None:
         NodeError,
         ConnectorError,
         LedgerError,
+        FederationError,
         RegistryError,
         Exception,
     ):

@@ -14,8 +14,8 @@ its result in ``report.chapters["federation"]``) and ``federation_printer`` fits
 
 from __future__ import annotations
 
-import asyncio
 import time
+from contextlib import ExitStack
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,21 +28,11 @@ from qdspace.federation import logreg, mlp
 from qdspace.federation.el_features import SPLIT_MEMBERS, el_features, member_split
 from qdspace.federation.job import JobSpec
 from qdspace.federation.logreg import Dataset
-from qdspace.federation.params import Params
+from qdspace.federation.params import Params, params_to_bytes
 from qdspace.federation.strategies import StrategyName, StrategySpec
-from qdspace.federation.versions import ModelVersion
-from qdspace.node.client import ensure_job_agreement
+from qdspace.node.client import ClientError, OperatorClient, ensure_job_agreement
 from qdspace.node.demo.report import DemoReport
-from qdspace.node.identity.member import load_member_keys
-from qdspace.node.identity.revocation import member_revocations
 from qdspace.node.localnet.network import LocalNetwork
-from qdspace.node.rpc.client import open_channel
-from qdspace.node.rpc.federation_client import (
-    FederationClient,
-    MemberResult,
-    MemberRunner,
-    coordinator_key,
-)
 
 COORDINATOR = "sunarc"
 #: the supplier that puts the final global version on its inspection line
@@ -54,6 +44,8 @@ ROUNDS = 10
 TRAINING = {"epochs": 2.0, "lr": 0.002, "batch": 32.0, "image_size": float(IMAGE_SIZE)}
 UPDATE_CLIP = 20.0
 MODEL = "el-mlp"
+#: how often the demo asks the member nodes how their sessions are doing
+SESSION_POLL_S = 1.0
 
 
 @dataclass
@@ -135,92 +127,68 @@ def _alone(start: Params, data: Dataset) -> Params:
     return params
 
 
-async def _deploy(
-    directory: Path, client: FederationClient, job: JobSpec, result: MemberResult
-) -> dict[str, Any]:
-    """The member's checks before its line judges with the federated model: the
-    coordinator's signature (checked by MemberRunner on download), the ledger anchor
-    against its own view of the chain, ONNX equal to the model; then activate it."""
-    from qdspace.node.runtime.federation import install, member_ledger, verified_anchor
-
-    final, params = result.versions[-1], result.params
-    assert params is not None
-    verdict = await verified_anchor(client, final, member_ledger(directory))
-    size = int(job.training.get("image_size", 96))
-    done = await asyncio.to_thread(install, directory, final, params, verdict, size)
-    return {
-        "member": DEPLOY_AT,
-        "version": final.version,
-        "anchor": verdict.reason,
-        "registry_version": done.registry_version,
-        "max_difference": done.max_difference,
-    }
+def _wait_for(sessions: dict[str, tuple[OperatorClient, str]]) -> dict[str, dict[str, Any]]:
+    """Each member's session, once none of them runs any more (the nodes run the rounds)."""
+    while True:
+        states = {m: api.federation_session(sid) for m, (api, sid) in sessions.items()}
+        if all(s["state"] != "running" for s in states.values()):
+            break
+        time.sleep(SESSION_POLL_S)
+    for m, s in states.items():
+        if s["state"] != "done":
+            raise ClientError(None, "federated job", f"{m}'s member session failed: {s['error']}")
+    return states
 
 
-async def _run_job(
+def _run_job(
     network: LocalNetwork,
     job: JobSpec,
     initial: Params,
-    files: dict[str, Any],
-    test: Dataset,
+    files: dict[str, Path],
+    test_file: Path,
     agreements: dict[str, str],
-    deployed: dict[str, Any],
-) -> tuple[dict[str, MemberResult], list[dict[str, Any]]]:
-    rounds: list[dict[str, Any]] = []
-    address = network[COORDINATOR].grpc_address
+) -> tuple[dict[str, dict[str, Any]], list[dict[str, Any]]]:
+    """The OEM's node publishes the job; every member's node joins it and runs its rounds.
 
-    def score(version: ModelVersion, params: Params) -> None:
-        accuracy, f1, auroc = _metrics(params, test)
-        rounds.append(
-            {
-                "version": version.version,
-                "round": version.round,
-                "members": list(version.members),
-                "accuracy": accuracy,
-                "f1": f1,
-                "auroc": auroc,
-            }
-        )
-
-    async def member(name: str) -> MemberResult:
-        keys = load_member_keys(network[name].directory)
-        channel = open_channel(keys, address, COORDINATOR)
-        try:
-            client = FederationClient(channel, COORDINATOR, job.job_id)
-            if name == COORDINATOR:
-                await client.start_job(job, initial)
-            else:
-                while not [j for j in await client.list_jobs() if j.job_id == job.job_id]:
-                    await asyncio.sleep(0.05)
+    A member's node trains on its own file only and checks every version it downloads
+    (the coordinator's signature); the OEM's node scores each version on the held-out
+    split; the supplier at ``DEPLOY_AT`` checks the final version's ledger anchor and ONNX
+    export before its line uses it. The demo only asks the nodes, through their APIs.
+    """
+    with ExitStack() as stack:
+        apis = {m: stack.enter_context(network[m].operator(timeout=120.0)) for m in MEMBERS}
+        apis[COORDINATOR].federation_start(job.to_dict(), params_to_bytes(initial))
+        sessions = {}
+        for name in MEMBERS:
+            api = apis[name]
+            if name != COORDINATOR:
                 # a job under contract: negotiate its offer (model updates for training
                 # only, no raw data) through the member's own node before training
                 assert job.agreement_asset is not None
-                with network[name].operator() as api:
-                    agreements[name], _ = await asyncio.to_thread(
-                        ensure_job_agreement, api, COORDINATOR, job.agreement_asset
-                    )
-            own = logreg.load_dataset(files[name], job.shapes[0][0], 2)  # its own file only
-            runner = MemberRunner(
-                client,
-                name,
-                mlp.trainer_for(job.training, own),
-                await coordinator_key(channel, COORDINATOR),
-                signing_key=keys.signing_key,
-                certificate=keys.cert,
-                ca_cert=keys.ca_cert,
-                revoked=member_revocations(network[name].directory, keys.ca_cert),
-                on_version=score if name == COORDINATOR else None,
+                agreements[name], _ = ensure_job_agreement(api, COORDINATOR, job.agreement_asset)
+            session = api.federation_join(
+                job.job_id,
+                str(files[name]),  # its own file only
+                coordinator=COORDINATOR,
+                test=str(test_file) if name == COORDINATOR else None,
+                deploy=True if name == DEPLOY_AT else None,
                 poll_s=5.0,
             )
-            result = await runner.run()
-            if name == DEPLOY_AT and result.versions and result.params is not None:
-                deployed.update(await _deploy(network[name].directory, client, job, result))
-            return result
-        finally:
-            await channel.close()
-
-    results = await asyncio.gather(*(member(m) for m in MEMBERS))
-    return dict(zip(MEMBERS, results, strict=True)), rounds
+            sessions[name] = (api, str(session["session_id"]))
+        states = _wait_for(sessions)
+    rounds = [
+        {
+            "version": e["version"],
+            "round": e["round"],
+            "members": e["members"],
+            "accuracy": e["scores"]["accuracy"],
+            "f1": e["scores"]["f1"],
+            "auroc": e["scores"]["auroc"],
+        }
+        for e in states[COORDINATOR]["events"]
+        if e["kind"] == "version"
+    ]
+    return states, rounds
 
 
 def run_federation_chapter(network: LocalNetwork, job_id: str = "el-defects-fl") -> FederationDemo:
@@ -232,21 +200,21 @@ def run_federation_chapter(network: LocalNetwork, job_id: str = "el-defects-fl")
     for name, data in shares.items():
         files[name] = network[name].layout.federation_data(job_id)
         logreg.save_dataset(files[name], data)
+    # the OEM scores every signed version on the held-out split, in its own node
+    test_file = network[COORDINATOR].layout.federation_data(f"{job_id}-held-out")
+    logreg.save_dataset(test_file, test)
     # the OEM creates the job: it fits the model's input scaling to its own cells
     initial = mlp.init_params(shares[COORDINATOR].x, HIDDEN, seed=7)
     job = _job(job_id, dims)
     agreements: dict[str, str] = {}
-    deployed: dict[str, Any] = {}
-    results, rounds = asyncio.run(
-        _run_job(network, job, initial, files, test, agreements, deployed)
-    )
-    final = results[COORDINATOR].params
-    assert final is not None
+    sessions, rounds = _run_job(network, job, initial, files, test_file, agreements)
+    deployed = sessions[DEPLOY_AT]["deployment"] or {}
     pooled = Dataset(
         np.concatenate([d.x for d in shares.values()]),
         np.concatenate([d.y for d in shares.values()]),
     )
-    global_acc, global_f1, global_auroc = _metrics(final, test)
+    last = rounds[-1]  # the final global version, scored by the OEM's node
+    global_acc, global_f1, global_auroc = last["accuracy"], last["f1"], last["auroc"]
     central_acc, central_f1, _ = _metrics(_alone(initial, pooled), test)
     local = {m: _metrics(_alone(initial, d), test) for m, d in shares.items()}
     return FederationDemo(

@@ -79,6 +79,10 @@ from qdspace.node.rpc.federation_serde import (
     unmask_request_from_proto,
     unmask_to_proto,
 )
+from qdspace.node.runtime.federation_member import MemberEvent as MemberEvent
+from qdspace.node.runtime.federation_member import MemberResult as MemberResult
+from qdspace.node.runtime.federation_member import Position
+from qdspace.node.runtime.federation_member import VersionHook as VersionHook
 from qdspace.protocols.v1 import federation_pb2 as pb
 from qdspace.protocols.v1 import federation_pb2_grpc as pb_grpc
 from qdspace.protocols.v1 import node_pb2, node_pb2_grpc
@@ -219,7 +223,7 @@ class FederationClient:
         self._job = job
         return job
 
-    async def status(self, known: StatusView | None = None, wait_s: float = 0.0) -> StatusView:
+    async def status(self, known: Position | None = None, wait_s: float = 0.0) -> StatusView:
         request = pb.StatusRequest(job_id=self.job_id, wait_s=wait_s)
         if known is not None:
             request.known_round = known.round
@@ -337,33 +341,6 @@ class FederationClient:
 
 
 # --- the member's round loop -------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class MemberEvent:
-    """Progress of a member through a job, for the CLI, the demo and logs."""
-
-    kind: str  # model | trained | sent | refused | skipped | aborted | waiting | done
-    round: int
-    version: int
-    detail: str = ""
-
-
-@dataclass
-class MemberResult:
-    """What a member ends a job with."""
-
-    status: StatusView
-    versions: list[ModelVersion] = field(default_factory=list)
-    params: Params | None = None
-    contributed: list[int] = field(default_factory=list)
-    #: Why secure rounds were abandoned by this member (a swapped key, an inconsistent
-    #: survivor set, a named member's bad shares), one line per round attempt.
-    aborted: list[str] = field(default_factory=list)
-
-
-#: Called with each verified global version: the member's hot-swap hook.
-VersionHook = Callable[[ModelVersion, Params], None]
 
 
 @dataclass

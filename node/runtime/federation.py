@@ -23,6 +23,7 @@ import asyncio
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 from numpy.typing import NDArray
@@ -33,13 +34,20 @@ from qdspace.federation.versions import LEDGER_KIND, ModelVersion
 from qdspace.ledger.client import LedgerClient
 from qdspace.ledger.errors import LedgerError
 from qdspace.ledger.proofs import InclusionProof, Verdict, verify_proof
-from qdspace.node.errors import NodeError
-from qdspace.node.rpc.federation_client import FederationClient, FederationRefused
+from qdspace.node.errors import NodeError, PeerError
 
 DEFAULT_ANCHOR_WAIT_S = 60.0
 #: Largest difference in any class probability between the ONNX graph and numpy.
 EXPORT_TOLERANCE = 1e-4
 DEPLOYABLE_MODELS = ("el-mlp",)
+
+
+class ProofSource(Protocol):
+    """Where a version's ledger proof comes from: the coordinator (``FederationClient``, or
+    the member service's link to it). Refuses with ``PeerError`` code ``UNAVAILABLE`` while
+    the version is not anchored yet."""
+
+    async def version_proof(self, version: int) -> str: ...
 
 
 @dataclass(frozen=True)
@@ -84,7 +92,7 @@ def check_anchor(version: ModelVersion, proof_json: str, ledger: LedgerClient) -
 
 
 async def verified_anchor(
-    client: FederationClient,
+    client: ProofSource,
     version: ModelVersion,
     ledger: LedgerClient,
     *,
@@ -98,7 +106,7 @@ async def verified_anchor(
         try:
             proof = await client.version_proof(version.version)
             break
-        except FederationRefused as exc:
+        except PeerError as exc:
             if exc.code != "UNAVAILABLE" or time.monotonic() + poll_s > deadline:
                 raise
         await asyncio.sleep(poll_s)

@@ -101,6 +101,8 @@ def test_help_loads_no_server_stack() -> None:
         ("catalog", "--dir", "{d}", "cellex"),
         ("order", "close", "--dir", "{d}", "PO-1"),
         ("contracts", "--dir", "{d}", "sweep"),
+        ("fl", "status", "--dir", "{d}"),
+        ("fl", "join", "--dir", "{d}", "--job", "j", "--data", "x.npz"),
     ],
 )
 def test_node_calling_commands_load_only_the_client(tmp_path: Path, args: tuple[str, ...]) -> None:

@@ -1,0 +1,108 @@
+"""The gRPC adapter of the member service's port (``runtime.federation_member.CoordinatorLink``).
+
+The node's federation member service asks coordinators for jobs, statuses, proofs and
+rounds through a link; this module makes one from the node's own keys: a mutual-TLS
+channel to the coordinator (this node's own gRPC address when it coordinates, else the
+address its settings name for that peer), the typed ``FederationClient`` on it, and a
+``MemberRunner`` signing with the node's key and checking the roster against the node's
+live revocation list. The composition root (``node.run``) hands ``grpc_coordinators``
+to the service.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from qdspace.federation.host import StatusView
+from qdspace.federation.job import JobSpec
+from qdspace.federation.member import Trainer
+from qdspace.federation.params import Params
+from qdspace.node.errors import UnknownPeerError
+from qdspace.node.identity.member import MemberKeys
+from qdspace.node.rpc.client import open_channel
+from qdspace.node.rpc.federation_client import FederationClient, MemberRunner, coordinator_key
+from qdspace.node.rpc.federation_keys import Revoked
+from qdspace.node.runtime.federation_member import (
+    Connect,
+    MemberEvent,
+    MemberResult,
+    Position,
+    VersionHook,
+)
+
+if TYPE_CHECKING:
+    from qdspace.node.context import NodeContext
+
+
+class GrpcCoordinator:
+    """One coordinator about one job, over an mTLS channel opened with the node's keys."""
+
+    def __init__(
+        self, keys: MemberKeys, revoked: Revoked, address: str, coordinator: str, job_id: str
+    ) -> None:
+        self._keys = keys
+        self._revoked = revoked
+        self.coordinator = coordinator
+        self._channel = open_channel(keys, address, coordinator)
+        self._client = FederationClient(self._channel, coordinator, job_id)
+
+    async def start_job(self, job: JobSpec, initial: Params) -> StatusView:
+        return await self._client.start_job(job, initial)
+
+    async def list_jobs(self) -> list[StatusView]:
+        return await self._client.list_jobs()
+
+    async def status(self, known: Position | None = None, wait_s: float = 0.0) -> StatusView:
+        return await self._client.status(known, wait_s)
+
+    async def job(self) -> JobSpec:
+        return await self._client.job()
+
+    async def version_proof(self, version: int) -> str:
+        return await self._client.version_proof(version)
+
+    async def follow(
+        self,
+        trainer: Trainer,
+        *,
+        on_event: Callable[[MemberEvent], None],
+        on_version: VersionHook,
+        poll_s: float,
+    ) -> MemberResult:
+        keys = self._keys
+        runner = MemberRunner(
+            self._client,
+            keys.identity.name,
+            trainer,
+            await coordinator_key(self._channel, self.coordinator),
+            signing_key=keys.signing_key,
+            certificate=keys.cert,
+            ca_cert=keys.ca_cert,
+            revoked=self._revoked,
+            on_event=on_event,
+            on_version=on_version,
+            poll_s=poll_s,
+        )
+        return await runner.run()
+
+    async def close(self) -> None:
+        await self._channel.close()
+
+
+def grpc_coordinators(ctx: NodeContext) -> Connect:
+    """How the node reaches a coordinator by name: itself, or a peer of its settings."""
+    settings = ctx.settings
+
+    def connect(coordinator: str, job_id: str) -> GrpcCoordinator:
+        if coordinator == settings.name:
+            address = f"{settings.grpc_host}:{settings.grpc_port}"
+        elif coordinator in settings.peers:
+            address = settings.peers[coordinator]
+        else:
+            raise UnknownPeerError(
+                f"unknown coordinator {coordinator!r}; known peers: {sorted(settings.peers)}"
+            )
+        return GrpcCoordinator(ctx.keys, ctx.revocations.is_revoked, address, coordinator, job_id)
+
+    return connect
