@@ -33,7 +33,16 @@ import pytest
 from qdspace.node.localnet.network import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
-PACKAGES = ("node", "connector", "policies", "ledger", "federation", "inference", "protocols")
+PACKAGES = (
+    "node",
+    "connector",
+    "policies",
+    "ledger",
+    "federation",
+    "inference",
+    "protocols",
+    "util",
+)
 pytestmark = pytest.mark.integration
 
 BLOCKED = ("ray", "onnxruntime", "eth_tester")
@@ -129,6 +138,16 @@ def test_the_wheel_holds_only_the_qdspace_package(wheel: zipfile.ZipFile) -> Non
     names = set(wheel.namelist())
     for package in PACKAGES:
         assert f"qdspace/{package}/__init__.py" in names, package
+    # what a node reads at run time besides code: migrations, the anchor contract, protos
+    for data in (
+        "qdspace/connector/migrations/env.py",
+        "qdspace/connector/migrations/script.py.mako",
+        "qdspace/connector/migrations/versions/0001_qdm.py",
+        "qdspace/ledger/contracts/Anchor.json",
+        "qdspace/protocols/v1/catalog.proto",
+        "qdspace/node/py.typed",
+    ):
+        assert data in names, data
 
 
 def _imported_modules() -> Iterator[str]:
