@@ -49,7 +49,7 @@ import grpc
 from qdspace.connector.transfer import Checkpoint, RowBatch
 from qdspace.node.identity.member import load_member_keys
 from qdspace.node.localnet.network import LocalNetwork, MemberSpec
-from qdspace.node.rpc.contracts_serde import row_batch_from_proto
+from qdspace.node.rpc.contracts_transfer_serde import row_batch_from_proto
 from qdspace.node.rpc.peers import PeerDirectory
 from qdspace.protocols.v1 import transfer_pb2, transfer_pb2_grpc
 
@@ -131,7 +131,7 @@ def _decode(batch: RowBatch) -> int:
 async def _policy_stream(net: LocalNetwork, agreement_id: str) -> tuple[int, float, list[bytes]]:
     """Pull straight from the supplier as the OEM; returns rows, seconds, raw batches."""
     from qdspace.connector.transfer import TransferRequest
-    from qdspace.node.rpc.contracts_serde import transfer_message_to_proto
+    from qdspace.node.rpc.contracts_transfer_serde import transfer_message_to_proto
 
     keys = load_member_keys(net["sunarc"].directory)
     peers = PeerDirectory(keys, {"cellex": net["cellex"].grpc_address})

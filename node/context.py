@@ -3,7 +3,7 @@
 Every part has a typed field of its own. The optional parts are attached after the
 context is built, by the module that owns them: the ledger by
 ``runtime.ledger.attach_ledger`` (only when ``ledger.json`` names a chain), the contract
-client and outbox dispatcher by ``run.serve`` (``rpc.contracts_client.client_of``), the
+client and outbox dispatcher by ``run.serve`` (``rpc.contracts_jobs.client_of``), the
 federation anchor hook by ``run.run_node`` when the node has a ledger, the federation
 member service (wired to the gRPC coordinator link) by ``run.serve``. Their types are
 imported for the type checker only: building a context must not pull in the gRPC

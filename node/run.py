@@ -118,7 +118,7 @@ async def serve(ctx: NodeContext, stop: asyncio.Event) -> None:
     config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="on")
     api = _Uvicorn(config)
     await peer_server.start()
-    from qdspace.node.rpc.contracts_client import ContractJobs
+    from qdspace.node.rpc.contracts_jobs import ContractJobs
 
     contract_jobs = ContractJobs(ctx)
     api_task = asyncio.create_task(api.serve(sockets=[api_sock]))

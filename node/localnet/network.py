@@ -129,7 +129,7 @@ class LocalNetwork:
         self.workdir = workdir.resolve()
         self.specs = list(members)
         self.python = python
-        # a local demo/test network may move its nodes' contract clock (node.runtime.contracts)
+        # a local demo/test network may move its nodes' contract clock (runtime.contracts_clock)
         self.env = {**os.environ, "QDSPACE_CLOCK_CONTROL": "1", **(env or {})}
         self.authority_dir = self.workdir / "authority"
         self.members: dict[str, MemberProcess] = {}

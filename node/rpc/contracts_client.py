@@ -1,13 +1,13 @@
-"""The consumer's side of the contract services, and the outbox that carries notifications.
+"""The consumer's side of the contract services: catalog, negotiation, transfers.
 
 `ContractClient` drives what a consumer starts: it reads a provider's catalog,
 negotiates (request, accept a counter-offer that grants no more than asked,
 countersign, until FINALIZED), pulls a transfer batch by batch (each batch's
 checkpoint verified and committed with the rows in one transaction, so a
 consumer killed mid-transfer resumes exactly where its rows stop), and runs
-live subscriptions with SPC early warning on what arrives. `OutboxDispatcher`
-delivers queued notifications (order closed, terminations, deletion
-receipts, quality alerts) with retries.
+live subscriptions with SPC early warning on what arrives (those live in
+`contracts_subscriber`, a mixin of the client). The outbox that carries
+notifications and the node's contract background jobs are in `contracts_jobs`.
 
 The provider's Ed25519 verify key comes from its `Hello` over mutual TLS and is
 accepted only if it hashes to the member id in the provider's certificate.
@@ -16,15 +16,12 @@ accepted only if it hashes to the member id in the provider's certificate.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import functools
-import hashlib
 import logging
-import time
 import uuid
-from collections.abc import Callable, Sequence
-from datetime import datetime, timedelta
+from collections.abc import Callable
+from datetime import datetime
 from typing import Any, TypeVar
 
 import grpc
@@ -32,9 +29,7 @@ from nacl.signing import VerifyKey
 
 from qdspace.connector.agreement import countersign
 from qdspace.connector.assets import CatalogEntry
-from qdspace.connector.contract_errors import ContractError
-from qdspace.connector.contract_store import IncomingRow, OutboxMessage
-from qdspace.connector.encoding import StreamRequest
+from qdspace.connector.contract_store import IncomingRow
 from qdspace.connector.negotiation import (
     Accepted,
     ContractRequest,
@@ -49,7 +44,6 @@ from qdspace.connector.negotiation import (
     open_negotiation,
 )
 from qdspace.connector.offers import acceptable_counter
-from qdspace.connector.spc import QualityAlert, SpcAlert, SpcMonitor, SpcSpec
 from qdspace.connector.transfer import (
     TransferCompletion,
     TransferProcess,
@@ -60,25 +54,26 @@ from qdspace.connector.transfer import (
     open_transfer,
 )
 from qdspace.connector.transfer import apply as apply_transfer
-from qdspace.node.context import NodeContext
 from qdspace.node.errors import PeerError
 from qdspace.node.identity.member import member_id_for
 from qdspace.node.rpc.contracts_serde import (
-    PullRequest,
     catalog_entry_from_proto,
     catalog_from_proto,
     negotiation_message_from_proto,
     negotiation_message_to_proto,
+)
+from qdspace.node.rpc.contracts_subscriber import ConsumerSubscriptions
+from qdspace.node.rpc.contracts_transfer_serde import (
+    PullRequest,
     pull_request_to_proto,
     row_batch_from_proto,
-    stream_event_from_proto,
-    stream_request_to_proto,
     transfer_ack_from_proto,
     transfer_message_to_proto,
 )
 from qdspace.node.rpc.peers import PeerDirectory
 from qdspace.node.runtime.contract_ports import Subscription
-from qdspace.node.runtime.contracts import ContractRuntime, peer_name
+from qdspace.node.runtime.contracts import ContractRuntime
+from qdspace.node.runtime.contracts_base import peer_name
 from qdspace.policies.model import OfferTerms, Policy, make_offer
 from qdspace.protocols.v1 import (
     catalog_pb2,
@@ -86,9 +81,6 @@ from qdspace.protocols.v1 import (
     negotiation_pb2_grpc,
     node_pb2,
     node_pb2_grpc,
-    notification_pb2,
-    notification_pb2_grpc,
-    subscription_pb2_grpc,
     transfer_pb2_grpc,
 )
 
@@ -99,7 +91,7 @@ MAX_ROUNDS = 8
 _T = TypeVar("_T")
 
 
-async def _call(peer: str, what: str, call: Callable[[], Any]) -> Any:
+async def call_peer(peer: str, what: str, call: Callable[[], Any]) -> Any:
     """One peer call; a gRPC status becomes a PeerError naming peer, call, code and reason."""
     try:
         return await call()
@@ -108,7 +100,7 @@ async def _call(peer: str, what: str, call: Callable[[], Any]) -> Any:
         raise PeerError(f"peer {peer}: {what}: {code}: {exc.details()}", code) from None
 
 
-class ContractClient:
+class ContractClient(ConsumerSubscriptions):
     """Consumer-side drivers over the peer directory; one per node."""
 
     def __init__(self, runtime: ContractRuntime, peers: PeerDirectory) -> None:
@@ -128,7 +120,7 @@ class ContractClient:
         if peer not in self._keys:
             stub = node_pb2_grpc.NodeStub(self.peers.channel(peer))
             request = node_pb2.HelloRequest(nonce=uuid.uuid4().hex)
-            reply = await _call(peer, "Hello", lambda: stub.Hello(request, timeout=TIMEOUT_S))
+            reply = await call_peer(peer, "Hello", lambda: stub.Hello(request, timeout=TIMEOUT_S))
             server = reply.server
             if server.name != peer or member_id_for(peer, server.verify_key) != server.member_id:
                 raise PeerError(f"peer {peer}: its verify key does not match its member id")
@@ -141,13 +133,15 @@ class ContractClient:
     async def catalog(self, peer: str, kind: str = "") -> list[CatalogEntry]:
         stub = catalog_pb2_grpc.CatalogStub(self.peers.channel(peer))
         request = catalog_pb2.CatalogRequest(kind=kind)
-        reply = await _call(peer, "catalog", lambda: stub.ListAssets(request, timeout=TIMEOUT_S))
+        reply = await call_peer(
+            peer, "catalog", lambda: stub.ListAssets(request, timeout=TIMEOUT_S)
+        )
         return catalog_from_proto(reply)
 
     async def asset(self, peer: str, asset_id: str) -> CatalogEntry:
         stub = catalog_pb2_grpc.CatalogStub(self.peers.channel(peer))
         request = catalog_pb2.AssetRequest(asset_id=asset_id)
-        reply = await _call(peer, "asset", lambda: stub.GetAsset(request, timeout=TIMEOUT_S))
+        reply = await call_peer(peer, "asset", lambda: stub.GetAsset(request, timeout=TIMEOUT_S))
         return catalog_entry_from_proto(reply)
 
     # --------------------------------------------------------- negotiation
@@ -203,7 +197,7 @@ class ContractClient:
         stub = negotiation_pb2_grpc.NegotiationStub(self.peers.channel(peer))
         for _ in range(MAX_ROUNDS):
             wire = negotiation_message_to_proto(message)
-            ack = await _call(
+            ack = await call_peer(
                 peer, "negotiation", functools.partial(stub.Send, wire, timeout=TIMEOUT_S)
             )
             for reply in ack.replies:
@@ -281,7 +275,7 @@ class ContractClient:
         stub = transfer_pb2_grpc.TransferStub(self.peers.channel(peer))
         wire = transfer_message_to_proto(request)
         ack = transfer_ack_from_proto(
-            await _call(peer, "transfer request", lambda: stub.Send(wire, timeout=TIMEOUT_S))
+            await call_peer(peer, "transfer request", lambda: stub.Send(wire, timeout=TIMEOUT_S))
         )
         process = open_transfer(request, Role.CONSUMER)
         start = TransferStart(f"{tid}:p-start", tid, terms.provider_id, ack.checkpoint, at)
@@ -339,7 +333,7 @@ class ContractClient:
         self.runtime.store.save_transfer(process, completed)
         ack = TransferCompletion(f"{tid}:c-complete", tid, self.me, final, now)
         wire = transfer_message_to_proto(ack)
-        await _call(peer, "transfer completion", lambda: stub.Send(wire, timeout=TIMEOUT_S))
+        await call_peer(peer, "transfer completion", lambda: stub.Send(wire, timeout=TIMEOUT_S))
         logger.info("transfer %s completed: %d rows", tid, final.offset)
         return completed
 
@@ -355,95 +349,6 @@ class ContractClient:
             self.start_pull(transfer_id)
         return ids
 
-    # -------------------------------------------------------- subscription
-
-    def subscribe(
-        self,
-        agreement_id: str,
-        *,
-        purpose: str,
-        characteristic: str = "score",
-        spec: SpcSpec | None = None,
-    ) -> Subscription:
-        stored = self.runtime.store.agreement(agreement_id)
-        provider = peer_name(stored.signed.agreement.provider_id)
-        sub = Subscription(
-            f"sub-{uuid.uuid4().hex}",
-            provider,
-            agreement_id,
-            characteristic,
-            spec or SpcSpec(usl=0.5, baseline_size=20, cpk_window=20),
-        )
-        sub.task = asyncio.create_task(self._run_subscription(sub, purpose))
-        self.subscriptions[sub.subscription_id] = sub
-        return sub
-
-    async def _run_subscription(self, sub: Subscription, purpose: str) -> None:
-        monitor = SpcMonitor(sub.spec)
-        stub = subscription_pb2_grpc.SubscriptionStub(self.peers.channel(sub.provider))
-        store = self.runtime.store
-        request = StreamRequest(sub.subscription_id, sub.agreement_id, purpose)
-        try:
-            async for wire in stub.Subscribe(stream_request_to_proto(request)):
-                sub.connected.set()
-                event = stream_event_from_proto(wire)
-                if event.heartbeat:
-                    continue
-                arrived = self.runtime.clock.now()
-                sub.latencies_ms.append((arrived - event.sent_at) / timedelta(milliseconds=1))
-                rows = [
-                    IncomingRow(int(p), r.order_id, r.payload)
-                    for p, r in zip(event.positions, event.rows, strict=True)
-                ]
-                await asyncio.to_thread(
-                    store.store_received_rows, sub.agreement_id, sub.subscription_id, rows, arrived
-                )
-                sub.received += len(rows)
-                sub.position = event.positions[-1]
-                self._spc(sub, monitor, event.rows)
-        except grpc.aio.AioRpcError as exc:
-            sub.error = f"{exc.code().name}: {exc.details()}"
-            logger.warning("subscription %s ended: %s", sub.subscription_id, sub.error)
-        except (ContractError, ValueError) as exc:
-            sub.error = str(exc)
-            logger.warning("subscription %s failed: %s", sub.subscription_id, exc)
-        finally:
-            sub.connected.set()
-
-    def _spc(self, sub: Subscription, monitor: SpcMonitor, rows: Sequence[Any]) -> None:
-        import json
-
-        from qdspace.policies.canonical import parse_datetime
-
-        for row in rows:
-            record = json.loads(row.payload)
-            value = record.get(sub.characteristic)
-            if not isinstance(value, int | float):
-                continue
-            at = record.get("inspected_at")
-            when = parse_datetime(at) if isinstance(at, str) else self.runtime.clock.now()
-            for alert in monitor.add(float(value), when):
-                self._raise_alert(sub, alert, record)
-
-    def _raise_alert(self, sub: Subscription, alert: SpcAlert, record: dict[str, Any]) -> None:
-        digest = hashlib.sha256(
-            f"{sub.subscription_id}:{alert.rule}:{alert.points[-1].index}".encode()
-        )
-        notice = QualityAlert(
-            f"alert-{digest.hexdigest()[:16]}",
-            alert,
-            sub.agreement_id,
-            str(record.get("order_id") or ""),
-            str(record.get("station") or ""),
-            sub.characteristic,
-        )
-        sub.alerts.append(notice)
-        logger.warning(
-            "SPC alert on %s from %s: %s", sub.characteristic, sub.provider, alert.description
-        )
-        message = self.runtime.notification(sub.provider, notice, notice.alert_id)
-        self.runtime.store.enqueue([message], self.runtime.clock.now())
-
     async def close(self) -> None:
         tasks: list[asyncio.Task[Any]] = [
             s.task for s in self.subscriptions.values() if s.task is not None
@@ -452,130 +357,3 @@ class ContractClient:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-
-
-class OutboxDispatcher:
-    """Sends queued notifications to their peers, retrying with backoff until delivered."""
-
-    def __init__(self, runtime: ContractRuntime, peers: PeerDirectory, interval_s: float = 0.5):
-        self.runtime = runtime
-        self.peers = peers
-        self.interval_s = interval_s
-        self._kick = asyncio.Event()
-
-    def kick(self) -> None:
-        self._kick.set()
-
-    async def run(self) -> None:
-        while True:
-            try:
-                await self.deliver_due()
-            except Exception:  # a broken database must not end the loop
-                logger.exception("outbox delivery failed")
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._kick.wait(), self.interval_s)
-            self._kick.clear()
-
-    async def deliver_due(self) -> int:
-        store = self.runtime.store
-        sent = 0
-        for pending in store.due_messages(self.runtime.clock.now()):
-            message = pending.message
-            try:
-                await self._send(message)
-            except (PeerError, grpc.aio.AioRpcError) as exc:
-                backoff = timedelta(seconds=min(60.0, 0.5 * 2**pending.attempts))
-                store.mark_failed(pending.id, str(exc), self.runtime.clock.now() + backoff)
-                logger.warning(
-                    "outbox: %s to %s failed: %s", message.message_id, message.peer_id, exc
-                )
-                continue
-            store.mark_sent(pending.id, self.runtime.clock.now())
-            sent += 1
-        return sent
-
-    async def _send(self, message: OutboxMessage) -> None:
-        wire = notification_pb2.NotificationMessage.FromString(message.payload)
-        stub = notification_pb2_grpc.NotificationStub(self.peers.channel(message.peer_id))
-        await _call(message.peer_id, "notify", lambda: stub.Notify(wire, timeout=TIMEOUT_S))
-
-    async def flush(self, timeout_s: float = 10.0) -> None:
-        """Deliver everything due now (used by routes that promise the peer was told)."""
-        deadline = time.monotonic() + timeout_s
-        while self.runtime.store.due_messages(self.runtime.clock.now()):
-            await self.deliver_due()
-            if time.monotonic() > deadline:
-                return
-            await asyncio.sleep(0.05)
-
-
-def client_of(ctx: NodeContext) -> tuple[ContractClient, OutboxDispatcher]:
-    """The node's one ContractClient and OutboxDispatcher: made once, put on the context
-    (where the operator API finds them through its ports)."""
-    runtime = ctx.contracts
-    if runtime is None:
-        raise PeerError("this node runs no contract machinery")
-    client, outbox = ctx.contract_client, ctx.outbox
-    if isinstance(client, ContractClient) and isinstance(outbox, OutboxDispatcher):
-        return client, outbox
-    made = ContractClient(runtime, ctx.peers), OutboxDispatcher(runtime, ctx.peers)
-    ctx.contract_client, ctx.outbox = made
-    return made
-
-
-SWEEP_INTERVAL_S = 30.0
-SWEEP_HORIZON = timedelta(hours=1)
-
-
-class ContractJobs:
-    """The contract background jobs of a serving node: outbox delivery, transfer resume,
-    the retention sweep (every 30 s, deleting what expires within the hour), and anchoring
-    of agreements and receipts when the node has a ledger."""
-
-    def __init__(self, ctx: NodeContext) -> None:
-        self.client, self.dispatcher = client_of(ctx)
-        _attach_ledger(ctx)
-        self._tasks = [
-            asyncio.create_task(self.dispatcher.run()),
-            asyncio.create_task(self._sweep_loop()),
-        ]
-        self.resumed = self.client.resume_unfinished()
-
-    async def _sweep_loop(self) -> None:
-        runtime = self.client.runtime
-        while True:
-            await asyncio.sleep(SWEEP_INTERVAL_S)
-            try:
-                report = await asyncio.to_thread(runtime.sweep, SWEEP_HORIZON)
-            except Exception:  # the next run tries again
-                logger.exception("retention sweep failed")
-                continue
-            if report.receipts:
-                self.dispatcher.kick()
-
-    async def stop(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-        await self.client.close()
-
-
-def _attach_ledger(ctx: NodeContext) -> None:
-    """Anchor agreements and receipts through the node's ledger, when it has one."""
-    runtime = ctx.contracts
-    try:
-        from qdspace.node.runtime.ledger import enqueue_leaf, node_ledger, register_record_loader
-    except ImportError:  # a node built without the ledger room
-        return
-    if runtime is None or node_ledger(ctx) is None:
-        return
-
-    def record(kind: str, ref_id: str, payload: bytes) -> None:
-        try:
-            enqueue_leaf(ctx, kind, ref_id, payload)
-        except Exception:  # anchoring must never undo a contract step; it is retried later
-            logger.exception("could not queue %s %s for anchoring", kind, ref_id)
-
-    runtime.record = record
-    for kind in ("agreement", "deletion_receipt"):
-        register_record_loader(ctx, kind, runtime.load_record)

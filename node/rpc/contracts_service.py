@@ -23,6 +23,7 @@ from qdspace.connector.contract_errors import ContractDenied, ContractError
 from qdspace.node.identity.certs import MemberIdentity
 from qdspace.node.rpc.auth import current_peer
 from qdspace.node.rpc.codes import status_code
+from qdspace.node.rpc.contracts_notification_serde import notification_from_proto
 from qdspace.node.rpc.contracts_serde import (
     WireFormatError,
     catalog_entry_to_proto,
@@ -32,7 +33,8 @@ from qdspace.node.rpc.contracts_serde import (
     negotiation_message_from_proto,
     negotiation_message_to_proto,
     negotiation_to_proto,
-    notification_from_proto,
+)
+from qdspace.node.rpc.contracts_transfer_serde import (
     pull_request_from_proto,
     row_batch_to_proto,
     stream_request_from_proto,

@@ -29,10 +29,12 @@ from qdspace.connector.negotiation import Accepted, ContractRequest, Verificatio
 from qdspace.connector.transfer import Checkpoint, TransferRequest
 from qdspace.node.identity.member import load_member_keys
 from qdspace.node.rpc.contracts_serde import (
-    PullRequest,
     negotiation_message_from_proto,
     negotiation_message_to_proto,
     policy_from_json,
+)
+from qdspace.node.rpc.contracts_transfer_serde import (
+    PullRequest,
     pull_request_to_proto,
     row_batch_from_proto,
     stream_request_to_proto,

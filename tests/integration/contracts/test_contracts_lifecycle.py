@@ -24,9 +24,11 @@ from qdspace.connector.negotiation import ContractRequest, Verification
 from qdspace.connector.transfer import Checkpoint
 from qdspace.node.identity.member import load_member_keys
 from qdspace.node.rpc.contracts_serde import (
-    PullRequest,
     negotiation_message_from_proto,
     negotiation_message_to_proto,
+)
+from qdspace.node.rpc.contracts_transfer_serde import (
+    PullRequest,
     pull_request_to_proto,
     row_batch_from_proto,
 )

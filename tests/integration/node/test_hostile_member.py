@@ -32,11 +32,8 @@ from qdspace.node.identity.authority import Authority
 from qdspace.node.identity.member import MemberKeys, load_member_keys
 from qdspace.node.localnet.network import LocalNetwork, MemberSpec
 from qdspace.node.rpc.client import open_channel
-from qdspace.node.rpc.contracts_serde import (
-    Notification,
-    checkpoint_to_proto,
-    notification_to_proto,
-)
+from qdspace.node.rpc.contracts_notification_serde import Notification, notification_to_proto
+from qdspace.node.rpc.contracts_transfer_serde import checkpoint_to_proto
 from qdspace.protocols.v1 import (
     catalog_pb2,
     federation_pb2,

@@ -17,7 +17,7 @@ from qdspace.ledger.errors import ChainUnavailable, NotAnchored, ProofFormatErro
 from qdspace.node.api.gate import CredentialRejected, bearer_token
 from qdspace.node.api.problems import BodyTooLarge, problem_response, status_of
 from qdspace.node.errors import ConfigError, PeerError, UnknownPeerError
-from qdspace.node.runtime.contracts import ClockControlDisabled
+from qdspace.node.runtime.contracts_clock import ClockControlDisabled
 
 
 @pytest.mark.parametrize(

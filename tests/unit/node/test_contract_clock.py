@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from qdspace.node.runtime.contracts import ClockControlDisabled, ContractClock
+from qdspace.node.runtime.contracts_clock import ClockControlDisabled, ContractClock
 
 
 def _clock_file(tmp_path: Path, days: float) -> Path:

@@ -48,7 +48,9 @@ from qdspace.connector.transfer import (
     TransferSuspension,
     TransferTermination,
 )
+from qdspace.node.rpc import contracts_notification_serde as notification_serde
 from qdspace.node.rpc import contracts_serde as serde
+from qdspace.node.rpc import contracts_transfer_serde as transfer_serde
 from qdspace.policies.model import OfferTerms, Policy, make_offer, to_agreement
 from qdspace.protocols.v1 import catalog_pb2, negotiation_pb2, notification_pb2, transfer_pb2
 
@@ -183,18 +185,21 @@ batches = st.builds(RowBatch.of, ids, rows, checkpoints, st.booleans())
 def test_transfer_messages_and_batches_round_trip(
     message: TransferMessage, batch: RowBatch
 ) -> None:
-    wire = serde.transfer_message_to_proto(message).SerializeToString()
+    wire = transfer_serde.transfer_message_to_proto(message).SerializeToString()
     assert (
-        serde.transfer_message_from_proto(transfer_pb2.TransferMessage.FromString(wire)) == message
+        transfer_serde.transfer_message_from_proto(transfer_pb2.TransferMessage.FromString(wire))
+        == message
     )
-    wire = serde.row_batch_to_proto(batch).SerializeToString()
-    decoded = serde.row_batch_from_proto(transfer_pb2.RowBatch.FromString(wire))
+    wire = transfer_serde.row_batch_to_proto(batch).SerializeToString()
+    decoded = transfer_serde.row_batch_from_proto(transfer_pb2.RowBatch.FromString(wire))
     assert decoded == batch
     assert [(r.payload, r.order_id) for r in decoded.rows] == [
         (r.payload, r.order_id) for r in batch.rows
     ]
-    pull = serde.PullRequest(batch.transfer_id, batch.checkpoint, 7)
-    assert serde.pull_request_from_proto(serde.pull_request_to_proto(pull)) == pull
+    pull = transfer_serde.PullRequest(batch.transfer_id, batch.checkpoint, 7)
+    assert (
+        transfer_serde.pull_request_from_proto(transfer_serde.pull_request_to_proto(pull)) == pull
+    )
 
 
 def test_a_batch_whose_rows_do_not_fit_its_count_or_orders_is_refused() -> None:
@@ -216,9 +221,9 @@ def test_a_batch_whose_rows_do_not_fit_its_count_or_orders_is_refused() -> None:
         ),
     ):
         bad.transfer_id = "tx"
-        bad.checkpoint.CopyFrom(serde.checkpoint_to_proto(checkpoint))
+        bad.checkpoint.CopyFrom(transfer_serde.checkpoint_to_proto(checkpoint))
         with pytest.raises(serde.WireFormatError, match=why):
-            serde.row_batch_from_proto(bad)
+            transfer_serde.row_batch_from_proto(bad)
 
 
 def test_transfer_ack_carries_state_and_cursor() -> None:
@@ -227,7 +232,7 @@ def test_transfer_ack_carries_state_and_cursor() -> None:
     process = TransferProcess(
         "tx", "agr", Role.PROVIDER, "p", "c", TransferState.SUSPENDED, checkpoint, at, at
     )
-    view = serde.transfer_ack_from_proto(serde.transfer_ack_to_proto(process))
+    view = transfer_serde.transfer_ack_from_proto(transfer_serde.transfer_ack_to_proto(process))
     assert (view.transfer_id, view.state, view.checkpoint) == (
         "tx",
         TransferState.SUSPENDED,
@@ -244,13 +249,16 @@ def test_transfer_ack_carries_state_and_cursor() -> None:
 def test_subscription_messages_round_trip(
     request: StreamRequest, sub_id: str, items: list[tuple[bytes, str, str]], at: datetime
 ) -> None:
-    assert serde.stream_request_from_proto(serde.stream_request_to_proto(request)) == request
+    assert (
+        transfer_serde.stream_request_from_proto(transfer_serde.stream_request_to_proto(request))
+        == request
+    )
     event = StreamEvent(
         sub_id, tuple(BatchRow(p, o) for p, o, _ in items), tuple(pos for _, _, pos in items), at
     )
-    proto = serde.stream_event_to_proto(event)
+    proto = transfer_serde.stream_event_to_proto(event)
     assert proto.heartbeat == (not items)
-    assert serde.stream_event_from_proto(proto) == event
+    assert transfer_serde.stream_event_from_proto(proto) == event
 
 
 @given(offers(), st.sampled_from(list(AssetKind)), field_sets, field_sets, texts)
@@ -292,11 +300,11 @@ bodies = st.one_of(
 )
 
 
-@given(st.builds(serde.Notification, ids, ids, instants, bodies))
-def test_notifications_round_trip(notification: serde.Notification) -> None:
-    wire = serde.notification_to_proto(notification).SerializeToString()
+@given(st.builds(notification_serde.Notification, ids, ids, instants, bodies))
+def test_notifications_round_trip(notification: notification_serde.Notification) -> None:
+    wire = notification_serde.notification_to_proto(notification).SerializeToString()
     decoded = notification_pb2.NotificationMessage.FromString(wire)
-    assert serde.notification_from_proto(decoded) == notification
+    assert notification_serde.notification_from_proto(decoded) == notification
 
 
 def test_undecodable_input_is_refused_with_a_reason() -> None:
@@ -305,7 +313,7 @@ def test_undecodable_input_is_refused_with_a_reason() -> None:
             negotiation_pb2.NegotiationMessage(message_id="m", negotiation_id="n", sender_id="s")
         )
     with pytest.raises(serde.WireFormatError, match="message_id is missing"):
-        serde.transfer_message_from_proto(transfer_pb2.TransferMessage())
+        transfer_serde.transfer_message_from_proto(transfer_pb2.TransferMessage())
     bad_policy = negotiation_pb2.NegotiationMessage(
         message_id="m", negotiation_id="n", sender_id="s"
     )
@@ -315,12 +323,12 @@ def test_undecodable_input_is_refused_with_a_reason() -> None:
     with pytest.raises(serde.WireFormatError, match="unknown kind"):
         serde.catalog_entry_from_proto(catalog_pb2.Asset(provider_id="p", asset_id="a", kind="x"))
     with pytest.raises(serde.WireFormatError, match="checkpoint"):
-        serde.checkpoint_from_proto(transfer_pb2.Checkpoint(offset=1, digest=b"short"))
+        transfer_serde.checkpoint_from_proto(transfer_pb2.Checkpoint(offset=1, digest=b"short"))
     broken = negotiation_pb2.SignedAgreement(agreement_json=b"{}", provider_signature=b"x")
     with pytest.raises(serde.WireFormatError, match="agreement"):
         serde.signed_agreement_from_proto(broken)
     with pytest.raises(serde.WireFormatError, match="no body"):
-        serde.notification_from_proto(
+        notification_serde.notification_from_proto(
             notification_pb2.NotificationMessage(notification_id="n", sender_id="s")
         )
     with pytest.raises(serde.WireFormatError, match="time zone"):

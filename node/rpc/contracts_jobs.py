@@ -1,0 +1,157 @@
+"""The contract background jobs of a serving node, and the outbox that carries notifications.
+
+`OutboxDispatcher` delivers queued notifications (order closed, terminations, deletion
+receipts, quality alerts) with retries and backoff, so that a peer that is down is told
+later rather than never. `ContractJobs` runs what a serving node does on its own:
+outbox delivery, resuming the transfers it was receiving when it stopped, the retention
+sweep, and anchoring of agreements and receipts when the node has a ledger. They are
+kept apart from `ContractClient` because they are loops owned by the node's lifetime
+(started and stopped by ``run.serve``), not calls an operator makes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from datetime import timedelta
+
+import grpc
+
+from qdspace.connector.contract_store import OutboxMessage
+from qdspace.node.context import NodeContext
+from qdspace.node.errors import PeerError
+from qdspace.node.rpc.contracts_client import TIMEOUT_S, ContractClient, call_peer
+from qdspace.node.rpc.peers import PeerDirectory
+from qdspace.node.runtime.contracts import ContractRuntime
+from qdspace.protocols.v1 import notification_pb2, notification_pb2_grpc
+
+logger = logging.getLogger("node.contracts")
+
+
+class OutboxDispatcher:
+    """Sends queued notifications to their peers, retrying with backoff until delivered."""
+
+    def __init__(self, runtime: ContractRuntime, peers: PeerDirectory, interval_s: float = 0.5):
+        self.runtime = runtime
+        self.peers = peers
+        self.interval_s = interval_s
+        self._kick = asyncio.Event()
+
+    def kick(self) -> None:
+        self._kick.set()
+
+    async def run(self) -> None:
+        while True:
+            try:
+                await self.deliver_due()
+            except Exception:  # a broken database must not end the loop
+                logger.exception("outbox delivery failed")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._kick.wait(), self.interval_s)
+            self._kick.clear()
+
+    async def deliver_due(self) -> int:
+        store = self.runtime.store
+        sent = 0
+        for pending in store.due_messages(self.runtime.clock.now()):
+            message = pending.message
+            try:
+                await self._send(message)
+            except (PeerError, grpc.aio.AioRpcError) as exc:
+                backoff = timedelta(seconds=min(60.0, 0.5 * 2**pending.attempts))
+                store.mark_failed(pending.id, str(exc), self.runtime.clock.now() + backoff)
+                logger.warning(
+                    "outbox: %s to %s failed: %s", message.message_id, message.peer_id, exc
+                )
+                continue
+            store.mark_sent(pending.id, self.runtime.clock.now())
+            sent += 1
+        return sent
+
+    async def _send(self, message: OutboxMessage) -> None:
+        wire = notification_pb2.NotificationMessage.FromString(message.payload)
+        stub = notification_pb2_grpc.NotificationStub(self.peers.channel(message.peer_id))
+        await call_peer(message.peer_id, "notify", lambda: stub.Notify(wire, timeout=TIMEOUT_S))
+
+    async def flush(self, timeout_s: float = 10.0) -> None:
+        """Deliver everything due now (used by routes that promise the peer was told)."""
+        deadline = time.monotonic() + timeout_s
+        while self.runtime.store.due_messages(self.runtime.clock.now()):
+            await self.deliver_due()
+            if time.monotonic() > deadline:
+                return
+            await asyncio.sleep(0.05)
+
+
+def client_of(ctx: NodeContext) -> tuple[ContractClient, OutboxDispatcher]:
+    """The node's one ContractClient and OutboxDispatcher: made once, put on the context
+    (where the operator API finds them through its ports)."""
+    runtime = ctx.contracts
+    if runtime is None:
+        raise PeerError("this node runs no contract machinery")
+    client, outbox = ctx.contract_client, ctx.outbox
+    if isinstance(client, ContractClient) and isinstance(outbox, OutboxDispatcher):
+        return client, outbox
+    made = ContractClient(runtime, ctx.peers), OutboxDispatcher(runtime, ctx.peers)
+    ctx.contract_client, ctx.outbox = made
+    return made
+
+
+SWEEP_INTERVAL_S = 30.0
+SWEEP_HORIZON = timedelta(hours=1)
+
+
+class ContractJobs:
+    """The contract background jobs of a serving node: outbox delivery, transfer resume,
+    the retention sweep (every 30 s, deleting what expires within the hour), and anchoring
+    of agreements and receipts when the node has a ledger."""
+
+    def __init__(self, ctx: NodeContext) -> None:
+        self.client, self.dispatcher = client_of(ctx)
+        _attach_ledger(ctx)
+        self._tasks = [
+            asyncio.create_task(self.dispatcher.run()),
+            asyncio.create_task(self._sweep_loop()),
+        ]
+        self.resumed = self.client.resume_unfinished()
+
+    async def _sweep_loop(self) -> None:
+        runtime = self.client.runtime
+        while True:
+            await asyncio.sleep(SWEEP_INTERVAL_S)
+            try:
+                report = await asyncio.to_thread(runtime.sweep, SWEEP_HORIZON)
+            except Exception:  # the next run tries again
+                logger.exception("retention sweep failed")
+                continue
+            if report.receipts:
+                self.dispatcher.kick()
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.client.close()
+
+
+def _attach_ledger(ctx: NodeContext) -> None:
+    """Anchor agreements and receipts through the node's ledger, when it has one."""
+    runtime = ctx.contracts
+    try:
+        from qdspace.node.runtime.ledger import enqueue_leaf, node_ledger, register_record_loader
+    except ImportError:  # a node built without the ledger room
+        return
+    if runtime is None or node_ledger(ctx) is None:
+        return
+
+    def record(kind: str, ref_id: str, payload: bytes) -> None:
+        try:
+            enqueue_leaf(ctx, kind, ref_id, payload)
+        except Exception:  # anchoring must never undo a contract step; it is retried later
+            logger.exception("could not queue %s %s for anchoring", kind, ref_id)
+
+    runtime.record = record
+    for kind in ("agreement", "deletion_receipt"):
+        register_record_loader(ctx, kind, runtime.load_record)

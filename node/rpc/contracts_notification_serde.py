@@ -1,0 +1,171 @@
+"""Proto <-> domain conversion for the notifications between contract parties.
+
+A notification is what one party tells the other after the fact, through the outbox:
+an order closed, an agreement terminated, a signed deletion receipt, an SPC quality
+alert, an investigation. One envelope (`Notification`) carries one of these bodies. The
+receipt is decoded as sent; its signature is checked by whoever opens it
+(`connector.agreement.open_signed_receipt`). The basics come from `contracts_serde`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+from qdspace.connector.agreement import (
+    AgreementTermination,
+    DeletionReceipt,
+    OrderClosed,
+    SignedReceipt,
+    receipt_from_bytes,
+)
+from qdspace.connector.contract_errors import ContractError
+from qdspace.connector.spc import Investigation, QualityAlert, SpcAlert, SpcPoint
+from qdspace.node.errors import WireFormatError
+from qdspace.node.rpc.contracts_serde import datetime_from_us, datetime_to_us, required
+from qdspace.protocols.v1 import notification_pb2
+
+NotificationBody = OrderClosed | AgreementTermination | SignedReceipt | QualityAlert | Investigation
+
+
+@dataclass(frozen=True)
+class Notification:
+    notification_id: str
+    sender_id: str
+    sent_at: datetime
+    body: NotificationBody
+
+
+def receipt_to_proto(signed: SignedReceipt) -> notification_pb2.DeletionReceipt:
+    return notification_pb2.DeletionReceipt(
+        receipt_json=signed.receipt.canonical_bytes(), signature=signed.signature
+    )
+
+
+def receipt_from_proto(message: notification_pb2.DeletionReceipt) -> SignedReceipt:
+    """The receipt as sent; check it with `connector.agreement.open_signed_receipt`."""
+    try:
+        receipt: DeletionReceipt = receipt_from_bytes(message.receipt_json)
+    except ContractError as exc:
+        raise WireFormatError(str(exc)) from None
+    return SignedReceipt(receipt, message.signature)
+
+
+def _alert_to_proto(notice: QualityAlert) -> notification_pb2.QualityAlert:
+    alert = notice.alert
+    return notification_pb2.QualityAlert(
+        alert_id=notice.alert_id,
+        rule=alert.rule,
+        description=alert.description,
+        agreement_id=notice.agreement_id,
+        order_id=notice.order_id,
+        station=notice.station,
+        characteristic=notice.characteristic,
+        points=[
+            notification_pb2.AlertPoint(
+                index=p.index, value=p.value, at_unix_us=datetime_to_us(p.at)
+            )
+            for p in alert.points
+        ],
+        at_unix_us=datetime_to_us(alert.at),
+    )
+
+
+def _alert_from_proto(message: notification_pb2.QualityAlert) -> QualityAlert:
+    points = tuple(
+        SpcPoint(p.index, p.value, datetime_from_us(p.at_unix_us)) for p in message.points
+    )
+    alert = SpcAlert(
+        message.rule, message.description, points, datetime_from_us(message.at_unix_us)
+    )
+    return QualityAlert(
+        alert_id=required(message.alert_id, "alert_id"),
+        alert=alert,
+        agreement_id=message.agreement_id,
+        order_id=message.order_id,
+        station=message.station,
+        characteristic=message.characteristic,
+    )
+
+
+def notification_to_proto(notification: Notification) -> notification_pb2.NotificationMessage:
+    out = notification_pb2.NotificationMessage(
+        notification_id=notification.notification_id,
+        sender_id=notification.sender_id,
+        sent_at_unix_us=datetime_to_us(notification.sent_at),
+    )
+    body = notification.body
+    if isinstance(body, OrderClosed):
+        out.order_closed.CopyFrom(
+            notification_pb2.OrderClosed(
+                order_id=body.order_id,
+                closed_at_unix_us=datetime_to_us(body.closed_at),
+                agreement_ids=list(body.agreement_ids),
+            )
+        )
+    elif isinstance(body, AgreementTermination):
+        out.agreement_terminated.CopyFrom(
+            notification_pb2.AgreementTerminated(
+                agreement_id=body.agreement_id,
+                reason=body.reason,
+                terminated_at_unix_us=datetime_to_us(body.terminated_at),
+            )
+        )
+    elif isinstance(body, SignedReceipt):
+        out.deletion_receipt.CopyFrom(receipt_to_proto(body))
+    elif isinstance(body, QualityAlert):
+        out.quality_alert.CopyFrom(_alert_to_proto(body))
+    else:
+        out.investigation.CopyFrom(
+            notification_pb2.Investigation(
+                investigation_id=body.investigation_id,
+                subject=body.subject,
+                batch_id=body.batch_id,
+                order_id=body.order_id,
+                description=body.description,
+                status=body.status,
+            )
+        )
+    return out
+
+
+def _body_from_proto(message: notification_pb2.NotificationMessage) -> NotificationBody:
+    match message.WhichOneof("body"):
+        case "order_closed":
+            closed = message.order_closed
+            return OrderClosed(
+                required(closed.order_id, "order_id"),
+                datetime_from_us(closed.closed_at_unix_us),
+                tuple(closed.agreement_ids),
+            )
+        case "agreement_terminated":
+            ended = message.agreement_terminated
+            return AgreementTermination(
+                required(ended.agreement_id, "agreement_id"),
+                ended.reason,
+                datetime_from_us(ended.terminated_at_unix_us),
+            )
+        case "deletion_receipt":
+            return receipt_from_proto(message.deletion_receipt)
+        case "quality_alert":
+            return _alert_from_proto(message.quality_alert)
+        case "investigation":
+            opened = message.investigation
+            return Investigation(
+                investigation_id=required(opened.investigation_id, "investigation_id"),
+                subject=opened.subject,
+                description=opened.description,
+                batch_id=opened.batch_id,
+                order_id=opened.order_id,
+                status=opened.status,
+            )
+    raise WireFormatError(f"notification {message.notification_id} has no body")
+
+
+def notification_from_proto(message: notification_pb2.NotificationMessage) -> Notification:
+    return Notification(
+        notification_id=required(message.notification_id, "notification_id"),
+        sender_id=required(message.sender_id, "sender_id"),
+        sent_at=datetime_from_us(message.sent_at_unix_us),
+        body=_body_from_proto(message),
+    )

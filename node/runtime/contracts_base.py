@@ -1,0 +1,96 @@
+"""What every contract move of a node reads: its keys, clock, assets and stores.
+
+`ContractBase` holds the state the provider's moves share (the member identity and
+signing key, the contract store, the QDM database, the clock, the pseudonym secret and
+the catalog's assets) and the catalog questions every move asks (which asset, whose
+orders). The moves themselves live in rooms of their own (negotiation, transfers and
+streams, notifications and closures), each a mixin over this base, and
+`qdspace.node.runtime.contracts.ContractRuntime` joins them into the one object the
+composition root builds. Keeping the shared state here lets each room import it without
+importing the others.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from nacl.signing import SigningKey, VerifyKey
+from sqlalchemy import Engine, select
+
+from qdspace.connector.assets import Asset, CatalogEntry, catalog
+from qdspace.connector.contract_errors import UnknownContractError
+from qdspace.connector.contract_store import ContractStore
+from qdspace.connector.qdm import Order
+from qdspace.connector.spc import Investigation, QualityAlert
+from qdspace.node.errors import NodeError
+from qdspace.node.identity.certs import MemberIdentity
+from qdspace.node.runtime.contracts_clock import ContractClock
+from qdspace.node.runtime.table_watch import TableWatch
+
+logger = logging.getLogger("node.contracts")
+
+
+def peer_name(member_id: str) -> str:
+    """The member name inside a member id (``name-<12 hex>``, see `member_id_for`)."""
+    name, _, digest = member_id.rpartition("-")
+    if not name or len(digest) != 12:
+        raise NodeError(f"{member_id!r} is not a member id")
+    return name
+
+
+@dataclass
+class ContractBase:
+    """The state and catalog shared by the contract moves; see the module docstring."""
+
+    me: MemberIdentity
+    signing_key: SigningKey
+    store: ContractStore
+    qdm: Engine
+    clock: ContractClock
+    pseudonym_secret: bytes
+    assets: dict[str, Asset]
+    # (kind, ref id, canonical bytes) of each agreement in force and each verified receipt:
+    # the node's ledger anchors them (see ContractJobs); a no-op without a chain
+    record: Callable[[str, str, bytes], None] = field(default=lambda kind, ref, data: None)
+    # wakes live streams when inspections are committed (node.runtime.table_watch); None: poll only
+    new_inspections: TableWatch | None = None
+
+    @property
+    def verify_key(self) -> VerifyKey:
+        return self.signing_key.verify_key
+
+    @property
+    def investigations(self) -> list[Investigation]:
+        """The investigations peers opened with us (kept in the contract store)."""
+        return self.store.received_investigations()
+
+    @property
+    def received_alerts(self) -> list[QualityAlert]:
+        """The SPC alerts consumers sent us (kept in the contract store)."""
+        return self.store.received_alerts()
+
+    # ------------------------------------------------------------- catalog
+
+    def catalog(self, role: str, kind: str = "") -> list[CatalogEntry]:
+        entries = catalog(list(self.assets.values()), self.me.member_id, role)
+        return [e for e in entries if not kind or e.kind.value == kind]
+
+    def asset_for(self, asset_id: str, role: str) -> Asset:
+        asset = self.assets.get(asset_id)
+        if asset is None or not asset.visible_to(role):
+            raise UnknownContractError(f"{self.me.name} offers no asset {asset_id!r} to {role}s")
+        return asset
+
+    def offer_asset(self, asset: Asset) -> None:
+        """Add an asset to the catalog while running (a federated job its coordinator
+        publishes); an asset of the same id is replaced."""
+        self.assets[asset.asset_id] = asset
+        logger.info("catalog: %s (%s) offered", asset.asset_id, asset.kind)
+
+    def customer_orders(self, customer: str) -> frozenset[str]:
+        table = Order.__table__  # type: ignore[attr-defined]
+        with self.qdm.connect() as connection:
+            rows = connection.execute(select(table.c.order_id).where(table.c.customer == customer))
+            return frozenset(r for (r,) in rows)

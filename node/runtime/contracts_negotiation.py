@@ -1,0 +1,188 @@
+"""The provider's side of contract negotiation: answer each consumer message at once.
+
+A consumer's negotiation message is applied to the stored state and answered in the
+same call (one load and one save for a message on a known negotiation): a request is
+decided against today's offer and the orders the consumer holds today, an accepted
+counter-offer is decided again (only terms built now are signed), a verification is
+finalized. A retry gets the same answer, rebuilt from the state (`replies`). An
+agreement in force is handed to the ledger hook (`record`), which is also where a
+regulator's request for its canonical bytes comes back (`load_record`).
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Sequence
+from dataclasses import replace
+from datetime import datetime
+
+from nacl.signing import VerifyKey
+
+from qdspace.connector.agreement import sign_agreement
+from qdspace.connector.assets import AssetKind
+from qdspace.connector.contract_errors import (
+    ContractDenied,
+    UnauthorizedSenderError,
+    UnknownContractError,
+)
+from qdspace.connector.contract_store import OutboxMessage
+from qdspace.connector.negotiation import (
+    Agreement,
+    ContractOffer,
+    ContractRequest,
+    Finalized,
+    Negotiation,
+    NegotiationMessage,
+    NegotiationState,
+    PartyKeys,
+    Role,
+    Termination,
+    apply,
+    draft_agreement,
+    fingerprint,
+    open_negotiation,
+)
+from qdspace.connector.offers import Answer, Verdict, answer_job_request, answer_request
+from qdspace.node.errors import NodeError
+from qdspace.node.identity.certs import MemberIdentity
+from qdspace.node.runtime.contracts_base import ContractBase
+from qdspace.policies.model import Policy
+
+logger = logging.getLogger("node.contracts")
+
+
+class ProviderNegotiation(ContractBase):
+    """The provider's negotiation moves (a mixin of `ContractRuntime`)."""
+
+    def _at(self, negotiation: Negotiation) -> datetime:
+        return max(self.clock.now(), negotiation.updated_at)
+
+    def _mid(self, negotiation: Negotiation) -> str:
+        return f"{negotiation.negotiation_id}:p{len(negotiation.seen)}"
+
+    def _decide(self, n: Negotiation, peer: MemberIdentity, mid: str) -> Answer:
+        """What we grant for the offer on the table, decided now (orders the peer placed
+        today, the asset as offered today): an AGREE carries the policy we built."""
+        asset = self.asset_for(n.asset_id, peer.role)
+        if asset.kind is AssetKind.FEDERATED_JOB:
+            return answer_job_request(asset, n.offer, peer.name)
+        return answer_request(
+            asset.offer, n.offer, self.customer_orders(peer.name), f"{mid}:counter"
+        )
+
+    def _provider_move(self, negotiation: Negotiation, peer: MemberIdentity) -> Negotiation:
+        """The provider's answer to the state the consumer's message left."""
+        n = negotiation
+        keys = PartyKeys(self.verify_key, VerifyKey(peer.verify_key))
+        me, at, mid = self.me.member_id, self._at(n), self._mid(n)
+        message: NegotiationMessage
+        if n.state in (NegotiationState.REQUESTED, NegotiationState.ACCEPTED):
+            # ACCEPTED: the consumer took our counter-offer; it is decided again, so that
+            # only terms we build now are signed (and no order it no longer holds).
+            answer = self._decide(n, peer, mid)
+            if answer.verdict is Verdict.AGREE:
+                assert answer.offer is not None
+                message = self._agreement_message(n, mid, at, answer.offer)
+            elif n.state is NegotiationState.ACCEPTED or answer.verdict is Verdict.TERMINATE:
+                reason = answer.reason or "the accepted offer is no longer granted"
+                message = Termination(mid, n.negotiation_id, me, reason, at)
+            else:
+                assert answer.offer is not None
+                message = ContractOffer(mid, n.negotiation_id, me, answer.offer, at)
+        elif n.state is NegotiationState.VERIFIED:
+            message = Finalized(mid, n.negotiation_id, me, at)
+        else:
+            return n
+        logger.info("negotiation %s: %s -> %s", n.negotiation_id, n.state, type(message).__name__)
+        return apply(n, message, keys)
+
+    def _agreement_message(
+        self, n: Negotiation, mid: str, at: datetime, terms: Policy
+    ) -> Agreement:
+        draft = draft_agreement(n, f"agr-{uuid.uuid4().hex}", at, terms)
+        return Agreement(
+            mid, n.negotiation_id, self.me.member_id, sign_agreement(draft, self.signing_key), at
+        )
+
+    def handle_negotiation(
+        self, peer: MemberIdentity, message: NegotiationMessage
+    ) -> tuple[Negotiation, list[NegotiationMessage]]:
+        """Apply a consumer's message, answer it at once; returns the state and the answer."""
+        if message.sender_id != peer.member_id:
+            raise UnauthorizedSenderError(
+                f"message {message.message_id} claims sender {message.sender_id}, "
+                f"but the caller is {peer.member_id}"
+            )
+        keys = PartyKeys(self.verify_key, VerifyKey(peer.verify_key))
+        before_states: list[NegotiationState] = []
+
+        def step(before: Negotiation) -> tuple[Negotiation, Sequence[OutboxMessage]]:
+            if before.role is not Role.PROVIDER:
+                raise ContractDenied(f"negotiation {before.negotiation_id}: we are its consumer")
+            before_states.append(before.state)
+            after = apply(before, message, keys)
+            return (after if after == before else self._provider_move(after, peer)), ()
+
+        try:  # one load and one save for a message on a known negotiation
+            negotiation = self.store.update_negotiation(message.negotiation_id, step)
+        except UnknownContractError:
+            if before_states:  # not "no such negotiation": something the step refused
+                raise
+            if not isinstance(message, ContractRequest):
+                raise UnknownContractError(
+                    f"no negotiation {message.negotiation_id} here"
+                ) from None
+            if message.offer.assigner != self.me.member_id:
+                raise ContractDenied(
+                    f"the request is for {message.offer.assigner}'s offer"
+                ) from None
+            self.asset_for(message.offer.target, peer.role)
+            opened = open_negotiation(message, Role.PROVIDER)
+            negotiation = self._provider_move(opened, peer)
+            self.store.save_negotiation(None, negotiation)
+        else:
+            finalized = NegotiationState.FINALIZED
+            if negotiation.state is finalized and before_states[-1] is not finalized:
+                self.record_agreement(negotiation)
+        return negotiation, self.replies(negotiation)
+
+    def record_agreement(self, negotiation: Negotiation) -> None:
+        signed = negotiation.agreement
+        if signed is not None and signed.complete:
+            self.record("agreement", signed.agreement.agreement_id, signed.canonical_bytes)
+
+    def load_record(self, kind: str, ref_id: str) -> bytes | None:
+        """The canonical bytes of an agreement or deletion receipt held here (for a regulator)."""
+        if kind == "agreement":
+            try:
+                return self.store.agreement(ref_id).signed.canonical_bytes
+            except UnknownContractError:
+                return None
+        found = [s for s in self.store.receipts() if s.receipt.receipt_id == ref_id]
+        return found[0].receipt.canonical_bytes() if found else None
+
+    def replies(self, n: Negotiation) -> list[NegotiationMessage]:
+        """The provider's last message, rebuilt from the state (a retry gets it again)."""
+        if n.role is not Role.PROVIDER or not n.seen:
+            return []
+        mid, digest = n.seen[-1]
+        if not mid.startswith(f"{n.negotiation_id}:p"):
+            return []
+        me, at = self.me.member_id, n.updated_at
+        message: NegotiationMessage
+        if n.state is NegotiationState.OFFERED:
+            message = ContractOffer(mid, n.negotiation_id, me, n.offer, at)
+        elif n.state is NegotiationState.AGREED and n.agreement is not None:
+            message = Agreement(
+                mid, n.negotiation_id, me, replace(n.agreement, consumer_signature=None), at
+            )
+        elif n.state is NegotiationState.FINALIZED:
+            message = Finalized(mid, n.negotiation_id, me, at)
+        elif n.state is NegotiationState.TERMINATED:
+            message = Termination(mid, n.negotiation_id, me, n.reason or "", at)
+        else:
+            return []
+        if fingerprint(message) != digest:
+            raise NodeError(f"negotiation {n.negotiation_id}: cannot rebuild message {mid}")
+        return [message]

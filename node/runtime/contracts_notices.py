@@ -1,0 +1,177 @@
+"""Notifications between contract parties, and the closings and deletions they report.
+
+What one party must tell the other after the fact travels as a notification through the
+outbox (retried until delivered): an order closed (its agreements' retention starts), an
+agreement terminated, a signed deletion receipt, an SPC quality alert, an investigation.
+This room builds those outbox entries, acts on the ones peers send (each checked to come
+from a party to the agreement it names; a repeat is recognised and changes nothing), and
+holds the moves that cause them: closing an order, terminating an agreement, and the
+consumer's retention sweep that deletes what expired and signs the receipts.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import UTC, datetime, timedelta
+
+from nacl.signing import VerifyKey
+from sqlalchemy import select, update
+
+from qdspace.connector.agreement import (
+    AgreementTermination,
+    OrderClosed,
+    SignedReceipt,
+    open_signed_receipt,
+)
+from qdspace.connector.contract_errors import (
+    ContractDenied,
+    UnauthorizedSenderError,
+    UnknownContractError,
+)
+from qdspace.connector.contract_store import DutyReport, OutboxMessage, StoredAgreement
+from qdspace.connector.negotiation import Role
+from qdspace.connector.qdm import Order
+from qdspace.connector.retention_sweep import SweepReport, sweep
+from qdspace.connector.spc import Investigation, QualityAlert
+from qdspace.node.identity.certs import MemberIdentity
+from qdspace.node.rpc.contracts_notification_serde import Notification, notification_to_proto
+from qdspace.node.runtime.contracts_base import ContractBase, peer_name
+
+logger = logging.getLogger("node.contracts")
+
+NOTIFICATION = "notification"
+
+
+class ContractNotices(ContractBase):
+    """Notifications, order closings, terminations and sweeps (a mixin of `ContractRuntime`)."""
+
+    def notification(self, peer: str, body: object, notification_id: str) -> OutboxMessage:
+        """An outbox entry carrying `body` to the member called `peer`."""
+        note = Notification(notification_id, self.me.member_id, self.clock.now(), body)  # type: ignore[arg-type]
+        payload = notification_to_proto(note).SerializeToString()
+        return OutboxMessage(peer, NOTIFICATION, notification_id, notification_id, payload)
+
+    def handle_notification(self, peer: MemberIdentity, note: Notification) -> bool:
+        """Act on a peer's notification; False when it had been handled before."""
+        if note.sender_id != peer.member_id:
+            raise UnauthorizedSenderError(f"notification {note.notification_id}: wrong sender")
+        body = note.body
+        if isinstance(body, OrderClosed):
+            return self._order_closed(peer, body)
+        if isinstance(body, AgreementTermination):
+            stored = self._agreement_between(peer, body.agreement_id)
+            first = stored.terminated_at is None
+            self.store.terminate_agreement(body.agreement_id, body.reason, body.terminated_at)
+            return first
+        if isinstance(body, SignedReceipt):
+            return self._receipt(peer, body)
+        if isinstance(body, QualityAlert):
+            first = self.store.record_alert(peer.member_id, body, self.clock.now())
+            if first:
+                logger.warning("quality alert from %s: %s", peer.name, body.alert.description)
+            return first
+        assert isinstance(body, Investigation)
+        first = self.store.record_investigation(peer.member_id, body, self.clock.now())
+        if first:
+            logger.warning("investigation from %s: %s", peer.name, body.subject[:200])
+        return first
+
+    def _agreement_between(self, peer: MemberIdentity, agreement_id: str) -> StoredAgreement:
+        """An agreement `peer` is a party to; one answer for unknown and foreign ids."""
+        try:
+            stored = self.store.agreement(agreement_id)
+        except UnknownContractError:
+            raise ContractDenied(f"agreement {agreement_id} is not between us") from None
+        terms = stored.signed.agreement
+        if peer.member_id not in (terms.provider_id, terms.consumer_id):
+            raise ContractDenied(f"agreement {agreement_id} is not between us")
+        return stored
+
+    def _order_closed(self, peer: MemberIdentity, body: OrderClosed) -> bool:
+        first = False
+        for agreement_id in body.agreement_ids:
+            stored = self._agreement_between(peer, agreement_id)
+            terms = stored.signed.agreement
+            if stored.role is not Role.CONSUMER or terms.provider_id != peer.member_id:
+                raise ContractDenied(f"agreement {agreement_id} is not one {peer.name} gave us")
+            first = first or self.store.closure(agreement_id, body.order_id) is None
+            self.store.record_order_closed(agreement_id, body.order_id, body.closed_at)
+            logger.info("order %s closed under agreement %s", body.order_id, agreement_id)
+        return first
+
+    def _receipt(self, peer: MemberIdentity, body: SignedReceipt) -> bool:
+        signed = open_signed_receipt(
+            body.receipt.canonical_bytes(), body.signature, VerifyKey(peer.verify_key)
+        )
+        if signed.receipt.consumer_id != peer.member_id:
+            raise ContractDenied(f"receipt {signed.receipt.receipt_id} is not from {peer.name}")
+        known = {s.receipt.receipt_id for s in self.store.receipts(signed.receipt.agreement_id)}
+        self.store.record_receipt(signed)
+        self.record("deletion_receipt", signed.receipt.receipt_id, signed.receipt.canonical_bytes())
+        logger.info("deletion receipt %s from %s verified", signed.receipt.receipt_id, peer.name)
+        return signed.receipt.receipt_id not in known
+
+    # ------------------------------------------------- closing and deletion
+
+    def close_order(self, order_id: str) -> tuple[datetime, list[str]]:
+        """Provider: close an order, start its agreements' retention, tell the consumers."""
+        table = Order.__table__  # type: ignore[attr-defined]
+        with self.qdm.begin() as connection:
+            row = connection.execute(
+                select(table.c.closed_at).where(table.c.order_id == order_id)
+            ).first()
+            if row is None:
+                raise UnknownContractError(f"no order {order_id} here")
+            closed_at = row.closed_at or self.clock.now()
+            connection.execute(
+                update(table)
+                .where(table.c.order_id == order_id)
+                .values(status="closed", closed_at=closed_at)
+            )
+        if closed_at.tzinfo is None:
+            closed_at = closed_at.replace(tzinfo=UTC)
+        ids = self.store.close_order(self.me.member_id, order_id, closed_at)
+        by_consumer: dict[str, list[str]] = {}
+        for agreement_id in ids:
+            consumer = self.store.agreement(agreement_id).signed.agreement.consumer_id
+            by_consumer.setdefault(consumer, []).append(agreement_id)
+        outbox = [
+            self.notification(
+                peer_name(consumer),
+                OrderClosed(order_id, closed_at, tuple(sorted(agreements))),
+                f"order-closed:{self.me.member_id}:{order_id}:{consumer}",
+            )
+            for consumer, agreements in by_consumer.items()
+        ]
+        self.store.enqueue(outbox, self.clock.now())
+        return closed_at, ids
+
+    def terminate(self, agreement_id: str, reason: str) -> StoredAgreement:
+        """Either party: end an agreement and tell the other party."""
+        stored = self.store.agreement(agreement_id)
+        terms = stored.signed.agreement
+        now = self.clock.now()
+        ended = self.store.terminate_agreement(agreement_id, reason, now)
+        other = terms.consumer_id if stored.role is Role.PROVIDER else terms.provider_id
+        body = AgreementTermination(agreement_id, reason, ended.terminated_at or now)
+        note = self.notification(peer_name(other), body, f"terminated:{agreement_id}")
+        self.store.enqueue([note], now)
+        return ended
+
+    def sweep(self, horizon: timedelta = timedelta(0)) -> SweepReport:
+        """Consumer: delete what expires by now + horizon, sign receipts, queue them."""
+
+        def outbox(signed: SignedReceipt, provider_id: str) -> list[OutboxMessage]:
+            rid = signed.receipt.receipt_id
+            return [self.notification(peer_name(provider_id), signed, f"receipt:{rid}")]
+
+        report = sweep(
+            self.store, self.signing_key, self.clock.now(), outbox=outbox, horizon=horizon
+        )
+        for signed in report.receipts:
+            receipt = signed.receipt
+            self.record("deletion_receipt", receipt.receipt_id, receipt.canonical_bytes())
+        return report
+
+    def duties(self) -> list[DutyReport]:
+        return self.store.deletion_duties(self.clock.now())

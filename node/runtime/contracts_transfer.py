@@ -1,0 +1,236 @@
+"""The provider's side of data transfers and live streams: decide, gate, release.
+
+A transfer or a subscription is decided under a stored agreement this node gave the
+peer, and every row passes a `ReleaseGate` built now: the agreement's policy, the
+purpose and fields asked for, the orders still open and still the consumer's (read now,
+not when the agreement was signed). A pull resumes from the consumer's checkpoint and
+saves each step of the transfer process as its batches leave; a re-read of a finished
+transfer is sent again without changing anything. A live stream pages the released
+inspections after a position (`STREAM_PAGE` rows at a time).
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Iterator
+from dataclasses import replace
+
+from sqlalchemy import func, select
+
+from qdspace.connector.assets import AssetKind
+from qdspace.connector.contract_errors import (
+    ContractDenied,
+    UnauthorizedSenderError,
+    UnknownContractError,
+)
+from qdspace.connector.contract_store import StoredAgreement
+from qdspace.connector.encoding import StreamRequest, live_page, stream_batches
+from qdspace.connector.negotiation import Role
+from qdspace.connector.paging import incremental_refusal, parse_position
+from qdspace.connector.pseudonym import Pseudonymizer
+from qdspace.connector.qdm import Inspection
+from qdspace.connector.release_gate import ReleaseGate
+from qdspace.connector.transfer import (
+    BatchRow,
+    RowBatch,
+    TransferCompletion,
+    TransferProcess,
+    TransferRequest,
+    TransferStart,
+    TransferState,
+    open_transfer,
+)
+from qdspace.connector.transfer import apply as apply_transfer
+from qdspace.node.identity.certs import MemberIdentity
+from qdspace.node.rpc.contracts_transfer_serde import PullRequest
+from qdspace.node.runtime.contracts_base import ContractBase, peer_name
+from qdspace.policies.evaluate import Request
+from qdspace.policies.model import Action
+
+logger = logging.getLogger("node.contracts")
+
+STREAM_PAGE = 500
+
+
+class ProviderTransfers(ContractBase):
+    """The provider's transfer and stream moves (a mixin of `ContractRuntime`)."""
+
+    def provider_agreement(self, agreement_id: str, peer: MemberIdentity) -> StoredAgreement:
+        """An agreement this node gave to `peer`; anything else is a denial."""
+        try:
+            stored = self.store.agreement(agreement_id)
+        except UnknownContractError:
+            raise ContractDenied(
+                f"no agreement {agreement_id} between {peer.name} and us"
+            ) from None
+        terms = stored.signed.agreement
+        if stored.role is not Role.PROVIDER or terms.consumer_id != peer.member_id:
+            raise ContractDenied(f"no agreement {agreement_id} between {peer.name} and us")
+        if not stored.signed.complete:
+            raise ContractDenied(f"agreement {agreement_id} is not countersigned")
+        return stored
+
+    def gate(
+        self,
+        stored: StoredAgreement,
+        action: Action,
+        purpose: str | None,
+        order_id: str | None,
+        fields: frozenset[str] | None,
+    ) -> ReleaseGate:
+        """The decision and row gate for one request under a stored agreement, now.
+
+        Besides the agreement, the consumer must still be the customer of every order
+        a row belongs to (read now, not when the agreement was signed)."""
+        terms = stored.signed.agreement
+        asset = self.assets[terms.asset_id]
+        closed = self.store.closed_orders(terms.agreement_id)
+        request = Request(
+            action=action,
+            at=self.clock.now(),
+            asset_fields=asset.fields,
+            purpose=purpose,
+            order_id=order_id,
+            fields=fields,
+            terminated=stored.terminated_at is not None,
+            order_closed_at=closed.get(order_id) if order_id else None,
+        )
+        pseudonyms = Pseudonymizer(self.pseudonym_secret, terms.agreement_id)
+        owned = self.customer_orders(peer_name(terms.consumer_id))
+        return ReleaseGate(
+            asset, terms.policy, request, pseudonyms, closed_orders=closed, owned_orders=owned
+        )
+
+    def open_transfer(self, peer: MemberIdentity, message: TransferRequest) -> TransferProcess:
+        """Decide a transfer request; allowed: the process, STARTED at the genesis checkpoint."""
+        if message.sender_id != peer.member_id or message.provider_id != self.me.member_id:
+            raise UnauthorizedSenderError(f"transfer request {message.message_id}: wrong parties")
+        existing = self.store.find_transfer(message.transfer_id)
+        if existing is not None:
+            if existing.consumer_id != peer.member_id:  # say nothing about another's transfer
+                raise ContractDenied(f"transfer id {message.transfer_id} cannot be used")
+            return apply_transfer(existing, message)
+        stored = self.provider_agreement(message.agreement_id, peer)
+        asset = self.assets[stored.signed.agreement.asset_id]
+        if asset.is_stream:
+            raise ContractDenied(f"asset {asset.asset_id} is a live stream: subscribe to it")
+        if asset.kind is AssetKind.PROCESS_ALONG_GENEALOGY and message.order_id is None:
+            raise ContractDenied(f"asset {asset.asset_id} is transferred one order at a time")
+        if message.since and (refusal := incremental_refusal(asset)) is not None:
+            raise ContractDenied(refusal)
+        decision = self.gate(stored, Action.READ, message.purpose, message.order_id, message.fields)
+        if not decision.decision.allowed:
+            logger.warning("transfer %s denied: %s", message.transfer_id, decision.decision.reason)
+            raise ContractDenied(decision.decision.reason)
+        process = open_transfer(message, Role.PROVIDER)
+        start = TransferStart(
+            f"{message.transfer_id}:p-start",
+            message.transfer_id,
+            self.me.member_id,
+            process.checkpoint,
+            self.clock.now(),
+        )
+        process = apply_transfer(process, start)
+        self.store.save_transfer(None, process)
+        return process
+
+    def _peer_transfer(self, peer: MemberIdentity, transfer_id: str) -> TransferProcess:
+        """A transfer we provide to `peer`; one answer for unknown and foreign ids."""
+        process = self.store.find_transfer(transfer_id)
+        if (
+            process is None
+            or process.role is not Role.PROVIDER
+            or process.consumer_id != peer.member_id
+        ):
+            raise ContractDenied(f"transfer {transfer_id} is not yours")
+        return process
+
+    def pull(
+        self, peer: MemberIdentity, request: PullRequest, batch_rows: int
+    ) -> Iterator[RowBatch]:
+        """Provider side of Pull: the batches after the consumer's checkpoint."""
+        process = self._peer_transfer(peer, request.transfer_id)
+        save = True
+        if process.state is TransferState.COMPLETED:
+            save = False  # a re-read of a finished transfer: send again, change nothing
+            process = replace(process, state=TransferState.STARTED, checkpoint=request.resume_from)
+        elif process.state not in (TransferState.STARTED, TransferState.SUSPENDED):
+            raise ContractDenied(f"transfer {process.transfer_id} is {process.state}")
+        elif request.resume_from != process.checkpoint or process.state is TransferState.SUSPENDED:
+            resume = TransferStart(
+                f"{process.transfer_id}:c-resume-{uuid.uuid4().hex[:12]}",
+                process.transfer_id,
+                peer.member_id,
+                request.resume_from,
+                self.clock.now(),
+            )
+            before, process = process, apply_transfer(process, resume)
+            self.store.save_transfer(before, process)
+        stored = self.provider_agreement(process.agreement_id, peer)
+        gate = self.gate(stored, Action.READ, process.purpose, process.order_id, process.fields)
+        if not gate.decision.allowed:
+            raise ContractDenied(gate.decision.reason)
+        for batch, after in stream_batches(process, self.qdm, gate, batch_rows=batch_rows):
+            if batch.last and save:
+                done = TransferCompletion(
+                    f"{process.transfer_id}:p-complete",
+                    process.transfer_id,
+                    self.me.member_id,
+                    after.checkpoint,
+                    self.clock.now(),
+                )
+                after = apply_transfer(after, done)
+            if save:
+                self.store.save_transfer(process, after)
+            process = after
+            yield batch
+
+    def transfer_message(self, peer: MemberIdentity, message: object) -> TransferProcess:
+        """Apply a control message (completion ack, suspension, termination) of the consumer."""
+        from qdspace.connector.transfer import TransferMessage
+
+        assert isinstance(message, TransferMessage)
+        if message.sender_id != peer.member_id:
+            raise UnauthorizedSenderError(f"message {message.message_id}: wrong sender")
+        if isinstance(message, TransferRequest):
+            return self.open_transfer(peer, message)
+        before = self._peer_transfer(peer, message.transfer_id)
+        after = apply_transfer(before, message)
+        if after != before:
+            self.store.save_transfer(before, after)
+        return after
+
+    # -------------------------------------------------------- subscription
+
+    def open_stream(self, peer: MemberIdentity, request: StreamRequest) -> tuple[ReleaseGate, int]:
+        stored = self.provider_agreement(request.agreement_id, peer)
+        asset = self.assets[stored.signed.agreement.asset_id]
+        if not asset.is_stream:
+            raise ContractDenied(f"asset {asset.asset_id} is not a live stream")
+        gate = self.stream_gate(stored, request)
+        if request.after_position:
+            position = parse_position(request.after_position)
+        elif request.from_start:
+            position = 0
+        else:
+            position = self.last_inspection_id()
+        return gate, position
+
+    def stream_gate(self, stored: StoredAgreement, request: StreamRequest) -> ReleaseGate:
+        gate = self.gate(stored, Action.STREAM, request.purpose or None, None, request.fields)
+        if not gate.decision.allowed:
+            raise ContractDenied(gate.decision.reason)
+        return gate
+
+    def last_inspection_id(self) -> int:
+        table = Inspection.__table__  # type: ignore[attr-defined]
+        with self.qdm.connect() as connection:
+            value = connection.execute(select(func.max(table.c.id))).scalar_one()
+        return int(value or 0)
+
+    def stream_page(
+        self, gate: ReleaseGate, position: int
+    ) -> tuple[list[BatchRow], list[str], int]:
+        """The next released rows of a live stream after `position`, and the new position."""
+        return live_page(self.qdm, gate, position, STREAM_PAGE)
