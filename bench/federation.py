@@ -56,7 +56,8 @@ from qdspace.federation.versions import ModelVersion
 from qdspace.node.identity.member import load_member_keys
 from qdspace.node.localnet.network import LocalNetwork, MemberSpec
 from qdspace.node.rpc.client import open_channel
-from qdspace.node.rpc.federation_client import FederationClient, MemberRunner, coordinator_key
+from qdspace.node.rpc.federation_client import FederationClient, coordinator_key
+from qdspace.node.rpc.federation_runner import MemberRunner
 
 MEMBERS = ("cellex", "polycell", "sunarc")
 COORDINATOR = "sunarc"

@@ -1,28 +1,19 @@
-"""A job on its coordinator's node: rounds, signed model versions, checkpoints.
+"""A job on its coordinator's node: what members may read and send, and when it is saved.
 
 The node's ``Federation`` servicer decodes a call, calls one method here and
-encodes the answer; nothing here knows about gRPC. A ``JobHost`` keeps one job's
-directory (``job.json`` with the terms, ``checkpoint.npz`` written between rounds,
-``version.json`` with the latest signed version), so a coordinator restarted
-between rounds resumes where it stopped (``JobHost.load``).
-
-Every global model the coordinator publishes is described by a ``ModelVersion``,
-signed with the coordinator's Ed25519 key and handed to ``anchor`` (the node's
-ledger, when it has one) as a ``model_version`` leaf.
+encodes the answer; nothing here knows about gRPC. A ``JobHost`` wraps one job's
+round state machine (``rounds.Coordinator``): it checks what arrives from the wire
+(sizes, example counts, masked bytes) before the coordinator sees it, and after every
+change it decides what must reach the disk: a new signed version when the global
+model moved, a checkpoint between rounds and for every new attempt. The directory
+layout and the signing are ``job_files``'; a coordinator restarted between rounds
+resumes where it stopped (``JobHost.load``, ``load_jobs``).
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
-import math
-import os
-import re
-import threading
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -31,16 +22,22 @@ from numpy.typing import NDArray
 
 from qdspace.federation.errors import CheckpointError, FederationError, RefusalReason, UpdateRefused
 from qdspace.federation.job import JobSpec
-from qdspace.federation.params import (
-    Params,
-    check_update,
-    encode_vector,
-    encoded_size,
-    flatten,
-    params_from_bytes,
-    unflatten,
+from qdspace.federation.job_files import (
+    CHECKPOINT_FILE,
+    JOB_FILE,
+    Published,
+    VersionAnchor,
+    announce,
+    check_job_id,
+    encoded,
+    initial_version,
+    next_version,
+    read_job_directory,
+    save_checkpoint,
 )
-from qdspace.federation.rounds import Coordinator, Phase, RoundRecord, RoundStatus
+from qdspace.federation.params import check_update, encoded_size, flatten, params_from_bytes
+from qdspace.federation.round_status import Phase, RoundRecord, RoundStatus, StatusView
+from qdspace.federation.rounds import Coordinator
 from qdspace.federation.secagg_messages import (
     Confirmation,
     EncryptedShare,
@@ -49,31 +46,11 @@ from qdspace.federation.secagg_messages import (
     UnmaskRequest,
     UnmaskResponse,
 )
-from qdspace.federation.versions import (
-    LEDGER_KIND,
-    ModelVersion,
-    SignedVersion,
-    describe,
-    sign_version,
-)
-from qdspace.util.files import write_atomic
 
 logger = logging.getLogger("federation")
 
-JOB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
-JOB_FILE = "job.json"
-CHECKPOINT_FILE = "checkpoint.bin"
-VERSION_FILE = "version.json"
-
-#: Longest long poll a member may ask for (longer asks are cut to this).
-MAX_WAIT_S = 30.0
 #: Largest example count an update may claim (the weight of plain FedAvg).
 MAX_EXAMPLES = 10**12
-#: Largest phase deadline a coordinator's status may announce (a day).
-MAX_DEADLINE_S = 86_400.0
-
-#: ``(kind, ref_id, record)``: called once per signed version; the node's ledger hook.
-VersionAnchor = Callable[[str, str, bytes], None]
 
 
 class JobExists(FederationError, ValueError):
@@ -82,116 +59,6 @@ class JobExists(FederationError, ValueError):
 
 class UnknownJob(FederationError, LookupError):
     """No job with this id on this node."""
-
-
-@dataclass(frozen=True, slots=True)
-class StatusView:
-    """What a member or operator sees of a job: where it is, until when, what it did."""
-
-    job_id: str
-    round: int
-    attempt: int
-    phase: Phase
-    deadline_in_s: float
-    version: int
-    detail: str
-    rounds: int
-    history: tuple[RoundRecord, ...]
-    job_digest: bytes
-    delta: float | None = None
-    #: The job's contract asset (``JobSpec.agreement_asset``): what a member must hold
-    #: an agreement for before it may read the terms, status or models.
-    agreement_asset: str | None = None
-
-    def __post_init__(self) -> None:
-        """A status comes from a peer: every number must be finite and in range."""
-        bad = []
-        if not (math.isfinite(self.deadline_in_s) and 0.0 <= self.deadline_in_s <= MAX_DEADLINE_S):
-            bad.append(f"deadline_in_s {self.deadline_in_s}")
-        if self.delta is not None and not (math.isfinite(self.delta) and 0.0 < self.delta < 1.0):
-            bad.append(f"delta {self.delta}")
-        for record in self.history:
-            eps = record.epsilon
-            if eps is not None and not (math.isfinite(eps) and eps >= 0.0):
-                bad.append(f"epsilon {eps} of round {record.round}")
-        if bad:
-            raise UpdateRefused(
-                RefusalReason.OUT_OF_RANGE,
-                f"status of job {self.job_id} has out-of-range values: {', '.join(bad)}",
-            )
-
-    @property
-    def finished(self) -> bool:
-        return self.phase in (Phase.DONE, Phase.FAILED)
-
-    def moved_from(self, round_: int, attempt: int, phase: str, version: int) -> bool:
-        """Whether this status differs from what a long-polling caller already knows."""
-        return (self.round, self.attempt, self.phase.value, self.version) != (
-            round_,
-            attempt,
-            phase,
-            version,
-        )
-
-
-@dataclass(frozen=True, slots=True)
-class Published:
-    """A signed global version, the canonical bytes of its parameters and their SHA-256."""
-
-    signed: SignedVersion
-    payload: bytes | memoryview
-    sha256: bytes
-
-    @property
-    def version(self) -> ModelVersion:
-        return self.signed.version
-
-
-def _encoded(vector: NDArray[np.float32], job: JobSpec) -> tuple[memoryview, bytes]:
-    payload = encode_vector(vector, job.shapes)
-    return payload, hashlib.sha256(payload).digest()
-
-
-def _fsync_later(paths: Sequence[Path]) -> None:
-    """Flush written files (and their directory) to disk off the round's critical path.
-
-    The checkpoint is written and renamed into place synchronously, which is what a
-    restarted coordinator process needs; only the flush to stable storage (for a
-    power loss) happens in the background.
-    """
-
-    def flush() -> None:
-        for path in paths:
-            try:
-                fd = os.open(path, os.O_RDONLY)
-            except OSError:
-                continue  # replaced by a newer checkpoint meanwhile
-            try:
-                os.fsync(fd)
-            except OSError as exc:
-                logger.warning("federation: fsync of %s failed: %s", path, exc)
-            finally:
-                os.close(fd)
-
-    threading.Thread(target=flush, name="federation-fsync", daemon=True).start()
-
-
-def poll_wait(wait_s: float) -> float:
-    """How long a long poll may wait: ``wait_s`` capped at ``MAX_WAIT_S``; a NaN, infinite
-    or negative value from a peer is refused (it would make the poll loop spin)."""
-    if not math.isfinite(wait_s) or wait_s < 0.0:
-        raise UpdateRefused(
-            RefusalReason.OUT_OF_RANGE, f"wait_s must be a finite number >= 0, got {wait_s}"
-        )
-    return min(wait_s, MAX_WAIT_S)
-
-
-def check_job_id(job_id: str) -> None:
-    if not JOB_ID.fullmatch(job_id):
-        raise FederationError(
-            f"job id {job_id!r} must be 1-64 letters, digits, '.', '_' or '-' "
-            "and start with a letter or digit"
-        )
 
 
 class JobHost:
@@ -239,21 +106,7 @@ class JobHost:
         coordinator = Coordinator.start(job, flatten(initial), now, seed=seed)
         directory.mkdir(parents=True)
         (directory / JOB_FILE).write_bytes(job.canonical_bytes())
-        payload, digest = _encoded(coordinator.global_vector, job)
-        record = describe(
-            job_id=job.job_id,
-            job_digest=job.digest(),
-            version=0,
-            round_=0,
-            model=job.model,
-            params=initial,
-            parent=None,
-            members=(),
-            coordinator=job.coordinator,
-            created_at=datetime.now(UTC),
-            digest=digest,
-        )
-        latest = Published(sign_version(record, signer), payload, digest)
+        latest = initial_version(job, initial, coordinator, signer)
         host = cls(directory, coordinator, signer, latest, anchor)
         host._save()
         host._announce(latest)
@@ -270,16 +123,9 @@ class JobHost:
         seed: int | None = None,
     ) -> JobHost:
         """Resume a job from its directory (after the coordinator's node restarted)."""
-        try:
-            job = JobSpec.from_dict(json.loads((directory / JOB_FILE).read_bytes()))
-            saved = json.loads((directory / VERSION_FILE).read_text())
-            signed = SignedVersion(
-                bytes.fromhex(saved["record"]), bytes.fromhex(saved["signature"])
-            )
-        except (OSError, ValueError, KeyError, TypeError) as exc:
-            raise CheckpointError(f"job directory {directory} cannot be read: {exc}") from exc
+        job, signed = read_job_directory(directory)
         coordinator = Coordinator.resume(directory / CHECKPOINT_FILE, job, now, seed=seed)
-        latest = Published(signed, *_encoded(coordinator.global_vector, job))
+        latest = Published(signed, *encoded(coordinator.global_vector, job))
         host = cls(directory, coordinator, signer, latest, anchor)
         if signed.version.version == coordinator.version - 1:
             host._publish()  # stopped after the checkpoint, before the version was written
@@ -478,50 +324,16 @@ class JobHost:
             self._save()  # a new attempt: a restart must not reuse its number
 
     def _save(self) -> None:
-        path = self.directory / CHECKPOINT_FILE
-        self.coordinator.checkpoint(path, fsync=False)
-        _fsync_later((path, self.directory))
+        save_checkpoint(self.directory, self.coordinator)
         self._saved_phase = self.coordinator.phase
         self._saved_attempt = (self.coordinator.round, self.coordinator.attempt)
 
     def _publish(self) -> None:
-        coordinator, job = self.coordinator, self.job
-        params: Params = unflatten(coordinator.global_vector, job.shapes, copy=False)
-        payload, digest = _encoded(coordinator.global_vector, job)
-        record = next(r for r in reversed(coordinator.history) if r.version == coordinator.version)
-        spent = None
-        if job.dp is not None:
-            spent = (record.epsilon, job.dp.delta)
-        version = describe(
-            job_id=job.job_id,
-            job_digest=job.digest(),
-            version=coordinator.version,
-            round_=record.round,
-            model=job.model,
-            params=params,
-            parent=self._latest.version,
-            members=record.members,
-            coordinator=job.coordinator,
-            created_at=datetime.now(UTC),
-            epsilon=None if spent is None else spent[0],
-            delta=None if spent is None else spent[1],
-            digest=digest,
-        )
-        self._latest = Published(sign_version(version, self._signer), payload, digest)
+        self._latest = next_version(self.coordinator, self._latest.version, self._signer)
         self._announce(self._latest)
 
     def _announce(self, published: Published) -> None:
-        signed = published.signed
-        saved = {"record": signed.record.hex(), "signature": signed.signature.hex()}
-        path = self.directory / VERSION_FILE
-        write_atomic(path, json.dumps(saved).encode(), mode=0o644)
-        if self._anchor is None:
-            return
-        version = published.version
-        try:
-            self._anchor(LEDGER_KIND, version.ledger_ref, signed.record)
-        except Exception:  # the ledger queues durably; a failing hook must not stop the round
-            logger.exception("federation: anchoring %s failed", version.ledger_ref)
+        announce(self.directory, published, self._anchor)
 
 
 def load_jobs(

@@ -10,24 +10,30 @@ answered if that is enough; stragglers are then refused with ``DEADLINE_PASSED``
 A round that ends with too few members is tried again (a fresh attempt, new
 deadline) up to ``max_attempts`` times.
 
-Between rounds the coordinator writes a checkpoint (global model, round, history);
-a restarted coordinator resumes from it and reopens the round it was in.
+Between rounds the coordinator's state is written as a checkpoint and a restarted
+coordinator resumes from it (``checkpoint`` / ``resume``): which state survives and
+how the round in flight is reopened is decided here, the file's bytes are
+``checkpoint``'s. The vocabulary others read (``Phase``, ``RoundStatus``,
+``RoundRecord``) lives in ``round_status``.
 """
 
 from __future__ import annotations
 
-import json
-import struct
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from enum import StrEnum
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 from nacl.signing import VerifyKey
 from numpy.typing import NDArray
 
+from qdspace.federation.admission import (
+    refuse_impersonation,
+    refuse_out_of_turn,
+    refuse_stranger,
+    refuse_unreadable,
+)
+from qdspace.federation.checkpoint import read_checkpoint, write_checkpoint
 from qdspace.federation.dp import Accountant, add_noise
 from qdspace.federation.errors import (
     CheckpointError,
@@ -39,6 +45,7 @@ from qdspace.federation.errors import (
 )
 from qdspace.federation.job import JobSpec
 from qdspace.federation.params import Vector, check_update, flatten
+from qdspace.federation.round_status import Phase, RoundRecord, RoundStatus
 from qdspace.federation.secagg_messages import (
     Confirmation,
     EncryptedShare,
@@ -50,56 +57,8 @@ from qdspace.federation.secagg_messages import (
 )
 from qdspace.federation.secagg_server import SecAggServer
 from qdspace.federation.strategies import ClientUpdate, build_strategy, clip_to_norm
-from qdspace.util.files import atomic_writer
 
 DEFAULT_MAX_ATTEMPTS = 3
-_CHECKPOINT_MAGIC = b"QDFC1\n"
-_LEN = struct.Struct(">I")
-
-
-class Phase(StrEnum):
-    TRAINING = "training"
-    ADVERTISE = "advertise"
-    SHARE_KEYS = "share_keys"
-    MASKED_INPUT = "masked_input"
-    CONSISTENCY = "consistency"
-    UNMASK = "unmask"
-    DONE = "done"
-    FAILED = "failed"
-
-
-_SECAGG_PHASES = (
-    Phase.ADVERTISE,
-    Phase.SHARE_KEYS,
-    Phase.MASKED_INPUT,
-    Phase.CONSISTENCY,
-    Phase.UNMASK,
-)
-_ORDER = {p: i for i, p in enumerate((Phase.TRAINING, *_SECAGG_PHASES, Phase.DONE))}
-
-
-@dataclass(frozen=True, slots=True)
-class RoundStatus:
-    """What a member polls: where the job is and until when the current phase is open."""
-
-    job_id: str
-    round: int
-    attempt: int
-    phase: Phase
-    deadline: float
-    version: int
-    detail: str = ""
-
-
-@dataclass(frozen=True, slots=True)
-class RoundRecord:
-    """One aggregated round, as kept in the history and the checkpoint."""
-
-    round: int
-    version: int
-    members: tuple[str, ...]
-    bounded: tuple[str, ...]
-    epsilon: float | None
 
 
 @dataclass
@@ -195,32 +154,9 @@ class Coordinator:
     def _admit(
         self, member: str, round_: int, phase: Phase, now: float, attempt: int | None = None
     ) -> None:
-        if member not in self.job.members:
-            raise UpdateRefused(
-                RefusalReason.NOT_A_MEMBER, f"{member} is not a member of job {self.job.job_id}"
-            )
+        refuse_stranger(self.job.members, self.job.job_id, member)
         self.tick(now)
-        if round_ != self.round or self.finished:
-            where = self.phase.value if self.finished else f"in round {self.round}"
-            closed = " (that round is closed)" if round_ < self.round else ""
-            raise UpdateRefused(
-                RefusalReason.WRONG_ROUND,
-                f"{member} sent a message for round {round_}{closed}; "
-                f"job {self.job.job_id} is {where}",
-            )
-        if attempt is not None and attempt != self.attempt:
-            raise UpdateRefused(
-                RefusalReason.WRONG_ROUND,
-                f"{member} sent a message for attempt {attempt} of round {round_}; "
-                f"the round is in attempt {self.attempt} (fresh keys are needed)",
-            )
-        if self.phase is not phase:
-            same_flow = (phase in _SECAGG_PHASES) == (self.phase in _SECAGG_PHASES)
-            late = same_flow and _ORDER[self.phase] > _ORDER[phase]
-            raise UpdateRefused(
-                RefusalReason.DEADLINE_PASSED if late else RefusalReason.WRONG_PHASE,
-                f"{phase.value} message from {member}, round {round_} is in {self.phase.value}",
-            )
+        refuse_out_of_turn(self.status(), member, round_, phase, attempt)
 
     def _server(self) -> SecAggServer:
         if self._secagg is None:
@@ -276,7 +212,7 @@ class Coordinator:
         now: float,
     ) -> None:
         """A member's signed key advert; ``key`` is its certificate-bound Ed25519 key."""
-        self._same(member, advert.member)  # identity first: impersonation is never "late"
+        refuse_impersonation(member, advert.member)  # identity first: impersonation is never "late"
         self._admit(member, round_, Phase.ADVERTISE, now, attempt)
         server = self._server()
         server.receive_advert(advert, key)
@@ -308,7 +244,7 @@ class Coordinator:
     def submit_masked(
         self, member: str, round_: int, attempt: int, masked: MaskedInput, now: float
     ) -> None:
-        self._same(member, masked.member)
+        refuse_impersonation(member, masked.member)
         self._admit(member, round_, Phase.MASKED_INPUT, now, attempt)
         server = self._server()
         server.receive_masked(masked)
@@ -328,7 +264,7 @@ class Coordinator:
         confirmation: Confirmation,
         now: float,
     ) -> None:
-        self._same(member, confirmation.member)
+        refuse_impersonation(member, confirmation.member)
         self._admit(member, round_, Phase.CONSISTENCY, now, attempt)
         server = self._server()
         server.receive_confirmation(confirmation)
@@ -338,35 +274,15 @@ class Coordinator:
     def submit_unmask(
         self, member: str, round_: int, attempt: int, response: UnmaskResponse, now: float
     ) -> None:
-        self._same(member, response.member)
+        refuse_impersonation(member, response.member)
         self._admit(member, round_, Phase.UNMASK, now, attempt)
         server = self._server()
         server.receive_unmask(response)
         if server.responses == len(server.survivors):
             self._close(now)
 
-    @staticmethod
-    def _same(member: str, claimed: str) -> None:
-        if member != claimed:
-            raise UpdateRefused(
-                RefusalReason.NOT_A_MEMBER, f"{member} sent a message in the name of {claimed}"
-            )
-
     def _readable(self, member: str, round_: int, phase: Phase, attempt: int) -> None:
-        if member not in self.job.members:
-            raise UpdateRefused(RefusalReason.NOT_A_MEMBER, f"{member} is not a member")
-        if round_ != self.round or attempt != self.attempt:
-            raise UpdateRefused(
-                RefusalReason.WRONG_ROUND,
-                f"round {round_} attempt {attempt} is not current (round {self.round} "
-                f"attempt {self.attempt})",
-            )
-        if self.finished or self.phase not in _SECAGG_PHASES or _ORDER[self.phase] < _ORDER[phase]:
-            raise UpdateRefused(
-                RefusalReason.WRONG_PHASE,
-                f"round {round_} {phase.value} data is not available (job is in round "
-                f"{self.round}, {self.phase.value})",
-            )
+        refuse_unreadable(self.status(), self.job.members, member, round_, phase, attempt)
 
     # --- deadlines and closing ---------------------------------------------------------
 
@@ -468,10 +384,8 @@ class Coordinator:
     # --- checkpoint --------------------------------------------------------------------
 
     def checkpoint(self, path: Path, *, fsync: bool = True) -> None:
-        """Write the between-rounds state atomically (temp file, rename; fsync if asked).
+        """Write the between-rounds state atomically (``checkpoint.write_checkpoint``).
 
-        Format: ``QDFC1\n``, a 4-byte big-endian length, the JSON state, then the
-        global model as raw little-endian float32 (one write of the vector's memory).
         ``fsync=False`` leaves flushing to the caller (the file is complete and in
         place for a restarted process either way).
         """
@@ -487,29 +401,7 @@ class Coordinator:
             "detail": self.detail,
             "vector_len": int(self.global_vector.size),
         }
-        head = json.dumps(meta).encode()
-        body = np.ascontiguousarray(self.global_vector, dtype="<f4")
-        with atomic_writer(path, fsync=fsync) as fh:
-            fh.write(_CHECKPOINT_MAGIC + _LEN.pack(len(head)) + head)
-            fh.write(body.data.cast("B"))
-
-    @staticmethod
-    def read_checkpoint(path: Path) -> tuple[dict[str, Any], Vector]:
-        """The state and global vector of a checkpoint file; ``CheckpointError`` if unreadable."""
-        try:
-            data = path.read_bytes()
-            if not data.startswith(_CHECKPOINT_MAGIC):
-                raise ValueError("not a QDFC1 checkpoint")
-            start = len(_CHECKPOINT_MAGIC) + _LEN.size
-            (head_len,) = _LEN.unpack(data[len(_CHECKPOINT_MAGIC) : start])
-            meta = json.loads(data[start : start + head_len].decode())
-            body = memoryview(data)[start + head_len :]
-            if len(body) != 4 * int(meta["vector_len"]):
-                raise ValueError(f"{len(body)} bytes of model, expected {4 * meta['vector_len']}")
-            vector = np.frombuffer(body, dtype="<f4").astype(np.float32)
-        except (OSError, ValueError, KeyError, TypeError, struct.error) as exc:
-            raise CheckpointError(f"checkpoint {path} cannot be read: {exc}") from exc
-        return meta, vector
+        write_checkpoint(path, meta, self.global_vector, fsync=fsync)
 
     @classmethod
     def resume(
@@ -521,7 +413,7 @@ class Coordinator:
         inputs) is gone; the round reopens as the next attempt number, so members make
         fresh keys and no mask is ever used twice, and the round is aggregated once.
         """
-        meta, vector = cls.read_checkpoint(path)
+        meta, vector = read_checkpoint(path)
         if meta.get("job_digest") != job.digest().hex():
             raise CheckpointError(f"checkpoint {path} belongs to another job or other terms")
         history = [

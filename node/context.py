@@ -25,7 +25,7 @@ from qdspace.node.rpc.peers import PeerDirectory
 from qdspace.node.runtime.contracts import ContractRuntime, build_runtime
 
 if TYPE_CHECKING:
-    from qdspace.federation.host import VersionAnchor
+    from qdspace.federation.job_files import VersionAnchor
     from qdspace.node.runtime.contract_ports import OutboxDelivery, PeerContracts
     from qdspace.node.runtime.federation_member import FederationMember
     from qdspace.node.runtime.ledger import NodeLedger

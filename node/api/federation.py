@@ -26,10 +26,9 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, HTTPException, Query, params
 from pydantic import BaseModel, Field
 
-from qdspace.federation.host import StatusView
 from qdspace.federation.job import JobSpec
 from qdspace.federation.params import Params, params_from_bytes
-from qdspace.federation.rounds import Phase
+from qdspace.federation.round_status import Phase, StatusView
 from qdspace.node.api.models import Id, IdPath
 from qdspace.node.context import NodeContext
 from qdspace.node.runtime.federation_member import (

@@ -1,60 +1,39 @@
-"""A member's side of ``qdspace.v1.Federation``: calls to the coordinator, and the round loop.
+"""A member's side of ``qdspace.v1.Federation``: typed calls to the coordinator.
 
-``FederationClient`` turns each RPC into a typed call (streams in chunks, errors
-as ``FederationRefused`` with the coordinator's reason). ``MemberRunner`` follows
-a job from the member's node: it downloads each global version and checks its
-signature (and, given a hook, its ledger anchor) before anything uses it, trains
-on the member's own data through a ``Trainer``, and sends only its clipped change,
-masked when the job uses secure aggregation.
-
-In secure rounds the runner trusts the coordinator with nothing it can check
-itself: the roster's keys are taken only from adverts signed under the key each
-member's certificate binds to it (``federation_keys``), it signs the survivor set
-it is shown, and it reveals shares only for a set enough other members signed.
-When it refuses, the round's abort is reported as an ``aborted`` event that names
-the cause (a swapped key, an inconsistent survivor set, a member's bad shares).
+``FederationClient`` turns each RPC into a typed call: uploads stream in chunks
+(serialized once, written in one copy each), the model download is hashed as it
+arrives and never allowed to grow past what the job's shapes need, and every gRPC
+error becomes a ``FederationRefused`` with the coordinator's machine-readable reason.
+It decides nothing: what to send when is the round loop's (``federation_runner``).
 """
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import json
-import logging
 import uuid
-from collections.abc import AsyncIterator, Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import grpc
 import numpy as np
-from cryptography import x509
-from cryptography.hazmat.primitives.serialization import Encoding
-from nacl.signing import SigningKey, VerifyKey
+from nacl.signing import VerifyKey
 from numpy.typing import NDArray
 
-from qdspace.federation import secagg
-from qdspace.federation.chunks import (
-    DEFAULT_CHUNK_BYTES,
-    Assembler,
-    Chunk,
-    prefer_heap_for_large_buffers,
-)
-from qdspace.federation.errors import FederationError, RefusalReason, SecAggAbort, SecAggError
-from qdspace.federation.host import StatusView
+from qdspace.federation.chunks import DEFAULT_CHUNK_BYTES, Assembler, Chunk
+from qdspace.federation.errors import RefusalReason
 from qdspace.federation.job import JobSpec
-from qdspace.federation.member import Trainer, plain_update, prepare_change, secagg_client
 from qdspace.federation.params import (
     Params,
     Vector,
     body_of,
     encode_vector,
     encoded_size,
-    flatten,
     params_from_bytes,
     params_to_bytes,
 )
-from qdspace.federation.rounds import Phase
+from qdspace.federation.round_status import StatusView
 from qdspace.federation.secagg_masks import Ring
 from qdspace.federation.secagg_messages import (
     Confirmation,
@@ -63,9 +42,8 @@ from qdspace.federation.secagg_messages import (
     UnmaskRequest,
     UnmaskResponse,
 )
-from qdspace.federation.versions import AnchorCheck, ModelVersion, SignedVersion, verify_version
+from qdspace.federation.versions import SignedVersion
 from qdspace.node.errors import PeerError
-from qdspace.node.rpc.federation_keys import CertificateKeys, Revoked
 from qdspace.node.rpc.federation_serde import (
     advert_from_proto,
     advert_to_proto,
@@ -79,22 +57,12 @@ from qdspace.node.rpc.federation_serde import (
     unmask_request_from_proto,
     unmask_to_proto,
 )
-from qdspace.node.runtime.federation_member import MemberEvent as MemberEvent
-from qdspace.node.runtime.federation_member import MemberResult as MemberResult
 from qdspace.node.runtime.federation_member import Position
-from qdspace.node.runtime.federation_member import VersionHook as VersionHook
 from qdspace.protocols.v1 import federation_pb2 as pb
 from qdspace.protocols.v1 import federation_pb2_grpc as pb_grpc
 from qdspace.protocols.v1 import node_pb2, node_pb2_grpc
 
-logger = logging.getLogger("node.rpc")
-
 CALL_TIMEOUT_S = 60.0
-DEFAULT_POLL_S = 10.0
-#: How long a member keeps polling a coordinator that cannot be reached (it restarts).
-OUTAGE_S = 180.0
-RETRY_S = 1.0
-_TRANSIENT = frozenset({"UNAVAILABLE", "DEADLINE_EXCEEDED"})
 
 
 class FederationRefused(PeerError):
@@ -112,13 +80,6 @@ def _refusal(peer: str, exc: grpc.aio.AioRpcError) -> FederationRefused:
     return FederationRefused(
         f"coordinator {peer}: {exc.code().name}: {details}", exc.code().name, reason
     )
-
-
-def _flat(params: Params) -> Vector:
-    """The trainer's parameters as one vector: a view of a single contiguous tensor, else a copy."""
-    if len(params) == 1 and params[0].dtype == np.float32 and params[0].flags.c_contiguous:
-        return params[0].reshape(-1)
-    return flatten(params)
 
 
 @dataclass(frozen=True, slots=True)
@@ -338,206 +299,3 @@ class FederationClient:
 
     async def unmask(self, round_: int, attempt: int, response: UnmaskResponse) -> None:
         await self._call("Unmask", unmask_to_proto(response, self._ref(round_, attempt)))
-
-
-# --- the member's round loop -------------------------------------------------------------
-
-
-@dataclass
-class _SecureRound:
-    client: secagg.SecAggClient
-    change: Vector
-    steps: set[Phase] = field(default_factory=set)
-
-
-class MemberRunner:
-    """Follows one job as one member until it finishes (or the task is cancelled)."""
-
-    def __init__(
-        self,
-        client: FederationClient,
-        member: str,
-        trainer: Trainer,
-        coordinator_key: VerifyKey,
-        *,
-        signing_key: SigningKey | None = None,
-        certificate: x509.Certificate | None = None,
-        ca_cert: x509.Certificate | None = None,
-        revoked: Revoked | None = None,
-        on_event: Callable[[MemberEvent], None] | None = None,
-        on_version: VersionHook | None = None,
-        anchored: AnchorCheck | None = None,
-        seed: int = 0,
-        poll_s: float = DEFAULT_POLL_S,
-    ) -> None:
-        self.client = client
-        self.member = member
-        self._trainer = trainer
-        self._key = coordinator_key
-        self._signing_key = signing_key
-        self._certificate = certificate
-        self._ca_cert = ca_cert
-        self._revoked = revoked  # the member's own revocation list, for the roster
-        self._on_event = on_event
-        self._on_version = on_version
-        self._anchored = anchored
-        self._rng = np.random.default_rng(seed)
-        self._poll_s = poll_s
-        self._job: JobSpec | None = None
-        self._version: ModelVersion | None = None
-        self._params: Params | None = None
-        self._global: Vector | None = None
-        self._trained: dict[int, tuple[Vector, int]] = {}
-        self._sent: set[int] = set()
-        self._secure: dict[tuple[int, int], _SecureRound] = {}
-        self._result: MemberResult | None = None
-        prefer_heap_for_large_buffers()  # 50 MB round buffers without per-round page faults
-
-    def _emit(self, kind: str, round_: int, detail: str = "") -> None:
-        version = -1 if self._version is None else self._version.version
-        event = MemberEvent(kind, round_, version, detail)
-        logger.info("federation member %s: %s round %s: %s", self.member, kind, round_, detail)
-        if self._on_event is not None:
-            self._on_event(event)
-
-    @property
-    def job(self) -> JobSpec:
-        if self._job is None:
-            raise FederationError("the runner has not fetched the job yet")
-        return self._job
-
-    async def run(self) -> MemberResult:
-        job = self._job = await self.client.job()
-        if self.member not in job.members:
-            raise FederationRefused(
-                f"{self.member} is not a member of job {job.job_id}",
-                "PERMISSION_DENIED",
-                RefusalReason.NOT_A_MEMBER,
-            )
-        status = await self.client.status()
-        result = self._result = MemberResult(status)
-        while True:
-            if self._version is None or status.version > self._version.version:
-                await self._download(status.version)
-            if status.finished:
-                break
-            try:
-                await self._act(status)
-            except FederationRefused as exc:
-                if exc.code == "PERMISSION_DENIED":
-                    raise
-                self._emit("refused", status.round, str(exc))
-            except (SecAggError, SecAggAbort) as exc:  # we refuse what the coordinator relayed
-                result.aborted.append(f"round {status.round} attempt {status.attempt}: {exc}")
-                self._emit("aborted", status.round, str(exc))
-            except FederationError as exc:  # e.g. our masked input missed the round
-                self._emit("skipped", status.round, str(exc))
-            status = await self._poll(status)
-        result.status, result.params = status, self._params
-        result.contributed = sorted(self._sent)
-        self._emit("done", status.round, f"{status.phase.value}: {status.detail}")
-        return result
-
-    async def _poll(self, known: StatusView) -> StatusView:
-        """The next status; a coordinator that is down (restarting) is polled again until
-        it is back or ``OUTAGE_S`` has passed: a restarted coordinator resumes the job."""
-        waited = 0.0
-        while True:
-            try:
-                return await self.client.status(known, wait_s=self._poll_s)
-            except FederationRefused as exc:
-                if exc.code not in _TRANSIENT or waited >= OUTAGE_S:
-                    raise
-                self._emit("waiting", known.round, f"coordinator unreachable: {exc}")
-            await asyncio.sleep(RETRY_S)
-            waited += RETRY_S
-
-    async def _download(self, version: int) -> None:
-        got = await self.client.download(version)
-        signed, params = got.signed, got.params
-        parent = self._version
-        if parent is not None and version != parent.version + 1:
-            parent = None  # missed versions (joined late or dropped): no chain link to check
-        checked = verify_version(
-            signed,
-            self._key,
-            params,
-            job_id=self.job.job_id,
-            job_digest=self.job.digest(),
-            parent=parent,
-            anchored=self._anchored,
-            digest=got.sha256,
-        )
-        self._version, self._params, self._global = checked, params, got.vector
-        assert self._result is not None
-        self._result.versions.append(checked)
-        self._emit("model", checked.round, f"version {checked.version} verified")
-        if self._on_version is not None:
-            await asyncio.to_thread(self._on_version, checked, params)
-
-    async def _train(self, round_: int) -> tuple[Vector, int]:
-        if round_ not in self._trained:
-            assert self._params is not None
-            trained, examples = await asyncio.to_thread(self._trainer, self._params, round_)
-            self._trained = {round_: (_flat(trained), examples)}
-            self._emit("trained", round_, f"{examples} local examples")
-        return self._trained[round_]
-
-    async def _act(self, status: StatusView) -> None:
-        round_, attempt, phase = status.round, status.attempt, status.phase
-        job, client = self.job, self.client
-        assert self._params is not None and self._global is not None
-        global_vector = self._global
-        if phase is Phase.TRAINING:
-            if round_ in self._sent:
-                return
-            trained, examples = await self._train(round_)
-            update = plain_update(job, global_vector, trained, self._rng)
-            await client.upload_update(round_, update, examples)
-            self._sent.add(round_)
-            self._emit("sent", round_, "update sent")
-            return
-        key = (round_, attempt)
-        state = self._secure.get(key)
-        if phase is Phase.ADVERTISE and state is None:
-            signing_key, certificate, _ = self._credentials()
-            trained, _ = await self._train(round_)
-            change = prepare_change(job, global_vector, trained, self._rng)
-            sa = secagg_client(job, self.member, round_, attempt, signing_key)
-            state = self._secure[key] = _SecureRound(sa, change)
-            state.steps.add(Phase.ADVERTISE)
-            await client.advertise(round_, attempt, sa.advertise(certificate))
-        elif state is None or phase in state.steps:
-            return
-        elif phase is Phase.SHARE_KEYS:
-            state.steps.add(phase)
-            roster = await client.roster(round_, attempt)
-            verify_keys = self._credentials()[2].keys(roster)
-            await client.share_keys(round_, attempt, state.client.share_keys(roster, verify_keys))
-        elif phase is Phase.MASKED_INPUT:
-            state.steps.add(phase)
-            inbox = await client.inbox(round_, attempt)
-            masked = await asyncio.to_thread(state.client.mask, state.change, inbox)
-            await client.upload_masked(round_, attempt, masked.vector)
-            self._sent.add(round_)
-            self._emit("sent", round_, "masked update sent")
-        elif phase is Phase.CONSISTENCY:
-            state.steps.add(phase)
-            request = await client.unmask_request(round_, attempt)
-            await client.confirm(round_, attempt, state.client.confirm(request))
-        elif phase is Phase.UNMASK:
-            state.steps.add(phase)
-            request = await client.unmask_request(round_, attempt)
-            await client.unmask(round_, attempt, state.client.unmask(request))
-
-    def _credentials(self) -> tuple[SigningKey, bytes, CertificateKeys]:
-        """What secure rounds need: our signing key, our certificate (DER) for the others to
-        check, and the authority's certificate to check theirs."""
-        if self._signing_key is None or self._certificate is None or self._ca_cert is None:
-            raise SecAggError(
-                f"member {self.member}: secure aggregation needs the member's signing key, "
-                "its certificate and the authority's certificate"
-            )
-        der = self._certificate.public_bytes(Encoding.DER)
-        checker = CertificateKeys(self._ca_cert, self.job.members, revoked=self._revoked)
-        return self._signing_key, der, checker

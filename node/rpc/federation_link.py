@@ -14,15 +14,16 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from qdspace.federation.host import StatusView
 from qdspace.federation.job import JobSpec
 from qdspace.federation.member import Trainer
 from qdspace.federation.params import Params
+from qdspace.federation.round_status import StatusView
 from qdspace.node.errors import UnknownPeerError
 from qdspace.node.identity.member import MemberKeys
 from qdspace.node.rpc.client import open_channel
-from qdspace.node.rpc.federation_client import FederationClient, MemberRunner, coordinator_key
+from qdspace.node.rpc.federation_client import FederationClient, coordinator_key
 from qdspace.node.rpc.federation_keys import Revoked
+from qdspace.node.rpc.federation_runner import MemberRunner
 from qdspace.node.runtime.federation_member import (
     Connect,
     MemberEvent,

@@ -5,8 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from qdspace.federation.host import StatusView
-from qdspace.federation.rounds import Phase, RoundRecord
+from qdspace.federation.round_status import Phase, RoundRecord, StatusView
 from qdspace.federation.secagg_messages import (
     Confirmation,
     EncryptedShare,

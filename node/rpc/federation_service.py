@@ -31,9 +31,10 @@ from qdspace.federation.errors import (
     SecAggAbort,
     UpdateRefused,
 )
-from qdspace.federation.host import JobExists, Published, StatusView, UnknownJob
+from qdspace.federation.host import JobExists, UnknownJob
+from qdspace.federation.job_files import Published
 from qdspace.federation.params import encoded_size
-from qdspace.federation.rounds import Phase
+from qdspace.federation.round_status import Phase, StatusView
 from qdspace.node.rpc.auth import current_peer
 from qdspace.node.rpc.federation_serde import (
     advert_from_proto,

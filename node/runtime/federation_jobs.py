@@ -46,19 +46,11 @@ from nacl.signing import SigningKey, VerifyKey
 
 from qdspace.federation.chunks import prefer_heap_for_large_buffers
 from qdspace.federation.errors import FederationError, RefusalReason, RosterRefused, UpdateRefused
-from qdspace.federation.host import (
-    JobExists,
-    JobHost,
-    Published,
-    StatusView,
-    UnknownJob,
-    VersionAnchor,
-    load_jobs,
-    poll_wait,
-)
+from qdspace.federation.host import JobExists, JobHost, UnknownJob, load_jobs
 from qdspace.federation.job import JobSpec
+from qdspace.federation.job_files import Published, VersionAnchor
 from qdspace.federation.params import params_from_bytes
-from qdspace.federation.rounds import Phase
+from qdspace.federation.round_status import Phase, StatusView, poll_wait
 from qdspace.federation.secagg_messages import (
     Confirmation,
     EncryptedShare,

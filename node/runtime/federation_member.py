@@ -32,13 +32,12 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from qdspace.federation.host import StatusView
 from qdspace.federation.job import JobSpec
 from qdspace.federation.logreg import Dataset
 from qdspace.federation.member import Trainer
 from qdspace.federation.models import ModelKind, model_kind
 from qdspace.federation.params import Params, size_of
-from qdspace.federation.rounds import Phase
+from qdspace.federation.round_status import Phase, StatusView
 from qdspace.federation.strategies import StrategyName
 from qdspace.federation.versions import ModelVersion
 from qdspace.node.errors import NodeError

@@ -26,7 +26,7 @@ from qdspace.federation import logreg
 from qdspace.federation.job import JobSpec
 from qdspace.federation.member import Trainer
 from qdspace.federation.params import Params, flatten, params_to_bytes, unflatten
-from qdspace.federation.rounds import Phase
+from qdspace.federation.round_status import Phase
 from qdspace.federation.strategies import StrategyName, StrategySpec
 from qdspace.federation.versions import ModelVersion
 from qdspace.node.client import ensure_job_agreement
@@ -37,11 +37,10 @@ from qdspace.node.rpc.client import open_channel
 from qdspace.node.rpc.federation_client import (
     FederationClient,
     FederationRefused,
-    MemberEvent,
-    MemberResult,
-    MemberRunner,
     coordinator_key,
 )
+from qdspace.node.rpc.federation_runner import MemberRunner
+from qdspace.node.runtime.federation_member import MemberEvent, MemberResult
 from qdspace.protocols.v1 import federation_pb2 as pb
 from qdspace.protocols.v1 import federation_pb2_grpc as pb_grpc
 

@@ -13,7 +13,7 @@ from qdspace.federation.errors import FederationError, RefusalReason, UpdateRefu
 from qdspace.federation.host import JobExists, JobHost, load_jobs
 from qdspace.federation.job import JobSpec
 from qdspace.federation.params import encoded_size, params_to_bytes
-from qdspace.federation.rounds import Phase
+from qdspace.federation.round_status import Phase
 from qdspace.federation.versions import LEDGER_KIND, verify_version
 
 SHAPES = logreg.model_shapes(4, 2)

@@ -15,7 +15,8 @@ from qdspace.federation.errors import CheckpointError, RefusalReason, UpdateRefu
 from qdspace.federation.job import JobSpec, JobSpecError
 from qdspace.federation.member import plain_update, prepare_change, secagg_client
 from qdspace.federation.params import flatten, unflatten
-from qdspace.federation.rounds import Coordinator, Phase
+from qdspace.federation.round_status import Phase
+from qdspace.federation.rounds import Coordinator
 from qdspace.federation.secagg import SecAggClient
 from qdspace.federation.strategies import StrategyName, StrategySpec
 

@@ -7,9 +7,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from qdspace.federation.errors import FederationError, RefusalReason, UpdateRefused
-from qdspace.federation.host import MAX_WAIT_S, StatusView, poll_wait
 from qdspace.federation.job import JobSpec
-from qdspace.federation.rounds import Phase, RoundRecord
+from qdspace.federation.round_status import MAX_WAIT_S, Phase, RoundRecord, StatusView, poll_wait
 from qdspace.federation.secagg_messages import (
     Confirmation,
     EncryptedShare,

@@ -27,7 +27,7 @@ from qdspace.federation.errors import (
 from qdspace.federation.host import JobExists, UnknownJob
 from qdspace.federation.job import JobSpec
 from qdspace.federation.params import params_to_bytes
-from qdspace.federation.rounds import Phase
+from qdspace.federation.round_status import Phase
 from qdspace.ledger.errors import ChainUnavailable, NotAnchored, UnknownLeaf
 from qdspace.node.identity.certs import MemberIdentity
 from qdspace.node.rpc.federation_service import status_code_of

@@ -1,0 +1,119 @@
+"""What a round looks like from outside: its phases, its status, its history.
+
+A member's runner, the wire codecs, the operator API and the node's job service all
+need to name a phase, read a status or show a job's history, and none of them needs
+the coordinator's state machine (``rounds``), its secure-aggregation server or the
+job's files (``host``). This is that shared vocabulary, kept apart so a reader of a
+status finds its rules here and every importer stays clear of the machinery.
+
+A ``StatusView`` arrives from a peer (a member polls its coordinator), so its numbers
+are checked on construction; ``poll_wait`` bounds the long poll a peer may ask for.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from enum import StrEnum
+
+from qdspace.federation.errors import RefusalReason, UpdateRefused
+
+#: Longest long poll a member may ask for (longer asks are cut to this).
+MAX_WAIT_S = 30.0
+#: Largest phase deadline a coordinator's status may announce (a day).
+MAX_DEADLINE_S = 86_400.0
+
+
+class Phase(StrEnum):
+    TRAINING = "training"
+    ADVERTISE = "advertise"
+    SHARE_KEYS = "share_keys"
+    MASKED_INPUT = "masked_input"
+    CONSISTENCY = "consistency"
+    UNMASK = "unmask"
+    DONE = "done"
+    FAILED = "failed"
+
+
+@dataclass(frozen=True, slots=True)
+class RoundStatus:
+    """What a member polls: where the job is and until when the current phase is open."""
+
+    job_id: str
+    round: int
+    attempt: int
+    phase: Phase
+    deadline: float
+    version: int
+    detail: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class RoundRecord:
+    """One aggregated round, as kept in the history and the checkpoint."""
+
+    round: int
+    version: int
+    members: tuple[str, ...]
+    bounded: tuple[str, ...]
+    epsilon: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class StatusView:
+    """What a member or operator sees of a job: where it is, until when, what it did."""
+
+    job_id: str
+    round: int
+    attempt: int
+    phase: Phase
+    deadline_in_s: float
+    version: int
+    detail: str
+    rounds: int
+    history: tuple[RoundRecord, ...]
+    job_digest: bytes
+    delta: float | None = None
+    #: The job's contract asset (``JobSpec.agreement_asset``): what a member must hold
+    #: an agreement for before it may read the terms, status or models.
+    agreement_asset: str | None = None
+
+    def __post_init__(self) -> None:
+        """A status comes from a peer: every number must be finite and in range."""
+        bad = []
+        if not (math.isfinite(self.deadline_in_s) and 0.0 <= self.deadline_in_s <= MAX_DEADLINE_S):
+            bad.append(f"deadline_in_s {self.deadline_in_s}")
+        if self.delta is not None and not (math.isfinite(self.delta) and 0.0 < self.delta < 1.0):
+            bad.append(f"delta {self.delta}")
+        for record in self.history:
+            eps = record.epsilon
+            if eps is not None and not (math.isfinite(eps) and eps >= 0.0):
+                bad.append(f"epsilon {eps} of round {record.round}")
+        if bad:
+            raise UpdateRefused(
+                RefusalReason.OUT_OF_RANGE,
+                f"status of job {self.job_id} has out-of-range values: {', '.join(bad)}",
+            )
+
+    @property
+    def finished(self) -> bool:
+        return self.phase in (Phase.DONE, Phase.FAILED)
+
+    def moved_from(self, round_: int, attempt: int, phase: str, version: int) -> bool:
+        """Whether this status differs from what a long-polling caller already knows."""
+        return (self.round, self.attempt, self.phase.value, self.version) != (
+            round_,
+            attempt,
+            phase,
+            version,
+        )
+
+
+def poll_wait(wait_s: float) -> float:
+    """How long a long poll may wait: ``wait_s`` capped at ``MAX_WAIT_S``; a NaN, infinite
+    or negative value from a peer is refused (it would make the poll loop spin)."""
+    if not math.isfinite(wait_s) or wait_s < 0.0:
+        raise UpdateRefused(
+            RefusalReason.OUT_OF_RANGE, f"wait_s must be a finite number >= 0, got {wait_s}"
+        )
+    return min(wait_s, MAX_WAIT_S)
