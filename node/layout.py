@@ -33,7 +33,7 @@ below is the one place that says what lives where::
     │   └── explanations/<version>/  misjudgment heatmaps (index.json: inference.explain)
     └── federation/
         ├── jobs/<job_id>/     a coordinated job (job.json, checkpoint.bin, version.json:
-        │                      owned by qdspace.federation.host)
+        │                      owned by qdspace.federation.job_files)
         └── data/<job_id>.npz  a member's training share for a job (the demo writes it)
 
     AUTHORITY/
