@@ -42,19 +42,16 @@ from qdspace.connector.negotiation import (
     awaiting,
 )
 from qdspace.connector.spc import Investigation, QualityAlert, SpcAlert, SpcPoint
-from qdspace.connector.transfer import (
-    BatchRow,
-    Checkpoint,
-    RowBatch,
+from qdspace.connector.transfer import TransferProcess, TransferState
+from qdspace.connector.transfer_messages import (
     TransferCompletion,
     TransferMessage,
-    TransferProcess,
     TransferRequest,
     TransferStart,
-    TransferState,
     TransferSuspension,
     TransferTermination,
 )
+from qdspace.connector.transfer_wire import BatchRow, Checkpoint, RowBatch
 from qdspace.node.errors import WireFormatError as WireFormatError  # its home was here
 from qdspace.policies.codec import parse_policy, policy_to_json
 from qdspace.policies.errors import PolicyError

@@ -78,17 +78,10 @@ from qdspace.connector.qdm import Inspection, Order
 from qdspace.connector.release_gate import ReleaseGate
 from qdspace.connector.retention_sweep import SweepReport, sweep
 from qdspace.connector.spc import Investigation, QualityAlert
-from qdspace.connector.transfer import (
-    BatchRow,
-    RowBatch,
-    TransferCompletion,
-    TransferProcess,
-    TransferRequest,
-    TransferStart,
-    TransferState,
-    open_transfer,
-)
+from qdspace.connector.transfer import TransferProcess, TransferState, open_transfer
 from qdspace.connector.transfer import apply as apply_transfer
+from qdspace.connector.transfer_messages import TransferCompletion, TransferRequest, TransferStart
+from qdspace.connector.transfer_wire import BatchRow, RowBatch
 from qdspace.node.errors import NodeError
 from qdspace.node.identity.certs import MemberIdentity
 from qdspace.node.identity.files import read_file
@@ -481,7 +474,7 @@ class ContractRuntime:
 
     def transfer_message(self, peer: MemberIdentity, message: object) -> TransferProcess:
         """Apply a control message (completion ack, suspension, termination) of the consumer."""
-        from qdspace.connector.transfer import TransferMessage
+        from qdspace.connector.transfer_messages import TransferMessage
 
         assert isinstance(message, TransferMessage)
         if message.sender_id != peer.member_id:

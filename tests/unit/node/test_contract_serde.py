@@ -35,19 +35,16 @@ from qdspace.connector.negotiation import (
     Verification,
 )
 from qdspace.connector.spc import Investigation, QualityAlert, SpcAlert, SpcPoint
-from qdspace.connector.transfer import (
-    BatchRow,
-    Checkpoint,
-    RowBatch,
+from qdspace.connector.transfer import TransferProcess, TransferState
+from qdspace.connector.transfer_messages import (
     TransferCompletion,
     TransferMessage,
-    TransferProcess,
     TransferRequest,
     TransferStart,
-    TransferState,
     TransferSuspension,
     TransferTermination,
 )
+from qdspace.connector.transfer_wire import BatchRow, Checkpoint, RowBatch
 from qdspace.node.rpc import contracts_serde as serde
 from qdspace.policies.model import OfferTerms, Policy, make_offer, to_agreement
 from qdspace.protocols.v1 import catalog_pb2, negotiation_pb2, notification_pb2, transfer_pb2
