@@ -48,7 +48,8 @@ from qdspace.ledger.proofs import (
     offline_checks,
     verify_proof,
 )
-from qdspace.ledger.queue import LeafQueue, ensure_schema
+from qdspace.ledger.queue import LeafQueue
+from qdspace.ledger.queue_schema import ensure_schema
 from qdspace.node.localnet.chain import ChainProcess
 
 ENQUEUE_CHUNK = 20_000

@@ -46,7 +46,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import grpc
 
-from qdspace.connector.transfer import Checkpoint, RowBatch
+from qdspace.connector.transfer_wire import Checkpoint, RowBatch
 from qdspace.node.identity.member import load_member_keys
 from qdspace.node.localnet.network import LocalNetwork, MemberSpec
 from qdspace.node.rpc.contracts_transfer_serde import row_batch_from_proto
@@ -130,7 +130,7 @@ def _decode(batch: RowBatch) -> int:
 
 async def _policy_stream(net: LocalNetwork, agreement_id: str) -> tuple[int, float, list[bytes]]:
     """Pull straight from the supplier as the OEM; returns rows, seconds, raw batches."""
-    from qdspace.connector.transfer import TransferRequest
+    from qdspace.connector.transfer_messages import TransferRequest
     from qdspace.node.rpc.contracts_transfer_serde import transfer_message_to_proto
 
     keys = load_member_keys(net["sunarc"].directory)

@@ -9,7 +9,7 @@ happens before encoding, and only the granted columns are ever encoded.
 `stream_batches` turns the pages into a transfer's batches with the advanced process;
 `live_page` is the live stream's provider side.
 
-Every row leaves with its record envelope (see `connector.transfer`): a record key
+Every row leaves with its record envelope (see `connector.transfer_wire`): a record key
 derived from the table and the record's natural key under the agreement's own key
 (`RecordKeys`: opaque, stable across versions, the same on a pull and on the live
 stream, unlinkable between agreements) and its version; a withdrawn record leaves as
@@ -45,14 +45,13 @@ from qdspace.connector.paging import (
 from qdspace.connector.pseudonym import Pseudonymizer
 from qdspace.connector.qdm import VERSION_COLUMNS
 from qdspace.connector.release_gate import ReleaseGate
-from qdspace.connector.transfer import (
+from qdspace.connector.transfer import TransferProcess, advance_payload
+from qdspace.connector.transfer_wire import (
     KEY_FIELD,
     VERSION_FIELD,
     WITHDRAWN_FIELD,
     BatchRow,
     RowBatch,
-    TransferProcess,
-    advance_payload,
     row_bytes,
 )
 from qdspace.policies.canonical import format_datetime
@@ -146,7 +145,7 @@ def record_key(pseudonymizer: Pseudonymizer, table: Table, parts: Sequence[Any])
 
 @dataclass(frozen=True)
 class EncodedPage:
-    """Released rows as JSON lines (see `connector.transfer.join_rows`) with their orders."""
+    """Released rows as JSON lines (see `connector.transfer_wire.join_rows`) with their orders."""
 
     payload: bytes
     count: int

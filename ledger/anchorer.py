@@ -26,7 +26,8 @@ from qdspace.ledger.errors import (
 )
 from qdspace.ledger.keys import ChainSigner
 from qdspace.ledger.leaves import KIND_CODES, Leaf, kind_code
-from qdspace.ledger.queue import SEALED, SIGNED, Batch, LeafQueue, StoredLeaf
+from qdspace.ledger.queue import LeafQueue
+from qdspace.ledger.queue_schema import SEALED, SIGNED, Batch, StoredLeaf
 
 log = logging.getLogger("ledger.anchorer")
 

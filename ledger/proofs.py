@@ -35,7 +35,8 @@ from qdspace.ledger.client import LedgerClient
 from qdspace.ledger.errors import NotAnchored, ProofFormatError, WrongChain
 from qdspace.ledger.leaves import KIND_CODES, KIND_NAMES, leaf_preimage
 from qdspace.ledger.merkle import HASH_SIZE, MerkleTree, leaf_hash, verify_inclusion
-from qdspace.ledger.queue import ANCHORED, LeafQueue
+from qdspace.ledger.queue import LeafQueue
+from qdspace.ledger.queue_schema import ANCHORED
 
 PROOF_TYPE: Literal["qdspace.inclusion-proof"] = "qdspace.inclusion-proof"
 PROOF_VERSION: Literal[2] = 2

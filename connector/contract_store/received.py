@@ -2,7 +2,7 @@
 
 Received rows are the consumer's copy of the provider's records: one row per
 (agreement, record key), the highest version seen (see the record envelope in
-`connector.transfer`). Pulling the same records again, over several transfers or the
+`connector.transfer_wire`). Pulling the same records again, over several transfers or the
 live stream, concurrently or not, stores each once (keep-once); a later version
 replaces the row, a tombstone withdraws it (kept, without content, so a late copy of
 an older version cannot bring it back), and every correction and withdrawal is kept
@@ -69,7 +69,8 @@ from qdspace.connector.contract_store.common import (
 from qdspace.connector.contract_store.data_keys import DataKeys, row_aad
 from qdspace.connector.contract_store.transfers import TransferStore
 from qdspace.connector.negotiation import Role
-from qdspace.connector.transfer import RecordMeta, TransferProcess, record_meta
+from qdspace.connector.transfer import TransferProcess
+from qdspace.connector.transfer_wire import RecordMeta, record_meta
 from qdspace.policies.evaluate import order_in_scope
 
 received_row_table = Table(

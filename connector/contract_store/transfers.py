@@ -3,7 +3,7 @@
 Why separate: a transfer is a message-driven process like a negotiation, but what it
 carries is a position in the provider's data. Its row holds the transfer's scope
 (purpose, order, fields, the watermark it continued from), the cursor reached (offset,
-running digest, provider position; see `connector.transfer`) and, once complete, the
+running digest, provider position; see `connector.transfer_wire`) and, once complete, the
 final checkpoint.
 
 Invariants: a transfer is saved by compare-and-set on the number of messages applied
@@ -46,7 +46,8 @@ from qdspace.connector.contract_store.common import (
 )
 from qdspace.connector.contract_store.outbox import OutboxMessage, OutboxStore
 from qdspace.connector.negotiation import Role
-from qdspace.connector.transfer import Checkpoint, TransferProcess, TransferState
+from qdspace.connector.transfer import TransferProcess, TransferState
+from qdspace.connector.transfer_wire import Checkpoint
 
 transfer_table = Table(
     "contract_transfer",

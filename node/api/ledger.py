@@ -18,7 +18,7 @@ from qdspace.ledger.client import LedgerClient
 from qdspace.ledger.errors import LedgerError
 from qdspace.ledger.leaves import KIND_CODES
 from qdspace.ledger.passport import Passport, issue_passport
-from qdspace.ledger.queue import ANCHORED
+from qdspace.ledger.queue_schema import ANCHORED
 from qdspace.node.api.deps import PageRequest, decode_cursor, require_operator
 from qdspace.node.api.problems import Problem
 from qdspace.node.api.regulator import regulator_router

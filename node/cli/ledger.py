@@ -84,7 +84,8 @@ def passport(
     from qdspace.ledger.client import LedgerClient
     from qdspace.ledger.keys import load_signer
     from qdspace.ledger.passport import issue_passport
-    from qdspace.ledger.queue import LeafQueue, ensure_schema
+    from qdspace.ledger.queue import LeafQueue
+    from qdspace.ledger.queue_schema import ensure_schema
     from qdspace.node.config import NodeSettings
     from qdspace.node.errors import NodeError
     from qdspace.node.identity.member import load_member_keys

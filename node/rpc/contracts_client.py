@@ -44,16 +44,9 @@ from qdspace.connector.negotiation import (
     open_negotiation,
 )
 from qdspace.connector.offers import acceptable_counter
-from qdspace.connector.transfer import (
-    TransferCompletion,
-    TransferProcess,
-    TransferRequest,
-    TransferStart,
-    TransferState,
-    accept_batch,
-    open_transfer,
-)
+from qdspace.connector.transfer import TransferProcess, TransferState, accept_batch, open_transfer
 from qdspace.connector.transfer import apply as apply_transfer
+from qdspace.connector.transfer_messages import TransferCompletion, TransferRequest, TransferStart
 from qdspace.node.errors import PeerError
 from qdspace.node.identity.member import member_id_for
 from qdspace.node.rpc.contracts_serde import (

@@ -15,19 +15,16 @@ from dataclasses import dataclass
 
 from qdspace.connector.contract_errors import ContractError
 from qdspace.connector.encoding import StreamEvent, StreamRequest
-from qdspace.connector.transfer import (
-    BatchRow,
-    Checkpoint,
-    RowBatch,
+from qdspace.connector.transfer import TransferProcess, TransferState
+from qdspace.connector.transfer_messages import (
     TransferCompletion,
     TransferMessage,
-    TransferProcess,
     TransferRequest,
     TransferStart,
-    TransferState,
     TransferSuspension,
     TransferTermination,
 )
+from qdspace.connector.transfer_wire import BatchRow, Checkpoint, RowBatch
 from qdspace.node.errors import WireFormatError
 from qdspace.node.rpc.contracts_serde import (
     datetime_from_us,

@@ -31,17 +31,10 @@ from qdspace.connector.paging import incremental_refusal, parse_position
 from qdspace.connector.pseudonym import Pseudonymizer
 from qdspace.connector.qdm import Inspection
 from qdspace.connector.release_gate import ReleaseGate
-from qdspace.connector.transfer import (
-    BatchRow,
-    RowBatch,
-    TransferCompletion,
-    TransferProcess,
-    TransferRequest,
-    TransferStart,
-    TransferState,
-    open_transfer,
-)
+from qdspace.connector.transfer import TransferProcess, TransferState, open_transfer
 from qdspace.connector.transfer import apply as apply_transfer
+from qdspace.connector.transfer_messages import TransferCompletion, TransferRequest, TransferStart
+from qdspace.connector.transfer_wire import BatchRow, RowBatch
 from qdspace.node.identity.certs import MemberIdentity
 from qdspace.node.rpc.contracts_transfer_serde import PullRequest
 from qdspace.node.runtime.contracts_base import ContractBase, peer_name
@@ -188,7 +181,7 @@ class ProviderTransfers(ContractBase):
 
     def transfer_message(self, peer: MemberIdentity, message: object) -> TransferProcess:
         """Apply a control message (completion ack, suspension, termination) of the consumer."""
-        from qdspace.connector.transfer import TransferMessage
+        from qdspace.connector.transfer_messages import TransferMessage
 
         assert isinstance(message, TransferMessage)
         if message.sender_id != peer.member_id:

@@ -36,7 +36,8 @@ from qdspace.ledger.errors import LedgerError
 from qdspace.ledger.keys import DEFAULT_KEY_ENV, load_signer
 from qdspace.ledger.leaves import KIND_CODES
 from qdspace.ledger.proofs import InclusionProof, build_proof, verify_proof
-from qdspace.ledger.queue import LeafQueue, StoredLeaf, ensure_schema
+from qdspace.ledger.queue import LeafQueue
+from qdspace.ledger.queue_schema import StoredLeaf, ensure_schema
 from qdspace.node.context import NodeContext
 from qdspace.node.errors import ConfigError
 from qdspace.node.layout import LEDGER_FILE, NodeLayout

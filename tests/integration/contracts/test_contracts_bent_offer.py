@@ -26,7 +26,8 @@ from nacl.signing import VerifyKey
 from qdspace.connector.agreement import countersign
 from qdspace.connector.encoding import StreamRequest
 from qdspace.connector.negotiation import Accepted, ContractRequest, Verification
-from qdspace.connector.transfer import Checkpoint, TransferRequest
+from qdspace.connector.transfer_messages import TransferRequest
+from qdspace.connector.transfer_wire import Checkpoint
 from qdspace.node.identity.member import load_member_keys
 from qdspace.node.rpc.contracts_serde import (
     negotiation_message_from_proto,

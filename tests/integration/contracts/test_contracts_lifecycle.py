@@ -21,7 +21,7 @@ from qdspace.connector.agreement import (
 )
 from qdspace.connector.contract_errors import AgreementSignatureError
 from qdspace.connector.negotiation import ContractRequest, Verification
-from qdspace.connector.transfer import Checkpoint
+from qdspace.connector.transfer_wire import Checkpoint
 from qdspace.node.identity.member import load_member_keys
 from qdspace.node.rpc.contracts_serde import (
     negotiation_message_from_proto,

@@ -19,7 +19,8 @@ from qdspace.ledger.chain import read_endpoint
 from qdspace.ledger.client import LedgerClient
 from qdspace.ledger.deploy import Deployment, fund_from_dev_account
 from qdspace.ledger.keys import ChainSigner, new_key_file
-from qdspace.ledger.queue import LeafQueue, ensure_schema
+from qdspace.ledger.queue import LeafQueue
+from qdspace.ledger.queue_schema import ensure_schema
 
 START_TIMEOUT_S = 60.0
 ONE_ETH = 10**18

@@ -13,7 +13,8 @@ from qdspace.ledger.client import ANCHOR_GAS, GAS_MARGIN, LedgerClient
 from qdspace.ledger.errors import WrongChain
 from qdspace.ledger.keys import ChainSigner
 from qdspace.ledger.leaves import KIND_CODES, Leaf
-from qdspace.ledger.queue import ANCHORED, SEALED, SIGNED, Batch, LeafQueue
+from qdspace.ledger.queue import LeafQueue
+from qdspace.ledger.queue_schema import ANCHORED, SEALED, SIGNED, Batch
 
 from .conftest import ChainProcess
 

@@ -27,7 +27,7 @@ from sqlalchemy import create_engine, text
 
 from qdspace.connector.agreement import AgreementTermination
 from qdspace.connector.spc import Investigation, QualityAlert, SpcAlert, SpcPoint
-from qdspace.connector.transfer import Checkpoint
+from qdspace.connector.transfer_wire import Checkpoint
 from qdspace.node.identity.authority import Authority
 from qdspace.node.identity.member import MemberKeys, load_member_keys
 from qdspace.node.localnet.network import LocalNetwork, MemberSpec

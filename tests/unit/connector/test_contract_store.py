@@ -58,16 +58,10 @@ from qdspace.connector.negotiation import (
 )
 from qdspace.connector.spc import Investigation, QualityAlert, SpcAlert, SpcPoint
 from qdspace.connector.storage import head_revision, migrate
-from qdspace.connector.transfer import (
-    Checkpoint,
-    TransferRequest,
-    TransferStart,
-    TransferState,
-    advance,
-    open_transfer,
-    row_bytes,
-)
+from qdspace.connector.transfer import TransferState, advance, open_transfer
 from qdspace.connector.transfer import apply as apply_transfer
+from qdspace.connector.transfer_messages import TransferRequest, TransferStart
+from qdspace.connector.transfer_wire import Checkpoint, row_bytes
 from qdspace.policies.canonical import canonical_json
 from qdspace.policies.model import OfferTerms, Policy, make_offer
 from qdspace.policies.retention import DutyStatus, ReceiptMismatchError

@@ -52,16 +52,10 @@ from qdspace.connector.paging import INSPECTION_FIELDS, INSPECTION_TABLE
 from qdspace.connector.pseudonym import Pseudonymizer
 from qdspace.connector.release_gate import ReleaseGate
 from qdspace.connector.storage import QualityStore, create_store_engine, open_store
-from qdspace.connector.transfer import (
-    RowBatch,
-    TransferCompletion,
-    TransferRequest,
-    TransferStart,
-    accept_batch,
-    open_transfer,
-    row_bytes,
-)
+from qdspace.connector.transfer import accept_batch, open_transfer
 from qdspace.connector.transfer import apply as apply_transfer
+from qdspace.connector.transfer_messages import TransferCompletion, TransferRequest, TransferStart
+from qdspace.connector.transfer_wire import RowBatch, row_bytes
 from qdspace.policies.evaluate import Request
 from qdspace.policies.model import Action, OfferTerms, make_offer, to_agreement
 

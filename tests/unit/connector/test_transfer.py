@@ -19,20 +19,21 @@ from qdspace.connector.contract_errors import (
 )
 from qdspace.connector.negotiation import Role
 from qdspace.connector.transfer import (
-    Checkpoint,
-    TransferCompletion,
     TransferProcess,
-    TransferRequest,
-    TransferStart,
     TransferState,
-    TransferSuspension,
-    TransferTermination,
     advance,
     apply,
     open_transfer,
-    row_bytes,
     verify_checkpoint,
 )
+from qdspace.connector.transfer_messages import (
+    TransferCompletion,
+    TransferRequest,
+    TransferStart,
+    TransferSuspension,
+    TransferTermination,
+)
+from qdspace.connector.transfer_wire import Checkpoint, row_bytes
 
 T0 = datetime(2026, 5, 1, tzinfo=UTC)
 S = TransferState
@@ -212,7 +213,7 @@ def test_a_batch_payload_must_hold_exactly_its_rows() -> None:
 
 
 def test_an_incremental_transfer_starts_at_its_watermark() -> None:
-    from qdspace.connector.transfer import fingerprint
+    from qdspace.connector.transfer_messages import fingerprint
 
     since = replace(REQUEST, since="4711")
     provider, consumer = open_transfer(since, Role.PROVIDER), open_transfer(since, Role.CONSUMER)
@@ -226,7 +227,7 @@ def test_an_incremental_transfer_starts_at_its_watermark() -> None:
 
 def test_a_row_envelope_names_its_record_version_and_tombstone() -> None:
     from qdspace.connector.contract_errors import RecordEnvelopeError
-    from qdspace.connector.transfer import RecordMeta, record_meta, row_bytes, tombstone_bytes
+    from qdspace.connector.transfer_wire import RecordMeta, record_meta, row_bytes, tombstone_bytes
 
     assert record_meta(row_bytes({"@key": "k", "@v": 3, "verdict": "ok"})) == RecordMeta("k", 3)
     assert record_meta(tombstone_bytes("k", 4)) == RecordMeta("k", 4, True)

@@ -38,16 +38,10 @@ from qdspace.connector.paging import (
 from qdspace.connector.pseudonym import PSEUDONYM_PREFIX, Pseudonymizer
 from qdspace.connector.release_gate import ReleaseGate
 from qdspace.connector.storage import QualityStore, migrate, open_store
-from qdspace.connector.transfer import (
-    Checkpoint,
-    TransferRequest,
-    TransferStart,
-    TransferSuspension,
-    accept_batch,
-    open_transfer,
-    row_bytes,
-)
+from qdspace.connector.transfer import accept_batch, open_transfer
 from qdspace.connector.transfer import apply as apply_transfer
+from qdspace.connector.transfer_messages import TransferRequest, TransferStart, TransferSuspension
+from qdspace.connector.transfer_wire import Checkpoint, row_bytes
 from qdspace.policies.canonical import format_datetime
 from qdspace.policies.evaluate import Request
 from qdspace.policies.model import (

@@ -10,8 +10,9 @@ from alembic.runtime.migration import MigrationContext
 from sqlalchemy import create_engine, inspect
 
 from qdspace.connector.storage import head_revision, migrate
-from qdspace.ledger.queue import LeafQueue, ensure_schema
-from qdspace.ledger.queue import metadata as ledger_metadata
+from qdspace.ledger.queue import LeafQueue
+from qdspace.ledger.queue_schema import ensure_schema
+from qdspace.ledger.queue_schema import metadata as ledger_metadata
 
 
 def test_the_ledger_schema_comes_from_its_migration(tmp_path: Path) -> None:

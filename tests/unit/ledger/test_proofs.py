@@ -20,7 +20,8 @@ from qdspace.ledger.proofs import (
     offline_checks,
     verify_proof,
 )
-from qdspace.ledger.queue import LeafQueue, ensure_schema
+from qdspace.ledger.queue import LeafQueue
+from qdspace.ledger.queue_schema import ensure_schema
 
 RECORDS = {f"insp-{i}": f'{{"verdict":"ok","n":{i}}}'.encode() for i in range(11)}
 

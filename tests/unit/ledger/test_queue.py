@@ -14,7 +14,9 @@ from qdspace.ledger.client import SignedAnchor
 from qdspace.ledger.errors import LedgerError, NotAnchored, UnknownLeaf
 from qdspace.ledger.leaves import Leaf, UnknownKind, leaf_preimage
 from qdspace.ledger.merkle import leaf_hash, root_of
-from qdspace.ledger.queue import ANCHORED, SEALED, SIGNED, LeafConflict, LeafQueue, ensure_schema
+from qdspace.ledger.queue import LeafQueue
+from qdspace.ledger.queue_leaves import LeafConflict
+from qdspace.ledger.queue_schema import ANCHORED, SEALED, SIGNED, ensure_schema
 
 PG_URL = os.environ.get("QDSPACE_TEST_PG_URL")
 
@@ -146,7 +148,8 @@ def test_batch_states_move_forward_only(queue: LeafQueue) -> None:
 def test_bulk_records_span_packed_rows_and_seal_across_them(
     queue: LeafQueue, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr("qdspace.ledger.queue.CHUNK_LEAVES", 4)  # many packed rows from few leaves
+    # many packed rows from few leaves
+    monkeypatch.setattr("qdspace.ledger.queue_leaves.CHUNK_LEAVES", 4)
     refs = [f"EL-{i:03d}" for i in range(11)]
     records = [f'{{"n":{i}}}'.encode() for i in range(11)]
     assert queue.enqueue_records("inspection", refs[:6], records[:6]) == 6

@@ -66,7 +66,7 @@ def test_a_corrected_record_is_anchored_next_to_the_version_it_replaced(tmp_path
     from qdspace.ledger.client import LedgerClient
     from qdspace.ledger.keys import ChainSigner
     from qdspace.ledger.queue import LeafQueue
-    from qdspace.ledger.queue import ensure_schema as ensure_queue
+    from qdspace.ledger.queue_schema import ensure_schema as ensure_queue
     from qdspace.node.runtime.ledger import QdmSweeper, inspection_ref
 
     store = open_store(f"sqlite:///{tmp_path / 'node.db'}")

@@ -35,19 +35,16 @@ from qdspace.connector.negotiation import (
     Verification,
 )
 from qdspace.connector.spc import Investigation, QualityAlert, SpcAlert, SpcPoint
-from qdspace.connector.transfer import (
-    BatchRow,
-    Checkpoint,
-    RowBatch,
+from qdspace.connector.transfer import TransferProcess, TransferState
+from qdspace.connector.transfer_messages import (
     TransferCompletion,
     TransferMessage,
-    TransferProcess,
     TransferRequest,
     TransferStart,
-    TransferState,
     TransferSuspension,
     TransferTermination,
 )
+from qdspace.connector.transfer_wire import BatchRow, Checkpoint, RowBatch
 from qdspace.node.rpc import contracts_notification_serde as notification_serde
 from qdspace.node.rpc import contracts_serde as serde
 from qdspace.node.rpc import contracts_transfer_serde as transfer_serde
