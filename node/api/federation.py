@@ -23,12 +23,13 @@ import binascii
 from pathlib import Path
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, HTTPException, Query, params
+from fastapi import APIRouter, Depends, HTTPException, Query, Response, params
 from pydantic import BaseModel, Field
 
 from qdspace.federation.job import JobSpec
 from qdspace.federation.params import Params, params_from_bytes
 from qdspace.federation.round_status import Phase, StatusView
+from qdspace.node.api.deps import Paging
 from qdspace.node.api.models import Id, IdPath
 from qdspace.node.context import NodeContext
 from qdspace.node.runtime.federation_member import (
@@ -219,9 +220,11 @@ def federation_router(ctx: NodeContext, operator: params.Depends) -> APIRouter:
         return status_public(view)
 
     @router.get("/jobs", response_model=list[JobStatus])
-    async def list_jobs(member: Service, coordinator: Coordinator = None) -> list[JobStatus]:
+    async def list_jobs(
+        member: Service, page: Paging, response: Response, coordinator: Coordinator = None
+    ) -> list[JobStatus]:
         """The jobs the coordinator (default: this node) shows this node."""
-        return [status_public(v) for v in await member.jobs(coordinator)]
+        return page.take([status_public(v) for v in await member.jobs(coordinator)], response)
 
     @router.get("/jobs/{job_id}", response_model=JobStatus)
     async def job_status(
@@ -255,8 +258,8 @@ def federation_router(ctx: NodeContext, operator: params.Depends) -> APIRouter:
         return session_public(await member.join(request))
 
     @router.get("/sessions", response_model=list[SessionPublic])
-    async def sessions(member: Service) -> list[SessionPublic]:
-        return [session_public(s) for s in member.sessions()]
+    async def sessions(member: Service, page: Paging, response: Response) -> list[SessionPublic]:
+        return page.take([session_public(s) for s in member.sessions()], response)
 
     @router.get("/sessions/{session_id}", response_model=SessionPublic)
     async def session(

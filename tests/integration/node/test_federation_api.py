@@ -240,3 +240,23 @@ def test_data_the_node_cannot_use_is_400(
             )
         sessions = client.get(SESSIONS).json()
         assert job_id not in [s["job_id"] for s in sessions]
+
+
+def test_job_lists_page_by_cursor(network: LocalNetwork) -> None:
+    with network[COORDINATOR].client() as sunarc:
+        for _ in range(2):
+            assert start(sunarc, terms(fresh_id("paged"))).status_code == 200
+        everything = [j["job_id"] for j in sunarc.get(JOBS).json()]
+        assert len(everything) >= 2
+        seen: list[str] = []
+        params: dict[str, object] = {"limit": 1}
+        while True:
+            page = sunarc.get(JOBS, params=params)
+            assert page.status_code == 200 and len(page.json()) <= 1
+            seen += [j["job_id"] for j in page.json()]
+            cursor = page.headers.get("X-Next-Cursor")
+            if cursor is None:
+                break
+            params = {"limit": 1, "cursor": cursor}
+        assert seen == everything
+        problem(sunarc.get(JOBS, params={"cursor": "not-a-cursor"}), 400)
