@@ -12,7 +12,7 @@ client or the chain stack, and those modules import this one.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -21,6 +21,7 @@ from qdspace.node.config import NodeSettings
 from qdspace.node.identity.member import MemberKeys, load_member_keys
 from qdspace.node.identity.revocation import RevocationList
 from qdspace.node.layout import NodeLayout
+from qdspace.node.metrics import NodeMetrics
 from qdspace.node.rpc.peers import PeerDirectory
 from qdspace.node.runtime.contracts import ContractRuntime, build_runtime
 
@@ -50,6 +51,10 @@ class NodeContext:
     anchor_version: VersionAnchor | None = None
     #: follows federated jobs as this member, starts and reads jobs (the operator's ``fl``)
     federation: FederationMember | None = None
+    #: the node's own Prometheus registry and metrics (``node.metrics``)
+    metrics: NodeMetrics = field(default_factory=NodeMetrics)
+    #: True once both listeners (gRPC and API) are up; ``/startupz`` reads it
+    serving: bool = False
 
     @property
     def directory(self) -> Path:

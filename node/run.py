@@ -68,7 +68,7 @@ def build_peer_server(ctx: NodeContext) -> PeerServer:
     if ctx.contracts is not None:
         from qdspace.node.rpc.contracts_service import contract_registrations
 
-        registrations.extend(contract_registrations(ctx.contracts))
+        registrations.extend(contract_registrations(ctx.contracts, ctx.metrics))
     settings = ctx.settings
     caps = CallCaps(
         server_calls=settings.rpc_max_calls,
@@ -82,6 +82,7 @@ def build_peer_server(ctx: NodeContext) -> PeerServer:
         settings.grpc_host,
         settings.grpc_port,
         caps,
+        ctx.metrics,
     )
 
 
@@ -127,6 +128,7 @@ async def serve(ctx: NodeContext, stop: asyncio.Event) -> None:
     if api_task.done():
         await peer_server.stop(0)
         api_task.result()
+    ctx.serving = True  # both listeners are up (``/startupz``)
     runtime = {
         "pid": os.getpid(),
         "name": settings.name,
@@ -148,6 +150,7 @@ async def serve(ctx: NodeContext, stop: asyncio.Event) -> None:
         await stop.wait()
     finally:
         logger.info("node %s shutting down (grace %.1fs)", settings.name, settings.shutdown_grace_s)
+        ctx.serving = False
         api.should_exit = True
         await federation.stop()
         await peer_server.stop(settings.shutdown_grace_s)

@@ -181,6 +181,9 @@ class ContractStore:
     def due_messages(self, now: datetime, limit: int = 100) -> list[PendingMessage]:
         return self._outbox.due_messages(now, limit)
 
+    def outbox_backlog(self) -> int:
+        return self._outbox.backlog()
+
     def mark_sent(self, message_id: int, at: datetime) -> None:
         self._outbox.mark_sent(message_id, at)
 

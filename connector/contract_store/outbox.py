@@ -31,6 +31,7 @@ from sqlalchemy import (
     Table,
     Text,
     UniqueConstraint,
+    func,
     select,
     update,
 )
@@ -130,6 +131,12 @@ class OutboxStore(TableStore):
             )
             for row in rows
         ]
+
+    def backlog(self) -> int:
+        """How many messages wait to be delivered (due now or later)."""
+        statement = select(func.count()).where(outbox_table.c.sent_at.is_(None))
+        with self.engine.connect() as connection:
+            return int(connection.execute(statement).scalar_one())
 
     def mark_sent(self, message_id: int, at: datetime) -> None:
         with self.engine.begin() as connection:

@@ -1,11 +1,12 @@
 """FastAPI app factory: routes decode, call one handler, encode; errors map in one place.
 
-Three layers stand between a caller and a route, each for one reason:
+Four layers stand between a caller and a route, each for one reason:
 
 - `node.api.gate.BearerGate` checks the credential from the headers before anything
   reads the body (a dependency would run only after FastAPI parsed it);
 - `node.api.gate.BodyLimit` caps the body before it is parsed (ingest has its own,
   larger limit, and spools uploads to disk), `JsonDepthLimit` its nesting;
+- `node.api.observe.ObserveRequests` (outermost) gives each request its id and times it;
 - `node.api.problems` answers every error as an RFC 9457 problem by the node's fault
   table (`qdspace.node.faults`).
 
@@ -48,6 +49,7 @@ from qdspace.node.api.models import (
     RowErrorPublic,
     UpstreamPublic,
 )
+from qdspace.node.api.observe import mount_observability
 from qdspace.node.api.problems import (
     ApiProblem,
     UnsupportedMediaType,
@@ -216,6 +218,7 @@ def create_app(ctx: NodeContext) -> FastAPI:
     mount_ledger_routes(app, ctx)
     app.include_router(contracts_router())
     app.include_router(federation_router(ctx, Operator))
+    mount_observability(app, ctx)  # probes, /metrics, and the outermost request layer
     return app
 
 

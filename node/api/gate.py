@@ -34,8 +34,11 @@ from qdspace.node.errors import IdentityError
 
 log = logging.getLogger("node.api")
 
-#: paths anyone may read: liveness and the API's own documentation
-OPEN_PATHS = frozenset({"/healthz", "/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json"})
+#: paths anyone may read: health probes, metrics and the API's own documentation
+OPEN_PATHS = frozenset(
+    {"/healthz", "/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json"}
+    | {"/livez", "/readyz", "/startupz", "/metrics"}  # probes and Prometheus' scrape
+)
 REGULATOR_PREFIX = "/v1/regulator/"
 #: bodies of every route but ingest are small JSON documents
 DEFAULT_BODY_LIMIT = 1 << 20

@@ -25,6 +25,23 @@ class Health(BaseModel):
     schema_version: str
 
 
+class Liveness(BaseModel):
+    status: str
+    loop_turn_ms: float
+
+
+class ProbeCheck(BaseModel):
+    ok: bool
+    detail: str
+
+
+class ProbeResult(BaseModel):
+    """``/readyz`` and ``/startupz``: ``ok`` or ``failing``, and every check's result."""
+
+    status: str
+    checks: dict[str, ProbeCheck]
+
+
 class NodeInfo(BaseModel):
     name: str
     member_id: str

@@ -10,8 +10,6 @@ keeps it out and ``bench/cli.py`` measures the start-up.
 
 from __future__ import annotations
 
-import logging
-import sys
 from pathlib import Path
 from typing import Annotated
 
@@ -49,18 +47,10 @@ err = Console(stderr=True)
 DirOpt = Annotated[Path, typer.Option("--dir", help="node directory")]
 
 
-def setup_logging(level: str, logfile: Path | None = None) -> None:
-    handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
-    if logfile is not None:
-        logfile.parent.mkdir(parents=True, exist_ok=True)
-        handlers.append(logging.FileHandler(logfile))
-    logging.basicConfig(
-        level=level,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        handlers=handlers,
-        force=True,
-    )
-    logging.getLogger("alembic").setLevel(logging.WARNING)
+def setup_logging(level: str, logfile: Path | None = None, fmt: str = "text") -> None:
+    from qdspace.node.logs import setup_logging as setup
+
+    setup(level, logfile, fmt)
 
 
 # -- authority -----------------------------------------------------------------------------
@@ -176,13 +166,26 @@ def node_init(
 
 @node_app.command("start")
 @clean_errors
-def node_start(directory: DirOpt) -> None:
+def node_start(
+    directory: DirOpt,
+    log_format: Annotated[
+        str | None,
+        typer.Option(
+            "--log-format", help="text (default) or json lines on stdout; env QDSPACE_LOG_FORMAT"
+        ),
+    ] = None,
+) -> None:
     """Run the node (gRPC peer server + operator API) until SIGTERM."""
     from qdspace.node.config import NodeSettings
+    from qdspace.node.logs import log_format as chosen_format
     from qdspace.node.run import run_node
 
     settings = NodeSettings.load(directory)
-    setup_logging(settings.log_level, settings.layout.node_log)
+    try:
+        fmt = chosen_format(log_format)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--log-format") from None
+    setup_logging(settings.log_level, settings.layout.node_log, fmt)
     run_node(directory)
 
 

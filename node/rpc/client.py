@@ -29,4 +29,11 @@ def channel_credentials(keys: MemberKeys) -> grpc.ChannelCredentials:
 def open_channel(keys: MemberKeys, address: str, peer_name: str) -> grpc.aio.Channel:
     """An aio channel to ``address`` that only accepts the member called ``peer_name``."""
     options = [*CHANNEL_OPTIONS, ("grpc.ssl_target_name_override", peer_name)]
-    return grpc.aio.secure_channel(address, channel_credentials(keys), options=options)
+    from qdspace.node.rpc.observe import request_id_interceptors
+
+    return grpc.aio.secure_channel(
+        address,
+        channel_credentials(keys),
+        options=options,
+        interceptors=request_id_interceptors(),  # the caller's request id goes with the call
+    )

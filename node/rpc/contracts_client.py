@@ -49,6 +49,7 @@ from qdspace.connector.transfer import apply as apply_transfer
 from qdspace.connector.transfer_messages import TransferCompletion, TransferRequest, TransferStart
 from qdspace.node.errors import PeerError
 from qdspace.node.identity.member import member_id_for
+from qdspace.node.metrics import NodeMetrics
 from qdspace.node.rpc.contracts_serde import (
     catalog_entry_from_proto,
     catalog_from_proto,
@@ -96,9 +97,12 @@ async def call_peer(peer: str, what: str, call: Callable[[], Any]) -> Any:
 class ContractClient(ConsumerSubscriptions):
     """Consumer-side drivers over the peer directory; one per node."""
 
-    def __init__(self, runtime: ContractRuntime, peers: PeerDirectory) -> None:
+    def __init__(
+        self, runtime: ContractRuntime, peers: PeerDirectory, metrics: NodeMetrics | None = None
+    ) -> None:
         self.runtime = runtime
         self.peers = peers
+        self.metrics = metrics or NodeMetrics()
         self._keys: dict[str, VerifyKey] = {}
         self._member_ids: dict[str, str] = {}
         self.transfers: dict[str, asyncio.Task[TransferProcess]] = {}
@@ -306,6 +310,7 @@ class ContractClient(ConsumerSubscriptions):
                 ]
                 now = self.runtime.clock.now()
                 await asyncio.to_thread(store.commit_transfer_batch, process, after, rows, now)
+                self.metrics.rows("received", "pull", len(rows), wire.ByteSize())
                 process = after
                 if batch.last:
                     return await self._complete(stub, peer, process, batch.checkpoint)

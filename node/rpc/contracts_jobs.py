@@ -94,7 +94,7 @@ def client_of(ctx: NodeContext) -> tuple[ContractClient, OutboxDispatcher]:
     client, outbox = ctx.contract_client, ctx.outbox
     if isinstance(client, ContractClient) and isinstance(outbox, OutboxDispatcher):
         return client, outbox
-    made = ContractClient(runtime, ctx.peers), OutboxDispatcher(runtime, ctx.peers)
+    made = ContractClient(runtime, ctx.peers, ctx.metrics), OutboxDispatcher(runtime, ctx.peers)
     ctx.contract_client, ctx.outbox = made
     return made
 

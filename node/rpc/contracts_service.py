@@ -21,6 +21,7 @@ import grpc
 from qdspace.connector.assets import catalog_entry
 from qdspace.connector.contract_errors import ContractDenied, ContractError
 from qdspace.node.identity.certs import MemberIdentity
+from qdspace.node.metrics import NodeMetrics
 from qdspace.node.rpc.auth import current_peer
 from qdspace.node.rpc.codes import status_code
 from qdspace.node.rpc.contracts_notification_serde import notification_from_proto
@@ -156,8 +157,9 @@ class NegotiationServicer(negotiation_pb2_grpc.NegotiationServicer):
 
 
 class TransferServicer(transfer_pb2_grpc.TransferServicer):
-    def __init__(self, runtime: ContractRuntime):
+    def __init__(self, runtime: ContractRuntime, metrics: NodeMetrics):
         self._rt = runtime
+        self._metrics = metrics
 
     async def Send(
         self, request: transfer_pb2.TransferMessage, context: grpc.aio.ServicerContext
@@ -189,7 +191,10 @@ class TransferServicer(transfer_pb2_grpc.TransferServicer):
                         if batch is None:
                             return
                         ahead = asyncio.ensure_future(asyncio.to_thread(next, batches, None))
-                        yield row_batch_to_proto(batch)
+                        wire = row_batch_to_proto(batch)
+                        yield wire
+                        # counted once written: the rows have left this node for the consumer
+                        self._metrics.rows("sent", "pull", batch.count, wire.ByteSize())
                 finally:
                     ahead.add_done_callback(_settle)  # the consumer left: drop what was read
         except _Abort as abort:
@@ -200,8 +205,9 @@ class TransferServicer(transfer_pb2_grpc.TransferServicer):
 
 
 class SubscriptionServicer(subscription_pb2_grpc.SubscriptionServicer):
-    def __init__(self, runtime: ContractRuntime):
+    def __init__(self, runtime: ContractRuntime, metrics: NodeMetrics):
         self._rt = runtime
+        self._metrics = metrics
 
     async def Subscribe(
         self, request: subscription_pb2.SubscribeRequest, context: grpc.aio.ServicerContext
@@ -209,7 +215,7 @@ class SubscriptionServicer(subscription_pb2_grpc.SubscriptionServicer):
         peer = _peer()
         rt = self._rt
         try:
-            with _guard("Subscription/Subscribe"):
+            with _guard("Subscription/Subscribe"), self._live():
                 stream = stream_request_from_proto(request)
                 gate, position = rt.open_stream(peer, stream)
                 checked = beat = time.monotonic()
@@ -232,7 +238,7 @@ class SubscriptionServicer(subscription_pb2_grpc.SubscriptionServicer):
                         rt.stream_page, gate, position
                     )
                     if rows:
-                        yield subscription_pb2.SubscriptionEvent(
+                        event = subscription_pb2.SubscriptionEvent(
                             subscription_id=stream.subscription_id,
                             rows=[
                                 transfer_pb2.Row(json=r.payload, order_id=r.order_id) for r in rows
@@ -240,6 +246,8 @@ class SubscriptionServicer(subscription_pb2_grpc.SubscriptionServicer):
                             positions=positions,
                             sent_at_unix_us=datetime_to_us(rt.clock.now()),
                         )
+                        yield event
+                        self._metrics.rows("sent", "stream", len(rows), event.ByteSize())
                         beat = time.monotonic()
                         continue
                     if time.monotonic() - beat > HEARTBEAT_S:
@@ -255,6 +263,16 @@ class SubscriptionServicer(subscription_pb2_grpc.SubscriptionServicer):
                         seen = await watch.wait(seen, FALLBACK_POLL_S)
         except _Abort as abort:
             await context.abort(abort.code, abort.reason)
+
+    @contextmanager
+    def _live(self) -> Iterator[None]:
+        """One live stream served to a consumer while the block runs."""
+        live = self._metrics.subscriptions.labels(side="provider")
+        live.inc()
+        try:
+            yield
+        finally:
+            live.dec()
 
     def register(self, server: grpc.aio.Server) -> None:
         subscription_pb2_grpc.add_SubscriptionServicer_to_server(self, server)
@@ -281,13 +299,16 @@ class NotificationServicer(notification_pb2_grpc.NotificationServicer):
         notification_pb2_grpc.add_NotificationServicer_to_server(self, server)
 
 
-def contract_registrations(runtime: ContractRuntime) -> list[Callable[..., None]]:
+def contract_registrations(
+    runtime: ContractRuntime, metrics: NodeMetrics | None = None
+) -> list[Callable[..., None]]:
     """The register functions of every contract servicer, for `build_server`."""
+    metrics = metrics or NodeMetrics()
     servicers = (
         CatalogServicer(runtime),
         NegotiationServicer(runtime),
-        TransferServicer(runtime),
-        SubscriptionServicer(runtime),
+        TransferServicer(runtime, metrics),
+        SubscriptionServicer(runtime, metrics),
         NotificationServicer(runtime),
     )
     return [s.register for s in servicers]

@@ -24,6 +24,7 @@ from qdspace.connector.contract_errors import ContractError
 from qdspace.connector.contract_store import IncomingRow
 from qdspace.connector.encoding import StreamRequest
 from qdspace.connector.spc import QualityAlert, SpcAlert, SpcMonitor, SpcSpec
+from qdspace.node.metrics import NodeMetrics
 from qdspace.node.rpc.contracts_transfer_serde import (
     stream_event_from_proto,
     stream_request_to_proto,
@@ -43,6 +44,7 @@ class ConsumerSubscriptions:
     runtime: ContractRuntime
     peers: PeerDirectory
     subscriptions: dict[str, Subscription]
+    metrics: NodeMetrics
 
     def subscribe(
         self,
@@ -70,6 +72,8 @@ class ConsumerSubscriptions:
         stub = subscription_pb2_grpc.SubscriptionStub(self.peers.channel(sub.provider))
         store = self.runtime.store
         request = StreamRequest(sub.subscription_id, sub.agreement_id, purpose)
+        live = self.metrics.subscriptions.labels(side="consumer")
+        live.inc()
         try:
             async for wire in stub.Subscribe(stream_request_to_proto(request)):
                 sub.connected.set()
@@ -85,6 +89,7 @@ class ConsumerSubscriptions:
                 await asyncio.to_thread(
                     store.store_received_rows, sub.agreement_id, sub.subscription_id, rows, arrived
                 )
+                self.metrics.rows("received", "stream", len(rows), wire.ByteSize())
                 sub.received += len(rows)
                 sub.position = event.positions[-1]
                 self._spc(sub, monitor, event.rows)
@@ -95,6 +100,7 @@ class ConsumerSubscriptions:
             sub.error = str(exc)
             logger.warning("subscription %s failed: %s", sub.subscription_id, exc)
         finally:
+            live.dec()
             sub.connected.set()
 
     def _spc(self, sub: Subscription, monitor: SpcMonitor, rows: Sequence[Any]) -> None:

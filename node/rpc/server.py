@@ -15,9 +15,11 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from qdspace.node.errors import PortInUseError
 from qdspace.node.identity.member import MemberKeys
+from qdspace.node.metrics import NodeMetrics
 from qdspace.node.rpc.auth import AuthInterceptor, PeerAuthenticator
 from qdspace.node.rpc.client import CHANNEL_OPTIONS
 from qdspace.node.rpc.limits import TRANSPORT_MAX_BYTES, CallCaps, CallLimiter
+from qdspace.node.rpc.observe import ObserveCalls
 
 #: What the server sends; a peer's download is chunked too, this is only the ceiling.
 SERVER_MAX_SEND_BYTES = 64 * 1024 * 1024
@@ -62,10 +64,15 @@ def build_server(
     host: str,
     port: int,
     caps: CallCaps | None = None,
+    metrics: NodeMetrics | None = None,
 ) -> PeerServer:
     options = [o for o in CHANNEL_OPTIONS if not o[0].startswith("grpc.max_")]
+    interceptors: list[grpc.aio.ServerInterceptor] = []
+    if metrics is not None:  # outermost: a refused call is timed and logged with its id too
+        interceptors.append(ObserveCalls(metrics))
+    interceptors.append(AuthInterceptor(authenticator, CallLimiter(caps or CallCaps())))
     server = grpc.aio.server(
-        interceptors=[AuthInterceptor(authenticator, CallLimiter(caps or CallCaps()))],
+        interceptors=interceptors,
         options=[
             *options,
             ("grpc.max_receive_message_length", TRANSPORT_MAX_BYTES),

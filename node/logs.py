@@ -1,0 +1,93 @@
+"""The node's log lines: plain text by default, JSON lines on request, a request id in both.
+
+An operator who ships logs to a collector asks for JSON (``QDSPACE_LOG_FORMAT=json`` or
+``qdspace node start --log-format json``): one object per line on stdout, with the time,
+level, logger, message and the request id of the call the line belongs to. The text
+format stays exactly as it was.
+
+The request id follows a call through the node in a context variable: the API middleware
+(`node.api.observe`) takes it from ``X-Request-Id`` or makes one, the gRPC client
+interceptor (`node.rpc.observe`) sends it to peers as ``x-request-id`` metadata, and the
+peer's server interceptor sets it again on the receiving side. asyncio copies context
+variables into the tasks and worker threads a request starts, so every line logged for
+that request carries it without being passed around.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import sys
+import uuid
+from contextvars import ContextVar
+from datetime import UTC, datetime
+from pathlib import Path
+
+REQUEST_ID: ContextVar[str | None] = ContextVar("qdspace_request_id", default=None)
+LOG_FORMAT_ENV = "QDSPACE_LOG_FORMAT"
+LOG_FORMATS = ("text", "json")
+TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+#: what a caller's request id may look like; anything else is replaced by a fresh one
+_REQUEST_ID_SHAPE = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+
+
+def new_request_id() -> str:
+    return uuid.uuid4().hex
+
+
+def accepted_request_id(value: str | None) -> str:
+    """The caller's id when it is a short token (it is echoed and logged), else a new one."""
+    if value and _REQUEST_ID_SHAPE.match(value):
+        return value
+    return new_request_id()
+
+
+class RequestIdFilter(logging.Filter):
+    """Puts the current request id (or None) on every record as ``request_id``."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.request_id = REQUEST_ID.get()
+        return True
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per record: time, level, logger, message, request id, exception."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        line: dict[str, object] = {
+            "time": datetime.fromtimestamp(record.created, UTC).isoformat(),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        request_id = getattr(record, "request_id", None) or REQUEST_ID.get()
+        if request_id:
+            line["request_id"] = request_id
+        if record.exc_info:
+            line["exception"] = self.formatException(record.exc_info)
+        return json.dumps(line, default=str)
+
+
+def log_format(option: str | None = None) -> str:
+    """The format asked for: the option, else ``QDSPACE_LOG_FORMAT``, else text."""
+    chosen = (option or os.environ.get(LOG_FORMAT_ENV) or "text").strip().lower()
+    if chosen not in LOG_FORMATS:
+        raise ValueError(f"log format {chosen!r}: use one of {', '.join(LOG_FORMATS)}")
+    return chosen
+
+
+def setup_logging(level: str, logfile: Path | None = None, fmt: str = "text") -> None:
+    """Text to stderr (and ``logfile``) as before, or JSON lines to stdout (and ``logfile``)."""
+    stream = sys.stdout if fmt == "json" else sys.stderr
+    handlers: list[logging.Handler] = [logging.StreamHandler(stream)]
+    if logfile is not None:
+        logfile.parent.mkdir(parents=True, exist_ok=True)
+        handlers.append(logging.FileHandler(logfile))
+    formatter = JsonFormatter() if fmt == "json" else logging.Formatter(TEXT_FORMAT)
+    for handler in handlers:
+        handler.setFormatter(formatter)
+        handler.addFilter(RequestIdFilter())
+    logging.basicConfig(level=level, handlers=handlers, force=True)
+    logging.getLogger("alembic").setLevel(logging.WARNING)

@@ -1,0 +1,104 @@
+"""The node's Prometheus metrics: one registry per node, every series with bounded labels.
+
+Each node holds its own `NodeMetrics` (on the `NodeContext`), with its own
+``CollectorRegistry`` rather than prometheus_client's global default: tests run two nodes
+in one process, and their counts must not mix. The module only defines metrics; the
+places that observe them are the adapters (the API middleware in `node.api.observe`,
+the gRPC interceptor in `node.rpc.observe`, the transfer and subscription code), so
+runtime, rpc and api can all import it without importing each other.
+
+Labels are scraped without a credential, so they carry nothing about who talks to whom:
+HTTP routes are the route *templates* (``/v1/peers/{name}/hello``, never the name), gRPC
+methods are the fixed service methods, and no agreement, transfer or peer id is ever a
+label value. Every label set is bounded by the code, not by callers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+#: the route label of a request no route matched (a scanner's random paths stay one series)
+UNMATCHED_ROUTE = "<unmatched>"
+#: leaf kinds the anchoring gauges are labelled with (``ledger.leaves.KIND_CODES``)
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+
+
+class NodeMetrics:
+    """Every metric one node exports, registered in the node's own registry."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.http_latency = Histogram(
+            "qdspace_http_request_duration_seconds",
+            "Operator API request latency by route template, method and status.",
+            ["route", "method", "status"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.grpc_latency = Histogram(
+            "qdspace_grpc_server_handling_seconds",
+            "gRPC server call latency by full method name and status code.",
+            ["method", "code"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.transfer_rows = Counter(
+            "qdspace_transfer_rows",
+            "Rows released to consumers (sent) or stored from providers (received).",
+            ["direction", "mode"],
+            registry=r,
+        )
+        self.transfer_bytes = Counter(
+            "qdspace_transfer_bytes",
+            "Wire bytes of row batches released (sent) or stored (received).",
+            ["direction", "mode"],
+            registry=r,
+        )
+        self.subscriptions = Gauge(
+            "qdspace_live_subscriptions",
+            "Live subscription streams: served to consumers (provider) or followed (consumer).",
+            ["side"],
+            registry=r,
+        )
+        self.outbox_backlog = Gauge(
+            "qdspace_contract_outbox_backlog",
+            "Contract messages to peers not yet delivered.",
+            registry=r,
+        )
+        self.anchor_queue = Gauge(
+            "qdspace_anchoring_queue_depth",
+            "Leaves queued for anchoring and not yet in a batch, by leaf kind.",
+            ["kind"],
+            registry=r,
+        )
+        self.anchor_lag = Gauge(
+            "qdspace_anchoring_lag_seconds",
+            "Age of the oldest leaf waiting for anchoring (0 when none waits), by leaf kind.",
+            ["kind"],
+            registry=r,
+        )
+        for side in ("provider", "consumer"):
+            self.subscriptions.labels(side=side)
+        for direction in ("sent", "received"):
+            for mode in ("pull", "stream"):
+                self.transfer_rows.labels(direction=direction, mode=mode)
+                self.transfer_bytes.labels(direction=direction, mode=mode)
+
+    def rows(self, direction: str, mode: str, rows: int, size: int) -> None:
+        """Count ``rows`` rows of ``size`` wire bytes sent or received by pull or stream."""
+        self.transfer_rows.labels(direction=direction, mode=mode).inc(rows)
+        self.transfer_bytes.labels(direction=direction, mode=mode).inc(size)
+
+    def sample_outbox(self, backlog: Callable[[], float]) -> None:
+        """Read the outbox backlog from ``backlog`` at every scrape."""
+        self.outbox_backlog.set_function(backlog)
+
+    def sample_anchoring(
+        self, kind: str, depth: Callable[[], float], lag: Callable[[], float]
+    ) -> None:
+        """Read one leaf kind's queue depth and lag at every scrape."""
+        self.anchor_queue.labels(kind=kind).set_function(depth)
+        self.anchor_lag.labels(kind=kind).set_function(lag)

@@ -1,0 +1,147 @@
+"""gRPC calls in the node's metrics and logs: latency by method and status, request ids.
+
+`ObserveCalls` is the server's outermost interceptor (outside the auth interceptor, so a
+refused call is timed too). It times every call into the gRPC latency histogram by full
+method name (a fixed set: the node's services) and status code, and sets the request id
+the caller sent as ``x-request-id`` metadata (or a fresh one) for the call's log lines,
+which therefore carry the id of the operator request on the other member that caused
+them. The client interceptors send the current request id with every outgoing peer call.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import grpc
+
+from qdspace.node.logs import REQUEST_ID, accepted_request_id
+from qdspace.node.metrics import NodeMetrics
+
+METADATA_KEY = "x-request-id"
+logger = logging.getLogger("node.rpc")
+Behavior = Callable[..., Any]
+
+
+def _code(context: grpc.aio.ServicerContext, failed: bool) -> str:
+    code: object = context.code()
+    if isinstance(code, grpc.StatusCode):
+        return str(code.name)
+    if isinstance(code, int):  # the integer value, as grpc's aio context may hold it
+        for status in grpc.StatusCode:
+            if status.value[0] == code:
+                return str(status.name)
+    return "UNKNOWN" if failed else "OK"
+
+
+def _request_id(context: grpc.aio.ServicerContext) -> str:
+    for key, value in context.invocation_metadata() or ():
+        if key == METADATA_KEY:
+            return accepted_request_id(value if isinstance(value, str) else None)
+    return accepted_request_id(None)
+
+
+class ObserveCalls(grpc.aio.ServerInterceptor):  # type: ignore[misc]
+    """Times every call and sets its request id (module docstring)."""
+
+    def __init__(self, metrics: NodeMetrics) -> None:
+        self._metrics = metrics
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(details)
+        if handler is None:
+            return None
+        method = details.method
+        kinds = (
+            ("unary_unary", grpc.unary_unary_rpc_method_handler),
+            ("unary_stream", grpc.unary_stream_rpc_method_handler),
+            ("stream_unary", grpc.stream_unary_rpc_method_handler),
+            ("stream_stream", grpc.stream_stream_rpc_method_handler),
+        )
+        for attribute, make in kinds:
+            behavior = getattr(handler, attribute)
+            if behavior is not None:
+                return make(
+                    self._wrap(method, behavior),
+                    request_deserializer=handler.request_deserializer,
+                    response_serializer=handler.response_serializer,
+                )
+        return handler  # pragma: no cover - a handler always has one of the four
+
+    def _observe(self, method: str, started: float, code: str) -> None:
+        elapsed = time.perf_counter() - started
+        self._metrics.grpc_latency.labels(method=method, code=code).observe(elapsed)
+
+    def _wrap(self, method: str, behavior: Behavior) -> Behavior:
+        if inspect.isasyncgenfunction(behavior):
+
+            async def generated(
+                request: Any, context: grpc.aio.ServicerContext
+            ) -> AsyncIterator[Any]:
+                token = REQUEST_ID.set(_request_id(context))
+                started, failed = time.perf_counter(), True
+                try:
+                    async for item in behavior(request, context):
+                        yield item
+                    failed = False
+                finally:
+                    self._observe(method, started, _code(context, failed))
+                    REQUEST_ID.reset(token)
+
+            return generated
+
+        async def called(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            token = REQUEST_ID.set(_request_id(context))
+            started, failed = time.perf_counter(), True
+            try:
+                result = await behavior(request, context)
+                failed = False
+                return result
+            finally:
+                self._observe(method, started, _code(context, failed))
+                REQUEST_ID.reset(token)
+
+        return called
+
+
+def _with_request_id(details: grpc.aio.ClientCallDetails) -> grpc.aio.ClientCallDetails:
+    request_id = REQUEST_ID.get()
+    if request_id is None:
+        return details
+    metadata = grpc.aio.Metadata(*(details.metadata or ()))
+    metadata[METADATA_KEY] = request_id
+    return grpc.aio.ClientCallDetails(
+        details.method, details.timeout, metadata, details.credentials, details.wait_for_ready
+    )
+
+
+class _UnaryUnary(grpc.aio.UnaryUnaryClientInterceptor):  # type: ignore[misc]
+    async def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
+        return await continuation(_with_request_id(details), request)
+
+
+class _UnaryStream(grpc.aio.UnaryStreamClientInterceptor):  # type: ignore[misc]
+    async def intercept_unary_stream(self, continuation: Any, details: Any, request: Any) -> Any:
+        return await continuation(_with_request_id(details), request)
+
+
+class _StreamUnary(grpc.aio.StreamUnaryClientInterceptor):  # type: ignore[misc]
+    async def intercept_stream_unary(self, continuation: Any, details: Any, requests: Any) -> Any:
+        return await continuation(_with_request_id(details), requests)
+
+
+class _StreamStream(grpc.aio.StreamStreamClientInterceptor):  # type: ignore[misc]
+    async def intercept_stream_stream(self, continuation: Any, details: Any, requests: Any) -> Any:
+        return await continuation(_with_request_id(details), requests)
+
+
+def request_id_interceptors() -> list[grpc.aio.ClientInterceptor]:
+    """Client interceptors that send the current request id to the peer."""
+    return [_UnaryUnary(), _UnaryStream(), _StreamUnary(), _StreamStream()]
