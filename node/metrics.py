@@ -21,7 +21,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 #: the route label of a request no route matched (a scanner's random paths stay one series)
 UNMATCHED_ROUTE = "<unmatched>"
-#: leaf kinds the anchoring gauges are labelled with (``ledger.leaves.KIND_CODES``)
+#: seconds; from a health probe (ms) to a large pull batch or a chain call (tens of s)
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
 

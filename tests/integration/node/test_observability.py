@@ -3,7 +3,8 @@
 SunArc (text logs, the default) and Cellex (``QDSPACE_LOG_FORMAT=json``) agree on Cellex's
 inspections and SunArc pulls them. The scrape of each node then shows the HTTP histogram
 of the routes called, the gRPC histogram of the pull, and transfer counters equal to the
-rows moved. A request id sent to SunArc travels to Cellex in gRPC metadata and is in
+rows moved; a live subscription is gauged on both sides and its rows counted as they
+stream. A request id sent to SunArc travels to Cellex in gRPC metadata and is in
 Cellex's JSON log line of that call. Last, the revocation list is let run past its
 nextUpdate, and ``/readyz`` answers 503 naming the ``crl`` check (then recovers).
 """
@@ -27,6 +28,8 @@ from qdspace.node.localnet.network import LocalNetwork, MemberProcess, MemberSpe
 pytestmark = [pytest.mark.integration]
 
 QA = "quality-assurance"
+SPC = "spc-monitoring"
+STREAMED = 6
 ORDER = "PO-OBS-0001"
 ROWS = 45
 HTTP = "qdspace_http_request_duration_seconds"
@@ -71,10 +74,10 @@ def value(samples: dict[Any, float], name: str, **labels: str) -> float:
     return samples.get((name, tuple(sorted(labels.items()))), 0.0)
 
 
-def inspection(i: int) -> dict[str, Any]:
+def inspection(i: int, prefix: str = "OBS") -> dict[str, Any]:
     at = datetime(2026, 11, 20, tzinfo=UTC) + timedelta(seconds=i)
     return {
-        "inspection_id": f"OBS-{i:04d}",
+        "inspection_id": f"{prefix}-{i:04d}",
         "station": "EL-1",
         "inspected_at": at.isoformat().replace("+00:00", "Z"),
         "verdict": "pass" if i % 9 else "fail",
@@ -165,6 +168,40 @@ def test_metrics_count_the_routes_called_and_the_rows_transferred(net: LocalNetw
     assert negotiation, "the negotiation's calls are timed at the provider"
     assert value(after, "qdspace_contract_outbox_backlog") >= 0
     assert value(after, "qdspace_live_subscriptions", side="consumer") == 0
+
+
+def test_live_subscriptions_are_gauged_and_their_rows_counted(net: LocalNetwork) -> None:
+    sunarc, cellex = net["sunarc"], net["cellex"]
+    live = "qdspace_live_subscriptions"
+    with sunarc.client(timeout=60) as oem:
+        agreement = ok(
+            oem.post(
+                "/v1/contracts/negotiations",
+                json={
+                    "peer": "cellex",
+                    "asset_id": "live-inspections",
+                    "purposes": [SPC],
+                    "orders": [ORDER],
+                },
+            )
+        )
+        assert agreement["state"] == "FINALIZED", agreement
+        body = {"agreement_id": agreement["agreement_id"], "purpose": SPC}
+        sid = ok(oem.post("/v1/contracts/subscriptions", json=body))["subscription_id"]
+    assert value(scrape(sunarc), live, side="consumer") == 1
+    assert value(scrape(cellex), live, side="provider") == 1
+    with cellex.client() as supplier:
+        for i in range(STREAMED):
+            row = inspection(i, prefix="OBS-LIVE")
+            assert ok(supplier.post("/v1/ingest/inspection", json={"rows": [row]}))["accepted"]
+    deadline = time.monotonic() + 30
+    with sunarc.client() as oem:
+        while ok(oem.get(f"/v1/contracts/subscriptions/{sid}"))["received"] < STREAMED:
+            assert time.monotonic() < deadline, "the live rows did not arrive"
+            time.sleep(0.1)
+    rows = "qdspace_transfer_rows_total"
+    assert value(scrape(cellex), rows, direction="sent", mode="stream") == STREAMED
+    assert value(scrape(sunarc), rows, direction="received", mode="stream") == STREAMED
 
 
 def test_a_request_id_is_echoed_and_logged_by_the_peer_it_reaches(net: LocalNetwork) -> None:
