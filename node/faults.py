@@ -145,7 +145,7 @@ FAULTS: Mapping[str, Fault] = {
     "qdspace.ledger.errors.NotAnchored": F(None, 409, 1),
     "qdspace.ledger.errors.DocumentFormatError": F(None, 422, 2),
     "qdspace.ledger.errors.ChainUnavailable": F(None, 503, 2),
-    # -- federation (gRPC as `node.rpc.federation_service` answers today) ----
+    # -- federation (the Federation gRPC service answers by these rows) -------
     # HTTP: a job's terms, a member's data or a model that does not fit: the caller's to fix
     "qdspace.federation.errors.FederationError": F("INVALID_ARGUMENT", 400, 1),
     "qdspace.federation.errors.UpdateRefused": F(
@@ -153,6 +153,12 @@ FAULTS: Mapping[str, Fault] = {
     ),  # by its reason: REFUSAL_GRPC
     "qdspace.federation.errors.RosterRefused": F("PERMISSION_DENIED", None, 1),
     "qdspace.federation.errors.SecAggAbort": F("ABORTED", None, 1),
+    "qdspace.federation.host.UnknownJob": F("NOT_FOUND", None, 1),
+    "qdspace.federation.host.JobExists": F("ALREADY_EXISTS", None, 1),
+    "qdspace.node.runtime.federation_jobs.NotOperator": F("PERMISSION_DENIED", None, 1),
+    "qdspace.node.runtime.federation_jobs.UnknownVersion": F("NOT_FOUND", None, 1),
+    "qdspace.node.runtime.federation_jobs.NoChain": F("FAILED_PRECONDITION", None, 1),
+    "qdspace.node.runtime.federation_jobs.ProofPending": F("UNAVAILABLE", None, 1),
     # -- inference -----------------------------------------------------------
     "qdspace.inference.errors.InferenceError": F(None, None, 1),
     "qdspace.inference.errors.RegistryError": F(None, 404, 1),

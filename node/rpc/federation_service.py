@@ -4,7 +4,8 @@ Thin adapter over ``node.runtime.federation_jobs.FederationJobs``, which admits 
 caller, takes the job's lock and runs the round: each RPC method here decodes its
 request, calls one method of the jobs service, and encodes the answer. The caller is
 the authenticated TLS peer. ``@handler`` turns every domain error into a gRPC status
-through one table (``_STATUS``), so no method maps or aborts on its own.
+through the node's one fault table (`qdspace.node.faults`), so no method maps or aborts
+on its own.
 
 What stays here is about the wire: reading header-then-data upload streams (the
 payload is copied once, from the received bytes into one buffer), encoding a
@@ -27,15 +28,13 @@ from qdspace.federation.chunks import DEFAULT_CHUNK_BYTES, Assembler, Chunk
 from qdspace.federation.errors import (
     FederationError,
     RefusalReason,
-    RosterRefused,
-    SecAggAbort,
     UpdateRefused,
 )
-from qdspace.federation.host import JobExists, UnknownJob
 from qdspace.federation.job_files import Published
 from qdspace.federation.params import encoded_size
 from qdspace.federation.round_status import Phase, StatusView
 from qdspace.node.rpc.auth import current_peer
+from qdspace.node.rpc.codes import status_code
 from qdspace.node.rpc.federation_serde import (
     advert_from_proto,
     advert_to_proto,
@@ -51,11 +50,7 @@ from qdspace.node.rpc.federation_serde import (
 )
 from qdspace.node.runtime.federation_jobs import (
     FederationJobs,
-    NoChain,
-    NotOperator,
-    ProofPending,
     RoundRef,
-    UnknownVersion,
 )
 from qdspace.node.runtime.federation_wiring import jobs_from_context
 from qdspace.protocols.v1 import federation_pb2 as pb
@@ -72,36 +67,11 @@ Rep = TypeVar("Rep")
 Unary = Callable[[S, Req, grpc.aio.ServicerContext], Awaitable[Rep]]
 Streaming = Callable[[S, Req, grpc.aio.ServicerContext], AsyncIterator[Rep]]
 
-#: How each domain error is told to the caller (the details carry ``str(exc)``): a refused
-#: message by its reason, any other error by the most specific class listed here.
-_STATUS: dict[RefusalReason | type[FederationError], grpc.StatusCode] = {
-    RefusalReason.NOT_A_MEMBER: grpc.StatusCode.PERMISSION_DENIED,
-    RefusalReason.NO_AGREEMENT: grpc.StatusCode.PERMISSION_DENIED,
-    RefusalReason.BAD_SIGNATURE: grpc.StatusCode.PERMISSION_DENIED,
-    RefusalReason.WRONG_SHAPE: grpc.StatusCode.INVALID_ARGUMENT,
-    RefusalReason.NOT_FINITE: grpc.StatusCode.INVALID_ARGUMENT,
-    RefusalReason.DUPLICATE: grpc.StatusCode.ALREADY_EXISTS,
-    RefusalReason.WRONG_JOB: grpc.StatusCode.NOT_FOUND,
-    RefusalReason.BUSY: grpc.StatusCode.RESOURCE_EXHAUSTED,
-    RefusalReason.OUT_OF_RANGE: grpc.StatusCode.INVALID_ARGUMENT,
-    UpdateRefused: grpc.StatusCode.FAILED_PRECONDITION,  # the other reasons: late, dropped, ...
-    UnknownJob: grpc.StatusCode.NOT_FOUND,
-    JobExists: grpc.StatusCode.ALREADY_EXISTS,
-    RosterRefused: grpc.StatusCode.PERMISSION_DENIED,
-    SecAggAbort: grpc.StatusCode.ABORTED,
-    NotOperator: grpc.StatusCode.PERMISSION_DENIED,
-    UnknownVersion: grpc.StatusCode.NOT_FOUND,
-    NoChain: grpc.StatusCode.FAILED_PRECONDITION,
-    ProofPending: grpc.StatusCode.UNAVAILABLE,
-    FederationError: grpc.StatusCode.INVALID_ARGUMENT,
-}
-
 
 def status_code_of(exc: FederationError) -> grpc.StatusCode:
-    """The gRPC status of a federation error (the details carry ``str(exc)``)."""
-    if isinstance(exc, UpdateRefused) and exc.reason in _STATUS:
-        return _STATUS[exc.reason]
-    return next(_STATUS[c] for c in type(exc).__mro__ if c in _STATUS)
+    """The gRPC status of a federation error, from the node's fault table (a refused
+    update by its reason); the details carry ``str(exc)``."""
+    return status_code(exc)
 
 
 @overload
@@ -109,7 +79,7 @@ def handler(method: Streaming[S, Req, Rep]) -> Streaming[S, Req, Rep]: ...
 @overload
 def handler(method: Unary[S, Req, Rep]) -> Unary[S, Req, Rep]: ...
 def handler(method: Any) -> Any:
-    """An RPC method whose domain errors end the call with their status (``_STATUS``)."""
+    """An RPC method whose domain errors end the call with their status (`status_code_of`)."""
     name = method.__name__
     if inspect.isasyncgenfunction(method):
 
