@@ -27,6 +27,13 @@ err = Console(stderr=True)
 KNOWN_ERRORS: tuple[type[Exception], ...] = (NodeError, ConnectorError, InferenceError)
 
 
+def fail(message: str, code: int = 1) -> typer.Exit:
+    """Print ``message`` as the CLI's one-line error (markup escaped) and return the exit
+    to raise: ``raise fail(...)``."""
+    err.print(f"[red]error:[/red] {escape(message)}", highlight=False, soft_wrap=True)
+    return typer.Exit(code)
+
+
 def clean_errors(fn: F) -> F:
     """Known errors become one line on stderr and exit code 1, never a traceback."""
 
@@ -37,7 +44,6 @@ def clean_errors(fn: F) -> F:
         except KNOWN_ERRORS as exc:
             from qdspace.node import faults  # only on the error path: `--help` stays quick
 
-            err.print(f"[red]error:[/red] {escape(str(exc))}", highlight=False, soft_wrap=True)
-            raise typer.Exit(faults.exit_code(exc)) from None
+            raise fail(str(exc), faults.exit_code(exc)) from None
 
     return wrapper  # type: ignore[return-value]

@@ -23,16 +23,14 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
-from rich.markup import escape
 from rich.table import Table
 
 from qdspace.node.cli.connect import ApiUrlOpt, DirOpt, JsonOpt, TokenOpt, print_json
 from qdspace.node.cli.connect import target as name_target
-from qdspace.node.cli.errors import clean_errors
+from qdspace.node.cli.errors import clean_errors, fail
 
 fl_app = typer.Typer(no_args_is_help=True, help="federated learning jobs")
 console = Console()
-err = Console(stderr=True)
 
 CoordOpt = Annotated[str | None, typer.Option(help="coordinator member name (default: this node)")]
 #: how often ``fl join`` asks the node for the session's new events
@@ -41,11 +39,6 @@ SESSION_POLL_S = 0.5
 WATCH_WAIT_S = 10.0
 
 Status = dict[str, Any]  # a job's status as the API answers it (``fl status --json``)
-
-
-def _fail(message: str) -> typer.Exit:
-    err.print(f"[red]error:[/red] {escape(message)}", highlight=False, soft_wrap=True)
-    return typer.Exit(1)
 
 
 def status_table(views: list[Status]) -> Table:
@@ -97,9 +90,9 @@ def start(
         spec = json.loads(terms.read_text())
         params = None if initial is None else initial.read_bytes()
     except (OSError, ValueError) as exc:
-        raise _fail(f"{terms if initial is None else initial}: {exc}") from None
+        raise fail(f"{terms if initial is None else initial}: {exc}") from None
     if not isinstance(spec, dict):
-        raise _fail(f"{terms}: job terms must be a JSON object")
+        raise fail(f"{terms}: job terms must be a JSON object")
     with name_target(directory, api_url, token).client() as node:
         view = node.federation_start(spec, params, coordinator)
     secure = spec.get("secure_aggregation", False)
@@ -137,7 +130,7 @@ def status(
     if job is not None:
         views = [v for v in views if v["job_id"] == job]
         if not views:
-            raise _fail(f"no job {job!r} visible on {coordinator or 'this node'}")
+            raise fail(f"no job {job!r} visible on {coordinator or 'this node'}")
     if as_json:
         print_json(views)
         return
@@ -233,7 +226,7 @@ def join(
             time.sleep(SESSION_POLL_S)
             session = node.federation_session(session["session_id"], after=seen)
     if session["state"] != "done":
-        raise _fail(f"job {job}: the member session {session['state']}: {session['error']}")
+        raise fail(f"job {job}: the member session {session['state']}: {session['error']}")
     deployed = session["deployment"]
     if deployed is not None:
         console.print(

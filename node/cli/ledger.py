@@ -12,21 +12,16 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
-from rich.markup import escape
 
 from qdspace.ledger.errors import ChainUnavailable, DocumentFormatError, LedgerError
 from qdspace.node.cli.choices import LeafKind
+from qdspace.node.cli.errors import fail
 
 ledger_app = typer.Typer(no_args_is_help=True, help="ledger anchoring: verify, passport, chain")
 console = Console()
 err = Console(stderr=True)
 
 EXIT_VALID, EXIT_INVALID, EXIT_UNUSABLE = 0, 1, 2
-
-
-def _fail(message: str, code: int) -> typer.Exit:
-    err.print(f"[red]error:[/red] {escape(message)}", highlight=False, soft_wrap=True)
-    return typer.Exit(code)
 
 
 @ledger_app.command("verify")
@@ -46,19 +41,19 @@ def verify(
     try:
         data = document.read_bytes()
     except OSError as exc:
-        raise _fail(f"{document}: {exc.strerror}", EXIT_UNUSABLE) from None
+        raise fail(f"{document}: {exc.strerror}", EXIT_UNUSABLE) from None
     try:
         pinned = None if verify_key is None else bytes.fromhex(verify_key.removeprefix("0x"))
     except ValueError:
-        raise _fail("--verify-key is not hex", EXIT_UNUSABLE) from None
+        raise fail("--verify-key is not hex", EXIT_UNUSABLE) from None
     try:
         kind, verdict = verify_document(data, rpc, verify_key=pinned)
     except DocumentFormatError as exc:
-        raise _fail(f"{document}: {exc}", EXIT_UNUSABLE) from None
+        raise fail(f"{document}: {exc}", EXIT_UNUSABLE) from None
     except ChainUnavailable as exc:
-        raise _fail(str(exc), EXIT_UNUSABLE) from None
+        raise fail(str(exc), EXIT_UNUSABLE) from None
     except LedgerError as exc:
-        raise _fail(f"{document}: {exc}", EXIT_INVALID) from None
+        raise fail(f"{document}: {exc}", EXIT_INVALID) from None
     if as_json:
         checks = [{"name": c.name, "ok": c.ok, "detail": c.detail} for c in verdict.checks]
         console.print_json(json.dumps({"type": kind, "valid": verdict.valid, "checks": checks}))
@@ -95,7 +90,7 @@ def passport(
         node = NodeSettings.load(directory)
         settings = LedgerSettings.load(node.directory)
         if not settings.enabled:
-            raise _fail(f"{node.directory}: no chain configured (ledger.json)", EXIT_UNUSABLE)
+            raise fail(f"{node.directory}: no chain configured (ledger.json)", EXIT_UNUSABLE)
         keys = load_member_keys(node.directory)
         signer = load_signer(settings.key_file)
         engine = create_engine(node.database_url)
@@ -111,7 +106,7 @@ def passport(
         )
         engine.dispose()
     except (LedgerError, NodeError) as exc:
-        raise _fail(str(exc), EXIT_UNUSABLE) from None
+        raise fail(str(exc), EXIT_UNUSABLE) from None
     text = doc.to_json() + "\n"
     if out is None:
         typer.echo(text, nl=False)
@@ -134,7 +129,7 @@ def chain(
     try:
         from qdspace.ledger.chain import DEFAULT_CHAIN_ID, run
     except ImportError as exc:  # eth-tester / py-evm: the ``devchain`` extra
-        raise _fail(
+        raise fail(
             f"the embedded dev chain needs eth-tester[py-evm], which is not installed "
             f"({exc}); install the dev-chain extra: pip install 'qdspace[devchain]'",
             EXIT_UNUSABLE,
@@ -159,7 +154,7 @@ def deploy(
     try:
         record = deploy_anchor(rpc, load_signer(key_file))
     except LedgerError as exc:
-        raise _fail(str(exc), EXIT_UNUSABLE) from None
+        raise fail(str(exc), EXIT_UNUSABLE) from None
     if out is not None:
         out.write_text(record.to_json() + "\n")
     console.print(
@@ -186,7 +181,7 @@ def fetch_proof(
         with OperatorClient.for_regulator(keys, api) as member:
             body = member.regulator_proof(kind.value, ref_id)
     except (NodeError, KeyError, ValueError) as exc:
-        raise _fail(f"fetching the proof from {api}: {exc}", EXIT_UNUSABLE) from None
+        raise fail(f"fetching the proof from {api}: {exc}", EXIT_UNUSABLE) from None
     text = json.dumps(body["proof"], indent=2) + "\n"
     if out is None:
         typer.echo(text, nl=False)
