@@ -128,15 +128,26 @@ def problem_of(response: httpx.Response) -> ClientError:
     )
 
 
+def http_client(
+    api_url: str,
+    token: str = "",
+    timeout: float = DEFAULT_TIMEOUT_S,
+    transport: httpx.BaseTransport | None = None,
+) -> httpx.Client:
+    """A raw HTTP client on a node's API, sending ``token`` as its bearer (none if empty):
+    what `OperatorClient` wraps, and what callers that send deliberately unusual
+    requests use directly."""
+    import httpx
+
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    return httpx.Client(base_url=api_url, headers=headers, timeout=timeout, transport=transport)
+
+
 def operator_client(directory: Path, timeout: float = DEFAULT_TIMEOUT_S) -> httpx.Client:
     """A raw HTTP client on the running node's operator API, with its bearer token
     (for callers that send deliberately unusual requests; others use OperatorClient)."""
-    import httpx
-
     api_url, token = locate(directory)
-    return httpx.Client(
-        base_url=api_url, headers={"Authorization": f"Bearer {token}"}, timeout=timeout
-    )
+    return http_client(api_url, token, timeout)
 
 
 class OperatorClient:
@@ -150,13 +161,8 @@ class OperatorClient:
         timeout: float = DEFAULT_TIMEOUT_S,
         transport: httpx.BaseTransport | None = None,
     ):
-        import httpx
-
         self.api_url = api_url.rstrip("/")
-        headers = {"Authorization": f"Bearer {token}"} if token else {}
-        self.http = httpx.Client(
-            base_url=self.api_url, headers=headers, timeout=timeout, transport=transport
-        )
+        self.http = http_client(self.api_url, token, timeout, transport)
 
     @classmethod
     def from_directory(cls, directory: Path, timeout: float = DEFAULT_TIMEOUT_S) -> OperatorClient:

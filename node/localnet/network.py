@@ -28,7 +28,7 @@ import httpx
 from sqlalchemy import create_engine, text
 
 from qdspace.connector.storage import normalise_url
-from qdspace.node.client import OperatorClient
+from qdspace.node.client import OperatorClient, http_client
 from qdspace.node.errors import NodeError
 from qdspace.node.identity.authority import Authority
 from qdspace.node.identity.member import MemberKeys, load_member_keys
@@ -106,11 +106,7 @@ class MemberProcess:
 
     def client(self, timeout: float = 30.0) -> httpx.Client:
         """A raw HTTP client with the operator token (for deliberately unusual requests)."""
-        return httpx.Client(
-            base_url=self.api_url,
-            headers={"Authorization": f"Bearer {self.token}"},
-            timeout=timeout,
-        )
+        return http_client(self.api_url, self.token, timeout)
 
 
 class LocalNetwork:
