@@ -37,9 +37,6 @@ PROBLEM_MEDIA_TYPE = "application/problem+json"
 TYPE_BASE = faults.PROBLEM_TYPE_BASE
 INTERNAL_DETAIL = "the node failed to answer this request; its log names the cause"
 
-#: a gRPC status name (a peer's refusal, or a contract error's `grpc_status`) -> HTTP status
-HTTP_OF_GRPC = faults.HTTP_OF_GRPC
-
 
 class FieldProblem(BaseModel):
     """One offending field of a request: where (``body.purposes.0``) and what is wrong."""

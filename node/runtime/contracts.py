@@ -23,7 +23,6 @@ from pathlib import Path
 from nacl.signing import SigningKey
 from sqlalchemy import Engine
 
-from qdspace.connector.contract_errors import ContractError
 from qdspace.connector.contract_store import ContractStore
 from qdspace.connector.offers import standard_assets
 from qdspace.connector.qdm import Inspection
@@ -68,7 +67,3 @@ def build_runtime(
     runtime = ContractRuntime(me, signing_key, store, qdm, clock, secret, assets)
     runtime.new_inspections = TableWatch(qdm, Inspection.__tablename__)
     return runtime
-
-
-def contract_error_status(exc: ContractError) -> str:
-    return exc.grpc_status
