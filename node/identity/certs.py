@@ -29,6 +29,10 @@ ROLES = ("oem", "supplier", "host", "regulator")
 VERIFY_KEY_OID = x509.ObjectIdentifier("2.25.161843220883410707447425040398612040751")
 
 
+#: the CAs a member certificate may be issued by: the authority's, or a bundle (ca.crt)
+Trust = x509.Certificate | Sequence[x509.Certificate]
+
+
 @dataclass(frozen=True)
 class MemberIdentity:
     """What a certificate says about a member."""
@@ -274,9 +278,7 @@ def identity_of(cert: x509.Certificate) -> MemberIdentity:
     )
 
 
-def verify_issued_by(
-    cert: x509.Certificate, ca_cert: x509.Certificate | Sequence[x509.Certificate]
-) -> None:
+def verify_issued_by(cert: x509.Certificate, ca_cert: Trust) -> None:
     """Check that ``cert`` was signed by the authority, or by one of the CAs of a trust
     bundle (signature and validity period)."""
     cas = [ca_cert] if isinstance(ca_cert, x509.Certificate) else list(ca_cert)
