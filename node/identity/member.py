@@ -64,12 +64,13 @@ class MemberKeys:
     cert: x509.Certificate
     ca_cert: x509.Certificate  # the authority's: it signs the revocation list
     identity: MemberIdentity
-    #: every CA of ``ca.crt`` that may issue member certificates (``ca_cert`` first)
-    trusted: tuple[x509.Certificate, ...] = ()
+    #: the other CAs of ``ca.crt``, trusted to issue member certificates too
+    other_cas: tuple[x509.Certificate, ...] = ()
 
     @property
     def trust(self) -> tuple[x509.Certificate, ...]:
-        return self.trusted or (self.ca_cert,)
+        """Every CA a member certificate may be issued by: the authority's first."""
+        return (self.ca_cert, *self.other_cas)
 
     @property
     def tls_key_pem(self) -> bytes:
@@ -152,7 +153,7 @@ def create_member_keys(
     _write_keys(files, signing_key, tls_key)
     write_atomic(files.tls_cert, cert_to_pem(cert))
     write_atomic(files.ca_cert, cert_to_pem(authority.cert))
-    return MemberKeys(signing_key, tls_key, cert, authority.cert, identity, (authority.cert,))
+    return MemberKeys(signing_key, tls_key, cert, authority.cert, identity)
 
 
 def create_member_request(
@@ -252,7 +253,7 @@ def install_certificate(
     if renew:
         os.replace(files.next_tls_key, files.tls_key)
     files.request.unlink(missing_ok=True)
-    return MemberKeys(signing_key, tls_key, cert, trusted[0], identity, trusted)
+    return MemberKeys(signing_key, tls_key, cert, trusted[0], identity, trusted[1:])
 
 
 def _finish_renewal(files: NodeLayout, cert: x509.Certificate) -> ec.EllipticCurvePrivateKey | None:
@@ -300,7 +301,7 @@ def load_member_keys(directory: Path, *, check_validity: bool = True) -> MemberK
         where=f"{files.signing_key}, {files.tls_cert}",
         check_validity=check_validity,
     )
-    return MemberKeys(signing_key, tls_key, cert, trusted[0], identity, trusted)
+    return MemberKeys(signing_key, tls_key, cert, trusted[0], identity, trusted[1:])
 
 
 def random_token() -> str:
