@@ -10,6 +10,7 @@ project's verify key extension, and refuses it once the CA is out of the bundle.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import datetime as dt
 import json
 import os
@@ -21,10 +22,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from cryptography import x509
 from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
 from nacl.signing import SigningKey
 
-from qdspace.node.errors import IdentityError
+from qdspace.node.errors import IdentityError, PeerError
 from qdspace.node.identity.authority import Authority
 from qdspace.node.identity.certs import (
     build_ca_cert,
@@ -55,9 +58,11 @@ def qdspace(*args: str | Path) -> str:
     return done.stdout
 
 
-def other_pki_member(directory: Path, authority: Authority, *, name: str, role: str) -> bytes:
+def other_pki_member(
+    directory: Path, authority: Authority, *, name: str, role: str
+) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
     """A member directory whose certificate a second CA issued (carrying the verify key
-    extension), ca.crt = the bundle authority + second CA. Returns the second CA (PEM)."""
+    extension), ca.crt = the bundle authority + second CA. Returns that CA and its key."""
     ca_key = new_tls_key()
     ca = build_ca_cert("acme-pki", ca_key, valid_days=30, common_name="Acme Issuing CA")
     signing, tls = SigningKey.generate(), new_tls_key()
@@ -84,7 +89,7 @@ def other_pki_member(directory: Path, authority: Authority, *, name: str, role: 
     )
     (directory / "tls.crt").write_bytes(cert_to_pem(cert))
     (directory / "ca.crt").write_bytes(cert_to_pem(authority.cert) + cert_to_pem(ca))
-    return cert_to_pem(ca)
+    return ca, ca_key
 
 
 def hello(keys: MemberKeys, address: str, target: str) -> object:
@@ -154,8 +159,8 @@ def test_offline_enrollment_renewal_and_a_peer_hello(
     )  # fmt: skip
     authority = Authority.load(auth_dir)
     acme = tmp_path / "acme"
-    acme_ca = other_pki_member(acme, authority, name="acme", role="oem")
-    (tmp_path / "bundle.pem").write_bytes(cert_to_pem(authority.cert) + acme_ca)
+    acme_ca, acme_ca_key = other_pki_member(acme, authority, name="acme", role="oem")
+    (tmp_path / "bundle.pem").write_bytes(cert_to_pem(authority.cert) + cert_to_pem(acme_ca))
     qdspace(
         "node", "install", "--dir", node, "--cert", tmp_path / "cellex.crt",
         "--ca", tmp_path / "bundle.pem", "--crl", auth_dir / "crl.pem",
@@ -184,6 +189,21 @@ def test_offline_enrollment_renewal_and_a_peer_hello(
     assert acme_keys.ca_cert == authority.cert and len(acme_keys.trust) == 2
     reply = hello(acme_keys, address, "cellex")
     assert reply.peer == "cellex"  # type: ignore[attr-defined]
+    # that CA is trusted to issue, not to make up ids: a certificate naming sunarc (its
+    # member id) over acme's verify key passes TLS and is refused by the node
+    now = dt.datetime.now(dt.UTC)
+    impostor = build_member_cert(
+        ca_cert=acme_ca,
+        ca_key=acme_ca_key,
+        subject=member_subject("ds", "sunarc", sunarc.identity.member_id, "oem"),
+        public_key=acme_keys.tls_key.public_key(),
+        verify_key=acme_keys.identity.verify_key,
+        hostnames=["localhost", "sunarc"],
+        not_before=now - dt.timedelta(minutes=1),
+        not_after=now + dt.timedelta(days=1),
+    )
+    with pytest.raises(PeerError, match=r"UNAUTHENTICATED.*binds member id"):
+        hello(dataclasses.replace(acme_keys, cert=impostor), address, "cellex")
 
 
 def test_a_member_certificate_of_a_ca_out_of_the_bundle_is_refused(tmp_path: Path) -> None:
