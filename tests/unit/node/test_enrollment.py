@@ -434,3 +434,15 @@ def test_each_refusal_has_its_status() -> None:
     assert faults.http_status(RequestNotGranted("x")) == 403
     assert faults.http_status(NameTaken("x")) == 409
     assert faults.http_status(RenewalRefused("x")) == 403
+
+
+def test_a_request_over_another_key_type_is_refused() -> None:
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    csr = (
+        x509.CertificateSigningRequestBuilder()
+        .subject_name(member_subject(SPACE, "cellex", "cellex-000000000000", "supplier"))
+        .sign(rsa.generate_private_key(public_exponent=65537, key_size=2048), hashes.SHA256())
+    )
+    with pytest.raises(CertificateRequestError, match="EC P-256"):
+        read_request(csr.public_bytes(serialization.Encoding.PEM))
