@@ -14,7 +14,11 @@ below is the one place that says what lives where::
     ├── operator.token         bearer token of the operator API (0600)
     ├── signing.key            Ed25519 seed, hex (0600)
     ├── tls.key / tls.crt      the member's TLS key (0600) and authority-issued cert
-    ├── ca.crt                 the authority's certificate (trust anchor)
+    ├── ca.crt                 the authority's certificate (trust anchor), optionally
+    │                          followed by other CAs trusted to issue member certificates
+    ├── request.csr            the certificate request of an enrollment or renewal
+    ├── tls-next.key           a renewal's new TLS key until its certificate is installed
+    ├── crl.pem                the authority's revocation list (``node install`` copies it)
     ├── contract.kek           key-encryption key of the contract store (0600)
     ├── pseudonym.secret       secret behind the pseudonyms given to peers (0600)
     ├── ledger.json            chain settings, when the node anchors (optional)
@@ -39,6 +43,8 @@ below is the one place that says what lives where::
     AUTHORITY/
     ├── ca.key / ca.crt        the authority's key (0600) and self-signed certificate
     ├── members.json           the register of issued member certificates
+    ├── enrollments.json       the book of enrollment codes (hashes of their secrets)
+    ├── authority.lock         held while the register or the book is rewritten
     └── crl.pem                the revocation list every node reloads
 
 Received data, outbox messages and contract state live in the store (``node.db`` or
@@ -60,6 +66,8 @@ SIGNING_KEY_FILE = "signing.key"
 TLS_KEY_FILE = "tls.key"
 TLS_CERT_FILE = "tls.crt"
 CA_CERT_FILE = "ca.crt"
+REQUEST_FILE = "request.csr"
+NEXT_TLS_KEY_FILE = "tls-next.key"
 KEK_FILE = "contract.kek"
 PSEUDONYM_FILE = "pseudonym.secret"
 LEDGER_FILE = "ledger.json"
@@ -81,6 +89,8 @@ DATA_DIR = "data"
 CA_KEY_FILE = "ca.key"
 MEMBERS_FILE = "members.json"
 CRL_FILE = "crl.pem"
+ENROLLMENTS_FILE = "enrollments.json"
+LOCK_FILE = "authority.lock"
 
 
 @dataclass(frozen=True)
@@ -121,6 +131,18 @@ class NodeLayout:
     @property
     def ca_cert(self) -> Path:
         return self.directory / CA_CERT_FILE
+
+    @property
+    def request(self) -> Path:
+        return self.directory / REQUEST_FILE
+
+    @property
+    def next_tls_key(self) -> Path:
+        return self.directory / NEXT_TLS_KEY_FILE
+
+    @property
+    def crl(self) -> Path:
+        return self.directory / CRL_FILE
 
     @property
     def contract_kek(self) -> Path:
@@ -215,3 +237,11 @@ class AuthorityLayout:
     @property
     def crl(self) -> Path:
         return self.directory / CRL_FILE
+
+    @property
+    def enrollments(self) -> Path:
+        return self.directory / ENROLLMENTS_FILE
+
+    @property
+    def lock(self) -> Path:
+        return self.directory / LOCK_FILE
