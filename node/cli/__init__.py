@@ -19,7 +19,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from qdspace.node.cli.choices import QdmKind, Role
-from qdspace.node.cli.connect import ApiUrlOpt, JsonOpt, TokenOpt, print_json, target
+from qdspace.node.cli.connect import ApiUrlOpt, CaFileOpt, JsonOpt, TokenFileOpt, print_json, target
 from qdspace.node.cli.connect import DirOpt as ConnDirOpt
 from qdspace.node.cli.contracts import mount as mount_contracts
 from qdspace.node.cli.errors import clean_errors
@@ -316,11 +316,12 @@ def peer_hello(
     name: Annotated[str, typer.Argument(help="peer name")],
     directory: ConnDirOpt = None,
     api_url: ApiUrlOpt = None,
-    token: TokenOpt = None,
+    token_file: TokenFileOpt = None,
+    ca_file: CaFileOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Ask this node to authenticate to a peer over mutual TLS with its identity."""
-    with target(directory, api_url, token).client() as node:
+    with target(directory, api_url, token_file, ca_file).client() as node:
         r = node.hello(name)
     if as_json:
         print_json(r)
