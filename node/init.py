@@ -6,7 +6,12 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from qdspace.node.config import DEFAULT_API_PORT, DEFAULT_GRPC_PORT, NodeSettings
+from qdspace.node.config import (
+    DEFAULT_API_PORT,
+    DEFAULT_GRPC_PORT,
+    DEFAULT_REGULATOR_PORT,
+    NodeSettings,
+)
 from qdspace.node.errors import ConfigError
 from qdspace.node.identity.authority import Authority
 from qdspace.node.identity.member import create_member_keys, random_token
@@ -22,6 +27,7 @@ def init_node(
     role: str,
     grpc_port: int = DEFAULT_GRPC_PORT,
     api_port: int = DEFAULT_API_PORT,
+    regulator_port: int = DEFAULT_REGULATOR_PORT,
     db_url: str = "",
     peers: dict[str, str] | None = None,
 ) -> NodeSettings:
@@ -44,6 +50,7 @@ def init_node(
             space=authority.space,
             grpc_port=grpc_port,
             api_port=api_port,
+            regulator_port=regulator_port,
             db_url=db_url,
             crl_path=authority.files.crl,
             peers=peers or {},

@@ -15,7 +15,8 @@ The order, strongest first: ``QDSPACE_<FIELD>``, ``QDSPACE_<FIELD>_FILE``, the s
 directory, ``node.json``. Giving both ``QDSPACE_X`` and ``QDSPACE_X_FILE`` is an error
 (which one was meant?), as is a ``_FILE`` naming a file that cannot be read.
 
-`redact_url` is what every log line and CLI echo of a database URL goes through.
+Database URLs are logged and echoed only through `qdspace.connector.storage.safe_url`
+(passwords as ``***``).
 """
 
 from __future__ import annotations
@@ -101,30 +102,3 @@ class FileEnvSource(PydanticBaseSettingsSource):
             if value is not None:
                 found[key] = value
         return found
-
-
-def redact_url(url: str) -> str:
-    """``scheme://user:***@host/db``: a URL fit for a log line (no password, ever)."""
-    scheme, sep, rest = url.partition("://")
-    if not sep:
-        return url
-    authority, slash, tail = rest.partition("/")
-    userinfo, at, host = authority.rpartition("@")
-    if not at:
-        return f"{scheme}://{authority}{slash}{_redact_query(tail)}"
-    user, colon, _password = userinfo.partition(":")
-    hidden = f"{user}:***" if colon else user
-    query_hidden = _redact_query(tail)
-    return f"{scheme}://{hidden}@{host}{slash}{query_hidden}"
-
-
-def _redact_query(tail: str) -> str:
-    """A ``password=`` query parameter (libpq accepts one) hidden too."""
-    path, q, query = tail.partition("?")
-    if not q:
-        return tail
-    parts = []
-    for part in query.split("&"):
-        key, eq, _value = part.partition("=")
-        parts.append(f"{key}=***" if eq and key.lower() in {"password", "sslpassword"} else part)
-    return f"{path}?{'&'.join(parts)}"

@@ -143,8 +143,15 @@ def node_init(
     role: Annotated[Role, typer.Option(help="the member's role")],
     authority: Annotated[Path, typer.Option(help="authority directory")],
     grpc_port: Annotated[int, typer.Option(help="peer gRPC port")] = 7443,
-    api_port: Annotated[int, typer.Option(help="operator API port")] = 8443,
-    db_url: Annotated[str, typer.Option(help="database URL (default: SQLite in DIR)")] = "",
+    api_port: Annotated[int, typer.Option(help="operator API port (TLS)")] = 8443,
+    regulator_port: Annotated[int, typer.Option(help="regulator API port (TLS)")] = 9443,
+    db_url: Annotated[
+        str,
+        typer.Option(
+            help="database URL (default: SQLite in DIR); one with a password belongs in "
+            "$QDSPACE_DB_URL_FILE instead, not on a command line"
+        ),
+    ] = "",
     peer: Annotated[list[str] | None, typer.Option(help="NAME=HOST:PORT, repeatable")] = None,
 ) -> None:
     """Create a member's keys, certificate and node directory."""
@@ -157,6 +164,7 @@ def node_init(
         role=role.value,
         grpc_port=grpc_port,
         api_port=api_port,
+        regulator_port=regulator_port,
         db_url=db_url,
         peers=_parse_peers(peer or []),
     )
@@ -175,7 +183,7 @@ def node_start(
         ),
     ] = None,
 ) -> None:
-    """Run the node (gRPC peer server + operator API) until SIGTERM."""
+    """Run the node (peer gRPC, operator API and regulator API) until SIGTERM."""
     from qdspace.node.config import NodeSettings
     from qdspace.node.logs import log_format as chosen_format
     from qdspace.node.run import run_node
