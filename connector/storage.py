@@ -52,7 +52,7 @@ def safe_url(url: str) -> str:
     """``url`` fit for a log line or an error message: every password shown as ``***``."""
     try:
         parsed = make_url(url)
-    except ArgumentError:
+    except (ArgumentError, ValueError):  # ValueError: a port that is no number
         return "<unparsable database URL>"
     hidden = {k: "***" for k in parsed.query if k.lower() in SECRET_QUERY_KEYS}
     return parsed.update_query_dict(hidden).render_as_string(hide_password=True)
@@ -73,7 +73,7 @@ def create_store_engine(url: str) -> Engine:
     url = normalise_url(url)
     try:
         parsed = make_url(url)
-    except ArgumentError:
+    except (ArgumentError, ValueError):
         scheme = url.partition("://")[0] if "://" in url else "(none)"
         # the text itself is not repeated: an unparsable URL may still hold a password
         raise StorageError(f"database URL (scheme {scheme!r}) cannot be parsed") from None
