@@ -42,7 +42,7 @@ logger = logging.getLogger("node")
 
 def bind_api_socket(host: str, port: int) -> socket.socket:
     """The operator API's listening socket (see `node.listeners.bind_socket`)."""
-    return bind_socket("API", host, port)
+    return bind_socket("operator API", host, port)
 
 
 class _Uvicorn(uvicorn.Server):
@@ -163,12 +163,13 @@ async def serve(ctx: NodeContext, stop: asyncio.Event) -> None:
     }
     write_atomic(runtime_path(settings.directory), json.dumps(runtime, indent=2).encode())
     logger.info(
-        "node %s (%s) serving gRPC on %s, operator API on %s, regulator API on %s",
+        "node %s (%s) serving gRPC on %s, operator API on %s, regulator API on %s; database %s",
         settings.name,
         settings.role,
         runtime["grpc"],
         runtime["api"],
         runtime["regulator"],
+        ctx.store.url,  # the password hidden (connector.storage.safe_url)
     )
     try:
         await stop.wait()
