@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import tempfile
 from pathlib import Path
+
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource
 
 from qdspace.node.config import (
     DEFAULT_API_PORT,
@@ -17,6 +20,21 @@ from qdspace.node.identity.authority import Authority
 from qdspace.node.identity.member import create_member_keys, random_token
 from qdspace.node.layout import NodeLayout
 from qdspace.util.files import write_atomic
+
+
+class _AsGiven(NodeSettings):
+    """Settings of the values given only (what ``node init`` writes to ``node.json``)."""
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (init_settings,)
 
 
 def init_node(
@@ -42,7 +60,9 @@ def init_node(
     staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
     try:
         keys = create_member_keys(staging, authority, name=name, role=role)
-        settings = NodeSettings(
+        # the values given, without the QDSPACE_* environment or secret files: a secret
+        # there (QDSPACE_DB_URL_FILE) belongs to the process, never to node.json
+        settings = _AsGiven(
             directory=directory,
             name=name,
             role=role,
@@ -68,8 +88,11 @@ def init_node(
 
 
 def add_peers(directory: Path, peers: dict[str, str]) -> NodeSettings:
-    settings = NodeSettings.load(directory)
-    merged = NodeSettings._addresses({**settings.peers, **peers})
-    updated = settings.model_copy(update={"peers": merged})
-    updated.save()
-    return updated
+    """Add ``peers`` to ``node.json``; only that key is rewritten (what the environment or
+    secret files supply stays out of the file)."""
+    settings = NodeSettings.load(directory)  # a clear error for a missing or broken node
+    path = settings.layout.config
+    data = json.loads(path.read_text())
+    data["peers"] = NodeSettings._addresses({**data.get("peers", {}), **peers})
+    write_atomic(path, json.dumps(data, indent=2).encode() + b"\n")
+    return NodeSettings.load(directory)

@@ -25,7 +25,7 @@ from qdspace.node.api.app import create_app
 from qdspace.node.api.regulator_app import create_regulator_app
 from qdspace.node.config import NodeSettings
 from qdspace.node.context import NodeContext, build_context
-from qdspace.node.errors import PortInUseError
+from qdspace.node.errors import NodeError
 from qdspace.node.identity.revocation import StaleRevocationList
 from qdspace.node.layout import NodeLayout
 from qdspace.node.listeners import bind_socket, check_server_tls, runtime_record
@@ -108,7 +108,7 @@ async def _start(server: _Uvicorn, sock: socket.socket) -> asyncio.Task[None]:
         await asyncio.sleep(0.01)
     if task.done():
         task.result()
-        raise PortInUseError(f"listener on {sock.getsockname()} stopped while starting")
+        raise NodeError(f"the API listener on {sock.getsockname()} stopped while starting")
     return task
 
 

@@ -146,3 +146,25 @@ def test_a_logged_database_url_shows_no_password() -> None:
     assert "s3cret-pw" not in safe_url(PG)
     assert "s3cret-pw" not in safe_url("postgresql://db.example/q?user=u&password=s3cret-pw")
     assert safe_url("postgresql://u:s3cret-pw@h:notaport/db") == "<unparsable database URL>"
+
+
+def test_node_init_writes_no_secret_of_the_environment_into_node_json(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from qdspace.node.identity.authority import Authority
+    from qdspace.node.init import init_node
+
+    Authority.init(tmp_path / "authority", "test-space")
+    monkeypatch.setenv("QDSPACE_DB_URL_FILE", str(secret(tmp_path, "db", PG)))
+    monkeypatch.setenv("QDSPACE_API_PORT", "9999")
+    settings = init_node(tmp_path / "n", tmp_path / "authority", name="n", role="supplier")
+    written = (tmp_path / "n" / "node.json").read_text()
+    assert "s3cret-pw" not in written and json.loads(written)["db_url"] == ""
+    assert settings.api_port == 8443  # the environment applies when the node loads, not here
+    assert NodeSettings.load(tmp_path / "n").db_url == PG
+    # adding a peer rewrites the peers, not the secrets of this process's environment
+    from qdspace.node.init import add_peers
+
+    assert add_peers(tmp_path / "n", {"polycell": "10.0.0.7:7443"}).db_url == PG
+    written = json.loads((tmp_path / "n" / "node.json").read_text())
+    assert written["db_url"] == "" and written["peers"] == {"polycell": "10.0.0.7:7443"}
