@@ -42,7 +42,6 @@ OPEN_PATHS = frozenset(
     {"/healthz", "/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json"}
     | {"/livez", "/readyz", "/startupz", "/metrics"}  # probes and Prometheus' scrape
 )
-REGULATOR_PREFIX = "/v1/regulator/"
 #: bodies of every route but ingest are small JSON documents
 DEFAULT_BODY_LIMIT = 1 << 20
 #: ingest uploads carry whole CSV/JSONL files (they are spooled to disk, not held in memory)
