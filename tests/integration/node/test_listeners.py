@@ -250,10 +250,15 @@ def test_the_database_url_from_a_file_and_its_password_in_no_log(tmp_path: Path)
 def test_an_operator_provided_certificate_is_served_on_the_operator_api(tmp_path: Path) -> None:
     corporate = Authority.init(tmp_path / "corporate-ca", "corporate")
     key = new_tls_key()
-    cert = corporate.issue(
-        name="api", member_id="api-0", role="supplier", public_key=key.public_key(),
-        verify_key=bytes(32),
+    from nacl.signing import SigningKey
+
+    from qdspace.node.identity.csr import build_request
+
+    request = build_request(
+        space="corporate", name="api", role="supplier", tls_key=key,
+        signing_key=SigningKey.generate(),
     )  # fmt: skip
+    cert = corporate.sign_request(request, approve_name="api", approve_role="supplier")
     (tmp_path / "api.crt").write_bytes(cert_to_pem(cert))
     (tmp_path / "api.key").write_bytes(key_to_pem(key))
     directory = lone_node(
