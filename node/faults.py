@@ -89,6 +89,14 @@ FAULTS: Mapping[str, Fault] = {
     "qdspace.node.identity.revocation.StaleRevocationList": F(
         "UNAVAILABLE", 403, 1
     ),  # gRPC: retry when the CRL is renewed
+    # the signed member directory (node.identity.directory): a node's or the authority's refusal
+    "qdspace.node.identity.directory.DirectoryError": F("UNAUTHENTICATED", 403, 1),
+    "qdspace.node.identity.directory.MalformedDirectory": F("INVALID_ARGUMENT", 400, 1),
+    "qdspace.node.identity.directory.BadAuthoritySignature": F("UNAUTHENTICATED", 403, 1),
+    "qdspace.node.identity.directory.DirectoryRollback": F("FAILED_PRECONDITION", 409, 1),
+    "qdspace.node.identity.directory.BadMemberSignature": F("UNAUTHENTICATED", 403, 1),
+    "qdspace.node.identity.directory.MemberIdMismatch": F("UNAUTHENTICATED", 403, 1),
+    "qdspace.node.identity.directory.FingerprintMismatch": F("UNAUTHENTICATED", 403, 1),
     "qdspace.node.errors.PeerError": Fault(
         None, 502, 1, relay=True
     ),  # the peer's own status, relayed
