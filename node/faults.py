@@ -96,7 +96,13 @@ FAULTS: Mapping[str, Fault] = {
     "qdspace.node.identity.directory.DirectoryRollback": F("FAILED_PRECONDITION", 409, 1),
     "qdspace.node.identity.directory.BadMemberSignature": F("UNAUTHENTICATED", 403, 1),
     "qdspace.node.identity.directory.MemberIdMismatch": F("UNAUTHENTICATED", 403, 1),
+    "qdspace.node.identity.directory.CertificateMismatch": F("PERMISSION_DENIED", 403, 1),
     "qdspace.node.identity.directory.FingerprintMismatch": F("UNAUTHENTICATED", 403, 1),
+    # the authority service (node.authority): its refusals, and a node or CLI calling it
+    "qdspace.node.authority.service.NotAMember": F("PERMISSION_DENIED", 403, 1),
+    "qdspace.node.authority.service.StaleEntry": F("FAILED_PRECONDITION", 409, 1),
+    "qdspace.node.authority.client.AuthorityUnavailable": F("UNAVAILABLE", 503, 2),
+    "qdspace.node.authority.client.AuthorityRefused": F(None, 502, 1),
     "qdspace.node.errors.PeerError": Fault(
         None, 502, 1, relay=True
     ),  # the peer's own status, relayed

@@ -15,6 +15,8 @@ below is the one place that says what lives where::
     ├── signing.key            Ed25519 seed, hex (0600)
     ├── tls.key / tls.crt      the member's TLS key (0600) and authority-issued cert
     ├── ca.crt                 the authority's certificate (trust anchor)
+    ├── crl.pem                the revocation list, when fetched from the authority service
+    ├── directory.json         the last verified member directory (authority service)
     ├── contract.kek           key-encryption key of the contract store (0600)
     ├── pseudonym.secret       secret behind the pseudonyms given to peers (0600)
     ├── ledger.json            chain settings, when the node anchors (optional)
@@ -39,7 +41,10 @@ below is the one place that says what lives where::
     AUTHORITY/
     ├── ca.key / ca.crt        the authority's key (0600) and self-signed certificate
     ├── members.json           the register of issued member certificates
-    └── crl.pem                the revocation list every node reloads
+    ├── crl.pem                the revocation list every node reloads
+    ├── directory.json         the signed member directory (`authority serve`)
+    ├── server.key / server.crt  the authority service's TLS key (0600) and certificate
+    └── run/authority.json     pid and URL of a running `authority serve`
 
 Received data, outbox messages and contract state live in the store (``node.db`` or
 PostgreSQL), not in folders. The lower packages (inference, federation, ledger) own
@@ -81,6 +86,10 @@ DATA_DIR = "data"
 CA_KEY_FILE = "ca.key"
 MEMBERS_FILE = "members.json"
 CRL_FILE = "crl.pem"
+DIRECTORY_FILE = "directory.json"
+SERVER_KEY_FILE = "server.key"
+SERVER_CERT_FILE = "server.crt"
+AUTHORITY_RUNTIME_FILE = "authority.json"
 
 
 @dataclass(frozen=True)
@@ -137,6 +146,16 @@ class NodeLayout:
     @property
     def chain_key(self) -> Path:
         return self.directory / CHAIN_KEY_FILE
+
+    @property
+    def crl(self) -> Path:
+        """The revocation list the node fetches from the authority service."""
+        return self.directory / CRL_FILE
+
+    @property
+    def member_directory(self) -> Path:
+        """The last member directory the node fetched and verified."""
+        return self.directory / DIRECTORY_FILE
 
     @property
     def logs(self) -> Path:
@@ -215,3 +234,21 @@ class AuthorityLayout:
     @property
     def crl(self) -> Path:
         return self.directory / CRL_FILE
+
+    @property
+    def member_directory(self) -> Path:
+        """The signed member directory the service publishes."""
+        return self.directory / DIRECTORY_FILE
+
+    @property
+    def server_key(self) -> Path:
+        return self.directory / SERVER_KEY_FILE
+
+    @property
+    def server_cert(self) -> Path:
+        return self.directory / SERVER_CERT_FILE
+
+    @property
+    def runtime(self) -> Path:
+        """Written by a running ``authority serve`` (its URL), removed when it stops."""
+        return self.directory / RUN_DIR / AUTHORITY_RUNTIME_FILE

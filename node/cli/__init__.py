@@ -18,6 +18,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from qdspace.node.cli.authority_serve import mount as mount_authority_serve
 from qdspace.node.cli.choices import QdmKind, Role
 from qdspace.node.cli.connect import ApiUrlOpt, JsonOpt, TokenOpt, print_json, target
 from qdspace.node.cli.connect import DirOpt as ConnDirOpt
@@ -33,6 +34,7 @@ authority_app = typer.Typer(no_args_is_help=True, help="the data space's authori
 node_app = typer.Typer(no_args_is_help=True, help="a member's connector node")
 peer_app = typer.Typer(no_args_is_help=True, help="calls to other members")
 app.add_typer(authority_app, name="authority")
+mount_authority_serve(authority_app)  # authority serve
 app.add_typer(node_app, name="node")
 app.add_typer(peer_app, name="peer")
 app.add_typer(ledger_app, name="ledger")

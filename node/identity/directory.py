@@ -31,6 +31,7 @@ directory follower (``node.runtime.directory``) do that.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import re
@@ -100,7 +101,11 @@ class MemberIdMismatch(DirectoryError):
     """An entry whose member id is not derived from its name and verify key."""
 
 
-class FingerprintMismatch(IdentityError):
+class CertificateMismatch(DirectoryError):
+    """An entry that does not describe the certificate it came with (another member's)."""
+
+
+class FingerprintMismatch(CertificateMismatch):
     """A peer's TLS certificate is not the one its directory entry names."""
 
 
@@ -233,11 +238,11 @@ def _signature(value: Any) -> str:
 
 def _timestamp(data: Mapping[str, Any], key: str) -> str:
     value = data.get(key)
-    try:
-        parsed = dt.datetime.fromisoformat(value) if isinstance(value, str) else None
-    except ValueError:
-        parsed = None
-    if parsed is None or parsed.tzinfo is None or len(value) > 64:
+    parsed: dt.datetime | None = None
+    if isinstance(value, str) and len(value) <= 64:
+        with contextlib.suppress(ValueError):
+            parsed = dt.datetime.fromisoformat(value)
+    if parsed is None or parsed.tzinfo is None:
         raise MalformedDirectory(f"{key} must be an ISO 8601 time with a time zone")
     return str(value)
 
@@ -332,7 +337,7 @@ def entry_matches_certificate(entry: DirectoryEntry, identity: MemberIdentity) -
     )
     for what, said, certified in checks:
         if said != certified:
-            raise MalformedDirectory(
+            raise CertificateMismatch(
                 f"directory entry {entry.member_id}: {what} is not the certificate's"
             )
 

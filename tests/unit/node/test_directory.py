@@ -18,6 +18,7 @@ from qdspace.node.identity.directory import (
     AcceptedDirectory,
     BadAuthoritySignature,
     BadMemberSignature,
+    CertificateMismatch,
     DirectoryEntry,
     DirectoryRollback,
     FingerprintMismatch,
@@ -178,7 +179,7 @@ def test_an_entry_whose_id_is_not_its_keys_is_dropped(authority: Authority, tmp_
         entry_matches_certificate(
             dataclasses.replace(impostor, cert_fingerprint="0" * 64), victim.identity
         )
-    with pytest.raises(MalformedDirectory, match="member_id is not the certificate's"):
+    with pytest.raises(CertificateMismatch, match="member_id is not the certificate's"):
         entry_matches_certificate(impostor, victim.identity)
 
 
@@ -244,16 +245,19 @@ def test_a_malformed_entry_drops_alone(authority: Authority, tmp_path: Path) -> 
     assert len(accepted.dropped) == 2
 
 
+ENVELOPE = {"space": "s", "serial": 1, "issued_at": "x", "entries": [], "signature": "00"}
+
+
 @pytest.mark.parametrize(
     "data,message",
     [
         ([], "is a JSON object"),
-        ({"space": "s", "serial": -1, "issued_at": "x", "entries": [], "signature": "00"}, "serial"),
-        ({"space": "s", "serial": True, "issued_at": "x", "entries": [], "signature": "00"}, "serial"),
-        ({"space": "s", "serial": 1, "issued_at": "x", "entries": {}, "signature": "00"}, "entries"),
-        ({"space": "s", "serial": 1, "issued_at": "x", "entries": [], "signature": 5}, "signature"),
-        ({"space": "s", "serial": 1, "issued_at": "x", "entries": [], "signature": "00"}, "ISO"),
-        ({"space": "s", "serial": 1, "entries": [], "signature": "00", "x": 1}, "unknown field"),
+        ({**ENVELOPE, "serial": -1}, "serial"),
+        ({**ENVELOPE, "serial": True}, "serial"),
+        ({**ENVELOPE, "entries": {}}, "entries"),
+        ({**ENVELOPE, "signature": 5}, "signature"),
+        (ENVELOPE, "ISO"),
+        ({**ENVELOPE, "x": 1}, "unknown field"),
     ],
 )
 def test_malformed_documents_are_refused(authority: Authority, data: Any, message: str) -> None:
