@@ -33,6 +33,22 @@ DEFAULT_DIRECTORY_REFRESH_S = 30.0
 DEFAULT_CRL_REFRESH_S = 60.0
 
 
+def check_authority_url(url: str) -> str:
+    """``https://HOST[:PORT]`` (no trailing slash), or "" for none; ValueError otherwise."""
+    parts = urlsplit(url)
+    if url and (parts.scheme != "https" or not parts.hostname):
+        raise ValueError(f"authority URL {url!r} must be https://HOST[:PORT]")
+    return url.rstrip("/")
+
+
+def check_advertised(address: str) -> str:
+    """``host:port`` to publish in the member directory, or ""; ValueError otherwise."""
+    host, _, port = address.rpartition(":")
+    if address and (not host or not port.isdigit() or not 0 < int(port) < 65536):
+        raise ValueError(f"advertise_peer {address!r} is not host:port")
+    return address
+
+
 class NodeSettings(BaseSettings):
     """Everything a node process needs to start; paths are absolute after loading."""
 
@@ -79,18 +95,12 @@ class NodeSettings(BaseSettings):
     @field_validator("authority_url")
     @classmethod
     def _https(cls, url: str) -> str:
-        parts = urlsplit(url)
-        if url and (parts.scheme != "https" or not parts.hostname):
-            raise ValueError(f"authority URL {url!r} must be https://HOST[:PORT]")
-        return url.rstrip("/")
+        return check_authority_url(url)
 
     @field_validator("advertise_peer")
     @classmethod
     def _advertised(cls, address: str) -> str:
-        host, _, port = address.rpartition(":")
-        if address and (not host or not port.isdigit() or not 0 < int(port) < 65536):
-            raise ValueError(f"advertise_peer {address!r} is not host:port")
-        return address
+        return check_advertised(address)
 
     @classmethod
     def settings_customise_sources(

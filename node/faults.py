@@ -103,6 +103,17 @@ FAULTS: Mapping[str, Fault] = {
     "qdspace.node.authority.service.StaleEntry": F("FAILED_PRECONDITION", 409, 1),
     "qdspace.node.authority.client.AuthorityUnavailable": F("UNAVAILABLE", 503, 2),
     "qdspace.node.authority.client.AuthorityRefused": F(None, 502, 1),
+    "qdspace.node.join.CaPinMismatch": F("UNAUTHENTICATED", 403, 1),  # node join: not our CA
+    # enrollment (the authority's CLI and HTTPS service): the caller's request, not the node
+    "qdspace.node.identity.errors.CertificateRequestError": F("INVALID_ARGUMENT", 400, 1),
+    "qdspace.node.identity.errors.EnrollmentError": F("PERMISSION_DENIED", 403, 1),
+    "qdspace.node.identity.errors.MalformedEnrollmentCode": F("INVALID_ARGUMENT", 400, 1),
+    "qdspace.node.identity.errors.EnrollmentCodeRefused": F("PERMISSION_DENIED", 403, 1),
+    "qdspace.node.identity.errors.EnrollmentCodeUsed": F("FAILED_PRECONDITION", 409, 1),
+    "qdspace.node.identity.errors.EnrollmentCodeExpired": F("FAILED_PRECONDITION", 410, 1),
+    "qdspace.node.identity.errors.RequestNotGranted": F("PERMISSION_DENIED", 403, 1),
+    "qdspace.node.identity.errors.NameTaken": F("ALREADY_EXISTS", 409, 1),
+    "qdspace.node.identity.errors.RenewalRefused": F("PERMISSION_DENIED", 403, 1),
     "qdspace.node.errors.PeerError": Fault(
         None, 502, 1, relay=True
     ),  # the peer's own status, relayed

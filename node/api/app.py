@@ -106,7 +106,7 @@ def create_app(ctx: NodeContext) -> FastAPI:
         """The regulator routes check again in their own dependency (which also guards them
         where they are mounted without this gate); a signature check costs microseconds."""
         return check_credential(
-            token, ca_cert=ctx.keys.ca_cert, revocations=ctx.revocations, audience=member_id
+            token, ca_cert=ctx.keys.trust, revocations=ctx.revocations, audience=member_id
         )
 
     app.add_middleware(

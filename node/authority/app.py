@@ -20,11 +20,13 @@ from pydantic import BaseModel, ConfigDict, Field
 from qdspace.node.api.gate import BodyLimit, JsonDepthLimit
 from qdspace.node.api.problems import install_problem_handlers
 from qdspace.node.authority.service import AuthorityService
+from qdspace.node.identity.certs import cert_to_pem, identity_of
 
 #: the largest request body any route reads (a CSR or an entry and its certificate)
 BODY_LIMIT = 64 * 1024
 PEM_MEDIA = "application/x-pem-file"
 PemText = Annotated[str, Field(min_length=1, max_length=16 * 1024)]
+CodeText = Annotated[str, Field(min_length=1, max_length=512)]
 
 
 class Strict(BaseModel):
@@ -36,6 +38,38 @@ class PublishRequest(Strict):
 
     entry: dict[str, Any]
     cert_pem: PemText
+
+
+class PreviewRequest(Strict):
+    code: CodeText
+
+
+class Preview(BaseModel):
+    """What an enrollment code admits: the joining member checks it before making keys."""
+
+    name: str
+    role: str
+    space: str
+
+
+class EnrollRequest(Strict):
+    code: CodeText
+    csr_pem: PemText
+
+
+class Enrolled(BaseModel):
+    cert_pem: str
+    ca_pem: str
+    crl_pem: str
+    member_id: str
+
+
+class RenewRequest(Strict):
+    csr_pem: PemText
+
+
+class Renewed(BaseModel):
+    cert_pem: str
 
 
 class Published(BaseModel):
@@ -71,6 +105,28 @@ def create_authority_app(service: AuthorityService) -> FastAPI:
     def crl_pem() -> Response:
         """The revocation list; re-issued when less than half its validity is left."""
         return Response(service.crl_pem(), media_type=PEM_MEDIA)
+
+    @app.post("/v1/enrollment/preview")
+    def preview(body: PreviewRequest) -> Preview:
+        """The name and role an enrollment code admits (the code is not spent)."""
+        name, role = service.preview(body.code)
+        return Preview(name=name, role=role, space=service.space)
+
+    @app.post("/v1/enrollment")
+    def enroll(body: EnrollRequest) -> Enrolled:
+        """Certify a joining member's request (PKCS#10), admitted by its one-time code."""
+        cert = service.enroll(body.code, body.csr_pem)
+        return Enrolled(
+            cert_pem=cert_to_pem(cert).decode(),
+            ca_pem=service.ca_pem().decode(),
+            crl_pem=service.crl_pem().decode(),
+            member_id=identity_of(cert).member_id,
+        )
+
+    @app.post("/v1/renewal")
+    def renew(body: RenewRequest) -> Renewed:
+        """A new certificate for an active member's new TLS key (request signed by its key)."""
+        return Renewed(cert_pem=cert_to_pem(service.renew(body.csr_pem)).decode())
 
     @app.get("/v1/directory")
     def directory() -> JSONResponse:

@@ -86,6 +86,22 @@ class AuthorityClient:
         except ValueError:
             raise AuthorityRefused(f"{self.url}{path} answered with no JSON", 502) from None
 
+    def preview(self, code: str) -> dict[str, str]:
+        """``{name, role, space}`` of an enrollment code (not spent)."""
+        answer = self._json("POST", "/v1/enrollment/preview", {"code": code})
+        return _fields(answer, ("name", "role", "space"), "/v1/enrollment/preview")
+
+    def enroll(self, code: str, csr_pem: bytes) -> dict[str, str]:
+        """``{cert_pem, ca_pem, crl_pem, member_id}`` for a request admitted by ``code``."""
+        answer = self._json("POST", "/v1/enrollment", {"code": code, "csr_pem": csr_pem.decode()})
+        names = ("cert_pem", "ca_pem", "crl_pem", "member_id")
+        return _fields(answer, names, "/v1/enrollment")
+
+    def renew(self, csr_pem: bytes) -> bytes:
+        """The new certificate (PEM) for a renewal request."""
+        answer = self._json("POST", "/v1/renewal", {"csr_pem": csr_pem.decode()})
+        return _fields(answer, ("cert_pem",), "/v1/renewal")["cert_pem"].encode()
+
     def crl_pem(self) -> bytes:
         return self._call("GET", "/v1/crl.pem")
 
@@ -97,7 +113,10 @@ class AuthorityClient:
         answer = self._json(
             "POST", "/v1/directory/entries", {"entry": entry, "cert_pem": cert_pem.decode()}
         )
-        return int(answer["serial"])
+        serial = answer.get("serial") if isinstance(answer, dict) else None
+        if not isinstance(serial, int):
+            raise AuthorityRefused("/v1/directory/entries answered without a serial", 502)
+        return serial
 
 
 def fetch_ca_unpinned(url: str, timeout: float = DEFAULT_TIMEOUT_S) -> bytes:
@@ -126,6 +145,16 @@ def _exchange(http: httpx.Client, method: str, path: str, body: Any, base: str) 
         detail = _detail(bytes(data))
         raise AuthorityRefused(f"authority service refused {method} {path}: {detail}", status)
     return bytes(data)
+
+
+def _fields(answer: Any, names: tuple[str, ...], path: str) -> dict[str, str]:
+    """The string fields ``names`` of a JSON answer, or `AuthorityRefused` naming the gap."""
+    if not isinstance(answer, dict):
+        raise AuthorityRefused(f"{path} answered with no JSON object", 502)
+    missing = [n for n in names if not isinstance(answer.get(n), str)]
+    if missing:
+        raise AuthorityRefused(f"{path} answered without {', '.join(missing)}", 502)
+    return {n: answer[n] for n in names}
 
 
 def _detail(data: bytes) -> str:

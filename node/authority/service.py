@@ -29,7 +29,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from qdspace.node.errors import IdentityError
-from qdspace.node.identity.authority import Authority, IssuedMember
+from qdspace.node.identity.authority import Authority
 from qdspace.node.identity.certs import cert_to_pem, identity_of, load_key, verify_issued_by
 from qdspace.node.identity.directory import (
     DirectoryDocument,
@@ -43,6 +43,7 @@ from qdspace.node.identity.directory import (
     verify_entry,
 )
 from qdspace.node.identity.files import read_file
+from qdspace.node.identity.register import IssuedMember
 from qdspace.node.layout import AuthorityLayout
 from qdspace.util.files import write_atomic
 
@@ -136,6 +137,28 @@ class AuthorityService:
             return x509.load_pem_x509_crl(read_file(path, "revocation list"))
         except ValueError as exc:
             raise IdentityError(f"revocation list {path} is corrupt: {exc}") from None
+
+    # -- enrollment and renewal -------------------------------------------------------------
+
+    def preview(self, code: str) -> tuple[str, str]:
+        """The (name, role) an enrollment code admits (the code stays unspent)."""
+        return self.authority.preview_enrollment(code)
+
+    def enroll(self, code: str, csr_pem: str) -> x509.Certificate:
+        """The certificate for a joining member's request, admitted by (and spending) ``code``."""
+        cert = self.authority.sign_request(csr_pem.encode(), code=code)
+        ident = identity_of(cert)
+        logger.info("authority: enrolled %s (%s) as %s", ident.name, ident.member_id, ident.role)
+        return cert
+
+    def renew(self, csr_pem: str) -> x509.Certificate:
+        """A new certificate for an active member's new TLS key (same signing key)."""
+        cert = self.authority.renew(csr_pem.encode())
+        ident = identity_of(cert)
+        logger.info(
+            "authority: renewed %s (%s), serial %x", ident.name, ident.member_id, ident.serial
+        )
+        return cert
 
     # -- the register ----------------------------------------------------------------------
 

@@ -86,7 +86,7 @@ class GrpcCoordinator:
             await coordinator_key(self._channel, self.coordinator),
             signing_key=keys.signing_key,
             certificate=keys.cert,
-            ca_cert=keys.ca_cert,
+            ca_cert=keys.trust,
             revoked=self._revoked,
             on_event=on_event,
             on_version=on_version,
