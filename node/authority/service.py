@@ -15,12 +15,13 @@ nodes refuse a lower serial than the one they hold (a replayed old directory).
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import logging
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -74,6 +75,16 @@ class _Register:
 def _stamp(path: Path) -> tuple[int, int]:
     st = path.stat()
     return (st.st_mtime_ns, st.st_size)
+
+
+@contextlib.contextmanager
+def _logged_refusal(what: str) -> Iterator[None]:
+    """Log a refused request (the caller gets the problem; the operator sees the attempt)."""
+    try:
+        yield
+    except (IdentityError, ValueError) as exc:
+        logger.warning("authority: refused %s: %s", what, exc)
+        raise
 
 
 def _in_good_standing(member: IssuedMember | None, now: dt.datetime) -> bool:
@@ -142,18 +153,21 @@ class AuthorityService:
 
     def preview(self, code: str) -> tuple[str, str]:
         """The (name, role) an enrollment code admits (the code stays unspent)."""
-        return self.authority.preview_enrollment(code)
+        with _logged_refusal("an enrollment preview"):
+            return self.authority.preview_enrollment(code)
 
     def enroll(self, code: str, csr_pem: str) -> x509.Certificate:
         """The certificate for a joining member's request, admitted by (and spending) ``code``."""
-        cert = self.authority.sign_request(csr_pem.encode(), code=code)
+        with _logged_refusal("an enrollment"):
+            cert = self.authority.sign_request(csr_pem.encode(), code=code)
         ident = identity_of(cert)
         logger.info("authority: enrolled %s (%s) as %s", ident.name, ident.member_id, ident.role)
         return cert
 
     def renew(self, csr_pem: str) -> x509.Certificate:
         """A new certificate for an active member's new TLS key (same signing key)."""
-        cert = self.authority.renew(csr_pem.encode())
+        with _logged_refusal("a renewal"):
+            cert = self.authority.renew(csr_pem.encode())
         ident = identity_of(cert)
         logger.info(
             "authority: renewed %s (%s), serial %x", ident.name, ident.member_id, ident.serial
@@ -220,6 +234,11 @@ class AuthorityService:
         does not describe the certificate it came with, whose certificate this authority
         did not issue or has revoked, or that is not newer than the entry held for it.
         """
+        with _logged_refusal("a directory entry"):
+            return self._publish(entry_data, cert_pem)
+
+    def _publish(self, entry_data: Any, cert_pem: str) -> DirectoryDocument:
+        """The checks of `publish`, the refusals logged by it."""
         entry = DirectoryEntry.from_json(entry_data)
         cert = self._certificate(cert_pem)
         identity = identity_of(cert)
