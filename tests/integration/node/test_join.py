@@ -128,7 +128,7 @@ def test_members_find_each_other_through_the_directory(space: Space) -> None:
     for caller, callee in (("sunarc", "cellex"), ("cellex", "sunarc")):
         member = space.network[caller]
 
-        def peers(member: MemberProcess = member) -> dict[str, str] | None:
+        def peers(member: MemberProcess = member, callee: str = callee) -> dict[str, str] | None:
             with member.client() as client:
                 known: dict[str, str] = client.get("/v1/peers").json()
             return known if callee in known else None
@@ -161,7 +161,7 @@ def test_a_peer_with_another_certificate_than_its_entry_is_refused(space: Space)
 
     assert asyncio.run(hello_with(listed)).peer == "cellex"  # the entry as published: fine
     wrong = dataclasses.replace(listed, cert_fingerprint="0" * 64)
-    with pytest.raises(PeerError, match="UNAUTHENTICATED.*not the one its directory entry names"):
+    with pytest.raises(PeerError, match=r"UNAUTHENTICATED.*not the one its directory entry names"):
         asyncio.run(hello_with(wrong))
 
 
@@ -188,7 +188,7 @@ def test_an_old_certificate_is_refused_once_renewed(space: Space, tmp_path: Path
         return True if entry and entry["cert_fingerprint"] == new_fingerprint else None
 
     _eventually(republished, "sunarc's directory names cellex's renewed certificate")
-    with pytest.raises(PeerError, match="UNAUTHENTICATED.*not the one its directory entry names"):
+    with pytest.raises(PeerError, match=r"UNAUTHENTICATED.*not the one its directory entry names"):
         _hello(old_keys, old, "sunarc", sunarc_address)
     assert "not the one its directory entry names" in space.network["sunarc"].log_path.read_text()
     with cellex.client() as client:  # the renewed member itself is welcome
