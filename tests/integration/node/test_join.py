@@ -23,10 +23,13 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
+from nacl.signing import SigningKey
 
 from qdspace.node.config import NodeSettings
 from qdspace.node.errors import PeerError
 from qdspace.node.identity.authority import Authority
+from qdspace.node.identity.certs import new_tls_key
+from qdspace.node.identity.csr import build_request
 from qdspace.node.identity.directory import DirectoryEntry
 from qdspace.node.identity.member import MemberKeys, create_member_keys, load_member_keys
 from qdspace.node.layout import NodeLayout
@@ -122,6 +125,30 @@ def _listed(space: Space, name: str) -> dict[str, Any] | None:
     except (FileNotFoundError, ValueError):
         return None
     return next((e for e in document["entries"] if e["name"] == name), None)
+
+
+def test_join_refuses_another_ca_and_a_spent_code(space: Space, tmp_path: Path) -> None:
+    """The CA is pinned by the code; a failed join leaves no directory behind."""
+    good = space.authority.create_enrollment(name="third", role="supplier")
+    other_ca = dataclasses.replace(good, ca_fingerprint="0" * 64)
+    target = tmp_path / "third"
+    url = space.service.url
+    done = _qdspace("node", "join", "--dir", str(target), "--authority-url", url,
+                    "--code", str(other_ca))  # fmt: skip
+    assert done.returncode == 1, done.stdout
+    assert "the enrollment code names" in done.stderr and "Traceback" not in done.stderr
+    assert not target.exists()
+    spent = space.authority.create_enrollment(name="fourth", role="supplier")
+    keys_dir = tmp_path / "elsewhere"
+    request = build_request(
+        space="join-space", name="fourth", role="supplier", tls_key=new_tls_key(),
+        signing_key=SigningKey.generate(),
+    )  # fmt: skip
+    space.authority.sign_request(request, code=str(spent))  # someone else used it first
+    done = _qdspace("node", "join", "--dir", str(keys_dir), "--authority-url", url,
+                    "--code", str(spent))  # fmt: skip
+    assert done.returncode == 1 and "already used" in done.stderr, done.stderr
+    assert not keys_dir.exists()  # the keys made for the refused request are gone
 
 
 def test_members_find_each_other_through_the_directory(space: Space) -> None:
