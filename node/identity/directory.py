@@ -54,18 +54,8 @@ DOCUMENT_DOMAIN = b"qdspace/directory-document/v1\x00"
 #: the endpoints an entry may name; ``peer`` (the gRPC listener) is required
 ENDPOINT_KINDS = ("peer", "operator", "regulator")
 ENTRY_FIELDS = frozenset(
-    {
-        "member_id",
-        "name",
-        "role",
-        "verify_key",
-        "endpoints",
-        "cert_fingerprint",
-        "cert_serial",
-        "bpn",
-        "published_at",
-        "signature",
-    }
+    "member_id name role verify_key endpoints cert_fingerprint cert_serial bpn published_at "
+    "signature".split()
 )
 DOCUMENT_FIELDS = frozenset({"space", "serial", "issued_at", "entries", "signature"})
 MAX_NAME = 128
@@ -398,12 +388,8 @@ def parse_document(data: Any) -> DirectoryDocument:
     unknown = sorted(set(data) - DOCUMENT_FIELDS)
     if unknown:
         raise MalformedDirectory(f"directory document: unknown field {unknown[0]!r}")
-    space, serial, entries, signature = (
-        data.get("space"),
-        data.get("serial"),
-        data.get("entries"),
-        data.get("signature"),
-    )
+    space, serial, entries = data.get("space"), data.get("serial"), data.get("entries")
+    signature = data.get("signature")
     if not isinstance(space, str) or not space:
         raise MalformedDirectory("directory document: space must be a string")
     if not isinstance(serial, int) or isinstance(serial, bool) or serial < 0:
