@@ -54,8 +54,8 @@ DOCUMENT_DOMAIN = b"qdspace/directory-document/v1\x00"
 #: the endpoints an entry may name; ``peer`` (the gRPC listener) is required
 ENDPOINT_KINDS = ("peer", "operator", "regulator")
 ENTRY_FIELDS = frozenset(
-    "member_id name role verify_key endpoints cert_fingerprint cert_serial bpn published_at "
-    "signature".split()
+    ("member_id", "name", "role", "verify_key", "endpoints", "cert_fingerprint")
+    + ("cert_serial", "bpn", "published_at", "signature")
 )
 DOCUMENT_FIELDS = frozenset({"space", "serial", "issued_at", "entries", "signature"})
 MAX_NAME = 128

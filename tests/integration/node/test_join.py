@@ -62,8 +62,11 @@ def _qdspace(*args: str) -> subprocess.CompletedProcess[str]:
 def _join(space_dir: Path, url: str, code: str, spec: MemberSpec) -> MemberProcess:
     directory = space_dir / "nodes" / spec.name
     grpc_port, api_port = free_port(), free_port()
+    code_file = space_dir / f"{spec.name}.code"  # (one member takes it from a file)
+    code_file.write_text(code + "\n")
+    given = ["--code", code] if spec.name == "sunarc" else ["--code-file", str(code_file)]
     done = _qdspace(
-        "node", "join", "--dir", str(directory), "--authority-url", url, "--code", code,
+        "node", "join", "--dir", str(directory), "--authority-url", url, *given,
         "--grpc-port", str(grpc_port), "--api-port", str(api_port),
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
