@@ -125,7 +125,7 @@ def create_app(ctx: NodeContext) -> FastAPI:
             certificate_not_after=ident.not_after.isoformat(),
             verify_key_hex=ident.verify_key.hex(),
             database=ctx.store.url,
-            peers=dict(ctx.settings.peers),
+            peers=ctx.peers.addresses(),
         )
 
     @app.get("/v1/qdm/counts", dependencies=[Operator], tags=["qdm"])
@@ -171,7 +171,7 @@ def create_app(ctx: NodeContext) -> FastAPI:
 
     @app.get("/v1/peers", dependencies=[Operator], tags=["peers"])
     def peers() -> dict[str, str]:
-        return dict(ctx.settings.peers)
+        return ctx.peers.addresses()
 
     @app.post(
         "/v1/peers/{name}/hello",

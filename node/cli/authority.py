@@ -167,3 +167,28 @@ def authority_list(directory: AuthDirOpt, as_json: JsonOpt = False) -> None:
     for m in issued:
         table.add_row(m.name, m.member_id, m.role, m.serial, m.not_after, m.revoked_at or "")
     console.print(table)
+
+
+@authority_app.command("serve")
+@clean_errors
+def authority_serve(
+    directory: AuthDirOpt,
+    host: Annotated[str, typer.Option(help="address to listen on")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="HTTPS port (0: any free port)")] = 9443,
+    hostname: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="DNS name or IP members reach the service at (repeatable; its TLS "
+            "certificate names them; default localhost and 127.0.0.1)"
+        ),
+    ] = None,
+    log_level: Annotated[str, typer.Option(help="log level")] = "INFO",
+) -> None:
+    """Serve the CA certificate, CRL, enrollment and the signed member directory over HTTPS."""
+    from qdspace.node.authority.server import serve_authority
+    from qdspace.node.authority.tls import DEFAULT_HOSTNAMES
+    from qdspace.node.logs import setup_logging
+
+    setup_logging(log_level)
+    names = hostname or ([host, *DEFAULT_HOSTNAMES] if host not in ("0.0.0.0", "::") else [])
+    serve_authority(directory, host, port, names or list(DEFAULT_HOSTNAMES))

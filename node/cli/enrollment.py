@@ -5,7 +5,9 @@ the authority (with the enrollment code: ``qdspace authority sign --code``); ``i
 turns the returned certificate, the authority's CA bundle and revocation list into a
 ready node directory (as ``qdspace node init`` does locally). ``renew`` makes a new TLS
 key (aside) and its request, keeping the signing key, hence the member id;
-``install --renew`` swaps the renewed certificate and key in.
+``install --renew`` swaps the renewed certificate and key in. ``join`` does it all over
+the network with the authority service (``node.join``), and ``renew`` goes online when
+the node follows a service (``authority_url``).
 """
 
 from __future__ import annotations
@@ -103,9 +105,78 @@ def node_install(
     console.print(f"member id {settings.member_id}")
 
 
+def node_join(
+    directory: DirOpt,
+    authority_url: Annotated[
+        str, typer.Option("--authority-url", help="the authority service, https://HOST[:PORT]")
+    ],
+    code: Annotated[
+        str | None,
+        typer.Option(help="the one-time enrollment code (qdse1....) the authority gave"),
+    ] = None,
+    code_file: Annotated[
+        Path | None,
+        typer.Option(help="a file holding the code (keeps it out of the process list)"),
+    ] = None,
+    hostname: HostOpt = None,
+    advertise: Annotated[
+        str,
+        typer.Option(help="HOST:PORT other members reach this node's gRPC at (directory)"),
+    ] = "",
+    grpc_host: Annotated[str, typer.Option(help="address the peer gRPC listens on")] = "127.0.0.1",
+    grpc_port: Annotated[int, typer.Option(help="peer gRPC port")] = 7443,
+    api_host: Annotated[str, typer.Option(help="address the operator API listens on")] = (
+        "127.0.0.1"
+    ),
+    api_port: Annotated[int, typer.Option(help="operator API port")] = 8443,
+    db_url: Annotated[str, typer.Option(help="database URL (default: SQLite in DIR)")] = "",
+) -> None:
+    """Join a data space with its authority's URL and an enrollment code: keys made here,
+    the CA pinned by the code's fingerprint, the certificate issued from a request."""
+    if (code is None) == (code_file is None):
+        raise typer.BadParameter("give the enrollment code: --code CODE or --code-file FILE")
+    if code_file is not None:
+        from qdspace.node.identity.files import read_file
+
+        code = read_file(code_file, "enrollment code file").decode().strip()
+    from qdspace.node.join import join_node
+
+    assert code is not None
+    settings = join_node(
+        directory,
+        authority_url=authority_url,
+        code=code,
+        hostnames=hostname or [],
+        advertise_peer=advertise,
+        grpc_host=grpc_host,
+        grpc_port=grpc_port,
+        api_host=api_host,
+        api_port=api_port,
+        db_url=db_url,
+    )
+    console.print(
+        f"joined {settings.space} as [bold]{settings.name}[/bold] ({settings.role}), "
+        f"member id {settings.member_id}; node ready in {settings.directory}",
+        soft_wrap=True,
+    )
+
+
 def node_renew(directory: DirOpt, hostname: HostOpt = None) -> None:
-    """Make a new TLS key (kept aside) and a renewal request; the member id stays."""
+    """A new TLS key and certificate; the member id stays. Online when node.json names an
+    authority_url (restart the node to serve with it), else a request for the authority."""
+    from qdspace.node.config import NodeSettings
     from qdspace.node.identity.member import create_renewal_request
+
+    if NodeSettings.load(directory).authority_url:
+        from qdspace.node.join import renew_online
+
+        ident = renew_online(directory, hostnames=hostname).identity
+        console.print(
+            f"renewed certificate of {ident.member_id} installed (serial {ident.serial:x}); "
+            "restart the node to serve with it (it publishes the new one then)",
+            soft_wrap=True,
+        )
+        return
 
     path = create_renewal_request(directory, hostnames=hostname)
     console.print(f"renewal request: {path}; new key waits in {directory}/tls-next.key")
@@ -120,3 +191,4 @@ def mount(node_app: typer.Typer) -> None:
     node_app.command("csr")(clean_errors(node_csr))
     node_app.command("install")(clean_errors(node_install))
     node_app.command("renew")(clean_errors(node_renew))
+    node_app.command("join")(clean_errors(node_join))
