@@ -30,6 +30,7 @@ from qdspace.node.cli.federation import fl_app
 from qdspace.node.cli.inspection import mount as mount_inspection
 from qdspace.node.cli.ledger import ledger_app
 from qdspace.node.cli.ledger import verify as ledger_verify
+from qdspace.node.cli.maintenance import mount as mount_maintenance
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help="qdspace connector node")
 node_app = typer.Typer(no_args_is_help=True, help="a member's connector node")
@@ -43,6 +44,7 @@ app.command("verify")(ledger_verify)  # `qdspace verify PROOF.json --rpc URL`
 mount_inspection(app)  # train, inspect run/models/activate/explain
 mount_contracts(app)  # catalog, negotiate, transfer, subscribe, contracts, order close
 mount_enrollment(node_app)  # node csr, install, renew
+mount_maintenance(node_app)  # node backup
 
 console = Console()
 err = Console(stderr=True)
