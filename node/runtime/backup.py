@@ -2,9 +2,12 @@
 
 Copying ``node.db`` with ``cp`` while the node writes can tear it: the file and its WAL are
 two files, and a page written between the two reads leaves a copy that SQLite calls
-corrupt. SQLite's backup API copies the database page by page under a read transaction
-and restarts when a writer changes a page already copied, so the result is one
-consistent snapshot, whatever the node does meanwhile. The copy is written next to its
+corrupt. SQLite's backup API copies the database under a read transaction, so the result
+is one consistent snapshot whatever the node does meanwhile. It runs in one step: the
+store is in WAL mode, where a reader blocks no writer, so the node keeps committing while
+the copy is made. (A stepped backup, a few pages at a time, restarts from the first page
+whenever another connection writes between two steps; on a node that commits several
+times a second it would never finish.) The copy is written next to its
 destination and renamed into place only when complete and ``PRAGMA integrity_check``
 says ``ok``: an interrupted backup never leaves a file that looks like a backup.
 
@@ -31,8 +34,6 @@ from pathlib import Path
 from sqlalchemy.engine import make_url
 
 from qdspace.node.errors import ConfigError
-
-PAGES_PER_STEP = 1024
 
 
 @dataclass(frozen=True)
@@ -82,7 +83,7 @@ def backup_sqlite(
                 if progress is not None:
                     progress(total - remaining, total)
 
-            src.backup(dst, pages=PAGES_PER_STEP, progress=step)
+            src.backup(dst, pages=-1, progress=step)  # all pages, one read transaction
             (check,) = dst.execute("PRAGMA integrity_check").fetchone()
             if check != "ok":
                 raise ConfigError(f"the backup of {source} failed its integrity check: {check}")
