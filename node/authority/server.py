@@ -27,7 +27,7 @@ from qdspace.util.files import write_atomic
 
 logger = logging.getLogger("node.authority")
 
-DEFAULT_PORT = 9443
+DEFAULT_PORT = 8600  # not 9443: that is a node's regulator listener
 
 
 def bind(host: str, port: int) -> socket.socket:

@@ -62,13 +62,29 @@ def authority_enroll(
     role: Annotated[Role, typer.Option(help="the role it is granted")],
     ttl: Annotated[str, typer.Option(help="how long the code is valid (30m, 24h, 7d)")] = "24h",
     bpn: Annotated[str | None, typer.Option(help="business partner number (optional)")] = None,
+    out: Annotated[
+        Path | None,
+        typer.Option(help="write the code to this new file (0600) instead of printing it"),
+    ] = None,
 ) -> None:
     """Make a one-time enrollment code for a member; it is shown once."""
     from qdspace.node.identity.authority import Authority
 
     lifetime = parse_duration(ttl)
     authority = Authority.load(directory)
+    if out is not None and out.exists():
+        raise typer.BadParameter(f"{out} exists; an enrollment code is written to a new file")
     code = authority.create_enrollment(name=name, role=role.value, ttl=lifetime, bpn=bpn)
+    if out is not None:
+        from qdspace.util.files import write_atomic
+
+        write_atomic(out, f"{code}\n".encode(), mode=0o600)
+        console.print(
+            f"enrollment code for [bold]{name}[/bold] ({role.value}), valid {ttl}, written to "
+            f"{out}; hand it to the member (`qdspace node join --code-file`)",
+            soft_wrap=True,
+        )
+        return
     console.print(
         f"enrollment code for [bold]{name}[/bold] ({role.value}), valid {ttl}, for one "
         "certificate. It is not stored and will not be shown again:",
@@ -174,7 +190,7 @@ def authority_list(directory: AuthDirOpt, as_json: JsonOpt = False) -> None:
 def authority_serve(
     directory: AuthDirOpt,
     host: Annotated[str, typer.Option(help="address to listen on")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(help="HTTPS port (0: any free port)")] = 9443,
+    port: Annotated[int, typer.Option(help="HTTPS port (0: any free port)")] = 8600,
     hostname: Annotated[
         list[str] | None,
         typer.Option(

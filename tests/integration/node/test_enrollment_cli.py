@@ -241,3 +241,23 @@ def test_a_refused_code_exits_1_with_one_line(tmp_path: Path) -> None:
     assert done.returncode == 1
     assert "not an enrollment code" in done.stderr and "Traceback" not in done.stderr
     assert not (tmp_path / "x.crt").exists()
+
+
+def test_an_enrollment_code_can_go_to_a_new_private_file(tmp_path: Path) -> None:
+    auth_dir, code_file = tmp_path / "authority", tmp_path / "cellex.code"
+    qdspace("authority", "init", "--dir", auth_dir, "--space", "ds")
+    out = qdspace(
+        "authority", "enroll", "--dir", auth_dir, "--name", "cellex", "--role", "supplier",
+        "--out", code_file,
+    )  # fmt: skip
+    code = code_file.read_text().strip()
+    assert code.startswith("qdse1.") and code not in out, "the code is in the file, not printed"
+    assert code_file.stat().st_mode & 0o777 == 0o600
+    assert Authority.load(auth_dir).preview_enrollment(code) == ("cellex", "supplier")
+    again = subprocess.run(
+        [sys.executable, "-m", "qdspace", "authority", "enroll", "--dir", str(auth_dir),
+         "--name", "polycell", "--role", "supplier", "--out", str(code_file)],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert again.returncode != 0 and "exists" in again.stderr and "Traceback" not in again.stderr
+    assert code_file.read_text().strip() == code
