@@ -268,3 +268,87 @@ def test_the_chart_refuses_to_render_without_the_members_identity() -> None:
     helm = pytest.importorskip("helm_python")
     with pytest.raises(helm.HelmError, match=r"member\.name is required"):
         _render({"keys": {"existingSecret": "k"}})
+    # a node that publishes itself in the directory must say where it is reached
+    following = {"member": {"name": "oem", "id": "oem-0", "authorityUrl": "https://a:8600"}}
+    with pytest.raises(helm.HelmError, match=r"member\.advertisePeer is required"):
+        _render({**following, "keys": {"existingSecret": "k"}})
+
+
+# -- docker compose --------------------------------------------------------------------------
+
+COMPOSE = DEPLOY / "compose" / "compose.yaml"
+
+
+def _compose() -> dict[str, Any]:
+    data: dict[str, Any] = yaml.safe_load(COMPOSE.read_text())  # resolves the x-node anchors
+    return data
+
+
+def _script(service: dict[str, Any]) -> str:
+    """The shell script a service runs (compose turns ``$$`` into ``$``)."""
+    assert service.get("entrypoint") == ["/bin/sh", "-c"], service.get("entrypoint")
+    (script,) = service["command"]
+    return str(script).replace("$$", "$")
+
+
+def test_compose_runs_every_qdspace_command_the_cli_knows() -> None:
+    compose = _compose()
+    services = compose["services"]
+    assert {"authority", "chain", "postgres", "oem", "supplier-a", "supplier-b"} <= set(services)
+    ran: list[list[str]] = []
+    for name, service in services.items():
+        if not str(service["image"]).startswith("qdspace:"):
+            continue
+        if service.get("entrypoint"):
+            invocations = list(qdspace_invocations(_script(service)))
+            assert invocations, f"{name} runs no qdspace command"
+        else:
+            invocations = [service["command"]]
+        for argv in invocations:
+            parse_cli(argv)
+            ran.append(argv)
+        for variable in service.get("environment", {}):
+            check_variable(variable)
+    assert any(a[:2] == ["ledger", "chain"] for a in ran)
+    joins = [a for a in ran if a[:2] == ["node", "join"]]
+    starts = [a for a in ran if a[:2] == ["node", "start"]]
+    assert len(joins) == len(starts) == 3, "each member joins on first start, then serves"
+
+
+def test_compose_wires_ports_urls_and_secrets_consistently() -> None:
+    from qdspace.node.authority.server import DEFAULT_PORT as AUTHORITY_PORT
+    from qdspace.node.config import DEFAULT_REGULATOR_PORT
+
+    compose = _compose()
+    services = compose["services"]
+    authority = _script(services["authority"])
+    assert f"--port {AUTHORITY_PORT}" in authority
+    assert f"{AUTHORITY_PORT}:{AUTHORITY_PORT}" in services["authority"]["ports"]
+    enrolled = set(re.findall(r"--name (\S+) --role \S+ --out (/codes/\S+)", authority))
+    for member in ("oem", "supplier-a", "supplier-b"):
+        service = services[member]
+        script = _script(service)
+        (join,) = [a for a in qdspace_invocations(script) if a[:2] == ["node", "join"]]
+        options = dict(zip(join[2::2], join[3::2], strict=False))
+        assert options["--authority-url"] == f"https://authority:{AUTHORITY_PORT}"
+        assert (member, options["--code-file"]) in enrolled, "the code the authority wrote"
+        assert options["--advertise"] == f"{member}:{DEFAULT_GRPC_PORT}"
+        assert all(options[f"--{k}-host"] == "0.0.0.0" for k in ("grpc", "api", "regulator"))
+        published = {int(p.split(":")[1]) for p in service["ports"]}
+        assert published <= {DEFAULT_GRPC_PORT, DEFAULT_API_PORT, DEFAULT_REGULATOR_PORT}
+        assert DEFAULT_GRPC_PORT in published
+        # the database URL is a secret file the service is given
+        secret = Path(service["environment"]["QDSPACE_DB_URL_FILE"])
+        assert secret.parent == Path("/run/secrets") and secret.name in service["secrets"]
+        assert secret.name in compose["secrets"]
+        probe = " ".join(service["healthcheck"]["test"])
+        path = re.search(rf"https://localhost:{DEFAULT_API_PORT}(/\w+)", probe)
+        assert path is not None and path.group(1) in PROBE_PATHS, probe
+    # every database a member's URL names is created by the init script
+    created = set(
+        re.findall(r"CREATE DATABASE (\w+)", (COMPOSE.parent / "postgres-init.sql").read_text())
+    )
+    assert created == {"oem", "supplier_a", "supplier_b"}
+    assert {
+        s.removesuffix("_db_url") for s in compose["secrets"] if s.endswith("_db_url")
+    } == created
