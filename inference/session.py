@@ -36,6 +36,7 @@ class InspectionSession:
         num_cpus: int | None = None,
         alarms: AlarmLog | None = None,
         app_name: str | None = None,
+        ray_address: str | None = None,
     ) -> None:
         self.registry = registry
         self.alarms = alarms or AlarmLog()
@@ -45,6 +46,8 @@ class InspectionSession:
         self._tier: InspectionTier | None = None
         self._local: LocalJudge | None = None
         self._started_ray = False
+        self._ray_address = ray_address
+        self._joined_ray = False
         self._app_name = app_name
         self._refused: set[str] = set()
         self.version: ModelVersion | None = None
@@ -70,8 +73,21 @@ class InspectionSession:
         ray = load_ray()  # InspectionUnavailableError without the ``inspect`` extra
         from qdspace.inference.serve import APP_NAME, InspectionTier, ServeSettings
 
-        if not ray.is_initialized():
+        if ray.is_initialized():
+            pass
+        elif self._ray_address:  # join a running cluster: its nodes host the replicas
+            try:
+                ray.init(
+                    address=self._ray_address, logging_level=logging.WARNING, log_to_driver=False
+                )
+            except (ConnectionError, ValueError) as exc:
+                raise ServingError(
+                    f"cannot join the Ray cluster at {self._ray_address}: {exc}"
+                ) from exc
+            self._joined_ray = True
+        else:  # "local": never join a cluster by accident (RAY_ADDRESS, `ray start` file)
             ray.init(
+                address="local",
                 num_cpus=self._num_cpus,
                 include_dashboard=False,
                 logging_level=logging.WARNING,
@@ -111,6 +127,9 @@ class InspectionSession:
             current = self.version.version[:12] if self.version else "none"
             self.alarms.raise_alarm(kinds.MODEL_REFUSED, None, f"{exc}; still serving {current}")
             return False
+        except ServingError as exc:  # replicas lost mid-swap: not the model's fault, try again
+            self.alarms.raise_alarm(kinds.SWAP_FAILED, None, str(exc))
+            raise
         self.version = entry
         logger.info("inference.session: now serving %s", entry.version[:12])
         return True
@@ -120,7 +139,8 @@ class InspectionSession:
 
         Called on every display tick, so ``qdspace inspect activate V`` in another
         terminal hot-swaps a running line. A version that was refused once (alarmed) is
-        not retried until it is activated again after another version.
+        not retried until it is activated again after another version; a swap that
+        lost replicas on the way (alarmed ``swap_failed``) is tried again next call.
         """
         if self.version is None:
             return None
@@ -134,7 +154,11 @@ class InspectionSession:
             return None
         if active.version in self._refused:
             return None
-        if self.swap(active.version):
+        try:
+            swapped = self.swap(active.version)
+        except ServingError:  # alarmed; the next tick tries again
+            return None
+        if swapped:
             return active
         self._refused.add(active.version)
         return None
@@ -156,11 +180,13 @@ class InspectionSession:
         if self._tier is not None:
             self._tier.stop()
             self._tier = None
-        if self._started_ray:
+        if self._started_ray or self._joined_ray:
             import ray
 
-            ray.shutdown()  # ends Serve too; serve.shutdown() first only adds raylet noise
-            self._started_ray = False
+            # a Ray started here ends (Serve with it; serve.shutdown() first only adds
+            # raylet noise); a joined cluster only loses this driver
+            ray.shutdown()
+            self._started_ray = self._joined_ray = False
 
     def __enter__(self) -> InspectionSession:
         return self
