@@ -298,7 +298,7 @@ class InspectionTier:
             states = app.deployments[DEPLOYMENT_NAME].replica_states
         except KeyError:
             return 0
-        return int(states.get("RUNNING", 0))
+        return sum(n for state, n in states.items() if state == "RUNNING")
 
     def replicas(self, timeout_s: float = SWAP_TIMEOUT_S) -> list[ReplicaStatus]:
         """The status of every running replica (asked until each has answered once)."""

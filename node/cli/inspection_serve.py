@@ -56,7 +56,9 @@ def serve_line(
     ] = 8,
     attempts: Annotated[int, typer.Option(min=1, help="tries per frame before it is dropped")] = 4,
     cpus: Annotated[int | None, typer.Option(help="CPUs for a local Ray started here")] = None,
-    status_every: Annotated[float, typer.Option(min=0.5, help="seconds between status lines")] = 10.0,
+    status_every: Annotated[
+        float, typer.Option(min=0.5, help="seconds between status lines")
+    ] = 10.0,
     as_json: JsonOpt = False,
 ) -> None:
     """Serve the line until stopped: verdicts to this node's QDM, following activations."""
@@ -97,9 +99,10 @@ def serve_line(
             )
             final = service.run(stop, on_tick=_status_printer(status_every))
             _restore(previous)
+            judged = _replica_frames(session)
         finally:
             store.close()
-    summary = _summary(final, nodes, stop.is_set())
+    summary = _summary(final, nodes, stop.is_set()) | {"replica_frames": judged}
     if as_json:
         print_json(summary)
     else:
@@ -111,6 +114,12 @@ def _placement(session: Any) -> dict[str, str]:
     """Replica -> Ray node id, as the replicas report it."""
     tier = session.tier
     return {} if tier is None else {r.replica: r.node_id for r in tier.replicas()}
+
+
+def _replica_frames(session: Any) -> dict[str, int]:
+    """Frames each replica still running has judged (a lost replica's count is gone)."""
+    tier = session.tier
+    return {} if tier is None else {r.replica: r.frames for r in tier.replicas(timeout_s=10.0)}
 
 
 def _on_stop_signals(stop: threading.Event) -> dict[int, Any]:
