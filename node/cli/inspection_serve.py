@@ -59,6 +59,10 @@ def serve_line(
     status_every: Annotated[
         float, typer.Option(min=0.5, help="seconds between status lines")
     ] = 10.0,
+    metrics_port: Annotated[
+        int, typer.Option(min=0, max=65535, help="serve Prometheus series here (0: off)")
+    ] = 0,
+    metrics_host: Annotated[str, typer.Option(help="address of the metrics port")] = "127.0.0.1",
     as_json: JsonOpt = False,
 ) -> None:
     """Serve the line until stopped: verdicts to this node's QDM, following activations."""
@@ -91,14 +95,18 @@ def serve_line(
             service = InspectionService(
                 session, sink, specs, config, alarms, audit, ServiceSettings(attempts=attempts)
             )
+            stop_metrics = _metrics(service, metrics_port, metrics_host)
             previous = _on_stop_signals(stop)
             err.print(
                 f"serving {served.version[:12]} with {len(nodes)} replica(s) on "
                 f"{len(set(nodes.values()))} node(s); {stations} station(s) at {fps:g} fps",
                 highlight=False,
             )
-            final = service.run(stop, on_tick=_status_printer(status_every))
-            _restore(previous)
+            try:
+                final = service.run(stop, on_tick=_status_printer(status_every))
+            finally:
+                _restore(previous)
+                stop_metrics()
             judged = _replica_frames(session)
         finally:
             store.close()
@@ -114,6 +122,17 @@ def _placement(session: Any) -> dict[str, str]:
     """Replica -> Ray node id, as the replicas report it."""
     tier = session.tier
     return {} if tier is None else {r.replica: r.node_id for r in tier.replicas()}
+
+
+def _metrics(service: Any, port: int, host: str) -> Any:
+    """Serve the service's Prometheus series when a port is given; returns the stopper."""
+    if not port:
+        return lambda: None
+    from qdspace.node.runtime.inspection_metrics import serve_metrics
+
+    stopper = serve_metrics(service.snapshot, port, host)
+    err.print(f"metrics on http://{host}:{port}/metrics", highlight=False)
+    return stopper
 
 
 def _replica_frames(session: Any) -> dict[str, int]:

@@ -290,10 +290,14 @@ def test_activation_switches_the_served_version(node: Path, cluster: Cluster) ->
     first = registry.active()
     assert first is not None
     before = len(_rows(node))
-    service = Service(node, cluster, "--fps", "10")
+    port = _free_port("127.0.0.1")
+    service = Service(node, cluster, "--fps", "10", "--metrics-port", str(port))
     try:
         service.wait_for("serving ")
         service.wait_for("fps; served")  # frames flow on the first version
+        scraped = _scrape(port)
+        assert scraped['qdspace_inspection_frames_total{outcome="served"}'] > 0
+        assert scraped["qdspace_inspection_replicas"] == 2
         second = registry.register(_onnx(2), source="test-v2")
         activate = ["inspect", "activate", "--dir", str(node), second.version[:12]]
         done = subprocess.run(
@@ -361,6 +365,16 @@ def test_a_lost_worker_loses_no_frame(node: Path, cluster: Cluster) -> None:
     after = [t for _, t in rows if _epoch(t) > killed_at + 1.0]
     assert after, "no verdict after the worker died"
     assert summary["replicas_running"] == 1
+
+
+def _scrape(port: int) -> dict[str, float]:
+    """The service's Prometheus series, ``name{labels}`` -> value."""
+    import urllib.request
+
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as answer:
+        text = answer.read().decode()
+    series = (line.rsplit(" ", 1) for line in text.splitlines() if not line.startswith("#"))
+    return {name: float(value) for name, value in series}
 
 
 def _epoch(iso: str) -> float:
