@@ -8,6 +8,7 @@ load raises a ``model_refused`` alarm and leaves the current version serving.
 from __future__ import annotations
 
 import logging
+import socket
 from types import TracebackType
 from typing import TYPE_CHECKING
 
@@ -23,6 +24,23 @@ if TYPE_CHECKING:
     from qdspace.inference.serve import InspectionTier, ServeSettings
 
 logger = logging.getLogger("inference")
+
+#: seconds to wait for a cluster head's port before refusing its address
+JOIN_PROBE_S = 5.0
+
+
+def _check_reachable(address: str, timeout_s: float = JOIN_PROBE_S) -> None:
+    """Refuse an address whose head does not answer: ``ray.init`` would retry forever."""
+    host, sep, port = address.rpartition(":")
+    if "://" in address or not sep or not port.isdigit():
+        return  # a Ray client URL or a form Ray resolves itself: let ray.init judge it
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s).close()
+    except OSError as exc:
+        raise ServingError(
+            f"cannot join the Ray cluster at {address}: its head does not answer "
+            f"({exc.strerror or exc}); check --ray-address / RAY_ADDRESS"
+        ) from exc
 
 
 class InspectionSession:
@@ -76,6 +94,7 @@ class InspectionSession:
         if ray.is_initialized():
             pass
         elif self._ray_address:  # join a running cluster: its nodes host the replicas
+            _check_reachable(self._ray_address)
             try:
                 ray.init(
                     address=self._ray_address, logging_level=logging.WARNING, log_to_driver=False

@@ -381,3 +381,17 @@ def _epoch(iso: str) -> float:
     from datetime import datetime
 
     return datetime.fromisoformat(iso).timestamp()
+
+
+def test_an_address_without_a_cluster_is_refused_in_one_line(node: Path) -> None:
+    port = _free_port("127.0.0.1")  # nothing listens there
+    args = ["inspect", "serve", "--dir", str(node), "--ray-address", f"127.0.0.1:{port}"]
+    done = subprocess.run(
+        [sys.executable, "-m", "qdspace", *args, "--once"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 1
+    assert f"cannot join the Ray cluster at 127.0.0.1:{port}" in done.stderr
+    assert "Traceback" not in done.stderr
