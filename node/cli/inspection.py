@@ -156,7 +156,7 @@ def activate_version(
     ] = False,
     reason: Annotated[str, typer.Option(help="why, for the promotion log")] = "",
 ) -> None:
-    """Make a registered version the one ``inspect run`` serves, if the gate lets it."""
+    """Make a registered version the one ``inspect run``/``serve`` serve, if the gate lets it."""
     from qdspace.inference.registry import ModelRegistry
 
     registry = ModelRegistry(directory)
