@@ -29,6 +29,7 @@ JUDGE_FAILED = "judge_failed"  # the serving tier did not answer
 SINK_FAILED = "sink_failed"  # the node's store failed a micro-batch (retried)
 VERDICT_REJECTED = "verdict_rejected"  # the node's store refused rows as invalid
 MODEL_REFUSED = "model_refused"  # a new model version did not load; the old one serves on
+SWAP_FAILED = "swap_failed"  # replicas were lost during a swap; it is tried again
 DRIFT = "drift"  # rolling FPR/FNR above its threshold
 
 

@@ -12,6 +12,7 @@ before training, loading frames or starting anything.
 from __future__ import annotations
 
 import importlib
+import warnings
 from types import ModuleType
 
 from qdspace.inference.errors import InspectionUnavailableError
@@ -45,7 +46,11 @@ def require_inspection(*, ray: bool = True) -> None:
     load_onnxruntime()
     if ray:
         load_ray()
-        _load("ray.serve", "the Ray Serve inspection tier")
+        with warnings.catch_warnings():
+            # Ray Serve's own pydantic models still pass v1-style extras to ``Field``
+            # (ray 2.60); the first import of ray.serve warns, wherever it happens
+            warnings.filterwarnings("ignore", message=r"Using extra keyword arguments on `Field`")
+            _load("ray.serve", "the Ray Serve inspection tier")
 
 
 def require_model_export() -> None:

@@ -27,7 +27,7 @@ with warnings.catch_warnings():
     from ray.serve.handle import DeploymentHandle
 
 from qdspace.inference.errors import ModelLoadError, ServingError
-from qdspace.inference.model import DEFAULT_THRESHOLD, Device, OnnxClassifier
+from qdspace.inference.model import DEFAULT_THRESHOLD, Device, OnnxClassifier, content_hash
 from qdspace.inference.verdicts import FrameRequest, ServedVerdict, judge_requests
 
 logger = logging.getLogger("inference")
@@ -78,6 +78,8 @@ class ReplicaStatus:
     bad_frames: int
     failed_swaps: int
     batch_sizes: dict[int, int] = field(default_factory=dict)
+    #: the Ray node the replica runs on (replicas spread over the cluster's nodes)
+    node_id: str = ""
 
 
 class InspectionModel:
@@ -117,6 +119,8 @@ class InspectionModel:
         replica = _replica_name()
         async with self._swap_lock:
             previous = self._model.version
+            if content_hash(model_bytes) == previous:  # asked again (a retried swap): done
+                return SwapOutcome(replica, previous, previous)
             try:
                 model = await asyncio.to_thread(
                     OnnxClassifier,
@@ -144,6 +148,7 @@ class InspectionModel:
             bad_frames=self._bad_frames,
             failed_swaps=self._failed_swaps,
             batch_sizes=dict(self._batch_sizes),
+            node_id=str(ray.get_runtime_context().get_node_id()),
         )
 
 
@@ -256,21 +261,57 @@ class InspectionTier:
         """Hot-swap every replica to a new version; returns it, or raises ``ModelLoadError``.
 
         The bytes are loaded here first, so a broken file never reaches a replica. A
-        handle call reaches one replica, so the call is repeated until every replica has
-        answered (swapping is idempotent per version).
+        handle call reaches one replica, so the call is repeated until as many distinct
+        replicas answered as are running (a replica already on the version answers at
+        once). A replica lost on the way (its node died) fails its call; the call is
+        repeated and the count of running replicas read again, so a swap during a node
+        loss completes on the replicas that are left.
         """
         version = OnnxClassifier(model_bytes, source, device="cpu").version
         seen: dict[str, SwapOutcome] = {}
         deadline = time.monotonic() + timeout_s
-        while len(seen) < self.settings.num_replicas:
+        lost: Exception | None = None
+        while len(seen) < max(self.running_replicas(), 1):
             if time.monotonic() > deadline:
-                raise ServingError(f"swap to {version[:12]} reached {len(seen)} replicas only")
-            outcome: SwapOutcome = self.handle.swap.remote(model_bytes, source).result()
+                raise ServingError(
+                    f"swap to {version[:12]} reached {len(seen)} replicas only"
+                    + (f" (last failure: {lost!r})" if lost else "")
+                )
+            try:
+                outcome: SwapOutcome = self.handle.swap.remote(model_bytes, source).result(
+                    timeout_s=max(deadline - time.monotonic(), 0.1)
+                )
+            except Exception as exc:  # a replica lost mid-call: ask again (another one)
+                lost = exc
+                time.sleep(0.2)
+                continue
             if outcome.error is not None:
                 raise ModelLoadError(source, f"replica {outcome.replica}: {outcome.error}")
             seen[outcome.replica] = outcome
         self.version = version
         return version
+
+    def running_replicas(self) -> int:
+        """How many replicas the Serve controller counts as running now."""
+        try:
+            app = serve.status().applications[self.app_name]
+            states = app.deployments[DEPLOYMENT_NAME].replica_states
+        except KeyError:
+            return 0
+        return sum(n for state, n in states.items() if state == "RUNNING")
+
+    def replicas(self, timeout_s: float = SWAP_TIMEOUT_S) -> list[ReplicaStatus]:
+        """The status of every running replica (asked until each has answered once)."""
+        seen: dict[str, ReplicaStatus] = {}
+        deadline = time.monotonic() + timeout_s
+        while len(seen) < self.running_replicas() and time.monotonic() < deadline:
+            try:
+                status: ReplicaStatus = self.handle.status.remote().result(timeout_s=5.0)
+            except Exception:  # a replica going away: ask again
+                time.sleep(0.2)
+                continue
+            seen[status.replica] = status
+        return sorted(seen.values(), key=lambda s: s.replica)
 
     def status(self) -> ReplicaStatus:
         """Status of one replica (with one replica: of the tier)."""

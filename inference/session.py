@@ -8,6 +8,7 @@ load raises a ``model_refused`` alarm and leaves the current version serving.
 from __future__ import annotations
 
 import logging
+import socket
 from types import TracebackType
 from typing import TYPE_CHECKING
 
@@ -24,6 +25,23 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("inference")
 
+#: seconds to wait for a cluster head's port before refusing its address
+JOIN_PROBE_S = 5.0
+
+
+def _check_reachable(address: str, timeout_s: float = JOIN_PROBE_S) -> None:
+    """Refuse an address whose head does not answer: ``ray.init`` would retry forever."""
+    host, sep, port = address.rpartition(":")
+    if "://" in address or not sep or not port.isdigit():
+        return  # a Ray client URL or a form Ray resolves itself: let ray.init judge it
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s).close()
+    except OSError as exc:
+        raise ServingError(
+            f"cannot join the Ray cluster at {address}: its head does not answer "
+            f"({exc.strerror or exc}); check --ray-address / RAY_ADDRESS"
+        ) from exc
+
 
 class InspectionSession:
     """Serve one model version of a node's registry; swap versions while frames flow."""
@@ -36,6 +54,7 @@ class InspectionSession:
         num_cpus: int | None = None,
         alarms: AlarmLog | None = None,
         app_name: str | None = None,
+        ray_address: str | None = None,
     ) -> None:
         self.registry = registry
         self.alarms = alarms or AlarmLog()
@@ -45,6 +64,8 @@ class InspectionSession:
         self._tier: InspectionTier | None = None
         self._local: LocalJudge | None = None
         self._started_ray = False
+        self._ray_address = ray_address
+        self._joined_ray = False
         self._app_name = app_name
         self._refused: set[str] = set()
         self.version: ModelVersion | None = None
@@ -70,8 +91,22 @@ class InspectionSession:
         ray = load_ray()  # InspectionUnavailableError without the ``inspect`` extra
         from qdspace.inference.serve import APP_NAME, InspectionTier, ServeSettings
 
-        if not ray.is_initialized():
+        if ray.is_initialized():
+            pass
+        elif self._ray_address:  # join a running cluster: its nodes host the replicas
+            _check_reachable(self._ray_address)
+            try:
+                ray.init(
+                    address=self._ray_address, logging_level=logging.WARNING, log_to_driver=False
+                )
+            except (ConnectionError, ValueError) as exc:
+                raise ServingError(
+                    f"cannot join the Ray cluster at {self._ray_address}: {exc}"
+                ) from exc
+            self._joined_ray = True
+        else:  # "local": never join a cluster by accident (RAY_ADDRESS, `ray start` file)
             ray.init(
+                address="local",
                 num_cpus=self._num_cpus,
                 include_dashboard=False,
                 logging_level=logging.WARNING,
@@ -111,6 +146,9 @@ class InspectionSession:
             current = self.version.version[:12] if self.version else "none"
             self.alarms.raise_alarm(kinds.MODEL_REFUSED, None, f"{exc}; still serving {current}")
             return False
+        except ServingError as exc:  # replicas lost mid-swap: not the model's fault, try again
+            self.alarms.raise_alarm(kinds.SWAP_FAILED, None, str(exc))
+            raise
         self.version = entry
         logger.info("inference.session: now serving %s", entry.version[:12])
         return True
@@ -120,7 +158,8 @@ class InspectionSession:
 
         Called on every display tick, so ``qdspace inspect activate V`` in another
         terminal hot-swaps a running line. A version that was refused once (alarmed) is
-        not retried until it is activated again after another version.
+        not retried until it is activated again after another version; a swap that
+        lost replicas on the way (alarmed ``swap_failed``) is tried again next call.
         """
         if self.version is None:
             return None
@@ -134,7 +173,11 @@ class InspectionSession:
             return None
         if active.version in self._refused:
             return None
-        if self.swap(active.version):
+        try:
+            swapped = self.swap(active.version)
+        except ServingError:  # alarmed; the next tick tries again
+            return None
+        if swapped:
             return active
         self._refused.add(active.version)
         return None
@@ -156,11 +199,13 @@ class InspectionSession:
         if self._tier is not None:
             self._tier.stop()
             self._tier = None
-        if self._started_ray:
+        if self._started_ray or self._joined_ray:
             import ray
 
-            ray.shutdown()  # ends Serve too; serve.shutdown() first only adds raylet noise
-            self._started_ray = False
+            # a Ray started here ends (Serve with it; serve.shutdown() first only adds
+            # raylet noise); a joined cluster only loses this driver
+            ray.shutdown()
+            self._started_ray = self._joined_ray = False
 
     def __enter__(self) -> InspectionSession:
         return self

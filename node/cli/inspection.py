@@ -35,7 +35,10 @@ MemberOpt = Annotated[
 
 def mount(app: typer.Typer) -> None:
     """Add ``train`` and the ``inspect`` group to the ``qdspace`` app."""
+    from qdspace.node.cli.inspection_serve import serve_line
+
     app.command("train")(train)
+    inspect_app.command("serve")(serve_line)
     app.add_typer(inspect_app, name="inspect")
 
 
@@ -153,7 +156,7 @@ def activate_version(
     ] = False,
     reason: Annotated[str, typer.Option(help="why, for the promotion log")] = "",
 ) -> None:
-    """Make a registered version the one ``inspect run`` serves, if the gate lets it."""
+    """Make a registered version the one ``inspect run``/``serve`` serve, if the gate lets it."""
     from qdspace.inference.registry import ModelRegistry
 
     registry = ModelRegistry(directory)
@@ -271,6 +274,7 @@ def _stations(
     member: CellMember,
     alarms: Any,
     served: Any,
+    loop: bool = True,
 ) -> tuple[list[Any], Any]:
     """Station specs over a folder, or over the member's held-out cells with a drift audit."""
     from qdspace.inference.dataset import load_elpv, select_member
@@ -280,14 +284,15 @@ def _stations(
     from qdspace.inference.splits import SplitManifest, split_el_images
 
     if frames is not None:
-        return [StationSpec(f"el-{i + 1}", FolderFrames(frames), fps) for i in range(count)], None
+        specs = [StationSpec(f"el-{i + 1}", FolderFrames(frames, loop), fps) for i in range(count)]
+        return specs, None
     who = _member(directory, member)
     cells = select_member(load_elpv(), who)
     path = NodeLayout(directory).split_manifest(who)
     manifest = SplitManifest.read(path) if path.exists() else split_el_images(cells)
     held_out = cells.select(manifest.test)
     parts = split_round_robin(held_out, count)
-    specs = [StationSpec(f"el-{i + 1}", dataset_frames(p), fps) for i, p in enumerate(parts)]
+    specs = [StationSpec(f"el-{i + 1}", dataset_frames(p, loop), fps) for i, p in enumerate(parts)]
     thresholds = DriftThresholds.from_baseline(served.metrics)
     return specs, DriftMonitor(alarms, thresholds, model=served.version)
 
