@@ -21,9 +21,10 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-import click
 import pytest
 import yaml
+from typer._click.exceptions import UsageError  # typer >= 0.2x carries its own click
+from typer.core import TyperGroup
 from typer.main import get_command
 
 from qdspace.node.api.observe import PROBE_PATHS
@@ -37,12 +38,12 @@ DEPLOY = ROOT / "deploy"
 OTHER_VARIABLES = {"QDSPACE_LOG_FORMAT", "QDSPACE_CHAIN_KEY", "QDSPACE_CHAIN_KEY_FILE"}
 
 
-def parse_cli(argv: Sequence[str]) -> click.Context:
+def parse_cli(argv: Sequence[str]) -> Any:
     """Parse ``qdspace ARGV`` with the real command tree; raise on an unknown command/option."""
-    command: click.Command = get_command(app)
+    command: Any = get_command(app)
     args = list(argv)
     path = ["qdspace"]
-    while isinstance(command, click.Group):
+    while isinstance(command, TyperGroup):
         assert args, f"`{' '.join(path)}` needs a subcommand"
         name = args.pop(0)
         sub = command.commands.get(name)
@@ -51,10 +52,18 @@ def parse_cli(argv: Sequence[str]) -> click.Context:
         command = sub
     try:
         return command.make_context(" ".join(path), args)
-    except click.UsageError as exc:
+    except UsageError as exc:
         raise AssertionError(
             f"`{' '.join(path)} {' '.join(args)}`: {exc.format_message()}"
         ) from None
+
+
+def test_the_cli_check_itself_refuses_what_the_cli_refuses() -> None:
+    """parse_cli is what every recipe check below rests on: it must be able to fail."""
+    assert parse_cli(["node", "start", "--dir", "/d"]).params["directory"] == Path("/d")
+    for wrong in (["node", "strat"], ["node", "start", "--dri", "/d"], ["node", "start"]):
+        with pytest.raises(AssertionError):
+            parse_cli(wrong)
 
 
 def check_variable(name: str) -> None:
@@ -352,3 +361,73 @@ def test_compose_wires_ports_urls_and_secrets_consistently() -> None:
     assert {
         s.removesuffix("_db_url") for s in compose["secrets"] if s.endswith("_db_url")
     } == created
+
+
+# -- the inspection tier (Helm container + KubeRay) ---------------------------------------
+
+RAYCLUSTER = DEPLOY / "kuberay" / "raycluster.yaml"
+
+
+def test_the_inspection_container_runs_inspect_serve_against_the_ray_cluster() -> None:
+    kubernetes_validate = pytest.importorskip("kubernetes_validate")
+    values = {**FULL_VALUES, "inspection": {"enabled": True, "images": "/frames"}}
+    docs = _render(values)
+    for doc in docs:
+        if doc["kind"] != "ServiceMonitor":
+            kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
+    (sts,) = _kind(docs, "StatefulSet")
+    containers = {c["name"]: c for c in sts["spec"]["template"]["spec"]["containers"]}
+    line = containers["inspection"]
+    context = parse_cli(line["args"])
+    assert context.params["directory"] == Path("/var/lib/qdspace/node")
+    assert context.params["frames"] == Path("/frames")
+    env = {e["name"]: e.get("value") for e in line["env"]}
+    cluster = yaml.safe_load(RAYCLUSTER.read_text())
+    head_service = f"{cluster['metadata']['name']}-head-svc"
+    gcs = {
+        p["name"]: p["containerPort"]
+        for p in cluster["spec"]["headGroupSpec"]["template"]["spec"]["containers"][0]["ports"]
+    }["gcs"]
+    assert env["RAY_ADDRESS"] == f"{head_service}:{gcs}", "the driver joins the RayCluster"
+    for name in env:
+        if name.startswith("QDSPACE_"):
+            check_variable(name)
+    # the driver shares the node's directory (model registry, verdict store)
+    mounts = {m["name"]: m["mountPath"] for m in line["volumeMounts"]}
+    node_mounts = {m["name"]: m["mountPath"] for m in containers["node"]["volumeMounts"]}
+    assert mounts["data"] == node_mounts["data"]
+    assert _render(FULL_VALUES) and "inspection" not in {
+        c["name"]
+        for c in _kind(_render(FULL_VALUES), "StatefulSet")[0]["spec"]["template"]["spec"][
+            "containers"
+        ]
+    }, "off by default"
+
+
+def test_the_ray_cluster_runs_the_images_ray_in_valid_pods() -> None:
+    from packaging.requirements import Requirement
+    from packaging.version import Version
+
+    kubernetes_validate = pytest.importorskip("kubernetes_validate")
+    cluster = yaml.safe_load(RAYCLUSTER.read_text())
+    assert cluster["apiVersion"] == "ray.io/v1" and cluster["kind"] == "RayCluster"
+    ray_version = cluster["spec"]["rayVersion"]
+    pinned = re.search(r"ARG RAY_VERSION=(\S+)", DOCKERFILE.read_text())
+    assert pinned is not None and pinned.group(1) == ray_version, "one Ray version everywhere"
+    inspect_extra = _pyproject()["project"]["optional-dependencies"]["inspect"]  # type: ignore[index]
+    (ray_req,) = [Requirement(r) for r in inspect_extra if r.startswith("ray")]
+    assert Version(ray_version) in ray_req.specifier, f"{ray_version} outside {ray_req}"
+    groups = [cluster["spec"]["headGroupSpec"], *cluster["spec"]["workerGroupSpecs"]]
+    for group in groups:
+        template = group["template"]
+        pod = {
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {"name": "x"},
+            "spec": template["spec"],
+        }
+        kubernetes_validate.validate(pod, K8S_VERSION, strict=True)  # KubeRay embeds a PodTemplate
+        assert template["spec"]["securityContext"]["runAsNonRoot"] is True
+        assert all(str(v) == v for v in group["rayStartParams"].values()), "KubeRay wants strings"
+    for workers in cluster["spec"]["workerGroupSpecs"]:
+        assert workers["minReplicas"] <= workers["replicas"] <= workers["maxReplicas"]
