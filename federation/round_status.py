@@ -57,6 +57,9 @@ class RoundRecord:
     members: tuple[str, ...]
     bounded: tuple[str, ...]
     epsilon: float | None
+    #: seconds from the round's opening to its aggregation, on the coordinator's clock
+    #: (after a restart, from the reopening); None in checkpoints older than the field
+    seconds: float | None = None
 
 
 @dataclass(frozen=True, slots=True)

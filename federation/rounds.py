@@ -80,6 +80,8 @@ class Coordinator:
     #: ``max_attempts``, but their numbers are never reused (each attempt's keys and
     #: masks are bound to its number, so a resumed round starts with a fresh one).
     attempt_base: int = 0
+    #: when the current round first opened in this process (``now`` of that call)
+    round_opened_at: float = 0.0
 
     def __post_init__(self) -> None:
         self._updates: dict[str, ClientUpdate] = {}
@@ -114,6 +116,8 @@ class Coordinator:
             except PrivacyError as exc:
                 self._finish(Phase.DONE, f"stopped before round {self.round}: {exc}")
                 return
+        if self.attempt == self.attempt_base:  # the round's first attempt here
+            self.round_opened_at = now
         self.attempt += 1
         if self.attempt - self.attempt_base > self.max_attempts:
             self._finish(Phase.FAILED, f"round {self.round} failed {self.max_attempts} times")
@@ -375,7 +379,8 @@ class Coordinator:
         eps = None
         if self._accountant is not None:
             eps = self._accountant.spent(len(self.history) + 1).epsilon
-        self.history.append(RoundRecord(self.round, self.version, members, bounded, eps))
+        seconds = max(0.0, now - self.round_opened_at)
+        self.history.append(RoundRecord(self.round, self.version, members, bounded, eps, seconds))
         self.detail = f"round {self.round} aggregated from {len(members)} members"
         self.round += 1
         self.attempt = self.attempt_base = 0
@@ -418,7 +423,12 @@ class Coordinator:
             raise CheckpointError(f"checkpoint {path} belongs to another job or other terms")
         history = [
             RoundRecord(
-                r["round"], r["version"], tuple(r["members"]), tuple(r["bounded"]), r["epsilon"]
+                r["round"],
+                r["version"],
+                tuple(r["members"]),
+                tuple(r["bounded"]),
+                r["epsilon"],
+                r.get("seconds"),
             )
             for r in meta["history"]
         ]

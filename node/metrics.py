@@ -16,8 +16,12 @@ label value. Every label set is bounded by the code, not by callers.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+if TYPE_CHECKING:
+    from qdspace.federation.round_status import RoundRecord
 
 #: the route label of a request no route matched (a scanner's random paths stay one series)
 UNMATCHED_ROUTE = "<unmatched>"
@@ -80,6 +84,18 @@ class NodeMetrics:
             ["kind"],
             registry=r,
         )
+        self.spc_alerts = Counter(
+            "qdspace_spc_alerts",
+            "SPC alerts this node raised on live data it follows, by control-chart rule.",
+            ["rule"],
+            registry=r,
+        )
+        self.federation_rounds = Histogram(
+            "qdspace_federation_round_seconds",
+            "Time from a federated round's opening to its aggregation, on the coordinator.",
+            buckets=(1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0),
+            registry=r,
+        )
         for side in ("provider", "consumer"):
             self.subscriptions.labels(side=side)
         for direction in ("sent", "received"):
@@ -91,6 +107,11 @@ class NodeMetrics:
         """Count ``rows`` rows of ``size`` wire bytes sent or received by pull or stream."""
         self.transfer_rows.labels(direction=direction, mode=mode).inc(rows)
         self.transfer_bytes.labels(direction=direction, mode=mode).inc(size)
+
+    def federation_round(self, record: RoundRecord) -> None:
+        """Time one aggregated round (a record of the coordinator's history)."""
+        if record.seconds is not None:
+            self.federation_rounds.observe(record.seconds)
 
     def sample_outbox(self, backlog: Callable[[], float]) -> None:
         """Read the outbox backlog from ``backlog`` at every scrape."""

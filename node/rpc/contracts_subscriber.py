@@ -131,6 +131,7 @@ class ConsumerSubscriptions:
             sub.characteristic,
         )
         sub.alerts.append(notice)
+        self.metrics.spc_alerts.labels(rule=alert.rule).inc()
         logger.warning(
             "SPC alert on %s from %s: %s", sub.characteristic, sub.provider, alert.description
         )

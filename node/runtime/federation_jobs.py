@@ -49,7 +49,7 @@ from qdspace.federation.host import JobExists, JobHost, UnknownJob, load_jobs
 from qdspace.federation.job import JobSpec
 from qdspace.federation.job_files import Published, VersionAnchor
 from qdspace.federation.params import params_from_bytes
-from qdspace.federation.round_status import Phase, StatusView, poll_wait
+from qdspace.federation.round_status import Phase, RoundRecord, StatusView, poll_wait
 from qdspace.federation.secagg_messages import (
     Confirmation,
     EncryptedShare,
@@ -145,8 +145,10 @@ class FederationJobs:
         offer: Callable[[JobSpec], None] | None = None,
         proofs: ProofSource | None = None,
         ca_cert: Trust | None = None,
+        on_round: Callable[[RoundRecord], None] | None = None,
     ) -> None:
         self._me = me
+        self._on_round = on_round
         self._ca = ca_cert
         self._uploading: set[tuple[str, str]] = set()
         self._proofs = proofs
@@ -203,12 +205,15 @@ class FederationJobs:
     async def _locked(self, slot: JobSlot, call: Callable[[], T]) -> T:
         """Run ``call`` on the job under its lock in a worker thread; wake long polls."""
         async with slot.lock:
-            before = _state(slot.host)
+            before, rounds = _state(slot.host), len(slot.host.history)
             try:
                 return await asyncio.to_thread(call)
             finally:
                 if _state(slot.host) != before:
                     slot.notify()
+                if self._on_round is not None:
+                    for record in slot.host.history[rounds:]:  # rounds this call aggregated
+                        self._on_round(record)
 
     async def _read(
         self, ref: RoundRef, caller: MemberIdentity, read: Callable[[JobHost, str, int, int], T]

@@ -37,6 +37,7 @@ def jobs_from_context(ctx: NodeContext) -> FederationJobs:
         offer=None if contracts is None else contract_offer(contracts),
         proofs=ledger_proofs(ctx),
         ca_cert=ctx.keys.trust,
+        on_round=ctx.metrics.federation_round,
     )
 
 

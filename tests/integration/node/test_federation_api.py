@@ -100,6 +100,14 @@ def test_a_job_started_joined_and_followed_through_the_api(
         assert later["events_from"] == 2 and later["events"] == s["events"][2:]
         status = cellex.get(f"{JOBS}/{job_id}", params={"coordinator": COORDINATOR}).json()
         assert status["finished"] and status["history"][0]["members"] == ["cellex"]
+        # the coordinator timed the round for its operator's monitoring
+        metrics = sunarc.get("/metrics").text
+        (count,) = [
+            float(line.split()[-1])
+            for line in metrics.splitlines()
+            if line.startswith("qdspace_federation_round_seconds_count")
+        ]
+        assert count >= 1
 
 
 @pytest.mark.parametrize(

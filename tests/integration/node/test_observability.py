@@ -210,6 +210,52 @@ def test_live_subscriptions_are_gauged_and_their_rows_counted(net: LocalNetwork)
     assert value(scrape(sunarc), rows, direction="received", mode="stream") == STREAMED
 
 
+def test_spc_alerts_raised_on_live_data_are_counted_by_rule(net: LocalNetwork) -> None:
+    """A planted excursion after a calm baseline raises alerts; the counter agrees with them."""
+    sunarc, cellex = net["sunarc"], net["cellex"]
+    rows = []
+    for i in range(26):  # 22 calm points (20 make the baseline), then four far above them
+        row = inspection(1000 + i, prefix="OBS-SPC")
+        row["score"] = 0.45 if i >= 22 else round(0.02 + 0.002 * (i % 5), 4)
+        rows.append(row)
+    with cellex.client() as supplier:  # the order's first row: the provider knows the order
+        assert ok(supplier.post("/v1/ingest/inspection", json={"rows": rows[:1]}))["accepted"]
+    with sunarc.client(timeout=60) as oem:
+        agreement = ok(
+            oem.post(
+                "/v1/contracts/negotiations",
+                json={"peer": "cellex", "asset_id": "live-inspections", "purposes": [SPC],
+                      "orders": [ORDER]},
+            )
+        )  # fmt: skip
+        assert agreement["state"] == "FINALIZED", agreement
+        body = {"agreement_id": agreement["agreement_id"], "purpose": SPC}
+        sid = ok(oem.post("/v1/contracts/subscriptions", json=body))["subscription_id"]
+    with cellex.client() as supplier:
+        for row in rows[1:]:
+            assert ok(supplier.post("/v1/ingest/inspection", json={"rows": [row]}))["accepted"]
+    deadline = time.monotonic() + 30
+    with sunarc.client() as oem:
+        while not (sub := ok(oem.get(f"/v1/contracts/subscriptions/{sid}")))["alerts"]:
+            assert time.monotonic() < deadline, f"no SPC alert on the excursion: {sub}"
+            time.sleep(0.1)
+        # every subscription of the node sees the rows; wait until the counter and the
+        # alerts it raised agree (one more may be on its way between the two reads)
+        while True:
+            raised = ok(oem.get("/v1/contracts/alerts"))["raised"]
+            samples = scrape(sunarc)
+            total = "qdspace_spc_alerts_total"
+            counted = sum(v for (name, _), v in samples.items() if name == total)
+            if counted == len(raised) >= 1:
+                break
+            assert time.monotonic() < deadline, f"{counted} counted, {len(raised)} raised"
+            time.sleep(0.2)
+    rules = {
+        dict(labels)["rule"] for (name, labels) in samples if name == "qdspace_spc_alerts_total"
+    }
+    assert {a["rule"] for a in raised} <= rules
+
+
 def test_a_request_id_is_echoed_and_logged_by_the_peer_it_reaches(net: LocalNetwork) -> None:
     sunarc, cellex = net["sunarc"], net["cellex"]
     request_id = f"obs-{time.time_ns()}"

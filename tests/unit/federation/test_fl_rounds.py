@@ -299,9 +299,12 @@ def test_restarted_coordinator_resumes_from_its_checkpoint(tmp_path: Path) -> No
     np.testing.assert_array_equal(resumed.global_vector, after_round_1)
     assert not np.array_equal(after_round_1, INITIAL)
     assert resumed.history == coord.history[:1]
-    plain_round(resumed, now=101.0)
-    plain_round(resumed, now=102.0)
+    assert coord.history[0].seconds == 1.0, "round 1: opened at 0, aggregated at 1"
+    plain_round(resumed, now=101.5)
+    plain_round(resumed, now=104.0)
     assert resumed.phase is Phase.DONE and resumed.version == 3
+    # round 2 counts from its reopening (100) in the new process; round 3 from 101.5
+    assert [r.seconds for r in resumed.history] == [1.0, 1.5, 2.5]
     resumed.checkpoint(path)
     assert Coordinator.resume(path, job(), now=200.0).phase is Phase.DONE
     with pytest.raises(CheckpointError, match="another job"):
