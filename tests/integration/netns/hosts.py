@@ -328,7 +328,7 @@ def wait_for(what: str, probe: Callable[[], T | None], timeout: float, *,
     while True:
         try:
             value = probe()
-        except Exception as exc:  # noqa: BLE001  (the last failure explains a timeout)
+        except Exception as exc:  # the last failure explains a timeout
             value, last = None, exc
         if value:
             return value

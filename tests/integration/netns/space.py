@@ -74,8 +74,9 @@ class Chain:
         self.service = service = self.host.spawn("chain", argv)
         wait_for(
             "the chain to publish its endpoint",
-            lambda: (e := read_endpoint(self.state_dir)) is not None
-            and e.pid == service.process.pid,
+            lambda: (
+                (e := read_endpoint(self.state_dir)) is not None and e.pid == service.process.pid
+            ),
             START_TIMEOUT_S,
             watch=[service],
         )

@@ -83,7 +83,8 @@ def space(lan: Lan) -> Iterator[Space]:
         pytest.skip("the namespace test runs PostgreSQL: install the server (apt postgresql)")
     workdir = lan.workdir
     authority_dir = workdir / "authority"
-    lan["authority"].run(qdspace("authority", "init", "--dir", str(authority_dir), "--space", SPACE))
+    init = qdspace("authority", "init", "--dir", str(authority_dir), "--space", SPACE)
+    lan["authority"].run(init)
     chain = Chain(lan["chain"], workdir / "chain" / "state")
     pg = Postgres(lan["pg"], binaries)
     try:
