@@ -119,7 +119,7 @@ async def loopback_job(network: LocalNetwork, job: JobSpec) -> list[float]:
                 await coordinator_key(channel, COORDINATOR),
                 signing_key=keys.signing_key,
                 certificate=keys.cert,
-                ca_cert=keys.ca_cert,
+                ca_cert=keys.trust,
                 on_version=on_version if name == COORDINATOR else None,
                 poll_s=30.0,
             )

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
@@ -26,6 +27,26 @@ from qdspace.util.files import write_atomic
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_GRPC_PORT = 7443
 DEFAULT_API_PORT = 8443
+#: how often a node following an authority service re-fetches the member directory
+DEFAULT_DIRECTORY_REFRESH_S = 30.0
+#: how often it re-fetches the revocation list (a revoked member is refused within this)
+DEFAULT_CRL_REFRESH_S = 60.0
+
+
+def check_authority_url(url: str) -> str:
+    """``https://HOST[:PORT]`` (no trailing slash), or "" for none; ValueError otherwise."""
+    parts = urlsplit(url)
+    if url and (parts.scheme != "https" or not parts.hostname):
+        raise ValueError(f"authority URL {url!r} must be https://HOST[:PORT]")
+    return url.rstrip("/")
+
+
+def check_advertised(address: str) -> str:
+    """``host:port`` to publish in the member directory, or ""; ValueError otherwise."""
+    host, _, port = address.rpartition(":")
+    if address and (not host or not port.isdigit() or not 0 < int(port) < 65536):
+        raise ValueError(f"advertise_peer {address!r} is not host:port")
+    return address
 
 
 class NodeSettings(BaseSettings):
@@ -51,6 +72,16 @@ class NodeSettings(BaseSettings):
     rpc_max_calls: int = Field(default=DEFAULT_SERVER_CALLS, ge=1)
     rpc_max_calls_per_peer: int = Field(default=DEFAULT_PER_PEER_CALLS, ge=1)
     rpc_max_streams_per_peer: int = Field(default=DEFAULT_PER_PEER_STREAMS, ge=1)
+    # the authority service (``qdspace authority serve``); "" = none: static peers and a
+    # CRL file kept fresh by other means (air-gapped sites, ``node init --authority``)
+    authority_url: str = ""
+    directory_refresh_s: float = Field(default=DEFAULT_DIRECTORY_REFRESH_S, gt=0)
+    crl_refresh_s: float = Field(default=DEFAULT_CRL_REFRESH_S, gt=0)
+    # host:port of the peer gRPC listener as other members reach it, published in the
+    # directory; "" = grpc_host and the bound port (right when grpc_host is routable)
+    advertise_peer: str = ""
+    # the member's business partner number, published in its directory entry (optional)
+    bpn: str | None = None
 
     @field_validator("peers")
     @classmethod
@@ -60,6 +91,16 @@ class NodeSettings(BaseSettings):
             if not host or not port.isdigit():
                 raise ValueError(f"peer {name}: address {address!r} is not host:port")
         return peers
+
+    @field_validator("authority_url")
+    @classmethod
+    def _https(cls, url: str) -> str:
+        return check_authority_url(url)
+
+    @field_validator("advertise_peer")
+    @classmethod
+    def _advertised(cls, address: str) -> str:
+        return check_advertised(address)
 
     @classmethod
     def settings_customise_sources(

@@ -78,6 +78,7 @@ def build_context(settings: NodeSettings) -> NodeContext:
     revocations = RevocationList(keys.ca_cert, settings.crl_path)
     token = read_file(settings.operator_token_path, "operator token").decode().strip()
     store = open_store(settings.database_url)
-    peers = PeerDirectory(keys, settings.peers)
+    layout = settings.layout
+    peers = PeerDirectory(keys, settings.peers, cert_files=(layout.tls_cert, layout.tls_key))
     contracts = build_runtime(settings.directory, keys.identity, keys.signing_key, store.engine)
     return NodeContext(settings, keys, revocations, store, peers, token, contracts=contracts)

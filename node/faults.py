@@ -89,6 +89,31 @@ FAULTS: Mapping[str, Fault] = {
     "qdspace.node.identity.revocation.StaleRevocationList": F(
         "UNAVAILABLE", 403, 1
     ),  # gRPC: retry when the CRL is renewed
+    # the signed member directory (node.identity.directory): a node's or the authority's refusal
+    "qdspace.node.identity.directory.DirectoryError": F("UNAUTHENTICATED", 403, 1),
+    "qdspace.node.identity.directory.MalformedDirectory": F("INVALID_ARGUMENT", 400, 1),
+    "qdspace.node.identity.directory.BadAuthoritySignature": F("UNAUTHENTICATED", 403, 1),
+    "qdspace.node.identity.directory.DirectoryRollback": F("FAILED_PRECONDITION", 409, 1),
+    "qdspace.node.identity.directory.BadMemberSignature": F("UNAUTHENTICATED", 403, 1),
+    "qdspace.node.identity.directory.MemberIdMismatch": F("UNAUTHENTICATED", 403, 1),
+    "qdspace.node.identity.directory.CertificateMismatch": F("PERMISSION_DENIED", 403, 1),
+    "qdspace.node.identity.directory.FingerprintMismatch": F("UNAUTHENTICATED", 403, 1),
+    # the authority service (node.authority): its refusals, and a node or CLI calling it
+    "qdspace.node.authority.service.NotAMember": F("PERMISSION_DENIED", 403, 1),
+    "qdspace.node.authority.service.StaleEntry": F("FAILED_PRECONDITION", 409, 1),
+    "qdspace.node.authority.client.AuthorityUnavailable": F("UNAVAILABLE", 503, 2),
+    "qdspace.node.authority.client.AuthorityRefused": F(None, 502, 1),
+    "qdspace.node.join.CaPinMismatch": F("UNAUTHENTICATED", 403, 1),  # node join: not our CA
+    # enrollment (the authority's CLI and HTTPS service): the caller's request, not the node
+    "qdspace.node.identity.errors.CertificateRequestError": F("INVALID_ARGUMENT", 400, 1),
+    "qdspace.node.identity.errors.EnrollmentError": F("PERMISSION_DENIED", 403, 1),
+    "qdspace.node.identity.errors.MalformedEnrollmentCode": F("INVALID_ARGUMENT", 400, 1),
+    "qdspace.node.identity.errors.EnrollmentCodeRefused": F("PERMISSION_DENIED", 403, 1),
+    "qdspace.node.identity.errors.EnrollmentCodeUsed": F("FAILED_PRECONDITION", 409, 1),
+    "qdspace.node.identity.errors.EnrollmentCodeExpired": F("FAILED_PRECONDITION", 410, 1),
+    "qdspace.node.identity.errors.RequestNotGranted": F("PERMISSION_DENIED", 403, 1),
+    "qdspace.node.identity.errors.NameTaken": F("ALREADY_EXISTS", 409, 1),
+    "qdspace.node.identity.errors.RenewalRefused": F("PERMISSION_DENIED", 403, 1),
     "qdspace.node.errors.PeerError": Fault(
         None, 502, 1, relay=True
     ),  # the peer's own status, relayed

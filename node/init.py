@@ -1,4 +1,12 @@
-"""Creating a node directory: keys, certificate, settings and operator token, all or nothing."""
+"""Creating a node directory: keys, certificate, settings and operator token, all or nothing.
+
+Two ways in, one way to finish. ``qdspace node init --authority DIR`` (`init_node`) has the
+authority's directory at hand (tests, the demo, a local network): it makes the keys, has the
+authority sign their request and assembles the node aside, moving it in place at the end.
+An offline enrollment (`install_node`) finishes a directory ``qdspace node csr`` started:
+the keys are already there, the authority's certificate, trust bundle and revocation list
+come back as files. Both end in `_write_node` (settings and operator token).
+"""
 
 from __future__ import annotations
 
@@ -6,12 +14,50 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from cryptography.x509.oid import NameOID
+
 from qdspace.node.config import DEFAULT_API_PORT, DEFAULT_GRPC_PORT, NodeSettings
-from qdspace.node.errors import ConfigError
+from qdspace.node.errors import ConfigError, IdentityError
 from qdspace.node.identity.authority import Authority
-from qdspace.node.identity.member import create_member_keys, random_token
+from qdspace.node.identity.member import (
+    MemberKeys,
+    create_member_keys,
+    install_certificate,
+    random_token,
+)
 from qdspace.node.layout import NodeLayout
 from qdspace.util.files import write_atomic
+
+
+def _write_node(
+    target: Path,
+    keys: MemberKeys,
+    *,
+    directory: Path,
+    space: str,
+    crl_path: Path,
+    grpc_port: int,
+    api_port: int,
+    db_url: str,
+    peers: dict[str, str] | None,
+) -> NodeSettings:
+    """Write the operator token and ``node.json`` (last: its presence makes a node) into
+    ``target``; the settings name ``directory``, where the node will live."""
+    settings = NodeSettings(
+        directory=directory,
+        name=keys.identity.name,
+        role=keys.identity.role,
+        member_id=keys.identity.member_id,
+        space=space,
+        grpc_port=grpc_port,
+        api_port=api_port,
+        db_url=db_url,
+        crl_path=crl_path,
+        peers=peers or {},
+    )
+    write_atomic(NodeLayout(target).operator_token, random_token().encode(), mode=0o600)
+    settings.model_copy(update={"directory": target}).save()
+    return settings
 
 
 def init_node(
@@ -36,21 +82,17 @@ def init_node(
     staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
     try:
         keys = create_member_keys(staging, authority, name=name, role=role)
-        settings = NodeSettings(
+        settings = _write_node(
+            staging,
+            keys,
             directory=directory,
-            name=name,
-            role=role,
-            member_id=keys.identity.member_id,
             space=authority.space,
+            crl_path=authority.files.crl,
             grpc_port=grpc_port,
             api_port=api_port,
             db_url=db_url,
-            crl_path=authority.files.crl,
-            peers=peers or {},
+            peers=peers,
         )
-        settings_staged = settings.model_copy(update={"directory": staging})
-        settings_staged.save()
-        write_atomic(NodeLayout(staging).operator_token, random_token().encode(), mode=0o600)
         if directory.exists():
             directory.rmdir()
         staging.rename(directory)
@@ -58,6 +100,56 @@ def init_node(
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return settings
+
+
+def install_node(
+    directory: Path,
+    *,
+    cert_pem: bytes,
+    ca_pem: bytes,
+    crl_pem: bytes,
+    grpc_port: int = DEFAULT_GRPC_PORT,
+    api_port: int = DEFAULT_API_PORT,
+    db_url: str = "",
+    peers: dict[str, str] | None = None,
+) -> NodeSettings:
+    """Finish an offline enrollment: the directory holds the keys and request
+    (`create_member_request`); install the certificate, the trust bundle and the authority's
+    revocation list, then the settings. Nothing of a node is written if a check fails."""
+    from qdspace.node.identity.certs import parse_ca_bundle
+    from qdspace.node.identity.revocation import RevocationList
+
+    directory = directory.resolve()
+    files = NodeLayout(directory)
+    if files.config.exists():
+        raise ConfigError(
+            f"a node already exists in {directory} (`qdspace node install --renew` "
+            "installs a renewed certificate)"
+        )
+    if not files.signing_key.exists():
+        raise ConfigError(f"no member keys in {directory}: start with `qdspace node csr`")
+    trusted = parse_ca_bundle(ca_pem, "the authority certificate to install")
+    if not trusted:
+        raise IdentityError("the authority certificate to install is empty")
+    write_atomic(files.crl, crl_pem, mode=0o644)
+    try:
+        RevocationList(trusted[0], files.crl)  # signed by the authority (first CA of the bundle)
+        keys = install_certificate(directory, cert_pem, ca_pem)
+    except BaseException:
+        files.crl.unlink(missing_ok=True)
+        raise
+    space = keys.cert.subject.get_attributes_for_oid(NameOID.ORGANIZATION_NAME)
+    return _write_node(
+        directory,
+        keys,
+        directory=directory,
+        space=str(space[0].value) if space else "qdspace",
+        crl_path=files.crl,
+        grpc_port=grpc_port,
+        api_port=api_port,
+        db_url=db_url,
+        peers=peers,
+    )
 
 
 def add_peers(directory: Path, peers: dict[str, str]) -> NodeSettings:

@@ -14,7 +14,13 @@ below is the one place that says what lives where::
     ├── operator.token         bearer token of the operator API (0600)
     ├── signing.key            Ed25519 seed, hex (0600)
     ├── tls.key / tls.crt      the member's TLS key (0600) and authority-issued cert
-    ├── ca.crt                 the authority's certificate (trust anchor)
+    ├── ca.crt                 the authority's certificate (trust anchor), optionally
+    │                          followed by other CAs trusted to issue member certificates
+    ├── request.csr            the certificate request of an enrollment or renewal
+    ├── tls-next.key           a renewal's new TLS key until its certificate is installed
+    ├── crl.pem                the authority's revocation list (``node install`` copies it,
+    │                          the authority service's follower refreshes it)
+    ├── directory.json         the last verified member directory (authority service)
     ├── contract.kek           key-encryption key of the contract store (0600)
     ├── pseudonym.secret       secret behind the pseudonyms given to peers (0600)
     ├── ledger.json            chain settings, when the node anchors (optional)
@@ -39,7 +45,12 @@ below is the one place that says what lives where::
     AUTHORITY/
     ├── ca.key / ca.crt        the authority's key (0600) and self-signed certificate
     ├── members.json           the register of issued member certificates
-    └── crl.pem                the revocation list every node reloads
+    ├── enrollments.json       the book of enrollment codes (hashes of their secrets)
+    ├── authority.lock         held while the register or the book is rewritten
+    ├── crl.pem                the revocation list every node reloads
+    ├── directory.json         the signed member directory (`authority serve`)
+    ├── server.key / server.crt  the authority service's TLS key (0600) and certificate
+    └── run/authority.json     pid and URL of a running `authority serve`
 
 Received data, outbox messages and contract state live in the store (``node.db`` or
 PostgreSQL), not in folders. The lower packages (inference, federation, ledger) own
@@ -60,6 +71,8 @@ SIGNING_KEY_FILE = "signing.key"
 TLS_KEY_FILE = "tls.key"
 TLS_CERT_FILE = "tls.crt"
 CA_CERT_FILE = "ca.crt"
+REQUEST_FILE = "request.csr"
+NEXT_TLS_KEY_FILE = "tls-next.key"
 KEK_FILE = "contract.kek"
 PSEUDONYM_FILE = "pseudonym.secret"
 LEDGER_FILE = "ledger.json"
@@ -81,6 +94,12 @@ DATA_DIR = "data"
 CA_KEY_FILE = "ca.key"
 MEMBERS_FILE = "members.json"
 CRL_FILE = "crl.pem"
+DIRECTORY_FILE = "directory.json"
+SERVER_KEY_FILE = "server.key"
+SERVER_CERT_FILE = "server.crt"
+AUTHORITY_RUNTIME_FILE = "authority.json"
+ENROLLMENTS_FILE = "enrollments.json"
+LOCK_FILE = "authority.lock"
 
 
 @dataclass(frozen=True)
@@ -123,6 +142,18 @@ class NodeLayout:
         return self.directory / CA_CERT_FILE
 
     @property
+    def request(self) -> Path:
+        return self.directory / REQUEST_FILE
+
+    @property
+    def next_tls_key(self) -> Path:
+        return self.directory / NEXT_TLS_KEY_FILE
+
+    @property
+    def crl(self) -> Path:
+        return self.directory / CRL_FILE
+
+    @property
     def contract_kek(self) -> Path:
         return self.directory / KEK_FILE
 
@@ -137,6 +168,11 @@ class NodeLayout:
     @property
     def chain_key(self) -> Path:
         return self.directory / CHAIN_KEY_FILE
+
+    @property
+    def member_directory(self) -> Path:
+        """The last member directory the node fetched and verified."""
+        return self.directory / DIRECTORY_FILE
 
     @property
     def logs(self) -> Path:
@@ -215,3 +251,29 @@ class AuthorityLayout:
     @property
     def crl(self) -> Path:
         return self.directory / CRL_FILE
+
+    @property
+    def member_directory(self) -> Path:
+        """The signed member directory the service publishes."""
+        return self.directory / DIRECTORY_FILE
+
+    @property
+    def server_key(self) -> Path:
+        return self.directory / SERVER_KEY_FILE
+
+    @property
+    def server_cert(self) -> Path:
+        return self.directory / SERVER_CERT_FILE
+
+    @property
+    def runtime(self) -> Path:
+        """Written by a running ``authority serve`` (its URL), removed when it stops."""
+        return self.directory / RUN_DIR / AUTHORITY_RUNTIME_FILE
+
+    @property
+    def enrollments(self) -> Path:
+        return self.directory / ENROLLMENTS_FILE
+
+    @property
+    def lock(self) -> Path:
+        return self.directory / LOCK_FILE

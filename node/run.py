@@ -24,7 +24,7 @@ import uvicorn
 from qdspace.node.api.app import create_app
 from qdspace.node.config import NodeSettings
 from qdspace.node.context import NodeContext, build_context
-from qdspace.node.errors import PortInUseError
+from qdspace.node.errors import ConfigError, PortInUseError
 from qdspace.node.identity.revocation import StaleRevocationList
 from qdspace.node.layout import NodeLayout
 from qdspace.node.rpc.auth import PeerAuthenticator
@@ -33,6 +33,7 @@ from qdspace.node.rpc.limits import CallCaps
 from qdspace.node.rpc.node_service import NodeServicer
 from qdspace.node.rpc.server import PeerServer, build_server
 from qdspace.node.rpc.trace_service import TraceServicer
+from qdspace.node.runtime.directory import DirectoryFollower, FollowerSettings
 from qdspace.util.files import write_atomic
 
 logger = logging.getLogger("node")
@@ -77,13 +78,52 @@ def build_peer_server(ctx: NodeContext) -> PeerServer:
     )
     return build_server(
         ctx.keys,
-        PeerAuthenticator(ctx.revocations),
+        PeerAuthenticator(ctx.revocations, ctx.peers.pinned),
         registrations,
         settings.grpc_host,
         settings.grpc_port,
         caps,
         ctx.metrics,
     )
+
+
+def directory_follower(ctx: NodeContext, grpc_port: int) -> DirectoryFollower | None:
+    """The task that follows the authority service, when ``authority_url`` names one."""
+    settings = ctx.settings
+    if not settings.authority_url:
+        return None
+    from qdspace.node.authority.client import AuthorityClient
+    from qdspace.node.identity.directory import DirectoryEntry, new_entry
+
+    advertised = settings.advertise_peer or f"{settings.grpc_host}:{grpc_port}"
+
+    def own_entry() -> DirectoryEntry:
+        if not settings.advertise_peer and settings.grpc_host in ("0.0.0.0", "::", ""):
+            raise ConfigError(
+                f"gRPC listens on {settings.grpc_host}: set advertise_peer (host:port other "
+                "members reach this node at) in node.json to publish it in the directory"
+            )
+        endpoints = {"peer": advertised}
+        return new_entry(ctx.keys.identity, ctx.keys.signing_key, endpoints, bpn=settings.bpn)
+
+    crl_path = settings.crl_path or settings.layout.crl
+    follower = DirectoryFollower(
+        AuthorityClient(settings.authority_url, ctx.keys.ca_pem),
+        FollowerSettings(
+            space=settings.space,
+            crl_path=crl_path,
+            directory_path=settings.layout.member_directory,
+            crl_refresh_s=settings.crl_refresh_s,
+            directory_refresh_s=settings.directory_refresh_s,
+        ),
+        ca_cert=ctx.keys.ca_cert,
+        cert_pem=ctx.keys.cert_pem,
+        revocations=ctx.revocations,
+        peers=ctx.peers,
+        own_entry=own_entry,
+    )
+    follower.load_saved()
+    return follower
 
 
 def runtime_path(directory: Path) -> Path:
@@ -129,6 +169,9 @@ async def serve(ctx: NodeContext, stop: asyncio.Event) -> None:
         await peer_server.stop(0)
         api_task.result()
     ctx.serving = True  # both listeners are up (``/startupz``)
+    follower = directory_follower(ctx, peer_server.port)
+    follow_stop = asyncio.Event()
+    follow_task = asyncio.create_task(follower.run(follow_stop)) if follower else None
     runtime = {
         "pid": os.getpid(),
         "name": settings.name,
@@ -151,6 +194,9 @@ async def serve(ctx: NodeContext, stop: asyncio.Event) -> None:
     finally:
         logger.info("node %s shutting down (grace %.1fs)", settings.name, settings.shutdown_grace_s)
         ctx.serving = False
+        follow_stop.set()
+        if follow_task is not None:
+            await follow_task
         api.should_exit = True
         await federation.stop()
         await peer_server.stop(settings.shutdown_grace_s)

@@ -106,7 +106,7 @@ def create_app(ctx: NodeContext) -> FastAPI:
         """The regulator routes check again in their own dependency (which also guards them
         where they are mounted without this gate); a signature check costs microseconds."""
         return check_credential(
-            token, ca_cert=ctx.keys.ca_cert, revocations=ctx.revocations, audience=member_id
+            token, ca_cert=ctx.keys.trust, revocations=ctx.revocations, audience=member_id
         )
 
     app.add_middleware(
@@ -136,7 +136,7 @@ def create_app(ctx: NodeContext) -> FastAPI:
             certificate_not_after=ident.not_after.isoformat(),
             verify_key_hex=ident.verify_key.hex(),
             database=ctx.store.url,
-            peers=dict(ctx.settings.peers),
+            peers=ctx.peers.addresses(),
         )
 
     @app.get("/v1/qdm/counts", dependencies=[Operator], tags=["qdm"])
@@ -182,7 +182,7 @@ def create_app(ctx: NodeContext) -> FastAPI:
 
     @app.get("/v1/peers", dependencies=[Operator], tags=["peers"])
     def peers() -> dict[str, str]:
-        return dict(ctx.settings.peers)
+        return ctx.peers.addresses()
 
     @app.post(
         "/v1/peers/{name}/hello",

@@ -76,7 +76,7 @@ def mount_ledger_routes(app: FastAPI, ctx: NodeContext) -> None:
     """``/v1/regulator/...`` (regulator credential, read-only) and, on a node that
     anchors, the operator's ``/v1/ledger/...``."""
     ledger = node_ledger(ctx)
-    require = regulator_dependency(ctx.keys.ca_cert, ctx.revocations, ctx.keys.identity.member_id)
+    require = regulator_dependency(ctx.keys.trust, ctx.revocations, ctx.keys.identity.member_id)
     if ledger is None:
 
         @app.api_route(

@@ -10,12 +10,12 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Annotated
 
-from cryptography import x509
 from fastapi import Depends, HTTPException
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from qdspace.node import faults
 from qdspace.node.errors import IdentityError
+from qdspace.node.identity.certs import Trust
 from qdspace.node.identity.credential import (
     CLOCK_SKEW_S,
     DEFAULT_TTL_S,
@@ -44,7 +44,7 @@ _bearer = HTTPBearer(auto_error=False)
 
 
 def regulator_dependency(
-    ca_cert: x509.Certificate, revocations: RevocationList, audience: str
+    ca_cert: Trust, revocations: RevocationList, audience: str
 ) -> Callable[..., RegulatorPrincipal]:
     """A FastAPI dependency: 401 without a credential, 403 with one that does not hold."""
 

@@ -18,10 +18,13 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from qdspace.node.cli.authority import authority_app
 from qdspace.node.cli.choices import QdmKind, Role
 from qdspace.node.cli.connect import ApiUrlOpt, JsonOpt, TokenOpt, print_json, target
 from qdspace.node.cli.connect import DirOpt as ConnDirOpt
 from qdspace.node.cli.contracts import mount as mount_contracts
+from qdspace.node.cli.enrollment import mount as mount_enrollment
+from qdspace.node.cli.enrollment import parse_peers
 from qdspace.node.cli.errors import clean_errors
 from qdspace.node.cli.federation import fl_app
 from qdspace.node.cli.inspection import mount as mount_inspection
@@ -29,7 +32,6 @@ from qdspace.node.cli.ledger import ledger_app
 from qdspace.node.cli.ledger import verify as ledger_verify
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help="qdspace connector node")
-authority_app = typer.Typer(no_args_is_help=True, help="the data space's authority (CA)")
 node_app = typer.Typer(no_args_is_help=True, help="a member's connector node")
 peer_app = typer.Typer(no_args_is_help=True, help="calls to other members")
 app.add_typer(authority_app, name="authority")
@@ -40,6 +42,7 @@ app.add_typer(fl_app, name="fl")
 app.command("verify")(ledger_verify)  # `qdspace verify PROOF.json --rpc URL`
 mount_inspection(app)  # train, inspect run/models/activate/explain
 mount_contracts(app)  # catalog, negotiate, transfer, subscribe, contracts, order close
+mount_enrollment(node_app)  # node csr, install, renew
 
 console = Console()
 err = Console(stderr=True)
@@ -53,86 +56,7 @@ def setup_logging(level: str, logfile: Path | None = None, fmt: str = "text") ->
     setup(level, logfile, fmt)
 
 
-# -- authority -----------------------------------------------------------------------------
-
-
-@authority_app.command("init")
-@clean_errors
-def authority_init(
-    directory: Annotated[Path, typer.Option("--dir", help="authority directory")],
-    space: Annotated[str, typer.Option(help="name of the data space")] = "qdspace",
-) -> None:
-    """Create the data space's certificate authority."""
-    from qdspace.node.identity.authority import Authority
-    from qdspace.node.identity.certs import fingerprint
-
-    auth = Authority.init(directory, space)
-    console.print(f"authority for [bold]{space}[/bold] created in {directory}")
-    console.print(f"CA fingerprint (sha256): {fingerprint(auth.cert)}")
-
-
-@authority_app.command("revoke")
-@clean_errors
-def authority_revoke(
-    directory: Annotated[Path, typer.Option("--dir", help="authority directory")],
-    member: Annotated[str, typer.Option(help="member name or id")],
-    reason: Annotated[str, typer.Option(help="why")] = "unspecified",
-) -> None:
-    """Revoke a member; nodes refuse it from their next call on."""
-    from qdspace.node.identity.authority import Authority
-
-    for m in Authority.load(directory).revoke(member, reason):
-        console.print(f"revoked {m.name} ({m.member_id}, serial {m.serial})")
-
-
-@authority_app.command("crl")
-@clean_errors
-def authority_crl(
-    directory: Annotated[Path, typer.Option("--dir", help="authority directory")],
-    valid_days: Annotated[float, typer.Option(help="days until its nextUpdate")] = 7.0,
-) -> None:
-    """Re-issue the revocation list; nodes refuse every call once theirs is past nextUpdate."""
-    import datetime as dt
-
-    from qdspace.node.identity.authority import Authority
-
-    path = Authority.load(directory).issue_crl(dt.timedelta(days=valid_days))
-    console.print(f"revocation list re-issued: {path} (valid {valid_days:g} days)")
-    console.print("nodes whose crl_path is this file reload it; copy it to the others")
-
-
-@authority_app.command("list")
-@clean_errors
-def authority_list(
-    directory: Annotated[Path, typer.Option("--dir", help="authority directory")],
-    as_json: JsonOpt = False,
-) -> None:
-    """List issued member certificates."""
-    from dataclasses import asdict
-
-    from qdspace.node.identity.authority import Authority
-
-    issued = Authority.load(directory).members()
-    if as_json:
-        print_json([asdict(m) for m in issued])
-        return
-    table = Table("name", "member id", "role", "serial", "valid until", "revoked")
-    for m in issued:
-        table.add_row(m.name, m.member_id, m.role, m.serial, m.not_after, m.revoked_at or "")
-    console.print(table)
-
-
 # -- node ----------------------------------------------------------------------------------
-
-
-def _parse_peers(values: list[str]) -> dict[str, str]:
-    peers: dict[str, str] = {}
-    for value in values:
-        name, sep, address = value.partition("=")
-        if not sep:
-            raise typer.BadParameter(f"--peer {value!r}: expected NAME=HOST:PORT")
-        peers[name] = address
-    return peers
 
 
 @node_app.command("init")
@@ -158,7 +82,7 @@ def node_init(
         grpc_port=grpc_port,
         api_port=api_port,
         db_url=db_url,
-        peers=_parse_peers(peer or []),
+        peers=parse_peers(peer or []),
     )
     console.print(f"node [bold]{name}[/bold] ({role}) created in {settings.directory}")
     console.print(f"member id {settings.member_id}")
@@ -221,7 +145,7 @@ def node_peer_add(
     """Add peers to a node's directory of members."""
     from qdspace.node.init import add_peers
 
-    settings = add_peers(directory, _parse_peers(peer))
+    settings = add_peers(directory, parse_peers(peer))
     console.print(f"peers of {settings.name}: {settings.peers}")
 
 

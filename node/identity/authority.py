@@ -1,56 +1,74 @@
 """The data space's authority: a CA that issues member certificates and revokes them.
 
 The authority directory holds ``ca.key`` (private, 0600), ``ca.crt``, ``members.json``
-(what was issued) and ``crl.pem`` (a signed revocation list that nodes reload when it
+(what was issued, register.py), ``enrollments.json`` (the book of enrollment codes,
+enrollment.py) and ``crl.pem`` (a signed revocation list that nodes reload when it
 changes). A CRL is valid for ``CRL_VALID_DAYS``; nodes refuse every call once it is past
 its nextUpdate, so the authority re-issues it (``qdspace authority crl``, e.g. daily from
 cron) well before then. Every file is written atomically, so an interrupted command leaves the
-directory as it was.
+directory as it was; a read-modify-write of the register or the book happens under an
+exclusive lock on ``authority.lock`` (see `Authority.locked`), so two signers at once (two
+threads of the authority service, or the service and ``qdspace authority sign``) cannot
+both spend one code or lose each other's entry.
+
+The authority certifies what a member *asks for* (a `CertificateRequest`, csr.py) and never
+sees a member's private key: `sign_request` (a new member, admitted by an enrollment code
+or by the operator naming the member and role) and `renew` (a known member's new TLS key)
+build the certificate from the verified request alone.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-import json
-from dataclasses import asdict, dataclass
+import fcntl
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import asdict
 from pathlib import Path
 
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from qdspace.node.errors import IdentityError
+from qdspace.node.identity import enrollment as book
 from qdspace.node.identity.certs import (
     ROLES,
+    build_ca_cert,
+    build_crl,
     build_member_cert,
     cert_to_pem,
+    fingerprint,
     key_to_pem,
     load_cert,
     load_key,
     member_subject,
     new_tls_key,
 )
-from qdspace.node.identity.files import read_file
+from qdspace.node.identity.csr import (
+    CertificateRequest,
+    check_hostnames,
+    check_name,
+    check_role,
+    read_request,
+)
+from qdspace.node.identity.enrollment import DEFAULT_TTL, EnrollmentCode
+from qdspace.node.identity.errors import (
+    RenewalRefused,
+    RequestNotGranted,
+)
+from qdspace.node.identity.register import (
+    IssuedMember,
+    check_names_free,
+    load_register,
+    save_register,
+)
 from qdspace.node.layout import AuthorityLayout
 from qdspace.util.files import write_atomic
 
 CA_VALID_DAYS = 3650
 MEMBER_VALID_DAYS = 825
 CRL_VALID_DAYS = 7
-
-
-@dataclass(frozen=True)
-class IssuedMember:
-    """One line of the authority's register."""
-
-    member_id: str
-    name: str
-    role: str
-    serial: str
-    not_after: str
-    revoked_at: str | None = None
-    revocation_reason: str | None = None
 
 
 class Authority:
@@ -77,39 +95,7 @@ class Authority:
         if files.ca_key.exists() or files.ca_cert.exists():
             raise IdentityError(f"an authority already exists in {directory}")
         key = new_tls_key()
-        name = x509.Name(
-            [
-                x509.NameAttribute(NameOID.ORGANIZATION_NAME, space),
-                x509.NameAttribute(NameOID.COMMON_NAME, f"{space} authority"),
-            ]
-        )
-        now = dt.datetime.now(dt.UTC)
-        cert = (
-            x509.CertificateBuilder()
-            .subject_name(name)
-            .issuer_name(name)
-            .public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - dt.timedelta(minutes=5))
-            .not_valid_after(now + dt.timedelta(days=CA_VALID_DAYS))
-            .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-            .add_extension(
-                x509.KeyUsage(
-                    digital_signature=False,
-                    key_encipherment=False,
-                    content_commitment=False,
-                    data_encipherment=False,
-                    key_agreement=False,
-                    key_cert_sign=True,
-                    crl_sign=True,
-                    encipher_only=False,
-                    decipher_only=False,
-                ),
-                critical=True,
-            )
-            .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), False)
-            .sign(key, hashes.SHA256())
-        )
+        cert = build_ca_cert(space, key, valid_days=CA_VALID_DAYS)
         directory.mkdir(parents=True, exist_ok=True)
         authority = cls(directory, cert, key)
         # The register and CRL first, the key and cert last: a half-done init is re-runnable.
@@ -133,16 +119,25 @@ class Authority:
     # -- register -------------------------------------------------------------------------
 
     def members(self) -> list[IssuedMember]:
-        path = self.files.members
-        try:
-            rows = json.loads(read_file(path, "authority register"))
-            return [IssuedMember(**row) for row in rows]
-        except (ValueError, TypeError) as exc:
-            raise IdentityError(f"authority register {path} is corrupt: {exc}") from None
+        return load_register(self.files.members)
 
     def _save_members(self, members: list[IssuedMember]) -> None:
-        data = json.dumps([asdict(m) for m in members], indent=2).encode() + b"\n"
-        write_atomic(self.files.members, data)
+        save_register(self.files.members, members)
+
+    @contextmanager
+    def locked(self) -> Iterator[None]:
+        """Hold the authority's exclusive lock for a read-modify-write of its files.
+
+        ``flock`` on a file description of its own per call: it excludes other threads of
+        this process as well as other processes (not re-entrant: the ``_`` methods below
+        expect the caller to hold it)."""
+        self.directory.mkdir(parents=True, exist_ok=True)
+        with open(self.files.lock, "a+b") as handle:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
 
     # -- issuing --------------------------------------------------------------------------
 
@@ -154,18 +149,48 @@ class Authority:
         role: str,
         public_key: ec.EllipticCurvePublicKey,
         verify_key: bytes,
+        hostnames: Sequence[str] = (),
         valid_days: int = MEMBER_VALID_DAYS,
         not_before: dt.datetime | None = None,
+        bpn: str | None = None,
     ) -> x509.Certificate:
-        """Issue a member certificate and record it in the register."""
+        """Issue a member certificate and record it in the register.
+
+        The caller vouches for ``verify_key`` belonging to ``name``; members' requests go
+        through `sign_request`, which checks the proof of possession first."""
+        with self.locked():
+            return self._issue(
+                name=name,
+                member_id=member_id,
+                role=role,
+                public_key=public_key,
+                verify_key=verify_key,
+                hostnames=hostnames,
+                valid_days=valid_days,
+                not_before=not_before,
+                bpn=bpn,
+            )
+
+    def _issue(
+        self,
+        *,
+        name: str,
+        member_id: str,
+        role: str,
+        public_key: ec.EllipticCurvePublicKey,
+        verify_key: bytes,
+        hostnames: Sequence[str],
+        valid_days: int,
+        not_before: dt.datetime | None,
+        bpn: str | None,
+    ) -> x509.Certificate:
         if role not in ROLES:
             raise IdentityError(f"role must be one of {', '.join(ROLES)}, not {role!r}")
         if len(verify_key) != 32:
             raise IdentityError("an Ed25519 verify key has 32 bytes")
         members = self.members()
-        active = [m for m in members if m.name == name and m.revoked_at is None]
-        if any(m.member_id != member_id for m in active):
-            raise IdentityError(f"the name {name!r} is already taken by another member")
+        hosts = tuple(h for h in check_hostnames(hostnames) if h not in ("localhost", name))
+        check_names_free(members, member_id, name, hosts)
         start = not_before or dt.datetime.now(dt.UTC) - dt.timedelta(minutes=5)
         cert = build_member_cert(
             ca_cert=self.cert,
@@ -173,7 +198,7 @@ class Authority:
             subject=member_subject(self.space, name, member_id, role),
             public_key=public_key,
             verify_key=verify_key,
-            hostnames=["localhost", name],
+            hostnames=["localhost", name, *hosts],
             not_before=start,
             not_after=start + dt.timedelta(days=valid_days),
         )
@@ -184,15 +209,136 @@ class Authority:
                 role=role,
                 serial=f"{cert.serial_number:x}",
                 not_after=cert.not_valid_after_utc.isoformat(),
+                hostnames=hosts,
+                bpn=bpn,
             )
         )
         self._save_members(members)
         return cert
 
+    def _issue_request(
+        self,
+        request: CertificateRequest,
+        *,
+        valid_days: int,
+        not_before: dt.datetime | None,
+        bpn: str | None,
+    ) -> x509.Certificate:
+        if request.space != self.space:
+            raise RequestNotGranted(
+                f"the request is for data space {request.space!r}; this authority "
+                f"certifies members of {self.space!r}"
+            )
+        return self._issue(
+            name=request.name,
+            member_id=request.member_id,
+            role=request.role,
+            public_key=request.public_key,
+            verify_key=request.verify_key,
+            hostnames=request.hostnames,
+            valid_days=valid_days,
+            not_before=not_before,
+            bpn=bpn,
+        )
+
+    # -- enrollment -----------------------------------------------------------------------
+
+    def create_enrollment(
+        self, *, name: str, role: str, ttl: dt.timedelta = DEFAULT_TTL, bpn: str | None = None
+    ) -> EnrollmentCode:
+        """A one-time code admitting ``name`` as ``role``; only its hash is kept."""
+        check_name(name)
+        check_role(role)
+        if bpn is not None and not (0 < len(bpn) <= 64 and bpn.isprintable()):
+            raise IdentityError("a business partner number has 1-64 printable characters")
+        code = EnrollmentCode.new(fingerprint(self.cert))
+        now = dt.datetime.now(dt.UTC)
+        entry = book.new_enrollment(code, name=name, role=role, ttl=ttl, bpn=bpn, now=now)
+        with self.locked():
+            check_names_free(self.members(), None, name, ())
+            codes = book.load_book(self.files.enrollments)
+            codes[code.code_id] = entry
+            book.save_book(self.files.enrollments, codes)
+        return code
+
+    def preview_enrollment(self, code: str) -> tuple[str, str]:
+        """The (name, role) a code admits; refuses a malformed, unknown, used or expired one."""
+        parsed = EnrollmentCode.parse(code)
+        with self.locked():
+            entry = book.find(
+                book.load_book(self.files.enrollments), parsed, fingerprint(self.cert)
+            )
+        return entry.name, entry.role
+
+    def sign_request(
+        self,
+        csr_pem: bytes,
+        *,
+        code: str | None = None,
+        approve_name: str | None = None,
+        approve_role: str | None = None,
+        valid_days: int = MEMBER_VALID_DAYS,
+        not_before: dt.datetime | None = None,
+    ) -> x509.Certificate:
+        """Certify a new member's request, admitted by an enrollment ``code`` (spent here)
+        or by the operator approving ``approve_name`` as ``approve_role``."""
+        request = read_request(csr_pem)
+        if code is None:
+            if approve_name is None or approve_role is None:
+                raise IdentityError(
+                    "signing a request needs an enrollment code, or the name and role to approve"
+                )
+            _granted(request, approve_name, approve_role, "the operator approved")
+            with self.locked():
+                return self._issue_request(
+                    request, valid_days=valid_days, not_before=not_before, bpn=None
+                )
+        if approve_name is not None or approve_role is not None:
+            raise IdentityError("give an enrollment code or a name and role to approve, not both")
+        parsed = EnrollmentCode.parse(code)
+        with self.locked():
+            codes = book.load_book(self.files.enrollments)
+            entry = book.find(codes, parsed, fingerprint(self.cert))
+            _granted(request, entry.name, entry.role, f"enrollment code {entry.code_id} admits")
+            cert = self._issue_request(
+                request, valid_days=valid_days, not_before=not_before, bpn=entry.bpn
+            )
+            codes[entry.code_id] = entry.redeemed(request.member_id, dt.datetime.now(dt.UTC))
+            book.save_book(self.files.enrollments, codes)
+        return cert
+
+    def renew(self, csr_pem: bytes, *, valid_days: int = MEMBER_VALID_DAYS) -> x509.Certificate:
+        """A new certificate for a known, active member's new TLS key (same signing key, so
+        the same member id), with the same name and role."""
+        request = read_request(csr_pem)
+        with self.locked():
+            mine = [m for m in self.members() if m.member_id == request.member_id]
+            active = [m for m in mine if m.revoked_at is None]
+            if not active:
+                state = "is revoked" if mine else "is not in this authority's register"
+                raise RenewalRefused(
+                    f"member {request.member_id} {state}: renewal refused "
+                    "(a new member enrolls with a code)"
+                )
+            last = active[-1]
+            if (request.name, request.role) != (last.name, last.role):
+                raise RenewalRefused(
+                    f"renewal of {last.member_id} asks for name {request.name!r} and role "
+                    f"{request.role!r}; it is {last.name!r} ({last.role}): a new name or role "
+                    "is a new enrollment"
+                )
+            return self._issue_request(
+                request, valid_days=valid_days, not_before=None, bpn=last.bpn
+            )
+
     # -- revocation -----------------------------------------------------------------------
 
     def revoke(self, name_or_id: str, reason: str = "unspecified") -> list[IssuedMember]:
         """Revoke every certificate of a member and publish a new CRL."""
+        with self.locked():
+            return self._revoke(name_or_id, reason)
+
+    def _revoke(self, name_or_id: str, reason: str) -> list[IssuedMember]:
         members = self.members()
         now = dt.datetime.now(dt.UTC).isoformat()
         hits = [m for m in members if name_or_id in (m.name, m.member_id) and m.revoked_at is None]
@@ -212,28 +358,26 @@ class Authority:
         """Re-issue the CRL from the register with a new nextUpdate (now + `valid`)."""
         if valid <= dt.timedelta(0):
             raise IdentityError("a revocation list must be valid for some time")
-        self._write_crl([m for m in self.members() if m.revoked_at], valid)
+        with self.locked():
+            self._write_crl([m for m in self.members() if m.revoked_at], valid)
         return self.files.crl
 
     def _write_crl(
         self, revoked: list[IssuedMember], valid: dt.timedelta = dt.timedelta(days=CRL_VALID_DAYS)
     ) -> None:
         now = dt.datetime.now(dt.UTC)
-        builder = (
-            x509.CertificateRevocationListBuilder()
-            .issuer_name(self.cert.subject)
-            .last_update(now)
-            .next_update(now + valid)
-        )
-        for m in revoked:
-            entry = (
-                x509.RevokedCertificateBuilder()
-                .serial_number(int(m.serial, 16))
-                .revocation_date(dt.datetime.fromisoformat(m.revoked_at or now.isoformat()))
-                .build()
-            )
-            builder = builder.add_revoked_certificate(entry)
-        crl = builder.sign(self._key, hashes.SHA256())
-        from cryptography.hazmat.primitives import serialization
+        revocations = [
+            (int(m.serial, 16), dt.datetime.fromisoformat(m.revoked_at or now.isoformat()))
+            for m in revoked
+        ]
+        crl = build_crl(self.cert, self._key, revocations, valid)
+        write_atomic(self.files.crl, crl)
 
-        write_atomic(self.files.crl, crl.public_bytes(serialization.Encoding.PEM))
+
+def _granted(request: CertificateRequest, name: str, role: str, who: str) -> None:
+    if request.name != name:
+        raise RequestNotGranted(f"the request is for the name {request.name!r}; {who} {name!r}")
+    if request.role != role:
+        raise RequestNotGranted(
+            f"the request asks for the role {request.role!r}; {who} {name!r} as {role!r}"
+        )

@@ -9,7 +9,9 @@ agreements from the same chain it authenticated over TLS.
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import ipaddress
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,6 +29,10 @@ ROLES = ("oem", "supplier", "host", "regulator")
 VERIFY_KEY_OID = x509.ObjectIdentifier("2.25.161843220883410707447425040398612040751")
 
 
+#: the CAs a member certificate may be issued by: the authority's, or a bundle (ca.crt)
+Trust = x509.Certificate | Sequence[x509.Certificate]
+
+
 @dataclass(frozen=True)
 class MemberIdentity:
     """What a certificate says about a member."""
@@ -38,6 +44,11 @@ class MemberIdentity:
     serial: int
     not_after: dt.datetime
     fingerprint: str
+
+
+def member_id_for(name: str, verify_key: bytes) -> str:
+    """A stable, collision-resistant member id that still reads as the member's name."""
+    return f"{name}-{hashlib.sha256(verify_key).hexdigest()[:12]}"
 
 
 def new_tls_key() -> ec.EllipticCurvePrivateKey:
@@ -72,12 +83,106 @@ def load_cert(path: Path, what: str) -> x509.Certificate:
         raise IdentityError(f"{what} {path} is corrupt or not a PEM certificate: {exc}") from None
 
 
+def load_ca_bundle(path: Path, what: str) -> tuple[x509.Certificate, ...]:
+    """Every certificate of a PEM file (a trust bundle: the authority's CA first, then any
+    other CA the operator trusts to issue member certificates)."""
+    return parse_ca_bundle(read_file(path, what), f"{what} {path}")
+
+
+def parse_ca_bundle(data: bytes, label: str) -> tuple[x509.Certificate, ...]:
+    try:
+        certs = tuple(x509.load_pem_x509_certificates(data))
+    except ValueError as exc:
+        raise IdentityError(f"{label} is corrupt or not PEM certificates: {exc}") from None
+    for ca in certs:
+        try:
+            is_ca = ca.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
+        except x509.ExtensionNotFound:
+            is_ca = False
+        if not is_ca:
+            raise IdentityError(
+                f"{label} holds a certificate that is not a CA ({ca.subject.rfc4514_string()})"
+            )
+    return certs
+
+
 def cert_to_pem(cert: x509.Certificate) -> bytes:
     return cert.public_bytes(serialization.Encoding.PEM)
 
 
 def fingerprint(cert: x509.Certificate) -> str:
     return cert.fingerprint(hashes.SHA256()).hex()
+
+
+def build_ca_cert(
+    space: str, key: ec.EllipticCurvePrivateKey, *, valid_days: int, common_name: str = ""
+) -> x509.Certificate:
+    """A self-signed CA certificate for the data space ``space`` (issues member certificates
+    and signs the revocation list; path length 0: no intermediates below it)."""
+    name = x509.Name(
+        [
+            x509.NameAttribute(NameOID.ORGANIZATION_NAME, space),
+            x509.NameAttribute(NameOID.COMMON_NAME, common_name or f"{space} authority"),
+        ]
+    )
+    now = dt.datetime.now(dt.UTC)
+    return (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(days=valid_days))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=False,
+                key_encipherment=False,
+                content_commitment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=True,
+                crl_sign=True,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), False)
+        .sign(key, hashes.SHA256())
+    )
+
+
+def build_crl(
+    ca_cert: x509.Certificate,
+    ca_key: ec.EllipticCurvePrivateKey,
+    revoked: list[tuple[int, dt.datetime]],
+    valid: dt.timedelta,
+) -> bytes:
+    """A PEM revocation list of (serial, revoked at), valid from now for ``valid``."""
+    now = dt.datetime.now(dt.UTC)
+    builder = (
+        x509.CertificateRevocationListBuilder()
+        .issuer_name(ca_cert.subject)
+        .last_update(now)
+        .next_update(now + valid)
+    )
+    for serial, when in revoked:
+        entry = x509.RevokedCertificateBuilder().serial_number(serial).revocation_date(when).build()
+        builder = builder.add_revoked_certificate(entry)
+    return builder.sign(ca_key, hashes.SHA256()).public_bytes(serialization.Encoding.PEM)
+
+
+def san_of(hostnames: Sequence[str]) -> list[x509.GeneralName]:
+    """SubjectAltName entries of hostnames: IP addresses as IPAddress, the rest as DNSName."""
+    names: list[x509.GeneralName] = []
+    for host in hostnames:
+        try:
+            names.append(x509.IPAddress(ipaddress.ip_address(host)))
+        except ValueError:
+            names.append(x509.DNSName(host))
+    return names
 
 
 def member_subject(space: str, name: str, member_id: str, role: str) -> x509.Name:
@@ -103,8 +208,7 @@ def build_member_cert(
     not_after: dt.datetime,
 ) -> x509.Certificate:
     """Issue a certificate usable for both ends of mutual TLS."""
-    sans: list[x509.GeneralName] = [x509.DNSName(h) for h in hostnames]
-    sans.append(x509.IPAddress(ipaddress.ip_address("127.0.0.1")))
+    sans = san_of(list(dict.fromkeys([*hostnames, "127.0.0.1"])))
     builder = (
         x509.CertificateBuilder()
         .subject_name(subject)
@@ -174,15 +278,22 @@ def identity_of(cert: x509.Certificate) -> MemberIdentity:
     )
 
 
-def verify_issued_by(cert: x509.Certificate, ca_cert: x509.Certificate) -> None:
-    """Check that ``cert`` was signed by the authority (signature and validity period)."""
-    try:
-        cert.verify_directly_issued_by(ca_cert)
-    except (ValueError, TypeError, InvalidSignature) as exc:
+def verify_issued_by(cert: x509.Certificate, ca_cert: Trust) -> None:
+    """Check that ``cert`` was signed by the authority, or by one of the CAs of a trust
+    bundle (signature and validity period)."""
+    cas = [ca_cert] if isinstance(ca_cert, x509.Certificate) else list(ca_cert)
+    problem = "no CA of the trust bundle is its issuer"
+    for ca in cas:
+        try:
+            cert.verify_directly_issued_by(ca)
+            break
+        except (ValueError, TypeError, InvalidSignature) as exc:
+            problem = str(exc) if len(cas) == 1 else problem
+    else:
         raise IdentityError(
             f"certificate serial {cert.serial_number:x} was not issued by "
-            f"this data space's authority: {exc}"
-        ) from None
+            f"this data space's authority: {problem}"
+        )
     now = dt.datetime.now(dt.UTC)
     if not cert.not_valid_before_utc <= now <= cert.not_valid_after_utc:
         raise IdentityError(

@@ -28,7 +28,7 @@ from nacl.exceptions import BadSignatureError
 from nacl.signing import VerifyKey
 
 from qdspace.node.errors import IdentityError
-from qdspace.node.identity.certs import MemberIdentity, identity_of, verify_issued_by
+from qdspace.node.identity.certs import MemberIdentity, Trust, identity_of, verify_issued_by
 from qdspace.node.identity.member import MemberKeys
 from qdspace.node.identity.revocation import RevocationList
 
@@ -82,7 +82,7 @@ def issue_credential(
 def check_credential(
     token: str,
     *,
-    ca_cert: x509.Certificate,
+    ca_cert: Trust,
     revocations: RevocationList,
     audience: str,
     now: float | None = None,

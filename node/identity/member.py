@@ -1,10 +1,19 @@
-"""A member's own keys: Ed25519 signing key (PyNaCl), TLS key and certificate."""
+"""A member's own keys: Ed25519 signing key (PyNaCl), TLS key and certificate.
+
+The keys are made where they are used and never leave the member's directory: a member
+asks for its certificate with a request (csr.py) and installs what the authority returns
+(`create_member_request`, then `install_certificate`). The local path that tests, the demo
+and ``qdspace node init --authority`` take (`create_member_keys`) goes the same way, the
+authority only ever seeing the request. A renewal (`create_renewal_request`) keeps the
+signing key, hence the member id, and puts a new TLS key aside (``tls-next.key``) until
+its certificate comes back (``install_certificate(..., renew=True)``).
+"""
 
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,25 +23,36 @@ from nacl.exceptions import CryptoError
 from nacl.signing import SigningKey
 
 from qdspace.node.errors import IdentityError
-from qdspace.node.identity.authority import Authority
+from qdspace.node.identity.authority import MEMBER_VALID_DAYS, Authority
 from qdspace.node.identity.certs import (
     MemberIdentity,
     cert_to_pem,
     identity_of,
     key_to_pem,
+    load_ca_bundle,
     load_cert,
     load_key,
+    member_id_for,
     new_tls_key,
+    parse_ca_bundle,
     verify_issued_by,
 )
+from qdspace.node.identity.csr import build_request
 from qdspace.node.identity.files import read_file
 from qdspace.node.layout import NodeLayout
 from qdspace.util.files import write_atomic
 
-
-def member_id_for(name: str, verify_key: bytes) -> str:
-    """A stable, collision-resistant member id that still reads as the member's name."""
-    return f"{name}-{hashlib.sha256(verify_key).hexdigest()[:12]}"
+__all__ = [
+    "MemberKeys",
+    "create_member_keys",
+    "create_member_request",
+    "create_renewal_request",
+    "install_certificate",
+    "load_member_keys",
+    "load_signing_key",
+    "member_id_for",
+    "random_token",
+]
 
 
 @dataclass(frozen=True)
@@ -42,8 +62,15 @@ class MemberKeys:
     signing_key: SigningKey
     tls_key: ec.EllipticCurvePrivateKey
     cert: x509.Certificate
-    ca_cert: x509.Certificate
+    ca_cert: x509.Certificate  # the authority's: it signs the revocation list
     identity: MemberIdentity
+    #: the other CAs of ``ca.crt``, trusted to issue member certificates too
+    other_cas: tuple[x509.Certificate, ...] = ()
+
+    @property
+    def trust(self) -> tuple[x509.Certificate, ...]:
+        """Every CA a member certificate may be issued by: the authority's first."""
+        return (self.ca_cert, *self.other_cas)
 
     @property
     def tls_key_pem(self) -> bytes:
@@ -55,7 +82,44 @@ class MemberKeys:
 
     @property
     def ca_pem(self) -> bytes:
-        return cert_to_pem(self.ca_cert)
+        """The trust bundle (TLS root certificates): the authority's CA and any other."""
+        return b"".join(cert_to_pem(ca) for ca in self.trust)
+
+
+def check_member_cert(
+    signing_key: SigningKey,
+    tls_key: ec.EllipticCurvePrivateKey,
+    cert: x509.Certificate,
+    trusted: Sequence[x509.Certificate],
+    *,
+    where: str,
+    check_validity: bool = True,
+) -> MemberIdentity:
+    """The identity ``cert`` states, once it is checked to belong to these keys (and, with
+    ``check_validity``, to be issued by a trusted CA and valid now)."""
+    if cert.public_key() != tls_key.public_key():
+        raise IdentityError(f"the TLS key does not match the certificate ({where})")
+    if check_validity:
+        verify_issued_by(cert, trusted)
+    identity = identity_of(cert)
+    if identity.verify_key != bytes(signing_key.verify_key):
+        raise IdentityError(
+            f"the signing key does not match the verify key in the certificate ({where})"
+        )
+    if identity.member_id != member_id_for(identity.name, identity.verify_key):
+        raise IdentityError(
+            f"the certificate's member id {identity.member_id!r} is not the name's and verify "
+            f"key's ({member_id_for(identity.name, identity.verify_key)!r}) ({where})"
+        )
+    return identity
+
+
+def _write_keys(
+    files: NodeLayout, signing_key: SigningKey, tls_key: ec.EllipticCurvePrivateKey
+) -> None:
+    files.directory.mkdir(parents=True, exist_ok=True)
+    write_atomic(files.signing_key, bytes(signing_key).hex().encode(), mode=0o600)
+    write_atomic(files.tls_key, key_to_pem(tls_key), mode=0o600)
 
 
 def create_member_keys(
@@ -67,28 +131,140 @@ def create_member_keys(
     valid_days: int | None = None,
     not_before: dt.datetime | None = None,
 ) -> MemberKeys:
-    """Create keys and have the authority certify them; nothing is written if that fails."""
+    """Create keys and have a local authority certify them by a request (the authority sees
+    no private key); nothing is written if that fails."""
     signing_key = SigningKey.generate()
-    verify_key = bytes(signing_key.verify_key)
     tls_key = new_tls_key()
-    member_id = member_id_for(name, verify_key)
-    kwargs = {} if valid_days is None else {"valid_days": valid_days}
-    cert = authority.issue(
-        name=name,
-        member_id=member_id,
-        role=role,
-        public_key=tls_key.public_key(),
-        verify_key=verify_key,
-        not_before=not_before,
-        **kwargs,
+    csr = build_request(
+        space=authority.space, name=name, role=role, tls_key=tls_key, signing_key=signing_key
     )
-    directory.mkdir(parents=True, exist_ok=True)
+    cert = authority.sign_request(
+        csr,
+        approve_name=name,
+        approve_role=role,
+        valid_days=MEMBER_VALID_DAYS if valid_days is None else valid_days,
+        not_before=not_before,
+    )
+    where = f"issued by {authority.directory}"
+    identity = check_member_cert(
+        signing_key, tls_key, cert, [authority.cert], where=where, check_validity=False
+    )
     files = NodeLayout(directory)
-    write_atomic(files.signing_key, bytes(signing_key).hex().encode(), mode=0o600)
-    write_atomic(files.tls_key, key_to_pem(tls_key), mode=0o600)
+    _write_keys(files, signing_key, tls_key)
     write_atomic(files.tls_cert, cert_to_pem(cert))
     write_atomic(files.ca_cert, cert_to_pem(authority.cert))
-    return MemberKeys(signing_key, tls_key, cert, authority.cert, identity_of(cert))
+    return MemberKeys(signing_key, tls_key, cert, authority.cert, identity)
+
+
+def create_member_request(
+    directory: Path, *, space: str, name: str, role: str, hostnames: Sequence[str] = ()
+) -> Path:
+    """Make a member's keys in ``directory`` (0600) and the request to send the authority;
+    returns the request's path. Refuses a directory that already holds a member."""
+    files = NodeLayout(directory)
+    for existing in (files.config, files.signing_key, files.tls_key):
+        if existing.exists():
+            raise IdentityError(
+                f"{existing} exists: {directory} already holds a member "
+                "(`qdspace node renew` makes a new request for it)"
+            )
+    signing_key = SigningKey.generate()
+    tls_key = new_tls_key()
+    csr = build_request(
+        space=space,
+        name=name,
+        role=role,
+        tls_key=tls_key,
+        signing_key=signing_key,
+        hostnames=hostnames,
+    )
+    _write_keys(files, signing_key, tls_key)
+    write_atomic(files.request, csr, mode=0o644)
+    return files.request
+
+
+def requested_hostnames(cert: x509.Certificate, name: str) -> tuple[str, ...]:
+    """The hostnames a certificate carries beyond what every member certificate has."""
+    try:
+        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        return ()
+    always = {"localhost", name, "127.0.0.1"}
+    hosts = [str(v) for v in san.get_values_for_type(x509.DNSName)]
+    hosts += [str(v) for v in san.get_values_for_type(x509.IPAddress)]
+    return tuple(h for h in hosts if h not in always)
+
+
+def create_renewal_request(directory: Path, *, hostnames: Sequence[str] | None = None) -> Path:
+    """A request for a new certificate over a new TLS key, same signing key (same member id);
+    the new key waits in ``tls-next.key``. Hostnames default to the current certificate's."""
+    files = NodeLayout(directory)
+    keys = load_member_keys(directory, check_validity=False)
+    ident = keys.identity
+    space = keys.cert.subject.get_attributes_for_oid(x509.oid.NameOID.ORGANIZATION_NAME)
+    if len(space) != 1:
+        raise IdentityError(f"{files.tls_cert} names no single data space (O)")
+    tls_key = new_tls_key()
+    csr = build_request(
+        space=str(space[0].value),
+        name=ident.name,
+        role=ident.role,
+        tls_key=tls_key,
+        signing_key=keys.signing_key,
+        hostnames=requested_hostnames(keys.cert, ident.name) if hostnames is None else hostnames,
+    )
+    write_atomic(files.next_tls_key, key_to_pem(tls_key), mode=0o600)
+    write_atomic(files.request, csr, mode=0o644)
+    return files.request
+
+
+def install_certificate(
+    directory: Path, cert_pem: bytes, ca_pem: bytes, *, renew: bool = False
+) -> MemberKeys:
+    """Install the certificate the authority returned for this directory's request, with the
+    trust bundle ``ca_pem`` (the authority's CA first). Checks that it certifies these keys,
+    is issued by a CA of the bundle and valid now. With ``renew`` it is the certificate of
+    ``tls-next.key``, which then replaces ``tls.key`` (the member id must not change)."""
+    files = NodeLayout(directory)
+    signing_key = load_signing_key(files.signing_key)
+    key_path = files.next_tls_key if renew else files.tls_key
+    tls_key = load_key(key_path, "new TLS key" if renew else "TLS key")
+    try:
+        cert = x509.load_pem_x509_certificate(cert_pem)
+    except ValueError as exc:
+        raise IdentityError(f"the certificate to install is not PEM: {exc}") from None
+    trusted = parse_ca_bundle(ca_pem, "the authority certificate to install")
+    if not trusted:
+        raise IdentityError("the authority certificate to install is empty")
+    identity = check_member_cert(
+        signing_key, tls_key, cert, trusted, where=f"{key_path} and the certificate to install"
+    )
+    if renew:
+        current = identity_of(load_cert(files.tls_cert, "TLS certificate"))
+        if current.member_id != identity.member_id:
+            raise IdentityError(
+                f"the renewed certificate is for {identity.member_id}, this node is "
+                f"{current.member_id}"
+            )
+    write_atomic(files.ca_cert, ca_pem)
+    # The certificate first, then the key: a crash between the two leaves tls-next.key
+    # matching tls.crt, which load_member_keys completes (see _finish_renewal).
+    write_atomic(files.tls_cert, cert_to_pem(cert))
+    if renew:
+        os.replace(files.next_tls_key, files.tls_key)
+    files.request.unlink(missing_ok=True)
+    return MemberKeys(signing_key, tls_key, cert, trusted[0], identity, trusted[1:])
+
+
+def _finish_renewal(files: NodeLayout, cert: x509.Certificate) -> ec.EllipticCurvePrivateKey | None:
+    """The renewed key, moved into place, if a renewal stopped between its two renames."""
+    if not files.next_tls_key.exists():
+        return None
+    pending = load_key(files.next_tls_key, "new TLS key")
+    if pending.public_key() != cert.public_key():
+        return None
+    os.replace(files.next_tls_key, files.tls_key)
+    return pending
 
 
 def load_signing_key(path: Path) -> SigningKey:
@@ -110,17 +286,22 @@ def load_member_keys(directory: Path, *, check_validity: bool = True) -> MemberK
     signing_key = load_signing_key(files.signing_key)
     tls_key = load_key(files.tls_key, "TLS key")
     cert = load_cert(files.tls_cert, "TLS certificate")
-    ca_cert = load_cert(files.ca_cert, "authority certificate")
+    trusted = load_ca_bundle(files.ca_cert, "authority certificate")
+    if not trusted:
+        raise IdentityError(f"authority certificate {files.ca_cert} is empty")
+    if cert.public_key() != tls_key.public_key():
+        tls_key = _finish_renewal(files, cert) or tls_key
     if cert.public_key() != tls_key.public_key():
         raise IdentityError(f"{files.tls_key} does not match {files.tls_cert}")
-    if check_validity:
-        verify_issued_by(cert, ca_cert)
-    identity = identity_of(cert)
-    if identity.verify_key != bytes(signing_key.verify_key):
-        raise IdentityError(
-            f"{files.signing_key} does not match the verify key in {files.tls_cert}"
-        )
-    return MemberKeys(signing_key, tls_key, cert, ca_cert, identity)
+    identity = check_member_cert(
+        signing_key,
+        tls_key,
+        cert,
+        trusted,
+        where=f"{files.signing_key}, {files.tls_cert}",
+        check_validity=check_validity,
+    )
+    return MemberKeys(signing_key, tls_key, cert, trusted[0], identity, trusted[1:])
 
 
 def random_token() -> str:

@@ -34,6 +34,7 @@ from google.protobuf.message import Message
 
 from qdspace.node.errors import IdentityError, WireFormatError
 from qdspace.node.identity.certs import MemberIdentity, identity_of
+from qdspace.node.identity.directory import FingerprintMismatch
 from qdspace.node.identity.revocation import RevocationList, StaleRevocationList
 from qdspace.node.rpc.acl import allowed_roles
 from qdspace.node.rpc.codes import status_code
@@ -83,11 +84,20 @@ class Refused(Exception):
         self.reason = reason
 
 
-class PeerAuthenticator:
-    """Turns a verified TLS peer certificate into a Peer, or refuses it."""
+Pinned = Callable[[str], str | None]
 
-    def __init__(self, revocations: RevocationList):
+
+class PeerAuthenticator:
+    """Turns a verified TLS peer certificate into a Peer, or refuses it.
+
+    ``pinned`` gives the certificate fingerprint the member directory names for a
+    member id (None: not listed, e.g. a static peer); a caller presenting another
+    certificate, such as an old one kept after a renewal, is refused.
+    """
+
+    def __init__(self, revocations: RevocationList, pinned: Pinned | None = None):
         self._revocations = revocations
+        self._pinned = pinned
         self._cache: dict[bytes, MemberIdentity] = {}
 
     def authenticate(self, auth_context: dict[str, list[bytes]], address: str) -> Peer:
@@ -106,7 +116,15 @@ class PeerAuthenticator:
         return Peer(identity, address)
 
     def check_standing(self, identity: MemberIdentity) -> None:
-        """Refuse a revoked member, and everybody while the revocation list is stale."""
+        """Refuse a revoked member, and everybody while the revocation list is stale; and
+        a member whose certificate is not the one the member directory names."""
+        expected = self._pinned(identity.member_id) if self._pinned is not None else None
+        if expected is not None and expected != identity.fingerprint:
+            raise Refused(
+                status_code(FingerprintMismatch),
+                f"certificate sha256 {identity.fingerprint[:16]}... of member {identity.name} "
+                f"is not the one its directory entry names ({expected[:16]}...)",
+            )
         try:
             revoked = self._revocations.is_revoked(identity.serial)
         except StaleRevocationList as exc:

@@ -7,6 +7,8 @@ for another even with a valid certificate.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import grpc
 
 from qdspace.node.identity.member import MemberKeys
@@ -26,8 +28,15 @@ def channel_credentials(keys: MemberKeys) -> grpc.ChannelCredentials:
     )
 
 
-def open_channel(keys: MemberKeys, address: str, peer_name: str) -> grpc.aio.Channel:
-    """An aio channel to ``address`` that only accepts the member called ``peer_name``."""
+def open_channel(
+    keys: MemberKeys,
+    address: str,
+    peer_name: str,
+    interceptors: Sequence[grpc.aio.ClientInterceptor] = (),
+) -> grpc.aio.Channel:
+    """An aio channel to ``address`` that only accepts the member called ``peer_name``
+    (``interceptors`` run before the request id's: `node.rpc.pins` checks the peer's
+    certificate against its directory entry there)."""
     options = [*CHANNEL_OPTIONS, ("grpc.ssl_target_name_override", peer_name)]
     from qdspace.node.rpc.observe import request_id_interceptors
 
@@ -35,5 +44,6 @@ def open_channel(keys: MemberKeys, address: str, peer_name: str) -> grpc.aio.Cha
         address,
         channel_credentials(keys),
         options=options,
-        interceptors=request_id_interceptors(),  # the caller's request id goes with the call
+        # the caller's request id goes with the call
+        interceptors=[*interceptors, *request_id_interceptors()],
     )

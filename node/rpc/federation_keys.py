@@ -20,7 +20,7 @@ from nacl.signing import VerifyKey
 from qdspace.federation.errors import RosterRefused
 from qdspace.federation.secagg_messages import KeyAdvert
 from qdspace.node.errors import IdentityError
-from qdspace.node.identity.certs import MemberIdentity, identity_of, verify_issued_by
+from qdspace.node.identity.certs import MemberIdentity, Trust, identity_of, verify_issued_by
 from qdspace.node.identity.member import member_id_for
 
 #: ``serial -> True`` when the authority has revoked that certificate.
@@ -34,7 +34,7 @@ class CertificateKeys:
 
     def __init__(
         self,
-        ca_cert: x509.Certificate,
+        ca_cert: Trust,
         members: Collection[str],
         *,
         revoked: Revoked | None = None,

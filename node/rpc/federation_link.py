@@ -3,16 +3,18 @@
 The node's federation member service asks coordinators for jobs, statuses, proofs and
 rounds through a link; this module makes one from the node's own keys: a mutual-TLS
 channel to the coordinator (this node's own gRPC address when it coordinates, else the
-address its settings name for that peer), the typed ``FederationClient`` on it, and a
-``MemberRunner`` signing with the node's key and checking the roster against the node's
-live revocation list. The composition root (``node.run``) hands ``grpc_coordinators``
-to the service.
+address its settings or the member directory name for that peer), the typed
+``FederationClient`` on it, and a ``MemberRunner`` signing with the node's key and
+checking the roster against the node's live revocation list. The composition root
+(``node.run``) hands ``grpc_coordinators`` to the service.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from typing import TYPE_CHECKING
+
+import grpc
 
 from qdspace.federation.job import JobSpec
 from qdspace.federation.member import Trainer
@@ -40,12 +42,17 @@ class GrpcCoordinator:
     """One coordinator about one job, over an mTLS channel opened with the node's keys."""
 
     def __init__(
-        self, keys: MemberKeys, revoked: Revoked, address: str, coordinator: str, job_id: str
+        self,
+        keys: MemberKeys,
+        revoked: Revoked,
+        channel: grpc.aio.Channel,
+        coordinator: str,
+        job_id: str,
     ) -> None:
         self._keys = keys
         self._revoked = revoked
         self.coordinator = coordinator
-        self._channel = open_channel(keys, address, coordinator)
+        self._channel = channel
         self._client = FederationClient(self._channel, coordinator, job_id)
 
     async def start_job(self, job: JobSpec, initial: Params) -> StatusView:
@@ -79,7 +86,7 @@ class GrpcCoordinator:
             await coordinator_key(self._channel, self.coordinator),
             signing_key=keys.signing_key,
             certificate=keys.cert,
-            ca_cert=keys.ca_cert,
+            ca_cert=keys.trust,
             revoked=self._revoked,
             on_event=on_event,
             on_version=on_version,
@@ -92,18 +99,20 @@ class GrpcCoordinator:
 
 
 def grpc_coordinators(ctx: NodeContext) -> Connect:
-    """How the node reaches a coordinator by name: itself, or a peer of its settings."""
+    """How the node reaches a coordinator by name: itself, or a peer it knows (its
+    settings' or the member directory's, pinned to the directory's certificate)."""
     settings = ctx.settings
 
     def connect(coordinator: str, job_id: str) -> GrpcCoordinator:
         if coordinator == settings.name:
             address = f"{settings.grpc_host}:{settings.grpc_port}"
-        elif coordinator in settings.peers:
-            address = settings.peers[coordinator]
+            channel = open_channel(ctx.keys, address, coordinator)
+        elif coordinator in ctx.peers.names:
+            channel = ctx.peers.open_channel(coordinator)
         else:
             raise UnknownPeerError(
-                f"unknown coordinator {coordinator!r}; known peers: {sorted(settings.peers)}"
+                f"unknown coordinator {coordinator!r}; known peers: {ctx.peers.names}"
             )
-        return GrpcCoordinator(ctx.keys, ctx.revocations.is_revoked, address, coordinator, job_id)
+        return GrpcCoordinator(ctx.keys, ctx.revocations.is_revoked, channel, coordinator, job_id)
 
     return connect

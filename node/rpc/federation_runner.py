@@ -39,6 +39,7 @@ from qdspace.federation.member import Trainer, plain_update, prepare_change, sec
 from qdspace.federation.params import Params, Vector, flatten
 from qdspace.federation.round_status import Phase, StatusView
 from qdspace.federation.versions import AnchorCheck, ModelVersion, verify_version
+from qdspace.node.identity.certs import Trust
 from qdspace.node.rpc.federation_client import FederationClient, FederationRefused
 from qdspace.node.rpc.federation_keys import CertificateKeys, Revoked
 from qdspace.node.runtime.federation_member import MemberEvent, MemberResult, VersionHook
@@ -78,7 +79,7 @@ class MemberRunner:
         *,
         signing_key: SigningKey | None = None,
         certificate: x509.Certificate | None = None,
-        ca_cert: x509.Certificate | None = None,
+        ca_cert: Trust | None = None,
         revoked: Revoked | None = None,
         on_event: Callable[[MemberEvent], None] | None = None,
         on_version: VersionHook | None = None,

@@ -1,16 +1,21 @@
-"""The peers a node knows by name, and the calls it makes to them."""
+"""The peers a node knows by name (static settings and the member directory), and the
+calls it makes to them."""
 
 from __future__ import annotations
 
 import time
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import grpc
 
 from qdspace.node.errors import PeerError, UnknownPeerError
+from qdspace.node.identity.directory import DirectoryEntry
 from qdspace.node.identity.member import MemberKeys
 from qdspace.node.rpc.client import open_channel
+from qdspace.node.rpc.pins import PinChecker, pin_interceptors
 from qdspace.protocols.v1 import node_pb2, node_pb2_grpc, trace_pb2, trace_pb2_grpc
 
 DEFAULT_TIMEOUT_S = 10.0
@@ -29,34 +34,97 @@ class HelloResult:
 
 
 class PeerDirectory:
-    """Peer name -> address, with one cached mTLS channel per peer."""
+    """Peer name -> address, with one cached mTLS channel per peer.
 
-    def __init__(self, keys: MemberKeys, addresses: dict[str, str]):
+    Two sources name peers: the static ``peers`` of the node's settings, and the
+    authority's member directory (`follow`, called by ``runtime.directory`` whenever a
+    verified document arrives). A static address wins over the directory's (air-gapped
+    sites, or an address only this node can use); the directory's certificate
+    fingerprint applies either way: outgoing calls check it before their first call to
+    an address (`node.rpc.pins`), incoming calls in `node.rpc.auth` (`pinned`).
+    """
+
+    def __init__(
+        self,
+        keys: MemberKeys,
+        addresses: dict[str, str],
+        *,
+        cert_files: tuple[Path, Path] | None = None,
+    ):
         self._keys = keys
-        self._addresses = dict(addresses)
-        self._channels: dict[str, grpc.aio.Channel] = {}
+        self._static = dict(addresses)
+        self._listed: dict[str, DirectoryEntry] = {}
+        self._by_member: dict[str, DirectoryEntry] = {}
+        self._channels: dict[str, tuple[str, grpc.aio.Channel]] = {}
+        self._retired: list[grpc.aio.Channel] = []
+        self._pins = PinChecker(keys, cert_files)
 
     @property
     def names(self) -> list[str]:
-        return sorted(self._addresses)
+        return sorted(set(self._static) | set(self._listed))
+
+    def addresses(self) -> dict[str, str]:
+        """Every known peer's address (the static one where both name it)."""
+        return {name: self.address(name) for name in self.names}
 
     def address(self, name: str) -> str:
-        try:
-            return self._addresses[name]
-        except KeyError:
-            raise UnknownPeerError(
-                f"unknown peer {name!r}; known: {', '.join(self.names) or 'none'}"
-            ) from None
+        if name in self._static:
+            return self._static[name]
+        if name in self._listed:
+            return self._listed[name].peer
+        raise UnknownPeerError(f"unknown peer {name!r}; known: {', '.join(self.names) or 'none'}")
+
+    def fingerprint(self, name: str) -> str | None:
+        """The certificate fingerprint the directory names for peer ``name``, if listed."""
+        entry = self._listed.get(name)
+        return entry.cert_fingerprint if entry is not None else None
+
+    def pinned(self, member_id: str) -> str | None:
+        """The certificate fingerprint the directory names for ``member_id``, if listed."""
+        entry = self._by_member.get(member_id)
+        return entry.cert_fingerprint if entry is not None else None
+
+    def follow(self, entries: Sequence[DirectoryEntry]) -> None:
+        """Take a verified directory's entries (this node's own is skipped); channels to
+        an address that changed are retired."""
+        own = self._keys.identity.member_id
+        listed = {e.name: e for e in entries if e.member_id != own}
+        self._listed = listed
+        self._by_member = {e.member_id: e for e in listed.values()}
+        for name, (address, channel) in list(self._channels.items()):
+            try:
+                current = self.address(name)
+            except UnknownPeerError:
+                current = None
+            if current != address:
+                del self._channels[name]
+                self._pins.forget(address)
+                self._retire(channel)
+
+    def _retire(self, channel: grpc.aio.Channel) -> None:
+        """Close a channel nobody will use again (calls on it may still be finishing)."""
+        self._retired.append(channel)
+
+    def open_channel(self, name: str) -> grpc.aio.Channel:
+        """A new channel to peer ``name`` (the caller closes it), pinned like `channel`'s."""
+        address = self.address(name)
+        pins = pin_interceptors(self._pins, name, address, lambda: self.fingerprint(name))
+        return open_channel(self._keys, address, name, pins)
 
     def channel(self, name: str) -> grpc.aio.Channel:
-        if name not in self._channels:
-            self._channels[name] = open_channel(self._keys, self.address(name), name)
-        return self._channels[name]
+        address = self.address(name)
+        cached = self._channels.get(name)
+        if cached is None or cached[0] != address:
+            self._channels[name] = (address, self.open_channel(name))
+        return self._channels[name][1]
 
     async def close(self) -> None:
-        for channel in self._channels.values():
+        for _, channel in self._channels.values():
+            await channel.close()
+        for channel in self._retired:
             await channel.close()
         self._channels.clear()
+        self._retired.clear()
 
     async def hello(self, name: str, timeout: float = DEFAULT_TIMEOUT_S) -> HelloResult:
         stub = node_pb2_grpc.NodeStub(self.channel(name))

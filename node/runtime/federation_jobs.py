@@ -41,7 +41,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
-from cryptography import x509
 from nacl.signing import SigningKey, VerifyKey
 
 from qdspace.federation.chunks import prefer_heap_for_large_buffers
@@ -60,7 +59,7 @@ from qdspace.federation.secagg_messages import (
 )
 from qdspace.federation.versions import LEDGER_KIND
 from qdspace.ledger.errors import LedgerError, NotAnchored, UnknownLeaf
-from qdspace.node.identity.certs import MemberIdentity
+from qdspace.node.identity.certs import MemberIdentity, Trust
 from qdspace.node.rpc.federation_keys import CertificateKeys
 
 logger = logging.getLogger("node.federation")
@@ -145,7 +144,7 @@ class FederationJobs:
         agreements: AgreementCheck | None = None,
         offer: Callable[[JobSpec], None] | None = None,
         proofs: ProofSource | None = None,
-        ca_cert: x509.Certificate | None = None,
+        ca_cert: Trust | None = None,
     ) -> None:
         self._me = me
         self._ca = ca_cert

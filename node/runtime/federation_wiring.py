@@ -36,7 +36,7 @@ def jobs_from_context(ctx: NodeContext) -> FederationJobs:
         agreements=None if contracts is None else contract_agreements(contracts),
         offer=None if contracts is None else contract_offer(contracts),
         proofs=ledger_proofs(ctx),
-        ca_cert=ctx.keys.ca_cert,
+        ca_cert=ctx.keys.trust,
     )
 
 

@@ -1,0 +1,141 @@
+"""The authority service's HTTP routes: decode, call the service, encode (no logic here).
+
+Every route is open: what it hands out is public (the CA certificate, the CRL, the
+signed directory) or is authorised by what the request carries (an enrollment code, a
+CSR with a proof of possession of the member's signing key, an entry signed by that
+key). The gates in front are the node API's own (`node.api.gate`): bodies are capped
+at `BODY_LIMIT` before they are read and JSON nesting before it is parsed; every
+error is an RFC 9457 problem by the fault table (`node.api.problems`), 4xx for the
+caller's mistakes, never a traceback.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import FastAPI
+from fastapi.responses import JSONResponse, Response
+from pydantic import BaseModel, ConfigDict, Field
+
+from qdspace.node.api.gate import BodyLimit, JsonDepthLimit
+from qdspace.node.api.problems import install_problem_handlers
+from qdspace.node.authority.service import AuthorityService
+from qdspace.node.identity.certs import cert_to_pem, identity_of
+
+#: the largest request body any route reads (a CSR or an entry and its certificate)
+BODY_LIMIT = 64 * 1024
+PEM_MEDIA = "application/x-pem-file"
+PemText = Annotated[str, Field(min_length=1, max_length=16 * 1024)]
+CodeText = Annotated[str, Field(min_length=1, max_length=512)]
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class PublishRequest(Strict):
+    """A member's signed directory entry and the certificate it describes."""
+
+    entry: dict[str, Any]
+    cert_pem: PemText
+
+
+class PreviewRequest(Strict):
+    code: CodeText
+
+
+class Preview(BaseModel):
+    """What an enrollment code admits: the joining member checks it before making keys."""
+
+    name: str
+    role: str
+    space: str
+
+
+class EnrollRequest(Strict):
+    code: CodeText
+    csr_pem: PemText
+
+
+class Enrolled(BaseModel):
+    cert_pem: str
+    ca_pem: str
+    crl_pem: str
+    member_id: str
+
+
+class RenewRequest(Strict):
+    csr_pem: PemText
+
+
+class Renewed(BaseModel):
+    cert_pem: str
+
+
+class Published(BaseModel):
+    serial: int = Field(description="the directory's serial that includes the entry")
+
+
+class Health(BaseModel):
+    status: str
+    space: str
+
+
+def create_authority_app(service: AuthorityService) -> FastAPI:
+    """The FastAPI app of ``qdspace authority serve`` over ``service``."""
+    app = FastAPI(
+        title="qdspace authority",
+        summary="CA, revocation list, enrollment and member directory of a data space",
+    )
+    install_problem_handlers(app)
+    app.add_middleware(JsonDepthLimit)
+    app.add_middleware(BodyLimit, default=BODY_LIMIT)
+    app.state.authority = service
+
+    @app.get("/healthz")
+    def healthz() -> Health:
+        return Health(status="ok", space=service.space)
+
+    @app.get("/v1/ca.pem", response_class=Response)
+    def ca_pem() -> Response:
+        """The data space's CA certificate (a joining member pins its sha256)."""
+        return Response(service.ca_pem(), media_type=PEM_MEDIA)
+
+    @app.get("/v1/crl.pem", response_class=Response)
+    def crl_pem() -> Response:
+        """The revocation list; re-issued when less than half its validity is left."""
+        return Response(service.crl_pem(), media_type=PEM_MEDIA)
+
+    @app.post("/v1/enrollment/preview")
+    def preview(body: PreviewRequest) -> Preview:
+        """The name and role an enrollment code admits (the code is not spent)."""
+        name, role = service.preview(body.code)
+        return Preview(name=name, role=role, space=service.space)
+
+    @app.post("/v1/enrollment")
+    def enroll(body: EnrollRequest) -> Enrolled:
+        """Certify a joining member's request (PKCS#10), admitted by its one-time code."""
+        cert = service.enroll(body.code, body.csr_pem)
+        return Enrolled(
+            cert_pem=cert_to_pem(cert).decode(),
+            ca_pem=service.ca_pem().decode(),
+            crl_pem=service.crl_pem().decode(),
+            member_id=identity_of(cert).member_id,
+        )
+
+    @app.post("/v1/renewal")
+    def renew(body: RenewRequest) -> Renewed:
+        """A new certificate for an active member's new TLS key (request signed by its key)."""
+        return Renewed(cert_pem=cert_to_pem(service.renew(body.csr_pem)).decode())
+
+    @app.get("/v1/directory")
+    def directory() -> JSONResponse:
+        """The signed member directory (`qdspace.node.identity.directory`)."""
+        return JSONResponse(service.document().to_json())
+
+    @app.post("/v1/directory/entries")
+    def publish(body: PublishRequest) -> Published:
+        """A member publishes (or replaces) its own entry, signed with its key."""
+        return Published(serial=service.publish(body.entry, body.cert_pem).serial)
+
+    return app

@@ -1,0 +1,104 @@
+"""``qdspace authority serve``: the authority app under uvicorn, over TLS only.
+
+The port is bound before anything starts (port 0 picks a free one), the server
+certificate is issued by the CA for ``--hostname`` names (`node.authority.tls`), and
+``AUTHORITY/run/authority.json`` records the pid and URL while the service runs, so
+tests and scripts that asked for port 0 can find it. SIGTERM or SIGINT stop it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import socket
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import uvicorn
+
+from qdspace.node.authority.app import create_authority_app
+from qdspace.node.authority.service import AuthorityService
+from qdspace.node.authority.tls import DEFAULT_HOSTNAMES, ensure_server_cert
+from qdspace.node.errors import PortInUseError
+from qdspace.util.files import write_atomic
+
+logger = logging.getLogger("node.authority")
+
+DEFAULT_PORT = 9443
+
+
+def bind(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise PortInUseError(f"cannot bind authority port {host}:{port}: {exc.strerror}") from None
+    sock.listen(128)
+    sock.set_inheritable(True)
+    return sock
+
+
+def service_url(host: str, port: int, hostnames: Sequence[str]) -> str:
+    """The URL members reach the service at: the first hostname, else the bound host."""
+    name = hostnames[0] if hostnames else host
+    if name in ("0.0.0.0", "::"):
+        name = "localhost"
+    return f"https://[{name}]:{port}" if ":" in name else f"https://{name}:{port}"
+
+
+def read_runtime(directory: Path) -> dict[str, object] | None:
+    """What a running ``authority serve`` in ``directory`` wrote (pid, url), if any."""
+    from qdspace.node.layout import AuthorityLayout
+
+    try:
+        data: dict[str, object] = json.loads(AuthorityLayout(directory).runtime.read_text())
+    except (FileNotFoundError, ValueError):
+        return None
+    return data
+
+
+def serve_authority(
+    directory: Path, host: str, port: int, hostnames: Sequence[str] = DEFAULT_HOSTNAMES
+) -> None:
+    """Serve the authority in ``directory`` until SIGTERM/SIGINT."""
+    service = AuthorityService.open(directory)
+    names = list(dict.fromkeys([*hostnames] or DEFAULT_HOSTNAMES))
+    files = service.files
+    if ensure_server_cert(files, service.authority.cert, service.ca_key, names):
+        logger.info("authority: server certificate issued for %s", ", ".join(names))
+    sock = bind(host, port)
+    bound = sock.getsockname()[1]
+    config = uvicorn.Config(
+        create_authority_app(service),
+        log_level="warning",
+        access_log=False,
+        ssl_certfile=str(files.server_cert),
+        ssl_keyfile=str(files.server_key),
+    )
+    server = uvicorn.Server(config)
+    url = service_url(host, bound, names)
+
+    async def main() -> None:
+        task = asyncio.create_task(server.serve(sockets=[sock]))
+        while not server.started and not task.done():
+            await asyncio.sleep(0.01)
+        if server.started:
+            runtime = {"pid": os.getpid(), "url": url, "started_at": time.time()}
+            write_atomic(files.runtime, json.dumps(runtime).encode(), mode=0o644)
+            logger.info("authority %s serving on %s", service.space, url)
+        try:
+            await task
+        finally:
+            files.runtime.unlink(missing_ok=True)
+
+    try:
+        asyncio.run(main())
+    finally:
+        sock.close()
+    logger.info("authority %s stopped", service.space)

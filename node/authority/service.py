@@ -1,0 +1,285 @@
+"""What the authority service does, behind one lock: no HTTP here, the app is a thin adapter.
+
+The service owns the authority directory while it runs. Every change (a published
+entry, an enrollment, a renewal, a re-issued CRL) happens under one lock and is
+written atomically, so two requests at once cannot interleave a read-modify-write of
+``members.json`` or ``directory.json``. ``qdspace authority revoke`` may still run in
+another process: the service notices (the register's file changed) and drops the
+revoked member's entry from the next directory it serves.
+
+The directory document (``directory.json``) is signed with the CA key every time it
+changes. Its serial is the larger of the previous serial + 1 and the current time in
+milliseconds, so it only grows, even when the file is lost and the service restarts:
+nodes refuse a lower serial than the one they hold (a replayed old directory).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import json
+import logging
+import threading
+import time
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from qdspace.node.errors import IdentityError
+from qdspace.node.identity.authority import Authority
+from qdspace.node.identity.certs import cert_to_pem, identity_of, load_key, verify_issued_by
+from qdspace.node.identity.directory import (
+    DirectoryDocument,
+    DirectoryEntry,
+    DirectoryError,
+    MalformedDirectory,
+    entry_matches_certificate,
+    parse_document,
+    sign_document,
+    verify_document,
+    verify_entry,
+)
+from qdspace.node.identity.files import read_file
+from qdspace.node.identity.register import IssuedMember
+from qdspace.node.layout import AuthorityLayout
+from qdspace.util.files import write_atomic
+
+logger = logging.getLogger("node.authority")
+
+#: how far ahead of the service's clock an entry's ``published_at`` may be
+CLOCK_SKEW = dt.timedelta(minutes=5)
+#: a certificate PEM longer than this is not a member certificate
+MAX_CERT_PEM = 16 * 1024
+
+
+class NotAMember(DirectoryError):
+    """A certificate the authority did not issue, or revoked, or that has expired."""
+
+
+class StaleEntry(DirectoryError):
+    """An entry not newer than the one the directory holds for that member (a replay)."""
+
+
+@dataclass(frozen=True)
+class _Register:
+    """The issued certificates by serial, as read from ``members.json`` at ``stamp``."""
+
+    stamp: tuple[int, int]
+    by_serial: Mapping[int, IssuedMember]
+
+
+def _stamp(path: Path) -> tuple[int, int]:
+    st = path.stat()
+    return (st.st_mtime_ns, st.st_size)
+
+
+@contextlib.contextmanager
+def _logged_refusal(what: str) -> Iterator[None]:
+    """Log a refused request (the caller gets the problem; the operator sees the attempt)."""
+    try:
+        yield
+    except (IdentityError, ValueError) as exc:
+        logger.warning("authority: refused %s: %s", what, exc)
+        raise
+
+
+def _in_good_standing(member: IssuedMember | None, now: dt.datetime) -> bool:
+    return (
+        member is not None
+        and member.revoked_at is None
+        and dt.datetime.fromisoformat(member.not_after) > now
+    )
+
+
+class AuthorityService:
+    """The authority's state while ``authority serve`` runs (module docstring)."""
+
+    def __init__(self, authority: Authority, ca_key: ec.EllipticCurvePrivateKey) -> None:
+        self.authority = authority
+        self._ca_key = ca_key
+        self.lock = threading.RLock()
+        self._register: _Register | None = None
+        self._document = self._load_document()
+
+    @classmethod
+    def open(cls, directory: Path) -> AuthorityService:
+        authority = Authority.load(directory.resolve())
+        ca_key = load_key(authority.files.ca_key, "authority key")
+        return cls(authority, ca_key)
+
+    @property
+    def files(self) -> AuthorityLayout:
+        return self.authority.files
+
+    @property
+    def ca_key(self) -> ec.EllipticCurvePrivateKey:
+        return self._ca_key
+
+    @property
+    def space(self) -> str:
+        return self.authority.space
+
+    # -- CA and CRL ------------------------------------------------------------------------
+
+    def ca_pem(self) -> bytes:
+        return cert_to_pem(self.authority.cert)
+
+    def crl_pem(self, now: dt.datetime | None = None) -> bytes:
+        """The current CRL; re-issued first when less than half its validity is left."""
+        now = now or dt.datetime.now(dt.UTC)
+        with self.lock:
+            path = self.files.crl
+            crl = self._read_crl(path)
+            next_update = crl.next_update_utc
+            if next_update is None or now >= crl.last_update_utc + (
+                (next_update - crl.last_update_utc) / 2
+            ):
+                self.authority.issue_crl()
+                logger.info("authority: revocation list re-issued (%s)", path)
+            return read_file(path, "revocation list")
+
+    @staticmethod
+    def _read_crl(path: Path) -> x509.CertificateRevocationList:
+        try:
+            return x509.load_pem_x509_crl(read_file(path, "revocation list"))
+        except ValueError as exc:
+            raise IdentityError(f"revocation list {path} is corrupt: {exc}") from None
+
+    # -- enrollment and renewal -------------------------------------------------------------
+
+    def preview(self, code: str) -> tuple[str, str]:
+        """The (name, role) an enrollment code admits (the code stays unspent)."""
+        with _logged_refusal("an enrollment preview"):
+            return self.authority.preview_enrollment(code)
+
+    def enroll(self, code: str, csr_pem: str) -> x509.Certificate:
+        """The certificate for a joining member's request, admitted by (and spending) ``code``."""
+        with _logged_refusal("an enrollment"):
+            cert = self.authority.sign_request(csr_pem.encode(), code=code)
+        ident = identity_of(cert)
+        logger.info("authority: enrolled %s (%s) as %s", ident.name, ident.member_id, ident.role)
+        return cert
+
+    def renew(self, csr_pem: str) -> x509.Certificate:
+        """A new certificate for an active member's new TLS key (same signing key)."""
+        with _logged_refusal("a renewal"):
+            cert = self.authority.renew(csr_pem.encode())
+        ident = identity_of(cert)
+        logger.info(
+            "authority: renewed %s (%s), serial %x", ident.name, ident.member_id, ident.serial
+        )
+        return cert
+
+    # -- the register ----------------------------------------------------------------------
+
+    def _members_by_serial(self) -> Mapping[int, IssuedMember]:
+        """The register, re-read only when ``members.json`` changed (a revoke by the CLI)."""
+        stamp = _stamp(self.files.members)
+        if self._register is None or self._register.stamp != stamp:
+            members = {int(m.serial, 16): m for m in self.authority.members()}
+            self._register = _Register(stamp, members)
+        return self._register.by_serial
+
+    # -- the directory ---------------------------------------------------------------------
+
+    def _load_document(self) -> DirectoryDocument:
+        path = self.files.member_directory
+        if not path.exists():  # an empty directory, signed (not written until it changes)
+            return sign_document(self.space, int(time.time() * 1000), [], self._ca_key)
+        try:
+            document = parse_document(json.loads(read_file(path, "member directory")))
+            verify_document(document, self.authority.cert)
+            entries = tuple(DirectoryEntry.from_json(raw) for raw in document.raw_entries)
+        except (ValueError, DirectoryError) as exc:
+            raise IdentityError(
+                f"member directory {path} is corrupt ({exc}); move it aside to start "
+                "an empty one (members publish their entries again on their next start)"
+            ) from None
+        return DirectoryDocument(
+            document.space, document.serial, document.issued_at, entries, document.signature
+        )
+
+    def _save(self, entries: list[DirectoryEntry]) -> DirectoryDocument:
+        serial = max(self._document.serial + 1, int(time.time() * 1000))
+        document = sign_document(self.space, serial, entries, self._ca_key)
+        write_atomic(
+            self.files.member_directory,
+            json.dumps(document.to_json(), indent=1).encode() + b"\n",
+            mode=0o644,
+        )
+        self._document = document
+        return document
+
+    def document(self) -> DirectoryDocument:
+        """The directory, without members revoked (or expired) since it was signed."""
+        with self.lock:
+            now = dt.datetime.now(dt.UTC)
+            register = self._members_by_serial()
+            entries = list(self._document.entries)
+            kept = [e for e in entries if _in_good_standing(register.get(e.serial), now)]
+            if len(kept) != len(entries):
+                gone = sorted({e.name for e in entries} - {e.name for e in kept})
+                logger.info("authority: directory drops %s (revoked or expired)", ", ".join(gone))
+                return self._save(kept)
+            return self._document
+
+    def publish(self, entry_data: Any, cert_pem: str) -> DirectoryDocument:
+        """Take a member's signed entry (with its certificate) into the directory.
+
+        Refused: an entry that does not parse, whose signature is not its member's, that
+        does not describe the certificate it came with, whose certificate this authority
+        did not issue or has revoked, or that is not newer than the entry held for it.
+        """
+        with _logged_refusal("a directory entry"):
+            return self._publish(entry_data, cert_pem)
+
+    def _publish(self, entry_data: Any, cert_pem: str) -> DirectoryDocument:
+        """The checks of `publish`, the refusals logged by it."""
+        entry = DirectoryEntry.from_json(entry_data)
+        cert = self._certificate(cert_pem)
+        identity = identity_of(cert)
+        entry_matches_certificate(entry, identity)
+        verify_entry(entry)
+        now = dt.datetime.now(dt.UTC)
+        if entry.published > now + CLOCK_SKEW:
+            raise MalformedDirectory(f"entry of {entry.name}: published_at is in the future")
+        with self.lock:
+            if not _in_good_standing(self._members_by_serial().get(identity.serial), now):
+                raise NotAMember(
+                    f"certificate serial {identity.serial:x} of {identity.name} is revoked, "
+                    "expired or not in this authority's register"
+                )
+            held = self._document.entry(entry.member_id)
+            if held is not None and entry.published <= held.published:
+                raise StaleEntry(
+                    f"entry of {entry.name} published at {entry.published_at} is not newer "
+                    f"than the one held ({held.published_at})"
+                )
+            others = [
+                e
+                for e in self._document.entries
+                if e.member_id != entry.member_id and e.name != entry.name
+            ]
+            document = self._save([*others, entry])
+        logger.info(
+            "authority: %s (%s) published peer %s, directory serial %d",
+            entry.name,
+            entry.member_id,
+            entry.peer,
+            document.serial,
+        )
+        return document
+
+    def _certificate(self, cert_pem: str) -> x509.Certificate:
+        if len(cert_pem) > MAX_CERT_PEM:
+            raise MalformedDirectory("cert_pem is too long for a member certificate")
+        try:
+            cert = x509.load_pem_x509_certificate(cert_pem.encode())
+        except ValueError:
+            raise MalformedDirectory("cert_pem is not a PEM certificate") from None
+        verify_issued_by(cert, self.authority.cert)
+        return cert

@@ -1,0 +1,194 @@
+"""``qdspace authority ...``: the data space's CA on the operator's own machine.
+
+``init`` creates it, ``enroll`` makes a one-time code for a joining member, ``sign`` turns
+a member's certificate request into its certificate (admitted by a code, or by the
+operator naming the member and role; ``--renew`` for a known member's new key), ``revoke``
+and ``crl`` keep the revocation list, ``list`` shows what was issued. The authority never
+sees a member's private key: everything it signs arrives as a request (``qdspace node csr``).
+The authority service (``qdspace authority serve``) offers the same over HTTPS.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from qdspace.node.cli.choices import Role
+from qdspace.node.cli.connect import JsonOpt, print_json
+from qdspace.node.cli.errors import clean_errors
+
+authority_app = typer.Typer(no_args_is_help=True, help="the data space's authority (CA)")
+console = Console()
+
+AuthDirOpt = Annotated[Path, typer.Option("--dir", help="authority directory")]
+_DURATION = re.compile(r"^(\d+(?:\.\d+)?)([smhd])$")
+_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
+
+
+def parse_duration(text: str) -> dt.timedelta:
+    """``90s``, ``30m``, ``24h``, ``7d``."""
+    match = _DURATION.match(text.strip())
+    if match is None:
+        raise typer.BadParameter(f"{text!r}: expected a number and s, m, h or d (e.g. 24h)")
+    return dt.timedelta(**{_UNITS[match[2]]: float(match[1])})
+
+
+@authority_app.command("init")
+@clean_errors
+def authority_init(
+    directory: AuthDirOpt,
+    space: Annotated[str, typer.Option(help="name of the data space")] = "qdspace",
+) -> None:
+    """Create the data space's certificate authority."""
+    from qdspace.node.identity.authority import Authority
+    from qdspace.node.identity.certs import fingerprint
+
+    auth = Authority.init(directory, space)
+    console.print(f"authority for [bold]{space}[/bold] created in {directory}")
+    console.print(f"CA fingerprint (sha256): {fingerprint(auth.cert)}")
+
+
+@authority_app.command("enroll")
+@clean_errors
+def authority_enroll(
+    directory: AuthDirOpt,
+    name: Annotated[str, typer.Option(help="the joining member's name")],
+    role: Annotated[Role, typer.Option(help="the role it is granted")],
+    ttl: Annotated[str, typer.Option(help="how long the code is valid (30m, 24h, 7d)")] = "24h",
+    bpn: Annotated[str | None, typer.Option(help="business partner number (optional)")] = None,
+) -> None:
+    """Make a one-time enrollment code for a member; it is shown once."""
+    from qdspace.node.identity.authority import Authority
+
+    lifetime = parse_duration(ttl)
+    authority = Authority.load(directory)
+    code = authority.create_enrollment(name=name, role=role.value, ttl=lifetime, bpn=bpn)
+    console.print(
+        f"enrollment code for [bold]{name}[/bold] ({role.value}), valid {ttl}, for one "
+        "certificate. It is not stored and will not be shown again:",
+        soft_wrap=True,
+    )
+    print(str(code))
+
+
+@authority_app.command("sign")
+@clean_errors
+def authority_sign(
+    directory: AuthDirOpt,
+    csr: Annotated[Path, typer.Option(help="the member's request (qdspace node csr)")],
+    out: Annotated[Path, typer.Option(help="where to write the certificate (PEM)")],
+    code: Annotated[
+        str | None, typer.Option(help="the enrollment code the member was given")
+    ] = None,
+    name: Annotated[str | None, typer.Option(help="approve this member name (no code)")] = None,
+    role: Annotated[Role | None, typer.Option(help="approve this role (no code)")] = None,
+    renew: Annotated[bool, typer.Option(help="a known member's renewal (same id)")] = False,
+) -> None:
+    """Issue a member's certificate from its request (--code, --name/--role, or --renew).
+
+    A new member is admitted by its enrollment code, or by the operator approving the name
+    and role; --renew certifies a known member's new TLS key (same member id)."""
+    from qdspace.node.identity.authority import Authority
+    from qdspace.node.identity.certs import cert_to_pem, identity_of
+    from qdspace.node.identity.files import read_file
+    from qdspace.util.files import write_atomic
+
+    if renew and (code or name or role):
+        raise typer.BadParameter("--renew takes no --code, --name or --role")
+    if not renew and (code is None) == (name is None and role is None):
+        raise typer.BadParameter("give --code, or --name and --role")
+    if not renew and code is None and (name is None or role is None):
+        raise typer.BadParameter("approving without a code needs both --name and --role")
+    authority = Authority.load(directory)
+    request = read_file(csr, "certificate request")
+    if renew:
+        cert = authority.renew(request)
+    else:
+        cert = authority.sign_request(
+            request, code=code, approve_name=name, approve_role=role.value if role else None
+        )
+    write_atomic(out, cert_to_pem(cert), mode=0o644)
+    ident = identity_of(cert)
+    console.print(
+        f"certificate for [bold]{ident.name}[/bold] ({ident.role}, {ident.member_id}) "
+        f"written to {out}; give the member it, {authority.files.ca_cert} and "
+        f"{authority.files.crl} (`qdspace node install`)",
+        soft_wrap=True,
+    )
+
+
+@authority_app.command("revoke")
+@clean_errors
+def authority_revoke(
+    directory: AuthDirOpt,
+    member: Annotated[str, typer.Option(help="member name or id")],
+    reason: Annotated[str, typer.Option(help="why")] = "unspecified",
+) -> None:
+    """Revoke a member; nodes refuse it from their next call on."""
+    from qdspace.node.identity.authority import Authority
+
+    for m in Authority.load(directory).revoke(member, reason):
+        console.print(f"revoked {m.name} ({m.member_id}, serial {m.serial})")
+
+
+@authority_app.command("crl")
+@clean_errors
+def authority_crl(
+    directory: AuthDirOpt,
+    valid_days: Annotated[float, typer.Option(help="days until its nextUpdate")] = 7.0,
+) -> None:
+    """Re-issue the revocation list; nodes refuse every call once theirs is past nextUpdate."""
+    from qdspace.node.identity.authority import Authority
+
+    path = Authority.load(directory).issue_crl(dt.timedelta(days=valid_days))
+    console.print(f"revocation list re-issued: {path} (valid {valid_days:g} days)")
+    console.print("nodes whose crl_path is this file reload it; copy it to the others")
+
+
+@authority_app.command("list")
+@clean_errors
+def authority_list(directory: AuthDirOpt, as_json: JsonOpt = False) -> None:
+    """List issued member certificates."""
+    from dataclasses import asdict
+
+    from qdspace.node.identity.authority import Authority
+
+    issued = Authority.load(directory).members()
+    if as_json:
+        print_json([asdict(m) for m in issued])
+        return
+    table = Table("name", "member id", "role", "serial", "valid until", "revoked")
+    for m in issued:
+        table.add_row(m.name, m.member_id, m.role, m.serial, m.not_after, m.revoked_at or "")
+    console.print(table)
+
+
+@authority_app.command("serve")
+@clean_errors
+def authority_serve(
+    directory: AuthDirOpt,
+    host: Annotated[str, typer.Option(help="address to listen on")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="HTTPS port (0: any free port)")] = 9443,
+    hostname: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="DNS name or IP members reach the service at (repeatable; its TLS "
+            "certificate names them; default localhost and 127.0.0.1)"
+        ),
+    ] = None,
+    log_level: Annotated[str, typer.Option(help="log level")] = "INFO",
+) -> None:
+    """Serve the CA certificate, CRL, enrollment and the signed member directory over HTTPS."""
+    from qdspace.node.authority.server import serve_authority
+    from qdspace.node.authority.tls import DEFAULT_HOSTNAMES
+    from qdspace.node.logs import setup_logging
+
+    setup_logging(log_level)
+    names = hostname or ([host, *DEFAULT_HOSTNAMES] if host not in ("0.0.0.0", "::") else [])
+    serve_authority(directory, host, port, names or list(DEFAULT_HOSTNAMES))

@@ -1,0 +1,69 @@
+"""The authority's register of issued member certificates (``members.json``), and the
+rule that keeps names unambiguous: no two active members answer to the same name.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from qdspace.node.errors import IdentityError
+from qdspace.node.identity.errors import NameTaken
+from qdspace.node.identity.files import read_file
+from qdspace.util.files import write_atomic
+
+
+@dataclass(frozen=True)
+class IssuedMember:
+    """One line of the authority's register."""
+
+    member_id: str
+    name: str
+    role: str
+    serial: str
+    not_after: str
+    revoked_at: str | None = None
+    revocation_reason: str | None = None
+    hostnames: tuple[str, ...] = field(default=())  # requested SANs beyond localhost and name
+    bpn: str | None = None  # business partner number, when the enrollment code named one
+
+    def answers_to(self) -> set[str]:
+        """Every name gRPC could check this member's certificate against."""
+        return {self.name, *self.hostnames}
+
+
+def load_register(path: Path) -> list[IssuedMember]:
+    try:
+        rows = json.loads(read_file(path, "authority register"))
+        return [
+            IssuedMember(**{**row, "hostnames": tuple(row.get("hostnames", ()))}) for row in rows
+        ]
+    except (ValueError, TypeError) as exc:
+        raise IdentityError(f"authority register {path} is corrupt: {exc}") from None
+
+
+def save_register(path: Path, members: list[IssuedMember]) -> None:
+    data = json.dumps([asdict(m) for m in members], indent=2).encode() + b"\n"
+    write_atomic(path, data)
+
+
+def check_names_free(
+    members: list[IssuedMember], member_id: str | None, name: str, hostnames: Sequence[str]
+) -> None:
+    """Refuse a name or hostname another active member answers to: gRPC takes the peer's
+    member name as the TLS target name, so a certificate carrying another member's name
+    (as its CN or as a SAN) could pass for that member."""
+    for m in members:
+        if m.revoked_at is not None or m.member_id == member_id:
+            continue
+        theirs = {n.lower() for n in m.answers_to()}
+        if name.lower() in theirs:
+            raise NameTaken(f"the name {name!r} is already taken by member {m.member_id}")
+        clash = sorted(h for h in hostnames if h.lower() == m.name.lower())
+        if clash:
+            raise NameTaken(
+                f"hostname {clash[0]!r} is the name of member {m.member_id}; a certificate "
+                "carrying it could pass for that member"
+            )

@@ -1,0 +1,170 @@
+"""Outgoing calls check the peer's certificate against its directory entry (pinning).
+
+TLS already proves that the peer holds a certificate the authority issued for the name
+we called. The directory says more: *which* certificate that member uses now. An old
+certificate of the same member (before a renewal, from a stolen backup) still chains
+to the authority until it expires or is revoked, and a peer presenting it is refused.
+
+grpc-python has no hook to inspect the server certificate of a channel, so before the
+first call to an address the node makes one TLS handshake of its own (`ssl`, with its
+member certificate as a client certificate, ALPN h2, the peer's member name as the
+server name), reads the certificate the peer presents, and compares its sha256 with
+the entry's ``cert_fingerprint``. A match is remembered per (address, fingerprint), so
+a peer is checked again when its entry or address changes, not on every call. A
+mismatch fails the call with UNAUTHENTICATED, like any refused peer call, and is
+logged; a handshake that cannot complete (peer down, TLS refused) is not decided here:
+the call goes ahead and fails, or succeeds, on its own terms, and the check runs again
+on the next call.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+import ssl
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import grpc
+
+from qdspace.node.identity.directory import FingerprintMismatch
+from qdspace.node.identity.member import MemberKeys
+
+logger = logging.getLogger("node.rpc")
+
+HANDSHAKE_TIMEOUT_S = 5.0
+
+
+def client_context(keys: MemberKeys, cert_files: tuple[Path, Path] | None) -> ssl.SSLContext:
+    """TLS as the gRPC channel does it: the authority as the only root, our member cert."""
+    context = ssl.create_default_context(cadata=keys.ca_pem.decode())
+    if cert_files is not None:
+        context.load_cert_chain(str(cert_files[0]), str(cert_files[1]))
+    context.set_alpn_protocols(["h2"])
+    return context
+
+
+async def presented_fingerprint(
+    context: ssl.SSLContext, address: str, peer_name: str, timeout: float = HANDSHAKE_TIMEOUT_S
+) -> str | None:
+    """sha256 hex of the certificate the peer at ``address`` presents; None if no handshake."""
+    host, _, port = address.rpartition(":")
+    host = host.strip("[]")
+    try:
+        _, writer = await asyncio.wait_for(
+            asyncio.open_connection(host, int(port), ssl=context, server_hostname=peer_name),
+            timeout,
+        )
+    except (OSError, ssl.SSLError, TimeoutError, ValueError) as exc:
+        logger.debug("pin check of %s at %s: no handshake (%s)", peer_name, address, exc)
+        return None
+    try:
+        ssl_object = writer.get_extra_info("ssl_object")
+        der = ssl_object.getpeercert(binary_form=True) if ssl_object is not None else None
+    finally:
+        writer.close()
+        with contextlib.suppress(OSError, ssl.SSLError):
+            await writer.wait_closed()
+    return hashlib.sha256(der).hexdigest() if der else None
+
+
+class PinChecker:
+    """Checks a peer's certificate against the fingerprint its entry names, once per pair."""
+
+    def __init__(self, keys: MemberKeys, cert_files: tuple[Path, Path] | None) -> None:
+        self._keys = keys
+        self._cert_files = cert_files
+        self._context: ssl.SSLContext | None = None
+        self._verified: set[tuple[str, str]] = set()
+
+    def forget(self, address: str) -> None:
+        self._verified = {pair for pair in self._verified if pair[0] != address}
+
+    async def check(self, peer_name: str, address: str, expected: str) -> None:
+        """Raise `FingerprintMismatch` when the peer presents another cert than ``expected``."""
+        if (address, expected) in self._verified:
+            return
+        if self._context is None:
+            self._context = client_context(self._keys, self._cert_files)
+        presented = await presented_fingerprint(self._context, address, peer_name)
+        if presented is None:
+            return  # undecided: the call itself will meet the same peer
+        if presented != expected:
+            logger.warning(
+                "refusing peer %s at %s: it presents certificate sha256 %s, its directory "
+                "entry names %s",
+                peer_name,
+                address,
+                presented,
+                expected,
+            )
+            raise FingerprintMismatch(
+                f"peer {peer_name} at {address} presents certificate sha256 {presented[:16]}..., "
+                f"not the one its directory entry names ({expected[:16]}...)"
+            )
+        self._verified.add((address, expected))
+
+
+Expected = Callable[[], str | None]
+
+
+def _refusal(exc: FingerprintMismatch) -> grpc.aio.AioRpcError:
+    return grpc.aio.AioRpcError(
+        grpc.StatusCode.UNAUTHENTICATED, grpc.aio.Metadata(), grpc.aio.Metadata(), str(exc)
+    )
+
+
+class _Pinned:
+    def __init__(self, checker: PinChecker, peer_name: str, address: str, expected: Expected):
+        self._checker, self._name, self._address, self._expected = (
+            checker,
+            peer_name,
+            address,
+            expected,
+        )
+
+    async def _check(self) -> None:
+        fingerprint = self._expected()
+        if fingerprint is None:  # a static peer the directory does not list
+            return
+        try:
+            await self._checker.check(self._name, self._address, fingerprint)
+        except FingerprintMismatch as exc:
+            raise _refusal(exc) from None
+
+
+class _UnaryUnary(_Pinned, grpc.aio.UnaryUnaryClientInterceptor):  # type: ignore[misc]
+    async def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
+        await self._check()
+        return await continuation(details, request)
+
+
+class _UnaryStream(_Pinned, grpc.aio.UnaryStreamClientInterceptor):  # type: ignore[misc]
+    async def intercept_unary_stream(self, continuation: Any, details: Any, request: Any) -> Any:
+        await self._check()
+        return await continuation(details, request)
+
+
+class _StreamUnary(_Pinned, grpc.aio.StreamUnaryClientInterceptor):  # type: ignore[misc]
+    async def intercept_stream_unary(self, continuation: Any, details: Any, requests: Any) -> Any:
+        await self._check()
+        return await continuation(details, requests)
+
+
+class _StreamStream(_Pinned, grpc.aio.StreamStreamClientInterceptor):  # type: ignore[misc]
+    async def intercept_stream_stream(self, continuation: Any, details: Any, requests: Any) -> Any:
+        await self._check()
+        return await continuation(details, requests)
+
+
+def pin_interceptors(
+    checker: PinChecker, peer_name: str, address: str, expected: Expected
+) -> list[grpc.aio.ClientInterceptor]:
+    """Client interceptors that check the pin before each call (cached once it matched)."""
+    return [
+        cls(checker, peer_name, address, expected)
+        for cls in (_UnaryUnary, _UnaryStream, _StreamUnary, _StreamStream)
+    ]
