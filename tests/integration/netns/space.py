@@ -7,8 +7,11 @@ Each piece runs as it would on its own machine, reached only through its address
 - :class:`Postgres`: a throw-away cluster (``initdb`` into a directory owned by
   ``postgres``; the server refuses to run as root) listening on its host's IP only, with
   password (SCRAM) logins from the subnet and one database per member that asks;
-- :class:`Member`: a node directory and its ``qdspace node start`` process, the peer and
-  operator listeners bound to the member's IP.
+- :class:`AuthorityService`: ``qdspace authority serve`` on its host's IP (HTTPS, its
+  certificate naming that IP), and ``qdspace authority enroll`` codes;
+- :class:`Member`: a node directory made on the member's host by ``qdspace node join``
+  (nothing but the authority's URL and a code) and its ``qdspace node start`` process,
+  the peer and operator listeners bound to the member's IP.
 """
 
 from __future__ import annotations
@@ -30,14 +33,15 @@ from qdspace.ledger.deploy import Deployment, fund_from_dev_account
 from qdspace.ledger.keys import new_key_file
 from qdspace.node.client import OperatorClient
 from qdspace.node.config import NodeSettings
-from qdspace.node.layout import NodeLayout
+from qdspace.node.layout import AuthorityLayout, NodeLayout
 from qdspace.node.runtime.ledger import write_ledger_file
 
-from .hosts import Host, NetnsError, Service, wait_for
+from .hosts import Host, Service, wait_for
 
 PG_BIN = Path(os.environ.get("QDSPACE_PG_BIN", "/usr/lib/postgresql/15/bin"))
 PG_PORT = 5432
 CHAIN_PORT = 8545
+AUTHORITY_PORT = 9443
 GRPC_PORT = 7443
 API_PORT = 8443
 MEMBER_FUNDS_WEI = 10**18
@@ -148,6 +152,44 @@ class Postgres:
 
 
 @dataclass
+class AuthorityService:
+    host: Host
+    directory: Path
+    service: Service | None = None
+
+    @property
+    def url(self) -> str:
+        return f"https://{self.host.ip}:{AUTHORITY_PORT}"
+
+    def init(self, space: str) -> None:
+        self.host.run(qdspace("authority", "init", "--dir", str(self.directory), "--space", space))
+
+    def start(self) -> None:
+        argv = qdspace("authority", "serve", "--dir", str(self.directory), "--host", self.host.ip)
+        argv += ["--port", str(AUTHORITY_PORT), "--hostname", self.host.ip]
+        self.service = service = self.host.spawn("authority", argv)
+        runtime = AuthorityLayout(self.directory).runtime
+
+        def published() -> bool:
+            try:
+                return bool(json.loads(runtime.read_text())["pid"] == service.process.pid)
+            except (OSError, ValueError, KeyError):
+                return False
+
+        wait_for("the authority service's run file", published, START_TIMEOUT_S, watch=[service])
+
+    def enroll(self, name: str, role: str) -> str:
+        """A one-time enrollment code for ``name`` as ``role`` (the command's last line)."""
+        argv = qdspace("authority", "enroll", "--dir", str(self.directory), "--name", name)
+        done = self.host.run([*argv, "--role", role, "--ttl", "30m"])
+        return done.stdout.strip().splitlines()[-1].strip()
+
+    def revoke(self, name: str) -> None:
+        argv = qdspace("authority", "revoke", "--dir", str(self.directory), "--member", name)
+        self.host.run([*argv, "--reason", "left the data space"])
+
+
+@dataclass
 class Member:
     host: Host
     name: str
@@ -169,11 +211,22 @@ class Member:
     def token(self) -> str:
         return NodeLayout(self.directory).operator_token.read_text().strip()
 
-    def bind(self, **settings: Any) -> None:
-        """Listen on this host's IP (node.json), plus any other settings given."""
-        current = NodeSettings.load(self.directory)
-        update = {"grpc_host": self.host.ip, "api_host": self.host.ip, **settings}
-        current.model_copy(update=update).save()
+    def join(self, authority_url: str, code: str) -> None:
+        """``qdspace node join`` on this host: keys made here, a certificate by CSR."""
+        argv = qdspace("node", "join", "--dir", str(self.directory))
+        argv += ["--authority-url", authority_url, "--code", code]
+        argv += ["--advertise", self.peer_address, "--grpc-host", self.host.ip]
+        argv += ["--grpc-port", str(GRPC_PORT), "--api-host", self.host.ip]
+        self.host.run([*argv, "--api-port", str(API_PORT)])
+
+    def configure(self, **settings: Any) -> NodeSettings:
+        """Change settings in node.json (before the node starts)."""
+        updated = NodeSettings.load(self.directory).model_copy(update=settings)
+        updated.save()
+        return updated
+
+    def settings(self) -> NodeSettings:
+        return NodeSettings.load(self.directory)
 
     def start(self) -> None:
         env = {**self.host.lan.env, **self.env}
@@ -191,13 +244,3 @@ class Member:
 
     def describe(self) -> dict[str, Any]:
         return {"host": self.host.name, "ip": self.host.ip, "dir": str(self.directory)}
-
-
-def raise_with_logs(exc: BaseException, logs: list[tuple[str, str]]) -> None:
-    """Re-raise ``exc`` as a NetnsError carrying every process's log tail."""
-    text = "\n".join(f"--- {title}\n{tail}" for title, tail in logs)
-    raise NetnsError(f"{exc}\n{text}") from exc
-
-
-def dump(doc: Any) -> str:
-    return json.dumps(doc, indent=2, default=str)

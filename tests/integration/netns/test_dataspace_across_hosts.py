@@ -1,11 +1,14 @@
 """A data space across hosts: every service in its own network namespace, on its own IP.
 
-The authority, the chain, PostgreSQL and each member (SunArc the OEM on PostgreSQL,
-Cellex a supplier on SQLite, Polycell a second supplier, the regulator) run on separate
-hosts of a bridged /24 (see ``hosts.py``). Members negotiate, transfer and anchor over
-the network, the regulator fetches a proof from the OEM's node and verifies it against
-the chain from its own host, and once the authority revokes Polycell the others refuse
-it within the revocation list's refresh.
+The authority service, the chain, PostgreSQL and each member (SunArc the OEM on
+PostgreSQL, Cellex a supplier on SQLite, Polycell a second supplier, the regulator) run
+on separate hosts of a bridged /24 (see ``hosts.py``). Each member joins from its own
+host knowing only the authority's URL and a one-time enrollment code (``qdspace node
+join``: keys made there, a certificate from a request, the CA pinned by the code), and
+finds the others through the authority's signed directory: no node has a static peer.
+Members negotiate, transfer and anchor over the network, the regulator fetches a proof
+from the OEM's node and verifies it against the chain from its own host, and once the
+authority revokes Polycell the others refuse it within the CRL refresh interval.
 
 The tests run in order on one module-wide space (each builds on the last).
 """
@@ -14,9 +17,10 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -25,7 +29,7 @@ from qdspace.node.client import ClientError
 
 from .conftest import make_lan
 from .hosts import Lan, wait_for
-from .space import API_PORT, GRPC_PORT, Chain, Member, Postgres, pg_binaries, qdspace
+from .space import AuthorityService, Chain, Member, Postgres, pg_binaries, qdspace
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(420)]
 
@@ -35,14 +39,18 @@ ROLES = {OEM: "oem", SUPPLIER: "supplier", LEAVER: "supplier", REGULATOR: "regul
 NODES = (OEM, SUPPLIER, LEAVER)  # the regulator holds keys but runs no node
 HOSTS = ["authority", "chain", "pg", *ROLES]
 QA = "quality-assurance"
-#: a revocation reaches the nodes within this (they reload the CRL when it changes)
-REVOCATION_DEADLINE_S = 60.0
+#: the nodes' refresh intervals here (the defaults are 60 s and 30 s)
+CRL_REFRESH_S = 4.0
+DIRECTORY_REFRESH_S = 2.0
+#: a generous bound on "within the refresh interval" for a loaded 2-core machine
+REVOCATION_DEADLINE_S = 3 * CRL_REFRESH_S + 45.0
+DISCOVERY_DEADLINE_S = 3 * DIRECTORY_REFRESH_S + 45.0
 
 
 @dataclass
 class Space:
     lan: Lan
-    authority_dir: Path
+    authority: AuthorityService
     chain: Chain
     pg: Postgres
     members: dict[str, Member]
@@ -56,24 +64,11 @@ def lan(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
     yield from make_lan(request, tmp_path_factory.mktemp("netns"), HOSTS)
 
 
-def _members(lan: Lan, workdir: Path) -> dict[str, Member]:
-    return {
-        name: Member(lan[name], name, role, workdir / "nodes" / name)
-        for name, role in ROLES.items()
-    }
-
-
-def _enroll_static(lan: Lan, authority_dir: Path, members: dict[str, Member]) -> None:
-    """Every member's keys, certificate and node directory, made on the member's host."""
-    for member in members.values():
-        peers = [f"{o.name}={o.peer_address}" for o in members.values() if o is not member]
-        argv = qdspace("node", "init", "--dir", str(member.directory), "--name", member.name)
-        argv += ["--role", member.role, "--authority", str(authority_dir)]
-        argv += ["--grpc-port", str(GRPC_PORT), "--api-port", str(API_PORT)]
-        for peer in peers:
-            argv += ["--peer", peer]
-        member.host.run(argv)
-        member.bind()
+def _join(authority: AuthorityService, member: Member) -> None:
+    """The member's operator got a code from the authority's; the node joins with it."""
+    code = authority.enroll(member.name, member.role)
+    member.join(authority.url, code)
+    member.configure(crl_refresh_s=CRL_REFRESH_S, directory_refresh_s=DIRECTORY_REFRESH_S)
 
 
 @pytest.fixture(scope="module")
@@ -82,22 +77,27 @@ def space(lan: Lan) -> Iterator[Space]:
     if binaries is None:
         pytest.skip("the namespace test runs PostgreSQL: install the server (apt postgresql)")
     workdir = lan.workdir
-    authority_dir = workdir / "authority"
-    init = qdspace("authority", "init", "--dir", str(authority_dir), "--space", SPACE)
-    lan["authority"].run(init)
+    authority = AuthorityService(lan["authority"], workdir / "authority")
     chain = Chain(lan["chain"], workdir / "chain" / "state")
     pg = Postgres(lan["pg"], binaries)
     try:
+        authority.init(SPACE)
+        authority.start()
         chain.start()
         pg.start()
-        members = _members(lan, workdir)
-        _enroll_static(lan, authority_dir, members)
+        members = {
+            name: Member(lan[name], name, role, workdir / "nodes" / name)
+            for name, role in ROLES.items()
+        }
+        for member in members.values():
+            _join(authority, member)
+        # the database password reaches the node in its environment, not on a command line
         members[OEM].env["QDSPACE_DB_URL"] = pg.create_database(OEM)
         for name in NODES:
             chain.provision(members[name].directory)
         for name in NODES:
             members[name].start()
-        yield Space(lan, authority_dir, chain, pg, members)
+        yield Space(lan, authority, chain, pg, members)
     finally:
         pg.stop()
 
@@ -109,19 +109,49 @@ def _ingest_sample(member: Member, folder: Path) -> None:
             client.ingest_file(kind, path)
 
 
-def test_members_on_separate_hosts_reach_each_other(space: Space) -> None:
-    """Each node listens on its own IP only; peers reach it there, TLS names intact."""
+def _until_ok(call: Callable[[], Any]) -> Callable[[], Any]:
+    """A probe that is the call's answer, or None while the call is refused."""
+
+    def probe() -> Any:
+        try:
+            return call()
+        except ClientError:
+            return None
+
+    return probe
+
+
+def test_members_joined_from_their_hosts_find_each_other_in_the_directory(space: Space) -> None:
+    """No static peers: each node reaches the others at the address they published."""
     ips = {space[n].host.ip for n in NODES} | {space.chain.host.ip, space.pg.host.ip}
-    assert len(ips) == len(NODES) + 2
+    assert len(ips | {space.authority.host.ip}) == len(NODES) + 3
+    for name in NODES:
+        settings = space[name].settings()
+        assert settings.peers == {}, settings.peers
+        assert settings.authority_url == space.authority.url
     with space[OEM].operator() as oem:
         info = oem.node()
         assert info["database"].startswith("postgresql"), info["database"]
         assert info["grpc_address"].startswith(space[OEM].host.ip), info["grpc_address"]
         for peer in (SUPPLIER, LEAVER):
-            hello = oem.hello(peer)
+            hello = wait_for(
+                f"{OEM} to find {peer} in the directory",
+                _until_ok(lambda peer=peer: oem.hello(peer)),
+                DISCOVERY_DEADLINE_S,
+                poll_s=0.5,
+            )
             assert (hello["peer"], hello["seen_as"]) == (peer, OEM)
     with space[LEAVER].operator() as leaver:
-        assert leaver.hello(SUPPLIER)["seen_as"] == LEAVER
+        hello = wait_for(
+            f"{LEAVER} to find {SUPPLIER}",
+            _until_ok(lambda: leaver.hello(SUPPLIER)),
+            DISCOVERY_DEADLINE_S,
+            poll_s=0.5,
+        )
+        assert hello["seen_as"] == LEAVER
+    published = json.loads((space[OEM].directory / "directory.json").read_text())
+    entries = {e["name"]: e for e in published["entries"]}
+    assert entries[SUPPLIER]["endpoints"]["peer"] == space[SUPPLIER].peer_address
 
 
 def test_negotiate_transfer_anchor_and_the_regulator_verifies(space: Space) -> None:
@@ -147,29 +177,33 @@ def test_negotiate_transfer_anchor_and_the_regulator_verifies(space: Space) -> N
     assert verdict["valid"] is True, verdict
 
 
-def _refused(call: object) -> str | None:
+def _refused(call: Callable[[], Any]) -> str | None:
     try:
-        call()  # type: ignore[operator]
+        call()
     except ClientError as exc:
         return f"{exc.status} {exc.detail}"
     return None
 
 
 def test_a_revoked_member_is_refused_by_the_others(space: Space) -> None:
-    """Revoked at the authority, Polycell's calls are refused by every other node in time."""
-    with space[LEAVER].operator() as leaver:
+    """Revoked at the authority, Polycell is refused both ways within the CRL refresh."""
+    with space[OEM].operator() as oem, space[LEAVER].operator() as leaver:
         assert leaver.hello(OEM)["seen_as"] == LEAVER
-        space.lan["authority"].run(
-            qdspace("authority", "revoke", "--dir", str(space.authority_dir), "--member", LEAVER)
-        )
+        assert oem.hello(LEAVER)["peer"] == LEAVER
+        space.authority.revoke(LEAVER)
         deadline = time.monotonic() + REVOCATION_DEADLINE_S
-        for other in (OEM, SUPPLIER):
+        for other in (OEM, SUPPLIER):  # its calls: refused by each node's refreshed CRL
             refused = wait_for(
-                f"{other} to refuse the revoked {LEAVER}",
+                f"{other} to refuse calls of the revoked {LEAVER}",
                 lambda other=other: _refused(lambda: leaver.hello(other)),
                 deadline - time.monotonic(),
                 poll_s=0.5,
             )
             assert "revoked" in refused, refused
-    with space[OEM].operator() as oem:
+        refused = wait_for(  # calls to it: it is gone from the directory, its cert revoked
+            f"{OEM} to stop calling the revoked {LEAVER}",
+            lambda: _refused(lambda: oem.hello(LEAVER)),
+            deadline - time.monotonic(),
+            poll_s=0.5,
+        )
         assert oem.hello(SUPPLIER)["peer"] == SUPPLIER  # the others still talk
