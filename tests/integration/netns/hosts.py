@@ -331,6 +331,8 @@ def wait_for(what: str, probe: Callable[[], T | None], timeout: float, *,
         except Exception as exc:  # the last failure explains a timeout
             value, last = None, exc
         if value:
+            waited = timeout - (deadline - time.monotonic())
+            print(f"[{time.strftime('%H:%M:%S')}] {what}: after {waited:.1f}s")  # in the report
             return value
         for service in watch:
             if not service.running:
