@@ -10,10 +10,15 @@ database answers, the revocation list is fresh, the peer server is up):
 - ``start.postgresql``: the same node shape on a PostgreSQL database (``QDSPACE_TEST_PG_URL``;
   without it this figure is skipped and says so);
 - ``rss.at_rest``: the node process's resident memory once ready and idle for a second;
-- ``enroll.*``: how a member gets its identity. This tree has no network enrolment yet, so
-  what is measured is the local path, ``node init --authority DIR`` (keys, certificate,
-  node directory; in-process and as the CLI command an operator types), then the first
-  peer call of a freshly started node (its channel, the mTLS handshake, one ``Hello``);
+- ``enroll.*``: the round trip of a member joining over the network, against a real
+  ``qdspace authority serve`` (HTTPS on loopback): the authority makes a code
+  (``enroll.code``), ``qdspace node join`` as the operator types it (``enroll.join_cli``:
+  CA fetched and pinned, preview, keys and CSR made here, certificate issued, node
+  directory written), the node's start to ready (``enroll.start``), and its first peer
+  call to a member it found in the directory (``enroll.first_peer_call``: the directory,
+  the pin check, the mTLS handshake, one ``Hello``), all together ``enroll.round_trip``.
+  For comparison, the offline path ``node init --authority DIR`` as a CLI command
+  (``enroll.init_cli``, the CA key on the same disk);
 - ``baseline.import_floor``: in the same run, a fresh interpreter that imports the
   libraries a node is made of (FastAPI, uvicorn, grpc, SQLAlchemy, cryptography) and
   exits: the floor under any node start, so ``start_over_import_floor`` shows what the
@@ -43,9 +48,17 @@ sys.path.insert(0, str(ROOT))
 
 import httpx  # noqa: E402
 
-from qdspace.node.client import OperatorClient  # noqa: E402
-from qdspace.node.init import init_node  # noqa: E402
-from qdspace.node.localnet.network import LocalNetwork, MemberProcess, MemberSpec  # noqa: E402
+from qdspace.node.client import ClientError, OperatorClient  # noqa: E402
+from qdspace.node.identity.authority import Authority  # noqa: E402
+from qdspace.node.join import join_node  # noqa: E402
+from qdspace.node.layout import NodeLayout  # noqa: E402
+from qdspace.node.localnet.authority import AuthorityProcess  # noqa: E402
+from qdspace.node.localnet.network import (  # noqa: E402
+    LocalNetwork,
+    MemberProcess,
+    MemberSpec,
+    free_port,
+)
 
 PG_ENV = "QDSPACE_TEST_PG_URL"
 READY_TIMEOUT_S = 120.0
@@ -130,52 +143,85 @@ def _starts(net: LocalNetwork, name: str, runs: int) -> tuple[float, list[float]
     return first, samples, rss
 
 
-def _enrolment(net: LocalNetwork, workdir: Path, runs: int) -> dict[str, Any]:
-    """The local `node init` path, in-process and as the CLI, and a first peer call."""
-    in_process = []
-    for i in range(runs):
-        started = time.perf_counter()
-        init_node(workdir / f"init-{i}", net.authority_dir, name=f"joiner{i}", role="supplier")
-        in_process.append((time.perf_counter() - started) * 1000)
-    cli = []
+def _joined(directory: Path, name: str) -> MemberProcess:
+    """The MemberProcess view of a node directory made by `node join`."""
+    from qdspace.node.config import NodeSettings
+
+    settings = NodeSettings.load(directory)
+    member = MemberProcess(
+        MemberSpec(name, settings.role), directory, settings.grpc_port, settings.api_port
+    )
+    member.token = NodeLayout(directory).operator_token.read_text().strip()
+    return member
+
+
+def _first_call(member: MemberProcess, peer: str) -> float:
+    """ms until ``member``'s first Hello to ``peer`` succeeds (found in the directory)."""
+    started = time.perf_counter()
+    with OperatorClient(member.api_url, member.token, timeout=30) as client:
+        while time.perf_counter() - started < READY_TIMEOUT_S:
+            try:
+                client.hello(peer)
+                return (time.perf_counter() - started) * 1000
+            except ClientError:
+                time.sleep(0.02)
+    raise SystemExit(f"{member.spec.name} never reached {peer}")
+
+
+def _enrolment(workdir: Path, runs: int) -> dict[str, list[float]]:
+    """Join over the network (code, join, start, first peer call); the offline init CLI."""
+    authority_dir = workdir / "authority"
+    authority = Authority.init(authority_dir, "bench-space")
+    env = _env()
+    out: dict[str, list[float]] = {k: [] for k in ("code", "join_cli", "start")}
+    out |= {"first_peer_call": [], "round_trip": [], "init_cli": []}
+    with AuthorityProcess(authority_dir, env=env) as service:
+        code = str(authority.create_enrollment(name="callee", role="supplier"))
+        join_node(workdir / "callee", authority_url=service.url, code=code,
+                  grpc_port=free_port(), api_port=free_port())  # fmt: skip
+        callee, _ = _start(_joined(workdir / "callee", "callee"), env)
+        try:
+            for i in range(runs):
+                started = time.perf_counter()
+                code = str(authority.create_enrollment(name=f"joiner{i}", role="oem"))
+                out["code"].append((time.perf_counter() - started) * 1000)
+                directory = workdir / f"joiner{i}"
+                cmd = [sys.executable, "-m", "qdspace", "node", "join", "--dir", str(directory)]
+                cmd += ["--authority-url", service.url, "--code", code]
+                cmd += ["--grpc-port", str(free_port()), "--api-port", str(free_port())]
+                out["join_cli"].append(_spawn_exit_ms(cmd))
+                process, ms = _start(_joined(directory, f"joiner{i}"), env)
+                out["start"].append(ms)
+                try:
+                    out["first_peer_call"].append(_first_call(_joined(directory, ""), "callee"))
+                finally:
+                    _stop(process)
+                out["round_trip"].append((time.perf_counter() - started) * 1000)
+        finally:
+            _stop(callee)
     for i in range(runs):
         cmd = [sys.executable, "-m", "qdspace", "node", "init", "--dir", str(workdir / f"cli-{i}")]
-        cmd += ["--name", f"cli{i}", "--role", "supplier", "--authority", str(net.authority_dir)]
-        cli.append(_spawn_exit_ms(cmd))
-    first_call = []
-    for _ in range(runs):
-        process, _ms = _start(net["caller"], net.env)
-        try:
-            with OperatorClient(net["caller"].api_url, net["caller"].token) as client:
-                started = time.perf_counter()
-                client.hello("callee")
-                first_call.append((time.perf_counter() - started) * 1000)
-        finally:
-            _stop(process)
-    return {"init_in_process_ms": in_process, "init_cli_ms": cli, "first_peer_call_ms": first_call}
+        cmd += ["--name", f"cli{i}", "--role", "supplier", "--authority", str(authority_dir)]
+        out["init_cli"].append(_spawn_exit_ms(cmd))
+    return out
 
 
 def measure(runs: int) -> dict[str, Any]:
     floor = [_spawn_exit_ms([sys.executable, "-c", IMPORT_FLOOR]) for _ in range(runs + 1)][1:]
     out: dict[str, Any] = {"baseline.import_floor_ms": _summary(floor)}
     with tempfile.TemporaryDirectory(prefix="qdspace-bench-start-") as tmp:
-        specs = [MemberSpec("solo", "supplier"), MemberSpec("caller", "oem")]
-        specs.append(MemberSpec("callee", "supplier"))
+        specs = [MemberSpec("solo", "supplier")]
         net = LocalNetwork(Path(tmp) / "sqlite", specs, chain=False)
         net.create()
         first, samples, rss = _starts(net, "solo", runs)
         out["start.sqlite_first_ms"] = first
         out["start.sqlite_ms"] = _summary(samples)
         out["rss.at_rest_sqlite_kib"] = rss
-        net.start(["callee"])
-        try:
-            enrol = _enrolment(net, Path(tmp) / "enrol", runs)
-        finally:
-            net.stop()
-        out |= {f"enroll.{k}": _summary(v) for k, v in enrol.items()}
+        enrol = _enrolment(Path(tmp) / "enrol", runs)
+        out |= {f"enroll.{k}_ms": _summary(v) for k, v in enrol.items()}
         pg_url = os.environ.get(PG_ENV)
         if pg_url:
-            pg_net = LocalNetwork(Path(tmp) / "pg", specs[:1], chain=False, pg_url=pg_url)
+            pg_net = LocalNetwork(Path(tmp) / "pg", specs, chain=False, pg_url=pg_url)
             pg_net.create()
             try:
                 first, samples, rss = _starts(pg_net, "solo", runs)
@@ -201,7 +247,6 @@ def main() -> None:
         "cpus": os.cpu_count(),
         "loadavg_1m": os.getloadavg()[0],
         "python": platform.python_version(),
-        "enrolment_path": "local `node init --authority` (no network enrolment in this tree)",
         "figures": figures,
     }
     for name, value in figures.items():
@@ -220,7 +265,9 @@ def main() -> None:
         print(f"node_start.postgresql_over_sqlite: {ratio:.2f} ratio")
     else:
         print(f"# start.postgresql skipped: set {PG_ENV} to a PostgreSQL URL to measure it")
-    print(f"# enrollment measured: {results['enrolment_path']}")
+    trip = figures["enroll.round_trip_ms"]["p50"] / figures["enroll.init_cli_ms"]["p50"]
+    results["join_round_trip_over_offline_init"] = trip
+    print(f"node_start.join_round_trip_over_offline_init: {trip:.2f} ratio")
     print(f"node_start.cpus: {results['cpus']} cores")
     print(f"node_start.loadavg_1m: {results['loadavg_1m']:.2f} load")
     if args.out:
