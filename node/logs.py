@@ -91,3 +91,5 @@ def setup_logging(level: str, logfile: Path | None = None, fmt: str = "text") ->
         handler.addFilter(RequestIdFilter())
     logging.basicConfig(level=level, handlers=handlers, force=True)
     logging.getLogger("alembic").setLevel(logging.WARNING)
+    # one line per request the node makes to the authority service: its own log says more
+    logging.getLogger("httpx").setLevel(logging.WARNING)

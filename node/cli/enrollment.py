@@ -111,8 +111,13 @@ def node_join(
         str, typer.Option("--authority-url", help="the authority service, https://HOST[:PORT]")
     ],
     code: Annotated[
-        str, typer.Option(help="the one-time enrollment code (qdse1....) the authority gave")
-    ],
+        str | None,
+        typer.Option(help="the one-time enrollment code (qdse1....) the authority gave"),
+    ] = None,
+    code_file: Annotated[
+        Path | None,
+        typer.Option(help="a file holding the code (keeps it out of the process list)"),
+    ] = None,
     hostname: HostOpt = None,
     advertise: Annotated[
         str,
@@ -128,8 +133,15 @@ def node_join(
 ) -> None:
     """Join a data space with its authority's URL and an enrollment code: keys made here,
     the CA pinned by the code's fingerprint, the certificate issued from a request."""
+    if (code is None) == (code_file is None):
+        raise typer.BadParameter("give the enrollment code: --code CODE or --code-file FILE")
+    if code_file is not None:
+        from qdspace.node.identity.files import read_file
+
+        code = read_file(code_file, "enrollment code file").decode().strip()
     from qdspace.node.join import join_node
 
+    assert code is not None
     settings = join_node(
         directory,
         authority_url=authority_url,

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import datetime as dt
 import fcntl
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
@@ -33,7 +33,6 @@ from cryptography.x509.oid import NameOID
 from qdspace.node.errors import IdentityError
 from qdspace.node.identity import enrollment as book
 from qdspace.node.identity.certs import (
-    ROLES,
     build_ca_cert,
     build_crl,
     build_member_cert,
@@ -47,7 +46,6 @@ from qdspace.node.identity.certs import (
 )
 from qdspace.node.identity.csr import (
     CertificateRequest,
-    check_hostnames,
     check_name,
     check_role,
     read_request,
@@ -141,63 +139,31 @@ class Authority:
 
     # -- issuing --------------------------------------------------------------------------
 
-    def issue(
-        self,
-        *,
-        name: str,
-        member_id: str,
-        role: str,
-        public_key: ec.EllipticCurvePublicKey,
-        verify_key: bytes,
-        hostnames: Sequence[str] = (),
-        valid_days: int = MEMBER_VALID_DAYS,
-        not_before: dt.datetime | None = None,
-        bpn: str | None = None,
-    ) -> x509.Certificate:
-        """Issue a member certificate and record it in the register.
-
-        The caller vouches for ``verify_key`` belonging to ``name``; members' requests go
-        through `sign_request`, which checks the proof of possession first."""
-        with self.locked():
-            return self._issue(
-                name=name,
-                member_id=member_id,
-                role=role,
-                public_key=public_key,
-                verify_key=verify_key,
-                hostnames=hostnames,
-                valid_days=valid_days,
-                not_before=not_before,
-                bpn=bpn,
-            )
-
     def _issue(
         self,
+        request: CertificateRequest,
         *,
-        name: str,
-        member_id: str,
-        role: str,
-        public_key: ec.EllipticCurvePublicKey,
-        verify_key: bytes,
-        hostnames: Sequence[str],
         valid_days: int,
         not_before: dt.datetime | None,
         bpn: str | None,
     ) -> x509.Certificate:
-        if role not in ROLES:
-            raise IdentityError(f"role must be one of {', '.join(ROLES)}, not {role!r}")
-        if len(verify_key) != 32:
-            raise IdentityError("an Ed25519 verify key has 32 bytes")
+        """Certify a verified request and record it in the register (the lock is held)."""
+        if request.space != self.space:
+            raise RequestNotGranted(
+                f"the request is for data space {request.space!r}; this authority "
+                f"certifies members of {self.space!r}"
+            )
+        name, member_id = request.name, request.member_id
         members = self.members()
-        hosts = tuple(h for h in check_hostnames(hostnames) if h not in ("localhost", name))
+        hosts = tuple(h for h in request.hostnames if h not in ("localhost", name))
         check_names_free(members, member_id, name, hosts)
         start = not_before or dt.datetime.now(dt.UTC) - dt.timedelta(minutes=5)
         cert = build_member_cert(
             ca_cert=self.cert,
             ca_key=self._key,
-            subject=member_subject(self.space, name, member_id, role),
-            public_key=public_key,
-            verify_key=verify_key,
+            subject=member_subject(self.space, name, member_id, request.role),
+            public_key=request.public_key,
+            verify_key=request.verify_key,
             hostnames=["localhost", name, *hosts],
             not_before=start,
             not_after=start + dt.timedelta(days=valid_days),
@@ -206,7 +172,7 @@ class Authority:
             IssuedMember(
                 member_id=member_id,
                 name=name,
-                role=role,
+                role=request.role,
                 serial=f"{cert.serial_number:x}",
                 not_after=cert.not_valid_after_utc.isoformat(),
                 hostnames=hosts,
@@ -215,31 +181,6 @@ class Authority:
         )
         self._save_members(members)
         return cert
-
-    def _issue_request(
-        self,
-        request: CertificateRequest,
-        *,
-        valid_days: int,
-        not_before: dt.datetime | None,
-        bpn: str | None,
-    ) -> x509.Certificate:
-        if request.space != self.space:
-            raise RequestNotGranted(
-                f"the request is for data space {request.space!r}; this authority "
-                f"certifies members of {self.space!r}"
-            )
-        return self._issue(
-            name=request.name,
-            member_id=request.member_id,
-            role=request.role,
-            public_key=request.public_key,
-            verify_key=request.verify_key,
-            hostnames=request.hostnames,
-            valid_days=valid_days,
-            not_before=not_before,
-            bpn=bpn,
-        )
 
     # -- enrollment -----------------------------------------------------------------------
 
@@ -290,9 +231,7 @@ class Authority:
                 )
             _granted(request, approve_name, approve_role, "the operator approved")
             with self.locked():
-                return self._issue_request(
-                    request, valid_days=valid_days, not_before=not_before, bpn=None
-                )
+                return self._issue(request, valid_days=valid_days, not_before=not_before, bpn=None)
         if approve_name is not None or approve_role is not None:
             raise IdentityError("give an enrollment code or a name and role to approve, not both")
         parsed = EnrollmentCode.parse(code)
@@ -300,9 +239,7 @@ class Authority:
             codes = book.load_book(self.files.enrollments)
             entry = book.find(codes, parsed, fingerprint(self.cert))
             _granted(request, entry.name, entry.role, f"enrollment code {entry.code_id} admits")
-            cert = self._issue_request(
-                request, valid_days=valid_days, not_before=not_before, bpn=entry.bpn
-            )
+            cert = self._issue(request, valid_days=valid_days, not_before=not_before, bpn=entry.bpn)
             codes[entry.code_id] = entry.redeemed(request.member_id, dt.datetime.now(dt.UTC))
             book.save_book(self.files.enrollments, codes)
         return cert
@@ -327,9 +264,7 @@ class Authority:
                     f"{request.role!r}; it is {last.name!r} ({last.role}): a new name or role "
                     "is a new enrollment"
                 )
-            return self._issue_request(
-                request, valid_days=valid_days, not_before=None, bpn=last.bpn
-            )
+            return self._issue(request, valid_days=valid_days, not_before=None, bpn=last.bpn)
 
     # -- revocation -----------------------------------------------------------------------
 

@@ -267,11 +267,22 @@ def identity_of(cert: x509.Certificate) -> MemberIdentity:
     except x509.ExtensionNotFound:
         raise IdentityError(f"certificate {label} carries no member verify key") from None
     assert isinstance(ext, x509.UnrecognizedExtension)
+    name = _attr(cert.subject, NameOID.COMMON_NAME, label)
+    member_id = _attr(cert.subject, NameOID.USER_ID, label)
+    verify_key = bytes(ext.value)
+    if len(verify_key) != 32:
+        raise IdentityError(f"certificate {label}: the member verify key is not 32 bytes")
+    # a CA of another PKI (ca.crt may trust one) does not derive the id itself: check it
+    if member_id != member_id_for(name, verify_key):
+        raise IdentityError(
+            f"certificate {label} binds member id {member_id!r} to a verify key that is not "
+            f"its own (expected {member_id_for(name, verify_key)!r})"
+        )
     return MemberIdentity(
-        member_id=_attr(cert.subject, NameOID.USER_ID, label),
-        name=_attr(cert.subject, NameOID.COMMON_NAME, label),
+        member_id=member_id,
+        name=name,
         role=role,
-        verify_key=bytes(ext.value),
+        verify_key=verify_key,
         serial=cert.serial_number,
         not_after=cert.not_valid_after_utc,
         fingerprint=fingerprint(cert),

@@ -180,10 +180,9 @@ def read_request(pem: bytes) -> CertificateRequest:
         raise CertificateRequestError(f"certificate request is over {MAX_REQUEST_BYTES} bytes")
     try:
         csr = x509.load_pem_x509_csr(pem)
-        extensions = csr.extensions  # parsed lazily: a bad extension raises here
+        _ = csr.extensions  # parsed on first access: a malformed extension raises here
     except ValueError as exc:
         raise CertificateRequestError(f"not a PEM certificate request: {exc}") from None
-    del extensions
     if not csr.is_signature_valid:
         raise CertificateRequestError("certificate request's signature does not verify")
     public_key = csr.public_key()

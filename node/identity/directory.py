@@ -36,7 +36,7 @@ import datetime as dt
 import json
 import re
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 from cryptography import x509
@@ -53,20 +53,6 @@ ENTRY_DOMAIN = b"qdspace/directory-entry/v1\x00"
 DOCUMENT_DOMAIN = b"qdspace/directory-document/v1\x00"
 #: the endpoints an entry may name; ``peer`` (the gRPC listener) is required
 ENDPOINT_KINDS = ("peer", "operator", "regulator")
-ENTRY_FIELDS = frozenset(
-    {
-        "member_id",
-        "name",
-        "role",
-        "verify_key",
-        "endpoints",
-        "cert_fingerprint",
-        "cert_serial",
-        "bpn",
-        "published_at",
-        "signature",
-    }
-)
 DOCUMENT_FIELDS = frozenset({"space", "serial", "issued_at", "entries", "signature"})
 MAX_NAME = 128
 MAX_HOST = 253
@@ -199,6 +185,10 @@ class DirectoryEntry:
                 f"directory entry {entry.name}: role must be one of {', '.join(ROLES)}"
             )
         return entry
+
+
+#: the JSON fields of an entry: exactly the dataclass's
+ENTRY_FIELDS = frozenset(f.name for f in fields(DirectoryEntry))
 
 
 def _text(data: Mapping[str, Any], key: str, limit: int) -> str:
@@ -398,12 +388,8 @@ def parse_document(data: Any) -> DirectoryDocument:
     unknown = sorted(set(data) - DOCUMENT_FIELDS)
     if unknown:
         raise MalformedDirectory(f"directory document: unknown field {unknown[0]!r}")
-    space, serial, entries, signature = (
-        data.get("space"),
-        data.get("serial"),
-        data.get("entries"),
-        data.get("signature"),
-    )
+    space, serial, entries = data.get("space"), data.get("serial"), data.get("entries")
+    signature = data.get("signature")
     if not isinstance(space, str) or not space:
         raise MalformedDirectory("directory document: space must be a string")
     if not isinstance(serial, int) or isinstance(serial, bool) or serial < 0:

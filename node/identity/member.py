@@ -106,11 +106,6 @@ def check_member_cert(
         raise IdentityError(
             f"the signing key does not match the verify key in the certificate ({where})"
         )
-    if identity.member_id != member_id_for(identity.name, identity.verify_key):
-        raise IdentityError(
-            f"the certificate's member id {identity.member_id!r} is not the name's and verify "
-            f"key's ({member_id_for(identity.name, identity.verify_key)!r}) ({where})"
-        )
     return identity
 
 

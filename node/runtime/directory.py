@@ -153,9 +153,11 @@ class DirectoryFollower:
             current = path.read_bytes()
             if current == data:
                 return False
-            with contextlib.suppress(IdentityError):
-                if checked_crl(current, self._ca_cert).last_update_utc > fetched.last_update_utc:
-                    raise IdentityError("the authority service sent an older CRL; kept ours")
+            held: x509.CertificateRevocationList | None = None
+            with contextlib.suppress(IdentityError):  # a broken file of ours is replaced
+                held = checked_crl(current, self._ca_cert)
+            if held is not None and held.last_update_utc > fetched.last_update_utc:
+                raise IdentityError("the authority service sent an older CRL; kept ours")
         write_atomic(path, data, mode=0o644)
         self._revocations.refresh()
         logger.info("directory: revocation list updated (%d revoked)", len(list(fetched)))

@@ -47,3 +47,29 @@ def test_bad_values_name_the_field(tmp_path: Path) -> None:
     (tmp_path / "node.json").write_text("{broken")
     with pytest.raises(ConfigError, match="not valid JSON"):
         NodeSettings.load(tmp_path)
+
+
+def test_authority_service_settings(tmp_path: Path) -> None:
+    _write(tmp_path)
+    s = NodeSettings.load(tmp_path)
+    assert (s.authority_url, s.advertise_peer) == ("", "")  # none: static peers, CRL file
+    assert s.directory_refresh_s > 0 and s.crl_refresh_s > 0
+    _write(
+        tmp_path,
+        authority_url="https://authority.example:9443/",
+        advertise_peer="10.0.0.2:7443",
+        crl_refresh_s=0.5,
+    )
+    s = NodeSettings.load(tmp_path)
+    assert s.authority_url == "https://authority.example:9443"
+    assert (s.advertise_peer, s.crl_refresh_s) == ("10.0.0.2:7443", 0.5)
+    for bad, field in (
+        ({"authority_url": "http://authority.example"}, "authority_url"),
+        ({"authority_url": "authority.example"}, "authority_url"),
+        ({"advertise_peer": "10.0.0.2"}, "advertise_peer"),
+        ({"crl_refresh_s": 0}, "crl_refresh_s"),
+        ({"directory_refresh_s": -1}, "directory_refresh_s"),
+    ):
+        _write(tmp_path, **bad)
+        with pytest.raises(ConfigError, match=field):
+            NodeSettings.load(tmp_path)

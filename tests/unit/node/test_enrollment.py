@@ -1,4 +1,6 @@
-"""Enrollment by certificate request: codes, requests, refusals, renewal, trust bundles.
+"""Enrollment by certificate request: codes, requests, refusals, renewal.
+
+(Certificates from another PKI, in a trust bundle: tests/integration/node/test_enrollment_cli.py.)
 
 Real keys and real X.509 throughout; the hostile requests are built by hand the way an
 attacker would, with the `cryptography` builder, not by switching a check off.
@@ -22,14 +24,10 @@ from qdspace.node.errors import IdentityError
 from qdspace.node.identity.authority import Authority
 from qdspace.node.identity.certs import (
     VERIFY_KEY_OID,
-    build_ca_cert,
-    build_member_cert,
     cert_to_pem,
-    identity_of,
     member_id_for,
     member_subject,
     new_tls_key,
-    verify_issued_by,
 )
 from qdspace.node.identity.csr import POP_OID, build_request, pop_message, read_request
 from qdspace.node.identity.enrollment import EnrollmentCode
@@ -438,62 +436,13 @@ def test_each_refusal_has_its_status() -> None:
     assert faults.http_status(RenewalRefused("x")) == 403
 
 
-# -- certificates from another PKI ------------------------------------------------------------
+def test_a_request_over_another_key_type_is_refused() -> None:
+    from cryptography.hazmat.primitives.asymmetric import rsa
 
-
-def other_pki_member(directory: Path, authority: Authority, *, name: str, role: str) -> bytes:
-    """A node directory whose certificate comes from a second CA (as step-ca or Vault would
-    issue it, carrying the verify key extension); ca.crt is the bundle: authority, second CA.
-    Returns the second CA's certificate (PEM)."""
-    ca_key = new_tls_key()
-    ca = build_ca_cert("acme-pki", ca_key, valid_days=30, common_name="Acme Issuing CA")
-    signing = SigningKey.generate()
-    tls = new_tls_key()
-    vk = bytes(signing.verify_key)
-    now = dt.datetime.now(dt.UTC)
-    cert = build_member_cert(
-        ca_cert=ca,
-        ca_key=ca_key,
-        subject=member_subject(authority.space, name, member_id_for(name, vk), role),
-        public_key=tls.public_key(),
-        verify_key=vk,
-        hostnames=["localhost", name],
-        not_before=now - dt.timedelta(minutes=1),
-        not_after=now + dt.timedelta(days=1),
+    csr = (
+        x509.CertificateSigningRequestBuilder()
+        .subject_name(member_subject(SPACE, "cellex", "cellex-000000000000", "supplier"))
+        .sign(rsa.generate_private_key(public_exponent=65537, key_size=2048), hashes.SHA256())
     )
-    directory.mkdir(parents=True)
-    (directory / "signing.key").write_bytes(bytes(signing).hex().encode())
-    (directory / "tls.key").write_bytes(
-        tls.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    (directory / "tls.crt").write_bytes(cert_to_pem(cert))
-    (directory / "ca.crt").write_bytes(cert_to_pem(authority.cert) + cert_to_pem(ca))
-    return cert_to_pem(ca)
-
-
-def test_a_certificate_from_a_ca_of_the_bundle_is_accepted(
-    authority: Authority, tmp_path: Path
-) -> None:
-    other_pki_member(tmp_path / "n", authority, name="acme", role="supplier")
-    keys = load_member_keys(tmp_path / "n")
-    assert keys.ca_cert == authority.cert  # the authority's, for the revocation list
-    assert len(keys.trust) == 2 and keys.ca_pem.count(b"BEGIN CERTIFICATE") == 2
-    assert identity_of(keys.cert).name == "acme"
-    verify_issued_by(keys.cert, keys.trust)
-    with pytest.raises(IdentityError, match="not issued by"):
-        verify_issued_by(keys.cert, authority.cert)
-    # without the second CA in ca.crt the same directory no longer loads
-    (tmp_path / "n" / "ca.crt").write_bytes(cert_to_pem(authority.cert))
-    with pytest.raises(IdentityError, match="not issued by"):
-        load_member_keys(tmp_path / "n")
-
-
-def test_a_bundle_may_hold_only_cas(authority: Authority, tmp_path: Path) -> None:
-    keys = create_member_keys(tmp_path / "n", authority, name="cellex", role="supplier")
-    (tmp_path / "n" / "ca.crt").write_bytes(keys.ca_pem + keys.cert_pem)
-    with pytest.raises(IdentityError, match="not a CA"):
-        load_member_keys(tmp_path / "n")
+    with pytest.raises(CertificateRequestError, match="EC P-256"):
+        read_request(csr.public_bytes(serialization.Encoding.PEM))

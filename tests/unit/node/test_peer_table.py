@@ -1,0 +1,67 @@
+"""The node's peer table follows the member directory; static peers win, pins apply."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+
+from qdspace.node.errors import UnknownPeerError
+from qdspace.node.identity.authority import Authority
+from qdspace.node.identity.directory import DirectoryEntry, new_entry
+from qdspace.node.identity.member import MemberKeys, create_member_keys
+from qdspace.node.rpc.peers import PeerDirectory
+
+
+@pytest.fixture
+def authority(tmp_path: Path) -> Authority:
+    return Authority.init(tmp_path / "authority", "peer-space")
+
+
+def _keys(authority: Authority, tmp_path: Path, name: str) -> MemberKeys:
+    return create_member_keys(tmp_path / name, authority, name=name, role="supplier")
+
+
+def _entry(keys: MemberKeys, peer: str) -> DirectoryEntry:
+    return new_entry(keys.identity, keys.signing_key, {"peer": peer})
+
+
+def test_directory_peers_join_static_ones_and_static_addresses_win(
+    authority: Authority, tmp_path: Path
+) -> None:
+    me, cellex, polycell = (_keys(authority, tmp_path, n) for n in ("me", "cellex", "polycell"))
+    peers = PeerDirectory(me, {"cellex": "192.168.1.5:7443"})
+    peers.follow(
+        [
+            _entry(me, "10.0.0.1:7443"),  # our own entry is not a peer
+            _entry(cellex, "10.0.0.2:7443"),
+            _entry(polycell, "10.0.0.3:7443"),
+        ]
+    )
+    assert peers.names == ["cellex", "polycell"]
+    assert peers.addresses() == {"cellex": "192.168.1.5:7443", "polycell": "10.0.0.3:7443"}
+    # the directory's certificate applies to a static peer too
+    assert peers.fingerprint("cellex") == cellex.identity.fingerprint
+    assert peers.pinned(polycell.identity.member_id) == polycell.identity.fingerprint
+    assert peers.pinned(me.identity.member_id) is None
+    peers.follow([])  # polycell left the directory
+    assert peers.names == ["cellex"] and peers.fingerprint("cellex") is None
+    with pytest.raises(UnknownPeerError, match="unknown peer 'polycell'"):
+        peers.address("polycell")
+
+
+def test_a_moved_peer_gets_a_new_channel(authority: Authority, tmp_path: Path) -> None:
+    me, cellex = _keys(authority, tmp_path, "me"), _keys(authority, tmp_path, "cellex")
+    peers = PeerDirectory(me, {})
+
+    async def scenario() -> None:
+        peers.follow([_entry(cellex, "10.0.0.2:7443")])
+        first = peers.channel("cellex")
+        assert peers.channel("cellex") is first  # cached
+        peers.follow([_entry(cellex, "10.0.0.9:7443")])
+        moved = peers.channel("cellex")
+        assert moved is not first
+        await peers.close()
+
+    asyncio.run(scenario())
