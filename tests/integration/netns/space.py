@@ -212,12 +212,21 @@ class Member:
         return NodeLayout(self.directory).operator_token.read_text().strip()
 
     def join(self, authority_url: str, code: str) -> None:
-        """``qdspace node join`` on this host: keys made here, a certificate by CSR."""
+        """``qdspace node join`` on this host: keys made here, a certificate by CSR.
+
+        The code is a secret: it reaches the command in a file, not on its command line."""
+        code_file = self.directory.parent / f".{self.name}.code"
+        code_file.parent.mkdir(parents=True, exist_ok=True)
+        code_file.write_text(code + "\n")
+        code_file.chmod(0o600)
         argv = qdspace("node", "join", "--dir", str(self.directory))
-        argv += ["--authority-url", authority_url, "--code", code]
+        argv += ["--authority-url", authority_url, "--code-file", str(code_file)]
         argv += ["--advertise", self.peer_address, "--grpc-host", self.host.ip]
         argv += ["--grpc-port", str(GRPC_PORT), "--api-host", self.host.ip]
-        self.host.run([*argv, "--api-port", str(API_PORT)])
+        try:
+            self.host.run([*argv, "--api-port", str(API_PORT)])
+        finally:
+            code_file.unlink()
 
     def configure(self, **settings: Any) -> NodeSettings:
         """Change settings in node.json (before the node starts)."""
