@@ -221,6 +221,7 @@ class Member:
         code_file.chmod(0o600)
         argv = qdspace("node", "join", "--dir", str(self.directory))
         argv += ["--authority-url", authority_url, "--code-file", str(code_file)]
+        argv += ["--hostname", self.host.ip]  # the APIs' TLS certificate names the IP
         argv += ["--advertise", self.peer_address, "--grpc-host", self.host.ip]
         argv += ["--grpc-port", str(GRPC_PORT), "--api-host", self.host.ip]
         try:
