@@ -75,11 +75,14 @@ def measure(runs: int, before: Path | None) -> dict[str, Any]:
             member = net["sunarc"]
             directory = str(member.directory)
             url = f"{member.api_url}/healthz"
+            ca = str(member.ca_file)
             out: dict[str, Any] = {
                 "baseline.python": _samples(runs, lambda: _spawn_ms([py, "-c", "pass"], ROOT)),
                 "baseline.httpx_get": _samples(
                     runs,
-                    lambda: _spawn_ms([py, "-c", f"import httpx; httpx.get({url!r})"], ROOT),
+                    lambda: _spawn_ms(
+                        [py, "-c", f"import httpx; httpx.get({url!r}, verify={ca!r})"], ROOT
+                    ),
                 ),
             }
             trees = {"cli": ROOT} | ({"before": before} if before is not None else {})

@@ -44,11 +44,18 @@ def normalise_url(url: str) -> str:
     return url
 
 
+#: query parameters that carry a password (libpq reads ``?password=``)
+SECRET_QUERY_KEYS = frozenset({"password", "sslpassword"})
+
+
 def safe_url(url: str) -> str:
+    """``url`` fit for a log line or an error message: every password shown as ``***``."""
     try:
-        return make_url(url).render_as_string(hide_password=True)
-    except ArgumentError:
+        parsed = make_url(url)
+    except (ArgumentError, ValueError):  # ValueError: a port that is no number
         return "<unparsable database URL>"
+    hidden = {k: "***" for k in parsed.query if k.lower() in SECRET_QUERY_KEYS}
+    return parsed.update_query_dict(hidden).render_as_string(hide_password=True)
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
@@ -66,8 +73,10 @@ def create_store_engine(url: str) -> Engine:
     url = normalise_url(url)
     try:
         parsed = make_url(url)
-    except ArgumentError:
-        raise StorageError(f"database URL {url!r} cannot be parsed") from None
+    except (ArgumentError, ValueError):
+        scheme = url.partition("://")[0] if "://" in url else "(none)"
+        # the text itself is not repeated: an unparsable URL may still hold a password
+        raise StorageError(f"database URL (scheme {scheme!r}) cannot be parsed") from None
     if parsed.get_backend_name() == "sqlite":
         database = parsed.database or ""
         if database and database != ":memory:" and not Path(database).parent.is_dir():

@@ -1,4 +1,4 @@
-"""The operator-API client: one class that calls a running node over HTTP.
+"""The operator-API client: one class that calls a running node over HTTPS.
 
 The CLI, the demo and the tests all talk to a node through its operator API
 (``/v1/...``, a bearer token). Each used to build its own ``httpx.Client`` and write
@@ -8,6 +8,13 @@ use, one check that turns an RFC 9457 problem answer into a :class:`ClientError`
 (status, title, detail), and one way to find a node -- by its directory (the run
 file the node publishes on start, ``DIR/run/runtime.json``, and ``DIR/operator.token``)
 or by address and token, so a command can reach a node on another machine.
+
+The node's API speaks only TLS, and the client always verifies it: against the CA file
+the run file names (the space CA, which issued the member certificate the node
+presents), a ``ca_file`` given for a remote node (``--ca-file`` / ``QDSPACE_CA_FILE``),
+or the system's trust store when neither is given (an operator-provided certificate
+from a public CA). A regulator verifies a member's regulator listener against its own
+copy of the space CA (`OperatorClient.for_regulator`).
 
 Most commands (``catalog``, ``negotiate``, ``contracts``, ``order close``, ``fl join``'s
 negotiation) only talk to a node that is already running: the node holds the keys,
@@ -32,6 +39,8 @@ from qdspace.node.errors import NodeError
 from qdspace.node.layout import NodeLayout
 
 if TYPE_CHECKING:
+    import ssl
+
     import httpx
 
     from qdspace.node.identity.member import MemberKeys
@@ -40,6 +49,10 @@ DEFAULT_TIMEOUT_S = 300.0
 #: environment variables naming a node to call when no ``--dir`` is given
 API_URL_ENV = "QDSPACE_API_URL"
 TOKEN_ENV = "QDSPACE_TOKEN"
+#: a file holding the operator token (preferred over ``QDSPACE_TOKEN``: no secret in the env)
+TOKEN_FILE_ENV = "QDSPACE_TOKEN_FILE"
+#: the CA certificate (PEM) to verify a remote node's API with
+CA_FILE_ENV = "QDSPACE_CA_FILE"
 
 JSON = Any  # a decoded JSON answer
 Rows = list[dict[str, Any]]
@@ -92,8 +105,8 @@ def read_runtime(directory: Path) -> dict[str, object] | None:
     return data
 
 
-def locate(directory: Path) -> tuple[str, str]:
-    """The API address and operator token of the node running in ``directory``."""
+def locate(directory: Path) -> tuple[str, str, Path | None]:
+    """The API address, operator token and CA file of the node running in ``directory``."""
     directory = directory.resolve()
     runtime = read_runtime(directory)
     if runtime is None:
@@ -102,7 +115,25 @@ def locate(directory: Path) -> tuple[str, str]:
         token = NodeLayout(directory).operator_token.read_text().strip()
     except OSError as exc:
         raise NodeNotRunning(f"{NodeLayout(directory).operator_token}: {exc.strerror}") from None
-    return str(runtime["api"]), token
+    ca = runtime.get("ca_file")
+    return str(runtime["api"]), token, Path(str(ca)) if ca else None
+
+
+def tls_verification(ca_file: Path | None = None, ca_pem: bytes | None = None) -> ssl.SSLContext:
+    """What a client verifies a node's certificate with: the CA in ``ca_file`` or
+    ``ca_pem``, else the system's trust store; hostnames are always checked."""
+    import ssl
+
+    if ca_pem is not None:
+        return ssl.create_default_context(cadata=ca_pem.decode("ascii"))
+    if ca_file is None:
+        return ssl.create_default_context()
+    try:
+        return ssl.create_default_context(cafile=str(ca_file))
+    except FileNotFoundError:
+        raise ClientError(None, "", f"CA file {ca_file} not found") from None
+    except (ssl.SSLError, OSError) as exc:
+        raise ClientError(None, "", f"CA file {ca_file} is no PEM certificate: {exc}") from None
 
 
 def problem_of(response: httpx.Response) -> ClientError:
@@ -133,21 +164,31 @@ def http_client(
     token: str = "",
     timeout: float = DEFAULT_TIMEOUT_S,
     transport: httpx.BaseTransport | None = None,
+    *,
+    ca_file: Path | None = None,
+    ca_pem: bytes | None = None,
 ) -> httpx.Client:
-    """A raw HTTP client on a node's API, sending ``token`` as its bearer (none if empty):
-    what `OperatorClient` wraps, and what callers that send deliberately unusual
-    requests use directly."""
+    """A raw HTTPS client on a node's API, sending ``token`` as its bearer (none if empty)
+    and verifying the node against ``ca_file``/``ca_pem`` (`tls_verification`): what
+    `OperatorClient` wraps, and what callers that send deliberately unusual requests use
+    directly."""
     import httpx
 
     headers = {"Authorization": f"Bearer {token}"} if token else {}
-    return httpx.Client(base_url=api_url, headers=headers, timeout=timeout, transport=transport)
+    return httpx.Client(
+        base_url=api_url,
+        headers=headers,
+        timeout=timeout,
+        transport=transport,
+        verify=tls_verification(ca_file, ca_pem),
+    )
 
 
 def operator_client(directory: Path, timeout: float = DEFAULT_TIMEOUT_S) -> httpx.Client:
-    """A raw HTTP client on the running node's operator API, with its bearer token
+    """A raw HTTPS client on the running node's operator API, with its bearer token
     (for callers that send deliberately unusual requests; others use OperatorClient)."""
-    api_url, token = locate(directory)
-    return http_client(api_url, token, timeout)
+    api_url, token, ca_file = locate(directory)
+    return http_client(api_url, token, timeout, ca_file=ca_file)
 
 
 class OperatorClient:
@@ -160,25 +201,34 @@ class OperatorClient:
         *,
         timeout: float = DEFAULT_TIMEOUT_S,
         transport: httpx.BaseTransport | None = None,
+        ca_file: Path | None = None,
+        ca_pem: bytes | None = None,
     ):
         self.api_url = api_url.rstrip("/")
-        self.http = http_client(self.api_url, token, timeout, transport)
+        self.http = http_client(
+            self.api_url, token, timeout, transport, ca_file=ca_file, ca_pem=ca_pem
+        )
 
     @classmethod
     def from_directory(cls, directory: Path, timeout: float = DEFAULT_TIMEOUT_S) -> OperatorClient:
         """The client of the node running in ``directory`` (its run file and token)."""
         import httpx  # noqa: F401  (the transport first: a command's start-up cost is paid here)
 
-        api_url, token = locate(directory)
-        return cls(api_url, token, timeout=timeout)
+        api_url, token, ca_file = locate(directory)
+        return cls(api_url, token, timeout=timeout, ca_file=ca_file)
 
     @classmethod
-    def for_regulator(cls, keys: MemberKeys, api_url: str, timeout: float = 60.0) -> OperatorClient:
-        """A client on a member's API carrying a fresh regulator credential for it."""
+    def for_regulator(
+        cls, keys: MemberKeys, regulator_url: str, timeout: float = 60.0
+    ) -> OperatorClient:
+        """A client on a member's regulator listener (``regulator`` in its run file)
+        carrying a fresh regulator credential for it, verified against the space CA."""
         from qdspace.node.identity.credential import issue_credential
 
-        audience = cls(api_url, timeout=timeout).healthz()["member_id"]
-        return cls(api_url, issue_credential(keys, str(audience)), timeout=timeout)
+        with cls(regulator_url, timeout=timeout, ca_pem=keys.ca_pem) as probe:
+            audience = probe.healthz()["member_id"]
+        credential = issue_credential(keys, str(audience))
+        return cls(regulator_url, credential, timeout=timeout, ca_pem=keys.ca_pem)
 
     def close(self) -> None:
         self.http.close()

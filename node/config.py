@@ -2,7 +2,12 @@
 
 Environment variables prefixed ``QDSPACE_`` override the file (``QDSPACE_DB_URL``,
 ``QDSPACE_API_PORT``...), so a container can point a node at PostgreSQL without
-editing its directory.
+editing its directory. Secrets come from files too (``QDSPACE_DB_URL_FILE``,
+``/run/secrets``: `qdspace.node.secret_files`).
+
+Three listeners, each on its own address: peer gRPC (mutual TLS), the operator API
+(TLS with the member certificate, or ``api_tls_cert_file``/``api_tls_key_file``) and the
+regulator API (``regulator_host``/``regulator_port``, TLS, regulator credentials only).
 """
 
 from __future__ import annotations
@@ -12,7 +17,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from pydantic import Field, ValidationError, field_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from qdspace.node.errors import ConfigError
@@ -22,11 +27,13 @@ from qdspace.node.rpc.limits import (
     DEFAULT_PER_PEER_STREAMS,
     DEFAULT_SERVER_CALLS,
 )
+from qdspace.node.secret_files import FileEnvSource, secrets_dir
 from qdspace.util.files import write_atomic
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_GRPC_PORT = 7443
 DEFAULT_API_PORT = 8443
+DEFAULT_REGULATOR_PORT = 9443
 #: how often a node following an authority service re-fetches the member directory
 DEFAULT_DIRECTORY_REFRESH_S = 30.0
 #: how often it re-fetches the revocation list (a revoked member is refused within this)
@@ -63,6 +70,11 @@ class NodeSettings(BaseSettings):
     grpc_port: int = Field(DEFAULT_GRPC_PORT, ge=0, le=65535)
     api_host: str = DEFAULT_HOST
     api_port: int = Field(DEFAULT_API_PORT, ge=0, le=65535)
+    # the operator API's own certificate (e.g. cert-manager's); default: the member's
+    api_tls_cert_file: Path | None = None
+    api_tls_key_file: Path | None = None
+    regulator_host: str = DEFAULT_HOST
+    regulator_port: int = Field(default=DEFAULT_REGULATOR_PORT, ge=0, le=65535)
     db_url: str = ""
     crl_path: Path | None = None
     peers: dict[str, str] = Field(default_factory=dict)
@@ -92,6 +104,12 @@ class NodeSettings(BaseSettings):
                 raise ValueError(f"peer {name}: address {address!r} is not host:port")
         return peers
 
+    @model_validator(mode="after")
+    def _tls_pair(self) -> NodeSettings:
+        if (self.api_tls_cert_file is None) != (self.api_tls_key_file is None):
+            raise ValueError("give api_tls_cert_file and api_tls_key_file together, or neither")
+        return self
+
     @field_validator("authority_url")
     @classmethod
     def _https(cls, url: str) -> str:
@@ -111,12 +129,19 @@ class NodeSettings(BaseSettings):
         dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
-        return (env_settings, init_settings)
+        return (env_settings, FileEnvSource(settings_cls), file_secret_settings, init_settings)
 
     @property
     def layout(self) -> NodeLayout:
         """The paths of this node's directory."""
         return NodeLayout(self.directory)
+
+    @property
+    def api_tls(self) -> tuple[Path, Path]:
+        """The operator API's certificate and key files (relative paths: to the directory)."""
+        if self.api_tls_cert_file is None or self.api_tls_key_file is None:
+            return self.layout.tls_cert, self.layout.tls_key
+        return self.directory / self.api_tls_cert_file, self.directory / self.api_tls_key_file
 
     @property
     def database_url(self) -> str:
@@ -142,7 +167,7 @@ class NodeSettings(BaseSettings):
             raise ConfigError(f"{path} is not valid JSON: {exc}") from None
         data["directory"] = directory
         try:
-            return cls(**data)
+            return cls(**data, _secrets_dir=secrets_dir())  # type: ignore[call-arg]
         except ValidationError as exc:
             first = exc.errors()[0]
             where = ".".join(str(p) for p in first["loc"])

@@ -10,13 +10,20 @@ come back as files. Both end in `_write_node` (settings and operator token).
 
 from __future__ import annotations
 
+import json
 import shutil
 import tempfile
 from pathlib import Path
 
 from cryptography.x509.oid import NameOID
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource
 
-from qdspace.node.config import DEFAULT_API_PORT, DEFAULT_GRPC_PORT, NodeSettings
+from qdspace.node.config import (
+    DEFAULT_API_PORT,
+    DEFAULT_GRPC_PORT,
+    DEFAULT_REGULATOR_PORT,
+    NodeSettings,
+)
 from qdspace.node.errors import ConfigError, IdentityError
 from qdspace.node.identity.authority import Authority
 from qdspace.node.identity.member import (
@@ -29,6 +36,21 @@ from qdspace.node.layout import NodeLayout
 from qdspace.util.files import write_atomic
 
 
+class _AsGiven(NodeSettings):
+    """Settings of the values given only (what ``node init`` writes to ``node.json``)."""
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (init_settings,)
+
+
 def _write_node(
     target: Path,
     keys: MemberKeys,
@@ -38,12 +60,15 @@ def _write_node(
     crl_path: Path,
     grpc_port: int,
     api_port: int,
+    regulator_port: int,
     db_url: str,
     peers: dict[str, str] | None,
 ) -> NodeSettings:
     """Write the operator token and ``node.json`` (last: its presence makes a node) into
     ``target``; the settings name ``directory``, where the node will live."""
-    settings = NodeSettings(
+    # the values given, without the QDSPACE_* environment or secret files: a secret
+    # there (QDSPACE_DB_URL_FILE) belongs to the process, never to node.json
+    settings = _AsGiven(
         directory=directory,
         name=keys.identity.name,
         role=keys.identity.role,
@@ -51,6 +76,7 @@ def _write_node(
         space=space,
         grpc_port=grpc_port,
         api_port=api_port,
+        regulator_port=regulator_port,
         db_url=db_url,
         crl_path=crl_path,
         peers=peers or {},
@@ -68,6 +94,7 @@ def init_node(
     role: str,
     grpc_port: int = DEFAULT_GRPC_PORT,
     api_port: int = DEFAULT_API_PORT,
+    regulator_port: int = DEFAULT_REGULATOR_PORT,
     db_url: str = "",
     peers: dict[str, str] | None = None,
 ) -> NodeSettings:
@@ -90,6 +117,7 @@ def init_node(
             crl_path=authority.files.crl,
             grpc_port=grpc_port,
             api_port=api_port,
+            regulator_port=regulator_port,
             db_url=db_url,
             peers=peers,
         )
@@ -110,6 +138,7 @@ def install_node(
     crl_pem: bytes,
     grpc_port: int = DEFAULT_GRPC_PORT,
     api_port: int = DEFAULT_API_PORT,
+    regulator_port: int = DEFAULT_REGULATOR_PORT,
     db_url: str = "",
     peers: dict[str, str] | None = None,
 ) -> NodeSettings:
@@ -147,14 +176,18 @@ def install_node(
         crl_path=files.crl,
         grpc_port=grpc_port,
         api_port=api_port,
+        regulator_port=regulator_port,
         db_url=db_url,
         peers=peers,
     )
 
 
 def add_peers(directory: Path, peers: dict[str, str]) -> NodeSettings:
-    settings = NodeSettings.load(directory)
-    merged = NodeSettings._addresses({**settings.peers, **peers})
-    updated = settings.model_copy(update={"peers": merged})
-    updated.save()
-    return updated
+    """Add ``peers`` to ``node.json``; only that key is rewritten (what the environment or
+    secret files supply stays out of the file)."""
+    settings = NodeSettings.load(directory)  # a clear error for a missing or broken node
+    path = settings.layout.config
+    data = json.loads(path.read_text())
+    data["peers"] = NodeSettings._addresses({**data.get("peers", {}), **peers})
+    write_atomic(path, json.dumps(data, indent=2).encode() + b"\n")
+    return NodeSettings.load(directory)

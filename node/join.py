@@ -22,6 +22,7 @@ from qdspace.node.config import (
     DEFAULT_API_PORT,
     DEFAULT_GRPC_PORT,
     DEFAULT_HOST,
+    DEFAULT_REGULATOR_PORT,
     NodeSettings,
     check_advertised,
     check_authority_url,
@@ -67,6 +68,8 @@ def join_node(
     grpc_port: int = DEFAULT_GRPC_PORT,
     api_host: str = DEFAULT_HOST,
     api_port: int = DEFAULT_API_PORT,
+    regulator_host: str = DEFAULT_HOST,
+    regulator_port: int = DEFAULT_REGULATOR_PORT,
     db_url: str = "",
 ) -> NodeSettings:
     """Enroll with the service and create the node directory; nothing is left on failure."""
@@ -99,6 +102,7 @@ def join_node(
             crl_pem=enrolled["crl_pem"].encode(),
             grpc_port=grpc_port,
             api_port=api_port,
+            regulator_port=regulator_port,
             db_url=db_url,
         )
     except BaseException:
@@ -110,6 +114,7 @@ def join_node(
             "advertise_peer": advertise_peer,
             "grpc_host": grpc_host,
             "api_host": api_host,
+            "regulator_host": regulator_host,
         }
     )
     joined.save()

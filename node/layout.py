@@ -29,7 +29,7 @@ below is the one place that says what lives where::
     │   ├── node.log           the node's own log
     │   └── process.log        stdout/stderr of a node started by localnet
     ├── run/                   present while the node runs
-    │   ├── runtime.json       pid and addresses, written on start, removed on stop
+    │   ├── runtime.json       pid, listener URLs (https) and CA file; removed on stop
     │   └── contract-clock.json  the contract clock's offset (tests, the demo)
     ├── models/                model registry (owned by qdspace.inference.registry:
     │                          <sha256>.onnx, manifest.json, audit.npz, gate.json)

@@ -1,9 +1,9 @@
 """The composition root: wire settings, keys, store and servers once, then serve.
 
-``run_node`` is what ``qdspace node start`` runs: it binds both ports before
-starting anything (so a port in use is one clear error and nothing half-started),
-serves gRPC and the operator API in one event loop, and stops both gracefully on
-SIGTERM or SIGINT.
+``run_node`` is what ``qdspace node start`` runs: it binds its three ports (peer
+gRPC, operator API, regulator API: `node.listeners`) before starting anything, so a
+port in use is one clear error and nothing half-started, serves all three in one event
+loop, and stops them gracefully on SIGTERM or SIGINT.
 """
 
 from __future__ import annotations
@@ -22,11 +22,13 @@ from pathlib import Path
 import uvicorn
 
 from qdspace.node.api.app import create_app
+from qdspace.node.api.regulator_app import create_regulator_app
 from qdspace.node.config import NodeSettings
 from qdspace.node.context import NodeContext, build_context
-from qdspace.node.errors import ConfigError, PortInUseError
+from qdspace.node.errors import ConfigError, NodeError
 from qdspace.node.identity.revocation import StaleRevocationList
 from qdspace.node.layout import NodeLayout
+from qdspace.node.listeners import bind_socket, check_server_tls, runtime_record
 from qdspace.node.rpc.auth import PeerAuthenticator
 from qdspace.node.rpc.federation_service import FederationServicer
 from qdspace.node.rpc.limits import CallCaps
@@ -40,19 +42,8 @@ logger = logging.getLogger("node")
 
 
 def bind_api_socket(host: str, port: int) -> socket.socket:
-    # proto=IPPROTO_TCP: asyncio sets TCP_NODELAY on accepted connections only when the
-    # socket says it is TCP; without it a response's body waited ~40 ms (Nagle + delayed ACK).
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # inherited by accepted sockets
-    try:
-        sock.bind((host, port))
-    except OSError as exc:
-        sock.close()
-        raise PortInUseError(f"cannot bind API port {host}:{port}: {exc.strerror}") from None
-    sock.listen(128)
-    sock.set_inheritable(True)
-    return sock
+    """The operator API's listening socket (see `node.listeners.bind_socket`)."""
+    return bind_socket("operator API", host, port)
 
 
 class _Uvicorn(uvicorn.Server):
@@ -138,15 +129,43 @@ def read_runtime(directory: Path) -> dict[str, object] | None:
     return data
 
 
+def _https_server(app: object, cert: Path, key: Path) -> _Uvicorn:
+    config = uvicorn.Config(
+        app,  # type: ignore[arg-type]
+        log_level="warning",
+        access_log=False,
+        lifespan="on",
+        ssl_certfile=cert,
+        ssl_keyfile=key,
+    )
+    return _Uvicorn(config)
+
+
+async def _start(server: _Uvicorn, sock: socket.socket) -> asyncio.Task[None]:
+    """Serve ``sock`` in a task; returns once started (or raises what stopped it)."""
+    task = asyncio.create_task(server.serve(sockets=[sock]))
+    while not server.started and not task.done():
+        await asyncio.sleep(0.01)
+    if task.done():
+        task.result()
+        raise NodeError(f"the API listener on {sock.getsockname()} stopped while starting")
+    return task
+
+
 async def serve(ctx: NodeContext, stop: asyncio.Event) -> None:
     settings = ctx.settings
-    api_sock = bind_api_socket(settings.api_host, settings.api_port)
-    try:
+    api_cert, api_key = settings.api_tls
+    check_server_tls(api_cert, api_key, "operator API")
+    member_cert, member_key = settings.layout.tls_cert, settings.layout.tls_key
+    check_server_tls(member_cert, member_key, "regulator API")
+    # every listener bound before anything starts: a taken port is one error, nothing half-up
+    with contextlib.ExitStack() as bound:
+        api_sock = bound.enter_context(bind_api_socket(settings.api_host, settings.api_port))
+        reg_sock = bound.enter_context(
+            bind_socket("regulator API", settings.regulator_host, settings.regulator_port)
+        )
         peer_server = build_peer_server(ctx)
-    except PortInUseError:
-        api_sock.close()
-        raise
-    api_port = api_sock.getsockname()[1]
+        bound.pop_all()
     from qdspace.node.rpc.federation_link import grpc_coordinators
     from qdspace.node.runtime.federation_member import FederationMember
 
@@ -155,20 +174,23 @@ async def serve(ctx: NodeContext, stop: asyncio.Event) -> None:
         grpc_coordinators(ctx), settings.directory, ctx.keys.identity.name
     )
     ctx.federation = federation
-    app = create_app(ctx)
-    config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="on")
-    api = _Uvicorn(config)
+    api = _https_server(create_app(ctx), api_cert, api_key)
+    regulator = _https_server(create_regulator_app(ctx), member_cert, member_key)
     await peer_server.start()
     from qdspace.node.rpc.contracts_jobs import ContractJobs
 
     contract_jobs = ContractJobs(ctx)
-    api_task = asyncio.create_task(api.serve(sockets=[api_sock]))
-    while not api.started and not api_task.done():
-        await asyncio.sleep(0.01)
-    if api_task.done():
+    tasks: list[asyncio.Task[None]] = []
+    try:
+        tasks.append(await _start(api, api_sock))
+        tasks.append(await _start(regulator, reg_sock))
+    except BaseException:
+        api.should_exit = regulator.should_exit = True
+        await asyncio.gather(*tasks, return_exceptions=True)
         await peer_server.stop(0)
-        api_task.result()
-    ctx.serving = True  # both listeners are up (``/startupz``)
+        await contract_jobs.stop()
+        raise
+    ctx.serving = True  # every listener is up (``/startupz``)
     follower = directory_follower(ctx, peer_server.port)
     follow_stop = asyncio.Event()
     follow_task = asyncio.create_task(follower.run(follow_stop)) if follower else None
@@ -177,17 +199,20 @@ async def serve(ctx: NodeContext, stop: asyncio.Event) -> None:
         "name": settings.name,
         "member_id": ctx.keys.identity.member_id,
         "role": settings.role,
-        "grpc": f"{settings.grpc_host}:{peer_server.port}",
-        "api": f"http://{settings.api_host}:{api_port}",
+        **runtime_record(
+            settings, peer_server.port, api_sock.getsockname()[1], reg_sock.getsockname()[1]
+        ),
         "started_at": time.time(),
     }
     write_atomic(runtime_path(settings.directory), json.dumps(runtime, indent=2).encode())
     logger.info(
-        "node %s (%s) serving gRPC on %s and API on %s",
+        "node %s (%s) serving gRPC on %s, operator API on %s, regulator API on %s; database %s",
         settings.name,
         settings.role,
         runtime["grpc"],
         runtime["api"],
+        runtime["regulator"],
+        ctx.store.url,  # the password hidden (connector.storage.safe_url)
     )
     try:
         await stop.wait()
@@ -197,11 +222,11 @@ async def serve(ctx: NodeContext, stop: asyncio.Event) -> None:
         follow_stop.set()
         if follow_task is not None:
             await follow_task
-        api.should_exit = True
+        api.should_exit = regulator.should_exit = True
         await federation.stop()
         await peer_server.stop(settings.shutdown_grace_s)
         await contract_jobs.stop()
-        await api_task
+        await asyncio.gather(*tasks)
         await ctx.peers.close()
         runtime_path(settings.directory).unlink(missing_ok=True)
         logger.info("node %s stopped", settings.name)

@@ -55,7 +55,6 @@ from qdspace.node.api.problems import (
     UnsupportedMediaType,
     install_problem_handlers,
 )
-from qdspace.node.api.regulator_auth import check_credential
 from qdspace.node.context import NodeContext
 
 RAW_SUFFIX = {"text/csv": ".csv", "application/x-ndjson": ".jsonl", "application/jsonl": ".jsonl"}
@@ -100,18 +99,8 @@ def create_app(ctx: NodeContext) -> FastAPI:
         BodyLimit,
         limits={INGEST_PREFIX: INGEST_BODY_LIMIT, FEDERATION_JOBS: START_BODY_LIMIT},
     )
-    member_id = ctx.keys.identity.member_id
-
-    def regulator_check(token: str) -> object:
-        """The regulator routes check again in their own dependency (which also guards them
-        where they are mounted without this gate); a signature check costs microseconds."""
-        return check_credential(
-            token, ca_cert=ctx.keys.trust, revocations=ctx.revocations, audience=member_id
-        )
-
-    app.add_middleware(
-        BearerGate, operator_token=ctx.operator_token, regulator_check=regulator_check
-    )
+    # the regulator routes are on their own listener (`node.api.regulator_app`)
+    app.add_middleware(BearerGate, operator_token=ctx.operator_token)
 
     @app.get("/healthz", response_model=Health, tags=["health"])
     def healthz() -> Health:

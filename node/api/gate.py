@@ -5,10 +5,13 @@ check written as a dependency lets an anonymous caller make the node read a body
 size. These gates look only at the request line and headers and answer with a problem
 (RFC 9457) before the application sees the request:
 
-- `BearerGate`: every path except health and API docs needs a bearer credential; the
-  operator token everywhere, the regulator credential under ``/v1/regulator/``. A
-  missing, non-ASCII, malformed or wrong credential is 401 (a regulator credential that
-  is well-formed but not acceptable stays 403, as its dependency says).
+- `BearerGate`: every path except health and API docs needs a bearer credential. On
+  the operator listener that is the operator token, on every path (``/v1/regulator/``
+  included: the regulator routes live on their own listener, so a regulator credential
+  here is just a wrong token); on the regulator listener (``operator_token=None``) it is
+  the regulator credential, on every path. A missing, non-ASCII, malformed or wrong
+  credential is 401 (a regulator credential that is well-formed but not acceptable
+  stays 403, as its dependency says).
 - `BodyLimit`: a declared ``Content-Length`` over the path's limit is 413 at once; a body
   without one is counted while it arrives and cut off at the limit with 413.
 - `JsonDepthLimit`: a JSON body nested deeper than `MAX_JSON_DEPTH` is 400 before the
@@ -39,7 +42,6 @@ OPEN_PATHS = frozenset(
     {"/healthz", "/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json"}
     | {"/livez", "/readyz", "/startupz", "/metrics"}  # probes and Prometheus' scrape
 )
-REGULATOR_PREFIX = "/v1/regulator/"
 #: bodies of every route but ingest are small JSON documents
 DEFAULT_BODY_LIMIT = 1 << 20
 #: ingest uploads carry whole CSV/JSONL files (they are spooled to disk, not held in memory)
@@ -95,7 +97,9 @@ class BearerGate:
     """Refuses a request without the right credential before its body is read."""
 
     app: ASGIApp
-    operator_token: str
+    #: the operator listener's token; None on the regulator listener (no operator routes)
+    operator_token: str | None
+    #: the regulator listener's credential check; None on the operator listener
     regulator_check: RegulatorCheck | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -119,9 +123,10 @@ class BearerGate:
 
     def _check(self, path: str, headers: list[tuple[bytes, bytes]]) -> None:
         token = bearer_token(headers)
-        if path.startswith(REGULATOR_PREFIX):
-            if self.regulator_check is not None:
-                self.regulator_check(token)
+        if self.operator_token is None:
+            if self.regulator_check is None:
+                raise CredentialRejected("this listener accepts no credential")
+            self.regulator_check(token)
             return
         if not hmac.compare_digest(token.encode(), self.operator_token.encode()):
             raise CredentialRejected("operator token required (Authorization: Bearer ...)")

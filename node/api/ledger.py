@@ -1,5 +1,5 @@
-"""REST routes over the node's ledger: the operator's ``/v1/ledger/...`` and the
-regulator's ``/v1/regulator/...``.
+"""REST routes over the node's ledger: the operator's ``/v1/ledger/...`` (operator
+listener) and the regulator's ``/v1/regulator/...`` (regulator listener).
 
 The ledger itself (settings, anchorer, QDM sweep) is `qdspace.node.runtime.ledger`, which
 imports no web framework; this module only adapts it. A node without a chain mounts no
@@ -73,8 +73,15 @@ class FlushPublic(BaseModel):
 
 
 def mount_ledger_routes(app: FastAPI, ctx: NodeContext) -> None:
-    """``/v1/regulator/...`` (regulator credential, read-only) and, on a node that
-    anchors, the operator's ``/v1/ledger/...``."""
+    """The operator's ``/v1/ledger/...``, on a node that anchors (none otherwise: 404)."""
+    ledger = node_ledger(ctx)
+    if ledger is not None:
+        mount_operator_routes(app, ledger)
+
+
+def mount_regulator_routes(app: FastAPI, ctx: NodeContext) -> None:
+    """``/v1/regulator/...`` (regulator credential, read-only), on the regulator listener.
+    A node without a chain answers every one 503, after the credential is checked."""
     ledger = node_ledger(ctx)
     require = regulator_dependency(ctx.keys.trust, ctx.revocations, ctx.keys.identity.member_id)
     if ledger is None:
@@ -91,7 +98,6 @@ def mount_ledger_routes(app: FastAPI, ctx: NodeContext) -> None:
             raise HTTPException(503, "this node anchors to no chain (no ledger.json)")
 
         return
-    mount_operator_routes(app, ledger)
     member_id = ctx.keys.identity.member_id
 
     def issue(from_block: int, to_block: int | None) -> Passport:

@@ -14,7 +14,7 @@ names of their checks:
 - ``/readyz``: the database answers ``SELECT 1``, the revocation list is present and
   not past its nextUpdate, the chain answers when the node anchors to one; 503 with every
   check's result when one fails;
-- ``/startupz``: the schema is migrated to the code's head and both listeners are up.
+- ``/startupz``: the schema is migrated to the code's head and every listener is up.
 
 ``/metrics`` is the Prometheus text format of the node's own registry. Gauges of state
 kept in the database (outbox backlog, anchoring queue and lag) are read at scrape time,

@@ -20,7 +20,7 @@ from rich.table import Table
 
 from qdspace.node.cli.authority import authority_app
 from qdspace.node.cli.choices import QdmKind, Role
-from qdspace.node.cli.connect import ApiUrlOpt, JsonOpt, TokenOpt, print_json, target
+from qdspace.node.cli.connect import ApiUrlOpt, CaFileOpt, JsonOpt, TokenFileOpt, print_json, target
 from qdspace.node.cli.connect import DirOpt as ConnDirOpt
 from qdspace.node.cli.contracts import mount as mount_contracts
 from qdspace.node.cli.enrollment import mount as mount_enrollment
@@ -30,6 +30,7 @@ from qdspace.node.cli.federation import fl_app
 from qdspace.node.cli.inspection import mount as mount_inspection
 from qdspace.node.cli.ledger import ledger_app
 from qdspace.node.cli.ledger import verify as ledger_verify
+from qdspace.node.cli.maintenance import mount as mount_maintenance
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help="qdspace connector node")
 node_app = typer.Typer(no_args_is_help=True, help="a member's connector node")
@@ -43,6 +44,7 @@ app.command("verify")(ledger_verify)  # `qdspace verify PROOF.json --rpc URL`
 mount_inspection(app)  # train, inspect run/models/activate/explain
 mount_contracts(app)  # catalog, negotiate, transfer, subscribe, contracts, order close
 mount_enrollment(node_app)  # node csr, install, renew
+mount_maintenance(node_app)  # node backup
 
 console = Console()
 err = Console(stderr=True)
@@ -67,8 +69,15 @@ def node_init(
     role: Annotated[Role, typer.Option(help="the member's role")],
     authority: Annotated[Path, typer.Option(help="authority directory")],
     grpc_port: Annotated[int, typer.Option(help="peer gRPC port")] = 7443,
-    api_port: Annotated[int, typer.Option(help="operator API port")] = 8443,
-    db_url: Annotated[str, typer.Option(help="database URL (default: SQLite in DIR)")] = "",
+    api_port: Annotated[int, typer.Option(help="operator API port (TLS)")] = 8443,
+    regulator_port: Annotated[int, typer.Option(help="regulator API port (TLS)")] = 9443,
+    db_url: Annotated[
+        str,
+        typer.Option(
+            help="database URL (default: SQLite in DIR); one with a password belongs in "
+            "$QDSPACE_DB_URL_FILE instead, not on a command line"
+        ),
+    ] = "",
     peer: Annotated[list[str] | None, typer.Option(help="NAME=HOST:PORT, repeatable")] = None,
 ) -> None:
     """Create a member's keys, certificate and node directory."""
@@ -81,6 +90,7 @@ def node_init(
         role=role.value,
         grpc_port=grpc_port,
         api_port=api_port,
+        regulator_port=regulator_port,
         db_url=db_url,
         peers=parse_peers(peer or []),
     )
@@ -99,7 +109,7 @@ def node_start(
         ),
     ] = None,
 ) -> None:
-    """Run the node (gRPC peer server + operator API) until SIGTERM."""
+    """Run the node (peer gRPC, operator API and regulator API) until SIGTERM."""
     from qdspace.node.config import NodeSettings
     from qdspace.node.logs import log_format as chosen_format
     from qdspace.node.run import run_node
@@ -240,11 +250,12 @@ def peer_hello(
     name: Annotated[str, typer.Argument(help="peer name")],
     directory: ConnDirOpt = None,
     api_url: ApiUrlOpt = None,
-    token: TokenOpt = None,
+    token_file: TokenFileOpt = None,
+    ca_file: CaFileOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Ask this node to authenticate to a peer over mutual TLS with its identity."""
-    with target(directory, api_url, token).client() as node:
+    with target(directory, api_url, token_file, ca_file).client() as node:
         r = node.hello(name)
     if as_json:
         print_json(r)

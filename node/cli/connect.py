@@ -1,12 +1,16 @@
-"""How a command names the node it calls: ``--dir``, or ``--api-url`` and ``--token``.
+"""How a command names the node it calls: ``--dir``, or ``--api-url`` and ``--token-file``.
 
 A node on this machine is found through its directory (``--dir DIR``: the run file
-the node publishes on start and its operator token). A node anywhere else is named
-by its operator API's address and token (``--api-url URL --token T``, or the
-``QDSPACE_API_URL`` / ``QDSPACE_TOKEN`` environment variables). Both lead to the
-same :class:`~qdspace.node.client.OperatorClient`. ``--dir`` wins over the
-environment; giving ``--dir`` and ``--api-url`` on one command line is a usage
-error, as is an address without a token.
+the node publishes on start, its operator token and the CA that verifies its TLS
+certificate). A node anywhere else is named by its operator API's address and a file
+holding its token (``--api-url URL --token-file PATH``, or the ``QDSPACE_API_URL`` /
+``QDSPACE_TOKEN_FILE`` environment variables); ``--ca-file`` / ``QDSPACE_CA_FILE`` names
+the CA certificate to verify it with (default: the system's trust store). A token is
+never a command-line argument (every user of the machine can read those with ``ps``);
+the ``QDSPACE_TOKEN`` environment variable still works, for scripts written before the
+file existed. Both lead to the same :class:`~qdspace.node.client.OperatorClient`.
+``--dir`` wins over the environment; giving ``--dir`` and ``--api-url`` on one command
+line is a usage error, as is an address without a token.
 
 Also here: ``--json`` output, shared by every listing command. Typer and the standard
 library only: the client (and httpx) is imported when a command connects.
@@ -16,13 +20,19 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from qdspace.node.client import API_URL_ENV, DEFAULT_TIMEOUT_S, TOKEN_ENV
+from qdspace.node.client import (
+    API_URL_ENV,
+    CA_FILE_ENV,
+    DEFAULT_TIMEOUT_S,
+    TOKEN_ENV,
+    TOKEN_FILE_ENV,
+)
 
 if TYPE_CHECKING:
     from qdspace.node.client import OperatorClient
@@ -36,16 +46,25 @@ ApiUrlOpt = Annotated[
     typer.Option(
         "--api-url",
         envvar=API_URL_ENV,
-        help="the node's operator API (http://host:port), instead of --dir",
+        help="the node's operator API (https://host:port), instead of --dir",
         show_envvar=True,
     ),
 ]
-TokenOpt = Annotated[
-    str | None,
+TokenFileOpt = Annotated[
+    Path | None,
     typer.Option(
-        "--token",
-        envvar=TOKEN_ENV,
-        help="the node's operator token (with --api-url)",
+        "--token-file",
+        envvar=TOKEN_FILE_ENV,
+        help=f"a file holding the node's operator token (with --api-url; or ${TOKEN_ENV})",
+        show_envvar=True,
+    ),
+]
+CaFileOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--ca-file",
+        envvar=CA_FILE_ENV,
+        help="CA certificate (PEM) to verify the node's API with (with --api-url)",
         show_envvar=True,
     ),
 ]
@@ -54,11 +73,12 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="print machine-readable JS
 
 @dataclass(frozen=True)
 class Target:
-    """The node a command calls: a local directory, or an address and token."""
+    """The node a command calls: a local directory, or an address, token and CA."""
 
     directory: Path | None = None
     api_url: str | None = None
-    token: str | None = None
+    token: str | None = field(default=None, repr=False)
+    ca_file: Path | None = None
 
     def client(self, timeout: float = DEFAULT_TIMEOUT_S) -> OperatorClient:
         """An operator-API client on the node (ClientError if it cannot be found)."""
@@ -67,7 +87,7 @@ class Target:
         if self.directory is not None:
             return OperatorClient.from_directory(self.directory, timeout)
         assert self.api_url is not None and self.token is not None
-        return OperatorClient(self.api_url, self.token, timeout=timeout)
+        return OperatorClient(self.api_url, self.token, timeout=timeout, ca_file=self.ca_file)
 
 
 def _explicit(api_url: str) -> bool:
@@ -75,24 +95,46 @@ def _explicit(api_url: str) -> bool:
     return api_url != os.environ.get(API_URL_ENV)
 
 
-def target(directory: Path | None, api_url: str | None, token: str | None) -> Target:
-    """The node named by ``--dir`` or ``--api-url``/``--token``; a usage error otherwise."""
+def read_token(token_file: Path | None) -> str | None:
+    """The token in ``token_file`` (stripped), else ``$QDSPACE_TOKEN``; a usage error if
+    the file cannot be read or is empty."""
+    if token_file is None:
+        return os.environ.get(TOKEN_ENV) or None
+    try:
+        token = token_file.read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = getattr(exc, "strerror", None) or "not UTF-8 text"
+        raise typer.BadParameter(f"{token_file}: {reason}", param_hint="--token-file") from None
+    if not token:
+        raise typer.BadParameter(f"{token_file} is empty", param_hint="--token-file")
+    return token
+
+
+def target(
+    directory: Path | None,
+    api_url: str | None,
+    token_file: Path | None,
+    ca_file: Path | None = None,
+) -> Target:
+    """The node named by ``--dir`` or ``--api-url``/``--token-file``; a usage error otherwise."""
     if directory is not None:
         if api_url and _explicit(api_url):
             raise typer.BadParameter("give --dir or --api-url, not both", param_hint="--api-url")
         return Target(directory=directory)
     if not api_url:
         raise typer.BadParameter(
-            f"name the node: --dir DIR, or --api-url URL and --token TOKEN "
-            f"(or ${API_URL_ENV} and ${TOKEN_ENV})",
+            f"name the node: --dir DIR, or --api-url URL and --token-file PATH "
+            f"(or ${API_URL_ENV} and ${TOKEN_FILE_ENV})",
             param_hint="--dir / --api-url",
         )
+    token = read_token(token_file)
     if not token:
         raise typer.BadParameter(
-            f"--api-url needs the node's operator token (--token or ${TOKEN_ENV})",
-            param_hint="--token",
+            f"--api-url needs the node's operator token (--token-file, ${TOKEN_FILE_ENV} "
+            f"or ${TOKEN_ENV})",
+            param_hint="--token-file",
         )
-    return Target(api_url=api_url, token=token)
+    return Target(api_url=api_url, token=token, ca_file=ca_file)
 
 
 def print_json(value: Any) -> None:

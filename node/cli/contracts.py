@@ -2,7 +2,7 @@
 
 Thin commands over a running node's operator API (``/v1/contracts``): the node
 holds the keys, the contract store and the peer channels, so the CLI only names
-the node (``--dir DIR`` on this machine, or ``--api-url``/``--token`` anywhere; see
+the node (``--dir DIR`` on this machine, or ``--api-url``/``--token-file`` anywhere; see
 :mod:`node.cli.connect`), calls it through :class:`node.client.OperatorClient` and
 prints what comes back. A refusal is a ``ClientError`` naming the route, the status
 and the peer's reason; the CLI's error handler prints it on one line. The client is
@@ -20,7 +20,15 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from qdspace.node.cli.connect import ApiUrlOpt, DirOpt, JsonOpt, Target, TokenOpt, print_json
+from qdspace.node.cli.connect import (
+    ApiUrlOpt,
+    CaFileOpt,
+    DirOpt,
+    JsonOpt,
+    Target,
+    TokenFileOpt,
+    print_json,
+)
 from qdspace.node.cli.connect import target as name_target
 from qdspace.node.cli.errors import clean_errors
 
@@ -36,12 +44,13 @@ def catalog(
     peer: Annotated[str, typer.Argument(help="provider member name")],
     directory: DirOpt = None,
     api_url: ApiUrlOpt = None,
-    token: TokenOpt = None,
+    token_file: TokenFileOpt = None,
+    ca_file: CaFileOpt = None,
     kind: Annotated[str, typer.Option(help="only assets of this kind")] = "",
     as_json: JsonOpt = False,
 ) -> None:
     """List the assets a provider offers us, with their offers."""
-    with name_target(directory, api_url, token).client() as node:
+    with name_target(directory, api_url, token_file, ca_file).client() as node:
         assets = node.catalog(peer, kind)
     if as_json:
         print_json(assets)
@@ -64,7 +73,8 @@ def negotiate(
     purpose: Annotated[list[str], typer.Option(help="purpose, repeatable")],
     directory: DirOpt = None,
     api_url: ApiUrlOpt = None,
-    token: TokenOpt = None,
+    token_file: TokenFileOpt = None,
+    ca_file: CaFileOpt = None,
     order: Annotated[list[str] | None, typer.Option(help="order id, repeatable")] = None,
     field: Annotated[list[str] | None, typer.Option(help="field, repeatable")] = None,
     retention_days: Annotated[int | None, typer.Option(help="ask for shorter retention")] = None,
@@ -73,7 +83,7 @@ def negotiate(
     ] = None,
 ) -> None:
     """Negotiate an agreement for an asset (request, counter-offer, signatures)."""
-    with name_target(directory, api_url, token).client() as node:
+    with name_target(directory, api_url, token_file, ca_file).client() as node:
         started = time.perf_counter()
         result = node.negotiate(
             peer,
@@ -100,7 +110,8 @@ def transfer(
     purpose: Annotated[str, typer.Option(help="purpose of this use")],
     directory: DirOpt = None,
     api_url: ApiUrlOpt = None,
-    token: TokenOpt = None,
+    token_file: TokenFileOpt = None,
+    ca_file: CaFileOpt = None,
     order: Annotated[str | None, typer.Option(help="order id")] = None,
     field: Annotated[list[str] | None, typer.Option(help="field, repeatable")] = None,
     resume: Annotated[str | None, typer.Option(help="resume this transfer id instead")] = None,
@@ -111,7 +122,7 @@ def transfer(
     """Pull data under an agreement; only what it allows leaves the provider.
 
     The copy held is a mirror: each record once, corrections replace, withdrawals remove."""
-    with name_target(directory, api_url, token).client() as node:
+    with name_target(directory, api_url, token_file, ca_file).client() as node:
         started = time.perf_counter()
         if resume:
             result = node.resume_transfer(resume)
@@ -132,14 +143,15 @@ def subscribe(
     agreement: Annotated[str, typer.Argument(help="agreement id of a live stream")],
     directory: DirOpt = None,
     api_url: ApiUrlOpt = None,
-    token: TokenOpt = None,
+    token_file: TokenFileOpt = None,
+    ca_file: CaFileOpt = None,
     purpose: Annotated[str, typer.Option(help="purpose of this use")] = "spc-monitoring",
     characteristic: Annotated[str, typer.Option(help="field watched by SPC")] = "score",
     usl: Annotated[float | None, typer.Option(help="upper spec limit")] = 0.5,
     watch: Annotated[float, typer.Option(help="print arrivals and alerts for N seconds")] = 0.0,
 ) -> None:
     """Subscribe to a live stream; the node runs SPC early warning on what arrives."""
-    with name_target(directory, api_url, token).client() as node:
+    with name_target(directory, api_url, token_file, ca_file).client() as node:
         sub = node.subscribe(agreement, purpose, characteristic=characteristic, usl=usl)
         sid = sub["subscription_id"]
         console.print(f"subscription {sid} to {sub['provider']} running")
@@ -159,11 +171,12 @@ def contracts(
     ctx: typer.Context,
     directory: DirOpt = None,
     api_url: ApiUrlOpt = None,
-    token: TokenOpt = None,
+    token_file: TokenFileOpt = None,
+    ca_file: CaFileOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Agreements, transfers, deletion duties and receipts of this node."""
-    ctx.obj = name_target(directory, api_url, token)
+    ctx.obj = name_target(directory, api_url, token_file, ca_file)
     if ctx.invoked_subcommand is not None:
         return
     with ctx.obj.client() as node:
@@ -301,7 +314,8 @@ def withdraw(
     ],
     directory: DirOpt = None,
     api_url: ApiUrlOpt = None,
-    token: TokenOpt = None,
+    token_file: TokenFileOpt = None,
+    ca_file: CaFileOpt = None,
 ) -> None:
     """Withdraw one of our QDM records; consumers holding a copy receive a tombstone."""
     fields: dict[str, str] = {}
@@ -310,7 +324,7 @@ def withdraw(
         if not sep or not name:
             raise typer.BadParameter(f"{item!r} is not field=value", param_hint="--key")
         fields[name] = value
-    with name_target(directory, api_url, token).client() as node:
+    with name_target(directory, api_url, token_file, ca_file).client() as node:
         result = node.withdraw(kind, fields)
     console.print(
         f"{kind} {fields} withdrawn at {result['withdrawn_at']} (version {result['version']})"
@@ -323,10 +337,11 @@ def order_close(
     order: Annotated[str, typer.Argument(help="order id")],
     directory: DirOpt = None,
     api_url: ApiUrlOpt = None,
-    token: TokenOpt = None,
+    token_file: TokenFileOpt = None,
+    ca_file: CaFileOpt = None,
 ) -> None:
     """Close an order: its agreements' retention deadlines start; consumers are told."""
-    with name_target(directory, api_url, token).client() as node:
+    with name_target(directory, api_url, token_file, ca_file).client() as node:
         result = node.close_order(order)
     console.print(
         f"order {order} closed at {result['closed_at']}; "

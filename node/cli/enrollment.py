@@ -67,6 +67,7 @@ def node_install(
     renew: Annotated[bool, typer.Option(help="install a renewed certificate")] = False,
     grpc_port: Annotated[int, typer.Option(help="peer gRPC port")] = 7443,
     api_port: Annotated[int, typer.Option(help="operator API port")] = 8443,
+    regulator_port: Annotated[int, typer.Option(help="regulator API port")] = 9443,
     db_url: Annotated[str, typer.Option(help="database URL (default: SQLite in DIR)")] = "",
     peer: Annotated[list[str] | None, typer.Option(help="NAME=HOST:PORT, repeatable")] = None,
 ) -> None:
@@ -98,6 +99,7 @@ def node_install(
         crl_pem=read_file(crl, "revocation list"),
         grpc_port=grpc_port,
         api_port=api_port,
+        regulator_port=regulator_port,
         db_url=db_url,
         peers=parse_peers(peer or []),
     )
@@ -129,6 +131,10 @@ def node_join(
         "127.0.0.1"
     ),
     api_port: Annotated[int, typer.Option(help="operator API port")] = 8443,
+    regulator_host: Annotated[
+        str, typer.Option(help="address the regulator API listens on")
+    ] = "127.0.0.1",
+    regulator_port: Annotated[int, typer.Option(help="regulator API port")] = 9443,
     db_url: Annotated[str, typer.Option(help="database URL (default: SQLite in DIR)")] = "",
 ) -> None:
     """Join a data space with its authority's URL and an enrollment code: keys made here,
@@ -152,6 +158,8 @@ def node_join(
         grpc_port=grpc_port,
         api_host=api_host,
         api_port=api_port,
+        regulator_host=regulator_host,
+        regulator_port=regulator_port,
         db_url=db_url,
     )
     console.print(

@@ -7,7 +7,7 @@ and these commands only ask it, through its operator API (``/v1/federation``), t
 the node itself), ``join`` starts a member session on the node and follows it, printing
 its progress until the job ends, and ``status`` shows (and with ``--watch`` follows) the
 jobs the coordinator shows this node. The node is named by ``--dir`` or by
-``--api-url``/``--token`` (:mod:`node.cli.connect`); file paths given to ``join`` are read
+``--api-url``/``--token-file`` (:mod:`node.cli.connect`); file paths given to ``join`` are read
 by the node, so they name files on the node's machine.
 
 Only the client is imported when a command runs (no NumPy, no gRPC, no federation room):
@@ -25,7 +25,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from qdspace.node.cli.connect import ApiUrlOpt, DirOpt, JsonOpt, TokenOpt, print_json
+from qdspace.node.cli.connect import ApiUrlOpt, CaFileOpt, DirOpt, JsonOpt, TokenFileOpt, print_json
 from qdspace.node.cli.connect import target as name_target
 from qdspace.node.cli.errors import clean_errors, fail
 
@@ -79,7 +79,8 @@ def start(
     terms: Annotated[Path, typer.Option(help="job terms (JSON of federation.job.JobSpec)")],
     directory: DirOpt = None,
     api_url: ApiUrlOpt = None,
-    token: TokenOpt = None,
+    token_file: TokenFileOpt = None,
+    ca_file: CaFileOpt = None,
     initial: Annotated[
         Path | None, typer.Option(help="initial model (QDFP1 bytes); default all zeros")
     ] = None,
@@ -93,7 +94,7 @@ def start(
         raise fail(f"{terms if initial is None else initial}: {exc}") from None
     if not isinstance(spec, dict):
         raise fail(f"{terms}: job terms must be a JSON object")
-    with name_target(directory, api_url, token).client() as node:
+    with name_target(directory, api_url, token_file, ca_file).client() as node:
         view = node.federation_start(spec, params, coordinator)
     secure = spec.get("secure_aggregation", False)
     strategy = (spec.get("strategy") or {}).get("name", "fedavg")
@@ -110,14 +111,15 @@ def start(
 def status(
     directory: DirOpt = None,
     api_url: ApiUrlOpt = None,
-    token: TokenOpt = None,
+    token_file: TokenFileOpt = None,
+    ca_file: CaFileOpt = None,
     coordinator: CoordOpt = None,
     job: Annotated[str | None, typer.Option(help="job id (default: all visible jobs)")] = None,
     watch: Annotated[bool, typer.Option(help="follow the job until it finishes")] = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Show the coordinator's jobs: round, phase, version, members and privacy spent."""
-    with name_target(directory, api_url, token).client() as node:
+    with name_target(directory, api_url, token_file, ca_file).client() as node:
         if watch and job is not None:
             view = node.federation_job(job, coordinator)
             console.print(status_table([view]))
@@ -166,7 +168,8 @@ def join(
     ],
     directory: DirOpt = None,
     api_url: ApiUrlOpt = None,
-    token: TokenOpt = None,
+    token_file: TokenFileOpt = None,
+    ca_file: CaFileOpt = None,
     coordinator: CoordOpt = None,
     test: Annotated[
         Path | None, typer.Option(help="held-out data (.npz) to score each global version on")
@@ -192,7 +195,7 @@ def join(
     """
     from qdspace.node.client import ensure_job_agreement
 
-    with name_target(directory, api_url, token).client(timeout=120.0) as node:
+    with name_target(directory, api_url, token_file, ca_file).client(timeout=120.0) as node:
         me = str(node.node()["name"])
         name = coordinator or me
         # the terms, status and models need an agreement in force: learn the job's

@@ -166,7 +166,10 @@ def deploy(
 @ledger_app.command("fetch-proof")
 def fetch_proof(
     directory: Annotated[Path, typer.Option("--dir", help="the regulator's node directory")],
-    api: Annotated[str, typer.Option(help="the member node's API URL (http://host:port)")],
+    api: Annotated[
+        str,
+        typer.Option("--api", help="the member node's regulator API URL (https://host:port, TLS)"),
+    ],
     kind: Annotated[LeafKind, typer.Option(help="the kind of anchored record")],
     ref_id: Annotated[str, typer.Option("--id", help="the record's id")],
     out: Annotated[Path | None, typer.Option(help="write the proof JSON here")] = None,

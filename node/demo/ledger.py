@@ -67,10 +67,10 @@ class Regulator:
         self._chain: dict[str, LedgerClient] = {}
 
     def http(self, member: str) -> OperatorClient:
-        """A client for ``member``'s API carrying a fresh regulator credential for it."""
+        """A client for ``member``'s regulator API carrying a fresh credential for it."""
         if member not in self._http:
-            api = self.network[member].api_url
-            self._http[member] = OperatorClient.for_regulator(self.keys, api, timeout=60)
+            url = self.network[member].regulator_url  # the member's regulator listener
+            self._http[member] = OperatorClient.for_regulator(self.keys, url, timeout=60)
         return self._http[member]
 
     def verify(self, member: str, kind: str, ref_id: str) -> tuple[Checked, dict[str, Any]]:

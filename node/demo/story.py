@@ -193,9 +193,12 @@ def print_left_running(console: Console, network: LocalNetwork) -> None:
     for name, m in network.members.items():
         pid = "-" if m.process is None else str(m.process.pid)
         table.add_row(f"{name} operator API", pid, f"{m.api_url}/docs")
+        table.add_row(f"{name} regulator API", pid, f"{m.regulator_url}/docs")
     console.print(table)
     console.print(
         f"operator tokens: {network.workdir}/nodes/<member>/operator.token\n"
+        f"TLS: the APIs present certificates of the space CA, "
+        f"{network.workdir}/nodes/<member>/ca.crt (curl --cacert)\n"
         f"stop nodes and chain with: qdspace demo stop --workdir {network.workdir}",
         highlight=False,
         soft_wrap=True,
@@ -213,11 +216,18 @@ def _print_stopped(console: Console, outcome: dict[str, str]) -> None:
 
 def print_summary(console: Console, network: LocalNetwork, report: DemoReport) -> None:
     members = Table(title="members of the data space", title_justify="left")
-    for col in ("member", "role", "member id", "gRPC (mTLS)", "operator API"):
+    for col in ("member", "role", "member id", "gRPC (mTLS)", "operator API", "regulator API"):
         members.add_column(col)
     for name, m in network.members.items():
         runtime = json.loads(m.layout.runtime.read_text())
-        members.add_row(name, m.spec.role, str(runtime["member_id"]), m.grpc_address, m.api_url)
+        members.add_row(
+            name,
+            m.spec.role,
+            str(runtime["member_id"]),
+            m.grpc_address,
+            m.api_url,
+            m.regulator_url,
+        )
     console.print(members)
 
     kinds = sorted({k for c in report.counts.values() for k in c})

@@ -66,6 +66,7 @@ class MemberProcess:
     directory: Path
     grpc_port: int
     api_port: int
+    regulator_port: int
     process: subprocess.Popen[bytes] | None = None
     token: str = field(default="", repr=False)
     #: the member's database ("" = the SQLite file in its directory)
@@ -82,7 +83,18 @@ class MemberProcess:
 
     @property
     def api_url(self) -> str:
-        return f"http://127.0.0.1:{self.api_port}"
+        """The operator API (TLS, the member certificate; verified against `ca_file`)."""
+        return f"https://127.0.0.1:{self.api_port}"
+
+    @property
+    def regulator_url(self) -> str:
+        """The regulator API: its own TLS listener, regulator credentials only."""
+        return f"https://127.0.0.1:{self.regulator_port}"
+
+    @property
+    def ca_file(self) -> Path:
+        """The space CA, which issued the certificate the member's listeners present."""
+        return self.layout.ca_cert
 
     @property
     def grpc_address(self) -> str:
@@ -102,11 +114,17 @@ class MemberProcess:
 
     def operator(self, timeout: float = 30.0) -> OperatorClient:
         """The member's operator API: one method per route, failures as ClientError."""
-        return OperatorClient(self.api_url, self.token, timeout=timeout)
+        return OperatorClient(self.api_url, self.token, timeout=timeout, ca_file=self.ca_file)
 
-    def client(self, timeout: float = 30.0) -> httpx.Client:
-        """A raw HTTP client with the operator token (for deliberately unusual requests)."""
-        return http_client(self.api_url, self.token, timeout)
+    def client(self, timeout: float = 30.0, token: str | None = None) -> httpx.Client:
+        """A raw HTTPS client on the operator API with the operator token, or ``token``
+        ("": none) instead (for deliberately unusual requests)."""
+        bearer = self.token if token is None else token
+        return http_client(self.api_url, bearer, timeout, ca_file=self.ca_file)
+
+    def regulator_client(self, credential: str = "", timeout: float = 30.0) -> httpx.Client:
+        """A raw HTTPS client on the regulator listener, bearing ``credential`` (if any)."""
+        return http_client(self.regulator_url, credential, timeout, ca_file=self.ca_file)
 
 
 class LocalNetwork:
@@ -146,7 +164,7 @@ class LocalNetwork:
         Authority.init(self.authority_dir, "qdspace-demo")
         if self.chain is not None:
             self.chain.start()
-        ports = {s.name: (free_port(), free_port()) for s in self.specs}
+        ports = {s.name: (free_port(), free_port(), free_port()) for s in self.specs}
         for spec in self.specs:
             peers = {o.name: f"127.0.0.1:{ports[o.name][0]}" for o in self.specs if o != spec}
             directory = self.workdir / "nodes" / spec.name
@@ -158,6 +176,7 @@ class LocalNetwork:
                 role=spec.role,
                 grpc_port=ports[spec.name][0],
                 api_port=ports[spec.name][1],
+                regulator_port=ports[spec.name][2],
                 db_url=db_url,
                 peers=peers,
             )
@@ -229,8 +248,9 @@ class LocalNetwork:
             runtime = read_runtime(member.directory)
             if runtime and runtime.get("pid") == member.process.pid:  # type: ignore[union-attr]
                 try:
-                    if httpx.get(f"{member.api_url}/healthz", timeout=2).status_code == 200:
-                        return
+                    with member.client(timeout=2) as probe:
+                        if probe.get("/healthz").status_code == 200:
+                            return
                 except httpx.HTTPError:
                     pass
             time.sleep(0.1)
@@ -303,6 +323,8 @@ class LocalNetwork:
                     "dir": str(m.directory),
                     "grpc": m.grpc_address,
                     "api": m.api_url,
+                    "regulator": m.regulator_url,
+                    "ca_file": str(m.ca_file),
                     "database": "postgresql" if m.pg_url else "sqlite",
                 }
                 for n, m in self.members.items()

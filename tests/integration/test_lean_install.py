@@ -19,6 +19,7 @@ import ast
 import os
 import re
 import shutil
+import ssl
 import subprocess
 import sys
 import time
@@ -227,7 +228,7 @@ def test_a_node_without_the_extras_starts_serves_and_refuses_to_inspect_clearly(
     done = _qdspace(
         env, "node", "init", "--dir", str(directory), "--name", "plainnode", "--role",
         "supplier", "--authority", str(authority), "--grpc-port", str(free_port()),
-        "--api-port", str(free_port()),
+        "--api-port", str(free_port()), "--regulator-port", str(free_port()),
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
     api_port = int(re.search(r'"api_port":\s*(\d+)', (directory / "node.json").read_text())[1])
@@ -239,9 +240,10 @@ def test_a_node_without_the_extras_starts_serves_and_refuses_to_inspect_clearly(
         stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True,
     )  # fmt: skip
     api = httpx.Client(
-        base_url=f"http://127.0.0.1:{api_port}",
+        base_url=f"https://127.0.0.1:{api_port}",
         headers={"Authorization": f"Bearer {token}"},
         timeout=5,
+        verify=ssl.create_default_context(cafile=directory / "ca.crt"),
     )
     try:
         deadline = time.monotonic() + 90

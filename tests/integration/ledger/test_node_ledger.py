@@ -71,12 +71,11 @@ def flush(member: MemberProcess, timeout_s: float = 60) -> dict[str, object]:
 
 
 def regulator_client(network: LocalNetwork, member: MemberProcess) -> httpx.Client:
+    """A client on ``member``'s regulator listener with a fresh regulator credential."""
     keys = load_member_keys(network["regulator"].directory)
-    audience = httpx.get(f"{member.api_url}/healthz").json()["member_id"]
-    token = issue_credential(keys, audience)
-    return httpx.Client(
-        base_url=member.api_url, headers={"Authorization": f"Bearer {token}"}, timeout=60
-    )
+    with member.regulator_client() as anonymous:
+        audience = anonymous.get("/healthz").json()["member_id"]
+    return member.regulator_client(issue_credential(keys, audience), timeout=60)
 
 
 def verify_cli(path: Path, rpc: str) -> subprocess.CompletedProcess[str]:
@@ -114,10 +113,13 @@ def test_regulator_verifies_node_anchored_records_and_catches_a_changed_one(
         elsewhere = json.loads(json.dumps(body["proof"]))
         elsewhere["chain_id"] = 1
         assert reg.post("/v1/regulator/verify", json=elsewhere).status_code == 400
-    no_cred = httpx.get(f"{cellex.api_url}/v1/regulator/inspections/CX-EL-000007/proof")
+    with cellex.regulator_client() as anonymous:
+        no_cred = anonymous.get("/v1/regulator/inspections/CX-EL-000007/proof")
     assert no_cred.status_code == 401
-    with cellex.client() as operator:  # the operator token is no regulator credential
+    with cellex.regulator_client(cellex.token) as operator:  # no regulator credential
         assert operator.get("/v1/regulator/inspections/CX-EL-000007/proof").status_code == 403
+    with cellex.client() as operator:  # nor do the regulator routes live on the operator API
+        assert operator.get("/v1/regulator/inspections/CX-EL-000007/proof").status_code == 404
 
     proof_path = tmp_path / "proof.json"
     proof_path.write_text(json.dumps(body["proof"]))

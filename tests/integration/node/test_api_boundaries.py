@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 import socket
+import ssl
 import time
 import uuid
 from collections.abc import Iterator
@@ -39,9 +40,13 @@ def problem(response: httpx.Response, status: int) -> dict[str, Any]:
 
 
 def raw_exchange(member: MemberProcess, head: bytes, timeout: float = 5.0) -> bytes:
-    """Send only a request head over a plain socket; what the node answers before any body."""
+    """Send only a request head over a bare TLS socket; what the node answers before any body."""
     answer = b""
-    with socket.create_connection(("127.0.0.1", member.api_port), timeout=timeout) as sock:
+    tls = ssl.create_default_context(cafile=member.ca_file)
+    with (
+        socket.create_connection(("127.0.0.1", member.api_port), timeout=timeout) as raw,
+        tls.wrap_socket(raw, server_hostname="127.0.0.1") as sock,
+    ):
         sock.sendall(head)
         try:
             # The head and the body of the answer may arrive in separate segments: read
@@ -170,10 +175,11 @@ def test_unknown_ids_are_404_problems(network: LocalNetwork) -> None:
 )
 def test_non_ascii_or_malformed_tokens_are_401(network: LocalNetwork, authorization: bytes) -> None:
     member = network["sunarc"]
-    for path in ("/v1/node", "/v1/ledger/status", "/v1/contracts/agreements"):
-        response = httpx.get(member.api_url + path, headers={"Authorization": authorization})
-        problem(response, 401)
-    assert httpx.get(member.api_url + "/healthz").status_code == 200
+    with member.client(token="") as anonymous:
+        for path in ("/v1/node", "/v1/ledger/status", "/v1/contracts/agreements"):
+            response = anonymous.get(path, headers={"Authorization": authorization})
+            problem(response, 401)
+        assert anonymous.get("/healthz").status_code == 200
 
 
 @pytest.mark.parametrize(
@@ -184,10 +190,8 @@ def test_garbage_regulator_credentials_are_refused_not_500(
     network: LocalNetwork, credential: str
 ) -> None:
     member = network["cellex"]
-    response = httpx.get(
-        member.api_url + "/v1/regulator/inspections/EL-1/proof",
-        headers={"Authorization": f"Bearer {credential}"},
-    )
+    with member.regulator_client(credential) as regulator:
+        response = regulator.get("/v1/regulator/inspections/EL-1/proof")
     assert problem(response, response.status_code)["status"] in (401, 403)
 
 

@@ -249,36 +249,43 @@ def fuzz_operation(
 def test_schema_generated_requests_get_4xx_not_5xx_and_no_hang(
     fuzz_network: LocalNetwork,
 ) -> None:
+    """Both listeners of a node, each from its own schema: the operator API with the
+    operator token, the regulator API with a regulator credential; and both without."""
     member = fuzz_network["sunarc"]
-    schema = httpx.get(member.api_url + "/openapi.json", timeout=10).json()
-    components = schema.get("components", {})
-    ops = operations(schema)
-    assert len(ops) >= 30, [f"{m} {p}" for m, p, _ in ops]
-    audience = httpx.get(member.api_url + "/healthz").json()["member_id"]
+    timeout = ANSWER_WITHIN_S + 5
+    with member.client(timeout=10, token="") as probe:
+        audience = probe.get("/healthz").json()["member_id"]
     credential = issue_credential(
         load_member_keys(fuzz_network["regulator"].directory), audience, ttl_s=MAX_TTL_S
     )
-    timeout = ANSWER_WITHIN_S + 5
-    operator = member.client(timeout=timeout)
-    regulator = httpx.Client(
-        base_url=member.api_url, headers={"Authorization": f"Bearer {credential}"}, timeout=timeout
-    )
-    anonymous = httpx.Client(base_url=member.api_url, timeout=timeout)
+    listeners = [
+        (member.client(timeout=timeout), member.client(timeout=timeout, token="")),
+        (
+            member.regulator_client(credential, timeout=timeout),
+            member.regulator_client(timeout=timeout),
+        ),
+    ]
     failures: list[str] = []
     seen: dict[str, Counter[int]] = {"with": Counter(), "without": Counter()}
-    with operator, regulator, anonymous:
-        for method, template, op in ops:
-            strategy = request_strategy(op, components)
-            caller = regulator if template.startswith("/v1/regulator/") else operator
-            failures += fuzz_operation(
-                caller, method, template, strategy, EXAMPLES_WITH_TOKEN, seen["with"]
-            )
-            failures += fuzz_operation(
-                anonymous, method, template, strategy, EXAMPLES_WITHOUT_TOKEN, seen["without"]
-            )
-            assert member.running, f"the node died on {method} {template}: {failures[-3:]}"
-        assert operator.get("/healthz").status_code == 200
+    total = 0
+    for authorised, anonymous in listeners:
+        with authorised, anonymous:
+            schema = anonymous.get("/openapi.json").json()
+            components = schema.get("components", {})
+            ops = operations(schema)
+            total += len(ops)
+            for method, template, op in ops:
+                strategy = request_strategy(op, components)
+                failures += fuzz_operation(
+                    authorised, method, template, strategy, EXAMPLES_WITH_TOKEN, seen["with"]
+                )
+                failures += fuzz_operation(
+                    anonymous, method, template, strategy, EXAMPLES_WITHOUT_TOKEN, seen["without"]
+                )
+                assert member.running, f"the node died on {method} {template}: {failures[-3:]}"
+            assert authorised.get("/healthz").status_code == 200
+    assert total >= 30, total
     assert not failures, "\n".join(failures[:20])
     # the credentials opened the routes: many answers got past authentication
-    assert sum(n for code, n in seen["with"].items() if code < 300) >= len(ops), seen
+    assert sum(n for code, n in seen["with"].items() if code < 300) >= total, seen
     assert set(seen["without"]) <= {200, 401}, seen["without"]  # only open paths answer 200

@@ -133,7 +133,7 @@ def test_kept_network_anchors_new_records_and_stops_completely(tmp_path: Path) -
             fetched = qdspace(
                 "ledger", "fetch-proof",
                 "--dir", str(workdir / "nodes" / "regulator"),
-                "--api", str(runtime["api"]),
+                "--api", str(runtime["regulator"]),
                 "--kind", "inspection",
                 "--id", RECORD_ID,
                 "--out", str(proof),

@@ -61,13 +61,14 @@ def _qdspace(*args: str) -> subprocess.CompletedProcess[str]:
 
 def _join(space_dir: Path, url: str, code: str, spec: MemberSpec) -> MemberProcess:
     directory = space_dir / "nodes" / spec.name
-    grpc_port, api_port = free_port(), free_port()
+    grpc_port, api_port, regulator_port = free_port(), free_port(), free_port()
     code_file = space_dir / f"{spec.name}.code"  # (one member takes it from a file)
     code_file.write_text(code + "\n")
     given = ["--code", code] if spec.name == "sunarc" else ["--code-file", str(code_file)]
     done = _qdspace(
         "node", "join", "--dir", str(directory), "--authority-url", url, *given,
         "--grpc-port", str(grpc_port), "--api-port", str(api_port),
+        "--regulator-port", str(regulator_port),
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
     assert f"joined join-space as {spec.name}" in done.stdout.replace("\n", " ")
@@ -76,7 +77,7 @@ def _join(space_dir: Path, url: str, code: str, spec: MemberSpec) -> MemberProce
     fast = {"crl_refresh_s": REFRESH_S, "directory_refresh_s": REFRESH_S}
     settings.model_copy(update=fast).save()
     token = NodeLayout(directory).operator_token.read_text().strip()
-    return MemberProcess(spec, directory, grpc_port, api_port, token=token)
+    return MemberProcess(spec, directory, grpc_port, api_port, regulator_port, token=token)
 
 
 @pytest.fixture(scope="module")

@@ -103,11 +103,9 @@ def test_wrong_role_gets_permission_denied(network: LocalNetwork) -> None:
 
 
 def test_operator_api_needs_the_token(network: LocalNetwork) -> None:
-    import httpx
-
-    r = httpx.get(f"{network['sunarc'].api_url}/v1/node")
-    assert r.status_code == 401
-    assert httpx.get(f"{network['sunarc'].api_url}/healthz").status_code == 200
+    with network["sunarc"].client(token="") as anonymous:
+        assert anonymous.get("/v1/node").status_code == 401
+        assert anonymous.get("/healthz").status_code == 200
     with network["sunarc"].client() as client:
         info = client.get("/v1/node").json()
         assert info["role"] == "oem"

@@ -58,9 +58,15 @@ def net(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalNetwork]:
         network.stop()
 
 
+def public_get(member: MemberProcess, path: str) -> httpx.Response:
+    """GET ``path`` on the member's operator API (TLS, verified) without a credential."""
+    with member.client(timeout=10, token="") as anonymous:
+        return anonymous.get(path)
+
+
 def scrape(member: MemberProcess) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
     """Every sample of the node's ``/metrics``, read without a credential."""
-    response = httpx.get(f"{member.api_url}/metrics", timeout=10)
+    response = public_get(member, "/metrics")
     assert response.status_code == 200, response.text
     assert response.headers["content-type"].startswith("text/plain")
     samples = {}
@@ -147,7 +153,7 @@ def test_metrics_count_the_routes_called_and_the_rows_transferred(net: LocalNetw
     missing = {"route": "/v1/contracts/agreements/{agreement_id}", "method": "GET", "status": "404"}
     assert value(after, count, **missing) == 1
     # no label carries an id: the agreement, the transfer and the id asked for are nowhere
-    text = httpx.get(f"{sunarc.api_url}/metrics").text
+    text = public_get(sunarc, "/metrics").text
     for secret in ("agr-secret-1", agreement["agreement_id"], tid):
         assert secret not in text
 
@@ -233,11 +239,11 @@ def test_a_request_id_is_echoed_and_logged_by_the_peer_it_reaches(net: LocalNetw
 
 def test_probes_answer_and_readyz_names_a_stale_revocation_list(net: LocalNetwork) -> None:
     sunarc = net["sunarc"]
-    assert httpx.get(f"{sunarc.api_url}/livez").json()["status"] == "ok"
-    started = httpx.get(f"{sunarc.api_url}/startupz")
+    assert public_get(sunarc, "/livez").json()["status"] == "ok"
+    started = public_get(sunarc, "/startupz")
     assert started.status_code == 200, started.text
     assert set(started.json()["checks"]) == {"migrations", "listeners"}
-    ready = httpx.get(f"{sunarc.api_url}/readyz")
+    ready = public_get(sunarc, "/readyz")
     assert ready.status_code == 200, ready.text
     assert {k: v["ok"] for k, v in ready.json()["checks"].items()} == {
         "database": True,
@@ -248,7 +254,7 @@ def test_probes_answer_and_readyz_names_a_stale_revocation_list(net: LocalNetwor
     try:
         authority.issue_crl(dt.timedelta(seconds=2))
         time.sleep(3.5)
-        stale = httpx.get(f"{sunarc.api_url}/readyz")
+        stale = public_get(sunarc, "/readyz")
         assert stale.status_code == 503, stale.text
         body = stale.json()
         assert body["status"] == "failing"
@@ -257,4 +263,4 @@ def test_probes_answer_and_readyz_names_a_stale_revocation_list(net: LocalNetwor
         assert body["checks"]["database"]["ok"] is True
     finally:
         authority.issue_crl()
-    assert httpx.get(f"{sunarc.api_url}/readyz").status_code == 200  # reloaded live
+    assert public_get(sunarc, "/readyz").status_code == 200  # reloaded live

@@ -97,7 +97,7 @@ def stopped_node(tmp_path: Path) -> Path:
     r = qdspace(
         "node", "init", "--dir", str(node), "--name", "siliwafer", "--role", "supplier",
         "--authority", str(authority), "--grpc-port", str(free_port()),
-        "--api-port", str(free_port()),
+        "--api-port", str(free_port()), "--regulator-port", str(free_port()),
     )  # fmt: skip
     assert r.returncode == 0, r.stderr
     return node
@@ -156,5 +156,5 @@ def test_sigterm_stops_a_node_cleanly(tmp_path: Path) -> None:
     assert process.wait(30) == 0
     time.sleep(0.1)
     assert "stopped" in net["solo"].log_path.read_text()
-    with pytest.raises(httpx.HTTPError):
-        httpx.get(f"{net['solo'].api_url}/healthz", timeout=2)
+    with pytest.raises(httpx.HTTPError), net["solo"].client(timeout=2) as gone:
+        gone.get("/healthz")

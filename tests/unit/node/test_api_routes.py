@@ -18,6 +18,7 @@ from qdspace.node.api.app import create_app
 from qdspace.node.api.deps import NEXT_CURSOR_HEADER, decode_cursor, encode_cursor
 from qdspace.node.api.ledger import mount_operator_routes
 from qdspace.node.api.regulator import regulator_router
+from qdspace.node.api.regulator_app import create_regulator_app
 from qdspace.node.context import NodeContext, build_context
 from qdspace.node.identity.authority import Authority
 from qdspace.node.init import init_node
@@ -52,6 +53,11 @@ def app(node: NodeContext) -> FastAPI:
         regulator_router(queue=None, client=None, require_regulator=lambda: None)  # type: ignore[arg-type]
     )
     return app
+
+
+@pytest.fixture(scope="module")
+def regulator_app(node: NodeContext) -> FastAPI:
+    return create_regulator_app(node)
 
 
 class Client:
@@ -106,7 +112,28 @@ def test_every_route_answers_a_typed_model(app: FastAPI) -> None:
 def test_ledger_routes_are_mounted_by_the_api(app: FastAPI) -> None:
     paths = {r.path for r in api_routes(app.routes)}
     assert "/v1/ledger/leaves/{kind}" in paths  # moved out of runtime/, still mounted
-    assert "/v1/regulator/{rest:path}" in paths  # this node has no chain
+
+
+def test_each_listener_mounts_only_its_own_routes(
+    node: NodeContext, regulator_app: FastAPI
+) -> None:
+    operator = {r.path for r in api_routes(create_app(node).routes)}
+    assert "/v1/node" in operator and "/metrics" in {
+        getattr(r, "path", "") for r in create_app(node).routes
+    }
+    assert not [p for p in operator if p.startswith("/v1/regulator")]
+    regulator = {r.path for r in api_routes(regulator_app.routes)}
+    assert regulator == {"/healthz", "/v1/regulator/{rest:path}"}  # this node has no chain
+
+
+def test_the_regulator_listener_refuses_the_operator_token(
+    node: NodeContext, regulator_app: FastAPI
+) -> None:
+    for path in ("/v1/regulator/passport", "/v1/node"):
+        answer = Client(regulator_app, node.operator_token).get(path)
+        assert answer.status_code == 403, (path, answer.text)  # not a regulator credential
+    assert Client(regulator_app, "").get("/healthz").status_code == 200
+    assert Client(regulator_app, "").get("/metrics").status_code == 404  # operator listener
 
 
 def test_cursors_page_through_a_list(node: NodeContext, app: FastAPI) -> None:
@@ -147,6 +174,7 @@ def test_a_domain_error_maps_through_the_table(node: NodeContext, app: FastAPI) 
     assert answer.json()["type"].endswith("/not-found")
 
 
-def test_a_no_ledger_node_answers_regulators_503(app: FastAPI) -> None:
-    route = next(r for r in api_routes(app.routes) if r.path == "/v1/regulator/{rest:path}")
+def test_a_no_ledger_node_answers_regulators_503(regulator_app: FastAPI) -> None:
+    routes = api_routes(regulator_app.routes)
+    route = next(r for r in routes if r.path == "/v1/regulator/{rest:path}")
     assert route.status_code == 503

@@ -123,11 +123,12 @@ def test_a_node_calling_command_needs_dir_or_api_url_and_token(
 ) -> None:
     monkeypatch.delenv("QDSPACE_API_URL", raising=False)
     monkeypatch.delenv("QDSPACE_TOKEN", raising=False)
+    monkeypatch.delenv("QDSPACE_TOKEN_FILE", raising=False)
     runner = CliRunner()
     nothing = runner.invoke(app, ["catalog", "cellex"])
     assert nothing.exit_code == 2 and "--api-url" in nothing.output, nothing.output
     no_token = runner.invoke(app, ["catalog", "cellex", "--api-url", "http://127.0.0.1:9"])
-    assert no_token.exit_code == 2 and "QDSPACE_TOKEN" in no_token.output, no_token.output
+    assert no_token.exit_code == 2 and "QDSPACE_TOKEN_FILE" in no_token.output, no_token.output
     both = runner.invoke(
         app, ["catalog", "cellex", "--dir", "x", "--api-url", "http://127.0.0.1:9"]
     )
