@@ -11,7 +11,8 @@ Each piece runs as it would on its own machine, reached only through its address
   certificate naming that IP), and ``qdspace authority enroll`` codes;
 - :class:`Member`: a node directory made on the member's host by ``qdspace node join``
   (nothing but the authority's URL and a code) and its ``qdspace node start`` process,
-  the peer and operator listeners bound to the member's IP.
+  its three listeners (peer gRPC, operator and regulator APIs, all TLS) bound to the
+  member's IP, its certificate naming that IP, its secrets (the database URL) in files.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import json
 import os
 import secrets
 import shutil
+import ssl
 import sys
 import tempfile
 from dataclasses import dataclass, field
@@ -44,6 +46,7 @@ CHAIN_PORT = 8545
 AUTHORITY_PORT = 9443
 GRPC_PORT = 7443
 API_PORT = 8443
+REGULATOR_PORT = 9443
 MEMBER_FUNDS_WEI = 10**18
 START_TIMEOUT_S = 90.0
 
@@ -195,39 +198,61 @@ class Member:
     name: str
     role: str
     directory: Path
-    #: environment of the node process beyond the LAN's (QDSPACE_DB_URL for PostgreSQL)
+    #: environment of the node process beyond the LAN's (QDSPACE_DB_URL_FILE, ...)
     env: dict[str, str] = field(default_factory=dict)
     service: Service | None = None
 
     @property
     def api_url(self) -> str:
-        return f"http://{self.host.ip}:{API_PORT}"
+        return f"https://{self.host.ip}:{API_PORT}"
+
+    @property
+    def regulator_url(self) -> str:
+        return f"https://{self.host.ip}:{REGULATOR_PORT}"
 
     @property
     def peer_address(self) -> str:
         return f"{self.host.ip}:{GRPC_PORT}"
 
     @property
+    def ca_file(self) -> Path:
+        """The space CA: it issued the certificate every listener of the node presents."""
+        return NodeLayout(self.directory).ca_cert
+
+    @property
     def token(self) -> str:
         return NodeLayout(self.directory).operator_token.read_text().strip()
+
+    def _secret_file(self, label: str, value: str) -> Path:
+        path = self.directory.parent / f".{self.name}.{label}"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.touch(mode=0o600)
+        path.write_text(value + "\n")
+        return path
 
     def join(self, authority_url: str, code: str) -> None:
         """``qdspace node join`` on this host: keys made here, a certificate by CSR.
 
         The code is a secret: it reaches the command in a file, not on its command line."""
-        code_file = self.directory.parent / f".{self.name}.code"
-        code_file.parent.mkdir(parents=True, exist_ok=True)
-        code_file.write_text(code + "\n")
-        code_file.chmod(0o600)
+        code_file = self._secret_file("code", code)
         argv = qdspace("node", "join", "--dir", str(self.directory))
         argv += ["--authority-url", authority_url, "--code-file", str(code_file)]
-        argv += ["--hostname", self.host.ip]  # the APIs' TLS certificate names the IP
-        argv += ["--advertise", self.peer_address, "--grpc-host", self.host.ip]
-        argv += ["--grpc-port", str(GRPC_PORT), "--api-host", self.host.ip]
+        argv += ["--hostname", self.host.ip]  # the listeners' certificate names the IP
+        argv += ["--advertise", self.peer_address]
+        for listener, port in (
+            ("grpc", GRPC_PORT),
+            ("api", API_PORT),
+            ("regulator", REGULATOR_PORT),
+        ):
+            argv += [f"--{listener}-host", self.host.ip, f"--{listener}-port", str(port)]
         try:
-            self.host.run([*argv, "--api-port", str(API_PORT)])
+            self.host.run(argv)
         finally:
             code_file.unlink()
+
+    def use_database(self, url: str) -> None:
+        """The node's database URL (with its password) from a file: QDSPACE_DB_URL_FILE."""
+        self.env["QDSPACE_DB_URL_FILE"] = str(self._secret_file("db-url", url))
 
     def configure(self, **settings: Any) -> NodeSettings:
         """Change settings in node.json (before the node starts)."""
@@ -242,15 +267,15 @@ class Member:
         env = {**self.host.lan.env, **self.env}
         argv = qdspace("node", "start", "--dir", str(self.directory))
         self.service = service = self.host.spawn("node", argv, env=env)
+        verify = ssl.create_default_context(cafile=str(self.ca_file))
         wait_for(
             f"{self.name}'s /readyz",
-            lambda: httpx.get(f"{self.api_url}/readyz", timeout=3).status_code == 200,
+            lambda: (
+                httpx.get(f"{self.api_url}/readyz", timeout=3, verify=verify).status_code == 200
+            ),
             START_TIMEOUT_S,
             watch=[service],
         )
 
     def operator(self, timeout: float = 60.0) -> OperatorClient:
-        return OperatorClient(self.api_url, self.token, timeout=timeout)
-
-    def describe(self) -> dict[str, Any]:
-        return {"host": self.host.name, "ip": self.host.ip, "dir": str(self.directory)}
+        return OperatorClient(self.api_url, self.token, timeout=timeout, ca_file=self.ca_file)

@@ -91,8 +91,8 @@ def space(lan: Lan) -> Iterator[Space]:
         }
         for member in members.values():
             _join(authority, member)
-        # the database password reaches the node in its environment, not on a command line
-        members[OEM].env["QDSPACE_DB_URL"] = pg.create_database(OEM)
+        # the database URL, password and all, reaches the node in a file (a secret)
+        members[OEM].use_database(pg.create_database(OEM))
         for name in NODES:
             chain.provision(members[name].directory)
         for name in NODES:
@@ -170,7 +170,16 @@ def test_negotiate_transfer_anchor_and_the_regulator_verifies(space: Space) -> N
     regulator = space[REGULATOR]
     proof = space.lan.workdir / "proof-agreement.json"
     fetch = qdspace("ledger", "fetch-proof", "--dir", str(regulator.directory))
-    fetch += ["--api", space[OEM].api_url, "--kind", "agreement", "--id", aid, "--out", str(proof)]
+    fetch += [
+        "--api",
+        space[OEM].regulator_url,
+        "--kind",
+        "agreement",
+        "--id",
+        aid,
+        "--out",
+        str(proof),
+    ]
     regulator.host.run(fetch)
     verify = qdspace("verify", str(proof), "--rpc", space.chain.url, "--json")
     verdict = json.loads(regulator.host.run(verify).stdout)
