@@ -35,6 +35,7 @@ import argparse
 import json
 import os
 import platform
+import ssl
 import statistics
 import subprocess
 import sys
@@ -48,7 +49,7 @@ sys.path.insert(0, str(ROOT))
 
 import httpx  # noqa: E402
 
-from qdspace.node.client import ClientError, OperatorClient  # noqa: E402
+from qdspace.node.client import ClientError  # noqa: E402
 from qdspace.node.identity.authority import Authority  # noqa: E402
 from qdspace.node.join import join_node  # noqa: E402
 from qdspace.node.layout import NodeLayout  # noqa: E402
@@ -99,7 +100,8 @@ def _start(member: MemberProcess, env: dict[str, str]) -> tuple[subprocess.Popen
         started = time.perf_counter()
         process = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
     url = f"{member.api_url}/readyz"
-    with httpx.Client(timeout=2) as http:
+    verify = ssl.create_default_context(cafile=str(member.ca_file))  # the node's API is TLS
+    with httpx.Client(timeout=2, verify=verify) as http:
         while time.perf_counter() - started < READY_TIMEOUT_S:
             if process.poll() is not None:
                 tail = member.log_path.read_text(errors="replace")[-2000:]
@@ -149,7 +151,11 @@ def _joined(directory: Path, name: str) -> MemberProcess:
 
     settings = NodeSettings.load(directory)
     member = MemberProcess(
-        MemberSpec(name, settings.role), directory, settings.grpc_port, settings.api_port
+        MemberSpec(name, settings.role),
+        directory,
+        settings.grpc_port,
+        settings.api_port,
+        settings.regulator_port,
     )
     member.token = NodeLayout(directory).operator_token.read_text().strip()
     return member
@@ -158,7 +164,7 @@ def _joined(directory: Path, name: str) -> MemberProcess:
 def _first_call(member: MemberProcess, peer: str) -> float:
     """ms until ``member``'s first Hello to ``peer`` succeeds (found in the directory)."""
     started = time.perf_counter()
-    with OperatorClient(member.api_url, member.token, timeout=30) as client:
+    with member.operator(timeout=30) as client:
         while time.perf_counter() - started < READY_TIMEOUT_S:
             try:
                 client.hello(peer)
@@ -178,7 +184,8 @@ def _enrolment(workdir: Path, runs: int) -> dict[str, list[float]]:
     with AuthorityProcess(authority_dir, env=env) as service:
         code = str(authority.create_enrollment(name="callee", role="supplier"))
         join_node(workdir / "callee", authority_url=service.url, code=code,
-                  grpc_port=free_port(), api_port=free_port())  # fmt: skip
+                  grpc_port=free_port(), api_port=free_port(),
+                  regulator_port=free_port())  # fmt: skip
         callee, _ = _start(_joined(workdir / "callee", "callee"), env)
         try:
             for i in range(runs):
@@ -189,6 +196,7 @@ def _enrolment(workdir: Path, runs: int) -> dict[str, list[float]]:
                 cmd = [sys.executable, "-m", "qdspace", "node", "join", "--dir", str(directory)]
                 cmd += ["--authority-url", service.url, "--code", code]
                 cmd += ["--grpc-port", str(free_port()), "--api-port", str(free_port())]
+                cmd += ["--regulator-port", str(free_port())]
                 out["join_cli"].append(_spawn_exit_ms(cmd))
                 process, ms = _start(_joined(directory, f"joiner{i}"), env)
                 out["start"].append(ms)
