@@ -55,6 +55,8 @@ def unavailable_reason() -> str | None:
         return "network-namespace tests need root (ip netns, veth, bridge); CI runs them as root"
     if shutil.which("ip") is None:
         return "network-namespace tests need iproute2's `ip` command"
+    if shutil.which("setpriv") is None:
+        return "network-namespace tests need util-linux's `setpriv` (PostgreSQL runs as postgres)"
     probe = f"{PREFIX}-{os.getpid()}-probe{secrets.token_hex(2)}-x"
     made = subprocess.run(["ip", "netns", "add", probe], capture_output=True, text=True)
     if made.returncode != 0:

@@ -170,16 +170,8 @@ def test_negotiate_transfer_anchor_and_the_regulator_verifies(space: Space) -> N
     regulator = space[REGULATOR]
     proof = space.lan.workdir / "proof-agreement.json"
     fetch = qdspace("ledger", "fetch-proof", "--dir", str(regulator.directory))
-    fetch += [
-        "--api",
-        space[OEM].regulator_url,
-        "--kind",
-        "agreement",
-        "--id",
-        aid,
-        "--out",
-        str(proof),
-    ]
+    fetch += ["--api", space[OEM].regulator_url, "--kind", "agreement", "--id", aid]
+    fetch += ["--out", str(proof)]  # from the OEM's regulator listener, across hosts
     regulator.host.run(fetch)
     verify = qdspace("verify", str(proof), "--rpc", space.chain.url, "--json")
     verdict = json.loads(regulator.host.run(verify).stdout)
@@ -215,4 +207,6 @@ def test_a_revoked_member_is_refused_by_the_others(space: Space) -> None:
             deadline - time.monotonic(),
             poll_s=0.5,
         )
+        print(f"{OEM} -> {LEAVER}: {refused}")
+        assert LEAVER in refused, refused
         assert oem.hello(SUPPLIER)["peer"] == SUPPLIER  # the others still talk
