@@ -24,7 +24,7 @@ database answers, the revocation list is fresh, the peer server is up):
   exits: the floor under any node start, so ``start_over_import_floor`` shows what the
   node itself adds.
 
-    python bench/node_start.py                 # 5 starts per backend
+    python bench/node_start.py                 # 3 restarts per backend, 3 joins
     python bench/node_start.py --quick         # 1 restart per backend (CI)
     python bench/node_start.py --out result.json
 """
@@ -243,7 +243,7 @@ def measure(runs: int) -> dict[str, Any]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
-    parser.add_argument("--runs", type=int, default=5, help="restarts per backend")
+    parser.add_argument("--runs", type=int, default=3, help="restarts per backend")
     parser.add_argument("--quick", action="store_true", help="1 restart per backend (CI)")
     parser.add_argument("--out", type=Path, help="write the figures as JSON here")
     args = parser.parse_args()
