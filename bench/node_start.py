@@ -183,9 +183,14 @@ def _enrolment(workdir: Path, runs: int) -> dict[str, list[float]]:
     out |= {"first_peer_call": [], "round_trip": [], "init_cli": []}
     with AuthorityProcess(authority_dir, env=env) as service:
         code = str(authority.create_enrollment(name="callee", role="supplier"))
-        join_node(workdir / "callee", authority_url=service.url, code=code,
-                  grpc_port=free_port(), api_port=free_port(),
-                  regulator_port=free_port())  # fmt: skip
+        join_node(
+            workdir / "callee",
+            authority_url=service.url,
+            code=code,
+            grpc_port=free_port(),
+            api_port=free_port(),
+            regulator_port=free_port(),
+        )
         callee, _ = _start(_joined(workdir / "callee", "callee"), env)
         try:
             for i in range(runs):

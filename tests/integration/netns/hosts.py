@@ -269,8 +269,8 @@ class Lan:
             ip("link", "set", "lo", "up", netns=self.switch)
             for i, name in enumerate(self._names):
                 self.hosts[name] = self._add_host(i, name)
-            ip("link", "add", self.console_link, "type", "veth", "peer", "name", "console",
-               "netns", self.switch)  # fmt: skip
+            veth = f"link add {self.console_link} type veth peer name console netns {self.switch}"
+            ip(*veth.split())
             ip("link", "set", self.console_link, "up")
             ip("addr", "add", f"{self.console_ip}/24", "dev", self.console_link)
             self._plug("console")
@@ -288,8 +288,7 @@ class Lan:
         address = f"{self.subnet}.{10 + i}"
         ip("netns", "add", netns)
         port = f"p{i}"
-        ip("link", "add", "eth0", "netns", netns, "type", "veth", "peer", "name", port,
-           "netns", self.switch)  # fmt: skip
+        ip(*f"link add eth0 netns {netns} type veth peer name {port} netns {self.switch}".split())
         self._plug(port)
         ip("addr", "add", f"{address}/24", "dev", "eth0", netns=netns)
         ip("link", "set", "eth0", "up", netns=netns)
@@ -301,8 +300,10 @@ class Lan:
 
     def report(self, chars: int = 2500) -> list[tuple[str, str]]:
         """(title, log tail) of every process started, for a failure message."""
-        out = [(f"{s.host.name}/{s.label} ({s.host.ip}) log {s.log}", s.tail(chars))
-               for s in self.services()]  # fmt: skip
+        out = [
+            (f"{s.host.name}/{s.label} ({s.host.ip}) log {s.log}", s.tail(chars))
+            for s in self.services()
+        ]
         runs = sorted(self.logs.glob("*-run.log"))
         out += [(f"commands {p}", p.read_text(errors="replace")[-chars:]) for p in runs]
         return out
@@ -322,8 +323,14 @@ class Lan:
             ip("link", "delete", self.console_link)
 
 
-def wait_for(what: str, probe: Callable[[], T | None], timeout: float, *,
-             poll_s: float = 0.2, watch: Sequence[Service] = ()) -> T:  # fmt: skip
+def wait_for(
+    what: str,
+    probe: Callable[[], T | None],
+    timeout: float,
+    *,
+    poll_s: float = 0.2,
+    watch: Sequence[Service] = (),
+) -> T:
     """Poll ``probe`` until it returns something truthy; fail early if a watched process dies."""
     deadline = time.monotonic() + timeout
     last: Any = None
