@@ -99,6 +99,9 @@ def space(lan: Lan) -> Iterator[Space]:
             members[name].start()
         yield Space(lan, authority, chain, pg, members)
     finally:
+        for service in lan.services():  # the nodes before their database
+            if service.label == "node":
+                service.stop()
         pg.stop()
 
 
