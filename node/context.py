@@ -79,6 +79,11 @@ def build_context(settings: NodeSettings) -> NodeContext:
     token = read_file(settings.operator_token_path, "operator token").decode().strip()
     store = open_store(settings.database_url)
     layout = settings.layout
-    peers = PeerDirectory(keys, settings.peers, cert_files=(layout.tls_cert, layout.tls_key))
+    peers = PeerDirectory(
+        keys,
+        settings.peers,
+        cert_files=(layout.tls_cert, layout.tls_key),
+        revoked=revocations.is_revoked,  # calls out are refused to revoked members too
+    )
     contracts = build_runtime(settings.directory, keys.identity, keys.signing_key, store.engine)
     return NodeContext(settings, keys, revocations, store, peers, token, contracts=contracts)

@@ -98,6 +98,7 @@ FAULTS: Mapping[str, Fault] = {
     "qdspace.node.identity.directory.MemberIdMismatch": F("UNAUTHENTICATED", 403, 1),
     "qdspace.node.identity.directory.CertificateMismatch": F("PERMISSION_DENIED", 403, 1),
     "qdspace.node.identity.directory.FingerprintMismatch": F("UNAUTHENTICATED", 403, 1),
+    "qdspace.node.rpc.pins.PeerRevoked": F("UNAUTHENTICATED", 403, 1),
     # the authority service (node.authority): its refusals, and a node or CLI calling it
     "qdspace.node.authority.service.NotAMember": F("PERMISSION_DENIED", 403, 1),
     "qdspace.node.authority.service.StaleEntry": F("FAILED_PRECONDITION", 409, 1),

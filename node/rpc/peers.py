@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -50,6 +50,7 @@ class PeerDirectory:
         addresses: dict[str, str],
         *,
         cert_files: tuple[Path, Path] | None = None,
+        revoked: Callable[[int], bool] | None = None,
     ):
         self._keys = keys
         self._static = dict(addresses)
@@ -57,7 +58,7 @@ class PeerDirectory:
         self._by_member: dict[str, DirectoryEntry] = {}
         self._channels: dict[str, tuple[str, grpc.aio.Channel]] = {}
         self._retired: list[grpc.aio.Channel] = []
-        self._pins = PinChecker(keys, cert_files)
+        self._pins = PinChecker(keys, cert_files, revoked)
 
     @property
     def names(self) -> list[str]:

@@ -1,4 +1,5 @@
-"""Outgoing calls check the peer's certificate against its directory entry (pinning).
+"""Outgoing calls check the peer's certificate: against its directory entry (pinning)
+and against the authority's revocation list.
 
 TLS already proves that the peer holds a certificate the authority issued for the name
 we called. The directory says more: *which* certificate that member uses now. An old
@@ -15,6 +16,13 @@ mismatch fails the call with UNAUTHENTICATED, like any refused peer call, and is
 logged; a handshake that cannot complete (peer down, TLS refused) is not decided here:
 the call goes ahead and fails, or succeeds, on its own terms, and the check runs again
 on the next call.
+
+The same handshake tells the serial of the certificate the peer presents, so a member the
+authority revoked is refused on the way out too, not only when it calls in: a node
+with static peers (no directory to drop the member from) would otherwise keep delivering
+its outbox to a revoked member. The serial is looked up in the revocation list on every
+call (a set lookup), so a revocation takes effect with the next CRL refresh, and a stale
+list refuses outgoing calls as it refuses incoming ones (UNAVAILABLE).
 """
 
 from __future__ import annotations
@@ -28,9 +36,12 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+from cryptography import x509
 
+from qdspace.node.errors import IdentityError
 from qdspace.node.identity.directory import FingerprintMismatch
 from qdspace.node.identity.member import MemberKeys
+from qdspace.node.identity.revocation import StaleRevocationList
 
 logger = logging.getLogger("node.rpc")
 
@@ -46,10 +57,14 @@ def client_context(keys: MemberKeys, cert_files: tuple[Path, Path] | None) -> ss
     return context
 
 
-async def presented_fingerprint(
+class PeerRevoked(IdentityError):
+    """The peer we are about to call presents a certificate the authority revoked."""
+
+
+async def presented_certificate(
     context: ssl.SSLContext, address: str, peer_name: str, timeout: float = HANDSHAKE_TIMEOUT_S
-) -> str | None:
-    """sha256 hex of the certificate the peer at ``address`` presents; None if no handshake."""
+) -> bytes | None:
+    """DER of the certificate the peer at ``address`` presents; None if no handshake."""
     host, _, port = address.rpartition(":")
     host = host.strip("[]")
     try:
@@ -67,30 +82,65 @@ async def presented_fingerprint(
         # abort, not close: a TLS close waits for the peer's close_notify, which a gRPC
         # server that got no HTTP/2 preface does not hurry to send (asyncio waits 30 s)
         writer.transport.abort()
-    return hashlib.sha256(der).hexdigest() if der else None
+    return bytes(der) if der else None
 
 
 class PinChecker:
-    """Checks a peer's certificate against the fingerprint its entry names, once per pair."""
+    """Checks the certificate a peer presents: its fingerprint against the one its entry
+    names (once per pair), its serial against the revocation list (every call)."""
 
-    def __init__(self, keys: MemberKeys, cert_files: tuple[Path, Path] | None) -> None:
+    def __init__(
+        self,
+        keys: MemberKeys,
+        cert_files: tuple[Path, Path] | None,
+        revoked: Callable[[int], bool] | None = None,
+    ) -> None:
         self._keys = keys
         self._cert_files = cert_files
+        self._revoked = revoked
         self._context: ssl.SSLContext | None = None
         self._verified: set[tuple[str, str]] = set()
+        #: address -> (sha256, serial) of the certificate seen there
+        self._seen: dict[str, tuple[str, int]] = {}
 
     def forget(self, address: str) -> None:
         self._verified = {pair for pair in self._verified if pair[0] != address}
+        self._seen.pop(address, None)
 
-    async def check(self, peer_name: str, address: str, expected: str) -> None:
-        """Raise `FingerprintMismatch` when the peer presents another cert than ``expected``."""
-        if (address, expected) in self._verified:
-            return
+    async def _presented(self, peer_name: str, address: str) -> tuple[str, int] | None:
+        if address in self._seen:
+            return self._seen[address]
         if self._context is None:
             self._context = client_context(self._keys, self._cert_files)
-        presented = await presented_fingerprint(self._context, address, peer_name)
-        if presented is None:
+        der = await presented_certificate(self._context, address, peer_name)
+        if der is None:
+            return None
+        seen = (hashlib.sha256(der).hexdigest(), x509.load_der_x509_certificate(der).serial_number)
+        self._seen[address] = seen
+        return seen
+
+    async def check(self, peer_name: str, address: str, expected: str | None) -> None:
+        """Raise `FingerprintMismatch` when the peer presents another cert than ``expected``
+        (None: a static peer the directory does not list), `PeerRevoked` when its cert is
+        revoked, `StaleRevocationList` when the list is past its nextUpdate."""
+        if self._revoked is None and (expected is None or (address, expected) in self._verified):
+            return
+        seen = await self._presented(peer_name, address)
+        if seen is None:
             return  # undecided: the call itself will meet the same peer
+        presented, serial = seen
+        if self._revoked is not None and self._revoked(serial):
+            logger.warning(
+                "refusing to call %s at %s: its certificate (serial %x) is revoked",
+                peer_name,
+                address,
+                serial,
+            )
+            raise PeerRevoked(
+                f"peer {peer_name} at {address} presents a revoked certificate (serial {serial:x})"
+            )
+        if expected is None or (address, expected) in self._verified:
+            return
         if presented != expected:
             logger.warning(
                 "refusing peer %s at %s: it presents certificate sha256 %s, its directory "
@@ -110,10 +160,13 @@ class PinChecker:
 Expected = Callable[[], str | None]
 
 
-def _refusal(exc: FingerprintMismatch) -> grpc.aio.AioRpcError:
-    return grpc.aio.AioRpcError(
-        grpc.StatusCode.UNAUTHENTICATED, grpc.aio.Metadata(), grpc.aio.Metadata(), str(exc)
+def _refusal(exc: IdentityError) -> grpc.aio.AioRpcError:
+    code = (
+        grpc.StatusCode.UNAVAILABLE
+        if isinstance(exc, StaleRevocationList)
+        else grpc.StatusCode.UNAUTHENTICATED
     )
+    return grpc.aio.AioRpcError(code, grpc.aio.Metadata(), grpc.aio.Metadata(), str(exc))
 
 
 class _Pinned:
@@ -126,12 +179,9 @@ class _Pinned:
         )
 
     async def _check(self) -> None:
-        fingerprint = self._expected()
-        if fingerprint is None:  # a static peer the directory does not list
-            return
         try:
-            await self._checker.check(self._name, self._address, fingerprint)
-        except FingerprintMismatch as exc:
+            await self._checker.check(self._name, self._address, self._expected())
+        except (FingerprintMismatch, PeerRevoked, StaleRevocationList) as exc:
             raise _refusal(exc) from None
 
 

@@ -111,3 +111,16 @@ def test_operator_api_needs_the_token(network: LocalNetwork) -> None:
         assert info["role"] == "oem"
         assert set(info["peers"]) == {"cellex", "polycell", "regulator"}
         assert "paths" in client.get("/openapi.json").json()
+
+
+def test_a_node_refuses_to_call_a_revoked_member_too(network: LocalNetwork) -> None:
+    """Last in the file: polycell is revoked. Static peers have no directory to drop it
+    from; sunarc must still refuse to call it (it would otherwise keep delivering to it)."""
+    with network["sunarc"].client() as client:
+        assert client.post("/v1/peers/polycell/hello").status_code == 200
+        Authority.load(network.authority_dir).revoke("polycell", "left the data space")
+        refused = client.post("/v1/peers/polycell/hello")
+        assert refused.status_code == 403, refused.text
+        assert "revoked" in refused.json()["detail"] and "polycell" in refused.json()["detail"]
+        assert client.post("/v1/peers/cellex/hello").status_code == 200, "others still reached"
+    assert _log_contains(network, "sunarc", "refusing to call polycell")
