@@ -28,6 +28,7 @@ from qdspace.node.runtime.contracts import ContractRuntime, build_runtime
 if TYPE_CHECKING:
     from qdspace.federation.job_files import VersionAnchor
     from qdspace.node.runtime.contract_ports import OutboxDelivery, PeerContracts
+    from qdspace.node.runtime.directory import DirectoryFollower
     from qdspace.node.runtime.federation_member import FederationMember
     from qdspace.node.runtime.ledger import NodeLedger
 
@@ -51,6 +52,8 @@ class NodeContext:
     anchor_version: VersionAnchor | None = None
     #: follows federated jobs as this member, starts and reads jobs (the operator's ``fl``)
     federation: FederationMember | None = None
+    #: follows the authority service's CRL and member directory; None without one
+    follower: DirectoryFollower | None = None
     #: the node's own Prometheus registry and metrics (``node.metrics``)
     metrics: NodeMetrics = field(default_factory=NodeMetrics)
     #: True once both listeners (gRPC and API) are up; ``/startupz`` reads it

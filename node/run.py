@@ -192,6 +192,7 @@ async def serve(ctx: NodeContext, stop: asyncio.Event) -> None:
         raise
     ctx.serving = True  # every listener is up (``/startupz``)
     follower = directory_follower(ctx, peer_server.port)
+    ctx.follower = follower  # ``/readyz`` reads whether it holds a directory
     follow_stop = asyncio.Event()
     follow_task = asyncio.create_task(follower.run(follow_stop)) if follower else None
     runtime = {

@@ -12,8 +12,11 @@ names of their checks:
 
 - ``/livez``: the process answers and its event loop turns;
 - ``/readyz``: the database answers ``SELECT 1``, the revocation list is present and
-  not past its nextUpdate, the chain answers when the node anchors to one; 503 with every
-  check's result when one fails;
+  not past its nextUpdate, the chain answers when the node anchors to one, and a node that
+  finds its peers through the authority's member directory holds a verified one (a node
+  that never got one cannot reach any peer); 503 with every check's result when one
+  fails. The authority service being down later does not fail readiness: the directory
+  held stays in force, and the CRL check says when revocations can no longer be known;
 - ``/startupz``: the schema is migrated to the code's head and every listener is up.
 
 ``/metrics`` is the Prometheus text format of the node's own registry. Gauges of state
@@ -139,6 +142,17 @@ def readiness(ctx: NodeContext) -> dict[str, ProbeCheck]:
             return f"block {probe.latest_block} in {probe.ms:.0f} ms"
 
         checks["chain"] = _check(chain)
+    if ctx.settings.authority_url:
+
+        def directory() -> str:
+            held = ctx.follower.held if ctx.follower is not None else None
+            if held is None:
+                raise LookupError(
+                    f"no verified member directory from {ctx.settings.authority_url} yet"
+                )
+            return f"directory serial {held.serial}, {len(held.entries)} members"
+
+        checks["directory"] = _check(directory)
     return checks
 
 

@@ -172,6 +172,12 @@ def test_members_find_each_other_through_the_directory(space: Space) -> None:
         assert answer.json()["seen_as"] == caller
     log = space.network["cellex"].log_path.read_text()
     assert "published our entry" in log
+    # readiness names the directory the node found its peers in
+    with space.network["sunarc"].client() as client:
+        ready = client.get("/readyz")
+    assert ready.status_code == 200, ready.text
+    check = ready.json()["checks"]["directory"]
+    assert check["ok"] and "members" in check["detail"], check
 
 
 def test_a_peer_with_another_certificate_than_its_entry_is_refused(space: Space) -> None:
