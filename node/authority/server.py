@@ -12,7 +12,6 @@ import asyncio
 import json
 import logging
 import os
-import socket
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -22,26 +21,12 @@ import uvicorn
 from qdspace.node.authority.app import create_authority_app
 from qdspace.node.authority.service import AuthorityService
 from qdspace.node.authority.tls import DEFAULT_HOSTNAMES, ensure_server_cert
-from qdspace.node.errors import PortInUseError
+from qdspace.node.listeners import bind_socket
 from qdspace.util.files import write_atomic
 
 logger = logging.getLogger("node.authority")
 
 DEFAULT_PORT = 8600  # not 9443: that is a node's regulator listener
-
-
-def bind(host: str, port: int) -> socket.socket:
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    try:
-        sock.bind((host, port))
-    except OSError as exc:
-        sock.close()
-        raise PortInUseError(f"cannot bind authority port {host}:{port}: {exc.strerror}") from None
-    sock.listen(128)
-    sock.set_inheritable(True)
-    return sock
 
 
 def service_url(host: str, port: int, hostnames: Sequence[str]) -> str:
@@ -72,7 +57,7 @@ def serve_authority(
     files = service.files
     if ensure_server_cert(files, service.authority.cert, service.ca_key, names):
         logger.info("authority: server certificate issued for %s", ", ".join(names))
-    sock = bind(host, port)
+    sock = bind_socket("authority", host, port)
     bound = sock.getsockname()[1]
     config = uvicorn.Config(
         create_authority_app(service),
