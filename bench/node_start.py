@@ -199,7 +199,9 @@ def _enrolment(workdir: Path, runs: int) -> dict[str, list[float]]:
                 out["code"].append((time.perf_counter() - started) * 1000)
                 directory = workdir / f"joiner{i}"
                 cmd = [sys.executable, "-m", "qdspace", "node", "join", "--dir", str(directory)]
-                cmd += ["--authority-url", service.url, "--code", code]
+                code_file = workdir / f"joiner{i}.code"
+                code_file.write_text(code + "\n")
+                cmd += ["--authority-url", service.url, "--code-file", str(code_file)]
                 cmd += ["--grpc-port", str(free_port()), "--api-port", str(free_port())]
                 cmd += ["--regulator-port", str(free_port())]
                 out["join_cli"].append(_spawn_exit_ms(cmd))

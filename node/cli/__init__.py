@@ -20,7 +20,15 @@ from rich.table import Table
 
 from qdspace.node.cli.authority import authority_app
 from qdspace.node.cli.choices import QdmKind, Role
-from qdspace.node.cli.connect import ApiUrlOpt, CaFileOpt, JsonOpt, TokenFileOpt, print_json, target
+from qdspace.node.cli.connect import (
+    ApiUrlOpt,
+    CaFileOpt,
+    DbUrlOpt,
+    JsonOpt,
+    TokenFileOpt,
+    print_json,
+    target,
+)
 from qdspace.node.cli.connect import DirOpt as ConnDirOpt
 from qdspace.node.cli.contracts import mount as mount_contracts
 from qdspace.node.cli.enrollment import mount as mount_enrollment
@@ -71,13 +79,7 @@ def node_init(
     grpc_port: Annotated[int, typer.Option(help="peer gRPC port")] = 7443,
     api_port: Annotated[int, typer.Option(help="operator API port (TLS)")] = 8443,
     regulator_port: Annotated[int, typer.Option(help="regulator API port (TLS)")] = 9443,
-    db_url: Annotated[
-        str,
-        typer.Option(
-            help="database URL (default: SQLite in DIR); one with a password belongs in "
-            "$QDSPACE_DB_URL_FILE instead, not on a command line"
-        ),
-    ] = "",
+    db_url: DbUrlOpt = "",
     peer: Annotated[list[str] | None, typer.Option(help="NAME=HOST:PORT, repeatable")] = None,
 ) -> None:
     """Create a member's keys, certificate and node directory."""

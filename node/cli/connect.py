@@ -71,6 +71,32 @@ CaFileOpt = Annotated[
 JsonOpt = Annotated[bool, typer.Option("--json", help="print machine-readable JSON")]
 
 
+def _no_password(url: str) -> str:
+    """A database URL on a command line must not carry a password (``ps`` shows it)."""
+    from urllib.parse import urlsplit
+
+    try:
+        password = urlsplit(url).password if url else None
+    except ValueError:
+        password = None  # not a URL the store would open either: it says so on start
+    if password:
+        raise typer.BadParameter(
+            "a database URL with a password on the command line shows in the process list "
+            "and the shell history; put the URL in a file and set QDSPACE_DB_URL_FILE to it"
+        )
+    return url
+
+
+DbUrlOpt = Annotated[
+    str,
+    typer.Option(
+        callback=_no_password,
+        help="database URL (default: SQLite in DIR); one with a password goes in a file "
+        "named by $QDSPACE_DB_URL_FILE, never on the command line",
+    ),
+]
+
+
 @dataclass(frozen=True)
 class Target:
     """The node a command calls: a local directory, or an address, token and CA."""

@@ -19,6 +19,7 @@ import typer
 from rich.console import Console
 
 from qdspace.node.cli.choices import Role
+from qdspace.node.cli.connect import DbUrlOpt
 from qdspace.node.cli.errors import clean_errors
 
 console = Console()
@@ -68,7 +69,7 @@ def node_install(
     grpc_port: Annotated[int, typer.Option(help="peer gRPC port")] = 7443,
     api_port: Annotated[int, typer.Option(help="operator API port")] = 8443,
     regulator_port: Annotated[int, typer.Option(help="regulator API port")] = 9443,
-    db_url: Annotated[str, typer.Option(help="database URL (default: SQLite in DIR)")] = "",
+    db_url: DbUrlOpt = "",
     peer: Annotated[list[str] | None, typer.Option(help="NAME=HOST:PORT, repeatable")] = None,
 ) -> None:
     """Install the authority's certificate: a ready node directory (or, with --renew, the
@@ -112,14 +113,14 @@ def node_join(
     authority_url: Annotated[
         str, typer.Option("--authority-url", help="the authority service, https://HOST[:PORT]")
     ],
-    code: Annotated[
-        str | None,
-        typer.Option(help="the one-time enrollment code (qdse1....) the authority gave"),
-    ] = None,
     code_file: Annotated[
-        Path | None,
-        typer.Option(help="a file holding the code (keeps it out of the process list)"),
-    ] = None,
+        Path,
+        typer.Option(
+            help="a file holding the one-time enrollment code (qdse1....); - reads it from "
+            "stdin. Never on the command line: another user of this host could read it "
+            "from the process list and enroll first"
+        ),
+    ],
     hostname: HostOpt = None,
     advertise: Annotated[
         str,
@@ -135,19 +136,20 @@ def node_join(
         str, typer.Option(help="address the regulator API listens on")
     ] = "127.0.0.1",
     regulator_port: Annotated[int, typer.Option(help="regulator API port")] = 9443,
-    db_url: Annotated[str, typer.Option(help="database URL (default: SQLite in DIR)")] = "",
+    db_url: DbUrlOpt = "",
 ) -> None:
     """Join a data space with its authority's URL and an enrollment code: keys made here,
     the CA pinned by the code's fingerprint, the certificate issued from a request."""
-    if (code is None) == (code_file is None):
-        raise typer.BadParameter("give the enrollment code: --code CODE or --code-file FILE")
-    if code_file is not None:
+    if str(code_file) == "-":
+        import sys
+
+        code = sys.stdin.readline().strip()
+    else:
         from qdspace.node.identity.files import read_file
 
         code = read_file(code_file, "enrollment code file").decode().strip()
     from qdspace.node.join import join_node
 
-    assert code is not None
     settings = join_node(
         directory,
         authority_url=authority_url,

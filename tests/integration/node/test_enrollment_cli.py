@@ -261,3 +261,18 @@ def test_an_enrollment_code_can_go_to_a_new_private_file(tmp_path: Path) -> None
     )  # fmt: skip
     assert again.returncode != 0 and "exists" in again.stderr and "Traceback" not in again.stderr
     assert code_file.read_text().strip() == code
+
+
+def test_a_database_password_is_refused_on_the_command_line(tmp_path: Path) -> None:
+    for command in (
+        ["node", "init", "--name", "x", "--role", "oem", "--authority", str(tmp_path)],
+        ["node", "install", "--cert", str(tmp_path / "c.crt")],
+    ):
+        done = subprocess.run(
+            [sys.executable, "-m", "qdspace", *command, "--dir", str(tmp_path / "n"),
+             "--db-url", "postgresql+psycopg://qdspace:s3cret@db.example/q"],
+            capture_output=True, text=True, timeout=60, env={**os.environ, "COLUMNS": "200"},
+        )  # fmt: skip
+        assert done.returncode == 2, done.stderr
+        assert "QDSPACE_DB_URL_FILE" in done.stderr and "Traceback" not in done.stderr
+        assert not (tmp_path / "n").exists()

@@ -53,22 +53,23 @@ class Space:
     network: LocalNetwork
 
 
-def _qdspace(*args: str) -> subprocess.CompletedProcess[str]:
+def _qdspace(*args: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "qdspace", *args], capture_output=True, text=True, timeout=120
-    )
+        [sys.executable, "-m", "qdspace", *args],
+        capture_output=True, text=True, timeout=120, input=stdin,
+    )  # fmt: skip
 
 
 def _join(space_dir: Path, url: str, code: str, spec: MemberSpec) -> MemberProcess:
     directory = space_dir / "nodes" / spec.name
     grpc_port, api_port, regulator_port = free_port(), free_port(), free_port()
-    code_file = space_dir / f"{spec.name}.code"  # (one member takes it from a file)
+    code_file = space_dir / f"{spec.name}.code"  # (one member takes it from stdin)
     code_file.write_text(code + "\n")
-    given = ["--code", code] if spec.name == "sunarc" else ["--code-file", str(code_file)]
+    given = ["--code-file", "-" if spec.name == "sunarc" else str(code_file)]
     done = _qdspace(
         "node", "join", "--dir", str(directory), "--authority-url", url, *given,
         "--grpc-port", str(grpc_port), "--api-port", str(api_port),
-        "--regulator-port", str(regulator_port),
+        "--regulator-port", str(regulator_port), stdin=code + "\n",
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
     assert f"joined join-space as {spec.name}" in done.stdout.replace("\n", " ")
@@ -138,7 +139,7 @@ def test_join_refuses_another_ca_and_a_spent_code(space: Space, tmp_path: Path) 
     target = tmp_path / "third"
     url = space.service.url
     done = _qdspace("node", "join", "--dir", str(target), "--authority-url", url,
-                    "--code", str(other_ca))  # fmt: skip
+                    "--code-file", "-", stdin=str(other_ca))  # fmt: skip
     assert done.returncode == 1, done.stdout
     assert "the enrollment code names" in done.stderr and "Traceback" not in done.stderr
     assert not target.exists()
@@ -150,8 +151,12 @@ def test_join_refuses_another_ca_and_a_spent_code(space: Space, tmp_path: Path) 
     )  # fmt: skip
     space.authority.sign_request(request, code=str(spent))  # someone else used it first
     done = _qdspace("node", "join", "--dir", str(keys_dir), "--authority-url", url,
-                    "--code", str(spent))  # fmt: skip
+                    "--code-file", "-", stdin=str(spent))  # fmt: skip
     assert done.returncode == 1 and "already used" in done.stderr, done.stderr
+    # the code is never taken from the command line (the process list shows it)
+    done = _qdspace("node", "join", "--dir", str(keys_dir), "--authority-url", url,
+                    "--code", str(spent))  # fmt: skip
+    assert done.returncode == 2 and "No such option: --code" in done.stderr, done.stderr
     assert not keys_dir.exists()  # the keys made for the refused request are gone
 
 
