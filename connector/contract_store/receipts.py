@@ -66,12 +66,12 @@ def receipted(
 class ReceiptStore(TableStore):
     """Keep and list deletion receipts."""
 
-    def save_receipt_in(self, connection: Connection, signed: SignedReceipt) -> None:
-        """Keep a receipt within the caller's transaction (a no-op when one is held for
-        its duty)."""
+    def save_receipt_in(self, connection: Connection, signed: SignedReceipt) -> bool:
+        """Keep a receipt within the caller's transaction; False (and nothing written)
+        when one is held for its duty already."""
         receipt = signed.receipt
         statement = self._upsert(receipt_table).on_conflict_do_nothing()
-        connection.execute(
+        result = connection.execute(
             statement.values(
                 receipt_id=receipt.receipt_id,
                 agreement_id=receipt.agreement_id,
@@ -84,6 +84,7 @@ class ReceiptStore(TableStore):
                 deleted_at=receipt.deleted_at,
             )
         )
+        return bool(result.rowcount)
 
     def receipts(self, agreement_id: str | None = None) -> list[SignedReceipt]:
         table = receipt_table
