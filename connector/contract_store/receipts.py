@@ -82,9 +82,9 @@ class ReceiptStore(TableStore):
                 row_count=receipt.row_count,
                 content_sha256=receipt.content_sha256,
                 deleted_at=receipt.deleted_at,
-            )
+            ).returning(receipt_table.c.receipt_id)  # (rowcount is not reliable on every driver)
         )
-        return bool(result.rowcount)
+        return result.first() is not None
 
     def receipts(self, agreement_id: str | None = None) -> list[SignedReceipt]:
         table = receipt_table

@@ -11,15 +11,14 @@ same duty sends one receipt, not two.
 from __future__ import annotations
 
 import json
-import uuid
-from collections.abc import Iterator
 from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-from sqlalchemy import create_engine, select
+from sqlalchemy import Engine, create_engine, select, text
+from sqlalchemy.exc import OperationalError
 
 from qdspace.connector.agreement import (
     REASON_LEAVING,
@@ -42,6 +41,7 @@ from qdspace.connector.contract_store import (
     ensure_schema,
     received_row_table,
 )
+from qdspace.connector.contract_store.agreements import AgreementStore
 from qdspace.connector.contract_store.data_keys import data_key_table
 from qdspace.connector.negotiation import Role
 from qdspace.connector.purge import (
@@ -55,6 +55,7 @@ from qdspace.connector.retention_sweep import shred_and_sign, sweep
 from qdspace.policies.canonical import canonical_json
 from qdspace.policies.retention import DutyStatus
 
+from . import test_contract_store
 from .test_retention import C_KEY, T0, give_agreement, rows_of
 
 A1 = ConsumerAgreement("agr-1", "cellex", "sunarc", terminated=False)
@@ -165,13 +166,12 @@ def test_an_empty_or_oversized_reason_is_not_a_receipt() -> None:
 # ------------------------------------------------------ carried out on a real store
 
 
+engine = test_contract_store.engine  # the same store on SQLite, and PostgreSQL when set
+
+
 @pytest.fixture
-def store(tmp_path: Path) -> Iterator[ContractStore]:
-    engine = create_engine(f"sqlite:///{tmp_path / f'{uuid.uuid4().hex}.db'}")
-    ensure_schema(engine)
-    s = ContractStore(engine, b"k" * 32)
-    yield s
-    engine.dispose()
+def store(engine: Engine) -> ContractStore:
+    return ContractStore(engine, b"k" * 32)
 
 
 def _receive(store: ContractStore, agreement_id: str, order: str, count: int) -> list[dict]:  # type: ignore[type-arg]
@@ -257,6 +257,27 @@ def test_rows_arriving_after_the_purge_are_refused(store: ContractStore) -> None
     with pytest.raises((ContractDenied, KeyShreddedError)):
         _receive(store, "agr-1", "ORD-1", 1)
     assert store.count_received() == 0
+
+
+def test_a_termination_waits_for_a_delivery_that_read_the_agreement_live(
+    store: ContractStore,
+) -> None:
+    """A batch holds its agreement row until it commits, so a purge that has terminated
+    the agreement cannot miss rows of a batch still in flight (PostgreSQL; SQLite writes
+    are serialised anyway)."""
+    if store.engine.dialect.name != "postgresql":
+        pytest.skip("row locks are PostgreSQL's; SQLite serialises its writers")
+    give_agreement(store, "agr-1", 180, Role.CONSUMER)
+    end = text("UPDATE contract_agreement SET terminated_at = now() WHERE agreement_id = 'agr-1'")
+    with store.engine.connect() as delivering, store.engine.connect() as purging:
+        with delivering.begin():
+            AgreementStore(store.engine).agreement_in(delivering, "agr-1", hold=True)
+            with pytest.raises(OperationalError, match="lock"), purging.begin():
+                purging.execute(text("SET LOCAL lock_timeout = '200ms'"))
+                purging.execute(end)
+        with purging.begin():  # the delivery committed: the termination goes through
+            purging.execute(end)
+    assert not store.agreement("agr-1").active
 
 
 def test_a_purge_racing_a_sweep_for_the_same_duty_sends_one_receipt(store: ContractStore) -> None:
