@@ -12,6 +12,7 @@ and requests that do not confirm the purge are refused without deleting anything
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Iterator
 from typing import Any
 
@@ -26,21 +27,35 @@ from qdspace.node.localnet.network import LocalNetwork, MemberSpec
 from qdspace.policies.canonical import canonical_json
 
 from .conftest import CELLEX_ORDER, QA, ingest_sample, negotiate, ok, provider_rows, wait_for
+from .test_contracts_on_postgresql import PG_ENV, PG_HOWTO
 
 pytestmark = pytest.mark.integration
 
 
-@pytest.fixture(scope="module")
-def pair(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalNetwork]:
-    """Its own OEM, supplier and chain: a purge ends every agreement of the OEM."""
+@pytest.fixture(
+    scope="module",
+    params=[
+        "sqlite",
+        pytest.param("postgres", marks=pytest.mark.postgres),
+    ],
+)
+def pair(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[LocalNetwork]:
+    """Its own OEM, supplier and chain (a purge ends every agreement of the OEM), on
+    SQLite files, and once more on PostgreSQL schemas when a server is configured."""
+    pg_url = os.environ.get(PG_ENV) if request.param == "postgres" else None
+    if request.param == "postgres" and not pg_url:
+        pytest.skip(PG_HOWTO)
     net = LocalNetwork(
-        tmp_path_factory.mktemp("purge"),
+        tmp_path_factory.mktemp(f"purge-{request.param}"),
         [MemberSpec("sunarc", "oem"), MemberSpec("cellex", "supplier")],
         env={"QDSPACE_LEDGER_FLUSH_S": "0.5"},
+        pg_url=pg_url,
     )
-    net.create()
-    net.start()
     try:
+        net.create()
+        net.start()
         ingest_sample(net, "cellex")
         yield net
     finally:

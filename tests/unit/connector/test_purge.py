@@ -174,7 +174,9 @@ def store(engine: Engine) -> ContractStore:
     return ContractStore(engine, b"k" * 32)
 
 
-def _receive(store: ContractStore, agreement_id: str, order: str, count: int) -> list[dict]:  # type: ignore[type-arg]
+def _receive(
+    store: ContractStore, agreement_id: str, order: str, count: int
+) -> list[dict[str, object]]:
     rows = rows_of(order, count)
     incoming = [IncomingRow(i, order, canonical_json(r)) for i, r in enumerate(rows)]
     store.store_received_rows(agreement_id, f"tx-{agreement_id}-{order}", incoming, T0)
