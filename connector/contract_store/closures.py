@@ -6,7 +6,8 @@ the deletion of that order's rows by a deadline. The provider records closures a
 tells consumers; the consumer records the same closure, deletes when the deadline
 comes (`shred`) and answers with a signed receipt; the provider checks the receipt
 against the duty it computed (`record_receipt`) and reports every duty's status
-(`deletion_duties`).
+(`deletion_duties`). A consumer leaving the data space answers every duty at once,
+before its deadline (`holdings` tells `connector.purge` what is held and answered).
 
 Why separate: a duty is not stored, it is derived from the agreement's policy and the
 closure each time it is looked at; this module is where that derivation meets the
