@@ -15,7 +15,8 @@ canonical, so there is exactly one signed form of each agreement.
 A deletion receipt states which agreement's data was deleted, how many rows,
 a digest of them (`deletion_digest`: sha256 over the sorted sha256 hashes of
 each row's canonical JSON, so the order of deletion does not matter), when,
-and by whom; the consumer signs it.
+by whom and, for a deletion before the retention deadline, why (`reason`: a member
+leaving the data space deletes everything it holds at once); the consumer signs it.
 """
 
 from __future__ import annotations
@@ -114,7 +115,9 @@ class ContractAgreement:
         return hashlib.sha256(self.canonical_bytes()).digest()
 
 
-def _load_canonical(data: bytes, what: str, keys: set[str]) -> dict[str, Any]:
+def _load_canonical(
+    data: bytes, what: str, keys: set[str], optional: frozenset[str] = frozenset()
+) -> dict[str, Any]:
     def pairs(items: list[tuple[str, Any]]) -> dict[str, Any]:
         out = dict(items)
         if len(out) != len(items):
@@ -125,8 +128,9 @@ def _load_canonical(data: bytes, what: str, keys: set[str]) -> dict[str, Any]:
         decoded = json.loads(data, object_pairs_hook=pairs)
     except (ValueError, UnicodeDecodeError) as exc:
         raise AgreementError(f"{what}: malformed JSON: {exc}") from None
-    if not isinstance(decoded, dict) or set(decoded) != keys:
-        raise AgreementError(f"{what}: expected exactly the keys {sorted(keys)}")
+    if not isinstance(decoded, dict) or not keys <= set(decoded) <= keys | optional:
+        also = f" (and optionally {sorted(optional)})" if optional else ""
+        raise AgreementError(f"{what}: expected exactly the keys {sorted(keys)}{also}")
     return decoded
 
 
@@ -280,10 +284,22 @@ def deletion_digest_of_bytes(payloads: Iterable[bytes]) -> tuple[int, str]:
     return len(hashes), digest.hexdigest()
 
 
+#: the longest `DeletionReceipt.reason` (a short statement, not a document)
+MAX_RECEIPT_REASON = 200
+#: the reason of a receipt for data deleted before its deadline because its holder
+#: leaves the data space (`connector.purge`)
+REASON_LEAVING = "early deletion: the consumer leaves the data space"
+
+
 @dataclass(frozen=True)
 class DeletionReceipt:
     """What the consumer deleted under one agreement (for one order of its scope, when
-    `order_id` is set: each order closes, and so expires, on its own)."""
+    `order_id` is set: each order closes, and so expires, on its own).
+
+    `reason` says why, when the deletion is not the retention duty coming due (for
+    example `REASON_LEAVING`). It is part of the signed bytes only when set, so a
+    receipt without one has exactly the canonical form, id and signature it always
+    had."""
 
     agreement_id: str
     consumer_id: str
@@ -291,16 +307,21 @@ class DeletionReceipt:
     content_sha256: str
     deleted_at: datetime
     order_id: str = ""
+    reason: str = ""
 
     def __post_init__(self) -> None:
         if self.row_count < 0:
             raise AgreementError("receipt: row_count is negative")
         if len(self.content_sha256) != 64 or self.content_sha256.strip("0123456789abcdef"):
             raise AgreementError("receipt: content_sha256 is not 64 lowercase hex digits")
+        if len(self.reason) > MAX_RECEIPT_REASON or not self.reason.isprintable():
+            raise AgreementError(
+                f"receipt: reason must be printable and at most {MAX_RECEIPT_REASON} characters"
+            )
         _aware(self.deleted_at, "deleted_at")
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        fields = {
             "schema": RECEIPT_SCHEMA,
             "agreementId": self.agreement_id,
             "consumerId": self.consumer_id,
@@ -309,6 +330,9 @@ class DeletionReceipt:
             "deletedAt": format_datetime(self.deleted_at),
             "orderId": self.order_id,
         }
+        if self.reason:
+            fields["reason"] = self.reason
+        return fields
 
     def canonical_bytes(self) -> bytes:
         cached = self.__dict__.get("_canonical")
@@ -346,7 +370,7 @@ def receipt_from_bytes(data: bytes) -> DeletionReceipt:
         "deletedAt",
         "orderId",
     }
-    raw = _load_canonical(data, "receipt", keys)
+    raw = _load_canonical(data, "receipt", keys, frozenset({"reason"}))
     if raw["schema"] != RECEIPT_SCHEMA:
         raise AgreementError(f"receipt: schema {raw['schema']!r} is not {RECEIPT_SCHEMA}")
     receipt = DeletionReceipt(
@@ -356,6 +380,7 @@ def receipt_from_bytes(data: bytes) -> DeletionReceipt:
         content_sha256=_field(raw, "contentSha256", str, "receipt"),
         deleted_at=_time(raw, "deletedAt", "receipt"),
         order_id=_field(raw, "orderId", str, "receipt"),
+        reason=_field(raw, "reason", str, "receipt") if "reason" in raw else "",
     )
     if receipt.canonical_bytes() != data:
         raise AgreementError("receipt: bytes are not in canonical form")

@@ -20,7 +20,7 @@ from nacl.signing import SigningKey
 from sqlalchemy.exc import SQLAlchemyError
 
 from qdspace.connector.agreement import DeletionReceipt, SignedReceipt, sign_receipt
-from qdspace.connector.contract_store import ContractStore, Deletion, OrderClosure, OutboxMessage
+from qdspace.connector.contract_store import ContractStore, Deletion, OutboxMessage
 from qdspace.connector.errors import ConnectorError
 from qdspace.policies.errors import PolicyError
 
@@ -46,15 +46,23 @@ class SweepReport:
         return sum(s.receipt.row_count for s in self.receipts)
 
 
-def _shred_one(
+def shred_and_sign(
     store: ContractStore,
-    closure: OrderClosure,
+    agreement_id: str,
+    order_id: str,
     signing_key: SigningKey,
     now: datetime,
     outbox: ReceiptOutbox | None,
-) -> SignedReceipt:
-    stored = store.agreement(closure.agreement_id)
-    terms = stored.signed.agreement
+    *,
+    reason: str = "",
+) -> SignedReceipt | None:
+    """Delete one (agreement, order) this node holds as consumer and store the signed
+    receipt for it (and its outbox messages), in one transaction (`ContractStore.shred`).
+
+    The receipt is the sweep's for a deadline come due (no `reason`), and the same with
+    a reason for an early deletion (a member leaving, `connector.purge`). None when a
+    receipt for the pair was stored meanwhile by another deletion."""
+    terms = store.agreement(agreement_id).signed.agreement
 
     def make_receipt(deletion: Deletion) -> tuple[SignedReceipt, Sequence[OutboxMessage]]:
         receipt = DeletionReceipt(
@@ -64,11 +72,12 @@ def _shred_one(
             content_sha256=deletion.content_sha256,
             deleted_at=now,
             order_id=deletion.order_id,
+            reason=reason,
         )
         signed = sign_receipt(receipt, signing_key)
         return signed, () if outbox is None else outbox(signed, terms.provider_id)
 
-    return store.shred(closure.agreement_id, closure.order_id, now, make_receipt)
+    return store.shred(agreement_id, order_id, now, make_receipt)
 
 
 def sweep(
@@ -93,7 +102,9 @@ def sweep(
     failures: list[SweepFailure] = []
     for closure in store.expired_closures(now + horizon):
         try:
-            signed = _shred_one(store, closure, signing_key, now, outbox)
+            signed = shred_and_sign(
+                store, closure.agreement_id, closure.order_id, signing_key, now, outbox
+            )
         except (ConnectorError, PolicyError, SQLAlchemyError) as exc:  # one bad duty only
             log.warning(
                 "retention sweep: agreement %s order %s: %s",
@@ -102,6 +113,8 @@ def sweep(
                 exc,
             )
             failures.append(SweepFailure(closure.agreement_id, closure.order_id, str(exc)))
+            continue
+        if signed is None:  # a concurrent deletion (a purge) answered it first
             continue
         log.info(
             "retention sweep: agreement %s order %s: %d rows deleted, receipt %s",

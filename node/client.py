@@ -317,6 +317,11 @@ class OperatorClient:
         result: dict[str, Any] = self._post(path, horizon_hours=horizon_hours)
         return result
 
+    def purge(self, confirm: str) -> dict[str, Any]:
+        """Leave the data space (irreversible); `confirm` is the node's member id."""
+        result: dict[str, Any] = self._post("/v1/contracts/purge", {"confirm": confirm})
+        return result
+
     def receipts(self) -> Rows:
         result: Rows = self._get("/v1/contracts/receipts")
         return result

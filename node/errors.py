@@ -55,3 +55,8 @@ class NumberOutOfRange(ValueError):
 class AnchoringBlocked(NodeError):
     """Anchoring cannot proceed for a reason of the chain or its configuration (e.g. the
     endpoint serves another chain), not of the request that asked for it."""
+
+
+class PurgeNotConfirmed(NodeError, ValueError):
+    """A request to purge (delete everything held under agreements, irreversibly) that
+    does not name this node as the one to purge; nothing was deleted."""

@@ -59,6 +59,7 @@ from qdspace.connector.contract_store.received import (
 )
 from qdspace.connector.contract_store.transfers import TransferStore
 from qdspace.connector.negotiation import Negotiation, NegotiationState, Role
+from qdspace.connector.purge import Holding
 from qdspace.connector.spc import Investigation, QualityAlert
 from qdspace.connector.transfer import TransferProcess
 
@@ -258,8 +259,11 @@ class ContractStore:
         order_id: str,
         at: datetime,
         make_receipt: Callable[[Deletion], tuple[SignedReceipt, Sequence[OutboxMessage]]],
-    ) -> SignedReceipt:
+    ) -> SignedReceipt | None:
         return self._closures.shred(agreement_id, order_id, at, make_receipt)
+
+    def holdings(self) -> list[Holding]:
+        return self._closures.holdings()
 
     def record_receipt(self, signed: SignedReceipt) -> None:
         self._closures.record_receipt(signed)

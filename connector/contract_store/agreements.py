@@ -128,11 +128,16 @@ class AgreementStore(TableStore):
         with self.engine.begin() as connection:
             self.save_agreement_in(connection, signed, role)
 
-    def agreement_in(self, connection: Connection, agreement_id: str) -> StoredAgreement:
-        """`agreement` within the caller's transaction."""
-        row = connection.execute(
-            select(agreement_table).where(agreement_table.c.agreement_id == agreement_id)
-        ).first()
+    def agreement_in(
+        self, connection: Connection, agreement_id: str, *, hold: bool = False
+    ) -> StoredAgreement:
+        """`agreement` within the caller's transaction; with `hold`, its row stays
+        share-locked until the transaction ends (PostgreSQL; SQLite transactions are
+        serialisable anyway), so a termination waits for a write that read it live."""
+        statement = select(agreement_table).where(agreement_table.c.agreement_id == agreement_id)
+        if hold:
+            statement = statement.with_for_update(read=True)
+        row = connection.execute(statement).first()
         if row is None:
             raise UnknownContractError(f"no agreement {agreement_id} here")
         consumer_signature = (

@@ -6,7 +6,8 @@ the deletion of that order's rows by a deadline. The provider records closures a
 tells consumers; the consumer records the same closure, deletes when the deadline
 comes (`shred`) and answers with a signed receipt; the provider checks the receipt
 against the duty it computed (`record_receipt`) and reports every duty's status
-(`deletion_duties`).
+(`deletion_duties`). A consumer leaving the data space answers every duty at once,
+before its deadline (`holdings` tells `connector.purge` what is held and answered).
 
 Why separate: a duty is not stored, it is derived from the agreement's policy and the
 closure each time it is looked at; this module is where that derivation meets the
@@ -27,17 +28,19 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import Column, Engine, String, Table, select
+from sqlalchemy import Column, Engine, String, Table, false, func, select
 from sqlmodel.sql.sqltypes import UTCDateTime
 
 from qdspace.connector.agreement import DeletionReceipt, SignedReceipt
 from qdspace.connector.contract_errors import ContractStoreError
 from qdspace.connector.contract_store.agreements import AgreementStore, held_as
 from qdspace.connector.contract_store.common import CONTRACT_METADATA, ID_LENGTH, TableStore
+from qdspace.connector.contract_store.data_keys import data_key_table
 from qdspace.connector.contract_store.outbox import OutboxMessage, OutboxStore
 from qdspace.connector.contract_store.receipts import ReceiptStore, receipted
-from qdspace.connector.contract_store.received import Deletion, ReceivedStore
+from qdspace.connector.contract_store.received import Deletion, ReceivedStore, received_row_table
 from qdspace.connector.negotiation import Role
+from qdspace.connector.purge import Holding
 from qdspace.policies.evaluate import order_in_scope
 from qdspace.policies.retention import (
     DeletionDuty,
@@ -55,6 +58,10 @@ closure_table = Table(
     Column("closed_at", UTCDateTime(), nullable=False),
     Column("deadline", UTCDateTime(), nullable=True, index=True),
 )
+
+
+class _AnsweredMeanwhile(Exception):
+    """Rolls back a deletion whose duty another transaction answered first."""
 
 
 @dataclass(frozen=True)
@@ -176,24 +183,30 @@ class ClosureStore(TableStore):
         order_id: str,
         at: datetime,
         make_receipt: Callable[[Deletion], tuple[SignedReceipt, Sequence[OutboxMessage]]],
-    ) -> SignedReceipt:
+    ) -> SignedReceipt | None:
         """Delete the rows of one order under one agreement, destroy their data key, and
         store the signed receipt `make_receipt` builds, all in one transaction.
 
         The receipt covers exactly the records held (current versions; tombstones hold
-        nothing); tombstones and the audit trail of the order go with them."""
-        with self.engine.begin() as connection:
-            deletion = self._received.erase_order_in(connection, agreement_id, order_id, at)
-            signed, outbox = make_receipt(deletion)
-            receipt = signed.receipt
-            if (receipt.agreement_id, receipt.order_id, receipt.row_count) != (
-                agreement_id,
-                order_id,
-                deletion.row_count,
-            ) or receipt.content_sha256 != deletion.content_sha256:
-                raise ContractStoreError("the receipt does not describe what was deleted")
-            self._receipts.save_receipt_in(connection, signed)
-            self._outbox.enqueue_in(connection, outbox, at)
+        nothing); tombstones and the audit trail of the order go with them. None when a
+        receipt for the duty was stored meanwhile (a sweep and a purge racing): then
+        nothing of this attempt is kept, and no second receipt is sent."""
+        try:
+            with self.engine.begin() as connection:
+                deletion = self._received.erase_order_in(connection, agreement_id, order_id, at)
+                signed, outbox = make_receipt(deletion)
+                receipt = signed.receipt
+                if (receipt.agreement_id, receipt.order_id, receipt.row_count) != (
+                    agreement_id,
+                    order_id,
+                    deletion.row_count,
+                ) or receipt.content_sha256 != deletion.content_sha256:
+                    raise ContractStoreError("the receipt does not describe what was deleted")
+                if not self._receipts.save_receipt_in(connection, signed):
+                    raise _AnsweredMeanwhile
+                self._outbox.enqueue_in(connection, outbox, at)
+        except _AnsweredMeanwhile:  # rolled back: a concurrent deletion answered it first
+            return None
         return signed
 
     def record_receipt(self, signed: SignedReceipt) -> None:
@@ -228,7 +241,9 @@ class ClosureStore(TableStore):
     def deletion_duties(self, now: datetime) -> list[DutyReport]:
         """Provider side: every deletion duty of the agreements it gave, with its status.
 
-        An agreement none of whose orders has closed yet shows as one PENDING duty.
+        An agreement none of whose orders has closed yet, and that no receipt answers,
+        shows as one PENDING duty; an order answered before it closed (a consumer that
+        left the data space deleted it early) shows with its receipt.
         """
         receipts = {
             (s.receipt.agreement_id, s.receipt.order_id): s.receipt
@@ -240,10 +255,13 @@ class ClosureStore(TableStore):
         reports = []
         for stored in self._agreements.agreements(Role.PROVIDER):
             policy = stored.signed.agreement.policy
-            closed: list[tuple[str, datetime | None]] = [
-                (c.order_id, c.closed_at) for c in closures.get(stored.agreement_id, [])
-            ]
-            for order_id, closed_at in closed or [("", None)]:
+            closed: dict[str, datetime | None] = {
+                c.order_id: c.closed_at for c in closures.get(stored.agreement_id, [])
+            }
+            for agreement_id, order_id in receipts:  # answered early, before any closure
+                if agreement_id == stored.agreement_id:
+                    closed.setdefault(order_id, None)
+            for order_id, closed_at in sorted(closed.items()) or [("", None)]:
                 duty = deletion_duty(policy, closed_at, order_id)
                 if duty is None:
                     continue
@@ -251,3 +269,34 @@ class ClosureStore(TableStore):
                 deleted_at = None if receipt is None else receipt.deleted_at
                 reports.append(DutyReport(duty, duty_status(duty, now, deleted_at), receipt))
         return reports
+
+    def holdings(self) -> list[Holding]:
+        """Consumer side: per (agreement held as consumer, order), what is held (rows,
+        a live data key, a closure) and whether a receipt answers it (for `plan_purge`)."""
+        rows, keys, closures = received_row_table, data_key_table, closure_table
+        counted = func.count().filter(rows.c.withdrawn == false())
+        consumer = Role.CONSUMER
+        facts: list[Holding] = []
+        with self.engine.connect() as connection:
+            for r in connection.execute(
+                select(rows.c.agreement_id, rows.c.order_id, counted)
+                .where(held_as(rows.c.agreement_id, consumer))
+                .group_by(rows.c.agreement_id, rows.c.order_id)
+            ):
+                facts.append(Holding(r[0], r[1], rows=int(r[2])))
+            for r in connection.execute(
+                select(keys.c.agreement_id, keys.c.order_id).where(
+                    held_as(keys.c.agreement_id, consumer), keys.c.wrapped_key.is_not(None)
+                )
+            ):
+                facts.append(Holding(r[0], r[1], key_live=True))
+            for r in connection.execute(
+                select(closures.c.agreement_id, closures.c.order_id).where(
+                    held_as(closures.c.agreement_id, consumer)
+                )
+            ):
+                facts.append(Holding(r[0], r[1], closed=True))
+        for signed in self._receipts.receipts():
+            receipt = signed.receipt
+            facts.append(Holding(receipt.agreement_id, receipt.order_id, receipted=True))
+        return facts

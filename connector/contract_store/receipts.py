@@ -66,12 +66,12 @@ def receipted(
 class ReceiptStore(TableStore):
     """Keep and list deletion receipts."""
 
-    def save_receipt_in(self, connection: Connection, signed: SignedReceipt) -> None:
-        """Keep a receipt within the caller's transaction (a no-op when one is held for
-        its duty)."""
+    def save_receipt_in(self, connection: Connection, signed: SignedReceipt) -> bool:
+        """Keep a receipt within the caller's transaction; False (and nothing written)
+        when one is held for its duty already."""
         receipt = signed.receipt
         statement = self._upsert(receipt_table).on_conflict_do_nothing()
-        connection.execute(
+        result = connection.execute(
             statement.values(
                 receipt_id=receipt.receipt_id,
                 agreement_id=receipt.agreement_id,
@@ -82,8 +82,9 @@ class ReceiptStore(TableStore):
                 row_count=receipt.row_count,
                 content_sha256=receipt.content_sha256,
                 deleted_at=receipt.deleted_at,
-            )
+            ).returning(receipt_table.c.receipt_id)  # (rowcount is not reliable on every driver)
         )
+        return result.first() is not None
 
     def receipts(self, agreement_id: str | None = None) -> list[SignedReceipt]:
         table = receipt_table

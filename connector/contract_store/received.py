@@ -57,7 +57,11 @@ from sqlalchemy import (
 from sqlmodel.sql.sqltypes import UTCDateTime
 
 from qdspace.connector.agreement import deletion_digest_of_bytes
-from qdspace.connector.contract_errors import ContractStoreError, ForeignRecordError
+from qdspace.connector.contract_errors import (
+    ContractDenied,
+    ContractStoreError,
+    ForeignRecordError,
+)
 from qdspace.connector.contract_store.agreements import AgreementStore
 from qdspace.connector.contract_store.common import (
     CONTRACT_METADATA,
@@ -242,10 +246,13 @@ class ReceivedStore(TableStore):
     def _check_orders(
         self, connection: Connection, agreement_id: str, rows: Sequence[IncomingRow]
     ) -> None:
-        """Every row, and every tombstone, must be of an order the agreement covers."""
-        stored = self._agreements.agreement_in(connection, agreement_id)
+        """Every row, and every tombstone, must be of an order the agreement covers, and
+        arrive while it is in force (a purge terminates it before it deletes)."""
+        stored = self._agreements.agreement_in(connection, agreement_id, hold=True)
         if stored.role is not Role.CONSUMER:
             raise ForeignRecordError(f"agreement {agreement_id}: we are not its consumer")
+        if stored.terminated_at is not None:
+            raise ContractDenied(f"agreement {agreement_id} terminated: its rows are refused")
         policy = stored.signed.agreement.policy
         for order in {row.order_id for row in rows}:
             if not order_in_scope(policy, order):

@@ -1,5 +1,6 @@
 """Operator REST endpoints of usage contracts: catalog, negotiate, transfer, subscribe,
-agreements, order closure, retention sweep, deletion duties and receipts.
+agreements, order closure, retention sweep, purge (leaving the data space), deletion
+duties and receipts.
 
 Routes decode, call one runtime/client method, encode. Errors are not caught here: a
 contract error, a peer's refusal (`PeerError`) or a timeout rises to the app's problem
@@ -42,6 +43,8 @@ from qdspace.node.api.contracts_models import (
     NegotiationPublic,
     NegotiationResult,
     OrderClosedPublic,
+    PurgeBody,
+    PurgePublic,
     ReceiptPublic,
     ReceivedPublic,
     SubscribeBody,
@@ -67,7 +70,7 @@ from qdspace.node.api.contracts_models import (
 from qdspace.node.api.deps import Client, Outbox, Paging, Runtime, require_operator
 from qdspace.node.api.models import IdPath
 from qdspace.node.api.problems import PeerTimeout
-from qdspace.node.errors import PeerError
+from qdspace.node.errors import PeerError, PurgeNotConfirmed
 from qdspace.node.runtime.contract_ports import Subscription
 
 _T = TypeVar("_T")
@@ -345,6 +348,31 @@ def contracts_router() -> APIRouter:
             rows_deleted=report.rows_deleted,
             receipts=[receipt_public(r) for r in report.receipts],
             failures=[SweepFailurePublic(**f.__dict__) for f in report.failures],
+        )
+
+    @router.post("/purge", response_model=PurgePublic)
+    async def purge(rt: Runtime, client: Client, outbox: Outbox, body: PurgeBody) -> PurgePublic:
+        """Leave the data space: end every agreement held as consumer, delete all data
+        received under them now, and send the signed receipts. Cannot be undone; the
+        body names this node (``confirm``: its member id). A repeat deletes nothing more."""
+        if body.confirm != rt.me.member_id:
+            raise PurgeNotConfirmed(
+                f"confirm: {body.confirm!r} is not this node's member id "
+                f"({rt.me.member_id}); nothing was deleted"
+            )
+        report = await _domain(_sync(rt.purge))
+        for sub in client.subscriptions.values():  # their rows are refused from now on
+            if sub.agreement_id in report.agreements and sub.task is not None:
+                sub.task.cancel()
+        await outbox.flush()
+        return PurgePublic(
+            agreements=list(report.agreements),
+            terminated=list(report.terminated),
+            rows_deleted=report.rows_deleted,
+            receipts=[receipt_public(r) for r in report.receipts],
+            already_answered=report.already_answered,
+            failures=[SweepFailurePublic(**f.__dict__) for f in report.failures],
+            undelivered=rt.store.outbox_backlog(),
         )
 
     @router.get("/receipts", response_model=list[ReceiptPublic])

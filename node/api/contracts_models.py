@@ -80,6 +80,12 @@ class TerminateBody(BaseModel):
     reason: Text = "terminated by the operator"
 
 
+class PurgeBody(BaseModel):
+    """A purge cannot be undone: the caller names the node it means (its member id)."""
+
+    confirm: Id = Field(description="this node's member id, to confirm the purge")
+
+
 class ClockBody(BaseModel):
     offset_days: Finite = Field(ge=-MAX_DAYS, le=MAX_DAYS)
 
@@ -235,6 +241,8 @@ class ReceiptPublic(BaseModel):
     content_sha256: str
     deleted_at: str | None
     signature: str
+    #: why it was deleted before its deadline; empty for a deadline come due
+    reason: str = ""
 
 
 class SweepFailurePublic(BaseModel):
@@ -247,6 +255,17 @@ class SweepPublic(BaseModel):
     rows_deleted: int
     receipts: list[ReceiptPublic]
     failures: list[SweepFailurePublic]
+
+
+class PurgePublic(BaseModel):
+    agreements: list[str]  # every agreement held as consumer
+    terminated: list[str]  # those this purge ended
+    rows_deleted: int
+    receipts: list[ReceiptPublic]  # issued by this purge
+    already_answered: int  # (agreement, order) pairs with a receipt from before
+    failures: list[SweepFailurePublic]
+    #: outbox messages not yet delivered (receipts, terminations) after trying once
+    undelivered: int
 
 
 class DutyPublic(BaseModel):
@@ -391,6 +410,7 @@ def receipt_public(s: SignedReceipt) -> ReceiptPublic:
         content_sha256=r.content_sha256,
         deleted_at=_time(r.deleted_at),
         signature=s.signature.hex(),
+        reason=r.reason,
     )
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import time
+from pathlib import Path
 from typing import Annotated, Any
 
 import typer
@@ -176,6 +177,9 @@ def contracts(
     as_json: JsonOpt = False,
 ) -> None:
     """Agreements, transfers, deletion duties and receipts of this node."""
+    if ctx.invoked_subcommand is not None and directory is None and not api_url:
+        ctx.obj = None  # the subcommand names the node itself, or fails saying how
+        return
     ctx.obj = name_target(directory, api_url, token_file, ca_file)
     if ctx.invoked_subcommand is not None:
         return
@@ -243,7 +247,16 @@ def _print_receipts(receipts: list[dict[str, Any]]) -> None:
     console.print(table)
 
 
-def _target(ctx: typer.Context) -> Target:
+def _target(
+    ctx: typer.Context,
+    directory: Path | None = None,
+    api_url: str | None = None,
+    token_file: Path | None = None,
+    ca_file: Path | None = None,
+) -> Target:
+    """The node named after the subcommand, else before it (``contracts --dir D ...``)."""
+    if directory is not None or api_url or ctx.obj is None:
+        return name_target(directory, api_url, token_file, ca_file)
     found: Target = ctx.obj
     return found
 
@@ -256,6 +269,46 @@ def sweep(ctx: typer.Context) -> None:
         result = node.sweep()
     console.print(f"{result['rows_deleted']} rows deleted")
     _print_receipts(result["receipts"])
+
+
+@contracts_app.command("purge")
+@clean_errors
+def purge(
+    ctx: typer.Context,
+    directory: DirOpt = None,
+    api_url: ApiUrlOpt = None,
+    token_file: TokenFileOpt = None,
+    ca_file: CaFileOpt = None,
+    yes: Annotated[
+        bool, typer.Option("--yes", help="confirm: this deletes the data and cannot be undone")
+    ] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Leave the data space: end every agreement as consumer, delete all data received
+    under them now, and send each provider a signed deletion receipt."""
+    if not yes:
+        raise typer.BadParameter(
+            "a purge deletes everything received under agreements, for good; add --yes",
+            param_hint="--yes",
+        )
+    with _target(ctx, directory, api_url, token_file, ca_file).client() as node:
+        result = node.purge(node.healthz()["member_id"])
+    if as_json:
+        print_json(result)
+        return
+    console.print(
+        f"{len(result['terminated'])} agreements ended, {result['rows_deleted']} rows deleted, "
+        f"{len(result['receipts'])} receipts issued "
+        f"({result['already_answered']} answered before)"
+    )
+    _print_receipts(result["receipts"])
+    for f in result["failures"]:
+        where = f"agreement {f['agreement_id']} order {f['order_id']!r}"
+        err.print(f"not deleted: {where}: {f['error']}", highlight=False)
+    if result["undelivered"]:
+        err.print(f"{result['undelivered']} messages to providers not delivered yet (retried)")
+    if result["failures"]:
+        raise typer.Exit(1)
 
 
 @contracts_app.command("terminate")

@@ -101,6 +101,7 @@ def test_help_loads_no_server_stack() -> None:
         ("catalog", "--dir", "{d}", "cellex"),
         ("order", "close", "--dir", "{d}", "PO-1"),
         ("contracts", "--dir", "{d}", "sweep"),
+        ("contracts", "purge", "--dir", "{d}", "--yes"),
         ("fl", "status", "--dir", "{d}"),
         ("fl", "join", "--dir", "{d}", "--job", "j", "--data", "x.npz"),
     ],
