@@ -30,13 +30,16 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import secrets
 import ssl
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import grpc
 from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 
 from qdspace.node.errors import IdentityError
 from qdspace.node.identity.directory import FingerprintMismatch
@@ -49,12 +52,34 @@ HANDSHAKE_TIMEOUT_S = 5.0
 
 
 def client_context(keys: MemberKeys, cert_files: tuple[Path, Path] | None) -> ssl.SSLContext:
-    """TLS as the gRPC channel does it: the authority as the only root, our member cert."""
+    """TLS as the gRPC channel does it: the authority as the only root, our member cert
+    (from ``cert_files``, or, without them, from the keys in memory: a managed host's
+    tenant has no plaintext key file to give)."""
     context = ssl.create_default_context(cadata=keys.ca_pem.decode())
     if cert_files is not None:
         context.load_cert_chain(str(cert_files[0]), str(cert_files[1]))
+    else:
+        load_chain_in_memory(context, keys)
     context.set_alpn_protocols(["h2"])
     return context
+
+
+def load_chain_in_memory(context: ssl.SSLContext, keys: MemberKeys) -> None:
+    """Give ``context`` the member's certificate and key without a plaintext key file.
+
+    Python's ``ssl`` loads a key only from a file, so the key goes into a temporary file
+    encrypted under a one-time password that never leaves this function, and the file is
+    gone once loaded."""
+    password = secrets.token_bytes(32)
+    encrypted = keys.tls_key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.BestAvailableEncryption(password),
+    )
+    with tempfile.NamedTemporaryFile(prefix="qdspace-chain-", suffix=".pem") as handle:
+        handle.write(keys.cert_pem + encrypted)
+        handle.flush()
+        context.load_cert_chain(handle.name, password=password)
 
 
 class PeerRevoked(IdentityError):
