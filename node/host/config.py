@@ -125,7 +125,7 @@ class HostSettings(BaseModel):
 
     #: the one HTTPS operator listener of the host (every tenant's API, by token)
     api_host: str = "127.0.0.1"
-    api_port: int = Field(DEFAULT_API_PORT, ge=0, le=65535)
+    api_port: int = Field(default=DEFAULT_API_PORT, ge=0, le=65535)
     #: names and addresses the listener's certificate carries
     hostnames: list[str] = Field(default_factory=lambda: ["localhost", "127.0.0.1"])
     #: where tenants' peer gRPC servers listen, and the ports handed out to new tenants
@@ -133,7 +133,7 @@ class HostSettings(BaseModel):
     tenant_grpc_ports: str = DEFAULT_TENANT_PORTS
     #: the host name other members dial for a tenant ("" = tenant_grpc_host)
     advertise_host: str = ""
-    shutdown_grace_s: float = Field(5.0, ge=0)
+    shutdown_grace_s: float = Field(default=5.0, ge=0)
     log_level: str = "INFO"
 
     @field_validator("tenant_grpc_ports")
