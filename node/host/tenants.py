@@ -180,6 +180,23 @@ def add_tenant(
     return record
 
 
+def _check_admitted(enrollment: Enrollment, name: str, role: str) -> None:
+    """Refuse a code that admits another name or role than the tenant's, unspent."""
+    from qdspace.node.authority.client import AuthorityClient
+    from qdspace.node.identity.enrollment import EnrollmentCode
+    from qdspace.node.join import pinned_ca
+
+    url = enrollment.authority_url.rstrip("/")
+    parsed = EnrollmentCode.parse(enrollment.code)
+    with AuthorityClient(url, pinned_ca(url, parsed)) as authority:
+        admitted = authority.preview(enrollment.code)
+    if (admitted["name"], admitted["role"]) != (name, role):
+        raise HostError(
+            f"the enrollment code admits {admitted['name']!r} as {admitted['role']}, not "
+            f"{name!r} as {role}: the tenant was not added (the code is still unused)"
+        )
+
+
 def _enroll(
     target: Path,
     name: str,
@@ -209,6 +226,7 @@ def _enroll(
     else:
         from qdspace.node.join import join_node
 
+        _check_admitted(enrollment, name, role)  # before the code is spent
         node = join_node(
             target,
             authority_url=enrollment.authority_url,
