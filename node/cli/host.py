@@ -113,7 +113,10 @@ def tenant_add(
     grpc_port: Annotated[
         int | None, typer.Option(help="the tenant's gRPC port (default: next free in range)")
     ] = None,
-    db_url: Annotated[str, typer.Option(help="its own database URL (default: SQLite)")] = "",
+    db_url_file: Annotated[
+        Path | None,
+        typer.Option(help="a file holding its own database URL (default: SQLite); kept sealed"),
+    ] = None,
     hostname: Annotated[
         list[str] | None,
         typer.Option("--hostname", help="a name for its certificate, repeatable"),
@@ -125,6 +128,7 @@ def tenant_add(
     from qdspace.node.identity.files import read_file
 
     code = read_file(code_file, "enrollment code").decode().strip() if code_file else ""
+    db_url = read_file(db_url_file, "database URL").decode().strip() if db_url_file else ""
     enrollment = Enrollment(
         authority_dir=authority, authority_url=authority_url, code=code, hostnames=hostname or ()
     )

@@ -15,7 +15,8 @@
     ├── run/host.json          pid, URLs and tenant addresses while the host runs
     └── tenants/<name>/        an ordinary node directory (node.json, node.db, tls.crt,
                                ca.crt, crl.pem, ...) whose secret files are sealed
-                               (`node.host.sealing`), plus data.key: its wrapped data key
+                               (`node.host.sealing`), plus data.key: its wrapped data key,
+                               and db-url.secret: its own database URL, sealed, if any
 
 A tenant's directory is a node directory on purpose: leaving the host is a copy and an
 unseal, not a conversion. The host's settings never come from ``QDSPACE_*`` variables
@@ -47,6 +48,8 @@ REGISTRY_FILE = "tenants.json"
 TLS_DIR = "tls"
 TENANTS_DIR = "tenants"
 WRAPPED_KEY_FILE = "data.key"
+#: a tenant's own database URL (it may carry a password), sealed like its keys
+SEALED_DB_URL_FILE = "db-url.secret"
 RUN_DIR = "run"
 RUNTIME_FILE = "host.json"
 
@@ -100,6 +103,9 @@ class HostLayout:
 
     def wrapped_key(self, name: str) -> Path:
         return self.tenant(name) / WRAPPED_KEY_FILE
+
+    def sealed_db_url(self, name: str) -> Path:
+        return self.tenant(name) / SEALED_DB_URL_FILE
 
     @property
     def runtime(self) -> Path:

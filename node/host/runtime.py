@@ -140,8 +140,12 @@ class HostRuntime:
 
     def _open(self, tenant: HostedTenant) -> None:
         directory = self.files.tenant(tenant.name)
-        settings = TenantSettings.load(directory)
+        settings: NodeSettings = TenantSettings.load(directory)
         key_files = tenant_key_files(self.files, self.master, tenant.name)
+        sealed_url = self.files.sealed_db_url(tenant.name)
+        if sealed_url.exists():  # its own PostgreSQL database or schema
+            db_url = key_files.read(sealed_url, "database URL").decode().strip()
+            settings = settings.model_copy(update={"db_url": db_url})
         ctx = build_context(settings, key_files)
         tenant.ctx = ctx
         digest = token_digest(ctx.operator_token)

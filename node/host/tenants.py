@@ -143,6 +143,7 @@ def add_tenant(
     db_url: str = "",
 ) -> TenantRecord:
     """Enroll a new tenant and add it to the book (served from the next ``host start``).
+    ``db_url``: its own database (default SQLite in its directory), kept sealed.
     Nothing of it is left behind if a step fails (a spent code stays spent)."""
     files = HostLayout(directory.resolve())
     settings = HostSettings.load(files.directory)
@@ -162,7 +163,9 @@ def add_tenant(
         data_key = new_key()
         key_files = SealedKeyFiles(name, data_key)
         try:
-            node = _enroll(target, name, role, enrollment, settings, port, db_url, key_files)
+            node = _enroll(target, name, role, enrollment, settings, port, key_files)
+            if db_url:  # it may carry a password: sealed, never in node.json
+                key_files.write(files.sealed_db_url(name), db_url.encode())
             write_atomic(files.wrapped_key(name), master.wrap(name, data_key), mode=0o600)
         except BaseException:
             shutil.rmtree(target, ignore_errors=True)
@@ -204,7 +207,6 @@ def _enroll(
     enrollment: Enrollment,
     settings: HostSettings,
     port: int,
-    db_url: str,
     key_files: SealedKeyFiles,
 ) -> NodeSettings:
     """The tenant's node directory, enrolled; ``node.json`` names the host's addresses."""
@@ -220,7 +222,6 @@ def _enroll(
             grpc_port=port,
             api_port=0,
             regulator_port=0,
-            db_url=db_url,
             key_files=key_files,
         )
     else:
@@ -235,7 +236,6 @@ def _enroll(
             grpc_port=port,
             api_port=0,
             regulator_port=0,
-            db_url=db_url,
             key_files=key_files,
         )
     if node.name != name or node.role != role:
