@@ -172,19 +172,15 @@ class HostRuntime:
                 logger.error("tenant %s: not serving: %s", tenant.name, tenant.error)
 
     async def _start(self, tenant: HostedTenant) -> None:
-        from qdspace.node.api.app import create_app
-
         ctx = tenant.ctx
         assert ctx is not None
         tenant.member = MemberServer(ctx)
         if tenant.suspended:
             tenant.member.port = ctx.settings.grpc_port
             await self._refuse(tenant)
-            tenant.app = create_app(ctx)
             return
         tenant.member.bind()
         tenant.member.prepare()
-        tenant.app = create_app(ctx)
         await tenant.member.start()
         ctx.serving = True
         tenant.member.follow()
@@ -264,9 +260,29 @@ class HostRuntime:
         """The tenant's app, or the reason it cannot answer (`TenantSuspended`, `HostError`)."""
         if tenant.suspended:
             raise TenantSuspended(suspension_message(tenant.name, tenant.record.reason))
-        if tenant.error or tenant.app is None:
+        if tenant.error or tenant.ctx is None:
             raise HostError(f"tenant {tenant.name} is not serving: {tenant.error or 'starting'}")
+        return self.app_of(tenant)
+
+    def app_of(self, tenant: HostedTenant) -> ASGIApp:
+        """The tenant's operator API app, made on first use.
+
+        Building a FastAPI app (some fifty routes) takes longer than opening the tenant
+        itself, so ``host start`` does not wait for it: `warm_apps` builds them once the
+        listener is up, and a request that comes first builds its tenant's."""
+        if tenant.app is None:
+            from qdspace.node.api.app import create_app
+
+            assert tenant.ctx is not None
+            tenant.app = create_app(tenant.ctx)
         return tenant.app
+
+    async def warm_apps(self) -> None:
+        """Build every serving tenant's app, one at a time, yielding to requests between."""
+        for tenant in list(self.tenants.values()):
+            if tenant.ctx is not None and not tenant.error and tenant.app is None:
+                self.app_of(tenant)
+                await asyncio.sleep(0)
 
     # -- stopping ----------------------------------------------------------------------
 

@@ -95,6 +95,7 @@ def run_host(directory: Path) -> None:
             HostDispatcher(runtime, host_token, host_app), cert, key, lifespan="off"
         )
         task = await start_listener(server, sock)
+        warm = asyncio.create_task(runtime.warm_apps())  # tenants' API apps, after the start
         took = time.perf_counter() - started
         record = _runtime_record(files, settings, runtime, sock.getsockname()[1], took)
         files.runtime.parent.mkdir(exist_ok=True)
@@ -112,6 +113,8 @@ def run_host(directory: Path) -> None:
         finally:
             logger.info("host shutting down (grace %.1fs)", settings.shutdown_grace_s)
             server.should_exit = True
+            warm.cancel()
+            await asyncio.gather(warm, return_exceptions=True)
             await runtime.stop_all(settings.shutdown_grace_s)
             await task
             files.runtime.unlink(missing_ok=True)
