@@ -33,7 +33,7 @@ from qdspace.node.api.gate import (
 )
 from qdspace.node.api.problems import install_problem_handlers
 from qdspace.node.host.errors import HostError
-from qdspace.node.host.runtime import HostRuntime
+from qdspace.node.host.runtime import HostRuntime, as_member
 
 log = logging.getLogger("node.host")
 
@@ -141,12 +141,13 @@ class HostDispatcher:
                 send, 401, "operator token required (Authorization: Bearer ...)", path
             )
             return
-        try:
-            app = self.runtime.check_serving(tenant)
-        except HostError as exc:
-            await send_problem(send, faults.http_status(exc), str(exc), path)
-            return
-        await app(scope, receive, send)
+        with as_member(tenant.name):  # its log lines name it
+            try:
+                app = self.runtime.check_serving(tenant)
+            except HostError as exc:
+                await send_problem(send, faults.http_status(exc), str(exc), path)
+                return
+            await app(scope, receive, send)
 
 
 async def _lifespan(receive: Receive, send: Send) -> None:

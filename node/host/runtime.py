@@ -18,6 +18,8 @@ import asyncio
 import hashlib
 import hmac
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -34,6 +36,7 @@ from qdspace.node.host.registry import Registry, TenantRecord, TenantState
 from qdspace.node.host.sealing import MasterKey
 from qdspace.node.host.tenants import tenant_key_files
 from qdspace.node.identity.revocation import StaleRevocationList
+from qdspace.node.logs import MEMBER
 from qdspace.node.serving import MemberServer, attach_anchoring
 
 if TYPE_CHECKING:
@@ -58,6 +61,16 @@ class TenantSettings(NodeSettings):
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         return (init_settings,)
+
+
+@contextmanager
+def as_member(name: str) -> Iterator[None]:
+    """Log lines (and the tasks started meanwhile, which inherit it) name the tenant."""
+    token = MEMBER.set(name)
+    try:
+        yield
+    finally:
+        MEMBER.reset(token)
 
 
 def token_digest(token: str) -> bytes:
@@ -133,7 +146,8 @@ class HostRuntime:
             tenant = HostedTenant(record)
             self.tenants[record.name] = tenant
             try:
-                self._open(tenant)
+                with as_member(record.name):
+                    self._open(tenant)
             except Exception as exc:  # isolation: this tenant only
                 tenant.error = f"{type(exc).__name__}: {exc}"
                 logger.error("tenant %s: not serving: %s", record.name, tenant.error)
@@ -166,7 +180,8 @@ class HostRuntime:
             if tenant.ctx is None:
                 continue
             try:
-                await self._start(tenant)
+                with as_member(tenant.name):
+                    await self._start(tenant)
             except Exception as exc:  # isolation: a port in use stops this tenant only
                 tenant.error = f"{type(exc).__name__}: {exc}"
                 logger.error("tenant %s: not serving: %s", tenant.name, tenant.error)
@@ -213,35 +228,43 @@ class HostRuntime:
         UNAVAILABLE and its operator API with 423; recorded first, so it holds."""
         tenant = self.get(name)
         async with tenant.lock:
-            tenant.record = self.registry.set_state(name, TenantState.SUSPENDED, reason)
-            if tenant.error or tenant.ctx is None or tenant.member is None:
-                return tenant  # not serving anyway; the state applies from the next start
-            if tenant.refusing is not None:  # already suspended: a new reason only
-                await tenant.refusing.stop()
-                tenant.refusing = None
-            else:
-                tenant.ctx.serving = False
-                await tenant.member.stop(0)
-                await tenant.ctx.peers.close()
-            await self._refuse(tenant)
-            logger.warning("tenant %s suspended%s", name, f": {reason}" if reason else "")
+            with as_member(name):
+                return await self._suspend(tenant, reason)
+
+    async def _suspend(self, tenant: HostedTenant, reason: str) -> HostedTenant:
+        tenant.record = self.registry.set_state(tenant.name, TenantState.SUSPENDED, reason)
+        if tenant.error or tenant.ctx is None or tenant.member is None:
+            return tenant  # not serving anyway; the state applies from the next start
+        if tenant.refusing is not None:  # already suspended: a new reason only
+            await tenant.refusing.stop()
+            tenant.refusing = None
+        else:
+            tenant.ctx.serving = False
+            await tenant.member.stop(0)
+            await tenant.ctx.peers.close()
+        await self._refuse(tenant)
+        logger.warning("tenant %s suspended%s", tenant.name, f": {reason}" if reason else "")
         return tenant
 
     async def resume(self, name: str) -> HostedTenant:
         tenant = self.get(name)
         async with tenant.lock:
-            tenant.record = self.registry.set_state(name, TenantState.ACTIVE)
-            if tenant.error or tenant.ctx is None or tenant.member is None:
-                return tenant
-            if tenant.refusing is None:
-                return tenant  # it was serving
-            await tenant.refusing.stop()
-            tenant.refusing = None
-            tenant.member.bind()
-            await tenant.member.start()
-            tenant.ctx.serving = True
-            tenant.member.follow()
-            logger.warning("tenant %s resumed", name)
+            with as_member(name):
+                return await self._resume(tenant)
+
+    async def _resume(self, tenant: HostedTenant) -> HostedTenant:
+        tenant.record = self.registry.set_state(tenant.name, TenantState.ACTIVE)
+        if tenant.error or tenant.ctx is None or tenant.member is None:
+            return tenant
+        if tenant.refusing is None:
+            return tenant  # it was serving
+        await tenant.refusing.stop()
+        tenant.refusing = None
+        tenant.member.bind()
+        await tenant.member.start()
+        tenant.ctx.serving = True
+        tenant.member.follow()
+        logger.warning("tenant %s resumed", tenant.name)
         return tenant
 
     # -- the operator listener's lookup --------------------------------------------------

@@ -106,6 +106,8 @@ def test_a_member_negotiates_and_pulls_from_a_hosted_tenant_as_from_a_node(host:
     hello = _hello(host, "cellex")
     assert (hello.peer, hello.peer_member_id) == ("cellex", info["member_id"])
     assert hello.seen_as == "sunarc"
+    needle = "[cellex] grpc /qdspace.v1.Node/Hello peer=sunarc role=oem"
+    eventually(lambda: needle in host.log.read_text(), "the host's log to name the tenant")
     order = order_for("cellex")
     with host.net["sunarc"].operator(timeout=120) as sunarc:
         seen = sunarc.hello("cellex")
