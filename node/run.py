@@ -61,8 +61,11 @@ def read_runtime(directory: Path) -> dict[str, object] | None:
     return data
 
 
-def https_server(app: object, cert: Path, key: Path, *, lifespan: str = "on") -> _Uvicorn:
-    """uvicorn serving ``app`` over TLS (its socket is given to `start_listener`)."""
+def https_server(
+    app: object, cert: Path, key: Path, *, lifespan: str = "on", key_password: str | None = None
+) -> _Uvicorn:
+    """uvicorn serving ``app`` over TLS (its socket is given to `start_listener`, which
+    loads the files: they may be transient, `identity.keyfiles.transient_key_file`)."""
     config = uvicorn.Config(
         app,  # type: ignore[arg-type]
         log_level="warning",
@@ -70,6 +73,7 @@ def https_server(app: object, cert: Path, key: Path, *, lifespan: str = "on") ->
         lifespan=lifespan,  # type: ignore[arg-type]
         ssl_certfile=cert,
         ssl_keyfile=key,
+        ssl_keyfile_password=key_password,
     )
     return _Uvicorn(config)
 

@@ -44,6 +44,9 @@ def host_init(
     tenant_ports: Annotated[
         str, typer.Option(help="the tenants' gRPC ports, FIRST-LAST")
     ] = "7600-7699",
+    tenant_regulator_ports: Annotated[
+        str, typer.Option(help="ports for tenants' regulator APIs, FIRST-LAST (default: none)")
+    ] = "",
     advertise_host: Annotated[
         str, typer.Option(help="host name members dial for a tenant (default: its address)")
     ] = "",
@@ -64,6 +67,7 @@ def host_init(
             api_port=api_port,
             tenant_grpc_host=tenant_grpc_host,
             tenant_grpc_ports=tenant_ports,
+            tenant_regulator_ports=tenant_regulator_ports,
             advertise_host=advertise_host,
             hostnames=hostname or ["localhost", "127.0.0.1"],
         )
@@ -113,6 +117,10 @@ def tenant_add(
     grpc_port: Annotated[
         int | None, typer.Option(help="the tenant's gRPC port (default: next free in range)")
     ] = None,
+    regulator_port: Annotated[
+        int | None,
+        typer.Option(help="its regulator API's port (default: next free in range, if any)"),
+    ] = None,
     db_url_file: Annotated[
         Path | None,
         typer.Option(help="a file holding its own database URL (default: SQLite); kept sealed"),
@@ -132,7 +140,15 @@ def tenant_add(
     enrollment = Enrollment(
         authority_dir=authority, authority_url=authority_url, code=code, hostnames=hostname or ()
     )
-    record = add_tenant(directory, name, role.value, enrollment, grpc_port=grpc_port, db_url=db_url)
+    record = add_tenant(
+        directory,
+        name,
+        role.value,
+        enrollment,
+        grpc_port=grpc_port,
+        regulator_port=regulator_port,
+        db_url=db_url,
+    )
     console.print(f"tenant [bold]{record.name}[/bold] ({record.role}) added")
     console.print(f"member id {record.member_id}; gRPC port {record.grpc_port}")
     hint = f"qdspace host tenant token --dir {directory} --name {name} --out FILE"

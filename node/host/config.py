@@ -137,6 +137,9 @@ class HostSettings(BaseModel):
     #: where tenants' peer gRPC servers listen, and the ports handed out to new tenants
     tenant_grpc_host: str = "127.0.0.1"
     tenant_grpc_ports: str = DEFAULT_TENANT_PORTS
+    #: ports for the tenants' regulator APIs, FIRST-LAST ("" = none: a tenant's regulator
+    #: API is served only when it has a port, given at ``tenant add --regulator-port``)
+    tenant_regulator_ports: str = ""
     #: the host name other members dial for a tenant ("" = tenant_grpc_host)
     advertise_host: str = ""
     shutdown_grace_s: float = Field(default=5.0, ge=0)
@@ -148,9 +151,22 @@ class HostSettings(BaseModel):
         parse_port_range(text)
         return text
 
+    @field_validator("tenant_regulator_ports")
+    @classmethod
+    def _regulator_ports(cls, text: str) -> str:
+        if text:
+            parse_port_range(text)
+        return text
+
     @property
     def port_range(self) -> tuple[int, int]:
         return parse_port_range(self.tenant_grpc_ports)
+
+    @property
+    def regulator_range(self) -> tuple[int, int] | None:
+        return (
+            parse_port_range(self.tenant_regulator_ports) if self.tenant_regulator_ports else None
+        )
 
     @classmethod
     def load(cls, directory: Path) -> HostSettings:

@@ -33,7 +33,7 @@ from qdspace.node.api.gate import (
 )
 from qdspace.node.api.problems import install_problem_handlers
 from qdspace.node.host.errors import HostError
-from qdspace.node.host.runtime import HostRuntime, as_member
+from qdspace.node.host.runtime import HostedTenant, HostRuntime, as_member
 
 log = logging.getLogger("node.host")
 
@@ -48,6 +48,7 @@ class TenantPublic(BaseModel):
     role: str
     status: str  # serving | suspended | failed
     grpc_port: int
+    regulator_port: int = 0  # 0: its regulator API is not served
     reason: str = ""
     error: str = ""
     added_at: str
@@ -148,6 +149,26 @@ class HostDispatcher:
                 await send_problem(send, faults.http_status(exc), str(exc), path)
                 return
             await app(scope, receive, send)
+
+
+class SuspensionGate:
+    """In front of a tenant's own listener (its regulator API): a suspended tenant
+    answers 423 with the suspension, as its operator API does."""
+
+    def __init__(self, app: ASGIApp, runtime: HostRuntime, tenant: HostedTenant) -> None:
+        self.app = app
+        self.runtime = runtime
+        self.tenant = tenant
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            try:
+                self.runtime.check_serving(self.tenant)
+            except HostError as exc:
+                await send_problem(send, faults.http_status(exc), str(exc), scope.get("path", ""))
+                return
+        with as_member(self.tenant.name):
+            await self.app(scope, receive, send)
 
 
 async def _lifespan(receive: Receive, send: Send) -> None:

@@ -41,6 +41,7 @@ class TenantRecord(BaseModel):
     member_id: str
     role: str
     grpc_port: int = Field(ge=0, le=65535)
+    regulator_port: int = Field(default=0, ge=0, le=65535)  # 0: its regulator API not served
     state: TenantState = TenantState.ACTIVE
     added_at: str
     changed_at: str

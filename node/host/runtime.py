@@ -92,6 +92,10 @@ class HostedTenant:
     app: ASGIApp | None = None
     ledger: NodeLedger | None = None
     refusing: RefusingServer | None = None
+    #: the tenant's regulator listener (uvicorn) and its task, when it has a port
+    regulator: Any = None
+    regulator_task: asyncio.Task[None] | None = None
+    regulator_port: int | None = None
     #: why the tenant is not serving (it failed to open or start); "" when fine
     error: str = ""
     token_digest: bytes = b""
@@ -120,6 +124,7 @@ class HostedTenant:
             "role": self.record.role,
             "status": self.status,
             "grpc_port": port if port is not None else self.record.grpc_port,
+            "regulator_port": self.regulator_port or self.record.regulator_port,
             "reason": self.record.reason,
             "error": self.error,
             "added_at": self.record.added_at,
@@ -190,6 +195,8 @@ class HostRuntime:
         ctx = tenant.ctx
         assert ctx is not None
         tenant.member = MemberServer(ctx)
+        if ctx.settings.regulator_port:
+            await self._start_regulator(tenant)
         if tenant.suspended:
             tenant.member.port = ctx.settings.grpc_port
             await self._refuse(tenant)
@@ -207,6 +214,28 @@ class HostRuntime:
             ctx.settings.grpc_host,
             tenant.member.port,
         )
+
+    async def _start_regulator(self, tenant: HostedTenant) -> None:
+        """The tenant's regulator API on its own port, presenting its member certificate
+        (as a node's does), its key handed to TLS without a plaintext file."""
+        from qdspace.node.api.regulator_app import create_regulator_app
+        from qdspace.node.host.dispatch import SuspensionGate
+        from qdspace.node.identity.keyfiles import transient_key_file
+        from qdspace.node.listeners import bind_socket
+        from qdspace.node.run import https_server, start_listener
+
+        ctx = tenant.ctx
+        assert ctx is not None
+        settings = ctx.settings
+        sock = bind_socket(
+            f"regulator API of {tenant.name}", settings.regulator_host, settings.regulator_port
+        )
+        app = SuspensionGate(create_regulator_app(ctx), self, tenant)
+        with transient_key_file(ctx.keys.cert_pem, ctx.keys.tls_key) as (cert, key, password):
+            server = https_server(app, cert, key, lifespan="off", key_password=password)
+            tenant.regulator_task = await start_listener(server, sock)
+        tenant.regulator = server
+        tenant.regulator_port = sock.getsockname()[1]
 
     async def _refuse(self, tenant: HostedTenant) -> None:
         assert tenant.ctx is not None and tenant.member is not None
@@ -319,6 +348,10 @@ class HostRuntime:
     async def _stop(self, tenant: HostedTenant, grace: float) -> None:
         if tenant.ctx is not None:
             tenant.ctx.serving = False
+        if tenant.regulator is not None and tenant.regulator_task is not None:
+            tenant.regulator.should_exit = True
+            await tenant.regulator_task
+            tenant.regulator = tenant.regulator_task = None
         if tenant.refusing is not None:
             await tenant.refusing.stop()
             tenant.refusing = None

@@ -24,7 +24,7 @@ from qdspace.node.host.config import HostLayout, HostSettings
 from qdspace.node.host.dispatch import HostDispatcher, create_host_app
 from qdspace.node.host.runtime import HostRuntime
 from qdspace.node.host.tenants import load_host_token, load_master_key
-from qdspace.node.listeners import bind_socket, check_server_tls
+from qdspace.node.listeners import bind_socket, check_server_tls, https_url
 from qdspace.util.files import write_atomic
 
 logger = logging.getLogger("node.host")
@@ -55,6 +55,9 @@ def _runtime_record(
             "status": t.status,
             "grpc": f"{t.ctx.settings.grpc_host}:{t.member.port}"
             if t.ctx is not None and t.member is not None
+            else None,
+            "regulator": https_url(t.ctx.settings.regulator_host, t.regulator_port)
+            if t.ctx is not None and t.regulator_port
             else None,
         }
         for t in runtime.tenants.values()

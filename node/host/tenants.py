@@ -105,15 +105,31 @@ def _port_free(host: str, port: int) -> bool:
     return True
 
 
-def _allocate_port(settings: HostSettings, used: set[int]) -> int:
-    lo, hi = settings.port_range
+def _allocate_port(
+    host: str, ports: tuple[int, int], used: set[int], what: str = "tenant_grpc_ports"
+) -> int:
+    lo, hi = ports
     for port in range(lo, hi + 1):
-        if port not in used and _port_free(settings.tenant_grpc_host, port):
+        if port not in used and _port_free(host, port):
             return port
-    raise HostError(
-        f"no free tenant gRPC port left in {settings.tenant_grpc_ports} (host.json "
-        "tenant_grpc_ports)"
-    )
+    raise HostError(f"no free port left in {lo}-{hi} (host.json {what})")
+
+
+def _ports(
+    settings: HostSettings, used: set[int], grpc_port: int | None, regulator_port: int | None
+) -> tuple[int, int]:
+    """The new tenant's gRPC port and regulator port (0: none), each given or allocated."""
+    for given in (grpc_port, regulator_port):
+        if given and given in used:
+            raise HostError(f"port {given} is another tenant's")
+    host = settings.tenant_grpc_host
+    grpc = grpc_port if grpc_port is not None else _allocate_port(host, settings.port_range, used)
+    if regulator_port is not None:
+        return grpc, regulator_port
+    ports = settings.regulator_range
+    if ports is None:
+        return grpc, 0
+    return grpc, _allocate_port(host, ports, used | {grpc}, "tenant_regulator_ports")
 
 
 @dataclass(frozen=True)
@@ -140,6 +156,7 @@ def add_tenant(
     enrollment: Enrollment,
     *,
     grpc_port: int | None = None,
+    regulator_port: int | None = None,
     db_url: str = "",
 ) -> TenantRecord:
     """Enroll a new tenant and add it to the book (served from the next ``host start``).
@@ -156,14 +173,15 @@ def add_tenant(
             existing |= {p.name for p in files.tenants.iterdir()}
         check_new_name(name, existing)
         used = {r.grpc_port for r in book.tenants.values()}
-        if grpc_port is not None and grpc_port in used:
-            raise HostError(f"gRPC port {grpc_port} is another tenant's")
-        port = grpc_port if grpc_port is not None else _allocate_port(settings, used)
+        used |= {r.regulator_port for r in book.tenants.values() if r.regulator_port}
+        port, regulator = _ports(settings, used, grpc_port, regulator_port)
         target = files.tenant(name)
         data_key = new_key()
         key_files = SealedKeyFiles(name, data_key)
         try:
             node = _enroll(target, name, role, enrollment, settings, port, key_files)
+            if regulator:
+                node.model_copy(update={"regulator_port": regulator}).save()
             if db_url:  # it may carry a password: sealed, never in node.json
                 key_files.write(files.sealed_db_url(name), db_url.encode())
             write_atomic(files.wrapped_key(name), master.wrap(name, data_key), mode=0o600)
@@ -176,6 +194,7 @@ def add_tenant(
             member_id=node.member_id,
             role=node.role,
             grpc_port=port,
+            regulator_port=regulator,
             added_at=stamp,
             changed_at=stamp,
         )
@@ -246,6 +265,7 @@ def _enroll(
     hosted = node.model_copy(
         update={
             "grpc_host": settings.tenant_grpc_host,
+            "regulator_host": settings.tenant_grpc_host,
             "advertise_peer": advertise if node.authority_url else "",
         }
     )

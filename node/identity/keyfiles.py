@@ -15,13 +15,20 @@ own behaves exactly as before.
 
 from __future__ import annotations
 
+import secrets
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Protocol
+
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
 
 from qdspace.node.identity.files import read_file
 from qdspace.util.files import write_atomic
 
-__all__ = ["PLAIN", "KeyFiles", "PlainKeyFiles"]
+__all__ = ["PLAIN", "KeyFiles", "PlainKeyFiles", "transient_key_file"]
 
 
 class KeyFiles(Protocol):
@@ -49,3 +56,24 @@ class PlainKeyFiles:
 
 #: the default everywhere: a node directory of its own
 PLAIN: KeyFiles = PlainKeyFiles()
+
+
+@contextmanager
+def transient_key_file(
+    cert_pem: bytes, key: ec.EllipticCurvePrivateKey
+) -> Iterator[tuple[Path, Path, str]]:
+    """(certificate file, key file, password) for a TLS library that loads keys only from
+    files (Python's ``ssl``, uvicorn): the key is written encrypted under a one-time
+    password that exists only in memory, and both files are gone when the block ends.
+    No plaintext copy of a decrypted key ever touches the disk."""
+    password = secrets.token_hex(32)
+    encrypted = key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.BestAvailableEncryption(password.encode()),
+    )
+    with tempfile.TemporaryDirectory(prefix="qdspace-tls-") as folder:
+        cert_file, key_file = Path(folder) / "cert.pem", Path(folder) / "key.pem"
+        write_atomic(cert_file, cert_pem, mode=0o600)
+        write_atomic(key_file, encrypted, mode=0o600)
+        yield cert_file, key_file, password

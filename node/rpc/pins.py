@@ -30,19 +30,17 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
-import secrets
 import ssl
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import grpc
 from cryptography import x509
-from cryptography.hazmat.primitives import serialization
 
 from qdspace.node.errors import IdentityError
 from qdspace.node.identity.directory import FingerprintMismatch
+from qdspace.node.identity.keyfiles import transient_key_file
 from qdspace.node.identity.member import MemberKeys
 from qdspace.node.identity.revocation import StaleRevocationList
 
@@ -65,21 +63,10 @@ def client_context(keys: MemberKeys, cert_files: tuple[Path, Path] | None) -> ss
 
 
 def load_chain_in_memory(context: ssl.SSLContext, keys: MemberKeys) -> None:
-    """Give ``context`` the member's certificate and key without a plaintext key file.
-
-    Python's ``ssl`` loads a key only from a file, so the key goes into a temporary file
-    encrypted under a one-time password that never leaves this function, and the file is
-    gone once loaded."""
-    password = secrets.token_bytes(32)
-    encrypted = keys.tls_key.private_bytes(
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.PKCS8,
-        serialization.BestAvailableEncryption(password),
-    )
-    with tempfile.NamedTemporaryFile(prefix="qdspace-chain-", suffix=".pem") as handle:
-        handle.write(keys.cert_pem + encrypted)
-        handle.flush()
-        context.load_cert_chain(handle.name, password=password)
+    """Give ``context`` the member's certificate and key without a plaintext key file
+    (`identity.keyfiles.transient_key_file`)."""
+    with transient_key_file(keys.cert_pem, keys.tls_key) as (cert, key, password):
+        context.load_cert_chain(cert, key, password=password)
 
 
 class PeerRevoked(IdentityError):

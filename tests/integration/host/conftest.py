@@ -47,6 +47,7 @@ class Host:
     api_port: int
     ports: dict[str, int]
     tokens: dict[str, str] = field(default_factory=dict)
+    regulator_ports: dict[str, int] = field(default_factory=dict)
     process: subprocess.Popen[bytes] | None = None
 
     @property

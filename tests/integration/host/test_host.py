@@ -11,11 +11,14 @@ import asyncio
 from collections.abc import Iterator
 from typing import Any
 
+import httpx
 import pytest
 
 from qdspace.connector.sample import order_for, write_sample_files
-from qdspace.node.client import ClientError
+from qdspace.node.client import ClientError, http_client
 from qdspace.node.errors import PeerError
+from qdspace.node.host.registry import Registry
+from qdspace.node.identity.credential import issue_credential
 from qdspace.node.init import add_peers
 from qdspace.node.layout import NodeLayout
 from qdspace.node.localnet.network import LocalNetwork, MemberSpec, free_port
@@ -33,10 +36,12 @@ TENANTS = (("siliwafer", "supplier"), ("cellex", "supplier"), ("brokenco", "supp
 @pytest.fixture(scope="module")
 def host(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Host]:
     workdir = tmp_path_factory.mktemp("host")
-    net = LocalNetwork(workdir, members=(MemberSpec("sunarc", "oem"),), chain=False)
+    members = (MemberSpec("sunarc", "oem"), MemberSpec("regulator", "regulator"))
+    net = LocalNetwork(workdir, members=members, chain=False)
     net.create()
     ports = {name: free_port() for name, _ in TENANTS}
     hosted = Host(workdir, workdir / "H", net, free_port(), ports)
+    hosted.regulator_ports = {name: free_port() for name in ("siliwafer", "cellex")}
     done = qdspace(
         "host", "init", "--dir", str(hosted.directory), "--api-port", str(hosted.api_port)
     )
@@ -45,6 +50,8 @@ def host(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Host]:
         done = qdspace(
             "host", "tenant", "add", "--dir", str(hosted.directory), "--name", name,
             "--role", role, "--authority", str(net.authority_dir), "--grpc-port", str(ports[name]),
+            *(["--regulator-port", str(hosted.regulator_ports[name])]
+              if name in hosted.regulator_ports else []),
         )  # fmt: skip
         assert done.returncode == 0, done.stderr
         out = workdir / f"{name}.token"
@@ -123,6 +130,38 @@ def test_a_member_negotiates_and_pulls_from_a_hosted_tenant_as_from_a_node(host:
         assert agreed["agreement_id"] in ids
 
 
+def _regulator(host: Host, tenant: str, audience_of: str | None = None) -> httpx.Client:
+    """A regulator's client on ``tenant``'s regulator API, verified against the space CA,
+    with a credential for ``audience_of``'s member id (default: the tenant's own)."""
+    keys = host.net["regulator"].keys()
+    url = f"https://127.0.0.1:{host.regulator_ports[tenant]}"
+    audience = Registry(host.directory).get(audience_of or tenant).member_id
+    return http_client(url, issue_credential(keys, audience), 30.0, ca_pem=keys.ca_pem)
+
+
+def test_a_regulator_reaches_each_tenant_as_a_node_with_its_own_certificate(host: Host) -> None:
+    """Per tenant its own regulator listener presenting its member certificate: the
+    regulator's client verifies it against the space CA as for any node; a credential
+    for one tenant is refused by the other."""
+    with host.operator("siliwafer") as sili:
+        member_id = sili.node()["member_id"]
+    with _regulator(host, "siliwafer") as regulator:
+        assert regulator.get("/healthz").json()["member_id"] == member_id
+        r = regulator.get("/v1/regulator/passport")
+        assert r.status_code == 503 and "anchors to no chain" in r.text, r.text  # admitted
+    with _regulator(host, "siliwafer", audience_of="cellex") as wrong:
+        r = wrong.get("/v1/regulator/passport")
+        assert r.status_code == 403, r.text
+    keys = host.net["regulator"].keys()
+    url = f"https://127.0.0.1:{host.regulator_ports['siliwafer']}"
+    with http_client(url, "", 30.0, ca_pem=keys.ca_pem) as anonymous:
+        assert anonymous.get("/v1/regulator/passport").status_code == 401
+        # the operator's routes are not on the regulator listener
+        assert anonymous.get("/v1/node").status_code == 401
+    with http_client(url, host.tokens["siliwafer"], 30.0, ca_pem=keys.ca_pem) as operator:
+        assert operator.get("/v1/node").status_code in (401, 403)
+
+
 def _inspection(i: int, order: str) -> dict[str, Any]:
     return {
         "inspection_id": f"HOSTED-{i:04d}",
@@ -186,8 +225,9 @@ def test_the_host_token_manages_tenants_and_reads_no_tenant_data(host: Host) -> 
         status = admin.get("/host/v1/status").json()
         assert status["tenants"] == 3 and status["failed"] == 1
         listed = admin.get("/host/v1/tenants").json()
-        assert set(listed[0]) == {"name", "member_id", "role", "status", "grpc_port", "reason",
-                                  "error", "added_at", "changed_at"}  # fmt: skip
+        assert set(listed[0]) == {"name", "member_id", "role", "status", "grpc_port",
+                                  "regulator_port", "reason", "error", "added_at",
+                                  "changed_at"}  # fmt: skip
         for bad in ("..%2Fcellex", "CELLEX", "nobody"):
             r = admin.post(f"/host/v1/tenants/{bad}/suspend")
             assert r.status_code in (400, 404), (bad, r.text)
@@ -224,6 +264,8 @@ def test_suspend_ends_a_stream_and_refuses_calls_resume_restores(host: Host) -> 
     with host.client(host.tokens["cellex"]) as cellex_api:
         r = cellex_api.get("/v1/node")
         assert r.status_code == 423 and "suspended by its host" in r.json()["detail"], r.text
+    with _regulator(host, "cellex") as regulator:
+        assert regulator.get("/v1/regulator/passport").status_code == 423
     assert _hello(host, "siliwafer").peer == "siliwafer"  # the neighbour is untouched
 
     done = qdspace("host", "tenant", "resume", "--dir", str(host.directory), "--name", "cellex")

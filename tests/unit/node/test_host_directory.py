@@ -88,7 +88,7 @@ def test_collisions_are_refused_and_leave_nothing(tmp_path: Path, authority: Aut
     _add(host, authority, "siliwafer", 17003)
     with pytest.raises(TenantExists):
         _add(host, authority, "siliwafer", 17004)
-    with pytest.raises(HostError, match="gRPC port 17003 is another tenant's"):
+    with pytest.raises(HostError, match="port 17003 is another tenant's"):
         _add(host, authority, "cellex", 17003)
     assert [r.name for r in Registry(host).tenants()] == ["siliwafer"]
     assert sorted(p.name for p in (host / "tenants").iterdir()) == ["siliwafer"]
