@@ -138,9 +138,7 @@ class HostDispatcher:
             return
         tenant = self.runtime.by_token(token)
         if tenant is None:
-            await send_problem(
-                send, 401, "operator token required (Authorization: Bearer ...)", path
-            )
+            await send_problem(send, 401, UNKNOWN_TOKEN, path)
             return
         with as_member(tenant.name):  # its log lines name it
             try:

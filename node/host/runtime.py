@@ -182,7 +182,7 @@ class HostRuntime:
 
     async def start_all(self) -> None:
         for tenant in self.tenants.values():
-            if tenant.ctx is None:
+            if tenant.ctx is None or tenant.error:  # it failed to open
                 continue
             try:
                 with as_member(tenant.name):
