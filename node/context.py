@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 
 from qdspace.connector.storage import QualityStore
 from qdspace.node.config import NodeSettings
+from qdspace.node.identity.keyfiles import PLAIN, KeyFiles
 from qdspace.node.identity.member import MemberKeys, load_member_keys
 from qdspace.node.identity.revocation import RevocationList
 from qdspace.node.layout import NodeLayout
@@ -58,6 +59,8 @@ class NodeContext:
     metrics: NodeMetrics = field(default_factory=NodeMetrics)
     #: True once both listeners (gRPC and API) are up; ``/startupz`` reads it
     serving: bool = False
+    #: how the node's secret files are read (plain files; a managed host's decrypt them)
+    key_files: KeyFiles = PLAIN
 
     @property
     def directory(self) -> Path:
@@ -72,14 +75,14 @@ class NodeContext:
         self.store.close()
 
 
-def build_context(settings: NodeSettings) -> NodeContext:
-    """Load keys, revocation list and the store; every failure names its file or URL."""
+def build_context(settings: NodeSettings, key_files: KeyFiles = PLAIN) -> NodeContext:
+    """Load keys, revocation list and the store; every failure names its file or URL.
+    The secret files are read through ``key_files`` (`identity.keyfiles`)."""
     from qdspace.connector.storage import open_store
-    from qdspace.node.identity.files import read_file
 
-    keys = load_member_keys(settings.directory)
+    keys = load_member_keys(settings.directory, key_files=key_files)
     revocations = RevocationList(keys.ca_cert, settings.crl_path)
-    token = read_file(settings.operator_token_path, "operator token").decode().strip()
+    token = key_files.read(settings.operator_token_path, "operator token").decode().strip()
     store = open_store(settings.database_url)
     layout = settings.layout
     peers = PeerDirectory(
@@ -88,5 +91,13 @@ def build_context(settings: NodeSettings) -> NodeContext:
         cert_files=(layout.tls_cert, layout.tls_key),
         revoked=revocations.is_revoked,  # calls out are refused to revoked members too
     )
-    contracts = build_runtime(settings.directory, keys.identity, keys.signing_key, store.engine)
-    return NodeContext(settings, keys, revocations, store, peers, token, contracts=contracts)
+    try:
+        contracts = build_runtime(
+            settings.directory, keys.identity, keys.signing_key, store.engine, key_files
+        )
+    except BaseException:
+        store.close()
+        raise
+    return NodeContext(
+        settings, keys, revocations, store, peers, token, contracts=contracts, key_files=key_files
+    )

@@ -106,6 +106,13 @@ FAULTS: Mapping[str, Fault] = {
     "qdspace.node.authority.client.AuthorityUnavailable": F("UNAVAILABLE", 503, 2),
     "qdspace.node.authority.client.AuthorityRefused": F(None, 502, 1),
     "qdspace.node.join.CaPinMismatch": F("UNAUTHENTICATED", 403, 1),  # node join: not our CA
+    # a managed host (node.host): its tenants, their names and their sealed key files
+    "qdspace.node.host.errors.HostError": F(None, 503, 1),  # e.g. a tenant that is not serving
+    "qdspace.node.host.errors.TenantNameRefused": F("INVALID_ARGUMENT", 400, 1),
+    "qdspace.node.host.errors.UnknownTenant": F("NOT_FOUND", 404, 1),
+    "qdspace.node.host.errors.TenantExists": F("ALREADY_EXISTS", 409, 1),
+    "qdspace.node.host.errors.TenantSuspended": F("UNAVAILABLE", 423, 1),  # HTTP 423 Locked
+    "qdspace.node.host.errors.SealedFileError": F(None, 500, 1),  # the host's fault, not a caller's
     # enrollment (the authority's CLI and HTTPS service): the caller's request, not the node
     "qdspace.node.identity.errors.CertificateRequestError": F("INVALID_ARGUMENT", 400, 1),
     "qdspace.node.identity.errors.EnrollmentError": F("PERMISSION_DENIED", 403, 1),

@@ -26,6 +26,7 @@ from qdspace.node.config import (
 )
 from qdspace.node.errors import ConfigError, IdentityError
 from qdspace.node.identity.authority import Authority
+from qdspace.node.identity.keyfiles import PLAIN, KeyFiles
 from qdspace.node.identity.member import (
     MemberKeys,
     create_member_keys,
@@ -63,6 +64,7 @@ def _write_node(
     regulator_port: int,
     db_url: str,
     peers: dict[str, str] | None,
+    key_files: KeyFiles,
 ) -> NodeSettings:
     """Write the operator token and ``node.json`` (last: its presence makes a node) into
     ``target``; the settings name ``directory``, where the node will live."""
@@ -81,7 +83,7 @@ def _write_node(
         crl_path=crl_path,
         peers=peers or {},
     )
-    write_atomic(NodeLayout(target).operator_token, random_token().encode(), mode=0o600)
+    key_files.write(NodeLayout(target).operator_token, random_token().encode())
     settings.model_copy(update={"directory": target}).save()
     return settings
 
@@ -97,8 +99,10 @@ def init_node(
     regulator_port: int = DEFAULT_REGULATOR_PORT,
     db_url: str = "",
     peers: dict[str, str] | None = None,
+    key_files: KeyFiles = PLAIN,
 ) -> NodeSettings:
-    """Create a member's directory. It is assembled aside and moved in place at the end."""
+    """Create a member's directory. It is assembled aside and moved in place at the end.
+    ``key_files`` writes the private files (a managed host's encrypt them)."""
     directory = directory.resolve()
     if NodeLayout(directory).config.exists():
         raise ConfigError(f"a node already exists in {directory}")
@@ -108,7 +112,7 @@ def init_node(
     directory.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
     try:
-        keys = create_member_keys(staging, authority, name=name, role=role)
+        keys = create_member_keys(staging, authority, name=name, role=role, key_files=key_files)
         settings = _write_node(
             staging,
             keys,
@@ -120,6 +124,7 @@ def init_node(
             regulator_port=regulator_port,
             db_url=db_url,
             peers=peers,
+            key_files=key_files,
         )
         if directory.exists():
             directory.rmdir()
@@ -141,6 +146,7 @@ def install_node(
     regulator_port: int = DEFAULT_REGULATOR_PORT,
     db_url: str = "",
     peers: dict[str, str] | None = None,
+    key_files: KeyFiles = PLAIN,
 ) -> NodeSettings:
     """Finish an offline enrollment: the directory holds the keys and request
     (`create_member_request`); install the certificate, the trust bundle and the authority's
@@ -163,7 +169,7 @@ def install_node(
     write_atomic(files.crl, crl_pem, mode=0o644)
     try:
         RevocationList(trusted[0], files.crl)  # signed by the authority (first CA of the bundle)
-        keys = install_certificate(directory, cert_pem, ca_pem)
+        keys = install_certificate(directory, cert_pem, ca_pem, key_files=key_files)
     except BaseException:
         files.crl.unlink(missing_ok=True)
         raise
@@ -179,6 +185,7 @@ def install_node(
         regulator_port=regulator_port,
         db_url=db_url,
         peers=peers,
+        key_files=key_files,
     )
 
 

@@ -30,6 +30,7 @@ from qdspace.node.config import (
 from qdspace.node.errors import ConfigError, IdentityError
 from qdspace.node.identity.enrollment import EnrollmentCode
 from qdspace.node.identity.files import read_file
+from qdspace.node.identity.keyfiles import PLAIN, KeyFiles
 from qdspace.node.identity.member import (
     MemberKeys,
     create_member_request,
@@ -71,8 +72,10 @@ def join_node(
     regulator_host: str = DEFAULT_HOST,
     regulator_port: int = DEFAULT_REGULATOR_PORT,
     db_url: str = "",
+    key_files: KeyFiles = PLAIN,
 ) -> NodeSettings:
-    """Enroll with the service and create the node directory; nothing is left on failure."""
+    """Enroll with the service and create the node directory; nothing is left on failure.
+    ``key_files`` writes the private files (a managed host's encrypt them)."""
     directory = directory.resolve()
     if directory.exists() and any(directory.iterdir()):
         raise ConfigError(f"{directory} is not empty; choose a new directory for the node")
@@ -93,6 +96,7 @@ def join_node(
                 name=admitted["name"],
                 role=admitted["role"],
                 hostnames=hostnames,
+                key_files=key_files,
             )
             enrolled = authority.enroll(code, read_file(request, "certificate request"))
         settings = install_node(
@@ -104,6 +108,7 @@ def join_node(
             api_port=api_port,
             regulator_port=regulator_port,
             db_url=db_url,
+            key_files=key_files,
         )
     except BaseException:
         _empty(directory, remove=created)

@@ -11,6 +11,11 @@ interceptor (`node.rpc.observe`) sends it to peers as ``x-request-id`` metadata,
 peer's server interceptor sets it again on the receiving side. asyncio copies context
 variables into the tasks and worker threads a request starts, so every line logged for
 that request carries it without being passed around.
+
+A managed host (`node.host`) serves many members in one process, so its lines also name
+the member they belong to: `MEMBER` is set for a tenant's servers, jobs and requests
+(the tasks they start inherit it), shown as ``[name]`` before a text message and as
+``member`` in JSON. A node never sets it, and its lines stay as they were.
 """
 
 from __future__ import annotations
@@ -26,6 +31,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 REQUEST_ID: ContextVar[str | None] = ContextVar("qdspace_request_id", default=None)
+#: the hosted member a line belongs to (a managed host's tenant); None in a node
+MEMBER: ContextVar[str | None] = ContextVar("qdspace_member", default=None)
 LOG_FORMAT_ENV = "QDSPACE_LOG_FORMAT"
 LOG_FORMATS = ("text", "json")
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -49,7 +56,18 @@ class RequestIdFilter(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         record.request_id = REQUEST_ID.get()
+        record.member = MEMBER.get()
         return True
+
+
+class TextFormatter(logging.Formatter):
+    """`TEXT_FORMAT`, the message led by ``[member]`` on a managed host's tenant lines."""
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        member = getattr(record, "member", None)
+        if member:
+            record.message = f"[{member}] {record.message}"
+        return super().formatMessage(record)
 
 
 class JsonFormatter(logging.Formatter):
@@ -65,6 +83,9 @@ class JsonFormatter(logging.Formatter):
         request_id = getattr(record, "request_id", None) or REQUEST_ID.get()
         if request_id:
             line["request_id"] = request_id
+        member = getattr(record, "member", None) or MEMBER.get()
+        if member:
+            line["member"] = member
         if record.exc_info:
             line["exception"] = self.formatException(record.exc_info)
         return json.dumps(line, default=str)
@@ -85,7 +106,7 @@ def setup_logging(level: str, logfile: Path | None = None, fmt: str = "text") ->
     if logfile is not None:
         logfile.parent.mkdir(parents=True, exist_ok=True)
         handlers.append(logging.FileHandler(logfile))
-    formatter = JsonFormatter() if fmt == "json" else logging.Formatter(TEXT_FORMAT)
+    formatter = JsonFormatter() if fmt == "json" else TextFormatter(TEXT_FORMAT)
     for handler in handlers:
         handler.setFormatter(formatter)
         handler.addFilter(RequestIdFilter())

@@ -64,8 +64,11 @@ def key_to_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
     )
 
 
-def load_key(path: Path, what: str) -> ec.EllipticCurvePrivateKey:
-    data = read_file(path, what)
+def load_key(path: Path, what: str, data: bytes | None = None) -> ec.EllipticCurvePrivateKey:
+    """The EC private key of the PEM file ``path`` (or of ``data``, its contents already
+    read, e.g. decrypted by `identity.keyfiles`); errors name the file."""
+    if data is None:
+        data = read_file(path, what)
     try:
         key = serialization.load_pem_private_key(data, password=None)
     except (ValueError, TypeError) as exc:

@@ -38,7 +38,7 @@ from qdspace.node.identity.certs import (
     verify_issued_by,
 )
 from qdspace.node.identity.csr import build_request
-from qdspace.node.identity.files import read_file
+from qdspace.node.identity.keyfiles import PLAIN, KeyFiles
 from qdspace.node.layout import NodeLayout
 from qdspace.util.files import write_atomic
 
@@ -110,11 +110,14 @@ def check_member_cert(
 
 
 def _write_keys(
-    files: NodeLayout, signing_key: SigningKey, tls_key: ec.EllipticCurvePrivateKey
+    files: NodeLayout,
+    signing_key: SigningKey,
+    tls_key: ec.EllipticCurvePrivateKey,
+    key_files: KeyFiles = PLAIN,
 ) -> None:
     files.directory.mkdir(parents=True, exist_ok=True)
-    write_atomic(files.signing_key, bytes(signing_key).hex().encode(), mode=0o600)
-    write_atomic(files.tls_key, key_to_pem(tls_key), mode=0o600)
+    key_files.write(files.signing_key, bytes(signing_key).hex().encode())
+    key_files.write(files.tls_key, key_to_pem(tls_key))
 
 
 def create_member_keys(
@@ -125,6 +128,7 @@ def create_member_keys(
     role: str,
     valid_days: int | None = None,
     not_before: dt.datetime | None = None,
+    key_files: KeyFiles = PLAIN,
 ) -> MemberKeys:
     """Create keys and have a local authority certify them by a request (the authority sees
     no private key); nothing is written if that fails."""
@@ -145,14 +149,20 @@ def create_member_keys(
         signing_key, tls_key, cert, [authority.cert], where=where, check_validity=False
     )
     files = NodeLayout(directory)
-    _write_keys(files, signing_key, tls_key)
+    _write_keys(files, signing_key, tls_key, key_files)
     write_atomic(files.tls_cert, cert_to_pem(cert))
     write_atomic(files.ca_cert, cert_to_pem(authority.cert))
     return MemberKeys(signing_key, tls_key, cert, authority.cert, identity)
 
 
 def create_member_request(
-    directory: Path, *, space: str, name: str, role: str, hostnames: Sequence[str] = ()
+    directory: Path,
+    *,
+    space: str,
+    name: str,
+    role: str,
+    hostnames: Sequence[str] = (),
+    key_files: KeyFiles = PLAIN,
 ) -> Path:
     """Make a member's keys in ``directory`` (0600) and the request to send the authority;
     returns the request's path. Refuses a directory that already holds a member."""
@@ -173,7 +183,7 @@ def create_member_request(
         signing_key=signing_key,
         hostnames=hostnames,
     )
-    _write_keys(files, signing_key, tls_key)
+    _write_keys(files, signing_key, tls_key, key_files)
     write_atomic(files.request, csr, mode=0o644)
     return files.request
 
@@ -214,16 +224,22 @@ def create_renewal_request(directory: Path, *, hostnames: Sequence[str] | None =
 
 
 def install_certificate(
-    directory: Path, cert_pem: bytes, ca_pem: bytes, *, renew: bool = False
+    directory: Path,
+    cert_pem: bytes,
+    ca_pem: bytes,
+    *,
+    renew: bool = False,
+    key_files: KeyFiles = PLAIN,
 ) -> MemberKeys:
     """Install the certificate the authority returned for this directory's request, with the
     trust bundle ``ca_pem`` (the authority's CA first). Checks that it certifies these keys,
     is issued by a CA of the bundle and valid now. With ``renew`` it is the certificate of
     ``tls-next.key``, which then replaces ``tls.key`` (the member id must not change)."""
     files = NodeLayout(directory)
-    signing_key = load_signing_key(files.signing_key)
+    signing_key = load_signing_key(files.signing_key, key_files)
     key_path = files.next_tls_key if renew else files.tls_key
-    tls_key = load_key(key_path, "new TLS key" if renew else "TLS key")
+    what = "new TLS key" if renew else "TLS key"
+    tls_key = load_key(key_path, what, key_files.read(key_path, what))
     try:
         cert = x509.load_pem_x509_certificate(cert_pem)
     except ValueError as exc:
@@ -251,19 +267,22 @@ def install_certificate(
     return MemberKeys(signing_key, tls_key, cert, trusted[0], identity, trusted[1:])
 
 
-def _finish_renewal(files: NodeLayout, cert: x509.Certificate) -> ec.EllipticCurvePrivateKey | None:
+def _finish_renewal(
+    files: NodeLayout, cert: x509.Certificate, key_files: KeyFiles
+) -> ec.EllipticCurvePrivateKey | None:
     """The renewed key, moved into place, if a renewal stopped between its two renames."""
     if not files.next_tls_key.exists():
         return None
-    pending = load_key(files.next_tls_key, "new TLS key")
+    what = "new TLS key"
+    pending = load_key(files.next_tls_key, what, key_files.read(files.next_tls_key, what))
     if pending.public_key() != cert.public_key():
         return None
     os.replace(files.next_tls_key, files.tls_key)
     return pending
 
 
-def load_signing_key(path: Path) -> SigningKey:
-    raw = read_file(path, "signing key").strip()
+def load_signing_key(path: Path, key_files: KeyFiles = PLAIN) -> SigningKey:
+    raw = key_files.read(path, "signing key").strip()
     try:
         seed = bytes.fromhex(raw.decode())
         return SigningKey(seed)
@@ -273,19 +292,22 @@ def load_signing_key(path: Path) -> SigningKey:
         ) from None
 
 
-def load_member_keys(directory: Path, *, check_validity: bool = True) -> MemberKeys:
-    """Load and cross-check a member's keys; any mismatch is an error naming the file."""
+def load_member_keys(
+    directory: Path, *, check_validity: bool = True, key_files: KeyFiles = PLAIN
+) -> MemberKeys:
+    """Load and cross-check a member's keys; any mismatch is an error naming the file.
+    ``key_files`` reads the private ones (a managed host's decrypt in memory)."""
     if not directory.is_dir():
         raise IdentityError(f"node directory not found: {directory}")
     files = NodeLayout(directory)
-    signing_key = load_signing_key(files.signing_key)
-    tls_key = load_key(files.tls_key, "TLS key")
+    signing_key = load_signing_key(files.signing_key, key_files)
+    tls_key = load_key(files.tls_key, "TLS key", key_files.read(files.tls_key, "TLS key"))
     cert = load_cert(files.tls_cert, "TLS certificate")
     trusted = load_ca_bundle(files.ca_cert, "authority certificate")
     if not trusted:
         raise IdentityError(f"authority certificate {files.ca_cert} is empty")
     if cert.public_key() != tls_key.public_key():
-        tls_key = _finish_renewal(files, cert) or tls_key
+        tls_key = _finish_renewal(files, cert, key_files) or tls_key
     if cert.public_key() != tls_key.public_key():
         raise IdentityError(f"{files.tls_key} does not match {files.tls_cert}")
     identity = check_member_cert(

@@ -40,6 +40,7 @@ from cryptography import x509
 
 from qdspace.node.errors import IdentityError
 from qdspace.node.identity.directory import FingerprintMismatch
+from qdspace.node.identity.keyfiles import transient_key_file
 from qdspace.node.identity.member import MemberKeys
 from qdspace.node.identity.revocation import StaleRevocationList
 
@@ -49,12 +50,23 @@ HANDSHAKE_TIMEOUT_S = 5.0
 
 
 def client_context(keys: MemberKeys, cert_files: tuple[Path, Path] | None) -> ssl.SSLContext:
-    """TLS as the gRPC channel does it: the authority as the only root, our member cert."""
+    """TLS as the gRPC channel does it: the authority as the only root, our member cert
+    (from ``cert_files``, or, without them, from the keys in memory: a managed host's
+    tenant has no plaintext key file to give)."""
     context = ssl.create_default_context(cadata=keys.ca_pem.decode())
     if cert_files is not None:
         context.load_cert_chain(str(cert_files[0]), str(cert_files[1]))
+    else:
+        load_chain_in_memory(context, keys)
     context.set_alpn_protocols(["h2"])
     return context
+
+
+def load_chain_in_memory(context: ssl.SSLContext, keys: MemberKeys) -> None:
+    """Give ``context`` the member's certificate and key without a plaintext key file
+    (`identity.keyfiles.transient_key_file`)."""
+    with transient_key_file(keys.cert_pem, keys.tls_key) as (cert, key, password):
+        context.load_cert_chain(cert, key, password=password)
 
 
 class PeerRevoked(IdentityError):

@@ -29,14 +29,13 @@ from qdspace.connector.offers import standard_assets
 from qdspace.connector.qdm import Inspection
 from qdspace.node.errors import NodeError
 from qdspace.node.identity.certs import MemberIdentity
-from qdspace.node.identity.files import read_file
+from qdspace.node.identity.keyfiles import PLAIN, KeyFiles
 from qdspace.node.layout import NodeLayout
 from qdspace.node.runtime.contracts_clock import CLOCK_CONTROL_ENV, ContractClock
 from qdspace.node.runtime.contracts_negotiation import ProviderNegotiation
 from qdspace.node.runtime.contracts_purge import ContractPurge
 from qdspace.node.runtime.contracts_transfer import ProviderTransfers
 from qdspace.node.runtime.table_watch import TableWatch
-from qdspace.util.files import write_atomic
 
 
 @dataclass
@@ -44,27 +43,32 @@ class ContractRuntime(ProviderNegotiation, ProviderTransfers, ContractPurge):
     """The node's contract machinery; see the module docstring."""
 
 
-def _secret(path: Path, what: str) -> bytes:
+def _secret(path: Path, what: str, key_files: KeyFiles) -> bytes:
     """A 32-byte node secret, created on first start (kept outside the database)."""
     if not path.exists():
-        write_atomic(path, os.urandom(32), mode=0o600)
-    data = read_file(path, what)
+        key_files.write(path, os.urandom(32))
+    data = key_files.read(path, what)
     if len(data) != 32:
         raise NodeError(f"{path}: {what} must be 32 bytes, found {len(data)}")
     return data
 
 
 def build_runtime(
-    directory: Path, me: MemberIdentity, signing_key: SigningKey, qdm: Engine
+    directory: Path,
+    me: MemberIdentity,
+    signing_key: SigningKey,
+    qdm: Engine,
+    key_files: KeyFiles = PLAIN,
 ) -> ContractRuntime:
     """The contract runtime over the node's own database (its contract tables come with
     the QDM schema: `open_store` migrates to the newest revision, ``0002_contracts``)."""
     files = NodeLayout(directory)
-    store = ContractStore(qdm, _secret(files.contract_kek, "contract key-encryption key"))
+    kek = _secret(files.contract_kek, "contract key-encryption key", key_files)
+    store = ContractStore(qdm, kek)
     control = os.environ.get(CLOCK_CONTROL_ENV, "") == "1"
     clock = ContractClock(files.contract_clock, control=control)
     assets = {a.asset_id: a for a in standard_assets(me.member_id)}
-    secret = _secret(files.pseudonym_secret, "pseudonym secret")
+    secret = _secret(files.pseudonym_secret, "pseudonym secret", key_files)
     runtime = ContractRuntime(me, signing_key, store, qdm, clock, secret, assets)
     runtime.new_inspections = TableWatch(qdm, Inspection.__tablename__)
     return runtime

@@ -32,8 +32,8 @@ from sqlalchemy import BigInteger, Column, Engine, MetaData, String, Table, inse
 from qdspace.connector.qdm import TABLES
 from qdspace.ledger.anchorer import Anchorer, AnchorPolicy
 from qdspace.ledger.client import ANCHOR_GAS, LedgerClient
-from qdspace.ledger.errors import LedgerError
-from qdspace.ledger.keys import DEFAULT_KEY_ENV, load_signer
+from qdspace.ledger.errors import AccountKeyError, LedgerError
+from qdspace.ledger.keys import DEFAULT_KEY_ENV, ChainSigner, load_signer
 from qdspace.ledger.leaves import KIND_CODES
 from qdspace.ledger.proofs import InclusionProof, build_proof, verify_proof
 from qdspace.ledger.queue import LeafQueue
@@ -289,6 +289,22 @@ class NodeLedger:
         return self.sweeper.load_record(kind, ref_id)
 
 
+def _signer(ctx: NodeContext, key_file: Path | None) -> ChainSigner:
+    """The chain account's key: a node's own ``chain.key`` is read through the node's key
+    files (a managed host decrypts it in memory); any other key file as it is."""
+    from qdspace.node.identity.keyfiles import PLAIN
+
+    if key_file is None or key_file != ctx.layout.chain_key or ctx.key_files is PLAIN:
+        return load_signer(key_file, DEFAULT_KEY_ENV)
+    from qdspace.node.errors import IdentityError
+
+    try:
+        text = ctx.key_files.read(key_file, "chain key file").decode("ascii")
+    except (IdentityError, UnicodeDecodeError) as exc:
+        raise AccountKeyError(f"chain key file {key_file}: cannot read ({exc})") from None
+    return ChainSigner.from_hex(text, source=f"chain key file {key_file}")
+
+
 def attach_ledger(ctx: NodeContext) -> NodeLedger | None:
     """Build the node's ledger (when configured) into ``ctx.ledger``."""
     settings = LedgerSettings.load(ctx.directory)
@@ -298,7 +314,7 @@ def attach_ledger(ctx: NodeContext) -> NodeLedger | None:
     if not settings.contract:
         raise ConfigError(f"{ctx.layout.ledger}: rpc_url given but no contract address")
     try:
-        signer = load_signer(settings.key_file, DEFAULT_KEY_ENV)
+        signer = _signer(ctx, settings.key_file)
         client = LedgerClient(
             settings.rpc_url, settings.contract, expected_chain_id=settings.chain_id
         )

@@ -1,0 +1,235 @@
+"""``qdspace host``: a managed host serving many members (`qdspace.node.host`).
+
+``host init`` makes the host directory (settings, master key, host token, the operator
+listener's certificate); ``host tenant add`` enrolls a tenant with the authority like any
+member (by the authority's directory, or its URL and a one-time code); ``tenant list |
+suspend | resume | token`` manage them; ``host start`` serves them all until SIGTERM.
+Suspending and resuming go through the running host when there is one (so its streams
+end at once), else they change the registry for the next start.
+
+Light imports only at module level (``qdspace --help`` must stay quick): each command
+imports the host modules when it runs.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from qdspace.node.cli.choices import Role
+from qdspace.node.cli.connect import JsonOpt, print_json
+from qdspace.node.cli.errors import clean_errors
+
+host_app = typer.Typer(no_args_is_help=True, help="a managed host: many members in one process")
+tenant_app = typer.Typer(no_args_is_help=True, help="the tenants of a managed host")
+host_app.add_typer(tenant_app, name="tenant")
+
+console = Console()
+
+HostDirOpt = Annotated[Path, typer.Option("--dir", help="host directory")]
+NameOpt = Annotated[str, typer.Option("--name", help="tenant name (lowercase a-z, 0-9, -)")]
+
+
+@host_app.command("init")
+@clean_errors
+def host_init(
+    directory: HostDirOpt,
+    api_host: Annotated[str, typer.Option(help="operator listener address")] = "127.0.0.1",
+    api_port: Annotated[int, typer.Option(help="operator listener port (HTTPS)")] = 8600,
+    tenant_grpc_host: Annotated[str, typer.Option(help="tenants' gRPC address")] = "127.0.0.1",
+    tenant_ports: Annotated[
+        str, typer.Option(help="the tenants' gRPC ports, FIRST-LAST")
+    ] = "7600-7699",
+    tenant_regulator_ports: Annotated[
+        str, typer.Option(help="ports for tenants' regulator APIs, FIRST-LAST (default: none)")
+    ] = "",
+    advertise_host: Annotated[
+        str, typer.Option(help="host name members dial for a tenant (default: its address)")
+    ] = "",
+    hostname: Annotated[
+        list[str] | None,
+        typer.Option("--hostname", help="a name for the listener's certificate, repeatable"),
+    ] = None,
+) -> None:
+    """Create a host directory: settings, master key, host token and listener TLS."""
+    from pydantic import ValidationError
+
+    from qdspace.node.host.config import HostSettings
+    from qdspace.node.host.tenants import init_host
+
+    try:
+        settings = HostSettings(
+            api_host=api_host,
+            api_port=api_port,
+            tenant_grpc_host=tenant_grpc_host,
+            tenant_grpc_ports=tenant_ports,
+            tenant_regulator_ports=tenant_regulator_ports,
+            advertise_host=advertise_host,
+            hostnames=hostname or ["localhost", "127.0.0.1"],
+        )
+    except ValidationError as exc:
+        raise typer.BadParameter(exc.errors()[0]["msg"]) from None
+    files = init_host(directory, settings)
+    console.print(f"host created in {files.directory}")
+    console.print(f"host token: {files.host_token} (0600); master key: {files.master_key}")
+
+
+@host_app.command("start")
+@clean_errors
+def host_start(
+    directory: HostDirOpt,
+    log_format: Annotated[
+        str | None, typer.Option("--log-format", help="text (default) or json")
+    ] = None,
+) -> None:
+    """Serve every tenant (peer gRPC each, one operator listener) until SIGTERM."""
+    from qdspace.node.host.config import HostSettings
+    from qdspace.node.host.serve import run_host
+    from qdspace.node.logs import log_format as chosen_format
+    from qdspace.node.logs import setup_logging
+
+    settings = HostSettings.load(directory.resolve())
+    try:
+        fmt = chosen_format(log_format)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--log-format") from None
+    setup_logging(settings.log_level, directory.resolve() / "logs" / "host.log", fmt)
+    run_host(directory)
+
+
+@tenant_app.command("add")
+@clean_errors
+def tenant_add(
+    directory: HostDirOpt,
+    name: NameOpt,
+    role: Annotated[Role, typer.Option(help="the member's role")],
+    authority: Annotated[
+        Path | None, typer.Option(help="the authority's directory (on this machine)")
+    ] = None,
+    authority_url: Annotated[str, typer.Option(help="the authority service's URL")] = "",
+    code_file: Annotated[
+        Path | None, typer.Option(help="a file holding the one-time enrollment code")
+    ] = None,
+    grpc_port: Annotated[
+        int | None, typer.Option(help="the tenant's gRPC port (default: next free in range)")
+    ] = None,
+    regulator_port: Annotated[
+        int | None,
+        typer.Option(help="its regulator API's port (default: next free in range, if any)"),
+    ] = None,
+    db_url_file: Annotated[
+        Path | None,
+        typer.Option(help="a file holding its own database URL (default: SQLite); kept sealed"),
+    ] = None,
+    hostname: Annotated[
+        list[str] | None,
+        typer.Option("--hostname", help="a name for its certificate, repeatable"),
+    ] = None,
+) -> None:
+    """Enroll a new tenant (its own keys, certificate and member id); served from the
+    next ``host start``."""
+    from qdspace.node.host.tenants import Enrollment, add_tenant
+    from qdspace.node.identity.files import read_file
+
+    code = read_file(code_file, "enrollment code").decode().strip() if code_file else ""
+    db_url = read_file(db_url_file, "database URL").decode().strip() if db_url_file else ""
+    enrollment = Enrollment(
+        authority_dir=authority, authority_url=authority_url, code=code, hostnames=hostname or ()
+    )
+    record = add_tenant(
+        directory,
+        name,
+        role.value,
+        enrollment,
+        grpc_port=grpc_port,
+        regulator_port=regulator_port,
+        db_url=db_url,
+    )
+    console.print(f"tenant [bold]{record.name}[/bold] ({record.role}) added")
+    console.print(f"member id {record.member_id}; gRPC port {record.grpc_port}")
+    hint = f"qdspace host tenant token --dir {directory} --name {name} --out FILE"
+    console.print(f"its operator token: `{hint}`")
+
+
+def _tenants(directory: Path) -> list[dict[str, Any]]:
+    from qdspace.node.host.client import call_host, running_host
+    from qdspace.node.host.registry import Registry
+
+    record = running_host(directory)
+    if record is not None:
+        listed: list[dict[str, Any]] = call_host(directory, record, "GET", "/host/v1/tenants")
+        return listed
+    return [
+        {**r.model_dump(mode="json"), "status": f"{r.state.value} (host not running)"}
+        for r in Registry(directory.resolve()).tenants()
+    ]
+
+
+@tenant_app.command("list")
+@clean_errors
+def tenant_list(directory: HostDirOpt, as_json: JsonOpt = False) -> None:
+    """The tenants, their member ids, ports and state (live when the host runs)."""
+    tenants = _tenants(directory)
+    if as_json:
+        print_json(tenants)
+        return
+    table = Table("name", "role", "member id", "gRPC port", "status", "note")
+    for t in tenants:
+        note = t.get("error") or t.get("reason") or ""
+        table.add_row(t["name"], t["role"], t["member_id"], str(t["grpc_port"]), t["status"], note)
+    console.print(table)
+
+
+def _set_state(directory: Path, name: str, action: str, reason: str = "") -> None:
+    from qdspace.node.host.client import call_host, running_host
+    from qdspace.node.host.names import check_name
+    from qdspace.node.host.registry import Registry, TenantState
+
+    check_name(name)
+    record = running_host(directory)
+    if record is not None:
+        body = {"reason": reason} if action == "suspend" else None
+        call_host(directory, record, "POST", f"/host/v1/tenants/{name}/{action}", body)
+        done = "suspended" if action == "suspend" else "resumed"
+        console.print(f"tenant {name}: {done} (host running)")
+        return
+    state = TenantState.SUSPENDED if action == "suspend" else TenantState.ACTIVE
+    Registry(directory.resolve()).set_state(name, state, reason)
+    console.print(f"tenant {name}: {state.value} from the next host start")
+
+
+@tenant_app.command("suspend")
+@clean_errors
+def tenant_suspend(
+    directory: HostDirOpt,
+    name: NameOpt,
+    reason: Annotated[str, typer.Option(help="shown to peers and the tenant")] = "",
+) -> None:
+    """Suspend a tenant: its streams end, peers get UNAVAILABLE, its API 423."""
+    _set_state(directory, name, "suspend", reason)
+
+
+@tenant_app.command("resume")
+@clean_errors
+def tenant_resume(directory: HostDirOpt, name: NameOpt) -> None:
+    """Resume a suspended tenant."""
+    _set_state(directory, name, "resume")
+
+
+@tenant_app.command("token")
+@clean_errors
+def tenant_token_cmd(
+    directory: HostDirOpt,
+    name: NameOpt,
+    out: Annotated[Path, typer.Option(help="write the token to this file (0600)")],
+) -> None:
+    """Hand a tenant's operator token to its staff, as a file (never on a command line)."""
+    from qdspace.node.host.tenants import tenant_token
+    from qdspace.util.files import write_atomic
+
+    write_atomic(out, tenant_token(directory, name).encode() + b"\n", mode=0o600)
+    console.print(f"tenant {name}: operator token written to {out} (0600)")

@@ -1,0 +1,179 @@
+"""The host's one operator listener: the bearer token picks whose API answers.
+
+Every tenant keeps its own operator token, and its staff use the ordinary CLI and
+`OperatorClient` against the host's URL with it: the dispatcher finds the tenant by the
+token (a SHA-256 lookup, then a constant-time comparison) and hands the request, as it
+came, to that tenant's own FastAPI app (`node.api.app.create_app`), whose own gate checks
+the token once more. No path, header or body can name another tenant: the token is the
+only selector, so tenant A's token can reach tenant A's routes only.
+
+The host operator's token reaches the host-management app only (list, status, suspend,
+resume): it shows how tenants are hosted (member id, role, port, state) and no tenant's
+data. A suspended tenant's token is answered 423 with a problem naming the suspension;
+an unknown or missing token 401, as a node answers.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+from typing import Any
+
+from fastapi import FastAPI
+from pydantic import BaseModel, Field
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from qdspace.node import faults
+from qdspace.node.api.gate import (
+    OPEN_PATHS,
+    BearerGate,
+    CredentialRejected,
+    bearer_token,
+    send_problem,
+)
+from qdspace.node.api.problems import install_problem_handlers
+from qdspace.node.host.errors import HostError
+from qdspace.node.host.runtime import HostedTenant, HostRuntime, as_member
+
+log = logging.getLogger("node.host")
+
+UNKNOWN_TOKEN = "operator token required (Authorization: Bearer ...)"
+#: the host-management routes (host token only)
+HOST_PREFIX = "/host/v1"
+
+
+class TenantPublic(BaseModel):
+    name: str
+    member_id: str
+    role: str
+    status: str  # serving | suspended | failed
+    grpc_port: int
+    regulator_port: int = 0  # 0: its regulator API is not served
+    reason: str = ""
+    error: str = ""
+    added_at: str
+    changed_at: str
+
+
+class Suspension(BaseModel):
+    reason: str = Field("", max_length=500)
+
+
+class HostStatus(BaseModel):
+    tenants: int
+    serving: int
+    suspended: int
+    failed: int
+    started_at: float
+
+
+def create_host_app(runtime: HostRuntime, host_token: str, started_at: float) -> FastAPI:
+    """The host operator's API: tenants and their state, never their data."""
+    app = FastAPI(title="qdspace host", version="0.1.0", description="Managed host API.")
+    install_problem_handlers(app)
+    app.add_middleware(BearerGate, operator_token=host_token)
+
+    def tenants() -> list[TenantPublic]:
+        return [TenantPublic(**t.public()) for t in runtime.tenants.values()]
+
+    @app.get("/healthz", tags=["health"])
+    def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get(f"{HOST_PREFIX}/status", response_model=HostStatus)
+    def status() -> HostStatus:
+        states = [t.status for t in runtime.tenants.values()]
+        return HostStatus(
+            tenants=len(states),
+            serving=states.count("serving"),
+            suspended=states.count("suspended"),
+            failed=states.count("failed"),
+            started_at=started_at,
+        )
+
+    @app.get(f"{HOST_PREFIX}/tenants", response_model=list[TenantPublic])
+    def tenant_list() -> list[TenantPublic]:
+        return tenants()
+
+    @app.get(f"{HOST_PREFIX}/tenants/{{name}}", response_model=TenantPublic)
+    def tenant_one(name: str) -> TenantPublic:
+        return TenantPublic(**runtime.get(name).public())
+
+    @app.post(f"{HOST_PREFIX}/tenants/{{name}}/suspend", response_model=TenantPublic)
+    async def suspend(name: str, body: Suspension | None = None) -> TenantPublic:
+        reason = body.reason if body is not None else ""
+        return TenantPublic(**(await runtime.suspend(name, reason)).public())
+
+    @app.post(f"{HOST_PREFIX}/tenants/{{name}}/resume", response_model=TenantPublic)
+    async def resume(name: str) -> TenantPublic:
+        return TenantPublic(**(await runtime.resume(name)).public())
+
+    return app
+
+
+class HostDispatcher:
+    """ASGI: the request goes to the app its bearer token belongs to (see the module)."""
+
+    def __init__(self, runtime: HostRuntime, host_token: str, host_app: ASGIApp) -> None:
+        self.runtime = runtime
+        self._host_token = host_token.encode()
+        self.host_app = host_app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            if scope["type"] == "lifespan":  # no app here needs startup or shutdown
+                await _lifespan(receive, send)
+            return
+        path = scope.get("path", "")
+        try:
+            token = bearer_token(scope.get("headers", []))
+        except CredentialRejected as exc:
+            if path in OPEN_PATHS:  # health without a token: the host's own
+                await self.host_app(scope, receive, send)
+            else:
+                await send_problem(send, 401, str(exc), path)
+            return
+        if hmac.compare_digest(token.encode(), self._host_token):
+            await self.host_app(scope, receive, send)
+            return
+        tenant = self.runtime.by_token(token)
+        if tenant is None:
+            await send_problem(send, 401, UNKNOWN_TOKEN, path)
+            return
+        with as_member(tenant.name):  # its log lines name it
+            try:
+                app = self.runtime.check_serving(tenant)
+            except HostError as exc:
+                await send_problem(send, faults.http_status(exc), str(exc), path)
+                return
+            await app(scope, receive, send)
+
+
+class SuspensionGate:
+    """In front of a tenant's own listener (its regulator API): a suspended tenant
+    answers 423 with the suspension, as its operator API does."""
+
+    def __init__(self, app: ASGIApp, runtime: HostRuntime, tenant: HostedTenant) -> None:
+        self.app = app
+        self.runtime = runtime
+        self.tenant = tenant
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            try:
+                self.runtime.check_serving(self.tenant)
+            except HostError as exc:
+                await send_problem(send, faults.http_status(exc), str(exc), scope.get("path", ""))
+                return
+        with as_member(self.tenant.name):
+            await self.app(scope, receive, send)
+
+
+async def _lifespan(receive: Receive, send: Send) -> None:
+    while True:
+        message: dict[str, Any] = dict(await receive())
+        if message["type"] == "lifespan.startup":
+            await send({"type": "lifespan.startup.complete"})
+        elif message["type"] == "lifespan.shutdown":
+            await send({"type": "lifespan.shutdown.complete"})
+            return

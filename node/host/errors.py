@@ -1,0 +1,34 @@
+"""What a managed host refuses, one class per reason (each mapped in `node.faults`)."""
+
+from __future__ import annotations
+
+from qdspace.node.errors import IdentityError, NodeError
+
+
+class HostError(NodeError):
+    """Something about the host or one of its tenants."""
+
+
+class TenantNameRefused(HostError, ValueError):
+    """A tenant name that is not lowercase [a-z0-9-], 1-40 characters, or is taken."""
+
+
+class UnknownTenant(HostError, LookupError):
+    """No tenant of that name on this host."""
+
+
+class TenantExists(HostError):
+    """A tenant of that name (compared case-insensitively) is already on this host."""
+
+
+class TenantSuspended(HostError):
+    """The tenant is suspended by its host: no peer calls, no operator API."""
+
+
+class SealedFileError(IdentityError):
+    """A tenant's encrypted key file that does not open: tampered, sealed for another
+    tenant, or the host master key is not the one it was sealed under."""
+
+
+class WrongMasterKey(SealedFileError):
+    """The host master key does not unwrap a tenant's data key."""

@@ -1,0 +1,369 @@
+"""The tenants of a running host: opened one by one, served side by side, suspended alone.
+
+Each tenant is what a self-hosted node is minus its HTTP listeners: a `NodeContext` built
+from its own directory (its keys read through its sealed key files, its own database),
+a `node.serving.MemberServer` on its own port, and its operator API app (served by the
+host's one listener, `dispatch`). One event loop carries them all.
+
+Isolation is the rule of this module: every step of one tenant (opening its database,
+binding its port, starting, suspending) is tried on its own, and a failure is logged,
+recorded on that tenant (``error``, shown to the host operator) and skipped; the other
+tenants open and serve regardless. A suspension is written to the registry before it
+takes effect, so it holds across restarts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource
+
+from qdspace.node.config import NodeSettings
+from qdspace.node.context import NodeContext, build_context
+from qdspace.node.host.config import HostLayout, HostSettings
+from qdspace.node.host.errors import HostError, TenantSuspended, UnknownTenant
+from qdspace.node.host.names import check_name
+from qdspace.node.host.refusal import RefusingServer
+from qdspace.node.host.registry import Registry, TenantRecord, TenantState
+from qdspace.node.host.sealing import MasterKey
+from qdspace.node.host.tenants import tenant_key_files
+from qdspace.node.identity.revocation import StaleRevocationList
+from qdspace.node.logs import MEMBER
+from qdspace.node.serving import MemberServer, attach_anchoring
+
+if TYPE_CHECKING:
+    from starlette.types import ASGIApp
+
+    from qdspace.node.runtime.ledger import NodeLedger
+
+logger = logging.getLogger("node.host")
+
+
+class TenantSettings(NodeSettings):
+    """A tenant's ``node.json`` as written: a host's environment (``QDSPACE_DB_URL``...)
+    is the host's, never every tenant's."""
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (init_settings,)
+
+
+@contextmanager
+def as_member(name: str) -> Iterator[None]:
+    """Log lines (and the tasks started meanwhile, which inherit it) name the tenant."""
+    token = MEMBER.set(name)
+    try:
+        yield
+    finally:
+        MEMBER.reset(token)
+
+
+def token_digest(token: str) -> bytes:
+    return hashlib.sha256(token.encode()).digest()
+
+
+def suspension_message(name: str, reason: str = "") -> str:
+    why = f": {reason}" if reason else ""
+    return f"member {name} is suspended by its host{why}; try again later"
+
+
+@dataclass
+class HostedTenant:
+    """One tenant in the running host."""
+
+    record: TenantRecord
+    ctx: NodeContext | None = None
+    member: MemberServer | None = None
+    app: ASGIApp | None = None
+    ledger: NodeLedger | None = None
+    refusing: RefusingServer | None = None
+    #: the tenant's regulator listener (uvicorn) and its task, when it has a port
+    regulator: Any = None
+    regulator_task: asyncio.Task[None] | None = None
+    regulator_port: int | None = None
+    #: why the tenant is not serving (it failed to open or start); "" when fine
+    error: str = ""
+    token_digest: bytes = b""
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+    @property
+    def name(self) -> str:
+        return self.record.name
+
+    @property
+    def suspended(self) -> bool:
+        return self.record.state is TenantState.SUSPENDED
+
+    @property
+    def status(self) -> str:
+        if self.error:
+            return "failed"
+        return "suspended" if self.suspended else "serving"
+
+    def public(self) -> dict[str, Any]:
+        """What the host operator sees: no tenant data, only how it is hosted."""
+        port = self.member.port if self.member is not None else None
+        return {
+            "name": self.name,
+            "member_id": self.record.member_id,
+            "role": self.record.role,
+            "status": self.status,
+            "grpc_port": port if port is not None else self.record.grpc_port,
+            "regulator_port": self.regulator_port or self.record.regulator_port,
+            "reason": self.record.reason,
+            "error": self.error,
+            "added_at": self.record.added_at,
+            "changed_at": self.record.changed_at,
+        }
+
+
+class HostRuntime:
+    """Opens, serves, suspends, resumes and stops the tenants of one host directory."""
+
+    def __init__(self, directory: Path, settings: HostSettings, master: MasterKey) -> None:
+        self.files = HostLayout(directory)
+        self.settings = settings
+        self.master = master
+        self.registry = Registry(directory)
+        self.tenants: dict[str, HostedTenant] = {}
+        self._by_token: dict[bytes, HostedTenant] = {}
+
+    # -- opening (blocking: keys, databases) ------------------------------------------
+
+    def open_all(self) -> None:
+        """Open every tenant of the registry; one that fails is recorded and skipped."""
+        for record in self.registry.tenants():
+            tenant = HostedTenant(record)
+            self.tenants[record.name] = tenant
+            try:
+                with as_member(record.name):
+                    self._open(tenant)
+            except Exception as exc:  # isolation: this tenant only
+                tenant.error = f"{type(exc).__name__}: {exc}"
+                logger.error("tenant %s: not serving: %s", record.name, tenant.error)
+
+    def _open(self, tenant: HostedTenant) -> None:
+        directory = self.files.tenant(tenant.name)
+        settings: NodeSettings = TenantSettings.load(directory)
+        key_files = tenant_key_files(self.files, self.master, tenant.name)
+        sealed_url = self.files.sealed_db_url(tenant.name)
+        if sealed_url.exists():  # its own PostgreSQL database or schema
+            db_url = key_files.read(sealed_url, "database URL").decode().strip()
+            settings = settings.model_copy(update={"db_url": db_url})
+        ctx = build_context(settings, key_files)
+        tenant.ctx = ctx
+        digest = token_digest(ctx.operator_token)
+        if digest in self._by_token:
+            raise HostError(f"its operator token is tenant {self._by_token[digest].name}'s too")
+        tenant.token_digest = digest
+        self._by_token[digest] = tenant
+        try:
+            ctx.revocations.check_fresh()
+        except StaleRevocationList as exc:  # as a node: a refreshed file is picked up live
+            logger.error("tenant %s: %s", tenant.name, exc)
+        tenant.ledger = attach_anchoring(ctx)
+
+    # -- serving ----------------------------------------------------------------------
+
+    async def start_all(self) -> None:
+        for tenant in self.tenants.values():
+            if tenant.ctx is None or tenant.error:  # it failed to open
+                continue
+            try:
+                with as_member(tenant.name):
+                    await self._start(tenant)
+            except Exception as exc:  # isolation: a port in use stops this tenant only
+                tenant.error = f"{type(exc).__name__}: {exc}"
+                logger.error("tenant %s: not serving: %s", tenant.name, tenant.error)
+
+    async def _start(self, tenant: HostedTenant) -> None:
+        ctx = tenant.ctx
+        assert ctx is not None
+        tenant.member = MemberServer(ctx)
+        if ctx.settings.regulator_port:
+            await self._start_regulator(tenant)
+        if tenant.suspended:
+            tenant.member.port = ctx.settings.grpc_port
+            await self._refuse(tenant)
+            return
+        tenant.member.bind()
+        tenant.member.prepare()
+        await tenant.member.start()
+        ctx.serving = True
+        tenant.member.follow()
+        logger.info(
+            "tenant %s (%s, %s) serving gRPC on %s:%s",
+            tenant.name,
+            ctx.settings.role,
+            ctx.keys.identity.member_id,
+            ctx.settings.grpc_host,
+            tenant.member.port,
+        )
+
+    async def _start_regulator(self, tenant: HostedTenant) -> None:
+        """The tenant's regulator API on its own port, presenting its member certificate
+        (as a node's does), its key handed to TLS without a plaintext file."""
+        from qdspace.node.api.regulator_app import create_regulator_app
+        from qdspace.node.host.dispatch import SuspensionGate
+        from qdspace.node.identity.keyfiles import transient_key_file
+        from qdspace.node.listeners import bind_socket
+        from qdspace.node.run import https_server, start_listener
+
+        ctx = tenant.ctx
+        assert ctx is not None
+        settings = ctx.settings
+        sock = bind_socket(
+            f"regulator API of {tenant.name}", settings.regulator_host, settings.regulator_port
+        )
+        app = SuspensionGate(create_regulator_app(ctx), self, tenant)
+        with transient_key_file(ctx.keys.cert_pem, ctx.keys.tls_key) as (cert, key, password):
+            server = https_server(app, cert, key, lifespan="off", key_password=password)
+            tenant.regulator_task = await start_listener(server, sock)
+        tenant.regulator = server
+        tenant.regulator_port = sock.getsockname()[1]
+
+    async def _refuse(self, tenant: HostedTenant) -> None:
+        assert tenant.ctx is not None and tenant.member is not None
+        port = tenant.member.port if tenant.member.port is not None else 0
+        settings = tenant.ctx.settings
+        message = suspension_message(tenant.name, tenant.record.reason)
+        tenant.refusing = RefusingServer(tenant.ctx.keys, settings.grpc_host, port, message)
+        tenant.member.port = tenant.refusing.port
+        await tenant.refusing.start()
+
+    def get(self, name: str) -> HostedTenant:
+        tenant = self.tenants.get(check_name(name))
+        if tenant is None:
+            raise UnknownTenant(f"no tenant {name!r} on this host")
+        return tenant
+
+    async def suspend(self, name: str, reason: str = "") -> HostedTenant:
+        """Stop the tenant's peer side (open streams end now), answer its port with
+        UNAVAILABLE and its operator API with 423; recorded first, so it holds."""
+        tenant = self.get(name)
+        async with tenant.lock:
+            with as_member(name):
+                return await self._suspend(tenant, reason)
+
+    async def _suspend(self, tenant: HostedTenant, reason: str) -> HostedTenant:
+        tenant.record = self.registry.set_state(tenant.name, TenantState.SUSPENDED, reason)
+        if tenant.error or tenant.ctx is None or tenant.member is None:
+            return tenant  # not serving anyway; the state applies from the next start
+        if tenant.refusing is not None:  # already suspended: a new reason only
+            await tenant.refusing.stop()
+            tenant.refusing = None
+        else:
+            tenant.ctx.serving = False
+            await tenant.member.stop(0)
+            await tenant.ctx.peers.close()
+        await self._refuse(tenant)
+        logger.warning("tenant %s suspended%s", tenant.name, f": {reason}" if reason else "")
+        return tenant
+
+    async def resume(self, name: str) -> HostedTenant:
+        tenant = self.get(name)
+        async with tenant.lock:
+            with as_member(name):
+                return await self._resume(tenant)
+
+    async def _resume(self, tenant: HostedTenant) -> HostedTenant:
+        tenant.record = self.registry.set_state(tenant.name, TenantState.ACTIVE)
+        if tenant.error or tenant.ctx is None or tenant.member is None:
+            return tenant
+        if tenant.refusing is None:
+            return tenant  # it was serving
+        await tenant.refusing.stop()
+        tenant.refusing = None
+        tenant.member.bind()
+        await tenant.member.start()
+        tenant.ctx.serving = True
+        tenant.member.follow()
+        logger.warning("tenant %s resumed", tenant.name)
+        return tenant
+
+    # -- the operator listener's lookup --------------------------------------------------
+
+    def by_token(self, token: str) -> HostedTenant | None:
+        """The tenant whose operator token this is (looked up by its hash, then compared
+        in constant time), or None."""
+        tenant = self._by_token.get(token_digest(token))
+        if tenant is None or tenant.ctx is None:
+            return None
+        if not hmac.compare_digest(token.encode(), tenant.ctx.operator_token.encode()):
+            return None
+        return tenant
+
+    def check_serving(self, tenant: HostedTenant) -> ASGIApp:
+        """The tenant's app, or the reason it cannot answer (`TenantSuspended`, `HostError`)."""
+        if tenant.suspended:
+            raise TenantSuspended(suspension_message(tenant.name, tenant.record.reason))
+        if tenant.error or tenant.ctx is None:
+            raise HostError(f"tenant {tenant.name} is not serving: {tenant.error or 'starting'}")
+        return self.app_of(tenant)
+
+    def app_of(self, tenant: HostedTenant) -> ASGIApp:
+        """The tenant's operator API app, made on first use.
+
+        Building a FastAPI app (some fifty routes) takes longer than opening the tenant
+        itself, so ``host start`` does not wait for it: `warm_apps` builds them once the
+        listener is up, and a request that comes first builds its tenant's."""
+        if tenant.app is None:
+            from qdspace.node.api.app import create_app
+
+            assert tenant.ctx is not None
+            tenant.app = create_app(tenant.ctx)
+        return tenant.app
+
+    async def warm_apps(self) -> None:
+        """Build every serving tenant's app, one at a time, yielding to requests between."""
+        for tenant in list(self.tenants.values()):
+            if tenant.ctx is not None and not tenant.error and tenant.app is None:
+                self.app_of(tenant)
+                await asyncio.sleep(0)
+
+    # -- stopping ----------------------------------------------------------------------
+
+    async def stop_all(self, grace: float) -> None:
+        for tenant in self.tenants.values():
+            try:
+                await self._stop(tenant, grace)
+            except Exception:  # the others still stop
+                logger.exception("tenant %s: stopping failed", tenant.name)
+
+    async def _stop(self, tenant: HostedTenant, grace: float) -> None:
+        if tenant.ctx is not None:
+            tenant.ctx.serving = False
+        if tenant.regulator is not None and tenant.regulator_task is not None:
+            tenant.regulator.should_exit = True
+            await tenant.regulator_task
+            tenant.regulator = tenant.regulator_task = None
+        if tenant.refusing is not None:
+            await tenant.refusing.stop()
+            tenant.refusing = None
+        if tenant.member is not None:
+            await tenant.member.stop(grace)
+        if tenant.ctx is not None:
+            await tenant.ctx.peers.close()
+
+    def close_all(self) -> None:
+        """Stop the ledgers' threads and close the databases (after `stop_all`)."""
+        for tenant in self.tenants.values():
+            if tenant.ledger is not None:
+                tenant.ledger.stop()
+            if tenant.ctx is not None:
+                tenant.ctx.close()

@@ -1,0 +1,186 @@
+"""What serves one member to its peers, apart from the operator's HTTP listeners.
+
+A member on the wire is its peer gRPC server (its own certificate and member id), the
+contract jobs behind it (outbox delivery, transfer resume, retention sweep), the member
+side of federated learning and, with an authority service, the task that follows the
+CRL and the member directory. `node.run.serve` runs one of these next to a node's
+operator and regulator APIs; a managed host (`node.host.runtime`) runs one per tenant
+in one event loop and stops and restarts it to suspend and resume the tenant. Written
+once here, so the two cannot drift: peers cannot tell a hosted tenant from a node.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import TYPE_CHECKING
+
+from qdspace.node.context import NodeContext
+from qdspace.node.errors import ConfigError
+from qdspace.node.rpc.auth import PeerAuthenticator
+from qdspace.node.rpc.federation_service import FederationServicer
+from qdspace.node.rpc.limits import CallCaps
+from qdspace.node.rpc.node_service import NodeServicer
+from qdspace.node.rpc.server import PeerServer, build_server
+from qdspace.node.rpc.trace_service import TraceServicer
+from qdspace.node.runtime.directory import DirectoryFollower, FollowerSettings
+
+if TYPE_CHECKING:
+    from qdspace.node.rpc.contracts_jobs import ContractJobs
+    from qdspace.node.runtime.federation_member import FederationMember
+    from qdspace.node.runtime.ledger import NodeLedger
+
+logger = logging.getLogger("node")
+
+
+def build_peer_server(ctx: NodeContext, port: int | None = None) -> PeerServer:
+    """The member's gRPC server, bound (``port``: the settings' unless given)."""
+    registrations = [NodeServicer(ctx.keys.identity).register, TraceServicer(ctx.store).register]
+    registrations.append(FederationServicer.from_context(ctx).register)
+    if ctx.contracts is not None:
+        from qdspace.node.rpc.contracts_service import contract_registrations
+
+        registrations.extend(contract_registrations(ctx.contracts, ctx.metrics))
+    settings = ctx.settings
+    caps = CallCaps(
+        server_calls=settings.rpc_max_calls,
+        per_peer_calls=settings.rpc_max_calls_per_peer,
+        per_peer_streams=settings.rpc_max_streams_per_peer,
+    )
+    return build_server(
+        ctx.keys,
+        PeerAuthenticator(ctx.revocations, ctx.peers.pinned),
+        registrations,
+        settings.grpc_host,
+        settings.grpc_port if port is None else port,
+        caps,
+        ctx.metrics,
+    )
+
+
+def directory_follower(ctx: NodeContext, grpc_port: int) -> DirectoryFollower | None:
+    """The task that follows the authority service, when ``authority_url`` names one."""
+    settings = ctx.settings
+    if not settings.authority_url:
+        return None
+    from qdspace.node.authority.client import AuthorityClient
+    from qdspace.node.identity.directory import DirectoryEntry, new_entry
+
+    advertised = settings.advertise_peer or f"{settings.grpc_host}:{grpc_port}"
+
+    def own_entry() -> DirectoryEntry:
+        if not settings.advertise_peer and settings.grpc_host in ("0.0.0.0", "::", ""):
+            raise ConfigError(
+                f"gRPC listens on {settings.grpc_host}: set advertise_peer (host:port other "
+                "members reach this node at) in node.json to publish it in the directory"
+            )
+        endpoints = {"peer": advertised}
+        return new_entry(ctx.keys.identity, ctx.keys.signing_key, endpoints, bpn=settings.bpn)
+
+    crl_path = settings.crl_path or settings.layout.crl
+    follower = DirectoryFollower(
+        AuthorityClient(settings.authority_url, ctx.keys.ca_pem),
+        FollowerSettings(
+            space=settings.space,
+            crl_path=crl_path,
+            directory_path=settings.layout.member_directory,
+            crl_refresh_s=settings.crl_refresh_s,
+            directory_refresh_s=settings.directory_refresh_s,
+        ),
+        ca_cert=ctx.keys.ca_cert,
+        cert_pem=ctx.keys.cert_pem,
+        revocations=ctx.revocations,
+        peers=ctx.peers,
+        own_entry=own_entry,
+    )
+    follower.load_saved()
+    return follower
+
+
+def attach_anchoring(ctx: NodeContext) -> NodeLedger | None:
+    """Attach the ledger (anchorer and QDM sweep threads, started) when a chain is
+    configured, and anchor every global model version the member coordinates."""
+    from qdspace.node.runtime.ledger import attach_ledger, enqueue_leaf
+
+    ledger = attach_ledger(ctx)
+    if ledger is None:
+        return None
+    ledger.start()
+
+    def anchor_version(kind: str, ref_id: str, record: bytes) -> None:
+        enqueue_leaf(ctx, kind, ref_id, record)
+
+    ctx.anchor_version = anchor_version
+    return ledger
+
+
+class MemberServer:
+    """One member's peer side: `bind`, `start`, `follow`, `stop` (and again, after stop).
+
+    ``bind`` builds the gRPC server on its port before anything starts, so a taken port
+    is one clear error; after a ``stop`` the same object binds the port it had again
+    (a suspended tenant resumed)."""
+
+    def __init__(self, ctx: NodeContext) -> None:
+        self.ctx = ctx
+        self.peer_server: PeerServer | None = None
+        self.port: int | None = None  # the bound port, kept across a stop
+        self._federation: FederationMember | None = None
+        self._jobs: ContractJobs | None = None
+        self._follow_stop = asyncio.Event()
+        self._follow_task: asyncio.Task[None] | None = None
+
+    def bind(self) -> PeerServer:
+        self.peer_server = build_peer_server(self.ctx, self.port)
+        self.port = self.peer_server.port
+        return self.peer_server
+
+    def prepare(self) -> None:
+        """The member side of federated learning (the operator API reads it from the
+        context, so it is made before the API app)."""
+        from qdspace.node.rpc.federation_link import grpc_coordinators
+        from qdspace.node.runtime.federation_member import FederationMember
+
+        ctx = self.ctx
+        self._federation = FederationMember(
+            grpc_coordinators(ctx), ctx.settings.directory, ctx.keys.identity.name
+        )
+        ctx.federation = self._federation
+
+    async def start(self) -> None:
+        """Serve gRPC and run the contract jobs (`bind` first)."""
+        if self.peer_server is None:
+            self.bind()
+        if self._federation is None:
+            self.prepare()
+        assert self.peer_server is not None
+        await self.peer_server.start()
+        from qdspace.node.rpc.contracts_jobs import ContractJobs
+
+        self._jobs = ContractJobs(self.ctx)
+
+    def follow(self) -> None:
+        """Follow the authority service (once every listener is up), if one is named."""
+        assert self.port is not None
+        follower = directory_follower(self.ctx, self.port)
+        self.ctx.follower = follower  # ``/readyz`` reads whether it holds a directory
+        if follower is not None:
+            self._follow_stop = asyncio.Event()
+            self._follow_task = asyncio.create_task(follower.run(self._follow_stop))
+
+    async def stop(self, grace: float) -> None:
+        """Stop following, federation, gRPC (open streams end after ``grace``), the jobs."""
+        self._follow_stop.set()
+        if self._follow_task is not None:
+            await self._follow_task
+            self._follow_task = None
+        if self._federation is not None:
+            await self._federation.stop()
+            self._federation = None
+        if self.peer_server is not None:
+            await self.peer_server.stop(grace)
+            self.peer_server = None
+        if self._jobs is not None:
+            await self._jobs.stop()
+            self._jobs = None
+        logger.debug("member %s: peer side stopped", self.ctx.settings.name)

@@ -1,0 +1,91 @@
+"""A hosted tenant on its own PostgreSQL schema beside one on SQLite, in one host process.
+
+Its database URL carries a password, so it is kept sealed like the tenant's keys: no
+plaintext file of the tenant's directory holds it. Needs ``QDSPACE_TEST_PG_URL``.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from collections.abc import Iterator
+
+import pytest
+from sqlalchemy import create_engine, text
+
+from qdspace.connector.storage import normalise_url
+from qdspace.node.localnet.network import LocalNetwork, free_port
+
+from .conftest import Host, qdspace
+
+pytestmark = pytest.mark.integration
+
+PG_ENV = "QDSPACE_TEST_PG_URL"
+
+
+@pytest.fixture(scope="module")
+def host(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Host]:
+    pg_url = os.environ.get(PG_ENV)
+    if not pg_url:
+        pytest.skip(f"${PG_ENV} is not set: no PostgreSQL server to host a tenant on")
+    pg_url = normalise_url(pg_url)
+    schema = f"qdspace_host_{secrets.token_hex(4)}"
+    engine = create_engine(pg_url)
+    with engine.begin() as connection:
+        connection.execute(text(f'CREATE SCHEMA "{schema}"'))
+    workdir = tmp_path_factory.mktemp("host-pg")
+    net = LocalNetwork(workdir, members=(), chain=False)
+    net.create()  # the authority only
+    ports = {"pgco": free_port(), "liteco": free_port()}
+    hosted = Host(workdir, workdir / "H", net, free_port(), ports)
+    url_file = workdir / "pgco.db-url"
+    url_file.write_text(f"{pg_url}?options=-csearch_path%3D{schema}\n")
+    try:
+        done = qdspace("host", "init", "--dir", str(hosted.directory), "--api-port",
+                       str(hosted.api_port))  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        for name in ports:
+            extra = ["--db-url-file", str(url_file)] if name == "pgco" else []
+            done = qdspace("host", "tenant", "add", "--dir", str(hosted.directory), "--name",
+                           name, "--role", "supplier", "--authority", str(net.authority_dir),
+                           "--grpc-port", str(ports[name]), *extra)  # fmt: skip
+            assert done.returncode == 0, done.stderr
+            out = workdir / f"{name}.token"
+            done = qdspace("host", "tenant", "token", "--dir", str(hosted.directory), "--name",
+                           name, "--out", str(out))  # fmt: skip
+            assert done.returncode == 0, done.stderr
+            hosted.tokens[name] = out.read_text().strip()
+        hosted.start()
+        yield hosted
+    finally:
+        hosted.stop()
+        with engine.begin() as connection:
+            connection.execute(text(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'))
+        engine.dispose()
+
+
+def test_a_tenant_on_postgresql_beside_one_on_sqlite(host: Host) -> None:
+    row = {
+        "inspection_id": "PG-0001",
+        "station": "EL-1",
+        "inspected_at": "2026-12-01T06:00:00Z",
+        "verdict": "pass",
+        "score": 0.1,
+        "model_version": "el-1",
+        "image_hash": "ab" * 32,
+        "order_id": "PO-PG-1",
+        "batch_id": "PG-CB-1",
+    }
+    with host.operator("pgco") as pgco:
+        info = pgco.node()
+        assert info["database"].startswith("postgresql"), info["database"]
+        assert "qdspace:qdspace@" not in info["database"]  # the password is never shown
+        assert pgco.ingest_rows("inspection", [row])["accepted"] == 1
+        assert pgco.qdm_counts()["inspection"] == 1
+    with host.operator("liteco") as liteco:
+        assert liteco.node()["database"].startswith("sqlite")
+        assert liteco.qdm_counts()["inspection"] == 0
+    tenant = host.directory / "tenants" / "pgco"
+    assert not (tenant / "node.db").exists()
+    for path in tenant.iterdir():  # the URL (with its password) is sealed
+        assert b"search_path" not in path.read_bytes(), path
