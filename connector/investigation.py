@@ -8,7 +8,8 @@ quality notifications, so that both companies' quality departments read the same
     CREATED -> SENT -> RECEIVED -> ACKNOWLEDGED -> ACCEPTED | DECLINED -> CLOSED
 
 Every move is a `CaseEvent` signed with its author's Ed25519 key over canonical JSON
-(domain-separated like agreements and receipts, `connector.agreement`), and both
+(domain-separated like agreements and receipts; `connector.investigation_wire` signs,
+verifies and parses), and both
 parties keep the same log of signed events: the state is the fold of that log
 (`fold`), never a field someone may set. Who may make which move (`STEPS`):
 
@@ -49,27 +50,22 @@ members' company roles.
 from __future__ import annotations
 
 import hashlib
-import json
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from datetime import date, datetime
 from enum import StrEnum
 from typing import Any
 
-from nacl.exceptions import BadSignatureError
-from nacl.signing import SigningKey, VerifyKey
-
 from qdspace.connector.contract_errors import (
     CaseDenied,
     CaseFormatError,
     CaseOrderError,
-    CaseSignatureError,
     CaseTransitionError,
 )
-from qdspace.policies.canonical import canonical_json, format_datetime, parse_datetime
+from qdspace.policies.canonical import canonical_json, format_datetime
 
 EVENT_SCHEMA = "qdspace.v1/quality-case-event"
-_EVENT_CONTEXT = b"qdspace.v1/quality-case-event\x00"
+CLOSURE_SCHEMA = "qdspace.v1/quality-case-closure"
 #: bounds of one case's terms (a case is a notice, not a document store)
 MAX_TEXT = 4000
 MAX_LINKS = 200
@@ -309,123 +305,6 @@ class CaseEvent:
         return hashlib.sha256(self.canonical_bytes()).hexdigest()
 
 
-@dataclass(frozen=True)
-class SignedEvent:
-    event: CaseEvent
-    signature: bytes
-
-
-def sign_event(event: CaseEvent, key: SigningKey) -> SignedEvent:
-    return SignedEvent(event, key.sign(_EVENT_CONTEXT + event.canonical_bytes()).signature)
-
-
-def open_signed_event(data: bytes, signature: bytes, author_key: VerifyKey) -> SignedEvent:
-    """Verify the author's signature over `data`, then parse it (never the other way)."""
-    try:
-        author_key.verify(_EVENT_CONTEXT + data, signature)
-    except (BadSignatureError, ValueError, TypeError):
-        raise CaseSignatureError("quality case event: signature does not verify") from None
-    return SignedEvent(event_from_bytes(data), signature)
-
-
-# ------------------------------------------------------------------- parsing
-
-
-def _get(raw: Mapping[str, Any], key: str, kind: type, what: str) -> Any:
-    value = raw.get(key)
-    if not isinstance(value, kind) or (isinstance(value, bool) and kind is not bool):
-        raise CaseFormatError(f"{what}: {key} must be a {kind.__name__}")
-    return value
-
-
-def _enum(enum: type[StrEnum], raw: Mapping[str, Any], key: str, what: str) -> Any:
-    value = _get(raw, key, str, what)
-    try:
-        return enum(value)
-    except ValueError:
-        raise CaseFormatError(
-            f"{what}: {key} {value!r} is not one of {[e.value for e in enum]}"
-        ) from None
-
-
-def _keys(raw: Any, keys: set[str], what: str) -> Mapping[str, Any]:
-    if not isinstance(raw, dict) or set(raw) != keys:
-        raise CaseFormatError(f"{what}: expected exactly the keys {sorted(keys)}")
-    return raw
-
-
-def _strings(raw: Mapping[str, Any], key: str, what: str) -> tuple[str, ...]:
-    items = _get(raw, key, list, what)
-    if not all(isinstance(i, str) for i in items):
-        raise CaseFormatError(f"{what}: {key} must be a list of strings")
-    return tuple(items)
-
-
-def _action_from(raw: Any) -> ActionItem:
-    what = "action"
-    raw = _keys(raw, {"actionId", "kind", "ownerId", "due", "title"}, what)
-    try:
-        due = date.fromisoformat(_get(raw, "due", str, what))
-    except ValueError:
-        raise CaseFormatError("action: due is not an ISO date") from None
-    return ActionItem(
-        _get(raw, "actionId", str, what),
-        _enum(ActionKind, raw, "kind", what),
-        _get(raw, "ownerId", str, what),
-        due,
-        _get(raw, "title", str, what),
-    )
-
-
-def _terms_from(raw: Any) -> CaseTerms:
-    what = "terms"
-    keys = {"kind", "openerId", "receiverId", "severity", "subject", "description"}
-    raw = _keys(raw, keys | {"batchIds", "partIds", "traceReportId", "actions"}, what)
-    return CaseTerms(
-        kind=_enum(CaseKind, raw, "kind", what),
-        opener_id=_get(raw, "openerId", str, what),
-        receiver_id=_get(raw, "receiverId", str, what),
-        severity=_enum(Severity, raw, "severity", what),
-        subject=_get(raw, "subject", str, what),
-        description=_get(raw, "description", str, what),
-        batch_ids=_strings(raw, "batchIds", what),
-        part_ids=_strings(raw, "partIds", what),
-        trace_report_id=_get(raw, "traceReportId", str, what),
-        actions=tuple(_action_from(a) for a in _get(raw, "actions", list, what)),
-    )
-
-
-def event_from_bytes(data: bytes) -> CaseEvent:
-    """Parse canonical event bytes; anything else (extra keys, other form) is refused."""
-    what = "event"
-    try:
-        decoded = json.loads(data)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise CaseFormatError(f"event: malformed JSON: {exc}") from None
-    keys = {"schema", "openerId", "caseId", "authorId", "seq", "step", "at", "terms"}
-    raw = _keys(decoded, keys | {"actionId", "note"}, what)
-    if raw["schema"] != EVENT_SCHEMA:
-        raise CaseFormatError(f"event: schema {raw['schema']!r} is not {EVENT_SCHEMA}")
-    try:
-        at = parse_datetime(_get(raw, "at", str, what))
-    except ValueError as exc:
-        raise CaseFormatError(f"event: at: {exc}") from None
-    event = CaseEvent(
-        opener_id=_get(raw, "openerId", str, what),
-        case_id=_get(raw, "caseId", str, what),
-        author_id=_get(raw, "authorId", str, what),
-        seq=_get(raw, "seq", int, what),
-        step=_enum(Step, raw, "step", what),
-        at=at,
-        terms=None if raw["terms"] is None else _terms_from(raw["terms"]),
-        action_id=_get(raw, "actionId", str, what),
-        note=_get(raw, "note", str, what),
-    )
-    if event.canonical_bytes() != data:
-        raise CaseFormatError("event: bytes are not in canonical form")
-    return event
-
-
 # ------------------------------------------------------------- the state machine
 
 
@@ -467,13 +346,12 @@ class QualityCase:
 
 
 def _check_author(case: QualityCase | None, event: CaseEvent, rule: StepRule) -> None:
-    parties = (
-        (event.terms.opener_id, event.terms.receiver_id)
-        if case is None and event.terms is not None
-        else case.parties()
-        if case is not None
-        else ()
-    )
+    if case is not None:
+        parties = case.parties()
+    elif event.terms is not None:
+        parties = (event.terms.opener_id, event.terms.receiver_id)
+    else:
+        raise CaseTransitionError(f"case {event.case_id} is not opened: {event.step.value}")
     if event.author_id not in parties:
         raise CaseDenied(f"{event.author_id} is not a party to case {event.case_id}")
     if rule.by is Party.OWNER:
@@ -565,3 +443,20 @@ def opening(case_id: str, terms: CaseTerms, at: datetime) -> tuple[CaseEvent, Ca
     """The opener's OPEN and SEND events of a new case."""
     opened = CaseEvent(terms.opener_id, case_id, terms.opener_id, 1, Step.OPEN, at, terms)
     return opened, next_event(apply(None, opened), terms.opener_id, Step.SEND, at)
+
+
+def closure_record(case: QualityCase, events: Iterable[CaseEvent]) -> bytes:
+    """The canonical bytes a closed case is anchored by: the case and the sorted sha256 of
+    every event of its log. Sorted, so both parties (whose logs may hold the two sides'
+    concurrent events in different orders) anchor the same bytes."""
+    if case.state is not CaseState.CLOSED:
+        raise CaseTransitionError(f"case {case.case_id} is {case.state.value}, not CLOSED")
+    return canonical_json(
+        {
+            "schema": CLOSURE_SCHEMA,
+            "openerId": case.opener_id,
+            "caseId": case.case_id,
+            "receiverId": case.receiver_id,
+            "events": sorted(e.digest() for e in events),
+        }
+    )
