@@ -164,7 +164,7 @@ FAULTS: Mapping[str, Fault] = {
     "qdspace.connector.contract_errors.CaseFormatError": F("INVALID_ARGUMENT", 400, 1),
     "qdspace.connector.contract_errors.CaseTransitionError": F("FAILED_PRECONDITION", 409, 1),
     "qdspace.connector.contract_errors.CaseDenied": F("PERMISSION_DENIED", 403, 1),
-    "qdspace.connector.contract_errors.CaseOrderError": F("UNAVAILABLE", 409, 1),
+    "qdspace.connector.contract_errors.CaseOrderError": F("UNAVAILABLE", 503, 1),
     "qdspace.connector.contract_errors.CaseReplayError": F("ALREADY_EXISTS", 409, 1),
     "qdspace.connector.contract_errors.CaseSignatureError": F("UNAUTHENTICATED", 403, 1),
     "qdspace.connector.contract_errors.UnknownCaseError": F("NOT_FOUND", 404, 1),
