@@ -33,7 +33,8 @@ The choice made here: the actions are agreed as a whole with the case, so the
 receiver's ACCEPT puts them in force (a DECLINE refuses them with the case); after that
 each party marks done only the actions it owns. This keeps one signature per move and no
 negotiation of single actions; an action the receiver disagrees with is a reason to
-decline and be sent a new case.
+decline and be sent a new case. An action past its due date and not done is overdue
+(`overdue`): both parties see the same alert, computed from the same log.
 
 Each author numbers its events 1, 2, 3... per case (`seq`). An event applies only
 as the next one of its author: a lower number is a replay (the store compares the bytes:
@@ -443,6 +444,15 @@ def opening(case_id: str, terms: CaseTerms, at: datetime) -> tuple[CaseEvent, Ca
     """The opener's OPEN and SEND events of a new case."""
     opened = CaseEvent(terms.opener_id, case_id, terms.opener_id, 1, Step.OPEN, at, terms)
     return opened, next_event(apply(None, opened), terms.opener_id, Step.SEND, at)
+
+
+def overdue(case: QualityCase, today: date) -> list[ActionItem]:
+    """The actions in force (the case is ACCEPTED), not done, whose due date has passed.
+    Both parties hold the same log, so both compute the same alert from it, with no
+    message between them."""
+    if case.state is not CaseState.ACCEPTED:
+        return []
+    return [a for a in case.terms.actions if a.action_id not in case.done and a.due < today]
 
 
 def closure_record(case: QualityCase, events: Iterable[CaseEvent]) -> bytes:

@@ -341,6 +341,10 @@ class OperatorClient:
         result: Rows = self._get("/v1/investigations")
         return result
 
+    def overdue_actions(self) -> Rows:
+        result: Rows = self._get("/v1/investigations/overdue")
+        return result
+
     def investigation(self, case_id: str) -> dict[str, Any]:
         result: dict[str, Any] = self._get(f"/v1/investigations/{case_id}")
         return result

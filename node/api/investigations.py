@@ -1,6 +1,8 @@
 """Operator REST endpoints of quality investigations and alerts (``/v1/investigations``).
 
-Open a case with a peer, list and show the cases held here, and make this member's moves:
+Open a case with a peer, list and show the cases held here, list the overdue actions
+(in force, past their due date by the contract clock, not done: the same alert on both
+sides, as both hold the same log), and make this member's moves:
 acknowledge, accept or decline (the receiver), mark an owned action done, close (the
 opener). Each move is signed and queued for the other party by the runtime
 (`node.runtime.contracts_cases`); the route then flushes the outbox, so the answer comes
@@ -32,6 +34,7 @@ from qdspace.connector.investigation import (
     QualityCase,
     Severity,
     Step,
+    overdue,
 )
 from qdspace.node.api.deps import Ctx, Outbox, Paging, Runtime, require_operator
 from qdspace.node.api.models import Id, IdPath, Text
@@ -76,6 +79,7 @@ class ActionPublic(BaseModel):
     due: date
     title: str
     state: ActionState
+    overdue: bool
 
 
 class EventPublic(BaseModel):
@@ -100,6 +104,7 @@ class CaseSummary(BaseModel):
     opened_at: str
     updated_at: str
     open_actions: int
+    overdue_actions: int
 
 
 class CasePublic(CaseSummary):
@@ -115,7 +120,19 @@ def _time(value: datetime) -> str:
     return format_datetime(value)
 
 
-def summary(case: QualityCase, me: str) -> CaseSummary:
+class OverduePublic(BaseModel):
+    """An action in force past its due date and not done: the alert both sides see."""
+
+    case_id: str
+    subject: str
+    severity: Severity
+    action_id: str
+    kind: ActionKind
+    owner_id: str
+    due: date
+
+
+def summary(case: QualityCase, me: str, today: date) -> CaseSummary:
     t = case.terms
     return CaseSummary(
         case_id=case.case_id,
@@ -129,13 +146,15 @@ def summary(case: QualityCase, me: str) -> CaseSummary:
         opened_at=_time(case.opened_at),
         updated_at=_time(case.updated_at),
         open_actions=len(case.open_actions()),
+        overdue_actions=len(overdue(case, today)),
     )
 
 
-def case_public(log: CaseLog, me: str) -> CasePublic:
+def case_public(log: CaseLog, me: str, today: date) -> CasePublic:
     case, t = log.case, log.case.terms
+    late = {a.action_id for a in overdue(case, today)}
     return CasePublic(
-        **summary(case, me).model_dump(),
+        **summary(case, me, today).model_dump(),
         description=t.description,
         batch_ids=list(t.batch_ids),
         part_ids=list(t.part_ids),
@@ -148,6 +167,7 @@ def case_public(log: CaseLog, me: str) -> CasePublic:
                 due=a.due,
                 title=a.title,
                 state=case.action_state(a.action_id),
+                overdue=a.action_id in late,
             )
             for a in t.actions
         ],
@@ -173,6 +193,11 @@ def _owner(name: str, me: str, peer_id: str, field: str) -> str:
             422, f"{field}: owner {name!r} is neither this member nor {peer_name(peer_id)}"
         )
     return by_name[name]
+
+
+def _today(rt: Runtime) -> date:
+    """The date by the contract clock (which tests and demos may move)."""
+    return rt.clock.now().date()
 
 
 #: the moves an operator asks for by name (``POST /v1/investigations/{id}/{move}``)
@@ -221,16 +246,33 @@ def investigations_router() -> APIRouter:
         )
         log = await run_in_threadpool(rt.open_case, terms)
         await outbox.flush()
-        return case_public(log, me)
+        return case_public(log, me, _today(rt))
 
     @router.get("", response_model=list[CaseSummary])
     def cases(rt: Runtime, page: Paging, response: Response) -> list[CaseSummary]:
-        me = rt.me.member_id
-        return page.take([summary(c, me) for c in rt.store.cases()], response)
+        me, today = rt.me.member_id, _today(rt)
+        return page.take([summary(c, me, today) for c in rt.store.cases()], response)
+
+    @router.get("/overdue", response_model=list[OverduePublic])
+    def overdue_actions(rt: Runtime) -> list[OverduePublic]:
+        today = _today(rt)
+        return [
+            OverduePublic(
+                case_id=c.case_id,
+                subject=c.terms.subject,
+                severity=c.terms.severity,
+                action_id=a.action_id,
+                kind=a.kind,
+                owner_id=a.owner_id,
+                due=a.due,
+            )
+            for c in rt.store.cases()
+            for a in overdue(c, today)
+        ]
 
     @router.get("/{case_id}", response_model=CasePublic)
     def show(rt: Runtime, case_id: IdPath) -> CasePublic:
-        return case_public(rt.store.find_case(case_id), rt.me.member_id)
+        return case_public(rt.store.find_case(case_id), rt.me.member_id, _today(rt))
 
     @router.post("/{case_id}/actions/{action_id}/done", response_model=CasePublic)
     async def action_done(
@@ -238,7 +280,7 @@ def investigations_router() -> APIRouter:
     ) -> CasePublic:
         log = await run_in_threadpool(rt.case_step, case_id, Step.ACTION_DONE, action_id, body.note)
         await outbox.flush()
-        return case_public(log, rt.me.member_id)
+        return case_public(log, rt.me.member_id, _today(rt))
 
     @router.post("/{case_id}/{move}", response_model=CasePublic)
     async def move(
@@ -246,6 +288,6 @@ def investigations_router() -> APIRouter:
     ) -> CasePublic:
         log = await run_in_threadpool(rt.case_step, case_id, MOVES[move], "", body.note)
         await outbox.flush()
-        return case_public(log, rt.me.member_id)
+        return case_public(log, rt.me.member_id, _today(rt))
 
     return router

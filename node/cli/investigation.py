@@ -1,4 +1,4 @@
-"""``qdspace investigation open | list | show | ack | accept | decline | close | action``.
+"""``qdspace investigation open | list | show | overdue | ack | accept | decline | close | action``.
 
 Thin commands over a running node's operator API (``/v1/investigations``): the node holds
 the keys that sign each move and the outbox that delivers it, so the CLI only names the
@@ -60,7 +60,7 @@ def _print_case(case: dict[str, Any]) -> None:
     for a in case.get("actions", []):
         console.print(
             f"  {a['action_id']} {a['kind']} owner {a['owner_id']} due {a['due']}: "
-            f"{a['state']} {a['title']}",
+            f"{a['state']}{' OVERDUE' if a['overdue'] else ''} {a['title']}",
             soft_wrap=True,
         )
 
@@ -120,7 +120,8 @@ def list_cases(
     for case in cases:
         console.print(
             f"{case['case_id']} {case['kind']} {case['severity']} {case['state']} "
-            f"({case['role']}, {case['open_actions']} open actions): {case['subject']}",
+            f"({case['role']}, {case['open_actions']} open actions, "
+            f"{case['overdue_actions']} overdue): {case['subject']}",
             soft_wrap=True,
         )
 
@@ -144,6 +145,30 @@ def show(
     _print_case(case)
     for e in case["events"]:
         console.print(f"  #{e['seq']} {e['step']} by {e['author_id']} at {e['at']} {e['note']}")
+
+
+@investigation_app.command("overdue")
+@clean_errors
+def overdue(
+    directory: DirOpt = None,
+    api_url: ApiUrlOpt = None,
+    token_file: TokenFileOpt = None,
+    ca_file: CaFileOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Actions in force past their due date and not done (exit 1 when there are any)."""
+    with name_target(directory, api_url, token_file, ca_file).client() as node:
+        late = node.overdue_actions()
+    if as_json:
+        print_json(late)
+    for a in [] if as_json else late:
+        console.print(
+            f"OVERDUE {a['case_id']} {a['action_id']} {a['kind']} owner {a['owner_id']} "
+            f"due {a['due']} ({a['severity']}: {a['subject']})",
+            soft_wrap=True,
+        )
+    if late:
+        raise typer.Exit(1)
 
 
 def _move(move: str, doc: str) -> None:

@@ -137,7 +137,7 @@ def test_an_investigation_runs_its_whole_life_on_both_sides(net: LocalNetwork) -
         "part_ids": ["M-0001", "M-0002"],
         "trace_report_id": "tr-demo-1",
         "actions": [
-            {"action_id": "A1", "kind": "CONTAINMENT", "owner": "cellex", "due": "2026-12-10"},
+            {"action_id": "A1", "kind": "CONTAINMENT", "owner": "cellex", "due": "2020-01-06"},
             {"action_id": "A2", "kind": "VERIFICATION", "owner": "sunarc", "due": "2026-12-20"},
         ],
     }
@@ -153,6 +153,11 @@ def test_an_investigation_runs_its_whole_life_on_both_sides(net: LocalNetwork) -
     ok(post(net, "cellex", f"/{case_id}/ack"))
     ok(post(net, "cellex", f"/{case_id}/accept", {"note": "we check chamber 3"}))
     wait_for("sunarc to see the acceptance", lambda: state_is(net, "sunarc", "ACCEPTED"))
+    for name in ("sunarc", "cellex"):  # A1 is past due: the same alert on both sides
+        with net[name].client() as client:
+            late = ok(client.get("/v1/investigations/overdue"))
+        assert [(a["case_id"], a["action_id"]) for a in late] == [(case_id, "A1")], name
+        assert [a["overdue"] for a in show(net, name, case_id)["actions"]] == [True, False]
 
     refused = post(net, "sunarc", f"/{case_id}/actions/A1/done")
     assert refused.status_code == 403 and "owned by cellex" in refused.json()["detail"]
@@ -164,6 +169,8 @@ def test_an_investigation_runs_its_whole_life_on_both_sides(net: LocalNetwork) -
         "both to see every action done",
         lambda: all(show(net, n, case_id)["open_actions"] == 0 for n in ("sunarc", "cellex")),
     )
+    with net["sunarc"].client() as client:
+        assert ok(client.get("/v1/investigations/overdue")) == []
     closed = ok(post(net, "sunarc", f"/{case_id}/close"))
     assert closed["state"] == "CLOSED"
     wait_for("cellex to see the closure", lambda: state_is(net, "cellex", "CLOSED"))

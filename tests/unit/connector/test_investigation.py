@@ -34,6 +34,7 @@ from qdspace.connector.investigation import (
     fold,
     next_event,
     opening,
+    overdue,
 )
 from qdspace.connector.investigation_wire import (
     event_from_bytes,
@@ -269,3 +270,14 @@ def test_the_closure_record_is_the_same_whatever_order_the_logs_hold() -> None:
     assert one == two and b"quality-case-closure" in one
     with pytest.raises(CaseTransitionError, match="not CLOSED"):
         closure_record(c1, base)
+
+
+def test_overdue_actions_are_those_in_force_past_due_and_not_done() -> None:
+    after_both = date(2026, 12, 21)
+    assert overdue(walk(*ACKED), after_both) == []  # not in force before ACCEPT
+    accepted = walk(*ACCEPTED)
+    assert [a.action_id for a in overdue(accepted, date(2026, 12, 6))] == ["A1"]
+    assert overdue(accepted, date(2026, 12, 5)) == []  # due today is not late
+    assert [a.action_id for a in overdue(accepted, after_both)] == ["A1", "A2"]
+    assert overdue(walk(*DONE), after_both) == []
+    assert overdue(walk(*ACKED, (SUP, Step.DECLINE, "")), after_both) == []
