@@ -10,6 +10,7 @@ with its own certificate, the way a modified node would. The tests run in file o
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 import uuid
 from collections.abc import Iterator
@@ -20,9 +21,11 @@ import grpc
 import httpx
 import pytest
 from sqlalchemy import create_engine, text
+from typer.testing import CliRunner
 
 from qdspace.connector.investigation import CaseEvent, Step
 from qdspace.connector.investigation_wire import SealedEvent, event_from_bytes, sign_event
+from qdspace.node.cli import app
 from qdspace.node.identity.member import MemberKeys, load_member_keys
 from qdspace.node.localnet.network import LocalNetwork, MemberSpec
 from qdspace.node.rpc.client import open_channel
@@ -308,3 +311,31 @@ def test_an_action_owner_who_is_no_party_is_422(net: LocalNetwork) -> None:
     assert response.status_code == 422 and "actions[0].owner" in response.json()["detail"]
     assert post(net, "sunarc", "/qc-nope/ack").status_code == 404
     assert post(net, "sunarc", f"/{CASE['id']}/reopen").status_code == 422
+
+
+def test_the_command_line_opens_moves_and_refuses(net: LocalNetwork) -> None:
+    runner = CliRunner()
+    oem, sup = str(net["sunarc"].directory), str(net["cellex"].directory)
+    opened = runner.invoke(
+        app,
+        [
+            "investigation", "open", "cellex", "--dir", oem, "--subject", "cracked cells",
+            "--severity", "major", "--batch", "CX-CB-1", "--json",
+            "--action", "root-cause:cellex:2030-01-31:find the chamber",
+        ],
+    )  # fmt: skip
+    assert opened.exit_code == 0, opened.output
+    case_id = json.loads(opened.output)["case_id"]
+    wait_for("cellex to receive", lambda: show(net, "cellex", case_id)["state"] == "RECEIVED")
+    acked = runner.invoke(app, ["investigation", "ack", case_id, "--dir", sup])
+    assert acked.exit_code == 0 and "ACKNOWLEDGED" in acked.output, acked.output
+    jump = runner.invoke(app, ["investigation", "close", case_id, "--dir", oem])
+    assert jump.exit_code == 1 and "409" in jump.output, jump.output
+    assert "CLOSE is not allowed in that state" in jump.output  # RECEIVED or ACKNOWLEDGED
+    listed = runner.invoke(app, ["investigation", "list", "--dir", sup])
+    assert listed.exit_code == 0 and case_id in listed.output
+    bad = runner.invoke(
+        app, ["investigation", "open", "cellex", "--dir", oem, "--subject", "x",
+              "--severity", "major", "--action", "containment-only"],
+    )  # fmt: skip
+    assert bad.exit_code == 2 and "KIND:OWNER:DUE" in bad.output
