@@ -18,6 +18,8 @@ Invariants:
 - every event kept was legal in the state the earlier events made (`apply`), so the
   log always folds; two appends racing on one case cannot both win (the event count is
   compared and set; the loser gets `ConcurrentUpdateError`).
+- a case id is used once here, whoever opened it (the operator names a case by its id),
+  so a member cannot shadow another's case by opening one under the same id;
 - a peer may have opened at most `MAX_RECEIVED_PER_SENDER` cases here; the events of
   one case are bounded by the state machine itself (seven steps and one per action).
 """
@@ -37,6 +39,7 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    UniqueConstraint,
     func,
     select,
     update,
@@ -73,6 +76,7 @@ case_table = Table(
     Column("event_count", Integer, nullable=False),
     Column("opened_at", UTCDateTime(), nullable=False),
     Column("updated_at", UTCDateTime(), nullable=False, index=True),
+    UniqueConstraint("case_id", name="uq_contract_quality_case_id"),
 )
 case_event_table = Table(
     "contract_quality_case_event",
@@ -147,12 +151,23 @@ class CaseStore(TableStore):
             if not new:
                 return False
             assert case is not None
-            if count == 0 and quota_for is not None:
-                self._check_quota(connection, quota_for)
+            if count == 0:
+                self._check_new(connection, first.case_id, quota_for)
             self._insert_events(connection, new, count, at)
             self._save_case(connection, case, count, count + len(new))
             self._outbox.enqueue_in(connection, outbox, at)
         return True
+
+    def _check_new(self, connection: Connection, case_id: str, quota_for: str | None) -> None:
+        """A new case's id is free here (whoever opened it: the operator finds cases by id
+        alone), and its opener has room."""
+        taken = connection.execute(
+            select(func.count()).where(case_table.c.case_id == case_id)
+        ).scalar_one()
+        if taken:
+            raise CaseReplayError(f"case id {case_id} is already in use here")
+        if quota_for is not None:
+            self._check_quota(connection, quota_for)
 
     def _check_quota(self, connection: Connection, opener_id: str) -> None:
         held = connection.execute(

@@ -18,13 +18,15 @@ from datetime import date, datetime
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Depends, HTTPException, Response
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, StringConstraints
 from starlette.concurrency import run_in_threadpool
 
 from qdspace.connector.contract_store import CaseLog
 from qdspace.connector.investigation import (
     MAX_ACTIONS,
+    MAX_ID,
     MAX_LINKS,
+    MAX_TEXT,
     ActionItem,
     ActionKind,
     ActionState,
@@ -37,36 +39,44 @@ from qdspace.connector.investigation import (
     overdue,
 )
 from qdspace.node.api.deps import Ctx, Outbox, Paging, Runtime, require_operator
-from qdspace.node.api.models import Id, IdPath, Text
+from qdspace.node.api.models import Id, IdPath
 from qdspace.node.runtime.contracts_base import peer_name
 from qdspace.policies.canonical import format_datetime
 
 # -- request bodies ----------------------------------------------------------------------
 
+#: the case's own bounds (`connector.investigation`), so a caller gets a 422 naming the field
+CaseId = Annotated[
+    str, StringConstraints(min_length=1, max_length=MAX_ID, pattern=r"^[^\x00-\x1f\x7f]+$")
+]
+CaseText = Annotated[
+    str, StringConstraints(max_length=MAX_TEXT, pattern=r"^[^\x00-\x09\x0b-\x1f\x7f]*$")
+]
+
 
 class ActionBody(BaseModel):
-    action_id: Id
+    action_id: CaseId
     kind: ActionKind
     #: the member name of the party that does it (ours or the peer's)
     owner: Id
     due: date
-    title: Text = ""
+    title: CaseText = ""
 
 
 class OpenBody(BaseModel):
     peer: Id
     kind: CaseKind = CaseKind.INVESTIGATION
     severity: Severity
-    subject: Annotated[Text, Field(min_length=1)]
-    description: Text = ""
-    batch_ids: list[Id] = Field(default_factory=list, max_length=MAX_LINKS)
-    part_ids: list[Id] = Field(default_factory=list, max_length=MAX_LINKS)
-    trace_report_id: Id | None = None
+    subject: Annotated[CaseText, Field(min_length=1)]
+    description: CaseText = ""
+    batch_ids: list[CaseId] = Field(default_factory=list, max_length=MAX_LINKS)
+    part_ids: list[CaseId] = Field(default_factory=list, max_length=MAX_LINKS)
+    trace_report_id: CaseId | None = None
     actions: list[ActionBody] = Field(default_factory=list, max_length=MAX_ACTIONS)
 
 
 class StepBody(BaseModel):
-    note: Text = ""
+    note: CaseText = ""
 
 
 # -- responses ---------------------------------------------------------------------------

@@ -41,6 +41,7 @@ def upgrade() -> None:
             sa.Column("opened_at", sqlmodel.sql.sqltypes.UTCDateTime(), nullable=False),
             sa.Column("updated_at", sqlmodel.sql.sqltypes.UTCDateTime(), nullable=False),
             sa.PrimaryKeyConstraint("opener_id", "case_id"),
+            sa.UniqueConstraint("case_id", name="uq_contract_quality_case_id"),
         )
         op.create_index(
             "ix_contract_quality_case_updated_at", "contract_quality_case", ["updated_at"]

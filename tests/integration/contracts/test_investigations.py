@@ -286,6 +286,9 @@ def test_a_non_party_cannot_move_a_case_nor_learn_it_exists(net: LocalNetwork) -
         ({"actions": [{"action_id": "A1", "kind": "PRAY", "owner": "cellex", "due": "2026-12-01"}]},
          "actions.0.kind"),
         ({"subject": ""}, "subject"),
+        ({"subject": "x" * 4001}, "subject"),
+        ({"batch_ids": ["CX\tCB"]}, "batch_ids.0"),
+        ({"trace_report_id": "t" * 129}, "trace_report_id"),
         ({"peer": ""}, "peer"),
     ],
 )  # fmt: skip

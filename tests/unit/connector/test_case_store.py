@@ -141,3 +141,13 @@ def test_cases_a_peer_opens_are_bounded(
     with pytest.raises(NotificationQuotaError, match="2 quality cases"):
         store.append_case_events(third, [], T0, quota_for=OEM)
     assert len(store.cases()) == 2
+
+
+def test_a_case_id_is_used_once_whoever_opens_it(store: ContractStore) -> None:
+    opened = [sign_event(e, O_KEY) for e in opening("qc-1", terms(), T0)]
+    store.append_case_events(opened, [], T0)
+    shadow = CaseTerms(CaseKind.ALERT, SUP, OEM, Severity.MINOR, "same id, other opener")
+    copied = [sign_event(e, S_KEY) for e in opening("qc-1", shadow, T0)]
+    with pytest.raises(CaseReplayError, match="already in use"):
+        store.append_case_events(copied, [], T0, quota_for=SUP)
+    assert store.find_case("qc-1").case.opener_id == OEM
