@@ -84,12 +84,13 @@ class QualityCases(ContractNotices):
 
     def _anchor_if_closed(self, log: CaseLog) -> None:
         if log.case.state is CaseState.CLOSED:
-            ref = f"{log.case.opener_id}/{log.case.case_id}"
+            ref = f"{log.case.opener_id}:{log.case.case_id}"
             self.record(CASE_KIND, ref, closure_record(log.case, (s.event for s in log.events)))
 
     def case_record(self, ref_id: str) -> bytes | None:
-        """The closure record of a closed case held here, by its ledger ref (for a regulator)."""
-        opener_id, _, case_id = ref_id.partition("/")
+        """The closure record of a closed case held here, by its ledger ref
+        (``<opener id>:<case id>``, one URL path segment), for a regulator."""
+        opener_id, _, case_id = ref_id.partition(":")
         try:
             log = self.store.case_log(opener_id, case_id)
         except UnknownCaseError:

@@ -112,4 +112,4 @@ def test_a_case_between_two_runtimes(
     assert oem_anchored == sup_anchored  # the same leaf on both sides
     ref = oem_anchored[0][1]
     assert oem.case_record(ref) == sup.case_record(ref) == oem_anchored[0][2]
-    assert oem.case_record("nobody/qc-x") is None
+    assert oem.case_record("nobody:qc-x") is None
