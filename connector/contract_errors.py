@@ -140,3 +140,45 @@ class NotificationQuotaError(ContractError):
     """A peer has as many notices kept here as it may have; a new one is refused."""
 
     grpc_status = "RESOURCE_EXHAUSTED"
+
+
+class CaseError(ContractError):
+    """Base of the quality investigation / alert errors (`connector.investigation`)."""
+
+
+class CaseFormatError(CaseError, ValueError):
+    """Case terms or event bytes that are not well formed (a field, a bound, the form)."""
+
+    grpc_status = "INVALID_ARGUMENT"
+
+
+class CaseTransitionError(CaseError):
+    """A move the case's state does not allow (a state jump, closing with open actions)."""
+
+
+class CaseDenied(CaseError, PermissionError):
+    """A move by a member who may not make it: a non-party, the wrong party, not the owner."""
+
+    grpc_status = "PERMISSION_DENIED"
+
+
+class CaseOrderError(CaseError):
+    """An event that arrived before its author's previous one (the sender retries it)."""
+
+    grpc_status = "UNAVAILABLE"
+
+
+class CaseReplayError(CaseError):
+    """An event number already used, now with different content."""
+
+    grpc_status = "ALREADY_EXISTS"
+
+
+class CaseSignatureError(SignatureError):
+    """A quality case event whose signature does not verify."""
+
+
+class UnknownCaseError(CaseError, LookupError):
+    """No quality case with that id here."""
+
+    grpc_status = "NOT_FOUND"

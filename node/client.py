@@ -330,6 +330,37 @@ class OperatorClient:
         result: Rows = self._get("/v1/contracts/duties")
         return result
 
+    # -- quality investigations and alerts --------------------------------------------------
+
+    def open_investigation(self, body: dict[str, Any]) -> dict[str, Any]:
+        """Open a quality investigation or alert with a peer (``OpenBody`` of the route)."""
+        result: dict[str, Any] = self._post("/v1/investigations", body)
+        return result
+
+    def investigations(self) -> Rows:
+        result: Rows = self._get("/v1/investigations")
+        return result
+
+    def overdue_actions(self) -> Rows:
+        result: Rows = self._get("/v1/investigations/overdue")
+        return result
+
+    def investigation(self, case_id: str) -> dict[str, Any]:
+        result: dict[str, Any] = self._get(f"/v1/investigations/{case_id}")
+        return result
+
+    def investigation_move(self, case_id: str, move: str, note: str = "") -> dict[str, Any]:
+        """``move``: ack, accept, decline or close."""
+        result: dict[str, Any] = self._post(f"/v1/investigations/{case_id}/{move}", {"note": note})
+        return result
+
+    def investigation_action_done(
+        self, case_id: str, action_id: str, note: str = ""
+    ) -> dict[str, Any]:
+        path = f"/v1/investigations/{case_id}/actions/{action_id}/done"
+        result: dict[str, Any] = self._post(path, {"note": note})
+        return result
+
     def set_clock(self, offset_days: float) -> dict[str, Any]:
         result: dict[str, Any] = self._post("/v1/contracts/clock", {"offset_days": offset_days})
         return result

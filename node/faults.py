@@ -167,6 +167,14 @@ FAULTS: Mapping[str, Fault] = {
     "qdspace.connector.contract_errors.SpcError": F("INVALID_ARGUMENT", 400, 1),
     "qdspace.connector.contract_errors.ViewError": F("INVALID_ARGUMENT", 400, 1),
     "qdspace.connector.contract_errors.NotificationQuotaError": F("RESOURCE_EXHAUSTED", 429, 1),
+    "qdspace.connector.contract_errors.CaseError": F("FAILED_PRECONDITION", 409, 1),
+    "qdspace.connector.contract_errors.CaseFormatError": F("INVALID_ARGUMENT", 400, 1),
+    "qdspace.connector.contract_errors.CaseTransitionError": F("FAILED_PRECONDITION", 409, 1),
+    "qdspace.connector.contract_errors.CaseDenied": F("PERMISSION_DENIED", 403, 1),
+    "qdspace.connector.contract_errors.CaseOrderError": F("UNAVAILABLE", 503, 1),
+    "qdspace.connector.contract_errors.CaseReplayError": F("ALREADY_EXISTS", 409, 1),
+    "qdspace.connector.contract_errors.CaseSignatureError": F("UNAUTHENTICATED", 403, 1),
+    "qdspace.connector.contract_errors.UnknownCaseError": F("NOT_FOUND", 404, 1),
     # -- policies ------------------------------------------------------------
     "qdspace.policies.errors.PolicyError": F(
         "INVALID_ARGUMENT", None, 1

@@ -20,7 +20,9 @@ the invariants it keeps:
   (crypto-shredding);
 - `closures` and `receipts`: order closures, the deletion duties they start, and the
   signed receipts that answer them;
-- `notices`: alerts and investigations peers sent, kept once within a bound.
+- `notices`: alerts and investigations peers sent, kept once within a bound;
+- `cases`: quality investigations and alerts with a life cycle, each party's copy of
+  the signed event log.
 
 `ContractStore` wires them together (which aggregate takes another's step into its
 transaction) and delegates each call to the module that owns it, under the name the
@@ -37,6 +39,7 @@ from sqlalchemy import Engine
 from qdspace.connector.agreement import SignedAgreement, SignedReceipt
 from qdspace.connector.contract_errors import ContractStoreError
 from qdspace.connector.contract_store.agreements import AgreementStore, StoredAgreement
+from qdspace.connector.contract_store.cases import CaseLog, CaseStore
 from qdspace.connector.contract_store.closures import ClosureStore, DutyReport, OrderClosure
 from qdspace.connector.contract_store.common import (
     CONTRACT_METADATA,
@@ -58,6 +61,8 @@ from qdspace.connector.contract_store.received import (
     received_row_table,
 )
 from qdspace.connector.contract_store.transfers import TransferStore
+from qdspace.connector.investigation import QualityCase
+from qdspace.connector.investigation_wire import SignedEvent
 from qdspace.connector.negotiation import Negotiation, NegotiationState, Role
 from qdspace.connector.purge import Holding
 from qdspace.connector.spc import Investigation, QualityAlert
@@ -65,6 +70,7 @@ from qdspace.connector.transfer import TransferProcess
 
 __all__ = [
     "CONTRACT_METADATA",
+    "CaseLog",
     "ConcurrentUpdateError",
     "ContractStore",
     "ContractStoreError",
@@ -103,6 +109,7 @@ class ContractStore:
             engine, self._agreements, self._received, self._receipts, self._outbox
         )
         self._notices = NoticeStore(engine)
+        self._cases = CaseStore(engine, self._outbox)
 
     # -------------------------------------------------------- negotiations
 
@@ -287,3 +294,23 @@ class ContractStore:
 
     def received_investigations(self, sender_id: str | None = None) -> list[Investigation]:
         return self._notices.received_investigations(sender_id)
+
+    # -------------------------------------------------------- quality cases
+
+    def append_case_events(
+        self,
+        events: Sequence[SignedEvent],
+        outbox: Sequence[OutboxMessage],
+        at: datetime,
+        quota_for: str | None = None,
+    ) -> bool:
+        return self._cases.append(events, outbox, at, quota_for)
+
+    def case_log(self, opener_id: str, case_id: str) -> CaseLog:
+        return self._cases.case_log(opener_id, case_id)
+
+    def find_case(self, case_id: str) -> CaseLog:
+        return self._cases.find_case(case_id)
+
+    def cases(self) -> list[QualityCase]:
+        return self._cases.cases()

@@ -37,6 +37,7 @@ from qdspace.node.api.gate import (
     JsonDepthLimit,
 )
 from qdspace.node.api.inspection import create_inspection_router
+from qdspace.node.api.investigations import investigations_router
 from qdspace.node.api.ledger import mount_ledger_routes
 from qdspace.node.api.models import (
     BatchPublic,
@@ -206,6 +207,7 @@ def create_app(ctx: NodeContext) -> FastAPI:
     app.include_router(create_inspection_router(ctx.directory, [Operator]))
     mount_ledger_routes(app, ctx)
     app.include_router(contracts_router())
+    app.include_router(investigations_router())
     app.include_router(federation_router(ctx, Operator))
     mount_observability(app, ctx)  # probes, /metrics, and the outermost request layer
     return app

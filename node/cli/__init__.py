@@ -37,6 +37,7 @@ from qdspace.node.cli.errors import clean_errors
 from qdspace.node.cli.federation import fl_app
 from qdspace.node.cli.host import host_app
 from qdspace.node.cli.inspection import mount as mount_inspection
+from qdspace.node.cli.investigation import investigation_app
 from qdspace.node.cli.ledger import ledger_app
 from qdspace.node.cli.ledger import verify as ledger_verify
 from qdspace.node.cli.maintenance import mount as mount_maintenance
@@ -50,6 +51,7 @@ app.add_typer(peer_app, name="peer")
 app.add_typer(ledger_app, name="ledger")
 app.add_typer(fl_app, name="fl")
 app.add_typer(host_app, name="host")
+app.add_typer(investigation_app, name="investigation")
 app.command("verify")(ledger_verify)  # `qdspace verify PROOF.json --rpc URL`
 mount_inspection(app)  # train, inspect run/models/activate/explain
 mount_contracts(app)  # catalog, negotiate, transfer, subscribe, contracts, order close

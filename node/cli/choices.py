@@ -42,6 +42,7 @@ class LeafKind(StrEnum):
     DELETION_RECEIPT = "deletion_receipt"
     MODEL_VERSION = "model_version"
     RECORD_BATCH = "record_batch"
+    QUALITY_CASE = "quality_case"
 
 
 class CellMember(StrEnum):

@@ -25,6 +25,7 @@ from qdspace.node.errors import PeerError
 from qdspace.node.rpc.contracts_client import TIMEOUT_S, ContractClient, call_peer
 from qdspace.node.rpc.peers import PeerDirectory
 from qdspace.node.runtime.contracts import ContractRuntime
+from qdspace.node.runtime.contracts_cases import CASE_KIND
 from qdspace.protocols.v1 import notification_pb2, notification_pb2_grpc
 
 logger = logging.getLogger("node.contracts")
@@ -155,3 +156,4 @@ def _attach_ledger(ctx: NodeContext) -> None:
     runtime.record = record
     for kind in ("agreement", "deletion_receipt"):
         register_record_loader(ctx, kind, runtime.load_record)
+    register_record_loader(ctx, CASE_KIND, lambda _kind, ref: runtime.case_record(ref))

@@ -2,9 +2,11 @@
 
 A notification is what one party tells the other after the fact, through the outbox:
 an order closed, an agreement terminated, a signed deletion receipt, an SPC quality
-alert, an investigation. One envelope (`Notification`) carries one of these bodies. The
-receipt is decoded as sent; its signature is checked by whoever opens it
-(`connector.agreement.open_signed_receipt`). The basics come from `contracts_serde`.
+alert, an investigation, a signed move of a quality case. One envelope (`Notification`)
+carries one of these bodies. The receipt is decoded as sent; its signature is checked by
+whoever opens it (`connector.agreement.open_signed_receipt`); a quality case event
+arrives sealed (`SealedEvent`) and is opened by `connector.investigation.open_signed_event`.
+The basics come from `contracts_serde`.
 """
 
 from __future__ import annotations
@@ -20,12 +22,21 @@ from qdspace.connector.agreement import (
     receipt_from_bytes,
 )
 from qdspace.connector.contract_errors import ContractError
+from qdspace.connector.investigation_wire import SealedEvent, SignedEvent
 from qdspace.connector.spc import Investigation, QualityAlert, SpcAlert, SpcPoint
 from qdspace.node.errors import WireFormatError
 from qdspace.node.rpc.contracts_serde import datetime_from_us, datetime_to_us, required
 from qdspace.protocols.v1 import notification_pb2
 
-NotificationBody = OrderClosed | AgreementTermination | SignedReceipt | QualityAlert | Investigation
+NotificationBody = (
+    OrderClosed
+    | AgreementTermination
+    | SignedReceipt
+    | QualityAlert
+    | Investigation
+    | SignedEvent
+    | SealedEvent
+)
 
 
 @dataclass(frozen=True)
@@ -115,6 +126,15 @@ def notification_to_proto(notification: Notification) -> notification_pb2.Notifi
         out.deletion_receipt.CopyFrom(receipt_to_proto(body))
     elif isinstance(body, QualityAlert):
         out.quality_alert.CopyFrom(_alert_to_proto(body))
+    elif isinstance(body, SignedEvent | SealedEvent):
+        sealed = (
+            SealedEvent(body.event.canonical_bytes(), body.signature)
+            if isinstance(body, SignedEvent)
+            else body
+        )
+        out.quality_case_event.CopyFrom(
+            notification_pb2.QualityCaseEvent(event_json=sealed.data, signature=sealed.signature)
+        )
     else:
         out.investigation.CopyFrom(
             notification_pb2.Investigation(
@@ -159,6 +179,11 @@ def _body_from_proto(message: notification_pb2.NotificationMessage) -> Notificat
                 order_id=opened.order_id,
                 status=opened.status,
             )
+        case "quality_case_event":
+            sealed = message.quality_case_event
+            if not sealed.event_json or not sealed.signature:
+                raise WireFormatError("quality case event without its bytes or signature")
+            return SealedEvent(sealed.event_json, sealed.signature)
     raise WireFormatError(f"notification {message.notification_id} has no body")
 
 

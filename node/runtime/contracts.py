@@ -9,8 +9,9 @@ servicers and routes only decode, call one method and encode.
 The runtime is one object made of rooms: the shared state and catalog
 (`contracts_base`), the provider's negotiation moves (`contracts_negotiation`),
 transfers and live streams (`contracts_transfer`), notifications, order closings and
-the retention sweep (`contracts_notices`), and the purge of a member leaving the data
-space (`contracts_purge`, over the notices), over the contract clock
+the retention sweep (`contracts_notices`), the purge of a member leaving the data
+space (`contracts_purge`, over the notices) and quality investigations and alerts
+(`contracts_cases`, over the notices), over the contract clock
 (`contracts_clock`). This module joins them and builds the runtime from a node
 directory.
 """
@@ -31,6 +32,7 @@ from qdspace.node.errors import NodeError
 from qdspace.node.identity.certs import MemberIdentity
 from qdspace.node.identity.keyfiles import PLAIN, KeyFiles
 from qdspace.node.layout import NodeLayout
+from qdspace.node.runtime.contracts_cases import QualityCases
 from qdspace.node.runtime.contracts_clock import CLOCK_CONTROL_ENV, ContractClock
 from qdspace.node.runtime.contracts_negotiation import ProviderNegotiation
 from qdspace.node.runtime.contracts_purge import ContractPurge
@@ -39,7 +41,7 @@ from qdspace.node.runtime.table_watch import TableWatch
 
 
 @dataclass
-class ContractRuntime(ProviderNegotiation, ProviderTransfers, ContractPurge):
+class ContractRuntime(ProviderNegotiation, ProviderTransfers, ContractPurge, QualityCases):
     """The node's contract machinery; see the module docstring."""
 
 

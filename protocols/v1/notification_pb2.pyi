@@ -82,8 +82,16 @@ class Investigation(_message.Message):
     status: str
     def __init__(self, investigation_id: _Optional[str] = ..., subject: _Optional[str] = ..., batch_id: _Optional[str] = ..., order_id: _Optional[str] = ..., description: _Optional[str] = ..., status: _Optional[str] = ...) -> None: ...
 
+class QualityCaseEvent(_message.Message):
+    __slots__ = ("event_json", "signature")
+    EVENT_JSON_FIELD_NUMBER: _ClassVar[int]
+    SIGNATURE_FIELD_NUMBER: _ClassVar[int]
+    event_json: bytes
+    signature: bytes
+    def __init__(self, event_json: _Optional[bytes] = ..., signature: _Optional[bytes] = ...) -> None: ...
+
 class NotificationMessage(_message.Message):
-    __slots__ = ("notification_id", "sender_id", "sent_at_unix_us", "order_closed", "agreement_terminated", "deletion_receipt", "quality_alert", "investigation")
+    __slots__ = ("notification_id", "sender_id", "sent_at_unix_us", "order_closed", "agreement_terminated", "deletion_receipt", "quality_alert", "investigation", "quality_case_event")
     NOTIFICATION_ID_FIELD_NUMBER: _ClassVar[int]
     SENDER_ID_FIELD_NUMBER: _ClassVar[int]
     SENT_AT_UNIX_US_FIELD_NUMBER: _ClassVar[int]
@@ -92,6 +100,7 @@ class NotificationMessage(_message.Message):
     DELETION_RECEIPT_FIELD_NUMBER: _ClassVar[int]
     QUALITY_ALERT_FIELD_NUMBER: _ClassVar[int]
     INVESTIGATION_FIELD_NUMBER: _ClassVar[int]
+    QUALITY_CASE_EVENT_FIELD_NUMBER: _ClassVar[int]
     notification_id: str
     sender_id: str
     sent_at_unix_us: int
@@ -100,7 +109,8 @@ class NotificationMessage(_message.Message):
     deletion_receipt: DeletionReceipt
     quality_alert: QualityAlert
     investigation: Investigation
-    def __init__(self, notification_id: _Optional[str] = ..., sender_id: _Optional[str] = ..., sent_at_unix_us: _Optional[int] = ..., order_closed: _Optional[_Union[OrderClosed, _Mapping]] = ..., agreement_terminated: _Optional[_Union[AgreementTerminated, _Mapping]] = ..., deletion_receipt: _Optional[_Union[DeletionReceipt, _Mapping]] = ..., quality_alert: _Optional[_Union[QualityAlert, _Mapping]] = ..., investigation: _Optional[_Union[Investigation, _Mapping]] = ...) -> None: ...
+    quality_case_event: QualityCaseEvent
+    def __init__(self, notification_id: _Optional[str] = ..., sender_id: _Optional[str] = ..., sent_at_unix_us: _Optional[int] = ..., order_closed: _Optional[_Union[OrderClosed, _Mapping]] = ..., agreement_terminated: _Optional[_Union[AgreementTerminated, _Mapping]] = ..., deletion_receipt: _Optional[_Union[DeletionReceipt, _Mapping]] = ..., quality_alert: _Optional[_Union[QualityAlert, _Mapping]] = ..., investigation: _Optional[_Union[Investigation, _Mapping]] = ..., quality_case_event: _Optional[_Union[QualityCaseEvent, _Mapping]] = ...) -> None: ...
 
 class NotificationAck(_message.Message):
     __slots__ = ("notification_id", "first_delivery")

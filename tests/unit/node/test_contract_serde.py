@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 
 import pytest
 from hypothesis import given, settings
@@ -21,6 +21,15 @@ from qdspace.connector.agreement import (
 )
 from qdspace.connector.assets import AssetKind, CatalogEntry
 from qdspace.connector.encoding import StreamEvent, StreamRequest
+from qdspace.connector.investigation import (
+    ActionItem,
+    ActionKind,
+    CaseKind,
+    CaseTerms,
+    Severity,
+    opening,
+)
+from qdspace.connector.investigation_wire import SealedEvent, open_signed_event, sign_event
 from qdspace.connector.negotiation import (
     Accepted,
     Agreement,
@@ -333,3 +342,32 @@ def test_undecodable_input_is_refused_with_a_reason() -> None:
     assert serde.datetime_from_us(
         serde.datetime_to_us(datetime(1969, 12, 31, tzinfo=UTC))
     ) == datetime(1969, 12, 31, tzinfo=UTC)
+
+
+def test_a_quality_case_event_travels_sealed_and_opens_as_signed() -> None:
+    key = SigningKey(b"k" * 32)
+    action = ActionItem("A1", ActionKind.ROOT_CAUSE, "cellex-000000000002", date(2026, 12, 9))
+    terms = CaseTerms(
+        CaseKind.ALERT,
+        "sunarc-000000000001",
+        "cellex-000000000002",
+        Severity.LIFE_THREATENING,
+        "suspect parts",
+        actions=(action,),
+    )
+    signed = sign_event(opening("qc-9", terms, datetime(2026, 12, 1, tzinfo=UTC))[0], key)
+    note = notification_serde.Notification("n-1", "sunarc-000000000001", signed.event.at, signed)
+    wire = notification_serde.notification_to_proto(note).SerializeToString()
+    decoded = notification_serde.notification_from_proto(
+        notification_pb2.NotificationMessage.FromString(wire)
+    )
+    assert isinstance(decoded.body, SealedEvent)
+    assert open_signed_event(decoded.body.data, decoded.body.signature, key.verify_key) == signed
+    with pytest.raises(serde.WireFormatError, match="without its bytes"):
+        notification_serde.notification_from_proto(
+            notification_pb2.NotificationMessage(
+                notification_id="n",
+                sender_id="s",
+                quality_case_event=notification_pb2.QualityCaseEvent(event_json=b"{}"),
+            )
+        )

@@ -1,0 +1,263 @@
+"""Quality investigations and alerts: each party's copy of the signed event log.
+
+Both parties of a case keep the same log of signed events (`connector.investigation`),
+the opener's and the receiver's, in the order this node applied them; the state is the
+fold of the log, recomputed on every append, so nothing but a legal signed move can
+change it. A row per case (`contract_quality_case`) names the parties, kind, severity
+and state for listing, and counts the events for compare-and-set.
+
+Why separate: the log is written on a peer's initiative (its events arrive as
+notifications) as well as ours, and each append may owe the peer a message (our own
+event, or the automatic RECEIVE) that must be queued in the same commit.
+
+Invariants:
+
+- an event is kept once per (case, author, number). The same bytes again are a
+  replay: acknowledged, nothing changes, nothing is queued. Other bytes under a used
+  number are refused (`CaseReplayError`).
+- every event kept was legal in the state the earlier events made (`apply`), so the
+  log always folds; two appends racing on one case cannot both win (the event count is
+  compared and set; the loser gets `ConcurrentUpdateError`).
+- a case id is used once here, whoever opened it (the operator names a case by its id),
+  so a member cannot shadow another's case by opening one under the same id;
+- a peer may have opened at most `MAX_RECEIVED_PER_SENDER` cases here; the events of
+  one case are bounded by the state machine itself (seven steps and one per action).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import (
+    Column,
+    Connection,
+    Engine,
+    Integer,
+    LargeBinary,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+    func,
+    select,
+    update,
+)
+from sqlmodel.sql.sqltypes import UTCDateTime
+
+from qdspace.connector.contract_errors import (
+    CaseReplayError,
+    NotificationQuotaError,
+    UnknownCaseError,
+)
+from qdspace.connector.contract_store.common import (
+    CONTRACT_METADATA,
+    ID_LENGTH,
+    ConcurrentUpdateError,
+    TableStore,
+    saving,
+)
+from qdspace.connector.contract_store.notices import MAX_RECEIVED_PER_SENDER
+from qdspace.connector.contract_store.outbox import OutboxMessage, OutboxStore
+from qdspace.connector.investigation import QualityCase, apply, fold
+from qdspace.connector.investigation_wire import SignedEvent, event_from_bytes
+
+case_table = Table(
+    "contract_quality_case",
+    CONTRACT_METADATA,
+    Column("opener_id", String(ID_LENGTH), primary_key=True),
+    Column("case_id", String(ID_LENGTH), primary_key=True),
+    Column("receiver_id", String(ID_LENGTH), nullable=False),
+    Column("kind", String(16), nullable=False),
+    Column("severity", String(32), nullable=False),
+    Column("subject", Text, nullable=False),
+    Column("state", String(16), nullable=False),
+    Column("event_count", Integer, nullable=False),
+    Column("opened_at", UTCDateTime(), nullable=False),
+    Column("updated_at", UTCDateTime(), nullable=False, index=True),
+    UniqueConstraint("case_id", name="uq_contract_quality_case_id"),
+)
+case_event_table = Table(
+    "contract_quality_case_event",
+    CONTRACT_METADATA,
+    Column("opener_id", String(ID_LENGTH), primary_key=True),
+    Column("case_id", String(ID_LENGTH), primary_key=True),
+    Column("author_id", String(ID_LENGTH), primary_key=True),
+    Column("seq", Integer, primary_key=True),
+    Column("position", Integer, nullable=False),
+    Column("step", String(16), nullable=False),
+    Column("data", LargeBinary, nullable=False),
+    Column("signature", LargeBinary, nullable=False),
+    Column("kept_at", UTCDateTime(), nullable=False),
+)
+
+
+@dataclass(frozen=True)
+class CaseLog:
+    """A case and the signed events it is the fold of, in the order they were applied."""
+
+    case: QualityCase
+    events: tuple[SignedEvent, ...]
+
+
+class CaseStore(TableStore):
+    """Append signed events to both parties' copies; read cases back as folds."""
+
+    def __init__(self, engine: Engine, outbox: OutboxStore) -> None:
+        super().__init__(engine)
+        self._outbox = outbox
+
+    def _log_in(self, connection: Connection, opener_id: str, case_id: str) -> list[SignedEvent]:
+        t = case_event_table
+        rows = connection.execute(
+            select(t.c.data, t.c.signature)
+            .where(t.c.opener_id == opener_id, t.c.case_id == case_id)
+            .order_by(t.c.position)
+        ).all()
+        return [SignedEvent(event_from_bytes(r.data), r.signature) for r in rows]
+
+    def append(
+        self,
+        events: Sequence[SignedEvent],
+        outbox: Sequence[OutboxMessage],
+        at: datetime,
+        quota_for: str | None = None,
+    ) -> bool:
+        """Apply `events` (one case's, in order) and queue `outbox` in one commit.
+
+        False when every event was held already (a replay: nothing changes, nothing is
+        queued). `quota_for`: the peer whose new case counts against its quota."""
+        first = events[0].event
+        key = (first.opener_id, first.case_id)
+        with saving(self.engine, f"case {first.case_id}") as connection:
+            log = self._log_in(connection, *key)
+            held = {(s.event.author_id, s.event.seq): s for s in log}
+            case = fold(s.event for s in log) if log else None
+            count, new = len(log), []
+            for signed in events:
+                event = signed.event
+                if (event.opener_id, event.case_id) != key:
+                    raise CaseReplayError("events of different cases in one append")
+                old = held.get((event.author_id, event.seq))
+                if old is not None:
+                    if old.event.canonical_bytes() != event.canonical_bytes():
+                        raise CaseReplayError(
+                            f"event {event.event_id} was received before with other content"
+                        )
+                    continue
+                case = apply(case, event)
+                new.append(signed)
+            if not new:
+                return False
+            assert case is not None
+            if count == 0:
+                self._check_new(connection, first.case_id, quota_for)
+            self._insert_events(connection, new, count, at)
+            self._save_case(connection, case, count, count + len(new))
+            self._outbox.enqueue_in(connection, outbox, at)
+        return True
+
+    def _check_new(self, connection: Connection, case_id: str, quota_for: str | None) -> None:
+        """A new case's id is free here (whoever opened it: the operator finds cases by id
+        alone), and its opener has room."""
+        taken = connection.execute(
+            select(func.count()).where(case_table.c.case_id == case_id)
+        ).scalar_one()
+        if taken:
+            raise CaseReplayError(f"case id {case_id} is already in use here")
+        if quota_for is not None:
+            self._check_quota(connection, quota_for)
+
+    def _check_quota(self, connection: Connection, opener_id: str) -> None:
+        held = connection.execute(
+            select(func.count()).where(case_table.c.opener_id == opener_id)
+        ).scalar_one()
+        if held >= MAX_RECEIVED_PER_SENDER:
+            raise NotificationQuotaError(
+                f"{opener_id} already has {held} quality cases here "
+                f"(limit {MAX_RECEIVED_PER_SENDER})"
+            )
+
+    def _insert_events(
+        self, connection: Connection, new: list[SignedEvent], count: int, at: datetime
+    ) -> None:
+        rows = [
+            {
+                "opener_id": s.event.opener_id,
+                "case_id": s.event.case_id,
+                "author_id": s.event.author_id,
+                "seq": s.event.seq,
+                "position": count + i,
+                "step": s.event.step.value,
+                "data": s.event.canonical_bytes(),
+                "signature": s.signature,
+                "kept_at": at,
+            }
+            for i, s in enumerate(new)
+        ]
+        connection.execute(case_event_table.insert(), rows)
+
+    def _save_case(self, connection: Connection, case: QualityCase, old: int, count: int) -> None:
+        values = {
+            "state": case.state.value,
+            "event_count": count,
+            "updated_at": case.updated_at,
+        }
+        if old == 0:
+            terms = case.terms
+            connection.execute(
+                case_table.insert().values(
+                    opener_id=case.opener_id,
+                    case_id=case.case_id,
+                    receiver_id=case.receiver_id,
+                    kind=terms.kind.value,
+                    severity=terms.severity.value,
+                    subject=terms.subject,
+                    opened_at=case.opened_at,
+                    **values,
+                )
+            )
+            return
+        t = case_table
+        done = connection.execute(
+            update(t)
+            .where(
+                t.c.opener_id == case.opener_id,
+                t.c.case_id == case.case_id,
+                t.c.event_count == old,
+            )
+            .values(**values)
+        )
+        if done.rowcount != 1:
+            raise ConcurrentUpdateError(f"case {case.case_id} was changed concurrently")
+
+    def case_log(self, opener_id: str, case_id: str) -> CaseLog:
+        """A case and its signed log; `UnknownCaseError` when none is held here."""
+        with self.engine.connect() as connection:
+            log = self._log_in(connection, opener_id, case_id)
+        if not log:
+            raise UnknownCaseError(f"no quality case {case_id} opened by {opener_id} here")
+        return CaseLog(fold(s.event for s in log), tuple(log))
+
+    def find_case(self, case_id: str) -> CaseLog:
+        """The case with this id, whoever opened it (ids are uuids; refuses an ambiguous id)."""
+        with self.engine.connect() as connection:
+            openers = connection.execute(
+                select(case_table.c.opener_id).where(case_table.c.case_id == case_id)
+            ).all()
+        if len(openers) != 1:
+            raise UnknownCaseError(f"no quality case {case_id} here")
+        return self.case_log(openers[0].opener_id, case_id)
+
+    def cases(self) -> list[QualityCase]:
+        """Every case held here, most recently updated first."""
+        t = case_table
+        with self.engine.connect() as connection:
+            keys = connection.execute(
+                select(t.c.opener_id, t.c.case_id).order_by(t.c.updated_at.desc(), t.c.case_id)
+            ).all()
+            return [
+                fold(s.event for s in self._log_in(connection, k.opener_id, k.case_id))
+                for k in keys
+            ]
