@@ -3,7 +3,8 @@
 ``host init`` makes the host directory (settings, master key, host token, the operator
 listener's certificate); ``host tenant add`` enrolls a tenant with the authority like any
 member (by the authority's directory, or its URL and a one-time code); ``tenant list |
-suspend | resume | token`` manage them; ``host start`` serves them all until SIGTERM.
+suspend | resume | token | export | remove`` manage them; ``host start`` serves them all
+until SIGTERM.
 Suspending and resuming go through the running host when there is one (so its streams
 end at once), else they change the registry for the next start.
 
