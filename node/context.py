@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 
 from qdspace.connector.storage import QualityStore
 from qdspace.node.config import NodeSettings
-from qdspace.node.identity.keyfiles import PLAIN, KeyFiles
+from qdspace.node.identity.keyfiles import PLAIN, KeyFiles, PlainKeyFiles
 from qdspace.node.identity.member import MemberKeys, load_member_keys
 from qdspace.node.identity.revocation import RevocationList
 from qdspace.node.layout import NodeLayout
@@ -85,10 +85,13 @@ def build_context(settings: NodeSettings, key_files: KeyFiles = PLAIN) -> NodeCo
     token = key_files.read(settings.operator_token_path, "operator token").decode().strip()
     store = open_store(settings.database_url)
     layout = settings.layout
+    # the pin check's TLS handshake loads the key from its file; a sealed file (a hosted
+    # tenant's) is not PEM, so its key goes from memory (`rpc.pins.client_context`)
+    plain = isinstance(key_files, PlainKeyFiles)
     peers = PeerDirectory(
         keys,
         settings.peers,
-        cert_files=(layout.tls_cert, layout.tls_key),
+        cert_files=(layout.tls_cert, layout.tls_key) if plain else None,
         revoked=revocations.is_revoked,  # calls out are refused to revoked members too
     )
     try:

@@ -113,6 +113,10 @@ FAULTS: Mapping[str, Fault] = {
     "qdspace.node.host.errors.TenantExists": F("ALREADY_EXISTS", 409, 1),
     "qdspace.node.host.errors.TenantSuspended": F("UNAVAILABLE", 423, 1),  # HTTP 423 Locked
     "qdspace.node.host.errors.SealedFileError": F(None, 500, 1),  # the host's fault, not a caller's
+    "qdspace.node.host.errors.TenantActive": F("FAILED_PRECONDITION", 409, 1),
+    "qdspace.node.host.errors.TenantBusy": F("FAILED_PRECONDITION", 409, 1),
+    "qdspace.node.host.errors.HostNotRunning": F("FAILED_PRECONDITION", 409, 1),
+    "qdspace.node.host.errors.RemovalNotConfirmed": F("INVALID_ARGUMENT", 400, 1),
     # enrollment (the authority's CLI and HTTPS service): the caller's request, not the node
     "qdspace.node.identity.errors.CertificateRequestError": F("INVALID_ARGUMENT", 400, 1),
     "qdspace.node.identity.errors.EnrollmentError": F("PERMISSION_DENIED", 403, 1),

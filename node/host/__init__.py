@@ -12,5 +12,7 @@ where the bearer token picks the tenant's operator API (`dispatch`).
 Modules: `errors`, `names` (tenant names), `sealing` (per-tenant data keys under the host
 master key), `layout` and `settings` (the host directory), `registry` (tenants and their
 state), `tenants` (``host init`` and ``host tenant add``), `dispatch` (the operator
-listener's ASGI dispatcher and the host-management app), `runtime` (``host start``).
+listener's ASGI dispatcher and the host-management app), `runtime` (``host start``),
+`export` (``tenant export``: a standalone node directory) and `leaving` (``tenant remove``:
+purge, deliver the receipts, delete).
 """

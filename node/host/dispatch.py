@@ -8,9 +8,10 @@ the token once more. No path, header or body can name another tenant: the token 
 only selector, so tenant A's token can reach tenant A's routes only.
 
 The host operator's token reaches the host-management app only (list, status, suspend,
-resume): it shows how tenants are hosted (member id, role, port, state) and no tenant's
-data. A suspended tenant's token is answered 423 with a problem naming the suspension;
-an unknown or missing token 401, as a node answers.
+resume, and a tenant's purge and removal: `leaving`): it shows how tenants are hosted
+(member id, role, port, state, counts of a purge) and no tenant's data. A suspended
+tenant's token is answered 423 with a problem naming the suspension; an unknown or
+missing token 401, as a node answers.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from qdspace.node.api.gate import (
     send_problem,
 )
 from qdspace.node.api.problems import install_problem_handlers
+from qdspace.node.host import leaving
 from qdspace.node.host.errors import HostError
 from qdspace.node.host.runtime import HostedTenant, HostRuntime, as_member
 
@@ -57,6 +59,32 @@ class TenantPublic(BaseModel):
 
 class Suspension(BaseModel):
     reason: str = Field("", max_length=500)
+
+
+class Confirmation(BaseModel):
+    """A purge or removal cannot be undone: the body names the tenant it means."""
+
+    confirm: str = Field(max_length=100)
+
+
+class PurgeCounts(BaseModel):
+    agreements: int
+    terminated: int
+    receipts: int
+    rows_deleted: int
+    failures: list[str]
+    undelivered: int
+
+
+class Backlog(BaseModel):
+    undelivered: int
+
+
+class RemovalPublic(BaseModel):
+    name: str
+    member_id: str
+    purged: bool  # False: it had been exported (nothing purged, nothing sent)
+    database: str = ""  # its PostgreSQL database, left in place (no password)
 
 
 class HostStatus(BaseModel):
@@ -107,6 +135,21 @@ def create_host_app(runtime: HostRuntime, host_token: str, started_at: float) ->
     @app.post(f"{HOST_PREFIX}/tenants/{{name}}/resume", response_model=TenantPublic)
     async def resume(name: str) -> TenantPublic:
         return TenantPublic(**(await runtime.resume(name)).public())
+
+    @app.post(f"{HOST_PREFIX}/tenants/{{name}}/purge", response_model=PurgeCounts)
+    async def purge(name: str, body: Confirmation) -> PurgeCounts:
+        """The tenant leaves: its purge (see `leaving`); counts only."""
+        leaving.check_confirmed(name, body.confirm)
+        return PurgeCounts(**(await leaving.purge(runtime, name)))
+
+    @app.get(f"{HOST_PREFIX}/tenants/{{name}}/outbox", response_model=Backlog)
+    async def outbox(name: str) -> Backlog:
+        return Backlog(**(await leaving.outbox(runtime, name)))
+
+    @app.post(f"{HOST_PREFIX}/tenants/{{name}}/remove", response_model=RemovalPublic)
+    async def remove(name: str, body: Confirmation) -> RemovalPublic:
+        """Purge (again), refuse while receipts are owed, then delete the tenant."""
+        return RemovalPublic(**(await leaving.remove(runtime, name, body.confirm)).__dict__)
 
     return app
 

@@ -32,3 +32,21 @@ class SealedFileError(IdentityError):
 
 class WrongMasterKey(SealedFileError):
     """The host master key does not unwrap a tenant's data key."""
+
+
+class TenantActive(HostError):
+    """The tenant is being served and could write meanwhile: suspend it (or stop the
+    host) before exporting it."""
+
+
+class TenantBusy(HostError):
+    """The tenant cannot be removed yet: its purge's receipts are not all delivered, or
+    it is not serving (so its peers could not receive them)."""
+
+
+class HostNotRunning(HostError):
+    """An action that needs the running host (its tenants' peers must be reachable)."""
+
+
+class RemovalNotConfirmed(HostError, ValueError):
+    """A removal whose confirmation does not name the tenant (or lacks ``--yes``)."""

@@ -46,6 +46,9 @@ class TenantRecord(BaseModel):
     added_at: str
     changed_at: str
     reason: str = ""  # why it was suspended, as the host operator said
+    #: where ``tenant export`` put it ("" = never exported): the member lives on there,
+    #: so removing it from the host deletes the host's copy and purges nothing
+    exported_to: str = ""
 
 
 class Book(BaseModel):
@@ -105,3 +108,21 @@ class Registry:
             record.reason = reason if state is TenantState.SUSPENDED else ""
             record.changed_at = now()
             return record.model_copy()
+
+    def mark_exported(self, name: str, destination: str, reason: str) -> TenantRecord:
+        """Suspended for good: the member now runs from ``destination``."""
+        with self.editing() as book:
+            record = book.tenants.get(check_name(name))
+            if record is None:
+                raise UnknownTenant(f"no tenant {name!r} on this host")
+            record.state = TenantState.SUSPENDED
+            record.reason = reason
+            record.exported_to = destination
+            record.changed_at = now()
+            return record.model_copy()
+
+    def remove(self, name: str) -> None:
+        """Drop the tenant's entry (its directory is already gone)."""
+        with self.editing() as book:
+            if book.tenants.pop(check_name(name), None) is None:
+                raise UnknownTenant(f"no tenant {name!r} on this host")

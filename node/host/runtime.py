@@ -360,6 +360,18 @@ class HostRuntime:
         if tenant.ctx is not None:
             await tenant.ctx.peers.close()
 
+    async def drop(self, tenant: HostedTenant) -> None:
+        """Stop the tenant and close its database for good (`leaving.remove`): it is no
+        longer served, looked up by its token, or listed (hold ``tenant.lock``)."""
+        await self._stop(tenant, 0)
+        if tenant.ledger is not None:
+            tenant.ledger.stop()
+            tenant.ledger = None
+        if tenant.ctx is not None:
+            tenant.ctx.close()
+        self._by_token.pop(tenant.token_digest, None)
+        self.tenants.pop(tenant.name, None)
+
     def close_all(self) -> None:
         """Stop the ledgers' threads and close the databases (after `stop_all`)."""
         for tenant in self.tenants.values():

@@ -8,13 +8,15 @@ from __future__ import annotations
 
 import os
 import secrets
+import stat
 from collections.abc import Iterator
 
 import pytest
 from sqlalchemy import create_engine, text
 
 from qdspace.connector.storage import normalise_url
-from qdspace.node.localnet.network import LocalNetwork, free_port
+from qdspace.node.layout import NodeLayout
+from qdspace.node.localnet.network import LocalNetwork, MemberProcess, MemberSpec, free_port
 
 from .conftest import Host, qdspace
 
@@ -89,3 +91,37 @@ def test_a_tenant_on_postgresql_beside_one_on_sqlite(host: Host) -> None:
     assert not (tenant / "node.db").exists()
     for path in tenant.iterdir():  # the URL (with its password) is sealed
         assert b"search_path" not in path.read_bytes(), path
+
+
+def test_an_exported_postgresql_tenant_keeps_its_database(host: Host) -> None:
+    """With the host stopped, a tenant on PostgreSQL is exported pointing at the same
+    database: its URL in a 0600 file for QDSPACE_DB_URL_FILE, never in node.json."""
+    host.stop()
+    out = host.workdir / "pgco-node"
+    grpc, api, reg = free_port(), free_port(), free_port()
+    done = qdspace("host", "tenant", "export", "--dir", str(host.directory), "--name", "pgco",
+                   "--out", str(out), "--grpc-port", str(grpc), "--api-port", str(api),
+                   "--regulator-port", str(reg))  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    url_file = out / "database-url"
+    assert f"QDSPACE_DB_URL_FILE={url_file}" in done.stdout.replace("\n", ""), done.stdout
+    assert stat.S_IMODE(url_file.stat().st_mode) == 0o600
+    assert b"search_path" in url_file.read_bytes()
+    assert b"search_path" not in (out / "node.json").read_bytes()
+    assert not (out / "node.db").exists()
+    token = NodeLayout(out).operator_token.read_text().strip()
+    host.net.members["pgco-node"] = MemberProcess(
+        MemberSpec("pgco", "supplier"), out, grpc, api, reg, token=token
+    )
+    host.net.env["QDSPACE_DB_URL_FILE"] = str(url_file)
+    host.net.start(["pgco-node"])
+    try:
+        with host.net["pgco-node"].operator() as node:
+            assert node.node()["database"].startswith("postgresql")
+            assert node.qdm_counts()["inspection"] == 1  # the tenant's row, in its schema
+    finally:
+        host.net.stop(["pgco-node"])
+    done = qdspace("host", "tenant", "remove", "--dir", str(host.directory), "--name", "pgco",
+                   "--yes")  # fmt: skip
+    assert done.returncode == 0 and "nothing purged" in done.stdout, done.stderr
+    assert not (host.directory / "tenants" / "pgco").exists()

@@ -1,0 +1,178 @@
+"""Removing a tenant from the host: purge, wait for the receipts to leave, tear down.
+
+A tenant that leaves the data space must not take the data providers shared with it
+into oblivion unanswered: removal runs the member-side purge
+(`runtime.contracts_purge.ContractPurge.purge`: ends its agreements as consumer,
+deletes what it received, signs one deletion receipt per (agreement, order), queues
+each to its provider and for anchoring), and the tenant's database is deleted only
+once its outbox is empty, since the receipts leave from there. That needs the tenant
+served, with its contract jobs running, so removal goes through the running host
+(host-management routes ``POST /host/v1/tenants/{name}/purge``, ``GET .../outbox``,
+``POST .../remove``; the CLI drives them and shows the outbox draining). The remove
+route runs the purge again first (idempotent: it signs nothing a second time) and
+refuses while anything is undelivered, so no caller can skip it.
+
+An exported tenant (`export`) is different: the member lives on elsewhere with its data
+and agreements, so removing it deletes the host's copy only, purges nothing and sends
+nothing; that works with the host stopped too (`remove_offline`).
+
+What is deleted: the tenant's directory (its sealed keys, its SQLite store) with its
+wrapped data key first (crypto-shredding what a backup of the host disk still holds),
+then its registry entry. A tenant on its own PostgreSQL database: the database (or
+schema) is the host operator's to drop; the result names it (without its password).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from qdspace.node.host.config import HostLayout
+from qdspace.node.host.errors import HostNotRunning, RemovalNotConfirmed, TenantBusy
+from qdspace.node.host.registry import Registry
+from qdspace.node.host.runtime import HostedTenant, HostRuntime, as_member
+
+logger = logging.getLogger("node.host")
+
+
+@dataclass(frozen=True)
+class Removal:
+    name: str
+    member_id: str
+    purged: bool  # False: an exported tenant (nothing purged, nothing sent)
+    database: str  # the PostgreSQL database left in place (no password), or ""
+
+
+def check_confirmed(name: str, confirm: str) -> None:
+    if confirm != name:
+        raise RemovalNotConfirmed(
+            f"confirm: {confirm!r} is not the tenant's name ({name!r}); nothing was removed"
+        )
+
+
+def fresh(runtime: HostRuntime, name: str) -> HostedTenant:
+    """The tenant with its registry entry read again: ``tenant export`` (run beside the
+    host on a suspended tenant) marks it exported in the registry only."""
+    tenant = runtime.get(name)
+    tenant.record = runtime.registry.get(name)
+    return tenant
+
+
+def _serving(tenant: HostedTenant) -> Any:
+    """The tenant's contract runtime; refused unless it serves (peers must be reached)."""
+    if tenant.ctx is None or tenant.error:
+        raise TenantBusy(
+            f"tenant {tenant.name} is not serving ({tenant.error or 'not open'}): its purge's "
+            "receipts could not reach its providers; fix it, restart the host, remove again"
+        )
+    if tenant.suspended:
+        raise TenantBusy(
+            f"tenant {tenant.name} is suspended: resume it first (`qdspace host tenant resume`) "
+            "so its providers receive its deletion receipts; nothing was removed"
+        )
+    if tenant.ctx.contracts is None:
+        raise TenantBusy(f"tenant {tenant.name} runs no contract machinery")
+    return tenant.ctx.contracts
+
+
+async def purge(runtime: HostRuntime, name: str) -> dict[str, Any]:
+    """Run the tenant's purge and start delivering its receipts; counts only (the host
+    operator reads no tenant data)."""
+    tenant = fresh(runtime, name)
+    async with tenant.lock:
+        with as_member(name):
+            if tenant.record.exported_to:
+                raise TenantBusy(
+                    f"tenant {name} was exported to {tenant.record.exported_to}: the member "
+                    "lives on there with its data; `tenant remove` deletes the host's copy "
+                    "without a purge"
+                )
+            contracts = _serving(tenant)
+            report = await asyncio.to_thread(contracts.purge)
+            assert tenant.ctx is not None
+            client = tenant.ctx.contract_client
+            if client is not None:  # their rows are refused from now on
+                for sub in client.subscriptions.values():
+                    if sub.agreement_id in report.agreements and sub.task is not None:
+                        sub.task.cancel()
+            if tenant.ctx.outbox is not None:
+                await tenant.ctx.outbox.flush()
+            return {
+                "agreements": len(report.agreements),
+                "terminated": len(report.terminated),
+                "receipts": len(report.receipts),
+                "rows_deleted": report.rows_deleted,
+                "failures": [f"{f.agreement_id}/{f.order_id}: {f.error}" for f in report.failures],
+                "undelivered": contracts.store.outbox_backlog(),
+            }
+
+
+async def outbox(runtime: HostRuntime, name: str) -> dict[str, int]:
+    """How many messages the tenant still owes its peers (a nudge to deliver them)."""
+    tenant = runtime.get(name)
+    contracts = _serving(tenant)
+    assert tenant.ctx is not None
+    if tenant.ctx.outbox is not None:
+        await tenant.ctx.outbox.flush()
+    return {"undelivered": contracts.store.outbox_backlog()}
+
+
+def _database(tenant: HostedTenant) -> str:
+    from sqlalchemy.engine import make_url
+
+    assert tenant.ctx is not None
+    url = make_url(tenant.ctx.settings.database_url)
+    if url.get_backend_name() == "sqlite":
+        return ""
+    return url.render_as_string(hide_password=True)
+
+
+async def remove(runtime: HostRuntime, name: str, confirm: str) -> Removal:
+    """Purge (again, idempotent), check the outbox is empty, tear the tenant down and
+    delete it (see the module). Refused with `TenantBusy` while receipts are owed."""
+    check_confirmed(name, confirm)
+    tenant = fresh(runtime, name)
+    exported = bool(tenant.record.exported_to)
+    if not exported:
+        await purge(runtime, name)
+        left = (await outbox(runtime, name))["undelivered"]
+        if left:
+            raise TenantBusy(
+                f"tenant {name} still owes its peers {left} messages (deletion receipts); "
+                "it was not removed: wait for delivery and remove again"
+            )
+    async with tenant.lock:
+        with as_member(name):
+            # an exported tenant's database serves the exported node now: nothing to drop
+            database = _database(tenant) if tenant.ctx is not None and not exported else ""
+            await runtime.drop(tenant)
+            _delete(runtime.files, name)
+    logger.warning("tenant %s removed%s", name, " (exported earlier)" if exported else "")
+    return Removal(name, tenant.record.member_id, not exported, database)
+
+
+def _delete(files: HostLayout, name: str) -> None:
+    """The wrapped data key first (the sealed files no longer open), then the directory,
+    then the registry entry (a crash in between leaves an entry that removes again)."""
+    files.wrapped_key(name).unlink(missing_ok=True)
+    shutil.rmtree(files.tenant(name), ignore_errors=True)
+    Registry(files.directory).remove(name)
+
+
+def remove_offline(directory: Path, name: str) -> Removal:
+    """An exported tenant removed while the host is stopped (nothing to purge); any other
+    tenant needs the running host (`HostNotRunning`)."""
+    files = HostLayout(directory.resolve())
+    record = Registry(files.directory).get(name)
+    if not record.exported_to:
+        raise HostNotRunning(
+            f"removing tenant {name} purges its data and sends signed deletion receipts to "
+            f"its providers, which needs it served: start the host (`qdspace host start "
+            f"--dir {directory}`) and remove it again; nothing was removed"
+        )
+    _delete(files, name)
+    return Removal(name, record.member_id, False, "")
