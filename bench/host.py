@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import platform
@@ -109,21 +110,20 @@ class Processes:
 
     def stop(self, process: subprocess.Popen[bytes]) -> None:
         if process.poll() is None:
-            os.killpg(process.pid, signal.SIGTERM)
+            with contextlib.suppress(ProcessLookupError):  # it may end meanwhile
+                os.killpg(process.pid, signal.SIGTERM)
             try:
                 process.wait(30)
             except subprocess.TimeoutExpired:
-                os.killpg(process.pid, signal.SIGKILL)
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(process.pid, signal.SIGKILL)
                 process.wait(10)
         if process in self.running:
             self.running.remove(process)
 
     def stop_all(self) -> None:
         for process in list(self.running):
-            try:
-                self.stop(process)
-            except ProcessLookupError:
-                pass
+            self.stop(process)
 
 
 def _wait(probe: Callable[[], bool], processes: list[subprocess.Popen[bytes]], what: str) -> None:
@@ -314,7 +314,7 @@ def _report(figures: dict[str, Any], sizes: list[int]) -> dict[str, Any]:
         lines += [
             (f"host.{n}.start", h["start_ms"], "ms"),
             (
-                f"host.{n}.start_over_empty_host",
+                f"host.{n}.start_minus_empty_host",
                 h["start_ms"] - figures["host.0"]["start_ms"],
                 "ms",
             ),
