@@ -183,15 +183,27 @@ def _catalog_load(
     }
 
 
+_TAKEN: set[int] = set()
+
+
+def _port() -> int:
+    """A free port no earlier call handed out (the OS may offer a port twice while
+    nothing is bound to it yet)."""
+    while (port := free_port()) in _TAKEN:
+        pass
+    _TAKEN.add(port)
+    return port
+
+
 def _make_host(workdir: Path, net: LocalNetwork, name: str, tenants: int) -> tuple[Path, int]:
     """A host directory with ``tenants`` tenants enrolled from the local authority."""
     directory = workdir / name
-    api_port = free_port()
+    api_port = _port()
     settings = HostSettings(api_port=api_port, tenant_grpc_ports="7600-7699")
     init_host(directory, settings)
     enrollment = Enrollment(authority_dir=net.authority_dir)
     for i in range(tenants):
-        add_tenant(directory, f"{name}-t{i}", "supplier", enrollment, grpc_port=free_port())
+        add_tenant(directory, f"{name}-t{i}", "supplier", enrollment, grpc_port=_port())
     return directory, api_port
 
 
@@ -282,6 +294,7 @@ def measure(sizes: list[int], calls: int) -> dict[str, Any]:
         ]
         net = LocalNetwork(workdir / "net", specs, chain=False)
         net.create()
+        _TAKEN.update(p for m in net.members.values() for p in (m.grpc_port, m.api_port))
         hosts = {n: _make_host(workdir, net, f"h{n}", n) for n in [0, *sizes]}
         try:
             out["nodes"] = _run_nodes(procs, net, [f"node{i}" for i in range(nodes)], calls)
