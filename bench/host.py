@@ -294,7 +294,9 @@ def measure(sizes: list[int], calls: int) -> dict[str, Any]:
         ]
         net = LocalNetwork(workdir / "net", specs, chain=False)
         net.create()
-        _TAKEN.update(p for m in net.members.values() for p in (m.grpc_port, m.api_port))
+        _TAKEN.update(
+            p for m in net.members.values() for p in (m.grpc_port, m.api_port, m.regulator_port)
+        )
         hosts = {n: _make_host(workdir, net, f"h{n}", n) for n in [0, *sizes]}
         try:
             out["nodes"] = _run_nodes(procs, net, [f"node{i}" for i in range(nodes)], calls)
