@@ -9,11 +9,15 @@ first:
 
 - ``host.N.start``: spawn of ``qdspace host start`` with N tenants (SQLite each) until
   ``/host/v1/status`` reports all N serving (the host opens its API listener only after
-  every tenant's gRPC server is up);
+  every tenant's gRPC server is up); ``host.N.all_operator_apis``: spawn until every
+  tenant's operator API has answered ``GET /v1/node`` once through the host's listener
+  (the host builds tenants' API apps after it serves; this waits for all, as a node's
+  ``/readyz`` includes its API);
 - ``host.N.rss``: the host process's resident memory at rest (tenants' API apps warmed,
   memory steady), and ``host.N.rss_per_tenant``: that minus a 0-tenant host's, over N;
 - ``host.N.catalog_p50/p99``: ``Catalog.ListAssets`` latency with every tenant called at
-  once (``CONCURRENCY`` calls in flight per tenant, one channel per tenant);
+  once, closed loop: ``CONCURRENCY`` calls in flight per tenant (so 2 x N at once on the
+  one host process), one channel per tenant, all from this one bench process;
 - baseline in the same run, ``nodes.M.*``: the first M members (M = the smaller host's
   size) as M separate ``qdspace node start`` processes: spawn to every ``/readyz`` 200,
   their summed RSS, and the same catalog load on all of them;
@@ -50,7 +54,12 @@ import httpx  # noqa: E402
 
 from qdspace.node.host.config import HostLayout, HostSettings  # noqa: E402
 from qdspace.node.host.registry import Registry  # noqa: E402
-from qdspace.node.host.tenants import Enrollment, add_tenant, init_host  # noqa: E402
+from qdspace.node.host.tenants import (  # noqa: E402
+    Enrollment,
+    add_tenant,
+    init_host,
+    tenant_token,
+)
 from qdspace.node.layout import NodeLayout  # noqa: E402
 from qdspace.node.localnet.network import LocalNetwork, MemberSpec, free_port  # noqa: E402
 from qdspace.node.rpc.peers import PeerDirectory  # noqa: E402
@@ -212,31 +221,37 @@ def _run_host(
 ) -> dict[str, Any]:
     files = HostLayout(directory)
     token = files.host_token.read_text().strip()
+    book = Registry(directory).tenants()
+    tokens = {t.name: tenant_token(directory, t.name) for t in book}
     verify = ssl.create_default_context(cafile=str(files.tls.ca_cert))
+    api = f"https://127.0.0.1:{api_port}"
     cmd = [sys.executable, "-m", "qdspace", "host", "start", "--dir", str(directory)]
     started = time.perf_counter()
     process = procs.spawn(cmd, directory.parent / f"{directory.name}.log")
     try:
-        headers = {"Authorization": f"Bearer {token}"}
-        url = f"https://127.0.0.1:{api_port}/host/v1/status"
-        with httpx.Client(timeout=5, verify=verify, headers=headers) as http:
+        with httpx.Client(timeout=30, verify=verify) as http:
+            bearer = {"Authorization": f"Bearer {token}"}
 
             def serving() -> bool:
                 try:
-                    r = http.get(url)
+                    r = http.get(f"{api}/host/v1/status", headers=bearer)
                 except httpx.HTTPError:
                     return False
                 return r.status_code == 200 and r.json()["serving"] == tenants
 
             _wait(serving, [process], f"host {directory.name}")
             start_ms = (time.perf_counter() - started) * 1000
-            status = http.get(url).json()
-        if status["failed"]:
-            raise SystemExit(f"host {directory.name}: {status['failed']} tenants failed")
+            status = http.get(f"{api}/host/v1/status", headers=bearer).json()
+            if status["failed"]:
+                raise SystemExit(f"host {directory.name}: {status['failed']} tenants failed")
+            for name, bearer_token in tokens.items():  # builds any app not warmed yet
+                r = http.get(f"{api}/v1/node", headers={"Authorization": f"Bearer {bearer_token}"})
+                if r.status_code != 200 or r.json()["name"] != name:
+                    raise SystemExit(f"{name}: its operator API answered {r.status_code}")
+            apis_ms = (time.perf_counter() - started) * 1000
         rss = _steady_rss([process.pid])
-        out: dict[str, Any] = {"start_ms": start_ms, "rss_kib": rss}
+        out: dict[str, Any] = {"start_ms": start_ms, "apis_ms": apis_ms, "rss_kib": rss}
         if tenants:
-            book = Registry(directory).tenants()
             addresses = {t.name: f"127.0.0.1:{t.grpc_port}" for t in book}
             out["catalog"] = _catalog_load(net, addresses, calls)
         return out
