@@ -343,6 +343,7 @@ def _report(figures: dict[str, Any], sizes: list[int]) -> dict[str, Any]:
         h = figures[f"host.{n}"]
         lines += [
             (f"host.{n}.start", h["start_ms"], "ms"),
+            (f"host.{n}.all_operator_apis", h["apis_ms"], "ms"),
             (
                 f"host.{n}.start_minus_empty_host",
                 h["start_ms"] - figures["host.0"]["start_ms"],
