@@ -6,6 +6,7 @@ import asyncio
 import dataclasses
 import datetime as dt
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -13,7 +14,7 @@ import pytest
 from qdspace.node.errors import PeerError
 from qdspace.node.identity.authority import Authority
 from qdspace.node.identity.member import create_member_keys, load_member_keys
-from qdspace.node.localnet.network import LocalNetwork
+from qdspace.node.localnet.network import LocalNetwork, MemberSpec
 from qdspace.node.rpc.peers import PeerDirectory
 
 pytestmark = pytest.mark.integration
@@ -113,14 +114,28 @@ def test_operator_api_needs_the_token(network: LocalNetwork) -> None:
         assert "paths" in client.get("/openapi.json").json()
 
 
-def test_a_node_refuses_to_call_a_revoked_member_too(network: LocalNetwork) -> None:
-    """Last in the file: polycell is revoked. Static peers have no directory to drop it
-    from; sunarc must still refuse to call it (it would otherwise keep delivering to it)."""
-    with network["sunarc"].client() as client:
-        assert client.post("/v1/peers/polycell/hello").status_code == 200
-        Authority.load(network.authority_dir).revoke("polycell", "left the data space")
-        refused = client.post("/v1/peers/polycell/hello")
+@pytest.fixture
+def own_pair(tmp_path: Path) -> Iterator[LocalNetwork]:
+    """Its own OEM and supplier: a revocation here must not touch the session's network."""
+    net = LocalNetwork(
+        tmp_path / "pair", [MemberSpec("sunarc", "oem"), MemberSpec("cellex", "supplier")],
+        chain=False,
+    )  # fmt: skip
+    net.create()
+    net.start()
+    try:
+        yield net
+    finally:
+        net.stop()
+
+
+def test_a_node_refuses_to_call_a_revoked_member_too(own_pair: LocalNetwork) -> None:
+    """Static peers have no directory to drop a revoked member from; sunarc must still
+    refuse to call it (it would otherwise keep delivering to it)."""
+    with own_pair["sunarc"].client() as client:
+        assert client.post("/v1/peers/cellex/hello").status_code == 200
+        Authority.load(own_pair.authority_dir).revoke("cellex", "left the data space")
+        refused = client.post("/v1/peers/cellex/hello")
         assert refused.status_code == 403, refused.text
-        assert "revoked" in refused.json()["detail"] and "polycell" in refused.json()["detail"]
-        assert client.post("/v1/peers/cellex/hello").status_code == 200, "others still reached"
-    assert _log_contains(network, "sunarc", "refusing to call polycell")
+        assert "revoked" in refused.json()["detail"] and "cellex" in refused.json()["detail"]
+    assert _log_contains(own_pair, "sunarc", "refusing to call cellex")
