@@ -21,7 +21,10 @@ checkpoint) continues the chain where it stopped, so no row is lost or
 duplicated: the consumer only accepts a start at exactly its own checkpoint
 (always a batch boundary: it commits whole batches), the provider only at or
 before its own (rewinding to what the consumer has and continuing the chain
-from the consumer's digest).
+from the consumer's digest). The chain hashes whole batches, so a consumer cut off
+after the provider completed, resuming with another batch size, ends at another final
+checkpoint: until the consumer acknowledged the completion the provider rewinds a
+COMPLETED transfer too (`reread`) and completes the new chain under its own message id.
 
 An incremental pull (`TransferRequest.since`) starts its genesis checkpoint at the
 watermark instead of the beginning, so the digest chain, resume and completion work
@@ -213,6 +216,54 @@ def apply(process: TransferProcess, message: TransferMessage) -> TransferProcess
     elif process.state is not _S.TERMINATED:
         process = replace(process, state=_S.TERMINATED, reason=message.reason)
     return replace(process, updated_at=message.at)
+
+
+def _completion_base(transfer_id: str, sender: Role) -> str:
+    return f"{transfer_id}:{'p' if sender is Role.PROVIDER else 'c'}-complete"
+
+
+def completion_id(process: TransferProcess, sender: Role) -> str:
+    """The message id of `sender`'s TransferCompletion of `process`: ``<id>:p-complete``
+    (provider) or ``<id>:c-complete`` (the consumer's acknowledgement). A provider that
+    completes a transfer again after a rewind (`reread`) numbers the next one, so each
+    completion it signs has its own id."""
+    base = _completion_base(process.transfer_id, sender)
+    used = {seen_id for seen_id, _ in process.seen}
+    if base not in used:
+        return base
+    n = 2
+    while f"{base}-{n}" in used:
+        n += 1
+    return f"{base}-{n}"
+
+
+def reread(process: TransferProcess, resume_from: Checkpoint) -> tuple[TransferProcess, bool]:
+    """Provider: a Pull of a COMPLETED transfer from the consumer's `resume_from`.
+
+    Returns the process to stream from and whether what is streamed replaces the stored
+    chain. The digest chain hashes whole batches, so a consumer that was cut off after
+    the provider had sent (and completed) everything, and resumes with another batch
+    size, builds a different final checkpoint than the one the provider completed with.
+    Until the consumer has acknowledged the completion (`completion_id` for
+    `Role.CONSUMER` is among the messages seen), the provider therefore rewinds to the
+    consumer's checkpoint like any resume and completes the new chain; afterwards a
+    re-read sends the rows again and changes nothing. A checkpoint beyond the final one,
+    or at its offset with other contents, is refused.
+    """
+    if process.state is not TransferState.COMPLETED or process.final is None:
+        raise IllegalTransitionError(
+            f"transfer {process.transfer_id}", process.state.value, "re-reading it"
+        )
+    final = process.final
+    base = replace(process, state=TransferState.STARTED, checkpoint=resume_from)
+    if resume_from.offset >= final.offset:
+        _compare(replace(process, checkpoint=final), resume_from, "re-read")
+        return base, False
+    ack = _completion_base(process.transfer_id, Role.CONSUMER)
+    acknowledged = any(seen_id == ack for seen_id, _ in process.seen)
+    if acknowledged:
+        return base, False
+    return replace(base, final=None), True
 
 
 def advance(

@@ -44,7 +44,13 @@ from qdspace.connector.negotiation import (
     open_negotiation,
 )
 from qdspace.connector.offers import acceptable_counter
-from qdspace.connector.transfer import TransferProcess, TransferState, accept_batch, open_transfer
+from qdspace.connector.transfer import (
+    TransferProcess,
+    TransferState,
+    accept_batch,
+    completion_id,
+    open_transfer,
+)
 from qdspace.connector.transfer import apply as apply_transfer
 from qdspace.connector.transfer_messages import TransferCompletion, TransferRequest, TransferStart
 from qdspace.node.errors import PeerError
@@ -326,10 +332,11 @@ class ContractClient(ConsumerSubscriptions):
     ) -> TransferProcess:
         tid = process.transfer_id
         now = self.runtime.clock.now()
-        done = TransferCompletion(f"{tid}:p-complete", tid, process.provider_id, final, now)
+        pid = completion_id(process, Role.PROVIDER)
+        done = TransferCompletion(pid, tid, process.provider_id, final, now)
         completed = apply_transfer(process, done)
         self.runtime.store.save_transfer(process, completed)
-        ack = TransferCompletion(f"{tid}:c-complete", tid, self.me, final, now)
+        ack = TransferCompletion(completion_id(process, Role.CONSUMER), tid, self.me, final, now)
         wire = transfer_message_to_proto(ack)
         await call_peer(peer, "transfer completion", lambda: stub.Send(wire, timeout=TIMEOUT_S))
         logger.info("transfer %s completed: %d rows", tid, final.offset)

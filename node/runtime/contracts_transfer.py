@@ -14,7 +14,6 @@ from __future__ import annotations
 import logging
 import uuid
 from collections.abc import Iterator
-from dataclasses import replace
 
 from sqlalchemy import func, select
 
@@ -31,7 +30,13 @@ from qdspace.connector.paging import incremental_refusal, parse_position
 from qdspace.connector.pseudonym import Pseudonymizer
 from qdspace.connector.qdm import Inspection
 from qdspace.connector.release_gate import ReleaseGate
-from qdspace.connector.transfer import TransferProcess, TransferState, open_transfer
+from qdspace.connector.transfer import (
+    TransferProcess,
+    TransferState,
+    completion_id,
+    open_transfer,
+    reread,
+)
 from qdspace.connector.transfer import apply as apply_transfer
 from qdspace.connector.transfer_messages import TransferCompletion, TransferRequest, TransferStart
 from qdspace.connector.transfer_wire import BatchRow, RowBatch
@@ -145,9 +150,11 @@ class ProviderTransfers(ContractBase):
         """Provider side of Pull: the batches after the consumer's checkpoint."""
         process = self._peer_transfer(peer, request.transfer_id)
         save = True
-        if process.state is TransferState.COMPLETED:
-            save = False  # a re-read of a finished transfer: send again, change nothing
-            process = replace(process, state=TransferState.STARTED, checkpoint=request.resume_from)
+        if process.state is TransferState.COMPLETED:  # see `connector.transfer.reread`
+            before = process
+            process, save = reread(process, request.resume_from)
+            if save:
+                self.store.save_transfer(before, process)
         elif process.state not in (TransferState.STARTED, TransferState.SUSPENDED):
             raise ContractDenied(f"transfer {process.transfer_id} is {process.state}")
         elif request.resume_from != process.checkpoint or process.state is TransferState.SUSPENDED:
@@ -167,7 +174,7 @@ class ProviderTransfers(ContractBase):
         for batch, after in stream_batches(process, self.qdm, gate, batch_rows=batch_rows):
             if batch.last and save:
                 done = TransferCompletion(
-                    f"{process.transfer_id}:p-complete",
+                    completion_id(after, Role.PROVIDER),
                     process.transfer_id,
                     self.me.member_id,
                     after.checkpoint,

@@ -13,7 +13,7 @@ from __future__ import annotations
 import hashlib
 import shutil
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -36,6 +36,7 @@ from qdspace.connector.assets import Asset, AssetKind
 from qdspace.connector.contract_errors import (
     ForeignRecordError,
     RecordEnvelopeError,
+    TransferCursorError,
     UnknownContractError,
 )
 from qdspace.connector.contract_store import (
@@ -52,7 +53,13 @@ from qdspace.connector.paging import INSPECTION_FIELDS, INSPECTION_TABLE
 from qdspace.connector.pseudonym import Pseudonymizer
 from qdspace.connector.release_gate import ReleaseGate
 from qdspace.connector.storage import QualityStore, create_store_engine, open_store
-from qdspace.connector.transfer import accept_batch, open_transfer
+from qdspace.connector.transfer import (
+    TransferState,
+    accept_batch,
+    completion_id,
+    open_transfer,
+    reread,
+)
 from qdspace.connector.transfer import apply as apply_transfer
 from qdspace.connector.transfer_messages import TransferCompletion, TransferRequest, TransferStart
 from qdspace.connector.transfer_wire import RowBatch, row_bytes
@@ -424,6 +431,75 @@ OPS = st.lists(
     ),
     max_size=30,
 )
+
+
+def test_a_consumer_cut_off_after_the_provider_completed_resumes_with_another_batch_size(
+    mirror: Mirror,
+) -> None:
+    """The provider sent everything in batches of 50 and completed; the consumer had
+    committed only the first batch when it was cut off, and resumes with batches of 7.
+    The digest chain hashes whole batches, so the provider rewinds to the consumer's
+    checkpoint (`reread`) and completes the new chain: the consumer's acknowledgement
+    matches, every row is held once. Once acknowledged, a re-read changes nothing."""
+    mirror.ingest([inspection(n) for n in range(1, 121)])
+    tid = "tx-cut"
+    request = TransferRequest(f"{tid}:req", tid, "sunarc", AGR, "cellex", T0, QA, ORDER)
+    start = TransferStart(
+        f"{tid}:start", tid, "cellex", open_transfer(request, Role.PROVIDER).checkpoint, T0
+    )
+    provider = apply_transfer(open_transfer(request, Role.PROVIDER), start)
+    consumer = open_transfer(request, Role.CONSUMER)
+    mirror.store.save_transfer(None, consumer)
+    mirror.store.save_transfer(consumer, apply_transfer(consumer, start))
+    asked = Request(Action.READ, T0, ASSET.fields, purpose=QA, order_id=ORDER)
+    gate = ReleaseGate(ASSET, AGREEMENT, asked, Pseudonymizer(SECRET, AGR))
+
+    def commit(batch: RowBatch) -> None:
+        current = mirror.store.load_transfer(tid)
+        rows = [
+            IncomingRow(batch.first_offset + i, r.order_id, r.payload)
+            for i, r in enumerate(batch.rows)
+        ]
+        mirror.store.commit_transfer_batch(current, accept_batch(current, batch), rows, T0)
+
+    # the provider streams everything in batches of 50 and completes
+    first = None
+    for batch, after in stream_batches(provider, mirror.qdm.engine, gate, batch_rows=50):
+        first = first or batch
+        provider = after
+        if batch.last:
+            done = TransferCompletion(
+                completion_id(after, Role.PROVIDER), tid, "cellex", after.checkpoint, T0
+            )
+            provider = apply_transfer(after, done)
+    assert provider.state is TransferState.COMPLETED and first is not None
+    commit(first)  # ... but the consumer committed only the first batch
+    held = mirror.store.load_transfer(tid)
+    assert held.offset == 50
+
+    with pytest.raises(TransferCursorError):  # a checkpoint beyond the end is refused
+        reread(provider, replace(held.checkpoint, offset=121))
+    resumed, keep = reread(provider, held.checkpoint)
+    assert keep and resumed.state is TransferState.STARTED and resumed.final is None
+    for batch, after in stream_batches(resumed, mirror.qdm.engine, gate, batch_rows=7):
+        commit(batch)
+        resumed = after
+        if batch.last:
+            pid = completion_id(after, Role.PROVIDER)
+            assert pid == f"{tid}:p-complete-2"  # its own id: the first completion was signed
+            resumed = apply_transfer(
+                after, TransferCompletion(pid, tid, "cellex", after.checkpoint, T0)
+            )
+    consumer = mirror.store.load_transfer(tid)
+    assert consumer.offset == 120 and resumed.final == consumer.checkpoint
+    ack_id = completion_id(consumer, Role.CONSUMER)
+    ack = TransferCompletion(ack_id, tid, "sunarc", consumer.checkpoint, T0)
+    acknowledged = apply_transfer(resumed, ack)  # matches: no TransferIntegrityError
+    assert acknowledged.state is TransferState.COMPLETED
+    assert len(mirror.held()) == 120
+
+    again, keep = reread(acknowledged, held.checkpoint)  # after the acknowledgement
+    assert not keep and again.final == acknowledged.final
 
 
 @settings(
