@@ -35,7 +35,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from qdspace.connector.storage import create_store_engine
 from qdspace.ledger.anchorer import Anchorer, AnchorPolicy
-from qdspace.ledger.client import ANCHOR_GAS, LedgerClient
+from qdspace.ledger.client import LedgerClient
 from qdspace.ledger.deploy import fund_from_dev_account
 from qdspace.ledger.keys import new_key_file
 from qdspace.ledger.leaves import Leaf, kind_code, packed_leaf_hashes, record_digests
@@ -50,6 +50,7 @@ from qdspace.ledger.proofs import (
 )
 from qdspace.ledger.queue import LeafQueue
 from qdspace.ledger.queue_schema import ensure_schema
+from qdspace.ledger.tx import ANCHOR_GAS
 from qdspace.node.localnet.chain import ChainProcess
 
 ENQUEUE_CHUNK = 20_000

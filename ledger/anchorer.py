@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from qdspace.ledger.client import ANCHOR_GAS, LedgerClient, TxReceipt
+from qdspace.ledger.client import LedgerClient, TxReceipt
 from qdspace.ledger.errors import (
     AlreadyAnchored,
     ChainUnavailable,
@@ -28,6 +28,7 @@ from qdspace.ledger.keys import ChainSigner
 from qdspace.ledger.leaves import KIND_CODES, Leaf, kind_code
 from qdspace.ledger.queue import LeafQueue
 from qdspace.ledger.queue_schema import SEALED, SIGNED, Batch, StoredLeaf
+from qdspace.ledger.tx import ANCHOR_GAS
 
 log = logging.getLogger("ledger.anchorer")
 

@@ -39,16 +39,11 @@ from qdspace.ledger.errors import (
     WrongChain,
 )
 from qdspace.ledger.keys import ChainSigner
+from qdspace.ledger.tx import GAS_MARGIN, SignedAnchor
 
 log = logging.getLogger("ledger.client")
 
 DEFAULT_TIMEOUT_S = 10.0
-GAS_MARGIN = 1.25
-# ``anchor`` costs the same every call: 21k intrinsic + calldata + two fresh storage slots +
-# one log, measured at 70.7k-71.1k gas used (eth_estimateGas: 80.0k-80.4k) on py-evm. A
-# fixed limit with ~1.5x margin over the estimate spares an EVM execution (and a round
-# trip) per transaction; the tests check the estimate stays under it on py-evm and ganache.
-ANCHOR_GAS = 120_000
 FEE_TTL_S = 5.0
 _ALREADY_ANCHORED = "0x" + keccak(text="AlreadyAnchored(bytes32)")[:4].hex()
 _ANCHORED_TOPIC = "0x" + keccak(text="Anchored(bytes32,uint8,uint64,address,uint64,uint64)").hex()
@@ -81,16 +76,6 @@ class AnchoredEvent:
     timestamp: int
     tx_hash: bytes
     log_index: int
-
-
-@dataclass(frozen=True, slots=True)
-class SignedAnchor:
-    """A signed ``anchor`` transaction, stored before it is sent so it can be resent as is."""
-
-    raw: bytes
-    tx_hash: bytes
-    nonce: int
-    sender: str
 
 
 @dataclass(frozen=True, slots=True)

@@ -27,16 +27,18 @@ import threading
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from qdspace.ledger.client import LedgerClient
 from qdspace.ledger.errors import NotAnchored, ProofFormatError, WrongChain
 from qdspace.ledger.leaves import KIND_CODES, KIND_NAMES, leaf_preimage
 from qdspace.ledger.merkle import HASH_SIZE, MerkleTree, leaf_hash, verify_inclusion
 from qdspace.ledger.queue import LeafQueue
 from qdspace.ledger.queue_schema import ANCHORED
+
+if TYPE_CHECKING:
+    from qdspace.ledger.client import LedgerClient
 
 PROOF_TYPE: Literal["qdspace.inclusion-proof"] = "qdspace.inclusion-proof"
 PROOF_VERSION: Literal[2] = 2

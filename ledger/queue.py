@@ -18,7 +18,6 @@ import time
 
 from sqlalchemy import and_, func, insert, select, update
 
-from qdspace.ledger.client import SignedAnchor
 from qdspace.ledger.errors import LedgerError, NotAnchored
 from qdspace.ledger.leaves import kind_code
 from qdspace.ledger.merkle import root_of_packed, unpack
@@ -31,6 +30,7 @@ from qdspace.ledger.queue_schema import (
     StoredLeaf,
     batch_table,
 )
+from qdspace.ledger.tx import SignedAnchor
 
 
 class LeafQueue(LeafStore):

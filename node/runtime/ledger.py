@@ -23,24 +23,27 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import Field, ValidationError
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 from sqlalchemy import BigInteger, Column, Engine, MetaData, String, Table, insert, select, update
 
 from qdspace.connector.qdm import TABLES
-from qdspace.ledger.anchorer import Anchorer, AnchorPolicy
-from qdspace.ledger.client import ANCHOR_GAS, LedgerClient
 from qdspace.ledger.errors import AccountKeyError, LedgerError
-from qdspace.ledger.keys import DEFAULT_KEY_ENV, ChainSigner, load_signer
 from qdspace.ledger.leaves import KIND_CODES
 from qdspace.ledger.proofs import InclusionProof, build_proof, verify_proof
 from qdspace.ledger.queue import LeafQueue
 from qdspace.ledger.queue_schema import StoredLeaf, ensure_schema
+from qdspace.ledger.tx import ANCHOR_GAS
 from qdspace.node.context import NodeContext
 from qdspace.node.errors import ConfigError
 from qdspace.node.layout import LEDGER_FILE, NodeLayout
+
+if TYPE_CHECKING:  # web3 and eth_account load only when a chain is configured
+    from qdspace.ledger.anchorer import Anchorer
+    from qdspace.ledger.client import LedgerClient
+    from qdspace.ledger.keys import ChainSigner
 
 log = logging.getLogger("node.runtime.ledger")
 
@@ -292,6 +295,7 @@ class NodeLedger:
 def _signer(ctx: NodeContext, key_file: Path | None) -> ChainSigner:
     """The chain account's key: a node's own ``chain.key`` is read through the node's key
     files (a managed host decrypts it in memory); any other key file as it is."""
+    from qdspace.ledger.keys import DEFAULT_KEY_ENV, ChainSigner, load_signer
     from qdspace.node.identity.keyfiles import PLAIN
 
     if key_file is None or key_file != ctx.layout.chain_key or ctx.key_files is PLAIN:
@@ -313,6 +317,9 @@ def attach_ledger(ctx: NodeContext) -> NodeLedger | None:
         return None
     if not settings.contract:
         raise ConfigError(f"{ctx.layout.ledger}: rpc_url given but no contract address")
+    from qdspace.ledger.anchorer import Anchorer, AnchorPolicy  # web3: only with a chain
+    from qdspace.ledger.client import LedgerClient
+
     try:
         signer = _signer(ctx, settings.key_file)
         client = LedgerClient(

@@ -9,12 +9,13 @@ from pathlib import Path
 import pytest
 
 from qdspace.ledger.anchorer import Anchorer, AnchorPolicy
-from qdspace.ledger.client import ANCHOR_GAS, GAS_MARGIN, LedgerClient
+from qdspace.ledger.client import LedgerClient
 from qdspace.ledger.errors import WrongChain
 from qdspace.ledger.keys import ChainSigner
 from qdspace.ledger.leaves import KIND_CODES, Leaf
 from qdspace.ledger.queue import LeafQueue
 from qdspace.ledger.queue_schema import ANCHORED, SEALED, SIGNED, Batch
+from qdspace.ledger.tx import ANCHOR_GAS, GAS_MARGIN
 
 from .conftest import ChainProcess
 

@@ -12,13 +12,14 @@ import pytest
 import requests
 
 from qdspace.ledger.anchorer import Anchorer, AnchorPolicy
-from qdspace.ledger.client import ANCHOR_GAS, GAS_MARGIN, LedgerClient
+from qdspace.ledger.client import LedgerClient
 from qdspace.ledger.compile import tools_dir
 from qdspace.ledger.deploy import deploy_anchor, fund_from_dev_account
 from qdspace.ledger.errors import AlreadyAnchored
 from qdspace.ledger.keys import new_key_file
 from qdspace.ledger.proofs import build_proof
 from qdspace.ledger.queue import LeafQueue
+from qdspace.ledger.tx import ANCHOR_GAS, GAS_MARGIN
 from qdspace.ledger.verify import verify_document
 
 from .conftest import ONE_ETH, free_port

@@ -10,7 +10,6 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from sqlalchemy import create_engine
 
-from qdspace.ledger.client import SignedAnchor
 from qdspace.ledger.errors import NotAnchored, ProofFormatError, UnknownLeaf
 from qdspace.ledger.merkle import proof_length
 from qdspace.ledger.proofs import (
@@ -22,6 +21,7 @@ from qdspace.ledger.proofs import (
 )
 from qdspace.ledger.queue import LeafQueue
 from qdspace.ledger.queue_schema import ensure_schema
+from qdspace.ledger.tx import SignedAnchor
 
 RECORDS = {f"insp-{i}": f'{{"verdict":"ok","n":{i}}}'.encode() for i in range(11)}
 

@@ -10,13 +10,13 @@ from pathlib import Path
 import pytest
 from sqlalchemy import Engine, create_engine, text
 
-from qdspace.ledger.client import SignedAnchor
 from qdspace.ledger.errors import LedgerError, NotAnchored, UnknownLeaf
 from qdspace.ledger.leaves import Leaf, UnknownKind, leaf_preimage
 from qdspace.ledger.merkle import leaf_hash, root_of
 from qdspace.ledger.queue import LeafQueue
 from qdspace.ledger.queue_leaves import LeafConflict
 from qdspace.ledger.queue_schema import ANCHORED, SEALED, SIGNED, ensure_schema
+from qdspace.ledger.tx import SignedAnchor
 
 PG_URL = os.environ.get("QDSPACE_TEST_PG_URL")
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from qdspace.ledger.client import ANCHOR_GAS
+from qdspace.ledger.tx import ANCHOR_GAS
 from qdspace.node.errors import ConfigError
 from qdspace.node.runtime.ledger import LedgerSettings, canonical_row, write_ledger_file
 
