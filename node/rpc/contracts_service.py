@@ -18,7 +18,7 @@ from typing import Any
 
 import grpc
 
-from qdspace.connector.assets import catalog_entry
+from qdspace.connector.assets import AssetKind, catalog_entry
 from qdspace.connector.contract_errors import ContractDenied, ContractError
 from qdspace.node.identity.certs import MemberIdentity
 from qdspace.node.metrics import NodeMetrics
@@ -92,19 +92,36 @@ def _settle(future: asyncio.Future[Any]) -> None:
         future.exception()
 
 
+_KINDS = frozenset({"", *(k.value for k in AssetKind)})
+_MAX_REPLIES = 64
+
+
 def _peer() -> MemberIdentity:
     return current_peer().identity
 
 
 class CatalogServicer(catalog_pb2_grpc.CatalogServicer):
+    """Catalog replies are encoded once per (role, kind) until the runtime's assets change:
+    encoding every offer's policy as JSON was most of a ListAssets call's time, and the
+    catalog is what every peer asks first and most often."""
+
     def __init__(self, runtime: ContractRuntime):
         self._rt = runtime
+        self._replies: dict[tuple[str, str, int], catalog_pb2.CatalogReply] = {}
 
     async def ListAssets(
         self, request: catalog_pb2.CatalogRequest, context: grpc.aio.ServicerContext
     ) -> catalog_pb2.CatalogReply:
-        entries = self._rt.catalog(_peer().role, request.kind)
-        return catalog_to_proto(self._rt.me.member_id, entries)
+        key = (_peer().role, request.kind, self._rt.catalog_generation)
+        reply = self._replies.get(key)
+        if reply is None:
+            entries = self._rt.catalog(key[0], request.kind)
+            reply = catalog_to_proto(self._rt.me.member_id, entries)
+            if request.kind in _KINDS:  # not one per string a peer makes up
+                if len(self._replies) >= _MAX_REPLIES:
+                    self._replies.clear()  # roles x kinds x a few generations: rarely
+                self._replies[key] = reply
+        return reply
 
     async def GetAsset(
         self, request: catalog_pb2.AssetRequest, context: grpc.aio.ServicerContext

@@ -56,6 +56,8 @@ class ContractBase:
     record: Callable[[str, str, bytes], None] = field(default=lambda kind, ref, data: None)
     # wakes live streams when inspections are committed (node.runtime.table_watch); None: poll only
     new_inspections: TableWatch | None = None
+    # bumped whenever `assets` changes, so a transport may keep encoded catalogs until then
+    catalog_generation: int = 0
 
     @property
     def verify_key(self) -> VerifyKey:
@@ -87,6 +89,7 @@ class ContractBase:
         """Add an asset to the catalog while running (a federated job its coordinator
         publishes); an asset of the same id is replaced."""
         self.assets[asset.asset_id] = asset
+        self.catalog_generation += 1
         logger.info("catalog: %s (%s) offered", asset.asset_id, asset.kind)
 
     def customer_orders(self, customer: str) -> frozenset[str]:
