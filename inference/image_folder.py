@@ -113,9 +113,8 @@ def load_labelled_images(
     workers = max(1, min(threads, os.cpu_count() or 1))
     where = [f"{labels}:{row.line}: {row.file}" for row in rows]
     with ThreadPoolExecutor(workers, thread_name_prefix="own-decode") as pool:
-        decoded = list(pool.map(lambda a: decode_image(*a), zip(files, where, [size] * len(rows))))
-    images = np.stack([pixels for pixels, _ in decoded]) if decoded else None
-    assert images is not None  # parse_labels refuses a file without rows
+        decoded = list(pool.map(lambda f, w: decode_image(f, w, size), files, where))
+    images = np.stack([pixels for pixels, _ in decoded])  # parse_labels refuses no rows
     images.setflags(write=False)
     probabilities = np.array([rule.probability(r.label_class) for r in rows], dtype=np.float64)
     data = ElImages(
