@@ -153,9 +153,9 @@ def train_prepared(
         on_epoch=on_epoch,
         val=images.subset(split.val),
     )
-    split.write(request.splits_path)
     if registry.audit_set() is None or request.replace_audit:
         _set_audit(registry, prepared)
+    split.write(request.splits_path)
     entry = registry.register(
         result.onnx_bytes,
         source=f"{SOURCE_PREFIX}{request.images.resolve().name}",
@@ -175,7 +175,12 @@ def _set_audit(registry: ModelRegistry, prepared: PreparedSet) -> None:
     request, images = prepared.request, prepared.images
     side = max(AUDIT_SIDE, request.size)
     root = request.images.resolve()
-    pixels = [decode_image(root / f, f, side)[0] for f in prepared.split.test]
+    pixels = []
+    for file in prepared.split.test:
+        path = (root / file).resolve()
+        if not path.is_relative_to(root):  # swapped for a symlink since it was checked
+            raise DatasetError(f"{file} leads out of {root} (a symlink)")
+        pixels.append(decode_image(path, file, side)[0])
     outcomes = images.subset(prepared.split.test).labels(2)
     registry.set_audit_set(pixels, np.asarray(outcomes).tolist(), prepared.split.test)
 
