@@ -208,6 +208,10 @@ FAULTS: Mapping[str, Fault] = {
     # -- inference -----------------------------------------------------------
     "qdspace.inference.errors.InferenceError": F(None, None, 1),
     "qdspace.inference.errors.RegistryError": F(None, 404, 1),
+    # own images (labels.csv, files, split manifest): the operator's to fix
+    "qdspace.inference.errors.DatasetError": F(None, 400, 1),
+    "qdspace.node.runtime.own_training.TrainingBusy": F(None, 409, 1),
+    "qdspace.node.runtime.own_training.UnknownTraining": F(None, 404, 1),
     # -- what any other error says about whose fault it is --------------------
     "builtins.PermissionError": F(None, 403),
     "builtins.LookupError": F(None, 404),

@@ -56,6 +56,7 @@ from qdspace.node.api.problems import (
     UnsupportedMediaType,
     install_problem_handlers,
 )
+from qdspace.node.api.training import create_training_router
 from qdspace.node.context import NodeContext
 
 RAW_SUFFIX = {"text/csv": ".csv", "application/x-ndjson": ".jsonl", "application/jsonl": ".jsonl"}
@@ -205,6 +206,7 @@ def create_app(ctx: NodeContext) -> FastAPI:
         return UpstreamPublic(batch=pub(reply.batch), parents=[pub(p) for p in reply.parents])
 
     app.include_router(create_inspection_router(ctx.directory, [Operator]))
+    app.include_router(create_training_router(ctx.directory, [Operator]))
     mount_ledger_routes(app, ctx)
     app.include_router(contracts_router())
     app.include_router(investigations_router())

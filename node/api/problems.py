@@ -26,7 +26,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from qdspace.connector.errors import ConnectorError
 from qdspace.federation.errors import FederationError
-from qdspace.inference.errors import RegistryError
+from qdspace.inference.errors import InferenceError
 from qdspace.ledger.errors import LedgerError
 from qdspace.node import faults
 from qdspace.node.errors import NodeError, PeerError
@@ -178,7 +178,7 @@ def install_problem_handlers(app: FastAPI) -> None:
         ConnectorError,
         LedgerError,
         FederationError,
-        RegistryError,
+        InferenceError,  # the model registry, an own image set (DatasetError)
         Exception,
     ):
         app.add_exception_handler(family, domain_error)

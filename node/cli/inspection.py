@@ -19,6 +19,7 @@ from rich.table import Table
 from qdspace.node.cli.choices import CellMember
 from qdspace.node.cli.connect import JsonOpt, print_json
 from qdspace.node.cli.errors import clean_errors
+from qdspace.node.cli.train_images import OwnOptions, TrainOptions, train_own_images
 from qdspace.node.layout import NodeLayout
 
 inspect_app = typer.Typer(no_args_is_help=True, help="line inspection (EL cells)")
@@ -30,6 +31,33 @@ DirOpt = Annotated[Path, typer.Option("--dir", help="node directory")]
 MemberOpt = Annotated[
     CellMember,
     typer.Option(help="whose cells: cellex (mono), polycell (poly), all; auto = node name"),
+]
+
+
+ImagesOpt = Annotated[
+    Path | None,
+    typer.Option(
+        help="train on your own images in this folder (see --labels) instead of the EL cells"
+    ),
+]
+LabelsOpt = Annotated[
+    Path | None, typer.Option(help="CSV 'file,label' (default: IMAGES/labels.csv)")
+]
+SplitsOpt = Annotated[
+    Path | None, typer.Option(help="split manifest (default: splits.json beside the labels)")
+]
+GradesOpt = Annotated[
+    bool, typer.Option("--grades", help="labels are grades 0..3 (2 and 3 fail), not pass/fail")
+]
+PositiveOpt = Annotated[
+    str, typer.Option(help="your own labels that fail, comma-separated (e.g. crack,burn)")
+]
+NegativeOpt = Annotated[
+    str, typer.Option(help="your own labels that pass (default with --positive: 0,ok,good,pass)")
+]
+ReplaceAuditOpt = Annotated[
+    bool,
+    typer.Option("--replace-audit", help="make this set's test split the gate's audit set"),
 ]
 
 
@@ -65,8 +93,29 @@ def train(
     ] = 2,
     split_seed: Annotated[int, typer.Option(help="seed of the train/val/test split")] = 20240501,
     activate: Annotated[bool, typer.Option(help="serve this version from now on")] = True,
+    images: ImagesOpt = None,
+    labels: LabelsOpt = None,
+    splits: SplitsOpt = None,
+    grades: GradesOpt = False,
+    positive: PositiveOpt = "",
+    negative: NegativeOpt = "",
+    replace_audit: ReplaceAuditOpt = False,
 ) -> None:
-    """Train the EL defect CNN on this member's own cells, export ONNX, register it."""
+    """Train the defect CNN on this member's cells (or --images), export ONNX, register it."""
+    if images is not None:
+        train_own_images(
+            directory,
+            images,
+            labels,
+            splits,
+            OwnOptions(grades, positive, negative, replace_audit),
+            TrainOptions(epochs, size, seed, threads, classes, split_seed, activate),
+        )
+        return
+    if labels is not None or splits is not None or grades or positive or negative:
+        raise typer.BadParameter(
+            "--labels, --splits, --grades, --positive, --negative need --images"
+        )
     from qdspace.inference.dataset import load_elpv, select_member
     from qdspace.inference.registry import ModelRegistry
     from qdspace.inference.splits import split_el_images
