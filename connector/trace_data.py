@@ -34,8 +34,8 @@ from qdspace.connector.qdm import (
     ProcessMeasurement,
     Product,
 )
-from qdspace.connector.rootcause import DataConfidence, Observation, Reading
-from qdspace.connector.trace import BatchLink
+from qdspace.connector.rootcause import DataConfidence, Observation, Reading, local_findings
+from qdspace.connector.trace import MAX_FINDINGS, BatchLink, TierAnswer
 
 #: comparable batches read at most (the nearest in time to the implicated ones)
 COMPARABLE_LIMIT = 60
@@ -307,3 +307,33 @@ def failed_batches(
             if loose:
                 found |= failed_batches(engine, serials=loose[:limit], limit=limit)
     return frozenset(sorted(found)[:limit])
+
+
+def local_tier(
+    engine: Engine, ids: frozenset[str], me: str, anchored: Mapping[str, int]
+) -> tuple[TierAnswer, dict[str, set[str]]]:
+    """One member's part of a trace over its own QDM, before any producer is asked: its
+    findings and genealogy for `ids`, and the batches it bought, by producer."""
+    rows = batches(engine, ids)
+    comparable = comparable_batches(engine, rows, me)
+    evidence = read_evidence(engine, frozenset(rows) | comparable, anchored)
+    findings = (
+        local_findings(
+            evidence.readings,
+            frozenset(rows),
+            comparable,
+            observations=evidence.observations,
+            confidence=evidence.confidence,
+        )
+        if rows
+        else []
+    )
+    links, bought = walk_genealogy(engine, sorted(rows), me)
+    answer = TierAnswer(
+        member=me,
+        implicated=tuple(sorted(rows)),
+        comparable_n=len(comparable),
+        links=tuple(links),
+        findings=tuple(findings[:MAX_FINDINGS]),
+    )
+    return answer, bought

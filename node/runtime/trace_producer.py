@@ -30,10 +30,8 @@ from sqlalchemy import Engine, inspect, select
 from qdspace.connector.assets import AssetKind
 from qdspace.connector.contract_errors import ContractError
 from qdspace.connector.negotiation import Role
-from qdspace.connector.rootcause import local_findings
 from qdspace.connector.trace import (
     MAX_DEPTH,
-    MAX_FINDINGS,
     MAX_UPSTREAM,
     ROOT_CAUSE_PURPOSE,
     TRACEABILITY_ASSET,
@@ -43,7 +41,7 @@ from qdspace.connector.trace import (
     TraceRefused,
     check_batch_ids,
 )
-from qdspace.connector.trace_data import batches, comparable_batches, read_evidence, walk_genealogy
+from qdspace.connector.trace_data import batches, local_tier
 from qdspace.node.identity.certs import MemberIdentity
 from qdspace.node.runtime.contracts import ContractRuntime
 from qdspace.node.runtime.contracts_base import peer_name
@@ -154,32 +152,7 @@ class TraceRoom:
 
     def local_part(self, ids: frozenset[str]) -> tuple[TierAnswer, dict[str, set[str]]]:
         """Our findings and genealogy for `ids` (no peer asked yet), and what we bought."""
-        started = time.perf_counter()
-        rows = batches(self.engine, ids)
-        comparable = comparable_batches(self.engine, rows, self.me)
-        every = frozenset(rows) | comparable
-        evidence = read_evidence(self.engine, every, anchored_through(self.engine))
-        findings = (
-            local_findings(
-                evidence.readings,
-                frozenset(rows),
-                comparable,
-                observations=evidence.observations,
-                confidence=evidence.confidence,
-            )
-            if rows
-            else []
-        )
-        links, bought = walk_genealogy(self.engine, sorted(rows), self.me)
-        answer = TierAnswer(
-            member=self.me,
-            implicated=tuple(sorted(rows)),
-            comparable_n=len(comparable),
-            links=tuple(links),
-            findings=tuple(findings[:MAX_FINDINGS]),
-            elapsed_ms=(time.perf_counter() - started) * 1000,
-        )
-        return answer, bought
+        return local_tier(self.engine, ids, self.me, anchored_through(self.engine))
 
     async def tier(
         self, ids: frozenset[str], path: tuple[str, ...], depth: int, deadline_s: float | None
