@@ -104,7 +104,8 @@ def anchored_share(readings: Sequence[Reading], anchored_through: Mapping[str, i
     anchored = 0
     for r in readings:
         table, _, number = r.evidence_id.rpartition(":")
-        if number.isdigit() and int(number) <= anchored_through.get(table, 0):
+        through = anchored_through.get(table)
+        if through is not None and number.isdigit() and int(number) <= through:
             anchored += 1
     return anchored / len(readings)
 
