@@ -29,6 +29,9 @@ class AssetKind(StrEnum):
     PROCESS_ALONG_GENEALOGY = "process_along_genealogy"
     LIVE_INSPECTION_STREAM = "live_inspection_stream"
     OPERATOR_LOG_OF_ORDER = "operator_log_of_order"
+    #: Root-cause findings about bought batches, answered by ``Trace/Investigate``:
+    #: never transferred, no row of the QDM leaves under it.
+    TRACEABILITY = "traceability"
     #: A federated-learning job: no table behind it, only model updates under contract.
     FEDERATED_JOB = "federated_job"
 

@@ -423,6 +423,20 @@ def default_dictionary() -> DataDictionary:
                 ),
             ),
             DataElement(
+                "QDE-0106",
+                "calibration_result",
+                "Outcome of calibrating a piece of measuring equipment (a certificate whose "
+                "result is fail does not make the equipment's readings calibrated).",
+                _enum(
+                    ("pass", "adjusted", "fail"),
+                    {
+                        "pass": ("ok", "conforming", "in_tolerance", "passed"),
+                        "adjusted": ("adjusted_pass", "limited"),
+                        "fail": ("nok", "non_conforming", "out_of_tolerance", "failed"),
+                    },
+                ),
+            ),
+            DataElement(
                 "QDE-0105",
                 "cell_type",
                 "Crystal structure of a silicon cell.",

@@ -48,6 +48,12 @@ from qdspace.policies.model import (
 )
 
 QUALITY_PURPOSES = frozenset({"quality-assurance", "spc-monitoring", "failure-analysis"})
+#: the traceability asset's own purpose (`connector.trace.ROOT_CAUSE_PURPOSE`)
+TRACE_PURPOSES = frozenset({"root-cause-analysis"})
+#: what a trace answer is made of: findings and the genealogy of the batches asked about
+TRACE_FIELDS = frozenset({"findings", "genealogy"})
+#: a producer's traceability offer is for whoever buys from it: OEMs and suppliers
+TRACE_AUDIENCE = frozenset({"oem", "supplier"})
 # Internal bookkeeping a supplier does not share: which frame, and how fast the model was.
 INSPECTION_OFFERED = INSPECTION_FIELDS - {"frame_id", "latency_ms", "image_hash"}
 OPERATOR_LOG_OFFERED = OPERATOR_LOG_FIELDS - {"note"}
@@ -90,6 +96,21 @@ def standard_assets(provider_id: str) -> list[Asset]:
             OPERATOR_LOG_FIELDS,
             offer("operator-log", OPERATOR_LOG_OFFERED),
             audience=CUSTOMER_ROLES,
+        ),
+        Asset(
+            "traceability",
+            "root-cause findings about batches you bought (no raw rows)",
+            AssetKind.TRACEABILITY,
+            ("qdm_measurement", "qdm_environment", "qdm_operator_log", "qdm_genealogy"),
+            TRACE_FIELDS,
+            make_offer(
+                f"offer:{provider_id}:traceability",
+                provider_id,
+                "traceability",
+                OfferTerms(purposes=TRACE_PURPOSES, fields=TRACE_FIELDS),
+            ),
+            pseudonymized=frozenset(),
+            audience=TRACE_AUDIENCE,
         ),
         Asset(
             "live-inspections",

@@ -104,7 +104,10 @@ class Inspection(SQLModel, table=True):
     """One inspection verdict (EL imaging, X-ray, visual), by a person or a model."""
 
     __tablename__ = "qdm_inspection"
-    __table_args__ = (Index("ix_inspection_order", "order_id", "id"),)
+    __table_args__ = (
+        Index("ix_inspection_order", "order_id", "id"),
+        Index("ix_inspection_time", "inspected_at"),
+    )
     id: int | None = Field(default=None, primary_key=True)
     inspection_id: str = Field(max_length=96, unique=True)
     station: str = Field(max_length=64)
@@ -183,6 +186,26 @@ class OperatorLog(SQLModel, table=True):
     withdrawn_at: datetime | None = None
 
 
+class CalibrationCertificate(SQLModel, table=True):
+    """A calibration certificate of a piece of measuring equipment: readings it took
+    between ``valid_from`` and ``valid_until`` (and with a result other than ``fail``)
+    were taken by calibrated equipment. Anchored like every QDM record when the node
+    anchors, so a customer can tell a certificate written after the fact."""
+
+    __tablename__ = "qdm_calibration"
+    __table_args__ = (Index("ix_calibration_equipment", "equipment", "valid_from"),)
+    id: int | None = Field(default=None, primary_key=True)
+    certificate_id: str = Field(max_length=64, unique=True)
+    equipment: str = Field(max_length=64)
+    valid_from: datetime
+    valid_until: datetime
+    result: str = Field(max_length=16)
+    issuer: str | None = Field(default=None, max_length=128)
+
+    version: int = _version()
+    withdrawn_at: datetime | None = None
+
+
 #: kind name (as used by ingest, REST and CLI) -> table class
 TABLES: dict[str, type[SQLModel]] = {
     "order": Order,
@@ -193,6 +216,7 @@ TABLES: dict[str, type[SQLModel]] = {
     "measurement": ProcessMeasurement,
     "environment": EnvironmentReading,
     "operator_log": OperatorLog,
+    "calibration": CalibrationCertificate,
 }
 
 #: the natural key of each kind
@@ -205,4 +229,5 @@ NATURAL_KEYS: dict[str, tuple[str, ...]] = {
     "measurement": ("equipment", "parameter", "measured_at"),
     "environment": ("location", "measured_at"),
     "operator_log": ("operator_id", "logged_at", "action"),
+    "calibration": ("certificate_id",),
 }

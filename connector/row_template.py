@@ -109,6 +109,14 @@ COLUMNS: dict[str, tuple[Column, ...]] = {
         Column("batch_id", "no", _ID),
         Column("note", "no", "text (<= 500)"),
     ),
+    "calibration": (
+        Column("certificate_id", "yes", _ID),
+        Column("equipment", "yes", _ID, note="as named in measurements"),
+        Column("valid_from", "yes", _TIME),
+        Column("valid_until", "yes", _TIME, note="after valid_from"),
+        Column("result", "no", "code", "calibration_result", "default pass"),
+        Column("issuer", "no", "text (<= 128)", note="the calibration laboratory"),
+    ),
 }
 
 #: the fields a delivered row of each kind may carry

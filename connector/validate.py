@@ -254,6 +254,24 @@ def parse_operator_log(row: Mapping[str, Any], d: DataDictionary) -> Row:
     )
 
 
+def parse_calibration(row: Mapping[str, Any], d: DataDictionary) -> Row:
+    p = Problems()
+    valid_from = req_timestamp(p, row, "valid_from")
+    valid_until = req_timestamp(p, row, "valid_until")
+    if valid_from is not None and valid_until is not None and valid_until <= valid_from:
+        p.fail("valid_until", "must be after valid_from")
+    return p.done(
+        {
+            "certificate_id": req_text(p, row, "certificate_id"),
+            "equipment": req_text(p, row, "equipment"),
+            "valid_from": valid_from,
+            "valid_until": valid_until,
+            "result": code(p, d, "calibration_result", row, "result", required=False) or "pass",
+            "issuer": text(p, row, "issuer", required=False, max_len=128),
+        }
+    )
+
+
 Parser = Callable[[Mapping[str, Any], DataDictionary], Row]
 
 PARSERS: dict[str, Parser] = {
@@ -265,6 +283,7 @@ PARSERS: dict[str, Parser] = {
     "measurement": parse_measurement,
     "environment": parse_environment,
     "operator_log": parse_operator_log,
+    "calibration": parse_calibration,
 }
 
 

@@ -27,6 +27,7 @@ KIND_CODES: dict[str, int] = {
     "model_version": 4,
     "record_batch": 5,
     "quality_case": 6,
+    "trace_report": 7,
 }
 KIND_NAMES: dict[int, str] = {code: name for name, code in KIND_CODES.items()}
 # two-byte big-endian lengths of every UTF-8 reference id (at most 4 bytes per character)

@@ -330,6 +330,21 @@ class OperatorClient:
         result: Rows = self._get("/v1/contracts/duties")
         return result
 
+    # -- root-cause traces -------------------------------------------------------------------
+
+    def start_trace(self, body: dict[str, Any]) -> dict[str, Any]:
+        """Start a trace (``StartBody`` of ``/v1/traces``); answers at once with its id."""
+        result: dict[str, Any] = self._post("/v1/traces", body)
+        return result
+
+    def trace(self, trace_id: str) -> dict[str, Any]:
+        result: dict[str, Any] = self._get(f"/v1/traces/{trace_id}")
+        return result
+
+    def trace_report(self, trace_id: str) -> dict[str, Any]:
+        result: dict[str, Any] = self._get(f"/v1/traces/{trace_id}/report")
+        return result
+
     # -- quality investigations and alerts --------------------------------------------------
 
     def open_investigation(self, body: dict[str, Any]) -> dict[str, Any]:

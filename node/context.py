@@ -32,6 +32,7 @@ if TYPE_CHECKING:
     from qdspace.node.runtime.directory import DirectoryFollower
     from qdspace.node.runtime.federation_member import FederationMember
     from qdspace.node.runtime.ledger import NodeLedger
+    from qdspace.node.runtime.trace_runs import TraceRuns
 
 
 @dataclass
@@ -59,6 +60,8 @@ class NodeContext:
     metrics: NodeMetrics = field(default_factory=NodeMetrics)
     #: True once both listeners (gRPC and API) are up; ``/startupz`` reads it
     serving: bool = False
+    #: the OEM's side of root-cause traces (made with the peer server); None without contracts
+    traces: TraceRuns | None = None
     #: how the node's secret files are read (plain files; a managed host's decrypt them)
     key_files: KeyFiles = PLAIN
 

@@ -147,6 +147,14 @@ FAULTS: Mapping[str, Fault] = {
         "PERMISSION_DENIED", 404, 1
     ),  # a peer may not probe which ids exist
     "qdspace.connector.genealogy.NotYourBatch": F("PERMISSION_DENIED", 403, 1),
+    # -- connector: root-cause traces ---------------------------------------
+    "qdspace.connector.rootcause.RootCauseError": F("INVALID_ARGUMENT", 400, 1),
+    "qdspace.connector.trace.TraceError": F("INVALID_ARGUMENT", 400, 1),
+    "qdspace.connector.trace.TraceRefused": F(
+        "PERMISSION_DENIED", 403, 1
+    ),  # one refusal: no agreement, not bought, no such batch
+    "qdspace.connector.trace_store.UnknownTrace": F("NOT_FOUND", 404, 1),
+    "qdspace.connector.trace_store.TraceNotFinished": F("FAILED_PRECONDITION", 409, 1),
     # -- connector: usage contracts (grpc = the class's own ``grpc_status``) -
     "qdspace.connector.contract_errors.ContractError": F("FAILED_PRECONDITION", 409, 1),
     "qdspace.connector.contract_errors.IllegalTransitionError": F("FAILED_PRECONDITION", 409, 1),

@@ -24,6 +24,7 @@ from qdspace.node.rpc.node_service import NodeServicer
 from qdspace.node.rpc.server import PeerServer, build_server
 from qdspace.node.rpc.trace_service import TraceServicer
 from qdspace.node.runtime.directory import DirectoryFollower, FollowerSettings
+from qdspace.node.runtime.trace_producer import TraceRoom
 
 if TYPE_CHECKING:
     from qdspace.node.rpc.contracts_jobs import ContractJobs
@@ -33,9 +34,32 @@ if TYPE_CHECKING:
 logger = logging.getLogger("node")
 
 
+def trace_room(ctx: NodeContext) -> TraceRoom | None:
+    """Our part of root-cause traces (answering customers, asking producers) and the
+    OEM's trace runs on ``ctx.traces``; None on a node without contract machinery."""
+    contracts = ctx.contracts
+    if contracts is None:
+        return None
+    from qdspace.connector.trace_store import TraceStore
+    from qdspace.node.rpc.trace_client import grpc_ask
+    from qdspace.node.runtime.trace_runs import TraceRuns
+
+    room = TraceRoom(contracts, grpc_ask(ctx.peers))
+    ctx.traces = TraceRuns(
+        room,
+        TraceStore(ctx.store.engine),
+        contracts.clock.now,
+        lambda kind, ref, data: contracts.record(kind, ref, data),
+    )
+    return room
+
+
 def build_peer_server(ctx: NodeContext, port: int | None = None) -> PeerServer:
     """The member's gRPC server, bound (``port``: the settings' unless given)."""
-    registrations = [NodeServicer(ctx.keys.identity).register, TraceServicer(ctx.store).register]
+    registrations = [
+        NodeServicer(ctx.keys.identity).register,
+        TraceServicer(ctx.store, trace_room(ctx)).register,
+    ]
     registrations.append(FederationServicer.from_context(ctx).register)
     if ctx.contracts is not None:
         from qdspace.node.rpc.contracts_service import contract_registrations

@@ -56,6 +56,7 @@ from qdspace.node.api.problems import (
     UnsupportedMediaType,
     install_problem_handlers,
 )
+from qdspace.node.api.traces import traces_router
 from qdspace.node.api.training import create_training_router
 from qdspace.node.context import NodeContext
 
@@ -210,6 +211,7 @@ def create_app(ctx: NodeContext) -> FastAPI:
     mount_ledger_routes(app, ctx)
     app.include_router(contracts_router())
     app.include_router(investigations_router())
+    app.include_router(traces_router())
     app.include_router(federation_router(ctx, Operator))
     mount_observability(app, ctx)  # probes, /metrics, and the outermost request layer
     return app

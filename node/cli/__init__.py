@@ -41,6 +41,7 @@ from qdspace.node.cli.investigation import investigation_app
 from qdspace.node.cli.ledger import ledger_app
 from qdspace.node.cli.ledger import verify as ledger_verify
 from qdspace.node.cli.maintenance import mount as mount_maintenance
+from qdspace.node.cli.trace import trace_app
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help="qdspace connector node")
 node_app = typer.Typer(no_args_is_help=True, help="a member's connector node")
@@ -52,6 +53,7 @@ app.add_typer(ledger_app, name="ledger")
 app.add_typer(fl_app, name="fl")
 app.add_typer(host_app, name="host")
 app.add_typer(investigation_app, name="investigation")
+app.add_typer(trace_app, name="trace")
 app.command("verify")(ledger_verify)  # `qdspace verify PROOF.json --rpc URL`
 mount_inspection(app)  # train, inspect run/models/activate/explain
 mount_contracts(app)  # catalog, negotiate, transfer, subscribe, contracts, order close

@@ -32,6 +32,7 @@ class QdmKind(StrEnum):
     MEASUREMENT = "measurement"
     ENVIRONMENT = "environment"
     OPERATOR_LOG = "operator_log"
+    CALIBRATION = "calibration"
 
 
 class LeafKind(StrEnum):
@@ -43,6 +44,7 @@ class LeafKind(StrEnum):
     MODEL_VERSION = "model_version"
     RECORD_BATCH = "record_batch"
     QUALITY_CASE = "quality_case"
+    TRACE_REPORT = "trace_report"
 
 
 class CellMember(StrEnum):

@@ -14,6 +14,7 @@ METHOD_ROLES: Mapping[str, frozenset[str]] = {
     # Genealogy is supply-chain know-how: only trading partners ask for it, and the
     # service then checks that the caller bought the batch.
     "/qdspace.v1.Trace/Upstream": TRADING,
+    "/qdspace.v1.Trace/Investigate": TRADING,
     # Usage contracts: only trading partners see catalogs, negotiate, pull and subscribe
     # (the servicers then check the agreement); a regulator never sees raw data here.
     "/qdspace.v1.Catalog/ListAssets": TRADING,

@@ -157,3 +157,6 @@ def _attach_ledger(ctx: NodeContext) -> None:
     for kind in ("agreement", "deletion_receipt"):
         register_record_loader(ctx, kind, runtime.load_record)
     register_record_loader(ctx, CASE_KIND, lambda _kind, ref: runtime.case_record(ref))
+    traces = ctx.traces
+    if traces is not None:
+        register_record_loader(ctx, "trace_report", lambda _kind, ref: traces.report_record(ref))

@@ -1,14 +1,19 @@
-"""``qdspace.v1.Trace``: one genealogy hop, answered only to the batch's customer.
+"""``qdspace.v1.Trace``: one genealogy hop, and a root-cause question, answered only to
+the batch's customer.
 
 A batch that does not exist and a batch sold to somebody else get the same answer
 (status and words): otherwise a member could probe which batch ids a supplier holds.
-Both statuses come from the node's fault table (`qdspace.node.faults`).
+``Investigate`` decodes the question, calls `TraceRoom.answer` (which refuses with one
+`TraceRefused` for every reason a caller may not ask) and encodes the answer; the
+caller's gRPC deadline is the producer's budget for asking its own producers. Statuses
+come from the node's fault table (`qdspace.node.faults`).
 """
 
 from __future__ import annotations
 
 import grpc
 
+from qdspace.connector.errors import ConnectorError
 from qdspace.connector.genealogy import (
     BatchInfo,
     GenealogyError,
@@ -19,6 +24,8 @@ from qdspace.connector.genealogy import (
 from qdspace.connector.storage import QualityStore
 from qdspace.node.rpc.auth import current_peer
 from qdspace.node.rpc.codes import status_code
+from qdspace.node.rpc.trace_serde import answer_to_proto, question_from_proto
+from qdspace.node.runtime.trace_producer import TraceRoom
 from qdspace.protocols.v1 import trace_pb2, trace_pb2_grpc
 
 
@@ -38,8 +45,9 @@ def not_yours(request: trace_pb2.UpstreamRequest, caller: str) -> str:
 
 
 class TraceServicer(trace_pb2_grpc.TraceServicer):
-    def __init__(self, store: QualityStore):
+    def __init__(self, store: QualityStore, room: TraceRoom | None = None):
         self._store = store
+        self._room = room
 
     async def Upstream(
         self, request: trace_pb2.UpstreamRequest, context: grpc.aio.ServicerContext
@@ -54,6 +62,20 @@ class TraceServicer(trace_pb2_grpc.TraceServicer):
         return trace_pb2.UpstreamReply(
             batch=batch_to_proto(batch), parents=[batch_to_proto(p) for p in parents]
         )
+
+    async def Investigate(
+        self, request: trace_pb2.InvestigateRequest, context: grpc.aio.ServicerContext
+    ) -> trace_pb2.InvestigateReply:
+        peer = current_peer()
+        if self._room is None:
+            await context.abort(grpc.StatusCode.UNIMPLEMENTED, "this node answers no traces")
+        assert self._room is not None
+        try:
+            question = question_from_proto(request)
+            answer = await self._room.answer(peer.identity, question, context.time_remaining())
+        except ConnectorError as exc:
+            await context.abort(status_code(exc), str(exc))
+        return trace_pb2.InvestigateReply(answer=answer_to_proto(answer))
 
     def register(self, server: grpc.aio.Server) -> None:
         trace_pb2_grpc.add_TraceServicer_to_server(self, server)

@@ -113,6 +113,8 @@ class ProviderTransfers(ContractBase):
         asset = self.assets[stored.signed.agreement.asset_id]
         if asset.is_stream:
             raise ContractDenied(f"asset {asset.asset_id} is a live stream: subscribe to it")
+        if asset.kind is AssetKind.TRACEABILITY:
+            raise ContractDenied(f"asset {asset.asset_id} is answered by Trace/Investigate")
         if asset.kind is AssetKind.PROCESS_ALONG_GENEALOGY and message.order_id is None:
             raise ContractDenied(f"asset {asset.asset_id} is transferred one order at a time")
         if message.since and (refusal := incremental_refusal(asset)) is not None:

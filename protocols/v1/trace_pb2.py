@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18protocols/v1/trace.proto\x12\nqdspace.v1\"#\n\x0fUpstreamRequest\x12\x10\n\x08\x62\x61tch_id\x18\x01 \x01(\t\"`\n\x08\x42\x61tchRef\x12\x10\n\x08\x62\x61tch_id\x18\x01 \x01(\t\x12\x10\n\x08material\x18\x02 \x01(\t\x12\x0c\n\x04kind\x18\x03 \x01(\t\x12\x10\n\x08producer\x18\x04 \x01(\t\x12\x10\n\x08quantity\x18\x05 \x01(\x01\"[\n\rUpstreamReply\x12#\n\x05\x62\x61tch\x18\x01 \x01(\x0b\x32\x14.qdspace.v1.BatchRef\x12%\n\x07parents\x18\x02 \x03(\x0b\x32\x14.qdspace.v1.BatchRef2K\n\x05Trace\x12\x42\n\x08Upstream\x12\x1b.qdspace.v1.UpstreamRequest\x1a\x19.qdspace.v1.UpstreamReplyb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18protocols/v1/trace.proto\x12\nqdspace.v1\"#\n\x0fUpstreamRequest\x12\x10\n\x08\x62\x61tch_id\x18\x01 \x01(\t\"`\n\x08\x42\x61tchRef\x12\x10\n\x08\x62\x61tch_id\x18\x01 \x01(\t\x12\x10\n\x08material\x18\x02 \x01(\t\x12\x0c\n\x04kind\x18\x03 \x01(\t\x12\x10\n\x08producer\x18\x04 \x01(\t\x12\x10\n\x08quantity\x18\x05 \x01(\x01\"[\n\rUpstreamReply\x12#\n\x05\x62\x61tch\x18\x01 \x01(\x0b\x32\x14.qdspace.v1.BatchRef\x12%\n\x07parents\x18\x02 \x03(\x0b\x32\x14.qdspace.v1.BatchRef\"Z\n\x12InvestigateRequest\x12\x14\n\x0c\x61greement_id\x18\x01 \x01(\t\x12\x11\n\tbatch_ids\x18\x02 \x03(\t\x12\x0c\n\x04path\x18\x03 \x03(\t\x12\r\n\x05\x64\x65pth\x18\x04 \x01(\r\"[\n\x06Window\x12\r\n\x05start\x18\x01 \x01(\t\x12\x0b\n\x03\x65nd\x18\x02 \x01(\t\x12\x10\n\x08readings\x18\x03 \x01(\r\x12\x0f\n\x07\x62\x61tches\x18\x04 \x03(\t\x12\x12\n\npeak_sigma\x18\x05 \x01(\x01\"\\\n\nConfidence\x12\x14\n\x0c\x63ompleteness\x18\x01 \x01(\x01\x12\x10\n\x08\x61nchored\x18\x02 \x01(\x01\x12\x17\n\ncalibrated\x18\x03 \x01(\x01H\x00\x88\x01\x01\x42\r\n\x0b_calibrated\"\x9f\x03\n\x07\x46inding\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12\x14\n\x0cimplicated_n\x18\x03 \x01(\r\x12\x14\n\x0c\x63omparable_n\x18\x04 \x01(\r\x12\x0e\n\x06\x65\x66\x66\x65\x63t\x18\x05 \x01(\x01\x12\x1d\n\x15\x65xcess_out_of_control\x18\x06 \x01(\x01\x12\x1c\n\x14level_out_of_control\x18\x07 \x01(\x01\x12\x0f\n\x07p_value\x18\x08 \x01(\x01\x12\x12\n\nadjusted_p\x18\t \x01(\x01\x12\x1e\n\x11implicated_center\x18\n \x01(\x01H\x00\x88\x01\x01\x12\x1e\n\x11\x63omparable_center\x18\x0b \x01(\x01H\x01\x88\x01\x01\x12#\n\x07windows\x18\x0c \x03(\x0b\x32\x12.qdspace.v1.Window\x12\x10\n\x08\x65vidence\x18\r \x03(\t\x12*\n\nconfidence\x18\x0e \x01(\x0b\x32\x16.qdspace.v1.Confidence\x12\x0c\n\x04note\x18\x0f \x01(\tB\x14\n\x12_implicated_centerB\x14\n\x12_comparable_center\"W\n\tBatchLink\x12#\n\x05\x62\x61tch\x18\x01 \x01(\x0b\x32\x14.qdspace.v1.BatchRef\x12%\n\x07parents\x18\x02 \x03(\x0b\x32\x14.qdspace.v1.BatchRef\"@\n\x0bMissingTier\x12\x0e\n\x06member\x18\x01 \x01(\t\x12\x11\n\tbatch_ids\x18\x02 \x03(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\"\xfb\x01\n\nTierAnswer\x12\x0e\n\x06member\x18\x01 \x01(\t\x12\x12\n\nimplicated\x18\x02 \x03(\t\x12\x14\n\x0c\x63omparable_n\x18\x03 \x01(\r\x12$\n\x05links\x18\x04 \x03(\x0b\x32\x15.qdspace.v1.BatchLink\x12%\n\x08\x66indings\x18\x05 \x03(\x0b\x32\x13.qdspace.v1.Finding\x12(\n\x08upstream\x18\x06 \x03(\x0b\x32\x16.qdspace.v1.TierAnswer\x12(\n\x07missing\x18\x07 \x03(\x0b\x32\x17.qdspace.v1.MissingTier\x12\x12\n\nelapsed_ms\x18\x08 \x01(\x01\":\n\x10InvestigateReply\x12&\n\x06\x61nswer\x18\x01 \x01(\x0b\x32\x16.qdspace.v1.TierAnswer2\x98\x01\n\x05Trace\x12\x42\n\x08Upstream\x12\x1b.qdspace.v1.UpstreamRequest\x1a\x19.qdspace.v1.UpstreamReply\x12K\n\x0bInvestigate\x12\x1e.qdspace.v1.InvestigateRequest\x1a\x1c.qdspace.v1.InvestigateReplyb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -37,6 +37,22 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_BATCHREF']._serialized_end=173
   _globals['_UPSTREAMREPLY']._serialized_start=175
   _globals['_UPSTREAMREPLY']._serialized_end=266
-  _globals['_TRACE']._serialized_start=268
-  _globals['_TRACE']._serialized_end=343
+  _globals['_INVESTIGATEREQUEST']._serialized_start=268
+  _globals['_INVESTIGATEREQUEST']._serialized_end=358
+  _globals['_WINDOW']._serialized_start=360
+  _globals['_WINDOW']._serialized_end=451
+  _globals['_CONFIDENCE']._serialized_start=453
+  _globals['_CONFIDENCE']._serialized_end=545
+  _globals['_FINDING']._serialized_start=548
+  _globals['_FINDING']._serialized_end=963
+  _globals['_BATCHLINK']._serialized_start=965
+  _globals['_BATCHLINK']._serialized_end=1052
+  _globals['_MISSINGTIER']._serialized_start=1054
+  _globals['_MISSINGTIER']._serialized_end=1118
+  _globals['_TIERANSWER']._serialized_start=1121
+  _globals['_TIERANSWER']._serialized_end=1372
+  _globals['_INVESTIGATEREPLY']._serialized_start=1374
+  _globals['_INVESTIGATEREPLY']._serialized_end=1432
+  _globals['_TRACE']._serialized_start=1435
+  _globals['_TRACE']._serialized_end=1587
 # @@protoc_insertion_point(module_scope)

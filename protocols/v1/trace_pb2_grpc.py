@@ -39,12 +39,23 @@ class TraceStub:
                 request_serializer=protocols_dot_v1_dot_trace__pb2.UpstreamRequest.SerializeToString,
                 response_deserializer=protocols_dot_v1_dot_trace__pb2.UpstreamReply.FromString,
                 _registered_method=True)
+        self.Investigate = channel.unary_unary(
+                '/qdspace.v1.Trace/Investigate',
+                request_serializer=protocols_dot_v1_dot_trace__pb2.InvestigateRequest.SerializeToString,
+                response_deserializer=protocols_dot_v1_dot_trace__pb2.InvestigateReply.FromString,
+                _registered_method=True)
 
 
 class TraceServicer:
     """Missing associated documentation comment in .proto file."""
 
     def Upstream(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Investigate(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -57,6 +68,11 @@ def add_TraceServicer_to_server(servicer, server):
                     servicer.Upstream,
                     request_deserializer=protocols_dot_v1_dot_trace__pb2.UpstreamRequest.FromString,
                     response_serializer=protocols_dot_v1_dot_trace__pb2.UpstreamReply.SerializeToString,
+            ),
+            'Investigate': grpc.unary_unary_rpc_method_handler(
+                    servicer.Investigate,
+                    request_deserializer=protocols_dot_v1_dot_trace__pb2.InvestigateRequest.FromString,
+                    response_serializer=protocols_dot_v1_dot_trace__pb2.InvestigateReply.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -86,6 +102,33 @@ class Trace:
             '/qdspace.v1.Trace/Upstream',
             protocols_dot_v1_dot_trace__pb2.UpstreamRequest.SerializeToString,
             protocols_dot_v1_dot_trace__pb2.UpstreamReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Investigate(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/qdspace.v1.Trace/Investigate',
+            protocols_dot_v1_dot_trace__pb2.InvestigateRequest.SerializeToString,
+            protocols_dot_v1_dot_trace__pb2.InvestigateReply.FromString,
             options,
             channel_credentials,
             insecure,

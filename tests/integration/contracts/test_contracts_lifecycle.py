@@ -64,13 +64,20 @@ def test_catalog_shows_what_the_role_may_see(space: Space) -> None:
     with space.client("sunarc") as oem:
         assets = ok(oem.get("/v1/contracts/catalog/cellex"))
     by_id = {a["asset_id"]: a for a in assets}
-    assert set(by_id) == {"inspections", "process-genealogy", "operator-log", "live-inspections"}
+    assert set(by_id) == {
+        "inspections",
+        "process-genealogy",
+        "operator-log",
+        "live-inspections",
+        "traceability",
+    }
     assert set(by_id["inspections"]["offer"]["permission"][0]["constraint"][1]["rightOperand"]) == (
         GRANTED_INSPECTION_FIELDS
     )
     assert by_id["operator-log"]["pseudonymized"] == ["operator_id"]
-    with space.client("polycell") as supplier:  # another supplier is no customer
-        assert ok(supplier.get("/v1/contracts/catalog/cellex")) == []
+    with space.client("polycell") as supplier:  # a supplier may buy only traceability
+        seen = ok(supplier.get("/v1/contracts/catalog/cellex"))
+        assert [a["asset_id"] for a in seen] == ["traceability"]
     with space.client("regulator") as regulator:  # the ACL refuses before any servicer runs
         r = regulator.get("/v1/contracts/catalog/cellex")
     assert r.status_code == 403 and "may not call /qdspace.v1.Catalog/ListAssets" in r.text

@@ -1,0 +1,173 @@
+"""``qdspace.v1.Trace`` messages <-> trace domain objects, in one place.
+
+Decoding an answer is where a producer's bytes become ours: nesting is bounded while
+decoding (a depth bomb stops at `MAX_DEPTH` + 1 levels before any recursion), times
+must parse, and `connector.trace.check_answer` bounds the rest before anything reads it.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from qdspace.connector.genealogy import BatchInfo
+from qdspace.connector.rootcause import DataConfidence, Finding, RootCauseError, Window
+from qdspace.connector.trace import (
+    MAX_DEPTH,
+    MAX_PATH,
+    BatchLink,
+    MissingTier,
+    TierAnswer,
+    TraceError,
+    check_answer,
+)
+from qdspace.node.runtime.trace_producer import TraceQuestion
+from qdspace.protocols.v1 import trace_pb2
+
+
+def question_to_proto(q: TraceQuestion) -> trace_pb2.InvestigateRequest:
+    return trace_pb2.InvestigateRequest(
+        agreement_id=q.agreement_id, batch_ids=q.batch_ids, path=list(q.path), depth=q.depth
+    )
+
+
+def question_from_proto(message: trace_pb2.InvestigateRequest) -> TraceQuestion:
+    if len(message.path) > MAX_PATH or message.depth > MAX_DEPTH:
+        raise TraceError(f"a trace goes at most {MAX_DEPTH} tiers deep")
+    if len(message.agreement_id) > 128:
+        raise TraceError("agreement id: at most 128 characters")
+    return TraceQuestion(
+        message.agreement_id, list(message.batch_ids), tuple(message.path), message.depth
+    )
+
+
+def _batch(b: BatchInfo) -> trace_pb2.BatchRef:
+    return trace_pb2.BatchRef(
+        batch_id=b.batch_id,
+        material=b.material,
+        kind=b.kind,
+        producer=b.producer,
+        quantity=b.quantity,
+    )
+
+
+def _batch_from(m: trace_pb2.BatchRef) -> BatchInfo:
+    return BatchInfo(m.batch_id, m.material, m.kind, m.producer, m.quantity)
+
+
+def _finding(f: Finding) -> trace_pb2.Finding:
+    c = f.confidence
+    out = trace_pb2.Finding(
+        key=f.key,
+        kind=f.kind,
+        implicated_n=f.implicated_n,
+        comparable_n=f.comparable_n,
+        effect=f.effect,
+        excess_out_of_control=f.excess_out_of_control,
+        level_out_of_control=f.level_out_of_control,
+        p_value=f.p_value,
+        adjusted_p=f.adjusted_p,
+        windows=[
+            trace_pb2.Window(
+                start=w.start.isoformat(),
+                end=w.end.isoformat(),
+                readings=w.readings,
+                batches=list(w.batches),
+                peak_sigma=w.peak_sigma,
+            )
+            for w in f.windows
+        ],
+        evidence=list(f.evidence),
+        confidence=trace_pb2.Confidence(completeness=c.completeness, anchored=c.anchored),
+        note=f.note,
+    )
+    if c.calibrated is not None:
+        out.confidence.calibrated = c.calibrated
+    if f.implicated_center is not None:
+        out.implicated_center = f.implicated_center
+    if f.comparable_center is not None:
+        out.comparable_center = f.comparable_center
+    return out
+
+
+def _time(text: str) -> datetime:
+    try:
+        at = datetime.fromisoformat(text[:40])
+    except ValueError:
+        raise TraceError(f"window time {text[:40]!r} is not ISO 8601") from None
+    if at.tzinfo is None:
+        raise TraceError(f"window time {text[:40]!r} has no time zone")
+    return at
+
+
+def _finding_from(m: trace_pb2.Finding) -> Finding:
+    c = m.confidence
+    try:
+        confidence = DataConfidence(
+            c.completeness, c.anchored, c.calibrated if c.HasField("calibrated") else None
+        )
+    except RootCauseError as exc:
+        raise TraceError(f"finding {m.key[:64]!r}: {exc}") from None
+    return Finding(
+        key=m.key,
+        kind=m.kind,
+        implicated_n=m.implicated_n,
+        comparable_n=m.comparable_n,
+        effect=m.effect,
+        excess_out_of_control=m.excess_out_of_control,
+        p_value=m.p_value,
+        level_out_of_control=m.level_out_of_control,
+        adjusted_p=m.adjusted_p,
+        implicated_center=m.implicated_center if m.HasField("implicated_center") else None,
+        comparable_center=m.comparable_center if m.HasField("comparable_center") else None,
+        windows=tuple(
+            Window(_time(w.start), _time(w.end), w.readings, tuple(w.batches), w.peak_sigma)
+            for w in m.windows
+        ),
+        evidence=tuple(m.evidence),
+        confidence=confidence,
+        note=m.note,
+    )
+
+
+def answer_to_proto(a: TierAnswer) -> trace_pb2.TierAnswer:
+    return trace_pb2.TierAnswer(
+        member=a.member,
+        implicated=list(a.implicated),
+        comparable_n=a.comparable_n,
+        links=[
+            trace_pb2.BatchLink(batch=_batch(link.batch), parents=[_batch(p) for p in link.parents])
+            for link in a.links
+        ],
+        findings=[_finding(f) for f in a.findings],
+        upstream=[answer_to_proto(u) for u in a.upstream],
+        missing=[
+            trace_pb2.MissingTier(member=m.member, batch_ids=list(m.batch_ids), reason=m.reason)
+            for m in a.missing
+        ],
+        elapsed_ms=a.elapsed_ms,
+    )
+
+
+def _answer_from(m: trace_pb2.TierAnswer, depth: int) -> TierAnswer:
+    if depth > MAX_DEPTH:
+        raise TraceError(f"answer nested deeper than {MAX_DEPTH} tiers")
+    return TierAnswer(
+        member=m.member,
+        implicated=tuple(m.implicated),
+        comparable_n=m.comparable_n,
+        links=tuple(
+            BatchLink(_batch_from(link.batch), tuple(_batch_from(p) for p in link.parents))
+            for link in m.links
+        ),
+        findings=tuple(_finding_from(f) for f in m.findings),
+        upstream=tuple(_answer_from(u, depth + 1) for u in m.upstream),
+        missing=tuple(MissingTier(x.member, tuple(x.batch_ids), x.reason) for x in m.missing),
+        elapsed_ms=m.elapsed_ms,
+    )
+
+
+def answer_from_proto(m: trace_pb2.TierAnswer, member: str) -> TierAnswer:
+    """A producer's answer, decoded and checked (`TraceError` names what is wrong)."""
+    answer = _answer_from(m, 0)
+    check_answer(answer, member=member)
+    return answer

@@ -1,0 +1,233 @@
+"""A member's part of a root-cause trace: answer a customer, ask its own producers.
+
+`TraceRoom.answer` is the one method the ``Trace/Investigate`` servicer calls. It
+refuses unless the caller holds an active traceability agreement with us (asset
+``traceability``, purpose ``root-cause-analysis``, the batch's order in its scope) and
+bought every batch it names; a batch that does not exist, one sold to another and a
+missing agreement all get one and the same `TraceRefused`, so a caller learns nothing
+about which batch ids we hold. Then `tier` computes our part over our own QDM (local
+findings, never raw rows) and asks the producers of what we bought in turn, each under
+our own traceability agreement with it and within what is left of the caller's deadline;
+one that is offline, slow, refuses or has no agreement with us becomes a `MissingTier`,
+and the answer is partial, not failed. The path of members already asked goes along, so
+a genealogy that loops back through a member ends there, and `MAX_DEPTH` bounds the
+depth whatever a caller claims.
+
+The OEM's own trace starts here too (`tier` with no caller): the top of the trace is the
+same computation over the OEM's module batches.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+
+from sqlalchemy import Engine, inspect, select
+
+from qdspace.connector.assets import AssetKind
+from qdspace.connector.contract_errors import ContractError
+from qdspace.connector.negotiation import Role
+from qdspace.connector.trace import (
+    MAX_DEPTH,
+    MAX_UPSTREAM,
+    ROOT_CAUSE_PURPOSE,
+    TRACEABILITY_ASSET,
+    MissingTier,
+    TierAnswer,
+    TraceError,
+    TraceRefused,
+    check_batch_ids,
+)
+from qdspace.connector.trace_data import batches, local_tier
+from qdspace.node.identity.certs import MemberIdentity
+from qdspace.node.runtime.contracts import ContractRuntime
+from qdspace.node.runtime.contracts_base import peer_name
+from qdspace.policies.model import Action
+
+logger = logging.getLogger("node.trace")
+
+#: what a producer is given when the caller set no deadline
+DEFAULT_DEADLINE_S = 30.0
+#: kept back from the deadline for our own answer to travel back
+DEADLINE_MARGIN_S = 0.25
+MIN_ASK_S = 0.2
+
+
+@dataclass(frozen=True)
+class TraceQuestion:
+    """What a customer asks (decoded and bounded by the servicer)."""
+
+    agreement_id: str
+    batch_ids: list[str]
+    path: tuple[str, ...] = ()  # members asked above us, top first
+    depth: int = 0  # tiers above us
+
+
+#: asks producer `name` under `agreement_id` about `batch_ids`, within `timeout_s`
+Ask = Callable[[str, TraceQuestion, float], Awaitable[TierAnswer]]
+
+
+def anchored_through(engine: Engine) -> dict[str, int]:
+    """Per QDM table, the highest record id covered by an *anchored* ledger leaf (the
+    ledger sweep anchors QDM rows in id order as ``record_batch`` leaves)."""
+    if not inspect(engine).has_table("ledger_leaf_ref"):
+        return {}
+    from qdspace.ledger.leaves import kind_code
+    from qdspace.ledger.queue_schema import ANCHORED, batch_table, ref_table
+
+    code = kind_code("record_batch")
+    with engine.connect() as conn:
+        top = conn.execute(
+            select(batch_table.c.seq_to).where(
+                batch_table.c.kind == "record_batch", batch_table.c.state == ANCHORED
+            )
+        ).scalars()
+        spans = [int(s) for s in top]
+        if not spans:
+            return {}
+        refs = conn.execute(
+            select(ref_table.c.ref_id).where(
+                ref_table.c.kind == code, ref_table.c.seq <= max(spans)
+            )
+        ).scalars()
+        out: dict[str, int] = {}
+        for ref in refs:
+            qdm_kind, _, span = str(ref).partition(":")
+            last = span.rpartition("-")[2]
+            if last.isdigit():
+                table = f"qdm_{qdm_kind}"
+                out[table] = max(out.get(table, 0), int(last))
+    return out
+
+
+class TraceRoom:
+    """Our part of traces (see the module docstring); built once per node."""
+
+    def __init__(self, contracts: ContractRuntime, ask: Ask | None) -> None:
+        self.contracts = contracts
+        self.engine = contracts.qdm
+        self.ask = ask
+        self.me = contracts.me.name
+
+    # ----------------------------------------------------------------- refusals
+
+    def authorize(self, peer: MemberIdentity, question: TraceQuestion) -> frozenset[str]:
+        """The batch ids the caller may ask about, or the one `TraceRefused`."""
+        ids = check_batch_ids(question.batch_ids)
+        refused = TraceRefused(f"no traceability answer for these batches to {peer.name}")
+        try:
+            stored = self.contracts.provider_agreement(question.agreement_id[:128], peer)
+        except ContractError:
+            raise refused from None
+        asset = self.contracts.assets.get(stored.signed.agreement.asset_id)
+        if asset is None or asset.kind is not AssetKind.TRACEABILITY or not stored.active:
+            raise refused
+        rows = batches(self.engine, ids)
+        for batch_id in ids:
+            row = rows.get(batch_id)
+            if row is None or row["customer"] != peer.name or row["producer"] != self.me:
+                raise refused
+            order = row["order_id"]
+            gate = self.contracts.gate(
+                stored, Action.USE, ROOT_CAUSE_PURPOSE, str(order) if order else None, None
+            )
+            if order is None or not gate.decision.allowed:
+                raise refused
+        return ids
+
+    async def answer(
+        self, peer: MemberIdentity, question: TraceQuestion, deadline_s: float | None
+    ) -> TierAnswer:
+        """A customer's question, answered (the servicer's one call)."""
+        ids = await asyncio.to_thread(self.authorize, peer, question)
+        if question.depth >= MAX_DEPTH or len(question.path) > MAX_DEPTH:
+            raise TraceError(f"a trace goes at most {MAX_DEPTH} tiers deep")
+        path = (*question.path, self.me)
+        return await self.tier(ids, path, question.depth + 1, deadline_s)
+
+    # ----------------------------------------------------------------- our part
+
+    def local_part(self, ids: frozenset[str]) -> tuple[TierAnswer, dict[str, set[str]]]:
+        """Our findings and genealogy for `ids` (no peer asked yet), and what we bought."""
+        return local_tier(self.engine, ids, self.me, anchored_through(self.engine))
+
+    async def tier(
+        self, ids: frozenset[str], path: tuple[str, ...], depth: int, deadline_s: float | None
+    ) -> TierAnswer:
+        """Our part for `ids` with our producers' answers below it."""
+        started = time.perf_counter()
+        budget = DEFAULT_DEADLINE_S if deadline_s is None else deadline_s
+        mine, bought = await asyncio.to_thread(self.local_part, ids)
+        left = budget - (time.perf_counter() - started) - DEADLINE_MARGIN_S
+        upstream, missing = await self._ask_all(bought, path, depth, left)
+        return TierAnswer(
+            member=mine.member,
+            implicated=mine.implicated,
+            comparable_n=mine.comparable_n,
+            links=mine.links,
+            findings=mine.findings,
+            upstream=tuple(upstream),
+            missing=tuple(missing),
+            elapsed_ms=(time.perf_counter() - started) * 1000,
+        )
+
+    # ----------------------------------------------------------------- our producers
+
+    def own_agreement(self, producer: str) -> str | None:
+        """Our newest active traceability agreement with `producer`, if any."""
+        found = [
+            s
+            for s in self.contracts.store.agreements(Role.CONSUMER)
+            if s.active
+            and s.signed.agreement.asset_id == TRACEABILITY_ASSET
+            and peer_name(s.signed.agreement.provider_id) == producer
+        ]
+        return found[-1].agreement_id if found else None
+
+    async def _ask_all(
+        self, bought: Mapping[str, set[str]], path: tuple[str, ...], depth: int, left_s: float
+    ) -> tuple[list[TierAnswer], list[MissingTier]]:
+        answers: list[TierAnswer] = []
+        missing: list[MissingTier] = []
+        calls: dict[str, Awaitable[TierAnswer]] = {}
+        for producer in sorted(bought)[:MAX_UPSTREAM]:
+            ids = tuple(sorted(bought[producer]))[:500]
+            reason = self._cannot_ask(producer, path, depth, left_s)
+            agreement = None if reason else self.own_agreement(producer)
+            if reason is None and agreement is None:
+                reason = f"no traceability agreement of {self.me} with {producer}"
+            if reason is not None or self.ask is None or agreement is None:
+                missing.append(MissingTier(producer, ids, reason or "this node cannot call peers"))
+                continue
+            question = TraceQuestion(agreement, list(ids), path, depth)
+            calls[producer] = self.ask(producer, question, left_s)
+        results = await asyncio.gather(*calls.values(), return_exceptions=True)
+        for producer, result in zip(calls, results, strict=True):
+            if isinstance(result, TierAnswer):
+                answers.append(result)
+            else:
+                reason = _reason(result)
+                logger.warning("trace: %s did not answer: %s", producer, reason)
+                missing.append(MissingTier(producer, tuple(sorted(bought[producer]))[:500], reason))
+        return answers, missing
+
+    def _cannot_ask(
+        self, producer: str, path: tuple[str, ...], depth: int, left_s: float
+    ) -> str | None:
+        if producer in path:
+            return f"{producer} is already on this trace's path (a genealogy cycle)"
+        if depth >= MAX_DEPTH:
+            return f"the trace reached its depth limit of {MAX_DEPTH} tiers"
+        if left_s < MIN_ASK_S:
+            return "no time left before the deadline"
+        return None
+
+
+def _reason(exc: BaseException) -> str:
+    if isinstance(exc, TimeoutError | asyncio.TimeoutError):
+        return "no answer before the deadline"
+    text = str(exc) or type(exc).__name__
+    return text[:300]
