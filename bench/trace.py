@@ -9,8 +9,10 @@ encoding and back (what crosses the border) and ranks the report. The baseline, 
 same run, is the same analysis done centrally on ONE database holding everyone's rows
 (what a data space replaces). Peers are called in-process here: the gRPC hop itself is
 measured by bench/negotiation.py and bench/transfer.py, and covered by the integration
-tests. Accuracy: over generated cases with a planted cause (random tier, parameter and
-window, with a decoy) the share in which the planted cause is ranked first.
+tests. Accuracy: over generated cases with a planted cause (random tier, parameter, window,
+length and size of 4-8 sigma; a noisy decoy parameter and an unspecific excursion of
+another parameter as decoys, see `accuracy_case`) the share in which the planted cause is
+ranked first.
 
     python bench/trace.py                # 1M inspections, 200k records per producer
     python bench/trace.py --quick --out r.json
@@ -202,25 +204,35 @@ def trace(engines: dict[str, Any], over_wire: bool) -> tuple[float, Any]:
 
 
 def accuracy_case(rng: random.Random) -> bool:
-    """A planted excursion in a random tier/parameter/window, a decoy everywhere."""
+    """A planted excursion in a random tier, parameter, window, length and size, among
+    two decoys: a parameter ten times as noisy as the others everywhere (P0), and in
+    every tier an excursion of another parameter as large as the planted one that hits
+    as many batches, but comparable (unaffected) ones as often as implicated ones."""
     tiers = ["oem", "cell", "wafer"]
     planted_tier = rng.choice(tiers)
     params = [f"P{i}" for i in range(6)]
-    planted = rng.choice(params)
+    planted = rng.choice(params[1:])  # P0 is the noisy decoy, never the cause
+    size = rng.uniform(4.0, 8.0)  # sigmas of the parameter's own short-term variation
+    length = rng.randint(2, 5)  # readings of an excursion
     answers = []
     for tier in tiers:
         readings = []
         batches = [f"{tier}-{i}" for i in range(40)]
         bad = set(batches[:6])
+        unspecific = rng.choice([p for p in params[1:] if p != planted])
+        struck = set(rng.sample(batches, 6))  # the unspecific excursion's batches
         for b_i, b in enumerate(batches):
             start = T0 + timedelta(hours=2 * b_i)
+            at = rng.randrange(0, 24 - length)  # the batch's excursion window
             for p in params:
-                sd = 10.0 if p == "P0" else 1.0  # P0: the noisy decoy
+                sd = 10.0 if p == "P0" else 1.0
                 for k in range(24):
                     v = rng.gauss(100, sd)
-                    at = rng.randrange(0, 20)
-                    if tier == planted_tier and p == planted and b in bad and at <= k < at + 3:
-                        v += 8.0
+                    inside = at <= k < at + length
+                    if inside and tier == planted_tier and p == planted and b in bad:
+                        v += size
+                    if inside and p == unspecific and b in struck:
+                        v += size
                     readings.append(
                         Reading(
                             f"{tier}/{p}",
