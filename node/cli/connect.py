@@ -18,11 +18,14 @@ library only: the client (and httpx) is imported when a command connects.
 
 from __future__ import annotations
 
+import functools
+import inspect
 import json
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
 
@@ -161,6 +164,54 @@ def target(
             param_hint="--token-file",
         )
     return Target(api_url=api_url, token=token, ca_file=ca_file)
+
+
+_R = TypeVar("_R")
+#: the options by which a command names the node it calls, in the order ``--help`` shows
+_NODE_OPTIONS: tuple[tuple[str, Any], ...] = (
+    ("directory", DirOpt),
+    ("api_url", ApiUrlOpt),
+    ("token_file", TokenFileOpt),
+    ("ca_file", CaFileOpt),
+)
+
+
+def calls_node(command: Callable[..., _R]) -> Callable[..., _R]:
+    """Give a command that calls a node the four options that name it (``--dir``,
+    ``--api-url``, ``--token-file``, ``--ca-file``) and hand it the named :class:`Target`
+    as its ``target`` parameter, so each command states only its own options.
+
+    Typer reads a command's options off its signature; the wrapper's signature is the
+    command's, ``target`` replaced by the four options (after the command's own, as they
+    were listed by hand before)."""
+    signature = inspect.signature(command, eval_str=True)
+    if "target" not in signature.parameters:
+        raise TypeError(f"{command.__name__} takes no `target` parameter")
+    own = [p for p in signature.parameters.values() if p.name != "target"]
+    added = [
+        inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=None, annotation=hint)
+        for name, hint in _NODE_OPTIONS
+    ]
+
+    @functools.wraps(command)
+    def wrapper(
+        *args: Any,
+        directory: Path | None = None,
+        api_url: str | None = None,
+        token_file: Path | None = None,
+        ca_file: Path | None = None,
+        **kwargs: Any,
+    ) -> _R:
+        named = target(directory, api_url, token_file, ca_file)
+        return command(*args, target=named, **kwargs)
+
+    wrapper.__signature__ = signature.replace(parameters=[*own, *added])  # type: ignore[attr-defined]
+    wrapper.__annotations__ = {
+        **{p.name: p.annotation for p in own},
+        **dict(_NODE_OPTIONS),
+        "return": signature.return_annotation,
+    }
+    return wrapper
 
 
 def print_json(value: Any) -> None:

@@ -28,6 +28,7 @@ from qdspace.node.cli.connect import (
     JsonOpt,
     Target,
     TokenFileOpt,
+    calls_node,
     print_json,
 )
 from qdspace.node.cli.connect import target as name_target
@@ -360,15 +361,13 @@ def changes(
 
 
 @clean_errors
+@calls_node
 def withdraw(
+    target: Target,
     kind: Annotated[str, typer.Option(help="QDM kind, e.g. inspection")],
     key: Annotated[
         list[str], typer.Option(help="natural key field=value, repeatable (inspection_id=...)")
     ],
-    directory: DirOpt = None,
-    api_url: ApiUrlOpt = None,
-    token_file: TokenFileOpt = None,
-    ca_file: CaFileOpt = None,
 ) -> None:
     """Withdraw one of our QDM records; consumers holding a copy receive a tombstone."""
     fields: dict[str, str] = {}
@@ -377,7 +376,7 @@ def withdraw(
         if not sep or not name:
             raise typer.BadParameter(f"{item!r} is not field=value", param_hint="--key")
         fields[name] = value
-    with name_target(directory, api_url, token_file, ca_file).client() as node:
+    with target.client() as node:
         result = node.withdraw(kind, fields)
     console.print(
         f"{kind} {fields} withdrawn at {result['withdrawn_at']} (version {result['version']})"
@@ -386,15 +385,13 @@ def withdraw(
 
 @order_app.command("close")
 @clean_errors
+@calls_node
 def order_close(
+    target: Target,
     order: Annotated[str, typer.Argument(help="order id")],
-    directory: DirOpt = None,
-    api_url: ApiUrlOpt = None,
-    token_file: TokenFileOpt = None,
-    ca_file: CaFileOpt = None,
 ) -> None:
     """Close an order: its agreements' retention deadlines start; consumers are told."""
-    with name_target(directory, api_url, token_file, ca_file).client() as node:
+    with target.client() as node:
         result = node.close_order(order)
     console.print(
         f"order {order} closed at {result['closed_at']}; "

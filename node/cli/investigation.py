@@ -20,7 +20,9 @@ from qdspace.node.cli.connect import (
     CaFileOpt,
     DirOpt,
     JsonOpt,
+    Target,
     TokenFileOpt,
+    calls_node,
     print_json,
 )
 from qdspace.node.cli.connect import target as name_target
@@ -67,14 +69,12 @@ def _print_case(case: dict[str, Any]) -> None:
 
 @investigation_app.command("open")
 @clean_errors
+@calls_node
 def open_case(
+    target: Target,
     peer: Annotated[str, typer.Argument(help="the member the case is opened with")],
     subject: Annotated[str, typer.Option(help="what is wrong, one line")],
     severity: Annotated[str, typer.Option(help="MINOR, MAJOR, CRITICAL, LIFE-THREATENING")],
-    directory: DirOpt = None,
-    api_url: ApiUrlOpt = None,
-    token_file: TokenFileOpt = None,
-    ca_file: CaFileOpt = None,
     kind: Annotated[str, typer.Option(help="INVESTIGATION or ALERT")] = "INVESTIGATION",
     description: Annotated[str, typer.Option(help="details")] = "",
     batch: Annotated[list[str] | None, typer.Option(help="affected batch, repeatable")] = None,
@@ -97,22 +97,20 @@ def open_case(
         "trace_report_id": trace_report,
         "actions": [parse_action(a, i + 1) for i, a in enumerate(action or [])],
     }
-    with name_target(directory, api_url, token_file, ca_file).client() as node:
+    with target.client() as node:
         case = node.open_investigation(body)
     print_json(case) if as_json else _print_case(case)
 
 
 @investigation_app.command("list")
 @clean_errors
+@calls_node
 def list_cases(
-    directory: DirOpt = None,
-    api_url: ApiUrlOpt = None,
-    token_file: TokenFileOpt = None,
-    ca_file: CaFileOpt = None,
+    target: Target,
     as_json: JsonOpt = False,
 ) -> None:
     """The investigations and alerts this member opened or received."""
-    with name_target(directory, api_url, token_file, ca_file).client() as node:
+    with target.client() as node:
         cases = node.investigations()
     if as_json:
         print_json(cases)
@@ -128,16 +126,14 @@ def list_cases(
 
 @investigation_app.command("show")
 @clean_errors
+@calls_node
 def show(
+    target: Target,
     case_id: Annotated[str, typer.Argument(help="case id")],
-    directory: DirOpt = None,
-    api_url: ApiUrlOpt = None,
-    token_file: TokenFileOpt = None,
-    ca_file: CaFileOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """One case: its terms, actions and signed events."""
-    with name_target(directory, api_url, token_file, ca_file).client() as node:
+    with target.client() as node:
         case = node.investigation(case_id)
     if as_json:
         print_json(case)
@@ -198,17 +194,15 @@ _move("close", "Close a case: declined, or accepted with every action done (the 
 
 @investigation_app.command("action")
 @clean_errors
+@calls_node
 def action_done(
+    target: Target,
     case_id: Annotated[str, typer.Argument(help="case id")],
     action_id: Annotated[str, typer.Argument(help="action id (A1, A2, ...)")],
-    directory: DirOpt = None,
-    api_url: ApiUrlOpt = None,
-    token_file: TokenFileOpt = None,
-    ca_file: CaFileOpt = None,
     note: NoteOpt = "",
     as_json: JsonOpt = False,
 ) -> None:
     """Mark an action this member owns done."""
-    with name_target(directory, api_url, token_file, ca_file).client() as node:
+    with target.client() as node:
         case = node.investigation_action_done(case_id, action_id, note)
     print_json(case) if as_json else _print_case(case)

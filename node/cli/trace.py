@@ -15,14 +15,11 @@ import typer
 from rich.console import Console
 
 from qdspace.node.cli.connect import (
-    ApiUrlOpt,
-    CaFileOpt,
-    DirOpt,
     JsonOpt,
-    TokenFileOpt,
+    Target,
+    calls_node,
     print_json,
 )
-from qdspace.node.cli.connect import target as name_target
 from qdspace.node.cli.errors import clean_errors
 
 console = Console(highlight=False)
@@ -42,7 +39,9 @@ def _print_trace(t: dict[str, Any]) -> None:
 
 @trace_app.command("start")
 @clean_errors
+@calls_node
 def start(
+    target: Target,
     batch: Annotated[str | None, typer.Option(help="a module batch that failed")] = None,
     serials: Annotated[str | None, typer.Option(help="failed serials, comma-separated")] = None,
     window: Annotated[
@@ -51,10 +50,6 @@ def start(
     defect_class: Annotated[
         str | None, typer.Option(help="with --window: only this defect class")
     ] = None,
-    directory: DirOpt = None,
-    api_url: ApiUrlOpt = None,
-    token_file: TokenFileOpt = None,
-    ca_file: CaFileOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Start a trace from a batch, serials or a window; prints its id at once."""
@@ -70,39 +65,35 @@ def start(
         body["since"], body["until"] = since, until
     if defect_class:
         body["defect_class"] = defect_class
-    with name_target(directory, api_url, token_file, ca_file).client() as node:
+    with target.client() as node:
         started = node.start_trace(body)
     print_json(started) if as_json else _print_trace(started)
 
 
 @trace_app.command("status")
 @clean_errors
+@calls_node
 def status(
+    target: Target,
     trace_id: Annotated[str, typer.Argument(help="trace id")],
-    directory: DirOpt = None,
-    api_url: ApiUrlOpt = None,
-    token_file: TokenFileOpt = None,
-    ca_file: CaFileOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """A trace's state (RUNNING, DONE, FAILED)."""
-    with name_target(directory, api_url, token_file, ca_file).client() as node:
+    with target.client() as node:
         found = node.trace(trace_id)
     print_json(found) if as_json else _print_trace(found)
 
 
 @trace_app.command("report")
 @clean_errors
+@calls_node
 def report(
+    target: Target,
     trace_id: Annotated[str, typer.Argument(help="trace id")],
-    directory: DirOpt = None,
-    api_url: ApiUrlOpt = None,
-    token_file: TokenFileOpt = None,
-    ca_file: CaFileOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """A finished trace's ranked causes, paths, confidence and responsibility shares."""
-    with name_target(directory, api_url, token_file, ca_file).client() as node:
+    with target.client() as node:
         found = node.trace_report(trace_id)
     if as_json:
         print_json(found)
