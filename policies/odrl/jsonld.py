@@ -106,6 +106,20 @@ def decode(text: str | bytes) -> Any:
     return value
 
 
+def _policy_cause(exc: BaseException) -> PolicySyntaxError | None:
+    """The `PolicySyntaxError` our loader raised, however pyld wrapped it."""
+    seen: list[BaseException] = []
+    current: BaseException | None = exc
+    while current is not None and current not in seen and len(seen) < 16:
+        if isinstance(current, PolicySyntaxError):
+            return current
+        seen.append(current)
+        details = getattr(current, "details", None)
+        nested = details.get("cause") if isinstance(details, dict) else None
+        current = nested or current.__cause__ or current.__context__
+    return None
+
+
 def _options(**extra: Any) -> dict[str, Any]:
     return {"documentLoader": load_document, "base": None, **extra}
 
@@ -116,17 +130,26 @@ def expand(document: Mapping[str, Any], default_context: tuple[str, ...] | None)
     doc = dict(document)
     if "@context" not in doc and default_context is not None:
         doc["@context"] = list(default_context)
+    dropped: list[str] = []
+
+    def on_dropped(term: str | None) -> None:
+        dropped.append(str(term))
+
     try:
-        expanded = jsonld.expand(doc, _options())
+        expanded = jsonld.expand(doc, _options(), on_property_dropped=on_dropped)
     except PolicySyntaxError:
         raise
     except jsonld.JsonLdError as exc:
-        cause = exc.cause if isinstance(getattr(exc, "cause", None), PolicySyntaxError) else None
+        cause = _policy_cause(exc)
         if cause is not None:
             raise cause from None
-        raise PolicySyntaxError("$", f"not valid JSON-LD: {exc.type}: {exc.message}") from None
+        raise PolicySyntaxError("$", f"not valid JSON-LD: {exc.type}: {exc.code}") from None
     except RecursionError:
         raise PolicySyntaxError("$", "document is nested too deeply") from None
+    if dropped:
+        # A term without a definition vanishes in expansion; the node refuses rather than
+        # ignore a part of a policy (it could be the part that forbids).
+        raise PolicySyntaxError("$", f"term {dropped[0][:80]!r} not understood by this node")
     return cast(list[Any], expanded)
 
 
