@@ -11,11 +11,15 @@ with its retention in days becomes an after-use duty with an ``xsd:duration``.
 
 from __future__ import annotations
 
-from qdspace.policies.evaluate import Request
+from dataclasses import replace
+
+from qdspace.policies.evaluate import Decision, Request, evaluate
 from qdspace.policies.model import Constraint, Duty, LeftOperand, Permission, Policy, Prohibition
-from qdspace.policies.odrl.evaluate import Context, Fact
+from qdspace.policies.odrl.evaluate import Context, Fact, evaluate_policy
 from qdspace.policies.odrl.literals import Duration, Value
-from qdspace.policies.odrl.model import Atomic, Duty as OdrlDuty, OdrlPolicy, Rule
+from qdspace.policies.odrl.model import Atomic, OdrlPolicy, Rule
+from qdspace.policies.odrl.model import Duty as OdrlDuty
+from qdspace.policies.odrl.report import Outcome, Report
 from qdspace.policies.odrl.vocab import (
     ACTION_NAMES,
     OPERANDS,
@@ -81,3 +85,21 @@ def to_context(request: Request, **member: Fact) -> Context:
         facts["fields"] = request.fields
     deferred = frozenset() if request.order_id is not None else frozenset({"order"})
     return Context(action=str(request.action), facts=facts, deferred=deferred)
+
+
+def explain(policy: Policy, request: Request, decision: Decision | None = None) -> Report:
+    """The per-rule report of `request` under `policy`, with the node's enforced decision.
+
+    The ODRL report covers the rules; the node also denies for reasons outside them
+    (a terminated agreement, a passed retention deadline, a field not granted, an
+    order the consumer did not place). `decision` is the one the release gate made
+    (default: `policies.evaluate.evaluate`); when it differs, it is the outcome shown.
+    """
+    report = evaluate_policy(to_odrl(policy), to_context(request))
+    enforced = decision if decision is not None else evaluate(policy, request)
+    if enforced.allowed and report.permitted:
+        return report
+    if not enforced.allowed and not report.permitted and enforced.reason == report.reason:
+        return report
+    outcome = Outcome.PERMIT if enforced.allowed else Outcome.DENY
+    return replace(report, outcome=outcome, reason=enforced.reason)
