@@ -30,7 +30,6 @@ from qdspace.connector.spc import SpcSpec
 from qdspace.connector.transfer import TransferProcess
 from qdspace.connector.versions import Withdrawal, withdraw
 from qdspace.node.api.contracts_models import (
-    ExplainBody,
     AgreementFull,
     AgreementPublic,
     AlertsPublic,
@@ -40,6 +39,7 @@ from qdspace.node.api.contracts_models import (
     ClockPublic,
     ClosurePublic,
     DutyPublic,
+    ExplainBody,
     NegotiateBody,
     NegotiationPublic,
     NegotiationResult,

@@ -33,8 +33,8 @@ from qdspace.node.identity.certs import MemberIdentity
 from qdspace.node.identity.keyfiles import PLAIN, KeyFiles
 from qdspace.node.layout import NodeLayout
 from qdspace.node.runtime.contracts_cases import QualityCases
-from qdspace.node.runtime.contracts_explain import ContractExplain
 from qdspace.node.runtime.contracts_clock import CLOCK_CONTROL_ENV, ContractClock
+from qdspace.node.runtime.contracts_explain import ContractExplain
 from qdspace.node.runtime.contracts_negotiation import ProviderNegotiation
 from qdspace.node.runtime.contracts_purge import ContractPurge
 from qdspace.node.runtime.contracts_transfer import ProviderTransfers

@@ -52,6 +52,10 @@ def _named_fields(policy: Policy) -> frozenset[str]:
         for constraint in permission.constraints:
             right = constraint.right_operand
             allow = constraint.operator in FIELD_ALLOW_OPERATORS
-            if constraint.left_operand is LeftOperand.FIELDS and allow and isinstance(right, frozenset):
+            if (
+                constraint.left_operand is LeftOperand.FIELDS
+                and allow
+                and isinstance(right, frozenset)
+            ):
                 named |= right
     return frozenset(named)

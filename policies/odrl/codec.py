@@ -191,7 +191,8 @@ def _rule(node: Any, path: str, budget: _Budget, *, duties: bool) -> Rule:
         keys.add(ODRL + "duty")
     raw = _keys(node, path, keys)
     rule_duties = tuple(
-        _duty(item, f"{path}.duty[{i}]", budget) for i, item in enumerate(_items(raw, ODRL + "duty"))
+        _duty(item, f"{path}.duty[{i}]", budget)
+        for i, item in enumerate(_items(raw, ODRL + "duty"))
     )
     return Rule(_action(raw, path), _constraints(raw, path, budget), rule_duties)
 

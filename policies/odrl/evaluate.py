@@ -25,10 +25,12 @@ a prohibition as unknown.
 
 from __future__ import annotations
 
+import operator as op
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
+from typing import Any
 
 from qdspace.policies.odrl.literals import Duration, Value, literal_text
 from qdspace.policies.odrl.model import Atomic, Constraint, Duty, Logical, OdrlPolicy, Rule
@@ -77,19 +79,14 @@ def _order(fact: Value, right: Value, operator: Operator) -> bool:
     if isinstance(fact, Duration) and isinstance(right, Duration):
         if not fact.comparable(right):
             raise _Unevaluable(f"durations {fact} and {right} cannot be ordered")
-        a: object = fact.key()
-        b: object = right.key()
+        a: Any = fact.key()
+        b: Any = right.key()
     else:
         a, b = fact, right
-    match operator:
-        case Operator.LT:
-            return a < b  # type: ignore[operator]
-        case Operator.LTEQ:
-            return a <= b  # type: ignore[operator]
-        case Operator.GT:
-            return a > b  # type: ignore[operator]
-        case _:
-            return a >= b  # type: ignore[operator]
+    return bool(_ORDER[operator](a, b))
+
+
+_ORDER = {Operator.LT: op.lt, Operator.LTEQ: op.le, Operator.GT: op.gt, Operator.GTEQ: op.ge}
 
 
 def _holds(atom: Atomic, fact: Fact) -> bool:
@@ -224,7 +221,9 @@ def _duty(duty: Duty, ctx: Context, path: str, *, obligation: bool = False) -> D
     if duty.after_use or obligation:
         return DutyReport(path, name, "after use", "pending", "to be fulfilled after use", terms)
     if name in ctx.fulfilled:
-        return DutyReport(path, name, "before use", "fulfilled", "the request reports it done", terms)
+        return DutyReport(
+            path, name, "before use", "fulfilled", "the request reports it done", terms
+        )
     return DutyReport(
         path, name, "before use", "not fulfilled", f"{name} must be fulfilled before use", terms
     )
@@ -247,7 +246,16 @@ def _permission(rule: Rule, ctx: Context, path: str) -> RuleReport:
     else:
         why = "every constraint holds"
     return RuleReport(
-        path, "permission", rule.action.name, relevant, active, satisfied, state, why, reports, duties
+        path,
+        "permission",
+        rule.action.name,
+        relevant,
+        active,
+        satisfied,
+        state,
+        why,
+        reports,
+        duties,
     )
 
 

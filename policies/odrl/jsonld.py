@@ -18,7 +18,7 @@ from functools import cache
 from importlib import resources
 from typing import Any, cast
 
-from pyld import jsonld  # type: ignore[import-untyped]
+from pyld import jsonld
 
 from qdspace.policies.errors import PolicySyntaxError
 

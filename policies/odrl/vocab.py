@@ -118,7 +118,9 @@ OPERANDS: dict[str, OperandSpec] = {
         _spec(QDS + "fields", "fields", "fields", ValueKind.STRING, narrows=True),
         _spec(QDS + "retention", "retention", "retention", ValueKind.DURATION, duty_only=True),
         # Catena-X (cx-odrl-profile): facts the node knows about the requesting member.
-        _spec(CX + "FrameworkAgreement", "FrameworkAgreement", "frameworkAgreement", ValueKind.STRING),
+        _spec(
+            CX + "FrameworkAgreement", "FrameworkAgreement", "frameworkAgreement", ValueKind.STRING
+        ),
         _spec(CX + "UsagePurpose", "UsagePurpose", "purpose", ValueKind.STRING),
         _spec(CX + "Membership", "Membership", "membership", ValueKind.STRING),
         _spec(CX + "BusinessPartnerNumber", "BusinessPartnerNumber", "bpn", ValueKind.STRING),

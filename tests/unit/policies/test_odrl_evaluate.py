@@ -48,7 +48,18 @@ def run(doc: dict[str, Any], action: str = "read", **facts: Any) -> Any:
 
 
 def test_and_needs_every_item() -> None:
-    doc = policy([use({"and": [atom("purpose", "eq", "quality-assurance"), atom("BusinessPartnerNumber", "eq", BPN)]})])
+    doc = policy(
+        [
+            use(
+                {
+                    "and": [
+                        atom("purpose", "eq", "quality-assurance"),
+                        atom("BusinessPartnerNumber", "eq", BPN),
+                    ]
+                }
+            )
+        ]
+    )
     assert run(doc, purpose="quality-assurance", bpn=BPN).permitted
     report = run(doc, purpose="quality-assurance", bpn="BPNL000000000000")
     assert report.outcome is Outcome.DENY
@@ -252,7 +263,9 @@ def test_delete_duty_is_an_obligation_after_use_with_a_duration() -> None:
 
 def test_duration_literal_forms() -> None:
     retention = atom("retention", "lteq", {"@value": "P1Y2M3DT4H5M6S", "@type": "xsd:duration"})
-    doc = policy([use(atom("purpose", "eq", "a"), duty=[{"action": "delete", "constraint": [retention]}])])
+    doc = policy(
+        [use(atom("purpose", "eq", "a"), duty=[{"action": "delete", "constraint": [retention]}])]
+    )
     duty = parse_jsonld_policy(doc).permissions[0].duties[0]
     assert str(duty.constraints[0].right[0]) == "P1Y2M3DT4H5M6S"  # type: ignore[union-attr]
 
@@ -280,7 +293,9 @@ def cx_offer() -> dict[str, Any]:
                 "constraint": [
                     {
                         "and": [
-                            atom("cx-policy:FrameworkAgreement", "eq", "DataExchangeGovernance:1.0"),
+                            atom(
+                                "cx-policy:FrameworkAgreement", "eq", "DataExchangeGovernance:1.0"
+                            ),
                             atom("cx-policy:UsagePurpose", "eq", "cx.quality.base:1"),
                             atom("cx-policy:Membership", "eq", "active"),
                             atom("cx-policy:BusinessPartnerNumber", "isAnyOf", [BPN]),
@@ -354,3 +369,10 @@ def test_report_lines_and_dict() -> None:
     as_dict = report.to_dict()
     assert as_dict["outcome"] == "deny"
     assert as_dict["rules"][0]["constraints"][0]["items"][3]["state"] == "not satisfied"
+
+
+def test_cli_prints_the_same_lines_as_the_report() -> None:
+    from qdspace.node.cli.contracts import report_lines
+
+    report = run(cx_offer(), **cx_facts(bpn="BPNL000000000001"))
+    assert report_lines(report.to_dict()) == report.lines()

@@ -242,7 +242,7 @@ def test_huge_integer_operand_is_refused() -> None:
     from qdspace.policies.odrl.literals import parse_literal
     from qdspace.policies.odrl.vocab import ValueKind
 
-    with pytest.raises(PolicySyntaxError, match="out of range|not an xsd:integer"):
+    with pytest.raises(PolicySyntaxError, match=r"out of range|not an xsd:integer"):
         parse_literal(str(2**80), ValueKind.INTEGER, None, "$")
     with pytest.raises(PolicySyntaxError, match="finite"):
         parse_literal("NaN", ValueKind.DECIMAL, None, "$")
@@ -298,10 +298,10 @@ def test_an_unevaluable_constraint_never_permits(
         policy = parse_jsonld_policy(doc)
     except PolicySyntaxError:
         return  # refused outright (too deep): never permitted either
-    report = evaluate_policy(policy, Context("read", {k: v for k, v in facts.items() if v is not None}))
-    unevaluable = any(
-        rule.state.value == "unevaluable" for rule in report.rules
+    report = evaluate_policy(
+        policy, Context("read", {k: v for k, v in facts.items() if v is not None})
     )
+    unevaluable = any(rule.state.value == "unevaluable" for rule in report.rules)
     if unevaluable:
         assert not report.permitted
         assert report.outcome.value == "indeterminate"
