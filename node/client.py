@@ -246,6 +246,15 @@ class OperatorClient:
         result: dict[str, Any] = self._get(f"/v1/contracts/agreements/{agreement_id}")
         return result
 
+    def explain(self, agreement_id: str, body: dict[str, Any]) -> dict[str, Any]:
+        path = f"/v1/contracts/agreements/{agreement_id}/explain"
+        result: dict[str, Any] = self._post(path, body)
+        return result
+
+    def agreement_odrl(self, agreement_id: str) -> dict[str, Any]:
+        result: dict[str, Any] = self._get(f"/v1/contracts/agreements/{agreement_id}/odrl")
+        return result
+
     def terminate(self, agreement_id: str, reason: str) -> dict[str, Any]:
         path = f"/v1/contracts/agreements/{agreement_id}/terminate"
         result: dict[str, Any] = self._post(path, {"reason": reason})

@@ -39,6 +39,7 @@ from qdspace.node.api.contracts_models import (
     ClockPublic,
     ClosurePublic,
     DutyPublic,
+    ExplainBody,
     NegotiateBody,
     NegotiationPublic,
     NegotiationResult,
@@ -72,6 +73,8 @@ from qdspace.node.api.models import IdPath
 from qdspace.node.api.problems import PeerTimeout
 from qdspace.node.errors import PeerError, PurgeNotConfirmed
 from qdspace.node.runtime.contract_ports import Subscription
+from qdspace.policies.model import Action
+from qdspace.policies.odrl.dsp import agreement_jsonld
 
 _T = TypeVar("_T")
 
@@ -168,6 +171,23 @@ def contracts_router() -> APIRouter:
     async def agreement(rt: Runtime, agreement_id: IdPath) -> AgreementFull:
         stored = await _domain(_sync(rt.store.agreement, agreement_id))
         return agreement_full(stored)
+
+    @router.post("/agreements/{agreement_id}/explain")
+    async def explain(rt: Runtime, agreement_id: IdPath, body: ExplainBody) -> dict[str, Any]:
+        """The ODRL report (per rule, per constraint) of a request under the agreement."""
+        fields = None if body.fields is None else frozenset(body.fields)
+        action = Action(body.action)
+        report = await _domain(
+            _sync(rt.explain, agreement_id, action, body.purpose, body.order_id, fields)
+        )
+        return report.to_dict()
+
+    @router.get("/agreements/{agreement_id}/odrl")
+    async def agreement_odrl(rt: Runtime, agreement_id: IdPath) -> dict[str, Any]:
+        """The agreement's policy in the DSP 2025-1 JSON-LD form (ODRL Agreement)."""
+        stored = await _domain(_sync(rt.store.agreement, agreement_id))
+        terms = stored.signed.agreement
+        return agreement_jsonld(terms.policy, terms.agreed_at)
 
     @router.post("/agreements/{agreement_id}/terminate", response_model=AgreementPublic)
     async def terminate(

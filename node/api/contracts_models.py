@@ -9,7 +9,7 @@ as its JSON-LD document (``dict``): its shape is the ODRL standard's, not this A
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import AwareDatetime, BaseModel, Field
 
@@ -35,6 +35,15 @@ PolicyDoc = dict[str, Any]
 
 
 # -- request bodies ----------------------------------------------------------------------
+
+
+class ExplainBody(BaseModel):
+    """A hypothetical request to explain under an agreement (nothing is transferred)."""
+
+    action: Literal["use", "read", "stream", "distribute"] = "read"
+    purpose: Id | None = None
+    order_id: Id | None = None
+    fields: list[Id] | None = Field(default=None, max_length=MAX_LIST)
 
 
 class NegotiateBody(BaseModel):

@@ -34,6 +34,7 @@ from qdspace.node.identity.keyfiles import PLAIN, KeyFiles
 from qdspace.node.layout import NodeLayout
 from qdspace.node.runtime.contracts_cases import QualityCases
 from qdspace.node.runtime.contracts_clock import CLOCK_CONTROL_ENV, ContractClock
+from qdspace.node.runtime.contracts_explain import ContractExplain
 from qdspace.node.runtime.contracts_negotiation import ProviderNegotiation
 from qdspace.node.runtime.contracts_purge import ContractPurge
 from qdspace.node.runtime.contracts_transfer import ProviderTransfers
@@ -41,7 +42,9 @@ from qdspace.node.runtime.table_watch import TableWatch
 
 
 @dataclass
-class ContractRuntime(ProviderNegotiation, ProviderTransfers, ContractPurge, QualityCases):
+class ContractRuntime(
+    ProviderNegotiation, ContractExplain, ProviderTransfers, ContractPurge, QualityCases
+):
     """The node's contract machinery; see the module docstring."""
 
 

@@ -1,0 +1,159 @@
+"""JSON-LD processing with pyld, offline: contexts come from files in this package.
+
+Why a loader of our own: a JSON-LD document names its contexts by URL, and a
+processor that fetched them would let any peer make the node call out (and
+change a context to change what a signed policy means). Only the contexts
+shipped here are served, from `contexts/`; any other URL is a clear error.
+
+A peer's document is bounded *before* pyld sees it (size, nesting depth, number
+of values), because expansion is recursive and a nesting bomb must be a
+refusal, not a stack overflow.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from functools import cache
+from importlib import resources
+from typing import Any, cast
+
+from pyld import jsonld
+
+from qdspace.policies.errors import PolicySyntaxError
+
+DSP_CONTEXT = "https://w3id.org/dspace/2025/1/context.jsonld"
+DSP_ODRL_CONTEXT = "https://w3id.org/dspace/2025/1/odrl-profile.jsonld"
+QDS_CONTEXT = "https://qdspace.dev/ns/policy/context.jsonld"
+CX_CONTEXT = "https://w3id.org/catenax/policy/context.jsonld"
+# What every policy the node writes is compacted with.
+POLICY_CONTEXT: tuple[str, ...] = (DSP_CONTEXT, DSP_ODRL_CONTEXT, QDS_CONTEXT, CX_CONTEXT)
+
+_FILES = {
+    DSP_CONTEXT: "dspace.jsonld",
+    DSP_ODRL_CONTEXT: "odrl-profile.jsonld",
+    "http://www.w3.org/ns/odrl.jsonld": "odrl-profile.jsonld",
+    "https://www.w3.org/ns/odrl.jsonld": "odrl-profile.jsonld",
+    QDS_CONTEXT: "qdspace-policy.jsonld",
+    CX_CONTEXT: "cx-policy.jsonld",
+    "https://w3id.org/catenax/2025/9/policy/context.jsonld": "cx-policy.jsonld",
+}
+
+MAX_DOCUMENT_BYTES = 256 * 1024
+MAX_DEPTH = 32
+MAX_VALUES = 20_000
+
+
+@cache
+def _context_file(name: str) -> dict[str, Any]:
+    text = resources.files("qdspace.policies.odrl").joinpath("contexts", name).read_text("utf-8")
+    return cast(dict[str, Any], json.loads(text))
+
+
+def load_document(url: str, options: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """pyld's document loader: the packaged contexts, nothing from the network."""
+    name = _FILES.get(url)
+    if name is None:
+        raise PolicySyntaxError("$.@context", f"context {url[:200]!r} is not known to this node")
+    return {"contextUrl": None, "documentUrl": url, "document": _context_file(name)}
+
+
+def check_bounds(document: Any, path: str = "$") -> None:
+    """Refuse documents too deep or too large to process safely (iteratively, no recursion)."""
+    stack: list[tuple[Any, int]] = [(document, 1)]
+    count = 0
+    while stack:
+        value, depth = stack.pop()
+        count += 1
+        if count > MAX_VALUES:
+            raise PolicySyntaxError(path, f"document has more than {MAX_VALUES} values")
+        if depth > MAX_DEPTH:
+            raise PolicySyntaxError(path, f"document is nested deeper than {MAX_DEPTH} levels")
+        if isinstance(value, Mapping):
+            stack.extend((item, depth + 1) for item in value.values())
+        elif isinstance(value, list):
+            stack.extend((item, depth + 1) for item in value)
+        elif isinstance(value, float) and (value != value or abs(value) == float("inf")):
+            raise PolicySyntaxError(path, "NaN and infinity are not JSON")
+
+
+def _reject_constant(name: str) -> Any:
+    raise PolicySyntaxError("$", f"{name} is not valid JSON")
+
+
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise PolicySyntaxError("$", f"duplicate key {key[:80]!r}")
+        out[key] = value
+    return out
+
+
+def decode(text: str | bytes) -> Any:
+    """Decode a peer's JSON text with the bounds above; duplicate keys and NaN refused."""
+    if len(text) > MAX_DOCUMENT_BYTES:
+        raise PolicySyntaxError("$", f"document is larger than {MAX_DOCUMENT_BYTES} bytes")
+    try:
+        value = json.loads(text, object_pairs_hook=_no_duplicates, parse_constant=_reject_constant)
+    except PolicySyntaxError:
+        raise
+    except RecursionError:
+        raise PolicySyntaxError("$", f"document is nested deeper than {MAX_DEPTH} levels") from None
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise PolicySyntaxError("$", f"malformed JSON: {exc}") from None
+    check_bounds(value)
+    return value
+
+
+def _policy_cause(exc: BaseException) -> PolicySyntaxError | None:
+    """The `PolicySyntaxError` our loader raised, however pyld wrapped it."""
+    seen: list[BaseException] = []
+    current: BaseException | None = exc
+    while current is not None and current not in seen and len(seen) < 16:
+        if isinstance(current, PolicySyntaxError):
+            return current
+        seen.append(current)
+        details = getattr(current, "details", None)
+        nested = details.get("cause") if isinstance(details, dict) else None
+        current = nested or current.__cause__ or current.__context__
+    return None
+
+
+def _options(**extra: Any) -> dict[str, Any]:
+    return {"documentLoader": load_document, "base": None, **extra}
+
+
+def expand(document: Mapping[str, Any], default_context: tuple[str, ...] | None) -> list[Any]:
+    """Expand `document`; `default_context` applies when it carries none of its own."""
+    check_bounds(document)
+    doc = dict(document)
+    if "@context" not in doc and default_context is not None:
+        doc["@context"] = list(default_context)
+    dropped: list[str] = []
+
+    def on_dropped(term: str | None) -> None:
+        dropped.append(str(term))
+
+    try:
+        expanded = jsonld.expand(doc, _options(), on_property_dropped=on_dropped)
+    except PolicySyntaxError:
+        raise
+    except jsonld.JsonLdError as exc:
+        cause = _policy_cause(exc)
+        if cause is not None:
+            raise cause from None
+        raise PolicySyntaxError("$", f"not valid JSON-LD: {exc.type}: {exc.code}") from None
+    except RecursionError:
+        raise PolicySyntaxError("$", "document is nested too deeply") from None
+    if dropped:
+        # A term without a definition vanishes in expansion; the node refuses rather than
+        # ignore a part of a policy (it could be the part that forbids).
+        raise PolicySyntaxError("$", f"term {dropped[0][:80]!r} not understood by this node")
+    return cast(list[Any], expanded)
+
+
+def compact(expanded: Any, context: tuple[str, ...] = POLICY_CONTEXT) -> dict[str, Any]:
+    """Compact an expanded document with `context` (the DSP 2025-1 one plus our profile)."""
+    ctx = {"@context": list(context)}
+    return cast(dict[str, Any], jsonld.compact(expanded, ctx, _options(compactArrays=True)))
