@@ -42,17 +42,15 @@ order_app = typer.Typer(no_args_is_help=True, help="orders this node supplies")
 
 
 @clean_errors
+@calls_node
 def catalog(
+    target: Target,
     peer: Annotated[str, typer.Argument(help="provider member name")],
-    directory: DirOpt = None,
-    api_url: ApiUrlOpt = None,
-    token_file: TokenFileOpt = None,
-    ca_file: CaFileOpt = None,
     kind: Annotated[str, typer.Option(help="only assets of this kind")] = "",
     as_json: JsonOpt = False,
 ) -> None:
     """List the assets a provider offers us, with their offers."""
-    with name_target(directory, api_url, token_file, ca_file).client() as node:
+    with target.client() as node:
         assets = node.catalog(peer, kind)
     if as_json:
         print_json(assets)
@@ -69,14 +67,12 @@ def catalog(
 
 
 @clean_errors
+@calls_node
 def negotiate(
+    target: Target,
     peer: Annotated[str, typer.Argument(help="provider member name")],
     asset: Annotated[str, typer.Argument(help="asset id from its catalog")],
     purpose: Annotated[list[str], typer.Option(help="purpose, repeatable")],
-    directory: DirOpt = None,
-    api_url: ApiUrlOpt = None,
-    token_file: TokenFileOpt = None,
-    ca_file: CaFileOpt = None,
     order: Annotated[list[str] | None, typer.Option(help="order id, repeatable")] = None,
     field: Annotated[list[str] | None, typer.Option(help="field, repeatable")] = None,
     retention_days: Annotated[int | None, typer.Option(help="ask for shorter retention")] = None,
@@ -85,7 +81,7 @@ def negotiate(
     ] = None,
 ) -> None:
     """Negotiate an agreement for an asset (request, counter-offer, signatures)."""
-    with name_target(directory, api_url, token_file, ca_file).client() as node:
+    with target.client() as node:
         started = time.perf_counter()
         result = node.negotiate(
             peer,
@@ -107,13 +103,11 @@ def negotiate(
 
 
 @clean_errors
+@calls_node
 def transfer(
+    target: Target,
     agreement: Annotated[str, typer.Argument(help="agreement id")],
     purpose: Annotated[str, typer.Option(help="purpose of this use")],
-    directory: DirOpt = None,
-    api_url: ApiUrlOpt = None,
-    token_file: TokenFileOpt = None,
-    ca_file: CaFileOpt = None,
     order: Annotated[str | None, typer.Option(help="order id")] = None,
     field: Annotated[list[str] | None, typer.Option(help="field, repeatable")] = None,
     resume: Annotated[str | None, typer.Option(help="resume this transfer id instead")] = None,
@@ -124,7 +118,7 @@ def transfer(
     """Pull data under an agreement; only what it allows leaves the provider.
 
     The copy held is a mirror: each record once, corrections replace, withdrawals remove."""
-    with name_target(directory, api_url, token_file, ca_file).client() as node:
+    with target.client() as node:
         started = time.perf_counter()
         if resume:
             result = node.resume_transfer(resume)
@@ -141,19 +135,17 @@ def transfer(
 
 
 @clean_errors
+@calls_node
 def subscribe(
+    target: Target,
     agreement: Annotated[str, typer.Argument(help="agreement id of a live stream")],
-    directory: DirOpt = None,
-    api_url: ApiUrlOpt = None,
-    token_file: TokenFileOpt = None,
-    ca_file: CaFileOpt = None,
     purpose: Annotated[str, typer.Option(help="purpose of this use")] = "spc-monitoring",
     characteristic: Annotated[str, typer.Option(help="field watched by SPC")] = "score",
     usl: Annotated[float | None, typer.Option(help="upper spec limit")] = 0.5,
     watch: Annotated[float, typer.Option(help="print arrivals and alerts for N seconds")] = 0.0,
 ) -> None:
     """Subscribe to a live stream; the node runs SPC early warning on what arrives."""
-    with name_target(directory, api_url, token_file, ca_file).client() as node:
+    with target.client() as node:
         sub = node.subscribe(agreement, purpose, characteristic=characteristic, usl=usl)
         sid = sub["subscription_id"]
         console.print(f"subscription {sid} to {sub['provider']} running")

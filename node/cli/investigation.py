@@ -16,16 +16,11 @@ import typer
 from rich.console import Console
 
 from qdspace.node.cli.connect import (
-    ApiUrlOpt,
-    CaFileOpt,
-    DirOpt,
     JsonOpt,
     Target,
-    TokenFileOpt,
     calls_node,
     print_json,
 )
-from qdspace.node.cli.connect import target as name_target
 from qdspace.node.cli.errors import clean_errors
 
 console = Console(highlight=False)
@@ -145,15 +140,13 @@ def show(
 
 @investigation_app.command("overdue")
 @clean_errors
+@calls_node
 def overdue(
-    directory: DirOpt = None,
-    api_url: ApiUrlOpt = None,
-    token_file: TokenFileOpt = None,
-    ca_file: CaFileOpt = None,
+    target: Target,
     as_json: JsonOpt = False,
 ) -> None:
     """Actions in force past their due date and not done (exit 1 when there are any)."""
-    with name_target(directory, api_url, token_file, ca_file).client() as node:
+    with target.client() as node:
         late = node.overdue_actions()
     if as_json:
         print_json(late)
@@ -169,16 +162,14 @@ def overdue(
 
 def _move(move: str, doc: str) -> None:
     @clean_errors
+    @calls_node
     def command(
+        target: Target,
         case_id: Annotated[str, typer.Argument(help="case id")],
-        directory: DirOpt = None,
-        api_url: ApiUrlOpt = None,
-        token_file: TokenFileOpt = None,
-        ca_file: CaFileOpt = None,
         note: NoteOpt = "",
         as_json: JsonOpt = False,
     ) -> None:
-        with name_target(directory, api_url, token_file, ca_file).client() as node:
+        with target.client() as node:
             case = node.investigation_move(case_id, move, note)
         print_json(case) if as_json else _print_case(case)
 
