@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from qdspace.node.errors import IdentityError, NodeError
+from qdspace.node.errors import IdentityError, NodeError, QuotaError
 
 
 class HostError(NodeError):
@@ -56,7 +56,7 @@ class QuotaValueRefused(HostError, ValueError):
     """A quota value that is no positive number within its bound (or a bad size unit)."""
 
 
-class QuotaExceeded(HostError):
+class QuotaExceeded(HostError, QuotaError):
     """A tenant over one of its quotas; the message names the quota, its limit and use."""
 
     def __init__(self, message: str, retry_after_s: int = 0) -> None:

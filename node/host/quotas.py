@@ -199,7 +199,7 @@ def show_size(size: int | None) -> str:
 def show(value: float | None) -> str:
     if value is None:
         return "unlimited"
-    return f"{value:g}"
+    return str(value) if isinstance(value, int) else f"{value:g}"
 
 
 # -- the stored form (host.json, tenants.json, the host API) -------------------------------
