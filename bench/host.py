@@ -22,11 +22,19 @@ first:
   size) as M separate ``qdspace node start`` processes: spawn to every ``/readyz`` 200,
   their summed RSS, and the same catalog load on all of them;
 - the ratios (memory per tenant over memory per node process, catalog p99 of the small
-  host over the nodes'), and the issue's aims with whether each was met on this machine.
+  host over the nodes'), and the issue's aims with whether each was met on this machine;
+- ``fairness.{off,on}.*``: one host of ``FAIR_TENANTS`` tenants, run twice (per-tenant
+  quotas off, then on: the flooding tenant held to ``FLOOD_QUOTA``, the others to a
+  generous default). Each run: the quiet tenants' catalog p50/p99 alone, then again
+  while one tenant is flooded by another process (``FLOOD_CONCURRENCY`` ListAssets in
+  flight, closed loop, refusals ignored); ``*.flooded_over_alone`` is the slowdown,
+  ``fairness.p99_on_over_off`` what the quotas win back, and the flooder's served and
+  refused calls a second show that the quota, not luck, made the difference.
 
     python bench/host.py                 # hosts of 10 and 50 tenants, 10 nodes
     python bench/host.py --quick         # hosts of 3 and 5 tenants, 3 nodes (CI)
     python bench/host.py --sizes 10,30 --out result.json
+    python bench/host.py --flood NAME=HOST:PORT --caller-dir D   # (the bench's own flooder)
 """
 
 from __future__ import annotations
@@ -53,6 +61,7 @@ sys.path.insert(0, str(ROOT))
 import httpx  # noqa: E402
 
 from qdspace.node.host.config import HostLayout, HostSettings  # noqa: E402
+from qdspace.node.host.quotas import Quota, QuotaSettings  # noqa: E402
 from qdspace.node.host.registry import Registry  # noqa: E402
 from qdspace.node.host.tenants import (  # noqa: E402
     Enrollment,
@@ -60,12 +69,20 @@ from qdspace.node.host.tenants import (  # noqa: E402
     init_host,
     tenant_token,
 )
+from qdspace.node.identity.member import load_member_keys  # noqa: E402
 from qdspace.node.layout import NodeLayout  # noqa: E402
 from qdspace.node.localnet.network import LocalNetwork, MemberSpec, free_port  # noqa: E402
 from qdspace.node.rpc.peers import PeerDirectory  # noqa: E402
 from qdspace.protocols.v1 import catalog_pb2, catalog_pb2_grpc  # noqa: E402
 
 READY_TIMEOUT_S = 300.0
+FAIR_TENANTS = 4  # one flooded, the rest quiet
+FLOOD_CONCURRENCY = 32
+#: the flood runs this long before the quiet tenants are measured (its burst spent)
+FLOOD_WARMUP_S = 2.0
+#: the flooded tenant's own quota in the "on" run; every other tenant gets GENEROUS
+FLOOD_QUOTA = {"rps": 20.0, "burst": 20, "max_calls": 4}
+GENEROUS = {"rps": 5000.0, "burst": 5000, "max_calls": 64}
 CONCURRENCY = 2  # calls in flight per member
 AIM_TENANTS, AIM_START_MS, AIM_P99_MS, AIM_MEMORY_SHARE = 50, 2000.0, 50.0, 0.1
 CALLER = "bench-caller"
@@ -216,34 +233,50 @@ def _make_host(workdir: Path, net: LocalNetwork, name: str, tenants: int) -> tup
     return directory, api_port
 
 
+def _spawn_host(
+    procs: Processes, directory: Path, api_port: int, tenants: int
+) -> tuple[subprocess.Popen[bytes], float]:
+    """``host start`` until its status reports every tenant serving; the ms that took."""
+    files = HostLayout(directory)
+    bearer = {"Authorization": f"Bearer {files.host_token.read_text().strip()}"}
+    verify = ssl.create_default_context(cafile=str(files.tls.ca_cert))
+    status_url = f"https://127.0.0.1:{api_port}/host/v1/status"
+    cmd = [sys.executable, "-m", "qdspace", "host", "start", "--dir", str(directory)]
+    started = time.perf_counter()
+    process = procs.spawn(cmd, directory.parent / f"{directory.name}.log")
+    with httpx.Client(timeout=30, verify=verify) as http:
+
+        def serving() -> bool:
+            try:
+                r = http.get(status_url, headers=bearer)
+            except httpx.HTTPError:
+                return False
+            return r.status_code == 200 and r.json()["serving"] == tenants
+
+        try:
+            _wait(serving, [process], f"host {directory.name}")
+        except BaseException:
+            procs.stop(process)
+            raise
+        start_ms = (time.perf_counter() - started) * 1000
+        if http.get(status_url, headers=bearer).json()["failed"]:
+            procs.stop(process)
+            raise SystemExit(f"host {directory.name}: some tenants failed")
+    return process, start_ms
+
+
 def _run_host(
     procs: Processes, net: LocalNetwork, directory: Path, api_port: int, tenants: int, calls: int
 ) -> dict[str, Any]:
     files = HostLayout(directory)
-    token = files.host_token.read_text().strip()
     book = Registry(directory).tenants()
     tokens = {t.name: tenant_token(directory, t.name) for t in book}
     verify = ssl.create_default_context(cafile=str(files.tls.ca_cert))
     api = f"https://127.0.0.1:{api_port}"
-    cmd = [sys.executable, "-m", "qdspace", "host", "start", "--dir", str(directory)]
     started = time.perf_counter()
-    process = procs.spawn(cmd, directory.parent / f"{directory.name}.log")
+    process, start_ms = _spawn_host(procs, directory, api_port, tenants)
     try:
         with httpx.Client(timeout=30, verify=verify) as http:
-            bearer = {"Authorization": f"Bearer {token}"}
-
-            def serving() -> bool:
-                try:
-                    r = http.get(f"{api}/host/v1/status", headers=bearer)
-                except httpx.HTTPError:
-                    return False
-                return r.status_code == 200 and r.json()["serving"] == tenants
-
-            _wait(serving, [process], f"host {directory.name}")
-            start_ms = (time.perf_counter() - started) * 1000
-            status = http.get(f"{api}/host/v1/status", headers=bearer).json()
-            if status["failed"]:
-                raise SystemExit(f"host {directory.name}: {status['failed']} tenants failed")
             for name, bearer_token in tokens.items():  # builds any app not warmed yet
                 r = http.get(f"{api}/v1/node", headers={"Authorization": f"Bearer {bearer_token}"})
                 if r.status_code != 200 or r.json()["name"] != name:
@@ -257,6 +290,127 @@ def _run_host(
         return out
     finally:
         procs.stop(process)
+
+
+def _set_quotas(directory: Path, default: dict[str, Any] | None, flooded: str, own: Any) -> None:
+    """The host's default quota (None: every limit off) and the flooded tenant's own."""
+    settings = HostSettings.load(directory)
+    off = dict.fromkeys(QuotaSettings.model_fields)
+    quota = settings.quota.quota().with_changes(default) if default else Quota(**off)
+    settings.model_copy(update={"quota": QuotaSettings.of(quota)}).save(directory)
+    chosen = QuotaSettings.of(quota.with_changes(own)) if own else None
+    Registry(directory).set_quota(flooded, chosen)
+
+
+def _flood(caller_dir: Path, target: str, address: str, concurrency: int) -> None:
+    """The flooder (its own process, so its load is not the measuring loop's): ListAssets
+    on ``target``, ``concurrency`` in flight, refusals counted and ignored, until SIGTERM;
+    prints ``flooding`` once going, then its counts as JSON."""
+    import grpc
+
+    keys = load_member_keys(caller_dir)
+    files = NodeLayout(caller_dir)
+    peers = PeerDirectory(keys, {target: address}, cert_files=(files.tls_cert, files.tls_key))
+    counts = {"served": 0, "refused": 0, "failed": 0}
+
+    async def run() -> None:
+        stop = asyncio.Event()
+        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
+        stub = catalog_pb2_grpc.CatalogStub(peers.channel(target))
+        request = catalog_pb2.CatalogRequest()
+
+        async def worker() -> None:
+            while not stop.is_set():
+                try:
+                    await stub.ListAssets(request, timeout=30)
+                    counts["served"] += 1
+                except grpc.aio.AioRpcError as exc:
+                    exhausted = exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+                    counts["refused" if exhausted else "failed"] += 1
+                if sum(counts.values()) == 1:
+                    print("flooding", flush=True)
+
+        started = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        took = time.perf_counter() - started
+        await peers.close()
+        print(json.dumps({**counts, "seconds": took}), flush=True)
+
+    asyncio.run(run())
+
+
+def _flooder(caller_dir: Path, target: str, address: str) -> subprocess.Popen[str]:
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--flood", f"{target}={address}",
+           "--caller-dir", str(caller_dir)]  # fmt: skip
+    process = subprocess.Popen(cmd, stdout=subprocess.PIPE, env=_env(), text=True)
+    assert process.stdout is not None
+    if process.stdout.readline().strip() != "flooding":
+        process.kill()
+        raise SystemExit(f"the flooder of {target} did not start ({process.wait()})")
+    return process
+
+
+def _fairness_run(
+    procs: Processes, net: LocalNetwork, directory: Path, api_port: int, calls: int, warmup: float
+) -> dict[str, Any]:
+    """Quiet tenants' catalog latency alone, then while the first tenant is flooded."""
+    book = Registry(directory).tenants()
+    flooded, quiet = book[0], book[1:]
+    process, _ = _spawn_host(procs, directory, api_port, len(book))
+    try:
+        addresses = {t.name: f"127.0.0.1:{t.grpc_port}" for t in quiet}
+        alone = _catalog_load(net, addresses, calls)
+        flood = _flooder(net[CALLER].directory, flooded.name, f"127.0.0.1:{flooded.grpc_port}")
+        try:
+            time.sleep(warmup)
+            during = _catalog_load(net, addresses, calls)
+        finally:
+            flood.terminate()
+            out, _ = flood.communicate(timeout=60)
+        flooder = json.loads(out.strip().splitlines()[-1])
+    finally:
+        procs.stop(process)
+    per_s = {k: flooder[k] / flooder["seconds"] for k in ("served", "refused", "failed")}
+    return {
+        "alone": alone,
+        "flooded": during,
+        "flooder_per_s": per_s,
+        "flood_s": flooder["seconds"],
+    }
+
+
+def measure_fairness(
+    procs: Processes, net: LocalNetwork, workdir: Path, tenants: int, calls: int, warmup: float
+) -> dict[str, Any]:
+    """One host, run with quotas off and on (module docstring: ``fairness.*``)."""
+    directory, api_port = _make_host(workdir, net, "fair", tenants)
+    flooded = Registry(directory).tenants()[0].name
+    _set_quotas(directory, None, flooded, None)
+    off = _fairness_run(procs, net, directory, api_port, calls, warmup)
+    _set_quotas(directory, GENEROUS, flooded, FLOOD_QUOTA)
+    on = _fairness_run(procs, net, directory, api_port, calls, warmup)
+    return {"off": off, "on": on, "tenants": tenants, "flood_concurrency": FLOOD_CONCURRENCY}
+
+
+def _fairness_report(fair: dict[str, Any]) -> dict[str, float]:
+    ratios: dict[str, float] = {}
+    for mode in ("off", "on"):
+        run = fair[mode]
+        for phase in ("alone", "flooded"):
+            for q in ("p50", "p99"):
+                print(f"fairness.{mode}.quiet_{phase}_{q}: {run[phase][f'{q}_ms']:.1f} ms")
+        for q in ("p50", "p99"):
+            ratio = run["flooded"][f"{q}_ms"] / run["alone"][f"{q}_ms"]
+            ratios[f"fairness.{mode}.{q}_flooded_over_alone"] = ratio
+        for kind, value in run["flooder_per_s"].items():
+            print(f"fairness.{mode}.flooder_{kind}: {value:.1f} calls/s")
+        print(f"fairness.{mode}.flood_seconds: {run['flood_s']:.1f} s")
+    for q in ("p50", "p99"):
+        on, off = fair["on"]["flooded"][f"{q}_ms"], fair["off"]["flooded"][f"{q}_ms"]
+        ratios[f"fairness.{q}_flooded_on_over_off"] = on / off
+    for name, value in ratios.items():
+        print(f"{name}: {value:.3f} ratio")
+    return ratios
 
 
 def _run_nodes(procs: Processes, net: LocalNetwork, names: list[str], calls: int) -> dict[str, Any]:
@@ -298,7 +452,7 @@ def _run_nodes(procs: Processes, net: LocalNetwork, names: list[str], calls: int
             procs.stop(process)
 
 
-def measure(sizes: list[int], calls: int) -> dict[str, Any]:
+def measure(sizes: list[int], calls: int, fair_tenants: int, warmup: float) -> dict[str, Any]:
     nodes = min(sizes)
     out: dict[str, Any] = {}
     procs = Processes()
@@ -320,6 +474,7 @@ def measure(sizes: list[int], calls: int) -> dict[str, Any]:
                 out[f"host.{n}"] = _run_host(procs, net, *hosts[n], n, calls)
                 base = out["host.0"]["rss_kib"]
                 out[f"host.{n}"]["rss_per_tenant_kib"] = (out[f"host.{n}"]["rss_kib"] - base) / n
+            out["fairness"] = measure_fairness(procs, net, workdir, fair_tenants, calls, warmup)
         finally:
             procs.stop_all()
     out["nodes.count"] = nodes
@@ -388,6 +543,7 @@ def _report(figures: dict[str, Any], sizes: list[int]) -> dict[str, Any]:
     print(f"#   memory per tenant <= {AIM_MEMORY_SHARE} of a node process: {share:.3f}")
     for name, met in aims.items():
         print(f"{name}: {int(met)} met")
+    ratios.update(_fairness_report(figures["fairness"]))
     return {"ratios": ratios, "aims": aims}
 
 
@@ -397,12 +553,19 @@ def main() -> None:
     parser.add_argument("--calls", type=int, default=40, help="catalog calls per member")
     parser.add_argument("--quick", action="store_true", help="hosts of 3 and 5 tenants (CI)")
     parser.add_argument("--out", type=Path, help="write the figures as JSON here")
+    parser.add_argument("--flood", help=argparse.SUPPRESS)  # NAME=HOST:PORT: be the flooder
+    parser.add_argument("--caller-dir", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.flood:
+        target, _, address = args.flood.partition("=")
+        _flood(args.caller_dir, target, address, FLOOD_CONCURRENCY)
+        return
     sizes = [3, 5] if args.quick else sorted(int(s) for s in args.sizes.split(","))
     calls = 10 if args.quick else args.calls
     if not sizes or min(sizes) < 1:
         raise SystemExit("--sizes: give one or more tenant counts of at least 1")
-    figures = measure(sizes, calls)
+    fair = (3, 0.5) if args.quick else (FAIR_TENANTS, FLOOD_WARMUP_S)
+    figures = measure(sizes, calls, *fair)
     judged = _report(figures, sizes)
     results: dict[str, Any] = {
         "sizes": sizes,

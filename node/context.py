@@ -12,9 +12,10 @@ client or the chain stack, and those modules import this one.
 
 from __future__ import annotations
 
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from qdspace.connector.storage import QualityStore
 from qdspace.node.config import NodeSettings
@@ -33,6 +34,17 @@ if TYPE_CHECKING:
     from qdspace.node.runtime.federation_member import FederationMember
     from qdspace.node.runtime.ledger import NodeLedger
     from qdspace.node.runtime.trace_runs import TraceRuns
+
+
+class IngestAdmission(Protocol):
+    """What may be stored: a managed host's row and storage quotas (`node.host.admission`).
+
+    ``admit(rows, size)`` is held around an ingest of up to ``rows`` new rows and
+    ``size`` bytes; it refuses one that could pass a quota before anything is written,
+    and lets one tenant's ingests through one at a time (so racing ingests cannot both
+    take the last rows of a quota)."""
+
+    def admit(self, rows: int, size: int) -> AbstractAsyncContextManager[None]: ...
 
 
 @dataclass
@@ -64,6 +76,8 @@ class NodeContext:
     traces: TraceRuns | None = None
     #: how the node's secret files are read (plain files; a managed host's decrypt them)
     key_files: KeyFiles = PLAIN
+    #: a managed host's row and storage quotas of this tenant; None on a node (no quota)
+    ingest_admission: IngestAdmission | None = None
 
     @property
     def directory(self) -> Path:

@@ -60,3 +60,8 @@ class AnchoringBlocked(NodeError):
 class PurgeNotConfirmed(NodeError, ValueError):
     """A request to purge (delete everything held under agreements, irreversibly) that
     does not name this node as the one to purge; nothing was deleted."""
+
+
+class QuotaError(NodeError):
+    """A member over a quota its host set (`node.host.quotas`): its message (which quota,
+    its limit, the use) is the caller's to read, even where the status is a 5xx (507)."""

@@ -117,6 +117,11 @@ FAULTS: Mapping[str, Fault] = {
     "qdspace.node.host.errors.TenantBusy": F("FAILED_PRECONDITION", 409, 1),
     "qdspace.node.host.errors.HostNotRunning": F("FAILED_PRECONDITION", 409, 1),
     "qdspace.node.host.errors.RemovalNotConfirmed": F("INVALID_ARGUMENT", 400, 1),
+    # per-tenant quotas (node.host.quotas): rate and slots 429 (with Retry-After), space 507
+    "qdspace.node.host.errors.QuotaValueRefused": F("INVALID_ARGUMENT", 400, 1),
+    "qdspace.node.host.errors.QuotaExceeded": F("RESOURCE_EXHAUSTED", 429, 1),
+    "qdspace.node.host.errors.RowQuotaExceeded": F("RESOURCE_EXHAUSTED", 507, 1),
+    "qdspace.node.host.errors.StorageQuotaExceeded": F("RESOURCE_EXHAUSTED", 507, 1),
     # enrollment (the authority's CLI and HTTPS service): the caller's request, not the node
     "qdspace.node.identity.errors.CertificateRequestError": F("INVALID_ARGUMENT", 400, 1),
     "qdspace.node.identity.errors.EnrollmentError": F("PERMISSION_DENIED", 403, 1),

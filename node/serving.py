@@ -13,7 +13,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
+
+import grpc
 
 from qdspace.node.context import NodeContext
 from qdspace.node.errors import ConfigError
@@ -54,8 +57,13 @@ def trace_room(ctx: NodeContext) -> TraceRoom | None:
     return room
 
 
-def build_peer_server(ctx: NodeContext, port: int | None = None) -> PeerServer:
-    """The member's gRPC server, bound (``port``: the settings' unless given)."""
+def build_peer_server(
+    ctx: NodeContext,
+    port: int | None = None,
+    admission: Sequence[grpc.aio.ServerInterceptor] = (),
+) -> PeerServer:
+    """The member's gRPC server, bound (``port``: the settings' unless given;
+    ``admission``: a host's per-tenant quota interceptors, outermost)."""
     registrations = [
         NodeServicer(ctx.keys.identity).register,
         TraceServicer(ctx.store, trace_room(ctx)).register,
@@ -79,6 +87,7 @@ def build_peer_server(ctx: NodeContext, port: int | None = None) -> PeerServer:
         settings.grpc_port if port is None else port,
         caps,
         ctx.metrics,
+        admission,
     )
 
 
@@ -145,8 +154,11 @@ class MemberServer:
     is one clear error; after a ``stop`` the same object binds the port it had again
     (a suspended tenant resumed)."""
 
-    def __init__(self, ctx: NodeContext) -> None:
+    def __init__(
+        self, ctx: NodeContext, admission: Sequence[grpc.aio.ServerInterceptor] = ()
+    ) -> None:
         self.ctx = ctx
+        self.admission = admission
         self.peer_server: PeerServer | None = None
         self.port: int | None = None  # the bound port, kept across a stop
         self._federation: FederationMember | None = None
@@ -155,7 +167,7 @@ class MemberServer:
         self._follow_task: asyncio.Task[None] | None = None
 
     def bind(self) -> PeerServer:
-        self.peer_server = build_peer_server(self.ctx, self.port)
+        self.peer_server = build_peer_server(self.ctx, self.port, self.admission)
         self.port = self.peer_server.port
         return self.peer_server
 

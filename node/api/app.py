@@ -18,6 +18,7 @@ response model each.
 from __future__ import annotations
 
 import tempfile
+from contextlib import AbstractAsyncContextManager, nullcontext
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -149,13 +150,15 @@ def create_app(ctx: NodeContext) -> FastAPI:
         check_kind(kind)
         media, charset = _media_type(request.headers.get("content-type", JSON_MEDIA))
         if media == JSON_MEDIA:
-            payload = IngestRows.model_validate_json(await request.body())
-            report = await _run(
-                ctx.store.ingest_rows,
-                kind,
-                [(i + 1, row) for i, row in enumerate(payload.rows)],
-                source=payload.source,
-            )
+            body = await request.body()
+            payload = IngestRows.model_validate_json(body)
+            async with _admitted(ctx, len(payload.rows), len(body)):
+                report = await _run(
+                    ctx.store.ingest_rows,
+                    kind,
+                    [(i + 1, row) for i, row in enumerate(payload.rows)],
+                    source=payload.source,
+                )
             return report_to_public(report)
         suffix = RAW_SUFFIX.get(media)
         if suffix is None:
@@ -167,9 +170,11 @@ def create_app(ctx: NodeContext) -> FastAPI:
         with tempfile.TemporaryDirectory(prefix="qdspace-upload-") as tmp:
             path = Path(tmp) / f"upload{suffix}"
             await _spool(request, path)
-            report = await _run(
-                ingest_file, ctx.store, path, kind, charset=charset, source=source or path.name
-            )
+            lines = await _run(_count_lines, path) if ctx.ingest_admission else 0
+            async with _admitted(ctx, lines, path.stat().st_size):
+                report = await _run(
+                    ingest_file, ctx.store, path, kind, charset=charset, source=source or path.name
+                )
         return report_to_public(report)
 
     @app.get("/v1/peers", dependencies=[Operator], tags=["peers"])
@@ -215,6 +220,23 @@ def create_app(ctx: NodeContext) -> FastAPI:
     app.include_router(federation_router(ctx, Operator))
     mount_observability(app, ctx)  # probes, /metrics, and the outermost request layer
     return app
+
+
+def _admitted(ctx: NodeContext, rows: int, size: int) -> AbstractAsyncContextManager[None]:
+    """The host's admission of an ingest (`NodeContext.ingest_admission`); none on a node."""
+    if ctx.ingest_admission is None:
+        return nullcontext()
+    return ctx.ingest_admission.admit(rows, size)
+
+
+def _count_lines(path: Path) -> int:
+    """The lines of an upload: at most that many rows can be new (a quota's upper bound)."""
+    count, last = 0, b"\n"
+    with path.open("rb") as handle:
+        while chunk := handle.read(SPOOL_CHUNK):
+            count += chunk.count(b"\n")
+            last = chunk[-1:]
+    return count + (last != b"\n")
 
 
 async def _run(fn: Any, *args: Any, **kwargs: Any) -> Any:

@@ -79,13 +79,18 @@ def bearer_token(headers: list[tuple[bytes, bytes]]) -> str:
     return token
 
 
-async def send_problem(send: Send, status: int, detail: str, path: str) -> None:
-    """A complete problem response, written straight to the ASGI ``send``."""
+async def send_problem(
+    send: Send, status: int, detail: str, path: str, retry_after_s: int = 0
+) -> None:
+    """A complete problem response, written straight to the ASGI ``send``
+    (``retry_after_s``: a Retry-After header, for a 429 or 503)."""
     body = problem_bytes(status, detail, path)
     headers = [
         (b"content-type", PROBLEM_MEDIA_TYPE.encode()),
         (b"content-length", str(len(body)).encode()),
     ]
+    if retry_after_s:
+        headers.append((b"retry-after", str(retry_after_s).encode()))
     if status == 401:
         headers.append((b"www-authenticate", b"Bearer"))
     await send({"type": "http.response.start", "status": status, "headers": headers})

@@ -29,7 +29,7 @@ from qdspace.federation.errors import FederationError
 from qdspace.inference.errors import InferenceError
 from qdspace.ledger.errors import LedgerError
 from qdspace.node import faults
-from qdspace.node.errors import NodeError, PeerError
+from qdspace.node.errors import NodeError, PeerError, QuotaError
 
 log = logging.getLogger("node.api")
 
@@ -164,7 +164,7 @@ def install_problem_handlers(app: FastAPI) -> None:
 
     async def domain_error(request: Request, exc: Exception) -> JSONResponse:
         status = status_of(exc)
-        if status >= 500 and not isinstance(exc, ApiProblem | PeerError | LedgerError):
+        if status >= 500 and not _safe(exc):
             log.error("api %s %s: %s", request.method, request.url.path, exc, exc_info=exc)
         detail = str(exc) if status < 500 or _safe(exc) else INTERNAL_DETAIL
         return problem_response(status, detail or _phrase(status), request.url.path)
@@ -186,7 +186,7 @@ def install_problem_handlers(app: FastAPI) -> None:
 
 def _safe(exc: BaseException) -> bool:
     """Whether a 5xx error's message is meant for the caller (a peer or chain failure)."""
-    return isinstance(exc, ApiProblem | PeerError | LedgerError)
+    return isinstance(exc, ApiProblem | PeerError | LedgerError | QuotaError)
 
 
 def _phrase(status: int) -> str:

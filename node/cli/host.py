@@ -33,6 +33,59 @@ console = Console()
 
 HostDirOpt = Annotated[Path, typer.Option("--dir", help="host directory")]
 NameOpt = Annotated[str, typer.Option("--name", help="tenant name (lowercase a-z, 0-9, -)")]
+MaxRowsOpt = Annotated[
+    str | None, typer.Option("--max-rows", help="rows it may store ('unlimited': none)")
+]
+MaxStorageOpt = Annotated[
+    str | None, typer.Option("--max-storage", help="its database's size, e.g. 2GiB, 500MB")
+]
+RpsOpt = Annotated[
+    str | None, typer.Option("--rps", help="peer and API requests a second (burst: 2x)")
+]
+BurstOpt = Annotated[str | None, typer.Option("--burst", help="requests allowed at once")]
+MaxStreamsOpt = Annotated[
+    str | None, typer.Option("--max-streams", help="live subscriptions/transfers open at once")
+]
+MaxCallsOpt = Annotated[str | None, typer.Option("--max-calls", help="its calls in flight at once")]
+
+
+def _quota_changes(
+    max_rows: str | None,
+    max_storage: str | None,
+    rps: str | None,
+    burst: str | None,
+    max_streams: str | None,
+    max_calls: str | None,
+) -> dict[str, Any]:
+    """The quota options given, parsed (each checked again as a whole quota)."""
+    from qdspace.node.host.quotas import parse_count, parse_rate, parse_size
+
+    changes: dict[str, Any] = {}
+    if max_rows is not None:
+        changes["max_rows"] = parse_count(max_rows, "max-rows")
+    if max_storage is not None:
+        changes["max_storage"] = parse_size(max_storage, "max-storage")
+    if rps is not None:
+        changes["rps"] = parse_rate(rps, "rps")
+    if burst is not None:
+        changes["burst"] = parse_count(burst, "burst")
+    if max_streams is not None:
+        changes["max_streams"] = parse_count(max_streams, "max-streams")
+    if max_calls is not None:
+        changes["max_calls"] = parse_count(max_calls, "max-calls")
+    return changes
+
+
+def _quota_text(quota: dict[str, Any]) -> str:
+    from qdspace.node.host.quotas import show, show_size
+
+    if not quota:
+        return ""
+    return (
+        f"rows {show(quota['max_rows'])}, storage {show_size(quota['max_storage'])}, "
+        f"{show(quota['rps'])} rps (burst {show(quota['burst'])}), "
+        f"streams {show(quota['max_streams'])}, calls {show(quota['max_calls'])}"
+    )
 
 
 @host_app.command("init")
@@ -130,11 +183,19 @@ def tenant_add(
         list[str] | None,
         typer.Option("--hostname", help="a name for its certificate, repeatable"),
     ] = None,
+    max_rows: MaxRowsOpt = None,
+    max_storage: MaxStorageOpt = None,
+    rps: RpsOpt = None,
+    burst: BurstOpt = None,
+    max_streams: MaxStreamsOpt = None,
+    max_calls: MaxCallsOpt = None,
 ) -> None:
     """Enroll a new tenant (its own keys, certificate and member id); served from the
-    next ``host start``."""
+    next ``host start``. Quota options not given are the host's defaults."""
     from qdspace.node.host.tenants import Enrollment, add_tenant
     from qdspace.node.identity.files import read_file
+
+    quota = _quota_changes(max_rows, max_storage, rps, burst, max_streams, max_calls)
 
     code = read_file(code_file, "enrollment code").decode().strip() if code_file else ""
     db_url = read_file(db_url_file, "database URL").decode().strip() if db_url_file else ""
@@ -149,6 +210,7 @@ def tenant_add(
         grpc_port=grpc_port,
         regulator_port=regulator_port,
         db_url=db_url,
+        quota=quota,
     )
     console.print(f"tenant [bold]{record.name}[/bold] ({record.role}) added")
     console.print(f"member id {record.member_id}; gRPC port {record.grpc_port}")
@@ -164,8 +226,16 @@ def _tenants(directory: Path) -> list[dict[str, Any]]:
     if record is not None:
         listed: list[dict[str, Any]] = call_host(directory, record, "GET", "/host/v1/tenants")
         return listed
+    from qdspace.node.host.config import HostSettings
+
+    defaults = HostSettings.load(directory.resolve()).quota
     return [
-        {**r.model_dump(mode="json"), "status": f"{r.state.value} (host not running)"}
+        {
+            **r.model_dump(mode="json"),
+            "status": f"{r.state.value} (host not running)",
+            "own_quota": r.quota is not None,
+            "quota": (r.quota or defaults).model_dump(mode="json"),
+        }
         for r in Registry(directory.resolve()).tenants()
     ]
 
@@ -178,11 +248,61 @@ def tenant_list(directory: HostDirOpt, as_json: JsonOpt = False) -> None:
     if as_json:
         print_json(tenants)
         return
-    table = Table("name", "role", "member id", "gRPC port", "status", "note")
+    table = Table("name", "role", "member id", "gRPC port", "status", "quota", "note")
     for t in tenants:
         note = t.get("error") or t.get("reason") or ""
-        table.add_row(t["name"], t["role"], t["member_id"], str(t["grpc_port"]), t["status"], note)
+        quota = _quota_text(t.get("quota") or {})
+        quota += "" if t.get("own_quota") else " (host default)"
+        table.add_row(
+            t["name"], t["role"], t["member_id"], str(t["grpc_port"]), t["status"], quota, note
+        )
     console.print(table)
+
+
+@tenant_app.command("quota")
+@clean_errors
+def tenant_quota(
+    directory: HostDirOpt,
+    name: NameOpt,
+    max_rows: MaxRowsOpt = None,
+    max_storage: MaxStorageOpt = None,
+    rps: RpsOpt = None,
+    burst: BurstOpt = None,
+    max_streams: MaxStreamsOpt = None,
+    max_calls: MaxCallsOpt = None,
+    reset: Annotated[
+        bool, typer.Option("--reset", help="back to the host's default quota")
+    ] = False,
+) -> None:
+    """Change a tenant's quota: live through the running host, else for the next start."""
+    from qdspace.node.host.client import call_host, running_host
+    from qdspace.node.host.config import HostSettings
+    from qdspace.node.host.errors import QuotaValueRefused
+    from qdspace.node.host.names import check_name
+    from qdspace.node.host.quotas import QuotaSettings
+    from qdspace.node.host.registry import Registry
+
+    check_name(name)
+    changes = _quota_changes(max_rows, max_storage, rps, burst, max_streams, max_calls)
+    if reset == bool(changes):
+        raise QuotaValueRefused("give one or more quota options, or --reset (not both)")
+    host = running_host(directory)
+    if host is not None:
+        body = {"changes": changes, "reset": reset}
+        shown = call_host(directory, host, "PUT", f"/host/v1/tenants/{name}/quota", body)
+        console.print(f"tenant {name}: quota {_quota_text(shown['quota'])} (host running)")
+        return
+    registry = Registry(directory.resolve())
+    record = registry.get(name)
+    defaults = HostSettings.load(directory.resolve()).quota
+    chosen = (
+        None
+        if reset
+        else QuotaSettings.of((record.quota or defaults).quota().with_changes(changes))
+    )
+    registry.set_quota(name, chosen)
+    quota = (chosen or defaults).model_dump(mode="json")
+    console.print(f"tenant {name}: quota {_quota_text(quota)} from the next host start")
 
 
 def _set_state(directory: Path, name: str, action: str, reason: str = "") -> None:

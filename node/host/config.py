@@ -36,6 +36,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from qdspace.node.errors import ConfigError
 from qdspace.node.host.names import check_name
+from qdspace.node.host.quotas import QuotaSettings
 from qdspace.node.layout import AuthorityLayout
 from qdspace.node.secret_files import read_secret_file
 from qdspace.util.files import write_atomic
@@ -143,6 +144,8 @@ class HostSettings(BaseModel):
     #: the host name other members dial for a tenant ("" = tenant_grpc_host)
     advertise_host: str = ""
     shutdown_grace_s: float = Field(default=5.0, ge=0)
+    #: every tenant's quota unless it has its own (``host tenant quota``; null: no limit)
+    quota: QuotaSettings = Field(default_factory=QuotaSettings)
     log_level: str = "INFO"
 
     @field_validator("tenant_grpc_ports")

@@ -34,7 +34,8 @@ from qdspace.node.api.gate import (
 )
 from qdspace.node.api.problems import install_problem_handlers
 from qdspace.node.host import leaving
-from qdspace.node.host.errors import HostError
+from qdspace.node.host.errors import HostError, QuotaExceeded, QuotaValueRefused
+from qdspace.node.host.quotas import QuotaSettings
 from qdspace.node.host.runtime import HostedTenant, HostRuntime, as_member
 
 log = logging.getLogger("node.host")
@@ -55,6 +56,16 @@ class TenantPublic(BaseModel):
     error: str = ""
     added_at: str
     changed_at: str
+    own_quota: bool = False  # False: the host's defaults
+    quota: dict[str, float | int | None] = Field(default_factory=dict)  # null: no limit
+    use: dict[str, int | None] = Field(default_factory=dict)  # rows, storage: as last measured
+
+
+class QuotaChange(BaseModel):
+    """New values of some quotas (null: no limit), or ``reset``: the host's defaults."""
+
+    changes: dict[str, float | int | None] = Field(default_factory=dict, max_length=10)
+    reset: bool = False
 
 
 class Suspension(BaseModel):
@@ -136,6 +147,19 @@ def create_host_app(runtime: HostRuntime, host_token: str, started_at: float) ->
     async def resume(name: str) -> TenantPublic:
         return TenantPublic(**(await runtime.resume(name)).public())
 
+    @app.put(f"{HOST_PREFIX}/tenants/{{name}}/quota", response_model=TenantPublic)
+    async def quota(name: str, body: QuotaChange) -> TenantPublic:
+        """Change a tenant's quota, live and recorded (checked as on the command line)."""
+        tenant = runtime.get(name)
+        if body.reset:
+            if body.changes:
+                raise QuotaValueRefused("give new quota values or reset, not both")
+            chosen = None
+        else:
+            current = runtime.quota_of(tenant.record)
+            chosen = QuotaSettings.of(current.with_changes(body.changes))
+        return TenantPublic(**(await runtime.set_quota(name, chosen)).public())
+
     @app.post(f"{HOST_PREFIX}/tenants/{{name}}/purge", response_model=PurgeCounts)
     async def purge(name: str, body: Confirmation) -> PurgeCounts:
         """The tenant leaves: its purge (see `leaving`); counts only."""
@@ -186,10 +210,19 @@ class HostDispatcher:
         with as_member(tenant.name):  # its log lines name it
             try:
                 app = self.runtime.check_serving(tenant)
+                release = tenant.admission.admit_call(stream=False) if tenant.admission else None
+            except QuotaExceeded as exc:  # before the tenant's app does any work
+                status = faults.http_status(exc)
+                await send_problem(send, status, str(exc), path, exc.retry_after_s)
+                return
             except HostError as exc:
                 await send_problem(send, faults.http_status(exc), str(exc), path)
                 return
-            await app(scope, receive, send)
+            try:
+                await app(scope, receive, send)
+            finally:
+                if release is not None:
+                    release()
 
 
 class SuspensionGate:

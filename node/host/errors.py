@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from qdspace.node.errors import IdentityError, NodeError
+from qdspace.node.errors import IdentityError, NodeError, QuotaError
 
 
 class HostError(NodeError):
@@ -50,3 +50,36 @@ class HostNotRunning(HostError):
 
 class RemovalNotConfirmed(HostError, ValueError):
     """A removal whose confirmation does not name the tenant (or lacks ``--yes``)."""
+
+
+class QuotaValueRefused(HostError, ValueError):
+    """A quota value that is no positive number within its bound (or a bad size unit)."""
+
+
+class QuotaExceeded(HostError, QuotaError):
+    """A tenant over one of its quotas; the message names the quota, its limit and use."""
+
+    def __init__(self, message: str, retry_after_s: int = 0) -> None:
+        super().__init__(message)
+        #: seconds after which the same call may pass (0: not until something changes)
+        self.retry_after_s = retry_after_s
+
+
+class RateLimited(QuotaExceeded):
+    """More requests a second than the tenant's quota and burst allow."""
+
+
+class CallQuotaExceeded(QuotaExceeded):
+    """More of the tenant's calls in flight at once than its quota allows."""
+
+
+class StreamQuotaExceeded(QuotaExceeded):
+    """More streams (live subscriptions, transfers) open at once than its quota allows."""
+
+
+class RowQuotaExceeded(QuotaExceeded):
+    """An ingest that could take the tenant past its stored-rows quota."""
+
+
+class StorageQuotaExceeded(QuotaExceeded):
+    """An ingest that could take the tenant's database past its storage quota."""

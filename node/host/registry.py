@@ -24,6 +24,7 @@ from qdspace.node.errors import ConfigError
 from qdspace.node.host.config import HostLayout
 from qdspace.node.host.errors import UnknownTenant
 from qdspace.node.host.names import check_name
+from qdspace.node.host.quotas import QuotaSettings
 from qdspace.util.files import write_atomic
 
 
@@ -49,6 +50,8 @@ class TenantRecord(BaseModel):
     #: where ``tenant export`` put it ("" = never exported): the member lives on there,
     #: so removing it from the host deletes the host's copy and purges nothing
     exported_to: str = ""
+    #: its own quota; None: the host's defaults (``host.json`` ``quota``)
+    quota: QuotaSettings | None = None
 
 
 class Book(BaseModel):
@@ -118,6 +121,16 @@ class Registry:
             record.state = TenantState.SUSPENDED
             record.reason = reason
             record.exported_to = destination
+            record.changed_at = now()
+            return record.model_copy()
+
+    def set_quota(self, name: str, quota: QuotaSettings | None) -> TenantRecord:
+        """The tenant's own quota (None: back to the host's defaults)."""
+        with self.editing() as book:
+            record = book.tenants.get(check_name(name))
+            if record is None:
+                raise UnknownTenant(f"no tenant {name!r} on this host")
+            record.quota = quota
             record.changed_at = now()
             return record.model_copy()
 

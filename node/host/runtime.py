@@ -28,9 +28,11 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource
 
 from qdspace.node.config import NodeSettings
 from qdspace.node.context import NodeContext, build_context
+from qdspace.node.host.admission import TenantAdmission, measure_usage
 from qdspace.node.host.config import HostLayout, HostSettings
 from qdspace.node.host.errors import HostError, TenantSuspended, UnknownTenant
 from qdspace.node.host.names import check_name
+from qdspace.node.host.quotas import Quota, QuotaSettings
 from qdspace.node.host.refusal import RefusingServer
 from qdspace.node.host.registry import Registry, TenantRecord, TenantState
 from qdspace.node.host.sealing import MasterKey
@@ -100,6 +102,8 @@ class HostedTenant:
     error: str = ""
     token_digest: bytes = b""
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    #: its quotas at work (`admission`); None until it opened
+    admission: TenantAdmission | None = None
 
     @property
     def name(self) -> str:
@@ -129,6 +133,8 @@ class HostedTenant:
             "error": self.error,
             "added_at": self.record.added_at,
             "changed_at": self.record.changed_at,
+            "own_quota": self.record.quota is not None,
+            **(self.admission.public() if self.admission is not None else {}),
         }
 
 
@@ -167,6 +173,11 @@ class HostRuntime:
             settings = settings.model_copy(update={"db_url": db_url})
         ctx = build_context(settings, key_files)
         tenant.ctx = ctx
+        store = ctx.store
+        tenant.admission = TenantAdmission(
+            tenant.name, self.quota_of(tenant.record), lambda: measure_usage(store)
+        )
+        ctx.ingest_admission = tenant.admission
         digest = token_digest(ctx.operator_token)
         if digest in self._by_token:
             raise HostError(f"its operator token is tenant {self._by_token[digest].name}'s too")
@@ -194,7 +205,8 @@ class HostRuntime:
     async def _start(self, tenant: HostedTenant) -> None:
         ctx = tenant.ctx
         assert ctx is not None
-        tenant.member = MemberServer(ctx)
+        admission = [tenant.admission.interceptor()] if tenant.admission is not None else []
+        tenant.member = MemberServer(ctx, admission)
         if ctx.settings.regulator_port:
             await self._start_regulator(tenant)
         if tenant.suspended:
@@ -294,6 +306,22 @@ class HostRuntime:
         tenant.ctx.serving = True
         tenant.member.follow()
         logger.warning("tenant %s resumed", tenant.name)
+        return tenant
+
+    # -- quotas -----------------------------------------------------------------------
+
+    def quota_of(self, record: TenantRecord) -> Quota:
+        """The tenant's own quota, or the host's defaults."""
+        return (record.quota or self.settings.quota).quota()
+
+    async def set_quota(self, name: str, quota: QuotaSettings | None) -> HostedTenant:
+        """A tenant's new quota (None: the host's defaults): recorded, then live."""
+        tenant = self.get(name)
+        async with tenant.lock:
+            tenant.record = self.registry.set_quota(tenant.name, quota)
+            if tenant.admission is not None:
+                tenant.admission.change(self.quota_of(tenant.record))
+        logger.info("tenant %s: quota now %s", name, self.quota_of(tenant.record).as_dict())
         return tenant
 
     # -- the operator listener's lookup --------------------------------------------------

@@ -16,6 +16,7 @@ import socket
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from qdspace.node.config import NodeSettings
 from qdspace.node.errors import ConfigError
@@ -28,6 +29,7 @@ from qdspace.node.host.config import (
 )
 from qdspace.node.host.errors import HostError
 from qdspace.node.host.names import check_name, check_new_name
+from qdspace.node.host.quotas import QuotaSettings
 from qdspace.node.host.registry import Registry, TenantRecord, now
 from qdspace.node.host.sealing import MasterKey, SealedKeyFiles, new_key
 from qdspace.node.identity.certs import build_ca_cert, cert_to_pem, key_to_pem, new_tls_key
@@ -158,14 +160,17 @@ def add_tenant(
     grpc_port: int | None = None,
     regulator_port: int | None = None,
     db_url: str = "",
+    quota: dict[str, Any] | None = None,
 ) -> TenantRecord:
     """Enroll a new tenant and add it to the book (served from the next ``host start``).
     ``db_url``: its own database (default SQLite in its directory), kept sealed.
-    Nothing of it is left behind if a step fails (a spent code stays spent)."""
+    Nothing of it is left behind if a step fails (a spent code stays spent). ``quota``:
+    its own quota values (others the host's defaults); none: it follows the defaults."""
     files = HostLayout(directory.resolve())
     settings = HostSettings.load(files.directory)
     master = load_master_key(files)
     check_name(name)
+    own = QuotaSettings.of(settings.quota.quota().with_changes(quota)) if quota else None
     registry = Registry(files.directory)
     with registry.editing() as book:
         existing = set(book.tenants)
@@ -197,6 +202,7 @@ def add_tenant(
             regulator_port=regulator,
             added_at=stamp,
             changed_at=stamp,
+            quota=own,
         )
         book.tenants[name] = record
     return record

@@ -65,11 +65,16 @@ def build_server(
     port: int,
     caps: CallCaps | None = None,
     metrics: NodeMetrics | None = None,
+    admission: Sequence[grpc.aio.ServerInterceptor] = (),
 ) -> PeerServer:
+    """``admission``: interceptors that run before authentication and decoding (a managed
+    host's per-tenant quotas, `node.host.admission`), so a call they refuse costs next
+    to nothing."""
     options = [o for o in CHANNEL_OPTIONS if not o[0].startswith("grpc.max_")]
     interceptors: list[grpc.aio.ServerInterceptor] = []
     if metrics is not None:  # outermost: a refused call is timed and logged with its id too
         interceptors.append(ObserveCalls(metrics))
+    interceptors.extend(admission)
     interceptors.append(AuthInterceptor(authenticator, CallLimiter(caps or CallCaps())))
     server = grpc.aio.server(
         interceptors=interceptors,

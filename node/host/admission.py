@@ -1,0 +1,260 @@
+"""A running tenant's quotas at work: calls admitted or refused before they cost anything.
+
+Every tenant of a host shares one event loop and one pool of worker threads, so
+fairness is decided at the door: each peer gRPC call (an interceptor outside the
+authentication and decoding, `QuotaInterceptor`) and each operator API call (the host's
+dispatcher, before the tenant's app) first takes a token of the tenant's `TokenBucket`
+and a slot (a stream, or a call in flight); a call over a quota is refused there with
+RESOURCE_EXHAUSTED / 429 and the seconds to wait, having cost a dictionary lookup and a
+lock. A tenant that floods the host gets its quota's worth of service, no more, and
+its neighbours' calls do not queue behind its surplus. The calls-in-flight quota bounds
+how many of the shared worker threads one tenant can hold at once.
+
+Ingest (`node.api.app`, through `NodeContext.ingest_admission`) is checked against the
+row and storage quotas with the tenant's usage measured fresh (rows in its QDM tables;
+its SQLite file and WAL, or its PostgreSQL schema or database) and the upload counted as
+growth; one tenant's ingests pass one at a time, so two cannot both take the last rows.
+
+A refusal is logged once, then summed up at most every ``LOG_EVERY_S`` (a flood must not
+turn into a flood of log lines).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import grpc
+from sqlalchemy import text
+
+from qdspace.connector.storage import QualityStore
+from qdspace.node.host.errors import QuotaExceeded
+from qdspace.node.host.quotas import (
+    Quota,
+    Slots,
+    TokenBucket,
+    Usage,
+    call_refusal,
+    check_ingest,
+    rate_refusal,
+    stream_refusal,
+)
+
+logger = logging.getLogger("node.host")
+
+LOG_EVERY_S = 10.0
+RETRY_AFTER = "retry-after"
+
+Release = Callable[[], None]
+
+_DATABASE_BYTES = text("SELECT pg_database_size(current_database())")
+_SCHEMA_BYTES = text(
+    "SELECT COALESCE(SUM(pg_total_relation_size(c.oid)), 0) FROM pg_class c "
+    "JOIN pg_namespace n ON n.oid = c.relnamespace "
+    "WHERE n.nspname = current_schema() AND c.relkind IN ('r', 'm')"
+)
+
+
+def measure_usage(store: QualityStore) -> Usage:
+    """Rows in the QDM tables and the database's bytes (blocking: run it in a thread)."""
+    rows = sum(store.counts().values())
+    engine = store.engine
+    if engine.dialect.name == "sqlite":
+        database = Path(engine.url.database or "")
+        size = sum(
+            p.stat().st_size
+            for p in (database, database.with_name(database.name + "-wal"))
+            if p.is_file()
+        )
+        return Usage(rows, size)
+    with engine.connect() as connection:  # PostgreSQL: its own schema, or its own database
+        schema = connection.execute(text("SELECT current_schema()")).scalar_one()
+        query = _DATABASE_BYTES if schema == "public" else _SCHEMA_BYTES
+        return Usage(rows, int(connection.execute(query).scalar_one()))
+
+
+class TenantAdmission:
+    """One tenant's quota counters (see the module)."""
+
+    def __init__(
+        self, tenant: str, quota: Quota, measure: Callable[[], Usage] | None = None
+    ) -> None:
+        self.tenant = tenant
+        self.quota = quota
+        self._measure = measure
+        now = time.monotonic()
+        self._bucket = (
+            TokenBucket(quota.rps, quota.burst, now)
+            if quota.rps is not None and quota.burst is not None
+            else None
+        )
+        self.streams = Slots(quota.max_streams)
+        self.calls = Slots(quota.max_calls)
+        self._ingest = asyncio.Lock()
+        self.usage: Usage | None = None  # as last measured
+        self.refused = 0  # calls refused since the last log line
+        self._logged_at = 0.0
+
+    def change(self, quota: Quota) -> None:
+        """New limits, live: held slots stay held, the bucket keeps its tokens."""
+        now = time.monotonic()
+        if quota.rps is None or quota.burst is None:
+            self._bucket = None
+        elif self._bucket is None:
+            self._bucket = TokenBucket(quota.rps, quota.burst, now)
+        else:
+            self._bucket.change(quota.rps, quota.burst, now)
+        self.streams.limit = quota.max_streams
+        self.calls.limit = quota.max_calls
+        self.quota = quota
+
+    # -- calls -----------------------------------------------------------------------
+
+    def admit_call(self, *, stream: bool) -> Release:
+        """A token and a slot for one call; its release, or a `QuotaExceeded` refusal."""
+        try:
+            return self._admit(stream)
+        except QuotaExceeded as exc:
+            self._note_refusal(exc)
+            raise
+
+    def _admit(self, stream: bool) -> Release:
+        if self._bucket is not None:
+            wait = self._bucket.take(time.monotonic())
+            if wait:
+                raise rate_refusal(self.tenant, self.quota, wait)
+        slots = self.streams if stream else self.calls
+        if not slots.take():
+            if stream:
+                raise stream_refusal(self.tenant, slots.held, slots.limit)
+            raise call_refusal(self.tenant, slots.held, slots.limit)
+        released = False
+
+        def release() -> None:
+            nonlocal released
+            if not released:
+                released = True
+                slots.give_back()
+
+        return release
+
+    def _note_refusal(self, exc: QuotaExceeded) -> None:
+        self.refused += 1
+        now = time.monotonic()
+        if now - self._logged_at >= LOG_EVERY_S:
+            more = f" ({self.refused} refused since the last report)" if self.refused > 1 else ""
+            logger.warning("tenant %s: %s%s", self.tenant, exc, more)
+            self._logged_at, self.refused = now, 0
+
+    def interceptor(self) -> QuotaInterceptor:
+        return QuotaInterceptor(self)
+
+    # -- ingest ----------------------------------------------------------------------
+
+    @asynccontextmanager
+    async def admit(self, rows: int, size: int) -> AsyncIterator[None]:
+        """Held around one ingest (`node.context.IngestAdmission`)."""
+        async with self._ingest:
+            if self._measure is not None and (
+                self.quota.max_rows is not None or self.quota.max_storage is not None
+            ):
+                self.usage = await asyncio.to_thread(self._measure)
+                check_ingest(self.tenant, self.quota, self.usage, rows, size)
+            try:
+                yield
+            finally:
+                if self._measure is not None:
+                    self.usage = await asyncio.to_thread(self._measure)
+
+    def public(self) -> dict[str, Any]:
+        """The quota and what is in use (for the host operator: counts, no data)."""
+        usage = self.usage
+        return {
+            "quota": self.quota.as_dict(),
+            "use": {
+                "streams": self.streams.held,
+                "calls": self.calls.held,
+                "rows": usage.rows if usage is not None else None,
+                "storage": usage.size if usage is not None else None,
+            },
+        }
+
+
+Behavior = Callable[[Any, grpc.aio.ServicerContext], Any]
+
+
+class QuotaInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
+    """Takes the tenant's token and slot before any other work on a call (the module)."""
+
+    def __init__(self, admission: TenantAdmission) -> None:
+        self._admission = admission
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(details)
+        if handler is None:
+            return None
+        out = handler.response_serializer
+        into = handler.request_deserializer
+        if handler.unary_unary:
+            return grpc.unary_unary_rpc_method_handler(
+                self._unary(handler.unary_unary, False), into, out
+            )
+        if handler.stream_unary:
+            return grpc.stream_unary_rpc_method_handler(
+                self._unary(handler.stream_unary, True), into, out
+            )
+        if handler.unary_stream:
+            return grpc.unary_stream_rpc_method_handler(
+                self._stream(handler.unary_stream), into, out
+            )
+        return grpc.stream_stream_rpc_method_handler(self._stream(handler.stream_stream), into, out)
+
+    async def _admit(self, context: grpc.aio.ServicerContext, stream: bool) -> Release:
+        try:
+            return self._admission.admit_call(stream=stream)
+        except QuotaExceeded as exc:
+            trailer = ((RETRY_AFTER, str(exc.retry_after_s)),) if exc.retry_after_s else ()
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc), trailer)
+            raise  # abort raises; for the type checker
+
+    def _unary(self, behavior: Behavior, streaming_request: bool) -> Behavior:
+        async def admitted(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            release = await self._admit(context, streaming_request)
+            try:
+                return await behavior(request, context)
+            finally:
+                release()
+
+        return admitted
+
+    def _stream(self, behavior: Behavior) -> Behavior:
+        if inspect.isasyncgenfunction(behavior):
+
+            async def generated(request: Any, context: grpc.aio.ServicerContext) -> Any:
+                release = await self._admit(context, True)
+                try:
+                    async for item in behavior(request, context):
+                        yield item
+                finally:
+                    release()
+
+            return generated
+
+        async def written(request: Any, context: grpc.aio.ServicerContext) -> None:
+            release = await self._admit(context, True)
+            try:
+                await behavior(request, context)
+            finally:
+                release()
+
+        return written

@@ -1,0 +1,170 @@
+"""The pure quota arithmetic of a managed host: token bucket, slots, ingest check, values.
+
+Time is passed in by hand: nothing here sleeps, reads a clock or touches a file.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+
+import pytest
+
+from qdspace.node import faults
+from qdspace.node.host.errors import (
+    CallQuotaExceeded,
+    QuotaValueRefused,
+    RateLimited,
+    RowQuotaExceeded,
+    StorageQuotaExceeded,
+    StreamQuotaExceeded,
+)
+from qdspace.node.host.quotas import (
+    GIB,
+    Quota,
+    QuotaSettings,
+    Slots,
+    TokenBucket,
+    Usage,
+    check_ingest,
+    parse_count,
+    parse_rate,
+    parse_size,
+    rate_refusal,
+)
+
+
+def test_the_bucket_gives_its_burst_then_the_rate() -> None:
+    bucket = TokenBucket(rate=4.0, burst=3, now=100.0)  # (times exact in binary)
+    assert [bucket.take(100.0) for _ in range(3)] == [0.0, 0.0, 0.0]
+    wait = bucket.take(100.0)
+    assert wait == 0.25  # one token comes every 1/4 s
+    assert bucket.take(100.125) == 0.125
+    assert bucket.take(100.25) == 0.0
+    assert bucket.take(100.25) > 0
+    assert [bucket.take(1000.0) for _ in range(4)].count(0.0) == 3  # never above the burst
+
+
+def test_a_bucket_ignores_a_clock_that_goes_back_and_keeps_tokens_on_change() -> None:
+    bucket = TokenBucket(rate=1.0, burst=2, now=50.0)
+    assert bucket.take(50.0) == 0.0
+    assert bucket.take(10.0) == 0.0  # earlier "now": no refill, no negative time
+    assert bucket.take(10.0) > 0
+    bucket.change(rate=64.0, burst=1, now=50.0)
+    assert bucket.take(50.015625) == 0.0  # refilled at the new rate (1/64 s)
+    assert bucket.take(50.015625) == 0.015625
+
+
+def test_slots_racing_takers_never_exceed_the_limit() -> None:
+    slots = Slots(limit=5)
+    won: list[bool] = []
+    start = threading.Barrier(40)
+
+    def take() -> None:
+        start.wait()
+        won.append(slots.take())
+
+    threads = [threading.Thread(target=take) for _ in range(40)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert won.count(True) == 5 and slots.held == 5
+    slots.give_back()
+    assert slots.take() and not slots.take()
+    unlimited = Slots(None)
+    assert all(unlimited.take() for _ in range(1000))
+    with pytest.raises(RuntimeError):
+        Slots(1).give_back()
+
+
+def test_an_ingest_that_could_pass_a_quota_is_refused_naming_it() -> None:
+    quota = Quota(max_rows=100, max_storage=1000)
+    check_ingest("t", quota, Usage(rows=90, size=500), rows=10, size=500)  # exactly fits
+    with pytest.raises(RowQuotaExceeded, match=r"stores 90 rows .* up to 11 .* quota of 100 rows"):
+        check_ingest("t", quota, Usage(rows=90, size=0), rows=11, size=1)
+    with pytest.raises(StorageQuotaExceeded, match=r"storage quota of 1000 B"):
+        check_ingest("t", quota, Usage(rows=0, size=999), rows=1, size=2)
+    check_ingest("t", Quota(max_rows=None, max_storage=None), Usage(10**15, 10**18), 10**9, 1)
+    with pytest.raises(ValueError):
+        check_ingest("t", quota, Usage(0, 0), rows=-1, size=0)
+
+
+@pytest.mark.parametrize(
+    ("text", "size"),
+    [("2GiB", 2 * GIB), ("500MB", 500_000_000), ("1.5 KiB", 1536), ("4096", 4096), ("1b", 1)],
+)
+def test_sizes_parse(text: str, size: int) -> None:
+    assert parse_size(text) == size
+
+
+@pytest.mark.parametrize(
+    "text", ["-1GiB", "2XB", "2 gigs", "1.5.2GiB", "nan", "inf", "0.1B", "0", "9999999TiB", ""]
+)
+def test_bad_sizes_are_refused(text: str) -> None:
+    with pytest.raises(QuotaValueRefused, match="max-storage"):
+        parse_size(text)
+
+
+def test_unlimited_and_counts_and_rates_parse() -> None:
+    assert parse_size("unlimited") is None and parse_count("None", "max-rows") is None
+    assert parse_count("1_000", "max-rows") == 1000
+    assert parse_rate("0.5") == 0.5
+    for bad in ("1.5", "ten", "1e3", ""):
+        with pytest.raises(QuotaValueRefused, match="max-rows"):
+            parse_count(bad, "max-rows")
+    for bad in ("nan", "inf", "-inf", "fast"):
+        with pytest.raises(QuotaValueRefused, match="rps"):
+            parse_rate(bad)
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {"max_rows": 0},
+        {"max_rows": -5},
+        {"max_rows": 10**13},
+        {"max_rows": 1.5},
+        {"max_rows": True},
+        {"max_storage": 0},
+        {"rps": 0},
+        {"rps": -1.0},
+        {"rps": math.nan},
+        {"rps": math.inf},
+        {"rps": 10**7},
+        {"burst": 0},
+        {"burst": None},  # a rate without a burst
+        {"max_streams": 0},
+        {"max_calls": 10**6},
+        {"nonsense": 1},
+    ],
+)
+def test_hostile_quota_values_are_refused(changes: dict[str, object]) -> None:
+    with pytest.raises(QuotaValueRefused, match="quota"):
+        Quota().with_changes(changes)
+
+
+def test_a_new_rate_brings_its_burst_and_unlimited_is_none() -> None:
+    assert Quota().with_changes({"rps": 5}).burst == 10
+    assert Quota().with_changes({"rps": 0.2}).burst == 1
+    assert Quota().with_changes({"rps": 5, "burst": 7}).burst == 7
+    free = Quota().with_changes({"rps": None})
+    assert (free.rps, free.burst) == (None, None)
+    stored = QuotaSettings.of(Quota(max_rows=7))
+    assert QuotaSettings.model_validate_json(stored.model_dump_json()).quota() == Quota(max_rows=7)
+    with pytest.raises(ValueError, match="at least 1"):
+        QuotaSettings(max_streams=0)
+
+
+def test_each_quota_error_has_its_row_in_the_fault_table() -> None:
+    assert faults.grpc_status_name(RateLimited) == "RESOURCE_EXHAUSTED"
+    assert faults.http_status(RateLimited) == 429
+    assert faults.http_status(CallQuotaExceeded) == 429
+    assert faults.http_status(StreamQuotaExceeded) == 429
+    assert faults.http_status(RowQuotaExceeded) == 507
+    assert faults.http_status(StorageQuotaExceeded) == 507
+    assert faults.grpc_status_name(StorageQuotaExceeded) == "RESOURCE_EXHAUSTED"
+    assert faults.http_status(QuotaValueRefused) == 400
+    refusal = rate_refusal("busyco", Quota(rps=2, burst=4), 0.2)
+    assert refusal.retry_after_s == 1
+    assert "busyco" in str(refusal) and "2 requests per second, burst 4" in str(refusal)
