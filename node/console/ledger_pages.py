@@ -41,7 +41,7 @@ def routes(console: Console) -> list[tuple[str, Endpoint, str]]:
         batches = [b for b in held.queue.batches(ANCHORED)][-BATCHES_SHOWN:]
         batches.reverse()
         return {
-            "status": held.anchorer.status(),
+            "anchoring": held.anchorer.status(),
             "rpc_url": held.settings.rpc_url,
             "contract": held.client.address,
             "batches": [

@@ -41,7 +41,7 @@ OWN_SCORE_SPEC = SpcSpec(usl=0.5, baseline_size=20, cpk_window=20)
 #: the most points a chart shows (the newest); all of them are judged
 MAX_POINTS = 5000
 #: how often the stream looks for new rows, seconds
-TICK_S = 0.2
+TICK_S = 0.1
 #: how many series one stream may follow
 MAX_STREAM_SERIES = 32
 
