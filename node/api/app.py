@@ -214,7 +214,8 @@ def create_app(ctx: NodeContext) -> FastAPI:
     app.include_router(contracts_router())
     app.include_router(investigations_router())
     app.include_router(federation_router(ctx, Operator))
-    from qdspace.node.console import PREFIX as CONSOLE, create_console
+    from qdspace.node.console import PREFIX as CONSOLE
+    from qdspace.node.console import create_console
 
     app.mount(CONSOLE, create_console(ctx, CONSOLE), name="console")
     mount_observability(app, ctx)  # probes, /metrics, and the outermost request layer

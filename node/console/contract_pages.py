@@ -66,9 +66,7 @@ def terms_of(policy: Policy) -> list[Term]:
     """The policy's rules as lines a person reads (scope, purposes, fields, retention)."""
 
     def lines(constraints: Any) -> list[str]:
-        return [
-            f"{c.left_operand} {c.operator} {_operand(c.right_operand)}" for c in constraints
-        ]
+        return [f"{c.left_operand} {c.operator} {_operand(c.right_operand)}" for c in constraints]
 
     terms = []
     for permission in policy.permissions:
@@ -112,7 +110,7 @@ def routes(console: Console) -> list[tuple[str, Endpoint, str]]:
         return list(await asyncio.gather(*(one(p) for p in ctx.peers.names)))
 
     def local() -> dict[str, Any]:
-        rt, client = runtime()
+        rt, _ = runtime()
         duties = [
             DutyPublic(
                 agreement_id=d.duty.agreement_id,

@@ -49,7 +49,7 @@ def routes(console: Console) -> list[tuple[str, Endpoint, str]]:
                     "id": b.id,
                     "kind": b.kind,
                     "leaves": b.leaf_count,
-                    "seq": f"{b.seq_from}–{b.seq_to}",
+                    "seq": f"{b.seq_from}-{b.seq_to}",
                     "root": "0x" + b.root.hex(),
                     "tx": "" if b.tx_hash is None else "0x" + b.tx_hash.hex(),
                     "block": b.block_number,

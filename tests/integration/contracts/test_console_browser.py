@@ -207,8 +207,7 @@ def test_spc_chart_gains_a_streamed_point_within_a_second_and_marks_a_violation(
         row = _row(live["tag"], 100, 0.11)
         ok(supplier.post("/v1/ingest/inspection", json={"rows": [row]}))
     page.wait_for_function(
-        "([key, n]) => +document.querySelector(`figure[data-series=\"${key}\"]`)"
-        ".dataset.points > n",
+        '([key, n]) => +document.querySelector(`figure[data-series="${key}"]`).dataset.points > n',
         arg=[key, before],
         timeout=1000,
         polling=20,
@@ -219,7 +218,7 @@ def test_spc_chart_gains_a_streamed_point_within_a_second_and_marks_a_violation(
         rows = [_row(live["tag"], 200 + i, 0.45) for i in range(3)]
         ok(supplier.post("/v1/ingest/inspection", json={"rows": rows}))
     page.wait_for_function(
-        "k => +document.querySelector(`figure[data-series=\"${k}\"]`).dataset.violations > 0",
+        'k => +document.querySelector(`figure[data-series="${k}"]`).dataset.violations > 0',
         arg=key,
         timeout=10_000,
     )
