@@ -48,7 +48,12 @@ MAX_PATH = 64
 Hash32 = Annotated[str, Field(pattern=r"^0x[0-9a-f]{64}$")]
 Address = Annotated[str, Field(pattern=r"^0x[0-9a-f]{40}$")]
 Kind = Literal[
-    "inspection", "agreement", "deletion_receipt", "model_version", "record_batch", "quality_case",
+    "inspection",
+    "agreement",
+    "deletion_receipt",
+    "model_version",
+    "record_batch",
+    "quality_case",
     "trace_report",
 ]
 

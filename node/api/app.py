@@ -10,6 +10,9 @@ Four layers stand between a caller and a route, each for one reason:
 - `node.api.problems` answers every error as an RFC 9457 problem by the node's fault
   table (`qdspace.node.faults`).
 
+The web console (`qdspace.node.console`) is mounted at ``/console``: its own login and
+session cookie, the same listener, the same runtime calls.
+
 Routes get the node's parts as typed dependencies (`node.api.deps`: the node context on
 ``app.state.node``, the contract runtime, the operator, the page asked for) and answer a
 response model each.
@@ -218,6 +221,10 @@ def create_app(ctx: NodeContext) -> FastAPI:
     app.include_router(investigations_router())
     app.include_router(traces_router())
     app.include_router(federation_router(ctx, Operator))
+    from qdspace.node.console import PREFIX as CONSOLE
+    from qdspace.node.console import create_console
+
+    app.mount(CONSOLE, create_console(ctx, CONSOLE), name="console")
     mount_observability(app, ctx)  # probes, /metrics, and the outermost request layer
     return app
 

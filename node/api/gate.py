@@ -12,6 +12,9 @@ size. These gates look only at the request line and headers and answer with a pr
   the regulator credential, on every path. A missing, non-ASCII, malformed or wrong
   credential is 401 (a regulator credential that is well-formed but not acceptable
   stays 403, as its dependency says).
+  The web console under ``/console`` passes here on the operator listener only: it
+  has its own gate (`qdspace.node.console.auth.SessionGate`: a session cookie from
+  a login with the operator token) in front of every console route.
 - `BodyLimit`: a declared ``Content-Length`` over the path's limit is 413 at once; a body
   without one is counted while it arrives and cut off at the limit with 413.
 - `JsonDepthLimit`: a JSON body nested deeper than `MAX_JSON_DEPTH` is 400 before the
@@ -42,6 +45,8 @@ OPEN_PATHS = frozenset(
     {"/healthz", "/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json"}
     | {"/livez", "/readyz", "/startupz", "/metrics"}  # probes and Prometheus' scrape
 )
+#: the web console (`qdspace.node.console`) checks its own session cookie (`SessionGate`)
+CONSOLE_PREFIX = "/console"
 #: bodies of every route but ingest are small JSON documents
 DEFAULT_BODY_LIMIT = 1 << 20
 #: ingest uploads carry whole CSV/JSONL files (they are spooled to disk, not held in memory)
@@ -109,7 +114,7 @@ class BearerGate:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         path = scope.get("path", "") if scope["type"] == "http" else ""
-        if scope["type"] != "http" or path in OPEN_PATHS:
+        if scope["type"] != "http" or path in OPEN_PATHS or self._console(path):
             await self.app(scope, receive, send)
             return
         try:
@@ -125,6 +130,12 @@ class BearerGate:
             await send_problem(send, 403, "the credential cannot be read", path)
             return
         await self.app(scope, receive, send)
+
+    def _console(self, path: str) -> bool:
+        """The operator listener's console paths: they have their own login gate."""
+        if self.operator_token is None:
+            return False
+        return path == CONSOLE_PREFIX or path.startswith(CONSOLE_PREFIX + "/")
 
     def _check(self, path: str, headers: list[tuple[bytes, bytes]]) -> None:
         token = bearer_token(headers)

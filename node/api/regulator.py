@@ -109,6 +109,62 @@ def raise_http(exc: LedgerError) -> NoReturn:
     raise HTTPException(status, str(exc)) from None
 
 
+def proof_public(
+    queue: LeafQueue,
+    client: LedgerClient,
+    record_loader: RecordLoader | None,
+    kind: str,
+    ref_id: str,
+    confirmations: ConfirmationCache | None = None,
+) -> ProofPublic:
+    """The proof of an anchored leaf, verified against the chain now (the regulator's
+    ``/proofs`` and the operator console's ledger page)."""
+    try:
+        proof = build_proof(queue, kind, ref_id)  # an unknown id is 404 before any load
+        record = record_loader(kind, ref_id) if record_loader is not None else None
+        proof = with_record(proof, record)
+        verdict = verify_proof(proof, client, confirmations)
+    except LedgerError as exc:
+        raise_http(exc)
+    return ProofPublic(
+        kind=kind,
+        ref_id=ref_id,
+        leaf=hex32(proof.leaf_hash()),
+        root=proof.root,
+        chain_id=proof.chain_id,
+        contract=proof.contract,
+        tx_hash=proof.tx_hash,
+        block_number=proof.block_number,
+        proof=proof,
+        proof_binary_b64=base64.b64encode(proof.to_bytes()).decode(),
+        verdict=verdict_public(verdict),
+    )
+
+
+def verify_posted(document: dict[str, Any], client: LedgerClient) -> VerifyResult:
+    """A posted proof or passport verified against ``client``'s chain (the regulator's
+    ``/verify`` and the console's drop zone); `HTTPException` for what is no document."""
+    doc_type = document.get("type")
+    try:
+        if doc_type == PROOF_TYPE:
+            proof = InclusionProof.parse(document)
+            _same_chain(client, proof.chain_id)
+            return VerifyResult(
+                type=PROOF_TYPE, verdict=verdict_public(verify_proof(proof, client))
+            )
+        if doc_type == PASSPORT_TYPE:
+            passport = Passport.model_validate(document)
+            _same_chain(client, passport.chain_id)
+            return VerifyResult(
+                type=PASSPORT_TYPE, verdict=verdict_public(verify_passport(passport, client))
+            )
+    except LedgerError as exc:
+        raise_http(exc)
+    except ValueError as exc:  # pydantic's ValidationError
+        raise HTTPException(422, f"malformed passport: {exc}") from None
+    raise HTTPException(422, f"'type' must be {PROOF_TYPE!r} or {PASSPORT_TYPE!r}")
+
+
 def regulator_router(
     *,
     queue: LeafQueue,
@@ -124,26 +180,7 @@ def regulator_router(
     )
 
     def proof_of(kind: str, ref_id: str) -> ProofPublic:
-        try:
-            proof = build_proof(queue, kind, ref_id)  # an unknown id is 404 before any load
-            record = record_loader(kind, ref_id) if record_loader is not None else None
-            proof = with_record(proof, record)
-            verdict = verify_proof(proof, client, confirmations)
-        except LedgerError as exc:
-            raise_http(exc)
-        return ProofPublic(
-            kind=kind,
-            ref_id=ref_id,
-            leaf=hex32(proof.leaf_hash()),
-            root=proof.root,
-            chain_id=proof.chain_id,
-            contract=proof.contract,
-            tx_hash=proof.tx_hash,
-            block_number=proof.block_number,
-            proof=proof,
-            proof_binary_b64=base64.b64encode(proof.to_bytes()).decode(),
-            verdict=verdict_public(verdict),
-        )
+        return proof_public(queue, client, record_loader, kind, ref_id, confirmations)
 
     @router.get("/proofs/{kind}/{ref_id:path}", response_model=ProofPublic)
     def get_proof(kind: str, ref_id: str) -> ProofPublic:
@@ -165,25 +202,7 @@ def regulator_router(
     @router.post("/verify", response_model=VerifyResult)
     def verify(document: Annotated[dict[str, Any], Body()]) -> VerifyResult:
         """Verify a posted proof or passport against this node's chain."""
-        doc_type = document.get("type")
-        try:
-            if doc_type == PROOF_TYPE:
-                proof = InclusionProof.parse(document)
-                _same_chain(client, proof.chain_id)
-                return VerifyResult(
-                    type=PROOF_TYPE, verdict=verdict_public(verify_proof(proof, client))
-                )
-            if doc_type == PASSPORT_TYPE:
-                passport = Passport.model_validate(document)
-                _same_chain(client, passport.chain_id)
-                return VerifyResult(
-                    type=PASSPORT_TYPE, verdict=verdict_public(verify_passport(passport, client))
-                )
-        except LedgerError as exc:
-            raise_http(exc)
-        except ValueError as exc:  # pydantic's ValidationError
-            raise HTTPException(422, f"malformed passport: {exc}") from None
-        raise HTTPException(422, f"'type' must be {PROOF_TYPE!r} or {PASSPORT_TYPE!r}")
+        return verify_posted(document, client)
 
     if passport_issuer is not None:
         issuer = passport_issuer

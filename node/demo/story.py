@@ -194,9 +194,13 @@ def print_left_running(console: Console, network: LocalNetwork) -> None:
         pid = "-" if m.process is None else str(m.process.pid)
         table.add_row(f"{name} operator API", pid, f"{m.api_url}/docs")
         table.add_row(f"{name} regulator API", pid, f"{m.regulator_url}/docs")
+        table.add_row(f"{name} web console", pid, f"{m.api_url}/console/")
     console.print(table)
     console.print(
         f"operator tokens: {network.workdir}/nodes/<member>/operator.token\n"
+        "web console: open a member's console URL and log in with its operator token "
+        f"(cat {network.workdir}/nodes/<member>/operator.token); the browser will ask to "
+        "trust the space CA's certificate\n"
         f"TLS: the APIs present certificates of the space CA, "
         f"{network.workdir}/nodes/<member>/ca.crt (curl --cacert)\n"
         f"stop nodes and chain with: qdspace demo stop --workdir {network.workdir}",

@@ -84,6 +84,10 @@ def test_kept_network_anchors_new_records_and_stops_completely(tmp_path: Path) -
             rf"chain \(JSON-RPC\)\s*│\s*{pids['chain']}\s*│\s*{chain_url}", started.stdout
         )
         assert f"qdspace demo stop --workdir {workdir.resolve()}" in started.stdout
+        for member in ("sunarc", "cellex", "polycell", "regulator"):  # console URL per member
+            row = rf"{member} web console\s*│\s*{pids[member]}\s*│\s*https://127\.0\.0\.1:\d+/console/"
+            assert re.search(row, started.stdout), started.stdout[-3000:]
+        assert "log in with its operator token" in started.stdout
         cellex = workdir / "nodes" / "cellex"
         assert json.loads((cellex / "ledger.json").read_text())["rpc_url"] == chain_url
 

@@ -1,0 +1,140 @@
+"""Ledger pages: anchoring status and batches, a record's proof, a dropped file's verdict.
+
+The status is the anchorer's (as ``/v1/ledger/status`` with ``probe=false``: the page
+must not wait on a slow chain), the batches are the queue's anchored ones, a proof is
+`node.api.regulator.proof_public` and a dropped proof or passport is checked by
+`node.api.regulator.verify_posted`, the regulator's own verification: the operator sees
+what a regulator would see. The drop zone posts the file's JSON with the session's CSRF
+header; a file that is not JSON, or not a proof or passport, gets a verdict that says so.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import Response
+
+from qdspace.ledger.leaves import KIND_CODES
+from qdspace.ledger.queue_schema import ANCHORED
+from qdspace.node.console.render import Console, Endpoint
+
+#: the newest anchored batches the page lists
+BATCHES_SHOWN = 50
+#: a dropped document larger than this is no proof or passport of ours
+MAX_DOCUMENT = 1 << 20
+
+
+def routes(console: Console) -> list[tuple[str, Endpoint, str]]:
+    ctx = console.ctx
+
+    def ledger() -> Any:
+        if ctx.ledger is None:
+            raise HTTPException(503, "this node anchors to no chain (no ledger.json)")
+        return ctx.ledger
+
+    def overview() -> dict[str, Any]:
+        held = ledger()
+        batches = [b for b in held.queue.batches(ANCHORED)][-BATCHES_SHOWN:]
+        batches.reverse()
+        return {
+            "anchoring": held.anchorer.status(),
+            "rpc_url": held.settings.rpc_url,
+            "contract": held.client.address,
+            "batches": [
+                {
+                    "id": b.id,
+                    "kind": b.kind,
+                    "leaves": b.leaf_count,
+                    "seq": f"{b.seq_from}-{b.seq_to}",
+                    "root": "0x" + b.root.hex(),
+                    "tx": "" if b.tx_hash is None else "0x" + b.tx_hash.hex(),
+                    "block": b.block_number,
+                    "anchored_at": b.anchored_at,
+                }
+                for b in batches
+            ],
+        }
+
+    async def ledger_page(request: Request) -> Response:
+        view = await run_in_threadpool(overview)
+        return console.page(request, "ledger.html", "ledger", kinds=list(KIND_CODES), **view)
+
+    def lookup(kind: str, ref_id: str) -> Any:
+        from qdspace.node.api.regulator import proof_public
+
+        if kind not in KIND_CODES:
+            raise HTTPException(404, f"kind: {kind!r} is none of {', '.join(KIND_CODES)}")
+        if not ref_id or len(ref_id) > 256 or not ref_id.isprintable():
+            raise HTTPException(400, "record id: 1 to 256 printable characters")
+        held = ledger()
+        return proof_public(held.queue, held.client, held.load_record, kind, ref_id)
+
+    async def proof_page(request: Request) -> Response:
+        kind = request.query_params.get("kind", "")
+        ref_id = request.query_params.get("ref_id", "").strip()
+        proof = await run_in_threadpool(lookup, kind, ref_id)
+        document = json.dumps(proof.proof.model_dump(mode="json"), indent=2)
+        return console.page(
+            request, "_verdict.html", proof=proof, verdict=proof.verdict, document=document
+        )
+
+    async def proof_file(request: Request) -> Response:
+        kind = request.query_params.get("kind", "")
+        ref_id = request.query_params.get("ref_id", "").strip()
+        proof = await run_in_threadpool(lookup, kind, ref_id)
+        body = json.dumps(proof.proof.model_dump(mode="json"), indent=2)
+        safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in ref_id)[:80]
+        return Response(
+            body,
+            media_type="application/json",
+            headers={
+                "content-disposition": f'attachment; filename="proof-{kind}-{safe}.json"',
+                "cache-control": "no-store",
+                "x-content-type-options": "nosniff",
+            },
+        )
+
+    async def verify(request: Request) -> Response:
+        from qdspace.node.api.regulator import verify_posted
+
+        body = await request.body()
+        if len(body) > MAX_DOCUMENT:
+            return console.page(request, "_dropped.html", valid=False, reason="file too large")
+        try:
+            document = json.loads(body)
+        except (UnicodeDecodeError, ValueError):
+            return console.page(
+                request,
+                "_dropped.html",
+                valid=False,
+                reason="not a JSON document (drop the proof's .json file or a passport)",
+            )
+        if not isinstance(document, dict):
+            return console.page(
+                request, "_dropped.html", valid=False, reason="not a proof or passport object"
+            )
+        held = ledger()
+        try:
+            result = await run_in_threadpool(verify_posted, document, held.client)
+        except HTTPException as exc:  # not a document of ours: that is the verdict
+            return console.page(request, "_dropped.html", valid=False, reason=str(exc.detail))
+        verdict = result.verdict
+        return console.page(
+            request,
+            "_dropped.html",
+            valid=verdict.valid,
+            reason=verdict.reason,
+            doc_type=result.type,
+            checks=verdict.checks,
+        )
+
+    return [
+        ("/ledger", ledger_page, "GET"),
+        ("/ledger/proof", proof_page, "GET"),
+        ("/ledger/proof.json", proof_file, "GET"),
+        ("/ledger/verify", verify, "POST"),
+    ]

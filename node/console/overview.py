@@ -1,0 +1,181 @@
+"""What the overview page shows: the member, its health, anchoring lag, alerts, its network.
+
+Each value comes from where the API reads it: the readiness checks of ``/readyz``
+(`node.api.observe.readiness`), the anchoring queue the ``/metrics`` gauges sample, the
+alerts of ``/v1/contracts/alerts`` and the agreements of ``/v1/contracts/agreements``.
+The network picture is an SVG drawn here on the server: a few circles and lines need no
+graph library in the browser, and the page stays readable without script.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+from dataclasses import dataclass, field
+from html import escape
+
+from qdspace.node.api.contracts_models import AlertPublic, alert_public
+from qdspace.node.api.observe import readiness
+from qdspace.node.context import NodeContext
+from qdspace.node.runtime.contracts_base import peer_name
+
+#: how long the overview waits for one peer's hello before it calls the peer unreachable
+PEER_TIMEOUT_S = 2.0
+
+
+@dataclass(frozen=True)
+class Check:
+    name: str
+    ok: bool
+    detail: str
+
+
+@dataclass(frozen=True)
+class Lag:
+    kind: str
+    pending: int
+    oldest_s: float | None
+
+
+@dataclass
+class Link:
+    """Agreements between this member and one peer, by direction."""
+
+    peer: str
+    provides: int = 0  # this member provides to the peer
+    consumes: int = 0  # this member consumes from the peer
+    active: int = 0
+
+
+@dataclass
+class Overview:
+    name: str
+    member_id: str
+    role: str
+    space: str
+    checks: list[Check]
+    lags: list[Lag]
+    alerts: list[AlertPublic]
+    links: list[Link] = field(default_factory=list)
+
+
+def local_state(ctx: NodeContext) -> Overview:
+    """Everything but the peers' answers (blocking: run in a worker thread)."""
+    ident = ctx.keys.identity
+    checks = [Check(name, c.ok, c.detail) for name, c in readiness(ctx).items()]
+    lags = []
+    if ctx.ledger is not None:
+        from qdspace.ledger.leaves import KIND_CODES
+
+        now = time.time()
+        for kind in KIND_CODES:
+            pending = ctx.ledger.queue.pending(kind)
+            oldest = None if pending.oldest_at is None else max(0.0, now - pending.oldest_at)
+            lags.append(Lag(kind, pending.count, oldest))
+    alerts: list[AlertPublic] = []
+    if ctx.contract_client is not None:
+        subs = ctx.contract_client.subscriptions.values()
+        alerts += [alert_public(a) for s in subs for a in s.alerts]
+    links: dict[str, Link] = {name: Link(name) for name in ctx.peers.names}
+    if ctx.contracts is not None:
+        rt = ctx.contracts
+        alerts += [alert_public(a) for a in rt.received_alerts]
+        me = ident.member_id
+        for stored in rt.store.agreements():
+            terms = stored.signed.agreement
+            other = terms.consumer_id if terms.provider_id == me else terms.provider_id
+            name = peer_name(other)
+            link = links.setdefault(name, Link(name))
+            if terms.provider_id == me:
+                link.provides += 1
+            else:
+                link.consumes += 1
+            link.active += int(stored.active)
+    return Overview(
+        ident.name,
+        ident.member_id,
+        ident.role,
+        ctx.settings.space,
+        checks,
+        lags,
+        alerts,
+        sorted(links.values(), key=lambda link: link.peer),
+    )
+
+
+async def peer_check(ctx: NodeContext) -> Check:
+    """One check for all peers: how many answer a hello within `PEER_TIMEOUT_S`."""
+    names = ctx.peers.names
+    if not names:
+        return Check("peers", True, "no peers configured")
+
+    async def hello(name: str) -> str | None:
+        try:
+            await asyncio.wait_for(ctx.peers.hello(name), PEER_TIMEOUT_S)
+        except Exception as exc:  # an unreachable peer is this check's finding
+            return f"{name}: {type(exc).__name__}"
+        return None
+
+    failed = [f for f in await asyncio.gather(*(hello(n) for n in names)) if f]
+    detail = f"{len(names) - len(failed)} of {len(names)} answer"
+    if failed:
+        detail += " (" + ", ".join(failed) + ")"
+    return Check("peers", not failed, detail)
+
+
+def network_svg(me: str, links: list[Link], size: int = 360) -> str:
+    """This member in the middle, its peers on a circle, a line per pair that agreed.
+
+    Arrows point from provider to consumer; the label counts agreements. The SVG has a
+    title and a description for screen readers, and the page lists the same in a table.
+    """
+    centre = size / 2
+    radius = size / 2 - 60
+    parts = [
+        f'<svg class="network" viewBox="0 0 {size} {size}" role="img" '
+        'aria-labelledby="net-title net-desc" xmlns="http://www.w3.org/2000/svg">',
+        '<title id="net-title">Members this node trades with</title>',
+        f'<desc id="net-desc">{escape(me)} in the centre; {len(links)} peers around it; '
+        "lines are agreements, arrows point from provider to consumer.</desc>",
+        '<defs><marker id="arrow" viewBox="0 0 10 10" refX="9" refY="5" markerWidth="7" '
+        'markerHeight="7" orient="auto-start-reverse"><path d="M0,0 L10,5 L0,10 z" '
+        'fill="#1f4e79"/></marker></defs>',
+    ]
+    for i, link in enumerate(links):
+        angle = 2 * math.pi * i / max(1, len(links)) - math.pi / 2
+        x = centre + radius * math.cos(angle)
+        y = centre + radius * math.sin(angle)
+        total = link.provides + link.consumes
+        if total:
+            start, end = (centre, centre), (x, y)
+            if link.consumes and not link.provides:
+                start, end = end, start
+            # stop the line at the circles' edges so the arrow head shows
+            dx, dy = end[0] - start[0], end[1] - start[1]
+            length = math.hypot(dx, dy) or 1.0
+            sx, sy = start[0] + dx / length * 34, start[1] + dy / length * 34
+            ex, ey = end[0] - dx / length * 30, end[1] - dy / length * 30
+            both = ' marker-start="url(#arrow)"' if link.provides and link.consumes else ""
+            parts.append(
+                f'<line x1="{sx:.1f}" y1="{sy:.1f}" x2="{ex:.1f}" y2="{ey:.1f}" '
+                f'stroke="#1f4e79" stroke-width="{1.5 + min(total, 6)}" '
+                f'marker-end="url(#arrow)"{both}/>'
+            )
+            mx, my = (centre + x) / 2, (centre + y) / 2
+            parts.append(
+                f'<text x="{mx:.1f}" y="{my - 6:.1f}" class="edge-label" '
+                f'text-anchor="middle">{total} agr.</text>'
+            )
+        colour = "#e8f0f8" if total else "#f4f4f4"
+        parts.append(
+            f'<circle cx="{x:.1f}" cy="{y:.1f}" r="28" fill="{colour}" stroke="#333"/>'
+            f'<text x="{x:.1f}" y="{y + 4:.1f}" text-anchor="middle" class="node-label">'
+            f"{escape(link.peer)}</text>"
+        )
+    parts.append(
+        f'<circle cx="{centre}" cy="{centre}" r="32" fill="#1f4e79"/>'
+        f'<text x="{centre}" y="{centre + 4}" text-anchor="middle" class="node-label me" '
+        f'fill="#ffffff">{escape(me)}</text></svg>'
+    )
+    return "".join(parts)
