@@ -95,6 +95,7 @@ class HostProcess:
         self.api_port = 0
         self.tenants: dict[str, TenantMember] = {}
         self.process: subprocess.Popen[bytes] | None = None
+        self._terminated = False
 
     @property
     def name(self) -> str:
@@ -150,6 +151,7 @@ class HostProcess:
 
     def spawn(self) -> None:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        self._terminated = False
         with self.log_path.open("ab") as log:
             self.process = subprocess.Popen(
                 [self.python, "-m", "qdspace", "host", "start", "--dir", str(self.directory)],
@@ -194,12 +196,18 @@ class HostProcess:
             time.sleep(0.1)
         raise NodeError(f"host {self.name} did not serve in {timeout:.0f}s; see {self.log_path}")
 
+    def terminate(self) -> None:
+        """SIGTERM, once: the host stops its tenants gracefully (a second SIGTERM, after
+        its event loop has gone, would kill it mid-shutdown)."""
+        if self.running and self.process is not None and not self._terminated:
+            self.process.send_signal(signal.SIGTERM)
+            self._terminated = True
+
     def stop(self, timeout: float) -> int | None:
         """SIGTERM, wait, SIGKILL if it does not stop; its exit code (None: never started)."""
         if self.process is None:
             return None
-        if self.running:
-            self.process.send_signal(signal.SIGTERM)
+        self.terminate()
         try:
             return self.process.wait(timeout)
         except subprocess.TimeoutExpired:

@@ -305,8 +305,7 @@ class LocalNetwork:
                 member.process.send_signal(signal.SIGTERM)  # type: ignore[union-attr]
         if names is None:  # the hosts go with the nodes, in parallel
             for host in self.hosts.values():
-                if host.running:
-                    host.process.send_signal(signal.SIGTERM)  # type: ignore[union-attr]
+                host.terminate()
         for member in chosen:
             if member.process is None:
                 continue
