@@ -21,6 +21,7 @@ data dictionary to normalise. Deterministic: the same files on every run.
 
 from __future__ import annotations
 
+import random
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -54,6 +55,7 @@ GROWTH = timedelta(hours=32)  # body growth of one ingot (logged every 2 h)
 CYCLE = timedelta(hours=40)  # growth, cool-down and recharge of a puller
 WAFERS_PER_BATCH = 10000  # as the customer records them
 SORTED_PER_BATCH = 20  # wafers of each batch the sorter reports one by one
+SORTER = "WAFER-SORTER-1"
 MEASURE_FIELDS = ["equipment", "parameter", "value", "unit", "measured_at", "batch_id", "order_id"]
 
 
@@ -142,79 +144,84 @@ def _row(
     }
 
 
-def _measurements(maker: str, batches: list[dict[str, Any]], rng: Any) -> list[dict[str, Any]]:
-    """Puller, resistivity and lifetime per ingot; saw and sorter per wafer batch."""
-    order = WAFER_MAKERS[maker]["order"]
-    rows = []
-    for k, b in enumerate(x for x in batches if x["kind"] == "ingot"):
-        grown = datetime.fromisoformat(b["made_at"])
-        puller = f"CZ-PULLER-{1 + k % PULLERS}"
-        for step in range(16):  # body growth, every 2 h
-            at = grown - GROWTH + timedelta(hours=2 * step)
-            rate = round(rng.gauss(1.32, 0.025), 3)
-            rows.append(_row(puller, "crystal_pull_rate", rate, "mm/min", at, b["batch_id"], None))
-        for position in range(8):  # four-point probe, seed end to tail end
-            ideal = 0.85 + 0.45 * (position / 7) ** 1.6  # Ga segregation
-            value = max(0.3, rng.gauss(ideal, 0.03))
-            unit = "Ω·cm" if position % 2 else "ohm·cm"
-            at = grown + timedelta(hours=3, minutes=10 * position)
-            rows.append(
-                _row("4PP-1", "ingot_resistivity", round(value, 3), unit, at, b["batch_id"], None)
-            )
-        for sample in range(4):
-            lifetime_us = max(50.0, rng.gauss(420.0, 25.0))
-            in_ms = sample == 3
-            value = round(lifetime_us / 1000, 4) if in_ms else round(lifetime_us, 1)
-            at = grown + timedelta(hours=4, minutes=15 * sample)
-            rows.append(
-                _row(
-                    "QSSPC-1",
-                    "minority_carrier_lifetime",
-                    value,
-                    "ms" if in_ms else "µs",
-                    at,
-                    b["batch_id"],
-                    None,
-                )
-            )
-    for i, b in enumerate(x for x in batches if x["kind"] == "wafers"):
-        sawn = datetime.fromisoformat(b["made_at"])
-        saw = f"DWS-{1 + i % 2}"
-        for step in range(4):
-            tension = round(rng.gauss(22.0, 0.3), 2)
-            at = sawn - timedelta(minutes=80 - 20 * step)  # the same saw every 2 h
-            rows.append(_row(saw, "wire_saw_tension", tension, "N", at, b["batch_id"], order))
-        for sample in range(8):
-            at = sawn + timedelta(minutes=20 + 5 * sample)
-            thickness = rng.gauss(150.0, 1.2)
-            in_mm = sample % 4 == 0
-            rows.append(
-                _row(
-                    "WAFER-SORTER-1",
-                    "wafer_thickness",
-                    round(thickness / 1000, 5) if in_mm else round(thickness, 1),
-                    "mm" if in_mm else "µm",
-                    at,
-                    b["batch_id"],
-                    order,
-                )
-            )
-            ttv = round(max(1.0, rng.gauss(6.5, 0.9)), 2)
-            rows.append(
-                _row(
-                    "WAFER-SORTER-1",
-                    "total_thickness_variation",
-                    ttv,
-                    "µm",
-                    at,
-                    b["batch_id"],
-                    order,
-                )
-            )
+def _ingot_rows(k: int, ingot: dict[str, Any], rng: random.Random) -> list[dict[str, Any]]:
+    """The ``k``-th ingot: pull rate while it grew, resistivity seed to tail, lifetime."""
+    grown = datetime.fromisoformat(ingot["made_at"])
+    batch = ingot["batch_id"]
+    puller = f"CZ-PULLER-{1 + k % PULLERS}"
+    rows = [  # body growth, every 2 h
+        _row(
+            puller,
+            "crystal_pull_rate",
+            round(rng.gauss(1.32, 0.025), 3),
+            "mm/min",
+            grown - GROWTH + timedelta(hours=2 * step),
+            batch,
+            None,
+        )
+        for step in range(16)
+    ]
+    for position in range(8):  # four-point probe, seed end to tail end
+        ideal = 0.85 + 0.45 * (position / 7) ** 1.6  # gallium segregates towards the tail
+        value = round(max(0.3, rng.gauss(ideal, 0.03)), 3)
+        unit = "Ω·cm" if position % 2 else "ohm·cm"
+        at = grown + timedelta(hours=3, minutes=10 * position)
+        rows.append(_row("4PP-1", "ingot_resistivity", value, unit, at, batch, None))
+    for sample in range(4):
+        lifetime_us = max(50.0, rng.gauss(420.0, 25.0))
+        in_ms = sample == 3
+        value = round(lifetime_us / 1000, 4) if in_ms else round(lifetime_us, 1)
+        at = grown + timedelta(hours=4, minutes=15 * sample)
+        unit = "ms" if in_ms else "µs"
+        rows.append(_row("QSSPC-1", "minority_carrier_lifetime", value, unit, at, batch, None))
     return rows
 
 
-def _sorter(maker: str, batches: list[dict[str, Any]], rng: Any) -> list[dict[str, Any] | str]:
+def _wafer_rows(
+    i: int, wafers: dict[str, Any], order: str, rng: random.Random
+) -> list[dict[str, Any]]:
+    """The ``i``-th wafer batch: wire tension while sawn, thickness and TTV at the sorter."""
+    sawn = datetime.fromisoformat(wafers["made_at"])
+    batch = wafers["batch_id"]
+    saw = f"DWS-{1 + i % 2}"
+    rows = [  # the same saw every 2 h: its batch's points within the hour before
+        _row(
+            saw,
+            "wire_saw_tension",
+            round(rng.gauss(22.0, 0.3), 2),
+            "N",
+            sawn - timedelta(minutes=80 - 20 * step),
+            batch,
+            order,
+        )
+        for step in range(4)
+    ]
+    for sample in range(8):
+        at = sawn + timedelta(minutes=20 + 5 * sample)
+        thickness = rng.gauss(150.0, 1.2)
+        in_mm = sample % 4 == 0
+        value = round(thickness / 1000, 5) if in_mm else round(thickness, 1)
+        unit = "mm" if in_mm else "µm"
+        rows.append(_row(SORTER, "wafer_thickness", value, unit, at, batch, order))
+        ttv = round(max(1.0, rng.gauss(6.5, 0.9)), 2)
+        rows.append(_row(SORTER, "total_thickness_variation", ttv, "µm", at, batch, order))
+    return rows
+
+
+def _measurements(
+    maker: str, batches: list[dict[str, Any]], rng: random.Random
+) -> list[dict[str, Any]]:
+    """Puller, resistivity and lifetime per ingot; saw and sorter per wafer batch."""
+    order = WAFER_MAKERS[maker]["order"]
+    ingots = [b for b in batches if b["kind"] == "ingot"]
+    wafers = [b for b in batches if b["kind"] == "wafers"]
+    rows = [r for k, b in enumerate(ingots) for r in _ingot_rows(k, b, rng)]
+    return rows + [r for i, b in enumerate(wafers) for r in _wafer_rows(i, b, order, rng)]
+
+
+def _sorter(
+    maker: str, batches: list[dict[str, Any]], rng: random.Random
+) -> list[dict[str, Any] | str]:
     """The wafer sorter's verdicts: a steady ~1 % of chipped or stained wafers."""
     order = WAFER_MAKERS[maker]["order"]
     prefix = WAFER_MAKERS[maker]["prefix"]
@@ -226,7 +233,7 @@ def _sorter(maker: str, batches: list[dict[str, Any]], rng: Any) -> list[dict[st
             rows.append(
                 {
                     "inspection_id": f"{prefix}-WS-{len(rows):06d}",
-                    "station": "WAFER-SORTER-1",
+                    "station": SORTER,
                     "inspected_at": _iso(sawn + timedelta(minutes=20, seconds=7 * j)),
                     "verdict": "NOK" if failed else "OK",
                     "defect_class": rng.choice(["crack", "contamination", "other"])

@@ -158,7 +158,9 @@ def run_demo(
         console=console,
         transient=False,
     )
-    names = [s.name for s in network.specs] + [t.name for h in REFERENCE_HOSTS for t in h.tenants]
+    names = [s.name for s in network.specs] + [
+        t.name for h in network.host_specs for t in h.tenants
+    ]
     try:
         with progress:
             task = progress.add_task("authority and member keys", total=1)

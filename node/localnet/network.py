@@ -6,7 +6,8 @@ host) by adding members and services here, not in the demo or the fixtures.
 
 With ``hosts`` some members are instead tenants of a managed host (`hosting`): one
 ``qdspace host start`` process per host, its tenants enrolled with the same authority,
-peers of every member and every member theirs (`LocalNetwork.participants`).
+peers of every member and every member theirs (`LocalNetwork.participants`). Tenants
+keep their SQLite files inside the host's directory, also when ``pg_url`` is given.
 
 With ``pg_url`` (a PostgreSQL server, as in ``QDSPACE_TEST_PG_URL``) every member's
 database is instead a schema of its own on that server, created with the network and
