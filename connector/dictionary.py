@@ -371,6 +371,76 @@ def default_dictionary() -> DataDictionary:
                 "SiH4 gas flow into the PECVD chamber.",
                 UnitDomain("sccm", _units("sccm", (("slm",), 1000.0, 0.0)), 0.0, 1e5),
             ),
+            # the wafer maker's (issue 14): crystal growth, ingot and wafer metrology
+            DataElement(
+                "QDE-0021",
+                "ingot_resistivity",
+                "Bulk resistivity of a silicon ingot at one position (four-point probe).",
+                UnitDomain(
+                    "Ω·cm",
+                    _units(
+                        "Ω·cm",
+                        (("ohm·cm", "ohm cm", "ohm*cm", "ohm-cm", "ohmcm", "Ω cm"), 1.0, 0.0),
+                        (("mΩ·cm", "mohm cm", "mohm·cm"), 0.001, 0.0),
+                        (("Ω·m", "ohm m", "ohm·m"), 100.0, 0.0),
+                    ),
+                    0.0,
+                    1e4,
+                ),
+                ("resistivity",),
+            ),
+            DataElement(
+                "QDE-0022",
+                "minority_carrier_lifetime",
+                "Effective minority-carrier lifetime of a silicon sample (QSSPC).",
+                UnitDomain(
+                    "µs",
+                    _units(
+                        "µs",
+                        (("us", "microsecond", "microseconds"), 1.0, 0.0),
+                        (("ms",), 1000.0, 0.0),
+                        (("ns",), 0.001, 0.0),
+                    ),
+                    0.0,
+                    1e5,
+                ),
+                ("carrier_lifetime",),
+            ),
+            DataElement(
+                "QDE-0023",
+                "total_thickness_variation",
+                "Difference between the thickest and thinnest point of an as-cut wafer.",
+                UnitDomain(
+                    "µm",
+                    _units(
+                        "µm", (("um", "micron", "micrometre"), 1.0, 0.0), (("mm",), 1000.0, 0.0)
+                    ),
+                    0.0,
+                    500.0,
+                ),
+                ("ttv",),
+            ),
+            DataElement(
+                "QDE-0024",
+                "crystal_pull_rate",
+                "Pull rate of the crystal in a Czochralski puller during body growth.",
+                UnitDomain(
+                    "mm/min",
+                    _units("mm/min", (("mm/h",), 1.0 / 60.0, 0.0), (("µm/s", "um/s"), 0.06, 0.0)),
+                    0.0,
+                    20.0,
+                ),
+                ("pull_rate",),
+            ),
+            DataElement(
+                "QDE-0025",
+                "wire_saw_tension",
+                "Tension of the diamond wire in a multi-wire saw.",
+                UnitDomain(
+                    "N", _units("N", (("cN",), 0.01, 0.0), (("kgf",), 9.80665, 0.0)), 0.0, 200.0
+                ),
+                ("wire_tension",),
+            ),
             DataElement(
                 "QDE-0101",
                 "verdict",
@@ -418,8 +488,8 @@ def default_dictionary() -> DataDictionary:
                 "batch_kind",
                 "What a material batch is.",
                 _enum(
-                    ("wafer", "cell", "string", "module", "material"),
-                    {"cell": ("cells",), "wafer": ("wafers",)},
+                    ("ingot", "wafer", "cell", "string", "module", "material"),
+                    {"cell": ("cells",), "wafer": ("wafers",), "ingot": ("ingots",)},
                 ),
             ),
             DataElement(

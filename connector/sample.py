@@ -41,6 +41,12 @@ def cell_batch(supplier: str, n: int) -> str:
     return f"{SUPPLIERS[supplier]['prefix']}-CB-26{n:04d}"
 
 
+def wafer_batches(supplier: str) -> list[str]:
+    """The wafer batches ``supplier`` bought (its genealogy's parents; the wafer maker
+    ``SUPPLIERS[supplier]['wafers_from']`` sold them under these ids)."""
+    return [f"{SUPPLIERS[supplier]['prefix']}-WB-26{n:04d}" for n in range(1, 2 * CELL_BATCHES + 1)]
+
+
 def sold_batch(producer: str, customer: str) -> str:
     """A cell batch ``producer`` sold to ``customer`` in the sample data."""
     if producer not in SUPPLIERS or customer != OEM:
@@ -119,7 +125,7 @@ def _supplier_files(folder: Path, member: str, bad_rows: bool) -> dict[str, Path
         folder / "orders.csv", [o for o in _orders() if o["supplier"] == member], ORDER_FIELDS
     )
 
-    wafers = [f"{prefix}-WB-26{n:04d}" for n in range(1, 2 * CELL_BATCHES + 1)]
+    wafers = wafer_batches(member)
     batches: list[dict[str, Any]] = [
         {
             "batch_id": w,
@@ -239,16 +245,22 @@ def _supplier_files(folder: Path, member: str, bad_rows: bool) -> dict[str, Path
     return files
 
 
-def _environment(folder: Path, rng: random.Random, locations: list[str]) -> Path:
+def _environment(
+    folder: Path,
+    rng: random.Random,
+    locations: list[str],
+    since: datetime = START,
+    hours: int = 24 * 5,
+) -> Path:
     rows = []
-    for h in range(24 * 5):
+    for h in range(hours):
         for location in locations:
             as_fraction = h % 7 == 0
             humidity = rng.gauss(45.0, 3.0)
             rows.append(
                 {
                     "location": location,
-                    "measured_at": _iso(START + timedelta(hours=h)),
+                    "measured_at": _iso(since + timedelta(hours=h)),
                     "temperature": round(rng.gauss(22.5, 0.6), 2),
                     "temperature_unit": "°C",
                     "humidity": round(humidity / 100.0, 4) if as_fraction else round(humidity, 1),
@@ -266,7 +278,14 @@ def _environment(folder: Path, rng: random.Random, locations: list[str]) -> Path
     return _write_csv(folder / "environment.csv", rows, fields)
 
 
-def _operators(folder: Path, rng: random.Random, member: str, order: str) -> Path:
+def _operators(
+    folder: Path,
+    rng: random.Random,
+    member: str,
+    order: str,
+    stations: tuple[str, ...] = ("PECVD-2", "FIRING-1", "EL-1", "EL-2"),
+    since: datetime = START,
+) -> Path:
     actions = ["start_batch", "adjust_parameter", "clean_chamber", "override_verdict", "end_shift"]
     operators = [
         f"op-{hashlib.sha256(f'{member}-{k}'.encode()).hexdigest()[:10]}" for k in range(6)
@@ -274,9 +293,9 @@ def _operators(folder: Path, rng: random.Random, member: str, order: str) -> Pat
     rows = [
         {
             "operator_id": rng.choice(operators),
-            "logged_at": _iso(START + timedelta(minutes=37 * i)),
+            "logged_at": _iso(since + timedelta(minutes=37 * i)),
             "action": actions[i % len(actions)],
-            "station": rng.choice(["PECVD-2", "FIRING-1", "EL-1", "EL-2"]),
+            "station": rng.choice(stations),
             "order_id": order,
             "note": None,
         }
@@ -406,7 +425,11 @@ def write_sample_files(
     folder: Path, member: str, role: str, *, bad_rows: bool = False
 ) -> dict[str, Path]:
     """Write ``member``'s sample files into ``folder``; returns kind -> file, in ingest order."""
+    from qdspace.connector.sample_wafers import WAFER_MAKERS, wafer_maker_files
+
     folder.mkdir(parents=True, exist_ok=True)
+    if member in WAFER_MAKERS:
+        return wafer_maker_files(folder, member)
     if member in SUPPLIERS:
         return _supplier_files(folder, member, bad_rows)
     if role == "oem":

@@ -277,7 +277,9 @@ def peer_hello(
 # -- demo ----------------------------------------------------------------------------------
 
 
-demo_app = typer.Typer(help="a local data space: authority, OEM, two suppliers, a regulator")
+demo_app = typer.Typer(
+    help="a local data space: authority, OEM, two suppliers, a regulator, a hosted wafer maker"
+)
 app.add_typer(demo_app, name="demo")
 
 
@@ -289,20 +291,22 @@ def demo(
         "qdspace-demo"
     ),
     keep_running: Annotated[
-        bool, typer.Option(help="leave the nodes and their chain running")
+        bool, typer.Option(help="leave the nodes, the host and their chain running")
     ] = False,
     fresh: Annotated[bool, typer.Option(help="delete WORKDIR first")] = True,
     network_only: Annotated[
         bool,
         typer.Option(
-            help="only the network: keys, chain, nodes, sample data, handshakes, one "
-            "genealogy hop (seconds; no contracts, inspection, federation or ledger chapters)"
+            help="only the network: keys, chain, nodes, host, sample data, handshakes, "
+            "genealogy hops (seconds; no contracts, inspection, federation or ledger chapters)"
         ),
     ] = False,
 ) -> None:
-    """Run a local data space: authority, OEM, two suppliers and a regulator.
+    """Run a local data space: authority, OEM, two suppliers and a regulator, and the
+    wafer maker as a tenant of a managed host.
 
-    With --keep-running the nodes and the chain stay up; `qdspace demo stop` ends them.
+    With --keep-running the nodes, the host and the chain stay up; `qdspace demo stop`
+    ends them.
     """
     if ctx.invoked_subcommand is not None:
         return
@@ -322,7 +326,7 @@ def demo(
 def demo_stop(
     workdir: Annotated[Path, typer.Option(help="the demo's work directory")] = Path("qdspace-demo"),
 ) -> None:
-    """Stop the nodes and the chain a `qdspace demo --keep-running` left running."""
+    """Stop the nodes, hosts and chain a `qdspace demo --keep-running` left running."""
     from qdspace.node.localnet.left_running import stop_left_running
 
     outcome = stop_left_running(workdir.resolve())

@@ -30,6 +30,9 @@ class DemoReport:
     handshakes: dict[str, dict[str, str]] = field(default_factory=dict)
     trace: dict[str, Any] = field(default_factory=dict)
     refusal: str = ""
+    # the managed hosts (where, files, tenants) and the genealogy hop to a hosted tenant
+    hosts: dict[str, dict[str, Any]] = field(default_factory=dict)
+    wafer_trace: dict[str, Any] = field(default_factory=dict)
     # one entry per later chapter (contracts, inspection, ledger, federation): JSON-able
     chapters: dict[str, Any] = field(default_factory=dict)
     seconds: float = 0.0

@@ -1,9 +1,12 @@
 """``qdspace demo``'s story: a local data space on loopback, told as the reference scenario.
 
-SunArc Modules (OEM) buys cells from Cellex Mono and PolyCell Works; a regulator
-watches. Every member is a real node process with its own keys and database; the
-demo ingests each member's sample QDM data, has every pair of members authenticate
-over mutual-TLS gRPC, makes one genealogy hop, and prints where everything lives.
+SunArc Modules (OEM) buys cells from Cellex Mono and PolyCell Works; Cellex buys its
+wafers from SiliWafer, a small supplier hosted by Testhouse Hosting; a regulator
+watches. Every self-hosted member is a real node process with its own keys and
+database, the wafer maker a tenant of one ``qdspace host`` process (its own member
+id, keys and database there); the demo ingests each member's sample QDM data, has
+every pair of members authenticate over mutual-TLS gRPC, follows the genealogy from
+a cell batch to the wafer maker at its host, and prints where everything lives.
 Later capabilities add their chapter here (a module of this package: its step
 and its printer go into ``STEPS`` and ``CHAPTER_PRINTERS``).
 """
@@ -15,6 +18,7 @@ import logging
 import shutil
 import time
 from pathlib import Path
+from typing import Any
 
 from rich.console import Console
 from rich.logging import RichHandler
@@ -26,15 +30,17 @@ from qdspace.connector.sample import write_sample_files
 from qdspace.node.client import ClientError
 from qdspace.node.demo import contracts as demo_contracts
 from qdspace.node.demo import federation as demo_federation
+from qdspace.node.demo import hosting as demo_hosting
 from qdspace.node.demo import inspection as demo_inspection
 from qdspace.node.demo import ledger as demo_ledger
 from qdspace.node.demo.report import DemoReport, Printer, Step
 from qdspace.node.localnet.left_running import processes_file, stop_left_running
-from qdspace.node.localnet.network import LocalNetwork
+from qdspace.node.localnet.network import REFERENCE_HOSTS, LocalNetwork
 
 
 def _ingest_member(network: LocalNetwork, name: str, report: DemoReport) -> None:
-    member = network[name]
+    """Through the member's own operator API: its node's, or a tenant's at its host."""
+    member = network.participants[name]
     folder = network.workdir / "sample-data" / name
     files = write_sample_files(folder, name, member.spec.role, bad_rows=(name == "cellex"))
     report.ingest[name] = {}
@@ -54,10 +60,11 @@ def _ingest_member(network: LocalNetwork, name: str, report: DemoReport) -> None
 
 
 def _handshakes(network: LocalNetwork, report: DemoReport) -> None:
-    for name, member in network.members.items():
+    everyone = network.participants
+    for name, member in everyone.items():
         report.handshakes[name] = {}
         with member.operator() as client:
-            for other in network.members:
+            for other in everyone:
                 if other == name:
                     continue
                 try:
@@ -81,12 +88,14 @@ def _trace(network: LocalNetwork, report: DemoReport) -> None:
             report.refusal = exc.detail
         else:
             report.refusal = "NOT REFUSED"
+    demo_hosting.trace_to_the_host(network, report)
 
 
 # the network itself: what `qdspace demo --network-only` stops after
 FOUNDATION_STEPS: list[tuple[str, Step]] = [
     ("mutual-TLS handshakes between every pair", _handshakes),
-    ("genealogy hop and a refused call", _trace),
+    ("genealogy hops (to the hosted wafer maker) and refusals", _trace),
+    (demo_hosting.TITLE, demo_hosting.hosts_step),
 ]
 STEPS: list[tuple[str, Step]] = [
     *FOUNDATION_STEPS,
@@ -138,7 +147,7 @@ def run_demo(
         _print_stopped(console, stop_left_running(workdir))
     if fresh and workdir.exists():
         shutil.rmtree(workdir)
-    network = LocalNetwork(workdir)
+    network = LocalNetwork(workdir, hosts=REFERENCE_HOSTS)
     report = DemoReport(workdir=str(network.workdir))
     _log_to(network.workdir / "demo.log", console)
     progress = Progress(
@@ -149,13 +158,15 @@ def run_demo(
         console=console,
         transient=False,
     )
-    names = [s.name for s in network.specs]
+    names = [s.name for s in network.specs] + [
+        t.name for h in network.host_specs for t in h.tenants
+    ]
     try:
         with progress:
             task = progress.add_task("authority and member keys", total=1)
             network.create()
             progress.advance(task)
-            task = progress.add_task("starting node processes", total=1)
+            task = progress.add_task("starting node processes and the host", total=1)
             network.start()
             progress.advance(task)
             task = progress.add_task("ingesting sample QDM data", total=len(names))
@@ -166,7 +177,7 @@ def run_demo(
                 task = progress.add_task(title, total=1)
                 step(network, report)
                 progress.advance(task)
-        report.members = network.describe()["members"]  # type: ignore[assignment]
+        report.members = _members(network)
         report.seconds = time.monotonic() - started
         (network.workdir / "summary.json").write_text(json.dumps(report.__dict__, indent=2))
         network.write_manifest()
@@ -183,6 +194,22 @@ def run_demo(
     return report
 
 
+def _members(network: LocalNetwork) -> dict[str, dict[str, Any]]:
+    """Every member for ``summary.json``: self-hosted nodes, and tenants with their host."""
+    members: dict[str, dict[str, Any]] = network.describe()["members"]  # type: ignore[assignment]
+    for name, t in network.tenants.items():
+        members[name] = {
+            "role": t.spec.role,
+            "hosted_by": t.host.name,
+            "member_id": t.member_id,
+            "dir": str(t.directory),
+            "grpc": t.grpc_address,
+            "api": t.api_url,
+            "ca_file": str(t.host.ca_file),
+        }
+    return members
+
+
 def print_left_running(console: Console, network: LocalNetwork) -> None:
     """What keeps running after ``--keep-running``, and the one command that stops it."""
     table = Table(title="left running", title_justify="left")
@@ -195,6 +222,11 @@ def print_left_running(console: Console, network: LocalNetwork) -> None:
         table.add_row(f"{name} operator API", pid, f"{m.api_url}/docs")
         table.add_row(f"{name} regulator API", pid, f"{m.regulator_url}/docs")
         table.add_row(f"{name} web console", pid, f"{m.api_url}/console/")
+    for name, h in network.hosts.items():
+        pid = "-" if h.process is None else str(h.process.pid)
+        table.add_row(f"{name} host: operator listener (tenants by token)", pid, h.api_url)
+        for tenant, t in h.tenants.items():
+            table.add_row(f"  {tenant} (tenant) gRPC", pid, t.grpc_address)
     console.print(table)
     console.print(
         f"operator tokens: {network.workdir}/nodes/<member>/operator.token\n"
@@ -203,7 +235,12 @@ def print_left_running(console: Console, network: LocalNetwork) -> None:
         "trust the space CA's certificate\n"
         f"TLS: the APIs present certificates of the space CA, "
         f"{network.workdir}/nodes/<member>/ca.crt (curl --cacert)\n"
-        f"stop nodes and chain with: qdspace demo stop --workdir {network.workdir}",
+        + "".join(
+            f"host {n}: CA {h.ca_file}; a tenant's token: qdspace host tenant token "
+            f"--dir {h.directory} --name <tenant> --out FILE\n"
+            for n, h in network.hosts.items()
+        )
+        + f"stop nodes, hosts and chain with: qdspace demo stop --workdir {network.workdir}",
         highlight=False,
         soft_wrap=True,
     )
@@ -232,10 +269,19 @@ def print_summary(console: Console, network: LocalNetwork, report: DemoReport) -
             m.api_url,
             m.regulator_url,
         )
+    for name, t in network.tenants.items():
+        members.add_row(
+            name,
+            t.spec.role,
+            t.member_id,
+            t.grpc_address,
+            f"{t.api_url} (at host {t.host.name}, by its token)",
+            "-",
+        )
     console.print(members)
 
     kinds = sorted({k for c in report.counts.values() for k in c})
-    rows = Table(title="rows per node (QDM tables)", title_justify="left")
+    rows = Table(title="rows per member (QDM tables)", title_justify="left")
     rows.add_column("table")
     for name in report.counts:
         rows.add_column(name, justify="right")
@@ -251,10 +297,10 @@ def print_summary(console: Console, network: LocalNetwork, report: DemoReport) -
 
     matrix = Table(title="mutual-TLS gRPC: caller (row) -> callee (column)", title_justify="left")
     matrix.add_column("")
-    for name in network.members:
+    for name in network.participants:
         matrix.add_column(name)
     for caller, results in report.handshakes.items():
-        matrix.add_row(caller, *(results.get(c, "-") for c in network.members))
+        matrix.add_row(caller, *(results.get(c, "-") for c in network.participants))
     console.print(matrix)
 
     if report.trace:
@@ -264,6 +310,7 @@ def print_summary(console: Console, network: LocalNetwork, report: DemoReport) -
             f"made from {parents}"
         )
     console.print(f"regulator asking for genealogy was refused: {report.refusal}", highlight=False)
+    demo_hosting.print_hosting(console, report)
     for printer in CHAPTER_PRINTERS:
         printer(console, report)
 
@@ -272,6 +319,11 @@ def print_summary(console: Console, network: LocalNetwork, report: DemoReport) -
         *(
             f"{n}: {m.directory} (node.db SQLite/WAL, logs/, keys)"
             for n, m in network.members.items()
+        ),
+        *(
+            f"host {n} ({h.spec.display_name}): {h.directory} (host.json, tenants.json, "
+            f"logs/host.log; tenants/<name>/: node.db, sealed keys; tls/ca.crt)"
+            for n, h in network.hosts.items()
         ),
     ]
     work = network.workdir

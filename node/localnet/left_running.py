@@ -1,6 +1,6 @@
 """A local network left running: its pid file, and stopping it from another process.
 
-``qdspace demo --keep-running`` ends while its node processes and its chain go on.
+``qdspace demo --keep-running`` ends while its node processes, hosts and chain go on.
 Whoever stops them later (``qdspace demo stop --workdir W``) is a different process
 that never had them as children, so it works from ``W/run/processes.json``: one entry
 per process with its pid and a marker (its directory) that must appear on the
@@ -32,7 +32,7 @@ STOP_TIMEOUT_S = 30.0
 class RunningProcess:
     """One process of a network left running."""
 
-    name: str  # member name, or "chain"
+    name: str  # member or host name, or "chain"
     pid: int
     marker: str  # a path that is on its command line (its node or state directory)
 

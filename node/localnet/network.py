@@ -4,6 +4,11 @@ Each member is its own ``qdspace node start`` process with its own directory, ke
 and SQLite file; the network grows with the project (a chain process, a managed
 host) by adding members and services here, not in the demo or the fixtures.
 
+With ``hosts`` some members are instead tenants of a managed host (`hosting`): one
+``qdspace host start`` process per host, its tenants enrolled with the same authority,
+peers of every member and every member theirs (`LocalNetwork.participants`). Tenants
+keep their SQLite files inside the host's directory, also when ``pg_url`` is given.
+
 With ``pg_url`` (a PostgreSQL server, as in ``QDSPACE_TEST_PG_URL``) every member's
 database is instead a schema of its own on that server, created with the network and
 dropped by `LocalNetwork.drop_databases`, so the whole network runs on PostgreSQL.
@@ -35,6 +40,7 @@ from qdspace.node.identity.member import MemberKeys, load_member_keys
 from qdspace.node.init import init_node
 from qdspace.node.layout import NodeLayout
 from qdspace.node.localnet.chain import ChainProcess
+from qdspace.node.localnet.hosting import HostProcess, HostSpec, Participant, TenantMember
 from qdspace.node.run import read_runtime
 
 START_TIMEOUT_S = 60.0
@@ -51,6 +57,10 @@ REFERENCE_MEMBERS = (
     MemberSpec("cellex", "supplier"),
     MemberSpec("polycell", "supplier"),
     MemberSpec("regulator", "regulator"),
+)
+#: the wafer maker runs no servers: a testing house hosts it (the demo's host)
+REFERENCE_HOSTS = (
+    HostSpec("testhouse", "Testhouse Hosting", (MemberSpec("siliwafer", "supplier"),)),
 )
 
 
@@ -139,14 +149,23 @@ class LocalNetwork:
         env: dict[str, str] | None = None,
         chain: bool = True,
         pg_url: str | None = None,
+        hosts: Iterable[HostSpec] = (),
     ):
         self.workdir = workdir.resolve()
         self.specs = list(members)
+        self.host_specs = list(hosts)
+        names = [s.name for s in self.specs]
+        names += [n for h in self.host_specs for n in (h.name, *(t.name for t in h.tenants))]
+        if len(set(names)) != len(names):
+            raise ValueError(f"member and host names must differ: {names}")
         self.python = python
         # a local demo/test network may move its nodes' contract clock (runtime.contracts_clock)
         self.env = {**os.environ, "QDSPACE_CLOCK_CONTROL": "1", **(env or {})}
         self.authority_dir = self.workdir / "authority"
         self.members: dict[str, MemberProcess] = {}
+        #: managed hosts by name, and the members they serve (`create` fills both)
+        self.hosts: dict[str, HostProcess] = {}
+        self.tenants: dict[str, TenantMember] = {}
         # a PostgreSQL server for every member's database (a schema each); None: SQLite files
         self.pg_url = normalise_url(pg_url) if pg_url else None
         self.pg_schemas: list[str] = []
@@ -158,6 +177,11 @@ class LocalNetwork:
     def __getitem__(self, name: str) -> MemberProcess:
         return self.members[name]
 
+    @property
+    def participants(self) -> dict[str, Participant]:
+        """Every member of the space: the self-hosted nodes, then the hosted tenants."""
+        return {**self.members, **self.tenants}
+
     # -- creation ------------------------------------------------------------------------
 
     def create(self) -> None:
@@ -165,8 +189,11 @@ class LocalNetwork:
         if self.chain is not None:
             self.chain.start()
         ports = {s.name: (free_port(), free_port(), free_port()) for s in self.specs}
+        tenant_ports = {t.name: free_port() for h in self.host_specs for t in h.tenants}
+        everyone = {name: f"127.0.0.1:{p[0]}" for name, p in ports.items()}
+        everyone |= {name: f"127.0.0.1:{port}" for name, port in tenant_ports.items()}
         for spec in self.specs:
-            peers = {o.name: f"127.0.0.1:{ports[o.name][0]}" for o in self.specs if o != spec}
+            peers = {name: a for name, a in everyone.items() if name != spec.name}
             directory = self.workdir / "nodes" / spec.name
             db_url = self._create_database(spec.name) if self.pg_url else ""
             init_node(
@@ -185,6 +212,11 @@ class LocalNetwork:
             self.members[spec.name] = member
             if self.chain is not None:
                 self.chain.provision(directory)
+        for host_spec in self.host_specs:  # tenants anchor to no chain here
+            host = HostProcess(host_spec, self.workdir, self.python, self.env)
+            host.create(self.authority_dir, free_port(), tenant_ports, everyone)
+            self.hosts[host.name] = host
+            self.tenants |= host.tenants
 
     def _create_database(self, name: str) -> str:
         """A fresh schema for member ``name`` on the PostgreSQL server; its connection URL."""
@@ -216,13 +248,19 @@ class LocalNetwork:
     # -- processes -----------------------------------------------------------------------
 
     def start(self, names: Iterable[str] | None = None) -> None:
+        """Start the members ``names`` (default: all, and the hosts with their tenants)."""
         chosen = list(names or self.members)
+        hosts = list(self.hosts.values()) if names is None else []
         if self.chain is not None:
             self.chain.start()  # no-op while running; restarts a stopped chain on its port
         for name in chosen:
             self._spawn(self.members[name])
+        for host in hosts:
+            host.spawn()
         for name in chosen:
             self.wait_ready(name)
+        for host in hosts:
+            host.wait_ready(START_TIMEOUT_S)
 
     def _spawn(self, member: MemberProcess) -> None:
         member.log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -259,12 +297,16 @@ class LocalNetwork:
         )
 
     def stop(self, names: Iterable[str] | None = None, timeout: float = 20.0) -> dict[str, int]:
-        """SIGTERM, wait, and SIGKILL only what does not stop; returns exit codes."""
+        """SIGTERM, wait, and SIGKILL only what does not stop; returns exit codes (by
+        member, and by host when all stop)."""
         codes: dict[str, int] = {}
         chosen = [self.members[n] for n in (names or self.members)]
         for member in chosen:
             if member.running:
                 member.process.send_signal(signal.SIGTERM)  # type: ignore[union-attr]
+        if names is None:  # the hosts go with the nodes, in parallel
+            for host in self.hosts.values():
+                host.terminate()
         for member in chosen:
             if member.process is None:
                 continue
@@ -273,6 +315,11 @@ class LocalNetwork:
             except subprocess.TimeoutExpired:
                 member.process.kill()
                 codes[member.spec.name] = member.process.wait()
+        if names is None:
+            for host in self.hosts.values():
+                code = host.stop(timeout)
+                if code is not None:
+                    codes[host.name] = code
         if names is None and self.chain is not None:
             self.chain.stop()
         return codes
@@ -290,6 +337,11 @@ class LocalNetwork:
             RunningProcess(name, m.process.pid, str(m.directory))
             for name, m in self.members.items()
             if m.process is not None and m.running
+        ]
+        processes += [  # its directory is on its command line: ``host start --dir HOST``
+            RunningProcess(name, h.process.pid, str(h.directory))
+            for name, h in self.hosts.items()
+            if h.process is not None and h.running
         ]
         if self.chain is not None and self.chain.running and self.chain.pid is not None:
             self.chain.detach()
@@ -329,6 +381,7 @@ class LocalNetwork:
                 }
                 for n, m in self.members.items()
             },
+            "hosts": {n: h.describe() for n, h in self.hosts.items()},
         }
 
     def write_manifest(self) -> Path:

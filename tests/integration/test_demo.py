@@ -53,16 +53,65 @@ def test_demo_exits_cleanly_and_says_where_to_look(
     out = done.stdout
     assert "where to look" in out
     assert (
-        "nodes stopped: sunarc (exit 0), cellex (exit 0), polycell (exit 0), regulator (exit 0)"
-        in out
+        "nodes stopped: sunarc (exit 0), cellex (exit 0), polycell (exit 0), regulator (exit 0), "
+        "testhouse (exit 0)" in out
     )
     summary = _summary(workdir)
-    assert set(summary["members"]) == {"sunarc", "cellex", "polycell", "regulator"}
-    # every pair authenticated over mTLS
+    members = {"sunarc", "cellex", "polycell", "regulator", "siliwafer"}
+    assert set(summary["members"]) == members
+    # every pair authenticated over mTLS, the hosted tenant both ways too
+    assert set(summary["handshakes"]) == members
     for caller, row in summary["handshakes"].items():
+        assert set(row) == members - {caller}
         for callee, result in row.items():
-            assert caller == callee or result.startswith("ok"), (caller, callee, result)
+            assert result.startswith("ok"), (caller, callee, result)
     assert "PERMISSION_DENIED" in summary["refusal"]
+
+
+def test_demo_wafer_maker_is_a_hosted_tenant_and_answers_the_trace(
+    demo: tuple[subprocess.CompletedProcess[str], Path],
+) -> None:
+    """siliwafer runs in the managed host's one process (its own member id, sealed keys,
+    database), its data came in through the host, and cellex's genealogy question for a
+    wafer batch went to it there over mTLS gRPC and was answered with its ingots."""
+    done, workdir = demo
+    assert done.returncode == 0
+    summary = _summary(workdir)
+    host = summary["hosts"]["testhouse"]
+    assert host["display_name"] == "Testhouse Hosting"
+    assert [(t["name"], t["status"]) for t in host["tenant_list"]] == [("siliwafer", "serving")]
+    tenant = summary["members"]["siliwafer"]
+    assert tenant["hosted_by"] == "testhouse" and tenant["api"] == host["api"]
+    assert host["tenant_list"][0]["member_id"] == tenant["member_id"]
+    assert tenant["member_id"] not in {m.get("member_id") for n, m in summary["members"].items()
+                                       if n != "siliwafer"}  # fmt: skip
+    tenant_dir = workdir / "hosts" / "testhouse" / "tenants" / "siliwafer"
+    assert (tenant_dir / "node.db").stat().st_size > 0
+    for secret in ("signing.key", "tls.key", "operator.token"):  # sealed at rest
+        assert (tenant_dir / secret).read_bytes().startswith(b"qdspace-sealed-file/1\n"), secret
+    ingest = summary["ingest"]["siliwafer"]
+    assert all(i["rejected"] == 0 for i in ingest.values()), ingest
+    assert summary["counts"]["siliwafer"]["measurement"] == ingest["measurement"]["stored"] > 0
+    assert summary["counts"]["siliwafer"]["batch"] > 0
+
+    # sunarc -> cellex names siliwafer's wafer batches; cellex -> siliwafer at the host
+    wafers = [p["batch_id"] for p in summary["trace"]["parents"] if p["producer"] == "siliwafer"]
+    trace = summary["wafer_trace"]
+    assert (trace["asked_by"], trace["answered_by"], trace["host"]) == (
+        "cellex", "siliwafer", "testhouse"
+    )  # fmt: skip
+    assert trace["grpc"] == host["tenants"]["siliwafer"]["grpc"] == tenant["grpc"]
+    assert trace["batch"]["batch_id"] == wafers[0]
+    assert (trace["batch"]["producer"], trace["batch"]["kind"]) == ("siliwafer", "wafer")
+    assert trace["parents"] and all(
+        (p["producer"], p["kind"]) == ("siliwafer", "ingot") for p in trace["parents"]
+    ), trace["parents"]
+    # the host process served it as the tenant (its log names the tenant and the caller)
+    served = "[siliwafer] grpc /qdspace.v1.Trace/Upstream peer=cellex role=supplier"
+    assert served in trace["host_log"]
+    assert served in (workdir / "hosts" / "testhouse" / "logs" / "host.log").read_text()
+    assert "PERMISSION_DENIED" in trace["refused"] and "not sold to polycell" in trace["refused"]
+    assert "managed host Testhouse Hosting (testhouse)" in done.stdout
 
 
 def test_demo_contract_life_cycle(demo: tuple[subprocess.CompletedProcess[str], Path]) -> None:

@@ -76,7 +76,7 @@ def test_kept_network_anchors_new_records_and_stops_completely(tmp_path: Path) -
         assert started.returncode == 0, started.stdout[-3000:] + started.stderr[-3000:]
         processes = json.loads((workdir / "run" / "processes.json").read_text())
         pids = {p["name"]: p["pid"] for p in processes}
-        assert set(pids) == {"sunarc", "cellex", "polycell", "regulator", "chain"}
+        assert set(pids) == {"sunarc", "cellex", "polycell", "regulator", "testhouse", "chain"}
         # the demo process is gone; everything it left runs, the chain included
         assert all(_alive(pid) for pid in pids.values()), pids
         chain_url = json.loads((workdir / "network.json").read_text())["chain"]
@@ -163,6 +163,7 @@ def test_kept_network_anchors_new_records_and_stops_completely(tmp_path: Path) -
         stopped = qdspace("demo", "stop", "--workdir", str(workdir))
     assert stopped.returncode == 0, stopped.stdout + stopped.stderr
     assert "cellex (stopped)" in stopped.stdout
+    assert "testhouse (stopped)" in stopped.stdout  # the managed host's process too
     assert "chain (was not running)" in stopped.stdout  # this test stopped it above
     assert not [pid for pid in pids.values() if _alive(pid)]
     assert _processes_mentioning(str(workdir.resolve())) == []
