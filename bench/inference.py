@@ -17,8 +17,16 @@ then feeds the held-out cells (300x300 EL frames) at 2 stations x 27 fps to:
 A burst phase then offers many more frames (4 stations x 100 fps by default) to show the
 throughput the tier sustains with batching and what it skips when it cannot keep up.
 
+A streams phase (``--streams 1,8,32,128``; the default with ``--device cuda``) is the GPU
+question: N streams each sending its next frame as soon as the last is answered, through
+the Serve tier's dynamic batching, against bare onnxruntime judging N frames per call
+(the ceiling batching can reach) on the same device in the same run: frames/s and p99 of
+both, and the ratio. With ``--device cuda`` on a machine whose onnxruntime has no CUDA
+provider (these CPU machines) the benchmark says it was skipped and why, and exits 0.
+
     python bench/inference.py                      # ~3 minutes on 2 cores
     python bench/inference.py --seconds 30 --device cuda --burst-fps 600 --out result.json
+    python bench/inference.py --quick --streams 1,8      # the streams phase on the CPU
 """
 
 from __future__ import annotations
@@ -184,6 +192,11 @@ def main() -> None:
         default=True,
         help="also run the first served design (per-frame requests by reference)",
     )
+    parser.add_argument(
+        "--streams",
+        help="closed-loop streams phase, e.g. 1,8,32,128 (default with --device cuda)",
+    )
+    parser.add_argument("--stream-seconds", type=float, default=5.0)
     parser.add_argument("--out", help="write the figures as JSON here")
     parser.add_argument(
         "--quick", action="store_true", help="32 px, 3 epochs, 2 s runs, one design (CI)"
@@ -192,8 +205,17 @@ def main() -> None:
     if args.quick:
         args.size, args.epochs, args.seconds, args.burst_seconds = 32, 3, 2.0, 2.0
         args.compare_previous = False
+    if args.device == "cuda" and args.streams is None:
+        args.streams = "1,8,32,128"
+    streams = _stream_counts(parser, args.streams)
     cores = os.cpu_count() or 1
     print(f"cores: {cores}  python: {platform.python_version()}  device: {args.device}")
+    if args.device == "cuda" and (missing := _no_cuda()) is not None:
+        print(f"inference_cuda: skipped ({missing})", flush=True)
+        if args.out:
+            skipped = {"skipped": {"value": 1, "unit": "", "reason": missing}}
+            Path(args.out).write_text(json.dumps(skipped, indent=1) + "\n")
+        return
     emit("cores", cores, "cores")
     emit("loadavg_1m", os.getloadavg()[0], "load")
 
@@ -216,7 +238,7 @@ def main() -> None:
             Path(tmp) / "local.db",
             "in_process",
         )
-        served, burst = serve_phases(args, onnx_bytes, test, Path(tmp))
+        served, burst = serve_phases(args, onnx_bytes, test, Path(tmp), streams)
     for q in ("p50", "p99"):
         overhead = getattr(served.judged_latency, q) - getattr(base, q)
         emit(f"serving_overhead_{q}", overhead, "ms")
@@ -235,7 +257,7 @@ def frames_target(args: argparse.Namespace) -> float:
 
 
 def serve_phases(
-    args: argparse.Namespace, onnx_bytes: bytes, test: ElImages, tmp: Path
+    args: argparse.Namespace, onnx_bytes: bytes, test: ElImages, tmp: Path, streams: list[int]
 ) -> tuple[LineSnapshot, LineSnapshot]:
     """The served line at the target rate, then a burst, on one local Ray."""
     import ray
@@ -283,11 +305,109 @@ def serve_phases(
             emit("served_mean_batch_size", mean, "frames")
         finally:
             tier.stop()
+        if streams:
+            streams_phase(args, onnx_bytes, test, streams)
         if args.compare_previous:
             previous_design(args, onnx_bytes, test, tmp, served)
     finally:
         ray.shutdown()
     return served, burst
+
+
+def _stream_counts(parser: argparse.ArgumentParser, text: str | None) -> list[int]:
+    if not text:
+        return []
+    try:
+        counts = [int(part) for part in text.split(",")]
+    except ValueError:
+        parser.error(f"--streams {text!r}: expected counts like 1,8,32,128")
+    if any(n < 1 or n > 1024 for n in counts):
+        parser.error(f"--streams {text!r}: each count is 1..1024")
+    return counts
+
+
+def _no_cuda() -> str | None:
+    """Why the CUDA path cannot run here, or None when it can."""
+    from qdspace.inference.extras import load_onnxruntime
+    from qdspace.inference.model import CUDA_PROVIDER
+
+    try:
+        available = load_onnxruntime().get_available_providers()
+    except Exception as exc:  # onnxruntime itself missing or broken
+        return f"onnxruntime cannot load: {exc}"
+    if CUDA_PROVIDER not in available:
+        return (
+            f"onnxruntime offers {', '.join(available)}, no {CUDA_PROVIDER}: run it on a "
+            "machine with an NVIDIA GPU and onnxruntime-gpu installed"
+        )
+    return None
+
+
+async def _closed_loop(
+    judge: Any, test: ElImages, n: int, seconds: float, latencies: list[float]
+) -> float:
+    """``n`` streams, each sending its next frame when the last is answered, for
+    ``seconds``; returns frames/s and appends each frame's latency (ms)."""
+    import asyncio
+
+    ids, images = test.frame_ids, test.images
+    until = time.perf_counter() + seconds
+
+    async def stream(k: int) -> int:
+        done = 0
+        while time.perf_counter() < until:
+            i = (k * 7919 + done) % len(test)
+            t0 = time.perf_counter()
+            await judge(FrameRequest(f"s{k}", ids[i], images[i]))
+            latencies.append((time.perf_counter() - t0) * 1000.0)
+            done += 1
+        return done
+
+    started = time.perf_counter()
+    frames = sum(await asyncio.gather(*(stream(k) for k in range(n))))
+    return frames / (time.perf_counter() - started)
+
+
+def streams_phase(
+    args: argparse.Namespace, onnx_bytes: bytes, test: ElImages, counts: list[int]
+) -> None:
+    """N closed-loop streams through the tier's dynamic batching vs bare batches of N."""
+    import asyncio
+
+    from qdspace.inference.serve import InspectionTier, ServeSettings
+
+    model = OnnxClassifier(onnx_bytes, device=args.device, threads=args.replica_threads)
+    ids, images = test.frame_ids, test.images
+    for n in counts:
+        batch = [FrameRequest("bare", ids[i % len(test)], images[i % len(test)]) for i in range(n)]
+        judge_requests(model, batch)  # warm (CUDA: the first run builds the kernels)
+        samples: list[float] = []
+        started = time.perf_counter()
+        while time.perf_counter() - started < args.stream_seconds / 2 or len(samples) < 5:
+            t0 = time.perf_counter()
+            judge_requests(model, batch)
+            samples.append((time.perf_counter() - t0) * 1000.0)
+        bare_rate = n * len(samples) / (time.perf_counter() - started)
+        bare_p99 = LatencySummary.of(samples).p99
+        emit(f"streams_{n}_bare_frames_per_s", bare_rate, "frames/s")
+        emit(f"streams_{n}_bare_p99", bare_p99, "ms")
+
+        settings = ServeSettings(
+            device=args.device, threads=args.replica_threads, max_batch_size=max(n, 1)
+        )
+        tier = InspectionTier(settings, app_name=f"bench-streams-{n}")
+        tier.start(onnx_bytes, "bench.onnx")
+        try:
+            judge = tier.judge()
+            asyncio.run(_closed_loop(judge, test, n, 1.0, []))  # warm-up
+            latencies: list[float] = []
+            rate = asyncio.run(_closed_loop(judge, test, n, args.stream_seconds, latencies))
+        finally:
+            tier.stop()
+        p99 = LatencySummary.of(latencies).p99
+        emit(f"streams_{n}_served_frames_per_s", rate, "frames/s")
+        emit(f"streams_{n}_served_p99", p99, "ms")
+        emit(f"streams_{n}_served_ratio_vs_bare", rate / bare_rate, "x")
 
 
 def previous_design(
