@@ -208,7 +208,7 @@ def _plain(value: Any) -> Any:
     if isinstance(value, Policy):
         return policy_to_dict(value)
     if isinstance(value, SignedAgreement):
-        plain = {
+        plain: dict[str, Any] = {
             "agreement": value.canonical_bytes.hex(),
             "provider": value.provider_signature.hex(),
             "consumer": None

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import time
 import uuid
+from collections.abc import Mapping
 from typing import Any
 
 import jwt
@@ -77,7 +78,7 @@ def verify_token(token: str, caller: MemberIdentity, audience: str) -> dict[str,
     return claims
 
 
-def peer_of(scope: dict[str, Any], authenticator: PeerAuthenticator) -> MemberIdentity:
+def peer_of(scope: Mapping[str, Any], authenticator: PeerAuthenticator) -> MemberIdentity:
     """The member whose certificate the TLS handshake verified (in good standing)."""
     der = scope.get("extensions", {}).get("tls", {}).get("client_cert_der")
     if not der:
@@ -102,7 +103,7 @@ def bearer(header: str | None) -> str:
 class PeerCertH11(H11Protocol):
     """uvicorn's h11 protocol, passing the verified client certificate to the app."""
 
-    def connection_made(self, transport: Any) -> None:  # type: ignore[override]
+    def connection_made(self, transport: Any) -> None:
         super().connection_made(transport)
         ssl_object = transport.get_extra_info("ssl_object")
         der = ssl_object.getpeercert(binary_form=True) if ssl_object is not None else None
