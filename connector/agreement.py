@@ -184,9 +184,23 @@ def _verify(
 
 @dataclass(frozen=True)
 class SignedAgreement:
+    """An agreement with the parties' signatures.
+
+    `signed` False: an agreement reached with a peer that does not sign (a standard
+    Dataspace Protocol connector, e.g. EDC). Both signatures are then empty bytes (the
+    consumer's once it verified the agreement), and the node records it as unsigned:
+    the terms are the same, only the proof of the peer's consent is the DSP exchange
+    over mutual TLS rather than an Ed25519 signature.
+    """
+
     agreement: ContractAgreement
     provider_signature: bytes
     consumer_signature: bytes | None = None
+    signed: bool = True
+
+    def __post_init__(self) -> None:
+        if not self.signed and (self.provider_signature or self.consumer_signature):
+            raise AgreementError("an unsigned agreement carries no signatures")
 
     @property
     def canonical_bytes(self) -> bytes:
@@ -240,6 +254,10 @@ def verify_agreement(
     signed: SignedAgreement, provider_vk: VerifyKey, consumer_vk: VerifyKey
 ) -> None:
     """Both signatures present and valid over these exact terms, else AgreementSignatureError."""
+    if not signed.signed:
+        raise AgreementSignatureError(
+            "agreement is unsigned (reached with a peer that does not sign)"
+        )
     verify_provider_signature(signed, provider_vk)
     if signed.consumer_signature is None:
         raise AgreementSignatureError("agreement is not countersigned by the consumer")

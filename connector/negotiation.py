@@ -48,6 +48,7 @@ from qdspace.connector.agreement import (
     verify_provider_signature,
 )
 from qdspace.connector.contract_errors import (
+    AgreementSignatureError,
     IllegalTransitionError,
     MessageReplayError,
     OfferMismatchError,
@@ -194,6 +195,9 @@ class Negotiation:
     agreement: SignedAgreement | None = None
     reason: str | None = None
     seen: tuple[tuple[str, str], ...] = ()  # (message id, content fingerprint)
+    # False: the peer does not sign (the DSP binding with a standard connector): the
+    # agreement and its verification carry no signatures, fixed when the negotiation opens
+    signed: bool = True
 
     @property
     def is_final(self) -> bool:
@@ -204,13 +208,16 @@ def _plain(value: Any) -> Any:
     if isinstance(value, Policy):
         return policy_to_dict(value)
     if isinstance(value, SignedAgreement):
-        return {
+        plain: dict[str, Any] = {
             "agreement": value.canonical_bytes.hex(),
             "provider": value.provider_signature.hex(),
             "consumer": None
             if value.consumer_signature is None
             else value.consumer_signature.hex(),
         }
+        if not value.signed:  # only then: fingerprints of signed messages stay as they were
+            plain["signed"] = False
+        return plain
     return to_jsonable(value)
 
 
@@ -237,8 +244,11 @@ def _check_offer(offer: Policy, provider_id: str, consumer_id: str, asset_id: st
         raise OfferMismatchError(f"offer {offer.uid} is addressed to {offer.assignee}")
 
 
-def open_negotiation(message: ContractRequest | ContractOffer, role: Role) -> Negotiation:
-    """Start a negotiation from its first message (consumer request or provider offer)."""
+def open_negotiation(
+    message: ContractRequest | ContractOffer, role: Role, *, signed: bool = True
+) -> Negotiation:
+    """Start a negotiation from its first message (consumer request or provider offer);
+    `signed` False for a peer that does not sign (see `Negotiation.signed`)."""
     offer = message.offer
     if isinstance(message, ContractRequest):
         provider_id, consumer_id, state = offer.assigner, message.sender_id, _S.REQUESTED
@@ -262,6 +272,7 @@ def open_negotiation(message: ContractRequest | ContractOffer, role: Role) -> Ne
         created_at=message.at,
         updated_at=message.at,
         seen=((message.message_id, fingerprint(message)),),
+        signed=signed,
     )
 
 
@@ -319,7 +330,13 @@ def _check_agreement(negotiation: Negotiation, signed: SignedAgreement, keys: Pa
             f"negotiation {negotiation.negotiation_id}: agreement {terms.agreement_id} "
             "does not match the parties, asset, terms or request time of the negotiation"
         )
-    verify_provider_signature(signed, keys.provider)
+    if signed.signed != negotiation.signed:  # no downgrade: the profile is fixed at opening
+        raise AgreementSignatureError(
+            f"negotiation {negotiation.negotiation_id}: agreement {terms.agreement_id} is "
+            f"{'signed' if signed.signed else 'unsigned'}, the negotiation is not"
+        )
+    if signed.signed:
+        verify_provider_signature(signed, keys.provider)
 
 
 def _next(negotiation: Negotiation, message: NegotiationMessage, keys: PartyKeys) -> dict[str, Any]:
@@ -333,6 +350,12 @@ def _next(negotiation: Negotiation, message: NegotiationMessage, keys: PartyKeys
         return {"agreement": message.signed}
     if isinstance(message, Verification):
         assert negotiation.agreement is not None  # AGREED always holds one
+        if not negotiation.signed:
+            if message.consumer_signature:
+                raise AgreementSignatureError(
+                    f"negotiation {negotiation.negotiation_id} is unsigned: no signature expected"
+                )
+            return {"agreement": replace(negotiation.agreement, consumer_signature=b"")}
         signed = add_consumer_signature(
             negotiation.agreement, message.consumer_signature, keys.consumer
         )

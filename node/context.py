@@ -15,7 +15,7 @@ from __future__ import annotations
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from qdspace.connector.storage import QualityStore
 from qdspace.node.config import NodeSettings
@@ -62,6 +62,8 @@ class NodeContext:
     contract_client: PeerContracts | None = None
     #: delivers the contract outbox to peers (made with ``contract_client``)
     outbox: OutboxDelivery | None = None
+    #: the DSP binding's consumer side (`node.api.dsp_consumer.DspConsumer`), when it listens
+    dsp: Any = None
     #: anchors each global model version this node coordinates; None without a ledger
     anchor_version: VersionAnchor | None = None
     #: follows federated jobs as this member, starts and reads jobs (the operator's ``fl``)

@@ -16,6 +16,7 @@ import logging
 import os
 import signal
 import socket
+import ssl
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -29,7 +30,7 @@ from qdspace.node.context import NodeContext, build_context
 from qdspace.node.errors import NodeError
 from qdspace.node.identity.revocation import StaleRevocationList
 from qdspace.node.layout import NodeLayout
-from qdspace.node.listeners import bind_socket, check_server_tls, runtime_record
+from qdspace.node.listeners import bind_socket, check_server_tls, https_url, runtime_record
 from qdspace.node.serving import MemberServer, attach_anchoring
 from qdspace.util.files import write_atomic
 
@@ -105,15 +106,24 @@ async def serve(ctx: NodeContext, stop: asyncio.Event) -> None:
         member.bind()
         bound.pop_all()
     member.prepare()  # ctx.federation, before the apps
+    dsp_sock = None
+    if settings.dsp_port is not None:  # bound before anything serves, like the others
+        dsp_sock = bind_socket("DSP", settings.dsp_host, settings.dsp_port)
     api = https_server(create_app(ctx), api_cert, api_key)
     regulator = https_server(create_regulator_app(ctx), member_cert, member_key)
     await member.start()
     tasks: list[asyncio.Task[None]] = []
+    dsp: _Uvicorn | None = None
     try:
         tasks.append(await start_listener(api, api_sock))
         tasks.append(await start_listener(regulator, reg_sock))
+        if dsp_sock is not None:
+            dsp = await start_dsp(ctx, dsp_sock)
+            tasks.append(await start_listener(dsp, dsp_sock))
     except BaseException:
         api.should_exit = regulator.should_exit = True
+        if dsp is not None:
+            dsp.should_exit = True
         await asyncio.gather(*tasks, return_exceptions=True)
         await member.stop(0)
         raise
@@ -128,6 +138,9 @@ async def serve(ctx: NodeContext, stop: asyncio.Event) -> None:
         **runtime_record(
             settings, member.port, api_sock.getsockname()[1], reg_sock.getsockname()[1]
         ),
+        "dsp": None
+        if dsp_sock is None
+        else https_url(settings.dsp_host, dsp_sock.getsockname()[1]),
         "started_at": time.time(),
     }
     write_atomic(runtime_path(settings.directory), json.dumps(runtime, indent=2).encode())
@@ -146,11 +159,54 @@ async def serve(ctx: NodeContext, stop: asyncio.Event) -> None:
         logger.info("node %s shutting down (grace %.1fs)", settings.name, settings.shutdown_grace_s)
         ctx.serving = False
         api.should_exit = regulator.should_exit = True
+        if dsp is not None:
+            dsp.should_exit = True
         await member.stop(settings.shutdown_grace_s)
         await asyncio.gather(*tasks)
         await ctx.peers.close()
         runtime_path(settings.directory).unlink(missing_ok=True)
         logger.info("node %s stopped", settings.name)
+
+
+async def start_dsp(ctx: NodeContext, sock: socket.socket) -> _Uvicorn:
+    """The DSP listener's server (mutual TLS with the space's certificates) and the DSP
+    consumer and outbox sender it brings (`node.api.dsp`)."""
+    from qdspace.node.api.dsp import DspBinding, create_dsp_app
+    from qdspace.node.api.dsp_auth import PeerCertH11
+    from qdspace.node.api.dsp_client import OUTBOX_KIND, DspHttp
+    from qdspace.node.api.dsp_consumer import DspConsumer
+    from qdspace.node.rpc.auth import PeerAuthenticator
+    from qdspace.node.rpc.contracts_jobs import client_of
+
+    runtime = ctx.contracts
+    if runtime is None:
+        raise NodeError("the DSP listener needs the node's contract machinery")
+    layout, settings = ctx.settings.layout, ctx.settings
+    base = https_url(settings.dsp_host, sock.getsockname()[1])
+    http = DspHttp(
+        ctx.keys.identity.member_id,
+        ctx.keys.signing_key,
+        layout.tls_cert,
+        layout.tls_key,
+        layout.ca_cert,
+    )
+    _client, outbox = client_of(ctx)
+    outbox.senders[OUTBOX_KIND] = http.send_queued
+    authenticator = PeerAuthenticator(ctx.revocations, ctx.peers.pinned)
+    binding = DspBinding(runtime, authenticator, base, outbox.kick)
+    ctx.dsp = DspConsumer(runtime, http, base)
+    config = uvicorn.Config(
+        create_dsp_app(binding),
+        log_level="warning",
+        access_log=False,
+        lifespan="off",
+        http=PeerCertH11,
+        ssl_certfile=layout.tls_cert,
+        ssl_keyfile=layout.tls_key,
+        ssl_ca_certs=str(layout.ca_cert),
+        ssl_cert_reqs=ssl.CERT_REQUIRED,
+    )
+    return _Uvicorn(config)
 
 
 def run_node(directory: Path) -> None:

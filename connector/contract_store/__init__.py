@@ -47,6 +47,7 @@ from qdspace.connector.contract_store.common import (
     ensure_schema,
 )
 from qdspace.connector.contract_store.data_keys import DataKeys
+from qdspace.connector.contract_store.dsp import DspProcess, DspProcessStore
 from qdspace.connector.contract_store.negotiations import NegotiationStore
 from qdspace.connector.contract_store.notices import NoticeStore
 from qdspace.connector.contract_store.outbox import OutboxMessage, OutboxStore, PendingMessage
@@ -75,6 +76,7 @@ __all__ = [
     "ContractStore",
     "ContractStoreError",
     "Deletion",
+    "DspProcess",
     "DutyReport",
     "IncomingRow",
     "MirrorResult",
@@ -110,6 +112,8 @@ class ContractStore:
         )
         self._notices = NoticeStore(engine)
         self._cases = CaseStore(engine, self._outbox)
+        # the DSP binding's pids and callbacks (`dsp`): its own aggregate, used directly
+        self.dsp = DspProcessStore(engine)
 
     # -------------------------------------------------------- negotiations
 

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from sqlalchemy import (
+    Boolean,
     Column,
     ColumnElement,
     Connection,
@@ -28,6 +29,7 @@ from sqlalchemy import (
     Text,
     insert,
     select,
+    true,
     update,
 )
 from sqlmodel.sql.sqltypes import UTCDateTime
@@ -53,6 +55,8 @@ agreement_table = Table(
     Column("agreed_at", UTCDateTime(), nullable=False),
     Column("terminated_at", UTCDateTime(), nullable=True),
     Column("termination_reason", Text, nullable=True),
+    # False: reached with a peer that does not sign (revision 0008_dsp)
+    Column("signed", Boolean, nullable=False, server_default=true()),
 )
 
 
@@ -111,6 +115,7 @@ class AgreementStore(TableStore):
                     consumer_signature=signed.consumer_signature,
                     digest=terms.digest().hex(),
                     agreed_at=terms.agreed_at,
+                    signed=signed.signed,
                 )
             )
             return
@@ -147,6 +152,7 @@ class AgreementStore(TableStore):
             agreement_from_bytes(bytes(row.canonical)),
             bytes(row.provider_signature),
             consumer_signature,
+            signed=bool(row.signed),
         )
         return StoredAgreement(signed, Role(row.role), row.terminated_at, row.termination_reason)
 

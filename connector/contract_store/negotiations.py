@@ -19,7 +19,18 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
 
-from sqlalchemy import Column, Engine, Integer, LargeBinary, String, Table, Text, select
+from sqlalchemy import (
+    Boolean,
+    Column,
+    Engine,
+    Integer,
+    LargeBinary,
+    String,
+    Table,
+    Text,
+    select,
+    true,
+)
 from sqlmodel.sql.sqltypes import UTCDateTime
 
 from qdspace.connector.contract_errors import UnknownContractError
@@ -52,6 +63,8 @@ negotiation_table = Table(
     Column("message_count", Integer, nullable=False),
     Column("created_at", UTCDateTime(), nullable=False),
     Column("updated_at", UTCDateTime(), nullable=False),
+    # False: the peer does not sign (the DSP binding; revision 0008_dsp)
+    Column("signed", Boolean, nullable=False, server_default=true()),
 )
 _KIND = "negotiation"
 
@@ -85,6 +98,7 @@ class NegotiationStore(TableStore):
             "message_count": len(after.seen),
             "created_at": after.created_at,
             "updated_at": after.updated_at,
+            "signed": after.signed,
         }
         with saving(self.engine, f"negotiation {after.negotiation_id}") as connection:
             seen = None if before is None else before.seen
@@ -126,6 +140,7 @@ class NegotiationStore(TableStore):
             agreement=signed,
             reason=row.reason,
             seen=seen,
+            signed=bool(row.signed),
         )
 
     def find_negotiation(self, negotiation_id: str) -> Negotiation | None:

@@ -27,23 +27,18 @@ from typing import Any, TypeVar
 import grpc
 from nacl.signing import VerifyKey
 
-from qdspace.connector.agreement import countersign
 from qdspace.connector.assets import CatalogEntry
 from qdspace.connector.contract_store import IncomingRow
 from qdspace.connector.negotiation import (
-    Accepted,
     ContractRequest,
     Negotiation,
     NegotiationMessage,
     NegotiationState,
     PartyKeys,
     Role,
-    Termination,
-    Verification,
     apply,
     open_negotiation,
 )
-from qdspace.connector.offers import acceptable_counter
 from qdspace.connector.transfer import (
     TransferProcess,
     TransferState,
@@ -222,21 +217,9 @@ class ContractClient(ConsumerSubscriptions):
         raise PeerError(f"peer {peer}: negotiation {nid} did not finish in {MAX_ROUNDS} rounds")
 
     def _answer(self, n: Negotiation, asked: Any) -> NegotiationMessage | None:
-        """The consumer's next message in state `n`, or None when there is nothing to say."""
-        mid = f"{n.negotiation_id}:c{len(n.seen)}"
-        at = max(self.runtime.clock.now(), n.updated_at)
-        if n.state is NegotiationState.OFFERED:
-            if acceptable_counter(asked, n.offer):
-                return Accepted(mid, n.negotiation_id, self.me, at)
-            reason = "the counter-offer grants more than was asked"
-            return Termination(mid, n.negotiation_id, self.me, reason, at)
-        if n.state is NegotiationState.AGREED:
-            assert n.agreement is not None
-            provider_vk = self._keys[peer_name(n.provider_id)]
-            signed = countersign(n.agreement, self.runtime.signing_key, provider_vk)
-            assert signed.consumer_signature is not None
-            return Verification(mid, n.negotiation_id, self.me, signed.consumer_signature, at)
-        return None
+        """The consumer's next message in state `n` (`ContractRuntime.consumer_answer`)."""
+        provider_vk = self._keys.get(peer_name(n.provider_id))
+        return self.runtime.consumer_answer(n, asked, provider_vk)
 
     # ------------------------------------------------------------ transfer
 

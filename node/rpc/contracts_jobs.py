@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Awaitable, Callable
 from datetime import timedelta
 
 import grpc
@@ -39,6 +40,8 @@ class OutboxDispatcher:
         self.peers = peers
         self.interval_s = interval_s
         self._kick = asyncio.Event()
+        # delivers messages of other transports, by outbox kind (``dsp``: the DSP binding)
+        self.senders: dict[str, Callable[[OutboxMessage], Awaitable[None]]] = {}
 
     def kick(self) -> None:
         self._kick.set()
@@ -72,6 +75,10 @@ class OutboxDispatcher:
         return sent
 
     async def _send(self, message: OutboxMessage) -> None:
+        sender = self.senders.get(message.kind)
+        if sender is not None:
+            await sender(message)
+            return
         wire = notification_pb2.NotificationMessage.FromString(message.payload)
         stub = notification_pb2_grpc.NotificationStub(self.peers.channel(message.peer_id))
         await call_peer(message.peer_id, "notify", lambda: stub.Notify(wire, timeout=TIMEOUT_S))

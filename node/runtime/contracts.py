@@ -34,6 +34,7 @@ from qdspace.node.identity.keyfiles import PLAIN, KeyFiles
 from qdspace.node.layout import NodeLayout
 from qdspace.node.runtime.contracts_cases import QualityCases
 from qdspace.node.runtime.contracts_clock import CLOCK_CONTROL_ENV, ContractClock
+from qdspace.node.runtime.contracts_consumer import ConsumerNegotiation
 from qdspace.node.runtime.contracts_explain import ContractExplain
 from qdspace.node.runtime.contracts_negotiation import ProviderNegotiation
 from qdspace.node.runtime.contracts_purge import ContractPurge
@@ -43,7 +44,12 @@ from qdspace.node.runtime.table_watch import TableWatch
 
 @dataclass
 class ContractRuntime(
-    ProviderNegotiation, ContractExplain, ProviderTransfers, ContractPurge, QualityCases
+    ConsumerNegotiation,
+    ProviderNegotiation,
+    ContractExplain,
+    ProviderTransfers,
+    ContractPurge,
+    QualityCases,
 ):
     """The node's contract machinery; see the module docstring."""
 

@@ -13,13 +13,13 @@ from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from datetime import datetime
 
 from nacl.signing import VerifyKey
 
-from qdspace.connector.agreement import sign_agreement
+from qdspace.connector.agreement import SignedAgreement, sign_agreement
 from qdspace.connector.assets import AssetKind
 from qdspace.connector.contract_errors import (
     ContractDenied,
@@ -50,6 +50,10 @@ from qdspace.node.runtime.contracts_base import ContractBase
 from qdspace.policies.model import Policy
 
 logger = logging.getLogger("node.contracts")
+
+#: how a transport has the replies to a negotiation delivered later (the DSP binding's
+#: callbacks): the outbox messages, committed with the state that owes them
+Deliver = Callable[[Negotiation, list[NegotiationMessage]], Sequence[OutboxMessage]]
 
 
 class ProviderNegotiation(ContractBase):
@@ -101,14 +105,30 @@ class ProviderNegotiation(ContractBase):
         self, n: Negotiation, mid: str, at: datetime, terms: Policy
     ) -> Agreement:
         draft = draft_agreement(n, f"agr-{uuid.uuid4().hex}", at, terms)
-        return Agreement(
-            mid, n.negotiation_id, self.me.member_id, sign_agreement(draft, self.signing_key), at
+        signed = (
+            sign_agreement(draft, self.signing_key)
+            if n.signed
+            else SignedAgreement(draft, b"", signed=False)  # a peer that does not sign
         )
+        return Agreement(mid, n.negotiation_id, self.me.member_id, signed, at)
 
     def handle_negotiation(
-        self, peer: MemberIdentity, message: NegotiationMessage
+        self,
+        peer: MemberIdentity,
+        message: NegotiationMessage,
+        *,
+        deliver: Deliver | None = None,
+        signed: bool = True,
     ) -> tuple[Negotiation, list[NegotiationMessage]]:
-        """Apply a consumer's message, answer it at once; returns the state and the answer."""
+        """Apply a consumer's message, answer it at once; returns the state and the answer.
+
+        `deliver`: the transport sends the answer later (the DSP binding's callbacks); its
+        outbox messages are committed with the new state. `signed` False opens a
+        negotiation with a peer that does not sign (see `Negotiation.signed`)."""
+
+        def queued(n: Negotiation) -> Sequence[OutboxMessage]:
+            return () if deliver is None else deliver(n, self.replies(n))
+
         if message.sender_id != peer.member_id:
             raise UnauthorizedSenderError(
                 f"message {message.message_id} claims sender {message.sender_id}, "
@@ -122,7 +142,10 @@ class ProviderNegotiation(ContractBase):
                 raise ContractDenied(f"negotiation {before.negotiation_id}: we are its consumer")
             before_states.append(before.state)
             after = apply(before, message, keys)
-            return (after if after == before else self._provider_move(after, peer)), ()
+            if after == before:
+                return after, ()
+            moved = self._provider_move(after, peer)
+            return moved, queued(moved)
 
         try:  # one load and one save for a message on a known negotiation
             negotiation = self.store.update_negotiation(message.negotiation_id, step)
@@ -138,9 +161,9 @@ class ProviderNegotiation(ContractBase):
                     f"the request is for {message.offer.assigner}'s offer"
                 ) from None
             self.asset_for(message.offer.target, peer.role)
-            opened = open_negotiation(message, Role.PROVIDER)
+            opened = open_negotiation(message, Role.PROVIDER, signed=signed)
             negotiation = self._provider_move(opened, peer)
-            self.store.save_negotiation(None, negotiation)
+            self.store.save_negotiation(None, negotiation, queued(negotiation))
         else:
             finalized = NegotiationState.FINALIZED
             if negotiation.state is finalized and before_states[-1] is not finalized:

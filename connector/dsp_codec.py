@@ -1,0 +1,260 @@
+"""Dataspace Protocol 2025-1 messages <-> the node's negotiation messages, as pure functions.
+
+Why a codec of its own: the DSP HTTPS binding is a second transport over the same
+state machines (`connector.negotiation`) and runtime as the gRPC wire; this module is
+its `x_to_proto`/`x_from_proto`: it builds each DSP message and response in the
+compacted JSON-LD form the DSP 2025-1 schemas require, and reads a peer's message into
+checked plain values (types, pid lengths, the context it declares), refusing anything
+else with `DspMessageError` naming the field. Policies inside messages go through
+`policies.odrl` (JSON-LD processing with the packaged contexts only, bounded input) and
+back into the node's form (`policies.odrl.node_form`).
+
+Two pids per process: the local state machine keeps one id (ours), the peer's pid
+travels beside it; message ids, which DSP has not, are derived from our pid and the
+message kind (each kind occurs once per process over this binding), so a retried DSP
+message is recognised as the same one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from datetime import datetime
+from typing import Any
+
+from qdspace.policies.canonical import format_datetime, parse_datetime
+from qdspace.policies.errors import PolicyError
+from qdspace.policies.model import Policy
+from qdspace.policies.odrl.bridge import to_odrl
+from qdspace.policies.odrl.codec import parse_jsonld_policy, policy_to_jsonld
+from qdspace.policies.odrl.jsonld import DSP_CONTEXT, POLICY_CONTEXT, check_bounds
+from qdspace.policies.odrl.node_form import from_odrl
+from qdspace.policies.odrl.vocab import PolicyKind
+
+VERSION = "2025-1"
+MAX_PID = 128
+MAX_URL = 2048
+MAX_REASON = 500
+#: the transfer format of the HTTP data plane (EDC's name for an HTTP pull)
+HTTP_PULL = "HttpData-PULL"
+KNOWN_CONTEXTS = frozenset(POLICY_CONTEXT)
+
+
+class DspMessageError(ValueError):
+    """A DSP message that is not what the binding allows; `where` is its JSON path."""
+
+    def __init__(self, where: str, message: str) -> None:
+        super().__init__(f"{where}: {message}")
+        self.where = where
+        self.reason = message
+
+
+# ------------------------------------------------------------------ writing
+
+
+def _ctx(policies: bool = False) -> list[str]:
+    return list(POLICY_CONTEXT) if policies else [DSP_CONTEXT]
+
+
+def version_document(path: str) -> dict[str, Any]:
+    """``/.well-known/dspace-version``: the one version this node speaks, and where."""
+    return {"protocolVersions": [{"version": VERSION, "path": path, "binding": "HTTPS"}]}
+
+
+def message_offer(offer: Policy) -> dict[str, Any]:
+    """An offer inside a negotiation message (with its ``target``, without a context)."""
+    return policy_to_jsonld(to_odrl(offer), embedded=True)
+
+
+def dataset(asset_id: str, offers: Sequence[Policy], title: str, endpoint: str) -> dict[str, Any]:
+    return {
+        "@id": asset_id,
+        "@type": "Dataset",
+        "title": title,
+        "hasPolicy": [policy_to_jsonld(to_odrl(o), catalog=True, embedded=True) for o in offers],
+        "distribution": [
+            {
+                "@type": "Distribution",
+                "format": HTTP_PULL,
+                "accessService": {"@id": "dsp", "@type": "DataService", "endpointURL": endpoint},
+            }
+        ],
+    }
+
+
+def catalog(participant: str, datasets: Sequence[dict[str, Any]], endpoint: str) -> dict[str, Any]:
+    return {
+        "@context": _ctx(True),
+        "@id": f"urn:catalog:{participant}",
+        "@type": "Catalog",
+        "participantId": participant,
+        "dataset": list(datasets),
+        "service": [{"@id": "dsp", "@type": "DataService", "endpointURL": endpoint}],
+    }
+
+
+def dataset_response(data: dict[str, Any]) -> dict[str, Any]:
+    return {"@context": _ctx(True), **data}
+
+
+def negotiation(provider_pid: str, consumer_pid: str, state: str) -> dict[str, Any]:
+    return {
+        "@context": _ctx(),
+        "@type": "ContractNegotiation",
+        "providerPid": provider_pid,
+        "consumerPid": consumer_pid,
+        "state": state,
+    }
+
+
+def error(
+    kind: str, code: str, reason: str, provider_pid: str = "", consumer_pid: str = ""
+) -> dict[str, Any]:
+    """A DSP error body (`kind`: ``ContractNegotiationError``, ``TransferError``,
+    ``CatalogError``); the pids are required by the negotiation and transfer schemas."""
+    body: dict[str, Any] = {
+        "@context": _ctx(),
+        "@type": kind,
+        "code": code,
+        "reason": [reason[:MAX_REASON]],
+    }
+    if kind != "CatalogError":
+        body["providerPid"] = provider_pid or "unknown"
+        body["consumerPid"] = consumer_pid or "unknown"
+    return body
+
+
+def request_message(consumer_pid: str, offer: Policy, callback: str) -> dict[str, Any]:
+    return {
+        "@context": _ctx(True),
+        "@type": "ContractRequestMessage",
+        "consumerPid": consumer_pid,
+        "offer": message_offer(offer),
+        "callbackAddress": callback,
+    }
+
+
+def offer_message(provider_pid: str, consumer_pid: str, offer: Policy) -> dict[str, Any]:
+    return {
+        "@context": _ctx(True),
+        "@type": "ContractOfferMessage",
+        "providerPid": provider_pid,
+        "consumerPid": consumer_pid,
+        "offer": message_offer(offer),
+    }
+
+
+def agreement_message(
+    provider_pid: str, consumer_pid: str, agreement: Policy, agreed_at: datetime
+) -> dict[str, Any]:
+    odrl = policy_to_jsonld(to_odrl(agreement), embedded=True)
+    odrl["timestamp"] = format_datetime(agreed_at)
+    return {
+        "@context": _ctx(True),
+        "@type": "ContractAgreementMessage",
+        "providerPid": provider_pid,
+        "consumerPid": consumer_pid,
+        "agreement": odrl,
+    }
+
+
+def pids_message(kind: str, provider_pid: str, consumer_pid: str, **extra: Any) -> dict[str, Any]:
+    """A message that carries only the pids (verification, events, termination) and `extra`."""
+    return {
+        "@context": _ctx(),
+        "@type": kind,
+        "providerPid": provider_pid,
+        "consumerPid": consumer_pid,
+        **extra,
+    }
+
+
+def event_message(provider_pid: str, consumer_pid: str, event: str) -> dict[str, Any]:
+    return pids_message(
+        "ContractNegotiationEventMessage", provider_pid, consumer_pid, eventType=event
+    )
+
+
+def termination_message(provider_pid: str, consumer_pid: str, reason: str) -> dict[str, Any]:
+    return pids_message(
+        "ContractNegotiationTerminationMessage",
+        provider_pid,
+        consumer_pid,
+        code="TERMINATED",
+        reason=[reason[:MAX_REASON] or "terminated"],
+    )
+
+
+# ------------------------------------------------------------------ reading
+
+
+def read_message(body: Any, kind: str) -> Mapping[str, Any]:
+    """A peer's DSP message of type `kind`: bounded, in compacted form with the DSP context."""
+    if not isinstance(body, Mapping):
+        raise DspMessageError("$", "a DSP message is a JSON object")
+    check_bounds(body)
+    context = body.get("@context")
+    contexts = [context] if isinstance(context, str) else context
+    if not isinstance(contexts, list) or DSP_CONTEXT not in contexts:
+        raise DspMessageError("$.@context", f"the DSP 2025-1 context {DSP_CONTEXT} is required")
+    unknown = [c for c in contexts if not isinstance(c, str) or c not in KNOWN_CONTEXTS]
+    if unknown:
+        raise DspMessageError("$.@context", f"context {str(unknown[0])[:120]!r} is not known here")
+    if body.get("@type") != kind:
+        raise DspMessageError("$.@type", f"expected {kind}, got {str(body.get('@type'))[:80]!r}")
+    return body
+
+
+def text(body: Mapping[str, Any], key: str, *, limit: int = MAX_PID, required: bool = True) -> str:
+    value = body.get(key)
+    if value is None and not required:
+        return ""
+    if not isinstance(value, str) or not value or len(value) > limit or not value.isprintable():
+        raise DspMessageError(f"$.{key}", f"must be a printable string of 1 to {limit} characters")
+    return value
+
+
+def callback(body: Mapping[str, Any], *, required: bool) -> str:
+    url = text(body, "callbackAddress", limit=MAX_URL, required=required)
+    if url and not url.startswith("https://"):
+        raise DspMessageError("$.callbackAddress", "must be an https:// URL")
+    return url.rstrip("/")
+
+
+def reason(body: Mapping[str, Any]) -> str:
+    reasons = body.get("reason", [])
+    items = reasons if isinstance(reasons, list) else [reasons]
+    out = "; ".join(str(r if not isinstance(r, Mapping) else r.get("@value", "")) for r in items)
+    return out[:MAX_REASON] or "terminated by the peer"
+
+
+def _contexts(body: Mapping[str, Any]) -> tuple[str, ...]:
+    context = body.get("@context")
+    return (context,) if isinstance(context, str) else tuple(context or ())
+
+
+def read_policy(body: Mapping[str, Any], key: str, kind: PolicyKind, target: str = "") -> Policy:
+    """The policy under `key`, in the node's form (an offer without its own context reads
+    with the message's)."""
+    document = body.get(key)
+    if not isinstance(document, Mapping):
+        raise DspMessageError(f"$.{key}", "expected a policy object")
+    try:
+        odrl = parse_jsonld_policy(document, default_context=_contexts(body), default_kind=kind)
+        if odrl.kind is not kind:
+            raise DspMessageError(f"$.{key}.@type", f"expected an {kind}, got {odrl.kind}")
+        return from_odrl(odrl, target=target or None)
+    except PolicyError as exc:
+        raise DspMessageError(f"$.{key}", str(exc)) from None
+
+
+def agreement_time(body: Mapping[str, Any]) -> datetime:
+    agreement = body.get("agreement")
+    stamp = agreement.get("timestamp") if isinstance(agreement, Mapping) else None
+    try:
+        return parse_datetime(stamp) if isinstance(stamp, str) else _missing()
+    except ValueError as exc:
+        raise DspMessageError("$.agreement.timestamp", str(exc)) from None
+
+
+def _missing() -> datetime:
+    raise DspMessageError("$.agreement.timestamp", "an agreement carries its timestamp")

@@ -1,0 +1,122 @@
+"""DSP negotiation messages <-> `connector.negotiation` messages (pure; see `dsp_codec`).
+
+Incoming: each DSP message becomes the state machine's message for our local process
+id, with a message id derived from that id and the DSP message kind (`message_id`), so
+a retry is the same message. Outgoing: each message the machine produced for the peer
+becomes the DSP message and the path under the peer's address it is POSTed to.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from qdspace.connector import dsp_codec as codec
+from qdspace.connector.agreement import ContractAgreement, SignedAgreement
+from qdspace.connector.contract_errors import AgreementError
+from qdspace.connector.negotiation import (
+    Accepted,
+    Agreement,
+    ContractOffer,
+    ContractRequest,
+    Finalized,
+    NegotiationMessage,
+    Termination,
+    Verification,
+)
+from qdspace.policies.odrl.vocab import PolicyKind
+
+
+@dataclass(frozen=True)
+class Pids:
+    provider: str
+    consumer: str
+
+
+def message_id(local_id: str, kind: str) -> str:
+    return f"{local_id}:dsp-{kind}"
+
+
+def request_in(
+    body: Mapping[str, Any], local_id: str, sender: str, at: datetime
+) -> ContractRequest:
+    offer = codec.read_policy(body, "offer", PolicyKind.OFFER)
+    return ContractRequest(message_id(local_id, "request"), local_id, sender, offer, at)
+
+
+def offer_in(body: Mapping[str, Any], local_id: str, sender: str, at: datetime) -> ContractOffer:
+    offer = codec.read_policy(body, "offer", PolicyKind.OFFER)
+    return ContractOffer(message_id(local_id, f"offer:{offer.uid}"), local_id, sender, offer, at)
+
+
+def agreement_in(
+    body: Mapping[str, Any], local_id: str, sender: str, requested_at: datetime, at: datetime
+) -> Agreement:
+    """A provider's agreement for our negotiation `local_id` (unsigned: the DSP form)."""
+    policy = codec.read_policy(body, "agreement", PolicyKind.AGREEMENT)
+    agreed_at = codec.agreement_time(body)
+    if policy.assignee is None:
+        raise codec.DspMessageError("$.agreement.assignee", "an agreement names its assignee")
+    try:
+        terms = ContractAgreement(
+            agreement_id=policy.uid,
+            negotiation_id=local_id,
+            provider_id=policy.assigner,
+            consumer_id=policy.assignee,
+            asset_id=policy.target,
+            policy=policy,
+            requested_at=requested_at,
+            agreed_at=agreed_at,
+        )
+    except AgreementError as exc:
+        raise codec.DspMessageError("$.agreement", str(exc)) from None
+    signed = SignedAgreement(terms, b"", signed=False)
+    return Agreement(message_id(local_id, "agreement"), local_id, sender, signed, at)
+
+
+def event_in(
+    body: Mapping[str, Any], local_id: str, sender: str, at: datetime
+) -> Accepted | Finalized:
+    event = body.get("eventType")
+    if event in ("ACCEPTED", "dspace:ACCEPTED", "https://w3id.org/dspace/2025/1/ACCEPTED"):
+        return Accepted(message_id(local_id, "accepted"), local_id, sender, at)
+    if event in ("FINALIZED", "dspace:FINALIZED", "https://w3id.org/dspace/2025/1/FINALIZED"):
+        return Finalized(message_id(local_id, "finalized"), local_id, sender, at)
+    raise codec.DspMessageError("$.eventType", "must be ACCEPTED or FINALIZED")
+
+
+def verification_in(local_id: str, sender: str, at: datetime) -> Verification:
+    return Verification(message_id(local_id, "verification"), local_id, sender, b"", at)
+
+
+def termination_in(
+    body: Mapping[str, Any], local_id: str, sender: str, at: datetime
+) -> Termination:
+    mid = message_id(local_id, f"termination:{sender}")
+    return Termination(mid, local_id, sender, codec.reason(body), at)
+
+
+def outgoing(
+    message: NegotiationMessage, pids: Pids, *, from_provider: bool
+) -> tuple[str, dict[str, Any]]:
+    """The path (under the peer's address) and DSP body of one of our messages."""
+    p, c = pids.provider, pids.consumer
+    if isinstance(message, ContractOffer):
+        return f"/negotiations/{c}/offers", codec.offer_message(p, c, message.offer)
+    if isinstance(message, Agreement):
+        terms = message.signed.agreement
+        body = codec.agreement_message(p, c, terms.policy, terms.agreed_at)
+        return f"/negotiations/{c}/agreement", body
+    if isinstance(message, Finalized):
+        return f"/negotiations/{c}/events", codec.event_message(p, c, "FINALIZED")
+    if isinstance(message, Accepted):
+        return f"/negotiations/{p}/events", codec.event_message(p, c, "ACCEPTED")
+    if isinstance(message, Verification):
+        body = codec.pids_message("ContractAgreementVerificationMessage", p, c)
+        return f"/negotiations/{p}/agreement/verification", body
+    if isinstance(message, Termination):
+        path = f"/negotiations/{c if from_provider else p}/termination"
+        return path, codec.termination_message(p, c, message.reason)
+    raise codec.DspMessageError("$", f"{type(message).__name__} has no DSP form here")

@@ -1,0 +1,85 @@
+"""Outgoing DSP calls: mutual TLS with the member certificate plus a self-issued ID token.
+
+Every message the node sends over the binding (a callback, a consumer's request) goes
+through `DspHttp.post`: the client presents the member certificate, verifies the
+peer's against the space CA, and after the exchange checks that the certificate the
+server presented is the member the message was meant for (host names do not identify
+members; the certificate does). Callbacks are queued in the contract outbox
+(`outbox_message`, kind ``dsp``) in the commit that decided them, and delivered with
+retries by `OutboxDispatcher` through `send_queued`.
+"""
+
+from __future__ import annotations
+
+import json
+import ssl
+from pathlib import Path
+from typing import Any
+
+import httpx
+from cryptography import x509
+from nacl.signing import SigningKey
+
+from qdspace.connector.contract_store import OutboxMessage
+from qdspace.node.api.dsp_auth import issue_token
+from qdspace.node.errors import IdentityError, PeerError
+from qdspace.node.identity.certs import MemberIdentity, identity_of
+
+TIMEOUT_S = 15.0
+OUTBOX_KIND = "dsp"
+
+
+def outbox_message(
+    peer_id: str, process_id: str, message_id: str, url: str, body: dict[str, Any]
+) -> OutboxMessage:
+    payload = json.dumps({"url": url, "body": body}, separators=(",", ":")).encode()
+    return OutboxMessage(peer_id, OUTBOX_KIND, process_id, message_id, payload)
+
+
+class DspHttp:
+    """The node's DSP client (one per node)."""
+
+    def __init__(self, me: str, key: SigningKey, cert: Path, tls_key: Path, ca: Path) -> None:
+        self.me = me
+        self.key = key
+        context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(ca))
+        context.check_hostname = False  # members are told apart by certificate, below
+        context.load_cert_chain(cert, tls_key)
+        self._client = httpx.AsyncClient(verify=context, timeout=TIMEOUT_S)
+
+    async def call(
+        self, method: str, url: str, audience: str | None, body: dict[str, Any] | None = None
+    ) -> tuple[MemberIdentity, httpx.Response]:
+        """One call; returns the member that answered and its response (any status).
+        `audience` None: whoever answers (its identity is returned, checked by the caller)."""
+        headers = {}
+        if audience is not None:
+            headers["authorization"] = f"Bearer {issue_token(self.key, self.me, audience)}"
+        try:
+            response = await self._client.request(method, url, json=body, headers=headers)
+        except httpx.HTTPError as exc:
+            raise PeerError(f"DSP {method} {url}: {type(exc).__name__}: {exc}") from None
+        stream = response.extensions.get("network_stream")
+        ssl_object = stream.get_extra_info("ssl_object") if stream is not None else None
+        der = ssl_object.getpeercert(binary_form=True) if ssl_object is not None else None
+        try:
+            server = identity_of(x509.load_der_x509_certificate(der or b""))
+        except (ValueError, IdentityError) as exc:
+            raise PeerError(f"DSP {url}: the server's certificate names no member: {exc}") from None
+        if audience is not None and server.member_id != audience:
+            raise PeerError(f"DSP {url} is served by {server.member_id}, not {audience}")
+        return server, response
+
+    async def post(self, url: str, audience: str, body: dict[str, Any]) -> httpx.Response:
+        _server, response = await self.call("POST", url, audience, body)
+        if response.status_code >= 300:
+            raise PeerError(f"DSP POST {url}: HTTP {response.status_code}: {response.text[:300]}")
+        return response
+
+    async def send_queued(self, message: OutboxMessage) -> None:
+        """Deliver a queued DSP message (the outbox retries on `PeerError`)."""
+        data = json.loads(message.payload)
+        await self.post(data["url"], message.peer_id, data["body"])
+
+    async def close(self) -> None:
+        await self._client.aclose()

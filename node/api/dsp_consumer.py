@@ -1,0 +1,93 @@
+"""The consumer's side of the DSP binding: start a negotiation with any DSP provider.
+
+`DspConsumer.negotiate` asks the provider at a DSP address for a dataset on the offer
+its catalog publishes: it learns who the provider is from the certificate its listener
+presents (never from what the provider writes about itself), opens the negotiation
+locally (unsigned: the DSP form), binds the pids, sends the ContractRequestMessage and
+returns; the rest arrives at the callback endpoints (`node.api.dsp`). The operator API
+exposes it as ``POST /v1/dsp/negotiations`` (`router`).
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends
+from pydantic import BaseModel, StringConstraints
+from starlette.concurrency import run_in_threadpool
+
+from qdspace.connector import dsp_codec as codec
+from qdspace.connector import dsp_negotiation as wire
+from qdspace.connector.contract_store import DspProcess
+from qdspace.connector.negotiation import ContractRequest, Role, open_negotiation
+from qdspace.node.api.deps import Ctx, require_operator
+from qdspace.node.api.dsp_client import DspHttp
+from qdspace.node.errors import PeerError
+from qdspace.node.runtime.contracts import ContractRuntime
+from qdspace.policies.codec import policy_to_json
+from qdspace.policies.odrl.vocab import PolicyKind
+
+
+@dataclass
+class DspConsumer:
+    runtime: ContractRuntime
+    http: DspHttp
+    base_url: str
+
+    async def negotiate(self, provider_url: str, dataset_id: str) -> dict[str, Any]:
+        url = provider_url.rstrip("/")
+        server, _ = await self.http.call("GET", f"{url}/.well-known/dspace-version", None)
+        provider = server.member_id
+        _, response = await self.http.call("GET", f"{url}/catalog/datasets/{dataset_id}", provider)
+        if response.status_code != 200:
+            raise PeerError(f"DSP {url}: dataset {dataset_id}: HTTP {response.status_code}")
+        data = response.json()
+        offers = data.get("hasPolicy") or []
+        if not offers:
+            raise PeerError(f"DSP {url}: dataset {dataset_id} has no offer")
+        message_like = {"@context": data.get("@context"), "offer": offers[0]}
+        asked = codec.read_policy(message_like, "offer", PolicyKind.OFFER, target=dataset_id)
+        pid = f"urn:uuid:{uuid.uuid4()}"
+        me, now = self.runtime.me.member_id, self.runtime.clock.now()
+        request = ContractRequest(wire.message_id(pid, "request"), pid, me, asked, now)
+        store = self.runtime.store
+        await run_in_threadpool(
+            store.save_negotiation, None, open_negotiation(request, Role.CONSUMER, signed=False)
+        )
+        row = DspProcess(
+            "negotiation",
+            pid,
+            Role.CONSUMER.value,
+            provider,
+            pid,
+            url,
+            asked_json=policy_to_json(asked),
+        )
+        await run_in_threadpool(store.dsp.bind, row)
+        body = codec.request_message(pid, asked, self.base_url)
+        ack = (await self.http.post(f"{url}/negotiations/request", provider, body)).json()
+        provider_pid = codec.text(ack, "providerPid")
+        await run_in_threadpool(store.dsp.set_peer_pid, "negotiation", pid, provider_pid)
+        return {"negotiation_id": pid, "provider_pid": provider_pid, "provider": provider}
+
+
+class NegotiateBody(BaseModel):
+    provider_url: Annotated[
+        str, StringConstraints(min_length=9, max_length=2048, pattern=r"^https://")
+    ]
+    dataset_id: Annotated[str, StringConstraints(min_length=1, max_length=128)]
+
+
+def router() -> APIRouter:
+    api = APIRouter(prefix="/v1/dsp", tags=["dsp"], dependencies=[Depends(require_operator)])
+
+    @api.post("/negotiations", status_code=201)
+    async def negotiate(body: NegotiateBody, ctx: Ctx) -> dict[str, Any]:
+        consumer = ctx.dsp
+        if not isinstance(consumer, DspConsumer):
+            raise PeerError("this node runs no DSP listener (set dsp_port)")
+        return await consumer.negotiate(body.provider_url, body.dataset_id)
+
+    return api

@@ -1,0 +1,70 @@
+"""Two real node processes with their DSP listeners on (and no gRPC between them)."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from qdspace.connector.sample import write_sample_files
+from qdspace.node.localnet.network import LocalNetwork, MemberSpec
+
+SCHEMAS = Path(__file__).parents[2] / "unit" / "policies" / "dsp_2025_1"
+
+
+@pytest.fixture(scope="module")
+def dsp_net(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalNetwork]:
+    net = LocalNetwork(
+        tmp_path_factory.mktemp("dsp"),
+        [MemberSpec("sunarc", "oem"), MemberSpec("cellex", "supplier")],
+        chain=False,
+        env={"QDSPACE_DSP_PORT": "0"},
+    )
+    net.create()
+    net.start()
+    try:
+        yield net
+    finally:
+        net.stop()
+
+
+def runtime_of(net: LocalNetwork, name: str) -> dict[str, Any]:
+    data: dict[str, Any] = json.loads(net[name].layout.runtime.read_text())
+    return data
+
+
+def ok(response: httpx.Response) -> Any:
+    assert response.status_code < 400, f"HTTP {response.status_code}: {response.text}"
+    return response.json()
+
+
+def wait_for(what: str, probe: Callable[[], Any], timeout: float = 30.0) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = probe()
+        if found:
+            return found
+        time.sleep(0.1)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def ingest_sample(network: LocalNetwork, name: str) -> None:
+    """The member's sample QDM files, through its REST API."""
+    member = network[name]
+    folder = network.workdir / "dsp-sample" / name
+    files = write_sample_files(folder, name, member.spec.role, bad_rows=False)
+    with member.client() as client:
+        for kind, path in files.items():
+            media = "text/csv" if path.suffix == ".csv" else "application/x-ndjson"
+            headers = {"content-type": media}
+            params = {"source": path.name}
+            ok(
+                client.post(
+                    f"/v1/ingest/{kind}", content=path.read_bytes(), headers=headers, params=params
+                )
+            )

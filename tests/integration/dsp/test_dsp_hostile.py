@@ -1,0 +1,170 @@
+"""The DSP listener against a hostile member: every refusal is the binding's error, no 5xx;
+every body the node answers with validates against its DSP 2025-1 schema."""
+
+from __future__ import annotations
+
+import json
+import ssl
+import time
+from typing import Any
+
+import httpx
+import jwt
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from jsonschema import Draft201909Validator
+from referencing import Registry, Resource
+
+from qdspace.node.api.dsp_auth import issue_token
+from qdspace.node.localnet.network import LocalNetwork
+
+from .conftest import SCHEMAS, ingest_sample, ok, runtime_of, wait_for
+
+pytestmark = pytest.mark.integration
+CTX = ["https://w3id.org/dspace/2025/1/context.jsonld"]
+
+
+def _registry() -> Registry:
+    resources = []
+    for path in SCHEMAS.rglob("*.json"):
+        doc = json.loads(path.read_text())
+        resources.append((doc["$id"], Resource.from_contents(doc)))
+    return Registry().with_resources(resources)
+
+
+def valid(body: Any, schema: str) -> None:
+    doc = json.loads((SCHEMAS / schema).read_text())
+    Draft201909Validator(doc, registry=_registry()).validate(body)
+
+
+class Member:
+    """A caller holding sunarc's certificate and key (a real member of the space)."""
+
+    def __init__(self, net: LocalNetwork, provider: str) -> None:
+        layout = net["sunarc"].layout
+        context = ssl.create_default_context(cafile=str(layout.ca_cert))
+        context.check_hostname = False
+        context.load_cert_chain(layout.tls_cert, layout.tls_key)
+        self.keys = net["sunarc"].keys()
+        self.audience = net[provider].keys().identity.member_id
+        self.http = httpx.Client(verify=context, base_url=runtime_of(net, provider)["dsp"])
+
+    def token(self, **over: Any) -> str:
+        return issue_token(self.keys.signing_key, self.keys.identity.member_id, self.audience)
+
+    def post(self, path: str, body: Any, token: str | None = None, **kw: Any) -> httpx.Response:
+        headers = {"authorization": f"Bearer {token or self.token()}", **kw.pop("headers", {})}
+        if isinstance(body, bytes):
+            return self.http.post(path, content=body, headers=headers, **kw)
+        return self.http.post(path, json=body, headers=headers, **kw)
+
+
+@pytest.fixture(scope="module")
+def member(dsp_net: LocalNetwork) -> Member:
+    return Member(dsp_net, "cellex")
+
+
+def test_catalog_and_dataset_validate(member: Member) -> None:
+    body = ok(member.post("/catalog/request", {"@context": CTX, "@type": "CatalogRequestMessage"}))
+    valid(body, "catalog/catalog-schema.json")
+    assert {d["@id"] for d in body["dataset"]} >= {"inspections"}
+    headers = {"authorization": f"Bearer {member.token()}"}
+    dataset = ok(member.http.get("/catalog/datasets/inspections", headers=headers))
+    valid(dataset, "catalog/dataset-schema.json")
+    missing = member.http.get("/catalog/datasets/nope", headers=headers)
+    assert missing.status_code == 404
+    valid(missing.json(), "catalog/catalog-error-schema.json")
+
+
+def test_unknown_pid_and_wrong_transition(dsp_net: LocalNetwork, member: Member) -> None:
+    headers = {"authorization": f"Bearer {member.token()}"}
+    gone = member.http.get(
+        "/negotiations/urn:uuid:00000000-0000-0000-0000-000000000000", headers=headers
+    )
+    assert gone.status_code == 404
+    valid(gone.json(), "negotiation/contract-negotiation-error-schema.json")
+    ingest_sample(dsp_net, "cellex")
+    provider = runtime_of(dsp_net, "cellex")["dsp"]
+    with dsp_net["sunarc"].client() as oem:
+        started = ok(
+            oem.post(
+                "/v1/dsp/negotiations", json={"provider_url": provider, "dataset_id": "inspections"}
+            )
+        )
+    ppid, cpid = started["provider_pid"], started["negotiation_id"]
+
+    def finalized() -> Any:
+        got = member.http.get(
+            f"/negotiations/{ppid}", headers={"authorization": f"Bearer {member.token()}"}
+        )
+        return got.status_code == 200 and got.json()["state"] == "FINALIZED" and got.json()
+
+    state = wait_for("FINALIZED", finalized)
+    valid(state, "negotiation/contract-negotiation-schema.json")
+    event = {
+        "@context": CTX,
+        "@type": "ContractNegotiationTerminationMessage",
+        "providerPid": ppid,
+        "consumerPid": cpid,
+        "code": "x",
+        "reason": ["late"],
+    }
+    late = member.post(f"/negotiations/{ppid}/termination", event)
+    assert late.status_code == 409, late.text
+    valid(late.json(), "negotiation/contract-negotiation-error-schema.json")
+
+
+def _forged(member: Member, **claims: Any) -> str:
+    now = int(time.time())
+    base = {
+        "iss": member.keys.identity.member_id,
+        "sub": member.keys.identity.member_id,
+        "aud": member.audience,
+        "iat": now,
+        "exp": now + 60,
+    }
+    return jwt.encode({**base, **claims}, Ed25519PrivateKey.generate(), algorithm="EdDSA")
+
+
+@pytest.mark.parametrize("what", ["forged", "expired", "audience", "none"])
+def test_bad_tokens_are_401(member: Member, what: str) -> None:
+    body = {"@context": CTX, "@type": "CatalogRequestMessage"}
+    own = Ed25519PrivateKey.from_private_bytes(bytes(member.keys.signing_key))
+    now = int(time.time())
+    me = member.keys.identity.member_id
+    claims = {"iss": me, "sub": me, "aud": member.audience, "iat": now - 600, "exp": now - 500}
+    tokens = {
+        "forged": _forged(member),
+        "expired": jwt.encode(claims, own, algorithm="EdDSA"),
+        "audience": jwt.encode(
+            {**claims, "iat": now, "exp": now + 60, "aud": me}, own, algorithm="EdDSA"
+        ),
+        "none": jwt.encode({**claims, "iat": now, "exp": now + 60}, None, algorithm="none"),
+    }
+    refused = member.post("/catalog/request", body, token=tokens[what])
+    assert refused.status_code == 401, refused.text
+    valid(refused.json(), "catalog/catalog-error-schema.json")
+
+
+@pytest.mark.parametrize(
+    "body,status",
+    [
+        (b"x" * 300_000, 413),
+        (b"[" * 5000 + b"]" * 5000, 400),
+        (
+            json.dumps(
+                {"@context": ["https://evil.example/ctx.jsonld"], "@type": "CatalogRequestMessage"}
+            ).encode(),
+            400,
+        ),
+        (b'{"@context": 1, "@context": 2}', 400),
+        (b"{not json", 400),
+    ],
+)
+def test_hostile_bodies(member: Member, body: bytes, status: int) -> None:
+    refused = member.post(
+        "/catalog/request",
+        body,
+        headers={"content-type": "application/json", "connection": "close"},
+    )
+    assert refused.status_code == status, refused.text
