@@ -92,7 +92,7 @@ class NodeSettings(BaseSettings):
     # host:port of the peer gRPC listener as other members reach it, published in the
     # directory; "" = grpc_host and the bound port (right when grpc_host is routable)
     advertise_peer: str = ""
-    # the Dataspace Protocol 2025-1 HTTPS listener (mutual TLS; `node.api.dsp`): None = off,
+    # the Dataspace Protocol 2025-1 HTTPS listener (mutual TLS; `node.dsp`): None = off,
     # 0 = any free port (recorded in the run file as ``dsp``)
     dsp_host: str = DEFAULT_HOST
     dsp_port: int | None = Field(default=None, ge=0, le=65535)

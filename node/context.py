@@ -62,7 +62,7 @@ class NodeContext:
     contract_client: PeerContracts | None = None
     #: delivers the contract outbox to peers (made with ``contract_client``)
     outbox: OutboxDelivery | None = None
-    #: the DSP binding's consumer side (`node.api.dsp_consumer.DspConsumer`), when it listens
+    #: the DSP binding's consumer side (`node.dsp.consumer.DspConsumer`), when it listens
     dsp: Any = None
     #: anchors each global model version this node coordinates; None without a ledger
     anchor_version: VersionAnchor | None = None

@@ -170,11 +170,11 @@ async def serve(ctx: NodeContext, stop: asyncio.Event) -> None:
 
 async def start_dsp(ctx: NodeContext, sock: socket.socket) -> _Uvicorn:
     """The DSP listener's server (mutual TLS with the space's certificates) and the DSP
-    consumer and outbox sender it brings (`node.api.dsp`)."""
-    from qdspace.node.api.dsp import DspBinding, create_dsp_app
-    from qdspace.node.api.dsp_auth import PeerCertH11
-    from qdspace.node.api.dsp_client import OUTBOX_KIND, DspHttp
-    from qdspace.node.api.dsp_consumer import DspConsumer
+    consumer and outbox sender it brings (`node.dsp`)."""
+    from qdspace.node.dsp.app import DspBinding, create_dsp_app
+    from qdspace.node.dsp.auth import PeerCertH11
+    from qdspace.node.dsp.client import OUTBOX_KIND, DspHttp
+    from qdspace.node.dsp.consumer import DspConsumer
     from qdspace.node.rpc.auth import PeerAuthenticator
     from qdspace.node.rpc.contracts_jobs import client_of
 

@@ -31,7 +31,7 @@ from fastapi import Path as PathParam
 from qdspace.connector.ingest import IngestReport, check_kind, ingest_file
 from qdspace.node.api.contracts import contracts_router
 from qdspace.node.api.deps import require_operator
-from qdspace.node.api.dsp_consumer import router as dsp_router
+from qdspace.node.api.dsp import router as dsp_router
 from qdspace.node.api.federation import PREFIX as FEDERATION_PREFIX
 from qdspace.node.api.federation import START_BODY_LIMIT, federation_router
 from qdspace.node.api.gate import (

@@ -70,6 +70,7 @@ from qdspace.node.api.contracts_models import (
 )
 from qdspace.node.api.deps import Client, Outbox, Paging, Runtime, require_operator
 from qdspace.node.api.models import IdPath
+from qdspace.node.api.policy_models import JsonLd, PolicyExplanation
 from qdspace.node.api.problems import PeerTimeout
 from qdspace.node.errors import PeerError, PurgeNotConfirmed
 from qdspace.node.runtime.contract_ports import Subscription
@@ -172,18 +173,18 @@ def contracts_router() -> APIRouter:
         stored = await _domain(_sync(rt.store.agreement, agreement_id))
         return agreement_full(stored)
 
-    @router.post("/agreements/{agreement_id}/explain")
-    async def explain(rt: Runtime, agreement_id: IdPath, body: ExplainBody) -> dict[str, Any]:
+    @router.post("/agreements/{agreement_id}/explain", response_model=PolicyExplanation)
+    async def explain(rt: Runtime, agreement_id: IdPath, body: ExplainBody) -> PolicyExplanation:
         """The ODRL report (per rule, per constraint) of a request under the agreement."""
         fields = None if body.fields is None else frozenset(body.fields)
         action = Action(body.action)
         report = await _domain(
             _sync(rt.explain, agreement_id, action, body.purpose, body.order_id, fields)
         )
-        return report.to_dict()
+        return PolicyExplanation.model_validate(report.to_dict())
 
-    @router.get("/agreements/{agreement_id}/odrl")
-    async def agreement_odrl(rt: Runtime, agreement_id: IdPath) -> dict[str, Any]:
+    @router.get("/agreements/{agreement_id}/odrl", response_model=JsonLd)
+    async def agreement_odrl(rt: Runtime, agreement_id: IdPath) -> JsonLd:
         """The agreement's policy in the DSP 2025-1 JSON-LD form (ODRL Agreement)."""
         stored = await _domain(_sync(rt.store.agreement, agreement_id))
         terms = stored.signed.agreement

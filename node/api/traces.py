@@ -15,7 +15,7 @@ from datetime import datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends
-from pydantic import AwareDatetime, BaseModel, Field, StringConstraints
+from pydantic import AwareDatetime, BaseModel, Field, JsonValue, StringConstraints
 from starlette.concurrency import run_in_threadpool
 
 from qdspace.connector.trace_store import StoredTrace
@@ -48,6 +48,14 @@ class TracePublic(BaseModel):
     selection: dict[str, Any]
     report_sha256: str | None
     error: str | None
+
+
+class TraceReportPublic(BaseModel):
+    """A finished trace's report (`connector.trace_report`: ranked causes, paths, evidence,
+    confidence, responsibility, timings) and the SHA-256 of its bytes as anchored."""
+
+    report_sha256: str | None
+    report: dict[str, JsonValue]
 
 
 def _public(stored: StoredTrace) -> TracePublic:
@@ -96,9 +104,9 @@ def traces_router() -> APIRouter:
     async def status(runs: Runs, trace_id: TraceText) -> TracePublic:
         return _public(await run_in_threadpool(runs.get, trace_id))
 
-    @router.get("/{trace_id}/report")
-    async def report(runs: Runs, trace_id: TraceText) -> dict[str, Any]:
+    @router.get("/{trace_id}/report", response_model=TraceReportPublic)
+    async def report(runs: Runs, trace_id: TraceText) -> TraceReportPublic:
         stored = await run_in_threadpool(runs.get, trace_id)
-        return {"report_sha256": stored.report_sha256, "report": stored.report_json()}
+        return TraceReportPublic(report_sha256=stored.report_sha256, report=stored.report_json())
 
     return router

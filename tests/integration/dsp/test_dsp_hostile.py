@@ -15,7 +15,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from jsonschema import Draft201909Validator
 from referencing import Registry, Resource
 
-from qdspace.node.api.dsp_auth import issue_token
+from qdspace.node.dsp.auth import issue_token
 from qdspace.node.localnet.network import LocalNetwork
 
 from .conftest import SCHEMAS, ingest_sample, ok, runtime_of, wait_for
@@ -47,7 +47,14 @@ class Member:
         context.load_cert_chain(layout.tls_cert, layout.tls_key)
         self.keys = net["sunarc"].keys()
         self.audience = net[provider].keys().identity.member_id
-        self.http = httpx.Client(verify=context, base_url=runtime_of(net, provider)["dsp"])
+        # a new connection per request: the listener closes a connection idle for its
+        # keep-alive timeout (5 s), and a POST racing that close on a loaded machine fails
+        # before it reached the app (httpx does not resend a POST), which is not under test
+        self.http = httpx.Client(
+            verify=context,
+            base_url=runtime_of(net, provider)["dsp"],
+            limits=httpx.Limits(max_keepalive_connections=0),
+        )
 
     def token(self, **over: Any) -> str:
         return issue_token(self.keys.signing_key, self.keys.identity.member_id, self.audience)

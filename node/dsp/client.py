@@ -21,7 +21,7 @@ from cryptography import x509
 from nacl.signing import SigningKey
 
 from qdspace.connector.contract_store import OutboxMessage
-from qdspace.node.api.dsp_auth import issue_token
+from qdspace.node.dsp.auth import issue_token
 from qdspace.node.errors import IdentityError, PeerError
 from qdspace.node.identity.certs import MemberIdentity, identity_of
 

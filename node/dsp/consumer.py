@@ -4,26 +4,23 @@
 its catalog publishes: it learns who the provider is from the certificate its listener
 presents (never from what the provider writes about itself), opens the negotiation
 locally (unsigned: the DSP form), binds the pids, sends the ContractRequestMessage and
-returns; the rest arrives at the callback endpoints (`node.api.dsp`). The operator API
-exposes it as ``POST /v1/dsp/negotiations`` (`router`).
+returns; the rest arrives at the callback endpoints (`node.dsp.app`). The operator API
+exposes it as ``POST /v1/dsp/negotiations`` (`node.api.dsp`).
 """
 
 from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
-from typing import Annotated, Any
+from typing import Any
 
-from fastapi import APIRouter, Depends
-from pydantic import BaseModel, StringConstraints
 from starlette.concurrency import run_in_threadpool
 
 from qdspace.connector import dsp_codec as codec
 from qdspace.connector import dsp_negotiation as wire
 from qdspace.connector.contract_store import DspProcess
 from qdspace.connector.negotiation import ContractRequest, Role, open_negotiation
-from qdspace.node.api.deps import Ctx, require_operator
-from qdspace.node.api.dsp_client import DspHttp
+from qdspace.node.dsp.client import DspHttp
 from qdspace.node.errors import PeerError
 from qdspace.node.runtime.contracts import ContractRuntime
 from qdspace.policies.codec import policy_to_json
@@ -71,23 +68,3 @@ class DspConsumer:
         provider_pid = codec.text(ack, "providerPid")
         await run_in_threadpool(store.dsp.set_peer_pid, "negotiation", pid, provider_pid)
         return {"negotiation_id": pid, "provider_pid": provider_pid, "provider": provider}
-
-
-class NegotiateBody(BaseModel):
-    provider_url: Annotated[
-        str, StringConstraints(min_length=9, max_length=2048, pattern=r"^https://")
-    ]
-    dataset_id: Annotated[str, StringConstraints(min_length=1, max_length=128)]
-
-
-def router() -> APIRouter:
-    api = APIRouter(prefix="/v1/dsp", tags=["dsp"], dependencies=[Depends(require_operator)])
-
-    @api.post("/negotiations", status_code=201)
-    async def negotiate(body: NegotiateBody, ctx: Ctx) -> dict[str, Any]:
-        consumer = ctx.dsp
-        if not isinstance(consumer, DspConsumer):
-            raise PeerError("this node runs no DSP listener (set dsp_port)")
-        return await consumer.negotiate(body.provider_url, body.dataset_id)
-
-    return api

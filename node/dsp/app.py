@@ -1,0 +1,297 @@
+"""The Dataspace Protocol 2025-1 HTTPS binding: catalog and negotiation endpoints.
+
+Each route is a thin adapter: authenticate the caller (mutual TLS and its ID token,
+`dsp_auth`), read the DSP message (`connector.dsp_codec`, `connector.dsp_negotiation`),
+call ONE runtime move (the same `ContractRuntime` methods and state machines the gRPC
+wire drives) and answer. The provider acknowledges at once (201 with the process, or
+200) and its answer travels later to the consumer's callback address through the
+contract outbox, queued in the commit that decided it. The same routes serve the
+consumer's callbacks: a pid names our process and our role in it.
+
+A process that is not the caller's is "not found" (404), exactly as one that does not
+exist. Errors are DSP error bodies with the status of the node's fault table
+(`node.faults`); bodies over `MAX_BODY` are 413, before any parsing.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response
+from starlette.concurrency import run_in_threadpool
+
+from qdspace.connector import dsp_codec as codec
+from qdspace.connector import dsp_negotiation as wire
+from qdspace.connector.contract_errors import UnknownContractError
+from qdspace.connector.contract_store import DspProcess, OutboxMessage
+from qdspace.connector.negotiation import Negotiation, NegotiationMessage, Role
+from qdspace.node.dsp.auth import DspAuthError, bearer, peer_of, verify_token
+from qdspace.node.dsp.client import outbox_message
+from qdspace.node.faults import http_status
+from qdspace.node.identity.certs import MemberIdentity
+from qdspace.node.rpc.auth import PeerAuthenticator
+from qdspace.node.runtime.contracts import ContractRuntime
+from qdspace.policies.codec import parse_policy
+from qdspace.policies.odrl.jsonld import MAX_DOCUMENT_BYTES, decode
+
+logger = logging.getLogger("node.dsp")
+
+MAX_BODY = MAX_DOCUMENT_BYTES
+NEG = "negotiation"
+
+
+class BodyTooLarge(ValueError):
+    """A DSP request body over `MAX_BODY` (HTTP 413)."""
+
+
+@dataclass
+class DspBinding:
+    """What the routes need: the runtime, the caller check, our address, the outbox kick."""
+
+    runtime: ContractRuntime
+    authenticator: PeerAuthenticator
+    base_url: str
+    kick: Callable[[], None] = lambda: None
+
+    @property
+    def me(self) -> str:
+        return self.runtime.me.member_id
+
+    def pids(self, row: DspProcess) -> wire.Pids:
+        if row.role == Role.PROVIDER.value:
+            return wire.Pids(row.own_pid, row.peer_pid or "")
+        return wire.Pids(row.peer_pid or "", row.own_pid)
+
+    def deliver(
+        self, row: DspProcess
+    ) -> Callable[[Negotiation, list[NegotiationMessage]], Sequence[OutboxMessage]]:
+        """How the answers of the process `row` binds reach its peer (the outbox)."""
+        from_provider = row.role == Role.PROVIDER.value
+
+        def queue(n: Negotiation, messages: list[NegotiationMessage]) -> list[OutboxMessage]:
+            current = self.runtime.store.dsp.by_local(NEG, row.local_id) or row
+            out = []
+            for message in messages:
+                path, body = wire.outgoing(message, self.pids(current), from_provider=from_provider)
+                url = current.callback + path
+                out.append(
+                    outbox_message(row.peer_id, n.negotiation_id, message.message_id, url, body)
+                )
+            return out
+
+        return queue
+
+
+async def body_of(request: Request) -> Any:
+    size = int(request.headers.get("content-length") or 0)
+    if size > MAX_BODY:
+        raise BodyTooLarge(f"body of {size} bytes is over {MAX_BODY}")
+    data = bytearray()
+    async for chunk in request.stream():
+        data += chunk
+        if len(data) > MAX_BODY:
+            raise BodyTooLarge(f"body is over {MAX_BODY} bytes")
+    return decode(bytes(data))
+
+
+def _error_kind(path: str) -> str:
+    if path.startswith("/transfers"):
+        return "TransferError"
+    if path.startswith("/catalog"):
+        return "CatalogError"
+    return "ContractNegotiationError"
+
+
+def _status(exc: Exception) -> int:
+    if isinstance(exc, DspAuthError):
+        return 401
+    if isinstance(exc, BodyTooLarge):
+        return 413
+    return http_status(exc)
+
+
+def create_dsp_app(binding: DspBinding) -> FastAPI:
+    app = FastAPI(title="qdspace DSP 2025-1", openapi_url=None, docs_url=None, redoc_url=None)
+    runtime = binding.runtime
+    store = runtime.store
+
+    @app.exception_handler(Exception)
+    async def dsp_error(request: Request, exc: Exception) -> JSONResponse:
+        status = _status(exc)
+        if status >= 500:
+            logger.exception("DSP %s %s failed", request.method, request.url.path)
+            reason = "internal error"
+        else:
+            logger.warning("DSP %s %s: %s", request.method, request.url.path, exc)
+            reason = str(exc)
+        pid = request.path_params.get("pid", "")
+        body = codec.error(_error_kind(request.url.path), str(status), reason, pid, pid)
+        return JSONResponse(body, status_code=status)
+
+    def caller(request: Request) -> MemberIdentity:
+        identity = peer_of(request.scope, binding.authenticator)
+        verify_token(bearer(request.headers.get("authorization")), identity, binding.me)
+        return identity
+
+    def owned(kind: str, pid: str, peer: MemberIdentity) -> DspProcess:
+        row = store.dsp.by_own_pid(kind, pid)
+        if row is None or row.peer_id != peer.member_id:
+            raise UnknownContractError(f"no {kind} {pid[:128]} here")
+        return row
+
+    @app.get("/.well-known/dspace-version")
+    async def version() -> dict[str, Any]:
+        return codec.version_document("/")
+
+    # ------------------------------------------------------------ catalog
+
+    def datasets(peer: MemberIdentity) -> list[dict[str, Any]]:
+        out = []
+        for entry in runtime.catalog(peer.role):
+            asset = runtime.asset_for(entry.asset_id, peer.role)
+            out.append(codec.dataset(asset.asset_id, [asset.offer], asset.title, binding.base_url))
+        return out
+
+    @app.post("/catalog/request")
+    async def catalog_request(request: Request) -> dict[str, Any]:
+        peer = caller(request)
+        codec.read_message(await body_of(request), "CatalogRequestMessage")
+        return codec.catalog(binding.me, datasets(peer), binding.base_url)
+
+    @app.get("/catalog/datasets/{pid}")
+    async def dataset(pid: str, request: Request) -> dict[str, Any]:
+        peer = caller(request)
+        for item in datasets(peer):
+            if item["@id"] == pid:
+                return codec.dataset_response(item)
+        raise UnknownContractError(f"no dataset {pid[:128]} here")
+
+    # -------------------------------------------------------- negotiation
+
+    def state(row: DspProcess) -> dict[str, Any]:
+        n = store.load_negotiation(row.local_id)
+        pids = binding.pids(row)
+        return codec.negotiation(pids.provider, pids.consumer, n.state.value)
+
+    @app.post("/negotiations/request", status_code=201)
+    async def negotiation_request(request: Request) -> dict[str, Any]:
+        peer = caller(request)
+        body = codec.read_message(await body_of(request), "ContractRequestMessage")
+        consumer_pid = codec.text(body, "consumerPid")
+        callback = codec.callback(body, required=True)
+        if body.get("providerPid") is not None:
+            raise codec.DspMessageError("$.providerPid", "counter-requests are not supported")
+        existing = store.dsp.by_peer_pid(NEG, peer.member_id, consumer_pid)
+        if existing is not None:  # a retry: the same process
+            return state(existing)
+        pid = f"urn:uuid:{uuid.uuid4()}"
+        message = wire.request_in(body, pid, peer.member_id, runtime.clock.now())
+        row = DspProcess(NEG, pid, Role.PROVIDER.value, peer.member_id, pid, callback, consumer_pid)
+        store.dsp.bind(row)
+        await run_in_threadpool(
+            runtime.handle_negotiation, peer, message, deliver=binding.deliver(row), signed=False
+        )
+        binding.kick()
+        return codec.negotiation(pid, consumer_pid, "REQUESTED")
+
+    @app.get("/negotiations/{pid}")
+    async def negotiation_get(pid: str, request: Request) -> dict[str, Any]:
+        return state(owned(NEG, pid, caller(request)))
+
+    async def negotiation_message(
+        request: Request,
+        pid: str,
+        kind: str,
+        build: Callable[[Any, DspProcess, MemberIdentity, Negotiation], NegotiationMessage],
+    ) -> Response:
+        peer = caller(request)
+        row = owned(NEG, pid, peer)
+        body = codec.read_message(await body_of(request), kind)
+        own, theirs = (
+            ("providerPid", "consumerPid")
+            if row.role == "provider"
+            else ("consumerPid", "providerPid")
+        )
+        if codec.text(body, own) != row.own_pid:
+            raise codec.DspMessageError(f"$.{own}", "does not match the process addressed")
+        their_pid = codec.text(body, theirs)
+        if row.peer_pid is None:
+            store.dsp.set_peer_pid(NEG, row.local_id, their_pid)
+        elif their_pid != row.peer_pid:
+            raise codec.DspMessageError(f"$.{theirs}", "does not match the process addressed")
+        n = store.load_negotiation(row.local_id)
+        message = build(body, row, peer, n)
+        if any(mid == message.message_id for mid, _ in n.seen):
+            return Response(status_code=200)  # a retry of a message already applied
+        if row.role == Role.PROVIDER.value:
+            await run_in_threadpool(
+                runtime.handle_negotiation,
+                peer,
+                message,
+                deliver=binding.deliver(row),
+                signed=False,
+            )
+        else:
+            asked = parse_policy(row.asked_json) if row.asked_json else n.offer
+            await run_in_threadpool(
+                runtime.handle_provider_message, peer, message, asked, binding.deliver(row)
+            )
+        binding.kick()
+        return Response(status_code=200)
+
+    def now_for(n: Negotiation) -> Any:
+        return max(runtime.clock.now(), n.updated_at)
+
+    @app.post("/negotiations/{pid}/events")
+    async def events(pid: str, request: Request) -> Response:
+        return await negotiation_message(
+            request,
+            pid,
+            "ContractNegotiationEventMessage",
+            lambda b, r, p, n: wire.event_in(b, r.local_id, p.member_id, now_for(n)),
+        )
+
+    @app.post("/negotiations/{pid}/agreement/verification")
+    async def verification(pid: str, request: Request) -> Response:
+        return await negotiation_message(
+            request,
+            pid,
+            "ContractAgreementVerificationMessage",
+            lambda b, r, p, n: wire.verification_in(r.local_id, p.member_id, now_for(n)),
+        )
+
+    @app.post("/negotiations/{pid}/termination")
+    async def termination(pid: str, request: Request) -> Response:
+        return await negotiation_message(
+            request,
+            pid,
+            "ContractNegotiationTerminationMessage",
+            lambda b, r, p, n: wire.termination_in(b, r.local_id, p.member_id, now_for(n)),
+        )
+
+    @app.post("/negotiations/{pid}/offers")
+    async def offers(pid: str, request: Request) -> Response:
+        return await negotiation_message(
+            request,
+            pid,
+            "ContractOfferMessage",
+            lambda b, r, p, n: wire.offer_in(b, r.local_id, p.member_id, now_for(n)),
+        )
+
+    @app.post("/negotiations/{pid}/agreement")
+    async def agreement(pid: str, request: Request) -> Response:
+        return await negotiation_message(
+            request,
+            pid,
+            "ContractAgreementMessage",
+            lambda b, r, p, n: wire.agreement_in(
+                b, r.local_id, p.member_id, n.created_at, now_for(n)
+            ),
+        )
+
+    return app
