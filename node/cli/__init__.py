@@ -41,6 +41,7 @@ from qdspace.node.cli.inspection import mount as mount_inspection
 from qdspace.node.cli.investigation import investigation_app
 from qdspace.node.cli.ledger import ledger_app
 from qdspace.node.cli.ledger import verify as ledger_verify
+from qdspace.node.cli.linein import connect_app
 from qdspace.node.cli.maintenance import mount as mount_maintenance
 from qdspace.node.cli.trace import trace_app
 
@@ -56,6 +57,7 @@ app.add_typer(host_app, name="host")
 app.add_typer(investigation_app, name="investigation")
 app.add_typer(trace_app, name="trace")
 app.add_typer(dictionary_app, name="dictionary")
+app.add_typer(connect_app, name="connect")
 app.command("verify")(ledger_verify)  # `qdspace verify PROOF.json --rpc URL`
 mount_inspection(app)  # train, inspect run/models/activate/explain
 mount_contracts(app)  # catalog, negotiate, transfer, subscribe, contracts, order close
