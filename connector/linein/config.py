@@ -184,7 +184,8 @@ def check_elements(
 ) -> None:
     """Every mapping names a measured element of the dictionary and a unit it converts."""
     for i, m in enumerate(mappings):
-        where = f"{path}: mapping {i + 1} ({getattr(m, 'node_id', None) or m.topic})"
+        name = m.node_id if isinstance(m, OpcuaNode) else m.topic
+        where = f"{path}: mapping {i + 1} ({name})"
         try:
             element = dictionary.element(m.element)
         except DictionaryError as exc:
