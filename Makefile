@@ -24,10 +24,11 @@ $(VENV)/.demo-installed: pyproject.toml $(VENV)/bin/activate
 	@touch $@
 
 # Everything the tests need: the demo's extras plus `dev` (pytest, ruff and mypy at
-# pinned versions); torch==2.13.0 (CPU) comes from the machine's local wheel.
+# pinned versions) and `connect` (the line connectors); torch==2.13.0 (CPU) comes from
+# the machine's local wheel.
 $(VENV)/.test-installed: pyproject.toml $(VENV)/bin/activate
 	$(PIP) install -q 'torch==2.13.0'
-	$(PIP) install -q -e '.[dev,$(DEMO_EXTRAS)]'
+	$(PIP) install -q -e '.[dev,connect,$(DEMO_EXTRAS)]'
 	@touch $@ $(VENV)/.demo-installed
 
 demo: $(VENV)/.demo-installed

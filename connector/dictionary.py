@@ -1,5 +1,9 @@
 """The data dictionary: data elements with value domains, in the ISO/IEC 11179 spirit.
 
+The elements themselves are data, not code: :mod:`connector.dictionary_file` reads them
+from the package's ``dictionary.json`` (and a node's own file over it). This module is
+the plain domain: the element and value-domain types and the conversions.
+
 Every data element has an identifier, a name, a definition and one value domain:
 
 * a :class:`UnitDomain` (a canonical unit, the units it converts from, a range), which
@@ -49,10 +53,12 @@ class UnitDomain:
 
 @dataclass(frozen=True)
 class EnumDomain:
-    """Permissible values; ``synonyms`` maps what plants send (lower-cased) to one of them."""
+    """Permissible values (a code list); ``synonyms`` maps what plants send (lower-cased) to
+    one of them; ``meanings`` says what a code stands for, where the dictionary says so."""
 
     values: tuple[str, ...]
     synonyms: Mapping[str, str] = field(default_factory=dict)
+    meanings: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -61,7 +67,10 @@ class DataElement:
     name: str
     definition: str
     domain: UnitDomain | EnumDomain
+    #: other names of the element (other systems' field names): looked up like the name
     aliases: tuple[str, ...] = ()
+    #: alias -> the system that uses it, where the dictionary names one
+    systems: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -72,31 +81,6 @@ class Measured:
     value: float
     unit: str
     grade: str | None
-
-
-def _units(
-    canonical: str, *pairs: tuple[Iterable[str], float, float]
-) -> dict[str, tuple[float, float]]:
-    table: dict[str, tuple[float, float]] = {canonical: (1.0, 0.0), canonical.lower(): (1.0, 0.0)}
-    for names, factor, offset in pairs:
-        for name in names:
-            table[name] = (factor, offset)
-            table[name.lower()] = (factor, offset)
-    return table
-
-
-_CELSIUS = _units(
-    "°C",
-    (("degC", "C", "celsius", "℃"), 1.0, 0.0),
-    (("K", "kelvin"), 1.0, -273.15),
-    (("°F", "degF", "F", "fahrenheit"), 5.0 / 9.0, -32.0 * 5.0 / 9.0),
-)
-_FRACTION = _units(
-    "1",
-    (("fraction", "ratio"), 1.0, 0.0),
-    (("%", "percent", "pct"), 0.01, 0.0),
-    (("ppm",), 1e-6, 0.0),
-)
 
 
 class DataDictionary:
@@ -157,7 +141,7 @@ class DataDictionary:
         if conversion is None:
             raise DictionaryError(
                 f"unit {unit!r} is not known for {element.name}; use one of: "
-                f"{', '.join(_declared_units(domain))}"
+                f"{', '.join(declared_units(domain))}"
             )
         factor, offset = conversion
         canonical = number * factor + offset
@@ -223,7 +207,8 @@ class DataDictionary:
         return out
 
 
-def _declared_units(domain: UnitDomain) -> list[str]:
+def declared_units(domain: UnitDomain) -> list[str]:
+    """The units ``domain`` accepts as declared (without the lower-cased look-up copies)."""
     seen: dict[str, str] = {}
     for unit in domain.conversions:
         seen.setdefault(unit.lower(), unit)
@@ -246,277 +231,11 @@ def _number(value: Any) -> float | None:
     return number
 
 
-def _enum(values: Iterable[str], synonyms: Mapping[str, Iterable[str]]) -> EnumDomain:
-    table = {v.lower(): v for v in values}
-    for canonical, names in synonyms.items():
-        for name in names:
-            table[name.lower()] = canonical
-    return EnumDomain(tuple(values), table)
-
-
 @cache
 def default_dictionary() -> DataDictionary:
-    """The dictionary every node starts with (PV cell and module manufacturing)."""
-    void_grades = {
-        g.code: g
-        for g in (
-            Grade("A", 0.0, 0.05, "void area up to 5 %"),
-            Grade("B", 0.05, 0.15, "void area over 5 % up to 15 %"),
-            Grade("C", 0.15, 0.25, "void area over 15 % up to 25 %"),
-            Grade("D", 0.25, 1.0, "void area over 25 % (reject)"),
-        )
-    }
-    return DataDictionary(
-        [
-            DataElement(
-                "QDE-0001",
-                "solder_void_rate",
-                "Share of the solder joint area of a cell interconnection that is void (X-ray).",
-                UnitDomain("1", _FRACTION, 0.0, 1.0, void_grades),
-                ("void_rate",),
-            ),
-            DataElement(
-                "QDE-0002",
-                "pecvd_chamber_vacuum",
-                "Absolute pressure in the PECVD anti-reflective coating chamber during deposition.",
-                UnitDomain(
-                    "Pa",
-                    _units(
-                        "Pa",
-                        (("mbar", "hPa"), 100.0, 0.0),
-                        (("kPa",), 1000.0, 0.0),
-                        (("Torr",), 133.322368, 0.0),
-                        (("mTorr",), 0.133322368, 0.0),
-                        (("bar",), 1e5, 0.0),
-                    ),
-                    0.0,
-                    1.2e5,
-                ),
-                ("chamber_pressure", "pecvd_pressure"),
-            ),
-            DataElement(
-                "QDE-0003",
-                "firing_peak_temperature",
-                "Peak belt temperature of the contact firing furnace.",
-                UnitDomain("°C", _CELSIUS, -50.0, 1200.0),
-            ),
-            DataElement(
-                "QDE-0004",
-                "lamination_temperature",
-                "Plate temperature of the module laminator during the curing phase.",
-                UnitDomain("°C", _CELSIUS, -50.0, 400.0),
-            ),
-            DataElement(
-                "QDE-0005",
-                "wafer_thickness",
-                "Mean thickness of an as-cut silicon wafer.",
-                UnitDomain(
-                    "µm",
-                    _units(
-                        "µm", (("um", "micron", "micrometre"), 1.0, 0.0), (("mm",), 1000.0, 0.0)
-                    ),
-                    0.0,
-                    2000.0,
-                ),
-            ),
-            DataElement(
-                "QDE-0006",
-                "arc_thickness",
-                "Thickness of the silicon nitride anti-reflective coating.",
-                UnitDomain(
-                    "nm",
-                    _units("nm", (("µm", "um"), 1000.0, 0.0), (("Å", "angstrom"), 0.1, 0.0)),
-                    0.0,
-                    1000.0,
-                ),
-            ),
-            DataElement(
-                "QDE-0007",
-                "cell_efficiency",
-                "Conversion efficiency of a finished cell under standard test conditions.",
-                UnitDomain("1", _FRACTION, 0.0, 1.0),
-            ),
-            DataElement(
-                "QDE-0008",
-                "ambient_temperature",
-                "Air temperature at a line location.",
-                UnitDomain("°C", _CELSIUS, -50.0, 80.0),
-                ("temperature",),
-            ),
-            DataElement(
-                "QDE-0009",
-                "relative_humidity",
-                "Relative humidity of the air at a line location.",
-                UnitDomain(
-                    "%RH",
-                    _units(
-                        "%RH", (("%", "percent", "rh"), 1.0, 0.0), (("fraction", "1"), 100.0, 0.0)
-                    ),
-                    0.0,
-                    100.0,
-                ),
-                ("humidity",),
-            ),
-            DataElement(
-                "QDE-0010",
-                "ribbon_peel_force",
-                "Force needed to peel an interconnection ribbon off the busbar.",
-                UnitDomain(
-                    "N", _units("N", (("cN",), 0.01, 0.0), (("kgf",), 9.80665, 0.0)), 0.0, 100.0
-                ),
-            ),
-            DataElement(
-                "QDE-0011",
-                "silane_flow",
-                "SiH4 gas flow into the PECVD chamber.",
-                UnitDomain("sccm", _units("sccm", (("slm",), 1000.0, 0.0)), 0.0, 1e5),
-            ),
-            # the wafer maker's (issue 14): crystal growth, ingot and wafer metrology
-            DataElement(
-                "QDE-0021",
-                "ingot_resistivity",
-                "Bulk resistivity of a silicon ingot at one position (four-point probe).",
-                UnitDomain(
-                    "Ω·cm",
-                    _units(
-                        "Ω·cm",
-                        (("ohm·cm", "ohm cm", "ohm*cm", "ohm-cm", "ohmcm", "Ω cm"), 1.0, 0.0),
-                        (("mΩ·cm", "mohm cm", "mohm·cm"), 0.001, 0.0),
-                        (("Ω·m", "ohm m", "ohm·m"), 100.0, 0.0),
-                    ),
-                    0.0,
-                    1e4,
-                ),
-                ("resistivity",),
-            ),
-            DataElement(
-                "QDE-0022",
-                "minority_carrier_lifetime",
-                "Effective minority-carrier lifetime of a silicon sample (QSSPC).",
-                UnitDomain(
-                    "µs",
-                    _units(
-                        "µs",
-                        (("us", "microsecond", "microseconds"), 1.0, 0.0),
-                        (("ms",), 1000.0, 0.0),
-                        (("ns",), 0.001, 0.0),
-                    ),
-                    0.0,
-                    1e5,
-                ),
-                ("carrier_lifetime",),
-            ),
-            DataElement(
-                "QDE-0023",
-                "total_thickness_variation",
-                "Difference between the thickest and thinnest point of an as-cut wafer.",
-                UnitDomain(
-                    "µm",
-                    _units(
-                        "µm", (("um", "micron", "micrometre"), 1.0, 0.0), (("mm",), 1000.0, 0.0)
-                    ),
-                    0.0,
-                    500.0,
-                ),
-                ("ttv",),
-            ),
-            DataElement(
-                "QDE-0024",
-                "crystal_pull_rate",
-                "Pull rate of the crystal in a Czochralski puller during body growth.",
-                UnitDomain(
-                    "mm/min",
-                    _units("mm/min", (("mm/h",), 1.0 / 60.0, 0.0), (("µm/s", "um/s"), 0.06, 0.0)),
-                    0.0,
-                    20.0,
-                ),
-                ("pull_rate",),
-            ),
-            DataElement(
-                "QDE-0025",
-                "wire_saw_tension",
-                "Tension of the diamond wire in a multi-wire saw.",
-                UnitDomain(
-                    "N", _units("N", (("cN",), 0.01, 0.0), (("kgf",), 9.80665, 0.0)), 0.0, 200.0
-                ),
-                ("wire_tension",),
-            ),
-            DataElement(
-                "QDE-0101",
-                "verdict",
-                "Outcome of an inspection.",
-                _enum(
-                    ("pass", "fail"),
-                    {
-                        "pass": ("ok", "passed", "good", "g", "io", "accept"),
-                        "fail": ("nok", "failed", "bad", "ng", "nio", "reject"),
-                    },
-                ),
-            ),
-            DataElement(
-                "QDE-0102",
-                "defect_class",
-                "Class of the defect an inspection found ('none' when it passed).",
-                _enum(
-                    (
-                        "none",
-                        "crack",
-                        "microcrack",
-                        "finger_interruption",
-                        "dark_area",
-                        "short_circuit",
-                        "contamination",
-                        "void",
-                        "other",
-                    ),
-                    {
-                        "none": ("", "-", "no_defect"),
-                        "microcrack": ("micro-crack", "micro_crack"),
-                        "finger_interruption": ("finger", "broken_finger"),
-                        "dark_area": ("dark", "inactive_area"),
-                    },
-                ),
-            ),
-            DataElement(
-                "QDE-0103",
-                "order_status",
-                "Life-cycle state of a purchase order.",
-                _enum(("open", "closed"), {"closed": ("done", "completed", "finished")}),
-            ),
-            DataElement(
-                "QDE-0104",
-                "batch_kind",
-                "What a material batch is.",
-                _enum(
-                    ("ingot", "wafer", "cell", "string", "module", "material"),
-                    {"cell": ("cells",), "wafer": ("wafers",), "ingot": ("ingots",)},
-                ),
-            ),
-            DataElement(
-                "QDE-0106",
-                "calibration_result",
-                "Outcome of calibrating a piece of measuring equipment (a certificate whose "
-                "result is fail does not make the equipment's readings calibrated).",
-                _enum(
-                    ("pass", "adjusted", "fail"),
-                    {
-                        "pass": ("ok", "conforming", "in_tolerance", "passed"),
-                        "adjusted": ("adjusted_pass", "limited"),
-                        "fail": ("nok", "non_conforming", "out_of_tolerance", "failed"),
-                    },
-                ),
-            ),
-            DataElement(
-                "QDE-0105",
-                "cell_type",
-                "Crystal structure of a silicon cell.",
-                _enum(
-                    ("mono", "poly"),
-                    {
-                        "mono": ("monocrystalline", "mono-si"),
-                        "poly": ("polycrystalline", "multi", "mc-si"),
-                    },
-                ),
-            ),
-        ]
-    )
+    """The dictionary every node starts with: the package's ``dictionary.json`` (PV wafer,
+    cell and module manufacturing). A node's own file goes over it through
+    :func:`connector.dictionary_file.load_dictionary`."""
+    from qdspace.connector.dictionary_file import load_dictionary
+
+    return load_dictionary().dictionary

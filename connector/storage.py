@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterable, Mapping
-from datetime import datetime
+from datetime import UTC, datetime
 from functools import cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -253,6 +253,19 @@ class QualityStore:
             cached = (sql, [(c.name, c.type.bind_processor(dialect)) for c in columns])
             self._statements[kind] = cached
         return cached
+
+    def latest_measurement(self, equipment: str, parameter: str) -> datetime | None:
+        """When the newest stored reading of ``parameter`` on ``equipment`` was taken (None:
+        none yet): where a line connector's backfill after an outage starts."""
+        table = _table("measurement")
+        query = select(func.max(table.c.measured_at)).where(
+            table.c.equipment == equipment, table.c.parameter == parameter
+        )
+        with self.engine.connect() as connection:
+            found = connection.execute(query).scalar_one_or_none()
+        if found is not None and found.tzinfo is None:
+            found = found.replace(tzinfo=UTC)
+        return found
 
     def withdraw(self, kind: str, key: Mapping[str, Any], at: datetime) -> Withdrawal:
         """Withdraw one record (a tombstone that consumers holding a copy receive)."""

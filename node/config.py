@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from pydantic import Field, ValidationError, field_validator, model_validator
@@ -29,6 +29,9 @@ from qdspace.node.rpc.limits import (
 )
 from qdspace.node.secret_files import FileEnvSource, secrets_dir
 from qdspace.util.files import write_atomic
+
+if TYPE_CHECKING:
+    from qdspace.connector.storage import QualityStore
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_GRPC_PORT = 7443
@@ -98,6 +101,9 @@ class NodeSettings(BaseSettings):
     dsp_port: int | None = Field(default=None, ge=0, le=65535)
     # the member's business partner number, published in its directory entry (optional)
     bpn: str | None = None
+    # the node's own data dictionary file (JSON or YAML; relative: to the directory): its
+    # elements replace the package's with the same id and add new ones (issue 20)
+    dictionary_file: Path | None = None
 
     @field_validator("peers")
     @classmethod
@@ -150,6 +156,21 @@ class NodeSettings(BaseSettings):
     @property
     def database_url(self) -> str:
         return self.db_url or self.layout.sqlite_url
+
+    @property
+    def dictionary_path(self) -> Path | None:
+        """The node's own dictionary file, or None: the package's default alone."""
+        if self.dictionary_file is None:
+            return None
+        return self.directory / self.dictionary_file
+
+    def open_store(self) -> QualityStore:
+        """The node's QDM store, validating with the node's dictionary."""
+        from qdspace.connector.dictionary_file import load_dictionary
+        from qdspace.connector.storage import open_store
+
+        dictionary = load_dictionary(self.dictionary_path).dictionary
+        return open_store(self.database_url, dictionary)
 
     @property
     def operator_token_path(self) -> Path:

@@ -97,12 +97,11 @@ class NodeContext:
 def build_context(settings: NodeSettings, key_files: KeyFiles = PLAIN) -> NodeContext:
     """Load keys, revocation list and the store; every failure names its file or URL.
     The secret files are read through ``key_files`` (`identity.keyfiles`)."""
-    from qdspace.connector.storage import open_store
 
     keys = load_member_keys(settings.directory, key_files=key_files)
     revocations = RevocationList(keys.ca_cert, settings.crl_path)
     token = key_files.read(settings.operator_token_path, "operator token").decode().strip()
-    store = open_store(settings.database_url)
+    store = settings.open_store()
     layout = settings.layout
     # the pin check's TLS handshake loads the key from its file; a sealed file (a hosted
     # tenant's) is not PEM, so its key goes from memory (`rpc.pins.client_context`)

@@ -142,9 +142,7 @@ def create_app(ctx: NodeContext) -> FastAPI:
 
     @app.get("/v1/qdm/dictionary", dependencies=[Operator], tags=["qdm"])
     def dictionary() -> list[DictionaryEntry]:
-        from qdspace.connector.dictionary import default_dictionary
-
-        return [DictionaryEntry.model_validate(e) for e in default_dictionary().to_json()]
+        return [DictionaryEntry.model_validate(e) for e in ctx.store.dictionary.to_json()]
 
     @app.post(
         "/v1/ingest/{kind}", response_model=IngestResult, dependencies=[Operator], tags=["qdm"]

@@ -31,6 +31,7 @@ from qdspace.node.cli.connect import (
 )
 from qdspace.node.cli.connect import DirOpt as ConnDirOpt
 from qdspace.node.cli.contracts import mount as mount_contracts
+from qdspace.node.cli.dictionary import dictionary_app
 from qdspace.node.cli.enrollment import mount as mount_enrollment
 from qdspace.node.cli.enrollment import parse_peers
 from qdspace.node.cli.errors import clean_errors
@@ -40,6 +41,7 @@ from qdspace.node.cli.inspection import mount as mount_inspection
 from qdspace.node.cli.investigation import investigation_app
 from qdspace.node.cli.ledger import ledger_app
 from qdspace.node.cli.ledger import verify as ledger_verify
+from qdspace.node.cli.linein import connect_app
 from qdspace.node.cli.maintenance import mount as mount_maintenance
 from qdspace.node.cli.trace import trace_app
 
@@ -54,6 +56,8 @@ app.add_typer(fl_app, name="fl")
 app.add_typer(host_app, name="host")
 app.add_typer(investigation_app, name="investigation")
 app.add_typer(trace_app, name="trace")
+app.add_typer(dictionary_app, name="dictionary")
+app.add_typer(connect_app, name="connect")
 app.command("verify")(ledger_verify)  # `qdspace verify PROOF.json --rpc URL`
 mount_inspection(app)  # train, inspect run/models/activate/explain
 mount_contracts(app)  # catalog, negotiate, transfer, subscribe, contracts, order close
@@ -135,7 +139,6 @@ def node_start(
 @clean_errors
 def node_info(directory: DirOpt) -> None:
     """Show a node's identity, configuration and database counts."""
-    from qdspace.connector.storage import open_store
     from qdspace.node.config import NodeSettings
     from qdspace.node.identity.member import load_member_keys
     from qdspace.node.run import read_runtime
@@ -146,7 +149,7 @@ def node_info(directory: DirOpt) -> None:
     console.print(f"[bold]{ident.name}[/bold] {ident.role} {ident.member_id}")
     console.print(f"certificate valid until {ident.not_after:%Y-%m-%d}, sha256 {ident.fingerprint}")
     console.print(f"running: {runtime or 'no'}")
-    store = open_store(settings.database_url)
+    store = settings.open_store()
     try:
         for table, n in store.counts().items():
             console.print(f"  {table}: {n}")
@@ -190,11 +193,10 @@ def ingest(
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from qdspace.connector.ingest import count_lines, ingest_file
-    from qdspace.connector.storage import open_store
     from qdspace.node.config import NodeSettings
 
     settings = NodeSettings.load(directory)
-    store = open_store(settings.database_url)
+    store = settings.open_store()
     try:
         total = count_lines(file) if file.is_file() else None
         with Progress(

@@ -347,11 +347,10 @@ def _stations(
 
 
 def _store_sink(directory: Path) -> tuple[Any, Any]:
-    from qdspace.connector.storage import open_store
     from qdspace.inference.writer import ingest_sink
     from qdspace.node.config import NodeSettings
 
-    store = open_store(NodeSettings.load(directory).database_url)
+    store = NodeSettings.load(directory).open_store()
     return store, ingest_sink(store.ingest_rows, source="inspection-line")
 
 

@@ -1,0 +1,163 @@
+"""Pure mapping: what a line source delivered -> a QDM measurement row, or why not.
+
+No sockets, no files, no clock: the connectors hand in what they decoded (an OPC UA
+value with its timestamps, an MQTT topic and payload) and get back a row for
+:func:`connector.validate.parse_measurement` (which converts the unit through the
+dictionary) or a ``(field, reason)`` pair that the sink reports with the source.
+
+Why the source timestamp is required: the natural key of a measurement is (equipment,
+parameter, measured_at), so a reading delivered twice (a re-subscription's initial
+value, an MQTT redelivery, a backfill overlapping what arrived live) is stored once
+only if it carries the time it was *taken*. A reading without one cannot be told
+from a new one, so it is refused rather than stamped with the time it arrived.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+from qdspace.connector.ingest import BadLine, json_too_deep
+from qdspace.connector.linein.config import MqttConfig, MqttTopic, OpcuaNode
+
+Row = dict[str, Any]
+#: an MQTT payload larger than this is no single reading
+MAX_PAYLOAD_BYTES = 64 * 1024
+
+
+def measurement(
+    *,
+    equipment: str,
+    element: str,
+    value: Any,
+    unit: str,
+    measured_at: datetime,
+    batch_id: str | None = None,
+    order_id: str | None = None,
+) -> Row:
+    """A measurement row as a delivered file would carry it."""
+    row: Row = {
+        "equipment": equipment,
+        "parameter": element,
+        "value": value,
+        "unit": unit,
+        "measured_at": measured_at if measured_at.tzinfo else measured_at.replace(tzinfo=UTC),
+    }
+    if batch_id:
+        row["batch_id"] = batch_id
+    if order_id:
+        row["order_id"] = order_id
+    return row
+
+
+def opcua_row(
+    node: OpcuaNode,
+    value: Any,
+    source_time: datetime | None,
+    server_time: datetime | None,
+    context: Mapping[str, Any],
+) -> Row | BadLine:
+    """A data change of ``node``; ``context`` holds the current values of context nodes."""
+    taken = source_time or server_time
+    if taken is None:
+        return (
+            "measured_at",
+            "no source or server timestamp (a re-delivery would be stored twice)",
+        )
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        return ("value", f"expected a number or a grade code, got {type(value).__name__}")
+    batch = node.batch_id or _text(context.get(node.batch_id_node or ""))
+    order = node.order_id or _text(context.get(node.order_id_node or ""))
+    return measurement(
+        equipment=node.equipment,
+        element=node.element,
+        value=value,
+        unit=node.unit,
+        measured_at=taken,
+        batch_id=batch,
+        order_id=order,
+    )
+
+
+def _text(value: Any) -> str | None:
+    if value is None or isinstance(value, bool):
+        return None
+    text = str(value).strip()
+    return text[:64] or None
+
+
+def topic_matches(pattern: str, topic: str) -> bool:
+    """MQTT topic filter matching (``+`` one level, ``#`` the rest)."""
+    want, got = pattern.split("/"), topic.split("/")
+    for i, level in enumerate(want):
+        if level == "#":
+            return True
+        if i >= len(got) or (level != "+" and level != got[i]):
+            return False
+    return len(want) == len(got)
+
+
+def mqtt_mapping(config: MqttConfig, topic: str) -> MqttTopic | None:
+    """The first configured topic filter that ``topic`` matches."""
+    return next((t for t in config.topics if topic_matches(t.topic, topic)), None)
+
+
+def mqtt_row(config: MqttConfig, mapping: MqttTopic, topic: str, payload: bytes) -> Row | BadLine:
+    """One message: a JSON object with value, time and optionally unit, batch, order."""
+    if len(payload) > MAX_PAYLOAD_BYTES:
+        return ("-", f"payload of {len(payload)} bytes; at most {MAX_PAYLOAD_BYTES}")
+    try:
+        text = payload.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        return ("-", f"payload is not UTF-8 (byte 0x{payload[exc.start]:02x} at {exc.start})")
+    if json_too_deep(text):
+        return ("-", "payload JSON nested too deep")
+    try:
+        body = json.loads(text)
+    except json.JSONDecodeError as exc:
+        return ("-", f"payload is not JSON: {exc.msg} at column {exc.colno}")
+    if not isinstance(body, dict):
+        return ("-", f"payload must be a JSON object, got {type(body).__name__}")
+    if config.value_field not in body:
+        return (config.value_field, "missing")
+    taken = _time(body.get(config.time_field))
+    if isinstance(taken, str):
+        return (config.time_field, taken)
+    equipment = mapping.equipment
+    if mapping.equipment_level is not None:
+        levels = topic.split("/")
+        if mapping.equipment_level >= len(levels) or not levels[mapping.equipment_level]:
+            return ("equipment", f"topic {topic!r} has no level {mapping.equipment_level}")
+        equipment = levels[mapping.equipment_level]
+    assert equipment is not None
+    unit = body.get(config.unit_field) or mapping.unit
+    return measurement(
+        equipment=equipment,
+        element=mapping.element,
+        value=body[config.value_field],
+        unit=unit if isinstance(unit, str) else str(unit),
+        measured_at=taken,
+        batch_id=_text(body.get(config.batch_field)) or mapping.batch_id,
+        order_id=_text(body.get(config.order_field)) or mapping.order_id,
+    )
+
+
+def _time(value: Any) -> datetime | str:
+    """An ISO-8601 time with a zone, or seconds since the epoch; else why not."""
+    if value is None:
+        return "missing (the time the reading was taken)"
+    if isinstance(value, bool):
+        return f"expected a time, got {value!r}"
+    if isinstance(value, int | float):
+        if not 0 <= value < 1e11:
+            return f"{value!r} is not seconds since 1970"
+        return datetime.fromtimestamp(value, UTC)
+    try:
+        parsed = datetime.fromisoformat(str(value))
+    except ValueError:
+        return f"not an ISO-8601 time: {value!r}"
+    if parsed.tzinfo is None:
+        return f"time {value!r} has no zone; add Z or an offset"
+    return parsed.astimezone(UTC)

@@ -1,0 +1,181 @@
+"""OPC UA connector (asyncua): subscribe to configured nodes, store readings, survive outages.
+
+One session at a time: connect (with the configured security mode and certificates),
+backfill, subscribe, and store data changes until the connection is lost or the
+connector is stopped; then wait ``reconnect_s`` and start over. The backfill reads the
+server's history (where it keeps one) for each node from the newest reading stored of
+it up to now, so a gap (the connector down, the network out) is filled; whatever
+overlaps, including the value a fresh subscription sends first, has the same source
+timestamp and so the same natural key: a duplicate, stored once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from qdspace.connector.linein.config import OpcuaConfig, OpcuaNode
+from qdspace.connector.linein.mapping import opcua_row
+from qdspace.connector.linein.sink import Item, MeasurementSink
+
+log = logging.getLogger("qdspace.connector.linein.opcua")
+
+#: readings stored per ingest call at most (a burst is split)
+BATCH = 500
+#: a backfill reads this far past our clock: a tool's clock may run ahead of ours
+CLOCK_SKEW = timedelta(minutes=5)
+
+
+class _Changes:
+    """asyncua's subscription handler: data changes onto a queue (in the event loop)."""
+
+    def __init__(self, queue: asyncio.Queue[tuple[str, Any]]) -> None:
+        self.queue = queue
+
+    def datachange_notification(self, node: Any, value: Any, data: Any) -> None:
+        self.queue.put_nowait((node.nodeid.to_string(), data.monitored_item.Value))
+
+    def status_change_notification(self, status: Any) -> None:
+        log.warning("opcua: subscription status %s", status)
+
+
+class OpcuaConnector:
+    def __init__(self, config: OpcuaConfig, sink: MeasurementSink) -> None:
+        self.config = config
+        self.sink = sink
+        self.by_id = {n.node_id: n for n in config.nodes}
+        self.context: dict[str, Any] = {}
+        self.sessions = 0
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Sessions until ``stop`` is set; every failure is logged and retried."""
+        from asyncua import ua
+        from asyncua.ua.uaerrors import UaError
+
+        # the ids as the server reports them back in notifications
+        self.by_id = {ua.NodeId.from_string(n.node_id).to_string(): n for n in self.config.nodes}
+        while not stop.is_set():
+            try:
+                await self._session(stop)
+            except (OSError, TimeoutError, ConnectionError, UaError) as exc:
+                log.warning(
+                    "opcua %s: %s: %s; reconnecting in %.1f s",
+                    self.config.endpoint,
+                    type(exc).__name__,
+                    exc,
+                    self.config.reconnect_s,
+                )
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), self.config.reconnect_s)
+
+    async def _client(self) -> Any:
+        from asyncua import ua
+        from asyncua.client.client import Client
+        from asyncua.crypto import security_policies
+
+        config = self.config
+        client = Client(config.endpoint, timeout=config.timeout_s)
+        client.application_uri = config.application_uri
+        client.name = client.description = "qdspace line connector"
+        sec = config.security
+        if sec.mode != "None":
+            policy = getattr(security_policies, f"SecurityPolicy{sec.policy}")
+            await client.set_security(
+                policy,
+                certificate=str(sec.certificate),
+                private_key=str(sec.private_key),
+                server_certificate=str(sec.server_certificate) if sec.server_certificate else None,
+                mode=getattr(ua.MessageSecurityMode, sec.mode),
+            )
+        return client
+
+    async def _session(self, stop: asyncio.Event) -> None:
+        client = await self._client()
+        lost = asyncio.Event()
+
+        async def on_lost(exc: Exception) -> None:
+            log.warning("opcua %s: connection lost: %s", self.config.endpoint, exc)
+            lost.set()
+
+        client.connection_lost_callback = on_lost
+        await client.connect()
+        self.sessions += 1
+        log.info("opcua %s: connected (%s)", self.config.endpoint, self.config.security.mode)
+        try:
+            queue: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
+            await self._read_context(client)
+            await self._backfill(client)
+            subscription = await client.create_subscription(
+                self.config.publishing_interval_ms, _Changes(queue)
+            )
+            watched = [*self.by_id, *self._context_ids()]
+            await subscription.subscribe_data_change([client.get_node(i) for i in watched])
+            await self._pump(queue, stop, lost)
+        finally:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(client.disconnect(), self.config.timeout_s)
+
+    def _context_ids(self) -> list[str]:
+        ids = {n.batch_id_node for n in self.config.nodes} | {
+            n.order_id_node for n in self.config.nodes
+        }
+        from asyncua import ua
+
+        return sorted(ua.NodeId.from_string(i).to_string() for i in ids if i)
+
+    async def _read_context(self, client: Any) -> None:
+        for node_id in self._context_ids():
+            self.context[node_id] = await client.get_node(node_id).read_value()
+
+    async def _backfill(self, client: Any) -> None:
+        """Each node's history from its newest stored reading up to now."""
+        if not self.config.history:
+            return
+        from asyncua.ua.uaerrors import UaStatusCodeError
+
+        now = datetime.now(UTC)
+        end = now + CLOCK_SKEW
+        for node in self.config.nodes:
+            since = await asyncio.to_thread(self.sink.latest, node.equipment, node.element)
+            start = since or now - timedelta(seconds=self.config.backfill_max_s)
+            try:
+                values = await client.get_node(node.node_id).read_raw_history(start, end)
+            except UaStatusCodeError as exc:
+                log.info("opcua %s: no history for backfill: %s", node.node_id, exc)
+                continue
+            items = [self._item(node, dv) for dv in values]
+            for i in range(0, len(items), BATCH):
+                await asyncio.to_thread(self.sink.put, items[i : i + BATCH])
+            if items:
+                log.info(
+                    "opcua %s: backfilled %d readings since %s", node.node_id, len(items), start
+                )
+
+    def _item(self, node: OpcuaNode, dv: Any) -> Item:
+        value = dv.Value.Value if dv.Value is not None else None
+        row = opcua_row(node, value, dv.SourceTimestamp, dv.ServerTimestamp, self.context)
+        return (f"opcua:{node.node_id}", row)
+
+    async def _pump(
+        self, queue: asyncio.Queue[tuple[str, Any]], stop: asyncio.Event, lost: asyncio.Event
+    ) -> None:
+        while not (stop.is_set() or lost.is_set()):
+            with contextlib.suppress(TimeoutError):
+                first = await asyncio.wait_for(queue.get(), 0.2)
+                changes = [first]
+                while not queue.empty() and len(changes) < BATCH:
+                    changes.append(queue.get_nowait())
+                items: list[Item] = []
+                for node_id, dv in changes:
+                    node = self.by_id.get(node_id)
+                    if node is None:  # a context node: the batch / order from now on
+                        self.context[node_id] = dv.Value.Value if dv.Value is not None else None
+                        continue
+                    items.append(self._item(node, dv))
+                if items:
+                    await asyncio.to_thread(self.sink.put, items)
+        if lost.is_set():
+            raise ConnectionError("connection lost")

@@ -1,0 +1,254 @@
+"""The OPC UA connector against a real asyncua server on loopback: readings land in a
+real SQLite QDM, a connector restart backfills from history without duplicates, a
+server restart is survived, a bad reading is reported and does not stop it, and one
+session runs with SignAndEncrypt and certificates."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+from collections.abc import AsyncIterator, Callable
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+pytest.importorskip("asyncua", reason="the connect extra is not installed")
+from asyncua import Server, ua
+from asyncua.crypto.cert_gen import (
+    dump_private_key_as_pem,
+    generate_private_key,
+    generate_self_signed_app_certificate,
+)
+from cryptography import x509
+from cryptography.hazmat.primitives.serialization import Encoding
+from cryptography.x509.oid import ExtendedKeyUsageOID
+from sqlalchemy import text
+
+from qdspace.connector.linein.config import OpcuaConfig
+from qdspace.connector.linein.opcua import OpcuaConnector
+from qdspace.connector.linein.sink import MeasurementSink
+from qdspace.connector.storage import QualityStore, open_store
+
+pytestmark = pytest.mark.integration
+SERVER_AUTH = ExtendedKeyUsageOID.SERVER_AUTH
+CLIENT_AUTH = ExtendedKeyUsageOID.CLIENT_AUTH
+NS_URI = "urn:qdspace:test:pecvd"
+#: readings are taken from here on (the tool's clock runs ahead of nothing: all in the past)
+T0 = (datetime.now(UTC) - timedelta(minutes=30)).replace(second=0, microsecond=0)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Plant:
+    """A PECVD tool's OPC UA server: chamber pressure (mbar, historized) and batch."""
+
+    def __init__(self, port: int, security: list[ua.SecurityPolicyType] | None = None) -> None:
+        self.port = port
+        self.security = security
+        self.server: Server | None = None
+        self.pressure: Any = None
+        self.batch: Any = None
+
+    async def start(self, cert: tuple[Path, Path] | None = None) -> None:
+        server = Server()
+        await server.init()
+        server.set_endpoint(f"opc.tcp://127.0.0.1:{self.port}/plant/")
+        if self.security is not None:
+            server.set_security_policy(self.security)
+        if cert is not None:
+            await server.load_certificate(str(cert[0]))
+            await server.load_private_key(str(cert[1]))
+        idx = await server.register_namespace(NS_URI)
+        tool = await server.nodes.objects.add_object(ua.NodeId("PECVD1", idx), "PECVD1")
+        self.pressure = await tool.add_variable(
+            ua.NodeId("PECVD1.ChamberPressure", idx), "ChamberPressure", 0.0
+        )
+        self.batch = await tool.add_variable(ua.NodeId("PECVD1.Batch", idx), "Batch", "B-0")
+        await self.write(0.9, T0)  # the value the tool had before the test
+        await server.start()
+        await server.historize_node_data_change(self.pressure, period=None, count=10_000)
+        self.server = server
+
+    async def stop(self) -> None:
+        assert self.server is not None
+        await self.server.stop()
+        self.server = None
+
+    async def write(self, value: Any, at: datetime) -> None:
+        dv = ua.DataValue(ua.Variant(value, ua.VariantType.Double), SourceTimestamp=at)
+        await self.pressure.write_value(dv)
+
+
+def config(port: int, tmp: Path, **extra: Any) -> OpcuaConfig:
+    return OpcuaConfig.model_validate(
+        {
+            "endpoint": f"opc.tcp://127.0.0.1:{port}/plant/",
+            "publishing_interval_ms": 50,
+            "reconnect_s": 0.3,
+            "timeout_s": 2.0,
+            "backfill_max_s": 10 * 365 * 86400,
+            "nodes": [
+                {
+                    "node_id": "ns=2;s=PECVD1.ChamberPressure",
+                    "element": "pecvd_chamber_vacuum",
+                    "unit": "mbar",
+                    "equipment": "PECVD-1",
+                    "batch_id_node": "ns=2;s=PECVD1.Batch",
+                }
+            ],
+            **extra,
+        }
+    )
+
+
+def stored(store: QualityStore) -> list[tuple[Any, ...]]:
+    """(measured_at in UTC, value, unit, raw_unit, batch_id) of every stored reading."""
+    sql = "SELECT measured_at, value, unit, raw_unit, batch_id FROM qdm_measurement"
+    with store.engine.connect() as c:
+        rows = [tuple(r) for r in c.execute(text(sql))]
+    return sorted((datetime.fromisoformat(str(r[0])).replace(tzinfo=UTC), *r[1:]) for r in rows)
+
+
+async def until(check: Callable[[], bool], timeout: float = 10.0) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not check():
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError("condition not met in time")
+        await asyncio.sleep(0.05)
+
+
+class Running:
+    def __init__(self, connector: OpcuaConnector) -> None:
+        self.connector = connector
+        self.stop = asyncio.Event()
+        self.task = asyncio.create_task(connector.run(self.stop))
+
+    async def close(self) -> None:
+        self.stop.set()
+        await asyncio.wait_for(self.task, 10)
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> QualityStore:
+    return open_store(f"sqlite:///{tmp_path}/qdm.db")
+
+
+@pytest.fixture
+async def plant() -> AsyncIterator[Plant]:
+    p = Plant(free_port())
+    await p.start()
+    yield p
+    if p.server is not None:
+        await p.stop()
+
+
+async def test_readings_restart_backfill_and_outage_lose_and_duplicate_nothing(
+    plant: Plant, store: QualityStore, tmp_path: Path
+) -> None:
+    sink = MeasurementSink(store, "opcua-test")
+    run = Running(OpcuaConnector(config(plant.port, tmp_path), sink))
+    await until(lambda: run.connector.sessions == 1)
+    await asyncio.sleep(0.2)
+    for i in range(1, 4):
+        await plant.write(1.0 + i / 10, T0 + timedelta(seconds=i))
+        await asyncio.sleep(0.08)
+    await until(lambda: len(stored(store)) >= 4)  # the initial 0.9 and the three
+    # the connector goes away; the tool goes on writing (its history keeps them)
+    await run.close()
+    for i in range(4, 8):
+        await plant.write(1.0 + i / 10, T0 + timedelta(seconds=i))
+    await plant.batch.write_value("B-7")
+    run = Running(OpcuaConnector(config(plant.port, tmp_path), sink))
+    await until(lambda: len(stored(store)) >= 8)
+    # the server restarts mid-stream (new process state, same endpoint)
+    await plant.stop()
+    await asyncio.sleep(0.5)
+    await plant.start()
+    await until(lambda: run.connector.sessions >= 2, timeout=15)
+    await plant.batch.write_value("B-9")
+    await asyncio.sleep(0.3)
+    for i in range(8, 11):
+        await plant.write(1.0 + i / 10, T0 + timedelta(seconds=i))
+        await asyncio.sleep(0.08)
+    await until(lambda: any(r[0].second == 10 for r in stored(store)))
+    await run.close()
+    rows = stored(store)
+    taken = [r[0] for r in rows]
+    assert len(taken) == len(set(taken))  # nothing twice
+    seconds = {r[0].second for r in rows if r[0] >= T0}
+    assert set(range(1, 11)) <= seconds  # nothing lost, the gap backfilled
+    by_second = {r[0].second: r for r in rows if r[0] >= T0}
+    assert by_second[5][1] == pytest.approx(150.0)  # 1.5 mbar stored as Pa
+    assert by_second[5][2:4] == ("Pa", "mbar")
+    assert by_second[2][4] == "B-0" and by_second[9][4] == "B-9"
+    assert sink.totals.duplicates >= 1  # the re-subscription's first value, the overlap
+
+
+async def test_an_unknown_unit_is_reported_with_its_node_and_does_not_stop(
+    plant: Plant, store: QualityStore, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    cfg = config(plant.port, tmp_path)
+    nodes = [
+        cfg.nodes[0],
+        cfg.nodes[0].model_copy(
+            update={"node_id": "ns=2;s=PECVD1.Batch", "element": "silane_flow", "unit": "sccm"}
+        ),
+    ]
+    sink = MeasurementSink(store, "opcua-test")
+    caplog.set_level(logging.WARNING, "qdspace.connector.linein")
+    run = Running(OpcuaConnector(cfg.model_copy(update={"nodes": nodes}), sink))
+    await until(lambda: run.connector.sessions == 1)
+    await plant.batch.write_value("not a flow")
+    await plant.write(2.0, T0 + timedelta(seconds=30))
+    await until(lambda: any(r[1] == pytest.approx(200.0) for r in stored(store)))
+    await run.close()
+    bad = [e for e in sink.rejected if e.source == "opcua:ns=2;s=PECVD1.Batch"]
+    assert bad and "neither a number nor a grade code" in bad[0].reason
+    assert "opcua:ns=2;s=PECVD1.Batch" in caplog.text
+
+
+def _pair(tmp: Path, name: str, uri: str, role: x509.ObjectIdentifier) -> tuple[Path, Path]:
+    key = generate_private_key()
+    names = [x509.UniformResourceIdentifier(uri), x509.DNSName("localhost")]
+    cert = generate_self_signed_app_certificate(key, uri, {"commonName": name}, names, [role])
+    cert_path, key_path = tmp / f"{name}.der", tmp / f"{name}.pem"
+    cert_path.write_bytes(cert.public_bytes(Encoding.DER))
+    key_path.write_bytes(dump_private_key_as_pem(key))
+    return cert_path, key_path
+
+
+async def test_sign_and_encrypt_with_certificates(store: QualityStore, tmp_path: Path) -> None:
+    server_cert, server_key = _pair(tmp_path, "plant", "urn:qdspace:test:plant", SERVER_AUTH)
+    client_cert, client_key = _pair(tmp_path, "connector", "urn:qdspace:connector", CLIENT_AUTH)
+    plant = Plant(free_port(), [ua.SecurityPolicyType.Basic256Sha256_SignAndEncrypt])
+    await plant.start(cert=(server_cert, server_key))
+    try:
+        security = {
+            "mode": "SignAndEncrypt",
+            "policy": "Basic256Sha256",
+            "certificate": str(client_cert),
+            "private_key": str(client_key),
+            "server_certificate": str(server_cert),
+        }
+        sink = MeasurementSink(store, "opcua-secure")
+        run = Running(OpcuaConnector(config(plant.port, tmp_path, security=security), sink))
+        await until(lambda: run.connector.sessions == 1)
+        await plant.write(1.25, T0 + timedelta(minutes=5))
+        await until(lambda: any(r[1] == pytest.approx(125.0) for r in stored(store)))
+        await run.close()
+        # the same server refuses a connector without security: reported, retried, not stored
+        plain = MeasurementSink(store, "opcua-plain")
+        insecure = OpcuaConnector(config(plant.port, tmp_path), plain)
+        run = Running(insecure)
+        await asyncio.sleep(1.0)
+        await run.close()
+        assert insecure.sessions == 0
+    finally:
+        await plant.stop()

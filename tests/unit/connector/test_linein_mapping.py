@@ -1,0 +1,96 @@
+"""Pure line-data mapping: topics, payloads and OPC UA values -> measurement rows or reasons."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+from qdspace.connector.dictionary import default_dictionary
+from qdspace.connector.linein.config import (
+    ConnectorConfigError,
+    MqttConfig,
+    OpcuaConfig,
+    check_elements,
+    read_config,
+)
+from qdspace.connector.linein.mapping import mqtt_mapping, mqtt_row, opcua_row, topic_matches
+from qdspace.connector.validate import parse_measurement
+
+T = datetime(2025, 3, 1, 8, 0, tzinfo=UTC)
+MQTT = MqttConfig.model_validate(
+    {"topics": [{"topic": "plant/+/pecvd/#", "element": "silane_flow", "equipment_level": 1}]}
+)
+
+
+@pytest.mark.parametrize(
+    ("pattern", "topic", "match"),
+    [
+        ("a/+/c", "a/b/c", True),
+        ("a/+/c", "a/b/d", False),
+        ("a/#", "a/b/c", True),
+        ("a/b", "a/b/c", False),
+        ("a/b/c", "a/b", False),
+    ],
+)
+def test_topic_filters(pattern: str, topic: str, match: bool) -> None:
+    assert topic_matches(pattern, topic) is match
+
+
+def test_an_mqtt_payload_becomes_a_canonical_measurement() -> None:
+    topic = "plant/PECVD-2/pecvd/silane"
+    mapping = mqtt_mapping(MQTT, topic)
+    assert mapping is not None
+    row = mqtt_row(MQTT, mapping, topic, b'{"value": 1.2, "unit": "slm", "ts": 1740816000}')
+    assert isinstance(row, dict)
+    parsed = parse_measurement(row, default_dictionary())
+    assert parsed["equipment"] == "PECVD-2"
+    assert parsed["value"] == pytest.approx(1200.0)
+    assert parsed["measured_at"] == datetime(2025, 3, 1, 8, 0, tzinfo=UTC)
+
+
+@pytest.mark.parametrize(
+    ("payload", "field", "reason"),
+    [
+        (b"\xff", "-", "not UTF-8"),
+        (b"[1]", "-", "must be a JSON object"),
+        (b"{", "-", "not JSON"),
+        (b'{"ts": "2025-03-01T08:00:00Z"}', "value", "missing"),
+        (b'{"value": 1}', "ts", "missing"),
+        (b'{"value": 1, "ts": "2025-03-01T08:00:00"}', "ts", "no zone"),
+        (b"[" * 100 + b"]" * 100, "-", "nested too deep"),
+    ],
+)
+def test_a_malformed_payload_says_why(payload: bytes, field: str, reason: str) -> None:
+    mapping = MQTT.topics[0]
+    bad = mqtt_row(MQTT, mapping, "plant/P/pecvd/x", payload)
+    assert isinstance(bad, tuple)
+    assert bad[0] == field and reason in bad[1]
+
+
+def test_an_opcua_value_without_a_timestamp_is_refused() -> None:
+    cfg = OpcuaConfig.model_validate(
+        {
+            "endpoint": "opc.tcp://x:4840",
+            "nodes": [{"node_id": "i=1", "element": "silane_flow", "equipment": "P"}],
+        }
+    )
+    assert opcua_row(cfg.nodes[0], 1.0, None, None, {})[0] == "measured_at"
+    assert opcua_row(cfg.nodes[0], [1, 2], T, None, {})[0] == "value"
+    row = opcua_row(cfg.nodes[0], 1.0, None, T, {})
+    assert isinstance(row, dict) and row["measured_at"] == T
+
+
+def test_a_config_is_checked_against_the_dictionary(tmp_path: Path) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text(
+        "endpoint: opc.tcp://x:4840\nnodes:\n"
+        "  - {node_id: 'i=1', element: silane_flow, unit: psi, equipment: P}\n"
+    )
+    cfg = read_config(path, OpcuaConfig)
+    with pytest.raises(ConnectorConfigError, match=r"mapping 1 \(i=1\): unit: 'psi'"):
+        check_elements(path, cfg.nodes, default_dictionary())
+    path.write_text('{"endpoint": "http://x", "nodes": []}')
+    with pytest.raises(ConnectorConfigError, match=r"c.yaml: endpoint: String should match"):
+        read_config(path, OpcuaConfig)
