@@ -1,5 +1,6 @@
-"""The console's routes: login, overview, SPC (with its event stream); contracts and ledger
-come from `contract_pages` and `ledger_pages`.
+"""The console's routes: login, overview, SPC (with its event stream); the other pages
+come from `contract_pages`, `ledger_pages`, `inspection_pages`, `federation_pages`,
+`trace_pages` and `case_pages`.
 
 Routes are thin: they read through the modules that say what a page shows
 (`overview`, `spc`, ...) and render a template. Blocking reads run in a worker thread.
@@ -22,7 +23,16 @@ from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from qdspace.node import faults
-from qdspace.node.console import contract_pages, ledger_pages, overview, spc
+from qdspace.node.console import (
+    case_pages,
+    contract_pages,
+    federation_pages,
+    inspection_pages,
+    ledger_pages,
+    overview,
+    spc,
+    trace_pages,
+)
 from qdspace.node.console.auth import (
     COOKIE,
     SessionGate,
@@ -143,6 +153,10 @@ def create_console(ctx: NodeContext, root: str = "/console") -> Starlette:
         ("/spc/stream", spc_stream, "GET"),
         *contract_pages.routes(console),
         *ledger_pages.routes(console),
+        *inspection_pages.routes(console),
+        *federation_pages.routes(console),
+        *trace_pages.routes(console),
+        *case_pages.routes(console),
     ]
     routes: list[BaseRoute] = [
         Route(path, guard(endpoint), methods=[method]) for path, endpoint, method in pages

@@ -35,6 +35,10 @@ NAV = (
     ("overview", "Overview", "/"),
     ("spc", "SPC", "/spc"),
     ("contracts", "Contracts", "/contracts"),
+    ("inspection", "Inspection", "/inspection"),
+    ("federation", "Federation", "/federation"),
+    ("traces", "Traces", "/traces"),
+    ("investigations", "Investigations", "/investigations"),
     ("ledger", "Ledger", "/ledger"),
 )
 
