@@ -149,7 +149,7 @@ def heatmap_file(registry: ModelRegistry, directory: Path, version: str, name: s
     listed = {e["png"] for g in index["groups"] for e in g["examples"]}
     if name not in listed:
         raise HTTPException(404, f"heatmap {name[:80]!r} is not in the explanation index")
-    return explanations_root(directory) / index["model_version"] / name
+    return explanations_root(directory) / str(index["model_version"]) / name
 
 
 def create_inspection_router(directory: Path, dependencies: Sequence[Depends]) -> APIRouter:

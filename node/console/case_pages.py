@@ -19,7 +19,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 
-from qdspace.connector.investigation import STEPS, MAX_ID, Party, QualityCase, Step, overdue
+from qdspace.connector.investigation import MAX_ID, STEPS, Party, QualityCase, Step, overdue
 from qdspace.node.api.investigations import MOVES, case_public, summary
 from qdspace.node.console.auth import form_of
 from qdspace.node.console.render import Console, Endpoint

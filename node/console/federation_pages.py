@@ -96,7 +96,11 @@ def routes(console: Console) -> list[tuple[str, Endpoint, str]]:
     def signed_versions() -> list[dict[str, Any]]:
         folder = ctx.layout.federation_jobs
         out = []
-        dirs = sorted(p for p in folder.iterdir() if JOB_ID.fullmatch(p.name)) if folder.is_dir() else []
+        dirs = (
+            sorted(p for p in folder.iterdir() if JOB_ID.fullmatch(p.name))
+            if folder.is_dir()
+            else []
+        )
         for job_dir in dirs[:MAX_JOBS]:
             try:
                 spec, signed = read_job_directory(job_dir)

@@ -32,10 +32,6 @@ class Limit:
     y: float
 
 
-def _finite(v: float | None) -> bool:
-    return v is not None and math.isfinite(v)
-
-
 def line_chart(
     title: str,
     lines: Sequence[Line],
@@ -45,9 +41,9 @@ def line_chart(
     css: str = "",
 ) -> str:
     """A chart of ``lines`` with horizontal ``limits``; the y axis spans ``y_range``."""
-    xs = [x for line in lines for x, y in line.points if _finite(x) and _finite(y)]
-    ys = [y for line in lines for _, y in line.points if _finite(y)]
-    ys += [limit.y for limit in limits if _finite(limit.y)]
+    drawn = [point for line in lines for run in _runs(line.points) for point in run]
+    xs = [x for x, _ in drawn]
+    ys = [y for _, y in drawn] + [limit.y for limit in limits if math.isfinite(limit.y)]
     lo, hi = y_range or ((min(ys), max(ys)) if ys else (0.0, 1.0))
     if hi <= lo:
         hi = lo + 1.0
@@ -62,7 +58,7 @@ def line_chart(
         return H - BOTTOM - (min(max(y, lo), hi) - lo) / (hi - lo) * (H - TOP - BOTTOM)
 
     desc = "; ".join(
-        f"{line.label}: {sum(1 for _, y in line.points if _finite(y))} points" for line in lines
+        f"{line.label}: {sum(len(run) for run in _runs(line.points))} points" for line in lines
     )
     desc += "".join(f"; {limit.label} at {limit.y:g}" for limit in limits)
     parts = [
@@ -83,12 +79,13 @@ def line_chart(
         f"{escape(x_labels[1])}</text>"
     )
     for limit in limits:
-        if _finite(limit.y):
+        if math.isfinite(limit.y):
             y = py(limit.y)
             parts.append(
                 f'<line class="limit {escape(limit.css)}" x1="{LEFT}" x2="{W - RIGHT}" '
                 f'y1="{y:.1f}" y2="{y:.1f}"/><text class="limit-label {escape(limit.css)}" '
-                f'x="{W - RIGHT - 4}" y="{y - 4:.1f}" text-anchor="end">{escape(limit.label)}</text>'
+                f'x="{W - RIGHT - 4}" y="{y - 4:.1f}" text-anchor="end">'
+                f"{escape(limit.label)}</text>"
             )
     for line in lines:
         for run in _runs(line.points):
@@ -109,7 +106,7 @@ def _runs(points: Sequence[tuple[float, float | None]]) -> list[list[tuple[float
     """The points split where a y is missing (a gap, not a line to zero)."""
     runs: list[list[tuple[float, float]]] = [[]]
     for x, y in points:
-        if _finite(x) and y is not None and _finite(y):
+        if y is not None and math.isfinite(x) and math.isfinite(y):
             runs[-1].append((x, y))
         elif runs[-1]:
             runs.append([])

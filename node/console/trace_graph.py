@@ -36,7 +36,9 @@ def _confidence(cause: dict[str, Any]) -> str:
 
 
 def _box(x: float, y: float, w: float, lines: list[str], css: str) -> str:
-    parts = [f'<g class="{css}"><rect x="{x:.0f}" y="{y:.0f}" width="{w}" height="{BOX_H}" rx="5"/>']
+    parts = [
+        f'<g class="{css}"><rect x="{x:.0f}" y="{y:.0f}" width="{w}" height="{BOX_H}" rx="5"/>'
+    ]
     for i, line in enumerate(lines[:2]):
         weight = ' font-weight="600"' if i == 0 else ""
         ty = y + 18 + 16 * i

@@ -79,7 +79,12 @@ class LineStatusWriter:
             "updated_at": now,
             "version": version,
             "fps": _num(line.throughput_fps),
-            "latency_ms": {"count": j.count, "p50": _num(j.p50), "p90": _num(j.p90), "p99": _num(j.p99)},
+            "latency_ms": {
+                "count": j.count,
+                "p50": _num(j.p50),
+                "p90": _num(j.p90),
+                "p99": _num(j.p99),
+            },
             "stations": stations,
             "dropped": dropped,
             "dropped_verdicts": line.dropped_verdicts,
