@@ -187,7 +187,7 @@ def registry_view(directory: Path) -> dict[str, Any]:
             except (TypeError, KeyError, ValueError):
                 summary = "figures in a form this node does not read"
         decisions.append({**entry, "summary": summary})
-    return {"versions": versions, "active": active, "decisions": decisions}
+    return {"versions": versions, "active_model": active, "decisions": decisions}
 
 
 def heatmap_groups(directory: Path, active: str | None) -> tuple[str | None, list[dict[str, Any]]]:

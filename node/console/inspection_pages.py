@@ -30,13 +30,13 @@ def routes(console: Console) -> list[tuple[str, Endpoint, str]]:
     def view() -> dict[str, Any]:
         status = inspection.read_json(layout.line_status)
         registry = inspection.registry_view(directory)
-        active = registry["active"]
+        active = registry["active_model"]
         heat_version, groups = inspection.heatmap_groups(
             directory, None if active is None else active.version
         )
         return {
             "line": inspection.stored_line(ctx),
-            "status": status,
+            "line_status": status,
             "drift": inspection.read_json(layout.drift),
             "drift_svg": inspection.drift_chart(status),
             "heat_version": heat_version,

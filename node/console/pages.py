@@ -15,6 +15,7 @@ import logging
 
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response, StreamingResponse
@@ -90,8 +91,8 @@ def create_console(ctx: NodeContext, root: str = "/console") -> Starlette:
         return console.page(request, "spc.html", "spc", series=series)
 
     async def spc_stream(request: Request) -> Response:
-        keys = request.query_params.getlist("series")[: spc.MAX_STREAM_SERIES]
-        keys = [k for k in keys if len(k) <= 200]
+        keys = request.query_params.getlist("series")
+        await run_in_threadpool(spc.check_keys, ctx, keys)
 
         async def events() -> object:
             seen: dict[str, int | None] = {}
@@ -132,4 +133,5 @@ def create_console(ctx: NodeContext, root: str = "/console") -> Starlette:
     return Starlette(
         routes=console.routes(pages),
         middleware=[Middleware(SessionGate, sessions=console.sessions)],
+        exception_handlers={HTTPException: console.not_found},
     )

@@ -19,6 +19,7 @@ from __future__ import annotations
 import logging
 
 from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
@@ -127,5 +128,7 @@ def create_regulator_console(ctx: NodeContext, root: str = "/console") -> Starle
         *[r for r in ledger_pages.routes(console) if r[0] in shared],
     ]
     return Starlette(
-        routes=console.routes(pages), middleware=[Middleware(SessionGate, sessions=sessions)]
+        routes=console.routes(pages),
+        middleware=[Middleware(SessionGate, sessions=sessions)],
+        exception_handlers={HTTPException: console.not_found},
     )

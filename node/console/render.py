@@ -136,7 +136,8 @@ class Console:
             status = faults.http_status(exc)
             detail = str(exc) or type(exc).__name__
             if status >= 500:
-                log.warning("console %s: %r", request.url.path, exc)
+                # a bug of ours: its traceback goes to the node's log, never to the page
+                log.warning("console %s: %r", request.url.path, exc, exc_info=exc)
         if request.headers.get("hx-request"):
             return HTMLResponse(
                 self.env.get_template("_error.html").render(status=status, detail=detail),
@@ -144,6 +145,10 @@ class Console:
                 headers=SECURITY_HEADERS,
             )
         return self.page(request, "error.html", status=status, detail=detail, code=status)
+
+    async def not_found(self, request: Request, exc: Exception) -> Response:
+        """A path no route has (or a method it does not take), as a page like any error."""
+        return await self.failed(request, exc)
 
     def routes(self, pages: Sequence[tuple[str, Endpoint, str]]) -> list[BaseRoute]:
         """The pages as guarded routes (every error answered by `failed`), and the assets."""
