@@ -35,6 +35,7 @@ below is the one place that says what lives where::
     │                          <sha256>.onnx, manifest.json, audit.npz, gate.json)
     ├── inspection/
     │   ├── drift.json         FPR/FNR drift state of the line
+    │   ├── line.json          the running line's status and history (node.runtime.line_status)
     │   ├── split-<member>.json  train/val/test split manifest of a member's cells
     │   └── explanations/<version>/  misjudgment heatmaps (index.json: inference.explain)
     └── federation/
@@ -86,6 +87,7 @@ CLOCK_FILE = "contract-clock.json"
 MODELS_DIR = "models"  # the same name as qdspace.inference.registry.MODELS_DIR (tested)
 INSPECTION_DIR = "inspection"
 DRIFT_FILE = "drift.json"
+LINE_STATUS_FILE = "line.json"
 EXPLANATIONS_DIR = "explanations"
 FEDERATION_DIR = "federation"
 JOBS_DIR = "jobs"
@@ -210,6 +212,11 @@ class NodeLayout:
     @property
     def drift(self) -> Path:
         return self.inspection / DRIFT_FILE
+
+    @property
+    def line_status(self) -> Path:
+        """The inspection line's status, written by its process (`runtime.line_status`)."""
+        return self.inspection / LINE_STATUS_FILE
 
     @property
     def explanations(self) -> Path:

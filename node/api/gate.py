@@ -12,9 +12,10 @@ size. These gates look only at the request line and headers and answer with a pr
   the regulator credential, on every path. A missing, non-ASCII, malformed or wrong
   credential is 401 (a regulator credential that is well-formed but not acceptable
   stays 403, as its dependency says).
-  The web console under ``/console`` passes here on the operator listener only: it
-  has its own gate (`qdspace.node.console.auth.SessionGate`: a session cookie from
-  a login with the operator token) in front of every console route.
+  The web console under ``/console`` passes here: it has its own gate
+  (`qdspace.node.console.auth.SessionGate`: a session cookie from a login with the
+  operator token on the operator listener, with a regulator credential on the
+  regulator listener, `node.console.regulator_pages`) in front of every console route.
 - `BodyLimit`: a declared ``Content-Length`` over the path's limit is 413 at once; a body
   without one is counted while it arrives and cut off at the limit with 413.
 - `JsonDepthLimit`: a JSON body nested deeper than `MAX_JSON_DEPTH` is 400 before the
@@ -132,9 +133,8 @@ class BearerGate:
         await self.app(scope, receive, send)
 
     def _console(self, path: str) -> bool:
-        """The operator listener's console paths: they have their own login gate."""
-        if self.operator_token is None:
-            return False
+        """The console's paths: they have their own login gate (the operator's console on
+        the operator listener, the regulator's read-only one on the regulator listener)."""
         return path == CONSOLE_PREFIX or path.startswith(CONSOLE_PREFIX + "/")
 
     def _check(self, path: str, headers: list[tuple[bytes, bytes]]) -> None:

@@ -122,6 +122,36 @@ def _public(entry: ModelVersion, active: ModelVersion | None) -> ModelVersionPub
     )
 
 
+def model_entry(registry: ModelRegistry, version: str) -> ModelVersion:
+    """The registered version ``version`` names (a prefix of 6+ hex digits), or a 400/404."""
+    if not _VERSION.match(version):
+        raise HTTPException(400, f"model version {version!r}: expected 6 to 64 hex digits")
+    try:
+        return registry.get(version)
+    except RegistryError as exc:
+        raise HTTPException(faults.http_status(exc), str(exc)) from None
+
+
+def explanation_index(registry: ModelRegistry, directory: Path, version: str) -> dict[str, Any]:
+    """The explanation index of a registered version, or a 404."""
+    entry = model_entry(registry, version)
+    index = read_index(explanations_root(directory) / entry.version)
+    if index is None:
+        raise HTTPException(404, f"no explanations for model version {entry.version[:12]}")
+    return index
+
+
+def heatmap_file(registry: ModelRegistry, directory: Path, version: str, name: str) -> Path:
+    """A heatmap's file, only when the version's explanation index lists ``name``: a name
+    from a URL is never joined to a path unless it is one the index wrote (the API and
+    the console both serve heatmaps through here)."""
+    index = explanation_index(registry, directory, version)
+    listed = {e["png"] for g in index["groups"] for e in g["examples"]}
+    if name not in listed:
+        raise HTTPException(404, f"heatmap {name[:80]!r} is not in the explanation index")
+    return explanations_root(directory) / str(index["model_version"]) / name
+
+
 def create_inspection_router(directory: Path, dependencies: Sequence[Depends]) -> APIRouter:
     """Routes under ``/v1/inspection`` for the node in ``directory``, behind ``dependencies``."""
     router = APIRouter(
@@ -130,19 +160,10 @@ def create_inspection_router(directory: Path, dependencies: Sequence[Depends]) -
     registry = ModelRegistry(directory)
 
     def entry_of(version: str) -> ModelVersion:
-        if not _VERSION.match(version):
-            raise HTTPException(400, f"model version {version!r}: expected 6 to 64 hex digits")
-        try:
-            return registry.get(version)
-        except RegistryError as exc:
-            raise HTTPException(faults.http_status(exc), str(exc)) from None
+        return model_entry(registry, version)
 
     def index_of(version: str) -> dict[str, Any]:
-        entry = entry_of(version)
-        index = read_index(explanations_root(directory) / entry.version)
-        if index is None:
-            raise HTTPException(404, f"no explanations for model version {entry.version[:12]}")
-        return index
+        return explanation_index(registry, directory, version)
 
     @router.get("/models", response_model=list[ModelVersionPublic])
     def models(page: Paging, response: Response) -> list[ModelVersionPublic]:
@@ -184,11 +205,7 @@ def create_inspection_router(directory: Path, dependencies: Sequence[Depends]) -
 
     @router.get("/explanations/{version}/{name}", response_class=FileResponse)
     def heatmap(version: str, name: str) -> FileResponse:
-        index = index_of(version)
-        listed = {e["png"] for g in index["groups"] for e in g["examples"]}
-        if name not in listed:
-            raise HTTPException(404, f"heatmap {name!r} is not in the explanation index")
-        path = explanations_root(directory) / index["model_version"] / name
+        path = heatmap_file(registry, directory, version, name)
         return FileResponse(path, media_type="image/png")
 
     return router

@@ -61,5 +61,10 @@ def create_regulator_app(ctx: NodeContext) -> FastAPI:
         )
 
     mount_regulator_routes(app, ctx)
+    from qdspace.node.console import PREFIX as CONSOLE
+    from qdspace.node.console.regulator_pages import create_regulator_console
+
+    # the read-only verification page; its own login takes a regulator credential
+    app.mount(CONSOLE, create_regulator_console(ctx, CONSOLE), name="console")
     app.add_middleware(ObserveRequests, metrics=ctx.metrics, routes=lambda: app.router.routes)
     return app

@@ -358,7 +358,11 @@ def _run_with_display(
     line: Any, session: Any, seconds: float, audit: Any, directory: Path, live: bool
 ) -> Any:
     """Run the line; each tick refreshes the display and drift file and follows activations."""
-    drift_path = NodeLayout(directory).drift
+    from qdspace.node.runtime.line_status import LineStatusWriter
+
+    layout = NodeLayout(directory)
+    drift_path = layout.drift
+    status = LineStatusWriter(layout.line_status)  # what the node's console shows
     view: Live | None = None
 
     def tick(snapshot: Any) -> None:
@@ -370,6 +374,7 @@ def _run_with_display(
         if audit is not None:
             audit.model = session.version.version
             audit.write(drift_path)
+        status.write(snapshot, session.version.version, audit)
 
     if not live:
         final = line.run(seconds, on_tick=tick)
@@ -380,6 +385,7 @@ def _run_with_display(
             final = line.run(seconds, on_tick=tick)
     if audit is not None:
         audit.write(drift_path)
+    status.write(final, session.version.version, audit, force=True)
     return final
 
 

@@ -103,7 +103,8 @@ def serve_line(
                 highlight=False,
             )
             try:
-                final = service.run(stop, on_tick=_status_printer(status_every))
+                on_tick = _ticks(_status_printer(status_every), _status_file(directory, audit))
+                final = service.run(stop, on_tick=on_tick)
             finally:
                 _restore(previous)
                 stop_metrics()
@@ -154,6 +155,32 @@ def _on_stop_signals(stop: threading.Event) -> dict[int, Any]:
 def _restore(previous: dict[int, Any]) -> None:
     for sig, handler in previous.items():
         signal.signal(sig, handler)
+
+
+def _ticks(*callbacks: Any) -> Any:
+    def tick(snapshot: Any) -> None:
+        for callback in callbacks:
+            callback(snapshot)
+
+    return tick
+
+
+def _status_file(directory: Path, audit: Any) -> Any:
+    """A tick callback that keeps the drift file and the line's status file for the node
+    (its API and console read them; `node.runtime.line_status`)."""
+    from qdspace.node.layout import NodeLayout
+    from qdspace.node.runtime.line_status import LineStatusWriter
+
+    layout = NodeLayout(directory)
+    writer = LineStatusWriter(layout.line_status)
+
+    def tick(snapshot: Any) -> None:
+        if audit is not None:
+            audit.model = snapshot.version
+            audit.write(layout.drift)
+        writer.write(snapshot.line, snapshot.version, audit, dropped=snapshot.dropped)
+
+    return tick
 
 
 def _status_printer(every_s: float) -> Any:

@@ -195,6 +195,30 @@ def fetch_proof(
     err.print(f"member's node says: {word} {verdict['reason']}", highlight=False)
 
 
+@ledger_app.command("credential")
+def credential(
+    directory: Annotated[Path, typer.Option("--dir", help="the regulator's node directory")],
+    api: Annotated[
+        str,
+        typer.Option("--api", help="the member node's regulator API URL (https://host:port, TLS)"),
+    ],
+) -> None:
+    """As the regulator: print a fresh credential for a member (paste it into the login of
+    the member's read-only verification page, ``<api>/console/``)."""
+    from qdspace.node.client import OperatorClient
+    from qdspace.node.errors import NodeError
+    from qdspace.node.identity.credential import issue_credential
+    from qdspace.node.identity.member import load_member_keys
+
+    try:
+        keys = load_member_keys(directory.resolve())
+        with OperatorClient(api, ca_pem=keys.ca_pem) as probe:
+            audience = str(probe.healthz()["member_id"])
+    except (NodeError, KeyError, ValueError) as exc:
+        raise fail(f"asking {api} who it is: {exc}", EXIT_UNUSABLE) from None
+    typer.echo(issue_credential(keys, audience))
+
+
 @ledger_app.command("join")
 def join(
     directory: Annotated[Path, typer.Option("--dir", help="the member's node directory")],

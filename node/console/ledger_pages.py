@@ -5,7 +5,9 @@ must not wait on a slow chain), the batches are the queue's anchored ones, a pro
 `node.api.regulator.proof_public` and a dropped proof or passport is checked by
 `node.api.regulator.verify_posted`, the regulator's own verification: the operator sees
 what a regulator would see. The drop zone posts the file's JSON with the session's CSRF
-header; a file that is not JSON, or not a proof or passport, gets a verdict that says so.
+header; a file that is too large (413), not JSON (400), or not a proof or passport (the
+regulator's verification status, 4xx) is answered with a fragment that says so, and a
+proof or passport that does not hold is a 200 with the INVALID verdict and its reason.
 """
 
 from __future__ import annotations
@@ -101,27 +103,27 @@ def routes(console: Console) -> list[tuple[str, Endpoint, str]]:
     async def verify(request: Request) -> Response:
         from qdspace.node.api.regulator import verify_posted
 
-        body = await request.body()
-        if len(body) > MAX_DOCUMENT:
-            return console.page(request, "_dropped.html", valid=False, reason="file too large")
+        def refused(status: int, reason: str) -> Response:
+            return console.page(request, "_dropped.html", status=status, valid=False, reason=reason)
+
+        body = b""
+        async for chunk in request.stream():  # counted while it arrives, not held whole
+            body += chunk
+            if len(body) > MAX_DOCUMENT:
+                return refused(
+                    413, f"file too large (a proof or passport is under {MAX_DOCUMENT >> 10} kB)"
+                )
         try:
             document = json.loads(body)
         except (UnicodeDecodeError, ValueError):
-            return console.page(
-                request,
-                "_dropped.html",
-                valid=False,
-                reason="not a JSON document (drop the proof's .json file or a passport)",
-            )
+            return refused(400, "not a JSON document (drop the proof's .json file or a passport)")
         if not isinstance(document, dict):
-            return console.page(
-                request, "_dropped.html", valid=False, reason="not a proof or passport object"
-            )
+            return refused(400, "not a proof or passport object")
         held = ledger()
         try:
             result = await run_in_threadpool(verify_posted, document, held.client)
-        except HTTPException as exc:  # not a document of ours: that is the verdict
-            return console.page(request, "_dropped.html", valid=False, reason=str(exc.detail))
+        except HTTPException as exc:  # not a document of ours: the answer says why
+            return refused(exc.status_code, str(exc.detail))
         verdict = result.verdict
         return console.page(
             request,

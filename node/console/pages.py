@@ -1,5 +1,6 @@
-"""The console's routes: login, overview, SPC (with its event stream); contracts and ledger
-come from `contract_pages` and `ledger_pages`.
+"""The console's routes: login, overview, SPC (with its event stream); the other pages
+come from `contract_pages`, `ledger_pages`, `inspection_pages`, `federation_pages`,
+`trace_pages` and `case_pages`.
 
 Routes are thin: they read through the modules that say what a page shows
 (`overview`, `spc`, ...) and render a template. Blocking reads run in a worker thread.
@@ -17,12 +18,18 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.requests import Request
-from starlette.responses import HTMLResponse, RedirectResponse, Response, StreamingResponse
-from starlette.routing import BaseRoute, Mount, Route
-from starlette.staticfiles import StaticFiles
+from starlette.responses import RedirectResponse, Response, StreamingResponse
 
-from qdspace.node import faults
-from qdspace.node.console import contract_pages, ledger_pages, overview, spc
+from qdspace.node.console import (
+    case_pages,
+    contract_pages,
+    federation_pages,
+    inspection_pages,
+    ledger_pages,
+    overview,
+    spc,
+    trace_pages,
+)
 from qdspace.node.console.auth import (
     COOKIE,
     SessionGate,
@@ -32,7 +39,7 @@ from qdspace.node.console.auth import (
     set_session_cookie,
     token_matches,
 )
-from qdspace.node.console.render import HERE, SECURITY_HEADERS, Console, Endpoint
+from qdspace.node.console.render import SECURITY_HEADERS, Console, Endpoint
 from qdspace.node.context import NodeContext
 
 log = logging.getLogger("node.console")
@@ -84,8 +91,8 @@ def create_console(ctx: NodeContext, root: str = "/console") -> Starlette:
         return console.page(request, "spc.html", "spc", series=series)
 
     async def spc_stream(request: Request) -> Response:
-        keys = request.query_params.getlist("series")[: spc.MAX_STREAM_SERIES]
-        keys = [k for k in keys if len(k) <= 200]
+        keys = request.query_params.getlist("series")
+        await run_in_threadpool(spc.check_keys, ctx, keys)
 
         async def events() -> object:
             seen: dict[str, int | None] = {}
@@ -108,31 +115,6 @@ def create_console(ctx: NodeContext, root: str = "/console") -> Starlette:
             headers=headers,
         )
 
-    async def failed(request: Request, exc: Exception) -> Response:
-        if isinstance(exc, HTTPException):
-            status, detail = exc.status_code, str(exc.detail)
-        else:
-            status = faults.http_status(exc)
-            detail = str(exc) or type(exc).__name__
-            if status >= 500:
-                log.warning("console %s: %r", request.url.path, exc)
-        if request.headers.get("hx-request"):
-            return HTMLResponse(
-                console.env.get_template("_error.html").render(status=status, detail=detail),
-                status_code=200,  # htmx swaps 2xx only: the message replaces the panel
-                headers=SECURITY_HEADERS,
-            )
-        return console.page(request, "error.html", status=status, detail=detail, code=status)
-
-    def guard(endpoint: Endpoint) -> Endpoint:
-        async def guarded(request: Request) -> Response:
-            try:
-                return await endpoint(request)
-            except Exception as exc:  # answered as a page by the fault table, never a trace
-                return await failed(request, exc)
-
-        return guarded
-
     pages: list[tuple[str, Endpoint, str]] = [
         ("/login", login_form, "GET"),
         ("/login", login, "POST"),
@@ -143,9 +125,13 @@ def create_console(ctx: NodeContext, root: str = "/console") -> Starlette:
         ("/spc/stream", spc_stream, "GET"),
         *contract_pages.routes(console),
         *ledger_pages.routes(console),
+        *inspection_pages.routes(console),
+        *federation_pages.routes(console),
+        *trace_pages.routes(console),
+        *case_pages.routes(console),
     ]
-    routes: list[BaseRoute] = [
-        Route(path, guard(endpoint), methods=[method]) for path, endpoint, method in pages
-    ]
-    routes.append(Mount("/static", StaticFiles(directory=HERE / "static"), name="static"))
-    return Starlette(routes=routes, middleware=[Middleware(SessionGate, sessions=console.sessions)])
+    return Starlette(
+        routes=console.routes(pages),
+        middleware=[Middleware(SessionGate, sessions=console.sessions)],
+        exception_handlers={HTTPException: console.not_found},
+    )

@@ -7,19 +7,25 @@ escaping still could not run.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+import logging
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from jinja2 import Environment, FileSystemLoader, select_autoescape
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, Response
+from starlette.routing import BaseRoute, Mount, Route
+from starlette.staticfiles import StaticFiles
 
+from qdspace.node import faults
 from qdspace.node.console.auth import Session, Sessions
 from qdspace.node.context import NodeContext
 
+log = logging.getLogger("node.console")
 HERE = Path(__file__).resolve().parent
 Endpoint = Callable[[Request], Awaitable[Response]]
 SECURITY_HEADERS = {
@@ -35,6 +41,10 @@ NAV = (
     ("overview", "Overview", "/"),
     ("spc", "SPC", "/spc"),
     ("contracts", "Contracts", "/contracts"),
+    ("inspection", "Inspection", "/inspection"),
+    ("federation", "Federation", "/federation"),
+    ("traces", "Traces", "/traces"),
+    ("investigations", "Investigations", "/investigations"),
     ("ledger", "Ledger", "/ledger"),
 )
 
@@ -69,9 +79,20 @@ class Console:
     env: Environment
     sessions: Sessions
     root: str = "/console"
+    #: the pages named in the header (the regulator's console names fewer)
+    nav: tuple[tuple[str, str, str], ...] = NAV
+    #: what the login form asks for
+    login: str = "operator"
 
     @classmethod
-    def build(cls, ctx: NodeContext, root: str) -> Console:
+    def build(
+        cls,
+        ctx: NodeContext,
+        root: str,
+        sessions: Sessions | None = None,
+        nav: tuple[tuple[str, str, str], ...] = NAV,
+        login: str = "operator",
+    ) -> Console:
         env = Environment(
             loader=FileSystemLoader(HERE / "templates"),
             autoescape=select_autoescape(["html"]),
@@ -81,7 +102,7 @@ class Console:
         env.filters["ago"] = _ago
         env.filters["short"] = _short
         env.filters["when"] = _when
-        return cls(ctx, env, Sessions(), root)
+        return cls(ctx, env, sessions or Sessions(), root, nav, login)
 
     def page(
         self,
@@ -96,7 +117,8 @@ class Console:
         found = session or request.scope.get("console_session")
         body = self.env.get_template(template).render(
             root=self.root,
-            nav=NAV,
+            nav=self.nav,
+            login=self.login,
             active=active,
             member=ident.name,
             role=ident.role,
@@ -104,3 +126,44 @@ class Console:
             **values,
         )
         return HTMLResponse(body, status_code=status, headers=SECURITY_HEADERS)
+
+    async def failed(self, request: Request, exc: Exception) -> Response:
+        """An error a route did not handle, as a page: the fault table's status, the
+        error's message, never a traceback (an htmx request gets a fragment)."""
+        if isinstance(exc, HTTPException):
+            status, detail = exc.status_code, str(exc.detail)
+        else:
+            status = faults.http_status(exc)
+            detail = str(exc) or type(exc).__name__
+            if status >= 500:
+                # a bug of ours: its traceback goes to the node's log, never to the page
+                log.warning("console %s: %r", request.url.path, exc, exc_info=exc)
+        if request.headers.get("hx-request"):
+            return HTMLResponse(
+                self.env.get_template("_error.html").render(status=status, detail=detail),
+                status_code=200,  # htmx swaps 2xx only: the message replaces the panel
+                headers=SECURITY_HEADERS,
+            )
+        return self.page(request, "error.html", status=status, detail=detail, code=status)
+
+    async def not_found(self, request: Request, exc: Exception) -> Response:
+        """A path no route has (or a method it does not take), as a page like any error."""
+        return await self.failed(request, exc)
+
+    def routes(self, pages: Sequence[tuple[str, Endpoint, str]]) -> list[BaseRoute]:
+        """The pages as guarded routes (every error answered by `failed`), and the assets."""
+
+        def guard(endpoint: Endpoint) -> Endpoint:
+            async def guarded(request: Request) -> Response:
+                try:
+                    return await endpoint(request)
+                except Exception as exc:  # answered as a page by the fault table
+                    return await self.failed(request, exc)
+
+            return guarded
+
+        routes: list[BaseRoute] = [
+            Route(path, guard(endpoint), methods=[method]) for path, endpoint, method in pages
+        ]
+        routes.append(Mount("/static", StaticFiles(directory=HERE / "static"), name="static"))
+        return routes

@@ -42,8 +42,9 @@ OWN_SCORE_SPEC = SpcSpec(usl=0.5, baseline_size=20, cpk_window=20)
 MAX_POINTS = 5000
 #: how often the stream looks for new rows, seconds
 TICK_S = 0.1
-#: how many series one stream may follow
+#: how many series one stream may follow, and the longest key
 MAX_STREAM_SERIES = 32
+MAX_KEY = 200
 
 
 @dataclass(frozen=True)
@@ -79,6 +80,21 @@ def list_series(ctx: NodeContext) -> list[Series]:
     for station in stations:
         found.append(Series(f"own:{station}", f"score at {station} (own)", "own", "score"))
     return found
+
+
+def check_keys(ctx: NodeContext, keys: list[str]) -> None:
+    """The series a stream is asked for must be this node's (`list_series`): an unknown,
+    over-long or excess key is refused before the stream starts (400 or 404)."""
+    from starlette.exceptions import HTTPException
+
+    if not keys or len(keys) > MAX_STREAM_SERIES:
+        raise HTTPException(400, f"series: give 1 to {MAX_STREAM_SERIES} series keys")
+    if any(len(k) > MAX_KEY or not k.isprintable() for k in keys):
+        raise HTTPException(400, f"series: a key is 1 to {MAX_KEY} printable characters")
+    known = {s.key for s in list_series(ctx)}
+    unknown = [k for k in keys if k not in known]
+    if unknown:
+        raise HTTPException(404, f"series: {unknown[0][:80]!r} is not a series of this node")
 
 
 def version(ctx: NodeContext, key: str) -> int | None:

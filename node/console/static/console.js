@@ -26,8 +26,11 @@
       });
     }).then(function (response) {
       return response.text().then(function (html) {
-        if (!response.ok) throw new Error("HTTP " + response.status + ": " + html.slice(0, 200));
-        // the fragment is server-rendered and autoescaped
+        var type = response.headers.get("content-type") || "";
+        if (type.indexOf("text/html") !== 0) {
+          throw new Error("HTTP " + response.status + ": " + html.slice(0, 200));
+        }
+        // the fragment is server-rendered and autoescaped (a refusal names its reason too)
         result.innerHTML = html;
       });
     }).catch(function (error) {
