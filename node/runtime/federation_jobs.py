@@ -46,7 +46,8 @@ from nacl.signing import SigningKey, VerifyKey
 from qdspace.federation.chunks import prefer_heap_for_large_buffers
 from qdspace.federation.errors import FederationError, RefusalReason, RosterRefused, UpdateRefused
 from qdspace.federation.host import JobExists, JobHost, UnknownJob, load_jobs
-from qdspace.federation.job import JobSpec
+from qdspace.federation.job import JobSpec, JobSpecError
+from qdspace.federation.models import job_problems
 from qdspace.federation.job_files import Published, VersionAnchor
 from qdspace.federation.params import params_from_bytes
 from qdspace.federation.round_status import Phase, RoundRecord, StatusView, poll_wait
@@ -253,6 +254,9 @@ class FederationJobs:
     def proposed(self, terms: bytes) -> JobSpec:
         """The terms of a job to start here: it must name this node and be new."""
         job = JobSpec.from_dict(_json(terms))
+        problems = job_problems(job.model, job.shapes, job.training)
+        if problems:
+            raise JobSpecError(f"job {job.job_id}: " + "; ".join(problems))
         if job.coordinator != self._me.name:
             raise FederationError(
                 f"job {job.job_id} names coordinator {job.coordinator}, this node is "
