@@ -23,7 +23,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-
 from numpy.typing import NDArray
 
 from qdspace.federation import el_cnn, logreg, mlp

@@ -146,7 +146,9 @@ def train_el_cnn(
             optimiser.zero_grad()
             loss = loss_fn(model(training.augment(inputs[chosen], generator)), labels[chosen])
             if mu > 0:
-                prox = sum(((w - a) ** 2).sum() for w, a in zip(model.parameters(), anchor))
+                prox = sum(
+                    ((w - a) ** 2).sum() for w, a in zip(model.parameters(), anchor, strict=True)
+                )
                 loss = loss + 0.5 * mu * prox
             loss.backward()
             optimiser.step()

@@ -47,8 +47,8 @@ from qdspace.federation.chunks import prefer_heap_for_large_buffers
 from qdspace.federation.errors import FederationError, RefusalReason, RosterRefused, UpdateRefused
 from qdspace.federation.host import JobExists, JobHost, UnknownJob, load_jobs
 from qdspace.federation.job import JobSpec, JobSpecError
-from qdspace.federation.models import job_problems
 from qdspace.federation.job_files import Published, VersionAnchor
+from qdspace.federation.models import job_problems
 from qdspace.federation.params import params_from_bytes
 from qdspace.federation.round_status import Phase, RoundRecord, StatusView, poll_wait
 from qdspace.federation.secagg_messages import (
