@@ -147,8 +147,11 @@ class FederationJobs:
         proofs: ProofSource | None = None,
         ca_cert: Trust | None = None,
         on_round: Callable[[RoundRecord], None] | None = None,
+        on_finished: Callable[[JobSpec, Published], None] | None = None,
     ) -> None:
         self._me = me
+        self._on_finished = on_finished
+        self._finishing: set[asyncio.Task[None]] = set()
         self._on_round = on_round
         self._ca = ca_cert
         self._uploading: set[tuple[str, str]] = set()
@@ -212,9 +215,29 @@ class FederationJobs:
             finally:
                 if _state(slot.host) != before:
                     slot.notify()
+                    if slot.host.coordinator.phase is Phase.DONE:
+                        self._finished(slot.host)
                 if self._on_round is not None:
                     for record in slot.host.history[rounds:]:  # rounds this call aggregated
                         self._on_round(record)
+
+    def _finished(self, host: JobHost) -> None:
+        """Hand the job's final version to ``on_finished`` in the background (the last
+        member's call is answered at once; an export of a CNN takes seconds)."""
+        if self._on_finished is None:
+            return
+        hook, job = self._on_finished, host.job
+        published = host.model(host.coordinator.version)
+
+        async def run() -> None:
+            try:
+                await asyncio.to_thread(hook, job, published)
+            except Exception:  # the job is done either way; the operator reads the log
+                logger.exception("federation: job %s: final version hook failed", job.job_id)
+
+        task = asyncio.get_running_loop().create_task(run(), name=f"finished {job.job_id}")
+        self._finishing.add(task)
+        task.add_done_callback(self._finishing.discard)
 
     async def _read(
         self, ref: RoundRef, caller: MemberIdentity, read: Callable[[JobHost, str, int, int], T]

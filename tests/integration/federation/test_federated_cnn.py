@@ -35,7 +35,7 @@ pytestmark = pytest.mark.integration
 pytest.importorskip("torch")
 
 COORDINATOR = "sunarc"
-DEPLOY_AT = "sunarc"
+DEPLOY_AT = "cellex"
 SIZE = 24
 WIDTHS = (8, 16, 16)
 SHAPES = cnn_shapes(WIDTHS)
@@ -97,8 +97,11 @@ def test_federated_cnn_version_is_gated_and_served_by_the_line(network: LocalNet
         files[m] = network[m].layout.federation_data(job.job_id)
         files[m].parent.mkdir(parents=True, exist_ok=True)
         np.savez(files[m], images=images, y=labels)
-    test_file = network[DEPLOY_AT].layout.federation_data(f"{job.job_id}-held-out")
-    np.savez(test_file, images=test_images[half:], y=test_labels[half:])
+    # the deploying member scores each version on its held-out cells; the coordinator
+    # scores the final one on its own (by their conventional name) when it registers it
+    test_file = network[DEPLOY_AT].layout.federation_data(f"{job.job_id}-test")
+    for path in (test_file, network[COORDINATOR].layout.federation_data(f"{job.job_id}-held-out")):
+        np.savez(path, images=test_images[half:], y=test_labels[half:])
     registry = ModelRegistry(network[DEPLOY_AT].directory)
     # the deploying member's audit set: labelled cells it re-inspected (the other half)
     registry.set_audit_set(
@@ -148,6 +151,15 @@ def test_federated_cnn_version_is_gated_and_served_by_the_line(network: LocalNet
     if before is None:
         assert deployed["active"] and last["outcome"] == "activated"
     assert deployed["active"] == (last["outcome"] == "activated")
+    # the coordinator exported the final version as `qdspace train` does and registered
+    # it (not activated there) with its held-out metrics: the very same ONNX bytes
+    coordinated = ModelRegistry(network[COORDINATOR].directory)
+    deadline = time.monotonic() + 60
+    while entry.version not in {v.version for v in coordinated.versions()}:
+        assert time.monotonic() < deadline, "the coordinator did not register the version"
+        time.sleep(0.5)
+    there = coordinated.get(entry.version)
+    assert there.source == entry.source and there.metrics == pytest.approx(final_scores)
     # the line's own classifier loads the ONNX file and beats the majority class
     classifier = registry.load(entry.version, device="cpu")
     assert classifier.info.input_size == SIZE
