@@ -69,11 +69,18 @@ def cnn_trainer(data: Dataset, terms: CnnTerms) -> Trainer:
     return train
 
 
-def timed(label: str, call: Any) -> tuple[Any, float]:
+def timed(label: str, call: Any, test: Dataset) -> tuple[Any, float]:
+    """Train, print the seconds and the held-out figures at once (a long run shows
+    what it has so far)."""
     t0 = time.perf_counter()
     out = call()
     seconds = time.perf_counter() - t0
-    print(f"fl_cnn_seconds_{label}: {seconds:.1f} s")
+    s = scores(out, test)
+    print(f"fl_cnn_seconds_{label}: {seconds:.1f} s", flush=True)
+    print(
+        f"fl_cnn_{label}: accuracy {s['accuracy']:.3f} f1 {s['f1']:.3f} auroc {s['auroc']:.3f}",
+        flush=True,
+    )
     return out, seconds
 
 
@@ -131,11 +138,11 @@ def main() -> None:
     seconds: dict[str, float] = {}
     runs: dict[str, Params] = {}
     runs["centralised"], seconds["centralised"] = timed(
-        "centralised", lambda: train_el_cnn(pooled, start, alone, 1, 0.0)[0]
+        "centralised", lambda: train_el_cnn(pooled, start, alone, 1, 0.0)[0], test
     )
     for m, d in shares.items():
         runs[f"local_only_{m}"], seconds[f"local_only_{m}"] = timed(
-            f"local_only_{m}", lambda d=d: train_el_cnn(d, start, alone, 1, 0.0)[0]
+            f"local_only_{m}", lambda d=d: train_el_cnn(d, start, alone, 1, 0.0)[0], test
         )
     terms = {
         "layout": float(LAYOUT),
@@ -161,14 +168,12 @@ def main() -> None:
                 training=terms,
                 trainers=trainers,
             ),
+            test,
         )
     for name, params in runs.items():
         s = scores(params, test)
         for metric, value in s.items():
             figures[f"{name}_{metric}"] = value
-        print(
-            f"fl_cnn_{name}: accuracy {s['accuracy']:.3f} f1 {s['f1']:.3f} auroc {s['auroc']:.3f}"
-        )
     print(f"fl_cnn_majority_baseline: {figures['majority_accuracy']:.3f} accuracy")
     onnx, _ = el_cnn_onnx(runs["federated_fedavg_secagg"], ns.size)
     served = OnnxClassifier(onnx, device="cpu").probabilities(test.x)[:, 1]
