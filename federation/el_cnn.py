@@ -30,6 +30,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -131,6 +132,37 @@ def job_problems(shapes: Shapes, terms: Mapping[str, float]) -> list[str]:
     except TrainingError as exc:
         out.append(str(exc))
     return out
+
+
+def with_shapes(terms: Mapping[str, Any]) -> dict[str, Any]:
+    """Job terms as a caller may write them for an ``el-cnn`` job: ``widths`` (three
+    channel counts) instead of the 26 tensor shapes, which are filled in from them."""
+    out = dict(terms)
+    if out.get("model") != MODEL or "shapes" in out or "widths" not in out:
+        return out
+    widths = out.pop("widths")
+    if (
+        not isinstance(widths, list | tuple)
+        or len(widths) != 3
+        or not all(isinstance(w, int) and 1 <= w <= MAX_WIDTH for w in widths)
+    ):
+        raise TrainingError(f"widths must be three whole numbers in 1..{MAX_WIDTH}")
+    out["shapes"] = [list(s) for s in cnn_shapes((widths[0], widths[1], widths[2]))]
+    return out
+
+
+def initial_params(shapes: Shapes, terms: Mapping[str, float]) -> list[Any]:
+    """A freshly initialised CNN of ``shapes`` (seeded by the terms' ``seed``): the version 0
+    of a job published without an initial model (all zeros would never train)."""
+    try:
+        from qdspace.inference.training import TrainConfig, build_model, get_weights
+    except ImportError as exc:
+        raise TrainingError(
+            f"an {MODEL} job without an initial model needs PyTorch here to make one ({exc}); "
+            "send the initial model"
+        ) from exc
+    config = TrainConfig(seed=int(terms.get("seed", 0)), widths=widths_of(shapes))
+    return list(get_weights(build_model(config)))
 
 
 def load_images(path: Path, shapes: Shapes, terms: Mapping[str, float]) -> Dataset:

@@ -236,6 +236,14 @@ class FederationMember:
         self, job: JobSpec, initial: Params | None, coordinator: str | None = None
     ) -> StatusView:
         """Publish ``job`` on the coordinator's node (normally this one)."""
+        if initial is None and job.model == EL_CNN:  # a seeded fresh network, not zeros
+            from qdspace.federation.el_cnn import initial_params
+            from qdspace.federation.errors import TrainingError
+
+            try:
+                initial = await asyncio.to_thread(initial_params, job.shapes, job.training)
+            except TrainingError as exc:
+                raise FederationRequestError(f"job {job.job_id}: {exc}") from None
         if initial is None:
             if any(d < 1 for s in job.shapes for d in s) or size_of(job.shapes) > MAX_ZERO_INITIAL:
                 raise FederationRequestError(

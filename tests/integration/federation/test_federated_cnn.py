@@ -112,7 +112,11 @@ def test_federated_cnn_version_is_gated_and_served_by_the_line(network: LocalNet
     before = registry.active()
     with ExitStack() as stack:
         apis = {m: stack.enter_context(network[m].operator(timeout=120.0)) for m in SPLIT_MEMBERS}
-        apis[COORDINATOR].federation_start(job.to_dict(), params_to_bytes(initial_cnn()))
+        # the operator writes the CNN's widths, not its 26 shapes; without an initial
+        # model the coordinator's node makes a seeded fresh network (zeros never train)
+        terms = {k: v for k, v in job.to_dict().items() if k != "shapes"}
+        view = apis[COORDINATOR].federation_start({**terms, "widths": list(WIDTHS)}, None)
+        assert view["round"] == 1 and view["version"] == 0
         sessions = {
             m: apis[m].federation_join(
                 job.job_id,

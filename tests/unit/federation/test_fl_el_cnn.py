@@ -92,8 +92,9 @@ def test_member_files_are_read_as_served_inputs(tmp_path: Path) -> None:
             load_images(tmp_path / name, cnn_shapes(WIDTHS), TERMS)
 
 
-def test_a_round_trains_the_cnn_deterministically_and_proximally(tmp_path: Path) -> None:
-    from qdspace.inference.training import get_weights
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_a_round_trains_the_cnn_deterministically_and_proximally(tmp_path: Path, seed: int) -> None:
+    from qdspace.inference.training import TrainConfig, build_model, get_weights
 
     rng = np.random.default_rng(1)
     images = rng.integers(120, 200, (40, 16, 16), dtype=np.uint8)
@@ -102,8 +103,8 @@ def test_a_round_trains_the_cnn_deterministically_and_proximally(tmp_path: Path)
     np.savez(tmp_path / "own.npz", images=images, y=y)
     kind = model_kind(MODEL)
     data = kind.load(tmp_path / "own.npz", cnn_shapes(WIDTHS), TERMS)
-    start = get_weights(_cnn(WIDTHS))
-    train = kind.trainer({**TERMS, "epochs": 4.0}, data, 0.0)
+    start = get_weights(build_model(TrainConfig(seed=seed, widths=WIDTHS)))
+    train = kind.trainer({**TERMS, "epochs": 8.0, "seed": float(seed)}, data, 0.0)
     first, count = train(start, 1)
     again, _ = train(start, 1)
     other, _ = train(start, 2)
@@ -111,7 +112,7 @@ def test_a_round_trains_the_cnn_deterministically_and_proximally(tmp_path: Path)
     assert all(np.array_equal(a, b) for a, b in zip(first, again, strict=True))
     assert not all(np.array_equal(a, b) for a, b in zip(first, other, strict=True))
     moved = sum(float(np.sum((a - b) ** 2)) for a, b in zip(first, start, strict=True))
-    held, _ = kind.trainer({**TERMS, "epochs": 4.0}, data, 100.0)(start, 1)
+    held, _ = kind.trainer({**TERMS, "epochs": 8.0, "seed": float(seed)}, data, 100.0)(start, 1)
     near = sum(float(np.sum((a - b) ** 2)) for a, b in zip(held, start, strict=True))
     assert near < moved  # FedProx's term keeps the weights closer to the global ones
     assert kind.accuracy(first, data) > 0.8
