@@ -117,3 +117,64 @@ def test_a_round_trains_the_cnn_deterministically_and_proximally(tmp_path: Path,
     assert near < moved  # FedProx's term keeps the weights closer to the global ones
     assert kind.accuracy(first, data) > 0.8
     assert kind.defect_scores is not None and kind.defect_scores(first, data).shape == (40,)
+
+
+def test_a_secure_cnn_round_refuses_a_masked_input_of_the_wrong_length() -> None:
+    """The CNN's vector goes through secure aggregation like any model's: a member's
+    masked input must have the job's length; the honest sum still unmasks to the mean."""
+    import dataclasses
+
+    from nacl.signing import SigningKey
+
+    from qdspace.federation.errors import RefusalReason, UpdateRefused
+    from qdspace.federation.job import JobSpec
+    from qdspace.federation.member import prepare_change, secagg_client
+    from qdspace.federation.params import size_of
+    from qdspace.federation.rounds import Coordinator
+
+    members = ("cellex", "polycell", "sunarc")
+    shapes = cnn_shapes(WIDTHS)
+    job = JobSpec(
+        job_id="cnn-secure",
+        coordinator="sunarc",
+        model=MODEL,
+        shapes=shapes,
+        rounds=1,
+        min_members=3,
+        members=members,
+        secure_aggregation=True,
+        threshold=2,
+        update_clip=5.0,
+        training=TERMS,
+    )
+    rng = np.random.default_rng(0)
+    start = rng.normal(0, 0.1, size_of(shapes)).astype(np.float32)
+    coord = Coordinator.start(job, start, now=0.0, seed=0)
+    signing = {m: SigningKey.generate() for m in members}
+    verify = {m: k.verify_key for m, k in signing.items()}
+    att = coord.attempt
+    clients = {m: secagg_client(job, m, 1, att, signing[m]) for m in members}
+    for m, c in clients.items():
+        coord.submit_advert(m, 1, att, c.advertise(), verify[m], 1.0)
+    for m, c in clients.items():
+        coord.submit_shares(m, 1, att, c.share_keys(coord.roster(m, 1, att), verify), 1.0)
+    changes = {m: rng.normal(0, 0.01, start.size).astype(np.float32) for m in members}
+    masked = {
+        m: c.mask(prepare_change(job, start, start + changes[m], rng), coord.inbox(m, 1, att))
+        for m, c in clients.items()
+    }
+    short = dataclasses.replace(masked["cellex"], vector=masked["cellex"].vector[:-1])
+    with pytest.raises(UpdateRefused) as refused:
+        coord.submit_masked("cellex", 1, att, short, 1.0)
+    assert refused.value.reason is RefusalReason.WRONG_SHAPE
+    for m in members:
+        coord.submit_masked(m, 1, att, masked[m], 1.0)
+    split = coord.unmask_request("cellex", 1, att)
+    for m in split.survivors:
+        coord.submit_confirmation(m, 1, att, clients[m].confirm(split), 1.0)
+    request = coord.unmask_request("cellex", 1, att)
+    for m in request.survivors:
+        coord.submit_unmask(m, 1, att, clients[m].unmask(request), 1.0)
+    assert coord.phase.value == "done"
+    mean = np.mean([changes[m] for m in members], axis=0)
+    assert np.abs(coord.global_vector - (start + mean)).max() < 1e-5
