@@ -19,7 +19,7 @@ AUROC; federated within 1 point of centralised and >= 5 points above the best lo
 The final secure-aggregated global model is also exported with ``qdspace train``'s
 export and scored through onnxruntime (``OnnxClassifier``), as the line would serve it.
 
-    python bench/federation_cnn.py                 # about 15 minutes on 2 busy cores
+    python bench/federation_cnn.py                 # 20-40 minutes on 2 busy cores
     python bench/federation_cnn.py --size 64 --rounds 6 --epochs 2 --out cnn.json
     python bench/federation_cnn.py --quick          # tiny (CI)
 """
