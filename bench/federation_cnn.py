@@ -19,8 +19,9 @@ AUROC; federated within 1 point of centralised and >= 5 points above the best lo
 The final secure-aggregated global model is also exported with ``qdspace train``'s
 export and scored through onnxruntime (``OnnxClassifier``), as the line would serve it.
 
-    python bench/federation_cnn.py                 # 20-40 minutes on 2 busy cores
-    python bench/federation_cnn.py --size 64 --rounds 6 --epochs 2 --out cnn.json
+    python bench/federation_cnn.py                 # 32 px, 4 x 2 epochs: minutes
+    python bench/federation_cnn.py --size 40 --rounds 5 --out cnn.json   # the README's
+    #   figures: 20-40 minutes on 2 busy cores
     python bench/federation_cnn.py --quick          # tiny (CI)
 """
 
@@ -88,8 +89,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--size", type=int, default=40, help="image size in pixels")
-    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--size", type=int, default=32, help="image size in pixels")
+    parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--epochs", type=int, default=2, help="local epochs per round")
     parser.add_argument("--widths", default="16,32,64", help="the CNN's three widths")
     parser.add_argument("--lr", type=float, default=3e-3)
