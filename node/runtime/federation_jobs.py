@@ -232,6 +232,10 @@ class FederationJobs:
         async def run() -> None:
             try:
                 await asyncio.to_thread(hook, job, published)
+            except FederationError as exc:  # e.g. no PyTorch on this node to export with
+                logger.warning(
+                    "federation: job %s: final version not registered: %s", job.job_id, exc
+                )
             except Exception:  # the job is done either way; the operator reads the log
                 logger.exception("federation: job %s: final version hook failed", job.job_id)
 
