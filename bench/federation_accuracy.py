@@ -45,7 +45,7 @@ from qdspace.federation import mlp
 from qdspace.federation.el_features import SPLIT_MEMBERS, el_features, member_split
 from qdspace.federation.job import JobSpec
 from qdspace.federation.logreg import Dataset
-from qdspace.federation.member import prepare_change, secagg_client
+from qdspace.federation.member import Trainer, prepare_change, secagg_client
 from qdspace.federation.params import Params, flatten, unflatten
 from qdspace.federation.rounds import Coordinator
 from qdspace.federation.strategies import StrategyName, StrategySpec
@@ -70,28 +70,40 @@ def train_alone(start: Params, data: Dataset, epochs: int, seed: int) -> Params:
 
 
 def federated(
-    start: Params, shares: dict[str, Dataset], strategy: StrategySpec, secure: bool
+    start: Params,
+    shares: dict[str, Dataset],
+    strategy: StrategySpec,
+    secure: bool,
+    *,
+    model: str = "el-mlp",
+    rounds: int = ROUNDS,
+    clip: float = CLIP,
+    training: dict[str, float] | None = None,
+    trainers: dict[str, Trainer] | None = None,
 ) -> Params:
-    """ROUNDS rounds through the coordinator state machine, secure aggregation optional."""
+    """``rounds`` rounds through the coordinator state machine, secure aggregation optional
+    (``bench/federation_cnn.py`` runs the CNN through it with its own trainers)."""
     shapes = tuple(tuple(p.shape) for p in start)
     members = tuple(sorted(shares))
+    terms = TRAINING if training is None else training
     job = JobSpec(
         job_id="acc",
         coordinator="sunarc",
-        model="el-mlp",
+        model=model,
         shapes=shapes,
-        rounds=ROUNDS,
+        rounds=rounds,
         min_members=len(members),
         members=members,
         strategy=strategy,
         secure_aggregation=secure,
         threshold=2,
-        update_clip=CLIP if secure else None,
-        training=TRAINING,
+        update_clip=clip if secure else None,
+        training=terms,
     )
     rng = np.random.default_rng(0)
     coord = Coordinator.start(job, flatten(start), now=0.0, seed=0)
-    trainers = {m: mlp.trainer_for(TRAINING, shares[m]) for m in members}
+    if trainers is None:
+        trainers = {m: mlp.trainer_for(terms, shares[m]) for m in members}
     # each member signs its SecAgg messages with the Ed25519 key its certificate binds
     signing = {m: SigningKey.generate() for m in members}
     verify = {m: k.verify_key for m, k in signing.items()}

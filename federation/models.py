@@ -2,11 +2,18 @@
 
 * ``logreg``: softmax regression on feature rows (tests, synthetic benchmarks);
 * ``el-mlp``: the EL defect classifier of ``federation.mlp`` on the fixed features
-  of ``federation.el_features`` (the demo's model).
+  of ``federation.el_features`` (the light option: numpy only, seconds a round);
+* ``el-cnn``: the line's own CNN (``federation.el_cnn``; PyTorch on the member), so
+  the final version is the network the line serves.
 
 A member's data file is ``.npz`` with ``y`` (labels) and either ``x`` (feature rows)
-or, for ``el-mlp``, ``images`` (count x height x width EL cells, turned into features
-on the member's machine).
+or, for ``el-mlp`` and ``el-cnn``, ``images`` (count x height x width EL cells, turned
+into features or model inputs on the member's machine).
+
+A member trains only the kinds listed here: a job naming another model is refused
+before its first round (``model_kind``). The coordinator checks the terms of the kinds
+it knows when a job is published (``job_problems``); it only averages vectors, so it
+may publish a job of a kind it does not train itself.
 """
 
 from __future__ import annotations
@@ -16,8 +23,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from numpy.typing import NDArray
 
-from qdspace.federation import logreg, mlp
+from qdspace.federation import el_cnn, logreg, mlp
 from qdspace.federation.el_features import el_features
 from qdspace.federation.errors import FederationError, TrainingError
 from qdspace.federation.logreg import Dataset
@@ -30,17 +38,25 @@ class ModelKind:
     """How to read a member's data for, train, and score one kind of job model."""
 
     name: str
-    load: Callable[[Path, Shapes], Dataset]
+    loader: Callable[[Path, Shapes, Mapping[str, float]], Dataset]
     trainer: Callable[[Mapping[str, float], Dataset, float], Trainer]
     accuracy: Callable[[Params, Dataset], float]
+    #: P(defective) per row, for the binary EL models (F1 and AUROC of a version)
+    defect_scores: Callable[[Params, Dataset], NDArray[np.float64]] | None = None
+    #: what is wrong with a job's shapes and terms for this kind (empty: nothing)
+    problems: Callable[[Shapes, Mapping[str, float]], list[str]] | None = None
+
+    def load(self, path: Path, shapes: Shapes, terms: Mapping[str, float] | None = None) -> Dataset:
+        """A member's data file, read for a job of ``shapes`` and training ``terms``."""
+        return self.loader(path, shapes, terms or {})
 
 
-def _load_logreg(path: Path, shapes: Shapes) -> Dataset:
+def _load_logreg(path: Path, shapes: Shapes, terms: Mapping[str, float]) -> Dataset:
     (dims, classes), _ = shapes
     return logreg.load_dataset(path, dims, classes)
 
 
-def _load_el(path: Path, shapes: Shapes) -> Dataset:
+def _load_el(path: Path, shapes: Shapes, terms: Mapping[str, float]) -> Dataset:
     dims, classes = shapes[0][0], shapes[-1][0]
     try:
         with np.load(path, allow_pickle=False) as npz:
@@ -61,9 +77,43 @@ def _load_el(path: Path, shapes: Shapes) -> Dataset:
     return Dataset(x, y)
 
 
+def _mlp_scores(params: Params, data: Dataset) -> NDArray[np.float64]:
+    return mlp.defect_scores(params, data.x)
+
+
+def _cnn_trainer(terms: Mapping[str, float], data: Dataset, mu: float = 0.0) -> Trainer:
+    """A member's rounds of an ``el-cnn`` job (PyTorch is imported at the first round)."""
+    config = el_cnn.CnnTerms.from_terms(terms)
+
+    def train(params: Params, round_: int) -> tuple[Params, int]:
+        from qdspace.federation.train_torch import train_el_cnn
+
+        return train_el_cnn(data, params, config, round_, mu)
+
+    return train
+
+
+def _cnn_scores(params: Params, data: Dataset) -> NDArray[np.float64]:
+    from qdspace.federation.train_torch import el_cnn_scores
+
+    return el_cnn_scores(params, data)
+
+
+def _cnn_accuracy(params: Params, data: Dataset) -> float:
+    return float(np.mean((_cnn_scores(params, data) >= 0.5) == (data.y == 1)))
+
+
 KINDS: dict[str, ModelKind] = {
     "logreg": ModelKind("logreg", _load_logreg, logreg.trainer_for, logreg.accuracy),
-    "el-mlp": ModelKind("el-mlp", _load_el, mlp.trainer_for, mlp.accuracy),
+    "el-mlp": ModelKind("el-mlp", _load_el, mlp.trainer_for, mlp.accuracy, _mlp_scores),
+    el_cnn.MODEL: ModelKind(
+        el_cnn.MODEL,
+        el_cnn.load_images,
+        _cnn_trainer,
+        _cnn_accuracy,
+        _cnn_scores,
+        el_cnn.job_problems,
+    ),
 }
 
 
@@ -73,3 +123,12 @@ def model_kind(name: str) -> ModelKind:
     if kind is None:
         raise FederationError(f"model {name!r} is not one this node trains ({sorted(KINDS)})")
     return kind
+
+
+def job_problems(model: str, shapes: Shapes, terms: Mapping[str, float]) -> list[str]:
+    """What keeps a job's shapes and terms from fitting its model, when this node knows
+    the model (a kind it does not know is not judged here: members refuse it)."""
+    kind = KINDS.get(model)
+    if kind is None or kind.problems is None:
+        return []
+    return kind.problems(shapes, terms)

@@ -2,8 +2,8 @@
 
 ``train_local`` runs a member's epochs on its own tensors, starting from the global
 parameters, with FedProx's proximal term ``mu/2 * ||w - w_global||^2`` added to the
-loss when the job names FedProx. ``train_el_cnn`` does this for the EL-image CNN of
-``inference.training`` on a member's own EL images. Parameters go in and out as
+loss when the job names FedProx. ``train_el_cnn`` runs one round of an ``el-cnn`` job:
+the line's CNN (``inference.training``) on a member's own EL cells. Parameters go in and out as
 float32 numpy arrays in ``state_dict`` order, the currency of ``federation``.
 """
 
@@ -17,7 +17,9 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
+from qdspace.federation.el_cnn import CLASSES, CnnTerms, widths_of
 from qdspace.federation.errors import TrainingError
+from qdspace.federation.logreg import Dataset
 from qdspace.federation.params import Params, check_update, shapes_of
 
 
@@ -100,19 +102,88 @@ def train_local(
 
 
 def train_el_cnn(
-    data: Any, params: Sequence[NDArray[np.float32]], config: LocalConfig
+    data: Dataset, params: Sequence[NDArray[np.float32]], terms: CnnTerms, round_: int, mu: float
 ) -> tuple[Params, int]:
-    """Train the EL CNN of ``inference.training`` on a member's own ``ElImages``."""
+    """One round of an ``el-cnn`` job on a member's own cells: ``terms.epochs`` epochs of
+    the line's trainer (``inference.training``: class-weighted loss, random flips, AdamW)
+    from the global ``params``.
+
+    The rate follows the trainer's schedule within the round (a linear warm-up over the
+    first epoch of round 1 only, then a cosine down to 5 %), so every round starts at the
+    full rate from the new global model. Seeded by the job's ``seed`` and the round: a
+    rerun gives the same update. With FedProx (``mu > 0``) the proximal term
+    ``mu/2 * ||w - w_global||^2`` is added to the loss. Unlike ``qdspace train`` there is
+    no early stopping or collapse check here: one member's round need not be a good model
+    on its own; the final global version is checked where it is deployed (the promotion
+    gate) and where it is exported.
+    """
+    torch = _torch()
+    training = _training()
+    widths = widths_of(shapes_of(params))
+    if len(data) == 0:
+        raise TrainingError("cannot train on an empty local data set")
+    torch.set_num_threads(terms.threads)
+    seed = terms.seed * 100_003 + round_
+    torch.manual_seed(seed)
+    model = training.ElCnn(CLASSES, widths)
+    training.set_weights(model, params)
+    anchor = [p.detach().clone() for p in model.parameters()]
+    inputs = torch.from_numpy(np.ascontiguousarray(data.x, dtype=np.float32))
+    labels = torch.from_numpy(np.asarray(data.y, dtype=np.int64))
+    loss_fn = torch.nn.CrossEntropyLoss(weight=training.class_weights(labels, CLASSES))
+    optimiser = torch.optim.AdamW(model.parameters(), lr=terms.lr, weight_decay=terms.weight_decay)
+    per_epoch = -(-len(labels) // terms.batch)
+    total, warmup = per_epoch * terms.epochs, per_epoch if round_ <= 1 else 0
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimiser, lambda step: training.lr_factor(step, total, warmup, 0.05)
+    )
+    generator = torch.Generator().manual_seed(seed)
+    model.train()
+    for _ in range(terms.epochs):
+        order = torch.randperm(len(labels), generator=generator)
+        for start in range(0, len(order), terms.batch):
+            chosen = order[start : start + terms.batch]
+            optimiser.zero_grad()
+            loss = loss_fn(model(training.augment(inputs[chosen], generator)), labels[chosen])
+            if mu > 0:
+                prox = sum(
+                    ((w - a) ** 2).sum() for w, a in zip(model.parameters(), anchor, strict=True)
+                )
+                loss = loss + 0.5 * mu * prox
+            loss.backward()
+            optimiser.step()
+            schedule.step()
+    model.eval()
+    out = training.get_weights(model)
+    if not all(np.all(np.isfinite(p)) for p in out):
+        raise TrainingError("local training diverged (non-finite weights); lower the rate")
+    return out, len(labels)
+
+
+def el_cnn_scores(params: Sequence[NDArray[np.float32]], data: Dataset) -> NDArray[np.float64]:
+    """P(defective) of each prepared cell of ``data`` under the CNN ``params``."""
+    torch = _torch()
+    training = _training()
+    model = training.ElCnn(CLASSES, widths_of(shapes_of(params)))
+    training.set_weights(model, params)
+    inputs = torch.from_numpy(np.ascontiguousarray(data.x, dtype=np.float32))
+    scores: NDArray[np.float64] = training.defect_scores(
+        training.predict_proba(model, inputs), CLASSES
+    )
+    return scores
+
+
+def el_cnn_onnx(params: Sequence[NDArray[np.float32]], image_size: int) -> tuple[bytes, Any]:
+    """ONNX bytes of the CNN ``params`` with the export of ``qdspace train``, and the model."""
+    training = _training()
+    model = training.ElCnn(CLASSES, widths_of(shapes_of(params)))
+    training.set_weights(model, params)
+    model.eval()
+    return training.export_onnx(model, image_size), model
+
+
+def _training() -> Any:
     try:
-        training = importlib.import_module("qdspace.inference.training")
+        return importlib.import_module("qdspace.inference.training")
     except ImportError as exc:
         raise TrainingError(f"the EL CNN trainer is unavailable: {exc}") from exc
-    cnn_config = training.TrainConfig(seed=config.seed, threads=config.threads)
-    model = training.build_model(cnn_config)
-    inputs, labels = training.tensors(data, cnn_config)
-    torch = _torch()
-    # Inverse-frequency class weights, as in ``inference.training``: defects are the minority.
-    counts = torch.bincount(labels, minlength=cnn_config.num_classes).float().clamp(min=1.0)
-    weights = counts.sum() / (cnn_config.num_classes * counts)
-    loss_fn = torch.nn.CrossEntropyLoss(weight=weights)
-    return train_local(model, params, inputs, labels, config, loss_fn)

@@ -189,7 +189,7 @@ def tensors(data: ElImages, config: TrainConfig) -> tuple[torch.Tensor, torch.Te
     return inputs, labels
 
 
-def _augment(batch: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+def augment(batch: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     """Random flips: an EL cell is a cell whichever way round the camera sees it."""
     flip_h = torch.rand(len(batch), generator=generator) < 0.5
     flip_v = torch.rand(len(batch), generator=generator) < 0.5
@@ -210,7 +210,7 @@ def lr_factor(step: int, total_steps: int, warmup_steps: int, final_fraction: fl
     return final_fraction + (1.0 - final_fraction) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
-def _class_weights(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
+def class_weights(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
     """Inverse-frequency weights: defective cells are about a third of the data, and a
     model that calls everything 'ok' must not look good to the loss."""
     counts = torch.bincount(labels, minlength=num_classes).float().clamp(min=1.0)
@@ -246,7 +246,7 @@ def train_model(
     if initial is not None:
         set_weights(model, initial)
     inputs, labels = tensors(data, config)
-    loss_fn = nn.CrossEntropyLoss(weight=_class_weights(labels, config.num_classes))
+    loss_fn = nn.CrossEntropyLoss(weight=class_weights(labels, config.num_classes))
     has_val = val is not None and len(val) > 0
     checked = tensors(val, config) if val is not None and has_val else (inputs, labels)
     optimiser = torch.optim.AdamW(
@@ -311,7 +311,7 @@ def _epoch(
         chosen = order[start : start + config.batch_size]
         batch = inputs[chosen]
         if config.augment:
-            batch = _augment(batch, generator)
+            batch = augment(batch, generator)
         optimiser.zero_grad()
         loss = loss_fn(model(batch), labels[chosen])
         loss.backward()

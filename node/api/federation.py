@@ -26,6 +26,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, HTTPException, Query, Response, params
 from pydantic import BaseModel, Field
 
+from qdspace.federation.el_cnn import with_shapes
 from qdspace.federation.job import JobSpec
 from qdspace.federation.params import Params, params_from_bytes
 from qdspace.federation.round_status import Phase, StatusView
@@ -178,7 +179,7 @@ def session_public(s: MemberSession, after: int = 0) -> SessionPublic:
 def job_terms(terms: dict[str, Any]) -> JobSpec:
     """The terms a caller sent, as a job: invalid or absurd terms are a 400."""
     try:
-        job = JobSpec.from_dict(terms)
+        job = JobSpec.from_dict(with_shapes(terms))
     except (OverflowError, ArithmeticError) as exc:
         raise FederationRequestError(f"job terms are not valid: {exc}") from None
     if job.rounds > MAX_ROUNDS or any(not 1 <= d <= MAX_DIM for s in job.shapes for d in s):

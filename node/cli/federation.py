@@ -163,7 +163,8 @@ def join(
         Path,
         typer.Option(
             help="this member's own training data on the node's machine: .npz with y and x "
-            "(features) or, for el-mlp jobs, images (EL cells, turned into features there)"
+            "(features) or, for el-mlp and el-cnn jobs, images (uint8 EL cells, turned into "
+            "features or model inputs there)"
         ),
     ],
     directory: DirOpt = None,
@@ -177,8 +178,9 @@ def join(
     deploy: Annotated[
         bool,
         typer.Option(
-            help="after the job, check the final version's ledger anchor and hot-swap it "
-            "into this node's inspection tier (el-mlp jobs)"
+            help="after the job, check the final version's ledger anchor and ONNX export, "
+            "register it and, if the promotion gate lets it, hot-swap it into this node's "
+            "inspection tier (el-mlp and el-cnn jobs)"
         ),
     ] = False,
     image_size: Annotated[
@@ -191,7 +193,8 @@ def join(
     The member's node runs the session; this command starts it and prints its progress.
     A job under contract is first negotiated with the coordinator through this member's
     node (its offer: model updates for training only). Trains the job's model kind
-    (logreg or el-mlp); the data never leaves the node's machine.
+    (logreg, el-mlp or el-cnn, the line's own CNN); the data never leaves the node's
+    machine. A job naming a model this node does not train is refused.
     """
     from qdspace.node.client import ensure_job_agreement
 
@@ -236,12 +239,19 @@ def join(
             f"version {deployed['version']} anchored on the ledger: {deployed['anchor']}",
             highlight=False,
         )
-        console.print(
-            f"version {deployed['version']} is now the active inspection model "
-            f"{deployed['registry_version'][:12]} (ONNX matches the model within "
-            f"{deployed['max_difference']:.1e}); running lines hot-swap to it",
-            highlight=False,
-        )
+        if deployed.get("active", True):
+            console.print(
+                f"version {deployed['version']} is now the active inspection model "
+                f"{deployed['registry_version'][:12]} (ONNX matches the model within "
+                f"{deployed['max_difference']:.1e}); running lines hot-swap to it",
+                highlight=False,
+            )
+        else:
+            console.print(
+                f"version {deployed['version']} registered as model "
+                f"{deployed['registry_version'][:12]} but not activated: {deployed['gate']}",
+                highlight=False,
+            )
     console.print(
         f"job {job} {session['status']['phase']}: contributed to rounds "
         f"{session['contributed']}, {len(session['versions'])} versions verified"

@@ -10,11 +10,17 @@ Before the member's line judges a single cell with a federated model, the member
    it against the record it holds and against the chain named in *its own*
    ``ledger.json`` (``ledger.proofs.verify_proof``: record hash, audit path, root,
    contract, kind, block and transaction);
-3. that the exported ONNX graph (``federation.onnx_export``) computes the same
-   probabilities as the numpy model, with onnxruntime, on probe frames.
+3. that the exported ONNX graph computes the same probabilities as the model, with
+   onnxruntime, on probe frames: an ``el-mlp`` version as the one graph of
+   ``federation.onnx_export`` against numpy, an ``el-cnn`` version with the export of
+   ``qdspace train`` (``inference.training.export_onnx``) against PyTorch.
 
-Only then is the ONNX file registered in the member's model registry and activated;
-a running line (``inference.session.InspectionSession.follow_active``) hot-swaps to it.
+Only then is the ONNX file registered in the member's model registry (with the
+member's held-out scores as its metrics) and offered to the promotion gate
+(``inference.gate``): it becomes active only if it is no worse than the version the
+line serves on the member's audit set; a refused version stays registered with the
+gate's figures. A running line (``inference.session.InspectionSession.follow_active``)
+hot-swaps to an activated one.
 """
 
 from __future__ import annotations
@@ -39,7 +45,7 @@ from qdspace.node.errors import NodeError, PeerError
 DEFAULT_ANCHOR_WAIT_S = 60.0
 #: Largest difference in any class probability between the ONNX graph and numpy.
 EXPORT_TOLERANCE = 1e-4
-DEPLOYABLE_MODELS = ("el-mlp",)
+DEPLOYABLE_MODELS = ("el-mlp", "el-cnn")
 
 
 class ProofSource(Protocol):
@@ -58,6 +64,10 @@ class Deployment:
     registry_version: str
     anchor: Verdict
     max_difference: float
+    #: whether the promotion gate let it become the line's model
+    active: bool = True
+    #: the gate's figures (empty without an audit set)
+    gate: str = ""
 
 
 def member_ledger(directory: Path) -> LedgerClient:
@@ -140,18 +150,41 @@ def export_checked(
             f"version {version.ledger_ref} is a {version.model} model; the inspection tier "
             f"takes EL images, which only {', '.join(DEPLOYABLE_MODELS)} models read"
         )
-    doc = f"federated {version.ledger_ref} signed by {version.coordinator}"
-    data = export_el_mlp(params, size, doc=doc)
     frames = probe_frames(size) if probe is None else np.asarray(probe, np.float32)
+    if version.model == "el-cnn":
+        data, reference = _cnn_export(params, size, frames)
+    else:
+        doc = f"federated {version.ledger_ref} signed by {version.coordinator}"
+        data, reference = export_el_mlp(params, size, doc=doc), el_mlp_reference(params, frames)
     session = ort.InferenceSession(data, providers=["CPUExecutionProvider"])
     got = session.run(["probs"], {"frames": frames})[0]
-    difference = float(np.abs(got - el_mlp_reference(params, frames)).max())
+    difference = float(np.abs(got - reference).max())
     if not difference <= EXPORT_TOLERANCE:
         raise VersionError(
             f"version {version.ledger_ref}: the ONNX export differs from the model by "
             f"{difference:.2e} (tolerance {EXPORT_TOLERANCE:.0e})"
         )
     return data, difference
+
+
+def _cnn_export(
+    params: Params, size: int, frames: NDArray[np.float32]
+) -> tuple[bytes, NDArray[np.float64]]:
+    """An ``el-cnn`` version exported as ``qdspace train`` exports, and PyTorch's
+    probabilities on ``frames`` to hold the graph against."""
+    from qdspace.federation.errors import TrainingError
+    from qdspace.federation.train_torch import el_cnn_onnx
+
+    try:
+        data, model = el_cnn_onnx(params, size)
+        import torch
+
+        from qdspace.inference.training import predict_proba
+
+        reference = np.asarray(predict_proba(model, torch.from_numpy(frames)), np.float64)
+    except TrainingError as exc:
+        raise VersionError(f"an el-cnn version cannot be exported here: {exc}") from exc
+    return data, reference
 
 
 def install(
@@ -163,7 +196,9 @@ def install(
     probe: NDArray[np.float32] | None = None,
     metrics: dict[str, float] | None = None,
 ) -> Deployment:
-    """Export, check and register a verified version in the member's registry, active."""
+    """Export, check and register a verified version in the member's registry; activate
+    it if the promotion gate lets it (else it stays registered, with the gate's figures)."""
+    from qdspace.inference.gate import GateDecision, PromotionRefusedError
     from qdspace.inference.registry import ModelRegistry
 
     if not anchor.valid:
@@ -176,8 +211,16 @@ def install(
         source=f"federated:{version.ledger_ref}",
         metrics=metrics,
         parent=None if current is None else current.version,
-        notes=f"signed by {version.coordinator}; anchored ({anchor.reason}); "
-        f"ONNX vs numpy max difference {difference:.1e}",
-        activate=True,
+        notes=f"{version.model} signed by {version.coordinator}; anchored ({anchor.reason}); "
+        f"ONNX vs {'PyTorch' if version.model == 'el-cnn' else 'numpy'} max difference "
+        f"{difference:.1e}",
     )
-    return Deployment(version, entry.version, anchor, difference)
+    try:
+        registry.activate(entry.version, reason=f"federated {version.ledger_ref}")
+    except PromotionRefusedError as exc:
+        return Deployment(version, entry.version, anchor, difference, False, str(exc))
+    last = (registry.promotions() or [{}])[-1]
+    gate = ""
+    if last.get("version") == entry.version and last.get("decision"):
+        gate = GateDecision.from_dict(last["decision"]).summary()
+    return Deployment(version, entry.version, anchor, difference, True, gate)

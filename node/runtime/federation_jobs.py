@@ -46,8 +46,9 @@ from nacl.signing import SigningKey, VerifyKey
 from qdspace.federation.chunks import prefer_heap_for_large_buffers
 from qdspace.federation.errors import FederationError, RefusalReason, RosterRefused, UpdateRefused
 from qdspace.federation.host import JobExists, JobHost, UnknownJob, load_jobs
-from qdspace.federation.job import JobSpec
+from qdspace.federation.job import JobSpec, JobSpecError
 from qdspace.federation.job_files import Published, VersionAnchor
+from qdspace.federation.models import job_problems
 from qdspace.federation.params import params_from_bytes
 from qdspace.federation.round_status import Phase, RoundRecord, StatusView, poll_wait
 from qdspace.federation.secagg_messages import (
@@ -146,8 +147,11 @@ class FederationJobs:
         proofs: ProofSource | None = None,
         ca_cert: Trust | None = None,
         on_round: Callable[[RoundRecord], None] | None = None,
+        on_finished: Callable[[JobSpec, Published], None] | None = None,
     ) -> None:
         self._me = me
+        self._on_finished = on_finished
+        self._finishing: set[asyncio.Task[None]] = set()
         self._on_round = on_round
         self._ca = ca_cert
         self._uploading: set[tuple[str, str]] = set()
@@ -211,9 +215,33 @@ class FederationJobs:
             finally:
                 if _state(slot.host) != before:
                     slot.notify()
+                    if slot.host.coordinator.phase is Phase.DONE:
+                        self._finished(slot.host)
                 if self._on_round is not None:
                     for record in slot.host.history[rounds:]:  # rounds this call aggregated
                         self._on_round(record)
+
+    def _finished(self, host: JobHost) -> None:
+        """Hand the job's final version to ``on_finished`` in the background (the last
+        member's call is answered at once; an export of a CNN takes seconds)."""
+        if self._on_finished is None:
+            return
+        hook, job = self._on_finished, host.job
+        published = host.model(host.coordinator.version)
+
+        async def run() -> None:
+            try:
+                await asyncio.to_thread(hook, job, published)
+            except FederationError as exc:  # e.g. no PyTorch on this node to export with
+                logger.warning(
+                    "federation: job %s: final version not registered: %s", job.job_id, exc
+                )
+            except Exception:  # the job is done either way; the operator reads the log
+                logger.exception("federation: job %s: final version hook failed", job.job_id)
+
+        task = asyncio.get_running_loop().create_task(run(), name=f"finished {job.job_id}")
+        self._finishing.add(task)
+        task.add_done_callback(self._finishing.discard)
 
     async def _read(
         self, ref: RoundRef, caller: MemberIdentity, read: Callable[[JobHost, str, int, int], T]
@@ -253,6 +281,9 @@ class FederationJobs:
     def proposed(self, terms: bytes) -> JobSpec:
         """The terms of a job to start here: it must name this node and be new."""
         job = JobSpec.from_dict(_json(terms))
+        problems = job_problems(job.model, job.shapes, job.training)
+        if problems:
+            raise JobSpecError(f"job {job.job_id}: " + "; ".join(problems))
         if job.coordinator != self._me.name:
             raise FederationError(
                 f"job {job.job_id} names coordinator {job.coordinator}, this node is "

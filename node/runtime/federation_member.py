@@ -32,10 +32,11 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from qdspace.federation.el_cnn import MODEL as EL_CNN
 from qdspace.federation.job import JobSpec
 from qdspace.federation.logreg import Dataset
 from qdspace.federation.member import Trainer
-from qdspace.federation.models import ModelKind, model_kind
+from qdspace.federation.models import ModelKind, job_problems, model_kind
 from qdspace.federation.params import Params, size_of
 from qdspace.federation.round_status import Phase, StatusView
 from qdspace.federation.strategies import StrategyName
@@ -46,7 +47,8 @@ logger = logging.getLogger("node.federation")
 
 #: the most scalars of a job's model the node zero-fills when no initial model is sent
 MAX_ZERO_INITIAL = 16 * 1024 * 1024
-#: EL image size of an el-mlp job whose terms do not name one (the demo's)
+#: EL image size of an el-mlp job whose terms do not name one (the demo's); an el-cnn
+#: job's terms always name theirs
 DEFAULT_IMAGE_SIZE = 96
 #: finished sessions kept for their callers to read (the oldest go first)
 KEEP_FINISHED = 256
@@ -209,16 +211,14 @@ class MemberSession:
         return [asdict(e) for e in self.events[after:]]
 
 
-def held_out_scores(kind: ModelKind, model: str, params: Params, data: Dataset) -> dict[str, float]:
-    """Accuracy of a version on held-out data; F1 and AUROC of the defect class (el-mlp)."""
-    scores = {"accuracy": float(kind.accuracy(params, data))}
-    if model == "el-mlp":
-        from qdspace.federation import mlp
-        from qdspace.inference.metrics import binary_metrics
+def held_out_scores(kind: ModelKind, params: Params, data: Dataset) -> dict[str, float]:
+    """Accuracy of a version on held-out data; F1 and AUROC of the defect class (EL models)."""
+    if kind.defect_scores is None:
+        return {"accuracy": float(kind.accuracy(params, data))}
+    from qdspace.inference.metrics import binary_metrics
 
-        m = binary_metrics(data.y, mlp.defect_scores(params, data.x))
-        scores |= {"f1": float(m.f1), "auroc": float(m.auroc)}
-    return scores
+    m = binary_metrics(data.y, kind.defect_scores(params, data))
+    return {"accuracy": float(m.accuracy), "f1": float(m.f1), "auroc": float(m.auroc)}
 
 
 class FederationMember:
@@ -236,6 +236,14 @@ class FederationMember:
         self, job: JobSpec, initial: Params | None, coordinator: str | None = None
     ) -> StatusView:
         """Publish ``job`` on the coordinator's node (normally this one)."""
+        if initial is None and job.model == EL_CNN:  # a seeded fresh network, not zeros
+            from qdspace.federation.el_cnn import initial_params
+            from qdspace.federation.errors import TrainingError
+
+            try:
+                initial = await asyncio.to_thread(initial_params, job.shapes, job.training)
+            except TrainingError as exc:
+                raise FederationRequestError(f"job {job.job_id}: {exc}") from None
         if initial is None:
             if any(d < 1 for s in job.shapes for d in s) or size_of(job.shapes) > MAX_ZERO_INITIAL:
                 raise FederationRequestError(
@@ -308,10 +316,23 @@ class FederationMember:
             if self.name not in spec.members:
                 raise NotAJobMember(f"{self.name} is not a member of job {spec.job_id}")
             kind = model_kind(spec.model)
-            own = await asyncio.to_thread(kind.load, request.data, spec.shapes)
+            problems = job_problems(spec.model, spec.shapes, spec.training)
+            if problems:
+                raise FederationRequestError(
+                    f"{self.name} refuses job {spec.job_id}: " + "; ".join(problems)
+                )
+            sizes = (request.image_size, spec.training.get("image_size"))
+            if spec.model == EL_CNN and request.image_size is not None and len(set(sizes)) > 1:
+                raise FederationRequestError(
+                    f"job {spec.job_id} trains its CNN at {sizes[1]} px; image size "
+                    f"{request.image_size} cannot be deployed for it"
+                )
+            own = await asyncio.to_thread(kind.load, request.data, spec.shapes, spec.training)
             held_out = None
             if request.test is not None:
-                held_out = await asyncio.to_thread(kind.load, request.test, spec.shapes)
+                held_out = await asyncio.to_thread(
+                    kind.load, request.test, spec.shapes, spec.training
+                )
         except BaseException:
             await link.close()
             raise
@@ -354,7 +375,7 @@ class FederationMember:
             )
 
         def on_version(version: ModelVersion, params: Params) -> None:
-            scores = {} if held_out is None else held_out_scores(kind, spec.model, params, held_out)
+            scores = {} if held_out is None else held_out_scores(kind, params, held_out)
             session.events.append(
                 SessionEvent(
                     "version",
@@ -383,10 +404,12 @@ class FederationMember:
             session.versions = [v.version for v in result.versions]
             session.aborted = list(result.aborted)
             if request.deploy and result.versions and result.params is not None:
-                size = request.image_size or int(
-                    spec.training.get("image_size", DEFAULT_IMAGE_SIZE)
-                )
-                session.deployment = await self._deploy(link, result, size)
+                size = int(spec.training.get("image_size", DEFAULT_IMAGE_SIZE))
+                if spec.model != EL_CNN:  # the CNN is served at the size it was trained at
+                    size = request.image_size or size
+                last = [e.scores for e in session.events if e.kind == "version"]
+                metrics = last[-1] if last else None
+                session.deployment = await self._deploy(link, result, size, metrics)
             session.state = "done"
         except asyncio.CancelledError:
             session.state, session.error = "failed", f"{self.name} stopped during the job"
@@ -399,21 +422,32 @@ class FederationMember:
             await link.close()
 
     async def _deploy(
-        self, link: CoordinatorLink, result: MemberResult, size: int
+        self,
+        link: CoordinatorLink,
+        result: MemberResult,
+        size: int,
+        metrics: dict[str, float] | None,
     ) -> dict[str, Any]:
         """The final version's ledger anchor checked against this node's own view of the
-        chain, its ONNX export checked, then made the active inspection model."""
+        chain, its ONNX export checked, registered (with ``metrics``, the member's
+        held-out scores) and, if the promotion gate lets it, made the active model."""
         from qdspace.node.runtime.federation import install, member_ledger, verified_anchor
 
         final, params = result.versions[-1], result.params
         assert params is not None
         ledger = await asyncio.to_thread(member_ledger, self.directory)
         verdict = await verified_anchor(link, final, ledger)
-        done = await asyncio.to_thread(install, self.directory, final, params, verdict, size)
+        done = await asyncio.to_thread(
+            install, self.directory, final, params, verdict, size, metrics=metrics
+        )
         return {
             "member": self.name,
             "version": final.version,
+            "model": final.model,
             "anchor": verdict.reason,
             "registry_version": done.registry_version,
             "max_difference": done.max_difference,
+            "active": done.active,
+            "gate": done.gate,
+            "metrics": dict(metrics or {}),
         }
