@@ -1,7 +1,7 @@
 """The CLI's one error handler: a known error is one line on stderr, never a traceback.
 
 Every command is wrapped in :func:`clean_errors`. The errors it knows are the
-projects' own (node, connector, inference); a failed call to a node arrives as a
+project's own (node, connector, inference, ledger, federation); a failed call to a node arrives as a
 :class:`~qdspace.node.client.ClientError` (a ``NodeError``) whose message already
 names the route, the status and the problem's detail. The exit code comes from the
 node's one fault table (:mod:`qdspace.node.faults`).
@@ -18,13 +18,21 @@ from rich.console import Console
 from rich.markup import escape
 
 from qdspace.connector.errors import ConnectorError
+from qdspace.federation.errors import FederationError
 from qdspace.inference.errors import InferenceError
+from qdspace.ledger.errors import LedgerError
 from qdspace.node.errors import NodeError
 
 F = TypeVar("F", bound=Callable[..., Any])
 err = Console(stderr=True)
 
-KNOWN_ERRORS: tuple[type[Exception], ...] = (NodeError, ConnectorError, InferenceError)
+KNOWN_ERRORS: tuple[type[Exception], ...] = (
+    NodeError,
+    ConnectorError,
+    InferenceError,
+    LedgerError,
+    FederationError,
+)
 
 
 def fail(message: str, code: int = 1) -> typer.Exit:

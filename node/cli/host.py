@@ -356,6 +356,29 @@ def tenant_token_cmd(
     console.print(f"tenant {name}: operator token written to {out} (0600)")
 
 
+@tenant_app.command("ledger")
+@clean_errors
+def tenant_ledger(
+    directory: HostDirOpt,
+    name: NameOpt,
+    rpc_url: Annotated[str, typer.Option(help="the chain's JSON-RPC URL")],
+    contract: Annotated[str, typer.Option(help="the anchor contract's address")],
+    chain_id: Annotated[int, typer.Option(help="the chain id the node must find there")],
+    key_file: Annotated[
+        Path, typer.Option(help="a file holding the tenant's chain account key (hex)")
+    ],
+) -> None:
+    """Give a tenant a chain account: its key sealed like its other secrets, its records,
+    agreements and deletion receipts anchored from the host's next start."""
+    from qdspace.node.host.anchoring import set_tenant_ledger
+
+    address = set_tenant_ledger(directory, name, rpc_url, contract, chain_id, key_file)
+    console.print(
+        f"tenant {name}: anchors to {rpc_url} at {contract} as {address} (key sealed; "
+        f"{key_file} may be shredded); served from the host's next start"
+    )
+
+
 @tenant_app.command("export")
 @clean_errors
 def tenant_export(
@@ -405,7 +428,8 @@ def tenant_remove(
     name: NameOpt,
     yes: Annotated[bool, typer.Option("--yes", help="confirm: this cannot be undone")] = False,
     wait_s: Annotated[
-        float, typer.Option(help="how long to wait for the deletion receipts to be delivered")
+        float,
+        typer.Option(help="how long to wait for the deletion receipts' delivery and anchoring"),
     ] = 120.0,
 ) -> None:
     """Remove a tenant: purge, deliver its deletion receipts, delete its files and keys.
@@ -441,16 +465,22 @@ def tenant_remove(
             for failure in counts["failures"]:
                 console.print(f"  not deleted: {failure}")
             deadline = time.monotonic() + wait_s
-            left = int(counts["undelivered"])
-            while left:
+            owed = {"undelivered": int(counts["undelivered"]), "unanchored": 0}
+            if not owed["undelivered"]:
+                owed = call_host(directory, host, "GET", f"{path}/outbox")
+            while owed["undelivered"] or owed["unanchored"]:
+                left = (
+                    f"{owed['undelivered']} messages to its providers undelivered, "
+                    f"{owed['unanchored']} records not yet anchored"
+                )
                 if time.monotonic() > deadline:
                     raise TenantBusy(
-                        f"tenant {name}: {left} messages to its providers still undelivered "
-                        f"after {wait_s:.0f}s; it was not removed (remove again later)"
+                        f"tenant {name}: {left} after {wait_s:.0f}s; it was not removed "
+                        "(remove again later)"
                     )
-                console.print(f"  waiting for delivery: {left} messages left")
+                console.print(f"  waiting: {left}")
                 time.sleep(1.0)
-                left = int(call_host(directory, host, "GET", f"{path}/outbox")["undelivered"])
+                owed = call_host(directory, host, "GET", f"{path}/outbox")
         removed = call_host(directory, host, "POST", f"{path}/remove", confirm)
     if removed["purged"]:
         console.print(f"tenant {name} removed: receipts delivered, its files and keys deleted")

@@ -88,7 +88,10 @@ class PurgeCounts(BaseModel):
 
 
 class Backlog(BaseModel):
+    """What a leaving tenant still owes: messages to its peers, records to its chain."""
+
     undelivered: int
+    unanchored: int = 0
 
 
 class RemovalPublic(BaseModel):

@@ -5,8 +5,9 @@ into oblivion unanswered: removal runs the member-side purge
 (`runtime.contracts_purge.ContractPurge.purge`: ends its agreements as consumer,
 deletes what it received, signs one deletion receipt per (agreement, order), queues
 each to its provider and for anchoring), and the tenant's database is deleted only
-once its outbox is empty, since the receipts leave from there. That needs the tenant
-served, with its contract jobs running, so removal goes through the running host
+once its outbox is empty, since the receipts leave from there, and, for a tenant that
+anchors, once its anchoring queue is empty, since that lives in the same database. That
+needs the tenant served, with its contract jobs running, so removal goes through the running host
 (host-management routes ``POST /host/v1/tenants/{name}/purge``, ``GET .../outbox``,
 ``POST .../remove``; the CLI drives them and shows the outbox draining). The remove
 route runs the purge again first (idempotent: it signs nothing a second time) and
@@ -37,6 +38,9 @@ from qdspace.node.host.registry import Registry
 from qdspace.node.host.runtime import HostedTenant, HostRuntime, as_member
 
 logger = logging.getLogger("node.host")
+
+#: how long one nudge lets the tenant's anchorer run (the CLI nudges again each second)
+ANCHOR_NUDGE_S = 5.0
 
 
 @dataclass(frozen=True)
@@ -112,13 +116,32 @@ async def purge(runtime: HostRuntime, name: str) -> dict[str, Any]:
 
 
 async def outbox(runtime: HostRuntime, name: str) -> dict[str, int]:
-    """How many messages the tenant still owes its peers (a nudge to deliver them)."""
+    """How many messages the tenant still owes its peers and how many of its records wait
+    for the chain (a nudge to deliver and anchor them)."""
     tenant = runtime.get(name)
     contracts = _serving(tenant)
     assert tenant.ctx is not None
     if tenant.ctx.outbox is not None:
         await tenant.ctx.outbox.flush()
-    return {"undelivered": contracts.store.outbox_backlog()}
+    return {
+        "undelivered": contracts.store.outbox_backlog(),
+        "unanchored": await asyncio.to_thread(_anchor_now, tenant),
+    }
+
+
+def _anchor_now(tenant: HostedTenant) -> int:
+    """Anchor what the tenant queued (a few seconds at most); how many leaves are left.
+    A tenant without a chain anchors nothing and owes nothing."""
+    ledger = tenant.ledger
+    if ledger is None:
+        return 0
+    from qdspace.ledger.leaves import KIND_CODES
+    from qdspace.ledger.queue_schema import SEALED, SIGNED
+
+    ledger.anchorer.flush(timeout_s=ANCHOR_NUDGE_S)
+    queue = ledger.queue
+    waiting = sum(queue.pending(kind).count for kind in KIND_CODES)
+    return waiting + sum(b.leaf_count for b in queue.batches(SEALED, SIGNED))
 
 
 def _database(tenant: HostedTenant) -> str:
@@ -139,11 +162,16 @@ async def remove(runtime: HostRuntime, name: str, confirm: str) -> Removal:
     exported = bool(tenant.record.exported_to)
     if not exported:
         await purge(runtime, name)
-        left = (await outbox(runtime, name))["undelivered"]
-        if left:
+        owed = await outbox(runtime, name)
+        if owed["undelivered"]:
             raise TenantBusy(
-                f"tenant {name} still owes its peers {left} messages (deletion receipts); "
-                "it was not removed: wait for delivery and remove again"
+                f"tenant {name} still owes its peers {owed['undelivered']} messages (deletion "
+                "receipts); it was not removed: wait for delivery and remove again"
+            )
+        if owed["unanchored"]:  # its anchoring queue is in the database removal deletes
+            raise TenantBusy(
+                f"tenant {name} has {owed['unanchored']} records (deletion receipts among "
+                "them) not yet anchored on its chain; it was not removed: wait and remove again"
             )
     async with tenant.lock:
         with as_member(name):
