@@ -274,7 +274,7 @@ class _Parties:
 def _investigate(network: LocalNetwork, trace: dict[str, Any]) -> dict[str, Any]:
     """Open, acknowledge, accept, do the actions, close: both sides' moves, each signed."""
     module = trace["implicated"][0] if trace["implicated"] else cracked_module_batch()
-    cells = next((s["ids"] for s in trace["path"] if s["member"] == CELLS), [])
+    cells: list[str] = next((s["ids"] for s in trace["path"] if s["member"] == CELLS), [])
     top = trace["causes"][0]["key"] if trace["causes"] else "nothing"
     body = {
         "peer": CELLS,
