@@ -3,8 +3,17 @@
 SunArc Modules (OEM) buys mono cells from Cellex Mono (order PO-2026-0042) and poly
 cells from PolyCell Works (order PO-2026-0043). Each supplier makes cell batches from
 bought wafer batches, inspects cells with EL imaging, logs its PECVD chamber vacuum
-(one excursion in one batch) and other process parameters, the climate of its hall
-and what its operators did. SunArc makes module batches from those cells.
+and other process parameters, the climate of its hall and what its operators did.
+SunArc makes module batches from those cells.
+
+One defect story runs through the data: in cell batch `EXCURSION_BATCH` a vacuum leak
+hit one of Cellex's PECVD tools for three hours of one shift (`sample_pecvd`, the only
+place Cellex's PECVD readings are made), next to a decoy and calibration certificates
+(`sample_cellex`); the module batch built from those cells shows a microcrack cluster in
+SunArc's EL inspections (`cracked_module_batch`); the wafers behind them are clean
+(`sample_wafers`). PolyCell's readings (`_process_rows`) keep the older, simpler
+pattern: one tool, and a drift in its own batch `EXCURSION_BATCH`, which went into none
+of SunArc's modules.
 
 The files mix representations on purpose (mbar and Pa, %, fractions and grade codes,
 "OK"/"NOK" verdicts) so the data dictionary has something to normalise; with
@@ -31,6 +40,10 @@ SUPPLIERS: dict[str, dict[str, str]] = {
 }
 CELL_BATCHES = 12
 EXCURSION_BATCH = 7  # the cell batch whose PECVD vacuum drifted
+#: the supplier whose PECVD excursion SunArc's modules show (`sample_pecvd`, `sample_cellex`)
+PLANTED = "cellex"
+#: share of the modules made from the excursion batch's cells that show microcracks in EL
+MICROCRACK_RATE = 0.12
 
 
 def order_for(supplier: str) -> str:
@@ -45,6 +58,29 @@ def wafer_batches(supplier: str) -> list[str]:
     """The wafer batches ``supplier`` bought (its genealogy's parents; the wafer maker
     ``SUPPLIERS[supplier]['wafers_from']`` sold them under these ids)."""
     return [f"{SUPPLIERS[supplier]['prefix']}-WB-26{n:04d}" for n in range(1, 2 * CELL_BATCHES + 1)]
+
+
+def module_batch(n: int) -> str:
+    """The ``n``-th (1-based) module batch of the OEM."""
+    return f"SA-MB-26{n:04d}"
+
+
+def module_cells(n: int) -> str:
+    """Who made the cells of the ``n``-th module batch (its ``n``-th cell batch)."""
+    return "cellex" if n % 2 else "polycell"
+
+
+def cracked_module_batch() -> str:
+    """The module batch whose EL images show the microcrack cluster: the one made from
+    `PLANTED`'s excursion batch."""
+    if module_cells(EXCURSION_BATCH) != PLANTED:
+        raise ValueError("the excursion batch's cells went into no module batch")
+    return module_batch(EXCURSION_BATCH)
+
+
+def oem_inspection_window() -> tuple[datetime, datetime]:
+    """From the first to after the last of the OEM's module EL inspections."""
+    return START + timedelta(days=2), START + timedelta(days=5)
 
 
 def sold_batch(producer: str, customer: str) -> str:
@@ -103,6 +139,14 @@ ORDER_FIELDS = [
     "status",
     "opened_at",
     "closed_at",
+]
+CALIBRATION_FIELDS = [
+    "certificate_id",
+    "equipment",
+    "valid_from",
+    "valid_until",
+    "result",
+    "issuer",
 ]
 BATCH_FIELDS = [
     "batch_id",
@@ -191,6 +235,36 @@ def _supplier_files(folder: Path, member: str, bad_rows: bool) -> dict[str, Path
         inspections.insert(40, '{"inspection_id": "CX-EL-broken", "station": ')
     files["inspection"] = _write_jsonl(folder / "el_inspections.jsonl", inspections)
 
+    if member == PLANTED:  # the PECVD excursion, its decoy, certificates: sample_cellex
+        from qdspace.connector import sample_cellex
+
+        measurements = sample_cellex.measurements(order)
+    else:
+        measurements = _process_rows(member, rng)
+    if bad_rows:
+        measurements[5] = {**measurements[5], "unit": "psi"}
+    files["measurement"] = _write_csv(
+        folder / "process.csv",
+        measurements,
+        ["equipment", "parameter", "value", "unit", "measured_at", "batch_id", "order_id"],
+    )
+    files["environment"] = _environment(folder, rng, ["cell-hall", "pecvd-bay"])
+    if member == PLANTED:
+        files["operator_log"] = _write_jsonl(
+            folder / "operators.jsonl", sample_cellex.operator_log(order)
+        )
+        files["calibration"] = _write_csv(
+            folder / "calibration.csv", sample_cellex.certificates(), CALIBRATION_FIELDS
+        )
+    else:
+        files["operator_log"] = _operators(folder, rng, member, order)
+    return files
+
+
+def _process_rows(member: str, rng: random.Random) -> list[dict[str, Any]]:
+    """PolyCell's PECVD vacuum (drifting in batch `EXCURSION_BATCH`), firing temperature
+    and ARC thickness, on one PECVD tool."""
+    order = SUPPLIERS[member]["order"]
     measurements: list[dict[str, Any]] = []
     for i in range(CELL_BATCHES * 48):
         n = 1 + i // 48
@@ -233,16 +307,7 @@ def _supplier_files(folder: Path, member: str, bad_rows: bool) -> dict[str, Path
                     "order_id": order,
                 }
             )
-    if bad_rows:
-        measurements[5] = {**measurements[5], "unit": "psi"}
-    files["measurement"] = _write_csv(
-        folder / "process.csv",
-        measurements,
-        ["equipment", "parameter", "value", "unit", "measured_at", "batch_id", "order_id"],
-    )
-    files["environment"] = _environment(folder, rng, ["cell-hall", "pecvd-bay"])
-    files["operator_log"] = _operators(folder, rng, member, order)
-    return files
+    return measurements
 
 
 def _environment(
@@ -324,7 +389,7 @@ def _oem_files(folder: Path, member: str) -> dict[str, Path]:
                     "order_id": s["order"],
                 }
             )
-    modules = [f"SA-MB-26{n:04d}" for n in range(1, CELL_BATCHES + 1)]
+    modules = [module_batch(n) for n in range(1, CELL_BATCHES + 1)]
     for n, module in enumerate(modules, start=1):
         batches.append(
             {
@@ -338,7 +403,7 @@ def _oem_files(folder: Path, member: str) -> dict[str, Path]:
                 "order_id": None,
             }
         )
-        supplier = "cellex" if n % 2 else "polycell"
+        supplier = module_cells(n)
         edges.append(
             {
                 "child_batch_id": module,
@@ -379,7 +444,9 @@ def _oem_files(folder: Path, member: str) -> dict[str, Path]:
         }
         for n, p in enumerate(products)
     ]
-    files["inspection"] = _write_jsonl(folder / "el_inspections.jsonl", inspections)
+    files["inspection"] = _write_jsonl(
+        folder / "el_inspections.jsonl", _microcracks(inspections, cracked_module_batch())
+    )
     measurements = []
     for n in range(600):
         t = START + timedelta(days=2, minutes=6 * n)
@@ -415,6 +482,23 @@ def _oem_files(folder: Path, member: str) -> dict[str, Path]:
     files["environment"] = _environment(folder, rng, ["module-hall"])
     files["operator_log"] = _operators(folder, rng, member, "")
     return files
+
+
+def _microcracks(inspections: list[dict[str, Any]], batch: str) -> list[dict[str, Any]]:
+    """The cluster SunArc sees: of the modules of ``batch`` (made from the cells of the
+    PECVD excursion), a share fails EL with microcracks; an own generator, so the rest of
+    SunArc's data are what they were without it."""
+    rng = _rng(f"{OEM}-microcracks")
+    out = []
+    for row in inspections:
+        if row["batch_id"] == batch and rng.random() < MICROCRACK_RATE:
+            row = row | {
+                "verdict": "fail",
+                "defect_class": "microcrack",
+                "score": round(rng.uniform(0.7, 0.97), 4),
+            }
+        out.append(row)
+    return out
 
 
 def _grade(void: float) -> str:

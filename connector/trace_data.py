@@ -34,7 +34,13 @@ from qdspace.connector.qdm import (
     ProcessMeasurement,
     Product,
 )
-from qdspace.connector.rootcause import DataConfidence, Observation, Reading, local_findings
+from qdspace.connector.rootcause import (
+    DataConfidence,
+    Finding,
+    Observation,
+    Reading,
+    local_findings,
+)
 from qdspace.connector.trace import MAX_FINDINGS, BatchLink, TierAnswer
 
 #: comparable batches read at most (the nearest in time to the implicated ones)
@@ -309,12 +315,21 @@ def failed_batches(
     return frozenset(sorted(found)[:limit])
 
 
-def local_tier(
-    engine: Engine, ids: frozenset[str], me: str, anchored: Mapping[str, int]
-) -> tuple[TierAnswer, dict[str, set[str]]]:
-    """One member's part of a trace over its own QDM, before any producer is asked: its
-    findings and genealogy for `ids`, and the batches it bought, by producer."""
+def tier_genealogy(
+    engine: Engine, ids: frozenset[str], me: str
+) -> tuple[dict[str, Mapping[str, object]], list[BatchLink], dict[str, set[str]]]:
+    """The first, quick part of a member's answer: which of `ids` exist here, their
+    genealogy, and the batches bought, by producer (whom to ask in turn)."""
     rows = batches(engine, ids)
+    links, bought = walk_genealogy(engine, sorted(rows), me)
+    return rows, links, bought
+
+
+def tier_findings(
+    engine: Engine, rows: Mapping[str, Mapping[str, object]], me: str, anchored: Mapping[str, int]
+) -> tuple[int, list[Finding]]:
+    """The second part: the findings over the implicated batches `rows` against the
+    comparable ones (how many were compared, the findings ranked)."""
     comparable = comparable_batches(engine, rows, me)
     evidence = read_evidence(engine, frozenset(rows) | comparable, anchored)
     findings = (
@@ -328,12 +343,21 @@ def local_tier(
         if rows
         else []
     )
-    links, bought = walk_genealogy(engine, sorted(rows), me)
+    return len(comparable), findings[:MAX_FINDINGS]
+
+
+def local_tier(
+    engine: Engine, ids: frozenset[str], me: str, anchored: Mapping[str, int]
+) -> tuple[TierAnswer, dict[str, set[str]]]:
+    """One member's part of a trace over its own QDM, before any producer is asked: its
+    findings and genealogy for `ids`, and the batches it bought, by producer."""
+    rows, links, bought = tier_genealogy(engine, ids, me)
+    comparable_n, findings = tier_findings(engine, rows, me, anchored)
     answer = TierAnswer(
         member=me,
         implicated=tuple(sorted(rows)),
-        comparable_n=len(comparable),
+        comparable_n=comparable_n,
         links=tuple(links),
-        findings=tuple(findings[:MAX_FINDINGS]),
+        findings=tuple(findings),
     )
     return answer, bought

@@ -289,7 +289,10 @@ class Anchorer:
         return False
 
     def _adopt_if_anchored(self, batch: Batch) -> bool:
-        """If the root is on chain already (an earlier send of ours), record that, don't resend."""
+        """If the root is on chain already, record that, don't resend: an earlier send of
+        ours, or another member's anchoring of the very same leaves (both parties of a
+        closed quality case anchor its one closure record). The batch keeps the account
+        the chain names, so our passport does not claim another's anchoring as ours."""
         onchain = self.client.lookup(batch.root)
         if onchain is None:
             return False
@@ -302,11 +305,13 @@ class Anchorer:
             block_hash,
             self.client.chain_id,
             self.client.address,
+            sender=onchain.anchorer,
         )
         log.info(
-            "anchorer.adopt: batch %s was already anchored in block %s",
+            "anchorer.adopt: batch %s was already anchored in block %s by %s",
             batch.id,
             onchain.block_number,
+            onchain.anchorer,
         )
         return True
 

@@ -144,7 +144,7 @@ def issue_passport(
         for b in queue.batches("anchored")
         if b.block_number is not None
         and from_block <= b.block_number <= last
-        and b.sender in (None, anchorer)
+        and (b.sender or anchorer).lower() == anchorer.lower()  # ours, not adopted
         and b.chain_id == client.chain_id
     ]
     events.sort(key=lambda e: (e.block_number, e.log_index))  # one sender: nonce order

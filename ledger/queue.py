@@ -134,8 +134,12 @@ class LeafQueue(LeafStore):
         block_hash: bytes,
         chain_id: int,
         contract: str,
+        sender: str | None = None,
     ) -> Batch:
-        """Record the mined transaction of a batch."""
+        """Record the mined transaction of a batch; ``sender``: the account the chain
+        says anchored the root, where that is known to differ from what was recorded
+        (a root another member anchored first, with the same leaves)."""
+        moved = {} if sender is None else {"sender": sender}
         return self._move(
             batch,
             batch.state,
@@ -147,6 +151,7 @@ class LeafQueue(LeafStore):
             contract=contract,
             anchored_at=time.time(),
             last_error=None,
+            **moved,
         )
 
     def mark_unsent(self, batch: Batch, error: str) -> Batch:

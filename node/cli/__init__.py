@@ -300,7 +300,8 @@ def demo(
         bool,
         typer.Option(
             help="only the network: keys, chain, nodes, host, sample data, handshakes, "
-            "genealogy hops (seconds; no contracts, inspection, federation or ledger chapters)"
+            "genealogy hops (seconds; no trace, contracts, inspection, federation or ledger "
+            "chapters)"
         ),
     ] = False,
 ) -> None:

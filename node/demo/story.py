@@ -33,6 +33,8 @@ from qdspace.node.demo import federation as demo_federation
 from qdspace.node.demo import hosting as demo_hosting
 from qdspace.node.demo import inspection as demo_inspection
 from qdspace.node.demo import ledger as demo_ledger
+from qdspace.node.demo import trace as demo_trace
+from qdspace.node.demo import trace_print as demo_trace_print
 from qdspace.node.demo.report import DemoReport, Printer, Step
 from qdspace.node.localnet.left_running import processes_file, stop_left_running
 from qdspace.node.localnet.network import REFERENCE_HOSTS, LocalNetwork
@@ -101,6 +103,8 @@ STEPS: list[tuple[str, Step]] = [
     *FOUNDATION_STEPS,
     # later chapters append (title, step) here; a step stores its results in
     # report.chapters[<name>] and its printer below shows them in the summary
+    # (the trace runs before the contracts chapter closes the orders it is scoped to)
+    (demo_trace.TITLE, demo_trace.trace_step),
     (demo_contracts.TITLE, demo_contracts.contracts_step),
     (demo_inspection.TITLE, demo_inspection.inspection_chapter),
     ("federated learning: suppliers and OEM", demo_federation.federation_step),
@@ -109,6 +113,7 @@ STEPS: list[tuple[str, Step]] = [
 
 # printers of the later chapters, called in order after the foundation's summary
 CHAPTER_PRINTERS: list[Printer] = [
+    demo_trace_print.print_trace,
     demo_contracts.print_contracts,
     demo_inspection.print_inspection,
     demo_federation.federation_printer,

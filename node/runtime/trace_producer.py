@@ -5,9 +5,11 @@ refuses unless the caller holds an active traceability agreement with us (asset
 ``traceability``, purpose ``root-cause-analysis``, the batch's order in its scope) and
 bought every batch it names; a batch that does not exist, one sold to another and a
 missing agreement all get one and the same `TraceRefused`, so a caller learns nothing
-about which batch ids we hold. Then `tier` computes our part over our own QDM (local
-findings, never raw rows) and asks the producers of what we bought in turn, each under
-our own traceability agreement with it and within what is left of the caller's deadline;
+about which batch ids we hold. Then `tier` walks our own genealogy down to what we
+bought, asks the producers of it in turn and, while they work on their parts, computes
+ours over our own QDM (local findings, never raw rows): a trace takes as long as its
+slowest tier, not the sum of them. Each producer is asked under our own traceability
+agreement with it and within what is left of the caller's deadline;
 one that is offline, slow, refuses or has no agreement with us becomes a `MissingTier`,
 and the answer is partial, not failed. The path of members already asked goes along, so
 a genealogy that loops back through a member ends there, and `MAX_DEPTH` bounds the
@@ -30,6 +32,7 @@ from sqlalchemy import Engine, inspect, select
 from qdspace.connector.assets import AssetKind
 from qdspace.connector.contract_errors import ContractError
 from qdspace.connector.negotiation import Role
+from qdspace.connector.rootcause import Finding
 from qdspace.connector.trace import (
     MAX_DEPTH,
     MAX_UPSTREAM,
@@ -41,7 +44,7 @@ from qdspace.connector.trace import (
     TraceRefused,
     check_batch_ids,
 )
-from qdspace.connector.trace_data import batches, local_tier
+from qdspace.connector.trace_data import batches, local_tier, tier_findings, tier_genealogy
 from qdspace.node.identity.certs import MemberIdentity
 from qdspace.node.runtime.contracts import ContractRuntime
 from qdspace.node.runtime.contracts_base import peer_name
@@ -160,19 +163,30 @@ class TraceRoom:
         """Our part for `ids` with our producers' answers below it."""
         started = time.perf_counter()
         budget = DEFAULT_DEADLINE_S if deadline_s is None else deadline_s
-        mine, bought = await asyncio.to_thread(self.local_part, ids)
+        rows, links, bought = await asyncio.to_thread(tier_genealogy, self.engine, ids, self.me)
         left = budget - (time.perf_counter() - started) - DEADLINE_MARGIN_S
-        upstream, missing = await self._ask_all(bought, path, depth, left)
+        # our producers work on their parts while we work on ours: a trace takes as
+        # long as its slowest tier, not the sum of all tiers
+        asking = asyncio.ensure_future(self._ask_all(bought, path, depth, left))
+        try:
+            comparable_n, findings = await asyncio.to_thread(self._findings, rows)
+        except BaseException:
+            asking.cancel()
+            raise
+        upstream, missing = await asking
         return TierAnswer(
-            member=mine.member,
-            implicated=mine.implicated,
-            comparable_n=mine.comparable_n,
-            links=mine.links,
-            findings=mine.findings,
+            member=self.me,
+            implicated=tuple(sorted(rows)),
+            comparable_n=comparable_n,
+            links=tuple(links),
+            findings=tuple(findings),
             upstream=tuple(upstream),
             missing=tuple(missing),
             elapsed_ms=(time.perf_counter() - started) * 1000,
         )
+
+    def _findings(self, rows: Mapping[str, Mapping[str, object]]) -> tuple[int, list[Finding]]:
+        return tier_findings(self.engine, rows, self.me, anchored_through(self.engine))
 
     # ----------------------------------------------------------------- our producers
 

@@ -11,10 +11,14 @@ import os
 import subprocess
 import sys
 from collections.abc import Iterator
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
+
+from qdspace.connector.sample import EXCURSION_BATCH, cracked_module_batch, wafer_batches
+from qdspace.connector.sample_pecvd import EXCURSION
 
 from .conftest import kill_leftovers
 
@@ -114,6 +118,68 @@ def test_demo_wafer_maker_is_a_hosted_tenant_and_answers_the_trace(
     assert "managed host Testhouse Hosting (testhouse)" in done.stdout
 
 
+def test_demo_traces_the_el_defect_to_its_root_cause(
+    demo: tuple[subprocess.CompletedProcess[str], Path],
+) -> None:
+    """SunArc's microcrack cluster traced over three tiers to the leak planted in Cellex's
+    PECVD-2 (held against the sample generator, not the chapter's own word), the hosted
+    wafer maker answering clean, the investigation closed, the regulator's verdict VALID."""
+    done, workdir = demo
+    assert done.returncode == 0
+    chapter = _summary(workdir)["chapters"]["trace"]
+    trace = chapter["trace"]
+    assert [a["provider"] for a in chapter["agreements"]] == ["cellex", "siliwafer"]
+    assert chapter["agreements"][1]["host"] == "Testhouse Hosting"
+    assert trace["implicated"] == [cracked_module_batch()]
+    assert chapter["cluster"]["microcracks"] > 0 and chapter["cluster"]["elsewhere"] == 0
+
+    top = trace["causes"][0]
+    assert (top["member"], top["key"], top["significant"]) == ("cellex", EXCURSION.key, True)
+    assert EXCURSION.key.startswith("PECVD-2/")  # the tool, named in the cause
+    window = top["window"]
+    assert datetime.fromisoformat(window["start"]) >= EXCURSION.start
+    assert datetime.fromisoformat(window["end"]) <= EXCURSION.end
+    assert trace["shift"] == EXCURSION.shift == "late"
+    assert top["confidence"]["calibrated"] == 1.0 and top["confidence"]["anchored"] == 1.0
+    wafers = wafer_batches("cellex")[2 * (EXCURSION_BATCH - 1) : 2 * EXCURSION_BATCH]
+    assert [(s["member"], s["level"], s["ids"]) for s in trace["path"]] == [
+        ("sunarc", "module", [cracked_module_batch()]),
+        ("cellex", "cell", [EXCURSION.batch]),
+        ("cellex", "window", [EXCURSION.key]),
+        ("siliwafer", "wafer", wafers),
+    ]
+    assert [c["key"] for c in trace["causes"] if c["significant"]] == [EXCURSION.key]
+    assert not trace["decoy"]["significant"] and trace["decoy"]["rank"] != 1
+    # the wafer maker at its host answered (its tier is in the timings) and is not implicated
+    assert trace["tiers"] == ["cellex", "siliwafer", "sunarc"]
+    assert not trace["partial"] and trace["missing"] == [] and trace["wafer_findings"] == []
+    assert trace["responsibility"] == {"sunarc": 0.0, "cellex": 1.0, "siliwafer": 0.0}
+
+    case = chapter["investigation"]
+    assert case["state"] == {"sunarc": "CLOSED", "cellex": "CLOSED"}
+    assert case["trace_report_id"] == trace["trace_id"]
+    assert {a["kind"] for a in case["actions"]} == {
+        "CONTAINMENT", "ROOT-CAUSE", "CORRECTIVE-ACTION", "VERIFICATION"
+    }  # fmt: skip
+    assert {a["owner"] for a in case["actions"]} == {"cellex", "sunarc"}
+    assert all(a["state"] == "DONE" for a in case["actions"])
+    moves = [(step, who) for step, who, _ in case["events"]]
+    assert moves[:5] == [
+        ("OPEN", "sunarc"), ("SEND", "sunarc"), ("RECEIVE", "cellex"),
+        ("ACKNOWLEDGE", "cellex"), ("ACCEPT", "cellex"),
+    ]  # fmt: skip
+    assert moves[-1] == ("CLOSE", "sunarc")
+    assert case["states_seen"]["cellex"][-1] == "CLOSED"
+
+    verdicts = chapter["regulator"]
+    assert [(v["member"], v["kind"]) for v in verdicts] == [
+        ("sunarc", "trace_report"), ("sunarc", "quality_case"), ("cellex", "quality_case")
+    ]  # fmt: skip
+    assert all(v["valid"] for v in verdicts), verdicts
+    assert verdicts[0]["ref_id"] == trace["trace_id"] and verdicts[0]["record_is_report"]
+    assert "ranked causes" in done.stdout and "found" in done.stdout
+
+
 def test_demo_contract_life_cycle(demo: tuple[subprocess.CompletedProcess[str], Path]) -> None:
     done, workdir = demo
     assert done.returncode == 0
@@ -166,7 +232,7 @@ def test_demo_federates_and_regulator_verifies(
     assert ledger["contracts"] and all(c["valid"] for c in ledger["contracts"])
     assert ledger["inspections"] and all(i["valid"] for i in ledger["inspections"])
     kinds = {c["kind"] for c in ledger["contracts"]}
-    assert {"agreement", "deletion_receipt", "model_version"} <= kinds
+    assert {"agreement", "deletion_receipt", "model_version", "trace_report"} <= kinds
     assert ledger["tampered"]["valid"] is False
     assert ledger["passport"]["valid"] is True
     proof = next((workdir / "ledger").glob("proof-*.json"))

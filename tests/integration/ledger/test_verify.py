@@ -16,6 +16,7 @@ from qdspace.ledger.keys import ChainSigner
 from qdspace.ledger.passport import Passport, issue_passport, verify_passport
 from qdspace.ledger.proofs import build_proof
 from qdspace.ledger.queue import LeafQueue
+from qdspace.ledger.queue_schema import ensure_schema
 from qdspace.ledger.verify import verify_document
 from qdspace.node.cli.ledger import ledger_app
 
@@ -183,3 +184,41 @@ def test_passport_verifies_and_catches_tampering_and_omissions(
     assert not verdict.valid and "activity.inspection" in verdict.reason
     # the original passport, for its own period, still verifies
     assert verify_passport(passport, client).valid
+
+
+def test_a_root_another_member_anchored_first_is_not_in_our_passport(
+    chain: ChainProcess, signer: ChainSigner, queue: LeafQueue, tmp_path: Path
+) -> None:
+    """Both parties of a closed quality case anchor the same closure record: one leaf, so
+    one root. The second finds it anchored and adopts it (its proof is good), but its
+    passport must not claim the first one's anchoring, or the chain contradicts it."""
+    from qdspace.ledger.deploy import fund_from_dev_account
+    from qdspace.ledger.keys import new_key_file
+
+    from .conftest import sqlite_engine
+
+    closure = ("quality_case", "sunarc-0123456789ab:qc-1", b'{"state":"CLOSED"}')
+    first = Anchorer(queue, chain.client(), signer, AnchorPolicy(max_leaves=4))
+    first.enqueue(*closure)
+    assert first.flush(timeout_s=30)
+
+    other_signer = new_key_file(tmp_path / "keys" / "other.key")
+    fund_from_dev_account(chain.url, other_signer.address, 10**18)
+    engine = sqlite_engine(tmp_path / "other.db")
+    ensure_schema(engine)
+    other_queue = LeafQueue(engine)
+    second = Anchorer(other_queue, chain.client(), other_signer, AnchorPolicy(max_leaves=4))
+    second.enqueue(*closure)
+    assert second.flush(timeout_s=30)
+    client = chain.client()
+    proof = build_proof(other_queue, *closure[:2])
+    assert verify_document(proof.model_dump_json(), chain.url)[1].valid  # adopted: still good
+
+    key = SigningKey.generate()
+    ours = issue_passport(other_queue, client, key, "cellex-1", other_signer.address)
+    assert "quality_case" not in ours.activity
+    assert verify_passport(ours, client).valid, verify_passport(ours, client).reason
+    theirs = issue_passport(queue, client, key, "sunarc-1", signer.address)
+    assert theirs.activity["quality_case"].leaves == 1
+    assert verify_passport(theirs, client).valid
+    engine.dispose()
