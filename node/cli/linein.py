@@ -77,3 +77,23 @@ def opcua(directory: DirOpt, config: ConfigOpt, log_level: LogOpt = "INFO") -> N
         console.print(f"opcua {cfg.endpoint}: {sink.totals}")
     finally:
         store.close()
+
+
+@connect_app.command("mqtt")
+@clean_errors
+def mqtt(directory: DirOpt, config: ConfigOpt, log_level: LogOpt = "INFO") -> None:
+    """Subscribe to MQTT topics; store readings (QoS 1 acknowledged after commit)."""
+    _require("paho")
+    from qdspace.connector.linein.config import MqttConfig, check_elements, read_config
+    from qdspace.connector.linein.mqtt import MqttConnector
+    from qdspace.connector.linein.sink import MeasurementSink
+
+    cfg = read_config(config, MqttConfig)
+    store = _prepare(directory, log_level)
+    try:
+        check_elements(config, cfg.topics, store.dictionary)
+        sink = MeasurementSink(store, f"mqtt {cfg.host}:{cfg.port}")
+        _until_signal(MqttConnector(cfg, sink).run)
+        console.print(f"mqtt {cfg.host}:{cfg.port}: {sink.totals}")
+    finally:
+        store.close()
