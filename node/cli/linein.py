@@ -97,3 +97,21 @@ def mqtt(directory: DirOpt, config: ConfigOpt, log_level: LogOpt = "INFO") -> No
         console.print(f"mqtt {cfg.host}:{cfg.port}: {sink.totals}")
     finally:
         store.close()
+
+
+@connect_app.command("folder")
+@clean_errors
+def folder(directory: DirOpt, config: ConfigOpt, log_level: LogOpt = "INFO") -> None:
+    """Watch an export folder; ingest each CSV/JSONL file once, then move it."""
+    _require("watchdog")
+    from qdspace.connector.linein.config import FolderConfig, read_config
+    from qdspace.connector.linein.folder import FolderConnector
+
+    cfg = read_config(config, FolderConfig)
+    store = _prepare(directory, log_level)
+    try:
+        watcher = FolderConnector(cfg, store)
+        _until_signal(watcher.run)
+        console.print(f"folder {cfg.watch}: {watcher.status()}")
+    finally:
+        store.close()
