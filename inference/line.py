@@ -25,6 +25,7 @@ from typing import Protocol
 from qdspace.inference import alarms as kinds
 from qdspace.inference.alarms import AlarmLog
 from qdspace.inference.errors import FrameError, InferenceError
+from qdspace.inference.frame_context import ProductionContext
 from qdspace.inference.frames import check_frame, image_sha256
 from qdspace.inference.model import DEFAULT_THRESHOLD, OnnxClassifier
 from qdspace.inference.sources import FrameSource, SourceFrame
@@ -81,7 +82,8 @@ class LocalJudge:
 
 @dataclass(frozen=True)
 class StationSpec:
-    """A station: its name, where its frames come from and how fast."""
+    """A station: its name, where its frames come from and how fast; ``order_id`` and
+    ``batch_id`` stand for frames whose source does not say (a frame's own win)."""
 
     name: str
     source: FrameSource
@@ -301,6 +303,7 @@ class InspectionLine:
         image_hash = image_sha256(
             frame
         )  # after the verdict: it is the line's time, not the judge's
+        context = item.context or ProductionContext()
         row = inspection_row(
             inspection_id=f"{spec.name}-{self._config.run_id}-{sequence:07d}",
             station=spec.name,
@@ -309,8 +312,9 @@ class InspectionLine:
             image_hash=image_hash,
             latency_ms=latency_ms,
             defect_code=self._config.defect_code,
-            order_id=spec.order_id,
-            batch_id=spec.batch_id,
+            order_id=context.order_id or spec.order_id,
+            serial=context.serial,
+            batch_id=context.batch_id or spec.batch_id,
         )
         self._writer.offer(row, captured)
         if self._audit is not None and item.label is not None:

@@ -3,6 +3,8 @@
 A source hands out one frame at a time, as a camera would; ``None`` means it has no
 more frames (a source built with ``loop=True`` never ends). An image file that cannot
 be decoded raises ``FrameError`` naming the file, and the station counts it and goes on.
+A folder source can read which unit each frame shows (serial, order, batch) from the
+file name or a sidecar JSON (:mod:`inference.frame_context`); the verdict carries them.
 """
 
 from __future__ import annotations
@@ -14,7 +16,13 @@ from pathlib import Path
 from typing import Protocol
 
 from qdspace.inference.dataset import ElImages
-from qdspace.inference.errors import DatasetError
+from qdspace.inference.errors import DatasetError, FrameError
+from qdspace.inference.frame_context import (
+    ProductionContext,
+    compile_pattern,
+    context_from_name,
+    context_from_sidecar,
+)
 from qdspace.inference.frames import read_image
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
@@ -27,6 +35,8 @@ class SourceFrame:
     frame_id: str
     frame: object
     label: int | None = None
+    #: the unit the frame shows, when the source knows it
+    context: ProductionContext | None = None
 
 
 class FrameSource(Protocol):
@@ -88,10 +98,21 @@ def dataset_frames(data: ElImages, loop: bool = True) -> ArrayFrames:
 
 
 class FolderFrames:
-    """Image files of a folder, in name order; each file is read when its turn comes."""
+    """Image files of a folder, in name order; each file is read when its turn comes.
+
+    ``name_pattern`` (a regular expression with groups serial / order / batch, matched
+    against the file stem) and ``sidecar`` (read ``<stem>.json`` beside the image) give
+    each frame its production context; a frame whose context cannot be read is a
+    ``FrameError``, as an unreadable image is.
+    """
 
     def __init__(
-        self, folder: Path, loop: bool = True, labels: Mapping[str, int] | None = None
+        self,
+        folder: Path,
+        loop: bool = True,
+        labels: Mapping[str, int] | None = None,
+        name_pattern: str | None = None,
+        sidecar: bool = False,
     ) -> None:
         if not folder.is_dir():
             raise DatasetError(f"frame folder {folder} does not exist")
@@ -99,6 +120,8 @@ class FolderFrames:
         if not self._files:
             raise DatasetError(f"frame folder {folder} has no {'/'.join(IMAGE_SUFFIXES)} files")
         self._labels = dict(labels or {})
+        self._pattern = compile_pattern(name_pattern) if name_pattern is not None else None
+        self._sidecar = sidecar
         self._cursor = _Cursor(len(self._files), loop)
 
     def next_frame(self) -> SourceFrame | None:
@@ -106,7 +129,24 @@ class FolderFrames:
         if position is None:
             return None
         path = self._files[position]
-        return SourceFrame(path.stem, read_image(path, path.stem), self._labels.get(path.stem))
+        context = self._context(path)
+        return SourceFrame(
+            path.stem, read_image(path, path.stem), self._labels.get(path.stem), context
+        )
+
+    def _context(self, path: Path) -> ProductionContext | None:
+        if self._pattern is None and not self._sidecar:
+            return None
+        found = ProductionContext()
+        if self._pattern is not None:
+            found = context_from_name(self._pattern, path.stem)
+        if self._sidecar:
+            side = context_from_sidecar(path.with_suffix(".json"), path.stem)
+            if side is None and self._pattern is None:
+                raise FrameError(path.stem, f"no sidecar {path.with_suffix('.json').name}")
+            if side is not None:
+                found = side.over(found)
+        return found
 
 
 def split_round_robin(data: ElImages, parts: int) -> list[ElImages]:

@@ -101,6 +101,8 @@ class MqttConfig(_Strict):
     key_file: Path | None = None
     qos: Literal[0, 1] = 1
     keepalive_s: int = Field(default=30, ge=5, le=3600)
+    #: first wait before reconnecting (doubled per failed try, up to 16 times as long)
+    reconnect_s: float = Field(default=2.0, gt=0, le=600)
     #: payload fields: value, unit, time and context (a JSON object per message)
     value_field: str = "value"
     unit_field: str = "unit"

@@ -18,7 +18,7 @@ from rich.table import Table
 
 from qdspace.node.cli.choices import CellMember
 from qdspace.node.cli.connect import JsonOpt, print_json
-from qdspace.node.cli.errors import clean_errors
+from qdspace.node.cli.errors import clean_errors, fail
 from qdspace.node.cli.train_images import OwnOptions, TrainOptions, train_own_images
 from qdspace.node.layout import NodeLayout
 
@@ -277,6 +277,16 @@ def run(
     frames: Annotated[
         Path | None, typer.Option(help="folder of images instead of the EL data set")
     ] = None,
+    name_pattern: Annotated[
+        str | None,
+        typer.Option(
+            help="regex on each --frames file name with groups serial, order, batch, "
+            "e.g. '(?P<order>[^_]+)_(?P<serial>.+)'"
+        ),
+    ] = None,
+    sidecar: Annotated[
+        bool, typer.Option(help="read serial/order_id/batch_id from FRAME.json beside each image")
+    ] = False,
     member: MemberOpt = CellMember.AUTO,
     version: Annotated[str | None, typer.Option(help="model version (default: active)")] = None,
     local: Annotated[bool, typer.Option(help="judge in-process, without Ray Serve")] = False,
@@ -284,6 +294,12 @@ def run(
     live: Annotated[bool, typer.Option(help="live display")] = True,
 ) -> None:
     """Feed stations at a set rate; verdicts go to this node's QDM, live stats on screen."""
+    if frames is None and (name_pattern is not None or sidecar):
+        raise fail("--name-pattern and --sidecar read --frames files; give --frames")
+    if name_pattern is not None:
+        from qdspace.inference.frame_context import compile_pattern
+
+        compile_pattern(name_pattern)  # a mistake stops us before anything starts
     from qdspace.inference.alarms import AlarmLog
     from qdspace.inference.extras import require_inspection
     from qdspace.inference.line import InspectionLine, LineConfig
@@ -298,7 +314,10 @@ def run(
     alarms = AlarmLog()
     with InspectionSession(ModelRegistry(directory), use_ray=not local, num_cpus=cpus) as session:
         served = session.start(version)
-        specs, audit = _stations(directory, stations, fps, frames, member, alarms, served)
+        context = {"name_pattern": name_pattern, "sidecar": sidecar}
+        specs, audit = _stations(
+            directory, stations, fps, frames, member, alarms, served, context=context
+        )
         store, sink = _store_sink(directory)
         try:
             line = InspectionLine(
@@ -324,6 +343,7 @@ def _stations(
     alarms: Any,
     served: Any,
     loop: bool = True,
+    context: dict[str, Any] | None = None,
 ) -> tuple[list[Any], Any]:
     """Station specs over a folder, or over the member's held-out cells with a drift audit."""
     from qdspace.inference.dataset import load_elpv, select_member
@@ -333,7 +353,10 @@ def _stations(
     from qdspace.inference.splits import SplitManifest, split_el_images
 
     if frames is not None:
-        specs = [StationSpec(f"el-{i + 1}", FolderFrames(frames, loop), fps) for i in range(count)]
+        specs = [
+            StationSpec(f"el-{i + 1}", FolderFrames(frames, loop, **(context or {})), fps)
+            for i in range(count)
+        ]
         return specs, None
     who = _member(directory, member)
     cells = select_member(load_elpv(), who)

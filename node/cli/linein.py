@@ -77,3 +77,41 @@ def opcua(directory: DirOpt, config: ConfigOpt, log_level: LogOpt = "INFO") -> N
         console.print(f"opcua {cfg.endpoint}: {sink.totals}")
     finally:
         store.close()
+
+
+@connect_app.command("mqtt")
+@clean_errors
+def mqtt(directory: DirOpt, config: ConfigOpt, log_level: LogOpt = "INFO") -> None:
+    """Subscribe to MQTT topics; store readings (QoS 1 acknowledged after commit)."""
+    _require("paho")
+    from qdspace.connector.linein.config import MqttConfig, check_elements, read_config
+    from qdspace.connector.linein.mqtt import MqttConnector
+    from qdspace.connector.linein.sink import MeasurementSink
+
+    cfg = read_config(config, MqttConfig)
+    store = _prepare(directory, log_level)
+    try:
+        check_elements(config, cfg.topics, store.dictionary)
+        sink = MeasurementSink(store, f"mqtt {cfg.host}:{cfg.port}")
+        _until_signal(MqttConnector(cfg, sink).run)
+        console.print(f"mqtt {cfg.host}:{cfg.port}: {sink.totals}")
+    finally:
+        store.close()
+
+
+@connect_app.command("folder")
+@clean_errors
+def folder(directory: DirOpt, config: ConfigOpt, log_level: LogOpt = "INFO") -> None:
+    """Watch an export folder; ingest each CSV/JSONL file once, then move it."""
+    _require("watchdog")
+    from qdspace.connector.linein.config import FolderConfig, read_config
+    from qdspace.connector.linein.folder import FolderConnector
+
+    cfg = read_config(config, FolderConfig)
+    store = _prepare(directory, log_level)
+    try:
+        watcher = FolderConnector(cfg, store)
+        _until_signal(watcher.run)
+        console.print(f"folder {cfg.watch}: {watcher.status()}")
+    finally:
+        store.close()

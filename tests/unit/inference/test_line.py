@@ -267,3 +267,41 @@ def test_hot_swap_drops_nothing_and_names_the_version(model_bytes: tuple[bytes, 
         model = first if row["model_version"] == first.version else second
         index = int(row["frame_id"][1:])
         assert row["score"] == pytest.approx(model.judge([frames[index]])[0].score, abs=1e-6)
+
+
+def test_verdicts_carry_the_serial_order_and_batch_of_their_frames(
+    model_bytes: tuple[bytes, bytes], tmp_path: Path
+) -> None:
+    folder = tmp_path / "frames"
+    folder.mkdir()
+    good = _frames(4, seed=3)
+    names = ["ORD17_SN0001_B-5", "ORD17_SN0002_B-5", "ORD18_SN0003_B-6", "cell-no-serial"]
+    for name, frame in zip(names, good, strict=True):
+        Image.fromarray(frame).save(folder / f"{name}.png")
+    # a sidecar names the batch the camera could not know (and wins over the name)
+    (folder / "ORD18_SN0003_B-6.json").write_text('{"batch_id": "B-6b"}')
+    store = open_store(f"sqlite:///{tmp_path / 'node.db'}")
+    source = FolderFrames(
+        folder,
+        loop=False,
+        name_pattern=r"(?P<order>ORD\d+)_(?P<serial>SN\d+)_(?P<batch>B-\d+)",
+        sidecar=True,
+    )
+    line = InspectionLine(
+        LocalJudge(OnnxClassifier(model_bytes[0], device="cpu")),
+        ingest_sink(store.ingest_rows),
+        [StationSpec("el-1", source, FPS, order_id="ORD-DEFAULT")],
+        LineConfig(run_id="r9"),
+    )
+    final = line.run(seconds=30)
+    rows = _stored_rows(tmp_path / "node.db")
+    store.close()
+    got = {r["frame_id"]: (r["serial"], r["order_id"], r["batch_id"]) for r in rows}
+    assert got == {
+        "ORD17_SN0001_B-5": ("SN0001", "ORD17", "B-5"),
+        "ORD17_SN0002_B-5": ("SN0002", "ORD17", "B-5"),
+        "ORD18_SN0003_B-6": ("SN0003", "ORD18", "B-6b"),
+    }
+    # a frame whose name names no unit is not judged into a verdict tied to nothing
+    assert final.stations["el-1"].bad_frames == 1
+    assert any("cell-no-serial" in a.message for a in line.alarms.recent())

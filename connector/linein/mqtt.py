@@ -1,0 +1,181 @@
+"""MQTT connector (paho-mqtt 2): QoS 1 readings stored exactly once, acknowledged after commit.
+
+Exactly once *on our side* is two halves. The broker keeps a persistent session for our
+fixed client id (``clean_session=False``), so a QoS 1 message we have not acknowledged
+is delivered again when we reconnect, whether we crashed, were killed or lost the
+network: nothing is lost. We acknowledge a message (``manual_ack``: paho sends no
+PUBACK by itself) only after :class:`~connector.linein.sink.MeasurementSink` committed
+it, and the store keys each reading by (equipment, element, measured_at) with ``ON
+CONFLICT DO NOTHING``: a message delivered again after the commit but before its
+PUBACK is a duplicate, stored once.
+
+paho's network thread only queues messages onto the event loop; the loop stores them
+in batches (one ingest call per batch, then the PUBACKs in the order the messages
+arrived, as MQTT 3.1.1 asks). A message acknowledged on another connection than the
+one it came on is left alone: the broker sends it again on the new one. A payload
+that cannot be read, or a reading the dictionary refuses, is reported with its topic
+and acknowledged (sending it again would not mend it); a store that cannot be
+written ends the session without acknowledging, and the next session gets the
+messages again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import threading
+from dataclasses import dataclass
+from typing import Any
+
+from qdspace.connector.errors import StorageError
+from qdspace.connector.linein.config import MqttConfig
+from qdspace.connector.linein.mapping import mqtt_mapping, mqtt_row
+from qdspace.connector.linein.sink import Item, MeasurementSink
+
+log = logging.getLogger("qdspace.connector.linein.mqtt")
+
+#: messages stored per ingest call at most (the broker's in-flight window is the
+#: real bound: mosquitto sends 20 unacknowledged QoS 1 messages per client by default)
+BATCH = 500
+
+
+@dataclass(frozen=True)
+class Message:
+    session: int  # which connection it came on (acknowledged only on that one)
+    topic: str | None  # None: not UTF-8 (a broker should have refused it)
+    payload: bytes
+    mid: int
+    qos: int
+
+
+class MqttConnector:
+    def __init__(self, config: MqttConfig, sink: MeasurementSink) -> None:
+        self.config = config
+        self.sink = sink
+        #: connections made (a restart that resumes the session is one more)
+        self.sessions = 0
+        #: whether the broker still had our session at the last connection
+        self.session_present = False
+        self._lock = threading.Lock()
+        self._connected = False
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Store messages until ``stop`` is set; a store failure restarts the client."""
+        while not stop.is_set():
+            try:
+                await self._client_run(stop)
+            except StorageError as exc:
+                log.error(
+                    "mqtt %s:%d: store failed, nothing acknowledged, reconnecting in %.1f s: %s",
+                    self.config.host,
+                    self.config.port,
+                    self.config.reconnect_s,
+                    exc,
+                )
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), self.config.reconnect_s)
+
+    async def _client_run(self, stop: asyncio.Event) -> None:
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue[Message] = asyncio.Queue()
+        client = self._client(loop, queue)
+        client.connect_async(self.config.host, self.config.port, self.config.keepalive_s)
+        client.loop_start()  # connects, and reconnects after every loss, in its thread
+        try:
+            await self._pump(client, queue, stop)
+        finally:
+            with self._lock:
+                self._connected = False
+            client.disconnect()
+            await asyncio.to_thread(client.loop_stop)
+
+    def _client(self, loop: asyncio.AbstractEventLoop, queue: asyncio.Queue[Message]) -> Any:
+        import paho.mqtt.client as paho
+        from paho.mqtt.enums import CallbackAPIVersion
+
+        config = self.config
+        client = paho.Client(
+            CallbackAPIVersion.VERSION2,
+            client_id=config.client_id,
+            clean_session=False,
+            manual_ack=True,
+        )
+        client.reconnect_delay_set(
+            min_delay=max(1, round(config.reconnect_s)),
+            max_delay=max(1, round(config.reconnect_s * 16)),
+        )
+        if config.username is not None:
+            password = None
+            if config.password_file is not None:
+                password = config.password_file.read_text(encoding="utf-8").strip()
+            client.username_pw_set(config.username, password)
+        if config.ca_file is not None or config.cert_file is not None:
+            client.tls_set(
+                ca_certs=str(config.ca_file) if config.ca_file else None,
+                certfile=str(config.cert_file) if config.cert_file else None,
+                keyfile=str(config.key_file) if config.key_file else None,
+            )
+
+        def on_connect(client: Any, _u: Any, flags: Any, reason: Any, _p: Any) -> None:
+            if reason.is_failure:
+                log.warning("mqtt %s:%d: connection refused: %s", config.host, config.port, reason)
+                return
+            with self._lock:
+                self.sessions += 1
+                self._connected = True
+                self.session_present = bool(flags.session_present)
+            log.info(
+                "mqtt %s:%d: connected as %s (session %s)",
+                config.host,
+                config.port,
+                config.client_id,
+                "resumed" if flags.session_present else "new",
+            )
+            client.subscribe([(t.topic, config.qos) for t in config.topics])
+
+        def on_disconnect(_c: Any, _u: Any, _f: Any, reason: Any, _p: Any) -> None:
+            with self._lock:
+                self._connected = False
+            log.warning("mqtt %s:%d: disconnected: %s", config.host, config.port, reason)
+
+        def on_message(_c: Any, _u: Any, msg: Any) -> None:
+            try:
+                topic: str | None = msg.topic
+            except UnicodeDecodeError:
+                topic = None
+            message = Message(self.sessions, topic, bytes(msg.payload), msg.mid, msg.qos)
+            loop.call_soon_threadsafe(queue.put_nowait, message)
+
+        client.on_connect = on_connect
+        client.on_disconnect = on_disconnect
+        client.on_message = on_message
+        return client
+
+    async def _pump(self, client: Any, queue: asyncio.Queue[Message], stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            try:
+                first = await asyncio.wait_for(queue.get(), 0.2)
+            except TimeoutError:
+                continue
+            batch = [first]
+            while not queue.empty() and len(batch) < BATCH:
+                batch.append(queue.get_nowait())
+            await asyncio.to_thread(self.sink.put, [self._item(m) for m in batch])
+            self._ack(client, batch)
+
+    def _item(self, message: Message) -> Item:
+        if message.topic is None:
+            return ("mqtt:?", ("topic", "topic is not UTF-8"))
+        source = f"mqtt:{message.topic}"
+        mapping = mqtt_mapping(self.config, message.topic)
+        if mapping is None:
+            return (source, ("topic", "matches no configured topic filter"))
+        return (source, mqtt_row(self.config, mapping, message.topic, message.payload))
+
+    def _ack(self, client: Any, batch: list[Message]) -> None:
+        """PUBACK every stored message that came on the current connection, in order."""
+        with self._lock:
+            for m in batch:
+                if m.qos and self._connected and m.session == self.sessions:
+                    client.ack(m.mid, m.qos)

@@ -1,0 +1,312 @@
+"""The MQTT connector against a real mosquitto on a free loopback port: readings on
+wildcard topics land converted in a real SQLite QDM; a malformed payload and an unknown
+unit are reported with their topic and the connector goes on; a broker restart is
+survived; and ``qdspace connect mqtt`` killed (SIGKILL) mid-stream and started again
+resumes its persistent session and loses and duplicates nothing."""
+
+from __future__ import annotations
+
+import asyncio
+import getpass
+import json
+import logging
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+pytest.importorskip("paho.mqtt", reason="the connect extra (paho-mqtt) is not installed")
+import paho.mqtt.client as paho
+from paho.mqtt.enums import CallbackAPIVersion
+from sqlalchemy import text
+
+from qdspace.connector.linein.config import MqttConfig
+from qdspace.connector.linein.mqtt import MqttConnector
+from qdspace.connector.linein.sink import MeasurementSink
+from qdspace.connector.storage import QualityStore, open_store
+
+pytestmark = pytest.mark.integration
+MOSQUITTO = shutil.which("mosquitto") or next(
+    (p for p in ("/usr/sbin/mosquitto", "/usr/local/sbin/mosquitto") if os.path.exists(p)), None
+)
+if MOSQUITTO is None:
+    pytest.skip(
+        "mosquitto is not installed (apt-get install mosquitto; .ci/run does)",
+        allow_module_level=True,
+    )
+T0 = (datetime.now(UTC) - timedelta(hours=1)).replace(microsecond=0)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Broker:
+    """mosquitto on loopback, its sessions saved on disk across a restart."""
+
+    def __init__(self, tmp: Path) -> None:
+        self.port = free_port()
+        self.dir = tmp / "mosquitto"
+        self.dir.mkdir()
+        self.conf = self.dir / "mosquitto.conf"
+        self.conf.write_text(
+            f"listener {self.port} 127.0.0.1\nallow_anonymous true\n"
+            # as root mosquitto drops to user mosquitto, who may not write our folder
+            f"user {getpass.getuser()}\n"
+            f"persistence true\npersistence_location {self.dir}/\n"
+            "max_queued_messages 10000\n"
+        )
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        assert MOSQUITTO is not None
+        with (self.dir / "log").open("ab") as log:
+            self.proc = subprocess.Popen(
+                [MOSQUITTO, "-c", str(self.conf)], stdout=subprocess.DEVNULL, stderr=log
+            )
+        deadline = time.monotonic() + 10
+        while True:
+            with socket.socket() as s:
+                if s.connect_ex(("127.0.0.1", self.port)) == 0:
+                    return
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise AssertionError(f"mosquitto did not start: {(self.dir / 'log').read_text()}")
+            time.sleep(0.05)
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.terminate()  # saves the sessions to persistence_location
+            self.proc.wait(10)
+            self.proc = None
+
+
+@pytest.fixture
+def broker(tmp_path: Path) -> Iterator[Broker]:
+    b = Broker(tmp_path)
+    b.start()
+    yield b
+    b.stop()
+
+
+class Publisher:
+    """A line tool publishing QoS 1 readings (waits for each PUBACK from the broker)."""
+
+    def __init__(self, port: int) -> None:
+        self.client = paho.Client(CallbackAPIVersion.VERSION2, client_id="pecvd-tool")
+        self.client.connect("127.0.0.1", port)
+        self.client.loop_start()
+
+    def send(self, topic: str, body: Any) -> None:
+        payload = body if isinstance(body, bytes) else json.dumps(body).encode()
+        self.client.publish(topic, payload, qos=1).wait_for_publish(10)
+
+    def close(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+
+
+def reading(i: int, value: float, unit: str = "mbar", **extra: Any) -> dict[str, Any]:
+    return {"value": value, "unit": unit, "ts": (T0 + timedelta(seconds=i)).isoformat(), **extra}
+
+
+def config(port: int, **extra: Any) -> dict[str, Any]:
+    return {
+        "port": port,
+        "client_id": "qdspace-test",
+        "reconnect_s": 0.5,
+        "topics": [
+            {"topic": "plant/+/pecvd/pressure", "element": "pecvd_chamber_vacuum",
+             "equipment_level": 1},
+            {"topic": "plant/PECVD-9/flow/#", "element": "silane_flow", "equipment": "PECVD-9",
+             "unit": "sccm"},
+        ],
+        **extra,
+    }  # fmt: skip
+
+
+def stored(store: QualityStore) -> list[tuple[Any, ...]]:
+    """(equipment, parameter, measured_at, value, unit, raw_unit, batch_id), by time."""
+    sql = (
+        "SELECT equipment, parameter, measured_at, value, unit, raw_unit, batch_id "
+        "FROM qdm_measurement ORDER BY measured_at, equipment"
+    )
+    with store.engine.connect() as c:
+        return [tuple(r) for r in c.execute(text(sql))]
+
+
+def count(store: QualityStore) -> int:
+    with store.engine.connect() as c:
+        return int(c.execute(text("SELECT count(*) FROM qdm_measurement")).scalar_one())
+
+
+async def until(check: Callable[[], bool], timeout: float = 15.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not met in time")
+        await asyncio.sleep(0.05)
+
+
+def wait_until(check: Callable[[], bool], timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not met in time")
+        time.sleep(0.05)
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[QualityStore]:
+    s = open_store(f"sqlite:///{tmp_path}/qdm.db")
+    yield s
+    s.close()
+
+
+async def test_readings_stored_converted_bad_ones_reported_broker_restart_survived(
+    broker: Broker, store: QualityStore, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, "qdspace.connector.linein")
+    connector = MqttConnector(
+        MqttConfig.model_validate(config(broker.port)), MeasurementSink(store, "mqtt test")
+    )
+    stop = asyncio.Event()
+    task = asyncio.create_task(connector.run(stop))
+    await until(lambda: connector.sessions == 1 and connector._connected)
+    await asyncio.sleep(0.2)  # the SUBACK
+    tool = Publisher(broker.port)
+    try:
+        tool.send("plant/PECVD-1/pecvd/pressure", reading(0, 1.5, batch_id="B-7"))
+        tool.send("plant/PECVD-2/pecvd/pressure", reading(1, 2.0, unit="Torr"))
+        tool.send("plant/PECVD-1/pecvd/pressure", b"{not json")
+        tool.send("plant/PECVD-1/pecvd/pressure", reading(2, 1.0, unit="furlong"))
+        tool.send("plant/PECVD-1/pecvd/pressure", {"value": 1.0})  # no time: no natural key
+        tool.send("plant/PECVD-9/flow/sih4", {"value": 0.25, "unit": "slm", "ts": 1.7e9})
+        tool.send("plant/PECVD-1/pecvd/pressure", reading(3, 1.6))  # still running
+        tool.send("plant/PECVD-1/pecvd/pressure", reading(3, 1.6))  # the tool sent it twice
+        await until(lambda: count(store) == 4 and len(connector.sink.rejected) == 3)
+    finally:
+        tool.close()
+    rows = stored(store)
+    flow = rows.pop(0)  # 1.7e9 s: 2023, before T0
+    assert flow[:2] == ("PECVD-9", "silane_flow")
+    assert flow[3:6] == (pytest.approx(250.0), "sccm", "slm")
+    assert [(r[0], r[3], r[4], r[5], r[6]) for r in rows] == [
+        ("PECVD-1", pytest.approx(150.0), "Pa", "mbar", "B-7"),
+        ("PECVD-2", pytest.approx(2.0 * 133.322368), "Pa", "Torr", None),
+        ("PECVD-1", pytest.approx(160.0), "Pa", "mbar", None),
+    ]
+    problems = {(p.source, p.field): p.reason for p in connector.sink.rejected}
+    assert set(problems) == {
+        ("mqtt:plant/PECVD-1/pecvd/pressure", "-"),
+        ("mqtt:plant/PECVD-1/pecvd/pressure", "unit"),
+        ("mqtt:plant/PECVD-1/pecvd/pressure", "ts"),
+    }
+    assert "not JSON" in problems[("mqtt:plant/PECVD-1/pecvd/pressure", "-")]
+    assert "furlong" in problems[("mqtt:plant/PECVD-1/pecvd/pressure", "unit")]
+    assert "mqtt:plant/PECVD-1/pecvd/pressure:2: -: payload is not JSON" in caplog.text
+    assert connector.sink.totals.duplicates == 1
+
+    # the broker goes away and comes back (its sessions on disk): the connector
+    # reconnects, resumes its session and gets what was published while it was away
+    broker.stop()
+    await until(lambda: not connector._connected)
+    broker.start()
+    await until(lambda: connector.sessions == 2, timeout=30)
+    assert connector.session_present
+    tool = Publisher(broker.port)
+    try:
+        tool.send("plant/PECVD-3/pecvd/pressure", reading(4, 3.0))
+        await until(lambda: count(store) == 5)
+    finally:
+        tool.close()
+    stop.set()
+    await asyncio.wait_for(task, 10)
+    assert stored(store)[-1][:1] + stored(store)[-1][3:5] == ("PECVD-3", pytest.approx(300.0), "Pa")
+
+
+def cli(node: Path, conf: Path, log: Path) -> subprocess.Popen[bytes]:
+    worktree = Path(__file__).resolve().parents[3]
+    env = {**os.environ, "PYTHONPATH": str(worktree)}
+    with log.open("wb") as out:
+        return subprocess.Popen(
+            [sys.executable, "-m", "qdspace", "connect", "mqtt", "--dir", str(node),
+             "--config", str(conf)],
+            stderr=out, stdout=subprocess.DEVNULL, env=env,
+        )  # fmt: skip
+
+
+def test_cli_killed_mid_stream_and_restarted_loses_and_duplicates_nothing(
+    broker: Broker, tmp_path: Path
+) -> None:
+    node = tmp_path / "cellex"
+    node.mkdir()
+    (node / "node.json").write_text(
+        json.dumps({"name": "cellex", "role": "supplier", "member_id": "cellex"})
+    )
+    conf = tmp_path / "mqtt.yaml"
+    conf.write_text(json.dumps(config(broker.port)))  # JSON is YAML
+    total = 600
+    log1, log2 = tmp_path / "first.log", tmp_path / "second.log"
+    first = cli(node, conf, log1)
+    try:
+        wait_until(lambda: "session new" in log1.read_text(), 60)
+    except AssertionError:
+        first.kill()
+        raise AssertionError(f"connector did not connect: {log1.read_text()}") from None
+    time.sleep(0.3)  # the SUBACK
+    store = open_store(f"sqlite:///{node}/node.db")  # the node's default database
+    sent = threading.Event()
+
+    def publish() -> None:
+        tool = Publisher(broker.port)
+        try:
+            for i in range(total):
+                tool.send("plant/PECVD-1/pecvd/pressure", reading(i, 1.0 + i / 1000))
+                time.sleep(0.002)
+        finally:
+            tool.close()
+            sent.set()
+
+    publisher = threading.Thread(target=publish)
+    publisher.start()
+    try:
+        wait_until(lambda: count(store) >= 100)
+        first.send_signal(signal.SIGKILL)  # mid-stream: no goodbye, PUBACKs pending
+        first.wait(10)
+        killed_at = count(store)
+        time.sleep(0.5)  # the tool goes on publishing into the session meanwhile
+        second = cli(node, conf, log2)
+        try:
+            wait_until(sent.is_set, 120)
+            wait_until(lambda: count(store) >= total, 60)
+            time.sleep(0.5)  # anything still to come would come now
+        finally:
+            second.send_signal(signal.SIGTERM)
+            second.wait(30)
+    finally:
+        publisher.join(120)
+        if first.poll() is None:
+            first.kill()
+    err = log2.read_text()
+    assert second.returncode == 0, err
+    assert "session resumed" in err
+    assert killed_at < total  # it really was killed mid-stream
+    rows = stored(store)
+    store.close()
+    assert len(rows) == total
+    want = [(T0 + timedelta(seconds=i), 100.0 + i / 10) for i in range(total)]
+    got = [(datetime.fromisoformat(str(r[2])).replace(tzinfo=UTC), r[3]) for r in rows]
+    assert [g[0] for g in got] == [w[0] for w in want]
+    assert [g[1] for g in got] == pytest.approx([w[1] for w in want])
