@@ -1,6 +1,6 @@
 """A hosted tenant anchors (issue 14 items 2 and 5), all real processes: the embedded EVM
-chain, a self-hosted provider (not anchoring) and a host whose tenant is given its chain account with
-`qdspace host tenant ledger` (the key sealed like its other secrets). The tenant's
+chain, a self-hosted provider (not anchoring) and a host whose tenant is given its chain
+account with `qdspace host tenant ledger` (the key sealed like its other secrets). The tenant's
 agreement is anchored from its own account; when it leaves, its removal waits until the
 signed deletion receipt is anchored too, since the anchoring queue lives in the database
 that removal deletes. Assertions poll with a deadline; nothing is timed.
