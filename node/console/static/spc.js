@@ -16,7 +16,9 @@
     return { label: label, stroke: colour, width: 1.5, dash: dash, points: { show: false } };
   }
 
-  function make(el, yLabel, height) {
+  // x-bar and R charts: x counts subgroups, and the spec limits (on single values) are off
+  function make(el, yLabel, height, subgroups) {
+    var spec = subgroups ? { show: false } : {};
     var opts = {
       width: Math.max(280, el.clientWidth || 600),
       height: height,
@@ -29,15 +31,15 @@
         line("CL", "#555555"),
         line("UCL", "#b35900", [6, 4]),
         line("LCL", "#b35900", [6, 4]),
-        line("USL", "#b00020", [2, 3]),
-        line("LSL", "#b00020", [2, 3]),
+        Object.assign(line("USL", "#b00020", [2, 3]), spec),
+        Object.assign(line("LSL", "#b00020", [2, 3]), spec),
         {
           label: "rule hit", stroke: "#b00020", width: 0,
           paths: function () { return null; },
           points: { show: true, size: 11, stroke: "#b00020", fill: "#ff5a5a", width: 2 },
         },
       ],
-      axes: [{ label: "point" }, { label: yLabel }],
+      axes: [{ label: subgroups ? "subgroup" : "point" }, { label: yLabel }],
     };
     return new uPlot(opts, [[], [], [], [], [], [], [], []], el);
   }
@@ -131,8 +133,8 @@
       if (pair) { pair.x.destroy(); pair.r.destroy(); }
       pair = xcharts[key] = {
         n: x.n,
-        x: make(figure.querySelector(".plot.xbar"), "X-bar (n=" + x.n + ")", 220),
-        r: make(figure.querySelector(".plot.rchart"), "R (n=" + x.n + ")", 160),
+        x: make(figure.querySelector(".plot.xbar"), "X-bar (n=" + x.n + ")", 220, true),
+        r: make(figure.querySelector(".plot.rchart"), "R (n=" + x.n + ")", 160, true),
       };
     }
     plot(pair.x, x.first, x.x, x.violations, x.centre, x.ucl, x.lcl, null, null);
