@@ -26,6 +26,9 @@ After a rule fires it is re-armed only by new points: the next alert of the
 same rule uses none of the points of the previous one, so one excursion is
 one alert. The Cpk alert fires when Cpk falls below the threshold and again
 only after it has recovered.
+
+The rules live in `RuleJudge`, which knows nothing of how a point's sigma was found:
+the X-bar chart (`qdspace.connector.spc_xbar`) judges subgroup means with it too.
 """
 
 from __future__ import annotations
@@ -209,6 +212,36 @@ def cpk(values: Sequence[float], lsl: float | None, usl: float | None) -> float:
     return min(sides) / (3 * math.sqrt(var))
 
 
+class RuleJudge:
+    """The run rules over a stream of points already placed in sigma units.
+
+    Shared by the individuals chart (`SpcMonitor`) and the X-bar chart
+    (`qdspace.connector.spc_xbar`): the caller says where the centre is and how wide a
+    sigma is; this class only remembers the recent points and re-arms each rule.
+    """
+
+    def __init__(self, rules: Iterable[Rule] = DEFAULT_RULES) -> None:
+        self.rules = tuple(rules)
+        self._judged: deque[_Judged] = deque(maxlen=_LONGEST_RUN)
+        self._last_fired: dict[Rule, int] = {}
+
+    def judge(self, point: SpcPoint, z: float) -> list[SpcAlert]:
+        """The alerts `point` raises; ``z`` is its distance from the centre in sigmas.
+        Point indexes must increase."""
+        self._judged.append(_Judged(point, z))
+        alerts = []
+        for rule in self.rules:
+            since = self._last_fired.get(rule, -1)
+            window = [j for j in self._judged if j.point.index > since]
+            found = _CHECKS[rule](window)
+            if found is not None:
+                hits, text = found
+                self._last_fired[rule] = point.index
+                points = tuple(j.point for j in hits)
+                alerts.append(SpcAlert(rule.value, f"{rule.value}: {text}", points, point.at))
+        return alerts
+
+
 class SpcMonitor:
     """Feed values one at a time with `add`; each call returns the alerts that value raised."""
 
@@ -218,8 +251,7 @@ class SpcMonitor:
         self.centre: float | None = spec.centre
         self.sigma: float | None = spec.sigma
         self._baseline: list[float] = []
-        self._judged: deque[_Judged] = deque(maxlen=_LONGEST_RUN)
-        self._last_fired: dict[Rule, int] = {}
+        self._judge = RuleJudge(self.rules)
         self._cpk_points: deque[SpcPoint] = deque(maxlen=spec.cpk_window)
         self._cpk_armed = True
         self._count = 0
@@ -242,18 +274,7 @@ class SpcMonitor:
                     self.centre = sum(self._baseline) / len(self._baseline)
                     self.sigma = sigma
             return []
-        self._judged.append(_Judged(point, (point.value - self.centre) / self.sigma))
-        alerts = []
-        for rule in self.rules:
-            since = self._last_fired.get(rule, -1)
-            window = [j for j in self._judged if j.point.index > since]
-            found = _CHECKS[rule](window)
-            if found is not None:
-                hits, text = found
-                self._last_fired[rule] = point.index
-                points = tuple(j.point for j in hits)
-                alerts.append(SpcAlert(rule.value, f"{rule.value}: {text}", points, point.at))
-        return alerts
+        return self._judge.judge(point, (point.value - self.centre) / self.sigma)
 
     def _cpk_alert(self, point: SpcPoint) -> list[SpcAlert]:
         spec = self.spec

@@ -93,13 +93,14 @@ def create_console(ctx: NodeContext, root: str = "/console") -> Starlette:
     async def spc_stream(request: Request) -> Response:
         keys = request.query_params.getlist("series")
         await run_in_threadpool(spc.check_keys, ctx, keys)
+        views = spc.check_views(keys, request.query_params.getlist("xbar"))
 
         async def events() -> object:
             seen: dict[str, int | None] = {}
             quiet = 0.0
             yield b"retry: 1000\n\n"
             while not await request.is_disconnected():
-                sent = await run_in_threadpool(lambda: list(spc.changed(ctx, keys, seen)))
+                sent = await run_in_threadpool(lambda: list(spc.changed(ctx, keys, seen, views)))
                 for event in sent:
                     yield event
                 quiet = 0.0 if sent else quiet + spc.TICK_S

@@ -19,6 +19,12 @@ series for its version (a subscription's in-memory row count, or the highest id 
 station's inspections) and sends a series' whole state again only when that changed. At
 `MAX_POINTS` per chart that is a few hundred kB at most per change, cheap next to a
 browser's redraw; a change feed from the store would save the polling, later.
+
+A chart shown as X-bar-R (the page asks with ``xbar=<n>:<key>`` on the stream) gets the
+same state plus an ``xbar`` part: the values replayed in subgroups of n through
+`XbarRMonitor` (`qdspace.connector.spc_xbar`), limits from the same baseline values as
+the individuals chart (``baseline_size // n`` subgroups, at least 2) or from the spec's
+known centre and sigma. The Cpk panel stays on the individual values in either view.
 """
 
 from __future__ import annotations
@@ -32,8 +38,16 @@ from typing import Any
 
 from sqlalchemy import func, select
 
+from qdspace.connector.contract_errors import SpcError
 from qdspace.connector.qdm import Inspection
 from qdspace.connector.spc import CPK_RULE, SpcMonitor, SpcSpec, cpk
+from qdspace.connector.spc_xbar import (
+    MAX_SUBGROUP,
+    MIN_SUBGROUP,
+    RANGE_RULE,
+    XbarRMonitor,
+    XbarRSpec,
+)
 from qdspace.node.context import NodeContext
 
 #: own inspection scores: 0.5 is the verdict threshold (the default subscriptions use)
@@ -97,6 +111,26 @@ def check_keys(ctx: NodeContext, keys: list[str]) -> None:
         raise HTTPException(404, f"series: {unknown[0][:80]!r} is not a series of this node")
 
 
+def check_views(keys: list[str], raw: list[str]) -> dict[str, int]:
+    """The stream's ``xbar=<n>:<key>`` parameters as {key: n}; each key must be one the
+    stream follows and n a subgroup size the X-bar-R chart has constants for (else 400)."""
+    from starlette.exceptions import HTTPException
+
+    views: dict[str, int] = {}
+    if len(raw) > len(keys):
+        raise HTTPException(400, "xbar: at most one per series")
+    for item in raw:
+        size, _, key = item.partition(":")
+        if key not in keys:
+            raise HTTPException(400, f"xbar: {key[:80]!r} is not one of the stream's series")
+        fits = len(size) <= 2 and size.isascii() and size.isdigit()
+        if not (fits and MIN_SUBGROUP <= int(size) <= MAX_SUBGROUP):
+            bad = f"{MIN_SUBGROUP} to {MAX_SUBGROUP}, got {size[:8]!r}"
+            raise HTTPException(400, f"xbar: subgroup size must be {bad}")
+        views[key] = int(size)
+    return views
+
+
 def version(ctx: NodeContext, key: str) -> int | None:
     """A number that changes when the series gains rows; None for an unknown series."""
     source, _, name = key.partition(":")
@@ -158,8 +192,11 @@ def _finite(value: float | None) -> float | None:
     return value if value is not None and math.isfinite(value) else None
 
 
-def chart_state(key: str, values: list[tuple[float, str]], spec: SpcSpec) -> dict[str, Any]:
-    """The JSON a chart draws: points, limits, rule hits by point, rolling Cpk."""
+def chart_state(
+    key: str, values: list[tuple[float, str]], spec: SpcSpec, subgroup: int | None = None
+) -> dict[str, Any]:
+    """The JSON a chart draws: points, limits, rule hits by point, rolling Cpk; with a
+    ``subgroup`` size, the X-bar-R view of the same values too."""
     values = [(v, a) for v, a in values if math.isfinite(v)]
     monitor = SpcMonitor(spec)
     hits: dict[int, list[str]] = {}
@@ -201,12 +238,72 @@ def chart_state(key: str, values: list[tuple[float, str]], spec: SpcSpec) -> dic
         "cpk_window": spec.cpk_window,
         "cpk_threshold": spec.cpk_threshold,
         "cpk_low": rolling is not None and rolling < spec.cpk_threshold,
+        "xbar": None if subgroup is None else xbar_state(values, spec, subgroup),
     }
 
 
-def state_of(ctx: NodeContext, key: str) -> dict[str, Any] | None:
+def xbar_state(values: list[tuple[float, str]], spec: SpcSpec, n: int) -> dict[str, Any]:
+    """The X-bar and R charts of ``values`` in subgroups of ``n`` (complete ones only)."""
+    monitor = XbarRMonitor(
+        XbarRSpec(
+            subgroup_size=n,
+            baseline_subgroups=max(2, spec.baseline_size // n),
+            centre=spec.centre,
+            sigma=spec.sigma,
+        )
+    )
+    means: list[float] = []
+    ranges: list[float] = []
+    hits: dict[int, list[str]] = {}
+    r_hits: dict[int, list[str]] = {}
+    descriptions: dict[str, str] = {}
+    start = datetime(1970, 1, 1)
+    for value, _at in values:
+        try:
+            alerts = monitor.add(value, start)
+        except SpcError:  # a subgroup whose range overflows: refused whole, not drawn
+            continue
+        if monitor.last is not None and monitor.last.index == len(means):
+            means.append(monitor.last.mean)
+            ranges.append(monitor.last.range)
+        for alert in alerts:
+            descriptions[alert.rule] = alert.description
+            into = r_hits if alert.rule == RANGE_RULE else hits
+            for point in alert.points:
+                into.setdefault(point.index, []).append(alert.rule)
+    first = max(0, len(means) - MAX_POINTS)
+    limits = monitor.limits
+
+    def marks(found: dict[int, list[str]], ys: list[float]) -> list[dict[str, Any]]:
+        return [
+            {"i": i, "rules": rules, "value": ys[i]}
+            for i, rules in sorted(found.items())
+            if i >= first
+        ]
+
+    return {
+        "n": n,
+        "groups": len(means),
+        "pending": monitor.pending,
+        "first": first,
+        "x": means[first:],
+        "r": ranges[first:],
+        "baseline": monitor.spec.baseline_subgroups,
+        "centre": None if limits is None else limits.grand_mean,
+        "ucl": None if limits is None else limits.x_ucl,
+        "lcl": None if limits is None else limits.x_lcl,
+        "r_centre": None if limits is None else limits.rbar,
+        "r_ucl": None if limits is None else limits.r_ucl,
+        "r_lcl": None if limits is None else limits.r_lcl,
+        "violations": marks(hits, means),
+        "r_violations": marks(r_hits, ranges),
+        "rules": descriptions,
+    }
+
+
+def state_of(ctx: NodeContext, key: str, subgroup: int | None = None) -> dict[str, Any] | None:
     found = values_of(ctx, key)
-    return None if found is None else chart_state(key, *found)
+    return None if found is None else chart_state(key, *found, subgroup)
 
 
 def sse(event: str, data: dict[str, Any]) -> bytes:
@@ -214,13 +311,19 @@ def sse(event: str, data: dict[str, Any]) -> bytes:
     return f"event: {event}\ndata: {json.dumps(data, separators=(',', ':'))}\n\n".encode()
 
 
-def changed(ctx: NodeContext, keys: list[str], seen: dict[str, int | None]) -> Iterator[bytes]:
-    """The events for the series whose version moved since ``seen`` (updated in place)."""
+def changed(
+    ctx: NodeContext,
+    keys: list[str],
+    seen: dict[str, int | None],
+    views: dict[str, int] | None = None,
+) -> Iterator[bytes]:
+    """The events for the series whose version moved since ``seen`` (updated in place);
+    a key in ``views`` is sent with its X-bar-R state in subgroups of that size."""
     for key in keys:
         now = version(ctx, key)
         if key in seen and seen[key] == now:
             continue
         seen[key] = now
-        state = state_of(ctx, key)
+        state = state_of(ctx, key, (views or {}).get(key))
         if state is not None:
             yield sse("chart", state)

@@ -13,6 +13,7 @@ page or form exists there.
 
 from __future__ import annotations
 
+import json
 import re
 import uuid
 from collections.abc import Iterator
@@ -107,6 +108,42 @@ def test_the_live_stream_refuses_unknown_excess_and_huge_series(
     refused(client.get(stream, params=[("series", f"own:s{i}") for i in range(40)]), 400)
     refused(client.get(stream, params={"series": "own:" + "x" * 5000}), 400)
     refused(client.get(stream, params={"series": "own:a\x00b"}), 400)
+
+
+def test_the_xbar_r_view_refuses_bad_subgroup_sizes_and_series_not_followed(
+    net: LocalNetwork, sunarc: tuple[httpx.Client, str]
+) -> None:
+    client, _ = sunarc
+    station = f"XBAR-{uuid.uuid4().hex[:6]}"
+    rows = [
+        {
+            "inspection_id": f"{station}-{i:03d}",
+            "station": station,
+            "inspected_at": f"2026-12-03T06:00:{i:02d}Z",
+            "verdict": "pass",
+            "score": 0.1 + 0.01 * (i % 3),
+        }
+        for i in range(11)
+    ]
+    with net["sunarc"].client() as operator:
+        ok(operator.post("/v1/ingest/inspection", json={"rows": rows}))
+    key = f"own:{station}"
+    stream = "/console/spc/stream"
+    for bad in ("1", "11", "0", "-5", "x", "9" * 5000, "", "\u0663", "5.0", "+5"):
+        answer = client.get(stream, params={"series": key, "xbar": f"{bad}:{key}"})
+        assert "subgroup size must be 2 to 10" in refused(answer, 400), bad[:10]
+    assert "is not one of the stream" in refused(
+        client.get(stream, params={"series": key, "xbar": "5:own:elsewhere"}), 400
+    )
+    refused(client.get(stream, params={"series": key, "xbar": [f"4:{key}", f"5:{key}"]}), 400)
+    # a good one streams the X-bar-R state: 11 values in subgroups of 4, 3 left waiting
+    with client.stream("GET", stream, params={"series": key, "xbar": f"4:{key}"}) as answer:
+        assert answer.status_code == 200
+        data = next(line for line in answer.iter_lines() if line.startswith("data:"))
+    state = json.loads(data.removeprefix("data:"))
+    assert state["n"] == 11
+    assert (state["xbar"]["n"], state["xbar"]["groups"], state["xbar"]["pending"]) == (4, 2, 3)
+    assert len(state["xbar"]["x"]) == len(state["xbar"]["r"]) == 2
 
 
 def test_drops_that_are_too_large_not_json_or_no_document_are_4xx(

@@ -255,6 +255,78 @@ def test_phone_width_puts_the_cpk_warning_above_the_charts(
     page.context.close()
 
 
+#: how many pixels of a plot's canvas have the value line's colour (#1f4e79)
+_INKED = """el => {
+  const c = el.querySelector("canvas");
+  if (!c) return 0;
+  const d = c.getContext("2d").getImageData(0, 0, c.width, c.height).data;
+  let k = 0;
+  for (let i = 0; i < d.length; i += 4) {
+    if (Math.abs(d[i] - 31) < 24 && Math.abs(d[i + 1] - 78) < 24 &&
+        Math.abs(d[i + 2] - 121) < 24 && d[i + 3] > 200) k++;
+  }
+  return k;
+}"""
+
+
+def test_spc_chart_switches_to_xbar_r_by_keyboard_and_marks_a_shifted_subgroup(
+    pair: LocalNetwork, live: dict[str, Any], browser: Any, shots: Shots
+) -> None:
+    page = _login(browser, pair["sunarc"], viewport={"width": 1280, "height": 900})
+    page.goto(f"{pair['sunarc'].api_url}/console/spc")
+    key = f"sub:{live['subscription']['subscription_id']}"
+    figure = page.locator(f'figure[data-series="{key}"]')
+    page.wait_for_function(
+        'k => +document.querySelector(`figure[data-series="${k}"]`).dataset.points >= 20',
+        arg=key,
+        timeout=10_000,
+    )
+    count = int(figure.get_attribute("data-points") or 0)
+    # by keyboard only: the chart's view, then n = 5 -> 4
+    figure.get_by_label("Chart", exact=True).focus()
+    page.keyboard.press("ArrowDown")
+    sync_api.expect(figure).to_have_attribute("data-view", "xbar")
+    size = figure.get_by_label("Subgroup size n")
+    sync_api.expect(size).to_be_enabled()
+    size.focus()
+    page.keyboard.press("ArrowUp")
+    sync_api.expect(size).to_have_value("4")
+    # complete subgroups only: the values beyond the last full 4 wait, undrawn
+    sync_api.expect(figure).to_have_attribute("data-subgroups", str(count // 4))
+    sync_api.expect(figure).to_have_attribute("data-pending", str(count % 4))
+    sync_api.expect(figure.locator(".plot.individuals")).to_be_hidden()
+    for chart in ("xbar", "rchart"):
+        plot = figure.locator(f".plot.{chart}")
+        sync_api.expect(plot).to_be_visible()
+        sync_api.expect(plot).to_have_attribute("data-points", str(count // 4))
+        # points drawn on the canvas, not only counted
+        plot.element_handle().wait_for_element_state("stable")
+        page.wait_for_function(f"el => ({_INKED})(el) > 50", arg=plot.element_handle())
+    # a shift: fill the open subgroup, then one whole subgroup at 0.45 (the baseline's
+    # subgroup means are about 0.11 with limits a few hundredths away)
+    shifted = 4 - count % 4 + 4
+    with pair["cellex"].client() as supplier:
+        rows = [_row(live["tag"], 300 + i, 0.45) for i in range(shifted)]
+        ok(supplier.post("/v1/ingest/inspection", json={"rows": rows}))
+    xbar = figure.locator(".plot.xbar")
+    page.wait_for_function(
+        "el => +el.dataset.violations > 0", arg=xbar.element_handle(), timeout=10_000
+    )
+    sync_api.expect(figure).to_have_attribute("data-subgroups", str((count + shifted) // 4))
+    sync_api.expect(figure).to_have_attribute("data-pending", "0")
+    figure.locator("summary").click()
+    sync_api.expect(figure.locator(".violations tbody")).to_contain_text("(X-bar)")
+    sync_api.expect(figure.locator(".violations tbody")).to_contain_text("WE1")
+    sync_api.expect(figure.locator(".xstats")).to_contain_text("R-bar")
+    shots.take(page, "spc-xbar-r")
+    # and back: the individuals chart again, on the same stream
+    figure.get_by_label("Chart", exact=True).select_option("individuals")
+    sync_api.expect(figure.locator(".plot.individuals")).to_be_visible()
+    sync_api.expect(figure.locator(".xbar-r")).to_be_hidden()
+    sync_api.expect(figure).to_have_attribute("data-points", str(count + shifted))
+    page.context.close()
+
+
 def test_contracts_negotiate_from_an_offer_then_agreement_signatures_and_chain(
     pair: LocalNetwork, live: dict[str, Any], browser: Any, shots: Shots
 ) -> None:
