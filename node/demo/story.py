@@ -102,8 +102,9 @@ STEPS: list[tuple[str, Step]] = [
     # later chapters append (title, step) here; a step stores its results in
     # report.chapters[<name>] and its printer below shows them in the summary
     (demo_contracts.TITLE, demo_contracts.contracts_step),
-    (demo_inspection.TITLE, demo_inspection.inspection_chapter),
+    (demo_inspection.TRAIN_TITLE, demo_inspection.train_step),  # the lines' own models
     ("federated learning: suppliers and OEM", demo_federation.federation_step),
+    (demo_inspection.TITLE, demo_inspection.inspection_chapter),  # hot-swaps the federated
     (demo_ledger.TITLE, demo_ledger.ledger_step),  # keep last: verifies what others anchored
 ]
 
