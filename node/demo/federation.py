@@ -17,7 +17,7 @@ member's audit set (its held-out cells). The gate's decision stands, either way;
 inspection chapter then hot-swaps an admitted version into the running line.
 
 Settings (``IMAGE_SIZE``, ``WIDTHS``, ``ROUNDS``, ``EPOCHS``): the line's 32 px and
-narrow widths, 3 rounds of 2 local epochs, chosen so the federated CNN beats each
+narrow widths, 5 rounds of 2 local epochs, chosen so the federated CNN beats each
 supplier's own model on its audit cells with these seeds, in well under a minute of
 training on 2 cores (figures in README's demo section).
 
@@ -54,7 +54,7 @@ MEMBERS = SPLIT_MEMBERS
 #: the line's input size and widths (``inspection``), so versions are alike to serve
 IMAGE_SIZE = inspection.INPUT_SIZE
 WIDTHS = (8, 16, 32)
-ROUNDS = 3
+ROUNDS = 5
 EPOCHS = 2
 TRAINING = {
     "layout": float(LAYOUT),
@@ -329,8 +329,7 @@ def print_federation(console: Console, result: FederationDemo | dict[str, Any]) 
         console.print(
             f"{d['member']} checked federated version {d['version']} (coordinator's "
             f"signature; ledger anchor: {d['anchor']}; ONNX equals the model within "
-            f"{d['max_difference']:.1e}), registered it as {d['registry_version'][:12]}; "
-            + gate,
+            f"{d['max_difference']:.1e}), registered it as {d['registry_version'][:12]}; " + gate,
             highlight=False,
         )
     best = max((v["accuracy"] for v in r.local_only.values()), default=0.0)
