@@ -18,8 +18,8 @@ inspection chapter then hot-swaps an admitted version into the running line.
 
 Settings (``IMAGE_SIZE``, ``WIDTHS``, ``ROUNDS``, ``EPOCHS``): the line's 32 px and
 narrow widths, 5 rounds of 2 local epochs, chosen so the federated CNN beats each
-supplier's own model on its audit cells with these seeds, in well under a minute of
-training on 2 cores (figures in README's demo section).
+supplier's own model on its audit cells on the gate's metric with these seeds (3
+rounds did not at Cellex), in about 20-30 s on 2 cores (figures in the README).
 
 How the demo uses it: ``federation_step`` fits ``node.demo.story.STEPS`` (it stores
 its result in ``report.chapters["federation"]``) and ``federation_printer`` fits
