@@ -106,8 +106,9 @@ STEPS: list[tuple[str, Step]] = [
     # (the trace runs before the contracts chapter closes the orders it is scoped to)
     (demo_trace.TITLE, demo_trace.trace_step),
     (demo_contracts.TITLE, demo_contracts.contracts_step),
-    (demo_inspection.TITLE, demo_inspection.inspection_chapter),
+    (demo_inspection.TRAIN_TITLE, demo_inspection.train_step),  # the lines' own models
     ("federated learning: suppliers and OEM", demo_federation.federation_step),
+    (demo_inspection.TITLE, demo_inspection.inspection_chapter),  # hot-swaps the federated
     (demo_ledger.TITLE, demo_ledger.ledger_step),  # keep last: verifies what others anchored
 ]
 

@@ -209,8 +209,24 @@ def test_demo_inspects_at_every_supplier(
         assert line["stored"] > 0 and line["stored"] == line["qdm_new_rows"]
         assert line["stored"] + line["dropped"] <= line["frames"]
         assert line["stored"] >= line["frames"] // 2, line
-        assert len(line["versions"]) == 2  # hot swap: both versions judged frames
         assert line["heatmaps"] > 0
+        judged = line["verdicts_by_version"]
+        assert judged[line["own_version"]] > 0  # the line started on its own model
+        fed = line["federated"]
+        assert fed is not None and fed["source"].startswith("federated:el-cnn-fl/"), fed
+        if fed["gate"]["promote"]:  # hot swap: the federated version judged the rest
+            assert line["swapped_to"] == fed["version"], line
+            assert set(judged) == {line["own_version"], fed["version"]}, judged
+            assert judged[fed["version"]] > 0
+        else:  # refused by the gate: not forced, the line kept its own model
+            assert line["swapped_to"] is None and set(judged) == {line["own_version"]}
+            assert "REFUSED federated" in done.stdout
+    # the demo's settings are chosen so that Cellex's gate lets the federated CNN in
+    cellex = inspection["cellex"]
+    assert cellex["federated"]["gate"]["outcome"] == "activated", cellex["federated"]
+    assert cellex["swapped_to"] == cellex["federated"]["version"]
+    assert cellex["swapped_at_s"] is not None
+    assert f"promotion gate at cellex let federated {cellex['swapped_to'][:12]} in" in done.stdout
 
 
 def test_demo_federates_and_regulator_verifies(
@@ -225,9 +241,17 @@ def test_demo_federates_and_regulator_verifies(
     assert set(federation["members"]) >= {"cellex", "polycell", "sunarc"}
     # members trained only under a negotiated job agreement (model updates for training)
     assert set(federation["agreements"]) == {"cellex", "polycell"}
-    deployed = federation["deployed"]  # signature + anchor checked, ONNX equal, active
-    assert deployed["member"] == "cellex" and deployed["max_difference"] <= 1e-4
-    assert deployed["version"] == federation["rounds"][-1]["version"]
+    assert federation["model"] == "el-cnn"  # the line's own CNN, not the light MLP
+    assert set(federation["local_only"]) == {"cellex", "polycell"}
+    for supplier in ("cellex", "polycell"):  # signature + anchor checked, ONNX equal, gated
+        deployed = federation["deployed"][supplier]
+        assert deployed["member"] == supplier and deployed["model"] == "el-cnn"
+        assert deployed["max_difference"] <= 1e-4
+        assert deployed["version"] == federation["rounds"][-1]["version"]
+        # the version the line hot-swapped is the one this node checked and registered
+        line = chapters["inspection"][supplier]
+        assert line["federated"]["version"] == deployed["registry_version"]
+        assert line["federated"]["gate"]["promote"] == deployed["active"]
     ledger = chapters["ledger"]
     assert ledger["contracts"] and all(c["valid"] for c in ledger["contracts"])
     assert ledger["inspections"] and all(i["valid"] for i in ledger["inspections"])

@@ -473,19 +473,30 @@ def test_cli_start_join_and_status(network: LocalNetwork, tmp_path: Path) -> Non
 
 
 def test_demo_chapter_runs_the_el_job(network: LocalNetwork) -> None:
+    """The demo's job trains the line's CNN; both suppliers' nodes deploy the final
+    version (here with no line model and no audit set yet: activated ungated)."""
+    pytest.importorskip("torch")
+    from qdspace.node.demo.federation import DEPLOY_AT, ROUNDS, run_federation_chapter
     from qdspace.node.demo.federation import MEMBERS as DEMO_MEMBERS
-    from qdspace.node.demo.federation import ROUNDS, run_federation_chapter
+    from qdspace.node.demo.report import DemoReport
 
-    result = run_federation_chapter(network, job_id="el-demo-test")
+    report = DemoReport(workdir=str(network.workdir))
+    result = run_federation_chapter(network, report, job_id="el-demo-test")
+    assert result.model == "el-cnn"
     assert [r["version"] for r in result.rounds] == list(range(ROUNDS + 1))
     assert all(r["members"] == list(DEMO_MEMBERS) for r in result.rounds[1:])
-    assert set(result.local_only) == set(DEMO_MEMBERS)
+    assert result.local_only == {}  # no line models were trained before it here
     # every member but the coordinator negotiated the job's contract before training
     assert set(result.agreements) == set(DEMO_MEMBERS) - {COORDINATOR}
     # Each member's data went into its own node directory only.
     for m in DEMO_MEMBERS:
         assert (network[m].directory / "federation" / "data" / "el-demo-test.npz").is_file()
     assert result.global_accuracy == result.rounds[-1]["accuracy"]
+    assert set(result.deployed) == set(DEPLOY_AT)
+    for member, deployed in result.deployed.items():
+        assert deployed["member"] == member
+        assert deployed["model"] == "el-cnn" and deployed["version"] == ROUNDS
+        assert deployed["max_difference"] <= 1e-4
 
 
 def _el_cells(count: int, size: int, seed: int) -> tuple[np.ndarray, np.ndarray]:

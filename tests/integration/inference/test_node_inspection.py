@@ -127,34 +127,34 @@ def test_a_corrupt_model_file_is_refused_by_name(node: MemberProcess) -> None:
     assert active.file in result.output and "content hash" in result.output
 
 
-def test_the_demo_chapter_inspects_and_hot_swaps_at_the_supplier(
-    network: LocalNetwork, local_ray: None
-) -> None:
-    from qdspace.node.demo.inspection import CHAPTER, inspection_chapter, print_inspection
+def test_the_demo_chapter_inspects_at_the_supplier(network: LocalNetwork, local_ray: None) -> None:
+    """The supplier's own model on its line; without a federated job (the demo test runs
+    the whole story) nothing is offered to the gate and nothing is swapped."""
+    from qdspace.node.demo.inspection import (
+        CHAPTER,
+        inspection_chapter,
+        print_inspection,
+        train_step,
+    )
     from qdspace.node.demo.report import DemoReport
 
     db = network["cellex"].directory / "node.db"
     before = len(_rows(db))
-    # a demo node starts without models: the first version then only has to beat the
+    # a demo node starts without models: its own version then only has to beat the
     # majority class, not the version the CLI test above trained
     shutil.rmtree(ModelRegistry(network["cellex"].directory).root, ignore_errors=True)
     report = DemoReport(workdir=str(network.workdir))
+    train_step(network, report)
+    registry = ModelRegistry(network["cellex"].directory)
+    own = registry.active()
+    assert own is not None and own.version == report.chapters[CHAPTER]["cellex"]["own_version"]
+    assert registry.audit_set() is not None
     inspection_chapter(network, report)
     result = report.chapters[CHAPTER]["cellex"]
     rows = _rows(db)[before:]
     assert result["stored"] == len(rows) == result["qdm_new_rows"] > 0
-    registry = ModelRegistry(network["cellex"].directory)
-    first, second = registry.versions()[-2:]
-    assert second.parent == first.version
-    versions = [r[2] for r in rows]
-    gate = result["gate"]
-    assert gate is not None and gate["summary"].startswith("weighted_accuracy")
-    # the fine-tuned version is swapped in only if the promotion gate let it in
-    if gate["promote"]:
-        assert result["swapped_at_s"] is not None
-        assert set(versions) == {first.version, second.version}
-    else:
-        assert result["swapped_at_s"] is None and set(versions) == {first.version}
+    assert {r[2] for r in rows} == {own.version}
+    assert result["federated"] is None and result["swapped_at_s"] is None
     assert result["dropped"] == 0
     for held_out in result["held_out"]:
         assert 0.0 <= held_out["accuracy"] <= 1.0 and 0.0 <= held_out["auroc"] <= 1.0
@@ -162,5 +162,5 @@ def test_the_demo_chapter_inspects_and_hot_swaps_at_the_supplier(
     console = Console(record=True, width=100)
     print_inspection(console, report)
     text = console.export_text()
-    assert "hot swap at" in text and "gate on v2 (audit)" in text
-    assert ("let v2 in" if gate["promote"] else "REFUSED v2") in text
+    assert "hot swap at" in text and "gate on federated" in text
+    assert "cellex: no federated version was deployed" in text
