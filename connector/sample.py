@@ -160,7 +160,9 @@ BATCH_FIELDS = [
 ]
 
 
-def _supplier_files(folder: Path, member: str, bad_rows: bool, pecvd: bool = True) -> dict[str, Path]:
+def _supplier_files(
+    folder: Path, member: str, bad_rows: bool, pecvd: bool = True
+) -> dict[str, Path]:
     s = SUPPLIERS[member]
     rng = _rng(member)
     prefix, order, cell = s["prefix"], s["order"], s["cell"]

@@ -11,8 +11,10 @@ timestamp and so the same natural key: a duplicate, stored once.
 A backfilled reading is stored with the batch and order that were current when it was
 taken, not those current now: where the server keeps the history of a context node too,
 the backfill reads it and takes, for each reading, the newest context value at or
-before the reading's source time (a gap can span a batch change). Without that history
-(or for a reading older than all of it) the current value is used, as live.
+before the reading's source time (a gap can span a batch change). Live data changes are
+matched the same way against that history and the context changes seen since, so the
+re-subscription's first value (an old reading) keeps the batch it was taken in too.
+For a reading older than all that is known of the context, the current value is used.
 """
 
 from __future__ import annotations
@@ -51,6 +53,11 @@ class _ContextHistory:
         self.times = [t for t, _ in values]
         self.values = [v for _, v in values]
 
+    def add(self, when: datetime, value: Any) -> None:
+        i = bisect.bisect_right(self.times, when)
+        self.times.insert(i, when)
+        self.values.insert(i, value)
+
     def at(self, when: datetime) -> tuple[bool, Any]:
         i = bisect.bisect_right(self.times, when)
         return (True, self.values[i - 1]) if i else (False, None)
@@ -75,6 +82,8 @@ class OpcuaConnector:
         self.sink = sink
         self.by_id = {n.node_id: n for n in config.nodes}
         self.context: dict[str, Any] = {}
+        #: context values by source time (the server's history, then what arrived live)
+        self.history: dict[str, _ContextHistory] = {}
         self.sessions = 0
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -169,7 +178,7 @@ class OpcuaConnector:
         for node in self.config.nodes:
             since = await asyncio.to_thread(self.sink.latest, node.equipment, node.element)
             starts[node.node_id] = since or now - timedelta(seconds=self.config.backfill_max_s)
-        history = await self._context_history(client, min(starts.values()), end)
+        self.history.update(await self._context_history(client, min(starts.values()), end))
         for node in self.config.nodes:
             start = starts[node.node_id]
             try:
@@ -177,7 +186,7 @@ class OpcuaConnector:
             except UaStatusCodeError as exc:
                 log.info("opcua %s: no history for backfill: %s", node.node_id, exc)
                 continue
-            items = [self._item(node, dv, self._context_at(dv, history)) for dv in values]
+            items = [self._item(node, dv) for dv in values]
             for i in range(0, len(items), BATCH):
                 await asyncio.to_thread(self.sink.put, items[i : i + BATCH])
             if items:
@@ -209,27 +218,22 @@ class OpcuaConnector:
                 out[node_id] = _ContextHistory(timed)
         return out
 
-    def _context_at(self, dv: Any, history: Mapping[str, _ContextHistory]) -> Mapping[str, Any]:
+    def _context_at(self, dv: Any) -> Mapping[str, Any]:
         """The context as it was when ``dv`` was taken (where history tells)."""
         taken = dv.SourceTimestamp or dv.ServerTimestamp
-        if not history or taken is None:
+        if not self.history or taken is None:
             return self.context
         context = dict(self.context)
-        for node_id, values in history.items():
+        for node_id, values in self.history.items():
             known, value = values.at(_utc(taken))
             if known:
                 context[node_id] = value
         return context
 
-    def _item(self, node: OpcuaNode, dv: Any, context: Mapping[str, Any] | None = None) -> Item:
+    def _item(self, node: OpcuaNode, dv: Any) -> Item:
         value = dv.Value.Value if dv.Value is not None else None
-        row = opcua_row(
-            node,
-            value,
-            dv.SourceTimestamp,
-            dv.ServerTimestamp,
-            self.context if context is None else context,
-        )
+        context = self._context_at(dv)
+        row = opcua_row(node, value, dv.SourceTimestamp, dv.ServerTimestamp, context)
         return (f"opcua:{node.node_id}", row)
 
     async def _pump(
@@ -245,7 +249,13 @@ class OpcuaConnector:
                 for node_id, dv in changes:
                     node = self.by_id.get(node_id)
                     if node is None:  # a context node: the batch / order from now on
-                        self.context[node_id] = dv.Value.Value if dv.Value is not None else None
+                        value = dv.Value.Value if dv.Value is not None else None
+                        self.context[node_id] = value
+                        since = dv.SourceTimestamp or dv.ServerTimestamp
+                        if since is not None:
+                            self.history.setdefault(node_id, _ContextHistory([])).add(
+                                _utc(since), value
+                            )
                         continue
                     items.append(self._item(node, dv))
                 if items:

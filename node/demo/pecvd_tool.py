@@ -56,6 +56,7 @@ async def serve(directory: Path, port: int, stop: asyncio.Event) -> None:
     endpoint = f"opc.tcp://127.0.0.1:{port}/cellex/pecvd/"
     server.set_endpoint(endpoint)
     server.set_server_name("Cellex PECVD line (simulated)")
+    server.set_security_policy([ua.SecurityPolicyType.NoSecurity])  # loopback only
     idx = await server.register_namespace(NAMESPACE)
     nodes: dict[tuple[str, str], Any] = {}
     for tool in TOOLS:
