@@ -26,6 +26,7 @@ from rich.table import Table
 
 from qdspace.connector.sample import START
 from qdspace.connector.sample_pecvd import MEMBER
+from qdspace.node.demo import pecvd_tool
 from qdspace.node.demo.report import DemoReport
 from qdspace.node.errors import NodeError
 from qdspace.node.localnet.line import LineProcess
@@ -52,16 +53,18 @@ def _wait_for(line: LineProcess, check: Any, timeout: float, what: str) -> Any:
     raise NodeError(f"{line.name}: no {what} in {timeout:.0f} s; log {line.log_path}:\n{tail}")
 
 
-def _start_tool(network: LocalNetwork, base: Path) -> dict[str, Any]:
-    from qdspace.node.demo.pecvd_tool import READY_FILE
-
+def _start_tool(network: LocalNetwork, base: Path, port: int) -> LineProcess:
     directory = base / TOOL
-    argv = ["-m", "qdspace.node.demo.pecvd_tool", "--dir", str(directory)]
-    argv += ["--port", str(free_port())]
+    argv = ["-m", "qdspace.node.demo.pecvd_tool", "--dir", str(directory), "--port", str(port)]
     tool = LineProcess(TOOL, [network.python, *argv], base / f"{TOOL}.log", str(directory))
     network.line[TOOL] = tool
     tool.spawn(network.env)
-    ready = directory / READY_FILE
+    return tool
+
+
+def _tool_ready(tool: LineProcess) -> dict[str, Any]:
+    """What the tool serves, once it does (its ``tool.json``)."""
+    ready = Path(tool.marker) / pecvd_tool.READY_FILE
 
     def info() -> dict[str, Any] | None:
         if not ready.exists():
@@ -73,18 +76,17 @@ def _start_tool(network: LocalNetwork, base: Path) -> dict[str, Any]:
     return found
 
 
-def _connector_config(info: dict[str, Any], path: Path) -> Path:
+def _connector_config(port: int, path: Path) -> Path:
     """The connector's mapping: each tool variable -> its dictionary element, unit,
     equipment, and the tool's batch and order variables as context."""
-    keys = ("node_id", "element", "unit", "equipment", "batch_id_node", "order_id_node")
     reach = datetime.now(UTC) - START + timedelta(days=1)  # back to the sample's first shift
     config = {
-        "endpoint": info["endpoint"],
+        "endpoint": pecvd_tool.endpoint(port),
         "publishing_interval_ms": 200,
-        "reconnect_s": 1.0,
+        "reconnect_s": 0.5,  # started with the tool: it connects once the tool serves
         "history": True,
         "backfill_max_s": reach.total_seconds(),
-        "nodes": [{k: n[k] for k in keys} for n in info["nodes"]],
+        "nodes": pecvd_tool.mapped_nodes(),
     }
     path.write_text(json.dumps(config, indent=2) + "\n")
     return path
@@ -95,8 +97,10 @@ def opcua_step(network: LocalNetwork, report: DemoReport) -> None:
     clock = time.monotonic()
     cellex = network[MEMBER]
     base = network.workdir / "line"
-    info = _start_tool(network, base)
-    config = _connector_config(info, base / f"{CONNECTOR}.json")
+    base.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    config = _connector_config(port, base / f"{CONNECTOR}.json")
+    tool = _start_tool(network, base, port)
     with cellex.operator() as client:
         before = client.qdm_counts().get("measurement", 0)
     argv = ["-m", "qdspace", "connect", "opcua", "--dir", str(cellex.directory)]
@@ -105,7 +109,11 @@ def opcua_step(network: LocalNetwork, report: DemoReport) -> None:
         CONNECTOR, [network.python, *argv], base / f"{CONNECTOR}.log", str(config)
     )
     network.line[CONNECTOR] = connector
-    connector.spawn(network.env)
+    connector.spawn(network.env)  # starts up while the tool does
+    info = _tool_ready(tool)
+    mapped = {n["node_id"] for n in pecvd_tool.mapped_nodes()}
+    if {n["node_id"] for n in info["nodes"]} != mapped:
+        raise NodeError(f"{TOOL} serves {info['nodes']}, the connector maps {sorted(mapped)}")
     published = sum(int(n["published"]) for n in info["nodes"])
     counts: dict[str, int] = {}
 

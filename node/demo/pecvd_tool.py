@@ -40,6 +40,29 @@ VARIABLES = {
     "ArcThickness": ("arc_thickness", "nm"),
 }
 CONTEXT = {"Batch": "batch_id", "Order": "order_id"}
+#: the namespace index the server gives `NAMESPACE` (its first own namespace)
+NS = 2
+
+
+def endpoint(port: int) -> str:
+    return f"opc.tcp://127.0.0.1:{port}/cellex/pecvd/"
+
+
+def mapped_nodes() -> list[dict[str, str]]:
+    """The tool's measured variables as a connector maps them: node id, data element,
+    unit, equipment, and its batch and order variables as context."""
+    return [
+        {
+            "node_id": f"ns={NS};s={tool}.{name}",
+            "element": element,
+            "unit": unit,
+            "equipment": tool,
+            "batch_id_node": f"ns={NS};s={tool}.Batch",
+            "order_id_node": f"ns={NS};s={tool}.Order",
+        }
+        for tool in TOOLS
+        for name, (element, unit) in VARIABLES.items()
+    ]
 
 
 def _mbar(row: dict[str, Any]) -> float:
@@ -53,11 +76,13 @@ async def serve(directory: Path, port: int, stop: asyncio.Event) -> None:
 
     server = Server()
     await server.init()
-    endpoint = f"opc.tcp://127.0.0.1:{port}/cellex/pecvd/"
-    server.set_endpoint(endpoint)
+    url = endpoint(port)
+    server.set_endpoint(url)
     server.set_server_name("Cellex PECVD line (simulated)")
     server.set_security_policy([ua.SecurityPolicyType.NoSecurity])  # loopback only
     idx = await server.register_namespace(NAMESPACE)
+    if idx != NS:
+        raise RuntimeError(f"namespace {NAMESPACE} got index {idx}, not {NS}")
     nodes: dict[tuple[str, str], Any] = {}
     for tool in TOOLS:
         obj = await server.nodes.objects.add_object(ua.NodeId(tool, idx), tool)
@@ -73,7 +98,7 @@ async def serve(directory: Path, port: int, stop: asyncio.Event) -> None:
     try:
         published = await _historian(server, nodes)
         info = {
-            "endpoint": endpoint,
+            "endpoint": url,
             "pid": os.getpid(),
             "nodes": [
                 {
@@ -92,7 +117,7 @@ async def serve(directory: Path, port: int, stop: asyncio.Event) -> None:
         tmp = directory / f".{READY_FILE}.tmp"
         tmp.write_text(json.dumps(info, indent=2) + "\n")
         tmp.replace(directory / READY_FILE)
-        log.info("serving %s: %s", endpoint, published)
+        log.info("serving %s: %s", url, published)
         await stop.wait()
     finally:
         await server.stop()

@@ -304,7 +304,7 @@ class LocalNetwork:
         member, and by host when all stop)."""
         codes: dict[str, int] = {}
         if names is None:  # the line first: its connectors write into the nodes
-            for line in self.line.values():
+            for line in reversed(self.line.values()):  # connectors before their sources
                 line.stop()
         chosen = [self.members[n] for n in (names or self.members)]
         for member in chosen:
