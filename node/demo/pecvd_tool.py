@@ -72,8 +72,10 @@ def _mbar(row: dict[str, Any]) -> float:
 
 
 async def serve(directory: Path, port: int, stop: asyncio.Event) -> None:
-    from asyncua import Server, ua
+    from asyncua import ua as _ua
+    from asyncua.server.server import Server
 
+    ua: Any = _ua  # its stubs want its own wrapper types where plain ones work
     server = Server()
     await server.init()
     url = endpoint(port)
@@ -125,13 +127,15 @@ async def serve(directory: Path, port: int, stop: asyncio.Event) -> None:
 
 async def _historian(server: Any, nodes: dict[tuple[str, str], Any]) -> dict[tuple[str, str], int]:
     """Every sample reading into its variable's history; the last one as its value."""
-    from asyncua import ua
+    from asyncua import ua as _ua
+
+    ua: Any = _ua
 
     storage = server.iserver.history_manager.storage
     for node in nodes.values():
         await storage.new_historized_node(node.nodeid, None, 0)
     published = {key: 0 for key in nodes}
-    last: dict[tuple[str, str], ua.DataValue] = {}
+    last: dict[tuple[str, str], Any] = {}
 
     async def save(key: tuple[str, str], variant: Any, at: datetime) -> None:
         dv = ua.DataValue(variant, SourceTimestamp=at, ServerTimestamp=at)

@@ -235,6 +235,8 @@ def print_left_running(console: Console, network: LocalNetwork) -> None:
         table.add_row(f"{name} operator API", pid, f"{m.api_url}/docs")
         table.add_row(f"{name} regulator API", pid, f"{m.regulator_url}/docs")
         table.add_row(f"{name} web console", pid, f"{m.api_url}/console/")
+    for name, line in network.line.items():  # the simulated PECVD line and its connector
+        table.add_row(name, "-" if line.process is None else str(line.process.pid), line.marker)
     for name, h in network.hosts.items():
         pid = "-" if h.process is None else str(h.process.pid)
         table.add_row(f"{name} host: operator listener (tenants by token)", pid, h.api_url)
