@@ -14,9 +14,10 @@ $(VENV)/bin/activate:
 # What the demo needs beyond the core install (a node: contracts, ledger client, FL):
 # `inspect` (Ray Serve + onnxruntime: the inspection chapter), `devchain` (the embedded
 # EVM chain it anchors on), `train` (each supplier's small CNN, the ONNX export) and
-# `elpv` (the EL images, CC BY-NC-SA 4.0, non-commercial). torch==2.13.0 (CPU) comes
-# from the machine's local wheel.
-DEMO_EXTRAS := inspect,devchain,train,elpv
+# `elpv` (the EL images, CC BY-NC-SA 4.0, non-commercial), `connect` (asyncua: Cellex's
+# simulated PECVD line and `qdspace connect opcua`). torch==2.13.0 (CPU) comes from the
+# machine's local wheel.
+DEMO_EXTRAS := inspect,devchain,train,elpv,connect
 
 $(VENV)/.demo-installed: pyproject.toml $(VENV)/bin/activate
 	$(PIP) install -q 'torch==2.13.0'

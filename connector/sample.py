@@ -160,7 +160,9 @@ BATCH_FIELDS = [
 ]
 
 
-def _supplier_files(folder: Path, member: str, bad_rows: bool) -> dict[str, Path]:
+def _supplier_files(
+    folder: Path, member: str, bad_rows: bool, pecvd: bool = True
+) -> dict[str, Path]:
     s = SUPPLIERS[member]
     rng = _rng(member)
     prefix, order, cell = s["prefix"], s["order"], s["cell"]
@@ -238,7 +240,7 @@ def _supplier_files(folder: Path, member: str, bad_rows: bool) -> dict[str, Path
     if member == PLANTED:  # the PECVD excursion, its decoy, certificates: sample_cellex
         from qdspace.connector import sample_cellex
 
-        measurements = sample_cellex.measurements(order)
+        measurements = sample_cellex.measurements(order, pecvd=pecvd)
     else:
         measurements = _process_rows(member, rng)
     if bad_rows:
@@ -506,16 +508,19 @@ def _grade(void: float) -> str:
 
 
 def write_sample_files(
-    folder: Path, member: str, role: str, *, bad_rows: bool = False
+    folder: Path, member: str, role: str, *, bad_rows: bool = False, pecvd: bool = True
 ) -> dict[str, Path]:
-    """Write ``member``'s sample files into ``folder``; returns kind -> file, in ingest order."""
+    """Write ``member``'s sample files into ``folder``; returns kind -> file, in ingest order.
+
+    ``pecvd=False`` leaves Cellex's PECVD readings (`sample_pecvd`) out of its process
+    file: the demo has them arrive over OPC UA instead, and once is enough."""
     from qdspace.connector.sample_wafers import WAFER_MAKERS, wafer_maker_files
 
     folder.mkdir(parents=True, exist_ok=True)
     if member in WAFER_MAKERS:
         return wafer_maker_files(folder, member)
     if member in SUPPLIERS:
-        return _supplier_files(folder, member, bad_rows)
+        return _supplier_files(folder, member, bad_rows, pecvd)
     if role == "oem":
         return _oem_files(folder, member)
     return {}

@@ -78,9 +78,10 @@ def firing_readings(order: str) -> list[dict[str, Any]]:
     return rows
 
 
-def measurements(order: str) -> list[dict[str, Any]]:
-    """Cellex's process readings: its PECVD tools' and its furnace's, in time order."""
-    rows = pecvd_readings(MEMBER) + firing_readings(order)
+def measurements(order: str, *, pecvd: bool = True) -> list[dict[str, Any]]:
+    """Cellex's process readings: its PECVD tools' (unless ``pecvd`` is False: a line
+    connector delivers them) and its furnace's, in time order."""
+    rows = (pecvd_readings(MEMBER) if pecvd else []) + firing_readings(order)
     return sorted(rows, key=lambda r: (r["measured_at"], r["equipment"], r["parameter"]))
 
 

@@ -2,9 +2,9 @@
 
 Every reading Cellex's two PECVD tools log in the sample data comes from
 `pecvd_readings`, and only from there: the chamber vacuum of each cell batch and the
-in-situ thickness of its anti-reflective coating. Today they reach Cellex's node as a
-CSV file (`sample.write_sample_files`); a plant connector (OPC UA, MQTT) feeding the same
-readings live needs only this function, with the timestamps it returns.
+in-situ thickness of its anti-reflective coating. They reach Cellex's node either in its
+CSV file (`sample.write_sample_files`) or, in the demo, over OPC UA from a simulated tool
+(`node.demo.pecvd_tool`) serving these readings with their timestamps as its history.
 
 A cell batch runs for one shift of eight hours, its wafers coated on both tools side by
 side, and each tool logs its chamber vacuum every ten minutes. The readings are ordinary

@@ -7,13 +7,23 @@ server's history (where it keeps one) for each node from the newest reading stor
 it up to now, so a gap (the connector down, the network out) is filled; whatever
 overlaps, including the value a fresh subscription sends first, has the same source
 timestamp and so the same natural key: a duplicate, stored once.
+
+A backfilled reading is stored with the batch and order that were current when it was
+taken, not those current now: where the server keeps the history of a context node too,
+the backfill reads it and takes, for each reading, the newest context value at or
+before the reading's source time (a gap can span a batch change). Live data changes are
+matched the same way against that history and the context changes seen since, so the
+re-subscription's first value (an old reading) keeps the batch it was taken in too.
+For a reading older than all that is known of the context, the current value is used.
 """
 
 from __future__ import annotations
 
 import asyncio
+import bisect
 import contextlib
 import logging
+from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -27,6 +37,30 @@ log = logging.getLogger("qdspace.connector.linein.opcua")
 BATCH = 500
 #: a backfill reads this far past our clock: a tool's clock may run ahead of ours
 CLOCK_SKEW = timedelta(minutes=5)
+#: a context node's history is read this far before the oldest reading backfilled
+CONTEXT_LOOKBACK = timedelta(days=7)
+
+
+def _utc(at: datetime) -> datetime:
+    return at.replace(tzinfo=UTC) if at.tzinfo is None else at.astimezone(UTC)
+
+
+class _ContextHistory:
+    """A context node's values by source time: which was current at a given moment."""
+
+    def __init__(self, values: list[tuple[datetime, Any]]) -> None:
+        values.sort(key=lambda tv: tv[0])
+        self.times = [t for t, _ in values]
+        self.values = [v for _, v in values]
+
+    def add(self, when: datetime, value: Any) -> None:
+        i = bisect.bisect_right(self.times, when)
+        self.times.insert(i, when)
+        self.values.insert(i, value)
+
+    def at(self, when: datetime) -> tuple[bool, Any]:
+        i = bisect.bisect_right(self.times, when)
+        return (True, self.values[i - 1]) if i else (False, None)
 
 
 class _Changes:
@@ -48,6 +82,8 @@ class OpcuaConnector:
         self.sink = sink
         self.by_id = {n.node_id: n for n in config.nodes}
         self.context: dict[str, Any] = {}
+        #: context values by source time (the server's history, then what arrived live)
+        self.history: dict[str, _ContextHistory] = {}
         self.sessions = 0
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -138,9 +174,13 @@ class OpcuaConnector:
 
         now = datetime.now(UTC)
         end = now + CLOCK_SKEW
+        starts = {}
         for node in self.config.nodes:
             since = await asyncio.to_thread(self.sink.latest, node.equipment, node.element)
-            start = since or now - timedelta(seconds=self.config.backfill_max_s)
+            starts[node.node_id] = since or now - timedelta(seconds=self.config.backfill_max_s)
+        self.history.update(await self._context_history(client, min(starts.values()), end))
+        for node in self.config.nodes:
+            start = starts[node.node_id]
             try:
                 values = await client.get_node(node.node_id).read_raw_history(start, end)
             except UaStatusCodeError as exc:
@@ -154,9 +194,46 @@ class OpcuaConnector:
                     "opcua %s: backfilled %d readings since %s", node.node_id, len(items), start
                 )
 
+    async def _context_history(
+        self, client: Any, start: datetime, end: datetime
+    ) -> dict[str, _ContextHistory]:
+        """The history of every context node the server keeps one of."""
+        from asyncua.ua.uaerrors import UaStatusCodeError
+
+        out: dict[str, _ContextHistory] = {}
+        for node_id in self._context_ids():
+            try:
+                values = await client.get_node(node_id).read_raw_history(
+                    start - CONTEXT_LOOKBACK, end
+                )
+            except UaStatusCodeError as exc:
+                log.info("opcua %s: no context history: %s", node_id, exc)
+                continue
+            timed = [
+                (_utc(dv.SourceTimestamp or dv.ServerTimestamp), dv.Value.Value)
+                for dv in values
+                if dv.Value is not None and (dv.SourceTimestamp or dv.ServerTimestamp)
+            ]
+            if timed:
+                out[node_id] = _ContextHistory(timed)
+        return out
+
+    def _context_at(self, dv: Any) -> Mapping[str, Any]:
+        """The context as it was when ``dv`` was taken (where history tells)."""
+        taken = dv.SourceTimestamp or dv.ServerTimestamp
+        if not self.history or taken is None:
+            return self.context
+        context = dict(self.context)
+        for node_id, values in self.history.items():
+            known, value = values.at(_utc(taken))
+            if known:
+                context[node_id] = value
+        return context
+
     def _item(self, node: OpcuaNode, dv: Any) -> Item:
         value = dv.Value.Value if dv.Value is not None else None
-        row = opcua_row(node, value, dv.SourceTimestamp, dv.ServerTimestamp, self.context)
+        context = self._context_at(dv)
+        row = opcua_row(node, value, dv.SourceTimestamp, dv.ServerTimestamp, context)
         return (f"opcua:{node.node_id}", row)
 
     async def _pump(
@@ -172,7 +249,13 @@ class OpcuaConnector:
                 for node_id, dv in changes:
                     node = self.by_id.get(node_id)
                     if node is None:  # a context node: the batch / order from now on
-                        self.context[node_id] = dv.Value.Value if dv.Value is not None else None
+                        value = dv.Value.Value if dv.Value is not None else None
+                        self.context[node_id] = value
+                        since = dv.SourceTimestamp or dv.ServerTimestamp
+                        if since is not None:
+                            self.history.setdefault(node_id, _ContextHistory([])).add(
+                                _utc(since), value
+                            )
                         continue
                     items.append(self._item(node, dv))
                 if items:

@@ -33,6 +33,7 @@ from qdspace.node.demo import federation as demo_federation
 from qdspace.node.demo import hosting as demo_hosting
 from qdspace.node.demo import inspection as demo_inspection
 from qdspace.node.demo import ledger as demo_ledger
+from qdspace.node.demo import line as demo_line
 from qdspace.node.demo import trace as demo_trace
 from qdspace.node.demo import trace_print as demo_trace_print
 from qdspace.node.demo.report import DemoReport, Printer, Step
@@ -44,7 +45,10 @@ def _ingest_member(network: LocalNetwork, name: str, report: DemoReport) -> None
     """Through the member's own operator API: its node's, or a tenant's at its host."""
     member = network.participants[name]
     folder = network.workdir / "sample-data" / name
-    files = write_sample_files(folder, name, member.spec.role, bad_rows=(name == "cellex"))
+    # cellex's PECVD readings come over OPC UA instead (`demo.line`)
+    files = write_sample_files(
+        folder, name, member.spec.role, bad_rows=(name == "cellex"), pecvd=(name != "cellex")
+    )
     report.ingest[name] = {}
     with member.operator() as client:
         for kind, path in files.items():
@@ -114,6 +118,7 @@ STEPS: list[tuple[str, Step]] = [
 
 # printers of the later chapters, called in order after the foundation's summary
 CHAPTER_PRINTERS: list[Printer] = [
+    demo_line.print_opcua,
     demo_trace_print.print_trace,
     demo_contracts.print_contracts,
     demo_inspection.print_inspection,
@@ -179,6 +184,9 @@ def run_demo(
             for name in names:
                 _ingest_member(network, name, report)
                 progress.advance(task)
+            task = progress.add_task(demo_line.TITLE, total=1)
+            demo_line.opcua_step(network, report)
+            progress.advance(task)
             for title, step in FOUNDATION_STEPS if network_only else STEPS:
                 task = progress.add_task(title, total=1)
                 step(network, report)
@@ -228,6 +236,8 @@ def print_left_running(console: Console, network: LocalNetwork) -> None:
         table.add_row(f"{name} operator API", pid, f"{m.api_url}/docs")
         table.add_row(f"{name} regulator API", pid, f"{m.regulator_url}/docs")
         table.add_row(f"{name} web console", pid, f"{m.api_url}/console/")
+    for name, line in network.line.items():  # the simulated PECVD line and its connector
+        table.add_row(name, "-" if line.process is None else str(line.process.pid), line.marker)
     for name, h in network.hosts.items():
         pid = "-" if h.process is None else str(h.process.pid)
         table.add_row(f"{name} host: operator listener (tenants by token)", pid, h.api_url)

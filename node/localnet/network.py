@@ -41,6 +41,7 @@ from qdspace.node.init import init_node
 from qdspace.node.layout import NodeLayout
 from qdspace.node.localnet.chain import ChainProcess
 from qdspace.node.localnet.hosting import HostProcess, HostSpec, Participant, TenantMember
+from qdspace.node.localnet.line import LineProcess
 from qdspace.node.run import read_runtime
 
 START_TIMEOUT_S = 60.0
@@ -166,6 +167,8 @@ class LocalNetwork:
         #: managed hosts by name, and the members they serve (`create` fills both)
         self.hosts: dict[str, HostProcess] = {}
         self.tenants: dict[str, TenantMember] = {}
+        #: simulated plant equipment and line connectors (`localnet.line`), by name
+        self.line: dict[str, LineProcess] = {}
         # a PostgreSQL server for every member's database (a schema each); None: SQLite files
         self.pg_url = normalise_url(pg_url) if pg_url else None
         self.pg_schemas: list[str] = []
@@ -300,6 +303,9 @@ class LocalNetwork:
         """SIGTERM, wait, and SIGKILL only what does not stop; returns exit codes (by
         member, and by host when all stop)."""
         codes: dict[str, int] = {}
+        if names is None:  # the line first: its connectors write into the nodes
+            for line in reversed(self.line.values()):  # connectors before their sources
+                line.stop()
         chosen = [self.members[n] for n in (names or self.members)]
         for member in chosen:
             if member.running:
@@ -337,6 +343,11 @@ class LocalNetwork:
             RunningProcess(name, m.process.pid, str(m.directory))
             for name, m in self.members.items()
             if m.process is not None and m.running
+        ]
+        processes += [
+            RunningProcess(name, line.process.pid, line.marker)
+            for name, line in self.line.items()
+            if line.process is not None and line.running
         ]
         processes += [  # its directory is on its command line: ``host start --dir HOST``
             RunningProcess(name, h.process.pid, str(h.directory))

@@ -6,19 +6,23 @@ summary it wrote is checked chapter by chapter against what each capability prom
 
 from __future__ import annotations
 
+import csv
 import json
 import os
+import re
+import sqlite3
 import subprocess
 import sys
+from collections import Counter
 from collections.abc import Iterator
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from qdspace.connector.sample import EXCURSION_BATCH, cracked_module_batch, wafer_batches
-from qdspace.connector.sample_pecvd import EXCURSION
+from qdspace.connector.sample_pecvd import EXCURSION, pecvd_readings
 
 from .conftest import kill_leftovers
 
@@ -178,6 +182,61 @@ def test_demo_traces_the_el_defect_to_its_root_cause(
     assert all(v["valid"] for v in verdicts), verdicts
     assert verdicts[0]["ref_id"] == trace["trace_id"] and verdicts[0]["record_is_report"]
     assert "ranked causes" in done.stdout and "found" in done.stdout
+
+
+def test_demo_pecvd_readings_came_over_opcua(
+    demo: tuple[subprocess.CompletedProcess[str], Path],
+) -> None:
+    """Cellex's PECVD readings, where the trace found the leak, reached its QDM over OPC
+    UA: its process file has none of them; its node holds exactly what the simulated tool
+    published (every vacuum reading in the mbar its variable publishes, where the file
+    mixed mbar and Pa, each with its batch); the connector process itself counts them
+    stored; it and the tool stopped with the demo."""
+    done, workdir = demo
+    assert done.returncode == 0
+    chapter = _summary(workdir)["chapters"]["opcua"]
+    sample = pecvd_readings()
+    expected = Counter((r["equipment"], r["parameter"]) for r in sample)
+    published = {(n["equipment"], n["element"]): n["published"] for n in chapter["nodes"]}
+    assert published == expected and chapter["published"] == len(sample) == chapter["stored"]
+    assert chapter["endpoint"].startswith("opc.tcp://127.0.0.1:")
+
+    with (workdir / "sample-data" / "cellex" / "process.csv").open() as f:
+        in_file = list(csv.DictReader(f))
+    assert in_file and not [r for r in in_file if r["equipment"] in ("PECVD-1", "PECVD-2")]
+
+    db = sqlite3.connect(workdir / "nodes" / "cellex" / "node.db")
+    try:
+        rows = db.execute(
+            "SELECT equipment, parameter, measured_at, raw_unit, batch_id FROM qdm_measurement"
+            " WHERE equipment IN ('PECVD-1', 'PECVD-2') AND withdrawn_at IS NULL"
+        ).fetchall()
+    finally:
+        db.close()
+    assert Counter((r[0], r[1]) for r in rows) == expected
+    assert {r[3] for r in rows if r[1] == "pecvd_chamber_vacuum"} == {"mbar"}
+    assert {r["unit"] for r in sample if r["parameter"] == "pecvd_chamber_vacuum"} == {
+        "mbar", "Pa"
+    }  # fmt: skip
+    want = {(r["equipment"], r["parameter"], _at(r["measured_at"])): r["batch_id"] for r in sample}
+    assert {(r[0], r[1], _at(r[2])): r[4] for r in rows} == want
+    leak = [r for r in rows if r[0] == EXCURSION.tool and EXCURSION.start <= _at(r[2])]
+    assert [r for r in leak if _at(r[2]) <= EXCURSION.end and r[4] == EXCURSION.batch]
+
+    log = " ".join((workdir / "line" / "cellex-opcua.log").read_text().split())
+    totals = re.findall(r"(\d+) stored, (\d+) duplicates, \d+ corrected, (\d+) rejected$", log)
+    assert totals and int(totals[-1][0]) == len(sample) and totals[-1][2] == "0"
+    for pid in (chapter["tool_pid"], chapter["connector_pid"]):
+        assert (
+            not Path(f"/proc/{pid}/cmdline").exists()
+            or str(workdir).encode() not in Path(f"/proc/{pid}/cmdline").read_bytes()
+        )
+    assert "line data: cellex's PECVD tool over OPC UA" in " ".join(done.stdout.split())
+
+
+def _at(text: str) -> datetime:
+    at = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    return at if at.tzinfo else at.replace(tzinfo=UTC)
 
 
 def test_demo_contract_life_cycle(demo: tuple[subprocess.CompletedProcess[str], Path]) -> None:

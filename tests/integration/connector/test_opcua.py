@@ -214,6 +214,40 @@ async def test_an_unknown_unit_is_reported_with_its_node_and_does_not_stop(
     assert "opcua:ns=2;s=PECVD1.Batch" in caplog.text
 
 
+async def test_a_backfill_stores_each_reading_with_the_batch_it_was_taken_in(
+    plant: Plant, store: QualityStore, tmp_path: Path
+) -> None:
+    """The tool keeps its batch variable's history: readings backfilled across a batch
+    change carry the batch current when each was taken, not the one current now."""
+    assert plant.server is not None
+    storage = plant.server.iserver.history_manager.storage
+    await storage.new_historized_node(plant.batch.nodeid, None, 0)
+
+    async def batch(name: str, at: datetime) -> None:
+        dv = ua.DataValue(ua.Variant(name, ua.VariantType.String), SourceTimestamp=at)
+        await plant.batch.write_value(dv)
+        await storage.save_node_value(plant.batch.nodeid, dv)
+
+    await batch("B-1", T0 + timedelta(seconds=1))
+    for i in (1, 2, 3):
+        await plant.write(1.0 + i / 10, T0 + timedelta(seconds=i))
+        await asyncio.sleep(0.08)  # the server's historizing subscription samples
+    await batch("B-2", T0 + timedelta(seconds=4))
+    for i in (4, 5, 6):
+        await plant.write(1.0 + i / 10, T0 + timedelta(seconds=i))
+        await asyncio.sleep(0.08)  # the server's historizing subscription samples
+    await batch("B-3", T0 + timedelta(seconds=7))  # current now; no reading of it yet
+    await asyncio.sleep(0.3)  # the server's historizing subscription has the readings
+    sink = MeasurementSink(store, "opcua-test")
+    run = Running(OpcuaConnector(config(plant.port, tmp_path), sink))
+    await until(lambda: len([r for r in stored(store) if r[0] > T0]) >= 6)
+    await run.close()
+    by_second = {r[0].second: r[4] for r in stored(store) if r[0] > T0}
+    assert by_second == {1: "B-1", 2: "B-1", 3: "B-1", 4: "B-2", 5: "B-2", 6: "B-2"}
+    before = [r for r in stored(store) if r[0] == T0]  # older than the batch history
+    assert [r[4] for r in before] == ["B-3"]  # falls back to the current batch, as live
+
+
 def _pair(tmp: Path, name: str, uri: str, role: x509.ObjectIdentifier) -> tuple[Path, Path]:
     key = generate_private_key()
     names = [x509.UniformResourceIdentifier(uri), x509.DNSName("localhost")]

@@ -76,7 +76,10 @@ def test_kept_network_anchors_new_records_and_stops_completely(tmp_path: Path) -
         assert started.returncode == 0, started.stdout[-3000:] + started.stderr[-3000:]
         processes = json.loads((workdir / "run" / "processes.json").read_text())
         pids = {p["name"]: p["pid"] for p in processes}
-        assert set(pids) == {"sunarc", "cellex", "polycell", "regulator", "testhouse", "chain"}
+        assert set(pids) == {
+            "sunarc", "cellex", "polycell", "regulator", "testhouse", "chain",
+            "pecvd-tool", "cellex-opcua",  # cellex's simulated PECVD line and its connector
+        }  # fmt: skip
         # the demo process is gone; everything it left runs, the chain included
         assert all(_alive(pid) for pid in pids.values()), pids
         chain_url = json.loads((workdir / "network.json").read_text())["chain"]
@@ -164,6 +167,7 @@ def test_kept_network_anchors_new_records_and_stops_completely(tmp_path: Path) -
     assert stopped.returncode == 0, stopped.stdout + stopped.stderr
     assert "cellex (stopped)" in stopped.stdout
     assert "testhouse (stopped)" in stopped.stdout  # the managed host's process too
+    assert "pecvd-tool (stopped)" in stopped.stdout and "cellex-opcua (stopped)" in stopped.stdout
     assert "chain (was not running)" in stopped.stdout  # this test stopped it above
     assert not [pid for pid in pids.values() if _alive(pid)]
     assert _processes_mentioning(str(workdir.resolve())) == []
