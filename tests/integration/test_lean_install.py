@@ -75,6 +75,7 @@ IMPORT_NAMES = {
     "pynacl": "nacl",
     "pillow": "PIL",
     "pydantic-settings": "pydantic_settings",
+    "pyjwt": "jwt",
 }
 
 
