@@ -116,7 +116,7 @@ def stored(store: QualityStore) -> list[tuple[Any, ...]]:
     return sorted((datetime.fromisoformat(str(r[0])).replace(tzinfo=UTC), *r[1:]) for r in rows)
 
 
-async def until(check: Callable[[], bool], timeout: float = 10.0) -> None:
+async def until(check: Callable[[], bool], timeout: float = 60.0) -> None:
     deadline = asyncio.get_running_loop().time() + timeout
     while not check():
         if asyncio.get_running_loop().time() > deadline:
