@@ -22,7 +22,6 @@ turn into a flood of log lines).
 from __future__ import annotations
 
 import asyncio
-import inspect
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -45,6 +44,7 @@ from qdspace.node.host.quotas import (
     rate_refusal,
     stream_refusal,
 )
+from qdspace.node.rpc.wrap import around_calls
 
 logger = logging.getLogger("node.host")
 
@@ -186,9 +186,6 @@ class TenantAdmission:
         }
 
 
-Behavior = Callable[[Any, grpc.aio.ServicerContext], Any]
-
-
 class QuotaInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
     """Takes the tenant's token and slot before any other work on a call (the module)."""
 
@@ -203,58 +200,19 @@ class QuotaInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         handler = await continuation(details)
         if handler is None:
             return None
-        out = handler.response_serializer
-        into = handler.request_deserializer
-        if handler.unary_unary:
-            return grpc.unary_unary_rpc_method_handler(
-                self._unary(handler.unary_unary, False), into, out
-            )
-        if handler.stream_unary:
-            return grpc.stream_unary_rpc_method_handler(
-                self._unary(handler.stream_unary, True), into, out
-            )
-        if handler.unary_stream:
-            return grpc.unary_stream_rpc_method_handler(
-                self._stream(handler.unary_stream), into, out
-            )
-        return grpc.stream_stream_rpc_method_handler(self._stream(handler.stream_stream), into, out)
+        return around_calls(handler, self._admitted)
 
-    async def _admit(self, context: grpc.aio.ServicerContext, stream: bool) -> Release:
+    @asynccontextmanager
+    async def _admitted(
+        self, context: grpc.aio.ServicerContext, stream: bool
+    ) -> AsyncIterator[None]:
         try:
-            return self._admission.admit_call(stream=stream)
+            release = self._admission.admit_call(stream=stream)
         except QuotaExceeded as exc:
             trailer = ((RETRY_AFTER, str(exc.retry_after_s)),) if exc.retry_after_s else ()
             await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc), trailer)
             raise  # abort raises; for the type checker
-
-    def _unary(self, behavior: Behavior, streaming_request: bool) -> Behavior:
-        async def admitted(request: Any, context: grpc.aio.ServicerContext) -> Any:
-            release = await self._admit(context, streaming_request)
-            try:
-                return await behavior(request, context)
-            finally:
-                release()
-
-        return admitted
-
-    def _stream(self, behavior: Behavior) -> Behavior:
-        if inspect.isasyncgenfunction(behavior):
-
-            async def generated(request: Any, context: grpc.aio.ServicerContext) -> Any:
-                release = await self._admit(context, True)
-                try:
-                    async for item in behavior(request, context):
-                        yield item
-                finally:
-                    release()
-
-            return generated
-
-        async def written(request: Any, context: grpc.aio.ServicerContext) -> None:
-            release = await self._admit(context, True)
-            try:
-                await behavior(request, context)
-            finally:
-                release()
-
-        return written
+        try:
+            yield
+        finally:
+            release()

@@ -10,20 +10,20 @@ them. The client interceptors send the current request id with every outgoing pe
 
 from __future__ import annotations
 
-import inspect
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from typing import Any
 
 import grpc
 
 from qdspace.node.logs import REQUEST_ID, accepted_request_id
 from qdspace.node.metrics import NodeMetrics
+from qdspace.node.rpc.wrap import around_calls
 
 METADATA_KEY = "x-request-id"
 logger = logging.getLogger("node.rpc")
-Behavior = Callable[..., Any]
 
 
 def _code(context: grpc.aio.ServicerContext, failed: bool) -> str:
@@ -59,56 +59,22 @@ class ObserveCalls(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         if handler is None:
             return None
         method = details.method
-        kinds = (
-            ("unary_unary", grpc.unary_unary_rpc_method_handler),
-            ("unary_stream", grpc.unary_stream_rpc_method_handler),
-            ("stream_unary", grpc.stream_unary_rpc_method_handler),
-            ("stream_stream", grpc.stream_stream_rpc_method_handler),
-        )
-        for attribute, make in kinds:
-            behavior = getattr(handler, attribute)
-            if behavior is not None:
-                return make(
-                    self._wrap(method, behavior),
-                    request_deserializer=handler.request_deserializer,
-                    response_serializer=handler.response_serializer,
-                )
-        return handler  # pragma: no cover - a handler always has one of the four
+        return around_calls(handler, lambda context, _stream: self._observed(method, context))
 
-    def _observe(self, method: str, started: float, code: str) -> None:
-        elapsed = time.perf_counter() - started
-        self._metrics.grpc_latency.labels(method=method, code=code).observe(elapsed)
-
-    def _wrap(self, method: str, behavior: Behavior) -> Behavior:
-        if inspect.isasyncgenfunction(behavior):
-
-            async def generated(
-                request: Any, context: grpc.aio.ServicerContext
-            ) -> AsyncIterator[Any]:
-                token = REQUEST_ID.set(_request_id(context))
-                started, failed = time.perf_counter(), True
-                try:
-                    async for item in behavior(request, context):
-                        yield item
-                    failed = False
-                finally:
-                    self._observe(method, started, _code(context, failed))
-                    REQUEST_ID.reset(token)
-
-            return generated
-
-        async def called(request: Any, context: grpc.aio.ServicerContext) -> Any:
-            token = REQUEST_ID.set(_request_id(context))
-            started, failed = time.perf_counter(), True
-            try:
-                result = await behavior(request, context)
-                failed = False
-                return result
-            finally:
-                self._observe(method, started, _code(context, failed))
-                REQUEST_ID.reset(token)
-
-        return called
+    @asynccontextmanager
+    async def _observed(
+        self, method: str, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[None]:
+        token = REQUEST_ID.set(_request_id(context))
+        started, failed = time.perf_counter(), True
+        try:
+            yield
+            failed = False
+        finally:
+            elapsed = time.perf_counter() - started
+            code = _code(context, failed)
+            self._metrics.grpc_latency.labels(method=method, code=code).observe(elapsed)
+            REQUEST_ID.reset(token)
 
 
 def _with_request_id(details: grpc.aio.ClientCallDetails) -> grpc.aio.ClientCallDetails:
