@@ -20,16 +20,7 @@ from rich.table import Table
 
 from qdspace.node.cli.authority import authority_app
 from qdspace.node.cli.choices import QdmKind, Role
-from qdspace.node.cli.connect import (
-    ApiUrlOpt,
-    CaFileOpt,
-    DbUrlOpt,
-    JsonOpt,
-    TokenFileOpt,
-    print_json,
-    target,
-)
-from qdspace.node.cli.connect import DirOpt as ConnDirOpt
+from qdspace.node.cli.connect import DbUrlOpt, JsonOpt, Target, calls_node, print_json
 from qdspace.node.cli.contracts import mount as mount_contracts
 from qdspace.node.cli.dictionary import dictionary_app
 from qdspace.node.cli.enrollment import mount as mount_enrollment
@@ -256,16 +247,14 @@ def print_template(kind: str) -> None:
 
 @peer_app.command("hello")
 @clean_errors
+@calls_node
 def peer_hello(
+    target: Target,
     name: Annotated[str, typer.Argument(help="peer name")],
-    directory: ConnDirOpt = None,
-    api_url: ApiUrlOpt = None,
-    token_file: TokenFileOpt = None,
-    ca_file: CaFileOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Ask this node to authenticate to a peer over mutual TLS with its identity."""
-    with target(directory, api_url, token_file, ca_file).client() as node:
+    with target.client() as node:
         r = node.hello(name)
     if as_json:
         print_json(r)

@@ -25,8 +25,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from qdspace.node.cli.connect import ApiUrlOpt, CaFileOpt, DirOpt, JsonOpt, TokenFileOpt, print_json
-from qdspace.node.cli.connect import target as name_target
+from qdspace.node.cli.connect import JsonOpt, Target, calls_node, print_json
 from qdspace.node.cli.errors import clean_errors, fail
 
 fl_app = typer.Typer(no_args_is_help=True, help="federated learning jobs")
@@ -75,12 +74,10 @@ def _progress_line(view: Status) -> str:
 
 @fl_app.command("start")
 @clean_errors
+@calls_node
 def start(
+    target: Target,
     terms: Annotated[Path, typer.Option(help="job terms (JSON of federation.job.JobSpec)")],
-    directory: DirOpt = None,
-    api_url: ApiUrlOpt = None,
-    token_file: TokenFileOpt = None,
-    ca_file: CaFileOpt = None,
     initial: Annotated[
         Path | None, typer.Option(help="initial model (QDFP1 bytes); default all zeros")
     ] = None,
@@ -94,7 +91,7 @@ def start(
         raise fail(f"{terms if initial is None else initial}: {exc}") from None
     if not isinstance(spec, dict):
         raise fail(f"{terms}: job terms must be a JSON object")
-    with name_target(directory, api_url, token_file, ca_file).client() as node:
+    with target.client() as node:
         view = node.federation_start(spec, params, coordinator)
     secure = spec.get("secure_aggregation", False)
     strategy = (spec.get("strategy") or {}).get("name", "fedavg")
@@ -108,18 +105,16 @@ def start(
 
 @fl_app.command("status")
 @clean_errors
+@calls_node
 def status(
-    directory: DirOpt = None,
-    api_url: ApiUrlOpt = None,
-    token_file: TokenFileOpt = None,
-    ca_file: CaFileOpt = None,
+    target: Target,
     coordinator: CoordOpt = None,
     job: Annotated[str | None, typer.Option(help="job id (default: all visible jobs)")] = None,
     watch: Annotated[bool, typer.Option(help="follow the job until it finishes")] = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Show the coordinator's jobs: round, phase, version, members and privacy spent."""
-    with name_target(directory, api_url, token_file, ca_file).client() as node:
+    with target.client() as node:
         if watch and job is not None:
             view = node.federation_job(job, coordinator)
             console.print(status_table([view]))
@@ -157,7 +152,9 @@ def _event_line(event: dict[str, Any]) -> str | None:
 
 @fl_app.command("join")
 @clean_errors
+@calls_node
 def join(
+    target: Target,
     job: Annotated[str, typer.Option(help="job id")],
     data: Annotated[
         Path,
@@ -167,10 +164,6 @@ def join(
             "features or model inputs there)"
         ),
     ],
-    directory: DirOpt = None,
-    api_url: ApiUrlOpt = None,
-    token_file: TokenFileOpt = None,
-    ca_file: CaFileOpt = None,
     coordinator: CoordOpt = None,
     test: Annotated[
         Path | None, typer.Option(help="held-out data (.npz) to score each global version on")
@@ -198,7 +191,7 @@ def join(
     """
     from qdspace.node.client import ensure_job_agreement
 
-    with name_target(directory, api_url, token_file, ca_file).client(timeout=120.0) as node:
+    with target.client(timeout=120.0) as node:
         me = str(node.node()["name"])
         name = coordinator or me
         # the terms, status and models need an agreement in force: learn the job's
