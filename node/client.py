@@ -482,7 +482,7 @@ def ensure_job_agreement(api: OperatorClient, coordinator: str, asset_id: str) -
     whether it was negotiated now. Used by ``qdspace fl join`` and the demo.
     """
     from qdspace.federation.agreements import TRAINING_PURPOSE
-    from qdspace.node.runtime.contracts_base import peer_name
+    from qdspace.node.member_ids import peer_name
 
     for held in api.agreements():
         if (

@@ -40,7 +40,7 @@ from qdspace.connector.investigation import (
 )
 from qdspace.node.api.deps import Ctx, Outbox, Paging, Runtime, require_operator
 from qdspace.node.api.models import Id, IdPath
-from qdspace.node.runtime.contracts_base import peer_name
+from qdspace.node.member_ids import peer_name
 from qdspace.policies.canonical import format_datetime
 
 # -- request bodies ----------------------------------------------------------------------

@@ -24,8 +24,8 @@ from qdspace.node.api.investigations import MOVES, case_public, summary
 from qdspace.node.console.auth import form_of
 from qdspace.node.console.render import Console, Endpoint
 from qdspace.node.console.trace_pages import checked_text
+from qdspace.node.member_ids import peer_name
 from qdspace.node.runtime.contracts import ContractRuntime
-from qdspace.node.runtime.contracts_base import peer_name
 
 #: the longest note a move carries from the console (the case's own bound is larger)
 MAX_NOTE = 1000

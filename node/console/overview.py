@@ -18,7 +18,7 @@ from html import escape
 from qdspace.node.api.contracts_models import AlertPublic, alert_public
 from qdspace.node.api.observe import readiness
 from qdspace.node.context import NodeContext
-from qdspace.node.runtime.contracts_base import peer_name
+from qdspace.node.member_ids import peer_name
 
 #: how long the overview waits for one peer's hello before it calls the peer unreachable
 PEER_TIMEOUT_S = 2.0

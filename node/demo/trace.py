@@ -46,6 +46,7 @@ from qdspace.connector.trace_data import shift_of
 from qdspace.node.client import OperatorClient
 from qdspace.node.demo.report import DemoReport
 from qdspace.node.errors import NodeError
+from qdspace.node.member_ids import peer_name
 
 if TYPE_CHECKING:
     from qdspace.node.localnet.network import LocalNetwork
@@ -60,12 +61,6 @@ DEFECT = "microcrack"
 DECOY = f"{FURNACE}/firing_peak_temperature"
 WAIT_S = 60.0
 FLUSH_TIMEOUT_S = 60
-
-
-def peer_name(member_id: str) -> str:
-    """The member name a member id starts with (``name-<12 hex>``), for the summary; the
-    demo talks to nodes through their clients and reads no node internals."""
-    return member_id.rpartition("-")[0] or member_id
 
 
 def _wait(what: str, probe: Any, timeout: float = WAIT_S, poll_s: float = 0.05) -> Any:

@@ -9,7 +9,6 @@ agreements from the same chain it authenticated over TLS.
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 import ipaddress
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -23,6 +22,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from qdspace.node.errors import IdentityError
 from qdspace.node.identity.files import read_file
+from qdspace.node.member_ids import member_id_for
 
 ROLES = ("oem", "supplier", "host", "regulator")
 # 2.25.<uuid> is the registration-free OID arc (ITU-T X.667).
@@ -44,11 +44,6 @@ class MemberIdentity:
     serial: int
     not_after: dt.datetime
     fingerprint: str
-
-
-def member_id_for(name: str, verify_key: bytes) -> str:
-    """A stable, collision-resistant member id that still reads as the member's name."""
-    return f"{name}-{hashlib.sha256(verify_key).hexdigest()[:12]}"
 
 
 def new_tls_key() -> ec.EllipticCurvePrivateKey:

@@ -34,11 +34,11 @@ from nacl.exceptions import BadSignatureError
 from qdspace.node.identity.certs import (
     ROLES,
     VERIFY_KEY_OID,
-    member_id_for,
     member_subject,
     san_of,
 )
 from qdspace.node.identity.errors import CertificateRequestError
+from qdspace.node.member_ids import member_id_for
 
 # 2.25.<uuid> is the registration-free OID arc (ITU-T X.667), as for VERIFY_KEY_OID.
 POP_OID = x509.ObjectIdentifier("2.25.305179266244514816305902347768138538317")

@@ -47,7 +47,8 @@ from nacl.exceptions import BadSignatureError
 from nacl.signing import SigningKey, VerifyKey
 
 from qdspace.node.errors import IdentityError
-from qdspace.node.identity.certs import ROLES, MemberIdentity, member_id_for
+from qdspace.node.identity.certs import ROLES, MemberIdentity
+from qdspace.node.member_ids import member_id_for
 
 ENTRY_DOMAIN = b"qdspace/directory-entry/v1\x00"
 DOCUMENT_DOMAIN = b"qdspace/directory-document/v1\x00"

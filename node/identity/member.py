@@ -32,7 +32,6 @@ from qdspace.node.identity.certs import (
     load_ca_bundle,
     load_cert,
     load_key,
-    member_id_for,
     new_tls_key,
     parse_ca_bundle,
     verify_issued_by,
@@ -40,6 +39,7 @@ from qdspace.node.identity.certs import (
 from qdspace.node.identity.csr import build_request
 from qdspace.node.identity.keyfiles import PLAIN, KeyFiles
 from qdspace.node.layout import NodeLayout
+from qdspace.node.member_ids import member_id_for
 from qdspace.util.files import write_atomic
 
 __all__ = [

@@ -49,7 +49,7 @@ from qdspace.connector.transfer import (
 from qdspace.connector.transfer import apply as apply_transfer
 from qdspace.connector.transfer_messages import TransferCompletion, TransferRequest, TransferStart
 from qdspace.node.errors import PeerError
-from qdspace.node.identity.member import member_id_for
+from qdspace.node.member_ids import member_id_for, peer_name
 from qdspace.node.metrics import NodeMetrics
 from qdspace.node.rpc.contracts_serde import (
     catalog_entry_from_proto,
@@ -68,7 +68,6 @@ from qdspace.node.rpc.contracts_transfer_serde import (
 from qdspace.node.rpc.peers import PeerDirectory
 from qdspace.node.runtime.contract_ports import Subscription
 from qdspace.node.runtime.contracts import ContractRuntime
-from qdspace.node.runtime.contracts_base import peer_name
 from qdspace.policies.model import OfferTerms, Policy, make_offer
 from qdspace.protocols.v1 import (
     catalog_pb2,

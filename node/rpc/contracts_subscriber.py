@@ -24,6 +24,7 @@ from qdspace.connector.contract_errors import ContractError
 from qdspace.connector.contract_store import IncomingRow
 from qdspace.connector.encoding import StreamRequest
 from qdspace.connector.spc import QualityAlert, SpcAlert, SpcMonitor, SpcSpec
+from qdspace.node.member_ids import peer_name
 from qdspace.node.metrics import NodeMetrics
 from qdspace.node.rpc.contracts_transfer_serde import (
     stream_event_from_proto,
@@ -32,7 +33,6 @@ from qdspace.node.rpc.contracts_transfer_serde import (
 from qdspace.node.rpc.peers import PeerDirectory
 from qdspace.node.runtime.contract_ports import Subscription
 from qdspace.node.runtime.contracts import ContractRuntime
-from qdspace.node.runtime.contracts_base import peer_name
 from qdspace.protocols.v1 import subscription_pb2_grpc
 
 logger = logging.getLogger("node.contracts")

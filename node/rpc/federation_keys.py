@@ -21,7 +21,7 @@ from qdspace.federation.errors import RosterRefused
 from qdspace.federation.secagg_messages import KeyAdvert
 from qdspace.node.errors import IdentityError
 from qdspace.node.identity.certs import MemberIdentity, Trust, identity_of, verify_issued_by
-from qdspace.node.identity.member import member_id_for
+from qdspace.node.member_ids import member_id_for
 
 #: ``serial -> True`` when the authority has revoked that certificate.
 Revoked = Callable[[int], bool]

@@ -24,20 +24,11 @@ from qdspace.connector.contract_errors import UnknownContractError
 from qdspace.connector.contract_store import ContractStore
 from qdspace.connector.qdm import Order
 from qdspace.connector.spc import Investigation, QualityAlert
-from qdspace.node.errors import NodeError
 from qdspace.node.identity.certs import MemberIdentity
 from qdspace.node.runtime.contracts_clock import ContractClock
 from qdspace.node.runtime.table_watch import TableWatch
 
 logger = logging.getLogger("node.contracts")
-
-
-def peer_name(member_id: str) -> str:
-    """The member name inside a member id (``name-<12 hex>``, see `member_id_for`)."""
-    name, _, digest = member_id.rpartition("-")
-    if not name or len(digest) != 12:
-        raise NodeError(f"{member_id!r} is not a member id")
-    return name
 
 
 @dataclass

@@ -39,8 +39,8 @@ from qdspace.connector.investigation_wire import (
     sign_event,
 )
 from qdspace.node.identity.certs import MemberIdentity
+from qdspace.node.member_ids import peer_name
 from qdspace.node.rpc.contracts_notification_serde import Notification
-from qdspace.node.runtime.contracts_base import peer_name
 from qdspace.node.runtime.contracts_notices import ContractNotices
 
 logger = logging.getLogger("node.contracts")

@@ -34,8 +34,9 @@ from qdspace.connector.qdm import Order
 from qdspace.connector.retention_sweep import SweepReport, sweep
 from qdspace.connector.spc import Investigation, QualityAlert
 from qdspace.node.identity.certs import MemberIdentity
+from qdspace.node.member_ids import peer_name
 from qdspace.node.rpc.contracts_notification_serde import Notification, notification_to_proto
-from qdspace.node.runtime.contracts_base import ContractBase, peer_name
+from qdspace.node.runtime.contracts_base import ContractBase
 
 logger = logging.getLogger("node.contracts")
 

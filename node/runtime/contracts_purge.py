@@ -39,7 +39,7 @@ from qdspace.connector.purge import (
     plan_purge,
 )
 from qdspace.connector.retention_sweep import shred_and_sign
-from qdspace.node.runtime.contracts_base import peer_name
+from qdspace.node.member_ids import peer_name
 from qdspace.node.runtime.contracts_notices import ContractNotices
 from qdspace.policies.errors import PolicyError
 

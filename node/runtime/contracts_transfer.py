@@ -41,8 +41,9 @@ from qdspace.connector.transfer import apply as apply_transfer
 from qdspace.connector.transfer_messages import TransferCompletion, TransferRequest, TransferStart
 from qdspace.connector.transfer_wire import BatchRow, RowBatch
 from qdspace.node.identity.certs import MemberIdentity
+from qdspace.node.member_ids import peer_name
 from qdspace.node.rpc.contracts_transfer_serde import PullRequest
-from qdspace.node.runtime.contracts_base import ContractBase, peer_name
+from qdspace.node.runtime.contracts_base import ContractBase
 from qdspace.policies.evaluate import Request
 from qdspace.policies.model import Action
 

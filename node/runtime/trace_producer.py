@@ -46,8 +46,8 @@ from qdspace.connector.trace import (
 )
 from qdspace.connector.trace_data import batches, local_tier, tier_findings, tier_genealogy
 from qdspace.node.identity.certs import MemberIdentity
+from qdspace.node.member_ids import peer_name
 from qdspace.node.runtime.contracts import ContractRuntime
-from qdspace.node.runtime.contracts_base import peer_name
 from qdspace.policies.model import Action
 
 logger = logging.getLogger("node.trace")

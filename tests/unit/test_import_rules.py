@@ -38,13 +38,14 @@ TRANSPORTS = ("grpc", "grpc_health", "fastapi", "starlette", "typer", "uvicorn")
 NODE_TRANSPORT_LAYERS = ("rpc", "api", "cli")
 #: besides the client and localnet, the demo may name the node's vocabulary: its error
 #: base (a failed step is a NodeError, which the CLI prints as one line) and the names
-#: of a node directory's files (layout); neither does anything
+#: of a node directory's files (layout) and the member-id format; none does anything
 DEMO_MAY_USE = (
     "qdspace.node.client",
     "qdspace.node.localnet",
     "qdspace.node.demo",
     "qdspace.node.errors",
     "qdspace.node.layout",
+    "qdspace.node.member_ids",
 )
 
 

@@ -34,12 +34,12 @@ from qdspace.node.identity.certs import (
     build_member_cert,
     cert_to_pem,
     identity_of,
-    member_id_for,
     member_subject,
     new_tls_key,
     verify_issued_by,
 )
 from qdspace.node.identity.member import MemberKeys, create_member_keys, load_member_keys
+from qdspace.node.member_ids import member_id_for
 from qdspace.node.rpc.peers import PeerDirectory
 
 pytestmark = pytest.mark.integration

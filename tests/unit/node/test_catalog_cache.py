@@ -15,7 +15,8 @@ from sqlalchemy import create_engine
 from qdspace.connector.assets import Asset, AssetKind
 from qdspace.connector.contract_store import ContractStore, ensure_schema
 from qdspace.connector.paging import INSPECTION_FIELDS
-from qdspace.node.identity.certs import MemberIdentity, member_id_for
+from qdspace.node.identity.certs import MemberIdentity
+from qdspace.node.member_ids import member_id_for
 from qdspace.node.rpc.auth import _CURRENT_PEER, Peer
 from qdspace.node.rpc.contracts_service import CatalogServicer
 from qdspace.node.runtime.contracts import ContractRuntime

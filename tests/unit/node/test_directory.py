@@ -32,8 +32,9 @@ from qdspace.node.identity.directory import (
     sign_entry,
     verify_entry,
 )
-from qdspace.node.identity.member import MemberKeys, create_member_keys, member_id_for
+from qdspace.node.identity.member import MemberKeys, create_member_keys
 from qdspace.node.layout import AuthorityLayout
+from qdspace.node.member_ids import member_id_for
 
 
 @pytest.fixture

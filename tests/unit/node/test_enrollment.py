@@ -25,7 +25,6 @@ from qdspace.node.identity.authority import Authority
 from qdspace.node.identity.certs import (
     VERIFY_KEY_OID,
     cert_to_pem,
-    member_id_for,
     member_subject,
     new_tls_key,
 )
@@ -48,6 +47,7 @@ from qdspace.node.identity.member import (
     install_certificate,
     load_member_keys,
 )
+from qdspace.node.member_ids import member_id_for
 
 SPACE = "test-space"
 

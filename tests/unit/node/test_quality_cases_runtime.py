@@ -24,7 +24,8 @@ from qdspace.connector.investigation import (
     Severity,
     Step,
 )
-from qdspace.node.identity.certs import MemberIdentity, member_id_for
+from qdspace.node.identity.certs import MemberIdentity
+from qdspace.node.member_ids import member_id_for
 from qdspace.node.rpc.contracts_notification_serde import notification_from_proto
 from qdspace.node.runtime.contracts import ContractRuntime
 from qdspace.node.runtime.contracts_cases import CASE_KIND
