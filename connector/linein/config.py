@@ -71,6 +71,8 @@ class OpcuaConfig(_Strict):
     history: bool = True
     #: how far back a backfill reaches when nothing of a node is stored yet
     backfill_max_s: float = Field(default=3600.0, ge=0)
+    #: a backfill reads history again after this long while reads bring more (0: once)
+    history_settle_s: float = Field(default=0.5, ge=0, le=60)
     timeout_s: float = Field(default=4.0, gt=0, le=120)
     nodes: list[OpcuaNode] = Field(min_length=1)
 

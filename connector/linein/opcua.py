@@ -1,12 +1,23 @@
 """OPC UA connector (asyncua): subscribe to configured nodes, store readings, survive outages.
 
 One session at a time: connect (with the configured security mode and certificates),
-backfill, subscribe, and store data changes until the connection is lost or the
-connector is stopped; then wait ``reconnect_s`` and start over. The backfill reads the
-server's history (where it keeps one) for each node from the newest reading stored of
-it up to now, so a gap (the connector down, the network out) is filled; whatever
-overlaps, including the value a fresh subscription sends first, has the same source
-timestamp and so the same natural key: a duplicate, stored once.
+subscribe, backfill, and store data changes until the connection is lost or the
+connector is stopped; then wait ``reconnect_s`` and start over.
+
+The order is what makes an outage lose nothing. The subscription is created FIRST, so
+every value written from then on arrives live (queued while the backfill runs); the
+backfill then reads the server's history (where it keeps one) for each node from just
+after the newest reading stored of it, so everything written before the subscription
+comes from history. Reading history first and subscribing second (as this connector
+once did) loses every value written in between except the last (the subscription's
+first value): on a loaded machine that window is long enough to lose readings. A
+server historizes asynchronously (asyncua's own history is a subscription of its
+own), so a value written just before our subscription may not be in its history yet
+when we read: the backfill reads again after ``history_settle_s`` until a read brings
+nothing new (at most ``HISTORY_REREADS`` times). The backfill starts strictly after
+the newest stored reading of the node, so it stores no duplicates of its own; what the
+live path and the backfill both deliver (the subscription's first value is the current
+one) has the same source timestamp and so the same natural key: stored once.
 
 A backfilled reading is stored with the batch and order that were current when it was
 taken, not those current now: where the server keeps the history of a context node too,
@@ -39,10 +50,18 @@ BATCH = 500
 CLOCK_SKEW = timedelta(minutes=5)
 #: a context node's history is read this far before the oldest reading backfilled
 CONTEXT_LOOKBACK = timedelta(days=7)
+#: a backfill reads a node's history again at most this often while reads bring more
+HISTORY_REREADS = 5
 
 
 def _utc(at: datetime) -> datetime:
     return at.replace(tzinfo=UTC) if at.tzinfo is None else at.astimezone(UTC)
+
+
+def _taken(dv: Any) -> datetime | None:
+    """When a reading was taken: its source time, else the server's, in UTC."""
+    at = dv.SourceTimestamp or dv.ServerTimestamp
+    return None if at is None else _utc(at)
 
 
 class _ContextHistory:
@@ -142,13 +161,16 @@ class OpcuaConnector:
         log.info("opcua %s: connected (%s)", self.config.endpoint, self.config.security.mode)
         try:
             queue: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
+            starts = await self._backfill_starts() if self.config.history else {}
             await self._read_context(client)
-            await self._backfill(client)
+            # subscribe first: from here on every value arrives live (queued meanwhile)
             subscription = await client.create_subscription(
                 self.config.publishing_interval_ms, _Changes(queue)
             )
             watched = [*self.by_id, *self._context_ids()]
             await subscription.subscribe_data_change([client.get_node(i) for i in watched])
+            # then the history of what was written before (the gap since the last session)
+            await self._backfill(client, starts)
             await self._pump(queue, stop, lost)
         finally:
             with contextlib.suppress(Exception):
@@ -166,33 +188,75 @@ class OpcuaConnector:
         for node_id in self._context_ids():
             self.context[node_id] = await client.get_node(node_id).read_value()
 
-    async def _backfill(self, client: Any) -> None:
-        """Each node's history from its newest stored reading up to now."""
-        if not self.config.history:
-            return
-        from asyncua.ua.uaerrors import UaStatusCodeError
-
+    async def _backfill_starts(self) -> dict[str, tuple[datetime, bool]]:
+        """Per node: where its backfill starts, and whether that is a stored reading's time
+        (then the backfill takes only what is strictly newer)."""
         now = datetime.now(UTC)
-        end = now + CLOCK_SKEW
-        starts = {}
+        starts: dict[str, tuple[datetime, bool]] = {}
         for node in self.config.nodes:
             since = await asyncio.to_thread(self.sink.latest, node.equipment, node.element)
-            starts[node.node_id] = since or now - timedelta(seconds=self.config.backfill_max_s)
-        self.history.update(await self._context_history(client, min(starts.values()), end))
+            if since is None:
+                starts[node.node_id] = (now - timedelta(seconds=self.config.backfill_max_s), False)
+            else:
+                starts[node.node_id] = (since, True)
+        return starts
+
+    async def _backfill(self, client: Any, starts: Mapping[str, tuple[datetime, bool]]) -> None:
+        """Each node's history from just after its newest stored reading up to now."""
+        if not self.config.history:
+            return
+        end = datetime.now(UTC) + CLOCK_SKEW
+        oldest = min(start for start, _ in starts.values())
+        self.history.update(await self._context_history(client, oldest, end))
+        histories = await self._settled_histories(client, starts, end)
         for node in self.config.nodes:
-            start = starts[node.node_id]
-            try:
-                values = await client.get_node(node.node_id).read_raw_history(start, end)
-            except UaStatusCodeError as exc:
-                log.info("opcua %s: no history for backfill: %s", node.node_id, exc)
+            start, stored = starts[node.node_id]
+            values = histories.get(node.node_id)
+            if values is None:
                 continue
+            if stored:  # the stored reading itself and anything older: not again
+                values = [dv for dv in values if (_taken(dv) or start) > start]
             items = [self._item(node, dv) for dv in values]
             for i in range(0, len(items), BATCH):
                 await asyncio.to_thread(self.sink.put, items[i : i + BATCH])
-            if items:
-                log.info(
-                    "opcua %s: backfilled %d readings since %s", node.node_id, len(items), start
-                )
+            log.info(
+                "opcua %s: backfilled %d readings after %s%s",
+                node.node_id,
+                len(items),
+                start.isoformat(),
+                " (the newest stored)" if stored else "",
+            )
+
+    async def _settled_histories(
+        self, client: Any, starts: Mapping[str, tuple[datetime, bool]], end: datetime
+    ) -> dict[str, list[Any]]:
+        """Each node's history from its start to ``end`` (a node without one is left
+        out), read again after ``history_settle_s`` while a read brings values the one
+        before did not have: a server historizes a write a moment after it is made."""
+        from asyncua.ua.uaerrors import UaStatusCodeError
+
+        async def read(node_id: str) -> list[Any]:
+            node = client.get_node(node_id)
+            return list(await node.read_raw_history(starts[node_id][0], end))
+
+        out: dict[str, list[Any]] = {}
+        for node_id in starts:
+            try:
+                out[node_id] = await read(node_id)
+            except UaStatusCodeError as exc:
+                log.info("opcua %s: no history for backfill: %s", node_id, exc)
+        settle = self.config.history_settle_s
+        for _ in range(HISTORY_REREADS if settle > 0 and out else 0):
+            await asyncio.sleep(settle)
+            grew = False
+            for node_id, values in out.items():
+                again = await read(node_id)
+                if len(again) > len(values):
+                    log.debug("opcua %s: history grew %d -> %d", node_id, len(values), len(again))
+                    out[node_id], grew = again, True
+            if not grew:
+                break
+        return out
 
     async def _context_history(
         self, client: Any, start: datetime, end: datetime
