@@ -30,6 +30,7 @@ from fastapi import Path as PathParam
 
 from qdspace.connector.ingest import IngestReport, check_kind, ingest_file
 from qdspace.node.api.contracts import contracts_router
+from qdspace.node.api.defects import defects_router
 from qdspace.node.api.deps import require_operator
 from qdspace.node.api.dsp import router as dsp_router
 from qdspace.node.api.federation import PREFIX as FEDERATION_PREFIX
@@ -219,6 +220,7 @@ def create_app(ctx: NodeContext) -> FastAPI:
     app.include_router(contracts_router())
     app.include_router(investigations_router())
     app.include_router(traces_router())
+    app.include_router(defects_router())
     app.include_router(dsp_router())
     app.include_router(federation_router(ctx, Operator))
     from qdspace.node.console import PREFIX as CONSOLE

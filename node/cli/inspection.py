@@ -64,9 +64,12 @@ ReplaceAuditOpt = Annotated[
 def mount(app: typer.Typer) -> None:
     """Add ``train`` and the ``inspect`` group to the ``qdspace`` app."""
     from qdspace.node.cli.inspection_serve import serve_line
+    from qdspace.node.cli.inspection_verdicts import defects, verdicts
 
     app.command("train")(train)
     inspect_app.command("serve")(serve_line)
+    inspect_app.command("verdicts")(verdicts)
+    inspect_app.command("defects")(defects)
     app.add_typer(inspect_app, name="inspect")
 
 

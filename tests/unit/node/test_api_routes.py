@@ -178,3 +178,49 @@ def test_a_no_ledger_node_answers_regulators_503(regulator_app: FastAPI) -> None
     routes = api_routes(regulator_app.routes)
     route = next(r for r in routes if r.path == "/v1/regulator/{rest:path}")
     assert route.status_code == 503
+
+
+def test_the_defects_p_chart_route(node: NodeContext, app: FastAPI) -> None:
+    """Verdicts with a batch (or a serial whose product has one) become the p-chart; a
+    bad window or standard is a 422 naming the field, no verdicts a 404."""
+    client = Client(app, node.operator_token)
+    empty = client.get("/v1/inspection/defects")
+    assert empty.status_code == 404, empty.text
+    assert "no inspection verdicts" in empty.json()["detail"]
+    rows = [
+        {
+            "inspection_id": f"api-{b}-{k}",
+            "station": "el-1",
+            "inspected_at": f"2026-06-01T{6 + b:02d}:00:{k:02d}+00:00",
+            "verdict": "fail" if k < (12 if b == 5 else 1) else "pass",
+            "defect_class": "microcrack" if k < (12 if b == 5 else 1) else "none",
+            "batch_id": f"B-{b}",
+        }
+        for b in range(1, 10)
+        for k in range(30)
+    ]
+    report = node.store.ingest_rows("inspection", enumerate(rows, 1))
+    assert not report.rejected
+    answer = client.get("/v1/inspection/defects")
+    assert answer.status_code == 200, answer.text
+    chart = answer.json()
+    assert [p["batch_id"] for p in chart["points"]] == [f"B-{b}" for b in range(1, 10)]
+    assert chart["centre"] == pytest.approx(20 / 270)
+    assert [a["batches"][-1] for a in chart["alerts"] if a["rule"] == "WE1"] == ["B-5"]
+    assert chart["points"][4]["by_class"] == {"microcrack": 12}
+    window = client.get("/v1/inspection/defects", since="2026-06-01T08:00:00+00:00", standard=0.05)
+    assert window.status_code == 200, window.text
+    assert window.json()["standard"] and window.json()["points"][0]["batch_id"] == "B-2"
+    for params, field in (
+        ({"since": "2026-06-01T08:00:00"}, "since"),  # no zone
+        ({"standard": 1.5}, "standard"),
+        ({"standard": "nan"}, "standard"),
+        ({"station": "x" * 65}, "station"),
+    ):
+        bad = client.get("/v1/inspection/defects", **params)
+        assert bad.status_code == 422, (params, bad.text)
+        assert field in bad.text
+    backwards = client.get(
+        "/v1/inspection/defects", since="2026-06-02T00:00:00Z", until="2026-06-01T00:00:00Z"
+    )
+    assert backwards.status_code == 422 and "since" in backwards.json()["detail"]
