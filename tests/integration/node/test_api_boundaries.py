@@ -378,3 +378,28 @@ def test_deeply_nested_json_is_refused_and_the_node_survives(network: LocalNetwo
         assert line["rejected"][0]["reason"] == "JSON nested deeper than 32 levels"
         assert client.get("/healthz").status_code == 200
     assert member.running
+
+
+def test_the_defects_chart_refuses_hostile_queries(network: LocalNetwork) -> None:
+    """``/v1/inspection/defects``: zone-less, backwards or absurd windows, a non-finite or
+    out-of-range standard, overlong or control-character names are 4xx problems naming
+    the field; no token is a 401; an honest query of an empty window a 404."""
+    with network["sunarc"].client() as client:
+        path = "/v1/inspection/defects"
+        for params, field in (
+            ({"since": "2026-06-01T08:00:00"}, "since"),
+            ({"until": "not a time"}, "until"),
+            ({"since": "99999-01-01T00:00:00Z"}, "since"),
+            ({"standard": "nan"}, "standard"),
+            ({"standard": "-0.1"}, "standard"),
+            ({"standard": "1e308"}, "standard"),
+            ({"station": "x" * 10_000}, "station"),
+            ({"order": "PO\x00-1"}, "order"),
+        ):
+            body = problem(client.get(path, params=params), 422)
+            assert field in str(body), (params, body)
+        backwards = {"since": "2026-06-02T00:00:00Z", "until": "2026-06-01T00:00:00Z"}
+        assert "since" in problem(client.get(path, params=backwards), 422)["detail"]
+        empty = {"since": "1990-01-01T00:00:00Z", "until": "1990-01-02T00:00:00Z"}
+        assert "no inspection verdicts" in problem(client.get(path, params=empty), 404)["detail"]
+        assert client.get(path, headers={"Authorization": "Bearer nope"}).status_code == 401
