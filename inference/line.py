@@ -27,6 +27,7 @@ from qdspace.inference.alarms import AlarmLog
 from qdspace.inference.errors import FrameError, InferenceError
 from qdspace.inference.frame_context import ProductionContext
 from qdspace.inference.frames import check_frame, image_sha256
+from qdspace.inference.mes_context import MesContext
 from qdspace.inference.model import DEFAULT_THRESHOLD, OnnxClassifier
 from qdspace.inference.sources import FrameSource, SourceFrame
 from qdspace.inference.stats import LineSnapshot, LineStats
@@ -106,6 +107,8 @@ class LineConfig:
     #: collection of a process that imported PyTorch and Ray scans ~300k objects and
     #: stalls every station for 100+ ms (the p99), while the line's own garbage is young
     freeze_gc: bool = True
+    #: which unit each station had when (the MES): fills what a frame does not say
+    mes: MesContext | None = None
 
 
 class InspectionLine:
@@ -304,6 +307,10 @@ class InspectionLine:
             frame
         )  # after the verdict: it is the line's time, not the judge's
         context = item.context or ProductionContext()
+        if self._config.mes is not None:
+            known = self._config.mes.at(spec.name, captured_at)
+            if known is not None:  # the frame's own name / sidecar wins
+                context = context.over(known)
         row = inspection_row(
             inspection_id=f"{spec.name}-{self._config.run_id}-{sequence:07d}",
             station=spec.name,

@@ -103,7 +103,9 @@ class FolderFrames:
     ``name_pattern`` (a regular expression with groups serial / order / batch, matched
     against the file stem) and ``sidecar`` (read ``<stem>.json`` beside the image) give
     each frame its production context; a frame whose context cannot be read is a
-    ``FrameError``, as an unreadable image is.
+    ``FrameError``, as an unreadable image is. With ``context_required=False`` (another
+    source, the MES context, fills it) a frame without a sidecar is judged without one;
+    a malformed sidecar or a name that does not match is still an error.
     """
 
     def __init__(
@@ -113,6 +115,7 @@ class FolderFrames:
         labels: Mapping[str, int] | None = None,
         name_pattern: str | None = None,
         sidecar: bool = False,
+        context_required: bool = True,
     ) -> None:
         if not folder.is_dir():
             raise DatasetError(f"frame folder {folder} does not exist")
@@ -122,6 +125,7 @@ class FolderFrames:
         self._labels = dict(labels or {})
         self._pattern = compile_pattern(name_pattern) if name_pattern is not None else None
         self._sidecar = sidecar
+        self._required = context_required
         self._cursor = _Cursor(len(self._files), loop)
 
     def next_frame(self) -> SourceFrame | None:
@@ -142,7 +146,7 @@ class FolderFrames:
             found = context_from_name(self._pattern, path.stem)
         if self._sidecar:
             side = context_from_sidecar(path.with_suffix(".json"), path.stem)
-            if side is None and self._pattern is None:
+            if side is None and self._pattern is None and self._required:
                 raise FrameError(path.stem, f"no sidecar {path.with_suffix('.json').name}")
             if side is not None:
                 found = side.over(found)

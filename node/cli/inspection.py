@@ -290,6 +290,13 @@ def run(
     sidecar: Annotated[
         bool, typer.Option(help="read serial/order_id/batch_id from FRAME.json beside each image")
     ] = False,
+    mes_context: Annotated[
+        Path | None,
+        typer.Option(
+            help="MES export (CSV or JSON: station,start,end,serial,order_id,batch_id) "
+            "giving each verdict the unit its station had then, where the frame does not say"
+        ),
+    ] = None,
     member: MemberOpt = CellMember.AUTO,
     version: Annotated[str | None, typer.Option(help="model version (default: active)")] = None,
     local: Annotated[bool, typer.Option(help="judge in-process, without Ray Serve")] = False,
@@ -303,6 +310,7 @@ def run(
         from qdspace.inference.frame_context import compile_pattern
 
         compile_pattern(name_pattern)  # a mistake stops us before anything starts
+    mes = _mes(mes_context, stations)
     from qdspace.inference.alarms import AlarmLog
     from qdspace.inference.extras import require_inspection
     from qdspace.inference.line import InspectionLine, LineConfig
@@ -317,14 +325,23 @@ def run(
     alarms = AlarmLog()
     with InspectionSession(ModelRegistry(directory), use_ray=not local, num_cpus=cpus) as session:
         served = session.start(version)
-        context = {"name_pattern": name_pattern, "sidecar": sidecar}
+        context = {
+            "name_pattern": name_pattern,
+            "sidecar": sidecar,
+            "context_required": mes is None,  # the MES fills what a frame does not say
+        }
         specs, audit = _stations(
             directory, stations, fps, frames, member, alarms, served, context=context
         )
         store, sink = _store_sink(directory)
         try:
             line = InspectionLine(
-                session.judge, sink, specs, LineConfig(run_id=uuid.uuid4().hex[:8]), alarms, audit
+                session.judge,
+                sink,
+                specs,
+                LineConfig(run_id=uuid.uuid4().hex[:8], mes=mes),
+                alarms,
+                audit,
             )
             tier = "onnxruntime in-process" if local else "Ray Serve"
             console.print(
@@ -335,6 +352,22 @@ def run(
         finally:
             store.close()
     console.print(_render(final, audit))
+
+
+def _mes(path: Path | None, stations: int) -> Any:
+    """The MES context file, checked whole before the line starts (None: not given)."""
+    if path is None:
+        return None
+    from qdspace.inference.mes_context import read_mes_context
+
+    mes = read_mes_context(path)
+    ours = {f"el-{i + 1}" for i in range(stations)}
+    if not ours & set(mes.stations):
+        raise fail(
+            f"{path}: names stations {', '.join(mes.stations[:5])}; this line runs "
+            f"{', '.join(sorted(ours))}"
+        )
+    return mes
 
 
 def _stations(

@@ -123,3 +123,22 @@ def test_bad_options_are_one_clear_line(node_dir: Path, args: tuple[str, ...], t
     code, out, _ = qdspace("inspect", "defects", "--dir", str(node_dir), *args)
     assert code != 0
     assert text in out and "Traceback" not in out
+
+
+def test_inspect_run_refuses_a_bad_mes_context_before_the_line_starts(
+    node_dir: Path, tmp_path: Path
+) -> None:
+    naive = tmp_path / "naive.csv"
+    naive.write_text("station,start,batch_id\nel-1,2026-06-01T06:00:00,B-1\n")
+    code, out, modules = qdspace(
+        "inspect", "run", "--dir", str(node_dir), "--local", "--mes-context", str(naive)
+    )
+    assert code != 0 and "naive.csv:2: start 2026-06-01T06:00:00 names no zone" in out
+    assert "Traceback" not in out
+    assert not [m for m in modules if m.startswith(("onnxruntime", "ray", "torch"))]
+    other = tmp_path / "other.csv"
+    other.write_text("station,start,batch_id\nline-4,2026-06-01T06:00:00Z,B-1\n")
+    code, out, _ = qdspace(
+        "inspect", "run", "--dir", str(node_dir), "--local", "--mes-context", str(other)
+    )
+    assert code != 0 and "names stations line-4; this line runs el-1, el-2" in out

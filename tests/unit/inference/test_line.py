@@ -305,3 +305,60 @@ def test_verdicts_carry_the_serial_order_and_batch_of_their_frames(
     # a frame whose name names no unit is not judged into a verdict tied to nothing
     assert final.stations["el-1"].bad_frames == 1
     assert any("cell-no-serial" in a.message for a in line.alarms.recent())
+
+
+def test_the_mes_context_fills_what_the_frames_do_not_say(
+    model_bytes: tuple[bytes, bytes], tmp_path: Path
+) -> None:
+    """Frames with no name pattern and no sidecar: each verdict gets the order and batch
+    (and serial) the MES says its station had when the frame was captured; a frame's
+    own sidecar still wins; a station the MES does not name keeps the station default."""
+    from datetime import UTC, datetime, timedelta
+
+    from qdspace.inference.mes_context import read_mes_context
+
+    now = datetime.now(UTC)
+    mes_file = tmp_path / "mes.csv"
+    mes_file.write_text(
+        "station,start,end,serial,order_id,batch_id\n"
+        f"el-1,{(now - timedelta(hours=2)).isoformat()},{(now - timedelta(hours=1)).isoformat()},"
+        ",PO-OLD,B-OLD\n"
+        f"el-1,{(now - timedelta(hours=1)).isoformat()},,,PO-7,B-7\n"
+        f"el-2,{(now - timedelta(hours=1)).isoformat()},,SN-2,PO-8,B-8\n"
+    )
+    folder = tmp_path / "frames"
+    folder.mkdir()
+    for i, frame in enumerate(_frames(3, seed=5)):
+        Image.fromarray(frame).save(folder / f"cell{i}.png")
+    (folder / "cell2.json").write_text('{"batch_id": "B-SIDECAR"}')
+    store = open_store(f"sqlite:///{tmp_path / 'node.db'}")
+    frames = _frames(2, seed=6)
+    line = InspectionLine(
+        LocalJudge(OnnxClassifier(model_bytes[0], device="cpu")),
+        ingest_sink(store.ingest_rows),
+        [
+            StationSpec(
+                "el-1",
+                FolderFrames(folder, loop=False, sidecar=True, context_required=False),
+                FPS,
+            ),
+            StationSpec("el-2", ArrayFrames(frames, ["x0", "x1"], loop=False), FPS),
+            StationSpec(
+                "el-3", ArrayFrames(frames, ["y0", "y1"], loop=False), FPS, batch_id="B-DEF"
+            ),
+        ],
+        LineConfig(run_id="mes", mes=read_mes_context(mes_file)),
+    )
+    line.run(seconds=30)
+    rows = _stored_rows(tmp_path / "node.db")
+    store.close()
+    got = {r["frame_id"]: (r["serial"], r["order_id"], r["batch_id"]) for r in rows}
+    assert got == {
+        "cell0": (None, "PO-7", "B-7"),
+        "cell1": (None, "PO-7", "B-7"),
+        "cell2": (None, "PO-7", "B-SIDECAR"),
+        "x0": ("SN-2", "PO-8", "B-8"),
+        "x1": ("SN-2", "PO-8", "B-8"),
+        "y0": (None, None, "B-DEF"),
+        "y1": (None, None, "B-DEF"),
+    }
