@@ -14,6 +14,7 @@ import os
 import shutil
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -234,6 +235,52 @@ async def test_readings_stored_converted_bad_ones_reported_broker_restart_surviv
     stop.set()
     await asyncio.wait_for(task, 10)
     assert stored(store)[-1][:1] + stored(store)[-1][3:5] == ("PECVD-3", pytest.approx(300.0), "Pa")
+
+
+async def test_a_locked_store_acknowledges_nothing_and_the_connector_catches_up(
+    broker: Broker, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Another process holds the database's write lock mid-stream: the ingest fails (after
+    SQLite's busy timeout), the connector says so in one log line, acknowledges nothing
+    and stays up; once the lock is gone it gets the messages again (the broker resends
+    what was not acknowledged) and stores each once."""
+    caplog.set_level(logging.INFO, "qdspace.connector.linein")
+    db = tmp_path / "locked.db"
+    store = open_store(f"sqlite:///{db}")
+    connector = MqttConnector(
+        MqttConfig.model_validate(config(broker.port)), MeasurementSink(store, "mqtt locked")
+    )
+    stop = asyncio.Event()
+    task = asyncio.create_task(connector.run(stop))
+    tool = Publisher(broker.port)
+    blocker = sqlite3.connect(db, isolation_level=None, timeout=1)
+    try:
+        await until(lambda: connector.sessions == 1 and connector._connected)
+        await asyncio.sleep(0.2)  # the SUBACK
+        for i in range(5):
+            await asyncio.to_thread(tool.send, "plant/PECVD-1/pecvd/pressure", reading(i, 1.0))
+        await until(lambda: count(store) == 5)
+        blocker.execute("BEGIN EXCLUSIVE")  # the store is locked from here on
+        for i in range(5, 10):
+            await asyncio.to_thread(tool.send, "plant/PECVD-1/pecvd/pressure", reading(i, 2.0))
+        await until(lambda: "store failed, nothing acknowledged" in caplog.text, timeout=60)
+        assert "database is locked" in caplog.text
+        assert count(store) == 5 and not task.done()
+        blocker.execute("ROLLBACK")  # the store is back
+        await until(lambda: count(store) == 10, timeout=60)
+        await asyncio.to_thread(tool.send, "plant/PECVD-1/pecvd/pressure", reading(10, 3.0))
+        await until(lambda: count(store) == 11)
+    finally:
+        blocker.close()
+        tool.close()
+        stop.set()
+        await asyncio.wait_for(task, 30)
+    assert connector.sessions >= 2  # the failed session ended; a new one resumed
+    rows = stored(store)
+    store.close()
+    taken = [r[2] for r in rows]
+    assert len(taken) == len(set(taken)) == 11
+    assert [r[3] for r in rows] == pytest.approx([100.0] * 5 + [200.0] * 5 + [300.0])
 
 
 def cli(node: Path, conf: Path, log: Path) -> subprocess.Popen[bytes]:
