@@ -12,8 +12,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Protocol
 
 import typer
 from rich.console import Console
@@ -37,15 +38,34 @@ def _require(module: str) -> None:
         raise fail(f"{module} is not installed: pip install 'qdspace[connect]'")
 
 
-def _prepare(directory: Path, level: str) -> Any:
+class _Running(Protocol):
+    async def run(self, stop: asyncio.Event) -> None: ...
+
+
+#: builds a connector from its configuration and the node's open store; returns it and
+#: a function that says, at the end, what it did
+Factory = Callable[[Any, Any], tuple[_Running, Callable[[], str]]]
+
+
+def _connect(directory: Path, config: Path, model: Any, log_level: str, factory: Factory) -> None:
+    """The one way each ``connect`` command runs: load and check the configuration, open
+    the node's store, run the connector until SIGINT/SIGTERM, print its totals, close."""
+    from qdspace.connector.linein.config import read_config
     from qdspace.node.config import NodeSettings
     from qdspace.node.logs import setup_logging
 
-    setup_logging(level)
-    return NodeSettings.load(directory).open_store()
+    cfg = read_config(config, model)
+    setup_logging(log_level)
+    store = NodeSettings.load(directory).open_store()
+    try:
+        connector, summary = factory(cfg, store)
+        _until_signal(connector.run)
+        console.print(summary())
+    finally:
+        store.close()
 
 
-def _until_signal(run: Any) -> None:
+def _until_signal(run: Callable[[asyncio.Event], Awaitable[None]]) -> None:
     """Run the coroutine factory ``run(stop)`` until SIGINT/SIGTERM sets ``stop``."""
 
     async def main() -> None:
@@ -64,19 +84,16 @@ def _until_signal(run: Any) -> None:
 def opcua(directory: DirOpt, config: ConfigOpt, log_level: LogOpt = "INFO") -> None:
     """Subscribe to OPC UA nodes; store readings as process measurements."""
     _require("asyncua")
-    from qdspace.connector.linein.config import OpcuaConfig, check_elements, read_config
+    from qdspace.connector.linein.config import OpcuaConfig, check_elements
     from qdspace.connector.linein.opcua import OpcuaConnector
     from qdspace.connector.linein.sink import MeasurementSink
 
-    cfg = read_config(config, OpcuaConfig)
-    store = _prepare(directory, log_level)
-    try:
+    def factory(cfg: OpcuaConfig, store: Any) -> tuple[_Running, Callable[[], str]]:
         check_elements(config, cfg.nodes, store.dictionary)
         sink = MeasurementSink(store, f"opcua {cfg.endpoint}")
-        _until_signal(OpcuaConnector(cfg, sink).run)
-        console.print(f"opcua {cfg.endpoint}: {sink.totals}")
-    finally:
-        store.close()
+        return OpcuaConnector(cfg, sink), lambda: f"opcua {cfg.endpoint}: {sink.totals}"
+
+    _connect(directory, config, OpcuaConfig, log_level, factory)
 
 
 @connect_app.command("mqtt")
@@ -84,19 +101,17 @@ def opcua(directory: DirOpt, config: ConfigOpt, log_level: LogOpt = "INFO") -> N
 def mqtt(directory: DirOpt, config: ConfigOpt, log_level: LogOpt = "INFO") -> None:
     """Subscribe to MQTT topics; store readings (QoS 1 acknowledged after commit)."""
     _require("paho")
-    from qdspace.connector.linein.config import MqttConfig, check_elements, read_config
+    from qdspace.connector.linein.config import MqttConfig, check_elements
     from qdspace.connector.linein.mqtt import MqttConnector
     from qdspace.connector.linein.sink import MeasurementSink
 
-    cfg = read_config(config, MqttConfig)
-    store = _prepare(directory, log_level)
-    try:
+    def factory(cfg: MqttConfig, store: Any) -> tuple[_Running, Callable[[], str]]:
         check_elements(config, cfg.topics, store.dictionary)
-        sink = MeasurementSink(store, f"mqtt {cfg.host}:{cfg.port}")
-        _until_signal(MqttConnector(cfg, sink).run)
-        console.print(f"mqtt {cfg.host}:{cfg.port}: {sink.totals}")
-    finally:
-        store.close()
+        where = f"mqtt {cfg.host}:{cfg.port}"
+        sink = MeasurementSink(store, where)
+        return MqttConnector(cfg, sink), lambda: f"{where}: {sink.totals}"
+
+    _connect(directory, config, MqttConfig, log_level, factory)
 
 
 @connect_app.command("folder")
@@ -104,14 +119,11 @@ def mqtt(directory: DirOpt, config: ConfigOpt, log_level: LogOpt = "INFO") -> No
 def folder(directory: DirOpt, config: ConfigOpt, log_level: LogOpt = "INFO") -> None:
     """Watch an export folder; ingest each CSV/JSONL file once, then move it."""
     _require("watchdog")
-    from qdspace.connector.linein.config import FolderConfig, read_config
+    from qdspace.connector.linein.config import FolderConfig
     from qdspace.connector.linein.folder import FolderConnector
 
-    cfg = read_config(config, FolderConfig)
-    store = _prepare(directory, log_level)
-    try:
+    def factory(cfg: FolderConfig, store: Any) -> tuple[_Running, Callable[[], str]]:
         watcher = FolderConnector(cfg, store)
-        _until_signal(watcher.run)
-        console.print(f"folder {cfg.watch}: {watcher.status()}")
-    finally:
-        store.close()
+        return watcher, lambda: f"folder {cfg.watch}: {watcher.status()}"
+
+    _connect(directory, config, FolderConfig, log_level, factory)
