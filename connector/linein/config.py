@@ -84,6 +84,8 @@ class MqttTopic(Context):
     equipment: str | None = Field(default=None, max_length=64)
     #: take the equipment from this level of the topic (0-based) instead
     equipment_level: int | None = Field(default=None, ge=0)
+    #: Sparkplug B: the metric (by name) of the payloads on these topics
+    metric: str | None = Field(default=None, min_length=1, max_length=256)
 
     @model_validator(mode="after")
     def _equipment(self) -> MqttTopic:
@@ -102,6 +104,8 @@ class MqttConfig(_Strict):
     cert_file: Path | None = None
     key_file: Path | None = None
     qos: Literal[0, 1] = 1
+    #: a JSON object per message, or Sparkplug B protobuf payloads (metrics by name)
+    payload_format: Literal["json", "sparkplug_b"] = "json"
     keepalive_s: int = Field(default=30, ge=5, le=3600)
     #: first wait before reconnecting (doubled per failed try, up to 16 times as long)
     reconnect_s: float = Field(default=2.0, gt=0, le=600)
@@ -112,6 +116,16 @@ class MqttConfig(_Strict):
     batch_field: str = "batch_id"
     order_field: str = "order_id"
     topics: list[MqttTopic] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _metrics(self) -> MqttConfig:
+        sparkplug = self.payload_format == "sparkplug_b"
+        for i, t in enumerate(self.topics):
+            if sparkplug and t.metric is None:
+                raise ValueError(f"topics.{i}: sparkplug_b payloads: give the metric it maps")
+            if not sparkplug and t.metric is not None:
+                raise ValueError(f"topics.{i}: metric is for payload_format sparkplug_b")
+        return self
 
 
 class FolderRule(_Strict):

@@ -1,5 +1,8 @@
 """MQTT connector (paho-mqtt 2): QoS 1 readings stored exactly once, acknowledged after commit.
 
+Payloads are a JSON object per message, or Sparkplug B protobuf (``payload_format:
+sparkplug_b``, one reading per mapped metric: :mod:`connector.linein.sparkplug`).
+
 Exactly once *on our side* is two halves. The broker keeps a persistent session for our
 fixed client id (``clean_session=False``), so a QoS 1 message we have not acknowledged
 is delivered again when we reconnect, whether we crashed, were killed or lost the
@@ -32,6 +35,7 @@ from qdspace.connector.errors import StorageError
 from qdspace.connector.linein.config import MqttConfig
 from qdspace.connector.linein.mapping import mqtt_mapping, mqtt_row
 from qdspace.connector.linein.sink import Item, MeasurementSink
+from qdspace.connector.linein.sparkplug import BirthBook, sparkplug_rows
 
 log = logging.getLogger("qdspace.connector.linein.mqtt")
 
@@ -59,6 +63,9 @@ class MqttConnector:
         self.session_present = False
         self._lock = threading.Lock()
         self._connected = False
+        #: Sparkplug B: what each edge node's / device's last BIRTH said (kept across
+        #: reconnections: an edge node sends its BIRTH once per its own session)
+        self._births = BirthBook()
 
     async def run(self, stop: asyncio.Event) -> None:
         """Store messages until ``stop`` is set; a store failure restarts the client."""
@@ -161,17 +168,22 @@ class MqttConnector:
             batch = [first]
             while not queue.empty() and len(batch) < BATCH:
                 batch.append(queue.get_nowait())
-            await asyncio.to_thread(self.sink.put, [self._item(m) for m in batch])
+            items = [item for m in batch for item in self._items(m)]
+            await asyncio.to_thread(self.sink.put, items)
             self._ack(client, batch)
 
-    def _item(self, message: Message) -> Item:
+    def _items(self, message: Message) -> list[Item]:
+        """The readings of one message (a Sparkplug B payload may carry many, or none)."""
         if message.topic is None:
-            return ("mqtt:?", ("topic", "topic is not UTF-8"))
+            return [("mqtt:?", ("topic", "topic is not UTF-8"))]
         source = f"mqtt:{message.topic}"
+        if self.config.payload_format == "sparkplug_b":
+            rows = sparkplug_rows(self.config, self._births, message.topic, message.payload)
+            return [(source, row) for row in rows]
         mapping = mqtt_mapping(self.config, message.topic)
         if mapping is None:
-            return (source, ("topic", "matches no configured topic filter"))
-        return (source, mqtt_row(self.config, mapping, message.topic, message.payload))
+            return [(source, ("topic", "matches no configured topic filter"))]
+        return [(source, mqtt_row(self.config, mapping, message.topic, message.payload))]
 
     def _ack(self, client: Any, batch: list[Message]) -> None:
         """PUBACK every stored message that came on the current connection, in order."""

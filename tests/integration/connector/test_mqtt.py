@@ -283,6 +283,60 @@ async def test_a_locked_store_acknowledges_nothing_and_the_connector_catches_up(
     assert [r[3] for r in rows] == pytest.approx([100.0] * 5 + [200.0] * 5 + [300.0])
 
 
+async def test_sparkplug_b_births_and_data_by_alias_are_stored(
+    broker: Broker, store: QualityStore
+) -> None:
+    """An edge node's DBIRTH names its metrics and aliases, DDATA sends values by alias:
+    the mapped metric lands converted in the QDM; a DDATA sent twice is stored once."""
+    from qdspace.protocols.sparkplug import sparkplug_b_pb2 as sp
+
+    cfg = {
+        **config(broker.port),
+        "payload_format": "sparkplug_b",
+        "topics": [
+            {"topic": "spBv1.0/cellex/+/line-2/+", "metric": "Chamber/Pressure",
+             "element": "pecvd_chamber_vacuum", "unit": "mbar", "equipment_level": 4},
+        ],
+    }  # fmt: skip
+    connector = MqttConnector(MqttConfig.model_validate(cfg), MeasurementSink(store, "spB"))
+    stop = asyncio.Event()
+    task = asyncio.create_task(connector.run(stop))
+    ms = int(T0.timestamp() * 1000)
+
+    def message(*metrics: dict[str, Any]) -> bytes:
+        p = sp.Payload(timestamp=ms, seq=0)
+        for m in metrics:
+            p.metrics.add(**m)
+        return p.SerializeToString()
+
+    tool = Publisher(broker.port)
+    try:
+        await until(lambda: connector.sessions == 1 and connector._connected)
+        await asyncio.sleep(0.2)  # the SUBACK
+        born = message(
+            {"name": "Chamber/Pressure", "alias": 3, "datatype": sp.Float, "float_value": 1.5},
+            {"name": "Chamber/Door", "alias": 4, "datatype": sp.Boolean, "boolean_value": True},
+        )
+        send = asyncio.to_thread
+        await send(tool.send, "spBv1.0/cellex/DBIRTH/line-2/PECVD-1", born)
+        data = message({"alias": 3, "float_value": 1.25, "timestamp": ms + 1000})
+        await send(tool.send, "spBv1.0/cellex/DDATA/line-2/PECVD-1", data)
+        await send(tool.send, "spBv1.0/cellex/DDATA/line-2/PECVD-1", data)  # sent twice
+        await send(tool.send, "spBv1.0/cellex/DDATA/line-2/PECVD-1", b"not protobuf \xff")
+        await until(lambda: count(store) == 2 and len(connector.sink.rejected) == 1)
+    finally:
+        tool.close()
+        stop.set()
+        await asyncio.wait_for(task, 10)
+    rows = stored(store)
+    assert [(r[0], r[3], r[4], r[5]) for r in rows] == [
+        ("PECVD-1", pytest.approx(150.0), "Pa", "mbar"),
+        ("PECVD-1", pytest.approx(125.0), "Pa", "mbar"),
+    ]
+    assert connector.sink.totals.duplicates == 1
+    assert "not a Sparkplug B protobuf" in connector.sink.rejected[0].reason
+
+
 def cli(node: Path, conf: Path, log: Path) -> subprocess.Popen[bytes]:
     worktree = Path(__file__).resolve().parents[3]
     env = {**os.environ, "PYTHONPATH": str(worktree)}

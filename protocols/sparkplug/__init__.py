@@ -1,0 +1,1 @@
+"""Sparkplug B payloads (the subset the MQTT connector reads); stubs generated, committed."""
