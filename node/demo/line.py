@@ -4,8 +4,8 @@ Cellex's sample process file leaves its PECVD readings out (`sample.write_sample
 with ``pecvd=False``); instead its simulated PECVD line (`pecvd_tool`, an asyncua
 server on loopback, its own process) serves them as OPC UA variables with source
 timestamps and history, and the line connector (``qdspace connect opcua``, its own
-process, against Cellex's node directory) backfills them from that history into
-Cellex's QDM, each with the batch its tool was running then, and stays subscribed.
+process, against Cellex's node directory) subscribes and backfills them from that
+history into Cellex's QDM, each with the batch its tool was running then.
 The trace chapter then finds the planted leak in these rows. Both processes stop with
 the nodes, or are left running with them (``--keep-running``, ``qdspace demo stop``).
 
@@ -157,7 +157,7 @@ def print_opcua(console: Console, report: DemoReport) -> None:
     console.print(table)
     console.print(
         f"{chapter['published']} readings published with history, {chapter['stored']} stored "
-        f"in {chapter['member']}'s QDM by `qdspace connect opcua` (backfill, then subscribed; "
+        f"in {chapter['member']}'s QDM by `qdspace connect opcua` (subscribed, then backfilled; "
         f"config {chapter['config']}) in {chapter['seconds']:.1f} s",
         highlight=False,
         soft_wrap=True,
