@@ -1,5 +1,6 @@
 """The OPC UA connector against a real asyncua server on loopback: readings land in a
-real SQLite QDM, a connector restart backfills from history without duplicates, a
+real SQLite QDM, a connector restart backfills from history without duplicates, values
+written while the connector connects, subscribes and backfills are all stored, a
 server restart is survived, a bad reading is reported and does not stop it, and one
 session runs with SignAndEncrypt and certificates."""
 
