@@ -28,6 +28,7 @@ import asyncio
 import contextlib
 import logging
 import threading
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -35,13 +36,15 @@ from qdspace.connector.errors import StorageError
 from qdspace.connector.linein.config import MqttConfig
 from qdspace.connector.linein.mapping import mqtt_mapping, mqtt_row
 from qdspace.connector.linein.sink import Item, MeasurementSink
-from qdspace.connector.linein.sparkplug import BirthBook, sparkplug_rows
+from qdspace.connector.linein.sparkplug import BirthBook, rebirth_request, sparkplug_rows
 
 log = logging.getLogger("qdspace.connector.linein.mqtt")
 
 #: messages stored per ingest call at most (the broker's in-flight window is the
 #: real bound: mosquitto sends 20 unacknowledged QoS 1 messages per client by default)
 BATCH = 500
+#: Sparkplug B: a rebirth is asked of one edge node at most this often
+REBIRTH_HOLDOFF_S = 10.0
 
 
 @dataclass(frozen=True)
@@ -66,6 +69,7 @@ class MqttConnector:
         #: Sparkplug B: what each edge node's / device's last BIRTH said (kept across
         #: reconnections: an edge node sends its BIRTH once per its own session)
         self._births = BirthBook()
+        self._rebirth_asked: dict[tuple[str, str], float] = {}
 
     async def run(self, stop: asyncio.Event) -> None:
         """Store messages until ``stop`` is set; a store failure restarts the client."""
@@ -171,6 +175,7 @@ class MqttConnector:
             items = [item for m in batch for item in self._items(m)]
             await asyncio.to_thread(self.sink.put, items)
             self._ack(client, batch)
+            self._ask_rebirth(client)
 
     def _items(self, message: Message) -> list[Item]:
         """The readings of one message (a Sparkplug B payload may carry many, or none)."""
@@ -184,6 +189,28 @@ class MqttConnector:
         if mapping is None:
             return [(source, ("topic", "matches no configured topic filter"))]
         return [(source, mqtt_row(self.config, mapping, message.topic, message.payload))]
+
+    def _ask_rebirth(self, client: Any) -> None:
+        """Sparkplug B: ask each edge node that used an unknown alias to be born again
+        (once per ``REBIRTH_HOLDOFF_S`` per node: its BIRTH may be on the way)."""
+        if not self._births.unknown:
+            return
+        now = time.monotonic()
+        for group, node in sorted(self._births.unknown):
+            if now - self._rebirth_asked.get((group, node), -REBIRTH_HOLDOFF_S) < REBIRTH_HOLDOFF_S:
+                continue
+            topic, payload = rebirth_request(group, node, int(time.time() * 1000))
+            client.publish(topic, payload, qos=0)
+            self._rebirth_asked[(group, node)] = now
+            log.warning(
+                "mqtt %s:%d: edge node %s/%s used an alias no BIRTH named: rebirth asked on %s",
+                self.config.host,
+                self.config.port,
+                group,
+                node,
+                topic,
+            )
+        self._births.unknown.clear()
 
     def _ack(self, client: Any, batch: list[Message]) -> None:
         """PUBACK every stored message that came on the current connection, in order."""

@@ -14,7 +14,9 @@ natural key that makes a redelivered message a duplicate. Commands (``NCMD``,
 ``DCMD``), deaths and ``STATE`` carry no readings; a metric no mapping names is
 skipped (an edge node publishes far more than a quality node keeps). What cannot be
 read (not protobuf, an alias no BIRTH named, a null, a type that is no measurement)
-is reported with its topic and metric. Pure: no sockets, no clock.
+is reported with its topic and metric; an edge node that used an alias no BIRTH seen
+named is noted (`BirthBook.unknown`) and the connector asks it for a rebirth
+(`rebirth_request`: NCMD ``Node Control/Rebirth``). Pure: no sockets, no clock.
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ INT64, UNSIGNED = 4, frozenset({5, 6, 7, 8})
 FLOAT, DOUBLE, BOOLEAN, STRING, TEXT = 9, 10, 11, 12, 14
 #: metrics one payload may carry at most
 MAX_METRICS = 10_000
+REBIRTH_METRIC = "Node Control/Rebirth"
 
 
 @dataclass(frozen=True)
@@ -69,6 +72,9 @@ class BirthBook:
 
     aliases: dict[tuple[str, str, str | None], dict[int, str]] = field(default_factory=dict)
     types: dict[tuple[str, str, str | None], dict[str, int]] = field(default_factory=dict)
+    #: edge nodes (group, node) whose DATA named an alias no BIRTH seen named: they
+    #: should be asked to be born again (the connector sends the rebirth command)
+    unknown: set[tuple[str, str]] = field(default_factory=set)
 
     def birth(self, where: SparkplugTopic, metrics: list[Any]) -> None:
         key = (where.group, where.edge_node, where.device)
@@ -96,6 +102,16 @@ class BirthBook:
         if datatype is None and name is not None:
             datatype = self.types.get(key, {}).get(name)
         return name, datatype
+
+
+def rebirth_request(group: str, edge_node: str, now_ms: int) -> tuple[str, bytes]:
+    """The topic and payload that ask an edge node to publish its BIRTH again (the
+    specification's NCMD metric ``Node Control/Rebirth`` = true)."""
+    from qdspace.protocols.sparkplug.sparkplug_b_pb2 import Payload
+
+    payload = Payload(timestamp=now_ms)
+    payload.metrics.add(name=REBIRTH_METRIC, timestamp=now_ms, datatype=BOOLEAN, boolean_value=True)
+    return f"{NAMESPACE}/{group}/NCMD/{edge_node}", payload.SerializeToString()
 
 
 def _value(metric: Any, datatype: int | None) -> Any | str:
@@ -162,6 +178,7 @@ def sparkplug_rows(
         name, datatype = book.name_and_type(where, metric)
         if name is None:
             out.append(("metric", f"alias {metric.alias} was named by no BIRTH seen"))
+            book.unknown.add(where.node_key)
             continue
         mapping = _mapping(config, topic, name)
         if mapping is None:

@@ -287,7 +287,9 @@ async def test_sparkplug_b_births_and_data_by_alias_are_stored(
     broker: Broker, store: QualityStore
 ) -> None:
     """An edge node's DBIRTH names its metrics and aliases, DDATA sends values by alias:
-    the mapped metric lands converted in the QDM; a DDATA sent twice is stored once."""
+    the mapped metric lands converted in the QDM; a DDATA sent twice is stored once; a
+    DDATA with an alias no BIRTH named is reported and the edge node is asked (NCMD
+    ``Node Control/Rebirth``) to be born again."""
     from qdspace.protocols.sparkplug import sparkplug_b_pb2 as sp
 
     cfg = {
@@ -309,10 +311,21 @@ async def test_sparkplug_b_births_and_data_by_alias_are_stored(
             p.metrics.add(**m)
         return p.SerializeToString()
 
+    commands: list[bytes] = []
+    edge = paho.Client(CallbackAPIVersion.VERSION2, client_id="edge-node-line-2")
+    edge.on_message = lambda _c, _u, msg: commands.append(bytes(msg.payload))
+    edge.connect("127.0.0.1", broker.port)
+    edge.subscribe("spBv1.0/cellex/NCMD/line-2", qos=1)
+    edge.loop_start()
     tool = Publisher(broker.port)
     try:
         await until(lambda: connector.sessions == 1 and connector._connected)
-        await asyncio.sleep(0.2)  # the SUBACK
+        await asyncio.sleep(0.2)  # the SUBACKs
+        early = message({"alias": 3, "float_value": 1.0, "timestamp": ms - 1000})
+        await asyncio.to_thread(tool.send, "spBv1.0/cellex/DDATA/line-2/PECVD-1", early)
+        await until(lambda: len(commands) == 1)
+        (rebirth,) = sp.Payload.FromString(commands[0]).metrics
+        assert (rebirth.name, rebirth.boolean_value) == ("Node Control/Rebirth", True)
         born = message(
             {"name": "Chamber/Pressure", "alias": 3, "datatype": sp.Float, "float_value": 1.5},
             {"name": "Chamber/Door", "alias": 4, "datatype": sp.Boolean, "boolean_value": True},
@@ -323,9 +336,11 @@ async def test_sparkplug_b_births_and_data_by_alias_are_stored(
         await send(tool.send, "spBv1.0/cellex/DDATA/line-2/PECVD-1", data)
         await send(tool.send, "spBv1.0/cellex/DDATA/line-2/PECVD-1", data)  # sent twice
         await send(tool.send, "spBv1.0/cellex/DDATA/line-2/PECVD-1", b"not protobuf \xff")
-        await until(lambda: count(store) == 2 and len(connector.sink.rejected) == 1)
+        await until(lambda: count(store) == 2 and len(connector.sink.rejected) == 2)
     finally:
         tool.close()
+        edge.disconnect()
+        edge.loop_stop()
         stop.set()
         await asyncio.wait_for(task, 10)
     rows = stored(store)
@@ -334,7 +349,10 @@ async def test_sparkplug_b_births_and_data_by_alias_are_stored(
         ("PECVD-1", pytest.approx(125.0), "Pa", "mbar"),
     ]
     assert connector.sink.totals.duplicates == 1
-    assert "not a Sparkplug B protobuf" in connector.sink.rejected[0].reason
+    reasons = [p.reason for p in connector.sink.rejected]
+    assert reasons[0] == "alias 3 was named by no BIRTH seen"
+    assert "not a Sparkplug B protobuf" in reasons[1]
+    assert len(commands) == 1  # asked once, not again for the DATA after the BIRTH
 
 
 def cli(node: Path, conf: Path, log: Path) -> subprocess.Popen[bytes]:

@@ -9,7 +9,12 @@ from typing import Any
 import pytest
 
 from qdspace.connector.linein.config import MqttConfig
-from qdspace.connector.linein.sparkplug import BirthBook, parse_topic, sparkplug_rows
+from qdspace.connector.linein.sparkplug import (
+    BirthBook,
+    parse_topic,
+    rebirth_request,
+    sparkplug_rows,
+)
 from qdspace.protocols.sparkplug import sparkplug_b_pb2 as sp
 
 MS = 1_780_000_000_000  # 2026-05-28
@@ -145,3 +150,18 @@ def test_topics_and_config() -> None:
         MqttConfig.model_validate(
             {"topics": [{"topic": "a", "element": "x", "equipment": "e", "metric": "m"}]}
         )
+
+
+def test_an_unknown_alias_notes_its_edge_node_for_a_rebirth() -> None:
+    book = BirthBook()
+    data = payload({"alias": 7, "double_value": 1.0})
+    sparkplug_rows(CONFIG, book, "spBv1.0/cellex/DDATA/line-2/PECVD-1", data)
+    assert book.unknown == {("cellex", "line-2")}
+    topic, body = rebirth_request("cellex", "line-2", MS)
+    assert topic == "spBv1.0/cellex/NCMD/line-2"
+    (metric,) = sp.Payload.FromString(body).metrics
+    assert (metric.name, metric.datatype, metric.boolean_value) == (
+        "Node Control/Rebirth",
+        sp.Boolean,
+        True,
+    )
