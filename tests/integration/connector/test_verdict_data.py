@@ -1,11 +1,12 @@
-"""Verdicts carrying serial / order / batch, read back from a real SQLite QDM: listed by
-serial and batch, counted per batch for the p-chart (a serial-only verdict lands in its
-product's batch), and the same batches the trace starts from."""
+"""Verdicts carrying serial / order / batch, read back from a real QDM (SQLite and
+PostgreSQL): listed by serial and batch, counted per batch for the p-chart (a
+serial-only verdict lands in its product's batch), and the same batches the trace
+starts from."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -38,8 +39,9 @@ def verdict(n: int, batch: str | None, serial: str, fail: bool, at: datetime) ->
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> QualityStore:
-    store = open_store(f"sqlite:///{tmp_path}/qdm.db")
+def store(store_url: str) -> Iterator[QualityStore]:
+    """A QDM with 12 batches of verdicts, on SQLite and on PostgreSQL (conftest)."""
+    store = open_store(store_url)
     rows: list[dict[str, Any]] = []
     products: list[dict[str, Any]] = []
     n = 0
@@ -59,7 +61,8 @@ def store(tmp_path: Path) -> QualityStore:
     assert not report.rejected
     report = store.ingest_rows("inspection", enumerate(rows, 1))
     assert not report.rejected, report.rejected[:3]
-    return store
+    yield store
+    store.close()
 
 
 def test_defects_per_batch_make_a_p_chart_that_flags_the_excursion(store: QualityStore) -> None:
