@@ -48,6 +48,10 @@ def serve_line(
     member: Annotated[
         CellMember, typer.Option(help="whose cells: cellex, polycell, all; auto = node name")
     ] = CellMember.AUTO,
+    mes_context: Annotated[
+        Path | None,
+        typer.Option(help="MES export giving each verdict its station's serial/order/batch"),
+    ] = None,
     once: Annotated[
         bool, typer.Option(help="each station takes its frames once, then the service stops")
     ] = False,
@@ -72,8 +76,9 @@ def serve_line(
     from qdspace.inference.registry import ModelRegistry
     from qdspace.inference.service import InspectionService, ServiceSettings
     from qdspace.inference.session import InspectionSession
-    from qdspace.node.cli.inspection import _stations, _store_sink
+    from qdspace.node.cli.inspection import _mes, _stations, _store_sink
 
+    mes = _mes(mes_context, stations)  # a bad MES file stops us before Ray starts
     require_inspection(ray=True)
     from qdspace.inference.serve import ServeSettings
 
@@ -91,7 +96,7 @@ def serve_line(
         specs, audit = _stations(directory, stations, fps, frames, member, alarms, served, not once)
         store, sink = _store_sink(directory)
         try:
-            config = LineConfig(run_id=uuid.uuid4().hex[:8], max_in_flight=max_in_flight)
+            config = LineConfig(run_id=uuid.uuid4().hex[:8], max_in_flight=max_in_flight, mes=mes)
             service = InspectionService(
                 session, sink, specs, config, alarms, audit, ServiceSettings(attempts=attempts)
             )

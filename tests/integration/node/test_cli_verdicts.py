@@ -142,3 +142,8 @@ def test_inspect_run_refuses_a_bad_mes_context_before_the_line_starts(
         "inspect", "run", "--dir", str(node_dir), "--local", "--mes-context", str(other)
     )
     assert code != 0 and "names stations line-4; this line runs el-1, el-2" in out
+    code, out, modules = qdspace(  # the long-running service checks it the same way
+        "inspect", "serve", "--dir", str(node_dir), "--mes-context", str(naive)
+    )
+    assert code != 0 and "names no zone" in out and "Traceback" not in out
+    assert not [m for m in modules if m.startswith(("ray", "onnxruntime"))]
