@@ -23,6 +23,7 @@ from asyncua.crypto.cert_gen import (
     generate_private_key,
     generate_self_signed_app_certificate,
 )
+from asyncua.server.history import HistoryDict
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.x509.oid import ExtendedKeyUsageOID
@@ -50,9 +51,15 @@ def free_port() -> int:
 class Plant:
     """A PECVD tool's OPC UA server: chamber pressure (mbar, historized) and batch."""
 
-    def __init__(self, port: int, security: list[ua.SecurityPolicyType] | None = None) -> None:
+    def __init__(
+        self,
+        port: int,
+        security: list[ua.SecurityPolicyType] | None = None,
+        history: HistoryDict | None = None,
+    ) -> None:
         self.port = port
         self.security = security
+        self.history = history
         self.server: Server | None = None
         self.pressure: Any = None
         self.batch: Any = None
@@ -60,6 +67,8 @@ class Plant:
     async def start(self, cert: tuple[Path, Path] | None = None) -> None:
         server = Server()
         await server.init()
+        if self.history is not None:
+            server.iserver.history_manager.set_storage(self.history)
         server.set_endpoint(f"opc.tcp://127.0.0.1:{self.port}/plant/")
         if self.security is not None:
             server.set_security_policy(self.security)
@@ -215,6 +224,36 @@ async def test_values_written_while_the_connector_starts_are_all_stored(
     await writer
     await until(lambda: {r[0] for r in stored(store)} >= set(written))
     await run.close()
+    taken = [r[0] for r in stored(store)]
+    assert len(taken) == len(set(taken))
+
+
+class SlowHistory(HistoryDict):
+    """A server that historizes a write a while after it is made (as a real one may)."""
+
+    async def save_node_value(self, node_id: ua.NodeId, datavalue: ua.DataValue) -> None:
+        await asyncio.sleep(0.4)
+        await super().save_node_value(node_id, datavalue)
+
+
+async def test_the_backfill_waits_for_the_servers_history_to_settle(
+    store: QualityStore, tmp_path: Path
+) -> None:
+    """Values written just before the connector subscribes are in the server's history
+    only a moment later: the backfill reads again until nothing new comes. (With
+    ``history_settle_s: 0`` this lost readings 1 to 4 here: the subscription brings only
+    the newest, and the one history read came before the server had saved them.)"""
+    plant = Plant(free_port(), history=SlowHistory())
+    await plant.start()
+    try:
+        for i in range(1, 6):
+            await plant.write(1.0 + i / 10, T0 + timedelta(seconds=i))
+        sink = MeasurementSink(store, "opcua-test")
+        run = Running(OpcuaConnector(config(plant.port, tmp_path, history_settle_s=0.5), sink))
+        await until(lambda: {r[0].second for r in stored(store) if r[0] > T0} >= {1, 2, 3, 4, 5})
+        await run.close()
+    finally:
+        await plant.stop()
     taken = [r[0] for r in stored(store)]
     assert len(taken) == len(set(taken))
 
