@@ -14,9 +14,9 @@ limits     max(0, p-bar - 3 sigma_i) .. min(1, p-bar + 3 sigma_i)
 Each batch's fraction is placed in sigma units of its own size (the standardized
 p-chart: z_i = (p_i - p-bar) / sigma_i) and judged by the same Western Electric /
 Nelson rules as the variables charts (`RuleJudge`): WE1 is a batch outside its limits.
-With p-bar of 0 or 1 there is no spread to judge: the chart has limits equal to the
-centre and raises nothing (every batch alike). Pure: the verdicts are read elsewhere
-(`qdspace.connector.verdict_data`).
+With a centre of 0 or 1 there is no spread: the limits equal the centre, a batch on it
+is in control, and one off it (possible only against a standard p0) is beyond them.
+Pure: the verdicts are read elsewhere (`qdspace.connector.verdict_data`).
 """
 
 from __future__ import annotations
@@ -69,7 +69,8 @@ class PPoint:
     fraction: float
     lcl: float
     ucl: float
-    z: float
+    #: distance from the centre in sigmas of this batch's size (None: no spread, p = 0 or 1)
+    z: float | None
     rules: tuple[str, ...]
     by_class: tuple[tuple[str, int], ...]
 
@@ -120,11 +121,13 @@ def p_chart(
         fraction = s.defective / s.inspected
         lcl, ucl = p_limits(centre, s.inspected)
         sigma = math.sqrt(centre * (1.0 - centre) / s.inspected)
-        fired: list[SpcAlert] = []
-        z = 0.0
+        z: float | None = None
         if sigma > 0.0:
             z = (fraction - centre) / sigma
             fired = judge.judge(SpcPoint(index, fraction, s.at), z)
+        else:  # a standard of 0 or 1: any other fraction is beyond every limit
+            away = 0.0 if fraction == centre else math.copysign(math.inf, fraction - centre)
+            fired = judge.judge(SpcPoint(index, fraction, s.at), away)
         alerts.extend(fired)
         points.append(
             PPoint(

@@ -250,7 +250,11 @@ class OpcuaConnector:
             await asyncio.sleep(settle)
             grew = False
             for node_id, values in out.items():
-                again = await read(node_id)
+                try:
+                    again = await read(node_id)
+                except UaStatusCodeError as exc:  # keep what the read before brought
+                    log.info("opcua %s: history reread failed: %s", node_id, exc)
+                    continue
                 if len(again) > len(values):
                     log.debug("opcua %s: history grew %d -> %d", node_id, len(values), len(again))
                     out[node_id], grew = again, True

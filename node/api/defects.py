@@ -44,7 +44,7 @@ class PPointPublic(BaseModel):
     fraction: float
     lcl: float
     ucl: float
-    z: float
+    z: float | None
     rules: list[str]
     by_class: dict[str, int]
 

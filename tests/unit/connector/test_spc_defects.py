@@ -64,10 +64,13 @@ def test_a_run_on_one_side_fires_we4() -> None:
     assert [a.rule for a in chart.alerts] == ["WE4", "WE4"]
 
 
-def test_no_spread_raises_nothing() -> None:
+def test_no_spread_raises_nothing_unless_a_standard_says_so() -> None:
     chart = p_chart(groups([0, 0, 0], 20))
     assert chart.centre == 0.0 and not chart.alerts
-    assert all(p.lcl == p.ucl == 0.0 for p in chart.points)
+    assert all(p.lcl == p.ucl == 0.0 and p.z is None for p in chart.points)
+    zero = p_chart(groups([0, 1, 0], 20), standard=0.0, rules=[Rule.WE1])
+    assert [p.batch_id for p in zero.points if p.rules] == ["B-2"]
+    assert zero.points[1].out_of_control and not zero.points[0].out_of_control
 
 
 @pytest.mark.parametrize(
