@@ -55,7 +55,7 @@ class Plant:
         self,
         port: int,
         security: list[ua.SecurityPolicyType] | None = None,
-        history: HistoryDict | None = None,
+        history: Callable[[], HistoryDict] | None = None,
     ) -> None:
         self.port = port
         self.security = security
@@ -67,8 +67,8 @@ class Plant:
     async def start(self, cert: tuple[Path, Path] | None = None) -> None:
         server = Server()
         await server.init()
-        if self.history is not None:
-            server.iserver.history_manager.set_storage(self.history)
+        if self.history is not None:  # a fresh one per start: a restart forgets
+            server.iserver.history_manager.set_storage(self.history())
         server.set_endpoint(f"opc.tcp://127.0.0.1:{self.port}/plant/")
         if self.security is not None:
             server.set_security_policy(self.security)
@@ -162,6 +162,26 @@ async def plant() -> AsyncIterator[Plant]:
 async def test_readings_restart_backfill_and_outage_lose_and_duplicate_nothing(
     plant: Plant, store: QualityStore, tmp_path: Path
 ) -> None:
+    await restart_backfill_and_outage(plant, store, tmp_path)
+
+
+async def test_the_same_with_a_server_that_historizes_late(
+    store: QualityStore, tmp_path: Path
+) -> None:
+    """The fresh-clone CI failure, made repeatable: the second connector read the
+    server's history before the server had saved the readings written while it was
+    away, so its backfill brought none of them (the connector before this test read
+    history once, and before subscribing; it fails here at the second wait)."""
+    plant = Plant(free_port(), history=SlowHistory)
+    await plant.start()
+    try:
+        await restart_backfill_and_outage(plant, store, tmp_path)
+    finally:
+        if plant.server is not None:
+            await plant.stop()
+
+
+async def restart_backfill_and_outage(plant: Plant, store: QualityStore, tmp_path: Path) -> None:
     sink = MeasurementSink(store, "opcua-test")
     run = Running(OpcuaConnector(config(plant.port, tmp_path), sink))
     await until(lambda: run.connector.sessions == 1)
@@ -243,7 +263,7 @@ async def test_the_backfill_waits_for_the_servers_history_to_settle(
     only a moment later: the backfill reads again until nothing new comes. (With
     ``history_settle_s: 0`` this lost readings 1 to 4 here: the subscription brings only
     the newest, and the one history read came before the server had saved them.)"""
-    plant = Plant(free_port(), history=SlowHistory())
+    plant = Plant(free_port(), history=SlowHistory)
     await plant.start()
     try:
         for i in range(1, 6):
