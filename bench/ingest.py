@@ -13,7 +13,9 @@ run on the same rows:
   DBAPI ``executemany`` on SQLite with the store's own pragmas (same engine), ``COPY``
   on PostgreSQL.
 
-Prints ``name: value unit`` lines, the ratios, the cores and the load at start and end.
+Each path is warmed up on 2,000 rows first; sizes up to 20k are timed five times and
+up to 200k three times, and the median is reported. Prints ``name: value unit`` lines,
+the ratios, the cores and the load at start and end.
 
     python bench/ingest.py       # 10k and 1M rows, SQLite (+ PostgreSQL if configured)
     python bench/ingest.py --sizes 10000 --out result.json
@@ -28,6 +30,7 @@ import os
 import os.path
 import platform
 import shutil
+import statistics
 import sys
 import tempfile
 import time
@@ -172,6 +175,34 @@ def bench_bare(url: str, rows: list[tuple[int, dict[str, Any]]]) -> float:
     return len(rows) / elapsed
 
 
+#: rows ingested once per path before it is timed (imports, caches, the connection pool)
+WARM_UP = 2000
+
+
+def repeats(n: int) -> int:
+    """Runs per figure (the median is reported): short runs are noisy on shared cores."""
+    return 5 if n <= 20_000 else 3 if n <= 200_000 else 1
+
+
+def once(
+    backend: str, pg_url: str | None, fn: Any, rows: list[tuple[int, dict[str, Any]]]
+) -> float:
+    """One timed run of ``fn`` on a fresh database of ``backend``."""
+    tmp = tempfile.mkdtemp(prefix="qdspace-bench-")
+    drop = None
+    try:
+        if backend == "sqlite":
+            url = f"sqlite:///{tmp}/bench.db"
+        else:
+            assert pg_url is not None
+            url, drop = pg_schema(pg_url)
+        return float(fn(url, rows))
+    finally:
+        if drop:
+            drop()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
 def pg_schema(base: str) -> tuple[str, Any]:
     schema = f"qdspace_bench_{uuid.uuid4().hex[:10]}"
     admin = create_engine(normalise_url(base))
@@ -222,18 +253,10 @@ def main() -> None:
                 ("rowwise", bench_rowwise),
                 (bare, bench_bare),
             ):
-                tmp = tempfile.mkdtemp(prefix="qdspace-bench-")
-                drop = None
-                try:
-                    if backend == "sqlite":
-                        url = f"sqlite:///{tmp}/bench.db"
-                    else:
-                        url, drop = pg_schema(args.pg_url)
-                    rate = fn(url, rows)
-                finally:
-                    if drop:
-                        drop()
-                    shutil.rmtree(tmp, ignore_errors=True)
+                once(backend, args.pg_url, fn, rows[:WARM_UP])  # imports, caches, pool
+                rate = statistics.median(
+                    once(backend, args.pg_url, fn, rows) for _ in range(repeats(n))
+                )
                 key = f"ingest_{backend}_{n}_{label}"
                 figures[key] = round(rate, 1)
                 print(f"{key}: {rate:,.0f} rows/s")

@@ -19,6 +19,7 @@ is written. Rows keep their order either way, so ids are assigned in line order.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from operator import methodcaller
 from typing import Any
 
 from sqlalchemy import Connection, DateTime, Table
@@ -111,10 +112,17 @@ def _is_datetime(column_type: Any) -> bool:
     )
 
 
+_ISO = methodcaller("isoformat", " ")
+
+
 def _times_as_text(rows: Sequence[tuple[Any, ...]], times: list[int]) -> list[tuple[Any, ...]]:
     """Datetimes as sqlite3's default adapter writes them (``isoformat(" ")``), once per
-    value in a column loop rather than through the adapter registry per value."""
-    columns = list(zip(*rows, strict=True))
+    value in a column pass rather than through the adapter registry per value."""
+    columns: list[Any] = list(zip(*rows, strict=True))
     for i in times:
-        columns[i] = tuple(None if v is None else v.isoformat(" ") for v in columns[i])
+        column = columns[i]
+        if None in column:
+            columns[i] = [None if v is None else v.isoformat(" ") for v in column]
+        else:
+            columns[i] = list(map(_ISO, column))
     return list(zip(*columns, strict=True))

@@ -2,7 +2,8 @@
 
 ``open_store`` connects and migrates the schema to the newest revision (Alembic);
 ``QualityStore.ingest_rows`` validates rows and commits the good ones in atomic
-batches with ``INSERT ... ON CONFLICT DO NOTHING`` on the natural keys, so a
+batches with ``INSERT ... ON CONFLICT DO NOTHING`` on the natural keys (or its COPY
+equivalent on PostgreSQL, `connector.bulk_insert`), so a
 re-delivered row is counted as a duplicate and stored once; a row whose natural key
 is stored with different content is a correction, stored as a new version
 (:mod:`connector.versions`).
@@ -175,11 +176,15 @@ class QualityStore:
         batch_size: int = 5000,
         on_progress: Callable[[int], None] | None = None,
     ) -> IngestReport:
-        """Validate ``(line, row)`` pairs and store the good rows, ``batch_size`` per transaction.
+        """Validate ``(line, row)`` pairs and store the good rows, one transaction for
+        each ``batch_size`` delivered rows.
 
-        A line given as ``(field, reason)`` instead of a row is reported as it is. A
-        database failure rolls the current batch back and raises :class:`StorageError`
-        naming the lines of that batch; batches before it stay committed.
+        A batch is validated column by column (`connector.batch_validate`, which hands
+        any doubtful row to `parse_row`) and its good rows go in by one bulk statement
+        (`connector.bulk_insert`: executemany on SQLite, COPY on PostgreSQL). A line
+        given as ``(field, reason)`` instead of a row is reported as it is. A database
+        failure rolls the current batch back and raises :class:`StorageError` naming the
+        lines of that batch; batches before it stay committed.
         """
         check_kind(kind)
         if batch_size < 1:
