@@ -11,7 +11,9 @@ run on the same rows:
   driver-level executemany with bind processors), for the before/after in one run;
 - the bare baseline, the ceiling of the database itself on already-validated tuples:
   DBAPI ``executemany`` on SQLite with the store's own pragmas (same engine), ``COPY``
-  on PostgreSQL.
+  with psycopg's ``write_row`` on PostgreSQL; and on PostgreSQL also ``copytext``, COPY
+  of batches already encoded as COPY text (the server's own ceiling: nothing formatted
+  on the clock).
 
 Each path is warmed up on 2,000 rows first; sizes up to 20k are timed five times and
 up to 200k three times, and the median is reported. Prints ``name: value unit`` lines,
@@ -44,7 +46,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from sqlalchemy import create_engine, text
 
-from qdspace.connector.bulk_insert import insert_columns
+from qdspace.connector.bulk_insert import copy_text, insert_columns
 from qdspace.connector.dictionary import default_dictionary
 from qdspace.connector.qdm import TABLES
 from qdspace.connector.storage import normalise_url, open_store
@@ -204,6 +206,30 @@ def once(
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+def bench_copy_text(url: str, rows: list[tuple[int, dict[str, Any]]]) -> float:
+    """PostgreSQL's own ceiling: COPY of the batches already encoded as COPY text (no
+    client-side formatting timed at all), 5,000 rows per transaction."""
+    tuples = ready_tuples(len(rows))
+    texts = [copy_text(tuples[s : s + BATCH]) for s in range(0, len(tuples), BATCH)]
+    store = open_store(url)
+    raw = store.engine.raw_connection()
+    try:
+        driver = raw.driver_connection
+        assert driver is not None
+        started = time.perf_counter()
+        for encoded in texts:
+            cursor = driver.cursor()
+            with cursor.copy(f"COPY qdm_inspection ({', '.join(COLUMNS)}) FROM STDIN") as copy:
+                copy.write(encoded)
+            cursor.close()
+            driver.commit()
+        elapsed = time.perf_counter() - started
+    finally:
+        raw.close()
+        store.close()
+    return len(rows) / elapsed
+
+
 def pg_schema(base: str) -> tuple[str, Any]:
     schema = f"qdspace_bench_{uuid.uuid4().hex[:10]}"
     admin = create_engine(normalise_url(base))
@@ -252,11 +278,14 @@ def main() -> None:
         gc.freeze()
         for backend in backends:
             bare = "copy" if backend == "postgresql" else "executemany"
-            for label, fn in (
+            paths: list[tuple[str, Any]] = [
                 ("qdspace", bench_store),
                 ("rowwise", bench_rowwise),
                 (bare, bench_bare),
-            ):
+            ]
+            if backend == "postgresql":
+                paths.append(("copytext", bench_copy_text))
+            for label, fn in paths:
                 once(backend, args.pg_url, fn, rows[:WARM_UP])  # imports, caches, pool
                 rate = statistics.median(
                     once(backend, args.pg_url, fn, rows) for _ in range(repeats(n))
@@ -271,6 +300,13 @@ def main() -> None:
                 )
                 figures[f"ingest_{backend}_{n}_{label}_ratio"] = round(ratio, 3)
                 print(f"ingest_{backend}_{n}_{label}_ratio_vs_bare_{bare}: {ratio:.2f} x")
+            if backend == "postgresql":
+                ratio = (
+                    figures[f"ingest_{backend}_{n}_qdspace"]
+                    / figures[f"ingest_{backend}_{n}_copytext"]
+                )
+                figures[f"ingest_{backend}_{n}_qdspace_ratio_copytext"] = round(ratio, 3)
+                print(f"ingest_{backend}_{n}_qdspace_ratio_vs_copy_of_ready_text: {ratio:.2f} x")
             speedup = (
                 figures[f"ingest_{backend}_{n}_qdspace"] / figures[f"ingest_{backend}_{n}_rowwise"]
             )

@@ -163,3 +163,42 @@ def test_bad_rows_are_reported_by_line_and_field_and_never_stored(store: Quality
     ]
     stored = {r[0] for r in _stored(store)}
     assert stored.isdisjoint({"EL-000003", "EL-000007", "EL-000011"})
+
+
+def test_text_that_copy_must_escape_reads_back_unchanged(store: QualityStore) -> None:
+    # COPY's text format gives backslash, tab, newline and carriage return a meaning
+    notes = [
+        "back\\slash",
+        "tab\there",
+        "two\nlines",
+        "carriage\rreturn",
+        "\\N",
+        "\\.",
+        "ends with a backslash \\",
+        "unicode: Ω µm °C 温度",
+        "quote ' and \" and , comma",
+    ]
+    rows = [
+        (
+            i + 2,
+            {
+                "operator_id": f"op-{i:03d}",
+                "logged_at": "2026-11-02T08:00:00.123456+01:00",
+                "action": "note",
+                "note": note,
+                "station": "" if i % 2 else "EL-1",
+            },
+        )
+        for i, note in enumerate(notes)
+    ]
+    report = store.ingest_rows("operator_log", rows)
+    assert report.accepted == len(notes) and not report.rejected
+    with store.engine.connect() as connection:
+        stored = connection.execute(
+            text("SELECT operator_id, note, station, logged_at FROM qdm_operator_log ORDER BY id")
+        ).all()
+    assert [r[1] for r in stored] == notes
+    assert [r[2] for r in stored] == [None if i % 2 else "EL-1" for i in range(len(notes))]
+    logged = stored[0][3]
+    logged = logged if isinstance(logged, str) else logged.isoformat(" ")
+    assert logged.startswith("2026-11-02 07:00:00.123456")
