@@ -236,8 +236,9 @@ def _matching(
 # -- per-kind specs ------------------------------------------------------------------------
 
 Rule = Callable[[list[Any]], list[Any]]
-#: after the columns: fill defaults and check across columns; False sends the row back
-Finish = Callable[[dict[str, list[Any]], int], bool]
+#: after the columns: fill defaults and check across columns for the whole batch; a row
+#: whose check fails is marked not ok (it goes back to the row validator)
+Finish = Callable[[dict[str, list[Any]], list[bool]], None]
 
 _HEX = re.compile(r"^[0-9a-f]{16,64}$")
 _PSEUDONYM = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{2,63}$")
@@ -249,29 +250,42 @@ class KindSpec:
     finish: Finish | None = None
 
 
-def _inspection_finish(columns: dict[str, list[Any]], i: int) -> bool:
-    if columns["defect_class"][i] is None:  # absent (a present value is a code or BAD)
-        columns["defect_class"][i] = "none" if columns["verdict"][i] == "pass" else None
-    return True
+def _inspection_finish(columns: dict[str, list[Any]], ok: list[bool]) -> None:
+    defect, verdict = columns["defect_class"], columns["verdict"]
+    if None in defect:  # absent (a present value is a code or BAD): the default
+        for j, v in enumerate(defect):
+            if v is None:
+                defect[j] = "none" if verdict[j] == "pass" else None
 
 
-def _genealogy_finish(columns: dict[str, list[Any]], i: int) -> bool:
-    return bool(columns["child_batch_id"][i] != columns["parent_batch_id"][i])
+def _genealogy_finish(columns: dict[str, list[Any]], ok: list[bool]) -> None:
+    child, parent = columns["child_batch_id"], columns["parent_batch_id"]
+    for j in range(len(ok)):
+        if ok[j] and child[j] == parent[j]:
+            ok[j] = False
 
 
-def _calibration_finish(columns: dict[str, list[Any]], i: int) -> bool:
-    if columns["result"][i] is None:
-        columns["result"][i] = "pass"
-    return bool(columns["valid_until"][i] > columns["valid_from"][i])
+def _calibration_finish(columns: dict[str, list[Any]], ok: list[bool]) -> None:
+    result, since, until = columns["result"], columns["valid_from"], columns["valid_until"]
+    for j in range(len(ok)):
+        if result[j] is None:
+            result[j] = "pass"
+        if ok[j] and not until[j] > since[j]:
+            ok[j] = False
 
 
-def _order_finish(columns: dict[str, list[Any]], i: int) -> bool:
-    if columns["status"][i] is None:
-        columns["status"][i] = "open"
-    closed = columns["closed_at"][i]
-    if closed is None:
-        return bool(columns["status"][i] != "closed")  # closed needs closed_at: row validator
-    return bool(closed >= columns["opened_at"][i])
+def _order_finish(columns: dict[str, list[Any]], ok: list[bool]) -> None:
+    status, opened, closed = columns["status"], columns["opened_at"], columns["closed_at"]
+    for j in range(len(ok)):
+        if status[j] is None:
+            status[j] = "open"
+        if not ok[j]:
+            continue
+        if closed[j] is None:
+            if status[j] == "closed":  # closed needs closed_at: the row validator says so
+                ok[j] = False
+        elif closed[j] < opened[j]:
+            ok[j] = False
 
 
 def _specs(d: DataDictionary) -> dict[str, KindSpec]:
@@ -397,6 +411,9 @@ class BatchResult:
     lines: list[int] = field(default_factory=list)
     #: (line, field, reason) in the order of the rows, like the row validator's
     errors: list[tuple[int, str, str]] = field(default_factory=list)
+    #: the same good rows column by column, when every row of the batch was decided in
+    #: bulk (a driver that wants columns need not take the rows apart again)
+    column_values: list[list[Any]] | None = None
 
 
 class BatchValidator:
@@ -433,14 +450,18 @@ class BatchValidator:
             finish = spec.finish
             ok = [True] * len(rows)
             for values in computed.values():
-                for j, v in enumerate(values):
-                    if v is BAD:
-                        ok[j] = False
+                if BAD in values:  # one C-level scan; the loop only for a column with one
+                    for j, v in enumerate(values):
+                        if v is BAD:
+                            ok[j] = False
             if finish is not None:
-                for j in range(len(rows)):
-                    if ok[j] and not finish(computed, j):
-                        ok[j] = False
+                finish(computed, ok)
             good = list(zip(*(computed[c] for c in self.columns), strict=True)) if rows else []
+            if len(rows) == n and all(ok):  # the common case: every row decided in bulk
+                result.rows = good
+                result.column_values = [computed[c] for c in self.columns]
+                result.lines = [line for line, _ in items]
+                return result
             fast: dict[int, tuple[Any, ...]] = {}
             for j, i in enumerate(index):
                 if ok[j]:

@@ -59,18 +59,29 @@ class BulkInserter:
         )
         self.times = [i for i, c in enumerate(self.columns) if _is_datetime(table.c[c].type)]
 
-    def insert(self, connection: Connection, rows: Sequence[tuple[Any, ...]]) -> int:
-        """Insert ``rows`` (values in ``self.columns`` order) in the caller's transaction."""
+    def insert(
+        self,
+        connection: Connection,
+        rows: Sequence[tuple[Any, ...]],
+        columns: Sequence[Sequence[Any]] | None = None,
+    ) -> int:
+        """Insert ``rows`` (values in ``self.columns`` order) in the caller's transaction;
+        ``columns``, when given, holds the same values column by column."""
         if not rows:
             return 0
         if self.dialect == "postgresql":
             return self._copy(connection, rows)
-        return self._executemany(connection, rows)
+        return self._executemany(connection, rows, columns)
 
-    def _executemany(self, connection: Connection, rows: Sequence[tuple[Any, ...]]) -> int:
+    def _executemany(
+        self,
+        connection: Connection,
+        rows: Sequence[tuple[Any, ...]],
+        columns: Sequence[Sequence[Any]] | None,
+    ) -> int:
         params: Sequence[tuple[Any, ...]] = rows
         if self.times and self.dialect == "sqlite":
-            params = _times_as_text(rows, self.times)
+            params = _times_as_text(rows, self.times, columns)
         cursor = connection.connection.driver_connection.cursor()  # type: ignore[union-attr]
         try:
             cursor.executemany(self.insert_sql, params)
@@ -125,10 +136,14 @@ def _is_datetime(column_type: Any) -> bool:
 _ISO = methodcaller("isoformat", " ")
 
 
-def _times_as_text(rows: Sequence[tuple[Any, ...]], times: list[int]) -> list[tuple[Any, ...]]:
+def _times_as_text(
+    rows: Sequence[tuple[Any, ...]],
+    times: list[int],
+    given: Sequence[Sequence[Any]] | None = None,
+) -> list[tuple[Any, ...]]:
     """Datetimes as sqlite3's default adapter writes them (``isoformat(" ")``), once per
     value in a column pass rather than through the adapter registry per value."""
-    columns: list[Any] = list(zip(*rows, strict=True))
+    columns: list[Any] = list(given) if given is not None else list(zip(*rows, strict=True))
     for i in times:
         column = columns[i]
         if None in column:

@@ -223,7 +223,7 @@ class QualityStore:
                 # straight to the driver (executemany on SQLite, COPY on PostgreSQL): the
                 # rows are validated already, and SQLAlchemy's per-row machinery would
                 # double the cost
-                inserted = inserter.insert(connection, rows)
+                inserted = inserter.insert(connection, rows, batch.column_values)
                 corrected = 0
                 if inserted < len(rows):  # some natural keys are stored: corrections?
                     columns = inserter.columns
