@@ -2,7 +2,8 @@
 
 ``open_store`` connects and migrates the schema to the newest revision (Alembic);
 ``QualityStore.ingest_rows`` validates rows and commits the good ones in atomic
-batches with ``INSERT ... ON CONFLICT DO NOTHING`` on the natural keys, so a
+batches with ``INSERT ... ON CONFLICT DO NOTHING`` on the natural keys (or its COPY
+equivalent on PostgreSQL, `connector.bulk_insert`), so a
 re-delivered row is counted as a duplicate and stored once; a row whose natural key
 is stored with different content is a correction, stored as a new version
 (:mod:`connector.versions`).
@@ -21,12 +22,12 @@ from sqlalchemy import Engine, Table, create_engine, event, func, select, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, OperationalError, SQLAlchemyError
 
+from qdspace.connector.batch_validate import BatchResult, BatchValidator
+from qdspace.connector.bulk_insert import BulkInserter
 from qdspace.connector.dictionary import DataDictionary, default_dictionary
 from qdspace.connector.errors import StorageError
-from qdspace.connector.field_parsers import FieldError
 from qdspace.connector.ingest import IngestReport, RowError, check_kind
-from qdspace.connector.qdm import TABLES, VERSION_COLUMNS
-from qdspace.connector.validate import parse_row
+from qdspace.connector.qdm import TABLES
 from qdspace.connector.versions import Withdrawal, correct_rows, serialize_writes, withdraw
 
 if TYPE_CHECKING:
@@ -144,7 +145,7 @@ class QualityStore:
     def __init__(self, engine: Engine, dictionary: DataDictionary | None = None):
         self.engine = engine
         self.dictionary = dictionary or default_dictionary()
-        self._statements: dict[str, tuple[str, list[tuple[str, Any]]]] = {}
+        self._inserters: dict[str, BulkInserter] = {}
 
     @property
     def url(self) -> str:
@@ -175,58 +176,61 @@ class QualityStore:
         batch_size: int = 5000,
         on_progress: Callable[[int], None] | None = None,
     ) -> IngestReport:
-        """Validate ``(line, row)`` pairs and store the good rows, ``batch_size`` per transaction.
+        """Validate ``(line, row)`` pairs and store the good rows, one transaction for
+        each ``batch_size`` delivered rows.
 
-        A line given as ``(field, reason)`` instead of a row is reported as it is. A
-        database failure rolls the current batch back and raises :class:`StorageError`
-        naming the lines of that batch; batches before it stay committed.
+        A batch is validated column by column (`connector.batch_validate`, which hands
+        any doubtful row to `parse_row`) and its good rows go in by one bulk statement
+        (`connector.bulk_insert`: executemany on SQLite, COPY on PostgreSQL). A line
+        given as ``(field, reason)`` instead of a row is reported as it is. A database
+        failure rolls the current batch back and raises :class:`StorageError` naming the
+        lines of that batch; batches before it stay committed.
         """
         check_kind(kind)
         if batch_size < 1:
             raise ValueError("batch_size must be >= 1")
         report = IngestReport(kind=kind, source=source)
-        dictionary = self.dictionary
-        batch: list[dict[str, Any]] = []
-        lines: list[int] = []
+        inserter = self._inserter(kind)
+        validator = BatchValidator(kind, self.dictionary, inserter.columns)
+        items: list[tuple[int, Any]] = []
         done = 0
-        for line, row in rows:
-            done += 1
-            if isinstance(row, tuple):
-                report.rejected.append(RowError(source, line, row[0], row[1]))
-            else:
-                try:
-                    batch.append(parse_row(kind, row, dictionary))
-                    lines.append(line)
-                except FieldError as exc:  # every problem of the row, each by its field
-                    report.rejected.extend(
-                        RowError(source, line, p.field, p.reason) for p in exc.problems
-                    )
-            if len(batch) >= batch_size:
-                self._flush(kind, batch, lines, report)
-                batch, lines = [], []
+        for item in rows:
+            items.append(item)
+            if len(items) >= batch_size:
+                done += len(items)
+                self._flush(kind, validator.validate(items), inserter, report)
+                items = []
                 if on_progress is not None:
                     on_progress(done)
-        if batch:
-            self._flush(kind, batch, lines, report)
+        if items:
+            done += len(items)
+            self._flush(kind, validator.validate(items), inserter, report)
         if on_progress is not None:
             on_progress(done)
         return report
 
     def _flush(
-        self, kind: str, batch: list[dict[str, Any]], lines: list[int], report: IngestReport
+        self, kind: str, batch: BatchResult, inserter: BulkInserter, report: IngestReport
     ) -> None:
-        sql, columns = self._insert_sql(kind)
+        report.rejected.extend(RowError(report.source, *e) for e in batch.errors)
+        if not batch.rows:
+            return
+        lines, rows = batch.lines, batch.rows
+        dbapi_error = self.engine.dialect.loaded_dbapi.Error
         try:
             with self.engine.begin() as connection:
                 serialize_writes(connection)  # ids become visible in order (watermarks)
-                # straight to the driver's executemany: the rows are validated already,
-                # and SQLAlchemy's per-row statement machinery would double the cost
-                params = [tuple(p(row[c]) if p else row[c] for c, p in columns) for row in batch]
-                inserted = connection.exec_driver_sql(sql, params).rowcount
+                # straight to the driver (executemany on SQLite, COPY on PostgreSQL): the
+                # rows are validated already, and SQLAlchemy's per-row machinery would
+                # double the cost
+                inserted = inserter.insert(connection, rows, batch.column_values)
                 corrected = 0
-                if inserted < len(batch):  # some natural keys are stored: corrections?
-                    corrected = correct_rows(connection, kind, batch)
-        except SQLAlchemyError as exc:
+                if inserted < len(rows):  # some natural keys are stored: corrections?
+                    columns = inserter.columns
+                    corrected = correct_rows(
+                        connection, kind, [dict(zip(columns, r, strict=True)) for r in rows]
+                    )
+        except (SQLAlchemyError, dbapi_error) as exc:
             orig = getattr(exc, "orig", None)
             reason = str(orig) if orig is not None else str(exc)
             raise StorageError(
@@ -235,24 +239,16 @@ class QualityStore:
             ) from exc
         report.accepted += inserted
         report.corrected += corrected
-        report.duplicates += len(batch) - inserted - corrected
+        report.duplicates += len(rows) - inserted - corrected
 
-    def _insert_sql(self, kind: str) -> tuple[str, list[tuple[str, Any]]]:
-        """``INSERT ... ON CONFLICT DO NOTHING`` for ``kind`` in the driver's paramstyle,
-        and each column's bind processor (time zones, dates as the dialect stores them)."""
-        cached = self._statements.get(kind)
-        if cached is None:
+    def _inserter(self, kind: str) -> BulkInserter:
+        """The prebuilt bulk statements of ``kind`` on this database (made once)."""
+        found = self._inserters.get(kind)
+        if found is None:
             dialect = self.engine.dialect
-            table = _table(kind)
-            columns = [c for c in table.columns if c.name not in ("id", *VERSION_COLUMNS)]
-            mark = "?" if dialect.paramstyle == "qmark" else "%s"
-            sql = (
-                f"INSERT INTO {table.name} ({', '.join(c.name for c in columns)}) "
-                f"VALUES ({', '.join([mark] * len(columns))}) ON CONFLICT DO NOTHING"
-            )
-            cached = (sql, [(c.name, c.type.bind_processor(dialect)) for c in columns])
-            self._statements[kind] = cached
-        return cached
+            found = BulkInserter(_table(kind), dialect.name, dialect.paramstyle)
+            self._inserters[kind] = found
+        return found
 
     def latest_measurement(self, equipment: str, parameter: str) -> datetime | None:
         """When the newest stored reading of ``parameter`` on ``equipment`` was taken (None:

@@ -27,6 +27,7 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    bindparam,
     insert,
     select,
     true,
@@ -58,6 +59,15 @@ agreement_table = Table(
     # False: reached with a peer that does not sign (revision 0008_dsp)
     Column("signed", Boolean, nullable=False, server_default=true()),
 )
+
+#: built once (see `common`: building and keying a statement costs more than running it)
+_EXISTING = select(agreement_table.c.canonical, agreement_table.c.consumer_signature).where(
+    agreement_table.c.agreement_id == bindparam("aid")
+)
+_INSERT = insert(agreement_table)
+_COUNTERSIGN = update(agreement_table).where(agreement_table.c.agreement_id == bindparam("aid"))
+_LOAD = select(agreement_table).where(agreement_table.c.agreement_id == bindparam("aid"))
+_LOAD_HELD = _LOAD.with_for_update(read=True)
 
 
 @dataclass(frozen=True)
@@ -95,37 +105,32 @@ class AgreementStore(TableStore):
     ) -> None:
         """`save_agreement` within the caller's transaction."""
         terms = signed.agreement
-        table = agreement_table
-        existing = connection.execute(
-            select(table.c.canonical, table.c.consumer_signature).where(
-                table.c.agreement_id == terms.agreement_id
-            )
-        ).first()
+        existing = connection.execute(_EXISTING, {"aid": terms.agreement_id}).first()
         if existing is None:
             connection.execute(
-                insert(table).values(
-                    agreement_id=terms.agreement_id,
-                    negotiation_id=terms.negotiation_id,
-                    role=role.value,
-                    provider_id=terms.provider_id,
-                    consumer_id=terms.consumer_id,
-                    asset_id=terms.asset_id,
-                    canonical=signed.canonical_bytes,
-                    provider_signature=signed.provider_signature,
-                    consumer_signature=signed.consumer_signature,
-                    digest=terms.digest().hex(),
-                    agreed_at=terms.agreed_at,
-                    signed=signed.signed,
-                )
+                _INSERT,
+                {
+                    "agreement_id": terms.agreement_id,
+                    "negotiation_id": terms.negotiation_id,
+                    "role": role.value,
+                    "provider_id": terms.provider_id,
+                    "consumer_id": terms.consumer_id,
+                    "asset_id": terms.asset_id,
+                    "canonical": signed.canonical_bytes,
+                    "provider_signature": signed.provider_signature,
+                    "consumer_signature": signed.consumer_signature,
+                    "digest": terms.digest().hex(),
+                    "agreed_at": terms.agreed_at,
+                    "signed": signed.signed,
+                },
             )
             return
         if bytes(existing.canonical) != signed.canonical_bytes:
             raise ContractStoreError(f"agreement {terms.agreement_id} exists with other terms")
         if existing.consumer_signature is None and signed.consumer_signature is not None:
             connection.execute(
-                update(table)
-                .where(table.c.agreement_id == terms.agreement_id)
-                .values(consumer_signature=signed.consumer_signature)
+                _COUNTERSIGN,
+                {"aid": terms.agreement_id, "consumer_signature": signed.consumer_signature},
             )
 
     def save_agreement(self, signed: SignedAgreement, role: Role) -> None:
@@ -139,10 +144,7 @@ class AgreementStore(TableStore):
         """`agreement` within the caller's transaction; with `hold`, its row stays
         share-locked until the transaction ends (PostgreSQL; SQLite transactions are
         serialisable anyway), so a termination waits for a write that read it live."""
-        statement = select(agreement_table).where(agreement_table.c.agreement_id == agreement_id)
-        if hold:
-            statement = statement.with_for_update(read=True)
-        row = connection.execute(statement).first()
+        row = connection.execute(_LOAD_HELD if hold else _LOAD, {"aid": agreement_id}).first()
         if row is None:
             raise UnknownContractError(f"no agreement {agreement_id} here")
         consumer_signature = (

@@ -38,11 +38,14 @@ from sqlalchemy import (
     ColumnElement,
     Connection,
     Engine,
+    Insert,
     Integer,
     MetaData,
     String,
     Table,
     UniqueConstraint,
+    Update,
+    bindparam,
     insert,
     select,
     update,
@@ -107,13 +110,46 @@ def saving(engine: Engine, what: str) -> Iterator[Connection]:
         raise ConcurrentUpdateError(f"{what} was saved concurrently") from None
 
 
+#: Statements built once (not per call): building a Core statement and computing its
+#: cache key cost more than executing it on SQLite (bench/PROFILE-negotiation.md); a
+#: prebuilt one has its cache key memoised, and values go in as bound parameters.
+_SEEN = (
+    select(message_table.c.message_id, message_table.c.fingerprint)
+    .where(
+        message_table.c.process_kind == bindparam("kind"),
+        message_table.c.process_id == bindparam("pid"),
+    )
+    .order_by(message_table.c.sequence)
+)
+_APPEND = insert(message_table)
+_PREBUILT: dict[tuple[str, str], Insert | Update] = {}
+
+
+def prebuilt_insert(table: Table) -> Insert:
+    """``INSERT INTO table`` whose columns are the keys of the parameters given."""
+    found = _PREBUILT.get((table.name, "insert"))
+    if found is None:
+        found = _PREBUILT[(table.name, "insert")] = insert(table)
+    assert isinstance(found, Insert)
+    return found
+
+
+def _process_update(table: Table, kind: str) -> Update:
+    """``UPDATE table SET <the parameters' columns> WHERE {kind}_id = :_pid AND
+    message_count = :_count`` (the compare-and-set of `save_process`)."""
+    found = _PREBUILT.get((table.name, "update"))
+    if found is None:
+        key = table.c[f"{kind}_id"]
+        found = _PREBUILT[(table.name, "update")] = update(table).where(
+            key == bindparam("_pid"), table.c.message_count == bindparam("_count")
+        )
+    assert isinstance(found, Update)
+    return found
+
+
 def seen_messages(connection: Connection, kind: str, process_id: str) -> tuple[Any, ...]:
     """(message id, fingerprint) of every message the process applied, in order."""
-    rows = connection.execute(
-        select(message_table.c.message_id, message_table.c.fingerprint)
-        .where(message_table.c.process_kind == kind, message_table.c.process_id == process_id)
-        .order_by(message_table.c.sequence)
-    )
+    rows = connection.execute(_SEEN, {"kind": kind, "pid": process_id})
     return tuple((row.message_id, row.fingerprint) for row in rows)
 
 
@@ -138,7 +174,7 @@ def _append_seen(
         if index >= len(before)
     ]
     if fresh:
-        connection.execute(insert(message_table), fresh)
+        connection.execute(_APPEND, fresh)
 
 
 def save_process(
@@ -161,13 +197,19 @@ def save_process(
     in between and `ConcurrentUpdateError` is raised."""
     key = table.c[f"{kind}_id"]
     if before is None:
-        connection.execute(insert(table).values({key.name: process_id, **values}))
+        connection.execute(prebuilt_insert(table), {key.name: process_id, **values})
     else:
-        result = connection.execute(
-            update(table)
-            .where(key == process_id, table.c.message_count == len(before), *unchanged)
-            .values(**values)
-        )
+        if unchanged:
+            statement = (
+                update(table)
+                .where(key == process_id, table.c.message_count == len(before), *unchanged)
+                .values(**values)
+            )
+            result = connection.execute(statement)
+        else:
+            result = connection.execute(
+                _process_update(table, kind), {**values, "_pid": process_id, "_count": len(before)}
+            )
         if result.rowcount != 1:
             raise ConcurrentUpdateError(f"{kind} {process_id} changed since it was loaded")
     _append_seen(connection, kind, process_id, () if before is None else before, after)

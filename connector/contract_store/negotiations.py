@@ -28,6 +28,7 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    bindparam,
     select,
     true,
 )
@@ -67,6 +68,7 @@ negotiation_table = Table(
     Column("signed", Boolean, nullable=False, server_default=true()),
 )
 _KIND = "negotiation"
+_LOAD = select(negotiation_table).where(negotiation_table.c.negotiation_id == bindparam("nid"))
 
 
 class NegotiationStore(TableStore):
@@ -116,11 +118,8 @@ class NegotiationStore(TableStore):
             self._outbox.enqueue_in(connection, outbox, after.updated_at)
 
     def load_negotiation(self, negotiation_id: str) -> Negotiation:
-        table = negotiation_table
         with self.engine.connect() as connection:
-            row = connection.execute(
-                select(table).where(table.c.negotiation_id == negotiation_id)
-            ).first()
+            row = connection.execute(_LOAD, {"nid": negotiation_id}).first()
             if row is None:
                 raise UnknownContractError(f"no negotiation {negotiation_id} here")
             seen = seen_messages(connection, _KIND, negotiation_id)

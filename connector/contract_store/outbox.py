@@ -21,6 +21,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy import (
     Column,
@@ -80,6 +81,8 @@ class PendingMessage:
 class OutboxStore(TableStore):
     """Queue, list due, and mark sent or failed."""
 
+    _enqueue: Any = None
+
     def enqueue_in(
         self, connection: Connection, messages: Iterable[OutboxMessage], at: datetime
     ) -> None:
@@ -98,10 +101,11 @@ class OutboxStore(TableStore):
             for m in messages
         ]
         if rows:
-            statement = self._upsert(outbox_table).on_conflict_do_nothing(
-                index_elements=["peer_id", "message_id"]
-            )
-            connection.execute(statement, rows)
+            if self._enqueue is None:  # built once per store (the dialect's INSERT)
+                self._enqueue = self._upsert(outbox_table).on_conflict_do_nothing(
+                    index_elements=["peer_id", "message_id"]
+                )
+            connection.execute(self._enqueue, rows)
 
     def enqueue(self, messages: Iterable[OutboxMessage], at: datetime) -> None:
         """Queue messages (a message id already queued for that peer is ignored)."""
