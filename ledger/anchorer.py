@@ -9,8 +9,8 @@ wait per batch (one at a time this spent most of its time waiting). If one trans
 window is refused, the pass stops there and the next one resolves the window first, in
 nonce order. The signed transaction is journaled before it is sent; on every pass,
 journaled transactions are resolved first (receipt found, or the same bytes resent), so a
-crash or an outage never anchors a batch twice and never loses one. While the chain is unreachable, leaves keep queuing and the anchorer retries with
-exponential backoff.
+crash or an outage never anchors a batch twice and never loses one. While the chain is
+unreachable, leaves keep queuing and the anchorer retries with exponential backoff.
 """
 
 from __future__ import annotations
