@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 
 import requests
 from eth_abi.abi import decode
+from eth_abi.exceptions import DecodingError
 from eth_utils.crypto import keccak
 from hexbytes import HexBytes
 from web3 import Web3
@@ -279,7 +280,13 @@ class LedgerClient:
             if "error" in answer:
                 raise ChainUnavailable(f"chain at {self.rpc_url}: {answer['error']}")
             rcpt = answer.get("result")
-            out.append(None if rcpt is None else self._parse_receipt(rcpt))
+            try:
+                out.append(None if rcpt is None else self._parse_receipt(rcpt))
+            except (KeyError, TypeError, ValueError, AttributeError, DecodingError) as exc:
+                raise ChainUnavailable(
+                    f"chain at {self.rpc_url} answered a malformed receipt "
+                    f"({type(exc).__name__}: {exc})"
+                ) from None
         return out
 
     def send_raw_many(self, raws: Sequence[bytes]) -> list[LedgerError | None]:
