@@ -317,13 +317,20 @@ class LedgerClient:
         body: list[Any] = [
             {"jsonrpc": "2.0", "id": i, "method": m, "params": p} for i, (m, p) in enumerate(calls)
         ]
+        # one call goes as a plain request: endpoints without batch support then work with
+        # ``max_in_flight = 1``
+        single = len(body) == 1
         with _chain_errors(self.rpc_url):
-            response = self._session.post(self.rpc_url, json=body, timeout=self._timeout_s)
+            response = self._session.post(
+                self.rpc_url, json=body[0] if single else body, timeout=self._timeout_s
+            )
             response.raise_for_status()
         try:
             doc = response.json()
         except ValueError:
             raise ChainUnavailable(f"chain at {self.rpc_url} answered no JSON") from None
+        if single and isinstance(doc, dict):
+            doc = [doc]
         if isinstance(doc, dict):  # a server that refuses batches answers one error object
             raise ChainUnavailable(f"chain at {self.rpc_url} refused a batch: {doc.get('error')}")
         by_id = {a.get("id"): a for a in doc if isinstance(a, dict)}

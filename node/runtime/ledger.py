@@ -69,7 +69,8 @@ class LedgerSettings(BaseSettings):
     # gas limit of each anchor transaction; 0 asks the chain to estimate every one (for
     # chains that price gas differently, e.g. rollups that charge L1 data as gas)
     gas: int = Field(ANCHOR_GAS, ge=0)
-    # anchor transactions sent (consecutive nonces) before their receipts are awaited
+    # anchor transactions sent (consecutive nonces, one JSON-RPC batch request) before their
+    # receipts are awaited; 1 for an endpoint that refuses batch requests
     max_in_flight: int = Field(DEFAULT_MAX_IN_FLIGHT, ge=1, le=256)
 
     @classmethod

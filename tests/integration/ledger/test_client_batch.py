@@ -68,7 +68,9 @@ def _receipt(**overrides: Any) -> dict[str, Any]:
 
 
 def _each(result: Callable[[dict[str, Any]], Any]) -> Answer:
-    def answer(body: list[dict[str, Any]]) -> bytes:
+    def answer(body: list[dict[str, Any]] | dict[str, Any]) -> bytes:
+        if isinstance(body, dict):  # one call comes as a plain request
+            return json.dumps({"jsonrpc": "2.0", "id": body["id"], "result": result(body)}).encode()
         return json.dumps(
             [{"jsonrpc": "2.0", "id": r["id"], "result": result(r)} for r in body]
         ).encode()
@@ -125,7 +127,24 @@ def test_a_bad_batch_answer_is_a_chain_failure_not_a_crash(
         assert receipt is not None and receipt.anchored == ()
         return
     with pytest.raises(ChainUnavailable, match=says):
-        client.receipts([TX])
+        client.receipts([TX, bytes(32)])
     if "receipt" not in says and says != "malformed":  # the batch itself was bad
         with pytest.raises(ChainUnavailable, match=says):
-            client.send_raw_many([b"\x01\x02"])
+            client.send_raw_many([b"\x01\x02", b"\x03"])
+
+
+def test_one_call_goes_as_a_plain_request(endpoint: Callable[[Answer], LedgerClient]) -> None:
+    """So that ``max_in_flight = 1`` works with an endpoint that refuses batch requests."""
+    bodies: list[Any] = []
+
+    def answer(body: Any) -> bytes:
+        bodies.append(body)
+        if isinstance(body, list):
+            return b'{"jsonrpc":"2.0","id":null,"error":{"code":-32600,"message":"no batches"}}'
+        return json.dumps({"jsonrpc": "2.0", "id": body["id"], "result": _receipt()}).encode()
+
+    client = endpoint(answer)
+    (receipt,) = client.receipts([TX])
+    assert receipt is not None and receipt.tx_hash == TX
+    assert client.receipt(TX) == receipt
+    assert all(isinstance(b, dict) for b in bodies)
