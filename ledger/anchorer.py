@@ -147,10 +147,17 @@ class Anchorer:
         """
         with self._step_lock:
             try:
-                return self._step(force)
+                report = self._step(force)
+            except ChainUnavailable as exc:
+                self._forget_nonce()
+                self._chain_reachable, self._last_error = False, str(exc)
+                raise
             except Exception:
                 self._forget_nonce()  # e.g. the chain came back with another pool
                 raise
+            # whoever ran the pass (the thread, a flush), the status says how it went
+            self._chain_reachable, self._last_error = True, None
+            return report
 
     def _step(self, force: bool) -> StepReport:
         if not self._chain_checked:  # never sign for a chain or contract we did not expect
