@@ -13,12 +13,10 @@ between consecutive global versions as a member sees them (rounds 2 onwards).
 In-process part: the same round through the coordinator state machine without
 transport (baseline for the transport's share).
 
-Flower (``flwr==1.27.0``) is installed into its own virtual environment
-(``$TMPDIR/qdspace-bench-flower-venv``) from the machine's package index and run as
-its gRPC deployment: ``flower-superlink --insecure``, three ``flower-supernode``
-processes and a ServerApp submitted with ``flwr run``, exchanging the same float32
-payload (FedAvg over the Message API); the round time is measured inside the
-ServerApp. If it cannot be installed or run, the output says exactly why.
+The baseline, Flower 1.27 (``bench/support/flower_baseline.py``): its gRPC deployment
+(SuperLink, three SuperNodes, a ServerApp via ``flwr run``) exchanging the same float32
+payload, run with TLS (as our nodes always run: the ratio that counts) and ``--insecure``
+(for reference). If it cannot be installed or run, the output says exactly why.
 
     python bench/federation.py                  # defaults, a few minutes on 2 cores
     python bench/federation.py --mb 4 --rounds 3 --no-flower --out result.json
@@ -28,14 +26,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import itertools
 import json
 import os
 import platform
-import signal
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -47,6 +42,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import numpy as np
 from nacl.signing import SigningKey
 
+from bench.support.flower_baseline import flower
 from qdspace.federation.job import JobSpec
 from qdspace.federation.member import plain_update, prepare_change, secagg_client
 from qdspace.federation.params import Params, unflatten
@@ -222,278 +218,6 @@ def inprocess_plain_round(n: int) -> float:
     return time.perf_counter() - t0
 
 
-FLOWER_VERSION = "1.27.0"
-FLOWER_VENV = Path(tempfile.gettempdir()) / "qdspace-bench-flower-venv"
-
-_FLOWER_PYPROJECT = """\
-[build-system]
-requires = ["hatchling"]
-build-backend = "hatchling.build"
-
-[project]
-name = "qdbench"
-version = "1.0.0"
-description = "qdspace benchmark: one FedAvg round of a fixed-size float32 update"
-license = "Apache-2.0"
-dependencies = ["flwr==1.27.0", "numpy"]
-
-[tool.hatch.build.targets.wheel]
-packages = ["."]
-
-[tool.flwr.app]
-publisher = "qdspace"
-
-[tool.flwr.app.components]
-serverapp = "qdbench_server:app"
-clientapp = "qdbench_client:app"
-
-[tool.flwr.app.config]
-values = 1000
-rounds = 3
-members = 3
-out = "flower-rounds.json"
-"""
-
-# The ServerApp does FedAvg by hand over Flower's Message API so the round time is
-# exactly: send the global ArrayRecord to every SuperNode, each ClientApp adds a
-# fixed change, receive the replies, average (the same work as our plain round).
-_FLOWER_SERVER = """\
-import json
-import time
-
-import numpy as np
-from nacl.signing import SigningKey
-from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, RecordDict
-from flwr.serverapp import Grid, ServerApp
-
-app = ServerApp()
-
-
-@app.main()
-def main(grid: Grid, context: Context) -> None:
-    cfg = context.run_config
-    n, rounds, members = int(cfg["values"]), int(cfg["rounds"]), int(cfg["members"])
-    deadline = time.monotonic() + 120
-    nodes = sorted(grid.get_node_ids())
-    while len(nodes) < members and time.monotonic() < deadline:
-        time.sleep(0.2)
-        nodes = sorted(grid.get_node_ids())
-    nodes = nodes[:members]
-    global_model = np.zeros(n, np.float32)
-    times = []
-    for rnd in range(1, rounds + 1):
-        t0 = time.perf_counter()
-        messages = [
-            Message(
-                content=RecordDict(
-                    {"arrays": ArrayRecord([global_model]), "config": ConfigRecord({"round": rnd})}
-                ),
-                message_type=MessageType.TRAIN,
-                dst_node_id=node,
-            )
-            for node in nodes
-        ]
-        replies = [m for m in grid.send_and_receive(messages) if m.has_content()]
-        if len(replies) != len(nodes):
-            raise RuntimeError(f"round {rnd}: {len(replies)} of {len(nodes)} replies")
-        arrays = [m.content["arrays"].to_numpy_ndarrays()[0] for m in replies]
-        global_model = np.mean(arrays, axis=0, dtype=np.float32)
-        times.append(time.perf_counter() - t0)
-    with open(str(cfg["out"]), "w") as fh:
-        json.dump({"round_s": times, "nodes": len(nodes), "values": n}, fh)
-"""
-
-_FLOWER_CLIENT = """\
-import numpy as np
-from nacl.signing import SigningKey
-from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
-from flwr.clientapp import ClientApp
-
-app = ClientApp()
-
-
-@app.train()
-def train(msg: Message, context: Context) -> Message:
-    params = msg.content["arrays"].to_numpy_ndarrays()[0]
-    trained = params + np.float32(1e-5)
-    content = RecordDict(
-        {"arrays": ArrayRecord([trained]), "metrics": MetricRecord({"num-examples": 100})}
-    )
-    return Message(content=content, reply_to=msg)
-"""
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def _tail(path: Path, lines: int = 3) -> str:
-    try:
-        text = path.read_text(errors="replace").strip().splitlines()
-    except OSError:
-        return "(no log)"
-    return " | ".join(text[-lines:]) or "(empty log)"
-
-
-def _flower_install(offline: bool = False) -> str | None:
-    """Create the separate venv with flwr==1.27.0; None when ready, else why not.
-
-    ``offline`` (``--quick``, CI): pip may use only what the machine already has (its
-    wheel cache, a configured find-links folder), never the index, and gets 2 minutes."""
-    flwr_bin = FLOWER_VENV / "bin" / "flower-superlink"
-    python = FLOWER_VENV / "bin" / "python"
-    if flwr_bin.exists():
-        check = subprocess.run(
-            [str(python), "-c", "import flwr; print(flwr.__version__)"],
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
-        if check.stdout.strip() == FLOWER_VERSION:
-            return None
-    try:
-        if not python.exists():
-            subprocess.run(
-                [sys.executable, "-m", "venv", str(FLOWER_VENV)], check=True, timeout=120
-            )
-        pip = [str(python), "-m", "pip", "install", "-q", f"flwr=={FLOWER_VERSION}"]
-        if offline:
-            pip.insert(-1, "--no-index")
-        done = subprocess.run(pip, capture_output=True, text=True, timeout=120 if offline else 900)
-    except (OSError, subprocess.SubprocessError) as exc:
-        return f"could not create the Flower venv {FLOWER_VENV}: {exc}"
-    if done.returncode != 0:
-        lines = [ln for ln in (done.stderr or done.stdout).splitlines() if "ERROR" in ln]
-        how = " offline (--quick never reaches the index)" if offline else ""
-        return f"pip could not install flwr=={FLOWER_VERSION}{how}: {(lines or ['no output'])[-1]}"
-    return None
-
-
-def flower(
-    n: int, rounds: int, timeout_s: float = 600.0, offline: bool = False
-) -> tuple[list[float] | None, str]:
-    """Flower's deployment (SuperLink + 3 SuperNodes, ``flwr run``) exchanging ``n`` float32.
-
-    Returns the per-round times measured inside Flower's ServerApp (send the global
-    ArrayRecord to every SuperNode, receive the trained ones, average), or None and
-    the exact reason it could not be measured.
-    """
-    problem = _flower_install(offline)
-    if problem is not None:
-        return None, problem
-    bindir = FLOWER_VENV / "bin"
-    procs: list[subprocess.Popen[bytes]] = []
-    with tempfile.TemporaryDirectory(prefix="qdspace-bench-flower-") as tmp:
-        work = Path(tmp)
-        app = work / "app"
-        app.mkdir()
-        (app / "pyproject.toml").write_text(_FLOWER_PYPROJECT)
-        (app / "qdbench_server.py").write_text(_FLOWER_SERVER)
-        (app / "qdbench_client.py").write_text(_FLOWER_CLIENT)
-        out = work / "rounds.json"
-        serverappio, fleet, control = _free_port(), _free_port(), _free_port()
-        home = work / "flwr-home"
-        home.mkdir()
-        (home / "config.toml").write_text(
-            '[superlink]\ndefault = "bench"\n\n[superlink.bench]\n'
-            f'address = "127.0.0.1:{control}"\ninsecure = true\n'
-        )
-        env = {**os.environ, "FLWR_HOME": str(home), "PYTHONUNBUFFERED": "1"}
-        env.pop("VIRTUAL_ENV", None)
-        env["PATH"] = f"{bindir}{os.pathsep}{env.get('PATH', '')}"
-
-        def spawn(name: str, args: list[str]) -> Path:
-            log = work / f"{name}.log"
-            with log.open("wb") as fh:
-                procs.append(
-                    subprocess.Popen(
-                        args,
-                        cwd=work,
-                        env=env,
-                        stdout=fh,
-                        stderr=subprocess.STDOUT,
-                        start_new_session=True,
-                    )
-                )
-            return log
-
-        try:
-            link_log = spawn(
-                "superlink",
-                [
-                    str(bindir / "flower-superlink"),
-                    "--insecure",
-                    "--serverappio-api-address",
-                    f"127.0.0.1:{serverappio}",
-                    "--fleet-api-address",
-                    f"127.0.0.1:{fleet}",
-                    "--control-api-address",
-                    f"127.0.0.1:{control}",
-                    "--health-server-address",
-                    f"127.0.0.1:{_free_port()}",
-                    "--storage-dir",
-                    str(work / "storage"),
-                ],
-            )
-            for i in range(len(MEMBERS)):
-                spawn(
-                    f"supernode{i}",
-                    [
-                        str(bindir / "flower-supernode"),
-                        "--insecure",
-                        "--superlink",
-                        f"127.0.0.1:{fleet}",
-                        "--clientappio-api-address",
-                        f"127.0.0.1:{_free_port()}",
-                        "--health-server-address",
-                        f"127.0.0.1:{_free_port()}",
-                        "--node-config",
-                        f"partition-id={i}",
-                    ],
-                )
-            time.sleep(3.0)
-            if any(p.poll() is not None for p in procs):
-                return None, f"a Flower process exited at start: superlink log: {_tail(link_log)}"
-            overrides = f"values={n} rounds={rounds} members={len(MEMBERS)} out='{out}'"
-            run = subprocess.run(
-                [str(bindir / "flwr"), "run", str(app), "bench", "--stream", "-c", overrides],
-                cwd=work,
-                env=env,
-                capture_output=True,
-                text=True,
-                timeout=timeout_s,
-            )
-            (work / "flwr-run.log").write_text(run.stdout + run.stderr)
-            if not out.exists():
-                return None, (
-                    f"flwr run ended (exit {run.returncode}) without round times: "
-                    f"{_tail(work / 'flwr-run.log')} / superlink: {_tail(link_log)}"
-                )
-            data = json.loads(out.read_text())
-            return [float(t) for t in data["round_s"]], (
-                f"flwr {FLOWER_VERSION}: SuperLink + {data['nodes']} SuperNodes (--insecure, "
-                "no TLS), ServerApp via flwr run, Message API, FedAvg of one float32 array"
-            )
-        except subprocess.TimeoutExpired:
-            return None, f"flwr run did not finish in {timeout_s:.0f}s: {_tail(link_log)}"
-        finally:
-            for proc in procs:
-                if proc.poll() is None:
-                    with contextlib.suppress(ProcessLookupError):
-                        os.killpg(proc.pid, signal.SIGTERM)
-            for proc in procs:
-                try:
-                    proc.wait(10)
-                except subprocess.TimeoutExpired:
-                    with contextlib.suppress(ProcessLookupError):
-                        os.killpg(proc.pid, signal.SIGKILL)
-                    proc.wait()
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -538,23 +262,24 @@ def main() -> None:
     print(
         f"fl_target_secagg_round_s: 1.0 s (ours {ours:.3f} s: {'met' if ours <= 1.0 else 'missed'})"
     )
-    note = "skipped (--no-flower)"
-    if not ns.no_flower:
-        times, note = flower(n, ns.flower_rounds, offline=ns.quick)
+    notes = {"tls": "skipped (--no-flower)", "insecure": "skipped (--no-flower)"}
+    modes = () if ns.no_flower else ("tls",) if ns.quick else ("tls", "insecure")
+    for mode in modes:
+        times, notes[mode] = flower(n, ns.flower_rounds, offline=ns.quick, tls=mode == "tls")
+        key = f"fl_flower_{mode}_{big}_round_s"
         if times is None:
-            print(f"fl_flower_{big}_round_s: not measured: {note}")
-        else:
-            # round 1 includes Flower's ClientApp start-up; the median of the others is the figure
-            theirs = statistics.median(times[1:] or times)
-            figures[f"fl_flower_{big}_round_s"] = theirs
-            print(
-                f"fl_flower_{big}_round_s: {theirs:.3f} s "
-                f"(rounds {', '.join(f'{t:.2f}' for t in times)}; {note})"
-            )
-            for mode in ("plain", "secagg"):
-                speedup = theirs / figures[f"fl_loopback_{big}_{mode}_round_s"]
-                figures[f"fl_speedup_vs_flower_{mode}"] = speedup
-                print(f"fl_speedup_vs_flower_{mode}: {speedup:.2f} x (aim >= 5 x for secagg)")
+            print(f"{key}: not measured: {notes[mode]}")
+            continue
+        # round 1 includes Flower's ClientApp start-up; the median of the others is the figure
+        theirs = statistics.median(times[1:] or times)
+        figures[key] = theirs
+        print(f"{key}: {theirs:.3f} s (rounds {', '.join(f'{t:.2f}' for t in times)}; "
+              f"{notes[mode]})")  # fmt: skip
+        for ours_mode in ("plain", "secagg"):
+            speedup = theirs / figures[f"fl_loopback_{big}_{ours_mode}_round_s"]
+            figures[f"fl_speedup_vs_flower_{mode}_{ours_mode}"] = speedup
+            aim = " (aim >= 5 x)" if (mode, ours_mode) == ("tls", "secagg") else ""
+            print(f"fl_speedup_vs_flower_{mode}_{ours_mode}: {speedup:.2f} x{aim}")
     if ns.out:
         with open(ns.out, "w") as fh:
             json.dump(
@@ -565,7 +290,7 @@ def main() -> None:
                     "cpus": os.cpu_count(),
                     "loadavg_1m": os.getloadavg()[0],
                     "figures": figures,
-                    "flower": note,
+                    "flower": notes,
                 },
                 fh,
                 indent=2,

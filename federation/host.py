@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -316,8 +317,16 @@ class JobHost:
         """After any state change: publish a new version, checkpoint between rounds."""
         coordinator = self.coordinator
         if coordinator.version != self._latest.version.version:
-            self._save()
-            self._publish()
+            # The checkpoint is written while the new version is encoded, hashed and
+            # signed (both release the GIL on 50 MB): a round's two big passes overlap.
+            # It is announced only once the checkpoint is in place, as before, so a
+            # restarted coordinator never finds a version newer than its checkpoint.
+            with ThreadPoolExecutor(1, thread_name_prefix="federation-checkpoint") as pool:
+                saved = pool.submit(self._save)
+                published = next_version(coordinator, self._latest.version, self._signer)
+                saved.result()
+            self._latest = published
+            self._announce(published)
         elif coordinator.finished and self._saved_phase is not coordinator.phase:
             self._save()
         elif (coordinator.round, coordinator.attempt) != self._saved_attempt:

@@ -40,7 +40,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
 import numpy as np
@@ -57,7 +57,14 @@ from qdspace.federation.errors import (
     SecAggError,
 )
 from qdspace.federation.params import Vector
-from qdspace.federation.secagg_masks import BLOCK, MaskStreams, Ring, pair_seed, self_seed
+from qdspace.federation.secagg_masks import (
+    BLOCK,
+    MaskStreams,
+    Quantizer,
+    Ring,
+    pair_seed,
+    self_seed,
+)
 from qdspace.federation.secagg_messages import (
     Confirmation,
     EncryptedShare,
@@ -93,6 +100,53 @@ def _seal_payload(
         seed.signature.hex(),
     ]
     return json.dumps(body).encode()
+
+
+class Masking:
+    """One member's masked input, made a chunk at a time (the masks' streams run on from
+    chunk to chunk, so the chunks joined are exactly what :meth:`SecAggClient.mask` makes).
+
+    The update is read once and the masked vector written once, in cache-sized blocks.
+    """
+
+    def __init__(
+        self, member: str, quantizer: Quantizer, streams: MaskStreams, vector: Vector
+    ) -> None:
+        self._member, self._quantizer, self._streams = member, quantizer, streams
+        self._flat = np.asarray(vector, dtype=np.float32)
+        self._out: Ring = np.empty(self._flat.size, dtype=np.uint32)
+        self._done = 0
+
+    @property
+    def size(self) -> int:
+        """Ring elements in the whole masked input."""
+        return int(self._out.size)
+
+    def blocks(self, elements: int = 4 * BLOCK) -> Iterator[Ring]:
+        """The masked input in consecutive chunks of ``elements`` (views; masked once)."""
+        if self._done:
+            raise SecAggError(f"member {self.member}: the masked input was already made")
+        scratch = np.empty(BLOCK, dtype=np.float32)
+        out, flat = self._out, self._flat
+        for start in range(0, out.size, elements):
+            end = min(start + elements, out.size)
+            for lo in range(start, end, BLOCK):
+                hi = min(lo + BLOCK, end)
+                self._quantizer.encode_into(flat[lo:hi], out[lo:hi], scratch)
+                self._streams.apply(out[lo:hi])
+            self._done = end
+            yield out[start:end]
+
+    @property
+    def member(self) -> str:
+        return self._member
+
+    @property
+    def result(self) -> MaskedInput:
+        """The whole masked input, once every chunk was made."""
+        if self._done != self._out.size:
+            raise SecAggError(f"member {self.member}: the masked input is not complete")
+        return MaskedInput(self._member, self._out)
 
 
 @dataclass
@@ -210,6 +264,15 @@ class SecAggClient:
 
     def mask(self, vector: Vector, inbox: Sequence[EncryptedShare]) -> MaskedInput:
         """Step 3: quantise ``vector`` (already clipped to the job's bound), add all masks."""
+        masking = self.masking(vector, inbox)
+        for _ in masking.blocks():
+            pass
+        return masking.result
+
+    def masking(self, vector: Vector, inbox: Sequence[EncryptedShare]) -> Masking:
+        """Step 3, streamed: check the inbox and derive the mask seeds now, then mask the
+        vector a chunk at a time (:meth:`Masking.blocks`), so that a member can send
+        each chunk while it masks the next one instead of masking 50 MB first."""
         self._step(Phase.MASKED_INPUT, Phase.CONSISTENCY)
         if vector.shape != (self.config.vector_len,):
             raise SecAggError(
@@ -231,16 +294,7 @@ class SecAggClient:
                 continue
             seed = pair_seed(secret, adverts[peer].mask_pk, self.member, peer, ctx)
             seeds.append((seed, 1 if self.member < peer else -1))
-        # quantise and mask block by block: the update is read once, the result written once
-        quantizer, streams = self.config.quantizer, MaskStreams(seeds)
-        y: Ring = np.empty(self.config.vector_len, dtype=np.uint32)
-        scratch = np.empty(BLOCK, dtype=np.float32)
-        flat = np.asarray(vector, dtype=np.float32)
-        for start in range(0, y.size, BLOCK):
-            part = y[start : start + BLOCK]
-            quantizer.encode_into(flat[start : start + BLOCK], part, scratch)
-            streams.apply(part)
-        return MaskedInput(self.member, y)
+        return Masking(self.member, self.config.quantizer, MaskStreams(seeds), vector)
 
     def confirm(self, request: UnmaskRequest) -> Confirmation:
         """Step 4: sign the survivor/dropped split we were shown (once per round)."""

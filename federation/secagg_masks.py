@@ -95,6 +95,15 @@ class Quantizer:
         np.multiply(decoded, np.float32(1.0 / self.scale), out=decoded)
         return decoded
 
+    def decode_in_place(self, total: Ring) -> Vector:
+        """``decode`` into ``total``'s own memory (a float32 view of it): no 50 MB array is
+        allocated and the sum is read and written once. ``total`` is consumed."""
+        out: Vector = total.view(np.float32)
+        for start in range(0, total.size, BLOCK):  # per block: numpy casts without a copy
+            part = total[start : start + BLOCK].view(np.int32)
+            np.multiply(part, np.float32(1.0 / self.scale), out=out[start : start + BLOCK])
+        return out
+
 
 class Prg:
     """Expands 32-byte seeds into ring vectors (ChaCha20 keystream), reusing its buffers.

@@ -297,7 +297,8 @@ class SecAggServer:
             raise SecAggError(f"masked sum has {total.size} elements, expected {length}")
         MaskStreams(seeds).apply_all(total)  # all masks removed in one blockwise pass
         self.phase = Phase.DONE
-        return SecAggResult(self.config.quantizer.decode(total), self._survivors)
+        # the sum is ours alone now: decode it in its own memory (no fresh 50 MB array)
+        return SecAggResult(self.config.quantizer.decode_in_place(total), self._survivors)
 
     def _rebuild(self, member: str, index: Mapping[str, int], kind: ShareKind) -> bytes:
         """``member``'s secret from the revealed shares (all dealer-signed, checked on arrival).

@@ -1,11 +1,16 @@
 """The anchorer: seals queued leaves into batches and anchors each batch root once.
 
 A batch of one kind is sealed when ``max_leaves`` leaves wait or the oldest waited
-``max_age_s``; each batch is one ``anchor`` transaction. The signed transaction is journaled
-before it is sent; on every pass, journaled transactions are resolved first (receipt found,
-or the same bytes resent), so a crash or an outage never anchors a batch twice and never
-loses one. While the chain is unreachable, leaves keep queuing and the anchorer retries with
-exponential backoff.
+``max_age_s``; each batch is one ``anchor`` transaction. Transactions are pipelined: up to
+``max_in_flight`` of them, with consecutive nonces, are signed, journaled together in one
+database transaction (:meth:`LeafQueue.mark_window_signed`), sent in one JSON-RPC batch
+request and their receipts polled in batches, instead of one round trip and one receipt
+wait per batch (one at a time this spent most of its time waiting). If one transaction of a
+window is refused, the pass stops there and the next one resolves the window first, in
+nonce order. The signed transaction is journaled before it is sent; on every pass,
+journaled transactions are resolved first (receipt found, or the same bytes resent), so a
+crash or an outage never anchors a batch twice and never loses one. While the chain is
+unreachable, leaves keep queuing and the anchorer retries with exponential backoff.
 """
 
 from __future__ import annotations
@@ -22,13 +27,12 @@ from qdspace.ledger.errors import (
     ChainUnavailable,
     LedgerError,
     NonceConsumed,
-    TransactionFailed,
 )
 from qdspace.ledger.keys import ChainSigner
 from qdspace.ledger.leaves import KIND_CODES, Leaf, kind_code
 from qdspace.ledger.queue import LeafQueue
 from qdspace.ledger.queue_schema import SEALED, SIGNED, Batch, StoredLeaf
-from qdspace.ledger.tx import ANCHOR_GAS
+from qdspace.ledger.tx import ANCHOR_GAS, DEFAULT_MAX_IN_FLIGHT, SignedAnchor
 
 log = logging.getLogger("ledger.anchorer")
 
@@ -48,11 +52,13 @@ class AnchorPolicy:
     backoff_initial_s: float = 0.5
     backoff_max_s: float = 30.0
     gas: int | None = ANCHOR_GAS  # None: ask the chain to estimate every transaction
+    max_in_flight: int = DEFAULT_MAX_IN_FLIGHT  # transactions sent before awaiting receipts
 
     def __post_init__(self) -> None:
-        if self.max_leaves < 1 or self.max_age_s < 0 or self.tick_s <= 0:
+        if self.max_leaves < 1 or self.max_age_s < 0 or self.tick_s <= 0 or self.max_in_flight < 1:
             raise LedgerError(
-                f"anchor policy needs max_leaves >= 1, max_age_s >= 0, tick_s > 0; got {self}"
+                "anchor policy needs max_leaves >= 1, max_age_s >= 0, tick_s > 0, "
+                f"max_in_flight >= 1; got {self}"
             )
 
 
@@ -141,23 +147,38 @@ class Anchorer:
         """
         with self._step_lock:
             try:
-                return self._step(force)
+                report = self._step(force)
+            except ChainUnavailable as exc:
+                self._forget_nonce()
+                self._chain_reachable, self._last_error = False, str(exc)
+                raise
             except Exception:
                 self._forget_nonce()  # e.g. the chain came back with another pool
                 raise
+            # whoever ran the pass (the thread, a flush), the status says how it went
+            self._chain_reachable, self._last_error = True, None
+            return report
 
     def _step(self, force: bool) -> StepReport:
         if not self._chain_checked:  # never sign for a chain or contract we did not expect
             self.client.check()
             self._chain_checked = True
         anchored = waiting = 0
-        for batch in self.queue.batches(SIGNED):
-            done = self._resolve(batch)
-            anchored, waiting = anchored + done, waiting + (not done)
+        journaled = self.queue.batches(SIGNED)
+        if journaled:
+            anchored = self._resolve(journaled)
+            waiting = len(journaled) - anchored
         sealed = self._seal_due(force)
-        for batch in self.queue.batches(SEALED):
-            done = self._send(batch)
-            anchored, waiting = anchored + done, waiting + (not done)
+        if waiting:  # a window is stuck: resolve it (next pass) before signing more
+            return StepReport(sealed, anchored, waiting + len(self.queue.batches(SEALED)))
+        todo = self.queue.batches(SEALED)
+        while todo:
+            window, todo = todo[: self.policy.max_in_flight], todo[self.policy.max_in_flight :]
+            done = self._send_window(window)
+            anchored, waiting = anchored + done, waiting + len(window) - done
+            if done < len(window):
+                waiting += len(todo)
+                break
         return StepReport(sealed, anchored, waiting)
 
     def _seal_due(self, force: bool) -> int:
@@ -175,38 +196,44 @@ class Anchorer:
                 sealed += 1
         return sealed
 
-    def _send(self, batch: Batch) -> bool:
+    def _send_window(self, batches: list[Batch]) -> int:
+        """Sign, journal (together), send and settle a window; returns how many anchored."""
         # A batch never signed cannot have been sent by us; a root someone else anchored
         # makes the transaction revert (or, with estimated gas, the estimate), handled in
         # _settle. Only batches that went back to sealed after an attempt need asking the
-        # contract first.
-        if batch.attempts > 0 and self._adopt_if_anchored(batch):
-            return True
+        # contract first; they also ask for a gas estimate, so that a revert names its
+        # reason before anything is spent.
+        anchored, window = 0, list[tuple[Batch, SignedAnchor]]()
         nonce = self._nonce()
-        try:
-            signed = self.client.sign_anchor(
-                self.signer,
-                batch.root,
-                batch.leaf_count,
-                kind_code(batch.kind),
-                nonce,
-                # a retried batch asks for an estimate: a revert then names its reason
-                # before anything is spent
-                gas=self.policy.gas if batch.attempts == 0 else None,
-            )
-        except AlreadyAnchored:  # anchored between lookup and estimate
-            return self._adopt_if_anchored(batch)
-        batch = self.queue.mark_signed(batch, signed, self.client.chain_id, self.client.address)
-        self._next_nonce = nonce + 1
+        for batch in batches:
+            if batch.attempts > 0 and self._adopt_if_anchored(batch):
+                anchored += 1
+                continue
+            try:
+                signed = self.client.sign_anchor(
+                    self.signer,
+                    batch.root,
+                    batch.leaf_count,
+                    kind_code(batch.kind),
+                    nonce + len(window),
+                    gas=self.policy.gas if batch.attempts == 0 else None,
+                )
+            except AlreadyAnchored:  # anchored between lookup and estimate
+                anchored += self._adopt_if_anchored(batch)
+                continue
+            window.append((batch, signed))
+        if not window:
+            return anchored
+        journaled = self.queue.mark_window_signed(window, self.client.chain_id, self.client.address)
+        self._next_nonce = nonce + len(window)
         log.info(
-            "anchorer.send: batch %s (%s x%s) nonce %s tx 0x%s",
-            batch.id,
-            batch.kind,
-            batch.leaf_count,
+            "anchorer.send: %s batches (%s leaves) nonces %s..%s",
+            len(journaled),
+            sum(b.leaf_count for b in journaled),
             nonce,
-            signed.tx_hash.hex(),
+            nonce + len(window) - 1,
         )
-        return self._deliver(batch)
+        return anchored + self._deliver(journaled)
 
     def _nonce(self) -> int:
         """The next nonce: counted locally while all goes well, else asked from the chain.
@@ -222,51 +249,69 @@ class Anchorer:
         self._next_nonce = None
         self.client.forget_fees()
 
-    def _resolve(self, batch: Batch) -> bool:
-        assert batch.tx_hash is not None
-        receipt = self.client.receipt(batch.tx_hash)
-        if receipt is not None:
-            return self._settle(batch, receipt)
-        if self._adopt_if_anchored(batch):
-            return True
-        log.info(
-            "anchorer.resolve: batch %s has no receipt yet; resending tx 0x%s",
-            batch.id,
-            batch.tx_hash.hex(),
-        )
-        return self._deliver(batch)
+    def _resolve(self, journaled: list[Batch]) -> int:
+        """Settle journaled transactions: receipt found, root adopted, or the same bytes
+        resent, in nonce order; returns how many are anchored now."""
+        journaled = sorted(journaled, key=lambda b: (b.nonce or 0, b.id))
+        receipts = self.client.receipts([b.tx_hash or b"" for b in journaled])
+        anchored, resend = 0, []
+        for batch, receipt in zip(journaled, receipts, strict=True):
+            if receipt is not None:
+                anchored += self._settle(batch, receipt)
+            elif self._adopt_if_anchored(batch):
+                anchored += 1
+            else:
+                resend.append(batch)
+        if resend:
+            log.info(
+                "anchorer.resolve: %s journaled transactions have no receipt yet; resending "
+                "nonces %s",
+                len(resend),
+                [b.nonce for b in resend],
+            )
+            anchored += self._deliver(resend)
+        return anchored
 
-    def _deliver(self, batch: Batch) -> bool:
-        assert batch.raw_tx is not None and batch.tx_hash is not None
+    def _deliver(self, batches: list[Batch]) -> int:
+        """Send journaled transactions (nonce order) in one request, then await receipts."""
         try:
-            self.client.send_raw(batch.raw_tx)
-        except NonceConsumed as exc:
-            self._forget_nonce()
-            if not self._adopt_if_anchored(batch):
-                self.queue.mark_unsent(batch, str(exc))
-            return False
-        except TransactionFailed as exc:
-            self._forget_nonce()
-            self.queue.note_error(batch, str(exc))
-            self._last_error = str(exc)
-            return False
+            refusals = self.client.send_raw_many([b.raw_tx or b"" for b in batches])
         except ChainUnavailable:
             self._forget_nonce()
             raise
-        receipt = self._wait_receipt(batch.tx_hash)
-        if receipt is None:
+        sent = []
+        for batch, refusal in zip(batches, refusals, strict=True):
+            if refusal is None:
+                sent.append(batch)
+                continue
+            self._forget_nonce()
+            if isinstance(refusal, NonceConsumed):
+                if not self._adopt_if_anchored(batch):
+                    self.queue.mark_unsent(batch, str(refusal))
+            else:
+                self.queue.note_error(batch, str(refusal))
+                self._last_error = str(refusal)
+        return self._await_receipts(sent)
+
+    def _await_receipts(self, sent: list[Batch]) -> int:
+        deadline = time.monotonic() + self.policy.receipt_timeout_s
+        anchored, waiting = 0, sent
+        while waiting:
+            receipts = self.client.receipts([b.tx_hash or b"" for b in waiting])
+            still = []
+            for batch, receipt in zip(waiting, receipts, strict=True):
+                if receipt is None:
+                    still.append(batch)
+                else:
+                    anchored += self._settle(batch, receipt)
+            waiting = still
+            if not waiting or time.monotonic() >= deadline or self._stop.is_set():
+                break
+            time.sleep(self.policy.receipt_poll_s)
+        for batch in waiting:
             self._forget_nonce()
             self.queue.note_error(batch, f"no receipt after {self.policy.receipt_timeout_s}s")
-            return False
-        return self._settle(batch, receipt)
-
-    def _wait_receipt(self, tx_hash: bytes) -> TxReceipt | None:
-        deadline = time.monotonic() + self.policy.receipt_timeout_s
-        while True:
-            receipt = self.client.receipt(tx_hash)
-            if receipt is not None or time.monotonic() >= deadline or self._stop.is_set():
-                return receipt
-            time.sleep(self.policy.receipt_poll_s)
+        return anchored
 
     def _settle(self, batch: Batch, receipt: TxReceipt) -> bool:
         if receipt.succeeded and batch.root in receipt.anchored_roots:

@@ -11,20 +11,20 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import requests
 from eth_abi.abi import decode
+from eth_abi.exceptions import DecodingError
 from eth_utils.crypto import keccak
 from hexbytes import HexBytes
 from web3 import Web3
 from web3.exceptions import (
     BadFunctionCallOutput,
     ContractLogicError,
-    TransactionNotFound,
     Web3Exception,
     Web3RPCError,
 )
@@ -34,6 +34,7 @@ from qdspace.ledger.artifact import load_artifact
 from qdspace.ledger.errors import (
     AlreadyAnchored,
     ChainUnavailable,
+    LedgerError,
     NonceConsumed,
     TransactionFailed,
     WrongChain,
@@ -80,13 +81,27 @@ class AnchoredEvent:
 
 @dataclass(frozen=True, slots=True)
 class TxReceipt:
-    """The mined outcome of a transaction."""
+    """The mined outcome of a transaction, with the ``Anchored`` logs our contract emitted in it.
+
+    The logs carry everything the contract stores for a root (count, kind, anchorer, block),
+    so a proof is confirmed from this one receipt; the contract refuses a known root, so the
+    log of a root is its only record.
+    """
 
     tx_hash: bytes
     block_number: int
     block_hash: bytes
     succeeded: bool
-    anchored_roots: tuple[bytes, ...]
+    anchored: tuple[AnchoredEvent, ...] = ()
+
+    @property
+    def anchored_roots(self) -> tuple[bytes, ...]:
+        """The roots this transaction anchored."""
+        return tuple(e.root for e in self.anchored)
+
+    def event_for(self, root: bytes) -> AnchoredEvent | None:
+        """The ``Anchored`` log of ``root`` in this transaction, if any."""
+        return next((e for e in self.anchored if e.root == root), None)
 
 
 @contextmanager
@@ -121,6 +136,8 @@ class LedgerClient:
         self.contract = self.w3.eth.contract(address=self.address, abi=load_artifact().abi)
         self.expected_chain_id = expected_chain_id
         self._chain_id: int | None = None
+        self._timeout_s = timeout_s
+        self._session = requests.Session()  # batch requests go around web3's middleware
         self._fee_lock = threading.Lock()
         self._fee_cache: tuple[float, dict[str, int]] | None = None
 
@@ -244,33 +261,100 @@ class LedgerClient:
         try:
             return bytes(self._call(lambda: self.w3.eth.send_raw_transaction(raw)))
         except Web3RPCError as exc:
-            tx_hash = bytes(keccak(raw))
-            text = str(exc).lower()
-            if any(k in text for k in _KNOWN_TX) or self.receipt(tx_hash) is not None:
-                return tx_hash  # in the pool or mined already: resending changed nothing
-            if "nonce" in text:
-                raise NonceConsumed(f"chain refused the transaction: {exc}") from None
-            raise TransactionFailed(f"chain refused the transaction: {exc}") from None
+            refusal = self._refusal(raw, str(exc))
+            if refusal is None:
+                return bytes(keccak(raw))
+            raise refusal from None
 
     def receipt(self, tx_hash: bytes) -> TxReceipt | None:
         """The receipt of a mined transaction, or None while it is pending or unknown."""
-        try:
-            rcpt = self._call(lambda: self.w3.eth.get_transaction_receipt(HexBytes(tx_hash)))
-        except TransactionNotFound:
-            return None
-        roots = tuple(
-            bytes(entry["topics"][1])
-            for entry in rcpt["logs"]
-            if Web3.to_checksum_address(entry["address"]) == self.address
-            and len(entry["topics"]) > 1
-            and HexBytes(entry["topics"][0]).to_0x_hex() == _ANCHORED_TOPIC
+        return self.receipts([tx_hash])[0]
+
+    def receipts(self, tx_hashes: Sequence[bytes]) -> list[TxReceipt | None]:
+        """Many receipts in one JSON-RPC batch request (None: pending or unknown)."""
+        answers = self._batch(
+            [("eth_getTransactionReceipt", ["0x" + bytes(h).hex()]) for h in tx_hashes]
         )
+        out: list[TxReceipt | None] = []
+        for answer in answers:
+            if "error" in answer:
+                raise ChainUnavailable(f"chain at {self.rpc_url}: {answer['error']}")
+            rcpt = answer.get("result")
+            try:
+                out.append(None if rcpt is None else self._parse_receipt(rcpt))
+            except (KeyError, TypeError, ValueError, AttributeError, DecodingError) as exc:
+                raise ChainUnavailable(
+                    f"chain at {self.rpc_url} answered a malformed receipt "
+                    f"({type(exc).__name__}: {exc})"
+                ) from None
+        return out
+
+    def send_raw_many(self, raws: Sequence[bytes]) -> list[LedgerError | None]:
+        """Send signed transactions in one JSON-RPC batch request, in order (nonce order).
+
+        Returns, per transaction, None when the chain took it (or already had it) and
+        NonceConsumed or TransactionFailed as :meth:`send_raw` would raise them.
+        """
+        answers = self._batch([("eth_sendRawTransaction", ["0x" + r.hex()]) for r in raws])
+        out: list[LedgerError | None] = []
+        for raw, answer in zip(raws, answers, strict=True):
+            error = answer.get("error")
+            out.append(None if error is None else self._refusal(raw, str(error)))
+        return out
+
+    def _refusal(self, raw: bytes, text: str) -> LedgerError | None:
+        low = text.lower()
+        if any(k in low for k in _KNOWN_TX) or self.receipt(bytes(keccak(raw))) is not None:
+            return None  # in the pool or mined already: resending changed nothing
+        if "nonce" in low:
+            return NonceConsumed(f"chain refused the transaction: {text}")
+        return TransactionFailed(f"chain refused the transaction: {text}")
+
+    def _batch(self, calls: Sequence[tuple[str, list[Any]]]) -> list[dict[str, Any]]:
+        """One HTTP request with a JSON-RPC batch; the answers in call order."""
+        if not calls:
+            return []
+        body: list[Any] = [
+            {"jsonrpc": "2.0", "id": i, "method": m, "params": p} for i, (m, p) in enumerate(calls)
+        ]
+        # one call goes as a plain request: endpoints without batch support then work with
+        # ``max_in_flight = 1``
+        single = len(body) == 1
+        with _chain_errors(self.rpc_url):
+            response = self._session.post(
+                self.rpc_url, json=body[0] if single else body, timeout=self._timeout_s
+            )
+            response.raise_for_status()
+        try:
+            doc = response.json()
+        except ValueError:
+            raise ChainUnavailable(f"chain at {self.rpc_url} answered no JSON") from None
+        if single and isinstance(doc, dict):
+            doc = [doc]
+        if isinstance(doc, dict):  # a server that refuses batches answers one error object
+            raise ChainUnavailable(f"chain at {self.rpc_url} refused a batch: {doc.get('error')}")
+        by_id = {a.get("id"): a for a in doc if isinstance(a, dict)}
+        if len(by_id) != len(calls) or any(i not in by_id for i in range(len(calls))):
+            raise ChainUnavailable(f"chain at {self.rpc_url} answered a batch incompletely")
+        return [by_id[i] for i in range(len(calls))]
+
+    def _parse_receipt(self, rcpt: dict[str, Any]) -> TxReceipt:
+        tx_hash, block = bytes(HexBytes(rcpt["transactionHash"])), int(rcpt["blockNumber"], 16)
+        anchored = []
+        for entry in rcpt.get("logs") or []:
+            topics = [bytes(HexBytes(t)) for t in entry.get("topics") or []]
+            if (
+                len(topics) == 4
+                and Web3.to_checksum_address(entry["address"]) == self.address
+                and "0x" + topics[0].hex() == _ANCHORED_TOPIC
+            ):
+                anchored.append(_event(topics, bytes(HexBytes(entry["data"])), tx_hash, entry))
         return TxReceipt(
-            bytes(rcpt["transactionHash"]),
-            int(rcpt["blockNumber"]),
-            bytes(rcpt["blockHash"]),
-            int(rcpt["status"]) == 1,
-            roots,
+            tx_hash,
+            block,
+            bytes(HexBytes(rcpt["blockHash"])),
+            int(rcpt["status"], 16) == 1,
+            tuple(anchored),
         )
 
     def anchoring_tx(self, root: bytes, block_number: int) -> bytes | None:
@@ -294,21 +378,15 @@ class LedgerClient:
             "topics": [_ANCHORED_TOPIC, None, None, account_topic],
         }
         logs = self._call(lambda: self.w3.eth.get_logs(params))
-        events = []
-        for entry in logs:
-            count, block, ts = decode(["uint64", "uint64", "uint64"], bytes(entry["data"]))
-            events.append(
-                AnchoredEvent(
-                    bytes(entry["topics"][1]),
-                    int.from_bytes(bytes(entry["topics"][2]), "big"),
-                    int(count),
-                    Web3.to_checksum_address(bytes(entry["topics"][3])[12:]),
-                    int(block),
-                    int(ts),
-                    bytes(entry["transactionHash"]),
-                    int(entry["logIndex"]),
-                )
+        events = [
+            _event(
+                [bytes(t) for t in entry["topics"]],
+                bytes(entry["data"]),
+                bytes(entry["transactionHash"]),
+                entry,
             )
+            for entry in logs
+        ]
         return sorted(events, key=lambda e: (e.block_number, e.log_index))
 
     def latest_block(self) -> int:
@@ -330,3 +408,18 @@ class LedgerClient:
         except Web3Exception:
             return None
         return bytes(block["hash"])
+
+
+def _event(topics: list[bytes], data: bytes, tx_hash: bytes, entry: Any) -> AnchoredEvent:
+    count, block, ts = decode(["uint64", "uint64", "uint64"], data)
+    index = entry["logIndex"]
+    return AnchoredEvent(
+        topics[1],
+        int.from_bytes(topics[2], "big"),
+        int(count),
+        Web3.to_checksum_address(topics[3][12:]),
+        int(block),
+        int(ts),
+        tx_hash,
+        int(index, 16) if isinstance(index, str) else int(index),
+    )

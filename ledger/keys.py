@@ -13,6 +13,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+# libsecp256k1 through coincurve: eth_keys uses it whenever it can be imported, else falls
+# back to pure-Python elliptic curves. Signing an anchor transaction then costs 0.8 ms instead
+# of 3.8 ms, and the embedded chain's sender recovery (every sent transaction, every receipt)
+# 2 ms instead of 7 ms. Imported here so that an install without it fails loudly.
+import coincurve  # noqa: F401
 from eth_account import Account
 from eth_account.datastructures import SignedTransaction
 from eth_account.signers.local import LocalAccount

@@ -8,6 +8,12 @@ transaction and its nonce are committed *before* it is sent, so after a crash th
 bytes are resent (or their receipt found) and the batch is never anchored twice. The
 unique root is a second guard, the contract refusing a known root the third.
 
+Several transactions may be in flight at once (the anchorer's window, consecutive nonces).
+:meth:`LeafQueue.mark_window_signed` journals a whole window in *one* database
+transaction before any of it is sent: after a crash either every nonce of the window is
+journaled with its signed bytes (and is resent or found mined, in nonce order) or none is
+(and nothing was sent), so a crash mid-window neither reuses a nonce nor leaves a gap.
+
 Every move is a compare-and-set on the batch's state (:meth:`LeafQueue._move`): a move from
 a state the batch has already left fails loudly instead of overwriting the journal.
 """
@@ -125,6 +131,38 @@ class LeafQueue(LeafStore):
             sent_at=time.time(),
             attempts=batch.attempts + 1,
         )
+
+    def mark_window_signed(
+        self, window: list[tuple[Batch, SignedAnchor]], chain_id: int, contract: str
+    ) -> list[Batch]:
+        """Journal a window of signed transactions (all from ``sealed``) in one transaction:
+        all of them or, if any batch moved meanwhile, none (LedgerError)."""
+        now = time.time()
+        with self.engine.begin() as conn:
+            for batch, signed in window:
+                done = conn.execute(
+                    update(batch_table)
+                    .where(and_(batch_table.c.id == batch.id, batch_table.c.state == SEALED))
+                    .values(
+                        state=SIGNED,
+                        raw_tx=signed.raw,
+                        tx_hash=signed.tx_hash,
+                        nonce=signed.nonce,
+                        sender=signed.sender,
+                        chain_id=chain_id,
+                        contract=contract,
+                        sent_at=now,
+                        attempts=batch.attempts + 1,
+                    )
+                ).rowcount
+                if done != 1:  # leaving the block by an exception rolls the window back
+                    raise LedgerError(f"batch {batch.id} is no longer {SEALED}")
+            ids = [b.id for b, _ in window]
+            rows = conn.execute(
+                select(batch_table).where(batch_table.c.id.in_(ids)).order_by(batch_table.c.id)
+            ).all()
+        by_id = {int(r._mapping["id"]): Batch.from_row(r) for r in rows}
+        return [by_id[i] for i in ids]
 
     def mark_anchored(
         self,

@@ -15,6 +15,8 @@ GAS_MARGIN = 1.25
 # fixed limit with ~1.5x margin over the estimate spares an EVM execution (and a round
 # trip) per transaction; the tests check the estimate stays under it on py-evm and ganache.
 ANCHOR_GAS = 120_000
+#: Anchor transactions the anchorer sends (consecutive nonces) before awaiting receipts.
+DEFAULT_MAX_IN_FLIGHT = 16
 
 
 @dataclass(frozen=True, slots=True)

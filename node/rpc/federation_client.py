@@ -9,10 +9,11 @@ It decides nothing: what to send when is the round loop's (``federation_runner``
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -102,6 +103,29 @@ async def _chunks(header: pb.UploadHeader, payload: bytes | memoryview) -> Async
     view = memoryview(payload)
     for offset in range(0, len(view), DEFAULT_CHUNK_BYTES):
         yield encode_data_chunk(view[offset : offset + DEFAULT_CHUNK_BYTES])
+
+
+async def _streamed_chunks(
+    header: pb.UploadHeader, parts: Iterator[NDArray[np.uint32]]
+) -> AsyncIterator[bytes]:
+    """The upload stream of a payload made as it goes: while one chunk is written to the
+    channel, the next one is made in a worker thread (masking overlaps sending)."""
+    yield pb.UploadChunk(header=header).SerializeToString()
+    loop = asyncio.get_running_loop()
+    pending = loop.run_in_executor(None, _next_encoded, parts)
+    while True:
+        data = await pending
+        if data is None:
+            return
+        pending = loop.run_in_executor(None, _next_encoded, parts)
+        yield data
+
+
+def _next_encoded(parts: Iterator[NDArray[np.uint32]]) -> bytes | None:
+    part = next(parts, None)
+    if part is None:
+        return None
+    return encode_data_chunk(np.ascontiguousarray(part, dtype="<u4").data.cast("B"))
 
 
 _METHOD = "/qdspace.v1.Federation/"
@@ -266,6 +290,21 @@ class FederationClient:
         header = pb.UploadHeader(round=round_, attempt=attempt)
         payload = np.ascontiguousarray(masked, dtype="<u4").data.cast("B")
         return await self._upload("UploadMasked", header, payload)
+
+    async def upload_masked_stream(
+        self, round_: int, attempt: int, elements: int, parts: Iterator[NDArray[np.uint32]]
+    ) -> StatusView:
+        """Send a masked input of ``elements`` ring elements made chunk by chunk by
+        ``parts`` (each chunk is made while the one before it is sent)."""
+        header = pb.UploadHeader(round=round_, attempt=attempt, job_id=self.job_id)
+        header.total_bytes = 4 * elements
+        try:
+            reply = await self._raw_uploads["UploadMasked"](
+                _streamed_chunks(header, parts), timeout=CALL_TIMEOUT_S
+            )
+        except grpc.aio.AioRpcError as exc:
+            raise _refusal(self.coordinator, exc) from None
+        return status_from_proto(reply.status)
 
     async def advertise(self, round_: int, attempt: int, advert: KeyAdvert) -> None:
         request = pb.AdvertiseRequest(

@@ -234,8 +234,10 @@ class MemberRunner:
         elif phase is Phase.MASKED_INPUT:
             state.steps.add(phase)
             inbox = await client.inbox(round_, attempt)
-            masked = await asyncio.to_thread(state.client.mask, state.change, inbox)
-            await client.upload_masked(round_, attempt, masked.vector)
+            # the shares are opened and the seeds derived first; then each 4 MiB chunk is
+            # masked while the one before it is being sent
+            masking = await asyncio.to_thread(state.client.masking, state.change, inbox)
+            await client.upload_masked_stream(round_, attempt, masking.size, masking.blocks())
             self._sent.add(round_)
             self._emit("sent", round_, "masked update sent")
         elif phase is Phase.CONSISTENCY:

@@ -35,7 +35,7 @@ from qdspace.ledger.leaves import KIND_CODES
 from qdspace.ledger.proofs import InclusionProof, build_proof, verify_proof
 from qdspace.ledger.queue import LeafQueue
 from qdspace.ledger.queue_schema import StoredLeaf, ensure_schema
-from qdspace.ledger.tx import ANCHOR_GAS
+from qdspace.ledger.tx import ANCHOR_GAS, DEFAULT_MAX_IN_FLIGHT
 from qdspace.node.context import NodeContext
 from qdspace.node.errors import ConfigError
 from qdspace.node.layout import LEDGER_FILE, NodeLayout
@@ -69,6 +69,9 @@ class LedgerSettings(BaseSettings):
     # gas limit of each anchor transaction; 0 asks the chain to estimate every one (for
     # chains that price gas differently, e.g. rollups that charge L1 data as gas)
     gas: int = Field(ANCHOR_GAS, ge=0)
+    # anchor transactions sent (consecutive nonces, one JSON-RPC batch request) before their
+    # receipts are awaited; 1 for an endpoint that refuses batch requests
+    max_in_flight: int = Field(DEFAULT_MAX_IN_FLIGHT, ge=1, le=256)
 
     @classmethod
     def settings_customise_sources(
@@ -331,7 +334,10 @@ def attach_ledger(ctx: NodeContext) -> NodeLedger | None:
     ensure_schema(engine)
     queue = LeafQueue(engine)
     policy = AnchorPolicy(
-        max_leaves=settings.max_leaves, max_age_s=settings.flush_s, gas=settings.gas or None
+        max_leaves=settings.max_leaves,
+        max_age_s=settings.flush_s,
+        gas=settings.gas or None,
+        max_in_flight=settings.max_in_flight,
     )
     anchorer = Anchorer(queue, client, signer, policy)
     ledger = NodeLedger(settings, queue, client, anchorer, QdmSweeper(engine, anchorer))

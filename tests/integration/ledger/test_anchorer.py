@@ -185,10 +185,12 @@ def test_chain_outage_during_anchoring_loses_nothing(
     )
     anchorer = Anchorer(queue, chain.client(), signer, policy)
     total = 240
-    produced = threading.Event()
+    produced, killed = threading.Event(), threading.Event()
 
     def produce() -> None:
         for i in range(total):
+            if i == total // 2:  # half after the kill: a pipelined anchorer on a fast machine
+                killed.wait(60)  # could otherwise anchor all of it before the chain dies
             anchorer.enqueue("inspection", f"insp-{i:04d}", f"EL verdict {i}".encode())
             time.sleep(0.003)
         produced.set()
@@ -199,6 +201,7 @@ def test_chain_outage_during_anchoring_loses_nothing(
     try:
         _wait(lambda: queue.state_counts()[ANCHORED] >= 2, "two batches anchored before the kill")
         chain.kill()  # mid-stream: leaves keep coming, batches keep sealing
+        killed.set()
         _wait(lambda: not anchorer.status().chain_reachable, "anchorer noticing the outage")
         assert anchorer.status().last_error is not None
         time.sleep(0.5)
@@ -208,6 +211,7 @@ def test_chain_outage_during_anchoring_loses_nothing(
         producer.join()
         _wait(lambda: produced.is_set() and anchorer.flush(timeout_s=1), "everything anchored")
     finally:
+        killed.set()
         anchorer.stop()
         producer.join()
     client = chain.client()

@@ -84,3 +84,18 @@ def test_wrong_chain_and_missing_contract_are_named(chain: ChainProcess) -> None
         LedgerClient(chain.url, dep.address, expected_chain_id=1).check()
     with pytest.raises(WrongChain, match="no contract at"):
         LedgerClient(chain.url, "0x" + "12" * 20).check()
+
+
+def test_a_batch_request_is_durable_once_answered(chain: ChainProcess, signer: ChainSigner) -> None:
+    """A batch is fsynced once, before its answer: every transaction it acknowledged
+    survives a SIGKILL right after the answer."""
+    client = chain.client()
+    roots = [os.urandom(32) for _ in range(5)]
+    signed = [client.sign_anchor(signer, r, 1, 1, n, gas=120_000) for n, r in enumerate(roots)]
+    assert client.send_raw_many([s.raw for s in signed]) == [None] * 5
+    chain.kill()
+    chain.start()
+    again = chain.client()
+    receipts = again.receipts([s.tx_hash for s in signed])
+    assert [r.anchored_roots if r else None for r in receipts] == [(r,) for r in roots]
+    assert again.pending_nonce(signer.address) == 5

@@ -14,7 +14,7 @@ from qdspace.ledger.anchorer import Anchorer, AnchorPolicy
 from qdspace.ledger.errors import DocumentFormatError
 from qdspace.ledger.keys import ChainSigner
 from qdspace.ledger.passport import Passport, issue_passport, verify_passport
-from qdspace.ledger.proofs import build_proof
+from qdspace.ledger.proofs import build_proof, verify_proof
 from qdspace.ledger.queue import LeafQueue
 from qdspace.ledger.queue_schema import ensure_schema
 from qdspace.ledger.verify import verify_document
@@ -112,6 +112,26 @@ def test_changing_any_byte_of_record_proof_or_root_fails(anchored: Anchored) -> 
         if verdict.valid:
             survivors.append(mutated)
     assert survivors == []
+
+
+def test_a_proof_naming_another_real_anchoring_transaction_fails(anchored: Anchored) -> None:
+    """Verification reads the root's record from the named transaction's receipt: a real
+    transaction of ours that anchored another root (in its own block) confirms nothing."""
+    mine = build_proof(
+        anchored.queue, "inspection", "EL-CX-005", RECORDS[("inspection", "EL-CX-005")]
+    )
+    other = build_proof(anchored.queue, "agreement", "agr-sunarc-cellex-1",
+                        RECORDS[("agreement", "agr-sunarc-cellex-1")])  # fmt: skip
+    assert mine.tx_hash != other.tx_hash and mine.root != other.root
+    client = anchored.chain.client()
+    for swapped in (
+        mine.model_copy(update={"tx_hash": other.tx_hash}),
+        mine.model_copy(update={"tx_hash": other.tx_hash, "block_number": other.block_number}),
+    ):
+        verdict = verify_proof(swapped, client)
+        assert not verdict.valid
+        assert "did not anchor root" in verdict.reason
+    assert verify_proof(mine, client).valid
 
 
 def test_changing_any_byte_of_a_binary_proof_fails(anchored: Anchored) -> None:

@@ -145,6 +145,38 @@ def test_batch_states_move_forward_only(queue: LeafQueue) -> None:
     assert queue.anchored_between(0, 2**40) == [done]
 
 
+def test_a_window_of_signed_transactions_is_journaled_whole_or_not_at_all(
+    queue: LeafQueue,
+) -> None:
+    """The anchorer's nonce window: every nonce journaled with its bytes in one transaction,
+    or (one batch having moved meanwhile) none, so a crash can neither skip nor reuse one."""
+    contract = "0x" + "cd" * 20
+    for i in range(4):
+        queue.enqueue("inspection", f"w-{i}", bytes([i]))
+    batches = [queue.seal("inspection", 1) for _ in range(4)]
+    assert all(b is not None for b in batches)
+    first, second, third, fourth = [b for b in batches if b is not None]
+    queue.mark_signed(third, _signed(b"elsewhere", 99), 7, contract)  # moved meanwhile
+    window = [(first, _signed(b"n5", 5)), (second, _signed(b"n6", 6)), (third, _signed(b"n7", 7))]
+    with pytest.raises(LedgerError, match=f"batch {third.id} is no longer sealed"):
+        queue.mark_window_signed(window, 7, contract)
+    assert [b.state for b in queue.batches()] == [SEALED, SEALED, SIGNED, SEALED]
+    assert queue.batch(first.id).nonce is None and queue.batch(first.id).attempts == 0
+    journaled = queue.mark_window_signed(
+        [(first, _signed(b"n5", 5)), (second, _signed(b"n6", 6)), (fourth, _signed(b"n7", 7))],
+        7,
+        contract,
+    )
+    assert [(b.id, b.state, b.nonce, b.raw_tx) for b in journaled] == [
+        (first.id, SIGNED, 5, b"raw-n5"),
+        (second.id, SIGNED, 6, b"raw-n6"),
+        (fourth.id, SIGNED, 7, b"raw-n7"),
+    ]
+    assert all(b.attempts == 1 and b.chain_id == 7 and b.contract == contract for b in journaled)
+    with pytest.raises(LedgerError, match="no longer sealed"):  # a window is signed once
+        queue.mark_window_signed([(first, _signed(b"again", 8))], 7, contract)
+
+
 def test_bulk_records_span_packed_rows_and_seal_across_them(
     queue: LeafQueue, monkeypatch: pytest.MonkeyPatch
 ) -> None:

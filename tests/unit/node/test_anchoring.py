@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from qdspace.ledger.tx import ANCHOR_GAS
+from qdspace.ledger.tx import ANCHOR_GAS, DEFAULT_MAX_IN_FLIGHT
 from qdspace.node.errors import ConfigError
 from qdspace.node.runtime.ledger import LedgerSettings, canonical_row, write_ledger_file
 
@@ -35,6 +35,14 @@ def test_ledger_file_and_environment(tmp_path: Path, monkeypatch: pytest.MonkeyP
     with pytest.raises(ConfigError, match="max_leaves"):
         LedgerSettings.load(tmp_path)
     monkeypatch.delenv("QDSPACE_LEDGER_MAX_LEAVES")
+    assert LedgerSettings.load(tmp_path).max_in_flight == DEFAULT_MAX_IN_FLIGHT
+    monkeypatch.setenv("QDSPACE_LEDGER_MAX_IN_FLIGHT", "1")  # an endpoint without batches
+    assert LedgerSettings.load(tmp_path).max_in_flight == 1
+    for bad in ("0", "-3", "1000"):
+        monkeypatch.setenv("QDSPACE_LEDGER_MAX_IN_FLIGHT", bad)
+        with pytest.raises(ConfigError, match="max_in_flight"):
+            LedgerSettings.load(tmp_path)
+    monkeypatch.delenv("QDSPACE_LEDGER_MAX_IN_FLIGHT")
     (tmp_path / "ledger.json").write_text(json.dumps({"rpc_url": "x", "colour": "red"}))
     with pytest.raises(ConfigError, match="colour"):
         LedgerSettings.load(tmp_path)

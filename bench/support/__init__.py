@@ -1,0 +1,1 @@
+"""Helpers of the benchmarks that are not benchmarks themselves (not run by the CI glob)."""

@@ -1,0 +1,109 @@
+"""Streamed masking (a member masks chunk k+1 while chunk k is sent): the chunks joined are
+the masked input, the secure aggregate of streamed inputs equals the plain sum, and the
+coordinator's in-place decoding equals the allocating one."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from qdspace.federation.errors import SecAggError
+from qdspace.federation.params import Vector
+from qdspace.federation.secagg_masks import BLOCK, MaskStreams, Quantizer
+from qdspace.federation.secagg_messages import MaskedInput
+from qdspace.federation.secagg_server import SecAggServer
+
+from .test_fl_secagg import QUANT, VERIFY, advertise, client, config, confirm_all, plain_sum
+
+# longer than a few mask blocks and not a multiple of one: chunks end mid-block
+LENGTH = 3 * BLOCK + 12_345
+
+
+def _vectors(n: int, seed: int) -> dict[str, Vector]:
+    rng = np.random.default_rng(seed)
+    return {f"m{i}": rng.uniform(-0.3, 0.3, LENGTH).astype(np.float32) for i in range(n)}
+
+
+def _streamed_round(vectors: dict[str, Vector], chunk: int) -> tuple[Vector, list[MaskedInput]]:
+    """One secure round in which every member masks its input chunk by chunk."""
+    cfg = config(2, LENGTH)
+    server = SecAggServer(cfg, set(vectors))
+    clients = {m: client(m, cfg) for m in vectors}
+    for c in clients.values():
+        advertise(server, c)
+    roster = server.close_adverts()
+    for m, c in clients.items():
+        server.receive_shares(m, c.share_keys(roster, VERIFY))
+    server.close_shares()
+    sent = []
+    for m, c in clients.items():
+        masking = c.masking(vectors[m], server.inbox(m))
+        parts = [p.copy() for p in masking.blocks(chunk)]  # what goes on the wire
+        assert all(p.size <= chunk for p in parts) and sum(p.size for p in parts) == LENGTH
+        joined = np.concatenate(parts)
+        assert np.array_equal(joined, masking.result.vector)
+        sent.append(MaskedInput(m, joined))
+        server.receive_masked(MaskedInput(m, joined))
+    server.close_masked()
+    request = confirm_all(server, clients)
+    for m in request.survivors:
+        server.receive_unmask(clients[m].unmask(request))
+    return server.finish().total, sent
+
+
+@pytest.mark.parametrize("chunk", [BLOCK, 4 * BLOCK, BLOCK // 3 + 1, LENGTH + 1])
+def test_streamed_secure_aggregate_equals_the_plain_sum(chunk: int) -> None:
+    vectors = _vectors(3, seed=chunk)
+    total, sent = _streamed_round(vectors, chunk)
+    # exactly the sum of the quantised inputs: every mask cancelled, nothing lost or doubled
+    quantised = np.zeros(LENGTH, np.uint32)
+    for v in vectors.values():
+        quantised += QUANT.encode(v)
+    assert np.array_equal(total, QUANT.decode(quantised))
+    # which is the plain sum up to the quantisation error (and float32 rounding)
+    expect = plain_sum(vectors, vectors)
+    assert np.allclose(total, expect, rtol=2**-22, atol=QUANT.max_error(3))
+    # and nothing that went on the wire is a member's quantised update in the clear
+    for masked in sent:
+        clear = QUANT.encode(vectors[masked.member])
+        assert np.mean(masked.vector == clear) < 0.01
+
+
+def test_a_masked_input_is_made_once_and_only_whole() -> None:
+    cfg = config(2, LENGTH)
+    server = SecAggServer(cfg, {"m0", "m1"})
+    clients = {m: client(m, cfg) for m in ("m0", "m1")}
+    for c in clients.values():
+        advertise(server, c)
+    roster = server.close_adverts()
+    for m, c in clients.items():
+        server.receive_shares(m, c.share_keys(roster, VERIFY))
+    server.close_shares()
+    masking = clients["m0"].masking(_vectors(1, 1)["m0"], server.inbox("m0"))
+    blocks = masking.blocks(BLOCK)
+    next(blocks)
+    with pytest.raises(SecAggError, match="not complete"):
+        _ = masking.result
+    for _ in blocks:
+        pass
+    assert masking.result.vector.size == LENGTH
+    with pytest.raises(SecAggError, match="already made"):
+        next(masking.blocks())
+    with pytest.raises(SecAggError):  # the step is over: no second masking of the round
+        clients["m0"].masking(_vectors(1, 1)["m0"], server.inbox("m0"))
+
+
+@settings(max_examples=20, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1), members=st.integers(1, 8))
+def test_in_place_decoding_equals_decoding(seed: int, members: int) -> None:
+    q = Quantizer(clip=1.0, max_members=members)
+    rng = np.random.default_rng(seed)
+    total = sum(
+        (q.encode(rng.uniform(-1, 1, BLOCK + 77).astype(np.float32)) for _ in range(members)),
+        start=np.zeros(BLOCK + 77, np.uint32),
+    )
+    MaskStreams([(bytes(32), 1), (bytes(32), -1)]).apply_all(total)  # masks cancel
+    expect = q.decode(total)
+    assert np.array_equal(q.decode_in_place(total.copy()), expect)
