@@ -35,6 +35,7 @@ from operator import itemgetter
 from typing import Any
 
 from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from sqlalchemy import (
     BigInteger,
     Boolean,
@@ -296,6 +297,7 @@ class ReceivedStore(TableStore):
         received_at: Any = stamp(at) if stamp is not None else at
         nonces = os.urandom(12 * len(rows))
         records, changes = [], []
+        ciphers: dict[str, AESGCM] = {}  # order -> its data key, for this transaction
         added = replaced = withdrawn = unchanged = 0
         for index, (row, meta) in enumerate(zip(rows, metas, strict=True)):
             before = held.get(meta.key)
@@ -308,7 +310,10 @@ class ReceivedStore(TableStore):
                 unchanged += before is None or before[1]
                 nonce, ciphertext = b"", b""  # a tombstone holds nothing to encrypt
             else:
-                cipher = self._keys.key_in(connection, agreement_id, row.order_id, True, at)
+                cipher = ciphers.get(row.order_id)
+                if cipher is None:  # a key made in this transaction is not cached by DataKeys
+                    cipher = self._keys.key_in(connection, agreement_id, row.order_id, True, at)
+                    ciphers[row.order_id] = cipher
                 nonce = nonces[12 * index : 12 * index + 12]
                 aad = row_aad(agreement_id, row.order_id, source_id, row.seq)
                 ciphertext = cipher.encrypt(nonce, row.payload, aad)
