@@ -367,6 +367,25 @@ def _change_one_percent(net: LocalNetwork, workdir: Path, n: int) -> tuple[int, 
     return new, fixed
 
 
+def _cpu_seconds(net: LocalNetwork, name: str) -> float | None:
+    """CPU time (user + system) a node process has used so far (Linux; None elsewhere):
+    a figure the machine's other load moves far less than the wall clock."""
+    process = net[name].process
+    try:
+        assert process is not None
+        fields = Path(f"/proc/{process.pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (AssertionError, OSError):
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _per_row(after: float | None, before: float | None, rows: int) -> float | None:
+    """Microseconds of CPU per record between two `_cpu_seconds` readings."""
+    if after is None or before is None or not rows:
+        return None
+    return (after - before) * 1e6 / rows
+
+
 def _held(net: LocalNetwork, agreement_id: str) -> int:
     with net["sunarc"].client(timeout=600) as oem:
         r = oem.get("/v1/contracts/received", params={"agreement_id": agreement_id, "limit": 1})
@@ -392,9 +411,13 @@ def main() -> None:
         net, agreement_id = _setup(Path(tmp) / "space", args.records)
         try:
             asyncio.run(_policy_stream(net, agreement_id))  # warm-up (page cache, channels)
+            spent = _cpu_seconds(net, "cellex")
             runs = [asyncio.run(_policy_stream(net, agreement_id)) for _ in range(REPEATS)]
             rows, seconds, raw = min(runs, key=lambda run: run[1])
             results["policy_stream_records_per_s"] = rows / seconds
+            results["policy_stream_supplier_cpu_us_per_record"] = _per_row(
+                _cpu_seconds(net, "cellex"), spent, rows * REPEATS
+            )
             captured = Path(tmp) / "batches.json"
             captured.write_text(json.dumps([b.hex() for b in raw]))
             server, port = _serve(
@@ -438,20 +461,13 @@ def main() -> None:
             bare_rows, bare_s = _fastest([_bare_read(db_url, fields) for _ in range(REPEATS)])
             assert bare_rows == rows, (bare_rows, rows)
             results["bare_read_records_per_s"] = bare_rows / bare_s
-            with net["sunarc"].client(timeout=600) as oem:
-                started = time.perf_counter()
-                r = oem.post(
-                    "/v1/contracts/transfers",
-                    json={
-                        "agreement_id": agreement_id,
-                        "purpose": "quality-assurance",
-                        "order_id": ORDER,
-                        "batch_rows": BATCH_ROWS,
-                    },
+            spent = {name: _cpu_seconds(net, name) for name in ("cellex", "sunarc")}
+            stored, elapsed = _timed_pull(net, agreement_id, since_last=False)
+            results["node_to_node_stored_records_per_s"] = stored / elapsed
+            for name, role in (("cellex", "supplier"), ("sunarc", "consumer")):
+                results[f"node_to_node_{role}_cpu_us_per_record"] = _per_row(
+                    _cpu_seconds(net, name), spent[name], stored
                 )
-                r.raise_for_status()
-                elapsed = time.perf_counter() - started
-            results["node_to_node_stored_records_per_s"] = r.json()["offset"] / elapsed
             new, fixed = _change_one_percent(net, Path(tmp), args.records)
             moved, incremental_s = _timed_pull(net, agreement_id, since_last=True)
             assert moved == new + fixed, (moved, new, fixed)
@@ -482,6 +498,13 @@ def main() -> None:
         f"transfer.node_to_node_stored: {results['node_to_node_stored_records_per_s']:.0f} "
         "records/s"
     )
+    for key, label in (
+        ("policy_stream_supplier_cpu_us_per_record", "policy_stream_supplier_cpu"),
+        ("node_to_node_supplier_cpu_us_per_record", "node_to_node_supplier_cpu"),
+        ("node_to_node_consumer_cpu_us_per_record", "node_to_node_consumer_cpu"),
+    ):
+        if results[key] is not None:
+            print(f"transfer.{label}: {results[key]:.2f} us/record")
     inc = results["incremental"]
     print(
         f"transfer.incremental_1pct: {inc['changed_rows']} rows in "
@@ -494,7 +517,9 @@ def main() -> None:
     print(f"transfer.full_over_incremental: {inc['full_over_incremental']:.1f} ratio")
     print(f"transfer.held_after_all_pulls: {inc['held_records']} records")
     print(f"transfer.cpus: {results['cpus']} cores")
+    results["loadavg_1m_end"] = os.getloadavg()[0]
     print(f"transfer.loadavg_1m: {results['loadavg_1m']:.2f} load")
+    print(f"transfer.loadavg_1m_end: {results['loadavg_1m_end']:.2f} load")
     if args.out:
         args.out.write_text(json.dumps(results, indent=2))
 
