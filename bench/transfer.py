@@ -367,16 +367,20 @@ def _change_one_percent(net: LocalNetwork, workdir: Path, n: int) -> tuple[int, 
     return new, fixed
 
 
-def _cpu_seconds(net: LocalNetwork, name: str) -> float | None:
-    """CPU time (user + system) a node process has used so far (Linux; None elsewhere):
-    a figure the machine's other load moves far less than the wall clock."""
-    process = net[name].process
+def _pid_cpu_seconds(pid: int | None) -> float | None:
+    """CPU time (user + system) a process has used so far (Linux; None elsewhere): a
+    figure the machine's other load moves far less than the wall clock."""
     try:
-        assert process is not None
-        fields = Path(f"/proc/{process.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        assert pid is not None
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     except (AssertionError, OSError):
         return None
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _cpu_seconds(net: LocalNetwork, name: str) -> float | None:
+    process = net[name].process
+    return None if process is None else _pid_cpu_seconds(process.pid)
 
 
 def _per_row(after: float | None, before: float | None, rows: int) -> float | None:
@@ -447,14 +451,21 @@ def main() -> None:
             server, port = _serve(_unfiltered_server, args_u, port_file)
             try:
                 asyncio.run(_unfiltered_stream(net, port))  # warm-up
+                spent = _pid_cpu_seconds(server.pid)
                 open_rows, open_s = _fastest(
                     [asyncio.run(_unfiltered_stream(net, port)) for _ in range(REPEATS)]
                 )
+                open_cpu = _per_row(_pid_cpu_seconds(server.pid), spent, open_rows * REPEATS)
             finally:
                 server.terminate()
                 server.join()
             assert open_rows == rows, (open_rows, rows)
             results["unfiltered_stream_records_per_s"] = open_rows / open_s
+            results["unfiltered_server_cpu_us_per_record"] = open_cpu
+            policy_cpu = results["policy_stream_supplier_cpu_us_per_record"]
+            results["policy_over_unfiltered_cpu_ratio"] = (
+                None if policy_cpu is None or not open_cpu else open_cpu / policy_cpu
+            )
             results["policy_over_unfiltered_ratio"] = (
                 results["policy_stream_records_per_s"] / results["unfiltered_stream_records_per_s"]
             )
@@ -500,11 +511,15 @@ def main() -> None:
     )
     for key, label in (
         ("policy_stream_supplier_cpu_us_per_record", "policy_stream_supplier_cpu"),
+        ("unfiltered_server_cpu_us_per_record", "unfiltered_server_cpu"),
         ("node_to_node_supplier_cpu_us_per_record", "node_to_node_supplier_cpu"),
         ("node_to_node_consumer_cpu_us_per_record", "node_to_node_consumer_cpu"),
     ):
         if results[key] is not None:
             print(f"transfer.{label}: {results[key]:.2f} us/record")
+    if results["policy_over_unfiltered_cpu_ratio"] is not None:
+        ratio = results["policy_over_unfiltered_cpu_ratio"]
+        print(f"transfer.policy_over_unfiltered_cpu: {ratio:.3f} ratio (unfiltered/policy CPU)")
     inc = results["incremental"]
     print(
         f"transfer.incremental_1pct: {inc['changed_rows']} rows in "

@@ -32,7 +32,8 @@ sys.path.insert(0, str(HERE.parent))
 import transfer as bench  # noqa: E402  (bench/transfer.py)
 
 OUT = Path("/tmp/qdspace-profile")
-IDLE = ("wait (threading", "_worker (concurrent", "select (selectors", "poll ", "epoll")
+# a thread waiting for work: the pool's queue, a condition, the selector
+IDLE = ("_worker (thread.py:81)", "wait (threading.py", "select (selectors.py", "get (queue.py")
 
 
 def _spy(pid: int, path: Path) -> subprocess.Popen[bytes]:
