@@ -225,10 +225,11 @@ class PageEncoder:
 
     def _encode_uniform(self, page: list[Sequence[Any]]) -> EncodedPage:
         """A page of one order, column by column: each granted column is transformed
-        (timestamps, attribution, pseudonyms, the finite check) and JSON-encoded value
-        by value once, then every row is one fill of a template that holds the field
-        names; the bytes are those of `row_bytes` of the row with its envelope (keys
-        sorted: ``@key``, ``@v``, then the granted fields in order)."""
+        once (timestamps, attribution, pseudonyms, the finite check), the record keys
+        are computed for the whole page, and the rows (envelope first, then the granted
+        fields in order: keys sorted) are built in C from the columns and encoded by
+        one JSON call. The bytes are those of `row_bytes` of each row with its envelope
+        (tests/unit/connector/test_page_encoding.py holds it to the row gate's)."""
         order = self._order
         assert order is not None
         if self.attributed is None:  # the query is scoped; this is the check

@@ -3,7 +3,8 @@
 `ContractClient` drives what a consumer starts: it reads a provider's catalog,
 negotiates (request, accept a counter-offer that grants no more than asked,
 countersign, until FINALIZED), pulls a transfer batch by batch (each batch's
-checkpoint verified and committed with the rows in one transaction, so a
+checkpoint verified; a few verified batches committed with their rows and the cursor
+after them in one transaction, in the background while the next ones arrive, so a
 consumer killed mid-transfer resumes exactly where its rows stop), and runs
 live subscriptions with SPC early warning on what arrives (those live in
 `contracts_subscriber`, a mixin of the client). The outbox that carries
