@@ -14,10 +14,19 @@ of one order; an OEM node negotiates an agreement for them. Then three measureme
    serialized batches (captured from run 1) over an insecure channel; the client decodes
    them the same way, without the checkpoint check.
 
+3. ``unfiltered`` (baseline): a server in its own process, on the supplier's own mTLS
+   credentials, reads the very same rows and columns from the supplier's database, encodes
+   each page as JSON lines (the rows as read: no gate, no record envelope, no pseudonyms,
+   no saved cursor), chains the same checkpoint and streams the batches; the client is the
+   policy stream's (decode and checkpoint check). The policy stream over it is what the
+   agreement's enforcement and bookkeeping cost.
+4. ``bare_read``: the same pages read from the supplier's database and nothing else, in
+   this process (the floor under every stream above).
+
 Each stream is timed three times after a warm-up and the fastest run is reported.
-3. ``node_to_node``: the OEM node itself pulls the transfer (``POST /v1/contracts/transfers``)
+5. ``node_to_node``: the OEM node itself pulls the transfer (``POST /v1/contracts/transfers``)
    and stores every row encrypted under the agreement's data key: the full consumer path.
-4. ``incremental``: the supplier then changes 1 % of the order (half of it new
+6. ``incremental``: the supplier then changes 1 % of the order (half of it new
    inspections, half corrections of stored ones) and the OEM pulls with ``since_last``:
    only the changed rows move; against it, a full pull of the same order in the same run
    (which moves every row and, the copy being keyed by record, stores none twice).
@@ -57,6 +66,7 @@ ORDER = "PO-2026-0042"
 BATCH_ROWS = 2000
 REPEATS = 3  # each stream is timed 3 times; the fastest run counts (a shared machine is noisy)
 PLAIN_METHOD = "/bench.Plain/Pull"
+UNFILTERED_METHOD = "/bench.Unfiltered/Pull"
 
 
 def _records(path: Path, n: int, first: int = 0, corrected: bool = False) -> Path:
@@ -193,6 +203,118 @@ def _plain_server(path: str, port_file: str) -> None:
     asyncio.run(main())
 
 
+def _page_source(db_url: str, fields: list[str]) -> Any:
+    """The supplier's database and the scoped page reader of the bench's order."""
+    from sqlalchemy import create_engine
+
+    from qdspace.connector.paging import INSPECTION_TABLE, read_pages
+
+    engine = create_engine(db_url)
+    where = INSPECTION_TABLE.c.order_id == ORDER
+
+    def pages() -> Any:
+        return read_pages(engine, INSPECTION_TABLE, fields, where, page_size=BATCH_ROWS)
+
+    return pages
+
+
+def _unfiltered_batches(tid: str, pages: Any, fields: list[str]) -> Any:
+    """RowBatches of the rows as read: one JSON call per page, the checkpoint chained."""
+    from itertools import repeat
+
+    import orjson
+
+    checkpoint = Checkpoint.genesis(tid)
+    for page, last in pages():
+        rows = list(map(dict, map(zip, repeat(fields), page)))
+        payload = orjson.dumps(rows)[1:-1].replace(b'},{"', b'}\n{"') if rows else b""
+        position = str(page[-1][-1]) if page else None
+        checkpoint = checkpoint.extend_payload(payload, len(rows), position)
+        orders = (ORDER,) if rows else ()
+        yield RowBatch(tid, payload, len(rows), orders, (), checkpoint, last)
+
+
+def _unfiltered_server(member_dir: str, db_url: str, fields: list[str], port_file: str) -> None:
+    """The baseline: read, encode and send the same rows over the supplier's mTLS, without
+    the agreement (no gate, envelope, pseudonyms or saved cursor)."""
+    from qdspace.node.rpc.contracts_transfer_serde import row_batch_to_proto
+    from qdspace.node.rpc.server import server_credentials
+
+    keys = load_member_keys(Path(member_dir))
+    pages = _page_source(db_url, fields)
+
+    async def pull(request: bytes, context: grpc.aio.ServicerContext) -> Any:
+        batches = _unfiltered_batches(request.decode(), pages, fields)
+        ahead = asyncio.ensure_future(asyncio.to_thread(next, batches, None))
+        while True:  # one batch ahead in a worker thread, like the node's Pull
+            batch = await ahead
+            if batch is None:
+                return
+            ahead = asyncio.ensure_future(asyncio.to_thread(next, batches, None))
+            yield row_batch_to_proto(batch)
+
+    async def main() -> None:
+        server = grpc.aio.server(options=[("grpc.max_send_message_length", 64 << 20)])
+        handler = grpc.unary_stream_rpc_method_handler(
+            pull, response_serializer=transfer_pb2.RowBatch.SerializeToString
+        )
+        server.add_generic_rpc_handlers(
+            [grpc.method_handlers_generic_handler("bench.Unfiltered", {"Pull": handler})]
+        )
+        port = server.add_secure_port("127.0.0.1:0", server_credentials(keys))
+        await server.start()
+        Path(port_file).write_text(str(port))
+        await server.wait_for_termination()
+
+    asyncio.run(main())
+
+
+async def _unfiltered_stream(net: LocalNetwork, port: int) -> tuple[int, float]:
+    """The policy stream's client against the unfiltered server (same mTLS, same checks)."""
+    keys = load_member_keys(net["sunarc"].directory)
+    peers = PeerDirectory(keys, {"cellex": f"127.0.0.1:{port}"})
+    call = peers.channel("cellex").unary_stream(
+        UNFILTERED_METHOD, response_deserializer=transfer_pb2.RowBatch.FromString
+    )
+    tid = f"trf-bench-{uuid.uuid4().hex}"
+    checkpoint = Checkpoint.genesis(tid)
+    rows = 0
+    started = time.perf_counter()
+    async for message in call(tid.encode()):
+        batch = row_batch_from_proto(message)
+        checkpoint = checkpoint.extend_payload(
+            batch.payload, batch.count, batch.checkpoint.position
+        )
+        if checkpoint != batch.checkpoint:
+            raise SystemExit("checkpoint mismatch: the stream is corrupt")
+        rows += _decode(batch)
+    seconds = time.perf_counter() - started
+    await peers.close()
+    return rows, seconds
+
+
+def _bare_read(db_url: str, fields: list[str]) -> tuple[int, float]:
+    pages = _page_source(db_url, fields)
+    started = time.perf_counter()
+    rows = sum(len(page) for page, _ in pages())
+    return rows, time.perf_counter() - started
+
+
+def _serve(target: Any, args: tuple[Any, ...], port_file: Path) -> tuple[Any, int]:
+    """Start a baseline server in its own process; returns it and its port."""
+    server = multiprocessing.get_context("spawn").Process(target=target, args=args, daemon=True)
+    server.start()
+    while not port_file.exists():
+        if not server.is_alive():
+            raise SystemExit(f"baseline server {target.__name__} exited ({server.exitcode})")
+        time.sleep(0.05)
+    return server, int(port_file.read_text())
+
+
+def _fastest(runs: list[tuple[int, float]]) -> tuple[int, float]:
+    return min(runs, key=lambda run: run[1])
+
+
 async def _plain_stream(port: int) -> tuple[int, float]:
     options = [("grpc.max_receive_message_length", 64 << 20)]
     async with grpc.aio.insecure_channel(f"127.0.0.1:{port}", options=options) as channel:
@@ -245,6 +367,29 @@ def _change_one_percent(net: LocalNetwork, workdir: Path, n: int) -> tuple[int, 
     return new, fixed
 
 
+def _pid_cpu_seconds(pid: int | None) -> float | None:
+    """CPU time (user + system) a process has used so far (Linux; None elsewhere): a
+    figure the machine's other load moves far less than the wall clock."""
+    try:
+        assert pid is not None
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (AssertionError, OSError):
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _cpu_seconds(net: LocalNetwork, name: str) -> float | None:
+    process = net[name].process
+    return None if process is None else _pid_cpu_seconds(process.pid)
+
+
+def _per_row(after: float | None, before: float | None, rows: int) -> float | None:
+    """Microseconds of CPU per record between two `_cpu_seconds` readings."""
+    if after is None or before is None or not rows:
+        return None
+    return (after - before) * 1e6 / rows
+
+
 def _held(net: LocalNetwork, agreement_id: str) -> int:
     with net["sunarc"].client(timeout=600) as oem:
         r = oem.get("/v1/contracts/received", params={"agreement_id": agreement_id, "limit": 1})
@@ -270,23 +415,23 @@ def main() -> None:
         net, agreement_id = _setup(Path(tmp) / "space", args.records)
         try:
             asyncio.run(_policy_stream(net, agreement_id))  # warm-up (page cache, channels)
+            spent = _cpu_seconds(net, "cellex")
             runs = [asyncio.run(_policy_stream(net, agreement_id)) for _ in range(REPEATS)]
             rows, seconds, raw = min(runs, key=lambda run: run[1])
             results["policy_stream_records_per_s"] = rows / seconds
+            results["policy_stream_supplier_cpu_us_per_record"] = _per_row(
+                _cpu_seconds(net, "cellex"), spent, rows * REPEATS
+            )
             captured = Path(tmp) / "batches.json"
             captured.write_text(json.dumps([b.hex() for b in raw]))
-            port_file = Path(tmp) / "port"
-            server = multiprocessing.get_context("spawn").Process(
-                target=_plain_server, args=(str(captured), str(port_file)), daemon=True
+            server, port = _serve(
+                _plain_server, (str(captured), str(Path(tmp) / "port")), Path(tmp) / "port"
             )
-            server.start()
             try:
-                while not port_file.exists():
-                    time.sleep(0.05)
-                port = int(port_file.read_text())
                 asyncio.run(_plain_stream(port))  # warm-up
-                plain = [asyncio.run(_plain_stream(port)) for _ in range(REPEATS)]
-                plain_rows, plain_s = min(plain, key=lambda run: run[1])
+                plain_rows, plain_s = _fastest(
+                    [asyncio.run(_plain_stream(port)) for _ in range(REPEATS)]
+                )
             finally:
                 server.terminate()
                 server.join()
@@ -295,20 +440,45 @@ def main() -> None:
             results["policy_over_plain_ratio"] = (
                 results["policy_stream_records_per_s"] / results["plain_stream_records_per_s"]
             )
-            with net["sunarc"].client(timeout=600) as oem:
-                started = time.perf_counter()
-                r = oem.post(
-                    "/v1/contracts/transfers",
-                    json={
-                        "agreement_id": agreement_id,
-                        "purpose": "quality-assurance",
-                        "order_id": ORDER,
-                        "batch_rows": BATCH_ROWS,
-                    },
+            # the same granted fields, as the policy stream sent them (envelope aside)
+            first = json.loads(
+                row_batch_from_proto(transfer_pb2.RowBatch.FromString(raw[0])).payloads()[0]
+            )
+            fields = sorted(name for name in first if not name.startswith("@"))
+            db_url = net["cellex"].db_url
+            port_file = Path(tmp) / "port-unfiltered"
+            args_u = (str(net["cellex"].directory), db_url, fields, str(port_file))
+            server, port = _serve(_unfiltered_server, args_u, port_file)
+            try:
+                asyncio.run(_unfiltered_stream(net, port))  # warm-up
+                spent = _pid_cpu_seconds(server.pid)
+                open_rows, open_s = _fastest(
+                    [asyncio.run(_unfiltered_stream(net, port)) for _ in range(REPEATS)]
                 )
-                r.raise_for_status()
-                elapsed = time.perf_counter() - started
-            results["node_to_node_stored_records_per_s"] = r.json()["offset"] / elapsed
+                open_cpu = _per_row(_pid_cpu_seconds(server.pid), spent, open_rows * REPEATS)
+            finally:
+                server.terminate()
+                server.join()
+            assert open_rows == rows, (open_rows, rows)
+            results["unfiltered_stream_records_per_s"] = open_rows / open_s
+            results["unfiltered_server_cpu_us_per_record"] = open_cpu
+            policy_cpu = results["policy_stream_supplier_cpu_us_per_record"]
+            results["policy_over_unfiltered_cpu_ratio"] = (
+                None if policy_cpu is None or not open_cpu else open_cpu / policy_cpu
+            )
+            results["policy_over_unfiltered_ratio"] = (
+                results["policy_stream_records_per_s"] / results["unfiltered_stream_records_per_s"]
+            )
+            bare_rows, bare_s = _fastest([_bare_read(db_url, fields) for _ in range(REPEATS)])
+            assert bare_rows == rows, (bare_rows, rows)
+            results["bare_read_records_per_s"] = bare_rows / bare_s
+            spent = {name: _cpu_seconds(net, name) for name in ("cellex", "sunarc")}
+            stored, elapsed = _timed_pull(net, agreement_id, since_last=False)
+            results["node_to_node_stored_records_per_s"] = stored / elapsed
+            for name, role in (("cellex", "supplier"), ("sunarc", "consumer")):
+                results[f"node_to_node_{role}_cpu_us_per_record"] = _per_row(
+                    _cpu_seconds(net, name), spent[name], stored
+                )
             new, fixed = _change_one_percent(net, Path(tmp), args.records)
             moved, incremental_s = _timed_pull(net, agreement_id, since_last=True)
             assert moved == new + fixed, (moved, new, fixed)
@@ -332,10 +502,24 @@ def main() -> None:
     print(f"transfer.policy_stream: {results['policy_stream_records_per_s']:.0f} records/s")
     print(f"transfer.plain_stream: {results['plain_stream_records_per_s']:.0f} records/s")
     print(f"transfer.policy_over_plain: {results['policy_over_plain_ratio']:.3f} ratio")
+    print(f"transfer.unfiltered_stream: {results['unfiltered_stream_records_per_s']:.0f} records/s")
+    print(f"transfer.policy_over_unfiltered: {results['policy_over_unfiltered_ratio']:.3f} ratio")
+    print(f"transfer.bare_read: {results['bare_read_records_per_s']:.0f} records/s")
     print(
         f"transfer.node_to_node_stored: {results['node_to_node_stored_records_per_s']:.0f} "
         "records/s"
     )
+    for key, label in (
+        ("policy_stream_supplier_cpu_us_per_record", "policy_stream_supplier_cpu"),
+        ("unfiltered_server_cpu_us_per_record", "unfiltered_server_cpu"),
+        ("node_to_node_supplier_cpu_us_per_record", "node_to_node_supplier_cpu"),
+        ("node_to_node_consumer_cpu_us_per_record", "node_to_node_consumer_cpu"),
+    ):
+        if results[key] is not None:
+            print(f"transfer.{label}: {results[key]:.2f} us/record")
+    if results["policy_over_unfiltered_cpu_ratio"] is not None:
+        ratio = results["policy_over_unfiltered_cpu_ratio"]
+        print(f"transfer.policy_over_unfiltered_cpu: {ratio:.3f} ratio (unfiltered/policy CPU)")
     inc = results["incremental"]
     print(
         f"transfer.incremental_1pct: {inc['changed_rows']} rows in "
@@ -348,7 +532,9 @@ def main() -> None:
     print(f"transfer.full_over_incremental: {inc['full_over_incremental']:.1f} ratio")
     print(f"transfer.held_after_all_pulls: {inc['held_records']} records")
     print(f"transfer.cpus: {results['cpus']} cores")
+    results["loadavg_1m_end"] = os.getloadavg()[0]
     print(f"transfer.loadavg_1m: {results['loadavg_1m']:.2f} load")
+    print(f"transfer.loadavg_1m_end: {results['loadavg_1m_end']:.2f} load")
     if args.out:
         args.out.write_text(json.dumps(results, indent=2))
 

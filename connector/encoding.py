@@ -132,6 +132,17 @@ class RecordKeys:
             for p, stamp in zip(parts, self._stamps, strict=True)
         )
 
+    def many(self, columns: Sequence[Sequence[Any]]) -> list[str]:
+        """The keys of a page's records, from their natural-key `columns`."""
+        texts = map(str, columns[0]) if self._plain else map(self._text, zip(*columns, strict=True))
+        keyed = hashlib.blake2b(key=self._key, digest_size=16)  # the key block hashed once
+        keys: list[str] = []
+        for text in texts:
+            mac = keyed.copy()
+            mac.update(text.encode())
+            keys.append(RECORD_KEY_PREFIX + mac.hexdigest())
+        return keys
+
     def __call__(self, parts: Sequence[Any]) -> str:
         """The key of the record whose natural key is `parts` (in `natural_key` order)."""
         mac = hashlib.blake2b(self._text(parts).encode(), key=self._key, digest_size=16)
@@ -183,6 +194,7 @@ class PageEncoder:
         self._floats = [n for n in self.fields if _is_type(table.c[n], Float)]
         self._pseudonymized = [n for n in self.fields if n in asset.pseudonymized]
         self._pseudonyms: dict[Any, str] = {}
+        self._names = (KEY_FIELD, VERSION_FIELD, *self.fields)  # a row's keys, sorted
 
     def _pseudonym(self, value: Any) -> Any:
         if value is None:
@@ -212,6 +224,12 @@ class PageEncoder:
         return self._encode_per_row(page)
 
     def _encode_uniform(self, page: list[Sequence[Any]]) -> EncodedPage:
+        """A page of one order, column by column: each granted column is transformed
+        once (timestamps, attribution, pseudonyms, the finite check), the record keys
+        are computed for the whole page, and the rows (envelope first, then the granted
+        fields in order: keys sorted) are built in C from the columns and encoded by
+        one JSON call. The bytes are those of `row_bytes` of each row with its envelope
+        (tests/unit/connector/test_page_encoding.py holds it to the row gate's)."""
         order = self._order
         assert order is not None
         if self.attributed is None:  # the query is scoped; this is the check
@@ -221,17 +239,17 @@ class PageEncoder:
                 page = [row for row in page if row[at] == order]
         if not page:
             return EncodedPage(b"", 0, (), ())
-        rows = self._rows(page, self.fields)
-        if self.attributed is not None and self.order_key in self.fields:
-            for row in rows:
-                row[self.order_key] = self.attributed
-        for name in self._pseudonymized:
-            pseudonyms = list(map(self._pseudonym, [row[name] for row in rows]))
-            for row, pseudonym in zip(rows, pseudonyms, strict=True):
-                row[name] = pseudonym
-        for name in self._floats:
-            self._check_finite(page, [row[name] for row in rows])
-        rows = [self._envelope(raw, row) for raw, row in zip(page, rows, strict=True)]
+        columns = list(zip(*page, strict=True))
+        values = self._released(page, columns)  # checked for every row, as the gate does
+        keys = self._keys.many([columns[i] for i in self._key_at])
+        versions = columns[self._version_at]
+        # each row a dict built in C from the page's columns: envelope, then granted fields
+        rows: list[dict[str, Any]] = list(
+            map(dict, map(zip, repeat(self._names), zip(keys, versions, *values, strict=True)))
+        )
+        for i, when in enumerate(columns[self._withdrawn_at]):
+            if when is not None:  # a withdrawn record leaves as a tombstone
+                rows[i] = {KEY_FIELD: keys[i], VERSION_FIELD: versions[i], WITHDRAWN_FIELD: True}
         try:
             body = orjson.dumps(rows)  # one call per page: [{...},{...},...]
         except orjson.JSONEncodeError as exc:
@@ -240,6 +258,25 @@ class PageEncoder:
         # occurs only between two rows: the page becomes JSON lines (RowBatch checks the count).
         payload = body[1:-1].replace(b'},{"', b'}\n{"')
         return EncodedPage(payload, len(rows), (order,), ())
+
+    def _released(
+        self, page: list[Sequence[Any]], columns: list[tuple[Any, ...]]
+    ) -> list[Sequence[Any]]:
+        """The granted columns of `page` (`columns`, one per read field) as they leave:
+        timestamps in their wire form, the attributed order, pseudonyms; floats checked."""
+        out: list[Sequence[Any]] = []
+        for name, column in zip(self.fields, columns, strict=False):
+            values: Sequence[Any] = column
+            if name in self._timestamps:
+                values = wire_timestamps(list(values))
+            if self.attributed is not None and name == self.order_key:
+                values = [self.attributed] * len(values)
+            if name in self._pseudonymized:
+                values = list(map(self._pseudonym, values))
+            if name in self._floats:
+                self._check_finite(page, list(values))
+            out.append(values)
+        return out
 
     def _encode_per_row(self, page: list[Sequence[Any]]) -> EncodedPage:
         lines: list[bytes] = []

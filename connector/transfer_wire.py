@@ -32,7 +32,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 
@@ -62,9 +62,9 @@ WITHDRAWN_FIELD = "@withdrawn"
 MAX_RECORD_KEY = 128
 
 
-@dataclass(frozen=True)
-class RecordMeta:
-    """The record envelope of a row on the wire (see the module docstring)."""
+class RecordMeta(NamedTuple):
+    """The record envelope of a row on the wire (see the module docstring); a tuple,
+    made for every row a consumer receives."""
 
     key: str
     version: int

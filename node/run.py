@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import json
 import logging
 import os
@@ -128,6 +129,10 @@ async def serve(ctx: NodeContext, stop: asyncio.Event) -> None:
         await member.stop(0)
         raise
     ctx.serving = True  # every listener is up (``/startupz``)
+    # Everything loaded so far (modules, apps, stores, certificates) lives as long as the
+    # node: move it out of the collector's view, so a full collection during a transfer
+    # (which allocates many short-lived objects) does not walk it again each time.
+    gc.freeze()
     member.follow()
     assert member.port is not None
     runtime = {

@@ -32,9 +32,10 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from operator import itemgetter
-from typing import Any
+from typing import Any, NamedTuple
 
 from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from sqlalchemy import (
     BigInteger,
     Boolean,
@@ -108,9 +109,9 @@ change_table = Table(
 )
 
 
-@dataclass(frozen=True)
-class IncomingRow:
-    """One row received under an agreement: its canonical JSON bytes, as the chain covered."""
+class IncomingRow(NamedTuple):
+    """One row received under an agreement: its canonical JSON bytes, as the chain covered
+    (a tuple: one is made for every row received)."""
 
     seq: int
     order_id: str
@@ -295,7 +296,9 @@ class ReceivedStore(TableStore):
         stamp = received_row_table.c.received_at.type.dialect_impl(dialect).bind_processor(dialect)
         received_at: Any = stamp(at) if stamp is not None else at
         nonces = os.urandom(12 * len(rows))
-        records, changes = [], []
+        records: list[tuple[Any, ...]] = []
+        changes: list[dict[str, Any]] = []
+        ciphers: dict[str, AESGCM] = {}  # order -> its data key, for this transaction
         added = replaced = withdrawn = unchanged = 0
         for index, (row, meta) in enumerate(zip(rows, metas, strict=True)):
             before = held.get(meta.key)
@@ -308,7 +311,10 @@ class ReceivedStore(TableStore):
                 unchanged += before is None or before[1]
                 nonce, ciphertext = b"", b""  # a tombstone holds nothing to encrypt
             else:
-                cipher = self._keys.key_in(connection, agreement_id, row.order_id, True, at)
+                cipher = ciphers.get(row.order_id)
+                if cipher is None:  # a key made in this transaction is not cached by DataKeys
+                    cipher = self._keys.key_in(connection, agreement_id, row.order_id, True, at)
+                    ciphers[row.order_id] = cipher
                 nonce = nonces[12 * index : 12 * index + 12]
                 aad = row_aad(agreement_id, row.order_id, source_id, row.seq)
                 ciphertext = cipher.encrypt(nonce, row.payload, aad)
@@ -316,25 +322,29 @@ class ReceivedStore(TableStore):
                     added += 1
                 else:
                     replaced += 1
-            records.append(
-                {
-                    "agreement_id": agreement_id,
-                    "order_id": row.order_id,
-                    "source_id": source_id,
-                    "seq": row.seq,
-                    "nonce": nonce,
-                    "ciphertext": ciphertext,
-                    "received_at": received_at,
-                    "record_key": meta.key,
-                    "version": meta.version,
-                    "withdrawn": meta.withdrawn,
-                }
+            records.append(  # in _ROW_COLUMNS order
+                (
+                    agreement_id,
+                    row.order_id,
+                    source_id,
+                    row.seq,
+                    nonce,
+                    ciphertext,
+                    received_at,
+                    meta.key,
+                    meta.version,
+                    meta.withdrawn,
+                )
             )
             if meta.version > 1 or meta.withdrawn:
                 changes.append(_change(agreement_id, source_id, row, meta, at))
         if records:
             sql, order = self._row_upsert()
-            params: list[Any] = records if order is None else list(map(itemgetter(*order), records))
+            params: list[Any] = (
+                [dict(zip(_ROW_COLUMNS, record, strict=True)) for record in records]
+                if order is None
+                else list(map(itemgetter(*(_ROW_COLUMNS.index(name) for name in order)), records))
+            )
             connection.exec_driver_sql(sql, params)
         if changes:
             connection.execute(

@@ -3,7 +3,8 @@
 `ContractClient` drives what a consumer starts: it reads a provider's catalog,
 negotiates (request, accept a counter-offer that grants no more than asked,
 countersign, until FINALIZED), pulls a transfer batch by batch (each batch's
-checkpoint verified and committed with the rows in one transaction, so a
+checkpoint verified; a few verified batches committed with their rows and the cursor
+after them in one transaction, in the background while the next ones arrive, so a
 consumer killed mid-transfer resumes exactly where its rows stop), and runs
 live subscriptions with SPC early warning on what arrives (those live in
 `contracts_subscriber`, a mixin of the client). The outbox that carries
@@ -92,6 +93,63 @@ async def call_peer(peer: str, what: str, call: Callable[[], Any]) -> Any:
     except grpc.aio.AioRpcError as exc:
         code = exc.code().name
         raise PeerError(f"peer {peer}: {what}: {code}: {exc.details()}", code) from None
+
+
+GROUP_BATCHES = 5  # verified batches committed in one transaction (at most) ...
+GROUP_ROWS = 10_000  # ... or this many rows
+
+
+class _GroupCommits:
+    """The consumer's pending rows of a pull and the one commit in flight.
+
+    `add` takes a verified batch (its rows and the process after it); `flush` waits for
+    the commit in flight, then starts committing the rows gathered so far with the cursor
+    after their last batch (`commit_transfer_batch`: rows and cursor in one transaction)
+    in a worker thread; `settle` waits for it and raises what it raised. Rows are counted
+    as received once committed."""
+
+    def __init__(
+        self,
+        commit: Callable[..., Any],
+        metrics: NodeMetrics,
+        committed: TransferProcess,
+    ) -> None:
+        self._commit = commit
+        self._metrics = metrics
+        self._committed = committed
+        self._latest = committed
+        self._rows: list[IncomingRow] = []
+        self._batches = 0
+        self._bytes = 0
+        self._flight: asyncio.Future[Any] | None = None
+        self._counts = (0, 0)
+
+    def add(self, rows: list[IncomingRow], after: TransferProcess, size: int) -> None:
+        self._rows.extend(rows)
+        self._latest = after
+        self._batches += 1
+        self._bytes += size
+
+    @property
+    def full(self) -> bool:
+        return self._batches >= GROUP_BATCHES or len(self._rows) >= GROUP_ROWS
+
+    async def flush(self, now: datetime) -> None:
+        await self.settle()
+        if not self._batches:
+            return
+        before, after, rows, size = self._committed, self._latest, self._rows, self._bytes
+        self._committed, self._rows, self._batches, self._bytes = after, [], 0, 0
+        self._flight = asyncio.ensure_future(
+            asyncio.to_thread(self._commit, before, after, rows, now)
+        )
+        self._counts = (len(rows), size)
+
+    async def settle(self) -> None:
+        flight, self._flight = self._flight, None
+        if flight is not None:
+            await flight
+            self._metrics.rows("received", "pull", *self._counts)
 
 
 class ContractClient(ConsumerSubscriptions):
@@ -277,7 +335,11 @@ class ContractClient(ConsumerSubscriptions):
         return task
 
     async def pull(self, transfer_id: str, batch_rows: int = 0) -> TransferProcess:
-        """Pull from the stored checkpoint to the end; every batch is committed with its rows."""
+        """Pull from the stored checkpoint to the end. Verified batches are committed in
+        groups (`GROUP_BATCHES` batches or `GROUP_ROWS` rows, whichever comes first), each
+        group with the cursor after its last batch in one transaction, in a worker thread
+        while the next batches arrive (one commit in flight at most): the stored cursor
+        is always at a batch boundary and a resume continues from it."""
         store = self.runtime.store
         process = store.load_transfer(transfer_id)
         if process.state is not TransferState.STARTED:
@@ -285,28 +347,36 @@ class ContractClient(ConsumerSubscriptions):
         peer = peer_name(process.provider_id)
         stub = transfer_pb2_grpc.TransferStub(self.peers.channel(peer))
         request = pull_request_to_proto(PullRequest(transfer_id, process.checkpoint, batch_rows))
+        commits = _GroupCommits(store.commit_transfer_batch, self.metrics, process)
         try:
             async for wire in stub.Pull(request):
                 batch = row_batch_from_proto(wire)
                 after = accept_batch(process, batch)
                 first = process.offset
-                rows = [
-                    IncomingRow(first + i, order, payload)
-                    for i, (order, payload) in enumerate(
-                        zip(batch.orders(), batch.payloads(), strict=True)
-                    )
-                ]
-                now = self.runtime.clock.now()
-                await asyncio.to_thread(store.commit_transfer_batch, process, after, rows, now)
-                self.metrics.rows("received", "pull", len(rows), wire.ByteSize())
+                commits.add(
+                    [
+                        IncomingRow(first + i, order, payload)
+                        for i, (order, payload) in enumerate(
+                            zip(batch.orders(), batch.payloads(), strict=True)
+                        )
+                    ],
+                    after,
+                    wire.ByteSize(),
+                )
                 process = after
+                if batch.last or commits.full:
+                    await commits.flush(self.runtime.clock.now())
                 if batch.last:
+                    await commits.settle()
                     return await self._complete(stub, peer, process, batch.checkpoint)
         except grpc.aio.AioRpcError as exc:
+            await commits.settle()  # what was verified before the break is kept
             code = exc.code().name
             raise PeerError(
                 f"peer {peer}: transfer {transfer_id}: {code}: {exc.details()}", code
             ) from None
+        finally:
+            await commits.settle()
         raise PeerError(f"peer {peer}: transfer {transfer_id} stream ended before its last batch")
 
     async def _complete(
