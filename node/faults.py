@@ -132,6 +132,10 @@ FAULTS: Mapping[str, Fault] = {
     "qdspace.node.identity.errors.RequestNotGranted": F("PERMISSION_DENIED", 403, 1),
     "qdspace.node.identity.errors.NameTaken": F("ALREADY_EXISTS", 409, 1),
     "qdspace.node.identity.errors.RenewalRefused": F("PERMISSION_DENIED", 403, 1),
+    # the DSP binding (node.dsp): a caller without a valid certificate and ID token, and
+    # a body over the binding's limit (the connection is closed with that answer)
+    "qdspace.node.dsp.auth.DspAuthError": F("UNAUTHENTICATED", 401, 1),
+    "qdspace.node.dsp.app.BodyTooLarge": F("RESOURCE_EXHAUSTED", 413, 1),
     "qdspace.node.errors.PeerError": Fault(
         None, 502, 1, relay=True
     ),  # the peer's own status, relayed
