@@ -7,9 +7,10 @@ counter-offer is decided again (only terms built now are signed), a verification
 finalized. A consumer's counter-request (its terms in answer to our offer) is decided
 like a request: agreed on the policy we rebuild when it is within what we grant,
 answered with our own offer when it asks for more, terminated when nothing of it can be
-granted or after `MAX_ROUNDS` rounds; the peer's policy object is never what we sign. A retry gets the same answer, rebuilt from the state (`replies`). An
-agreement in force is handed to the ledger hook (`record`), which is also where a
-regulator's request for its canonical bytes comes back (`load_record`).
+granted or after `MAX_ROUNDS` rounds; the peer's policy object is never what we sign.
+A retry gets the same answer, rebuilt from the state (`replies`). An agreement in
+force is handed to the ledger hook (`record`), which is also where a regulator's
+request for its canonical bytes comes back (`load_record`).
 """
 
 from __future__ import annotations

@@ -40,7 +40,7 @@ class Callbacks:
         received = self.received
 
         class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:  # noqa: N802 (http.server's name)
+            def do_POST(self) -> None:
                 size = int(self.headers.get("content-length") or 0)
                 body = json.loads(self.rfile.read(size) or b"{}")
                 with lock:
@@ -105,7 +105,9 @@ class Peer:
 
 
 @contextmanager
-def peer_with_callbacks(net: LocalNetwork, name: str, provider: str) -> Iterator[tuple[Peer, Callbacks]]:
+def peer_with_callbacks(
+    net: LocalNetwork, name: str, provider: str
+) -> Iterator[tuple[Peer, Callbacks]]:
     callbacks = Callbacks(net, name)
     peer = Peer(net, name, provider)
     try:
