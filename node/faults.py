@@ -200,6 +200,9 @@ FAULTS: Mapping[str, Fault] = {
     "qdspace.policies.errors.PolicyError": F(
         "INVALID_ARGUMENT", None, 1
     ),  # HTTP: PolicyDenied 403, others 400
+    # a policy needing a business partner number the authority attested none for (DSP
+    # access; an authority refusing a directory entry that names an unattested one)
+    "qdspace.policies.errors.BpnNotAttested": F("PERMISSION_DENIED", 403, 1),
     # -- ledger --------------------------------------------------------------
     "qdspace.ledger.errors.LedgerError": F(None, 400, 1),
     "qdspace.ledger.errors.WrongChain": F(None, 400, 1),

@@ -18,7 +18,7 @@ from __future__ import annotations
 import logging
 import uuid
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -31,6 +31,7 @@ from qdspace.connector.contract_errors import UnknownContractError
 from qdspace.connector.contract_store import DspProcess, OutboxMessage
 from qdspace.connector.errors import ConnectorError
 from qdspace.connector.negotiation import Negotiation, NegotiationMessage, Role
+from qdspace.node.dsp.access import DspAccess
 from qdspace.node.dsp.auth import bearer, peer_of, verify_token
 from qdspace.node.dsp.client import outbox_message
 from qdspace.node.errors import NodeError
@@ -72,6 +73,7 @@ class DspBinding:
     authenticator: PeerAuthenticator
     base_url: str
     kick: Callable[[], None] = lambda: None
+    access: DspAccess = field(default_factory=DspAccess)
 
     @property
     def me(self) -> str:
@@ -167,6 +169,8 @@ def create_dsp_app(binding: DspBinding) -> FastAPI:
     def datasets(peer: MemberIdentity) -> list[dict[str, Any]]:
         out = []
         for entry in runtime.catalog(peer.role):
+            if not binding.access.visible(entry.asset_id, peer):
+                continue
             asset = runtime.asset_for(entry.asset_id, peer.role)
             out.append(codec.dataset(asset.asset_id, [asset.offer], asset.title, binding.base_url))
         return out
@@ -180,6 +184,7 @@ def create_dsp_app(binding: DspBinding) -> FastAPI:
     @app.get("/catalog/datasets/{pid}")
     async def dataset(pid: str, request: Request) -> dict[str, Any]:
         peer = caller(request)
+        binding.access.check(pid, peer)
         for item in datasets(peer):
             if item["@id"] == pid:
                 return codec.dataset_response(item)
@@ -207,6 +212,7 @@ def create_dsp_app(binding: DspBinding) -> FastAPI:
             return state(existing)
         pid = f"urn:uuid:{uuid.uuid4()}"
         message = wire.request_in(body, pid, peer.member_id, runtime.clock.now())
+        binding.access.check(message.offer.target, peer)
         row = DspProcess(NEG, pid, Role.PROVIDER.value, peer.member_id, pid, callback, consumer_pid)
         store.dsp.bind(row)
         await run_in_threadpool(

@@ -63,9 +63,8 @@ MAX_CONTEXTS = 16
 
 
 @cache
-def _context_file(name: str) -> dict[str, Any]:
-    text = resources.files("qdspace.policies.odrl").joinpath("contexts", name).read_text("utf-8")
-    return cast(dict[str, Any], json.loads(text))
+def _context_text(name: str) -> str:
+    return resources.files("qdspace.policies.odrl").joinpath("contexts", name).read_text("utf-8")
 
 
 def load_document(url: str, options: Mapping[str, Any] | None = None) -> dict[str, Any]:
@@ -73,7 +72,9 @@ def load_document(url: str, options: Mapping[str, Any] | None = None) -> dict[st
     name = _FILES.get(url)
     if name is None:
         raise PolicySyntaxError("$.@context", f"context {url[:200]!r} is not known to this node")
-    return {"contextUrl": None, "documentUrl": url, "document": _context_file(name)}
+    # a copy each time: pyld edits the documents it processes (scoped contexts' URLs,
+    # ``@import`` merged in), and a shared one would carry one call's edits into the next
+    return {"contextUrl": None, "documentUrl": url, "document": json.loads(_context_text(name))}
 
 
 def check_bounds(document: Any, path: str = "$") -> None:

@@ -10,10 +10,9 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
-from pyld import jsonld
 
 from qdspace.node.localnet.network import LocalNetwork
-from qdspace.policies.odrl.jsonld import load_document
+from qdspace.policies.odrl.jsonld import expand
 
 from .conftest import ingest_sample, ok
 from .peer import DSP, POLICY_CTX, Callbacks, Peer, peer_with_callbacks, request
@@ -23,8 +22,7 @@ EDC = "https://w3id.org/edc/dspace/v0.0.1"
 
 
 def _expanded(body: dict[str, Any]) -> dict[str, Any]:
-    options = {"documentLoader": load_document, "base": None}
-    nodes = jsonld.expand(body, options)
+    nodes = expand(body, None)
     assert len(nodes) == 1
     return dict(nodes[0])
 

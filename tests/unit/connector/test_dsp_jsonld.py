@@ -3,16 +3,16 @@
 from __future__ import annotations
 
 import copy
+import json
 from typing import Any
 
 import pytest
-from pyld import jsonld
 
 from qdspace.connector import dsp_codec as codec
 from qdspace.connector import dsp_negotiation as wire
 from qdspace.connector.dsp_jsonld import DspFormError, normalise
 from qdspace.connector.offers import standard_assets
-from qdspace.policies.odrl.jsonld import load_document
+from qdspace.policies.odrl.jsonld import expand
 from qdspace.policies.odrl.vocab import DSPACE
 
 DSP = "https://w3id.org/dspace/2025/1/context.jsonld"
@@ -26,8 +26,8 @@ def compacted() -> dict[str, Any]:
 
 
 def expanded() -> list[Any]:
-    options = {"documentLoader": load_document, "base": None}
-    return list(jsonld.expand(compacted(), options))
+    # the node's own expansion (pyld's shared caches are what the node avoids)
+    return expand(compacted(), None)
 
 
 def _read(body: Any) -> tuple[str, str, Any]:
@@ -134,3 +134,21 @@ def test_no_state_leaks_between_documents() -> None:
     with pytest.raises(DspFormError, match="sneaky"):
         normalise(second, KIND)
     assert DSPACE + KIND in str(expanded())
+
+
+def test_pyld_does_not_edit_the_packaged_contexts() -> None:
+    """pyld merges a type's scoped terms into the context document it was handed: a loader
+    serving one shared object would leak DSP message terms into every later policy."""
+    from qdspace.policies.odrl import jsonld as packaged
+
+    for url in packaged.KNOWN_CONTEXTS:
+        packaged.load_document(url)
+    _read(compacted())
+    _read(_prefixed())
+    for url in packaged.KNOWN_CONTEXTS:
+        name = packaged._FILES[url]
+        assert packaged.load_document(url)["document"] == json.loads(packaged._context_text(name))
+    with pytest.raises(ValueError, match="consumerPid"):  # no DSP term leaked into ODRL's
+        packaged.expand(
+            {"consumerPid": "x"}, ("https://w3id.org/dspace/2025/1/odrl-profile.jsonld",)
+        )
