@@ -116,3 +116,23 @@ def test_hostile_counter_requests_are_4xx(sunarc: tuple[Peer, Callbacks]) -> Non
         assert refused.status_code == status, (name, refused.text)
         assert refused.json()["@type"] == "ContractNegotiationError", name
     assert peer.state(ppid) == "OFFERED"
+
+
+def test_a_consumer_countering_for_ever_is_ended(sunarc: tuple[Peer, Callbacks]) -> None:
+    peer, callbacks = sunarc
+    cpid, ppid, offer = _countered(peer, callbacks)
+    for round_ in range(1, 20):
+        asked = with_values(offer, "fields", values(offer, "fields") | {f"extra_{round_}"})
+        answered = peer.post(f"/negotiations/{ppid}/request", _counter(ppid, cpid, asked))
+        assert answered.status_code == 200, (round_, answered.text)
+
+        def answer(seen: int = round_) -> Any:
+            got = [b for p, b in callbacks.received if p.startswith(f"/negotiations/{cpid}/")]
+            return len(got) > seen and got[seen]
+
+        reply = wait_for(f"the provider's answer to counter-request {round_}", answer)
+        if reply["@type"] == "ContractNegotiationTerminationMessage":
+            break
+        assert reply["@type"] == "ContractOfferMessage"
+    assert "rounds" in str(reply["reason"]) and round_ == 8
+    assert peer.state(ppid) == "TERMINATED"
