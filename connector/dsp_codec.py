@@ -4,8 +4,9 @@ Why a codec of its own: the DSP HTTPS binding is a second transport over the sam
 state machines (`connector.negotiation`) and runtime as the gRPC wire; this module is
 its `x_to_proto`/`x_from_proto`: it builds each DSP message and response in the
 compacted JSON-LD form the DSP 2025-1 schemas require, and reads a peer's message into
-checked plain values (types, pid lengths, the context it declares), refusing anything
-else with `DspMessageError` naming the field. Policies inside messages go through
+checked plain values (types, pid lengths), refusing anything else with
+`DspMessageError` naming the field; a message in another JSON-LD form is first
+compacted with the node's contexts (`connector.dsp_jsonld`). Policies inside messages go through
 `policies.odrl` (JSON-LD processing with the packaged contexts only, bounded input) and
 back into the node's form (`policies.odrl.node_form`).
 
@@ -21,12 +22,13 @@ from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
+from qdspace.connector.dsp_jsonld import normalise
 from qdspace.policies.canonical import format_datetime, parse_datetime
 from qdspace.policies.errors import PolicyError
 from qdspace.policies.model import Policy
 from qdspace.policies.odrl.bridge import to_odrl
 from qdspace.policies.odrl.codec import parse_jsonld_policy, policy_to_jsonld
-from qdspace.policies.odrl.jsonld import DSP_CONTEXT, POLICY_CONTEXT, check_bounds
+from qdspace.policies.odrl.jsonld import DSP_CONTEXT, POLICY_CONTEXT
 from qdspace.policies.odrl.node_form import from_odrl
 from qdspace.policies.odrl.vocab import PolicyKind
 
@@ -36,7 +38,6 @@ MAX_URL = 2048
 MAX_REASON = 500
 #: the transfer format of the HTTP data plane (EDC's name for an HTTP pull)
 HTTP_PULL = "HttpData-PULL"
-KNOWN_CONTEXTS = frozenset(POLICY_CONTEXT)
 
 
 class DspMessageError(ValueError):
@@ -188,20 +189,9 @@ def termination_message(provider_pid: str, consumer_pid: str, reason: str) -> di
 
 
 def read_message(body: Any, kind: str) -> Mapping[str, Any]:
-    """A peer's DSP message of type `kind`: bounded, in compacted form with the DSP context."""
-    if not isinstance(body, Mapping):
-        raise DspMessageError("$", "a DSP message is a JSON object")
-    check_bounds(body)
-    context = body.get("@context")
-    contexts = [context] if isinstance(context, str) else context
-    if not isinstance(contexts, list) or DSP_CONTEXT not in contexts:
-        raise DspMessageError("$.@context", f"the DSP 2025-1 context {DSP_CONTEXT} is required")
-    unknown = [c for c in contexts if not isinstance(c, str) or c not in KNOWN_CONTEXTS]
-    if unknown:
-        raise DspMessageError("$.@context", f"context {str(unknown[0])[:120]!r} is not known here")
-    if body.get("@type") != kind:
-        raise DspMessageError("$.@type", f"expected {kind}, got {str(body.get('@type'))[:80]!r}")
-    return body
+    """A peer's DSP message of type `kind`, in any JSON-LD form the specification allows,
+    read into the compacted form this codec reads (`dsp_jsonld.normalise`)."""
+    return normalise(body, kind)
 
 
 def text(body: Mapping[str, Any], key: str, *, limit: int = MAX_PID, required: bool = True) -> str:

@@ -2,12 +2,14 @@
 
 Incoming: each DSP message becomes the state machine's message for our local process
 id, with a message id derived from that id and the DSP message kind (`message_id`), so
-a retry is the same message. Outgoing: each message the machine produced for the peer
-becomes the DSP message and the path under the peer's address it is POSTed to.
+a retry is the same message (a counter-request's id also names the terms it asks).
+Outgoing: each message the machine produced for the peer becomes the DSP message and
+the path under the peer's address it is POSTed to.
 """
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
@@ -26,6 +28,7 @@ from qdspace.connector.negotiation import (
     Termination,
     Verification,
 )
+from qdspace.policies.codec import policy_to_json
 from qdspace.policies.odrl.vocab import PolicyKind
 
 
@@ -44,6 +47,18 @@ def request_in(
 ) -> ContractRequest:
     offer = codec.read_policy(body, "offer", PolicyKind.OFFER)
     return ContractRequest(message_id(local_id, "request"), local_id, sender, offer, at)
+
+
+def counter_request_in(
+    body: Mapping[str, Any], local_id: str, sender: str, at: datetime
+) -> ContractRequest:
+    """A consumer's counter-request (its answer to our offer with terms of its own).
+
+    DSP messages carry no ids, so the id is derived from the terms asked: a retry of the
+    same counter-request is the same message, a different one is a new round."""
+    offer = codec.read_policy(body, "offer", PolicyKind.OFFER)
+    digest = hashlib.sha256(policy_to_json(offer)).hexdigest()[:32]
+    return ContractRequest(message_id(local_id, f"request:{digest}"), local_id, sender, offer, at)
 
 
 def offer_in(body: Mapping[str, Any], local_id: str, sender: str, at: datetime) -> ContractOffer:

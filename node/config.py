@@ -99,11 +99,23 @@ class NodeSettings(BaseSettings):
     # 0 = any free port (recorded in the run file as ``dsp``)
     dsp_host: str = DEFAULT_HOST
     dsp_port: int | None = Field(default=None, ge=0, le=65535)
-    # the member's business partner number, published in its directory entry (optional)
+    # the member's business partner number, published in its directory entry (optional;
+    # the authority takes the entry only with the number it attested at enrollment)
     bpn: str | None = None
+    # who may see which dataset over DSP: dataset id (or "*") -> an ODRL access policy in
+    # JSON-LD (`node.dsp.access`); none: every member its role admits
+    dsp_access: dict[str, dict[str, Any]] = Field(default_factory=dict)
     # the node's own data dictionary file (JSON or YAML; relative: to the directory): its
     # elements replace the package's with the same id and add new ones (issue 20)
     dictionary_file: Path | None = None
+
+    @field_validator("dsp_access")
+    @classmethod
+    def _access_policies(cls, value: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+        from qdspace.node.dsp.access import parse_access
+
+        parse_access(value)
+        return value
 
     @field_validator("peers")
     @classmethod

@@ -132,6 +132,10 @@ FAULTS: Mapping[str, Fault] = {
     "qdspace.node.identity.errors.RequestNotGranted": F("PERMISSION_DENIED", 403, 1),
     "qdspace.node.identity.errors.NameTaken": F("ALREADY_EXISTS", 409, 1),
     "qdspace.node.identity.errors.RenewalRefused": F("PERMISSION_DENIED", 403, 1),
+    # the DSP binding (node.dsp): a caller without a valid certificate and ID token, and
+    # a body over the binding's limit (the connection is closed with that answer)
+    "qdspace.node.dsp.auth.DspAuthError": F("UNAUTHENTICATED", 401, 1),
+    "qdspace.node.dsp.app.BodyTooLarge": F("RESOURCE_EXHAUSTED", 413, 1),
     "qdspace.node.errors.PeerError": Fault(
         None, 502, 1, relay=True
     ),  # the peer's own status, relayed
@@ -196,6 +200,9 @@ FAULTS: Mapping[str, Fault] = {
     "qdspace.policies.errors.PolicyError": F(
         "INVALID_ARGUMENT", None, 1
     ),  # HTTP: PolicyDenied 403, others 400
+    # a policy needing a business partner number the authority attested none for (DSP
+    # access; an authority refusing a directory entry that names an unattested one)
+    "qdspace.policies.errors.BpnNotAttested": F("PERMISSION_DENIED", 403, 1),
     # -- ledger --------------------------------------------------------------
     "qdspace.ledger.errors.LedgerError": F(None, 400, 1),
     "qdspace.ledger.errors.WrongChain": F(None, 400, 1),

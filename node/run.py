@@ -176,6 +176,7 @@ async def serve(ctx: NodeContext, stop: asyncio.Event) -> None:
 async def start_dsp(ctx: NodeContext, sock: socket.socket) -> _Uvicorn:
     """The DSP listener's server (mutual TLS with the space's certificates) and the DSP
     consumer and outbox sender it brings (`node.dsp`)."""
+    from qdspace.node.dsp.access import DspAccess, parse_access
     from qdspace.node.dsp.app import DspBinding, create_dsp_app
     from qdspace.node.dsp.auth import PeerCertH11
     from qdspace.node.dsp.client import OUTBOX_KIND, DspHttp
@@ -198,7 +199,8 @@ async def start_dsp(ctx: NodeContext, sock: socket.socket) -> _Uvicorn:
     _client, outbox = client_of(ctx)
     outbox.senders[OUTBOX_KIND] = http.send_queued
     authenticator = PeerAuthenticator(ctx.revocations, ctx.peers.pinned)
-    binding = DspBinding(runtime, authenticator, base, outbox.kick)
+    access = DspAccess(parse_access(settings.dsp_access), ctx.peers.attested_bpn)
+    binding = DspBinding(runtime, authenticator, base, outbox.kick, access)
     ctx.dsp = DspConsumer(runtime, http, base)
     config = uvicorn.Config(
         create_dsp_app(binding),

@@ -31,3 +31,8 @@ class PolicyDenied(PolicyError, PermissionError):
     def __init__(self, reason: str) -> None:
         super().__init__(reason)
         self.reason = reason
+
+
+class BpnNotAttested(PolicyDenied):
+    """A policy asks for a business partner number the authority has not attested for the
+    caller (a number the caller only claims counts for nothing)."""

@@ -4,9 +4,10 @@ with any DSP provider through the node's consumer side (`node.dsp.consumer`)."""
 from __future__ import annotations
 
 from typing import Annotated
+from urllib.parse import urlsplit
 
 from fastapi import APIRouter, Depends
-from pydantic import BaseModel, StringConstraints
+from pydantic import BaseModel, StringConstraints, field_validator
 
 from qdspace.node.api.deps import Ctx, require_operator
 from qdspace.node.dsp.consumer import DspConsumer
@@ -24,9 +25,24 @@ class DspNegotiationStarted(BaseModel):
 
 class NegotiateBody(BaseModel):
     provider_url: Annotated[
-        str, StringConstraints(min_length=9, max_length=2048, pattern=r"^https://")
+        str, StringConstraints(min_length=9, max_length=2048, pattern=r"^https://[!-~]+$")
     ]
-    dataset_id: Annotated[str, StringConstraints(min_length=1, max_length=128)]
+    dataset_id: Annotated[str, StringConstraints(min_length=1, max_length=128, pattern=r"^[!-~]+$")]
+
+    @field_validator("provider_url")
+    @classmethod
+    def _plain_https(cls, url: str) -> str:
+        """A provider's DSP address: https://HOST[:PORT][/PATH], nothing else in it."""
+        parts = urlsplit(url)
+        if not parts.hostname or parts.username or parts.password:
+            raise ValueError("must be https://HOST[:PORT][/PATH] without user or password")
+        if parts.query or parts.fragment:
+            raise ValueError("must not carry a query or a fragment")
+        try:
+            parts.port  # noqa: B018 (a port out of range or not a number raises here)
+        except ValueError as exc:
+            raise ValueError(f"bad port: {exc}") from None
+        return url
 
 
 def router() -> APIRouter:

@@ -30,6 +30,7 @@ from qdspace.inference.errors import InferenceError
 from qdspace.ledger.errors import LedgerError
 from qdspace.node import faults
 from qdspace.node.errors import NodeError, PeerError, QuotaError
+from qdspace.policies.errors import PolicyError
 
 log = logging.getLogger("node.api")
 
@@ -179,6 +180,12 @@ def install_problem_handlers(app: FastAPI) -> None:
         LedgerError,
         FederationError,
         InferenceError,  # the model registry, an own image set (DatasetError)
+        # the rest of the table's families: answered here, not by Starlette's server-error
+        # middleware, which re-raises after answering (uvicorn then drops the connection)
+        PolicyError,
+        ValueError,
+        PermissionError,
+        LookupError,
         Exception,
     ):
         app.add_exception_handler(family, domain_error)

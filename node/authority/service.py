@@ -46,6 +46,7 @@ from qdspace.node.identity.directory import (
 from qdspace.node.identity.files import read_file
 from qdspace.node.identity.register import IssuedMember
 from qdspace.node.layout import AuthorityLayout
+from qdspace.policies.errors import BpnNotAttested
 from qdspace.util.files import write_atomic
 
 logger = logging.getLogger("node.authority")
@@ -82,7 +83,7 @@ def _logged_refusal(what: str) -> Iterator[None]:
     """Log a refused request (the caller gets the problem; the operator sees the attempt)."""
     try:
         yield
-    except (IdentityError, ValueError) as exc:
+    except (IdentityError, ValueError, PermissionError) as exc:
         logger.warning("authority: refused %s: %s", what, exc)
         raise
 
@@ -232,7 +233,8 @@ class AuthorityService:
 
         Refused: an entry that does not parse, whose signature is not its member's, that
         does not describe the certificate it came with, whose certificate this authority
-        did not issue or has revoked, or that is not newer than the entry held for it.
+        did not issue or has revoked, that names a business partner number other than
+        the one attested at enrollment, or that is not newer than the entry held for it.
         """
         with _logged_refusal("a directory entry"):
             return self._publish(entry_data, cert_pem)
@@ -248,10 +250,18 @@ class AuthorityService:
         if entry.published > now + CLOCK_SKEW:
             raise MalformedDirectory(f"entry of {entry.name}: published_at is in the future")
         with self.lock:
-            if not _in_good_standing(self._members_by_serial().get(identity.serial), now):
+            member = self._members_by_serial().get(identity.serial)
+            if member is None or not _in_good_standing(member, now):
                 raise NotAMember(
                     f"certificate serial {identity.serial:x} of {identity.name} is revoked, "
                     "expired or not in this authority's register"
+                )
+            if entry.bpn is not None and entry.bpn != member.bpn:
+                # the directory the authority signs lists only numbers it attested: a
+                # member's own claim would let it pass any BusinessPartnerNumber policy
+                raise BpnNotAttested(
+                    f"entry of {entry.name} names business partner number {entry.bpn!r}; "
+                    f"the authority attested {member.bpn or 'none'} for it (enroll --bpn)"
                 )
             held = self._document.entry(entry.member_id)
             if held is not None and entry.published <= held.published:

@@ -10,7 +10,7 @@ consumer's callbacks: a pid names our process and our role in it.
 
 A process that is not the caller's is "not found" (404), exactly as one that does not
 exist. Errors are DSP error bodies with the status of the node's fault table
-(`node.faults`); bodies over `MAX_BODY` are 413, before any parsing.
+(`node.faults`: a bad ID token 401, a body over `MAX_BODY` 413, before any parsing).
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from __future__ import annotations
 import logging
 import uuid
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -29,14 +29,18 @@ from qdspace.connector import dsp_codec as codec
 from qdspace.connector import dsp_negotiation as wire
 from qdspace.connector.contract_errors import UnknownContractError
 from qdspace.connector.contract_store import DspProcess, OutboxMessage
+from qdspace.connector.errors import ConnectorError
 from qdspace.connector.negotiation import Negotiation, NegotiationMessage, Role
-from qdspace.node.dsp.auth import DspAuthError, bearer, peer_of, verify_token
+from qdspace.node.dsp.access import DspAccess
+from qdspace.node.dsp.auth import bearer, peer_of, verify_token
 from qdspace.node.dsp.client import outbox_message
+from qdspace.node.errors import NodeError
 from qdspace.node.faults import http_status
 from qdspace.node.identity.certs import MemberIdentity
 from qdspace.node.rpc.auth import PeerAuthenticator
 from qdspace.node.runtime.contracts import ContractRuntime
 from qdspace.policies.codec import parse_policy
+from qdspace.policies.errors import PolicyError
 from qdspace.policies.odrl.jsonld import MAX_DOCUMENT_BYTES, decode
 
 logger = logging.getLogger("node.dsp")
@@ -46,7 +50,19 @@ NEG = "negotiation"
 
 
 class BodyTooLarge(ValueError):
-    """A DSP request body over `MAX_BODY` (HTTP 413)."""
+    """A DSP request body over `MAX_BODY` (HTTP 413, `node.faults`)."""
+
+
+#: the error families answered as DSP errors by the fault table (`node.faults`)
+ERROR_FAMILIES: tuple[type[Exception], ...] = (
+    ValueError,
+    PermissionError,
+    LookupError,
+    NodeError,
+    ConnectorError,
+    PolicyError,
+    Exception,
+)
 
 
 @dataclass
@@ -57,6 +73,7 @@ class DspBinding:
     authenticator: PeerAuthenticator
     base_url: str
     kick: Callable[[], None] = lambda: None
+    access: DspAccess = field(default_factory=DspAccess)
 
     @property
     def me(self) -> str:
@@ -107,22 +124,13 @@ def _error_kind(path: str) -> str:
     return "ContractNegotiationError"
 
 
-def _status(exc: Exception) -> int:
-    if isinstance(exc, DspAuthError):
-        return 401
-    if isinstance(exc, BodyTooLarge):
-        return 413
-    return http_status(exc)
-
-
 def create_dsp_app(binding: DspBinding) -> FastAPI:
     app = FastAPI(title="qdspace DSP 2025-1", openapi_url=None, docs_url=None, redoc_url=None)
     runtime = binding.runtime
     store = runtime.store
 
-    @app.exception_handler(Exception)
     async def dsp_error(request: Request, exc: Exception) -> JSONResponse:
-        status = _status(exc)
+        status = http_status(exc)
         if status >= 500:
             logger.exception("DSP %s %s failed", request.method, request.url.path)
             reason = "internal error"
@@ -131,7 +139,15 @@ def create_dsp_app(binding: DspBinding) -> FastAPI:
             reason = str(exc)
         pid = request.path_params.get("pid", "")
         body = codec.error(_error_kind(request.url.path), str(status), reason, pid, pid)
-        return JSONResponse(body, status_code=status)
+        # a body too large is not read to its end: the connection goes with the answer
+        headers = {"connection": "close"} if isinstance(exc, BodyTooLarge) else None
+        return JSONResponse(body, status_code=status, headers=headers)
+
+    # A caller's mistake is answered by the exception middleware (the connection stays
+    # open for the next request); only `Exception` itself reaches Starlette's server-error
+    # middleware, which re-raises after answering, and uvicorn then closes the connection.
+    for family in ERROR_FAMILIES:
+        app.add_exception_handler(family, dsp_error)
 
     def caller(request: Request) -> MemberIdentity:
         identity = peer_of(request.scope, binding.authenticator)
@@ -153,6 +169,8 @@ def create_dsp_app(binding: DspBinding) -> FastAPI:
     def datasets(peer: MemberIdentity) -> list[dict[str, Any]]:
         out = []
         for entry in runtime.catalog(peer.role):
+            if not binding.access.visible(entry.asset_id, peer):
+                continue
             asset = runtime.asset_for(entry.asset_id, peer.role)
             out.append(codec.dataset(asset.asset_id, [asset.offer], asset.title, binding.base_url))
         return out
@@ -166,6 +184,7 @@ def create_dsp_app(binding: DspBinding) -> FastAPI:
     @app.get("/catalog/datasets/{pid}")
     async def dataset(pid: str, request: Request) -> dict[str, Any]:
         peer = caller(request)
+        binding.access.check(pid, peer)
         for item in datasets(peer):
             if item["@id"] == pid:
                 return codec.dataset_response(item)
@@ -185,12 +204,15 @@ def create_dsp_app(binding: DspBinding) -> FastAPI:
         consumer_pid = codec.text(body, "consumerPid")
         callback = codec.callback(body, required=True)
         if body.get("providerPid") is not None:
-            raise codec.DspMessageError("$.providerPid", "counter-requests are not supported")
+            raise codec.DspMessageError(
+                "$.providerPid", "a counter-request goes to /negotiations/{providerPid}/request"
+            )
         existing = store.dsp.by_peer_pid(NEG, peer.member_id, consumer_pid)
         if existing is not None:  # a retry: the same process
             return state(existing)
         pid = f"urn:uuid:{uuid.uuid4()}"
         message = wire.request_in(body, pid, peer.member_id, runtime.clock.now())
+        binding.access.check(message.offer.target, peer)
         row = DspProcess(NEG, pid, Role.PROVIDER.value, peer.member_id, pid, callback, consumer_pid)
         store.dsp.bind(row)
         await run_in_threadpool(
@@ -273,6 +295,19 @@ def create_dsp_app(binding: DspBinding) -> FastAPI:
             "ContractNegotiationTerminationMessage",
             lambda b, r, p, n: wire.termination_in(b, r.local_id, p.member_id, now_for(n)),
         )
+
+    def counter_request(
+        b: Any, r: DspProcess, p: MemberIdentity, n: Negotiation
+    ) -> NegotiationMessage:
+        if r.role != Role.PROVIDER.value:
+            raise codec.DspMessageError("$", "a counter-request is for the provider's process")
+        return wire.counter_request_in(b, r.local_id, p.member_id, now_for(n))
+
+    @app.post("/negotiations/{pid}/request")
+    async def counter(pid: str, request: Request) -> Response:
+        """The consumer answers our offer with terms of its own: decided like a request
+        (`ContractRuntime.handle_negotiation`): we sign only terms we build ourselves."""
+        return await negotiation_message(request, pid, "ContractRequestMessage", counter_request)
 
     @app.post("/negotiations/{pid}/offers")
     async def offers(pid: str, request: Request) -> Response:

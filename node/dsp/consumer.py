@@ -13,17 +13,23 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import quote
 
+import httpx
 from starlette.concurrency import run_in_threadpool
 
 from qdspace.connector import dsp_codec as codec
 from qdspace.connector import dsp_negotiation as wire
+from qdspace.connector.contract_errors import UnknownContractError
 from qdspace.connector.contract_store import DspProcess
+from qdspace.connector.dsp_jsonld import normalise
 from qdspace.connector.negotiation import ContractRequest, Role, open_negotiation
 from qdspace.node.dsp.client import DspHttp
 from qdspace.node.errors import PeerError
 from qdspace.node.runtime.contracts import ContractRuntime
 from qdspace.policies.codec import policy_to_json
+from qdspace.policies.model import Policy
+from qdspace.policies.odrl.jsonld import decode
 from qdspace.policies.odrl.vocab import PolicyKind
 
 
@@ -37,15 +43,13 @@ class DspConsumer:
         url = provider_url.rstrip("/")
         server, _ = await self.http.call("GET", f"{url}/.well-known/dspace-version", None)
         provider = server.member_id
-        _, response = await self.http.call("GET", f"{url}/catalog/datasets/{dataset_id}", provider)
+        path = f"{url}/catalog/datasets/{quote(dataset_id, safe='')}"
+        _, response = await self.http.call("GET", path, provider)
+        if response.status_code == 404:
+            raise UnknownContractError(f"DSP {url}: the provider has no dataset {dataset_id!r}")
         if response.status_code != 200:
             raise PeerError(f"DSP {url}: dataset {dataset_id}: HTTP {response.status_code}")
-        data = response.json()
-        offers = data.get("hasPolicy") or []
-        if not offers:
-            raise PeerError(f"DSP {url}: dataset {dataset_id} has no offer")
-        message_like = {"@context": data.get("@context"), "offer": offers[0]}
-        asked = codec.read_policy(message_like, "offer", PolicyKind.OFFER, target=dataset_id)
+        asked = _published_offer(url, dataset_id, response)
         pid = f"urn:uuid:{uuid.uuid4()}"
         me, now = self.runtime.me.member_id, self.runtime.clock.now()
         request = ContractRequest(wire.message_id(pid, "request"), pid, me, asked, now)
@@ -64,7 +68,30 @@ class DspConsumer:
         )
         await run_in_threadpool(store.dsp.bind, row)
         body = codec.request_message(pid, asked, self.base_url)
-        ack = (await self.http.post(f"{url}/negotiations/request", provider, body)).json()
-        provider_pid = codec.text(ack, "providerPid")
+        ack = await self.http.post(f"{url}/negotiations/request", provider, body)
+        provider_pid = _provider_pid(url, ack)
         await run_in_threadpool(store.dsp.set_peer_pid, "negotiation", pid, provider_pid)
         return {"negotiation_id": pid, "provider_pid": provider_pid, "provider": provider}
+
+
+def _published_offer(url: str, dataset_id: str, response: httpx.Response) -> Policy:
+    """The first offer of the provider's dataset; what a provider sends that the node
+    cannot read is the provider's failure (`PeerError`, 502), not the operator's."""
+    try:
+        data = decode(response.content)
+        offers = data.get("hasPolicy") if isinstance(data, dict) else None
+        offers = offers if isinstance(offers, list) else [offers] if offers else []
+        if not offers:
+            raise PeerError(f"DSP {url}: dataset {dataset_id} has no offer")
+        message_like = {"@context": data.get("@context"), "offer": offers[0]}
+        return codec.read_policy(message_like, "offer", PolicyKind.OFFER, target=dataset_id)
+    except ValueError as exc:
+        raise PeerError(f"DSP {url}: dataset {dataset_id}: unreadable offer: {exc}") from None
+
+
+def _provider_pid(url: str, ack: httpx.Response) -> str:
+    """The provider's pid from its acknowledgement, in whatever JSON-LD form it wrote it."""
+    try:
+        return codec.text(normalise(decode(ack.content), "ContractNegotiation"), "providerPid")
+    except ValueError as exc:
+        raise PeerError(f"DSP {url}: unreadable acknowledgement: {exc}") from None

@@ -85,6 +85,12 @@ class PeerDirectory:
         entry = self._by_member.get(member_id)
         return entry.cert_fingerprint if entry is not None else None
 
+    def attested_bpn(self, member_id: str) -> str | None:
+        """The business partner number the authority's signed directory lists for
+        ``member_id`` (the authority takes no entry naming another than it attested)."""
+        entry = self._by_member.get(member_id)
+        return entry.bpn if entry is not None else None
+
     def follow(self, entries: Sequence[DirectoryEntry]) -> None:
         """Take a verified directory's entries (this node's own is skipped); channels to
         an address that changed are retired."""

@@ -4,9 +4,13 @@ A consumer's negotiation message is applied to the stored state and answered in 
 same call (one load and one save for a message on a known negotiation): a request is
 decided against today's offer and the orders the consumer holds today, an accepted
 counter-offer is decided again (only terms built now are signed), a verification is
-finalized. A retry gets the same answer, rebuilt from the state (`replies`). An
-agreement in force is handed to the ledger hook (`record`), which is also where a
-regulator's request for its canonical bytes comes back (`load_record`).
+finalized. A consumer's counter-request (its terms in answer to our offer) is decided
+like a request: agreed on the policy we rebuild when it is within what we grant,
+answered with our own offer when it asks for more, terminated when nothing of it can be
+granted or after `MAX_ROUNDS` rounds; the peer's policy object is never what we sign.
+A retry gets the same answer, rebuilt from the state (`replies`). An agreement in
+force is handed to the ledger hook (`record`), which is also where a regulator's
+request for its canonical bytes comes back (`load_record`).
 """
 
 from __future__ import annotations
@@ -54,6 +58,9 @@ logger = logging.getLogger("node.contracts")
 #: how a transport has the replies to a negotiation delivered later (the DSP binding's
 #: callbacks): the outbox messages, committed with the state that owes them
 Deliver = Callable[[Negotiation, list[NegotiationMessage]], Sequence[OutboxMessage]]
+#: counter-request and counter-offer rounds before the provider stops countering and ends
+#: the negotiation (a consumer countering for ever would keep it, and us, busy)
+MAX_ROUNDS = 8
 
 
 class ProviderNegotiation(ContractBase):
@@ -90,6 +97,9 @@ class ProviderNegotiation(ContractBase):
                 message = self._agreement_message(n, mid, at, answer.offer)
             elif n.state is NegotiationState.ACCEPTED or answer.verdict is Verdict.TERMINATE:
                 reason = answer.reason or "the accepted offer is no longer granted"
+                message = Termination(mid, n.negotiation_id, me, reason, at)
+            elif len(n.seen) >= 2 * MAX_ROUNDS:
+                reason = f"no agreement after {MAX_ROUNDS} rounds of counter-offers"
                 message = Termination(mid, n.negotiation_id, me, reason, at)
             else:
                 assert answer.offer is not None

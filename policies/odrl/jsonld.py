@@ -7,18 +7,27 @@ shipped here are served, from `contexts/`; any other URL is a clear error.
 
 A peer's document is bounded *before* pyld sees it (size, nesting depth, number
 of values), because expansion is recursive and a nesting bomb must be a
-refusal, not a stack overflow.
+refusal, not a stack overflow. Its contexts are checked before pyld too
+(`check_contexts`): only packaged ones by URL, no ``@import``, at most
+`MAX_CONTEXTS` of them.
+
+pyld keeps module-wide state: a cache of resolved contexts shared by every call
+(keyed by URL or by an inline context's text) and a default document loader
+that fetches from the network. Every call here passes its own loader and its
+own `ContextResolver` with a private cache, so nothing one document defined can
+be served to another and no call can reach the default loader.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from functools import cache
 from importlib import resources
 from typing import Any, cast
 
 from pyld import jsonld
+from pyld.context_resolver import ContextResolver
 
 from qdspace.policies.errors import PolicySyntaxError
 
@@ -26,6 +35,7 @@ DSP_CONTEXT = "https://w3id.org/dspace/2025/1/context.jsonld"
 DSP_ODRL_CONTEXT = "https://w3id.org/dspace/2025/1/odrl-profile.jsonld"
 QDS_CONTEXT = "https://qdspace.dev/ns/policy/context.jsonld"
 CX_CONTEXT = "https://w3id.org/catenax/policy/context.jsonld"
+EDC_CONTEXT = "https://w3id.org/edc/dspace/v0.0.1"
 # What every policy the node writes is compacted with.
 POLICY_CONTEXT: tuple[str, ...] = (DSP_CONTEXT, DSP_ODRL_CONTEXT, QDS_CONTEXT, CX_CONTEXT)
 
@@ -37,17 +47,24 @@ _FILES = {
     QDS_CONTEXT: "qdspace-policy.jsonld",
     CX_CONTEXT: "cx-policy.jsonld",
     "https://w3id.org/catenax/2025/9/policy/context.jsonld": "cx-policy.jsonld",
+    # EDC names its own namespace beside the DSP context in every DSP message it sends;
+    # the node declares only that namespace's prefix (`edc-dspace.jsonld`): an EDC
+    # extension term used in a message is then refused by name, not guessed
+    EDC_CONTEXT: "edc-dspace.jsonld",
 }
+#: every context a peer may name (by URL); anything else is refused before pyld runs
+KNOWN_CONTEXTS = frozenset(_FILES)
 
 MAX_DOCUMENT_BYTES = 256 * 1024
 MAX_DEPTH = 32
 MAX_VALUES = 20_000
+#: contexts in one document, nested ones included (a peer's list of them is a cost it sets)
+MAX_CONTEXTS = 16
 
 
 @cache
-def _context_file(name: str) -> dict[str, Any]:
-    text = resources.files("qdspace.policies.odrl").joinpath("contexts", name).read_text("utf-8")
-    return cast(dict[str, Any], json.loads(text))
+def _context_text(name: str) -> str:
+    return resources.files("qdspace.policies.odrl").joinpath("contexts", name).read_text("utf-8")
 
 
 def load_document(url: str, options: Mapping[str, Any] | None = None) -> dict[str, Any]:
@@ -55,7 +72,9 @@ def load_document(url: str, options: Mapping[str, Any] | None = None) -> dict[st
     name = _FILES.get(url)
     if name is None:
         raise PolicySyntaxError("$.@context", f"context {url[:200]!r} is not known to this node")
-    return {"contextUrl": None, "documentUrl": url, "document": _context_file(name)}
+    # a copy each time: pyld edits the documents it processes (scoped contexts' URLs,
+    # ``@import`` merged in), and a shared one would carry one call's edits into the next
+    return {"contextUrl": None, "documentUrl": url, "document": json.loads(_context_text(name))}
 
 
 def check_bounds(document: Any, path: str = "$") -> None:
@@ -121,12 +140,61 @@ def _policy_cause(exc: BaseException) -> PolicySyntaxError | None:
 
 
 def _options(**extra: Any) -> dict[str, Any]:
-    return {"documentLoader": load_document, "base": None, **extra}
+    """pyld options for one call: our loader, and a resolver whose cache is this call's."""
+    resolver = ContextResolver({}, load_document)
+    return {"documentLoader": load_document, "contextResolver": resolver, "base": None, **extra}
+
+
+def _contexts_in(context: Any, path: str) -> Iterator[tuple[Any, str]]:
+    """Each context of a ``@context`` value, and the contexts nested in its term definitions."""
+    for item in context if isinstance(context, list) else [context]:
+        yield item, path
+        if isinstance(item, Mapping):
+            for term, definition in item.items():
+                if isinstance(definition, Mapping) and "@context" in definition:
+                    yield from _contexts_in(definition["@context"], f"{path}.{term[:40]}")
+
+
+def check_contexts(document: Any, path: str = "$") -> None:
+    """Refuse contexts this node will not process: a URL it does not ship (never fetched),
+    ``@import``, a context that is not a string, object or null, more than `MAX_CONTEXTS`."""
+    stack: list[tuple[Any, str]] = [(document, path)]
+    count = 0
+    while stack:
+        value, where = stack.pop()
+        if isinstance(value, list):
+            stack.extend((item, where) for item in value)
+            continue
+        if not isinstance(value, Mapping):
+            continue
+        for key, item in value.items():
+            if key == "@context":
+                for context, at in _contexts_in(item, f"{where}.@context"):
+                    count += 1
+                    _check_context(context, at)
+                if count > MAX_CONTEXTS:
+                    raise PolicySyntaxError(where, f"more than {MAX_CONTEXTS} contexts")
+            elif isinstance(item, Mapping | list):
+                stack.append((item, f"{where}.{key[:40]}"))
+
+
+def _check_context(context: Any, where: str) -> None:
+    if isinstance(context, str):
+        if context not in KNOWN_CONTEXTS:
+            raise PolicySyntaxError(
+                where, f"context {context[:200]!r} is not known to this node (none is fetched)"
+            )
+    elif isinstance(context, Mapping):
+        if "@import" in context:
+            raise PolicySyntaxError(where, "@import is not accepted (no context is fetched)")
+    elif context is not None:
+        raise PolicySyntaxError(where, "a context is a URL, an object or null")
 
 
 def expand(document: Mapping[str, Any], default_context: tuple[str, ...] | None) -> list[Any]:
     """Expand `document`; `default_context` applies when it carries none of its own."""
     check_bounds(document)
+    check_contexts(document)
     doc = dict(document)
     if "@context" not in doc and default_context is not None:
         doc["@context"] = list(default_context)

@@ -274,3 +274,38 @@ def test_the_client_names_the_refusal(service: Service) -> None:
             client.preview("qdse1.nothing")
         assert info.value.status == 400
         assert json.loads(json.dumps(client.directory()))["space"] == "svc-space"
+
+
+def test_a_business_partner_number_counts_only_as_attested(service: Service) -> None:
+    """The directory lists a BPNL only when the authority attested it at enrollment
+    (``enroll --bpn``): an entry claiming another, or one for a member enrolled without,
+    is refused, and the directory keeps no claimed number."""
+    attested, claimed = "BPNL00000000ATST", "BPNL00000000FAKE"
+    enrolled: dict[str, tuple[SigningKey, Any, str]] = {}
+    for name, bpn in (("bpnholder", attested), ("bpnless", None)):
+        code = str(service.authority.create_enrollment(name=name, role="supplier", bpn=bpn))
+        key = SigningKey.generate()
+        answer = service.post(
+            "/v1/enrollment", {"code": code, "csr_pem": _request(name, "supplier", key=key)}
+        )
+        assert answer.status_code == 200, answer.text
+        cert_pem = answer.json()["cert_pem"]
+        enrolled[name] = (
+            key,
+            identity_of(x509.load_pem_x509_certificate(cert_pem.encode())),
+            cert_pem,
+        )
+
+    def publish(name: str, bpn: str | None) -> httpx.Response:
+        key, identity, cert_pem = enrolled[name]
+        entry = new_entry(identity, key, {"peer": "127.0.0.1:7010"}, bpn=bpn)
+        return service.post(
+            "/v1/directory/entries", {"entry": entry.to_json(), "cert_pem": cert_pem}
+        )
+
+    _problem(publish("bpnholder", claimed), 403, "attested BPNL00000000ATST")
+    _problem(publish("bpnless", claimed), 403, "attested none")
+    assert publish("bpnless", None).status_code == 200
+    assert publish("bpnholder", attested).status_code == 200
+    listed = {e.name: e.bpn for e in _directory(service).entries}
+    assert listed["bpnholder"] == attested and listed["bpnless"] is None

@@ -1,0 +1,166 @@
+"""A BPNL counts over DSP only as the authority attested it: members join a space through
+the authority service (``node join``, the signed member directory); SunArc was enrolled
+with its BPNL (``enroll --bpn``), Polycell claims the same number in its settings without
+the authority's word. Cellex's ``inspections`` dataset is for that BPNL only: SunArc sees
+it and trades for it over DSP; Polycell's claim does not get its entry into the directory,
+and Cellex answers it the clear 403 of an unattested number."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from qdspace.node.config import NodeSettings
+from qdspace.node.identity.authority import Authority
+from qdspace.node.layout import NodeLayout
+from qdspace.node.localnet.authority import AuthorityProcess
+from qdspace.node.localnet.network import LocalNetwork, MemberProcess, MemberSpec, free_port
+
+from .conftest import ingest_sample, ok, runtime_of, wait_for
+from .peer import DSP, Peer
+
+pytestmark = pytest.mark.integration
+BPN = "BPNL00000003CRHK"
+CX = [
+    "https://w3id.org/dspace/2025/1/odrl-profile.jsonld",
+    "https://w3id.org/catenax/policy/context.jsonld",
+]
+NEEDS_BPN = {
+    "@context": CX,
+    "@type": "Set",
+    "@id": "urn:access:inspections",
+    "permission": [
+        {
+            "action": "access",
+            "constraint": [
+                {
+                    "leftOperand": "BusinessPartnerNumber",
+                    "operator": "isAnyOf",
+                    "rightOperand": [BPN],
+                }
+            ],
+        }
+    ],
+}
+MEMBERS = (
+    (MemberSpec("sunarc", "oem"), BPN),  # enrolled with the BPNL
+    (MemberSpec("polycell", "oem"), None),  # enrolled without; claims it anyway
+    (MemberSpec("cellex", "supplier"), None),
+)
+
+
+def _join(workdir: Path, url: str, code: str, spec: MemberSpec) -> MemberProcess:
+    directory = workdir / "nodes" / spec.name
+    ports = free_port(), free_port(), free_port()
+    code_file = workdir / f"{spec.name}.code"
+    code_file.write_text(code + "\n")
+    done = subprocess.run(
+        [sys.executable, "-m", "qdspace", "node", "join", "--dir", str(directory),
+         "--authority-url", url, "--code-file", str(code_file),
+         "--grpc-port", str(ports[0]), "--api-port", str(ports[1]),
+         "--regulator-port", str(ports[2])],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    settings = NodeSettings.load(directory)
+    update: dict[str, Any] = {"crl_refresh_s": 0.5, "directory_refresh_s": 0.5, "dsp_port": 0}
+    if spec.name in ("sunarc", "polycell"):
+        update["bpn"] = BPN  # its own claim; only the authority's word counts
+    if spec.name == "cellex":
+        update["dsp_access"] = {"inspections": NEEDS_BPN}
+    settings.model_copy(update=update).save()
+    token = NodeLayout(directory).operator_token.read_text().strip()
+    return MemberProcess(spec, directory, *ports, token=token)
+
+
+@pytest.fixture(scope="module")
+def space(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalNetwork]:
+    workdir = tmp_path_factory.mktemp("dsp-directory")
+    authority = Authority.init(workdir / "authority", "bpn-space")
+    service = AuthorityProcess(authority.directory)
+    url = service.start()
+    network = LocalNetwork(workdir, members=(), chain=False)
+    try:
+        for spec, bpn in MEMBERS:
+            code = str(authority.create_enrollment(name=spec.name, role=spec.role, bpn=bpn))
+            network.members[spec.name] = _join(workdir, url, code, spec)
+        network.start()
+        ingest_sample(network, "cellex")
+        yield network
+    finally:
+        network.stop()
+        service.stop()
+
+
+def _cellex_lists(network: LocalNetwork) -> dict[str, Any]:
+    """The entries of the directory Cellex holds, by name."""
+    path = NodeLayout(network["cellex"].directory).member_directory
+    try:
+        return {e["name"]: e for e in json.loads(path.read_text())["entries"]}
+    except (FileNotFoundError, ValueError):
+        return {}
+
+
+def _datasets(peer: Peer) -> set[str]:
+    body = {"@context": [DSP], "@type": "CatalogRequestMessage"}
+    return {d["@id"] for d in ok(peer.post("/catalog/request", body))["dataset"]}
+
+
+def test_an_attested_bpnl_opens_the_dataset_and_trades_over_dsp(space: LocalNetwork) -> None:
+    listed = wait_for("SunArc in Cellex's directory", lambda: _cellex_lists(space).get("sunarc"))
+    assert listed["bpn"] == BPN
+    peer = Peer(space, "sunarc", "cellex")
+    try:
+        assert "inspections" in _datasets(peer)
+        ok(peer.get("/catalog/datasets/inspections"))
+    finally:
+        peer.http.close()
+    provider = runtime_of(space, "cellex")["dsp"]
+    with space["sunarc"].client() as oem:
+        body = {"provider_url": provider, "dataset_id": "inspections"}
+        nid = ok(oem.post("/v1/dsp/negotiations", json=body))["negotiation_id"]
+
+        def ended() -> Any:
+            mine = [
+                n for n in ok(oem.get("/v1/contracts/negotiations")) if n["negotiation_id"] == nid
+            ]
+            return mine and mine[0]["state"] in ("FINALIZED", "TERMINATED") and mine[0]
+
+        assert wait_for("the negotiation to end", ended, timeout=60)["state"] == "FINALIZED"
+
+
+def test_a_claimed_bpnl_counts_for_nothing(space: LocalNetwork) -> None:
+    wait_for("Cellex's directory", lambda: "sunarc" in _cellex_lists(space) or None)
+    log = space["polycell"].log_path
+
+    def refused() -> bool:
+        return "attested none" in log.read_text()
+
+    wait_for("the authority refusing Polycell's claimed BPNL", refused, timeout=60)
+    assert "polycell" not in _cellex_lists(space)
+    peer = Peer(space, "polycell", "cellex")
+    try:
+        assert "inspections" not in _datasets(peer)
+        refused_get = peer.get("/catalog/datasets/inspections")
+        assert refused_get.status_code == 403, refused_get.text
+        assert "attested none" in refused_get.json()["reason"][0]
+        cpid = f"urn:uuid:{uuid.uuid4()}"
+        offer = ok(peer.get("/catalog/datasets/operator-log"))["hasPolicy"][0]
+        body = {
+            "@context": [DSP, *CX, "https://qdspace.dev/ns/policy/context.jsonld"],
+            "@type": "ContractRequestMessage",
+            "consumerPid": cpid,
+            "offer": {**offer, "target": "inspections"},
+            "callbackAddress": "https://127.0.0.1:9/cb",
+        }
+        asked = peer.post("/negotiations/request", body)
+        assert asked.status_code == 403, asked.text
+    finally:
+        peer.http.close()
