@@ -138,6 +138,8 @@ FAULTS: Mapping[str, Fault] = {
     "qdspace.node.errors.UnknownPeerError": F("NOT_FOUND", 404, 1),
     # one member session per job at a coordinator (``POST /v1/federation/sessions``)
     "qdspace.node.runtime.federation_member.SessionConflict": F(None, 409, 1),
+    # the DSP binding's data plane (node.dsp.edr): a missing, forged, expired or revoked token
+    "qdspace.node.dsp.edr.DataTokenError": F("UNAUTHENTICATED", 401, 1),
     "qdspace.node.errors.WireFormatError": F("INVALID_ARGUMENT", 400, 1),
     "qdspace.node.errors.LimitExceeded": F("RESOURCE_EXHAUSTED", None),
     "qdspace.node.errors.NumberOutOfRange": F("INVALID_ARGUMENT", 400),
