@@ -4,6 +4,7 @@ completion, a live stream with suspension, resume and termination."""
 
 from __future__ import annotations
 
+import json
 import uuid
 from datetime import UTC, datetime
 from typing import Any
@@ -11,7 +12,9 @@ from typing import Any
 import httpx
 import pytest
 from sqlalchemy import create_engine, text
+from typer.testing import CliRunner
 
+from qdspace.node.cli import app
 from qdspace.node.localnet.network import LocalNetwork
 
 from .conftest import ingest_sample, ok, runtime_of, wait_for
@@ -168,3 +171,32 @@ def _provider_state(supplier: httpx.Client, tid: str) -> str:
 
 def _sunarc_order(supplier: httpx.Client) -> str:
     return "PO-2026-0042"  # the order SunArc placed with Cellex in the sample data
+
+
+def test_the_cli_drives_a_dsp_transfer(dsp_net: LocalNetwork) -> None:
+    ingest_sample(dsp_net, "cellex")
+    runner = CliRunner()
+    oem = str(dsp_net["sunarc"].directory)
+    cellex = runtime_of(dsp_net, "cellex")["dsp"]
+    asked = runner.invoke(app, ["dsp", "negotiate", "--dir", oem, cellex, "inspections", "--json"])
+    assert asked.exit_code == 0, asked.output
+    nid = json.loads(asked.output)["negotiation_id"]
+    with dsp_net["sunarc"].client() as client:
+
+        def agreed() -> Any:
+            mine = [
+                n
+                for n in ok(client.get("/v1/contracts/negotiations"))
+                if n["negotiation_id"] == nid
+            ]
+            return mine and mine[0]["state"] == "FINALIZED" and mine[0]["agreement_id"]
+
+        agreement = wait_for("the DSP agreement", agreed)
+    pulled = runner.invoke(app, ["dsp", "transfer", "--dir", oem, agreement, "--wait", "--json"])
+    assert pulled.exit_code == 0, pulled.output
+    done = json.loads(pulled.output)
+    assert done["state"] == "COMPLETED" and done["offset"] == len(gate_rows(dsp_net))
+    shown = runner.invoke(app, ["dsp", "status", "--dir", oem, done["transfer_id"]])
+    assert shown.exit_code == 0 and "COMPLETED" in shown.output, shown.output
+    late = runner.invoke(app, ["dsp", "suspend", "--dir", oem, done["transfer_id"]])
+    assert late.exit_code == 1 and "409" in late.output, late.output
