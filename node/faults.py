@@ -164,6 +164,8 @@ FAULTS: Mapping[str, Fault] = {
     "qdspace.connector.trace_store.TraceNotFinished": F("FAILED_PRECONDITION", 409, 1),
     # -- connector: usage contracts (grpc = the class's own ``grpc_status``) -
     "qdspace.connector.contract_errors.ContractError": F("FAILED_PRECONDITION", 409, 1),
+    # a DSP transfer request this node does not serve (a push): only HTTP pulls
+    "qdspace.connector.dsp_transfer.PushRefused": F("INVALID_ARGUMENT", 400, 1),
     "qdspace.connector.contract_errors.IllegalTransitionError": F("FAILED_PRECONDITION", 409, 1),
     "qdspace.connector.contract_errors.UnknownProcessError": F("NOT_FOUND", 404, 1),
     "qdspace.connector.contract_errors.UnauthorizedSenderError": F("PERMISSION_DENIED", 403, 1),

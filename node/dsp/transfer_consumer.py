@@ -267,5 +267,3 @@ class DspTransfers:
     def status(self, local_id: str) -> tuple[DspProcess, TransferProcess, Delivery]:
         row = self.row(local_id)
         return row, self.moves.load(row), self.delivery(local_id)
-
-

@@ -21,7 +21,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import replace
 from typing import Any
 
@@ -92,7 +92,7 @@ def resume_point(params: Any, process: TransferProcess) -> Checkpoint:
 def transfer_router(
     authenticator: PeerAuthenticator,
     transfers: DspTransfers,
-    body_of: Callable[[Request], Any],
+    body_of: Callable[[Request], Awaitable[Any]],
     kick: Callable[[], None],
 ) -> APIRouter:
     moves = transfers.moves
@@ -223,9 +223,8 @@ def transfer_router(
         process: TransferProcess,
         after: str,
     ) -> Response:
-        purpose, _order = agreed_scope(
-            runtime.store.agreement(process.agreement_id).signed.agreement.policy
-        )
+        stored = await run_in_threadpool(runtime.store.agreement, process.agreement_id)
+        purpose, _order = agreed_scope(stored.signed.agreement.policy)
         ask = StreamRequest(process.transfer_id, process.agreement_id, purpose or "", None, after)
         gate, position = await run_in_threadpool(runtime.open_stream, peer, ask)
 
