@@ -148,7 +148,10 @@ class DspTransferMoves:
         binding as it was)."""
         store, rt = self.runtime.store, self.runtime
         existing = store.dsp.by_peer_pid(TRANSFER, peer.member_id, ask.consumer_pid)
-        if existing is not None:
+        if existing is not None:  # a retry: the start again (it may have been lost)
+            process = self.load(existing)
+            if process.state is TransferState.STARTED:
+                store.enqueue([self.start_for(existing, process)], rt.clock.now())
             return existing
         if store.dsp.by_local(TRANSFER, ask.consumer_pid) is not None:
             raise ContractDenied(f"transfer id {ask.consumer_pid[:128]} cannot be used")

@@ -154,6 +154,20 @@ def test_live_stream_suspend_resume_terminate_over_dsp(dsp_net: LocalNetwork) ->
         mine = [i for i in ids if i.startswith(f"DSP-{tag}")]
         assert mine == [f"DSP-{tag}-{i:03d}" for i in (1, 2, 3)]  # in order, none twice
 
+        # the provider suspends and resumes too (its resume hands out a new data address)
+        paused = ok(supplier.post(f"/v1/dsp/transfers/{tid}/suspend", json={"reason": "audit"}))
+        assert paused["state"] == "SUSPENDED" and paused["role"] == "provider"
+        wait_for(
+            "the consumer to be told", lambda: transfer_state(oem, tid)["state"] == "SUSPENDED"
+        )
+        post(4)
+        assert ok(supplier.post(f"/v1/dsp/transfers/{tid}/resume"))["state"] == "STARTED"
+        wait_for("STARTED at the consumer", lambda: transfer_state(oem, tid)["state"] == "STARTED")
+        post(5)
+        ids = wait_for("the rows after the provider's resume", lambda: have(5), timeout=30)
+        mine = [i for i in ids if i.startswith(f"DSP-{tag}")]
+        assert mine == [f"DSP-{tag}-{i:03d}" for i in (1, 2, 3, 4, 5)]
+
         ended = ok(oem.post(f"/v1/dsp/transfers/{tid}/terminate", json={"reason": "done"}))
         assert ended["state"] == "TERMINATED"
         wait_for(

@@ -290,3 +290,13 @@ def test_wrong_transitions_and_revocation(setup: dict[str, Any]) -> None:
         409,
     )
     refused(sunarc.data(ppid, tokens.issue(ppid, sunarc.me, 3)), 401)
+
+
+def test_a_retried_request_is_the_same_process(setup: dict[str, Any]) -> None:
+    sunarc = setup["sunarc"]
+    body = wire.request_message(
+        f"urn:uuid:{uuid.uuid4()}", setup["agreement"], "https://127.0.0.1:9"
+    )
+    first, again = (sunarc.post("/transfers/request", body) for _ in range(2))
+    assert first.status_code == again.status_code == 201, (first.text, again.text)
+    assert first.json()["providerPid"] == again.json()["providerPid"]
