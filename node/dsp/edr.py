@@ -9,12 +9,13 @@ make one. It is good only
 - for that pid and presented by that consumer over mutual TLS (a token lifted from one
   connection is worthless on another member's),
 - until ``dsp_token_ttl_s`` seconds after it was issued,
-- while the transfer's *generation* is the one it was issued at: every DSP control
-  message applied to the transfer (start, suspension, termination, completion; their
-  message ids carry ``:dsp-``) moves the generation on, so a suspension or a
-  termination revokes every token handed out before it, and a resume hands out a new
-  one. The generation is read from the stored process, so revocation holds across
-  restarts and needs no table of its own.
+- while the transfer's *generation* is the one it was issued at: every DSP start,
+  suspension or termination applied to the transfer (their message ids carry
+  ``:dsp-``) moves the generation on, so a suspension or a termination revokes every
+  token handed out before it, and a resume hands out a new one (a completion does not:
+  a completed transfer may be read again until the token expires). The generation is
+  read from the stored process, so revocation holds across restarts and needs no table
+  of its own.
 
 Refusals are `DataTokenError` (HTTP 401 through `node.faults`).
 """
