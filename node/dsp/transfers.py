@@ -67,7 +67,7 @@ def _int(params: Any, name: str, low: int, high: int, default: int) -> int:
         return default
     if (
         not isinstance(raw, str)
-        or not raw.isdigit()
+        or not (raw.isascii() and raw.isdigit())
         or len(raw) > 18
         or not low <= int(raw) <= high
     ):
@@ -84,7 +84,7 @@ def resume_point(params: Any, process: TransferProcess) -> Checkpoint:
     digest, position = params.get("digest") or "", params.get("position") or ""
     if len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest):
         raise codec.DspMessageError("?digest", "must be 64 lower-case hex digits")
-    if len(position) > 64 or (position and not position.isdigit()):
+    if len(position) > 64 or (position and not (position.isascii() and position.isdigit())):
         raise codec.DspMessageError("?position", "must be a view position (digits)")
     return Checkpoint(offset, bytes.fromhex(digest), position)
 
