@@ -339,6 +339,29 @@ class OperatorClient:
         result: Rows = self._get("/v1/contracts/duties")
         return result
 
+    # -- the DSP binding ----------------------------------------------------------------------
+
+    def dsp_negotiate(self, provider_url: str, dataset_id: str) -> dict[str, Any]:
+        """Start a negotiation with a DSP provider; answers when the provider ACKed."""
+        body = {"provider_url": provider_url, "dataset_id": dataset_id}
+        result: dict[str, Any] = self._post("/v1/dsp/negotiations", body)
+        return result
+
+    def dsp_transfer(self, agreement_id: str) -> dict[str, Any]:
+        """Ask the provider of a DSP agreement for a transfer (pulled in the background)."""
+        result: dict[str, Any] = self._post("/v1/dsp/transfers", {"agreement_id": agreement_id})
+        return result
+
+    def dsp_transfer_status(self, transfer_id: str) -> dict[str, Any]:
+        result: dict[str, Any] = self._get(f"/v1/dsp/transfers/{transfer_id}")
+        return result
+
+    def dsp_control(self, transfer_id: str, verb: str, reason: str = "") -> dict[str, Any]:
+        """``suspend``, ``resume`` or ``terminate`` a DSP transfer."""
+        path = f"/v1/dsp/transfers/{transfer_id}/{verb}"
+        result: dict[str, Any] = self._post(path, {"reason": reason})
+        return result
+
     # -- root-cause traces -------------------------------------------------------------------
 
     def start_trace(self, body: dict[str, Any]) -> dict[str, Any]:

@@ -37,6 +37,7 @@ DEFAULT_HOST = "127.0.0.1"
 DEFAULT_GRPC_PORT = 7443
 DEFAULT_API_PORT = 8443
 DEFAULT_REGULATOR_PORT = 9443
+DEFAULT_DSP_TOKEN_TTL_S = 300
 #: how often a node following an authority service re-fetches the member directory
 DEFAULT_DIRECTORY_REFRESH_S = 30.0
 #: how often it re-fetches the revocation list (a revoked member is refused within this)
@@ -99,6 +100,8 @@ class NodeSettings(BaseSettings):
     # 0 = any free port (recorded in the run file as ``dsp``)
     dsp_host: str = DEFAULT_HOST
     dsp_port: int | None = Field(default=None, ge=0, le=65535)
+    # how long a data-plane token of a DSP transfer start is good for (`node.dsp.edr`)
+    dsp_token_ttl_s: int = Field(default=DEFAULT_DSP_TOKEN_TTL_S, ge=1, le=86_400)
     # the member's business partner number, published in its directory entry (optional;
     # the authority takes the entry only with the number it attested at enrollment)
     bpn: str | None = None

@@ -64,6 +64,8 @@ class NodeContext:
     outbox: OutboxDelivery | None = None
     #: the DSP binding's consumer side (`node.dsp.consumer.DspConsumer`), when it listens
     dsp: Any = None
+    #: the DSP binding's transfers (`node.dsp.transfer_consumer.DspTransfers`), when it listens
+    dsp_transfers: Any = None
     #: anchors each global model version this node coordinates; None without a ledger
     anchor_version: VersionAnchor | None = None
     #: follows federated jobs as this member, starts and reads jobs (the operator's ``fl``)

@@ -142,6 +142,8 @@ FAULTS: Mapping[str, Fault] = {
     "qdspace.node.errors.UnknownPeerError": F("NOT_FOUND", 404, 1),
     # one member session per job at a coordinator (``POST /v1/federation/sessions``)
     "qdspace.node.runtime.federation_member.SessionConflict": F(None, 409, 1),
+    # the DSP binding's data plane (node.dsp.edr): a missing, forged, expired or revoked token
+    "qdspace.node.dsp.edr.DataTokenError": F("UNAUTHENTICATED", 401, 1),
     "qdspace.node.errors.WireFormatError": F("INVALID_ARGUMENT", 400, 1),
     "qdspace.node.errors.LimitExceeded": F("RESOURCE_EXHAUSTED", None),
     "qdspace.node.errors.NumberOutOfRange": F("INVALID_ARGUMENT", 400),
@@ -166,6 +168,8 @@ FAULTS: Mapping[str, Fault] = {
     "qdspace.connector.trace_store.TraceNotFinished": F("FAILED_PRECONDITION", 409, 1),
     # -- connector: usage contracts (grpc = the class's own ``grpc_status``) -
     "qdspace.connector.contract_errors.ContractError": F("FAILED_PRECONDITION", 409, 1),
+    # a DSP transfer request this node does not serve (a push): only HTTP pulls
+    "qdspace.connector.dsp_transfer.PushRefused": F("INVALID_ARGUMENT", 400, 1),
     "qdspace.connector.contract_errors.IllegalTransitionError": F("FAILED_PRECONDITION", 409, 1),
     "qdspace.connector.contract_errors.UnknownProcessError": F("NOT_FOUND", 404, 1),
     "qdspace.connector.contract_errors.UnauthorizedSenderError": F("PERMISSION_DENIED", 403, 1),

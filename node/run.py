@@ -177,10 +177,14 @@ async def start_dsp(ctx: NodeContext, sock: socket.socket) -> _Uvicorn:
     """The DSP listener's server (mutual TLS with the space's certificates) and the DSP
     consumer and outbox sender it brings (`node.dsp`)."""
     from qdspace.node.dsp.access import DspAccess, parse_access
-    from qdspace.node.dsp.app import DspBinding, create_dsp_app
+    from qdspace.node.dsp.app import DspBinding, body_of, create_dsp_app
     from qdspace.node.dsp.auth import PeerCertH11
     from qdspace.node.dsp.client import OUTBOX_KIND, DspHttp
     from qdspace.node.dsp.consumer import DspConsumer
+    from qdspace.node.dsp.edr import DataTokens
+    from qdspace.node.dsp.transfer_consumer import DspTransfers
+    from qdspace.node.dsp.transfer_process import DspTransferMoves
+    from qdspace.node.dsp.transfers import transfer_router
     from qdspace.node.rpc.auth import PeerAuthenticator
     from qdspace.node.rpc.contracts_jobs import client_of
 
@@ -202,8 +206,12 @@ async def start_dsp(ctx: NodeContext, sock: socket.socket) -> _Uvicorn:
     access = DspAccess(parse_access(settings.dsp_access), ctx.peers.attested_bpn)
     binding = DspBinding(runtime, authenticator, base, outbox.kick, access)
     ctx.dsp = DspConsumer(runtime, http, base)
+    tokens = DataTokens(ctx.keys.signing_key, settings.dsp_token_ttl_s)
+    moves = DspTransferMoves(runtime, tokens, base)
+    ctx.dsp_transfers = transfers = DspTransfers(moves, http, outbox.kick)
+    routes = transfer_router(authenticator, transfers, body_of, outbox.kick)
     config = uvicorn.Config(
-        create_dsp_app(binding),
+        create_dsp_app(binding, [routes]),
         log_level="warning",
         access_log=False,
         lifespan="off",

@@ -1,13 +1,17 @@
 """Operator routes of the DSP binding: ``POST /v1/dsp/negotiations`` starts a negotiation
-with any DSP provider through the node's consumer side (`node.dsp.consumer`)."""
+with any DSP provider through the node's consumer side (`node.dsp.consumer`);
+``POST /v1/dsp/transfers`` asks the provider of a DSP agreement for a transfer (pulled
+over the HTTP data plane, `node.dsp.transfer_consumer`), ``GET /v1/dsp/transfers/{id}``
+shows it, and ``.../suspend|resume|terminate`` control it on either side."""
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 from urllib.parse import urlsplit
 
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter, Depends, Path
 from pydantic import BaseModel, StringConstraints, field_validator
+from starlette.concurrency import run_in_threadpool
 
 from qdspace.node.api.deps import Ctx, require_operator
 from qdspace.node.dsp.consumer import DspConsumer
@@ -45,6 +49,64 @@ class NegotiateBody(BaseModel):
         return url
 
 
+class DspTransferPublic(BaseModel):
+    """A transfer over the DSP binding: our id, the pids, our role, its state, how far it
+    got (`offset`: rows committed by a pull; `received`: rows this run received,
+    pulled or live) and why its data plane stopped (`error`, empty when it did not)."""
+
+    transfer_id: str
+    provider_pid: str
+    consumer_pid: str
+    role: str
+    peer: str
+    agreement_id: str
+    state: str
+    offset: int
+    received: int
+    delivery: str
+    error: str
+
+
+class DspTransferBody(BaseModel):
+    agreement_id: Annotated[str, StringConstraints(min_length=1, max_length=128)]
+
+
+class DspControlBody(BaseModel):
+    reason: Annotated[str, StringConstraints(max_length=500)] = ""
+
+
+TransferId = Annotated[str, Path(min_length=1, max_length=128)]
+
+
+def _transfers(ctx: Any) -> Any:
+    from qdspace.node.dsp.transfer_consumer import DspTransfers
+
+    transfers = ctx.dsp_transfers
+    if not isinstance(transfers, DspTransfers):
+        raise PeerError("this node runs no DSP listener (set dsp_port)")
+    return transfers
+
+
+async def _public(transfers: Any, transfer_id: str) -> DspTransferPublic:
+    from qdspace.node.dsp.transfer_process import pids
+
+    row, process, delivery = await run_in_threadpool(transfers.status, transfer_id)
+    provider_pid, consumer_pid = pids(row)
+    return DspTransferPublic(
+        transfer_id=row.local_id,
+        provider_pid=provider_pid,
+        consumer_pid=consumer_pid,
+        role=row.role,
+        peer=row.peer_id,
+        agreement_id=process.agreement_id,
+        state=process.state.value,
+        offset=process.offset,
+        received=delivery.received,
+        delivery=delivery.address.delivery if delivery.address is not None else "",
+        error=delivery.error,
+    )
+
+
 def router() -> APIRouter:
     api = APIRouter(prefix="/v1/dsp", tags=["dsp"], dependencies=[Depends(require_operator)])
 
@@ -54,5 +116,38 @@ def router() -> APIRouter:
         if not isinstance(consumer, DspConsumer):
             raise PeerError("this node runs no DSP listener (set dsp_port)")
         return DspNegotiationStarted(**await consumer.negotiate(body.provider_url, body.dataset_id))
+
+    @api.post("/transfers", status_code=201, response_model=DspTransferPublic)
+    async def transfer(body: DspTransferBody, ctx: Ctx) -> DspTransferPublic:
+        transfers = _transfers(ctx)
+        row, _process = await transfers.request(body.agreement_id)
+        return await _public(transfers, row.local_id)
+
+    @api.get("/transfers/{transfer_id}", response_model=DspTransferPublic)
+    async def transfer_status(transfer_id: TransferId, ctx: Ctx) -> DspTransferPublic:
+        return await _public(_transfers(ctx), transfer_id)
+
+    def control(verb: str, kind: str) -> None:
+        async def move(
+            transfer_id: TransferId, ctx: Ctx, body: DspControlBody | None = None
+        ) -> DspTransferPublic:
+            transfers = _transfers(ctx)
+            await transfers.control(transfer_id, kind, body.reason if body else "")
+            return await _public(transfers, transfer_id)
+
+        api.add_api_route(
+            f"/transfers/{{transfer_id}}/{verb}",
+            move,
+            methods=["POST"],
+            response_model=DspTransferPublic,
+            name=f"dsp_transfer_{verb}",
+        )
+
+    for verb, kind in (
+        ("suspend", "suspension"),
+        ("resume", "start"),
+        ("terminate", "termination"),
+    ):
+        control(verb, kind)
 
     return api

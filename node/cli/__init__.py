@@ -23,6 +23,7 @@ from qdspace.node.cli.choices import QdmKind, Role
 from qdspace.node.cli.connect import DbUrlOpt, JsonOpt, Target, calls_node, print_json
 from qdspace.node.cli.contracts import mount as mount_contracts
 from qdspace.node.cli.dictionary import dictionary_app
+from qdspace.node.cli.dsp import dsp_app
 from qdspace.node.cli.enrollment import mount as mount_enrollment
 from qdspace.node.cli.enrollment import parse_peers
 from qdspace.node.cli.errors import clean_errors
@@ -47,6 +48,7 @@ app.add_typer(fl_app, name="fl")
 app.add_typer(host_app, name="host")
 app.add_typer(investigation_app, name="investigation")
 app.add_typer(trace_app, name="trace")
+app.add_typer(dsp_app, name="dsp")
 app.add_typer(dictionary_app, name="dictionary")
 app.add_typer(connect_app, name="connect")
 app.command("verify")(ledger_verify)  # `qdspace verify PROOF.json --rpc URL`

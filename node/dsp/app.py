@@ -21,7 +21,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from fastapi import FastAPI, Request
+from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 
@@ -117,15 +117,18 @@ async def body_of(request: Request) -> Any:
 
 
 def _error_kind(path: str) -> str:
-    if path.startswith("/transfers"):
+    if path.startswith(("/transfers", "/callback/transfers", "/data")):
         return "TransferError"
     if path.startswith("/catalog"):
         return "CatalogError"
     return "ContractNegotiationError"
 
 
-def create_dsp_app(binding: DspBinding) -> FastAPI:
+def create_dsp_app(binding: DspBinding, routers: Sequence[APIRouter] = ()) -> FastAPI:
+    """The listener's app; `routers`: more of the binding (the transfers, `node.dsp.transfers`)."""
     app = FastAPI(title="qdspace DSP 2025-1", openapi_url=None, docs_url=None, redoc_url=None)
+    for extra in routers:
+        app.include_router(extra)
     runtime = binding.runtime
     store = runtime.store
 

@@ -11,8 +11,10 @@ retries by `OutboxDispatcher` through `send_queued`.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import ssl
+from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +28,8 @@ from qdspace.node.errors import IdentityError, PeerError
 from qdspace.node.identity.certs import MemberIdentity, identity_of
 
 TIMEOUT_S = 15.0
+#: a data-plane stream's longest silence (a live stream beats every few seconds)
+STREAM_READ_S = 60.0
 OUTBOX_KIND = "dsp"
 
 
@@ -34,6 +38,20 @@ def outbox_message(
 ) -> OutboxMessage:
     payload = json.dumps({"url": url, "body": body}, separators=(",", ":")).encode()
     return OutboxMessage(peer_id, OUTBOX_KIND, process_id, message_id, payload)
+
+
+def _server_of(response: httpx.Response, url: str, audience: str | None) -> MemberIdentity:
+    """The member whose certificate the server presented (must be `audience`, if named)."""
+    stream = response.extensions.get("network_stream")
+    ssl_object = stream.get_extra_info("ssl_object") if stream is not None else None
+    der = ssl_object.getpeercert(binary_form=True) if ssl_object is not None else None
+    try:
+        server = identity_of(x509.load_der_x509_certificate(der or b""))
+    except (ValueError, IdentityError) as exc:
+        raise PeerError(f"DSP {url}: the server's certificate names no member: {exc}") from None
+    if audience is not None and server.member_id != audience:
+        raise PeerError(f"DSP {url} is served by {server.member_id}, not {audience}")
+    return server
 
 
 class DspHttp:
@@ -59,16 +77,28 @@ class DspHttp:
             response = await self._client.request(method, url, json=body, headers=headers)
         except httpx.HTTPError as exc:
             raise PeerError(f"DSP {method} {url}: {type(exc).__name__}: {exc}") from None
-        stream = response.extensions.get("network_stream")
-        ssl_object = stream.get_extra_info("ssl_object") if stream is not None else None
-        der = ssl_object.getpeercert(binary_form=True) if ssl_object is not None else None
+        return _server_of(response, url, audience), response
+
+    @contextlib.asynccontextmanager
+    async def stream(
+        self, url: str, audience: str, token: str, params: Mapping[str, str]
+    ) -> AsyncIterator[httpx.Response]:
+        """A streamed GET of a data-plane endpoint with its data token (not an ID token:
+        the data address's token is the authorization, EDC's EDR pattern); a status
+        other than 200 is a `PeerError` with the provider's reason."""
+        headers = {"authorization": f"Bearer {token}"}
+        timeout = httpx.Timeout(TIMEOUT_S, read=STREAM_READ_S)
         try:
-            server = identity_of(x509.load_der_x509_certificate(der or b""))
-        except (ValueError, IdentityError) as exc:
-            raise PeerError(f"DSP {url}: the server's certificate names no member: {exc}") from None
-        if audience is not None and server.member_id != audience:
-            raise PeerError(f"DSP {url} is served by {server.member_id}, not {audience}")
-        return server, response
+            async with self._client.stream(
+                "GET", url, params=params, headers=headers, timeout=timeout
+            ) as response:
+                _server_of(response, url, audience)
+                if response.status_code != 200:
+                    text = (await response.aread())[:300].decode(errors="replace")
+                    raise PeerError(f"DSP GET {url}: HTTP {response.status_code}: {text}")
+                yield response
+        except httpx.HTTPError as exc:
+            raise PeerError(f"DSP GET {url}: {type(exc).__name__}: {exc}") from None
 
     async def post(self, url: str, audience: str, body: dict[str, Any]) -> httpx.Response:
         _server, response = await self.call("POST", url, audience, body)

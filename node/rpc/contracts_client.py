@@ -395,11 +395,15 @@ class ContractClient(ConsumerSubscriptions):
         return completed
 
     def resume_unfinished(self) -> list[str]:
-        """Start pulling every transfer this node was receiving when it stopped."""
+        """Start pulling every transfer this node was receiving when it stopped (over
+        gRPC: a DSP transfer needs a new data address first, `qdspace dsp resume`)."""
+        store = self.runtime.store
         ids = [
             t.transfer_id
-            for t in self.runtime.store.transfers()
-            if t.role is Role.CONSUMER and t.state is TransferState.STARTED
+            for t in store.transfers()
+            if t.role is Role.CONSUMER
+            and t.state is TransferState.STARTED
+            and store.dsp.by_local("transfer", t.transfer_id) is None
         ]
         for transfer_id in ids:
             logger.info("resuming transfer %s", transfer_id)

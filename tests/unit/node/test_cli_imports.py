@@ -104,6 +104,8 @@ def test_help_loads_no_server_stack() -> None:
         ("contracts", "purge", "--dir", "{d}", "--yes"),
         ("fl", "status", "--dir", "{d}"),
         ("fl", "join", "--dir", "{d}", "--job", "j", "--data", "x.npz"),
+        ("dsp", "status", "--dir", "{d}", "urn:uuid:1"),
+        ("dsp", "suspend", "--dir", "{d}", "urn:uuid:1", "--reason", "pause"),
     ],
 )
 def test_node_calling_commands_load_only_the_client(tmp_path: Path, args: tuple[str, ...]) -> None:

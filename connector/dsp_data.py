@@ -1,0 +1,169 @@
+"""The bytes of the DSP binding's HTTP data plane: NDJSON groups of a header and its rows.
+
+Why not JSON pages: the transfer's digest chain (`connector.transfer_wire`) covers the
+exact bytes of each row, and a row re-encoded by a JSON parser may not be the same
+bytes. So a response of ``GET /data/<pid>`` is newline-delimited: a header line, then
+exactly the rows it announces, each the row's own wire bytes (JSON never holds a raw
+newline). Three headers:
+
+- ``{"batch": {...}}``: a batch of a pull, with its checkpoint (offset, digest, view
+  position), the orders of its rows and whether it is the last (`RowBatch`);
+- ``{"event": {"positions": [...], "orders": [...]}}``: rows of a live stream, each with
+  its stream position and order;
+- ``{"heartbeat": true}``: a live stream with nothing new (no rows follow).
+
+`DataReader` parses such a body incrementally and bounds everything a hostile provider
+could inflate (line length, rows per group, orders), so the consumer never holds more
+than one group. Pure: the transports are `node.dsp`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from qdspace.connector.contract_errors import TransferIntegrityError
+from qdspace.connector.transfer_wire import BatchRow, Checkpoint, RowBatch
+
+MAX_LINE = 4 * 1024 * 1024
+MAX_GROUP_ROWS = 100_000
+MAX_ORDERS = 10_000
+MAX_TEXT = 128
+HEARTBEAT = b'{"heartbeat":true}\n'
+
+
+class DataPlaneFormatError(TransferIntegrityError):
+    """A data-plane body that is not the format above (a broken or hostile provider)."""
+
+
+@dataclass(frozen=True)
+class LiveRows:
+    """Rows of a live stream: each row with its stream position (empty: a heartbeat)."""
+
+    positions: tuple[str, ...]
+    rows: tuple[BatchRow, ...]
+
+
+# ------------------------------------------------------------------ writing
+
+
+def batch_bytes(batch: RowBatch) -> bytes:
+    """One pull batch: its header line and its rows."""
+    cp = batch.checkpoint
+    header = {
+        "batch": {
+            "count": batch.count,
+            "orders": list(batch.order_ids),
+            "index": list(batch.order_index),
+            "offset": cp.offset,
+            "digest": cp.digest.hex(),
+            "position": cp.position,
+            "last": batch.last,
+        }
+    }
+    head = orjson.dumps(header) + b"\n"
+    return head + batch.payload + b"\n" if batch.count else head
+
+
+def live_bytes(rows: Sequence[BatchRow], positions: Sequence[str]) -> bytes:
+    """One group of live rows (see `LiveRows`)."""
+    header = {"event": {"positions": list(positions), "orders": [r.order_id for r in rows]}}
+    return orjson.dumps(header) + b"\n" + b"".join(r.payload + b"\n" for r in rows)
+
+
+# ------------------------------------------------------------------ reading
+
+
+def _text(value: Any, where: str) -> str:
+    if not isinstance(value, str) or len(value) > MAX_TEXT:
+        raise DataPlaneFormatError(f"data plane: {where} is not a string of <= {MAX_TEXT}")
+    return value
+
+
+def _batch(transfer_id: str, head: Any, rows: list[bytes]) -> RowBatch:
+    try:
+        orders = tuple(_text(o, "an order") for o in head["orders"][:MAX_ORDERS])
+        index = tuple(int(i) for i in head["index"])
+        cp = Checkpoint(int(head["offset"]), bytes.fromhex(head["digest"]), head["position"])
+        _text(cp.position, "the position")
+        return RowBatch(
+            transfer_id, b"\n".join(rows), len(rows), orders, index, cp, head["last"] is True
+        )
+    except (KeyError, TypeError, ValueError) as exc:
+        raise DataPlaneFormatError(f"data plane: a malformed batch header: {exc}") from None
+
+
+def _live(head: Any, rows: list[bytes]) -> LiveRows:
+    try:
+        positions = tuple(_text(p, "a position") for p in head["positions"])
+        orders = [_text(o, "an order") for o in head["orders"]]
+    except (KeyError, TypeError) as exc:
+        raise DataPlaneFormatError(f"data plane: a malformed event header: {exc}") from None
+    if not (len(positions) == len(orders) == len(rows)):
+        raise DataPlaneFormatError("data plane: an event's positions, orders and rows differ")
+    return LiveRows(positions, tuple(map(BatchRow, rows, orders)))
+
+
+class DataReader:
+    """Incremental reader of a data-plane body: feed chunks, take whole groups."""
+
+    def __init__(self, transfer_id: str) -> None:
+        self.transfer_id = transfer_id
+        self._buffer = bytearray()
+        self._head: Any = None
+        self._want = 0
+        self._rows: list[bytes] = []
+
+    def feed(self, chunk: bytes) -> Iterator[RowBatch | LiveRows]:
+        self._buffer += chunk
+        while True:
+            end = self._buffer.find(b"\n")
+            if end < 0:
+                if len(self._buffer) > MAX_LINE:
+                    raise DataPlaneFormatError(f"data plane: a line over {MAX_LINE} bytes")
+                return
+            line = bytes(self._buffer[:end])
+            del self._buffer[: end + 1]
+            group = self._line(line)
+            if group is not None:
+                yield group
+
+    def _line(self, line: bytes) -> RowBatch | LiveRows | None:
+        if self._head is not None:
+            self._rows.append(line)
+            return self._close() if len(self._rows) == self._want else None
+        try:
+            header = orjson.loads(line)
+        except orjson.JSONDecodeError:
+            raise DataPlaneFormatError("data plane: a header line is not JSON") from None
+        if not isinstance(header, dict) or len(header) != 1:
+            raise DataPlaneFormatError("data plane: a header is an object with one key")
+        if header.get("heartbeat") is True:
+            return LiveRows((), ())
+        head = header.get("batch", header.get("event"))
+        if not isinstance(head, dict):
+            raise DataPlaneFormatError("data plane: unknown header")
+        if "batch" in header:
+            count = head.get("count")
+        else:
+            positions = head.get("positions")
+            count = len(positions) if isinstance(positions, list) else None
+        if type(count) is not int or not 0 <= count <= MAX_GROUP_ROWS:
+            raise DataPlaneFormatError(f"data plane: a group of {count!r} rows")
+        self._head, self._want, self._rows = header, count, []
+        return self._close() if count == 0 else None
+
+    def _close(self) -> RowBatch | LiveRows:
+        header, rows = self._head, self._rows
+        self._head, self._want, self._rows = None, 0, []
+        if "batch" in header:
+            return _batch(self.transfer_id, header["batch"], rows)
+        return _live(header["event"], rows)
+
+    def finish(self) -> None:
+        """The body ended: nothing may be left half-read."""
+        if self._buffer or self._head is not None:
+            raise DataPlaneFormatError("data plane: the body ended inside a group")

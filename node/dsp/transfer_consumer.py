@@ -1,0 +1,269 @@
+"""The consumer's side of DSP transfers: request, pull over the HTTP data plane, control.
+
+`DspTransfers.request` asks the provider that agreed (its DSP address is the one the
+negotiation ran against) for a transfer under a DSP agreement; the provider's
+TransferStartMessage arrives at the callback (`node.dsp.transfers`) with a data address
+(`on_start`), and the node then pulls it in the background: batch by batch, each
+batch's checkpoint verified against the consumer's own (`accept_batch`) and committed
+with its rows in one transaction (`commit_transfer_batch`, the gRPC consumer's store
+path), so a consumer cut off resumes exactly where its rows stop. At the last batch it
+records the provider's completion and acknowledges it with a TransferCompletionMessage.
+A live-stream address is followed instead, each group of rows stored as the gRPC
+subscription stores them (`store_received_rows`).
+
+Data addresses live in memory only (a token lives minutes): after a restart, resuming
+a transfer asks the provider for a new one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from starlette.concurrency import run_in_threadpool
+
+from qdspace.connector import dsp_transfer as wire
+from qdspace.connector.contract_errors import (
+    ContractDenied,
+    IllegalTransitionError,
+    UnknownContractError,
+)
+from qdspace.connector.contract_store import DspProcess, IncomingRow
+from qdspace.connector.dsp_data import DataReader, LiveRows
+from qdspace.connector.negotiation import Role
+from qdspace.connector.transfer import (
+    TransferProcess,
+    TransferState,
+    accept_batch,
+    completion_id,
+    open_transfer,
+)
+from qdspace.connector.transfer import apply as apply_transfer
+from qdspace.connector.transfer_messages import TransferCompletion, TransferRequest
+from qdspace.connector.transfer_wire import RowBatch
+from qdspace.node.dsp.client import DspHttp
+from qdspace.node.dsp.transfer_process import (
+    TRANSFER,
+    DspTransferMoves,
+    message_body,
+    peer_url,
+)
+from qdspace.node.errors import PeerError
+from qdspace.node.runtime.contracts import ContractRuntime
+
+logger = logging.getLogger("node.dsp")
+
+BATCH_ROWS = 1000
+
+
+@dataclass
+class Delivery:
+    """What this node knows of one transfer it receives over DSP (in memory)."""
+
+    address: wire.DataAddress | None = None
+    task: asyncio.Task[Any] | None = None
+    received: int = 0
+    position: str = ""
+    error: str = ""
+
+
+@dataclass
+class DspTransfers:
+    """Consumer-side drivers of DSP transfers, and the operator's control of either side."""
+
+    moves: DspTransferMoves
+    http: DspHttp
+    kick: Callable[[], None] = lambda: None
+    batch_rows: int = BATCH_ROWS
+    deliveries: dict[str, Delivery] = field(default_factory=dict)
+
+    @property
+    def runtime(self) -> ContractRuntime:
+        return self.moves.runtime
+
+    def delivery(self, local_id: str) -> Delivery:
+        return self.deliveries.setdefault(local_id, Delivery())
+
+    def row(self, local_id: str) -> DspProcess:
+        row = self.runtime.store.dsp.by_local(TRANSFER, local_id)
+        if row is None:
+            raise UnknownContractError(f"no DSP transfer {local_id[:128]} here")
+        return row
+
+    def provider_address(self, agreement_id: str) -> tuple[str, str]:
+        """(DSP address, member id) of the provider of a DSP agreement we hold."""
+        stored = self.runtime.store.agreement(agreement_id)
+        terms = stored.signed.agreement
+        if stored.role is not Role.CONSUMER:
+            raise ContractDenied(f"agreement {agreement_id} is not one we received")
+        negotiation = self.runtime.store.dsp.by_local("negotiation", terms.negotiation_id)
+        if negotiation is None:
+            raise ContractDenied(f"agreement {agreement_id} was not negotiated over DSP")
+        return negotiation.callback, terms.provider_id
+
+    async def request(self, agreement_id: str) -> tuple[DspProcess, TransferProcess]:
+        """Ask the provider for a transfer under `agreement_id`; returns when it ACKed."""
+        url, provider = await run_in_threadpool(self.provider_address, agreement_id)
+        store = self.runtime.store
+        pid = f"urn:uuid:{uuid.uuid4()}"
+        now = self.runtime.clock.now()
+        me = self.moves.me
+        request = TransferRequest(f"{pid}:dsp-request", pid, me, agreement_id, provider, now)
+        process = open_transfer(request, Role.CONSUMER)
+        row = DspProcess(TRANSFER, pid, Role.CONSUMER.value, provider, pid, url)
+        await run_in_threadpool(store.save_transfer, None, process)
+        await run_in_threadpool(store.dsp.bind, row)
+        callback = f"{self.moves.base_url}/callback"
+        body = wire.request_message(pid, agreement_id, callback)
+        ack = (await self.http.post(f"{url}/transfers/request", provider, body)).json()
+        provider_pid, consumer_pid, _ = wire.read_pids(ack, "TransferProcess")
+        if consumer_pid != pid:
+            raise PeerError(f"DSP {url}: the provider answered for another transfer")
+        await run_in_threadpool(store.dsp.set_peer_pid, TRANSFER, pid, provider_pid)
+        return self.row(pid), process
+
+    # ----------------------------------------------------------- callbacks
+
+    def on_start(self, row: DspProcess, address: wire.DataAddress | None) -> None:
+        """The provider started (or resumed) the transfer: pull from its address."""
+        delivery = self.delivery(row.local_id)
+        if address is not None:
+            delivery.address = address
+        self.start_pull(row.local_id)
+
+    def stop(self, local_id: str) -> None:
+        delivery = self.deliveries.get(local_id)
+        if delivery is not None and delivery.task is not None:
+            delivery.task.cancel()
+
+    def start_pull(self, local_id: str) -> None:
+        delivery = self.delivery(local_id)
+        if delivery.address is None or (delivery.task is not None and not delivery.task.done()):
+            return
+        run = self._follow if delivery.address.delivery == wire.STREAM else self._pull
+        delivery.task = asyncio.create_task(self._guarded(local_id, run))
+
+    async def _guarded(self, local_id: str, run: Any) -> None:
+        delivery = self.delivery(local_id)
+        try:
+            delivery.error = ""
+            await run(local_id, delivery)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # the transfer stays resumable; the operator sees why
+            delivery.error = f"{type(exc).__name__}: {exc}"
+            logger.warning("DSP transfer %s stopped: %s", local_id, delivery.error)
+
+    # ---------------------------------------------------------- data plane
+
+    async def _pull(self, local_id: str, delivery: Delivery) -> None:
+        store = self.runtime.store
+        process: TransferProcess = await run_in_threadpool(store.load_transfer, local_id)
+        if process.state is not TransferState.STARTED or delivery.address is None:
+            return
+        row = self.row(local_id)
+        cp = process.checkpoint
+        params = {"batch_rows": str(self.batch_rows)}
+        if cp.offset or cp.position:
+            params.update(offset=str(cp.offset), digest=cp.digest.hex(), position=cp.position)
+        reader = DataReader(local_id)
+        address = delivery.address
+        async with self.http.stream(address.endpoint, row.peer_id, address.token, params) as body:
+            async for chunk in body.aiter_bytes():
+                for group in reader.feed(chunk):
+                    if not isinstance(group, RowBatch):
+                        raise PeerError(f"DSP transfer {local_id}: live rows in a pull")
+                    process = await self._commit(process, group)
+                    delivery.received = process.offset
+                    if group.last:
+                        await self._complete(row, process, group)
+                        return
+        reader.finish()
+        raise PeerError(f"DSP transfer {local_id}: the data ended before its last batch")
+
+    async def _commit(self, process: TransferProcess, batch: RowBatch) -> TransferProcess:
+        after = accept_batch(process, batch)
+        first = process.offset
+        rows = [
+            IncomingRow(first + i, order, payload)
+            for i, (order, payload) in enumerate(zip(batch.orders(), batch.payloads(), strict=True))
+        ]
+        now = self.runtime.clock.now()
+        store = self.runtime.store
+        await asyncio.to_thread(store.commit_transfer_batch, process, after, rows, now)
+        return after
+
+    async def _complete(self, row: DspProcess, process: TransferProcess, last: RowBatch) -> None:
+        tid, now = process.transfer_id, self.runtime.clock.now()
+        done = TransferCompletion(
+            completion_id(process, Role.PROVIDER), tid, row.peer_id, last.checkpoint, now
+        )
+        completed = apply_transfer(process, done)
+        await run_in_threadpool(self.runtime.store.save_transfer, process, completed)
+        await self.http.post(
+            peer_url(row, "completion"), row.peer_id, message_body(row, "completion")
+        )
+        logger.info("DSP transfer %s completed: %d rows", tid, last.checkpoint.offset)
+
+    async def _follow(self, local_id: str, delivery: Delivery) -> None:
+        row = self.row(local_id)
+        process: TransferProcess = await run_in_threadpool(
+            self.runtime.store.load_transfer, local_id
+        )
+        if process.state is not TransferState.STARTED or delivery.address is None:
+            return
+        params = {"after": delivery.position} if delivery.position else {}
+        reader = DataReader(local_id)
+        address = delivery.address
+        async with self.http.stream(address.endpoint, row.peer_id, address.token, params) as body:
+            async for chunk in body.aiter_bytes():
+                for group in reader.feed(chunk):
+                    if isinstance(group, LiveRows) and group.rows:
+                        await self._store_live(process, delivery, group)
+        reader.finish()
+
+    async def _store_live(
+        self, process: TransferProcess, delivery: Delivery, group: LiveRows
+    ) -> None:
+        rows = [
+            IncomingRow(int(p), r.order_id, r.payload)
+            for p, r in zip(group.positions, group.rows, strict=True)
+        ]
+        store, now = self.runtime.store, self.runtime.clock.now()
+        await asyncio.to_thread(
+            store.store_received_rows, process.agreement_id, process.transfer_id, rows, now
+        )
+        delivery.received += len(rows)
+        delivery.position = group.positions[-1]
+
+    # ------------------------------------------------------------- control
+
+    async def control(self, local_id: str, kind: str, reason: str = "") -> TransferProcess:
+        """The operator's suspend (``suspension``), terminate (``termination``) or resume
+        (``start``) of a DSP transfer, on whichever side this node is."""
+        row = await run_in_threadpool(self.row, local_id)
+        body = message_body(row, kind, reason)
+        consumer = row.role == Role.CONSUMER.value
+        if kind != "start":
+            self.stop(local_id)
+        if consumer and kind == "start":  # the provider answers with a new data address
+            process: TransferProcess = await run_in_threadpool(self.moves.load, row)
+            if process.state not in (TransferState.STARTED, TransferState.SUSPENDED):
+                raise IllegalTransitionError(
+                    f"transfer {local_id}", process.state.value, "resuming it"
+                )
+            await self.http.post(peer_url(row, kind), row.peer_id, body)
+            return process
+        after = await run_in_threadpool(self.moves.own, row, kind, reason)
+        self.kick()
+        if kind != "start":  # a provider's resume goes through the outbox, with the address
+            await self.http.post(peer_url(row, kind), row.peer_id, body)
+        return after
+
+    def status(self, local_id: str) -> tuple[DspProcess, TransferProcess, Delivery]:
+        row = self.row(local_id)
+        return row, self.moves.load(row), self.delivery(local_id)

@@ -1,0 +1,305 @@
+"""The DSP transfer endpoints and the HTTP data plane against hostile members (real node
+processes, real mutual TLS): unknown pids, another member's pid, wrong transitions,
+forged, expired, revoked and someone else's data tokens, oversize bodies and hostile
+query parameters all get a 4xx TransferError, never a 5xx; nothing is half-done."""
+
+from __future__ import annotations
+
+import json
+import ssl
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from jsonschema import Draft201909Validator
+from nacl.signing import SigningKey
+from referencing import Registry, Resource
+
+from qdspace.connector import dsp_transfer as wire
+from qdspace.node.dsp.auth import issue_token
+from qdspace.node.dsp.edr import DataTokens
+from qdspace.node.localnet.network import LocalNetwork, MemberSpec
+
+from .conftest import SCHEMAS, ingest_sample, ok, runtime_of, wait_for
+
+pytestmark = pytest.mark.integration
+CTX = ["https://w3id.org/dspace/2025/1/context.jsonld"]
+
+
+def _load(path: Path) -> Any:  # see tests/unit/connector/test_dsp_transfer.py
+    return json.loads(path.read_text().replace(".json#definitions/", ".json#/definitions/"))
+
+
+REGISTRY = Registry().with_resources(
+    (d["$id"], Resource.from_contents(d)) for d in map(_load, SCHEMAS.rglob("*.json"))
+)
+
+
+def valid(body: Any, schema: str) -> None:
+    Draft201909Validator(_load(SCHEMAS / "transfer" / schema), registry=REGISTRY).validate(body)
+
+
+def refused(response: httpx.Response, status: int) -> None:
+    assert response.status_code == status, response.text
+    body = response.json()
+    valid(body, "transfer-error-schema.json")
+    assert body["@type"] == "TransferError" and body["reason"][0]
+
+
+@pytest.fixture(scope="module")
+def trio(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalNetwork]:
+    net = LocalNetwork(
+        tmp_path_factory.mktemp("dsp-xfer"),
+        [MemberSpec("sunarc", "oem"), MemberSpec("cellex", "supplier"),
+         MemberSpec("polycell", "supplier")],
+        chain=False,
+        env={"QDSPACE_DSP_PORT": "0"},
+    )  # fmt: skip
+    net.create()
+    net.start()
+    try:
+        yield net
+    finally:
+        net.stop()
+
+
+class Caller:
+    """A member process's credentials (its certificate and key) calling cellex directly."""
+
+    def __init__(self, net: LocalNetwork, name: str) -> None:
+        layout = net[name].layout
+        context = ssl.create_default_context(cafile=str(layout.ca_cert))
+        context.check_hostname = False
+        context.load_cert_chain(layout.tls_cert, layout.tls_key)
+        self.keys = net[name].keys()
+        self.me = self.keys.identity.member_id
+        self.audience = net["cellex"].keys().identity.member_id
+        self.http = httpx.Client(
+            verify=context,
+            base_url=runtime_of(net, "cellex")["dsp"],
+            limits=httpx.Limits(max_keepalive_connections=0),
+        )
+
+    def auth(self) -> dict[str, str]:
+        token = issue_token(self.keys.signing_key, self.me, self.audience)
+        return {"authorization": f"Bearer {token}"}
+
+    def post(self, path: str, body: Any, **kw: Any) -> httpx.Response:
+        headers = {**self.auth(), **kw.pop("headers", {})}
+        if isinstance(body, bytes):
+            return self.http.post(path, content=body, headers=headers, **kw)
+        return self.http.post(path, json=body, headers=headers, **kw)
+
+    def data(self, pid: str, token: str | None, **params: Any) -> httpx.Response:
+        headers = {"authorization": f"Bearer {token}"} if token is not None else {}
+        return self.http.get(f"/data/{pid}", headers=headers, params=params)
+
+
+@pytest.fixture(scope="module")
+def setup(trio: LocalNetwork) -> dict[str, Any]:
+    """A DSP agreement of sunarc with cellex and a transfer sunarc opened by hand."""
+    ingest_sample(trio, "cellex")
+    provider = runtime_of(trio, "cellex")["dsp"]
+    with trio["sunarc"].client() as oem:
+        nid = ok(
+            oem.post(
+                "/v1/dsp/negotiations", json={"provider_url": provider, "dataset_id": "inspections"}
+            )
+        )["negotiation_id"]
+
+        def agreed() -> Any:
+            mine = [
+                n for n in ok(oem.get("/v1/contracts/negotiations")) if n["negotiation_id"] == nid
+            ]
+            return mine and mine[0]["state"] == "FINALIZED" and mine[0]["agreement_id"]
+
+        agreement = wait_for("a DSP agreement", agreed)
+    sunarc = Caller(trio, "sunarc")
+    cpid = f"urn:uuid:{uuid.uuid4()}"
+    callback = runtime_of(trio, "sunarc")["dsp"] + "/callback"  # sunarc has no such pid: 404s
+    ack = sunarc.post("/transfers/request", wire.request_message(cpid, agreement, callback))
+    assert ack.status_code == 201, ack.text
+    valid(ack.json(), "transfer-process-schema.json")
+    return {
+        "agreement": agreement,
+        "cpid": cpid,
+        "ppid": ack.json()["providerPid"],
+        "sunarc": sunarc,
+        "polycell": Caller(trio, "polycell"),
+        "tokens": DataTokens(trio["cellex"].keys().signing_key, 300),
+    }
+
+
+def _message(kind: str, ppid: str, cpid: str) -> dict[str, Any]:
+    return {"@context": CTX, "@type": kind, "providerPid": ppid, "consumerPid": cpid}
+
+
+def test_unknown_and_other_members_pids_are_404(setup: dict[str, Any]) -> None:
+    sunarc, polycell, ppid, cpid = setup["sunarc"], setup["polycell"], setup["ppid"], setup["cpid"]
+    unknown = f"urn:uuid:{uuid.uuid4()}"
+    refused(sunarc.http.get(f"/transfers/{unknown}", headers=sunarc.auth()), 404)
+    got = sunarc.http.get(f"/transfers/{ppid}", headers=sunarc.auth())
+    assert got.status_code == 200 and got.json()["state"] == "STARTED"
+    valid(got.json(), "transfer-process-schema.json")
+    refused(polycell.http.get(f"/transfers/{ppid}", headers=polycell.auth()), 404)  # not yours
+    suspend = _message("TransferSuspensionMessage", ppid, cpid)
+    refused(polycell.post(f"/transfers/{ppid}/suspension", suspend), 404)
+    refused(sunarc.post(f"/transfers/{unknown}/suspension", suspend), 404)
+    refused(sunarc.post(f"/transfers/{cpid}/suspension", suspend), 404)  # the consumer's pid
+    refused(
+        sunarc.post(
+            f"/callback/transfers/{ppid}/start", _message("TransferStartMessage", ppid, cpid)
+        ),
+        404,
+    )
+    # a transfer id of another member's cannot be taken over
+    steal = wire.request_message(cpid, setup["agreement"], "https://127.0.0.1:9/cb")
+    assert polycell.post("/transfers/request", steal).status_code in (403, 404)
+    assert sunarc.http.get(f"/transfers/{ppid}", headers=sunarc.auth()).json()["state"] == "STARTED"
+
+
+@pytest.mark.parametrize(
+    "change,status",
+    [
+        ({"format": "HttpData-PUSH"}, 400),
+        ({"agreementId": "agr-not-yours"}, 403),
+        ({"callbackAddress": "http://plain.example"}, 400),
+        ({"consumerPid": "x" * 500}, 400),
+        ({"@type": "TransferStartMessage"}, 400),
+    ],
+)
+def test_bad_requests(setup: dict[str, Any], change: dict[str, Any], status: int) -> None:
+    body = {
+        **wire.request_message(
+            f"urn:uuid:{uuid.uuid4()}", setup["agreement"], "https://127.0.0.1:9/cb"
+        ),
+        **change,
+    }
+    refused(setup["sunarc"].post("/transfers/request", body), status)
+
+
+def test_data_plane_tokens(setup: dict[str, Any]) -> None:
+    sunarc, polycell, ppid, tokens = (
+        setup["sunarc"],
+        setup["polycell"],
+        setup["ppid"],
+        setup["tokens"],
+    )
+    good = tokens.issue(ppid, sunarc.me, 1)  # generation 1: the request
+    pulled = sunarc.data(ppid, good)
+    assert pulled.status_code == 200, pulled.text
+    assert pulled.headers["content-type"].startswith("application/x-ndjson")
+    assert b'"last":true' in pulled.content
+    forged = DataTokens(SigningKey.generate(), 300).issue(ppid, sunarc.me, 1)
+    cases = {
+        "none": None,
+        "junk": "not-a-token",
+        "forged": forged,
+        "expired": tokens.issue(ppid, sunarc.me, 1, now=time.time() - 3600),
+        "other pid": tokens.issue(f"urn:uuid:{uuid.uuid4()}", sunarc.me, 1),
+        "old generation": tokens.issue(ppid, sunarc.me, 0),
+        "huge": "a" * 5000,
+    }
+    for what, token in cases.items():
+        response = sunarc.data(ppid, token)
+        assert response.status_code == 401, (what, response.text)
+        refused(response, 401)
+    refused(polycell.data(ppid, tokens.issue(ppid, polycell.me, 1)), 404)  # not its transfer
+    refused(polycell.data(ppid, good), 401)  # a token lifted from sunarc
+
+
+@pytest.mark.parametrize(
+    "params",
+    [
+        {"batch_rows": "0"},
+        {"batch_rows": "abc"},
+        {"batch_rows": "\u00b2"},  # a superscript two: a digit to str.isdigit, not to int()
+        {"offset": "\u0661", "digest": "00" * 32},
+        {"offset": "1", "digest": "00" * 32, "position": "\u00b2"},
+        {"batch_rows": "99999999999999999999999"},
+        {"offset": "-1", "digest": "00" * 32},
+        {"offset": "1", "digest": "zz"},
+        {"offset": "1", "digest": "00" * 32, "position": "x' OR 1=1"},
+        {"offset": "999999", "digest": "00" * 32},
+    ],
+)
+def test_hostile_query_params(setup: dict[str, Any], params: dict[str, str]) -> None:
+    good = setup["tokens"].issue(setup["ppid"], setup["sunarc"].me, 1)
+    response = setup["sunarc"].data(setup["ppid"], good, **params)
+    assert 400 <= response.status_code < 500, response.text
+    refused(response, response.status_code)
+
+
+def test_oversize_and_malformed_bodies(setup: dict[str, Any]) -> None:
+    sunarc, ppid = setup["sunarc"], setup["ppid"]
+    big = sunarc.post(
+        f"/transfers/{ppid}/suspension",
+        b"x" * 300_000,
+        headers={"content-type": "application/json"},
+    )
+    refused(big, 413)
+    refused(sunarc.post(f"/transfers/{ppid}/suspension", b"{not json"), 400)
+    refused(
+        sunarc.post(
+            f"/transfers/{ppid}/suspension",
+            _message("TransferSuspensionMessage", "urn:uuid:other", setup["cpid"]),
+        ),
+        400,
+    )
+
+
+def test_wrong_transitions_and_revocation(setup: dict[str, Any]) -> None:
+    """A fresh transfer (STARTED, nothing pulled): suspended, then terminated."""
+    sunarc, tokens = setup["sunarc"], setup["tokens"]
+    cpid = f"urn:uuid:{uuid.uuid4()}"
+    ack = sunarc.post(
+        "/transfers/request", wire.request_message(cpid, setup["agreement"], "https://127.0.0.1:9")
+    )
+    assert ack.status_code == 201, ack.text
+    ppid = ack.json()["providerPid"]
+    done = _message("TransferCompletionMessage", ppid, cpid)
+    refused(sunarc.post(f"/transfers/{ppid}/completion", done), 409)  # STARTED: not all pulled
+    good = tokens.issue(ppid, sunarc.me, 1)
+    with sunarc.http.stream(
+        "GET",
+        f"/data/{ppid}",
+        headers={"authorization": f"Bearer {good}"},
+        params={"batch_rows": "1"},
+    ) as r:
+        assert r.status_code == 200  # the token works (one row read at most: still STARTED)
+    pause = sunarc.post(
+        f"/transfers/{ppid}/suspension", _message("TransferSuspensionMessage", ppid, cpid)
+    )
+    assert pause.status_code == 200, pause.text
+    refused(sunarc.data(ppid, good), 401)  # revoked by the suspension
+    refused(sunarc.data(ppid, tokens.issue(ppid, sunarc.me, 2)), 401)  # SUSPENDED: no data
+    refused(sunarc.post(f"/transfers/{ppid}/completion", done), 409)
+    term = {**_message("TransferTerminationMessage", ppid, cpid), "code": "x", "reason": ["bye"]}
+    ended = sunarc.post(f"/transfers/{ppid}/termination", term)
+    assert ended.status_code == 200, ended.text
+    state = sunarc.http.get(f"/transfers/{ppid}", headers=sunarc.auth()).json()
+    assert state["state"] == "TERMINATED"
+    refused(
+        sunarc.post(f"/transfers/{ppid}/start", _message("TransferStartMessage", ppid, cpid)), 409
+    )
+    refused(
+        sunarc.post(
+            f"/transfers/{ppid}/suspension", _message("TransferSuspensionMessage", ppid, cpid)
+        ),
+        409,
+    )
+    refused(sunarc.data(ppid, tokens.issue(ppid, sunarc.me, 3)), 401)
+
+
+def test_a_retried_request_is_the_same_process(setup: dict[str, Any]) -> None:
+    sunarc = setup["sunarc"]
+    body = wire.request_message(
+        f"urn:uuid:{uuid.uuid4()}", setup["agreement"], "https://127.0.0.1:9"
+    )
+    first, again = (sunarc.post("/transfers/request", body) for _ in range(2))
+    assert first.status_code == again.status_code == 201, (first.text, again.text)
+    assert first.json()["providerPid"] == again.json()["providerPid"]
