@@ -85,11 +85,20 @@ def _identifiers(node: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
+def _compact_type(body: Mapping[str, Any], kind: str) -> None:
+    """A compacted message naming another type is refused at `$.@type` before expansion
+    (expanding it would read its terms in that type's scope and blame the first term)."""
+    given = body.get("@type")
+    if isinstance(given, str) and given not in (kind, f"dspace:{kind}", DSPACE + kind):
+        raise DspFormError("$.@type", f"expected {kind}, got {given[:80]}")
+
+
 def normalise(body: Any, kind: str) -> dict[str, Any]:
     """The DSP message `body` of type `kind` (``ContractRequestMessage``), compacted with
     the node's contexts; `DspFormError` (400) for any form the node refuses."""
     if not isinstance(body, Mapping):
         raise DspFormError("$", "a DSP message is a JSON object")
+    _compact_type(body, kind)
     try:
         check_bounds(body)
         check_contexts(body)

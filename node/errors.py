@@ -52,6 +52,11 @@ class NumberOutOfRange(ValueError):
     """A number in a peer's message is NaN, infinite or outside what its field can mean."""
 
 
+class DspNotServed(NodeError):
+    """A DSP operation asked of a node that runs no DSP listener (its `dsp_port` is unset):
+    the operator's request is fine, the node's configuration does not allow it (409)."""
+
+
 class AnchoringBlocked(NodeError):
     """Anchoring cannot proceed for a reason of the chain or its configuration (e.g. the
     endpoint serves another chain), not of the request that asked for it."""

@@ -15,7 +15,7 @@ from starlette.concurrency import run_in_threadpool
 
 from qdspace.node.api.deps import Ctx, require_operator
 from qdspace.node.dsp.consumer import DspConsumer
-from qdspace.node.errors import PeerError
+from qdspace.node.errors import DspNotServed
 
 
 class DspNegotiationStarted(BaseModel):
@@ -83,7 +83,7 @@ def _transfers(ctx: Any) -> Any:
 
     transfers = ctx.dsp_transfers
     if not isinstance(transfers, DspTransfers):
-        raise PeerError("this node runs no DSP listener (set dsp_port)")
+        raise DspNotServed("this node runs no DSP listener (set dsp_port)")
     return transfers
 
 
@@ -114,7 +114,7 @@ def router() -> APIRouter:
     async def negotiate(body: NegotiateBody, ctx: Ctx) -> DspNegotiationStarted:
         consumer = ctx.dsp
         if not isinstance(consumer, DspConsumer):
-            raise PeerError("this node runs no DSP listener (set dsp_port)")
+            raise DspNotServed("this node runs no DSP listener (set dsp_port)")
         return DspNegotiationStarted(**await consumer.negotiate(body.provider_url, body.dataset_id))
 
     @api.post("/transfers", status_code=201, response_model=DspTransferPublic)
