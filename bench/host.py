@@ -71,9 +71,10 @@ from qdspace.node.host.tenants import (  # noqa: E402
 )
 from qdspace.node.identity.member import load_member_keys  # noqa: E402
 from qdspace.node.layout import NodeLayout  # noqa: E402
-from qdspace.node.localnet.network import LocalNetwork, MemberSpec, free_port  # noqa: E402
+from qdspace.node.localnet.network import LocalNetwork, MemberSpec  # noqa: E402
 from qdspace.node.rpc.peers import PeerDirectory  # noqa: E402
 from qdspace.protocols.v1 import catalog_pb2, catalog_pb2_grpc  # noqa: E402
+from qdspace.util.ports import free_port  # noqa: E402
 
 READY_TIMEOUT_S = 300.0
 FAIR_TENANTS = 4  # one flooded, the rest quiet

@@ -30,7 +30,8 @@ from qdspace.node.demo import pecvd_tool
 from qdspace.node.demo.report import DemoReport
 from qdspace.node.errors import NodeError
 from qdspace.node.localnet.line import LineProcess
-from qdspace.node.localnet.network import LocalNetwork, free_port
+from qdspace.node.localnet.network import LocalNetwork
+from qdspace.util.ports import free_port
 
 TITLE = "Cellex's PECVD tool over OPC UA into its QDM"
 CHAPTER = "opcua"

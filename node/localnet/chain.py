@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -33,15 +32,10 @@ from qdspace.ledger.keys import new_key_file
 from qdspace.node.errors import NodeError
 from qdspace.node.layout import NodeLayout
 from qdspace.node.runtime.ledger import write_ledger_file
+from qdspace.util.ports import free_port
 
 START_TIMEOUT_S = 60.0
 MEMBER_FUNDS_WEI = 10**18
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _reap(process: subprocess.Popen[bytes]) -> None:
@@ -61,7 +55,7 @@ class ChainProcess:
     state_dir: Path
     python: str = sys.executable
     env: dict[str, str] | None = None
-    port: int = field(default_factory=_free_port)
+    port: int = field(default_factory=free_port)
     process: subprocess.Popen[bytes] | None = None
     _reaper: weakref.finalize[[subprocess.Popen[bytes]], ChainProcess] | None = field(
         default=None, repr=False

@@ -20,7 +20,6 @@ import json
 import os
 import secrets
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -43,6 +42,7 @@ from qdspace.node.localnet.chain import ChainProcess
 from qdspace.node.localnet.hosting import HostProcess, HostSpec, Participant, TenantMember
 from qdspace.node.localnet.line import LineProcess
 from qdspace.node.run import read_runtime
+from qdspace.util.ports import free_port
 
 START_TIMEOUT_S = 60.0
 
@@ -63,12 +63,6 @@ REFERENCE_MEMBERS = (
 REFERENCE_HOSTS = (
     HostSpec("testhouse", "Testhouse Hosting", (MemberSpec("siliwafer", "supplier"),)),
 )
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @dataclass

@@ -31,7 +31,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from qdspace.node.localnet.network import free_port
+from qdspace.util.ports import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 PACKAGES = (

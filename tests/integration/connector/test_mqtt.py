@@ -35,6 +35,7 @@ from qdspace.connector.linein.config import MqttConfig
 from qdspace.connector.linein.mqtt import MqttConnector
 from qdspace.connector.linein.sink import MeasurementSink
 from qdspace.connector.storage import QualityStore, open_store
+from qdspace.util.ports import free_port
 
 pytestmark = pytest.mark.integration
 MOSQUITTO = shutil.which("mosquitto") or next(
@@ -46,12 +47,6 @@ if MOSQUITTO is None:
         allow_module_level=True,
     )
 T0 = (datetime.now(UTC) - timedelta(hours=1)).replace(microsecond=0)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class Broker:

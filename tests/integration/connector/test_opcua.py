@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import socket
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -33,6 +32,7 @@ from qdspace.connector.linein.config import OpcuaConfig
 from qdspace.connector.linein.opcua import OpcuaConnector
 from qdspace.connector.linein.sink import MeasurementSink
 from qdspace.connector.storage import QualityStore, open_store
+from qdspace.util.ports import free_port
 
 pytestmark = pytest.mark.integration
 SERVER_AUTH = ExtendedKeyUsageOID.SERVER_AUTH
@@ -40,12 +40,6 @@ CLIENT_AUTH = ExtendedKeyUsageOID.CLIENT_AUTH
 NS_URI = "urn:qdspace:test:pecvd"
 #: readings are taken from here on (the tool's clock runs ahead of nothing: all in the past)
 T0 = (datetime.now(UTC) - timedelta(minutes=30)).replace(second=0, microsecond=0)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class Plant:

@@ -12,7 +12,8 @@ from typing import Any
 import pytest
 
 from qdspace.node.dsp.auth import issue_token
-from qdspace.node.localnet.network import LocalNetwork, free_port
+from qdspace.node.localnet.network import LocalNetwork
+from qdspace.util.ports import free_port
 
 from .conftest import ingest_sample, ok, runtime_of
 

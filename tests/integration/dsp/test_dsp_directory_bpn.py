@@ -21,7 +21,8 @@ from qdspace.node.config import NodeSettings
 from qdspace.node.identity.authority import Authority
 from qdspace.node.layout import NodeLayout
 from qdspace.node.localnet.authority import AuthorityProcess
-from qdspace.node.localnet.network import LocalNetwork, MemberProcess, MemberSpec, free_port
+from qdspace.node.localnet.network import LocalNetwork, MemberProcess, MemberSpec
+from qdspace.util.ports import free_port
 
 from .conftest import ingest_sample, ok, runtime_of, wait_for
 from .peer import DSP, Peer

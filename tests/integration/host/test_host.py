@@ -21,8 +21,9 @@ from qdspace.node.host.registry import Registry
 from qdspace.node.identity.credential import issue_credential
 from qdspace.node.init import add_peers
 from qdspace.node.layout import NodeLayout
-from qdspace.node.localnet.network import LocalNetwork, MemberSpec, free_port
+from qdspace.node.localnet.network import LocalNetwork, MemberSpec
 from qdspace.node.rpc.peers import HelloResult, PeerDirectory
+from qdspace.util.ports import free_port
 
 from .conftest import Host, eventually, qdspace
 

@@ -19,7 +19,8 @@ from qdspace.ledger.leaves import KIND_CODES
 from qdspace.node.host.sealing import FILE_MAGIC
 from qdspace.node.init import add_peers
 from qdspace.node.localnet.chain import MEMBER_FUNDS_WEI
-from qdspace.node.localnet.network import LocalNetwork, MemberSpec, free_port
+from qdspace.node.localnet.network import LocalNetwork, MemberSpec
+from qdspace.util.ports import free_port
 
 from .conftest import Host, eventually, qdspace
 

@@ -22,8 +22,9 @@ from qdspace.connector.sample import order_for, write_sample_files
 from qdspace.node.host.registry import Registry
 from qdspace.node.init import add_peers
 from qdspace.node.layout import NodeLayout
-from qdspace.node.localnet.network import LocalNetwork, MemberProcess, MemberSpec, free_port
+from qdspace.node.localnet.network import LocalNetwork, MemberProcess, MemberSpec
 from qdspace.node.rpc.peers import HelloResult, PeerDirectory
+from qdspace.util.ports import free_port
 
 from .conftest import Host, qdspace
 

@@ -18,7 +18,8 @@ from qdspace.node.host.registry import Registry
 from qdspace.node.identity.authority import Authority
 from qdspace.node.layout import NodeLayout
 from qdspace.node.localnet.authority import AuthorityProcess
-from qdspace.node.localnet.network import LocalNetwork, MemberProcess, MemberSpec, free_port
+from qdspace.node.localnet.network import LocalNetwork, MemberProcess, MemberSpec
+from qdspace.util.ports import free_port
 
 from .conftest import Host, eventually, qdspace
 

@@ -16,7 +16,8 @@ from sqlalchemy import create_engine, text
 
 from qdspace.connector.storage import normalise_url
 from qdspace.node.layout import NodeLayout
-from qdspace.node.localnet.network import LocalNetwork, MemberProcess, MemberSpec, free_port
+from qdspace.node.localnet.network import LocalNetwork, MemberProcess, MemberSpec
+from qdspace.util.ports import free_port
 
 from .conftest import Host, qdspace
 

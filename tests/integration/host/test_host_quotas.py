@@ -21,8 +21,9 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from qdspace.node.errors import PeerError
 from qdspace.node.init import add_peers
 from qdspace.node.layout import NodeLayout
-from qdspace.node.localnet.network import LocalNetwork, MemberSpec, free_port
+from qdspace.node.localnet.network import LocalNetwork, MemberSpec
 from qdspace.node.rpc.peers import PeerDirectory
+from qdspace.util.ports import free_port
 
 from .conftest import Host, qdspace
 

@@ -20,7 +20,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -38,6 +37,7 @@ from PIL import Image
 from qdspace.inference.registry import ModelRegistry
 from qdspace.node.identity.authority import Authority
 from qdspace.node.init import init_node
+from qdspace.util.ports import free_port
 
 pytestmark = pytest.mark.integration
 training = pytest.importorskip("qdspace.inference.training", exc_type=ImportError)
@@ -103,12 +103,6 @@ def _signal(pids: list[int], sig: signal.Signals) -> None:
             os.kill(pid, sig)
 
 
-def _free_port(host: str) -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
-
-
 def _sh(*args: str) -> bool:
     return subprocess.run(args, capture_output=True, timeout=30).returncode == 0
 
@@ -163,7 +157,7 @@ def cluster() -> Iterator[Cluster]:
     else:
         netns_used = netns
         head_ip, worker_ip = ips
-    port = _free_port(head_ip)
+    port = free_port(head_ip)
     cluster = Cluster(f"{head_ip}:{port}", run_id, netns_used, temp_dir, notes)
     # Ray turns token auth on by itself when ~/.ray/auth_token exists (any local
     # ray.init() on this machine writes one); this cluster lives and dies with the test
@@ -290,7 +284,7 @@ def test_activation_switches_the_served_version(node: Path, cluster: Cluster) ->
     first = registry.active()
     assert first is not None
     before = len(_rows(node))
-    port = _free_port("127.0.0.1")
+    port = free_port("127.0.0.1")
     service = Service(node, cluster, "--fps", "10", "--metrics-port", str(port))
     try:
         service.wait_for("serving ")
@@ -384,7 +378,7 @@ def _epoch(iso: str) -> float:
 
 
 def test_an_address_without_a_cluster_is_refused_in_one_line(node: Path) -> None:
-    port = _free_port("127.0.0.1")  # nothing listens there
+    port = free_port("127.0.0.1")  # nothing listens there
     args = ["inspect", "serve", "--dir", str(node), "--ray-address", f"127.0.0.1:{port}"]
     done = subprocess.run(
         [sys.executable, "-m", "qdspace", *args, "--once"],

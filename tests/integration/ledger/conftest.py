@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -21,15 +20,10 @@ from qdspace.ledger.deploy import Deployment, fund_from_dev_account
 from qdspace.ledger.keys import ChainSigner, new_key_file
 from qdspace.ledger.queue import LeafQueue
 from qdspace.ledger.queue_schema import ensure_schema
+from qdspace.util.ports import free_port
 
 START_TIMEOUT_S = 60.0
 ONE_ETH = 10**18
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @dataclass

@@ -644,7 +644,7 @@ def test_a_node_without_a_revocation_list_refuses_to_start(tmp_path: Path) -> No
     import sys
 
     from qdspace.node.init import init_node
-    from qdspace.node.localnet.network import free_port
+    from qdspace.util.ports import free_port
 
     Authority.init(tmp_path / "authority")
     directory = tmp_path / "node"

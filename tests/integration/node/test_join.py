@@ -34,8 +34,9 @@ from qdspace.node.identity.directory import DirectoryEntry
 from qdspace.node.identity.member import MemberKeys, create_member_keys, load_member_keys
 from qdspace.node.layout import NodeLayout
 from qdspace.node.localnet.authority import AuthorityProcess
-from qdspace.node.localnet.network import LocalNetwork, MemberProcess, MemberSpec, free_port
+from qdspace.node.localnet.network import LocalNetwork, MemberProcess, MemberSpec
 from qdspace.node.rpc.peers import HelloResult, PeerDirectory
+from qdspace.util.ports import free_port
 
 pytestmark = pytest.mark.integration
 

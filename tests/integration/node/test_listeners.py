@@ -32,7 +32,8 @@ from qdspace.node.identity.certs import cert_to_pem, key_to_pem, new_tls_key
 from qdspace.node.identity.credential import issue_credential
 from qdspace.node.init import init_node
 from qdspace.node.layout import NodeLayout
-from qdspace.node.localnet.network import LocalNetwork, MemberSpec, free_port
+from qdspace.node.localnet.network import LocalNetwork, MemberSpec
+from qdspace.util.ports import free_port
 
 pytestmark = pytest.mark.integration
 

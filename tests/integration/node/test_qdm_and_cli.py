@@ -16,7 +16,8 @@ import httpx
 import pytest
 
 from qdspace.connector.sample import sold_batch, write_sample_files
-from qdspace.node.localnet.network import LocalNetwork, MemberSpec, free_port
+from qdspace.node.localnet.network import LocalNetwork, MemberSpec
+from qdspace.util.ports import free_port
 
 pytestmark = pytest.mark.integration
 
