@@ -17,6 +17,7 @@ handler already applied the same message.
 
 from __future__ import annotations
 
+from collections import namedtuple
 from collections.abc import Callable, Iterable, Sequence
 
 from sqlalchemy import (
@@ -28,7 +29,6 @@ from sqlalchemy import (
     String,
     Table,
     Text,
-    bindparam,
     select,
     true,
 )
@@ -44,6 +44,7 @@ from qdspace.connector.contract_store.common import (
     save_process,
     saving,
     seen_messages,
+    select_by_key,
 )
 from qdspace.connector.contract_store.outbox import OutboxMessage, OutboxStore
 from qdspace.connector.negotiation import Negotiation, NegotiationState, Role
@@ -68,7 +69,8 @@ negotiation_table = Table(
     Column("signed", Boolean, nullable=False, server_default=true()),
 )
 _KIND = "negotiation"
-_LOAD = select(negotiation_table).where(negotiation_table.c.negotiation_id == bindparam("nid"))
+_LOAD, _COLUMNS = select_by_key(negotiation_table, "negotiation_id")
+_Row = namedtuple("_Row", _COLUMNS)  # type: ignore[misc]
 
 
 class NegotiationStore(TableStore):
@@ -119,9 +121,10 @@ class NegotiationStore(TableStore):
 
     def load_negotiation(self, negotiation_id: str) -> Negotiation:
         with self.engine.connect() as connection:
-            row = connection.execute(_LOAD, {"nid": negotiation_id}).first()
-            if row is None:
+            found = _LOAD.first(connection, (negotiation_id,))
+            if found is None:
                 raise UnknownContractError(f"no negotiation {negotiation_id} here")
+            row = _Row._make(found)
             seen = seen_messages(connection, _KIND, negotiation_id)
             signed = None
             if row.agreement_id is not None:
