@@ -94,7 +94,6 @@ class NegotiationStore(TableStore):
             "consumer_id": after.consumer_id,
             "asset_id": after.asset_id,
             "state": after.state.value,
-            "offer_json": policy_to_json(after.offer),
             "agreement_id": None
             if after.agreement is None
             else after.agreement.agreement.agreement_id,
@@ -104,6 +103,8 @@ class NegotiationStore(TableStore):
             "updated_at": after.updated_at,
             "signed": after.signed,
         }
+        if before is None or after.offer is not before.offer:  # else the stored JSON stands
+            values["offer_json"] = policy_to_json(after.offer)
         with saving(self.engine, f"negotiation {after.negotiation_id}") as connection:
             seen = None if before is None else before.seen
             save_process(
