@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from collections import namedtuple
 from collections.abc import Callable, Iterable, Sequence
+from typing import Any
 
 from sqlalchemy import (
     Boolean,
@@ -88,7 +89,7 @@ class NegotiationStore(TableStore):
         outbox: Iterable[OutboxMessage] = (),
     ) -> None:
         """Persist `after` (loaded as `before`, None when new) and queue `outbox`, atomically."""
-        values = {
+        values: dict[str, Any] = {
             "role": after.role.value,
             "provider_id": after.provider_id,
             "consumer_id": after.consumer_id,
@@ -125,7 +126,7 @@ class NegotiationStore(TableStore):
             found = _LOAD.first(connection, (negotiation_id,))
             if found is None:
                 raise UnknownContractError(f"no negotiation {negotiation_id} here")
-            row = _Row._make(found)
+            row: Any = _Row._make(found)
             seen = seen_messages(connection, _KIND, negotiation_id)
             signed = None
             if row.agreement_id is not None:
