@@ -139,16 +139,12 @@ class RecordKeys:
     def many(self, columns: Sequence[Sequence[Any]]) -> list[str]:
         """The keys of a page's records, from their natural-key `columns`."""
         texts = map(str, columns[0]) if self._plain else map(self._text, zip(*columns, strict=True))
-        # the key block hashed once, its state copied per row; the loop's names bound
-        # locally (about half the time per row of attribute look-ups in the loop)
-        fresh = hashlib.blake2b(key=self._key, digest_size=16).copy
+        keyed = hashlib.blake2b(key=self._key, digest_size=16)  # the key block hashed once
         keys: list[str] = []
-        add = keys.append
-        prefix = RECORD_KEY_PREFIX
-        for data in map(str.encode, texts):
-            mac = fresh()
-            mac.update(data)
-            add(prefix + mac.hexdigest())
+        for text in texts:
+            mac = keyed.copy()
+            mac.update(text.encode())
+            keys.append(RECORD_KEY_PREFIX + mac.hexdigest())
         return keys
 
     def __call__(self, parts: Sequence[Any]) -> str:
