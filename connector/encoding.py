@@ -28,7 +28,9 @@ import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import partial
 from itertools import repeat
+from operator import is_not
 from typing import Any
 
 import orjson
@@ -94,7 +96,7 @@ def wire_timestamp(value: Any) -> str | None:
     return _slow_timestamp(value)
 
 
-def wire_timestamps(values: list[Any]) -> list[str | None]:
+def wire_timestamps(values: Sequence[Any]) -> list[str | None]:
     """`wire_timestamp` of a column; the ingest's ``...HH:MM:SS+00:00`` inline (most rows)."""
     return [
         f"{v[:10]}T{v[11:19]}Z"
@@ -105,6 +107,8 @@ def wire_timestamps(values: list[Any]) -> list[str | None]:
 
 
 _RECORD_CONTEXT = b"qdspace.v1/record\x00"
+#: not None (a C-level test for `filter`)
+_is_value = partial(is_not, None)
 RECORD_KEY_PREFIX = "rec_"
 
 
@@ -232,14 +236,16 @@ class PageEncoder:
         (tests/unit/connector/test_page_encoding.py holds it to the row gate's)."""
         order = self._order
         assert order is not None
-        if self.attributed is None:  # the query is scoped; this is the check
-            at = self._order_at
-            orders = [row[at] for row in page]
-            if orders.count(order) != len(orders):
-                page = [row for row in page if row[at] == order]
         if not page:
             return EncodedPage(b"", 0, (), ())
         columns = list(zip(*page, strict=True))
+        if self.attributed is None:  # the query is scoped; this is the check
+            at = self._order_at
+            if columns[at].count(order) != len(page):
+                page = [row for row in page if row[at] == order]
+                if not page:
+                    return EncodedPage(b"", 0, (), ())
+                columns = list(zip(*page, strict=True))
         values = self._released(page, columns)  # checked for every row, as the gate does
         keys = self._keys.many([columns[i] for i in self._key_at])
         versions = columns[self._version_at]
@@ -247,9 +253,15 @@ class PageEncoder:
         rows: list[dict[str, Any]] = list(
             map(dict, map(zip, repeat(self._names), zip(keys, versions, *values, strict=True)))
         )
-        for i, when in enumerate(columns[self._withdrawn_at]):
-            if when is not None:  # a withdrawn record leaves as a tombstone
-                rows[i] = {KEY_FIELD: keys[i], VERSION_FIELD: versions[i], WITHDRAWN_FIELD: True}
+        withdrawn = columns[self._withdrawn_at]
+        if withdrawn.count(None) != len(withdrawn):  # else no row to look at (most pages)
+            for i, when in enumerate(withdrawn):
+                if when is not None:  # a withdrawn record leaves as a tombstone
+                    rows[i] = {
+                        KEY_FIELD: keys[i],
+                        VERSION_FIELD: versions[i],
+                        WITHDRAWN_FIELD: True,
+                    }
         try:
             body = orjson.dumps(rows)  # one call per page: [{...},{...},...]
         except orjson.JSONEncodeError as exc:
@@ -268,13 +280,13 @@ class PageEncoder:
         for name, column in zip(self.fields, columns, strict=False):
             values: Sequence[Any] = column
             if name in self._timestamps:
-                values = wire_timestamps(list(values))
+                values = wire_timestamps(values)
             if self.attributed is not None and name == self.order_key:
                 values = [self.attributed] * len(values)
             if name in self._pseudonymized:
                 values = list(map(self._pseudonym, values))
             if name in self._floats:
-                self._check_finite(page, list(values))
+                self._check_finite(page, values)
             out.append(values)
         return out
 
@@ -305,8 +317,11 @@ class PageEncoder:
             return {KEY_FIELD: key, VERSION_FIELD: version, WITHDRAWN_FIELD: True}
         return {KEY_FIELD: key, VERSION_FIELD: version, **row}
 
-    def _check_finite(self, page: list[Sequence[Any]], values: list[Any]) -> None:
-        present = [value for value in values if value is not None]
+    def _check_finite(self, page: list[Sequence[Any]], values: Sequence[Any]) -> None:
+        missing = values.count(None)
+        if missing == len(values):
+            return
+        present = values if not missing else list(filter(_is_value, values))
         if math.isfinite(sum(present)):  # a NaN or an infinity makes the sum one
             return
         for raw, value in zip(page, values, strict=True):  # which row (or an overflow)

@@ -15,8 +15,10 @@ time and reason, stands.
 
 from __future__ import annotations
 
+from collections import namedtuple
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy import (
     Boolean,
@@ -28,7 +30,6 @@ from sqlalchemy import (
     Table,
     Text,
     bindparam,
-    insert,
     select,
     true,
     update,
@@ -37,7 +38,14 @@ from sqlmodel.sql.sqltypes import UTCDateTime
 
 from qdspace.connector.agreement import SignedAgreement, agreement_from_bytes
 from qdspace.connector.contract_errors import ContractStoreError, UnknownContractError
-from qdspace.connector.contract_store.common import CONTRACT_METADATA, ID_LENGTH, TableStore
+from qdspace.connector.contract_store.common import (
+    CONTRACT_METADATA,
+    ID_LENGTH,
+    DriverStatement,
+    TableStore,
+    column_types,
+    select_by_key,
+)
 from qdspace.connector.negotiation import Role
 
 agreement_table = Table(
@@ -60,14 +68,43 @@ agreement_table = Table(
     Column("signed", Boolean, nullable=False, server_default=true()),
 )
 
-#: built once (see `common`: building and keying a statement costs more than running it)
-_EXISTING = select(agreement_table.c.canonical, agreement_table.c.consumer_signature).where(
-    agreement_table.c.agreement_id == bindparam("aid")
+#: handed to the driver, built once (see `common.DriverStatement`)
+_T = agreement_table
+_EXISTING = DriverStatement(
+    "SELECT canonical, consumer_signature FROM contract_agreement WHERE agreement_id = ?",
+    [_T.c.agreement_id.type],
 )
-_INSERT = insert(agreement_table)
-_COUNTERSIGN = update(agreement_table).where(agreement_table.c.agreement_id == bindparam("aid"))
-_LOAD = select(agreement_table).where(agreement_table.c.agreement_id == bindparam("aid"))
-_LOAD_HELD = _LOAD.with_for_update(read=True)
+_INSERTED = (
+    "agreement_id",
+    "negotiation_id",
+    "role",
+    "provider_id",
+    "consumer_id",
+    "asset_id",
+    "canonical",
+    "provider_signature",
+    "consumer_signature",
+    "digest",
+    "agreed_at",
+    "signed",
+)
+_INSERT = DriverStatement(
+    f"INSERT INTO contract_agreement ({', '.join(_INSERTED)}) "
+    f"VALUES ({', '.join('?' * len(_INSERTED))})",
+    column_types(_T, _INSERTED),
+)
+_COUNTERSIGN = DriverStatement(
+    "UPDATE contract_agreement SET consumer_signature = ? WHERE agreement_id = ?",
+    [_T.c.consumer_signature.type, _T.c.agreement_id.type],
+)
+_LOAD, _COLUMNS = select_by_key(agreement_table, "agreement_id")
+_Row = namedtuple("_Row", _COLUMNS)  # type: ignore[misc]
+#: the load under a shared row lock (PostgreSQL; see `agreement_in`)
+_LOAD_HELD = (
+    select(agreement_table)
+    .where(agreement_table.c.agreement_id == bindparam("aid"))
+    .with_for_update(read=True)
+)
 
 
 @dataclass(frozen=True)
@@ -105,33 +142,31 @@ class AgreementStore(TableStore):
     ) -> None:
         """`save_agreement` within the caller's transaction."""
         terms = signed.agreement
-        existing = connection.execute(_EXISTING, {"aid": terms.agreement_id}).first()
+        existing = _EXISTING.first(connection, (terms.agreement_id,))
         if existing is None:
-            connection.execute(
-                _INSERT,
-                {
-                    "agreement_id": terms.agreement_id,
-                    "negotiation_id": terms.negotiation_id,
-                    "role": role.value,
-                    "provider_id": terms.provider_id,
-                    "consumer_id": terms.consumer_id,
-                    "asset_id": terms.asset_id,
-                    "canonical": signed.canonical_bytes,
-                    "provider_signature": signed.provider_signature,
-                    "consumer_signature": signed.consumer_signature,
-                    "digest": terms.digest().hex(),
-                    "agreed_at": terms.agreed_at,
-                    "signed": signed.signed,
-                },
+            _INSERT.execute(
+                connection,
+                (
+                    terms.agreement_id,
+                    terms.negotiation_id,
+                    role.value,
+                    terms.provider_id,
+                    terms.consumer_id,
+                    terms.asset_id,
+                    signed.canonical_bytes,
+                    signed.provider_signature,
+                    signed.consumer_signature,
+                    terms.digest().hex(),
+                    terms.agreed_at,
+                    signed.signed,
+                ),
             )
             return
-        if bytes(existing.canonical) != signed.canonical_bytes:
+        canonical, consumer_signature = existing
+        if bytes(canonical) != signed.canonical_bytes:
             raise ContractStoreError(f"agreement {terms.agreement_id} exists with other terms")
-        if existing.consumer_signature is None and signed.consumer_signature is not None:
-            connection.execute(
-                _COUNTERSIGN,
-                {"aid": terms.agreement_id, "consumer_signature": signed.consumer_signature},
-            )
+        if consumer_signature is None and signed.consumer_signature is not None:
+            _COUNTERSIGN.execute(connection, (signed.consumer_signature, terms.agreement_id))
 
     def save_agreement(self, signed: SignedAgreement, role: Role) -> None:
         """Store a (verified) agreement; a later call may add the consumer's signature."""
@@ -144,7 +179,12 @@ class AgreementStore(TableStore):
         """`agreement` within the caller's transaction; with `hold`, its row stays
         share-locked until the transaction ends (PostgreSQL; SQLite transactions are
         serialisable anyway), so a termination waits for a write that read it live."""
-        row = connection.execute(_LOAD_HELD if hold else _LOAD, {"aid": agreement_id}).first()
+        row: Any
+        if hold:
+            row = connection.execute(_LOAD_HELD, {"aid": agreement_id}).first()
+        else:
+            found = _LOAD.first(connection, (agreement_id,))
+            row = None if found is None else _Row._make(found)
         if row is None:
             raise UnknownContractError(f"no agreement {agreement_id} here")
         consumer_signature = (

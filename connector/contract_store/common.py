@@ -35,23 +35,18 @@ from typing import Any
 
 from sqlalchemy import (
     Column,
-    ColumnElement,
     Connection,
+    Dialect,
     Engine,
-    Insert,
     Integer,
     MetaData,
     String,
     Table,
     UniqueConstraint,
-    Update,
-    bindparam,
-    insert,
-    select,
-    update,
 )
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import DBAPIError, IntegrityError
+from sqlalchemy.types import TypeEngine
 
 from qdspace.connector.contract_errors import ContractStoreError
 
@@ -106,51 +101,162 @@ def saving(engine: Engine, what: str) -> Iterator[Connection]:
     try:
         with engine.begin() as connection:
             yield connection
-    except IntegrityError:
+    except IntegrityError:  # `DriverStatement` raises the driver's as SQLAlchemy's
         raise ConcurrentUpdateError(f"{what} was saved concurrently") from None
 
 
-#: Statements built once (not per call): building a Core statement and computing its
-#: cache key cost more than executing it on SQLite (bench/PROFILE-negotiation.md); a
-#: prebuilt one has its cache key memoised, and values go in as bound parameters.
-_SEEN = (
-    select(message_table.c.message_id, message_table.c.fingerprint)
-    .where(
-        message_table.c.process_kind == bindparam("kind"),
-        message_table.c.process_id == bindparam("pid"),
-    )
-    .order_by(message_table.c.sequence)
-)
-_APPEND = insert(message_table)
-_PREBUILT: dict[tuple[str, str], Insert | Update] = {}
+class DriverStatement:
+    """One statement handed straight to the DBAPI driver, with prebuilt SQL text.
 
+    Why: even a prebuilt Core statement costs SQLAlchemy's per-execution machinery
+    (compile-cache lookup, parameter processing, event dispatch, result setup), which on
+    SQLite took more than running the statement (bench/PROFILE-negotiation.md, round 2).
+    The hot statements of a negotiation and a transfer's cursor go to the driver on the
+    caller's SQLAlchemy connection, so they stay in its transaction: the commit, the
+    rollback on an error, and `saving`'s compare-and-set are unchanged.
 
-def prebuilt_insert(table: Table) -> Insert:
-    """``INSERT INTO table`` whose columns are the keys of the parameters given."""
-    found = _PREBUILT.get((table.name, "insert"))
-    if found is None:
-        found = _PREBUILT[(table.name, "insert")] = insert(table)
-    assert isinstance(found, Insert)
-    return found
+    `sql` marks its parameters ``?``; on PostgreSQL (psycopg, ``format`` style) each
+    becomes ``%s``. Values go through the bind processors of `binds` (the columns'
+    types, for the dialect: times as SQLAlchemy stores them), rows read come back through
+    the result processors of `results`, so a row reads as it did through SQLAlchemy.
+    A driver error is raised as SQLAlchemy's (`IntegrityError` for a unique key)."""
 
+    def __init__(
+        self,
+        sql: str,
+        binds: Sequence[TypeEngine[Any]],
+        results: Sequence[TypeEngine[Any]] = (),
+    ) -> None:
+        self.sql = sql
+        self._binds = tuple(binds)
+        self._results = tuple(results)
+        self._forms: dict[str, tuple[str, list[Any], list[Any]]] = {}
 
-def _process_update(table: Table, kind: str) -> Update:
-    """``UPDATE table SET <the parameters' columns> WHERE {kind}_id = :_pid AND
-    message_count = :_count`` (the compare-and-set of `save_process`)."""
-    found = _PREBUILT.get((table.name, "update"))
-    if found is None:
-        key = table.c[f"{kind}_id"]
-        found = _PREBUILT[(table.name, "update")] = update(table).where(
-            key == bindparam("_pid"), table.c.message_count == bindparam("_count")
+    def _form(self, dialect: Dialect) -> tuple[str, list[Any], list[Any]]:
+        found = self._forms.get(dialect.name)
+        if found is None:
+            sql = self.sql if dialect.name == "sqlite" else self.sql.replace("?", "%s")
+            binds = [t.dialect_impl(dialect).bind_processor(dialect) for t in self._binds]
+            results = [
+                t.dialect_impl(dialect).result_processor(dialect, None) for t in self._results
+            ]
+            found = self._forms[dialect.name] = (sql, binds, results)
+        return found
+
+    @staticmethod
+    def _bound(binds: list[Any], params: Sequence[Any]) -> tuple[Any, ...]:
+        return tuple(
+            value if bind is None or value is None else bind(value)
+            for bind, value in zip(binds, params, strict=True)
         )
-    assert isinstance(found, Update)
+
+    def _run(self, connection: Connection, params: Sequence[Any], many: bool) -> Any:
+        sql, binds, _ = self._form(connection.dialect)
+        cursor = connection.connection.driver_connection.cursor()  # type: ignore[union-attr]
+        bound: Any = (
+            [self._bound(binds, row) for row in params] if many else self._bound(binds, params)
+        )
+        try:
+            if many:
+                cursor.executemany(sql, bound)
+            else:
+                cursor.execute(sql, bound)
+        except connection.dialect.loaded_dbapi.Error as error:
+            cursor.close()
+            raise DBAPIError.instance(
+                sql, bound, error, connection.dialect.loaded_dbapi.Error
+            ) from error
+        return cursor
+
+    def execute(self, connection: Connection, params: Sequence[Any]) -> int:
+        """Run it once; the number of rows it changed."""
+        cursor = self._run(connection, params, False)
+        try:
+            return int(cursor.rowcount)
+        finally:
+            cursor.close()
+
+    def execute_many(self, connection: Connection, rows: Sequence[Sequence[Any]]) -> None:
+        """Run it once per parameter row (the driver's ``executemany``)."""
+        if rows:
+            self._run(connection, rows, True).close()
+
+    def all(self, connection: Connection, params: Sequence[Any]) -> list[tuple[Any, ...]]:
+        """The rows a query returns, each value through its column's result processor."""
+        cursor = self._run(connection, params, False)
+        try:
+            rows = cursor.fetchall()
+        finally:
+            cursor.close()
+        results = self._form(connection.dialect)[2]
+        if not any(results):
+            return [tuple(row) for row in rows]
+        return [
+            tuple(
+                value if result is None or value is None else result(value)
+                for result, value in zip(results, row, strict=True)
+            )
+            for row in rows
+        ]
+
+    def first(self, connection: Connection, params: Sequence[Any]) -> tuple[Any, ...] | None:
+        rows = self.all(connection, params)
+        return rows[0] if rows else None
+
+
+def column_types(table: Table, names: Sequence[str]) -> list[TypeEngine[Any]]:
+    return [table.c[name].type for name in names]
+
+
+def select_by_key(table: Table, key: str) -> tuple[DriverStatement, tuple[str, ...]]:
+    """``SELECT <every column> FROM table WHERE key = ?`` and the column names, in order."""
+    names = tuple(c.name for c in table.columns)
+    sql = f"SELECT {', '.join(names)} FROM {table.name} WHERE {key} = ?"
+    return DriverStatement(sql, [table.c[key].type], column_types(table, names)), names
+
+
+_SEEN = DriverStatement(
+    f"SELECT message_id, fingerprint FROM {message_table.name} "
+    "WHERE process_kind = ? AND process_id = ? ORDER BY sequence",
+    [message_table.c.process_kind.type, message_table.c.process_id.type],
+)
+_APPEND_COLUMNS = ("process_kind", "process_id", "message_id", "sequence", "fingerprint")
+_APPEND = DriverStatement(
+    f"INSERT INTO {message_table.name} ({', '.join(_APPEND_COLUMNS)}) VALUES (?, ?, ?, ?, ?)",
+    column_types(message_table, _APPEND_COLUMNS),
+)
+#: (table, kind, columns, conditions) -> the process's INSERT or compare-and-set UPDATE
+_PROCESS: dict[tuple[str, str, tuple[str, ...], tuple[str, ...] | None], DriverStatement] = {}
+
+
+def _process_statement(
+    table: Table, kind: str, columns: tuple[str, ...], unchanged: tuple[str, ...] | None
+) -> DriverStatement:
+    """``INSERT`` of a process row (`unchanged` None) or its compare-and-set ``UPDATE ...
+    WHERE {kind}_id = ? AND message_count = ? AND <unchanged> = ?``."""
+    found = _PROCESS.get((table.name, kind, columns, unchanged))
+    if found is not None:
+        return found
+    key = f"{kind}_id"
+    if unchanged is None:
+        names = (key, *columns)
+        sql = (
+            f"INSERT INTO {table.name} ({', '.join(names)}) VALUES ({', '.join('?' * len(names))})"
+        )
+    else:
+        names = (*columns, key, "message_count", *unchanged)
+        sets = ", ".join(f"{c} = ?" for c in columns)
+        where = " AND ".join(f"{c} = ?" for c in (key, "message_count", *unchanged))
+        sql = f"UPDATE {table.name} SET {sets} WHERE {where}"
+    found = _PROCESS[(table.name, kind, columns, unchanged)] = DriverStatement(
+        sql, column_types(table, names)
+    )
     return found
 
 
 def seen_messages(connection: Connection, kind: str, process_id: str) -> tuple[Any, ...]:
     """(message id, fingerprint) of every message the process applied, in order."""
-    rows = connection.execute(_SEEN, {"kind": kind, "pid": process_id})
-    return tuple((row.message_id, row.fingerprint) for row in rows)
+    return tuple(_SEEN.all(connection, (kind, process_id)))
 
 
 def _append_seen(
@@ -163,18 +269,11 @@ def _append_seen(
     if tuple(after[: len(before)]) != tuple(before):
         raise ContractStoreError(f"{kind} {process_id}: message history was rewritten")
     fresh = [
-        {
-            "process_kind": kind,
-            "process_id": process_id,
-            "message_id": message_id,
-            "sequence": index,
-            "fingerprint": fingerprint,
-        }
+        (kind, process_id, message_id, index, fingerprint)
         for index, (message_id, fingerprint) in enumerate(after)
         if index >= len(before)
     ]
-    if fresh:
-        connection.execute(_APPEND, fresh)
+    _APPEND.execute_many(connection, fresh)
 
 
 def save_process(
@@ -186,30 +285,25 @@ def save_process(
     before: Sequence[tuple[str, str]] | None,
     after: Sequence[tuple[str, str]],
     *,
-    unchanged: Sequence[ColumnElement[bool]] = (),
+    unchanged: Mapping[str, Any] | None = None,
 ) -> None:
     """Save one row of a message-driven process (`kind` names it and its id column,
     ``{kind}_id``) and append the messages it applied since it was loaded.
 
     `before` is the message history it was loaded with (None: it is new, inserted);
     `after` the history now. An existing row is updated only while it still holds
-    ``len(before)`` messages and the `unchanged` conditions; otherwise someone saved it
-    in between and `ConcurrentUpdateError` is raised."""
-    key = table.c[f"{kind}_id"]
+    ``len(before)`` messages and the `unchanged` column values; otherwise someone saved
+    it in between and `ConcurrentUpdateError` is raised."""
+    columns = tuple(values)
     if before is None:
-        connection.execute(prebuilt_insert(table), {key.name: process_id, **values})
+        statement = _process_statement(table, kind, columns, None)
+        statement.execute(connection, (process_id, *values.values()))
     else:
-        if unchanged:
-            statement = (
-                update(table)
-                .where(key == process_id, table.c.message_count == len(before), *unchanged)
-                .values(**values)
-            )
-            result = connection.execute(statement)
-        else:
-            result = connection.execute(
-                _process_update(table, kind), {**values, "_pid": process_id, "_count": len(before)}
-            )
-        if result.rowcount != 1:
+        held = {} if unchanged is None else unchanged
+        statement = _process_statement(table, kind, columns, tuple(held))
+        changed = statement.execute(
+            connection, (*values.values(), process_id, len(before), *held.values())
+        )
+        if changed != 1:
             raise ConcurrentUpdateError(f"{kind} {process_id} changed since it was loaded")
     _append_seen(connection, kind, process_id, () if before is None else before, after)

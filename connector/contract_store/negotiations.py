@@ -17,7 +17,9 @@ handler already applied the same message.
 
 from __future__ import annotations
 
+from collections import namedtuple
 from collections.abc import Callable, Iterable, Sequence
+from typing import Any
 
 from sqlalchemy import (
     Boolean,
@@ -28,7 +30,6 @@ from sqlalchemy import (
     String,
     Table,
     Text,
-    bindparam,
     select,
     true,
 )
@@ -44,6 +45,7 @@ from qdspace.connector.contract_store.common import (
     save_process,
     saving,
     seen_messages,
+    select_by_key,
 )
 from qdspace.connector.contract_store.outbox import OutboxMessage, OutboxStore
 from qdspace.connector.negotiation import Negotiation, NegotiationState, Role
@@ -68,7 +70,8 @@ negotiation_table = Table(
     Column("signed", Boolean, nullable=False, server_default=true()),
 )
 _KIND = "negotiation"
-_LOAD = select(negotiation_table).where(negotiation_table.c.negotiation_id == bindparam("nid"))
+_LOAD, _COLUMNS = select_by_key(negotiation_table, "negotiation_id")
+_Row = namedtuple("_Row", _COLUMNS)  # type: ignore[misc]
 
 
 class NegotiationStore(TableStore):
@@ -86,13 +89,12 @@ class NegotiationStore(TableStore):
         outbox: Iterable[OutboxMessage] = (),
     ) -> None:
         """Persist `after` (loaded as `before`, None when new) and queue `outbox`, atomically."""
-        values = {
+        values: dict[str, Any] = {
             "role": after.role.value,
             "provider_id": after.provider_id,
             "consumer_id": after.consumer_id,
             "asset_id": after.asset_id,
             "state": after.state.value,
-            "offer_json": policy_to_json(after.offer),
             "agreement_id": None
             if after.agreement is None
             else after.agreement.agreement.agreement_id,
@@ -102,6 +104,8 @@ class NegotiationStore(TableStore):
             "updated_at": after.updated_at,
             "signed": after.signed,
         }
+        if before is None or after.offer is not before.offer:  # else the stored JSON stands
+            values["offer_json"] = policy_to_json(after.offer)
         with saving(self.engine, f"negotiation {after.negotiation_id}") as connection:
             seen = None if before is None else before.seen
             save_process(
@@ -119,9 +123,10 @@ class NegotiationStore(TableStore):
 
     def load_negotiation(self, negotiation_id: str) -> Negotiation:
         with self.engine.connect() as connection:
-            row = connection.execute(_LOAD, {"nid": negotiation_id}).first()
-            if row is None:
+            found = _LOAD.first(connection, (negotiation_id,))
+            if found is None:
                 raise UnknownContractError(f"no negotiation {negotiation_id} here")
+            row: Any = _Row._make(found)
             seen = seen_messages(connection, _KIND, negotiation_id)
             signed = None
             if row.agreement_id is not None:

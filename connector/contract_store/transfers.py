@@ -131,9 +131,7 @@ class TransferStore(TableStore):
             _values(after),
             None if before is None else before.seen,
             after.seen,
-            unchanged=()
-            if before is None
-            else (transfer_table.c.cursor_offset == before.checkpoint.offset,),
+            unchanged=None if before is None else {"cursor_offset": before.checkpoint.offset},
         )
 
     def save_transfer(

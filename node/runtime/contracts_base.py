@@ -17,7 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from nacl.signing import SigningKey, VerifyKey
-from sqlalchemy import Engine, select
+from sqlalchemy import Engine, bindparam, select
 
 from qdspace.connector.assets import Asset, CatalogEntry, catalog
 from qdspace.connector.contract_errors import UnknownContractError
@@ -29,6 +29,10 @@ from qdspace.node.runtime.contracts_clock import ContractClock
 from qdspace.node.runtime.table_watch import TableWatch
 
 logger = logging.getLogger("node.contracts")
+#: built once: building and keying a statement costs more than running it on SQLite (a
+#: provider asks on every negotiation message; bench/PROFILE-negotiation.md)
+_ORDERS = Order.__table__  # type: ignore[attr-defined]
+_CUSTOMER_ORDERS = select(_ORDERS.c.order_id).where(_ORDERS.c.customer == bindparam("customer"))
 
 
 @dataclass
@@ -84,7 +88,6 @@ class ContractBase:
         logger.info("catalog: %s (%s) offered", asset.asset_id, asset.kind)
 
     def customer_orders(self, customer: str) -> frozenset[str]:
-        table = Order.__table__  # type: ignore[attr-defined]
         with self.qdm.connect() as connection:
-            rows = connection.execute(select(table.c.order_id).where(table.c.customer == customer))
+            rows = connection.execute(_CUSTOMER_ORDERS, {"customer": customer})
             return frozenset(r for (r,) in rows)

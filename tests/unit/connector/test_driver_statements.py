@@ -1,0 +1,141 @@
+"""The contract store's statements that go straight to the DBAPI driver (`DriverStatement`)
+write and read exactly what SQLAlchemy Core does, on a SQLite file and on PostgreSQL
+(when QDSPACE_TEST_PG_URL is set): times in Core's stored form and read back aware in
+UTC, booleans, bytes; a unique key the driver runs into is SQLAlchemy's IntegrityError,
+and the transaction it broke writes nothing."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta, timezone
+from pathlib import Path
+
+import pytest
+from sqlalchemy import Engine, create_engine, func, insert, select, text
+from sqlalchemy.exc import IntegrityError
+
+from qdspace.connector.contract_store import ContractStore, ensure_schema
+from qdspace.connector.contract_store.common import DriverStatement, column_types, message_table
+from qdspace.connector.contract_store.negotiations import negotiation_table
+from qdspace.connector.negotiation import ContractRequest, Negotiation, Role, open_negotiation
+from qdspace.policies.codec import policy_to_json
+from qdspace.policies.model import OfferTerms, make_offer
+
+PG_URL = os.environ.get("QDSPACE_TEST_PG_URL")
+#: not UTC and with microseconds: the bind processor has to convert it
+AT = datetime(2026, 5, 1, 12, 30, 45, 123456, tzinfo=timezone(timedelta(hours=2)))
+
+
+def _postgres() -> Iterator[Engine]:
+    assert PG_URL is not None
+    schema = f"driver_{uuid.uuid4().hex[:8]}"
+    admin = create_engine(PG_URL)
+    with admin.begin() as connection:
+        connection.execute(text(f"CREATE SCHEMA {schema}"))
+    engine = create_engine(PG_URL, connect_args={"options": f"-csearch_path={schema}"})
+    try:
+        yield engine
+    finally:
+        engine.dispose()
+        with admin.begin() as connection:
+            connection.execute(text(f"DROP SCHEMA {schema} CASCADE"))
+        admin.dispose()
+
+
+@pytest.fixture(
+    params=[
+        "sqlite",
+        pytest.param(
+            "postgres",
+            marks=[
+                pytest.mark.postgres,
+                pytest.mark.skipif(PG_URL is None, reason="QDSPACE_TEST_PG_URL not set"),
+            ],
+        ),
+    ]
+)
+def engine(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Engine]:
+    if request.param == "sqlite":
+        created = create_engine(f"sqlite:///{tmp_path / 'contracts.db'}")
+        ensure_schema(created)
+        yield created
+        created.dispose()
+    else:
+        for created in _postgres():
+            ensure_schema(created)
+            yield created
+
+
+def _request(nid: str) -> ContractRequest:
+    terms = OfferTerms(purposes=frozenset({"qa"}), orders=frozenset({"ORD-1"}))
+    return ContractRequest(f"{nid}:c0", nid, "sunarc", make_offer("o", "cellex", "a", terms), AT)
+
+
+def test_what_the_driver_writes_core_reads_and_the_other_way_round(engine: Engine) -> None:
+    store = ContractStore(engine, bytes(range(32)))
+    n = open_negotiation(_request("neg-d1"), Role.PROVIDER)
+    store.save_negotiation(None, n)  # through the driver
+    table = negotiation_table
+    with engine.connect() as connection:
+        row = connection.execute(
+            select(table.c.created_at, table.c.signed, table.c.offer_json).where(
+                table.c.negotiation_id == "neg-d1"
+            )
+        ).one()
+    assert row.created_at == AT and row.created_at.utcoffset() == timedelta(0)
+    assert row.signed is True and bytes(row.offer_json) == policy_to_json(n.offer)
+    if engine.dialect.name == "sqlite":  # the very text Core stores
+        with engine.connect() as connection:
+            stored = connection.execute(
+                text("SELECT created_at FROM contract_negotiation WHERE negotiation_id = 'neg-d1'")
+            ).scalar_one()
+        assert stored == "2026-05-01 10:30:45.123456"
+    # a row Core wrote reads back through the driver as the same negotiation
+    values = {c.name: v for c, v in zip(table.columns, row_values(n, "neg-d2"), strict=True)}
+    with engine.begin() as connection:
+        connection.execute(insert(table).values(**values))
+    loaded = store.load_negotiation("neg-d2")
+    assert (loaded.created_at, loaded.updated_at, loaded.signed) == (AT, AT, True)
+    assert loaded.created_at.tzinfo == UTC and loaded.offer == n.offer
+
+
+def row_values(n: Negotiation, nid: str) -> list[object]:
+    """A negotiation row in column order (as Core inserts it)."""
+    return [
+        nid,
+        n.role.value,
+        n.provider_id,
+        n.consumer_id,
+        n.asset_id,
+        n.state.value,
+        policy_to_json(n.offer),
+        None,
+        None,
+        0,
+        AT,
+        AT,
+        True,
+    ]
+
+
+def test_a_unique_key_from_the_driver_is_sqlalchemys_and_writes_nothing(engine: Engine) -> None:
+    append = DriverStatement(
+        "INSERT INTO contract_message (process_kind, process_id, message_id, sequence, "
+        "fingerprint) VALUES (?, ?, ?, ?, ?)",
+        column_types(
+            message_table,
+            ["process_kind", "process_id", "message_id", "sequence", "fingerprint"],
+        ),
+    )
+    with engine.begin() as connection:
+        append.execute(connection, ("negotiation", "neg-u", "m1", 0, "f" * 64))
+    with pytest.raises(IntegrityError), engine.begin() as connection:
+        append.execute(connection, ("negotiation", "neg-u", "m2", 1, "f" * 64))  # new
+        append.execute(connection, ("negotiation", "neg-u", "m1", 2, "f" * 64))  # taken
+    with engine.connect() as connection:
+        count = connection.execute(
+            select(func.count()).where(message_table.c.process_id == "neg-u")
+        ).scalar_one()
+    assert count == 1  # m2 went with the transaction the duplicate broke
