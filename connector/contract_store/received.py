@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -35,7 +34,6 @@ from operator import itemgetter
 from typing import Any, NamedTuple
 
 from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from sqlalchemy import (
     BigInteger,
     Boolean,
@@ -72,6 +70,7 @@ from qdspace.connector.contract_store.common import (
     utc_now,
 )
 from qdspace.connector.contract_store.data_keys import DataKeys, row_aad
+from qdspace.connector.contract_store.received_pages import Pages, slot_payload
 from qdspace.connector.contract_store.transfers import TransferStore
 from qdspace.connector.negotiation import Role
 from qdspace.connector.transfer import TransferProcess
@@ -92,6 +91,10 @@ received_row_table = Table(
     Column("record_key", String(ID_LENGTH), nullable=False),
     Column("version", BigInteger, nullable=False, server_default="1"),
     Column("withdrawn", Boolean, nullable=False, server_default=false()),
+    # where the content is: a sealed page and its slot (`received_pages`); rows stored
+    # before pages, and tombstones, have none (their own nonce and ciphertext instead)
+    Column("page_id", BigInteger, nullable=True),
+    Column("slot", Integer, nullable=True),
     UniqueConstraint("agreement_id", "record_key", name="uq_contract_received_record"),
     Index("ix_contract_received_row_source", "source_id", "seq"),
 )
@@ -191,8 +194,11 @@ _ROW_COLUMNS = (
     "record_key",
     "version",
     "withdrawn",
+    "page_id",
+    "slot",
 )
 _REPLACED_COLUMNS = _ROW_COLUMNS[1:]
+_KEY, _PAGE = _ROW_COLUMNS.index("record_key"), _ROW_COLUMNS.index("page_id")
 
 
 def _change(
@@ -224,6 +230,7 @@ class ReceivedStore(TableStore):
         self._keys = keys
         self._agreements = agreements
         self._transfers = transfers
+        self._pages = Pages(keys, received_row_table)
         self._row_sql: tuple[str, tuple[str, ...] | None] | None = None
 
     def _row_upsert(self) -> tuple[str, tuple[str, ...] | None]:
@@ -262,21 +269,23 @@ class ReceivedStore(TableStore):
                 )
 
     def _held(
-        self, connection: Connection, agreement_id: str, keys: Sequence[str]
-    ) -> dict[str, tuple[int, bool]]:
-        """record key -> (version, withdrawn) of the records of `keys` held now (one
-        indexed lookup per chunk, in the driver's SQL: this runs for every batch)."""
+        self, connection: Connection, agreement_id: str, keys: Iterable[str]
+    ) -> dict[str, tuple[int, bool, int | None]]:
+        """record key -> (version, withdrawn, page id) of the records of `keys` held now
+        (one indexed lookup per chunk, in the driver's SQL)."""
         mark = "?" if self.engine.dialect.paramstyle == "qmark" else "%s"
-        held: dict[str, tuple[int, bool]] = {}
+        held: dict[str, tuple[int, bool, int | None]] = {}
         unique = list(dict.fromkeys(keys))
         for start in range(0, len(unique), 500):
             chunk = unique[start : start + 500]
             sql = (
-                "SELECT record_key, version, withdrawn FROM contract_received_row "
+                "SELECT record_key, version, withdrawn, page_id FROM contract_received_row "
                 f"WHERE agreement_id = {mark} AND record_key IN ({', '.join([mark] * len(chunk))})"
             )
-            for key, version, withdrawn in connection.exec_driver_sql(sql, (agreement_id, *chunk)):
-                held[key] = (int(version), bool(withdrawn))
+            for key, version, withdrawn, page in connection.exec_driver_sql(
+                sql, (agreement_id, *chunk)
+            ):
+                held[key] = (int(version), bool(withdrawn), None if page is None else int(page))
         return held
 
     def _store_rows(
@@ -287,57 +296,47 @@ class ReceivedStore(TableStore):
         rows: Sequence[IncomingRow],
         at: datetime,
     ) -> MirrorResult:
+        """Keep-once without a look-up for the common case: a first version (not a
+        tombstone) of a record whose key nothing else in the delivery touches is written
+        by the upsert alone, which stores it only when it is not held (the statement's
+        row count tells how many were new). Every other row (a correction, a tombstone,
+        and any row sharing their key) is decided against what is held, as before.
+        Rows with content go into one sealed page per order (`received_pages`)."""
         if not rows:
             return MirrorResult()
         metas = [record_meta(row.payload) for row in rows]
         self._check_orders(connection, agreement_id, rows)
-        held = self._held(connection, agreement_id, [m.key for m in metas])
-        dialect = self.engine.dialect
-        stamp = received_row_table.c.received_at.type.dialect_impl(dialect).bind_processor(dialect)
-        received_at: Any = stamp(at) if stamp is not None else at
-        nonces = os.urandom(12 * len(rows))
-        records: list[tuple[Any, ...]] = []
+        careful = {m.key for m in metas if m.version > 1 or m.withdrawn}
+        held = self._held(connection, agreement_id, careful) if careful else {}
+        stale: set[int] = set()  # pages whose slots a replacement or withdrawal empties
+        chosen: dict[str, tuple[IncomingRow, RecordMeta]] = {}  # careful key -> its winner
         changes: list[dict[str, Any]] = []
-        ciphers: dict[str, AESGCM] = {}  # order -> its data key, for this transaction
-        added = replaced = withdrawn = unchanged = 0
-        for index, (row, meta) in enumerate(zip(rows, metas, strict=True)):
+        plain = replaced = withdrawn = unchanged = added = 0
+        content: list[tuple[IncomingRow, RecordMeta]] = []
+        for row, meta in zip(rows, metas, strict=True):
+            if meta.key not in careful:
+                content.append((row, meta))
+                plain += 1
+                continue
             before = held.get(meta.key)
             if before is not None and before[0] >= meta.version:
                 unchanged += 1  # a copy of what is held, or older
                 continue
-            held[meta.key] = (meta.version, meta.withdrawn)
+            held[meta.key] = (meta.version, meta.withdrawn, None)
+            if before is not None and before[2] is not None:
+                stale.add(before[2])
             if meta.withdrawn:
                 withdrawn += before is not None and not before[1]
                 unchanged += before is None or before[1]
-                nonce, ciphertext = b"", b""  # a tombstone holds nothing to encrypt
+            elif before is None or before[1]:
+                added += 1
             else:
-                cipher = ciphers.get(row.order_id)
-                if cipher is None:  # a key made in this transaction is not cached by DataKeys
-                    cipher = self._keys.key_in(connection, agreement_id, row.order_id, True, at)
-                    ciphers[row.order_id] = cipher
-                nonce = nonces[12 * index : 12 * index + 12]
-                aad = row_aad(agreement_id, row.order_id, source_id, row.seq)
-                ciphertext = cipher.encrypt(nonce, row.payload, aad)
-                if before is None or before[1]:
-                    added += 1
-                else:
-                    replaced += 1
-            records.append(  # in _ROW_COLUMNS order
-                (
-                    agreement_id,
-                    row.order_id,
-                    source_id,
-                    row.seq,
-                    nonce,
-                    ciphertext,
-                    received_at,
-                    meta.key,
-                    meta.version,
-                    meta.withdrawn,
-                )
-            )
+                replaced += 1
+            chosen[meta.key] = (row, meta)
             if meta.version > 1 or meta.withdrawn:
                 changes.append(_change(agreement_id, source_id, row, meta, at))
+        content += chosen.values()
+        records = self._seal_pages(connection, agreement_id, source_id, content, at)
         if records:
             sql, order = self._row_upsert()
             params: list[Any] = (
@@ -345,7 +344,22 @@ class ReceivedStore(TableStore):
                 if order is None
                 else list(map(itemgetter(*(_ROW_COLUMNS.index(name) for name in order)), records))
             )
-            connection.exec_driver_sql(sql, params)
+            stored = connection.exec_driver_sql(sql, params).rowcount
+            if not len(chosen) <= stored <= len(records):
+                raise ContractStoreError(f"the database reported {stored} received rows stored")
+            new = stored - len(chosen)  # the careful winners all apply: decided above
+            added += new
+            unchanged += plain - new
+            if new < plain:  # some were held already: their slots hold nothing live
+                pages = {int(record[_PAGE]) for record in records if record[_PAGE] is not None}
+                slot_keys: dict[int, list[str]] = {page: [] for page in pages}
+                for record in records:
+                    if record[_PAGE] is not None:
+                        slot_keys[int(record[_PAGE])].append(record[_KEY])
+                stale -= pages
+                self._pages.compact(connection, agreement_id, pages, at, slot_keys)
+        if stale:
+            self._pages.compact(connection, agreement_id, stale, at)
         if changes:
             connection.execute(
                 self._upsert(change_table)
@@ -353,6 +367,46 @@ class ReceivedStore(TableStore):
                 .on_conflict_do_nothing(index_elements=["agreement_id", "record_key", "version"])
             )
         return MirrorResult(added, replaced, withdrawn, unchanged)
+
+    def _seal_pages(
+        self,
+        connection: Connection,
+        agreement_id: str,
+        source_id: str,
+        content: list[tuple[IncomingRow, RecordMeta]],
+        at: datetime,
+    ) -> list[tuple[Any, ...]]:
+        """The rows to upsert (in _ROW_COLUMNS order), their content sealed in one page
+        per order (tombstones hold none)."""
+        dialect = self.engine.dialect
+        stamp = received_row_table.c.received_at.type.dialect_impl(dialect).bind_processor(dialect)
+        received_at: Any = stamp(at) if stamp is not None else at
+        by_order: dict[str, list[tuple[IncomingRow, RecordMeta]]] = {}
+        records: list[tuple[Any, ...]] = []
+        for row, meta in content:
+            if meta.withdrawn:
+                records.append(
+                    (
+                        *(agreement_id, row.order_id, source_id, row.seq, b"", b""),
+                        *(received_at, meta.key, meta.version, True, None, None),
+                    )
+                )
+            else:
+                by_order.setdefault(row.order_id, []).append((row, meta))
+        for order_id, items in by_order.items():
+            cipher = self._keys.key_in(connection, agreement_id, order_id, True, at)
+            seqs = [row.seq for row, _ in items]
+            payloads = [row.payload for row, _ in items]
+            place = (agreement_id, order_id, source_id)
+            page = self._pages.insert(connection, cipher, place, seqs, payloads, at)
+            records += [
+                (
+                    *(agreement_id, order_id, source_id, row.seq, b"", b""),
+                    *(received_at, meta.key, meta.version, False, page, slot),
+                )
+                for slot, (row, meta) in enumerate(items)
+            ]
+        return records
 
     def store_received_rows(
         self, agreement_id: str, source_id: str, rows: Iterable[IncomingRow], at: datetime
@@ -424,26 +478,28 @@ class ReceivedStore(TableStore):
             ).scalar_one()
         return None if value is None else int(value)
 
-    def _decrypt(self, connection: Connection, row: Any, at: datetime) -> ReceivedRow:
-        cipher = self._keys.key_in(connection, row.agreement_id, row.order_id, False, at)
-        aad = row_aad(row.agreement_id, row.order_id, row.source_id, row.seq)
-        try:
-            payload = cipher.decrypt(bytes(row.nonce), bytes(row.ciphertext), aad)
-        except InvalidTag:
-            raise ContractStoreError(
-                f"received row {row.source_id}#{row.seq} fails its integrity check"
-            ) from None
-        return ReceivedRow(
-            int(row.id),
-            row.agreement_id,
-            row.order_id,
-            row.source_id,
-            int(row.seq),
-            payload,
-            row.received_at,
-            row.record_key,
-            int(row.version),
+    def _payloads(
+        self, connection: Connection, records: Sequence[Any], at: datetime
+    ) -> list[bytes]:
+        """The bytes of held rows: from their sealed pages (each page opened once), or
+        from their own ciphertext (rows stored before pages)."""
+        opened = self._pages.open_pages(
+            connection, (r.page_id for r in records if r.page_id is not None), at
         )
+        payloads = []
+        for row in records:
+            if row.page_id is not None:
+                payloads.append(slot_payload(opened, row))
+                continue
+            cipher = self._keys.key_in(connection, row.agreement_id, row.order_id, False, at)
+            aad = row_aad(row.agreement_id, row.order_id, row.source_id, row.seq)
+            try:
+                payloads.append(cipher.decrypt(bytes(row.nonce), bytes(row.ciphertext), aad))
+            except InvalidTag:
+                raise ContractStoreError(
+                    f"received row {row.source_id}#{row.seq} fails its integrity check"
+                ) from None
+        return payloads
 
     def received_rows(
         self,
@@ -466,8 +522,21 @@ class ReceivedStore(TableStore):
             statement = statement.where(table.c.order_id == order_id)
         with self.engine.connect() as connection:
             records = connection.execute(statement.order_by(table.c.id).limit(limit)).all()
-            now = utc_now()
-            return [self._decrypt(connection, record, now) for record in records]
+            payloads = self._payloads(connection, records, utc_now())
+        return [
+            ReceivedRow(
+                int(r.id),
+                r.agreement_id,
+                r.order_id,
+                r.source_id,
+                int(r.seq),
+                payload,
+                r.received_at,
+                r.record_key,
+                int(r.version),
+            )
+            for r, payload in zip(records, payloads, strict=True)
+        ]
 
     def count_received(self, agreement_id: str | None = None) -> int:
         """How many records are held (each once, withdrawn ones not)."""
@@ -492,11 +561,10 @@ class ReceivedStore(TableStore):
         where = and_(table.c.agreement_id == agreement_id, table.c.order_id == order_id)
         held = and_(where, table.c.withdrawn == false())
         records = connection.execute(select(table).where(held).order_by(table.c.id)).all()
-        payloads = []
-        if records:
-            payloads = [self._decrypt(connection, r, at).payload for r in records]
+        payloads = self._payloads(connection, records, at) if records else []
         count, digest = deletion_digest_of_bytes(payloads)
         connection.execute(delete(table).where(where))
+        self._pages.erase(connection, agreement_id, order_id)
         connection.execute(
             delete(change_table).where(
                 change_table.c.agreement_id == agreement_id,
