@@ -206,9 +206,7 @@ class Pages:
                     )
                 )
             if not live:
-                connection.execute(
-                    delete(received_page_table).where(received_page_table.c.id == page_id)
-                )
+                self.delete(connection, [page_id])
                 continue
             if len(live) == sum(1 for k in keys if k):
                 continue
@@ -234,6 +232,12 @@ class Pages:
             )
         ).one()
         return found[0], found[1], found[2]
+
+    @staticmethod
+    def delete(connection: Connection, page_ids: Sequence[int]) -> None:
+        table = received_page_table
+        for start in range(0, len(page_ids), 500):
+            connection.execute(delete(table).where(table.c.id.in_(page_ids[start : start + 500])))
 
     @staticmethod
     def erase(connection: Connection, agreement_id: str, order_id: str) -> None:
