@@ -70,7 +70,7 @@ from qdspace.connector.contract_store.common import (
     utc_now,
 )
 from qdspace.connector.contract_store.data_keys import DataKeys, row_aad
-from qdspace.connector.contract_store.received_pages import Pages, slot_payload
+from qdspace.connector.contract_store.received_pages import Pages, index_page, slot_payload
 from qdspace.connector.contract_store.transfers import TransferStore
 from qdspace.connector.negotiation import Role
 from qdspace.connector.transfer import TransferProcess
@@ -198,7 +198,6 @@ _ROW_COLUMNS = (
     "slot",
 )
 _REPLACED_COLUMNS = _ROW_COLUMNS[1:]
-_KEY, _PAGE = _ROW_COLUMNS.index("record_key"), _ROW_COLUMNS.index("page_id")
 
 
 def _change(
@@ -318,10 +317,15 @@ class ReceivedStore(TableStore):
         changes: list[dict[str, Any]] = []
         plain = replaced = withdrawn = unchanged = added = 0
         content: list[tuple[IncomingRow, RecordMeta]] = []
+        seen: set[str] = set()  # first versions written (a second copy is held by then)
         for row, meta in zip(rows, metas, strict=True):
             if meta.key not in careful:
-                content.append((row, meta))
-                plain += 1
+                if meta.key in seen:
+                    unchanged += 1
+                else:
+                    seen.add(meta.key)
+                    content.append((row, meta))
+                    plain += 1
                 continue
             before = held.get(meta.key)
             if before is not None and before[0] >= meta.version:
@@ -341,31 +345,19 @@ class ReceivedStore(TableStore):
             if meta.version > 1 or meta.withdrawn:
                 changes.append(_change(agreement_id, source_id, row, meta, at))
         content += chosen.values()
-        records = self._seal_pages(connection, agreement_id, source_id, content, at)
-        if records:
-            sql, order = self._row_upsert()
-            params: list[Any] = (
-                [dict(zip(_ROW_COLUMNS, record, strict=True)) for record in records]
-                if order is None
-                else list(map(itemgetter(*(_ROW_COLUMNS.index(name) for name in order)), records))
-            )
-            stored = connection.exec_driver_sql(sql, params).rowcount
-            if not len(chosen) <= stored <= len(records):
-                raise ContractStoreError(f"the database reported {stored} received rows stored")
-            new = stored - len(chosen)  # the careful winners all apply: decided above
-            added += new
-            unchanged += plain - new
-            if new < plain:  # some were held already: their slots hold nothing live
-                pages = {int(record[_PAGE]) for record in records if record[_PAGE] is not None}
-                slot_keys: dict[int, list[str]] = {page: [] for page in pages}
-                for record in records:
-                    if record[_PAGE] is not None:
-                        slot_keys[int(record[_PAGE])].append(record[_KEY])
-                if new == 0:  # a re-delivery: a page of none but its rows goes whole
-                    gone = [p for p, keys in slot_keys.items() if chosen.keys().isdisjoint(keys)]
-                    self._pages.delete(connection, gone)
-                    pages.difference_update(gone)
-                self._pages.compact(connection, agreement_id, pages, at, slot_keys)
+        stored, slot_keys = self._write(connection, agreement_id, source_id, content, at)
+        if not len(chosen) <= stored <= len(content):
+            raise ContractStoreError(f"the database reported {stored} received rows stored")
+        new = stored - len(chosen)  # the careful winners all apply: decided above
+        added += new
+        unchanged += plain - new
+        if new < plain:  # some were held already: their slots hold nothing live
+            pages = set(slot_keys)
+            if new == 0:  # a re-delivery: a page of none but its rows goes whole
+                gone = [p for p, keys in slot_keys.items() if chosen.keys().isdisjoint(keys)]
+                self._pages.delete(connection, gone)
+                pages.difference_update(gone)
+            self._pages.compact(connection, agreement_id, pages, at, slot_keys)
         if stale:
             self._pages.compact(connection, agreement_id, stale, at)
         if changes:
@@ -376,24 +368,26 @@ class ReceivedStore(TableStore):
             )
         return MirrorResult(added, replaced, withdrawn, unchanged)
 
-    def _seal_pages(
+    def _write(
         self,
         connection: Connection,
         agreement_id: str,
         source_id: str,
         content: list[tuple[IncomingRow, RecordMeta]],
         at: datetime,
-    ) -> list[tuple[Any, ...]]:
-        """The rows to upsert (in _ROW_COLUMNS order), their content sealed in one page
-        per order (tombstones hold none)."""
+    ) -> tuple[int, dict[int, list[str]]]:
+        """Upsert the rows chosen: the content of each order sealed in one page and its
+        index rows written by one statement, tombstones (no content) by another. Returns
+        how many rows the database stored and the record key of every slot of each
+        page written."""
         dialect = self.engine.dialect
         stamp = received_row_table.c.received_at.type.dialect_impl(dialect).bind_processor(dialect)
         received_at: Any = stamp(at) if stamp is not None else at
         by_order: dict[str, list[tuple[IncomingRow, RecordMeta]]] = {}
-        records: list[tuple[Any, ...]] = []
+        tombstones: list[tuple[Any, ...]] = []
         for row, meta in content:
             if meta.withdrawn:
-                records.append(
+                tombstones.append(  # in _ROW_COLUMNS order
                     (
                         *(agreement_id, row.order_id, source_id, row.seq, b"", b""),
                         *(received_at, meta.key, meta.version, True, None, None),
@@ -401,20 +395,27 @@ class ReceivedStore(TableStore):
                 )
             else:
                 by_order.setdefault(row.order_id, []).append((row, meta))
+        stored = 0
+        if tombstones:
+            sql, order = self._row_upsert()
+            params: list[Any] = (
+                [dict(zip(_ROW_COLUMNS, record, strict=True)) for record in tombstones]
+                if order is None
+                else list(map(itemgetter(*(_ROW_COLUMNS.index(n) for n in order)), tombstones))
+            )
+            stored += connection.exec_driver_sql(sql, params).rowcount
+        slot_keys: dict[int, list[str]] = {}
         for order_id, items in by_order.items():
             cipher = self._keys.key_in(connection, agreement_id, order_id, True, at)
             seqs = [row.seq for row, _ in items]
             payloads = [row.payload for row, _ in items]
+            keys = [meta.key for _, meta in items]
+            versions = [meta.version for _, meta in items]
             place = (agreement_id, order_id, source_id)
             page = self._pages.insert(connection, cipher, place, seqs, payloads, at)
-            records += [
-                (
-                    *(agreement_id, order_id, source_id, row.seq, b"", b""),
-                    *(received_at, meta.key, meta.version, False, page, slot),
-                )
-                for slot, (row, meta) in enumerate(items)
-            ]
-        return records
+            slot_keys[page] = keys
+            stored += index_page(connection, place, received_at, page, keys, seqs, versions)
+        return stored, slot_keys
 
     def store_received_rows(
         self, agreement_id: str, source_id: str, rows: Iterable[IncomingRow], at: datetime

@@ -247,6 +247,66 @@ class Pages:
         )
 
 
+_REPLACE = ", ".join(
+    f"{name} = excluded.{name}"
+    for name in (
+        "order_id",
+        "source_id",
+        "seq",
+        "nonce",
+        "ciphertext",
+        "received_at",
+        "version",
+        "withdrawn",
+        "page_id",
+        "slot",
+    )
+)
+_COLUMNS = (
+    "agreement_id, order_id, source_id, seq, nonce, ciphertext, received_at, "
+    "record_key, version, withdrawn, page_id, slot"
+)
+_UPSERT = (
+    " ON CONFLICT (agreement_id, record_key) DO UPDATE SET "
+    f"{_REPLACE} WHERE contract_received_row.version < excluded.version"
+)
+# One statement per page, whatever its size: the slots' keys, seqs and versions go in
+# as one JSON document (SQLite) or three arrays (PostgreSQL), not as a bound parameter
+# set per row. A record not held is inserted, one held is replaced only by a higher
+# version (the same rule as the row-wise upsert).
+_SQLITE_INDEX = (
+    f"INSERT INTO contract_received_row ({_COLUMNS}) "
+    "SELECT ?, ?, ?, value ->> 1, x'', x'', ?, value ->> 0, value ->> 2, 0, ?, key "
+    f"FROM json_each(?) WHERE true{_UPSERT}"
+)
+_POSTGRES_INDEX = (
+    f"INSERT INTO contract_received_row ({_COLUMNS}) "
+    "SELECT %s, %s, %s, u.seq, ''::bytea, ''::bytea, %s, u.key, u.version, false, %s, "
+    "u.slot - 1 FROM unnest(%s::varchar[], %s::bigint[], %s::bigint[]) "
+    f"WITH ORDINALITY AS u(key, seq, version, slot){_UPSERT}"
+)
+
+
+def index_page(
+    connection: Connection,
+    place: tuple[str, str, str],
+    received_at: Any,
+    page_id: int,
+    keys: list[str],
+    seqs: list[int],
+    versions: list[int],
+) -> int:
+    """Upsert the row index of one page (slot i: `keys[i]`, `seqs[i]`, `versions[i]`;
+    keys unique); how many rows the database stored."""
+    agreement_id, order_id, source_id = place
+    if connection.dialect.name == "sqlite":
+        document = orjson.dumps(list(zip(keys, seqs, versions, strict=True)))
+        params: tuple[Any, ...] = (*place, received_at, page_id, document)
+        return int(connection.exec_driver_sql(_SQLITE_INDEX, params).rowcount)
+    params = (agreement_id, order_id, source_id, received_at, page_id, keys, seqs, versions)
+    return int(connection.exec_driver_sql(_POSTGRES_INDEX, params).rowcount)
+
+
 def _key_of(payload: bytes) -> str:
     try:
         return record_meta(payload).key
