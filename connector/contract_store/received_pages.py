@@ -51,10 +51,10 @@ from sqlalchemy import (
 )
 from sqlmodel.sql.sqltypes import UTCDateTime
 
-from qdspace.connector.contract_errors import ContractStoreError
+from qdspace.connector.contract_errors import ContractStoreError, RecordEnvelopeError
 from qdspace.connector.contract_store.common import CONTRACT_METADATA, ID_LENGTH
 from qdspace.connector.contract_store.data_keys import DataKeys
-from qdspace.connector.transfer_wire import RecordEnvelopeError, record_meta
+from qdspace.connector.transfer_wire import record_meta
 
 received_page_table = Table(
     "contract_received_page",
@@ -148,8 +148,10 @@ class Pages:
             "ciphertext": ciphertext,
             "received_at": received_at,
         }
-        inserted = connection.execute(received_page_table.insert().values(values))
-        return int(inserted.inserted_primary_key[0])
+        inserted = connection.execute(
+            received_page_table.insert().values(values).returning(received_page_table.c.id)
+        )
+        return int(inserted.scalar_one())
 
     def open_pages(
         self, connection: Connection, page_ids: Iterable[int], at: datetime
