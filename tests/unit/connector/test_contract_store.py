@@ -42,7 +42,7 @@ from qdspace.connector.contract_store import (
     notices,
     received_row_table,
 )
-from qdspace.connector.contract_store.data_keys import DataKeys
+from qdspace.connector.contract_store.data_keys import DataKeys, row_aad
 from qdspace.connector.contract_store.received_pages import Pages, received_page_table
 from qdspace.connector.negotiation import (
     Accepted,
@@ -530,3 +530,37 @@ def test_sealed_pages_hold_exactly_the_records_held(store: ContractStore, engine
     digest = deletion_digest_of_bytes([r.payload for r in held])
     assert (deletion.row_count, deletion.content_sha256) == digest
     assert slots() == [] and store.count_received(agr) == 0
+
+
+def test_rows_sealed_before_pages_are_read_replaced_and_erased(
+    store: ContractStore, engine: Engine
+) -> None:
+    """A row stored before 0009_received_pages keeps its own ciphertext: it is read,
+    counted and erased like a paged one, and a later version moves it into a page."""
+    finalized(store, Role.CONSUMER)
+    agr, keys = "agr-neg-1", DataKeys(engine, KEK)
+    old = rec("k-old", verdict="pass")
+    with engine.begin() as connection:
+        cipher = keys.key_in(connection, agr, "ORD-1", True, at(1))
+        nonce = os.urandom(12)
+        sealed = cipher.encrypt(nonce, old, row_aad(agr, "ORD-1", "tx-0", 3))
+        values = {"agreement_id": agr, "order_id": "ORD-1", "source_id": "tx-0", "seq": 3}
+        connection.execute(
+            received_row_table.insert().values(
+                **values, nonce=nonce, ciphertext=sealed, received_at=at(1), record_key="k-old"
+            )
+        )
+    # a stream event may hold a newline (JSON whitespace): its page keeps the bytes
+    spaced = b'{"@key": "k-new",\n "@v": 1}'
+    store.store_received_rows(agr, "sub-1", [IncomingRow(4, "ORD-1", spaced)], at(2))
+    assert [r.payload for r in store.received_rows(agr)] == [old, spaced]
+    fixed = rec("k-old", 2, verdict="fail")
+    assert store.store_received_rows(agr, "sub-1", [IncomingRow(5, "ORD-1", fixed)], at(3)).replaced
+    with engine.connect() as connection:
+        left = connection.execute(
+            select(received_row_table.c.ciphertext).where(
+                received_row_table.c.record_key == "k-old"
+            )
+        ).scalar_one()
+    assert bytes(left) == b""  # the old version's own ciphertext is gone
+    assert sorted(r.payload for r in store.received_rows(agr)) == sorted([fixed, spaced])
