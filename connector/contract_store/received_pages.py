@@ -31,7 +31,7 @@ import os
 import struct
 from collections.abc import Iterable, Sequence
 from datetime import datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 from cryptography.exceptions import InvalidTag
@@ -121,6 +121,16 @@ def unseal(
     return seqs, payloads
 
 
+class OpenPage(NamedTuple):
+    """A page opened: where it belongs, and its slots' seqs and rows (b"": blank)."""
+
+    agreement_id: str
+    order_id: str
+    source_id: str
+    seqs: list[int]
+    payloads: list[bytes]
+
+
 class Pages:
     """Write, read and compact the sealed pages of the consumer's received rows."""
 
@@ -154,86 +164,78 @@ class Pages:
         return int(inserted.scalar_one())
 
     def open_pages(
-        self, connection: Connection, page_ids: Iterable[int], at: datetime
-    ) -> dict[int, tuple[str, str, list[int], list[bytes]]]:
-        """page id -> (agreement, order, slot seqs, slot rows) of the pages asked for."""
+        self, connection: Connection, page_ids: Iterable[int], at: datetime, lock: bool = False
+    ) -> dict[int, OpenPage]:
+        """The pages asked for, opened (`lock`: held for update until the transaction
+        ends, on a database that locks rows, so two writers never rewrite one page)."""
         table = received_page_table
         wanted = sorted(set(page_ids))
-        opened: dict[int, tuple[str, str, list[int], list[bytes]]] = {}
+        opened: dict[int, OpenPage] = {}
         for start in range(0, len(wanted), 500):
-            chunk = wanted[start : start + 500]
-            for page in connection.execute(select(table).where(table.c.id.in_(chunk))):
+            statement = select(table).where(table.c.id.in_(wanted[start : start + 500]))
+            for page in connection.execute(statement.with_for_update() if lock else statement):
                 cipher = self._keys.key_in(connection, page.agreement_id, page.order_id, False, at)
-                aad = page_aad(page.agreement_id, page.order_id, page.source_id)
-                seqs, payloads = unseal(cipher, aad, bytes(page.nonce), bytes(page.ciphertext))
-                opened[int(page.id)] = (page.agreement_id, page.order_id, seqs, payloads)
+                place = (page.agreement_id, page.order_id, page.source_id)
+                seqs, payloads = unseal(
+                    cipher, page_aad(*place), bytes(page.nonce), bytes(page.ciphertext)
+                )
+                opened[int(page.id)] = OpenPage(*place, seqs, payloads)
         return opened
+
+    def blank(self, connection: Connection, dead: dict[int, set[int]], at: datetime) -> None:
+        """Blank these slots (page id -> slots no row points at any more: their records
+        were replaced or withdrawn), and delete a page left with no live slot."""
+        opened = self.open_pages(connection, dead, at, lock=True)
+        for page_id, page in opened.items():
+            kept = [b"" if i in dead[page_id] else p for i, p in enumerate(page.payloads)]
+            self._rewrite(connection, page_id, page, kept, at)
 
     def compact(
         self,
         connection: Connection,
         agreement_id: str,
-        page_ids: Iterable[int],
+        slot_keys: dict[int, list[str]],
         at: datetime,
-        slot_keys: dict[int, list[str]] | None = None,
     ) -> None:
-        """Blank every slot of these pages that no received row points at any more, and
-        delete a page left without a live slot. `slot_keys` (page id -> record key per
-        slot) spares opening a page just written."""
+        """Blank every slot of these pages just written (page id -> record key per slot)
+        that no received row points at (the record was held already), and delete a
+        page left without a live slot."""
         rows = self._rows
-        known = slot_keys or {}
-        ids = sorted(set(page_ids))
-        opened = self.open_pages(connection, [i for i in ids if i not in known], at)
-        for page_id in ids:
-            if page_id in known:
-                keys = known[page_id]
-            else:
-                keys = (
-                    [_key_of(p) if p else "" for p in opened[page_id][3]]
-                    if page_id in opened
-                    else []
-                )
+        for page_id, keys in slot_keys.items():
             live: set[int] = set()
-            unique = sorted({k for k in keys if k})
+            unique = sorted(set(keys))
             for start in range(0, len(unique), 500):
-                chunk = unique[start : start + 500]
                 live.update(
                     int(slot)
                     for slot in connection.scalars(
                         select(rows.c.slot).where(
                             rows.c.agreement_id == agreement_id,
                             rows.c.page_id == page_id,
-                            rows.c.record_key.in_(chunk),
+                            rows.c.record_key.in_(unique[start : start + 500]),
                         )
                     )
                 )
             if not live:
                 self.delete(connection, [page_id])
-                continue
-            if len(live) == sum(1 for k in keys if k):
-                continue
-            if page_id not in opened:
-                opened.update(self.open_pages(connection, [page_id], at))
-            page_agreement, order_id, seqs, payloads = opened[page_id]
-            place = self._place(connection, page_id)
-            kept = [p if i in live else b"" for i, p in enumerate(payloads)]
-            cipher = self._keys.key_in(connection, page_agreement, order_id, False, at)
-            nonce, ciphertext = seal(cipher, page_aad(*place), seqs, kept)
-            connection.execute(
-                update(received_page_table)
-                .where(received_page_table.c.id == page_id)
-                .values(nonce=nonce, ciphertext=ciphertext)
-            )
+            elif len(live) < len(keys):
+                page = self.open_pages(connection, [page_id], at, lock=True)[page_id]
+                kept = [p if i in live else b"" for i, p in enumerate(page.payloads)]
+                self._rewrite(connection, page_id, page, kept, at)
 
-    @staticmethod
-    def _place(connection: Connection, page_id: int) -> tuple[str, str, str]:
-        table = received_page_table
-        found = connection.execute(
-            select(table.c.agreement_id, table.c.order_id, table.c.source_id).where(
-                table.c.id == page_id
-            )
-        ).one()
-        return found[0], found[1], found[2]
+    def _rewrite(
+        self, connection: Connection, page_id: int, page: OpenPage, kept: list[bytes], at: datetime
+    ) -> None:
+        if not any(kept):
+            self.delete(connection, [page_id])
+            return
+        cipher = self._keys.key_in(connection, page.agreement_id, page.order_id, False, at)
+        place = (page.agreement_id, page.order_id, page.source_id)
+        nonce, ciphertext = seal(cipher, page_aad(*place), page.seqs, kept)
+        connection.execute(
+            update(received_page_table)
+            .where(received_page_table.c.id == page_id)
+            .values(nonce=nonce, ciphertext=ciphertext)
+        )
 
     @staticmethod
     def delete(connection: Connection, page_ids: Sequence[int]) -> None:
@@ -309,22 +311,15 @@ def index_page(
     return int(connection.exec_driver_sql(_POSTGRES_INDEX, params).rowcount)
 
 
-def _key_of(payload: bytes) -> str:
-    try:
-        return record_meta(payload).key
-    except RecordEnvelopeError:
-        raise ContractStoreError("a received page holds a row without a record key") from None
-
-
-def slot_payload(opened: dict[int, tuple[str, str, list[int], list[bytes]]], row: Any) -> bytes:
+def slot_payload(opened: dict[int, OpenPage], row: Any) -> bytes:
     """The bytes of one received row held in a page, checked against its index entry
     (agreement, order, seq, record key, version)."""
     page = opened.get(int(row.page_id))
     slot = int(row.slot)
     where = f"received row {row.source_id}#{row.seq}"
-    if page is None or page[0] != row.agreement_id or page[1] != row.order_id:
+    if page is None or page.agreement_id != row.agreement_id or page.order_id != row.order_id:
         raise ContractStoreError(f"{where} fails its integrity check: its page is not its place")
-    seqs, payloads = page[2], page[3]
+    seqs, payloads = page.seqs, page.payloads
     if not 0 <= slot < len(payloads) or seqs[slot] != int(row.seq) or not payloads[slot]:
         raise ContractStoreError(f"{where} fails its integrity check: not in its page")
     payload = payloads[slot]

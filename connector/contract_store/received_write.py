@@ -67,6 +67,13 @@ _ROW_COLUMNS = (
     "slot",
 )
 _REPLACED_COLUMNS = _ROW_COLUMNS[1:]
+_Held = tuple[int, bool, tuple[int, int] | None]  # version, withdrawn, (page, slot)
+# columns of a delivery, read in C (both are named tuples)
+_FIRST, _SECOND = itemgetter(0), itemgetter(1)
+_SEQ, _ORDER, _PAYLOAD = itemgetter(0), itemgetter(1), itemgetter(2)  # of an IncomingRow
+_KEY, _VERSION, _WITHDRAWN = itemgetter(0), itemgetter(1), itemgetter(2)  # of a RecordMeta
+assert IncomingRow._fields == ("seq", "order_id", "payload")
+assert RecordMeta._fields == ("key", "version", "withdrawn")
 
 
 def _change(
@@ -133,22 +140,23 @@ class MirrorWriter(TableStore):
 
     def _held(
         self, connection: Connection, agreement_id: str, keys: Iterable[str]
-    ) -> dict[str, tuple[int, bool, int | None]]:
-        """record key -> (version, withdrawn, page id) of the records of `keys` held now
-        (one indexed lookup per chunk, in the driver's SQL)."""
+    ) -> dict[str, _Held]:
+        """record key -> (version, withdrawn, page id, slot) of the records of `keys`
+        held now (one indexed lookup per chunk, in the driver's SQL)."""
         mark = "?" if self.engine.dialect.paramstyle == "qmark" else "%s"
-        held: dict[str, tuple[int, bool, int | None]] = {}
+        held: dict[str, _Held] = {}
         unique = list(dict.fromkeys(keys))
         for start in range(0, len(unique), 500):
             chunk = unique[start : start + 500]
             sql = (
-                "SELECT record_key, version, withdrawn, page_id FROM contract_received_row "
+                "SELECT record_key, version, withdrawn, page_id, slot FROM contract_received_row "
                 f"WHERE agreement_id = {mark} AND record_key IN ({', '.join([mark] * len(chunk))})"
             )
-            for key, version, withdrawn, page in connection.exec_driver_sql(
+            for key, version, withdrawn, page, slot in connection.exec_driver_sql(
                 sql, (agreement_id, *chunk)
             ):
-                held[key] = (int(version), bool(withdrawn), None if page is None else int(page))
+                where = None if page is None else (int(page), int(slot))
+                held[key] = (int(version), bool(withdrawn), where)
         return held
 
     def store_rows(
@@ -176,13 +184,15 @@ class MirrorWriter(TableStore):
         if self._held(connection, agreement_id, firsts[:: max(1, len(firsts) // 8)]):
             careful.update(firsts)  # a re-delivery, likely: cheaper to look up than to write
         held = self._held(connection, agreement_id, careful) if careful else {}
-        stale: set[int] = set()  # pages whose slots a replacement or withdrawal empties
+        stale: dict[int, set[int]] = {}  # page -> slots a replacement or withdrawal empties
         chosen: dict[str, tuple[IncomingRow, RecordMeta]] = {}  # careful key -> its winner
         changes: list[dict[str, Any]] = []
         plain = replaced = withdrawn = unchanged = added = 0
         content: list[tuple[IncomingRow, RecordMeta]] = []
         seen: set[str] = set()  # first versions written (a second copy is held by then)
-        for row, meta in zip(rows, metas, strict=True):
+        if not careful and len(set(firsts)) == len(rows):  # first versions, each once
+            content, plain, rows = list(zip(rows, metas, strict=True)), len(rows), ()
+        for row, meta in zip(rows, metas, strict=False):
             if meta.key not in careful:
                 if meta.key in seen:
                     unchanged += 1
@@ -197,7 +207,8 @@ class MirrorWriter(TableStore):
                 continue
             held[meta.key] = (meta.version, meta.withdrawn, None)
             if before is not None and before[2] is not None:
-                stale.add(before[2])
+                page, slot = before[2]
+                stale.setdefault(page, set()).add(slot)
             if meta.withdrawn:
                 withdrawn += before is not None and not before[1]
                 unchanged += before is None or before[1]
@@ -216,14 +227,13 @@ class MirrorWriter(TableStore):
         added += new
         unchanged += plain - new
         if new < plain:  # some were held already: their slots hold nothing live
-            pages = set(slot_keys)
             if new == 0:  # a re-delivery: a page of none but its rows goes whole
                 gone = [p for p, keys in slot_keys.items() if chosen.keys().isdisjoint(keys)]
                 self._pages.delete(connection, gone)
-                pages.difference_update(gone)
-            self._pages.compact(connection, agreement_id, pages, at, slot_keys)
+                slot_keys = {p: keys for p, keys in slot_keys.items() if p not in gone}
+            self._pages.compact(connection, agreement_id, slot_keys, at)
         if stale:
-            self._pages.compact(connection, agreement_id, stale, at)
+            self._pages.blank(connection, stale, at)
         if changes:
             connection.execute(
                 self._upsert(change_table)
@@ -249,6 +259,9 @@ class MirrorWriter(TableStore):
         received_at: Any = stamp(at) if stamp is not None else at
         by_order: dict[str, list[tuple[IncomingRow, RecordMeta]]] = {}
         tombstones: list[tuple[Any, ...]] = []
+        orders = set(map(_ORDER, map(_FIRST, content)))
+        if len(orders) == 1 and not any(map(_WITHDRAWN, map(_SECOND, content))):
+            by_order[orders.pop()], content = content, []  # the common case, as it is
         for row, meta in content:
             if meta.withdrawn:
                 tombstones.append(  # in _ROW_COLUMNS order
@@ -271,10 +284,9 @@ class MirrorWriter(TableStore):
         slot_keys: dict[int, list[str]] = {}
         for order_id, items in by_order.items():
             cipher = self._keys.key_in(connection, agreement_id, order_id, True, at)
-            seqs = [row.seq for row, _ in items]
-            payloads = [row.payload for row, _ in items]
-            keys = [meta.key for _, meta in items]
-            versions = [meta.version for _, meta in items]
+            rows, metas = list(map(_FIRST, items)), list(map(_SECOND, items))
+            seqs, payloads = list(map(_SEQ, rows)), list(map(_PAYLOAD, rows))
+            keys, versions = list(map(_KEY, metas)), list(map(_VERSION, metas))
             place = (agreement_id, order_id, source_id)
             page = self._pages.insert(connection, cipher, place, seqs, payloads, at)
             slot_keys[page] = keys

@@ -479,7 +479,7 @@ def test_sealed_pages_hold_exactly_the_records_held(store: ContractStore, engine
         with engine.connect() as connection:
             ids = list(connection.scalars(select(received_page_table.c.id)))
             opened = pages.open_pages(connection, ids, at(9))
-        return sorted(p for _, _, _, rows in opened.values() for p in rows if p)
+        return sorted(p for page in opened.values() for p in page.payloads if p)
 
     first = [IncomingRow(i, "ORD-1", rec(f"k{i}", verdict="pass")) for i in range(5)]
     assert store.store_received_rows(agr, "sub-1", first, at(1)).added == 5

@@ -238,7 +238,7 @@ class Mirror:
             page = received_page_table
             ids = list(connection.scalars(select(page.c.id).where(page.c.agreement_id == AGR)))
             opened = pages.open_pages(connection, ids, T0)
-        return [p for _, _, _, slots in opened.values() for p in slots if p]
+        return [p for page in opened.values() for p in page.payloads if p]
 
     def page_count(self) -> int:
         with self.store.engine.connect() as connection:
