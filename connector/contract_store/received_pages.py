@@ -280,7 +280,8 @@ _UPSERT = (
 # version (the same rule as the row-wise upsert).
 _SQLITE_INDEX = (
     f"INSERT INTO contract_received_row ({_COLUMNS}) "
-    "SELECT ?, ?, ?, value ->> 1, x'', x'', ?, value ->> 0, value ->> 2, 0, ?, key "
+    "SELECT ?, ?, ?, json_extract(value, '$[1]'), x'', x'', ?, json_extract(value, '$[0]'), "
+    "json_extract(value, '$[2]'), 0, ?, key "
     f"FROM json_each(?) WHERE true{_UPSERT}"
 )
 _POSTGRES_INDEX = (
