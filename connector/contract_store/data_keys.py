@@ -18,8 +18,10 @@ Invariants: a key is created once per (agreement, order), on first use, race-fre
 the key, with when it was destroyed. Only keys committed before the current
 transaction are cached in memory, so a rolled-back transaction never leaves a key
 behind that the database lacks; destroying a key drops it from the cache first.
-Every row's ciphertext is bound (as AAD) to its agreement, order, source and seq, so
-a row moved to another place in the table no longer opens.
+Every ciphertext is bound (as AAD) to where it belongs: a sealed page of received rows
+to its agreement, order and source (`received_pages`, which also seals each slot's
+seq), a row stored before pages to its agreement, order, source and seq; moved to
+another place, it no longer opens.
 """
 
 from __future__ import annotations

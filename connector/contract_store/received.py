@@ -9,7 +9,11 @@ an older version cannot bring it back), and every correction and withdrawal is k
 in an audit trail (`received_changes`) with the hash of what arrived. A row, and a
 tombstone, is only accepted for an order its agreement covers, and only ever touches
 that agreement's rows. Each row is stored encrypted under its order's data key
-(`data_keys`), bound to where it belongs.
+(`data_keys`), bound to where it belongs: in a sealed page, one ciphertext per
+delivery and order (`received_pages`); rows stored before pages keep a ciphertext of
+their own, and readers open both. How a delivery is written is `received_write`; this
+module reads the copy, erases an order (the digest of its deletion receipt covers
+exactly the records held) and ties a batch to the transfer cursor.
 
 Why separate: this is the only aggregate that holds another member's data, and the
 one written on the hot path of every transfer batch and stream event; its invariants
@@ -25,189 +29,42 @@ highest seq it stored (`last_received_seq`).
 
 from __future__ import annotations
 
-import hashlib
-import json
-import os
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
 from datetime import datetime
-from operator import itemgetter
-from typing import Any, NamedTuple
+from typing import Any
 
 from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-from sqlalchemy import (
-    BigInteger,
-    Boolean,
-    Column,
-    Connection,
-    Engine,
-    Index,
-    Integer,
-    LargeBinary,
-    String,
-    Table,
-    UniqueConstraint,
-    and_,
-    bindparam,
-    delete,
-    false,
-    func,
-    select,
-)
-from sqlmodel.sql.sqltypes import UTCDateTime
+from sqlalchemy import Connection, Engine, and_, delete, false, func, select
 
 from qdspace.connector.agreement import deletion_digest_of_bytes
-from qdspace.connector.contract_errors import (
-    ContractDenied,
-    ContractStoreError,
-    ForeignRecordError,
-)
+from qdspace.connector.contract_errors import ContractStoreError
 from qdspace.connector.contract_store.agreements import AgreementStore
-from qdspace.connector.contract_store.common import (
-    CONTRACT_METADATA,
-    ID_LENGTH,
-    TableStore,
-    saving,
-    utc_now,
-)
+from qdspace.connector.contract_store.common import TableStore, saving, utc_now
 from qdspace.connector.contract_store.data_keys import DataKeys, row_aad
+from qdspace.connector.contract_store.received_model import (
+    Deletion,
+    IncomingRow,
+    MirrorResult,
+    ReceivedChange,
+    ReceivedRow,
+    change_table,
+    received_row_table,
+)
+from qdspace.connector.contract_store.received_pages import Pages, slot_payload
+from qdspace.connector.contract_store.received_write import MirrorWriter
 from qdspace.connector.contract_store.transfers import TransferStore
-from qdspace.connector.negotiation import Role
 from qdspace.connector.transfer import TransferProcess
-from qdspace.connector.transfer_wire import RecordMeta, record_meta
-from qdspace.policies.evaluate import order_in_scope
 
-received_row_table = Table(
-    "contract_received_row",
-    CONTRACT_METADATA,
-    Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True),
-    Column("agreement_id", String(ID_LENGTH), nullable=False),
-    Column("order_id", String(ID_LENGTH), nullable=False),
-    Column("source_id", String(ID_LENGTH), nullable=False),
-    Column("seq", BigInteger, nullable=False),
-    Column("nonce", LargeBinary, nullable=False),
-    Column("ciphertext", LargeBinary, nullable=False),
-    Column("received_at", UTCDateTime(), nullable=False),
-    Column("record_key", String(ID_LENGTH), nullable=False),
-    Column("version", BigInteger, nullable=False, server_default="1"),
-    Column("withdrawn", Boolean, nullable=False, server_default=false()),
-    UniqueConstraint("agreement_id", "record_key", name="uq_contract_received_record"),
-    Index("ix_contract_received_row_source", "source_id", "seq"),
-)
-change_table = Table(
-    "contract_received_change",
-    CONTRACT_METADATA,
-    Column("agreement_id", String(ID_LENGTH), primary_key=True),
-    Column("record_key", String(ID_LENGTH), primary_key=True),
-    Column("version", BigInteger, primary_key=True, autoincrement=False),
-    Column("order_id", String(ID_LENGTH), nullable=False),
-    Column("withdrawn", Boolean, nullable=False),
-    Column("content_sha256", String(64), nullable=False),
-    Column("source_id", String(ID_LENGTH), nullable=False),
-    Column("received_at", UTCDateTime(), nullable=False),
-)
-
-
-class IncomingRow(NamedTuple):
-    """One row received under an agreement: its canonical JSON bytes, as the chain covered
-    (a tuple: one is made for every row received)."""
-
-    seq: int
-    order_id: str
-    payload: bytes
-
-
-@dataclass(frozen=True)
-class ReceivedRow:
-    """The current version of one record received under an agreement."""
-
-    id: int
-    agreement_id: str
-    order_id: str
-    source_id: str
-    seq: int
-    payload: bytes
-    received_at: datetime
-    record_key: str = ""
-    version: int = 1
-
-    def decode(self) -> dict[str, Any]:
-        value = json.loads(self.payload)
-        assert isinstance(value, dict)
-        return value
-
-
-@dataclass(frozen=True)
-class ReceivedChange:
-    """One correction (version > 1) or withdrawal of a received record: the audit trail.
-
-    `content_sha256` is the SHA-256 of the row's bytes as they arrived (a tombstone's
-    for a withdrawal); the provider's ledger anchors its own records' versions."""
-
-    agreement_id: str
-    record_key: str
-    version: int
-    order_id: str
-    withdrawn: bool
-    content_sha256: str
-    source_id: str
-    received_at: datetime
-
-
-@dataclass(frozen=True)
-class MirrorResult:
-    """What one delivery did to the consumer's copy."""
-
-    added: int = 0
-    replaced: int = 0
-    withdrawn: int = 0
-    unchanged: int = 0
-
-    @property
-    def changed(self) -> int:
-        return self.added + self.replaced + self.withdrawn
-
-
-@dataclass(frozen=True)
-class Deletion:
-    """What `erase_order_in` removed: how many records, and the digest of their
-    canonical bytes (`deletion_digest_of_bytes`), for the receipt."""
-
-    agreement_id: str
-    order_id: str
-    row_count: int
-    content_sha256: str
-
-
-_ROW_COLUMNS = (
-    "agreement_id",
-    "order_id",
-    "source_id",
-    "seq",
-    "nonce",
-    "ciphertext",
-    "received_at",
-    "record_key",
-    "version",
-    "withdrawn",
-)
-_REPLACED_COLUMNS = _ROW_COLUMNS[1:]
-
-
-def _change(
-    agreement_id: str, source_id: str, row: IncomingRow, meta: RecordMeta, at: datetime
-) -> dict[str, Any]:
-    return {
-        "agreement_id": agreement_id,
-        "record_key": meta.key,
-        "version": meta.version,
-        "order_id": row.order_id,
-        "withdrawn": meta.withdrawn,
-        "content_sha256": hashlib.sha256(row.payload).hexdigest(),
-        "source_id": source_id,
-        "received_at": at,
-    }
+__all__ = [
+    "Deletion",
+    "IncomingRow",
+    "MirrorResult",
+    "ReceivedChange",
+    "ReceivedRow",
+    "ReceivedStore",
+    "change_table",
+    "received_row_table",
+]
 
 
 class ReceivedStore(TableStore):
@@ -222,137 +79,9 @@ class ReceivedStore(TableStore):
     ) -> None:
         super().__init__(engine)
         self._keys = keys
-        self._agreements = agreements
         self._transfers = transfers
-        self._row_sql: tuple[str, tuple[str, ...] | None] | None = None
-
-    def _row_upsert(self) -> tuple[str, tuple[str, ...] | None]:
-        """The driver SQL of the received-row upsert and, for a positional driver, the
-        order of its parameters (compiled once; a page is one executemany): a record
-        not held is inserted, one held is replaced only by a higher version."""
-        if self._row_sql is None:
-            table = received_row_table
-            statement = self._upsert(table).values({name: bindparam(name) for name in _ROW_COLUMNS})
-            excluded = statement.excluded
-            statement = statement.on_conflict_do_update(
-                index_elements=["agreement_id", "record_key"],
-                set_={name: excluded[name] for name in _REPLACED_COLUMNS},
-                where=table.c.version < excluded.version,
-            )
-            compiled = statement.compile(dialect=self.engine.dialect)
-            order = tuple(compiled.positiontup or ()) if compiled.positional else None
-            self._row_sql = (compiled.string, order)
-        return self._row_sql
-
-    def _check_orders(
-        self, connection: Connection, agreement_id: str, rows: Sequence[IncomingRow]
-    ) -> None:
-        """Every row, and every tombstone, must be of an order the agreement covers, and
-        arrive while it is in force (a purge terminates it before it deletes)."""
-        stored = self._agreements.agreement_in(connection, agreement_id, hold=True)
-        if stored.role is not Role.CONSUMER:
-            raise ForeignRecordError(f"agreement {agreement_id}: we are not its consumer")
-        if stored.terminated_at is not None:
-            raise ContractDenied(f"agreement {agreement_id} terminated: its rows are refused")
-        policy = stored.signed.agreement.policy
-        for order in {row.order_id for row in rows}:
-            if not order_in_scope(policy, order):
-                raise ForeignRecordError(
-                    f"agreement {agreement_id} does not cover order {order!r}: its rows are refused"
-                )
-
-    def _held(
-        self, connection: Connection, agreement_id: str, keys: Sequence[str]
-    ) -> dict[str, tuple[int, bool]]:
-        """record key -> (version, withdrawn) of the records of `keys` held now (one
-        indexed lookup per chunk, in the driver's SQL: this runs for every batch)."""
-        mark = "?" if self.engine.dialect.paramstyle == "qmark" else "%s"
-        held: dict[str, tuple[int, bool]] = {}
-        unique = list(dict.fromkeys(keys))
-        for start in range(0, len(unique), 500):
-            chunk = unique[start : start + 500]
-            sql = (
-                "SELECT record_key, version, withdrawn FROM contract_received_row "
-                f"WHERE agreement_id = {mark} AND record_key IN ({', '.join([mark] * len(chunk))})"
-            )
-            for key, version, withdrawn in connection.exec_driver_sql(sql, (agreement_id, *chunk)):
-                held[key] = (int(version), bool(withdrawn))
-        return held
-
-    def _store_rows(
-        self,
-        connection: Connection,
-        agreement_id: str,
-        source_id: str,
-        rows: Sequence[IncomingRow],
-        at: datetime,
-    ) -> MirrorResult:
-        if not rows:
-            return MirrorResult()
-        metas = [record_meta(row.payload) for row in rows]
-        self._check_orders(connection, agreement_id, rows)
-        held = self._held(connection, agreement_id, [m.key for m in metas])
-        dialect = self.engine.dialect
-        stamp = received_row_table.c.received_at.type.dialect_impl(dialect).bind_processor(dialect)
-        received_at: Any = stamp(at) if stamp is not None else at
-        nonces = os.urandom(12 * len(rows))
-        records: list[tuple[Any, ...]] = []
-        changes: list[dict[str, Any]] = []
-        ciphers: dict[str, AESGCM] = {}  # order -> its data key, for this transaction
-        added = replaced = withdrawn = unchanged = 0
-        for index, (row, meta) in enumerate(zip(rows, metas, strict=True)):
-            before = held.get(meta.key)
-            if before is not None and before[0] >= meta.version:
-                unchanged += 1  # a copy of what is held, or older
-                continue
-            held[meta.key] = (meta.version, meta.withdrawn)
-            if meta.withdrawn:
-                withdrawn += before is not None and not before[1]
-                unchanged += before is None or before[1]
-                nonce, ciphertext = b"", b""  # a tombstone holds nothing to encrypt
-            else:
-                cipher = ciphers.get(row.order_id)
-                if cipher is None:  # a key made in this transaction is not cached by DataKeys
-                    cipher = self._keys.key_in(connection, agreement_id, row.order_id, True, at)
-                    ciphers[row.order_id] = cipher
-                nonce = nonces[12 * index : 12 * index + 12]
-                aad = row_aad(agreement_id, row.order_id, source_id, row.seq)
-                ciphertext = cipher.encrypt(nonce, row.payload, aad)
-                if before is None or before[1]:
-                    added += 1
-                else:
-                    replaced += 1
-            records.append(  # in _ROW_COLUMNS order
-                (
-                    agreement_id,
-                    row.order_id,
-                    source_id,
-                    row.seq,
-                    nonce,
-                    ciphertext,
-                    received_at,
-                    meta.key,
-                    meta.version,
-                    meta.withdrawn,
-                )
-            )
-            if meta.version > 1 or meta.withdrawn:
-                changes.append(_change(agreement_id, source_id, row, meta, at))
-        if records:
-            sql, order = self._row_upsert()
-            params: list[Any] = (
-                [dict(zip(_ROW_COLUMNS, record, strict=True)) for record in records]
-                if order is None
-                else list(map(itemgetter(*(_ROW_COLUMNS.index(name) for name in order)), records))
-            )
-            connection.exec_driver_sql(sql, params)
-        if changes:
-            connection.execute(
-                self._upsert(change_table)
-                .values(changes)
-                .on_conflict_do_nothing(index_elements=["agreement_id", "record_key", "version"])
-            )
-        return MirrorResult(added, replaced, withdrawn, unchanged)
+        self._pages = Pages(keys, received_row_table)
+        self._writer = MirrorWriter(engine, keys, agreements, self._pages)
 
     def store_received_rows(
         self, agreement_id: str, source_id: str, rows: Iterable[IncomingRow], at: datetime
@@ -362,7 +91,7 @@ class ReceivedStore(TableStore):
         withdraw; anything already held (a re-delivery, a record seen on a pull) is not
         stored again."""
         with self.engine.begin() as connection:
-            return self._store_rows(connection, agreement_id, source_id, list(rows), at)
+            return self._writer.store_rows(connection, agreement_id, source_id, list(rows), at)
 
     def commit_transfer_batch(
         self,
@@ -384,7 +113,9 @@ class ReceivedStore(TableStore):
                 f"{before.checkpoint.offset}..{after.checkpoint.offset - 1}"
             )
         with saving(self.engine, f"transfer {after.transfer_id}") as connection:
-            result = self._store_rows(connection, after.agreement_id, after.transfer_id, rows, at)
+            result = self._writer.store_rows(
+                connection, after.agreement_id, after.transfer_id, rows, at
+            )
             self._transfers.save_transfer_in(connection, before, after)
         return result
 
@@ -424,26 +155,28 @@ class ReceivedStore(TableStore):
             ).scalar_one()
         return None if value is None else int(value)
 
-    def _decrypt(self, connection: Connection, row: Any, at: datetime) -> ReceivedRow:
-        cipher = self._keys.key_in(connection, row.agreement_id, row.order_id, False, at)
-        aad = row_aad(row.agreement_id, row.order_id, row.source_id, row.seq)
-        try:
-            payload = cipher.decrypt(bytes(row.nonce), bytes(row.ciphertext), aad)
-        except InvalidTag:
-            raise ContractStoreError(
-                f"received row {row.source_id}#{row.seq} fails its integrity check"
-            ) from None
-        return ReceivedRow(
-            int(row.id),
-            row.agreement_id,
-            row.order_id,
-            row.source_id,
-            int(row.seq),
-            payload,
-            row.received_at,
-            row.record_key,
-            int(row.version),
+    def _payloads(
+        self, connection: Connection, records: Sequence[Any], at: datetime
+    ) -> list[bytes]:
+        """The bytes of held rows: from their sealed pages (each page opened once), or
+        from their own ciphertext (rows stored before pages)."""
+        opened = self._pages.open_pages(
+            connection, (r.page_id for r in records if r.page_id is not None), at
         )
+        payloads = []
+        for row in records:
+            if row.page_id is not None:
+                payloads.append(slot_payload(opened, row))
+                continue
+            cipher = self._keys.key_in(connection, row.agreement_id, row.order_id, False, at)
+            aad = row_aad(row.agreement_id, row.order_id, row.source_id, row.seq)
+            try:
+                payloads.append(cipher.decrypt(bytes(row.nonce), bytes(row.ciphertext), aad))
+            except InvalidTag:
+                raise ContractStoreError(
+                    f"received row {row.source_id}#{row.seq} fails its integrity check"
+                ) from None
+        return payloads
 
     def received_rows(
         self,
@@ -466,8 +199,21 @@ class ReceivedStore(TableStore):
             statement = statement.where(table.c.order_id == order_id)
         with self.engine.connect() as connection:
             records = connection.execute(statement.order_by(table.c.id).limit(limit)).all()
-            now = utc_now()
-            return [self._decrypt(connection, record, now) for record in records]
+            payloads = self._payloads(connection, records, utc_now())
+        return [
+            ReceivedRow(
+                int(r.id),
+                r.agreement_id,
+                r.order_id,
+                r.source_id,
+                int(r.seq),
+                payload,
+                r.received_at,
+                r.record_key,
+                int(r.version),
+            )
+            for r, payload in zip(records, payloads, strict=True)
+        ]
 
     def count_received(self, agreement_id: str | None = None) -> int:
         """How many records are held (each once, withdrawn ones not)."""
@@ -492,11 +238,10 @@ class ReceivedStore(TableStore):
         where = and_(table.c.agreement_id == agreement_id, table.c.order_id == order_id)
         held = and_(where, table.c.withdrawn == false())
         records = connection.execute(select(table).where(held).order_by(table.c.id)).all()
-        payloads = []
-        if records:
-            payloads = [self._decrypt(connection, r, at).payload for r in records]
+        payloads = self._payloads(connection, records, at) if records else []
         count, digest = deletion_digest_of_bytes(payloads)
         connection.execute(delete(table).where(where))
+        self._pages.erase(connection, agreement_id, order_id)
         connection.execute(
             delete(change_table).where(
                 change_table.c.agreement_id == agreement_id,

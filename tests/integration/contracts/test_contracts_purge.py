@@ -86,8 +86,10 @@ def test_purge_deletes_receipts_terminates_and_anchors(pair: LocalNetwork) -> No
     held = "SELECT ciphertext FROM contract_received_row WHERE agreement_id = :a"
     stored = _raw(pair, held, a=aid)
     assert len(stored) == kept["total"]
+    sealed = "SELECT ciphertext FROM contract_received_page WHERE agreement_id = :a"
+    pages = _raw(pair, sealed, a=aid)
     some_id = kept["rows"][0]["inspection_id"].encode()
-    assert all(some_id not in bytes(r["ciphertext"]) for r in stored)  # held encrypted
+    assert pages and all(some_id not in bytes(r["ciphertext"]) for r in stored + pages)
 
     # --- hostile or careless requests delete nothing
     with pair["sunarc"].client() as oem:
@@ -121,7 +123,7 @@ def test_purge_deletes_receipts_terminates_and_anchors(pair: LocalNetwork) -> No
     assert left["total"] == 0 and mine["active"] is False
     assert again.status_code == 403  # nothing flows under the agreement any more
     # read raw: no row, not even as ciphertext, and no key to open a backup's copy
-    assert _raw(pair, held, a=aid) == []
+    assert _raw(pair, held, a=aid) == [] and _raw(pair, sealed, a=aid) == []
     keys = _raw(pair, "SELECT * FROM contract_data_key WHERE agreement_id = :a", a=aid)
     assert keys and all(k["wrapped_key"] is None and k["destroyed_at"] for k in keys)
 

@@ -20,6 +20,7 @@ from qdspace.connector.agreement import (
     DeletionReceipt,
     SignedAgreement,
     countersign,
+    deletion_digest_of_bytes,
     sign_agreement,
     sign_receipt,
 )
@@ -41,6 +42,8 @@ from qdspace.connector.contract_store import (
     notices,
     received_row_table,
 )
+from qdspace.connector.contract_store.data_keys import DataKeys, row_aad
+from qdspace.connector.contract_store.received_pages import Pages, received_page_table
 from qdspace.connector.negotiation import (
     Accepted,
     Agreement,
@@ -61,7 +64,7 @@ from qdspace.connector.storage import head_revision, migrate
 from qdspace.connector.transfer import TransferState, advance, open_transfer
 from qdspace.connector.transfer import apply as apply_transfer
 from qdspace.connector.transfer_messages import TransferRequest, TransferStart
-from qdspace.connector.transfer_wire import Checkpoint, row_bytes
+from qdspace.connector.transfer_wire import Checkpoint, row_bytes, tombstone_bytes
 from qdspace.policies.canonical import canonical_json
 from qdspace.policies.model import OfferTerms, Policy, make_offer
 from qdspace.policies.retention import DutyStatus, ReceiptMismatchError
@@ -462,3 +465,102 @@ def test_received_records_are_held_once_in_their_latest_version(store: ContractS
     assert changes[0].content_sha256 == hashlib.sha256(newer[0].payload).hexdigest()
     with pytest.raises(ForeignRecordError, match="ORD-9"):
         store.store_received_rows("agr-neg-1", "s", [IncomingRow(1, "ORD-9", rec("k9"))], at(5))
+
+
+def test_sealed_pages_hold_exactly_the_records_held(store: ContractStore, engine: Engine) -> None:
+    """Keep-once, corrections and withdrawals, on both databases: the sealed pages end
+    up holding the current version of each record held, nothing stale or withdrawn, and
+    erasing the order deletes them with a receipt over exactly those records."""
+    finalized(store, Role.CONSUMER)
+    agr = "agr-neg-1"
+    pages = Pages(DataKeys(engine, KEK), received_row_table)
+
+    def slots() -> list[bytes]:
+        with engine.connect() as connection:
+            ids = list(connection.scalars(select(received_page_table.c.id)))
+            opened = pages.open_pages(connection, ids, at(9))
+        return sorted(p for page in opened.values() for p in page.payloads if p)
+
+    first = [IncomingRow(i, "ORD-1", rec(f"k{i}", verdict="pass")) for i in range(5)]
+    assert store.store_received_rows(agr, "sub-1", first, at(1)).added == 5
+    again = store.store_received_rows(
+        agr, "sub-1", [*first, IncomingRow(5, "ORD-1", rec("k5"))], at(2)
+    )
+    assert (again.added, again.unchanged) == (1, 5)  # the copies left no slot behind
+    # held copies the sample of first versions misses (every other one is looked at):
+    # written, counted by the upsert, and their slots blanked
+    mixed = [rec(f"k{i // 2 % 6}") if i % 2 else rec(f"n{i}") for i in range(16)]
+    result = store.store_received_rows(
+        agr, "sub-2", [IncomingRow(100 + i, "ORD-1", p) for i, p in enumerate(mixed)], at(2)
+    )
+    assert (result.added, result.unchanged) == (8, 8)
+    assert slots() == sorted(r.payload for r in store.received_rows(agr))
+    changed = [
+        IncomingRow(6, "ORD-1", rec("k1", 2, verdict="fail")),
+        IncomingRow(7, "ORD-1", tombstone_bytes("k2", 2)),
+        IncomingRow(8, "ORD-1", rec("k0")),  # a copy of what is held
+        IncomingRow(9, "ORD-1", rec("k3", 2)),
+        IncomingRow(10, "ORD-1", rec("k3", 3, verdict="fail")),  # twice in one delivery
+        IncomingRow(11, "ORD-1", rec("k6", 2)),  # first seen at version 2
+    ]
+    result = store.store_received_rows(agr, "sub-1", changed, at(3))
+    assert (result.added, result.replaced, result.withdrawn, result.unchanged) == (1, 3, 1, 1)
+    held = store.received_rows(agr)
+    assert {r.record_key: r.version for r in held} == {
+        "k0": 1,
+        "k1": 2,
+        "k3": 3,
+        "k4": 1,
+        "k5": 1,
+        "k6": 2,
+        **{f"n{i}": 1 for i in range(0, 16, 2)},
+    }
+    assert slots() == sorted(r.payload for r in held)
+    assert store.last_received_seq("sub-1") == 11
+    store.record_order_closed(agr, "ORD-1", at(4))
+
+    erased: list[Deletion] = []
+
+    def receipt(deletion: Deletion) -> tuple[object, tuple[OutboxMessage, ...]]:
+        erased.append(deletion)
+        return _receipt_for(deletion, at(4) + timedelta(days=200))
+
+    store.shred(agr, "ORD-1", at(4) + timedelta(days=200), receipt)  # type: ignore[arg-type]
+    (deletion,) = erased
+    digest = deletion_digest_of_bytes([r.payload for r in held])
+    assert (deletion.row_count, deletion.content_sha256) == digest
+    assert slots() == [] and store.count_received(agr) == 0
+
+
+def test_rows_sealed_before_pages_are_read_replaced_and_erased(
+    store: ContractStore, engine: Engine
+) -> None:
+    """A row stored before 0009_received_pages keeps its own ciphertext: it is read,
+    counted and erased like a paged one, and a later version moves it into a page."""
+    finalized(store, Role.CONSUMER)
+    agr, keys = "agr-neg-1", DataKeys(engine, KEK)
+    old = rec("k-old", verdict="pass")
+    with engine.begin() as connection:
+        cipher = keys.key_in(connection, agr, "ORD-1", True, at(1))
+        nonce = os.urandom(12)
+        sealed = cipher.encrypt(nonce, old, row_aad(agr, "ORD-1", "tx-0", 3))
+        values = {"agreement_id": agr, "order_id": "ORD-1", "source_id": "tx-0", "seq": 3}
+        connection.execute(
+            received_row_table.insert().values(
+                **values, nonce=nonce, ciphertext=sealed, received_at=at(1), record_key="k-old"
+            )
+        )
+    # a stream event may hold a newline (JSON whitespace): its page keeps the bytes
+    spaced = b'{"@key": "k-new",\n "@v": 1}'
+    store.store_received_rows(agr, "sub-1", [IncomingRow(4, "ORD-1", spaced)], at(2))
+    assert [r.payload for r in store.received_rows(agr)] == [old, spaced]
+    fixed = rec("k-old", 2, verdict="fail")
+    assert store.store_received_rows(agr, "sub-1", [IncomingRow(5, "ORD-1", fixed)], at(3)).replaced
+    with engine.connect() as connection:
+        left = connection.execute(
+            select(received_row_table.c.ciphertext).where(
+                received_row_table.c.record_key == "k-old"
+            )
+        ).scalar_one()
+    assert bytes(left) == b""  # the old version's own ciphertext is gone
+    assert sorted(r.payload for r in store.received_rows(agr)) == sorted([fixed, spaced])

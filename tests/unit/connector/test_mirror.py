@@ -46,6 +46,8 @@ from qdspace.connector.contract_store import (
     OutboxMessage,
     received_row_table,
 )
+from qdspace.connector.contract_store.data_keys import DataKeys
+from qdspace.connector.contract_store.received_pages import Pages, received_page_table
 from qdspace.connector.encoding import live_page, record_key, stream_batches
 from qdspace.connector.errors import UnknownRecordError
 from qdspace.connector.negotiation import Role
@@ -224,7 +226,23 @@ class Mirror:
         for r in rows:
             envelope = r.decode()
             assert (envelope["@key"], envelope["@v"]) == (r.record_key, r.version)
+        # the sealed pages hold exactly the records held: no stale version, no withdrawn
+        # record, no second copy of a re-delivered one
+        assert sorted(self.page_slots()) == sorted(r.payload for r in rows)
         return out
+
+    def page_slots(self) -> list[bytes]:
+        """The rows in every sealed page (blanked slots left out), opened with the KEK."""
+        pages = Pages(DataKeys(self.store.engine, KEK), received_row_table)
+        with self.store.engine.connect() as connection:
+            page = received_page_table
+            ids = list(connection.scalars(select(page.c.id).where(page.c.agreement_id == AGR)))
+            opened = pages.open_pages(connection, ids, T0)
+        return [p for page in opened.values() for p in page.payloads if p]
+
+    def page_count(self) -> int:
+        with self.store.engine.connect() as connection:
+            return len(list(connection.scalars(select(received_page_table.c.id))))
 
 
 @pytest.fixture
@@ -549,12 +567,41 @@ def test_tombstones_hold_no_content(mirror: Mirror) -> None:
     mirror.pull()
     t = received_row_table
     with mirror.store.engine.connect() as connection:
-        rows = connection.execute(select(t.c.withdrawn, t.c.ciphertext, t.c.version)).all()
-    assert sorted((bool(w), len(c) == 0, v) for w, c, v in rows) == [
-        (False, False, 1),
-        (False, False, 1),
-        (True, True, 2),
+        rows = connection.execute(
+            select(t.c.withdrawn, t.c.ciphertext, t.c.version, t.c.page_id.is_(None))
+        ).all()
+    assert sorted((bool(w), len(c) == 0, v, bool(n)) for w, c, v, n in rows) == [
+        (False, True, 1, False),  # content in a sealed page
+        (False, True, 1, False),
+        (True, True, 2, True),  # a tombstone: no content, no page
     ]
+    assert len(mirror.page_slots()) == 2 and mirror.held()
+
+
+def test_pages_keep_no_stale_withdrawn_or_redelivered_content(mirror: Mirror) -> None:
+    mirror.ingest([inspection(n) for n in range(20)])
+    mirror.pull(batch_rows=6)
+    pages = mirror.page_count()
+    assert pages == 4 and len(mirror.held()) == 20
+    assert mirror.pull(batch_rows=6) == 20  # a full re-delivery stores no page
+    assert mirror.page_count() == pages
+    mirror.ingest([inspection(n) for n in range(20, 23)])  # 3 new among 23 re-sent
+    mirror.pull(batch_rows=23)
+    assert mirror.page_count() == pages + 1 and len(mirror.held()) == 23
+    old = next(p for p in mirror.page_slots() if b"INS-00004" in p)
+    mirror.ingest([inspection(4, "fail")])  # a correction: its old slot is blanked
+    for n in (0, 1, 2, 3, 5):  # the rest of the first page withdrawn: the page goes
+        mirror.qdm.withdraw("inspection", {"inspection_id": f"INS-{n:05d}"}, T0)
+    mirror.pull(since_last=True)
+    slots = mirror.page_slots()
+    assert old not in slots and not any(b"INS-00000" in p for p in slots)
+    assert mirror.page_count() == pages + 1  # one page gone, the correction's page added
+    assert len(mirror.held()) == 18
+    held = mirror.store.received_rows(AGR)
+    assert [r.decode()["verdict"] for r in held if b"INS-00004" in r.payload] == ["fail"]
+    mirror.qdm.withdraw("inspection", {"inspection_id": "INS-00007"}, T0)
+    mirror.pull(since_last=True)  # a slot blanked in a page that keeps live ones
+    assert mirror.page_count() == pages + 1 and len(mirror.held()) == 17
 
 
 def test_process_data_along_a_genealogy_is_pulled_in_full() -> None:

@@ -1,0 +1,133 @@
+"""The consumer's mirror, its tables and values: received rows and their audit trail.
+
+Why separate: the reading side (`received`), the writing side (`received_write`) and
+the sealed pages (`received_pages`) share these; each module stays about one thing.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, NamedTuple
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    Column,
+    Index,
+    Integer,
+    LargeBinary,
+    String,
+    Table,
+    UniqueConstraint,
+    false,
+)
+from sqlmodel.sql.sqltypes import UTCDateTime
+
+from qdspace.connector.contract_store.common import CONTRACT_METADATA, ID_LENGTH
+
+received_row_table = Table(
+    "contract_received_row",
+    CONTRACT_METADATA,
+    Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True),
+    Column("agreement_id", String(ID_LENGTH), nullable=False),
+    Column("order_id", String(ID_LENGTH), nullable=False),
+    Column("source_id", String(ID_LENGTH), nullable=False),
+    Column("seq", BigInteger, nullable=False),
+    Column("nonce", LargeBinary, nullable=False),
+    Column("ciphertext", LargeBinary, nullable=False),
+    Column("received_at", UTCDateTime(), nullable=False),
+    Column("record_key", String(ID_LENGTH), nullable=False),
+    Column("version", BigInteger, nullable=False, server_default="1"),
+    Column("withdrawn", Boolean, nullable=False, server_default=false()),
+    # where the content is: a sealed page and its slot (`received_pages`); rows stored
+    # before pages, and tombstones, have none (their own nonce and ciphertext instead)
+    Column("page_id", BigInteger, nullable=True),
+    Column("slot", Integer, nullable=True),
+    UniqueConstraint("agreement_id", "record_key", name="uq_contract_received_record"),
+    Index("ix_contract_received_row_source", "source_id", "seq"),
+)
+change_table = Table(
+    "contract_received_change",
+    CONTRACT_METADATA,
+    Column("agreement_id", String(ID_LENGTH), primary_key=True),
+    Column("record_key", String(ID_LENGTH), primary_key=True),
+    Column("version", BigInteger, primary_key=True, autoincrement=False),
+    Column("order_id", String(ID_LENGTH), nullable=False),
+    Column("withdrawn", Boolean, nullable=False),
+    Column("content_sha256", String(64), nullable=False),
+    Column("source_id", String(ID_LENGTH), nullable=False),
+    Column("received_at", UTCDateTime(), nullable=False),
+)
+
+
+class IncomingRow(NamedTuple):
+    """One row received under an agreement: its canonical JSON bytes, as the chain covered
+    (a tuple: one is made for every row received)."""
+
+    seq: int
+    order_id: str
+    payload: bytes
+
+
+@dataclass(frozen=True)
+class ReceivedRow:
+    """The current version of one record received under an agreement."""
+
+    id: int
+    agreement_id: str
+    order_id: str
+    source_id: str
+    seq: int
+    payload: bytes
+    received_at: datetime
+    record_key: str = ""
+    version: int = 1
+
+    def decode(self) -> dict[str, Any]:
+        value = json.loads(self.payload)
+        assert isinstance(value, dict)
+        return value
+
+
+@dataclass(frozen=True)
+class ReceivedChange:
+    """One correction (version > 1) or withdrawal of a received record: the audit trail.
+
+    `content_sha256` is the SHA-256 of the row's bytes as they arrived (a tombstone's
+    for a withdrawal); the provider's ledger anchors its own records' versions."""
+
+    agreement_id: str
+    record_key: str
+    version: int
+    order_id: str
+    withdrawn: bool
+    content_sha256: str
+    source_id: str
+    received_at: datetime
+
+
+@dataclass(frozen=True)
+class MirrorResult:
+    """What one delivery did to the consumer's copy."""
+
+    added: int = 0
+    replaced: int = 0
+    withdrawn: int = 0
+    unchanged: int = 0
+
+    @property
+    def changed(self) -> int:
+        return self.added + self.replaced + self.withdrawn
+
+
+@dataclass(frozen=True)
+class Deletion:
+    """What `erase_order_in` removed: how many records, and the digest of their
+    canonical bytes (`deletion_digest_of_bytes`), for the receipt."""
+
+    agreement_id: str
+    order_id: str
+    row_count: int
+    content_sha256: str

@@ -1,0 +1,294 @@
+"""Writing the consumer's mirror: keep-once, highest version wins, tombstones, scope.
+
+A delivery (a group of transfer batches, or a stream event) is mirrored in the caller's
+transaction. Each row's envelope is read (`record_meta`: a row without one is refused),
+every order must be one the agreement covers (checked before anything is written), and
+then:
+
+* a first version (not a tombstone) whose key nothing else in the delivery touches is
+  written by the upsert alone, which stores it only when the record is not held; the
+  statement's row count tells how many were new. Looking every key up first cost as
+  much as the write it spared;
+* every other row (a correction, a tombstone, any row sharing their key), and every row
+  of a delivery in which a sample of first versions is already held (a re-delivery,
+  where a look-up is cheaper than a write that is undone), is decided against what is
+  held: a copy or an older version changes nothing, a later one replaces, a tombstone
+  withdraws and is kept without content;
+* the content of each order goes into one sealed page (`received_pages`) under the
+  order's data key, and its row index (record, version, page, slot) is one statement;
+  slots a re-delivered copy, a replacement or a withdrawal leaves without a live record
+  are blanked, or their page deleted, in the same transaction.
+
+Both routes are exact: the counts returned (`MirrorResult`) and what is held are the
+same as if every row had been looked up.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable, Sequence
+from datetime import datetime
+from operator import itemgetter
+from typing import Any
+
+from sqlalchemy import Connection, Engine, bindparam
+
+from qdspace.connector.contract_errors import (
+    ContractDenied,
+    ContractStoreError,
+    ForeignRecordError,
+)
+from qdspace.connector.contract_store.agreements import AgreementStore
+from qdspace.connector.contract_store.common import TableStore
+from qdspace.connector.contract_store.data_keys import DataKeys
+from qdspace.connector.contract_store.received_model import (
+    IncomingRow,
+    MirrorResult,
+    change_table,
+    received_row_table,
+)
+from qdspace.connector.contract_store.received_pages import Pages, index_page
+from qdspace.connector.negotiation import Role
+from qdspace.connector.transfer_wire import RecordMeta, record_meta
+from qdspace.policies.evaluate import order_in_scope
+
+_ROW_COLUMNS = (
+    "agreement_id",
+    "order_id",
+    "source_id",
+    "seq",
+    "nonce",
+    "ciphertext",
+    "received_at",
+    "record_key",
+    "version",
+    "withdrawn",
+    "page_id",
+    "slot",
+)
+_REPLACED_COLUMNS = _ROW_COLUMNS[1:]
+_Held = tuple[int, bool, tuple[int, int] | None]  # version, withdrawn, (page, slot)
+# columns of a delivery, read in C (both are named tuples)
+_FIRST, _SECOND = itemgetter(0), itemgetter(1)
+_SEQ, _ORDER, _PAYLOAD = itemgetter(0), itemgetter(1), itemgetter(2)  # of an IncomingRow
+_KEY, _VERSION, _WITHDRAWN = itemgetter(0), itemgetter(1), itemgetter(2)  # of a RecordMeta
+assert IncomingRow._fields == ("seq", "order_id", "payload")
+assert RecordMeta._fields == ("key", "version", "withdrawn")
+
+
+def _change(
+    agreement_id: str, source_id: str, row: IncomingRow, meta: RecordMeta, at: datetime
+) -> dict[str, Any]:
+    return {
+        "agreement_id": agreement_id,
+        "record_key": meta.key,
+        "version": meta.version,
+        "order_id": row.order_id,
+        "withdrawn": meta.withdrawn,
+        "content_sha256": hashlib.sha256(row.payload).hexdigest(),
+        "source_id": source_id,
+        "received_at": at,
+    }
+
+
+class MirrorWriter(TableStore):
+    """Mirror one delivery into the copy held under an agreement (`store_rows`)."""
+
+    def __init__(
+        self, engine: Engine, keys: DataKeys, agreements: AgreementStore, pages: Pages
+    ) -> None:
+        super().__init__(engine)
+        self._keys = keys
+        self._agreements = agreements
+        self._pages = pages
+        self._row_sql: tuple[str, tuple[str, ...] | None] | None = None
+
+    def _row_upsert(self) -> tuple[str, tuple[str, ...] | None]:
+        """The driver SQL of the received-row upsert and, for a positional driver, the
+        order of its parameters (compiled once; a page is one executemany): a record
+        not held is inserted, one held is replaced only by a higher version."""
+        if self._row_sql is None:
+            table = received_row_table
+            statement = self._upsert(table).values({name: bindparam(name) for name in _ROW_COLUMNS})
+            excluded = statement.excluded
+            statement = statement.on_conflict_do_update(
+                index_elements=["agreement_id", "record_key"],
+                set_={name: excluded[name] for name in _REPLACED_COLUMNS},
+                where=table.c.version < excluded.version,
+            )
+            compiled = statement.compile(dialect=self.engine.dialect)
+            order = tuple(compiled.positiontup or ()) if compiled.positional else None
+            self._row_sql = (compiled.string, order)
+        return self._row_sql
+
+    def _check_orders(
+        self, connection: Connection, agreement_id: str, rows: Sequence[IncomingRow]
+    ) -> None:
+        """Every row, and every tombstone, must be of an order the agreement covers, and
+        arrive while it is in force (a purge terminates it before it deletes)."""
+        stored = self._agreements.agreement_in(connection, agreement_id, hold=True)
+        if stored.role is not Role.CONSUMER:
+            raise ForeignRecordError(f"agreement {agreement_id}: we are not its consumer")
+        if stored.terminated_at is not None:
+            raise ContractDenied(f"agreement {agreement_id} terminated: its rows are refused")
+        policy = stored.signed.agreement.policy
+        for order in {row.order_id for row in rows}:
+            if not order_in_scope(policy, order):
+                raise ForeignRecordError(
+                    f"agreement {agreement_id} does not cover order {order!r}: its rows are refused"
+                )
+
+    def _held(
+        self, connection: Connection, agreement_id: str, keys: Iterable[str]
+    ) -> dict[str, _Held]:
+        """record key -> (version, withdrawn, page id, slot) of the records of `keys`
+        held now (one indexed lookup per chunk, in the driver's SQL)."""
+        mark = "?" if self.engine.dialect.paramstyle == "qmark" else "%s"
+        held: dict[str, _Held] = {}
+        unique = list(dict.fromkeys(keys))
+        for start in range(0, len(unique), 500):
+            chunk = unique[start : start + 500]
+            sql = (
+                "SELECT record_key, version, withdrawn, page_id, slot FROM contract_received_row "
+                f"WHERE agreement_id = {mark} AND record_key IN ({', '.join([mark] * len(chunk))})"
+            )
+            for key, version, withdrawn, page, slot in connection.exec_driver_sql(
+                sql, (agreement_id, *chunk)
+            ):
+                where = None if page is None else (int(page), int(slot))
+                held[key] = (int(version), bool(withdrawn), where)
+        return held
+
+    def store_rows(
+        self,
+        connection: Connection,
+        agreement_id: str,
+        source_id: str,
+        rows: Sequence[IncomingRow],
+        at: datetime,
+    ) -> MirrorResult:
+        """Keep-once without a look-up for the common case: a first version (not a
+        tombstone) of a record whose key nothing else in the delivery touches is written
+        by the upsert alone, which stores it only when it is not held (the statement's
+        row count tells how many were new). Every other row (a correction, a tombstone,
+        and any row sharing their key) is decided against what is held, as is every row
+        of a delivery in which a sample of first versions is held already (a re-delivery:
+        looking up is cheaper than writing and undoing). Either way is exact.
+        Rows with content go into one sealed page per order (`received_pages`)."""
+        if not rows:
+            return MirrorResult()
+        metas = [record_meta(row.payload) for row in rows]
+        self._check_orders(connection, agreement_id, rows)
+        careful = {m.key for m in metas if m.version > 1 or m.withdrawn}
+        firsts = [m.key for m in metas if m.key not in careful]
+        if self._held(connection, agreement_id, firsts[:: max(1, len(firsts) // 8)]):
+            careful.update(firsts)  # a re-delivery, likely: cheaper to look up than to write
+        held = self._held(connection, agreement_id, careful) if careful else {}
+        stale: dict[int, set[int]] = {}  # page -> slots a replacement or withdrawal empties
+        chosen: dict[str, tuple[IncomingRow, RecordMeta]] = {}  # careful key -> its winner
+        changes: list[dict[str, Any]] = []
+        plain = replaced = withdrawn = unchanged = added = 0
+        content: list[tuple[IncomingRow, RecordMeta]] = []
+        seen: set[str] = set()  # first versions written (a second copy is held by then)
+        if not careful and len(set(firsts)) == len(rows):  # first versions, each once
+            content, plain, rows = list(zip(rows, metas, strict=True)), len(rows), ()
+        for row, meta in zip(rows, metas, strict=False):
+            if meta.key not in careful:
+                if meta.key in seen:
+                    unchanged += 1
+                else:
+                    seen.add(meta.key)
+                    content.append((row, meta))
+                    plain += 1
+                continue
+            before = held.get(meta.key)
+            if before is not None and before[0] >= meta.version:
+                unchanged += 1  # a copy of what is held, or older
+                continue
+            held[meta.key] = (meta.version, meta.withdrawn, None)
+            if before is not None and before[2] is not None:
+                page, slot = before[2]
+                stale.setdefault(page, set()).add(slot)
+            if meta.withdrawn:
+                withdrawn += before is not None and not before[1]
+                unchanged += before is None or before[1]
+            elif before is None or before[1]:
+                added += 1
+            else:
+                replaced += 1
+            chosen[meta.key] = (row, meta)
+            if meta.version > 1 or meta.withdrawn:
+                changes.append(_change(agreement_id, source_id, row, meta, at))
+        content += chosen.values()
+        stored, slot_keys = self._write(connection, agreement_id, source_id, content, at)
+        if not len(chosen) <= stored <= len(content):
+            raise ContractStoreError(f"the database reported {stored} received rows stored")
+        new = stored - len(chosen)  # the careful winners all apply: decided above
+        added += new
+        unchanged += plain - new
+        if new < plain:  # some were held already: their slots hold nothing live
+            if new == 0:  # a re-delivery: a page of none but its rows goes whole
+                gone = [p for p, keys in slot_keys.items() if chosen.keys().isdisjoint(keys)]
+                self._pages.delete(connection, gone)
+                slot_keys = {p: keys for p, keys in slot_keys.items() if p not in gone}
+            self._pages.compact(connection, agreement_id, slot_keys, at)
+        if stale:
+            self._pages.blank(connection, stale, at)
+        if changes:
+            connection.execute(
+                self._upsert(change_table)
+                .values(changes)
+                .on_conflict_do_nothing(index_elements=["agreement_id", "record_key", "version"])
+            )
+        return MirrorResult(added, replaced, withdrawn, unchanged)
+
+    def _write(
+        self,
+        connection: Connection,
+        agreement_id: str,
+        source_id: str,
+        content: list[tuple[IncomingRow, RecordMeta]],
+        at: datetime,
+    ) -> tuple[int, dict[int, list[str]]]:
+        """Upsert the rows chosen: the content of each order sealed in one page and its
+        index rows written by one statement, tombstones (no content) by another. Returns
+        how many rows the database stored and the record key of every slot of each
+        page written."""
+        dialect = self.engine.dialect
+        stamp = received_row_table.c.received_at.type.dialect_impl(dialect).bind_processor(dialect)
+        received_at: Any = stamp(at) if stamp is not None else at
+        by_order: dict[str, list[tuple[IncomingRow, RecordMeta]]] = {}
+        tombstones: list[tuple[Any, ...]] = []
+        orders = set(map(_ORDER, map(_FIRST, content)))
+        if len(orders) == 1 and not any(map(_WITHDRAWN, map(_SECOND, content))):
+            by_order[orders.pop()], content = content, []  # the common case, as it is
+        for row, meta in content:
+            if meta.withdrawn:
+                tombstones.append(  # in _ROW_COLUMNS order
+                    (
+                        *(agreement_id, row.order_id, source_id, row.seq, b"", b""),
+                        *(received_at, meta.key, meta.version, True, None, None),
+                    )
+                )
+            else:
+                by_order.setdefault(row.order_id, []).append((row, meta))
+        stored = 0
+        if tombstones:
+            sql, order = self._row_upsert()
+            params: list[Any] = (
+                [dict(zip(_ROW_COLUMNS, record, strict=True)) for record in tombstones]
+                if order is None
+                else list(map(itemgetter(*(_ROW_COLUMNS.index(n) for n in order)), tombstones))
+            )
+            stored += connection.exec_driver_sql(sql, params).rowcount
+        slot_keys: dict[int, list[str]] = {}
+        for order_id, items in by_order.items():
+            cipher = self._keys.key_in(connection, agreement_id, order_id, True, at)
+            rows, metas = list(map(_FIRST, items)), list(map(_SECOND, items))
+            seqs, payloads = list(map(_SEQ, rows)), list(map(_PAYLOAD, rows))
+            keys, versions = list(map(_KEY, metas)), list(map(_VERSION, metas))
+            place = (agreement_id, order_id, source_id)
+            page = self._pages.insert(connection, cipher, place, seqs, payloads, at)
+            slot_keys[page] = keys
+            stored += index_page(connection, place, received_at, page, keys, seqs, versions)
+        return stored, slot_keys
