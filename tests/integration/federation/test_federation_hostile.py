@@ -396,9 +396,7 @@ async def test_short_oversized_corrupt_and_nan_updates_are_refused_and_nothing_i
     keys = load_member_keys(network["cellex"].directory)
     channel = open_channel(keys, network[COORDINATOR].grpc_address, COORDINATOR)
     try:
-        view = await FederationClient(channel, COORDINATOR, job.job_id).upload_update(
-            1, params, 10
-        )
+        view = await FederationClient(channel, COORDINATOR, job.job_id).upload_update(1, params, 10)
         assert view.round == 1
     finally:
         await channel.close()
