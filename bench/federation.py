@@ -90,12 +90,18 @@ def fixed_trainer(member: str, shapes: tuple[tuple[int, ...], ...]) -> Any:
     return train
 
 
-async def loopback_job(network: LocalNetwork, job: JobSpec) -> list[float]:
-    """Run one job; the times (monotonic) at which the coordinator's member saw each version."""
-    seen: list[float] = []
+Sample = tuple[float, float, float]
+
+
+async def loopback_job(network: LocalNetwork, job: JobSpec) -> list[Sample]:
+    """Run one job; when the coordinator's member saw each version: (monotonic time, CPU
+    seconds of the coordinator's node so far, CPU seconds of this process so far)."""
+    seen: list[Sample] = []
+    process = network[COORDINATOR].process
+    assert process is not None
 
     def on_version(version: ModelVersion, params: Params) -> None:
-        seen.append(time.perf_counter())
+        seen.append((time.perf_counter(), _process_cpu_s(process.pid), time.process_time()))
 
     async def member(name: str) -> None:
         keys = load_member_keys(network[name].directory)
@@ -128,9 +134,18 @@ async def loopback_job(network: LocalNetwork, job: JobSpec) -> list[float]:
     return seen
 
 
-def round_times(seen: list[float]) -> list[float]:
+def round_times(seen: list[Sample]) -> list[float]:
     # seen[0] is version 0 (download before round 1); round 1 includes job start-up.
-    return [b - a for a, b in itertools.pairwise(seen[1:])]
+    return [b[0] - a[0] for a, b in itertools.pairwise(seen[1:])]
+
+
+def round_cpu(seen: list[Sample]) -> tuple[float, float]:
+    """CPU seconds per round of the coordinator's node and of the 3 members (this process),
+    over the same rounds as ``round_times``: job start-up and the bench's own set-up (the
+    trainers' fixed changes) are not in it."""
+    first, last = seen[1], seen[-1]
+    rounds = max(len(seen) - 2, 1)
+    return (last[1] - first[1]) / rounds, (last[2] - first[2]) / rounds
 
 
 def _process_cpu_s(pid: int) -> float:
@@ -155,23 +170,25 @@ def loopback(rounds: int, mb: float) -> dict[str, float]:
         network.create()
         network.start()
         try:
-            coordinator = network[COORDINATOR].process
-            assert coordinator is not None
             for label, shapes in (("small", SMALL_SHAPES), (f"{mb:g}mb", (big,))):
                 for secure in (False, True):
                     name = f"fl_loopback_{label}_{'secagg' if secure else 'plain'}_round_s"
                     job = make_job(name.replace("_", "-"), shapes, secure, rounds)
-                    cpu0 = _process_cpu_s(coordinator.pid) + time.process_time()
-                    times = round_times(asyncio.run(loopback_job(network, job)))
-                    cpu = _process_cpu_s(coordinator.pid) + time.process_time() - cpu0
+                    seen = asyncio.run(loopback_job(network, job))
+                    times = round_times(seen)
                     figures[name] = statistics.median(times)
-                    # CPU of the coordinator's node and of the 3 members, per round (the job's
-                    # start-up included), which a busy machine inflates much less than wall time
-                    figures[name.replace("_round_s", "_cpu_per_round_s")] = cpu / rounds
+                    # CPU of the coordinator's node and of the 3 members per round (rounds 2
+                    # on), which a busy machine inflates much less than wall time
+                    coord_cpu, members_cpu = round_cpu(seen)
+                    cpu_name = name.replace("_round_s", "_cpu_per_round_s")
+                    figures[cpu_name] = coord_cpu + members_cpu
+                    figures[cpu_name.replace("_cpu_", "_coordinator_cpu_")] = coord_cpu
+                    figures[cpu_name.replace("_cpu_", "_members_cpu_")] = members_cpu
                     each = ", ".join(f"{t:.2f}" for t in times)
                     print(
-                        f"{name}: {figures[name]:.3f} s (rounds {each}; "
-                        f"cpu {cpu / rounds:.2f} s/round, load {os.getloadavg()[0]:.1f})",
+                        f"{name}: {figures[name]:.3f} s (rounds {each}; cpu "
+                        f"{coord_cpu + members_cpu:.2f} s/round = coordinator {coord_cpu:.2f} + "
+                        f"members {members_cpu:.2f}; load {os.getloadavg()[0]:.1f})",
                         flush=True,
                     )
         finally:

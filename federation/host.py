@@ -273,6 +273,8 @@ class JobHost:
         payload: bytes | bytearray | memoryview,
         now: float,
     ) -> None:
+        """A member's masked input; a writable ``payload`` is consumed (the round's sum may
+        be built in its memory), so the caller must not use it afterwards."""
         expected = 4 * self.job.vector_len
         if len(payload) != expected:
             raise UpdateRefused(
@@ -282,7 +284,9 @@ class JobHost:
         vector = np.frombuffer(payload, dtype="<u4")
         if not vector.flags.writeable:
             vector = vector.copy()
-        masked = MaskedInput(member, vector)
+        # the payload is this node's own upload buffer (or the copy just made): the
+        # aggregation may sum into it rather than copy it
+        masked = MaskedInput(member, vector, owned=True)
         self._run(lambda: self.coordinator.submit_masked(member, round_, attempt, masked, now))
 
     def unmask_request(self, member: str, round_: int, attempt: int) -> UnmaskRequest:

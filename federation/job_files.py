@@ -76,8 +76,9 @@ def check_job_id(job_id: str) -> None:
 
 def encoded(vector: NDArray[np.float32], job: JobSpec) -> tuple[memoryview, bytes]:
     """The canonical bytes of a global vector and their SHA-256."""
-    payload = encode_vector(vector, job.shapes)
-    return payload, hashlib.sha256(payload).digest()
+    hasher = hashlib.sha256()
+    payload = encode_vector(vector, job.shapes, hasher=hasher)  # one pass: copy, then hash
+    return payload, hasher.digest()
 
 
 def read_job_directory(directory: Path) -> tuple[JobSpec, SignedVersion]:

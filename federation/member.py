@@ -17,16 +17,16 @@ from qdspace.federation.dp import add_noise
 from qdspace.federation.job import JobSpec
 from qdspace.federation.params import Params, Vector
 from qdspace.federation.secagg import SecAggClient
-from qdspace.federation.strategies import clip_to_norm
+from qdspace.federation.strategies import clip_in_place
 
 
 def prepare_change(
     job: JobSpec, global_vector: Vector, trained: Vector, rng: np.random.Generator
 ) -> Vector:
     """The change to report: ``trained - global``, clipped and noised as the job says."""
-    change = np.subtract(trained, global_vector, dtype=np.float32)
+    change = np.subtract(trained, global_vector, dtype=np.float32)  # a fresh array: ours
     if job.clip is not None:
-        change, _ = clip_to_norm(change, job.clip)
+        clip_in_place(change, job.clip)
     if job.dp is not None:
         change = add_noise(change, job.dp.member_noise_std(job.min_members), rng)
     return change

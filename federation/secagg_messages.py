@@ -147,10 +147,15 @@ class EncryptedShare:
 
 @dataclass(frozen=True, slots=True)
 class MaskedInput:
-    """Step 3: a member's masked, quantised update."""
+    """Step 3: a member's masked, quantised update.
+
+    ``owned``: the aggregator may keep and sum into ``vector``'s memory (the receiving
+    node's own upload buffer, which nothing else refers to), instead of copying 50 MB.
+    """
 
     member: str
     vector: Ring
+    owned: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -180,7 +180,8 @@ class SecAggServer:
                 f"expected uint32({self.config.vector_len},)",
             )
         if self._total is None:
-            self._total = vec.copy()
+            # the first input starts the sum: its own buffer when the caller handed it over
+            self._total = vec if masked.owned and vec.flags.writeable else vec.copy()
         else:
             self._total += vec
         self._survivors = (*self._survivors, masked.member)

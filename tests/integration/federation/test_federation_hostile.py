@@ -345,3 +345,58 @@ def test_members_refuse_a_revoked_or_unverifiable_roster_certificate(
     # the member runner of `qdspace fl join` and of the demo uses the node's own list
     own = member_revocations(network["cellex"].directory, ca)
     assert CertificateKeys(ca, job.members, revoked=own).key(advert)
+
+
+async def test_short_oversized_corrupt_and_nan_updates_are_refused_and_nothing_is_kept(
+    network: LocalNetwork,
+) -> None:
+    """Cellex abuses the update stream (hashed and copied a piece at a time on arrival):
+    each stream is refused with a reason that names what is wrong, and the honest
+    update sent afterwards is the first one the round accepts."""
+    job = terms("el-hostile-payloads")
+    await start(network, job)
+    params = logreg.init_params(DIMS, CLASSES)
+    payload = params_to_bytes(params)
+
+    def header(data: bytes, total: int | None = None) -> pb.UploadHeader:
+        return pb.UploadHeader(
+            job_id=job.job_id,
+            round=1,
+            total_bytes=len(data) if total is None else total,
+            sha256=hashlib.sha256(data).digest(),
+            num_examples=10,
+        )
+
+    def stream(head: pb.UploadHeader, *parts: bytes) -> Call:
+        async def messages() -> Any:
+            yield pb.UploadChunk(header=head)
+            for part in parts:
+                yield pb.UploadChunk(data=part)
+
+        return lambda stub: stub.UploadUpdate(messages(), timeout=30)
+
+    tampered = bytearray(payload)
+    tampered[-3] ^= 0x40
+    nan = params_to_bytes([p * math.nan for p in params])
+    cases = {
+        "short": (stream(header(payload), payload[:-8]), "ended after"),
+        "oversized": (stream(header(payload), payload, b"\x00" * 4), "run past"),
+        "corrupt": (stream(header(payload), bytes(tampered)), "does not match its SHA-256"),
+        "announced too large": (
+            stream(header(payload, 10**9), payload),
+            "announces 1000000000 bytes",
+        ),
+        "NaN": (stream(header(nan), nan), "NaN"),
+    }
+    for name, (call, why) in cases.items():
+        error = await refused(network, "cellex", call)
+        assert error.code() is grpc.StatusCode.INVALID_ARGUMENT, (name, error.details())
+        assert "cellex" in error.details() and why in error.details(), (name, error.details())
+    # none of them was taken as cellex's update: the honest one is accepted now
+    keys = load_member_keys(network["cellex"].directory)
+    channel = open_channel(keys, network[COORDINATOR].grpc_address, COORDINATOR)
+    try:
+        view = await FederationClient(channel, COORDINATOR, job.job_id).upload_update(1, params, 10)
+        assert view.round == 1
+    finally:
+        await channel.close()

@@ -5,12 +5,14 @@ from __future__ import annotations
 import hashlib
 import os
 
+import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from qdspace.federation.chunks import Assembler, Chunk, chunks
+from qdspace.federation.chunks import HASH_PIECE, Assembler, Chunk, chunks
 from qdspace.federation.errors import RefusalReason, UpdateRefused
+from qdspace.federation.params import encode_vector
 
 
 @settings(max_examples=40, deadline=None)
@@ -61,3 +63,37 @@ def test_without_a_digest_only_the_size_is_checked_and_the_digest_is_still_avail
         short.finish()
     with pytest.raises(UpdateRefused, match="32"):
         Assembler(10, b"short", limit=100, what="update")
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.integers(0, 3 * HASH_PIECE + 17), st.integers(1, 2 * HASH_PIECE + 3))
+def test_piecewise_hashing_matches_the_digest_across_piece_and_chunk_edges(
+    total: int, size: int
+) -> None:
+    payload = os.urandom(total)
+    asm = Assembler(total, hashlib.sha256(payload).digest(), limit=total, what="model")
+    for c in chunks(payload, size):
+        asm.add(c)
+    assert bytes(asm.finish()) == payload
+    assert asm.digest == hashlib.sha256(payload).digest()
+
+
+def test_a_corrupt_byte_past_the_first_piece_is_caught() -> None:
+    payload = os.urandom(HASH_PIECE + 1000)
+    digest = hashlib.sha256(payload).digest()
+    bad = Assembler(len(payload), digest, limit=len(payload), what="version 3 from sunarc")
+    tampered = bytearray(payload)
+    tampered[HASH_PIECE + 500] ^= 1
+    for c in chunks(bytes(tampered), 4 * HASH_PIECE):
+        bad.add(c)
+    with pytest.raises(UpdateRefused, match="version 3 from sunarc: payload does not match"):
+        bad.finish()
+
+
+def test_encoding_while_hashing_gives_the_same_bytes_and_digest() -> None:
+    shapes = ((300_001,), (7, 3))
+    vector = np.random.default_rng(2).normal(0, 1, 300_022).astype(np.float32)
+    hasher = hashlib.sha256()
+    streamed = bytes(encode_vector(vector, shapes, hasher=hasher))
+    assert streamed == bytes(encode_vector(vector, shapes))
+    assert hasher.digest() == hashlib.sha256(streamed).digest()

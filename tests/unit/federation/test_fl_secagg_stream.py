@@ -26,8 +26,11 @@ def _vectors(n: int, seed: int) -> dict[str, Vector]:
     return {f"m{i}": rng.uniform(-0.3, 0.3, LENGTH).astype(np.float32) for i in range(n)}
 
 
-def _streamed_round(vectors: dict[str, Vector], chunk: int) -> tuple[Vector, list[MaskedInput]]:
-    """One secure round in which every member masks its input chunk by chunk."""
+def _streamed_round(
+    vectors: dict[str, Vector], chunk: int, *, owned: bool = False
+) -> tuple[Vector, list[MaskedInput]]:
+    """One secure round in which every member masks its input chunk by chunk; ``owned``:
+    the server gets each input in a buffer of its own (as the node hands over uploads)."""
     cfg = config(2, LENGTH)
     server = SecAggServer(cfg, set(vectors))
     clients = {m: client(m, cfg) for m in vectors}
@@ -44,8 +47,8 @@ def _streamed_round(vectors: dict[str, Vector], chunk: int) -> tuple[Vector, lis
         assert all(p.size <= chunk for p in parts) and sum(p.size for p in parts) == LENGTH
         joined = np.concatenate(parts)
         assert np.array_equal(joined, masking.result.vector)
-        sent.append(MaskedInput(m, joined))
-        server.receive_masked(MaskedInput(m, joined))
+        sent.append(MaskedInput(m, joined.copy()))
+        server.receive_masked(MaskedInput(m, joined, owned=owned))
     server.close_masked()
     request = confirm_all(server, clients)
     for m in request.survivors:
@@ -69,6 +72,38 @@ def test_streamed_secure_aggregate_equals_the_plain_sum(chunk: int) -> None:
     for masked in sent:
         clear = QUANT.encode(vectors[masked.member])
         assert np.mean(masked.vector == clear) < 0.01
+
+
+@pytest.mark.parametrize("owned", [False, True])
+def test_summing_into_the_first_uploaded_buffer_gives_the_exact_sum(owned: bool) -> None:
+    vectors = _vectors(3, seed=7)
+    total, _ = _streamed_round(vectors, 4 * BLOCK, owned=owned)
+    quantised = np.zeros(LENGTH, np.uint32)
+    for v in vectors.values():
+        quantised += QUANT.encode(v)
+    assert np.array_equal(total, QUANT.decode(quantised))
+
+
+@pytest.mark.parametrize("owned", [False, True])
+def test_the_server_sums_into_an_input_only_when_it_owns_it(owned: bool) -> None:
+    vectors = _vectors(2, seed=3)
+    cfg = config(2, LENGTH)
+    server = SecAggServer(cfg, set(vectors))
+    clients = {m: client(m, cfg) for m in vectors}
+    for c in clients.values():
+        advertise(server, c)
+    roster = server.close_adverts()
+    for m, c in clients.items():
+        server.receive_shares(m, c.share_keys(roster, VERIFY))
+    server.close_shares()
+    first, second = (c.mask(vectors[m], server.inbox(m)) for m, c in clients.items())
+    sent = first.vector.copy()
+    server.receive_masked(MaskedInput(first.member, first.vector, owned=owned))
+    server.receive_masked(second)
+    if owned:  # the first upload's buffer became the running sum: no 50 MB copy
+        assert np.array_equal(first.vector, sent + second.vector)
+    else:  # a buffer the caller still holds is never written
+        assert np.array_equal(first.vector, sent)
 
 
 def test_a_masked_input_is_made_once_and_only_whole() -> None:

@@ -21,6 +21,8 @@ from qdspace.federation.strategies import (
     StrategySpec,
     TrimmedMean,
     build_strategy,
+    clip_in_place,
+    clip_to_norm,
     krum_scores,
     proximal_gradient,
     proximal_term,
@@ -174,3 +176,13 @@ def test_fedavg_is_not_robust_so_the_attack_test_can_fail() -> None:
     assert distance > 5.0
     _, median = federate(Median(), 100.0)
     assert np.linalg.norm(median - CLEAN_GLOBAL) / np.linalg.norm(CLEAN_GLOBAL) < 0.5
+
+
+@pytest.mark.parametrize("scale", [0.5, 3.0])
+def test_clipping_in_place_gives_exactly_the_clipped_copy(scale: float) -> None:
+    delta = np.random.default_rng(5).normal(0, 1, 1001).astype(np.float32)
+    delta *= np.float32(scale / np.linalg.norm(delta))
+    expect, was = clip_to_norm(delta, 1.0)
+    mine = delta.copy()
+    assert clip_in_place(mine, 1.0) is was is (scale > 1)
+    assert mine.dtype == np.float32 and np.array_equal(mine, expect)
