@@ -18,7 +18,7 @@ is written. Rows keep their order either way, so ids are assigned in line order.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from operator import methodcaller
@@ -82,12 +82,19 @@ class BulkInserter:
         ``columns``, when given, holds the same values column by column."""
         return self.write(connection, self.prepare(rows, columns))
 
-    def write(self, connection: Connection, prepared: Prepared) -> int:
-        """Insert prepared rows in the caller's transaction; returns the rows inserted."""
+    def write(
+        self,
+        connection: Connection,
+        prepared: Prepared,
+        waiting: Callable[[], None] | None = None,
+    ) -> int:
+        """Insert prepared rows in the caller's transaction; returns the rows inserted.
+        ``waiting`` is called once the rows are sent and the database is still working on
+        them (PostgreSQL: before the COPY's end is awaited), if there is such a moment."""
         if not prepared.rows:
             return 0
         if self.dialect == "postgresql":
-            return self._copy(connection, prepared)
+            return self._copy(connection, prepared, waiting)
         cursor = connection.connection.driver_connection.cursor()  # type: ignore[union-attr]
         try:
             cursor.executemany(self.insert_sql, prepared.rows)
@@ -95,7 +102,9 @@ class BulkInserter:
         finally:
             cursor.close()
 
-    def _copy(self, connection: Connection, prepared: Prepared) -> int:
+    def _copy(
+        self, connection: Connection, prepared: Prepared, waiting: Callable[[], None] | None
+    ) -> int:
         import psycopg
 
         raw = connection.connection.driver_connection
@@ -111,6 +120,8 @@ class BulkInserter:
                         write = copy.write_row
                         for row in rows:
                             write(row)
+                    if waiting is not None:
+                        waiting()  # the server still inserts what it was sent
             except psycopg.errors.UniqueViolation:
                 cursor.execute("ROLLBACK TO SAVEPOINT qdspace_copy")
             else:

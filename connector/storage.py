@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterable, Mapping
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import UTC, datetime
 from functools import cache
 from itertools import islice
@@ -228,25 +228,28 @@ class QualityStore:
         if count < batch_size:  # the source is spent: one batch, nothing to overlap
             done = count
             if count:
-                self._flush(kind, batch, prepared, inserter, report)
+                self._flush(kind, batch, prepared, inserter, report, _nothing)
         else:
             # More may follow: the next batch is read, validated and encoded by a worker
-            # thread while this one is written (the driver waits for the database with
-            # the GIL released, so the two overlap; see bench/PROFILE-ingest.md, round 2).
-            # Batches are still written one at a time, in delivery order, each in its own
-            # transaction; a batch is written as soon as it is validated, never held back
-            # for the next one to arrive. The worker is the only thread touching the
-            # source and the validator between hand-overs.
+            # thread while the database works on this one. The worker is started only
+            # where this thread then waits in one long call with the GIL released (the
+            # end of a COPY, a commit): sqlite3's executemany and psycopg's COPY writes
+            # give the GIL up and take it back per row or chunk, and would queue behind a
+            # busy worker (see bench/PROFILE-ingest.md, round 2). Batches are still
+            # written one at a time, in delivery order, each in its own transaction; a
+            # batch is written as soon as it is validated, never held back for the next
+            # one to arrive. Only the worker touches the source and the validator until
+            # it hands its batch over.
             with ThreadPoolExecutor(1, thread_name_prefix="qdspace-ingest") as worker:
                 while count:
-                    ahead = worker.submit(next_batch) if count == batch_size else None
-                    self._flush(kind, batch, prepared, inserter, report)
+                    ahead = _Ahead(worker, next_batch if count == batch_size else None)
+                    self._flush(kind, batch, prepared, inserter, report, ahead.start)
                     done += count
-                    if ahead is None:
+                    if ahead.future is None:
                         break
                     if on_progress is not None:
                         on_progress(done)
-                    batch, prepared, count = ahead.result()
+                    batch, prepared, count = ahead.future.result()
         if on_progress is not None:
             on_progress(done)
         return report
@@ -258,9 +261,13 @@ class QualityStore:
         prepared: Prepared,
         inserter: BulkInserter,
         report: IngestReport,
+        start_next: Callable[[], None],
     ) -> None:
+        """Write one validated batch in a transaction of its own; ``start_next`` is called
+        (once, when the database is about to work without us) to start on the next."""
         report.rejected.extend(RowError(report.source, *e) for e in batch.errors)
         if not batch.rows:
+            start_next()
             return
         lines, rows = batch.lines, batch.rows
         dbapi_error = self.engine.dialect.loaded_dbapi.Error
@@ -270,13 +277,14 @@ class QualityStore:
                 # straight to the driver (executemany on SQLite, COPY on PostgreSQL): the
                 # rows are validated already, and SQLAlchemy's per-row machinery would
                 # double the cost
-                inserted = inserter.write(connection, prepared)
+                inserted = inserter.write(connection, prepared, start_next)
                 corrected = 0
                 if inserted < len(rows):  # some natural keys are stored: corrections?
                     columns = inserter.columns
                     corrected = correct_rows(
                         connection, kind, [dict(zip(columns, r, strict=True)) for r in rows]
                     )
+                start_next()  # before the commit (and on SQLite its checkpoint)
         except (SQLAlchemyError, dbapi_error) as exc:
             orig = getattr(exc, "orig", None)
             reason = str(orig) if orig is not None else str(exc)
@@ -318,6 +326,27 @@ class QualityStore:
 
     def close(self) -> None:
         self.engine.dispose()
+
+
+def _nothing() -> None:
+    """No next batch to start."""
+
+
+class _Ahead:
+    """The next batch's validation, started at most once, when the writer says so."""
+
+    def __init__(
+        self,
+        worker: ThreadPoolExecutor,
+        job: Callable[[], tuple[BatchResult, Prepared, int]] | None,
+    ):
+        self.worker = worker
+        self.job = job
+        self.future: Future[tuple[BatchResult, Prepared, int]] | None = None
+
+    def start(self) -> None:
+        if self.job is not None and self.future is None:
+            self.future = self.worker.submit(self.job)
 
 
 def _table(kind: str) -> Table:
