@@ -202,7 +202,10 @@ class QualityStore:
 
         A batch is validated column by column (`connector.batch_validate`, which hands
         any doubtful row to `parse_row`) and its good rows go in by one bulk statement
-        (`connector.bulk_insert`: executemany on SQLite, COPY on PostgreSQL). A line
+        (`connector.bulk_insert`: executemany on SQLite, COPY on PostgreSQL); while the
+        database works on one batch, a worker thread reads and validates the next (so
+        ``rows`` is iterated from that thread after the first batch, never from two
+        threads at once: a generator over a file or a list is fine). A line
         given as ``(field, reason)`` instead of a row is reported as it is. A database
         failure rolls the current batch back and raises :class:`StorageError` naming the
         lines of that batch; batches before it stay committed.
