@@ -10,7 +10,8 @@ run on the same rows:
 - ``rowwise``: the path before batch validation (``parse_row`` per row, SQLAlchemy's
   driver-level executemany with bind processors), for the before/after in one run;
 - the bare baseline, the ceiling of the database itself on already-validated tuples:
-  DBAPI ``executemany`` on SQLite with the store's own pragmas (same engine), ``COPY``
+  DBAPI ``executemany`` on SQLite with the store's own pragmas (same engine: WAL,
+  synchronous=NORMAL, checkpoints every 256 MiB of WAL), ``COPY``
   with psycopg's ``write_row`` on PostgreSQL; and on PostgreSQL also ``copytext``, COPY
   of batches already encoded as COPY text (the server's own ceiling: nothing formatted
   on the clock).

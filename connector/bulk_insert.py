@@ -18,7 +18,8 @@ is written. Rows keep their order either way, so ids are assigned in line order.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from operator import methodcaller
 from typing import Any
@@ -59,6 +60,18 @@ class BulkInserter:
         )
         self.times = [i for i, c in enumerate(self.columns) if _is_datetime(table.c[c].type)]
 
+    def prepare(
+        self, rows: Sequence[tuple[Any, ...]], columns: Sequence[Sequence[Any]] | None = None
+    ) -> Prepared:
+        """The driver's form of ``rows`` (values in ``self.columns`` order; ``columns``,
+        when given, the same values column by column): pure, no database touched, so the
+        store can make it for the next batch while this one is being written."""
+        if self.dialect == "postgresql":
+            return Prepared(rows, copy_text(rows, columns) if rows else "")
+        if self.times and self.dialect == "sqlite" and rows:
+            return Prepared(_times_as_text(rows, self.times, columns))
+        return Prepared(rows)
+
     def insert(
         self,
         connection: Connection,
@@ -67,44 +80,48 @@ class BulkInserter:
     ) -> int:
         """Insert ``rows`` (values in ``self.columns`` order) in the caller's transaction;
         ``columns``, when given, holds the same values column by column."""
-        if not rows:
-            return 0
-        if self.dialect == "postgresql":
-            return self._copy(connection, rows)
-        return self._executemany(connection, rows, columns)
+        return self.write(connection, self.prepare(rows, columns))
 
-    def _executemany(
+    def write(
         self,
         connection: Connection,
-        rows: Sequence[tuple[Any, ...]],
-        columns: Sequence[Sequence[Any]] | None,
+        prepared: Prepared,
+        waiting: Callable[[], None] | None = None,
     ) -> int:
-        params: Sequence[tuple[Any, ...]] = rows
-        if self.times and self.dialect == "sqlite":
-            params = _times_as_text(rows, self.times, columns)
+        """Insert prepared rows in the caller's transaction; returns the rows inserted.
+        ``waiting`` is called once the rows are sent and the database is still working on
+        them (PostgreSQL: before the COPY's end is awaited), if there is such a moment."""
+        if not prepared.rows:
+            return 0
+        if self.dialect == "postgresql":
+            return self._copy(connection, prepared, waiting)
         cursor = connection.connection.driver_connection.cursor()  # type: ignore[union-attr]
         try:
-            cursor.executemany(self.insert_sql, params)
+            cursor.executemany(self.insert_sql, prepared.rows)
             return int(cursor.rowcount)
         finally:
             cursor.close()
 
-    def _copy(self, connection: Connection, rows: Sequence[tuple[Any, ...]]) -> int:
+    def _copy(
+        self, connection: Connection, prepared: Prepared, waiting: Callable[[], None] | None
+    ) -> int:
         import psycopg
 
         raw = connection.connection.driver_connection
         assert isinstance(raw, psycopg.Connection)
+        rows = prepared.rows
         with raw.cursor() as cursor:
             cursor.execute("SAVEPOINT qdspace_copy")
-            encoded = copy_text(rows)
             try:
                 with cursor.copy(self.copy_sql) as copy:
-                    if encoded is not None:
-                        copy.write(encoded)
+                    if prepared.text is not None:
+                        copy.write(prepared.text)
                     else:
                         write = copy.write_row
                         for row in rows:
                             write(row)
+                    if waiting is not None:
+                        waiting()  # the server still inserts what it was sent
             except psycopg.errors.UniqueViolation:
                 cursor.execute("ROLLBACK TO SAVEPOINT qdspace_copy")
             else:
@@ -125,6 +142,16 @@ class BulkInserter:
                         write(row)
             cursor.execute(self.move_sql)
             return int(cursor.rowcount)
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """A batch in the form its driver takes: on SQLite the parameter tuples (times as
+    text), on PostgreSQL the rows and their COPY text (None: a type the text encoder
+    does not know, so the rows go by psycopg's ``write_row``)."""
+
+    rows: Sequence[tuple[Any, ...]]
+    text: str | None = None
 
 
 def _is_datetime(column_type: Any) -> bool:
@@ -203,12 +230,15 @@ def _encode_column(column: Sequence[Any]) -> list[str] | None:
     return [_NULL if v is None else encode(v) for v in column]
 
 
-def copy_text(rows: Sequence[tuple[Any, ...]]) -> str | None:
-    """``rows`` in COPY's text format, or None when a column holds a type not encoded here."""
+def copy_text(
+    rows: Sequence[tuple[Any, ...]], columns: Sequence[Sequence[Any]] | None = None
+) -> str | None:
+    """``rows`` in COPY's text format, or None when a column holds a type not encoded here;
+    ``columns``, when given, holds the same values column by column (not taken apart again)."""
     if not rows:
         return ""
     encoded = []
-    for column in zip(*rows, strict=True):
+    for column in columns if columns is not None else zip(*rows, strict=True):
         values = _encode_column(column)
         if values is None:
             return None

@@ -13,8 +13,10 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterable, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import UTC, datetime
 from functools import cache
+from itertools import islice
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -23,7 +25,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, OperationalError, SQLAlchemyError
 
 from qdspace.connector.batch_validate import BatchResult, BatchValidator
-from qdspace.connector.bulk_insert import BulkInserter
+from qdspace.connector.bulk_insert import BulkInserter, Prepared
 from qdspace.connector.dictionary import DataDictionary, default_dictionary
 from qdspace.connector.errors import StorageError
 from qdspace.connector.ingest import IngestReport, RowError, check_kind
@@ -59,6 +61,12 @@ def safe_url(url: str) -> str:
     return parsed.update_query_dict(hidden).render_as_string(hide_password=True)
 
 
+#: WAL pages between automatic checkpoints (4 KiB pages: 256 MiB); SQLite's default is 1,000
+WAL_CHECKPOINT_PAGES = 65536
+#: size the WAL file is cut back to after a checkpoint has emptied it
+WAL_KEEP_BYTES = 64 * 1024 * 1024
+
+
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor = dbapi_connection.cursor()
     cursor.execute("PRAGMA journal_mode=WAL")
@@ -67,6 +75,19 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.execute("PRAGMA busy_timeout=10000")
     cursor.execute("PRAGMA cache_size=-65536")  # 64 MiB: keeps the natural-key indexes in memory
     cursor.execute("PRAGMA temp_store=MEMORY")
+    # Checkpoint the WAL every WAL_CHECKPOINT_PAGES pages (SQLite's default is 1,000 pages,
+    # 4 MiB). A batch of inspections whose times are not in line order dirties a page of
+    # the time index per few rows: at 1M rows one 5,000-row commit writes ~16 MiB of index
+    # pages, so with the default every commit ran a checkpoint of its own (copy + two
+    # fsyncs), and the pages a later commit dirtied again were copied again: 6.3 GB
+    # written for 1M rows, 25-38k rows/s. With 256 MiB between checkpoints a page dirtied
+    # by many commits is copied once per checkpoint (3.7 GB, 75-90k rows/s; see
+    # bench/PROFILE-ingest.md, round 2). Durability is unchanged: what a commit returns
+    # is in the WAL either way (synchronous=NORMAL, as before), the checkpoint only moves
+    # it into the database file. The WAL file is cut back to WAL_KEEP_BYTES once a
+    # checkpoint has emptied it, so a node does not keep 256 MiB of disk after a burst.
+    cursor.execute(f"PRAGMA wal_autocheckpoint={WAL_CHECKPOINT_PAGES}")
+    cursor.execute(f"PRAGMA journal_size_limit={WAL_KEEP_BYTES}")
     cursor.close()
 
 
@@ -181,7 +202,10 @@ class QualityStore:
 
         A batch is validated column by column (`connector.batch_validate`, which hands
         any doubtful row to `parse_row`) and its good rows go in by one bulk statement
-        (`connector.bulk_insert`: executemany on SQLite, COPY on PostgreSQL). A line
+        (`connector.bulk_insert`: executemany on SQLite, COPY on PostgreSQL); while the
+        database works on one batch, a worker thread reads and validates the next (so
+        ``rows`` is iterated from that thread after the first batch, never from two
+        threads at once: a generator over a file or a list is fine). A line
         given as ``(field, reason)`` instead of a row is reported as it is. A database
         failure rolls the current batch back and raises :class:`StorageError` naming the
         lines of that batch; batches before it stay committed.
@@ -192,28 +216,61 @@ class QualityStore:
         report = IngestReport(kind=kind, source=source)
         inserter = self._inserter(kind)
         validator = BatchValidator(kind, self.dictionary, inserter.columns)
-        items: list[tuple[int, Any]] = []
+        source_rows = iter(rows)
+
+        def next_batch() -> tuple[BatchResult, Prepared, int]:
+            """The next ``batch_size`` delivered rows, validated and in the driver's form."""
+            items = list(islice(source_rows, batch_size))
+            if not items:
+                return BatchResult(validator.columns), Prepared([]), 0
+            batch = validator.validate(items)
+            return batch, inserter.prepare(batch.rows, batch.column_values), len(items)
+
         done = 0
-        for item in rows:
-            items.append(item)
-            if len(items) >= batch_size:
-                done += len(items)
-                self._flush(kind, validator.validate(items), inserter, report)
-                items = []
-                if on_progress is not None:
-                    on_progress(done)
-        if items:
-            done += len(items)
-            self._flush(kind, validator.validate(items), inserter, report)
+        batch, prepared, count = next_batch()
+        if count < batch_size:  # the source is spent: one batch, nothing to overlap
+            done = count
+            if count:
+                self._flush(kind, batch, prepared, inserter, report, _nothing)
+        else:
+            # More may follow: the next batch is read, validated and encoded by a worker
+            # thread while the database works on this one. The worker is started only
+            # where this thread then waits in one long call with the GIL released (the
+            # end of a COPY, a commit): sqlite3's executemany and psycopg's COPY writes
+            # give the GIL up and take it back per row or chunk, and would queue behind a
+            # busy worker (see bench/PROFILE-ingest.md, round 2). Batches are still
+            # written one at a time, in delivery order, each in its own transaction; a
+            # batch is written as soon as it is validated, never held back for the next
+            # one to arrive. Only the worker touches the source and the validator until
+            # it hands its batch over.
+            with ThreadPoolExecutor(1, thread_name_prefix="qdspace-ingest") as worker:
+                while count:
+                    ahead = _Ahead(worker, next_batch if count == batch_size else None)
+                    self._flush(kind, batch, prepared, inserter, report, ahead.start)
+                    done += count
+                    if ahead.future is None:
+                        break
+                    if on_progress is not None:
+                        on_progress(done)
+                    batch, prepared, count = ahead.future.result()
         if on_progress is not None:
             on_progress(done)
         return report
 
     def _flush(
-        self, kind: str, batch: BatchResult, inserter: BulkInserter, report: IngestReport
+        self,
+        kind: str,
+        batch: BatchResult,
+        prepared: Prepared,
+        inserter: BulkInserter,
+        report: IngestReport,
+        start_next: Callable[[], None],
     ) -> None:
+        """Write one validated batch in a transaction of its own; ``start_next`` is called
+        (once, when the database is about to work without us) to start on the next."""
         report.rejected.extend(RowError(report.source, *e) for e in batch.errors)
         if not batch.rows:
+            start_next()
             return
         lines, rows = batch.lines, batch.rows
         dbapi_error = self.engine.dialect.loaded_dbapi.Error
@@ -223,13 +280,14 @@ class QualityStore:
                 # straight to the driver (executemany on SQLite, COPY on PostgreSQL): the
                 # rows are validated already, and SQLAlchemy's per-row machinery would
                 # double the cost
-                inserted = inserter.insert(connection, rows, batch.column_values)
+                inserted = inserter.write(connection, prepared, start_next)
                 corrected = 0
                 if inserted < len(rows):  # some natural keys are stored: corrections?
                     columns = inserter.columns
                     corrected = correct_rows(
                         connection, kind, [dict(zip(columns, r, strict=True)) for r in rows]
                     )
+                start_next()  # before the commit (and on SQLite its checkpoint)
         except (SQLAlchemyError, dbapi_error) as exc:
             orig = getattr(exc, "orig", None)
             reason = str(orig) if orig is not None else str(exc)
@@ -271,6 +329,27 @@ class QualityStore:
 
     def close(self) -> None:
         self.engine.dispose()
+
+
+def _nothing() -> None:
+    """No next batch to start."""
+
+
+class _Ahead:
+    """The next batch's validation, started at most once, when the writer says so."""
+
+    def __init__(
+        self,
+        worker: ThreadPoolExecutor,
+        job: Callable[[], tuple[BatchResult, Prepared, int]] | None,
+    ):
+        self.worker = worker
+        self.job = job
+        self.future: Future[tuple[BatchResult, Prepared, int]] | None = None
+
+    def start(self) -> None:
+        if self.job is not None and self.future is None:
+            self.future = self.worker.submit(self.job)
 
 
 def _table(kind: str) -> Table:

@@ -10,6 +10,7 @@ nothing of itself behind while the batches before it stay committed.
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import pytest
@@ -202,3 +203,82 @@ def test_text_that_copy_must_escape_reads_back_unchanged(store: QualityStore) ->
     logged = stored[0][3]
     logged = logged if isinstance(logged, str) else logged.isoformat(" ")
     assert logged.startswith("2026-11-02 07:00:00.123456")
+
+
+# -- the pipeline: the next batch is read and validated while this one is written -------
+
+
+def test_progress_is_reported_per_batch_and_once_at_the_end(store: QualityStore) -> None:
+    for n, expected in (
+        (1200, [500, 1000, 1200]),
+        (1000, [500, 1000, 1000]),
+        (300, [300]),
+        (0, [0]),
+    ):
+        seen: list[int] = []
+        rows = ((i + 2, _row(10_000 * n + i)) for i in range(n))  # a stream, not a list
+        report = store.ingest_rows("inspection", rows, batch_size=500, on_progress=seen.append)
+        assert report.accepted == n and not report.rejected
+        assert seen == expected, n
+    assert _count(store) == 1200 + 1000 + 300
+
+
+def test_a_batch_is_committed_before_the_stream_delivers_the_next_one(
+    store: QualityStore,
+) -> None:
+    # a slow source (a line connector, a file still being written): batch 1 must be
+    # stored while the worker still waits for the rows of batch 2, not held back
+    other = store.engine  # a connection of its own sees only what is committed
+    seen_before_last: list[int] = []
+
+    def stream() -> Any:
+        for i in range(400):
+            if i == 399:  # the last row of batch 2 comes only once batch 1 is visible
+                for _ in range(200):
+                    with other.connect() as connection:
+                        stored = int(
+                            connection.execute(select(func.count()).select_from(TABLE)).scalar_one()
+                        )
+                    if stored == 200:
+                        break
+                    time.sleep(0.05)
+                seen_before_last.append(stored)
+            yield i + 2, _row(20_000 + i)
+
+    report = store.ingest_rows("inspection", stream(), batch_size=200)
+    assert report.accepted == 400
+    assert seen_before_last == [200]
+    assert [r[0] for r in _stored(store)] == [f"EL-{20_000 + i:06d}" for i in range(400)]
+
+
+def test_a_source_that_fails_in_a_later_batch_keeps_the_batches_before_it(
+    store: QualityStore,
+) -> None:
+    def stream() -> Any:
+        for i in range(450):
+            if i == 420:
+                raise OSError("the file went away")
+            yield i + 2, _row(30_000 + i)
+
+    with pytest.raises(OSError, match="the file went away"):
+        store.ingest_rows("inspection", stream(), batch_size=200)
+    # batches 1 and 2 were complete and are stored; nothing of the third
+    assert [r[0] for r in _stored(store)] == [f"EL-{30_000 + i:06d}" for i in range(400)]
+
+
+def test_a_refused_batch_stops_the_ingest_while_the_next_is_being_read(
+    store: QualityStore,
+) -> None:
+    _refuse_station(store, "EL-BOOM")
+    read: list[int] = []
+
+    def stream() -> Any:
+        for i in range(1000):
+            read.append(i)
+            yield i + 2, _row(40_000 + i, station="EL-BOOM" if i == 250 else f"EL-{1 + i % 3}")
+
+    with pytest.raises(StorageError, match="lines 202-401 of inspection not stored"):
+        store.ingest_rows("inspection", stream(), batch_size=200)
+    assert [r[0] for r in _stored(store)] == [f"EL-{40_000 + i:06d}" for i in range(200)]
+    # the worker read at most the batch after the refused one, then stopped
+    assert len(read) <= 600

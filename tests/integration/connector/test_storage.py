@@ -262,7 +262,41 @@ def test_sqlite_runs_in_wal_mode(tmp_path: Path) -> None:
     store = open_store(f"sqlite:///{tmp_path / 'node.db'}")
     with store.engine.connect() as connection:
         assert connection.execute(text("PRAGMA journal_mode")).scalar_one() == "wal"
+        # durability as before: a commit is in the WAL (synchronous=NORMAL, 1), and the
+        # WAL is checkpointed every 256 MiB rather than every 4 MiB (bench/PROFILE-ingest.md)
+        assert connection.execute(text("PRAGMA synchronous")).scalar_one() == 1
+        assert connection.execute(text("PRAGMA wal_autocheckpoint")).scalar_one() == 65536
+        assert connection.execute(text("PRAGMA journal_size_limit")).scalar_one() == 64 << 20
     store.close()
+
+
+def test_sqlite_rows_of_many_batches_are_all_in_the_database_file_after_close(
+    tmp_path: Path,
+) -> None:
+    # with checkpoints far apart most batches sit in the WAL until the store closes;
+    # closing moves them into the file, which then holds every committed row alone
+    path = tmp_path / "node.db"
+    store = open_store(f"sqlite:///{path}")
+    rows = [
+        (
+            i + 2,
+            {
+                "inspection_id": f"EL-{i:06d}",
+                "station": "EL-1",
+                "inspected_at": f"2026-11-{1 + i % 28:02d}T{i % 24:02d}:{i % 60:02d}:00Z",
+                "verdict": "pass",
+            },
+        )
+        for i in range(3000)
+    ]
+    assert store.ingest_rows("inspection", rows, batch_size=250).accepted == 3000
+    store.close()
+    assert not (tmp_path / "node.db-wal").exists()
+    copy = tmp_path / "copy.db"
+    copy.write_bytes(path.read_bytes())  # the file alone, no WAL beside it
+    reopened = open_store(f"sqlite:///{copy}")
+    assert reopened.counts()["inspection"] == 3000
+    reopened.close()
 
 
 def test_missing_directory_is_one_clear_error(tmp_path: Path) -> None:
