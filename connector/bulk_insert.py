@@ -3,8 +3,9 @@
 Why a module of its own: how fast rows reach the table is a property of the driver,
 not of the store. On SQLite the fastest path is one prebuilt ``INSERT ... ON CONFLICT
 DO NOTHING`` handed straight to the DBAPI's ``executemany`` with values already in the
-form the sqlite3 module would adapt them to (times as ``isoformat(" ")``, as its
-default adapter writes them), skipping SQLAlchemy's per-row bind processing.
+form SQLAlchemy would bind them in (times as its SQLite text, ``YYYY-MM-DD
+HH:MM:SS.ffffff`` in UTC: the form every query's time bound is written in, so that a
+text comparison orders like the times), skipping SQLAlchemy's per-row bind processing.
 
 On PostgreSQL ``executemany`` costs a round of protocol per row; ``COPY`` streams the
 batch. COPY has no ``ON CONFLICT``, so it is tried first straight into the table under
@@ -20,8 +21,8 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import datetime
-from operator import methodcaller
+from datetime import UTC, datetime
+from operator import itemgetter, methodcaller
 from typing import Any
 
 from sqlalchemy import Connection, DateTime, Table
@@ -160,7 +161,21 @@ def _is_datetime(column_type: Any) -> bool:
     )
 
 
-_ISO = methodcaller("isoformat", " ")
+_ISO_US = methodcaller("isoformat", " ", "microseconds")
+_UTC_SUFFIX = itemgetter(slice(26, None))
+_UNTIL_SUFFIX = itemgetter(slice(0, 26))
+
+
+def _sqlite_time_text(column: Sequence[datetime]) -> list[str]:
+    """A column of aware datetimes as SQLAlchemy's SQLite text, C-level passes only.
+
+    ``isoformat(" ", "microseconds")`` of a UTC time is that text plus ``+00:00``; the
+    validators hand over UTC times, and a column with any other offset is turned into
+    UTC value by value first."""
+    texts = list(map(_ISO_US, column))
+    if set(map(_UTC_SUFFIX, texts)) != {"+00:00"}:
+        texts = [v.astimezone(UTC).isoformat(" ", "microseconds") for v in column]
+    return list(map(_UNTIL_SUFFIX, texts))
 
 
 def _times_as_text(
@@ -168,15 +183,20 @@ def _times_as_text(
     times: list[int],
     given: Sequence[Sequence[Any]] | None = None,
 ) -> list[tuple[Any, ...]]:
-    """Datetimes as sqlite3's default adapter writes them (``isoformat(" ")``), once per
-    value in a column pass rather than through the adapter registry per value."""
+    """Datetimes as SQLAlchemy writes them on SQLite, once per column rather than
+    through a bind processor per value. Not ``isoformat(" ")``, which sqlite3's own
+    adapter writes: ``...14:00:00+00:00`` sorts before a bound's ``...14:00:00.000000``
+    and put a row stamped at a window's lower bound outside it (0010_sqlite_time_text
+    rewrote what was stored that way)."""
     columns: list[Any] = list(given) if given is not None else list(zip(*rows, strict=True))
     for i in times:
         column = columns[i]
         if None in column:
-            columns[i] = [None if v is None else v.isoformat(" ") for v in column]
+            present = [v for v in column if v is not None]
+            texts = iter(_sqlite_time_text(present))
+            columns[i] = [None if v is None else next(texts) for v in column]
         else:
-            columns[i] = list(map(_ISO, column))
+            columns[i] = _sqlite_time_text(column)
     return list(zip(*columns, strict=True))
 
 

@@ -80,7 +80,12 @@ def _differs(connection: Connection) -> str:
 
 
 def _bind(connection: Connection, table: Table, name: str, value: Any) -> Any:
-    processor = table.c[name].type.bind_processor(connection.dialect)
+    """``value`` as SQLAlchemy would bind it for column ``name``: through the type's
+    *dialect* implementation, so a time on SQLite becomes the same text as a query's
+    bound (the bare type's processor hands the datetime to sqlite3's adapter, whose
+    ``isoformat(" ")`` text does not compare with it; see 0010_sqlite_time_text)."""
+    dialect = connection.dialect
+    processor = table.c[name].type.dialect_impl(dialect).bind_processor(dialect)
     return processor(value) if processor is not None else value
 
 
