@@ -97,10 +97,11 @@ def wire_timestamp(value: Any) -> str | None:
 
 
 def wire_timestamps(values: Sequence[Any]) -> list[str | None]:
-    """`wire_timestamp` of a column; the ingest's ``...HH:MM:SS+00:00`` inline (most rows)."""
+    """`wire_timestamp` of a column; SQLite's whole-second ``...HH:MM:SS.000000`` (most
+    rows; see 0010_sqlite_time_text) inline."""
     return [
         f"{v[:10]}T{v[11:19]}Z"
-        if type(v) is str and len(v) == 25 and v[10] == " " and v[19:] == "+00:00"
+        if type(v) is str and len(v) == 26 and v[10] == " " and v[19:] == ".000000"
         else wire_timestamp(v)
         for v in values
     ]
