@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import uuid
-from collections.abc import Iterator
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -14,7 +12,7 @@ import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from nacl.signing import SigningKey
-from sqlalchemy import Engine, create_engine, inspect, select, text
+from sqlalchemy import Engine, create_engine, inspect, select
 
 from qdspace.connector.agreement import (
     DeletionReceipt,
@@ -69,52 +67,15 @@ from qdspace.policies.canonical import canonical_json
 from qdspace.policies.model import OfferTerms, Policy, make_offer
 from qdspace.policies.retention import DutyStatus, ReceiptMismatchError
 
-PG_URL = os.environ.get("QDSPACE_TEST_PG_URL")
 T0 = datetime(2026, 5, 1, tzinfo=UTC)
 KEK = bytes(range(32))
 P_KEY, C_KEY = SigningKey(b"p" * 32), SigningKey(b"c" * 32)
 KEYS = PartyKeys(P_KEY.verify_key, C_KEY.verify_key)
 
 
-def _postgres() -> Iterator[Engine]:
-    assert PG_URL is not None
-    schema = f"contract_{uuid.uuid4().hex[:8]}"
-    admin = create_engine(PG_URL)
-    with admin.begin() as connection:
-        connection.execute(text(f"CREATE SCHEMA {schema}"))
-    engine = create_engine(PG_URL, connect_args={"options": f"-csearch_path={schema}"})
-    try:
-        yield engine
-    finally:
-        engine.dispose()
-        with admin.begin() as connection:
-            connection.execute(text(f"DROP SCHEMA {schema} CASCADE"))
-        admin.dispose()
-
-
-@pytest.fixture(
-    params=[
-        "sqlite",
-        pytest.param(
-            "postgres",
-            marks=[
-                pytest.mark.postgres,
-                pytest.mark.skipif(PG_URL is None, reason="QDSPACE_TEST_PG_URL not set"),
-            ],
-        ),
-    ]
-)
-def engine(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Engine]:
-    if request.param == "sqlite":
-        created = create_engine(f"sqlite:///{tmp_path / 'contracts.db'}")
-        ensure_schema(created)
-        ensure_schema(created)  # idempotent
-        yield created
-        created.dispose()
-    else:
-        for created in _postgres():
-            ensure_schema(created)
-            yield created
+@pytest.fixture
+def engine(contract_engine: Engine) -> Engine:
+    return contract_engine
 
 
 @pytest.fixture
@@ -378,6 +339,9 @@ def test_the_contract_schema_comes_from_its_migration(engine: Engine) -> None:
     ours = [d for d in diffs if "contract_" in repr(d)]
     assert ours == []
     assert set(CONTRACT_METADATA.tables) <= set(inspect(engine).get_table_names())
+    ensure_schema(engine)  # idempotent: a second start changes nothing
+    with engine.connect() as connection:
+        assert MigrationContext.configure(connection).get_current_revision() == head_revision()
 
 
 def test_tables_made_before_the_migration_existed_are_adopted(tmp_path: Path) -> None:

@@ -6,66 +6,26 @@ and the transaction it broke writes nothing."""
 
 from __future__ import annotations
 
-import os
-import uuid
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta, timezone
-from pathlib import Path
 
 import pytest
-from sqlalchemy import Engine, create_engine, func, insert, select, text
+from sqlalchemy import Engine, func, insert, select, text
 from sqlalchemy.exc import IntegrityError
 
-from qdspace.connector.contract_store import ContractStore, ensure_schema
+from qdspace.connector.contract_store import ContractStore
 from qdspace.connector.contract_store.common import DriverStatement, column_types, message_table
 from qdspace.connector.contract_store.negotiations import negotiation_table
 from qdspace.connector.negotiation import ContractRequest, Negotiation, Role, open_negotiation
 from qdspace.policies.codec import policy_to_json
 from qdspace.policies.model import OfferTerms, make_offer
 
-PG_URL = os.environ.get("QDSPACE_TEST_PG_URL")
 #: not UTC and with microseconds: the bind processor has to convert it
 AT = datetime(2026, 5, 1, 12, 30, 45, 123456, tzinfo=timezone(timedelta(hours=2)))
 
 
-def _postgres() -> Iterator[Engine]:
-    assert PG_URL is not None
-    schema = f"driver_{uuid.uuid4().hex[:8]}"
-    admin = create_engine(PG_URL)
-    with admin.begin() as connection:
-        connection.execute(text(f"CREATE SCHEMA {schema}"))
-    engine = create_engine(PG_URL, connect_args={"options": f"-csearch_path={schema}"})
-    try:
-        yield engine
-    finally:
-        engine.dispose()
-        with admin.begin() as connection:
-            connection.execute(text(f"DROP SCHEMA {schema} CASCADE"))
-        admin.dispose()
-
-
-@pytest.fixture(
-    params=[
-        "sqlite",
-        pytest.param(
-            "postgres",
-            marks=[
-                pytest.mark.postgres,
-                pytest.mark.skipif(PG_URL is None, reason="QDSPACE_TEST_PG_URL not set"),
-            ],
-        ),
-    ]
-)
-def engine(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Engine]:
-    if request.param == "sqlite":
-        created = create_engine(f"sqlite:///{tmp_path / 'contracts.db'}")
-        ensure_schema(created)
-        yield created
-        created.dispose()
-    else:
-        for created in _postgres():
-            ensure_schema(created)
-            yield created
+@pytest.fixture
+def engine(contract_engine: Engine) -> Engine:
+    return contract_engine
 
 
 def _request(nid: str) -> ContractRequest:
