@@ -169,6 +169,11 @@ class Assembler:
                 f"{self.what}: chunk at offset {chunk.offset} of {chunk.total} bytes, "
                 f"expected offset {self._filled} of {self.total}",
             )
+        end = self._filled + len(chunk.data)
+        if end > self.total:
+            raise UpdateRefused(
+                RefusalReason.WRONG_SHAPE, f"{self.what}: chunks run past {self.total} bytes"
+            )
         if self._chunks >= self._max_chunks:
             raise UpdateRefused(
                 RefusalReason.WRONG_SHAPE,
@@ -182,11 +187,6 @@ class Assembler:
                 f"chunks carry at most {MAX_CHUNK_BYTES} bytes",
             )
         self._chunks += 1
-        end = self._filled + len(chunk.data)
-        if end > self.total:
-            raise UpdateRefused(
-                RefusalReason.WRONG_SHAPE, f"{self.what}: chunks run past {self.total} bytes"
-            )
         if self._hash is None:
             self._view[self._filled : end] = chunk.data
         else:
