@@ -26,6 +26,7 @@ from qdspace.node.localnet.network import LocalNetwork
 from qdspace.node.rpc.client import open_channel
 from qdspace.node.rpc.federation_client import FederationClient, coordinator_key
 from qdspace.node.rpc.federation_runner import MemberRunner
+from qdspace.node.rpc.limits import CHUNK_MAX_BYTES
 from qdspace.node.runtime.federation_member import MemberResult
 from qdspace.protocols.v1 import federation_pb2 as pb
 
@@ -160,6 +161,42 @@ async def test_a_stream_cut_into_tiny_chunks_is_refused_naming_the_limit(
         # the refused stream left nothing behind: cellex's honest update is accepted
         client = FederationClient(channel, COORDINATOR, job.job_id, chunk_bytes=MIN_CHUNK_BYTES)
         view = await client.upload_update(1, params, 10)
+        assert view.round == 1
+    finally:
+        await channel.close()
+
+
+async def test_a_chunk_over_the_message_limit_is_refused_naming_the_limit(
+    network: LocalNetwork,
+) -> None:
+    """A chunk bigger than any sender may cut never reaches the servicer: the transport
+    refuses it, saying which limit that was (the coordinator's log says the stream
+    ended short, naming the same limit)."""
+    job = job_terms("el-chunks-huge", members=("cellex", "sunarc"), min_members=2)
+    await start(network, job)
+    payload = params_to_bytes(logreg.init_params(DIMS, CLASSES))
+    header = pb.UploadHeader(job_id=job.job_id, round=1, total_bytes=len(payload), num_examples=10)
+
+    async def huge() -> Any:
+        yield pb.UploadChunk(header=header).SerializeToString()
+        yield pb.UploadChunk(data=bytes(CHUNK_MAX_BYTES)).SerializeToString()
+
+    keys = load_member_keys(network["cellex"].directory)
+    channel = open_channel(keys, network[COORDINATOR].grpc_address, COORDINATOR)
+    try:
+        upload = channel.stream_unary(
+            "/qdspace.v1.Federation/UploadUpdate",
+            request_serializer=lambda b: b,
+            response_deserializer=pb.Accepted.FromString,
+        )
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await upload(huge(), timeout=60)
+        error = refused.value
+        assert error.code() is grpc.StatusCode.RESOURCE_EXHAUSTED, error.details()
+        assert f"larger than max ({CHUNK_MAX_BYTES + 5} vs. {CHUNK_MAX_BYTES})" in (error.details())
+        # the dropped stream released cellex's upload slot: an honest update goes in
+        client = FederationClient(channel, COORDINATOR, job.job_id)
+        view = await client.upload_update(1, logreg.init_params(DIMS, CLASSES), 10)
         assert view.round == 1
     finally:
         await channel.close()
