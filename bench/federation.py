@@ -43,6 +43,12 @@ import numpy as np
 from nacl.signing import SigningKey
 
 from bench.support.flower_baseline import flower
+from qdspace.federation.chunks import (
+    DEFAULT_CHUNK_BYTES,
+    MAX_CHUNK_BYTES,
+    MIN_CHUNK_BYTES,
+    check_chunk_bytes,
+)
 from qdspace.federation.job import JobSpec
 from qdspace.federation.member import plain_update, prepare_change, secagg_client
 from qdspace.federation.params import Params, unflatten
@@ -93,7 +99,9 @@ def fixed_trainer(member: str, shapes: tuple[tuple[int, ...], ...]) -> Any:
 Sample = tuple[float, float, float]
 
 
-async def loopback_job(network: LocalNetwork, job: JobSpec) -> list[Sample]:
+async def loopback_job(
+    network: LocalNetwork, job: JobSpec, chunk_bytes: int = DEFAULT_CHUNK_BYTES
+) -> list[Sample]:
     """Run one job; when the coordinator's member saw each version: (monotonic time, CPU
     seconds of the coordinator's node so far, CPU seconds of this process so far)."""
     seen: list[Sample] = []
@@ -107,7 +115,7 @@ async def loopback_job(network: LocalNetwork, job: JobSpec) -> list[Sample]:
         keys = load_member_keys(network[name].directory)
         channel = open_channel(keys, network[COORDINATOR].grpc_address, COORDINATOR)
         try:
-            client = FederationClient(channel, COORDINATOR, job.job_id)
+            client = FederationClient(channel, COORDINATOR, job.job_id, chunk_bytes=chunk_bytes)
             if name == COORDINATOR:
                 zeros = [np.zeros(s, np.float32) for s in job.shapes]
                 await client.start_job(job, zeros)
@@ -154,7 +162,7 @@ def _process_cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def loopback(rounds: int, mb: float) -> dict[str, float]:
+def loopback(rounds: int, mb: float, chunk_bytes: int = DEFAULT_CHUNK_BYTES) -> dict[str, float]:
     big = (int(mb * 1e6 / 4),)
     figures: dict[str, float] = {}
     with tempfile.TemporaryDirectory(prefix="qdspace-bench-fl-") as tmp:
@@ -174,7 +182,7 @@ def loopback(rounds: int, mb: float) -> dict[str, float]:
                 for secure in (False, True):
                     name = f"fl_loopback_{label}_{'secagg' if secure else 'plain'}_round_s"
                     job = make_job(name.replace("_", "-"), shapes, secure, rounds)
-                    seen = asyncio.run(loopback_job(network, job))
+                    seen = asyncio.run(loopback_job(network, job, chunk_bytes))
                     times = round_times(seen)
                     figures[name] = statistics.median(times)
                     # CPU of the coordinator's node and of the 3 members per round (rounds 2
@@ -247,6 +255,13 @@ def main() -> None:
     parser.add_argument("--flower-rounds", type=int, default=3, help="rounds of the Flower run")
     parser.add_argument("--out", help="write the figures as JSON here")
     parser.add_argument(
+        "--chunk-kib",
+        type=int,
+        default=DEFAULT_CHUNK_BYTES // 1024,
+        help=f"members' upload chunk size in KiB ({MIN_CHUNK_BYTES // 1024} to "
+        f"{MAX_CHUNK_BYTES // 1024})",
+    )
+    parser.add_argument(
         "--quick",
         action="store_true",
         help="1 MB updates, 2 rounds; Flower only if it installs offline (CI)",
@@ -267,7 +282,7 @@ def main() -> None:
     figures["fl_inprocess_secagg_round_s"] = min(inprocess_secure_round(n) for _ in range(2))
     for key in ("fl_inprocess_plain_round_s", "fl_inprocess_secagg_round_s"):
         print(f"{key}: {figures[key]:.3f} s", flush=True)
-    figures.update(loopback(ns.rounds, ns.mb))
+    figures.update(loopback(ns.rounds, ns.mb, check_chunk_bytes(ns.chunk_kib * 1024)))
     big = f"{ns.mb:g}mb"
     ours = figures[f"fl_loopback_{big}_secagg_round_s"]
     ratio = ours / figures[f"fl_loopback_{big}_plain_round_s"]
@@ -303,6 +318,7 @@ def main() -> None:
                 {
                     "mb": ns.mb,
                     "rounds": ns.rounds,
+                    "chunk_kib": ns.chunk_kib,
                     "quick": ns.quick,
                     "cpus": os.cpu_count(),
                     "loadavg_1m": os.getloadavg()[0],

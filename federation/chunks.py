@@ -10,6 +10,15 @@ the CPU cache);
 an empty digest means the sender relies on the channel's own integrity (TLS AEAD)
 and only the size is checked.
 
+The sender picks its chunk size, anywhere from ``MIN_CHUNK_BYTES`` to
+``MAX_CHUNK_BYTES``, on every path (plain updates, masked inputs, models). The
+receiver's message limit follows ``MAX_CHUNK_BYTES``, never what it sends itself by
+default (``DEFAULT_CHUNK_BYTES``): the two once moved together, and the masked-input
+path, which cut its own 4 MiB chunks, broke when the default was lowered. A stream
+may hold at most ``max_chunks(total)`` chunks (the announced size cut at
+``MIN_CHUNK_BYTES``), so a peer cannot make the receiver handle millions of 1-byte
+messages for one payload.
+
 ``prefer_heap_for_large_buffers`` keeps glibc from serving every 50 MB buffer with
 a fresh ``mmap`` (and its page faults, which cost more than the copy itself).
 """
@@ -27,7 +36,13 @@ import numpy as np
 
 from qdspace.federation.errors import RefusalReason, UpdateRefused
 
-DEFAULT_CHUNK_BYTES = 4 * 1024 * 1024
+#: The largest data chunk any node accepts (its message limit is this plus a header).
+MAX_CHUNK_BYTES = 4 * 1024 * 1024
+#: The smallest chunk a sender may cut (all but a payload's last chunk): with it the
+#: receiver bounds the messages of one payload at ``max_chunks(total)``.
+MIN_CHUNK_BYTES = 64 * 1024
+#: What this node's uploads and downloads are cut into unless told otherwise.
+DEFAULT_CHUNK_BYTES = MAX_CHUNK_BYTES
 #: Bytes copied and then hashed at a time (fits in a core's L2 cache).
 HASH_PIECE = 256 * 1024
 
@@ -67,6 +82,21 @@ def prefer_heap_for_large_buffers(limit: int = 1 << 30) -> bool:
     return applied
 
 
+def check_chunk_bytes(size: int) -> int:
+    """``size`` if a sender may cut its chunks to it (ValueError otherwise)."""
+    if not MIN_CHUNK_BYTES <= size <= MAX_CHUNK_BYTES:
+        raise ValueError(
+            f"chunk size must be between {MIN_CHUNK_BYTES} and {MAX_CHUNK_BYTES} bytes, got {size}"
+        )
+    return size
+
+
+def max_chunks(total: int, min_chunk: int = MIN_CHUNK_BYTES) -> int:
+    """The most chunks a payload of ``total`` bytes may arrive in (``min_chunk`` bytes
+    each but the last; an empty payload has one, empty, chunk)."""
+    return max(1, -(-total // min_chunk))
+
+
 @dataclass(frozen=True, slots=True)
 class Chunk:
     """``data`` starts at byte ``offset`` of a payload of ``total`` bytes."""
@@ -92,12 +122,24 @@ def chunks(payload: bytes | memoryview, size: int = DEFAULT_CHUNK_BYTES) -> Iter
 class Assembler:
     """Collects one payload's chunks in order; ``finish`` checks size and digest.
 
+    More than ``max_chunks(total, min_chunk)`` chunks, or one over ``MAX_CHUNK_BYTES``,
+    is refused on arrival (the sender cut its payload finer, or coarser, than any sender
+    may). ``min_chunk`` is ``MIN_CHUNK_BYTES`` on the wire; tests of small payloads
+    lower it.
+
     ``sha256`` empty: no digest to check (the channel's integrity is relied on);
     ``digest`` is then still available when ``hash_always`` is set.
     """
 
     def __init__(
-        self, total: int, sha256: bytes, *, limit: int, what: str, hash_always: bool = False
+        self,
+        total: int,
+        sha256: bytes,
+        *,
+        limit: int,
+        what: str,
+        hash_always: bool = False,
+        min_chunk: int = MIN_CHUNK_BYTES,
     ) -> None:
         if total < 0 or total > limit:
             raise UpdateRefused(
@@ -112,6 +154,9 @@ class Assembler:
         self._view = self._buf.data
         self._hash = hashlib.sha256() if (sha256 or hash_always) else None
         self._filled = 0
+        self._chunks = 0
+        self._min_chunk = min_chunk
+        self._max_chunks = max_chunks(total, min_chunk)
 
     @property
     def received(self) -> int:
@@ -129,6 +174,19 @@ class Assembler:
             raise UpdateRefused(
                 RefusalReason.WRONG_SHAPE, f"{self.what}: chunks run past {self.total} bytes"
             )
+        if self._chunks >= self._max_chunks:
+            raise UpdateRefused(
+                RefusalReason.WRONG_SHAPE,
+                f"{self.what}: more than {self._max_chunks} chunks for {self.total} bytes; "
+                f"every chunk but the last must carry at least {self._min_chunk} bytes",
+            )
+        if len(chunk.data) > MAX_CHUNK_BYTES:
+            raise UpdateRefused(
+                RefusalReason.WRONG_SHAPE,
+                f"{self.what}: a chunk of {len(chunk.data)} bytes; "
+                f"chunks carry at most {MAX_CHUNK_BYTES} bytes",
+            )
+        self._chunks += 1
         if self._hash is None:
             self._view[self._filled : end] = chunk.data
         else:

@@ -49,6 +49,7 @@ from nacl.public import Box, PrivateKey, PublicKey
 from nacl.signing import SigningKey, VerifyKey
 
 from qdspace.federation import shamir
+from qdspace.federation.chunks import DEFAULT_CHUNK_BYTES
 from qdspace.federation.errors import (
     BadShares,
     InconsistentView,
@@ -122,8 +123,10 @@ class Masking:
         """Ring elements in the whole masked input."""
         return int(self._out.size)
 
-    def blocks(self, elements: int = 4 * BLOCK) -> Iterator[Ring]:
-        """The masked input in consecutive chunks of ``elements`` (views; masked once)."""
+    def blocks(self, elements: int = DEFAULT_CHUNK_BYTES // 4) -> Iterator[Ring]:
+        """The masked input in consecutive chunks of ``elements`` (views; masked once);
+        one chunk goes on the wire as one message, so ``4 * elements`` bytes must fit in
+        the receiver's chunk limit (``federation.chunks``)."""
         if self._done:
             raise SecAggError(f"member {self.member}: the masked input was already made")
         scratch = np.empty(BLOCK, dtype=np.float32)

@@ -22,7 +22,7 @@ import numpy as np
 from nacl.signing import VerifyKey
 from numpy.typing import NDArray
 
-from qdspace.federation.chunks import DEFAULT_CHUNK_BYTES, Assembler, Chunk
+from qdspace.federation.chunks import DEFAULT_CHUNK_BYTES, Assembler, Chunk, check_chunk_bytes
 from qdspace.federation.errors import RefusalReason
 from qdspace.federation.job import JobSpec
 from qdspace.federation.params import (
@@ -97,12 +97,15 @@ class Download:
     sha256: bytes
 
 
-async def _chunks(header: pb.UploadHeader, payload: bytes | memoryview) -> AsyncIterator[bytes]:
-    """The upload stream, serialized: the header, then data chunks written in one copy each."""
+async def _chunks(
+    header: pb.UploadHeader, payload: bytes | memoryview, size: int
+) -> AsyncIterator[bytes]:
+    """The upload stream, serialized: the header, then data chunks of ``size`` bytes
+    written in one copy each."""
     yield pb.UploadChunk(header=header).SerializeToString()
     view = memoryview(payload)
-    for offset in range(0, len(view), DEFAULT_CHUNK_BYTES):
-        yield encode_data_chunk(view[offset : offset + DEFAULT_CHUNK_BYTES])
+    for offset in range(0, len(view), size):
+        yield encode_data_chunk(view[offset : offset + size])
 
 
 async def _streamed_chunks(
@@ -145,9 +148,21 @@ async def coordinator_key(channel: grpc.aio.Channel, name: str) -> VerifyKey:
 
 
 class FederationClient:
-    """Typed calls to one coordinator about one job."""
+    """Typed calls to one coordinator about one job.
 
-    def __init__(self, channel: grpc.aio.Channel, coordinator: str, job_id: str) -> None:
+    ``chunk_bytes``: what uploads are cut into (``MIN_CHUNK_BYTES`` to
+    ``MAX_CHUNK_BYTES``; the coordinator accepts any size in that range).
+    """
+
+    def __init__(
+        self,
+        channel: grpc.aio.Channel,
+        coordinator: str,
+        job_id: str,
+        *,
+        chunk_bytes: int = DEFAULT_CHUNK_BYTES,
+    ) -> None:
+        self.chunk_bytes = check_chunk_bytes(chunk_bytes)
         self._stub = pb_grpc.FederationStub(channel)
         # the payload streams carry serialized chunks (same wire format, fewer copies)
         self._raw_uploads = {
@@ -190,7 +205,7 @@ class FederationClient:
         )
         try:
             reply = await self._raw_uploads["StartJob"](
-                _chunks(header, payload), timeout=CALL_TIMEOUT_S
+                _chunks(header, payload, self.chunk_bytes), timeout=CALL_TIMEOUT_S
             )
         except grpc.aio.AioRpcError as exc:
             raise _refusal(self.coordinator, exc) from None
@@ -268,7 +283,7 @@ class FederationClient:
         header.total_bytes = len(payload)
         try:
             reply = await self._raw_uploads[method](
-                _chunks(header, payload), timeout=CALL_TIMEOUT_S
+                _chunks(header, payload, self.chunk_bytes), timeout=CALL_TIMEOUT_S
             )
         except grpc.aio.AioRpcError as exc:
             raise _refusal(self.coordinator, exc) from None
@@ -291,11 +306,17 @@ class FederationClient:
         payload = np.ascontiguousarray(masked, dtype="<u4").data.cast("B")
         return await self._upload("UploadMasked", header, payload)
 
+    @property
+    def chunk_elements(self) -> int:
+        """Ring elements (4 bytes each) per chunk of a streamed masked input."""
+        return self.chunk_bytes // 4
+
     async def upload_masked_stream(
         self, round_: int, attempt: int, elements: int, parts: Iterator[NDArray[np.uint32]]
     ) -> StatusView:
         """Send a masked input of ``elements`` ring elements made chunk by chunk by
-        ``parts`` (each chunk is made while the one before it is sent)."""
+        ``parts`` (each chunk is made while the one before it is sent); each part is one
+        chunk on the wire, so it holds at most ``chunk_elements`` elements."""
         header = pb.UploadHeader(round=round_, attempt=attempt, job_id=self.job_id)
         header.total_bytes = 4 * elements
         try:

@@ -234,10 +234,12 @@ class MemberRunner:
         elif phase is Phase.MASKED_INPUT:
             state.steps.add(phase)
             inbox = await client.inbox(round_, attempt)
-            # the shares are opened and the seeds derived first; then each 4 MiB chunk is
-            # masked while the one before it is being sent
+            # the shares are opened and the seeds derived first; then each chunk (of the
+            # client's chunk size: the wire's message limit) is masked while the one
+            # before it is being sent
             masking = await asyncio.to_thread(state.client.masking, state.change, inbox)
-            await client.upload_masked_stream(round_, attempt, masking.size, masking.blocks())
+            parts = masking.blocks(client.chunk_elements)
+            await client.upload_masked_stream(round_, attempt, masking.size, parts)
             self._sent.add(round_)
             self._emit("sent", round_, "masked update sent")
         elif phase is Phase.CONSISTENCY:

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any, NoReturn, TypeVar, overload
 import grpc
 from google.protobuf.message import DecodeError
 
-from qdspace.federation.chunks import DEFAULT_CHUNK_BYTES, Assembler, Chunk
+from qdspace.federation.chunks import DEFAULT_CHUNK_BYTES, MAX_CHUNK_BYTES, Assembler, Chunk
 from qdspace.federation.errors import (
     FederationError,
     RefusalReason,
@@ -48,6 +48,7 @@ from qdspace.node.rpc.federation_serde import (
     unmask_from_proto,
     unmask_request_to_proto,
 )
+from qdspace.node.rpc.limits import CHUNK_MAX_BYTES
 from qdspace.node.runtime.federation_jobs import (
     FederationJobs,
     RoundRef,
@@ -300,6 +301,14 @@ async def _read_payload(
         if again is not None:
             raise UpdateRefused(RefusalReason.WRONG_SHAPE, f"{what}: a second header")
         assembler.add(Chunk(assembler.received, header.total_bytes, data))
+    if assembler.received < header.total_bytes:
+        # the transport drops a message over its limit and ends the stream, unseen here
+        raise UpdateRefused(
+            RefusalReason.WRONG_SHAPE,
+            f"{what}: stream ended after {assembler.received} of {header.total_bytes} bytes "
+            f"(a message over {CHUNK_MAX_BYTES} bytes ends a stream: chunks carry at most "
+            f"{MAX_CHUNK_BYTES} bytes)",
+        )
     return assembler.finish()
 
 

@@ -25,15 +25,16 @@ from dataclasses import dataclass
 from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import Message
 
-from qdspace.federation.chunks import DEFAULT_CHUNK_BYTES
+from qdspace.federation.chunks import MAX_CHUNK_BYTES
 from qdspace.node.errors import LimitExceeded as LimitExceeded  # their home was here
 from qdspace.node.errors import NumberOutOfRange as NumberOutOfRange
 
 KIB = 1024
 #: What a unary request may weigh unless its method says otherwise.
 UNARY_MAX_BYTES = 256 * KIB
-#: One chunk of a chunked federation upload, with room for its header.
-CHUNK_MAX_BYTES = DEFAULT_CHUNK_BYTES + 64 * KIB
+#: One chunk of a chunked federation upload, with room for its header. It follows the
+#: largest chunk a sender may cut, not the size this node cuts its own payloads to.
+CHUNK_MAX_BYTES = MAX_CHUNK_BYTES + 64 * KIB
 #: The transport refuses anything larger before it is read into a message.
 TRANSPORT_MAX_BYTES = CHUNK_MAX_BYTES
 
