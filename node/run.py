@@ -19,7 +19,6 @@ import signal
 import socket
 import ssl
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import uvicorn
@@ -29,6 +28,7 @@ from qdspace.node.api.regulator_app import create_regulator_app
 from qdspace.node.config import NodeSettings
 from qdspace.node.context import NodeContext, build_context
 from qdspace.node.errors import NodeError
+from qdspace.node.http_listener import DEFAULT_GRACE_S, NodeHttpServer
 from qdspace.node.identity.revocation import StaleRevocationList
 from qdspace.node.layout import NodeLayout
 from qdspace.node.listeners import bind_socket, check_server_tls, https_url, runtime_record
@@ -43,12 +43,8 @@ def bind_api_socket(host: str, port: int) -> socket.socket:
     return bind_socket("operator API", host, port)
 
 
-class _Uvicorn(uvicorn.Server):
-    """uvicorn without its own signal handling: the node owns SIGTERM."""
-
-    @contextlib.contextmanager
-    def capture_signals(self) -> Iterator[None]:
-        yield
+#: the name the listeners had here (a node's HTTPS servers: `node.http_listener`)
+_Uvicorn = NodeHttpServer
 
 
 def runtime_path(directory: Path) -> Path:
@@ -64,10 +60,17 @@ def read_runtime(directory: Path) -> dict[str, object] | None:
 
 
 def https_server(
-    app: object, cert: Path, key: Path, *, lifespan: str = "on", key_password: str | None = None
+    app: object,
+    cert: Path,
+    key: Path,
+    *,
+    lifespan: str = "on",
+    key_password: str | None = None,
+    grace: float = DEFAULT_GRACE_S,
 ) -> _Uvicorn:
     """uvicorn serving ``app`` over TLS (its socket is given to `start_listener`, which
-    loads the files: they may be transient, `identity.keyfiles.transient_key_file`)."""
+    loads the files: they may be transient, `identity.keyfiles.transient_key_file`);
+    a stop lets in-flight requests finish within ``grace`` seconds."""
     config = uvicorn.Config(
         app,  # type: ignore[arg-type]
         log_level="warning",
@@ -76,6 +79,7 @@ def https_server(
         ssl_certfile=cert,
         ssl_keyfile=key,
         ssl_keyfile_password=key_password,
+        timeout_graceful_shutdown=grace,  # type: ignore[arg-type]  # asyncio.timeout's float
     )
     return _Uvicorn(config)
 
@@ -110,8 +114,9 @@ async def serve(ctx: NodeContext, stop: asyncio.Event) -> None:
     dsp_sock = None
     if settings.dsp_port is not None:  # bound before anything serves, like the others
         dsp_sock = bind_socket("DSP", settings.dsp_host, settings.dsp_port)
-    api = https_server(create_app(ctx), api_cert, api_key)
-    regulator = https_server(create_regulator_app(ctx), member_cert, member_key)
+    grace = settings.shutdown_grace_s
+    api = https_server(create_app(ctx), api_cert, api_key, grace=grace)
+    regulator = https_server(create_regulator_app(ctx), member_cert, member_key, grace=grace)
     await member.start()
     tasks: list[asyncio.Task[None]] = []
     dsp: _Uvicorn | None = None
@@ -209,7 +214,8 @@ async def start_dsp(ctx: NodeContext, sock: socket.socket) -> _Uvicorn:
     tokens = DataTokens(ctx.keys.signing_key, settings.dsp_token_ttl_s)
     moves = DspTransferMoves(runtime, tokens, base)
     ctx.dsp_transfers = transfers = DspTransfers(moves, http, outbox.kick)
-    routes = transfer_router(authenticator, transfers, body_of, outbox.kick)
+    draining = asyncio.Event()  # set when the listener stops: live data streams end
+    routes = transfer_router(authenticator, transfers, body_of, outbox.kick, draining)
     config = uvicorn.Config(
         create_dsp_app(binding, [routes]),
         log_level="warning",
@@ -220,8 +226,9 @@ async def start_dsp(ctx: NodeContext, sock: socket.socket) -> _Uvicorn:
         ssl_keyfile=layout.tls_key,
         ssl_ca_certs=str(layout.ca_cert),
         ssl_cert_reqs=ssl.CERT_REQUIRED,
+        timeout_graceful_shutdown=settings.shutdown_grace_s,  # type: ignore[arg-type]
     )
-    return _Uvicorn(config)
+    return _Uvicorn(config, draining)
 
 
 def run_node(directory: Path) -> None:

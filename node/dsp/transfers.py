@@ -9,7 +9,9 @@ Data plane: ``GET /data/:providerPid`` with the data address's token, under the 
 release gate as the gRPC wire: a pull is `ProviderTransfers.pull` (resumable from the
 consumer's checkpoint: ``offset``, ``digest``, ``position``; ``batch_rows``), a live
 stream is the gRPC subscription's loop (`open_stream`, `stream_gate`, `stream_page`;
-``after``: the last stream position held). Both end when the token is revoked.
+``after``: the last stream position held). Both end when the token is revoked; a live
+stream also when the listener stops (``draining``), so a stopping node need not wait
+out its grace for a body that never ends.
 
 A pid that is not the caller's is 404, as one that does not exist; a message the
 transfer's state does not accept is 409; a bad message or parameter 400; a missing or
@@ -94,7 +96,11 @@ def transfer_router(
     transfers: DspTransfers,
     body_of: Callable[[Request], Awaitable[Any]],
     kick: Callable[[], None],
+    draining: asyncio.Event | None = None,
 ) -> APIRouter:
+    """The routes; ``draining`` set (the listener stopping) ends open live streams, whose
+    consumer resumes from its last position later."""
+    stopping = draining if draining is not None else asyncio.Event()
     moves = transfers.moves
     runtime = moves.runtime
     api = APIRouter()
@@ -234,7 +240,7 @@ def transfer_router(
             checked = beat = time.monotonic()
             watch = runtime.new_inspections
             seen = watch.generation if watch is not None else 0
-            while True:
+            while not stopping.is_set():
                 if time.monotonic() - checked > RECHECK_S:
                     try:
                         await run_in_threadpool(current, row, claims)

@@ -1,0 +1,137 @@
+"""A node on SIGTERM stops promptly although peers hold connections to its listeners.
+
+Before `node.http_listener`, uvicorn's graceful stop waited for every connection: an idle
+keep-alive DSP connection of a peer's pooled client (the TLS close waits for the peer's
+``close_notify``) and an open live data stream (a body that never ends) kept a node up
+until the harness killed it after 20 s. Here the grace is 30 s and the harness kills
+after 10 s: a node that waits for its peers is killed (exit -9) and the test fails.
+"""
+
+from __future__ import annotations
+
+import ssl
+import threading
+import uuid
+from collections.abc import Iterator
+
+import httpx
+import pytest
+
+from qdspace.connector import dsp_transfer as wire
+from qdspace.node.dsp.auth import issue_token
+from qdspace.node.dsp.edr import DataTokens
+from qdspace.node.localnet.network import LocalNetwork, MemberSpec
+
+from .conftest import ingest_sample, ok, runtime_of, wait_for
+from .test_dsp_transfer import negotiate, transfer_state
+
+pytestmark = pytest.mark.integration
+
+GRACE_S = 30.0  # what a stop that waits on its peers would take (or be killed at 10 s)
+KILL_AFTER_S = 10.0  # the harness's SIGKILL: far below the grace, far above a prompt stop
+
+
+@pytest.fixture(scope="module")
+def pair(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalNetwork]:
+    net = LocalNetwork(
+        tmp_path_factory.mktemp("dsp-stop"),
+        [MemberSpec("sunarc", "oem"), MemberSpec("cellex", "supplier")],
+        chain=False,
+        env={"QDSPACE_DSP_PORT": "0", "QDSPACE_SHUTDOWN_GRACE_S": str(GRACE_S)},
+    )
+    net.create()
+    net.start()
+    try:
+        yield net
+    finally:
+        net.stop()
+
+
+def member_client(net: LocalNetwork, name: str, provider: str) -> httpx.Client:
+    """``name``'s certificate calling ``provider``'s DSP listener, keep-alive pooled."""
+    layout = net[name].layout
+    context = ssl.create_default_context(cafile=str(layout.ca_cert))
+    context.check_hostname = False
+    context.load_cert_chain(layout.tls_cert, layout.tls_key)
+    return httpx.Client(verify=context, base_url=runtime_of(net, provider)["dsp"], timeout=60)
+
+
+class StreamReader(threading.Thread):
+    """Reads a live data stream to its end; records the lines and how it ended."""
+
+    def __init__(self, client: httpx.Client, pid: str, token: str) -> None:
+        super().__init__(daemon=True)
+        self.client, self.pid, self.token = client, pid, token
+        self.lines: list[str] = []
+        self.status = 0
+        self.error: BaseException | None = None
+        self.first = threading.Event()
+
+    def run(self) -> None:
+        headers = {"authorization": f"Bearer {self.token}"}
+        try:
+            with self.client.stream("GET", f"/data/{self.pid}", headers=headers) as body:
+                self.status = body.status_code
+                for line in body.iter_lines():
+                    self.lines.append(line)
+                    self.first.set()
+        except BaseException as exc:  # what the test asserts on
+            self.error = exc
+        finally:
+            self.first.set()
+
+
+def test_a_node_with_peer_connections_and_a_live_stream_stops_promptly(
+    pair: LocalNetwork,
+) -> None:
+    ingest_sample(pair, "cellex")
+    provider = runtime_of(pair, "cellex")["dsp"]
+    with pair["sunarc"].client() as oem:
+        agreement = negotiate(oem, provider, "live-inspections")
+        # sunarc's own consumer follows a live stream from cellex (a real peer's stream)
+        tid = ok(oem.post("/v1/dsp/transfers", json={"agreement_id": agreement}))["transfer_id"]
+        wait_for(
+            "the live transfer to start",
+            lambda: (s := transfer_state(oem, tid))["state"] == "STARTED" and s["delivery"],
+        )
+    # a second stream, held by hand with sunarc's credentials, to see how it ends
+    keys = pair["sunarc"].keys()
+    me = keys.identity.member_id
+    audience = pair["cellex"].keys().identity.member_id
+    streaming = member_client(pair, "sunarc", "cellex")
+    idle = member_client(pair, "sunarc", "cellex")
+    operator = pair["cellex"].client()
+    regulator = pair["cellex"].regulator_client()
+    try:
+        cpid = f"urn:uuid:{uuid.uuid4()}"
+        callback = runtime_of(pair, "sunarc")["dsp"] + "/callback"
+        auth = {"authorization": f"Bearer {issue_token(keys.signing_key, me, audience)}"}
+        asked = idle.post(
+            "/transfers/request",
+            json=wire.request_message(cpid, agreement, callback),
+            headers=auth,
+        )
+        assert asked.status_code == 201, asked.text
+        ppid = asked.json()["providerPid"]
+        # the idle client keeps its connection to the DSP listener open (keep-alive)
+        assert idle.get(f"/transfers/{ppid}", headers=auth).json()["state"] == "STARTED"
+        # and so do the operator's and a regulator's clients to the other two listeners
+        ok(operator.get("/v1/contracts/transfers"))
+        assert regulator.get("/healthz").status_code < 500
+        token = DataTokens(pair["cellex"].keys().signing_key, 300).issue(ppid, me, 1)
+        reader = StreamReader(streaming, ppid, token)
+        reader.start()
+        assert reader.first.wait(30) and reader.error is None and reader.status == 200
+        assert reader.lines, "the live stream sends a heartbeat first"
+
+        codes = pair.stop(["cellex"], timeout=KILL_AFTER_S)
+        assert codes == {"cellex": 0}, f"cellex did not stop in {KILL_AFTER_S}s: {codes}"
+        reader.join(10)
+        assert not reader.is_alive()
+        assert reader.error is None, f"the stream was cut, not ended: {reader.error!r}"
+    finally:
+        for client in (streaming, idle, operator, regulator):
+            client.close()
+    logs = "".join(p.read_text() for p in pair["cellex"].log_path.parent.glob("*.log"))
+    assert "node cellex stopped" in logs
+    assert "Traceback" not in logs and "ERROR" not in logs, logs[-3000:]
