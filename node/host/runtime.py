@@ -244,7 +244,14 @@ class HostRuntime:
         )
         app = SuspensionGate(create_regulator_app(ctx), self, tenant)
         with transient_key_file(ctx.keys.cert_pem, ctx.keys.tls_key) as (cert, key, password):
-            server = https_server(app, cert, key, lifespan="off", key_password=password)
+            server = https_server(
+                app,
+                cert,
+                key,
+                lifespan="off",
+                key_password=password,
+                grace=settings.shutdown_grace_s,
+            )
             tenant.regulator_task = await start_listener(server, sock)
         tenant.regulator = server
         tenant.regulator_port = sock.getsockname()[1]

@@ -95,7 +95,11 @@ def run_host(directory: Path) -> None:
         await runtime.start_all()
         host_app = create_host_app(runtime, host_token, time.time())
         server = https_server(
-            HostDispatcher(runtime, host_token, host_app), cert, key, lifespan="off"
+            HostDispatcher(runtime, host_token, host_app),
+            cert,
+            key,
+            lifespan="off",
+            grace=settings.shutdown_grace_s,
         )
         task = await start_listener(server, sock)
         warm = asyncio.create_task(runtime.warm_apps())  # tenants' API apps, after the start
