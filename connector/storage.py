@@ -198,7 +198,8 @@ class QualityStore:
         on_progress: Callable[[int], None] | None = None,
     ) -> IngestReport:
         """Validate ``(line, row)`` pairs and store the good rows, one transaction for
-        each ``batch_size`` delivered rows.
+        each ``batch_size`` delivered rows (5,000 by default, for a line's connectors; a
+        file or an upload uses ``connector.ingest.BULK_BATCH_ROWS``, 50,000).
 
         A batch is validated column by column (`connector.batch_validate`, which hands
         any doubtful row to `parse_row`) and its good rows go in by one bulk statement
