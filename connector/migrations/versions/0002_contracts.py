@@ -137,7 +137,9 @@ def upgrade() -> None:
     )
     op.create_table(
         "contract_received_row",
-        sa.Column("id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), nullable=False),
+        sa.Column(
+            "id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), nullable=False
+        ),
         _id("agreement_id", nullable=False),
         _id("order_id", nullable=False),
         _id("source_id", nullable=False),

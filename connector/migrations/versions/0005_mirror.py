@@ -77,7 +77,9 @@ def _received_rows(inspector: sa.Inspector) -> None:
     if "record_key" in have:
         return
     op.add_column(table, sa.Column("record_key", sa.String(length=_ID), nullable=True))
-    op.add_column(table, sa.Column("version", sa.BigInteger(), server_default="1", nullable=False))
+    op.add_column(
+        table, sa.Column("version", sa.BigInteger(), server_default="1", nullable=False)
+    )
     op.add_column(
         table, sa.Column("withdrawn", sa.Boolean(), server_default=sa.false(), nullable=False)
     )
@@ -87,11 +89,8 @@ def _received_rows(inspector: sa.Inspector) -> None:
         sa.column("source_id", sa.String()),
         sa.column("seq", sa.BigInteger()),
     )
-    legacy = (
-        sa.literal("legacy:")
-        + rows.c.source_id
-        + sa.literal("#")
-        + sa.cast(rows.c.seq, sa.String())
+    legacy = sa.literal("legacy:") + rows.c.source_id + sa.literal("#") + sa.cast(
+        rows.c.seq, sa.String()
     )
     op.execute(rows.update().values(record_key=legacy))
     with op.batch_alter_table(table) as batch:

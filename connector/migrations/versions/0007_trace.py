@@ -44,7 +44,9 @@ def upgrade() -> None:
             sa.PrimaryKeyConstraint("id"),
             sa.UniqueConstraint("certificate_id"),
         )
-        op.create_index("ix_calibration_equipment", "qdm_calibration", ["equipment", "valid_from"])
+        op.create_index(
+            "ix_calibration_equipment", "qdm_calibration", ["equipment", "valid_from"]
+        )
     if not inspector.has_table("trace_report"):
         op.create_table(
             "trace_report",
