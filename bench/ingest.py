@@ -5,8 +5,9 @@ codes) and as a parsed file hands them on; then, per backend, three timings in t
 run on the same rows:
 
 - ``qdspace``: ``QualityStore.ingest_rows`` (batch validation with unit and code
-  normalisation, then ``executemany`` on SQLite or ``COPY`` on PostgreSQL, 5,000 rows
-  per transaction, conflicts counted as duplicates or corrections);
+  normalisation, then ``executemany`` on SQLite or ``COPY`` on PostgreSQL, the node's
+  rows per transaction for a file or upload (``BULK_BATCH_ROWS``, 50,000), conflicts
+  counted as duplicates or corrections);
 - ``rowwise``: the path before batch validation (``parse_row`` per row, SQLAlchemy's
   driver-level executemany with bind processors), for the before/after in one run;
 - the bare baseline, the ceiling of the database itself on already-validated tuples:
@@ -49,12 +50,15 @@ from sqlalchemy import create_engine, text
 
 from qdspace.connector.bulk_insert import copy_text, insert_columns
 from qdspace.connector.dictionary import default_dictionary
+from qdspace.connector.ingest import BULK_BATCH_ROWS
 from qdspace.connector.qdm import TABLES
 from qdspace.connector.storage import normalise_url, open_store
 from qdspace.connector.validate import parse_row
 from qdspace.connector.versions import serialize_writes
 
-BATCH = 5000
+#: the node's own transaction size for a file or an upload (all three paths use it, so
+#: the bare baseline commits as often as the store path)
+BATCH = BULK_BATCH_ROWS
 
 COLUMNS = (
     "inspection_id", "station", "inspected_at", "verdict", "defect_class", "score", "model_version",
@@ -138,7 +142,7 @@ def ready_tuples(n: int) -> list[tuple[Any, ...]]:
 
 
 def bench_bare(url: str, rows: list[tuple[int, dict[str, Any]]]) -> float:
-    """The database's ceiling: validated tuples, no validation at all, 5,000 per transaction.
+    """The database's ceiling: validated tuples, no validation at all, BATCH rows per transaction.
 
     SQLite: DBAPI ``executemany`` on a connection of the store's own engine, so with the
     same pragmas (WAL, synchronous=NORMAL, cache) as the store. PostgreSQL: ``COPY``."""
@@ -209,7 +213,7 @@ def once(
 
 def bench_copy_text(url: str, rows: list[tuple[int, dict[str, Any]]]) -> float:
     """PostgreSQL's own ceiling: COPY of the batches already encoded as COPY text (no
-    client-side formatting timed at all), 5,000 rows per transaction."""
+    client-side formatting timed at all), BATCH rows per transaction."""
     tuples = ready_tuples(len(rows))
     texts = [copy_text(tuples[s : s + BATCH]) for s in range(0, len(tuples), BATCH)]
     store = open_store(url)

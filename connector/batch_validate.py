@@ -25,6 +25,7 @@ import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from itertools import repeat
 from math import isfinite
 from operator import attrgetter, methodcaller
 from typing import Any
@@ -406,14 +407,25 @@ class BatchResult:
     """A validated batch: good rows as tuples in ``columns`` order, and every problem."""
 
     columns: tuple[str, ...]
-    #: the good rows' values in ``columns`` order, and each one's line
-    rows: list[tuple[Any, ...]] = field(default_factory=list)
+    #: each good row's line, in the order of the rows
     lines: list[int] = field(default_factory=list)
     #: (line, field, reason) in the order of the rows, like the row validator's
     errors: list[tuple[int, str, str]] = field(default_factory=list)
-    #: the same good rows column by column, when every row of the batch was decided in
-    #: bulk (a driver that wants columns need not take the rows apart again)
+    #: the good rows column by column, when every row of the batch was decided in bulk
+    #: (the drivers' encoders work a column at a time and need no row tuples)
     column_values: list[list[Any]] | None = None
+    _rows: list[tuple[Any, ...]] | None = field(default=None, repr=False)
+
+    @property
+    def rows(self) -> list[tuple[Any, ...]]:
+        """The good rows' values in ``columns`` order. When the batch was decided in bulk
+        they are made from ``column_values`` on first use only: the bulk insert builds its
+        own tuples (SQLite's times as text), so building these too cost a tenth of a
+        10,000-row ingest (bench/PROFILE-ingest.md, round 3)."""
+        if self._rows is None:
+            values = self.column_values
+            self._rows = list(zip(*values, strict=True)) if values else []
+        return self._rows
 
 
 class BatchValidator:
@@ -438,14 +450,15 @@ class BatchValidator:
         plain = [False] * n
         if spec is not None:
             allowed = self.allowed
-            rows: list[Mapping[str, Any]] = []
+            rows: list[Any] = []  # plain dicts only (checked below)
             index: list[int] = []
             for i, (_, row) in enumerate(items):
                 if row.__class__ is dict and allowed.issuperset(row):
                     rows.append(row)
                     index.append(i)
             computed = {
-                name: rule([r.get(name) for r in rows]) for name, rule in spec.rules.items()
+                name: rule(list(map(dict.get, rows, repeat(name))))
+                for name, rule in spec.rules.items()
             }
             finish = spec.finish
             ok = [True] * len(rows)
@@ -456,12 +469,11 @@ class BatchValidator:
                             ok[j] = False
             if finish is not None:
                 finish(computed, ok)
-            good = list(zip(*(computed[c] for c in self.columns), strict=True)) if rows else []
             if len(rows) == n and all(ok):  # the common case: every row decided in bulk
-                result.rows = good
                 result.column_values = [computed[c] for c in self.columns]
                 result.lines = [line for line, _ in items]
-                return result
+                return result  # row tuples only when asked for (BatchResult.rows)
+            good = list(zip(*(computed[c] for c in self.columns), strict=True)) if rows else []
             fast: dict[int, tuple[Any, ...]] = {}
             for j, i in enumerate(index):
                 if ok[j]:

@@ -73,6 +73,18 @@ class BulkInserter:
             return Prepared(_times_as_text(rows, self.times, columns))
         return Prepared(rows)
 
+    def prepare_columns(self, columns: Sequence[Sequence[Any]]) -> Prepared:
+        """``prepare`` of rows given only column by column (a batch validated in bulk):
+        the row tuples the driver takes are built once, here."""
+        if not columns or not columns[0]:
+            return Prepared([])
+        if self.times and self.dialect == "sqlite":
+            return Prepared(_times_as_text((), self.times, columns))
+        rows = list(zip(*columns, strict=True))
+        if self.dialect == "postgresql":
+            return Prepared(rows, copy_text(rows, columns))
+        return Prepared(rows)
+
     def insert(
         self,
         connection: Connection,

@@ -198,7 +198,8 @@ class QualityStore:
         on_progress: Callable[[int], None] | None = None,
     ) -> IngestReport:
         """Validate ``(line, row)`` pairs and store the good rows, one transaction for
-        each ``batch_size`` delivered rows.
+        each ``batch_size`` delivered rows (5,000 by default, for a line's connectors; a
+        file or an upload uses ``connector.ingest.BULK_BATCH_ROWS``, 50,000).
 
         A batch is validated column by column (`connector.batch_validate`, which hands
         any doubtful row to `parse_row`) and its good rows go in by one bulk statement
@@ -224,7 +225,9 @@ class QualityStore:
             if not items:
                 return BatchResult(validator.columns), Prepared([]), 0
             batch = validator.validate(items)
-            return batch, inserter.prepare(batch.rows, batch.column_values), len(items)
+            if batch.column_values is not None:  # no row tuples but the driver's own
+                return batch, inserter.prepare_columns(batch.column_values), len(items)
+            return batch, inserter.prepare(batch.rows), len(items)
 
         done = 0
         batch, prepared, count = next_batch()
@@ -269,10 +272,10 @@ class QualityStore:
         """Write one validated batch in a transaction of its own; ``start_next`` is called
         (once, when the database is about to work without us) to start on the next."""
         report.rejected.extend(RowError(report.source, *e) for e in batch.errors)
-        if not batch.rows:
+        lines = batch.lines  # one per good row
+        if not lines:
             start_next()
             return
-        lines, rows = batch.lines, batch.rows
         dbapi_error = self.engine.dialect.loaded_dbapi.Error
         try:
             with self.engine.begin() as connection:
@@ -282,10 +285,12 @@ class QualityStore:
                 # double the cost
                 inserted = inserter.write(connection, prepared, start_next)
                 corrected = 0
-                if inserted < len(rows):  # some natural keys are stored: corrections?
+                if inserted < len(lines):  # some natural keys are stored: corrections?
                     columns = inserter.columns
                     corrected = correct_rows(
-                        connection, kind, [dict(zip(columns, r, strict=True)) for r in rows]
+                        connection,
+                        kind,
+                        [dict(zip(columns, r, strict=True)) for r in batch.rows],
                     )
                 start_next()  # before the commit (and on SQLite its checkpoint)
         except (SQLAlchemyError, dbapi_error) as exc:
@@ -297,7 +302,7 @@ class QualityStore:
             ) from exc
         report.accepted += inserted
         report.corrected += corrected
-        report.duplicates += len(rows) - inserted - corrected
+        report.duplicates += len(lines) - inserted - corrected
 
     def _inserter(self, kind: str) -> BulkInserter:
         """The prebuilt bulk statements of ``kind`` on this database (made once)."""

@@ -28,7 +28,7 @@ from typing import Annotated, Any
 from fastapi import Depends, FastAPI, Request
 from fastapi import Path as PathParam
 
-from qdspace.connector.ingest import IngestReport, check_kind, ingest_file
+from qdspace.connector.ingest import BULK_BATCH_ROWS, IngestReport, check_kind, ingest_file
 from qdspace.node.api.contracts import contracts_router
 from qdspace.node.api.defects import defects_router
 from qdspace.node.api.deps import require_operator
@@ -161,6 +161,7 @@ def create_app(ctx: NodeContext) -> FastAPI:
                     kind,
                     [(i + 1, row) for i, row in enumerate(payload.rows)],
                     source=payload.source,
+                    batch_size=BULK_BATCH_ROWS,
                 )
             return report_to_public(report)
         suffix = RAW_SUFFIX.get(media)

@@ -17,7 +17,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from qdspace.connector.batch_validate import BAD, BatchValidator
-from qdspace.connector.bulk_insert import insert_columns
+from qdspace.connector.bulk_insert import BulkInserter, insert_columns
 from qdspace.connector.dictionary import default_dictionary
 from qdspace.connector.field_parsers import FieldError
 from qdspace.connector.qdm import TABLES
@@ -167,6 +167,11 @@ def _same(kind: str, items: list[tuple[int, Any]]) -> None:
     rows, lines, errors = _row_validator(kind, items)
     assert got.errors == errors
     assert got.lines == lines
+    if got.column_values is not None:  # decided in bulk: the columns are what is written
+        assert got.column_values == [list(c) for c in zip(*rows, strict=True)]
+        assert [[type(v) for v in c] for c in got.column_values] == [
+            [type(v) for v in c] for c in zip(*rows, strict=True)
+        ]
     assert got.rows == rows
     for row in got.rows:
         assert BAD not in row
@@ -194,6 +199,32 @@ def test_a_clean_batch_is_decided_alike(kind: str, monkeypatch: pytest.MonkeyPat
     monkeypatch.setattr("qdspace.connector.batch_validate.parse_row", counting)
     BatchValidator(kind, D, insert_columns(TABLES[kind].__table__)).validate(items)
     assert len(called) == (50 if kind in ("measurement", "environment") else 0)
+
+
+@pytest.mark.parametrize("dialect", ["sqlite", "postgresql"])
+@pytest.mark.parametrize("kind", sorted(GOOD))
+def test_a_batch_decided_in_bulk_is_prepared_as_its_rows_are(kind: str, dialect: str) -> None:
+    """The store hands the driver a bulk-decided batch's columns (no row tuples made by
+    the validator): what the driver gets is what ``prepare`` makes of the row tuples."""
+    items = []
+    for i in range(30):
+        row = dict(GOOD[kind])
+        first = next(iter(row))
+        row[first] = f"{row[first]}-{i}"
+        items.append((i + 2, row))
+    table = TABLES[kind].__table__
+    got = BatchValidator(kind, D, insert_columns(table)).validate(items)
+    if kind in ("measurement", "environment"):
+        assert got.column_values is None  # row by row: no columns to hand over
+        return
+    assert got.column_values is not None and got._rows is None  # no tuples built yet
+    inserter = BulkInserter(table, dialect, "qmark" if dialect == "sqlite" else "format")
+    from_columns = inserter.prepare_columns(got.column_values)
+    from_rows = inserter.prepare(_row_validator(kind, items)[0])
+    assert from_columns == from_rows
+    assert [[type(v) for v in r] for r in from_columns.rows] == [
+        [type(v) for v in r] for r in from_rows.rows
+    ]
 
 
 @pytest.mark.parametrize("kind", sorted(GOOD))
