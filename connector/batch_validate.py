@@ -58,6 +58,25 @@ def _all_str(values: list[Any]) -> bool:
     return set(map(type, values)) == {str}
 
 
+def _per_value(values: list[Any], required: bool, accept: Callable[[str], Any]) -> list[Any]:
+    """The per-value loop every rule falls back to: a string is stripped and, when
+    something is left, judged by ``accept`` (its canonical value, or BAD); an empty or
+    absent value is None, or BAD where the field is required; any other type is BAD."""
+    out: list[Any] = []
+    append = out.append
+    for v in values:
+        if v.__class__ is str:
+            s = v.strip()
+            if s:
+                append(accept(s))
+                continue
+        elif v is not None:
+            append(BAD)
+            continue
+        append(BAD if required else None)
+    return out
+
+
 def _text(required: bool, max_len: int) -> Callable[[list[Any]], list[Any]]:
     def rule(values: list[Any]) -> list[Any]:
         if values and _all_str(values):
@@ -71,20 +90,11 @@ def _text(required: bool, max_len: int) -> Callable[[list[Any]], list[Any]]:
             return list(values)
         return slow(values)
 
+    def accept(s: str) -> Any:
+        return s if len(s) <= max_len and "\x00" not in s else BAD
+
     def slow(values: list[Any]) -> list[Any]:
-        out: list[Any] = []
-        append = out.append
-        for v in values:
-            if v.__class__ is str:
-                s = v.strip()
-                if s:
-                    append(s if len(s) <= max_len and "\x00" not in s else BAD)
-                    continue
-            elif v is not None:
-                append(BAD)
-                continue
-            append(BAD if required else None)
-        return out
+        return _per_value(values, required, accept)
 
     return rule
 
@@ -107,26 +117,16 @@ def _number(
             return list(values)
         return slow(values)
 
+    def accept(s: str) -> Any:
+        try:
+            f = float(s)
+        except ValueError:
+            return BAD
+        # NaN fails both comparisons; inf and -inf fail one of them
+        return f if low <= f <= high and _NINF < f < _INF else BAD
+
     def slow(values: list[Any]) -> list[Any]:
-        out: list[Any] = []
-        append = out.append
-        for v in values:
-            if v.__class__ is str:
-                s = v.strip()
-                if s:
-                    try:
-                        f = float(s)
-                    except ValueError:
-                        append(BAD)
-                        continue
-                    # NaN fails both comparisons; inf and -inf fail one of them
-                    append(f if low <= f <= high and _NINF < f < _INF else BAD)
-                    continue
-            elif v is not None:
-                append(BAD)
-                continue
-            append(BAD if required else None)
-        return out
+        return _per_value(values, required, accept)
 
     return rule
 
@@ -148,25 +148,15 @@ def _timestamp(required: bool) -> Callable[[list[Any]], list[Any]]:
                 return list(map(_IN_UTC, times))
         return slow(values)
 
+    def accept(s: str) -> Any:
+        try:
+            t = fromisoformat(s)
+        except ValueError:
+            return BAD
+        return BAD if t.tzinfo is None else t.astimezone(UTC)
+
     def slow(values: list[Any]) -> list[Any]:
-        out: list[Any] = []
-        append = out.append
-        for v in values:
-            if v.__class__ is str:
-                s = v.strip()
-                if s:
-                    try:
-                        t = fromisoformat(s)
-                    except ValueError:
-                        append(BAD)
-                        continue
-                    append(BAD if t.tzinfo is None else t.astimezone(UTC))
-                    continue
-            elif v is not None:
-                append(BAD)
-                continue
-            append(BAD if required else None)
-        return out
+        return _per_value(values, required, accept)
 
     return rule
 
@@ -192,19 +182,7 @@ def _code(d: DataDictionary, element: str, required: bool) -> Callable[[list[Any
                 return [lookup(s) if s else None for s in stripped]
         elif not required and values.count(None) == len(values):
             return list(values)
-        out: list[Any] = []
-        append = out.append
-        for v in values:
-            if v.__class__ is str:
-                s = v.strip()
-                if s:
-                    append(lookup(s))
-                    continue
-            elif v is not None:
-                append(BAD)
-                continue
-            append(BAD if required else None)
-        return out
+        return _per_value(values, required, lookup)
 
     return rule
 
@@ -383,20 +361,16 @@ def _required(rule: Rule) -> Rule:
     return required
 
 
+def _positive_integer(s: str) -> Any:
+    try:
+        n = int(s)
+    except ValueError:
+        return BAD
+    return n if n >= 1 else BAD
+
+
 def _integer_min1(values: list[Any]) -> list[Any]:
-    out: list[Any] = []
-    append = out.append
-    for v in values:
-        if v.__class__ is str:
-            try:
-                n = int(v.strip())
-            except ValueError:
-                append(BAD)
-                continue
-            append(n if n >= 1 else BAD)
-        else:
-            append(BAD)
-    return out
+    return _per_value(values, True, _positive_integer)
 
 
 # -- the batch -----------------------------------------------------------------------------
