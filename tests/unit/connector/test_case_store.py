@@ -4,15 +4,11 @@ the outbox entry goes in the same commit."""
 
 from __future__ import annotations
 
-import os
-import uuid
-from collections.abc import Iterator
 from datetime import UTC, date, datetime
-from pathlib import Path
 
 import pytest
 from nacl.signing import SigningKey
-from sqlalchemy import Engine, create_engine, func, select, text
+from sqlalchemy import Engine, func, select
 
 from qdspace.connector.contract_errors import (
     CaseReplayError,
@@ -20,7 +16,7 @@ from qdspace.connector.contract_errors import (
     NotificationQuotaError,
     UnknownCaseError,
 )
-from qdspace.connector.contract_store import ContractStore, OutboxMessage, ensure_schema
+from qdspace.connector.contract_store import ContractStore, OutboxMessage
 from qdspace.connector.contract_store import cases as case_module
 from qdspace.connector.contract_store.outbox import outbox_table
 from qdspace.connector.investigation import (
@@ -37,45 +33,15 @@ from qdspace.connector.investigation import (
 )
 from qdspace.connector.investigation_wire import sign_event
 
-PG_URL = os.environ.get("QDSPACE_TEST_PG_URL")
 OEM, SUP = "sunarc-000000000001", "cellex-000000000002"
 T0 = datetime(2026, 12, 1, tzinfo=UTC)
 O_KEY, S_KEY = SigningKey(b"o" * 32), SigningKey(b"s" * 32)
 
 
-@pytest.fixture(
-    params=[
-        "sqlite",
-        pytest.param(
-            "postgres",
-            marks=[
-                pytest.mark.postgres,
-                pytest.mark.skipif(PG_URL is None, reason="QDSPACE_TEST_PG_URL not set"),
-            ],
-        ),
-    ]
-)
-def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[ContractStore]:
-    if request.param == "sqlite":
-        engine = create_engine(f"sqlite:///{tmp_path / 'cases.db'}")
-        ensure_schema(engine)
-        yield ContractStore(engine, bytes(32))
-        engine.dispose()
-        return
-    assert PG_URL is not None
-    schema = f"cases_{uuid.uuid4().hex[:8]}"
-    admin = create_engine(PG_URL)
-    with admin.begin() as connection:
-        connection.execute(text(f"CREATE SCHEMA {schema}"))
-    engine = create_engine(PG_URL, connect_args={"options": f"-csearch_path={schema}"})
-    try:
-        ensure_schema(engine)
-        yield ContractStore(engine, bytes(32))
-    finally:
-        engine.dispose()
-        with admin.begin() as connection:
-            connection.execute(text(f"DROP SCHEMA {schema} CASCADE"))
-        admin.dispose()
+@pytest.fixture
+def store(contract_engine: Engine) -> ContractStore:
+    """The contract store on a SQLite file, or a fresh PostgreSQL schema (conftest)."""
+    return ContractStore(contract_engine, bytes(32))
 
 
 def terms() -> CaseTerms:
