@@ -48,6 +48,22 @@ received_row_table = Table(
     UniqueConstraint("agreement_id", "record_key", name="uq_contract_received_record"),
     Index("ix_contract_received_row_source", "source_id", "seq"),
 )
+#: the columns a received record is written with (all but the surrogate id), in the order
+#: the write path builds its value tuples
+ROW_COLUMNS = (
+    "agreement_id",
+    "order_id",
+    "source_id",
+    "seq",
+    "nonce",
+    "ciphertext",
+    "received_at",
+    "record_key",
+    "version",
+    "withdrawn",
+    "page_id",
+    "slot",
+)
 change_table = Table(
     "contract_received_change",
     CONTRACT_METADATA,

@@ -54,6 +54,7 @@ from sqlmodel.sql.sqltypes import UTCDateTime
 from qdspace.connector.contract_errors import ContractStoreError, RecordEnvelopeError
 from qdspace.connector.contract_store.common import CONTRACT_METADATA, ID_LENGTH
 from qdspace.connector.contract_store.data_keys import DataKeys
+from qdspace.connector.contract_store.received_model import ROW_COLUMNS
 from qdspace.connector.transfer_wire import record_meta
 
 received_page_table = Table(
@@ -253,23 +254,10 @@ class Pages:
 
 _REPLACE = ", ".join(
     f"{name} = excluded.{name}"
-    for name in (
-        "order_id",
-        "source_id",
-        "seq",
-        "nonce",
-        "ciphertext",
-        "received_at",
-        "version",
-        "withdrawn",
-        "page_id",
-        "slot",
-    )
+    for name in ROW_COLUMNS
+    if name not in ("agreement_id", "record_key")  # the conflict's own key
 )
-_COLUMNS = (
-    "agreement_id, order_id, source_id, seq, nonce, ciphertext, received_at, "
-    "record_key, version, withdrawn, page_id, slot"
-)
+_COLUMNS = ", ".join(ROW_COLUMNS)
 _UPSERT = (
     " ON CONFLICT (agreement_id, record_key) DO UPDATE SET "
     f"{_REPLACE} WHERE contract_received_row.version < excluded.version"

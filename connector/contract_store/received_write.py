@@ -42,6 +42,7 @@ from qdspace.connector.contract_store.agreements import AgreementStore
 from qdspace.connector.contract_store.common import TableStore
 from qdspace.connector.contract_store.data_keys import DataKeys
 from qdspace.connector.contract_store.received_model import (
+    ROW_COLUMNS,
     IncomingRow,
     MirrorResult,
     change_table,
@@ -52,21 +53,7 @@ from qdspace.connector.negotiation import Role
 from qdspace.connector.transfer_wire import RecordMeta, record_meta
 from qdspace.policies.evaluate import order_in_scope
 
-_ROW_COLUMNS = (
-    "agreement_id",
-    "order_id",
-    "source_id",
-    "seq",
-    "nonce",
-    "ciphertext",
-    "received_at",
-    "record_key",
-    "version",
-    "withdrawn",
-    "page_id",
-    "slot",
-)
-_REPLACED_COLUMNS = _ROW_COLUMNS[1:]
+_REPLACED_COLUMNS = ROW_COLUMNS[1:]
 _Held = tuple[int, bool, tuple[int, int] | None]  # version, withdrawn, (page, slot)
 # columns of a delivery, read in C (both are named tuples)
 _FIRST, _SECOND = itemgetter(0), itemgetter(1)
@@ -109,7 +96,7 @@ class MirrorWriter(TableStore):
         not held is inserted, one held is replaced only by a higher version."""
         if self._row_sql is None:
             table = received_row_table
-            statement = self._upsert(table).values({name: bindparam(name) for name in _ROW_COLUMNS})
+            statement = self._upsert(table).values({name: bindparam(name) for name in ROW_COLUMNS})
             excluded = statement.excluded
             statement = statement.on_conflict_do_update(
                 index_elements=["agreement_id", "record_key"],
@@ -264,7 +251,7 @@ class MirrorWriter(TableStore):
             by_order[orders.pop()], content = content, []  # the common case, as it is
         for row, meta in content:
             if meta.withdrawn:
-                tombstones.append(  # in _ROW_COLUMNS order
+                tombstones.append(  # in ROW_COLUMNS order
                     (
                         *(agreement_id, row.order_id, source_id, row.seq, b"", b""),
                         *(received_at, meta.key, meta.version, True, None, None),
@@ -276,9 +263,9 @@ class MirrorWriter(TableStore):
         if tombstones:
             sql, order = self._row_upsert()
             params: list[Any] = (
-                [dict(zip(_ROW_COLUMNS, record, strict=True)) for record in tombstones]
+                [dict(zip(ROW_COLUMNS, record, strict=True)) for record in tombstones]
                 if order is None
-                else list(map(itemgetter(*(_ROW_COLUMNS.index(n) for n in order)), tombstones))
+                else list(map(itemgetter(*(ROW_COLUMNS.index(n) for n in order)), tombstones))
             )
             stored += connection.exec_driver_sql(sql, params).rowcount
         slot_keys: dict[int, list[str]] = {}
