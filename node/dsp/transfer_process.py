@@ -14,9 +14,11 @@ The provider decides a request exactly as on the gRPC wire (`ProviderTransfers.
 open_transfer`: the agreement, the release gate now); a live-stream asset is decided
 by the stream gate (`stream_gate`) and served as a live stream at the same data address.
 The agreed purpose and, when the agreement names exactly one, order become the
-request's (DSP's TransferRequestMessage has neither). The answer, a TransferStartMessage
-with the data address and a fresh token (`node.dsp.edr`), is queued in the contract
-outbox for the consumer's callback.
+request's (DSP's TransferRequestMessage has neither). A live stream starts where the
+provider's inspections stood when it accepted the request (the process's ``since``), not
+where they stand when the consumer first connects: rows stored in between are delivered.
+The answer, a TransferStartMessage with the data address and a fresh token
+(`node.dsp.edr`), is queued in the contract outbox for the consumer's callback.
 
 Incoming control messages get message ids made here (DSP has none): ``<id>:dsp-<kind>:
 <random>``; the machine accepts each kind again in the state it leads to (a retried
@@ -160,11 +162,15 @@ class DspTransferMoves:
         purpose, order = agreed_scope(terms.policy)
         now = rt.clock.now()
         local = ask.consumer_pid
+        stream = rt.assets[terms.asset_id].is_stream
+        # a live stream carries the rows stored after this moment, wherever the consumer's
+        # first connection to the data address happens to fall (`since`, kept with the process)
+        since = str(rt.last_inspection_id()) if stream else ""
         request = TransferRequest(
             f"{local}:dsp-request", local, peer.member_id, terms.agreement_id, self.me, now,
-            purpose=purpose, order_id=order,
+            purpose=purpose, order_id=order, since=since,
         )  # fmt: skip
-        if rt.assets[terms.asset_id].is_stream:
+        if stream:
             if store.find_transfer(local) is not None:
                 raise ContractDenied(f"transfer id {local[:128]} cannot be used")
             rt.stream_gate(stored, StreamRequest(local, terms.agreement_id, purpose or ""))

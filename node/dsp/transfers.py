@@ -9,9 +9,10 @@ Data plane: ``GET /data/:providerPid`` with the data address's token, under the 
 release gate as the gRPC wire: a pull is `ProviderTransfers.pull` (resumable from the
 consumer's checkpoint: ``offset``, ``digest``, ``position``; ``batch_rows``), a live
 stream is the gRPC subscription's loop (`open_stream`, `stream_gate`, `stream_page`;
-``after``: the last stream position held). Both end when the token is revoked; a live
-stream also when the listener stops (``draining``), so a stopping node need not wait
-out its grace for a body that never ends.
+``after``: the last stream position held; without it, where the provider started the
+transfer). Both end when the token is revoked; a live stream also when the listener
+stops (``draining``), so a stopping node need not wait out its grace for a body that
+never ends.
 
 A pid that is not the caller's is 404, as one that does not exist; a message the
 transfer's state does not accept is 409; a bad message or parameter 400; a missing or
@@ -200,7 +201,7 @@ def transfer_router(
         params = request.query_params
         if await run_in_threadpool(moves.is_stream, process):
             after = _int(params, "after", 0, 2**62, 0)
-            return await live(peer, row, claims, process, str(after) if after else "")
+            return await live(peer, row, claims, process, str(after) if after else process.since)
         size = _int(params, "batch_rows", 1, MAX_BATCH_ROWS, 1000)
         pull = PullRequest(process.transfer_id, resume_point(params, process), size)
         batches = runtime.pull(peer, pull, size)

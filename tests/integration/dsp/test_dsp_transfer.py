@@ -5,6 +5,7 @@ completion, a live stream with suspension, resume and termination."""
 from __future__ import annotations
 
 import json
+import time
 import uuid
 from datetime import UTC, datetime
 from typing import Any
@@ -14,10 +15,13 @@ import pytest
 from sqlalchemy import create_engine, text
 from typer.testing import CliRunner
 
+from qdspace.connector import dsp_transfer as wire
+from qdspace.connector.dsp_data import DataReader, LiveRows
 from qdspace.node.cli import app
 from qdspace.node.localnet.network import LocalNetwork
 
 from .conftest import ingest_sample, ok, runtime_of, wait_for
+from .peer import peer_with_callbacks
 
 pytestmark = pytest.mark.integration
 
@@ -176,6 +180,48 @@ def test_live_stream_suspend_resume_terminate_over_dsp(dsp_net: LocalNetwork) ->
         )
         r = oem.post(f"/v1/dsp/transfers/{tid}/resume")
         assert r.status_code == 409, r.text
+
+
+def test_a_live_stream_carries_rows_stored_before_the_first_connection(
+    dsp_net: LocalNetwork,
+) -> None:
+    """A live transfer starts when the provider starts it, not when the consumer's first
+    GET of the data address reaches it: a row stored in between is delivered."""
+    ingest_sample(dsp_net, "cellex")
+    cellex = runtime_of(dsp_net, "cellex")["dsp"]
+    tag = uuid.uuid4().hex[:8]
+    with (
+        dsp_net["sunarc"].client() as oem,
+        dsp_net["cellex"].client() as supplier,
+        peer_with_callbacks(dsp_net, "sunarc", "cellex") as (peer, callbacks),
+    ):
+        agreement = negotiate(oem, cellex, "live-inspections")
+        cpid = f"urn:uuid:{uuid.uuid4()}"
+        ok(peer.post("/transfers/request", wire.request_message(cpid, agreement, callbacks.url)))
+
+        def start() -> Any:
+            with callbacks.lock:
+                return next(
+                    (b for p, b in callbacks.received if p == f"/transfers/{cpid}/start"), None
+                )
+
+        address = wire.read_data_address(wait_for("the TransferStartMessage", start))
+        assert address is not None and address.delivery == wire.STREAM
+        rows = {"rows": [_inspection(tag, 1, _sunarc_order(supplier))]}
+        assert ok(supplier.post("/v1/ingest/inspection", json=rows))["accepted"] == 1
+
+        reader, seen = DataReader(cpid), []
+        auth = {"authorization": f"Bearer {address.token}"}
+        deadline = time.monotonic() + 20  # four heartbeats
+        with peer.http.stream("GET", address.endpoint, headers=auth) as body:
+            assert body.status_code == 200
+            for chunk in body.iter_bytes():
+                for group in reader.feed(chunk):
+                    assert isinstance(group, LiveRows)
+                    seen += [json.loads(r.payload)["inspection_id"] for r in group.rows]
+                if f"DSP-{tag}-001" in seen or time.monotonic() > deadline:
+                    break
+        assert f"DSP-{tag}-001" in seen, seen
 
 
 def _provider_state(supplier: httpx.Client, tid: str) -> str:
