@@ -12,7 +12,8 @@ A live-stream address is followed instead, each group of rows stored as the gRPC
 subscription stores them (`store_received_rows`).
 
 Data addresses live in memory only (a token lives minutes): after a restart, resuming
-a transfer asks the provider for a new one.
+a transfer asks the provider for a new one, and a live stream continues after the last
+stream position stored (the received rows' seq), so nothing is fetched twice.
 """
 
 from __future__ import annotations
@@ -216,6 +217,11 @@ class DspTransfers:
         )
         if process.state is not TransferState.STARTED or delivery.address is None:
             return
+        if not delivery.position:  # after a restart: where the rows we hold stop
+            held = await run_in_threadpool(
+                self.runtime.store.last_received_seq, process.transfer_id
+            )
+            delivery.position = "" if held is None else str(held)
         params = {"after": delivery.position} if delivery.position else {}
         reader = DataReader(local_id)
         address = delivery.address

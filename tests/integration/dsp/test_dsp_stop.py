@@ -1,4 +1,5 @@
-"""A node on SIGTERM stops promptly although peers hold connections to its listeners.
+"""A node on SIGTERM stops promptly although peers hold connections to its listeners,
+and a consumer restarted mid-stream resumes after the rows it holds.
 
 Before `node.http_listener`, uvicorn's graceful stop waited for every connection: an idle
 keep-alive DSP connection of a peer's pooled client (the TLS close waits for the peer's
@@ -11,8 +12,10 @@ from __future__ import annotations
 
 import ssl
 import threading
+import time
 import uuid
 from collections.abc import Iterator
+from urllib.parse import urlsplit
 
 import httpx
 import pytest
@@ -23,7 +26,7 @@ from qdspace.node.dsp.edr import DataTokens
 from qdspace.node.localnet.network import LocalNetwork, MemberSpec
 
 from .conftest import ingest_sample, ok, runtime_of, wait_for
-from .test_dsp_transfer import negotiate, transfer_state
+from .test_dsp_transfer import inspection_row, negotiate, transfer_state
 
 pytestmark = pytest.mark.integration
 
@@ -135,3 +138,50 @@ def test_a_node_with_peer_connections_and_a_live_stream_stops_promptly(
     logs = "".join(p.read_text() for p in pair["cellex"].log_path.parent.glob("*.log"))
     assert "node cellex stopped" in logs
     assert "Traceback" not in logs and "ERROR" not in logs, logs[-3000:]
+
+
+def test_a_restarted_consumer_resumes_a_live_stream_after_the_rows_it_holds(
+    pair: LocalNetwork,
+) -> None:
+    """The consumer's stream position lives in memory; after a restart its resume asks
+    for the rows after the last one it stored, so the provider sends nothing twice."""
+    for name in ("cellex", "sunarc"):  # the test above stops cellex
+        if not pair[name].running:
+            pair.start([name])
+    ingest_sample(pair, "cellex")
+    provider = runtime_of(pair, "cellex")["dsp"]
+    tag = uuid.uuid4().hex[:8]
+    with pair["sunarc"].client() as oem, pair["cellex"].client() as supplier:
+        agreement = negotiate(oem, provider, "live-inspections")
+        tid = ok(oem.post("/v1/dsp/transfers", json={"agreement_id": agreement}))["transfer_id"]
+        wait_for(
+            "the live transfer to start",
+            lambda: (s := transfer_state(oem, tid))["state"] == "STARTED" and s["delivery"],
+        )
+
+        def post(i: int) -> None:
+            rows = {"rows": [inspection_row(tag, i, "PO-2026-0042")]}
+            assert ok(supplier.post("/v1/ingest/inspection", json=rows))["accepted"] == 1
+
+        post(1)
+        wait_for("the first row", lambda: transfer_state(oem, tid)["received"] == 1)
+    # the consumer restarts on the same DSP address (the provider calls it back there)
+    port = urlsplit(runtime_of(pair, "sunarc")["dsp"]).port
+    assert pair.stop(["sunarc"], timeout=KILL_AFTER_S) == {"sunarc": 0}
+    with pair["cellex"].client() as supplier:
+        rows = {"rows": [inspection_row(tag, 2, "PO-2026-0042")]}
+        assert ok(supplier.post("/v1/ingest/inspection", json=rows))["accepted"] == 1
+    pair.env["QDSPACE_DSP_PORT"] = str(port)
+    try:
+        pair.start(["sunarc"])
+    finally:
+        pair.env["QDSPACE_DSP_PORT"] = "0"
+    with pair["sunarc"].client() as oem:
+        assert transfer_state(oem, tid)["received"] == 0  # nothing in memory
+        ok(oem.post(f"/v1/dsp/transfers/{tid}/resume"))
+        wait_for("the row stored meanwhile", lambda: transfer_state(oem, tid)["received"] >= 1)
+        time.sleep(1.5)  # a stream that started over would re-send row 1 by now
+        assert transfer_state(oem, tid)["received"] == 1
+        held = ok(oem.get("/v1/contracts/received", params={"agreement_id": agreement}))
+        mine = [r["inspection_id"] for r in held["rows"] if r["inspection_id"].startswith("DSP")]
+        assert mine == [f"DSP-{tag}-001", f"DSP-{tag}-002"]

@@ -105,7 +105,7 @@ def test_pull_transfer_over_dsp_alone(dsp_net: LocalNetwork) -> None:
         assert "image_hash" not in row
 
 
-def _inspection(tag: str, i: int, order: str) -> dict[str, Any]:
+def inspection_row(tag: str, i: int, order: str) -> dict[str, Any]:
     return {
         "inspection_id": f"DSP-{tag}-{i:03d}",
         "station": "EL-1",
@@ -133,7 +133,7 @@ def test_live_stream_suspend_resume_terminate_over_dsp(dsp_net: LocalNetwork) ->
         order = _sunarc_order(supplier)
 
         def post(i: int) -> None:
-            rows = {"rows": [_inspection(tag, i, order)]}
+            rows = {"rows": [inspection_row(tag, i, order)]}
             assert ok(supplier.post("/v1/ingest/inspection", json=rows))["accepted"] == 1
 
         def have(n: int) -> Any:
@@ -207,7 +207,7 @@ def test_a_live_stream_carries_rows_stored_before_the_first_connection(
 
         address = wire.read_data_address(wait_for("the TransferStartMessage", start))
         assert address is not None and address.delivery == wire.STREAM
-        rows = {"rows": [_inspection(tag, 1, _sunarc_order(supplier))]}
+        rows = {"rows": [inspection_row(tag, 1, _sunarc_order(supplier))]}
         assert ok(supplier.post("/v1/ingest/inspection", json=rows))["accepted"] == 1
 
         reader, seen = DataReader(cpid), []
