@@ -76,9 +76,9 @@ def serve_line(
     from qdspace.inference.registry import ModelRegistry
     from qdspace.inference.service import InspectionService, ServiceSettings
     from qdspace.inference.session import InspectionSession
-    from qdspace.node.cli.inspection import _mes, _stations, _store_sink
+    from qdspace.node.cli.inspection_line import load_mes_context, station_specs, store_sink
 
-    mes = _mes(mes_context, stations)  # a bad MES file stops us before Ray starts
+    mes = load_mes_context(mes_context, stations)  # a bad MES file stops us before Ray starts
     require_inspection(ray=True)
     from qdspace.inference.serve import ServeSettings
 
@@ -93,8 +93,10 @@ def serve_line(
     ) as session:
         served = session.start()
         nodes = _placement(session)
-        specs, audit = _stations(directory, stations, fps, frames, member, alarms, served, not once)
-        store, sink = _store_sink(directory)
+        specs, audit = station_specs(
+            directory, stations, fps, frames, member, alarms, served, not once
+        )
+        store, sink = store_sink(directory)
         try:
             config = LineConfig(run_id=uuid.uuid4().hex[:8], max_in_flight=max_in_flight, mes=mes)
             service = InspectionService(
