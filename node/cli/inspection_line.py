@@ -29,16 +29,19 @@ from qdspace.node.layout import NodeLayout
 
 console = Console()
 
+#: the stations' options ``inspect run`` and ``inspect serve`` share
+StationsOpt = Annotated[int, typer.Option(min=1, help="number of stations")]
+FpsOpt = Annotated[float, typer.Option(min=0.1, help="frames per second per station")]
+FramesOpt = Annotated[Path | None, typer.Option(help="folder of images instead of the EL data set")]
+
 
 @clean_errors
 def run(
     directory: DirOpt,
-    stations: Annotated[int, typer.Option(min=1, help="number of stations")] = 2,
-    fps: Annotated[float, typer.Option(min=0.1, help="frames per second per station")] = 27.0,
+    stations: StationsOpt = 2,
+    fps: FpsOpt = 27.0,
     seconds: Annotated[float, typer.Option(min=0.1, help="how long to run")] = 30.0,
-    frames: Annotated[
-        Path | None, typer.Option(help="folder of images instead of the EL data set")
-    ] = None,
+    frames: FramesOpt = None,
     name_pattern: Annotated[
         str | None,
         typer.Option(
