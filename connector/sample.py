@@ -19,6 +19,9 @@ The files mix representations on purpose (mbar and Pa, %, fractions and grade co
 "OK"/"NOK" verdicts) so the data dictionary has something to normalise; with
 ``bad_rows`` a few broken rows are added so ingest has something to refuse. Data
 are deterministic: the same member always gets the same files.
+
+This module holds the scenario's shared names and the cell suppliers' files; the OEM's
+files are `sample_oem`, the wafer makers' `sample_wafers`.
 """
 
 from __future__ import annotations
@@ -371,142 +374,6 @@ def _operators(
     return _write_jsonl(folder / "operators.jsonl", rows)
 
 
-def _oem_files(folder: Path, member: str) -> dict[str, Path]:
-    rng = _rng(member)
-    files: dict[str, Path] = {}
-    files["order"] = _write_csv(folder / "orders.csv", _orders(), ORDER_FIELDS)
-    batches: list[dict[str, Any]] = []
-    edges: list[dict[str, Any]] = []
-    for supplier, s in SUPPLIERS.items():
-        for n in range(1, CELL_BATCHES + 1):
-            batches.append(
-                {
-                    "batch_id": cell_batch(supplier, n),
-                    "material": f"{s['cell']} PERC cell M10",
-                    "kind": "cell",
-                    "producer": supplier,
-                    "quantity": 19600,
-                    "made_at": _iso(START + timedelta(hours=8 * n)),
-                    "customer": member,
-                    "order_id": s["order"],
-                }
-            )
-    modules = [module_batch(n) for n in range(1, CELL_BATCHES + 1)]
-    for n, module in enumerate(modules, start=1):
-        batches.append(
-            {
-                "batch_id": module,
-                "material": "PV module 144 half-cut",
-                "kind": "module",
-                "producer": member,
-                "quantity": 270,
-                "made_at": _iso(START + timedelta(days=2, hours=8 * n)),
-                "customer": None,
-                "order_id": None,
-            }
-        )
-        supplier = module_cells(n)
-        edges.append(
-            {
-                "child_batch_id": module,
-                "parent_batch_id": cell_batch(supplier, n),
-                "quantity_used": 19440,
-            }
-        )
-    files["batch"] = _write_csv(folder / "batches.csv", batches, BATCH_FIELDS)
-    files["genealogy"] = _write_csv(
-        folder / "genealogy.csv", edges, ["child_batch_id", "parent_batch_id", "quantity_used"]
-    )
-    products = [
-        {
-            "serial": f"SA26{n:06d}",
-            "product_type": "SA-M10-144H",
-            "order_id": None,
-            "batch_id": modules[n % CELL_BATCHES],
-            "made_at": _iso(START + timedelta(days=2, minutes=3 * n)),
-        }
-        for n in range(1200)
-    ]
-    files["product"] = _write_csv(
-        folder / "modules.csv",
-        products,
-        ["serial", "product_type", "order_id", "batch_id", "made_at"],
-    )
-    inspections = [
-        {
-            "inspection_id": f"SA-EL-{n:06d}",
-            "station": "EL-M1",
-            "inspected_at": _iso(START + timedelta(days=2, minutes=3 * n, seconds=40)),
-            "verdict": "fail" if (failed := rng.random() < 0.03) else "pass",
-            "defect_class": "crack" if failed else None,
-            "score": round(rng.uniform(0.6, 0.98) if failed else rng.uniform(0.0, 0.3), 4),
-            "model_version": "el-module-2026.09",
-            "serial": p["serial"],
-            "batch_id": p["batch_id"],
-        }
-        for n, p in enumerate(products)
-    ]
-    files["inspection"] = _write_jsonl(
-        folder / "el_inspections.jsonl", _microcracks(inspections, cracked_module_batch())
-    )
-    measurements = []
-    for n in range(600):
-        t = START + timedelta(days=2, minutes=6 * n)
-        void = max(0.0, rng.gauss(0.06, 0.02))
-        form = n % 3
-        measurements.append(
-            {
-                "equipment": "STRINGER-1",
-                "parameter": "solder_void_rate",
-                "value": round(void * 100, 2)
-                if form == 0
-                else (round(void, 4) if form == 1 else _grade(void)),
-                "unit": "%" if form == 0 else ("fraction" if form == 1 else "grade"),
-                "measured_at": _iso(t),
-                "batch_id": modules[n % CELL_BATCHES],
-            }
-        )
-        measurements.append(
-            {
-                "equipment": "LAMINATOR-1",
-                "parameter": "lamination_temperature",
-                "value": round(rng.gauss(148.0, 1.0) + (273.15 if n % 4 == 0 else 0.0), 2),
-                "unit": "K" if n % 4 == 0 else "°C",
-                "measured_at": _iso(t),
-                "batch_id": modules[n % CELL_BATCHES],
-            }
-        )
-    files["measurement"] = _write_csv(
-        folder / "process.csv",
-        measurements,
-        ["equipment", "parameter", "value", "unit", "measured_at", "batch_id"],
-    )
-    files["environment"] = _environment(folder, rng, ["module-hall"])
-    files["operator_log"] = _operators(folder, rng, member, "")
-    return files
-
-
-def _microcracks(inspections: list[dict[str, Any]], batch: str) -> list[dict[str, Any]]:
-    """The cluster SunArc sees: of the modules of ``batch`` (made from the cells of the
-    PECVD excursion), a share fails EL with microcracks; an own generator, so the rest of
-    SunArc's data are what they were without it."""
-    rng = _rng(f"{OEM}-microcracks")
-    out = []
-    for row in inspections:
-        if row["batch_id"] == batch and rng.random() < MICROCRACK_RATE:
-            row = row | {
-                "verdict": "fail",
-                "defect_class": "microcrack",
-                "score": round(rng.uniform(0.7, 0.97), 4),
-            }
-        out.append(row)
-    return out
-
-
-def _grade(void: float) -> str:
-    return "A" if void <= 0.05 else "B" if void <= 0.15 else "C" if void <= 0.25 else "D"
-
-
 def write_sample_files(
     folder: Path, member: str, role: str, *, bad_rows: bool = False, pecvd: bool = True
 ) -> dict[str, Path]:
@@ -514,6 +381,7 @@ def write_sample_files(
 
     ``pecvd=False`` leaves Cellex's PECVD readings (`sample_pecvd`) out of its process
     file: the demo has them arrive over OPC UA instead, and once is enough."""
+    from qdspace.connector.sample_oem import oem_files
     from qdspace.connector.sample_wafers import WAFER_MAKERS, wafer_maker_files
 
     folder.mkdir(parents=True, exist_ok=True)
@@ -522,5 +390,5 @@ def write_sample_files(
     if member in SUPPLIERS:
         return _supplier_files(folder, member, bad_rows, pecvd)
     if role == "oem":
-        return _oem_files(folder, member)
+        return oem_files(folder, member)
     return {}

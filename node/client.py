@@ -27,7 +27,8 @@ SQLAlchemy, web3), which is what issue 21 measured.
 Answers are returned as decoded JSON (dicts and lists): the client is a thin,
 typed door to the routes, not a second model of the API. Finding a node, verifying its
 TLS and reading its failures live in `node.client_transport`; the names callers use
-are re-exported here (``__all__``).
+are re-exported here (``__all__``). The DSP binding's routes are their own feature
+(`node.client_dsp`, reached as ``client.dsp``).
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
+from qdspace.node.client_dsp import DspCalls
 from qdspace.node.client_transport import (
     DEFAULT_TIMEOUT_S,
     ClientError,
@@ -99,6 +101,7 @@ class OperatorClient:
         self.http = http_client(
             self.api_url, token, timeout, transport, ca_file=ca_file, ca_pem=ca_pem
         )
+        self.dsp = DspCalls(self)  # ``/v1/dsp``: trading with Dataspace Protocol connectors
 
     @classmethod
     def from_directory(cls, directory: Path, timeout: float = DEFAULT_TIMEOUT_S) -> OperatorClient:
@@ -337,29 +340,6 @@ class OperatorClient:
 
     def duties(self) -> Rows:
         result: Rows = self._get("/v1/contracts/duties")
-        return result
-
-    # -- the DSP binding ----------------------------------------------------------------------
-
-    def dsp_negotiate(self, provider_url: str, dataset_id: str) -> dict[str, Any]:
-        """Start a negotiation with a DSP provider; answers when the provider ACKed."""
-        body = {"provider_url": provider_url, "dataset_id": dataset_id}
-        result: dict[str, Any] = self._post("/v1/dsp/negotiations", body)
-        return result
-
-    def dsp_transfer(self, agreement_id: str) -> dict[str, Any]:
-        """Ask the provider of a DSP agreement for a transfer (pulled in the background)."""
-        result: dict[str, Any] = self._post("/v1/dsp/transfers", {"agreement_id": agreement_id})
-        return result
-
-    def dsp_transfer_status(self, transfer_id: str) -> dict[str, Any]:
-        result: dict[str, Any] = self._get(f"/v1/dsp/transfers/{transfer_id}")
-        return result
-
-    def dsp_control(self, transfer_id: str, verb: str, reason: str = "") -> dict[str, Any]:
-        """``suspend``, ``resume`` or ``terminate`` a DSP transfer."""
-        path = f"/v1/dsp/transfers/{transfer_id}/{verb}"
-        result: dict[str, Any] = self._post(path, {"reason": reason})
         return result
 
     # -- root-cause traces -------------------------------------------------------------------

@@ -3,7 +3,7 @@
 Thin commands over a running node's operator API (``/v1/dsp``): trading with any
 connector that speaks the Dataspace Protocol 2025-1 (an EDC, or another node's DSP
 listener). The node holds the keys and the processes, so the CLI only names the node
-(``--dir`` or ``--api-url``/``--token-file``), calls `OperatorClient` and prints the
+(``--dir`` or ``--api-url``/``--token-file``), calls `OperatorClient.dsp` and prints the
 answer; the client is imported when a command runs, so these start without the server
 stack.
 """
@@ -48,7 +48,7 @@ def negotiate(
 ) -> None:
     """Negotiate a dataset on the offer the provider's catalog publishes."""
     with target.client() as node:
-        started = node.dsp_negotiate(provider_url, dataset)
+        started = node.dsp.negotiate(provider_url, dataset)
     if as_json:
         print_json(started)
         return
@@ -69,10 +69,10 @@ def transfer(
 ) -> None:
     """Ask the provider for a transfer; the node pulls it over the HTTP data plane."""
     with target.client() as node:
-        found = node.dsp_transfer(agreement)
+        found = node.dsp.transfer(agreement)
         while wait and found["state"] not in FINAL and not found.get("error"):
             time.sleep(0.2)
-            found = node.dsp_transfer_status(found["transfer_id"])
+            found = node.dsp.transfer_status(found["transfer_id"])
     print_json(found) if as_json else _print(found)
 
 
@@ -86,7 +86,7 @@ def status(
 ) -> None:
     """A DSP transfer's state and progress."""
     with target.client() as node:
-        found = node.dsp_transfer_status(transfer_id)
+        found = node.dsp.transfer_status(transfer_id)
     print_json(found) if as_json else _print(found)
 
 
@@ -101,7 +101,7 @@ def _control(verb: str, doc: str) -> None:
         as_json: JsonOpt = False,
     ) -> None:
         with target.client() as node:
-            found = node.dsp_control(transfer_id, verb, reason)
+            found = node.dsp.control(transfer_id, verb, reason)
         print_json(found) if as_json else _print(found)
 
 

@@ -24,6 +24,7 @@ from rich.console import Console
 from qdspace.node.cli.choices import CellMember
 from qdspace.node.cli.connect import JsonOpt, print_json
 from qdspace.node.cli.errors import clean_errors
+from qdspace.node.cli.inspection_line import FpsOpt, FramesOpt, StationsOpt
 
 err = Console(stderr=True, soft_wrap=True)  # status lines stay one line each
 logger = logging.getLogger("node")
@@ -40,11 +41,9 @@ def serve_line(
     ] = None,
     replicas: Annotated[int, typer.Option(min=1, help="Serve replicas, spread over nodes")] = 1,
     replica_cpus: Annotated[float, typer.Option(min=0.0, help="CPUs per replica")] = 1.0,
-    stations: Annotated[int, typer.Option(min=1, help="number of stations")] = 2,
-    fps: Annotated[float, typer.Option(min=0.1, help="frames per second per station")] = 27.0,
-    frames: Annotated[
-        Path | None, typer.Option(help="folder of images instead of the EL data set")
-    ] = None,
+    stations: StationsOpt = 2,
+    fps: FpsOpt = 27.0,
+    frames: FramesOpt = None,
     member: Annotated[
         CellMember, typer.Option(help="whose cells: cellex, polycell, all; auto = node name")
     ] = CellMember.AUTO,
@@ -76,9 +75,9 @@ def serve_line(
     from qdspace.inference.registry import ModelRegistry
     from qdspace.inference.service import InspectionService, ServiceSettings
     from qdspace.inference.session import InspectionSession
-    from qdspace.node.cli.inspection import _mes, _stations, _store_sink
+    from qdspace.node.cli.inspection_line import load_mes_context, station_specs, store_sink
 
-    mes = _mes(mes_context, stations)  # a bad MES file stops us before Ray starts
+    mes = load_mes_context(mes_context, stations)  # a bad MES file stops us before Ray starts
     require_inspection(ray=True)
     from qdspace.inference.serve import ServeSettings
 
@@ -93,8 +92,10 @@ def serve_line(
     ) as session:
         served = session.start()
         nodes = _placement(session)
-        specs, audit = _stations(directory, stations, fps, frames, member, alarms, served, not once)
-        store, sink = _store_sink(directory)
+        specs, audit = station_specs(
+            directory, stations, fps, frames, member, alarms, served, not once
+        )
+        store, sink = store_sink(directory)
         try:
             config = LineConfig(run_id=uuid.uuid4().hex[:8], max_in_flight=max_in_flight, mes=mes)
             service = InspectionService(

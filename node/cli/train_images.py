@@ -60,7 +60,7 @@ def train_own_images(
     from qdspace.inference.labels import LabelRule
     from qdspace.inference.own_training import OwnTrainRequest, prepare, train_prepared
     from qdspace.inference.registry import ModelRegistry
-    from qdspace.node.cli.inspection import _print_gate
+    from qdspace.node.cli.inspection import print_gate
 
     request = OwnTrainRequest(
         images=images,
@@ -95,7 +95,7 @@ def train_own_images(
     console.print(f"model version [bold]{result.entry.version}[/bold] registered")
     if options.activate:
         registry.activate(result.entry.version)  # the promotion gate: may refuse
-        _print_gate(registry, result.entry.version)
+        print_gate(registry, result.entry.version)
         console.print(f"model version [bold]{result.entry.version}[/bold] (active)")
 
 

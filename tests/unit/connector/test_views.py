@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import json
-import os
 import random
-import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -15,7 +13,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from nacl.signing import SigningKey
-from sqlalchemy import Engine, create_engine, insert, text
+from sqlalchemy import Engine, create_engine, insert
 
 from qdspace.connector.agreement import ContractAgreement, countersign, sign_agreement
 from qdspace.connector.assets import Asset, AssetKind, catalog
@@ -355,42 +353,19 @@ def test_a_transfer_broken_anywhere_resumes_without_loss_or_duplicates(
     consumer_db.dispose()
 
 
-PG_URL = os.environ.get("QDSPACE_TEST_PG_URL")
-
-
-@pytest.fixture(
-    params=[
-        "sqlite",
-        pytest.param(
-            "postgres",
-            marks=[
-                pytest.mark.postgres,
-                pytest.mark.skipif(PG_URL is None, reason="QDSPACE_TEST_PG_URL not set"),
-            ],
-        ),
-    ]
-)
-def qdm(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[QualityStore]:
-    """An empty QDM on SQLite, or in a fresh PostgreSQL schema."""
-    if request.param == "sqlite":
+@pytest.fixture
+def qdm(
+    db_backend: str, tmp_path: Path, postgres_schema: Callable[[str], Engine]
+) -> Iterator[QualityStore]:
+    """An empty QDM on SQLite, or in a fresh PostgreSQL schema (``tests/conftest.py``)."""
+    if db_backend == "sqlite":
         store = open_store(f"sqlite:///{tmp_path / 'qdm.sqlite'}")
         yield store
         store.close()
         return
-    assert PG_URL is not None
-    schema = f"views_{uuid.uuid4().hex[:8]}"
-    admin = create_engine(PG_URL)
-    with admin.begin() as connection:
-        connection.execute(text(f"CREATE SCHEMA {schema}"))
-    engine = create_engine(PG_URL, connect_args={"options": f"-csearch_path={schema}"})
-    try:
-        migrate(engine)
-        yield QualityStore(engine)
-    finally:
-        engine.dispose()
-        with admin.begin() as connection:
-            connection.execute(text(f"DROP SCHEMA {schema} CASCADE"))
-        admin.dispose()
+    engine = postgres_schema("views")
+    migrate(engine)
+    yield QualityStore(engine)
 
 
 def test_pages_split_into_exactly_their_rows_whatever_the_strings_hold(qdm: QualityStore) -> None:

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import os
-import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from sqlalchemy import Engine, create_engine, text
+from sqlalchemy import Engine, create_engine
 
 from qdspace.ledger.errors import LedgerError, NotAnchored, UnknownLeaf
 from qdspace.ledger.leaves import Leaf, UnknownKind, leaf_preimage
@@ -18,51 +16,25 @@ from qdspace.ledger.queue_leaves import LeafConflict
 from qdspace.ledger.queue_schema import ANCHORED, SEALED, SIGNED, ensure_schema
 from qdspace.ledger.tx import SignedAnchor
 
-PG_URL = os.environ.get("QDSPACE_TEST_PG_URL")
-
 
 def _sqlite(tmp_path: Path) -> Engine:
     return create_engine(f"sqlite:///{tmp_path / 'node.db'}")
 
 
-def _postgres() -> Iterator[Engine]:
-    assert PG_URL is not None
-    schema = f"ledger_{uuid.uuid4().hex[:8]}"
-    admin = create_engine(PG_URL)
-    with admin.begin() as conn:
-        conn.execute(text(f"CREATE SCHEMA {schema}"))
-    engine = create_engine(PG_URL, connect_args={"options": f"-csearch_path={schema}"})
-    try:
-        yield engine
-    finally:
-        engine.dispose()
-        with admin.begin() as conn:
-            conn.execute(text(f"DROP SCHEMA {schema} CASCADE"))
-        admin.dispose()
-
-
-@pytest.fixture(
-    params=[
-        "sqlite",
-        pytest.param(
-            "postgres",
-            marks=[
-                pytest.mark.postgres,
-                pytest.mark.skipif(PG_URL is None, reason="QDSPACE_TEST_PG_URL not set"),
-            ],
-        ),
-    ]
-)
-def queue(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[LeafQueue]:
-    if request.param == "sqlite":
+@pytest.fixture
+def queue(
+    db_backend: str, tmp_path: Path, postgres_schema: Callable[[str], Engine]
+) -> Iterator[LeafQueue]:
+    """The queue on a SQLite file, or in a fresh PostgreSQL schema (``tests/conftest.py``)."""
+    if db_backend == "sqlite":
         engine = _sqlite(tmp_path)
         ensure_schema(engine)
         yield LeafQueue(engine)
         engine.dispose()
     else:
-        for engine in _postgres():
-            ensure_schema(engine)
-            yield LeafQueue(engine)
+        engine = postgres_schema("ledger")
+        ensure_schema(engine)
+        yield LeafQueue(engine)
 
 
 def _signed(tag: bytes, nonce: int = 0) -> SignedAnchor:

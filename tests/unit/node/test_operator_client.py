@@ -86,6 +86,31 @@ def test_answers_are_decoded_and_the_token_is_sent() -> None:
     assert seen[0].url.params["kind"] == "inspection"
 
 
+def test_the_dsp_calls_go_to_the_dsp_routes_with_their_bodies() -> None:
+    seen: list[tuple[str, str, bytes]] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append((request.method, request.url.path, request.content))
+        return httpx.Response(200, json={"state": "STARTED"})
+
+    node = OperatorClient("http://node.test", "t", transport=httpx.MockTransport(handler))
+    with node:
+        node.dsp.negotiate("https://edc.test/dsp", "ds-1")
+        node.dsp.transfer("agr-1")
+        node.dsp.transfer_status("urn:uuid:1")
+        node.dsp.control("urn:uuid:1", "suspend", "pause")
+    assert [(m, p, json.loads(b) if b else None) for m, p, b in seen] == [
+        (
+            "POST",
+            "/v1/dsp/negotiations",
+            {"provider_url": "https://edc.test/dsp", "dataset_id": "ds-1"},
+        ),
+        ("POST", "/v1/dsp/transfers", {"agreement_id": "agr-1"}),
+        ("GET", "/v1/dsp/transfers/urn:uuid:1", None),
+        ("POST", "/v1/dsp/transfers/urn:uuid:1/suspend", {"reason": "pause"}),
+    ]
+
+
 def test_the_cli_choices_are_the_domains_value_sets() -> None:
     assert {r.value for r in Role} == set(ROLES)
     assert [k.value for k in QdmKind] == list(KINDS)
