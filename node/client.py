@@ -27,8 +27,9 @@ SQLAlchemy, web3), which is what issue 21 measured.
 Answers are returned as decoded JSON (dicts and lists): the client is a thin,
 typed door to the routes, not a second model of the API. Finding a node, verifying its
 TLS and reading its failures live in `node.client_transport`; the names callers use
-are re-exported here (``__all__``). The DSP binding's routes are their own feature
-(`node.client_dsp`, reached as ``client.dsp``).
+are re-exported here (``__all__``). The DSP binding's routes and the federated jobs'
+are features of their own (`node.client_dsp` as ``client.dsp``, `node.client_federation`
+as ``client.federation``).
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 from qdspace.node.client_dsp import DspCalls
+from qdspace.node.client_federation import FederationCalls
 from qdspace.node.client_transport import (
     DEFAULT_TIMEOUT_S,
     ClientError,
@@ -50,7 +52,6 @@ from qdspace.node.client_transport import (
     runtime_file,
     tls_verification,
 )
-from qdspace.node.errors import NodeError
 
 if TYPE_CHECKING:
     import httpx
@@ -71,7 +72,6 @@ __all__ = [
     "NodeNotRunning",
     "NodeUnreachable",
     "OperatorClient",
-    "ensure_job_agreement",
     "http_client",
     "locate",
     "operator_client",
@@ -102,6 +102,7 @@ class OperatorClient:
             self.api_url, token, timeout, transport, ca_file=ca_file, ca_pem=ca_pem
         )
         self.dsp = DspCalls(self)  # ``/v1/dsp``: trading with Dataspace Protocol connectors
+        self.federation = FederationCalls(self)  # ``/v1/federation``: jobs, member sessions
 
     @classmethod
     def from_directory(cls, directory: Path, timeout: float = DEFAULT_TIMEOUT_S) -> OperatorClient:
@@ -426,79 +427,3 @@ class OperatorClient:
     def inspection_explanations(self) -> Rows:
         result: Rows = self._get("/v1/inspection/explanations")
         return result
-
-    # -- federated learning -----------------------------------------------------------------
-
-    def federation_start(
-        self, terms: dict[str, Any], initial: bytes | None = None, coordinator: str | None = None
-    ) -> dict[str, Any]:
-        """Publish a job (terms as ``JobSpec.to_dict``; ``initial``: QDFP1 bytes, else zeros)."""
-        import base64
-
-        body = {
-            "terms": terms,
-            "initial": None if initial is None else base64.b64encode(initial).decode(),
-            "coordinator": coordinator,
-        }
-        result: dict[str, Any] = self._post("/v1/federation/jobs", body)
-        return result
-
-    def federation_jobs(self, coordinator: str | None = None) -> Rows:
-        result: Rows = self._get("/v1/federation/jobs", coordinator=coordinator)
-        return result
-
-    def federation_job(
-        self,
-        job_id: str,
-        coordinator: str | None = None,
-        *,
-        seen: dict[str, Any] | None = None,
-        wait_s: float | None = None,
-    ) -> dict[str, Any]:
-        """A job's status; given ``seen`` (a status), once the job moved past it."""
-        since = {k: seen[k] for k in ("round", "attempt", "phase", "version")} if seen else {}
-        path = f"/v1/federation/jobs/{job_id}"
-        result: dict[str, Any] = self._get(path, coordinator=coordinator, wait_s=wait_s, **since)
-        return result
-
-    def federation_join(self, job_id: str, data: str, **options: Any) -> dict[str, Any]:
-        """Join a job as this node's member; ``options``: coordinator, test, deploy,
-        image_size, poll_s. The session answers at once and runs in the node."""
-        given = {k: v for k, v in options.items() if v is not None}
-        body = {"job_id": job_id, "data": data, **given}
-        result: dict[str, Any] = self._post("/v1/federation/sessions", body)
-        return result
-
-    def federation_session(self, session_id: str, after: int = 0) -> dict[str, Any]:
-        """A member session: its events after the first ``after``, state and result."""
-        path = f"/v1/federation/sessions/{session_id}"
-        result: dict[str, Any] = self._get(path, after=after or None)
-        return result
-
-
-def ensure_job_agreement(api: OperatorClient, coordinator: str, asset_id: str) -> tuple[str, bool]:
-    """An agreement in force with ``coordinator`` for a job's asset, negotiated if missing.
-
-    ``api`` is the member node's operator API (its contract store and peer channels):
-    the node asks for exactly the job's published offer (model updates for training,
-    no raw data, no redistribution) and countersigns. Returns the agreement id and
-    whether it was negotiated now. Used by ``qdspace fl join`` and the demo.
-    """
-    from qdspace.federation.agreements import TRAINING_PURPOSE
-    from qdspace.node.member_ids import peer_name
-
-    for held in api.agreements():
-        if (
-            held["asset_id"] == asset_id
-            and held["role"] == "consumer"
-            and held["active"]
-            and peer_name(held["provider_id"]) == coordinator
-        ):
-            return str(held["agreement_id"]), False
-    result = api.negotiate(coordinator, asset_id, [TRAINING_PURPOSE], as_offered=True)
-    if result["state"] != "FINALIZED":
-        raise NodeError(
-            f"negotiation {result['negotiation_id']} for {asset_id} with {coordinator} "
-            f"{result['state']}: {result['reason']}"
-        )
-    return str(result["agreement_id"]), True

@@ -92,7 +92,7 @@ def start(
     if not isinstance(spec, dict):
         raise fail(f"{terms}: job terms must be a JSON object")
     with target.client() as node:
-        view = node.federation_start(spec, params, coordinator)
+        view = node.federation.start(spec, params, coordinator)
     secure = spec.get("secure_aggregation", False)
     strategy = (spec.get("strategy") or {}).get("name", "fedavg")
     console.print(
@@ -116,14 +116,14 @@ def status(
     """Show the coordinator's jobs: round, phase, version, members and privacy spent."""
     with target.client() as node:
         if watch and job is not None:
-            view = node.federation_job(job, coordinator)
+            view = node.federation.job(job, coordinator)
             console.print(status_table([view]))
             while not view["finished"]:
-                view = node.federation_job(job, coordinator, seen=view, wait_s=WATCH_WAIT_S)
+                view = node.federation.job(job, coordinator, seen=view, wait_s=WATCH_WAIT_S)
                 console.print(_progress_line(view))
             views = [view]
         else:
-            views = node.federation_jobs(coordinator)
+            views = node.federation.jobs(coordinator)
     if job is not None:
         views = [v for v in views if v["job_id"] == job]
         if not views:
@@ -189,23 +189,21 @@ def join(
     (logreg, el-mlp or el-cnn, the line's own CNN); the data never leaves the node's
     machine. A job naming a model this node does not train is refused.
     """
-    from qdspace.node.client import ensure_job_agreement
-
     with target.client(timeout=120.0) as node:
         me = str(node.node()["name"])
         name = coordinator or me
         # the terms, status and models need an agreement in force: learn the job's
         # contract asset from the listing (membership is enough there) and negotiate first
-        listed = [v for v in node.federation_jobs(name) if v["job_id"] == job]
+        listed = [v for v in node.federation.jobs(name) if v["job_id"] == job]
         asset = listed[0]["agreement_asset"] if listed else None
         if asset is not None and name != me:
-            agreement, fresh = ensure_job_agreement(node, name, asset)
+            agreement, fresh = node.federation.ensure_agreement(name, asset)
             console.print(
                 f"agreement {agreement} with {name} for {asset} "
                 f"({'negotiated now' if fresh else 'held'}): model updates for training only",
                 highlight=False,
             )
-        session = node.federation_join(
+        session = node.federation.join(
             job,
             str(data.resolve()),
             coordinator=name,
@@ -223,7 +221,7 @@ def join(
             if session["state"] != "running":
                 break
             time.sleep(SESSION_POLL_S)
-            session = node.federation_session(session["session_id"], after=seen)
+            session = node.federation.session(session["session_id"], after=seen)
     if session["state"] != "done":
         raise fail(f"job {job}: the member session {session['state']}: {session['error']}")
     deployed = session["deployment"]

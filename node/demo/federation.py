@@ -42,7 +42,7 @@ from qdspace.federation.el_cnn import LAYOUT, MODEL, cnn_shapes
 from qdspace.federation.el_features import SPLIT_MEMBERS, member_split
 from qdspace.federation.job import JobSpec
 from qdspace.federation.strategies import StrategyName, StrategySpec
-from qdspace.node.client import ClientError, OperatorClient, ensure_job_agreement
+from qdspace.node.client import ClientError, OperatorClient
 from qdspace.node.demo import inspection
 from qdspace.node.demo.report import DemoReport
 from qdspace.node.localnet.network import LocalNetwork
@@ -131,7 +131,7 @@ def _job(job_id: str) -> dict[str, Any]:
 def _wait_for(sessions: dict[str, tuple[OperatorClient, str]]) -> dict[str, dict[str, Any]]:
     """Each member's session, once none of them runs any more (the nodes run the rounds)."""
     while True:
-        states = {m: api.federation_session(sid) for m, (api, sid) in sessions.items()}
+        states = {m: api.federation.session(sid) for m, (api, sid) in sessions.items()}
         if all(s["state"] != "running" for s in states.values()):
             break
         time.sleep(SESSION_POLL_S)
@@ -160,17 +160,17 @@ def _run_job(
     with ExitStack() as stack:
         apis = {m: stack.enter_context(network[m].operator(timeout=120.0)) for m in MEMBERS}
         # no initial model: the coordinator's node makes the seeded fresh CNN (version 0)
-        apis[COORDINATOR].federation_start(job, None)
+        apis[COORDINATOR].federation.start(job, None)
         sessions = {}
         for name in MEMBERS:
             api = apis[name]
             if name != COORDINATOR:
                 # a job under contract: negotiate its offer (model updates for training
                 # only, no raw data) through the member's own node before training
-                agreements[name], _ = ensure_job_agreement(
-                    api, COORDINATOR, str(job["agreement_asset"])
+                agreements[name], _ = api.federation.ensure_agreement(
+                    COORDINATOR, str(job["agreement_asset"])
                 )
-            session = api.federation_join(
+            session = api.federation.join(
                 job_id,
                 str(files[name]),  # its own file only
                 coordinator=COORDINATOR,

@@ -115,10 +115,10 @@ def test_federated_cnn_version_is_gated_and_served_by_the_line(network: LocalNet
         # the operator writes the CNN's widths, not its 26 shapes; without an initial
         # model the coordinator's node makes a seeded fresh network (zeros never train)
         terms = {k: v for k, v in job.to_dict().items() if k != "shapes"}
-        view = apis[COORDINATOR].federation_start({**terms, "widths": list(WIDTHS)}, None)
+        view = apis[COORDINATOR].federation.start({**terms, "widths": list(WIDTHS)}, None)
         assert view["round"] == 1 and view["version"] == 0
         sessions = {
-            m: apis[m].federation_join(
+            m: apis[m].federation.join(
                 job.job_id,
                 str(files[m]),
                 coordinator=COORDINATOR,
@@ -130,7 +130,7 @@ def test_federated_cnn_version_is_gated_and_served_by_the_line(network: LocalNet
         }
         deadline = time.monotonic() + 240
         while True:
-            states = {m: apis[m].federation_session(sid) for m, sid in sessions.items()}
+            states = {m: apis[m].federation.session(sid) for m, sid in sessions.items()}
             if all(s["state"] != "running" for s in states.values()):
                 break
             assert time.monotonic() < deadline, states
@@ -180,12 +180,12 @@ def test_members_refuse_a_job_whose_model_they_do_not_train(network: LocalNetwor
     unknown = cnn_job("cnn-unknown-model", model="el-transformer", secure_aggregation=False)
     with network[COORDINATOR].operator() as coordinator, network["cellex"].operator() as cellex:
         # the coordinator only averages vectors: it publishes a kind it does not train
-        coordinator.federation_start(unknown.to_dict(), params_to_bytes(initial_cnn()))
+        coordinator.federation.start(unknown.to_dict(), params_to_bytes(initial_cnn()))
         path = network["cellex"].layout.federation_data("cnn-unknown-model")
         path.parent.mkdir(parents=True, exist_ok=True)
         np.savez(path, images=np.zeros((4, SIZE, SIZE), np.uint8), y=np.zeros(4, np.int64))
         with pytest.raises(ClientError) as refused:
-            cellex.federation_join(unknown.job_id, str(path), coordinator=COORDINATOR)
+            cellex.federation.join(unknown.job_id, str(path), coordinator=COORDINATOR)
         assert refused.value.status == 400
         assert "'el-transformer' is not one this node trains" in str(refused.value)
         assert "el-cnn" in str(refused.value) and "el-mlp" in str(refused.value)
@@ -197,7 +197,7 @@ def test_members_refuse_a_job_whose_model_they_do_not_train(network: LocalNetwor
             (cnn_job("cnn-no-size", training={"layout": 1.0}), "image_size"),
         ):
             with pytest.raises(ClientError) as refused:
-                coordinator.federation_start(bad.to_dict(), None)
+                coordinator.federation.start(bad.to_dict(), None)
             assert refused.value.status == 400 and what in str(refused.value), what
     # and nothing of the refused join started: no session of cellex follows the job
     with network["cellex"].operator() as cellex:
@@ -248,7 +248,7 @@ async def test_hostile_cnn_updates_are_refused_or_bounded(network: LocalNetwork)
     )
     start = initial_cnn()
     with network[COORDINATOR].operator() as coordinator:
-        coordinator.federation_start(job.to_dict(), params_to_bytes(start))
+        coordinator.federation.start(job.to_dict(), params_to_bytes(start))
     # the update of a wider network: the length does not fit the job's CNN
     wrong = params_to_bytes(initial_cnn_of((8, 16, 32)))
     refused = await _raw_upload(network, "cellex", job.job_id, wrong)

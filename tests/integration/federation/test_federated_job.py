@@ -29,7 +29,6 @@ from qdspace.federation.params import Params, flatten, params_to_bytes, unflatte
 from qdspace.federation.round_status import Phase
 from qdspace.federation.strategies import StrategyName, StrategySpec
 from qdspace.federation.versions import ModelVersion
-from qdspace.node.client import ensure_job_agreement
 from qdspace.node.errors import NodeError
 from qdspace.node.identity.member import load_member_keys
 from qdspace.node.localnet.network import LocalNetwork
@@ -324,15 +323,15 @@ async def test_a_job_under_contract_refuses_members_without_an_agreement(
         assert {p["action"] for p in offer["prohibition"]} == {"distribute", "read", "stream"}
         # cellex negotiates the job's offer through its node, once; then it trains
         agreement, fresh = await asyncio.to_thread(
-            ensure_job_agreement, api, COORDINATOR, "fl-job:el-contract"
+            api.federation.ensure_agreement, COORDINATOR, "fl-job:el-contract"
         )
         again = await asyncio.to_thread(
-            ensure_job_agreement, api, COORDINATOR, "fl-job:el-contract"
+            api.federation.ensure_agreement, COORDINATOR, "fl-job:el-contract"
         )
     assert fresh and again == (agreement, False)
     # polycell is no member of the job: its node's negotiation is terminated
     with network["polycell"].operator() as api, pytest.raises(NodeError) as not_member:
-        await asyncio.to_thread(ensure_job_agreement, api, COORDINATOR, "fl-job:el-contract")
+        await asyncio.to_thread(api.federation.ensure_agreement, COORDINATOR, "fl-job:el-contract")
     assert "TERMINATED: polycell is not a member of job asset fl-job:el-contract" in str(
         not_member.value
     )

@@ -111,6 +111,108 @@ def test_the_dsp_calls_go_to_the_dsp_routes_with_their_bodies() -> None:
     ]
 
 
+def test_the_federation_calls_go_to_the_federation_routes_with_their_bodies() -> None:
+    seen: list[tuple[str, str, str, Any]] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        body = json.loads(request.content) if request.content else None
+        seen.append((request.method, request.url.path, request.url.query.decode(), body))
+        return httpx.Response(200, json={"state": "running"})
+
+    node = OperatorClient("http://node.test", "t", transport=httpx.MockTransport(handler))
+    status = {"round": 2, "attempt": 0, "phase": "collect", "version": 1, "finished": False}
+    with node:
+        node.federation.start({"job_id": "j1"}, b"\x00\x01", "sunarc")
+        node.federation.start({"job_id": "j1"})
+        node.federation.jobs()
+        node.federation.jobs("sunarc")
+        node.federation.job("j1")
+        node.federation.job("j1", "sunarc", seen=status, wait_s=5.0)
+        node.federation.join("j1", "/d.npz", coordinator="sunarc", test=None, deploy=True)
+        node.federation.session("s1")
+        node.federation.session("s1", after=3)
+    assert seen == [
+        (
+            "POST",
+            "/v1/federation/jobs",
+            "",
+            {"terms": {"job_id": "j1"}, "initial": "AAE=", "coordinator": "sunarc"},
+        ),
+        (
+            "POST",
+            "/v1/federation/jobs",
+            "",
+            {"terms": {"job_id": "j1"}, "initial": None, "coordinator": None},
+        ),
+        ("GET", "/v1/federation/jobs", "", None),
+        ("GET", "/v1/federation/jobs", "coordinator=sunarc", None),
+        ("GET", "/v1/federation/jobs/j1", "", None),
+        (
+            "GET",
+            "/v1/federation/jobs/j1",
+            "coordinator=sunarc&wait_s=5.0&round=2&attempt=0&phase=collect&version=1",
+            None,
+        ),
+        (
+            "POST",
+            "/v1/federation/sessions",
+            "",
+            {"job_id": "j1", "data": "/d.npz", "coordinator": "sunarc", "deploy": True},
+        ),
+        ("GET", "/v1/federation/sessions/s1", "", None),
+        ("GET", "/v1/federation/sessions/s1", "after=3", None),
+    ]
+
+
+def _member_node(held: list[dict[str, Any]], state: str) -> tuple[OperatorClient, list[Any]]:
+    """A member's API holding ``held`` agreements; a negotiation there ends in ``state``."""
+    asked: list[Any] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/v1/contracts/agreements":
+            return httpx.Response(200, json=held)
+        asked.append(json.loads(request.content))
+        outcome = {"state": state, "negotiation_id": "neg-1", "reason": "not a member"}
+        return httpx.Response(200, json={**outcome, "agreement_id": "agr-new"})
+
+    return OperatorClient("http://node.test", "t", transport=httpx.MockTransport(handler)), asked
+
+
+def test_a_job_agreement_in_force_is_reused_else_the_offer_is_negotiated_as_offered() -> None:
+    held = {
+        "asset_id": "fl-job:j1",
+        "role": "consumer",
+        "active": True,
+        "provider_id": "sunarc-0123456789ab",
+        "agreement_id": "agr-held",
+    }
+    node, asked = _member_node([held], "FINALIZED")
+    with node:
+        assert node.federation.ensure_agreement("sunarc", "fl-job:j1") == ("agr-held", False)
+        assert asked == []
+        # another coordinator's, a provider's or an ended agreement is not the job's
+        for other in (
+            {"provider_id": "cellex-0123456789ab"},
+            {"role": "provider"},
+            {"active": False},
+        ):
+            held |= {"provider_id": "sunarc-0123456789ab", "role": "consumer", "active": True}
+            held |= other
+            assert node.federation.ensure_agreement("sunarc", "fl-job:j1") == ("agr-new", True)
+    assert asked == 3 * [
+        {"peer": "sunarc", "asset_id": "fl-job:j1", "purposes": ["training"], "as_offered": True}
+    ]
+
+
+def test_a_job_agreement_that_is_not_finalized_is_a_node_error() -> None:
+    node, _ = _member_node([], "TERMINATED")
+    with node, pytest.raises(NodeError) as refused:
+        node.federation.ensure_agreement("sunarc", "fl-job:j1")
+    assert (
+        str(refused.value) == "negotiation neg-1 for fl-job:j1 with sunarc TERMINATED: not a member"
+    )
+
+
 def test_the_cli_choices_are_the_domains_value_sets() -> None:
     assert {r.value for r in Role} == set(ROLES)
     assert [k.value for k in QdmKind] == list(KINDS)
