@@ -6,6 +6,12 @@ tests neither see each other's rows nor leave any behind; without the variable t
 tests are skipped. The contract store's (``tests/unit/connector/conftest.py``), the QDM
 views' and the ledger's leaf queue's tests each wrote that set-up themselves, in two
 folders; it lives here once, where every folder's fixtures can ask for it.
+
+Some tests need the schema as a database URL, not an engine: the storage suite opens its
+store from a URL (``tests/integration/connector/conftest.py``), a hosted tenant is given
+one on its command line (``tests/integration/host/test_host_postgresql.py``). They and
+``postgres_schema`` share one way to make and drop a schema, `fresh_pg_schema`, handed out
+by the fixture of that name (a session fixture, so module-scoped fixtures can use it too).
 """
 
 from __future__ import annotations
@@ -13,6 +19,7 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, ExitStack, contextmanager
 
 import pytest
 from sqlalchemy import Engine, create_engine, text
@@ -38,29 +45,48 @@ def db_backend(request: pytest.FixtureRequest) -> str:
     return str(request.param)
 
 
+@contextmanager
+def _fresh_pg_schema(prefix: str) -> Iterator[tuple[str, str]]:
+    """A new schema of the test server, named ``PREFIX_`` and 8 random hex digits, and a
+    URL whose connections use it (``options=-csearch_path=...``): ``(url, schema)``. The
+    schema is dropped, with all it holds, when the block ends."""
+    from qdspace.connector.storage import normalise_url
+
+    assert PG_URL is not None
+    base = normalise_url(PG_URL)
+    schema = f"{prefix}_{uuid.uuid4().hex[:8]}"
+    admin = create_engine(base)
+    try:
+        with admin.begin() as connection:
+            connection.execute(text(f'CREATE SCHEMA "{schema}"'))
+        separator = "&" if "?" in base else "?"
+        try:
+            yield f"{base}{separator}options=-csearch_path%3D{schema}", schema
+        finally:
+            with admin.begin() as connection:
+                connection.execute(text(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'))
+    finally:
+        admin.dispose()
+
+
+@pytest.fixture(scope="session")
+def fresh_pg_schema() -> Callable[[str], AbstractContextManager[tuple[str, str]]]:
+    """``fresh_pg_schema(prefix)``: a context manager giving ``(url, schema)``, a new
+    schema of the test server dropped when the block ends. Needs ``QDSPACE_TEST_PG_URL``
+    (the caller skips without it)."""
+    return _fresh_pg_schema
+
+
 @pytest.fixture
 def postgres_schema() -> Iterator[Callable[[str], Engine]]:
-    """Makes an engine on a new schema of the test server, named ``PREFIX_`` and 8 random
-    hex digits; at the end of the test each engine is closed and its schema dropped."""
-    made: list[tuple[str, Engine]] = []
-    admin: Engine | None = None
+    """Makes an engine on a new schema of the test server (`fresh_pg_schema`); at the end
+    of the test each engine is closed and its schema dropped."""
+    with ExitStack() as made:
 
-    def make(prefix: str) -> Engine:
-        nonlocal admin
-        assert PG_URL is not None
-        schema = f"{prefix}_{uuid.uuid4().hex[:8]}"
-        admin = admin or create_engine(PG_URL)
-        with admin.begin() as connection:
-            connection.execute(text(f"CREATE SCHEMA {schema}"))
-        engine = create_engine(PG_URL, connect_args={"options": f"-csearch_path={schema}"})
-        made.append((schema, engine))
-        return engine
+        def make(prefix: str) -> Engine:
+            url, _ = made.enter_context(_fresh_pg_schema(prefix))
+            engine = create_engine(url)
+            made.callback(engine.dispose)
+            return engine
 
-    yield make
-    for schema, engine in reversed(made):
-        engine.dispose()
-        assert admin is not None
-        with admin.begin() as connection:
-            connection.execute(text(f"DROP SCHEMA {schema} CASCADE"))
-    if admin is not None:
-        admin.dispose()
+        yield make

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import os
-import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
 from pathlib import Path
 
 import pytest
-from sqlalchemy import create_engine, text
 
-from qdspace.connector.storage import QualityStore, normalise_url, open_store
+from qdspace.connector.storage import QualityStore, open_store
 
 PG_ENV = "QDSPACE_TEST_PG_URL"
 PG_HOWTO = (
@@ -20,25 +19,20 @@ PG_HOWTO = (
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
-def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    """A fresh, empty database: a SQLite file, or a new schema of the test PostgreSQL."""
+def store_url(
+    request: pytest.FixtureRequest,
+    tmp_path: Path,
+    fresh_pg_schema: Callable[[str], AbstractContextManager[tuple[str, str]]],
+) -> Iterator[str]:
+    """A fresh, empty database: a SQLite file, or a new schema of the test PostgreSQL
+    (``tests/conftest.py``'s `fresh_pg_schema`, dropped after the test)."""
     if request.param == "sqlite":
         yield f"sqlite:///{tmp_path / 'node.db'}"
         return
-    base = os.environ.get(PG_ENV)
-    if not base:
+    if not os.environ.get(PG_ENV):
         pytest.skip(PG_HOWTO)
-    schema = f"qdspace_test_{uuid.uuid4().hex[:12]}"
-    admin = create_engine(normalise_url(base))
-    with admin.begin() as connection:
-        connection.execute(text(f'CREATE SCHEMA "{schema}"'))
-    separator = "&" if "?" in base else "?"
-    try:
-        yield f"{base}{separator}options=-csearch_path%3D{schema}"
-    finally:
-        with admin.begin() as connection:
-            connection.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
-        admin.dispose()
+    with fresh_pg_schema("qdspace_test") as (url, _):
+        yield url
 
 
 @pytest.fixture

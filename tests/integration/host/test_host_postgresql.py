@@ -7,14 +7,12 @@ plaintext file of the tenant's directory holds it. Needs ``QDSPACE_TEST_PG_URL``
 from __future__ import annotations
 
 import os
-import secrets
 import stat
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
 
 import pytest
-from sqlalchemy import create_engine, text
 
-from qdspace.connector.storage import normalise_url
 from qdspace.node.layout import NodeLayout
 from qdspace.node.localnet.network import LocalNetwork, MemberProcess, MemberSpec
 from qdspace.util.ports import free_port
@@ -27,22 +25,27 @@ PG_ENV = "QDSPACE_TEST_PG_URL"
 
 
 @pytest.fixture(scope="module")
-def host(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Host]:
-    pg_url = os.environ.get(PG_ENV)
-    if not pg_url:
+def host(
+    tmp_path_factory: pytest.TempPathFactory,
+    fresh_pg_schema: Callable[[str], AbstractContextManager[tuple[str, str]]],
+) -> Iterator[Host]:
+    if not os.environ.get(PG_ENV):
         pytest.skip(f"${PG_ENV} is not set: no PostgreSQL server to host a tenant on")
-    pg_url = normalise_url(pg_url)
-    schema = f"qdspace_host_{secrets.token_hex(4)}"
-    engine = create_engine(pg_url)
-    with engine.begin() as connection:
-        connection.execute(text(f'CREATE SCHEMA "{schema}"'))
-    workdir = tmp_path_factory.mktemp("host-pg")
+    # the tenant's schema (``tests/conftest.py``), dropped once the host stopped
+    with fresh_pg_schema("qdspace_host") as (tenant_url, _):
+        yield from _host_with_tenants(tmp_path_factory, tenant_url)
+
+
+def _host_with_tenants(factory: pytest.TempPathFactory, tenant_url: str) -> Iterator[Host]:
+    """A running host: tenant ``pgco`` on the schema ``tenant_url`` names, ``liteco`` on
+    SQLite; stopped when the generator is closed or resumed."""
+    workdir = factory.mktemp("host-pg")
     net = LocalNetwork(workdir, members=(), chain=False)
     net.create()  # the authority only
     ports = {"pgco": free_port(), "liteco": free_port()}
     hosted = Host(workdir, workdir / "H", net, free_port(), ports)
     url_file = workdir / "pgco.db-url"
-    url_file.write_text(f"{pg_url}?options=-csearch_path%3D{schema}\n")
+    url_file.write_text(f"{tenant_url}\n")
     try:
         done = qdspace("host", "init", "--dir", str(hosted.directory), "--api-port",
                        str(hosted.api_port))  # fmt: skip
@@ -62,9 +65,6 @@ def host(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Host]:
         yield hosted
     finally:
         hosted.stop()
-        with engine.begin() as connection:
-            connection.execute(text(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'))
-        engine.dispose()
 
 
 def test_a_tenant_on_postgresql_beside_one_on_sqlite(host: Host) -> None:
