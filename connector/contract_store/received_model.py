@@ -15,7 +15,6 @@ from sqlalchemy import (
     BigInteger,
     Boolean,
     Column,
-    Index,
     Integer,
     LargeBinary,
     String,
@@ -46,7 +45,15 @@ received_row_table = Table(
     Column("page_id", BigInteger, nullable=True),
     Column("slot", Integer, nullable=True),
     UniqueConstraint("agreement_id", "record_key", name="uq_contract_received_record"),
-    Index("ix_contract_received_row_source", "source_id", "seq"),
+)
+#: where each source's deliveries stop (`last_received_seq`): the highest seq a delivery
+#: of that transfer or subscription brought, moved forward once per delivery (it used to
+#: be read from an index of every row by (source, seq): a B-tree insert per record)
+received_source_table = Table(
+    "contract_received_source",
+    CONTRACT_METADATA,
+    Column("source_id", String(ID_LENGTH), primary_key=True),
+    Column("seq", BigInteger, nullable=False),
 )
 #: the columns a received record is written with (all but the surrogate id), in the order
 #: the write path builds its value tuples

@@ -165,6 +165,7 @@ class MirrorWriter(TableStore):
         if not rows:
             return MirrorResult()
         metas = [record_meta(row.payload) for row in rows]
+        last = max(map(_SEQ, rows))  # where this source's deliveries stop now
         self._check_orders(connection, agreement_id, rows)
         careful = {m.key for m in metas if m.version > 1 or m.withdrawn}
         firsts = [m.key for m in metas if m.key not in careful]
@@ -227,7 +228,18 @@ class MirrorWriter(TableStore):
                 .values(changes)
                 .on_conflict_do_nothing(index_elements=["agreement_id", "record_key", "version"])
             )
+        self._advance(connection, source_id, last)
         return MirrorResult(added, replaced, withdrawn, unchanged)
+
+    def _advance(self, connection: Connection, source_id: str, seq: int) -> None:
+        """Move the source's cursor (`last_received_seq`) up to `seq`, never back."""
+        mark = "?" if self.engine.dialect.paramstyle == "qmark" else "%s"
+        connection.exec_driver_sql(
+            "INSERT INTO contract_received_source (source_id, seq) "
+            f"VALUES ({mark}, {mark}) ON CONFLICT (source_id) DO UPDATE SET seq = excluded.seq "
+            "WHERE contract_received_source.seq < excluded.seq",
+            (source_id, seq),
+        )
 
     def _write(
         self,

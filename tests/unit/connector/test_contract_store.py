@@ -41,7 +41,7 @@ from qdspace.connector.contract_store import (
     received_row_table,
 )
 from qdspace.connector.contract_store.data_keys import DataKeys, row_aad
-from qdspace.connector.contract_store.received_pages import Pages, received_page_table
+from qdspace.connector.contract_store.received_pages import Pages, index_page, received_page_table
 from qdspace.connector.negotiation import (
     Accepted,
     Agreement,
@@ -494,6 +494,54 @@ def test_sealed_pages_hold_exactly_the_records_held(store: ContractStore, engine
     digest = deletion_digest_of_bytes([r.payload for r in held])
     assert (deletion.row_count, deletion.content_sha256) == digest
     assert slots() == [] and store.count_received(agr) == 0
+
+
+def test_rows_stored_under_0010_read_and_keep_their_cursor_after_0011(tmp_path: Path) -> None:
+    """0011_received_cursor drops the (source, seq) index of received rows and keeps
+    each source's position in a row of its own: the migration fills it from the rows
+    held (own-ciphertext and paged alike), which read as before; later deliveries move
+    it forward, never back."""
+    engine = create_engine(f"sqlite:///{tmp_path / 'old.db'}")
+    migrate(engine, "0010_sqlite_time_text")
+    store = ContractStore(engine, KEK)
+    finalized(store, Role.CONSUMER)
+    agr, keys = "agr-neg-1", DataKeys(engine, KEK)
+    old, paged = rec("k-old", verdict="pass"), [rec(f"k{i}") for i in range(3)]
+    with engine.begin() as connection:
+        cipher = keys.key_in(connection, agr, "ORD-1", True, at(1))
+        nonce = os.urandom(12)
+        sealed = cipher.encrypt(nonce, old, row_aad(agr, "ORD-1", "tx-0", 3))
+        connection.execute(
+            received_row_table.insert().values(
+                agreement_id=agr,
+                order_id="ORD-1",
+                source_id="tx-0",
+                seq=3,
+                nonce=nonce,
+                ciphertext=sealed,
+                received_at=at(1),
+                record_key="k-old",
+            )
+        )
+        place = (agr, "ORD-1", "sub-1")
+        page = Pages(keys, received_row_table).insert(
+            connection, cipher, place, [7, 9, 8], paged, at(2)
+        )
+        stamp = at(2).replace(tzinfo=None).isoformat(" ", "microseconds")
+        assert index_page(connection, place, stamp, page, ["k0", "k1", "k2"], [7, 9, 8], [1] * 3)
+    migrate(engine)
+    assert "ix_contract_received_row_source" not in {
+        i["name"] for i in inspect(engine).get_indexes("contract_received_row")
+    }
+    assert (store.last_received_seq("tx-0"), store.last_received_seq("sub-1")) == (3, 9)
+    assert store.last_received_seq("sub-2") is None
+    assert sorted(r.payload for r in store.received_rows(agr)) == sorted([old, *paged])
+    # a delivery of copies only still moves its source on; an older one does not move it back
+    store.store_received_rows(agr, "sub-1", [IncomingRow(12, "ORD-1", paged[0])], at(3))
+    store.store_received_rows(agr, "sub-1", [IncomingRow(5, "ORD-1", rec("k5"))], at(3))
+    assert store.last_received_seq("sub-1") == 12
+    assert store.count_received(agr) == 5
+    engine.dispose()
 
 
 def test_rows_sealed_before_pages_are_read_replaced_and_erased(
