@@ -87,10 +87,9 @@ def seal(
 ) -> tuple[bytes, bytes]:
     """(nonce, ciphertext) of one page: slot i holds `payloads[i]` (b"": blank), seq `seqs[i]`."""
     head = orjson.dumps(list(seqs))
-    body = b"\n".join(payloads)
-    if body.count(b"\n") == len(payloads) - 1:
-        plain = b"".join((_LINES, head, b"\n", body))
-    else:
+    # the line form in one join (the slot seqs hold no newline): one copy of the rows
+    plain = b"\n".join([_LINES + head, *payloads])
+    if not payloads or plain.count(b"\n") != len(payloads):
         parts = [_PREFIXED, head, b"\n"]
         for payload in payloads:
             parts += (_LENGTH.pack(len(payload)), payload)
