@@ -496,6 +496,27 @@ def test_sealed_pages_hold_exactly_the_records_held(store: ContractStore, engine
     assert slots() == [] and store.count_received(agr) == 0
 
 
+def test_a_page_index_keeps_any_record_key_whether_its_seqs_run_on_or_not(
+    store: ContractStore,
+) -> None:
+    """A page's row index goes in from its keys alone when its seqs run on by one and
+    its versions are one, and slot by slot otherwise: both keep every record key as it
+    came (quotes, backslashes, non-ASCII, control characters, long ones) and every seq."""
+    finalized(store, Role.CONSUMER)
+    agr = "agr-neg-1"
+    odd = ['k"q', "k\\b", "k-ü-€-😀", "k" * 127, "k\u0001x"]
+    run = [IncomingRow(10 + i, "ORD-1", rec(key)) for i, key in enumerate(odd)]
+    assert store.store_received_rows(agr, "sub-1", run, at(1)).added == len(odd)
+    gaps = [IncomingRow(20 + 3 * i, "ORD-1", rec(f"{key}2")) for i, key in enumerate(odd)]
+    assert store.store_received_rows(agr, "sub-2", gaps, at(2)).added == len(odd)
+    held = {r.record_key: r.seq for r in store.received_rows(agr)}
+    assert held == {
+        **{key: 10 + i for i, key in enumerate(odd)},
+        **{f"{key}2": 20 + 3 * i for i, key in enumerate(odd)},
+    }
+    assert (store.last_received_seq("sub-1"), store.last_received_seq("sub-2")) == (14, 32)
+
+
 def test_rows_stored_under_0010_read_and_keep_their_cursor_after_0011(tmp_path: Path) -> None:
     """0011_received_cursor drops the (source, seq) index of received rows and keeps
     each source's position in a row of its own: the migration fills it from the rows
