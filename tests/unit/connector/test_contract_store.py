@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Iterator
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -66,6 +67,7 @@ from qdspace.connector.transfer_wire import Checkpoint, row_bytes, tombstone_byt
 from qdspace.policies.canonical import canonical_json
 from qdspace.policies.model import OfferTerms, Policy, make_offer
 from qdspace.policies.retention import DutyStatus, ReceiptMismatchError
+from tests.unit.connector.conftest import PG_URL, postgres_schema
 
 T0 = datetime(2026, 5, 1, tzinfo=UTC)
 KEK = bytes(range(32))
@@ -517,12 +519,27 @@ def test_a_page_index_keeps_any_record_key_whether_its_seqs_run_on_or_not(
     assert (store.last_received_seq("sub-1"), store.last_received_seq("sub-2")) == (14, 32)
 
 
-def test_rows_stored_under_0010_read_and_keep_their_cursor_after_0011(tmp_path: Path) -> None:
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def bare_engine(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Engine]:
+    """An empty database, no schema made: SQLite, or a new PostgreSQL schema."""
+    if request.param == "sqlite":
+        created = create_engine(f"sqlite:///{tmp_path / 'old.db'}")
+        yield created
+        created.dispose()
+        return
+    if PG_URL is None:
+        pytest.skip("QDSPACE_TEST_PG_URL not set")
+    yield from postgres_schema("contract")
+
+
+def test_rows_stored_under_0010_read_and_keep_their_cursor_after_0011(
+    bare_engine: Engine,
+) -> None:
     """0011_received_cursor drops the (source, seq) index of received rows and keeps
     each source's position in a row of its own: the migration fills it from the rows
     held (own-ciphertext and paged alike), which read as before; later deliveries move
     it forward, never back."""
-    engine = create_engine(f"sqlite:///{tmp_path / 'old.db'}")
+    engine = bare_engine
     migrate(engine, "0010_sqlite_time_text")
     store = ContractStore(engine, KEK)
     finalized(store, Role.CONSUMER)
@@ -548,7 +565,9 @@ def test_rows_stored_under_0010_read_and_keep_their_cursor_after_0011(tmp_path: 
         page = Pages(keys, received_row_table).insert(
             connection, cipher, place, [7, 9, 8], paged, at(2)
         )
-        stamp = at(2).replace(tzinfo=None).isoformat(" ", "microseconds")
+        column = received_row_table.c.received_at.type.dialect_impl(engine.dialect)
+        process = column.bind_processor(engine.dialect)
+        stamp = process(at(2)) if process is not None else at(2)
         assert index_page(connection, place, stamp, page, ["k0", "k1", "k2"], [7, 9, 8], [1] * 3)
     migrate(engine)
     assert "ix_contract_received_row_source" not in {
@@ -562,7 +581,6 @@ def test_rows_stored_under_0010_read_and_keep_their_cursor_after_0011(tmp_path: 
     store.store_received_rows(agr, "sub-1", [IncomingRow(5, "ORD-1", rec("k5"))], at(3))
     assert store.last_received_seq("sub-1") == 12
     assert store.count_received(agr) == 5
-    engine.dispose()
 
 
 def test_rows_sealed_before_pages_are_read_replaced_and_erased(
