@@ -7,9 +7,11 @@ the sealed pages (`received_pages`) share these; each module stays about one thi
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, NamedTuple
+from itertools import count, repeat
+from typing import Any, NamedTuple, cast
 
 from sqlalchemy import (
     BigInteger,
@@ -92,6 +94,16 @@ class IncomingRow(NamedTuple):
     seq: int
     order_id: str
     payload: bytes
+
+    @classmethod
+    def run(cls, first: int, orders: Sequence[str], payloads: Sequence[bytes]) -> list[IncomingRow]:
+        """The rows of one batch, seq `first` on: made in C (`tuple.__new__` of this
+        class, as the named tuple's own `__new__` does, without its Python call per row:
+        a third of the consumer's main-thread time per batch went to that)."""
+        if len(orders) != len(payloads):
+            raise ValueError(f"{len(orders)} orders for {len(payloads)} rows")
+        made = map(tuple.__new__, repeat(cls), zip(count(first), orders, payloads))
+        return cast(list[IncomingRow], list(made))
 
 
 @dataclass(frozen=True)
