@@ -24,7 +24,7 @@ Crash safety: a pulled batch is stored and the consumer's transfer cursor advanc
 one transaction (`commit_transfer_batch`). A batch committed twice (a crash between
 commit and acknowledgement) changes nothing the second time, and a crash before the
 commit leaves the cursor where the stored rows stop. A live stream resumes after the
-highest seq it stored (`last_received_seq`).
+highest seq a committed delivery brought (`last_received_seq`, one row per source).
 """
 
 from __future__ import annotations
@@ -49,6 +49,7 @@ from qdspace.connector.contract_store.received_model import (
     ReceivedRow,
     change_table,
     received_row_table,
+    received_source_table,
 )
 from qdspace.connector.contract_store.received_pages import Pages, slot_payload
 from qdspace.connector.contract_store.received_write import MirrorWriter
@@ -146,13 +147,17 @@ class ReceivedStore(TableStore):
         ]
 
     def last_received_seq(self, source_id: str) -> int | None:
-        """The highest seq stored for a stream (its resume cursor), None when nothing yet."""
+        """The highest seq a delivery of this source (a transfer or a stream) brought and
+        committed: its resume cursor, None when nothing yet. Kept per source and moved
+        forward with every delivery (`contract_received_source`), so it counts rows that
+        were copies of what was held as received too, and an erasure does not move it
+        back (a resume never brings erased rows in again)."""
         with self.engine.connect() as connection:
             value = connection.execute(
-                select(func.max(received_row_table.c.seq)).where(
-                    received_row_table.c.source_id == source_id
+                select(received_source_table.c.seq).where(
+                    received_source_table.c.source_id == source_id
                 )
-            ).scalar_one()
+            ).scalar()
         return None if value is None else int(value)
 
     def _payloads(

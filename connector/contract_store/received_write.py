@@ -56,7 +56,6 @@ from qdspace.policies.evaluate import order_in_scope
 _REPLACED_COLUMNS = ROW_COLUMNS[1:]
 _Held = tuple[int, bool, tuple[int, int] | None]  # version, withdrawn, (page, slot)
 # columns of a delivery, read in C (both are named tuples)
-_FIRST, _SECOND = itemgetter(0), itemgetter(1)
 _SEQ, _ORDER, _PAYLOAD = itemgetter(0), itemgetter(1), itemgetter(2)  # of an IncomingRow
 _KEY, _VERSION, _WITHDRAWN = itemgetter(0), itemgetter(1), itemgetter(2)  # of a RecordMeta
 assert IncomingRow._fields == ("seq", "order_id", "payload")
@@ -119,7 +118,7 @@ class MirrorWriter(TableStore):
         if stored.terminated_at is not None:
             raise ContractDenied(f"agreement {agreement_id} terminated: its rows are refused")
         policy = stored.signed.agreement.policy
-        for order in {row.order_id for row in rows}:
+        for order in set(map(_ORDER, rows)):
             if not order_in_scope(policy, order):
                 raise ForeignRecordError(
                     f"agreement {agreement_id} does not cover order {order!r}: its rows are refused"
@@ -165,9 +164,15 @@ class MirrorWriter(TableStore):
         if not rows:
             return MirrorResult()
         metas = [record_meta(row.payload) for row in rows]
+        last = max(map(_SEQ, rows))  # where this source's deliveries stop now
         self._check_orders(connection, agreement_id, rows)
-        careful = {m.key for m in metas if m.version > 1 or m.withdrawn}
-        firsts = [m.key for m in metas if m.key not in careful]
+        keys = list(map(_KEY, metas))
+        if list(map(_VERSION, metas)).count(1) == len(metas) and not any(map(_WITHDRAWN, metas)):
+            careful: set[str] = set()  # first versions only: the common delivery
+            firsts = keys
+        else:
+            careful = {m.key for m in metas if m.version > 1 or m.withdrawn}
+            firsts = [key for key in keys if key not in careful]
         if self._held(connection, agreement_id, firsts[:: max(1, len(firsts) // 8)]):
             careful.update(firsts)  # a re-delivery, likely: cheaper to look up than to write
         held = self._held(connection, agreement_id, careful) if careful else {}
@@ -175,17 +180,18 @@ class MirrorWriter(TableStore):
         chosen: dict[str, tuple[IncomingRow, RecordMeta]] = {}  # careful key -> its winner
         changes: list[dict[str, Any]] = []
         plain = replaced = withdrawn = unchanged = added = 0
-        content: list[tuple[IncomingRow, RecordMeta]] = []
+        content: tuple[list[IncomingRow], list[RecordMeta]] = ([], [])
         seen: set[str] = set()  # first versions written (a second copy is held by then)
         if not careful and len(set(firsts)) == len(rows):  # first versions, each once
-            content, plain, rows = list(zip(rows, metas, strict=True)), len(rows), ()
+            content, plain, rows = (list(rows), metas), len(rows), ()
         for row, meta in zip(rows, metas, strict=False):
             if meta.key not in careful:
                 if meta.key in seen:
                     unchanged += 1
                 else:
                     seen.add(meta.key)
-                    content.append((row, meta))
+                    content[0].append(row)
+                    content[1].append(meta)
                     plain += 1
                 continue
             before = held.get(meta.key)
@@ -206,9 +212,11 @@ class MirrorWriter(TableStore):
             chosen[meta.key] = (row, meta)
             if meta.version > 1 or meta.withdrawn:
                 changes.append(_change(agreement_id, source_id, row, meta, at))
-        content += chosen.values()
+        for row, meta in chosen.values():
+            content[0].append(row)
+            content[1].append(meta)
         stored, slot_keys = self._write(connection, agreement_id, source_id, content, at)
-        if not len(chosen) <= stored <= len(content):
+        if not len(chosen) <= stored <= len(content[0]):
             raise ContractStoreError(f"the database reported {stored} received rows stored")
         new = stored - len(chosen)  # the careful winners all apply: decided above
         added += new
@@ -227,29 +235,42 @@ class MirrorWriter(TableStore):
                 .values(changes)
                 .on_conflict_do_nothing(index_elements=["agreement_id", "record_key", "version"])
             )
+        self._advance(connection, source_id, last)
         return MirrorResult(added, replaced, withdrawn, unchanged)
+
+    def _advance(self, connection: Connection, source_id: str, seq: int) -> None:
+        """Move the source's cursor (`last_received_seq`) up to `seq`, never back."""
+        mark = "?" if self.engine.dialect.paramstyle == "qmark" else "%s"
+        connection.exec_driver_sql(
+            "INSERT INTO contract_received_source (source_id, seq) "
+            f"VALUES ({mark}, {mark}) ON CONFLICT (source_id) DO UPDATE SET seq = excluded.seq "
+            "WHERE contract_received_source.seq < excluded.seq",
+            (source_id, seq),
+        )
 
     def _write(
         self,
         connection: Connection,
         agreement_id: str,
         source_id: str,
-        content: list[tuple[IncomingRow, RecordMeta]],
+        content: tuple[list[IncomingRow], list[RecordMeta]],
         at: datetime,
     ) -> tuple[int, dict[int, list[str]]]:
-        """Upsert the rows chosen: the content of each order sealed in one page and its
+        """Upsert the rows chosen (`content`: the rows and their envelopes, as two lists
+        in step): the content of each order sealed in one page and its
         index rows written by one statement, tombstones (no content) by another. Returns
         how many rows the database stored and the record key of every slot of each
         page written."""
         dialect = self.engine.dialect
         stamp = received_row_table.c.received_at.type.dialect_impl(dialect).bind_processor(dialect)
         received_at: Any = stamp(at) if stamp is not None else at
-        by_order: dict[str, list[tuple[IncomingRow, RecordMeta]]] = {}
+        by_order: dict[str, tuple[list[IncomingRow], list[RecordMeta]]] = {}
         tombstones: list[tuple[Any, ...]] = []
-        orders = set(map(_ORDER, map(_FIRST, content)))
-        if len(orders) == 1 and not any(map(_WITHDRAWN, map(_SECOND, content))):
-            by_order[orders.pop()], content = content, []  # the common case, as it is
-        for row, meta in content:
+        rows, metas = content
+        orders = set(map(_ORDER, rows))
+        if len(orders) == 1 and not any(map(_WITHDRAWN, metas)):
+            by_order[orders.pop()], rows, metas = content, [], []  # the common case, as it is
+        for row, meta in zip(rows, metas, strict=True):
             if meta.withdrawn:
                 tombstones.append(  # in ROW_COLUMNS order
                     (
@@ -258,7 +279,9 @@ class MirrorWriter(TableStore):
                     )
                 )
             else:
-                by_order.setdefault(row.order_id, []).append((row, meta))
+                page_rows, page_metas = by_order.setdefault(row.order_id, ([], []))
+                page_rows.append(row)
+                page_metas.append(meta)
         stored = 0
         if tombstones:
             sql, order = self._row_upsert()
@@ -269,9 +292,8 @@ class MirrorWriter(TableStore):
             )
             stored += connection.exec_driver_sql(sql, params).rowcount
         slot_keys: dict[int, list[str]] = {}
-        for order_id, items in by_order.items():
+        for order_id, (rows, metas) in by_order.items():
             cipher = self._keys.key_in(connection, agreement_id, order_id, True, at)
-            rows, metas = list(map(_FIRST, items)), list(map(_SECOND, items))
             seqs, payloads = list(map(_SEQ, rows)), list(map(_PAYLOAD, rows))
             keys, versions = list(map(_KEY, metas)), list(map(_VERSION, metas))
             place = (agreement_id, order_id, source_id)

@@ -354,12 +354,7 @@ class ContractClient(ConsumerSubscriptions):
                 after = accept_batch(process, batch)
                 first = process.offset
                 commits.add(
-                    [
-                        IncomingRow(first + i, order, payload)
-                        for i, (order, payload) in enumerate(
-                            zip(batch.orders(), batch.payloads(), strict=True)
-                        )
-                    ],
+                    IncomingRow.run(first, batch.orders(), batch.payloads()),
                     after,
                     wire.ByteSize(),
                 )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Iterator
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -41,7 +42,7 @@ from qdspace.connector.contract_store import (
     received_row_table,
 )
 from qdspace.connector.contract_store.data_keys import DataKeys, row_aad
-from qdspace.connector.contract_store.received_pages import Pages, received_page_table
+from qdspace.connector.contract_store.received_pages import Pages, index_page, received_page_table
 from qdspace.connector.negotiation import (
     Accepted,
     Agreement,
@@ -66,6 +67,7 @@ from qdspace.connector.transfer_wire import Checkpoint, row_bytes, tombstone_byt
 from qdspace.policies.canonical import canonical_json
 from qdspace.policies.model import OfferTerms, Policy, make_offer
 from qdspace.policies.retention import DutyStatus, ReceiptMismatchError
+from tests.unit.connector.conftest import PG_URL, postgres_schema
 
 T0 = datetime(2026, 5, 1, tzinfo=UTC)
 KEK = bytes(range(32))
@@ -494,6 +496,91 @@ def test_sealed_pages_hold_exactly_the_records_held(store: ContractStore, engine
     digest = deletion_digest_of_bytes([r.payload for r in held])
     assert (deletion.row_count, deletion.content_sha256) == digest
     assert slots() == [] and store.count_received(agr) == 0
+
+
+def test_a_page_index_keeps_any_record_key_whether_its_seqs_run_on_or_not(
+    store: ContractStore,
+) -> None:
+    """A page's row index goes in from its keys alone when its seqs run on by one and
+    its versions are one, and slot by slot otherwise: both keep every record key as it
+    came (quotes, backslashes, non-ASCII, control characters, long ones) and every seq."""
+    finalized(store, Role.CONSUMER)
+    agr = "agr-neg-1"
+    odd = ['k"q', "k\\b", "k-ü-€-😀", "k" * 127, "k\u0001x"]
+    run = [IncomingRow(10 + i, "ORD-1", rec(key)) for i, key in enumerate(odd)]
+    assert store.store_received_rows(agr, "sub-1", run, at(1)).added == len(odd)
+    gaps = [IncomingRow(20 + 3 * i, "ORD-1", rec(f"{key}2")) for i, key in enumerate(odd)]
+    assert store.store_received_rows(agr, "sub-2", gaps, at(2)).added == len(odd)
+    held = {r.record_key: r.seq for r in store.received_rows(agr)}
+    assert held == {
+        **{key: 10 + i for i, key in enumerate(odd)},
+        **{f"{key}2": 20 + 3 * i for i, key in enumerate(odd)},
+    }
+    assert (store.last_received_seq("sub-1"), store.last_received_seq("sub-2")) == (14, 32)
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def bare_engine(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Engine]:
+    """An empty database, no schema made: SQLite, or a new PostgreSQL schema."""
+    if request.param == "sqlite":
+        created = create_engine(f"sqlite:///{tmp_path / 'old.db'}")
+        yield created
+        created.dispose()
+        return
+    if PG_URL is None:
+        pytest.skip("QDSPACE_TEST_PG_URL not set")
+    yield from postgres_schema("contract")
+
+
+def test_rows_stored_under_0010_read_and_keep_their_cursor_after_0011(
+    bare_engine: Engine,
+) -> None:
+    """0011_received_cursor drops the (source, seq) index of received rows and keeps
+    each source's position in a row of its own: the migration fills it from the rows
+    held (own-ciphertext and paged alike), which read as before; later deliveries move
+    it forward, never back."""
+    engine = bare_engine
+    migrate(engine, "0010_sqlite_time_text")
+    store = ContractStore(engine, KEK)
+    finalized(store, Role.CONSUMER)
+    agr, keys = "agr-neg-1", DataKeys(engine, KEK)
+    old, paged = rec("k-old", verdict="pass"), [rec(f"k{i}") for i in range(3)]
+    with engine.begin() as connection:
+        cipher = keys.key_in(connection, agr, "ORD-1", True, at(1))
+        nonce = os.urandom(12)
+        sealed = cipher.encrypt(nonce, old, row_aad(agr, "ORD-1", "tx-0", 3))
+        connection.execute(
+            received_row_table.insert().values(
+                agreement_id=agr,
+                order_id="ORD-1",
+                source_id="tx-0",
+                seq=3,
+                nonce=nonce,
+                ciphertext=sealed,
+                received_at=at(1),
+                record_key="k-old",
+            )
+        )
+        place = (agr, "ORD-1", "sub-1")
+        page = Pages(keys, received_row_table).insert(
+            connection, cipher, place, [7, 9, 8], paged, at(2)
+        )
+        column = received_row_table.c.received_at.type.dialect_impl(engine.dialect)
+        process = column.bind_processor(engine.dialect)
+        stamp = process(at(2)) if process is not None else at(2)
+        assert index_page(connection, place, stamp, page, ["k0", "k1", "k2"], [7, 9, 8], [1] * 3)
+    migrate(engine)
+    assert "ix_contract_received_row_source" not in {
+        i["name"] for i in inspect(engine).get_indexes("contract_received_row")
+    }
+    assert (store.last_received_seq("tx-0"), store.last_received_seq("sub-1")) == (3, 9)
+    assert store.last_received_seq("sub-2") is None
+    assert sorted(r.payload for r in store.received_rows(agr)) == sorted([old, *paged])
+    # a delivery of copies only still moves its source on; an older one does not move it back
+    store.store_received_rows(agr, "sub-1", [IncomingRow(12, "ORD-1", paged[0])], at(3))
+    store.store_received_rows(agr, "sub-1", [IncomingRow(5, "ORD-1", rec("k5"))], at(3))
+    assert store.last_received_seq("sub-1") == 12
+    assert store.count_received(agr) == 5
 
 
 def test_rows_sealed_before_pages_are_read_replaced_and_erased(
