@@ -19,10 +19,11 @@ is written. Rows keep their order either way, so ids are assigned in line order.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from operator import itemgetter, methodcaller
+from itertools import repeat
+from operator import add, itemgetter, methodcaller
 from typing import Any
 
 from sqlalchemy import Connection, DateTime, Table
@@ -73,15 +74,26 @@ class BulkInserter:
             return Prepared(_times_as_text(rows, self.times, columns))
         return Prepared(rows)
 
-    def prepare_columns(self, columns: Sequence[Sequence[Any]]) -> Prepared:
+    def prepare_columns(
+        self, columns: Sequence[Sequence[Any]], time_texts: Mapping[int, list[str]] | None = None
+    ) -> Prepared:
         """``prepare`` of rows given only column by column (a batch validated in bulk):
-        the row tuples the driver takes are built once, here."""
+        the row tuples the driver takes are built once, here. ``time_texts``: for some
+        time columns (by index), their values already as UTC text ``YYYY-MM-DD
+        HH:MM:SS.ffffff`` (`batch_validate.utc_texts`), used instead of formatting each
+        datetime again."""
         if not columns or not columns[0]:
             return Prepared([])
+        texts = {i: t for i, t in (time_texts or {}).items() if i in self.times}
         if self.times and self.dialect == "sqlite":
-            return Prepared(_times_as_text((), self.times, columns))
+            return Prepared(_times_as_text((), self.times, columns, texts))
         rows = list(zip(*columns, strict=True))
         if self.dialect == "postgresql":
+            if texts:  # with the zone: the text `_encode_column` makes of a UTC datetime
+                given = list(columns)
+                for i, t in texts.items():
+                    given[i] = list(map(add, t, repeat("+00:00")))
+                return Prepared(rows, copy_text(rows, given))
             return Prepared(rows, copy_text(rows, columns))
         return Prepared(rows)
 
@@ -194,6 +206,7 @@ def _times_as_text(
     rows: Sequence[tuple[Any, ...]],
     times: list[int],
     given: Sequence[Sequence[Any]] | None = None,
+    texts: Mapping[int, list[str]] | None = None,
 ) -> list[tuple[Any, ...]]:
     """Datetimes as SQLAlchemy writes them on SQLite, once per column rather than
     through a bind processor per value. Not ``isoformat(" ")``, which sqlite3's own
@@ -202,6 +215,9 @@ def _times_as_text(
     rewrote what was stored that way)."""
     columns: list[Any] = list(given) if given is not None else list(zip(*rows, strict=True))
     for i in times:
+        if texts and i in texts:
+            columns[i] = texts[i]
+            continue
         column = columns[i]
         if None in column:
             present = [v for v in column if v is not None]
@@ -252,7 +268,7 @@ def _encode_column(column: Sequence[Any]) -> list[str] | None:
     elif kind is datetime:
         if any(v.tzinfo is None for v in present):
             return None  # a naive time would be read in the session's zone
-        encode = datetime.isoformat
+        encode = _ISO_US  # with its offset; microseconds always, as a time taken as text
     else:
         return None
     if len(present) == len(column):

@@ -226,7 +226,8 @@ class QualityStore:
                 return BatchResult(validator.columns), Prepared([]), 0
             batch = validator.validate(items)
             if batch.column_values is not None:  # no row tuples but the driver's own
-                return batch, inserter.prepare_columns(batch.column_values), len(items)
+                prepared = inserter.prepare_columns(batch.column_values, batch.time_texts)
+                return batch, prepared, len(items)
             return batch, inserter.prepare(batch.rows), len(items)
 
         done = 0
