@@ -223,7 +223,7 @@ class QualityStore:
             """The next ``batch_size`` delivered rows, validated and in the driver's form."""
             items = list(islice(source_rows, batch_size))
             if not items:
-                return BatchResult(validator.columns), Prepared([]), 0
+                return BatchResult(validator.columns), Prepared(), 0
             batch = validator.validate(items)
             if batch.column_values is not None:  # no row tuples but the driver's own
                 prepared = inserter.prepare_columns(batch.column_values, batch.time_texts)

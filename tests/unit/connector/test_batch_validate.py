@@ -222,8 +222,8 @@ def test_a_batch_decided_in_bulk_is_prepared_as_its_rows_are(kind: str, dialect:
     from_columns = inserter.prepare_columns(got.column_values, got.time_texts)
     from_rows = inserter.prepare(_row_validator(kind, items)[0])
     assert from_columns == from_rows
-    assert [[type(v) for v in r] for r in from_columns.rows] == [
-        [type(v) for v in r] for r in from_rows.rows
+    assert [[type(v) for v in r] for r in from_columns.rows()] == [
+        [type(v) for v in r] for r in from_rows.rows()
     ]
     # the times delivered as plain UTC text went by their text (`utc_texts`)
     plain = [c for c in inserter.columns if str(GOOD[kind].get(c, "")).endswith("Z")]
