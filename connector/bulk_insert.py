@@ -19,10 +19,10 @@ is written. Rows keep their order either way, so ids are assigned in line order.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from itertools import repeat
+from itertools import chain, repeat
 from operator import add, itemgetter, methodcaller
 from typing import Any
 
@@ -116,47 +116,72 @@ class BulkInserter:
         them (PostgreSQL: before the COPY's end is awaited), if there is such a moment."""
         if not prepared.count:
             return 0
+        return self.write_chunks(connection, (prepared,), waiting)
+
+    def write_chunks(
+        self,
+        connection: Connection,
+        chunks: Iterable[Prepared],
+        waiting: Callable[[], None] | None = None,
+    ) -> int:
+        """``write`` of a batch given in chunks, taken from ``chunks`` one at a time. On
+        PostgreSQL they go into one COPY: each is sent before the next is taken, so a
+        generator that validates a chunk when asked does so while the server inserts the
+        one before it (two processes, two cores; see bench/PROFILE-ingest.md, round 4)."""
         if self.dialect == "postgresql":
-            return self._copy(connection, prepared, waiting)
+            return self._copy(connection, chunks, waiting)
+        inserted = 0
         cursor = connection.connection.driver_connection.cursor()  # type: ignore[union-attr]
         try:
-            # one row tuple at a time, from the columns: sqlite3 lets each go before it
-            # takes the next, so ``zip`` reuses one tuple instead of allocating a batch
-            # of them (10,000 GC-tracked tuples cost a tenth of a 10,000-row ingest)
-            cursor.executemany(self.insert_sql, prepared.rows())
-            return int(cursor.rowcount)
+            for prepared in chunks:
+                if prepared.count:
+                    # one row tuple at a time, from the columns: sqlite3 lets each go
+                    # before it takes the next, so ``zip`` reuses one tuple instead of
+                    # allocating a batch of them (10,000 GC-tracked tuples cost a tenth
+                    # of a 10,000-row ingest)
+                    cursor.executemany(self.insert_sql, prepared.rows())
+                    inserted += int(cursor.rowcount)
+            return inserted
         finally:
             cursor.close()
 
     def _copy(
-        self, connection: Connection, prepared: Prepared, waiting: Callable[[], None] | None
+        self,
+        connection: Connection,
+        chunks: Iterable[Prepared],
+        waiting: Callable[[], None] | None,
     ) -> int:
         import psycopg
 
         raw = connection.connection.driver_connection
         assert isinstance(raw, psycopg.Connection)
+        sent: list[Prepared] = []  # kept for the temporary table, should a key be stored
         with raw.cursor() as cursor:
             cursor.execute("SAVEPOINT qdspace_copy")
             try:
                 with cursor.copy(self.copy_sql) as copy:
-                    if prepared.text is not None:
-                        copy.write(prepared.text)
-                    else:
-                        write = copy.write_row
-                        for row in prepared.rows():
-                            write(row)
+                    for prepared in chunks:
+                        sent.append(prepared)
+                        if prepared.text is not None:
+                            if prepared.text:
+                                copy.write(prepared.text)
+                        else:
+                            write = copy.write_row
+                            for row in prepared.rows():
+                                write(row)
                     if waiting is not None:
                         waiting()  # the server still inserts what it was sent
             except psycopg.errors.UniqueViolation:
                 cursor.execute("ROLLBACK TO SAVEPOINT qdspace_copy")
             else:
                 cursor.execute("RELEASE SAVEPOINT qdspace_copy")
-                return prepared.count
+                return sum(p.count for p in sent)
             # some natural keys are stored already: through a temporary table
             cursor.execute(self.temp_sql)
             cursor.execute(f"ALTER TABLE {self.temp} ADD COLUMN IF NOT EXISTS qdspace_line bigint")
             cursor.execute(f"TRUNCATE {self.temp}")
-            numbered = [(*row, i) for i, row in enumerate(prepared.rows())]
+            rows = chain.from_iterable(p.rows() for p in sent)
+            numbered = [(*row, i) for i, row in enumerate(rows)]
             encoded = copy_text(numbered)
             with cursor.copy(self.temp_copy_sql) as copy:
                 if encoded is not None:

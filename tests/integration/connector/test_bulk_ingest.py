@@ -282,3 +282,49 @@ def test_a_refused_batch_stops_the_ingest_while_the_next_is_being_read(
     assert [r[0] for r in _stored(store)] == [f"EL-{40_000 + i:06d}" for i in range(200)]
     # the worker read at most the batch after the refused one, then stopped
     assert len(read) <= 600
+
+
+@pytest.fixture
+def small_chunks(monkeypatch: pytest.MonkeyPatch) -> None:
+    """PostgreSQL validates a batch a chunk at a time inside its COPY: make them 7 rows."""
+    monkeypatch.setattr("qdspace.connector.storage.STREAM_CHUNK_ROWS", 7)
+
+
+@pytest.mark.usefixtures("small_chunks")
+def test_a_batch_validated_in_chunks_counts_and_orders_as_one(store: QualityStore) -> None:
+    assert store.ingest_rows("inspection", [(i + 2, _row(i)) for i in range(50)]).accepted == 50
+    # one batch of 120 rows in 18 chunks: 40 stored unchanged, 10 corrections, 68 new,
+    # two bad rows in later chunks (the COPY meets stored keys: the temporary table)
+    rows: list[tuple[int, Any]] = [(i + 2, _row(i)) for i in range(120)]
+    for i in range(20, 30):
+        rows[i] = (i + 2, _row(i, station="EL-9"))
+    rows[100] = (102, _row(100, score="nan"))
+    rows[105] = (107, _row(105, verdict="maybe"))
+    report = store.ingest_rows("inspection", rows, source="el.csv", batch_size=1000)
+    assert (report.accepted, report.duplicates, report.corrected) == (68, 40, 10)
+    assert [str(e) for e in report.rejected] == [
+        "el.csv:102: score: expected a finite number, got 'nan'",
+        "el.csv:107: verdict: 'maybe' is not a value of verdict; one of: pass, fail",
+    ]
+    new = [i for i in range(50, 120) if i not in (100, 105)]
+    ids = [f"EL-{i:06d}" for i in (*range(20), *range(30, 50), *new, *range(20, 30))]
+    assert [r[0] for r in _stored(store)] == ids
+    # and with no stored key in it, by the plain COPY: line order, bad rows left out
+    fresh = [(i + 2, _row(1000 + i)) for i in range(30)]
+    fresh[16] = (18, _row(1016, latency_ms="-1"))
+    report = store.ingest_rows("inspection", fresh, batch_size=1000)
+    assert report.accepted == 29 and [e.line for e in report.rejected] == [18]
+    assert [r[0] for r in _stored(store)][-29:] == [
+        f"EL-{1000 + i:06d}" for i in range(30) if i != 16
+    ]
+
+
+@pytest.mark.usefixtures("small_chunks")
+def test_a_batch_refused_in_a_later_chunk_leaves_nothing_of_itself(store: QualityStore) -> None:
+    _refuse_station(store, "EL-BOOM")
+    rows = [(k + 2, _row(1000 + k)) for k in range(60)]
+    rows[45] = (47, _row(1045, station="EL-BOOM"))  # the third chunk of the second batch
+    with pytest.raises(StorageError) as caught:
+        store.ingest_rows("inspection", rows, batch_size=30)
+    assert "lines 32-61 of inspection not stored" in str(caught.value)
+    assert {r[0] for r in _stored(store)} == {f"EL-{1000 + k:06d}" for k in range(30)}
