@@ -99,36 +99,64 @@ def _text(required: bool, max_len: int) -> Callable[[list[Any]], list[Any]]:
     return rule
 
 
-def _number(
-    required: bool, minimum: float | None = None, maximum: float | None = None
-) -> Callable[[list[Any]], list[Any]]:
-    low = _NINF if minimum is None else minimum
-    high = _INF if maximum is None else maximum
+class _Number:
+    """A finite decimal number within bounds -> float. A class rather than a closure so
+    that the batch can tell its number columns (see `decimal_texts`)."""
 
-    def rule(values: list[Any]) -> list[Any]:
+    def __init__(self, required: bool, minimum: float | None = None, maximum: float | None = None):
+        self.required = required
+        self.low = _NINF if minimum is None else minimum
+        self.high = _INF if maximum is None else maximum
+
+    def __call__(self, values: list[Any]) -> list[Any]:
         if values and _all_str(values):
             try:
                 floats = list(map(float, map(str.strip, values)))
             except ValueError:
-                return slow(values)
-            if all(map(isfinite, floats)) and low <= min(floats) and max(floats) <= high:
+                return self.slow(values)
+            if all(map(isfinite, floats)) and self.low <= min(floats) and max(floats) <= self.high:
                 return floats
-        elif not required and values.count(None) == len(values):
+        elif not self.required and values.count(None) == len(values):
             return list(values)
-        return slow(values)
+        return self.slow(values)
 
-    def accept(s: str) -> Any:
+    def accept(self, s: str) -> Any:
         try:
             f = float(s)
         except ValueError:
             return BAD
         # NaN fails both comparisons; inf and -inf fail one of them
-        return f if low <= f <= high and _NINF < f < _INF else BAD
+        return f if self.low <= f <= self.high and _NINF < f < _INF else BAD
 
-    def slow(values: list[Any]) -> list[Any]:
-        return _per_value(values, required, accept)
+    def slow(self, values: list[Any]) -> list[Any]:
+        return _per_value(values, self.required, self.accept)
 
-    return rule
+
+def _number(
+    required: bool, minimum: float | None = None, maximum: float | None = None
+) -> Callable[[list[Any]], list[Any]]:
+    return _Number(required, minimum, maximum)
+
+
+#: a plain decimal, ASCII digits, no exponent: one value per line (see `decimal_texts`)
+_PLAIN_DECIMALS = re.compile(r"(?:[+-]?[0-9]+(?:\.[0-9]*)?\n)*")
+
+
+def decimal_texts(values: list[Any]) -> list[str] | None:
+    """A number column's delivered values, stripped, when each is a plain decimal
+    (``-12.50``: ASCII digits, an optional sign and point, no exponent); else None.
+
+    Only for a column the number rule accepted as a whole. PostgreSQL reads such a text
+    as the correctly rounded double, the one ``float`` made of it, so COPY can be sent
+    the text instead of ``repr`` of the float (~0.2 us a value). Not with an exponent:
+    ``1e-400`` is 0.0 to Python and out of range to PostgreSQL; not with ``_``, which
+    ``float`` allows and PostgreSQL does not."""
+    if not values or not _all_str(values):
+        return None
+    stripped = list(map(str.strip, values))
+    if _PLAIN_DECIMALS.fullmatch("\n".join(stripped) + "\n") is None:
+        return None
+    return stripped
 
 
 _IN_UTC = methodcaller("astimezone", UTC)
@@ -442,6 +470,9 @@ class BatchResult:
     #: with ``column_values``: for a time column delivered in plain UTC text, its values
     #: as UTC text ``YYYY-MM-DD HH:MM:SS.ffffff`` (by index in ``columns``; `utc_texts`)
     time_texts: dict[int, list[str]] = field(default_factory=dict)
+    #: with ``column_values``: for a number column delivered as plain decimals, those
+    #: texts (by index in ``columns``; `decimal_texts`)
+    number_texts: dict[int, list[str]] = field(default_factory=dict)
     _rows: list[tuple[Any, ...]] | None = field(default=None, repr=False)
 
     @property
@@ -498,10 +529,15 @@ class BatchValidator:
             if len(rows) == n and all(ok):  # the common case: every row decided in bulk
                 result.column_values = [computed[c] for c in self.columns]
                 for i, c in enumerate(self.columns):
-                    if isinstance(spec.rules[c], _Timestamp):
+                    rule = spec.rules[c]
+                    if isinstance(rule, _Timestamp):
                         texts = utc_texts(delivered[c])
                         if texts is not None:
                             result.time_texts[i] = texts
+                    elif isinstance(rule, _Number):
+                        texts = decimal_texts(delivered[c])
+                        if texts is not None:
+                            result.number_texts[i] = texts
                 result.lines = [line for line, _ in items]
                 return result  # row tuples only when asked for (BatchResult.rows)
             good = list(zip(*(computed[c] for c in self.columns), strict=True)) if rows else []

@@ -74,22 +74,28 @@ class BulkInserter:
         return self.prepare_columns([list(c) for c in given])
 
     def prepare_columns(
-        self, columns: Sequence[list[Any]], time_texts: Mapping[int, list[str]] | None = None
+        self,
+        columns: Sequence[list[Any]],
+        time_texts: Mapping[int, list[str]] | None = None,
+        number_texts: Mapping[int, list[str]] | None = None,
     ) -> Prepared:
         """``prepare`` of rows given column by column (a batch validated in bulk: no row
         tuples are made at all; the driver takes them from ``Prepared.rows``, one at a
         time). ``time_texts``: for some time columns (by index), their values already as
         UTC text ``YYYY-MM-DD HH:MM:SS.ffffff`` (`batch_validate.utc_texts`), used instead
-        of formatting each datetime again."""
+        of formatting each datetime again; ``number_texts``: for some float columns, the
+        plain decimal texts they were read from (`batch_validate.decimal_texts`), which
+        COPY sends instead of each float's ``repr`` (PostgreSQL reads the same double)."""
         if not columns or not columns[0]:
             return Prepared()
         texts = {i: t for i, t in (time_texts or {}).items() if i in self.times}
         if self.dialect == "postgresql":
-            if not texts:
-                return Prepared(columns, copy_text((), columns))
-            given = list(columns)  # with the zone: the text `_encode_column` makes of UTC
-            for i, t in texts.items():
+            given = list(columns)
+            for i, t in texts.items():  # with the zone: what `_encode_column` makes of UTC
                 given[i] = list(map(add, t, repeat("+00:00")))
+            for i, t in (number_texts or {}).items():
+                if i not in self.times and len(t) == len(columns[i]):
+                    given[i] = t
             return Prepared(columns, copy_text((), given))
         if self.times and self.dialect == "sqlite":
             return Prepared(_times_as_text(self.times, columns, texts))

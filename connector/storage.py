@@ -371,7 +371,9 @@ def _validated(validator: BatchValidator, inserter: BulkInserter, items: list[It
     """``items`` validated, the good rows in the driver's form."""
     batch = validator.validate(items)
     if batch.column_values is not None:  # no row tuples but the driver's own
-        return batch, inserter.prepare_columns(batch.column_values, batch.time_texts)
+        return batch, inserter.prepare_columns(
+            batch.column_values, batch.time_texts, batch.number_texts
+        )
     return batch, inserter.prepare(batch.rows)
 
 

@@ -328,3 +328,32 @@ def test_a_batch_refused_in_a_later_chunk_leaves_nothing_of_itself(store: Qualit
         store.ingest_rows("inspection", rows, batch_size=30)
     assert "lines 32-61 of inspection not stored" in str(caught.value)
     assert {r[0] for r in _stored(store)} == {f"EL-{1000 + k:06d}" for k in range(30)}
+
+
+def test_numbers_and_times_read_back_as_the_values_validated(store: QualityStore) -> None:
+    """COPY is sent plain decimals and plain UTC times as delivered (not the float's
+    ``repr`` nor the datetime's ``isoformat``): the database must hold the same double and
+    the same instant as the validator made of them."""
+    numbers = [
+        "0.1000000000000000055511151231257827",
+        "2.2250738585072014",
+        "123456789012345678901234567890",
+        "-0",
+        "007.50",
+        "5.",
+        "0.30000000000000004",
+        "4.35",
+    ]
+    times = ["2026-11-02T08:00:00Z", "2024-02-29T23:59:59Z", "1999-12-31T00:00:00Z"]
+    rows = [
+        (i + 2, _row(i, latency_ms=v, score="1", inspected_at=times[i % 3]))
+        for i, v in enumerate(numbers)
+    ]
+    assert store.ingest_rows("inspection", rows).accepted == len(numbers)
+    query = select(TABLE.c.latency_ms, TABLE.c.score, TABLE.c.inspected_at).order_by(TABLE.c.id)
+    with store.engine.connect() as connection:
+        stored = connection.execute(query).all()
+    assert [r[0] for r in stored] == [float(v) for v in numbers]
+    assert all(r[1] == 1.0 for r in stored)
+    got = [r[2].replace(tzinfo=None).isoformat() for r in stored]
+    assert got == [times[i % 3].removesuffix("Z") for i in range(len(numbers))]
