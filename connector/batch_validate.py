@@ -43,6 +43,8 @@ BAD: Any = object()
 MEMO_LIMIT = 4096
 
 _INF = float("inf")
+#: not (yet) in a code column's memo
+_UNSEEN: Any = object()
 _NINF = float("-inf")
 
 
@@ -254,10 +256,17 @@ def _code(d: DataDictionary, element: str, required: bool) -> Callable[[list[Any
                 memo[s] = found
         return found
 
+    if not required:
+        memo[""] = None  # empty: absent
+
     def rule(values: list[Any]) -> list[Any]:
         if values and _all_str(values):
             stripped = list(map(str.strip, values))
             if all(stripped) or not required:
+                # every spelling met before (the common case): one C-level pass
+                found = list(map(memo.get, stripped, repeat(_UNSEEN)))
+                if _UNSEEN not in found:
+                    return found
                 return [lookup(s) if s else None for s in stripped]
         elif not required and values.count(None) == len(values):
             return list(values)
