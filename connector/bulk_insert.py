@@ -162,11 +162,12 @@ class BulkInserter:
         raw = connection.connection.driver_connection
         assert isinstance(raw, psycopg.Connection)
         sent: list[Prepared] = []  # kept for the temporary table, should a key be stored
+        pending = iter(chunks)
         with raw.cursor() as cursor:
             cursor.execute("SAVEPOINT qdspace_copy")
             try:
                 with cursor.copy(self.copy_sql) as copy:
-                    for prepared in chunks:
+                    for prepared in pending:
                         sent.append(prepared)
                         if prepared.text is not None:
                             if prepared.text:
@@ -179,6 +180,7 @@ class BulkInserter:
                         waiting()  # the server still inserts what it was sent
             except psycopg.errors.UniqueViolation:
                 cursor.execute("ROLLBACK TO SAVEPOINT qdspace_copy")
+                sent.extend(pending)  # chunks not taken yet, should the refusal come early
             else:
                 cursor.execute("RELEASE SAVEPOINT qdspace_copy")
                 return sum(p.count for p in sent)
