@@ -499,7 +499,17 @@ class BatchResult:
 class BatchValidator:
     """Validates batches of one kind; keeps its code memos across the batches of an ingest."""
 
-    def __init__(self, kind: str, d: DataDictionary, columns: Sequence[str]):
+    def __init__(
+        self,
+        kind: str,
+        d: DataDictionary,
+        columns: Sequence[str],
+        *,
+        number_texts: bool = True,
+    ):
+        """``number_texts``: whether a batch hands over its number columns' delivered
+        decimal texts (`decimal_texts`; only PostgreSQL's COPY uses them)."""
+        self.number_texts = number_texts
         self.kind = kind
         self.dictionary = d
         self.columns = tuple(columns)
@@ -543,7 +553,7 @@ class BatchValidator:
                         texts = utc_texts(delivered[c])
                         if texts is not None:
                             result.time_texts[i] = texts
-                    elif isinstance(rule, _Number):
+                    elif self.number_texts and isinstance(rule, _Number):
                         texts = decimal_texts(delivered[c])
                         if texts is not None:
                             result.number_texts[i] = texts

@@ -216,7 +216,9 @@ class QualityStore:
             raise ValueError("batch_size must be >= 1")
         report = IngestReport(kind=kind, source=source)
         inserter = self._inserter(kind)
-        validator = BatchValidator(kind, self.dictionary, inserter.columns)
+        validator = BatchValidator(
+            kind, self.dictionary, inserter.columns, number_texts=self.backend == "postgresql"
+        )
         source_rows = iter(rows)
 
         # PostgreSQL: a batch is validated a chunk at a time inside its COPY, each chunk
