@@ -203,8 +203,11 @@ class QualityStore:
 
         A batch is validated column by column (`connector.batch_validate`, which hands
         any doubtful row to `parse_row`) and its good rows go in by one bulk statement
-        (`connector.bulk_insert`: executemany on SQLite, COPY on PostgreSQL); while the
-        database works on one batch, a worker thread reads and validates the next (so
+        (`connector.bulk_insert`: executemany on SQLite, COPY on PostgreSQL; there the
+        batch is validated ``STREAM_CHUNK_ROWS`` rows at a time inside its COPY, each
+        chunk sent before the next is validated, so the server inserts while this
+        process validates; the batch is still one transaction). While the database
+        works on one batch, a worker thread reads (SQLite: and validates) the next (so
         ``rows`` is iterated from that thread after the first batch, never from two
         threads at once: a generator over a file or a list is fine). A line
         given as ``(field, reason)`` instead of a row is reported as it is. A database
