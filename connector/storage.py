@@ -226,7 +226,7 @@ class QualityStore:
 
         # PostgreSQL: a batch is validated a chunk at a time inside its COPY, each chunk
         # sent before the next is validated, so the server inserts while this process
-        # validates (see `_flush_streamed`); SQLite's executemany runs in this process,
+        # validates (see `_chunks`); SQLite's executemany runs in this process,
         # so there a batch is validated whole, ahead, by the worker below.
         streamed = self.backend == "postgresql"
 
@@ -299,8 +299,8 @@ class QualityStore:
             with self.engine.begin() as connection:
                 serialize_writes(connection)  # ids become visible in order (watermarks)
                 # straight to the driver (executemany on SQLite, COPY on PostgreSQL): the
-                # rows are validated already, and SQLAlchemy's per-row machinery would
-                # double the cost
+                # rows are validated (on PostgreSQL a chunk at a time as they are sent),
+                # and SQLAlchemy's per-row machinery would double the cost
                 inserted = inserter.write_chunks(connection, chunks, start_next)
                 good = sum(len(b.lines) for b in results)
                 corrected = 0
