@@ -82,9 +82,9 @@ class BulkInserter:
         """``prepare`` of rows given column by column (a batch validated in bulk: no row
         tuples are made at all; the driver takes them from ``Prepared.rows``, one at a
         time). ``time_texts``: for some time columns (by index), their values already as
-        UTC text ``YYYY-MM-DD HH:MM:SS.ffffff`` (`batch_validate.utc_texts`), used instead
+        UTC text ``YYYY-MM-DD HH:MM:SS.ffffff`` (`bulk_insert_texts.utc_texts`), used instead
         of formatting each datetime again; ``number_texts``: for some float columns, the
-        plain decimal texts they were read from (`batch_validate.decimal_texts`), which
+        plain decimal texts they were read from (`bulk_insert_texts.decimal_texts`), which
         COPY sends instead of each float's ``repr`` (PostgreSQL reads the same double)."""
         if not columns or not columns[0]:
             return Prepared()
