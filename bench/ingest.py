@@ -19,7 +19,9 @@ run on the same rows:
 
 Each path is warmed up on 2,000 rows first; sizes up to 20k are timed five times and
 up to 200k three times, and the median is reported. Prints ``name: value unit`` lines,
-the ratios, the cores and the load at start and end.
+the ratios, the cores and the load at start and end, and for the store path its CPU per
+row (this process, all threads; on a local PostgreSQL also the server's processes),
+which moves less with other people's load than rows/s.
 
     python bench/ingest.py       # 10k and 1M rows, SQLite (+ PostgreSQL if configured)
     python bench/ingest.py --sizes 10000 --out result.json
@@ -90,16 +92,47 @@ def delivered_rows(n: int, offset: int = 0) -> Iterator[tuple[int, dict[str, Any
         )
 
 
+#: CPU seconds per row of each timed ``bench_store`` run: (this process, the local
+#: PostgreSQL server's processes or None), for the median run's figures
+CPU: list[tuple[float, float | None]] = []
+
+
+def server_cpu() -> float | None:
+    """User + system CPU seconds of every local ``postgres`` process (None: none visible,
+    e.g. a server on another host). Coarse (clock ticks), enough per 10k rows."""
+    total, seen = 0, False
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            with open(f"/proc/{pid}/stat") as handle:
+                stat = handle.read()
+        except OSError:
+            continue
+        if stat[stat.index("(") + 1 : stat.rindex(")")] != "postgres":
+            continue
+        seen = True
+        fields = stat[stat.rindex(")") + 2 :].split()
+        total += sum(int(x) for x in fields[11:15])  # utime stime cutime cstime
+    return total / os.sysconf("SC_CLK_TCK") if seen else None
+
+
 def bench_store(url: str, rows: list[tuple[int, dict[str, Any]]]) -> float:
     """``QualityStore.ingest_rows``: batch validation, then executemany (SQLite) or COPY."""
     store = open_store(url)
     try:
+        server = server_cpu() if store.backend == "postgresql" else None
+        cpu = time.process_time()
         started = time.perf_counter()
         report = store.ingest_rows("inspection", iter(rows), batch_size=BATCH)
         elapsed = time.perf_counter() - started
+        cpu = time.process_time() - cpu
+        after = server_cpu() if server is not None else None
         assert report.accepted == len(rows) and not report.rejected, report
     finally:
         store.close()
+    used = None if server is None or after is None else (after - server) / len(rows)
+    CPU.append((cpu / len(rows), used))
     return len(rows) / elapsed
 
 
@@ -292,12 +325,19 @@ def main() -> None:
                 paths.append(("copytext", bench_copy_text))
             for label, fn in paths:
                 once(backend, args.pg_url, fn, rows[:WARM_UP])  # imports, caches, pool
-                rate = statistics.median(
-                    once(backend, args.pg_url, fn, rows) for _ in range(repeats(n))
-                )
+                CPU.clear()
+                rates = [once(backend, args.pg_url, fn, rows) for _ in range(repeats(n))]
+                rate = statistics.median(rates)
                 key = f"ingest_{backend}_{n}_{label}"
                 figures[key] = round(rate, 1)
                 print(f"{key}: {rate:,.0f} rows/s")
+                if CPU:  # the store path: CPU per row of its median run
+                    client, server = CPU[rates.index(rate)] if rate in rates else CPU[0]
+                    figures[f"{key}_cpu_us_per_row"] = round(client * 1e6, 2)
+                    print(f"{key}_cpu_us_per_row: {client * 1e6:.2f} us")
+                    if server is not None:
+                        figures[f"{key}_server_cpu_us_per_row"] = round(server * 1e6, 2)
+                        print(f"{key}_server_cpu_us_per_row: {server * 1e6:.2f} us")
             for label in ("qdspace", "rowwise"):
                 ratio = (
                     figures[f"ingest_{backend}_{n}_{label}"]

@@ -30,6 +30,7 @@ from math import isfinite
 from operator import attrgetter, methodcaller
 from typing import Any
 
+from qdspace.connector.bulk_insert_texts import decimal_texts, utc_texts
 from qdspace.connector.dictionary import DataDictionary
 from qdspace.connector.errors import DictionaryError
 from qdspace.connector.field_parsers import FieldError
@@ -43,6 +44,8 @@ BAD: Any = object()
 MEMO_LIMIT = 4096
 
 _INF = float("inf")
+#: not (yet) in a code column's memo
+_UNSEEN: Any = object()
 _NINF = float("-inf")
 
 
@@ -99,66 +102,83 @@ def _text(required: bool, max_len: int) -> Callable[[list[Any]], list[Any]]:
     return rule
 
 
-def _number(
-    required: bool, minimum: float | None = None, maximum: float | None = None
-) -> Callable[[list[Any]], list[Any]]:
-    low = _NINF if minimum is None else minimum
-    high = _INF if maximum is None else maximum
+class _Number:
+    """A finite decimal number within bounds -> float. A class rather than a closure so
+    that the batch can tell its number columns (see `decimal_texts`)."""
 
-    def rule(values: list[Any]) -> list[Any]:
+    def __init__(self, required: bool, minimum: float | None = None, maximum: float | None = None):
+        self.required = required
+        self.low = _NINF if minimum is None else minimum
+        self.high = _INF if maximum is None else maximum
+
+    def __call__(self, values: list[Any]) -> list[Any]:
         if values and _all_str(values):
             try:
                 floats = list(map(float, map(str.strip, values)))
             except ValueError:
-                return slow(values)
-            if all(map(isfinite, floats)) and low <= min(floats) and max(floats) <= high:
+                return self.slow(values)
+            if all(map(isfinite, floats)) and self.low <= min(floats) and max(floats) <= self.high:
                 return floats
-        elif not required and values.count(None) == len(values):
+        elif not self.required and values.count(None) == len(values):
             return list(values)
-        return slow(values)
+        return self.slow(values)
 
-    def accept(s: str) -> Any:
+    def accept(self, s: str) -> Any:
         try:
             f = float(s)
         except ValueError:
             return BAD
         # NaN fails both comparisons; inf and -inf fail one of them
-        return f if low <= f <= high and _NINF < f < _INF else BAD
+        return f if self.low <= f <= self.high and _NINF < f < _INF else BAD
 
-    def slow(values: list[Any]) -> list[Any]:
-        return _per_value(values, required, accept)
+    def slow(self, values: list[Any]) -> list[Any]:
+        return _per_value(values, self.required, self.accept)
 
-    return rule
+
+def _number(
+    required: bool, minimum: float | None = None, maximum: float | None = None
+) -> Callable[[list[Any]], list[Any]]:
+    return _Number(required, minimum, maximum)
 
 
 _IN_UTC = methodcaller("astimezone", UTC)
 _ZONE = attrgetter("tzinfo")
 
 
-def _timestamp(required: bool) -> Callable[[list[Any]], list[Any]]:
-    fromisoformat = datetime.fromisoformat
+class _Timestamp:
+    """An aware ISO 8601 time -> the same instant in UTC. A class rather than a closure so
+    that the batch can tell its time columns (see `utc_texts`)."""
 
-    def rule(values: list[Any]) -> list[Any]:
+    def __init__(self, required: bool):
+        self.required = required
+
+    def __call__(self, values: list[Any]) -> list[Any]:
         if values and _all_str(values):
             try:
-                times = list(map(fromisoformat, map(str.strip, values)))
+                times = list(map(datetime.fromisoformat, map(str.strip, values)))
             except ValueError:
-                return slow(values)
-            if None not in map(_ZONE, times):
+                return self.slow(values)
+            zones = set(map(_ZONE, times))
+            if len(zones) == 1 and next(iter(zones)) is UTC:
+                return times  # already in UTC (``Z`` or ``+00:00``): no copy per value
+            if None not in zones:
                 return list(map(_IN_UTC, times))
-        return slow(values)
+        return self.slow(values)
 
-    def accept(s: str) -> Any:
-        try:
-            t = fromisoformat(s)
-        except ValueError:
-            return BAD
-        return BAD if t.tzinfo is None else t.astimezone(UTC)
+    def slow(self, values: list[Any]) -> list[Any]:
+        return _per_value(values, self.required, _one_time)
 
-    def slow(values: list[Any]) -> list[Any]:
-        return _per_value(values, required, accept)
 
-    return rule
+def _one_time(s: str) -> Any:
+    try:
+        t = datetime.fromisoformat(s)
+    except ValueError:
+        return BAD
+    return BAD if t.tzinfo is None else t.astimezone(UTC)
+
+
+def _timestamp(required: bool) -> Callable[[list[Any]], list[Any]]:
+    return _Timestamp(required)
 
 
 def _code(d: DataDictionary, element: str, required: bool) -> Callable[[list[Any]], list[Any]]:
@@ -175,10 +195,17 @@ def _code(d: DataDictionary, element: str, required: bool) -> Callable[[list[Any
                 memo[s] = found
         return found
 
+    if not required:
+        memo[""] = None  # empty: absent
+
     def rule(values: list[Any]) -> list[Any]:
         if values and _all_str(values):
             stripped = list(map(str.strip, values))
             if all(stripped) or not required:
+                # every spelling met before (the common case): one C-level pass
+                found = list(map(memo.get, stripped, repeat(_UNSEEN)))
+                if _UNSEEN not in found:
+                    return found
                 return [lookup(s) if s else None for s in stripped]
         elif not required and values.count(None) == len(values):
             return list(values)
@@ -388,6 +415,12 @@ class BatchResult:
     #: the good rows column by column, when every row of the batch was decided in bulk
     #: (the drivers' encoders work a column at a time and need no row tuples)
     column_values: list[list[Any]] | None = None
+    #: with ``column_values``: for a time column delivered in plain UTC text, its values
+    #: as UTC text ``YYYY-MM-DD HH:MM:SS.ffffff`` (by index in ``columns``; `utc_texts`)
+    time_texts: dict[int, list[str]] = field(default_factory=dict)
+    #: with ``column_values``: for a number column delivered as plain decimals, those
+    #: texts (by index in ``columns``; `decimal_texts`)
+    number_texts: dict[int, list[str]] = field(default_factory=dict)
     _rows: list[tuple[Any, ...]] | None = field(default=None, repr=False)
 
     @property
@@ -405,7 +438,17 @@ class BatchResult:
 class BatchValidator:
     """Validates batches of one kind; keeps its code memos across the batches of an ingest."""
 
-    def __init__(self, kind: str, d: DataDictionary, columns: Sequence[str]):
+    def __init__(
+        self,
+        kind: str,
+        d: DataDictionary,
+        columns: Sequence[str],
+        *,
+        number_texts: bool = True,
+    ):
+        """``number_texts``: whether a batch hands over its number columns' delivered
+        decimal texts (`decimal_texts`; only PostgreSQL's COPY uses them)."""
+        self.number_texts = number_texts
         self.kind = kind
         self.dictionary = d
         self.columns = tuple(columns)
@@ -430,10 +473,8 @@ class BatchValidator:
                 if row.__class__ is dict and allowed.issuperset(row):
                     rows.append(row)
                     index.append(i)
-            computed = {
-                name: rule(list(map(dict.get, rows, repeat(name))))
-                for name, rule in spec.rules.items()
-            }
+            delivered = {name: list(map(dict.get, rows, repeat(name))) for name in spec.rules}
+            computed = {name: rule(delivered[name]) for name, rule in spec.rules.items()}
             finish = spec.finish
             ok = [True] * len(rows)
             for values in computed.values():
@@ -445,6 +486,16 @@ class BatchValidator:
                 finish(computed, ok)
             if len(rows) == n and all(ok):  # the common case: every row decided in bulk
                 result.column_values = [computed[c] for c in self.columns]
+                for i, c in enumerate(self.columns):
+                    rule = spec.rules[c]
+                    if isinstance(rule, _Timestamp):
+                        texts = utc_texts(delivered[c])
+                        if texts is not None:
+                            result.time_texts[i] = texts
+                    elif self.number_texts and isinstance(rule, _Number):
+                        texts = decimal_texts(delivered[c])
+                        if texts is not None:
+                            result.number_texts[i] = texts
                 result.lines = [line for line, _ in items]
                 return result  # row tuples only when asked for (BatchResult.rows)
             good = list(zip(*(computed[c] for c in self.columns), strict=True)) if rows else []

@@ -19,10 +19,11 @@ is written. Rows keep their order either way, so ids are assigned in line order.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from operator import itemgetter, methodcaller
+from itertools import chain, repeat
+from operator import add, itemgetter, methodcaller
 from typing import Any
 
 from sqlalchemy import Connection, DateTime, Table
@@ -67,23 +68,38 @@ class BulkInserter:
         """The driver's form of ``rows`` (values in ``self.columns`` order; ``columns``,
         when given, the same values column by column): pure, no database touched, so the
         store can make it for the next batch while this one is being written."""
-        if self.dialect == "postgresql":
-            return Prepared(rows, copy_text(rows, columns) if rows else "")
-        if self.times and self.dialect == "sqlite" and rows:
-            return Prepared(_times_as_text(rows, self.times, columns))
-        return Prepared(rows)
+        if not rows:
+            return Prepared()
+        given = columns if columns is not None else list(zip(*rows, strict=True))
+        return self.prepare_columns([list(c) for c in given])
 
-    def prepare_columns(self, columns: Sequence[Sequence[Any]]) -> Prepared:
-        """``prepare`` of rows given only column by column (a batch validated in bulk):
-        the row tuples the driver takes are built once, here."""
+    def prepare_columns(
+        self,
+        columns: Sequence[list[Any]],
+        time_texts: Mapping[int, list[str]] | None = None,
+        number_texts: Mapping[int, list[str]] | None = None,
+    ) -> Prepared:
+        """``prepare`` of rows given column by column (a batch validated in bulk: no row
+        tuples are made at all; the driver takes them from ``Prepared.rows``, one at a
+        time). ``time_texts``: for some time columns (by index), their values already as
+        UTC text ``YYYY-MM-DD HH:MM:SS.ffffff`` (`bulk_insert_texts.utc_texts`), used instead
+        of formatting each datetime again; ``number_texts``: for some float columns, the
+        plain decimal texts they were read from (`bulk_insert_texts.decimal_texts`), which
+        COPY sends instead of each float's ``repr`` (PostgreSQL reads the same double)."""
         if not columns or not columns[0]:
-            return Prepared([])
-        if self.times and self.dialect == "sqlite":
-            return Prepared(_times_as_text((), self.times, columns))
-        rows = list(zip(*columns, strict=True))
+            return Prepared()
+        texts = {i: t for i, t in (time_texts or {}).items() if i in self.times}
         if self.dialect == "postgresql":
-            return Prepared(rows, copy_text(rows, columns))
-        return Prepared(rows)
+            given = list(columns)
+            for i, t in texts.items():  # with the zone: what `_encode_column` makes of UTC
+                given[i] = list(map(add, t, repeat("+00:00")))
+            for i, t in (number_texts or {}).items():
+                if i not in self.times and len(t) == len(columns[i]):
+                    given[i] = t
+            return Prepared(columns, copy_text((), given))
+        if self.times and self.dialect == "sqlite":
+            return Prepared(_times_as_text(self.times, columns, texts))
+        return Prepared(columns)
 
     def insert(
         self,
@@ -104,46 +120,75 @@ class BulkInserter:
         """Insert prepared rows in the caller's transaction; returns the rows inserted.
         ``waiting`` is called once the rows are sent and the database is still working on
         them (PostgreSQL: before the COPY's end is awaited), if there is such a moment."""
-        if not prepared.rows:
+        if not prepared.count:
             return 0
+        return self.write_chunks(connection, (prepared,), waiting)
+
+    def write_chunks(
+        self,
+        connection: Connection,
+        chunks: Iterable[Prepared],
+        waiting: Callable[[], None] | None = None,
+    ) -> int:
+        """``write`` of a batch given in chunks, taken from ``chunks`` one at a time. On
+        PostgreSQL they go into one COPY: each is sent before the next is taken, so a
+        generator that validates a chunk when asked does so while the server inserts the
+        one before it (two processes, two cores; see bench/PROFILE-ingest.md, round 4)."""
         if self.dialect == "postgresql":
-            return self._copy(connection, prepared, waiting)
+            return self._copy(connection, chunks, waiting)
+        inserted = 0
         cursor = connection.connection.driver_connection.cursor()  # type: ignore[union-attr]
         try:
-            cursor.executemany(self.insert_sql, prepared.rows)
-            return int(cursor.rowcount)
+            for prepared in chunks:
+                if prepared.count:
+                    # one row tuple at a time, from the columns: sqlite3 lets each go
+                    # before it takes the next, so ``zip`` reuses one tuple instead of
+                    # allocating a batch of them (10,000 GC-tracked tuples cost a tenth
+                    # of a 10,000-row ingest)
+                    cursor.executemany(self.insert_sql, prepared.rows())
+                    inserted += int(cursor.rowcount)
+            return inserted
         finally:
             cursor.close()
 
     def _copy(
-        self, connection: Connection, prepared: Prepared, waiting: Callable[[], None] | None
+        self,
+        connection: Connection,
+        chunks: Iterable[Prepared],
+        waiting: Callable[[], None] | None,
     ) -> int:
         import psycopg
 
         raw = connection.connection.driver_connection
         assert isinstance(raw, psycopg.Connection)
-        rows = prepared.rows
+        sent: list[Prepared] = []  # kept for the temporary table, should a key be stored
+        pending = iter(chunks)
         with raw.cursor() as cursor:
             cursor.execute("SAVEPOINT qdspace_copy")
             try:
                 with cursor.copy(self.copy_sql) as copy:
-                    if prepared.text is not None:
-                        copy.write(prepared.text)
-                    else:
-                        write = copy.write_row
-                        for row in rows:
-                            write(row)
+                    for prepared in pending:
+                        sent.append(prepared)
+                        if prepared.text is not None:
+                            if prepared.text:
+                                copy.write(prepared.text)
+                        else:
+                            write = copy.write_row
+                            for row in prepared.rows():
+                                write(row)
                     if waiting is not None:
                         waiting()  # the server still inserts what it was sent
             except psycopg.errors.UniqueViolation:
                 cursor.execute("ROLLBACK TO SAVEPOINT qdspace_copy")
+                sent.extend(pending)  # chunks not taken yet, should the refusal come early
             else:
                 cursor.execute("RELEASE SAVEPOINT qdspace_copy")
-                return len(rows)
+                return sum(p.count for p in sent)
             # some natural keys are stored already: through a temporary table
             cursor.execute(self.temp_sql)
             cursor.execute(f"ALTER TABLE {self.temp} ADD COLUMN IF NOT EXISTS qdspace_line bigint")
             cursor.execute(f"TRUNCATE {self.temp}")
+            rows = chain.from_iterable(p.rows() for p in sent)
             numbered = [(*row, i) for i, row in enumerate(rows)]
             encoded = copy_text(numbered)
             with cursor.copy(self.temp_copy_sql) as copy:
@@ -159,12 +204,21 @@ class BulkInserter:
 
 @dataclass(frozen=True)
 class Prepared:
-    """A batch in the form its driver takes: on SQLite the parameter tuples (times as
-    text), on PostgreSQL the rows and their COPY text (None: a type the text encoder
-    does not know, so the rows go by psycopg's ``write_row``)."""
+    """A batch in the form its driver takes, column by column: on SQLite the parameter
+    values (times as text), on PostgreSQL the values and their COPY text (None: a type
+    the text encoder does not know, so the rows go by psycopg's ``write_row``)."""
 
-    rows: Sequence[tuple[Any, ...]]
+    columns: Sequence[Sequence[Any]] = ()
     text: str | None = None
+
+    @property
+    def count(self) -> int:
+        """Rows in the batch."""
+        return len(self.columns[0]) if self.columns else 0
+
+    def rows(self) -> Iterator[tuple[Any, ...]]:
+        """The rows as tuples in column order, made one at a time."""
+        return zip(*self.columns, strict=True)
 
 
 def _is_datetime(column_type: Any) -> bool:
@@ -191,25 +245,29 @@ def _sqlite_time_text(column: Sequence[datetime]) -> list[str]:
 
 
 def _times_as_text(
-    rows: Sequence[tuple[Any, ...]],
     times: list[int],
-    given: Sequence[Sequence[Any]] | None = None,
-) -> list[tuple[Any, ...]]:
-    """Datetimes as SQLAlchemy writes them on SQLite, once per column rather than
-    through a bind processor per value. Not ``isoformat(" ")``, which sqlite3's own
-    adapter writes: ``...14:00:00+00:00`` sorts before a bound's ``...14:00:00.000000``
-    and put a row stamped at a window's lower bound outside it (0010_sqlite_time_text
-    rewrote what was stored that way)."""
-    columns: list[Any] = list(given) if given is not None else list(zip(*rows, strict=True))
+    given: Sequence[list[Any]],
+    texts: Mapping[int, list[str]] | None = None,
+) -> list[list[Any]]:
+    """The columns with their datetimes as SQLAlchemy writes them on SQLite, once per
+    column rather than through a bind processor per value (``texts``: columns already
+    so, by index). Not ``isoformat(" ")``, which sqlite3's own adapter writes:
+    ``...14:00:00+00:00`` sorts before a bound's ``...14:00:00.000000`` and put a row
+    stamped at a window's lower bound outside it (0010_sqlite_time_text rewrote what was
+    stored that way)."""
+    columns = list(given)
     for i in times:
+        if texts and i in texts:
+            columns[i] = texts[i]
+            continue
         column = columns[i]
         if None in column:
             present = [v for v in column if v is not None]
-            texts = iter(_sqlite_time_text(present))
-            columns[i] = [None if v is None else next(texts) for v in column]
+            made = iter(_sqlite_time_text(present))
+            columns[i] = [None if v is None else next(made) for v in column]
         else:
             columns[i] = _sqlite_time_text(column)
-    return list(zip(*columns, strict=True))
+    return columns
 
 
 # -- COPY text, a column at a time ----------------------------------------------------------
@@ -252,7 +310,7 @@ def _encode_column(column: Sequence[Any]) -> list[str] | None:
     elif kind is datetime:
         if any(v.tzinfo is None for v in present):
             return None  # a naive time would be read in the session's zone
-        encode = datetime.isoformat
+        encode = _ISO_US  # with its offset; microseconds always, as a time taken as text
     else:
         return None
     if len(present) == len(column):
@@ -266,11 +324,13 @@ def copy_text(
     rows: Sequence[tuple[Any, ...]], columns: Sequence[Sequence[Any]] | None = None
 ) -> str | None:
     """``rows`` in COPY's text format, or None when a column holds a type not encoded here;
-    ``columns``, when given, holds the same values column by column (not taken apart again)."""
-    if not rows:
+    ``columns``, when given, holds the same values column by column (``rows`` then unused)."""
+    if columns is None:
+        columns = list(zip(*rows, strict=True))
+    if not columns or not columns[0]:
         return ""
     encoded = []
-    for column in columns if columns is not None else zip(*rows, strict=True):
+    for column in columns:
         values = _encode_column(column)
         if values is None:
             return None

@@ -12,7 +12,7 @@ is stored with different content is a correction, stored as a new version
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import UTC, datetime
 from functools import cache
@@ -203,8 +203,11 @@ class QualityStore:
 
         A batch is validated column by column (`connector.batch_validate`, which hands
         any doubtful row to `parse_row`) and its good rows go in by one bulk statement
-        (`connector.bulk_insert`: executemany on SQLite, COPY on PostgreSQL); while the
-        database works on one batch, a worker thread reads and validates the next (so
+        (`connector.bulk_insert`: executemany on SQLite, COPY on PostgreSQL; there the
+        batch is validated ``STREAM_CHUNK_ROWS`` rows at a time inside its COPY, each
+        chunk sent before the next is validated, so the server inserts while this
+        process validates; the batch is still one transaction). While the database
+        works on one batch, a worker thread reads (SQLite: and validates) the next (so
         ``rows`` is iterated from that thread after the first batch, never from two
         threads at once: a generator over a file or a list is fine). A line
         given as ``(field, reason)`` instead of a row is reported as it is. A database
@@ -216,46 +219,53 @@ class QualityStore:
             raise ValueError("batch_size must be >= 1")
         report = IngestReport(kind=kind, source=source)
         inserter = self._inserter(kind)
-        validator = BatchValidator(kind, self.dictionary, inserter.columns)
+        validator = BatchValidator(
+            kind, self.dictionary, inserter.columns, number_texts=self.backend == "postgresql"
+        )
         source_rows = iter(rows)
 
-        def next_batch() -> tuple[BatchResult, Prepared, int]:
-            """The next ``batch_size`` delivered rows, validated and in the driver's form."""
+        # PostgreSQL: a batch is validated a chunk at a time inside its COPY, each chunk
+        # sent before the next is validated, so the server inserts while this process
+        # validates (see `_chunks`); SQLite's executemany runs in this process,
+        # so there a batch is validated whole, ahead, by the worker below.
+        streamed = self.backend == "postgresql"
+
+        def next_batch() -> tuple[list[Item], _Ready | None]:
+            """The next ``batch_size`` delivered rows; validated and in the driver's form
+            unless they are to be validated as they are streamed."""
             items = list(islice(source_rows, batch_size))
-            if not items:
-                return BatchResult(validator.columns), Prepared([]), 0
-            batch = validator.validate(items)
-            if batch.column_values is not None:  # no row tuples but the driver's own
-                return batch, inserter.prepare_columns(batch.column_values), len(items)
-            return batch, inserter.prepare(batch.rows), len(items)
+            if streamed or not items:
+                return items, None
+            return items, _validated(validator, inserter, items)
 
         done = 0
-        batch, prepared, count = next_batch()
-        if count < batch_size:  # the source is spent: one batch, nothing to overlap
-            done = count
-            if count:
-                self._flush(kind, batch, prepared, inserter, report, _nothing)
+        items, ready = next_batch()
+        if len(items) < batch_size:  # the source is spent: one batch, nothing to overlap
+            done = len(items)
+            if items:
+                self._flush(kind, items, ready, validator, inserter, report, _nothing)
         else:
-            # More may follow: the next batch is read, validated and encoded by a worker
-            # thread while the database works on this one. The worker is started only
-            # where this thread then waits in one long call with the GIL released (the
-            # end of a COPY, a commit): sqlite3's executemany and psycopg's COPY writes
-            # give the GIL up and take it back per row or chunk, and would queue behind a
-            # busy worker (see bench/PROFILE-ingest.md, round 2). Batches are still
-            # written one at a time, in delivery order, each in its own transaction; a
-            # batch is written as soon as it is validated, never held back for the next
-            # one to arrive. Only the worker touches the source and the validator until
-            # it hands its batch over.
+            # More may follow: the next batch is read (SQLite: and validated and encoded)
+            # by a worker thread while the database works on this one. The worker is
+            # started only where this thread then waits in one long call with the GIL
+            # released (the end of a COPY, a commit): sqlite3's executemany and psycopg's
+            # COPY writes give the GIL up and take it back per row or chunk, and would
+            # queue behind a busy worker (see bench/PROFILE-ingest.md, round 2). Batches
+            # are still written one at a time, in delivery order, each in its own
+            # transaction; a batch is written as soon as it is read, never held back for
+            # the next one to arrive. Only the worker touches the source and the
+            # validator until it hands its batch over.
             with ThreadPoolExecutor(1, thread_name_prefix="qdspace-ingest") as worker:
-                while count:
-                    ahead = _Ahead(worker, next_batch if count == batch_size else None)
-                    self._flush(kind, batch, prepared, inserter, report, ahead.start)
-                    done += count
+                while items:
+                    more = len(items) == batch_size
+                    ahead = _Ahead(worker, next_batch if more else None)
+                    self._flush(kind, items, ready, validator, inserter, report, ahead.start)
+                    done += len(items)
                     if ahead.future is None:
                         break
                     if on_progress is not None:
                         on_progress(done)
-                    batch, prepared, count = ahead.future.result()
+                    items, ready = ahead.future.result()
         if on_progress is not None:
             on_progress(done)
         return report
@@ -263,46 +273,58 @@ class QualityStore:
     def _flush(
         self,
         kind: str,
-        batch: BatchResult,
-        prepared: Prepared,
+        items: list[Item],
+        ready: _Ready | None,
+        validator: BatchValidator,
         inserter: BulkInserter,
         report: IngestReport,
         start_next: Callable[[], None],
     ) -> None:
-        """Write one validated batch in a transaction of its own; ``start_next`` is called
-        (once, when the database is about to work without us) to start on the next."""
-        report.rejected.extend(RowError(report.source, *e) for e in batch.errors)
-        lines = batch.lines  # one per good row
-        if not lines:
-            start_next()
-            return
+        """Write one batch of delivered rows in a transaction of its own (``ready``: the
+        batch validated and prepared already; None: validated chunk by chunk as it is
+        sent); ``start_next`` is called (once, when the database is about to work
+        without us) to start on the next."""
+        results: list[BatchResult] = []
+        if ready is not None:
+            results.append(ready[0])
+            if not ready[0].lines:
+                report.rejected.extend(RowError(report.source, *e) for e in ready[0].errors)
+                start_next()
+                return
+            chunks: Iterable[Prepared] = (ready[1],)
+        else:
+            chunks = _chunks(validator, inserter, items, results)
         dbapi_error = self.engine.dialect.loaded_dbapi.Error
         try:
             with self.engine.begin() as connection:
                 serialize_writes(connection)  # ids become visible in order (watermarks)
                 # straight to the driver (executemany on SQLite, COPY on PostgreSQL): the
-                # rows are validated already, and SQLAlchemy's per-row machinery would
-                # double the cost
-                inserted = inserter.write(connection, prepared, start_next)
+                # rows are validated (on PostgreSQL a chunk at a time as they are sent),
+                # and SQLAlchemy's per-row machinery would double the cost
+                inserted = inserter.write_chunks(connection, chunks, start_next)
+                good = sum(len(b.lines) for b in results)
                 corrected = 0
-                if inserted < len(lines):  # some natural keys are stored: corrections?
+                if inserted < good:  # some natural keys are stored: corrections?
                     columns = inserter.columns
                     corrected = correct_rows(
                         connection,
                         kind,
-                        [dict(zip(columns, r, strict=True)) for r in batch.rows],
+                        [dict(zip(columns, r, strict=True)) for b in results for r in b.rows],
                     )
                 start_next()  # before the commit (and on SQLite its checkpoint)
         except (SQLAlchemyError, dbapi_error) as exc:
             orig = getattr(exc, "orig", None)
             reason = str(orig) if orig is not None else str(exc)
+            lines = [line for b in results for line in b.lines] or [i[0] for i in items]
             raise StorageError(
                 f"{report.source}: lines {lines[0]}-{lines[-1]} of {kind} not stored "
                 f"(earlier batches are committed: {report.accepted} rows): {reason}"
             ) from exc
+        for b in results:
+            report.rejected.extend(RowError(report.source, *e) for e in b.errors)
         report.accepted += inserted
         report.corrected += corrected
-        report.duplicates += len(lines) - inserted - corrected
+        report.duplicates += good - inserted - corrected
 
     def _inserter(self, kind: str) -> BulkInserter:
         """The prebuilt bulk statements of ``kind`` on this database (made once)."""
@@ -340,17 +362,51 @@ def _nothing() -> None:
     """No next batch to start."""
 
 
+Item = tuple[int, Mapping[str, Any] | tuple[str, str]]
+#: a batch validated, and in its driver's form
+_Ready = tuple[BatchResult, Prepared]
+
+#: rows validated at a time inside a streamed (PostgreSQL) batch: small enough that the
+#: server is soon at work on the first and has little left after the last, large enough
+#: that the per-chunk work (13 column passes, one COPY message) is noise
+STREAM_CHUNK_ROWS = 2000
+
+
+def _validated(validator: BatchValidator, inserter: BulkInserter, items: list[Item]) -> _Ready:
+    """``items`` validated, the good rows in the driver's form."""
+    batch = validator.validate(items)
+    if batch.column_values is not None:  # no row tuples but the driver's own
+        return batch, inserter.prepare_columns(
+            batch.column_values, batch.time_texts, batch.number_texts
+        )
+    return batch, inserter.prepare(batch.rows)
+
+
+def _chunks(
+    validator: BatchValidator,
+    inserter: BulkInserter,
+    items: list[Item],
+    results: list[BatchResult],
+) -> Iterator[Prepared]:
+    """``items`` validated a chunk at a time, when asked for (each result kept in
+    ``results``): the driver sends one chunk before it asks for the next."""
+    for start in range(0, len(items), STREAM_CHUNK_ROWS):
+        batch, prepared = _validated(validator, inserter, items[start : start + STREAM_CHUNK_ROWS])
+        results.append(batch)
+        yield prepared
+
+
 class _Ahead:
     """The next batch's validation, started at most once, when the writer says so."""
 
     def __init__(
         self,
         worker: ThreadPoolExecutor,
-        job: Callable[[], tuple[BatchResult, Prepared, int]] | None,
+        job: Callable[[], tuple[list[Item], _Ready | None]] | None,
     ):
         self.worker = worker
         self.job = job
-        self.future: Future[tuple[BatchResult, Prepared, int]] | None = None
+        self.future: Future[tuple[list[Item], _Ready | None]] | None = None
 
     def start(self) -> None:
         if self.job is not None and self.future is None:

@@ -282,3 +282,78 @@ def test_a_refused_batch_stops_the_ingest_while_the_next_is_being_read(
     assert [r[0] for r in _stored(store)] == [f"EL-{40_000 + i:06d}" for i in range(200)]
     # the worker read at most the batch after the refused one, then stopped
     assert len(read) <= 600
+
+
+@pytest.fixture
+def small_chunks(monkeypatch: pytest.MonkeyPatch) -> None:
+    """PostgreSQL validates a batch a chunk at a time inside its COPY: make them 7 rows."""
+    monkeypatch.setattr("qdspace.connector.storage.STREAM_CHUNK_ROWS", 7)
+
+
+@pytest.mark.usefixtures("small_chunks")
+def test_a_batch_validated_in_chunks_counts_and_orders_as_one(store: QualityStore) -> None:
+    assert store.ingest_rows("inspection", [(i + 2, _row(i)) for i in range(50)]).accepted == 50
+    # one batch of 120 rows in 18 chunks: 40 stored unchanged, 10 corrections, 68 new,
+    # two bad rows in later chunks (the COPY meets stored keys: the temporary table)
+    rows: list[tuple[int, Any]] = [(i + 2, _row(i)) for i in range(120)]
+    for i in range(20, 30):
+        rows[i] = (i + 2, _row(i, station="EL-9"))
+    rows[100] = (102, _row(100, score="nan"))
+    rows[105] = (107, _row(105, verdict="maybe"))
+    report = store.ingest_rows("inspection", rows, source="el.csv", batch_size=1000)
+    assert (report.accepted, report.duplicates, report.corrected) == (68, 40, 10)
+    assert [str(e) for e in report.rejected] == [
+        "el.csv:102: score: expected a finite number, got 'nan'",
+        "el.csv:107: verdict: 'maybe' is not a value of verdict; one of: pass, fail",
+    ]
+    new = [i for i in range(50, 120) if i not in (100, 105)]
+    ids = [f"EL-{i:06d}" for i in (*range(20), *range(30, 50), *new, *range(20, 30))]
+    assert [r[0] for r in _stored(store)] == ids
+    # and with no stored key in it, by the plain COPY: line order, bad rows left out
+    fresh = [(i + 2, _row(1000 + i)) for i in range(30)]
+    fresh[16] = (18, _row(1016, latency_ms="-1"))
+    report = store.ingest_rows("inspection", fresh, batch_size=1000)
+    assert report.accepted == 29 and [e.line for e in report.rejected] == [18]
+    assert [r[0] for r in _stored(store)][-29:] == [
+        f"EL-{1000 + i:06d}" for i in range(30) if i != 16
+    ]
+
+
+@pytest.mark.usefixtures("small_chunks")
+def test_a_batch_refused_in_a_later_chunk_leaves_nothing_of_itself(store: QualityStore) -> None:
+    _refuse_station(store, "EL-BOOM")
+    rows = [(k + 2, _row(1000 + k)) for k in range(60)]
+    rows[45] = (47, _row(1045, station="EL-BOOM"))  # the third chunk of the second batch
+    with pytest.raises(StorageError) as caught:
+        store.ingest_rows("inspection", rows, batch_size=30)
+    assert "lines 32-61 of inspection not stored" in str(caught.value)
+    assert {r[0] for r in _stored(store)} == {f"EL-{1000 + k:06d}" for k in range(30)}
+
+
+def test_numbers_and_times_read_back_as_the_values_validated(store: QualityStore) -> None:
+    """COPY is sent plain decimals and plain UTC times as delivered (not the float's
+    ``repr`` nor the datetime's ``isoformat``): the database must hold the same double and
+    the same instant as the validator made of them."""
+    numbers = [
+        "0.1000000000000000055511151231257827",
+        "2.2250738585072014",
+        "123456789012345678901234567890",
+        "-0",
+        "007.50",
+        "5.",
+        "0.30000000000000004",
+        "4.35",
+    ]
+    times = ["2026-11-02T08:00:00Z", "2024-02-29T23:59:59Z", "1999-12-31T00:00:00Z"]
+    rows = [
+        (i + 2, _row(i, latency_ms=v, score="1", inspected_at=times[i % 3]))
+        for i, v in enumerate(numbers)
+    ]
+    assert store.ingest_rows("inspection", rows).accepted == len(numbers)
+    query = select(TABLE.c.latency_ms, TABLE.c.score, TABLE.c.inspected_at).order_by(TABLE.c.id)
+    with store.engine.connect() as connection:
+        stored = connection.execute(query).all()
+    assert [r[0] for r in stored] == [float(v) for v in numbers]
+    assert all(r[1] == 1.0 for r in stored)
+    got = [r[2].replace(tzinfo=None).isoformat() for r in stored]
+    assert got == [times[i % 3].removesuffix("Z") for i in range(len(numbers))]

@@ -219,12 +219,70 @@ def test_a_batch_decided_in_bulk_is_prepared_as_its_rows_are(kind: str, dialect:
         return
     assert got.column_values is not None and got._rows is None  # no tuples built yet
     inserter = BulkInserter(table, dialect, "qmark" if dialect == "sqlite" else "format")
-    from_columns = inserter.prepare_columns(got.column_values)
+    from_columns = inserter.prepare_columns(got.column_values, got.time_texts, got.number_texts)
     from_rows = inserter.prepare(_row_validator(kind, items)[0])
-    assert from_columns == from_rows
-    assert [[type(v) for v in r] for r in from_columns.rows] == [
-        [type(v) for v in r] for r in from_rows.rows
+    assert from_columns.columns == from_rows.columns
+    _same_copy(from_columns.text, from_rows.text, [i for i in got.number_texts])
+    assert [[type(v) for v in r] for r in from_columns.rows()] == [
+        [type(v) for v in r] for r in from_rows.rows()
     ]
+    # the times delivered as plain UTC text went by their text (`utc_texts`)
+    plain = [c for c in inserter.columns if str(GOOD[kind].get(c, "")).endswith("Z")]
+    assert sorted(got.time_texts) == sorted(inserter.columns.index(c) for c in plain)
+
+
+def _same_copy(taken: str | None, formatted: str | None, numbers: list[int]) -> None:
+    """COPY texts alike, but for number columns sent as their delivered decimal text
+    instead of the float's ``repr``: those must read as the same double."""
+    if taken is None or formatted is None:
+        assert taken == formatted
+        return
+    a = [line.split("\t") for line in taken.split("\n")]
+    b = [line.split("\t") for line in formatted.split("\n")]
+    assert len(a) == len(b)
+    for x, y in zip(a, b, strict=True):
+        for i, (u, v) in enumerate(zip(x, y, strict=True)):
+            if i in numbers:
+                assert float(u) == float(v) and str(float(u)) == v  # the same double
+            else:
+                assert u == v
+
+
+#: time columns in every form a plant may write: each is taken from the delivered text
+#: (the first three) or formatted from its datetime, and must come out the same either way
+TIME_FORMS: list[list[Any]] = [
+    ["2026-11-02T08:00:00Z", "2026-02-28T23:59:59Z", "2024-02-29T00:00:00Z"],
+    ["2026-11-02T08:00:00.123456Z", "2026-11-02T08:00:00.000000Z", "1999-12-31T23:59:59.999999Z"],
+    ["  2026-11-02T08:00:00Z ", "2026-11-02T08:00:01Z\t", "\n2026-11-02T08:00:02Z"],
+    ["2026-11-02T08:00:00Z", "2026-11-02T08:00:00.5Z", "2026-11-02T08:00:00.123456Z"],
+    ["2026-11-02T08:00:00+00:00", "2026-11-02T08:00:00Z", "2026-11-02T08:00:00Z"],
+    ["2026-11-02T09:00:00+01:00", "2026-11-02T08:00:00-00:30", "2026-11-02T08:00:00Z"],
+    ["2026-11-02 08:00:00Z", "2026-11-02T08:00Z", "20261102T080000Z"],
+    ["2026-11-02T08:00:00z", "2026-11-02t08:00:00Z", "2026-11-02T08:00:00.123Z"],
+    ["2026-W45-1T08:00:00Z", "2026-306T08:00:00Z", "2026-11-02T08:00:00Z"],
+    ["\u0662026-11-02T08:00:00Z", "2026-11-02T08:00:00Z", "2026-11-02T08:00:00Z"],
+]
+
+
+@pytest.mark.parametrize("dialect", ["sqlite", "postgresql"])
+@pytest.mark.parametrize("forms", TIME_FORMS)
+def test_times_taken_from_their_text_are_prepared_as_formatted_ones(
+    forms: list[Any], dialect: str
+) -> None:
+    items = [
+        (i + 2, {**GOOD["calibration"], "certificate_id": f"CAL-{i}", "valid_from": t})
+        for i, t in enumerate(forms)
+    ]
+    table = TABLES["calibration"].__table__
+    got = BatchValidator("calibration", D, insert_columns(table)).validate(items)
+    _same("calibration", items)
+    if got.column_values is None:
+        return  # some value refused: decided row by row, nothing taken from text
+    inserter = BulkInserter(table, dialect, "qmark" if dialect == "sqlite" else "format")
+    from_columns = inserter.prepare_columns(got.column_values, got.time_texts, got.number_texts)
+    assert from_columns == inserter.prepare(_row_validator("calibration", items)[0])
+    taken = inserter.columns.index("valid_from") in got.time_texts
+    assert taken == (forms in TIME_FORMS[:3])
 
 
 @pytest.mark.parametrize("kind", sorted(GOOD))
@@ -326,3 +384,35 @@ def test_a_whole_column_of_one_hostile_value_is_decided_alike(kind: str) -> None
                 row[name] = value
                 items.append((i + 2, row))
             _same(kind, items)
+
+
+#: number columns as a plant may write them: sent by their delivered text only when it
+#: is a plain decimal (the first two), else by the float's ``repr``
+NUMBER_FORMS: list[list[str]] = [
+    ["4.2", "0", "-0", "+17", "007.50", "5.", "123456789012345678901234567890"],
+    ["0.1000000000000000055511151231257827", "2.2250738585072014", " 3.5 "],
+    ["4.2", "1e3", "1"],
+    ["4.2", "1e-400", "1"],
+    ["4.2", "1_000", "1"],
+    ["4.2", ".5", "1"],
+    ["4.2", "\u0663", "1"],
+    ["4.2", "", "1"],
+]
+
+
+@pytest.mark.parametrize("forms", NUMBER_FORMS)
+def test_numbers_taken_from_their_text_are_the_same_doubles(forms: list[str]) -> None:
+    items = [
+        (i + 2, {**GOOD["inspection"], "inspection_id": f"EL-{i}", "latency_ms": v})
+        for i, v in enumerate(forms)
+    ]
+    table = TABLES["inspection"].__table__
+    got = BatchValidator("inspection", D, insert_columns(table)).validate(items)
+    _same("inspection", items)
+    assert got.column_values is not None
+    inserter = BulkInserter(table, "postgresql", "format")
+    at = inserter.columns.index("latency_ms")
+    assert (at in got.number_texts) == (forms in NUMBER_FORMS[:2])
+    taken = inserter.prepare_columns(got.column_values, got.time_texts, got.number_texts)
+    formatted = inserter.prepare(_row_validator("inspection", items)[0])
+    _same_copy(taken.text, formatted.text, [at] if at in got.number_texts else [])
