@@ -105,7 +105,10 @@ def create_store_engine(url: str) -> Engine:
             raise StorageError(
                 f"cannot open database {database}: directory {Path(database).parent} does not exist"
             )
-        engine = create_engine(url, connect_args={"timeout": 30})
+        # LIFO: back-to-back transactions take the connection just returned, whose page
+        # cache is warm (each SQLite connection keeps its own); FIFO rotated through them
+        lifo = {"pool_use_lifo": True} if database and database != ":memory:" else {}
+        engine = create_engine(url, connect_args={"timeout": 30}, **lifo)
         event.listen(engine, "connect", _sqlite_pragmas)
         return engine
     try:
