@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -67,7 +67,6 @@ from qdspace.connector.transfer_wire import Checkpoint, row_bytes, tombstone_byt
 from qdspace.policies.canonical import canonical_json
 from qdspace.policies.model import OfferTerms, Policy, make_offer
 from qdspace.policies.retention import DutyStatus, ReceiptMismatchError
-from tests.unit.connector.conftest import PG_URL, postgres_schema
 
 T0 = datetime(2026, 5, 1, tzinfo=UTC)
 KEK = bytes(range(32))
@@ -519,17 +518,17 @@ def test_a_page_index_keeps_any_record_key_whether_its_seqs_run_on_or_not(
     assert (store.last_received_seq("sub-1"), store.last_received_seq("sub-2")) == (14, 32)
 
 
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-def bare_engine(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Engine]:
+@pytest.fixture
+def bare_engine(
+    db_backend: str, tmp_path: Path, postgres_schema: Callable[[str], Engine]
+) -> Iterator[Engine]:
     """An empty database, no schema made: SQLite, or a new PostgreSQL schema."""
-    if request.param == "sqlite":
+    if db_backend == "sqlite":
         created = create_engine(f"sqlite:///{tmp_path / 'old.db'}")
         yield created
         created.dispose()
         return
-    if PG_URL is None:
-        pytest.skip("QDSPACE_TEST_PG_URL not set")
-    yield from postgres_schema("contract")
+    yield postgres_schema("contract")
 
 
 def test_rows_stored_under_0010_read_and_keep_their_cursor_after_0011(
