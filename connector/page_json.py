@@ -85,12 +85,14 @@ def json_values(values: Sequence[Any]) -> JsonColumn:
     empty. Raises `orjson.JSONEncodeError` for a value without a JSON form."""
     n = len(values)
     first = values[0]
-    # equal str or None values have equal JSON (a number would not: 0 == 0.0 == -0.0)
-    if (first is None or type(first) is str) and values.count(first) == n:
+    # equal str or None values have equal JSON (a number would not: 0 == 0.0 == -0.0),
+    # and values that differ from a str or None have other JSON
+    text = first is None or type(first) is str
+    if text and values.count(first) == n:
         return orjson.dumps(first)
     inner = orjson.dumps(values)[1:-1]  # a list or a tuple: [v,v,...]
     parts = inner.split(b",") if inner.count(b",") == n - 1 else list(map(orjson.dumps, values))
-    return parts[0] if parts.count(parts[0]) == n else parts
+    return parts[0] if not text and parts.count(parts[0]) == n else parts
 
 
 _DIGITS = (48, 57)  # "0", "9"
