@@ -4,7 +4,8 @@ The rows of a transfer page all have the same keys (the record envelope, then th
 granted fields, sorted), so a row's bytes are a fixed template with one JSON value per
 column in its holes: ``{"@key":"rec_`` key ``","@v":`` version ``,"batch_id":`` ...
 ``}``. `PageJson` holds that template; `PageJson.join` fills it for a whole page in C
-(`zip` over the columns, one `bytes.join`), from columns of ready JSON values:
+(the columns laid out by strided slice assignment, one `bytes.join`), from columns of
+ready JSON values:
 
 * `json_values` writes a column with one `orjson.dumps` of the column: the array's
   items are split at its commas when it holds exactly one comma per gap (no value has
@@ -27,7 +28,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import UTC, datetime
-from itertools import chain, repeat
 from typing import Any
 
 import orjson
@@ -155,20 +155,22 @@ class PageJson:
         ]
 
     def join(self, columns: Sequence[JsonColumn], n: int) -> bytes:
-        """The rows' bytes joined by newlines, from one `JsonColumn` per name; at least
-        one column holds a value per row, and each such column holds `n`."""
+        """The rows' bytes joined by newlines, from one `JsonColumn` per name; a column
+        of values holds `n` of them."""
         literal = b""
-        pieces: list[Any] = []
+        pieces: list[bytes | list[bytes]] = []  # per row: hole, value, hole, value, ..., end
         for hole, column in zip(self._holes, columns, strict=True):
             if isinstance(column, bytes):  # the same in every row: part of the template
                 literal += hole + column
                 continue
             if len(column) != n:
                 raise ViewError(f"a page column holds {len(column)} values for {n} rows")
-            pieces += (repeat(literal + hole), column)
+            pieces += (literal + hole, column)
             literal = b""
-        if not pieces:  # every column the same: n copies of one row
-            return b"\n".join(repeat(literal + b"}", n))
-        pieces.append(repeat(literal + b"}\n"))
-        # the repeats are endless: the columns (n values each) end the rows
-        return b"".join(chain.from_iterable(zip(*pieces, strict=False)))[:-1]
+        pieces.append(literal + b"}\n")
+        # the page's pieces in row order, laid out by strided slices (in C), one join
+        k = len(pieces)
+        out: list[bytes] = [b""] * (k * n)
+        for at, piece in enumerate(pieces):
+            out[at::k] = [piece] * n if isinstance(piece, bytes) else piece
+        return b"".join(out)[:-1]
