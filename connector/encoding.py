@@ -4,8 +4,9 @@ The transfer path reads and releases whole pages: the database returns only the
 columns the agreement grants (plus the order key) of rows in the order scope (a WHERE
 clause), as raw driver tuples (`paging.read_pages`); the page is then checked and
 transformed column by column (order scope again, timestamps to their canonical text,
-pseudonyms, finite floats) and encoded as JSON lines (`PageEncoder`). Enforcement
-happens before encoding, and only the granted columns are ever encoded.
+pseudonyms, finite floats) and encoded as JSON lines (`PageEncoder`), column by column
+into a template of the row (`page_json`). Enforcement happens before encoding, and only
+the granted columns are ever encoded.
 `stream_batches` turns the pages into a transfer's batches with the advanced process;
 `live_page` is the live stream's provider side.
 
@@ -16,9 +17,9 @@ stream, unlinkable between agreements) and its version; a withdrawn record leave
 a tombstone, and only if the row itself would have passed the gate.
 
 Why separate: this is the hot path of a transfer, written for speed (a page at a time,
-one JSON call per page, cached pseudonyms), and its correctness rests on agreeing with
-the row-at-a-time gate (`release_gate`) and on giving the same bytes and record keys
-whichever way a record leaves.
+one JSON call per column, no dict per row, cached pseudonyms), and its correctness
+rests on agreeing with the row-at-a-time gate (`release_gate`) and on giving the same
+bytes and record keys whichever way a record leaves.
 """
 
 from __future__ import annotations
