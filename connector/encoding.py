@@ -4,8 +4,9 @@ The transfer path reads and releases whole pages: the database returns only the
 columns the agreement grants (plus the order key) of rows in the order scope (a WHERE
 clause), as raw driver tuples (`paging.read_pages`); the page is then checked and
 transformed column by column (order scope again, timestamps to their canonical text,
-pseudonyms, finite floats) and encoded as JSON lines (`PageEncoder`). Enforcement
-happens before encoding, and only the granted columns are ever encoded.
+pseudonyms, finite floats) and encoded as JSON lines (`PageEncoder`), column by column
+into a template of the row (`page_json`). Enforcement happens before encoding, and only
+the granted columns are ever encoded.
 `stream_batches` turns the pages into a transfer's batches with the advanced process;
 `live_page` is the live stream's provider side.
 
@@ -16,9 +17,9 @@ stream, unlinkable between agreements) and its version; a withdrawn record leave
 a tombstone, and only if the row itself would have passed the gate.
 
 Why separate: this is the hot path of a transfer, written for speed (a page at a time,
-one JSON call per page, cached pseudonyms), and its correctness rests on agreeing with
-the row-at-a-time gate (`release_gate`) and on giving the same bytes and record keys
-whichever way a record leaves.
+one JSON call per column, no dict per row, cached pseudonyms), and its correctness
+rests on agreeing with the row-at-a-time gate (`release_gate`) and on giving the same
+bytes and record keys whichever way a record leaves.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ import hashlib
 import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from functools import partial
 from itertools import repeat
 from operator import is_not
@@ -37,6 +38,14 @@ import orjson
 from sqlalchemy import DateTime, Engine, Float, Table
 
 from qdspace.connector.contract_errors import ViewError
+from qdspace.connector.page_json import (
+    JsonColumn,
+    PageJson,
+    json_values,
+    wire_timestamp,
+    wire_timestamp_values,
+    wire_timestamps,
+)
 from qdspace.connector.paging import (
     asset_source,
     natural_key,
@@ -56,7 +65,6 @@ from qdspace.connector.transfer_wire import (
     RowBatch,
     row_bytes,
 )
-from qdspace.policies.canonical import format_datetime
 
 DEFAULT_BATCH_ROWS = 500
 
@@ -64,47 +72,6 @@ DEFAULT_BATCH_ROWS = 500
 def _is_type(column: Any, kind: type) -> bool:
     kind_of = column.type
     return isinstance(kind_of, kind) or isinstance(getattr(kind_of, "impl", None), kind)
-
-
-def _slow_timestamp(value: Any) -> str | None:
-    if value is None:
-        return None
-    if isinstance(value, str):
-        value = datetime.fromisoformat(value)
-    if not isinstance(value, datetime):
-        raise ViewError(f"{value!r} is not a timestamp")
-    if value.tzinfo is None:
-        value = value.replace(tzinfo=UTC)  # stored as UTC without a zone (SQLite)
-    return format_datetime(value)
-
-
-def wire_timestamp(value: Any) -> str | None:
-    """A stored timestamp as it goes on the wire (``format_datetime``'s form).
-
-    SQLite keeps UTC text, ``YYYY-MM-DD HH:MM:SS[.ffffff][+00:00]`` (written by
-    SQLAlchemy or by the ingest's driver): that is rewritten without parsing;
-    anything else (a PostgreSQL datetime, another offset) is parsed.
-    """
-    if type(value) is str and len(value) >= 19 and value[10] == " ":
-        tail = value[19:]
-        if tail[-6:] == "+00:00":
-            tail = tail[:-6]
-        if not tail or tail == ".000000":
-            return f"{value[:10]}T{value[11:19]}Z"
-        if len(tail) == 7 and tail[0] == "." and tail[1:].isdigit():
-            return f"{value[:10]}T{value[11:19]}{tail}Z"
-    return _slow_timestamp(value)
-
-
-def wire_timestamps(values: Sequence[Any]) -> list[str | None]:
-    """`wire_timestamp` of a column; SQLite's whole-second ``...HH:MM:SS.000000`` (most
-    rows; see 0010_sqlite_time_text) inline."""
-    return [
-        f"{v[:10]}T{v[11:19]}Z"
-        if type(v) is str and len(v) == 26 and v[10] == " " and v[19:] == ".000000"
-        else wire_timestamp(v)
-        for v in values
-    ]
 
 
 _RECORD_CONTEXT = b"qdspace.v1/record\x00"
@@ -137,16 +104,20 @@ class RecordKeys:
             for p, stamp in zip(parts, self._stamps, strict=True)
         )
 
-    def many(self, columns: Sequence[Sequence[Any]]) -> list[str]:
-        """The keys of a page's records, from their natural-key `columns`."""
+    def json_many(self, columns: Sequence[Sequence[Any]]) -> list[bytes]:
+        """The keys of a page's records, from their natural-key `columns`, each as its
+        JSON string (``"rec_..."``)."""
         texts = map(str, columns[0]) if self._plain else map(self._text, zip(*columns, strict=True))
-        keyed = hashlib.blake2b(key=self._key, digest_size=16)  # the key block hashed once
-        keys: list[str] = []
+        copy = hashlib.blake2b(key=self._key, digest_size=16).copy  # the key block hashed once
+        digests: list[str] = []
+        append = digests.append
         for text in texts:
-            mac = keyed.copy()
+            mac = copy()
             mac.update(text.encode())
-            keys.append(RECORD_KEY_PREFIX + mac.hexdigest())
-        return keys
+            append(mac.hexdigest())
+        # hex digits need no escaping; one split makes the page's strings in C
+        quoted = f'"{RECORD_KEY_PREFIX}' + f'"\n"{RECORD_KEY_PREFIX}'.join(digests) + '"'
+        return quoted.encode().split(b"\n")
 
     def __call__(self, parts: Sequence[Any]) -> str:
         """The key of the record whose natural key is `parts` (in `natural_key` order)."""
@@ -200,6 +171,13 @@ class PageEncoder:
         self._pseudonymized = [n for n in self.fields if n in asset.pseudonymized]
         self._pseudonyms: dict[Any, str] = {}
         self._names = (KEY_FIELD, VERSION_FIELD, *self.fields)  # a row's keys, sorted
+        self._json = PageJson(self._names)
+        # a tombstone's bytes around its key and version (`row_bytes` of its dict)
+        self._tombstone = (
+            b"{" + orjson.dumps(KEY_FIELD) + b":",
+            b"," + orjson.dumps(VERSION_FIELD) + b":",
+            b"," + orjson.dumps(WITHDRAWN_FIELD) + b":true}",
+        )
 
     def _pseudonym(self, value: Any) -> Any:
         if value is None:
@@ -230,11 +208,12 @@ class PageEncoder:
 
     def _encode_uniform(self, page: list[Sequence[Any]]) -> EncodedPage:
         """A page of one order, column by column: each granted column is transformed
-        once (timestamps, attribution, pseudonyms, the finite check), the record keys
-        are computed for the whole page, and the rows (envelope first, then the granted
-        fields in order: keys sorted) are built in C from the columns and encoded by
-        one JSON call. The bytes are those of `row_bytes` of each row with its envelope
-        (tests/unit/connector/test_page_encoding.py holds it to the row gate's)."""
+        once (timestamps, attribution, pseudonyms, the finite check) and written as JSON
+        values, the record keys are computed for the whole page, and the rows (envelope
+        first, then the granted fields in order: keys sorted) are joined in C from the
+        columns (`page_json.PageJson`). The bytes are those of `row_bytes` of each row
+        with its envelope (tests/unit/connector/test_page_encoding.py holds them to the
+        row gate's and to the dict-per-row encoder's)."""
         order = self._order
         assert order is not None
         if not page:
@@ -247,48 +226,50 @@ class PageEncoder:
                 if not page:
                     return EncodedPage(b"", 0, (), ())
                 columns = list(zip(*page, strict=True))
-        values = self._released(page, columns)  # checked for every row, as the gate does
-        keys = self._keys.many([columns[i] for i in self._key_at])
-        versions = columns[self._version_at]
-        # each row a dict built in C from the page's columns: envelope, then granted fields
-        rows: list[dict[str, Any]] = list(
-            map(dict, map(zip, repeat(self._names), zip(keys, versions, *values, strict=True)))
-        )
-        withdrawn = columns[self._withdrawn_at]
-        if withdrawn.count(None) != len(withdrawn):  # else no row to look at (most pages)
-            for i, when in enumerate(withdrawn):
-                if when is not None:  # a withdrawn record leaves as a tombstone
-                    rows[i] = {
-                        KEY_FIELD: keys[i],
-                        VERSION_FIELD: versions[i],
-                        WITHDRAWN_FIELD: True,
-                    }
+        n = len(page)
         try:
-            body = orjson.dumps(rows)  # one call per page: [{...},{...},...]
+            values = self._released(page, columns)  # checked for every row, as the gate does
+            versions = json_values(columns[self._version_at])
         except orjson.JSONEncodeError as exc:
             raise ViewError(f"{self.gate.asset.asset_id}: a row has no JSON form: {exc}") from None
-        # Rows are flat, non-empty objects and a '"' inside a string is escaped, so '},{"'
-        # occurs only between two rows: the page becomes JSON lines (RowBatch checks the count).
-        payload = body[1:-1].replace(b'},{"', b'}\n{"')
-        return EncodedPage(payload, len(rows), (order,), ())
+        keys = self._keys.json_many([columns[i] for i in self._key_at])
+        payload = self._json.join([keys, versions, *values], n)
+        withdrawn = columns[self._withdrawn_at]
+        if withdrawn.count(None) != n:  # else no row to look at (most pages)
+            lines = payload.split(b"\n")  # no row holds a raw newline (JSON escapes it)
+            for i, when in enumerate(withdrawn):
+                if when is not None:  # a withdrawn record leaves as a tombstone
+                    version = versions if isinstance(versions, bytes) else versions[i]
+                    start, middle, end = self._tombstone
+                    lines[i] = b"".join((start, keys[i], middle, version, end))
+            payload = b"\n".join(lines)
+        return EncodedPage(payload, n, (order,), ())
 
     def _released(
         self, page: list[Sequence[Any]], columns: list[tuple[Any, ...]]
-    ) -> list[Sequence[Any]]:
-        """The granted columns of `page` (`columns`, one per read field) as they leave:
-        timestamps in their wire form, the attributed order, pseudonyms; floats checked."""
-        out: list[Sequence[Any]] = []
+    ) -> list[JsonColumn]:
+        """The granted columns of `page` (`columns`, one per read field) as they leave,
+        in JSON: timestamps in their wire form, the attributed order, pseudonyms; floats
+        checked."""
+        out: list[JsonColumn] = []
         for name, column in zip(self.fields, columns, strict=False):
+            if self.attributed is not None and name == self.order_key:
+                attributed = self.attributed
+                if name in self._pseudonymized:
+                    attributed = self._pseudonym(attributed)
+                out.append(orjson.dumps(attributed))
+                continue
             values: Sequence[Any] = column
             if name in self._timestamps:
+                if name not in self._pseudonymized:
+                    out.append(wire_timestamp_values(values))
+                    continue
                 values = wire_timestamps(values)
-            if self.attributed is not None and name == self.order_key:
-                values = [self.attributed] * len(values)
             if name in self._pseudonymized:
                 values = list(map(self._pseudonym, values))
             if name in self._floats:
                 self._check_finite(page, values)
-            out.append(values)
+            out.append(json_values(values))
         return out
 
     def _encode_per_row(self, page: list[Sequence[Any]]) -> EncodedPage:
