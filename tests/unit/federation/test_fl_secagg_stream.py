@@ -142,3 +142,20 @@ def test_in_place_decoding_equals_decoding(seed: int, members: int) -> None:
     MaskStreams([(bytes(32), 1), (bytes(32), -1)]).apply_all(total)  # masks cancel
     expect = q.decode(total)
     assert np.array_equal(q.decode_in_place(total.copy()), expect)
+
+
+@settings(max_examples=20, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1), members=st.integers(1, 8), clip=st.floats(0.01, 100.0))
+def test_float32_decoding_is_bit_identical_to_the_float64_path(
+    seed: int, members: int, clip: float
+) -> None:
+    # the block decode casts int32 -> float32 and scales in float32; the sum decoded before
+    # went int32 -> float64, scaled, then -> float32: one rounding each, same bits
+    q = Quantizer(clip=clip, max_members=members)
+    ring = np.random.default_rng(seed).integers(0, 2**32, BLOCK + 77, dtype=np.uint64)
+    total = ring.astype(np.uint32)
+    total[:5] = [0, 1, 2**31 - 1, 2**31, 2**32 - 1]
+    via_float64 = (total.view(np.int32).astype(np.float64) * (1.0 / q.scale)).astype(np.float32)
+    decoded = q.decode_in_place(total.copy())
+    assert np.array_equal(decoded.view(np.uint32), via_float64.view(np.uint32))
+    assert np.array_equal(q.decode(total).view(np.uint32), via_float64.view(np.uint32))
