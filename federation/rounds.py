@@ -393,11 +393,12 @@ class Coordinator:
 
     # --- checkpoint --------------------------------------------------------------------
 
-    def checkpoint(self, path: Path, *, fsync: bool = True) -> None:
+    def checkpoint(self, path: Path, *, fsync: bool = True, keep_previous: bool = False) -> None:
         """Write the between-rounds state atomically (``checkpoint.write_checkpoint``).
 
         ``fsync=False`` leaves flushing to the caller (the file is complete and in
-        place for a restarted process either way).
+        place for a restarted process either way); ``keep_previous`` leaves the replaced
+        file beside it for the caller to remove (``checkpoint.previous_path``).
         """
         meta = {
             "job": self.job.to_dict(),
@@ -411,7 +412,7 @@ class Coordinator:
             "detail": self.detail,
             "vector_len": int(self.global_vector.size),
         }
-        write_checkpoint(path, meta, self.global_vector, fsync=fsync)
+        write_checkpoint(path, meta, self.global_vector, fsync=fsync, keep_previous=keep_previous)
 
     @classmethod
     def resume(
