@@ -235,13 +235,13 @@ class MemberRunner:
             await client.share_keys(round_, attempt, state.client.share_keys(roster, verify_keys))
         elif phase is Phase.MASKED_INPUT:
             state.steps.add(phase)
-            change, state.change = state.change, None
-            assert change is not None
+            masked_change, state.change = state.change, None
+            assert masked_change is not None
             inbox = await client.inbox(round_, attempt)
             # the shares are opened and the seeds derived first; then each chunk (of the
             # client's chunk size: the wire's message limit) is masked while the one
             # before it is being sent
-            masking = await asyncio.to_thread(state.client.masking, change, inbox)
+            masking = await asyncio.to_thread(state.client.masking, masked_change, inbox)
             parts = masking.blocks(client.chunk_elements)
             await client.upload_masked_stream(round_, attempt, masking.size, parts)
             self._sent.add(round_)
