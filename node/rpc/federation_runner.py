@@ -242,7 +242,8 @@ class MemberRunner:
             # client's chunk size: the wire's message limit) is masked while the one
             # before it is being sent
             masking = await asyncio.to_thread(state.client.masking, masked_change, inbox)
-            parts = masking.blocks(client.chunk_elements)
+            # each chunk is copied onto the wire before the next is made: one chunk buffer
+            parts = masking.blocks(client.chunk_elements, reuse_buffer=True)
             await client.upload_masked_stream(round_, attempt, masking.size, parts)
             self._sent.add(round_)
             self._emit("sent", round_, "masked update sent")

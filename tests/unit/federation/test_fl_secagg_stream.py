@@ -27,10 +27,11 @@ def _vectors(n: int, seed: int) -> dict[str, Vector]:
 
 
 def _streamed_round(
-    vectors: dict[str, Vector], chunk: int, *, owned: bool = False
+    vectors: dict[str, Vector], chunk: int, *, owned: bool = False, reuse: bool = False
 ) -> tuple[Vector, list[MaskedInput]]:
     """One secure round in which every member masks its input chunk by chunk; ``owned``:
-    the server gets each input in a buffer of its own (as the node hands over uploads)."""
+    the server gets each input in a buffer of its own (as the node hands over uploads);
+    ``reuse``: each chunk is made in one reused buffer (and copied out, as the upload does)."""
     cfg = config(2, LENGTH)
     server = SecAggServer(cfg, set(vectors))
     clients = {m: client(m, cfg) for m in vectors}
@@ -43,10 +44,14 @@ def _streamed_round(
     sent = []
     for m, c in clients.items():
         masking = c.masking(vectors[m], server.inbox(m))
-        parts = [p.copy() for p in masking.blocks(chunk)]  # what goes on the wire
+        parts = [p.copy() for p in masking.blocks(chunk, reuse_buffer=reuse)]  # on the wire
         assert all(p.size <= chunk for p in parts) and sum(p.size for p in parts) == LENGTH
         joined = np.concatenate(parts)
-        assert np.array_equal(joined, masking.result.vector)
+        if reuse:
+            with pytest.raises(SecAggError, match="reused buffer"):
+                _ = masking.result
+        else:
+            assert np.array_equal(joined, masking.result.vector)
         sent.append(MaskedInput(m, joined.copy()))
         server.receive_masked(MaskedInput(m, joined, owned=owned))
     server.close_masked()
@@ -56,10 +61,11 @@ def _streamed_round(
     return server.finish().total, sent
 
 
+@pytest.mark.parametrize("reuse", [False, True])
 @pytest.mark.parametrize("chunk", [BLOCK, 4 * BLOCK, BLOCK // 3 + 1, LENGTH + 1])
-def test_streamed_secure_aggregate_equals_the_plain_sum(chunk: int) -> None:
+def test_streamed_secure_aggregate_equals_the_plain_sum(chunk: int, reuse: bool) -> None:
     vectors = _vectors(3, seed=chunk)
-    total, sent = _streamed_round(vectors, chunk)
+    total, sent = _streamed_round(vectors, chunk, reuse=reuse)
     # exactly the sum of the quantised inputs: every mask cancelled, nothing lost or doubled
     quantised = np.zeros(LENGTH, np.uint32)
     for v in vectors.values():
