@@ -29,6 +29,7 @@ import numpy as np
 from nacl.signing import SigningKey
 from numpy.typing import NDArray
 
+from qdspace.federation.checkpoint import previous_path
 from qdspace.federation.errors import CheckpointError, FederationError
 from qdspace.federation.job import JobSpec
 from qdspace.federation.params import Params, encode_vector, unflatten
@@ -92,13 +93,15 @@ def read_job_directory(directory: Path) -> tuple[JobSpec, SignedVersion]:
     return job, signed
 
 
-def fsync_later(paths: Sequence[Path]) -> None:
-    """Flush written files (and their directory) to disk off the round's critical path.
+def fsync_later(paths: Sequence[Path], then_remove: Path | None = None) -> None:
+    """Flush written files (and their directory) to disk off the round's critical path,
+    then remove ``then_remove`` (the replaced checkpoint: freeing 50 MB takes a while).
 
     The checkpoint is written and renamed into place synchronously, which is what a
     restarted coordinator process needs; only the flush to stable storage (for a
     power loss) happens in the background.
     """
+    stale = _inode(then_remove) if then_remove is not None else None
 
     def flush() -> None:
         for path in paths:
@@ -112,15 +115,25 @@ def fsync_later(paths: Sequence[Path]) -> None:
                 logger.warning("federation: fsync of %s failed: %s", path, exc)
             finally:
                 os.close(fd)
+        # only the file that was replaced then: a later round may have put a newer one there
+        if then_remove is not None and stale is not None and _inode(then_remove) == stale:
+            then_remove.unlink(missing_ok=True)
 
     threading.Thread(target=flush, name="federation-fsync", daemon=True).start()
+
+
+def _inode(path: Path) -> int | None:
+    try:
+        return path.stat().st_ino
+    except OSError:
+        return None
 
 
 def save_checkpoint(directory: Path, coordinator: Coordinator) -> None:
     """The coordinator's checkpoint in place now, flushed to stable storage later."""
     path = directory / CHECKPOINT_FILE
-    coordinator.checkpoint(path, fsync=False)
-    fsync_later((path, directory))
+    coordinator.checkpoint(path, fsync=False, keep_previous=True)
+    fsync_later((path, directory), then_remove=previous_path(path))
 
 
 def initial_version(

@@ -59,6 +59,8 @@ from qdspace.federation.secagg_server import SecAggServer
 from qdspace.federation.strategies import ClientUpdate, build_strategy, clip_to_norm
 
 DEFAULT_MAX_ATTEMPTS = 3
+#: Elements per block of the in-place mean (1 MiB of float32).
+_BLOCK = 1 << 18
 
 
 @dataclass
@@ -364,8 +366,11 @@ class Coordinator:
         # ``total`` is a fresh array of this round: divide and add in place (no 50 MB temporaries)
         mean = np.asarray(total, dtype=np.float32)
         if mean is total and mean.flags.writeable:
-            np.divide(mean, np.float32(len(members)), out=mean)
-            np.add(mean, self.global_vector, out=mean)
+            count, base = np.float32(len(members)), self.global_vector
+            for start in range(0, mean.size, _BLOCK):  # both steps while a block is in cache
+                part = mean[start : start + _BLOCK]
+                np.divide(part, count, out=part)
+                np.add(part, base[start : start + _BLOCK], out=part)
             self._advance(mean, members, bounded, now)
             return
         mean = (mean / np.float32(len(members))).astype(np.float32)
@@ -388,11 +393,12 @@ class Coordinator:
 
     # --- checkpoint --------------------------------------------------------------------
 
-    def checkpoint(self, path: Path, *, fsync: bool = True) -> None:
+    def checkpoint(self, path: Path, *, fsync: bool = True, keep_previous: bool = False) -> None:
         """Write the between-rounds state atomically (``checkpoint.write_checkpoint``).
 
         ``fsync=False`` leaves flushing to the caller (the file is complete and in
-        place for a restarted process either way).
+        place for a restarted process either way); ``keep_previous`` leaves the replaced
+        file beside it for the caller to remove (``checkpoint.previous_path``).
         """
         meta = {
             "job": self.job.to_dict(),
@@ -406,7 +412,7 @@ class Coordinator:
             "detail": self.detail,
             "vector_len": int(self.global_vector.size),
         }
-        write_checkpoint(path, meta, self.global_vector, fsync=fsync)
+        write_checkpoint(path, meta, self.global_vector, fsync=fsync, keep_previous=keep_previous)
 
     @classmethod
     def resume(

@@ -115,30 +115,45 @@ class Masking:
     ) -> None:
         self._member, self._quantizer, self._streams = member, quantizer, streams
         self._flat = np.asarray(vector, dtype=np.float32)
-        self._out: Ring = np.empty(self._flat.size, dtype=np.uint32)
+        self._out: Ring | None = None  # the whole masked input, unless made chunk by chunk
         self._done = 0
 
     @property
     def size(self) -> int:
         """Ring elements in the whole masked input."""
-        return int(self._out.size)
+        return int(self._flat.size)
 
-    def blocks(self, elements: int = DEFAULT_CHUNK_BYTES // 4) -> Iterator[Ring]:
+    def blocks(
+        self, elements: int = DEFAULT_CHUNK_BYTES // 4, *, reuse_buffer: bool = False
+    ) -> Iterator[Ring]:
         """The masked input in consecutive chunks of ``elements`` (views; masked once);
         one chunk goes on the wire as one message, so ``4 * elements`` bytes must fit in
-        the receiver's chunk limit (``federation.chunks``)."""
-        if self._done:
+        the receiver's chunk limit (``federation.chunks``).
+
+        ``reuse_buffer``: every chunk is made in the same ``elements``-sized buffer, so a
+        chunk is valid only until the next one is asked for (for a caller that copies
+        each chunk out, as the upload does onto the wire): the 50 MB masked input is never
+        held, its memory never touched (no page faults, the chunk stays in cache until it
+        is sent), and ``result`` is not available."""
+        if self._done or self._out is not None:
             raise SecAggError(f"member {self.member}: the masked input was already made")
+        size = self.size
         scratch = np.empty(BLOCK, dtype=np.float32)
-        out, flat = self._out, self._flat
-        for start in range(0, out.size, elements):
-            end = min(start + elements, out.size)
-            for lo in range(start, end, BLOCK):
-                hi = min(lo + BLOCK, end)
-                self._quantizer.encode_into(flat[lo:hi], out[lo:hi], scratch)
+        flat = self._flat
+        if reuse_buffer:
+            chunk: Ring = np.empty(min(elements, size), dtype=np.uint32)
+        else:
+            whole: Ring = np.empty(size, dtype=np.uint32)
+            self._out = whole
+        for start in range(0, size, elements):
+            end = min(start + elements, size)
+            out = chunk[: end - start] if reuse_buffer else whole[start:end]
+            for lo in range(0, end - start, BLOCK):
+                hi = min(lo + BLOCK, end - start)
+                self._quantizer.encode_into(flat[start + lo : start + hi], out[lo:hi], scratch)
                 self._streams.apply(out[lo:hi])
             self._done = end
-            yield out[start:end]
+            yield out
 
     @property
     def member(self) -> str:
@@ -147,8 +162,11 @@ class Masking:
     @property
     def result(self) -> MaskedInput:
         """The whole masked input, once every chunk was made."""
-        if self._done != self._out.size:
-            raise SecAggError(f"member {self.member}: the masked input is not complete")
+        if self._out is None or self._done != self._out.size:
+            raise SecAggError(
+                f"member {self.member}: the masked input is not complete (or was made "
+                "chunk by chunk in a reused buffer)"
+            )
         return MaskedInput(self._member, self._out)
 
 

@@ -25,7 +25,7 @@ from qdspace.federation.errors import (
     SecAggError,
     UpdateRefused,
 )
-from qdspace.federation.secagg_masks import MaskStreams, Ring, pair_seed, self_seed
+from qdspace.federation.secagg_masks import BLOCK, MaskStreams, Ring, pair_seed, self_seed
 from qdspace.federation.secagg_messages import (
     Confirmation,
     EncryptedShare,
@@ -296,10 +296,16 @@ class SecAggServer:
                 seeds.append((seed, -1 if member < gone else 1))
         if total.size != length:
             raise SecAggError(f"masked sum has {total.size} elements, expected {length}")
-        MaskStreams(seeds).apply_all(total)  # all masks removed in one blockwise pass
+        # all masks removed and the sum decoded in one blockwise pass: each block is
+        # decoded while it is still in cache, in the sum's own memory (the sum is ours
+        # alone now: no fresh 50 MB array)
+        streams, quantizer = MaskStreams(seeds), self.config.quantizer
+        for start in range(0, total.size, BLOCK):
+            part = total[start : start + BLOCK]
+            streams.apply(part)
+            quantizer.decode_block(part)
         self.phase = Phase.DONE
-        # the sum is ours alone now: decode it in its own memory (no fresh 50 MB array)
-        return SecAggResult(self.config.quantizer.decode_in_place(total), self._survivors)
+        return SecAggResult(total.view(np.float32), self._survivors)
 
     def _rebuild(self, member: str, index: Mapping[str, int], kind: ShareKind) -> bytes:
         """``member``'s secret from the revealed shares (all dealer-signed, checked on arrival).

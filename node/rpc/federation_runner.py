@@ -63,7 +63,7 @@ def _flat(params: Params) -> Vector:
 @dataclass
 class _SecureRound:
     client: secagg.SecAggClient
-    change: Vector
+    change: Vector | None  # dropped once masked: 50 MB a round otherwise kept to the end
     steps: set[Phase] = field(default_factory=set)
 
 
@@ -221,7 +221,9 @@ class MemberRunner:
             trained, _ = await self._train(round_)
             change = prepare_change(job, global_vector, trained, self._rng)
             sa = secagg_client(job, self.member, round_, attempt, signing_key)
-            state = self._secure[key] = _SecureRound(sa, change)
+            # only the current attempt's state is kept: an earlier one's phases are over
+            state = _SecureRound(sa, change)
+            self._secure = {key: state}
             state.steps.add(Phase.ADVERTISE)
             await client.advertise(round_, attempt, sa.advertise(certificate))
         elif state is None or phase in state.steps:
@@ -233,12 +235,15 @@ class MemberRunner:
             await client.share_keys(round_, attempt, state.client.share_keys(roster, verify_keys))
         elif phase is Phase.MASKED_INPUT:
             state.steps.add(phase)
+            masked_change, state.change = state.change, None
+            assert masked_change is not None
             inbox = await client.inbox(round_, attempt)
             # the shares are opened and the seeds derived first; then each chunk (of the
             # client's chunk size: the wire's message limit) is masked while the one
             # before it is being sent
-            masking = await asyncio.to_thread(state.client.masking, state.change, inbox)
-            parts = masking.blocks(client.chunk_elements)
+            masking = await asyncio.to_thread(state.client.masking, masked_change, inbox)
+            # each chunk is copied onto the wire before the next is made: one chunk buffer
+            parts = masking.blocks(client.chunk_elements, reuse_buffer=True)
             await client.upload_masked_stream(round_, attempt, masking.size, parts)
             self._sent.add(round_)
             self._emit("sent", round_, "masked update sent")

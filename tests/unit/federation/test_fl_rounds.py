@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Collection
 from pathlib import Path
 
@@ -10,9 +11,11 @@ import pytest
 from nacl.signing import SigningKey
 
 from qdspace.federation import logreg
+from qdspace.federation.checkpoint import previous_path
 from qdspace.federation.dp import DPConfig, NoiseMode
 from qdspace.federation.errors import CheckpointError, RefusalReason, UpdateRefused
 from qdspace.federation.job import JobSpec, JobSpecError
+from qdspace.federation.job_files import fsync_later
 from qdspace.federation.member import plain_update, prepare_change, secagg_client
 from qdspace.federation.params import flatten, unflatten
 from qdspace.federation.round_status import Phase
@@ -313,6 +316,61 @@ def test_restarted_coordinator_resumes_from_its_checkpoint(tmp_path: Path) -> No
     with pytest.raises(CheckpointError, match="cannot be read"):
         Coordinator.resume(path, job(), now=0.0)
     assert [p.name for p in path.parent.iterdir()] == [path.name]
+
+
+def test_checkpoint_kept_aside_while_replaced_and_read_after_a_crash_between_renames(
+    tmp_path: Path,
+) -> None:
+    # keep_previous (the host's between-rounds write): the replaced file is renamed aside
+    # for the caller to remove once the new one is flushed, not replaced in place
+    path = tmp_path / "checkpoint.bin"
+    coord = Coordinator.start(job(), INITIAL, now=0.0)
+    coord.checkpoint(path, fsync=False, keep_previous=True)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [path.name]
+    plain_round(coord, now=1.0)
+    coord.checkpoint(path, fsync=False, keep_previous=True)
+    previous = previous_path(path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([path.name, previous.name])
+    assert Coordinator.resume(path, job(), now=2.0).version == 1
+    assert Coordinator.resume(previous, job(), now=2.0).version == 0
+    # a crash between the two renames: only the previous checkpoint is there, and it is
+    # the one of the version announced last (the new one is announced after the rename)
+    path.unlink()
+    assert Coordinator.resume(path, job(), now=3.0).version == 0
+    # the next write supersedes it; the stale file is renamed over, never read again
+    plain_round(coord, now=4.0)
+    coord.checkpoint(path, fsync=False, keep_previous=True)
+    assert Coordinator.resume(path, job(), now=5.0).version == 2
+    previous.unlink()
+    path.unlink()
+    with pytest.raises(CheckpointError, match="cannot be read"):
+        Coordinator.resume(path, job(), now=6.0)
+
+
+def _flush(paths: tuple[Path, ...], then_remove: Path) -> None:
+    """``fsync_later``, waited for."""
+    before = set(threading.enumerate())
+    fsync_later(paths, then_remove=then_remove)
+    for thread in set(threading.enumerate()) - before:
+        thread.join(10)
+
+
+def test_background_flush_removes_only_the_checkpoint_it_was_given(tmp_path: Path) -> None:
+    path = tmp_path / "checkpoint.bin"
+    coord = Coordinator.start(job(), INITIAL, now=0.0)
+    coord.checkpoint(path, fsync=False, keep_previous=True)
+    coord.checkpoint(path, fsync=False, keep_previous=True)
+    previous = previous_path(path)
+    _flush((path, tmp_path), previous)
+    assert not previous.exists() and path.exists()
+    # nothing was there when the flush was asked for: a file there later is not its to remove
+    later = tmp_path / "later.bin"
+    before = set(threading.enumerate())
+    fsync_later((path,), then_remove=later)
+    later.write_bytes(b"newer")
+    for thread in set(threading.enumerate()) - before:
+        thread.join(10)
+    assert later.exists() and path.exists()
 
 
 def test_secure_round_with_distributed_dp_sums_noisy_changes_and_reports_epsilon() -> None:

@@ -27,10 +27,11 @@ def _vectors(n: int, seed: int) -> dict[str, Vector]:
 
 
 def _streamed_round(
-    vectors: dict[str, Vector], chunk: int, *, owned: bool = False
+    vectors: dict[str, Vector], chunk: int, *, owned: bool = False, reuse: bool = False
 ) -> tuple[Vector, list[MaskedInput]]:
     """One secure round in which every member masks its input chunk by chunk; ``owned``:
-    the server gets each input in a buffer of its own (as the node hands over uploads)."""
+    the server gets each input in a buffer of its own (as the node hands over uploads);
+    ``reuse``: each chunk is made in one reused buffer (and copied out, as the upload does)."""
     cfg = config(2, LENGTH)
     server = SecAggServer(cfg, set(vectors))
     clients = {m: client(m, cfg) for m in vectors}
@@ -43,10 +44,14 @@ def _streamed_round(
     sent = []
     for m, c in clients.items():
         masking = c.masking(vectors[m], server.inbox(m))
-        parts = [p.copy() for p in masking.blocks(chunk)]  # what goes on the wire
+        parts = [p.copy() for p in masking.blocks(chunk, reuse_buffer=reuse)]  # on the wire
         assert all(p.size <= chunk for p in parts) and sum(p.size for p in parts) == LENGTH
         joined = np.concatenate(parts)
-        assert np.array_equal(joined, masking.result.vector)
+        if reuse:
+            with pytest.raises(SecAggError, match="reused buffer"):
+                _ = masking.result
+        else:
+            assert np.array_equal(joined, masking.result.vector)
         sent.append(MaskedInput(m, joined.copy()))
         server.receive_masked(MaskedInput(m, joined, owned=owned))
     server.close_masked()
@@ -56,10 +61,11 @@ def _streamed_round(
     return server.finish().total, sent
 
 
+@pytest.mark.parametrize("reuse", [False, True])
 @pytest.mark.parametrize("chunk", [BLOCK, 4 * BLOCK, BLOCK // 3 + 1, LENGTH + 1])
-def test_streamed_secure_aggregate_equals_the_plain_sum(chunk: int) -> None:
+def test_streamed_secure_aggregate_equals_the_plain_sum(chunk: int, reuse: bool) -> None:
     vectors = _vectors(3, seed=chunk)
-    total, sent = _streamed_round(vectors, chunk)
+    total, sent = _streamed_round(vectors, chunk, reuse=reuse)
     # exactly the sum of the quantised inputs: every mask cancelled, nothing lost or doubled
     quantised = np.zeros(LENGTH, np.uint32)
     for v in vectors.values():
@@ -142,3 +148,20 @@ def test_in_place_decoding_equals_decoding(seed: int, members: int) -> None:
     MaskStreams([(bytes(32), 1), (bytes(32), -1)]).apply_all(total)  # masks cancel
     expect = q.decode(total)
     assert np.array_equal(q.decode_in_place(total.copy()), expect)
+
+
+@settings(max_examples=20, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1), members=st.integers(1, 8), clip=st.floats(0.01, 100.0))
+def test_float32_decoding_is_bit_identical_to_the_float64_path(
+    seed: int, members: int, clip: float
+) -> None:
+    # the block decode casts int32 -> float32 and scales in float32; the sum decoded before
+    # went int32 -> float64, scaled, then -> float32: one rounding each, same bits
+    q = Quantizer(clip=clip, max_members=members)
+    ring = np.random.default_rng(seed).integers(0, 2**32, BLOCK + 77, dtype=np.uint64)
+    total = ring.astype(np.uint32)
+    total[:5] = [0, 1, 2**31 - 1, 2**31, 2**32 - 1]
+    via_float64 = (total.view(np.int32).astype(np.float64) * (1.0 / q.scale)).astype(np.float32)
+    decoded = q.decode_in_place(total.copy())
+    assert np.array_equal(decoded.view(np.uint32), via_float64.view(np.uint32))
+    assert np.array_equal(q.decode(total).view(np.uint32), via_float64.view(np.uint32))
