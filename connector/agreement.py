@@ -25,7 +25,7 @@ import hashlib
 import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from nacl.exceptions import BadSignatureError
@@ -40,7 +40,7 @@ from qdspace.connector.contract_errors import (
 from qdspace.policies.canonical import canonical_json, format_datetime, parse_datetime
 from qdspace.policies.codec import policy_from_dict, policy_to_dict
 from qdspace.policies.errors import PolicyError
-from qdspace.policies.model import Policy, PolicyType
+from qdspace.policies.model import Duty, Permission, Policy, PolicyType, Prohibition
 
 AGREEMENT_SCHEMA = "qdspace.v1/agreement"
 RECEIPT_SCHEMA = "qdspace.v1/deletion-receipt"
@@ -148,8 +148,57 @@ def _time(raw: Mapping[str, Any], key: str, what: str) -> datetime:
         raise AgreementError(f"{what}: {key}: {exc}") from None
 
 
+#: agreements by their canonical bytes (at most `_MEMO_SIZE`): what `agreement_from_bytes`
+#: would parse those bytes into. An agreement is immutable and its bytes determine it, so a
+#: node parses one it signed or parsed before only once (the provider loads the agreement it
+#: signed when the countersignature arrives; bench/PROFILE-negotiation.md, round 3)
+_PARSED: dict[bytes, ContractAgreement] = {}
+#: (verify key, context + data, signature) triples that verified (at most `_MEMO_SIZE`): a
+#: signature checked twice in one negotiation (the consumer's on receipt and before it
+#: countersigns; the provider's own, which it made) is computed once. Ed25519 verification
+#: is a pure function of the triple, so a remembered success is the same answer
+_VERIFIED: set[tuple[bytes, bytes, bytes]] = set()
+_MEMO_SIZE = 512
+
+
+def _remember(memo: dict[Any, Any] | set[Any], key: Any, value: Any = None) -> None:
+    if len(memo) >= _MEMO_SIZE:
+        memo.clear()  # bounded: a busy node starts over rather than growing
+    if isinstance(memo, set):
+        memo.add(key)
+    else:
+        memo[key] = value
+
+
+def policy_parses_back(policy: Policy) -> bool:
+    """True when parsing the policy's canonical JSON gives back exactly this object.
+    Its fields pass the same checks either way; what the canonical form loses is a time's
+    zone (written in UTC, parsed back as the same instant in UTC), and the parser refuses
+    an empty string in a set that the model allows."""
+    rules: list[Permission | Prohibition | Duty] = [*policy.permissions, *policy.prohibitions]
+    rules += [*policy.obligations, *(d for p in policy.permissions for d in p.duties)]
+    for operand in (c.right_operand for rule in rules for c in rule.constraints):
+        if isinstance(operand, datetime) and operand.tzinfo is not UTC:
+            return False
+        if isinstance(operand, frozenset) and "" in operand:
+            return False
+    return True
+
+
+def _parses_back(agreement: ContractAgreement) -> bool:
+    """`policy_parses_back` for an agreement: its policy, and its times in UTC."""
+    times = (agreement.requested_at, agreement.agreed_at)
+    return all(t.tzinfo is UTC for t in times) and policy_parses_back(agreement.policy)
+
+
 def agreement_from_bytes(data: bytes) -> ContractAgreement:
-    """Parse canonical agreement bytes; refuses non-canonical or inconsistent documents."""
+    """Parse canonical agreement bytes; refuses non-canonical or inconsistent documents.
+
+    Bytes seen before (parsed, or signed here) come from the memo: they were canonical and
+    consistent then, and the same bytes parse to the same agreement."""
+    known = _PARSED.get(data) if type(data) is bytes else None
+    if known is not None:
+        return known
     wire = {"schema", "agreementId", "negotiationId", "providerId", "consumerId", "assetId"}
     raw = _load_canonical(data, "agreement", wire | {"policy", "requestedAt", "agreedAt"})
     if raw["schema"] != AGREEMENT_SCHEMA:
@@ -170,6 +219,7 @@ def agreement_from_bytes(data: bytes) -> ContractAgreement:
     )
     if agreement.canonical_bytes() != data:
         raise AgreementError("agreement: bytes are not in canonical form")
+    _remember(_PARSED, bytes(data), agreement)
     return agreement
 
 
@@ -177,9 +227,13 @@ def _verify(
     key: VerifyKey, context: bytes, data: bytes, signature: bytes, error: type[SignatureError]
 ) -> None:
     try:
-        key.verify(context + data, signature)
+        triple = (bytes(key), context + data, bytes(signature))
+        if triple in _VERIFIED:
+            return
+        key.verify(triple[1], signature)
     except (BadSignatureError, ValueError, TypeError):
         raise error(f"{error.__name__}: signature does not verify") from None
+    _remember(_VERIFIED, triple)
 
 
 @dataclass(frozen=True)
@@ -212,9 +266,18 @@ class SignedAgreement:
 
 
 def sign_agreement(agreement: ContractAgreement, provider_key: SigningKey) -> SignedAgreement:
-    """The provider's signature: sent with the DSP ContractAgreementMessage."""
-    signature = provider_key.sign(_PROVIDER_CONTEXT + agreement.canonical_bytes()).signature
-    return SignedAgreement(agreement, signature)
+    """The provider's signature: sent with the DSP ContractAgreementMessage.
+
+    The signature is remembered as verified under the key's own verify key (an Ed25519
+    signature verifies under the key that made it), and the agreement as what its bytes
+    parse to, where that is exact (`_parses_back`): the provider checks the message it
+    sends like any other and loads the agreement again for the countersignature."""
+    data = agreement.canonical_bytes()
+    signed = provider_key.sign(_PROVIDER_CONTEXT + data)
+    _remember(_VERIFIED, (bytes(provider_key.verify_key), signed.message, signed.signature))
+    if _parses_back(agreement):
+        _remember(_PARSED, data, agreement)
+    return SignedAgreement(agreement, signed.signature)
 
 
 def verify_provider_signature(signed: SignedAgreement, provider_vk: VerifyKey) -> None:
@@ -232,8 +295,11 @@ def countersign(
 ) -> SignedAgreement:
     """The consumer's signature, given only over an agreement the provider really signed."""
     verify_provider_signature(signed, provider_vk)
-    signature = consumer_key.sign(_CONSUMER_CONTEXT + signed.canonical_bytes).signature
-    return SignedAgreement(signed.agreement, signed.provider_signature, signature)
+    countersigned = consumer_key.sign(_CONSUMER_CONTEXT + signed.canonical_bytes)
+    # verified as made (see `sign_agreement`): applying our own Verification checks it
+    triple = (bytes(consumer_key.verify_key), countersigned.message, countersigned.signature)
+    _remember(_VERIFIED, triple)
+    return SignedAgreement(signed.agreement, signed.provider_signature, countersigned.signature)
 
 
 def add_consumer_signature(

@@ -56,7 +56,7 @@ from qdspace.connector.contract_errors import (
     UnknownProcessError,
 )
 from qdspace.policies.canonical import canonical_json, to_jsonable
-from qdspace.policies.codec import policy_to_dict
+from qdspace.policies.codec import policy_to_dict, policy_to_json
 from qdspace.policies.model import Policy, PolicyType, to_agreement
 
 
@@ -221,11 +221,48 @@ def _plain(value: Any) -> Any:
     return to_jsonable(value)
 
 
+def offer_json(policy: Policy) -> bytes:
+    """The policy's canonical JSON (`policy_to_json`), computed once per policy object.
+
+    A negotiation writes the offer on the table several times (its message's fingerprint,
+    the stored row, the wire): the policy is immutable, so the bytes are kept with it."""
+    cached = policy.__dict__.get("_canonical_json")
+    if cached is None:
+        cached = policy_to_json(policy)
+        object.__setattr__(policy, "_canonical_json", cached)
+    assert isinstance(cached, bytes)
+    return cached
+
+
+#: each message class's field names, sorted with "type" as canonical JSON sorts an object's
+#: keys, and each name's encoded key
+_KEYS: dict[type, tuple[tuple[str, bytes], ...]] = {}
+
+
+def _keys(kind: type) -> tuple[tuple[str, bytes], ...]:
+    found = _KEYS.get(kind)
+    if found is None:
+        names = sorted([*(f.name for f in fields(kind)), "type"])
+        found = _KEYS[kind] = tuple((name, canonical_json(name) + b":") for name in names)
+    return found
+
+
 def fingerprint(message: NegotiationMessage) -> str:
-    """sha256 of the message's canonical content: tells a retry from a forgery."""
-    content = {f.name: _plain(getattr(message, f.name)) for f in fields(message)}
-    content["type"] = type(message).__name__
-    return hashlib.sha256(canonical_json(content)).hexdigest()
+    """sha256 of the message's canonical content: tells a retry from a forgery.
+
+    The content is the object {field: value, ..., "type": class name} in canonical JSON;
+    it is written member by member (an object's canonical form is its sorted members,
+    each key and value in canonical form, joined by commas), so that an offer's bytes
+    come from `offer_json` instead of being encoded again."""
+    kind = type(message)
+    parts = []
+    for name, key in _keys(kind):
+        value = kind.__name__ if name == "type" else getattr(message, name)
+        if isinstance(value, Policy):
+            parts.append(key + offer_json(value))
+        else:
+            parts.append(key + canonical_json(_plain(value)))
+    return hashlib.sha256(b"{" + b",".join(parts) + b"}").hexdigest()
 
 
 def _describe(message: NegotiationMessage) -> str:
