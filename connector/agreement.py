@@ -37,7 +37,12 @@ from qdspace.connector.contract_errors import (
     ReceiptSignatureError,
     SignatureError,
 )
-from qdspace.policies.canonical import canonical_json, format_datetime, parse_datetime
+from qdspace.policies.canonical import (
+    canonical_json,
+    canonical_json_plain,
+    format_datetime,
+    parse_datetime,
+)
 from qdspace.policies.codec import policy_from_dict, policy_to_dict
 from qdspace.policies.errors import PolicyError
 from qdspace.policies.model import Duty, Permission, Policy, PolicyType, Prohibition
@@ -105,7 +110,7 @@ class ContractAgreement:
     def canonical_bytes(self) -> bytes:
         cached = self.__dict__.get("_canonical")
         if cached is None:  # immutable, so computed once (signing, verifying, storing use it)
-            cached = canonical_json(self.to_dict())
+            cached = canonical_json_plain(self.to_dict())  # to_dict writes JSON types only
             object.__setattr__(self, "_canonical", cached)
         assert isinstance(cached, bytes)
         return cached
@@ -189,6 +194,21 @@ def _parses_back(agreement: ContractAgreement) -> bool:
     """`policy_parses_back` for an agreement: its policy, and its times in UTC."""
     times = (agreement.requested_at, agreement.agreed_at)
     return all(t.tzinfo is UTC for t in times) and policy_parses_back(agreement.policy)
+
+
+def remember_agreement(agreement: ContractAgreement, data: bytes) -> bool:
+    """Remember `agreement` as what `data` parses to when `data` is exactly its canonical
+    form (and parsing would give back this very object, `_parses_back`); True if so.
+
+    For a party that knows which agreement it expects (the consumer: the offer on the
+    table, bound to it): comparing bytes costs a fraction of parsing them, and bytes that
+    differ are parsed, and checked, as ever."""
+    if type(data) is not bytes or agreement.canonical_bytes() != data:
+        return False
+    if not _parses_back(agreement):
+        return False
+    _remember(_PARSED, data, agreement)
+    return True
 
 
 def agreement_from_bytes(data: bytes) -> ContractAgreement:

@@ -34,6 +34,7 @@ verify keys passed in, so no caller can forget to.
 from __future__ import annotations
 
 import hashlib
+import json
 from dataclasses import dataclass, fields, replace
 from datetime import datetime
 from enum import StrEnum
@@ -45,6 +46,7 @@ from qdspace.connector.agreement import (
     ContractAgreement,
     SignedAgreement,
     add_consumer_signature,
+    remember_agreement,
     verify_provider_signature,
 )
 from qdspace.connector.contract_errors import (
@@ -55,8 +57,13 @@ from qdspace.connector.contract_errors import (
     UnauthorizedSenderError,
     UnknownProcessError,
 )
-from qdspace.policies.canonical import canonical_json, to_jsonable
-from qdspace.policies.codec import policy_to_dict, policy_to_json
+from qdspace.policies.canonical import (
+    canonical_json,
+    canonical_json_plain,
+    parse_datetime,
+    to_jsonable,
+)
+from qdspace.policies.codec import policy_to_dict
 from qdspace.policies.model import Policy, PolicyType, to_agreement
 
 
@@ -227,8 +234,8 @@ def offer_json(policy: Policy) -> bytes:
     A negotiation writes the offer on the table several times (its message's fingerprint,
     the stored row, the wire): the policy is immutable, so the bytes are kept with it."""
     cached = policy.__dict__.get("_canonical_json")
-    if cached is None:
-        cached = policy_to_json(policy)
+    if cached is None:  # `policy_to_json`, without walking what is JSON types already
+        cached = canonical_json_plain(policy_to_dict(policy))
         object.__setattr__(policy, "_canonical_json", cached)
     assert isinstance(cached, bytes)
     return cached
@@ -357,6 +364,22 @@ def draft_agreement(
         requested_at=negotiation.created_at,
         agreed_at=agreed_at,
     )
+
+
+def expect_agreement(negotiation: Negotiation, data: bytes) -> bool:
+    """Before the provider's agreement bytes are parsed: when they are exactly the
+    agreement this negotiation expects (`draft_agreement` of the offer on the table, with
+    the id and time the bytes name), that agreement is what they parse to
+    (`remember_agreement`), so they are not parsed again. True if so. Anything else in
+    the bytes (malformed, other terms) is left to the parser and the checks of `apply`,
+    which refuse it as before; this only ever skips work."""
+    try:
+        raw = json.loads(data)
+        agreed_at = parse_datetime(raw["agreedAt"])
+        expected = draft_agreement(negotiation, raw["agreementId"], agreed_at)
+        return remember_agreement(expected, data)
+    except Exception:  # whatever is wrong with the bytes: the parser will say what
+        return False
 
 
 def _check_agreement(negotiation: Negotiation, signed: SignedAgreement, keys: PartyKeys) -> None:

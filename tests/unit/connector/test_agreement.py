@@ -33,6 +33,7 @@ from qdspace.connector.contract_errors import (
     AgreementSignatureError,
     ReceiptSignatureError,
 )
+from qdspace.policies.canonical import canonical_json
 from qdspace.policies.model import OfferTerms, make_offer, to_agreement
 
 T0 = datetime(2026, 5, 1, 8, 30, tzinfo=UTC)
@@ -153,6 +154,38 @@ def test_non_canonical_or_inconsistent_documents_are_refused() -> None:
         replace(terms(), agreed_at=T0 - timedelta(seconds=1))
     with pytest.raises(AgreementError, match="time zone"):
         replace(terms(), agreed_at=datetime(2026, 5, 2))
+
+
+@pytest.mark.parametrize("text", ["x", "é€😀\u2028", '"\\', "\x00", "\u2029", "y" * 500])
+def test_canonical_bytes_are_those_of_the_general_encoder(text: str) -> None:
+    """The agreement's bytes are encoded without `to_jsonable`'s walk (its dict holds JSON
+    types only): they must be exactly `canonical_json` of it, as signed and anchored."""
+    offer = make_offer(
+        f"offer-{text}",
+        f"cellex-{text}",
+        "inspections",
+        OfferTerms(
+            purposes=frozenset({"quality-assurance", text}),
+            orders=frozenset({text, "ORD-1"}),
+            fields=frozenset({"a", text}),
+            not_before=datetime(2026, 1, 1, 0, 0, 0, 5, tzinfo=timezone(timedelta(hours=-3))),
+            not_after=datetime(2027, 1, 1, tzinfo=UTC),
+            retention_days=7,
+            receipt=False,
+        ),
+    )
+    agreement = ContractAgreement(
+        agreement_id=f"agr-{text}",
+        negotiation_id=text,
+        provider_id=f"cellex-{text}",
+        consumer_id=text,
+        asset_id="inspections",
+        policy=to_agreement(offer, f"agr-{text}", text),
+        requested_at=T0.astimezone(timezone(timedelta(hours=5, minutes=30))),
+        agreed_at=T0 + timedelta(microseconds=1),
+    )
+    assert agreement.canonical_bytes() == canonical_json(agreement.to_dict())
+    assert agreement_from_bytes(agreement.canonical_bytes()) == agreement
 
 
 def test_remembered_agreements_and_signatures_answer_as_computing_them_would() -> None:

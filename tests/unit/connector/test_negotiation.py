@@ -11,7 +11,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from nacl.signing import SigningKey
 
-from qdspace.connector.agreement import SignedAgreement, countersign, sign_agreement
+from qdspace.connector.agreement import (
+    SignedAgreement,
+    agreement_from_bytes,
+    countersign,
+    sign_agreement,
+)
 from qdspace.connector.contract_errors import (
     AgreementSignatureError,
     IllegalTransitionError,
@@ -37,10 +42,13 @@ from qdspace.connector.negotiation import (
     apply,
     awaiting,
     draft_agreement,
+    expect_agreement,
     fingerprint,
+    offer_json,
     open_negotiation,
 )
 from qdspace.policies.canonical import canonical_json
+from qdspace.policies.codec import policy_to_json
 from qdspace.policies.model import OfferTerms, Policy, make_offer
 
 T0 = datetime(2026, 5, 1, tzinfo=UTC)
@@ -302,3 +310,21 @@ def test_fingerprints_are_the_canonical_json_of_the_whole_message(text: str) -> 
     ]
     for message in messages:
         assert fingerprint(message) == _fingerprint_as_defined(message)
+    assert offer_json(policy) == policy_to_json(policy)  # kept with the policy, as encoded
+
+
+def test_an_expected_agreement_is_compared_and_anything_else_left_to_the_parser() -> None:
+    """`expect_agreement` only skips a parse: the exact bytes of the agreement the
+    consumer expects are remembered as it; other terms, junk and foreign shapes are not,
+    and still fail where they failed (the parser, then `apply`)."""
+    consumer = open_negotiation(request(), Role.CONSUMER)
+    honest = agree(consumer).signed
+    data = honest.canonical_bytes
+    assert expect_agreement(consumer, data)
+    assert agreement_from_bytes(data) == honest.agreement
+    other = draft_agreement(consumer, "agr-2", at(5))
+    bent = replace(other, policy=replace(other.policy, target="wafers"), asset_id="wafers")
+    assert not expect_agreement(consumer, bent.canonical_bytes())
+    for junk in (b"", b"[[[", b"{}", b'{"agreementId": 1, "agreedAt": 2}', data + b" ", b"\xff"):
+        assert not expect_agreement(consumer, junk)
+    assert not expect_agreement(consumer, data.replace(b"sunarc", b"polyco"))
