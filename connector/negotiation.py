@@ -241,35 +241,40 @@ def offer_json(policy: Policy) -> bytes:
     return cached
 
 
-#: each message class's field names, sorted with "type" as canonical JSON sorts an object's
-#: keys, and each name's encoded key
-_KEYS: dict[type, tuple[tuple[str, bytes], ...]] = {}
+#: each message class's field names, sorted as canonical JSON sorts an object's keys, with
+#: "type" among them
+_KEYS: dict[type, tuple[str, ...]] = {}
 
 
-def _keys(kind: type) -> tuple[tuple[str, bytes], ...]:
+def _keys(kind: type) -> tuple[str, ...]:
     found = _KEYS.get(kind)
     if found is None:
-        names = sorted([*(f.name for f in fields(kind)), "type"])
-        found = _KEYS[kind] = tuple((name, canonical_json(name) + b":") for name in names)
+        found = _KEYS[kind] = tuple(sorted([*(f.name for f in fields(kind)), "type"]))
     return found
 
 
 def fingerprint(message: NegotiationMessage) -> str:
     """sha256 of the message's canonical content: tells a retry from a forgery.
 
-    The content is the object {field: value, ..., "type": class name} in canonical JSON;
-    it is written member by member (an object's canonical form is its sorted members,
-    each key and value in canonical form, joined by commas), so that an offer's bytes
-    come from `offer_json` instead of being encoded again."""
+    The content is the object {field: value, ..., "type": class name} in canonical JSON.
+    An object's canonical form is its members in key order, so it is written in runs:
+    the members up to an offer in one encoding, the offer's key and `offer_json` (its
+    bytes as already encoded), then the rest; a message without an offer is one run."""
     kind = type(message)
-    parts = []
-    for name, key in _keys(kind):
+    runs: list[bytes] = []
+    plain: dict[str, Any] = {}
+    for name in _keys(kind):
         value = kind.__name__ if name == "type" else getattr(message, name)
         if isinstance(value, Policy):
-            parts.append(key + offer_json(value))
+            if plain:
+                runs.append(canonical_json(plain)[1:-1])
+                plain = {}
+            runs.append(canonical_json(name) + b":" + offer_json(value))
         else:
-            parts.append(key + canonical_json(_plain(value)))
-    return hashlib.sha256(b"{" + b",".join(parts) + b"}").hexdigest()
+            plain[name] = _plain(value)
+    if plain:
+        runs.append(canonical_json(plain)[1:-1])
+    return hashlib.sha256(b"{" + b",".join(runs) + b"}").hexdigest()
 
 
 def _describe(message: NegotiationMessage) -> str:

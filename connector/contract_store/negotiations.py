@@ -144,11 +144,12 @@ class NegotiationStore(TableStore):
         save_process(
             connection, negotiation_table, _KIND, after.negotiation_id, values, seen, after.seen
         )
-        if after.agreement is not None and (
-            before is None or after.agreement is not before.agreement
-        ):
-            # the same object as loaded or last saved: its row stands as it is
-            self._agreements.save_agreement_in(connection, after.agreement, after.role)
+        stored = None if before is None else before.agreement
+        if after.agreement is not None and after.agreement is not stored:
+            # (the same object as loaded or last saved: its row stands as it is)
+            self._agreements.save_agreement_in(
+                connection, after.agreement, after.role, stored=stored
+            )
         self._outbox.enqueue_in(connection, outbox, after.updated_at)
         return written
 
