@@ -154,7 +154,7 @@ class AgreementStore(TableStore):
         bench/PROFILE-negotiation.md, round 3)."""
         terms = signed.agreement
         if stored is not None and stored.canonical_bytes == signed.canonical_bytes:
-            existing: tuple[Any, ...] | None = (stored.canonical_bytes, stored.consumer_signature)
+            existing: tuple[Any, ...] = (stored.canonical_bytes, stored.consumer_signature)
         else:
             inserted = _INSERT.execute(
                 connection,
@@ -175,8 +175,9 @@ class AgreementStore(TableStore):
             )
             if inserted:
                 return
-            existing = _EXISTING.first(connection, (terms.agreement_id,))
-            assert existing is not None  # the insert met its id (rows are never deleted)
+            found = _EXISTING.first(connection, (terms.agreement_id,))
+            assert found is not None  # the insert met its id (rows are never deleted)
+            existing = found
         canonical, consumer_signature = existing
         if bytes(canonical) != signed.canonical_bytes:
             raise ContractStoreError(f"agreement {terms.agreement_id} exists with other terms")
