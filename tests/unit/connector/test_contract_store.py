@@ -40,6 +40,7 @@ from qdspace.connector.contract_store import (
     notices,
     received_row_table,
 )
+from qdspace.connector.contract_store.agreements import AgreementStore
 from qdspace.connector.contract_store.data_keys import DataKeys, row_aad
 from qdspace.connector.contract_store.received_pages import Pages, received_page_table
 from qdspace.connector.negotiation import (
@@ -168,6 +169,28 @@ def test_agreements_keep_exact_bytes_and_termination_is_sticky(store: ContractSt
         store.save_agreement(sign_agreement(other_terms, P_KEY), Role.CONSUMER)
     assert [a.agreement_id for a in store.agreements(Role.CONSUMER)] == ["agr-neg-1"]
     assert store.agreements(Role.PROVIDER) == []
+
+
+def test_an_agreement_saved_with_what_was_stored_keeps_the_same_rules(
+    store: ContractStore,
+) -> None:
+    """`save_agreement_in(..., stored=)` (a negotiation's loaded agreement) skips reading
+    the row back, not the rules: the countersignature is added, and terms other than the
+    stored ones are still refused (round 3 of bench/PROFILE-negotiation.md)."""
+    agreements = AgreementStore(store.engine)
+    opening = ContractRequest("s-m1", "neg-s", "sunarc", offer(), at(0))
+    terms = draft_agreement(open_negotiation(opening, Role.CONSUMER), "agr-s", at(2))
+    signed = sign_agreement(terms, P_KEY)
+    with store.engine.begin() as connection:
+        agreements.save_agreement_in(connection, signed, Role.CONSUMER)  # inserted at once
+    countersigned = countersign(signed, C_KEY, P_KEY.verify_key)
+    with store.engine.begin() as connection:
+        agreements.save_agreement_in(connection, countersigned, Role.CONSUMER, stored=signed)
+    assert store.agreement("agr-s").signed == countersigned
+    other = sign_agreement(replace(signed.agreement, agreed_at=at(3)), P_KEY)
+    with pytest.raises(ContractStoreError, match="other terms"), store.engine.begin() as c:
+        agreements.save_agreement_in(c, other, Role.CONSUMER, stored=signed)
+    assert store.agreement("agr-s").signed == countersigned
 
 
 ROWS = [
