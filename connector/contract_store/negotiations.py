@@ -192,10 +192,15 @@ class NegotiationStore(TableStore):
         self,
         negotiation_id: str,
         step: Callable[[Negotiation], tuple[Negotiation, Sequence[OutboxMessage]]],
+        opening: Callable[[], tuple[Negotiation, Sequence[OutboxMessage]]] | None = None,
         *,
         attempts: int = 3,
     ) -> Negotiation:
         """Load, apply `step`, save by compare-and-set; retried on a concurrent update.
+
+        `opening`: what to save when there is no such negotiation (None: that raises
+        `UnknownContractError`); a concurrent opening of the same id is a concurrent
+        update, so the retry applies `step` to the one saved first.
 
         Load and save share one connection (one pool checkout, not two). The load reads
         no more under a transaction than it did alone: SQLite's driver begins the
@@ -204,10 +209,19 @@ class NegotiationStore(TableStore):
         for attempt in range(attempts):
             try:
                 with saving(self.engine, f"negotiation {negotiation_id}") as connection:
-                    before = self._load_in(connection, negotiation_id)
-                    after, outbox = step(before)
-                    if after == before and not outbox:
-                        return after
+                    before: Negotiation | None = None
+                    try:
+                        before = self._load_in(connection, negotiation_id)
+                    except UnknownContractError:
+                        if opening is None:
+                            raise
+                    if before is None:
+                        assert opening is not None
+                        after, outbox = opening()
+                    else:
+                        after, outbox = step(before)
+                        if after == before and not outbox:
+                            return after
                     kept = self._save_in(connection, before, after, outbox)
                 _keep_offer(kept, after.offer)
                 return after

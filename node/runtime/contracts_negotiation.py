@@ -165,28 +165,23 @@ class ProviderNegotiation(ContractBase):
             answers[0] = answer
             return moved, queued(moved, answer)
 
-        try:  # one load and one save for a message on a known negotiation
-            negotiation = self.store.update_negotiation(message.negotiation_id, step)
-        except UnknownContractError:
-            if before_states:  # not "no such negotiation": something the step refused
-                raise
+        def opening() -> tuple[Negotiation, Sequence[OutboxMessage]]:
+            """No negotiation of that id here: only a request for our offer opens one."""
             if not isinstance(message, ContractRequest):
-                raise UnknownContractError(
-                    f"no negotiation {message.negotiation_id} here"
-                ) from None
+                raise UnknownContractError(f"no negotiation {message.negotiation_id} here")
             if message.offer.assigner != self.me.member_id:
-                raise ContractDenied(
-                    f"the request is for {message.offer.assigner}'s offer"
-                ) from None
+                raise ContractDenied(f"the request is for {message.offer.assigner}'s offer")
             self.asset_for(message.offer.target, peer.role)
             opened = open_negotiation(message, Role.PROVIDER, signed=signed)
             negotiation, answer = self._provider_move(opened, peer)
             answers[0] = answer
-            self.store.save_negotiation(None, negotiation, queued(negotiation, answer))
-        else:
-            finalized = NegotiationState.FINALIZED
-            if negotiation.state is finalized and before_states[-1] is not finalized:
-                self.record_agreement(negotiation)
+            return negotiation, queued(negotiation, answer)
+
+        # one load and one save, in one transaction, whether the negotiation is known or new
+        negotiation = self.store.update_negotiation(message.negotiation_id, step, opening)
+        finalized = NegotiationState.FINALIZED
+        if negotiation.state is finalized and before_states and before_states[-1] is not finalized:
+            self.record_agreement(negotiation)
         sent = answers[0]
         return negotiation, self.replies(negotiation) if sent is None else sent
 

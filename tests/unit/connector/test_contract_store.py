@@ -171,6 +171,32 @@ def test_agreements_keep_exact_bytes_and_termination_is_sticky(store: ContractSt
     assert store.agreements(Role.PROVIDER) == []
 
 
+def test_update_opens_a_missing_negotiation_only_through_opening(store: ContractStore) -> None:
+    """`update_negotiation(id, step, opening)`: a missing id is saved as `opening` says
+    (load and save in one transaction); a known one goes through `step`, never `opening`;
+    without `opening` a missing id is unknown, as before."""
+    first = ContractRequest("o-m1", "neg-o", "sunarc", offer(), at(0))
+    opened = open_negotiation(first, Role.PROVIDER)
+
+    def refuse(_: Negotiation) -> tuple[Negotiation, tuple[()]]:
+        raise AssertionError("step on a missing negotiation")
+
+    with pytest.raises(UnknownContractError):
+        store.update_negotiation("neg-o", refuse)
+    assert store.update_negotiation("neg-o", refuse, lambda: (opened, ())) == opened
+    assert store.load_negotiation("neg-o") == opened
+    accepted_offer = ContractOffer("o-m2", "neg-o", "cellex", offer(), at(1))
+
+    def never() -> tuple[Negotiation, tuple[()]]:
+        raise AssertionError("opening a known negotiation")
+
+    moved = store.update_negotiation(
+        "neg-o", lambda cur: (apply(cur, accepted_offer, KEYS), ()), never
+    )
+    assert moved.state is NegotiationState.OFFERED
+    assert store.load_negotiation("neg-o") == moved
+
+
 def test_an_agreement_saved_with_what_was_stored_keeps_the_same_rules(
     store: ContractStore,
 ) -> None:
