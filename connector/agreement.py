@@ -10,7 +10,9 @@ for the other role or for another agreement never verifies here.
 Bytes from a peer are verified *before* they are parsed (`open_signed_agreement`,
 `open_signed_receipt`): one changed byte anywhere is a signature failure, never
 a document that parses into something else. Parsing also insists the bytes are
-canonical, so there is exactly one signed form of each agreement.
+canonical, so there is exactly one signed form of each agreement. Bytes parsed or signed
+before, and signatures verified before, are answered from bounded memos
+(`agreement_memo`): a negotiation meets the same ones more than once.
 
 A deletion receipt states which agreement's data was deleted, how many rows,
 a digest of them (`deletion_digest`: sha256 over the sorted sha256 hashes of
@@ -25,12 +27,13 @@ import hashlib
 import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from nacl.exceptions import BadSignatureError
 from nacl.signing import SigningKey, VerifyKey
 
+from qdspace.connector.agreement_memo import PARSED, VERIFIED, agreement_parses_back
 from qdspace.connector.contract_errors import (
     AgreementError,
     AgreementSignatureError,
@@ -45,7 +48,7 @@ from qdspace.policies.canonical import (
 )
 from qdspace.policies.codec import policy_from_dict, policy_to_dict
 from qdspace.policies.errors import PolicyError
-from qdspace.policies.model import Duty, Permission, Policy, PolicyType, Prohibition
+from qdspace.policies.model import Policy, PolicyType
 
 AGREEMENT_SCHEMA = "qdspace.v1/agreement"
 RECEIPT_SCHEMA = "qdspace.v1/deletion-receipt"
@@ -153,70 +156,12 @@ def _time(raw: Mapping[str, Any], key: str, what: str) -> datetime:
         raise AgreementError(f"{what}: {key}: {exc}") from None
 
 
-#: agreements by their canonical bytes (at most `_MEMO_SIZE`): what `agreement_from_bytes`
-#: would parse those bytes into. An agreement is immutable and its bytes determine it, so a
-#: node parses one it signed or parsed before only once (the provider loads the agreement it
-#: signed when the countersignature arrives; bench/PROFILE-negotiation.md, round 3)
-_PARSED: dict[bytes, ContractAgreement] = {}
-#: (verify key, context + data, signature) triples that verified (at most `_MEMO_SIZE`): a
-#: signature checked twice in one negotiation (the consumer's on receipt and before it
-#: countersigns; the provider's own, which it made) is computed once. Ed25519 verification
-#: is a pure function of the triple, so a remembered success is the same answer
-_VERIFIED: set[tuple[bytes, bytes, bytes]] = set()
-_MEMO_SIZE = 512
-
-
-def _remember(memo: dict[Any, Any] | set[Any], key: Any, value: Any = None) -> None:
-    if len(memo) >= _MEMO_SIZE:
-        memo.clear()  # bounded: a busy node starts over rather than growing
-    if isinstance(memo, set):
-        memo.add(key)
-    else:
-        memo[key] = value
-
-
-def policy_parses_back(policy: Policy) -> bool:
-    """True when parsing the policy's canonical JSON gives back exactly this object.
-    Its fields pass the same checks either way; what the canonical form loses is a time's
-    zone (written in UTC, parsed back as the same instant in UTC), and the parser refuses
-    an empty string in a set that the model allows."""
-    rules: list[Permission | Prohibition | Duty] = [*policy.permissions, *policy.prohibitions]
-    rules += [*policy.obligations, *(d for p in policy.permissions for d in p.duties)]
-    for operand in (c.right_operand for rule in rules for c in rule.constraints):
-        if isinstance(operand, datetime) and operand.tzinfo is not UTC:
-            return False
-        if isinstance(operand, frozenset) and "" in operand:
-            return False
-    return True
-
-
-def _parses_back(agreement: ContractAgreement) -> bool:
-    """`policy_parses_back` for an agreement: its policy, and its times in UTC."""
-    times = (agreement.requested_at, agreement.agreed_at)
-    return all(t.tzinfo is UTC for t in times) and policy_parses_back(agreement.policy)
-
-
-def remember_agreement(agreement: ContractAgreement, data: bytes) -> bool:
-    """Remember `agreement` as what `data` parses to when `data` is exactly its canonical
-    form (and parsing would give back this very object, `_parses_back`); True if so.
-
-    For a party that knows which agreement it expects (the consumer: the offer on the
-    table, bound to it): comparing bytes costs a fraction of parsing them, and bytes that
-    differ are parsed, and checked, as ever."""
-    if type(data) is not bytes or agreement.canonical_bytes() != data:
-        return False
-    if not _parses_back(agreement):
-        return False
-    _remember(_PARSED, data, agreement)
-    return True
-
-
 def agreement_from_bytes(data: bytes) -> ContractAgreement:
     """Parse canonical agreement bytes; refuses non-canonical or inconsistent documents.
 
     Bytes seen before (parsed, or signed here) come from the memo: they were canonical and
     consistent then, and the same bytes parse to the same agreement."""
-    known = _PARSED.get(data) if type(data) is bytes else None
+    known = PARSED.get(data) if type(data) is bytes else None
     if known is not None:
         return known
     wire = {"schema", "agreementId", "negotiationId", "providerId", "consumerId", "assetId"}
@@ -239,7 +184,7 @@ def agreement_from_bytes(data: bytes) -> ContractAgreement:
     )
     if agreement.canonical_bytes() != data:
         raise AgreementError("agreement: bytes are not in canonical form")
-    _remember(_PARSED, bytes(data), agreement)
+    PARSED.put(bytes(data), agreement)
     return agreement
 
 
@@ -248,12 +193,12 @@ def _verify(
 ) -> None:
     try:
         triple = (bytes(key), context + data, bytes(signature))
-        if triple in _VERIFIED:
+        if triple in VERIFIED:
             return
         key.verify(triple[1], signature)
     except (BadSignatureError, ValueError, TypeError):
         raise error(f"{error.__name__}: signature does not verify") from None
-    _remember(_VERIFIED, triple)
+    VERIFIED.put(triple, True)
 
 
 @dataclass(frozen=True)
@@ -290,13 +235,13 @@ def sign_agreement(agreement: ContractAgreement, provider_key: SigningKey) -> Si
 
     The signature is remembered as verified under the key's own verify key (an Ed25519
     signature verifies under the key that made it), and the agreement as what its bytes
-    parse to, where that is exact (`_parses_back`): the provider checks the message it
+    parse to, where that is exact (`agreement_parses_back`): the provider checks the message it
     sends like any other and loads the agreement again for the countersignature."""
     data = agreement.canonical_bytes()
     signed = provider_key.sign(_PROVIDER_CONTEXT + data)
-    _remember(_VERIFIED, (bytes(provider_key.verify_key), signed.message, signed.signature))
-    if _parses_back(agreement):
-        _remember(_PARSED, data, agreement)
+    VERIFIED.put((bytes(provider_key.verify_key), signed.message, signed.signature), True)
+    if agreement_parses_back(agreement):
+        PARSED.put(data, agreement)
     return SignedAgreement(agreement, signed.signature)
 
 
@@ -318,7 +263,7 @@ def countersign(
     countersigned = consumer_key.sign(_CONSUMER_CONTEXT + signed.canonical_bytes)
     # verified as made (see `sign_agreement`): applying our own Verification checks it
     triple = (bytes(consumer_key.verify_key), countersigned.message, countersigned.signature)
-    _remember(_VERIFIED, triple)
+    VERIFIED.put(triple, True)
     return SignedAgreement(signed.agreement, signed.provider_signature, countersigned.signature)
 
 

@@ -46,9 +46,9 @@ from qdspace.connector.agreement import (
     ContractAgreement,
     SignedAgreement,
     add_consumer_signature,
-    remember_agreement,
     verify_provider_signature,
 )
+from qdspace.connector.agreement_memo import remember_agreement
 from qdspace.connector.contract_errors import (
     AgreementSignatureError,
     IllegalTransitionError,

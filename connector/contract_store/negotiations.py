@@ -36,7 +36,7 @@ from sqlalchemy import (
 )
 from sqlmodel.sql.sqltypes import UTCDateTime
 
-from qdspace.connector.agreement import policy_parses_back
+from qdspace.connector.agreement_memo import Memo, policy_parses_back
 from qdspace.connector.contract_errors import UnknownContractError
 from qdspace.connector.contract_store.agreements import AgreementStore
 from qdspace.connector.contract_store.common import (
@@ -75,12 +75,11 @@ negotiation_table = Table(
 _KIND = "negotiation"
 _LOAD, _COLUMNS = select_by_key(negotiation_table, "negotiation_id")
 _Row = namedtuple("_Row", _COLUMNS)  # type: ignore[misc]
-#: offers by the JSON stored for them (at most `_OFFERS_KEPT`): the offer a negotiation
+#: offers by the JSON stored for them (`agreement_memo.Memo`): the offer a negotiation
 #: saved is not parsed again when it is loaded for the next message (a provider saves the
 #: request's offer and loads it for the countersignature). Only offers that parse back to
 #: themselves are kept (`policy_parses_back`), so a load reads what parsing would give
-_OFFERS: dict[bytes, Policy] = {}
-_OFFERS_KEPT = 512
+_OFFERS: Memo[bytes, Policy] = Memo()
 
 
 def _offer(data: bytes) -> Policy:
@@ -90,9 +89,7 @@ def _offer(data: bytes) -> Policy:
 
 def _keep_offer(data: bytes | None, offer: Policy) -> None:
     if data is not None and policy_parses_back(offer):
-        if len(_OFFERS) >= _OFFERS_KEPT:
-            _OFFERS.clear()
-        _OFFERS[data] = offer
+        _OFFERS.put(data, offer)
 
 
 class NegotiationStore(TableStore):

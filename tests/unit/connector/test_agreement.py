@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from nacl.signing import SigningKey
 
-from qdspace.connector import agreement as agreement_module
+from qdspace.connector import agreement_memo
 from qdspace.connector.agreement import (
     ContractAgreement,
     DeletionReceipt,
@@ -194,11 +194,11 @@ def test_remembered_agreements_and_signatures_answer_as_computing_them_would() -
     UTC is not remembered; a remembered good signature does not make another one good."""
     signed = sign_agreement(terms("agr-memo"), PROVIDER)
     data = signed.canonical_bytes
-    agreement_module._PARSED.clear()
+    agreement_memo.PARSED.clear()
     fresh = agreement_from_bytes(data)
     sign_agreement(fresh, PROVIDER)  # remembers `fresh` as what `data` parses to
     assert agreement_from_bytes(data) is fresh
-    agreement_module._PARSED.clear()
+    agreement_memo.PARSED.clear()
     assert agreement_from_bytes(data) == fresh
     # a time in another zone: the same instant, but parsing gives it in UTC
     zoned = replace(
