@@ -10,7 +10,9 @@ for the other role or for another agreement never verifies here.
 Bytes from a peer are verified *before* they are parsed (`open_signed_agreement`,
 `open_signed_receipt`): one changed byte anywhere is a signature failure, never
 a document that parses into something else. Parsing also insists the bytes are
-canonical, so there is exactly one signed form of each agreement.
+canonical, so there is exactly one signed form of each agreement. Bytes parsed or signed
+before, and signatures verified before, are answered from bounded memos
+(`agreement_memo`): a negotiation meets the same ones more than once.
 
 A deletion receipt states which agreement's data was deleted, how many rows,
 a digest of them (`deletion_digest`: sha256 over the sorted sha256 hashes of
@@ -31,13 +33,19 @@ from typing import Any
 from nacl.exceptions import BadSignatureError
 from nacl.signing import SigningKey, VerifyKey
 
+from qdspace.connector.agreement_memo import PARSED, VERIFIED, agreement_parses_back
 from qdspace.connector.contract_errors import (
     AgreementError,
     AgreementSignatureError,
     ReceiptSignatureError,
     SignatureError,
 )
-from qdspace.policies.canonical import canonical_json, format_datetime, parse_datetime
+from qdspace.policies.canonical import (
+    canonical_json,
+    canonical_json_plain,
+    format_datetime,
+    parse_datetime,
+)
 from qdspace.policies.codec import policy_from_dict, policy_to_dict
 from qdspace.policies.errors import PolicyError
 from qdspace.policies.model import Policy, PolicyType
@@ -105,7 +113,7 @@ class ContractAgreement:
     def canonical_bytes(self) -> bytes:
         cached = self.__dict__.get("_canonical")
         if cached is None:  # immutable, so computed once (signing, verifying, storing use it)
-            cached = canonical_json(self.to_dict())
+            cached = canonical_json_plain(self.to_dict())  # to_dict writes JSON types only
             object.__setattr__(self, "_canonical", cached)
         assert isinstance(cached, bytes)
         return cached
@@ -149,7 +157,13 @@ def _time(raw: Mapping[str, Any], key: str, what: str) -> datetime:
 
 
 def agreement_from_bytes(data: bytes) -> ContractAgreement:
-    """Parse canonical agreement bytes; refuses non-canonical or inconsistent documents."""
+    """Parse canonical agreement bytes; refuses non-canonical or inconsistent documents.
+
+    Bytes seen before (parsed, or signed here) come from the memo: they were canonical and
+    consistent then, and the same bytes parse to the same agreement."""
+    known = PARSED.get(data) if type(data) is bytes else None
+    if known is not None:
+        return known
     wire = {"schema", "agreementId", "negotiationId", "providerId", "consumerId", "assetId"}
     raw = _load_canonical(data, "agreement", wire | {"policy", "requestedAt", "agreedAt"})
     if raw["schema"] != AGREEMENT_SCHEMA:
@@ -170,6 +184,7 @@ def agreement_from_bytes(data: bytes) -> ContractAgreement:
     )
     if agreement.canonical_bytes() != data:
         raise AgreementError("agreement: bytes are not in canonical form")
+    PARSED.put(bytes(data), agreement)
     return agreement
 
 
@@ -177,9 +192,13 @@ def _verify(
     key: VerifyKey, context: bytes, data: bytes, signature: bytes, error: type[SignatureError]
 ) -> None:
     try:
-        key.verify(context + data, signature)
+        triple = (bytes(key), context + data, bytes(signature))
+        if triple in VERIFIED:
+            return
+        key.verify(triple[1], signature)
     except (BadSignatureError, ValueError, TypeError):
         raise error(f"{error.__name__}: signature does not verify") from None
+    VERIFIED.put(triple, True)
 
 
 @dataclass(frozen=True)
@@ -212,9 +231,18 @@ class SignedAgreement:
 
 
 def sign_agreement(agreement: ContractAgreement, provider_key: SigningKey) -> SignedAgreement:
-    """The provider's signature: sent with the DSP ContractAgreementMessage."""
-    signature = provider_key.sign(_PROVIDER_CONTEXT + agreement.canonical_bytes()).signature
-    return SignedAgreement(agreement, signature)
+    """The provider's signature: sent with the DSP ContractAgreementMessage.
+
+    The signature is remembered as verified under the key's own verify key (an Ed25519
+    signature verifies under the key that made it), and the agreement as what its bytes
+    parse to, where that is exact (`agreement_parses_back`): the provider checks the message it
+    sends like any other and loads the agreement again for the countersignature."""
+    data = agreement.canonical_bytes()
+    signed = provider_key.sign(_PROVIDER_CONTEXT + data)
+    VERIFIED.put((bytes(provider_key.verify_key), signed.message, signed.signature), True)
+    if agreement_parses_back(agreement):
+        PARSED.put(data, agreement)
+    return SignedAgreement(agreement, signed.signature)
 
 
 def verify_provider_signature(signed: SignedAgreement, provider_vk: VerifyKey) -> None:
@@ -232,8 +260,11 @@ def countersign(
 ) -> SignedAgreement:
     """The consumer's signature, given only over an agreement the provider really signed."""
     verify_provider_signature(signed, provider_vk)
-    signature = consumer_key.sign(_CONSUMER_CONTEXT + signed.canonical_bytes).signature
-    return SignedAgreement(signed.agreement, signed.provider_signature, signature)
+    countersigned = consumer_key.sign(_CONSUMER_CONTEXT + signed.canonical_bytes)
+    # verified as made (see `sign_agreement`): applying our own Verification checks it
+    triple = (bytes(consumer_key.verify_key), countersigned.message, countersigned.signature)
+    VERIFIED.put(triple, True)
+    return SignedAgreement(signed.agreement, signed.provider_signature, countersigned.signature)
 
 
 def add_consumer_signature(

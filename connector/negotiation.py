@@ -34,6 +34,7 @@ verify keys passed in, so no caller can forget to.
 from __future__ import annotations
 
 import hashlib
+import json
 from dataclasses import dataclass, fields, replace
 from datetime import datetime
 from enum import StrEnum
@@ -47,6 +48,7 @@ from qdspace.connector.agreement import (
     add_consumer_signature,
     verify_provider_signature,
 )
+from qdspace.connector.agreement_memo import remember_agreement
 from qdspace.connector.contract_errors import (
     AgreementSignatureError,
     IllegalTransitionError,
@@ -55,7 +57,12 @@ from qdspace.connector.contract_errors import (
     UnauthorizedSenderError,
     UnknownProcessError,
 )
-from qdspace.policies.canonical import canonical_json, to_jsonable
+from qdspace.policies.canonical import (
+    canonical_json,
+    canonical_json_plain,
+    parse_datetime,
+    to_jsonable,
+)
 from qdspace.policies.codec import policy_to_dict
 from qdspace.policies.model import Policy, PolicyType, to_agreement
 
@@ -221,11 +228,53 @@ def _plain(value: Any) -> Any:
     return to_jsonable(value)
 
 
+def offer_json(policy: Policy) -> bytes:
+    """The policy's canonical JSON (`policy_to_json`), computed once per policy object.
+
+    A negotiation writes the offer on the table several times (its message's fingerprint,
+    the stored row, the wire): the policy is immutable, so the bytes are kept with it."""
+    cached = policy.__dict__.get("_canonical_json")
+    if cached is None:  # `policy_to_json`, without walking what is JSON types already
+        cached = canonical_json_plain(policy_to_dict(policy))
+        object.__setattr__(policy, "_canonical_json", cached)
+    assert isinstance(cached, bytes)
+    return cached
+
+
+#: each message class's field names, sorted as canonical JSON sorts an object's keys, with
+#: "type" among them
+_KEYS: dict[type, tuple[str, ...]] = {}
+
+
+def _keys(kind: type) -> tuple[str, ...]:
+    found = _KEYS.get(kind)
+    if found is None:
+        found = _KEYS[kind] = tuple(sorted([*(f.name for f in fields(kind)), "type"]))
+    return found
+
+
 def fingerprint(message: NegotiationMessage) -> str:
-    """sha256 of the message's canonical content: tells a retry from a forgery."""
-    content = {f.name: _plain(getattr(message, f.name)) for f in fields(message)}
-    content["type"] = type(message).__name__
-    return hashlib.sha256(canonical_json(content)).hexdigest()
+    """sha256 of the message's canonical content: tells a retry from a forgery.
+
+    The content is the object {field: value, ..., "type": class name} in canonical JSON.
+    An object's canonical form is its members in key order, so it is written in runs:
+    the members up to an offer in one encoding, the offer's key and `offer_json` (its
+    bytes as already encoded), then the rest; a message without an offer is one run."""
+    kind = type(message)
+    runs: list[bytes] = []
+    plain: dict[str, Any] = {}
+    for name in _keys(kind):
+        value = kind.__name__ if name == "type" else getattr(message, name)
+        if isinstance(value, Policy):
+            if plain:
+                runs.append(canonical_json(plain)[1:-1])
+                plain = {}
+            runs.append(canonical_json(name) + b":" + offer_json(value))
+        else:
+            plain[name] = _plain(value)
+    if plain:
+        runs.append(canonical_json(plain)[1:-1])
+    return hashlib.sha256(b"{" + b",".join(runs) + b"}").hexdigest()
 
 
 def _describe(message: NegotiationMessage) -> str:
@@ -320,6 +369,22 @@ def draft_agreement(
         requested_at=negotiation.created_at,
         agreed_at=agreed_at,
     )
+
+
+def expect_agreement(negotiation: Negotiation, data: bytes) -> bool:
+    """Before the provider's agreement bytes are parsed: when they are exactly the
+    agreement this negotiation expects (`draft_agreement` of the offer on the table, with
+    the id and time the bytes name), that agreement is what they parse to
+    (`remember_agreement`), so they are not parsed again. True if so. Anything else in
+    the bytes (malformed, other terms) is left to the parser and the checks of `apply`,
+    which refuse it as before; this only ever skips work."""
+    try:
+        raw = json.loads(data)
+        agreed_at = parse_datetime(raw["agreedAt"])
+        expected = draft_agreement(negotiation, raw["agreementId"], agreed_at)
+        return remember_agreement(expected, data)
+    except Exception:  # whatever is wrong with the bytes: the parser will say what
+        return False
 
 
 def _check_agreement(negotiation: Negotiation, signed: SignedAgreement, keys: PartyKeys) -> None:

@@ -135,10 +135,13 @@ class ContractStore:
         self,
         negotiation_id: str,
         step: Callable[[Negotiation], tuple[Negotiation, Sequence[OutboxMessage]]],
+        opening: Callable[[], tuple[Negotiation, Sequence[OutboxMessage]]] | None = None,
         *,
         attempts: int = 3,
     ) -> Negotiation:
-        return self._negotiations.update_negotiation(negotiation_id, step, attempts=attempts)
+        return self._negotiations.update_negotiation(
+            negotiation_id, step, opening, attempts=attempts
+        )
 
     def negotiations(self, state: NegotiationState | None = None) -> list[Negotiation]:
         return self._negotiations.negotiations(state)

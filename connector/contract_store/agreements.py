@@ -90,7 +90,7 @@ _INSERTED = (
 )
 _INSERT = DriverStatement(
     f"INSERT INTO contract_agreement ({', '.join(_INSERTED)}) "
-    f"VALUES ({', '.join('?' * len(_INSERTED))})",
+    f"VALUES ({', '.join('?' * len(_INSERTED))}) ON CONFLICT (agreement_id) DO NOTHING",
     column_types(_T, _INSERTED),
 )
 _COUNTERSIGN = DriverStatement(
@@ -138,13 +138,25 @@ class AgreementStore(TableStore):
     """Save, read, list and terminate agreements."""
 
     def save_agreement_in(
-        self, connection: Connection, signed: SignedAgreement, role: Role
+        self,
+        connection: Connection,
+        signed: SignedAgreement,
+        role: Role,
+        *,
+        stored: SignedAgreement | None = None,
     ) -> None:
-        """`save_agreement` within the caller's transaction."""
+        """`save_agreement` within the caller's transaction.
+
+        `stored`: the agreement as the caller read it from this store, in a transaction
+        whose compare-and-set guarantees nobody wrote it since (a negotiation's `before`);
+        its row is then not read again. Otherwise a new agreement is inserted at once and
+        only an id already taken is read back (each a statement fewer than reading first;
+        bench/PROFILE-negotiation.md, round 3)."""
         terms = signed.agreement
-        existing = _EXISTING.first(connection, (terms.agreement_id,))
-        if existing is None:
-            _INSERT.execute(
+        if stored is not None and stored.canonical_bytes == signed.canonical_bytes:
+            existing: tuple[Any, ...] = (stored.canonical_bytes, stored.consumer_signature)
+        else:
+            inserted = _INSERT.execute(
                 connection,
                 (
                     terms.agreement_id,
@@ -161,7 +173,11 @@ class AgreementStore(TableStore):
                     signed.signed,
                 ),
             )
-            return
+            if inserted:
+                return
+            found = _EXISTING.first(connection, (terms.agreement_id,))
+            assert found is not None  # the insert met its id (rows are never deleted)
+            existing = found
         canonical, consumer_signature = existing
         if bytes(canonical) != signed.canonical_bytes:
             raise ContractStoreError(f"agreement {terms.agreement_id} exists with other terms")

@@ -24,6 +24,7 @@ from typing import Any
 from sqlalchemy import (
     Boolean,
     Column,
+    Connection,
     Engine,
     Integer,
     LargeBinary,
@@ -35,6 +36,7 @@ from sqlalchemy import (
 )
 from sqlmodel.sql.sqltypes import UTCDateTime
 
+from qdspace.connector.agreement_memo import Memo, policy_parses_back
 from qdspace.connector.contract_errors import UnknownContractError
 from qdspace.connector.contract_store.agreements import AgreementStore
 from qdspace.connector.contract_store.common import (
@@ -48,8 +50,9 @@ from qdspace.connector.contract_store.common import (
     select_by_key,
 )
 from qdspace.connector.contract_store.outbox import OutboxMessage, OutboxStore
-from qdspace.connector.negotiation import Negotiation, NegotiationState, Role
-from qdspace.policies.codec import parse_policy, policy_to_json
+from qdspace.connector.negotiation import Negotiation, NegotiationState, Role, offer_json
+from qdspace.policies.codec import parse_policy
+from qdspace.policies.model import Policy
 
 negotiation_table = Table(
     "contract_negotiation",
@@ -72,6 +75,21 @@ negotiation_table = Table(
 _KIND = "negotiation"
 _LOAD, _COLUMNS = select_by_key(negotiation_table, "negotiation_id")
 _Row = namedtuple("_Row", _COLUMNS)  # type: ignore[misc]
+#: offers by the JSON stored for them (`agreement_memo.Memo`): the offer a negotiation
+#: saved is not parsed again when it is loaded for the next message (a provider saves the
+#: request's offer and loads it for the countersignature). Only offers that parse back to
+#: themselves are kept (`policy_parses_back`), so a load reads what parsing would give
+_OFFERS: Memo[bytes, Policy] = Memo()
+
+
+def _offer(data: bytes) -> Policy:
+    found = _OFFERS.get(data)
+    return parse_policy(data) if found is None else found
+
+
+def _keep_offer(data: bytes | None, offer: Policy) -> None:
+    if data is not None and policy_parses_back(offer):
+        _OFFERS.put(data, offer)
 
 
 class NegotiationStore(TableStore):
@@ -89,6 +107,18 @@ class NegotiationStore(TableStore):
         outbox: Iterable[OutboxMessage] = (),
     ) -> None:
         """Persist `after` (loaded as `before`, None when new) and queue `outbox`, atomically."""
+        with saving(self.engine, f"negotiation {after.negotiation_id}") as connection:
+            kept = self._save_in(connection, before, after, outbox)
+        _keep_offer(kept, after.offer)
+
+    def _save_in(
+        self,
+        connection: Connection,
+        before: Negotiation | None,
+        after: Negotiation,
+        outbox: Iterable[OutboxMessage],
+    ) -> bytes | None:
+        """`save_negotiation` in the caller's transaction; the offer's JSON when written."""
         values: dict[str, Any] = {
             "role": after.role.value,
             "provider_id": after.provider_id,
@@ -104,33 +134,35 @@ class NegotiationStore(TableStore):
             "updated_at": after.updated_at,
             "signed": after.signed,
         }
+        written = None
         if before is None or after.offer is not before.offer:  # else the stored JSON stands
-            values["offer_json"] = policy_to_json(after.offer)
-        with saving(self.engine, f"negotiation {after.negotiation_id}") as connection:
-            seen = None if before is None else before.seen
-            save_process(
-                connection,
-                negotiation_table,
-                _KIND,
-                after.negotiation_id,
-                values,
-                seen,
-                after.seen,
+            written = values["offer_json"] = offer_json(after.offer)
+        seen = None if before is None else before.seen
+        save_process(
+            connection, negotiation_table, _KIND, after.negotiation_id, values, seen, after.seen
+        )
+        stored = None if before is None else before.agreement
+        if after.agreement is not None and after.agreement is not stored:
+            # (the same object as loaded or last saved: its row stands as it is)
+            self._agreements.save_agreement_in(
+                connection, after.agreement, after.role, stored=stored
             )
-            if after.agreement is not None:
-                self._agreements.save_agreement_in(connection, after.agreement, after.role)
-            self._outbox.enqueue_in(connection, outbox, after.updated_at)
+        self._outbox.enqueue_in(connection, outbox, after.updated_at)
+        return written
 
     def load_negotiation(self, negotiation_id: str) -> Negotiation:
         with self.engine.connect() as connection:
-            found = _LOAD.first(connection, (negotiation_id,))
-            if found is None:
-                raise UnknownContractError(f"no negotiation {negotiation_id} here")
-            row: Any = _Row._make(found)
-            seen = seen_messages(connection, _KIND, negotiation_id)
-            signed = None
-            if row.agreement_id is not None:
-                signed = self._agreements.agreement_in(connection, row.agreement_id).signed
+            return self._load_in(connection, negotiation_id)
+
+    def _load_in(self, connection: Connection, negotiation_id: str) -> Negotiation:
+        found = _LOAD.first(connection, (negotiation_id,))
+        if found is None:
+            raise UnknownContractError(f"no negotiation {negotiation_id} here")
+        row: Any = _Row._make(found)
+        seen = seen_messages(connection, _KIND, negotiation_id)
+        signed = None
+        if row.agreement_id is not None:
+            signed = self._agreements.agreement_in(connection, row.agreement_id).signed
         return Negotiation(
             negotiation_id=row.negotiation_id,
             role=Role(row.role),
@@ -138,7 +170,7 @@ class NegotiationStore(TableStore):
             consumer_id=row.consumer_id,
             asset_id=row.asset_id,
             state=NegotiationState(row.state),
-            offer=parse_policy(row.offer_json),
+            offer=_offer(bytes(row.offer_json)),
             created_at=row.created_at,
             updated_at=row.updated_at,
             agreement=signed,
@@ -157,17 +189,38 @@ class NegotiationStore(TableStore):
         self,
         negotiation_id: str,
         step: Callable[[Negotiation], tuple[Negotiation, Sequence[OutboxMessage]]],
+        opening: Callable[[], tuple[Negotiation, Sequence[OutboxMessage]]] | None = None,
         *,
         attempts: int = 3,
     ) -> Negotiation:
-        """Load, apply `step`, save by compare-and-set; retried on a concurrent update."""
+        """Load, apply `step`, save by compare-and-set; retried on a concurrent update.
+
+        `opening`: what to save when there is no such negotiation (None: that raises
+        `UnknownContractError`); a concurrent opening of the same id is a concurrent
+        update, so the retry applies `step` to the one saved first.
+
+        Load and save share one connection (one pool checkout, not two). The load reads
+        no more under a transaction than it did alone: SQLite's driver begins the
+        transaction at the first write, and on PostgreSQL the compare-and-set decides
+        as before; a save that lost the race still raises `ConcurrentUpdateError`."""
         for attempt in range(attempts):
-            before = self.load_negotiation(negotiation_id)
-            after, outbox = step(before)
-            if after == before and not outbox:
-                return after
             try:
-                self.save_negotiation(before, after, outbox)
+                with saving(self.engine, f"negotiation {negotiation_id}") as connection:
+                    before: Negotiation | None = None
+                    try:
+                        before = self._load_in(connection, negotiation_id)
+                    except UnknownContractError:
+                        if opening is None:
+                            raise
+                    if before is None:
+                        assert opening is not None
+                        after, outbox = opening()
+                    else:
+                        after, outbox = step(before)
+                        if after == before and not outbox:
+                            return after
+                    kept = self._save_in(connection, before, after, outbox)
+                _keep_offer(kept, after.offer)
                 return after
             except ConcurrentUpdateError:
                 if attempt == attempts - 1:

@@ -38,6 +38,7 @@ from qdspace.connector.negotiation import (
     PartyKeys,
     Role,
     apply,
+    expect_agreement,
     open_negotiation,
 )
 from qdspace.connector.transfer import (
@@ -256,6 +257,8 @@ class ContractClient(ConsumerSubscriptions):
                 peer, "negotiation", functools.partial(stub.Send, wire, timeout=TIMEOUT_S)
             )
             for reply in ack.replies:
+                if reply.WhichOneof("body") == "agreement":  # as expected: compared, not parsed
+                    expect_agreement(negotiation, reply.agreement.agreement.agreement_json)
                 negotiation = apply(negotiation, negotiation_message_from_proto(reply), keys)
             answer = self._answer(negotiation, asked)
             if answer is not None:

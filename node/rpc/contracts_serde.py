@@ -36,6 +36,7 @@ from qdspace.connector.negotiation import (
     Termination,
     Verification,
     awaiting,
+    offer_json,
 )
 from qdspace.node.errors import WireFormatError as WireFormatError  # its home was here
 from qdspace.policies.codec import parse_policy, policy_to_json
@@ -151,9 +152,9 @@ def negotiation_message_to_proto(message: NegotiationMessage) -> negotiation_pb2
         at_unix_us=datetime_to_us(message.at),
     )
     if isinstance(message, ContractRequest):
-        out.request.offer_json = policy_to_json(message.offer)
+        out.request.offer_json = offer_json(message.offer)
     elif isinstance(message, ContractOffer):
-        out.offer.offer_json = policy_to_json(message.offer)
+        out.offer.offer_json = offer_json(message.offer)
     elif isinstance(message, Accepted):
         out.accepted.SetInParent()
     elif isinstance(message, Agreement):
@@ -202,7 +203,7 @@ def negotiation_to_proto(negotiation: Negotiation) -> negotiation_pb2.Negotiatio
         provider_id=negotiation.provider_id,
         consumer_id=negotiation.consumer_id,
         asset_id=negotiation.asset_id,
-        offer_json=policy_to_json(negotiation.offer),
+        offer_json=offer_json(negotiation.offer),
         has_agreement=negotiation.agreement is not None,
         reason=negotiation.reason or "",
         created_at_unix_us=datetime_to_us(negotiation.created_at),

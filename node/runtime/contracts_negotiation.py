@@ -82,8 +82,11 @@ class ProviderNegotiation(ContractBase):
             asset.offer, n.offer, self.customer_orders(peer.name), f"{mid}:counter"
         )
 
-    def _provider_move(self, negotiation: Negotiation, peer: MemberIdentity) -> Negotiation:
-        """The provider's answer to the state the consumer's message left."""
+    def _provider_move(
+        self, negotiation: Negotiation, peer: MemberIdentity
+    ) -> tuple[Negotiation, list[NegotiationMessage]]:
+        """The provider's answer to the state the consumer's message left: the state after
+        it, and the answer (none when it is not our move)."""
         n = negotiation
         keys = PartyKeys(self.verify_key, VerifyKey(peer.verify_key))
         me, at, mid = self.me.member_id, self._at(n), self._mid(n)
@@ -107,9 +110,9 @@ class ProviderNegotiation(ContractBase):
         elif n.state is NegotiationState.VERIFIED:
             message = Finalized(mid, n.negotiation_id, me, at)
         else:
-            return n
+            return n, []
         logger.info("negotiation %s: %s -> %s", n.negotiation_id, n.state, type(message).__name__)
-        return apply(n, message, keys)
+        return apply(n, message, keys), [message]
 
     def _agreement_message(
         self, n: Negotiation, mid: str, at: datetime, terms: Policy
@@ -136,8 +139,8 @@ class ProviderNegotiation(ContractBase):
         outbox messages are committed with the new state. `signed` False opens a
         negotiation with a peer that does not sign (see `Negotiation.signed`)."""
 
-        def queued(n: Negotiation) -> Sequence[OutboxMessage]:
-            return () if deliver is None else deliver(n, self.replies(n))
+        def queued(n: Negotiation, answer: list[NegotiationMessage]) -> Sequence[OutboxMessage]:
+            return () if deliver is None else deliver(n, answer)
 
         if message.sender_id != peer.member_id:
             raise UnauthorizedSenderError(
@@ -146,39 +149,41 @@ class ProviderNegotiation(ContractBase):
             )
         keys = PartyKeys(self.verify_key, VerifyKey(peer.verify_key))
         before_states: list[NegotiationState] = []
+        # the answer this call built, None when the message was a retry (its answer is then
+        # rebuilt from the state, `replies`); what `replies` would rebuild, without rebuilding
+        answers: list[list[NegotiationMessage] | None] = [None]
 
         def step(before: Negotiation) -> tuple[Negotiation, Sequence[OutboxMessage]]:
             if before.role is not Role.PROVIDER:
                 raise ContractDenied(f"negotiation {before.negotiation_id}: we are its consumer")
             before_states.append(before.state)
+            answers[0] = None
             after = apply(before, message, keys)
             if after == before:
                 return after, ()
-            moved = self._provider_move(after, peer)
-            return moved, queued(moved)
+            moved, answer = self._provider_move(after, peer)
+            answers[0] = answer
+            return moved, queued(moved, answer)
 
-        try:  # one load and one save for a message on a known negotiation
-            negotiation = self.store.update_negotiation(message.negotiation_id, step)
-        except UnknownContractError:
-            if before_states:  # not "no such negotiation": something the step refused
-                raise
+        def opening() -> tuple[Negotiation, Sequence[OutboxMessage]]:
+            """No negotiation of that id here: only a request for our offer opens one."""
             if not isinstance(message, ContractRequest):
-                raise UnknownContractError(
-                    f"no negotiation {message.negotiation_id} here"
-                ) from None
+                raise UnknownContractError(f"no negotiation {message.negotiation_id} here")
             if message.offer.assigner != self.me.member_id:
-                raise ContractDenied(
-                    f"the request is for {message.offer.assigner}'s offer"
-                ) from None
+                raise ContractDenied(f"the request is for {message.offer.assigner}'s offer")
             self.asset_for(message.offer.target, peer.role)
             opened = open_negotiation(message, Role.PROVIDER, signed=signed)
-            negotiation = self._provider_move(opened, peer)
-            self.store.save_negotiation(None, negotiation, queued(negotiation))
-        else:
-            finalized = NegotiationState.FINALIZED
-            if negotiation.state is finalized and before_states[-1] is not finalized:
-                self.record_agreement(negotiation)
-        return negotiation, self.replies(negotiation)
+            negotiation, answer = self._provider_move(opened, peer)
+            answers[0] = answer
+            return negotiation, queued(negotiation, answer)
+
+        # one load and one save, in one transaction, whether the negotiation is known or new
+        negotiation = self.store.update_negotiation(message.negotiation_id, step, opening)
+        finalized = NegotiationState.FINALIZED
+        if negotiation.state is finalized and before_states and before_states[-1] is not finalized:
+            self.record_agreement(negotiation)
+        sent = answers[0]
+        return negotiation, self.replies(negotiation) if sent is None else sent
 
     def record_agreement(self, negotiation: Negotiation) -> None:
         signed = negotiation.agreement

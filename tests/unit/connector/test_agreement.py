@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from dataclasses import replace
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from nacl.signing import SigningKey
 
+from qdspace.connector import agreement_memo
 from qdspace.connector.agreement import (
     ContractAgreement,
     DeletionReceipt,
@@ -24,6 +25,7 @@ from qdspace.connector.agreement import (
     sign_agreement,
     sign_receipt,
     verify_agreement,
+    verify_provider_signature,
     verify_receipt,
 )
 from qdspace.connector.contract_errors import (
@@ -31,6 +33,7 @@ from qdspace.connector.contract_errors import (
     AgreementSignatureError,
     ReceiptSignatureError,
 )
+from qdspace.policies.canonical import canonical_json
 from qdspace.policies.model import OfferTerms, make_offer, to_agreement
 
 T0 = datetime(2026, 5, 1, 8, 30, tzinfo=UTC)
@@ -151,6 +154,76 @@ def test_non_canonical_or_inconsistent_documents_are_refused() -> None:
         replace(terms(), agreed_at=T0 - timedelta(seconds=1))
     with pytest.raises(AgreementError, match="time zone"):
         replace(terms(), agreed_at=datetime(2026, 5, 2))
+
+
+@pytest.mark.parametrize("text", ["x", "é€😀\u2028", '"\\', "\x00", "\u2029", "y" * 500])
+def test_canonical_bytes_are_those_of_the_general_encoder(text: str) -> None:
+    """The agreement's bytes are encoded without `to_jsonable`'s walk (its dict holds JSON
+    types only): they must be exactly `canonical_json` of it, as signed and anchored."""
+    offer = make_offer(
+        f"offer-{text}",
+        f"cellex-{text}",
+        "inspections",
+        OfferTerms(
+            purposes=frozenset({"quality-assurance", text}),
+            orders=frozenset({text, "ORD-1"}),
+            fields=frozenset({"a", text}),
+            not_before=datetime(2026, 1, 1, 0, 0, 0, 5, tzinfo=timezone(timedelta(hours=-3))),
+            not_after=datetime(2027, 1, 1, tzinfo=UTC),
+            retention_days=7,
+            receipt=False,
+        ),
+    )
+    agreement = ContractAgreement(
+        agreement_id=f"agr-{text}",
+        negotiation_id=text,
+        provider_id=f"cellex-{text}",
+        consumer_id=text,
+        asset_id="inspections",
+        policy=to_agreement(offer, f"agr-{text}", text),
+        requested_at=T0.astimezone(timezone(timedelta(hours=5, minutes=30))),
+        agreed_at=T0 + timedelta(microseconds=1),
+    )
+    assert agreement.canonical_bytes() == canonical_json(agreement.to_dict())
+    assert agreement_from_bytes(agreement.canonical_bytes()) == agreement
+
+
+def test_remembered_agreements_and_signatures_answer_as_computing_them_would() -> None:
+    """The memos (round 3 of bench/PROFILE-negotiation.md) never change an answer: bytes
+    signed here parse to what a fresh parse gives, time zones included; a time outside
+    UTC is not remembered; a remembered good signature does not make another one good."""
+    signed = sign_agreement(terms("agr-memo"), PROVIDER)
+    data = signed.canonical_bytes
+    agreement_memo.PARSED.clear()
+    fresh = agreement_from_bytes(data)
+    sign_agreement(fresh, PROVIDER)  # remembers `fresh` as what `data` parses to
+    assert agreement_from_bytes(data) is fresh
+    agreement_memo.PARSED.clear()
+    assert agreement_from_bytes(data) == fresh
+    # a time in another zone: the same instant, but parsing gives it in UTC
+    zoned = replace(
+        terms("agr-zoned"),
+        agreed_at=(T0 + timedelta(hours=1)).astimezone(timezone(timedelta(hours=2))),
+    )
+    zoned_bytes = sign_agreement(zoned, PROVIDER).canonical_bytes
+    assert agreement_from_bytes(zoned_bytes).agreed_at.tzinfo is UTC
+    # the provider's signature verifies from the memo; a changed one still fails
+    verify_provider_signature(signed, PROVIDER.verify_key)
+    bent = bytearray(signed.provider_signature)
+    bent[0] ^= 1
+    with pytest.raises(AgreementSignatureError):
+        verify_provider_signature(
+            replace(signed, provider_signature=bytes(bent)), PROVIDER.verify_key
+        )
+    with pytest.raises(AgreementSignatureError):  # made by the provider, checked as the consumer's
+        verify_provider_signature(signed, CONSUMER.verify_key)
+    countersigned = countersign(signed, CONSUMER, PROVIDER.verify_key)
+    verify_agreement(countersigned, PROVIDER.verify_key, CONSUMER.verify_key)
+    with pytest.raises(AgreementSignatureError):  # the consumer's signature is not the provider's
+        verify_provider_signature(
+            replace(signed, provider_signature=countersigned.consumer_signature or b""),
+            PROVIDER.verify_key,
+        )
 
 
 ROWS = [{"inspection_id": f"i{n}", "verdict": "ok", "score": n / 10} for n in range(5)]

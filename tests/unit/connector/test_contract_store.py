@@ -41,6 +41,7 @@ from qdspace.connector.contract_store import (
     notices,
     received_row_table,
 )
+from qdspace.connector.contract_store.agreements import AgreementStore
 from qdspace.connector.contract_store.data_keys import DataKeys, row_aad
 from qdspace.connector.contract_store.received_pages import Pages, index_page, received_page_table
 from qdspace.connector.negotiation import (
@@ -169,6 +170,54 @@ def test_agreements_keep_exact_bytes_and_termination_is_sticky(store: ContractSt
         store.save_agreement(sign_agreement(other_terms, P_KEY), Role.CONSUMER)
     assert [a.agreement_id for a in store.agreements(Role.CONSUMER)] == ["agr-neg-1"]
     assert store.agreements(Role.PROVIDER) == []
+
+
+def test_update_opens_a_missing_negotiation_only_through_opening(store: ContractStore) -> None:
+    """`update_negotiation(id, step, opening)`: a missing id is saved as `opening` says
+    (load and save in one transaction); a known one goes through `step`, never `opening`;
+    without `opening` a missing id is unknown, as before."""
+    first = ContractRequest("o-m1", "neg-o", "sunarc", offer(), at(0))
+    opened = open_negotiation(first, Role.PROVIDER)
+
+    def refuse(_: Negotiation) -> tuple[Negotiation, tuple[()]]:
+        raise AssertionError("step on a missing negotiation")
+
+    with pytest.raises(UnknownContractError):
+        store.update_negotiation("neg-o", refuse)
+    assert store.update_negotiation("neg-o", refuse, lambda: (opened, ())) == opened
+    assert store.load_negotiation("neg-o") == opened
+    accepted_offer = ContractOffer("o-m2", "neg-o", "cellex", offer(), at(1))
+
+    def never() -> tuple[Negotiation, tuple[()]]:
+        raise AssertionError("opening a known negotiation")
+
+    moved = store.update_negotiation(
+        "neg-o", lambda cur: (apply(cur, accepted_offer, KEYS), ()), never
+    )
+    assert moved.state is NegotiationState.OFFERED
+    assert store.load_negotiation("neg-o") == moved
+
+
+def test_an_agreement_saved_with_what_was_stored_keeps_the_same_rules(
+    store: ContractStore,
+) -> None:
+    """`save_agreement_in(..., stored=)` (a negotiation's loaded agreement) skips reading
+    the row back, not the rules: the countersignature is added, and terms other than the
+    stored ones are still refused (round 3 of bench/PROFILE-negotiation.md)."""
+    agreements = AgreementStore(store.engine)
+    opening = ContractRequest("s-m1", "neg-s", "sunarc", offer(), at(0))
+    terms = draft_agreement(open_negotiation(opening, Role.CONSUMER), "agr-s", at(2))
+    signed = sign_agreement(terms, P_KEY)
+    with store.engine.begin() as connection:
+        agreements.save_agreement_in(connection, signed, Role.CONSUMER)  # inserted at once
+    countersigned = countersign(signed, C_KEY, P_KEY.verify_key)
+    with store.engine.begin() as connection:
+        agreements.save_agreement_in(connection, countersigned, Role.CONSUMER, stored=signed)
+    assert store.agreement("agr-s").signed == countersigned
+    other = sign_agreement(replace(signed.agreement, agreed_at=at(3)), P_KEY)
+    with pytest.raises(ContractStoreError, match="other terms"), store.engine.begin() as c:
+        agreements.save_agreement_in(c, other, Role.CONSUMER, stored=signed)
+    assert store.agreement("agr-s").signed == countersigned
 
 
 ROWS = [

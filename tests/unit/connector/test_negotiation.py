@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
-from dataclasses import replace
-from datetime import UTC, datetime, timedelta
+import hashlib
+from dataclasses import fields, replace
+from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from nacl.signing import SigningKey
 
-from qdspace.connector.agreement import countersign, sign_agreement
+from qdspace.connector.agreement import (
+    SignedAgreement,
+    agreement_from_bytes,
+    countersign,
+    sign_agreement,
+)
 from qdspace.connector.contract_errors import (
     AgreementSignatureError,
     IllegalTransitionError,
@@ -32,11 +38,17 @@ from qdspace.connector.negotiation import (
     Role,
     Termination,
     Verification,
+    _plain,
     apply,
     awaiting,
     draft_agreement,
+    expect_agreement,
+    fingerprint,
+    offer_json,
     open_negotiation,
 )
+from qdspace.policies.canonical import canonical_json
+from qdspace.policies.codec import policy_to_json
 from qdspace.policies.model import OfferTerms, Policy, make_offer
 
 T0 = datetime(2026, 5, 1, tzinfo=UTC)
@@ -258,3 +270,61 @@ def test_random_message_sequences_only_take_protocol_transitions(kinds: list[str
         # Re-delivery of the same message never moves the state again.
         assert apply(after, message, KEYS) == after
         n = after
+
+
+def _fingerprint_as_defined(message: NegotiationMessage) -> str:
+    """The definition: sha256 of the canonical JSON of {field: value, ..., "type": name}."""
+    content = {f.name: _plain(getattr(message, f.name)) for f in fields(message)}
+    content["type"] = type(message).__name__
+    return hashlib.sha256(canonical_json(content)).hexdigest()
+
+
+@pytest.mark.parametrize("text", ["m", "é€😀\u2028", '"\\', "\x00OFFER\x00", "type", "x" * 300])
+def test_fingerprints_are_the_canonical_json_of_the_whole_message(text: str) -> None:
+    """`fingerprint` writes the object member by member with the offer's cached bytes
+    (round 3 of bench/PROFILE-negotiation.md); the digests stored with every negotiation
+    must stay exactly those of the whole object's canonical JSON."""
+    terms = OfferTerms(
+        purposes=frozenset({"quality-assurance", text}),
+        orders=frozenset({"ORD-1"}),
+        fields=frozenset({"a", text}),
+        not_after=datetime(2027, 1, 1, 12, tzinfo=timezone(timedelta(hours=2))),
+    )
+    policy = make_offer(f"{text}-offer", "cellex", "inspections", terms)
+    opening = ContractRequest(text, "neg-1", "sunarc", policy, at(1))
+    signed = sign_agreement(
+        draft_agreement(open_negotiation(opening, Role.PROVIDER), text, at(2)), P_KEY
+    )
+    messages: list[NegotiationMessage] = [
+        opening,
+        ContractOffer(text, text, text, policy, T0.astimezone(timezone(timedelta(hours=-5)))),
+        Accepted(text, "neg-1", text, at(3)),
+        Agreement(text, "neg-1", "cellex", signed, at(4)),
+        Agreement(text, "neg-1", "cellex", replace(signed, consumer_signature=b"\x00\xff"), at(4)),
+        Agreement(
+            text, "neg-1", "cellex", SignedAgreement(signed.agreement, b"", signed=False), at(4)
+        ),
+        Verification(text, "neg-1", text, text.encode(), at(5)),
+        Finalized(text, "neg-1", "cellex", at(6)),
+        Termination(text, "neg-1", text, text, at(7)),
+    ]
+    for message in messages:
+        assert fingerprint(message) == _fingerprint_as_defined(message)
+    assert offer_json(policy) == policy_to_json(policy)  # kept with the policy, as encoded
+
+
+def test_an_expected_agreement_is_compared_and_anything_else_left_to_the_parser() -> None:
+    """`expect_agreement` only skips a parse: the exact bytes of the agreement the
+    consumer expects are remembered as it; other terms, junk and foreign shapes are not,
+    and still fail where they failed (the parser, then `apply`)."""
+    consumer = open_negotiation(request(), Role.CONSUMER)
+    honest = agree(consumer).signed
+    data = honest.canonical_bytes
+    assert expect_agreement(consumer, data)
+    assert agreement_from_bytes(data) == honest.agreement
+    other = draft_agreement(consumer, "agr-2", at(5))
+    bent = replace(other, policy=replace(other.policy, target="wafers"), asset_id="wafers")
+    assert not expect_agreement(consumer, bent.canonical_bytes())
+    for junk in (b"", b"[[[", b"{}", b'{"agreementId": 1, "agreedAt": 2}', data + b" ", b"\xff"):
+        assert not expect_agreement(consumer, junk)
+    assert not expect_agreement(consumer, data.replace(b"sunarc", b"polyco"))
