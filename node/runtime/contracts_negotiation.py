@@ -147,6 +147,11 @@ class ProviderNegotiation(ContractBase):
                 f"message {message.message_id} claims sender {message.sender_id}, "
                 f"but the caller is {peer.member_id}"
             )
+        if _is_provider_id(message.negotiation_id, message.message_id):
+            raise UnauthorizedSenderError(
+                f"message id {message.message_id}: ids <negotiation>:p<number> are the "
+                "provider's own (its answers); a consumer's message needs another"
+            )
         keys = PartyKeys(self.verify_key, VerifyKey(peer.verify_key))
         before_states: list[NegotiationState] = []
         # the answer this call built, None when the message was a retry (its answer is then
@@ -205,7 +210,7 @@ class ProviderNegotiation(ContractBase):
         if n.role is not Role.PROVIDER or not n.seen:
             return []
         mid, digest = n.seen[-1]
-        if not mid.startswith(f"{n.negotiation_id}:p"):
+        if not _is_provider_id(n.negotiation_id, mid):
             return []
         me, at = self.me.member_id, n.updated_at
         message: NegotiationMessage
@@ -224,3 +229,9 @@ class ProviderNegotiation(ContractBase):
         if fingerprint(message) != digest:
             raise NodeError(f"negotiation {n.negotiation_id}: cannot rebuild message {mid}")
         return [message]
+
+
+def _is_provider_id(negotiation_id: str, message_id: str) -> bool:
+    """Whether `message_id` has the form of the provider's own messages (`_mid`)."""
+    prefix = f"{negotiation_id}:p"
+    return message_id.startswith(prefix) and message_id[len(prefix) :].isdigit()

@@ -287,3 +287,46 @@ def test_the_isnoneof_bypass_on_the_live_stream_releases_nothing_foreign(
     state, orders = asyncio.run(run())
     assert state == "FINALIZED"
     assert orders == {CELLEX_ORDER}  # the stream works, and carries only our order
+
+
+def test_message_ids_of_the_providers_form_are_refused(space: Space) -> None:
+    """``<negotiation>:p<k>`` names the provider's own messages (its answers are rebuilt
+    from them on a retry); a consumer sending such an id, first or later, and retrying
+    it, is refused as a wrong sender every time, never an internal error."""
+
+    async def run() -> list[tuple[str, grpc.StatusCode | None]]:
+        attacker = Attacker(space)
+        send = attacker.negotiation.Send
+        got: list[tuple[str, grpc.StatusCode | None]] = []
+
+        async def call(label: str, message: Any) -> None:
+            try:
+                await send(negotiation_message_to_proto(message))
+                got.append((label, None))
+            except grpc.aio.AioRpcError as refused:
+                got.append((label, refused.code()))
+
+        try:
+            offer = await attacker.offer("inspections")
+            now = datetime.now(UTC)
+            nid = f"neg-pid-{uuid.uuid4().hex}"
+            first = ContractRequest(f"{nid}:p0", nid, attacker.me, offer, now)
+            for label in ("opening as p0", "opening as p0 again"):
+                await call(label, first)
+            nid = f"neg-pid-{uuid.uuid4().hex}"
+            await call("honest opening", ContractRequest(f"{nid}:c0", nid, attacker.me, offer, now))
+            for k in (1, 2, 2):
+                await call(f"accept as p{k}", Accepted(f"{nid}:p{k}", nid, attacker.me, now))
+        finally:
+            await attacker.peers.close()
+        return got
+
+    got = dict(asyncio.run(run()))
+    denied = grpc.StatusCode.PERMISSION_DENIED
+    assert got.pop("honest opening") is None
+    assert got == {
+        "opening as p0": denied,
+        "opening as p0 again": denied,
+        "accept as p1": denied,
+        "accept as p2": denied,
+    }, got
