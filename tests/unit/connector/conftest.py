@@ -14,16 +14,20 @@ from qdspace.connector.contract_store import ensure_schema
 
 
 @pytest.fixture
-def contract_engine(
+def bare_engine(
     db_backend: str, tmp_path: Path, postgres_schema: Callable[[str], Engine]
 ) -> Iterator[Engine]:
-    """An engine with the contract schema made (by its migration)."""
+    """An empty database, no schema made: a SQLite file, or a new PostgreSQL schema."""
     if db_backend == "sqlite":
         created = create_engine(f"sqlite:///{tmp_path / 'contracts.db'}")
-        ensure_schema(created)
         yield created
         created.dispose()
     else:
-        created = postgres_schema("contract")
-        ensure_schema(created)
-        yield created
+        yield postgres_schema("contract")
+
+
+@pytest.fixture
+def contract_engine(bare_engine: Engine) -> Engine:
+    """An engine with the contract schema made (by its migration)."""
+    ensure_schema(bare_engine)
+    return bare_engine

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import Callable, Iterator
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -565,19 +564,6 @@ def test_a_page_index_keeps_any_record_key_whether_its_seqs_run_on_or_not(
         **{f"{key}2": 20 + 3 * i for i, key in enumerate(odd)},
     }
     assert (store.last_received_seq("sub-1"), store.last_received_seq("sub-2")) == (14, 32)
-
-
-@pytest.fixture
-def bare_engine(
-    db_backend: str, tmp_path: Path, postgres_schema: Callable[[str], Engine]
-) -> Iterator[Engine]:
-    """An empty database, no schema made: SQLite, or a new PostgreSQL schema."""
-    if db_backend == "sqlite":
-        created = create_engine(f"sqlite:///{tmp_path / 'old.db'}")
-        yield created
-        created.dispose()
-        return
-    yield postgres_schema("contract")
 
 
 def test_rows_stored_under_0010_read_and_keep_their_cursor_after_0011(
