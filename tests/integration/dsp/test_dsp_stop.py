@@ -26,7 +26,7 @@ from qdspace.node.dsp.edr import DataTokens
 from qdspace.node.localnet.network import LocalNetwork, MemberSpec
 
 from .conftest import ingest_sample, ok, runtime_of, wait_for
-from .test_dsp_transfer import inspection_row, negotiate, transfer_state
+from .test_dsp_transfer import SUNARC_ORDER, inspection_row, start_live_transfer, transfer_state
 
 pytestmark = pytest.mark.integration
 
@@ -90,13 +90,8 @@ def test_a_node_with_peer_connections_and_a_live_stream_stops_promptly(
     ingest_sample(pair, "cellex")
     provider = runtime_of(pair, "cellex")["dsp"]
     with pair["sunarc"].client() as oem:
-        agreement = negotiate(oem, provider, "live-inspections")
         # sunarc's own consumer follows a live stream from cellex (a real peer's stream)
-        tid = ok(oem.post("/v1/dsp/transfers", json={"agreement_id": agreement}))["transfer_id"]
-        wait_for(
-            "the live transfer to start",
-            lambda: (s := transfer_state(oem, tid))["state"] == "STARTED" and s["delivery"],
-        )
+        agreement, _ = start_live_transfer(oem, provider)
     # a second stream, held by hand with sunarc's credentials, to see how it ends
     keys = pair["sunarc"].keys()
     me = keys.identity.member_id
@@ -152,15 +147,10 @@ def test_a_restarted_consumer_resumes_a_live_stream_after_the_rows_it_holds(
     provider = runtime_of(pair, "cellex")["dsp"]
     tag = uuid.uuid4().hex[:8]
     with pair["sunarc"].client() as oem, pair["cellex"].client() as supplier:
-        agreement = negotiate(oem, provider, "live-inspections")
-        tid = ok(oem.post("/v1/dsp/transfers", json={"agreement_id": agreement}))["transfer_id"]
-        wait_for(
-            "the live transfer to start",
-            lambda: (s := transfer_state(oem, tid))["state"] == "STARTED" and s["delivery"],
-        )
+        agreement, tid = start_live_transfer(oem, provider)
 
         def post(i: int) -> None:
-            rows = {"rows": [inspection_row(tag, i, "PO-2026-0042")]}
+            rows = {"rows": [inspection_row(tag, i, SUNARC_ORDER)]}
             assert ok(supplier.post("/v1/ingest/inspection", json=rows))["accepted"] == 1
 
         post(1)
@@ -169,7 +159,7 @@ def test_a_restarted_consumer_resumes_a_live_stream_after_the_rows_it_holds(
     port = urlsplit(runtime_of(pair, "sunarc")["dsp"]).port
     assert pair.stop(["sunarc"], timeout=KILL_AFTER_S) == {"sunarc": 0}
     with pair["cellex"].client() as supplier:
-        rows = {"rows": [inspection_row(tag, 2, "PO-2026-0042")]}
+        rows = {"rows": [inspection_row(tag, 2, SUNARC_ORDER)]}
         assert ok(supplier.post("/v1/ingest/inspection", json=rows))["accepted"] == 1
     pair.env["QDSPACE_DSP_PORT"] = str(port)
     try:

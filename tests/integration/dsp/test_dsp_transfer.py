@@ -52,6 +52,18 @@ def transfer_state(oem: httpx.Client, tid: str) -> dict[str, Any]:
     return ok(oem.get(f"/v1/dsp/transfers/{tid}"))  # type: ignore[no-any-return]
 
 
+def start_live_transfer(oem: httpx.Client, provider: str) -> tuple[str, str]:
+    """A live-inspections agreement over DSP and the consumer's transfer under it, started
+    with its data address; returns (agreement id, transfer id)."""
+    agreement = negotiate(oem, provider, "live-inspections")
+    tid = ok(oem.post("/v1/dsp/transfers", json={"agreement_id": agreement}))["transfer_id"]
+    wait_for(
+        "the live transfer to start",
+        lambda: (s := transfer_state(oem, tid))["state"] == "STARTED" and s["delivery"],
+    )
+    return agreement, tid
+
+
 def received(oem: httpx.Client, agreement_id: str) -> dict[str, Any]:
     params: dict[str, Any] = {"agreement_id": agreement_id, "limit": 100_000}
     return ok(oem.get("/v1/contracts/received", params=params))  # type: ignore[no-any-return]
@@ -124,12 +136,7 @@ def test_live_stream_suspend_resume_terminate_over_dsp(dsp_net: LocalNetwork) ->
     cellex = runtime_of(dsp_net, "cellex")["dsp"]
     tag = uuid.uuid4().hex[:8]
     with dsp_net["sunarc"].client() as oem, dsp_net["cellex"].client() as supplier:
-        agreement = negotiate(oem, cellex, "live-inspections")
-        tid = ok(oem.post("/v1/dsp/transfers", json={"agreement_id": agreement}))["transfer_id"]
-        wait_for(
-            "the live transfer to start",
-            lambda: (s := transfer_state(oem, tid))["state"] == "STARTED" and s["delivery"],
-        )
+        agreement, tid = start_live_transfer(oem, cellex)
         order = _sunarc_order(supplier)
 
         def post(i: int) -> None:
@@ -229,8 +236,11 @@ def _provider_state(supplier: httpx.Client, tid: str) -> str:
     return str(theirs[tid]["state"])
 
 
+SUNARC_ORDER = "PO-2026-0042"  # the order SunArc placed with Cellex in the sample data
+
+
 def _sunarc_order(supplier: httpx.Client) -> str:
-    return "PO-2026-0042"  # the order SunArc placed with Cellex in the sample data
+    return SUNARC_ORDER
 
 
 def test_the_cli_drives_a_dsp_transfer(dsp_net: LocalNetwork) -> None:
