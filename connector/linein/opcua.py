@@ -26,6 +26,9 @@ before the reading's source time (a gap can span a batch change). Live data chan
 matched the same way against that history and the context changes seen since, so the
 re-subscription's first value (an old reading) keeps the batch it was taken in too.
 For a reading older than all that is known of the context, the current value is used.
+Each drained batch of notifications takes its context changes before its readings: a
+server may group one publish's notifications by monitored item rather than by time
+(asyncua does), so a batch change can arrive behind a reading taken after it.
 """
 
 from __future__ import annotations
@@ -304,6 +307,14 @@ class OpcuaConnector:
         row = opcua_row(node, value, dv.SourceTimestamp, dv.ServerTimestamp, context)
         return (f"opcua:{node.node_id}", row)
 
+    def _context_change(self, node_id: str, dv: Any) -> None:
+        """A context node's new value: current from now on, and in its history by source time."""
+        value = dv.Value.Value if dv.Value is not None else None
+        self.context[node_id] = value
+        since = dv.SourceTimestamp or dv.ServerTimestamp
+        if since is not None:
+            self.history.setdefault(node_id, _ContextHistory([])).add(_utc(since), value)
+
     async def _pump(
         self, queue: asyncio.Queue[tuple[str, Any]], stop: asyncio.Event, lost: asyncio.Event
     ) -> None:
@@ -313,19 +324,18 @@ class OpcuaConnector:
                 changes = [first]
                 while not queue.empty() and len(changes) < BATCH:
                     changes.append(queue.get_nowait())
-                items: list[Item] = []
+                # context changes first: a server's publish groups its notifications by
+                # monitored item, not by time (asyncua's does), so a batch change may come
+                # after a reading taken later than it; each reading then takes its context
+                # by source time from the history, which holds every change delivered
                 for node_id, dv in changes:
-                    node = self.by_id.get(node_id)
-                    if node is None:  # a context node: the batch / order from now on
-                        value = dv.Value.Value if dv.Value is not None else None
-                        self.context[node_id] = value
-                        since = dv.SourceTimestamp or dv.ServerTimestamp
-                        if since is not None:
-                            self.history.setdefault(node_id, _ContextHistory([])).add(
-                                _utc(since), value
-                            )
-                        continue
-                    items.append(self._item(node, dv))
+                    if node_id not in self.by_id:  # a context node: the batch / order
+                        self._context_change(node_id, dv)
+                items = [
+                    self._item(self.by_id[node_id], dv)
+                    for node_id, dv in changes
+                    if node_id in self.by_id
+                ]
                 if items:
                     await asyncio.to_thread(self.sink.put, items)
         if lost.is_set():

@@ -215,6 +215,32 @@ async def restart_backfill_and_outage(plant: Plant, store: QualityStore, tmp_pat
     assert sink.totals.duplicates >= 1  # the re-subscription's first value, the overlap
 
 
+async def test_a_batch_change_published_behind_a_later_reading_still_applies_to_it(
+    plant: Plant, store: QualityStore, tmp_path: Path
+) -> None:
+    """The fresh-clone CI failure, made repeatable: asyncua's server groups one publish's
+    notifications by monitored item, so a reading, a batch change and a second reading
+    written within one publishing interval arrive as reading, reading, batch change.
+    The second reading was stored with the old batch (the connector took the changes in
+    arrival order); it takes the batch current at its source time."""
+    sink = MeasurementSink(store, "opcua-test")
+    cfg = config(plant.port, tmp_path, publishing_interval_ms=1500)
+    run = Running(OpcuaConnector(cfg, sink))
+    await until(lambda: any(r[0] == T0 for r in stored(store)))  # subscribed and pumping
+    first = datetime.now(UTC).replace(microsecond=0) + timedelta(seconds=1)
+    await plant.write(1.1, first)
+    await plant.batch.write_value(
+        ua.DataValue(
+            ua.Variant("B-9", ua.VariantType.String), SourceTimestamp=first + timedelta(seconds=1)
+        )
+    )
+    await plant.write(1.2, first + timedelta(seconds=2))
+    await until(lambda: len([r for r in stored(store) if r[0] >= first]) >= 2)
+    await run.close()
+    batches = [r[4] for r in stored(store) if r[0] >= first]
+    assert batches == ["B-0", "B-9"]
+
+
 async def test_values_written_while_the_connector_starts_are_all_stored(
     plant: Plant, store: QualityStore, tmp_path: Path
 ) -> None:
