@@ -29,7 +29,6 @@ import numpy as np
 from nacl.signing import SigningKey
 from numpy.typing import NDArray
 
-from qdspace.federation.checkpoint import previous_path
 from qdspace.federation.errors import CheckpointError, FederationError
 from qdspace.federation.job import JobSpec
 from qdspace.federation.params import Params, encode_vector, unflatten
@@ -93,7 +92,7 @@ def read_job_directory(directory: Path) -> tuple[JobSpec, SignedVersion]:
     return job, signed
 
 
-def fsync_later(paths: Sequence[Path], then_remove: Path | None = None) -> None:
+def fsync_later(paths: Sequence[Path], then_remove: Path | None = None) -> threading.Thread:
     """Flush written files (and their directory) to disk off the round's critical path,
     then remove ``then_remove`` (the replaced checkpoint: freeing 50 MB takes a while).
 
@@ -119,7 +118,9 @@ def fsync_later(paths: Sequence[Path], then_remove: Path | None = None) -> None:
         if then_remove is not None and stale is not None and _inode(then_remove) == stale:
             then_remove.unlink(missing_ok=True)
 
-    threading.Thread(target=flush, name="federation-fsync", daemon=True).start()
+    thread = threading.Thread(target=flush, name="federation-fsync", daemon=True)
+    thread.start()
+    return thread
 
 
 def _inode(path: Path) -> int | None:
@@ -129,11 +130,24 @@ def _inode(path: Path) -> int | None:
         return None
 
 
+#: The background flush of each job directory's last checkpoint.
+_FLUSHING: dict[Path, threading.Thread] = {}
+
+
 def save_checkpoint(directory: Path, coordinator: Coordinator) -> None:
-    """The coordinator's checkpoint in place now, flushed to stable storage later."""
+    """The coordinator's checkpoint in place now, flushed to stable storage later.
+
+    Two slots (``checkpoint.write_checkpoint(..., keep_previous=True)``): the new
+    checkpoint overwrites the one before last. That one is overwritten only once the
+    last checkpoint's flush has ended (nearly always long before), so after a power
+    loss one flushed checkpoint is still on disk.
+    """
     path = directory / CHECKPOINT_FILE
+    last = _FLUSHING.pop(directory, None)
+    if last is not None:
+        last.join()
     coordinator.checkpoint(path, fsync=False, keep_previous=True)
-    fsync_later((path, directory), then_remove=previous_path(path))
+    _FLUSHING[directory] = fsync_later((path, directory))
 
 
 def initial_version(

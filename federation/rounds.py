@@ -398,7 +398,8 @@ class Coordinator:
 
         ``fsync=False`` leaves flushing to the caller (the file is complete and in
         place for a restarted process either way); ``keep_previous`` leaves the replaced
-        file beside it for the caller to remove (``checkpoint.previous_path``).
+        file beside it (``checkpoint.previous_path``), and the next write overwrites that
+        one in place (two slots).
         """
         meta = {
             "job": self.job.to_dict(),

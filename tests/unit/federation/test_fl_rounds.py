@@ -321,8 +321,8 @@ def test_restarted_coordinator_resumes_from_its_checkpoint(tmp_path: Path) -> No
 def test_checkpoint_kept_aside_while_replaced_and_read_after_a_crash_between_renames(
     tmp_path: Path,
 ) -> None:
-    # keep_previous (the host's between-rounds write): the replaced file is renamed aside
-    # for the caller to remove once the new one is flushed, not replaced in place
+    # keep_previous (the host's between-rounds write): the replaced file stays aside as
+    # the slot of the next write
     path = tmp_path / "checkpoint.bin"
     coord = Coordinator.start(job(), INITIAL, now=0.0)
     coord.checkpoint(path, fsync=False, keep_previous=True)
@@ -337,7 +337,8 @@ def test_checkpoint_kept_aside_while_replaced_and_read_after_a_crash_between_ren
     # the one of the version announced last (the new one is announced after the rename)
     path.unlink()
     assert Coordinator.resume(path, job(), now=3.0).version == 0
-    # the next write supersedes it; the stale file is renamed over, never read again
+    # the next write supersedes it: a new file into the free name; the stale one is
+    # the slot of the write after, never read again
     plain_round(coord, now=4.0)
     coord.checkpoint(path, fsync=False, keep_previous=True)
     assert Coordinator.resume(path, job(), now=5.0).version == 2
@@ -345,6 +346,71 @@ def test_checkpoint_kept_aside_while_replaced_and_read_after_a_crash_between_ren
     path.unlink()
     with pytest.raises(CheckpointError, match="cannot be read"):
         Coordinator.resume(path, job(), now=6.0)
+
+
+def test_checkpoint_two_slots_overwritten_in_place_in_turn(tmp_path: Path) -> None:
+    # keep_previous: the third write goes into the first file (same inode, overwritten in
+    # place, cut to its new length), the fourth into the second: two slots in turn
+    path = tmp_path / "checkpoint.bin"
+    previous = previous_path(path)
+    coord = Coordinator.start(job(), INITIAL, now=0.0)
+    coord.checkpoint(path, fsync=False, keep_previous=True)
+    first = path.stat().st_ino
+    plain_round(coord, now=1.0)
+    coord.checkpoint(path, fsync=False, keep_previous=True)
+    second = path.stat().st_ino
+    assert second != first and previous.stat().st_ino == first
+    previous.write_bytes(previous.read_bytes() + b"x" * 100_000)  # longer than what comes
+    plain_round(coord, now=2.0)
+    coord.checkpoint(path, fsync=False, keep_previous=True)
+    assert (path.stat().st_ino, previous.stat().st_ino) == (first, second)
+    resumed = Coordinator.resume(path, job(), now=3.0)
+    assert resumed.version == 2 and resumed.history == coord.history
+    np.testing.assert_array_equal(resumed.global_vector, coord.global_vector)
+    assert Coordinator.resume(previous, job(), now=3.0).version == 1
+    coord.checkpoint(path, fsync=True, keep_previous=True)
+    assert (path.stat().st_ino, previous.stat().st_ino) == (second, first)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([path.name, previous.name])
+
+
+@pytest.mark.parametrize("crash_at", [1, 2, 3])
+def test_checkpoint_crash_between_the_slot_renames_leaves_a_complete_checkpoint(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, crash_at: int
+) -> None:
+    # the process dies at the 1st, 2nd or 3rd rename of a two-slot write: what a restarted
+    # coordinator reads is a complete checkpoint, the old one or the new one, and the
+    # next write puts the files back in order
+    import qdspace.federation.checkpoint as checkpoint
+
+    path = tmp_path / "checkpoint.bin"
+    coord = Coordinator.start(job(), INITIAL, now=0.0)
+    coord.checkpoint(path, fsync=False, keep_previous=True)
+    plain_round(coord, now=1.0)
+    coord.checkpoint(path, fsync=False, keep_previous=True)
+    plain_round(coord, now=2.0)
+    renames = 0
+    real_replace = checkpoint.os.replace
+
+    def dying_replace(src: object, dst: object) -> None:
+        nonlocal renames
+        renames += 1
+        if renames == crash_at:
+            raise KeyboardInterrupt("the process dies here")
+        real_replace(src, dst)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(checkpoint.os, "replace", dying_replace)
+    with pytest.raises(KeyboardInterrupt):
+        coord.checkpoint(path, fsync=False, keep_previous=True)
+    monkeypatch.setattr(checkpoint.os, "replace", real_replace)
+    # before the first rename the old checkpoint is in place; after it, the new one
+    assert Coordinator.resume(path, job(), now=3.0).version == (1 if crash_at == 1 else 2)
+    plain_round(coord, now=4.0)
+    coord.checkpoint(path, fsync=False, keep_previous=True)
+    assert Coordinator.resume(path, job(), now=5.0).version == 3
+    coord.checkpoint(path, fsync=False, keep_previous=True)
+    names = sorted(p.name for p in tmp_path.iterdir())
+    assert names == sorted([path.name, previous_path(path).name])
+    assert Coordinator.resume(path, job(), now=6.0).version == 3
 
 
 def _flush(paths: tuple[Path, ...], then_remove: Path) -> None:
