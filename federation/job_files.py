@@ -92,42 +92,32 @@ def read_job_directory(directory: Path) -> tuple[JobSpec, SignedVersion]:
     return job, signed
 
 
-def fsync_later(paths: Sequence[Path], then_remove: Path | None = None) -> threading.Thread:
-    """Flush written files (and their directory) to disk off the round's critical path,
-    then remove ``then_remove`` (the replaced checkpoint: freeing 50 MB takes a while).
+def fsync_later(paths: Sequence[Path]) -> threading.Thread:
+    """Flush written files (and their directory) to disk off the round's critical path;
+    the thread doing it is returned (``save_checkpoint`` waits for it before the next
+    checkpoint overwrites a slot).
 
     The checkpoint is written and renamed into place synchronously, which is what a
     restarted coordinator process needs; only the flush to stable storage (for a
     power loss) happens in the background.
     """
-    stale = _inode(then_remove) if then_remove is not None else None
 
     def flush() -> None:
         for path in paths:
             try:
                 fd = os.open(path, os.O_RDONLY)
             except OSError:
-                continue  # replaced by a newer checkpoint meanwhile
+                continue  # gone meanwhile (the job's directory was removed)
             try:
                 os.fsync(fd)
             except OSError as exc:
                 logger.warning("federation: fsync of %s failed: %s", path, exc)
             finally:
                 os.close(fd)
-        # only the file that was replaced then: a later round may have put a newer one there
-        if then_remove is not None and stale is not None and _inode(then_remove) == stale:
-            then_remove.unlink(missing_ok=True)
 
     thread = threading.Thread(target=flush, name="federation-fsync", daemon=True)
     thread.start()
     return thread
-
-
-def _inode(path: Path) -> int | None:
-    try:
-        return path.stat().st_ino
-    except OSError:
-        return None
 
 
 #: The background flush of each job directory's last checkpoint.

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Collection
 from pathlib import Path
 
@@ -413,30 +412,13 @@ def test_checkpoint_crash_between_the_slot_renames_leaves_a_complete_checkpoint(
     assert Coordinator.resume(path, job(), now=6.0).version == 3
 
 
-def _flush(paths: tuple[Path, ...], then_remove: Path) -> None:
-    """``fsync_later``, waited for."""
-    before = set(threading.enumerate())
-    fsync_later(paths, then_remove=then_remove)
-    for thread in set(threading.enumerate()) - before:
-        thread.join(10)
-
-
-def test_background_flush_removes_only_the_checkpoint_it_was_given(tmp_path: Path) -> None:
+def test_background_flush_is_waited_for_and_skips_a_file_gone_meanwhile(tmp_path: Path) -> None:
     path = tmp_path / "checkpoint.bin"
     coord = Coordinator.start(job(), INITIAL, now=0.0)
     coord.checkpoint(path, fsync=False, keep_previous=True)
-    coord.checkpoint(path, fsync=False, keep_previous=True)
-    previous = previous_path(path)
-    _flush((path, tmp_path), previous)
-    assert not previous.exists() and path.exists()
-    # nothing was there when the flush was asked for: a file there later is not its to remove
-    later = tmp_path / "later.bin"
-    before = set(threading.enumerate())
-    fsync_later((path,), then_remove=later)
-    later.write_bytes(b"newer")
-    for thread in set(threading.enumerate()) - before:
-        thread.join(10)
-    assert later.exists() and path.exists()
+    thread = fsync_later((path, tmp_path / "gone.bin", tmp_path))
+    thread.join(10)
+    assert not thread.is_alive() and Coordinator.resume(path, job(), now=1.0).version == 0
 
 
 def test_secure_round_with_distributed_dp_sums_noisy_changes_and_reports_epsilon() -> None:
