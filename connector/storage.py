@@ -61,31 +61,23 @@ def safe_url(url: str) -> str:
     return parsed.update_query_dict(hidden).render_as_string(hide_password=True)
 
 
-#: page size of a database file this store creates (an existing file keeps its own)
-PAGE_BYTES = 16384
-#: WAL bytes between automatic checkpoints (256 MiB); SQLite's default is 1,000 pages
-WAL_CHECKPOINT_BYTES = 256 * 1024 * 1024
+#: WAL pages between automatic checkpoints (4 KiB pages: 256 MiB); SQLite's default is 1,000
+WAL_CHECKPOINT_PAGES = 65536
 #: size the WAL file is cut back to after a checkpoint has emptied it
 WAL_KEEP_BYTES = 64 * 1024 * 1024
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor = dbapi_connection.cursor()
-    # 16 KiB pages for a new file (before anything is written; an existing file keeps its
-    # page size, and WAL mode ignores a change). Four times as many keys a page: the time
-    # index of inspections, whose times arrive out of line order, is a third of a bulk
-    # ingest's CPU at 1M rows; with 16 KiB pages it has fewer levels and pages to search,
-    # split and write (bench/PROFILE-ingest.md, round 5).
-    cursor.execute(f"PRAGMA page_size={PAGE_BYTES}")
     cursor.execute("PRAGMA journal_mode=WAL")
     cursor.execute("PRAGMA synchronous=NORMAL")
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.execute("PRAGMA busy_timeout=10000")
     cursor.execute("PRAGMA cache_size=-65536")  # 64 MiB: keeps the natural-key indexes in memory
     cursor.execute("PRAGMA temp_store=MEMORY")
-    # Checkpoint the WAL every WAL_CHECKPOINT_BYTES (SQLite's default is 1,000 pages, 4 MiB
-    # of 4 KiB pages). A batch of inspections whose times are not in line order dirties a
-    # page of the time index per few rows: at 1M rows one 5,000-row commit writes ~16 MiB of index
+    # Checkpoint the WAL every WAL_CHECKPOINT_PAGES pages (SQLite's default is 1,000 pages,
+    # 4 MiB). A batch of inspections whose times are not in line order dirties a page of
+    # the time index per few rows: at 1M rows one 5,000-row commit writes ~16 MiB of index
     # pages, so with the default every commit ran a checkpoint of its own (copy + two
     # fsyncs), and the pages a later commit dirtied again were copied again: 6.3 GB
     # written for 1M rows, 25-38k rows/s. With 256 MiB between checkpoints a page dirtied
@@ -94,8 +86,7 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     # is in the WAL either way (synchronous=NORMAL, as before), the checkpoint only moves
     # it into the database file. The WAL file is cut back to WAL_KEEP_BYTES once a
     # checkpoint has emptied it, so a node does not keep 256 MiB of disk after a burst.
-    page = int(cursor.execute("PRAGMA page_size").fetchone()[0]) or PAGE_BYTES
-    cursor.execute(f"PRAGMA wal_autocheckpoint={WAL_CHECKPOINT_BYTES // page}")
+    cursor.execute(f"PRAGMA wal_autocheckpoint={WAL_CHECKPOINT_PAGES}")
     cursor.execute(f"PRAGMA journal_size_limit={WAL_KEEP_BYTES}")
     cursor.close()
 

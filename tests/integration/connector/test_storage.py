@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import sqlite3
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -264,44 +263,10 @@ def test_sqlite_runs_in_wal_mode(tmp_path: Path) -> None:
     with store.engine.connect() as connection:
         assert connection.execute(text("PRAGMA journal_mode")).scalar_one() == "wal"
         # durability as before: a commit is in the WAL (synchronous=NORMAL, 1), and the
-        # WAL is checkpointed every 256 MiB rather than every 4 MiB (bench/PROFILE-ingest.md);
-        # a new file has 16 KiB pages (round 5), so that is 16,384 pages
+        # WAL is checkpointed every 256 MiB rather than every 4 MiB (bench/PROFILE-ingest.md)
         assert connection.execute(text("PRAGMA synchronous")).scalar_one() == 1
-        assert connection.execute(text("PRAGMA page_size")).scalar_one() == 16384
-        assert connection.execute(text("PRAGMA wal_autocheckpoint")).scalar_one() == 16384
-        assert connection.execute(text("PRAGMA journal_size_limit")).scalar_one() == 64 << 20
-    store.close()
-
-
-def test_sqlite_file_made_with_4k_pages_keeps_them_and_its_rows(tmp_path: Path) -> None:
-    # a node's database made before 16 KiB pages: opened by this store it keeps its page
-    # size (WAL mode ignores a change, nothing is rewritten), its rows, and still
-    # checkpoints every 256 MiB of WAL (65,536 of its pages)
-    path = tmp_path / "old.db"
-    raw = sqlite3.connect(path)
-    raw.execute("PRAGMA page_size=4096")
-    raw.execute("PRAGMA journal_mode=WAL")
-    raw.execute("CREATE TABLE kept (x INTEGER)")
-    raw.execute("INSERT INTO kept VALUES (42)")
-    raw.commit()
-    raw.close()
-    store = open_store(f"sqlite:///{path}")
-    with store.engine.connect() as connection:
-        assert connection.execute(text("PRAGMA page_size")).scalar_one() == 4096
         assert connection.execute(text("PRAGMA wal_autocheckpoint")).scalar_one() == 65536
-        assert connection.execute(text("SELECT x FROM kept")).scalar_one() == 42
-    rows = [
-        (
-            2,
-            {
-                "inspection_id": "EL-1",
-                "station": "EL-1",
-                "inspected_at": "2026-11-01T00:00:00Z",
-                "verdict": "pass",
-            },
-        )
-    ]
-    assert store.ingest_rows("inspection", rows).accepted == 1
+        assert connection.execute(text("PRAGMA journal_size_limit")).scalar_one() == 64 << 20
     store.close()
 
 
