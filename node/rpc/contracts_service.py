@@ -38,6 +38,7 @@ from qdspace.node.rpc.contracts_serde import (
 from qdspace.node.rpc.contracts_transfer_serde import (
     pull_request_from_proto,
     row_batch_to_proto,
+    row_batch_wire_size,
     stream_request_from_proto,
     transfer_ack_to_proto,
     transfer_message_from_proto,
@@ -211,7 +212,7 @@ class TransferServicer(transfer_pb2_grpc.TransferServicer):
                         wire = row_batch_to_proto(batch)
                         yield wire
                         # counted once written: the rows have left this node for the consumer
-                        self._metrics.rows("sent", "pull", batch.count, wire.ByteSize())
+                        self._metrics.rows("sent", "pull", batch.count, row_batch_wire_size(batch))
                 finally:
                     ahead.add_done_callback(_settle)  # the consumer left: drop what was read
         except _Abort as abort:
