@@ -225,7 +225,7 @@ def sized_batches(draw: st.DrawFn) -> RowBatch:
     if count == 1 and not payload:
         payload = b"{}"
     return RowBatch(
-        draw(st.text(max_size=200)),
+        draw(st.text(min_size=1, max_size=200)),
         payload,
         count,
         tuple(orders) if count else (),
@@ -236,11 +236,12 @@ def sized_batches(draw: st.DrawFn) -> RowBatch:
 
 
 @given(st.one_of(batches, sized_batches()))
-def test_a_batchs_wire_size_is_what_protobuf_counts(batch: RowBatch) -> None:
-    """The metrics count a batch's bytes from the lengths already known; protobuf's own
-    count (which serialises the message again) is the reference."""
-    expected = transfer_serde.row_batch_to_proto(batch).ByteSize()
-    assert transfer_serde.row_batch_wire_size(batch) == expected
+def test_a_batch_serialised_around_its_payload_is_protobufs_own_bytes(batch: RowBatch) -> None:
+    """The provider sends `row_batch_wire` (the payload copied once); the reference is
+    protobuf's serialisation of the whole message, byte for byte."""
+    expected = transfer_serde.row_batch_to_proto(batch).SerializeToString()
+    assert transfer_serde.row_batch_wire(batch) == expected
+    assert transfer_serde.row_batch_from_proto(transfer_pb2.RowBatch.FromString(expected)) == batch
 
 
 def test_a_batch_whose_rows_do_not_fit_its_count_or_orders_is_refused() -> None:
