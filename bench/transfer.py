@@ -237,7 +237,7 @@ def _unfiltered_batches(tid: str, pages: Any, fields: list[str]) -> Any:
 def _unfiltered_server(member_dir: str, db_url: str, fields: list[str], port_file: str) -> None:
     """The baseline: read, encode and send the same rows over the supplier's mTLS, without
     the agreement (no gate, envelope, pseudonyms or saved cursor)."""
-    from qdspace.node.rpc.contracts_transfer_serde import row_batch_to_proto
+    from qdspace.node.rpc.contracts_transfer_serde import row_batch_wire
     from qdspace.node.rpc.server import server_credentials
 
     keys = load_member_keys(Path(member_dir))
@@ -251,13 +251,11 @@ def _unfiltered_server(member_dir: str, db_url: str, fields: list[str], port_fil
             if batch is None:
                 return
             ahead = asyncio.ensure_future(asyncio.to_thread(next, batches, None))
-            yield row_batch_to_proto(batch)
+            yield row_batch_wire(batch)  # serialised as the node's Pull does (payload copied once)
 
     async def main() -> None:
         server = grpc.aio.server(options=[("grpc.max_send_message_length", 64 << 20)])
-        handler = grpc.unary_stream_rpc_method_handler(
-            pull, response_serializer=transfer_pb2.RowBatch.SerializeToString
-        )
+        handler = grpc.unary_stream_rpc_method_handler(pull, response_serializer=bytes)
         server.add_generic_rpc_handlers(
             [grpc.method_handlers_generic_handler("bench.Unfiltered", {"Pull": handler})]
         )

@@ -168,9 +168,12 @@ class PageJson:
             pieces += (literal + hole, column)
             literal = b""
         pieces.append(literal + b"}\n")
+        if not n:
+            return b""
         # the page's pieces in row order, laid out by strided slices (in C), one join
         k = len(pieces)
         out: list[bytes] = [b""] * (k * n)
         for at, piece in enumerate(pieces):
             out[at::k] = [piece] * n if isinstance(piece, bytes) else piece
-        return b"".join(out)[:-1]
+        out[-1] = literal + b"}"  # the last row without the newline: no copy of the page
+        return b"".join(out)

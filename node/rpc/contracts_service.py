@@ -37,7 +37,7 @@ from qdspace.node.rpc.contracts_serde import (
 )
 from qdspace.node.rpc.contracts_transfer_serde import (
     pull_request_from_proto,
-    row_batch_to_proto,
+    row_batch_wire,
     stream_request_from_proto,
     transfer_ack_to_proto,
     transfer_message_from_proto,
@@ -191,7 +191,9 @@ class TransferServicer(transfer_pb2_grpc.TransferServicer):
 
     async def Pull(
         self, request: transfer_pb2.PullRequest, context: grpc.aio.ServicerContext
-    ) -> AsyncIterator[transfer_pb2.RowBatch]:
+    ) -> AsyncIterator[bytes]:
+        """The transfer's batches, each serialised here (`row_batch_wire`, registered to
+        be sent as it is by `register`)."""
         peer = _peer()
         try:
             with _guard("Transfer/Pull"):
@@ -208,17 +210,42 @@ class TransferServicer(transfer_pb2_grpc.TransferServicer):
                         if batch is None:
                             return
                         ahead = asyncio.ensure_future(asyncio.to_thread(next, batches, None))
-                        wire = row_batch_to_proto(batch)
+                        wire = row_batch_wire(batch)
                         yield wire
                         # counted once written: the rows have left this node for the consumer
-                        self._metrics.rows("sent", "pull", batch.count, wire.ByteSize())
+                        self._metrics.rows("sent", "pull", batch.count, len(wire))
                 finally:
                     ahead.add_done_callback(_settle)  # the consumer left: drop what was read
         except _Abort as abort:
             await context.abort(abort.code, abort.reason)
 
     def register(self, server: grpc.aio.Server) -> None:
-        transfer_pb2_grpc.add_TransferServicer_to_server(self, server)
+        add_transfer_service(self, server)
+
+
+def _sent_as_is(wire: bytes) -> bytes:
+    return wire
+
+
+def add_transfer_service(servicer: TransferServicer, server: grpc.aio.Server) -> None:
+    """`transfer_pb2_grpc.add_TransferServicer_to_server`, with `Pull` yielding batches
+    already serialised (`row_batch_wire`) and sent as they are."""
+    handlers = {
+        "Send": grpc.unary_unary_rpc_method_handler(
+            servicer.Send,
+            request_deserializer=transfer_pb2.TransferMessage.FromString,
+            response_serializer=transfer_pb2.TransferAck.SerializeToString,
+        ),
+        "Pull": grpc.unary_stream_rpc_method_handler(
+            servicer.Pull,
+            request_deserializer=transfer_pb2.PullRequest.FromString,
+            response_serializer=_sent_as_is,
+        ),
+    }
+    server.add_generic_rpc_handlers(
+        (grpc.method_handlers_generic_handler("qdspace.v1.Transfer", handlers),)
+    )
+    server.add_registered_method_handlers("qdspace.v1.Transfer", handlers)
 
 
 class SubscriptionServicer(subscription_pb2_grpc.SubscriptionServicer):

@@ -157,6 +157,40 @@ def row_batch_to_proto(batch: RowBatch) -> transfer_pb2.RowBatch:
     )
 
 
+def _varint(value: int) -> bytes:
+    """A non-negative protobuf varint."""
+    out = bytearray()
+    while value > 0x7F:
+        out.append(value & 0x7F | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+_PAYLOAD_TAG = b"\x2a"  # field 5 (payload), length-delimited
+
+
+def row_batch_wire(batch: RowBatch) -> bytes:
+    """``row_batch_to_proto(batch).SerializeToString()``, the payload copied once.
+
+    A batch's payload (~570 kB for 2,000 rows) is copied into the message and copied
+    again by its serialisation, ~0.12 µs per row on the provider. Here the fields before
+    the payload (1 to 4) and after it (6 to 8) are serialised by protobuf as two small
+    messages and joined around the payload's own field, in field order: the same bytes
+    (tests/unit/node/test_contract_serde.py holds them to ``SerializeToString()``)."""
+    head: bytes = transfer_pb2.RowBatch(
+        transfer_id=batch.transfer_id,
+        checkpoint=checkpoint_to_proto(batch.checkpoint),
+        last=batch.last,
+    ).SerializeToString()
+    tail: bytes = transfer_pb2.RowBatch(
+        row_count=batch.count, order_ids=batch.order_ids, order_index=batch.order_index
+    ).SerializeToString()
+    if not batch.payload:
+        return head + tail
+    return b"".join((head, _PAYLOAD_TAG, _varint(len(batch.payload)), batch.payload, tail))
+
+
 def row_batch_from_proto(message: transfer_pb2.RowBatch) -> RowBatch:
     try:
         return RowBatch(
