@@ -31,8 +31,6 @@ from __future__ import annotations
 
 import hashlib
 import re
-import sys
-import threading
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from itertools import repeat
@@ -40,8 +38,6 @@ from operator import attrgetter
 from typing import Annotated, Any, NamedTuple
 
 import msgspec
-import numpy as np
-import numpy.typing as npt
 import orjson
 
 from qdspace.connector.contract_errors import (
@@ -68,6 +64,8 @@ KEY_FIELD = "@key"
 VERSION_FIELD = "@v"
 WITHDRAWN_FIELD = "@withdrawn"
 MAX_RECORD_KEY = 128
+#: a version is stored as a signed 64-bit integer: a larger one is refused with the row
+MAX_VERSION = 2**63 - 1
 
 
 class RecordMeta(NamedTuple):
@@ -104,8 +102,10 @@ def record_meta(payload: bytes) -> RecordMeta:
         raise RecordEnvelopeError(
             f"a received row has no record key ({KEY_FIELD!r}, 1..{MAX_RECORD_KEY} characters)"
         )
-    if type(version) is not int or version < 1:
-        raise RecordEnvelopeError(f"record {key}: version {version!r} is not an integer >= 1")
+    if type(version) is not int or not 1 <= version <= MAX_VERSION:
+        raise RecordEnvelopeError(
+            f"record {key}: version {version!r} is not an integer in 1..{MAX_VERSION}"
+        )
     if withdrawn is None:
         return RecordMeta(key, version)
     if withdrawn is not True or set(row) != {KEY_FIELD, VERSION_FIELD, WITHDRAWN_FIELD}:
@@ -116,115 +116,88 @@ def record_meta(payload: bytes) -> RecordMeta:
     return RecordMeta(key, version, True)
 
 
-class _Envelope(msgspec.Struct, gc=False):
-    """The envelope as msgspec reads it: the three fields decoded, every other value only
-    checked for JSON syntax and skipped (no object built: a third of `orjson.loads`)."""
+_Key = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_RECORD_KEY)]
+_Version = Annotated[int, msgspec.Meta(ge=1, le=MAX_VERSION)]
+#: any JSON scalar; msgspec refuses a number beyond a double ("Number out of range"), as
+#: orjson does, and anything nested
+_Scalar = str | float | bool | None
+#: a page whose first row has more members, or longer names, is checked row by row
+_MOST_FIELDS, _LONGEST_NAME = 64, 128
+_ROW_DECODERS: dict[tuple[str, ...], msgspec.json.Decoder[Any]] = {}
+_KEY_OF, _VERSION_OF = attrgetter("f0"), attrgetter("f1")
+_WITHDRAWN_OF = attrgetter("f2")
 
-    key: Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_RECORD_KEY)] = msgspec.field(
-        name=KEY_FIELD
-    )
-    version: Annotated[int, msgspec.Meta(ge=1)] = msgspec.field(name=VERSION_FIELD)
-    withdrawn: bool | None = msgspec.field(name=WITHDRAWN_FIELD, default=None)
 
-
-_ENVELOPE = msgspec.json.Decoder(_Envelope)
-_KEY_OF, _VERSION_OF = attrgetter("key"), attrgetter("version")
-_WITHDRAWN_OF = attrgetter("withdrawn")
-#: bytes that may stand before a JSON number's mantissa (a sign counts: conservative)
-_NUMBER_START = np.zeros(256, dtype=bool)
-_NUMBER_START[list(b":,[ \t\r\n-")] = True
-_MANTISSA = np.zeros(256, dtype=bool)  # a mantissa's bytes after its sign
-_MANTISSA[list(b"0123456789.")] = True
-_LONGEST_MANTISSA = 200
-_EIGHT = np.arange(8)
-#: orjson refuses nesting deeper than this; msgspec's own limit is Python's recursion limit
-_ORJSON_DEPTH = 1024
+def _row_decoder(first: bytes) -> msgspec.json.Decoder[Any] | None:
+    """A msgspec decoder of the rows shaped like `first` (a row `record_meta` accepted):
+    the envelope typed as `record_meta` checks it, every other member of `first` any
+    JSON scalar, no other member. Cached per member names (a few per agreement)."""
+    names = tuple(orjson.loads(first))
+    others = [n for n in names if n not in (KEY_FIELD, VERSION_FIELD, WITHDRAWN_FIELD)]
+    if len(names) > _MOST_FIELDS or any(len(n) > _LONGEST_NAME for n in names):
+        return None
+    decoder = _ROW_DECODERS.get(names)
+    if decoder is None:
+        fields: list[tuple[str, Any, Any]] = [
+            ("f0", _Key, msgspec.field(name=KEY_FIELD)),
+            ("f1", _Version, msgspec.field(name=VERSION_FIELD)),
+            ("f2", bool | None, msgspec.field(name=WITHDRAWN_FIELD, default=None)),
+        ]
+        fields += [
+            (f"f{3 + i}", _Scalar, msgspec.field(name=n, default=None))
+            for i, n in enumerate(others)
+        ]
+        row = msgspec.defstruct("ReceivedRow", fields, forbid_unknown_fields=True, gc=False)
+        decoder = msgspec.json.Decoder(row)
+        if len(_ROW_DECODERS) >= 256:
+            _ROW_DECODERS.clear()
+        _ROW_DECODERS[names] = decoder
+    return decoder
 
 
 def record_metas(payloads: Sequence[bytes], seqs: Sequence[int] | None = None) -> list[RecordMeta]:
     """The envelopes of a delivery's rows, exactly as `record_meta` of each (the same
-    rows refused), but checked in one pass where it is safe.
+    rows refused, the same envelopes), in one pass where it is safe.
 
     Every row must be what the copy's readers (orjson) will read back: a JSON object, no
-    NaN or infinity, no number that is not a finite double, valid UTF-8. msgspec checks
-    each row's JSON syntax without building its values, which leaves three differences
-    to orjson, each tested for first: a number too large for a double (skipped, not
-    refused: `_RISKY_NUMBER` over the page), bytes that are not UTF-8 (skipped: the fast
-    path takes ASCII pages only) and nesting (refused earlier than orjson, while Python's
-    recursion limit is below orjson's). A page any of them flags, or any row msgspec
-    refuses or finds a tombstone in, is checked row by row by `record_meta`, which
-    names the first bad row (its seq, when given) and where in it."""
-    page = b"\n".join(payloads)
-    if page.isascii() and sys.getrecursionlimit() < _ORJSON_DEPTH and _doubles_only(page):
-        try:
-            envelopes = list(map(_ENVELOPE.decode, payloads))
-        except (msgspec.DecodeError, msgspec.ValidationError, RecursionError):
-            pass  # the exact check below names the row and what is wrong with it
-        else:
-            withdrawn = list(map(_WITHDRAWN_OF, envelopes))
-            made = zip(map(_KEY_OF, envelopes), map(_VERSION_OF, envelopes), repeat(False))
-            metas: list[RecordMeta] = list(map(tuple.__new__, repeat(RecordMeta), made))
-            if withdrawn.count(None) != len(withdrawn):  # tombstones: each is checked whole
-                for index, flag in enumerate(withdrawn):
-                    if flag is not None:
-                        metas[index] = _record_meta_at(payloads[index], _seq(seqs, index))
-            return metas
-    return [_record_meta_at(payload, _seq(seqs, i)) for i, payload in enumerate(payloads)]
+    NaN or infinity, no number beyond a double, valid UTF-8. `record_meta` builds each
+    row's dict to know that (orjson), ~2 µs per row. Here the first row is checked so,
+    and its member names give a msgspec type for the page (`_row_decoder`): the envelope
+    as `record_meta` types it, every other member a JSON scalar and no member else.
+    msgspec checks each row against it without a dict per row, refusing what orjson
+    refuses (NaN, ``1e999``, a 400-digit integer, bad escapes, trailing bytes). Every row
+    it does not pass (another shape, nesting, bytes that are not UTF-8, a tombstone) is
+    checked by `record_meta` as before, whose refusal names the row (its seq, when
+    given) and where in it."""
+    if not payloads:
+        return []
+    first = _record_meta_at(payloads[0], _seq(seqs, 0))
+    decoder = _row_decoder(payloads[0])
+    if decoder is None:
+        return [first, *(_record_meta_at(p, _seq(seqs, i)) for i, p in enumerate(payloads) if i)]
+    try:
+        rows = list(map(decoder.decode, payloads))
+    except ValueError:  # msgspec's DecodeError; UnicodeDecodeError for a bad name
+        return [first, *(_one_meta(decoder, p, _seq(seqs, i)) for i, p in enumerate(payloads) if i)]
+    made = zip(map(_KEY_OF, rows), map(_VERSION_OF, rows), repeat(False))
+    metas: list[RecordMeta] = list(map(tuple.__new__, repeat(RecordMeta), made))
+    withdrawn = list(map(_WITHDRAWN_OF, rows))
+    if withdrawn.count(None) != len(withdrawn):  # tombstones: each is checked whole
+        for index, flag in enumerate(withdrawn):
+            if flag is not None:
+                metas[index] = _record_meta_at(payloads[index], _seq(seqs, index))
+    return metas
 
 
-def _doubles_only(page: bytes) -> bool:
-    """False when some number on `page` may be beyond a double (orjson refuses it as
-    infinity, msgspec skips it): an exponent of three digits or more ("1e999",
-    "-2.5E+308") or a run of 151 digits or more (with an exponent of two digits at most,
-    a number needs 210 digits before its point to reach 1.8e308). Conservative: text
-    inside a string may look like one too ("x,1e999"), which only costs the exact
-    check. Over the whole page in numpy, a few passes of simple comparisons: an ``e``
-    followed by three digits is rare outside hex text, and each is followed back over
-    its digits to what stands before it."""
-    a = np.frombuffer(page, dtype=np.uint8)
-    n = a.size
-    if n < 8:
-        return b"e" not in page.lower()  # too short for a number and an object around it
-    sample = a[::25]  # a run of >= 175 digits holds 7 samples in a row
-    digit = (sample >= 48) & (sample <= 57)
-    if digit.size >= 7 and (digit[:-6] & digit[1:-5] & digit[2:-4] & digit[3:-3]
-                            & digit[4:-2] & digit[5:-1] & digit[6:]).any():  # fmt: skip
-        return False
-    head, after = a[: n - 1], a[1:]
-    marks, other, shifted = _scratch(n - 1)  # no fresh arrays: their page faults cost more
-    np.equal(head, 101, out=marks)  # 'e' or 'E', then '+' or a digit (or ,-./: conservative)
-    np.logical_or(marks, np.equal(head, 69, out=other), out=marks)
-    np.less(np.subtract(after, 43, out=shifted), 15, out=other)
-    np.logical_and(marks, other, out=marks)
-    words = marks[: marks.size - marks.size % 8].view(np.uint64)  # where any mark is, 8 at a time
-    at = (np.flatnonzero(words)[:, None] * 8 + _EIGHT).ravel()
-    e = np.concatenate((at[marks[at]], np.flatnonzero(marks[words.size * 8 :]) + words.size * 8))
-    e = e[e < n - 4]  # a row ends in '}': an exponent closer to the end is no number
-    first = e + 1 + (a[e + 1] == 43)  # after an optional '+'
-    three = ((a[first] - 48) < 10) & ((a[first + 1] - 48) < 10) & ((a[first + 2] - 48) < 10)
-    j = e[three] - 1
-    for _ in range(_LONGEST_MANTISSA):  # back over each candidate's mantissa
-        if not j.size:
-            return True
-        inside = _MANTISSA[a[np.maximum(j, 0)]] & (j >= 0)
-        if not inside.any():
-            return not (_NUMBER_START[a[np.maximum(j, 0)]] | (j < 0)).any()
-        j = j - inside
-    return False
-
-
-_SCRATCH = threading.local()
-
-
-def _scratch(
-    size: int,
-) -> tuple[npt.NDArray[np.bool_], npt.NDArray[np.bool_], npt.NDArray[np.uint8]]:
-    """Three arrays of `size` for `_doubles_only`, this thread's, grown as needed."""
-    held: npt.NDArray[np.uint8] | None = getattr(_SCRATCH, "arrays", None)
-    if held is None or held.shape[1] < size:
-        held = np.empty((3, max(size, 1 << 20)), dtype=np.uint8)
-        _SCRATCH.arrays = held
-    return held[0, :size].view(np.bool_), held[1, :size].view(np.bool_), held[2, :size]
+def _one_meta(decoder: msgspec.json.Decoder[Any], payload: bytes, seq: int) -> RecordMeta:
+    """One row's envelope, by msgspec where it passes the row, else `record_meta`."""
+    try:
+        row = decoder.decode(payload)
+    except ValueError:  # msgspec's DecodeError; UnicodeDecodeError for a bad name
+        return _record_meta_at(payload, seq)
+    if row.f2 is not None:
+        return _record_meta_at(payload, seq)
+    return RecordMeta(row.f0, row.f1)
 
 
 def _seq(seqs: Sequence[int] | None, index: int) -> int:

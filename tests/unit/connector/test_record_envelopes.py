@@ -2,18 +2,18 @@
 row check (`record_meta`, orjson) refuses: a hostile provider's row must not reach the
 copy in a form its readers then fail on.
 
-`record_metas` reads the envelopes with msgspec, which checks the rest of each row's
-JSON syntax without building it, and falls back to `record_meta` row by row wherever
-msgspec and orjson could differ (numbers beyond a double, non-ASCII bytes, nesting, any
-row msgspec refuses, tombstones). These tests hold the two to the same answers on rows
-built to sit on those differences, and on random damage to a real row.
+`record_metas` checks a page's rows with msgspec, typed as the first row (the envelope,
+every other member a JSON scalar), without a dict per row, and falls back to
+`record_meta` row by row wherever msgspec does not pass a row or could differ from orjson
+(non-ASCII bytes, tombstones, another shape, nesting). These tests hold the two to the
+same answers on rows built to sit on those edges, and on random damage to a real row.
 """
 
 from __future__ import annotations
 
 import sys
 
-import orjson
+import msgspec
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 from qdspace.connector.contract_errors import RecordEnvelopeError
 from qdspace.connector.transfer_wire import (
     RecordMeta,
-    _doubles_only,
+    _row_decoder,
     record_meta,
     record_metas,
     row_bytes,
@@ -70,6 +70,10 @@ HOSTILE = [
     b'{"@key":"k1","@v":1.0}',
     b'{"@key":"k1","@v":true}',
     b'{"@key":"k1","@v":0}',
+    b'{"@key":"k1","@v":-1}',
+    b'{"@key":"k1","@v":9223372036854775808}',  # beyond the stored BIGINT
+    b'{"@key":"k1","@v":18446744073709551616}',  # orjson: a float
+    b'{"@key":"k1","@v":99999999999999999999999}',
     b'{"@key":"","@v":1}',
     b'{"@key":"' + b"k" * 129 + b'","@v":1}',
     b'{"@key":"k1","@v":1,"@withdrawn":false}',
@@ -90,7 +94,9 @@ ACCEPTED = [
     H + b"[" * 200 + b"]" * 200 + b"}",
     b'{"@key":"a","@v":1,"@key":"b"}',  # the last member wins, in both
     b'{"@key":"k1","@v":1,"@v":2}',
-    b'{"@key":"k1","@v":18446744073709551615}',
+    b'{"@key":"k1","@v":9223372036854775807}',
+    H + b"18446744073709551616}",
+    H + b"-0}",
     b'{"@key":"k1","@v":1,"@withdrawn":null}',
     b'{"@key":"' + b"\\u00e9" * 128 + b'","@v":1}',
     tombstone_bytes("k1", 3),
@@ -130,18 +136,30 @@ def test_edge_rows_both_checks_accept_keep_their_envelopes(row: bytes) -> None:
 
 
 def test_a_page_of_good_rows_takes_the_fast_path_and_reads_the_same() -> None:
-    assert _doubles_only(b"\n".join(GOOD))  # else this test would not test the fast path
+    decoder = _row_decoder(GOOD[0])
+    assert decoder is not None  # else this test would not test the fast path
+    for row in GOOD:
+        decoder.decode(row)
     assert record_metas(GOOD) == [record_meta(row) for row in GOOD]
     assert record_metas([]) == []
 
 
-def test_numbers_beyond_a_double_are_seen_on_the_page() -> None:
-    """The page check alone, where msgspec would skip the number (it must say False)."""
-    for bad in HOSTILE[:10]:
-        page = b"\n".join([*GOOD, bad, *GOOD])
-        assert not _doubles_only(page), bad[:40]
-        with pytest.raises(orjson.JSONDecodeError):
-            orjson.loads(bad)
+def test_the_fast_path_alone_refuses_numbers_beyond_a_double() -> None:
+    """msgspec itself, typed as the page's first row, refuses the numbers orjson refuses
+    (a skipped member would pass them), and nested values, which it leaves to orjson."""
+    decoder = _row_decoder(GOOD[0])
+    assert decoder is not None
+    for value in (b"1e999", b"-2.5E+308", b"1" + b"0" * 400, b"NaN", b"Infinity"):
+        row = b'{"@key":"k1","@v":1,"score":' + value + b"}"
+        with pytest.raises((msgspec.ValidationError, msgspec.DecodeError)):
+            decoder.decode(row)
+        with pytest.raises(RecordEnvelopeError):
+            record_meta(row)
+    for value in (b"[1]", b'{"a":1}'):
+        row = b'{"@key":"k1","@v":1,"score":' + value + b"}"
+        with pytest.raises(msgspec.ValidationError):
+            decoder.decode(row)
+        assert record_metas([*GOOD, row])[-1] == record_meta(row)
 
 
 def test_a_bad_number_is_named_by_its_field() -> None:
@@ -153,8 +171,8 @@ def test_a_bad_number_is_named_by_its_field() -> None:
 
 
 def test_deeper_nesting_than_orjson_takes_is_refused_under_a_raised_recursion_limit() -> None:
-    """msgspec's depth limit is Python's recursion limit: raised past orjson's 1024, the
-    fast path must step aside (orjson refuses the row, so must the check)."""
+    """msgspec's own depth limit is Python's recursion limit: raised past orjson's 1024,
+    a deep row must still be refused (the page type takes no nesting at all)."""
     row = H + b"[" * 1100 + b"]" * 1100 + b"}"
     limit = sys.getrecursionlimit()
     sys.setrecursionlimit(5000)
