@@ -1,7 +1,7 @@
 """Writing the consumer's mirror: keep-once, highest version wins, tombstones, scope.
 
 A delivery (a group of transfer batches, or a stream event) is mirrored in the caller's
-transaction. Each row's envelope is read (`record_meta`: a row without one is refused),
+transaction. Each row's envelope is read (`record_metas`: a row without one is refused),
 every order must be one the agreement covers (checked before anything is written), and
 then:
 
@@ -50,7 +50,7 @@ from qdspace.connector.contract_store.received_model import (
 )
 from qdspace.connector.contract_store.received_pages import Pages, index_page
 from qdspace.connector.negotiation import Role
-from qdspace.connector.transfer_wire import RecordMeta, record_meta
+from qdspace.connector.transfer_wire import RecordMeta, record_metas
 from qdspace.policies.evaluate import order_in_scope
 
 _REPLACED_COLUMNS = ROW_COLUMNS[1:]
@@ -163,8 +163,9 @@ class MirrorWriter(TableStore):
         Rows with content go into one sealed page per order (`received_pages`)."""
         if not rows:
             return MirrorResult()
-        metas = [record_meta(row.payload) for row in rows]
-        last = max(map(_SEQ, rows))  # where this source's deliveries stop now
+        seqs = list(map(_SEQ, rows))
+        metas = record_metas(list(map(_PAYLOAD, rows)), seqs)
+        last = max(seqs)  # where this source's deliveries stop now
         self._check_orders(connection, agreement_id, rows)
         keys = list(map(_KEY, metas))
         if list(map(_VERSION, metas)).count(1) == len(metas) and not any(map(_WITHDRAWN, metas)):

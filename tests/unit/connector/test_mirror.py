@@ -407,6 +407,26 @@ def test_a_peers_rows_and_tombstones_are_checked_against_the_agreement(mirror: M
     assert mirror.store.count_received("agr-other") == 1
 
 
+def test_a_row_with_a_number_beyond_a_double_is_refused_and_nothing_is_stored(
+    mirror: Mirror,
+) -> None:
+    """A hostile provider's row that orjson (every reader of the copy) would refuse, among
+    good ones: the whole delivery is refused naming the row's seq and field, and nothing
+    of it is held (the envelopes are checked page-wise, `record_metas`)."""
+    hold(mirror.store, "agr-bad")
+    good = [
+        IncomingRow(i, ORDER, row_bytes({"@key": f"rec_{i}", "@v": 1, "score": i / 3}))
+        for i in range(1, 30)
+    ]
+    for bad in (b"1e999", b"-2E+400", b"NaN"):
+        row = b'{"@key":"rec_x","@v":1,"batch_id":"b","score":' + bad + b"}"
+        rows = [*good[:10], IncomingRow(77, ORDER, row), *good[10:]]
+        with pytest.raises(RecordEnvelopeError, match=r"row seq 77: .*'score'"):
+            mirror.store.store_received_rows("agr-bad", "sub-x", rows, T0)
+        assert mirror.store.count_received("agr-bad") == 0
+    assert mirror.store.store_received_rows("agr-bad", "sub-x", good, T0).added == len(good)
+
+
 # -------------------------------------------------------------- retention
 
 
