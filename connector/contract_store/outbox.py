@@ -28,10 +28,12 @@ from sqlalchemy import (
     Connection,
     Integer,
     LargeBinary,
+    Select,
     String,
     Table,
     Text,
     UniqueConstraint,
+    bindparam,
     func,
     select,
     update,
@@ -56,6 +58,22 @@ outbox_table = Table(
     Column("last_error", Text, nullable=True),
     UniqueConstraint("peer_id", "message_id", name="uq_contract_outbox_message"),
 )
+
+
+def _due_statement(limit: int) -> Select[Any]:
+    table = outbox_table
+    return (
+        select(table)
+        .where(table.c.sent_at.is_(None), table.c.next_attempt_at <= bindparam("now"))
+        .order_by(table.c.id)
+        .limit(limit)
+    )
+
+
+#: the dispatcher's poll (twice a second on every node, busy or idle), by limit: built
+#: once, so its cache key is memoised and only ``now`` is bound per call; building it per
+#: call cost SQLAlchemy more than the query (bench/PROFILE-negotiation.md, round 4)
+_DUE: dict[int, Select[Any]] = {}
 
 
 @dataclass(frozen=True)
@@ -114,15 +132,11 @@ class OutboxStore(TableStore):
 
     def due_messages(self, now: datetime, limit: int = 100) -> list[PendingMessage]:
         """Unsent messages whose next attempt is due, oldest first."""
-        table = outbox_table
-        statement = (
-            select(table)
-            .where(table.c.sent_at.is_(None), table.c.next_attempt_at <= now)
-            .order_by(table.c.id)
-            .limit(limit)
-        )
+        statement = _DUE.get(limit)
+        if statement is None:
+            statement = _DUE.setdefault(limit, _due_statement(limit))
         with self.engine.connect() as connection:
-            rows = connection.execute(statement).all()
+            rows = connection.execute(statement, {"now": now}).all()
         return [
             PendingMessage(
                 id=row.id,

@@ -12,6 +12,12 @@ page). The bodies of list routes stay JSON arrays, so callers that read a whole 
 need no change.
 A cursor is base64url JSON that callers must not build or read: the node may change what
 it holds (today the position in the listing) without breaking them.
+
+The dependencies are ``async def`` although none of them awaits: FastAPI runs a plain
+``def`` dependency in its thread pool, so each one cost every request a hop to a worker
+thread and back to the event loop (three on a negotiation: the node, the contract client,
+the operator check) for a few attribute reads; on busy cores each hop waits for the
+scheduler twice (bench/PROFILE-negotiation.md, round 4). They must never block.
 """
 
 from __future__ import annotations
@@ -52,7 +58,7 @@ class BadCursor(ApiProblem):
     status = 400
 
 
-def node_context(request: Request) -> NodeContext:
+async def node_context(request: Request) -> NodeContext:
     """The node the app serves (``app.state.node``)."""
     ctx = request.app.state.node
     assert isinstance(ctx, NodeContext)
@@ -62,7 +68,7 @@ def node_context(request: Request) -> NodeContext:
 Ctx = Annotated[NodeContext, Depends(node_context)]
 
 
-def contract_runtime(ctx: Ctx) -> ContractRuntime:
+async def contract_runtime(ctx: Ctx) -> ContractRuntime:
     """The node's contract runtime; 503 on a node without contract machinery."""
     if ctx.contracts is None:
         raise NoContracts("this node runs no contract machinery")
@@ -72,14 +78,14 @@ def contract_runtime(ctx: Ctx) -> ContractRuntime:
 Runtime = Annotated[ContractRuntime, Depends(contract_runtime)]
 
 
-def contract_client(ctx: Ctx) -> PeerContracts:
+async def contract_client(ctx: Ctx) -> PeerContracts:
     """The node's one contract client (consumer side: negotiate, pull, subscribe)."""
     if ctx.contract_client is None:
         raise NoContracts("this node runs no contract machinery")
     return ctx.contract_client
 
 
-def outbox(ctx: Ctx) -> OutboxDelivery:
+async def outbox(ctx: Ctx) -> OutboxDelivery:
     """The node's outbox dispatcher (notices to peers: terminations, receipts)."""
     if ctx.outbox is None:
         raise NoContracts("this node runs no contract machinery")
@@ -98,7 +104,7 @@ class Caller:
     member_id: str
 
 
-def require_operator(
+async def require_operator(
     ctx: Ctx, creds: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
 ) -> Caller:
     """The operator, or 401. `node.api.gate.BearerGate` has checked already; this keeps
@@ -145,7 +151,7 @@ def decode_cursor(cursor: str) -> int:
     return offset
 
 
-def paging(
+async def paging(
     limit: Annotated[int | None, Query(ge=1, le=MAX_PAGE, description="page size")] = None,
     cursor: Annotated[
         str | None, Query(max_length=200, description="the X-Next-Cursor of the last page")

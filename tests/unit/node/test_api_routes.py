@@ -109,6 +109,27 @@ def test_every_route_answers_a_typed_model(app: FastAPI) -> None:
     assert untyped == []
 
 
+def _calls(dependant: Any) -> Iterator[Any]:
+    for sub in dependant.dependencies:
+        yield sub.call
+        yield from _calls(sub)
+
+
+def test_the_shared_dependencies_run_on_the_event_loop(app: FastAPI) -> None:
+    """FastAPI runs a plain ``def`` dependency in its thread pool: a hop to a worker
+    thread and back per dependency per request, on every route (a negotiation paid three).
+    The shared ones (`node.api.deps`) are coroutine functions, so none of them hops."""
+    shared = {
+        call
+        for route in api_routes(app.routes)
+        for call in _calls(route.dependant)
+        if getattr(call, "__module__", "") == "qdspace.node.api.deps"
+    }
+    names = {call.__name__ for call in shared}
+    assert {"node_context", "contract_client", "require_operator", "paging"} <= names
+    assert sorted(c.__name__ for c in shared if not asyncio.iscoroutinefunction(c)) == []
+
+
 def test_ledger_routes_are_mounted_by_the_api(app: FastAPI) -> None:
     paths = {r.path for r in api_routes(app.routes)}
     assert "/v1/ledger/leaves/{kind}" in paths  # moved out of runtime/, still mounted
