@@ -16,7 +16,6 @@ from typing import Any
 
 from qdspace.node.errors import NodeError
 from qdspace.node.host.config import HostLayout
-from qdspace.node.host.tenants import load_host_token
 
 TIMEOUT_S = 30.0
 
@@ -54,6 +53,10 @@ def call_host(
 ) -> Any:
     """One call to the running host's management API with the host token."""
     import httpx
+
+    from qdspace.node.host.tenants import (
+        load_host_token,
+    )  # node config, numpy: not for every command
 
     files = HostLayout(directory.resolve())
     token = load_host_token(files)
