@@ -60,6 +60,7 @@ sys.path.insert(0, str(ROOT))
 
 import httpx  # noqa: E402
 
+from bench.support.host_flood import flood  # noqa: E402
 from qdspace.node.host.config import HostLayout, HostSettings  # noqa: E402
 from qdspace.node.host.quotas import Quota, QuotaSettings  # noqa: E402
 from qdspace.node.host.registry import Registry  # noqa: E402
@@ -69,7 +70,6 @@ from qdspace.node.host.tenants import (  # noqa: E402
     init_host,
     tenant_token,
 )
-from qdspace.node.identity.member import load_member_keys  # noqa: E402
 from qdspace.node.layout import NodeLayout  # noqa: E402
 from qdspace.node.localnet.network import LocalNetwork, MemberSpec  # noqa: E402
 from qdspace.node.rpc.peers import PeerDirectory  # noqa: E402
@@ -87,6 +87,7 @@ GENEROUS = {"rps": 5000.0, "burst": 5000, "max_calls": 64}
 CONCURRENCY = 2  # calls in flight per member
 AIM_TENANTS, AIM_START_MS, AIM_P99_MS, AIM_MEMORY_SHARE = 50, 2000.0, 50.0, 0.1
 CALLER = "bench-caller"
+FLOODER = ROOT / "bench" / "support" / "host_flood.py"
 
 
 def _env() -> dict[str, str]:
@@ -303,46 +304,10 @@ def _set_quotas(directory: Path, default: dict[str, Any] | None, flooded: str, o
     Registry(directory).set_quota(flooded, chosen)
 
 
-def _flood(caller_dir: Path, target: str, address: str, concurrency: int) -> None:
-    """The flooder (its own process, so its load is not the measuring loop's): ListAssets
-    on ``target``, ``concurrency`` in flight, refusals counted and ignored, until SIGTERM;
-    prints ``flooding`` once going, then its counts as JSON."""
-    import grpc
-
-    keys = load_member_keys(caller_dir)
-    files = NodeLayout(caller_dir)
-    peers = PeerDirectory(keys, {target: address}, cert_files=(files.tls_cert, files.tls_key))
-    counts = {"served": 0, "refused": 0, "failed": 0}
-
-    async def run() -> None:
-        stop = asyncio.Event()
-        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
-        stub = catalog_pb2_grpc.CatalogStub(peers.channel(target))
-        request = catalog_pb2.CatalogRequest()
-
-        async def worker() -> None:
-            while not stop.is_set():
-                try:
-                    await stub.ListAssets(request, timeout=30)
-                    counts["served"] += 1
-                except grpc.aio.AioRpcError as exc:
-                    exhausted = exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
-                    counts["refused" if exhausted else "failed"] += 1
-                if sum(counts.values()) == 1:
-                    print("flooding", flush=True)
-
-        started = time.perf_counter()
-        await asyncio.gather(*(worker() for _ in range(concurrency)))
-        took = time.perf_counter() - started
-        await peers.close()
-        print(json.dumps({**counts, "seconds": took}), flush=True)
-
-    asyncio.run(run())
-
-
 def _flooder(caller_dir: Path, target: str, address: str) -> subprocess.Popen[str]:
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--flood", f"{target}={address}",
-           "--caller-dir", str(caller_dir)]  # fmt: skip
+    # the flooder's own light module: not this file, whose imports take seconds
+    cmd = [sys.executable, str(FLOODER), f"{target}={address}", str(caller_dir),
+           str(FLOOD_CONCURRENCY)]  # fmt: skip
     process = subprocess.Popen(cmd, stdout=subprocess.PIPE, env=_env(), text=True)
     assert process.stdout is not None
     if process.stdout.readline().strip() != "flooding":
@@ -559,7 +524,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.flood:
         target, _, address = args.flood.partition("=")
-        _flood(args.caller_dir, target, address, FLOOD_CONCURRENCY)
+        flood(args.caller_dir, target, address, FLOOD_CONCURRENCY)
         return
     sizes = [3, 5] if args.quick else sorted(int(s) for s in args.sizes.split(","))
     calls = 10 if args.quick else args.calls

@@ -132,9 +132,9 @@ def node_start(
 @clean_errors
 def node_info(directory: DirOpt) -> None:
     """Show a node's identity, configuration and database counts."""
+    from qdspace.node.client_transport import read_runtime  # not node.run: the server stack
     from qdspace.node.config import NodeSettings
     from qdspace.node.identity.member import load_member_keys
-    from qdspace.node.run import read_runtime
 
     settings = NodeSettings.load(directory)
     ident = load_member_keys(settings.directory).identity

@@ -440,7 +440,6 @@ def tenant_remove(
 
     from qdspace.node.host.client import call_host, running_host
     from qdspace.node.host.errors import RemovalNotConfirmed, TenantBusy
-    from qdspace.node.host.leaving import remove_offline
     from qdspace.node.host.names import check_name
     from qdspace.node.host.registry import Registry
 
@@ -451,7 +450,9 @@ def tenant_remove(
         )
     record = Registry(directory.resolve()).get(name)
     host = running_host(directory)
-    if host is None:
+    if host is None:  # the host's runtime, imported only here: the common case asks the host
+        from qdspace.node.host.leaving import remove_offline
+
         removed: dict[str, Any] = remove_offline(directory, name).__dict__
     else:
         path = f"/host/v1/tenants/{name}"

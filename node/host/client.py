@@ -9,13 +9,13 @@ the CLI imports it on every host command.
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from typing import Any
 
 from qdspace.node.errors import NodeError
 from qdspace.node.host.config import HostLayout
-from qdspace.node.host.tenants import load_host_token
 
 TIMEOUT_S = 30.0
 
@@ -24,10 +24,18 @@ class HostApiError(NodeError):
     """The running host refused or could not be reached; the message says which."""
 
 
+def read_host_runtime(directory: Path) -> dict[str, Any] | None:
+    """The runtime record ``host start`` wrote in ``directory`` (here, not in the serving
+    module: reading it must not import the host's server stack), or None."""
+    try:
+        data: dict[str, Any] = json.loads(HostLayout(directory.resolve()).runtime.read_text())
+    except (FileNotFoundError, ValueError):
+        return None
+    return data
+
+
 def running_host(directory: Path) -> dict[str, Any] | None:
     """The runtime record of a host running from ``directory``, or None."""
-    from qdspace.node.host.serve import read_host_runtime
-
     record = read_host_runtime(directory)
     if record is None:
         return None
@@ -45,6 +53,10 @@ def call_host(
 ) -> Any:
     """One call to the running host's management API with the host token."""
     import httpx
+
+    from qdspace.node.host.tenants import (
+        load_host_token,
+    )  # node config, numpy: not for every command
 
     files = HostLayout(directory.resolve())
     token = load_host_token(files)

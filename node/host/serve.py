@@ -131,11 +131,3 @@ def run_host(directory: Path) -> None:
         asyncio.run(main())
     finally:
         runtime.close_all()
-
-
-def read_host_runtime(directory: Path) -> dict[str, Any] | None:
-    try:
-        data: dict[str, Any] = json.loads(HostLayout(directory.resolve()).runtime.read_text())
-    except (FileNotFoundError, ValueError):
-        return None
-    return data

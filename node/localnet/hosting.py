@@ -163,7 +163,7 @@ class HostProcess:
 
     def runtime(self) -> dict[str, Any] | None:
         """``HOST/run/host.json`` of this process (pid, URLs, tenants), or None yet."""
-        from qdspace.node.host.serve import read_host_runtime
+        from qdspace.node.host.client import read_host_runtime
 
         record = read_host_runtime(self.directory)
         if record is None or self.process is None or record.get("pid") != self.process.pid:

@@ -189,11 +189,18 @@ def cluster() -> Iterator[Cluster]:
         )
         yield cluster
     finally:
+        # Ray's GCS, raylets, agents and Serve actors outlive a SIGTERM by more than 15 s
+        # (the teardown used to wait all of that, then kill): a short grace, then SIGKILL,
+        # repeated until none is left (a killed parent's children are found by their
+        # marker or open files; every one is gone before the namespace and folder go)
         _signal(cluster.pids(), signal.SIGTERM)
-        deadline = time.monotonic() + 15
+        deadline = time.monotonic() + 2
         while cluster.pids() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        deadline = time.monotonic() + 30
+        while (left := cluster.pids()) and time.monotonic() < deadline:
+            _signal(left, signal.SIGKILL)
             time.sleep(0.2)
-        _signal(cluster.pids(), signal.SIGKILL)
         if netns_used is not None:
             _sh("ip", "netns", "del", netns_used)  # takes the veth pair with it
         shutil.rmtree(temp_dir, ignore_errors=True)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+import tempfile
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -37,8 +39,25 @@ T0 = datetime(2026, 5, 1, tzinfo=UTC)
 P_KEY, C_KEY = SigningKey(b"p" * 32), SigningKey(b"c" * 32)
 
 
+@functools.cache
+def _migrated_template() -> bytes:
+    """The bytes of a SQLite file brought to the newest schema by ``ensure_schema`` once:
+    the property test below makes a store per example (40), and the migrations were
+    most of its time. A copy is that same file (one transaction, rollback journal)."""
+    with tempfile.TemporaryDirectory(prefix="qdspace-retention-") as tmp:
+        path = Path(tmp) / "template.db"
+        engine = create_engine(f"sqlite:///{path}")
+        ensure_schema(engine)
+        engine.dispose()
+        return path.read_bytes()
+
+
 def make_store(directory: Path) -> ContractStore:
-    engine = create_engine(f"sqlite:///{directory / f'{uuid.uuid4().hex}.db'}")
+    """A contract store on a new SQLite file of the newest schema (a copy of the
+    template; ``ensure_schema`` finds it at the head and leaves it alone)."""
+    path = directory / f"{uuid.uuid4().hex}.db"
+    path.write_bytes(_migrated_template())
+    engine = create_engine(f"sqlite:///{path}")
     ensure_schema(engine)
     return ContractStore(engine, b"k" * 32)
 
