@@ -34,7 +34,6 @@ first:
     python bench/host.py                 # hosts of 10 and 50 tenants, 10 nodes
     python bench/host.py --quick         # hosts of 3 and 5 tenants, 3 nodes (CI)
     python bench/host.py --sizes 10,30 --out result.json
-    python bench/host.py --flood NAME=HOST:PORT --caller-dir D   # (the bench's own flooder)
 """
 
 from __future__ import annotations
@@ -60,7 +59,6 @@ sys.path.insert(0, str(ROOT))
 
 import httpx  # noqa: E402
 
-from bench.support.host_flood import flood  # noqa: E402
 from qdspace.node.host.config import HostLayout, HostSettings  # noqa: E402
 from qdspace.node.host.quotas import Quota, QuotaSettings  # noqa: E402
 from qdspace.node.host.registry import Registry  # noqa: E402
@@ -519,13 +517,7 @@ def main() -> None:
     parser.add_argument("--calls", type=int, default=40, help="catalog calls per member")
     parser.add_argument("--quick", action="store_true", help="hosts of 3 and 5 tenants (CI)")
     parser.add_argument("--out", type=Path, help="write the figures as JSON here")
-    parser.add_argument("--flood", help=argparse.SUPPRESS)  # NAME=HOST:PORT: be the flooder
-    parser.add_argument("--caller-dir", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.flood:
-        target, _, address = args.flood.partition("=")
-        flood(args.caller_dir, target, address, FLOOD_CONCURRENCY)
-        return
     sizes = [3, 5] if args.quick else sorted(int(s) for s in args.sizes.split(","))
     calls = 10 if args.quick else args.calls
     if not sizes or min(sizes) < 1:

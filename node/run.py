@@ -25,12 +25,12 @@ import uvicorn
 
 from qdspace.node.api.app import create_app
 from qdspace.node.api.regulator_app import create_regulator_app
+from qdspace.node.client_transport import runtime_file  # where clients read it
 from qdspace.node.config import NodeSettings
 from qdspace.node.context import NodeContext, build_context
 from qdspace.node.errors import NodeError
 from qdspace.node.http_listener import DEFAULT_GRACE_S, NodeHttpServer
 from qdspace.node.identity.revocation import StaleRevocationList
-from qdspace.node.layout import NodeLayout
 from qdspace.node.listeners import bind_socket, check_server_tls, https_url, runtime_record
 from qdspace.node.serving import MemberServer, attach_anchoring
 from qdspace.util.files import write_atomic
@@ -45,18 +45,6 @@ def bind_api_socket(host: str, port: int) -> socket.socket:
 
 #: the name the listeners had here (a node's HTTPS servers: `node.http_listener`)
 _Uvicorn = NodeHttpServer
-
-
-def runtime_path(directory: Path) -> Path:
-    return NodeLayout(directory).runtime
-
-
-def read_runtime(directory: Path) -> dict[str, object] | None:
-    try:
-        data: dict[str, object] = json.loads(runtime_path(directory).read_text())
-    except (FileNotFoundError, ValueError):
-        return None
-    return data
 
 
 def https_server(
@@ -153,7 +141,7 @@ async def serve(ctx: NodeContext, stop: asyncio.Event) -> None:
         else https_url(settings.dsp_host, dsp_sock.getsockname()[1]),
         "started_at": time.time(),
     }
-    write_atomic(runtime_path(settings.directory), json.dumps(runtime, indent=2).encode())
+    write_atomic(runtime_file(settings.directory), json.dumps(runtime, indent=2).encode())
     logger.info(
         "node %s (%s) serving gRPC on %s, operator API on %s, regulator API on %s; database %s",
         settings.name,
@@ -174,7 +162,7 @@ async def serve(ctx: NodeContext, stop: asyncio.Event) -> None:
         await member.stop(settings.shutdown_grace_s)
         await asyncio.gather(*tasks)
         await ctx.peers.close()
-        runtime_path(settings.directory).unlink(missing_ok=True)
+        runtime_file(settings.directory).unlink(missing_ok=True)
         logger.info("node %s stopped", settings.name)
 
 

@@ -4,7 +4,7 @@ It runs as its own process (its load is not the measuring loop's) and needs only
 calling member's keys, the peer directory and the Catalog stubs; started as
 ``python bench/host.py --flood`` it imported the whole bench first (the local network,
 and with it every node module), which cost each fairness run seconds before the flood
-began. ``bench/host.py`` starts this file directly; its ``--flood`` still works.
+began. ``bench/host.py`` starts this file directly (its only way in).
 
     python bench/support/host_flood.py NAME=HOST:PORT CALLER_DIR CONCURRENCY
 """

@@ -18,6 +18,7 @@ sent a second copy. Messages go out oldest first; a failure records its error (c
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
@@ -60,7 +61,11 @@ outbox_table = Table(
 )
 
 
+@functools.cache
 def _due_statement(limit: int) -> Select[Any]:
+    """The dispatcher's poll (twice a second on every node, busy or idle), built once per
+    limit: its cache key is memoised and only ``now`` is bound per call; building it per
+    call cost SQLAlchemy more than the query (bench/PROFILE-negotiation.md, round 4)."""
     table = outbox_table
     return (
         select(table)
@@ -68,12 +73,6 @@ def _due_statement(limit: int) -> Select[Any]:
         .order_by(table.c.id)
         .limit(limit)
     )
-
-
-#: the dispatcher's poll (twice a second on every node, busy or idle), by limit: built
-#: once, so its cache key is memoised and only ``now`` is bound per call; building it per
-#: call cost SQLAlchemy more than the query (bench/PROFILE-negotiation.md, round 4)
-_DUE: dict[int, Select[Any]] = {}
 
 
 @dataclass(frozen=True)
@@ -132,11 +131,8 @@ class OutboxStore(TableStore):
 
     def due_messages(self, now: datetime, limit: int = 100) -> list[PendingMessage]:
         """Unsent messages whose next attempt is due, oldest first."""
-        statement = _DUE.get(limit)
-        if statement is None:
-            statement = _DUE.setdefault(limit, _due_statement(limit))
         with self.engine.connect() as connection:
-            rows = connection.execute(statement, {"now": now}).all()
+            rows = connection.execute(_due_statement(limit), {"now": now}).all()
         return [
             PendingMessage(
                 id=row.id,

@@ -54,9 +54,8 @@ def call_host(
     """One call to the running host's management API with the host token."""
     import httpx
 
-    from qdspace.node.host.tenants import (
-        load_host_token,
-    )  # node config, numpy: not for every command
+    # node config, numpy: imported only by the commands that call the host
+    from qdspace.node.host.tenants import load_host_token
 
     files = HostLayout(directory.resolve())
     token = load_host_token(files)

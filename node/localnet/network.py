@@ -33,6 +33,7 @@ from sqlalchemy import create_engine, text
 
 from qdspace.connector.storage import normalise_url
 from qdspace.node.client import OperatorClient, http_client
+from qdspace.node.client_transport import read_runtime
 from qdspace.node.errors import NodeError
 from qdspace.node.identity.authority import Authority
 from qdspace.node.identity.member import MemberKeys, load_member_keys
@@ -41,7 +42,6 @@ from qdspace.node.layout import NodeLayout
 from qdspace.node.localnet.chain import ChainProcess
 from qdspace.node.localnet.hosting import HostProcess, HostSpec, Participant, TenantMember
 from qdspace.node.localnet.line import LineProcess
-from qdspace.node.run import read_runtime
 from qdspace.util.ports import free_port
 
 START_TIMEOUT_S = 60.0

@@ -119,7 +119,7 @@ def test_node_calling_commands_load_only_the_client(tmp_path: Path, args: tuple[
 
 
 def test_the_light_runtime_reader_reads_what_the_node_writes(tmp_path: Path) -> None:
+    from qdspace.node import run
     from qdspace.node.client import runtime_file
-    from qdspace.node.run import runtime_path
 
-    assert runtime_file(tmp_path) == runtime_path(tmp_path)
+    assert runtime_file(tmp_path) == run.runtime_file(tmp_path) == tmp_path / "run/runtime.json"
