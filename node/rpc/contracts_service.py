@@ -255,7 +255,10 @@ class SubscriptionServicer(subscription_pb2_grpc.SubscriptionServicer):
 
     async def Subscribe(
         self, request: subscription_pb2.SubscribeRequest, context: grpc.aio.ServicerContext
-    ) -> AsyncIterator[subscription_pb2.SubscriptionEvent]:
+    ) -> AsyncIterator[bytes]:
+        """Each event is serialised here, once, and sent as it is (`add_subscription_service`):
+        its size for the metrics is then the length of those bytes, not a second encoding
+        of the event by `ByteSize()`."""
         peer = _peer()
         rt = self._rt
         try:
@@ -263,11 +266,7 @@ class SubscriptionServicer(subscription_pb2_grpc.SubscriptionServicer):
                 stream = stream_request_from_proto(request)
                 gate, position = rt.open_stream(peer, stream)
                 checked = beat = time.monotonic()
-                yield subscription_pb2.SubscriptionEvent(
-                    subscription_id=stream.subscription_id,
-                    heartbeat=True,
-                    sent_at_unix_us=datetime_to_us(datetime.now(UTC)),
-                )
+                yield _heartbeat(stream.subscription_id, datetime.now(UTC))
                 watch = rt.new_inspections
                 seen = watch.generation if watch is not None else 0
                 while True:
@@ -282,24 +281,20 @@ class SubscriptionServicer(subscription_pb2_grpc.SubscriptionServicer):
                         rt.stream_page, gate, position
                     )
                     if rows:
-                        event = subscription_pb2.SubscriptionEvent(
+                        wire = subscription_pb2.SubscriptionEvent(
                             subscription_id=stream.subscription_id,
                             rows=[
                                 transfer_pb2.Row(json=r.payload, order_id=r.order_id) for r in rows
                             ],
                             positions=positions,
                             sent_at_unix_us=datetime_to_us(rt.clock.now()),
-                        )
-                        yield event
-                        self._metrics.rows("sent", "stream", len(rows), event.ByteSize())
+                        ).SerializeToString()
+                        yield wire
+                        self._metrics.rows("sent", "stream", len(rows), len(wire))
                         beat = time.monotonic()
                         continue
                     if time.monotonic() - beat > HEARTBEAT_S:
-                        yield subscription_pb2.SubscriptionEvent(
-                            subscription_id=stream.subscription_id,
-                            heartbeat=True,
-                            sent_at_unix_us=datetime_to_us(rt.clock.now()),
-                        )
+                        yield _heartbeat(stream.subscription_id, rt.clock.now())
                         beat = time.monotonic()
                     if watch is None:
                         await asyncio.sleep(FALLBACK_POLL_S)
@@ -319,7 +314,30 @@ class SubscriptionServicer(subscription_pb2_grpc.SubscriptionServicer):
             live.dec()
 
     def register(self, server: grpc.aio.Server) -> None:
-        subscription_pb2_grpc.add_SubscriptionServicer_to_server(self, server)
+        add_subscription_service(self, server)
+
+
+def _heartbeat(subscription_id: str, at: datetime) -> bytes:
+    wire: bytes = subscription_pb2.SubscriptionEvent(
+        subscription_id=subscription_id, heartbeat=True, sent_at_unix_us=datetime_to_us(at)
+    ).SerializeToString()
+    return wire
+
+
+def add_subscription_service(servicer: SubscriptionServicer, server: grpc.aio.Server) -> None:
+    """`subscription_pb2_grpc.add_SubscriptionServicer_to_server`, with `Subscribe`
+    yielding events already serialised and sent as they are."""
+    handlers = {
+        "Subscribe": grpc.unary_stream_rpc_method_handler(
+            servicer.Subscribe,
+            request_deserializer=subscription_pb2.SubscribeRequest.FromString,
+            response_serializer=_sent_as_is,
+        ),
+    }
+    server.add_generic_rpc_handlers(
+        (grpc.method_handlers_generic_handler("qdspace.v1.Subscription", handlers),)
+    )
+    server.add_registered_method_handlers("qdspace.v1.Subscription", handlers)
 
 
 class NotificationServicer(notification_pb2_grpc.NotificationServicer):

@@ -33,7 +33,9 @@ from qdspace.node.rpc.contracts_transfer_serde import (
 from qdspace.node.rpc.peers import PeerDirectory
 from qdspace.node.runtime.contract_ports import Subscription
 from qdspace.node.runtime.contracts import ContractRuntime
-from qdspace.protocols.v1 import subscription_pb2_grpc
+from qdspace.protocols.v1 import subscription_pb2
+
+SUBSCRIBE_METHOD = "/qdspace.v1.Subscription/Subscribe"
 
 logger = logging.getLogger("node.contracts")
 
@@ -69,14 +71,22 @@ class ConsumerSubscriptions:
 
     async def _run_subscription(self, sub: Subscription, purpose: str) -> None:
         monitor = SpcMonitor(sub.spec)
-        stub = subscription_pb2_grpc.SubscriptionStub(self.peers.channel(sub.provider))
+        # the events' raw bytes are kept (deserialised here, not by the stub) so that the
+        # metrics count what arrived without encoding each event again (`ByteSize()`)
+        subscribe = self.peers.channel(sub.provider).unary_stream(
+            SUBSCRIBE_METHOD,
+            request_serializer=subscription_pb2.SubscribeRequest.SerializeToString,
+            response_deserializer=None,
+            _registered_method=True,
+        )
         store = self.runtime.store
         request = StreamRequest(sub.subscription_id, sub.agreement_id, purpose)
         live = self.metrics.subscriptions.labels(side="consumer")
         live.inc()
         try:
-            async for wire in stub.Subscribe(stream_request_to_proto(request)):
+            async for raw in subscribe(stream_request_to_proto(request)):
                 sub.connected.set()
+                wire = subscription_pb2.SubscriptionEvent.FromString(raw)
                 event = stream_event_from_proto(wire)
                 if event.heartbeat:
                     continue
@@ -89,7 +99,7 @@ class ConsumerSubscriptions:
                 await asyncio.to_thread(
                     store.store_received_rows, sub.agreement_id, sub.subscription_id, rows, arrived
                 )
-                self.metrics.rows("received", "stream", len(rows), wire.ByteSize())
+                self.metrics.rows("received", "stream", len(rows), len(raw))
                 sub.received += len(rows)
                 sub.position = event.positions[-1]
                 self._spc(sub, monitor, event.rows)

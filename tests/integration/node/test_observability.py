@@ -208,6 +208,11 @@ def test_live_subscriptions_are_gauged_and_their_rows_counted(net: LocalNetwork)
     rows = "qdspace_transfer_rows_total"
     assert value(scrape(cellex), rows, direction="sent", mode="stream") == STREAMED
     assert value(scrape(sunarc), rows, direction="received", mode="stream") == STREAMED
+    # both ends count the events' bytes as they crossed the wire (the provider's serialised
+    # events, the consumer's undecoded ones): the same bytes, heartbeats in neither
+    sent = value(scrape(cellex), "qdspace_transfer_bytes_total", direction="sent", mode="stream")
+    got = value(scrape(sunarc), "qdspace_transfer_bytes_total", direction="received", mode="stream")
+    assert sent == got > STREAMED * 50
 
 
 def test_spc_alerts_raised_on_live_data_are_counted_by_rule(net: LocalNetwork) -> None:
