@@ -57,6 +57,13 @@ class OutboxDispatcher:
             self._kick.clear()
 
     async def deliver_due(self) -> int:
+        """Send what is due. The poll for due messages runs on the event loop: it is a
+        read (~0.1 ms; in SQLite's WAL mode a read never waits for a writer), and it runs
+        twice a second on every node, where a worker-thread hop would cost about as much
+        as the query. Marking a message sent or failed is a write, which waits for the
+        database's write lock as long as another writer (an ingest, a transfer's commit)
+        holds it: those run in a worker thread, so a long write elsewhere never stalls
+        the loop's RPCs."""
         store = self.runtime.store
         sent = 0
         for pending in store.due_messages(self.runtime.clock.now()):
@@ -65,12 +72,13 @@ class OutboxDispatcher:
                 await self._send(message)
             except (PeerError, grpc.aio.AioRpcError) as exc:
                 backoff = timedelta(seconds=min(60.0, 0.5 * 2**pending.attempts))
-                store.mark_failed(pending.id, str(exc), self.runtime.clock.now() + backoff)
+                retry_at = self.runtime.clock.now() + backoff
+                await asyncio.to_thread(store.mark_failed, pending.id, str(exc), retry_at)
                 logger.warning(
                     "outbox: %s to %s failed: %s", message.message_id, message.peer_id, exc
                 )
                 continue
-            store.mark_sent(pending.id, self.runtime.clock.now())
+            await asyncio.to_thread(store.mark_sent, pending.id, self.runtime.clock.now())
             sent += 1
         return sent
 
