@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 
 from qdspace.node.errors import NodeError
 from qdspace.node.layout import NodeLayout
+from qdspace.util.files import read_json_record
 
 if TYPE_CHECKING:
     import ssl
@@ -67,11 +68,7 @@ def runtime_file(directory: Path) -> Path:
 
 def read_runtime(directory: Path) -> dict[str, object] | None:
     """The running node's published runtime record, or None if it is not running."""
-    try:
-        data: dict[str, object] = json.loads(runtime_file(directory).read_text())
-    except (FileNotFoundError, NotADirectoryError, ValueError):
-        return None
-    return data
+    return read_json_record(runtime_file(directory))
 
 
 def locate(directory: Path) -> tuple[str, str, Path | None]:

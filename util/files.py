@@ -20,16 +20,21 @@ How, and why each step:
 - on any failure, the temporary file is removed and the target is left as it was.
 
 The target's folder is created if missing.
+
+The read side of the small JSON records written this way (a running node's, host's or
+authority's runtime record) is `read_json_record`: each reader wants "the object, or
+None if there is none", which a file being replaced, removed or never written all mean.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 PRIVATE = 0o600
 
@@ -58,3 +63,13 @@ def write_atomic(path: Path, data: bytes, *, fsync: bool = True, mode: int = PRI
     """Replace `path`'s content with `data`, atomically (see the module's notes)."""
     with atomic_writer(path, fsync=fsync, mode=mode) as handle:
         handle.write(data)
+
+
+def read_json_record(path: Path) -> dict[str, Any] | None:
+    """The JSON object in ``path``, or None where there is none: no such file (or a file
+    where a folder should be), not UTF-8 or not JSON, or JSON that is not an object."""
+    try:
+        data = json.loads(path.read_bytes())
+    except (FileNotFoundError, NotADirectoryError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None

@@ -22,7 +22,7 @@ from qdspace.node.authority.app import create_authority_app
 from qdspace.node.authority.service import AuthorityService
 from qdspace.node.authority.tls import DEFAULT_HOSTNAMES, ensure_server_cert
 from qdspace.node.listeners import bind_socket
-from qdspace.util.files import write_atomic
+from qdspace.util.files import read_json_record, write_atomic
 
 logger = logging.getLogger("node.authority")
 
@@ -41,11 +41,7 @@ def read_runtime(directory: Path) -> dict[str, object] | None:
     """What a running ``authority serve`` in ``directory`` wrote (pid, url), if any."""
     from qdspace.node.layout import AuthorityLayout
 
-    try:
-        data: dict[str, object] = json.loads(AuthorityLayout(directory).runtime.read_text())
-    except (FileNotFoundError, ValueError):
-        return None
-    return data
+    return read_json_record(AuthorityLayout(directory).runtime)
 
 
 def serve_authority(

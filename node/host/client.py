@@ -9,13 +9,13 @@ the CLI imports it on every host command.
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Any
 
 from qdspace.node.errors import NodeError
 from qdspace.node.host.config import HostLayout
+from qdspace.util.files import read_json_record
 
 TIMEOUT_S = 30.0
 
@@ -27,11 +27,7 @@ class HostApiError(NodeError):
 def read_host_runtime(directory: Path) -> dict[str, Any] | None:
     """The runtime record ``host start`` wrote in ``directory`` (here, not in the serving
     module: reading it must not import the host's server stack), or None."""
-    try:
-        data: dict[str, Any] = json.loads(HostLayout(directory.resolve()).runtime.read_text())
-    except (FileNotFoundError, ValueError):
-        return None
-    return data
+    return read_json_record(HostLayout(directory.resolve()).runtime)
 
 
 def running_host(directory: Path) -> dict[str, Any] | None:
