@@ -5,27 +5,32 @@ The ledger itself (settings, anchorer, QDM sweep) is `qdspace.node.runtime.ledge
 imports no web framework; this module only adapts it. A node without a chain mounts no
 operator ledger routes (404) and answers every regulator route 503, after the regulator
 credential is checked: a caller without one learns nothing about the node's anchoring.
+
+The chain client, the passport and the regulator's router import web3 and eth_account
+(with py_ecc's pairing constants computed at import): about a third of a node's start-up.
+They are imported here only when a node has a chain, inside the functions that mount its
+routes, so a node without one (a host's tenants, chain-less members) never pays for them.
 """
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 from fastapi import Depends, FastAPI, HTTPException, Query, Response
 from pydantic import BaseModel
 
-from qdspace.ledger.client import LedgerClient
 from qdspace.ledger.errors import LedgerError
 from qdspace.ledger.leaves import KIND_CODES
-from qdspace.ledger.passport import Passport, issue_passport
 from qdspace.ledger.queue_schema import ANCHORED
 from qdspace.node.api.deps import PageRequest, decode_cursor, require_operator
 from qdspace.node.api.problems import Problem
-from qdspace.node.api.regulator import regulator_router
 from qdspace.node.api.regulator_auth import regulator_dependency
 from qdspace.node.context import NodeContext
 from qdspace.node.errors import AnchoringBlocked
 from qdspace.node.runtime.ledger import NodeLedger, node_ledger, probe_chain
+
+if TYPE_CHECKING:
+    from qdspace.ledger.passport import Passport
 
 #: how long ``/v1/ledger/status`` waits for the chain before it calls it unreachable
 PROBE_TIMEOUT_S = 2.0
@@ -98,6 +103,9 @@ def mount_regulator_routes(app: FastAPI, ctx: NodeContext) -> None:
             raise HTTPException(503, "this node anchors to no chain (no ledger.json)")
 
         return
+    from qdspace.ledger.passport import issue_passport  # web3: only on a node with a chain
+    from qdspace.node.api.regulator import regulator_router
+
     member_id = ctx.keys.identity.member_id
 
     def issue(from_block: int, to_block: int | None) -> Passport:
@@ -124,6 +132,8 @@ def mount_regulator_routes(app: FastAPI, ctx: NodeContext) -> None:
 
 def mount_operator_routes(app: FastAPI, ledger: NodeLedger) -> None:
     """``/v1/ledger/status``, ``/v1/ledger/leaves/{kind}`` and ``/v1/ledger/flush``."""
+    from qdspace.ledger.client import LedgerClient  # web3: only on a node with a chain
+
     # its own client: a short timeout, and no cached state shared with the anchorer
     prober = LedgerClient(ledger.settings.rpc_url, ledger.client.address, timeout_s=PROBE_TIMEOUT_S)
     operator = [Depends(require_operator)]

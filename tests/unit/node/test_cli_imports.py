@@ -123,3 +123,18 @@ def test_the_light_runtime_reader_reads_what_the_node_writes(tmp_path: Path) -> 
     from qdspace.node.client import runtime_file
 
     assert runtime_file(tmp_path) == run.runtime_file(tmp_path) == tmp_path / "run/runtime.json"
+
+
+def test_a_node_without_a_chain_loads_no_chain_client() -> None:
+    """``node.run`` (the node's whole server stack) loads no web3, eth_account or py_ecc:
+    the chain client, the passport and the regulator's router are imported only when a
+    node's routes are mounted with a ledger (about a third of a node's start-up)."""
+    probe = "import json, sys, qdspace.node.run; print(json.dumps(sorted(sys.modules)))"
+    done = subprocess.run(
+        [sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    modules = json.loads(done.stdout.splitlines()[-1])
+    chain = ("web3", "eth_account", "eth_keyfile", "py_ecc", "eth_abi")
+    assert not [m for m in modules if m.split(".")[0] in chain]
+    assert "qdspace.node.api.app" in modules  # the probe did load the server stack
