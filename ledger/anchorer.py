@@ -11,6 +11,15 @@ nonce order. The signed transaction is journaled before it is sent; on every pas
 journaled transactions are resolved first (receipt found, or the same bytes resent), so a
 crash or an outage never anchors a batch twice and never loses one. While the chain is
 unreachable, leaves keep queuing and the anchorer retries with exponential backoff.
+
+An idle node does not ask its database every tick. A pass costs two queries per kind
+(~12 ms of CPU on SQLite, 24 ms a second at the default tick: a tenth of a core for a
+network of four idle nodes). Every leaf reaches the queue through this object's
+``enqueue*``, which counts them, so once a pass found the queue empty (nothing pending,
+sealed or awaiting a receipt) and nothing was enqueued since it began, the thread skips
+its passes until something is enqueued or ``IDLE_RECHECK_S`` has passed (a safety net for
+a queue changed behind its back, e.g. a restored database). Anything left pending keeps
+the passes going every tick, so the age rule seals as before.
 """
 
 from __future__ import annotations
@@ -35,6 +44,9 @@ from qdspace.ledger.queue_schema import SEALED, SIGNED, Batch, StoredLeaf
 from qdspace.ledger.tx import ANCHOR_GAS, DEFAULT_MAX_IN_FLIGHT, SignedAnchor
 
 log = logging.getLogger("ledger.anchorer")
+
+#: an idle anchorer still looks at its queue this often (see the module's notes)
+IDLE_RECHECK_S = 30.0
 
 DEFAULT_MAX_LEAVES = 1_000
 DEFAULT_MAX_AGE_S = 5.0
@@ -103,6 +115,12 @@ class Anchorer:
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
         self._since_wake = 0
+        # leaves enqueued so far (only ever compared for change), and its value when a pass
+        # that found the queue empty began (None: not known to be empty)
+        self._enqueued = 0
+        self._empty_at: int | None = None
+        self._pending_left = False
+        self._last_empty = False  # the last pass (the thread's or a flush) left nothing
         self._chain_reachable = True
         self._chain_checked = False
         self._last_error: str | None = None
@@ -130,6 +148,7 @@ class Anchorer:
         return fresh
 
     def _nudge(self, added: int) -> None:
+        self._enqueued += 1
         self._since_wake += added
         if self._since_wake >= self.policy.max_leaves:
             self._since_wake = 0
@@ -157,6 +176,7 @@ class Anchorer:
                 raise
             # whoever ran the pass (the thread, a flush), the status says how it went
             self._chain_reachable, self._last_error = True, None
+            self._last_empty = report == StepReport() and not self._pending_left
             return report
 
     def _step(self, force: bool) -> StepReport:
@@ -183,6 +203,7 @@ class Anchorer:
 
     def _seal_due(self, force: bool) -> int:
         sealed, now = 0, self._clock()
+        self._pending_left = False
         for kind in KIND_CODES:
             while True:
                 pending = self.queue.pending(kind)
@@ -190,6 +211,7 @@ class Anchorer:
                     break
                 old = now - pending.oldest_at >= self.policy.max_age_s
                 if not (force or old or pending.count >= self.policy.max_leaves):
+                    self._pending_left = True
                     break
                 if self.queue.seal(kind, self.policy.max_leaves) is None:
                     break
@@ -393,12 +415,27 @@ class Anchorer:
             self._thread.join(timeout_s)
             self._thread = None
 
+    def _idle(self, last_pass: float) -> bool:
+        """Nothing to do without asking the database (see the module's notes)."""
+        empty_at = self._empty_at
+        recent = time.monotonic() - last_pass < IDLE_RECHECK_S
+        return empty_at is not None and empty_at == self._enqueued and recent
+
     def _run(self) -> None:
         backoff = self.policy.backoff_initial_s
+        last_pass = time.monotonic()
         while not self._stop.is_set():
             wait = self.policy.tick_s
+            if self._idle(last_pass):
+                self._wake.wait(wait)
+                self._wake.clear()
+                continue
             try:
+                began, last_pass = self._enqueued, time.monotonic()
+                self._empty_at = None
                 self.step()
+                if self._last_empty:
+                    self._empty_at = began
                 self._chain_reachable, self._last_error = True, None
                 backoff = self.policy.backoff_initial_s
             except ChainUnavailable as exc:

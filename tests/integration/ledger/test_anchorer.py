@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 
 import pytest
+from sqlalchemy import event
 
 from qdspace.ledger.anchorer import Anchorer, AnchorPolicy
 from qdspace.ledger.client import LedgerClient
@@ -240,3 +241,31 @@ def test_anchorer_refuses_a_chain_it_did_not_expect(
             anchorer.step(force=True)
     assert queue.batches() == []  # nothing sealed, signed or sent
     assert client.pending_nonce(signer.address) == 0
+
+
+def test_an_idle_anchorer_leaves_its_database_alone_until_a_leaf_comes(
+    chain: ChainProcess, signer: ChainSigner, queue: LeafQueue
+) -> None:
+    """Once a pass found the queue empty, the thread asks the database nothing (before: two
+    queries per kind every tick), and the next enqueued leaf is still sealed by age and
+    anchored."""
+    policy = AnchorPolicy(max_leaves=100, max_age_s=0.1, tick_s=0.02)
+    anchorer = Anchorer(queue, chain.client(), signer, policy)
+    statements: list[str] = []
+    event.listen(queue.engine, "before_cursor_execute", lambda *a: statements.append(a[2]))
+
+    def quiet_for(seconds: float) -> bool:
+        statements.clear()
+        time.sleep(seconds)
+        return not statements
+
+    anchorer.start()
+    try:
+        anchorer.enqueue("inspection", "insp-1", b"one")
+        _wait(lambda: queue.state_counts()[ANCHORED] == 1, "the first leaf anchored")
+        _wait(lambda: quiet_for(1.0), "no statement for 1 s (50 ticks)", timeout_s=20)
+        anchorer.enqueue("inspection", "insp-2", b"two")  # below max_leaves: sealed by age
+        _wait(lambda: queue.state_counts()[ANCHORED] == 2, "the next leaf anchored")
+    finally:
+        anchorer.stop()
+    assert [b.leaf_count for b in queue.batches()] == [1, 1]
