@@ -44,6 +44,7 @@ from qdspace.federation.secagg_messages import (
     EncryptedShare,
     KeyAdvert,
     MaskedInput,
+    MaskedPieces,
     UnmaskRequest,
     UnmaskResponse,
 )
@@ -270,11 +271,17 @@ class JobHost:
         member: str,
         round_: int,
         attempt: int,
-        payload: bytes | bytearray | memoryview,
+        payload: bytes | bytearray | memoryview | tuple[bytes | memoryview, ...],
         now: float,
     ) -> None:
-        """A member's masked input; a writable ``payload`` is consumed (the round's sum may
-        be built in its memory), so the caller must not use it afterwards."""
+        """A member's masked input: one buffer, or the consecutive pieces a stream carried
+        it in (``chunks.Pieces``; summed from where they lie, never kept). A writable
+        buffer is consumed (the round's sum may be built in its memory), so the caller
+        must not use it afterwards."""
+        if isinstance(payload, tuple):
+            pieces = MaskedPieces(member, payload)
+            self._run(lambda: self.coordinator.submit_masked(member, round_, attempt, pieces, now))
+            return
         expected = 4 * self.job.vector_len
         if len(payload) != expected:
             raise UpdateRefused(

@@ -411,11 +411,15 @@ class FederationJobs:
         finally:  # the stream held the member's upload slot until its payload was taken
             self._uploading.discard(key)
 
-    async def submit(self, upload: Upload, payload: memoryview, examples: int) -> StatusView:
+    async def submit(
+        self, upload: Upload, payload: memoryview | tuple[memoryview, ...], examples: int
+    ) -> StatusView:
         """Hand the uploaded update (``examples``: its training set size) or masked input
-        to the round."""
+        (one buffer, or the pieces its stream carried) to the round."""
         host, member, ref = upload.slot.host, upload.member, upload.ref
         if upload.phase is Phase.TRAINING:
+            if isinstance(payload, tuple):
+                raise TypeError("an update is parsed from one buffer, not from pieces")
             call = functools.partial(host.submit_update, member, ref.round, payload, examples)
         else:
             call = functools.partial(host.submit_masked, member, ref.round, ref.attempt, payload)
