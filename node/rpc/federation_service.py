@@ -26,7 +26,6 @@ import grpc
 from google.protobuf.message import DecodeError
 
 from qdspace.federation.chunks import (
-    DEFAULT_CHUNK_BYTES,
     MAX_CHUNK_BYTES,
     Assembler,
     Chunk,
@@ -47,7 +46,6 @@ from qdspace.node.rpc.federation_serde import (
     advert_to_proto,
     confirmation_from_proto,
     decode_upload_chunk,
-    encode_data_chunk,
     serialize,
     share_to_proto,
     shares_from_proto,
@@ -339,21 +337,17 @@ async def _read_stream(
 
 
 def _model_chunks(published: Published) -> tuple[bytes, ...]:
-    """A published version as the serialized ``ModelChunk`` stream: header, then data."""
-    payload = memoryview(published.payload)
+    """A published version as the serialized ``ModelChunk`` stream: header, then data
+    (the data chunks were written when the version was made: ``DOWNLOAD_FRAMING``)."""
     header = pb.ModelChunk(
         header=pb.ModelHeader(
             record=published.signed.record,
             signature=published.signed.signature,
-            total_bytes=len(payload),
+            total_bytes=sum(len(p) for p in published.pieces),
             sha256=published.sha256,
         )
     ).SerializeToString()
-    data = (
-        encode_data_chunk(payload[offset : offset + DEFAULT_CHUNK_BYTES])
-        for offset in range(0, len(payload), DEFAULT_CHUNK_BYTES)
-    )
-    return (header, *data)
+    return (header, *published.messages)
 
 
 #: Methods whose 50 MB payloads skip the protobuf message objects (same wire format).

@@ -62,6 +62,7 @@ from qdspace.federation.versions import LEDGER_KIND
 from qdspace.ledger.errors import LedgerError, NotAnchored, UnknownLeaf
 from qdspace.node.identity.certs import MemberIdentity, Trust
 from qdspace.node.rpc.federation_keys import CertificateKeys
+from qdspace.node.rpc.federation_serde import DOWNLOAD_FRAMING
 
 logger = logging.getLogger("node.federation")
 
@@ -163,7 +164,7 @@ class FederationJobs:
         self._anchor = anchor
         self._clock = clock
         prefer_heap_for_large_buffers()  # 50 MB round buffers without per-round page faults
-        hosts = load_jobs(root, signer, clock(), anchor=anchor)
+        hosts = load_jobs(root, signer, clock(), anchor=anchor, framing=DOWNLOAD_FRAMING)
         self._jobs: dict[str, JobSlot] = {job_id: JobSlot(h) for job_id, h in hosts.items()}
         for slot in self._jobs.values():
             self._publish(slot.host.job)
@@ -304,6 +305,7 @@ class FederationJobs:
             self._signer,
             self._clock(),
             anchor=self._anchor,
+            framing=DOWNLOAD_FRAMING,
         )
         self._jobs[job.job_id] = JobSlot(host)
         self._publish(job)
