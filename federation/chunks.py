@@ -119,8 +119,8 @@ def chunks(payload: bytes | memoryview, size: int = DEFAULT_CHUNK_BYTES) -> Iter
         yield Chunk(offset, total, view[offset : offset + size])
 
 
-class Assembler:
-    """Collects one payload's chunks in order; ``finish`` checks size and digest.
+class _Checked:
+    """The checks every received payload stream passes, chunk by chunk and at its end.
 
     More than ``max_chunks(total, min_chunk)`` chunks, or one over ``MAX_CHUNK_BYTES``,
     is refused on arrival (the sender cut its payload finer, or coarser, than any sender
@@ -150,8 +150,6 @@ class Assembler:
                 RefusalReason.WRONG_SHAPE, f"{what}: sha256 has {len(sha256)} bytes, not 32"
             )
         self.total, self.sha256, self.what = total, sha256, what
-        self._buf = np.empty(total, dtype=np.uint8)  # every byte is written before use
-        self._view = self._buf.data
         self._hash = hashlib.sha256() if (sha256 or hash_always) else None
         self._filled = 0
         self._chunks = 0
@@ -162,7 +160,8 @@ class Assembler:
     def received(self) -> int:
         return self._filled
 
-    def add(self, chunk: Chunk) -> None:
+    def _check(self, chunk: Chunk) -> int:
+        """Where ``chunk`` ends in the payload, once it is seen to fit (UpdateRefused if not)."""
         if chunk.total != self.total or chunk.offset != self._filled:
             raise UpdateRefused(
                 RefusalReason.WRONG_SHAPE,
@@ -187,6 +186,47 @@ class Assembler:
                 f"chunks carry at most {MAX_CHUNK_BYTES} bytes",
             )
         self._chunks += 1
+        return end
+
+    @property
+    def digest(self) -> bytes | None:
+        """SHA-256 of what was received so far (None when not hashing)."""
+        return None if self._hash is None else self._hash.digest()
+
+    def _check_complete(self) -> None:
+        if self._filled != self.total:
+            raise UpdateRefused(
+                RefusalReason.WRONG_SHAPE,
+                f"{self.what}: stream ended after {self._filled} of {self.total} bytes",
+            )
+        if self.sha256 and self.digest != self.sha256:
+            raise UpdateRefused(
+                RefusalReason.WRONG_SHAPE, f"{self.what}: payload does not match its SHA-256"
+            )
+
+
+class Assembler(_Checked):
+    """Collects one payload's chunks in order into one buffer; ``finish`` checks size and
+    digest (see ``_Checked`` for what is refused on the way)."""
+
+    def __init__(
+        self,
+        total: int,
+        sha256: bytes,
+        *,
+        limit: int,
+        what: str,
+        hash_always: bool = False,
+        min_chunk: int = MIN_CHUNK_BYTES,
+    ) -> None:
+        super().__init__(
+            total, sha256, limit=limit, what=what, hash_always=hash_always, min_chunk=min_chunk
+        )
+        self._buf = np.empty(total, dtype=np.uint8)  # every byte is written before use
+        self._view = self._buf.data
+
+    def add(self, chunk: Chunk) -> None:
+        end = self._check(chunk)
         if self._hash is None:
             self._view[self._filled : end] = chunk.data
         else:
@@ -200,20 +240,46 @@ class Assembler:
                 hashed.update(self._view[lo : lo + len(piece)])
         self._filled = end
 
-    @property
-    def digest(self) -> bytes | None:
-        """SHA-256 of what was received so far (None when not hashing)."""
-        return None if self._hash is None else self._hash.digest()
-
     def finish(self) -> memoryview:
         """The payload (a writable buffer owned by the caller from now on)."""
-        if self._filled != self.total:
-            raise UpdateRefused(
-                RefusalReason.WRONG_SHAPE,
-                f"{self.what}: stream ended after {self._filled} of {self.total} bytes",
-            )
-        if self.sha256 and self.digest != self.sha256:
-            raise UpdateRefused(
-                RefusalReason.WRONG_SHAPE, f"{self.what}: payload does not match its SHA-256"
-            )
+        self._check_complete()
         return self._view
+
+
+class Pieces(_Checked):
+    """Collects one payload's chunks in order *without copying them*; ``finish`` checks
+    size and digest like ``Assembler`` and returns the chunks' data as received.
+
+    For a payload its consumer reads once, piece by piece, where it lies: a masked
+    input is summed straight from the received messages into the round's total
+    (``SecAggServer.receive_masked``), which saves copying 50 MB into a buffer and
+    reading them back. The received messages stay referenced until the stream is
+    accepted or refused (the same memory the buffer would take); a refused stream's
+    pieces are simply dropped, as nothing was done with them yet.
+    """
+
+    def __init__(
+        self,
+        total: int,
+        sha256: bytes,
+        *,
+        limit: int,
+        what: str,
+        min_chunk: int = MIN_CHUNK_BYTES,
+    ) -> None:
+        super().__init__(total, sha256, limit=limit, what=what, min_chunk=min_chunk)
+        self._pieces: list[memoryview] = []
+
+    def add(self, chunk: Chunk) -> None:
+        end = self._check(chunk)
+        data = memoryview(chunk.data).cast("B")
+        if self._hash is not None:
+            self._hash.update(data)
+        if len(data):
+            self._pieces.append(data)
+        self._filled = end
+
+    def finish(self) -> tuple[memoryview, ...]:
+        """The payload's consecutive pieces (read-only views of the received data)."""
+        self._check_complete()
+        return tuple(self._pieces)

@@ -24,8 +24,10 @@ from numpy.typing import NDArray
 from qdspace.federation.errors import CheckpointError, FederationError, RefusalReason, UpdateRefused
 from qdspace.federation.job import JobSpec
 from qdspace.federation.job_files import (
+    BARE,
     CHECKPOINT_FILE,
     JOB_FILE,
+    Framing,
     Published,
     VersionAnchor,
     announce,
@@ -44,6 +46,7 @@ from qdspace.federation.secagg_messages import (
     EncryptedShare,
     KeyAdvert,
     MaskedInput,
+    MaskedPieces,
     UnmaskRequest,
     UnmaskResponse,
 )
@@ -72,8 +75,10 @@ class JobHost:
         signer: SigningKey,
         latest: Published,
         anchor: VersionAnchor | None = None,
+        framing: Framing = BARE,
     ) -> None:
         self.directory = directory
+        self._framing = framing
         self.coordinator = coordinator
         self._signer = signer
         self._latest = latest
@@ -94,8 +99,10 @@ class JobHost:
         *,
         anchor: VersionAnchor | None = None,
         seed: int | None = None,
+        framing: Framing = BARE,
     ) -> JobHost:
-        """Publish a new job under ``root/<job_id>`` with its initial model as version 0."""
+        """Publish a new job under ``root/<job_id>`` with its initial model as version 0
+        (``framing``: how its versions are cut into download messages)."""
         check_job_id(job.job_id)
         directory = root / job.job_id
         if directory.exists():
@@ -107,8 +114,8 @@ class JobHost:
         coordinator = Coordinator.start(job, flatten(initial), now, seed=seed)
         directory.mkdir(parents=True)
         (directory / JOB_FILE).write_bytes(job.canonical_bytes())
-        latest = initial_version(job, initial, coordinator, signer)
-        host = cls(directory, coordinator, signer, latest, anchor)
+        latest = initial_version(job, initial, coordinator, signer, framing)
+        host = cls(directory, coordinator, signer, latest, anchor, framing)
         host._save()
         host._announce(latest)
         return host
@@ -122,12 +129,13 @@ class JobHost:
         *,
         anchor: VersionAnchor | None = None,
         seed: int | None = None,
+        framing: Framing = BARE,
     ) -> JobHost:
         """Resume a job from its directory (after the coordinator's node restarted)."""
         job, signed = read_job_directory(directory)
         coordinator = Coordinator.resume(directory / CHECKPOINT_FILE, job, now, seed=seed)
-        latest = Published(signed, *encoded(coordinator.global_vector, job))
-        host = cls(directory, coordinator, signer, latest, anchor)
+        latest = Published(signed, *encoded(coordinator.global_vector, job, framing))
+        host = cls(directory, coordinator, signer, latest, anchor, framing)
         if signed.version.version == coordinator.version - 1:
             host._publish()  # stopped after the checkpoint, before the version was written
         elif signed.version.version != coordinator.version:
@@ -270,11 +278,17 @@ class JobHost:
         member: str,
         round_: int,
         attempt: int,
-        payload: bytes | bytearray | memoryview,
+        payload: bytes | bytearray | memoryview | tuple[bytes | memoryview, ...],
         now: float,
     ) -> None:
-        """A member's masked input; a writable ``payload`` is consumed (the round's sum may
-        be built in its memory), so the caller must not use it afterwards."""
+        """A member's masked input: one buffer, or the consecutive pieces a stream carried
+        it in (``chunks.Pieces``; summed from where they lie, never kept). A writable
+        buffer is consumed (the round's sum may be built in its memory), so the caller
+        must not use it afterwards."""
+        if isinstance(payload, tuple):
+            pieces = MaskedPieces(member, payload)
+            self._run(lambda: self.coordinator.submit_masked(member, round_, attempt, pieces, now))
+            return
         expected = 4 * self.job.vector_len
         if len(payload) != expected:
             raise UpdateRefused(
@@ -327,7 +341,9 @@ class JobHost:
             # restarted coordinator never finds a version newer than its checkpoint.
             with ThreadPoolExecutor(1, thread_name_prefix="federation-checkpoint") as pool:
                 saved = pool.submit(self._save)
-                published = next_version(coordinator, self._latest.version, self._signer)
+                published = next_version(
+                    coordinator, self._latest.version, self._signer, self._framing
+                )
                 saved.result()
             self._latest = published
             self._announce(published)
@@ -342,7 +358,9 @@ class JobHost:
         self._saved_attempt = (self.coordinator.round, self.coordinator.attempt)
 
     def _publish(self) -> None:
-        self._latest = next_version(self.coordinator, self._latest.version, self._signer)
+        self._latest = next_version(
+            self.coordinator, self._latest.version, self._signer, self._framing
+        )
         self._announce(self._latest)
 
     def _announce(self, published: Published) -> None:
@@ -355,6 +373,7 @@ def load_jobs(
     now: float,
     *,
     anchor: VersionAnchor | None = None,
+    framing: Framing = BARE,
 ) -> dict[str, JobHost]:
     """Every job found under ``root``, resumed; a job that cannot be resumed is logged."""
     jobs: dict[str, JobHost] = {}
@@ -362,7 +381,7 @@ def load_jobs(
         return jobs
     for directory in sorted(p for p in root.iterdir() if (p / JOB_FILE).is_file()):
         try:
-            host = JobHost.load(directory, signer, now, anchor=anchor)
+            host = JobHost.load(directory, signer, now, anchor=anchor, framing=framing)
         except FederationError as exc:
             logger.error("federation: job in %s not resumed: %s", directory, exc)
             continue

@@ -29,9 +29,16 @@ import numpy as np
 from nacl.signing import SigningKey
 from numpy.typing import NDArray
 
+from qdspace.federation.chunks import DEFAULT_CHUNK_BYTES
 from qdspace.federation.errors import CheckpointError, FederationError
 from qdspace.federation.job import JobSpec
-from qdspace.federation.params import Params, encode_vector, unflatten
+from qdspace.federation.params import (
+    ChunkPrefix,
+    Params,
+    encode_vector_chunks,
+    no_prefix,
+    unflatten,
+)
 from qdspace.federation.rounds import Coordinator
 from qdspace.federation.versions import (
     LEDGER_KIND,
@@ -54,16 +61,38 @@ VersionAnchor = Callable[[str, str, bytes], None]
 
 
 @dataclass(frozen=True, slots=True)
+class Framing:
+    """How a published version is cut for download: chunks of ``chunk_bytes`` of its
+    canonical bytes, each in a message that starts with ``prefix(len)`` (the node's
+    transport framing; bare data by default, as in-process callers want)."""
+
+    chunk_bytes: int = DEFAULT_CHUNK_BYTES
+    prefix: ChunkPrefix = no_prefix
+
+
+#: Bare chunks of ``DEFAULT_CHUNK_BYTES``.
+BARE = Framing()
+
+
+@dataclass(frozen=True, slots=True)
 class Published:
-    """A signed global version, the canonical bytes of its parameters and their SHA-256."""
+    """A signed global version: the canonical bytes of its parameters, already in the
+    download messages that carry them (``messages``; ``pieces`` are the canonical bytes'
+    consecutive pieces within them), and their SHA-256."""
 
     signed: SignedVersion
-    payload: bytes | memoryview
+    messages: tuple[bytes, ...]
+    pieces: tuple[memoryview, ...]
     sha256: bytes
 
     @property
     def version(self) -> ModelVersion:
         return self.signed.version
+
+    @property
+    def payload(self) -> bytes:
+        """The canonical bytes in one piece (a copy)."""
+        return b"".join(self.pieces)
 
 
 def check_job_id(job_id: str) -> None:
@@ -74,11 +103,16 @@ def check_job_id(job_id: str) -> None:
         )
 
 
-def encoded(vector: NDArray[np.float32], job: JobSpec) -> tuple[memoryview, bytes]:
-    """The canonical bytes of a global vector and their SHA-256."""
+def encoded(
+    vector: NDArray[np.float32], job: JobSpec, framing: Framing
+) -> tuple[tuple[bytes, ...], tuple[memoryview, ...], bytes]:
+    """The canonical bytes of a global vector in their download messages, and their
+    SHA-256 (one pass: each piece is hashed right after it is copied into its message)."""
     hasher = hashlib.sha256()
-    payload = encode_vector(vector, job.shapes, hasher=hasher)  # one pass: copy, then hash
-    return payload, hasher.digest()
+    messages, pieces = encode_vector_chunks(
+        vector, job.shapes, chunk_bytes=framing.chunk_bytes, prefix=framing.prefix, hasher=hasher
+    )
+    return messages, pieces, hasher.digest()
 
 
 def read_job_directory(directory: Path) -> tuple[JobSpec, SignedVersion]:
@@ -145,9 +179,10 @@ def initial_version(
     initial: Sequence[NDArray[np.float32]],
     coordinator: Coordinator,
     signer: SigningKey,
+    framing: Framing,
 ) -> Published:
     """Version 0 of a new job: its initial model, signed."""
-    payload, digest = encoded(coordinator.global_vector, job)
+    messages, pieces, digest = encoded(coordinator.global_vector, job, framing)
     record = describe(
         job_id=job.job_id,
         job_digest=job.digest(),
@@ -161,14 +196,16 @@ def initial_version(
         created_at=datetime.now(UTC),
         digest=digest,
     )
-    return Published(sign_version(record, signer), payload, digest)
+    return Published(sign_version(record, signer), messages, pieces, digest)
 
 
-def next_version(coordinator: Coordinator, parent: ModelVersion, signer: SigningKey) -> Published:
+def next_version(
+    coordinator: Coordinator, parent: ModelVersion, signer: SigningKey, framing: Framing
+) -> Published:
     """The coordinator's current global model as the version after ``parent``, signed."""
     job = coordinator.job
     params: Params = unflatten(coordinator.global_vector, job.shapes, copy=False)
-    payload, digest = encoded(coordinator.global_vector, job)
+    messages, pieces, digest = encoded(coordinator.global_vector, job, framing)
     record = next(r for r in reversed(coordinator.history) if r.version == coordinator.version)
     spent = None
     if job.dp is not None:
@@ -188,7 +225,7 @@ def next_version(coordinator: Coordinator, parent: ModelVersion, signer: Signing
         delta=None if spent is None else spent[1],
         digest=digest,
     )
-    return Published(sign_version(version, signer), payload, digest)
+    return Published(sign_version(version, signer), messages, pieces, digest)
 
 
 def announce(directory: Path, published: Published, anchor: VersionAnchor | None) -> None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import struct
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Protocol
 
 import numpy as np
@@ -150,6 +150,61 @@ def encode_vector(
         piece[:] = flat[start : start + step]
         hasher.update(piece.data.cast("B"))
     return out.data
+
+
+#: The bytes a transport puts before a chunk's data in its message (given the data's
+#: length); the data ends the message.
+ChunkPrefix = Callable[[int], bytes]
+
+
+def no_prefix(length: int) -> bytes:
+    """Bare chunks: each message is its data."""
+    return b""
+
+
+def encode_vector_chunks(
+    vector: NDArray[np.generic],
+    shapes: Shapes,
+    *,
+    chunk_bytes: int,
+    prefix: ChunkPrefix = no_prefix,
+    hasher: Hasher | None = None,
+) -> tuple[tuple[bytes, ...], tuple[memoryview, ...]]:
+    """``encode_vector`` cut into chunks of ``chunk_bytes``, written straight into the
+    messages that carry them: ``(messages, pieces)``, each message ``prefix(n)`` and
+    then its piece of the canonical bytes (``pieces`` are views of those pieces).
+
+    A version sent to members in chunk messages is thus copied once from the vector,
+    instead of into one buffer and then into the messages. ``hasher`` is fed each
+    piece in cache-sized parts right after its message is written.
+    """
+    if chunk_bytes <= 0:
+        raise ValueError(f"chunk size must be > 0, got {chunk_bytes}")
+    flat = np.asarray(vector, dtype="<f4")
+    if flat.ndim != 1 or flat.size != size_of(shapes):
+        raise ParamsError(
+            f"parameter vector has shape {flat.shape}, the model needs {size_of(shapes)}"
+        )
+    header = _header(shapes)
+    body = np.ascontiguousarray(flat).data.cast("B")
+    total = len(header) + len(body)
+    messages: list[bytes] = []
+    pieces: list[memoryview] = []
+    for start in range(0, total, chunk_bytes):
+        end = min(start + chunk_bytes, total)
+        parts: list[bytes | memoryview] = [prefix(end - start)]
+        if start < len(header):
+            parts.append(header[start : min(end, len(header))])
+        if end > len(header):
+            parts.append(body[max(start - len(header), 0) : end - len(header)])
+        message = b"".join(parts)
+        piece = memoryview(message)[len(message) - (end - start) :]
+        if hasher is not None:
+            for lo in range(0, len(piece), _HASH_PIECE):
+                hasher.update(piece[lo : lo + _HASH_PIECE])
+        messages.append(message)
+        pieces.append(piece)
+    return tuple(messages), tuple(pieces)
 
 
 def _parse(data: bytes | bytearray | memoryview) -> tuple[Shapes, memoryview]:

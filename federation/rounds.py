@@ -51,6 +51,7 @@ from qdspace.federation.secagg_messages import (
     EncryptedShare,
     KeyAdvert,
     MaskedInput,
+    MaskedPieces,
     SecAggConfig,
     UnmaskRequest,
     UnmaskResponse,
@@ -248,7 +249,12 @@ class Coordinator:
         return self._server().inbox(member)
 
     def submit_masked(
-        self, member: str, round_: int, attempt: int, masked: MaskedInput, now: float
+        self,
+        member: str,
+        round_: int,
+        attempt: int,
+        masked: MaskedInput | MaskedPieces,
+        now: float,
     ) -> None:
         refuse_impersonation(member, masked.member)
         self._admit(member, round_, Phase.MASKED_INPUT, now, attempt)

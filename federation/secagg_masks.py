@@ -183,6 +183,45 @@ class MaskStreams:
             self.apply(vector[start : start + BLOCK])
 
 
+def add_pieces(total: Ring, pieces: Sequence[bytes | memoryview], *, start: bool) -> None:
+    """Add in Z_(2^32) (``start``: copy) the little-endian uint32 vector carried by
+    ``pieces``, consecutive byte pieces of any length, into ``total`` (same length,
+    checked by the caller), straight from where the pieces lie.
+
+    A piece may end inside an element (senders cut chunks by bytes); that element is
+    put together from its bytes and added on its own. Each piece's whole elements are
+    added in one pass; an unaligned piece is read as it is (numpy's unaligned loop).
+    """
+    if start:
+        raw = total.view(np.uint8)
+        pos = 0
+        for piece in pieces:
+            data = memoryview(piece).cast("B")
+            raw[pos : pos + len(data)] = np.frombuffer(data, dtype=np.uint8)
+            pos += len(data)
+        return
+    pos = 0  # bytes of whole elements added so far
+    partial = bytearray()  # the bytes of an element cut between pieces
+    for piece in pieces:
+        data = memoryview(piece).cast("B")
+        head = 0
+        if partial:
+            head = min(4 - len(partial), len(data))
+            partial += data[:head]
+            if len(partial) < 4:
+                continue
+            one = total[pos // 4 : pos // 4 + 1]
+            np.add(one, np.frombuffer(bytes(partial), dtype="<u4"), out=one)
+            pos += 4
+            partial.clear()
+        whole = (len(data) - head) // 4 * 4
+        if whole:
+            part = total[pos // 4 : (pos + whole) // 4]
+            np.add(part, np.frombuffer(data[head : head + whole], dtype="<u4"), out=part)
+            pos += whole
+        partial += data[head + whole :]
+
+
 def expand(seed: bytes, length: int) -> Ring:
     """``length`` pseudo-random ring elements: ChaCha20 keystream under a 32-byte seed."""
     return Prg(length).expand(seed).copy()

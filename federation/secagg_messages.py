@@ -159,6 +159,24 @@ class MaskedInput:
 
 
 @dataclass(frozen=True, slots=True)
+class MaskedPieces:
+    """Step 3 as a stream delivered it: a member's masked input, little-endian uint32, in
+    consecutive byte pieces of any length (a piece may end inside an element).
+
+    The aggregator sums the pieces straight into the round's total, so a node never
+    copies a received masked input into a buffer of its own first. The pieces are
+    only read, and only once the whole input was received and checked.
+    """
+
+    member: str
+    pieces: tuple[bytes | memoryview, ...]
+
+    @property
+    def nbytes(self) -> int:
+        return sum(memoryview(p).nbytes for p in self.pieces)
+
+
+@dataclass(frozen=True, slots=True)
 class Confirmation:
     """Step 4: a survivor's signature on the survivor/dropped split it was shown."""
 

@@ -25,12 +25,20 @@ from qdspace.federation.errors import (
     SecAggError,
     UpdateRefused,
 )
-from qdspace.federation.secagg_masks import BLOCK, MaskStreams, Ring, pair_seed, self_seed
+from qdspace.federation.secagg_masks import (
+    BLOCK,
+    MaskStreams,
+    Ring,
+    add_pieces,
+    pair_seed,
+    self_seed,
+)
 from qdspace.federation.secagg_messages import (
     Confirmation,
     EncryptedShare,
     KeyAdvert,
     MaskedInput,
+    MaskedPieces,
     Phase,
     SecAggConfig,
     SecAggResult,
@@ -166,18 +174,38 @@ class SecAggServer:
             raise UpdateRefused(RefusalReason.DROPPED, f"{member} has no inbox in this round")
         return [s for s in self._shares.get(member, []) if s.sender in self._shared]
 
-    def receive_masked(self, masked: MaskedInput) -> None:
+    def receive_masked(self, masked: MaskedInput | MaskedPieces) -> None:
+        """Step 3: add a member's masked input to the round's sum.
+
+        Everything is checked before the sum is touched, and adding cannot fail once
+        begun, so an input refused for any reason leaves the sum exactly as it was.
+        """
         self._expect(Phase.MASKED_INPUT, masked.member, "masked input")
         if masked.member not in self._shared:
             raise UpdateRefused(RefusalReason.DROPPED, f"{masked.member} did not share keys")
         if masked.member in self._survivors:
             raise UpdateRefused(RefusalReason.DUPLICATE, f"{masked.member} already sent its input")
+        length = self.config.vector_len
+        if isinstance(masked, MaskedPieces):
+            if masked.nbytes != 4 * length:
+                raise UpdateRefused(
+                    RefusalReason.WRONG_SHAPE,
+                    f"masked input of {masked.member} has {masked.nbytes} bytes, "
+                    f"expected {4 * length}",
+                )
+            # summed straight from the received pieces (no copy of the input first)
+            first = self._total is None
+            if self._total is None:
+                self._total = np.empty(length, dtype="<u4")
+            add_pieces(self._total, masked.pieces, start=first)
+            self._survivors = (*self._survivors, masked.member)
+            return
         vec = masked.vector
-        if vec.dtype != np.uint32 or vec.shape != (self.config.vector_len,):
+        if vec.dtype != np.uint32 or vec.shape != (length,):
             raise UpdateRefused(
                 RefusalReason.WRONG_SHAPE,
                 f"masked input of {masked.member} is {vec.dtype}{vec.shape}, "
-                f"expected uint32({self.config.vector_len},)",
+                f"expected uint32({length},)",
             )
         if self._total is None:
             # the first input starts the sum: its own buffer when the caller handed it over

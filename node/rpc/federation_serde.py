@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from qdspace.federation.chunks import DEFAULT_CHUNK_BYTES
+from qdspace.federation.job_files import Framing
 from qdspace.federation.round_status import Phase, RoundRecord, StatusView
 from qdspace.federation.secagg_messages import (
     Confirmation,
@@ -171,9 +173,19 @@ def _varint(value: int) -> bytes:
             return bytes(out)
 
 
+def data_chunk_prefix(length: int) -> bytes:
+    """What comes before ``length`` bytes of data in a serialized data chunk."""
+    return bytes((_DATA_TAG,)) + _varint(length)
+
+
+#: How this node cuts the versions it publishes into ``ModelChunk`` data messages: made
+#: with the version, so each download sends them as they are.
+DOWNLOAD_FRAMING = Framing(DEFAULT_CHUNK_BYTES, data_chunk_prefix)
+
+
 def encode_data_chunk(data: bytes | memoryview) -> bytes:
     """The serialized ``UploadChunk``/``ModelChunk`` carrying ``data`` (one copy)."""
-    return b"".join((bytes((_DATA_TAG,)), _varint(len(data)), data))
+    return b"".join((data_chunk_prefix(len(data)), data))
 
 
 def _data_view(raw: bytes) -> memoryview | None:

@@ -7,8 +7,9 @@ the authenticated TLS peer. ``@handler`` turns every domain error into a gRPC st
 through the node's one fault table (`qdspace.node.faults`), so no method maps or aborts
 on its own.
 
-What stays here is about the wire: reading header-then-data upload streams (the
-payload is copied once, from the received bytes into one buffer), encoding a
+What stays here is about the wire: reading header-then-data upload streams (an update
+is copied once, from the received bytes into one buffer; a masked input is not copied
+at all: its received chunks are summed where they lie), encoding a
 published version into download chunks, and registering the 50 MB payload streams
 with pass-through (de)serializers so they skip protobuf message objects.
 """
@@ -24,7 +25,12 @@ from typing import TYPE_CHECKING, Any, NoReturn, TypeVar, overload
 import grpc
 from google.protobuf.message import DecodeError
 
-from qdspace.federation.chunks import DEFAULT_CHUNK_BYTES, MAX_CHUNK_BYTES, Assembler, Chunk
+from qdspace.federation.chunks import (
+    MAX_CHUNK_BYTES,
+    Assembler,
+    Chunk,
+    Pieces,
+)
 from qdspace.federation.errors import (
     FederationError,
     RefusalReason,
@@ -40,7 +46,6 @@ from qdspace.node.rpc.federation_serde import (
     advert_to_proto,
     confirmation_from_proto,
     decode_upload_chunk,
-    encode_data_chunk,
     serialize,
     share_to_proto,
     shares_from_proto,
@@ -191,7 +196,13 @@ class FederationServicer(pb_grpc.FederationServicer):
         header = await _read_header(requests, what)
         ref = RoundRef(header.job_id, header.round, header.attempt)
         async with self._jobs.upload(ref, caller, phase, header.total_bytes) as upload:
-            payload = await _read_payload(requests, header, upload.limit, what)
+            payload: memoryview | tuple[memoryview, ...]
+            if phase is Phase.TRAINING:
+                payload = await _read_payload(requests, header, upload.limit, what)
+            else:  # summed from the received messages: no copy into a buffer first
+                pieces = Pieces(header.total_bytes, header.sha256, limit=upload.limit, what=what)
+                await _read_stream(requests, header, pieces, what)
+                payload = pieces.finish()
             view = await self._jobs.submit(upload, payload, int(header.num_examples))
         return _accepted(view, f"{what} for round {header.round} accepted")
 
@@ -287,12 +298,26 @@ async def _read_header(requests: AsyncIterator[bytes], what: str) -> pb.UploadHe
 async def _read_payload(
     requests: AsyncIterator[bytes], header: pb.UploadHeader, limit: int, what: str
 ) -> memoryview:
-    """The data chunks after ``header``, checked against its size and digest and ``limit``.
+    """The data chunks after ``header``, checked against its size and digest and ``limit``,
+    in one buffer (copied once, from the received bytes)."""
+    assembler = Assembler(header.total_bytes, header.sha256, limit=limit, what=what)
+    await _read_stream(requests, header, assembler, what)
+    return assembler.finish()
+
+
+async def _read_stream(
+    requests: AsyncIterator[bytes],
+    header: pb.UploadHeader,
+    into: Assembler | Pieces,
+    what: str,
+) -> None:
+    """Feed the data chunks after ``header`` to ``into`` (an ``Assembler`` copies them into
+    one buffer, ``Pieces`` keeps them as received), which checks them on arrival; its
+    ``finish`` then checks the whole against the header's size and digest.
 
     The messages arrive serialized (see ``_RawPayloads``): data chunks are read as
-    views of the received bytes and copied once, into the payload buffer.
+    views of the received bytes.
     """
-    assembler = Assembler(header.total_bytes, header.sha256, limit=limit, what=what)
     async for raw in requests:
         try:
             again, data = decode_upload_chunk(raw)
@@ -300,34 +325,29 @@ async def _read_payload(
             raise UpdateRefused(RefusalReason.WRONG_SHAPE, f"{what}: {exc}") from None
         if again is not None:
             raise UpdateRefused(RefusalReason.WRONG_SHAPE, f"{what}: a second header")
-        assembler.add(Chunk(assembler.received, header.total_bytes, data))
-    if assembler.received < header.total_bytes:
+        into.add(Chunk(into.received, header.total_bytes, data))
+    if into.received < header.total_bytes:
         # the transport drops a message over its limit and ends the stream, unseen here
         raise UpdateRefused(
             RefusalReason.WRONG_SHAPE,
-            f"{what}: stream ended after {assembler.received} of {header.total_bytes} bytes "
+            f"{what}: stream ended after {into.received} of {header.total_bytes} bytes "
             f"(a message over {CHUNK_MAX_BYTES} bytes ends a stream: chunks carry at most "
             f"{MAX_CHUNK_BYTES} bytes)",
         )
-    return assembler.finish()
 
 
 def _model_chunks(published: Published) -> tuple[bytes, ...]:
-    """A published version as the serialized ``ModelChunk`` stream: header, then data."""
-    payload = memoryview(published.payload)
+    """A published version as the serialized ``ModelChunk`` stream: header, then data
+    (the data chunks were written when the version was made: ``DOWNLOAD_FRAMING``)."""
     header = pb.ModelChunk(
         header=pb.ModelHeader(
             record=published.signed.record,
             signature=published.signed.signature,
-            total_bytes=len(payload),
+            total_bytes=sum(len(p) for p in published.pieces),
             sha256=published.sha256,
         )
     ).SerializeToString()
-    data = (
-        encode_data_chunk(payload[offset : offset + DEFAULT_CHUNK_BYTES])
-        for offset in range(0, len(payload), DEFAULT_CHUNK_BYTES)
-    )
-    return (header, *data)
+    return (header, *published.messages)
 
 
 #: Methods whose 50 MB payloads skip the protobuf message objects (same wire format).

@@ -62,6 +62,7 @@ from qdspace.federation.versions import LEDGER_KIND
 from qdspace.ledger.errors import LedgerError, NotAnchored, UnknownLeaf
 from qdspace.node.identity.certs import MemberIdentity, Trust
 from qdspace.node.rpc.federation_keys import CertificateKeys
+from qdspace.node.rpc.federation_serde import DOWNLOAD_FRAMING
 
 logger = logging.getLogger("node.federation")
 
@@ -163,7 +164,7 @@ class FederationJobs:
         self._anchor = anchor
         self._clock = clock
         prefer_heap_for_large_buffers()  # 50 MB round buffers without per-round page faults
-        hosts = load_jobs(root, signer, clock(), anchor=anchor)
+        hosts = load_jobs(root, signer, clock(), anchor=anchor, framing=DOWNLOAD_FRAMING)
         self._jobs: dict[str, JobSlot] = {job_id: JobSlot(h) for job_id, h in hosts.items()}
         for slot in self._jobs.values():
             self._publish(slot.host.job)
@@ -304,6 +305,7 @@ class FederationJobs:
             self._signer,
             self._clock(),
             anchor=self._anchor,
+            framing=DOWNLOAD_FRAMING,
         )
         self._jobs[job.job_id] = JobSlot(host)
         self._publish(job)
@@ -411,11 +413,15 @@ class FederationJobs:
         finally:  # the stream held the member's upload slot until its payload was taken
             self._uploading.discard(key)
 
-    async def submit(self, upload: Upload, payload: memoryview, examples: int) -> StatusView:
+    async def submit(
+        self, upload: Upload, payload: memoryview | tuple[memoryview, ...], examples: int
+    ) -> StatusView:
         """Hand the uploaded update (``examples``: its training set size) or masked input
-        to the round."""
+        (one buffer, or the pieces its stream carried) to the round."""
         host, member, ref = upload.slot.host, upload.member, upload.ref
         if upload.phase is Phase.TRAINING:
+            if isinstance(payload, tuple):
+                raise TypeError("an update is parsed from one buffer, not from pieces")
             call = functools.partial(host.submit_update, member, ref.round, payload, examples)
         else:
             call = functools.partial(host.submit_masked, member, ref.round, ref.attempt, payload)

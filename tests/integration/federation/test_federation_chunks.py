@@ -10,22 +10,25 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+from collections.abc import Iterator
 from typing import Any
 
 import grpc
 import numpy as np
 import pytest
+from numpy.typing import NDArray
 
 from qdspace.federation import logreg
 from qdspace.federation.chunks import MIN_CHUNK_BYTES
 from qdspace.federation.job import JobSpec
 from qdspace.federation.params import Params, flatten, params_to_bytes
-from qdspace.federation.round_status import Phase
+from qdspace.federation.round_status import Phase, StatusView
 from qdspace.node.identity.member import load_member_keys
 from qdspace.node.localnet.network import LocalNetwork
 from qdspace.node.rpc.client import open_channel
 from qdspace.node.rpc.federation_client import FederationClient, coordinator_key
 from qdspace.node.rpc.federation_runner import MemberRunner
+from qdspace.node.rpc.federation_serde import encode_data_chunk
 from qdspace.node.rpc.limits import CHUNK_MAX_BYTES
 from qdspace.node.runtime.federation_member import MemberResult
 from qdspace.protocols.v1 import federation_pb2 as pb
@@ -72,12 +75,16 @@ async def start(network: LocalNetwork, job: JobSpec) -> None:
 
 
 async def run_member(
-    network: LocalNetwork, member: str, job_id: str, chunk_bytes: int
+    network: LocalNetwork,
+    member: str,
+    job_id: str,
+    chunk_bytes: int,
+    client_type: type[FederationClient] = FederationClient,
 ) -> MemberResult:
     keys = load_member_keys(network[member].directory)
     channel = open_channel(keys, network[COORDINATOR].grpc_address, COORDINATOR)
     try:
-        client = FederationClient(channel, COORDINATOR, job_id, chunk_bytes=chunk_bytes)
+        client = client_type(channel, COORDINATOR, job_id, chunk_bytes=chunk_bytes)
         runner = MemberRunner(
             client,
             member,
@@ -200,3 +207,115 @@ async def test_a_chunk_over_the_message_limit_is_refused_naming_the_limit(
         assert view.round == 1
     finally:
         await channel.close()
+
+
+class BadMaskedStreams(FederationClient):
+    """A member that, before its honest masked input, opens masked-input streams that
+    carry good chunks of that very input and then go wrong, and afterwards sends the
+    honest input once more; ``refusals`` are the coordinator's answers, in order."""
+
+    def __init__(self, channel: grpc.aio.Channel, *args: Any, **kwargs: Any) -> None:
+        super().__init__(channel, *args, **kwargs)
+        self.refusals: list[tuple[str, str]] = []
+        self._raw = channel.stream_unary(
+            "/qdspace.v1.Federation/UploadMasked",
+            request_serializer=lambda b: b,
+            response_deserializer=pb.Accepted.FromString,
+        )
+
+    async def upload_masked_stream(
+        self, round_: int, attempt: int, elements: int, parts: Iterator[NDArray[np.uint32]]
+    ) -> StatusView:
+        real = [np.array(p, dtype="<u4") for p in parts]  # each copied before the next is made
+        data = b"".join(p.tobytes() for p in real)
+        good = [encode_data_chunk(p.data.cast("B")) for p in real]
+        flipped = bytearray(data)
+        flipped[-1] ^= 1
+        head = pb.UploadHeader(
+            job_id=self.job_id, round=round_, attempt=attempt, total_bytes=4 * elements
+        )
+        hashed = pb.UploadHeader()
+        hashed.CopyFrom(head)
+        hashed.sha256 = hashlib.sha256(data).digest()
+        rest = data[real[0].nbytes :]  # after the first good chunk, one byte a message
+        bad = {
+            "ends short": (head, good[:-1]),
+            "runs past": (head, [*good, encode_data_chunk(b"\x00" * 4)]),
+            "digest": (hashed, [encode_data_chunk(bytes(flipped))]),
+            "too many chunks": (
+                head,
+                [good[0], *(encode_data_chunk(rest[i : i + 1]) for i in range(len(rest)))],
+            ),
+            "over the message limit": (head, [good[0], encode_data_chunk(bytes(CHUNK_MAX_BYTES))]),
+        }
+        for name, (header, chunks) in bad.items():
+            await self._refused(name, header, chunks)
+        view = await super().upload_masked_stream(round_, attempt, elements, iter(real))
+        await self._refused("duplicate", head, good)
+        return view
+
+    async def _refused(self, name: str, header: pb.UploadHeader, chunks: list[bytes]) -> None:
+        async def stream() -> Any:
+            yield pb.UploadChunk(header=header).SerializeToString()
+            for chunk in chunks:
+                yield chunk
+
+        try:
+            await self._raw(stream(), timeout=30)
+        except grpc.aio.AioRpcError as exc:
+            self.refusals.append((name, exc.details() or ""))
+            return
+        raise AssertionError(f"the {name} stream was accepted")
+
+
+async def test_masked_streams_refused_after_good_chunks_leave_the_round_as_without_them(
+    network: LocalNetwork,
+) -> None:
+    """Cellex's masked-input streams carry good chunks of its real masked input and then
+    end short, run past, fail their digest, are cut too fine, or carry a chunk over the
+    limit; its honest input follows, and a duplicate of it after that. Each bad stream is
+    refused, and the job's global model comes out bit for bit as in the same job without
+    them: nothing of a refused stream reached the round's sum."""
+    extra: dict[str, Any] = {"secure_aggregation": True, "threshold": 2, "update_clip": 1.0}
+    results: dict[str, dict[str, MemberResult]] = {}
+    hostile: list[BadMaskedStreams] = []
+
+    class Recorded(BadMaskedStreams):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            hostile.append(self)
+
+    for kind in ("honest", "hostile"):
+        job = job_terms(f"el-chunks-masked-{kind}", **extra)
+        await start(network, job)
+        types = {m: FederationClient for m in MEMBERS}
+        if kind == "hostile":
+            types["cellex"] = Recorded
+        runs = (run_member(network, m, job.job_id, 1 << 20, types[m]) for m in MEMBERS)
+        done = await asyncio.wait_for(asyncio.gather(*runs), timeout=180)
+        results[kind] = dict(zip(MEMBERS, done, strict=True))
+    (cellex,) = hostile
+    refused = dict(cellex.refusals)
+    assert list(refused) == [
+        "ends short",
+        "runs past",
+        "digest",
+        "too many chunks",
+        "over the message limit",
+        "duplicate",
+    ]
+    assert "ended after" in refused["ends short"], refused
+    assert "run past" in refused["runs past"], refused
+    assert "does not match its SHA-256" in refused["digest"], refused
+    assert "more than" in refused["too many chunks"], refused
+    assert f"{CHUNK_MAX_BYTES}" in refused["over the message limit"], refused
+    # a duplicate, or (once cellex's input completed the phase, or the job) too late
+    late = ("duplicate:", "deadline_passed:", "wrong_phase:", "wrong_round:")
+    assert refused["duplicate"].startswith(late), refused
+    for member in MEMBERS:
+        honest, attacked = results["honest"][member], results["hostile"][member]
+        assert attacked.status.phase is Phase.DONE and attacked.aborted == [], member
+        assert attacked.status.history[-1].members == MEMBERS, member
+        assert honest.params is not None and attacked.params is not None
+        for a, b in zip(honest.params, attacked.params, strict=True):
+            assert np.array_equal(a, b), member

@@ -21,7 +21,8 @@ from qdspace.federation.chunks import (
     max_chunks,
 )
 from qdspace.federation.errors import RefusalReason, UpdateRefused
-from qdspace.federation.params import encode_vector
+from qdspace.federation.params import encode_vector, encode_vector_chunks
+from qdspace.node.rpc.federation_serde import data_chunk_prefix, decode_model_chunk
 
 
 @settings(max_examples=40, deadline=None)
@@ -108,6 +109,32 @@ def test_encoding_while_hashing_gives_the_same_bytes_and_digest() -> None:
     streamed = bytes(encode_vector(vector, shapes, hasher=hasher))
     assert streamed == bytes(encode_vector(vector, shapes))
     assert hasher.digest() == hashlib.sha256(streamed).digest()
+
+
+@pytest.mark.parametrize("chunk_bytes", [10, 1000, 65_536, 1_200_200, 2_000_000])
+def test_a_version_encoded_into_its_download_messages_is_the_canonical_bytes(
+    chunk_bytes: int,
+) -> None:
+    """Chunk edges inside the header, at its end, and past the payload: the messages'
+    data, read as a receiver does, is ``encode_vector`` and hashes to its digest; the
+    messages hold copies (the vector may change afterwards)."""
+    shapes = ((300_001,), (7, 3))
+    vector = np.random.default_rng(3).normal(0, 1, 300_022).astype(np.float32)
+    canonical = bytes(encode_vector(vector, shapes))
+    hasher = hashlib.sha256()
+    messages, pieces = encode_vector_chunks(
+        vector, shapes, chunk_bytes=chunk_bytes, prefix=data_chunk_prefix, hasher=hasher
+    )
+    assert hasher.digest() == hashlib.sha256(canonical).digest()
+    assert len(messages) == -(-len(canonical) // chunk_bytes)
+    received = [decode_model_chunk(m) for m in messages]
+    assert all(header is None for header, _ in received)
+    assert b"".join(bytes(data) for _, data in received) == canonical
+    assert [bytes(p) for p in pieces] == [bytes(data) for _, data in received]
+    vector[:] = 0
+    assert b"".join(pieces) == canonical
+    bare, _ = encode_vector_chunks(vector, shapes, chunk_bytes=chunk_bytes)
+    assert b"".join(bare) == bytes(encode_vector(vector, shapes))
 
 
 @pytest.mark.parametrize("size", [MIN_CHUNK_BYTES, 100_000, 1 << 20, MAX_CHUNK_BYTES])
