@@ -60,7 +60,24 @@ class RequestIdFilter(logging.Filter):
         return True
 
 
-class TextFormatter(logging.Formatter):
+class _FormatOnce(logging.Formatter):
+    """A formatter shared by the node's two handlers (stderr and the log file) formats a
+    record once: the second handler gets the text the first one wrote (the provider logs
+    four lines per negotiation; bench/PROFILE-negotiation.md, round 5)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        done = record.__dict__.get("_qdspace_formatted")
+        if done is not None and done[0] is self:
+            return str(done[1])
+        text = self._format(record)
+        record.__dict__["_qdspace_formatted"] = (self, text)
+        return text
+
+    def _format(self, record: logging.LogRecord) -> str:
+        return super().format(record)
+
+
+class TextFormatter(_FormatOnce):
     """`TEXT_FORMAT`, the message led by ``[member]`` on a managed host's tenant lines."""
 
     def formatMessage(self, record: logging.LogRecord) -> str:
@@ -70,10 +87,10 @@ class TextFormatter(logging.Formatter):
         return super().formatMessage(record)
 
 
-class JsonFormatter(logging.Formatter):
+class JsonFormatter(_FormatOnce):
     """One JSON object per record: time, level, logger, message, request id, exception."""
 
-    def format(self, record: logging.LogRecord) -> str:
+    def _format(self, record: logging.LogRecord) -> str:
         line: dict[str, object] = {
             "time": datetime.fromtimestamp(record.created, UTC).isoformat(),
             "level": record.levelname,

@@ -160,6 +160,10 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         self._limiter = limiter or CallLimiter(CallCaps())
         self._recheck_s = recheck_s
         self.reported: set[tuple[str, str]] = set()  # (method, error type) with a traceback
+        #: method -> (the servicer's handler, its gated form): the gate keeps nothing per
+        #: call, so it is built once per method rather than on every call (a known
+        #: method only: an unknown one has no handler; bench/PROFILE-negotiation.md, round 5)
+        self._gated: dict[str, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]] = {}
 
     async def intercept_service(
         self,
@@ -169,7 +173,15 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         handler = await continuation(details)
         if handler is None:
             return None
-        call = _Call(self, details.method, handler.request_deserializer)
+        built = self._gated.get(details.method)
+        if built is not None and built[0] is handler:
+            return built[1]
+        gated = self._gate(details.method, handler)
+        self._gated[details.method] = (handler, gated)
+        return gated
+
+    def _gate(self, method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+        call = _Call(self, method, handler.request_deserializer)
         serializer = handler.response_serializer
         if handler.unary_unary:
             return grpc.unary_unary_rpc_method_handler(

@@ -35,8 +35,9 @@ def open_channel(
     interceptors: Sequence[grpc.aio.ClientInterceptor] = (),
 ) -> grpc.aio.Channel:
     """An aio channel to ``address`` that only accepts the member called ``peer_name``
-    (``interceptors`` run before the request id's: `node.rpc.pins` checks the peer's
-    certificate against its directory entry there)."""
+    (``interceptors``, when given, send the request id themselves: `node.rpc.pins`'
+    check the peer's certificate against its directory entry and add the id in one
+    interceptor per call; without them, `node.rpc.observe`'s send it)."""
     options = [*CHANNEL_OPTIONS, ("grpc.ssl_target_name_override", peer_name)]
     from qdspace.node.rpc.observe import request_id_interceptors
 
@@ -45,5 +46,5 @@ def open_channel(
         channel_credentials(keys),
         options=options,
         # the caller's request id goes with the call
-        interceptors=[*interceptors, *request_id_interceptors()],
+        interceptors=list(interceptors) or request_id_interceptors(),
     )

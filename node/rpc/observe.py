@@ -49,6 +49,8 @@ class ObserveCalls(grpc.aio.ServerInterceptor):  # type: ignore[misc]
 
     def __init__(self, metrics: NodeMetrics) -> None:
         self._metrics = metrics
+        #: method -> (the inner handler, its timed form); see `AuthInterceptor._gated`
+        self._timed: dict[str, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]] = {}
 
     async def intercept_service(
         self,
@@ -59,7 +61,12 @@ class ObserveCalls(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         if handler is None:
             return None
         method = details.method
-        return around_calls(handler, lambda context, _stream: self._observed(method, context))
+        built = self._timed.get(method)
+        if built is not None and built[0] is handler:  # built once per method, as the gate is
+            return built[1]
+        timed = around_calls(handler, lambda context, _stream: self._observed(method, context))
+        self._timed[method] = (handler, timed)
+        return timed
 
     @asynccontextmanager
     async def _observed(
@@ -77,7 +84,10 @@ class ObserveCalls(grpc.aio.ServerInterceptor):  # type: ignore[misc]
             REQUEST_ID.reset(token)
 
 
-def _with_request_id(details: grpc.aio.ClientCallDetails) -> grpc.aio.ClientCallDetails:
+def with_request_id(details: grpc.aio.ClientCallDetails) -> grpc.aio.ClientCallDetails:
+    """``details`` with the current request id as ``x-request-id`` metadata (the pin
+    interceptors of `node.rpc.pins` add it too, so that a pinned call runs one interceptor,
+    not two)."""
     request_id = REQUEST_ID.get()
     if request_id is None:
         return details
@@ -90,22 +100,22 @@ def _with_request_id(details: grpc.aio.ClientCallDetails) -> grpc.aio.ClientCall
 
 class _UnaryUnary(grpc.aio.UnaryUnaryClientInterceptor):  # type: ignore[misc]
     async def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
-        return await continuation(_with_request_id(details), request)
+        return await continuation(with_request_id(details), request)
 
 
 class _UnaryStream(grpc.aio.UnaryStreamClientInterceptor):  # type: ignore[misc]
     async def intercept_unary_stream(self, continuation: Any, details: Any, request: Any) -> Any:
-        return await continuation(_with_request_id(details), request)
+        return await continuation(with_request_id(details), request)
 
 
 class _StreamUnary(grpc.aio.StreamUnaryClientInterceptor):  # type: ignore[misc]
     async def intercept_stream_unary(self, continuation: Any, details: Any, requests: Any) -> Any:
-        return await continuation(_with_request_id(details), requests)
+        return await continuation(with_request_id(details), requests)
 
 
 class _StreamStream(grpc.aio.StreamStreamClientInterceptor):  # type: ignore[misc]
     async def intercept_stream_stream(self, continuation: Any, details: Any, requests: Any) -> Any:
-        return await continuation(_with_request_id(details), requests)
+        return await continuation(with_request_id(details), requests)
 
 
 def request_id_interceptors() -> list[grpc.aio.ClientInterceptor]:

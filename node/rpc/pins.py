@@ -43,6 +43,7 @@ from qdspace.node.identity.directory import FingerprintMismatch
 from qdspace.node.identity.keyfiles import transient_key_file
 from qdspace.node.identity.member import MemberKeys
 from qdspace.node.identity.revocation import StaleRevocationList
+from qdspace.node.rpc.observe import with_request_id
 
 logger = logging.getLogger("node.rpc")
 
@@ -200,31 +201,34 @@ class _Pinned:
 class _UnaryUnary(_Pinned, grpc.aio.UnaryUnaryClientInterceptor):  # type: ignore[misc]
     async def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
         await self._check()
-        return await continuation(details, request)
+        return await continuation(with_request_id(details), request)
 
 
 class _UnaryStream(_Pinned, grpc.aio.UnaryStreamClientInterceptor):  # type: ignore[misc]
     async def intercept_unary_stream(self, continuation: Any, details: Any, request: Any) -> Any:
         await self._check()
-        return await continuation(details, request)
+        return await continuation(with_request_id(details), request)
 
 
 class _StreamUnary(_Pinned, grpc.aio.StreamUnaryClientInterceptor):  # type: ignore[misc]
     async def intercept_stream_unary(self, continuation: Any, details: Any, requests: Any) -> Any:
         await self._check()
-        return await continuation(details, requests)
+        return await continuation(with_request_id(details), requests)
 
 
 class _StreamStream(_Pinned, grpc.aio.StreamStreamClientInterceptor):  # type: ignore[misc]
     async def intercept_stream_stream(self, continuation: Any, details: Any, requests: Any) -> Any:
         await self._check()
-        return await continuation(details, requests)
+        return await continuation(with_request_id(details), requests)
 
 
 def pin_interceptors(
     checker: PinChecker, peer_name: str, address: str, expected: Expected
 ) -> list[grpc.aio.ClientInterceptor]:
-    """Client interceptors that check the pin before each call (cached once it matched)."""
+    """Client interceptors that check the pin before each call (cached once it matched)
+    and send the current request id with it, as `node.rpc.observe`'s interceptors do: a
+    grpc.aio interceptor costs a coroutine level and its own call object per call, so a
+    pinned call runs one instead of two (bench/PROFILE-negotiation.md, round 5)."""
     return [
         cls(checker, peer_name, address, expected)
         for cls in (_UnaryUnary, _UnaryStream, _StreamUnary, _StreamStream)

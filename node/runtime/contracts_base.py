@@ -17,11 +17,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from nacl.signing import SigningKey, VerifyKey
-from sqlalchemy import Engine, bindparam, select
+from sqlalchemy import Engine
 
 from qdspace.connector.assets import Asset, CatalogEntry, catalog
 from qdspace.connector.contract_errors import UnknownContractError
 from qdspace.connector.contract_store import ContractStore
+from qdspace.connector.contract_store.common import DriverStatement
 from qdspace.connector.qdm import Order
 from qdspace.connector.spc import Investigation, QualityAlert
 from qdspace.node.identity.certs import MemberIdentity
@@ -29,10 +30,15 @@ from qdspace.node.runtime.contracts_clock import ContractClock
 from qdspace.node.runtime.table_watch import TableWatch
 
 logger = logging.getLogger("node.contracts")
-#: built once: building and keying a statement costs more than running it on SQLite (a
-#: provider asks on every negotiation message; bench/PROFILE-negotiation.md)
+#: straight to the driver: SQLAlchemy's per-execution machinery costs more than the query on
+#: SQLite, and a provider asks on every request it decides (bench/PROFILE-negotiation.md,
+#: rounds 2 and 5); a read, so the QDM engine's write watch (`TableWatch`) has nothing to see
 _ORDERS = Order.__table__  # type: ignore[attr-defined]
-_CUSTOMER_ORDERS = select(_ORDERS.c.order_id).where(_ORDERS.c.customer == bindparam("customer"))
+_CUSTOMER_ORDERS = DriverStatement(
+    f"SELECT order_id FROM {_ORDERS.name} WHERE customer = ?",
+    [_ORDERS.c.customer.type],
+    [_ORDERS.c.order_id.type],
+)
 
 
 @dataclass
@@ -89,5 +95,4 @@ class ContractBase:
 
     def customer_orders(self, customer: str) -> frozenset[str]:
         with self.qdm.connect() as connection:
-            rows = connection.execute(_CUSTOMER_ORDERS, {"customer": customer})
-            return frozenset(r for (r,) in rows)
+            return frozenset(r for (r,) in _CUSTOMER_ORDERS.all(connection, (customer,)))

@@ -1,0 +1,61 @@
+"""The node's log formatters: a record formatted once serves both handlers, and only them.
+
+`node.logs` gives the node's two handlers (stderr and the log file) one formatter, which
+keeps the text of the record it formatted last (bench/PROFILE-negotiation.md, round 5).
+These check that the text is the formatter's own: the same line in both handlers, a
+handler with another formatter gets its own format, and a hosted member's prefix is there
+once.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+
+from qdspace.node.logs import MEMBER, JsonFormatter, RequestIdFilter, TextFormatter
+
+
+def _logger(*formatters: logging.Formatter) -> tuple[logging.Logger, list[io.StringIO]]:
+    logger = logging.getLogger(f"test.logs.{id(formatters)}")
+    logger.propagate = False
+    logger.setLevel(logging.INFO)
+    streams = []
+    for formatter in formatters:
+        stream = io.StringIO()
+        handler = logging.StreamHandler(stream)
+        handler.setFormatter(formatter)
+        handler.addFilter(RequestIdFilter())
+        logger.addHandler(handler)
+        streams.append(stream)
+    return logger, streams
+
+
+def test_one_formatter_on_two_handlers_writes_the_same_line_to_both() -> None:
+    shared = TextFormatter("%(levelname)s %(name)s: %(message)s")
+    logger, (first, second) = _logger(shared, shared)
+    token = MEMBER.set("cellex")
+    try:
+        logger.info("negotiation %s: %s", "neg-1", "REQUESTED")
+    finally:
+        MEMBER.reset(token)
+    line = first.getvalue()
+    assert line == second.getvalue()
+    assert line.count("[cellex]") == 1
+    assert line.endswith("[cellex] negotiation neg-1: REQUESTED\n")
+
+
+def test_handlers_with_other_formatters_each_get_their_own_format() -> None:
+    logger, (text, as_json, other_text) = _logger(
+        TextFormatter("%(levelname)s: %(message)s"),
+        JsonFormatter(),
+        TextFormatter("%(name)s | %(message)s"),
+    )
+    logger.info("grpc %s peer=%s", "/qdspace.v1.Negotiation/Send", "sunarc")
+    assert text.getvalue() == "INFO: grpc /qdspace.v1.Negotiation/Send peer=sunarc\n"
+    record = json.loads(as_json.getvalue())
+    assert record["message"] == "grpc /qdspace.v1.Negotiation/Send peer=sunarc"
+    assert record["level"] == "INFO"
+    assert (
+        other_text.getvalue() == f"{logger.name} | grpc /qdspace.v1.Negotiation/Send peer=sunarc\n"
+    )
