@@ -19,7 +19,7 @@ import pytest
 from numpy.typing import NDArray
 
 from qdspace.federation import logreg
-from qdspace.federation.chunks import MIN_CHUNK_BYTES
+from qdspace.federation.chunks import MIN_CHUNK_BYTES, max_chunks
 from qdspace.federation.job import JobSpec
 from qdspace.federation.params import Params, flatten, params_to_bytes
 from qdspace.federation.round_status import Phase, StatusView
@@ -237,7 +237,11 @@ class BadMaskedStreams(FederationClient):
         hashed = pb.UploadHeader()
         hashed.CopyFrom(head)
         hashed.sha256 = hashlib.sha256(data).digest()
-        rest = data[real[0].nbytes :]  # after the first good chunk, one byte a message
+        # after the first good chunk, one byte a message, one message more than the
+        # payload may come in: a stream of all the rest a byte at a time (~150k messages)
+        # kept the client writing long after the refusal, and gRPC then sometimes ended
+        # the call with "Internal error from Core" instead of the server's status
+        rest = data[real[0].nbytes :][: max_chunks(4 * elements)]
         bad = {
             "ends short": (head, good[:-1]),
             "runs past": (head, [*good, encode_data_chunk(b"\x00" * 4)]),
