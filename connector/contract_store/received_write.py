@@ -216,16 +216,15 @@ class MirrorWriter(TableStore):
                     picked.append(index)
                     plain += 1
                 continue
-            meta = envelopes.meta(index)
-            before = held.get(key)
-            if before is not None and before[0] >= meta.version:
+            version, tomb, before = versions[index], index in tombstones, held.get(key)
+            if before is not None and before[0] >= version:
                 unchanged += 1  # a copy of what is held, or older
                 continue
-            held[key] = (meta.version, meta.withdrawn, None)
+            held[key] = (version, tomb, None)
             if before is not None and before[2] is not None:
                 page, slot = before[2]
                 stale.setdefault(page, set()).add(slot)
-            if meta.withdrawn:
+            if tomb:
                 withdrawn += before is not None and not before[1]
                 unchanged += before is None or before[1]
             elif before is None or before[1]:
@@ -233,7 +232,8 @@ class MirrorWriter(TableStore):
             else:
                 replaced += 1
             chosen[key] = index
-            if meta.version > 1 or meta.withdrawn:
+            if version > 1 or tomb:
+                meta = envelopes.meta(index)
                 change = _change(agreement_id, source_id, orders[index], payloads[index], meta, at)
                 changes.append(change)
         picked += chosen.values()
