@@ -33,7 +33,6 @@ import hashlib
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from itertools import repeat
 from operator import attrgetter
 from typing import Annotated, Any, NamedTuple
 
@@ -155,7 +154,34 @@ def _row_decoder(first: bytes) -> msgspec.json.Decoder[Any] | None:
     return decoder
 
 
+class Envelopes(NamedTuple):
+    """The envelopes of a delivery's rows as columns (`record_envelopes`): slot i is
+    record `keys[i]`, version `versions[i]`, a tombstone when i is in `withdrawn`.
+    Columns, not a `RecordMeta` per row: the common delivery (first versions, no
+    tombstone) then builds no tuple per row, which cost ~0.3 µs per row (and the
+    collector's passes over them)."""
+
+    keys: list[str]
+    versions: list[int]
+    withdrawn: frozenset[int]
+
+    def meta(self, index: int) -> RecordMeta:
+        return RecordMeta(self.keys[index], self.versions[index], index in self.withdrawn)
+
+
+def _columns(metas: Sequence[RecordMeta]) -> Envelopes:
+    withdrawn = frozenset(i for i, meta in enumerate(metas) if meta.withdrawn)
+    return Envelopes([m.key for m in metas], [m.version for m in metas], withdrawn)
+
+
 def record_metas(payloads: Sequence[bytes], seqs: Sequence[int] | None = None) -> list[RecordMeta]:
+    """The envelopes of a delivery's rows, one `RecordMeta` per row (`record_envelopes`)."""
+    keys, versions, withdrawn = record_envelopes(payloads, seqs)
+    flags = [index in withdrawn for index in range(len(keys))]
+    return list(map(RecordMeta, keys, versions, flags))
+
+
+def record_envelopes(payloads: Sequence[bytes], seqs: Sequence[int] | None = None) -> Envelopes:
     """The envelopes of a delivery's rows, exactly as `record_meta` of each (the same
     rows refused, the same envelopes), in one pass where it is safe.
 
@@ -170,23 +196,30 @@ def record_metas(payloads: Sequence[bytes], seqs: Sequence[int] | None = None) -
     checked by `record_meta` as before, whose refusal names the row (its seq, when
     given) and where in it."""
     if not payloads:
-        return []
+        return Envelopes([], [], frozenset())
     first = _record_meta_at(payloads[0], _seq(seqs, 0))
     decoder = _row_decoder(payloads[0])
     if decoder is None:
-        return [first, *(_record_meta_at(p, _seq(seqs, i)) for i, p in enumerate(payloads) if i)]
+        rest = (_record_meta_at(p, _seq(seqs, i)) for i, p in enumerate(payloads) if i)
+        return _columns([first, *rest])
     try:
         rows = list(map(decoder.decode, payloads))
     except ValueError:  # msgspec's DecodeError; UnicodeDecodeError for a bad name
-        return [first, *(_one_meta(decoder, p, _seq(seqs, i)) for i, p in enumerate(payloads) if i)]
-    made = zip(map(_KEY_OF, rows), map(_VERSION_OF, rows), repeat(False))
-    metas: list[RecordMeta] = list(map(tuple.__new__, repeat(RecordMeta), made))
-    withdrawn = list(map(_WITHDRAWN_OF, rows))
-    if withdrawn.count(None) != len(withdrawn):  # tombstones: each is checked whole
-        for index, flag in enumerate(withdrawn):
-            if flag is not None:
-                metas[index] = _record_meta_at(payloads[index], _seq(seqs, index))
-    return metas
+        rest = (_one_meta(decoder, p, _seq(seqs, i)) for i, p in enumerate(payloads) if i)
+        return _columns([first, *rest])
+    keys: list[str] = list(map(_KEY_OF, rows))
+    versions: list[int] = list(map(_VERSION_OF, rows))
+    flags = list(map(_WITHDRAWN_OF, rows))
+    if flags.count(None) == len(flags):
+        return Envelopes(keys, versions, frozenset())
+    withdrawn: set[int] = set()
+    for index, flag in enumerate(flags):
+        if flag is not None:  # a tombstone (or `false`, which is refused): checked whole
+            meta = _record_meta_at(payloads[index], _seq(seqs, index))
+            keys[index], versions[index] = meta.key, meta.version
+            if meta.withdrawn:
+                withdrawn.add(index)
+    return Envelopes(keys, versions, frozenset(withdrawn))
 
 
 def _one_meta(decoder: msgspec.json.Decoder[Any], payload: bytes, seq: int) -> RecordMeta:

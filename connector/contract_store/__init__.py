@@ -55,6 +55,7 @@ from qdspace.connector.contract_store.receipts import ReceiptStore
 from qdspace.connector.contract_store.received import (
     Deletion,
     IncomingRow,
+    IncomingRun,
     MirrorResult,
     ReceivedChange,
     ReceivedRow,
@@ -79,6 +80,7 @@ __all__ = [
     "DspProcess",
     "DutyReport",
     "IncomingRow",
+    "IncomingRun",
     "MirrorResult",
     "OrderClosure",
     "OutboxMessage",
@@ -208,7 +210,11 @@ class ContractStore:
     # -------------------------------------------------------- received rows
 
     def store_received_rows(
-        self, agreement_id: str, source_id: str, rows: Iterable[IncomingRow], at: datetime
+        self,
+        agreement_id: str,
+        source_id: str,
+        rows: Iterable[IncomingRow] | IncomingRun,
+        at: datetime,
     ) -> MirrorResult:
         return self._received.store_received_rows(agreement_id, source_id, rows, at)
 
@@ -216,7 +222,7 @@ class ContractStore:
         self,
         before: TransferProcess,
         after: TransferProcess,
-        rows: Sequence[IncomingRow],
+        rows: Sequence[IncomingRow] | IncomingRun,
         at: datetime,
     ) -> MirrorResult:
         return self._received.commit_transfer_batch(before, after, rows, at)

@@ -44,6 +44,7 @@ from qdspace.connector.contract_store.data_keys import DataKeys, row_aad
 from qdspace.connector.contract_store.received_model import (
     Deletion,
     IncomingRow,
+    IncomingRun,
     MirrorResult,
     ReceivedChange,
     ReceivedRow,
@@ -59,6 +60,7 @@ from qdspace.connector.transfer import TransferProcess
 __all__ = [
     "Deletion",
     "IncomingRow",
+    "IncomingRun",
     "MirrorResult",
     "ReceivedChange",
     "ReceivedRow",
@@ -85,20 +87,25 @@ class ReceivedStore(TableStore):
         self._writer = MirrorWriter(engine, keys, agreements, self._pages)
 
     def store_received_rows(
-        self, agreement_id: str, source_id: str, rows: Iterable[IncomingRow], at: datetime
+        self,
+        agreement_id: str,
+        source_id: str,
+        rows: Iterable[IncomingRow] | IncomingRun,
+        at: datetime,
     ) -> MirrorResult:
         """Mirror rows of a live stream (seq = provider cursor) into the copy held under
         the agreement: new records are added, later versions replace, tombstones
         withdraw; anything already held (a re-delivery, a record seen on a pull) is not
         stored again."""
         with self.engine.begin() as connection:
-            return self._writer.store_rows(connection, agreement_id, source_id, list(rows), at)
+            given = rows if isinstance(rows, IncomingRun) else list(rows)
+            return self._writer.store_rows(connection, agreement_id, source_id, given, at)
 
     def commit_transfer_batch(
         self,
         before: TransferProcess,
         after: TransferProcess,
-        rows: Sequence[IncomingRow],
+        rows: Sequence[IncomingRow] | IncomingRun,
         at: datetime,
     ) -> MirrorResult:
         """Mirror a verified batch and save the consumer's advanced cursor in one transaction.
@@ -108,7 +115,11 @@ class ReceivedStore(TableStore):
         a crash before commit leaves the cursor where the rows stop.
         """
         expected = range(before.checkpoint.offset, after.checkpoint.offset)
-        if [row.seq for row in rows] != list(expected):
+        if isinstance(rows, IncomingRun):
+            follows = range(rows.first, rows.end) == expected
+        else:
+            follows = [row.seq for row in rows] == list(expected)
+        if not follows:
             raise ContractStoreError(
                 f"transfer {after.transfer_id}: batch rows must have seq "
                 f"{before.checkpoint.offset}..{after.checkpoint.offset - 1}"

@@ -7,7 +7,7 @@ the sealed pages (`received_pages`) share these; each module stays about one thi
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from itertools import count, repeat
@@ -104,6 +104,44 @@ class IncomingRow(NamedTuple):
             raise ValueError(f"{len(orders)} orders for {len(payloads)} rows")
         made = map(tuple.__new__, repeat(cls), zip(count(first), orders, payloads))
         return cast(list[IncomingRow], list(made))
+
+
+class IncomingRun:
+    """Rows of consecutive seqs as columns: seq `first` on, the order and bytes of each.
+
+    What a pull gathers for one commit (`extend`: batch after batch) and hands to the
+    store as it is: one list of orders and one of payloads, no `IncomingRow` tuple per
+    row (making them was ~0.13 µs per row on the node's main thread, and the store only
+    took them apart again). Iterating gives the `IncomingRow`s."""
+
+    __slots__ = ("first", "orders", "payloads")
+
+    def __init__(self, first: int, orders: list[str], payloads: list[bytes]) -> None:
+        if len(orders) != len(payloads):
+            raise ValueError(f"{len(orders)} orders for {len(payloads)} rows")
+        self.first = first
+        self.orders = orders
+        self.payloads = payloads
+
+    def extend(self, first: int, orders: Sequence[str], payloads: Sequence[bytes]) -> None:
+        """Append the rows of the next batch (seq `first` on: where these stop)."""
+        if first != self.first + len(self.payloads):
+            raise ValueError(f"rows from seq {first} do not follow seq {self.end - 1}")
+        if len(orders) != len(payloads):
+            raise ValueError(f"{len(orders)} orders for {len(payloads)} rows")
+        self.orders += orders
+        self.payloads += payloads
+
+    @property
+    def end(self) -> int:
+        """The seq after the last row."""
+        return self.first + len(self.payloads)
+
+    def __len__(self) -> int:
+        return len(self.payloads)
+
+    def __iter__(self) -> Iterator[IncomingRow]:
+        return iter(IncomingRow.run(self.first, self.orders, self.payloads))
 
 
 @dataclass(frozen=True)

@@ -299,7 +299,7 @@ def index_page(
     received_at: Any,
     page_id: int,
     keys: list[str],
-    seqs: list[int],
+    seqs: Sequence[int],
     versions: list[int],
 ) -> int:
     """Upsert the row index of one page (slot i: `keys[i]`, `seqs[i]`, `versions[i]`;
@@ -307,7 +307,9 @@ def index_page(
     agreement_id, order_id, source_id = place
     sqlite = connection.dialect.name == "sqlite"
     first, version = seqs[0], versions[0]
-    if seqs == list(range(first, first + len(seqs))) and versions.count(version) == len(versions):
+    steps = range(first, first + len(seqs))
+    in_run = seqs == steps if isinstance(seqs, range) else seqs == list(steps)
+    if in_run and versions.count(version) == len(versions):
         if sqlite:
             run: tuple[Any, ...] = (
                 *place,
@@ -324,7 +326,7 @@ def index_page(
         document = orjson.dumps(list(zip(keys, seqs, versions, strict=True)))
         params: tuple[Any, ...] = (*place, received_at, page_id, document)
         return int(connection.exec_driver_sql(_SQLITE_INDEX, params).rowcount)
-    params = (agreement_id, order_id, source_id, received_at, page_id, keys, seqs, versions)
+    params = (agreement_id, order_id, source_id, received_at, page_id, keys, list(seqs), versions)
     return int(connection.exec_driver_sql(_POSTGRES_INDEX, params).rowcount)
 
 

@@ -1,7 +1,7 @@
 """Writing the consumer's mirror: keep-once, highest version wins, tombstones, scope.
 
 A delivery (a group of transfer batches, or a stream event) is mirrored in the caller's
-transaction. Each row's envelope is read (`record_metas`: a row without one is refused),
+transaction. Each row's envelope is read (`record_envelopes`: a row without one is refused),
 every order must be one the agreement covers (checked before anything is written), and
 then:
 
@@ -29,7 +29,7 @@ import hashlib
 from collections.abc import Iterable, Sequence
 from datetime import datetime
 from operator import itemgetter
-from typing import Any
+from typing import Any, NamedTuple
 
 from sqlalchemy import Connection, Engine, bindparam
 
@@ -44,37 +44,60 @@ from qdspace.connector.contract_store.data_keys import DataKeys
 from qdspace.connector.contract_store.received_model import (
     ROW_COLUMNS,
     IncomingRow,
+    IncomingRun,
     MirrorResult,
     change_table,
     received_row_table,
 )
 from qdspace.connector.contract_store.received_pages import Pages, index_page
 from qdspace.connector.negotiation import Role
-from qdspace.connector.transfer_wire import RecordMeta, record_metas
+from qdspace.connector.transfer_wire import Envelopes, RecordMeta, record_envelopes
 from qdspace.policies.evaluate import order_in_scope
 
 _REPLACED_COLUMNS = ROW_COLUMNS[1:]
 _Held = tuple[int, bool, tuple[int, int] | None]  # version, withdrawn, (page, slot)
-# columns of a delivery, read in C (both are named tuples)
+# columns of a delivery, read in C (a named tuple)
 _SEQ, _ORDER, _PAYLOAD = itemgetter(0), itemgetter(1), itemgetter(2)  # of an IncomingRow
-_KEY, _VERSION, _WITHDRAWN = itemgetter(0), itemgetter(1), itemgetter(2)  # of a RecordMeta
 assert IncomingRow._fields == ("seq", "order_id", "payload")
-assert RecordMeta._fields == ("key", "version", "withdrawn")
 
 
 def _change(
-    agreement_id: str, source_id: str, row: IncomingRow, meta: RecordMeta, at: datetime
+    agreement_id: str,
+    source_id: str,
+    order_id: str,
+    payload: bytes,
+    meta: RecordMeta,
+    at: datetime,
 ) -> dict[str, Any]:
     return {
         "agreement_id": agreement_id,
         "record_key": meta.key,
         "version": meta.version,
-        "order_id": row.order_id,
+        "order_id": order_id,
         "withdrawn": meta.withdrawn,
-        "content_sha256": hashlib.sha256(row.payload).hexdigest(),
+        "content_sha256": hashlib.sha256(payload).hexdigest(),
         "source_id": source_id,
         "received_at": at,
     }
+
+
+class _Delivery(NamedTuple):
+    """A delivery as columns: slot i is seq `seqs[i]` of order `orders[i]`, its bytes
+    `payloads[i]` and its envelope (`envelopes`, columns too)."""
+
+    seqs: Sequence[int]
+    orders: list[str]
+    payloads: list[bytes]
+    envelopes: Envelopes
+
+
+def _delivery_columns(
+    rows: Sequence[IncomingRow] | IncomingRun,
+) -> tuple[Sequence[int], list[str], list[bytes]]:
+    """seqs, orders and payloads of a delivery (an `IncomingRun` holds them so already)."""
+    if isinstance(rows, IncomingRun):
+        return range(rows.first, rows.end), rows.orders, rows.payloads
+    return list(map(_SEQ, rows)), list(map(_ORDER, rows)), list(map(_PAYLOAD, rows))
 
 
 class MirrorWriter(TableStore):
@@ -107,9 +130,7 @@ class MirrorWriter(TableStore):
             self._row_sql = (compiled.string, order)
         return self._row_sql
 
-    def _check_orders(
-        self, connection: Connection, agreement_id: str, rows: Sequence[IncomingRow]
-    ) -> None:
+    def _check_orders(self, connection: Connection, agreement_id: str, orders: list[str]) -> None:
         """Every row, and every tombstone, must be of an order the agreement covers, and
         arrive while it is in force (a purge terminates it before it deletes)."""
         stored = self._agreements.agreement_in(connection, agreement_id, hold=True)
@@ -118,7 +139,7 @@ class MirrorWriter(TableStore):
         if stored.terminated_at is not None:
             raise ContractDenied(f"agreement {agreement_id} terminated: its rows are refused")
         policy = stored.signed.agreement.policy
-        for order in set(map(_ORDER, rows)):
+        for order in set(orders):
             if not order_in_scope(policy, order):
                 raise ForeignRecordError(
                     f"agreement {agreement_id} does not cover order {order!r}: its rows are refused"
@@ -150,7 +171,7 @@ class MirrorWriter(TableStore):
         connection: Connection,
         agreement_id: str,
         source_id: str,
-        rows: Sequence[IncomingRow],
+        rows: Sequence[IncomingRow] | IncomingRun,
         at: datetime,
     ) -> MirrorResult:
         """Keep-once without a look-up for the common case: a first version (not a
@@ -161,63 +182,65 @@ class MirrorWriter(TableStore):
         of a delivery in which a sample of first versions is held already (a re-delivery:
         looking up is cheaper than writing and undoing). Either way is exact.
         Rows with content go into one sealed page per order (`received_pages`)."""
-        if not rows:
+        seqs, orders, payloads = _delivery_columns(rows)
+        if not payloads:
             return MirrorResult()
-        seqs = list(map(_SEQ, rows))
-        metas = record_metas(list(map(_PAYLOAD, rows)), seqs)
+        envelopes = record_envelopes(payloads, seqs)
+        keys, versions, tombstones = envelopes
         last = max(seqs)  # where this source's deliveries stop now
-        self._check_orders(connection, agreement_id, rows)
-        keys = list(map(_KEY, metas))
-        if list(map(_VERSION, metas)).count(1) == len(metas) and not any(map(_WITHDRAWN, metas)):
+        self._check_orders(connection, agreement_id, orders)
+        if versions.count(1) == len(keys) and not tombstones:
             careful: set[str] = set()  # first versions only: the common delivery
             firsts = keys
         else:
-            careful = {m.key for m in metas if m.version > 1 or m.withdrawn}
+            careful = {k for i, k in enumerate(keys) if versions[i] > 1 or i in tombstones}
             firsts = [key for key in keys if key not in careful]
         if self._held(connection, agreement_id, firsts[:: max(1, len(firsts) // 8)]):
             careful.update(firsts)  # a re-delivery, likely: cheaper to look up than to write
         held = self._held(connection, agreement_id, careful) if careful else {}
         stale: dict[int, set[int]] = {}  # page -> slots a replacement or withdrawal empties
-        chosen: dict[str, tuple[IncomingRow, RecordMeta]] = {}  # careful key -> its winner
+        chosen: dict[str, int] = {}  # careful key -> the slot of its winner
         changes: list[dict[str, Any]] = []
         plain = replaced = withdrawn = unchanged = added = 0
-        content: tuple[list[IncomingRow], list[RecordMeta]] = ([], [])
+        picked: list[int] = []  # the slots written, unless `whole`
         seen: set[str] = set()  # first versions written (a second copy is held by then)
-        if not careful and len(set(firsts)) == len(rows):  # first versions, each once
-            content, plain, rows = (list(rows), metas), len(rows), ()
-        for row, meta in zip(rows, metas, strict=False):
-            if meta.key not in careful:
-                if meta.key in seen:
+        whole = not careful and len(set(firsts)) == len(keys)  # first versions, each once
+        if whole:
+            plain = len(keys)
+        for index, key in enumerate(() if whole else keys):
+            if key not in careful:
+                if key in seen:
                     unchanged += 1
                 else:
-                    seen.add(meta.key)
-                    content[0].append(row)
-                    content[1].append(meta)
+                    seen.add(key)
+                    picked.append(index)
                     plain += 1
                 continue
-            before = held.get(meta.key)
-            if before is not None and before[0] >= meta.version:
+            version, tomb, before = versions[index], index in tombstones, held.get(key)
+            if before is not None and before[0] >= version:
                 unchanged += 1  # a copy of what is held, or older
                 continue
-            held[meta.key] = (meta.version, meta.withdrawn, None)
+            held[key] = (version, tomb, None)
             if before is not None and before[2] is not None:
                 page, slot = before[2]
                 stale.setdefault(page, set()).add(slot)
-            if meta.withdrawn:
+            if tomb:
                 withdrawn += before is not None and not before[1]
                 unchanged += before is None or before[1]
             elif before is None or before[1]:
                 added += 1
             else:
                 replaced += 1
-            chosen[meta.key] = (row, meta)
-            if meta.version > 1 or meta.withdrawn:
-                changes.append(_change(agreement_id, source_id, row, meta, at))
-        for row, meta in chosen.values():
-            content[0].append(row)
-            content[1].append(meta)
-        stored, slot_keys = self._write(connection, agreement_id, source_id, content, at)
-        if not len(chosen) <= stored <= len(content[0]):
+            chosen[key] = index
+            if version > 1 or tomb:
+                meta = envelopes.meta(index)
+                change = _change(agreement_id, source_id, orders[index], payloads[index], meta, at)
+                changes.append(change)
+        picked += chosen.values()
+        delivery = _Delivery(seqs, orders, payloads, envelopes)
+        slots = None if whole else picked
+        stored, slot_keys = self._write(connection, agreement_id, source_id, delivery, slots, at)
+        if not len(chosen) <= stored <= (len(keys) if whole else len(picked)):
             raise ContractStoreError(f"the database reported {stored} received rows stored")
         new = stored - len(chosen)  # the careful winners all apply: decided above
         added += new
@@ -254,51 +277,57 @@ class MirrorWriter(TableStore):
         connection: Connection,
         agreement_id: str,
         source_id: str,
-        content: tuple[list[IncomingRow], list[RecordMeta]],
+        delivery: _Delivery,
+        picked: list[int] | None,
         at: datetime,
     ) -> tuple[int, dict[int, list[str]]]:
-        """Upsert the rows chosen (`content`: the rows and their envelopes, as two lists
-        in step): the content of each order sealed in one page and its
-        index rows written by one statement, tombstones (no content) by another. Returns
-        how many rows the database stored and the record key of every slot of each
-        page written."""
+        """Upsert the slots of `delivery` chosen (`picked`; None: all of them, none a
+        tombstone): the content of each order sealed in one page and its index rows
+        written by one statement, tombstones (no content) by another. Returns how many
+        rows the database stored and the record key of every slot of each page written."""
         dialect = self.engine.dialect
         stamp = received_row_table.c.received_at.type.dialect_impl(dialect).bind_processor(dialect)
         received_at: Any = stamp(at) if stamp is not None else at
-        by_order: dict[str, tuple[list[IncomingRow], list[RecordMeta]]] = {}
-        tombstones: list[tuple[Any, ...]] = []
-        rows, metas = content
-        orders = set(map(_ORDER, rows))
-        if len(orders) == 1 and not any(map(_WITHDRAWN, metas)):
-            by_order[orders.pop()], rows, metas = content, [], []  # the common case, as it is
-        for row, meta in zip(rows, metas, strict=True):
-            if meta.withdrawn:
-                tombstones.append(  # in ROW_COLUMNS order
-                    (
-                        *(agreement_id, row.order_id, source_id, row.seq, b"", b""),
-                        *(received_at, meta.key, meta.version, True, None, None),
+        seqs, orders, payloads, (keys, versions, tombstones) = delivery
+        pages: dict[str, tuple[Sequence[int], list[bytes], list[str], list[int]]] = {}
+        dead: list[tuple[Any, ...]] = []
+        if picked is None and len(set(orders)) == 1:
+            pages[orders[0]] = (seqs, payloads, keys, versions)  # the common case, as it is
+        else:
+            slots: dict[str, list[int]] = {}
+            for index in range(len(keys)) if picked is None else picked:
+                if index in tombstones:
+                    dead.append(  # in ROW_COLUMNS order
+                        (
+                            *(agreement_id, orders[index], source_id, seqs[index], b"", b""),
+                            *(received_at, keys[index], versions[index], True, None, None),
+                        )
                     )
+                else:
+                    slots.setdefault(orders[index], []).append(index)
+            for order_id, chosen in slots.items():
+                pages[order_id] = (
+                    [seqs[i] for i in chosen],
+                    [payloads[i] for i in chosen],
+                    [keys[i] for i in chosen],
+                    [versions[i] for i in chosen],
                 )
-            else:
-                page_rows, page_metas = by_order.setdefault(row.order_id, ([], []))
-                page_rows.append(row)
-                page_metas.append(meta)
         stored = 0
-        if tombstones:
+        if dead:
             sql, order = self._row_upsert()
             params: list[Any] = (
-                [dict(zip(ROW_COLUMNS, record, strict=True)) for record in tombstones]
+                [dict(zip(ROW_COLUMNS, record, strict=True)) for record in dead]
                 if order is None
-                else list(map(itemgetter(*(ROW_COLUMNS.index(n) for n in order)), tombstones))
+                else list(map(itemgetter(*(ROW_COLUMNS.index(n) for n in order)), dead))
             )
             stored += connection.exec_driver_sql(sql, params).rowcount
         slot_keys: dict[int, list[str]] = {}
-        for order_id, (rows, metas) in by_order.items():
+        for order_id, (page_seqs, page_payloads, page_keys, page_versions) in pages.items():
             cipher = self._keys.key_in(connection, agreement_id, order_id, True, at)
-            seqs, payloads = list(map(_SEQ, rows)), list(map(_PAYLOAD, rows))
-            keys, versions = list(map(_KEY, metas)), list(map(_VERSION, metas))
             place = (agreement_id, order_id, source_id)
-            page = self._pages.insert(connection, cipher, place, seqs, payloads, at)
-            slot_keys[page] = keys
-            stored += index_page(connection, place, received_at, page, keys, seqs, versions)
+            page = self._pages.insert(connection, cipher, place, page_seqs, page_payloads, at)
+            slot_keys[page] = page_keys
+            stored += index_page(
+                connection, place, received_at, page, page_keys, page_seqs, page_versions
+            )
         return stored, slot_keys

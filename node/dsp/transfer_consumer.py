@@ -33,7 +33,7 @@ from qdspace.connector.contract_errors import (
     IllegalTransitionError,
     UnknownContractError,
 )
-from qdspace.connector.contract_store import DspProcess, IncomingRow
+from qdspace.connector.contract_store import DspProcess, IncomingRow, IncomingRun
 from qdspace.connector.dsp_data import DataReader, LiveRows
 from qdspace.connector.negotiation import Role
 from qdspace.connector.transfer import (
@@ -188,11 +188,7 @@ class DspTransfers:
 
     async def _commit(self, process: TransferProcess, batch: RowBatch) -> TransferProcess:
         after = accept_batch(process, batch)
-        first = process.offset
-        rows = [
-            IncomingRow(first + i, order, payload)
-            for i, (order, payload) in enumerate(zip(batch.orders(), batch.payloads(), strict=True))
-        ]
+        rows = IncomingRun(process.offset, batch.orders(), batch.payloads())
         now = self.runtime.clock.now()
         store = self.runtime.store
         await asyncio.to_thread(store.commit_transfer_batch, process, after, rows, now)

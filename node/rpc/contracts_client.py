@@ -29,7 +29,7 @@ import grpc
 from nacl.signing import VerifyKey
 
 from qdspace.connector.assets import CatalogEntry
-from qdspace.connector.contract_store import IncomingRow
+from qdspace.connector.contract_store import IncomingRun
 from qdspace.connector.negotiation import (
     ContractRequest,
     Negotiation,
@@ -119,14 +119,23 @@ class _GroupCommits:
         self._metrics = metrics
         self._committed = committed
         self._latest = committed
-        self._rows: list[IncomingRow] = []
+        self._rows = IncomingRun(committed.offset, [], [])
         self._batches = 0
         self._bytes = 0
         self._flight: asyncio.Future[Any] | None = None
         self._counts = (0, 0)
 
-    def add(self, rows: list[IncomingRow], after: TransferProcess, size: int) -> None:
-        self._rows.extend(rows)
+    def add(
+        self,
+        first: int,
+        orders: list[str],
+        payloads: list[bytes],
+        after: TransferProcess,
+        size: int,
+    ) -> None:
+        """A verified batch: its rows (seq `first` on; their orders and bytes as columns,
+        no tuple per row) and the process after it."""
+        self._rows.extend(first, orders, payloads)
         self._latest = after
         self._batches += 1
         self._bytes += size
@@ -140,7 +149,8 @@ class _GroupCommits:
         if not self._batches:
             return
         before, after, rows, size = self._committed, self._latest, self._rows, self._bytes
-        self._committed, self._rows, self._batches, self._bytes = after, [], 0, 0
+        self._committed, self._batches, self._bytes = after, 0, 0
+        self._rows = IncomingRun(after.offset, [], [])
         self._flight = asyncio.ensure_future(
             asyncio.to_thread(self._commit, before, after, rows, now)
         )
@@ -355,11 +365,8 @@ class ContractClient(ConsumerSubscriptions):
             async for wire in stub.Pull(request):
                 batch = row_batch_from_proto(wire)
                 after = accept_batch(process, batch)
-                first = process.offset
                 commits.add(
-                    IncomingRow.run(first, batch.orders(), batch.payloads()),
-                    after,
-                    wire.ByteSize(),
+                    process.offset, batch.orders(), batch.payloads(), after, wire.ByteSize()
                 )
                 process = after
                 if batch.last or commits.full:

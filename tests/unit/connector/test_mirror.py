@@ -43,6 +43,7 @@ from qdspace.connector.contract_store import (
     ContractStore,
     Deletion,
     IncomingRow,
+    IncomingRun,
     OutboxMessage,
     received_row_table,
 )
@@ -185,10 +186,12 @@ class Mirror:
         batch, _ = next(pull.batches)
         current = self.store.load_transfer(pull.transfer_id)
         advanced = accept_batch(current, batch)
-        rows = [
+        rows: list[IncomingRow] | IncomingRun = [
             IncomingRow(batch.first_offset + i, r.order_id, r.payload)
             for i, r in enumerate(batch.rows)
         ]
+        if int(pull.transfer_id.removeprefix("tx-")) % 2:  # every other pull as the node's
+            rows = IncomingRun(batch.first_offset, batch.orders(), batch.payloads())
         self.store.commit_transfer_batch(current, advanced, rows, T0)
         if batch.last:
             tid = pull.transfer_id

@@ -15,8 +15,8 @@ from nacl.signing import SigningKey
 from sqlalchemy import create_engine
 
 from qdspace.connector.agreement import ContractAgreement, countersign, sign_agreement
-from qdspace.connector.contract_errors import ContractStoreError
-from qdspace.connector.contract_store import ContractStore, IncomingRow, ensure_schema
+from qdspace.connector.contract_errors import ContractStoreError, ForeignRecordError
+from qdspace.connector.contract_store import ContractStore, IncomingRow, IncomingRun, ensure_schema
 from qdspace.connector.negotiation import Role
 from qdspace.connector.transfer import TransferProcess, advance, open_transfer
 from qdspace.connector.transfer import apply as apply_transfer
@@ -51,14 +51,13 @@ def _consumer(tmp_path: Path) -> tuple[ContractStore, TransferProcess]:
     return store, started
 
 
-def _batch(process: TransferProcess, size: int) -> tuple[list[IncomingRow], TransferProcess]:
+def _batch(process: TransferProcess, size: int) -> tuple[list[bytes], TransferProcess]:
     first = process.offset
     payloads = [
         row_bytes({"@key": f"rec_{first + i:032x}", "@v": 1, "action": "rework"})
         for i in range(size)
     ]
-    after = advance(process, payloads, str(first + size))
-    return [IncomingRow(first + i, "ORD-1", p) for i, p in enumerate(payloads)], after
+    return payloads, advance(process, payloads, str(first + size))
 
 
 def test_batches_are_stored_a_group_at_a_time_at_batch_boundaries(
@@ -72,8 +71,9 @@ def test_batches_are_stored_a_group_at_a_time_at_batch_boundaries(
         commits = _GroupCommits(store.commit_transfer_batch, metrics, process)
         current, stored = process, []
         for _ in range(7):  # 7 batches of 4 rows: groups of 3, 3 and (cut off) 1
-            rows, current = _batch(current, 4)
-            commits.add(rows, current, 100)
+            first = current.offset
+            payloads, current = _batch(current, 4)
+            commits.add(first, ["ORD-1"] * 4, payloads, current, 100)
             if commits.full:
                 await commits.flush(T0)
             await commits.settle()
@@ -86,8 +86,9 @@ def test_batches_are_stored_a_group_at_a_time_at_batch_boundaries(
     assert held.offset == 24 and held.checkpoint.position == "24"  # a batch boundary
     assert store.count_received("agr-g") == 24
     resumed = store.load_transfer("tx")  # a resume pulls from here: rows 24.. again
-    rows, after = _batch(resumed, 4)
-    store.commit_transfer_batch(resumed, after, rows, T0)
+    payloads, after = _batch(resumed, 4)
+    rows = [IncomingRow(24 + i, "ORD-1", p) for i, p in enumerate(payloads)]
+    store.commit_transfer_batch(resumed, after, rows, T0)  # rows as tuples, as the DSP gave them
     assert store.count_received("agr-g") == 28
 
 
@@ -96,13 +97,37 @@ def test_a_failed_group_commit_surfaces_and_stores_nothing_of_its_group(tmp_path
 
     async def pull() -> None:
         commits = _GroupCommits(store.commit_transfer_batch, NodeMetrics(), process)
-        rows, after = _batch(process, 4)
-        wrong = [IncomingRow(row.seq + 1, row.order_id, row.payload) for row in rows]
-        commits.add(wrong, after, 100)  # seq out of place: the store refuses the group
+        payloads, after = _batch(process, 4)
+        commits.add(0, ["ORD-1"] * 3 + ["ORD-2"], payloads, after, 100)  # ORD-2: not covered
         await commits.flush(T0)
         await commits.settle()
 
-    with pytest.raises(ContractStoreError, match="batch rows must have seq"):
+    with pytest.raises(ForeignRecordError, match="does not cover order 'ORD-2'"):
         asyncio.run(pull())
     assert store.load_transfer("tx").offset == 0
     assert store.count_received("agr-g") == 0
+
+
+def test_rows_out_of_place_are_refused_by_the_group_and_by_the_store(tmp_path: Path) -> None:
+    store, process = _consumer(tmp_path)
+    payloads, after = _batch(process, 4)
+    commits = _GroupCommits(store.commit_transfer_batch, NodeMetrics(), process)
+    with pytest.raises(ValueError, match="do not follow"):
+        commits.add(1, ["ORD-1"] * 4, payloads, after, 100)  # the cursor is at 0
+    with pytest.raises(ValueError, match="3 orders for 4 rows"):
+        commits.add(0, ["ORD-1"] * 3, payloads, after, 100)
+    for wrong in (
+        IncomingRun(1, ["ORD-1"] * 4, payloads),  # one on
+        IncomingRun(0, ["ORD-1"] * 3, payloads[:3]),  # one short
+        [IncomingRow(i + 1, "ORD-1", p) for i, p in enumerate(payloads)],
+    ):
+        with pytest.raises(ContractStoreError, match=r"batch rows must have seq 0\.\.3"):
+            store.commit_transfer_batch(process, after, wrong, T0)
+    assert store.load_transfer("tx").offset == 0
+    assert store.count_received("agr-g") == 0
+    store.commit_transfer_batch(process, after, IncomingRun(0, ["ORD-1"] * 4, payloads), T0)
+    held = sorted((r.seq, r.payload) for r in store.received_rows("agr-g"))
+    assert held == list(enumerate(payloads))  # each row under its own seq
+    assert [IncomingRow(*r) for r in IncomingRun(0, ["ORD-1"] * 4, payloads)] == [
+        IncomingRow(i, "ORD-1", p) for i, p in enumerate(payloads)
+    ]
