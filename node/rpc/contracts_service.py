@@ -227,6 +227,12 @@ def _sent_as_is(wire: bytes) -> bytes:
     return wire
 
 
+def _register(server: grpc.aio.Server, service: str, handlers: dict[str, Any]) -> None:
+    """What a generated ``add_*Servicer_to_server`` does with its method handlers."""
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service, handlers),))
+    server.add_registered_method_handlers(service, handlers)
+
+
 def add_transfer_service(servicer: TransferServicer, server: grpc.aio.Server) -> None:
     """`transfer_pb2_grpc.add_TransferServicer_to_server`, with `Pull` yielding batches
     already serialised (`row_batch_wire`) and sent as they are."""
@@ -242,10 +248,7 @@ def add_transfer_service(servicer: TransferServicer, server: grpc.aio.Server) ->
             response_serializer=_sent_as_is,
         ),
     }
-    server.add_generic_rpc_handlers(
-        (grpc.method_handlers_generic_handler("qdspace.v1.Transfer", handlers),)
-    )
-    server.add_registered_method_handlers("qdspace.v1.Transfer", handlers)
+    _register(server, "qdspace.v1.Transfer", handlers)
 
 
 class SubscriptionServicer(subscription_pb2_grpc.SubscriptionServicer):
@@ -334,10 +337,7 @@ def add_subscription_service(servicer: SubscriptionServicer, server: grpc.aio.Se
             response_serializer=_sent_as_is,
         ),
     }
-    server.add_generic_rpc_handlers(
-        (grpc.method_handlers_generic_handler("qdspace.v1.Subscription", handlers),)
-    )
-    server.add_registered_method_handlers("qdspace.v1.Subscription", handlers)
+    _register(server, "qdspace.v1.Subscription", handlers)
 
 
 class NotificationServicer(notification_pb2_grpc.NotificationServicer):
