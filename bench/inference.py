@@ -199,11 +199,11 @@ def main() -> None:
     parser.add_argument("--stream-seconds", type=float, default=5.0)
     parser.add_argument("--out", help="write the figures as JSON here")
     parser.add_argument(
-        "--quick", action="store_true", help="32 px, 1 epoch, 1 s runs, one design (CI)"
+        "--quick", action="store_true", help="32 px, 2 epochs, 1 s runs, one design (CI)"
     )
     args = parser.parse_args()
     if args.quick:
-        args.size, args.epochs, args.seconds, args.burst_seconds = 32, 1, 1.0, 1.0
+        args.size, args.epochs, args.seconds, args.burst_seconds = 32, 2, 1.0, 1.0
         args.compare_previous = False
     if args.device == "cuda" and args.streams is None:
         args.streams = "1,8,32,128"
