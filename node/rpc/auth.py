@@ -46,6 +46,7 @@ from qdspace.node.rpc.limits import (
     check_numbers,
     max_request_bytes,
 )
+from qdspace.node.rpc.wrap import PerMethod
 
 logger = logging.getLogger("node.rpc")
 
@@ -160,10 +161,7 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         self._limiter = limiter or CallLimiter(CallCaps())
         self._recheck_s = recheck_s
         self.reported: set[tuple[str, str]] = set()  # (method, error type) with a traceback
-        #: method -> (the servicer's handler, its gated form): the gate keeps nothing per
-        #: call, so it is built once per method rather than on every call (a known
-        #: method only: an unknown one has no handler; bench/PROFILE-negotiation.md, round 5)
-        self._gated: dict[str, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]] = {}
+        self._gated = PerMethod(self._gate)  # the gate keeps nothing per call
 
     async def intercept_service(
         self,
@@ -173,12 +171,7 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         handler = await continuation(details)
         if handler is None:
             return None
-        built = self._gated.get(details.method)
-        if built is not None and built[0] is handler:
-            return built[1]
-        gated = self._gate(details.method, handler)
-        self._gated[details.method] = (handler, gated)
-        return gated
+        return self._gated(details.method, handler)
 
     def _gate(self, method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
         call = _Call(self, method, handler.request_deserializer)

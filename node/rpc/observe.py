@@ -20,7 +20,7 @@ import grpc
 
 from qdspace.node.logs import REQUEST_ID, accepted_request_id
 from qdspace.node.metrics import NodeMetrics
-from qdspace.node.rpc.wrap import around_calls
+from qdspace.node.rpc.wrap import PerMethod, around_calls
 
 METADATA_KEY = "x-request-id"
 logger = logging.getLogger("node.rpc")
@@ -49,8 +49,7 @@ class ObserveCalls(grpc.aio.ServerInterceptor):  # type: ignore[misc]
 
     def __init__(self, metrics: NodeMetrics) -> None:
         self._metrics = metrics
-        #: method -> (the inner handler, its timed form); see `AuthInterceptor._gated`
-        self._timed: dict[str, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]] = {}
+        self._timed = PerMethod(self._time)
 
     async def intercept_service(
         self,
@@ -60,13 +59,10 @@ class ObserveCalls(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         handler = await continuation(details)
         if handler is None:
             return None
-        method = details.method
-        built = self._timed.get(method)
-        if built is not None and built[0] is handler:  # built once per method, as the gate is
-            return built[1]
-        timed = around_calls(handler, lambda context, _stream: self._observed(method, context))
-        self._timed[method] = (handler, timed)
-        return timed
+        return self._timed(details.method, handler)
+
+    def _time(self, method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+        return around_calls(handler, lambda context, _stream: self._observed(method, context))
 
     @asynccontextmanager
     async def _observed(

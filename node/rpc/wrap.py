@@ -58,3 +58,23 @@ def _wrap(behavior: Behavior, around: Around, stream: bool) -> Behavior:
             return await behavior(request, context)
 
     return called
+
+
+class PerMethod:
+    """Each method's wrapped handler, built the first time the method is called and reused
+    while the servicer hands over the same handler: for a server interceptor whose wrapper
+    keeps nothing per call (building it on every call cost more than running it;
+    bench/PROFILE-negotiation.md, round 5). Only methods that have a handler are kept, so
+    a caller naming unknown methods cannot grow it."""
+
+    def __init__(self, wrap: Callable[[str, grpc.RpcMethodHandler], grpc.RpcMethodHandler]) -> None:
+        self._wrap = wrap
+        self._built: dict[str, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]] = {}
+
+    def __call__(self, method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+        built = self._built.get(method)
+        if built is not None and built[0] is handler:
+            return built[1]
+        wrapped = self._wrap(method, handler)
+        self._built[method] = (handler, wrapped)
+        return wrapped
