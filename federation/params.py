@@ -122,6 +122,16 @@ def params_to_bytes(params: Sequence[NDArray[np.generic]]) -> bytes:
 _HASH_PIECE = 256 * 1024
 
 
+def _flat_of(vector: NDArray[np.generic], shapes: Shapes) -> NDArray[np.float32]:
+    """``vector`` as little-endian float32, once it is seen to be the model's flat vector."""
+    flat = np.asarray(vector, dtype="<f4")
+    if flat.ndim != 1 or flat.size != size_of(shapes):
+        raise ParamsError(
+            f"parameter vector has shape {flat.shape}, the model needs {size_of(shapes)}"
+        )
+    return flat
+
+
 def encode_vector(
     vector: NDArray[np.generic], shapes: Shapes, *, hasher: Hasher | None = None
 ) -> memoryview:
@@ -131,11 +141,7 @@ def encode_vector(
     ``hasher`` (e.g. ``hashlib.sha256()``) is fed the result a cache-sized piece at a
     time, right after each piece is written, so the 50 MB are read from memory once.
     """
-    flat = np.asarray(vector, dtype="<f4")
-    if flat.ndim != 1 or flat.size != size_of(shapes):
-        raise ParamsError(
-            f"parameter vector has shape {flat.shape}, the model needs {size_of(shapes)}"
-        )
+    flat = _flat_of(vector, shapes)
     header = _header(shapes)
     out = np.empty(len(header) + 4 * flat.size, dtype=np.uint8)
     out[: len(header)] = np.frombuffer(header, dtype=np.uint8)
@@ -180,11 +186,7 @@ def encode_vector_chunks(
     """
     if chunk_bytes <= 0:
         raise ValueError(f"chunk size must be > 0, got {chunk_bytes}")
-    flat = np.asarray(vector, dtype="<f4")
-    if flat.ndim != 1 or flat.size != size_of(shapes):
-        raise ParamsError(
-            f"parameter vector has shape {flat.shape}, the model needs {size_of(shapes)}"
-        )
+    flat = _flat_of(vector, shapes)
     header = _header(shapes)
     body = np.ascontiguousarray(flat).data.cast("B")
     total = len(header) + len(body)
