@@ -119,7 +119,6 @@ class Anchorer:
         # that found the queue empty began (None: not known to be empty)
         self._enqueued = 0
         self._empty_at: int | None = None
-        self._pending_left = False
         self._last_empty = False  # the last pass (the thread's or a flush) left nothing
         self._chain_reachable = True
         self._chain_checked = False
@@ -166,7 +165,7 @@ class Anchorer:
         """
         with self._step_lock:
             try:
-                report = self._step(force)
+                report, pending_left = self._step(force)
             except ChainUnavailable as exc:
                 self._forget_nonce()
                 self._chain_reachable, self._last_error = False, str(exc)
@@ -176,10 +175,11 @@ class Anchorer:
                 raise
             # whoever ran the pass (the thread, a flush), the status says how it went
             self._chain_reachable, self._last_error = True, None
-            self._last_empty = report == StepReport() and not self._pending_left
+            self._last_empty = report == StepReport() and not pending_left
             return report
 
-    def _step(self, force: bool) -> StepReport:
+    def _step(self, force: bool) -> tuple[StepReport, bool]:
+        """The pass, and whether leaves are left pending (not due yet)."""
         if not self._chain_checked:  # never sign for a chain or contract we did not expect
             self.client.check()
             self._chain_checked = True
@@ -188,9 +188,10 @@ class Anchorer:
         if journaled:
             anchored = self._resolve(journaled)
             waiting = len(journaled) - anchored
-        sealed = self._seal_due(force)
+        sealed, pending_left = self._seal_due(force)
         if waiting:  # a window is stuck: resolve it (next pass) before signing more
-            return StepReport(sealed, anchored, waiting + len(self.queue.batches(SEALED)))
+            stuck = waiting + len(self.queue.batches(SEALED))
+            return StepReport(sealed, anchored, stuck), pending_left
         todo = self.queue.batches(SEALED)
         while todo:
             window, todo = todo[: self.policy.max_in_flight], todo[self.policy.max_in_flight :]
@@ -199,11 +200,11 @@ class Anchorer:
             if done < len(window):
                 waiting += len(todo)
                 break
-        return StepReport(sealed, anchored, waiting)
+        return StepReport(sealed, anchored, waiting), pending_left
 
-    def _seal_due(self, force: bool) -> int:
-        sealed, now = 0, self._clock()
-        self._pending_left = False
+    def _seal_due(self, force: bool) -> tuple[int, bool]:
+        """Batches sealed, and whether leaves are left pending (not due yet)."""
+        sealed, now, pending_left = 0, self._clock(), False
         for kind in KIND_CODES:
             while True:
                 pending = self.queue.pending(kind)
@@ -211,12 +212,12 @@ class Anchorer:
                     break
                 old = now - pending.oldest_at >= self.policy.max_age_s
                 if not (force or old or pending.count >= self.policy.max_leaves):
-                    self._pending_left = True
+                    pending_left = True
                     break
                 if self.queue.seal(kind, self.policy.max_leaves) is None:
                     break
                 sealed += 1
-        return sealed
+        return sealed, pending_left
 
     def _send_window(self, batches: list[Batch]) -> int:
         """Sign, journal (together), send and settle a window; returns how many anchored."""
