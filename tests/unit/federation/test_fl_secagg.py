@@ -54,6 +54,22 @@ def advertise(server: SecAggServer, c: SecAggClient) -> None:
     server.receive_advert(c.advertise(), VERIFY[c.member])
 
 
+def keys_shared(
+    members: Collection[str], cfg: SecAggConfig
+) -> tuple[SecAggServer, dict[str, SecAggClient]]:
+    """A server and one client per member, in ``members``' order, past steps 1 and 2
+    (keys advertised and shared by everyone)."""
+    server = SecAggServer(cfg, set(members))
+    clients = {m: client(m, cfg) for m in members}
+    for c in clients.values():
+        advertise(server, c)
+    roster = server.close_adverts()
+    for m, c in clients.items():
+        server.receive_shares(m, c.share_keys(roster, VERIFY))
+    server.close_shares()
+    return server, clients
+
+
 def confirm_all(server: SecAggServer, clients: dict[str, SecAggClient]) -> UnmaskRequest:
     """Step 4 for every survivor; the request each then unmasks for."""
     request = server.unmask_request()

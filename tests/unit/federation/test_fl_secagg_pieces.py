@@ -20,9 +20,8 @@ from qdspace.federation.errors import RefusalReason, UpdateRefused
 from qdspace.federation.params import Vector
 from qdspace.federation.secagg_masks import add_pieces
 from qdspace.federation.secagg_messages import MaskedInput, MaskedPieces
-from qdspace.federation.secagg_server import SecAggServer
 
-from .test_fl_secagg import QUANT, VERIFY, advertise, client, config, confirm_all
+from .test_fl_secagg import QUANT, config, confirm_all, keys_shared
 
 LENGTH = 10_007
 
@@ -116,15 +115,7 @@ def _secure_round(
 ) -> tuple[Vector, dict[str, list[str]]]:
     """One secure round; each member's masked input goes in as each of ``send[m]`` makes
     it from the member's real one (in that order); the result and each member's refusals."""
-    cfg = config(2, LENGTH)
-    server = SecAggServer(cfg, set(vectors))
-    clients = {m: client(m, cfg) for m in vectors}
-    for c in clients.values():
-        advertise(server, c)
-    roster = server.close_adverts()
-    for m, c in clients.items():
-        server.receive_shares(m, c.share_keys(roster, VERIFY))
-    server.close_shares()
+    server, clients = keys_shared(vectors, config(2, LENGTH))
     refusals: dict[str, list[str]] = {}
     for m, c in clients.items():
         masked = c.mask(vectors[m], server.inbox(m))

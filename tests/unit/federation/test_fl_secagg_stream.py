@@ -13,9 +13,8 @@ from qdspace.federation.errors import SecAggError
 from qdspace.federation.params import Vector
 from qdspace.federation.secagg_masks import BLOCK, MaskStreams, Quantizer
 from qdspace.federation.secagg_messages import MaskedInput
-from qdspace.federation.secagg_server import SecAggServer
 
-from .test_fl_secagg import QUANT, VERIFY, advertise, client, config, confirm_all, plain_sum
+from .test_fl_secagg import QUANT, config, confirm_all, keys_shared, plain_sum
 
 # longer than a few mask blocks and not a multiple of one: chunks end mid-block
 LENGTH = 3 * BLOCK + 12_345
@@ -32,15 +31,7 @@ def _streamed_round(
     """One secure round in which every member masks its input chunk by chunk; ``owned``:
     the server gets each input in a buffer of its own (as the node hands over uploads);
     ``reuse``: each chunk is made in one reused buffer (and copied out, as the upload does)."""
-    cfg = config(2, LENGTH)
-    server = SecAggServer(cfg, set(vectors))
-    clients = {m: client(m, cfg) for m in vectors}
-    for c in clients.values():
-        advertise(server, c)
-    roster = server.close_adverts()
-    for m, c in clients.items():
-        server.receive_shares(m, c.share_keys(roster, VERIFY))
-    server.close_shares()
+    server, clients = keys_shared(vectors, config(2, LENGTH))
     sent = []
     for m, c in clients.items():
         masking = c.masking(vectors[m], server.inbox(m))
@@ -93,15 +84,7 @@ def test_summing_into_the_first_uploaded_buffer_gives_the_exact_sum(owned: bool)
 @pytest.mark.parametrize("owned", [False, True])
 def test_the_server_sums_into_an_input_only_when_it_owns_it(owned: bool) -> None:
     vectors = _vectors(2, seed=3)
-    cfg = config(2, LENGTH)
-    server = SecAggServer(cfg, set(vectors))
-    clients = {m: client(m, cfg) for m in vectors}
-    for c in clients.values():
-        advertise(server, c)
-    roster = server.close_adverts()
-    for m, c in clients.items():
-        server.receive_shares(m, c.share_keys(roster, VERIFY))
-    server.close_shares()
+    server, clients = keys_shared(vectors, config(2, LENGTH))
     first, second = (c.mask(vectors[m], server.inbox(m)) for m, c in clients.items())
     sent = first.vector.copy()
     server.receive_masked(MaskedInput(first.member, first.vector, owned=owned))
@@ -113,15 +96,7 @@ def test_the_server_sums_into_an_input_only_when_it_owns_it(owned: bool) -> None
 
 
 def test_a_masked_input_is_made_once_and_only_whole() -> None:
-    cfg = config(2, LENGTH)
-    server = SecAggServer(cfg, {"m0", "m1"})
-    clients = {m: client(m, cfg) for m in ("m0", "m1")}
-    for c in clients.values():
-        advertise(server, c)
-    roster = server.close_adverts()
-    for m, c in clients.items():
-        server.receive_shares(m, c.share_keys(roster, VERIFY))
-    server.close_shares()
+    server, clients = keys_shared(("m0", "m1"), config(2, LENGTH))
     masking = clients["m0"].masking(_vectors(1, 1)["m0"], server.inbox("m0"))
     blocks = masking.blocks(BLOCK)
     next(blocks)
