@@ -195,7 +195,7 @@ def test_a_training_runs_in_the_background_and_registers_a_gated_version(
         assert "already running" in busy
         done = wait_done(client, run["training_id"])
         assert done["state"] == "done", done
-        assert done["active"] and done["version"] and "majority-class" in done["gate"]
+        assert done["active"] and done["version"] and "majority-class" in done["gate"], done
         assert len(done["epochs"]) >= 1 and done["metrics"]["accuracy"] >= 0.8
         assert done["metrics"]["images.test.defective"] == 6.0
         listed = client.get(TRAININGS).json()
