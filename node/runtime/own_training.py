@@ -118,30 +118,35 @@ class TrainingRunner:
         from qdspace.inference.gate import GateDecision, PromotionRefusedError
         from qdspace.inference.own_training import train_prepared
 
+        state = "failed"
         try:
             result = train_prepared(
                 prepared, registry, lambda e, loss: run.epochs.append({"epoch": e, "loss": loss})
             )
             run.version, run.metrics = result.entry.version, dict(result.entry.metrics)
-            run.state = "done"
             if activate:
                 registry.activate(result.entry.version)
                 run.active = True
                 last = registry.promotions()[-1]
                 if last.get("decision"):
                     run.gate = GateDecision.from_dict(last["decision"]).summary()
+            state = "done"
         except PromotionRefusedError as exc:
-            run.state, run.gate, run.error = "refused", exc.decision.summary(), str(exc)
+            state, run.gate, run.error = "refused", exc.decision.summary(), str(exc)
         except (InferenceError, OSError) as exc:
-            run.state, run.error = "failed", str(exc)
+            run.error = str(exc)
         except Exception as exc:  # the node's own bug: kept for the operator, and logged
             logger.exception("node.training %s: failed", run.training_id)
-            run.state, run.error = "failed", f"internal error: {exc!r}"
+            run.error = f"internal error: {exc!r}"
         finally:
-            run.finished_at = time.time()
+            # The state goes last and with the node free again: a caller polling the run
+            # that sees it ended sees all of it (version, activation, gate) and can start
+            # the next one. It read "done" while the gate was still judging, once.
             with self._lock:
+                run.finished_at = time.time()
+                run.state = state
                 self._busy = False
-            logger.info("node.training %s: %s %s", run.training_id, run.state, run.version or "")
+            logger.info("node.training %s: %s %s", run.training_id, state, run.version or "")
 
     def get(self, training_id: str) -> TrainingRun:
         """A training by id."""

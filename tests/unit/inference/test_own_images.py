@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import json
 import re
+import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -349,3 +351,55 @@ def test_cli_refuses_bad_input_and_writes_nothing(tmp_path: Path, case: str) -> 
     assert fragment in out
     assert not (node / "models").exists()  # no version, no audit set
     assert not (folder / "splits.json").exists()
+
+
+# -- the node's background training (``/v1/inspection/trainings``) -------------------------
+#
+# A caller polls a TrainingRun while its thread still works. The run said ``done`` as soon
+# as the model was registered, while the promotion gate was still judging it; a caller that
+# polled then read ``done`` without the activation or the gate (a fresh-clone CI run failed
+# on it), and a training it started next was refused as busy. Here the gate is held open on
+# an event, so that moment lasts as long as the test needs.
+
+
+def test_a_run_is_training_until_its_activation_and_gate_are_recorded(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from qdspace.inference.own_training import OwnTrainRequest
+    from qdspace.inference.registry import ModelRegistry
+    from qdspace.node.runtime.own_training import TrainingBusy, TrainingRunner
+
+    folder = tmp_path / "set"
+    write_labels(folder, write_set(folder))
+    judging, release = threading.Event(), threading.Event()
+    real_activate = ModelRegistry.activate
+
+    def held_activate(self: ModelRegistry, version: str, *args: object, **kw: object) -> object:
+        judging.set()
+        assert release.wait(120), "the test never released the gate"
+        return real_activate(self, version, *args, **kw)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(ModelRegistry, "activate", held_activate)
+    runner = TrainingRunner(tmp_path / "node")
+    request = OwnTrainRequest(images=folder, epochs=12, size=32)
+    run = runner.start(request, activate=True)
+    assert judging.wait(180), runner.get(run.training_id)
+
+    seen = runner.get(run.training_id)
+    assert seen.version is not None  # registered, not yet judged
+    assert (seen.state, seen.active, seen.gate, seen.finished_at) == ("training", False, None, None)
+    with pytest.raises(TrainingBusy):
+        runner.start(request, activate=True)
+
+    release.set()
+    deadline = time.monotonic() + 60
+    while runner.get(run.training_id).state == "training" and time.monotonic() < deadline:
+        time.sleep(0.05)
+    ended = runner.get(run.training_id)
+    assert ended.state == "done", ended
+    assert ended.active and ended.gate and "majority-class" in ended.gate, ended
+    assert ended.finished_at is not None
+    again = runner.start(request, activate=False)  # the node is free the moment it reads done
+    while runner.get(again.training_id).state == "training" and time.monotonic() < deadline + 60:
+        time.sleep(0.05)  # not left training while the interpreter exits
+    assert runner.get(again.training_id).state == "done"
