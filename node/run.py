@@ -23,6 +23,7 @@ from pathlib import Path
 
 import uvicorn
 
+from qdspace.connector import held_connection
 from qdspace.node.api.app import create_app
 from qdspace.node.api.regulator_app import create_regulator_app
 from qdspace.node.client_transport import runtime_file  # where clients read it
@@ -151,6 +152,9 @@ async def serve(ctx: NodeContext, stop: asyncio.Event) -> None:
         runtime["regulator"],
         ctx.store.url,  # the password hidden (connector.storage.safe_url)
     )
+    # the event loop runs its transactions on one connection kept for it (the
+    # negotiations' saves and loads; `connector.held_connection`)
+    held_connection.hold(ctx.store.engine)
     try:
         await stop.wait()
     finally:
@@ -162,6 +166,7 @@ async def serve(ctx: NodeContext, stop: asyncio.Event) -> None:
         await member.stop(settings.shutdown_grace_s)
         await asyncio.gather(*tasks)
         await ctx.peers.close()
+        held_connection.release(ctx.store.engine)  # before ctx.close() disposes the engine
         runtime_file(settings.directory).unlink(missing_ok=True)
         logger.info("node %s stopped", settings.name)
 

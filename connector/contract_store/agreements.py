@@ -36,6 +36,7 @@ from sqlalchemy import (
 )
 from sqlmodel.sql.sqltypes import UTCDateTime
 
+from qdspace.connector import held_connection
 from qdspace.connector.agreement import SignedAgreement, agreement_from_bytes
 from qdspace.connector.contract_errors import ContractStoreError, UnknownContractError
 from qdspace.connector.contract_store.common import (
@@ -215,7 +216,7 @@ class AgreementStore(TableStore):
         return StoredAgreement(signed, Role(row.role), row.terminated_at, row.termination_reason)
 
     def agreement(self, agreement_id: str) -> StoredAgreement:
-        with self.engine.connect() as connection:
+        with held_connection.connect(self.engine) as connection:
             return self.agreement_in(connection, agreement_id)
 
     def agreements(self, role: Role | None = None) -> list[StoredAgreement]:

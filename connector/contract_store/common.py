@@ -48,6 +48,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.types import TypeEngine
 
+from qdspace.connector import held_connection
 from qdspace.connector.contract_errors import ContractStoreError
 
 CONTRACT_METADATA = MetaData()
@@ -97,9 +98,11 @@ class TableStore:
 @contextmanager
 def saving(engine: Engine, what: str) -> Iterator[Connection]:
     """One transaction that saves `what` (``"transfer t-1"``); a unique key it runs
-    into means another process saved it first, so it reads as `ConcurrentUpdateError`."""
+    into means another process saved it first, so it reads as `ConcurrentUpdateError`.
+    On the thread that holds a connection of `engine` (the node's event loop), on that
+    one (`held_connection`)."""
     try:
-        with engine.begin() as connection:
+        with held_connection.begin(engine) as connection:
             yield connection
     except IntegrityError:  # `DriverStatement` raises the driver's as SQLAlchemy's
         raise ConcurrentUpdateError(f"{what} was saved concurrently") from None

@@ -36,6 +36,7 @@ from sqlalchemy import (
 )
 from sqlmodel.sql.sqltypes import UTCDateTime
 
+from qdspace.connector import held_connection
 from qdspace.connector.agreement_memo import Memo, policy_parses_back
 from qdspace.connector.contract_errors import UnknownContractError
 from qdspace.connector.contract_store.agreements import AgreementStore
@@ -151,7 +152,7 @@ class NegotiationStore(TableStore):
         return written
 
     def load_negotiation(self, negotiation_id: str) -> Negotiation:
-        with self.engine.connect() as connection:
+        with held_connection.connect(self.engine) as connection:
             return self._load_in(connection, negotiation_id)
 
     def _load_in(self, connection: Connection, negotiation_id: str) -> Negotiation:

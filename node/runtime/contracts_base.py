@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from nacl.signing import SigningKey, VerifyKey
 from sqlalchemy import Engine
 
+from qdspace.connector import held_connection
 from qdspace.connector.assets import Asset, CatalogEntry, catalog
 from qdspace.connector.contract_errors import UnknownContractError
 from qdspace.connector.contract_store import ContractStore
@@ -94,5 +95,5 @@ class ContractBase:
         logger.info("catalog: %s (%s) offered", asset.asset_id, asset.kind)
 
     def customer_orders(self, customer: str) -> frozenset[str]:
-        with self.qdm.connect() as connection:
+        with held_connection.connect(self.qdm) as connection:
             return frozenset(r for (r,) in _CUSTOMER_ORDERS.all(connection, (customer,)))
