@@ -5,7 +5,7 @@ transaction (a `Connection` object, the pool's queue and weak references, checko
 and checkin events); on a SQLite file that costs more than the statements of a small
 transaction: 63 to 72 us of CPU for one insert and its commit, 26 us for the same on a
 connection held open; a read through `Engine.connect()` 18 to 21 us (bench/
-PROFILE-negotiation.md, round 6). A negotiation runs five transactions and three reads
+PROFILE-negotiation.md, round 6). A negotiation runs five transactions and two reads
 across its two nodes, all on the nodes' event-loop threads, one after another (a store
 call is synchronous: nothing awaits inside a transaction). So that thread keeps one
 `Connection` of its engine (`hold`) and runs its transactions (`begin`) and reads
@@ -24,7 +24,8 @@ call is synchronous: nothing awaits inside a transaction). So that thread keeps 
   way before each use, and replaced by a fresh checkout when the ping fails.
 - A connection that raised a database error (other than a unique key: the compare-and-
   set's lost race, which leaves it healthy) or was invalidated is given back to the pool
-  (which resets or discards it); the next use checks a fresh one out.
+  (which resets or discards it); the next use checks a fresh one out. So is one found
+  with a transaction left open, which the next caller would otherwise join.
 - `release` gives it back; the node releases it before its engine is disposed.
 """
 
@@ -51,7 +52,9 @@ class _Held:
 
     def take(self) -> Connection:
         connection = self.connection
-        if connection is not None and (connection.invalidated or connection.closed):
+        if connection is not None and (
+            connection.invalidated or connection.closed or connection.in_transaction()
+        ):  # (a transaction left open would be joined by the next caller: give it back)
             self.drop()
             connection = None
         if connection is not None and self.ping and not self._alive(connection):

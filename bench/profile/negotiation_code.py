@@ -7,7 +7,9 @@ negotiation and nothing else: the provider's ``handle_negotiation`` (decode, dec
 sign, store) behind a proto round trip, the consumer's loop of
 ``ContractClient._negotiate`` (store, decode, verify, countersign, store), each side on
 its own SQLite file in WAL mode with the node's pragmas. Each side keeps memos of its
-own (`connector.agreement_memo`), as two processes would. Prints the process CPU time
+own (`connector.agreement_memo`), as two processes would, and each side's transactions run
+on one held connection, as a node's event loop does (`connector.held_connection`; HOLD=0:
+through the pool, as before round 6). Prints the process CPU time
 per negotiation; run it on two trees alternately to compare them
 (bench/PROFILE-negotiation.md, round 3).
 

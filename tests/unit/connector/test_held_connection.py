@@ -118,6 +118,19 @@ def test_a_failed_transaction_writes_nothing_and_only_a_database_error_drops_the
     assert _checked_out(engine) == 1
 
 
+def test_a_transaction_left_open_on_the_held_connection_is_rolled_back_not_joined(
+    engine: Engine,
+) -> None:
+    with held_connection.connect(engine) as connection:
+        kept = connection
+    kept.begin()  # something left a transaction open on it
+    kept.execute(text("INSERT INTO held_probe VALUES (9)"))
+    with held_connection.begin(engine) as connection:
+        assert connection is not kept
+        connection.execute(text("INSERT INTO held_probe VALUES (10)"))
+    assert _keys(engine) == [10]
+
+
 def test_the_store_still_reports_a_concurrent_opening_on_the_held_connection(
     engine: Engine,
 ) -> None:
