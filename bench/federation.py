@@ -5,7 +5,7 @@ coordinator, Cellex and PolyCell), the real ``Federation`` gRPC service over mut
 TLS, and three member runners (``MemberRunner``) in this process whose "training"
 adds a fixed change to the global model, so the figure is the cost of the round
 itself: download and signature check, upload in chunks, secure aggregation
-(X25519, Shamir, ChaCha20 masks, certificate-checked signed adverts, dealer-signed
+(X25519, Shamir, AES-128-CTR masks, certificate-checked signed adverts, dealer-signed
 shares, the signed consistency round, unmasking), aggregation, signing and checkpoint.
 Each variant runs a job of ``--rounds`` rounds; the figure is the median time
 between consecutive global versions as a member sees them (rounds 2 onwards).

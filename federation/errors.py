@@ -30,6 +30,8 @@ class RefusalReason(StrEnum):
     NO_AGREEMENT = "no_agreement"
     BUSY = "busy"
     OUT_OF_RANGE = "out_of_range"
+    #: a secure-aggregation message of another wire protocol (``secagg_masks.PROTOCOL``)
+    WRONG_PROTOCOL = "wrong_protocol"
 
 
 class UpdateRefused(FederationError, ValueError):
@@ -60,6 +62,11 @@ class SecAggAbort(FederationError, RuntimeError):
 class RosterRefused(SecAggError):
     """A member refuses the coordinator's roster: an advert is unsigned, badly signed, or
     carries a key that is not the one certificate-bound to the member it names."""
+
+
+class ProtocolMismatch(RosterRefused):
+    """A key advert (or a coordinator's job status) names another secure-aggregation
+    wire protocol than this node's: its masks would not cancel against ours."""
 
 
 class InconsistentView(SecAggAbort):

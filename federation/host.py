@@ -41,6 +41,7 @@ from qdspace.federation.job_files import (
 from qdspace.federation.params import check_update, encoded_size, flatten, params_from_bytes
 from qdspace.federation.round_status import Phase, RoundRecord, RoundStatus, StatusView
 from qdspace.federation.rounds import Coordinator
+from qdspace.federation.secagg_masks import PROTOCOL
 from qdspace.federation.secagg_messages import (
     Confirmation,
     EncryptedShare,
@@ -184,6 +185,7 @@ class JobHost:
             job_digest=job.digest(),
             delta=None if job.dp is None else job.dp.delta,
             agreement_asset=job.agreement_asset,
+            secagg_protocol=PROTOCOL if job.secure_aggregation else "",
         )
 
     def model(self, version: int) -> Published:

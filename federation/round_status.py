@@ -80,6 +80,9 @@ class StatusView:
     #: The job's contract asset (``JobSpec.agreement_asset``): what a member must hold
     #: an agreement for before it may read the terms, status or models.
     agreement_asset: str | None = None
+    #: A secure job's secure-aggregation wire protocol (``secagg_masks.PROTOCOL``; empty
+    #: for a plain job and from a v1 coordinator): a member of another one does not join.
+    secagg_protocol: str = ""
 
     def __post_init__(self) -> None:
         """A status comes from a peer: every number must be finite and in range."""

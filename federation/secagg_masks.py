@@ -14,10 +14,20 @@ kept, nothing is signed, sent or stored.
 - ``pair_seed`` / ``self_seed``: the seed of the mask ``+/- PRG(X25519(s_u, s_v))``
   that members ``u`` and ``v`` share (both derive the same one), and of the member's
   self mask ``PRG(b)``.
-- ``Prg`` / ``MaskStreams`` / ``expand``: the PRG. Its output is ChaCha20 keystream
-  (``cryptography``) keyed by HKDF-SHA256 of the secret and bound to the job and
-  round, so masks never repeat across rounds. Masks are made in cache-sized blocks
-  because a round masks 50 MB vectors.
+- ``Prg`` / ``MaskStreams`` / ``expand``: the PRG. Its output is AES-128-CTR
+  keystream (``cryptography``, AES-NI) keyed by a 16-byte seed, HKDF-SHA256 of the
+  secret bound to the job and round, so masks never repeat across rounds. Masks are
+  made in cache-sized blocks because a round masks 50 MB vectors.
+
+``PROTOCOL`` names this arithmetic on the wire. Version 1 expanded 32-byte seeds with
+ChaCha20; version 2 (AES-128-CTR, about 2.5x faster here: 6.8 against 16.3 ms per
+46.8 MB, and a round expands about twelve such streams) makes different masks from
+the same secrets, so a v1 member in a v2 round would cancel nothing and the sum would
+be noise that still decodes. Nothing may mix them silently: the protocol is the
+domain of every signed secure-aggregation message (``DOMAIN``), each key advert
+names it (``KeyAdvert.protocol``, refused by the coordinator and by members when it
+is not this one), and the coordinator announces it in a secure job's status, which a
+member checks before it takes part.
 """
 
 from __future__ import annotations
@@ -29,7 +39,7 @@ from dataclasses import dataclass
 
 import numpy as np
 from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.ciphers import Cipher, algorithms
+from cryptography.hazmat.primitives.ciphers import Cipher, CipherContext, algorithms, modes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from nacl import bindings
 from numpy.typing import NDArray
@@ -37,7 +47,11 @@ from numpy.typing import NDArray
 from qdspace.federation.errors import SecAggError
 from qdspace.federation.params import Vector
 
-DOMAIN = b"qdspace-secagg-v1"
+#: The secure-aggregation wire protocol: v2 = AES-128-CTR masks from 16-byte seeds.
+PROTOCOL = "qdspace-secagg-v2"
+DOMAIN = PROTOCOL.encode()
+#: Bytes of a mask seed: the AES-128 key of its stream.
+SEED_BYTES = 16
 Ring = NDArray[np.uint32]
 _ZERO_NONCE = bytes(16)
 #: Ring elements per block when masking (1 MiB: the masks are made in cache).
@@ -116,7 +130,7 @@ class Quantizer:
 
 
 class Prg:
-    """Expands 32-byte seeds into ring vectors (ChaCha20 keystream), reusing its buffers.
+    """Expands seeds into ring vectors (AES-128-CTR keystream), reusing its buffers.
 
     A round expands several 50 MB masks; allocating fresh buffers for each costs more
     than the cipher, so one ``Prg`` keeps one output buffer and all share one
@@ -130,10 +144,20 @@ class Prg:
         self._out = np.empty(4 * length + 64, dtype=np.uint8)  # update_into wants a spare block
 
     def expand(self, seed: bytes) -> Ring:
-        encryptor = Cipher(algorithms.ChaCha20(seed, _ZERO_NONCE), mode=None).encryptor()
-        written = encryptor.update_into(self._zeros, self._out.data)
+        written = _keystream(seed).update_into(self._zeros, self._out.data)
         out: Ring = np.frombuffer(self._out, dtype="<u4", count=written // 4)
         return out
+
+
+def _keystream(seed: bytes) -> CipherContext:
+    """The mask stream of ``seed``: AES-128-CTR under the seed as key, counter from 0.
+
+    Every seed is used for one stream only (it is bound to the job, round, attempt and
+    pair or member), so a fixed initial counter is safe; a stream of 50 MB is 2^22
+    blocks, far below where the 128-bit counter could wrap."""
+    if len(seed) != SEED_BYTES:
+        raise SecAggError(f"a mask seed has {SEED_BYTES} bytes, got {len(seed)}")
+    return Cipher(algorithms.AES128(seed), modes.CTR(_ZERO_NONCE)).encryptor()
 
 
 _ZEROS: list[bytes] = []
@@ -151,7 +175,7 @@ def _zeros(size: int) -> bytes:
 class MaskStreams:
     """Adds (or subtracts) the PRG expansions of several seeds to a ring vector, block by block.
 
-    Each seed's ChaCha20 stream continues from block to block, so the result equals
+    Each seed's AES-128-CTR stream continues from block to block, so the result equals
     adding whole ``expand(seed, n)`` vectors; working in cache-sized blocks means the
     masks never exist as 50 MB arrays and the vector is read and written once.
     """
@@ -160,10 +184,7 @@ class MaskStreams:
         for _, sign in seeds:
             if sign not in (1, -1):
                 raise SecAggError(f"mask sign must be +1 or -1, got {sign}")
-        self._streams = [
-            (Cipher(algorithms.ChaCha20(seed, _ZERO_NONCE), mode=None).encryptor(), sign)
-            for seed, sign in seeds
-        ]
+        self._streams = [(_keystream(seed), sign) for seed, sign in seeds]
         self._zeros = memoryview(bytes(4 * BLOCK))
         self._out = np.empty(4 * BLOCK + 64, dtype=np.uint8)
 
@@ -223,12 +244,14 @@ def add_pieces(total: Ring, pieces: Sequence[bytes | memoryview], *, start: bool
 
 
 def expand(seed: bytes, length: int) -> Ring:
-    """``length`` pseudo-random ring elements: ChaCha20 keystream under a 32-byte seed."""
+    """``length`` pseudo-random ring elements: AES-128-CTR keystream under a 16-byte seed."""
     return Prg(length).expand(seed).copy()
 
 
 def _derive(secret: bytes, label: bytes, context: bytes) -> bytes:
-    hkdf = HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=DOMAIN + label + context)
+    hkdf = HKDF(
+        algorithm=hashes.SHA256(), length=SEED_BYTES, salt=None, info=DOMAIN + label + context
+    )
     return hkdf.derive(secret)
 
 

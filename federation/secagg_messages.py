@@ -47,12 +47,13 @@ from nacl.signing import VerifyKey
 
 from qdspace.federation.errors import (
     InconsistentView,
+    ProtocolMismatch,
     RosterRefused,
     SecAggAbort,
     SecAggError,
 )
 from qdspace.federation.params import Vector
-from qdspace.federation.secagg_masks import DOMAIN, Quantizer, Ring
+from qdspace.federation.secagg_masks import DOMAIN, PROTOCOL, Quantizer, Ring
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,7 +85,10 @@ class KeyAdvert:
 
     ``certificate`` is the member's certificate (DER) as issued by the data space's
     authority; the transport turns it into the Ed25519 key that must verify
-    ``signature`` (``federation`` itself never parses certificates).
+    ``signature`` (``federation`` itself never parses certificates). ``protocol`` names
+    the wire protocol the member masks with (``secagg_masks.PROTOCOL``; empty from a v1
+    member, which did not send it): an advert of another one is refused by name
+    (``check_protocol``) before its signature, which covers ``DOMAIN``, is checked.
     """
 
     member: str
@@ -93,6 +97,7 @@ class KeyAdvert:
     seed_commitment: bytes
     signature: bytes = b""
     certificate: bytes = b""
+    protocol: str = PROTOCOL
 
     def signed_bytes(self, context: bytes) -> bytes:
         body = [self.member, self.cipher_pk.hex(), self.mask_pk.hex(), self.seed_commitment.hex()]
@@ -258,8 +263,28 @@ def check_roster(
         verify_advert(advert, config, key)
 
 
+def protocol_mismatch(who: str, protocol: str) -> str | None:
+    """Why ``who``, speaking ``protocol``, cannot take part in our rounds (``None``: it can)."""
+    if protocol == PROTOCOL:
+        return None
+    named = repr(protocol[:64]) if protocol else "no protocol (a qdspace-secagg-v1 node)"
+    return (
+        f"{who} runs secure-aggregation protocol {named}, this node {PROTOCOL!r}: "
+        "their masks would not cancel, so it cannot take part"
+    )
+
+
+def check_protocol(advert: KeyAdvert) -> None:
+    """Refuse ``advert`` if it names another wire protocol than ours (``ProtocolMismatch``)."""
+    problem = protocol_mismatch(f"the key advert of {advert.member}", advert.protocol)
+    if problem is not None:
+        raise ProtocolMismatch(problem)
+
+
 def verify_advert(advert: KeyAdvert, config: SecAggConfig, key: VerifyKey) -> None:
-    """Check ``advert`` is signed by ``key`` (its member's certificate-bound key)."""
+    """Check ``advert`` is of our protocol and signed by ``key`` (its member's
+    certificate-bound key)."""
+    check_protocol(advert)
     if not advert.signature:
         raise RosterRefused(f"key advert of {advert.member} is not signed")
     try:

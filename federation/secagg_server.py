@@ -46,6 +46,7 @@ from qdspace.federation.secagg_messages import (
     SignedShare,
     UnmaskRequest,
     UnmaskResponse,
+    check_protocol,
     check_roster,
     roster_index,
     split_signed_bytes,
@@ -125,6 +126,10 @@ class SecAggServer:
         self._expect(Phase.ADVERTISE, advert.member, "key advert")
         if advert.member in self._adverts:
             raise UpdateRefused(RefusalReason.DUPLICATE, f"{advert.member} already advertised keys")
+        try:  # another protocol's masks would not cancel: refused by name, before anything
+            check_protocol(advert)
+        except SecAggError as exc:
+            raise UpdateRefused(RefusalReason.WRONG_PROTOCOL, str(exc)) from exc
         try:
             verify_advert(advert, self.config, key)
         except SecAggError as exc:

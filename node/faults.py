@@ -254,6 +254,7 @@ REFUSAL_GRPC: Mapping[str, str] = {
     "WRONG_JOB": "NOT_FOUND",
     "BUSY": "RESOURCE_EXHAUSTED",
     "OUT_OF_RANGE": "INVALID_ARGUMENT",
+    "WRONG_PROTOCOL": "FAILED_PRECONDITION",
 }
 
 #: a gRPC status name (a peer's refusal) -> HTTP status

@@ -38,6 +38,7 @@ from qdspace.federation.job import JobSpec
 from qdspace.federation.member import Trainer, plain_update, prepare_change, secagg_client
 from qdspace.federation.params import Params, Vector, flatten
 from qdspace.federation.round_status import Phase, StatusView
+from qdspace.federation.secagg_messages import protocol_mismatch
 from qdspace.federation.versions import AnchorCheck, ModelVersion, verify_version
 from qdspace.node.identity.certs import Trust
 from qdspace.node.rpc.federation_client import FederationClient, FederationRefused
@@ -132,6 +133,14 @@ class MemberRunner:
                 RefusalReason.NOT_A_MEMBER,
             )
         status = await self.client.status()
+        if job.secure_aggregation:  # a coordinator of another protocol: never take part
+            problem = protocol_mismatch(
+                f"coordinator {self.client.coordinator}", status.secagg_protocol
+            )
+            if problem is not None:
+                raise FederationRefused(
+                    problem, "FAILED_PRECONDITION", RefusalReason.WRONG_PROTOCOL
+                )
         result = self._result = MemberResult(status)
         while True:
             if self._version is None or status.version > self._version.version:
@@ -141,7 +150,7 @@ class MemberRunner:
             try:
                 await self._act(status)
             except FederationRefused as exc:
-                if exc.code == "PERMISSION_DENIED":
+                if exc.code == "PERMISSION_DENIED" or exc.reason is RefusalReason.WRONG_PROTOCOL:
                     raise
                 self._emit("refused", status.round, str(exc))
             except (SecAggError, SecAggAbort) as exc:  # we refuse what the coordinator relayed

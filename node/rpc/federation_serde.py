@@ -54,6 +54,7 @@ def status_to_proto(view: StatusView) -> pb.JobStatus:
         job_digest=view.job_digest,
         delta=view.delta if view.delta is not None else 0.0,
         agreement_asset=view.agreement_asset or "",
+        secagg_protocol=view.secagg_protocol,
     )
 
 
@@ -71,6 +72,7 @@ def status_from_proto(msg: pb.JobStatus) -> StatusView:
         job_digest=msg.job_digest,
         delta=msg.delta or None,
         agreement_asset=msg.agreement_asset or None,
+        secagg_protocol=msg.secagg_protocol,
     )
 
 
@@ -82,6 +84,7 @@ def advert_to_proto(advert: KeyAdvert) -> pb.KeyAdvert:
         seed_commitment=advert.seed_commitment,
         signature=advert.signature,
         certificate=advert.certificate,
+        protocol=advert.protocol,
     )
 
 
@@ -93,6 +96,7 @@ def advert_from_proto(msg: pb.KeyAdvert) -> KeyAdvert:
         msg.seed_commitment,
         msg.signature,
         msg.certificate,
+        msg.protocol,  # empty from a v1 member: refused by name, not as a bad signature
     )
 
 

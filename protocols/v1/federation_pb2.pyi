@@ -37,7 +37,7 @@ class RoundRecord(_message.Message):
     def __init__(self, round: _Optional[int] = ..., version: _Optional[int] = ..., members: _Optional[_Iterable[str]] = ..., bounded: _Optional[_Iterable[str]] = ..., has_epsilon: _Optional[bool] = ..., epsilon: _Optional[float] = ...) -> None: ...
 
 class JobStatus(_message.Message):
-    __slots__ = ("job_id", "round", "attempt", "phase", "deadline_in_s", "version", "detail", "rounds", "history", "job_digest", "delta", "agreement_asset")
+    __slots__ = ("job_id", "round", "attempt", "phase", "deadline_in_s", "version", "detail", "rounds", "history", "job_digest", "delta", "agreement_asset", "secagg_protocol")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     ROUND_FIELD_NUMBER: _ClassVar[int]
     ATTEMPT_FIELD_NUMBER: _ClassVar[int]
@@ -50,6 +50,7 @@ class JobStatus(_message.Message):
     JOB_DIGEST_FIELD_NUMBER: _ClassVar[int]
     DELTA_FIELD_NUMBER: _ClassVar[int]
     AGREEMENT_ASSET_FIELD_NUMBER: _ClassVar[int]
+    SECAGG_PROTOCOL_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     round: int
     attempt: int
@@ -62,7 +63,8 @@ class JobStatus(_message.Message):
     job_digest: bytes
     delta: float
     agreement_asset: str
-    def __init__(self, job_id: _Optional[str] = ..., round: _Optional[int] = ..., attempt: _Optional[int] = ..., phase: _Optional[str] = ..., deadline_in_s: _Optional[float] = ..., version: _Optional[int] = ..., detail: _Optional[str] = ..., rounds: _Optional[int] = ..., history: _Optional[_Iterable[_Union[RoundRecord, _Mapping]]] = ..., job_digest: _Optional[bytes] = ..., delta: _Optional[float] = ..., agreement_asset: _Optional[str] = ...) -> None: ...
+    secagg_protocol: str
+    def __init__(self, job_id: _Optional[str] = ..., round: _Optional[int] = ..., attempt: _Optional[int] = ..., phase: _Optional[str] = ..., deadline_in_s: _Optional[float] = ..., version: _Optional[int] = ..., detail: _Optional[str] = ..., rounds: _Optional[int] = ..., history: _Optional[_Iterable[_Union[RoundRecord, _Mapping]]] = ..., job_digest: _Optional[bytes] = ..., delta: _Optional[float] = ..., agreement_asset: _Optional[str] = ..., secagg_protocol: _Optional[str] = ...) -> None: ...
 
 class StatusRequest(_message.Message):
     __slots__ = ("job_id", "known_round", "known_attempt", "known_phase", "known_version", "wait_s")
@@ -173,20 +175,22 @@ class RoundRef(_message.Message):
     def __init__(self, job_id: _Optional[str] = ..., round: _Optional[int] = ..., attempt: _Optional[int] = ...) -> None: ...
 
 class KeyAdvert(_message.Message):
-    __slots__ = ("member", "cipher_pk", "mask_pk", "seed_commitment", "signature", "certificate")
+    __slots__ = ("member", "cipher_pk", "mask_pk", "seed_commitment", "signature", "certificate", "protocol")
     MEMBER_FIELD_NUMBER: _ClassVar[int]
     CIPHER_PK_FIELD_NUMBER: _ClassVar[int]
     MASK_PK_FIELD_NUMBER: _ClassVar[int]
     SEED_COMMITMENT_FIELD_NUMBER: _ClassVar[int]
     SIGNATURE_FIELD_NUMBER: _ClassVar[int]
     CERTIFICATE_FIELD_NUMBER: _ClassVar[int]
+    PROTOCOL_FIELD_NUMBER: _ClassVar[int]
     member: str
     cipher_pk: bytes
     mask_pk: bytes
     seed_commitment: bytes
     signature: bytes
     certificate: bytes
-    def __init__(self, member: _Optional[str] = ..., cipher_pk: _Optional[bytes] = ..., mask_pk: _Optional[bytes] = ..., seed_commitment: _Optional[bytes] = ..., signature: _Optional[bytes] = ..., certificate: _Optional[bytes] = ...) -> None: ...
+    protocol: str
+    def __init__(self, member: _Optional[str] = ..., cipher_pk: _Optional[bytes] = ..., mask_pk: _Optional[bytes] = ..., seed_commitment: _Optional[bytes] = ..., signature: _Optional[bytes] = ..., certificate: _Optional[bytes] = ..., protocol: _Optional[str] = ...) -> None: ...
 
 class AdvertiseRequest(_message.Message):
     __slots__ = ("ref", "advert")

@@ -14,6 +14,7 @@ import dataclasses
 import datetime as dt
 import hashlib
 import math
+import sys
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -30,13 +31,15 @@ from qdspace.federation.errors import RosterRefused
 from qdspace.federation.job import JobSpec
 from qdspace.federation.member import secagg_client
 from qdspace.federation.params import params_to_bytes
+from qdspace.federation.round_status import Phase
 from qdspace.node.identity.certs import load_cert, load_key
 from qdspace.node.identity.member import load_member_keys
 from qdspace.node.identity.revocation import RevocationList, member_revocations
 from qdspace.node.localnet.network import LocalNetwork
 from qdspace.node.rpc.client import open_channel
-from qdspace.node.rpc.federation_client import FederationClient
+from qdspace.node.rpc.federation_client import FederationClient, coordinator_key
 from qdspace.node.rpc.federation_keys import CertificateKeys
+from qdspace.node.rpc.federation_runner import MemberRunner
 from qdspace.node.rpc.federation_serde import advert_to_proto
 from qdspace.protocols.v1 import federation_pb2 as pb
 from qdspace.protocols.v1 import federation_pb2_grpc as pb_grpc
@@ -400,3 +403,56 @@ async def test_short_oversized_corrupt_and_nan_updates_are_refused_and_nothing_i
         assert view.round == 1
     finally:
         await channel.close()
+
+
+async def test_a_member_process_of_secagg_v1_is_refused_by_name_and_no_sum_is_made(
+    network: LocalNetwork,
+) -> None:
+    """v2 masks with AES-128-CTR, v1 with ChaCha20: a v1 member's masks would not cancel
+    and the sum would decode to noise. A real v1 member process (``v1_member.py``) is
+    refused at its key advert with ``wrong_protocol``, by name, and takes no part; the
+    round cannot reach its threshold without it, so every attempt aborts and the job
+    fails with no version published. The v2 member beside it runs as usual."""
+    job = terms("el-hostile-v1", members=("cellex", "polycell"), phase_timeout_s=3.0)
+    job = dataclasses.replace(job, secure_aggregation=True, threshold=2, update_clip=1.0)
+    await start(network, job)
+    v1 = await asyncio.create_subprocess_exec(
+        sys.executable,
+        str(Path(__file__).with_name("v1_member.py")),
+        "cellex",
+        str(network["cellex"].directory),
+        network[COORDINATOR].grpc_address,
+        job.job_id,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
+    keys = load_member_keys(network["polycell"].directory)
+    channel = open_channel(keys, network[COORDINATOR].grpc_address, COORDINATOR)
+    try:
+        runner = MemberRunner(
+            FederationClient(channel, COORDINATOR, job.job_id),
+            "polycell",
+            logreg.trainer(logreg.make_blobs(300, DIMS, CLASSES, seed=4), epochs=1, lr=0.2),
+            await coordinator_key(channel, COORDINATOR),
+            signing_key=keys.signing_key,
+            certificate=keys.cert,
+            ca_cert=keys.ca_cert,
+            poll_s=2.0,
+        )
+        result = await asyncio.wait_for(runner.run(), 120)
+    finally:
+        await channel.close()
+    out, _ = await asyncio.wait_for(v1.communicate(), 60)
+    printed = out.decode()
+    assert v1.returncode == 3, printed
+    assert (
+        "refused: coordinator sunarc: FAILED_PRECONDITION: wrong_protocol: the key advert "
+        "of cellex runs secure-aggregation protocol no protocol (a qdspace-secagg-v1 node), "
+        "this node 'qdspace-secagg-v2'"
+    ) in printed, printed
+    assert "event sent" not in printed, printed
+    assert result.status.phase is Phase.FAILED, result.status
+    assert "round 1 failed" in result.status.detail
+    assert result.status.version == 0 and result.status.history == ()
+    assert [v.version for v in result.versions] == [0] and result.contributed == []
+    assert result.status.secagg_protocol == "qdspace-secagg-v2"

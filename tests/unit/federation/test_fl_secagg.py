@@ -316,12 +316,12 @@ def test_single_masked_update_looks_uniformly_random() -> None:
 
 
 def test_blockwise_masks_equal_whole_expansions() -> None:
-    # Masks are made block by block (each seed's ChaCha20 stream continues across
+    # Masks are made block by block (each seed's AES-128-CTR stream continues across
     # blocks); the result must be exactly the whole-vector expansions added up.
     n = 2 * BLOCK + 12_345
     rng = np.random.default_rng(5)
     base = rng.integers(0, 2**32, n, dtype=np.uint32)
-    seeds = [(bytes([i]) * 32, sign) for i, sign in ((1, 1), (2, -1), (3, 1))]
+    seeds = [(bytes([i]) * 16, sign) for i, sign in ((1, 1), (2, -1), (3, 1))]
     expected = base.copy()
     for seed, sign in seeds:
         if sign > 0:
@@ -336,4 +336,4 @@ def test_blockwise_masks_equal_whole_expansions() -> None:
     scaled = np.clip(vec * np.float32(q.scale), -q.scale, q.scale)
     assert np.array_equal(q.encode(vec).view(np.int32), np.rint(scaled).astype(np.int32))
     with pytest.raises(SecAggError, match="sign"):
-        MaskStreams([(bytes(32), 2)])
+        MaskStreams([(bytes(16), 2)])
