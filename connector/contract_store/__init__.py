@@ -60,6 +60,7 @@ from qdspace.connector.contract_store.received import (
     ReceivedChange,
     ReceivedRow,
     ReceivedStore,
+    received_agreement_table,
     received_row_table,
 )
 from qdspace.connector.contract_store.transfers import TransferStore
@@ -89,6 +90,7 @@ __all__ = [
     "ReceivedRow",
     "StoredAgreement",
     "ensure_schema",
+    "received_agreement_table",
     "received_row_table",
 ]
 

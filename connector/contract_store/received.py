@@ -48,7 +48,9 @@ from qdspace.connector.contract_store.received_model import (
     MirrorResult,
     ReceivedChange,
     ReceivedRow,
+    agreement_no_of,
     change_table,
+    received_agreement_table,
     received_row_table,
     received_source_table,
 )
@@ -66,6 +68,7 @@ __all__ = [
     "ReceivedRow",
     "ReceivedStore",
     "change_table",
+    "received_agreement_table",
     "received_row_table",
 ]
 
@@ -207,7 +210,7 @@ class ReceivedStore(TableStore):
         the last row seen) and `limit`."""
         table = received_row_table
         statement = select(table).where(
-            table.c.agreement_id == agreement_id,
+            table.c.agreement_no == agreement_no_of(agreement_id),
             table.c.id > after_id,
             table.c.withdrawn == false(),
         )
@@ -239,7 +242,8 @@ class ReceivedStore(TableStore):
             .where(received_row_table.c.withdrawn == false())
         )
         if agreement_id is not None:
-            statement = statement.where(received_row_table.c.agreement_id == agreement_id)
+            number = agreement_no_of(agreement_id)
+            statement = statement.where(received_row_table.c.agreement_no == number)
         with self.engine.connect() as connection:
             return int(connection.execute(statement).scalar_one())
 
@@ -251,7 +255,8 @@ class ReceivedStore(TableStore):
         The returned `Deletion` covers exactly the records held (current versions;
         tombstones hold nothing), as a deletion receipt must."""
         table = received_row_table
-        where = and_(table.c.agreement_id == agreement_id, table.c.order_id == order_id)
+        number = agreement_no_of(agreement_id)
+        where = and_(table.c.agreement_no == number, table.c.order_id == order_id)
         held = and_(where, table.c.withdrawn == false())
         records = connection.execute(select(table).where(held).order_by(table.c.id)).all()
         payloads = self._payloads(connection, records, at) if records else []

@@ -17,21 +17,39 @@ from sqlalchemy import (
     BigInteger,
     Boolean,
     Column,
+    ColumnElement,
     Integer,
     LargeBinary,
     String,
     Table,
     UniqueConstraint,
     false,
+    select,
 )
 from sqlmodel.sql.sqltypes import UTCDateTime
 
 from qdspace.connector.contract_store.common import CONTRACT_METADATA, ID_LENGTH
 
+#: the agreements rows were received under, each by a small number of this node's own
+#: (`agreement_no`): the row index's unique key is (agreement number, record key), not
+#: (agreement id, record key), so an index entry is ~45 bytes instead of ~80, and a
+#: delivery's random record keys dirty fewer index pages (0012_received_agreement_no;
+#: bench/PROFILE-transfer.md, consumer store, round 6). A number is never reused: its
+#: row is never deleted, so a number once given stays that agreement's
+received_agreement_table = Table(
+    "contract_received_agreement",
+    CONTRACT_METADATA,
+    Column("agreement_no", Integer, primary_key=True),
+    Column("agreement_id", String(ID_LENGTH), nullable=False),
+    UniqueConstraint("agreement_id", name="uq_contract_received_agreement"),
+)
 received_row_table = Table(
     "contract_received_row",
     CONTRACT_METADATA,
     Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True),
+    # the agreement (its number in `contract_received_agreement`), the record's key
+    # within it: keys are the provider's choice and unique only per agreement
+    Column("agreement_no", Integer, nullable=False),
     Column("agreement_id", String(ID_LENGTH), nullable=False),
     Column("order_id", String(ID_LENGTH), nullable=False),
     Column("source_id", String(ID_LENGTH), nullable=False),
@@ -46,8 +64,19 @@ received_row_table = Table(
     # before pages, and tombstones, have none (their own nonce and ciphertext instead)
     Column("page_id", BigInteger, nullable=True),
     Column("slot", Integer, nullable=True),
-    UniqueConstraint("agreement_id", "record_key", name="uq_contract_received_record"),
+    UniqueConstraint("agreement_no", "record_key", name="uq_contract_received_record_no"),
 )
+
+
+def agreement_no_of(agreement_id: str) -> ColumnElement[int]:
+    """The number of an agreement in the row index, as a scalar subquery (NULL, which
+    matches no row, for an agreement nothing was received under): what a reader of the
+    rows of one agreement filters on, so that the unique index serves the look-up."""
+    table = received_agreement_table
+    found = select(table.c.agreement_no).where(table.c.agreement_id == agreement_id)
+    return found.scalar_subquery()
+
+
 #: where each source's deliveries stop (`last_received_seq`): the highest seq a delivery
 #: of that transfer or subscription brought, moved forward once per delivery (it used to
 #: be read from an index of every row by (source, seq): a B-tree insert per record)
@@ -60,6 +89,7 @@ received_source_table = Table(
 #: the columns a received record is written with (all but the surrogate id), in the order
 #: the write path builds its value tuples
 ROW_COLUMNS = (
+    "agreement_no",
     "agreement_id",
     "order_id",
     "source_id",

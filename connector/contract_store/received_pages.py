@@ -193,13 +193,14 @@ class Pages:
     def compact(
         self,
         connection: Connection,
-        agreement_id: str,
+        agreement_no: int,
         slot_keys: dict[int, list[str]],
         at: datetime,
     ) -> None:
         """Blank every slot of these pages just written (page id -> record key per slot)
         that no received row points at (the record was held already), and delete a
-        page left without a live slot."""
+        page left without a live slot. `agreement_no`: the pages' agreement's number in
+        the row index (`received_agreement_table`)."""
         rows = self._rows
         for page_id, keys in slot_keys.items():
             live: set[int] = set()
@@ -209,7 +210,7 @@ class Pages:
                     int(slot)
                     for slot in connection.scalars(
                         select(rows.c.slot).where(
-                            rows.c.agreement_id == agreement_id,
+                            rows.c.agreement_no == agreement_no,
                             rows.c.page_id == page_id,
                             rows.c.record_key.in_(unique[start : start + 500]),
                         )
@@ -254,11 +255,11 @@ class Pages:
 _REPLACE = ", ".join(
     f"{name} = excluded.{name}"
     for name in ROW_COLUMNS
-    if name not in ("agreement_id", "record_key")  # the conflict's own key
+    if name not in ("agreement_no", "agreement_id", "record_key")  # the conflict's own key
 )
 _COLUMNS = ", ".join(ROW_COLUMNS)
 _UPSERT = (
-    " ON CONFLICT (agreement_id, record_key) DO UPDATE SET "
+    " ON CONFLICT (agreement_no, record_key) DO UPDATE SET "
     f"{_REPLACE} WHERE contract_received_row.version < excluded.version"
 )
 # One statement per page, whatever its size: the slots' keys, seqs and versions go in
@@ -267,13 +268,13 @@ _UPSERT = (
 # version (the same rule as the row-wise upsert).
 _SQLITE_INDEX = (
     f"INSERT INTO contract_received_row ({_COLUMNS}) "
-    "SELECT ?, ?, ?, json_extract(value, '$[1]'), x'', x'', ?, json_extract(value, '$[0]'), "
+    "SELECT ?, ?, ?, ?, json_extract(value, '$[1]'), x'', x'', ?, json_extract(value, '$[0]'), "
     "json_extract(value, '$[2]'), 0, ?, key "
     f"FROM json_each(?) WHERE true{_UPSERT}"
 )
 _POSTGRES_INDEX = (
     f"INSERT INTO contract_received_row ({_COLUMNS}) "
-    "SELECT %s, %s, %s, u.seq, ''::bytea, ''::bytea, %s, u.key, u.version, false, %s, "
+    "SELECT %s, %s, %s, %s, u.seq, ''::bytea, ''::bytea, %s, u.key, u.version, false, %s, "
     "u.slot - 1 FROM unnest(%s::varchar[], %s::bigint[], %s::bigint[]) "
     f"WITH ORDINALITY AS u(key, seq, version, slot){_UPSERT}"
 )
@@ -283,18 +284,19 @@ _POSTGRES_INDEX = (
 # the document is a third of the size); seq = first + slot. Same rows, same upsert.
 _SQLITE_RUN = (
     f"INSERT INTO contract_received_row ({_COLUMNS}) "
-    "SELECT ?, ?, ?, ? + key, x'', x'', ?, value, ?, 0, ?, key "
+    "SELECT ?, ?, ?, ?, ? + key, x'', x'', ?, value, ?, 0, ?, key "
     f"FROM json_each(?) WHERE true{_UPSERT}"
 )
 _POSTGRES_RUN = (
     f"INSERT INTO contract_received_row ({_COLUMNS}) "
-    "SELECT %s, %s, %s, %s + u.slot - 1, ''::bytea, ''::bytea, %s, u.key, %s, false, %s, "
+    "SELECT %s, %s, %s, %s, %s + u.slot - 1, ''::bytea, ''::bytea, %s, u.key, %s, false, %s, "
     f"u.slot - 1 FROM unnest(%s::varchar[]) WITH ORDINALITY AS u(key, slot){_UPSERT}"
 )
 
 
 def index_page(
     connection: Connection,
+    agreement_no: int,
     place: tuple[str, str, str],
     received_at: Any,
     page_id: int,
@@ -303,8 +305,8 @@ def index_page(
     versions: list[int],
 ) -> int:
     """Upsert the row index of one page (slot i: `keys[i]`, `seqs[i]`, `versions[i]`;
-    keys unique); how many rows the database stored."""
-    agreement_id, order_id, source_id = place
+    keys unique) of the agreement numbered `agreement_no` (`place[0]`'s number in
+    `received_agreement_table`); how many rows the database stored."""
     sqlite = connection.dialect.name == "sqlite"
     first, version = seqs[0], versions[0]
     steps = range(first, first + len(seqs))
@@ -312,6 +314,7 @@ def index_page(
     if in_run and versions.count(version) == len(versions):
         if sqlite:
             run: tuple[Any, ...] = (
+                agreement_no,
                 *place,
                 first,
                 received_at,
@@ -320,13 +323,13 @@ def index_page(
                 orjson.dumps(keys),
             )
             return int(connection.exec_driver_sql(_SQLITE_RUN, run).rowcount)
-        run = (*place, first, received_at, version, page_id, keys)
+        run = (agreement_no, *place, first, received_at, version, page_id, keys)
         return int(connection.exec_driver_sql(_POSTGRES_RUN, run).rowcount)
     if sqlite:
         document = orjson.dumps(list(zip(keys, seqs, versions, strict=True)))
-        params: tuple[Any, ...] = (*place, received_at, page_id, document)
+        params: tuple[Any, ...] = (agreement_no, *place, received_at, page_id, document)
         return int(connection.exec_driver_sql(_SQLITE_INDEX, params).rowcount)
-    params = (agreement_id, order_id, source_id, received_at, page_id, keys, list(seqs), versions)
+    params = (agreement_no, *place, received_at, page_id, keys, list(seqs), versions)
     return int(connection.exec_driver_sql(_POSTGRES_INDEX, params).rowcount)
 
 

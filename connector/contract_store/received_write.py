@@ -19,6 +19,10 @@ then:
   slots a re-delivered copy, a replacement or a withdrawal leaves without a live record
   are blanked, or their page deleted, in the same transaction.
 
+The row index is keyed by (agreement number, record key): the agreement's number in
+`contract_received_agreement`, read once per delivery (0012_received_agreement_no: a
+smaller index entry per record than the agreement id's).
+
 Both routes are exact: the counts returned (`MirrorResult`) and what is held are the
 same as if every row had been looked up.
 """
@@ -31,7 +35,7 @@ from datetime import datetime
 from operator import itemgetter
 from typing import Any, NamedTuple
 
-from sqlalchemy import Connection, Engine, bindparam
+from sqlalchemy import Connection, Engine, bindparam, select
 
 from qdspace.connector.contract_errors import (
     ContractDenied,
@@ -47,6 +51,7 @@ from qdspace.connector.contract_store.received_model import (
     IncomingRun,
     MirrorResult,
     change_table,
+    received_agreement_table,
     received_row_table,
 )
 from qdspace.connector.contract_store.received_pages import Pages, index_page
@@ -54,7 +59,7 @@ from qdspace.connector.negotiation import Role
 from qdspace.connector.transfer_wire import Envelopes, RecordMeta, record_envelopes
 from qdspace.policies.evaluate import order_in_scope
 
-_REPLACED_COLUMNS = ROW_COLUMNS[1:]
+_REPLACED_COLUMNS = ROW_COLUMNS[2:]  # all but the agreement (number and id)
 _Held = tuple[int, bool, tuple[int, int] | None]  # version, withdrawn, (page, slot)
 # columns of a delivery, read in C (a named tuple)
 _SEQ, _ORDER, _PAYLOAD = itemgetter(0), itemgetter(1), itemgetter(2)  # of an IncomingRow
@@ -121,7 +126,7 @@ class MirrorWriter(TableStore):
             statement = self._upsert(table).values({name: bindparam(name) for name in ROW_COLUMNS})
             excluded = statement.excluded
             statement = statement.on_conflict_do_update(
-                index_elements=["agreement_id", "record_key"],
+                index_elements=["agreement_no", "record_key"],
                 set_={name: excluded[name] for name in _REPLACED_COLUMNS},
                 where=table.c.version < excluded.version,
             )
@@ -145,8 +150,25 @@ class MirrorWriter(TableStore):
                     f"agreement {agreement_id} does not cover order {order!r}: its rows are refused"
                 )
 
+    def _agreement_no(self, connection: Connection, agreement_id: str) -> int:
+        """The agreement's number in the row index (`received_agreement_table`), given
+        on its first delivery. Read in the delivery's transaction, never cached: a
+        number given in a transaction that rolls back may be given again, to another
+        agreement."""
+        table = received_agreement_table
+        find = select(table.c.agreement_no).where(table.c.agreement_id == agreement_id)
+        number = connection.execute(find).scalar()
+        if number is None:
+            connection.execute(
+                self._upsert(table)
+                .values(agreement_id=agreement_id)
+                .on_conflict_do_nothing(index_elements=["agreement_id"])
+            )
+            number = connection.execute(find).scalar_one()
+        return int(number)
+
     def _held(
-        self, connection: Connection, agreement_id: str, keys: Iterable[str]
+        self, connection: Connection, agreement_no: int, keys: Iterable[str]
     ) -> dict[str, _Held]:
         """record key -> (version, withdrawn, page id, slot) of the records of `keys`
         held now (one indexed lookup per chunk, in the driver's SQL)."""
@@ -157,10 +179,10 @@ class MirrorWriter(TableStore):
             chunk = unique[start : start + 500]
             sql = (
                 "SELECT record_key, version, withdrawn, page_id, slot FROM contract_received_row "
-                f"WHERE agreement_id = {mark} AND record_key IN ({', '.join([mark] * len(chunk))})"
+                f"WHERE agreement_no = {mark} AND record_key IN ({', '.join([mark] * len(chunk))})"
             )
             for key, version, withdrawn, page, slot in connection.exec_driver_sql(
-                sql, (agreement_id, *chunk)
+                sql, (agreement_no, *chunk)
             ):
                 where = None if page is None else (int(page), int(slot))
                 held[key] = (int(version), bool(withdrawn), where)
@@ -189,15 +211,16 @@ class MirrorWriter(TableStore):
         keys, versions, tombstones = envelopes
         last = max(seqs)  # where this source's deliveries stop now
         self._check_orders(connection, agreement_id, orders)
+        number = self._agreement_no(connection, agreement_id)
         if versions.count(1) == len(keys) and not tombstones:
             careful: set[str] = set()  # first versions only: the common delivery
             firsts = keys
         else:
             careful = {k for i, k in enumerate(keys) if versions[i] > 1 or i in tombstones}
             firsts = [key for key in keys if key not in careful]
-        if self._held(connection, agreement_id, firsts[:: max(1, len(firsts) // 8)]):
+        if self._held(connection, number, firsts[:: max(1, len(firsts) // 8)]):
             careful.update(firsts)  # a re-delivery, likely: cheaper to look up than to write
-        held = self._held(connection, agreement_id, careful) if careful else {}
+        held = self._held(connection, number, careful) if careful else {}
         stale: dict[int, set[int]] = {}  # page -> slots a replacement or withdrawal empties
         chosen: dict[str, int] = {}  # careful key -> the slot of its winner
         changes: list[dict[str, Any]] = []
@@ -239,7 +262,8 @@ class MirrorWriter(TableStore):
         picked += chosen.values()
         delivery = _Delivery(seqs, orders, payloads, envelopes)
         slots = None if whole else picked
-        stored, slot_keys = self._write(connection, agreement_id, source_id, delivery, slots, at)
+        place = (number, agreement_id, source_id)
+        stored, slot_keys = self._write(connection, place, delivery, slots, at)
         if not len(chosen) <= stored <= (len(keys) if whole else len(picked)):
             raise ContractStoreError(f"the database reported {stored} received rows stored")
         new = stored - len(chosen)  # the careful winners all apply: decided above
@@ -250,7 +274,7 @@ class MirrorWriter(TableStore):
                 gone = [p for p, keys in slot_keys.items() if chosen.keys().isdisjoint(keys)]
                 self._pages.delete(connection, gone)
                 slot_keys = {p: keys for p, keys in slot_keys.items() if p not in gone}
-            self._pages.compact(connection, agreement_id, slot_keys, at)
+            self._pages.compact(connection, number, slot_keys, at)
         if stale:
             self._pages.blank(connection, stale, at)
         if changes:
@@ -275,16 +299,18 @@ class MirrorWriter(TableStore):
     def _write(
         self,
         connection: Connection,
-        agreement_id: str,
-        source_id: str,
+        to: tuple[int, str, str],
         delivery: _Delivery,
         picked: list[int] | None,
         at: datetime,
     ) -> tuple[int, dict[int, list[str]]]:
         """Upsert the slots of `delivery` chosen (`picked`; None: all of them, none a
-        tombstone): the content of each order sealed in one page and its index rows
-        written by one statement, tombstones (no content) by another. Returns how many
-        rows the database stored and the record key of every slot of each page written."""
+        tombstone) into the copy held under an agreement (`to`: its number, its id, and
+        the delivery's source): the content of each order sealed in one page and its
+        index rows written by one statement, tombstones (no content) by another. Returns
+        how many rows the database stored and the record key of every slot of each page
+        written."""
+        number, agreement_id, source_id = to
         dialect = self.engine.dialect
         stamp = received_row_table.c.received_at.type.dialect_impl(dialect).bind_processor(dialect)
         received_at: Any = stamp(at) if stamp is not None else at
@@ -299,7 +325,8 @@ class MirrorWriter(TableStore):
                 if index in tombstones:
                     dead.append(  # in ROW_COLUMNS order
                         (
-                            *(agreement_id, orders[index], source_id, seqs[index], b"", b""),
+                            *(number, agreement_id, orders[index], source_id, seqs[index]),
+                            *(b"", b""),
                             *(received_at, keys[index], versions[index], True, None, None),
                         )
                     )
@@ -328,6 +355,6 @@ class MirrorWriter(TableStore):
             page = self._pages.insert(connection, cipher, place, page_seqs, page_payloads, at)
             slot_keys[page] = page_keys
             stored += index_page(
-                connection, place, received_at, page, page_keys, page_seqs, page_versions
+                connection, number, place, received_at, page, page_keys, page_seqs, page_versions
             )
         return stored, slot_keys

@@ -38,11 +38,12 @@ from qdspace.connector.contract_store import (
     OutboxMessage,
     ensure_schema,
     notices,
+    received_agreement_table,
     received_row_table,
 )
 from qdspace.connector.contract_store.agreements import AgreementStore
 from qdspace.connector.contract_store.data_keys import DataKeys, row_aad
-from qdspace.connector.contract_store.received_pages import Pages, index_page, received_page_table
+from qdspace.connector.contract_store.received_pages import Pages, received_page_table
 from qdspace.connector.negotiation import (
     Accepted,
     Agreement,
@@ -566,57 +567,6 @@ def test_a_page_index_keeps_any_record_key_whether_its_seqs_run_on_or_not(
     assert (store.last_received_seq("sub-1"), store.last_received_seq("sub-2")) == (14, 32)
 
 
-def test_rows_stored_under_0010_read_and_keep_their_cursor_after_0011(
-    bare_engine: Engine,
-) -> None:
-    """0011_received_cursor drops the (source, seq) index of received rows and keeps
-    each source's position in a row of its own: the migration fills it from the rows
-    held (own-ciphertext and paged alike), which read as before; later deliveries move
-    it forward, never back."""
-    engine = bare_engine
-    migrate(engine, "0010_sqlite_time_text")
-    store = ContractStore(engine, KEK)
-    finalized(store, Role.CONSUMER)
-    agr, keys = "agr-neg-1", DataKeys(engine, KEK)
-    old, paged = rec("k-old", verdict="pass"), [rec(f"k{i}") for i in range(3)]
-    with engine.begin() as connection:
-        cipher = keys.key_in(connection, agr, "ORD-1", True, at(1))
-        nonce = os.urandom(12)
-        sealed = cipher.encrypt(nonce, old, row_aad(agr, "ORD-1", "tx-0", 3))
-        connection.execute(
-            received_row_table.insert().values(
-                agreement_id=agr,
-                order_id="ORD-1",
-                source_id="tx-0",
-                seq=3,
-                nonce=nonce,
-                ciphertext=sealed,
-                received_at=at(1),
-                record_key="k-old",
-            )
-        )
-        place = (agr, "ORD-1", "sub-1")
-        page = Pages(keys, received_row_table).insert(
-            connection, cipher, place, [7, 9, 8], paged, at(2)
-        )
-        column = received_row_table.c.received_at.type.dialect_impl(engine.dialect)
-        process = column.bind_processor(engine.dialect)
-        stamp = process(at(2)) if process is not None else at(2)
-        assert index_page(connection, place, stamp, page, ["k0", "k1", "k2"], [7, 9, 8], [1] * 3)
-    migrate(engine)
-    assert "ix_contract_received_row_source" not in {
-        i["name"] for i in inspect(engine).get_indexes("contract_received_row")
-    }
-    assert (store.last_received_seq("tx-0"), store.last_received_seq("sub-1")) == (3, 9)
-    assert store.last_received_seq("sub-2") is None
-    assert sorted(r.payload for r in store.received_rows(agr)) == sorted([old, *paged])
-    # a delivery of copies only still moves its source on; an older one does not move it back
-    store.store_received_rows(agr, "sub-1", [IncomingRow(12, "ORD-1", paged[0])], at(3))
-    store.store_received_rows(agr, "sub-1", [IncomingRow(5, "ORD-1", rec("k5"))], at(3))
-    assert store.last_received_seq("sub-1") == 12
-    assert store.count_received(agr) == 5
-
-
 def test_rows_sealed_before_pages_are_read_replaced_and_erased(
     store: ContractStore, engine: Engine
 ) -> None:
@@ -629,7 +579,13 @@ def test_rows_sealed_before_pages_are_read_replaced_and_erased(
         cipher = keys.key_in(connection, agr, "ORD-1", True, at(1))
         nonce = os.urandom(12)
         sealed = cipher.encrypt(nonce, old, row_aad(agr, "ORD-1", "tx-0", 3))
+        number = connection.execute(
+            received_agreement_table.insert()
+            .values(agreement_id=agr)
+            .returning(received_agreement_table.c.agreement_no)
+        ).scalar_one()
         values = {"agreement_id": agr, "order_id": "ORD-1", "source_id": "tx-0", "seq": 3}
+        values |= {"agreement_no": number}
         connection.execute(
             received_row_table.insert().values(
                 **values, nonce=nonce, ciphertext=sealed, received_at=at(1), record_key="k-old"
