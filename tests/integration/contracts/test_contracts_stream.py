@@ -110,6 +110,7 @@ def test_live_records_arrive_in_scope_and_an_spc_rule_fires(space: Space) -> Non
             return (told, raised) if {a["alert_id"] for a in told} == ids else None
 
         told, raised = wait_for("the quality alerts at the supplier", alerts_told)
-    assert {a["rule"] for a in told} == rules == {a["rule"] for a in raised}
+    # the rules seen at the first alert are among them (more, e.g. CPK, may come later)
+    assert rules <= {a["rule"] for a in told} == {a["rule"] for a in raised}
     assert len(told) == len(raised)  # each once, though kept in its database
     assert json.dumps(told)  # plain JSON all the way
