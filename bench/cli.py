@@ -17,7 +17,7 @@ as a user runs it, timed from spawn to exit:
 path (e.g. the main branch), in the same run and under the same load.
 
     python bench/cli.py                      # 15 samples each
-    python bench/cli.py --quick              # 3 samples each (CI)
+    python bench/cli.py --quick              # 1 sample each, after a warm-up (CI)
     python bench/cli.py --before /work/main --out result.json
 """
 
@@ -113,11 +113,11 @@ def measure(runs: int, before: Path | None) -> dict[str, Any]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--runs", type=int, default=15, help="samples per command")
-    parser.add_argument("--quick", action="store_true", help="3 samples per command (CI)")
+    parser.add_argument("--quick", action="store_true", help="1 sample per command (CI)")
     parser.add_argument("--before", type=Path, help="another checkout to time the CLI of")
     parser.add_argument("--out", type=Path, help="write the figures as JSON here")
     args = parser.parse_args()
-    runs = 3 if args.quick else args.runs
+    runs = 1 if args.quick else args.runs
     figures = measure(runs, args.before.resolve() if args.before else None)
     results: dict[str, Any] = {
         "runs": runs,

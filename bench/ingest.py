@@ -293,7 +293,9 @@ def main() -> None:
         default=os.environ.get("QDSPACE_BENCH_PG_URL") or os.environ.get("QDSPACE_TEST_PG_URL"),
     )
     parser.add_argument("--out", help="write the figures as JSON here")
-    parser.add_argument("--quick", action="store_true", help="2,000 rows (CI)")
+    parser.add_argument(
+        "--quick", action="store_true", help="2,000 rows, one timed run a path (CI)"
+    )
     args = parser.parse_args()
     if args.quick:
         args.sizes = "2000"
@@ -326,7 +328,8 @@ def main() -> None:
             for label, fn in paths:
                 once(backend, args.pg_url, fn, rows[:WARM_UP])  # imports, caches, pool
                 CPU.clear()
-                rates = [once(backend, args.pg_url, fn, rows) for _ in range(repeats(n))]
+                runs = 1 if args.quick else repeats(n)  # --quick: every path, figures unjudged
+                rates = [once(backend, args.pg_url, fn, rows) for _ in range(runs)]
                 rate = statistics.median(rates)
                 key = f"ingest_{backend}_{n}_{label}"
                 figures[key] = round(rate, 1)

@@ -19,13 +19,16 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from nacl.signing import SigningKey
 
 from qdspace.ledger.anchorer import Anchorer, AnchorPolicy
-from qdspace.ledger.keys import ChainSigner
+from qdspace.ledger.deploy import fund_from_dev_account
+from qdspace.ledger.keys import ChainSigner, new_key_file
 from qdspace.ledger.passport import Passport, issue_passport
 from qdspace.ledger.proofs import InclusionProof
 from qdspace.ledger.queue import LeafQueue
+from qdspace.ledger.queue_schema import ensure_schema
 from qdspace.node.api.regulator import regulator_router
+from qdspace.util.ports import free_port
 
-from .conftest import ChainProcess
+from .conftest import ONE_ETH, ChainProcess, sqlite_engine
 
 pytestmark = pytest.mark.integration
 
@@ -49,6 +52,32 @@ def regulator(creds: Annotated[HTTPAuthorizationCredentials | None, Depends(bear
 
 @pytest.fixture
 def api(chain: ChainProcess, signer: ChainSigner, queue: LeafQueue) -> Iterator[httpx.Client]:
+    """The regulator API on a chain of this test's own (for a test that kills it)."""
+    with _api(chain, signer, queue) as http:
+        yield http
+
+
+@pytest.fixture(scope="module")
+def shared_api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[httpx.Client]:
+    """One regulator API, chain and anchored RECORDS for the tests that only read them:
+    a chain start, a funded key and the anchoring once instead of once each."""
+    tmp = tmp_path_factory.mktemp("regulator-shared")
+    chain = ChainProcess(tmp / "chain", free_port())
+    chain.start()
+    engine = sqlite_engine(tmp / "node.db")
+    try:
+        signer = new_key_file(tmp / "keys" / "chain.key")
+        fund_from_dev_account(chain.url, signer.address, ONE_ETH)
+        ensure_schema(engine)
+        with _api(chain, signer, LeafQueue(engine)) as http:
+            yield http
+    finally:
+        engine.dispose()
+        chain.stop()
+
+
+@contextmanager
+def _api(chain: ChainProcess, signer: ChainSigner, queue: LeafQueue) -> Iterator[httpx.Client]:
     anchorer = Anchorer(queue, chain.client(), signer, AnchorPolicy())
     for (kind, ref), record in RECORDS.items():
         anchorer.enqueue(kind, ref, record)
@@ -109,9 +138,9 @@ PROOF_ROUTES = [
 ]
 
 
-def test_each_kind_has_a_verified_proof(api: httpx.Client) -> None:
+def test_each_kind_has_a_verified_proof(shared_api: httpx.Client) -> None:
     for path, kind, ref in PROOF_ROUTES:
-        r = api.get(path)
+        r = shared_api.get(path)
         assert r.status_code == 200, (path, r.text)
         body = r.json()
         assert (body["kind"], body["ref_id"]) == (kind, ref)
@@ -122,7 +151,7 @@ def test_each_kind_has_a_verified_proof(api: httpx.Client) -> None:
         assert base64.b64decode(body["proof_binary_b64"]) == proof.to_bytes()
         assert body["tx_hash"].startswith("0x") and body["block_number"] >= 1
         # the proof handed out verifies again when posted back
-        again = api.post("/v1/regulator/verify", json=body["proof"])
+        again = shared_api.post("/v1/regulator/verify", json=body["proof"])
         assert again.status_code == 200 and again.json()["verdict"]["valid"] is True
 
 
@@ -156,11 +185,11 @@ def test_faults_are_clear_4xx(api: httpx.Client, chain: ChainProcess) -> None:
     assert r.status_code == 503 and "unreachable" in r.json()["detail"]
 
 
-def test_passport_endpoint_returns_a_verifiable_passport(api: httpx.Client) -> None:
-    r = api.get("/v1/regulator/passport")
+def test_passport_endpoint_returns_a_verifiable_passport(shared_api: httpx.Client) -> None:
+    r = shared_api.get("/v1/regulator/passport")
     assert r.status_code == 200, r.text
     doc = r.json()
     assert doc["activity"]["deletion_receipt"]["leaves"] == 1
-    verified = api.post("/v1/regulator/verify", json=doc)
+    verified = shared_api.post("/v1/regulator/verify", json=doc)
     assert verified.status_code == 200 and verified.json()["verdict"]["valid"] is True
-    assert api.get("/v1/regulator/passport?from_block=5&to_block=2").status_code == 422
+    assert shared_api.get("/v1/regulator/passport?from_block=5&to_block=2").status_code == 422

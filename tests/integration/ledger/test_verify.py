@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -11,16 +12,18 @@ from nacl.signing import SigningKey
 from typer.testing import CliRunner
 
 from qdspace.ledger.anchorer import Anchorer, AnchorPolicy
+from qdspace.ledger.deploy import fund_from_dev_account
 from qdspace.ledger.errors import DocumentFormatError
-from qdspace.ledger.keys import ChainSigner
+from qdspace.ledger.keys import ChainSigner, new_key_file
 from qdspace.ledger.passport import Passport, issue_passport, verify_passport
 from qdspace.ledger.proofs import build_proof, verify_proof
 from qdspace.ledger.queue import LeafQueue
 from qdspace.ledger.queue_schema import ensure_schema
 from qdspace.ledger.verify import verify_document
 from qdspace.node.cli.ledger import ledger_app
+from qdspace.util.ports import free_port
 
-from .conftest import ChainProcess
+from .conftest import ONE_ETH, ChainProcess, sqlite_engine
 
 pytestmark = pytest.mark.integration
 
@@ -40,8 +43,7 @@ class Anchored:
     anchorer: Anchorer
 
 
-@pytest.fixture
-def anchored(chain: ChainProcess, signer: ChainSigner, queue: LeafQueue) -> Anchored:
+def _anchor(chain: ChainProcess, signer: ChainSigner, queue: LeafQueue) -> Anchored:
     anchorer = Anchorer(queue, chain.client(), signer, AnchorPolicy(max_leaves=4))
     for (kind, ref), record in RECORDS.items():
         anchorer.enqueue(kind, ref, record)
@@ -49,40 +51,63 @@ def anchored(chain: ChainProcess, signer: ChainSigner, queue: LeafQueue) -> Anch
     return Anchored(chain, queue, signer, anchorer)
 
 
+@pytest.fixture
+def anchored(chain: ChainProcess, signer: ChainSigner, queue: LeafQueue) -> Anchored:
+    """RECORDS anchored on a chain of this test's own (for a test that anchors more)."""
+    return _anchor(chain, signer, queue)
+
+
+@pytest.fixture(scope="module")
+def shared(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Anchored]:
+    """RECORDS anchored once for the tests that only read the chain and the queue
+    (build proofs, verify them and their forgeries): one chain process for all of them
+    instead of one each (a chain start, a funded key, 3 anchoring transactions)."""
+    tmp = tmp_path_factory.mktemp("verify-shared")
+    chain = ChainProcess(tmp / "chain", free_port())
+    chain.start()
+    engine = sqlite_engine(tmp / "node.db")
+    try:
+        signer = new_key_file(tmp / "keys" / "chain.key")
+        fund_from_dev_account(chain.url, signer.address, ONE_ETH)
+        ensure_schema(engine)
+        yield _anchor(chain, signer, LeafQueue(engine))
+    finally:
+        engine.dispose()
+        chain.stop()
+
+
 def _cli(*args: str) -> tuple[int, str]:
     result = CliRunner().invoke(ledger_app, list(args))
     return result.exit_code, result.output
 
 
-def test_cli_verifies_a_proof_and_rejects_a_forged_record(
-    anchored: Anchored, tmp_path: Path
-) -> None:
+def test_cli_verifies_a_proof_and_rejects_a_forged_record(shared: Anchored, tmp_path: Path) -> None:
     proof = build_proof(
-        anchored.queue,
+        shared.queue,
         "agreement",
         "agr-sunarc-cellex-1",
         RECORDS[("agreement", "agr-sunarc-cellex-1")],
     )
     path = tmp_path / "proof.json"
     path.write_text(proof.to_json())
-    code, out = _cli("verify", str(path), "--rpc", anchored.chain.url)
+    code, out = _cli("verify", str(path), "--rpc", shared.chain.url)
     assert code == 0, out
     assert "VALID qdspace.inclusion-proof" in out
     forged = json.loads(path.read_text())
     forged["record_b64"] = "eyJvZmZlciI6ImVsLXZlcmRpY3RzIiwib3JkZXIiOiJQTy03OCJ9"
     path.write_text(json.dumps(forged))
-    code, out = _cli("verify", str(path), "--rpc", anchored.chain.url)
+    code, out = _cli("verify", str(path), "--rpc", shared.chain.url)
     assert code == 1 and "INVALID" in out and "record" in out
     path.write_text("{}")
-    code, out = _cli("verify", str(path), "--rpc", anchored.chain.url)
+    code, out = _cli("verify", str(path), "--rpc", shared.chain.url)
     assert code == 2 and "no 'type' field" in out
     # the binary spelling of the same proof verifies the same way
     binary = tmp_path / "proof.qdp"
     binary.write_bytes(proof.to_bytes())
-    code, out = _cli("verify", str(binary), "--rpc", anchored.chain.url)
+    code, out = _cli("verify", str(binary), "--rpc", shared.chain.url)
     assert code == 0 and "VALID qdspace.inclusion-proof" in out, out
     binary.write_bytes(proof.to_bytes()[:-1])
-    code, out = _cli("verify", str(binary), "--rpc", anchored.chain.url)
+    code, out = _cli("verify", str(binary), "--rpc", shared.chain.url)
     assert code == 2 and "malformed proof" in out
 
 
@@ -98,15 +123,15 @@ def _mutations(text: str) -> list[str]:
     return out
 
 
-def test_changing_any_byte_of_record_proof_or_root_fails(anchored: Anchored) -> None:
+def test_changing_any_byte_of_record_proof_or_root_fails(shared: Anchored) -> None:
     key = ("inspection", "EL-CX-005")
-    proof = build_proof(anchored.queue, *key, RECORDS[key])
+    proof = build_proof(shared.queue, *key, RECORDS[key])
     text = proof.to_json()
-    assert verify_document(text, anchored.chain.url)[1].valid
+    assert verify_document(text, shared.chain.url)[1].valid
     survivors = []
     for mutated in _mutations(text):
         try:
-            _, verdict = verify_document(mutated, anchored.chain.url)
+            _, verdict = verify_document(mutated, shared.chain.url)
         except DocumentFormatError:
             continue
         if verdict.valid:
@@ -114,16 +139,16 @@ def test_changing_any_byte_of_record_proof_or_root_fails(anchored: Anchored) -> 
     assert survivors == []
 
 
-def test_a_proof_naming_another_real_anchoring_transaction_fails(anchored: Anchored) -> None:
+def test_a_proof_naming_another_real_anchoring_transaction_fails(shared: Anchored) -> None:
     """Verification reads the root's record from the named transaction's receipt: a real
     transaction of ours that anchored another root (in its own block) confirms nothing."""
     mine = build_proof(
-        anchored.queue, "inspection", "EL-CX-005", RECORDS[("inspection", "EL-CX-005")]
+        shared.queue, "inspection", "EL-CX-005", RECORDS[("inspection", "EL-CX-005")]
     )
-    other = build_proof(anchored.queue, "agreement", "agr-sunarc-cellex-1",
+    other = build_proof(shared.queue, "agreement", "agr-sunarc-cellex-1",
                         RECORDS[("agreement", "agr-sunarc-cellex-1")])  # fmt: skip
     assert mine.tx_hash != other.tx_hash and mine.root != other.root
-    client = anchored.chain.client()
+    client = shared.chain.client()
     for swapped in (
         mine.model_copy(update={"tx_hash": other.tx_hash}),
         mine.model_copy(update={"tx_hash": other.tx_hash, "block_number": other.block_number}),
@@ -134,16 +159,16 @@ def test_a_proof_naming_another_real_anchoring_transaction_fails(anchored: Ancho
     assert verify_proof(mine, client).valid
 
 
-def test_changing_any_byte_of_a_binary_proof_fails(anchored: Anchored) -> None:
+def test_changing_any_byte_of_a_binary_proof_fails(shared: Anchored) -> None:
     key = ("agreement", "agr-sunarc-cellex-1")
-    data = build_proof(anchored.queue, *key, RECORDS[key]).to_bytes()
-    assert verify_document(data, anchored.chain.url)[1].valid
+    data = build_proof(shared.queue, *key, RECORDS[key]).to_bytes()
+    assert verify_document(data, shared.chain.url)[1].valid
     survivors = []
     for i in range(len(data)):
         for xor in (0x01, 0x80):
             mutated = data[:i] + bytes([data[i] ^ xor]) + data[i + 1 :]
             try:
-                _, verdict = verify_document(mutated, anchored.chain.url)
+                _, verdict = verify_document(mutated, shared.chain.url)
             except DocumentFormatError:
                 continue
             if verdict.valid:
@@ -151,7 +176,7 @@ def test_changing_any_byte_of_a_binary_proof_fails(anchored: Anchored) -> None:
     assert survivors == []
     for cut in (data[:-1], data + b"\x00", data[:40]):
         with pytest.raises(DocumentFormatError, match="malformed proof"):
-            verify_document(cut, anchored.chain.url)
+            verify_document(cut, shared.chain.url)
 
 
 def test_passport_verifies_and_catches_tampering_and_omissions(
