@@ -22,7 +22,7 @@ from cryptography.hazmat.primitives.ciphers import Cipher, CipherContext, algori
 from qdspace.federation import logreg, secagg_masks, secagg_messages
 from qdspace.federation.secagg_messages import KeyAdvert
 from qdspace.node.identity.member import load_member_keys
-from qdspace.node.rpc import federation_client, federation_runner
+from qdspace.node.rpc import federation_client, federation_runner, federation_serde
 from qdspace.node.rpc.client import open_channel
 from qdspace.node.rpc.federation_client import FederationClient, FederationRefused, coordinator_key
 from qdspace.node.rpc.federation_runner import MemberRunner
@@ -37,14 +37,10 @@ def _chacha20(seed: bytes) -> CipherContext:
 
 
 def _v1_advert(advert: KeyAdvert) -> pb.KeyAdvert:
-    return pb.KeyAdvert(
-        member=advert.member,
-        cipher_pk=advert.cipher_pk,
-        mask_pk=advert.mask_pk,
-        seed_commitment=advert.seed_commitment,
-        signature=advert.signature,
-        certificate=advert.certificate,
-    )
+    """The advert as a v1 node sends it: without the protocol field (v1 had none)."""
+    message = federation_serde.advert_to_proto(advert)
+    message.ClearField("protocol")
+    return message
 
 
 def speak_v1() -> None:

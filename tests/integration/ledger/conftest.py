@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -122,3 +123,21 @@ def queue(tmp_path: Path) -> Iterator[LeafQueue]:
     ensure_schema(engine)
     yield LeafQueue(engine)
     engine.dispose()
+
+
+@contextmanager
+def funded_chain(directory: Path) -> Iterator[tuple[ChainProcess, ChainSigner, LeafQueue]]:
+    """A chain process, a funded signer and a leaf queue under ``directory``: for a
+    module-scoped fixture of the tests that only read what was anchored (one chain start
+    and one funded key for all of them instead of one each)."""
+    chain = ChainProcess(directory / "chain", free_port())
+    chain.start()
+    engine = sqlite_engine(directory / "node.db")
+    try:
+        signer = new_key_file(directory / "keys" / "chain.key")
+        fund_from_dev_account(chain.url, signer.address, ONE_ETH)
+        ensure_schema(engine)
+        yield chain, signer, LeafQueue(engine)
+    finally:
+        engine.dispose()
+        chain.stop()

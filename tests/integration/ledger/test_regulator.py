@@ -19,16 +19,13 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from nacl.signing import SigningKey
 
 from qdspace.ledger.anchorer import Anchorer, AnchorPolicy
-from qdspace.ledger.deploy import fund_from_dev_account
-from qdspace.ledger.keys import ChainSigner, new_key_file
+from qdspace.ledger.keys import ChainSigner
 from qdspace.ledger.passport import Passport, issue_passport
 from qdspace.ledger.proofs import InclusionProof
 from qdspace.ledger.queue import LeafQueue
-from qdspace.ledger.queue_schema import ensure_schema
 from qdspace.node.api.regulator import regulator_router
-from qdspace.util.ports import free_port
 
-from .conftest import ONE_ETH, ChainProcess, sqlite_engine
+from .conftest import ChainProcess, funded_chain
 
 pytestmark = pytest.mark.integration
 
@@ -61,19 +58,11 @@ def api(chain: ChainProcess, signer: ChainSigner, queue: LeafQueue) -> Iterator[
 def shared_api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[httpx.Client]:
     """One regulator API, chain and anchored RECORDS for the tests that only read them:
     a chain start, a funded key and the anchoring once instead of once each."""
-    tmp = tmp_path_factory.mktemp("regulator-shared")
-    chain = ChainProcess(tmp / "chain", free_port())
-    chain.start()
-    engine = sqlite_engine(tmp / "node.db")
-    try:
-        signer = new_key_file(tmp / "keys" / "chain.key")
-        fund_from_dev_account(chain.url, signer.address, ONE_ETH)
-        ensure_schema(engine)
-        with _api(chain, signer, LeafQueue(engine)) as http:
-            yield http
-    finally:
-        engine.dispose()
-        chain.stop()
+    with (
+        funded_chain(tmp_path_factory.mktemp("regulator-shared")) as (chain, signer, queue),
+        _api(chain, signer, queue) as http,
+    ):
+        yield http
 
 
 @contextmanager

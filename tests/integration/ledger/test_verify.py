@@ -21,9 +21,8 @@ from qdspace.ledger.queue import LeafQueue
 from qdspace.ledger.queue_schema import ensure_schema
 from qdspace.ledger.verify import verify_document
 from qdspace.node.cli.ledger import ledger_app
-from qdspace.util.ports import free_port
 
-from .conftest import ONE_ETH, ChainProcess, sqlite_engine
+from .conftest import ChainProcess, funded_chain, sqlite_engine
 
 pytestmark = pytest.mark.integration
 
@@ -62,18 +61,8 @@ def shared(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Anchored]:
     """RECORDS anchored once for the tests that only read the chain and the queue
     (build proofs, verify them and their forgeries): one chain process for all of them
     instead of one each (a chain start, a funded key, 3 anchoring transactions)."""
-    tmp = tmp_path_factory.mktemp("verify-shared")
-    chain = ChainProcess(tmp / "chain", free_port())
-    chain.start()
-    engine = sqlite_engine(tmp / "node.db")
-    try:
-        signer = new_key_file(tmp / "keys" / "chain.key")
-        fund_from_dev_account(chain.url, signer.address, ONE_ETH)
-        ensure_schema(engine)
-        yield _anchor(chain, signer, LeafQueue(engine))
-    finally:
-        engine.dispose()
-        chain.stop()
+    with funded_chain(tmp_path_factory.mktemp("verify-shared")) as (chain, signer, queue):
+        yield _anchor(chain, signer, queue)
 
 
 def _cli(*args: str) -> tuple[int, str]:
@@ -237,10 +226,6 @@ def test_a_root_another_member_anchored_first_is_not_in_our_passport(
     """Both parties of a closed quality case anchor the same closure record: one leaf, so
     one root. The second finds it anchored and adopts it (its proof is good), but its
     passport must not claim the first one's anchoring, or the chain contradicts it."""
-    from qdspace.ledger.deploy import fund_from_dev_account
-    from qdspace.ledger.keys import new_key_file
-
-    from .conftest import sqlite_engine
 
     closure = ("quality_case", "sunarc-0123456789ab:qc-1", b'{"state":"CLOSED"}')
     first = Anchorer(queue, chain.client(), signer, AnchorPolicy(max_leaves=4))
