@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 
 from sqlalchemy import Connection, Engine
 from sqlalchemy.exc import DBAPIError, IntegrityError
@@ -120,41 +120,29 @@ def _free(engine: Engine) -> _Held | None:
     return None if found is None or found.busy else found
 
 
-@contextmanager
-def begin(engine: Engine) -> Iterator[Connection]:
+def begin(engine: Engine) -> AbstractContextManager[Connection]:
     """`engine.begin()`: one transaction, committed at the end, rolled back on an error."""
-    held = _free(engine)
-    if held is None:
-        with engine.begin() as connection:
-            yield connection
-        return
-    connection = held.take()
-    try:
-        with connection.begin():
-            yield connection
-    except BaseException as error:
-        held.spoilt_by(connection, error)
-        raise
-    finally:
-        held.busy = False
+    return _transaction(engine, commit=True)
+
+
+def connect(engine: Engine) -> AbstractContextManager[Connection]:
+    """`engine.connect()` for reads: whatever the block began is rolled back at its end."""
+    return _transaction(engine, commit=False)
 
 
 @contextmanager
-def connect(engine: Engine) -> Iterator[Connection]:
-    """`engine.connect()` for reads: whatever the block began is rolled back at its end."""
+def _transaction(engine: Engine, *, commit: bool) -> Iterator[Connection]:
     held = _free(engine)
     if held is None:
-        with engine.connect() as connection:
+        with engine.begin() if commit else engine.connect() as connection:
             yield connection
         return
     connection = held.take()
     try:
-        transaction = connection.begin()
-        try:
+        with connection.begin() as transaction:  # rolled back on an error
             yield connection
-        finally:
-            if transaction.is_active and not connection.invalidated:
-                transaction.rollback()
+            if not commit and transaction.is_active and not connection.invalidated:
+                transaction.rollback()  # a read keeps nothing it began
     except BaseException as error:
         held.spoilt_by(connection, error)
         raise
