@@ -46,9 +46,13 @@ demo: $(VENV)/.demo-installed
 	@$(MAKE) --no-print-directory bytecode
 	$(VENV)/bin/qdspace demo
 
+# Two pytest-xdist workers: run serially the suite keeps one core of two busy; how the
+# tests are grouped is in tests/conftest.py. `make test TEST_WORKERS=1` runs it serially.
+TEST_WORKERS ?= 2
+
 test: $(VENV)/.test-installed
 	@$(MAKE) --no-print-directory bytecode
-	$(PY) -m pytest -q -ra
+	$(PY) -m pytest -q -ra $(if $(filter 1,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadscope --no-loadscope-reorder)
 
 lint: $(VENV)/.test-installed
 	$(VENV)/bin/ruff check .

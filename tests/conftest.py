@@ -1,4 +1,6 @@
-"""The two databases every store's unit tests run on: a SQLite file, and PostgreSQL.
+"""What every folder of the suite shares: the two databases, and how two workers split it.
+
+The two databases every store's unit tests run on: a SQLite file, and PostgreSQL.
 
 Each store is tested on both backends (CONVENTIONS 5). On PostgreSQL a test gets a schema
 of its own on the server ``QDSPACE_TEST_PG_URL`` names, dropped when the test ends, so
@@ -12,6 +14,18 @@ store from a URL (``tests/integration/connector/conftest.py``), a hosted tenant 
 one on its command line (``tests/integration/host/test_host_postgresql.py``). They and
 ``postgres_schema`` share one way to make and drop a schema, `fresh_pg_schema`, handed out
 by the fixture of that name (a session fixture, so module-scoped fixtures can use it too).
+
+``make test`` runs the suite on two pytest-xdist workers (``-n 2``, scheduled by
+``pytest_xdist_make_scheduler`` below): run one after another, the tests kept one core of
+two busy (0.54 of the machine's CPU time over 28 minutes, measured), as most of them wait
+on node processes they start. Each test file goes to one worker whole, so its module
+fixtures (a network of nodes, a chain, the demo) are set up once; a folder whose tests
+share something of the machine goes to one worker whole too: the inspection tier's local
+Ray (``integration/inference``). Each quick bench is a group of its own, as they share
+nothing. Groups that run for minutes (files marked ``slow``) are handed out first, then
+the other integration files, then the unit tests, so no long group starts last while the
+other worker idles (``--no-loadscope-reorder`` keeps this order; xdist's own puts the
+groups with the most tests first).
 """
 
 from __future__ import annotations
@@ -20,11 +34,52 @@ import os
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, ExitStack, contextmanager
+from typing import Any
 
 import pytest
 from sqlalchemy import Engine, create_engine, text
 
 PG_URL = os.environ.get("QDSPACE_TEST_PG_URL")
+
+#: folders whose tests go to one worker together, and why (see the module docstring)
+SHARED_FOLDERS = {"tests/integration/inference": "the inspection tier's local Ray"}
+#: files whose tests share no fixture: each test is a group of its own
+SPLIT_FILES = {"tests/integration/test_bench_quick.py"}
+
+
+def _group(nodeid: str) -> str:
+    """The group a test belongs to, from its node id (all the scheduler sees)."""
+    path = nodeid.split("::", 1)[0]
+    for folder in SHARED_FOLDERS:
+        if path.startswith(folder + "/"):
+            return folder
+    return nodeid if path in SPLIT_FILES else path
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    """xdist's scheduler by scope, with our groups as the scopes (xdist 3.8's own
+    ``loadgroup`` marks do nothing on pytest 9: it renames the node ids in a way pytest 9
+    no longer reads)."""
+    from xdist.scheduler import LoadScopeScheduling
+
+    class GroupScheduling(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return _group(nodeid)
+
+    return GroupScheduling(config, log)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """On an xdist worker: groups with a slow test first, then integration, then unit."""
+    if "PYTEST_XDIST_WORKER" not in os.environ:
+        return
+    rank: dict[str, int] = {}
+    for item in items:
+        kind = 0 if item.get_closest_marker("slow") else 1 if "integration" in item.keywords else 2
+        group = _group(item.nodeid)
+        rank[group] = min(rank.get(group, kind), kind)
+    items.sort(key=lambda item: rank[_group(item.nodeid)])
 
 
 @pytest.fixture(

@@ -166,7 +166,7 @@ def _bent_requests() -> list[tuple[str, Policy]]:
     base = ask(orders=MINE, fields=OFFERED)
     out = []
     for left in SCOPE_OPERANDS:
-        for operator in ALLOWED_OPERATORS[left]:
+        for operator in sorted(ALLOWED_OPERATORS[left]):
             try:
                 bent = _bend(base, left, operator, _right_for(left, operator))  # type: ignore[arg-type]
             except PolicySyntaxError:
