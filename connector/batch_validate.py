@@ -16,7 +16,9 @@ field (and the caller adds the file and line). So no value is accepted here that
 `parse_row` would refuse, and every refusal reads as before; the unit tests hold the
 two against each other on hostile inputs. Kinds without a column spec (measurement and
 environment, whose values go through unit conversion across columns) are validated
-row by row through `parse_row` in the same batch structure.
+row by row through `parse_row` in the same batch structure. The rules a column is checked
+by are in `connector.column_rules`; here each kind names its columns' rules, checks
+across columns, and turns a batch into rows and errors.
 """
 
 from __future__ import annotations
@@ -24,224 +26,18 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from itertools import repeat
-from math import isfinite
-from operator import attrgetter, methodcaller
 from typing import Any
 
+from qdspace.connector import column_rules as col
 from qdspace.connector.bulk_insert_texts import decimal_texts, utc_texts
 from qdspace.connector.dictionary import DataDictionary
-from qdspace.connector.errors import DictionaryError
 from qdspace.connector.field_parsers import FieldError
 from qdspace.connector.row_template import FIELDS
 from qdspace.connector.validate import parse_row
 
-#: a column loop's verdict on one value: "this row needs the row validator"
-BAD: Any = object()
-
-#: distinct code spellings remembered per column (a hostile file cannot grow it further)
-MEMO_LIMIT = 4096
-
-_INF = float("inf")
-#: not (yet) in a code column's memo
-_UNSEEN: Any = object()
-_NINF = float("-inf")
-
-
-# -- the column rules: list of raw values -> list of canonical values (or BAD) ------------
-#
-# Each rule first tries the whole column at once with C-level passes (``map``, ``all``,
-# ``max``, one ``join``); a column with anything unusual in it (a non-string, an empty
-# value where one is required, a value out of bounds) takes the per-value loop, which
-# marks exactly the values it cannot accept.
-
-
-def _all_str(values: list[Any]) -> bool:
-    return set(map(type, values)) == {str}
-
-
-def _per_value(values: list[Any], required: bool, accept: Callable[[str], Any]) -> list[Any]:
-    """The per-value loop every rule falls back to: a string is stripped and, when
-    something is left, judged by ``accept`` (its canonical value, or BAD); an empty or
-    absent value is None, or BAD where the field is required; any other type is BAD."""
-    out: list[Any] = []
-    append = out.append
-    for v in values:
-        if v.__class__ is str:
-            s = v.strip()
-            if s:
-                append(accept(s))
-                continue
-        elif v is not None:
-            append(BAD)
-            continue
-        append(BAD if required else None)
-    return out
-
-
-def _text(required: bool, max_len: int) -> Callable[[list[Any]], list[Any]]:
-    def rule(values: list[Any]) -> list[Any]:
-        if values and _all_str(values):
-            stripped = list(map(str.strip, values))
-            if max(map(len, stripped)) <= max_len and "\x00" not in "".join(stripped):
-                if all(stripped):
-                    return stripped
-                if not required:
-                    return [s or None for s in stripped]
-        elif not required and values.count(None) == len(values):
-            return list(values)
-        return slow(values)
-
-    def accept(s: str) -> Any:
-        return s if len(s) <= max_len and "\x00" not in s else BAD
-
-    def slow(values: list[Any]) -> list[Any]:
-        return _per_value(values, required, accept)
-
-    return rule
-
-
-class _Number:
-    """A finite decimal number within bounds -> float. A class rather than a closure so
-    that the batch can tell its number columns (see `decimal_texts`)."""
-
-    def __init__(self, required: bool, minimum: float | None = None, maximum: float | None = None):
-        self.required = required
-        self.low = _NINF if minimum is None else minimum
-        self.high = _INF if maximum is None else maximum
-
-    def __call__(self, values: list[Any]) -> list[Any]:
-        if values and _all_str(values):
-            try:
-                floats = list(map(float, map(str.strip, values)))
-            except ValueError:
-                return self.slow(values)
-            if all(map(isfinite, floats)) and self.low <= min(floats) and max(floats) <= self.high:
-                return floats
-        elif not self.required and values.count(None) == len(values):
-            return list(values)
-        return self.slow(values)
-
-    def accept(self, s: str) -> Any:
-        try:
-            f = float(s)
-        except ValueError:
-            return BAD
-        # NaN fails both comparisons; inf and -inf fail one of them
-        return f if self.low <= f <= self.high and _NINF < f < _INF else BAD
-
-    def slow(self, values: list[Any]) -> list[Any]:
-        return _per_value(values, self.required, self.accept)
-
-
-def _number(
-    required: bool, minimum: float | None = None, maximum: float | None = None
-) -> Callable[[list[Any]], list[Any]]:
-    return _Number(required, minimum, maximum)
-
-
-_IN_UTC = methodcaller("astimezone", UTC)
-_ZONE = attrgetter("tzinfo")
-
-
-class _Timestamp:
-    """An aware ISO 8601 time -> the same instant in UTC. A class rather than a closure so
-    that the batch can tell its time columns (see `utc_texts`)."""
-
-    def __init__(self, required: bool):
-        self.required = required
-
-    def __call__(self, values: list[Any]) -> list[Any]:
-        if values and _all_str(values):
-            try:
-                times = list(map(datetime.fromisoformat, map(str.strip, values)))
-            except ValueError:
-                return self.slow(values)
-            zones = set(map(_ZONE, times))
-            if len(zones) == 1 and next(iter(zones)) is UTC:
-                return times  # already in UTC (``Z`` or ``+00:00``): no copy per value
-            if None not in zones:
-                return list(map(_IN_UTC, times))
-        return self.slow(values)
-
-    def slow(self, values: list[Any]) -> list[Any]:
-        return _per_value(values, self.required, _one_time)
-
-
-def _one_time(s: str) -> Any:
-    try:
-        t = datetime.fromisoformat(s)
-    except ValueError:
-        return BAD
-    return BAD if t.tzinfo is None else t.astimezone(UTC)
-
-
-def _timestamp(required: bool) -> Callable[[list[Any]], list[Any]]:
-    return _Timestamp(required)
-
-
-def _code(d: DataDictionary, element: str, required: bool) -> Callable[[list[Any]], list[Any]]:
-    memo: dict[str, Any] = {}
-
-    def lookup(s: str) -> Any:
-        found = memo.get(s)
-        if found is None:
-            try:
-                found = d.code(element, s)
-            except DictionaryError:
-                found = BAD
-            if len(memo) < MEMO_LIMIT:
-                memo[s] = found
-        return found
-
-    if not required:
-        memo[""] = None  # empty: absent
-
-    def rule(values: list[Any]) -> list[Any]:
-        if values and _all_str(values):
-            stripped = list(map(str.strip, values))
-            if all(stripped) or not required:
-                # every spelling met before (the common case): one C-level pass
-                found = list(map(memo.get, stripped, repeat(_UNSEEN)))
-                if _UNSEEN not in found:
-                    return found
-                return [lookup(s) if s else None for s in stripped]
-        elif not required and values.count(None) == len(values):
-            return list(values)
-        return _per_value(values, required, lookup)
-
-    return rule
-
-
-def _matching(
-    pattern: re.Pattern[str], max_len: int, *, lower: bool = False, no_at: bool = False
-) -> Callable[[list[Any]], list[Any]]:
-    """Text that must match ``pattern`` (optional when ``required`` is False)."""
-    plain = _text(False, max_len)
-
-    def rule(values: list[Any]) -> list[Any]:
-        out = plain(values)
-        if out and _all_str(out):  # no value absent, none refused
-            if lower:
-                out = list(map(str.lower, out))
-            if all(map(pattern.match, out)) and not (no_at and "@" in "".join(out)):
-                return out
-        for i, s in enumerate(out):
-            if s is None or s is BAD:
-                continue
-            if lower:
-                s = out[i] = s.lower()
-            if not pattern.match(s) or (no_at and "@" in s):
-                out[i] = BAD
-        return out
-
-    return rule
-
-
 # -- per-kind specs ------------------------------------------------------------------------
 
-Rule = Callable[[list[Any]], list[Any]]
 #: after the columns: fill defaults and check across columns for the whole batch; a row
 #: whose check fails is marked not ok (it goes back to the row validator)
 Finish = Callable[[dict[str, list[Any]], list[bool]], None]
@@ -252,7 +48,7 @@ _PSEUDONYM = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{2,63}$")
 
 @dataclass(frozen=True)
 class KindSpec:
-    rules: dict[str, Rule]
+    rules: dict[str, col.Rule]
     finish: Finish | None = None
 
 
@@ -298,106 +94,87 @@ def _specs(d: DataDictionary) -> dict[str, KindSpec]:
     return {
         "inspection": KindSpec(
             {
-                "inspection_id": _text(True, 96),
-                "station": _text(True, 64),
-                "inspected_at": _timestamp(True),
-                "verdict": _code(d, "verdict", True),
-                "defect_class": _code(d, "defect_class", False),
-                "score": _number(False, 0.0, 1.0),
-                "model_version": _text(False, 80),
-                "image_hash": _matching(_HEX, 64, lower=True),
-                "frame_id": _text(False, 96),
-                "latency_ms": _number(False, 0.0),
-                "order_id": _text(False, 64),
-                "serial": _text(False, 64),
-                "batch_id": _text(False, 64),
+                "inspection_id": col.text(True, 96),
+                "station": col.text(True, 64),
+                "inspected_at": col.timestamp(True),
+                "verdict": col.code(d, "verdict", True),
+                "defect_class": col.code(d, "defect_class", False),
+                "score": col.number(False, 0.0, 1.0),
+                "model_version": col.text(False, 80),
+                "image_hash": col.matching(_HEX, 64, lower=True),
+                "frame_id": col.text(False, 96),
+                "latency_ms": col.number(False, 0.0),
+                "order_id": col.text(False, 64),
+                "serial": col.text(False, 64),
+                "batch_id": col.text(False, 64),
             },
             _inspection_finish,
         ),
         "product": KindSpec(
             {
-                "serial": _text(True, 64),
-                "product_type": _text(True, 64),
-                "order_id": _text(False, 64),
-                "batch_id": _text(False, 64),
-                "made_at": _timestamp(True),
+                "serial": col.text(True, 64),
+                "product_type": col.text(True, 64),
+                "order_id": col.text(False, 64),
+                "batch_id": col.text(False, 64),
+                "made_at": col.timestamp(True),
             }
         ),
         "batch": KindSpec(
             {
-                "batch_id": _text(True, 64),
-                "material": _text(True, 128),
-                "kind": _code(d, "batch_kind", True),
-                "producer": _text(True, 64),
-                "quantity": _number(True, 0.0),
-                "made_at": _timestamp(True),
-                "customer": _text(False, 64),
-                "order_id": _text(False, 64),
+                "batch_id": col.text(True, 64),
+                "material": col.text(True, 128),
+                "kind": col.code(d, "batch_kind", True),
+                "producer": col.text(True, 64),
+                "quantity": col.number(True, 0.0),
+                "made_at": col.timestamp(True),
+                "customer": col.text(False, 64),
+                "order_id": col.text(False, 64),
             }
         ),
         "genealogy": KindSpec(
             {
-                "child_batch_id": _text(True, 64),
-                "parent_batch_id": _text(True, 64),
-                "quantity_used": _number(False, 0.0),
+                "child_batch_id": col.text(True, 64),
+                "parent_batch_id": col.text(True, 64),
+                "quantity_used": col.number(False, 0.0),
             },
             _genealogy_finish,
         ),
         "operator_log": KindSpec(
             {
-                "operator_id": _required(_matching(_PSEUDONYM, 64, no_at=True)),
-                "logged_at": _timestamp(True),
-                "action": _text(True, 64),
-                "station": _text(False, 64),
-                "order_id": _text(False, 64),
-                "batch_id": _text(False, 64),
-                "note": _text(False, 500),
+                "operator_id": col.not_absent(col.matching(_PSEUDONYM, 64, no_at=True)),
+                "logged_at": col.timestamp(True),
+                "action": col.text(True, 64),
+                "station": col.text(False, 64),
+                "order_id": col.text(False, 64),
+                "batch_id": col.text(False, 64),
+                "note": col.text(False, 500),
             }
         ),
         "calibration": KindSpec(
             {
-                "certificate_id": _text(True, 64),
-                "equipment": _text(True, 64),
-                "valid_from": _timestamp(True),
-                "valid_until": _timestamp(True),
-                "result": _code(d, "calibration_result", False),
-                "issuer": _text(False, 128),
+                "certificate_id": col.text(True, 64),
+                "equipment": col.text(True, 64),
+                "valid_from": col.timestamp(True),
+                "valid_until": col.timestamp(True),
+                "result": col.code(d, "calibration_result", False),
+                "issuer": col.text(False, 128),
             },
             _calibration_finish,
         ),
         "order": KindSpec(
             {
-                "order_id": _text(True, 64),
-                "customer": _text(True, 64),
-                "supplier": _text(True, 64),
-                "product": _text(True, 128),
-                "quantity": _integer_min1,
-                "status": _code(d, "order_status", False),
-                "opened_at": _timestamp(True),
-                "closed_at": _timestamp(False),
+                "order_id": col.text(True, 64),
+                "customer": col.text(True, 64),
+                "supplier": col.text(True, 64),
+                "product": col.text(True, 128),
+                "quantity": col.integer_min1,
+                "status": col.code(d, "order_status", False),
+                "opened_at": col.timestamp(True),
+                "closed_at": col.timestamp(False),
             },
             _order_finish,
         ),
     }
-
-
-def _required(rule: Rule) -> Rule:
-    def required(values: list[Any]) -> list[Any]:
-        return [BAD if v is None else v for v in rule(values)]
-
-    return required
-
-
-def _positive_integer(s: str) -> Any:
-    try:
-        n = int(s)
-    except ValueError:
-        return BAD
-    return n if n >= 1 else BAD
-
-
-def _integer_min1(values: list[Any]) -> list[Any]:
-    return _per_value(values, True, _positive_integer)
 
 
 # -- the batch -----------------------------------------------------------------------------
@@ -478,9 +255,9 @@ class BatchValidator:
             finish = spec.finish
             ok = [True] * len(rows)
             for values in computed.values():
-                if BAD in values:  # one C-level scan; the loop only for a column with one
+                if col.BAD in values:  # one C-level scan; the loop only for a column with one
                     for j, v in enumerate(values):
-                        if v is BAD:
+                        if v is col.BAD:
                             ok[j] = False
             if finish is not None:
                 finish(computed, ok)
@@ -488,11 +265,11 @@ class BatchValidator:
                 result.column_values = [computed[c] for c in self.columns]
                 for i, c in enumerate(self.columns):
                     rule = spec.rules[c]
-                    if isinstance(rule, _Timestamp):
+                    if isinstance(rule, col.Timestamp):
                         texts = utc_texts(delivered[c])
                         if texts is not None:
                             result.time_texts[i] = texts
-                    elif self.number_texts and isinstance(rule, _Number):
+                    elif self.number_texts and isinstance(rule, col.Number):
                         texts = decimal_texts(delivered[c])
                         if texts is not None:
                             result.number_texts[i] = texts

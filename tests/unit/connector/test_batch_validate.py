@@ -16,8 +16,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from qdspace.connector.batch_validate import BAD, BatchValidator
+from qdspace.connector.batch_validate import BatchValidator
 from qdspace.connector.bulk_insert import BulkInserter, insert_columns
+from qdspace.connector.column_rules import BAD
 from qdspace.connector.dictionary import default_dictionary
 from qdspace.connector.field_parsers import FieldError
 from qdspace.connector.qdm import TABLES
