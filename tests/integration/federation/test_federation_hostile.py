@@ -4,7 +4,10 @@ Each refusal here comes from the coordinator node SunArc: callers outside a job,
 regulator, members without an agreement in force, a member speaking in another's
 name or presenting another's certificate, a second upload stream while one is in
 flight, and long polls with nonsense waits. The certificate check a member runs on
-the roster is exercised on the network's real certificates.
+the roster is exercised on the network's real certificates. The last tests put the
+other side on trial: a real member process of secure-aggregation v1, refused by the
+coordinator, and a real coordinator process announcing another protocol (``PolyCell``,
+restarted as ``v1_coordinator.py``), refused by a member before it sends anything.
 """
 
 from __future__ import annotations
@@ -14,6 +17,8 @@ import dataclasses
 import datetime as dt
 import hashlib
 import math
+import re
+import subprocess
 import sys
 import time
 from collections.abc import Awaitable, Callable
@@ -27,7 +32,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from qdspace.federation import logreg
-from qdspace.federation.errors import RosterRefused
+from qdspace.federation.errors import RefusalReason, RosterRefused
 from qdspace.federation.job import JobSpec
 from qdspace.federation.member import secagg_client
 from qdspace.federation.params import params_to_bytes
@@ -37,7 +42,11 @@ from qdspace.node.identity.member import load_member_keys
 from qdspace.node.identity.revocation import RevocationList, member_revocations
 from qdspace.node.localnet.network import LocalNetwork
 from qdspace.node.rpc.client import open_channel
-from qdspace.node.rpc.federation_client import FederationClient, coordinator_key
+from qdspace.node.rpc.federation_client import (
+    FederationClient,
+    FederationRefused,
+    coordinator_key,
+)
 from qdspace.node.rpc.federation_keys import CertificateKeys
 from qdspace.node.rpc.federation_runner import MemberRunner
 from qdspace.node.rpc.federation_serde import advert_to_proto
@@ -456,3 +465,78 @@ async def test_a_member_process_of_secagg_v1_is_refused_by_name_and_no_sum_is_ma
     assert result.status.version == 0 and result.status.history == ()
     assert [v.version for v in result.versions] == [0] and result.contributed == []
     assert result.status.secagg_protocol == "qdspace-secagg-v2"
+
+
+@pytest.mark.parametrize(
+    "announced", ["", "qdspace-secagg-v9" + "x" * 4000], ids=["v1-no-field", "unknown-4k"]
+)
+async def test_members_refuse_a_coordinator_of_another_secagg_protocol(
+    network: LocalNetwork, announced: str
+) -> None:
+    """The other direction of the v1 test above: a real coordinator process whose secure
+    job announces another wire protocol (none, as v1 coordinators send; or an unknown
+    one, 4 KB long) is refused by a v2 member on reading the job's status, by name and in
+    a bounded message, before the member downloads a model or advertises a key: the
+    coordinator's log shows only the member's Hello, GetJob and GetStatus."""
+    polycell = network["polycell"]
+    network.stop(["polycell"])
+    log = polycell.log_path.open("ab")
+    seen_from = polycell.log_path.stat().st_size
+    script = str(Path(__file__).with_name("v1_coordinator.py"))
+    polycell.process = subprocess.Popen(
+        [sys.executable, script, str(polycell.directory), announced],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env=network.env,
+        start_new_session=True,
+    )
+    log.close()
+    try:
+        network.wait_ready("polycell")
+        job = terms(
+            f"el-hostile-coordinator-{len(announced)}",
+            coordinator="polycell",
+            members=("cellex", "sunarc"),
+        )
+        job = dataclasses.replace(job, secure_aggregation=True, threshold=2, update_clip=1.0)
+        own = load_member_keys(polycell.directory)
+        channel = open_channel(own, polycell.grpc_address, "polycell")
+        try:
+            initial = logreg.init_params(DIMS, CLASSES)
+            await FederationClient(channel, "polycell", job.job_id).start_job(job, initial)
+        finally:
+            await channel.close()
+        keys = load_member_keys(network["cellex"].directory)
+        channel = open_channel(keys, polycell.grpc_address, "polycell")
+        try:
+            runner = MemberRunner(
+                FederationClient(channel, "polycell", job.job_id),
+                "cellex",
+                logreg.trainer(logreg.make_blobs(300, DIMS, CLASSES, seed=5), epochs=1, lr=0.2),
+                await coordinator_key(channel, "polycell"),
+                signing_key=keys.signing_key,
+                certificate=keys.cert,
+                ca_cert=keys.ca_cert,
+                poll_s=2.0,
+            )
+            with pytest.raises(FederationRefused) as refusal:
+                await asyncio.wait_for(runner.run(), 60)
+        finally:
+            await channel.close()
+    finally:
+        network.stop(["polycell"])
+        network.start(["polycell"])
+    named = repr(announced[:64]) if announced else "no protocol (a qdspace-secagg-v1 node)"
+    assert refusal.value.reason is RefusalReason.WRONG_PROTOCOL
+    assert refusal.value.code == "FAILED_PRECONDITION"
+    message = str(refusal.value)
+    assert message.startswith(
+        f"coordinator polycell runs secure-aggregation protocol {named}, "
+        "this node 'qdspace-secagg-v2'"
+    ), message
+    assert len(message) < 300
+    with polycell.log_path.open("rb") as read:
+        read.seek(seen_from)
+        served = read.read().decode(errors="replace")
+    called = set(re.findall(r"grpc /qdspace\.v1\.(\w+/\w+) peer=cellex", served))
+    assert called == {"Node/Hello", "Federation/GetJob", "Federation/GetStatus"}, served[-3000:]
