@@ -118,7 +118,8 @@ def params_to_bytes(params: Sequence[NDArray[np.generic]]) -> bytes:
     return bytes(encode_vector(flatten(params), shapes_of(params)))
 
 
-#: Bytes encoded and then hashed at a time by ``encode_vector`` (fits in L2 cache).
+#: Bytes hashed at a time by ``encode_vector_chunks``, right after they are written
+#: (fits in L2 cache, so the 50 MB are read from memory once).
 _HASH_PIECE = 256 * 1024
 
 
@@ -132,29 +133,16 @@ def _flat_of(vector: NDArray[np.generic], shapes: Shapes) -> NDArray[np.float32]
     return flat
 
 
-def encode_vector(
-    vector: NDArray[np.generic], shapes: Shapes, *, hasher: Hasher | None = None
-) -> memoryview:
+def encode_vector(vector: NDArray[np.generic], shapes: Shapes) -> memoryview:
     """``params_to_bytes`` of the model whose flat parameter vector is ``vector``, in one copy.
 
     The result is a fresh buffer; ``body_of`` gives the float32 body back as a view.
-    ``hasher`` (e.g. ``hashlib.sha256()``) is fed the result a cache-sized piece at a
-    time, right after each piece is written, so the 50 MB are read from memory once.
     """
     flat = _flat_of(vector, shapes)
     header = _header(shapes)
     out = np.empty(len(header) + 4 * flat.size, dtype=np.uint8)
     out[: len(header)] = np.frombuffer(header, dtype=np.uint8)
-    if hasher is None:
-        out[len(header) :].view("<f4")[:] = flat
-        return out.data
-    hasher.update(header)
-    body = out[len(header) :].view("<f4")
-    step = _HASH_PIECE // 4
-    for start in range(0, flat.size, step):
-        piece = body[start : start + step]
-        piece[:] = flat[start : start + step]
-        hasher.update(piece.data.cast("B"))
+    out[len(header) :].view("<f4")[:] = flat
     return out.data
 
 

@@ -102,15 +102,6 @@ def test_a_corrupt_byte_past_the_first_piece_is_caught() -> None:
         bad.finish()
 
 
-def test_encoding_while_hashing_gives_the_same_bytes_and_digest() -> None:
-    shapes = ((300_001,), (7, 3))
-    vector = np.random.default_rng(2).normal(0, 1, 300_022).astype(np.float32)
-    hasher = hashlib.sha256()
-    streamed = bytes(encode_vector(vector, shapes, hasher=hasher))
-    assert streamed == bytes(encode_vector(vector, shapes))
-    assert hasher.digest() == hashlib.sha256(streamed).digest()
-
-
 @pytest.mark.parametrize("chunk_bytes", [10, 1000, 65_536, 1_200_200, 2_000_000])
 def test_a_version_encoded_into_its_download_messages_is_the_canonical_bytes(
     chunk_bytes: int,
