@@ -50,6 +50,7 @@ from qdspace.node.rpc.federation_client import (
 from qdspace.node.rpc.federation_keys import CertificateKeys
 from qdspace.node.rpc.federation_runner import MemberRunner
 from qdspace.node.rpc.federation_serde import advert_to_proto
+from qdspace.node.runtime.federation_member import MemberResult
 from qdspace.protocols.v1 import federation_pb2 as pb
 from qdspace.protocols.v1 import federation_pb2_grpc as pb_grpc
 
@@ -76,12 +77,36 @@ def terms(job_id: str, **overrides: Any) -> JobSpec:
 
 
 async def start(network: LocalNetwork, job: JobSpec) -> None:
-    keys = load_member_keys(network[COORDINATOR].directory)
-    channel = open_channel(keys, network[COORDINATOR].grpc_address, COORDINATOR)
+    """``job`` started by its coordinator's own operator."""
+    coordinator = network[job.coordinator]
+    keys = load_member_keys(coordinator.directory)
+    channel = open_channel(keys, coordinator.grpc_address, job.coordinator)
     try:
-        await FederationClient(channel, COORDINATOR, job.job_id).start_job(
+        await FederationClient(channel, job.coordinator, job.job_id).start_job(
             job, logreg.init_params(DIMS, CLASSES)
         )
+    finally:
+        await channel.close()
+
+
+async def run_member(
+    network: LocalNetwork, member: str, job: JobSpec, seed: int, timeout: float
+) -> MemberResult:
+    """``member`` takes part in ``job`` as a node's runner does, on data of its own."""
+    keys = load_member_keys(network[member].directory)
+    channel = open_channel(keys, network[job.coordinator].grpc_address, job.coordinator)
+    try:
+        runner = MemberRunner(
+            FederationClient(channel, job.coordinator, job.job_id),
+            member,
+            logreg.trainer(logreg.make_blobs(300, DIMS, CLASSES, seed=seed), epochs=1, lr=0.2),
+            await coordinator_key(channel, job.coordinator),
+            signing_key=keys.signing_key,
+            certificate=keys.cert,
+            ca_cert=keys.ca_cert,
+            poll_s=2.0,
+        )
+        return await asyncio.wait_for(runner.run(), timeout)
     finally:
         await channel.close()
 
@@ -435,22 +460,7 @@ async def test_a_member_process_of_secagg_v1_is_refused_by_name_and_no_sum_is_ma
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.STDOUT,
     )
-    keys = load_member_keys(network["polycell"].directory)
-    channel = open_channel(keys, network[COORDINATOR].grpc_address, COORDINATOR)
-    try:
-        runner = MemberRunner(
-            FederationClient(channel, COORDINATOR, job.job_id),
-            "polycell",
-            logreg.trainer(logreg.make_blobs(300, DIMS, CLASSES, seed=4), epochs=1, lr=0.2),
-            await coordinator_key(channel, COORDINATOR),
-            signing_key=keys.signing_key,
-            certificate=keys.cert,
-            ca_cert=keys.ca_cert,
-            poll_s=2.0,
-        )
-        result = await asyncio.wait_for(runner.run(), 120)
-    finally:
-        await channel.close()
+    result = await run_member(network, "polycell", job, seed=4, timeout=120)
     out, _ = await asyncio.wait_for(v1.communicate(), 60)
     printed = out.decode()
     assert v1.returncode == 3, printed
@@ -499,30 +509,9 @@ async def test_members_refuse_a_coordinator_of_another_secagg_protocol(
             members=("cellex", "sunarc"),
         )
         job = dataclasses.replace(job, secure_aggregation=True, threshold=2, update_clip=1.0)
-        own = load_member_keys(polycell.directory)
-        channel = open_channel(own, polycell.grpc_address, "polycell")
-        try:
-            initial = logreg.init_params(DIMS, CLASSES)
-            await FederationClient(channel, "polycell", job.job_id).start_job(job, initial)
-        finally:
-            await channel.close()
-        keys = load_member_keys(network["cellex"].directory)
-        channel = open_channel(keys, polycell.grpc_address, "polycell")
-        try:
-            runner = MemberRunner(
-                FederationClient(channel, "polycell", job.job_id),
-                "cellex",
-                logreg.trainer(logreg.make_blobs(300, DIMS, CLASSES, seed=5), epochs=1, lr=0.2),
-                await coordinator_key(channel, "polycell"),
-                signing_key=keys.signing_key,
-                certificate=keys.cert,
-                ca_cert=keys.ca_cert,
-                poll_s=2.0,
-            )
-            with pytest.raises(FederationRefused) as refusal:
-                await asyncio.wait_for(runner.run(), 60)
-        finally:
-            await channel.close()
+        await start(network, job)
+        with pytest.raises(FederationRefused) as refusal:
+            await run_member(network, "cellex", job, seed=5, timeout=60)
     finally:
         network.stop(["polycell"])
         network.start(["polycell"])

@@ -116,9 +116,10 @@ def test_frames_sent_together_share_one_trip_and_its_fate(on_first: InspectionTi
     assert asyncio.run(_judge_all(on_first, [good]))[0].error is None
 
 
-def _line(
-    tier: InspectionTier, cells: ElImages, db: Path, run_id: str, max_in_flight: int
-) -> InspectionLine:
+def _line(tier: InspectionTier, cells: ElImages, db: Path, run_id: str) -> InspectionLine:
+    """Two stations at 60 fps, half the cells each. Every frame may be in flight at once:
+    these tests are about storing verdicts and swapping versions, and skipping frames
+    when the judge is held up on a loaded machine is the line's own rule (``test_line``)."""
     store = open_store(f"sqlite:///{db}")
     halves = [cells.subset(range(0, 60)), cells.subset(range(60, 120))]
     stations = [
@@ -129,7 +130,7 @@ def _line(
         tier.judge(),
         ingest_sink(store.ingest_rows),
         stations,
-        LineConfig(run_id=run_id, max_in_flight=max_in_flight),
+        LineConfig(run_id=run_id, max_in_flight=len(cells)),
     )
 
 
@@ -143,8 +144,7 @@ def test_two_stations_store_every_verdict(
     on_first: InspectionTier, cells: ElImages, tmp_path: Path
 ) -> None:
     db = tmp_path / "node.db"
-    # every frame may be in flight: skipping under load is the line's rule (test_line)
-    final = _line(on_first, cells, db, "it1", max_in_flight=len(cells)).run(seconds=60)
+    final = _line(on_first, cells, db, "it1").run(seconds=60)
     assert final.stored == 120 == len(_versions(db))
     assert set(_versions(db)) == {on_first.version}
     assert final.alarms == {}
@@ -162,7 +162,7 @@ def test_hot_swap_under_load_drops_nothing(
     """
     db = tmp_path / "node.db"
     old = on_first.version
-    line = _line(on_first, cells, db, "it2", max_in_flight=len(cells))
+    line = _line(on_first, cells, db, "it2")
     line.start()
     while line.snapshot().stored < 30:
         threading.Event().wait(0.01)
