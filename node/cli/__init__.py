@@ -332,7 +332,12 @@ def demo_stop(
 
 
 def main() -> None:
-    app()
+    """The ``qdspace`` script: only the command the call names is built (`dispatch`)."""
+    import sys
+
+    from qdspace.node.cli.dispatch import command_for
+
+    command_for(app, sys.argv[1:])(prog_name="qdspace")
 
 
 if __name__ == "__main__":

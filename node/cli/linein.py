@@ -9,15 +9,17 @@ libraries (asyncua, paho-mqtt, watchdog: the ``connect`` extra) load only here.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import signal
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Annotated, Any, Protocol
+from typing import TYPE_CHECKING, Annotated, Any, Protocol
 
 import typer
 from rich.console import Console
+
+if TYPE_CHECKING:  # asyncio (~30 ms) only when a connector runs: every command imports this
+    import asyncio
 
 from qdspace.node.cli.errors import clean_errors, fail
 
@@ -67,6 +69,7 @@ def _connect(directory: Path, config: Path, model: Any, log_level: str, factory:
 
 def _until_signal(run: Callable[[asyncio.Event], Awaitable[None]]) -> None:
     """Run the coroutine factory ``run(stop)`` until SIGINT/SIGTERM sets ``stop``."""
+    import asyncio
 
     async def main() -> None:
         stop = asyncio.Event()

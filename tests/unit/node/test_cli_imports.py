@@ -47,8 +47,9 @@ HEAVY_NODE = (
 PROBE = """
 import json, sys
 from qdspace.node.cli import app
-try:
-    app(sys.argv[1:], prog_name="qdspace")
+from qdspace.node.cli.dispatch import command_for
+try:  # as the script runs it (`main`): only the command named is built
+    command_for(app, sys.argv[1:])(sys.argv[1:], prog_name="qdspace")
 except SystemExit as done:
     code = done.code
 print(json.dumps({"code": code, "modules": sorted(sys.modules)}))
