@@ -85,7 +85,7 @@ class Problems:
 def raw(row: Mapping[str, Any], name: str) -> Any:
     value = row.get(name)
     if isinstance(value, str):
-        value = value.strip()
+        value = str.strip(value)  # a str subclass too: its text, not its own methods
         if not value:
             return None
     return value
@@ -95,6 +95,10 @@ def text(
     p: Problems, row: Mapping[str, Any], name: str, *, required: bool = True, max_len: int = 64
 ) -> str | None:
     value = row.get(name)
+    if value.__class__ is not str and isinstance(value, str):
+        # a str subclass (numpy.str_ from a connector reading with numpy or pandas): its
+        # plain text, then as any string (before: str(value) unstripped, "  " stored as is)
+        value = str.__str__(value)
     if value.__class__ is str:  # the common case first: this runs for every field of every row
         value = value.strip()
         if value:

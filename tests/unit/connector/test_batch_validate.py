@@ -96,8 +96,18 @@ GOOD: dict[str, dict[str, Any]] = {
     },
 }
 
+
+class _Marked(str):
+    """A str subclass (as numpy.str_ is), whose ``__str__`` is not its text."""
+
+    def __str__(self) -> str:
+        return "not the text"
+
+
 #: what a hostile or careless plant puts in a field
 HOSTILE: list[Any] = [
+    _Marked(" padded "),
+    _Marked("   "),
     None,
     "",
     "   ",

@@ -31,6 +31,37 @@ def test_inspection_is_normalised() -> None:
     assert row["image_hash"] == "ab" * 32
 
 
+class Marked(str):
+    """A str subclass, as numpy.str_ is: what a connector reading with numpy hands over."""
+
+    def __str__(self) -> str:
+        return "not the text"
+
+
+def test_a_string_of_a_str_subclass_is_read_as_its_text() -> None:
+    row = parse_row(
+        "inspection",
+        {**GOOD_INSPECTION, "station": Marked("  EL-2 "), "model_version": Marked("   ")},
+        D,
+    )
+    assert row["station"] == "EL-2" and row["station"].__class__ is str
+    assert row["model_version"] is None  # blank, as "   " is
+    coded = parse_row(
+        "inspection",
+        {
+            **GOOD_INSPECTION,
+            "verdict": Marked(" NOK "),
+            "inspected_at": Marked(" 2026-11-02T08:00:00Z"),
+        },
+        D,
+    )
+    assert coded["verdict"] == "fail"
+    assert coded["inspected_at"] == datetime(2026, 11, 2, 8, 0, tzinfo=UTC)
+    with pytest.raises(FieldError) as refused:
+        parse_row("inspection", {**GOOD_INSPECTION, "inspection_id": Marked("  ")}, D)
+    assert [(p.field, p.reason) for p in refused.value.problems] == [("inspection_id", "missing")]
+
+
 def test_a_passing_inspection_without_class_has_defect_class_none() -> None:
     row = parse_row("inspection", {**GOOD_INSPECTION, "verdict": "pass", "defect_class": ""}, D)
     assert row["defect_class"] == "none"
