@@ -45,8 +45,15 @@ Rule = Callable[[list[Any]], list[Any]]
 # marks exactly the values it cannot accept.
 
 
-def _all_str(values: list[Any]) -> bool:
-    return set(map(type, values)) == {str}
+def _stripped(values: list[Any]) -> list[str] | None:
+    """Every value stripped, or None when one is not a string. ``str.strip`` refuses
+    anything else itself (None, a number, a list from JSON), so the strip every rule needs
+    is also its type check, without a pass over the types. A ``str`` subclass (numpy.str_)
+    is stripped to its plain text, as the row validator reads it (`field_parsers`)."""
+    try:
+        return list(map(str.strip, values))
+    except TypeError:
+        return None
 
 
 def per_value(values: list[Any], required: bool, accept: Callable[[str], Any]) -> list[Any]:
@@ -70,8 +77,8 @@ def per_value(values: list[Any], required: bool, accept: Callable[[str], Any]) -
 
 def text(required: bool, max_len: int) -> Callable[[list[Any]], list[Any]]:
     def rule(values: list[Any]) -> list[Any]:
-        if values and _all_str(values):
-            stripped = list(map(str.strip, values))
+        stripped = _stripped(values) if values else None
+        if stripped is not None:
             if max(map(len, stripped)) <= max_len and "\x00" not in "".join(stripped):
                 if all(stripped):
                     return stripped
@@ -100,9 +107,10 @@ class Number:
         self.high = _INF if maximum is None else maximum
 
     def __call__(self, values: list[Any]) -> list[Any]:
-        if values and _all_str(values):
+        stripped = _stripped(values) if values else None
+        if stripped is not None:
             try:
-                floats = list(map(float, map(str.strip, values)))
+                floats = list(map(float, stripped))
             except ValueError:
                 return self.slow(values)
             if all(map(isfinite, floats)) and self.low <= min(floats) and max(floats) <= self.high:
@@ -141,9 +149,10 @@ class Timestamp:
         self.required = required
 
     def __call__(self, values: list[Any]) -> list[Any]:
-        if values and _all_str(values):
+        stripped = _stripped(values) if values else None
+        if stripped is not None:
             try:
-                times = list(map(datetime.fromisoformat, map(str.strip, values)))
+                times = list(map(datetime.fromisoformat, stripped))
             except ValueError:
                 return self.slow(values)
             zones = set(map(_ZONE, times))
@@ -187,8 +196,8 @@ def code(d: DataDictionary, element: str, required: bool) -> Callable[[list[Any]
         memo[""] = None  # empty: absent
 
     def rule(values: list[Any]) -> list[Any]:
-        if values and _all_str(values):
-            stripped = list(map(str.strip, values))
+        stripped = _stripped(values) if values else None
+        if stripped is not None:
             if all(stripped) or not required:
                 # every spelling met before (the common case): one C-level pass
                 found = list(map(memo.get, stripped, repeat(_UNSEEN)))
@@ -210,10 +219,14 @@ def matching(
 
     def rule(values: list[Any]) -> list[Any]:
         out = plain(values)
-        if out and _all_str(out):  # no value absent, none refused
+        try:  # join refuses None (absent) and BAD (refused): those go value by value below
+            joined = "".join(out) if out else None
+        except TypeError:
+            joined = None
+        if joined is not None:
             if lower:
                 out = list(map(str.lower, out))
-            if all(map(pattern.match, out)) and not (no_at and "@" in "".join(out)):
+            if all(map(pattern.match, out)) and not (no_at and "@" in joined):
                 return out
         for i, s in enumerate(out):
             if s is None or s is BAD:
