@@ -111,22 +111,31 @@ def _script(*args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-def test_the_script_answers_as_the_whole_tree_did() -> None:
-    bad = _script("contracts", "--bogus")
-    assert bad.returncode == 2
-    assert "Usage: qdspace contracts [OPTIONS] COMMAND [ARGS]..." in bad.stderr
-    assert "No such option: --bogus" in bad.stderr
-
-    typo = _script("contrcts")
-    assert typo.returncode == 2
-    assert "No such command 'contrcts'. Did you mean 'contracts'" in typo.stderr
-
-    helped = _script("ledger", "--help")
-    assert helped.returncode == 0
-    assert "Usage: qdspace ledger [OPTIONS] COMMAND [ARGS]..." in helped.stdout
-    assert "verify" in helped.stdout
-
-    top = _script("--help")
-    assert top.returncode == 0
-    for name in ("contracts", "ledger", "node", "verify"):
-        assert name in top.stdout
+@pytest.mark.parametrize(
+    ("args", "code", "stream", "expected"),
+    [
+        (
+            ("contracts", "--bogus"),
+            2,
+            "stderr",
+            ("Usage: qdspace contracts [OPTIONS] COMMAND [ARGS]...", "No such option: --bogus"),
+        ),
+        (("contrcts",), 2, "stderr", ("No such command 'contrcts'. Did you mean 'contracts'",)),
+        (
+            ("ledger", "--help"),
+            0,
+            "stdout",
+            ("Usage: qdspace ledger [OPTIONS] COMMAND [ARGS]...", "verify"),
+        ),
+        (("--help",), 0, "stdout", ("contracts", "ledger", "node", "verify")),
+    ],
+    ids=["bad-option", "typo", "group-help", "top-help"],
+)
+def test_the_script_answers_as_the_whole_tree_did(
+    args: tuple[str, ...], code: int, stream: str, expected: tuple[str, ...]
+) -> None:
+    done = _script(*args)
+    assert done.returncode == code, done.stdout + done.stderr
+    said = getattr(done, stream)
+    for text in expected:
+        assert text in said
