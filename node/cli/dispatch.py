@@ -53,13 +53,14 @@ def command_for(app: typer.Typer, args: Sequence[str]) -> typer.Typer:
     ``args[0]`` names, or ``app`` itself where that is not exactly one of them."""
     if not args or args[0].startswith("-") or app.registered_callback is not None:
         return app
+    named = [(_group_name(g), g) for g in app.registered_groups]
+    if any(name is None for name, _ in named):
+        return app  # a group without a name lends its commands to the top level
     word = args[0]
-    groups = [g for g in app.registered_groups if _group_name(g) == word]
+    groups = [g for name, g in named if name == word]
     commands = [c for c in app.registered_commands if _command_name(c) == word]
     if len(groups) + len(commands) != 1:
         return app
-    if any(_group_name(g) is None for g in app.registered_groups):
-        return app  # a group without a name lends its commands to the top level
     slim = copy.copy(app)
     slim.registered_groups = groups
     slim.registered_commands = commands
