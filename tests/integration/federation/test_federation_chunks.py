@@ -143,11 +143,7 @@ async def test_a_stream_cut_into_tiny_chunks_is_refused_naming_the_limit(
         num_examples=10,
     )
     allowed = -(-len(payload) // MIN_CHUNK_BYTES)
-
-    async def tiny() -> Any:
-        yield pb.UploadChunk(header=header).SerializeToString()
-        for i in range(len(payload)):
-            yield pb.UploadChunk(data=payload[i : i + 1]).SerializeToString()
+    assert allowed + 1 < len(payload)  # the stream is refused long before its bytes run out
 
     keys = load_member_keys(network["cellex"].directory)
     channel = open_channel(keys, network[COORDINATOR].grpc_address, COORDINATOR)
@@ -157,8 +153,17 @@ async def test_a_stream_cut_into_tiny_chunks_is_refused_naming_the_limit(
             request_serializer=lambda b: b,
             response_deserializer=pb.Accepted.FromString,
         )
+        # one byte a message, one message more than the announced size allows, and no
+        # end of stream: only a coordinator that counts chunks as they come ends the call
+        # (one that waited for the stream's end would run into the deadline). Writing on
+        # after the refusal (the whole 1.2 MB a byte at a time) raced it: gRPC then
+        # sometimes ended the call with "Internal error from Core" instead of its status.
+        call = upload(timeout=60)
+        await call.write(pb.UploadChunk(header=header).SerializeToString())
+        for i in range(allowed + 1):
+            await call.write(pb.UploadChunk(data=payload[i : i + 1]).SerializeToString())
         with pytest.raises(grpc.aio.AioRpcError) as refused:
-            await upload(tiny(), timeout=60)
+            await call
         error = refused.value
         assert error.code() is grpc.StatusCode.INVALID_ARGUMENT, error.details()
         details = error.details()
