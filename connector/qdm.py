@@ -107,6 +107,7 @@ class Inspection(SQLModel, table=True):
     __table_args__ = (
         Index("ix_inspection_order", "order_id", "id"),
         Index("ix_inspection_time", "inspected_at"),
+        Index("ix_inspection_serial", "serial"),
     )
     id: int | None = Field(default=None, primary_key=True)
     inspection_id: str = Field(max_length=96, unique=True)

@@ -1,0 +1,196 @@
+"""Inspection verdicts by batch and by serial: how long one batch's or one unit's read
+takes on a line's worth of verdicts (`connector.verdict_data`).
+
+Two lines at 60 frames a second leave a million verdicts in under five days. The SPC's
+p-chart of one batch (``GET /v1/spc/defects?batch=``), ``qdspace inspection verdicts
+--batch`` and ``--serial`` read them through the node's own queries. Half of the
+verdicts here name their batch, half only their serial (their product names the batch),
+as a line without MES context writes them; batches of 500 cells, a product per
+serial-only verdict, 3 % failed. The rows go in through the node's own ingest
+(``QualityStore.ingest_rows``; its speed is ``ingest.py``'s).
+
+Baseline, in the same run on the same database: the batch filter as it was before
+``in_batch`` (``coalesce(own batch, product's batch) = ?``, which no index can serve),
+and the newest 100 verdicts unfiltered (the time index; the floor of any listing). The
+batch read is of the oldest batch, which a scan in time order reaches last.
+
+    python bench/verdicts.py                          # 1M verdicts, SQLite
+    python bench/verdicts.py --rows 200000 --postgres postgresql+psycopg://u:p@h/db
+    python bench/verdicts.py --quick --out result.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import random
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from sqlalchemy import Engine, delete, func  # noqa: E402
+
+from qdspace.connector.ingest import BULK_BATCH_ROWS  # noqa: E402
+from qdspace.connector.qdm import Inspection, Product  # noqa: E402
+from qdspace.connector.storage import QualityStore, open_store  # noqa: E402
+from qdspace.connector.verdict_data import (  # noqa: E402
+    VerdictFilter,
+    batch_defects,
+    read_verdicts,
+    verdicts_query,
+)
+
+BATCH_CELLS = 500
+_I = Inspection.__table__  # type: ignore[attr-defined]
+_P = Product.__table__  # type: ignore[attr-defined]
+
+
+def batch_of(i: int) -> str:
+    return f"B-{i // BATCH_CELLS:06d}"
+
+
+def fill(store: QualityStore, rows: int) -> None:
+    """``rows`` verdicts, every other one naming only its serial (with a product)."""
+    rnd = random.Random(19)
+    start = time.time() - rows / 120  # two lines at 60 fps
+    with store.engine.begin() as conn:
+        conn.execute(delete(_I))
+        conn.execute(delete(_P))
+
+    def verdicts() -> Iterator[tuple[int, dict[str, Any]]]:
+        for i in range(rows):
+            failed = rnd.random() < 0.03
+            row = {
+                "inspection_id": f"el-{i}",
+                "station": f"el-{1 + i % 2}",
+                "inspected_at": _utc(start + i / 120),
+                "verdict": "fail" if failed else "pass",
+                "defect_class": "microcrack" if failed else "none",
+                "score": 0.5,
+                "order_id": "PO-1",
+                "serial": f"SN-{i:09d}",
+            }
+            if i % 2 == 0:
+                row["batch_id"] = batch_of(i)
+            yield i + 1, row
+
+    products = (
+        (
+            i + 1,
+            {
+                "serial": f"SN-{i:09d}",
+                "product_type": "cell",
+                "batch_id": batch_of(i),
+                "made_at": _utc(start + i / 120),
+            },
+        )
+        for i in range(1, rows, 2)
+    )
+    for kind, items in (("product", products), ("inspection", verdicts())):
+        report = store.ingest_rows(kind, items, batch_size=BULK_BATCH_ROWS)
+        if report.rejected:
+            raise SystemExit(f"{kind}: {len(report.rejected)} rows refused: {report.rejected[:3]}")
+
+
+def _utc(ts: float) -> str:
+    return datetime.fromtimestamp(ts, UTC).isoformat()
+
+
+def timed(runs: int, call: Callable[[], Any]) -> dict[str, float]:
+    call()  # warm the cache; not counted
+    values = []
+    for _ in range(runs):
+        started = time.perf_counter()
+        call()
+        values.append((time.perf_counter() - started) * 1000)
+    return {"p50_ms": statistics.median(values), "min_ms": min(values), "max_ms": max(values)}
+
+
+def measure(engine: Engine, rows: int, runs: int) -> dict[str, Any]:
+    oldest = batch_of(1)
+    by_batch = VerdictFilter(batch_id=oldest)
+    serial = f"SN-{rows // 3:09d}"
+    before = func.coalesce(_I.c.batch_id, _P.c.batch_id) == oldest  # the old filter
+
+    def coalesce_listing() -> list[Any]:
+        with engine.connect() as conn:
+            return conn.execute(verdicts_query(VerdictFilter(), 100).where(before)).all()
+
+    found = read_verdicts(engine, by_batch, 1000)
+    scanned = coalesce_listing()
+    if {r.batch_id for r in found} != {oldest} or len(found) != BATCH_CELLS:
+        raise SystemExit(f"batch {oldest}: read {len(found)} verdicts, expected {BATCH_CELLS}")
+    if [r[0] for r in scanned] != [r.inspection_id for r in found[:100]]:
+        raise SystemExit("the old and the new batch filter read different verdicts")
+    return {
+        "by_batch": timed(runs, lambda: read_verdicts(engine, by_batch, 100)),
+        "by_batch_coalesce": timed(runs, coalesce_listing),
+        "defects_by_batch": timed(runs, lambda: batch_defects(engine, by_batch)),
+        "by_serial": timed(runs, lambda: read_verdicts(engine, VerdictFilter(serial=serial))),
+        "newest": timed(runs, lambda: read_verdicts(engine, VerdictFilter(), 100)),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("--rows", type=int, default=1_000_000, help="verdicts stored")
+    parser.add_argument("--runs", type=int, default=15, help="timed reads per figure")
+    parser.add_argument("--postgres", help="also on this PostgreSQL database (emptied!)")
+    parser.add_argument("--quick", action="store_true", help="20k verdicts, 3 runs (CI)")
+    parser.add_argument("--out", type=Path, help="write the figures as JSON here")
+    args = parser.parse_args()
+    rows, runs = (20_000, 3) if args.quick else (args.rows, args.runs)
+    results: dict[str, Any] = {
+        "rows": rows,
+        "runs": runs,
+        "cpus": os.cpu_count(),
+        "python": platform.python_version(),
+        "figures": {},
+    }
+    with tempfile.TemporaryDirectory(prefix="qdspace-bench-verdicts-") as tmp:
+        urls = {"sqlite": f"sqlite:///{Path(tmp) / 'node.db'}"}
+        if args.postgres:
+            urls["postgresql"] = args.postgres
+        for name, url in urls.items():
+            store = open_store(url)  # the node's engine, pragmas and migrations
+            try:
+                started = time.perf_counter()
+                fill(store, rows)
+                print(f"# {name}: {rows:,} verdicts in {time.perf_counter() - started:.1f} s")
+                if name == "postgresql":
+                    with store.engine.connect() as conn:
+                        conn.exec_driver_sql("ANALYZE qdm_inspection")
+                        conn.exec_driver_sql("ANALYZE qdm_product")
+                        conn.commit()
+                results["figures"][name] = measure(store.engine, rows, runs)
+            finally:
+                store.close()
+    results["loadavg_1m"] = os.getloadavg()[0]
+    print(f"verdicts.rows: {rows} verdicts")
+    for name, figures in results["figures"].items():
+        for label, f in figures.items():
+            print(f"verdicts.{name}.{label}_p50: {f['p50_ms']:.2f} ms")
+        speedup = figures["by_batch_coalesce"]["p50_ms"] / figures["by_batch"]["p50_ms"]
+        floor = figures["by_batch"]["p50_ms"] / figures["newest"]["p50_ms"]
+        figures["by_batch_speedup_over_coalesce"] = speedup
+        figures["by_batch_over_newest"] = floor
+        print(f"verdicts.{name}.by_batch_speedup_over_baseline_coalesce: {speedup:.1f} ratio")
+        print(f"verdicts.{name}.by_batch_over_baseline_newest: {floor:.2f} ratio")
+    print(f"verdicts.cpus: {results['cpus']} cores")
+    print(f"verdicts.loadavg_1m: {results['loadavg_1m']:.2f} load")
+    if args.out:
+        args.out.write_text(json.dumps(results, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
