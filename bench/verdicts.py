@@ -1,9 +1,9 @@
 """Inspection verdicts by batch and by serial: how long one batch's or one unit's read
 takes on a line's worth of verdicts (`connector.verdict_data`).
 
-Two lines at 60 frames a second leave a million verdicts in under five days. The SPC's
-p-chart of one batch (``GET /v1/spc/defects?batch=``), ``qdspace inspection verdicts
---batch`` and ``--serial`` read them through the node's own queries. Half of the
+Two lines at 60 frames a second leave a million verdicts in under five days.
+``qdspace inspect verdicts --batch`` and ``--serial`` read them with `read_verdicts`;
+`batch_defects` (the p-chart's counts) takes the same filter. Half of the
 verdicts here name their batch, half only their serial (their product names the batch),
 as a line without MES context writes them; batches of 500 cells, a product per
 serial-only verdict, 3 % failed. The rows go in through the node's own ingest
