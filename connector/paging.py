@@ -12,10 +12,14 @@ reading after a cursor finds every change after it: that is what an incremental 
 is. `natural_key` names the columns that identify a record across its versions (the
 record key is derived from them, see `encoding.RecordKeys`).
 
-Why separate: this is the only module of the release path that touches the database;
-it decides which rows are read (the order scope as a WHERE clause, the genealogy of a
-process view), not whether they may leave (`release_gate`) nor how they are written
-(`encoding`).
+A scope made of several index searches (process data along a genealogy: the order's
+own readings and each batch's) is read as a merge of their id streams (`id_merge`), so
+a pull costs the rows it returns, not the table.
+
+Why separate: with `id_merge`, which it reads merged scopes with, this is the only
+module of the release path that touches the database; it decides which rows are read
+(the order scope as a WHERE clause, the genealogy of a process view), not whether they
+may leave (`release_gate`) nor how they are written (`encoding`).
 """
 
 from __future__ import annotations
@@ -23,10 +27,11 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
-from sqlalchemy import Engine, Table, bindparam, or_, select, union
+from sqlalchemy import Engine, Table, bindparam, select, union
 
 from qdspace.connector.assets import Asset, AssetKind
 from qdspace.connector.contract_errors import ViewError
+from qdspace.connector.id_merge import IdMerge, MergedScope
 from qdspace.connector.qdm import (
     NATURAL_KEYS,
     TABLES,
@@ -40,6 +45,14 @@ from qdspace.connector.qdm import (
 )
 
 DEFAULT_PAGE_SIZE = 1000
+#: ids one statement reads the rows of at most (bound: SQLite's limit is 32,766 values;
+#: written out: ~40 kB of SQL, far under SQLite's default 1 MB statement)
+ID_LIST_MAX = 5000
+#: a page's ids spanning fewer than this many ids per id are read as one id range (the
+#: rows between them that are not in the scope are dropped right here, before any gate
+#: or encoder) instead of by an IN list: a range is read in order, an IN list one
+#: look-up at a time (bench/genealogy_read.py)
+DENSE_SPAN = 4
 
 
 def _table(model: type[Any]) -> Table:
@@ -108,6 +121,9 @@ def _pages(
         raise ViewError(f"cursor {after} is negative")
     columns = _columns(table, fields)
     names = [c.name for c in columns]
+    if isinstance(where, MergedScope):
+        yield from _merged_pages(engine, table, columns, where, after, limit, page_size)
+        return
     cursor, left = after, limit
     while left is None or left > 0:
         size = page_size if left is None else min(page_size, left)
@@ -122,6 +138,38 @@ def _pages(
         if left is not None:
             left -= len(page)
         if len(page) < size:
+            return
+
+
+def _merged_pages(
+    engine: Engine,
+    table: Table,
+    columns: list[Any],
+    scope: MergedScope,
+    after: int,
+    limit: int | None,
+    page_size: int,
+) -> Iterator[Positioned]:
+    names = [c.name for c in columns]
+    merge, left = IdMerge(table, scope, after), limit
+    by_ids = (
+        select(table.c.id, *columns)
+        .where(table.c.id.in_(bindparam("ids", expanding=True)))
+        .order_by(table.c.id)
+    )
+    while left is None or left > 0:
+        size = page_size if left is None else min(page_size, left)
+        with engine.connect() as connection:
+            ids = merge.next_ids(connection, size)
+            page: list[Any] = []
+            for lo in range(0, len(ids), ID_LIST_MAX):
+                part = {"ids": ids[lo : lo + ID_LIST_MAX]}
+                page += connection.execute(by_ids, part).all()
+        for record in page:
+            yield record[0], dict(zip(names, record[1:], strict=True))
+        if left is not None:
+            left -= len(ids)
+        if len(ids) < size:
             return
 
 
@@ -194,9 +242,12 @@ def process_along_genealogy(
 
 
 def _genealogy_source(engine: Engine, order_id: str) -> tuple[Table, Any, str]:
+    """The measurements of the order itself or of a batch of its genealogy, as one index
+    search each, merged by id (`id_merge`: an OR of them walked the whole table)."""
     batches = order_batches(engine, order_id)
     table = MEASUREMENT_TABLE
-    return table, or_(table.c.order_id == order_id, table.c.batch_id.in_(batches)), order_id
+    terms = (table.c.order_id == order_id, *(table.c.batch_id == b for b in sorted(batches)))
+    return table, MergedScope(terms), order_id
 
 
 def asset_source(
@@ -280,6 +331,9 @@ def read_pages(
     if unknown or len(set(fields)) != len(fields):
         raise ViewError(f"{table.name}: cannot read fields {list(fields)}")
     columns = [table.c[name] for name in fields]
+    if isinstance(where, MergedScope):
+        yield from _merged_raw_pages(engine, table, columns, where, after, page_size)
+        return
     cursor = after
     # compiled once per read, the cursor a parameter: compiling per page cost about
     # 0.15 us per row of a 2,000-row page (bench/PROFILE-transfer.md, round 2)
@@ -303,3 +357,52 @@ def read_pages(
         if last:
             return
         cursor = page[-1][-1]
+
+
+def _merged_raw_pages(
+    engine: Engine,
+    table: Table,
+    columns: list[Any],
+    scope: MergedScope,
+    after: int,
+    page_size: int,
+) -> Iterator[tuple[list[Sequence[Any]], bool]]:
+    """`read_pages` of a merged scope: each page's ids from the merge, then their rows
+    (raw driver tuples, as the single-statement path gives them)."""
+    merge = IdMerge(table, scope, after)
+    # the ids are the database's own integers: written into the statement, which spares
+    # binding (and SQLAlchemy's rendering of) a parameter per id, ~5 us each
+    compiled = select(*columns, table.c.id).compile(dialect=engine.dialect)
+    if compiled.params:
+        raise ViewError(f"{table.name}: columns with parameters cannot be read by id")
+    key = f"{table.name}.id"
+    while True:
+        page: list[Sequence[Any]] = []
+        with engine.connect() as connection:
+            ids = merge.next_ids(connection, page_size)
+            driver = connection.connection.cursor()
+            try:
+                for lo in range(0, len(ids), ID_LIST_MAX):
+                    part = ids[lo : lo + ID_LIST_MAX]
+                    first, last_id = int(part[0]), int(part[-1])
+                    if last_id - first < DENSE_SPAN * len(part):
+                        # most ids of the stretch are the page's (a batch's readings are
+                        # mostly one stretch): read the stretch in id order, keep those
+                        driver.execute(
+                            f"{compiled} WHERE {key} >= {first} AND {key} <= {last_id} "
+                            f"ORDER BY {key}"
+                        )
+                        wanted = set(part)
+                        page += [row for row in driver.fetchall() if row[-1] in wanted]
+                    else:
+                        listed = ",".join(map(str, map(int, part)))
+                        driver.execute(f"{compiled} WHERE {key} IN ({listed}) ORDER BY {key}")
+                        page += driver.fetchall()
+            finally:
+                driver.close()
+        # the end is where the ids end: a row purged between its id and its read is
+        # missing from its page, and does not end the read early
+        last = len(ids) < page_size
+        yield page, last
+        if last:
+            return

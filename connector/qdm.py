@@ -134,7 +134,9 @@ class ProcessMeasurement(SQLModel, table=True):
     __tablename__ = "qdm_measurement"
     __table_args__ = (
         UniqueConstraint("equipment", "parameter", "measured_at", name="uq_measurement"),
-        Index("ix_measurement_batch", "batch_id"),
+        # (column, id): an order's or a batch's readings in id order (`id_merge`)
+        Index("ix_measurement_batch", "batch_id", "id"),
+        Index("ix_measurement_order", "order_id", "id"),
     )
     id: int | None = Field(default=None, primary_key=True)
     equipment: str = Field(max_length=64)
