@@ -30,7 +30,6 @@ import os
 import platform
 import statistics
 import sys
-import tempfile
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -42,6 +41,7 @@ sys.path.insert(0, str(ROOT))
 
 from sqlalchemy import Engine, or_  # noqa: E402
 
+from bench.support.stores import each_store  # noqa: E402
 from qdspace.connector.ingest import BULK_BATCH_ROWS  # noqa: E402
 from qdspace.connector.paging import (  # noqa: E402
     MEASUREMENT_FIELDS,
@@ -50,7 +50,7 @@ from qdspace.connector.paging import (  # noqa: E402
     order_batches,
     read_pages,
 )
-from qdspace.connector.storage import QualityStore, open_store  # noqa: E402
+from qdspace.connector.storage import QualityStore  # noqa: E402
 
 READINGS_PER_BATCH = 2_000
 ORDERS = 50
@@ -154,9 +154,11 @@ BEFORE = (
     "DROP INDEX ix_measurement_batch",
     "CREATE INDEX ix_measurement_batch ON qdm_measurement (batch_id)",
 )
-AFTER = ("DROP INDEX ix_measurement_batch",
-         "CREATE INDEX ix_measurement_batch ON qdm_measurement (batch_id, id)",
-         "CREATE INDEX ix_measurement_order ON qdm_measurement (order_id, id)")  # fmt: skip
+AFTER = (
+    "DROP INDEX ix_measurement_batch",
+    "CREATE INDEX ix_measurement_batch ON qdm_measurement (batch_id, id)",
+    "CREATE INDEX ix_measurement_order ON qdm_measurement (order_id, id)",
+)
 
 
 def indexes(engine: Engine, statements: tuple[str, ...]) -> None:
@@ -202,23 +204,14 @@ def main() -> None:
         "python": platform.python_version(),
         "figures": {},
     }
-    with tempfile.TemporaryDirectory(prefix="qdspace-bench-genealogy-") as tmp:
-        urls = {"sqlite": f"sqlite:///{Path(tmp) / 'node.db'}"}
-        if args.postgres:
-            urls["postgresql"] = args.postgres
-        for name, url in urls.items():
-            store = open_store(url)  # the node's engine, pragmas and migrations
-            try:
-                started = time.perf_counter()
-                fill(store, rows)
-                print(f"# {name}: {rows:,} readings in {time.perf_counter() - started:.1f} s")
-                if name == "postgresql":
-                    with store.engine.connect() as conn:
-                        conn.exec_driver_sql("ANALYZE")
-                        conn.commit()
-                results["figures"][name] = measure(store.engine, runs)
-            finally:
-                store.close()
+
+    def filled(store: QualityStore) -> str:
+        fill(store, rows)
+        return f"{rows:,} readings"
+
+    results["figures"] = each_store(
+        args.postgres, filled, lambda store: measure(store.engine, runs)
+    )
     results["loadavg_1m"] = os.getloadavg()[0]
     print(f"genealogy_read.rows: {rows} readings")
     for name, figures in results["figures"].items():

@@ -28,7 +28,6 @@ import platform
 import random
 import statistics
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
@@ -40,9 +39,10 @@ sys.path.insert(0, str(ROOT))
 
 from sqlalchemy import Engine, delete, func  # noqa: E402
 
+from bench.support.stores import each_store  # noqa: E402
 from qdspace.connector.ingest import BULK_BATCH_ROWS  # noqa: E402
 from qdspace.connector.qdm import Inspection, Product  # noqa: E402
-from qdspace.connector.storage import QualityStore, open_store  # noqa: E402
+from qdspace.connector.storage import QualityStore  # noqa: E402
 from qdspace.connector.verdict_data import (  # noqa: E402
     VerdictFilter,
     batch_defects,
@@ -157,24 +157,14 @@ def main() -> None:
         "python": platform.python_version(),
         "figures": {},
     }
-    with tempfile.TemporaryDirectory(prefix="qdspace-bench-verdicts-") as tmp:
-        urls = {"sqlite": f"sqlite:///{Path(tmp) / 'node.db'}"}
-        if args.postgres:
-            urls["postgresql"] = args.postgres
-        for name, url in urls.items():
-            store = open_store(url)  # the node's engine, pragmas and migrations
-            try:
-                started = time.perf_counter()
-                fill(store, rows)
-                print(f"# {name}: {rows:,} verdicts in {time.perf_counter() - started:.1f} s")
-                if name == "postgresql":
-                    with store.engine.connect() as conn:
-                        conn.exec_driver_sql("ANALYZE qdm_inspection")
-                        conn.exec_driver_sql("ANALYZE qdm_product")
-                        conn.commit()
-                results["figures"][name] = measure(store.engine, rows, runs)
-            finally:
-                store.close()
+
+    def filled(store: QualityStore) -> str:
+        fill(store, rows)
+        return f"{rows:,} verdicts"
+
+    results["figures"] = each_store(
+        args.postgres, filled, lambda store: measure(store.engine, rows, runs)
+    )
     results["loadavg_1m"] = os.getloadavg()[0]
     print(f"verdicts.rows: {rows} verdicts")
     for name, figures in results["figures"].items():
