@@ -64,7 +64,6 @@ class IdMerge:
         self._buffers: list[list[int]] = [[] for _ in scope.terms]
         self._at = [0] * len(scope.terms)  # the next id of each buffer
         self._read_to = [after] * len(scope.terms)
-        self._finished = [False] * len(scope.terms)
         self._heap: list[tuple[int, int]] = []  # (next id, stream) of every stream with one
         self._given = after
 
@@ -90,15 +89,13 @@ class IdMerge:
             self._at[k] = end
             if end < len(buffer):
                 heapq.heappush(heap, (buffer[end], k))
-            elif not self._finished[k]:
+            elif len(buffer) == self._chunk:  # a short chunk was the stream's last
                 self._refill(connection, k)
         return ids
 
     def _refill(self, connection: Connection, k: int) -> None:
         values: dict[str, Any] = {"after": self._read_to[k], "upto": self._upto}
         found = list(connection.execute(self._searches[k], values).scalars().all())
-        if len(found) < self._chunk:
-            self._finished[k] = True
         self._buffers[k], self._at[k] = found, 0
         if found:
             self._read_to[k] = found[-1]
