@@ -10,9 +10,16 @@ serial-only verdict, 3 % failed. The rows go in through the node's own ingest
 (``QualityStore.ingest_rows``; its speed is ``ingest.py``'s).
 
 Baseline, in the same run on the same database: the batch filter as it was before
-``in_batch`` (``coalesce(own batch, product's batch) = ?``, which no index can serve),
+``in_batches`` (``coalesce(own batch, product's batch) = ?``, which no index can serve),
 and the newest 100 verdicts unfiltered (the time index; the floor of any listing). The
 batch read is of the oldest batch, which a scan in time order reaches last.
+
+The p-chart with no filter (``qdspace inspect defects``, ``/v1/inspection/defects``) is
+timed as the node reads it (``chart``: counted in one pass up to `COUNT_ALL_ROWS`
+verdicts, walked above), walked whatever the size (``chart_walked``), and against the
+way it was counted before (baseline ``chart_all_counted``): every verdict grouped by
+batch, the newest batches kept afterwards, which grows with every verdict stored. All
+three must give the same chart of the 100 batches judged most recently.
 
     python bench/verdicts.py                          # 1M verdicts, SQLite
     python bench/verdicts.py --rows 200000 --postgres postgresql+psycopg://u:p@h/db
@@ -40,12 +47,16 @@ sys.path.insert(0, str(ROOT))
 from sqlalchemy import Engine, delete, func  # noqa: E402
 
 from bench.support.stores import each_store  # noqa: E402
+from qdspace.connector import verdict_data  # noqa: E402
 from qdspace.connector.ingest import BULK_BATCH_ROWS  # noqa: E402
 from qdspace.connector.qdm import Inspection, Product  # noqa: E402
 from qdspace.connector.storage import QualityStore  # noqa: E402
 from qdspace.connector.verdict_data import (  # noqa: E402
+    CHART_BATCHES,
+    COUNT_ALL_ROWS,
     VerdictFilter,
     batch_defects,
+    defects_query,
     read_verdicts,
     verdicts_query,
 )
@@ -116,6 +127,33 @@ def timed(runs: int, call: Callable[[], Any]) -> dict[str, float]:
     return {"p50_ms": statistics.median(values), "min_ms": min(values), "max_ms": max(values)}
 
 
+def chart_all_counted(engine: Engine) -> list[tuple[str, int, int, datetime]]:
+    """The unfiltered chart as it was counted before: every verdict grouped by batch, the
+    newest `CHART_BATCHES` by first judged kept afterwards."""
+    per_batch: dict[str, tuple[int, int, datetime]] = {}
+    with engine.connect() as conn:
+        for batch, verdict, _, count, at, _ in conn.execute(defects_query(VerdictFilter())):
+            if batch is not None:
+                n, d, first = per_batch.get(batch, (0, 0, at))
+                failed = count if verdict == "fail" else 0
+                per_batch[batch] = (n + count, d + failed, min(first, at))
+    ordered = sorted(per_batch.items(), key=lambda kv: (kv[1][2], kv[0]))
+    return [(b, n, d, at) for b, (n, d, at) in ordered[-CHART_BATCHES:]]
+
+
+def chart_walked(engine: Engine) -> list[tuple[str, int, int, datetime]]:
+    """The unfiltered chart read by walking the verdicts, whatever the store's size."""
+    verdict_data.COUNT_ALL_ROWS = 0
+    try:
+        return chart(engine)
+    finally:
+        verdict_data.COUNT_ALL_ROWS = COUNT_ALL_ROWS
+
+
+def chart(engine: Engine) -> list[tuple[str, int, int, datetime]]:
+    return [(s.batch_id, s.inspected, s.defective, s.at) for s in batch_defects(engine).subgroups]
+
+
 def measure(engine: Engine, rows: int, runs: int) -> dict[str, Any]:
     oldest = batch_of(1)
     by_batch = VerdictFilter(batch_id=oldest)
@@ -132,12 +170,17 @@ def measure(engine: Engine, rows: int, runs: int) -> dict[str, Any]:
         raise SystemExit(f"batch {oldest}: read {len(found)} verdicts, expected {BATCH_CELLS}")
     if [r[0] for r in scanned] != [r.inspection_id for r in found[:100]]:
         raise SystemExit("the old and the new batch filter read different verdicts")
+    if not chart(engine) == chart_walked(engine) == chart_all_counted(engine):
+        raise SystemExit("the chart, the walked chart and every verdict counted differ")
     return {
         "by_batch": timed(runs, lambda: read_verdicts(engine, by_batch, 100)),
         "by_batch_coalesce": timed(runs, coalesce_listing),
         "defects_by_batch": timed(runs, lambda: batch_defects(engine, by_batch)),
         "by_serial": timed(runs, lambda: read_verdicts(engine, VerdictFilter(serial=serial))),
         "newest": timed(runs, lambda: read_verdicts(engine, VerdictFilter(), 100)),
+        "chart": timed(runs, lambda: chart(engine)),
+        "chart_walked": timed(runs, lambda: chart_walked(engine)),
+        "chart_all_counted": timed(runs, lambda: chart_all_counted(engine)),
     }
 
 
@@ -176,6 +219,9 @@ def main() -> None:
         figures["by_batch_over_newest"] = floor
         print(f"verdicts.{name}.by_batch_speedup_over_baseline_coalesce: {speedup:.1f} ratio")
         print(f"verdicts.{name}.by_batch_over_baseline_newest: {floor:.2f} ratio")
+        chart = figures["chart_all_counted"]["p50_ms"] / figures["chart"]["p50_ms"]
+        figures["chart_speedup_over_all_counted"] = chart
+        print(f"verdicts.{name}.chart_speedup_over_baseline_all_counted: {chart:.1f} ratio")
     print(f"verdicts.cpus: {results['cpus']} cores")
     print(f"verdicts.loadavg_1m: {results['loadavg_1m']:.2f} load")
     if args.out:

@@ -2,8 +2,9 @@
 
 The inspection verdicts in the node's QDM, counted per batch (a verdict that names only
 a serial is placed in its product's batch), and the p-chart of the fraction defective
-with limits per batch size and the run rules (`connector.spc_defects`). Read-only; the
-window is optional and must be zone-aware; a bad window or standard is a 422 naming the
+with limits per batch size and the run rules (`connector.spc_defects`), of the
+``batches`` batches judged most recently (100 unless asked for up to 2,000). Read-only;
+the window is optional and must be zone-aware; a bad window or standard is a 422 naming the
 field, a window without any batched verdict a 404.
 """
 
@@ -17,7 +18,12 @@ from pydantic import AwareDatetime, BaseModel, StringConstraints
 from starlette.concurrency import run_in_threadpool
 
 from qdspace.connector.spc_defects import PChart, p_chart
-from qdspace.connector.verdict_data import VerdictFilter, batch_defects
+from qdspace.connector.verdict_data import (
+    CHART_BATCHES,
+    MAX_BATCHES,
+    VerdictFilter,
+    batch_defects,
+)
 from qdspace.node.api.deps import Ctx, require_operator
 from qdspace.node.api.problems import ApiProblem
 
@@ -110,11 +116,12 @@ def defects_router() -> APIRouter:
         station: Text | None = None,
         order: Text | None = None,
         standard: Annotated[float | None, Query(ge=0.0, le=1.0, allow_inf_nan=False)] = None,
+        batches: Annotated[int, Query(ge=1, le=MAX_BATCHES)] = CHART_BATCHES,
     ) -> PChartPublic:
         if since is not None and until is not None and since >= until:
             raise BadWindow("since: must be before until")
         f = VerdictFilter(since=since, until=until, station=station, order_id=order)
-        found = await run_in_threadpool(batch_defects, ctx.store.engine, f)
+        found = await run_in_threadpool(batch_defects, ctx.store.engine, f, batches)
         if not found.subgroups:
             raise NoDefectData(
                 f"no inspection verdicts with a batch here ({found.unbatched} without one)"

@@ -111,9 +111,13 @@ def defects(
         float | None,
         typer.Option(min=0.0, max=1.0, help="a standard fraction defective p0 (default: p-bar)"),
     ] = None,
+    batches: Annotated[
+        int, typer.Option(min=1, max=2_000, help="chart the N batches judged most recently")
+    ] = 100,
     as_json: JsonOpt = False,
 ) -> None:
-    """Failed cells per batch and the p-chart of the fraction defective."""
+    """Failed cells per batch and the p-chart of the fraction defective, of the batches
+    judged most recently."""
     from qdspace.connector.contract_errors import SpcError
     from qdspace.connector.spc_defects import p_chart
     from qdspace.connector.verdict_data import batch_defects
@@ -121,7 +125,7 @@ def defects(
     f = _filter(since=since, until=until, station=station, order_id=order)
     store = _store(directory)
     try:
-        found = batch_defects(store.engine, f)
+        found = batch_defects(store.engine, f, batches)
     finally:
         store.close()
     if not found.subgroups:
@@ -150,7 +154,8 @@ def defects(
     console.print(table)
     kind = "standard p0" if chart.standard else "p-bar"
     console.print(
-        f"{kind} = {chart.centre:.4f}; {len(chart.alerts)} alerts; "
+        f"{kind} = {chart.centre:.4f} over the {len(chart.points)} batches judged most "
+        f"recently (--batches {batches}); {len(chart.alerts)} alerts; "
         f"{found.unbatched} verdicts without a batch left out"
     )
     for alert in chart.alerts:

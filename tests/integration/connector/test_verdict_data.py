@@ -12,15 +12,20 @@ from typing import Any
 import pytest
 from sqlalchemy import Select
 
+from qdspace.connector import verdict_data
 from qdspace.connector.spc_defects import p_chart
 from qdspace.connector.storage import QualityStore, open_store
 from qdspace.connector.trace_data import failed_batches
 from qdspace.connector.verdict_data import (
+    MAX_BATCHES,
     VerdictFilter,
     batch_defects,
-    defect_queries,
+    defects_query,
+    newest_batches,
     read_verdicts,
+    unbatched_query,
     verdicts_query,
+    walk_query,
 )
 
 pytestmark = pytest.mark.integration
@@ -147,8 +152,8 @@ def test_a_batch_or_a_serial_is_looked_up_without_reading_every_verdict(
     by_batch = VerdictFilter(batch_id="B-03")
     queries = {
         "list by batch": verdicts_query(by_batch),
-        "totals by batch": defect_queries(by_batch)[0],
-        "classes by batch": defect_queries(by_batch)[1],
+        "defects by batch": defects_query(by_batch),
+        "defects of the chart's batches": defects_query(VerdictFilter(), ["B-03", "B-11"]),
         "list by serial": verdicts_query(VerdictFilter(serial="S-B-03-005")),
     }
     scan = ("SCAN", "Seq Scan on qdm_inspection")
@@ -158,3 +163,105 @@ def test_a_batch_or_a_serial_is_looked_up_without_reading_every_verdict(
         assert any("ix_inspection_serial" in step for step in plan), (name, plan)
     # the unfiltered listing still walks the time index (newest first), as before
     assert any("ix_inspection_time" in step for step in _plan(store, verdicts_query()))
+
+
+@pytest.mark.parametrize("walked", [False, True], ids=["counted-in-one-pass", "walked"])
+def test_the_chart_shows_the_batches_judged_most_recently_each_counted_in_full(
+    store: QualityStore, monkeypatch: pytest.MonkeyPatch, walked: bool
+) -> None:
+    """``batches=N`` charts the N batches judged most recently, oldest first by when each
+    was first judged, each with all its verdicts (also those judged long before the ones
+    that made it recent); verdicts without a batch count from the oldest one's first.
+    The same whether the store is counted in one pass or walked (a large one; here the
+    limit is lowered, and the walk's step too, so that it takes several)."""
+    if walked:
+        monkeypatch.setattr(verdict_data, "COUNT_ALL_ROWS", 0)
+        monkeypatch.setattr(verdict_data, "WALK_STEP", 16)
+    late = verdict(9001, None, "S-B-02-004", True, T0 + timedelta(days=3))  # B-02 again
+    early = verdict(9002, None, "S-NONE-EARLY", True, T0 + timedelta(minutes=30))
+    assert not store.ingest_rows("inspection", [(1, late), (2, early)]).rejected
+    found = batch_defects(store.engine, batches=3)
+    assert [(s.batch_id, s.inspected, s.defective) for s in found.subgroups] == [
+        ("B-02", 41, 3),
+        ("B-11", 40, 2),
+        ("B-12", 40, 2),
+    ]
+    assert found.subgroups[0].at == T0 + timedelta(hours=1)
+    assert found.unbatched == 1  # S-NOWHERE; S-NONE-EARLY is before B-02's first verdict
+    every = batch_defects(store.engine, batches=MAX_BATCHES)
+    assert [s.batch_id for s in every.subgroups] == list(BATCHES)
+    assert every.unbatched == 2
+    # a window bounds the walk: B-02's late verdict is outside it, so is its first
+    window = VerdictFilter(until=T0 + timedelta(days=2))
+    assert [s.batch_id for s in batch_defects(store.engine, window, 2).subgroups] == [
+        "B-11",
+        "B-12",
+    ]
+    with pytest.raises(ValueError, match="batches"):
+        batch_defects(store.engine, batches=0)
+
+
+def test_walking_and_counting_in_one_pass_give_the_same_chart(
+    store: QualityStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Whichever way the store is read, each filter and chart size gives the same chart:
+    the same batches, counts, classes, first judged and verdicts left out."""
+    late = verdict(9001, None, "S-B-02-004", True, T0 + timedelta(days=3))
+    assert not store.ingest_rows("inspection", [(1, late)]).rejected
+    filters = [
+        VerdictFilter(),
+        VerdictFilter(since=T0 + timedelta(hours=3), until=T0 + timedelta(hours=9)),
+        VerdictFilter(order_id="PO-1"),
+        VerdictFilter(batch_id="B-02"),
+        VerdictFilter(station="el-9"),
+    ]
+    charts = {
+        (i, n): batch_defects(store.engine, f, n)
+        for i, f in enumerate(filters)
+        for n in (1, 3, 12, 100)
+    }
+    assert [s.batch_id for s in charts[0, 3].subgroups] == ["B-02", "B-11", "B-12"]
+    assert charts[4, 100].subgroups == [] and charts[3, 1].subgroups[0].inspected == 41
+    monkeypatch.setattr(verdict_data, "COUNT_ALL_ROWS", 0)
+    monkeypatch.setattr(verdict_data, "WALK_STEP", 9)
+    for (i, n), chart in charts.items():
+        assert batch_defects(store.engine, filters[i], n) == chart, (filters[i], n)
+
+
+@pytest.mark.parametrize("step", [1, 2, 7, 40, 10_000])
+def test_the_walk_to_the_newest_batches_reads_every_verdict_once_in_order(
+    store: QualityStore, monkeypatch: pytest.MonkeyPatch, step: int
+) -> None:
+    """Read a step at a time, the walk finds the batches in the order of their newest
+    verdicts, also where verdicts share a time across a step's end (older or as old
+    with a smaller id): an off-by-one there skips or repeats a batch."""
+    same = T0 + timedelta(days=4)
+    tied = [verdict(9100 + k, f"B-{k % 3 + 1:02d}", f"S-T-{k}", False, same) for k in range(6)]
+    assert not store.ingest_rows("inspection", enumerate(tied, 1)).rejected
+    monkeypatch.setattr(verdict_data, "WALK_STEP", step)
+    with store.engine.connect() as conn:
+        newest = newest_batches(conn, VerdictFilter(), 12)
+        first_two = newest_batches(conn, VerdictFilter(), 2)
+    # the tied verdicts, newest first by id: B-03 (k=5), B-02 (k=4), B-01 (k=3), ...
+    assert newest == ["B-03", "B-02", "B-01"] + [f"B-{i:02d}" for i in range(12, 3, -1)]
+    assert first_two == ["B-03", "B-02"]
+
+
+def test_the_chart_reads_its_batches_through_indexes(store: QualityStore) -> None:
+    """The walk to the newest batches (a later step too) and the count of verdicts
+    without a batch search the time index; the counts of the chosen batches search the
+    batch and serial indexes: no step scans the inspections (counting every verdict and
+    keeping the newest batches took 1.4 s on a million)."""
+    since = VerdictFilter(since=T0 + timedelta(hours=10))
+    queries = {
+        "walk": walk_query(VerdictFilter()),
+        "a later step": walk_query(VerdictFilter(), after=7),
+        "unbatched": unbatched_query(since),
+    }
+    scan = ("SCAN", "Seq Scan on qdm_inspection")
+    for name, query in queries.items():
+        plan = _plan(store, query)
+        # the first step walks the time index newest first and stops at its limit
+        scans = [s for s in plan if s.startswith(scan) and "ix_inspection_time" not in s]
+        assert scans == [], (name, plan)
+        assert any("ix_inspection_time" in step for step in plan), (name, plan)

@@ -382,8 +382,9 @@ def test_deeply_nested_json_is_refused_and_the_node_survives(network: LocalNetwo
 
 def test_the_defects_chart_refuses_hostile_queries(network: LocalNetwork) -> None:
     """``/v1/inspection/defects``: zone-less, backwards or absurd windows, a non-finite or
-    out-of-range standard, overlong or control-character names are 4xx problems naming
-    the field; no token is a 401; an honest query of an empty window a 404."""
+    out-of-range standard, a chart of no or of absurdly many batches, overlong or
+    control-character names are 4xx problems naming the field; no token is a 401; an
+    honest query of an empty window a 404."""
     with network["sunarc"].client() as client:
         path = "/v1/inspection/defects"
         for params, field in (
@@ -393,6 +394,10 @@ def test_the_defects_chart_refuses_hostile_queries(network: LocalNetwork) -> Non
             ({"standard": "nan"}, "standard"),
             ({"standard": "-0.1"}, "standard"),
             ({"standard": "1e308"}, "standard"),
+            ({"batches": "0"}, "batches"),
+            ({"batches": "-5"}, "batches"),
+            ({"batches": "1e9"}, "batches"),
+            ({"batches": "99999999999999999999999"}, "batches"),
             ({"station": "x" * 10_000}, "station"),
             ({"order": "PO\x00-1"}, "order"),
         ):

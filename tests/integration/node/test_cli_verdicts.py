@@ -92,6 +92,10 @@ def test_defects_flags_the_excursion_batch_without_the_inspection_stack(node_dir
     code, out, _ = qdspace("inspect", "defects", "--dir", str(node_dir))
     assert code == 0, out
     assert "MB-6" in out and "WE1" in out and "p-bar" in out
+    assert "over the 8 batches judged most recently (--batches 100)" in out
+    code, out, _ = qdspace("inspect", "defects", "--dir", str(node_dir), "--batches", "3", "--json")
+    assert code == 0, out
+    assert [p["batch_id"] for p in json.loads(out)["points"]] == ["MB-6", "MB-7", "MB-8"]
 
 
 def test_verdicts_by_serial_and_batch(node_dir: Path) -> None:
@@ -117,6 +121,8 @@ def test_verdicts_by_serial_and_batch(node_dir: Path) -> None:
         (("--since", "yesterday"), "--since 'yesterday': not an ISO 8601 time"),
         (("--since", "2026-06-02", "--until", "2026-06-01"), "--since must be before --until"),
         (("--since", "2027-01-01"), "no verdicts with a batch"),
+        (("--batches", "0"), "--batches"),
+        (("--batches", "2001"), "--batches"),
     ],
 )
 def test_bad_options_are_one_clear_line(node_dir: Path, args: tuple[str, ...], text: str) -> None:

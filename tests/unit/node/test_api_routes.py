@@ -232,8 +232,13 @@ def test_the_defects_p_chart_route(node: NodeContext, app: FastAPI) -> None:
     window = client.get("/v1/inspection/defects", since="2026-06-01T08:00:00+00:00", standard=0.05)
     assert window.status_code == 200, window.text
     assert window.json()["standard"] and window.json()["points"][0]["batch_id"] == "B-2"
+    newest = client.get("/v1/inspection/defects", batches=2)
+    assert [p["batch_id"] for p in newest.json()["points"]] == ["B-8", "B-9"], newest.text
     for params, field in (
         ({"since": "2026-06-01T08:00:00"}, "since"),  # no zone
+        ({"batches": 0}, "batches"),
+        ({"batches": 2001}, "batches"),
+        ({"batches": "all"}, "batches"),
         ({"standard": 1.5}, "standard"),
         ({"standard": "nan"}, "standard"),
         ({"station": "x" * 65}, "station"),
