@@ -266,8 +266,11 @@ def _tallies(rows: Iterable[Sequence[Any]]) -> dict[str | None, _Tally]:
 def _id_span(conn: Connection) -> int:
     """How many verdicts the store holds at most: the span of their ids (two index
     look-ups; a count would read them all)."""
-    span = conn.execute(select(func.max(_I.id) - func.min(_I.id) + 1)).scalar_one()
-    return int(span or 0)
+    # each its own statement: SQLite reads max or min from the index only when it is
+    # the query's one aggregate (``max(id) - min(id)`` read every row: 160 ms a million)
+    highest = conn.execute(select(func.max(_I.id))).scalar_one()
+    lowest = conn.execute(select(func.min(_I.id))).scalar_one()
+    return 0 if highest is None or lowest is None else int(highest) - int(lowest) + 1
 
 
 def batch_defects(
@@ -296,7 +299,9 @@ def batch_defects(
         if not found:
             return BatchDefects([], int(conn.execute(unbatched_query(f)).scalar_one()))
         start = min(t.first for t in found.values())
-        if counted_all and (loose is None or loose.first >= start):
+        if f.batch_id is not None:
+            unbatched = 0  # every verdict of a batch has one
+        elif counted_all and (loose is None or loose.first >= start):
             unbatched = 0 if loose is None else loose.judged  # all since the chart's start
         else:
             since = start if f.since is None else max(start, f.since)
