@@ -199,14 +199,20 @@ def moving_range_sigma(values: Sequence[float]) -> float:
 
 
 def cpk(values: Sequence[float], lsl: float | None, usl: float | None) -> float:
-    """Process capability against the limits that are given (sample standard deviation)."""
-    mean = sum(values) / len(values)
-    var = sum((v - mean) ** 2 for v in values) / (len(values) - 1)
-    sides = [usl - mean] if usl is not None else []
-    if lsl is not None:
-        sides.append(mean - lsl)
-    if not sides:
+    """Process capability against the limits that are given (sample standard deviation).
+
+    Computed in units of the largest value's magnitude, so that any finite values give a
+    number: squared deviations of values near 1e200 overflow a float (Python raises
+    OverflowError for ``** 2``), and a supplier's stream may carry such a value."""
+    if lsl is None and usl is None:
         raise SpcError("Cpk needs at least one spec limit")
+    scale = max(abs(v) for v in values) or 1.0
+    scaled = [v / scale for v in values]
+    mean = math.fsum(scaled) / len(scaled)
+    var = math.fsum((v - mean) * (v - mean) for v in scaled) / (len(scaled) - 1)
+    sides = [usl / scale - mean] if usl is not None else []
+    if lsl is not None:
+        sides.append(mean - lsl / scale)
     if var <= 0:
         return math.inf if min(sides) >= 0 else -math.inf
     return min(sides) / (3 * math.sqrt(var))

@@ -105,6 +105,20 @@ def test_cpk_formula() -> None:
         cpk([1.0, 2.0], None, None)
 
 
+def test_cpk_of_huge_finite_values_is_a_number_not_an_overflow() -> None:
+    """A supplier's stream may carry 1e200 in a characteristic: squaring its deviation
+    overflowed a float (OverflowError, which ended the consumer's subscription). The
+    Cpk is computed in units of the largest value and comes out as the formula says."""
+    values = [0.1] * 19 + [1e200]
+    mean, sd = 1e200 / 20, 1e200 * math.sqrt(1 / 20)  # the 19 small ones are noise here
+    assert cpk(values, None, 0.5) == pytest.approx((0.5 - mean) / (3 * sd), rel=1e-9)
+    assert 0 < cpk([1.7e308, -1.7e308, 1.0], -1.0, 1.0) < 1e-300
+    assert cpk([1e-310, 2e-310, 3e-310], 0.0, 1.0) == pytest.approx(2 / 3)
+    monitor = SpcMonitor(SpcSpec(usl=0.5, baseline_size=20, cpk_window=20))
+    raised = [a.rule for i in range(30) for a in monitor.add(1e200 if i == 22 else 0.1, T0)]
+    assert "CPK" in raised  # the capability collapses; the monitor goes on
+
+
 def test_rolling_cpk_alerts_once_per_drop_and_rearms_after_recovery() -> None:
     spec = SpcSpec(centre=10.0, sigma=1.0, lsl=0.0, usl=20.0, cpk_window=4, cpk_threshold=1.33)
     capable = [9.9, 10.1, 10.0, 9.9, 10.1, 10.0]
