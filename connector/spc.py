@@ -257,6 +257,10 @@ class SpcMonitor:
         self.centre: float | None = spec.centre
         self.sigma: float | None = spec.sigma
         self._baseline: list[float] = []
+        #: the baseline's moving ranges added up as it grows: a baseline without spread
+        #: grows until one comes, and summing them all again on every value made a long
+        #: flat series (a supplier may send one) cost the square of its length
+        self._ranges = 0.0
         self._judge = RuleJudge(self.rules)
         self._cpk_points: deque[SpcPoint] = deque(maxlen=spec.cpk_window)
         self._cpk_armed = True
@@ -273,9 +277,12 @@ class SpcMonitor:
 
     def _rule_alerts(self, point: SpcPoint) -> list[SpcAlert]:
         if self.centre is None or self.sigma is None:
+            if self._baseline:
+                self._ranges += abs(point.value - self._baseline[-1])
             self._baseline.append(point.value)
             if len(self._baseline) >= self.spec.baseline_size:
-                sigma = moving_range_sigma(self._baseline)
+                # moving_range_sigma(self._baseline), from the running sum
+                sigma = self._ranges / (len(self._baseline) - 1) / D2_MOVING_RANGE
                 if sigma > 0:
                     self.centre = sum(self._baseline) / len(self._baseline)
                     self.sigma = sigma

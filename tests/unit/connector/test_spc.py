@@ -141,3 +141,19 @@ def test_bad_specs_and_values_are_refused() -> None:
         SpcSpec(baseline_size=1)
     with pytest.raises(SpcError, match="not a finite number"):
         SpcMonitor(UNIT).add(math.nan, T0)
+
+
+def test_a_long_flat_series_settles_its_baseline_when_spread_comes() -> None:
+    """A baseline without spread grows until a value differs; its sigma is then the
+    moving-range sigma of all of it. Summing every range again on each value made a flat
+    stream cost the square of its length (a supplier could stall the subscriber with
+    one: 200,000 values took hours; they take about a second now, and this test's
+    timeout is what fails the old way)."""
+    monitor = SpcMonitor(SpcSpec(usl=0.5, baseline_size=20, cpk_window=20))
+    flat = [0.25] * 200_000
+    for value in flat:
+        monitor.add(value, T0)
+    assert monitor.sigma is None
+    monitor.add(0.35, T0)
+    assert monitor.sigma == pytest.approx(moving_range_sigma([*flat, 0.35]))
+    assert monitor.centre == pytest.approx((0.25 * 200_000 + 0.35) / 200_001)
