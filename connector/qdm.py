@@ -108,6 +108,7 @@ class Inspection(SQLModel, table=True):
         Index("ix_inspection_order", "order_id", "id"),
         Index("ix_inspection_time", "inspected_at"),
         Index("ix_inspection_serial", "serial"),
+        Index("ix_inspection_station", "station", "id"),
     )
     id: int | None = Field(default=None, primary_key=True)
     inspection_id: str = Field(max_length=96, unique=True)

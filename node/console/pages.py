@@ -96,7 +96,7 @@ def create_console(ctx: NodeContext, root: str = "/console") -> Starlette:
         views = spc.check_views(keys, request.query_params.getlist("xbar"))
 
         async def events() -> object:
-            seen: dict[str, int | None] = {}
+            seen: dict[str, spc.Watched] = {}
             quiet = 0.0
             yield b"retry: 1000\n\n"
             while not await request.is_disconnected():

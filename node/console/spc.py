@@ -15,10 +15,19 @@ rule fired on, and `cpk` over the last ``cpk_window`` values is the rolling Cpk.
 here decides what a violation is.
 
 The page learns of new rows by server-sent events (`stream`): every `TICK_S` it asks each
-series for its version (a subscription's in-memory row count, or the highest id of the
-station's inspections) and sends a series' whole state again only when that changed. At
-`MAX_POINTS` per chart that is a few hundred kB at most per change, cheap next to a
-browser's redraw; a change feed from the store would save the polling, later.
+series for its version (a subscription's in-memory row count; the lowest and highest id
+of the station's inspections, two look-ups in ``ix_inspection_station``) and sends a
+series' whole state again only when that changed. At `MAX_POINTS` per chart that is a
+few hundred kB at most per change, cheap next to a browser's redraw.
+
+An own station's chart is kept by the stream and fed (`spc_state.LiveChart`): it starts
+from the station's newest `HISTORY` scores, in the order they were stored, and each
+later tick reads only the scores stored since (``id > last``, from the same index). Read
+and replayed whole on every change, a station's 500,000 scores took 4.5 s to read and
+13 s to replay, ten times a second on a live line, and asking for the version alone
+read every inspection (274 ms). A chart rebuilds from its history when rows it holds
+may have gone (the lowest id moved: a purge). A subscription's series is small and held
+by the subscriber; its chart is still computed whole from its rows on each change.
 
 A chart shown as X-bar-R (the page asks with ``xbar=<n>:<key>`` on the stream) gets the
 same state plus an ``xbar`` part: the values replayed in subgroups of n through
@@ -30,7 +39,6 @@ known centre and sigma. The Cpk panel stays on the individual values in either v
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
@@ -38,22 +46,16 @@ from typing import Any
 
 from sqlalchemy import func, select
 
-from qdspace.connector.contract_errors import SpcError
 from qdspace.connector.qdm import Inspection
-from qdspace.connector.spc import CPK_RULE, SpcMonitor, SpcSpec, cpk
-from qdspace.connector.spc_xbar import (
-    MAX_SUBGROUP,
-    MIN_SUBGROUP,
-    RANGE_RULE,
-    XbarRMonitor,
-    XbarRSpec,
-)
+from qdspace.connector.spc import SpcSpec
+from qdspace.connector.spc_xbar import MAX_SUBGROUP, MIN_SUBGROUP
+from qdspace.node.console.spc_state import LiveChart, chart_state
 from qdspace.node.context import NodeContext
 
 #: own inspection scores: 0.5 is the verdict threshold (the default subscriptions use)
 OWN_SCORE_SPEC = SpcSpec(usl=0.5, baseline_size=20, cpk_window=20)
-#: the most points a chart shows (the newest); all of them are judged
-MAX_POINTS = 5000
+#: the newest scores of a station an own chart starts from (later ones are added to it)
+HISTORY = 20_000
 #: how often the stream looks for new rows, seconds
 TICK_S = 0.1
 #: how many series one stream may follow, and the longest key
@@ -131,18 +133,28 @@ def check_views(keys: list[str], raw: list[str]) -> dict[str, int]:
     return views
 
 
-def version(ctx: NodeContext, key: str) -> int | None:
-    """A number that changes when the series gains rows; None for an unknown series."""
+def _station_ids(ctx: NodeContext, station: str) -> tuple[int, int] | None:
+    """The lowest and highest id of the station's inspections: two index look-ups (SQLite
+    reads a min or max from an index only as a statement's one aggregate)."""
+    table = Inspection.__table__  # type: ignore[attr-defined]
+    ids = table.c.id
+    with ctx.store.engine.connect() as connection:
+        top = connection.execute(select(func.max(ids)).where(table.c.station == station))
+        highest = top.scalar_one()
+        low = connection.execute(select(func.min(ids)).where(table.c.station == station))
+        lowest = low.scalar_one()
+    return None if highest is None or lowest is None else (int(lowest), int(highest))
+
+
+def version(ctx: NodeContext, key: str) -> object:
+    """A value that changes when the series gains (or loses) rows; None for an unknown
+    series or a station without inspections."""
     source, _, name = key.partition(":")
     if source == "sub":
         sub = _subscription(ctx, name)
         return None if sub is None else sub.received
     if source == "own":
-        table = Inspection.__table__  # type: ignore[attr-defined]
-        query = select(func.max(table.c.id), func.count()).where(table.c.station == name)
-        with ctx.store.engine.connect() as connection:
-            top, count = connection.execute(query).one()
-        return None if not count else int(top) * 1_000_003 + int(count)
+        return _station_ids(ctx, name)
     return None
 
 
@@ -152,178 +164,104 @@ def _subscription(ctx: NodeContext, subscription_id: str) -> Any:
     return ctx.contract_client.subscriptions.get(subscription_id)
 
 
-def values_of(ctx: NodeContext, key: str) -> tuple[list[tuple[float, str]], SpcSpec] | None:
-    """The series' values in order with their times, and the spec it is judged by."""
-    source, _, name = key.partition(":")
-    if source == "sub":
-        sub = _subscription(ctx, name)
-        if sub is None or ctx.contracts is None:
-            return None
-        values = []
-        for row in ctx.contracts.store.received_rows(sub.agreement_id):
-            record = json.loads(row.payload)
-            value = record.get(sub.characteristic)
-            # what the subscription's monitor skips, skipped here too (bool is no number)
-            if isinstance(value, int | float) and not isinstance(value, bool):
-                values.append((float(value), str(record.get("inspected_at") or "")))
-        return values, sub.spec
-    if source == "own":
-        table = Inspection.__table__  # type: ignore[attr-defined]
-        query = (
-            select(table.c.score, table.c.inspected_at)
-            .where(
-                table.c.station == name,
-                table.c.score.is_not(None),
-                table.c.withdrawn_at.is_(None),
-            )
-            .order_by(table.c.inspected_at, table.c.id)
-        )
-        with ctx.store.engine.connect() as connection:
-            rows = connection.execute(query).all()
-        return [(float(score), _iso(at)) for score, at in rows], OWN_SCORE_SPEC
-    return None
+def subscription_values(
+    ctx: NodeContext, subscription_id: str
+) -> tuple[list[tuple[float, str]], SpcSpec] | None:
+    """A subscription's values in arrival order with their times, and its spec."""
+    sub = _subscription(ctx, subscription_id)
+    if sub is None or ctx.contracts is None:
+        return None
+    values = []
+    for row in ctx.contracts.store.received_rows(sub.agreement_id):
+        record = json.loads(row.payload)
+        value = record.get(sub.characteristic)
+        # what the subscription's monitor skips, skipped here too (bool is no number)
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            values.append((float(value), str(record.get("inspected_at") or "")))
+    return values, sub.spec
+
+
+def station_scores(
+    ctx: NodeContext, station: str, after: int | None = None
+) -> list[tuple[int, float, str]]:
+    """A station's scores (id, score, time) in the order they were stored: those stored
+    after id ``after``, or with None the newest `HISTORY`; from ``ix_inspection_station``."""
+    table = Inspection.__table__  # type: ignore[attr-defined]
+    query = select(table.c.id, table.c.score, table.c.inspected_at).where(
+        table.c.station == station,
+        table.c.score.is_not(None),
+        table.c.withdrawn_at.is_(None),
+    )
+    if after is None:
+        query = query.order_by(table.c.id.desc()).limit(HISTORY)
+    else:
+        query = query.where(table.c.id > after).order_by(table.c.id)
+    with ctx.store.engine.connect() as connection:
+        rows = [(int(i), float(score), _iso(at)) for i, score, at in connection.execute(query)]
+    return rows[::-1] if after is None else rows
 
 
 def _iso(at: datetime | str | None) -> str:
     return at.isoformat() if isinstance(at, datetime) else str(at or "")
 
 
-def _finite(value: float | None) -> float | None:
-    return value if value is not None and math.isfinite(value) else None
+@dataclass
+class Watched:
+    """What a stream knows of one series: the version it last sent, and for an own
+    station the chart it keeps and the id of the last score fed to it."""
+
+    version: object
+    chart: LiveChart | None = None
+    after: int = 0
 
 
-def chart_state(
-    key: str, values: list[tuple[float, str]], spec: SpcSpec, subgroup: int | None = None
-) -> dict[str, Any]:
-    """The JSON a chart draws: points, limits, rule hits by point, rolling Cpk; with a
-    ``subgroup`` size, the X-bar-R view of the same values too."""
-    values = [(v, a) for v, a in values if math.isfinite(v)]
-    monitor = SpcMonitor(spec)
-    hits: dict[int, list[str]] = {}
-    descriptions: dict[str, str] = {}
-    start = datetime(1970, 1, 1)
-    for value, _at in values:
-        for alert in monitor.add(value, start):
-            if alert.rule == CPK_RULE:
-                continue
-            descriptions[alert.rule] = alert.description
-            for point in alert.points:
-                hits.setdefault(point.index, []).append(alert.rule)
-    first = max(0, len(values) - MAX_POINTS)
-    shown = values[first:]
-    centre, sigma = monitor.centre, monitor.sigma
-    window = [v for v, _ in values[-spec.cpk_window :]]
-    rolling = None
-    if len(window) >= spec.cpk_window and (spec.lsl is not None or spec.usl is not None):
-        rolling = _finite(cpk(window, spec.lsl, spec.usl))
-    return {
-        "key": key,
-        "n": len(values),
-        "first": first,
-        "y": [v for v, _ in shown],
-        "at": [a for _, a in shown],
-        "centre": centre,
-        "ucl": None if centre is None or sigma is None else centre + 3 * sigma,
-        "lcl": None if centre is None or sigma is None else centre - 3 * sigma,
-        "usl": spec.usl,
-        "lsl": spec.lsl,
-        "baseline": spec.baseline_size,
-        "violations": [
-            {"i": i, "rules": rules, "value": values[i][0], "at": values[i][1]}
-            for i, rules in sorted(hits.items())
-            if i >= first
-        ],
-        "rules": descriptions,
-        "cpk": rolling,
-        "cpk_window": spec.cpk_window,
-        "cpk_threshold": spec.cpk_threshold,
-        "cpk_low": rolling is not None and rolling < spec.cpk_threshold,
-        "xbar": None if subgroup is None else xbar_state(values, spec, subgroup),
-    }
-
-
-def xbar_state(values: list[tuple[float, str]], spec: SpcSpec, n: int) -> dict[str, Any]:
-    """The X-bar and R charts of ``values`` in subgroups of ``n`` (complete ones only)."""
-    monitor = XbarRMonitor(
-        XbarRSpec(
-            subgroup_size=n,
-            baseline_subgroups=max(2, spec.baseline_size // n),
-            centre=spec.centre,
-            sigma=spec.sigma,
-        )
-    )
-    means: list[float] = []
-    ranges: list[float] = []
-    hits: dict[int, list[str]] = {}
-    r_hits: dict[int, list[str]] = {}
-    descriptions: dict[str, str] = {}
-    start = datetime(1970, 1, 1)
-    for value, _at in values:
-        try:
-            alerts = monitor.add(value, start)
-        except SpcError:  # a subgroup whose range overflows: refused whole, not drawn
-            continue
-        if monitor.last is not None and monitor.last.index == len(means):
-            means.append(monitor.last.mean)
-            ranges.append(monitor.last.range)
-        for alert in alerts:
-            descriptions[alert.rule] = alert.description
-            into = r_hits if alert.rule == RANGE_RULE else hits
-            for point in alert.points:
-                into.setdefault(point.index, []).append(alert.rule)
-    first = max(0, len(means) - MAX_POINTS)
-    limits = monitor.limits
-
-    def marks(found: dict[int, list[str]], ys: list[float]) -> list[dict[str, Any]]:
-        return [
-            {"i": i, "rules": rules, "value": ys[i]}
-            for i, rules in sorted(found.items())
-            if i >= first
-        ]
-
-    return {
-        "n": n,
-        "groups": len(means),
-        "pending": monitor.pending,
-        "first": first,
-        "x": means[first:],
-        "r": ranges[first:],
-        "baseline": monitor.spec.baseline_subgroups,
-        "centre": None if limits is None else limits.grand_mean,
-        "ucl": None if limits is None else limits.x_ucl,
-        "lcl": None if limits is None else limits.x_lcl,
-        "r_centre": None if limits is None else limits.rbar,
-        "r_ucl": None if limits is None else limits.r_ucl,
-        "r_lcl": None if limits is None else limits.r_lcl,
-        "violations": marks(hits, means),
-        "r_violations": marks(r_hits, ranges),
-        "rules": descriptions,
-    }
-
-
-def state_of(ctx: NodeContext, key: str, subgroup: int | None = None) -> dict[str, Any] | None:
-    found = values_of(ctx, key)
-    return None if found is None else chart_state(key, *found, subgroup)
-
-
-def sse(event: str, data: dict[str, Any]) -> bytes:
-    """One server-sent event (the JSON on one ``data:`` line: it holds no newline)."""
-    return f"event: {event}\ndata: {json.dumps(data, separators=(',', ':'))}\n\n".encode()
+def _own_chart(
+    ctx: NodeContext, station: str, was: Watched | None, now: object, subgroup: int | None
+) -> Watched:
+    """The station's chart fed what it has not seen; built anew from its history when
+    the stream has none yet or rows it holds may have gone (the lowest id moved)."""
+    kept = None
+    if was is not None and isinstance(was.version, tuple) and isinstance(now, tuple):
+        kept = was.chart if was.version[0] == now[0] else None
+    if kept is None or was is None:
+        rows = station_scores(ctx, station)
+        chart, after = LiveChart(OWN_SCORE_SPEC, subgroup), 0
+    else:
+        rows = station_scores(ctx, station, was.after)
+        chart, after = kept, was.after
+    chart.extend((score, at) for _, score, at in rows)
+    return Watched(now, chart, rows[-1][0] if rows else after)
 
 
 def changed(
     ctx: NodeContext,
     keys: list[str],
-    seen: dict[str, int | None],
+    seen: dict[str, Watched],
     views: dict[str, int] | None = None,
 ) -> Iterator[bytes]:
     """The events for the series whose version moved since ``seen`` (updated in place);
     a key in ``views`` is sent with its X-bar-R state in subgroups of that size."""
     for key in keys:
         now = version(ctx, key)
-        if key in seen and seen[key] == now:
+        was = seen.get(key)
+        if was is not None and was.version == now:
             continue
-        seen[key] = now
-        state = state_of(ctx, key, (views or {}).get(key))
+        subgroup = (views or {}).get(key)
+        source, _, name = key.partition(":")
+        state = None
+        if source == "own" and now is not None:
+            watched = _own_chart(ctx, name, was, now, subgroup)
+            state = None if watched.chart is None else watched.chart.state(key)
+        else:
+            watched = Watched(now)
+            found = subscription_values(ctx, name) if source == "sub" else None
+            if found is not None:
+                state = chart_state(key, *found, subgroup)
+        seen[key] = watched
         if state is not None:
             yield sse("chart", state)
+
+
+def sse(event: str, data: dict[str, Any]) -> bytes:
+    """One server-sent event (the JSON on one ``data:`` line: it holds no newline)."""
+    return f"event: {event}\ndata: {json.dumps(data, separators=(',', ':'))}\n\n".encode()

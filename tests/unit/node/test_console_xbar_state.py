@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from qdspace.connector.spc import SpcSpec
-from qdspace.node.console.spc import chart_state
+from qdspace.node.console.spc_state import chart_state
 
 
 def test_xbar_state_draws_complete_subgroups_and_marks_both_charts() -> None:

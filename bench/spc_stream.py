@@ -1,0 +1,219 @@
+"""The SPC page's live chart of a station's own scores: what a stream costs per tick.
+
+The console's SPC stream (`node.console.spc`) asks every 0.1 s whether a followed
+series changed and, when it did, sends the chart again. A line at 60 frames a second
+changes it every tick. Each figure is one station of two, half the verdicts each,
+scores drawn at random, stored through the node's own ingest; both timed on the same
+database in the same run:
+
+- as the stream works now: ``version`` (two look-ups in ``ix_inspection_station``), the
+  chart built when the stream starts (``open``: the newest `spc.HISTORY` scores read
+  and replayed), an idle tick, and a tick after six new verdicts (one 60 fps tick),
+  which reads and feeds only those;
+- baseline, as it worked before: the version as the highest id and count of the
+  station's inspections (one statement reading every inspection), and on every change
+  all the station's scores read in time order and replayed into a new chart.
+
+    python bench/spc_stream.py                        # 200,000 verdicts, SQLite
+    python bench/spc_stream.py --rows 1000000 --postgres postgresql+psycopg://u:p@h/db
+    python bench/spc_stream.py --quick --out result.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import random
+import statistics
+import sys
+import time
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from sqlalchemy import delete, func, select  # noqa: E402
+
+from bench.support.stores import each_store  # noqa: E402
+from qdspace.connector.ingest import BULK_BATCH_ROWS  # noqa: E402
+from qdspace.connector.qdm import Inspection  # noqa: E402
+from qdspace.connector.storage import QualityStore  # noqa: E402
+from qdspace.node.console import spc  # noqa: E402
+from qdspace.node.console.spc_state import chart_state  # noqa: E402
+
+_I = Inspection.__table__  # type: ignore[attr-defined]
+STATION = "el-1"
+KEY = f"own:{STATION}"
+
+
+def _utc(ts: float) -> str:
+    return datetime.fromtimestamp(ts, UTC).isoformat()
+
+
+def fill(store: QualityStore, rows: int) -> None:
+    rnd = random.Random(23)
+    start = time.time() - rows / 120
+    with store.engine.begin() as conn:
+        conn.execute(delete(_I))
+
+    def verdicts() -> Iterator[tuple[int, dict[str, Any]]]:
+        for i in range(rows):
+            score = rnd.betavariate(2, 8)
+            yield (
+                i + 1,
+                {
+                    "inspection_id": f"el-{i}",
+                    "station": f"el-{1 + i % 2}",
+                    "inspected_at": _utc(start + i / 120),
+                    "verdict": "fail" if score > 0.5 else "pass",
+                    "defect_class": "crack" if score > 0.5 else "none",
+                    "score": score,
+                    "serial": f"SN-{i:09d}",
+                },
+            )
+
+    report = store.ingest_rows("inspection", verdicts(), batch_size=BULK_BATCH_ROWS)
+    if report.rejected:
+        raise SystemExit(f"{len(report.rejected)} verdicts refused: {report.rejected[:3]}")
+
+
+def timed(runs: int, call: Callable[[], Any]) -> dict[str, float]:
+    call()  # warm the cache; not counted
+    values = []
+    for _ in range(runs):
+        started = time.perf_counter()
+        call()
+        values.append((time.perf_counter() - started) * 1000)
+    return {"p50_ms": statistics.median(values), "min_ms": min(values), "max_ms": max(values)}
+
+
+def old_version(store: QualityStore) -> object:
+    """The version before ix_inspection_station: highest id and count in one statement."""
+    query = select(func.max(_I.c.id), func.count()).where(_I.c.station == STATION)
+    with store.engine.connect() as conn:
+        return conn.execute(query).one()
+
+
+def old_chart(store: QualityStore) -> dict[str, Any]:
+    """The chart before: every score of the station in time order, replayed whole."""
+    query = (
+        select(_I.c.score, _I.c.inspected_at)
+        .where(_I.c.station == STATION, _I.c.score.is_not(None), _I.c.withdrawn_at.is_(None))
+        .order_by(_I.c.inspected_at, _I.c.id)
+    )
+    with store.engine.connect() as conn:
+        values = [(float(s), at.isoformat()) for s, at in conn.execute(query)]
+    return chart_state(KEY, values, spc.OWN_SCORE_SPEC)
+
+
+def measure(store: QualityStore, runs: int, baseline_runs: int) -> dict[str, Any]:
+    ctx: Any = SimpleNamespace(store=store, contract_client=None, contracts=None)
+    seen: dict[str, spc.Watched] = {}
+
+    def open_stream() -> None:
+        seen.clear()
+        if len(list(spc.changed(ctx, [KEY], seen))) != 1:
+            raise SystemExit("the stream sent no chart")
+
+    def idle_tick() -> None:
+        if list(spc.changed(ctx, [KEY], seen)):
+            raise SystemExit("an idle tick sent a chart")
+
+    counter = iter(range(10**9))
+
+    def tick_after_six() -> None:
+        k = next(counter)
+        new = [
+            (
+                i,
+                {
+                    "inspection_id": f"live-{k}-{i}",
+                    "station": STATION,
+                    "inspected_at": datetime.now(UTC).isoformat(),
+                    "verdict": "pass",
+                    "defect_class": "none",
+                    "score": 0.1 + i / 100,
+                },
+            )
+            for i in range(1, 7)
+        ]
+        store.ingest_rows("inspection", new)
+        started = time.perf_counter()
+        sent = list(spc.changed(ctx, [KEY], seen))
+        ticks.append((time.perf_counter() - started) * 1000)
+        if len(sent) != 1:
+            raise SystemExit("a tick after new verdicts sent no chart")
+
+    figures = {
+        "version": timed(runs, lambda: spc.version(ctx, KEY)),
+        "open": timed(max(3, runs // 5), open_stream),
+        "idle_tick": timed(runs, idle_tick),
+    }
+    ticks: list[float] = []
+    for _ in range(runs + 1):
+        tick_after_six()
+    ticks = ticks[1:]
+    figures["tick_after_six"] = {
+        "p50_ms": statistics.median(ticks),
+        "min_ms": min(ticks),
+        "max_ms": max(ticks),
+    }
+    state = seen[KEY].chart.state(KEY) if seen[KEY].chart is not None else {}
+    figures["points_judged"] = state.get("n", 0)
+    figures["baseline_version"] = timed(runs, lambda: old_version(store))
+    figures["baseline_change"] = timed(baseline_runs, lambda: old_chart(store))
+    return figures
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("--rows", type=int, default=200_000, help="verdicts stored")
+    parser.add_argument("--runs", type=int, default=15, help="timed calls per figure")
+    parser.add_argument("--postgres", help="also on this PostgreSQL database (emptied!)")
+    parser.add_argument("--quick", action="store_true", help="20k verdicts, 3 runs (CI)")
+    parser.add_argument("--out", type=Path, help="write the figures as JSON here")
+    args = parser.parse_args()
+    rows, runs = (20_000, 3) if args.quick else (args.rows, args.runs)
+    baseline_runs = 1 if args.quick else 3
+    results: dict[str, Any] = {
+        "rows": rows,
+        "runs": runs,
+        "cpus": os.cpu_count(),
+        "python": platform.python_version(),
+    }
+
+    def filled(store: QualityStore) -> str:
+        fill(store, rows)
+        return f"{rows:,} verdicts"
+
+    results["figures"] = each_store(
+        args.postgres, filled, lambda store: measure(store, runs, baseline_runs)
+    )
+    results["loadavg_1m"] = os.getloadavg()[0]
+    print(f"spc_stream.rows: {rows} verdicts (half at the charted station)")
+    for name, figures in results["figures"].items():
+        for label in ("version", "open", "idle_tick", "tick_after_six"):
+            print(f"spc_stream.{name}.{label}_p50: {figures[label]['p50_ms']:.2f} ms")
+        print(f"spc_stream.{name}.points_judged: {figures['points_judged']} points")
+        for label in ("version", "change"):
+            f = figures[f"baseline_{label}"]
+            print(f"spc_stream.{name}.baseline_{label}_p50: {f['p50_ms']:.2f} ms")
+        version = figures["baseline_version"]["p50_ms"] / figures["version"]["p50_ms"]
+        tick = figures["baseline_change"]["p50_ms"] / figures["tick_after_six"]["p50_ms"]
+        figures["version_speedup"], figures["tick_speedup"] = version, tick
+        print(f"spc_stream.{name}.version_speedup_over_baseline: {version:.1f} ratio")
+        print(f"spc_stream.{name}.tick_speedup_over_baseline_change: {tick:.1f} ratio")
+    print(f"spc_stream.cpus: {results['cpus']} cores")
+    print(f"spc_stream.loadavg_1m: {results['loadavg_1m']:.2f} load")
+    if args.out:
+        args.out.write_text(json.dumps(results, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
