@@ -44,7 +44,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import Select, func, select
 
 from qdspace.connector.qdm import Inspection
 from qdspace.connector.spc import SpcSpec
@@ -84,18 +84,32 @@ def list_series(ctx: NodeContext) -> list[Series]:
                     sub.characteristic,
                 )
             )
-    table = Inspection.__table__  # type: ignore[attr-defined]
-    query = (
-        select(table.c.station)
-        .where(table.c.score.is_not(None), table.c.withdrawn_at.is_(None))
-        .group_by(table.c.station)
-        .order_by(table.c.station)
-    )
     with ctx.store.engine.connect() as connection:
-        stations = list(connection.execute(query).scalars())
+        stations = list(connection.execute(_scored_stations()).scalars())
     for station in stations:
         found.append(Series(f"own:{station}", f"score at {station} (own)", "own", "score"))
     return found
+
+
+def _scored_stations() -> Select[tuple[str]]:
+    """The stations with a scored, live verdict, in order: the distinct stations found by
+    seeking ``ix_inspection_station`` once each (a recursive query: the least station
+    after the last one found), each kept when a row of it has a score. Grouping every
+    verdict by station read them all (1.2-1.9 s on a million), on every SPC page and
+    every stream the page opens."""
+    table = Inspection.__table__  # type: ignore[attr-defined]
+    station = table.c.station
+    found = select(func.min(station).label("station")).cte("stations", recursive=True)
+    following = select(func.min(station)).where(station > found.c.station).scalar_subquery()
+    found = found.union_all(select(following).where(found.c.station.is_not(None)))
+    scored = (
+        select(table.c.id)
+        .where(station == found.c.station, table.c.score.is_not(None))
+        .where(table.c.withdrawn_at.is_(None))
+        .exists()
+    )
+    query = select(found.c.station).where(found.c.station.is_not(None), scored)
+    return query.order_by(found.c.station)
 
 
 def check_keys(ctx: NodeContext, keys: list[str]) -> None:

@@ -147,3 +147,18 @@ def test_the_version_and_the_new_scores_are_read_from_the_station_index(
         assert not [s for s in plan if s.startswith(("SCAN", "Seq Scan"))], (name, plan)
     assert spc.version(_ctx(store), KEY) == spc.version(_ctx(store), KEY) is not None
     assert spc.version(_ctx(store), "own:nowhere") is None
+
+
+def test_the_stations_charted_are_those_with_a_scored_live_verdict(store: QualityStore) -> None:
+    """The SPC page lists a station once, in order, when one of its verdicts has a score
+    and is not withdrawn, found by seeking the station index (no scan of the
+    inspections: grouping them all took 1.2-1.9 s on a million)."""
+    _ingest(store, _verdicts(1, 5) + _verdicts(10, 3, "A-0") + _verdicts(20, 2, "el-3"))
+    unscored = [(n, dict(row, score=None)) for n, row in _verdicts(30, 4, "el-2")]
+    _ingest(store, unscored)
+    store.withdraw("inspection", {"inspection_id": "el-3-20"}, T0 + timedelta(days=1))
+    store.withdraw("inspection", {"inspection_id": "el-3-21"}, T0 + timedelta(days=1))
+    keys = [s.key for s in spc.list_series(_ctx(store))]
+    assert keys == ["own:A-0", "own:el-1"]
+    plan = _plan(store, spc._scored_stations())
+    assert not [s for s in plan if s.startswith(("SCAN qdm_inspection", "Seq Scan"))], plan
