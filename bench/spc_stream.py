@@ -29,7 +29,7 @@ import random
 import statistics
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from types import SimpleNamespace
@@ -40,7 +40,7 @@ sys.path.insert(0, str(ROOT))
 
 from sqlalchemy import delete, func, select  # noqa: E402
 
-from bench.support.stores import each_store  # noqa: E402
+from bench.support.stores import each_store, timed  # noqa: E402
 from qdspace.connector.ingest import BULK_BATCH_ROWS  # noqa: E402
 from qdspace.connector.qdm import Inspection  # noqa: E402
 from qdspace.connector.storage import QualityStore  # noqa: E402
@@ -81,16 +81,6 @@ def fill(store: QualityStore, rows: int) -> None:
     report = store.ingest_rows("inspection", verdicts(), batch_size=BULK_BATCH_ROWS)
     if report.rejected:
         raise SystemExit(f"{len(report.rejected)} verdicts refused: {report.rejected[:3]}")
-
-
-def timed(runs: int, call: Callable[[], Any]) -> dict[str, float]:
-    call()  # warm the cache; not counted
-    values = []
-    for _ in range(runs):
-        started = time.perf_counter()
-        call()
-        values.append((time.perf_counter() - started) * 1000)
-    return {"p50_ms": statistics.median(values), "min_ms": min(values), "max_ms": max(values)}
 
 
 def old_version(store: QualityStore) -> object:

@@ -33,10 +33,9 @@ import json
 import os
 import platform
 import random
-import statistics
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -46,7 +45,7 @@ sys.path.insert(0, str(ROOT))
 
 from sqlalchemy import Engine, delete, func  # noqa: E402
 
-from bench.support.stores import each_store  # noqa: E402
+from bench.support.stores import each_store, timed  # noqa: E402
 from qdspace.connector import verdict_data  # noqa: E402
 from qdspace.connector.ingest import BULK_BATCH_ROWS  # noqa: E402
 from qdspace.connector.qdm import Inspection, Product  # noqa: E402
@@ -115,16 +114,6 @@ def fill(store: QualityStore, rows: int) -> None:
 
 def _utc(ts: float) -> str:
     return datetime.fromtimestamp(ts, UTC).isoformat()
-
-
-def timed(runs: int, call: Callable[[], Any]) -> dict[str, float]:
-    call()  # warm the cache; not counted
-    values = []
-    for _ in range(runs):
-        started = time.perf_counter()
-        call()
-        values.append((time.perf_counter() - started) * 1000)
-    return {"p50_ms": statistics.median(values), "min_ms": min(values), "max_ms": max(values)}
 
 
 def chart_all_counted(engine: Engine) -> list[tuple[str, int, int, datetime]]:

@@ -8,6 +8,7 @@ autovacuum would give it statistics in a running node.
 
 from __future__ import annotations
 
+import statistics
 import sys
 import tempfile
 import time
@@ -49,3 +50,14 @@ def each_store(
             finally:
                 store.close()
     return figures
+
+
+def timed(runs: int, call: Callable[[], Any]) -> dict[str, float]:
+    """p50, min and max milliseconds of ``runs`` calls, after one that warms the caches."""
+    call()
+    values = []
+    for _ in range(runs):
+        started = time.perf_counter()
+        call()
+        values.append((time.perf_counter() - started) * 1000)
+    return {"p50_ms": statistics.median(values), "min_ms": min(values), "max_ms": max(values)}

@@ -6,8 +6,10 @@ import os
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
 from pathlib import Path
+from typing import Any
 
 import pytest
+from sqlalchemy import Engine
 
 from qdspace.connector.storage import QualityStore, open_store
 
@@ -42,3 +44,15 @@ def store(store_url: str) -> Iterator[QualityStore]:
         yield opened
     finally:
         opened.close()
+
+
+def query_plan(engine: Engine, statement: Any) -> list[str]:
+    """The database's plan for ``statement``, a step a line. PostgreSQL is told to avoid
+    sequential scans (it scans small tables anyway, indexes or not): it still plans one
+    where no index can serve, so a scan in the plan means no index path."""
+    sql = statement.compile(dialect=engine.dialect, compile_kwargs={"literal_binds": True})
+    with engine.begin() as conn:
+        if conn.dialect.name == "sqlite":
+            return [str(r[-1]) for r in conn.exec_driver_sql(f"EXPLAIN QUERY PLAN {sql}")]
+        conn.exec_driver_sql("SET LOCAL enable_seqscan = off")
+        return [str(r[0]).strip() for r in conn.exec_driver_sql(f"EXPLAIN {sql}")]

@@ -25,6 +25,8 @@ from qdspace.connector.paging import (
 from qdspace.connector.qdm import Batch, GenealogyEdge
 from qdspace.connector.storage import QualityStore
 
+from .conftest import query_plan
+
 pytestmark = pytest.mark.integration
 T0 = datetime(2026, 6, 1, tzinfo=UTC)
 M = MEASUREMENT_TABLE
@@ -198,15 +200,6 @@ def test_a_read_is_of_one_point_in_time_and_a_purged_row_does_not_end_it(
     ]
 
 
-def _plan(engine: Engine, statement: Any) -> list[str]:
-    sql = statement.compile(dialect=engine.dialect, compile_kwargs={"literal_binds": True})
-    with engine.begin() as conn:
-        if conn.dialect.name == "sqlite":
-            return [str(r[-1]) for r in conn.exec_driver_sql(f"EXPLAIN QUERY PLAN {sql}")]
-        conn.exec_driver_sql("SET LOCAL enable_seqscan = off")
-        return [str(r[0]).strip() for r in conn.exec_driver_sql(f"EXPLAIN {sql}")]
-
-
 def test_each_search_reads_its_index_in_id_order(store: QualityStore) -> None:
     """Each stream's statement is an index range in id order: no scan of the readings
     and no sort (PostgreSQL told to avoid scans still plans one where no index serves)."""
@@ -215,7 +208,7 @@ def test_each_search_reads_its_index_in_id_order(store: QualityStore) -> None:
     by = {"order": M.c.order_id == "ORD-1", "batch": M.c.batch_id == "CB-1"}
     for name, term in by.items():
         statement = select(M.c.id).where(term, M.c.id > 5, M.c.id <= 500).order_by(M.c.id).limit(10)
-        plan = _plan(engine, statement)
+        plan = query_plan(engine, statement)
         index = f"ix_measurement_{name}"
         assert any(index in step for step in plan), (name, plan)
         steps = [step.lstrip("-> ") for step in plan]

@@ -11,12 +11,14 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
-from sqlalchemy import Select, delete, func, select
+from sqlalchemy import delete, func, select
 
 from qdspace.connector.qdm import Inspection
 from qdspace.connector.storage import QualityStore, open_store
 from qdspace.node.console import spc
 from qdspace.node.console.spc_state import chart_state
+
+from .conftest import query_plan
 
 pytestmark = pytest.mark.integration
 T0 = datetime(2026, 6, 1, 6, tzinfo=UTC)
@@ -119,15 +121,6 @@ def test_a_chart_starts_from_the_newest_history_and_rebuilds_after_a_purge(
     assert rebuilt["n"] == 25
 
 
-def _plan(store: QualityStore, query: Select[Any]) -> list[str]:
-    sql = query.compile(dialect=store.engine.dialect, compile_kwargs={"literal_binds": True})
-    with store.engine.begin() as conn:
-        if conn.dialect.name == "sqlite":
-            return [str(row[-1]) for row in conn.exec_driver_sql(f"EXPLAIN QUERY PLAN {sql}")]
-        conn.exec_driver_sql("SET LOCAL enable_seqscan = off")
-        return [str(row[0]).strip() for row in conn.exec_driver_sql(f"EXPLAIN {sql}")]
-
-
 def test_the_version_and_the_new_scores_are_read_from_the_station_index(
     store: QualityStore,
 ) -> None:
@@ -142,7 +135,7 @@ def test_the_version_and_the_new_scores_are_read_from_the_station_index(
         "new": select(_I.c.id, _I.c.score).where(station, _I.c.id > 7).order_by(_I.c.id),
     }
     for name, query in queries.items():
-        plan = _plan(store, query)
+        plan = query_plan(store.engine, query)
         assert any("ix_inspection_station" in step for step in plan), (name, plan)
         assert not [s for s in plan if s.startswith(("SCAN", "Seq Scan"))], (name, plan)
     assert spc.version(_ctx(store), KEY) == spc.version(_ctx(store), KEY) is not None
@@ -160,5 +153,5 @@ def test_the_stations_charted_are_those_with_a_scored_live_verdict(store: Qualit
     store.withdraw("inspection", {"inspection_id": "el-3-21"}, T0 + timedelta(days=1))
     keys = [s.key for s in spc.list_series(_ctx(store))]
     assert keys == ["own:A-0", "own:el-1"]
-    plan = _plan(store, spc._scored_stations())
+    plan = query_plan(store.engine, spc._scored_stations())
     assert not [s for s in plan if s.startswith(("SCAN qdm_inspection", "Seq Scan"))], plan

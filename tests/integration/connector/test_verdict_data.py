@@ -10,7 +10,6 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
-from sqlalchemy import Select
 
 from qdspace.connector import verdict_data
 from qdspace.connector.spc_defects import p_chart
@@ -27,6 +26,8 @@ from qdspace.connector.verdict_data import (
     verdicts_query,
     walk_query,
 )
+
+from .conftest import query_plan
 
 pytestmark = pytest.mark.integration
 T0 = datetime(2026, 6, 1, 6, tzinfo=UTC)
@@ -132,18 +133,6 @@ def test_a_verdict_naming_its_own_batch_is_that_batchs_whatever_its_product_says
     assert "el-1-9002" not in {r.inspection_id for r in in_b03} and len(in_b03) == 40
 
 
-def _plan(store: QualityStore, query: Select[Any]) -> list[str]:
-    """The database's plan for ``query``, a step a line. PostgreSQL is told to avoid
-    sequential scans (it scans these small tables anyway, indexes or not): it still
-    plans one where no index can serve, so a scan in the plan means no index path."""
-    sql = query.compile(dialect=store.engine.dialect, compile_kwargs={"literal_binds": True})
-    with store.engine.begin() as conn:
-        if conn.dialect.name == "sqlite":
-            return [str(row[-1]) for row in conn.exec_driver_sql(f"EXPLAIN QUERY PLAN {sql}")]
-        conn.exec_driver_sql("SET LOCAL enable_seqscan = off")
-        return [str(row[0]).strip() for row in conn.exec_driver_sql(f"EXPLAIN {sql}")]
-
-
 def test_a_batch_or_a_serial_is_looked_up_without_reading_every_verdict(
     store: QualityStore,
 ) -> None:
@@ -158,11 +147,11 @@ def test_a_batch_or_a_serial_is_looked_up_without_reading_every_verdict(
     }
     scan = ("SCAN", "Seq Scan on qdm_inspection")
     for name, query in queries.items():
-        plan = _plan(store, query)
+        plan = query_plan(store.engine, query)
         assert [step for step in plan if step.startswith(scan)] == [], (name, plan)
         assert any("ix_inspection_serial" in step for step in plan), (name, plan)
     # the unfiltered listing still walks the time index (newest first), as before
-    assert any("ix_inspection_time" in step for step in _plan(store, verdicts_query()))
+    assert any("ix_inspection_time" in step for step in query_plan(store.engine, verdicts_query()))
 
 
 @pytest.mark.parametrize("walked", [False, True], ids=["counted-in-one-pass", "walked"])
@@ -260,7 +249,7 @@ def test_the_chart_reads_its_batches_through_indexes(store: QualityStore) -> Non
     }
     scan = ("SCAN", "Seq Scan on qdm_inspection")
     for name, query in queries.items():
-        plan = _plan(store, query)
+        plan = query_plan(store.engine, query)
         # the first step walks the time index newest first and stops at its limit
         scans = [s for s in plan if s.startswith(scan) and "ix_inspection_time" not in s]
         assert scans == [], (name, plan)
