@@ -1,0 +1,127 @@
+"""A kept SPC chart (`LiveChart`) fed in pieces draws what one fed everything at once
+draws, past `MAX_POINTS` too, with hostile values among them; what scrolled off is
+neither drawn nor kept."""
+
+from __future__ import annotations
+
+import math
+import random
+from datetime import datetime
+from typing import Any
+
+import pytest
+
+from qdspace.connector.contract_errors import SpcError
+from qdspace.connector.spc import CPK_RULE, SpcMonitor, SpcSpec, cpk
+from qdspace.connector.spc_xbar import RANGE_RULE, XbarRMonitor, XbarRSpec
+from qdspace.node.console.spc_state import MAX_POINTS, LiveChart, chart_state
+
+SPECS = [
+    SpcSpec(usl=0.5, baseline_size=20, cpk_window=20),
+    SpcSpec(lsl=-1.0, usl=1.0, baseline_size=30, cpk_window=50),
+    SpcSpec(centre=0.3, sigma=0.05, usl=0.6),
+]
+
+
+def _series(rnd: random.Random, n: int) -> list[tuple[float, str]]:
+    values = []
+    for i in range(n):
+        value = rnd.gauss(0.3 if i < n // 2 else 0.42, 0.05)  # a shift half way
+        roll = rnd.random()
+        if roll < 0.002:
+            value = float("nan")
+        elif roll < 0.003:
+            value = rnd.choice([1.7e308, -1.7e308])
+        values.append((value, f"t{i}"))
+    return values
+
+
+def _reference(values: list[tuple[float, str]], spec: SpcSpec, n: int | None) -> dict[str, Any]:
+    """The chart as the page computed it before charts were kept: every value replayed
+    through the monitors, every hit recorded, the newest `MAX_POINTS` cut out after."""
+    values = [(v, a) for v, a in values if math.isfinite(v)]
+    monitor, hits, epoch = SpcMonitor(spec), {}, datetime(1970, 1, 1)
+    for value, _ in values:
+        for alert in monitor.add(value, epoch):
+            if alert.rule != CPK_RULE:
+                for point in alert.points:
+                    hits.setdefault(point.index, []).append(alert.rule)
+    first = max(0, len(values) - MAX_POINTS)
+    window = [v for v, _ in values[-spec.cpk_window :]]
+    rolling = None
+    if len(window) >= spec.cpk_window:
+        rolling = cpk(window, spec.lsl, spec.usl)
+    found: dict[str, Any] = {
+        "n": len(values),
+        "first": first,
+        "y": [v for v, _ in values[first:]],
+        "centre": monitor.centre,
+        "violations": [
+            (i, rules, values[i][0], values[i][1])
+            for i, rules in sorted(hits.items())
+            if i >= first
+        ],
+        "cpk": rolling if rolling is None or math.isfinite(rolling) else None,
+    }
+    if n is not None:
+        xbar = XbarRMonitor(
+            XbarRSpec(
+                subgroup_size=n,
+                baseline_subgroups=max(2, spec.baseline_size // n),
+                centre=spec.centre,
+                sigma=spec.sigma,
+            )
+        )
+        means: list[float] = []
+        marks: dict[int, list[str]] = {}
+        for value, _ in values:
+            try:
+                alerts = xbar.add(value, epoch)
+            except SpcError:
+                continue
+            if xbar.last is not None and xbar.last.index == len(means):
+                means.append(xbar.last.mean)
+            for alert in alerts:
+                if alert.rule != RANGE_RULE:
+                    for point in alert.points:
+                        marks.setdefault(point.index, []).append(alert.rule)
+        start = max(0, len(means) - MAX_POINTS)
+        found["x"] = means[start:]
+        found["x_marks"] = [(i, r, means[i]) for i, r in sorted(marks.items()) if i >= start]
+    return found
+
+
+def _drawn(state: dict[str, Any], n: int | None) -> dict[str, Any]:
+    found = {k: state[k] for k in ("n", "first", "y", "centre", "cpk")}
+    found["violations"] = [(v["i"], v["rules"], v["value"], v["at"]) for v in state["violations"]]
+    if n is not None:
+        found["x"] = state["xbar"]["x"]
+        found["x_marks"] = [(v["i"], v["rules"], v["value"]) for v in state["xbar"]["violations"]]
+    return found
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_fed_in_pieces_it_draws_what_it_draws_fed_at_once(seed: int) -> None:
+    rnd = random.Random(seed)
+    values = _series(rnd, rnd.choice([30, 700, MAX_POINTS + 1_500]))
+    spec, subgroup = rnd.choice(SPECS), rnd.choice([None, 2, 5])
+    whole = chart_state("own:x", values, spec, subgroup)
+    chart, i = LiveChart(spec, subgroup), 0
+    while i < len(values):
+        step = rnd.randint(1, 400)
+        chart.extend(values[i : i + step])
+        i += step
+    assert chart.state("own:x") == whole
+    assert _drawn(whole, subgroup) == _reference(values, spec, subgroup)
+
+
+def test_what_scrolled_off_is_neither_drawn_nor_kept() -> None:
+    rnd = random.Random(9)
+    chart = LiveChart(SpcSpec(usl=0.5, baseline_size=20, cpk_window=20))
+    for _ in range(8):
+        chart.extend(_series(rnd, MAX_POINTS))
+    state = chart.state("own:x")
+    assert state["first"] == chart.n - MAX_POINTS > 6 * MAX_POINTS
+    assert len(state["y"]) == MAX_POINTS
+    assert state["violations"] and all(v["i"] >= state["first"] for v in state["violations"])
+    assert len(chart._hits) <= 2 * MAX_POINTS  # older marks are let go
