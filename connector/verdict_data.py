@@ -189,9 +189,8 @@ def walk_query(f: VerdictFilter, after: int | None = None) -> Select[Any]:
     time itself: turning each time into a datetime here cost more than reading the row."""
     walk = _where(select(_batch, _I.id), f).where(_JUDGED)
     if after is not None:
-        at = select(_INSPECTION.c.inspected_at).where(_INSPECTION.c.id == after)
-        at_ = at.scalar_subquery()
-        walk = walk.where(_I.inspected_at <= at_, or_(_I.inspected_at < at_, _I.id < after))
+        at = select(_INSPECTION.c.inspected_at).where(_INSPECTION.c.id == after).scalar_subquery()
+        walk = walk.where(_I.inspected_at <= at, or_(_I.inspected_at < at, _I.id < after))
     return walk.order_by(_I.inspected_at.desc(), _I.id.desc()).limit(WALK_STEP)
 
 
@@ -283,25 +282,25 @@ def batch_defects(
     if not 1 <= batches <= MAX_BATCHES:
         raise ValueError(f"batches: {batches} is not between 1 and {MAX_BATCHES}")
     with engine.connect() as conn:
-        counted_all = _id_span(conn) <= COUNT_ALL_ROWS
+        # one batch asked for is counted in one pass whatever the store's size: its
+        # filter is already index searches (a walk would read every verdict newest
+        # first to find its few: 235 ms on SQLite for a million)
+        counted_all = f.batch_id is not None or _id_span(conn) <= COUNT_ALL_ROWS
         if counted_all:
             every = _tallies(conn.execute(defects_query(f)))
             loose = every.pop(None, None)  # the verdicts without a batch, all of them
             newest = sorted(every, key=lambda b: (every[b].last, b))[-batches:]
             found = {b: every[b] for b in newest if b is not None}
         else:
-            # one batch asked for is the only one (a walk would read every verdict
-            # newest first to find its few: 235 ms on SQLite for a million)
-            one = [f.batch_id] if f.batch_id is not None else None
-            chosen = one or newest_batches(conn, f, batches)
+            chosen = newest_batches(conn, f, batches)
             walked = _tallies(conn.execute(defects_query(f, chosen))) if chosen else {}
             found = {b: t for b, t in walked.items() if b is not None}
         if not found:
+            if counted_all:  # every verdict was counted: those without a batch too
+                return BatchDefects([], 0 if loose is None else loose.judged)
             return BatchDefects([], int(conn.execute(unbatched_query(f)).scalar_one()))
         start = min(t.first for t in found.values())
-        if f.batch_id is not None:
-            unbatched = 0  # every verdict of a batch has one
-        elif counted_all and (loose is None or loose.first >= start):
+        if counted_all and (loose is None or loose.first >= start):
             unbatched = 0 if loose is None else loose.judged  # all since the chart's start
         else:
             since = start if f.since is None else max(start, f.since)
