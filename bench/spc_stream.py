@@ -26,7 +26,6 @@ import json
 import os
 import platform
 import random
-import statistics
 import sys
 import time
 from collections.abc import Iterator
@@ -40,7 +39,7 @@ sys.path.insert(0, str(ROOT))
 
 from sqlalchemy import delete, func, select  # noqa: E402
 
-from bench.support.stores import each_store, timed  # noqa: E402
+from bench.support.stores import each_store, summary, timed  # noqa: E402
 from qdspace.connector.ingest import BULK_BATCH_ROWS  # noqa: E402
 from qdspace.connector.qdm import Inspection  # noqa: E402
 from qdspace.connector.storage import QualityStore  # noqa: E402
@@ -148,14 +147,9 @@ def measure(store: QualityStore, runs: int, baseline_runs: int) -> dict[str, Any
     ticks: list[float] = []
     for _ in range(runs + 1):
         tick_after_six()
-    ticks = ticks[1:]
-    figures["tick_after_six"] = {
-        "p50_ms": statistics.median(ticks),
-        "min_ms": min(ticks),
-        "max_ms": max(ticks),
-    }
-    state = seen[KEY].chart.state(KEY) if seen[KEY].chart is not None else {}
-    figures["points_judged"] = state.get("n", 0)
+    figures["tick_after_six"] = summary(ticks[1:])  # the first one warms the caches
+    chart = seen[KEY].chart
+    figures["points_judged"] = 0 if chart is None else chart.n
     figures["baseline_version"] = timed(runs, lambda: old_version(store))
     figures["baseline_change"] = timed(baseline_runs, lambda: old_chart(store))
     return figures

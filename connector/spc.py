@@ -263,6 +263,8 @@ class SpcMonitor:
         self._ranges = 0.0
         self._judge = RuleJudge(self.rules)
         self._cpk_points: deque[SpcPoint] = deque(maxlen=spec.cpk_window)
+        #: Cpk over the last ``cpk_window`` values (None until that many, or without limits)
+        self.rolling_cpk: float | None = None
         self._cpk_armed = True
         self._count = 0
 
@@ -296,7 +298,7 @@ class SpcMonitor:
         self._cpk_points.append(point)
         if len(self._cpk_points) < spec.cpk_window:
             return []
-        value = cpk([p.value for p in self._cpk_points], spec.lsl, spec.usl)
+        value = self.rolling_cpk = cpk([p.value for p in self._cpk_points], spec.lsl, spec.usl)
         if value >= spec.cpk_threshold:
             self._cpk_armed = True
             return []

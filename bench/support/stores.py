@@ -52,12 +52,17 @@ def each_store(
     return figures
 
 
+def summary(values: list[float]) -> dict[str, float]:
+    """p50, min and max of milliseconds measured."""
+    return {"p50_ms": statistics.median(values), "min_ms": min(values), "max_ms": max(values)}
+
+
 def timed(runs: int, call: Callable[[], Any]) -> dict[str, float]:
-    """p50, min and max milliseconds of ``runs`` calls, after one that warms the caches."""
+    """`summary` of ``runs`` calls, after one that warms the caches."""
     call()
     values = []
     for _ in range(runs):
         started = time.perf_counter()
         call()
         values.append((time.perf_counter() - started) * 1000)
-    return {"p50_ms": statistics.median(values), "min_ms": min(values), "max_ms": max(values)}
+    return summary(values)

@@ -17,8 +17,8 @@ here decides what a violation is.
 The page learns of new rows by server-sent events (`stream`): every `TICK_S` it asks each
 series for its version (a subscription's in-memory row count; the lowest and highest id
 of the station's inspections, two look-ups in ``ix_inspection_station``) and sends a
-series' whole state again only when that changed. At `MAX_POINTS` per chart that is a
-few hundred kB at most per change, cheap next to a browser's redraw.
+series' whole state again only when that changed. At `spc_state.MAX_POINTS` per chart
+that is a few hundred kB at most per change, cheap next to a browser's redraw.
 
 An own station's chart is kept by the stream and fed (`spc_state.LiveChart`): it starts
 from the station's newest `HISTORY` scores, in the order they were stored, and each
@@ -229,22 +229,25 @@ class Watched:
     after: int = 0
 
 
+def _oldest(version: object) -> object:
+    """The lowest id in an own station's version (`_station_ids`)."""
+    return version[0] if isinstance(version, tuple) else None
+
+
 def _own_chart(
     ctx: NodeContext, station: str, was: Watched | None, now: object, subgroup: int | None
-) -> Watched:
-    """The station's chart fed what it has not seen; built anew from its history when
-    the stream has none yet or rows it holds may have gone (the lowest id moved)."""
-    kept = None
-    if was is not None and isinstance(was.version, tuple) and isinstance(now, tuple):
-        kept = was.chart if was.version[0] == now[0] else None
-    if kept is None or was is None:
-        rows = station_scores(ctx, station)
-        chart, after = LiveChart(OWN_SCORE_SPEC, subgroup), 0
+) -> tuple[LiveChart, int]:
+    """The station's chart fed what it has not seen, and the id of the last score fed;
+    built anew from its history when the stream has none yet or rows it holds may have
+    gone (the lowest id moved)."""
+    if was is not None and was.chart is not None and _oldest(was.version) == _oldest(now):
+        chart, after = was.chart, was.after
+        rows = station_scores(ctx, station, after)
     else:
-        rows = station_scores(ctx, station, was.after)
-        chart, after = kept, was.after
+        chart, after = LiveChart(OWN_SCORE_SPEC, subgroup), 0
+        rows = station_scores(ctx, station)
     chart.extend((score, at) for _, score, at in rows)
-    return Watched(now, chart, rows[-1][0] if rows else after)
+    return chart, rows[-1][0] if rows else after
 
 
 def changed(
@@ -264,8 +267,8 @@ def changed(
         source, _, name = key.partition(":")
         state = None
         if source == "own" and now is not None:
-            watched = _own_chart(ctx, name, was, now, subgroup)
-            state = None if watched.chart is None else watched.chart.state(key)
+            chart, after = _own_chart(ctx, name, was, now, subgroup)
+            watched, state = Watched(now, chart, after), chart.state(key)
         else:
             watched = Watched(now)
             found = subscription_values(ctx, name) if source == "sub" else None

@@ -6,7 +6,7 @@ about 26 us a value, so recomputing a station's chart from all its values on eve
 change took 13 s for 500,000 scores, ten times a second. A `LiveChart` is fed each value
 once (`extend`) and keeps only what it draws: the newest `MAX_POINTS` values, the rule
 hits on them, and the monitor's state (centre and sigma from the baseline, the recent
-points the run rules look at, the rolling Cpk window). Its `state` is the same JSON the
+points the run rules look at, its rolling Cpk). Its `state` is the same JSON the
 page has always drawn; `chart_state` builds one chart from a whole list of values, which
 gives exactly what feeding them one at a time gives.
 
@@ -23,7 +23,7 @@ from datetime import datetime
 from typing import Any
 
 from qdspace.connector.contract_errors import SpcError
-from qdspace.connector.spc import CPK_RULE, SpcMonitor, SpcSpec, cpk
+from qdspace.connector.spc import CPK_RULE, SpcMonitor, SpcSpec
 from qdspace.connector.spc_xbar import RANGE_RULE, XbarRMonitor, XbarRSpec
 
 #: the most points a chart shows (the newest); every value fed is judged
@@ -34,6 +34,12 @@ _EPOCH = datetime(1970, 1, 1)
 
 def _finite(value: float | None) -> float | None:
     return value if value is not None and math.isfinite(value) else None
+
+
+def _forget_before(marks: dict[int, Any], first: int) -> None:
+    """Drop the marks of points before ``first``: scrolled off the chart."""
+    for i in [i for i in marks if i < first]:
+        del marks[i]
 
 
 class LiveXbar:
@@ -72,13 +78,9 @@ class LiveXbar:
             for point in alert.points:
                 into.setdefault(point.index, []).append(alert.rule)
         if len(self._hits) + len(self._r_hits) > 2 * MAX_POINTS:
-            self._forget_hidden()
-
-    def _forget_hidden(self) -> None:
-        first = self.groups - len(self._means)
-        for found in (self._hits, self._r_hits):
-            for i in [i for i in found if i < first]:
-                del found[i]
+            first = self.groups - len(self._means)
+            _forget_before(self._hits, first)
+            _forget_before(self._r_hits, first)
 
     def state(self) -> dict[str, Any]:
         first = self.groups - len(self._means)
@@ -121,7 +123,6 @@ class LiveChart:
         self.n = 0
         self._monitor = SpcMonitor(spec)
         self._shown: deque[tuple[float, str]] = deque(maxlen=MAX_POINTS)
-        self._cpk: deque[float] = deque(maxlen=spec.cpk_window)
         #: point index -> the rules that marked it, its value and its time
         self._hits: dict[int, tuple[list[str], float, str]] = {}
         self._rules: dict[str, str] = {}
@@ -135,16 +136,13 @@ class LiveChart:
                 continue
             self.n += 1
             self._shown.append((value, at))
-            self._cpk.append(value)
             for alert in self._monitor.add(value, _EPOCH):
                 if alert.rule != CPK_RULE:
                     self._mark(alert.rule, alert.description, [p.index for p in alert.points])
             if self.xbar is not None:
                 self.xbar.add(value)
         if len(self._hits) > 2 * MAX_POINTS:
-            first = self.n - len(self._shown)
-            for i in [i for i in self._hits if i < first]:
-                del self._hits[i]
+            _forget_before(self._hits, self.n - len(self._shown))
         return self
 
     def _mark(self, rule: str, description: str, indexes: list[int]) -> None:
@@ -165,9 +163,7 @@ class LiveChart:
         spec = self.spec
         first = self.n - len(self._shown)
         centre, sigma = self._monitor.centre, self._monitor.sigma
-        rolling = None
-        if len(self._cpk) >= spec.cpk_window and (spec.lsl is not None or spec.usl is not None):
-            rolling = _finite(cpk(list(self._cpk), spec.lsl, spec.usl))
+        rolling = _finite(self._monitor.rolling_cpk)
         return {
             "key": key,
             "n": self.n,
