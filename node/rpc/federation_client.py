@@ -74,7 +74,26 @@ class FederationRefused(PeerError):
         self.reason = reason
 
 
+#: What grpcio's asyncio client reports instead of the server's status when the server
+#: ended a client-streaming call (refused an upload at its header, say) while a write
+#: of the client's was still under way: the failed write overwrites the status that had
+#: arrived (grpc/grpc#36066; a fix is proposed upstream, not released).
+LOST_STATUS_DETAILS = "Internal error from Core"
+
+
+def status_lost(exc: grpc.aio.AioRpcError) -> bool:
+    """Whether gRPC's client lost the coordinator's status of a stream it ended early."""
+    return exc.code() is grpc.StatusCode.INTERNAL and exc.details() == LOST_STATUS_DETAILS
+
+
 def _refusal(peer: str, exc: grpc.aio.AioRpcError) -> FederationRefused:
+    if status_lost(exc):
+        return FederationRefused(
+            f"coordinator {peer} ended the call while it was still being sent; gRPC's "
+            "client lost its reason (grpc/grpc#36066): the job's status tells what changed",
+            exc.code().name,
+            None,
+        )
     details = exc.details() or ""
     prefix = details.split(":", 1)[0]
     reason = RefusalReason(prefix) if prefix in set(RefusalReason) else None
