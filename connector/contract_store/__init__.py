@@ -57,6 +57,7 @@ from qdspace.connector.contract_store.received import (
     IncomingRow,
     IncomingRun,
     MirrorResult,
+    MirrorVersion,
     ReceivedChange,
     ReceivedRow,
     ReceivedStore,
@@ -83,6 +84,7 @@ __all__ = [
     "IncomingRow",
     "IncomingRun",
     "MirrorResult",
+    "MirrorVersion",
     "OrderClosure",
     "OutboxMessage",
     "PendingMessage",
@@ -246,6 +248,12 @@ class ContractStore:
         limit: int | None = None,
     ) -> list[ReceivedRow]:
         return self._received.received_rows(agreement_id, order_id, after_id=after_id, limit=limit)
+
+    def received_since(self, agreement_id: str, after_id: int) -> list[ReceivedRow]:
+        return self._received.received_since(agreement_id, after_id)
+
+    def mirror_version(self, agreement_id: str) -> MirrorVersion | None:
+        return self._received.mirror_version(agreement_id)
 
     def count_received(self, agreement_id: str | None = None) -> int:
         return self._received.count_received(agreement_id)

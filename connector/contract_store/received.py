@@ -34,7 +34,7 @@ from datetime import datetime
 from typing import Any
 
 from cryptography.exceptions import InvalidTag
-from sqlalchemy import Connection, Engine, and_, delete, false, func, select
+from sqlalchemy import Connection, Engine, Select, and_, delete, false, func, select
 
 from qdspace.connector.agreement import deletion_digest_of_bytes
 from qdspace.connector.contract_errors import ContractStoreError
@@ -46,6 +46,7 @@ from qdspace.connector.contract_store.received_model import (
     IncomingRow,
     IncomingRun,
     MirrorResult,
+    MirrorVersion,
     ReceivedChange,
     ReceivedRow,
     agreement_no_of,
@@ -55,7 +56,7 @@ from qdspace.connector.contract_store.received_model import (
     received_source_table,
 )
 from qdspace.connector.contract_store.received_pages import Pages, slot_payload
-from qdspace.connector.contract_store.received_write import MirrorWriter
+from qdspace.connector.contract_store.received_write import MirrorWriter, count_change
 from qdspace.connector.contract_store.transfers import TransferStore
 from qdspace.connector.transfer import TransferProcess
 
@@ -64,6 +65,7 @@ __all__ = [
     "IncomingRow",
     "IncomingRun",
     "MirrorResult",
+    "MirrorVersion",
     "ReceivedChange",
     "ReceivedRow",
     "ReceivedStore",
@@ -216,8 +218,40 @@ class ReceivedStore(TableStore):
         )
         if order_id is not None:
             statement = statement.where(table.c.order_id == order_id)
+        return self._read(statement.order_by(table.c.id).limit(limit))
+
+    def received_since(self, agreement_id: str, after_id: int) -> list[ReceivedRow]:
+        """The records held under an agreement with ids above `after_id`, in id order,
+        decrypted: what was added since a reader saw `after_id` (`MirrorVersion`). Read
+        from the primary key's range, so a reader that follows the copy reads what is
+        new, not the agreement's whole index: SQLite would search the (agreement, key)
+        index and sort every row held (``NOT INDEXED`` still lets it use the rowid)."""
+        table = received_row_table
+        statement = (
+            select(table)
+            .with_hint(table, "NOT INDEXED", dialect_name="sqlite")
+            .where(
+                table.c.id > after_id,
+                table.c.agreement_no == agreement_no_of(agreement_id),
+                table.c.withdrawn == false(),
+            )
+            .order_by(table.c.id)
+        )
+        return self._read(statement)
+
+    def mirror_version(self, agreement_id: str) -> MirrorVersion | None:
+        """Where the copy held under the agreement stands; None before its first delivery."""
+        table = received_agreement_table
+        find = select(table.c.revision, table.c.rewrites).where(
+            table.c.agreement_id == agreement_id
+        )
         with self.engine.connect() as connection:
-            records = connection.execute(statement.order_by(table.c.id).limit(limit)).all()
+            row = connection.execute(find).first()
+        return None if row is None else MirrorVersion(int(row.revision), int(row.rewrites))
+
+    def _read(self, statement: Select[Any]) -> list[ReceivedRow]:
+        with self.engine.connect() as connection:
+            records = connection.execute(statement).all()
             payloads = self._payloads(connection, records, utc_now())
         return [
             ReceivedRow(
@@ -254,6 +288,9 @@ class ReceivedStore(TableStore):
         agreement, with their tombstones and audit trail, and destroy their data key.
         The returned `Deletion` covers exactly the records held (current versions;
         tombstones hold nothing), as a deletion receipt must."""
+        # counted first: it locks the agreement's mirror row before any of its rows, in
+        # the order a delivery takes them (`received_write`)
+        count_change(connection, agreement_id, rewrite=True)
         table = received_row_table
         number = agreement_no_of(agreement_id)
         where = and_(table.c.agreement_no == number, table.c.order_id == order_id)

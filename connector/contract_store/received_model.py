@@ -41,6 +41,12 @@ received_agreement_table = Table(
     CONTRACT_METADATA,
     Column("agreement_no", Integer, primary_key=True),
     Column("agreement_id", String(ID_LENGTH), nullable=False),
+    # how often what is held under the agreement changed (`revision`: rows added,
+    # replaced, withdrawn or erased), and how often other than by rows added
+    # (`rewrites`): a reader that saw every row up to an id and the same `rewrites` has
+    # only to read the rows after it (`MirrorVersion`; 0016_received_revision)
+    Column("revision", BigInteger, nullable=False, server_default="0"),
+    Column("rewrites", BigInteger, nullable=False, server_default="0"),
     UniqueConstraint("agreement_id", name="uq_contract_received_agreement"),
 )
 received_row_table = Table(
@@ -223,6 +229,22 @@ class MirrorResult:
     @property
     def changed(self) -> int:
         return self.added + self.replaced + self.withdrawn
+
+
+@dataclass(frozen=True)
+class MirrorVersion:
+    """Where the copy held under an agreement stands (`ReceivedStore.mirror_version`).
+
+    `revision` moves with every change of what is held, `rewrites` with every change
+    other than rows added (a record replaced, withdrawn, a withdrawn one sent again, an
+    order erased: their rows keep their ids or go). A reader that holds
+    every row up to id N, read at `rewrites` w, and now sees w again has only to read
+    the rows with ids above N (`received_since`): a row added gets an id above every id
+    held before it, because the deliveries under one agreement are serialised
+    (`received_write`)."""
+
+    revision: int
+    rewrites: int
 
 
 @dataclass(frozen=True)

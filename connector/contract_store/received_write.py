@@ -21,7 +21,11 @@ then:
 
 The row index is keyed by (agreement number, record key): the agreement's number in
 `contract_received_agreement`, read once per delivery (0012_received_agreement_no: a
-smaller index entry per record than the agreement id's).
+smaller index entry per record than the agreement id's). Its row is locked for the
+delivery, which serialises the deliveries under one agreement, and counts what each
+changed (`count_change`): readers that follow the copy (the SPC page's chart of a
+subscription) read only the rows added since, unless a held record was rewritten
+(`MirrorVersion`).
 
 Both routes are exact: the counts returned (`MirrorResult`) and what is held are the
 same as if every row had been looked up.
@@ -35,7 +39,7 @@ from datetime import datetime
 from operator import itemgetter
 from typing import Any, NamedTuple
 
-from sqlalchemy import Connection, Engine, bindparam, select
+from sqlalchemy import Connection, Engine, bindparam, select, update
 
 from qdspace.connector.contract_errors import (
     ContractDenied,
@@ -64,6 +68,17 @@ _Held = tuple[int, bool, tuple[int, int] | None]  # version, withdrawn, (page, s
 # columns of a delivery, read in C (a named tuple)
 _SEQ, _ORDER, _PAYLOAD = itemgetter(0), itemgetter(1), itemgetter(2)  # of an IncomingRow
 assert IncomingRow._fields == ("seq", "order_id", "payload")
+
+
+def count_change(connection: Connection, agreement_id: str, *, rewrite: bool) -> None:
+    """Count a change of what is held under the agreement (`MirrorVersion`): rows added,
+    or with `rewrite` held rows replaced, withdrawn, brought back or erased."""
+    table = received_agreement_table
+    connection.execute(
+        update(table)
+        .where(table.c.agreement_id == agreement_id)
+        .values(revision=table.c.revision + 1, rewrites=table.c.rewrites + int(rewrite))
+    )
 
 
 def _change(
@@ -156,7 +171,14 @@ class MirrorWriter(TableStore):
         number given in a transaction that rolls back may be given again, to another
         agreement."""
         table = received_agreement_table
-        find = select(table.c.agreement_no).where(table.c.agreement_id == agreement_id)
+        # locked until the delivery commits (PostgreSQL; SQLite has one writer anyway):
+        # deliveries under one agreement are serialised, so the ids of rows one adds are
+        # above every id held when it commits (`MirrorVersion`)
+        find = (
+            select(table.c.agreement_no)
+            .where(table.c.agreement_id == agreement_id)
+            .with_for_update()
+        )
         number = connection.execute(find).scalar()
         if number is None:
             connection.execute(
@@ -225,6 +247,7 @@ class MirrorWriter(TableStore):
         chosen: dict[str, int] = {}  # careful key -> the slot of its winner
         changes: list[dict[str, Any]] = []
         plain = replaced = withdrawn = unchanged = added = 0
+        rewritten = False  # a held row changed (replaced, withdrawn, or a withdrawn one back)
         picked: list[int] = []  # the slots written, unless `whole`
         seen: set[str] = set()  # first versions written (a second copy is held by then)
         whole = not careful and len(set(firsts)) == len(keys)  # first versions, each once
@@ -244,6 +267,7 @@ class MirrorWriter(TableStore):
                 unchanged += 1  # a copy of what is held, or older
                 continue
             held[key] = (version, tomb, None)
+            rewritten |= before is not None  # its row keeps its id: not an addition
             if before is not None and before[2] is not None:
                 page, slot = before[2]
                 stale.setdefault(page, set()).add(slot)
@@ -284,7 +308,10 @@ class MirrorWriter(TableStore):
                 .on_conflict_do_nothing(index_elements=["agreement_id", "record_key", "version"])
             )
         self._advance(connection, source_id, last)
-        return MirrorResult(added, replaced, withdrawn, unchanged)
+        result = MirrorResult(added, replaced, withdrawn, unchanged)
+        if result.changed:
+            count_change(connection, agreement_id, rewrite=rewritten)
+        return result
 
     def _advance(self, connection: Connection, source_id: str, seq: int) -> None:
         """Move the source's cursor (`last_received_seq`) up to `seq`, never back."""

@@ -15,9 +15,10 @@ rule fired on, and `cpk` over the last ``cpk_window`` values is the rolling Cpk.
 here decides what a violation is.
 
 The page learns of new rows by server-sent events (`stream`): every `TICK_S` it asks each
-series for its version (a subscription's in-memory row count; the lowest and highest id
-of the station's inspections, two look-ups in ``ix_inspection_station``) and sends a
-series' whole state again only when that changed. At `spc_state.MAX_POINTS` per chart
+series for its version (for a subscription, the counts of changes of the copy held under
+its agreement, `MirrorVersion`, one look-up by key; for a station, the lowest and highest
+id of its inspections, two look-ups in ``ix_inspection_station``) and sends a series'
+whole state again only when that changed. At `spc_state.MAX_POINTS` per chart
 that is a few hundred kB at most per change, cheap next to a browser's redraw.
 
 An own station's chart is kept by the stream and fed (`spc_state.LiveChart`): it starts
@@ -26,8 +27,12 @@ later tick reads only the scores stored since (``id > last``, from the same inde
 and replayed whole on every change, a station's 500,000 scores took 4.5 s to read and
 13 s to replay, ten times a second on a live line, and asking for the version alone
 read every inspection (274 ms). A chart rebuilds from its history when rows it holds
-may have gone (the lowest id moved: a purge). A subscription's series is small and held
-by the subscriber; its chart is still computed whole from its rows on each change.
+may have gone (the lowest id moved: a purge). A subscription's chart is kept the same
+way: built from every row held under its agreement (a pull's rows too), then fed only the
+rows added since (``received_since``, ids above the last one fed); it rebuilds when a
+held record was replaced, withdrawn or erased (the version's ``rewrites`` moved). Read,
+decrypted and replayed whole on every change, a subscription of 100,000 rows cost a
+core at a supplier's stream rate, and rows a pull brought did not move its version.
 
 A chart shown as X-bar-R (the page asks with ``xbar=<n>:<key>`` on the stream) gets the
 same state plus an ``xbar`` part: the values replayed in subgroups of n through
@@ -46,10 +51,11 @@ from typing import Any
 
 from sqlalchemy import Select, func, select
 
+from qdspace.connector.contract_store import MirrorVersion, ReceivedRow
 from qdspace.connector.qdm import Inspection
 from qdspace.connector.spc import SpcSpec
 from qdspace.connector.spc_xbar import MAX_SUBGROUP, MIN_SUBGROUP
-from qdspace.node.console.spc_state import LiveChart, chart_state
+from qdspace.node.console.spc_state import LiveChart
 from qdspace.node.context import NodeContext
 
 #: own inspection scores: 0.5 is the verdict threshold (the default subscriptions use)
@@ -166,7 +172,9 @@ def version(ctx: NodeContext, key: str) -> object:
     source, _, name = key.partition(":")
     if source == "sub":
         sub = _subscription(ctx, name)
-        return None if sub is None else sub.received
+        if sub is None or ctx.contracts is None:
+            return None
+        return ctx.contracts.store.mirror_version(sub.agreement_id)
     if source == "own":
         return _station_ids(ctx, name)
     return None
@@ -178,21 +186,48 @@ def _subscription(ctx: NodeContext, subscription_id: str) -> Any:
     return ctx.contract_client.subscriptions.get(subscription_id)
 
 
-def subscription_values(
-    ctx: NodeContext, subscription_id: str
-) -> tuple[list[tuple[float, str]], SpcSpec] | None:
-    """A subscription's values in arrival order with their times, and its spec."""
+def _sub_points(rows: list[ReceivedRow], characteristic: str) -> Iterator[tuple[float, str]]:
+    """The subscription's values of `rows`, with their times: what its monitor judges
+    (a number; bool is no number)."""
+    for row in rows:
+        record = json.loads(row.payload)
+        value = record.get(characteristic)
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            yield float(value), str(record.get("inspected_at") or "")
+
+
+def _rewrites(version: object) -> int | None:
+    """The rewrites a subscription's version counts (none before its first delivery)."""
+    if version is None:
+        return 0
+    return version.rewrites if isinstance(version, MirrorVersion) else None
+
+
+def _sub_chart(
+    ctx: NodeContext, subscription_id: str, was: Watched | None, now: object, subgroup: int | None
+) -> tuple[LiveChart, int] | None:
+    """A subscription's chart fed the rows held under its agreement that it has not
+    seen, and the id of the last row fed; built anew from every row held when the stream
+    has none yet or a held record was rewritten (replaced, withdrawn, erased) since.
+    None for an unknown subscription."""
     sub = _subscription(ctx, subscription_id)
     if sub is None or ctx.contracts is None:
         return None
-    values = []
-    for row in ctx.contracts.store.received_rows(sub.agreement_id):
-        record = json.loads(row.payload)
-        value = record.get(sub.characteristic)
-        # what the subscription's monitor skips, skipped here too (bool is no number)
-        if isinstance(value, int | float) and not isinstance(value, bool):
-            values.append((float(value), str(record.get("inspected_at") or "")))
-    return values, sub.spec
+    store = ctx.contracts.store
+    rewrites = _rewrites(now)
+    if (
+        was is not None
+        and was.chart is not None
+        and rewrites is not None
+        and _rewrites(was.version) == rewrites
+    ):
+        chart, after = was.chart, was.after
+        rows = store.received_since(sub.agreement_id, after)
+    else:
+        chart, after = LiveChart(sub.spec, subgroup), 0
+        rows = store.received_rows(sub.agreement_id)
+    chart.extend(_sub_points(rows, sub.characteristic))
+    return chart, rows[-1].id if rows else after
 
 
 def station_scores(
@@ -221,8 +256,9 @@ def _iso(at: datetime | str | None) -> str:
 
 @dataclass
 class Watched:
-    """What a stream knows of one series: the version it last sent, and for an own
-    station the chart it keeps and the id of the last score fed to it."""
+    """What a stream knows of one series: the version it last sent, the chart it keeps
+    and the id of the last row (a station's score, a subscription's received row) fed to
+    it."""
 
     version: object
     chart: LiveChart | None = None
@@ -265,18 +301,14 @@ def changed(
             continue
         subgroup = (views or {}).get(key)
         source, _, name = key.partition(":")
-        state = None
+        kept: tuple[LiveChart, int] | None = None
         if source == "own" and now is not None:
-            chart, after = _own_chart(ctx, name, was, now, subgroup)
-            watched, state = Watched(now, chart, after), chart.state(key)
-        else:
-            watched = Watched(now)
-            found = subscription_values(ctx, name) if source == "sub" else None
-            if found is not None:
-                state = chart_state(key, *found, subgroup)
-        seen[key] = watched
-        if state is not None:
-            yield sse("chart", state)
+            kept = _own_chart(ctx, name, was, now, subgroup)
+        elif source == "sub":
+            kept = _sub_chart(ctx, name, was, now, subgroup)
+        seen[key] = Watched(now) if kept is None else Watched(now, *kept)
+        if kept is not None:
+            yield sse("chart", kept[0].state(key))
 
 
 def sse(event: str, data: dict[str, Any]) -> bytes:

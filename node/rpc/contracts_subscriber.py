@@ -121,8 +121,8 @@ class ConsumerSubscriptions:
         for row in rows:
             record = json.loads(row.payload)
             value = record.get(sub.characteristic)
-            if not isinstance(value, int | float):
-                continue
+            if not isinstance(value, int | float) or isinstance(value, bool):
+                continue  # the SPC page's chart skips the same (`console.spc`)
             at = record.get("inspected_at")
             when = parse_datetime(at) if isinstance(at, str) else self.runtime.clock.now()
             for alert in monitor.add(float(value), when):

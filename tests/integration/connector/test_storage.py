@@ -34,7 +34,7 @@ def _inspection(i: int, **changes: Any) -> dict[str, Any]:
 
 
 def test_schema_is_migrated_and_matches_the_models(store: QualityStore) -> None:
-    assert store.schema_version() == head_revision() == "0015_inspection_station"
+    assert store.schema_version() == head_revision() == "0016_received_revision"
     with store.engine.connect() as connection:
         context = MigrationContext.configure(
             connection,

@@ -21,6 +21,7 @@ from qdspace.connector.agreement import REASON_LEAVING, deletion_digest_of_bytes
 from qdspace.connector.contract_store import (
     ContractStore,
     IncomingRow,
+    MirrorVersion,
     OutboxMessage,
     received_agreement_table,
     received_row_table,
@@ -36,6 +37,8 @@ from .test_contract_store import KEK, at, finalized, rec
 from .test_retention import C_KEY, give_agreement
 
 #: the row index's columns before 0012 (what the old statements wrote)
+_NUMBER = (received_agreement_table.c.agreement_no, received_agreement_table.c.agreement_id)
+_COUNTS = (received_agreement_table.c.revision, received_agreement_table.c.rewrites)
 OLD_COLUMNS = tuple(c for c in received_row_table.c if c.name != "agreement_no")
 
 
@@ -179,11 +182,13 @@ def test_rows_stored_under_0011_read_keep_once_and_purge_after_0012(
     # every row as it was, each given its own agreement's number (in agreement id order)
     assert _index(engine) == before
     with engine.connect() as connection:
-        numbers = dict(connection.execute(select(received_agreement_table)).all())
+        numbers = dict(connection.execute(select(*_NUMBER)).all())
+        counts = connection.execute(select(*_COUNTS)).all()
         pairs = connection.execute(
             select(received_row_table.c.agreement_no, received_row_table.c.agreement_id)
         ).all()
     assert numbers == {1: "agr-a", 2: "agr-b"}
+    assert counts == [(0, 0), (0, 0)]  # 0016: changes are counted from the upgrade on
     assert all(numbers[no] == agreement_id for no, agreement_id in pairs)
     uniques = inspect(engine).get_unique_constraints("contract_received_row")
     assert [u["column_names"] for u in uniques] == [["agreement_no", "record_key"]]
@@ -220,8 +225,9 @@ def test_rows_stored_under_0011_read_keep_once_and_purge_after_0012(
     assert _held(store, "agr-b")["k0"] == (2, fixed)
     assert _held(store, "agr-a") == a_held
     with engine.connect() as connection:
-        numbers = dict(connection.execute(select(received_agreement_table)).all())
+        numbers = dict(connection.execute(select(*_NUMBER)).all())
     assert numbers == {1: "agr-a", 2: "agr-b", 3: "agr-c"}  # a new one gets the next
+    assert store.mirror_version("agr-b") == MirrorVersion(1, 1)  # k0 replaced
 
     # the purge: one agreement's order, the receipt over exactly what it held
     now = at(6) + timedelta(days=1)
