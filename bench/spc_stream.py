@@ -1,4 +1,5 @@
-"""The SPC page's live chart of a station's own scores: what a stream costs per tick.
+"""The SPC page's live charts (a station's own scores, a subscription): what a stream
+costs per tick.
 
 The console's SPC stream (`node.console.spc`) asks every 0.1 s whether a followed
 series changed and, when it did, sends the chart again. A line at 60 frames a second
@@ -13,6 +14,13 @@ database in the same run:
 - baseline, as it worked before: the version as the highest id and count of the
   station's inspections (one statement reading every inspection), and on every change
   all the station's scores read in time order and replayed into a new chart.
+
+Then a subscription's chart (``sub:``) over as many rows received under one agreement
+(a supplier's scores, stored through the consumer's mirror in deliveries of 500, sealed
+and encrypted as a node stores them): its version (`MirrorVersion`, one look-up), the
+chart built when the stream starts (every row held read, decrypted and replayed), and a
+tick after a stream event of six rows, which reads and feeds only those; baseline, as
+before: every row held read, decrypted and replayed on each change.
 
     python bench/spc_stream.py                        # 200,000 verdicts, SQLite
     python bench/spc_stream.py --rows 1000000 --postgres postgresql+psycopg://u:p@h/db
@@ -37,14 +45,21 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from nacl.signing import SigningKey  # noqa: E402
 from sqlalchemy import delete, func, select  # noqa: E402
 
 from bench.support.stores import each_store, summary, timed  # noqa: E402
+from qdspace.connector.agreement import ContractAgreement, countersign, sign_agreement  # noqa: E402
+from qdspace.connector.contract_store import ContractStore, IncomingRow  # noqa: E402
 from qdspace.connector.ingest import BULK_BATCH_ROWS  # noqa: E402
+from qdspace.connector.negotiation import Role  # noqa: E402
 from qdspace.connector.qdm import Inspection  # noqa: E402
+from qdspace.connector.spc import SpcSpec  # noqa: E402
 from qdspace.connector.storage import QualityStore  # noqa: E402
 from qdspace.node.console import spc  # noqa: E402
 from qdspace.node.console.spc_state import chart_state  # noqa: E402
+from qdspace.policies.canonical import canonical_json  # noqa: E402
+from qdspace.policies.model import OfferTerms, make_offer, to_agreement  # noqa: E402
 
 _I = Inspection.__table__  # type: ignore[attr-defined]
 STATION = "el-1"
@@ -155,6 +170,97 @@ def measure(store: QualityStore, runs: int, baseline_runs: int) -> dict[str, Any
     return figures
 
 
+SUB = "sub:bench"
+AGREEMENT = "agr-bench"
+
+
+def _give_agreement(contracts: ContractStore) -> None:
+    """A signed agreement under which this store is the consumer (any order, 180 days)."""
+    provider, consumer = SigningKey(b"p" * 32), SigningKey(b"c" * 32)
+    terms = OfferTerms(purposes=frozenset({"qa"}), retention_days=180)
+    offer = make_offer("offer-bench", "cellex", "inspections", terms)
+    now = datetime.now(UTC)
+    agreement = ContractAgreement(
+        AGREEMENT, "neg-bench", "cellex", "sunarc", "inspections",
+        to_agreement(offer, AGREEMENT, "sunarc"), now, now,
+    )  # fmt: skip
+    signed = countersign(sign_agreement(agreement, provider), consumer, provider.verify_key)
+    contracts.save_agreement(signed, Role.CONSUMER)
+
+
+def _received(first: int, count: int, rnd: random.Random) -> list[IncomingRow]:
+    at = datetime.now(UTC).isoformat()
+    return [
+        IncomingRow(
+            n,
+            "PO-1",
+            canonical_json(
+                {
+                    "@key": f"rec-{n}",
+                    "@v": 1,
+                    "order_id": "PO-1",
+                    "inspected_at": at,
+                    "score": rnd.betavariate(2, 8),
+                }
+            ),
+        )
+        for n in range(first, first + count)
+    ]
+
+
+def measure_subscription(store: QualityStore, rows: int, runs: int, baseline_runs: int) -> Any:
+    contracts = ContractStore(store.engine, b"k" * 32)
+    _give_agreement(contracts)
+    rnd = random.Random(29)
+    started = time.perf_counter()
+    for first in range(0, rows, 500):
+        batch = _received(first, min(500, rows - first), rnd)
+        contracts.store_received_rows(AGREEMENT, "stream-bench", batch, datetime.now(UTC))
+    print(f"# subscription: {rows:,} rows received in {time.perf_counter() - started:.1f} s")
+    spec = SpcSpec(usl=0.5, baseline_size=20, cpk_window=20)
+    sub = SimpleNamespace(agreement_id=AGREEMENT, characteristic="score", spec=spec)
+    ctx: Any = SimpleNamespace(
+        store=store,
+        contract_client=SimpleNamespace(subscriptions={SUB.removeprefix("sub:"): sub}),
+        contracts=SimpleNamespace(store=contracts),
+    )
+    seen: dict[str, spc.Watched] = {}
+    sent_at = iter(range(rows, 10**12, 6))
+
+    def open_stream() -> None:
+        seen.clear()
+        if len(list(spc.changed(ctx, [SUB], seen))) != 1:
+            raise SystemExit("the stream sent no subscription chart")
+
+    ticks: list[float] = []
+
+    def tick_after_event() -> None:
+        batch = _received(next(sent_at), 6, rnd)
+        contracts.store_received_rows(AGREEMENT, "stream-bench", batch, datetime.now(UTC))
+        begun = time.perf_counter()
+        if len(list(spc.changed(ctx, [SUB], seen))) != 1:
+            raise SystemExit("a tick after a stream event sent no chart")
+        ticks.append((time.perf_counter() - begun) * 1000)
+
+    def old_change() -> dict[str, Any]:
+        values = []
+        for row in contracts.received_rows(AGREEMENT):
+            value = json.loads(row.payload).get("score")
+            if isinstance(value, int | float) and not isinstance(value, bool):
+                values.append((float(value), ""))
+        return chart_state(SUB, values, spec)
+
+    figures = {
+        "version": timed(runs, lambda: spc.version(ctx, SUB)),
+        "open": timed(max(3, runs // 5), open_stream),
+    }
+    for _ in range(runs + 1):
+        tick_after_event()
+    figures["tick_after_six"] = summary(ticks[1:])
+    figures["baseline_change"] = timed(baseline_runs, old_change)
+    return figures
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--rows", type=int, default=200_000, help="verdicts stored")
@@ -176,9 +282,12 @@ def main() -> None:
         fill(store, rows)
         return f"{rows:,} verdicts"
 
-    results["figures"] = each_store(
-        args.postgres, filled, lambda store: measure(store, runs, baseline_runs)
-    )
+    def both(store: QualityStore) -> dict[str, Any]:
+        figures = measure(store, runs, baseline_runs)
+        figures["subscription"] = measure_subscription(store, rows, runs, baseline_runs)
+        return figures
+
+    results["figures"] = each_store(args.postgres, filled, both)
     results["loadavg_1m"] = os.getloadavg()[0]
     print(f"spc_stream.rows: {rows} verdicts (half at the charted station)")
     for name, figures in results["figures"].items():
@@ -193,6 +302,12 @@ def main() -> None:
         figures["version_speedup"], figures["tick_speedup"] = version, tick
         print(f"spc_stream.{name}.version_speedup_over_baseline: {version:.1f} ratio")
         print(f"spc_stream.{name}.tick_speedup_over_baseline_change: {tick:.1f} ratio")
+        sub = figures["subscription"]
+        for label in ("version", "open", "tick_after_six", "baseline_change"):
+            print(f"spc_stream.{name}.subscription.{label}_p50: {sub[label]['p50_ms']:.2f} ms")
+        speedup = sub["baseline_change"]["p50_ms"] / sub["tick_after_six"]["p50_ms"]
+        sub["tick_speedup"] = speedup
+        print(f"spc_stream.{name}.subscription.tick_speedup_over_baseline: {speedup:.1f} ratio")
     print(f"spc_stream.cpus: {results['cpus']} cores")
     print(f"spc_stream.loadavg_1m: {results['loadavg_1m']:.2f} load")
     if args.out:

@@ -75,6 +75,20 @@ __all__ = [
 ]
 
 
+def since_query(agreement_id: str, after_id: int) -> Select[Any]:
+    """The rows `ReceivedStore.received_since` reads, from the primary key's range."""
+    table = received_row_table
+    return (
+        select(table)
+        .where(
+            table.c.id > after_id,
+            table.c.agreement_no + 0 == agreement_no_of(agreement_id),
+            table.c.withdrawn == false(),
+        )
+        .order_by(table.c.id)
+    )
+
+
 class ReceivedStore(TableStore):
     """Mirror deliveries, read the copy and its audit trail, erase an order's rows."""
 
@@ -224,20 +238,10 @@ class ReceivedStore(TableStore):
         """The records held under an agreement with ids above `after_id`, in id order,
         decrypted: what was added since a reader saw `after_id` (`MirrorVersion`). Read
         from the primary key's range, so a reader that follows the copy reads what is
-        new, not the agreement's whole index: SQLite would search the (agreement, key)
-        index and sort every row held (``NOT INDEXED`` still lets it use the rowid)."""
-        table = received_row_table
-        statement = (
-            select(table)
-            .with_hint(table, "NOT INDEXED", dialect_name="sqlite")
-            .where(
-                table.c.id > after_id,
-                table.c.agreement_no == agreement_no_of(agreement_id),
-                table.c.withdrawn == false(),
-            )
-            .order_by(table.c.id)
-        )
-        return self._read(statement)
+        new, not the agreement's whole index: given ``agreement_no = ?``, SQLite searches
+        the (agreement, key) index and sorts every row held (20 ms for six new rows of
+        20,000); ``agreement_no + 0`` is no column an index serves."""
+        return self._read(since_query(agreement_id, after_id))
 
     def mirror_version(self, agreement_id: str) -> MirrorVersion | None:
         """Where the copy held under the agreement stands; None before its first delivery."""

@@ -16,6 +16,7 @@ from sqlalchemy import Engine, text
 from sqlalchemy.exc import OperationalError
 
 from qdspace.connector.contract_store import ContractStore, IncomingRow, MirrorVersion
+from qdspace.connector.contract_store.received import since_query
 from qdspace.connector.negotiation import Role
 from qdspace.connector.retention_sweep import shred_and_sign
 from qdspace.connector.spc import SpcSpec
@@ -137,6 +138,18 @@ def test_the_version_counts_additions_and_rewrites_apart(store: ContractStore) -
     assert shred_and_sign(store, AGR, "ORD-1", C_KEY, T0, None) is not None
     assert store.mirror_version(AGR) == MirrorVersion(4, 3)
     assert store.received_since(AGR, 0) == []
+
+
+def test_what_was_added_is_read_from_the_primary_keys_range(store: ContractStore) -> None:
+    """A follower's read of six new rows does not walk the agreement's whole index and
+    sort it (SQLite chose that for ``agreement_no = ?``: 20 ms at 20,000 rows held)."""
+    if store.engine.dialect.name != "sqlite":
+        pytest.skip("PostgreSQL plans by its statistics; the form is SQLite's")
+    sql = since_query(AGR, 5).compile(store.engine, compile_kwargs={"literal_binds": True})
+    with store.engine.connect() as connection:
+        plan = [str(r[-1]) for r in connection.exec_driver_sql(f"EXPLAIN QUERY PLAN {sql}")]
+    assert "INTEGER PRIMARY KEY (rowid>?)" in plan[0], plan
+    assert not any("TEMP B-TREE" in step for step in plan), plan
 
 
 def test_a_delivery_holds_the_agreements_mirror_row_until_it_commits(store: ContractStore) -> None:
