@@ -36,10 +36,11 @@ from __future__ import annotations
 import itertools
 import math
 from collections import deque
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
+from typing import Any
 
 from qdspace.connector.contract_errors import SpcError
 
@@ -190,6 +191,19 @@ _CHECKS: dict[Rule, _Check] = {
     Rule.NELSON8: _run(8, "8 consecutive points beyond 1 sigma on both sides", _mixture),
 }
 _LONGEST_RUN = 15
+
+
+def characteristic_value(record: Mapping[str, Any], characteristic: str) -> float | None:
+    """The value a subscription's monitor judges in a received record: a number (an int
+    or a float; ``true``/``false`` are no measurement), else None (skipped). The SPC
+    page's chart of the subscription takes the same values (`node.console.spc`)."""
+    value = record.get(characteristic)
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    try:
+        return float(value)
+    except OverflowError:  # an integer beyond a double (the wire refuses them, too)
+        return None
 
 
 def moving_range_sigma(values: Sequence[float]) -> float:

@@ -53,7 +53,7 @@ from sqlalchemy import Select, func, select
 
 from qdspace.connector.contract_store import MirrorVersion, ReceivedRow
 from qdspace.connector.qdm import Inspection
-from qdspace.connector.spc import SpcSpec
+from qdspace.connector.spc import SpcSpec, characteristic_value
 from qdspace.connector.spc_xbar import MAX_SUBGROUP, MIN_SUBGROUP
 from qdspace.node.console.spc_state import LiveChart
 from qdspace.node.context import NodeContext
@@ -187,13 +187,12 @@ def _subscription(ctx: NodeContext, subscription_id: str) -> Any:
 
 
 def _sub_points(rows: list[ReceivedRow], characteristic: str) -> Iterator[tuple[float, str]]:
-    """The subscription's values of `rows`, with their times: what its monitor judges
-    (a number; bool is no number)."""
+    """The subscription's values of `rows`, with their times: what its monitor judges."""
     for row in rows:
         record = json.loads(row.payload)
-        value = record.get(characteristic)
-        if isinstance(value, int | float) and not isinstance(value, bool):
-            yield float(value), str(record.get("inspected_at") or "")
+        value = characteristic_value(record, characteristic)
+        if value is not None:
+            yield value, str(record.get("inspected_at") or "")
 
 
 def _rewrites(version: object) -> int | None:

@@ -23,7 +23,13 @@ import grpc
 from qdspace.connector.contract_errors import ContractError
 from qdspace.connector.contract_store import IncomingRow
 from qdspace.connector.encoding import StreamRequest
-from qdspace.connector.spc import QualityAlert, SpcAlert, SpcMonitor, SpcSpec
+from qdspace.connector.spc import (
+    QualityAlert,
+    SpcAlert,
+    SpcMonitor,
+    SpcSpec,
+    characteristic_value,
+)
 from qdspace.node.member_ids import peer_name
 from qdspace.node.metrics import NodeMetrics
 from qdspace.node.rpc.contracts_transfer_serde import (
@@ -120,12 +126,12 @@ class ConsumerSubscriptions:
 
         for row in rows:
             record = json.loads(row.payload)
-            value = record.get(sub.characteristic)
-            if not isinstance(value, int | float) or isinstance(value, bool):
-                continue  # the SPC page's chart skips the same (`console.spc`)
+            value = characteristic_value(record, sub.characteristic)
+            if value is None:
+                continue
             at = record.get("inspected_at")
             when = parse_datetime(at) if isinstance(at, str) else self.runtime.clock.now()
-            for alert in monitor.add(float(value), when):
+            for alert in monitor.add(value, when):
                 self._raise_alert(sub, alert, record)
 
     def _raise_alert(self, sub: Subscription, alert: SpcAlert, record: dict[str, Any]) -> None:

@@ -14,6 +14,7 @@ from qdspace.connector.spc import (
     SpcAlert,
     SpcMonitor,
     SpcSpec,
+    characteristic_value,
     cpk,
     moving_range_sigma,
 )
@@ -157,3 +158,23 @@ def test_a_long_flat_series_settles_its_baseline_when_spread_comes() -> None:
     monitor.add(0.35, T0)
     assert monitor.sigma == pytest.approx(moving_range_sigma([*flat, 0.35]))
     assert monitor.centre == pytest.approx((0.25 * 200_000 + 0.35) / 200_001)
+
+
+def test_a_characteristic_is_a_number_and_nothing_else() -> None:
+    """What a supplier's record carries in the followed field is judged only when it is a
+    number: ``true`` is no 1.0 (a run of them would read as a shift past a 0.5 USL), and
+    text, null, lists and an integer beyond a double are skipped, not raised on."""
+    record = {
+        "a": 0.25,
+        "b": 3,
+        "t": True,
+        "f": False,
+        "s": "0.3",
+        "n": None,
+        "l": [1],
+        "h": 10**400,
+    }
+    assert characteristic_value(record, "a") == 0.25
+    assert characteristic_value(record, "b") == 3.0
+    for skipped in ("t", "f", "s", "n", "l", "h", "missing"):
+        assert characteristic_value(record, skipped) is None, skipped
