@@ -249,6 +249,9 @@ class ContractStore:
     ) -> list[ReceivedRow]:
         return self._received.received_rows(agreement_id, order_id, after_id=after_id, limit=limit)
 
+    def received_newest(self, agreement_id: str, count: int) -> list[ReceivedRow]:
+        return self._received.received_newest(agreement_id, count)
+
     def received_since(self, agreement_id: str, after_id: int) -> list[ReceivedRow]:
         return self._received.received_since(agreement_id, after_id)
 

@@ -234,6 +234,20 @@ class ReceivedStore(TableStore):
             statement = statement.where(table.c.order_id == order_id)
         return self._read(statement.order_by(table.c.id).limit(limit))
 
+    def received_newest(self, agreement_id: str, count: int) -> list[ReceivedRow]:
+        """The newest `count` records held under an agreement (by id), oldest first."""
+        table = received_row_table
+        statement = (
+            select(table)
+            .where(
+                table.c.agreement_no == agreement_no_of(agreement_id),
+                table.c.withdrawn == false(),
+            )
+            .order_by(table.c.id.desc())
+            .limit(count)
+        )
+        return self._read(statement)[::-1]
+
     def received_since(self, agreement_id: str, after_id: int) -> list[ReceivedRow]:
         """The records held under an agreement with ids above `after_id`, in id order,
         decrypted: what was added since a reader saw `after_id` (`MirrorVersion`). Read

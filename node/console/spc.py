@@ -28,11 +28,12 @@ and replayed whole on every change, a station's 500,000 scores took 4.5 s to rea
 13 s to replay, ten times a second on a live line, and asking for the version alone
 read every inspection (274 ms). A chart rebuilds from its history when rows it holds
 may have gone (the lowest id moved: a purge). A subscription's chart is kept the same
-way: built from every row held under its agreement (a pull's rows too), then fed only the
-rows added since (``received_since``, ids above the last one fed); it rebuilds when a
-held record was replaced, withdrawn or erased (the version's ``rewrites`` moved). Read,
-decrypted and replayed whole on every change, a subscription of 100,000 rows cost a
-core at a supplier's stream rate, and rows a pull brought did not move its version.
+way: built from the newest `HISTORY` rows held under its agreement (a pull's rows too),
+then fed only the rows added since (``received_since``, ids above the last one fed); it
+rebuilds when a held record was replaced, withdrawn or erased (the version's
+``rewrites`` moved). Read, decrypted and replayed whole on every change, a subscription
+of 100,000 rows took 5.9 s a change (a supplier streams several a second: a core kept
+busy, the chart ever further behind), and rows a pull brought did not move its version.
 
 A chart shown as X-bar-R (the page asks with ``xbar=<n>:<key>`` on the stream) gets the
 same state plus an ``xbar`` part: the values replayed in subgroups of n through
@@ -60,7 +61,8 @@ from qdspace.node.context import NodeContext
 
 #: own inspection scores: 0.5 is the verdict threshold (the default subscriptions use)
 OWN_SCORE_SPEC = SpcSpec(usl=0.5, baseline_size=20, cpk_window=20)
-#: the newest scores of a station an own chart starts from (later ones are added to it)
+#: the newest values a chart starts from: a station's scores, a subscription's rows
+#: (later ones are added to it)
 HISTORY = 20_000
 #: how often the stream looks for new rows, seconds
 TICK_S = 0.1
@@ -206,9 +208,9 @@ def _sub_chart(
     ctx: NodeContext, subscription_id: str, was: Watched | None, now: object, subgroup: int | None
 ) -> tuple[LiveChart, int] | None:
     """A subscription's chart fed the rows held under its agreement that it has not
-    seen, and the id of the last row fed; built anew from every row held when the stream
-    has none yet or a held record was rewritten (replaced, withdrawn, erased) since.
-    None for an unknown subscription."""
+    seen, and the id of the last row fed; built anew from the newest `HISTORY` rows held
+    when the stream has none yet or a held record was rewritten (replaced, withdrawn,
+    erased) since. None for an unknown subscription."""
     sub = _subscription(ctx, subscription_id)
     if sub is None or ctx.contracts is None:
         return None
@@ -224,7 +226,7 @@ def _sub_chart(
         rows = store.received_since(sub.agreement_id, after)
     else:
         chart, after = LiveChart(sub.spec, subgroup), 0
-        rows = store.received_rows(sub.agreement_id)
+        rows = store.received_newest(sub.agreement_id, HISTORY)
     chart.extend(_sub_points(rows, sub.characteristic))
     return chart, rows[-1].id if rows else after
 

@@ -186,7 +186,7 @@ def test_the_spc_pages_chart_of_a_subscription_is_fed_only_what_was_added(
     """The SPC stream (`console.spc.changed`) over a subscription's agreement: after each
     delivery its event is the chart of every value held (numbers only: ``true`` and text
     skipped, as the subscription's monitor skips them), built here from a whole read;
-    the held rows are read whole only when the stream starts and after a rewrite."""
+    the held rows are read again only when the stream starts and after a rewrite."""
     spec = SpcSpec(usl=0.9, baseline_size=8, cpk_window=8)
     sub = SimpleNamespace(agreement_id=AGR, characteristic="score", spec=spec)
     ctx = SimpleNamespace(
@@ -194,8 +194,8 @@ def test_the_spc_pages_chart_of_a_subscription_is_fed_only_what_was_added(
         contracts=SimpleNamespace(store=store),
     )
     whole_reads = []
-    read_whole = store.received_rows
-    monkeypatch.setattr(store, "received_rows", lambda *a: whole_reads.append(a) or read_whole(*a))
+    read_whole, newest = store.received_rows, store.received_newest
+    monkeypatch.setattr(store, "received_newest", lambda *a: whole_reads.append(a) or newest(*a))
     seen: dict[str, spc.Watched] = {}
     (empty,) = spc.changed(ctx, ["sub:s1"], seen)  # nothing held yet: an empty chart
     assert json.loads(empty.split(b"data: ", 1)[1]) == chart_state("sub:s1", [], spec)
@@ -221,3 +221,39 @@ def test_the_spc_pages_chart_of_a_subscription_is_fed_only_what_was_added(
         assert json.loads(event.split(b"data: ", 1)[1]) == chart_state("sub:s1", values, spec)
         assert list(spc.changed(ctx, ["sub:s1"], seen)) == []  # unchanged: nothing sent
     assert len(whole_reads) == 1 + rewrites, whole_reads
+
+
+def test_a_subscriptions_chart_starts_from_the_newest_rows_held(
+    store: ContractStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Opened, and redrawn after a rewrite, the chart holds the newest `spc.HISTORY` rows
+    held (in the order they arrived), and between those the rows that arrive after."""
+    monkeypatch.setattr(spc, "HISTORY", 10)
+    spec = SpcSpec(usl=0.9, baseline_size=4, cpk_window=4)
+    sub = SimpleNamespace(agreement_id=AGR, characteristic="score", spec=spec)
+    ctx = SimpleNamespace(
+        contract_client=SimpleNamespace(subscriptions={"s1": sub}),
+        contracts=SimpleNamespace(store=store),
+    )
+
+    def deliver(first: int, count: int, version: int = 1) -> None:
+        rows = [
+            IncomingRow(n, "ORD-1", _row(f"k{n}", version, "ORD-1", 0.4 + (n * 37 % 11) / 100))
+            for n in range(first, first + count)
+        ]
+        store.store_received_rows(AGR, "tx-live", rows, T0)
+
+    def state() -> object:
+        (event,) = spc.changed(ctx, ["sub:s1"], seen)
+        return json.loads(event.split(b"data: ", 1)[1])
+
+    def held(last: int) -> list[tuple[float, str]]:
+        return [(float(r.decode()["score"]), "") for r in store.received_rows(AGR)][-last:]
+
+    seen: dict[str, spc.Watched] = {}
+    deliver(0, 30)
+    assert state() == chart_state("sub:s1", held(10), spec)
+    deliver(30, 5)
+    assert state() == chart_state("sub:s1", held(15), spec)
+    deliver(3, 1, version=2)  # a correction: redrawn from the newest rows held
+    assert state() == chart_state("sub:s1", held(10), spec)
