@@ -39,7 +39,7 @@ from datetime import datetime
 from operator import itemgetter
 from typing import Any, NamedTuple
 
-from sqlalchemy import Connection, Engine, bindparam, select, update
+from sqlalchemy import Connection, Engine, bindparam
 
 from qdspace.connector.contract_errors import (
     ContractDenied,
@@ -70,14 +70,20 @@ _SEQ, _ORDER, _PAYLOAD = itemgetter(0), itemgetter(1), itemgetter(2)  # of an In
 assert IncomingRow._fields == ("seq", "order_id", "payload")
 
 
+def _mark(connection: Connection) -> str:
+    return "?" if connection.dialect.paramstyle == "qmark" else "%s"
+
+
 def count_change(connection: Connection, agreement_id: str, *, rewrite: bool) -> None:
     """Count a change of what is held under the agreement (`MirrorVersion`): rows added,
-    or with `rewrite` held rows replaced, withdrawn, brought back or erased."""
-    table = received_agreement_table
-    connection.execute(
-        update(table)
-        .where(table.c.agreement_id == agreement_id)
-        .values(revision=table.c.revision + 1, rewrites=table.c.rewrites + int(rewrite))
+    or with `rewrite` held rows replaced, withdrawn, brought back or erased. In the
+    driver's SQL, as the delivery's other per-delivery statements: built by the SQL
+    layer it cost 0.4 ms a delivery, a quarter of a 6-row stream event's store."""
+    mark = _mark(connection)
+    connection.exec_driver_sql(
+        "UPDATE contract_received_agreement SET revision = revision + 1, "
+        f"rewrites = rewrites + {mark} WHERE agreement_id = {mark}",
+        (int(rewrite), agreement_id),
     )
 
 
@@ -174,19 +180,19 @@ class MirrorWriter(TableStore):
         # locked until the delivery commits (PostgreSQL; SQLite has one writer anyway):
         # deliveries under one agreement are serialised, so the ids of rows one adds are
         # above every id held when it commits (`MirrorVersion`)
+        lock = " FOR UPDATE" if connection.dialect.name == "postgresql" else ""
         find = (
-            select(table.c.agreement_no)
-            .where(table.c.agreement_id == agreement_id)
-            .with_for_update()
+            "SELECT agreement_no FROM contract_received_agreement "
+            f"WHERE agreement_id = {_mark(connection)}{lock}"
         )
-        number = connection.execute(find).scalar()
+        number = connection.exec_driver_sql(find, (agreement_id,)).scalar()
         if number is None:
             connection.execute(
                 self._upsert(table)
                 .values(agreement_id=agreement_id)
                 .on_conflict_do_nothing(index_elements=["agreement_id"])
             )
-            number = connection.execute(find).scalar_one()
+            number = connection.exec_driver_sql(find, (agreement_id,)).scalar_one()
         return int(number)
 
     def _held(
