@@ -19,7 +19,10 @@ timed as the node reads it (``chart``: counted in one pass up to `COUNT_ALL_ROWS
 verdicts, walked above), walked whatever the size (``chart_walked``), and against the
 way it was counted before (baseline ``chart_all_counted``): every verdict grouped by
 batch, the newest batches kept afterwards, which grows with every verdict stored. All
-three must give the same chart of the 100 batches judged most recently.
+three must give the same chart of the 100 batches judged most recently. The chart of an
+order with one verdict in a thousand (``chart_rare_order``: found through the order and
+serial indexes) is timed against the walk a large store took for it before (baseline
+``chart_rare_order_walked``: every verdict read newest first); both must agree.
 
     python bench/verdicts.py                          # 1M verdicts, SQLite
     python bench/verdicts.py --rows 200000 --postgres postgresql+psycopg://u:p@h/db
@@ -61,6 +64,8 @@ from qdspace.connector.verdict_data import (  # noqa: E402
 )
 
 BATCH_CELLS = 500
+#: an order with one verdict in a thousand (the rest are PO-1's)
+RARE_ORDER = "PO-RARE"
 _I = Inspection.__table__  # type: ignore[attr-defined]
 _P = Product.__table__  # type: ignore[attr-defined]
 
@@ -87,7 +92,7 @@ def fill(store: QualityStore, rows: int) -> None:
                 "verdict": "fail" if failed else "pass",
                 "defect_class": "microcrack" if failed else "none",
                 "score": 0.5,
-                "order_id": "PO-1",
+                "order_id": RARE_ORDER if i % 1000 == 500 else "PO-1",
                 "serial": f"SN-{i:09d}",
             }
             if i % 2 == 0:
@@ -139,8 +144,24 @@ def chart_walked(engine: Engine) -> list[tuple[str, int, int, datetime]]:
         verdict_data.COUNT_ALL_ROWS = COUNT_ALL_ROWS
 
 
-def chart(engine: Engine) -> list[tuple[str, int, int, datetime]]:
-    return [(s.batch_id, s.inspected, s.defective, s.at) for s in batch_defects(engine).subgroups]
+def chart(
+    engine: Engine, f: VerdictFilter = VerdictFilter()
+) -> list[tuple[str, int, int, datetime]]:
+    found = batch_defects(engine, f).subgroups
+    return [(s.batch_id, s.inspected, s.defective, s.at) for s in found]
+
+
+def rare_order_walked(engine: Engine) -> list[tuple[str, int, int, datetime]]:
+    """The rare order's chart as a large store's was read before: the store walked
+    newest first (its verdicts not found through the order index, whatever their number)."""
+    small = verdict_data._small_order
+    verdict_data._small_order = lambda conn, order: False
+    verdict_data.COUNT_ALL_ROWS = 0
+    try:
+        return chart(engine, VerdictFilter(order_id=RARE_ORDER))
+    finally:
+        verdict_data._small_order = small
+        verdict_data.COUNT_ALL_ROWS = COUNT_ALL_ROWS
 
 
 def measure(engine: Engine, rows: int, runs: int) -> dict[str, Any]:
@@ -161,6 +182,9 @@ def measure(engine: Engine, rows: int, runs: int) -> dict[str, Any]:
         raise SystemExit("the old and the new batch filter read different verdicts")
     if not chart(engine) == chart_walked(engine) == chart_all_counted(engine):
         raise SystemExit("the chart, the walked chart and every verdict counted differ")
+    rare = VerdictFilter(order_id=RARE_ORDER)
+    if chart(engine, rare) != rare_order_walked(engine) or not chart(engine, rare):
+        raise SystemExit("the rare order's chart differs searched and walked, or is empty")
     return {
         "by_batch": timed(runs, lambda: read_verdicts(engine, by_batch, 100)),
         "by_batch_coalesce": timed(runs, coalesce_listing),
@@ -170,6 +194,8 @@ def measure(engine: Engine, rows: int, runs: int) -> dict[str, Any]:
         "chart": timed(runs, lambda: chart(engine)),
         "chart_walked": timed(runs, lambda: chart_walked(engine)),
         "chart_all_counted": timed(runs, lambda: chart_all_counted(engine)),
+        "chart_rare_order": timed(runs, lambda: chart(engine, rare)),
+        "chart_rare_order_walked": timed(max(3, runs // 5), lambda: rare_order_walked(engine)),
     }
 
 
@@ -211,6 +237,9 @@ def main() -> None:
         chart = figures["chart_all_counted"]["p50_ms"] / figures["chart"]["p50_ms"]
         figures["chart_speedup_over_all_counted"] = chart
         print(f"verdicts.{name}.chart_speedup_over_baseline_all_counted: {chart:.1f} ratio")
+        rare = figures["chart_rare_order_walked"]["p50_ms"] / figures["chart_rare_order"]["p50_ms"]
+        figures["chart_rare_order_speedup_over_walked"] = rare
+        print(f"verdicts.{name}.chart_rare_order_speedup_over_baseline_walked: {rare:.1f} ratio")
     print(f"verdicts.cpus: {results['cpus']} cores")
     print(f"verdicts.loadavg_1m: {results['loadavg_1m']:.2f} load")
     if args.out:

@@ -19,7 +19,9 @@ index, a step at a time, until that many batches have appeared (`newest_batches`
 only those batches are counted, through the batch indexes; the chart then costs the
 verdicts it shows. Walking costs several times more per verdict than one pass of the
 whole table, so a store of up to `COUNT_ALL_ROWS` verdicts is still counted in one pass
-(bench/verdicts.py measures both).
+(bench/verdicts.py measures both). So is the chart of an order of up to that many
+verdicts, found through the order and serial indexes (`in_order`): walking the store
+newest first for a rare order's few verdicts read every one.
 
 I/O only: the chart is `qdspace.connector.spc_defects`.
 """
@@ -119,7 +121,32 @@ def in_batches(batch_ids: Collection[str]) -> ColumnElement[bool]:
     return found
 
 
-def _where(query: Select[Any], f: VerdictFilter) -> Select[Any]:
+def in_order(order_id: str) -> ColumnElement[bool]:
+    """A verdict is of ``order_id`` when its order (its own, else its serial's product's)
+    is, said as the ids of two index searches, as `in_batches` says a batch: the verdicts
+    that name the order (``ix_inspection_order``), and those of the serials of the
+    order's products whose own order, if any, is the same (``serial`` index)."""
+    named, loose = _INSPECTION.alias("named"), _INSPECTION.alias("loose")
+    made = _PRODUCT.alias("made")
+    ids = union_all(
+        select(named.c.id).where(named.c.order_id == order_id),
+        select(loose.c.id)
+        .select_from(made.join(loose, loose.c.serial == made.c.serial))
+        .where(
+            made.c.order_id == order_id,
+            made.c.withdrawn_at.is_(None),
+            func.coalesce(loose.c.order_id, made.c.order_id) == made.c.order_id,
+        ),
+    )
+    found: ColumnElement[bool] = _I.id.in_(ids)
+    return found
+
+
+def _where(query: Select[Any], f: VerdictFilter, *, searched: bool = False) -> Select[Any]:
+    """``query`` over the live verdicts ``f`` picks, each joined to its product. With
+    ``searched``, an order is found by index searches (`in_order`: the verdicts counted
+    are then as many as the order has), else by each verdict's order as it is read (a
+    listing of the newest reads verdicts newest first and stops at its limit)."""
     query = query.select_from(
         _INSPECTION.outerjoin(_PRODUCT, and_(_P.serial == _I.serial, _P.withdrawn_at.is_(None)))
     ).where(_I.withdrawn_at.is_(None))
@@ -131,7 +158,9 @@ def _where(query: Select[Any], f: VerdictFilter) -> Select[Any]:
         query = query.where(_I.station == f.station)
     if f.batch_id is not None:
         query = query.where(in_batches((f.batch_id,)))
-    if f.order_id is not None:
+    if f.order_id is not None and searched:
+        query = query.where(in_order(f.order_id))
+    elif f.order_id is not None:
         query = query.where(func.coalesce(_I.order_id, _P.order_id) == f.order_id)
     if f.serial is not None:
         query = query.where(_I.serial == f.serial)
@@ -213,11 +242,15 @@ def newest_batches(conn: Connection, f: VerdictFilter, count: int) -> list[str]:
 
 
 def defects_query(
-    f: VerdictFilter = VerdictFilter(), batch_ids: Collection[str] | None = None
+    f: VerdictFilter = VerdictFilter(),
+    batch_ids: Collection[str] | None = None,
+    *,
+    searched: bool = False,
 ) -> Select[Any]:
     """What `batch_defects` counts, in one pass: per batch, verdict and defect class the
-    cells and the first and last judged when; of ``batch_ids`` only, where given. (A
-    query for the totals and one for the classes took a quarter longer than this one.)"""
+    cells and the first and last judged when; of ``batch_ids`` only, where given; an
+    order found by index searches with ``searched`` (`_where`). (A query for the totals
+    and one for the classes took a quarter longer than this one.)"""
     query = _where(
         select(
             _batch,
@@ -228,15 +261,17 @@ def defects_query(
             func.max(_I.inspected_at),
         ),
         f,
+        searched=searched,
     ).where(_JUDGED)
     if batch_ids is not None:
         query = query.where(in_batches(batch_ids))
     return query.group_by(_batch, _I.verdict, _I.defect_class)
 
 
-def unbatched_query(f: VerdictFilter = VerdictFilter()) -> Select[Any]:
+def unbatched_query(f: VerdictFilter = VerdictFilter(), *, searched: bool = False) -> Select[Any]:
     """The verdicts a p-chart counts that have no batch (`batch_defects`)."""
-    return _where(select(func.count()), f).where(_JUDGED, _batch.is_(None))
+    query = _where(select(func.count()), f, searched=searched)
+    return query.where(_JUDGED, _batch.is_(None))
 
 
 @dataclass
@@ -272,6 +307,14 @@ def _id_span(conn: Connection) -> int:
     return 0 if highest is None or lowest is None else int(highest) - int(lowest) + 1
 
 
+def _small_order(conn: Connection, order_id: str) -> bool:
+    """Whether the verdicts naming ``order_id`` are at most `COUNT_ALL_ROWS` (counted in
+    ``ix_inspection_order``, stopping past that many)."""
+    named = select(_INSPECTION.c.id).where(_INSPECTION.c.order_id == order_id)
+    some = named.limit(COUNT_ALL_ROWS + 1).subquery()
+    return int(conn.execute(select(func.count()).select_from(some)).scalar_one()) <= COUNT_ALL_ROWS
+
+
 def batch_defects(
     engine: Engine, f: VerdictFilter = VerdictFilter(), batches: int = CHART_BATCHES
 ) -> BatchDefects:
@@ -284,15 +327,22 @@ def batch_defects(
     with engine.connect() as conn:
         # one batch asked for is counted in one pass whatever the store's size: its
         # filter is already index searches (a walk would read every verdict newest
-        # first to find its few: 235 ms on SQLite for a million)
-        counted_all = f.batch_id is not None or _id_span(conn) <= COUNT_ALL_ROWS
+        # first to find its few: 235 ms on SQLite for a million); so is an order of no
+        # more verdicts than a small store holds (a walk for a rare one read them all)
+        counted_all = (
+            f.batch_id is not None
+            or (f.order_id is not None and _small_order(conn, f.order_id))
+            or _id_span(conn) <= COUNT_ALL_ROWS
+        )
         if counted_all:
-            every = _tallies(conn.execute(defects_query(f)))
+            every = _tallies(conn.execute(defects_query(f, searched=True)))
             loose = every.pop(None, None)  # the verdicts without a batch, all of them
             newest = sorted(every, key=lambda b: (every[b].last, b))[-batches:]
             found = {b: every[b] for b in newest if b is not None}
         else:
             chosen = newest_batches(conn, f, batches)
+            # a large order's chosen batches are filtered by order as they are read,
+            # not intersected with every verdict of the order
             walked = _tallies(conn.execute(defects_query(f, chosen))) if chosen else {}
             found = {b: t for b, t in walked.items() if b is not None}
         if not found:
@@ -304,7 +354,8 @@ def batch_defects(
             unbatched = 0 if loose is None else loose.judged  # all since the chart's start
         else:
             since = start if f.since is None else max(start, f.since)
-            unbatched = int(conn.execute(unbatched_query(replace(f, since=since))).scalar_one())
+            left_out = unbatched_query(replace(f, since=since), searched=counted_all)
+            unbatched = int(conn.execute(left_out).scalar_one())
     subgroups = [
         DefectSubgroup(
             batch,

@@ -254,3 +254,68 @@ def test_the_chart_reads_its_batches_through_indexes(store: QualityStore) -> Non
         scans = [s for s in plan if s.startswith(scan) and "ix_inspection_time" not in s]
         assert scans == [], (name, plan)
         assert any("ix_inspection_time" in step for step in plan), (name, plan)
+
+
+def _order_rows(store: QualityStore) -> None:
+    """Order PO-2's verdicts: five naming only a serial of a PO-2 product of batch B-20,
+    two naming PO-2 and batch B-21 themselves, and one of a PO-2 product that names
+    order PO-3 (its own order wins: not PO-2's)."""
+    at = T0 + timedelta(days=2)
+    products = [
+        {"serial": f"S-PO2-{k}", "product_type": "cell", "batch_id": "B-20", "order_id": "PO-2",
+         "made_at": at.isoformat()}
+        for k in range(6)
+    ]  # fmt: skip
+    assert not store.ingest_rows("product", enumerate(products, 1)).rejected
+    rows = []
+    for k in range(6):
+        row = verdict(9300 + k, None, f"S-PO2-{k}", k == 1, at + timedelta(seconds=k))
+        del row["order_id"]
+        if k == 5:
+            row["order_id"] = "PO-3"
+        rows.append(row)
+    for k in range(2):
+        row = verdict(9310 + k, "B-21", f"S-B21-{k}", True, at + timedelta(minutes=1, seconds=k))
+        row["order_id"] = "PO-2"
+        rows.append(row)
+    assert not store.ingest_rows("inspection", enumerate(rows, 1)).rejected
+
+
+@pytest.mark.parametrize("walked", [False, True], ids=["searched", "walked"])
+def test_an_orders_verdicts_are_its_own_else_their_products(
+    store: QualityStore, monkeypatch: pytest.MonkeyPatch, walked: bool
+) -> None:
+    """An order's chart counts the verdicts that name it and those whose product names
+    it and that name no other: the same whether the order's verdicts are found through
+    the order and serial indexes (an order of few verdicts) or the store is walked."""
+    _order_rows(store)
+    if walked:
+        monkeypatch.setattr(verdict_data, "_small_order", lambda conn, order: False)
+        monkeypatch.setattr(verdict_data, "COUNT_ALL_ROWS", 0)
+        monkeypatch.setattr(verdict_data, "WALK_STEP", 3)
+    chart = batch_defects(store.engine, VerdictFilter(order_id="PO-2"))
+    assert [(s.batch_id, s.inspected, s.defective) for s in chart.subgroups] == [
+        ("B-20", 5, 1),
+        ("B-21", 2, 2),
+    ]
+    third = batch_defects(store.engine, VerdictFilter(order_id="PO-3"))
+    assert [(s.batch_id, s.inspected) for s in third.subgroups] == [("B-20", 1)]
+    assert batch_defects(store.engine, VerdictFilter(order_id="PO-9")).subgroups == []
+
+
+def test_an_orders_chart_is_counted_through_indexes(store: QualityStore) -> None:
+    """The chart of an order of few verdicts searches the order and serial indexes, and
+    so does its count of verdicts without a batch: no step scans the inspections (the
+    walk for a rare order read every verdict newest first)."""
+    _order_rows(store)
+    by_order = VerdictFilter(order_id="PO-2")
+    queries = {
+        "defects": defects_query(by_order, searched=True),
+        "unbatched": unbatched_query(by_order, searched=True),
+    }
+    scan = ("SCAN", "Seq Scan on qdm_inspection")
+    for name, query in queries.items():
+        plan = query_plan(store.engine, query)
+        assert [step for step in plan if step.startswith(scan)] == [], (name, plan)
+        assert any("ix_inspection_order" in step for step in plan), (name, plan)
+        assert any("ix_inspection_serial" in step for step in plan), (name, plan)
