@@ -95,47 +95,39 @@ class VerdictRow:
 
 def in_batches(batch_ids: Collection[str]) -> ColumnElement[bool]:
     """A verdict is in one of ``batch_ids`` when its batch (`_batch`: its own, else its
-    serial's product's) is, said as the ids of two index searches: the verdicts that name
-    one of the batches, and those that name none of their own whose serial is a product
-    of one of them (``serial`` index). ``coalesce(batch, product's batch) IN (...)`` can
-    use neither index and read every inspection (1.3 s on SQLite, 1.5 s on PostgreSQL for
-    a million, bench/verdicts.py); so does an OR of the two searches on PostgreSQL, which
-    cannot turn an OR holding a subquery into index scans."""
-    wanted = sorted(set(batch_ids))
-    named, loose = _INSPECTION.alias("named"), _INSPECTION.alias("loose")
-    made = _PRODUCT.alias("made")  # its own alias: never correlated with a query's join
-    ids = union_all(
-        select(named.c.id).where(named.c.batch_id.in_(wanted)),
-        # from the batches' products to their serials' verdicts; the batch is a filter
-        # there, not a search (``batch_id IS NULL`` would search the batch index for
-        # every serial-only verdict)
-        select(loose.c.id)
-        .select_from(made.join(loose, loose.c.serial == made.c.serial))
-        .where(
-            made.c.batch_id.in_(wanted),
-            made.c.withdrawn_at.is_(None),
-            func.coalesce(loose.c.batch_id, made.c.batch_id) == made.c.batch_id,
-        ),
-    )
-    found: ColumnElement[bool] = _I.id.in_(ids)
-    return found
+    serial's product's) is, said as the ids of two index searches (`_own_or_products`).
+    ``coalesce(batch, product's batch) IN (...)`` can use neither index and read every
+    inspection (1.3 s on SQLite, 1.5 s on PostgreSQL for a million, bench/verdicts.py);
+    so does an OR of the two searches on PostgreSQL, which cannot turn an OR holding a
+    subquery into index scans."""
+    return _own_or_products("batch_id", batch_ids)
 
 
 def in_order(order_id: str) -> ColumnElement[bool]:
     """A verdict is of ``order_id`` when its order (its own, else its serial's product's)
-    is, said as the ids of two index searches, as `in_batches` says a batch: the verdicts
-    that name the order (``ix_inspection_order``), and those of the serials of the
-    order's products whose own order, if any, is the same (``serial`` index)."""
+    is, said as the ids of two index searches (`_own_or_products`), as a batch is."""
+    return _own_or_products("order_id", (order_id,))
+
+
+def _own_or_products(column: str, values: Collection[str]) -> ColumnElement[bool]:
+    """A verdict whose ``column`` (its own, else its serial's product's) is one of
+    ``values``, as the ids of two index searches: the verdicts that name one of them
+    (the column's index), and those of the serials of the products that name one
+    (``serial`` index) whose own value, if any, is the product's."""
+    wanted = sorted(set(values))
     named, loose = _INSPECTION.alias("named"), _INSPECTION.alias("loose")
-    made = _PRODUCT.alias("made")
+    made = _PRODUCT.alias("made")  # its own alias: never correlated with a query's join
     ids = union_all(
-        select(named.c.id).where(named.c.order_id == order_id),
+        select(named.c.id).where(named.c[column].in_(wanted)),
+        # from the products to their serials' verdicts; the verdict's own value is a
+        # filter there, not a search (``IS NULL`` would search the column's index for
+        # every serial-only verdict)
         select(loose.c.id)
         .select_from(made.join(loose, loose.c.serial == made.c.serial))
         .where(
-            made.c.order_id == order_id,
+            made.c[column].in_(wanted),
             made.c.withdrawn_at.is_(None),
-            func.coalesce(loose.c.order_id, made.c.order_id) == made.c.order_id,
+            func.coalesce(loose.c[column], made.c[column]) == made.c[column],
         ),
     )
     found: ColumnElement[bool] = _I.id.in_(ids)
@@ -331,8 +323,8 @@ def batch_defects(
         # more verdicts than a small store holds (a walk for a rare one read them all)
         counted_all = (
             f.batch_id is not None
-            or (f.order_id is not None and _small_order(conn, f.order_id))
             or _id_span(conn) <= COUNT_ALL_ROWS
+            or (f.order_id is not None and _small_order(conn, f.order_id))
         )
         if counted_all:
             every = _tallies(conn.execute(defects_query(f, searched=True)))
