@@ -45,7 +45,7 @@ known centre and sigma. The Cpk panel stays on the individual values in either v
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -207,28 +207,23 @@ def _rewrites(version: object) -> int | None:
 def _sub_chart(
     ctx: NodeContext, subscription_id: str, was: Watched | None, now: object, subgroup: int | None
 ) -> tuple[LiveChart, int] | None:
-    """A subscription's chart fed the rows held under its agreement that it has not
-    seen, and the id of the last row fed; built anew from the newest `HISTORY` rows held
-    when the stream has none yet or a held record was rewritten (replaced, withdrawn,
-    erased) since. None for an unknown subscription."""
+    """A subscription's chart (`_fed`); it is built anew when a held record was
+    rewritten (replaced, withdrawn, erased) since. None for an unknown subscription."""
     sub = _subscription(ctx, subscription_id)
     if sub is None or ctx.contracts is None:
         return None
     store = ctx.contracts.store
+
+    def read(after: int | None) -> tuple[Iterator[tuple[float, str]], int | None]:
+        if after is None:
+            rows = store.received_newest(sub.agreement_id, HISTORY)
+        else:
+            rows = store.received_since(sub.agreement_id, after)
+        return _sub_points(rows, sub.characteristic), rows[-1].id if rows else None
+
     rewrites = _rewrites(now)
-    if (
-        was is not None
-        and was.chart is not None
-        and rewrites is not None
-        and _rewrites(was.version) == rewrites
-    ):
-        chart, after = was.chart, was.after
-        rows = store.received_since(sub.agreement_id, after)
-    else:
-        chart, after = LiveChart(sub.spec, subgroup), 0
-        rows = store.received_newest(sub.agreement_id, HISTORY)
-    chart.extend(_sub_points(rows, sub.characteristic))
-    return chart, rows[-1].id if rows else after
+    keep = rewrites is not None and was is not None and _rewrites(was.version) == rewrites
+    return _fed(was, keep, sub.spec, subgroup, read)
 
 
 def station_scores(
@@ -274,17 +269,37 @@ def _oldest(version: object) -> object:
 def _own_chart(
     ctx: NodeContext, station: str, was: Watched | None, now: object, subgroup: int | None
 ) -> tuple[LiveChart, int]:
-    """The station's chart fed what it has not seen, and the id of the last score fed;
-    built anew from its history when the stream has none yet or rows it holds may have
-    gone (the lowest id moved)."""
-    if was is not None and was.chart is not None and _oldest(was.version) == _oldest(now):
-        chart, after = was.chart, was.after
+    """The station's chart (`_fed`); built anew when rows it holds may have gone (the
+    lowest id moved)."""
+
+    def read(after: int | None) -> tuple[Iterator[tuple[float, str]], int | None]:
         rows = station_scores(ctx, station, after)
+        return ((score, at) for _, score, at in rows), rows[-1][0] if rows else None
+
+    keep = was is not None and _oldest(was.version) == _oldest(now)
+    return _fed(was, keep, OWN_SCORE_SPEC, subgroup, read)
+
+
+def _fed(
+    was: Watched | None,
+    keep: bool,
+    spec: SpcSpec,
+    subgroup: int | None,
+    read: Callable[[int | None], tuple[Iterator[tuple[float, str]], int | None]],
+) -> tuple[LiveChart, int]:
+    """A kept chart fed what it has not seen, and the id of the last row fed: the stream's
+    chart fed the rows after its last id when it has one and may ``keep`` it, else a new
+    one (of ``spec``; X-bar-R in ``subgroup``s where given) fed the newest `HISTORY`
+    rows. ``read(after)`` gives the values of the rows after id ``after`` (None: the
+    newest `HISTORY`) and the id of the last row read (None: none)."""
+    if keep and was is not None and was.chart is not None:
+        chart, after = was.chart, was.after
+        values, last = read(after)
     else:
-        chart, after = LiveChart(OWN_SCORE_SPEC, subgroup), 0
-        rows = station_scores(ctx, station)
-    chart.extend((score, at) for _, score, at in rows)
-    return chart, rows[-1][0] if rows else after
+        chart, after = LiveChart(spec, subgroup), 0
+        values, last = read(None)
+    chart.extend(values)
+    return chart, after if last is None else last
 
 
 def changed(
