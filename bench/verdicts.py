@@ -135,15 +135,6 @@ def chart_all_counted(engine: Engine) -> list[tuple[str, int, int, datetime]]:
     return [(b, n, d, at) for b, (n, d, at) in ordered[-CHART_BATCHES:]]
 
 
-def chart_walked(engine: Engine) -> list[tuple[str, int, int, datetime]]:
-    """The unfiltered chart read by walking the verdicts, whatever the store's size."""
-    verdict_data.COUNT_ALL_ROWS = 0
-    try:
-        return chart(engine)
-    finally:
-        verdict_data.COUNT_ALL_ROWS = COUNT_ALL_ROWS
-
-
 def chart(
     engine: Engine, f: VerdictFilter = VerdictFilter()
 ) -> list[tuple[str, int, int, datetime]]:
@@ -151,14 +142,16 @@ def chart(
     return [(s.batch_id, s.inspected, s.defective, s.at) for s in found]
 
 
-def rare_order_walked(engine: Engine) -> list[tuple[str, int, int, datetime]]:
-    """The rare order's chart as a large store's was read before: the store walked
-    newest first (its verdicts not found through the order index, whatever their number)."""
+def chart_walked(
+    engine: Engine, f: VerdictFilter = VerdictFilter()
+) -> list[tuple[str, int, int, datetime]]:
+    """The chart read by walking the verdicts, whatever the store's size (an order's
+    too, whatever its number of verdicts: as a large store's was read before)."""
     small = verdict_data._small_order
     verdict_data._small_order = lambda conn, order: False
     verdict_data.COUNT_ALL_ROWS = 0
     try:
-        return chart(engine, VerdictFilter(order_id=RARE_ORDER))
+        return chart(engine, f)
     finally:
         verdict_data._small_order = small
         verdict_data.COUNT_ALL_ROWS = COUNT_ALL_ROWS
@@ -183,7 +176,7 @@ def measure(engine: Engine, rows: int, runs: int) -> dict[str, Any]:
     if not chart(engine) == chart_walked(engine) == chart_all_counted(engine):
         raise SystemExit("the chart, the walked chart and every verdict counted differ")
     rare = VerdictFilter(order_id=RARE_ORDER)
-    if chart(engine, rare) != rare_order_walked(engine) or not chart(engine, rare):
+    if chart(engine, rare) != chart_walked(engine, rare) or not chart(engine, rare):
         raise SystemExit("the rare order's chart differs searched and walked, or is empty")
     return {
         "by_batch": timed(runs, lambda: read_verdicts(engine, by_batch, 100)),
@@ -195,7 +188,7 @@ def measure(engine: Engine, rows: int, runs: int) -> dict[str, Any]:
         "chart_walked": timed(runs, lambda: chart_walked(engine)),
         "chart_all_counted": timed(runs, lambda: chart_all_counted(engine)),
         "chart_rare_order": timed(runs, lambda: chart(engine, rare)),
-        "chart_rare_order_walked": timed(max(3, runs // 5), lambda: rare_order_walked(engine)),
+        "chart_rare_order_walked": timed(max(3, runs // 5), lambda: chart_walked(engine, rare)),
     }
 
 
