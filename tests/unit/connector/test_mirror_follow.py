@@ -180,6 +180,16 @@ def test_a_delivery_holds_the_agreements_mirror_row_until_it_commits(store: Cont
     assert [r.record_key for r in held] == ["k0", "k1", "k2"]
 
 
+def _console(store: ContractStore, spec: SpcSpec) -> SimpleNamespace:
+    """What the SPC page's stream reads of a node: subscription ``s1`` of ``score``
+    under the agreement, and the store."""
+    sub = SimpleNamespace(agreement_id=AGR, characteristic="score", spec=spec)
+    return SimpleNamespace(
+        contract_client=SimpleNamespace(subscriptions={"s1": sub}),
+        contracts=SimpleNamespace(store=store),
+    )
+
+
 def test_the_spc_pages_chart_of_a_subscription_is_fed_only_what_was_added(
     store: ContractStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -188,11 +198,7 @@ def test_the_spc_pages_chart_of_a_subscription_is_fed_only_what_was_added(
     skipped, as the subscription's monitor skips them), built here from a whole read;
     the held rows are read again only when the stream starts and after a rewrite."""
     spec = SpcSpec(usl=0.9, baseline_size=8, cpk_window=8)
-    sub = SimpleNamespace(agreement_id=AGR, characteristic="score", spec=spec)
-    ctx = SimpleNamespace(
-        contract_client=SimpleNamespace(subscriptions={"s1": sub}),
-        contracts=SimpleNamespace(store=store),
-    )
+    ctx = _console(store, spec)
     whole_reads = []
     read_whole, newest = store.received_rows, store.received_newest
     monkeypatch.setattr(store, "received_newest", lambda *a: whole_reads.append(a) or newest(*a))
@@ -230,11 +236,7 @@ def test_a_subscriptions_chart_starts_from_the_newest_rows_held(
     held (in the order they arrived), and between those the rows that arrive after."""
     monkeypatch.setattr(spc, "HISTORY", 10)
     spec = SpcSpec(usl=0.9, baseline_size=4, cpk_window=4)
-    sub = SimpleNamespace(agreement_id=AGR, characteristic="score", spec=spec)
-    ctx = SimpleNamespace(
-        contract_client=SimpleNamespace(subscriptions={"s1": sub}),
-        contracts=SimpleNamespace(store=store),
-    )
+    ctx = _console(store, spec)
 
     def deliver(first: int, count: int, version: int = 1) -> None:
         rows = [
