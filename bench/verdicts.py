@@ -24,6 +24,12 @@ order with one verdict in a thousand (``chart_rare_order``: found through the or
 serial indexes) is timed against the walk a large store took for it before (baseline
 ``chart_rare_order_walked``: every verdict read newest first); both must agree.
 
+The inspection page's verdict counts by station (``page_counts``: kept by the console
+between loads, `StationCounts`, each load adding what was stored since) are timed at a
+load after each second of the two lines (120 new verdicts, stored untimed) against every
+verdict grouped by station, as each load read them before (baseline
+``page_counts_grouped``); both must agree at every load.
+
     python bench/verdicts.py                          # 1M verdicts, SQLite
     python bench/verdicts.py --rows 200000 --postgres postgresql+psycopg://u:p@h/db
     python bench/verdicts.py --quick --out result.json
@@ -46,9 +52,9 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from sqlalchemy import Engine, delete, func  # noqa: E402
+from sqlalchemy import Engine, delete, func, select  # noqa: E402
 
-from bench.support.stores import each_store, timed  # noqa: E402
+from bench.support.stores import each_store, summary, timed  # noqa: E402
 from qdspace.connector import verdict_data  # noqa: E402
 from qdspace.connector.ingest import BULK_BATCH_ROWS  # noqa: E402
 from qdspace.connector.qdm import Inspection, Product  # noqa: E402
@@ -62,6 +68,7 @@ from qdspace.connector.verdict_data import (  # noqa: E402
     read_verdicts,
     verdicts_query,
 )
+from qdspace.node.console.inspection import StationCounts, _by_station  # noqa: E402
 
 BATCH_CELLS = 500
 #: an order with one verdict in a thousand (the rest are PO-1's)
@@ -157,7 +164,46 @@ def chart_walked(
         verdict_data.COUNT_ALL_ROWS = COUNT_ALL_ROWS
 
 
-def measure(engine: Engine, rows: int, runs: int) -> dict[str, Any]:
+def page_counts(store: QualityStore, runs: int) -> dict[str, dict[str, float]]:
+    """The page's counts kept and grouped whole, at each of ``runs`` loads a second of
+    verdicts apart (`StationCounts`; the first load, which groups every verdict, untimed)."""
+    counts = StationCounts()
+    with store.engine.connect() as conn:
+        counts.read(conn)
+    kept: list[float] = []
+    grouped: list[float] = []
+    rnd = random.Random(5)
+    for run in range(runs):
+        at = _utc(time.time())
+        new = [
+            (
+                i + 1,
+                {
+                    "inspection_id": f"el-page-{run}-{i}",
+                    "station": f"el-{1 + i % 2}",
+                    "inspected_at": at,
+                    "verdict": "fail" if rnd.random() < 0.03 else "pass",
+                    "score": 0.5,
+                },
+            )
+            for i in range(120)
+        ]
+        store.ingest_rows("inspection", new)
+        with store.engine.connect() as conn:
+            started = time.perf_counter()
+            got = counts.read(conn)
+            kept.append((time.perf_counter() - started) * 1000)
+            started = time.perf_counter()
+            top = conn.execute(select(func.max(_I.c.id))).scalar_one()
+            every = {s: (n, f, t) for s, n, f, t in conn.execute(_by_station(None, top))}
+            grouped.append((time.perf_counter() - started) * 1000)
+        if got != every:
+            raise SystemExit(f"load {run}: kept counts {got} differ from every verdict's {every}")
+    return {"page_counts": summary(kept), "page_counts_grouped": summary(grouped)}
+
+
+def measure(store: QualityStore, rows: int, runs: int) -> dict[str, Any]:
+    engine = store.engine
     oldest = batch_of(1)
     by_batch = VerdictFilter(batch_id=oldest)
     serial = f"SN-{rows // 3:09d}"
@@ -189,6 +235,7 @@ def measure(engine: Engine, rows: int, runs: int) -> dict[str, Any]:
         "chart_all_counted": timed(runs, lambda: chart_all_counted(engine)),
         "chart_rare_order": timed(runs, lambda: chart(engine, rare)),
         "chart_rare_order_walked": timed(max(3, runs // 5), lambda: chart_walked(engine, rare)),
+        **page_counts(store, runs),
     }
 
 
@@ -213,9 +260,7 @@ def main() -> None:
         fill(store, rows)
         return f"{rows:,} verdicts"
 
-    results["figures"] = each_store(
-        args.postgres, filled, lambda store: measure(store.engine, rows, runs)
-    )
+    results["figures"] = each_store(args.postgres, filled, lambda store: measure(store, rows, runs))
     results["loadavg_1m"] = os.getloadavg()[0]
     print(f"verdicts.rows: {rows} verdicts")
     for name, figures in results["figures"].items():
@@ -233,6 +278,9 @@ def main() -> None:
         rare = figures["chart_rare_order_walked"]["p50_ms"] / figures["chart_rare_order"]["p50_ms"]
         figures["chart_rare_order_speedup_over_walked"] = rare
         print(f"verdicts.{name}.chart_rare_order_speedup_over_baseline_walked: {rare:.1f} ratio")
+        page = figures["page_counts_grouped"]["p50_ms"] / figures["page_counts"]["p50_ms"]
+        figures["page_counts_speedup_over_grouped"] = page
+        print(f"verdicts.{name}.page_counts_speedup_over_baseline_grouped: {page:.1f} ratio")
     print(f"verdicts.cpus: {results['cpus']} cores")
     print(f"verdicts.loadavg_1m: {results['loadavg_1m']:.2f} load")
     if args.out:

@@ -20,7 +20,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Index, UniqueConstraint
+from sqlalchemy import BigInteger, Index, UniqueConstraint
 from sqlmodel import Field, SQLModel
 
 metadata = SQLModel.metadata
@@ -208,6 +208,22 @@ class CalibrationCertificate(SQLModel, table=True):
 
     version: int = _version()
     withdrawn_at: datetime | None = None
+
+
+class Rewrites(SQLModel, table=True):
+    """How often the records of one kind were rewritten (corrected or withdrawn).
+
+    A reader that keeps what it made of a table (the console's verdict counts by
+    station, a station's SPC chart) and reads only the rows above the last id it saw
+    would miss a rewrite: the row moves to a fresh id above, and its old content, which
+    the reader already counted, is gone from below. So every rewrite adds to its kind's
+    count in the writing transaction (`connector.versions`); while the count stays, the
+    rows above a reader's last id are exactly what was added. Inserts do not touch it.
+    """
+
+    __tablename__ = "qdm_rewrites"
+    kind: str = Field(primary_key=True, max_length=32)
+    rewrites: int = Field(default=0, sa_type=BigInteger)
 
 
 #: kind name (as used by ingest, REST and CLI) -> table class

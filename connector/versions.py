@@ -23,6 +23,13 @@ at a time; on PostgreSQL two writers could take ids 10 and 11 and commit 11 firs
 a reader that saw 11 would never look at 10. So every QDM write takes one transaction
 advisory lock first (`serialize_writes`): writers of a node's QDM commit one after the
 other, and ids become visible in order.
+
+A reader that keeps what it made of a table and reads only the rows above the last id
+it saw (the console's verdict counts by station, a station's SPC chart) would count a
+rewritten record twice, or a withdrawn one still: its old content was below. So each
+correction or withdrawal adds to its kind's count in ``qdm_rewrites``
+(`count_rewrites`, in the same transaction); a reader that finds the count as it was
+knows that only rows were added since, and one that finds it moved reads again.
 """
 
 from __future__ import annotations
@@ -121,8 +128,32 @@ def correct_rows(connection: Connection, kind: str, rows: Sequence[Mapping[str, 
     for row in rows:
         values = [_bind(connection, table, c, row.get(c)) for c in content]
         params.append((*values, *(_bind(connection, table, k, row[k]) for k in keys), *values))
-    result = connection.exec_driver_sql(sql, params)
-    return int(result.rowcount)
+    changed_rows = int(connection.exec_driver_sql(sql, params).rowcount)
+    count_rewrites(connection, kind, changed_rows)
+    return changed_rows
+
+
+#: adds to a kind's rewrite count (`qdm.Rewrites`), creating it at the first
+_COUNT = (
+    "INSERT INTO qdm_rewrites (kind, rewrites) VALUES ({m}, {m}) "
+    "ON CONFLICT (kind) DO UPDATE SET rewrites = qdm_rewrites.rewrites + excluded.rewrites"
+)
+
+
+def count_rewrites(connection: Connection, kind: str, records: int) -> None:
+    """Add ``records`` rewritten in this transaction to ``kind``'s count (`qdm.Rewrites`),
+    which readers that follow a table by id compare to know what they kept is whole."""
+    if records:
+        mark = _mark(connection)
+        connection.exec_driver_sql(_COUNT.format(m=mark), (kind, records))
+
+
+def rewrites(connection: Connection, kind: str) -> int:
+    """How many records of ``kind`` were rewritten since the count began (0: none)."""
+    found = connection.exec_driver_sql(
+        f"SELECT rewrites FROM qdm_rewrites WHERE kind = {_mark(connection)}", (kind,)
+    ).scalar_one_or_none()
+    return int(found or 0)
 
 
 def _key_values(kind: str, key: Mapping[str, Any]) -> dict[str, Any]:
@@ -167,6 +198,7 @@ def withdraw(connection: Connection, kind: str, key: Mapping[str, Any], at: date
     if connection.exec_driver_sql(sql, params).rowcount != 1:
         shown = ", ".join(f"{k}={v}" for k, v in key.items())
         raise UnknownRecordError(f"no {kind} record {shown} to withdraw (none, or withdrawn)")
+    count_rewrites(connection, kind, 1)
     found = connection.exec_driver_sql(
         f"SELECT version FROM {table.name} WHERE {where}",
         tuple(_bind(connection, table, k, v) for k, v in values.items()),

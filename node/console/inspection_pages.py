@@ -26,6 +26,7 @@ def routes(console: Console) -> list[tuple[str, Endpoint, str]]:
     ctx = console.ctx
     directory = ctx.directory
     layout = ctx.layout
+    counts = inspection.StationCounts()  # kept between this console's page loads
 
     def view() -> dict[str, Any]:
         status = inspection.read_json(layout.line_status)
@@ -35,7 +36,7 @@ def routes(console: Console) -> list[tuple[str, Endpoint, str]]:
             directory, None if active is None else active.version
         )
         return {
-            "line": inspection.stored_line(ctx),
+            "line": inspection.stored_line(ctx, counts),
             "line_status": status,
             "drift": inspection.read_json(layout.drift),
             "drift_svg": inspection.drift_chart(status),

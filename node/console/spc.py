@@ -17,9 +17,10 @@ here decides what a violation is.
 The page learns of new rows by server-sent events (`stream`): every `TICK_S` it asks each
 series for its version (for a subscription, the counts of changes of the copy held under
 its agreement, `MirrorVersion`, one look-up by key; for a station, the lowest and highest
-id of its inspections, two look-ups in ``ix_inspection_station``) and sends a series'
-whole state again only when that changed. At `spc_state.MAX_POINTS` per chart
-that is a few hundred kB at most per change, cheap next to a browser's redraw.
+id of its inspections, two look-ups in ``ix_inspection_station``, and the inspections'
+rewrite count) and sends a series' whole state again only when that changed. At
+`spc_state.MAX_POINTS` per chart that is a few hundred kB at most per change, cheap next
+to a browser's redraw.
 
 An own station's chart is kept by the stream and fed (`spc_state.LiveChart`): it starts
 from the station's newest `HISTORY` scores, in the order they were stored, and each
@@ -27,13 +28,16 @@ later tick reads only the scores stored since (``id > last``, from the same inde
 and replayed whole on every change, a station's 500,000 scores took 4.5 s to read and
 13 s to replay, ten times a second on a live line, and asking for the version alone
 read every inspection (274 ms). A chart rebuilds from its history when rows it holds
-may have gone (the lowest id moved: a purge). A subscription's chart is kept the same
-way: built from the newest `HISTORY` rows held under its agreement (a pull's rows too),
-then fed only the rows added since (``received_since``, ids above the last one fed); it
-rebuilds when a held record was replaced, withdrawn or erased (the version's
-``rewrites`` moved). Read, decrypted and replayed whole on every change, a subscription
-of 100,000 rows took 5.9 s a change (a supplier streams several a second: a core kept
-busy, the chart ever further behind), and rows a pull brought did not move its version.
+may have gone (the lowest id moved: a purge) or changed (the inspections' rewrite
+count, `connector.qdm.Rewrites`, moved: a verdict corrected or withdrawn, whose row
+moved above the last id fed while its old value stayed on the chart). A subscription's
+chart is kept the same way: built from the newest `HISTORY` rows held under its
+agreement (a pull's rows too), then fed only the rows added since (``received_since``,
+ids above the last one fed); it rebuilds when a held record was replaced, withdrawn or
+erased (the version's ``rewrites`` moved). Read, decrypted and replayed whole on every
+change, a subscription of 100,000 rows took 5.9 s a change (a supplier streams several a
+second: a core kept busy, the chart ever further behind), and rows a pull brought did
+not move its version.
 
 A chart shown as X-bar-R (the page asks with ``xbar=<n>:<key>`` on the stream) gets the
 same state plus an ``xbar`` part: the values replayed in subgroups of n through
@@ -52,6 +56,7 @@ from typing import Any
 
 from sqlalchemy import Select, func, select
 
+from qdspace.connector import versions
 from qdspace.connector.contract_store import MirrorVersion, ReceivedRow
 from qdspace.connector.qdm import Inspection
 from qdspace.connector.spc import SpcSpec, characteristic_value
@@ -155,17 +160,21 @@ def check_views(keys: list[str], raw: list[str]) -> dict[str, int]:
     return views
 
 
-def _station_ids(ctx: NodeContext, station: str) -> tuple[int, int] | None:
-    """The lowest and highest id of the station's inspections: two index look-ups (SQLite
-    reads a min or max from an index only as a statement's one aggregate)."""
+def _station_ids(ctx: NodeContext, station: str) -> tuple[int, int, int] | None:
+    """The lowest and highest id of the station's inspections (two index look-ups: SQLite
+    reads a min or max from an index only as a statement's one aggregate) and the
+    inspections' rewrite count (`connector.qdm.Rewrites`, one look-up by key)."""
     table = Inspection.__table__  # type: ignore[attr-defined]
     ids = table.c.id
     with ctx.store.engine.connect() as connection:
+        rewrites = versions.rewrites(connection, "inspection")
         top = connection.execute(select(func.max(ids)).where(table.c.station == station))
         highest = top.scalar_one()
         low = connection.execute(select(func.min(ids)).where(table.c.station == station))
         lowest = low.scalar_one()
-    return None if highest is None or lowest is None else (int(lowest), int(highest))
+    if highest is None or lowest is None:
+        return None
+    return int(lowest), int(highest), rewrites
 
 
 def version(ctx: NodeContext, key: str) -> object:
@@ -261,22 +270,24 @@ class Watched:
     after: int = 0
 
 
-def _oldest(version: object) -> object:
-    """The lowest id in an own station's version (`_station_ids`)."""
-    return version[0] if isinstance(version, tuple) else None
+def _kept_rows(version: object) -> object:
+    """What must stay for a station's kept chart to stand (`_station_ids`): its lowest id
+    (a row gone from below) and the rewrite count (a record corrected or withdrawn: its
+    old value is on the chart, its row moved above)."""
+    return (version[0], version[2]) if isinstance(version, tuple) else None
 
 
 def _own_chart(
     ctx: NodeContext, station: str, was: Watched | None, now: object, subgroup: int | None
 ) -> tuple[LiveChart, int]:
-    """The station's chart (`_fed`); built anew when rows it holds may have gone (the
-    lowest id moved)."""
+    """The station's chart (`_fed`); built anew when rows it holds may have gone or
+    changed (`_kept_rows`)."""
 
     def read(after: int | None) -> tuple[Iterator[tuple[float, str]], int | None]:
         rows = station_scores(ctx, station, after)
         return ((score, at) for _, score, at in rows), rows[-1][0] if rows else None
 
-    keep = was is not None and _oldest(was.version) == _oldest(now)
+    keep = was is not None and _kept_rows(was.version) == _kept_rows(now)
     return _fed(was, keep, OWN_SCORE_SPEC, subgroup, read)
 
 

@@ -121,6 +121,28 @@ def test_a_chart_starts_from_the_newest_history_and_rebuilds_after_a_purge(
     assert rebuilt["n"] == 25
 
 
+def test_a_kept_chart_is_built_again_after_a_verdict_is_corrected_or_withdrawn(
+    store: QualityStore,
+) -> None:
+    """A verdict corrected (a new score) or withdrawn moves above the last id the chart
+    was fed, its old score still on the chart: the chart sent is built again from what
+    is stored, as the whole chart would be (fails when only a row gone from below makes
+    a chart rebuild: the old score stays, the corrected one comes twice)."""
+    ctx, seen = _ctx(store), {}
+    _ingest(store, _verdicts(1, 60))
+    assert _state(list(spc.changed(ctx, [KEY], seen)))["n"] == 60
+    _ingest(store, [(1, dict(_verdicts(20, 1)[0][1], score=0.97))])
+    corrected = _state(list(spc.changed(ctx, [KEY], seen)))
+    assert corrected == chart_state(KEY, _every_score(store), spc.OWN_SCORE_SPEC)
+    assert corrected["n"] == 60
+    store.withdraw("inspection", {"inspection_id": "el-1-30"}, T0 + timedelta(days=1))
+    withdrawn = _state(list(spc.changed(ctx, [KEY], seen)))
+    assert withdrawn == chart_state(KEY, _every_score(store), spc.OWN_SCORE_SPEC)
+    assert withdrawn["n"] == 59
+    _ingest(store, _verdicts(61, 3))  # then fed again
+    assert _state(list(spc.changed(ctx, [KEY], seen)))["n"] == 62
+
+
 def test_the_version_and_the_new_scores_are_read_from_the_station_index(
     store: QualityStore,
 ) -> None:

@@ -13,12 +13,19 @@ from alembic.runtime.migration import MigrationContext
 from sqlalchemy import select, text
 from sqlmodel import Session
 
+from qdspace.connector import versions
 from qdspace.connector.errors import IngestFileError, StorageError, UnknownKind, UnknownRecordError
 from qdspace.connector.genealogy import NotYourBatch, UnknownBatch, upstream
 from qdspace.connector.ingest import ingest_file
 from qdspace.connector.qdm import Inspection, ProcessMeasurement, metadata
 from qdspace.connector.sample import sold_batch, write_sample_files
-from qdspace.connector.storage import QualityStore, head_revision, open_store
+from qdspace.connector.storage import (
+    QualityStore,
+    create_store_engine,
+    head_revision,
+    migrate,
+    open_store,
+)
 
 
 def _inspection(i: int, **changes: Any) -> dict[str, Any]:
@@ -34,7 +41,7 @@ def _inspection(i: int, **changes: Any) -> dict[str, Any]:
 
 
 def test_schema_is_migrated_and_matches_the_models(store: QualityStore) -> None:
-    assert store.schema_version() == head_revision() == "0016_received_revision"
+    assert store.schema_version() == head_revision() == "0017_qdm_rewrites"
     with store.engine.connect() as connection:
         context = MigrationContext.configure(
             connection,
@@ -109,6 +116,68 @@ def test_a_changed_row_is_a_new_version_and_a_withdrawal_a_tombstone(store: Qual
     when = {"location": "HALL-A", "measured_at": "2026-11-02T09:00:00+01:00"}
     assert store.withdraw("environment", when, at).version == 3
     assert store.counts()["inspection"] == 4  # a tombstone is still a row
+
+
+def test_rewrites_are_counted_by_kind_in_the_transaction_that_makes_them(
+    store: QualityStore,
+) -> None:
+    """Each record corrected or withdrawn adds one to its kind's count, in the writing
+    transaction (one rolled back counts nothing); inserts, rows re-sent unchanged and a
+    refused withdrawal count nothing. Readers that follow a table by id rely on it."""
+
+    def counts() -> tuple[int, int]:
+        with store.engine.connect() as connection:
+            return (
+                versions.rewrites(connection, "inspection"),
+                versions.rewrites(connection, "environment"),
+            )
+
+    store.ingest_rows("inspection", [(i, _inspection(i)) for i in range(1, 7)])
+    assert counts() == (0, 0)
+    changed = [(1, _inspection(2, verdict="fail")), (2, _inspection(3)), (3, _inspection(7))]
+    store.ingest_rows("inspection", [*changed, (4, _inspection(4, score=0.3))])
+    assert counts() == (2, 0)  # EL-00002 and EL-00004 changed; EL-00003 as stored
+    at = datetime(2026, 11, 3, 9, 0, tzinfo=UTC)
+    store.withdraw("inspection", {"inspection_id": "EL-00001"}, at)
+    with pytest.raises(UnknownRecordError):
+        store.withdraw("inspection", {"inspection_id": "EL-00001"}, at)
+    assert counts() == (3, 0)
+    with pytest.raises(RuntimeError), store.engine.begin() as connection:
+        versions.withdraw(connection, "inspection", {"inspection_id": "EL-00005"}, at)
+        raise RuntimeError("the caller's transaction fails after the withdrawal")
+    assert counts() == (3, 0)
+    store.ingest_rows("inspection", [(1, _inspection(1)), (2, _inspection(6))])
+    assert counts() == (4, 0)  # the withdrawn record is back; EL-00006 as stored
+    reading = {"location": "HALL-A", "measured_at": "2026-11-02T08:00:00Z", "temperature": 21}
+    store.ingest_rows("environment", [(1, reading)])
+    store.ingest_rows("environment", [(1, {**reading, "temperature": 22})])
+    assert counts() == (4, 1)
+
+
+def test_a_store_from_before_the_rewrite_count_is_migrated_with_its_rows(
+    store_url: str,
+) -> None:
+    """A node's store at 0016 gains ``qdm_rewrites`` at its next start, its records
+    kept; counting starts from there (a reader compares counts, not totals)."""
+    engine = create_store_engine(store_url)
+    migrate(engine, "0016_received_revision")
+    with engine.begin() as connection:
+        connection.execute(
+            text(
+                "INSERT INTO qdm_inspection (inspection_id, station, inspected_at, verdict, "
+                "version) VALUES ('EL-00001', 'EL-1', '2026-11-02 07:00:00.000000', 'pass', 1)"
+            )
+        )
+    engine.dispose()
+    store = open_store(store_url)
+    try:
+        assert store.schema_version() == "0017_qdm_rewrites"
+        assert store.counts()["inspection"] == 1
+        store.ingest_rows("inspection", [(1, _inspection(1, verdict="fail"))])
+        with store.engine.connect() as connection:
+            assert versions.rewrites(connection, "inspection") == 1
+    finally:
+        store.close()
 
 
 def test_duplicates_inside_one_delivery_are_stored_once(store: QualityStore) -> None:
