@@ -242,18 +242,27 @@ class RuleJudge:
 
     def __init__(self, rules: Iterable[Rule] = DEFAULT_RULES) -> None:
         self.rules = tuple(rules)
+        self._checks = [(rule, _CHECKS[rule]) for rule in self.rules]
         self._judged: deque[_Judged] = deque(maxlen=_LONGEST_RUN)
         self._last_fired: dict[Rule, int] = {}
 
     def judge(self, point: SpcPoint, z: float) -> list[SpcAlert]:
         """The alerts `point` raises; ``z`` is its distance from the centre in sigmas.
         Point indexes must increase."""
-        self._judged.append(_Judged(point, z))
+        judged = self._judged
+        judged.append(_Judged(point, z))
+        oldest = judged[0].point.index
         alerts = []
-        for rule in self.rules:
-            since = self._last_fired.get(rule, -1)
-            window = [j for j in self._judged if j.point.index > since]
-            found = _CHECKS[rule](window)
+        # a rule sees the recent points after the last one it fired on; the rules that
+        # did not fire on any point still remembered see them all, and share one list
+        # (built per rule, the windows were most of a value's cost on a long series)
+        windows: dict[int, list[_Judged]] = {}
+        for rule, check in self._checks:
+            since = max(self._last_fired.get(rule, -1), oldest - 1)
+            window = windows.get(since)
+            if window is None:
+                window = windows[since] = [j for j in judged if j.point.index > since]
+            found = check(window)
             if found is not None:
                 hits, text = found
                 self._last_fired[rule] = point.index
