@@ -3,17 +3,22 @@
 from __future__ import annotations
 
 import math
+import random
 from datetime import UTC, datetime, timedelta
 
 import pytest
 
 from qdspace.connector.contract_errors import SpcError
 from qdspace.connector.spc import (
+    _CHECKS,
     CPK_RULE,
     Rule,
+    RuleJudge,
     SpcAlert,
     SpcMonitor,
+    SpcPoint,
     SpcSpec,
+    _Judged,
     characteristic_value,
     cpk,
     moving_range_sigma,
@@ -70,6 +75,45 @@ def test_one_excursion_is_one_alert_and_new_points_rearm_the_rule() -> None:
     assert [p.value for p in alert.points] == [2.5, 2.5]
     assert alert.description.startswith("WE2: 2 of 3")
     assert alert.at == T0 + timedelta(seconds=3)
+
+
+def _fired_by_definition(
+    zs: list[float], rules: list[Rule]
+) -> list[tuple[int, str, tuple[int, ...]]]:
+    """Each rule judged on the points after the last one it fired on, among the last 15,
+    with a window of its own: the rules as they read, without the shared windows."""
+    last_fired = {rule: -1 for rule in rules}
+    out = []
+    for i in range(len(zs)):
+        for rule in rules:
+            first = max(last_fired[rule] + 1, i - 14)
+            points = [SpcPoint(k, zs[k], T0) for k in range(first, i + 1)]
+            found = _CHECKS[rule]([_Judged(p, p.value) for p in points])
+            if found is not None:
+                last_fired[rule] = i
+                out.append((i, rule.value, tuple(j.point.index for j in found[0])))
+    return out
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_the_rules_fire_where_each_rule_read_alone_fires(seed: int) -> None:
+    """Series with shifts and trends under random sets of rules: the same alerts, on
+    the same points, as each rule judging its own window (the monitor shares one among
+    the rules that have not fired on a point it still remembers)."""
+    rnd = random.Random(seed)
+    zs = [
+        rnd.gauss(0, 1) + (2.5 if rnd.random() < 0.2 else 0.0) + (k % 7) * 0.3 * (seed % 2)
+        for k in range(1500)
+    ]
+    rules = rnd.sample(list(Rule), rnd.randint(1, len(Rule)))
+    judge = RuleJudge(rules)
+    got = [
+        (i, alert.rule, tuple(p.index for p in alert.points))
+        for i, z in enumerate(zs)
+        for alert in judge.judge(SpcPoint(i, z, T0), z)
+    ]
+    assert got == _fired_by_definition(zs, rules)
+    assert got, "the series fires the rules chosen"
 
 
 def test_nelson_variants_are_available_when_asked_for() -> None:
