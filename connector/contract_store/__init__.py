@@ -70,7 +70,7 @@ from qdspace.connector.investigation_wire import SignedEvent
 from qdspace.connector.negotiation import Negotiation, NegotiationState, Role
 from qdspace.connector.purge import Holding
 from qdspace.connector.spc import Investigation, QualityAlert
-from qdspace.connector.transfer import TransferProcess
+from qdspace.connector.transfer import TransferProcess, TransferState
 
 __all__ = [
     "CONTRACT_METADATA",
@@ -182,8 +182,27 @@ class ContractStore:
     def find_transfer(self, transfer_id: str) -> TransferProcess | None:
         return self._transfers.find_transfer(transfer_id)
 
-    def transfers(self, agreement_id: str | None = None) -> list[TransferProcess]:
-        return self._transfers.transfers(agreement_id)
+    def transfers(
+        self,
+        agreement_id: str | None = None,
+        *,
+        role: Role | None = None,
+        state: TransferState | None = None,
+        limit: int | None = None,
+        offset: int = 0,
+        newest_first: bool = False,
+    ) -> list[TransferProcess]:
+        return self._transfers.transfers(
+            agreement_id,
+            role=role,
+            state=state,
+            limit=limit,
+            offset=offset,
+            newest_first=newest_first,
+        )
+
+    def count_transfers(self, agreement_id: str | None = None) -> int:
+        return self._transfers.count_transfers(agreement_id)
 
     def last_completed_pull(
         self,

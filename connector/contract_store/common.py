@@ -43,6 +43,7 @@ from sqlalchemy import (
     String,
     Table,
     UniqueConstraint,
+    select,
 )
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import DBAPIError, IntegrityError
@@ -260,6 +261,29 @@ def _process_statement(
 def seen_messages(connection: Connection, kind: str, process_id: str) -> tuple[Any, ...]:
     """(message id, fingerprint) of every message the process applied, in order."""
     return tuple(_SEEN.all(connection, (kind, process_id)))
+
+
+#: the processes whose histories one statement of `histories` reads
+HISTORY_CHUNK = 500
+
+
+def histories(
+    connection: Connection, kind: str, process_ids: Sequence[str]
+) -> dict[str, tuple[Any, ...]]:
+    """`seen_messages` of each of ``process_ids`` (a process without messages is left
+    out), a statement per `HISTORY_CHUNK` processes instead of one each."""
+    table = message_table
+    found: dict[str, list[tuple[str, str]]] = {}
+    for start in range(0, len(process_ids), HISTORY_CHUNK):
+        chunk = process_ids[start : start + HISTORY_CHUNK]
+        statement = (
+            select(table.c.process_id, table.c.message_id, table.c.fingerprint)
+            .where(table.c.process_kind == kind, table.c.process_id.in_(chunk))
+            .order_by(table.c.process_id, table.c.sequence)
+        )
+        for process_id, message_id, fingerprint in connection.execute(statement):
+            found.setdefault(process_id, []).append((message_id, fingerprint))
+    return {process_id: tuple(seen) for process_id, seen in found.items()}
 
 
 def _append_seen(

@@ -217,7 +217,11 @@ def contracts_router() -> APIRouter:
 
     @router.get("/transfers", response_model=list[TransferPublic])
     def transfers(rt: Runtime, page: Paging, response: Response) -> list[TransferPublic]:
-        return page.take([transfer_public(t) for t in rt.store.transfers()], response)
+        def read(limit: int | None, offset: int) -> list[TransferPublic]:
+            found = rt.store.transfers(limit=limit, offset=offset)
+            return [transfer_public(t) for t in found]
+
+        return page.read(read, response)
 
     @router.get("/transfers/{transfer_id}", response_model=TransferPublic)
     async def transfer_status(

@@ -26,7 +26,7 @@ import base64
 import binascii
 import hmac
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Annotated, TypeVar
 
@@ -132,6 +132,15 @@ class PageRequest:
         if end < len(items):
             response.headers[NEXT_CURSOR_HEADER] = encode_cursor(end)
         return list(items[self.offset : end])
+
+    def read(self, read: Callable[[int | None, int], Sequence[_T]], response: Response) -> list[_T]:
+        """This page, read by ``read(limit, offset)`` where the items are (one more than
+        the page asked for: whether another follows); as `take` gives it of every item."""
+        items = read(None if self.limit is None else self.limit + 1, self.offset)
+        if self.limit is not None and len(items) > self.limit:
+            response.headers[NEXT_CURSOR_HEADER] = encode_cursor(self.offset + self.limit)
+            return list(items[: self.limit])
+        return list(items)
 
 
 def encode_cursor(offset: int) -> str:

@@ -37,6 +37,9 @@ from qdspace.policies.retention import retention_days
 
 #: how long the contracts page waits for one peer's catalog
 CATALOG_TIMEOUT_S = 3.0
+#: the newest transfers a page lists (a consumer pulling every few minutes keeps
+#: thousands; `GET /v1/contracts/transfers` pages through all of them)
+SHOWN_TRANSFERS = 50
 MAX_ID = 256
 
 
@@ -126,7 +129,11 @@ def routes(console: Console) -> list[tuple[str, Endpoint, str]]:
         return {
             "negotiations": [negotiation_public(n) for n in rt.store.negotiations()],
             "agreements": [agreement_full(a) for a in rt.store.agreements()],
-            "transfers": [transfer_public(t) for t in rt.store.transfers()],
+            "transfers": [
+                transfer_public(t)
+                for t in rt.store.transfers(limit=SHOWN_TRANSFERS, newest_first=True)
+            ],
+            "transfer_count": rt.store.count_transfers(),
             "receipts": [receipt_public(r) for r in rt.store.receipts()],
             "duties": duties,
             "me": rt.me.member_id,
@@ -185,8 +192,10 @@ def routes(console: Console) -> list[tuple[str, Endpoint, str]]:
             "retention_days": retention_days(policy),
             "closures": closures,
             "transfers": [
-                transfer_public(t) for t in rt.store.transfers() if t.agreement_id == agreement_id
+                transfer_public(t)
+                for t in rt.store.transfers(agreement_id, limit=SHOWN_TRANSFERS, newest_first=True)
             ],
+            "transfer_count": rt.store.count_transfers(agreement_id),
             "anchors": ctx.ledger is not None,
         }
 

@@ -405,10 +405,8 @@ class ContractClient(ConsumerSubscriptions):
         store = self.runtime.store
         ids = [
             t.transfer_id
-            for t in store.transfers()
-            if t.role is Role.CONSUMER
-            and t.state is TransferState.STARTED
-            and store.dsp.by_local("transfer", t.transfer_id) is None
+            for t in store.transfers(role=Role.CONSUMER, state=TransferState.STARTED)
+            if store.dsp.by_local("transfer", t.transfer_id) is None
         ]
         for transfer_id in ids:
             logger.info("resuming transfer %s", transfer_id)
