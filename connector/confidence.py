@@ -28,6 +28,7 @@ from datetime import datetime
 from statistics import median
 
 from qdspace.connector.rootcause import DataConfidence, Reading
+from qdspace.util.numbers import decimal
 
 #: certificate results that do not make readings calibrated
 FAILED_RESULTS = frozenset({"fail"})
@@ -105,7 +106,8 @@ def anchored_share(readings: Sequence[Reading], anchored_through: Mapping[str, i
     for r in readings:
         table, _, number = r.evidence_id.rpartition(":")
         through = anchored_through.get(table)
-        if through is not None and number.isdigit() and int(number) <= through:
+        record = decimal(number)
+        if through is not None and record is not None and record <= through:
             anchored += 1
     return anchored / len(readings)
 

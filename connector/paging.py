@@ -43,6 +43,7 @@ from qdspace.connector.qdm import (
     ProcessMeasurement,
     Product,
 )
+from qdspace.connector.transfer_wire import view_cursor
 
 DEFAULT_PAGE_SIZE = 1000
 #: ids one statement reads the rows of at most (bound: SQLite's limit is 32,766 values;
@@ -304,11 +305,10 @@ def read_asset(
 
 def parse_position(position: str) -> int:
     """The view cursor of a transfer checkpoint's position ("" is the start)."""
-    if not position:
-        return 0
-    if not position.isdigit():
-        raise ViewError(f"position {position!r} is not a view cursor")
-    return int(position)
+    cursor = view_cursor(position)
+    if cursor is None:
+        raise ViewError(f"position {position[:40]!r} is not a view cursor")
+    return cursor
 
 
 def read_pages(

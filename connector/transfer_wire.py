@@ -45,6 +45,7 @@ from qdspace.connector.contract_errors import (
     TransferIntegrityError,
 )
 from qdspace.policies.canonical import CanonicalEncodingError, to_jsonable
+from qdspace.util.numbers import decimal
 
 _GENESIS_CONTEXT = b"qdspace.v1/transfer\x00"
 
@@ -250,10 +251,26 @@ def tombstone_bytes(key: str, version: int) -> bytes:
     return row_bytes({KEY_FIELD: key, VERSION_FIELD: version, WITHDRAWN_FIELD: True})
 
 
+#: the highest view cursor: a row id, which no store takes beyond a signed 64-bit integer
+MAX_VIEW_CURSOR = 2**63 - 1
+
+
+def view_cursor(position: str) -> int | None:
+    """The row id a position names (``""``: 0, the start), None when it names none: a
+    position is ASCII decimal digits up to `MAX_VIEW_CURSOR`. (``str.isdigit`` also
+    takes ``"²"`` and other scripts' digits, which ``int`` refuses or reads as another
+    number, and a database refuses an integer beyond 64 bits: both reached a provider's
+    view read as errors no caller could mend.)"""
+    if not position:
+        return 0
+    value = decimal(position)
+    return value if value is not None and value <= MAX_VIEW_CURSOR else None
+
+
 def parse_since(since: str) -> str:
-    """A watermark as sent (``""``: a full pull); it is a view position, digits only."""
-    if since and not since.isdigit():
-        raise TransferCursorError(f"watermark {since!r} is not a view position")
+    """A watermark as sent (``""``: a full pull); it is a view position (`view_cursor`)."""
+    if view_cursor(since) is None:
+        raise TransferCursorError(f"watermark {since[:40]!r} is not a view position")
     return since
 
 

@@ -59,7 +59,7 @@ from qdspace.connector.contract_store.common import (
 from qdspace.connector.contract_store.outbox import OutboxMessage, OutboxStore
 from qdspace.connector.negotiation import Role
 from qdspace.connector.transfer import TransferProcess, TransferState
-from qdspace.connector.transfer_wire import Checkpoint
+from qdspace.connector.transfer_wire import Checkpoint, view_cursor
 
 transfer_table = Table(
     "contract_transfer",
@@ -88,9 +88,6 @@ transfer_table = Table(
     Index("ix_contract_transfer_pull", "agreement_id", "scope_key", "watermark"),
 )
 _KIND = "transfer"
-#: the largest watermark kept: a provider's position beyond a signed 64-bit integer (no
-#: store's ids reach it) is kept as this, and compares as equal to any other such
-MAX_WATERMARK = 2**63 - 1
 
 
 def scope_key(purpose: str | None, order_id: str | None, fields: frozenset[str] | None) -> str:
@@ -107,11 +104,9 @@ def scope_key(purpose: str | None, order_id: str | None, fields: frozenset[str] 
 
 
 def watermark(position: str) -> int:
-    """A provider's position as the number it stands for: its decimal digits (ASCII only),
-    at most `MAX_WATERMARK`; anything else is 0, as before the column existed."""
-    if not (position.isascii() and position.isdigit()):
-        return 0
-    return min(int(position), MAX_WATERMARK) if len(position) < 30 else MAX_WATERMARK
+    """A provider's final position as the row id it names (`view_cursor`); 0 for one that
+    names none, as before the column existed (an incremental pull from it is a full one)."""
+    return view_cursor(position) or 0
 
 
 def _scope_json(process: TransferProcess) -> str:

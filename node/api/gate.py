@@ -38,6 +38,7 @@ from qdspace.connector.ingest import MAX_JSON_DEPTH, json_too_deep
 from qdspace.node import faults
 from qdspace.node.api.problems import PROBLEM_MEDIA_TYPE, problem_bytes
 from qdspace.node.errors import IdentityError
+from qdspace.util.numbers import decimal
 
 log = logging.getLogger("node.api")
 
@@ -286,5 +287,5 @@ def _content_length(headers: list[tuple[bytes, bytes]]) -> int | None:
     for key, value in headers:
         if key.lower() == b"content-length":
             text = value.decode("latin-1").strip()
-            return int(text) if text.isdigit() else None
+            return decimal(text, 40)  # a length past any limit is 413, not 400
     return None

@@ -49,6 +49,7 @@ from nacl.signing import SigningKey, VerifyKey
 from qdspace.node.errors import IdentityError
 from qdspace.node.identity.certs import ROLES, MemberIdentity
 from qdspace.node.member_ids import member_id_for
+from qdspace.util.numbers import decimal
 
 ENTRY_DOMAIN = b"qdspace/directory-entry/v1\x00"
 DOCUMENT_DOMAIN = b"qdspace/directory-document/v1\x00"
@@ -245,8 +246,7 @@ def check_address(address: str, what: str = "address") -> str:
         or not host
         or len(host) > MAX_HOST
         or not _HOST.fullmatch(host)
-        or not port.isdigit()
-        or not 0 < int(port) < 65536
+        or not 0 < (decimal(port, 5) or 0) < 65536
     ):
         raise MalformedDirectory(f"{what} {address!r} is not host:port")
     return address

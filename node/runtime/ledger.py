@@ -39,6 +39,7 @@ from qdspace.ledger.tx import ANCHOR_GAS, DEFAULT_MAX_IN_FLIGHT
 from qdspace.node.context import NodeContext
 from qdspace.node.errors import ConfigError
 from qdspace.node.layout import LEDGER_FILE, NodeLayout
+from qdspace.util.numbers import decimal
 
 if TYPE_CHECKING:  # web3 and eth_account load only when a chain is configured
     from qdspace.ledger.anchorer import Anchorer
@@ -235,14 +236,13 @@ class QdmSweeper:
         if kind == "record_batch":
             qdm_kind, _, span = ref_id.partition(":")
             first, _, last = span.partition("-")
-            if qdm_kind not in TABLES or not first.isdigit() or not last.isdigit():
+            low, high = decimal(first), decimal(last)
+            if qdm_kind not in TABLES or low is None or high is None:
                 return None
             table = _qdm_table(qdm_kind)
             with self.engine.connect() as conn:
                 rows = conn.execute(
-                    select(table)
-                    .where(table.c.id >= int(first), table.c.id <= int(last))
-                    .order_by(table.c.id)
+                    select(table).where(table.c.id >= low, table.c.id <= high).order_by(table.c.id)
                 ).all()
             return b"\n".join(canonical_row(qdm_kind, dict(r._mapping)) for r in rows)
         return None

@@ -49,6 +49,7 @@ from qdspace.node.identity.certs import MemberIdentity
 from qdspace.node.member_ids import peer_name
 from qdspace.node.runtime.contracts import ContractRuntime
 from qdspace.policies.model import Action
+from qdspace.util.numbers import decimal
 
 logger = logging.getLogger("node.trace")
 
@@ -99,10 +100,10 @@ def anchored_through(engine: Engine) -> dict[str, int]:
         out: dict[str, int] = {}
         for ref in refs:
             qdm_kind, _, span = str(ref).partition(":")
-            last = span.rpartition("-")[2]
-            if last.isdigit():
+            last = decimal(span.rpartition("-")[2])
+            if last is not None:
                 table = f"qdm_{qdm_kind}"
-                out[table] = max(out.get(table, 0), int(last))
+                out[table] = max(out.get(table, 0), last)
     return out
 
 

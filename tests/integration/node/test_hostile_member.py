@@ -493,6 +493,78 @@ def test_subscribing_to_someone_elses_agreement_is_denied(
     assert f"no agreement {agreements['sunarc']} between mallory and us" in (err.details() or "")
 
 
+NOT_A_POSITION = ("\u00b2", "\u0661\u0662", "9" * 25, "-1")  # superscript 2, Arabic-Indic 12
+
+
+def test_positions_that_name_no_row_are_refused_where_they_arrive(
+    net: LocalNetwork, agreements: dict[str, str]
+) -> None:
+    """A watermark or a stream position from a member is ASCII digits naming a row id
+    (at most 2^63-1): a superscript two (``str.isdigit`` takes it, ``int`` raised), other
+    scripts' digits, 25 digits (beyond what a database binds), a sign. Each is refused
+    with the caller's status and what is wrong, where it arrives (a transfer request is
+    not accepted to fail later in the pull), and the provider logs no traceback."""
+    with net["mallory"].client() as client:
+        own = negotiate(client, "cellex", "inspections", orders=[MALLORY_ORDER])
+    mallory = _keys(net, "mallory")
+    cellex_id = _keys(net, "cellex").identity.member_id
+    log_before = len(_log(net, "cellex"))
+
+    def request(since: str) -> bytes:
+        tid = f"tr-{uuid.uuid4().hex}"
+        return transfer_pb2.TransferMessage(
+            message_id=f"{tid}:c-request",
+            transfer_id=tid,
+            sender_id=mallory.identity.member_id,
+            at_unix_us=int(time.time() * 1e6),
+            request=transfer_pb2.TransferRequest(
+                agreement_id=own["agreement_id"],
+                provider_id=cellex_id,
+                purpose=QA,
+                all_fields=True,
+                order_id=MALLORY_ORDER,
+                since=since,
+            ),
+        ).SerializeToString()
+
+    async def subscribe(after: str) -> grpc.aio.AioRpcError:
+        async with open_channel(mallory, net["cellex"].grpc_address, "cellex") as ch:
+            call = ch.unary_stream(
+                "/qdspace.v1.Subscription/Subscribe",
+                request_serializer=subscription_pb2.SubscribeRequest.SerializeToString,
+                response_deserializer=subscription_pb2.SubscriptionEvent.FromString,
+            )(
+                subscription_pb2.SubscribeRequest(
+                    subscription_id=f"sub-{uuid.uuid4().hex[:8]}",
+                    agreement_id=agreements["mallory"],
+                    purpose=SPC,
+                    all_fields=True,
+                    after_position=after,
+                ),
+                timeout=10,
+            )
+            with pytest.raises(grpc.aio.AioRpcError) as refused:
+                async for _ in call:
+                    pass
+            return refused.value
+
+    for bad in NOT_A_POSITION:
+        code, details, _ = _run(
+            _unary(mallory, net, "cellex", "/qdspace.v1.Transfer/Send", request(bad))
+        )
+        assert code is grpc.StatusCode.OUT_OF_RANGE, (bad, code, details)
+        assert "is not a view position" in details, details
+        err = _run(subscribe(bad))
+        assert err.code() is grpc.StatusCode.INVALID_ARGUMENT, (bad, err.code(), err.details())
+        assert "is not a view cursor" in (err.details() or ""), err.details()
+    code, details, _ = _run(
+        _unary(mallory, net, "cellex", "/qdspace.v1.Transfer/Send", request("12"))
+    )
+    assert code is grpc.StatusCode.OK, details  # a row id is a watermark
+    _alive(net, "cellex")
+    assert "Traceback" not in _log(net, "cellex")[log_before:]
+
+
 # --------------------------------------------------------------------- notifications
 
 

@@ -13,7 +13,6 @@ from sqlalchemy import Engine, create_engine, select, text
 
 from qdspace.connector.contract_store import ContractStore
 from qdspace.connector.contract_store.transfers import (
-    MAX_WATERMARK,
     scope_key,
     transfer_table,
     watermark,
@@ -21,12 +20,12 @@ from qdspace.connector.contract_store.transfers import (
 from qdspace.connector.negotiation import Role
 from qdspace.connector.storage import migrate
 from qdspace.connector.transfer import TransferProcess, TransferState
-from qdspace.connector.transfer_wire import Checkpoint
+from qdspace.connector.transfer_wire import MAX_VIEW_CURSOR, Checkpoint
 
 KEK = b"k" * 32
 T0 = datetime(2026, 6, 1, tzinfo=UTC)
 FIELDS = (None, frozenset({"verdict"}), frozenset({"verdict", "score"}))
-POSITIONS = ("10", "250", "999", "0", "", "abc", "²", "12a", "9" * 40, "007")
+POSITIONS = ("10", "250", "999", "0", "", "abc", "²", "12a", "9" * 40, "007", str(2**63 - 1))
 
 
 @pytest.fixture
@@ -63,7 +62,7 @@ def _by_definition(
 ) -> set[str]:
     """The last completed pull as it reads: the consumer's completed pulls of the
     agreement with exactly this (order, fields, purpose) and a final position, the
-    highest position (its ASCII digits, capped; else 0) and the latest created of those."""
+    highest position (the row id it names; else 0) and the latest created of those."""
     found = [
         t
         for t in transfers
@@ -154,14 +153,14 @@ def test_a_pull_is_found_in_the_scope_index(store: ContractStore, contract_engin
     assert not [s for s in plan if "SCAN contract_transfer" in s or "Seq Scan" in s], plan
 
 
-def test_watermarks_are_digits_or_nothing() -> None:
+def test_a_watermark_is_the_row_id_a_position_names_else_0() -> None:
     assert watermark("12345") == 12345
     assert watermark("007") == 7
+    assert watermark(str(MAX_VIEW_CURSOR)) == MAX_VIEW_CURSOR
     assert watermark("²") == 0  # a digit to str.isdigit, not to int()
     assert watermark("١٢") == 0  # Arabic-Indic digits: not the ASCII a store's ids are
     assert watermark("") == watermark("12a") == watermark("-3") == watermark(" 1") == 0
-    assert watermark("9" * 19) == MAX_WATERMARK
-    assert watermark("9" * 256) == MAX_WATERMARK
+    assert watermark(str(MAX_VIEW_CURSOR + 1)) == watermark("9" * 256) == 0
 
 
 def test_transfers_from_before_the_scope_key_are_migrated(tmp_path: Path) -> None:
