@@ -141,10 +141,8 @@ def issue_passport(
             b.tx_hash or b"",
             0,
         )
-        for b in queue.batches("anchored")
-        if b.block_number is not None
-        and from_block <= b.block_number <= last
-        and (b.sender or anchorer).lower() == anchorer.lower()  # ours, not adopted
+        for b in queue.anchored_in_blocks(from_block, last)
+        if (b.sender or anchorer).lower() == anchorer.lower()  # ours, not adopted
         and b.chain_id == client.chain_id
     ]
     events.sort(key=lambda e: (e.block_number, e.log_index))  # one sender: nonce order

@@ -67,13 +67,56 @@ class LeafQueue(LeafStore):
             row = conn.execute(select(batch_table).where(batch_table.c.id == batch_id[0])).one()
         return Batch.from_row(row)
 
-    def batches(self, *states: str) -> list[Batch]:
-        """Batches in the given states (all if none given), oldest first."""
-        query = select(batch_table).order_by(batch_table.c.id)
+    def batches(self, *states: str, newest: int | None = None) -> list[Batch]:
+        """Batches in the given states (all if none given), oldest first; with ``newest``,
+        only that many of the latest (a node seals a batch every few seconds, so its
+        anchored batches grow by thousands a day: a page lists the newest)."""
+        query = select(batch_table)
         if states:
             query = query.where(batch_table.c.state.in_(states))
+        if newest is not None:
+            query = query.order_by(batch_table.c.id.desc()).limit(newest)
+        else:
+            query = query.order_by(batch_table.c.id)
+        with self.engine.connect() as conn:
+            found = [Batch.from_row(r) for r in conn.execute(query)]
+        return found[::-1] if newest is not None else found
+
+    def anchored_in_blocks(self, first: int, last: int) -> list[Batch]:
+        """The anchored batches mined in blocks ``first`` to ``last``, oldest first (read
+        by the database, not every anchored batch made into a `Batch` and filtered)."""
+        c = batch_table.c
+        query = (
+            select(batch_table)
+            .where(c.state == ANCHORED, c.block_number >= first, c.block_number <= last)
+            .order_by(c.id)
+        )
         with self.engine.connect() as conn:
             return [Batch.from_row(r) for r in conn.execute(query)]
+
+    def anchored_spans(self, kind: str, low: int, high: int) -> list[tuple[int, int]]:
+        """The ``(seq_from, seq_to)`` of the anchored batches of ``kind`` holding any leaf
+        from ``low`` to ``high``: the batch holding ``low`` found by one index seek, then
+        those starting up to ``high`` (``uq_ledger_batch_start``), not every batch."""
+        c = batch_table.c
+        with self.engine.connect() as conn:
+            first = conn.execute(
+                select(c.seq_from)
+                .where(c.kind == kind, c.seq_from <= low)
+                .order_by(c.seq_from.desc())
+                .limit(1)
+            ).scalar_one_or_none()
+            rows = conn.execute(
+                select(c.seq_from, c.seq_to)
+                .where(
+                    c.kind == kind,
+                    c.seq_from >= (low if first is None else first),
+                    c.seq_from <= high,
+                    c.state == ANCHORED,
+                )
+                .order_by(c.seq_from)
+            ).all()
+        return [(int(a), int(b)) for a, b in rows if b >= low]
 
     def state_counts(self) -> dict[str, int]:
         """How many batches are in each state."""

@@ -283,6 +283,7 @@ class LeafStore:
                 )
                 .where(c.kind == code)
                 .order_by(c.seq_from.desc())
+                .limit(limit)  # a run holds at least one leaf
             )
             for seq_from, n, at, refs, shas, hashes in rows:
                 chunk = _Chunk(int(seq_from), int(n), float(at), bytes(shas), bytes(hashes))

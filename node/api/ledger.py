@@ -21,7 +21,6 @@ from pydantic import BaseModel
 
 from qdspace.ledger.errors import LedgerError
 from qdspace.ledger.leaves import KIND_CODES
-from qdspace.ledger.queue_schema import ANCHORED
 from qdspace.node.api.deps import PageRequest, decode_cursor, require_operator
 from qdspace.node.api.problems import Problem
 from qdspace.node.api.regulator_auth import regulator_dependency
@@ -186,9 +185,10 @@ def mount_operator_routes(app: FastAPI, ledger: NodeLedger) -> None:
         if kind not in KIND_CODES:
             raise HTTPException(404, f"unknown kind {kind!r}; one of: {', '.join(KIND_CODES)}")
         page = PageRequest(limit, 0 if cursor is None else decode_cursor(cursor))
-        spans = [(b.seq_from, b.seq_to) for b in ledger.queue.batches(ANCHORED) if b.kind == kind]
         # the queue answers the newest n: ask for one page beyond this one to know if more wait
         recent = ledger.queue.recent(kind, page.offset + limit + 1)
+        seqs = [leaf.seq for leaf in recent]
+        spans = ledger.queue.anchored_spans(kind, min(seqs), max(seqs)) if seqs else []
         leaves = [
             LeafPublic(
                 kind=leaf.kind,

@@ -40,8 +40,7 @@ def routes(console: Console) -> list[tuple[str, Endpoint, str]]:
 
     def overview() -> dict[str, Any]:
         held = ledger()
-        batches = [b for b in held.queue.batches(ANCHORED)][-BATCHES_SHOWN:]
-        batches.reverse()
+        batches = held.queue.batches(ANCHORED, newest=BATCHES_SHOWN)[::-1]
         return {
             "anchoring": held.anchorer.status(),
             "rpc_url": held.settings.rpc_url,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -189,3 +190,41 @@ def test_bulk_records_span_packed_rows_and_seal_across_them(
         queue.enqueue_records("inspection", ["a", "b"], [b""])
     assert queue.enqueue_records("inspection", [], []) == 0
     assert queue.pending("inspection").count == 0
+
+
+def test_the_newest_batches_and_the_anchored_spans_of_a_range_are_read_by_index(
+    queue: LeafQueue,
+) -> None:
+    """The console lists the newest anchored batches and the API marks a page of leaves
+    anchored or not: both read only the batches they need (a node seals thousands a
+    day), and give what every batch read and filtered gives."""
+    rnd = random.Random(11)
+    for round_ in range(40):
+        kind = rnd.choice(("inspection", "agreement"))
+        leaves = [
+            Leaf.of(kind, f"{kind}-{round_}-{i}", bytes([i])) for i in range(rnd.randint(1, 6))
+        ]
+        queue.enqueue_leaves(leaves)
+        batch = queue.seal(kind, rnd.randint(1, 4))
+        if batch is not None and rnd.random() < 0.7:
+            signed = queue.mark_signed(batch, _signed(bytes([round_])), 7, "0x" + "cd" * 20)
+            tx, block = bytes([round_]) * 32, 100 + round_
+            queue.mark_anchored(signed, tx, block, b"\x02" * 32, 7, "0x" + "cd" * 20)
+    every = queue.batches()
+    anchored = [b for b in every if b.state == ANCHORED]
+    assert queue.batches(ANCHORED, newest=5) == anchored[-5:]
+    assert queue.batches(newest=1000) == every
+    for kind in ("inspection", "agreement"):
+        top = max(b.seq_to for b in every if b.kind == kind) + 3
+        for _ in range(30):
+            low = rnd.randint(1, top)
+            high = rnd.randint(low, top)
+            want = [
+                (b.seq_from, b.seq_to)
+                for b in anchored
+                if b.kind == kind and b.seq_to >= low and b.seq_from <= high
+            ]
+            assert queue.anchored_spans(kind, low, high) == want, (kind, low, high)
+    assert queue.anchored_in_blocks(110, 120) == [
+        b for b in anchored if b.block_number is not None and 110 <= b.block_number <= 120
+    ]
