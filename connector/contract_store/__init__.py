@@ -326,6 +326,9 @@ class ContractStore:
     def receipts(self, agreement_id: str | None = None) -> list[SignedReceipt]:
         return self._receipts.receipts(agreement_id)
 
+    def receipt(self, receipt_id: str) -> SignedReceipt | None:
+        return self._receipts.receipt(receipt_id)
+
     # ------------------------------------------------------------- notices
 
     def record_alert(self, sender_id: str, notice: QualityAlert, at: datetime) -> bool:

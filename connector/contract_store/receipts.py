@@ -86,6 +86,17 @@ class ReceiptStore(TableStore):
         )
         return result.first() is not None
 
+    def receipt(self, receipt_id: str) -> SignedReceipt | None:
+        """One receipt by its id (a regulator's look-up), None when none is held."""
+        table = receipt_table
+        with self.engine.connect() as connection:
+            row = connection.execute(
+                select(table.c.canonical, table.c.signature).where(table.c.receipt_id == receipt_id)
+            ).first()
+        if row is None:
+            return None
+        return SignedReceipt(receipt_from_bytes(bytes(row.canonical)), bytes(row.signature))
+
     def receipts(self, agreement_id: str | None = None) -> list[SignedReceipt]:
         table = receipt_table
         statement = select(table).order_by(table.c.deleted_at, table.c.receipt_id)

@@ -202,8 +202,8 @@ class ProviderNegotiation(ContractBase):
                 return self.store.agreement(ref_id).signed.canonical_bytes
             except UnknownContractError:
                 return None
-        found = [s for s in self.store.receipts() if s.receipt.receipt_id == ref_id]
-        return found[0].receipt.canonical_bytes() if found else None
+        found = self.store.receipt(ref_id)
+        return None if found is None else found.receipt.canonical_bytes()
 
     def replies(self, n: Negotiation) -> list[NegotiationMessage]:
         """The provider's last message, rebuilt from the state (a retry gets it again)."""

@@ -346,6 +346,8 @@ def test_order_closure_shredding_and_duties_on_both_sides(
         store.store_received_rows("agr-neg-c", "sub", [IncomingRow(99, "ORD-1", rec("k99"))], when)
     assert store.expired_closures(when + timedelta(days=100)) == []
     assert store.receipts("agr-neg-c") == [signed]
+    assert store.receipt(signed.receipt.receipt_id) == signed  # a regulator's look-up
+    assert store.receipt("no-such-receipt") is None
     assert [p.message.kind for p in store.due_messages(when)] == ["receipt"]
     store.record_order_closed("agr-neg-c", "ORD-2", at(100))
     with pytest.raises(ContractStoreError, match="does not describe"):
