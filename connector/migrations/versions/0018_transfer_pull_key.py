@@ -7,12 +7,15 @@ Create Date: 2026-12-05 02:30:00
 An incremental pull continues from the final position of the last completed pull of the
 same scope (`connector.contract_store.transfers.last_completed_pull`). It was found by
 loading every transfer of the agreement with its message history and comparing scopes
-in Python: 1.4 s at 5,000 pulls on SQLite, before every incremental pull, growing with
-each one (a consumer pulling every few minutes keeps tens of thousands a month).
+in Python: 5.6 s at 20,000 pulls on SQLite (24 s on PostgreSQL), before every incremental
+pull, growing with each one (a consumer pulling every few minutes keeps tens of
+thousands a month).
 ``contract_transfer`` gains the scope's key (``scope_key``: SHA-256 of the scope without
 its ``since``) and the final position as a number (``watermark``), and
-``ix_contract_transfer_pull`` on (agreement, scope key, watermark). Existing transfers
-get both from their stored scope and final position here.
+``ix_contract_transfer_pull`` on (agreement, scope key, watermark, created): the last
+pull is the first entry of a backward index scan. Listings read a page at a time in the
+order transfers were made, the console the newest (``ix_contract_transfer_created``).
+Existing transfers get both columns from their stored scope and final position here.
 """
 
 from __future__ import annotations
@@ -30,8 +33,11 @@ branch_labels = None
 depends_on = None
 
 _TABLE = "contract_transfer"
-_INDEX = "ix_contract_transfer_pull"
-_INDEXED = ["agreement_id", "scope_key", "watermark"]
+#: the look-up of a scope's last pull, and the listing by creation (pages, the newest)
+_INDEXES = {
+    "ix_contract_transfer_pull": ["agreement_id", "scope_key", "watermark", "created_at"],
+    "ix_contract_transfer_created": ["created_at", "transfer_id"],
+}
 #: transfers updated per statement while filling the new columns
 _CHUNK = 1000
 
@@ -47,10 +53,11 @@ def upgrade() -> None:
     if "watermark" not in have:
         op.add_column(_TABLE, sa.Column("watermark", sa.BigInteger(), nullable=True))
     indexes = {i["name"]: i["column_names"] for i in found.get_indexes(_TABLE)}
-    if indexes.get(_INDEX) != _INDEXED:
-        if _INDEX in indexes:
-            op.drop_index(_INDEX, table_name=_TABLE)
-        op.create_index(_INDEX, _TABLE, _INDEXED)
+    for name, columns in _INDEXES.items():
+        if indexes.get(name) != columns:
+            if name in indexes:
+                op.drop_index(name, table_name=_TABLE)
+            op.create_index(name, _TABLE, columns)
     table = sa.table(
         _TABLE,
         sa.column("transfer_id", sa.String),
@@ -85,7 +92,8 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
-    op.drop_index(_INDEX, table_name=_TABLE)
+    for name in _INDEXES:
+        op.drop_index(name, table_name=_TABLE)
     with op.batch_alter_table(_TABLE) as batch:
         batch.drop_column("watermark")
         batch.drop_column("scope_key")
