@@ -40,6 +40,7 @@ from sqlalchemy import select  # noqa: E402
 
 from bench.support.stores import each_store, timed  # noqa: E402
 from qdspace.connector.contract_store import ContractStore  # noqa: E402
+from qdspace.connector.contract_store.common import message_table  # noqa: E402
 from qdspace.connector.contract_store.transfers import transfer_table, watermark  # noqa: E402
 from qdspace.connector.negotiation import Role  # noqa: E402
 from qdspace.connector.storage import QualityStore  # noqa: E402
@@ -54,9 +55,9 @@ SCOPES = (("qa", "PO-1", None), ("spc", "PO-1", frozenset({"verdict", "score"}))
 def fill(store: QualityStore, pulls: int) -> str:
     """``pulls`` completed pulls a minute apart, the two scopes alternating."""
     contracts = _contracts(store)
-    table = transfer_table
-    with contracts.engine.begin() as conn:
-        conn.execute(table.delete())
+    with contracts.engine.begin() as conn:  # a PostgreSQL database kept from a last run
+        conn.execute(transfer_table.delete())
+        conn.execute(message_table.delete().where(message_table.c.process_kind == "transfer"))
     for i in range(pulls):
         at = T0 + timedelta(minutes=i)
         purpose, order, fields = SCOPES[i % 2]
