@@ -464,31 +464,37 @@ def test_a_transfer_id_of_another_consumer_reveals_nothing(
     assert pulls[0] == pulls[1] and pulls[0][0] is grpc.StatusCode.PERMISSION_DENIED
 
 
-def test_subscribing_to_someone_elses_agreement_is_denied(
-    net: LocalNetwork, agreements: dict[str, str]
-) -> None:
+def _mallory_subscribes(net: LocalNetwork, request: Any) -> grpc.aio.AioRpcError:
+    """Mallory's subscription to cellex with ``request``, which must be refused: the error."""
+
     async def subscribe() -> grpc.aio.AioRpcError:
         async with open_channel(_keys(net, "mallory"), net["cellex"].grpc_address, "cellex") as ch:
             call = ch.unary_stream(
                 "/qdspace.v1.Subscription/Subscribe",
                 request_serializer=subscription_pb2.SubscribeRequest.SerializeToString,
                 response_deserializer=subscription_pb2.SubscriptionEvent.FromString,
-            )(
-                subscription_pb2.SubscribeRequest(
-                    subscription_id="sub-evil",
-                    agreement_id=agreements["sunarc"],
-                    purpose=SPC,
-                    all_fields=True,
-                    from_start=True,
-                ),
-                timeout=10,
-            )
-            with pytest.raises(grpc.aio.AioRpcError) as denied:
+            )(request, timeout=10)
+            with pytest.raises(grpc.aio.AioRpcError) as refused:
                 async for _ in call:
                     pass
-            return denied.value
+            return refused.value
 
-    err = _run(subscribe())
+    return _run(subscribe())
+
+
+def test_subscribing_to_someone_elses_agreement_is_denied(
+    net: LocalNetwork, agreements: dict[str, str]
+) -> None:
+    err = _mallory_subscribes(
+        net,
+        subscription_pb2.SubscribeRequest(
+            subscription_id="sub-evil",
+            agreement_id=agreements["sunarc"],
+            purpose=SPC,
+            all_fields=True,
+            from_start=True,
+        ),
+    )
     assert err.code() is grpc.StatusCode.PERMISSION_DENIED
     assert f"no agreement {agreements['sunarc']} between mallory and us" in (err.details() or "")
 
@@ -527,26 +533,17 @@ def test_positions_that_name_no_row_are_refused_where_they_arrive(
             ),
         ).SerializeToString()
 
-    async def subscribe(after: str) -> grpc.aio.AioRpcError:
-        async with open_channel(mallory, net["cellex"].grpc_address, "cellex") as ch:
-            call = ch.unary_stream(
-                "/qdspace.v1.Subscription/Subscribe",
-                request_serializer=subscription_pb2.SubscribeRequest.SerializeToString,
-                response_deserializer=subscription_pb2.SubscriptionEvent.FromString,
-            )(
-                subscription_pb2.SubscribeRequest(
-                    subscription_id=f"sub-{uuid.uuid4().hex[:8]}",
-                    agreement_id=agreements["mallory"],
-                    purpose=SPC,
-                    all_fields=True,
-                    after_position=after,
-                ),
-                timeout=10,
-            )
-            with pytest.raises(grpc.aio.AioRpcError) as refused:
-                async for _ in call:
-                    pass
-            return refused.value
+    def subscribe(after: str) -> grpc.aio.AioRpcError:
+        return _mallory_subscribes(
+            net,
+            subscription_pb2.SubscribeRequest(
+                subscription_id=f"sub-{uuid.uuid4().hex[:8]}",
+                agreement_id=agreements["mallory"],
+                purpose=SPC,
+                all_fields=True,
+                after_position=after,
+            ),
+        )
 
     for bad in NOT_A_POSITION:
         code, details, _ = _run(
@@ -554,7 +551,7 @@ def test_positions_that_name_no_row_are_refused_where_they_arrive(
         )
         assert code is grpc.StatusCode.OUT_OF_RANGE, (bad, code, details)
         assert "is not a view position" in details, details
-        err = _run(subscribe(bad))
+        err = subscribe(bad)
         assert err.code() is grpc.StatusCode.INVALID_ARGUMENT, (bad, err.code(), err.details())
         assert "is not a view cursor" in (err.details() or ""), err.details()
     code, details, _ = _run(
