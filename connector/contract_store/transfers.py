@@ -93,32 +93,32 @@ transfer_table = Table(
 _KIND = "transfer"
 
 
-def scope_key(purpose: str | None, order_id: str | None, fields: frozenset[str] | None) -> str:
-    """What makes two pulls of one agreement the same scope, as a fixed-length key. It is
-    stored (migration 0018 filled it for older transfers): a change to it needs a
-    migration that computes the column again."""
-    scope = {
+def _scope(
+    purpose: str | None, order_id: str | None, fields: frozenset[str] | None
+) -> dict[str, Any]:
+    return {
         "purpose": purpose,
         "order_id": order_id,
         "fields": None if fields is None else sorted(fields),
     }
-    text = json.dumps(scope, sort_keys=True, ensure_ascii=True)
+
+
+def scope_key(purpose: str | None, order_id: str | None, fields: frozenset[str] | None) -> str:
+    """What makes two pulls of one agreement the same scope, as a fixed-length key. It is
+    stored (migration 0018 filled it for older transfers): a change to it needs a
+    migration that computes the column again."""
+    text = json.dumps(_scope(purpose, order_id, fields), sort_keys=True, ensure_ascii=True)
     return hashlib.sha256(text.encode()).hexdigest()
 
 
 def watermark(position: str) -> int:
     """A provider's final position as the row id it names (`view_cursor`); 0 for one that
-    names none, as before the column existed (an incremental pull from it is a full one)."""
+    names none, which ranks below every other pull of its scope, as it did before."""
     return view_cursor(position) or 0
 
 
 def _scope_json(process: TransferProcess) -> str:
-    fields = None if process.fields is None else sorted(process.fields)
-    scope: dict[str, Any] = {
-        "purpose": process.purpose,
-        "order_id": process.order_id,
-        "fields": fields,
-    }
+    scope = _scope(process.purpose, process.order_id, process.fields)
     if process.since:
         scope["since"] = process.since
     return json.dumps(scope, sort_keys=True)
