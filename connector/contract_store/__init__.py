@@ -251,9 +251,14 @@ class ContractStore:
         return self._received.commit_transfer_batch(before, after, rows, at)
 
     def received_changes(
-        self, agreement_id: str | None = None, record_key: str | None = None
+        self,
+        agreement_id: str | None = None,
+        record_key: str | None = None,
+        *,
+        limit: int | None = None,
+        offset: int = 0,
     ) -> list[ReceivedChange]:
-        return self._received.received_changes(agreement_id, record_key)
+        return self._received.received_changes(agreement_id, record_key, limit=limit, offset=offset)
 
     def last_received_seq(self, source_id: str) -> int | None:
         return self._received.last_received_seq(source_id)

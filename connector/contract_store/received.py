@@ -151,15 +151,27 @@ class ReceivedStore(TableStore):
         return result
 
     def received_changes(
-        self, agreement_id: str | None = None, record_key: str | None = None
+        self,
+        agreement_id: str | None = None,
+        record_key: str | None = None,
+        *,
+        limit: int | None = None,
+        offset: int = 0,
     ) -> list[ReceivedChange]:
-        """The audit trail of corrections and withdrawals received, oldest first."""
+        """The audit trail of corrections and withdrawals received, oldest first (ties in
+        the key's order, so that pages of ``limit`` from ``offset`` never overlap)."""
         table = change_table
-        statement = select(table).order_by(table.c.received_at, table.c.version)
+        statement = select(table).order_by(
+            table.c.received_at, table.c.version, table.c.agreement_id, table.c.record_key
+        )
         if agreement_id is not None:
             statement = statement.where(table.c.agreement_id == agreement_id)
         if record_key is not None:
             statement = statement.where(table.c.record_key == record_key)
+        if limit is not None:
+            statement = statement.limit(limit)
+        if offset:
+            statement = statement.offset(offset)
         with self.engine.connect() as connection:
             found = connection.execute(statement).all()
         return [

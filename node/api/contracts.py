@@ -272,8 +272,12 @@ def contracts_router() -> APIRouter:
         rt: Runtime, page: Paging, response: Response, agreement_id: str | None = None
     ) -> list[ChangePublic]:
         """The corrections and withdrawals received (the consumer's audit trail)."""
-        changes = await _domain(_sync(rt.store.received_changes, agreement_id))
-        return page.take([change_public(c) for c in changes], response)
+
+        def read(limit: int | None, offset: int) -> list[ChangePublic]:
+            found = rt.store.received_changes(agreement_id, limit=limit, offset=offset)
+            return [change_public(c) for c in found]
+
+        return await _domain(_sync(page.read, read, response))
 
     @router.post("/withdrawals", response_model=WithdrawalPublic)
     async def withdraw_record(rt: Runtime, body: WithdrawBody) -> WithdrawalPublic:

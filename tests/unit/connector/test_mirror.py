@@ -330,7 +330,10 @@ def test_a_correction_replaces_a_withdrawal_removes_and_both_are_in_the_audit_tr
     assert key2 not in held and len(held) == 4
     trail = {(c.record_key, c.version, c.withdrawn) for c in mirror.store.received_changes(AGR)}
     assert trail == {(key1, 2, False), (key2, 2, True)}
-    corrected = next(c for c in mirror.store.received_changes(AGR) if c.record_key == key1)
+    every = mirror.store.received_changes(AGR)
+    pages = [mirror.store.received_changes(AGR, limit=1, offset=o) for o in range(3)]
+    assert [c for page in pages for c in page] == every and pages[2] == []  # paged in SQL
+    corrected = next(c for c in every if c.record_key == key1)
     current = next(r for r in mirror.store.received_rows(AGR) if r.record_key == key1)
     assert corrected.content_sha256 == hashlib.sha256(current.payload).hexdigest()
     # Re-ingesting a withdrawn record brings it back as the next version.
