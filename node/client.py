@@ -287,8 +287,10 @@ class OperatorClient:
         result: dict[str, Any] = self._post(f"/v1/contracts/transfers/{transfer_id}/resume")
         return result
 
-    def transfers(self) -> Rows:
-        result: Rows = self._get("/v1/contracts/transfers")
+    def transfers(self, limit: int | None = None, newest_first: bool = False) -> Rows:
+        result: Rows = self._get(
+            "/v1/contracts/transfers", limit=limit, newest_first=newest_first or None
+        )
         return result
 
     def received(self, agreement_id: str) -> dict[str, Any]:

@@ -216,9 +216,16 @@ def contracts_router() -> APIRouter:
         return transfer_public(process)
 
     @router.get("/transfers", response_model=list[TransferPublic])
-    def transfers(rt: Runtime, page: Paging, response: Response) -> list[TransferPublic]:
+    def transfers(
+        rt: Runtime,
+        page: Paging,
+        response: Response,
+        newest_first: Annotated[
+            bool, Query(description="the newest first (default: in the order they were made)")
+        ] = False,
+    ) -> list[TransferPublic]:
         def read(limit: int | None, offset: int) -> list[TransferPublic]:
-            found = rt.store.transfers(limit=limit, offset=offset)
+            found = rt.store.transfers(limit=limit, offset=offset, newest_first=newest_first)
             return [transfer_public(t) for t in found]
 
         return page.read(read, response)

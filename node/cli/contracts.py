@@ -36,6 +36,8 @@ from qdspace.node.cli.errors import clean_errors
 
 console = Console()
 err = Console(stderr=True)
+#: the newest transfers `qdspace contracts` lists
+TRANSFERS_SHOWN = 20
 
 contracts_app = typer.Typer(help="agreements, transfers, deletion duties and receipts")
 order_app = typer.Typer(no_args_is_help=True, help="orders this node supplies")
@@ -178,14 +180,18 @@ def contracts(
         return
     with ctx.obj.client() as node:
         agreements = node.agreements()
-        transfers = node.transfers()
+        # the newest (a consumer pulling every few minutes keeps thousands)
+        transfers = node.transfers(limit=TRANSFERS_SHOWN + 1, newest_first=True)
         duties = node.duties()
         receipts = node.receipts()
+    older = len(transfers) > TRANSFERS_SHOWN
+    transfers = transfers[:TRANSFERS_SHOWN]
     if as_json:
         print_json(
             {
                 "agreements": agreements,
                 "transfers": transfers,
+                "older_transfers": older,
                 "duties": duties,
                 "receipts": receipts,
             }
@@ -204,12 +210,17 @@ def contracts(
         )
     console.print(table)
     if transfers:
-        table = Table("transfer", "agreement", "role", "state", "rows")
+        table = Table("transfer (newest first)", "agreement", "role", "state", "rows")
         for t in transfers:
             table.add_row(
                 t["transfer_id"], t["agreement_id"], t["role"], t["state"], str(t["offset"])
             )
         console.print(table)
+        if older:
+            console.print(
+                f"(the newest {TRANSFERS_SHOWN}; every transfer: GET /v1/contracts/transfers, "
+                "a page at a time with limit and cursor)"
+            )
     if duties:
         table = Table("deletion duty: agreement", "consumer", "order", "deadline", "status")
         for d in duties:

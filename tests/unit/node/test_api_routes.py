@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import typing
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from types import SimpleNamespace
 from typing import Any
 
@@ -14,6 +15,9 @@ from fastapi import FastAPI
 from fastapi.responses import FileResponse
 from fastapi.routing import APIRoute
 
+from qdspace.connector.negotiation import Role
+from qdspace.connector.transfer import TransferProcess, TransferState
+from qdspace.connector.transfer_wire import Checkpoint
 from qdspace.node.api.app import create_app
 from qdspace.node.api.deps import NEXT_CURSOR_HEADER, decode_cursor, encode_cursor
 from qdspace.node.api.ledger import mount_operator_routes
@@ -176,6 +180,41 @@ def test_cursors_page_through_a_list(node: NodeContext, app: FastAPI) -> None:
         if cursor is None:
             break
     assert pages == whole
+
+
+def test_transfers_page_in_order_made_and_newest_first(node: NodeContext, app: FastAPI) -> None:
+    """``GET /v1/contracts/transfers`` reads a page at a time from the store (a consumer
+    keeps a transfer per pull): the pages make up the whole list, and ``newest_first``
+    gives it the other way round (what ``qdspace contracts`` lists)."""
+    assert node.contracts is not None
+    store = node.contracts.store
+    at = datetime(2026, 6, 1, tzinfo=UTC)
+    for i in range(5):
+        when = at + timedelta(minutes=i)
+        done = Checkpoint(i, b"d" * 32, str(i))
+        store.save_transfer(
+            None,
+            TransferProcess(
+                f"trf-page-{i}", "agr-page", Role.CONSUMER, "cellex", "sunarc",
+                TransferState.COMPLETED, done, when, when, final=done, purpose="qa",
+            ),
+        )  # fmt: skip
+    client = Client(app, node.operator_token)
+    whole = client.get("/v1/contracts/transfers").json()
+    assert [t["transfer_id"] for t in whole][-5:] == [f"trf-page-{i}" for i in range(5)]
+    pages: list[Any] = []
+    cursor: str | None = None
+    while True:
+        params: dict[str, Any] = {"limit": 2} | ({"cursor": cursor} if cursor else {})
+        page = client.get("/v1/contracts/transfers", **params)
+        assert page.status_code == 200, page.text
+        pages += page.json()
+        cursor = page.headers.get(NEXT_CURSOR_HEADER)
+        if cursor is None:
+            break
+    assert pages == whole
+    newest = client.get("/v1/contracts/transfers", limit=3, newest_first="true")
+    assert newest.json() == whole[::-1][:3]
 
 
 def test_a_forged_cursor_is_a_400_problem(node: NodeContext, app: FastAPI) -> None:
