@@ -149,8 +149,20 @@ class ContractStore:
             negotiation_id, step, opening, attempts=attempts
         )
 
-    def negotiations(self, state: NegotiationState | None = None) -> list[Negotiation]:
-        return self._negotiations.negotiations(state)
+    def negotiations(
+        self,
+        state: NegotiationState | None = None,
+        *,
+        limit: int | None = None,
+        offset: int = 0,
+        newest_first: bool = False,
+    ) -> list[Negotiation]:
+        return self._negotiations.negotiations(
+            state, limit=limit, offset=offset, newest_first=newest_first
+        )
+
+    def count_negotiations(self) -> int:
+        return self._negotiations.count_negotiations()
 
     # ---------------------------------------------------------- agreements
 

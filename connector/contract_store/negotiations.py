@@ -31,6 +31,7 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    func,
     select,
     true,
 )
@@ -180,6 +181,11 @@ class NegotiationStore(TableStore):
             signed=bool(row.signed),
         )
 
+    def count_negotiations(self) -> int:
+        with self.engine.connect() as connection:
+            found = connection.execute(select(func.count()).select_from(negotiation_table))
+            return int(found.scalar_one())
+
     def find_negotiation(self, negotiation_id: str) -> Negotiation | None:
         try:
             return self.load_negotiation(negotiation_id)
@@ -228,11 +234,28 @@ class NegotiationStore(TableStore):
                     raise
         raise AssertionError("unreachable")
 
-    def negotiations(self, state: NegotiationState | None = None) -> list[Negotiation]:
+    def negotiations(
+        self,
+        state: NegotiationState | None = None,
+        *,
+        limit: int | None = None,
+        offset: int = 0,
+        newest_first: bool = False,
+    ) -> list[Negotiation]:
+        """The negotiations (in ``state`` where given) in the order they were opened
+        (``newest_first``: the reverse), ``limit`` of them from ``offset`` (None: all);
+        only those are loaded (a member may open as many as it likes, declined or not)."""
         table = negotiation_table
-        statement = select(table.c.negotiation_id).order_by(table.c.created_at)
+        order = (table.c.created_at, table.c.negotiation_id)
+        statement = select(table.c.negotiation_id).order_by(
+            *(c.desc() for c in order) if newest_first else order
+        )
         if state is not None:
             statement = statement.where(table.c.state == state.value)
+        if limit is not None:
+            statement = statement.limit(limit)
+        if offset:
+            statement = statement.offset(offset)
         with self.engine.connect() as connection:
             ids = list(connection.execute(statement).scalars())
         return [self.load_negotiation(i) for i in ids]

@@ -162,7 +162,11 @@ def contracts_router() -> APIRouter:
 
     @router.get("/negotiations", response_model=list[NegotiationPublic])
     def negotiations(rt: Runtime, page: Paging, response: Response) -> list[NegotiationPublic]:
-        return page.take([negotiation_public(n) for n in rt.store.negotiations()], response)
+        def read(limit: int | None, offset: int) -> list[NegotiationPublic]:
+            found = rt.store.negotiations(limit=limit, offset=offset)
+            return [negotiation_public(n) for n in found]
+
+        return page.read(read, response)
 
     @router.get("/agreements", response_model=list[AgreementPublic])
     def agreements(rt: Runtime, page: Paging, response: Response) -> list[AgreementPublic]:

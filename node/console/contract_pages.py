@@ -40,6 +40,8 @@ CATALOG_TIMEOUT_S = 3.0
 #: the newest transfers a page lists (a consumer pulling every few minutes keeps
 #: thousands; `GET /v1/contracts/transfers` pages through all of them)
 SHOWN_TRANSFERS = 50
+#: the newest negotiations it lists (a member may open any number, declined or not)
+SHOWN_NEGOTIATIONS = 50
 MAX_ID = 256
 
 
@@ -127,7 +129,11 @@ def routes(console: Console) -> list[tuple[str, Endpoint, str]]:
             for d in rt.duties()
         ]
         return {
-            "negotiations": [negotiation_public(n) for n in rt.store.negotiations()],
+            "negotiations": [
+                negotiation_public(n)
+                for n in rt.store.negotiations(limit=SHOWN_NEGOTIATIONS, newest_first=True)
+            ],
+            "negotiation_count": rt.store.count_negotiations(),
             "agreements": [agreement_full(a) for a in rt.store.agreements()],
             "transfers": [
                 transfer_public(t)

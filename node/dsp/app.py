@@ -42,6 +42,7 @@ from qdspace.node.runtime.contracts import ContractRuntime
 from qdspace.policies.codec import parse_policy
 from qdspace.policies.errors import PolicyError
 from qdspace.policies.odrl.jsonld import MAX_DOCUMENT_BYTES, decode
+from qdspace.util.numbers import decimal
 
 logger = logging.getLogger("node.dsp")
 
@@ -105,7 +106,10 @@ class DspBinding:
 
 
 async def body_of(request: Request) -> Any:
-    size = int(request.headers.get("content-length") or 0)
+    declared = request.headers.get("content-length")
+    size = 0 if declared is None else decimal(declared.strip(), 40)
+    if size is None:
+        raise codec.DspMessageError("Content-Length", "must be a whole number of bytes")
     if size > MAX_BODY:
         raise BodyTooLarge(f"body of {size} bytes is over {MAX_BODY}")
     data = bytearray()

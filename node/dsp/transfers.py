@@ -40,7 +40,7 @@ from qdspace.connector.dsp_data import HEARTBEAT, batch_bytes, live_bytes
 from qdspace.connector.encoding import StreamRequest
 from qdspace.connector.negotiation import Role
 from qdspace.connector.transfer import TransferProcess, TransferState
-from qdspace.connector.transfer_wire import Checkpoint, RowBatch
+from qdspace.connector.transfer_wire import Checkpoint, RowBatch, view_cursor
 from qdspace.node.dsp.auth import bearer, peer_of, verify_token
 from qdspace.node.dsp.edr import DataClaims, DataTokenError
 from qdspace.node.dsp.transfer_consumer import DspTransfers
@@ -48,6 +48,7 @@ from qdspace.node.dsp.transfer_process import KINDS, agreed_scope, pids
 from qdspace.node.identity.certs import MemberIdentity
 from qdspace.node.rpc.auth import PeerAuthenticator
 from qdspace.node.rpc.contracts_transfer_serde import PullRequest
+from qdspace.util.numbers import decimal
 
 logger = logging.getLogger("node.dsp")
 
@@ -68,14 +69,10 @@ def _int(params: Any, name: str, low: int, high: int, default: int) -> int:
     raw = params.get(name)
     if raw is None:
         return default
-    if (
-        not isinstance(raw, str)
-        or not (raw.isascii() and raw.isdigit())
-        or len(raw) > 18
-        or not low <= int(raw) <= high
-    ):
+    value = decimal(raw, 18) if isinstance(raw, str) else None
+    if value is None or not low <= value <= high:
         raise codec.DspMessageError(f"?{name}", f"must be a whole number from {low} to {high}")
-    return int(raw)
+    return value
 
 
 def resume_point(params: Any, process: TransferProcess) -> Checkpoint:
@@ -87,8 +84,8 @@ def resume_point(params: Any, process: TransferProcess) -> Checkpoint:
     digest, position = params.get("digest") or "", params.get("position") or ""
     if len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest):
         raise codec.DspMessageError("?digest", "must be 64 lower-case hex digits")
-    if len(position) > 64 or (position and not (position.isascii() and position.isdigit())):
-        raise codec.DspMessageError("?position", "must be a view position (digits)")
+    if view_cursor(position) is None:
+        raise codec.DspMessageError("?position", "must be a view position (a row id, digits)")
     return Checkpoint(offset, bytes.fromhex(digest), position)
 
 

@@ -220,6 +220,7 @@ def test_data_plane_tokens(setup: dict[str, Any]) -> None:
         {"batch_rows": "\u00b2"},  # a superscript two: a digit to str.isdigit, not to int()
         {"offset": "\u0661", "digest": "00" * 32},
         {"offset": "1", "digest": "00" * 32, "position": "\u00b2"},
+        {"offset": "1", "digest": "00" * 32, "position": "9" * 25},  # past a 64-bit row id
         {"batch_rows": "99999999999999999999999"},
         {"offset": "-1", "digest": "00" * 32},
         {"offset": "1", "digest": "zz"},

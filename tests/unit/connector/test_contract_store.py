@@ -130,6 +130,19 @@ def test_negotiation_round_trips_with_its_history_and_agreement(store: ContractS
     assert store.find_negotiation("neg-x") is None
 
 
+def test_negotiations_are_listed_a_page_at_a_time(store: ContractStore) -> None:
+    """Only a page of negotiations is loaded (a member may open any number): the pages
+    make up the whole list, the newest first reverses it."""
+    made = [finalized(store, Role.PROVIDER, f"neg-{i}") for i in range(5)]
+    whole = store.negotiations()
+    assert whole == sorted(made, key=lambda n: (n.created_at, n.negotiation_id))
+    assert store.count_negotiations() == 5
+    pages = [store.negotiations(limit=2, offset=o) for o in (0, 2, 4)]
+    assert [n for page in pages for n in page] == whole
+    assert store.negotiations(limit=2, newest_first=True) == whole[::-1][:2]
+    assert store.negotiations(NegotiationState.TERMINATED) == []
+
+
 def test_a_stale_save_loses_and_writes_nothing(store: ContractStore) -> None:
     first = ContractRequest("m1", "neg-2", "sunarc", offer(), at(0))
     n = open_negotiation(first, Role.PROVIDER)
