@@ -35,11 +35,13 @@ from typing import Any
 
 from sqlalchemy import (
     Column,
+    ColumnElement,
     Connection,
     Dialect,
     Engine,
     Integer,
     MetaData,
+    Select,
     String,
     Table,
     UniqueConstraint,
@@ -261,6 +263,23 @@ def _process_statement(
 def seen_messages(connection: Connection, kind: str, process_id: str) -> tuple[Any, ...]:
     """(message id, fingerprint) of every message the process applied, in order."""
     return tuple(_SEEN.all(connection, (kind, process_id)))
+
+
+def listing(
+    statement: Select[Any],
+    order: Sequence[ColumnElement[Any]],
+    *,
+    limit: int | None = None,
+    offset: int = 0,
+    newest_first: bool = False,
+) -> Select[Any]:
+    """``statement`` ordered by ``order`` (which must leave no ties, so that pages never
+    overlap; ``newest_first``: descending), ``limit`` rows from ``offset`` (None: all):
+    how the stores' listings read a page instead of every row."""
+    statement = statement.order_by(*(c.desc() for c in order) if newest_first else order)
+    if limit is not None:
+        statement = statement.limit(limit)
+    return statement.offset(offset) if offset else statement
 
 
 #: the processes whose histories one statement of `histories` reads

@@ -46,6 +46,7 @@ from qdspace.connector.contract_store.common import (
     ID_LENGTH,
     ConcurrentUpdateError,
     TableStore,
+    listing,
     save_process,
     saving,
     seen_messages,
@@ -246,16 +247,11 @@ class NegotiationStore(TableStore):
         (``newest_first``: the reverse), ``limit`` of them from ``offset`` (None: all);
         only those are loaded (a member may open as many as it likes, declined or not)."""
         table = negotiation_table
-        order = (table.c.created_at, table.c.negotiation_id)
-        statement = select(table.c.negotiation_id).order_by(
-            *(c.desc() for c in order) if newest_first else order
-        )
+        statement = select(table.c.negotiation_id)
         if state is not None:
             statement = statement.where(table.c.state == state.value)
-        if limit is not None:
-            statement = statement.limit(limit)
-        if offset:
-            statement = statement.offset(offset)
+        order = (table.c.created_at, table.c.negotiation_id)
+        statement = listing(statement, order, limit=limit, offset=offset, newest_first=newest_first)
         with self.engine.connect() as connection:
             ids = list(connection.execute(statement).scalars())
         return [self.load_negotiation(i) for i in ids]

@@ -39,7 +39,7 @@ from sqlalchemy import Connection, Engine, Select, and_, delete, false, func, se
 from qdspace.connector.agreement import deletion_digest_of_bytes
 from qdspace.connector.contract_errors import ContractStoreError
 from qdspace.connector.contract_store.agreements import AgreementStore
-from qdspace.connector.contract_store.common import TableStore, saving, utc_now
+from qdspace.connector.contract_store.common import TableStore, listing, saving, utc_now
 from qdspace.connector.contract_store.data_keys import DataKeys, row_aad
 from qdspace.connector.contract_store.received_model import (
     Deletion,
@@ -161,17 +161,14 @@ class ReceivedStore(TableStore):
         """The audit trail of corrections and withdrawals received, oldest first (ties in
         the key's order, so that pages of ``limit`` from ``offset`` never overlap)."""
         table = change_table
-        statement = select(table).order_by(
-            table.c.received_at, table.c.version, table.c.agreement_id, table.c.record_key
-        )
+        statement = select(table)
         if agreement_id is not None:
             statement = statement.where(table.c.agreement_id == agreement_id)
         if record_key is not None:
             statement = statement.where(table.c.record_key == record_key)
-        if limit is not None:
-            statement = statement.limit(limit)
-        if offset:
-            statement = statement.offset(offset)
+        c = table.c
+        order = (c.received_at, c.version, c.agreement_id, c.record_key)
+        statement = listing(statement, order, limit=limit, offset=offset)
         with self.engine.connect() as connection:
             found = connection.execute(statement).all()
         return [

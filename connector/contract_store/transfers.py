@@ -53,6 +53,7 @@ from qdspace.connector.contract_store.common import (
     ID_LENGTH,
     TableStore,
     histories,
+    listing,
     save_process,
     saving,
     seen_messages,
@@ -213,18 +214,15 @@ class TransferStore(TableStore):
         ``offset`` (None: all): one statement for the transfers, and their message
         histories read together (`common.histories`)."""
         table = transfer_table
-        order = (table.c.created_at, table.c.transfer_id)
-        statement = select(table).order_by(*(c.desc() for c in order) if newest_first else order)
+        statement = select(table)
         if agreement_id is not None:
             statement = statement.where(table.c.agreement_id == agreement_id)
         if role is not None:
             statement = statement.where(table.c.role == role.value)
         if state is not None:
             statement = statement.where(table.c.state == state.value)
-        if limit is not None:
-            statement = statement.limit(limit)
-        if offset:
-            statement = statement.offset(offset)
+        order = (table.c.created_at, table.c.transfer_id)
+        statement = listing(statement, order, limit=limit, offset=offset, newest_first=newest_first)
         with self.engine.connect() as connection:
             rows = connection.execute(statement).all()
             seen = histories(connection, _KIND, [r.transfer_id for r in rows])

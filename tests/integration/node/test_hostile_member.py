@@ -387,6 +387,23 @@ def test_upstream_answers_alike_for_no_such_batch_and_not_your_batch(net: LocalN
     assert answers[0][0] is grpc.StatusCode.PERMISSION_DENIED
 
 
+def _transfer_request(net: LocalNetwork, transfer_id: str, agreement_id: str, **more: Any) -> bytes:
+    """Mallory's request to cellex for a transfer under ``agreement_id`` (raw bytes)."""
+    return transfer_pb2.TransferMessage(
+        message_id=f"{transfer_id}:c-request",
+        transfer_id=transfer_id,
+        sender_id=_keys(net, "mallory").identity.member_id,
+        at_unix_us=int(time.time() * 1e6),
+        request=transfer_pb2.TransferRequest(
+            agreement_id=agreement_id,
+            provider_id=_keys(net, "cellex").identity.member_id,
+            purpose=QA,
+            all_fields=True,
+            **more,
+        ),
+    ).SerializeToString()
+
+
 def test_a_transfer_id_of_another_consumer_reveals_nothing(
     net: LocalNetwork, agreements: dict[str, str]
 ) -> None:
@@ -417,21 +434,9 @@ def test_a_transfer_id_of_another_consumer_reveals_nothing(
     with net["mallory"].client() as client:
         own = negotiate(client, "cellex", "inspections", orders=[MALLORY_ORDER])
     mallory = _keys(net, "mallory")
-    cellex_id = _keys(net, "cellex").identity.member_id
 
     def request(transfer_id: str) -> bytes:
-        return transfer_pb2.TransferMessage(
-            message_id=f"{transfer_id}:c-request",
-            transfer_id=transfer_id,
-            sender_id=mallory.identity.member_id,
-            at_unix_us=int(time.time() * 1e6),
-            request=transfer_pb2.TransferRequest(
-                agreement_id=own["agreement_id"],
-                provider_id=cellex_id,
-                purpose=QA,
-                all_fields=True,
-            ),
-        ).SerializeToString()
+        return _transfer_request(net, transfer_id, own["agreement_id"])
 
     code, details, reply = _run(
         _unary(mallory, net, "cellex", "/qdspace.v1.Transfer/Send", request(tid))
@@ -513,25 +518,11 @@ def test_positions_that_name_no_row_are_refused_where_they_arrive(
     with net["mallory"].client() as client:
         own = negotiate(client, "cellex", "inspections", orders=[MALLORY_ORDER])
     mallory = _keys(net, "mallory")
-    cellex_id = _keys(net, "cellex").identity.member_id
     log_before = len(_log(net, "cellex"))
 
     def request(since: str) -> bytes:
         tid = f"tr-{uuid.uuid4().hex}"
-        return transfer_pb2.TransferMessage(
-            message_id=f"{tid}:c-request",
-            transfer_id=tid,
-            sender_id=mallory.identity.member_id,
-            at_unix_us=int(time.time() * 1e6),
-            request=transfer_pb2.TransferRequest(
-                agreement_id=own["agreement_id"],
-                provider_id=cellex_id,
-                purpose=QA,
-                all_fields=True,
-                order_id=MALLORY_ORDER,
-                since=since,
-            ),
-        ).SerializeToString()
+        return _transfer_request(net, tid, own["agreement_id"], order_id=MALLORY_ORDER, since=since)
 
     def subscribe(after: str) -> grpc.aio.AioRpcError:
         return _mallory_subscribes(
