@@ -171,7 +171,8 @@ def contracts(
     ca_file: CaFileOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Agreements, transfers, deletion duties and receipts of this node."""
+    """Agreements, the newest 20 transfers, deletion duties and receipts of this node
+    (every transfer: GET /v1/contracts/transfers, a page at a time)."""
     if ctx.invoked_subcommand is not None and directory is None and not api_url:
         ctx.obj = None  # the subcommand names the node itself, or fails saying how
         return
@@ -191,7 +192,6 @@ def contracts(
             {
                 "agreements": agreements,
                 "transfers": transfers,
-                "older_transfers": older,
                 "duties": duties,
                 "receipts": receipts,
             }
