@@ -157,7 +157,10 @@ def cluster() -> Iterator[Cluster]:
     else:
         netns_used = netns
         head_ip, worker_ip = ips
-    port = free_port(head_ip)
+    # free on every address: Ray's GCS listens on 0.0.0.0, and a port free on the veth's
+    # address may be a local node's on 127.0.0.1 (a fresh-clone run met that: "Address
+    # already in use", the cluster never started)
+    port = free_port("0.0.0.0")
     cluster = Cluster(f"{head_ip}:{port}", run_id, netns_used, temp_dir, notes)
     # Ray turns token auth on by itself when ~/.ray/auth_token exists (any local
     # ray.init() on this machine writes one); this cluster lives and dies with the test
