@@ -250,14 +250,20 @@ class LocalNetwork:
         hosts = list(self.hosts.values()) if names is None else []
         if self.chain is not None:
             self.chain.start()  # no-op while running; restarts a stopped chain on its port
-        for name in chosen:
-            self._spawn(self.members[name])
-        for host in hosts:
-            host.spawn()
-        for name in chosen:
-            self.wait_ready(name)
-        for host in hosts:
-            host.wait_ready(START_TIMEOUT_S)
+        try:
+            for name in chosen:
+                self._spawn(self.members[name])
+            for host in hosts:
+                host.spawn()
+            for name in chosen:
+                self.wait_ready(name)
+            for host in hosts:
+                host.wait_ready(START_TIMEOUT_S)
+        except BaseException:
+            # one that failed to start leaves no others running behind it (a caller's
+            # fixture or the demo never reaches its stop when start raises)
+            self.stop(None if names is None else chosen)
+            raise
 
     def _spawn(self, member: MemberProcess) -> None:
         member.log_path.parent.mkdir(parents=True, exist_ok=True)

@@ -5,13 +5,14 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import datetime as dt
+import socket
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from qdspace.node.errors import PeerError
+from qdspace.node.errors import NodeError, PeerError
 from qdspace.node.identity.authority import Authority
 from qdspace.node.identity.member import create_member_keys, load_member_keys
 from qdspace.node.localnet.network import LocalNetwork, MemberSpec
@@ -139,3 +140,21 @@ def test_a_node_refuses_to_call_a_revoked_member_too(own_pair: LocalNetwork) -> 
         assert refused.status_code == 403, refused.text
         assert "revoked" in refused.json()["detail"] and "cellex" in refused.json()["detail"]
     assert _log_contains(own_pair, "sunarc", "refusing to call cellex")
+
+
+def test_a_member_that_cannot_start_leaves_no_other_running(tmp_path: Path) -> None:
+    """A node whose gRPC port is taken exits while starting; the start raises and stops
+    the member it had started already (a fixture never reaches its stop when its start
+    raises: a fresh-clone run found such a node still running after the suite)."""
+    net = LocalNetwork(
+        tmp_path / "taken", [MemberSpec("sunarc", "oem"), MemberSpec("cellex", "supplier")],
+        chain=False,
+    )  # fmt: skip
+    net.create()
+    host, port = net["cellex"].grpc_address.rsplit(":", 1)
+    with socket.socket() as taken:
+        taken.bind((host, int(port)))
+        taken.listen()
+        with pytest.raises(NodeError, match="cellex exited while starting"):
+            net.start()
+    assert not net["sunarc"].running and not net["cellex"].running
