@@ -26,6 +26,11 @@ nothing. Groups that run for minutes (files marked ``slow``) are handed out firs
 the other integration files, then the unit tests, so no long group starts last while the
 other worker idles (``--no-loadscope-reorder`` keeps this order; xdist's own puts the
 groups with the most tests first).
+
+The two workers each start local data spaces, whose ports are drawn before the nodes bind
+them: a port one worker drew a moment ago could be drawn by the other too, and one node
+then failed with "Address already in use" (two of four fresh-clone runs). Each worker
+draws from its own part of the port range (``pytest_configure``, `split_range`).
 """
 
 from __future__ import annotations
@@ -45,6 +50,16 @@ PG_URL = os.environ.get("QDSPACE_TEST_PG_URL")
 SHARED_FOLDERS = {"tests/integration/inference": "the inspection tier's local Ray"}
 #: files whose tests share no fixture: each test is a group of its own
 SPLIT_FILES = {"tests/integration/test_bench_quick.py"}
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """On an xdist worker: this worker's own part of the port range (module docstring)."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "")
+    count = os.environ.get("PYTEST_XDIST_WORKER_COUNT", "")
+    if worker.startswith("gw") and worker[2:].isdigit() and count.isdigit():
+        from qdspace.util.ports import RANGE_VARIABLE, split_range
+
+        os.environ[RANGE_VARIABLE] = split_range(int(worker[2:]), int(count))
 
 
 def _group(nodeid: str) -> str:
