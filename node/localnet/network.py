@@ -34,7 +34,7 @@ from sqlalchemy import create_engine, text
 from qdspace.connector.storage import normalise_url
 from qdspace.node.client import OperatorClient, http_client
 from qdspace.node.client_transport import read_runtime
-from qdspace.node.errors import NodeError
+from qdspace.node.errors import ConfigError, NodeError
 from qdspace.node.identity.authority import Authority
 from qdspace.node.identity.member import MemberKeys, load_member_keys
 from qdspace.node.init import init_node
@@ -42,7 +42,7 @@ from qdspace.node.layout import NodeLayout
 from qdspace.node.localnet.chain import ChainProcess
 from qdspace.node.localnet.hosting import HostProcess, HostSpec, Participant, TenantMember
 from qdspace.node.localnet.line import LineProcess
-from qdspace.util.ports import free_port
+from qdspace.util.ports import free_port, port_range
 
 START_TIMEOUT_S = 60.0
 
@@ -146,6 +146,10 @@ class LocalNetwork:
         pg_url: str | None = None,
         hosts: Iterable[HostSpec] = (),
     ):
+        try:
+            port_range()  # a QDSPACE_PORT_RANGE naming no ports: one line, not a traceback
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
         self.workdir = workdir.resolve()
         self.specs = list(members)
         self.host_specs = list(hosts)

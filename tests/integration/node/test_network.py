@@ -5,7 +5,10 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import datetime as dt
+import os
 import socket
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -158,3 +161,18 @@ def test_a_member_that_cannot_start_leaves_no_other_running(tmp_path: Path) -> N
         with pytest.raises(NodeError, match="cellex exited while starting"):
             net.start()
     assert not net["sunarc"].running and not net["cellex"].running
+
+
+def test_a_port_range_that_names_no_ports_is_one_line_from_the_demo(tmp_path: Path) -> None:
+    env = {**os.environ, "QDSPACE_PORT_RANGE": "30000-20000"}
+    run = subprocess.run(
+        [sys.executable, "-m", "qdspace", "demo", "--workdir", str(tmp_path / "space")],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert run.returncode == 1, run.stdout + run.stderr
+    assert "QDSPACE_PORT_RANGE='30000-20000': expected 1024 <= LOW <= HIGH" in run.stderr
+    assert "Traceback" not in run.stderr + run.stdout
+    assert not (tmp_path / "space" / "authority").exists()  # nothing made
