@@ -50,6 +50,7 @@ KEEPALIVE_S = 15.0
 def create_console(ctx: NodeContext, root: str = "/console") -> Starlette:
     """The console app, to be mounted at ``root`` of the operator listener's app."""
     console = Console.build(ctx, root)
+    charts = spc.KeptCharts()  # every SPC stream's charts, kept between them
 
     async def login_form(request: Request) -> Response:
         return console.page(request, "login.html")
@@ -96,11 +97,13 @@ def create_console(ctx: NodeContext, root: str = "/console") -> Starlette:
         views = spc.check_views(keys, request.query_params.getlist("xbar"))
 
         async def events() -> object:
-            seen: dict[str, spc.Watched] = {}
+            seen: dict[str, object] = {}
             quiet = 0.0
             yield b"retry: 1000\n\n"
             while not await request.is_disconnected():
-                sent = await run_in_threadpool(lambda: list(spc.changed(ctx, keys, seen, views)))
+                sent = await run_in_threadpool(
+                    lambda: list(spc.changed(ctx, keys, seen, views, charts=charts))
+                )
                 for event in sent:
                     yield event
                 quiet = 0.0 if sent else quiet + spc.TICK_S

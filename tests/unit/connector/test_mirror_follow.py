@@ -202,8 +202,10 @@ def test_the_spc_pages_chart_of_a_subscription_is_fed_only_what_was_added(
     whole_reads = []
     read_whole, newest = store.received_rows, store.received_newest
     monkeypatch.setattr(store, "received_newest", lambda *a: whole_reads.append(a) or newest(*a))
-    seen: dict[str, spc.Watched] = {}
-    (empty,) = spc.changed(ctx, ["sub:s1"], seen)  # nothing held yet: an empty chart
+    seen: dict[str, object] = {}
+    charts = spc.KeptCharts()
+    # nothing held yet: an empty chart
+    (empty,) = spc.changed(ctx, ["sub:s1"], seen, charts=charts)
     assert json.loads(empty.split(b"data: ", 1)[1]) == chart_state("sub:s1", [], spec)
     rng = random.Random(7)
     seq, rewrites = 0, 0
@@ -221,11 +223,12 @@ def test_the_spc_pages_chart_of_a_subscription_is_fed_only_what_was_added(
                 rows.append(IncomingRow(seq, "ORD-1", canonical_json(record)))
                 seq += 1
         store.store_received_rows(AGR, "tx-live", rows, T0)
-        (event,) = spc.changed(ctx, ["sub:s1"], seen)
+        (event,) = spc.changed(ctx, ["sub:s1"], seen, charts=charts)
         held = [r.decode()["score"] for r in read_whole(AGR)]
         values = [(float(v), "") for v in held if type(v) in (int, float)]
         assert json.loads(event.split(b"data: ", 1)[1]) == chart_state("sub:s1", values, spec)
-        assert list(spc.changed(ctx, ["sub:s1"], seen)) == []  # unchanged: nothing sent
+        unchanged = list(spc.changed(ctx, ["sub:s1"], seen, charts=charts))
+        assert unchanged == []  # nothing sent
     assert len(whole_reads) == 1 + rewrites, whole_reads
 
 
@@ -246,13 +249,14 @@ def test_a_subscriptions_chart_starts_from_the_newest_rows_held(
         store.store_received_rows(AGR, "tx-live", rows, T0)
 
     def state() -> object:
-        (event,) = spc.changed(ctx, ["sub:s1"], seen)
+        (event,) = spc.changed(ctx, ["sub:s1"], seen, charts=charts)
         return json.loads(event.split(b"data: ", 1)[1])
 
     def held(last: int) -> list[tuple[float, str]]:
         return [(float(r.decode()["score"]), "") for r in store.received_rows(AGR)][-last:]
 
-    seen: dict[str, spc.Watched] = {}
+    seen: dict[str, object] = {}
+    charts = spc.KeptCharts()
     deliver(0, 30)
     assert state() == chart_state("sub:s1", held(10), spec)
     deliver(30, 5)
