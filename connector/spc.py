@@ -274,9 +274,15 @@ class RuleJudge:
 class SpcMonitor:
     """Feed values one at a time with `add`; each call returns the alerts that value raised."""
 
-    def __init__(self, spec: SpcSpec, rules: Iterable[Rule] = DEFAULT_RULES) -> None:
+    def __init__(
+        self, spec: SpcSpec, rules: Iterable[Rule] = DEFAULT_RULES, *, judge_cpk: bool = True
+    ) -> None:
+        """``judge_cpk=False``: no rolling Cpk and no Cpk alert, for a caller that wants
+        the run rules alone and works out Cpk when it shows it (the console's charts:
+        `node.console.spc_state`); a Cpk per value was a quarter of a value's cost."""
         self.spec = spec
         self.rules = tuple(rules)
+        self.judge_cpk = judge_cpk
         self.centre: float | None = spec.centre
         self.sigma: float | None = spec.sigma
         self._baseline: list[float] = []
@@ -297,7 +303,8 @@ class SpcMonitor:
         point = SpcPoint(self._count, float(value), at)
         self._count += 1
         alerts = self._rule_alerts(point)
-        alerts.extend(self._cpk_alert(point))
+        if self.judge_cpk:
+            alerts.extend(self._cpk_alert(point))
         return alerts
 
     def _rule_alerts(self, point: SpcPoint) -> list[SpcAlert]:

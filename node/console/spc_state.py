@@ -23,7 +23,7 @@ from datetime import datetime
 from typing import Any
 
 from qdspace.connector.contract_errors import SpcError
-from qdspace.connector.spc import CPK_RULE, SpcMonitor, SpcSpec
+from qdspace.connector.spc import SpcMonitor, SpcSpec, cpk
 from qdspace.connector.spc_xbar import RANGE_RULE, XbarRMonitor, XbarRSpec
 
 #: the most points a chart shows (the newest); every value fed is judged
@@ -121,7 +121,9 @@ class LiveChart:
     def __init__(self, spec: SpcSpec, subgroup: int | None = None) -> None:
         self.spec = spec
         self.n = 0
-        self._monitor = SpcMonitor(spec)
+        # the rules alone: Cpk over the newest values when the chart is shown (`state`)
+        self._monitor = SpcMonitor(spec, judge_cpk=False)
+        self._newest: deque[float] = deque(maxlen=spec.cpk_window)
         self._shown: deque[tuple[float, str]] = deque(maxlen=MAX_POINTS)
         #: point index -> the rules that marked it, its value and its time
         self._hits: dict[int, tuple[list[str], float, str]] = {}
@@ -136,9 +138,9 @@ class LiveChart:
                 continue
             self.n += 1
             self._shown.append((value, at))
+            self._newest.append(value)
             for alert in self._monitor.add(value, _EPOCH):
-                if alert.rule != CPK_RULE:
-                    self._mark(alert.rule, alert.description, [p.index for p in alert.points])
+                self._mark(alert.rule, alert.description, [p.index for p in alert.points])
             if self.xbar is not None:
                 self.xbar.add(value)
         if len(self._hits) > 2 * MAX_POINTS:
@@ -157,13 +159,21 @@ class LiveChart:
                 value, at = self._shown[i - first]
                 self._hits[i] = ([rule], value, at)
 
+    def _rolling_cpk(self) -> float | None:
+        """Cpk over the newest ``cpk_window`` values, as the monitor's ``rolling_cpk``
+        would be (None until that many, or without spec limits)."""
+        spec = self.spec
+        if (spec.lsl is None and spec.usl is None) or len(self._newest) < spec.cpk_window:
+            return None
+        return cpk(self._newest, spec.lsl, spec.usl)
+
     def state(self, key: str) -> dict[str, Any]:
         """The JSON a chart draws: points, limits, rule hits by point, rolling Cpk, and
         the X-bar-R view where one was asked for."""
         spec = self.spec
         first = self.n - len(self._shown)
         centre, sigma = self._monitor.centre, self._monitor.sigma
-        rolling = _finite(self._monitor.rolling_cpk)
+        rolling = _finite(self._rolling_cpk())
         return {
             "key": key,
             "n": self.n,

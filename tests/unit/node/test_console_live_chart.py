@@ -20,6 +20,8 @@ SPECS = [
     SpcSpec(usl=0.5, baseline_size=20, cpk_window=20),
     SpcSpec(lsl=-1.0, usl=1.0, baseline_size=30, cpk_window=50),
     SpcSpec(centre=0.3, sigma=0.05, usl=0.6),
+    # a Cpk window wider than the chart shows
+    SpcSpec(lsl=0.0, baseline_size=25, cpk_window=MAX_POINTS + 300),
 ]
 
 
@@ -47,10 +49,10 @@ def _reference(values: list[tuple[float, str]], spec: SpcSpec, n: int | None) ->
                 for point in alert.points:
                     hits.setdefault(point.index, []).append(alert.rule)
     first = max(0, len(values) - MAX_POINTS)
+    rolling = monitor.rolling_cpk  # the monitor's own, judged value by value
     window = [v for v, _ in values[-spec.cpk_window :]]
-    rolling = None
     if len(window) >= spec.cpk_window:
-        rolling = cpk(window, spec.lsl, spec.usl)
+        assert rolling == cpk(window, spec.lsl, spec.usl)
     found: dict[str, Any] = {
         "n": len(values),
         "first": first,
@@ -100,7 +102,7 @@ def _drawn(state: dict[str, Any], n: int | None) -> dict[str, Any]:
     return found
 
 
-@pytest.mark.parametrize("seed", range(6))
+@pytest.mark.parametrize("seed", range(10))
 def test_fed_in_pieces_it_draws_what_it_draws_fed_at_once(seed: int) -> None:
     rnd = random.Random(seed)
     values = _series(rnd, rnd.choice([30, 700, MAX_POINTS + 1_500]))
@@ -125,3 +127,17 @@ def test_what_scrolled_off_is_neither_drawn_nor_kept() -> None:
     assert len(state["y"]) == MAX_POINTS
     assert state["violations"] and all(v["i"] >= state["first"] for v in state["violations"])
     assert len(chart._hits) <= 2 * MAX_POINTS  # older marks are let go
+
+
+def test_the_rolling_cpk_is_the_monitors_when_its_window_is_wider_than_the_chart() -> None:
+    """The chart works Cpk out when it is shown, over its own newest values, not over the
+    points it draws: with a window wider than `MAX_POINTS` it is still the monitor's."""
+    spec = SpcSpec(lsl=0.0, usl=0.9, baseline_size=25, cpk_window=MAX_POINTS + 300)
+    values = [v for v in _series(random.Random(3), MAX_POINTS + 1_500) if math.isfinite(v[0])]
+    monitor, epoch = SpcMonitor(spec), datetime(1970, 1, 1)
+    for value, _ in values:
+        monitor.add(value, epoch)
+    state = chart_state("own:x", values, spec)
+    assert state["cpk"] == monitor.rolling_cpk is not None
+    assert len(state["y"]) == MAX_POINTS < spec.cpk_window
+    assert chart_state("own:x", values[: spec.cpk_window - 1], spec)["cpk"] is None
