@@ -242,8 +242,9 @@ class OperatorClient:
         result: dict[str, Any] = self._post("/v1/contracts/negotiations", body)
         return result
 
-    def agreements(self) -> Rows:
-        result: Rows = self._get("/v1/contracts/agreements")
+    def agreements(self, role: str | None = None, asset_id: str | None = None) -> Rows:
+        """The agreements held (in ``role``, of ``asset_id``), in the order agreed."""
+        result: Rows = self._get("/v1/contracts/agreements", role=role, asset_id=asset_id)
         return result
 
     def agreement(self, agreement_id: str) -> dict[str, Any]:

@@ -98,7 +98,7 @@ class FederationCalls:
         from qdspace.federation.agreements import TRAINING_PURPOSE
         from qdspace.node.member_ids import peer_name
 
-        for held in self._api.agreements():
+        for held in self._api.agreements(role="consumer", asset_id=asset_id):
             if (
                 held["asset_id"] == asset_id
                 and held["role"] == "consumer"

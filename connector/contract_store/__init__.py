@@ -38,7 +38,11 @@ from sqlalchemy import Engine
 
 from qdspace.connector.agreement import SignedAgreement, SignedReceipt
 from qdspace.connector.contract_errors import ContractStoreError
-from qdspace.connector.contract_store.agreements import AgreementStore, StoredAgreement
+from qdspace.connector.contract_store.agreements import (
+    AgreementLink,
+    AgreementStore,
+    StoredAgreement,
+)
 from qdspace.connector.contract_store.cases import CaseLog, CaseStore
 from qdspace.connector.contract_store.closures import ClosureStore, DutyReport, OrderClosure
 from qdspace.connector.contract_store.common import (
@@ -74,6 +78,7 @@ from qdspace.connector.transfer import TransferProcess, TransferState
 
 __all__ = [
     "CONTRACT_METADATA",
+    "AgreementLink",
     "CaseLog",
     "ConcurrentUpdateError",
     "ContractStore",
@@ -172,8 +177,32 @@ class ContractStore:
     def agreement(self, agreement_id: str) -> StoredAgreement:
         return self._agreements.agreement(agreement_id)
 
-    def agreements(self, role: Role | None = None) -> list[StoredAgreement]:
-        return self._agreements.agreements(role)
+    def agreements(
+        self,
+        role: Role | None = None,
+        *,
+        asset_id: str | None = None,
+        provider_id: str | None = None,
+        consumer_id: str | None = None,
+        limit: int | None = None,
+        offset: int = 0,
+        newest_first: bool = False,
+    ) -> list[StoredAgreement]:
+        return self._agreements.agreements(
+            role,
+            asset_id=asset_id,
+            provider_id=provider_id,
+            consumer_id=consumer_id,
+            limit=limit,
+            offset=offset,
+            newest_first=newest_first,
+        )
+
+    def count_agreements(self, role: Role | None = None) -> int:
+        return self._agreements.count_agreements(role)
+
+    def agreement_links(self) -> list[AgreementLink]:
+        return self._agreements.agreement_links()
 
     def terminate_agreement(self, agreement_id: str, reason: str, at: datetime) -> StoredAgreement:
         return self._agreements.terminate_agreement(agreement_id, reason, at)

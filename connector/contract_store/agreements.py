@@ -25,11 +25,15 @@ from sqlalchemy import (
     Column,
     ColumnElement,
     Connection,
+    Index,
     LargeBinary,
     String,
     Table,
     Text,
+    and_,
     bindparam,
+    case,
+    func,
     select,
     true,
     update,
@@ -45,6 +49,7 @@ from qdspace.connector.contract_store.common import (
     DriverStatement,
     TableStore,
     column_types,
+    listing,
     select_by_key,
 )
 from qdspace.connector.negotiation import Role
@@ -67,6 +72,10 @@ agreement_table = Table(
     Column("termination_reason", Text, nullable=True),
     # False: reached with a peer that does not sign (revision 0008_dsp)
     Column("signed", Boolean, nullable=False, server_default=true()),
+    # listings in the order agreements were made (pages, the newest), and the look-ups
+    # of one asset's agreements (a federation job's member, a trace's producer)
+    Index("ix_contract_agreement_agreed", "agreed_at", "agreement_id"),
+    Index("ix_contract_agreement_asset", "asset_id", "role", "consumer_id"),
 )
 
 #: handed to the driver, built once (see `common.DriverStatement`)
@@ -122,6 +131,29 @@ class StoredAgreement:
     @property
     def active(self) -> bool:
         return self.terminated_at is None and self.signed.complete
+
+
+@dataclass(frozen=True)
+class AgreementLink:
+    """How many agreements are held between one provider and one consumer, and how many
+    of them are active (countersigned, not terminated)."""
+
+    provider_id: str
+    consumer_id: str
+    total: int
+    active: int
+
+
+def _stored(row: Any) -> StoredAgreement:
+    """The agreement a row of `agreement_table` holds (its terms parsed)."""
+    consumer_signature = None if row.consumer_signature is None else bytes(row.consumer_signature)
+    signed = SignedAgreement(
+        agreement_from_bytes(bytes(row.canonical)),
+        bytes(row.provider_signature),
+        consumer_signature,
+        signed=bool(row.signed),
+    )
+    return StoredAgreement(signed, Role(row.role), row.terminated_at, row.termination_reason)
 
 
 def held_as(agreement_id: ColumnElement[str], role: Role) -> ColumnElement[bool]:
@@ -204,29 +236,77 @@ class AgreementStore(TableStore):
             row = None if found is None else _Row._make(found)
         if row is None:
             raise UnknownContractError(f"no agreement {agreement_id} here")
-        consumer_signature = (
-            None if row.consumer_signature is None else bytes(row.consumer_signature)
-        )
-        signed = SignedAgreement(
-            agreement_from_bytes(bytes(row.canonical)),
-            bytes(row.provider_signature),
-            consumer_signature,
-            signed=bool(row.signed),
-        )
-        return StoredAgreement(signed, Role(row.role), row.terminated_at, row.termination_reason)
+        return _stored(row)
 
     def agreement(self, agreement_id: str) -> StoredAgreement:
         with held_connection.connect(self.engine) as connection:
             return self.agreement_in(connection, agreement_id)
 
-    def agreements(self, role: Role | None = None) -> list[StoredAgreement]:
+    def agreements(
+        self,
+        role: Role | None = None,
+        *,
+        asset_id: str | None = None,
+        provider_id: str | None = None,
+        consumer_id: str | None = None,
+        limit: int | None = None,
+        offset: int = 0,
+        newest_first: bool = False,
+    ) -> list[StoredAgreement]:
+        """The agreements held (in ``role``, of ``asset_id``, with that provider or
+        consumer) in the order they were agreed (``newest_first``: the reverse), ``limit``
+        from ``offset``: read in one statement and only those parsed (parsing an
+        agreement's terms is most of its cost, ~0.3 ms; a listing that read every one,
+        a statement each, took seconds at a few thousand)."""
         table = agreement_table
-        statement = select(table.c.agreement_id).order_by(table.c.agreed_at, table.c.agreement_id)
+        statement = select(table)
+        for column, value in (
+            (table.c.role, None if role is None else role.value),
+            (table.c.asset_id, asset_id),
+            (table.c.provider_id, provider_id),
+            (table.c.consumer_id, consumer_id),
+        ):
+            if value is not None:
+                statement = statement.where(column == value)
+        statement = listing(
+            statement,
+            (table.c.agreed_at, table.c.agreement_id),
+            limit=limit,
+            offset=offset,
+            newest_first=newest_first,
+        )
+        with self.engine.connect() as connection:
+            return [_stored(row) for row in connection.execute(statement)]
+
+    def count_agreements(self, role: Role | None = None) -> int:
+        """How many agreements are held (in ``role``)."""
+        table = agreement_table
+        statement = select(func.count()).select_from(table)
         if role is not None:
             statement = statement.where(table.c.role == role.value)
         with self.engine.connect() as connection:
-            ids = list(connection.execute(statement).scalars())
-            return [self.agreement_in(connection, i) for i in ids]
+            return int(connection.execute(statement).scalar_one())
+
+    def agreement_links(self) -> list[AgreementLink]:
+        """The agreements held, counted by provider and consumer (and how many of those
+        are active): what the overview's network picture draws, without parsing one."""
+        table = agreement_table
+        active = and_(table.c.terminated_at.is_(None), table.c.consumer_signature.is_not(None))
+        statement = (
+            select(
+                table.c.provider_id,
+                table.c.consumer_id,
+                func.count(),
+                func.sum(case((active, 1), else_=0)),
+            )
+            .group_by(table.c.provider_id, table.c.consumer_id)
+            .order_by(table.c.provider_id, table.c.consumer_id)
+        )
+        with self.engine.connect() as connection:
+            return [
+                AgreementLink(provider, consumer, int(total), int(live or 0))
+                for provider, consumer, total, live in connection.execute(statement)
+            ]
 
     def terminate_agreement(self, agreement_id: str, reason: str, at: datetime) -> StoredAgreement:
         """Mark an agreement terminated (idempotent: the first termination stands)."""

@@ -25,7 +25,7 @@ from typing import Annotated, Any, TypeVar
 from fastapi import APIRouter, Depends, HTTPException, Query, Response
 from starlette.concurrency import run_in_threadpool
 
-from qdspace.connector.negotiation import Negotiation
+from qdspace.connector.negotiation import Negotiation, Role
 from qdspace.connector.spc import SpcSpec
 from qdspace.connector.transfer import TransferProcess
 from qdspace.connector.versions import Withdrawal, withdraw
@@ -69,7 +69,7 @@ from qdspace.node.api.contracts_models import (
     transfer_public,
 )
 from qdspace.node.api.deps import Client, Outbox, Paging, Runtime, require_operator
-from qdspace.node.api.models import IdPath
+from qdspace.node.api.models import ID_MAX, ID_PATTERN, IdPath
 from qdspace.node.api.policy_models import JsonLd, PolicyExplanation
 from qdspace.node.api.problems import PeerTimeout
 from qdspace.node.errors import PeerError, PurgeNotConfirmed
@@ -169,8 +169,35 @@ def contracts_router() -> APIRouter:
         return page.read(read, response)
 
     @router.get("/agreements", response_model=list[AgreementPublic])
-    def agreements(rt: Runtime, page: Paging, response: Response) -> list[AgreementPublic]:
-        return page.take([agreement_public(a) for a in rt.store.agreements()], response)
+    def agreements(
+        rt: Runtime,
+        page: Paging,
+        response: Response,
+        role: Annotated[Role | None, Query(description="only those held in this role")] = None,
+        asset_id: Annotated[
+            str | None,
+            Query(
+                min_length=1,
+                max_length=ID_MAX,
+                pattern=ID_PATTERN,
+                description="only those of this asset",
+            ),
+        ] = None,
+        newest_first: Annotated[
+            bool, Query(description="the newest first (default: in the order agreed)")
+        ] = False,
+    ) -> list[AgreementPublic]:
+        def read(limit: int | None, offset: int) -> list[AgreementPublic]:
+            found = rt.store.agreements(
+                role,
+                asset_id=asset_id,
+                limit=limit,
+                offset=offset,
+                newest_first=newest_first,
+            )
+            return [agreement_public(a) for a in found]
+
+        return page.read(read, response)
 
     @router.get("/agreements/{agreement_id}", response_model=AgreementFull)
     async def agreement(rt: Runtime, agreement_id: IdPath) -> AgreementFull:

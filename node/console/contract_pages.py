@@ -42,6 +42,8 @@ CATALOG_TIMEOUT_S = 3.0
 SHOWN_TRANSFERS = 50
 #: the newest negotiations it lists (a member may open any number, declined or not)
 SHOWN_NEGOTIATIONS = 50
+#: the newest agreements it lists (one per order and partner: thousands a year)
+SHOWN_AGREEMENTS = 50
 MAX_ID = 256
 
 
@@ -134,7 +136,11 @@ def routes(console: Console) -> list[tuple[str, Endpoint, str]]:
                 for n in rt.store.negotiations(limit=SHOWN_NEGOTIATIONS, newest_first=True)
             ],
             "negotiation_count": rt.store.count_negotiations(),
-            "agreements": [agreement_full(a) for a in rt.store.agreements()],
+            "agreements": [
+                agreement_full(a)
+                for a in rt.store.agreements(limit=SHOWN_AGREEMENTS, newest_first=True)
+            ],
+            "agreement_count": rt.store.count_agreements(),
             "transfers": [
                 transfer_public(t)
                 for t in rt.store.transfers(limit=SHOWN_TRANSFERS, newest_first=True)

@@ -82,16 +82,15 @@ def local_state(ctx: NodeContext) -> Overview:
         rt = ctx.contracts
         alerts += [alert_public(a) for a in rt.received_alerts]
         me = ident.member_id
-        for stored in rt.store.agreements():
-            terms = stored.signed.agreement
-            other = terms.consumer_id if terms.provider_id == me else terms.provider_id
+        for held in rt.store.agreement_links():  # counted in SQL: no agreement parsed
+            other = held.consumer_id if held.provider_id == me else held.provider_id
             name = peer_name(other)
             link = links.setdefault(name, Link(name))
-            if terms.provider_id == me:
-                link.provides += 1
+            if held.provider_id == me:
+                link.provides += held.total
             else:
-                link.consumes += 1
-            link.active += int(stored.active)
+                link.consumes += held.total
+            link.active += held.active
     return Overview(
         ident.name,
         ident.member_id,

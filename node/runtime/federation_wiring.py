@@ -95,9 +95,9 @@ def contract_agreements(contracts: ContractRuntime) -> AgreementCheck:
     from qdspace.connector.negotiation import Role
 
     def check(member_id: str, asset_id: str, at: datetime) -> str | None:
-        return check_job_agreement(
-            contracts.store.agreements(Role.PROVIDER), member_id, asset_id, at
-        )
+        # the member's agreements for the asset only (by index), not every one held
+        held = contracts.store.agreements(Role.PROVIDER, asset_id=asset_id, consumer_id=member_id)
+        return check_job_agreement(held, member_id, asset_id, at)
 
     return check
 

@@ -195,7 +195,7 @@ class TraceRoom:
         """Our newest active traceability agreement with `producer`, if any."""
         found = [
             s
-            for s in self.contracts.store.agreements(Role.CONSUMER)
+            for s in self.contracts.store.agreements(Role.CONSUMER, asset_id=TRACEABILITY_ASSET)
             if s.active
             and s.signed.agreement.asset_id == TRACEABILITY_ASSET
             and peer_name(s.signed.agreement.provider_id) == producer

@@ -217,6 +217,88 @@ def test_transfers_page_in_order_made_and_newest_first(node: NodeContext, app: F
     assert newest.json() == whole[::-1][:3]
 
 
+def _hold_agreements(node: NodeContext) -> None:
+    """Six agreements with sunarc (two provided by this node, four by cellex; two assets,
+    both roles), saved again as a no-op when a test before saved them."""
+    from nacl.signing import SigningKey
+
+    from qdspace.connector.agreement import ContractAgreement, countersign, sign_agreement
+    from qdspace.node.member_ids import member_id_for
+    from qdspace.policies.model import OfferTerms, make_offer, to_agreement
+
+    assert node.contracts is not None
+    store = node.contracts.store
+    provider, consumer = SigningKey(b"p" * 32), SigningKey(b"c" * 32)
+    cellex = member_id_for("cellex", provider.verify_key.encode())
+    sunarc = member_id_for("sunarc", consumer.verify_key.encode())
+    me = node.keys.identity.member_id
+    at = datetime(2026, 6, 1, tzinfo=UTC)
+    for i in range(6):
+        asset = ("inspections", "traceability")[i % 2]
+        giver = me if i < 2 else cellex  # this node provides two of them
+        offer = make_offer(f"offer-page-{i}", giver, asset, OfferTerms(frozenset({"qa"})))
+        when = at + timedelta(minutes=i)
+        terms = ContractAgreement(
+            f"agr-page-{i}", f"neg-page-{i}", giver, sunarc, asset,
+            to_agreement(offer, f"agr-page-{i}", sunarc), when, when,
+        )  # fmt: skip
+        signed = countersign(sign_agreement(terms, provider), consumer, provider.verify_key)
+        store.save_agreement(signed, (Role.PROVIDER, Role.CONSUMER)[i // 3])
+
+
+def test_agreements_page_filter_and_refuse_what_names_no_role(
+    node: NodeContext, app: FastAPI
+) -> None:
+    """``GET /v1/contracts/agreements`` reads a page at a time, of one role or asset if
+    asked; a role that is none or an asset id that is no id is a 422 problem."""
+    _hold_agreements(node)
+    client = Client(app, node.operator_token)
+    whole = client.get("/v1/contracts/agreements").json()
+    ours = [a["agreement_id"] for a in whole if a["agreement_id"].startswith("agr-page-")]
+    assert ours == [f"agr-page-{i}" for i in range(6)]
+    pages: list[Any] = []
+    cursor: str | None = None
+    while True:
+        params: dict[str, Any] = {"limit": 4} | ({"cursor": cursor} if cursor else {})
+        page = client.get("/v1/contracts/agreements", **params)
+        assert page.status_code == 200, page.text
+        pages += page.json()
+        cursor = page.headers.get(NEXT_CURSOR_HEADER)
+        if cursor is None:
+            break
+    assert pages == whole
+    newest = client.get("/v1/contracts/agreements", limit=2, newest_first="true").json()
+    assert newest == whole[::-1][:2]
+    found = client.get("/v1/contracts/agreements", role="consumer", asset_id="traceability")
+    assert [a["agreement_id"] for a in found.json()] == ["agr-page-3", "agr-page-5"]
+    for bad in ({"role": "owner"}, {"asset_id": "x" * 300}, {"asset_id": "a\x01b"}):
+        answer = client.get("/v1/contracts/agreements", **bad)
+        assert answer.status_code == 422, (bad, answer.text)
+        assert answer.headers["content-type"].startswith("application/problem+json")
+
+
+def test_the_overviews_links_count_every_agreement_held(node: NodeContext) -> None:
+    """The overview's network picture counts agreements in SQL: by peer, what this member
+    provides and consumes and how many are active, as reading each one would count."""
+    from qdspace.node.console.overview import local_state
+    from qdspace.node.member_ids import peer_name
+
+    _hold_agreements(node)
+    assert node.contracts is not None
+    me = node.keys.identity.member_id
+    want: dict[str, list[int]] = {}
+    for held in node.contracts.store.agreements():
+        terms = held.signed.agreement
+        mine = terms.provider_id == me
+        counts = want.setdefault(
+            peer_name(terms.consumer_id if mine else terms.provider_id), [0, 0, 0]
+        )
+        counts[0 if mine else 1] += 1
+        counts[2] += int(held.active)
+    links = {k.peer: [k.provides, k.consumes, k.active] for k in local_state(node).links}
+    assert {peer: counts for peer, counts in links.items() if any(counts)} == want
+
+
 def test_a_forged_cursor_is_a_400_problem(node: NodeContext, app: FastAPI) -> None:
     client = Client(app, node.operator_token)
     for forged in ("not-base64!", encode_cursor(1)[:-2], "eyJvIjotMX0"):
