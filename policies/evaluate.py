@@ -256,6 +256,43 @@ def order_in_scope(policy: Policy, order_id: str) -> bool:
     return False
 
 
+def _orders_allowed(constraint: Constraint) -> frozenset[str] | None:
+    """The orders an order constraint lets through, when they are finitely many (None:
+    every order but some, as ``neq`` and ``isNoneOf`` do); as `_text_holds` reads it."""
+    right = constraint.right_operand
+    match constraint.operator:
+        case Operator.EQ:
+            return frozenset({right}) if isinstance(right, str) else frozenset()
+        case Operator.NEQ | Operator.IS_NONE_OF:
+            return None
+        case _:
+            return (
+                frozenset(o for o in right if isinstance(o, str))
+                if isinstance(right, frozenset)
+                else frozenset()
+            )
+
+
+def single_order(policy: Policy) -> str | None:
+    """The one order `order_in_scope` can be true for, when the scope names exactly one
+    (the common contract: one order's data); None when it covers several, every order,
+    every order but some, or none. A store keeps it beside the agreement so that an order
+    closure reads the agreements of that order (and those that name none), not every one
+    (`connector.contract_store.agreements`)."""
+    found: set[str] = set()
+    for permission in policy.permissions:
+        allowed: frozenset[str] | None = None  # no order constraint: every order
+        for constraint in permission.constraints:
+            if constraint.left_operand is LeftOperand.ORDER:
+                these = _orders_allowed(constraint)
+                if these is not None:
+                    allowed = these if allowed is None else allowed & these
+        if allowed is None:
+            return None
+        found |= allowed
+    return next(iter(found)) if len(found) == 1 else None
+
+
 class RowGate:
     """One request's decision, compiled: `gate(row)` is the row as it may leave, or None.
 

@@ -41,6 +41,7 @@ from qdspace.connector.contract_errors import ContractStoreError
 from qdspace.connector.contract_store.agreements import (
     AgreementLink,
     AgreementStore,
+    DutyTerms,
     StoredAgreement,
 )
 from qdspace.connector.contract_store.cases import CaseLog, CaseStore
@@ -86,6 +87,7 @@ __all__ = [
     "Deletion",
     "DspProcess",
     "DutyReport",
+    "DutyTerms",
     "IncomingRow",
     "IncomingRun",
     "MirrorResult",
@@ -203,6 +205,12 @@ class ContractStore:
 
     def agreement_links(self) -> list[AgreementLink]:
         return self._agreements.agreement_links()
+
+    def concerning_order(self, provider_id: str, order_id: str) -> list[StoredAgreement]:
+        return self._agreements.concerning_order(provider_id, order_id)
+
+    def duty_terms(self) -> list[DutyTerms]:
+        return self._agreements.duty_terms()
 
     def terminate_agreement(self, agreement_id: str, reason: str, at: datetime) -> StoredAgreement:
         return self._agreements.terminate_agreement(agreement_id, reason, at)

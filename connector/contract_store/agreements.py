@@ -26,6 +26,7 @@ from sqlalchemy import (
     ColumnElement,
     Connection,
     Index,
+    Integer,
     LargeBinary,
     String,
     Table,
@@ -33,6 +34,7 @@ from sqlalchemy import (
     and_,
     bindparam,
     case,
+    false,
     func,
     select,
     true,
@@ -53,6 +55,9 @@ from qdspace.connector.contract_store.common import (
     select_by_key,
 )
 from qdspace.connector.negotiation import Role
+from qdspace.policies.evaluate import single_order
+from qdspace.policies.model import Policy
+from qdspace.policies.retention import receipt_required, retention_days
 
 agreement_table = Table(
     "contract_agreement",
@@ -72,10 +77,18 @@ agreement_table = Table(
     Column("termination_reason", Text, nullable=True),
     # False: reached with a peer that does not sign (revision 0008_dsp)
     Column("signed", Boolean, nullable=False, server_default=true()),
+    # read from the terms when they are stored (revision 0019_agreement_listing), so that
+    # the readers below need not parse every agreement: the one order the scope names
+    # (`policies.evaluate.single_order`; NULL: several, any, or none), and the delete
+    # duty's days after the order closes (NULL: no duty) and whether it asks a receipt
+    Column("scope_order", String(ID_LENGTH), nullable=True),
+    Column("retention_days", Integer, nullable=True),
+    Column("receipt_required", Boolean, nullable=False, server_default=false()),
     # listings in the order agreements were made (pages, the newest), and the look-ups
     # of one asset's agreements (a federation job's member, a trace's producer)
     Index("ix_contract_agreement_agreed", "agreed_at", "agreement_id"),
     Index("ix_contract_agreement_asset", "asset_id", "role", "consumer_id"),
+    Index("ix_contract_agreement_order", "scope_order", "role"),
 )
 
 #: handed to the driver, built once (see `common.DriverStatement`)
@@ -97,6 +110,9 @@ _INSERTED = (
     "digest",
     "agreed_at",
     "signed",
+    "scope_order",
+    "retention_days",
+    "receipt_required",
 )
 _INSERT = DriverStatement(
     f"INSERT INTO contract_agreement ({', '.join(_INSERTED)}) "
@@ -142,6 +158,27 @@ class AgreementLink:
     consumer_id: str
     total: int
     active: int
+
+
+def derived_terms(policy: Policy) -> tuple[str | None, int | None, bool]:
+    """What a row keeps beside an agreement's terms, read from them: the one order of its
+    scope, its delete duty's retention days, whether that duty asks a receipt."""
+    order = single_order(policy)
+    if order is not None and len(order) > ID_LENGTH:
+        order = None  # longer than the column: read and checked with the scopes of many
+    return order, retention_days(policy), receipt_required(policy)
+
+
+@dataclass(frozen=True)
+class DutyTerms:
+    """An agreement's delete duty as its row keeps it (`derived_terms`): enough for its
+    duties' reports without parsing the terms."""
+
+    agreement_id: str
+    provider_id: str
+    consumer_id: str
+    retention_days: int
+    receipt_required: bool
 
 
 def _stored(row: Any) -> StoredAgreement:
@@ -204,6 +241,7 @@ class AgreementStore(TableStore):
                     terms.digest().hex(),
                     terms.agreed_at,
                     signed.signed,
+                    *derived_terms(terms.policy),
                 ),
             )
             if inserted:
@@ -277,6 +315,45 @@ class AgreementStore(TableStore):
         )
         with self.engine.connect() as connection:
             return [_stored(row) for row in connection.execute(statement)]
+
+    def concerning_order(self, provider_id: str, order_id: str) -> list[StoredAgreement]:
+        """The countersigned agreements ``provider_id`` gave whose scope may cover
+        ``order_id``: those whose one order it is and those that name no single order,
+        read by ``ix_contract_agreement_order`` (an order closure's candidates; the caller
+        checks each scope: `policies.evaluate.order_in_scope`)."""
+        table = agreement_table
+        found = []
+        with self.engine.connect() as connection:
+            for scope in (table.c.scope_order == order_id, table.c.scope_order.is_(None)):
+                statement = select(table).where(
+                    scope,
+                    table.c.role == Role.PROVIDER.value,
+                    table.c.provider_id == provider_id,
+                    table.c.consumer_signature.is_not(None),
+                )
+                found += [_stored(row) for row in connection.execute(statement)]
+        return sorted(found, key=lambda a: (a.signed.agreement.agreed_at, a.agreement_id))
+
+    def duty_terms(self) -> list[DutyTerms]:
+        """The delete duties of the agreements given as provider, in the order agreed,
+        from their rows (nothing parsed)."""
+        table = agreement_table
+        statement = (
+            select(
+                table.c.agreement_id,
+                table.c.provider_id,
+                table.c.consumer_id,
+                table.c.retention_days,
+                table.c.receipt_required,
+            )
+            .where(table.c.role == Role.PROVIDER.value, table.c.retention_days.is_not(None))
+            .order_by(table.c.agreed_at, table.c.agreement_id)
+        )
+        with self.engine.connect() as connection:
+            return [
+                DutyTerms(a, p, c, int(days), bool(receipt))
+                for a, p, c, days, receipt in connection.execute(statement)
+            ]
 
     def count_agreements(self, role: Role | None = None) -> int:
         """How many agreements are held (in ``role``)."""

@@ -126,10 +126,8 @@ class ClosureStore(TableStore):
         the order; returns those agreement ids (their consumers must be told)."""
         concerned = [
             stored.agreement_id
-            for stored in self._agreements.agreements(Role.PROVIDER)
-            if stored.signed.agreement.provider_id == provider_id
-            and stored.signed.complete
-            and order_in_scope(stored.signed.agreement.policy, order_id)
+            for stored in self._agreements.concerning_order(provider_id, order_id)
+            if order_in_scope(stored.signed.agreement.policy, order_id)
         ]
         for agreement_id in concerned:
             self.record_order_closed(agreement_id, order_id, closed_at)
@@ -245,29 +243,36 @@ class ClosureStore(TableStore):
         shows as one PENDING duty; an order answered before it closed (a consumer that
         left the data space deleted it early) shows with its receipt.
         """
-        receipts = {
-            (s.receipt.agreement_id, s.receipt.order_id): s.receipt
-            for s in self._receipts.receipts()
-        }
+        receipts: dict[str, dict[str, DeletionReceipt]] = {}
+        for signed in self._receipts.receipts():
+            receipt = signed.receipt
+            receipts.setdefault(receipt.agreement_id, {})[receipt.order_id] = receipt
         closures: dict[str, list[OrderClosure]] = {}
         for closure in self.closures():
             closures.setdefault(closure.agreement_id, []).append(closure)
         reports = []
-        for stored in self._agreements.agreements(Role.PROVIDER):
-            policy = stored.signed.agreement.policy
+        # each agreement's duty as its row keeps it (`AgreementStore.duty_terms`): parsing
+        # every agreement given, and matching every receipt against each, took seconds
+        for terms in self._agreements.duty_terms():
+            answered = receipts.get(terms.agreement_id, {})
             closed: dict[str, datetime | None] = {
-                c.order_id: c.closed_at for c in closures.get(stored.agreement_id, [])
+                c.order_id: c.closed_at for c in closures.get(terms.agreement_id, [])
             }
-            for agreement_id, order_id in receipts:  # answered early, before any closure
-                if agreement_id == stored.agreement_id:
-                    closed.setdefault(order_id, None)
+            for order_id in answered:  # answered early, before any closure
+                closed.setdefault(order_id, None)
             for order_id, closed_at in sorted(closed.items()) or [("", None)]:
-                duty = deletion_duty(policy, closed_at, order_id)
-                if duty is None:
-                    continue
-                receipt = receipts.get((stored.agreement_id, order_id))
-                deleted_at = None if receipt is None else receipt.deleted_at
-                reports.append(DutyReport(duty, duty_status(duty, now, deleted_at), receipt))
+                duty = DeletionDuty(
+                    agreement_id=terms.agreement_id,
+                    provider_id=terms.provider_id,
+                    consumer_id=terms.consumer_id,
+                    retention_days=terms.retention_days,
+                    receipt_required=terms.receipt_required,
+                    order_closed_at=closed_at,
+                    order_id=order_id,
+                )
+                found = answered.get(order_id)
+                deleted_at = None if found is None else found.deleted_at
+                reports.append(DutyReport(duty, duty_status(duty, now, deleted_at), found))
         return reports
 
     def holdings(self) -> list[Holding]:

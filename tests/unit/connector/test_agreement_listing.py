@@ -5,6 +5,7 @@ migrated (SQLite and PostgreSQL)."""
 from __future__ import annotations
 
 import random
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -17,12 +18,17 @@ from qdspace.connector.contract_store import ContractStore, StoredAgreement
 from qdspace.connector.contract_store.agreements import agreement_table
 from qdspace.connector.negotiation import Role
 from qdspace.connector.storage import migrate
+from qdspace.policies.evaluate import order_in_scope
 from qdspace.policies.model import OfferTerms, make_offer, to_agreement
+from qdspace.policies.retention import deletion_duty
+
+from .test_retention import give_agreement_before_0019
 
 KEK = b"k" * 32
 T0 = datetime(2026, 6, 1, tzinfo=UTC)
 MEMBERS = ("oem", "cellex", "sunarc", "polycell")
 ASSETS = ("inspections", "traceability", "model-updates")
+ORDERS = ("PO-1", "PO-2", "PO-3", "PO-4")
 KEYS = {m: SigningKey(bytes([i + 1]) * 32) for i, m in enumerate(MEMBERS)}
 
 
@@ -31,10 +37,21 @@ def store(contract_engine: Engine) -> ContractStore:
     return ContractStore(contract_engine, KEK)
 
 
-def _agreement(rnd: random.Random, n: int) -> tuple[object, Role]:
+def _agreement(rnd: random.Random, n: int, order: str | None = None) -> tuple[object, Role]:
+    """A random agreement: an order scope of one order (``order``, else drawn), several
+    or none, a delete duty with or without a receipt or no duty at all."""
     provider, consumer = rnd.sample(MEMBERS, 2)
     asset = rnd.choice(ASSETS)
-    offer = make_offer(f"offer-{n}", provider, asset, OfferTerms(purposes=frozenset({"qa"})))
+    scope = rnd.choice([None, frozenset(rnd.sample(ORDERS, 2)), frozenset({rnd.choice(ORDERS)})])
+    terms = OfferTerms(
+        purposes=frozenset({"qa"}),
+        orders=frozenset({order}) if order is not None else scope,
+        retention_days=rnd.choice([30, 180]),
+        receipt=rnd.random() < 0.7,
+    )
+    offer = make_offer(f"offer-{n}", provider, asset, terms)
+    if rnd.random() < 0.15:  # no delete duty
+        offer = replace(offer, permissions=tuple(replace(p, duties=()) for p in offer.permissions))
     at = T0 + timedelta(seconds=rnd.randrange(40))  # equal times happen: ids break ties
     agreement = ContractAgreement(
         f"agr-{n:04d}", f"neg-{n}", provider, consumer, asset,
@@ -114,6 +131,42 @@ def test_the_overview_counts_are_the_agreements_counted_one_by_one(store: Contra
     assert sum(k.active for k in links) < 90  # terminated and unsigned ones are not active
 
 
+@pytest.mark.parametrize("seed", [6, 7])
+def test_an_order_closure_concerns_the_agreements_reading_every_one_would_find(
+    store: ContractStore, seed: int
+) -> None:
+    """The agreements an order's closure concerns, read by the order the scope names (and
+    those naming none), are the ones every agreement read and checked would give; the
+    duties reported from the rows are the ones every agreement parsed gives."""
+    every = _fill(store, 100, seed)
+    for provider in MEMBERS:
+        for order in (*ORDERS, "PO-elsewhere"):
+            want = [
+                a.agreement_id
+                for a in sorted(every, key=_agreed)
+                if a.role is Role.PROVIDER
+                and a.signed.agreement.provider_id == provider
+                and a.signed.complete
+                and order_in_scope(a.signed.agreement.policy, order)
+            ]
+            found = store.concerning_order(provider, order)
+            assert [
+                a.agreement_id for a in found if order_in_scope(a.signed.agreement.policy, order)
+            ] == want
+            assert len(found) < len(every)  # not every agreement read
+    given = [a for a in sorted(every, key=_agreed) if a.role is Role.PROVIDER]
+    parsed = [
+        (a.agreement_id, d.provider_id, d.consumer_id, d.retention_days, d.receipt_required)
+        for a in given
+        if (d := deletion_duty(a.signed.agreement.policy, None)) is not None
+    ]
+    kept = [
+        (t.agreement_id, t.provider_id, t.consumer_id, t.retention_days, t.receipt_required)
+        for t in store.duty_terms()
+    ]
+    assert kept == parsed and len(parsed) < len(given)  # some have no duty
+
+
 def _plan(engine: Engine, query: object) -> list[str]:
     sql = query.compile(dialect=engine.dialect, compile_kwargs={"literal_binds": True})  # type: ignore[attr-defined]
     with engine.begin() as conn:
@@ -126,8 +179,9 @@ def _plan(engine: Engine, query: object) -> list[str]:
 def test_a_page_and_an_assets_agreements_are_read_by_index(
     store: ContractStore, contract_engine: Engine
 ) -> None:
-    """The console's newest 50 and a federation member's agreements for an asset search
-    an index; neither reads every agreement (a sort of them all for a page)."""
+    """The console's newest 50, a federation member's agreements for an asset and an
+    order closure's candidates search an index; none reads every agreement (a sort of
+    them all for a page)."""
     _fill(store, 30, 4)
     table = agreement_table
     newest = (
@@ -140,26 +194,51 @@ def test_a_page_and_an_assets_agreements_are_read_by_index(
         table.c.asset_id == "model-updates",
         table.c.consumer_id == "cellex",
     )
+    order = select(table.c.agreement_id).where(
+        table.c.scope_order == "PO-1", table.c.role == "provider", table.c.provider_id == "oem"
+    )
     for name, query, index in (
         ("newest", newest, "ix_contract_agreement_agreed"),
         ("asset", asset, "ix_contract_agreement_asset"),
+        ("order", order, "ix_contract_agreement_order"),
     ):
         plan = _plan(contract_engine, query)
         assert any(index in step for step in plan), (name, plan)
         assert not [s for s in plan if "TEMP B-TREE" in s or "Seq Scan" in s], (name, plan)
 
 
-def test_agreements_stored_before_the_listing_indexes_are_listed_after_the_upgrade(
+def test_agreements_stored_before_0019_are_listed_and_read_after_the_upgrade(
     tmp_path: Path,
 ) -> None:
+    """Agreements a node stored at 0018 (rows without the derived columns) get their scope
+    order and duty from their terms at the upgrade, and are listed, found by order and
+    reported as if stored now."""
     engine = create_engine(f"sqlite:///{tmp_path / 'old.db'}")
     migrate(engine, "0018_transfer_pull_key")
-    old = ContractStore(engine, KEK)
-    every = sorted(_fill(old, 12, 5), key=_agreed)
+    rnd = random.Random(5)
+    made = []
+    with engine.begin() as conn:
+        for n in range(12):
+            signed, role = _agreement(rnd, n, order=rnd.choice(ORDERS))
+            made.append((signed, role))
+            give_agreement_before_0019(conn, signed, role)  # type: ignore[arg-type]
     migrate(engine)
-    store = ContractStore(engine, KEK)
-    assert store.agreements(limit=3, newest_first=True) == every[::-1][:3]
+    upgraded = ContractStore(engine, KEK)
+    every = sorted(upgraded.agreements(), key=_agreed)
+    assert len(every) == 12 and upgraded.agreements(limit=3, newest_first=True) == every[::-1][:3]
+    fresh_engine = create_engine(f"sqlite:///{tmp_path / 'new.db'}")
+    migrate(fresh_engine)
+    fresh = ContractStore(fresh_engine, KEK)
+    for signed, role in made:
+        fresh.save_agreement(signed, role)  # type: ignore[arg-type]
+    assert upgraded.duty_terms() == fresh.duty_terms() != []
+    for provider in MEMBERS:
+        for order in (*ORDERS, "PO-none"):
+            assert _ids(upgraded.concerning_order(provider, order)) == _ids(
+                fresh.concerning_order(provider, order)
+            )
     with engine.connect() as conn:
         names = {r[1] for r in conn.exec_driver_sql("PRAGMA index_list(contract_agreement)")}
-    assert {"ix_contract_agreement_agreed", "ix_contract_agreement_asset"} <= names
+    assert {"ix_contract_agreement_agreed", "ix_contract_agreement_order"} <= names
     engine.dispose()
+    fresh_engine.dispose()

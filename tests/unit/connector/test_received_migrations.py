@@ -33,8 +33,8 @@ from qdspace.connector.retention_sweep import shred_and_sign
 from qdspace.connector.storage import migrate
 from qdspace.connector.transfer_wire import record_meta, tombstone_bytes
 
-from .test_contract_store import KEK, at, finalized, rec
-from .test_retention import C_KEY, give_agreement
+from .test_contract_store import KEK, at, rec
+from .test_retention import C_KEY, give_agreement_before_0019, signed_agreement
 
 #: the row index's columns before 0012 (what the old statements wrote)
 _NUMBER = (received_agreement_table.c.agreement_no, received_agreement_table.c.agreement_id)
@@ -111,8 +111,9 @@ def test_rows_stored_under_0010_read_and_keep_their_cursor_after_0011(
     engine = bare_engine
     migrate(engine, "0010_sqlite_time_text")
     store = ContractStore(engine, KEK)
-    finalized(store, Role.CONSUMER)
     agr, keys = "agr-neg-1", DataKeys(engine, KEK)
+    with engine.begin() as connection:
+        give_agreement_before_0019(connection, signed_agreement(agr, 180), Role.CONSUMER)
     old, paged = rec("k-old", verdict="pass"), [rec(f"k{i}") for i in range(3)]
     with engine.begin() as connection:
         own_ciphertext_row(connection, keys, agr, old, 3)
@@ -157,8 +158,10 @@ def test_rows_stored_under_0011_read_keep_once_and_purge_after_0012(
     engine = bare_engine
     migrate(engine, "0011_received_cursor")
     store = ContractStore(engine, KEK)
-    for agreement_id in ("agr-b", "agr-a", "agr-c"):
-        give_agreement(store, agreement_id, 180, Role.CONSUMER)
+    with engine.begin() as connection:
+        for agreement_id in ("agr-b", "agr-a", "agr-c"):
+            signed = signed_agreement(agreement_id, 180)
+            give_agreement_before_0019(connection, signed, Role.CONSUMER)
     keys = DataKeys(engine, KEK)
     a_rows = [rec(f"k{i}", verdict="pass", by="a") for i in range(3)]
     b_rows = [rec("k0", verdict="fail", by="b"), rec("k9", by="b")]  # k0 as in agr-a

@@ -13,10 +13,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from nacl.signing import SigningKey
-from sqlalchemy import create_engine
+from sqlalchemy import Connection, create_engine, text
 
 from qdspace.connector.agreement import (
     ContractAgreement,
+    SignedAgreement,
     SignedReceipt,
     countersign,
     deletion_digest,
@@ -63,6 +64,34 @@ def make_store(directory: Path) -> ContractStore:
 
 
 def give_agreement(store: ContractStore, agreement_id: str, days: int | None, role: Role) -> None:
+    store.save_agreement(signed_agreement(agreement_id, days), role)
+
+
+#: the columns an agreement's row had before 0019_agreement_listing
+COLUMNS_BEFORE_0019 = (
+    "agreement_id", "negotiation_id", "role", "provider_id", "consumer_id", "asset_id",
+    "canonical", "provider_signature", "consumer_signature", "digest", "agreed_at", "signed",
+)  # fmt: skip
+
+
+def give_agreement_before_0019(connection: Connection, signed: SignedAgreement, role: Role) -> None:
+    """An agreement stored as a node before 0019 stored it (a test of an older schema;
+    `save_agreement` writes the columns 0019 added)."""
+    terms = signed.agreement
+    agreed = terms.agreed_at.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S.%f")
+    values = (
+        terms.agreement_id, terms.negotiation_id, role.value, terms.provider_id,
+        terms.consumer_id, terms.asset_id, signed.canonical_bytes, signed.provider_signature,
+        signed.consumer_signature, terms.digest().hex(), agreed, True,
+    )  # fmt: skip
+    names = ", ".join(COLUMNS_BEFORE_0019)
+    marks = ", ".join(f":{n}" for n in COLUMNS_BEFORE_0019)
+    statement = text(f"INSERT INTO contract_agreement ({names}) VALUES ({marks})")
+    connection.execute(statement, dict(zip(COLUMNS_BEFORE_0019, values, strict=True)))
+
+
+def signed_agreement(agreement_id: str, days: int | None) -> SignedAgreement:
+    """cellex's countersigned agreement with sunarc (180 days' retention unless given)."""
     terms = OfferTerms(purposes=frozenset({"qa"}), retention_days=180 if days is None else days)
     offer = make_offer(f"offer-{agreement_id}", "cellex", "inspections", terms)
     terms_signed = ContractAgreement(
@@ -75,8 +104,7 @@ def give_agreement(store: ContractStore, agreement_id: str, days: int | None, ro
         requested_at=T0,
         agreed_at=T0,
     )
-    signed = countersign(sign_agreement(terms_signed, P_KEY), C_KEY, P_KEY.verify_key)
-    store.save_agreement(signed, role)
+    return countersign(sign_agreement(terms_signed, P_KEY), C_KEY, P_KEY.verify_key)
 
 
 def rows_of(order: str, count: int) -> list[dict[str, object]]:

@@ -66,3 +66,56 @@ def test_a_denied_gate_releases_nothing() -> None:
     gate = RowGate(policy, Request(Action.STREAM, T0, FIELDS, purpose="marketing"))
     assert not gate.decision.allowed
     assert [gate(r) for r in ROWS] == [None] * 4
+
+
+def _scoped(permissions: list[list[tuple[str, object]]]) -> Policy:
+    """An agreement of several permissions, each with these order constraints."""
+    from qdspace.policies.model import Constraint, LeftOperand, Operator, Permission
+
+    base = agreement(None)
+    rules = tuple(
+        Permission(
+            Action.USE,
+            tuple(Constraint(LeftOperand.ORDER, Operator(op), right) for op, right in rule),  # type: ignore[arg-type]
+        )
+        for rule in permissions
+    )
+    return Policy(base.uid, base.type, base.assigner, base.target, rules, assignee=base.assignee)
+
+
+def test_single_order_names_the_one_order_a_scope_can_hold_else_none() -> None:
+    """Over random order scopes (several permissions, eq / isAnyOf / isPartOf / neq /
+    isNoneOf): when `single_order` names an order, no other order is in scope; it names
+    the order of the common contract (one order's data)."""
+    import random
+
+    from qdspace.policies.evaluate import single_order
+
+    assert single_order(agreement(frozenset({"A"}))) == "A"
+    assert single_order(agreement(frozenset({"A", "B"}))) is None
+    assert single_order(agreement(None)) is None
+    orders = ["A", "B", "C", "D"]
+    rnd = random.Random(11)
+    named = 0
+    for _ in range(2000):
+        permissions = []
+        for _ in range(rnd.randint(1, 3)):
+            rule: list[tuple[str, object]] = []
+            for _ in range(rnd.randint(0, 3)):
+                op = rnd.choice(["eq", "neq", "isAnyOf", "isNoneOf", "isPartOf"])
+                if op in ("eq", "neq"):
+                    rule.append((op, rnd.choice(orders)))
+                else:
+                    rule.append((op, frozenset(rnd.sample(orders, rnd.randint(1, 3)))))
+            permissions.append(rule)
+        policy = _scoped(permissions)
+        one = single_order(policy)
+        in_scope = [o for o in [*orders, "Z"] if order_in_scope(policy, o)]
+        if one is not None:
+            named += 1
+            assert set(in_scope) <= {one}, (permissions, one)
+        elif len(in_scope) == 1:
+            # none named although one order is in scope: only where a neq / isNoneOf
+            # narrowed a wider set (the store then reads and checks it: still correct)
+            assert any(op in ("neq", "isNoneOf") for rule in permissions for op, _ in rule)
+    assert named > 200
