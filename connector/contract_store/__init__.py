@@ -377,8 +377,20 @@ class ContractStore:
     def deletion_duties(self, now: datetime) -> list[DutyReport]:
         return self._closures.deletion_duties(now)
 
-    def receipts(self, agreement_id: str | None = None) -> list[SignedReceipt]:
-        return self._receipts.receipts(agreement_id)
+    def receipts(
+        self,
+        agreement_id: str | None = None,
+        *,
+        limit: int | None = None,
+        offset: int = 0,
+        newest_first: bool = False,
+    ) -> list[SignedReceipt]:
+        return self._receipts.receipts(
+            agreement_id, limit=limit, offset=offset, newest_first=newest_first
+        )
+
+    def count_receipts(self) -> int:
+        return self._receipts.count_receipts()
 
     def receipt(self, receipt_id: str) -> SignedReceipt | None:
         return self._receipts.receipt(receipt_id)

@@ -23,16 +23,23 @@ from sqlalchemy import (
     Column,
     ColumnElement,
     Connection,
+    Index,
     LargeBinary,
     String,
     Table,
     UniqueConstraint,
+    func,
     select,
 )
 from sqlmodel.sql.sqltypes import UTCDateTime
 
 from qdspace.connector.agreement import SignedReceipt, receipt_from_bytes
-from qdspace.connector.contract_store.common import CONTRACT_METADATA, ID_LENGTH, TableStore
+from qdspace.connector.contract_store.common import (
+    CONTRACT_METADATA,
+    ID_LENGTH,
+    TableStore,
+    listing,
+)
 
 receipt_table = Table(
     "contract_deletion_receipt",
@@ -47,6 +54,8 @@ receipt_table = Table(
     Column("content_sha256", String(64), nullable=False),
     Column("deleted_at", UTCDateTime(), nullable=False),
     UniqueConstraint("agreement_id", "order_id", name="uq_contract_receipt_duty"),
+    # listings in the order of deletion (pages, the newest: revision 0019)
+    Index("ix_contract_receipt_deleted", "deleted_at", "receipt_id"),
 )
 
 
@@ -97,13 +106,31 @@ class ReceiptStore(TableStore):
             return None
         return SignedReceipt(receipt_from_bytes(bytes(row.canonical)), bytes(row.signature))
 
-    def receipts(self, agreement_id: str | None = None) -> list[SignedReceipt]:
+    def receipts(
+        self,
+        agreement_id: str | None = None,
+        *,
+        limit: int | None = None,
+        offset: int = 0,
+        newest_first: bool = False,
+    ) -> list[SignedReceipt]:
+        """The receipts held (of one agreement) in the order of their deletion times
+        (``newest_first``: the reverse), ``limit`` from ``offset``."""
         table = receipt_table
-        statement = select(table).order_by(table.c.deleted_at, table.c.receipt_id)
+        statement = select(table)
         if agreement_id is not None:
             statement = statement.where(table.c.agreement_id == agreement_id)
+        order = (table.c.deleted_at, table.c.receipt_id)
+        statement = listing(statement, order, limit=limit, offset=offset, newest_first=newest_first)
         with self.engine.connect() as connection:
             rows = connection.execute(statement).all()
         return [
             SignedReceipt(receipt_from_bytes(bytes(r.canonical)), bytes(r.signature)) for r in rows
         ]
+
+    def count_receipts(self) -> int:
+        """How many receipts are held."""
+        with self.engine.connect() as connection:
+            return int(
+                connection.execute(select(func.count()).select_from(receipt_table)).scalar_one()
+            )

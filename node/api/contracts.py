@@ -62,6 +62,7 @@ from qdspace.node.api.contracts_models import (
     agreement_public,
     alert_public,
     change_public,
+    duty_public,
     entry_public,
     negotiation_public,
     receipt_public,
@@ -443,24 +444,23 @@ def contracts_router() -> APIRouter:
         )
 
     @router.get("/receipts", response_model=list[ReceiptPublic])
-    def receipts(rt: Runtime, page: Paging, response: Response) -> list[ReceiptPublic]:
-        return page.take([receipt_public(r) for r in rt.store.receipts()], response)
+    def receipts(
+        rt: Runtime,
+        page: Paging,
+        response: Response,
+        newest_first: Annotated[
+            bool, Query(description="the newest first (default: in the order deleted)")
+        ] = False,
+    ) -> list[ReceiptPublic]:
+        def read(limit: int | None, offset: int) -> list[ReceiptPublic]:
+            found = rt.store.receipts(limit=limit, offset=offset, newest_first=newest_first)
+            return [receipt_public(r) for r in found]
+
+        return page.read(read, response)
 
     @router.get("/duties", response_model=list[DutyPublic])
     def duties(rt: Runtime, page: Paging, response: Response) -> list[DutyPublic]:
-        listed = [
-            DutyPublic(
-                agreement_id=d.duty.agreement_id,
-                consumer_id=d.duty.consumer_id,
-                order_id=d.duty.order_id,
-                retention_days=d.duty.retention_days,
-                deadline=_time(d.duty.deadline),
-                status=d.status.value,
-                receipt_id=None if d.receipt is None else d.receipt.receipt_id,
-            )
-            for d in rt.duties()
-        ]
-        return page.take(listed, response)
+        return page.take([duty_public(d) for d in rt.duties()], response)
 
     @router.get("/clock", response_model=ClockPublic)
     def clock(rt: Runtime) -> ClockPublic:

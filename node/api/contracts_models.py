@@ -15,7 +15,7 @@ from pydantic import AwareDatetime, BaseModel, Field
 
 from qdspace.connector.agreement import SignedReceipt
 from qdspace.connector.assets import CatalogEntry
-from qdspace.connector.contract_store import ReceivedChange, StoredAgreement
+from qdspace.connector.contract_store import DutyReport, ReceivedChange, StoredAgreement
 from qdspace.connector.negotiation import Negotiation
 from qdspace.connector.spc import QualityAlert
 from qdspace.connector.transfer import TransferProcess
@@ -405,6 +405,19 @@ def subscription_public(s: Subscription) -> SubscriptionPublic:
         latency_ms_p50=lat[len(lat) // 2] if lat else None,
         latency_ms_max=lat[-1] if lat else None,
         alerts=[alert_public(a) for a in s.alerts],
+    )
+
+
+def duty_public(report: DutyReport) -> DutyPublic:
+    duty = report.duty
+    return DutyPublic(
+        agreement_id=duty.agreement_id,
+        consumer_id=duty.consumer_id,
+        order_id=duty.order_id,
+        retention_days=duty.retention_days,
+        deadline=_time(duty.deadline),
+        status=report.status.value,
+        receipt_id=None if report.receipt is None else report.receipt.receipt_id,
     )
 
 

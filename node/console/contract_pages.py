@@ -11,8 +11,9 @@ against the chain, as the regulator's proof route does (`node.api.regulator.proo
 from __future__ import annotations
 
 import asyncio
+from collections import Counter
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from starlette.concurrency import run_in_threadpool
@@ -20,11 +21,12 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 
+from qdspace.connector.contract_store import DutyReport
 from qdspace.node.api.contracts_models import (
     CatalogEntryPublic,
-    DutyPublic,
     _time,
     agreement_full,
+    duty_public,
     entry_public,
     negotiation_public,
     receipt_public,
@@ -33,7 +35,7 @@ from qdspace.node.api.contracts_models import (
 from qdspace.node.console.auth import form_of
 from qdspace.node.console.render import Console, Endpoint
 from qdspace.policies.model import Policy
-from qdspace.policies.retention import retention_days
+from qdspace.policies.retention import DutyStatus, retention_days
 
 #: how long the contracts page waits for one peer's catalog
 CATALOG_TIMEOUT_S = 3.0
@@ -44,6 +46,37 @@ SHOWN_TRANSFERS = 50
 SHOWN_NEGOTIATIONS = 50
 #: the newest agreements it lists (one per order and partner: thousands a year)
 SHOWN_AGREEMENTS = 50
+#: the deletion duties it lists (one per agreement and order), those that need someone
+#: first (`attention_first`), and the newest receipts
+SHOWN_DUTIES = 50
+SHOWN_RECEIPTS = 50
+#: the order duties are listed in: what is late or due first, then what waits, then done
+_ATTENTION = {
+    DutyStatus.OVERDUE: 0,
+    DutyStatus.DUE: 1,
+    DutyStatus.PENDING: 2,
+    DutyStatus.FULFILLED_LATE: 3,
+    DutyStatus.FULFILLED: 4,
+}
+_NO_DEADLINE = datetime.max.replace(tzinfo=UTC)
+
+
+def duty_summary(reports: list[DutyReport]) -> str:
+    """How many duties stand in each status, in the order of `attention_first`."""
+    counts = Counter(d.status for d in reports)
+    return ", ".join(
+        f"{counts[status]} {status.value.replace('_', ' ')}"
+        for status in _ATTENTION
+        if counts[status]
+    )
+
+
+def attention_first(reports: list[DutyReport]) -> list[DutyReport]:
+    """The duties in the order someone should look at them: overdue, due (each by
+    deadline, the nearest first), pending, then fulfilled late and fulfilled."""
+    return sorted(reports, key=lambda d: (_ATTENTION[d.status], d.duty.deadline or _NO_DEADLINE))
+
+
 MAX_ID = 256
 
 
@@ -118,19 +151,16 @@ def routes(console: Console) -> list[tuple[str, Endpoint, str]]:
 
     def local() -> dict[str, Any]:
         rt, _ = runtime()
-        duties = [
-            DutyPublic(
-                agreement_id=d.duty.agreement_id,
-                consumer_id=d.duty.consumer_id,
-                order_id=d.duty.order_id,
-                retention_days=d.duty.retention_days,
-                deadline=_time(d.duty.deadline),
-                status=d.status.value,
-                receipt_id=None if d.receipt is None else d.receipt.receipt_id,
-            )
-            for d in rt.duties()
-        ]
+        reports = rt.duties()
         return {
+            "duties": [duty_public(d) for d in attention_first(reports)[:SHOWN_DUTIES]],
+            "duty_count": len(reports),
+            "duty_summary": duty_summary(reports),
+            "receipts": [
+                receipt_public(r)
+                for r in rt.store.receipts(limit=SHOWN_RECEIPTS, newest_first=True)
+            ],
+            "receipt_count": rt.store.count_receipts(),
             "negotiations": [
                 negotiation_public(n)
                 for n in rt.store.negotiations(limit=SHOWN_NEGOTIATIONS, newest_first=True)
@@ -146,8 +176,6 @@ def routes(console: Console) -> list[tuple[str, Endpoint, str]]:
                 for t in rt.store.transfers(limit=SHOWN_TRANSFERS, newest_first=True)
             ],
             "transfer_count": rt.store.count_transfers(),
-            "receipts": [receipt_public(r) for r in rt.store.receipts()],
-            "duties": duties,
             "me": rt.me.member_id,
         }
 

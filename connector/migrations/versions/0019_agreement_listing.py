@@ -16,7 +16,7 @@ them when an agreement is stored: the one order its scope names (``scope_order``
 `policies.evaluate.single_order`; NULL when it names several or none), its delete duty's
 retention days and whether the duty asks a receipt. Agreements stored before get them here,
 from their terms. Indexes: the order agreed (pages, the newest), one asset's agreements,
-one order's.
+one order's; deletion receipts (one per agreement and order) in the order deleted.
 """
 
 from __future__ import annotations
@@ -45,6 +45,9 @@ _INDEXES = {
     "ix_contract_agreement_asset": ["asset_id", "role", "consumer_id"],
     "ix_contract_agreement_order": ["scope_order", "role"],
 }
+#: receipts, listed a page at a time in the order of deletion (the console: the newest)
+_RECEIPTS = "contract_deletion_receipt"
+_RECEIPT_INDEXES = {"ix_contract_receipt_deleted": ["deleted_at", "receipt_id"]}
 #: agreements updated per statement while filling the new columns
 _CHUNK = 1000
 
@@ -58,12 +61,13 @@ def upgrade() -> None:
     for name, column in _COLUMNS.items():
         if name not in have:
             op.add_column(_TABLE, column())
-    indexes = {i["name"]: i["column_names"] for i in found.get_indexes(_TABLE)}
-    for name, columns in _INDEXES.items():
-        if indexes.get(name) != columns:
-            if name in indexes:
-                op.drop_index(name, table_name=_TABLE)
-            op.create_index(name, _TABLE, columns)
+    for table_name, wanted in ((_TABLE, _INDEXES), (_RECEIPTS, _RECEIPT_INDEXES)):
+        indexes = {i["name"]: i["column_names"] for i in found.get_indexes(table_name)}
+        for name, columns in wanted.items():
+            if indexes.get(name) != columns:
+                if name in indexes:
+                    op.drop_index(name, table_name=table_name)
+                op.create_index(name, table_name, columns)
     table = sa.table(
         _TABLE,
         sa.column("agreement_id", sa.String),
@@ -92,6 +96,8 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
+    for name in _RECEIPT_INDEXES:
+        op.drop_index(name, table_name=_RECEIPTS)
     for name in _INDEXES:
         op.drop_index(name, table_name=_TABLE)
     with op.batch_alter_table(_TABLE) as batch:

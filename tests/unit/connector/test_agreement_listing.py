@@ -13,14 +13,25 @@ import pytest
 from nacl.signing import SigningKey
 from sqlalchemy import Engine, create_engine, select
 
-from qdspace.connector.agreement import ContractAgreement, countersign, sign_agreement
-from qdspace.connector.contract_store import ContractStore, StoredAgreement
+from qdspace.connector.agreement import (
+    ContractAgreement,
+    DeletionReceipt,
+    countersign,
+    sign_agreement,
+    sign_receipt,
+)
+from qdspace.connector.contract_store import (
+    ContractStore,
+    DutyReport,
+    OrderClosure,
+    StoredAgreement,
+)
 from qdspace.connector.contract_store.agreements import agreement_table
 from qdspace.connector.negotiation import Role
 from qdspace.connector.storage import migrate
 from qdspace.policies.evaluate import order_in_scope
 from qdspace.policies.model import OfferTerms, make_offer, to_agreement
-from qdspace.policies.retention import deletion_duty
+from qdspace.policies.retention import DutyStatus, deletion_duty, duty_status
 
 from .test_retention import give_agreement_before_0019
 
@@ -242,3 +253,68 @@ def test_agreements_stored_before_0019_are_listed_and_read_after_the_upgrade(
     assert {"ix_contract_agreement_agreed", "ix_contract_agreement_order"} <= names
     engine.dispose()
     fresh_engine.dispose()
+
+
+def _old_deletion_duties(store: ContractStore, now: datetime) -> list[DutyReport]:
+    """The deletion duties as they were made before their rows kept the duty: every
+    agreement given parsed, every receipt matched against each."""
+    receipts = {(s.receipt.agreement_id, s.receipt.order_id): s.receipt for s in store.receipts()}
+    closures: dict[str, list[OrderClosure]] = {}
+    for closure in store.closures():
+        closures.setdefault(closure.agreement_id, []).append(closure)
+    reports = []
+    for stored in store.agreements(Role.PROVIDER):
+        closed: dict[str, datetime | None] = {
+            c.order_id: c.closed_at for c in closures.get(stored.agreement_id, [])
+        }
+        for agreement_id, order_id in receipts:
+            if agreement_id == stored.agreement_id:
+                closed.setdefault(order_id, None)
+        for order_id, closed_at in sorted(closed.items()) or [("", None)]:
+            duty = deletion_duty(stored.signed.agreement.policy, closed_at, order_id)
+            if duty is None:
+                continue
+            receipt = receipts.get((stored.agreement_id, order_id))
+            deleted_at = None if receipt is None else receipt.deleted_at
+            reports.append(DutyReport(duty, duty_status(duty, now, deleted_at), receipt))
+    return reports
+
+
+@pytest.mark.parametrize("seed", [8, 9])
+def test_receipts_page_and_duties_are_what_reading_everything_gave(
+    store: ContractStore, seed: int
+) -> None:
+    """Orders closed and receipts recorded at random over 120 agreements: the receipts
+    page in the order deleted (and the newest first) as the whole list does, and the
+    deletion duties built from the rows are the ones every agreement parsed and every
+    receipt matched against each gave, status for status."""
+    rnd = random.Random(seed)
+    every = _fill(store, 120, seed)
+    given = [a for a in every if a.role is Role.PROVIDER and a.signed.complete]
+    for held in rnd.sample(given, 2 * len(given) // 3):
+        terms = held.signed.agreement
+        order = rnd.choice([o for o in ORDERS if order_in_scope(terms.policy, o)])
+        closed_at = T0 + timedelta(days=rnd.randrange(300))
+        store.record_order_closed(held.agreement_id, order, closed_at)
+        if rnd.random() < 0.6 and deletion_duty(terms.policy, closed_at, order) is not None:
+            receipt = DeletionReceipt(
+                agreement_id=held.agreement_id,
+                consumer_id=terms.consumer_id,
+                row_count=rnd.randrange(100),
+                content_sha256="ab" * 32,
+                deleted_at=closed_at + timedelta(days=rnd.randrange(400)),
+                order_id=order,
+            )
+            store.record_receipt(sign_receipt(receipt, KEYS[terms.consumer_id]))
+    whole = store.receipts()
+    assert len(whole) == store.count_receipts() > 5
+    assert whole == sorted(whole, key=lambda s: (s.receipt.deleted_at, s.receipt.receipt_id))
+    assert store.receipts(newest_first=True) == whole[::-1]
+    pages = [store.receipts(limit=4, offset=o) for o in range(0, len(whole), 4)]
+    assert [r for page in pages for r in page] == whole
+    now = T0 + timedelta(days=250)
+    reports = store.deletion_duties(now)
+    assert reports == _old_deletion_duties(store, now)
+    statuses = {r.status for r in reports}
+    assert {DutyStatus.PENDING, DutyStatus.FULFILLED} <= statuses
+    assert statuses & {DutyStatus.OVERDUE, DutyStatus.DUE, DutyStatus.FULFILLED_LATE}
