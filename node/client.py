@@ -242,9 +242,22 @@ class OperatorClient:
         result: dict[str, Any] = self._post("/v1/contracts/negotiations", body)
         return result
 
-    def agreements(self, role: str | None = None, asset_id: str | None = None) -> Rows:
-        """The agreements held (in ``role``, of ``asset_id``), in the order agreed."""
-        result: Rows = self._get("/v1/contracts/agreements", role=role, asset_id=asset_id)
+    def agreements(
+        self,
+        role: str | None = None,
+        asset_id: str | None = None,
+        limit: int | None = None,
+        newest_first: bool = False,
+    ) -> Rows:
+        """The agreements held (in ``role``, of ``asset_id``), in the order agreed (the
+        newest first if asked), at most ``limit``."""
+        result: Rows = self._get(
+            "/v1/contracts/agreements",
+            role=role,
+            asset_id=asset_id,
+            limit=limit,
+            newest_first=newest_first or None,
+        )
         return result
 
     def agreement(self, agreement_id: str) -> dict[str, Any]:
@@ -338,8 +351,10 @@ class OperatorClient:
         result: dict[str, Any] = self._post("/v1/contracts/purge", {"confirm": confirm})
         return result
 
-    def receipts(self) -> Rows:
-        result: Rows = self._get("/v1/contracts/receipts")
+    def receipts(self, limit: int | None = None, newest_first: bool = False) -> Rows:
+        result: Rows = self._get(
+            "/v1/contracts/receipts", limit=limit, newest_first=newest_first or None
+        )
         return result
 
     def duties(self) -> Rows:

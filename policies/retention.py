@@ -65,6 +65,17 @@ class DutyStatus(StrEnum):
     FULFILLED_LATE = "fulfilled_late"  # receipt says deleted, but after the deadline
 
 
+#: the order duties need someone in: late or due first, then waiting, then done (the
+#: console and ``qdspace contracts`` list them so)
+ATTENTION_ORDER = (
+    DutyStatus.OVERDUE,
+    DutyStatus.DUE,
+    DutyStatus.PENDING,
+    DutyStatus.FULFILLED_LATE,
+    DutyStatus.FULFILLED,
+)
+
+
 @dataclass(frozen=True)
 class DeletionDuty:
     """One consumer's duty to delete what it received under one agreement."""

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -36,8 +37,15 @@ from qdspace.node.cli.errors import clean_errors
 
 console = Console()
 err = Console(stderr=True)
-#: the newest transfers `qdspace contracts` lists
+#: the newest transfers, agreements and receipts `qdspace contracts` lists, and how many
+#: deletion duties (a node keeps one of each per order and partner)
 TRANSFERS_SHOWN = 20
+AGREEMENTS_SHOWN = 20
+RECEIPTS_SHOWN = 20
+DUTIES_SHOWN = 20
+#: `policies.retention.ATTENTION_ORDER`, spelt as the API does (not imported: this module
+#: stays light; a test keeps the two alike)
+DUTY_ATTENTION = ("overdue", "due", "pending", "fulfilled_late", "fulfilled")
 
 contracts_app = typer.Typer(help="agreements, transfers, deletion duties and receipts")
 order_app = typer.Typer(no_args_is_help=True, help="orders this node supplies")
@@ -171,8 +179,9 @@ def contracts(
     ca_file: CaFileOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Agreements, the newest 20 transfers, deletion duties and receipts of this node
-    (every transfer: GET /v1/contracts/transfers, a page at a time)."""
+    """The newest 20 agreements, transfers and receipts of this node, and its deletion
+    duties (how many in each status; the 20 that need someone first). Every one of them:
+    GET /v1/contracts/agreements, /transfers, /receipts, /duties, a page at a time."""
     if ctx.invoked_subcommand is not None and directory is None and not api_url:
         ctx.obj = None  # the subcommand names the node itself, or fails saying how
         return
@@ -180,13 +189,23 @@ def contracts(
     if ctx.invoked_subcommand is not None:
         return
     with ctx.obj.client() as node:
-        agreements = node.agreements()
-        # the newest (a consumer pulling every few minutes keeps thousands)
+        # the newest (a node keeps an agreement per order and partner, a consumer
+        # pulling every few minutes a transfer per pull: thousands)
+        agreements = node.agreements(limit=AGREEMENTS_SHOWN + 1, newest_first=True)
         transfers = node.transfers(limit=TRANSFERS_SHOWN + 1, newest_first=True)
-        duties = node.duties()
-        receipts = node.receipts()
-    older = len(transfers) > TRANSFERS_SHOWN
+        duties = attention_first(node.duties())
+        receipts = node.receipts(limit=RECEIPTS_SHOWN + 1, newest_first=True)
+    more = {
+        "agreements": len(agreements) > AGREEMENTS_SHOWN,
+        "transfers": len(transfers) > TRANSFERS_SHOWN,
+        "receipts": len(receipts) > RECEIPTS_SHOWN,
+        "duties": len(duties) > DUTIES_SHOWN,
+    }
+    agreements = agreements[:AGREEMENTS_SHOWN]
     transfers = transfers[:TRANSFERS_SHOWN]
+    receipts = receipts[:RECEIPTS_SHOWN]
+    summary = duty_summary(duties)
+    duties = duties[:DUTIES_SHOWN]
     if as_json:
         print_json(
             {
@@ -197,7 +216,9 @@ def contracts(
             }
         )
         return
-    table = Table("agreement", "role", "asset", "provider", "consumer", "active", "digest")
+    table = Table(
+        "agreement (newest first)", "role", "asset", "provider", "consumer", "active", "digest"
+    )
     for a in agreements:
         table.add_row(
             a["agreement_id"],
@@ -209,6 +230,7 @@ def contracts(
             a["digest"][:16],
         )
     console.print(table)
+    _more(more["agreements"], f"the newest {AGREEMENTS_SHOWN}", "agreements")
     if transfers:
         table = Table("transfer (newest first)", "agreement", "role", "state", "rows")
         for t in transfers:
@@ -216,11 +238,7 @@ def contracts(
                 t["transfer_id"], t["agreement_id"], t["role"], t["state"], str(t["offset"])
             )
         console.print(table)
-        if older:
-            console.print(
-                f"(the newest {TRANSFERS_SHOWN}; every transfer: GET /v1/contracts/transfers, "
-                "a page at a time with limit and cursor)"
-            )
+        _more(more["transfers"], f"the newest {TRANSFERS_SHOWN}", "transfers")
     if duties:
         table = Table("deletion duty: agreement", "consumer", "order", "deadline", "status")
         for d in duties:
@@ -232,7 +250,38 @@ def contracts(
                 d["status"],
             )
         console.print(table)
+        console.print(f"deletion duties: {summary}")
+        _more(more["duties"], f"the {DUTIES_SHOWN} that need someone first", "duties")
     _print_receipts(receipts)
+    _more(more["receipts"], f"the newest {RECEIPTS_SHOWN}", "receipts")
+
+
+def _more(more: bool, shown: str, what: str) -> None:
+    """Where the rest of a list is, when it was cut."""
+    if more:
+        console.print(
+            f"({shown}; every one: GET /v1/contracts/{what}, a page at a time with limit "
+            "and cursor)"
+        )
+
+
+def attention_first(duties: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Duties as the API gives them, in the order someone should look at them: overdue,
+    due (each by deadline), pending, fulfilled late, fulfilled."""
+
+    def rank(duty: dict[str, Any]) -> tuple[int, str]:
+        status = str(duty.get("status"))
+        place = DUTY_ATTENTION.index(status) if status in DUTY_ATTENTION else len(DUTY_ATTENTION)
+        return place, str(duty.get("deadline") or "~")  # no deadline: after every date
+
+    return sorted(duties, key=rank)
+
+
+def duty_summary(duties: list[dict[str, Any]]) -> str:
+    """How many duties stand in each status, in the order of `attention_first`."""
+    counts = Counter(str(d.get("status")) for d in duties)
+    found = [f"{counts[s]} {s.replace('_', ' ')}" for s in DUTY_ATTENTION if counts[s]]
+    return ", ".join(found) or "none"
 
 
 def _print_receipts(receipts: list[dict[str, Any]]) -> None:

@@ -35,7 +35,7 @@ from qdspace.node.api.contracts_models import (
 from qdspace.node.console.auth import form_of
 from qdspace.node.console.render import Console, Endpoint
 from qdspace.policies.model import Policy
-from qdspace.policies.retention import DutyStatus, retention_days
+from qdspace.policies.retention import ATTENTION_ORDER, retention_days
 
 #: how long the contracts page waits for one peer's catalog
 CATALOG_TIMEOUT_S = 3.0
@@ -50,14 +50,7 @@ SHOWN_AGREEMENTS = 50
 #: first (`attention_first`), and the newest receipts
 SHOWN_DUTIES = 50
 SHOWN_RECEIPTS = 50
-#: the order duties are listed in: what is late or due first, then what waits, then done
-_ATTENTION = {
-    DutyStatus.OVERDUE: 0,
-    DutyStatus.DUE: 1,
-    DutyStatus.PENDING: 2,
-    DutyStatus.FULFILLED_LATE: 3,
-    DutyStatus.FULFILLED: 4,
-}
+_ATTENTION = {status: rank for rank, status in enumerate(ATTENTION_ORDER)}
 _NO_DEADLINE = datetime.max.replace(tzinfo=UTC)
 
 

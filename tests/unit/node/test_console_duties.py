@@ -7,8 +7,10 @@ import random
 from datetime import UTC, datetime, timedelta
 
 from qdspace.connector.contract_store import DutyReport
+from qdspace.node.api.contracts_models import duty_public
+from qdspace.node.cli import contracts as cli
 from qdspace.node.console.contract_pages import attention_first, duty_summary
-from qdspace.policies.retention import DeletionDuty, DutyStatus
+from qdspace.policies.retention import ATTENTION_ORDER, DeletionDuty, DutyStatus
 
 T0 = datetime(2026, 6, 1, tzinfo=UTC)
 
@@ -45,16 +47,12 @@ def test_overdue_and_due_come_first_by_deadline_then_what_waits_then_what_is_don
         deadlines = [r.duty.deadline for r in ordered if r.status is status]
         assert deadlines == sorted(deadlines)  # type: ignore[type-var]
     counts = {s: sum(r.status is s for r in reports) for s in DutyStatus}
-    want = [f"{counts[s]} {s.value.replace('_', ' ')}" for s in ranks_order() if counts[s]]
+    want = [f"{counts[s]} {s.value.replace('_', ' ')}" for s in ATTENTION_ORDER if counts[s]]
     assert duty_summary(reports) == ", ".join(want)
     assert duty_summary([]) == ""
-
-
-def ranks_order() -> list[DutyStatus]:
-    return [
-        DutyStatus.OVERDUE,
-        DutyStatus.DUE,
-        DutyStatus.PENDING,
-        DutyStatus.FULFILLED_LATE,
-        DutyStatus.FULFILLED,
-    ]
+    # `qdspace contracts` orders and counts the API's duties the same way
+    public = [duty_public(r).model_dump() for r in reports]
+    assert tuple(s.value for s in ATTENTION_ORDER) == cli.DUTY_ATTENTION
+    assert cli.attention_first(public) == [duty_public(r).model_dump() for r in ordered]
+    assert cli.duty_summary(public) == duty_summary(reports)
+    assert cli.duty_summary([]) == "none"
