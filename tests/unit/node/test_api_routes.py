@@ -161,6 +161,22 @@ def test_the_regulator_listener_refuses_the_operator_token(
     assert Client(regulator_app, "").get("/metrics").status_code == 404  # operator listener
 
 
+def _every_page(client: Client, path: str, limit: int) -> list[Any]:
+    """Every item of a list read ``limit`` at a time, following the cursors; each page
+    but the last is full."""
+    pages: list[Any] = []
+    cursor: str | None = None
+    while True:
+        params: dict[str, Any] = {"limit": limit} | ({"cursor": cursor} if cursor else {})
+        page = client.get(path, **params)
+        assert page.status_code == 200, page.text
+        pages += page.json()
+        cursor = page.headers.get(NEXT_CURSOR_HEADER)
+        if cursor is None:
+            return pages
+        assert len(page.json()) == limit
+
+
 def test_cursors_page_through_a_list(node: NodeContext, app: FastAPI) -> None:
     client = Client(app, node.operator_token)
     everything = client.get("/v1/contracts/assets")
@@ -168,18 +184,7 @@ def test_cursors_page_through_a_list(node: NodeContext, app: FastAPI) -> None:
     assert NEXT_CURSOR_HEADER not in everything.headers
     whole = everything.json()
     assert len(whole) >= 2
-    pages: list[Any] = []
-    cursor: str | None = None
-    while True:
-        params: dict[str, Any] = {"limit": 1} | ({"cursor": cursor} if cursor else {})
-        page = client.get("/v1/contracts/assets", **params)
-        assert page.status_code == 200, page.text
-        assert len(page.json()) == 1
-        pages += page.json()
-        cursor = page.headers.get(NEXT_CURSOR_HEADER)
-        if cursor is None:
-            break
-    assert pages == whole
+    assert _every_page(client, "/v1/contracts/assets", 1) == whole
 
 
 def test_transfers_page_in_order_made_and_newest_first(node: NodeContext, app: FastAPI) -> None:
@@ -202,17 +207,7 @@ def test_transfers_page_in_order_made_and_newest_first(node: NodeContext, app: F
     client = Client(app, node.operator_token)
     whole = client.get("/v1/contracts/transfers").json()
     assert [t["transfer_id"] for t in whole][-5:] == [f"trf-page-{i}" for i in range(5)]
-    pages: list[Any] = []
-    cursor: str | None = None
-    while True:
-        params: dict[str, Any] = {"limit": 2} | ({"cursor": cursor} if cursor else {})
-        page = client.get("/v1/contracts/transfers", **params)
-        assert page.status_code == 200, page.text
-        pages += page.json()
-        cursor = page.headers.get(NEXT_CURSOR_HEADER)
-        if cursor is None:
-            break
-    assert pages == whole
+    assert _every_page(client, "/v1/contracts/transfers", 2) == whole
     newest = client.get("/v1/contracts/transfers", limit=3, newest_first="true")
     assert newest.json() == whole[::-1][:3]
 
@@ -256,17 +251,7 @@ def test_agreements_page_filter_and_refuse_what_names_no_role(
     whole = client.get("/v1/contracts/agreements").json()
     ours = [a["agreement_id"] for a in whole if a["agreement_id"].startswith("agr-page-")]
     assert ours == [f"agr-page-{i}" for i in range(6)]
-    pages: list[Any] = []
-    cursor: str | None = None
-    while True:
-        params: dict[str, Any] = {"limit": 4} | ({"cursor": cursor} if cursor else {})
-        page = client.get("/v1/contracts/agreements", **params)
-        assert page.status_code == 200, page.text
-        pages += page.json()
-        cursor = page.headers.get(NEXT_CURSOR_HEADER)
-        if cursor is None:
-            break
-    assert pages == whole
+    assert _every_page(client, "/v1/contracts/agreements", 4) == whole
     newest = client.get("/v1/contracts/agreements", limit=2, newest_first="true").json()
     assert newest == whole[::-1][:2]
     found = client.get("/v1/contracts/agreements", role="consumer", asset_id="traceability")
