@@ -337,18 +337,25 @@ def slot_payload(opened: dict[int, OpenPage], row: Any) -> bytes:
     """The bytes of one received row held in a page, checked against its index entry
     (agreement, order, seq, record key, version)."""
     page = opened.get(int(row.page_id))
-    slot = int(row.slot)
-    where = f"received row {row.source_id}#{row.seq}"
+    slot, seq = int(row.slot), int(row.seq)
     if page is None or page.agreement_id != row.agreement_id or page.order_id != row.order_id:
-        raise ContractStoreError(f"{where} fails its integrity check: its page is not its place")
+        raise _broken(row, "its page is not its place")
     seqs, payloads = page.seqs, page.payloads
-    if not 0 <= slot < len(payloads) or seqs[slot] != int(row.seq) or not payloads[slot]:
-        raise ContractStoreError(f"{where} fails its integrity check: not in its page")
+    if not 0 <= slot < len(payloads) or seqs[slot] != seq or not payloads[slot]:
+        raise _broken(row, "not in its page")
     payload = payloads[slot]
     try:
         meta = record_meta(payload)
     except RecordEnvelopeError:
-        raise ContractStoreError(f"{where} fails its integrity check: not a record") from None
+        raise _broken(row, "not a record") from None
     if meta.key != row.record_key or meta.version != int(row.version):
-        raise ContractStoreError(f"{where} fails its integrity check: another record")
+        raise _broken(row, "another record")
     return payload
+
+
+def _broken(row: Any, why: str) -> ContractStoreError:
+    """The error of a held row that fails its integrity check (made only then: the
+    message was a tenth of a row's read)."""
+    return ContractStoreError(
+        f"received row {row.source_id}#{row.seq} fails its integrity check: {why}"
+    )
