@@ -51,6 +51,7 @@ from qdspace.connector.contract_store.common import (
     DriverStatement,
     TableStore,
     column_types,
+    count_rows,
     listing,
     select_by_key,
 )
@@ -358,11 +359,8 @@ class AgreementStore(TableStore):
     def count_agreements(self, role: Role | None = None) -> int:
         """How many agreements are held (in ``role``)."""
         table = agreement_table
-        statement = select(func.count()).select_from(table)
-        if role is not None:
-            statement = statement.where(table.c.role == role.value)
-        with self.engine.connect() as connection:
-            return int(connection.execute(statement).scalar_one())
+        where = [] if role is None else [table.c.role == role.value]
+        return count_rows(self.engine, table, *where)
 
     def agreement_links(self) -> list[AgreementLink]:
         """The agreements held, counted by provider and consumer (and how many of those

@@ -45,6 +45,7 @@ from sqlalchemy import (
     String,
     Table,
     UniqueConstraint,
+    func,
     select,
 )
 from sqlalchemy.dialects import postgresql, sqlite
@@ -280,6 +281,14 @@ def listing(
     if limit is not None:
         statement = statement.limit(limit)
     return statement.offset(offset) if offset else statement
+
+
+def count_rows(engine: Engine, table: Table, *where: ColumnElement[bool]) -> int:
+    """How many rows of ``table`` meet every condition in ``where`` (all: none given);
+    the stores' counts beside their pages (`listing`)."""
+    with engine.connect() as connection:
+        found = connection.execute(select(func.count()).select_from(table).where(*where))
+        return int(found.scalar_one())
 
 
 #: the processes whose histories one statement of `histories` reads

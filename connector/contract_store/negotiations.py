@@ -31,7 +31,6 @@ from sqlalchemy import (
     String,
     Table,
     Text,
-    func,
     select,
     true,
 )
@@ -46,6 +45,7 @@ from qdspace.connector.contract_store.common import (
     ID_LENGTH,
     ConcurrentUpdateError,
     TableStore,
+    count_rows,
     listing,
     save_process,
     saving,
@@ -183,9 +183,7 @@ class NegotiationStore(TableStore):
         )
 
     def count_negotiations(self) -> int:
-        with self.engine.connect() as connection:
-            found = connection.execute(select(func.count()).select_from(negotiation_table))
-            return int(found.scalar_one())
+        return count_rows(self.engine, negotiation_table)
 
     def find_negotiation(self, negotiation_id: str) -> Negotiation | None:
         try:

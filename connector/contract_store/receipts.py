@@ -28,7 +28,6 @@ from sqlalchemy import (
     String,
     Table,
     UniqueConstraint,
-    func,
     select,
 )
 from sqlmodel.sql.sqltypes import UTCDateTime
@@ -38,6 +37,7 @@ from qdspace.connector.contract_store.common import (
     CONTRACT_METADATA,
     ID_LENGTH,
     TableStore,
+    count_rows,
     listing,
 )
 
@@ -130,7 +130,4 @@ class ReceiptStore(TableStore):
 
     def count_receipts(self) -> int:
         """How many receipts are held."""
-        with self.engine.connect() as connection:
-            return int(
-                connection.execute(select(func.count()).select_from(receipt_table)).scalar_one()
-            )
+        return count_rows(self.engine, receipt_table)

@@ -42,7 +42,6 @@ from sqlalchemy import (
     String,
     Table,
     Text,
-    func,
     select,
 )
 from sqlmodel.sql.sqltypes import UTCDateTime
@@ -52,6 +51,7 @@ from qdspace.connector.contract_store.common import (
     CONTRACT_METADATA,
     ID_LENGTH,
     TableStore,
+    count_rows,
     histories,
     listing,
     save_process,
@@ -230,11 +230,8 @@ class TransferStore(TableStore):
 
     def count_transfers(self, agreement_id: str | None = None) -> int:
         table = transfer_table
-        statement = select(func.count()).select_from(table)
-        if agreement_id is not None:
-            statement = statement.where(table.c.agreement_id == agreement_id)
-        with self.engine.connect() as connection:
-            return int(connection.execute(statement).scalar_one())
+        where = [] if agreement_id is None else [table.c.agreement_id == agreement_id]
+        return count_rows(self.engine, table, *where)
 
     def last_completed_pull(
         self,
