@@ -34,7 +34,8 @@ from typing import Any
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from qdspace.connector.storage import create_store_engine
-from qdspace.ledger.anchorer import Anchorer, AnchorPolicy
+from qdspace.ledger.anchor_policy import AnchorPolicy
+from qdspace.ledger.anchorer import Anchorer
 from qdspace.ledger.client import LedgerClient
 from qdspace.ledger.deploy import fund_from_dev_account
 from qdspace.ledger.keys import new_key_file

@@ -12,6 +12,15 @@ journaled transactions are resolved first (receipt found, or the same bytes rese
 crash or an outage never anchors a batch twice and never loses one. While the chain is
 unreachable, leaves keep queuing and the anchorer retries with exponential backoff.
 
+Sealing and the chain overlap. A pass seals what is due when it looks (a window at most),
+sends that window from a second thread (:mod:`qdspace.ledger.sender`, network only) and
+seals the next batches while the chain executes it; it writes the window's outcome itself
+before signing the next, so nonces and the journal move as in one thread. A pass used to
+seal until nothing was due before sending anything: under a stream of leaves that outran
+the sealing (each seal let more arrive) nothing was sent until the stream paused, and then
+the chain worked while nothing was sealed (200k leaves in 10k batches: 162k -> 195k
+leaves/s end to end, medians of five, ``bench/anchor.py``).
+
 An idle node does not ask its database every tick. A pass costs two queries per kind
 (~12 ms of CPU on SQLite, 24 ms a second at the default tick: a tenth of a core for a
 network of four idle nodes). Every leaf reaches the queue through this object's
@@ -28,8 +37,9 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from concurrent.futures import Future, ThreadPoolExecutor
 
+from qdspace.ledger.anchor_policy import AnchorPolicy, AnchorStatus, StepReport
 from qdspace.ledger.client import LedgerClient, TxReceipt
 from qdspace.ledger.errors import (
     AlreadyAnchored,
@@ -41,57 +51,13 @@ from qdspace.ledger.keys import ChainSigner
 from qdspace.ledger.leaves import KIND_CODES, Leaf, kind_code
 from qdspace.ledger.queue import LeafQueue
 from qdspace.ledger.queue_schema import SEALED, SIGNED, Batch, StoredLeaf
-from qdspace.ledger.tx import ANCHOR_GAS, DEFAULT_MAX_IN_FLIGHT, SignedAnchor
+from qdspace.ledger.sender import Outcome, transmit
+from qdspace.ledger.tx import SignedAnchor
 
 log = logging.getLogger("ledger.anchorer")
 
 #: an idle anchorer still looks at its queue this often (see the module's notes)
 IDLE_RECHECK_S = 30.0
-
-DEFAULT_MAX_LEAVES = 1_000
-DEFAULT_MAX_AGE_S = 5.0
-
-
-@dataclass(frozen=True, slots=True)
-class AnchorPolicy:
-    """When to seal a batch and how patiently to deal with the chain."""
-
-    max_leaves: int = DEFAULT_MAX_LEAVES
-    max_age_s: float = DEFAULT_MAX_AGE_S
-    tick_s: float = 0.5
-    receipt_timeout_s: float = 30.0
-    receipt_poll_s: float = 0.05
-    backoff_initial_s: float = 0.5
-    backoff_max_s: float = 30.0
-    gas: int | None = ANCHOR_GAS  # None: ask the chain to estimate every transaction
-    max_in_flight: int = DEFAULT_MAX_IN_FLIGHT  # transactions sent before awaiting receipts
-
-    def __post_init__(self) -> None:
-        if self.max_leaves < 1 or self.max_age_s < 0 or self.tick_s <= 0 or self.max_in_flight < 1:
-            raise LedgerError(
-                "anchor policy needs max_leaves >= 1, max_age_s >= 0, tick_s > 0, "
-                f"max_in_flight >= 1; got {self}"
-            )
-
-
-@dataclass(frozen=True, slots=True)
-class StepReport:
-    """What one pass did."""
-
-    sealed: int = 0
-    anchored: int = 0
-    waiting: int = 0
-
-
-@dataclass(frozen=True, slots=True)
-class AnchorStatus:
-    """For operators: what waits, what is in flight, whether the chain answered lately."""
-
-    pending: dict[str, int]
-    batches: dict[str, int]
-    chain_reachable: bool
-    last_error: str | None = None
-    address: str = field(default="")
 
 
 class Anchorer:
@@ -120,6 +86,7 @@ class Anchorer:
         self._enqueued = 0
         self._empty_at: int | None = None
         self._last_empty = False  # the last pass (the thread's or a flush) left nothing
+        self._more_due = False  # the last pass left batches due unsealed (a window's worth)
         self._chain_reachable = True
         self._chain_checked = False
         self._last_error: str | None = None
@@ -188,24 +155,70 @@ class Anchorer:
         if journaled:
             anchored = self._resolve(journaled)
             waiting = len(journaled) - anchored
-        sealed, pending_left = self._seal_due(force)
         if waiting:  # a window is stuck: resolve it (next pass) before signing more
+            sealed, pending_left = self._seal_due(force, self.policy.max_in_flight)
             stuck = waiting + len(self.queue.batches(SEALED))
             return StepReport(sealed, anchored, stuck), pending_left
-        todo = self.queue.batches(SEALED)
-        while todo:
-            window, todo = todo[: self.policy.max_in_flight], todo[self.policy.max_in_flight :]
-            done = self._send_window(window)
-            anchored, waiting = anchored + done, waiting + len(window) - done
-            if done < len(window):
-                waiting += len(todo)
-                break
+        # a window of what is due now goes out; the pipeline seals what follows while it is out
+        sealed, pending_left = self._seal_due(force, self.policy.max_in_flight)
+        return self._pipeline(force, sealed, anchored, pending_left)
+
+    def _pipeline(
+        self, force: bool, sealed: int, anchored: int, pending_left: bool
+    ) -> tuple[StepReport, bool]:
+        """Send the sealed batches window by window, sealing the next while one is out.
+
+        A window's transactions go out and their receipts are awaited in a second thread
+        (:meth:`_transmit`: network only), while this thread seals what is due, one batch
+        at a time until the window is back; the window's outcome is then written here
+        (:meth:`_record`) before the next window is signed, so nonces and the journal move
+        exactly as when it was all one thread. The chain executes a window while the next
+        is sealed, instead of after, and a window holds what was sealed meanwhile: one
+        batch on an idle embedded chain, up to ``max_in_flight`` on a chain that mines a
+        block every few seconds.
+        """
+        limit, waiting = self.policy.max_in_flight, 0
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="ledger-anchorer-send") as out:
+            flight: tuple[list[Batch], Future[Outcome]] | None = None
+            todo = self.queue.batches(SEALED)
+            while True:
+                if flight is not None:
+                    (sent, outcome), flight = flight, None
+                    if not todo:  # seal one at a time until the chain is done with it
+                        before = sealed
+                        while not outcome.done() and not self._stop.is_set():
+                            more, pending_left = self._seal_due(force, 1)
+                            if not more:
+                                break
+                            sealed += more
+                        if sealed > before:
+                            todo = self.queue.batches(SEALED)
+                    done = self._record(sent, *outcome.result())
+                    anchored += done
+                    if done < len(sent):  # refused or no receipt: the next pass resolves
+                        waiting += len(sent) - done + len(todo)
+                        break
+                if not todo:
+                    break
+                window, todo = todo[:limit], todo[limit:]
+                journaled, adopted = self._sign_window(window)
+                anchored += adopted
+                waiting += len(window) - len(journaled) - adopted  # neither sent nor adopted
+                if journaled:
+                    flight = (journaled, out.submit(self._transmit, journaled))
         return StepReport(sealed, anchored, waiting), pending_left
 
-    def _seal_due(self, force: bool) -> tuple[int, bool]:
-        """Batches sealed, and whether leaves are left pending (not due yet)."""
+    def _seal_due(self, force: bool, limit: int) -> tuple[int, bool]:
+        """Batches sealed, and whether leaves are left pending (not due yet, or due later).
+
+        Seals the batches that were due when it first looked at a kind, ``limit`` at most:
+        leaves that arrive while it seals wait for the next call (the pipeline's, while a
+        window is out, or the next pass, which then runs at once: :attr:`_more_due`).
+        """
         sealed, now, pending_left = 0, self._clock(), False
+        self._more_due = False
         for kind in KIND_CODES:
+            budget: int | None = None  # the batches of this kind due when the pass looked
             while True:
                 pending = self.queue.pending(kind)
                 if pending.count == 0 or pending.oldest_at is None:
@@ -214,13 +227,23 @@ class Anchorer:
                 if not (force or old or pending.count >= self.policy.max_leaves):
                     pending_left = True
                     break
+                if budget is None:
+                    full, rest = divmod(pending.count, self.policy.max_leaves)
+                    budget = full + (1 if rest and (force or old) else 0)
+                if budget == 0:
+                    pending_left = self._more_due = True
+                    break
+                if sealed >= limit:  # the other kinds are looked at by the next call
+                    self._more_due = True
+                    return sealed, True
                 if self.queue.seal(kind, self.policy.max_leaves) is None:
                     break
-                sealed += 1
+                sealed, budget = sealed + 1, budget - 1
         return sealed, pending_left
 
-    def _send_window(self, batches: list[Batch]) -> int:
-        """Sign, journal (together), send and settle a window; returns how many anchored."""
+    def _sign_window(self, batches: list[Batch]) -> tuple[list[Batch], int]:
+        """Sign and journal (together) a window: the journaled batches, to be sent in nonce
+        order, and how many were found anchored already instead."""
         # A batch never signed cannot have been sent by us; a root someone else anchored
         # makes the transaction revert (or, with estimated gas, the estimate), handled in
         # _settle. Only batches that went back to sealed after an attempt need asking the
@@ -246,7 +269,7 @@ class Anchorer:
                 continue
             window.append((batch, signed))
         if not window:
-            return anchored
+            return [], anchored
         journaled = self.queue.mark_window_signed(window, self.client.chain_id, self.client.address)
         self._next_nonce = nonce + len(window)
         log.info(
@@ -256,7 +279,7 @@ class Anchorer:
             nonce,
             nonce + len(window) - 1,
         )
-        return anchored + self._deliver(journaled)
+        return journaled, anchored
 
     def _nonce(self) -> int:
         """The next nonce: counted locally while all goes well, else asked from the chain.
@@ -296,44 +319,41 @@ class Anchorer:
         return anchored
 
     def _deliver(self, batches: list[Batch]) -> int:
-        """Send journaled transactions (nonce order) in one request, then await receipts."""
-        try:
-            refusals = self.client.send_raw_many([b.raw_tx or b"" for b in batches])
-        except ChainUnavailable:
-            self._forget_nonce()
-            raise
-        sent = []
-        for batch, refusal in zip(batches, refusals, strict=True):
-            if refusal is None:
-                sent.append(batch)
+        """Send journaled transactions (nonce order) and await receipts, in this thread."""
+        return self._record(batches, *self._transmit(batches))
+
+    def _transmit(self, batches: list[Batch]) -> Outcome:
+        return transmit(
+            self.client,
+            batches,
+            timeout_s=self.policy.receipt_timeout_s,
+            poll_s=self.policy.receipt_poll_s,
+            stop=self._stop,
+        )
+
+    def _record(
+        self,
+        batches: list[Batch],
+        refusals: list[LedgerError | None],
+        receipts: list[TxReceipt | None],
+    ) -> int:
+        """Write what :meth:`_transmit` found; returns how many are anchored now."""
+        anchored = 0
+        for batch, refusal, receipt in zip(batches, refusals, receipts, strict=True):
+            if receipt is not None:
+                anchored += self._settle(batch, receipt)
                 continue
             self._forget_nonce()
-            if isinstance(refusal, NonceConsumed):
-                if not self._adopt_if_anchored(batch):
+            if refusal is None:
+                self.queue.note_error(batch, f"no receipt after {self.policy.receipt_timeout_s}s")
+            elif isinstance(refusal, NonceConsumed):
+                if self._adopt_if_anchored(batch):
+                    anchored += 1
+                else:
                     self.queue.mark_unsent(batch, str(refusal))
             else:
                 self.queue.note_error(batch, str(refusal))
                 self._last_error = str(refusal)
-        return self._await_receipts(sent)
-
-    def _await_receipts(self, sent: list[Batch]) -> int:
-        deadline = time.monotonic() + self.policy.receipt_timeout_s
-        anchored, waiting = 0, sent
-        while waiting:
-            receipts = self.client.receipts([b.tx_hash or b"" for b in waiting])
-            still = []
-            for batch, receipt in zip(waiting, receipts, strict=True):
-                if receipt is None:
-                    still.append(batch)
-                else:
-                    anchored += self._settle(batch, receipt)
-            waiting = still
-            if not waiting or time.monotonic() >= deadline or self._stop.is_set():
-                break
-            time.sleep(self.policy.receipt_poll_s)
-        for batch in waiting:
-            self._forget_nonce()
-            self.queue.note_error(batch, f"no receipt after {self.policy.receipt_timeout_s}s")
         return anchored
 
     def _settle(self, batch: Batch, receipt: TxReceipt) -> bool:
@@ -437,6 +457,8 @@ class Anchorer:
                 self.step()
                 if self._last_empty:
                     self._empty_at = began
+                if self._more_due:  # more is due than one window: the next pass at once
+                    wait = 0.0
                 self._chain_reachable, self._last_error = True, None
                 backoff = self.policy.backoff_initial_s
             except ChainUnavailable as exc:

@@ -320,7 +320,8 @@ def attach_ledger(ctx: NodeContext) -> NodeLedger | None:
         return None
     if not settings.contract:
         raise ConfigError(f"{ctx.layout.ledger}: rpc_url given but no contract address")
-    from qdspace.ledger.anchorer import Anchorer, AnchorPolicy  # web3: only with a chain
+    from qdspace.ledger.anchor_policy import AnchorPolicy
+    from qdspace.ledger.anchorer import Anchorer  # web3: only with a chain
     from qdspace.ledger.client import LedgerClient
 
     try:

@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 from sqlalchemy import event
 
-from qdspace.ledger.anchorer import Anchorer, AnchorPolicy
+from qdspace.ledger.anchor_policy import AnchorPolicy
+from qdspace.ledger.anchorer import Anchorer
 from qdspace.ledger.client import LedgerClient
 from qdspace.ledger.errors import WrongChain
 from qdspace.ledger.keys import ChainSigner

@@ -14,17 +14,22 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from qdspace.connector.storage import create_store_engine
-from qdspace.ledger.anchorer import Anchorer, AnchorPolicy
+from qdspace.ledger.anchor_policy import AnchorPolicy
+from qdspace.ledger.anchorer import Anchorer
+from qdspace.ledger.errors import LedgerError
 from qdspace.ledger.keys import ChainSigner
 from qdspace.ledger.leaves import Leaf
 from qdspace.ledger.queue import LeafQueue
-from qdspace.ledger.queue_schema import ANCHORED, SIGNED, ensure_schema
+from qdspace.ledger.queue_schema import ANCHORED, SIGNED, Batch, ensure_schema
 
 from .conftest import ChainProcess
 from .test_anchorer import assert_each_leaf_anchored_once
@@ -40,7 +45,8 @@ ANCHORER = """
 import os, sys
 from pathlib import Path
 from qdspace.connector.storage import create_store_engine
-from qdspace.ledger.anchorer import Anchorer, AnchorPolicy
+from qdspace.ledger.anchor_policy import AnchorPolicy
+from qdspace.ledger.anchorer import Anchorer
 from qdspace.ledger.client import LedgerClient
 from qdspace.ledger.keys import load_signer
 from qdspace.ledger.queue import LeafQueue
@@ -131,3 +137,82 @@ def test_sigkill_while_windows_are_in_flight_anchors_every_leaf_once(
         proc.communicate()
     assert queue.state_counts()[ANCHORED] < leaves // 5  # killed with work left
     _finish_and_check(chain, queue, signer, leaves)
+
+
+class _Stream(LeafQueue):
+    """A queue fed faster than it is sealed: each seal lets another full batch arrive (as a
+    busy node's stream does while the anchorer seals), ``more`` times; it notes each seal."""
+
+    def __init__(self, queue: LeafQueue, batch: int, more: int) -> None:
+        super().__init__(queue.engine)
+        self.batch, self.more, self.fed = batch, more, 0
+        self.seals: list[tuple[float, int]] = []  # (when, thread)
+        self.writers: set[int] = set()  # threads that wrote a batch's outcome
+
+    def seal(self, kind: str, max_leaves: int) -> Batch | None:
+        sealed = super().seal(kind, max_leaves)
+        self.seals.append((time.monotonic(), threading.get_ident()))
+        if sealed is not None and self.fed < self.more:
+            lo = self.fed * self.batch
+            self.enqueue_leaves(
+                [Leaf.of(kind, f"S-{lo + i:05d}", b"s%d" % (lo + i)) for i in range(self.batch)]
+            )
+            self.fed += 1
+        return sealed
+
+    def mark_anchored(self, batch: Batch, *args: Any, **kwargs: Any) -> Batch:
+        self.writers.add(threading.get_ident())
+        return super().mark_anchored(batch, *args, **kwargs)
+
+
+def test_a_stream_of_leaves_is_anchored_while_it_lasts(
+    chain: ChainProcess, signer: ChainSigner, queue: LeafQueue
+) -> None:
+    """Sealing everything due before sending anything never sent while a stream outran the
+    sealing: the first window goes out with what was due when the pass looked."""
+    queue.enqueue_leaves([Leaf.of("inspection", f"EL-{i:05d}", b"r%d" % i) for i in range(10)])
+    stream = _Stream(queue, batch=5, more=30)
+    client = chain.client()
+    sealed_at_send: list[int] = []
+    send = client.send_raw_many
+
+    def counting(raws: Sequence[bytes]) -> list[LedgerError | None]:
+        sealed_at_send.append(len(stream.seals))
+        return send(raws)
+
+    client.send_raw_many = counting  # type: ignore[method-assign]
+    anchorer = Anchorer(stream, client, signer, AnchorPolicy(max_leaves=5, max_in_flight=16))
+    anchorer.step()
+    assert sealed_at_send[0] == 2  # the two batches due when the pass began, not 32
+    assert anchorer.flush(timeout_s=60)
+    assert_each_leaf_anchored_once(stream, client, 10 + 30 * 5, signer)
+    assert len(sealed_at_send) > 2
+
+
+def test_the_next_batches_are_sealed_while_a_window_is_out(
+    chain: ChainProcess, signer: ChainSigner, queue: LeafQueue
+) -> None:
+    """The chain works on a window while the anchorer seals the next; every outcome is still
+    written by the thread that runs the pass, not by the one that waited for the chain."""
+    queue.enqueue_leaves([Leaf.of("inspection", f"EL-{i:05d}", b"r%d" % i) for i in range(5)])
+    stream = _Stream(queue, batch=5, more=12)
+    client = chain.client()
+    out: list[tuple[float, float, int]] = []  # (began, ended, thread) of each window's send
+    send = client.send_raw_many
+
+    def slow_chain(raws: Sequence[bytes]) -> list[LedgerError | None]:
+        began = time.monotonic()
+        time.sleep(0.2)  # a chain that takes its time over a window
+        answers = send(raws)
+        out.append((began, time.monotonic(), threading.get_ident()))
+        return answers
+
+    client.send_raw_many = slow_chain  # type: ignore[method-assign]
+    anchorer = Anchorer(stream, client, signer, AnchorPolicy(max_leaves=5, max_in_flight=4))
+    assert anchorer.flush(timeout_s=60)
+    assert_each_leaf_anchored_once(stream, client, 5 + 12 * 5, signer)
+    here = threading.get_ident()
+    during = [t for t, thread in stream.seals if any(a < t < b for a, b, _ in out)]
+    assert len(during) >= 2  # sealed while the chain had a window
+    assert {thread for _, thread in stream.seals} == {here} == stream.writers
+    assert here not in {thread for _, _, thread in out}  # the waiting was done elsewhere

@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 import requests
 
-from qdspace.ledger.anchorer import Anchorer, AnchorPolicy
+from qdspace.ledger.anchor_policy import AnchorPolicy
+from qdspace.ledger.anchorer import Anchorer
 from qdspace.ledger.client import LedgerClient
 from qdspace.ledger.compile import tools_dir
 from qdspace.ledger.deploy import deploy_anchor, fund_from_dev_account

@@ -18,7 +18,8 @@ from fastapi import Depends, FastAPI, HTTPException
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from nacl.signing import SigningKey
 
-from qdspace.ledger.anchorer import Anchorer, AnchorPolicy
+from qdspace.ledger.anchor_policy import AnchorPolicy
+from qdspace.ledger.anchorer import Anchorer
 from qdspace.ledger.keys import ChainSigner
 from qdspace.ledger.passport import Passport, issue_passport
 from qdspace.ledger.proofs import InclusionProof

@@ -11,7 +11,8 @@ import pytest
 from nacl.signing import SigningKey
 from typer.testing import CliRunner
 
-from qdspace.ledger.anchorer import Anchorer, AnchorPolicy
+from qdspace.ledger.anchor_policy import AnchorPolicy
+from qdspace.ledger.anchorer import Anchorer
 from qdspace.ledger.deploy import fund_from_dev_account
 from qdspace.ledger.errors import DocumentFormatError
 from qdspace.ledger.keys import ChainSigner, new_key_file

@@ -1,0 +1,57 @@
+"""What the anchorer is told (its policy) and what it tells (a pass's report, its status).
+
+Plain values, kept apart from the passes in :mod:`qdspace.ledger.anchorer` (which import
+the chain client: web3 and eth_account); they import nothing of the chain.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from qdspace.ledger.errors import LedgerError
+from qdspace.ledger.tx import ANCHOR_GAS, DEFAULT_MAX_IN_FLIGHT
+
+DEFAULT_MAX_LEAVES = 1_000
+DEFAULT_MAX_AGE_S = 5.0
+
+
+@dataclass(frozen=True, slots=True)
+class AnchorPolicy:
+    """When to seal a batch and how patiently to deal with the chain."""
+
+    max_leaves: int = DEFAULT_MAX_LEAVES
+    max_age_s: float = DEFAULT_MAX_AGE_S
+    tick_s: float = 0.5
+    receipt_timeout_s: float = 30.0
+    receipt_poll_s: float = 0.05
+    backoff_initial_s: float = 0.5
+    backoff_max_s: float = 30.0
+    gas: int | None = ANCHOR_GAS  # None: ask the chain to estimate every transaction
+    max_in_flight: int = DEFAULT_MAX_IN_FLIGHT  # transactions sent before awaiting receipts
+
+    def __post_init__(self) -> None:
+        if self.max_leaves < 1 or self.max_age_s < 0 or self.tick_s <= 0 or self.max_in_flight < 1:
+            raise LedgerError(
+                "anchor policy needs max_leaves >= 1, max_age_s >= 0, tick_s > 0, "
+                f"max_in_flight >= 1; got {self}"
+            )
+
+
+@dataclass(frozen=True, slots=True)
+class StepReport:
+    """What one pass did."""
+
+    sealed: int = 0
+    anchored: int = 0
+    waiting: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class AnchorStatus:
+    """For operators: what waits, what is in flight, whether the chain answered lately."""
+
+    pending: dict[str, int]
+    batches: dict[str, int]
+    chain_reachable: bool
+    last_error: str | None = None
+    address: str = field(default="")
