@@ -9,11 +9,13 @@ answered by a receipt; both timed on the same database in the same run:
 - as the node works now: ``newest_50`` (the console's list and its count), ``links``
   (the overview's network picture, counted in SQL), ``closure`` (an order closure's
   candidates, read by the order its scope names, each checked), ``duties`` (every
-  deletion duty with its status, from the rows);
+  deletion duty with its status, from the rows), ``duties_page`` (what the contracts
+  page shows: the duties counted per status and the 50 needing someone first, in SQL);
 - baseline, as it worked before: ``newest_50_loaded`` (every agreement read by id and
   parsed, then the newest 50 taken), ``links_loaded`` (every agreement parsed and
   counted), ``closure_loaded`` (every agreement given parsed and its scope checked),
-  ``duties_loaded`` (every agreement given parsed, every receipt matched against each).
+  ``duties_loaded`` (every agreement given parsed, every receipt matched against each),
+  ``duties_page_loaded`` (those duties counted and sorted in Python, the first 50 taken).
   Each pair must give the same answer.
 
     python bench/agreements.py                        # 10,000 agreements, SQLite
@@ -60,7 +62,12 @@ from qdspace.connector.negotiation import Role  # noqa: E402
 from qdspace.connector.storage import QualityStore  # noqa: E402
 from qdspace.policies.evaluate import order_in_scope  # noqa: E402
 from qdspace.policies.model import OfferTerms, make_offer, to_agreement  # noqa: E402
-from qdspace.policies.retention import deletion_duty, duty_status  # noqa: E402
+from qdspace.policies.retention import (  # noqa: E402
+    ATTENTION_ORDER,
+    DutyStatus,
+    deletion_duty,
+    duty_status,
+)
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 PROVIDER, CONSUMERS = SigningKey(b"p" * 32), [SigningKey(bytes([i + 1]) * 32) for i in range(5)]
@@ -165,6 +172,18 @@ def duties_loaded(contracts: ContractStore, now: datetime) -> list[DutyReport]:
     return reports
 
 
+def page_loaded(
+    contracts: ContractStore, now: datetime
+) -> tuple[dict[DutyStatus, int], list[DutyReport]]:
+    """The contracts page's duties as it made them before: every duty built, then counted
+    and sorted (overdue, due by deadline, pending, fulfilled late, fulfilled)."""
+    every = duties_loaded(contracts, now)
+    counts = Counter(d.status for d in every)
+    never = datetime.max.replace(tzinfo=UTC)
+    first = sorted(every, key=lambda d: (ATTENTION_ORDER.index(d.status), d.duty.deadline or never))
+    return {s: counts[s] for s in ATTENTION_ORDER}, first[:50]
+
+
 def measure(store: QualityStore, count: int, runs: int) -> dict[str, Any]:
     contracts = _contracts(store)
     order, now = f"PO-{count // 2}", T0 + timedelta(days=365)
@@ -177,11 +196,16 @@ def measure(store: QualityStore, count: int, runs: int) -> dict[str, Any]:
             {(k.provider_id, k.consumer_id): k.total for k in contracts.agreement_links()}
         )
 
+    def page() -> tuple[dict[DutyStatus, int], list[DutyReport]]:
+        first = contracts.deletion_duties(now, limit=50, attention_first=True)
+        return contracts.count_duties(now), first
+
     checks = (
         (newest()[0], loaded(contracts)[::-1][:50], "the newest 50"),
         (links(), links_loaded(contracts), "the overview's counts"),
         (closure(contracts, order), closure_loaded(contracts, order), "an order's agreements"),
         (contracts.deletion_duties(now), duties_loaded(contracts, now), "the deletion duties"),
+        (page(), page_loaded(contracts, now), "the contracts page's duties"),
     )
     for new, old, what in checks:
         if new != old:
@@ -196,6 +220,8 @@ def measure(store: QualityStore, count: int, runs: int) -> dict[str, Any]:
         "closure_loaded": timed(baseline_runs, lambda: closure_loaded(contracts, order)),
         "duties": timed(max(3, runs // 3), lambda: contracts.deletion_duties(now)),
         "duties_loaded": timed(baseline_runs, lambda: duties_loaded(contracts, now)),
+        "duties_page": timed(runs, page),
+        "duties_page_loaded": timed(baseline_runs, lambda: page_loaded(contracts, now)),
     }
 
 
@@ -222,7 +248,7 @@ def main() -> None:
     for name, figures in results["figures"].items():
         for label, f in list(figures.items()):
             print(f"agreements.{name}.{label}_p50: {f['p50_ms']:.2f} ms")
-        for label in ("newest_50", "links", "closure", "duties"):
+        for label in ("newest_50", "links", "closure", "duties", "duties_page"):
             ratio = figures[f"{label}_loaded"]["p50_ms"] / figures[label]["p50_ms"]
             figures[f"{label}_speedup_over_loaded"] = ratio
             print(f"agreements.{name}.{label}_speedup_over_baseline_loaded: {ratio:.1f} ratio")

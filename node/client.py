@@ -357,8 +357,25 @@ class OperatorClient:
         )
         return result
 
-    def duties(self) -> Rows:
-        result: Rows = self._get("/v1/contracts/duties")
+    def duties(
+        self,
+        limit: int | None = None,
+        attention_first: bool = False,
+        status: str | None = None,
+    ) -> Rows:
+        """The deletion duties (in ``status``): in the order the agreements were made, or
+        those needing someone first, at most ``limit``."""
+        result: Rows = self._get(
+            "/v1/contracts/duties",
+            limit=limit,
+            attention_first=attention_first or None,
+            status=status,
+        )
+        return result
+
+    def duty_counts(self) -> dict[str, int]:
+        """How many deletion duties stand in each status, and the total."""
+        result: dict[str, int] = self._get("/v1/contracts/duties/counts")
         return result
 
     # -- root-cause traces -------------------------------------------------------------------

@@ -19,7 +19,7 @@ the invariants it keeps:
   (keep-once, highest version wins) and the keys it is encrypted under
   (crypto-shredding);
 - `closures` and `receipts`: order closures, the deletion duties they start, and the
-  signed receipts that answer them;
+  signed receipts that answer them; `duties`: those duties read in SQL, a page at a time;
 - `notices`: alerts and investigations peers sent, kept once within a bound;
 - `cases`: quality investigations and alerts with a life cycle, each party's copy of
   the signed event log.
@@ -45,7 +45,7 @@ from qdspace.connector.contract_store.agreements import (
     StoredAgreement,
 )
 from qdspace.connector.contract_store.cases import CaseLog, CaseStore
-from qdspace.connector.contract_store.closures import ClosureStore, DutyReport, OrderClosure
+from qdspace.connector.contract_store.closures import ClosureStore, OrderClosure
 from qdspace.connector.contract_store.common import (
     CONTRACT_METADATA,
     ConcurrentUpdateError,
@@ -53,6 +53,7 @@ from qdspace.connector.contract_store.common import (
 )
 from qdspace.connector.contract_store.data_keys import DataKeys
 from qdspace.connector.contract_store.dsp import DspProcess, DspProcessStore
+from qdspace.connector.contract_store.duties import DutyReport, DutyView
 from qdspace.connector.contract_store.negotiations import NegotiationStore
 from qdspace.connector.contract_store.notices import NoticeStore
 from qdspace.connector.contract_store.outbox import OutboxMessage, OutboxStore, PendingMessage
@@ -76,6 +77,7 @@ from qdspace.connector.negotiation import Negotiation, NegotiationState, Role
 from qdspace.connector.purge import Holding
 from qdspace.connector.spc import Investigation, QualityAlert
 from qdspace.connector.transfer import TransferProcess, TransferState
+from qdspace.policies.retention import DutyStatus
 
 __all__ = [
     "CONTRACT_METADATA",
@@ -123,6 +125,7 @@ class ContractStore:
         self._closures = ClosureStore(
             engine, self._agreements, self._received, self._receipts, self._outbox
         )
+        self._duties = DutyView(engine)
         self._notices = NoticeStore(engine)
         self._cases = CaseStore(engine, self._outbox)
         # the DSP binding's pids and callbacks (`dsp`): its own aggregate, used directly
@@ -374,8 +377,21 @@ class ContractStore:
     def record_receipt(self, signed: SignedReceipt) -> None:
         self._closures.record_receipt(signed)
 
-    def deletion_duties(self, now: datetime) -> list[DutyReport]:
-        return self._closures.deletion_duties(now)
+    def deletion_duties(
+        self,
+        now: datetime,
+        *,
+        limit: int | None = None,
+        offset: int = 0,
+        attention_first: bool = False,
+        status: DutyStatus | None = None,
+    ) -> list[DutyReport]:
+        return self._duties.deletion_duties(
+            now, limit=limit, offset=offset, attention_first=attention_first, status=status
+        )
+
+    def count_duties(self, now: datetime) -> dict[DutyStatus, int]:
+        return self._duties.count_duties(now)
 
     def receipts(
         self,

@@ -5,8 +5,8 @@ records the closure; an agreement with a delete duty (`policies.retention`) then
 the deletion of that order's rows by a deadline. The provider records closures and
 tells consumers; the consumer records the same closure, deletes when the deadline
 comes (`shred`) and answers with a signed receipt; the provider checks the receipt
-against the duty it computed (`record_receipt`) and reports every duty's status
-(`deletion_duties`). A consumer leaving the data space answers every duty at once,
+against the duty it computed (`record_receipt`); `duties` reports every duty's status,
+in SQL, a page at a time. A consumer leaving the data space answers every duty at once,
 before its deadline (`holdings` tells `connector.purge` what is held and answered).
 
 Why separate: a duty is not stored, it is derived from the agreement's policy and the
@@ -31,7 +31,7 @@ from datetime import datetime
 from sqlalchemy import Column, Engine, String, Table, false, func, select
 from sqlmodel.sql.sqltypes import UTCDateTime
 
-from qdspace.connector.agreement import DeletionReceipt, SignedReceipt
+from qdspace.connector.agreement import SignedReceipt
 from qdspace.connector.contract_errors import ContractStoreError
 from qdspace.connector.contract_store.agreements import AgreementStore, held_as
 from qdspace.connector.contract_store.common import CONTRACT_METADATA, ID_LENGTH, TableStore
@@ -43,11 +43,8 @@ from qdspace.connector.negotiation import Role
 from qdspace.connector.purge import Holding
 from qdspace.policies.evaluate import order_in_scope
 from qdspace.policies.retention import (
-    DeletionDuty,
-    DutyStatus,
     check_receipt_claims,
     deletion_duty,
-    duty_status,
 )
 
 closure_table = Table(
@@ -70,15 +67,6 @@ class OrderClosure:
     order_id: str
     closed_at: datetime
     deadline: datetime | None
-
-
-@dataclass(frozen=True)
-class DutyReport:
-    """A provider's view of one deletion duty, with the verified receipt if any."""
-
-    duty: DeletionDuty
-    status: DutyStatus
-    receipt: DeletionReceipt | None
 
 
 class ClosureStore(TableStore):
@@ -235,45 +223,6 @@ class ClosureStore(TableStore):
                 order_id=receipt.order_id,
             )
             self._receipts.save_receipt_in(connection, signed)
-
-    def deletion_duties(self, now: datetime) -> list[DutyReport]:
-        """Provider side: every deletion duty of the agreements it gave, with its status.
-
-        An agreement none of whose orders has closed yet, and that no receipt answers,
-        shows as one PENDING duty; an order answered before it closed (a consumer that
-        left the data space deleted it early) shows with its receipt.
-        """
-        receipts: dict[str, dict[str, DeletionReceipt]] = {}
-        for signed in self._receipts.receipts():
-            receipt = signed.receipt
-            receipts.setdefault(receipt.agreement_id, {})[receipt.order_id] = receipt
-        closures: dict[str, list[OrderClosure]] = {}
-        for closure in self.closures():
-            closures.setdefault(closure.agreement_id, []).append(closure)
-        reports = []
-        # each agreement's duty as its row keeps it (`AgreementStore.duty_terms`): parsing
-        # every agreement given, and matching every receipt against each, took seconds
-        for terms in self._agreements.duty_terms():
-            answered = receipts.get(terms.agreement_id, {})
-            closed: dict[str, datetime | None] = {
-                c.order_id: c.closed_at for c in closures.get(terms.agreement_id, [])
-            }
-            for order_id in answered:  # answered early, before any closure
-                closed.setdefault(order_id, None)
-            for order_id, closed_at in sorted(closed.items()) or [("", None)]:
-                duty = DeletionDuty(
-                    agreement_id=terms.agreement_id,
-                    provider_id=terms.provider_id,
-                    consumer_id=terms.consumer_id,
-                    retention_days=terms.retention_days,
-                    receipt_required=terms.receipt_required,
-                    order_closed_at=closed_at,
-                    order_id=order_id,
-                )
-                found = answered.get(order_id)
-                deleted_at = None if found is None else found.deleted_at
-                reports.append(DutyReport(duty, duty_status(duty, now, deleted_at), found))
-        return reports
 
     def holdings(self) -> list[Holding]:
         """Consumer side: per (agreement held as consumer, order), what is held (rows,

@@ -62,6 +62,7 @@ from qdspace.node.api.problems import (
     UnsupportedMediaType,
     install_problem_handlers,
 )
+from qdspace.node.api.retention import retention_router
 from qdspace.node.api.traces import traces_router
 from qdspace.node.api.training import create_training_router
 from qdspace.node.context import NodeContext
@@ -219,6 +220,7 @@ def create_app(ctx: NodeContext) -> FastAPI:
     app.include_router(create_training_router(ctx.directory, [Operator]))
     mount_ledger_routes(app, ctx)
     app.include_router(contracts_router())
+    app.include_router(retention_router())
     app.include_router(investigations_router())
     app.include_router(traces_router())
     app.include_router(defects_router())

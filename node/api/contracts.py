@@ -37,21 +37,13 @@ from qdspace.node.api.contracts_models import (
     ChangePublic,
     ClockBody,
     ClockPublic,
-    ClosurePublic,
-    DutyPublic,
     ExplainBody,
     NegotiateBody,
     NegotiationPublic,
     NegotiationResult,
-    OrderClosedPublic,
-    PurgeBody,
-    PurgePublic,
-    ReceiptPublic,
     ReceivedPublic,
     SubscribeBody,
     SubscriptionPublic,
-    SweepFailurePublic,
-    SweepPublic,
     TerminateBody,
     TransferBody,
     TransferPublic,
@@ -62,10 +54,8 @@ from qdspace.node.api.contracts_models import (
     agreement_public,
     alert_public,
     change_public,
-    duty_public,
     entry_public,
     negotiation_public,
-    receipt_public,
     subscription_public,
     transfer_public,
 )
@@ -73,7 +63,7 @@ from qdspace.node.api.deps import Client, Outbox, Paging, Runtime, require_opera
 from qdspace.node.api.models import ID_MAX, ID_PATTERN, IdPath
 from qdspace.node.api.policy_models import JsonLd, PolicyExplanation
 from qdspace.node.api.problems import PeerTimeout
-from qdspace.node.errors import PeerError, PurgeNotConfirmed
+from qdspace.node.errors import PeerError
 from qdspace.node.runtime.contract_ports import Subscription
 from qdspace.policies.model import Action
 from qdspace.policies.odrl.dsp import agreement_jsonld
@@ -382,85 +372,6 @@ def contracts_router() -> APIRouter:
             raised=[alert_public(a) for a in raised],
             received=[alert_public(a) for a in rt.received_alerts],
         )
-
-    @router.post("/orders/{order_id}/close", response_model=OrderClosedPublic)
-    async def close_order(rt: Runtime, outbox: Outbox, order_id: IdPath) -> OrderClosedPublic:
-        closed_at, ids = await _domain(_sync(rt.close_order, order_id))
-        await outbox.flush()
-        return OrderClosedPublic(order_id=order_id, closed_at=_time(closed_at), agreements=ids)
-
-    @router.get("/closures", response_model=list[ClosurePublic])
-    def closures(rt: Runtime, page: Paging, response: Response) -> list[ClosurePublic]:
-        listed = [
-            ClosurePublic(
-                agreement_id=c.agreement_id,
-                order_id=c.order_id,
-                closed_at=_time(c.closed_at),
-                deadline=_time(c.deadline),
-            )
-            for c in rt.store.closures()
-        ]
-        return page.take(listed, response)
-
-    @router.post("/retention/sweep", response_model=SweepPublic)
-    async def sweep(
-        rt: Runtime,
-        outbox: Outbox,
-        horizon_hours: float = Query(0, ge=0, le=720, allow_inf_nan=False),
-    ) -> SweepPublic:
-        """Delete what expires by now + horizon; sign and send the receipts."""
-        horizon = timedelta(hours=horizon_hours)
-        report = await _domain(_sync(rt.sweep, horizon))
-        await outbox.flush()
-        return SweepPublic(
-            rows_deleted=report.rows_deleted,
-            receipts=[receipt_public(r) for r in report.receipts],
-            failures=[SweepFailurePublic(**f.__dict__) for f in report.failures],
-        )
-
-    @router.post("/purge", response_model=PurgePublic)
-    async def purge(rt: Runtime, client: Client, outbox: Outbox, body: PurgeBody) -> PurgePublic:
-        """Leave the data space: end every agreement held as consumer, delete all data
-        received under them now, and send the signed receipts. Cannot be undone; the
-        body names this node (``confirm``: its member id). A repeat deletes nothing more."""
-        if body.confirm != rt.me.member_id:
-            raise PurgeNotConfirmed(
-                f"confirm: {body.confirm!r} is not this node's member id "
-                f"({rt.me.member_id}); nothing was deleted"
-            )
-        report = await _domain(_sync(rt.purge))
-        for sub in client.subscriptions.values():  # their rows are refused from now on
-            if sub.agreement_id in report.agreements and sub.task is not None:
-                sub.task.cancel()
-        await outbox.flush()
-        return PurgePublic(
-            agreements=list(report.agreements),
-            terminated=list(report.terminated),
-            rows_deleted=report.rows_deleted,
-            receipts=[receipt_public(r) for r in report.receipts],
-            already_answered=report.already_answered,
-            failures=[SweepFailurePublic(**f.__dict__) for f in report.failures],
-            undelivered=rt.store.outbox_backlog(),
-        )
-
-    @router.get("/receipts", response_model=list[ReceiptPublic])
-    def receipts(
-        rt: Runtime,
-        page: Paging,
-        response: Response,
-        newest_first: Annotated[
-            bool, Query(description="the newest first (default: in the order deleted)")
-        ] = False,
-    ) -> list[ReceiptPublic]:
-        def read(limit: int | None, offset: int) -> list[ReceiptPublic]:
-            found = rt.store.receipts(limit=limit, offset=offset, newest_first=newest_first)
-            return [receipt_public(r) for r in found]
-
-        return page.read(read, response)
-
-    @router.get("/duties", response_model=list[DutyPublic])
-    def duties(rt: Runtime, page: Paging, response: Response) -> list[DutyPublic]:
-        return page.take([duty_public(d) for d in rt.duties()], response)
 
     @router.get("/clock", response_model=ClockPublic)
     def clock(rt: Runtime) -> ClockPublic:

@@ -23,6 +23,7 @@ from qdspace.node.api.models import Id, Text
 from qdspace.node.runtime.contract_ports import Subscription
 from qdspace.policies.canonical import format_datetime
 from qdspace.policies.codec import policy_to_dict
+from qdspace.policies.retention import DutyStatus
 
 #: bounds of what a caller may ask for (a century of retention or clock offset at most)
 MAX_DAYS = 36_500
@@ -287,6 +288,17 @@ class DutyPublic(BaseModel):
     receipt_id: str | None
 
 
+class DutyCountsPublic(BaseModel):
+    """How many deletion duties stand in each status (`policies.retention.DutyStatus`)."""
+
+    overdue: int
+    due: int
+    pending: int
+    fulfilled_late: int
+    fulfilled: int
+    total: int
+
+
 class ClockPublic(BaseModel):
     now: str | None
     offset_days: float
@@ -419,6 +431,11 @@ def duty_public(report: DutyReport) -> DutyPublic:
         status=report.status.value,
         receipt_id=None if report.receipt is None else report.receipt.receipt_id,
     )
+
+
+def duty_counts_public(counts: dict[DutyStatus, int]) -> DutyCountsPublic:
+    by_status = {status.value: counts.get(status, 0) for status in DutyStatus}
+    return DutyCountsPublic(**by_status, total=sum(by_status.values()))
 
 
 def receipt_public(s: SignedReceipt) -> ReceiptPublic:

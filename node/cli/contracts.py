@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import time
-from collections import Counter
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -193,7 +192,8 @@ def contracts(
         # pulling every few minutes a transfer per pull: thousands)
         agreements = node.agreements(limit=AGREEMENTS_SHOWN + 1, newest_first=True)
         transfers = node.transfers(limit=TRANSFERS_SHOWN + 1, newest_first=True)
-        duties = attention_first(node.duties())
+        duties = node.duties(limit=DUTIES_SHOWN + 1, attention_first=True)
+        counts = node.duty_counts()
         receipts = node.receipts(limit=RECEIPTS_SHOWN + 1, newest_first=True)
     more = {
         "agreements": len(agreements) > AGREEMENTS_SHOWN,
@@ -204,7 +204,7 @@ def contracts(
     agreements = agreements[:AGREEMENTS_SHOWN]
     transfers = transfers[:TRANSFERS_SHOWN]
     receipts = receipts[:RECEIPTS_SHOWN]
-    summary = duty_summary(duties)
+    summary = duty_summary(counts)
     duties = duties[:DUTIES_SHOWN]
     if as_json:
         print_json(
@@ -265,22 +265,10 @@ def _more(more: bool, shown: str, what: str) -> None:
         )
 
 
-def attention_first(duties: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Duties as the API gives them, in the order someone should look at them: overdue,
-    due (each by deadline), pending, fulfilled late, fulfilled."""
-
-    def rank(duty: dict[str, Any]) -> tuple[int, str]:
-        status = str(duty.get("status"))
-        place = DUTY_ATTENTION.index(status) if status in DUTY_ATTENTION else len(DUTY_ATTENTION)
-        return place, str(duty.get("deadline") or "~")  # no deadline: after every date
-
-    return sorted(duties, key=rank)
-
-
-def duty_summary(duties: list[dict[str, Any]]) -> str:
-    """How many duties stand in each status, in the order of `attention_first`."""
-    counts = Counter(str(d.get("status")) for d in duties)
-    found = [f"{counts[s]} {s.replace('_', ' ')}" for s in DUTY_ATTENTION if counts[s]]
+def duty_summary(counts: dict[str, Any]) -> str:
+    """How many duties stand in each status (the API's counts), in the order they are
+    listed: overdue, due, pending, fulfilled late, fulfilled."""
+    found = [f"{counts[s]} {s.replace('_', ' ')}" for s in DUTY_ATTENTION if counts.get(s)]
     return ", ".join(found) or "none"
 
 

@@ -11,9 +11,8 @@ against the chain, as the regulator's proof route does (`node.api.regulator.proo
 from __future__ import annotations
 
 import asyncio
-from collections import Counter
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from starlette.concurrency import run_in_threadpool
@@ -21,7 +20,6 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 
-from qdspace.connector.contract_store import DutyReport
 from qdspace.node.api.contracts_models import (
     CatalogEntryPublic,
     _time,
@@ -35,7 +33,7 @@ from qdspace.node.api.contracts_models import (
 from qdspace.node.console.auth import form_of
 from qdspace.node.console.render import Console, Endpoint
 from qdspace.policies.model import Policy
-from qdspace.policies.retention import ATTENTION_ORDER, retention_days
+from qdspace.policies.retention import ATTENTION_ORDER, DutyStatus, retention_days
 
 #: how long the contracts page waits for one peer's catalog
 CATALOG_TIMEOUT_S = 3.0
@@ -47,27 +45,18 @@ SHOWN_NEGOTIATIONS = 50
 #: the newest agreements it lists (one per order and partner: thousands a year)
 SHOWN_AGREEMENTS = 50
 #: the deletion duties it lists (one per agreement and order), those that need someone
-#: first (`attention_first`), and the newest receipts
+#: first (`ContractStore.deletion_duties(attention_first=True)`), and the newest receipts
 SHOWN_DUTIES = 50
 SHOWN_RECEIPTS = 50
-_ATTENTION = {status: rank for rank, status in enumerate(ATTENTION_ORDER)}
-_NO_DEADLINE = datetime.max.replace(tzinfo=UTC)
 
 
-def duty_summary(reports: list[DutyReport]) -> str:
-    """How many duties stand in each status, in the order of `attention_first`."""
-    counts = Counter(d.status for d in reports)
+def duty_summary(counts: dict[DutyStatus, int]) -> str:
+    """How many duties stand in each status, in the order the page lists them."""
     return ", ".join(
         f"{counts[status]} {status.value.replace('_', ' ')}"
-        for status in _ATTENTION
-        if counts[status]
+        for status in ATTENTION_ORDER
+        if counts.get(status)
     )
-
-
-def attention_first(reports: list[DutyReport]) -> list[DutyReport]:
-    """The duties in the order someone should look at them: overdue, due (each by
-    deadline, the nearest first), pending, then fulfilled late and fulfilled."""
-    return sorted(reports, key=lambda d: (_ATTENTION[d.status], d.duty.deadline or _NO_DEADLINE))
 
 
 MAX_ID = 256
@@ -144,11 +133,13 @@ def routes(console: Console) -> list[tuple[str, Endpoint, str]]:
 
     def local() -> dict[str, Any]:
         rt, _ = runtime()
-        reports = rt.duties()
+        now = rt.clock.now()
+        counts = rt.store.count_duties(now)
+        shown = rt.store.deletion_duties(now, limit=SHOWN_DUTIES, attention_first=True)
         return {
-            "duties": [duty_public(d) for d in attention_first(reports)[:SHOWN_DUTIES]],
-            "duty_count": len(reports),
-            "duty_summary": duty_summary(reports),
+            "duties": [duty_public(d) for d in shown],
+            "duty_count": sum(counts.values()),
+            "duty_summary": duty_summary(counts),
             "receipts": [
                 receipt_public(r)
                 for r in rt.store.receipts(limit=SHOWN_RECEIPTS, newest_first=True)

@@ -28,7 +28,7 @@ from qdspace.connector.contract_errors import (
     UnauthorizedSenderError,
     UnknownContractError,
 )
-from qdspace.connector.contract_store import DutyReport, OutboxMessage, StoredAgreement
+from qdspace.connector.contract_store import OutboxMessage, StoredAgreement
 from qdspace.connector.negotiation import Role
 from qdspace.connector.qdm import Order
 from qdspace.connector.retention_sweep import SweepReport, sweep
@@ -173,6 +173,3 @@ class ContractNotices(ContractBase):
             receipt = signed.receipt
             self.record("deletion_receipt", receipt.receipt_id, receipt.canonical_bytes())
         return report
-
-    def duties(self) -> list[DutyReport]:
-        return self.store.deletion_duties(self.clock.now())

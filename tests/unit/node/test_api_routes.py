@@ -262,6 +262,38 @@ def test_agreements_page_filter_and_refuse_what_names_no_role(
         assert answer.headers["content-type"].startswith("application/problem+json")
 
 
+def test_duties_page_attention_first_filter_count_and_refuse_what_names_no_status(
+    node: NodeContext, app: FastAPI
+) -> None:
+    """``GET /v1/contracts/duties`` reads a page at a time in SQL, those needing someone
+    first if asked, of one status if asked; ``/duties/counts`` counts them per status; a
+    status that is none is a 422 problem."""
+    _hold_agreements(node)
+    assert node.contracts is not None
+    store, now = node.contracts.store, node.contracts.clock.now()
+    store.record_order_closed("agr-page-0", "PO-7", now - timedelta(days=400))  # overdue
+    store.record_order_closed("agr-page-1", "PO-8", now - timedelta(days=1))  # due
+    client = Client(app, node.operator_token)
+    whole = client.get("/v1/contracts/duties").json()
+    assert {"overdue", "due", "pending"} <= {d["status"] for d in whole}
+    assert _every_page(client, "/v1/contracts/duties", 2) == whole
+    first = _every_page(client, "/v1/contracts/duties?attention_first=true", 2)
+    order = ["overdue", "due", "pending", "fulfilled_late", "fulfilled"]
+    assert [d["status"] for d in first] == sorted((d["status"] for d in whole), key=order.index)
+    assert sorted(first, key=lambda d: (d["agreement_id"], d["order_id"])) == sorted(
+        whole, key=lambda d: (d["agreement_id"], d["order_id"])
+    )
+    pending = client.get("/v1/contracts/duties", status="pending").json()
+    assert pending == [d for d in whole if d["status"] == "pending"]
+    counts = client.get("/v1/contracts/duties/counts").json()
+    assert counts == {s: sum(d["status"] == s for d in whole) for s in order} | {
+        "total": len(whole)
+    }
+    answer = client.get("/v1/contracts/duties", status="late")
+    assert answer.status_code == 422, answer.text
+    assert answer.headers["content-type"].startswith("application/problem+json")
+
+
 def test_the_overviews_links_count_every_agreement_held(node: NodeContext) -> None:
     """The overview's network picture counts agreements in SQL: by peer, what this member
     provides and consumes and how many are active, as reading each one would count."""
