@@ -76,9 +76,7 @@ def _attention_first(reports: list[DutyReport]) -> list[DutyReport]:
 
 
 @pytest.mark.parametrize("seed", [3, 4])
-def test_duties_read_in_sql_are_those_every_agreement_gave(
-    store: ContractStore, seed: int
-) -> None:
+def test_duties_read_in_sql_are_those_every_agreement_gave(store: ContractStore, seed: int) -> None:
     deadlines = _given(store, seed)
     moments = [T0, T0 + timedelta(days=200), T0 + timedelta(days=700), *deadlines[:3]]
     for now in moments:  # a moment equal to a deadline: overdue from that instant
