@@ -455,6 +455,16 @@ def overdue(case: QualityCase, today: date) -> list[ActionItem]:
     return [a for a in case.terms.actions if a.action_id not in case.done and a.due < today]
 
 
+def overdue_from(case: QualityCase) -> date | None:
+    """The earliest due date among the actions `overdue` could name (the case ACCEPTED,
+    the action not done), None when none could: ``overdue(case, today)`` is empty exactly
+    when this is None or not before ``today``. The store keeps it per case, so that a
+    listing finds the cases with overdue actions without folding every log."""
+    if case.state is not CaseState.ACCEPTED:
+        return None
+    return min((a.due for a in case.terms.actions if a.action_id not in case.done), default=None)
+
+
 def closure_record(case: QualityCase, events: Iterable[CaseEvent]) -> bytes:
     """The canonical bytes a closed case is anchored by: the case and the sorted sha256 of
     every event of its log. Sorted, so both parties (whose logs may hold the two sides'

@@ -32,7 +32,7 @@ method has there.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
-from datetime import datetime
+from datetime import date, datetime
 
 from sqlalchemy import Engine
 
@@ -44,7 +44,7 @@ from qdspace.connector.contract_store.agreements import (
     DutyTerms,
     StoredAgreement,
 )
-from qdspace.connector.contract_store.cases import CaseLog, CaseStore
+from qdspace.connector.contract_store.cases import CaseLog, CaseRow, CaseStore
 from qdspace.connector.contract_store.closures import ClosureStore, OrderClosure
 from qdspace.connector.contract_store.common import (
     CONTRACT_METADATA,
@@ -83,6 +83,7 @@ __all__ = [
     "CONTRACT_METADATA",
     "AgreementLink",
     "CaseLog",
+    "CaseRow",
     "ConcurrentUpdateError",
     "ContractStore",
     "ContractStoreError",
@@ -441,6 +442,15 @@ class ContractStore:
 
     def find_case(self, case_id: str) -> CaseLog:
         return self._cases.find_case(case_id)
+
+    def case_rows(self, today: date, *, limit: int | None = None, offset: int = 0) -> list[CaseRow]:
+        return self._cases.case_rows(today, limit=limit, offset=offset)
+
+    def count_cases(self) -> int:
+        return self._cases.count_cases()
+
+    def overdue_cases(self, today: date) -> list[QualityCase]:
+        return self._cases.overdue_cases(today)
 
     def cases(self) -> list[QualityCase]:
         return self._cases.cases()

@@ -28,11 +28,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import date, datetime
+from typing import Any
 
 from sqlalchemy import (
     Column,
     Connection,
+    Date,
     Engine,
     Integer,
     LargeBinary,
@@ -56,11 +58,21 @@ from qdspace.connector.contract_store.common import (
     ID_LENGTH,
     ConcurrentUpdateError,
     TableStore,
+    count_rows,
     saving,
 )
 from qdspace.connector.contract_store.notices import MAX_RECEIVED_PER_SENDER
 from qdspace.connector.contract_store.outbox import OutboxMessage, OutboxStore
-from qdspace.connector.investigation import QualityCase, apply, fold
+from qdspace.connector.investigation import (
+    CaseKind,
+    CaseState,
+    QualityCase,
+    Severity,
+    apply,
+    fold,
+    overdue,
+    overdue_from,
+)
 from qdspace.connector.investigation_wire import SignedEvent, event_from_bytes
 
 case_table = Table(
@@ -76,6 +88,11 @@ case_table = Table(
     Column("event_count", Integer, nullable=False),
     Column("opened_at", UTCDateTime(), nullable=False),
     Column("updated_at", UTCDateTime(), nullable=False, index=True),
+    # from the fold at each append (revision 0020_case_listing), so that listings read
+    # rows, not logs: how many actions are not done, and the earliest due date `overdue`
+    # could name (`investigation.overdue_from`; NULL: none could)
+    Column("open_actions", Integer, nullable=False, server_default="0"),
+    Column("overdue_from", Date, nullable=True, index=True),
     UniqueConstraint("case_id", name="uq_contract_quality_case_id"),
 )
 case_event_table = Table(
@@ -99,6 +116,23 @@ class CaseLog:
 
     case: QualityCase
     events: tuple[SignedEvent, ...]
+
+
+@dataclass(frozen=True)
+class CaseRow:
+    """A case as a listing shows it, read from its row (its log not folded)."""
+
+    case_id: str
+    opener_id: str
+    receiver_id: str
+    kind: CaseKind
+    severity: Severity
+    subject: str
+    state: CaseState
+    opened_at: datetime
+    updated_at: datetime
+    open_actions: int
+    overdue_actions: int
 
 
 class CaseStore(TableStore):
@@ -203,6 +237,8 @@ class CaseStore(TableStore):
             "state": case.state.value,
             "event_count": count,
             "updated_at": case.updated_at,
+            "open_actions": len(case.open_actions()),
+            "overdue_from": overdue_from(case),
         }
         if old == 0:
             terms = case.terms
@@ -249,6 +285,58 @@ class CaseStore(TableStore):
         if len(openers) != 1:
             raise UnknownCaseError(f"no quality case {case_id} here")
         return self.case_log(openers[0].opener_id, case_id)
+
+    def case_rows(self, today: date, *, limit: int | None = None, offset: int = 0) -> list[CaseRow]:
+        """The cases held here as their rows list them, most recently updated first,
+        ``limit`` from ``offset`` (None: all). Only a case with an action overdue at
+        ``today`` has its log folded (to count them); the others are their rows."""
+        t = case_table
+        statement = select(t).order_by(t.c.updated_at.desc(), t.c.case_id).offset(offset)
+        if limit is not None:
+            statement = statement.limit(limit)
+        with self.engine.connect() as connection:
+            rows = connection.execute(statement).all()
+            late = {
+                (r.opener_id, r.case_id): len(overdue(self._fold_in(connection, r), today))
+                for r in rows
+                if r.overdue_from is not None and r.overdue_from < today
+            }
+        return [
+            CaseRow(
+                case_id=r.case_id,
+                opener_id=r.opener_id,
+                receiver_id=r.receiver_id,
+                kind=CaseKind(r.kind),
+                severity=Severity(r.severity),
+                subject=r.subject,
+                state=CaseState(r.state),
+                opened_at=r.opened_at,
+                updated_at=r.updated_at,
+                open_actions=int(r.open_actions),
+                overdue_actions=late.get((r.opener_id, r.case_id), 0),
+            )
+            for r in rows
+        ]
+
+    def count_cases(self) -> int:
+        """How many cases are held here."""
+        return count_rows(self.engine, case_table)
+
+    def overdue_cases(self, today: date) -> list[QualityCase]:
+        """The cases with an action overdue at ``today``, folded, the earliest due first:
+        found by their rows (`overdue_from`), so a listing of what is late reads only
+        those logs."""
+        t = case_table
+        statement = (
+            select(t.c.opener_id, t.c.case_id)
+            .where(t.c.overdue_from.is_not(None), t.c.overdue_from < today)
+            .order_by(t.c.overdue_from, t.c.case_id)
+        )
+        with self.engine.connect() as connection:
+            return [self._fold_in(connection, k) for k in connection.execute(statement)]
+
+    def _fold_in(self, connection: Connection, key: Any) -> QualityCase:
+        return fold(s.event for s in self._log_in(connection, key.opener_id, key.case_id))
 
     def cases(self) -> list[QualityCase]:
         """Every case held here, most recently updated first."""

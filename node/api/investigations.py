@@ -21,7 +21,7 @@ from fastapi import APIRouter, Depends, HTTPException, Response
 from pydantic import BaseModel, Field, StringConstraints
 from starlette.concurrency import run_in_threadpool
 
-from qdspace.connector.contract_store import CaseLog
+from qdspace.connector.contract_store import CaseLog, CaseRow
 from qdspace.connector.investigation import (
     MAX_ACTIONS,
     MAX_ID,
@@ -142,6 +142,24 @@ class OverduePublic(BaseModel):
     due: date
 
 
+def row_summary(row: CaseRow, me: str) -> CaseSummary:
+    """A case as listings show it, from its row (`ContractStore.case_rows`)."""
+    return CaseSummary(
+        case_id=row.case_id,
+        kind=row.kind,
+        state=row.state,
+        severity=row.severity,
+        subject=row.subject,
+        opener_id=row.opener_id,
+        receiver_id=row.receiver_id,
+        role="opener" if me == row.opener_id else "receiver",
+        opened_at=_time(row.opened_at),
+        updated_at=_time(row.updated_at),
+        open_actions=row.open_actions,
+        overdue_actions=row.overdue_actions,
+    )
+
+
 def summary(case: QualityCase, me: str, today: date) -> CaseSummary:
     t = case.terms
     return CaseSummary(
@@ -260,8 +278,14 @@ def investigations_router() -> APIRouter:
 
     @router.get("", response_model=list[CaseSummary])
     def cases(rt: Runtime, page: Paging, response: Response) -> list[CaseSummary]:
+        """The cases held here, most recently updated first, a page at a time."""
         me, today = rt.me.member_id, _today(rt)
-        return page.take([summary(c, me, today) for c in rt.store.cases()], response)
+
+        def read(limit: int | None, offset: int) -> list[CaseSummary]:
+            found = rt.store.case_rows(today, limit=limit, offset=offset)
+            return [row_summary(r, me) for r in found]
+
+        return page.read(read, response)
 
     @router.get("/overdue", response_model=list[OverduePublic])
     def overdue_actions(rt: Runtime) -> list[OverduePublic]:
@@ -276,7 +300,7 @@ def investigations_router() -> APIRouter:
                 owner_id=a.owner_id,
                 due=a.due,
             )
-            for c in rt.store.cases()
+            for c in rt.store.overdue_cases(today)
             for a in overdue(c, today)
         ]
 

@@ -20,7 +20,7 @@ from starlette.requests import Request
 from starlette.responses import RedirectResponse, Response
 
 from qdspace.connector.investigation import MAX_ID, STEPS, Party, QualityCase, Step, overdue
-from qdspace.node.api.investigations import MOVES, case_public, summary
+from qdspace.node.api.investigations import MOVES, case_public, row_summary
 from qdspace.node.console.auth import form_of
 from qdspace.node.console.render import Console, Endpoint
 from qdspace.node.console.trace_pages import checked_text
@@ -29,6 +29,9 @@ from qdspace.node.runtime.contracts import ContractRuntime
 
 #: the longest note a move carries from the console (the case's own bound is larger)
 MAX_NOTE = 1000
+#: the cases the investigations page lists, the most recently updated (a node keeps
+#: thousands; `GET /v1/investigations` pages through all of them)
+SHOWN_CASES = 50
 
 
 def allowed_moves(case: QualityCase, me: str) -> list[str]:
@@ -55,10 +58,11 @@ def routes(console: Console) -> list[tuple[str, Endpoint, str]]:
 
         rt = runtime()
         me, today = rt.me.member_id, rt.clock.now().date()
-        cases = list(rt.store.cases())
-        late = [(c, a) for c in cases for a in overdue(c, today)]
+        late = [(c, a) for c in rt.store.overdue_cases(today) for a in overdue(c, today)]
+        shown = rt.store.case_rows(today, limit=SHOWN_CASES)
         return {
-            "cases": [summary(c, me, today) for c in cases],
+            "cases": [row_summary(r, me) for r in shown],
+            "case_count": rt.store.count_cases(),
             "overdue": [
                 {"case_id": c.case_id, "subject": c.terms.subject, "action": a, "owner": a.owner_id}
                 for c, a in late

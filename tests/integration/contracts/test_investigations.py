@@ -159,7 +159,9 @@ def test_an_investigation_runs_its_whole_life_on_both_sides(net: LocalNetwork) -
     for name in ("sunarc", "cellex"):  # A1 is past due: the same alert on both sides
         with net[name].client() as client:
             late = ok(client.get("/v1/investigations/overdue"))
+            (row,) = ok(client.get("/v1/investigations?limit=1"))  # read from its row
         assert [(a["case_id"], a["action_id"]) for a in late] == [(case_id, "A1")], name
+        assert (row["case_id"], row["open_actions"], row["overdue_actions"]) == (case_id, 2, 1)
         assert [a["overdue"] for a in show(net, name, case_id)["actions"]] == [True, False]
 
     refused = post(net, "sunarc", f"/{case_id}/actions/A1/done")
