@@ -354,8 +354,10 @@ class ContractStore:
     def closure(self, agreement_id: str, order_id: str) -> OrderClosure | None:
         return self._closures.closure(agreement_id, order_id)
 
-    def closures(self, agreement_id: str | None = None) -> list[OrderClosure]:
-        return self._closures.closures(agreement_id)
+    def closures(
+        self, agreement_id: str | None = None, *, limit: int | None = None, offset: int = 0
+    ) -> list[OrderClosure]:
+        return self._closures.closures(agreement_id, limit=limit, offset=offset)
 
     def closed_orders(self, agreement_id: str) -> dict[str, datetime]:
         return self._closures.closed_orders(agreement_id)

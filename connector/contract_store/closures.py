@@ -34,7 +34,12 @@ from sqlmodel.sql.sqltypes import UTCDateTime
 from qdspace.connector.agreement import SignedReceipt
 from qdspace.connector.contract_errors import ContractStoreError
 from qdspace.connector.contract_store.agreements import AgreementStore, held_as
-from qdspace.connector.contract_store.common import CONTRACT_METADATA, ID_LENGTH, TableStore
+from qdspace.connector.contract_store.common import (
+    CONTRACT_METADATA,
+    ID_LENGTH,
+    TableStore,
+    listing,
+)
 from qdspace.connector.contract_store.data_keys import data_key_table
 from qdspace.connector.contract_store.outbox import OutboxMessage, OutboxStore
 from qdspace.connector.contract_store.receipts import ReceiptStore, receipted
@@ -133,11 +138,17 @@ class ClosureStore(TableStore):
             return None
         return OrderClosure(row.agreement_id, row.order_id, row.closed_at, row.deadline)
 
-    def closures(self, agreement_id: str | None = None) -> list[OrderClosure]:
+    def closures(
+        self, agreement_id: str | None = None, *, limit: int | None = None, offset: int = 0
+    ) -> list[OrderClosure]:
+        """The closures recorded (of one agreement), by agreement and order, ``limit``
+        from ``offset`` (None: all)."""
         table = closure_table
-        statement = select(table).order_by(table.c.agreement_id, table.c.order_id)
+        statement = select(table)
         if agreement_id is not None:
             statement = statement.where(table.c.agreement_id == agreement_id)
+        order = (table.c.agreement_id, table.c.order_id)
+        statement = listing(statement, order, limit=limit, offset=offset)
         with self.engine.connect() as connection:
             rows = connection.execute(statement).all()
         return [OrderClosure(r.agreement_id, r.order_id, r.closed_at, r.deadline) for r in rows]

@@ -52,16 +52,20 @@ def retention_router() -> APIRouter:
 
     @router.get("/closures", response_model=list[ClosurePublic])
     def closures(rt: Runtime, page: Paging, response: Response) -> list[ClosurePublic]:
-        listed = [
-            ClosurePublic(
-                agreement_id=c.agreement_id,
-                order_id=c.order_id,
-                closed_at=_time(c.closed_at),
-                deadline=_time(c.deadline),
-            )
-            for c in rt.store.closures()
-        ]
-        return page.take(listed, response)
+        """The order closures recorded here, by agreement and order, a page at a time."""
+
+        def read(limit: int | None, offset: int) -> list[ClosurePublic]:
+            return [
+                ClosurePublic(
+                    agreement_id=c.agreement_id,
+                    order_id=c.order_id,
+                    closed_at=_time(c.closed_at),
+                    deadline=_time(c.deadline),
+                )
+                for c in rt.store.closures(limit=limit, offset=offset)
+            ]
+
+        return page.read(read, response)
 
     @router.post("/retention/sweep", response_model=SweepPublic)
     async def sweep(

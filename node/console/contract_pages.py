@@ -207,8 +207,7 @@ def routes(console: Console) -> list[tuple[str, Endpoint, str]]:
                 "deadline": _time(c.deadline),
                 "left": countdown(c.deadline, now),
             }
-            for c in rt.store.closures()
-            if c.agreement_id == agreement_id
+            for c in rt.store.closures(agreement_id)
         ]
         return {
             "a": agreement_full(stored),

@@ -294,6 +294,28 @@ def test_duties_page_attention_first_filter_count_and_refuse_what_names_no_statu
     assert answer.headers["content-type"].startswith("application/problem+json")
 
 
+def test_closures_page_by_agreement_and_order(node: NodeContext, app: FastAPI) -> None:
+    """``GET /v1/contracts/closures`` reads a page at a time from the store, by agreement
+    and order; the store reads one agreement's by its key."""
+    _hold_agreements(node)
+    assert node.contracts is not None
+    store, now = node.contracts.store, node.contracts.clock.now()
+    for agreement, order in (
+        ("agr-page-1", "PO-c2"),
+        ("agr-page-0", "PO-c9"),
+        ("agr-page-1", "PO-c1"),
+    ):
+        store.record_order_closed(agreement, order, now)
+    client = Client(app, node.operator_token)
+    whole = client.get("/v1/contracts/closures").json()
+    keys = [(c["agreement_id"], c["order_id"]) for c in whole]
+    assert keys == sorted(keys) and ("agr-page-1", "PO-c1") in keys
+    assert _every_page(client, "/v1/contracts/closures", 2) == whole
+    mine = [c.order_id for c in store.closures("agr-page-1")]
+    assert mine == sorted(o for a, o in keys if a == "agr-page-1")
+    assert [c.order_id for c in store.closures("agr-page-1", limit=1, offset=1)] == mine[1:2]
+
+
 def test_the_overviews_links_count_every_agreement_held(node: NodeContext) -> None:
     """The overview's network picture counts agreements in SQL: by peer, what this member
     provides and consumes and how many are active, as reading each one would count."""
