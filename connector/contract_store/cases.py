@@ -134,6 +134,23 @@ class CaseRow:
     open_actions: int
     overdue_actions: int
 
+    @classmethod
+    def of(cls, case: QualityCase, today: date) -> CaseRow:
+        """The row a folded case lists as (what its stored row gives, `case_rows`)."""
+        return cls(
+            case_id=case.case_id,
+            opener_id=case.opener_id,
+            receiver_id=case.receiver_id,
+            kind=case.terms.kind,
+            severity=case.terms.severity,
+            subject=case.terms.subject,
+            state=case.state,
+            opened_at=case.opened_at,
+            updated_at=case.updated_at,
+            open_actions=len(case.open_actions()),
+            overdue_actions=len(overdue(case, today)),
+        )
+
 
 class CaseStore(TableStore):
     """Append signed events to both parties' copies; read cases back as folds."""

@@ -161,21 +161,7 @@ def row_summary(row: CaseRow, me: str) -> CaseSummary:
 
 
 def summary(case: QualityCase, me: str, today: date) -> CaseSummary:
-    t = case.terms
-    return CaseSummary(
-        case_id=case.case_id,
-        kind=t.kind,
-        state=case.state,
-        severity=t.severity,
-        subject=t.subject,
-        opener_id=case.opener_id,
-        receiver_id=case.receiver_id,
-        role="opener" if me == case.opener_id else "receiver",
-        opened_at=_time(case.opened_at),
-        updated_at=_time(case.updated_at),
-        open_actions=len(case.open_actions()),
-        overdue_actions=len(overdue(case, today)),
-    )
+    return row_summary(CaseRow.of(case, today), me)
 
 
 def case_public(log: CaseLog, me: str, today: date) -> CasePublic:

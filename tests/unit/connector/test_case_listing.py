@@ -14,7 +14,7 @@ from nacl.signing import SigningKey
 from sqlalchemy import Engine, create_engine
 
 from qdspace.connector.contract_errors import CaseError
-from qdspace.connector.contract_store import ContractStore
+from qdspace.connector.contract_store import CaseRow, ContractStore
 from qdspace.connector.investigation import (
     ActionItem,
     ActionKind,
@@ -115,6 +115,7 @@ def test_rows_and_overdue_cases_are_what_folding_every_log_gives(
             assert (row.opened_at, row.updated_at) == (case.opened_at, case.updated_at)
             assert row.open_actions == len(case.open_actions())
             assert row.overdue_actions == len(overdue(case, today))
+        assert rows == [CaseRow.of(c, today) for c in every]  # as the API's case page says
         pages = [store.case_rows(today, limit=7, offset=o) for o in range(0, len(rows), 7)]
         assert [r for page in pages for r in page] == rows
         late = [c for c in every if overdue(c, today)]
