@@ -36,7 +36,7 @@ from __future__ import annotations
 import itertools
 import math
 from collections import deque
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
@@ -114,81 +114,41 @@ class SpcAlert:
     at: datetime
 
 
-@dataclass(frozen=True)
-class _Judged:
-    point: SpcPoint
-    z: float
+@dataclass(frozen=True, slots=True)
+class _KOfN:
+    """`need` of the last `of` points beyond `beyond` sigma on the last point's side."""
+
+    beyond: float
+    need: int
+    of: int
+    text: str
 
 
-_Check = Callable[[Sequence[_Judged]], tuple[Sequence[_Judged], str] | None]
+@dataclass(frozen=True, slots=True)
+class _Run:
+    """The last `length` points all fit `pattern` (see `RuleJudge._fits`)."""
+
+    length: int
+    pattern: str  # one-side, trend, alternating, hugging, mixture
+    text: str
 
 
-def _same_side(window: Sequence[_Judged], beyond: float, need: int, of: int) -> Sequence[_Judged]:
-    """The points of the last `of` beyond `beyond` sigma on the last point's side, if >= need."""
-    last = window[-1]
-    if abs(last.z) <= beyond:
-        return ()
-    sign = math.copysign(1.0, last.z)
-    hits = [j for j in window[-of:] if j.z * sign > beyond]
-    return hits if len(hits) >= need else ()
-
-
-def _k_of_n(beyond: float, need: int, of: int, text: str) -> _Check:
-    def check(window: Sequence[_Judged]) -> tuple[Sequence[_Judged], str] | None:
-        hits = _same_side(window, beyond, need, of)
-        return (hits, text) if hits else None
-
-    return check
-
-
-def _run(length: int, text: str, test: Callable[[Sequence[_Judged]], bool]) -> _Check:
-    def check(window: Sequence[_Judged]) -> tuple[Sequence[_Judged], str] | None:
-        run = window[-length:]
-        return (run, text) if len(run) == length and test(run) else None
-
-    return check
-
-
-def _one_side(run: Sequence[_Judged]) -> bool:
-    return all(j.z > 0 for j in run) or all(j.z < 0 for j in run)
-
-
-def _trend(run: Sequence[_Judged]) -> bool:
-    steps = [b.point.value - a.point.value for a, b in itertools.pairwise(run)]
-    return all(s > 0 for s in steps) or all(s < 0 for s in steps)
-
-
-def _alternating(run: Sequence[_Judged]) -> bool:
-    steps = [b.point.value - a.point.value for a, b in itertools.pairwise(run)]
-    return all(a * b < 0 for a, b in itertools.pairwise(steps))
-
-
-def _hugging(run: Sequence[_Judged]) -> bool:
-    return all(abs(j.z) < 1 for j in run)
-
-
-def _mixture(run: Sequence[_Judged]) -> bool:
-    return (
-        all(abs(j.z) > 1 for j in run) and any(j.z > 0 for j in run) and any(j.z < 0 for j in run)
-    )
-
-
-_BEYOND_3 = _k_of_n(3, 1, 1, "1 point beyond 3 sigma")
-_TWO_OF_THREE = _k_of_n(2, 2, 3, "2 of 3 consecutive points beyond 2 sigma on one side")
-_FOUR_OF_FIVE = _k_of_n(1, 4, 5, "4 of 5 consecutive points beyond 1 sigma on one side")
-_CHECKS: dict[Rule, _Check] = {
+_BEYOND_3 = _KOfN(3, 1, 1, "1 point beyond 3 sigma")
+_TWO_OF_THREE = _KOfN(2, 2, 3, "2 of 3 consecutive points beyond 2 sigma on one side")
+_FOUR_OF_FIVE = _KOfN(1, 4, 5, "4 of 5 consecutive points beyond 1 sigma on one side")
+_TESTS: dict[Rule, _KOfN | _Run] = {
     Rule.WE1: _BEYOND_3,
     Rule.NELSON1: _BEYOND_3,
     Rule.WE2: _TWO_OF_THREE,
     Rule.NELSON5: _TWO_OF_THREE,
     Rule.WE3: _FOUR_OF_FIVE,
     Rule.NELSON6: _FOUR_OF_FIVE,
-    Rule.WE4: _run(8, "8 consecutive points on one side of the centre line", _one_side),
-    Rule.NELSON2: _run(9, "9 consecutive points on one side of the centre line", _one_side),
-    Rule.NELSON3: _run(6, "6 consecutive points steadily increasing or decreasing", _trend),
-    Rule.NELSON4: _run(14, "14 consecutive points alternating up and down", _alternating),
-    Rule.NELSON7: _run(15, "15 consecutive points within 1 sigma of the centre line", _hugging),
-    Rule.NELSON8: _run(8, "8 consecutive points beyond 1 sigma on both sides", _mixture),
+    Rule.WE4: _Run(8, "one-side", "8 consecutive points on one side of the centre line"),
+    Rule.NELSON2: _Run(9, "one-side", "9 consecutive points on one side of the centre line"),
+    Rule.NELSON3: _Run(6, "trend", "6 consecutive points steadily increasing or decreasing"),
+    Rule.NELSON4: _Run(14, "alternating", "14 consecutive points alternating up and down"),
+    Rule.NELSON7: _Run(15, "hugging", "15 consecutive points within 1 sigma of the centre line"),
+    Rule.NELSON8: _Run(8, "mixture", "8 consecutive points beyond 1 sigma on both sides"),
 }
 _LONGEST_RUN = 15
 
@@ -238,37 +198,96 @@ class RuleJudge:
     Shared by the individuals chart (`SpcMonitor`) and the X-bar chart
     (`qdspace.connector.spc_xbar`): the caller says where the centre is and how wide a
     sigma is; this class only remembers the recent points and re-arms each rule.
+
+    A rule sees the points after the last one it fired on. The run rules are judged from
+    streaks kept as points come (how many points in a row ended here above the centre,
+    below it, within 1 sigma, beyond 1 sigma; how many steps in a row went up, down, or
+    turned), not by looking at the last 6 to 15 points again for every rule and point:
+    the windows were most of a value's cost on a long series (a chart's first viewer
+    replays 20,000). A run of `length` points ending here fits when its streak reaches
+    back that far and the rule has seen that many points since it last fired.
     """
 
     def __init__(self, rules: Iterable[Rule] = DEFAULT_RULES) -> None:
         self.rules = tuple(rules)
-        self._checks = [(rule, _CHECKS[rule]) for rule in self.rules]
-        self._judged: deque[_Judged] = deque(maxlen=_LONGEST_RUN)
-        self._last_fired: dict[Rule, int] = {}
+        self._tests = [(rule, _TESTS[rule]) for rule in self.rules]
+        self._recent: deque[tuple[SpcPoint, float]] = deque(maxlen=_LONGEST_RUN)
+        self._seen = 0  # points judged, this one included
+        self._fired_at: dict[Rule, int] = {}  # `_seen` when each rule last fired
+        # streaks ending at the latest point (in points, or in steps between points)
+        self._above = self._below = self._within = self._beyond = 0
+        self._up = self._down = self._turns = 0
+        self._last_above = self._last_below = 0  # `_seen` of the latest z > 0, z < 0
+        self._value: float | None = None
+        self._step: float | None = None
 
     def judge(self, point: SpcPoint, z: float) -> list[SpcAlert]:
         """The alerts `point` raises; ``z`` is its distance from the centre in sigmas.
         Point indexes must increase."""
-        judged = self._judged
-        judged.append(_Judged(point, z))
-        oldest = judged[0].point.index
+        self._recent.append((point, z))
+        seen = self._seen = self._seen + 1
+        self._above = self._above + 1 if z > 0 else 0
+        self._below = self._below + 1 if z < 0 else 0
+        self._within = self._within + 1 if abs(z) < 1 else 0
+        self._beyond = self._beyond + 1 if abs(z) > 1 else 0
+        if z > 0:
+            self._last_above = seen
+        elif z < 0:
+            self._last_below = seen
+        if self._value is not None:
+            step = point.value - self._value
+            self._up = self._up + 1 if step > 0 else 0
+            self._down = self._down + 1 if step < 0 else 0
+            turned = self._step is not None and step * self._step < 0
+            self._turns = self._turns + 1 if turned else 0
+            self._step = step
+        self._value = point.value
         alerts = []
-        # a rule sees the recent points after the last one it fired on; the rules that
-        # did not fire on any point still remembered see them all, and share one list
-        # (built per rule, the windows were most of a value's cost on a long series)
-        windows: dict[int, list[_Judged]] = {}
-        for rule, check in self._checks:
-            since = max(self._last_fired.get(rule, -1), oldest - 1)
-            window = windows.get(since)
-            if window is None:
-                window = windows[since] = [j for j in judged if j.point.index > since]
-            found = check(window)
-            if found is not None:
-                hits, text = found
-                self._last_fired[rule] = point.index
-                points = tuple(j.point for j in hits)
-                alerts.append(SpcAlert(rule.value, f"{rule.value}: {text}", points, point.at))
+        for rule, test in self._tests:
+            fresh = min(seen - self._fired_at.get(rule, 0), _LONGEST_RUN)
+            if isinstance(test, _Run):
+                if fresh < test.length or not self._fits(test):
+                    continue
+                hits = [
+                    p
+                    for p, _ in itertools.islice(
+                        self._recent, len(self._recent) - test.length, None
+                    )
+                ]
+            else:
+                hits = self._k_of_n(test, fresh)
+                if not hits:
+                    continue
+            self._fired_at[rule] = seen
+            alerts.append(SpcAlert(rule.value, f"{rule.value}: {test.text}", tuple(hits), point.at))
         return alerts
+
+    def _fits(self, run: _Run) -> bool:
+        """The last ``run.length`` points fit its pattern (from the streaks)."""
+        n = run.length
+        if run.pattern == "one-side":
+            return self._above >= n or self._below >= n
+        if run.pattern == "trend":
+            return self._up >= n - 1 or self._down >= n - 1
+        if run.pattern == "alternating":
+            return self._turns >= n - 2
+        if run.pattern == "hugging":
+            return self._within >= n
+        # mixture: all beyond 1 sigma, some above and some below
+        since = self._seen - n
+        return self._beyond >= n and self._last_above > since and self._last_below > since
+
+    def _k_of_n(self, test: _KOfN, fresh: int) -> list[SpcPoint]:
+        """The points of the last ``test.of`` (of the ``fresh`` ones) beyond its sigma on
+        the latest point's side, if at least ``test.need`` are."""
+        last_z = self._recent[-1][1]
+        if abs(last_z) <= test.beyond:
+            return []
+        sign = math.copysign(1.0, last_z)
+        take = min(test.of, fresh)
+        recent = itertools.islice(self._recent, len(self._recent) - take, None)
+        hits = [p for p, z in recent if z * sign > test.beyond]
+        return hits if len(hits) >= test.need else []
 
 
 class SpcMonitor:

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 import random
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 import pytest
 
 from qdspace.connector.contract_errors import SpcError
 from qdspace.connector.spc import (
-    _CHECKS,
     CPK_RULE,
     Rule,
     RuleJudge,
@@ -18,7 +20,6 @@ from qdspace.connector.spc import (
     SpcMonitor,
     SpcPoint,
     SpcSpec,
-    _Judged,
     characteristic_value,
     cpk,
     moving_range_sigma,
@@ -75,6 +76,88 @@ def test_one_excursion_is_one_alert_and_new_points_rearm_the_rule() -> None:
     assert [p.value for p in alert.points] == [2.5, 2.5]
     assert alert.description.startswith("WE2: 2 of 3")
     assert alert.at == T0 + timedelta(seconds=3)
+
+
+# The rules as they read, each judging a window of points of its own (the monitor keeps
+# streaks instead): the reference the monitor's alerts are compared with.
+
+
+@dataclass(frozen=True)
+class _Judged:
+    point: SpcPoint
+    z: float
+
+
+_Check = Callable[[Sequence[_Judged]], tuple[Sequence[_Judged], str] | None]
+
+
+def _same_side(window: Sequence[_Judged], beyond: float, need: int, of: int) -> Sequence[_Judged]:
+    """The points of the last `of` beyond `beyond` sigma on the last point's side, if >= need."""
+    last = window[-1]
+    if abs(last.z) <= beyond:
+        return ()
+    sign = math.copysign(1.0, last.z)
+    hits = [j for j in window[-of:] if j.z * sign > beyond]
+    return hits if len(hits) >= need else ()
+
+
+def _k_of_n(beyond: float, need: int, of: int, text: str) -> _Check:
+    def check(window: Sequence[_Judged]) -> tuple[Sequence[_Judged], str] | None:
+        hits = _same_side(window, beyond, need, of)
+        return (hits, text) if hits else None
+
+    return check
+
+
+def _run(length: int, text: str, test: Callable[[Sequence[_Judged]], bool]) -> _Check:
+    def check(window: Sequence[_Judged]) -> tuple[Sequence[_Judged], str] | None:
+        run = window[-length:]
+        return (run, text) if len(run) == length and test(run) else None
+
+    return check
+
+
+def _one_side(run: Sequence[_Judged]) -> bool:
+    return all(j.z > 0 for j in run) or all(j.z < 0 for j in run)
+
+
+def _trend(run: Sequence[_Judged]) -> bool:
+    steps = [b.point.value - a.point.value for a, b in itertools.pairwise(run)]
+    return all(s > 0 for s in steps) or all(s < 0 for s in steps)
+
+
+def _alternating(run: Sequence[_Judged]) -> bool:
+    steps = [b.point.value - a.point.value for a, b in itertools.pairwise(run)]
+    return all(a * b < 0 for a, b in itertools.pairwise(steps))
+
+
+def _hugging(run: Sequence[_Judged]) -> bool:
+    return all(abs(j.z) < 1 for j in run)
+
+
+def _mixture(run: Sequence[_Judged]) -> bool:
+    return (
+        all(abs(j.z) > 1 for j in run) and any(j.z > 0 for j in run) and any(j.z < 0 for j in run)
+    )
+
+
+_BEYOND_3 = _k_of_n(3, 1, 1, "1 point beyond 3 sigma")
+_TWO_OF_THREE = _k_of_n(2, 2, 3, "2 of 3 consecutive points beyond 2 sigma on one side")
+_FOUR_OF_FIVE = _k_of_n(1, 4, 5, "4 of 5 consecutive points beyond 1 sigma on one side")
+_CHECKS: dict[Rule, _Check] = {
+    Rule.WE1: _BEYOND_3,
+    Rule.NELSON1: _BEYOND_3,
+    Rule.WE2: _TWO_OF_THREE,
+    Rule.NELSON5: _TWO_OF_THREE,
+    Rule.WE3: _FOUR_OF_FIVE,
+    Rule.NELSON6: _FOUR_OF_FIVE,
+    Rule.WE4: _run(8, "8 consecutive points on one side of the centre line", _one_side),
+    Rule.NELSON2: _run(9, "9 consecutive points on one side of the centre line", _one_side),
+    Rule.NELSON3: _run(6, "6 consecutive points steadily increasing or decreasing", _trend),
+    Rule.NELSON4: _run(14, "14 consecutive points alternating up and down", _alternating),
+    Rule.NELSON7: _run(15, "15 consecutive points within 1 sigma of the centre line", _hugging),
+    Rule.NELSON8: _run(8, "8 consecutive points beyond 1 sigma on both sides", _mixture),
+}
 
 
 def _fired_by_definition(
@@ -222,3 +305,49 @@ def test_a_characteristic_is_a_number_and_nothing_else() -> None:
     assert characteristic_value(record, "b") == 3.0
     for skipped in ("t", "f", "s", "n", "l", "h", "missing"):
         assert characteristic_value(record, skipped) is None, skipped
+
+
+def _patterned(rnd: random.Random, length: int) -> list[float]:
+    """Segments that each rule looks for, at random lengths, between noise: shifts to one
+    side, trends, saw-teeth, hugging the centre, and points beyond 1 sigma on both sides,
+    with exact zeros and equal neighbours (which break a side, a trend and a turn) and
+    points exactly on 1, 2 and 3 sigma (the rules' strict bounds)."""
+    zs: list[float] = []
+    while len(zs) < length:
+        kind, n = rnd.randrange(7), rnd.randint(3, 20)
+        if kind == 0:
+            zs += [rnd.gauss(0, 1) for _ in range(n)]
+        elif kind == 1:
+            side = rnd.choice((-1, 1))
+            zs += [side * rnd.uniform(0.1, 2.5) for _ in range(n)]
+        elif kind == 2:
+            start, step = rnd.uniform(-2, 2), rnd.choice((-0.3, 0.3))
+            zs += [start + step * k for k in range(n)]
+        elif kind == 3:
+            zs += [(-1) ** k * rnd.uniform(0.2, 1.5) for k in range(n)]
+        elif kind == 4:
+            zs += [rnd.uniform(-0.9, 0.9) for _ in range(n)]
+        elif kind == 5:
+            zs += [rnd.choice((-1, 1)) * rnd.uniform(1.1, 2.9) for _ in range(n)]
+        else:
+            edge = [rnd.choice((-1.0, 1.0, -2.0, 2.0, 3.0)) for _ in range(rnd.randint(1, 4))]
+            zs += [0.0] * rnd.randint(1, 3) + edge + [zs[-1] if zs else 1.0] * 2
+    return zs[:length]
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_every_rule_fires_where_it_reads_alone_on_patterned_series(seed: int) -> None:
+    """The monitor keeps streaks instead of windows: over series made of the patterns the
+    rules look for, every rule (all at once, and alone) fires on the same points as the
+    rule read by its definition, and each rule fires somewhere."""
+    rnd = random.Random(100 + seed)
+    zs = _patterned(rnd, 3000)
+    for rules in (list(Rule), [rnd.choice(list(Rule))]):
+        judge = RuleJudge(rules)
+        got = [
+            (i, alert.rule, tuple(p.index for p in alert.points))
+            for i, z in enumerate(zs)
+            for alert in judge.judge(SpcPoint(i, z, T0), z)
+        ]
+        assert got == _fired_by_definition(zs, rules)
+        assert {rule for _, rule, _ in got} == {r.value for r in rules}
