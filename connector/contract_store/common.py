@@ -28,9 +28,11 @@ how one aggregate's save takes another's step into the same commit.
 
 from __future__ import annotations
 
+from collections import namedtuple
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
+from functools import cache
 from typing import Any
 
 from sqlalchemy import (
@@ -41,6 +43,7 @@ from sqlalchemy import (
     Engine,
     Integer,
     MetaData,
+    Result,
     Select,
     String,
     Table,
@@ -281,6 +284,20 @@ def listing(
     if limit is not None:
         statement = statement.limit(limit)
     return statement.offset(offset) if offset else statement
+
+
+@cache
+def _plain_type(fields: tuple[str, ...]) -> Any:
+    return namedtuple("Plain", fields)  # the fields are known only at run time
+
+
+def plain_rows(result: Result[Any]) -> list[Any]:
+    """The rows of ``result`` as named tuples, each column still read by its name: an
+    SQLAlchemy ``Row`` finds a column by name in ~0.9 us, a named tuple in ~0.05 us, and
+    a reader that takes nine columns of 20,000 rows (a chart's history) spent a third of
+    its time there."""
+    kind = _plain_type(tuple(result.keys()))
+    return [kind._make(row) for row in result]
 
 
 def count_rows(engine: Engine, table: Table, *where: ColumnElement[bool]) -> int:

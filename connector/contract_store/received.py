@@ -39,7 +39,13 @@ from sqlalchemy import Connection, Engine, Select, and_, delete, false, func, se
 from qdspace.connector.agreement import deletion_digest_of_bytes
 from qdspace.connector.contract_errors import ContractStoreError
 from qdspace.connector.contract_store.agreements import AgreementStore
-from qdspace.connector.contract_store.common import TableStore, listing, saving, utc_now
+from qdspace.connector.contract_store.common import (
+    TableStore,
+    listing,
+    plain_rows,
+    saving,
+    utc_now,
+)
 from qdspace.connector.contract_store.data_keys import DataKeys, row_aad
 from qdspace.connector.contract_store.received_model import (
     Deletion,
@@ -278,7 +284,7 @@ class ReceivedStore(TableStore):
 
     def _read(self, statement: Select[Any]) -> list[ReceivedRow]:
         with self.engine.connect() as connection:
-            records = connection.execute(statement).all()
+            records = plain_rows(connection.execute(statement))
             payloads = self._payloads(connection, records, utc_now())
         return [
             ReceivedRow(
@@ -322,7 +328,7 @@ class ReceivedStore(TableStore):
         number = agreement_no_of(agreement_id)
         where = and_(table.c.agreement_no == number, table.c.order_id == order_id)
         held = and_(where, table.c.withdrawn == false())
-        records = connection.execute(select(table).where(held).order_by(table.c.id)).all()
+        records = plain_rows(connection.execute(select(table).where(held).order_by(table.c.id)))
         payloads = self._payloads(connection, records, at) if records else []
         count, digest = deletion_digest_of_bytes(payloads)
         connection.execute(delete(table).where(where))
