@@ -41,7 +41,6 @@ from qdspace.connector.contract_errors import ContractStoreError
 from qdspace.connector.contract_store.agreements import (
     AgreementLink,
     AgreementStore,
-    DutyTerms,
     StoredAgreement,
 )
 from qdspace.connector.contract_store.cases import CaseLog, CaseRow, CaseStore
@@ -90,7 +89,6 @@ __all__ = [
     "Deletion",
     "DspProcess",
     "DutyReport",
-    "DutyTerms",
     "IncomingRow",
     "IncomingRun",
     "MirrorResult",
@@ -212,9 +210,6 @@ class ContractStore:
 
     def concerning_order(self, provider_id: str, order_id: str) -> list[StoredAgreement]:
         return self._agreements.concerning_order(provider_id, order_id)
-
-    def duty_terms(self) -> list[DutyTerms]:
-        return self._agreements.duty_terms()
 
     def terminate_agreement(self, agreement_id: str, reason: str, at: datetime) -> StoredAgreement:
         return self._agreements.terminate_agreement(agreement_id, reason, at)

@@ -170,18 +170,6 @@ def derived_terms(policy: Policy) -> tuple[str | None, int | None, bool]:
     return order, retention_days(policy), receipt_required(policy)
 
 
-@dataclass(frozen=True)
-class DutyTerms:
-    """An agreement's delete duty as its row keeps it (`derived_terms`): enough for its
-    duties' reports without parsing the terms."""
-
-    agreement_id: str
-    provider_id: str
-    consumer_id: str
-    retention_days: int
-    receipt_required: bool
-
-
 def _stored(row: Any) -> StoredAgreement:
     """The agreement a row of `agreement_table` holds (its terms parsed)."""
     consumer_signature = None if row.consumer_signature is None else bytes(row.consumer_signature)
@@ -334,27 +322,6 @@ class AgreementStore(TableStore):
                 )
                 found += [_stored(row) for row in connection.execute(statement)]
         return sorted(found, key=lambda a: (a.signed.agreement.agreed_at, a.agreement_id))
-
-    def duty_terms(self) -> list[DutyTerms]:
-        """The delete duties of the agreements given as provider, in the order agreed,
-        from their rows (nothing parsed)."""
-        table = agreement_table
-        statement = (
-            select(
-                table.c.agreement_id,
-                table.c.provider_id,
-                table.c.consumer_id,
-                table.c.retention_days,
-                table.c.receipt_required,
-            )
-            .where(table.c.role == Role.PROVIDER.value, table.c.retention_days.is_not(None))
-            .order_by(table.c.agreed_at, table.c.agreement_id)
-        )
-        with self.engine.connect() as connection:
-            return [
-                DutyTerms(a, p, c, int(days), bool(receipt))
-                for a, p, c, days, receipt in connection.execute(statement)
-            ]
 
     def count_agreements(self, role: Role | None = None) -> int:
         """How many agreements are held (in ``role``)."""

@@ -37,7 +37,7 @@ from sqlmodel.sql.sqltypes import UTCDateTime
 from qdspace.connector.agreement import DeletionReceipt, receipt_from_bytes
 from qdspace.connector.contract_store.agreements import agreement_table
 from qdspace.connector.contract_store.closures import closure_table
-from qdspace.connector.contract_store.common import TableStore
+from qdspace.connector.contract_store.common import TableStore, plain_rows
 from qdspace.connector.contract_store.receipts import receipt_table
 from qdspace.connector.negotiation import Role
 from qdspace.policies.retention import ATTENTION_ORDER, DeletionDuty, DutyStatus
@@ -98,7 +98,7 @@ class DutyView(TableStore):
         if offset:
             statement = statement.offset(offset)
         with self.engine.connect() as connection:
-            rows = connection.execute(statement).all()
+            rows = plain_rows(connection.execute(statement))
         return [
             DutyReport(
                 DeletionDuty(
