@@ -42,7 +42,7 @@ from qdspace.connector.contract_store.common import (
 )
 from qdspace.connector.contract_store.data_keys import data_key_table
 from qdspace.connector.contract_store.outbox import OutboxMessage, OutboxStore
-from qdspace.connector.contract_store.receipts import ReceiptStore, receipted
+from qdspace.connector.contract_store.receipts import ReceiptStore, receipt_table, receipted
 from qdspace.connector.contract_store.received import Deletion, ReceivedStore, received_row_table
 from qdspace.connector.negotiation import Role
 from qdspace.connector.purge import Holding
@@ -261,7 +261,8 @@ class ClosureStore(TableStore):
                 )
             ):
                 facts.append(Holding(r[0], r[1], closed=True))
-        for signed in self._receipts.receipts():
-            receipt = signed.receipt
-            facts.append(Holding(receipt.agreement_id, receipt.order_id, receipted=True))
+            # the duties answered, from the receipts' columns (none of them parsed)
+            answered = select(receipt_table.c.agreement_id, receipt_table.c.order_id)
+            for r in connection.execute(answered):
+                facts.append(Holding(r[0], r[1], receipted=True))
         return facts
