@@ -59,6 +59,8 @@ from qdspace.connector.contract_store.common import (
     ConcurrentUpdateError,
     TableStore,
     count_rows,
+    listing,
+    plain_rows,
     saving,
 )
 from qdspace.connector.contract_store.notices import MAX_RECEIVED_PER_SENDER
@@ -308,11 +310,10 @@ class CaseStore(TableStore):
         ``limit`` from ``offset`` (None: all). Only a case with an action overdue at
         ``today`` has its log folded (to count them); the others are their rows."""
         t = case_table
-        statement = select(t).order_by(t.c.updated_at.desc(), t.c.case_id).offset(offset)
-        if limit is not None:
-            statement = statement.limit(limit)
+        order = (t.c.updated_at.desc(), t.c.case_id)
+        statement = listing(select(t), order, limit=limit, offset=offset)
         with self.engine.connect() as connection:
-            rows = connection.execute(statement).all()
+            rows = plain_rows(connection.execute(statement))
             late = {
                 (r.opener_id, r.case_id): len(overdue(self._fold_in(connection, r), today))
                 for r in rows

@@ -37,7 +37,7 @@ from sqlmodel.sql.sqltypes import UTCDateTime
 from qdspace.connector.agreement import DeletionReceipt, receipt_from_bytes
 from qdspace.connector.contract_store.agreements import agreement_table
 from qdspace.connector.contract_store.closures import closure_table
-from qdspace.connector.contract_store.common import TableStore, plain_rows
+from qdspace.connector.contract_store.common import TableStore, listing, plain_rows
 from qdspace.connector.contract_store.receipts import receipt_table
 from qdspace.connector.negotiation import Role
 from qdspace.policies.retention import ATTENTION_ORDER, DeletionDuty, DutyStatus
@@ -84,19 +84,14 @@ class DutyView(TableStore):
         )
         if status is not None:
             statement = statement.where(d.status == status.value)
-        made = (d.agreed_at, d.agreement_id, d.order_id)
+        order: tuple[ColumnElement[Any], ...] = (d.agreed_at, d.agreement_id, d.order_id)
         if attention_first:
             rank = case(
                 *((d.status == s.value, i) for i, s in enumerate(ATTENTION_ORDER)),
                 else_=len(ATTENTION_ORDER),
             )
-            statement = statement.order_by(rank, d.deadline.is_(None), d.deadline, *made)
-        else:
-            statement = statement.order_by(*made)
-        if limit is not None:
-            statement = statement.limit(limit)
-        if offset:
-            statement = statement.offset(offset)
+            order = (rank, d.deadline.is_(None), d.deadline, *order)
+        statement = listing(statement, order, limit=limit, offset=offset)
         with self.engine.connect() as connection:
             rows = plain_rows(connection.execute(statement))
         return [
