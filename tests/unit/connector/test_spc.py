@@ -178,6 +178,17 @@ def _fired_by_definition(
     return out
 
 
+def _fired_by_judge(zs: list[float], rules: list[Rule]) -> list[tuple[int, str, tuple[int, ...]]]:
+    """The alerts of a `RuleJudge` fed ``zs`` (each its own value and z), as
+    `_fired_by_definition` lists them."""
+    judge = RuleJudge(rules)
+    return [
+        (i, alert.rule, tuple(p.index for p in alert.points))
+        for i, z in enumerate(zs)
+        for alert in judge.judge(SpcPoint(i, z, T0), z)
+    ]
+
+
 @pytest.mark.parametrize("seed", range(20))
 def test_the_rules_fire_where_each_rule_read_alone_fires(seed: int) -> None:
     """Series with shifts and trends under random sets of rules: the same alerts, on
@@ -189,12 +200,7 @@ def test_the_rules_fire_where_each_rule_read_alone_fires(seed: int) -> None:
         for k in range(1500)
     ]
     rules = rnd.sample(list(Rule), rnd.randint(1, len(Rule)))
-    judge = RuleJudge(rules)
-    got = [
-        (i, alert.rule, tuple(p.index for p in alert.points))
-        for i, z in enumerate(zs)
-        for alert in judge.judge(SpcPoint(i, z, T0), z)
-    ]
+    got = _fired_by_judge(zs, rules)
     assert got == _fired_by_definition(zs, rules)
     assert got, "the series fires the rules chosen"
 
@@ -343,11 +349,6 @@ def test_every_rule_fires_where_it_reads_alone_on_patterned_series(seed: int) ->
     rnd = random.Random(100 + seed)
     zs = _patterned(rnd, 3000)
     for rules in (list(Rule), [rnd.choice(list(Rule))]):
-        judge = RuleJudge(rules)
-        got = [
-            (i, alert.rule, tuple(p.index for p in alert.points))
-            for i, z in enumerate(zs)
-            for alert in judge.judge(SpcPoint(i, z, T0), z)
-        ]
+        got = _fired_by_judge(zs, rules)
         assert got == _fired_by_definition(zs, rules)
         assert {rule for _, rule, _ in got} == {r.value for r in rules}
