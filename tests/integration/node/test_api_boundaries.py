@@ -408,3 +408,50 @@ def test_the_defects_chart_refuses_hostile_queries(network: LocalNetwork) -> Non
         empty = {"since": "1990-01-01T00:00:00Z", "until": "1990-01-02T00:00:00Z"}
         assert "no inspection verdicts" in problem(client.get(path, params=empty), 404)["detail"]
         assert client.get(path, headers={"Authorization": "Bearer nope"}).status_code == 401
+
+
+def test_the_paged_retention_and_case_lists_refuse_hostile_queries(
+    network: LocalNetwork,
+) -> None:
+    """The lists read a page at a time in SQL (deletion duties, their counts, closures,
+    receipts, cases): a status that is none, a flag that is no boolean, a page of zero,
+    of a billion or NaN rows, a forged or negative cursor are 4xx problems naming the
+    field; no token is a 401; the node answers honest queries afterwards."""
+    with network["sunarc"].client() as client:
+        lists = (
+            "/v1/contracts/duties",
+            "/v1/contracts/closures",
+            "/v1/contracts/receipts",
+            "/v1/investigations",
+        )
+        for path in lists:
+            for params, field in (
+                ({"limit": "0"}, "limit"),
+                ({"limit": "-1"}, "limit"),
+                ({"limit": "1000000000"}, "limit"),
+                ({"limit": "nan"}, "limit"),
+                ({"limit": "9" * 400}, "limit"),
+            ):
+                body = problem(client.get(path, params=params), 422)
+                assert field in str(body), (path, params, body)
+            for cursor in ("not-a-cursor!", "eyJvIjotMX0", "A" * 190):
+                problem(client.get(path, params={"cursor": cursor}), 400)
+            assert client.get(path, headers={"Authorization": "Bearer nope"}).status_code == 401
+        duties = "/v1/contracts/duties"
+        for params, field in (
+            ({"status": "late"}, "status"),
+            ({"status": "OVERDUE\x00"}, "status"),
+            ({"attention_first": "maybe"}, "attention_first"),
+        ):
+            body = problem(client.get(duties, params=params), 422)
+            assert field in str(body), (params, body)
+        counts = "/v1/contracts/duties/counts"
+        assert client.get(counts, headers={"Authorization": "Bearer nope"}).status_code == 401
+        assert client.post(counts).status_code == 405
+        for path in lists:  # the node survived and pages as asked
+            page = client.get(path, params={"limit": "2"})
+            assert page.status_code == 200 and len(page.json()) <= 2, (path, page.text)
+        answer = client.get(duties, params={"attention_first": "true", "status": "pending"})
+        assert answer.status_code == 200 and all(d["status"] == "pending" for d in answer.json())
+        total = client.get(counts).json()
+        assert total["total"] == sum(v for k, v in total.items() if k != "total")
