@@ -307,8 +307,23 @@ class OperatorClient:
         )
         return result
 
-    def received(self, agreement_id: str) -> dict[str, Any]:
-        result: dict[str, Any] = self._get("/v1/contracts/received", agreement_id=agreement_id)
+    def received(
+        self,
+        agreement_id: str,
+        order_id: str | None = None,
+        *,
+        limit: int | None = None,
+        cursor: str | None = None,
+    ) -> dict[str, Any]:
+        """A page of the rows held under an agreement (the first, or the one after
+        ``cursor``: the ``next_cursor`` of the page before; None on the last)."""
+        result: dict[str, Any] = self._get(
+            "/v1/contracts/received",
+            agreement_id=agreement_id,
+            order_id=order_id,
+            limit=limit,
+            cursor=cursor,
+        )
         return result
 
     def received_changes(self, agreement_id: str | None = None) -> Rows:

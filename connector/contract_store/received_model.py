@@ -18,6 +18,7 @@ from sqlalchemy import (
     Boolean,
     Column,
     ColumnElement,
+    Index,
     Integer,
     LargeBinary,
     String,
@@ -71,6 +72,10 @@ received_row_table = Table(
     Column("page_id", BigInteger, nullable=True),
     Column("slot", Integer, nullable=True),
     UniqueConstraint("agreement_no", "record_key", name="uq_contract_received_record_no"),
+    # one agreement's rows in the order they came (0021_received_by_agreement): the
+    # newest, a page after an id and what came since are ranges of it; through the
+    # unique index above they were every row of the agreement read and sorted
+    Index("ix_contract_received_row_agreement", "agreement_no", "id"),
 )
 
 

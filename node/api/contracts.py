@@ -59,7 +59,16 @@ from qdspace.node.api.contracts_models import (
     subscription_public,
     transfer_public,
 )
-from qdspace.node.api.deps import Client, Outbox, Paging, Runtime, require_operator
+from qdspace.node.api.deps import (
+    NEXT_CURSOR_HEADER,
+    Client,
+    Outbox,
+    Paging,
+    Runtime,
+    decode_cursor,
+    encode_cursor,
+    require_operator,
+)
 from qdspace.node.api.models import ID_MAX, ID_PATTERN, IdPath
 from qdspace.node.api.policy_models import JsonLd, PolicyExplanation
 from qdspace.node.api.problems import PeerTimeout
@@ -284,16 +293,34 @@ def contracts_router() -> APIRouter:
         agreement_id: Annotated[str, Query(min_length=1, max_length=256)],
         order_id: Annotated[str | None, Query(min_length=1, max_length=256)] = None,
         limit: int = Query(1000, ge=1, le=100_000),
+        cursor: Annotated[
+            str | None, Query(max_length=200, description="the next_cursor of the last page")
+        ] = None,
     ) -> ReceivedPublic:
-        """The first ``limit`` rows received under an agreement (``total`` counts all)."""
+        """The rows held under an agreement (of one order) in the order they came, ``limit``
+        at a time: the first page, or the page after ``cursor``; ``next_cursor`` (and the
+        ``X-Next-Cursor`` header) names the page after this one, None on the last.
+        ``total`` counts every row held under the agreement. A cursor stands for the last
+        row read, so a page is a range of the agreement's rows wherever it starts, and rows
+        that come in between pages are read on a later page, none twice."""
+        after = 0 if cursor is None else decode_cursor(cursor)
         store = rt.store
-        rows = await _domain(
-            _sync(lambda: store.received_rows(agreement_id, order_id, limit=limit))
-        )
+
+        def read() -> tuple[list[Any], int]:
+            rows = store.received_rows(agreement_id, order_id, after_id=after, limit=limit + 1)
+            return rows, store.count_received(agreement_id)
+
+        rows, total = await _domain(_sync(read))
+        following = None
+        if len(rows) > limit:
+            rows = rows[:limit]
+            following = encode_cursor(rows[-1].id)
+            response.headers[NEXT_CURSOR_HEADER] = following
         return ReceivedPublic(
             agreement_id=agreement_id,
-            total=store.count_received(agreement_id),
+            total=total,
             rows=[json.loads(r.payload) for r in rows],
+            next_cursor=following,
         )
 
     @router.get("/received/changes", response_model=list[ChangePublic])

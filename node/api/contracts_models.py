@@ -174,11 +174,13 @@ class TransferPublic(BaseModel):
 
 
 class ReceivedPublic(BaseModel):
-    """The first rows received under an agreement (``limit`` of them; ``total`` counts all)."""
+    """A page of the rows received under an agreement (``total`` counts all held)."""
 
     agreement_id: str
     total: int
     rows: list[dict[str, Any]]
+    #: the cursor of the next page (None: this is the last)
+    next_cursor: str | None = None
 
 
 class ChangePublic(BaseModel):

@@ -44,6 +44,9 @@ _bearer = HTTPBearer(auto_error=False)
 #: the largest page a caller may ask for
 MAX_PAGE = 10_000
 NEXT_CURSOR_HEADER = "X-Next-Cursor"
+#: the highest position a cursor can stand for (an offset or a row id: a 64-bit integer
+#: in both databases; a forged one beyond it would reach the driver as an overflow)
+MAX_POSITION = 2**63 - 1
 
 
 class NoContracts(ApiProblem):
@@ -155,7 +158,7 @@ def decode_cursor(cursor: str) -> int:
         offset = json.loads(raw)["o"]
     except (binascii.Error, ValueError, TypeError, KeyError):
         raise BadCursor("cursor: not a cursor this node handed out") from None
-    if not isinstance(offset, int) or isinstance(offset, bool) or offset < 0:
+    if not isinstance(offset, int) or isinstance(offset, bool) or not 0 <= offset <= MAX_POSITION:
         raise BadCursor("cursor: not a cursor this node handed out")
     return offset
 

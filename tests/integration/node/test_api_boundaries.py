@@ -410,13 +410,25 @@ def test_the_defects_chart_refuses_hostile_queries(network: LocalNetwork) -> Non
         assert client.get(path, headers={"Authorization": "Bearer nope"}).status_code == 401
 
 
+#: cursors this node never handed out: not base64, a negative position, noise, and
+#: positions past 64 bits (that one reached the database driver as an overflow: a 500)
+FORGED_CURSORS = (
+    "not-a-cursor!",
+    "eyJvIjotMX0",
+    "A" * 190,
+    "eyJvIjo5MjIzMzcyMDM2ODU0Nzc1ODA4fQ",  # {"o":9223372036854775808}
+    "eyJvIjoxZSszMH0",  # {"o":1e+30}
+)
+
+
 def test_the_paged_retention_and_case_lists_refuse_hostile_queries(
     network: LocalNetwork,
 ) -> None:
     """The lists read a page at a time in SQL (deletion duties, their counts, closures,
     receipts, cases): a status that is none, a flag that is no boolean, a page of zero,
-    of a billion or NaN rows, a forged or negative cursor are 4xx problems naming the
-    field; no token is a 401; the node answers honest queries afterwards."""
+    of a billion or NaN rows, a forged, negative or 64-bit-overflowing cursor are 4xx
+    problems naming the field; no token is a 401; the node answers honest queries
+    afterwards. The received rows' pages (by cursor since 0021) are abused the same way."""
     with network["sunarc"].client() as client:
         lists = (
             "/v1/contracts/duties",
@@ -434,9 +446,29 @@ def test_the_paged_retention_and_case_lists_refuse_hostile_queries(
             ):
                 body = problem(client.get(path, params=params), 422)
                 assert field in str(body), (path, params, body)
-            for cursor in ("not-a-cursor!", "eyJvIjotMX0", "A" * 190):
+            for cursor in FORGED_CURSORS:
                 problem(client.get(path, params={"cursor": cursor}), 400)
             assert client.get(path, headers={"Authorization": "Bearer nope"}).status_code == 401
+        received, mine = "/v1/contracts/received", {"agreement_id": "agr-none"}
+        for params, field in (
+            ({"limit": "0"}, "limit"),
+            ({"limit": "100001"}, "limit"),
+            ({"limit": "nan"}, "limit"),
+            ({"agreement_id": "x" * 300}, "agreement_id"),
+            ({"agreement_id": ""}, "agreement_id"),
+            ({"order_id": "o" * 300}, "order_id"),
+            ({"cursor": "c" * 201}, "cursor"),
+        ):
+            body = problem(client.get(received, params=mine | params), 422)
+            assert field in str(body), (params, body)
+        for cursor in FORGED_CURSORS:
+            problem(client.get(received, params=mine | {"cursor": cursor}), 400)
+        assert (
+            client.get(received, params=mine, headers={"Authorization": "Bearer x"}).status_code
+            == 401
+        )
+        nothing = client.get(received, params=mine | {"limit": "1"})
+        assert nothing.status_code == 200 and nothing.json()["rows"] == [], nothing.text
         duties = "/v1/contracts/duties"
         for params, field in (
             ({"status": "late"}, "status"),

@@ -249,3 +249,41 @@ def test_rows_stored_under_0011_read_keep_once_and_purge_after_0012(
 def _outbox(signed: Any, provider: str) -> list[OutboxMessage]:
     rid = signed.receipt.receipt_id
     return [OutboxMessage(provider, "notification", rid, f"receipt:{rid}", b"x")]
+
+
+def test_rows_stored_under_0020_read_the_same_from_the_agreement_index_after_0021(
+    bare_engine: Engine,
+) -> None:
+    """0021_received_by_agreement indexes the rows by (agreement number, id): rows stored
+    before it (two agreements, two orders, a withdrawal) are in the index after the
+    upgrade and read, page, and come newest-first exactly as before it."""
+    engine = bare_engine
+    migrate(engine, "0020_case_listing")
+    store = ContractStore(engine, KEK)
+    for agreement_id in ("agr-a", "agr-b"):
+        store.save_agreement(signed_agreement(agreement_id, 180), Role.CONSUMER)
+    for n in range(3):
+        for agreement_id in ("agr-a", "agr-b"):
+            rows = [IncomingRow(10 * n + i, f"ORD-{i % 2}", rec(f"k{n}-{i}")) for i in range(4)]
+            store.store_received_rows(agreement_id, f"tx-{agreement_id}", rows, at(n))
+    withdrawn = tombstone_bytes("k1-2", 2)
+    store.store_received_rows("agr-a", "tx-agr-a", [IncomingRow(99, "ORD-0", withdrawn)], at(4))
+
+    def reads() -> list[object]:
+        def ids(rows: Sequence[Any]) -> list[tuple[int, bytes]]:
+            return [(r.id, r.payload) for r in rows]
+
+        return [
+            ids(store.received_rows("agr-a")),
+            ids(store.received_rows("agr-a", "ORD-1", after_id=3, limit=2)),
+            ids(store.received_newest("agr-a", 5)),
+            ids(store.received_since("agr-b", 6)),
+            store.count_received("agr-a"),
+        ]
+
+    before = reads()
+    assert len(before[0]) == 11  # type: ignore[arg-type]
+    migrate(engine)
+    index = {i["name"]: i for i in inspect(engine).get_indexes("contract_received_row")}
+    assert index["ix_contract_received_row_agreement"]["column_names"] == ["agreement_no", "id"]
+    assert reads() == before

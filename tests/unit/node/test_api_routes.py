@@ -294,6 +294,89 @@ def test_duties_page_attention_first_filter_count_and_refuse_what_names_no_statu
     assert answer.headers["content-type"].startswith("application/problem+json")
 
 
+def test_received_rows_page_by_cursor_in_the_order_they_came(
+    node: NodeContext, app: FastAPI
+) -> None:
+    """``GET /v1/contracts/received`` reads the rows held under an agreement a page at a
+    time: following ``next_cursor`` (and ``X-Next-Cursor``) gives every row once, in the
+    order they came, of one order if asked, and rows that come between two pages on a
+    later page; the last page names no cursor; ``total`` counts every row held."""
+    from qdspace.connector.contract_store import IncomingRow
+    from qdspace.policies.canonical import canonical_json
+
+    _hold_agreements(node)
+    assert node.contracts is not None
+    store, at = node.contracts.store, datetime(2026, 6, 2, tzinfo=UTC)
+
+    def deliver(first: int, count: int) -> None:
+        rows = [
+            IncomingRow(n, f"PO-{n % 3}", canonical_json({"@key": f"k{n}", "@v": 1, "n": n}))
+            for n in range(first, first + count)
+        ]
+        store.store_received_rows("agr-page-3", "tx-page-rows", rows, at)
+
+    deliver(0, 11)
+    client = Client(app, node.operator_token)
+    path, mine = "/v1/contracts/received", {"agreement_id": "agr-page-3"}
+
+    def every_page(limit: int, order: str | None = None, between: int = 0) -> list[int]:
+        seen: list[int] = []
+        cursor: str | None = None
+        while True:
+            params: dict[str, Any] = mine | {"limit": limit}
+            params |= ({"cursor": cursor} if cursor else {}) | (
+                {"order_id": order} if order else {}
+            )
+            page = client.get(path, **params)
+            assert page.status_code == 200, page.text
+            body = page.json()
+            seen += [row["n"] for row in body["rows"]]
+            cursor = body["next_cursor"]
+            assert page.headers.get(NEXT_CURSOR_HEADER) == cursor
+            if cursor is None:
+                return seen
+            assert len(body["rows"]) == limit
+            if len(seen) <= between:  # rows come in after this page
+                deliver(100 + len(seen), 2)
+
+    def whole() -> list[int]:
+        body = client.get(path, **mine, limit=1000).json()
+        assert body["next_cursor"] is None and body["total"] == len(body["rows"])
+        return [row["n"] for row in body["rows"]]
+
+    came = whole()  # a delivery's rows are stored an order at a time
+    assert sorted(came) == list(range(11))
+    assert every_page(4) == came
+    assert every_page(11) == came  # a full last page: one more row read says so
+    assert every_page(1, order="PO-1") == [n for n in came if n % 3 == 1]
+    seen = every_page(5, between=10)  # two rows come after each of the first two pages
+    assert seen == whole() and sorted(seen) == sorted([*range(11), 105, 106, 110, 111])
+
+
+def test_a_cursor_beyond_any_position_is_a_400_problem(node: NodeContext, app: FastAPI) -> None:
+    """A forged cursor for a position past 64 bits (or not a whole number) is refused
+    where it is read, on routes that page in SQL too, instead of reaching the driver as
+    an overflow (a 500)."""
+    import base64
+    import json as jsonlib
+
+    def forged(position: object) -> str:
+        raw = jsonlib.dumps({"o": position}).encode()
+        return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+    client = Client(app, node.operator_token)
+    lists = {
+        "/v1/contracts/received": {"agreement_id": "agr-page-3", "limit": 2},
+        "/v1/contracts/duties": {"limit": 2},
+    }
+    for path, params in lists.items():
+        for position in (2**63, 10**30, 1.5, "7", None, True):
+            answer = client.get(path, cursor=forged(position), **params)
+            assert answer.status_code == 400, (path, position, answer.text)
+            assert answer.headers["content-type"].startswith("application/problem+json")
+        assert client.get(path, cursor=forged(2**63 - 1), **params).status_code == 200
+
+
 def test_closures_page_by_agreement_and_order(node: NodeContext, app: FastAPI) -> None:
     """``GET /v1/contracts/closures`` reads a page at a time from the store, by agreement
     and order; the store reads one agreement's by its key."""
