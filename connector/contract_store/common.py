@@ -54,6 +54,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.types import TypeEngine
+from sqlmodel.sql.sqltypes import UTCDateTime
 
 from qdspace.connector import held_connection
 from qdspace.connector.contract_errors import ContractStoreError
@@ -115,6 +116,31 @@ def saving(engine: Engine, what: str) -> Iterator[Connection]:
         raise ConcurrentUpdateError(f"{what} was saved concurrently") from None
 
 
+def result_processor(kind: TypeEngine[Any], dialect: Dialect) -> Any:
+    """What a value of column type `kind` read from the driver goes through to read as it
+    does through SQLAlchemy (None: nothing). A UTC time on SQLite (`UTCDateTime`: text,
+    no offset) is parsed with its offset in one call, which gives the same aware time as
+    SQLAlchemy's parse and then ``replace(tzinfo=UTC)``, ~0.3 against ~2.9 us (a keyword
+    ``replace`` alone is ~1 us); text of any other shape goes SQLAlchemy's way."""
+    slow = kind.dialect_impl(dialect).result_processor(dialect, None)
+    if slow is None or dialect.name != "sqlite" or not isinstance(kind, UTCDateTime):
+        return slow
+    parse = datetime.fromisoformat
+
+    def read(value: Any) -> Any:
+        # the shape SQLAlchemy stores (``YYYY-MM-DD HH:MM:SS[.ffffff]``); any other (an
+        # offset of its own, a date alone, which would take the offset for a time) is
+        # read SQLAlchemy's way
+        if value.__class__ is str and len(value) in (19, 26) and value[10] == " ":
+            try:
+                return parse(value + "+00:00")
+            except ValueError:
+                pass
+        return slow(value)
+
+    return read
+
+
 class DriverStatement:
     """One statement handed straight to the DBAPI driver, with prebuilt SQL text.
 
@@ -147,9 +173,7 @@ class DriverStatement:
         if found is None:
             sql = self.sql if dialect.name == "sqlite" else self.sql.replace("?", "%s")
             binds = [t.dialect_impl(dialect).bind_processor(dialect) for t in self._binds]
-            results = [
-                t.dialect_impl(dialect).result_processor(dialect, None) for t in self._results
-            ]
+            results = [result_processor(t, dialect) for t in self._results]
             found = self._forms[dialect.name] = (sql, binds, results)
         return found
 
@@ -199,15 +223,15 @@ class DriverStatement:
         finally:
             cursor.close()
         results = self._form(connection.dialect)[2]
-        if not any(results):
+        processed = [(i, result) for i, result in enumerate(results) if result is not None]
+        if not processed or not rows:
             return [tuple(row) for row in rows]
-        return [
-            tuple(
-                value if result is None or value is None else result(value)
-                for result, value in zip(results, row, strict=True)
-            )
-            for row in rows
-        ]
+        # column by column, only the columns whose type processes what it reads: a
+        # generator over every value of every row cost ~2 us a row of 12 columns
+        columns = list(zip(*rows, strict=True))
+        for i, result in processed:
+            columns[i] = tuple(None if value is None else result(value) for value in columns[i])
+        return list(zip(*columns, strict=True))
 
     def first(self, connection: Connection, params: Sequence[Any]) -> tuple[Any, ...] | None:
         rows = self.all(connection, params)

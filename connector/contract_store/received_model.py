@@ -185,9 +185,10 @@ class IncomingRun:
         return iter(IncomingRow.run(self.first, self.orders, self.payloads))
 
 
-@dataclass(frozen=True)
-class ReceivedRow:
-    """The current version of one record received under an agreement."""
+class ReceivedRow(NamedTuple):
+    """The current version of one record received under an agreement. A named tuple (as
+    `IncomingRow`): a chart's history builds 20,000 of them, and a frozen dataclass's
+    ``__init__`` cost ~2.5 us each of it."""
 
     id: int
     agreement_id: str

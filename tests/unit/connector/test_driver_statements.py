@@ -99,3 +99,44 @@ def test_a_unique_key_from_the_driver_is_sqlalchemys_and_writes_nothing(engine: 
             select(func.count()).where(message_table.c.process_id == "neg-u")
         ).scalar_one()
     assert count == 1  # m2 went with the transaction the duplicate broke
+
+
+@pytest.mark.parametrize(
+    "text_value",
+    [
+        "2026-05-01 10:30:45.123456",  # as SQLAlchemy stores an aware time on SQLite
+        "2026-05-01 10:30:45",  # whole seconds
+        "2026-05-01 10:30:45.000001",
+        "2026-05-01T10:30:45",
+        "2026-05-01 10:30",
+        "2026-05-01",  # a date alone: no offset can follow it
+        "2026-05-01 10:30:45+02:00",  # an offset of its own
+        "2026-05-01 10:30:45Z",
+        "2026-05-01 10:30:4+00:00",  # 26 characters, an offset of its own
+        "2026-05-01 10:30:4x",  # 19 characters, no time
+        "2026-05-01 10:30:45.12345Z",
+        "9999-12-31 23:59:59.999999",
+        "0001-01-01 00:00:00",
+    ],
+)
+def test_a_utc_time_read_from_sqlite_text_is_sqlalchemys(text_value: str) -> None:
+    """`result_processor`'s parse of a stored UTC time on SQLite gives what SQLAlchemy's
+    own does (the same aware time in UTC, or the same refusal), whatever the text's shape."""
+    from sqlalchemy.dialects import sqlite
+    from sqlmodel.sql.sqltypes import UTCDateTime
+
+    from qdspace.connector.contract_store.common import result_processor
+
+    dialect = sqlite.dialect()
+    kind = UTCDateTime()
+    slow = kind.dialect_impl(dialect).result_processor(dialect, None)
+    fast = result_processor(kind, dialect)
+    assert fast is not slow  # the fast path is the one under test
+    try:
+        want = slow(text_value)
+    except ValueError as exc:
+        with pytest.raises(type(exc)):
+            fast(text_value)
+        return
+    got = fast(text_value)
+    assert got == want and got.utcoffset() == timedelta(0) and repr(got) == repr(want)

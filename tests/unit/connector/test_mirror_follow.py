@@ -6,18 +6,19 @@ they commit, so none adds rows below the ids of one that committed after it bega
 
 from __future__ import annotations
 
+import itertools
 import json
 import random
 from dataclasses import dataclass, field
 from types import SimpleNamespace
 
 import pytest
-from sqlalchemy import Engine, select, text
+from sqlalchemy import Engine, false, select, text
 from sqlalchemy.exc import OperationalError
 
 from qdspace.connector.contract_store import ContractStore, IncomingRow, MirrorVersion
-from qdspace.connector.contract_store.received import since_query
-from qdspace.connector.contract_store.received_model import agreement_no_of, received_row_table
+from qdspace.connector.contract_store.received import held_statement
+from qdspace.connector.contract_store.received_model import received_row_table
 from qdspace.connector.negotiation import Role
 from qdspace.connector.retention_sweep import shred_and_sign
 from qdspace.connector.spc import SpcSpec
@@ -183,6 +184,27 @@ def test_pages_the_newest_and_what_came_since_are_ranges_of_the_agreements_rows(
         newest = store.received_newest(AGR, count)
         assert [(r.id, r.order_id, r.payload) for r in newest] == whole[-count:]
     assert store.count_received(AGR) == len(whole)
+    # the driver's rows read as SQLAlchemy's: the same values of the same types (times
+    # aware, in UTC), on either database
+    table = received_row_table
+    with store.engine.connect() as connection:
+        found = connection.execute(
+            select(table).where(table.c.agreement_id == AGR, table.c.withdrawn == false())
+        )
+        truth = {row.id: row for row in found}
+    for row in store.received_rows(AGR):
+        want = truth[row.id]
+        read = (row.agreement_id, row.order_id, row.source_id, row.seq, row.record_key, row.version)
+        assert read == (
+            want.agreement_id,
+            want.order_id,
+            want.source_id,
+            want.seq,
+            want.record_key,
+            want.version,
+        )
+        assert row.received_at == want.received_at and row.received_at.tzinfo is not None
+        assert [type(v) for v in read] == [str, str, str, int, str, int]
 
 
 def test_the_agreements_rows_are_read_as_ranges_of_its_index(store: ContractStore) -> None:
@@ -192,19 +214,16 @@ def test_the_agreements_rows_are_read_as_ranges_of_its_index(store: ContractStor
     200,000 rows held, 63 ms for a page of 1,000)."""
     if store.engine.dialect.name != "sqlite":
         pytest.skip("PostgreSQL plans by its statistics; the form is SQLite's")
-    table = received_row_table
-    mine = table.c.agreement_no == agreement_no_of(AGR)
-    reads = {
-        "page": select(table).where(mine, table.c.id > 5).order_by(table.c.id).limit(100),
-        "newest": select(table).where(mine).order_by(table.c.id.desc()).limit(100),
-        "since": since_query(AGR, 5),
-    }
-    for name, statement in reads.items():
-        sql = statement.compile(store.engine, compile_kwargs={"literal_binds": True})
+    for order, newest, limit in itertools.product((False, True), repeat=3):
+        read = held_statement(order=order, newest=newest, limit=limit)
+        params = [AGR, 5, False] + (["ORD-1"] if order else []) + ([10] if limit else [])
         with store.engine.connect() as connection:
-            plan = [str(r[-1]) for r in connection.exec_driver_sql(f"EXPLAIN QUERY PLAN {sql}")]
-        assert "USING INDEX ix_contract_received_row_agreement" in plan[0], (name, plan)
-        assert not any("TEMP B-TREE" in step for step in plan), (name, plan)
+            plan = [
+                str(r[-1])
+                for r in connection.exec_driver_sql(f"EXPLAIN QUERY PLAN {read.sql}", tuple(params))
+            ]
+        assert "USING INDEX ix_contract_received_row_agreement" in plan[0], (read.sql, plan)
+        assert not any("TEMP B-TREE" in step for step in plan), (read.sql, plan)
 
 
 def test_a_delivery_holds_the_agreements_mirror_row_until_it_commits(store: ContractStore) -> None:
