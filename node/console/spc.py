@@ -414,5 +414,12 @@ def changed(
 
 
 def sse(event: str, data: dict[str, Any]) -> bytes:
-    """One server-sent event (the JSON on one ``data:`` line: it holds no newline)."""
-    return f"event: {event}\ndata: {json.dumps(data, separators=(',', ':'))}\n\n".encode()
+    """One server-sent event (the JSON on one ``data:`` line: orjson writes no newline).
+
+    orjson, not the standard library: a chart of 5,000 points is ~320 kB of JSON, 5 ms
+    to write by ``json.dumps`` and under 1 ms by orjson (once per change, bench
+    spc_stream). And the standard library writes a limit that overflowed (values near
+    1e308 from a provider give a sigma of inf) as ``Infinity``, which is no JSON: the
+    browser's ``JSON.parse`` threw and the chart stopped; orjson writes ``null`` (no
+    line drawn)."""
+    return b"event: " + event.encode() + b"\ndata: " + orjson.dumps(data) + b"\n\n"

@@ -141,3 +141,44 @@ def test_the_rolling_cpk_is_the_monitors_when_its_window_is_wider_than_the_chart
     assert state["cpk"] == monitor.rolling_cpk is not None
     assert len(state["y"]) == MAX_POINTS < spec.cpk_window
     assert chart_state("own:x", values[: spec.cpk_window - 1], spec)["cpk"] is None
+
+
+def test_a_chart_whose_limits_overflow_is_still_json_the_browser_parses() -> None:
+    """Finite values near the float limit (what a hostile provider can send) make the
+    baseline's sigma overflow: the event still parses as strict JSON (what the browser's
+    ``JSON.parse`` takes), the overflowed limits as null, and every point is drawn. The
+    standard library wrote ``Infinity`` there and the chart stopped updating."""
+    import json
+
+    from qdspace.node.console.spc import sse
+
+    spec = SpcSpec(usl=0.5, baseline_size=4, cpk_window=4)
+    huge = [1e308, -1e308, 1.7e308, -1.7e308, 1e308, 0.1]
+    state = LiveChart(spec).extend([(v, "") for v in huge]).state("sub:x")
+    assert math.isinf(state["ucl"])  # the overflow this is about
+
+    def no_constants(name: str) -> None:
+        raise AssertionError(f"{name} is not JSON")
+
+    event = sse("chart", state)
+    assert event.startswith(b"event: chart\ndata: ") and event.endswith(b"\n\n")
+    data = event.removeprefix(b"event: chart\ndata: ").removesuffix(b"\n\n")
+    assert b"\n" not in data
+    drawn = json.loads(data, parse_constant=no_constants)
+    assert drawn["ucl"] is None and drawn["lcl"] is None
+    assert drawn["y"] == huge and drawn["centre"] == state["centre"]
+
+
+def test_an_event_carries_the_state_as_it_is() -> None:
+    """The event's JSON reads back as the chart's state, value for value (floats round
+    trip), for charts with violations and an X-bar-R view."""
+    import json
+
+    from qdspace.node.console.spc import sse
+
+    rnd = random.Random(5)
+    values = _series(rnd, 3000)
+    state = LiveChart(SPECS[0], subgroup=5).extend(values).state("own:EL-1")
+    assert state["violations"] and state["xbar"] is not None
+    data = sse("chart", state).split(b"data: ", 1)[1]
+    assert json.loads(data) == json.loads(json.dumps(state))
