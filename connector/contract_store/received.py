@@ -45,7 +45,6 @@ from qdspace.connector.contract_store.common import (
     DriverStatement,
     TableStore,
     listing,
-    plain_rows,
     saving,
     utc_now,
 )
@@ -376,8 +375,8 @@ class ReceivedStore(TableStore):
         table = received_row_table
         number = agreement_no_of(agreement_id)
         where = and_(table.c.agreement_no == number, table.c.order_id == order_id)
-        held = and_(where, table.c.withdrawn == false())
-        records = plain_rows(connection.execute(select(table).where(held).order_by(table.c.id)))
+        read = held_statement(order=True, newest=False, limit=False)
+        records = list(map(Held._make, read.all(connection, [agreement_id, 0, False, order_id])))
         payloads = self._payloads(connection, records, at) if records else []
         count, digest = deletion_digest_of_bytes(payloads)
         connection.execute(delete(table).where(where))
