@@ -83,25 +83,9 @@ __all__ = [
 ]
 
 
-#: the columns a reader of held rows takes (`ReceivedStore._read`), in this order
-HELD_COLUMNS = (
-    "id",
-    "agreement_id",
-    "order_id",
-    "source_id",
-    "seq",
-    "received_at",
-    "record_key",
-    "version",
-    "page_id",
-    "slot",
-    "nonce",
-    "ciphertext",
-)
-
-
 class Held(NamedTuple):
-    """A held row's index entry as `_read` takes it from the driver (`HELD_COLUMNS`)."""
+    """A held row's index entry as its readers take it from the driver (`held_statement`:
+    these columns, in this order)."""
 
     id: int
     agreement_id: str
@@ -130,7 +114,7 @@ def held_statement(*, order: bool, newest: bool, limit: bool) -> DriverStatement
         f"{received_agreement_table.name} WHERE agreement_id = ?"
     )
     sql = (
-        f"SELECT {', '.join(HELD_COLUMNS)} FROM {table.name} "
+        f"SELECT {', '.join(Held._fields)} FROM {table.name} "
         f"WHERE agreement_no = ({number}) AND id > ? AND withdrawn = ?"
     )
     binds: list[TypeEngine[Any]] = [
@@ -145,7 +129,7 @@ def held_statement(*, order: bool, newest: bool, limit: bool) -> DriverStatement
     if limit:
         sql += " LIMIT ?"
         binds.append(Integer())
-    return DriverStatement(sql, binds, [table.c[name].type for name in HELD_COLUMNS])
+    return DriverStatement(sql, binds, [table.c[name].type for name in Held._fields])
 
 
 class ReceivedStore(TableStore):
@@ -311,14 +295,8 @@ class ReceivedStore(TableStore):
         of the agreement's (agreement, id) entries, so a reader that follows the copy reads
         what is new, not the agreement's whole index (through the (agreement, key) index
         six new rows of 20,000 cost 20 ms: every row held was found and sorted)."""
-        return self._read(
-            held_statement(order=False, newest=False, limit=False),
-            [
-                agreement_id,
-                after_id,
-                False,
-            ],
-        )
+        read = held_statement(order=False, newest=False, limit=False)
+        return self._read(read, [agreement_id, after_id, False])
 
     def mirror_version(self, agreement_id: str) -> MirrorVersion | None:
         """Where the copy held under the agreement stands; None before its first delivery."""
