@@ -417,8 +417,13 @@ class ContractStore:
     def record_investigation(self, sender_id: str, case: Investigation, at: datetime) -> bool:
         return self._notices.record_investigation(sender_id, case, at)
 
-    def received_alerts(self, sender_id: str | None = None) -> list[QualityAlert]:
-        return self._notices.received_alerts(sender_id)
+    def received_alerts(
+        self, sender_id: str | None = None, *, limit: int | None = None, newest_first: bool = False
+    ) -> list[QualityAlert]:
+        return self._notices.received_alerts(sender_id, limit=limit, newest_first=newest_first)
+
+    def count_received_alerts(self) -> int:
+        return self._notices.count_received_alerts()
 
     def received_investigations(self, sender_id: str | None = None) -> list[Investigation]:
         return self._notices.received_investigations(sender_id)

@@ -28,7 +28,13 @@ from sqlalchemy import Column, String, Table, Text, func, select
 from sqlmodel.sql.sqltypes import UTCDateTime
 
 from qdspace.connector.contract_errors import NotificationQuotaError
-from qdspace.connector.contract_store.common import CONTRACT_METADATA, ID_LENGTH, TableStore
+from qdspace.connector.contract_store.common import (
+    CONTRACT_METADATA,
+    ID_LENGTH,
+    TableStore,
+    count_rows,
+    listing,
+)
 from qdspace.connector.spc import Investigation, QualityAlert, SpcAlert, SpcPoint
 from qdspace.policies.canonical import format_datetime, parse_datetime
 
@@ -127,12 +133,20 @@ class NoticeStore(TableStore):
             },
         )
 
-    def received_alerts(self, sender_id: str | None = None) -> list[QualityAlert]:
-        """The SPC alerts peers sent us (of one sender), in the order they arrived."""
+    def received_alerts(
+        self, sender_id: str | None = None, *, limit: int | None = None, newest_first: bool = False
+    ) -> list[QualityAlert]:
+        """The SPC alerts peers sent us (of one sender), in the order they arrived
+        (``newest_first``: the other way), ``limit`` of them (None: all). Each peer may
+        keep 10,000 here (`MAX_RECEIVED_PER_SENDER`) and a page that shows the newest
+        few reads those only (the newest 20 and `count_received_alerts`: reading all
+        10,000 of one peer took ~0.5 s)."""
         table = alert_table
-        statement = select(table).order_by(table.c.received_at, table.c.alert_id)
+        statement = select(table)
         if sender_id is not None:
             statement = statement.where(table.c.sender_id == sender_id)
+        order = (table.c.received_at, table.c.sender_id, table.c.alert_id)
+        statement = listing(statement, order, limit=limit, newest_first=newest_first)
         with self.engine.connect() as connection:
             rows = connection.execute(statement).all()
         return [
@@ -154,6 +168,10 @@ class NoticeStore(TableStore):
             )
             for row in rows
         ]
+
+    def count_received_alerts(self) -> int:
+        """How many SPC alerts peers sent us are kept here."""
+        return count_rows(self.engine, alert_table)
 
     def received_investigations(self, sender_id: str | None = None) -> list[Investigation]:
         """The investigations peers opened with us (of one sender), in the order they came."""

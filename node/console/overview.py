@@ -22,6 +22,8 @@ from qdspace.node.member_ids import peer_name
 
 #: how long the overview waits for one peer's hello before it calls the peer unreachable
 PEER_TIMEOUT_S = 2.0
+#: the newest alerts the overview and investigations pages list (with the count of all)
+SHOWN_ALERTS = 20
 
 
 @dataclass(frozen=True)
@@ -56,8 +58,11 @@ class Overview:
     space: str
     checks: list[Check]
     lags: list[Lag]
+    #: the newest `SHOWN_ALERTS` alerts, oldest first (raised here, then received)
     alerts: list[AlertPublic]
     links: list[Link] = field(default_factory=list)
+    #: how many alerts there are in all
+    alert_count: int = 0
 
 
 def local_state(ctx: NodeContext) -> Overview:
@@ -73,14 +78,16 @@ def local_state(ctx: NodeContext) -> Overview:
             pending = ctx.ledger.queue.pending(kind)
             oldest = None if pending.oldest_at is None else max(0.0, now - pending.oldest_at)
             lags.append(Lag(kind, pending.count, oldest))
-    alerts: list[AlertPublic] = []
+    raised = []  # the alerts this node's subscriptions raised (kept in memory)
     if ctx.contract_client is not None:
-        subs = ctx.contract_client.subscriptions.values()
-        alerts += [alert_public(a) for s in subs for a in s.alerts]
+        raised = [a for s in ctx.contract_client.subscriptions.values() for a in s.alerts]
+    received, count = [], len(raised)
     links: dict[str, Link] = {name: Link(name) for name in ctx.peers.names}
     if ctx.contracts is not None:
         rt = ctx.contracts
-        alerts += [alert_public(a) for a in rt.received_alerts]
+        # the newest received only: a peer may keep 10,000 here, ~0.5 s to read them all
+        received = rt.store.received_alerts(limit=SHOWN_ALERTS, newest_first=True)[::-1]
+        count += rt.store.count_received_alerts()
         me = ident.member_id
         for held in rt.store.agreement_links():  # counted in SQL: no agreement parsed
             other = held.consumer_id if held.provider_id == me else held.provider_id
@@ -98,8 +105,9 @@ def local_state(ctx: NodeContext) -> Overview:
         ctx.settings.space,
         checks,
         lags,
-        alerts,
+        [alert_public(a) for a in [*raised, *received][-SHOWN_ALERTS:]],
         sorted(links.values(), key=lambda link: link.peer),
+        count,
     )
 
 

@@ -443,6 +443,30 @@ def test_received_quality_alerts_are_kept_once_and_read_back_whole(store: Contra
     assert reopened.received_alerts("polycell") == [first]
 
 
+def test_the_newest_received_alerts_and_their_count_are_read_without_the_rest(
+    store: ContractStore,
+) -> None:
+    """A page that shows the newest few alerts reads those and the count (a peer may keep
+    10,000): every limit, either way round, is the slice of reading them all, alerts of
+    two senders with the same ids and the same arrival time among them."""
+    points = (SpcPoint(0, 0.9, at(0)),)
+    for i in range(12):
+        alert = QualityAlert(f"a-{i % 5}", SpcAlert("RULE_1", f"beyond 3 sigma {i}", points, at(i)))
+        sender = ("sunarc", "polycell", "siliwafer")[i % 3]
+        store.record_alert(sender, alert, at(i // 2))  # two arrive at each instant
+    whole = store.received_alerts()
+    assert len(whole) == store.count_received_alerts() == 12
+    for limit in (None, 0, 1, 5, 12, 20):
+        assert store.received_alerts(limit=limit) == whole[:limit]
+        assert store.received_alerts(limit=limit, newest_first=True) == whole[::-1][:limit]
+    assert (
+        store.received_alerts("sunarc", limit=2, newest_first=True)
+        == [a for a in whole if a.alert.description in ("beyond 3 sigma 9", "beyond 3 sigma 6")][
+            ::-1
+        ]
+    )
+
+
 def test_each_sender_keeps_a_bounded_number_of_alerts_and_investigations(
     store: ContractStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -421,6 +421,24 @@ def test_the_overviews_links_count_every_agreement_held(node: NodeContext) -> No
     assert {peer: counts for peer, counts in links.items() if any(counts)} == want
 
 
+def test_the_overview_lists_the_newest_alerts_and_counts_them_all(node: NodeContext) -> None:
+    """The overview (and the investigations page) shows the newest `SHOWN_ALERTS` alerts
+    received, oldest first, and the count of all, reading no more than those."""
+    from qdspace.connector.spc import QualityAlert, SpcAlert, SpcPoint
+    from qdspace.node.console.overview import SHOWN_ALERTS, local_state
+
+    assert node.contracts is not None
+    store, at = node.contracts.store, datetime(2026, 6, 3, tzinfo=UTC)
+    before = store.count_received_alerts()
+    point = (SpcPoint(0, 0.9, at),)
+    for i in range(SHOWN_ALERTS + 7):
+        alert = QualityAlert(f"ov-{i}", SpcAlert("RULE_1", "beyond 3 sigma", point, at))
+        store.record_alert("sunarc", alert, at + timedelta(seconds=i))
+    state = local_state(node)
+    assert state.alert_count == before + SHOWN_ALERTS + 7
+    assert [a.alert_id for a in state.alerts] == [f"ov-{i}" for i in range(7, SHOWN_ALERTS + 7)]
+
+
 def test_a_forged_cursor_is_a_400_problem(node: NodeContext, app: FastAPI) -> None:
     client = Client(app, node.operator_token)
     for forged in ("not-base64!", encode_cursor(1)[:-2], "eyJvIjotMX0"):
