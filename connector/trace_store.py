@@ -19,17 +19,21 @@ from typing import Any
 from sqlalchemy import (
     Column,
     Engine,
+    Index,
     LargeBinary,
     MetaData,
+    Select,
     String,
     Table,
     Text,
+    func,
     insert,
     select,
     update,
 )
 from sqlmodel.sql.sqltypes import UTCDateTime
 
+from qdspace.connector.contract_store.common import listing
 from qdspace.connector.errors import ConnectorError
 
 RUNNING, DONE, FAILED = "RUNNING", "DONE", "FAILED"
@@ -46,6 +50,9 @@ trace_table = Table(
     Column("report", LargeBinary(), nullable=True),
     Column("report_sha256", String(64), nullable=True),
     Column("error", Text(), nullable=True),
+    # the listings read the newest traces by it, not every row with its report
+    # (0022_trace_listing)
+    Index("ix_trace_report_started", "started_at", "trace_id"),
 )
 
 
@@ -73,6 +80,30 @@ class StoredTrace:
             raise TraceNotFinished(f"trace {self.trace_id} is {self.state}: no report")
         doc: dict[str, Any] = json.loads(self.report)
         return doc
+
+
+def summary_query(
+    *, limit: int | None = None, offset: int = 0, newest_first: bool = False
+) -> Select[Any]:
+    """What `TraceStore.summaries` reads: every column but the report, by
+    ``ix_trace_report_started``."""
+    t = trace_table
+    columns = [c for c in t.c if c.name != "report"]
+    order = (t.c.started_at, t.c.trace_id)
+    return listing(select(*columns), order, limit=limit, offset=offset, newest_first=newest_first)
+
+
+@dataclass(frozen=True)
+class TraceSummary:
+    """A trace as listings show it: a `StoredTrace` without its report."""
+
+    trace_id: str
+    state: str
+    started_at: datetime
+    finished_at: datetime | None
+    selection: dict[str, Any]
+    report_sha256: str | None
+    error: str | None
 
 
 class TraceStore:
@@ -125,11 +156,31 @@ class TraceStore:
             m["error"],
         )
 
-    def all(self) -> list[StoredTrace]:
+    def summaries(
+        self, *, limit: int | None = None, offset: int = 0, newest_first: bool = False
+    ) -> list[TraceSummary]:
+        """The traces started here in the order they were started (``newest_first``: the
+        other way), ``limit`` from ``offset`` (None: all), without their reports: the
+        listings (``GET /v1/traces``, the console's traces page) read these, not every
+        trace with its report (a statement and the whole report each, for a page that
+        shows the newest 100)."""
+        statement = summary_query(limit=limit, offset=offset, newest_first=newest_first)
         with self.engine.connect() as conn:
-            ids = (
-                conn.execute(select(trace_table.c.trace_id).order_by(trace_table.c.started_at))
-                .scalars()
-                .all()
+            rows = conn.execute(statement).all()
+        return [
+            TraceSummary(
+                r.trace_id,
+                r.state,
+                r.started_at,
+                r.finished_at,
+                json.loads(r.selection),
+                r.report_sha256,
+                r.error,
             )
-        return [self.get(i) for i in ids]
+            for r in rows
+        ]
+
+    def count(self) -> int:
+        """How many traces were started here."""
+        with self.engine.connect() as conn:
+            return int(conn.execute(select(func.count()).select_from(trace_table)).scalar_one())

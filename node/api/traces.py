@@ -14,12 +14,12 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter, Depends, Response
 from pydantic import AwareDatetime, BaseModel, Field, JsonValue, StringConstraints
 from starlette.concurrency import run_in_threadpool
 
-from qdspace.connector.trace_store import StoredTrace
-from qdspace.node.api.deps import Ctx, require_operator
+from qdspace.connector.trace_store import StoredTrace, TraceSummary
+from qdspace.node.api.deps import Ctx, Paging, require_operator
 from qdspace.node.api.problems import ApiProblem
 from qdspace.node.runtime.trace_runs import MAX_SERIALS, Selection, TraceRuns
 
@@ -58,7 +58,7 @@ class TraceReportPublic(BaseModel):
     report: dict[str, JsonValue]
 
 
-def _public(stored: StoredTrace) -> TracePublic:
+def _public(stored: StoredTrace | TraceSummary) -> TracePublic:
     return TracePublic(
         trace_id=stored.trace_id,
         state=stored.state,
@@ -97,8 +97,14 @@ def traces_router() -> APIRouter:
         return _public(await run_in_threadpool(runs.get, trace_id))
 
     @router.get("", response_model=list[TracePublic])
-    async def list_traces(runs: Runs) -> list[TracePublic]:
-        return [_public(t) for t in await run_in_threadpool(runs.store.all)]
+    async def list_traces(runs: Runs, page: Paging, response: Response) -> list[TracePublic]:
+        """The traces started here, in the order they were started, a page at a time
+        (``limit``, ``cursor``), without their reports (``/{trace_id}/report``)."""
+
+        def read(limit: int | None, offset: int) -> list[TracePublic]:
+            return [_public(t) for t in runs.store.summaries(limit=limit, offset=offset)]
+
+        return await run_in_threadpool(page.read, read, response)
 
     @router.get("/{trace_id}", response_model=TracePublic)
     async def status(runs: Runs, trace_id: TraceText) -> TracePublic:

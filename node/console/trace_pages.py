@@ -48,9 +48,8 @@ def routes(console: Console) -> list[tuple[str, Endpoint, str]]:
         return ctx.traces
 
     def listing() -> list[Any]:
-        found = [trace_public(t) for t in runs().store.all()]
-        found.sort(key=lambda t: t.started_at, reverse=True)
-        return found[:TRACES_SHOWN]
+        store = runs().store
+        return [trace_public(t) for t in store.summaries(limit=TRACES_SHOWN, newest_first=True)]
 
     async def traces_page(request: Request) -> Response:
         traces = await run_in_threadpool(listing)

@@ -439,6 +439,26 @@ def test_the_overview_lists_the_newest_alerts_and_counts_them_all(node: NodeCont
     assert [a.alert_id for a in state.alerts] == [f"ov-{i}" for i in range(7, SHOWN_ALERTS + 7)]
 
 
+def test_traces_page_in_the_order_they_were_started(
+    node: NodeContext, app: FastAPI, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``GET /v1/traces`` reads a page at a time (without the reports): the pages make up
+    the whole list, in the order the traces were started. (This supplier node runs no
+    traces; the route reads the store of the runs it is given.)"""
+    from qdspace.connector.trace_store import TraceStore
+
+    store = TraceStore(node.store.engine)
+    monkeypatch.setattr(node, "traces", SimpleNamespace(store=store))
+    at = datetime(2026, 6, 4, tzinfo=UTC)
+    for i in range(5):
+        store.start(f"trc-page-{4 - i}", {"batch": f"B-{i}"}, at + timedelta(seconds=i))
+    client = Client(app, node.operator_token)
+    whole = client.get("/v1/traces").json()
+    ours = [t["trace_id"] for t in whole if t["trace_id"].startswith("trc-page-")]
+    assert ours == [f"trc-page-{4 - i}" for i in range(5)]
+    assert _every_page(client, "/v1/traces", 2) == whole
+
+
 def test_a_forged_cursor_is_a_400_problem(node: NodeContext, app: FastAPI) -> None:
     client = Client(app, node.operator_token)
     for forged in ("not-base64!", encode_cursor(1)[:-2], "eyJvIjotMX0"):
