@@ -60,6 +60,7 @@ from qdspace.node.api.contracts_models import (
     transfer_public,
 )
 from qdspace.node.api.deps import (
+    MAX_PAGE,
     NEXT_CURSOR_HEADER,
     Client,
     Outbox,
@@ -393,11 +394,22 @@ def contracts_router() -> APIRouter:
         return subscription_public(sub)
 
     @router.get("/alerts", response_model=AlertsPublic)
-    def alerts(client: Client, rt: Runtime) -> AlertsPublic:
+    def alerts(
+        client: Client,
+        rt: Runtime,
+        limit: Annotated[
+            int | None, Query(ge=1, le=MAX_PAGE, description="the newest this many of each")
+        ] = None,
+    ) -> AlertsPublic:
+        """The alerts raised here and received, oldest first; with ``limit`` the newest
+        ``limit`` of each (received ones read so from the store: a peer may keep 10,000)."""
         raised = [a for s in client.subscriptions.values() for a in s.alerts]
+        received = rt.store.received_alerts(limit=limit, newest_first=limit is not None)
         return AlertsPublic(
-            raised=[alert_public(a) for a in raised],
-            received=[alert_public(a) for a in rt.received_alerts],
+            raised=[alert_public(a) for a in (raised if limit is None else raised[-limit:])],
+            received=[alert_public(a) for a in (received if limit is None else received[::-1])],
+            raised_total=len(raised),
+            received_total=len(received) if limit is None else rt.store.count_received_alerts(),
         )
 
     @router.get("/clock", response_model=ClockPublic)

@@ -227,8 +227,14 @@ class SubscriptionPublic(BaseModel):
 
 
 class AlertsPublic(BaseModel):
+    """The SPC alerts this node's subscriptions raised and those consumers sent it, each
+    list oldest first (its newest ``limit`` when one was asked for), and how many of
+    each there are in all."""
+
     raised: list[AlertPublic]
     received: list[AlertPublic]
+    raised_total: int = 0
+    received_total: int = 0
 
 
 class OrderClosedPublic(BaseModel):

@@ -25,7 +25,7 @@ from qdspace.connector.contract_errors import UnknownContractError
 from qdspace.connector.contract_store import ContractStore
 from qdspace.connector.contract_store.common import DriverStatement
 from qdspace.connector.qdm import Order
-from qdspace.connector.spc import Investigation, QualityAlert
+from qdspace.connector.spc import Investigation
 from qdspace.node.identity.certs import MemberIdentity
 from qdspace.node.runtime.contracts_clock import ContractClock
 from qdspace.node.runtime.table_watch import TableWatch
@@ -69,11 +69,6 @@ class ContractBase:
     def investigations(self) -> list[Investigation]:
         """The investigations peers opened with us (kept in the contract store)."""
         return self.store.received_investigations()
-
-    @property
-    def received_alerts(self) -> list[QualityAlert]:
-        """The SPC alerts consumers sent us (kept in the contract store)."""
-        return self.store.received_alerts()
 
     # ------------------------------------------------------------- catalog
 

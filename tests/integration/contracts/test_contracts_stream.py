@@ -110,6 +110,14 @@ def test_live_records_arrive_in_scope_and_an_spc_rule_fires(space: Space) -> Non
             return (told, raised) if {a["alert_id"] for a in told} == ids else None
 
         told, raised = wait_for("the quality alerts at the supplier", alerts_told)
+        # the newest of them alone, with how many there are (what a page showing a few reads)
+        everything = ok(supplier.get("/v1/contracts/alerts"))
+        newest = ok(supplier.get("/v1/contracts/alerts", params={"limit": 1}))
+        assert newest["received"] == everything["received"][-1:], (newest, everything)
+        assert newest["received_total"] == everything["received_total"]
+        assert everything["received_total"] == len(everything["received"]) >= len(told)
+        for bad in ("0", "-1", "nan", "10001", "9" * 30):
+            assert supplier.get("/v1/contracts/alerts", params={"limit": bad}).status_code == 422
     # the rules seen at the first alert are among them (more, e.g. CPK, may come later)
     assert rules <= {a["rule"] for a in told} == {a["rule"] for a in raised}
     assert len(told) == len(raised)  # each once, though kept in its database
