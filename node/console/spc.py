@@ -58,6 +58,7 @@ known centre and sigma. The Cpk panel stays on the individual values in either v
 from __future__ import annotations
 
 import json
+import re
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
@@ -66,10 +67,11 @@ from datetime import datetime
 from typing import Any
 
 import orjson
-from sqlalchemy import Select, func, select
+from sqlalchemy import Dialect, Select, String, func, select, type_coerce
 
 from qdspace.connector import versions
 from qdspace.connector.contract_store import MirrorVersion, ReceivedRow
+from qdspace.connector.contract_store.common import result_processor
 from qdspace.connector.qdm import Inspection
 from qdspace.connector.spc import SpcSpec, characteristic_value
 from qdspace.connector.spc_xbar import MAX_SUBGROUP, MIN_SUBGROUP
@@ -258,7 +260,9 @@ def station_scores(
     """A station's scores (id, score, time) in the order they were stored: those stored
     after id ``after``, or with None the newest `HISTORY`; from ``ix_inspection_station``."""
     table = Inspection.__table__  # type: ignore[attr-defined]
-    query = select(table.c.id, table.c.score, table.c.inspected_at).where(
+    # the time as the driver gives it (SQLite's stored text), written by `iso_time`
+    stored = type_coerce(table.c.inspected_at, String())
+    query = select(table.c.id, table.c.score, stored).where(
         table.c.station == station,
         table.c.score.is_not(None),
         table.c.withdrawn_at.is_(None),
@@ -267,9 +271,40 @@ def station_scores(
         query = query.order_by(table.c.id.desc()).limit(HISTORY)
     else:
         query = query.where(table.c.id > after).order_by(table.c.id)
-    with ctx.store.engine.connect() as connection:
-        rows = [(int(i), float(score), _iso(at)) for i, score, at in connection.execute(query)]
+    engine = ctx.store.engine
+    iso = iso_time(table.c.inspected_at.type, engine.dialect)
+    with engine.connect() as connection:
+        rows = [(int(i), float(score), iso(at)) for i, score, at in connection.execute(query)]
     return rows[::-1] if after is None else rows
+
+
+#: a time as SQLAlchemy stores one on SQLite (UTC, six fractional digits)
+_STORED_TIME = re.compile(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{6}", re.ASCII)
+
+
+def iso_time(kind: Any, dialect: Dialect) -> Callable[[Any], str]:
+    """A stored time of column type ``kind``, as the driver gives it, in ISO 8601 as the
+    charts show it: what reading it as SQLAlchemy does and ``isoformat()`` give. SQLite's
+    stored text (``YYYY-MM-DD HH:MM:SS.ffffff``, UTC) is rewritten as text once it is
+    that exactly (~0.5 us against ~4.5: the parse, the UTC ``replace`` and an aware
+    ``isoformat`` a point of a chart's 20,000); any other value goes SQLAlchemy's way."""
+    slow = result_processor(kind, dialect)
+    parse = datetime.fromisoformat
+    stored_form = _STORED_TIME.fullmatch
+
+    def read(value: Any) -> str:
+        # exactly the text SQLAlchemy stores (no offset, ``Z`` or week date), and a time
+        if value.__class__ is str and stored_form(value):
+            try:
+                parse(value)
+            except ValueError:
+                pass
+            else:
+                fraction = "" if value.endswith(".000000") else value[19:]
+                return f"{value[:10]}T{value[11:19]}{fraction}+00:00"
+        return _iso(value if value is None or slow is None else slow(value))
+
+    return read
 
 
 def _iso(at: datetime | str | None) -> str:

@@ -182,3 +182,40 @@ def test_an_event_carries_the_state_as_it_is() -> None:
     assert state["violations"] and state["xbar"] is not None
     data = sse("chart", state).split(b"data: ", 1)[1]
     assert json.loads(data) == json.loads(json.dumps(state))
+
+
+@pytest.mark.parametrize(
+    "stored",
+    [
+        "2026-05-01 10:30:45.123456",  # as SQLAlchemy stores a UTC time on SQLite
+        "2026-05-01 10:30:45.000000",  # a whole second: isoformat writes no fraction
+        "2026-05-01 10:30:45.000001",
+        "2026-05-01 10:30:45.100000",
+        "2026-05-01 10:30:45",  # other shapes: read as SQLAlchemy reads them
+        "2026-05-01T10:30:45.123456",
+        "2026-05-01 10:30:45.12345Z",  # the stored length, an offset of its own
+        "2026-W18-5 10:30:45.123456",  # the stored length, a week date
+        "2026-05-01 10:30:45+02:00",
+        "2026-13-45 99:99:99.999999",  # the stored shape, no time: refused alike
+        "0001-01-01 00:00:00.000000",
+        "9999-12-31 23:59:59.999999",
+    ],
+)
+def test_a_stored_time_is_written_as_reading_it_and_isoformat_write_it(stored: str) -> None:
+    """`iso_time` (a station chart's 20,000 times) gives what SQLAlchemy's read of the
+    stored text and ``isoformat()`` give, or the same refusal."""
+    from sqlalchemy.dialects import sqlite
+
+    from qdspace.connector.qdm import Inspection
+    from qdspace.node.console.spc import iso_time
+
+    dialect = sqlite.dialect()
+    kind = Inspection.__table__.c.inspected_at.type  # type: ignore[attr-defined]
+    slow = kind.dialect_impl(dialect).result_processor(dialect, None)
+    try:
+        want = slow(stored).isoformat()
+    except ValueError as exc:
+        with pytest.raises(type(exc)):
+            iso_time(kind, dialect)(stored)
+        return
+    assert iso_time(kind, dialect)(stored) == want
