@@ -26,7 +26,6 @@ from sqlalchemy import (
     String,
     Table,
     Text,
-    func,
     insert,
     select,
     update,
@@ -179,8 +178,3 @@ class TraceStore:
             )
             for r in rows
         ]
-
-    def count(self) -> int:
-        """How many traces were started here."""
-        with self.engine.connect() as conn:
-            return int(conn.execute(select(func.count()).select_from(trace_table)).scalar_one())

@@ -54,13 +54,13 @@ def routes(console: Console) -> list[tuple[str, Endpoint, str]]:
         return ctx.contracts
 
     def listing() -> dict[str, Any]:
-        from qdspace.node.console.overview import local_state
+        from qdspace.node.console.overview import newest_alerts
 
         rt = runtime()
         me, today = rt.me.member_id, rt.clock.now().date()
         late = [(c, a) for c in rt.store.overdue_cases(today) for a in overdue(c, today)]
         shown = rt.store.case_rows(today, limit=SHOWN_CASES)
-        state = local_state(ctx)
+        alerts, alert_count = newest_alerts(ctx)
         return {
             "cases": [row_summary(r, me) for r in shown],
             "case_count": rt.store.count_cases(),
@@ -68,8 +68,8 @@ def routes(console: Console) -> list[tuple[str, Endpoint, str]]:
                 {"case_id": c.case_id, "subject": c.terms.subject, "action": a, "owner": a.owner_id}
                 for c, a in late
             ],
-            "alerts": state.alerts,
-            "alert_count": state.alert_count,
+            "alerts": alerts,
+            "alert_count": alert_count,
             "today": today.isoformat(),
         }
 

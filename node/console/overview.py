@@ -78,16 +78,10 @@ def local_state(ctx: NodeContext) -> Overview:
             pending = ctx.ledger.queue.pending(kind)
             oldest = None if pending.oldest_at is None else max(0.0, now - pending.oldest_at)
             lags.append(Lag(kind, pending.count, oldest))
-    raised = []  # the alerts this node's subscriptions raised (kept in memory)
-    if ctx.contract_client is not None:
-        raised = [a for s in ctx.contract_client.subscriptions.values() for a in s.alerts]
-    received, count = [], len(raised)
+    alerts, count = newest_alerts(ctx)
     links: dict[str, Link] = {name: Link(name) for name in ctx.peers.names}
     if ctx.contracts is not None:
         rt = ctx.contracts
-        # the newest received only: a peer may keep 10,000 here, ~0.5 s to read them all
-        received = rt.store.received_alerts(limit=SHOWN_ALERTS, newest_first=True)[::-1]
-        count += rt.store.count_received_alerts()
         me = ident.member_id
         for held in rt.store.agreement_links():  # counted in SQL: no agreement parsed
             other = held.consumer_id if held.provider_id == me else held.provider_id
@@ -105,10 +99,26 @@ def local_state(ctx: NodeContext) -> Overview:
         ctx.settings.space,
         checks,
         lags,
-        [alert_public(a) for a in [*raised, *received][-SHOWN_ALERTS:]],
+        alerts,
         sorted(links.values(), key=lambda link: link.peer),
         count,
     )
+
+
+def newest_alerts(ctx: NodeContext) -> tuple[list[AlertPublic], int]:
+    """The newest `SHOWN_ALERTS` alerts, oldest first (those this node's subscriptions
+    raised, then those peers sent), and how many there are in all: what the overview and
+    the investigations page show. Only the newest received are read: a peer may keep
+    10,000 here, ~0.5 s to read them all."""
+    raised = []  # kept in memory by the subscriptions
+    if ctx.contract_client is not None:
+        raised = [a for s in ctx.contract_client.subscriptions.values() for a in s.alerts]
+    received, count = [], len(raised)
+    if ctx.contracts is not None:
+        store = ctx.contracts.store
+        received = store.received_alerts(limit=SHOWN_ALERTS, newest_first=True)[::-1]
+        count += store.count_received_alerts()
+    return [alert_public(a) for a in [*raised, *received][-SHOWN_ALERTS:]], count
 
 
 async def peer_check(ctx: NodeContext) -> Check:

@@ -31,7 +31,7 @@ def test_traces_are_listed_a_page_at_a_time_as_their_whole_rows_list_them(
         (t.trace_id, t.state, t.started_at, t.finished_at, t.selection, t.report_sha256, t.error)
         for t in ids
     ]
-    assert traces.count() == 9
+    assert len(whole) == 9
 
     def rows(**page: object) -> list[tuple[object, ...]]:
         return [
