@@ -166,6 +166,21 @@ def target(
     return Target(api_url=api_url, token=token, ca_file=ca_file)
 
 
+def subcommand_target(
+    ctx: typer.Context,
+    directory: Path | None = None,
+    api_url: str | None = None,
+    token_file: Path | None = None,
+    ca_file: Path | None = None,
+) -> Target:
+    """The node named after a group's subcommand, else before it, where the group's
+    callback left it in ``ctx.obj`` (``contracts --dir D show ...``)."""
+    if directory is not None or api_url or ctx.obj is None:
+        return target(directory, api_url, token_file, ca_file)
+    found: Target = ctx.obj
+    return found
+
+
 _R = TypeVar("_R")
 #: the options by which a command names the node it calls, in the order ``--help`` shows
 _NODE_OPTIONS: tuple[tuple[str, Any], ...] = (

@@ -12,15 +12,14 @@ the times they print are of the request alone. Listing commands take ``--json``.
 
 from __future__ import annotations
 
-import json
 import time
-from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
+from qdspace.node.cli.agreement import mount as mount_agreement
 from qdspace.node.cli.connect import (
     ApiUrlOpt,
     CaFileOpt,
@@ -30,6 +29,7 @@ from qdspace.node.cli.connect import (
     TokenFileOpt,
     calls_node,
     print_json,
+    subcommand_target,
 )
 from qdspace.node.cli.connect import target as name_target
 from qdspace.node.cli.errors import clean_errors
@@ -288,25 +288,11 @@ def _print_receipts(receipts: list[dict[str, Any]]) -> None:
     console.print(table)
 
 
-def _target(
-    ctx: typer.Context,
-    directory: Path | None = None,
-    api_url: str | None = None,
-    token_file: Path | None = None,
-    ca_file: Path | None = None,
-) -> Target:
-    """The node named after the subcommand, else before it (``contracts --dir D ...``)."""
-    if directory is not None or api_url or ctx.obj is None:
-        return name_target(directory, api_url, token_file, ca_file)
-    found: Target = ctx.obj
-    return found
-
-
 @contracts_app.command("sweep")
 @clean_errors
 def sweep(ctx: typer.Context) -> None:
     """Delete expired data now and send the signed deletion receipts."""
-    with _target(ctx).client() as node:
+    with subcommand_target(ctx).client() as node:
         result = node.sweep()
     console.print(f"{result['rows_deleted']} rows deleted")
     _print_receipts(result["receipts"])
@@ -332,7 +318,7 @@ def purge(
             "a purge deletes everything received under agreements, for good; add --yes",
             param_hint="--yes",
         )
-    with _target(ctx, directory, api_url, token_file, ca_file).client() as node:
+    with subcommand_target(ctx, directory, api_url, token_file, ca_file).client() as node:
         result = node.purge(node.healthz()["member_id"])
     if as_json:
         print_json(result)
@@ -360,82 +346,9 @@ def terminate(
     reason: Annotated[str, typer.Option(help="why")] = "terminated by the operator",
 ) -> None:
     """End an agreement; the other party is told and nothing more flows under it."""
-    with _target(ctx).client() as node:
+    with subcommand_target(ctx).client() as node:
         result = node.terminate(agreement, reason)
     console.print(f"agreement {agreement} terminated at {result['terminated_at']}")
-
-
-@contracts_app.command("show")
-@clean_errors
-def show(
-    ctx: typer.Context, agreement: Annotated[str, typer.Argument(help="agreement id")]
-) -> None:
-    """Print an agreement's canonical signed bytes and both signatures as JSON."""
-    with _target(ctx).client() as node:
-        console.print_json(json.dumps(node.agreement(agreement)))
-
-
-@contracts_app.command("explain")
-@clean_errors
-def explain(
-    ctx: typer.Context,
-    agreement: Annotated[str, typer.Argument(help="agreement id")],
-    action: Annotated[str, typer.Option(help="use, read, stream or distribute")] = "read",
-    purpose: Annotated[str | None, typer.Option(help="the purpose to ask for")] = None,
-    order: Annotated[str | None, typer.Option(help="the order to ask for")] = None,
-    field: Annotated[list[str] | None, typer.Option(help="a field to ask for (repeat)")] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="print the report as JSON")] = False,
-) -> None:
-    """Explain what the agreement decides for a request: each rule, constraint and duty."""
-    body = {"action": action, "purpose": purpose, "order_id": order, "fields": field or None}
-    with _target(ctx).client() as node:
-        report = node.explain(agreement, body)
-    if as_json:
-        console.print_json(json.dumps(report))
-        return
-    for line in report_lines(report):
-        console.print(line, markup=False, highlight=False)
-
-
-@contracts_app.command("odrl")
-@clean_errors
-def odrl(
-    ctx: typer.Context, agreement: Annotated[str, typer.Argument(help="agreement id")]
-) -> None:
-    """Print the agreement's policy as DSP 2025-1 JSON-LD (an ODRL Agreement)."""
-    with _target(ctx).client() as node:
-        console.print_json(json.dumps(node.agreement_odrl(agreement)))
-
-
-def report_lines(report: dict[str, Any]) -> list[str]:
-    """The report the API returns, one line per rule, constraint and duty."""
-    out = [f"{report['policy']} {report['action']}: {report['outcome']} ({report['reason']})"]
-    out.append(f"conflict strategy: {report['conflict']}")
-
-    def constraint(item: dict[str, Any], indent: str) -> None:
-        state, why = item["state"], item["why"]
-        out.append(f"{indent}{item['path']} {item['constraint']}: {state} ({why})")
-        for inner in item.get("items", []):
-            constraint(inner, indent + "  ")
-
-    def duty(item: dict[str, Any], indent: str) -> None:
-        head = f"{indent}{item['path']} duty {item['action']} ({item['timing']})"
-        out.append(f"{head}: {item['state']} ({item['why']})")
-        for inner in item["constraints"]:
-            constraint(inner, indent + "  ")
-
-    for rule in report["rules"]:
-        flags = "active" if rule["active"] else "inactive"
-        if rule["kind"] == "permission":
-            flags += ", satisfied" if rule["satisfied"] else ", not satisfied"
-        out.append(f"{rule['path']} {rule['kind']} {rule['action']}: {flags} ({rule['why']})")
-        for item in rule["constraints"]:
-            constraint(item, "  ")
-        for item in rule["duties"]:
-            duty(item, "  ")
-    for item in report["obligations"]:
-        duty(item, "")
-    return out
 
 
 @contracts_app.command("changes")
@@ -446,7 +359,7 @@ def changes(
     as_json: JsonOpt = False,
 ) -> None:
     """Corrections and withdrawals received: record, version, hash and when."""
-    with _target(ctx).client() as node:
+    with subcommand_target(ctx).client() as node:
         found = node.received_changes(agreement)
     if as_json:
         print_json(found)
@@ -504,6 +417,7 @@ def order_close(
 
 def mount(app: typer.Typer) -> None:
     """Add the contract commands to the ``qdspace`` app."""
+    mount_agreement(contracts_app)
     for command in (catalog, negotiate, transfer, subscribe, withdraw):
         app.command(command.__name__)(command)
     app.add_typer(contracts_app, name="contracts")

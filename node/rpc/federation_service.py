@@ -54,10 +54,8 @@ from qdspace.node.rpc.federation_serde import (
     unmask_request_to_proto,
 )
 from qdspace.node.rpc.limits import CHUNK_MAX_BYTES
-from qdspace.node.runtime.federation_jobs import (
-    FederationJobs,
-    RoundRef,
-)
+from qdspace.node.runtime.federation_jobs import FederationJobs
+from qdspace.node.runtime.federation_slots import RoundRef
 from qdspace.node.runtime.federation_wiring import jobs_from_context
 from qdspace.protocols.v1 import federation_pb2 as pb
 from qdspace.protocols.v1 import federation_pb2_grpc as pb_grpc

@@ -36,7 +36,6 @@ import json
 import logging
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
@@ -63,6 +62,7 @@ from qdspace.ledger.errors import LedgerError, NotAnchored, UnknownLeaf
 from qdspace.node.identity.certs import MemberIdentity, Trust
 from qdspace.node.rpc.federation_keys import CertificateKeys
 from qdspace.node.rpc.federation_serde import DOWNLOAD_FRAMING
+from qdspace.node.runtime.federation_slots import JobSlot, RoundRef, Upload, job_state
 
 logger = logging.getLogger("node.federation")
 
@@ -89,47 +89,6 @@ class NoChain(FederationError):
 
 class ProofPending(FederationError):
     """The version is not anchored yet, or the ledger cannot be read just now."""
-
-
-def _state(host: JobHost) -> tuple[int, int, str, int]:
-    c = host.coordinator
-    return (c.round, c.attempt, c.phase.value, c.version)
-
-
-@dataclass
-class JobSlot:
-    """One job with its lock and a 'something changed' event for long polls."""
-
-    host: JobHost
-    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
-    changed: asyncio.Event = field(default_factory=asyncio.Event)
-    #: the latest version and its encoding, made once and sent to every member downloading it
-    encoded: tuple[Published | None, tuple[bytes, ...]] = (None, ())
-
-    def notify(self) -> None:
-        old, self.changed = self.changed, asyncio.Event()
-        old.set()
-
-
-@dataclass(frozen=True)
-class RoundRef:
-    """Which job, round and attempt a member's message is for."""
-
-    job_id: str
-    round: int
-    attempt: int
-
-
-@dataclass(frozen=True)
-class Upload:
-    """A member's claim on its one upload stream for a job, from header to payload."""
-
-    slot: JobSlot
-    member: str
-    phase: Phase
-    ref: RoundRef
-    #: the most bytes the payload may have
-    limit: int
 
 
 class FederationJobs:
@@ -210,11 +169,11 @@ class FederationJobs:
     async def _locked(self, slot: JobSlot, call: Callable[[], T]) -> T:
         """Run ``call`` on the job under its lock in a worker thread; wake long polls."""
         async with slot.lock:
-            before, rounds = _state(slot.host), len(slot.host.history)
+            before, rounds = job_state(slot.host), len(slot.host.history)
             try:
                 return await asyncio.to_thread(call)
             finally:
-                if _state(slot.host) != before:
+                if job_state(slot.host) != before:
                     slot.notify()
                     if slot.host.coordinator.phase is Phase.DONE:
                         self._finished(slot.host)

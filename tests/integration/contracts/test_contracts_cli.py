@@ -59,5 +59,25 @@ def test_catalog_negotiate_transfer_and_list_from_the_command_line(space: Space)
     assert "purpose marketing is not granted" in refused.output
     shown = runner.invoke(app, ["contracts", "--dir", oem])
     assert shown.exit_code == 0 and match.group(1)[:12] in shown.output
+    agreement = match.group(1)
+    # one agreement read three ways (the node named before the subcommand)
+    signed = runner.invoke(app, ["contracts", "--dir", oem, "show", agreement])
+    assert signed.exit_code == 0, signed.output
+    assert agreement in signed.output and "signature" in signed.output
+    allowed = runner.invoke(
+        app,
+        ["contracts", "--dir", oem, "explain", agreement, "--purpose", QA, "--order", CELLEX_ORDER],
+    )
+    assert allowed.exit_code == 0, allowed.output
+    assert "read: permit" in allowed.output.splitlines()[0]
+    denied = runner.invoke(
+        app, ["contracts", "--dir", oem, "explain", agreement, "--purpose", "marketing"]
+    )
+    assert denied.exit_code == 0, denied.output
+    assert "read: deny" in denied.output.splitlines()[0]
+    odrl = runner.invoke(app, ["contracts", "--dir", oem, "odrl", agreement])
+    assert odrl.exit_code == 0 and '"@type": "Agreement"' in odrl.output, odrl.output
+    unknown = runner.invoke(app, ["contracts", "--dir", oem, "show", "agr-not-here"])
+    assert unknown.exit_code == 1 and "agr-not-here" in unknown.output, unknown.output
     foreign = runner.invoke(app, ["order", "close", "--dir", oem, "PO-NOT-HERE"])
     assert foreign.exit_code == 1 and "no order PO-NOT-HERE here" in foreign.output

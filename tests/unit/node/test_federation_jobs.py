@@ -37,9 +37,9 @@ from qdspace.node.runtime.federation_jobs import (
     NotOperator,
     ProofPending,
     ProofSource,
-    RoundRef,
     UnknownVersion,
 )
+from qdspace.node.runtime.federation_slots import RoundRef
 
 SHAPES = logreg.model_shapes(4, 2)
 KEY = SigningKey(bytes(range(32)))

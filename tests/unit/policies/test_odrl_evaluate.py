@@ -372,7 +372,7 @@ def test_report_lines_and_dict() -> None:
 
 
 def test_cli_prints_the_same_lines_as_the_report() -> None:
-    from qdspace.node.cli.contracts import report_lines
+    from qdspace.node.cli.agreement import report_lines
 
     report = run(cx_offer(), **cx_facts(bpn="BPNL000000000001"))
     assert report_lines(report.to_dict()) == report.lines()
