@@ -64,6 +64,7 @@ from qdspace.connector.transfer_wire import (
     BatchRow,
     RowBatch,
     row_bytes,
+    view_cursor,
 )
 
 DEFAULT_BATCH_ROWS = 500
@@ -411,10 +412,15 @@ class StreamEvent:
     rows: tuple[BatchRow, ...]
     positions: tuple[str, ...]
     sent_at: datetime
+    #: on a heartbeat, the cursor the stream stands at ("": not said); the consumer
+    #: resumes after it (a provider sends it before any row and then every few seconds)
+    position: str = ""
 
     def __post_init__(self) -> None:
         if len(self.rows) != len(self.positions):
             raise ViewError("a stream event has one position per row")
+        if self.position and view_cursor(self.position) is None:
+            raise ViewError(f"stream position {self.position[:40]!r} is not a view cursor")
 
     @property
     def heartbeat(self) -> bool:

@@ -344,6 +344,16 @@ class OperatorClient:
         result: dict[str, Any] = self._get(f"/v1/contracts/subscriptions/{subscription_id}")
         return result
 
+    def subscriptions(self) -> Rows:
+        result: Rows = self._get("/v1/contracts/subscriptions")
+        return result
+
+    def end_subscription(self, subscription_id: str) -> dict[str, Any]:
+        """End a subscription for good (no restart resumes it)."""
+        path = f"/v1/contracts/subscriptions/{subscription_id}"
+        result: dict[str, Any] = self.request("DELETE", path)
+        return result
+
     def alerts(self) -> dict[str, Any]:
         result: dict[str, Any] = self._get("/v1/contracts/alerts")
         return result

@@ -69,6 +69,7 @@ from qdspace.connector.contract_store.received import (
     received_agreement_table,
     received_row_table,
 )
+from qdspace.connector.contract_store.subscriptions import StoredSubscription, SubscriptionStore
 from qdspace.connector.contract_store.transfers import TransferStore
 from qdspace.connector.investigation import QualityCase
 from qdspace.connector.investigation_wire import SignedEvent
@@ -99,6 +100,7 @@ __all__ = [
     "ReceivedChange",
     "ReceivedRow",
     "StoredAgreement",
+    "StoredSubscription",
     "ensure_schema",
     "received_agreement_table",
     "received_row_table",
@@ -129,6 +131,8 @@ class ContractStore:
         self._cases = CaseStore(engine, self._outbox)
         # the DSP binding's pids and callbacks (`dsp`): its own aggregate, used directly
         self.dsp = DspProcessStore(engine)
+        # a consumer's live subscriptions (`subscriptions`): their own aggregate, used directly
+        self.subscriptions = SubscriptionStore(engine)
 
     # -------------------------------------------------------- negotiations
 

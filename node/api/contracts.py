@@ -43,6 +43,7 @@ from qdspace.node.api.contracts_models import (
     NegotiationResult,
     ReceivedPublic,
     SubscribeBody,
+    SubscriptionEnded,
     SubscriptionPublic,
     TerminateBody,
     TransferBody,
@@ -392,6 +393,14 @@ def contracts_router() -> APIRouter:
         if sub is None:
             raise HTTPException(404, f"no subscription {subscription_id}")
         return subscription_public(sub)
+
+    @router.delete("/subscriptions/{subscription_id}", response_model=SubscriptionEnded)
+    async def end_subscription(client: Client, subscription_id: IdPath) -> SubscriptionEnded:
+        """End a subscription for good: its stream stops and no restart resumes it."""
+        ended = await client.end_subscriptions("ended by the operator", ids=[subscription_id])
+        if not ended:
+            raise HTTPException(404, f"no running subscription {subscription_id}")
+        return SubscriptionEnded(subscription_id=subscription_id, reason="ended by the operator")
 
     @router.get("/alerts", response_model=AlertsPublic)
     def alerts(

@@ -214,16 +214,31 @@ class AlertPublic(BaseModel):
 
 
 class SubscriptionPublic(BaseModel):
+    """A live subscription: ``state`` is ``connecting``, ``streaming``, ``reconnecting``
+    (``error`` says why the stream broke) or ``ended`` (``error`` says why); ``received``,
+    the latencies and ``alerts`` count since this node started it or resumed it after a
+    restart (``resumed``); ``reconnects`` how often its stream was opened again."""
+
     subscription_id: str
     provider: str
     agreement_id: str
     running: bool
+    state: str
+    resumed: bool
+    reconnects: int
     received: int
     position: str
     error: str
     latency_ms_p50: float | None
     latency_ms_max: float | None
     alerts: list[AlertPublic]
+
+
+class SubscriptionEnded(BaseModel):
+    """A subscription ended by ``DELETE /v1/contracts/subscriptions/{id}``."""
+
+    subscription_id: str
+    reason: str
 
 
 class AlertsPublic(BaseModel):
@@ -419,6 +434,9 @@ def subscription_public(s: Subscription) -> SubscriptionPublic:
         provider=s.provider,
         agreement_id=s.agreement_id,
         running=s.running,
+        state=s.state,
+        resumed=s.resumed,
+        reconnects=s.reconnects,
         received=s.received,
         position=s.position,
         error=s.error,

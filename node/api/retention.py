@@ -94,9 +94,8 @@ def retention_router() -> APIRouter:
                 f"({rt.me.member_id}); nothing was deleted"
             )
         report = await run_in_threadpool(rt.purge)
-        for sub in client.subscriptions.values():  # their rows are refused from now on
-            if sub.agreement_id in report.agreements and sub.task is not None:
-                sub.task.cancel()
+        # their rows are refused from now on, and no restart resumes them
+        await client.end_subscriptions("its agreement was purged", agreements=report.agreements)
         await outbox.flush()
         return PurgePublic(
             agreements=list(report.agreements),

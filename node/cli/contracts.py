@@ -1,4 +1,4 @@
-"""``qdspace catalog | negotiate | transfer | subscribe | contracts | order close``.
+"""``qdspace catalog | negotiate | transfer | subscribe | unsubscribe | contracts | order close``.
 
 Thin commands over a running node's operator API (``/v1/contracts``): the node
 holds the keys, the contract store and the peer channels, so the CLI only names
@@ -166,6 +166,18 @@ def subscribe(
                 console.print(f"[red]SPC alert[/red] {alert['description']} ({alert['station']})")
             shown = len(sub["alerts"])
             console.print(f"{sub['received']} records, p50 latency {sub['latency_ms_p50']} ms")
+
+
+@clean_errors
+@calls_node
+def unsubscribe(
+    target: Target,
+    subscription: Annotated[str, typer.Argument(help="subscription id")],
+) -> None:
+    """End a live subscription for good: its stream stops and no restart resumes it."""
+    with target.client() as node:
+        node.end_subscription(subscription)
+    console.print(f"subscription {subscription} ended")
 
 
 @contracts_app.callback(invoke_without_command=True)
@@ -418,7 +430,7 @@ def order_close(
 def mount(app: typer.Typer) -> None:
     """Add the contract commands to the ``qdspace`` app."""
     mount_agreement(contracts_app)
-    for command in (catalog, negotiate, transfer, subscribe, withdraw):
+    for command in (catalog, negotiate, transfer, subscribe, unsubscribe, withdraw):
         app.command(command.__name__)(command)
     app.add_typer(contracts_app, name="contracts")
     app.add_typer(order_app, name="order")

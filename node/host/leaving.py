@@ -99,10 +99,10 @@ async def purge(runtime: HostRuntime, name: str) -> dict[str, Any]:
             report = await asyncio.to_thread(contracts.purge)
             assert tenant.ctx is not None
             client = tenant.ctx.contract_client
-            if client is not None:  # their rows are refused from now on
-                for sub in client.subscriptions.values():
-                    if sub.agreement_id in report.agreements and sub.task is not None:
-                        sub.task.cancel()
+            if client is not None:  # their rows are refused from now on; none is resumed
+                await client.end_subscriptions(
+                    "its agreement was purged", agreements=report.agreements
+                )
             if tenant.ctx.outbox is not None:
                 await tenant.ctx.outbox.flush()
             return {

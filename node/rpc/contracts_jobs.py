@@ -120,9 +120,9 @@ SWEEP_HORIZON = timedelta(hours=1)
 
 
 class ContractJobs:
-    """The contract background jobs of a serving node: outbox delivery, transfer resume,
-    the retention sweep (every 30 s, deleting what expires within the hour), and anchoring
-    of agreements and receipts when the node has a ledger."""
+    """The contract background jobs of a serving node: outbox delivery, transfer and
+    subscription resume, the retention sweep (every 30 s, deleting what expires within
+    the hour), and anchoring of agreements and receipts when the node has a ledger."""
 
     def __init__(self, ctx: NodeContext) -> None:
         self.client, self.dispatcher = client_of(ctx)
@@ -132,6 +132,7 @@ class ContractJobs:
             asyncio.create_task(self._sweep_loop()),
         ]
         self.resumed = self.client.resume_unfinished()
+        self.resubscribed = self.client.resume_subscriptions()
 
     async def _sweep_loop(self) -> None:
         runtime = self.client.runtime

@@ -269,7 +269,7 @@ class SubscriptionServicer(subscription_pb2_grpc.SubscriptionServicer):
                 stream = stream_request_from_proto(request)
                 gate, position = rt.open_stream(peer, stream)
                 checked = beat = time.monotonic()
-                yield _heartbeat(stream.subscription_id, datetime.now(UTC))
+                yield _heartbeat(stream.subscription_id, datetime.now(UTC), position)
                 watch = rt.new_inspections
                 seen = watch.generation if watch is not None else 0
                 while True:
@@ -297,7 +297,7 @@ class SubscriptionServicer(subscription_pb2_grpc.SubscriptionServicer):
                         beat = time.monotonic()
                         continue
                     if time.monotonic() - beat > HEARTBEAT_S:
-                        yield _heartbeat(stream.subscription_id, rt.clock.now())
+                        yield _heartbeat(stream.subscription_id, rt.clock.now(), position)
                         beat = time.monotonic()
                     if watch is None:
                         await asyncio.sleep(FALLBACK_POLL_S)
@@ -320,9 +320,14 @@ class SubscriptionServicer(subscription_pb2_grpc.SubscriptionServicer):
         add_subscription_service(self, server)
 
 
-def _heartbeat(subscription_id: str, at: datetime) -> bytes:
+def _heartbeat(subscription_id: str, at: datetime, position: int) -> bytes:
+    """A keep-alive saying where the stream stands: every row up to `position` that the
+    gate lets out was sent before it, so a consumer resuming after it misses none."""
     wire: bytes = subscription_pb2.SubscriptionEvent(
-        subscription_id=subscription_id, heartbeat=True, sent_at_unix_us=datetime_to_us(at)
+        subscription_id=subscription_id,
+        heartbeat=True,
+        sent_at_unix_us=datetime_to_us(at),
+        position=str(position),
     ).SerializeToString()
     return wire
 

@@ -6,6 +6,11 @@ monitor on one characteristic; an alarm becomes a `QualityAlert` kept on the
 subscription and queued in the outbox for the provider. It is a room of its own because
 it is the one consumer drive that never finishes and the one that watches the data
 rather than moving it; `ContractClient` mixes it in.
+
+It outlives its stream: a provider's restart or a dropped network used to end it for
+good, a consumer's restart to forget it, and the line's monitoring stopped with nobody
+told. It is recorded once the provider opens the stream, opened again when the stream
+breaks, and resumed when the node starts (`ConsumerSubscriptions`).
 """
 
 from __future__ import annotations
@@ -13,15 +18,17 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import math
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, replace
 from datetime import timedelta
 from typing import Any
 
 import grpc
 
 from qdspace.connector.contract_errors import ContractError
-from qdspace.connector.contract_store import IncomingRow
+from qdspace.connector.contract_store import IncomingRow, StoredSubscription
 from qdspace.connector.encoding import StreamRequest
 from qdspace.connector.spc import (
     QualityAlert,
@@ -30,6 +37,7 @@ from qdspace.connector.spc import (
     SpcSpec,
     characteristic_value,
 )
+from qdspace.connector.transfer_wire import KEY_FIELD, VERSION_FIELD
 from qdspace.node.member_ids import peer_name
 from qdspace.node.metrics import NodeMetrics
 from qdspace.node.rpc.contracts_transfer_serde import (
@@ -46,8 +54,48 @@ SUBSCRIBE_METHOD = "/qdspace.v1.Subscription/Subscribe"
 logger = logging.getLogger("node.contracts")
 
 
+class _Ended(Exception):
+    """The subscription may not stream again: the provider refused it for good, or sent
+    what this node will not store."""
+
+
+#: the first wait before a broken stream is opened again, doubled after each try that
+#: brought nothing, up to the last
+RECONNECT_FIRST_S = 1.0
+RECONNECT_MAX_S = 60.0
+#: a provider's answers that no retry changes: the subscription ends (an agreement ended,
+#: expired or never held; a request the provider cannot read)
+_FINAL = frozenset(
+    {
+        grpc.StatusCode.PERMISSION_DENIED,
+        grpc.StatusCode.NOT_FOUND,
+        grpc.StatusCode.FAILED_PRECONDITION,
+        grpc.StatusCode.INVALID_ARGUMENT,
+        grpc.StatusCode.UNAUTHENTICATED,
+        grpc.StatusCode.UNIMPLEMENTED,
+    }
+)
+
+
+@dataclass
+class _Watch:
+    """One subscription's SPC monitor, kept across its reconnections."""
+
+    monitor: SpcMonitor
+    baseline_kept: bool = False
+
+
 class ConsumerSubscriptions:
-    """Live subscriptions of a consumer (a mixin of `ContractClient`, which sets these)."""
+    """Live subscriptions of a consumer (a mixin of `ContractClient`, which sets these).
+
+    A subscription is recorded in the contract store once its provider opened the stream
+    (`connector.contract_store.subscriptions`). From then on a stream that breaks (the
+    provider restarts, the network drops) is opened again after a pause that doubles
+    from `RECONNECT_FIRST_S` to `RECONNECT_MAX_S`, resuming after the last position
+    held, so nothing stored meanwhile is missed and nothing comes twice; a provider's
+    final refusal (`_FINAL`: the agreement ended or expired) ends it, with the reason. A
+    restarted node resumes every subscription not ended (`resume_subscriptions`); the
+    operator ends one with `end_subscriptions`."""
 
     runtime: ContractRuntime
     peers: PeerDirectory
@@ -70,13 +118,137 @@ class ConsumerSubscriptions:
             agreement_id,
             characteristic,
             spec or SpcSpec(usl=0.5, baseline_size=20, cpk_window=20),
+            purpose=purpose,
         )
-        sub.task = asyncio.create_task(self._run_subscription(sub, purpose))
-        self.subscriptions[sub.subscription_id] = sub
+        self._start(sub, _Watch(SpcMonitor(sub.spec)))
         return sub
 
-    async def _run_subscription(self, sub: Subscription, purpose: str) -> None:
-        monitor = SpcMonitor(sub.spec)
+    def resume_subscriptions(self) -> list[str]:
+        """Start again every subscription recorded and not ended (at the node's start):
+        each resumes after the last row it stored or the position its provider opened it
+        at, whichever is later, judged with the baseline its monitor established."""
+        store = self.runtime.store
+        resumed = []
+        for kept in store.subscriptions.active():
+            if kept.subscription_id in self.subscriptions:
+                continue
+            held = store.last_received_seq(kept.subscription_id)
+            known = [int(p) for p in (kept.since, held) if p is not None and p != ""]
+            after = str(max(known)) if known else ""  # "" (never said): from now, as asked
+            spec = kept.spec
+            if kept.centre is not None and kept.sigma is not None and spec.sigma is None:
+                spec = replace(spec, centre=kept.centre, sigma=kept.sigma)
+            sub = Subscription(
+                kept.subscription_id,
+                kept.provider,
+                kept.agreement_id,
+                kept.characteristic,
+                kept.spec,
+                purpose=kept.purpose,
+                position=after,
+                recorded=True,
+                resumed=True,
+            )
+            self._start(sub, _Watch(SpcMonitor(spec), baseline_kept=kept.centre is not None))
+            logger.info("resuming subscription %s to %s", kept.subscription_id, kept.provider)
+            resumed.append(kept.subscription_id)
+        return resumed
+
+    async def end_subscriptions(
+        self, reason: str, *, ids: Iterable[str] = (), agreements: Iterable[str] = ()
+    ) -> list[str]:
+        """End the subscriptions named by id, and those under `agreements`, for good (the
+        stream stops, and no restart resumes them); the ids ended now."""
+        wanted, under = set(ids), set(agreements)
+        store = self.runtime.store
+        if under:
+            active = await asyncio.to_thread(store.subscriptions.active)
+            wanted |= {k.subscription_id for k in active if k.agreement_id in under}
+            wanted |= {s.subscription_id for s in self.subscriptions.values()
+                       if s.agreement_id in under}  # fmt: skip
+        ended = []
+        for subscription_id in sorted(wanted):
+            sub = self.subscriptions.get(subscription_id)
+            if sub is not None and sub.task is not None:
+                sub.task.cancel()
+                await asyncio.gather(sub.task, return_exceptions=True)
+            now = self.runtime.clock.now()
+            kept = await asyncio.to_thread(store.subscriptions.end, subscription_id, now, reason)
+            running = sub is not None and sub.state != "ended"
+            if sub is not None:
+                sub.state, sub.error = "ended", reason
+            if kept or running:
+                ended.append(subscription_id)
+        return ended
+
+    def _start(self, sub: Subscription, watch: _Watch) -> None:
+        sub.task = asyncio.create_task(self._run_subscription(sub, watch))
+        self.subscriptions[sub.subscription_id] = sub
+
+    async def _run_subscription(self, sub: Subscription, watch: _Watch) -> None:
+        live = self.metrics.subscriptions.labels(side="consumer")
+        live.inc()
+        wait = RECONNECT_FIRST_S
+        try:
+            while True:
+                try:
+                    await self._stream(sub, watch)
+                    reason = "the provider ended the stream"
+                except grpc.aio.AioRpcError as exc:
+                    reason = f"{exc.code().name}: {exc.details()}"
+                    if exc.code() in _FINAL:
+                        await self._end(sub, reason)
+                        return
+                except _Ended as exc:
+                    await self._end(sub, str(exc))
+                    return
+                if not sub.recorded:  # never opened: refused now, as asked (nothing kept)
+                    sub.state, sub.error = "ended", reason
+                    logger.warning("subscription %s refused: %s", sub.subscription_id, reason)
+                    return
+                if sub.state == "streaming":  # it was open: the next try comes soon
+                    wait = RECONNECT_FIRST_S
+                sub.state, sub.error = "reconnecting", reason
+                sub.reconnects += 1
+                logger.warning(
+                    "subscription %s broke (%s); opening it again in %.0f s",
+                    sub.subscription_id,
+                    reason,
+                    wait,
+                )
+                await asyncio.sleep(wait)
+                wait = min(2 * wait, RECONNECT_MAX_S)
+        finally:
+            live.dec()
+            sub.connected.set()
+
+    async def _end(self, sub: Subscription, reason: str) -> None:
+        sub.state, sub.error = "ended", reason
+        logger.warning("subscription %s ended: %s", sub.subscription_id, reason)
+        if sub.recorded:
+            now = self.runtime.clock.now()
+            await asyncio.to_thread(
+                self.runtime.store.subscriptions.end, sub.subscription_id, now, reason
+            )
+
+    async def _record(self, sub: Subscription, position: str) -> None:
+        """Keep the subscription: its provider opened the stream at `position`."""
+        kept = StoredSubscription(
+            sub.subscription_id,
+            sub.agreement_id,
+            sub.provider,
+            sub.purpose,
+            sub.characteristic,
+            sub.spec,
+            self.runtime.clock.now(),
+            since=position or None,
+        )
+        await asyncio.to_thread(self.runtime.store.subscriptions.add, kept)
+        sub.recorded = True
+
+    async def _stream(self, sub: Subscription, watch: _Watch) -> None:
+        """One stream from the provider, after `sub.position`, until it ends (`sub.state`
+        is ``streaming`` once the provider opened it)."""
         # the events' raw bytes are kept (deserialised here, not by the stub) so that the
         # metrics count what arrived without encoding each event again (`ByteSize()`)
         subscribe = self.peers.channel(sub.provider).unary_stream(
@@ -86,18 +258,28 @@ class ConsumerSubscriptions:
             _registered_method=True,
         )
         store = self.runtime.store
-        request = StreamRequest(sub.subscription_id, sub.agreement_id, purpose)
-        live = self.metrics.subscriptions.labels(side="consumer")
-        live.inc()
-        try:
-            async for raw in subscribe(stream_request_to_proto(request)):
+        request = StreamRequest(
+            sub.subscription_id, sub.agreement_id, sub.purpose, after_position=sub.position
+        )
+        opened = False
+        async for raw in subscribe(stream_request_to_proto(request)):
+            try:
+                event = stream_event_from_proto(subscription_pb2.SubscriptionEvent.FromString(raw))
+            except (ContractError, ValueError) as exc:
+                raise _Ended(f"the provider sent an unreadable event: {exc}") from None
+            if not opened:
+                opened = True
+                if not sub.recorded:
+                    await self._record(sub, event.position)
+                sub.state, sub.error = "streaming", ""
                 sub.connected.set()
-                wire = subscription_pb2.SubscriptionEvent.FromString(raw)
-                event = stream_event_from_proto(wire)
-                if event.heartbeat:
-                    continue
-                arrived = self.runtime.clock.now()
-                sub.latencies_ms.append((arrived - event.sent_at) / timedelta(milliseconds=1))
+            if event.heartbeat:
+                if event.position:
+                    sub.position = event.position
+                continue
+            arrived = self.runtime.clock.now()
+            sub.latencies_ms.append((arrived - event.sent_at) / timedelta(milliseconds=1))
+            try:
                 rows = [
                     IncomingRow(int(p), r.order_id, r.payload)
                     for p, r in zip(event.positions, event.rows, strict=True)
@@ -105,19 +287,24 @@ class ConsumerSubscriptions:
                 await asyncio.to_thread(
                     store.store_received_rows, sub.agreement_id, sub.subscription_id, rows, arrived
                 )
-                self.metrics.rows("received", "stream", len(rows), len(raw))
-                sub.received += len(rows)
-                sub.position = event.positions[-1]
-                self._spc(sub, monitor, event.rows)
-        except grpc.aio.AioRpcError as exc:
-            sub.error = f"{exc.code().name}: {exc.details()}"
-            logger.warning("subscription %s ended: %s", sub.subscription_id, sub.error)
-        except (ContractError, ValueError) as exc:
-            sub.error = str(exc)
-            logger.warning("subscription %s failed: %s", sub.subscription_id, exc)
-        finally:
-            live.dec()
-            sub.connected.set()
+            except (ContractError, ValueError) as exc:
+                raise _Ended(str(exc)) from None
+            self.metrics.rows("received", "stream", len(rows), len(raw))
+            sub.received += len(rows)
+            sub.position = event.positions[-1]
+            self._spc(sub, watch.monitor, event.rows)
+            await self._keep_baseline(sub, watch)
+
+    async def _keep_baseline(self, sub: Subscription, watch: _Watch) -> None:
+        """Record the centre and sigma the monitor established, once (a resumed monitor
+        judges with them)."""
+        centre, sigma = watch.monitor.centre, watch.monitor.sigma
+        if watch.baseline_kept or centre is None or sigma is None:
+            return
+        watch.baseline_kept = True
+        if math.isfinite(centre) and math.isfinite(sigma):
+            keep = self.runtime.store.subscriptions.set_baseline
+            await asyncio.to_thread(keep, sub.subscription_id, centre, sigma)
 
     def _spc(self, sub: Subscription, monitor: SpcMonitor, rows: Sequence[Any]) -> None:
         import json
@@ -135,9 +322,11 @@ class ConsumerSubscriptions:
                 self._raise_alert(sub, alert, record)
 
     def _raise_alert(self, sub: Subscription, alert: SpcAlert, record: dict[str, Any]) -> None:
-        digest = hashlib.sha256(
-            f"{sub.subscription_id}:{alert.rule}:{alert.points[-1].index}".encode()
-        )
+        # named by the record that set it off (its key and version), not by the point's
+        # index: a resumed monitor counts from 0 again, and the provider keeps one alert
+        # per id (a second with the same id would be taken for a repeat)
+        record_id = f"{record.get(KEY_FIELD)}:{record.get(VERSION_FIELD)}"
+        digest = hashlib.sha256(f"{sub.subscription_id}:{alert.rule}:{record_id}".encode())
         notice = QualityAlert(
             f"alert-{digest.hexdigest()[:16]}",
             alert,

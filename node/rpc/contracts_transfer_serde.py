@@ -265,6 +265,7 @@ def stream_event_to_proto(event: StreamEvent) -> subscription_pb2.SubscriptionEv
         positions=list(event.positions),
         sent_at_unix_us=datetime_to_us(event.sent_at),
         heartbeat=event.heartbeat,
+        position=event.position,
     )
 
 
@@ -275,6 +276,7 @@ def stream_event_from_proto(message: subscription_pb2.SubscriptionEvent) -> Stre
             rows=_rows_from_proto(message.rows),
             positions=tuple(message.positions),
             sent_at=datetime_from_us(message.sent_at_unix_us),
+            position=message.position,
         )
     except ContractError as exc:
         raise WireFormatError(str(exc)) from None

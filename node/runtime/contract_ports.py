@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Protocol
@@ -26,13 +27,17 @@ from qdspace.connector.transfer import TransferProcess
 
 @dataclass
 class Subscription:
-    """A running live subscription on the consumer side, with what its SPC monitor saw."""
+    """A live subscription on the consumer side, with what its SPC monitor saw since this
+    node started it (or resumed it after a restart: `resumed`). `position` is where the
+    stream stands (it resumes after it); `error` the last reason the stream broke, while
+    `state` is ``reconnecting``, or why it ended."""
 
     subscription_id: str
     provider: str
     agreement_id: str
     characteristic: str
     spec: SpcSpec
+    purpose: str = ""
     received: int = 0
     alerts: list[QualityAlert] = field(default_factory=list)
     latencies_ms: deque[float] = field(default_factory=lambda: deque(maxlen=1000))
@@ -40,6 +45,13 @@ class Subscription:
     error: str = ""
     task: asyncio.Task[None] | None = None
     connected: asyncio.Event = field(default_factory=asyncio.Event)
+    #: recorded in the node's store (its provider opened the stream once): it reconnects
+    #: when the stream breaks and is resumed after a restart
+    recorded: bool = False
+    resumed: bool = False
+    reconnects: int = 0
+    #: "connecting", "streaming", "reconnecting" or "ended"
+    state: str = "connecting"
 
     @property
     def running(self) -> bool:
@@ -90,6 +102,10 @@ class PeerContracts(Protocol):
         characteristic: str = "score",
         spec: SpcSpec | None = None,
     ) -> Subscription: ...
+
+    async def end_subscriptions(
+        self, reason: str, *, ids: Iterable[str] = (), agreements: Iterable[str] = ()
+    ) -> list[str]: ...
 
 
 class OutboxDelivery(Protocol):

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from qdspace.protocols.v1 import transfer_pb2 as protocols_dot_v1_dot_transfer__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1fprotocols/v1/subscription.proto\x12\nqdspace.v1\x1a\x1bprotocols/v1/transfer.proto\"\xa2\x01\n\x10SubscribeRequest\x12\x17\n\x0fsubscription_id\x18\x01 \x01(\t\x12\x14\n\x0c\x61greement_id\x18\x02 \x01(\t\x12\x0f\n\x07purpose\x18\x03 \x01(\t\x12\x0e\n\x06\x66ields\x18\x04 \x03(\t\x12\x12\n\nall_fields\x18\x05 \x01(\x08\x12\x16\n\x0e\x61\x66ter_position\x18\x06 \x01(\t\x12\x12\n\nfrom_start\x18\x07 \x01(\x08\"\x8a\x01\n\x11SubscriptionEvent\x12\x17\n\x0fsubscription_id\x18\x01 \x01(\t\x12\x1d\n\x04rows\x18\x02 \x03(\x0b\x32\x0f.qdspace.v1.Row\x12\x11\n\tpositions\x18\x03 \x03(\t\x12\x17\n\x0fsent_at_unix_us\x18\x04 \x01(\x03\x12\x11\n\theartbeat\x18\x05 \x01(\x08\x32Z\n\x0cSubscription\x12J\n\tSubscribe\x12\x1c.qdspace.v1.SubscribeRequest\x1a\x1d.qdspace.v1.SubscriptionEvent0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1fprotocols/v1/subscription.proto\x12\nqdspace.v1\x1a\x1bprotocols/v1/transfer.proto\"\xa2\x01\n\x10SubscribeRequest\x12\x17\n\x0fsubscription_id\x18\x01 \x01(\t\x12\x14\n\x0c\x61greement_id\x18\x02 \x01(\t\x12\x0f\n\x07purpose\x18\x03 \x01(\t\x12\x0e\n\x06\x66ields\x18\x04 \x03(\t\x12\x12\n\nall_fields\x18\x05 \x01(\x08\x12\x16\n\x0e\x61\x66ter_position\x18\x06 \x01(\t\x12\x12\n\nfrom_start\x18\x07 \x01(\x08\"\x9c\x01\n\x11SubscriptionEvent\x12\x17\n\x0fsubscription_id\x18\x01 \x01(\t\x12\x1d\n\x04rows\x18\x02 \x03(\x0b\x32\x0f.qdspace.v1.Row\x12\x11\n\tpositions\x18\x03 \x03(\t\x12\x17\n\x0fsent_at_unix_us\x18\x04 \x01(\x03\x12\x11\n\theartbeat\x18\x05 \x01(\x08\x12\x10\n\x08position\x18\x06 \x01(\t2Z\n\x0cSubscription\x12J\n\tSubscribe\x12\x1c.qdspace.v1.SubscribeRequest\x1a\x1d.qdspace.v1.SubscriptionEvent0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,7 +35,7 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_SUBSCRIBEREQUEST']._serialized_start=77
   _globals['_SUBSCRIBEREQUEST']._serialized_end=239
   _globals['_SUBSCRIPTIONEVENT']._serialized_start=242
-  _globals['_SUBSCRIPTIONEVENT']._serialized_end=380
-  _globals['_SUBSCRIPTION']._serialized_start=382
-  _globals['_SUBSCRIPTION']._serialized_end=472
+  _globals['_SUBSCRIPTIONEVENT']._serialized_end=398
+  _globals['_SUBSCRIPTION']._serialized_start=400
+  _globals['_SUBSCRIPTION']._serialized_end=490
 # @@protoc_insertion_point(module_scope)

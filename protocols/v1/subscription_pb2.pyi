@@ -26,15 +26,17 @@ class SubscribeRequest(_message.Message):
     def __init__(self, subscription_id: _Optional[str] = ..., agreement_id: _Optional[str] = ..., purpose: _Optional[str] = ..., fields: _Optional[_Iterable[str]] = ..., all_fields: _Optional[bool] = ..., after_position: _Optional[str] = ..., from_start: _Optional[bool] = ...) -> None: ...
 
 class SubscriptionEvent(_message.Message):
-    __slots__ = ("subscription_id", "rows", "positions", "sent_at_unix_us", "heartbeat")
+    __slots__ = ("subscription_id", "rows", "positions", "sent_at_unix_us", "heartbeat", "position")
     SUBSCRIPTION_ID_FIELD_NUMBER: _ClassVar[int]
     ROWS_FIELD_NUMBER: _ClassVar[int]
     POSITIONS_FIELD_NUMBER: _ClassVar[int]
     SENT_AT_UNIX_US_FIELD_NUMBER: _ClassVar[int]
     HEARTBEAT_FIELD_NUMBER: _ClassVar[int]
+    POSITION_FIELD_NUMBER: _ClassVar[int]
     subscription_id: str
     rows: _containers.RepeatedCompositeFieldContainer[_transfer_pb2.Row]
     positions: _containers.RepeatedScalarFieldContainer[str]
     sent_at_unix_us: int
     heartbeat: bool
-    def __init__(self, subscription_id: _Optional[str] = ..., rows: _Optional[_Iterable[_Union[_transfer_pb2.Row, _Mapping]]] = ..., positions: _Optional[_Iterable[str]] = ..., sent_at_unix_us: _Optional[int] = ..., heartbeat: _Optional[bool] = ...) -> None: ...
+    position: str
+    def __init__(self, subscription_id: _Optional[str] = ..., rows: _Optional[_Iterable[_Union[_transfer_pb2.Row, _Mapping]]] = ..., positions: _Optional[_Iterable[str]] = ..., sent_at_unix_us: _Optional[int] = ..., heartbeat: _Optional[bool] = ..., position: _Optional[str] = ...) -> None: ...

@@ -58,7 +58,13 @@ from qdspace.node.rpc import contracts_notification_serde as notification_serde
 from qdspace.node.rpc import contracts_serde as serde
 from qdspace.node.rpc import contracts_transfer_serde as transfer_serde
 from qdspace.policies.model import OfferTerms, Policy, make_offer, to_agreement
-from qdspace.protocols.v1 import catalog_pb2, negotiation_pb2, notification_pb2, transfer_pb2
+from qdspace.protocols.v1 import (
+    catalog_pb2,
+    negotiation_pb2,
+    notification_pb2,
+    subscription_pb2,
+    transfer_pb2,
+)
 
 ids = st.text(st.characters(codec="utf-8", exclude_categories=("Cs",)), min_size=1, max_size=12)
 texts = st.text(st.characters(codec="utf-8", exclude_categories=("Cs",)), max_size=20)
@@ -301,6 +307,27 @@ def test_subscription_messages_round_trip(
     proto = transfer_serde.stream_event_to_proto(event)
     assert proto.heartbeat == (not items)
     assert transfer_serde.stream_event_from_proto(proto) == event
+
+
+@given(ids, st.integers(0, 2**63 - 1), instants)
+def test_a_heartbeat_carries_where_the_stream_stands(
+    sub_id: str, position: int, at: datetime
+) -> None:
+    event = StreamEvent(sub_id, (), (), at, position=str(position))
+    proto = transfer_serde.stream_event_to_proto(event)
+    assert proto.heartbeat and proto.position == str(position)
+    assert transfer_serde.stream_event_from_proto(proto) == event
+
+
+@pytest.mark.parametrize("bad", ["\u00b2", "\u0661\u0662", "9" * 25, "-1", "12 ", "0x10", " 7"])
+def test_a_heartbeat_position_that_names_no_row_is_refused(bad: str) -> None:
+    """A provider's position is sent back to it when the stream is opened again: one that
+    is no view cursor is refused where it arrives, and the subscription ends saying so."""
+    proto = subscription_pb2.SubscriptionEvent(
+        subscription_id="sub-1", heartbeat=True, sent_at_unix_us=1, position=bad
+    )
+    with pytest.raises(serde.WireFormatError, match="is not a view cursor"):
+        transfer_serde.stream_event_from_proto(proto)
 
 
 @given(offers(), st.sampled_from(list(AssetKind)), field_sets, field_sets, texts)
