@@ -123,6 +123,8 @@ async def serve(ctx: NodeContext, stop: asyncio.Event) -> None:
         await member.stop(0)
         raise
     ctx.serving = True  # every listener is up (``/startupz``)
+    if ctx.dsp_transfers is not None:  # the providers' answers can land now
+        ctx.dsp_transfers.resume_after_restart()
     # Everything loaded so far (modules, apps, stores, certificates) lives as long as the
     # node: move it out of the collector's view, so a full collection during a transfer
     # (which allocates many short-lived objects) does not walk it again each time.

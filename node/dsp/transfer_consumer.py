@@ -11,9 +11,11 @@ records the provider's completion and acknowledges it with a TransferCompletionM
 A live-stream address is followed instead, each group of rows stored as the gRPC
 subscription stores them (`store_received_rows`).
 
-Data addresses live in memory only (a token lives minutes): after a restart, resuming
-a transfer asks the provider for a new one, and a live stream continues after the last
-stream position stored (the received rows' seq), so nothing is fetched twice.
+Data addresses live in memory only (a token lives minutes): after a restart the node
+asks each provider again for every transfer it was receiving (`resume_after_restart`,
+through the outbox, so a provider that is down is asked until it answers), and a pull
+continues from its checkpoint, a live stream after the last stream position stored (the
+received rows' seq), so nothing is fetched twice.
 """
 
 from __future__ import annotations
@@ -46,10 +48,11 @@ from qdspace.connector.transfer import (
 from qdspace.connector.transfer import apply as apply_transfer
 from qdspace.connector.transfer_messages import TransferCompletion, TransferRequest
 from qdspace.connector.transfer_wire import RowBatch
-from qdspace.node.dsp.client import DspHttp
+from qdspace.node.dsp.client import DspHttp, outbox_message
 from qdspace.node.dsp.transfer_process import (
     TRANSFER,
     DspTransferMoves,
+    control_id,
     message_body,
     peer_url,
 )
@@ -126,6 +129,31 @@ class DspTransfers:
             raise PeerError(f"DSP {url}: the provider answered for another transfer")
         await run_in_threadpool(store.dsp.set_peer_pid, TRANSFER, pid, provider_pid)
         return self.row(pid), process
+
+    def resume_after_restart(self) -> list[str]:
+        """Ask again for a data address of every DSP transfer this node was receiving when
+        it stopped (addresses live in memory): a consumer's TransferStartMessage to each
+        provider, queued in the outbox (retried until the provider is reached); its answer
+        brings a new address and the pull or stream continues where the rows held stop."""
+        store, now = self.runtime.store, self.runtime.clock.now()
+        queued: list[str] = []
+        for process in store.transfers(role=Role.CONSUMER, state=TransferState.STARTED):
+            row = store.dsp.by_local(TRANSFER, process.transfer_id)
+            if row is None or not row.peer_pid:  # a gRPC transfer, or never acknowledged
+                continue
+            message = outbox_message(
+                row.peer_id,
+                row.local_id,
+                control_id(row.local_id, "resume"),
+                peer_url(row, "start"),
+                message_body(row, "start"),
+            )
+            store.enqueue([message], now)
+            logger.info("DSP transfer %s: asking %s for a new address", row.local_id, row.peer_id)
+            queued.append(row.local_id)
+        if queued:
+            self.kick()
+        return queued
 
     # ----------------------------------------------------------- callbacks
 
