@@ -98,6 +98,8 @@ class Series:
     title: str
     source: str  # "subscribed" or "own"
     characteristic: str
+    #: a subscription not streaming now: "reconnecting: why" or "ended: why" ("": live)
+    status: str = ""
 
 
 def list_series(ctx: NodeContext) -> list[Series]:
@@ -111,6 +113,7 @@ def list_series(ctx: NodeContext) -> list[Series]:
                     f"{sub.characteristic} from {sub.provider}",
                     "subscribed",
                     sub.characteristic,
+                    "" if sub.state in ("streaming", "connecting") else f"{sub.state}: {sub.error}",
                 )
             )
     with ctx.store.engine.connect() as connection:

@@ -144,6 +144,16 @@ def test_a_subscription_reconnects_after_the_providers_restart_and_resumes_after
         lambda: (s := subscription(net, sid))["state"] == "reconnecting" and s,
     )
     assert broken["running"] and broken["error"], broken
+    # a line leader looking at the chart sees it is not live now, and why
+    console = net["sunarc"].client(token="")
+    try:
+        assert (
+            console.post("/console/login", data={"token": net["sunarc"].token}).status_code == 303
+        )
+        page = console.get("/console/spc").text
+    finally:
+        console.close()
+    assert '<span class="stream-status" role="status">reconnecting: ' in page, page[:3000]
     net.start(["cellex"])
     wait_for(
         "the stream opened again, by itself",
