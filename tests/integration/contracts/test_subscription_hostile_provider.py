@@ -20,12 +20,13 @@ from concurrent import futures
 from typing import Any
 
 import grpc
-import httpx
 import pytest
 
-from qdspace.node.localnet.network import LocalNetwork, MemberSpec
+from qdspace.node.localnet.network import LocalNetwork
 from qdspace.node.rpc.server import server_credentials
 from qdspace.protocols.v1 import subscription_pb2
+
+from .conftest import oem_and_supplier, ok, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -33,34 +34,9 @@ SPC = "spc-monitoring"
 ORDER = "PO-HOSTILE-0001"
 
 
-def ok(response: httpx.Response) -> Any:
-    assert response.status_code < 400, f"HTTP {response.status_code}: {response.text}"
-    return response.json()
-
-
-def wait_for(what: str, probe: Any, timeout: float = 30.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        found = probe()
-        if found:
-            return found
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
 @pytest.fixture(scope="module")
 def net(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalNetwork]:
-    network = LocalNetwork(
-        tmp_path_factory.mktemp("hostile-provider"),
-        [MemberSpec("sunarc", "oem"), MemberSpec("cellex", "supplier")],
-        chain=False,
-    )
-    network.create()
-    try:
-        network.start()
-        yield network
-    finally:
-        network.stop()
+    yield from oem_and_supplier(tmp_path_factory, "hostile-provider")
 
 
 class RogueProvider:

@@ -14,16 +14,17 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-import httpx
 import pytest
 from typer.testing import CliRunner
 
 from qdspace.node.cli import app
-from qdspace.node.localnet.network import LocalNetwork, MemberSpec
+from qdspace.node.localnet.network import LocalNetwork
+
+from .conftest import oem_and_supplier, ok, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -31,45 +32,15 @@ SPC = "spc-monitoring"
 ORDER = "PO-RESUME-0001"
 
 
-def ok(response: httpx.Response) -> Any:
-    assert response.status_code < 400, f"HTTP {response.status_code}: {response.text}"
-    return response.json()
-
-
-def wait_for(what: str, probe: Callable[[], Any], timeout: float = 30.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        found = probe()
-        if found:
-            return found
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
 @pytest.fixture(scope="module")
 def net(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalNetwork]:
-    network = LocalNetwork(
-        tmp_path_factory.mktemp("resume"),
-        [MemberSpec("sunarc", "oem"), MemberSpec("cellex", "supplier")],
-        chain=False,
-    )
-    network.create()
-    try:
-        network.start()
-        order = {
-            "order_id": ORDER,
-            "customer": "sunarc",
-            "supplier": "cellex",
-            "product": "mono PERC cell M10",
-            "quantity": 1000,
-            "status": "open",
-            "opened_at": "2026-10-19T06:00:00Z",
-        }
+    for network in oem_and_supplier(tmp_path_factory, "subscription-resume"):
+        order = {"order_id": ORDER, "customer": "sunarc", "supplier": "cellex",
+                 "product": "mono PERC cell M10", "quantity": 1000, "status": "open",
+                 "opened_at": "2026-10-19T06:00:00Z"}  # fmt: skip
         with network["cellex"].client() as supplier:
             ok(supplier.post("/v1/ingest/order", json={"rows": [order]}))
         yield network
-    finally:
-        network.stop()
 
 
 def inspection(tag: str, i: int) -> dict[str, Any]:
