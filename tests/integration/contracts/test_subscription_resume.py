@@ -12,6 +12,7 @@ restart ended a subscription for good and a consumer's restart forgot it.
 
 from __future__ import annotations
 
+import math
 import time
 import uuid
 from collections.abc import Iterator
@@ -19,6 +20,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
+from sqlalchemy import create_engine, text
 from typer.testing import CliRunner
 
 from qdspace.node.cli import app
@@ -50,7 +52,7 @@ def inspection(tag: str, i: int) -> dict[str, Any]:
         "station": "EL-1",
         "inspected_at": at.isoformat(),
         "verdict": "pass",
-        "score": 0.1,
+        "score": round(0.1 + 0.01 * (i % 3), 4),
         "model_version": "el-2026.11",
         "order_id": ORDER,
         "batch_id": "CX-RES-1",
@@ -88,7 +90,8 @@ def live_agreement(net: LocalNetwork) -> str:
 
 def subscribe(net: LocalNetwork, agreement_id: str) -> str:
     with net["sunarc"].client(timeout=60) as oem:
-        body = {"agreement_id": agreement_id, "purpose": SPC}
+        # a baseline of two values: the monitor's limits are set by the first two rows
+        body = {"agreement_id": agreement_id, "purpose": SPC, "baseline_size": 2}
         sub = ok(oem.post("/v1/contracts/subscriptions", json=body))
     assert sub["state"] == "streaming" and sub["error"] == "", sub
     return str(sub["subscription_id"])
@@ -136,6 +139,17 @@ def test_a_subscription_reconnects_after_the_providers_restart_and_resumes_after
     again = subscription(net, sid)
     assert again["reconnects"] >= 1 and again["error"] == "", again
     assert held(net, agreement, tag) == expected(tag, 1, 2)
+    # the baseline its monitor took from rows 1 and 2 is kept for a resumed monitor
+    engine = create_engine(net["sunarc"].db_url)
+    try:
+        with engine.connect() as connection:
+            centre, sigma = connection.execute(
+                text("SELECT centre, sigma FROM contract_subscription WHERE subscription_id = :s"),
+                {"s": sid},
+            ).one()
+    finally:
+        engine.dispose()
+    assert math.isclose(centre, 0.115) and math.isclose(sigma, 0.01 / 1.128, rel_tol=1e-3)
 
     # the consumer restarts: rows stored meanwhile arrive after it, in order, none twice
     assert net.stop(["sunarc"]) == {"sunarc": 0}
