@@ -132,7 +132,7 @@ class ContractStore:
         # the DSP binding's pids and callbacks (`dsp`): its own aggregate, used directly
         self.dsp = DspProcessStore(engine)
         # a consumer's live subscriptions (`subscriptions`): their own aggregate, used directly
-        self.subscriptions = SubscriptionStore(engine)
+        self.subscriptions = SubscriptionStore(engine, self._outbox)
 
     # -------------------------------------------------------- negotiations
 

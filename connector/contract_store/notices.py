@@ -70,6 +70,42 @@ investigation_table = Table(
 MAX_RECEIVED_PER_SENDER = 10_000
 
 
+def alert_values(notice: QualityAlert) -> dict[str, Any]:
+    """The columns an SPC alert is kept in (here, and where a consumer keeps those its own
+    subscriptions raised: `connector.contract_store.subscriptions`)."""
+    alert = notice.alert
+    points = [
+        {"index": p.index, "value": p.value, "at": format_datetime(p.at)} for p in alert.points
+    ]
+    return {
+        "alert_id": notice.alert_id,
+        "agreement_id": notice.agreement_id,
+        "order_id": notice.order_id,
+        "station": notice.station,
+        "characteristic": notice.characteristic,
+        "rule": alert.rule,
+        "description": alert.description,
+        "points_json": json.dumps(points),
+        "alert_at": alert.at,
+    }
+
+
+def alert_of(row: Any) -> QualityAlert:
+    """The alert a row of `alert_values` columns keeps."""
+    points = tuple(
+        SpcPoint(p["index"], p["value"], parse_datetime(p["at"]))
+        for p in json.loads(row.points_json)
+    )
+    return QualityAlert(
+        alert_id=row.alert_id,
+        alert=SpcAlert(row.rule, row.description, points, row.alert_at),
+        agreement_id=row.agreement_id,
+        order_id=row.order_id,
+        station=row.station,
+        characteristic=row.characteristic,
+    )
+
+
 class NoticeStore(TableStore):
     """Keep the alerts and investigations peers send, once each, within a bound."""
 
@@ -93,26 +129,11 @@ class NoticeStore(TableStore):
 
     def record_alert(self, sender_id: str, notice: QualityAlert, at: datetime) -> bool:
         """Keep an SPC alert a peer sent us; False when it was kept before (a retry)."""
-        alert = notice.alert
-        points = [
-            {"index": p.index, "value": p.value, "at": format_datetime(p.at)} for p in alert.points
-        ]
         return self._keep_once(
             alert_table,
             sender_id,
             alert_table.c.alert_id == notice.alert_id,
-            {
-                "alert_id": notice.alert_id,
-                "agreement_id": notice.agreement_id,
-                "order_id": notice.order_id,
-                "station": notice.station,
-                "characteristic": notice.characteristic,
-                "rule": alert.rule,
-                "description": alert.description,
-                "points_json": json.dumps(points),
-                "alert_at": alert.at,
-                "received_at": at,
-            },
+            {**alert_values(notice), "received_at": at},
         )
 
     def record_investigation(self, sender_id: str, case: Investigation, at: datetime) -> bool:
@@ -149,25 +170,7 @@ class NoticeStore(TableStore):
         statement = listing(statement, order, limit=limit, newest_first=newest_first)
         with self.engine.connect() as connection:
             rows = connection.execute(statement).all()
-        return [
-            QualityAlert(
-                alert_id=row.alert_id,
-                alert=SpcAlert(
-                    row.rule,
-                    row.description,
-                    tuple(
-                        SpcPoint(p["index"], p["value"], parse_datetime(p["at"]))
-                        for p in json.loads(row.points_json)
-                    ),
-                    row.alert_at,
-                ),
-                agreement_id=row.agreement_id,
-                order_id=row.order_id,
-                station=row.station,
-                characteristic=row.characteristic,
-            )
-            for row in rows
-        ]
+        return [alert_of(row) for row in rows]
 
     def count_received_alerts(self) -> int:
         """How many SPC alerts peers sent us are kept here."""

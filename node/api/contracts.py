@@ -76,6 +76,7 @@ from qdspace.node.api.policy_models import JsonLd, PolicyExplanation
 from qdspace.node.api.problems import PeerTimeout
 from qdspace.node.errors import PeerError
 from qdspace.node.runtime.contract_ports import Subscription
+from qdspace.node.runtime.contracts import ContractRuntime
 from qdspace.policies.model import Action
 from qdspace.policies.odrl.dsp import agreement_jsonld
 
@@ -83,6 +84,8 @@ _T = TypeVar("_T")
 
 #: how long POST /subscriptions waits for the provider to open the stream
 SUBSCRIBE_WAIT_S = 10.0
+#: the newest alerts a subscription's answer carries (all: GET /alerts)
+SUBSCRIPTION_ALERTS = 100
 
 
 async def _domain(call: Callable[[], Awaitable[_T]]) -> _T:
@@ -382,17 +385,26 @@ def contracts_router() -> APIRouter:
             raise PeerError(f"subscription refused: {sub.error}", denied)
         return subscription_public(sub)
 
+    def with_alerts(rt: ContractRuntime, sub: Subscription) -> SubscriptionPublic:
+        """`sub` with the newest alerts it raised (kept in the store) and their count."""
+        kept = rt.store.subscriptions
+        sid = sub.subscription_id
+        newest = kept.raised_alerts(sid, limit=SUBSCRIPTION_ALERTS, newest_first=True)
+        return subscription_public(sub, newest[::-1], kept.count_raised_alerts(sid))
+
     @router.get("/subscriptions", response_model=list[SubscriptionPublic])
-    def subscriptions(client: Client, page: Paging, response: Response) -> list[SubscriptionPublic]:
-        subs = [subscription_public(s) for s in client.subscriptions.values()]
-        return page.take(subs, response)
+    def subscriptions(
+        client: Client, rt: Runtime, page: Paging, response: Response
+    ) -> list[SubscriptionPublic]:
+        subs = page.take(list(client.subscriptions.values()), response)
+        return [with_alerts(rt, s) for s in subs]
 
     @router.get("/subscriptions/{subscription_id}", response_model=SubscriptionPublic)
-    def subscription(client: Client, subscription_id: IdPath) -> SubscriptionPublic:
+    def subscription(client: Client, rt: Runtime, subscription_id: IdPath) -> SubscriptionPublic:
         sub = client.subscriptions.get(subscription_id)
         if sub is None:
             raise HTTPException(404, f"no subscription {subscription_id}")
-        return subscription_public(sub)
+        return with_alerts(rt, sub)
 
     @router.delete("/subscriptions/{subscription_id}", response_model=SubscriptionEnded)
     async def end_subscription(client: Client, subscription_id: IdPath) -> SubscriptionEnded:
@@ -411,14 +423,18 @@ def contracts_router() -> APIRouter:
         ] = None,
     ) -> AlertsPublic:
         """The alerts raised here and received, oldest first; with ``limit`` the newest
-        ``limit`` of each (received ones read so from the store: a peer may keep 10,000)."""
-        raised = [a for s in client.subscriptions.values() for a in s.alerts]
-        received = rt.store.received_alerts(limit=limit, newest_first=limit is not None)
+        ``limit`` of each (read so from the store: a peer may keep 10,000 here, and each
+        of this node's subscriptions as many)."""
+        newest = limit is not None
+        raised = rt.store.subscriptions.raised_alerts(limit=limit, newest_first=newest)
+        received = rt.store.received_alerts(limit=limit, newest_first=newest)
+        if newest:
+            raised, received = raised[::-1], received[::-1]
         return AlertsPublic(
-            raised=[alert_public(a) for a in (raised if limit is None else raised[-limit:])],
-            received=[alert_public(a) for a in (received if limit is None else received[::-1])],
-            raised_total=len(raised),
-            received_total=len(received) if limit is None else rt.store.count_received_alerts(),
+            raised=[alert_public(a) for a in raised],
+            received=[alert_public(a) for a in received],
+            raised_total=rt.store.subscriptions.count_raised_alerts() if newest else len(raised),
+            received_total=rt.store.count_received_alerts() if newest else len(received),
         )
 
     @router.get("/clock", response_model=ClockPublic)

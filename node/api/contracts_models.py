@@ -8,6 +8,7 @@ as its JSON-LD document (``dict``): its shape is the ODRL standard's, not this A
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
@@ -216,8 +217,8 @@ class AlertPublic(BaseModel):
 class SubscriptionPublic(BaseModel):
     """A live subscription: ``state`` is ``connecting``, ``streaming``, ``reconnecting``
     (``error`` says why the stream broke) or ``ended`` (``error`` says why); ``received``,
-    the latencies and ``alerts`` count since this node started it or resumed it after a
-    restart (``resumed``); ``reconnects`` how often its stream was opened again."""
+    the latencies count since this node started it or resumed it after a restart
+    (``resumed``); ``reconnects`` how often its stream was opened again."""
 
     subscription_id: str
     provider: str
@@ -231,7 +232,12 @@ class SubscriptionPublic(BaseModel):
     error: str
     latency_ms_p50: float | None
     latency_ms_max: float | None
+    #: the newest alerts its monitor raised (at most 100, oldest first), how many it
+    #: raised in all, and how many since this node started it went unsent, past the
+    #: 10,000 one subscription keeps
     alerts: list[AlertPublic]
+    alerts_total: int
+    alerts_unsent: int
 
 
 class SubscriptionEnded(BaseModel):
@@ -427,7 +433,10 @@ def alert_public(a: QualityAlert) -> AlertPublic:
     )
 
 
-def subscription_public(s: Subscription) -> SubscriptionPublic:
+def subscription_public(
+    s: Subscription, alerts: Sequence[QualityAlert] = (), alerts_total: int = 0
+) -> SubscriptionPublic:
+    """`s` with the newest of its alerts kept (`alerts`, oldest first) and their count."""
     lat = sorted(s.latencies_ms)
     return SubscriptionPublic(
         subscription_id=s.subscription_id,
@@ -442,7 +451,9 @@ def subscription_public(s: Subscription) -> SubscriptionPublic:
         error=s.error,
         latency_ms_p50=lat[len(lat) // 2] if lat else None,
         latency_ms_max=lat[-1] if lat else None,
-        alerts=[alert_public(a) for a in s.alerts],
+        alerts=[alert_public(a) for a in alerts],
+        alerts_total=alerts_total,
+        alerts_unsent=s.alerts_unsent,
     )
 
 

@@ -162,9 +162,11 @@ def subscribe(
         while time.monotonic() < deadline:
             time.sleep(1.0)
             sub = node.subscription(sid)
-            for alert in sub["alerts"][shown:]:
+            # the answer carries the newest alerts; those raised since the last look
+            newest, total = sub["alerts"], sub["alerts_total"]
+            for alert in newest[max(0, len(newest) - (total - shown)) :]:
                 console.print(f"[red]SPC alert[/red] {alert['description']} ({alert['station']})")
-            shown = len(sub["alerts"])
+            shown = total
             console.print(f"{sub['received']} records, p50 latency {sub['latency_ms_p50']} ms")
 
 

@@ -108,16 +108,14 @@ def local_state(ctx: NodeContext) -> Overview:
 def newest_alerts(ctx: NodeContext) -> tuple[list[AlertPublic], int]:
     """The newest `SHOWN_ALERTS` alerts, oldest first (those this node's subscriptions
     raised, then those peers sent), and how many there are in all: what the overview and
-    the investigations page show. Only the newest received are read: a peer may keep
-    10,000 here, ~0.5 s to read them all."""
-    raised = []  # kept in memory by the subscriptions
-    if ctx.contract_client is not None:
-        raised = [a for s in ctx.contract_client.subscriptions.values() for a in s.alerts]
-    received, count = [], len(raised)
+    the investigations page show. Only the newest of each are read: a peer may keep
+    10,000 here, ~0.5 s to read them all, and each subscription as many."""
+    raised, received, count = [], [], 0
     if ctx.contracts is not None:
         store = ctx.contracts.store
+        raised = store.subscriptions.raised_alerts(limit=SHOWN_ALERTS, newest_first=True)[::-1]
         received = store.received_alerts(limit=SHOWN_ALERTS, newest_first=True)[::-1]
-        count += store.count_received_alerts()
+        count = store.subscriptions.count_raised_alerts() + store.count_received_alerts()
     return [alert_public(a) for a in [*raised, *received][-SHOWN_ALERTS:]], count
 
 

@@ -2,10 +2,10 @@
 
 A subscription is a long-running stream from a provider: every event's rows are stored
 as they arrive (with the latency since the provider sent them) and fed to an SPC
-monitor on one characteristic; an alarm becomes a `QualityAlert` kept on the
-subscription and queued in the outbox for the provider. It is a room of its own because
-it is the one consumer drive that never finishes and the one that watches the data
-rather than moving it; `ContractClient` mixes it in.
+monitor on one characteristic; an alarm becomes a `QualityAlert` kept with the
+subscription and queued in the outbox for the provider, in one transaction. It is a
+room of its own because it is the one consumer drive that never finishes and the one
+that watches the data rather than moving it; `ContractClient` mixes it in.
 
 It outlives its stream: a provider's restart or a dropped network used to end it for
 good, a consumer's restart to forget it, and the line's monitoring stopped with nobody
@@ -29,6 +29,7 @@ import grpc
 
 from qdspace.connector.contract_errors import ContractError
 from qdspace.connector.contract_store import IncomingRow, StoredSubscription
+from qdspace.connector.contract_store.subscriptions import MAX_RAISED_PER_SUBSCRIPTION
 from qdspace.connector.encoding import StreamRequest
 from qdspace.connector.spc import (
     QualityAlert,
@@ -335,10 +336,20 @@ class ConsumerSubscriptions:
             str(record.get("station") or ""),
             sub.characteristic,
         )
-        sub.alerts.append(notice)
         self.metrics.spc_alerts.labels(rule=alert.rule).inc()
-        logger.warning(
-            "SPC alert on %s from %s: %s", sub.characteristic, sub.provider, alert.description
-        )
         message = self.runtime.notification(sub.provider, notice, notice.alert_id)
-        self.runtime.store.enqueue([message], self.runtime.clock.now())
+        keep = self.runtime.store.subscriptions.record_alert
+        kept = keep(sub.subscription_id, notice, self.runtime.clock.now(), [message])
+        if kept == "kept":
+            sub.alerts_raised += 1
+            logger.warning(
+                "SPC alert on %s from %s: %s", sub.characteristic, sub.provider, alert.description
+            )
+        elif kept == "full":
+            sub.alerts_unsent += 1
+            if sub.alerts_unsent == 1:
+                logger.warning(
+                    "subscription %s keeps %d alerts already: further ones are counted only",
+                    sub.subscription_id,
+                    MAX_RAISED_PER_SUBSCRIPTION,
+                )

@@ -21,7 +21,7 @@ from typing import Protocol
 
 from qdspace.connector.assets import CatalogEntry
 from qdspace.connector.negotiation import Negotiation
-from qdspace.connector.spc import QualityAlert, SpcSpec
+from qdspace.connector.spc import SpcSpec
 from qdspace.connector.transfer import TransferProcess
 
 
@@ -39,7 +39,10 @@ class Subscription:
     spec: SpcSpec
     purpose: str = ""
     received: int = 0
-    alerts: list[QualityAlert] = field(default_factory=list)
+    #: alerts its monitor raised since this node started it (each kept in the store:
+    #: `raised_alerts`), and those past the store's bound, counted only
+    alerts_raised: int = 0
+    alerts_unsent: int = 0
     latencies_ms: deque[float] = field(default_factory=lambda: deque(maxlen=1000))
     position: str = ""
     error: str = ""

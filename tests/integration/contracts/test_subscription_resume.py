@@ -32,6 +32,10 @@ pytestmark = pytest.mark.integration
 
 SPC = "spc-monitoring"
 ORDER = "PO-RESUME-0001"
+#: the first row after SunArc's restart, far beyond the limits rows 1 and 2 set: an SPC
+#: alert only if the resumed monitor judges with the baseline kept from before (else it
+#: would be the first value of a new baseline)
+OUTLIER = 3
 
 
 @pytest.fixture(scope="module")
@@ -52,7 +56,7 @@ def inspection(tag: str, i: int) -> dict[str, Any]:
         "station": "EL-1",
         "inspected_at": at.isoformat(),
         "verdict": "pass",
-        "score": round(0.1 + 0.01 * (i % 3), 4),
+        "score": 0.9 if i == OUTLIER else round(0.1 + 0.01 * (i % 3), 4),
         "model_version": "el-2026.11",
         "order_id": ORDER,
         "batch_id": "CX-RES-1",
@@ -77,6 +81,11 @@ def held(net: LocalNetwork, agreement_id: str, tag: str) -> list[str]:
 
 def expected(tag: str, *numbers: int) -> list[str]:
     return [f"RES-{tag}-{i:03d}" for i in numbers]
+
+
+def alerts_of(net: LocalNetwork, name: str, which: str) -> list[dict[str, Any]]:
+    with net[name].client() as client:
+        return ok(client.get("/v1/contracts/alerts", params={"limit": 50}))[which]  # type: ignore[no-any-return]
 
 
 def live_agreement(net: LocalNetwork) -> str:
@@ -164,7 +173,16 @@ def test_a_subscription_reconnects_after_the_providers_restart_and_resumes_after
     wait_for("the row after the resume", lambda: len(held(net, agreement, tag)) >= 5)
     time.sleep(1.0)  # a stream that started over would have re-sent rows 1-4 by now
     assert held(net, agreement, tag) == expected(tag, 1, 2, 3, 4, 5)
-    assert subscription(net, sid)["received"] == 3  # 3, 4 and 5 since the restart
+    now = subscription(net, sid)
+    assert now["received"] == 3  # 3, 4 and 5 since the restart
+    # row 3 is judged with the baseline kept from before the restart: an alert, kept
+    rules = [a["rule"] for a in now["alerts"]]  # beyond 3 sigma, and above the USL (Cpk)
+    assert sorted(rules) == ["CPK", "WE1"] and now["alerts_total"] == 2, now
+    alert = now["alerts"][rules.index("WE1")]
+    wait_for(
+        "the alert at the provider",
+        lambda: alert["alert_id"] in {a["alert_id"] for a in alerts_of(net, "cellex", "received")},
+    )
 
     # ended by the operator: it stops, and a restart does not bring it back
     with net["sunarc"].client() as oem:
@@ -187,6 +205,8 @@ def test_a_subscription_reconnects_after_the_providers_restart_and_resumes_after
     with net["sunarc"].client() as oem:
         listed = [s["subscription_id"] for s in ok(oem.get("/v1/contracts/subscriptions"))]
     assert sid not in listed
+    # what it raised outlives it and the restart: the consumer's own record of its alerts
+    assert alert in alerts_of(net, "sunarc", "raised")
     store_rows(net, tag, 6)
     time.sleep(1.5)
     assert held(net, agreement, tag) == expected(tag, 1, 2, 3, 4, 5)
