@@ -131,8 +131,9 @@ class ConsumerSubscriptions:
         store = self.runtime.store
         resumed = []
         for kept in store.subscriptions.active():
-            if kept.subscription_id in self.subscriptions:
-                continue
+            running = self.subscriptions.get(kept.subscription_id)
+            if running is not None and running.running:
+                continue  # (a hosted tenant resumed: those it ran were stopped with it)
             held = store.last_received_seq(kept.subscription_id)
             known = [int(p) for p in (kept.since, held) if p is not None and p != ""]
             after = str(max(known)) if known else ""  # "" (never said): from now, as asked
