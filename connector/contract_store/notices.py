@@ -38,19 +38,29 @@ from qdspace.connector.contract_store.common import (
 from qdspace.connector.spc import Investigation, QualityAlert, SpcAlert, SpcPoint
 from qdspace.policies.canonical import format_datetime, parse_datetime
 
+
+def alert_columns() -> list[Column[Any]]:
+    """The columns an SPC alert is kept in besides its id (`alert_values`): here, and
+    where a consumer keeps those its own subscriptions raised
+    (`connector.contract_store.subscriptions`)."""
+    return [
+        Column("agreement_id", String(ID_LENGTH), nullable=False),
+        Column("order_id", String(ID_LENGTH), nullable=False),
+        Column("station", String(ID_LENGTH), nullable=False),
+        Column("characteristic", String(ID_LENGTH), nullable=False),
+        Column("rule", String(16), nullable=False),
+        Column("description", Text, nullable=False),
+        Column("points_json", Text, nullable=False),
+        Column("alert_at", UTCDateTime(), nullable=False),
+    ]
+
+
 alert_table = Table(
     "contract_quality_alert",
     CONTRACT_METADATA,
     Column("sender_id", String(ID_LENGTH), primary_key=True),
     Column("alert_id", String(ID_LENGTH), primary_key=True),
-    Column("agreement_id", String(ID_LENGTH), nullable=False),
-    Column("order_id", String(ID_LENGTH), nullable=False),
-    Column("station", String(ID_LENGTH), nullable=False),
-    Column("characteristic", String(ID_LENGTH), nullable=False),
-    Column("rule", String(16), nullable=False),
-    Column("description", Text, nullable=False),
-    Column("points_json", Text, nullable=False),
-    Column("alert_at", UTCDateTime(), nullable=False),
+    *alert_columns(),
     Column("received_at", UTCDateTime(), nullable=False, index=True),
 )
 investigation_table = Table(
@@ -71,8 +81,7 @@ MAX_RECEIVED_PER_SENDER = 10_000
 
 
 def alert_values(notice: QualityAlert) -> dict[str, Any]:
-    """The columns an SPC alert is kept in (here, and where a consumer keeps those its own
-    subscriptions raised: `connector.contract_store.subscriptions`)."""
+    """An SPC alert's id and `alert_columns` values."""
     alert = notice.alert
     points = [
         {"index": p.index, "value": p.value, "at": format_datetime(p.at)} for p in alert.points

@@ -39,7 +39,7 @@ from qdspace.connector.contract_store.common import (
     count_rows,
     listing,
 )
-from qdspace.connector.contract_store.notices import alert_of, alert_values
+from qdspace.connector.contract_store.notices import alert_columns, alert_of, alert_values
 from qdspace.connector.contract_store.outbox import OutboxMessage, OutboxStore
 from qdspace.connector.spc import QualityAlert, SpcSpec
 
@@ -72,14 +72,7 @@ raised_alert_table = Table(
     CONTRACT_METADATA,
     Column("alert_id", String(ID_LENGTH), primary_key=True),
     Column("subscription_id", String(ID_LENGTH), nullable=False, index=True),
-    Column("agreement_id", String(ID_LENGTH), nullable=False),
-    Column("order_id", String(ID_LENGTH), nullable=False),
-    Column("station", String(ID_LENGTH), nullable=False),
-    Column("characteristic", String(ID_LENGTH), nullable=False),
-    Column("rule", String(16), nullable=False),
-    Column("description", Text, nullable=False),
-    Column("points_json", Text, nullable=False),
-    Column("alert_at", UTCDateTime(), nullable=False),
+    *alert_columns(),
     Column("raised_at", UTCDateTime(), nullable=False),
     Index("ix_contract_raised_alert_listing", "raised_at", "alert_id"),
 )
