@@ -184,6 +184,12 @@ def test_a_subscription_reconnects_after_the_providers_restart_and_resumes_after
         lambda: alert["alert_id"] in {a["alert_id"] for a in alerts_of(net, "cellex", "received")},
     )
 
+    # no one but SunArc's operator ends it: no token, Cellex's operator token
+    for token in ("", net["cellex"].token):
+        with net["sunarc"].client(token=token) as other:
+            refused = other.delete(f"/v1/contracts/subscriptions/{sid}")
+        assert refused.status_code in (401, 403), refused.text
+    assert subscription(net, sid)["state"] == "streaming"
     # ended by the operator: it stops, and a restart does not bring it back
     with net["sunarc"].client() as oem:
         ended = ok(oem.delete(f"/v1/contracts/subscriptions/{sid}"))
