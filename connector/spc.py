@@ -211,7 +211,8 @@ class RuleJudge:
     def __init__(self, rules: Iterable[Rule] = DEFAULT_RULES) -> None:
         self.rules = tuple(rules)
         self._tests = [(rule, _TESTS[rule]) for rule in self.rules]
-        self._recent: deque[tuple[SpcPoint, float]] = deque(maxlen=_LONGEST_RUN)
+        #: (index, value, time, z) of the latest points; a point is made for a hit only
+        self._recent: deque[tuple[int, float, datetime, float]] = deque(maxlen=_LONGEST_RUN)
         self._seen = 0  # points judged, this one included
         self._fired_at: dict[Rule, int] = {}  # `_seen` when each rule last fired
         # streaks ending at the latest point (in points, or in steps between points)
@@ -224,7 +225,12 @@ class RuleJudge:
     def judge(self, point: SpcPoint, z: float) -> list[SpcAlert]:
         """The alerts `point` raises; ``z`` is its distance from the centre in sigmas.
         Point indexes must increase."""
-        self._recent.append((point, z))
+        return self.judge_value(point.index, point.value, point.at, z)
+
+    def judge_value(self, index: int, value: float, at: datetime, z: float) -> list[SpcAlert]:
+        """`judge` of the point (`index`, `value`, `at`), without making it unless a rule
+        fires on it (most points raise nothing: a point object was a fifth of their cost)."""
+        self._recent.append((index, value, at, z))
         seen = self._seen = self._seen + 1
         self._above = self._above + 1 if z > 0 else 0
         self._below = self._below + 1 if z < 0 else 0
@@ -235,31 +241,35 @@ class RuleJudge:
         elif z < 0:
             self._last_below = seen
         if self._value is not None:
-            step = point.value - self._value
+            step = value - self._value
             self._up = self._up + 1 if step > 0 else 0
             self._down = self._down + 1 if step < 0 else 0
             turned = self._step is not None and step * self._step < 0
             self._turns = self._turns + 1 if turned else 0
             self._step = step
-        self._value = point.value
+        self._value = value
         alerts = []
+        size = abs(z)
+        # the cheap test of each rule first (most points fit none): a k-of-n rule needs
+        # this point beyond its sigma, a run its streak; then how many points are fresh
         for rule, test in self._tests:
-            fresh = min(seen - self._fired_at.get(rule, 0), _LONGEST_RUN)
-            if isinstance(test, _Run):
-                if fresh < test.length or not self._fits(test):
+            if test.__class__ is _KOfN:
+                if size <= test.beyond:
                     continue
-                hits = [
-                    p
-                    for p, _ in itertools.islice(
-                        self._recent, len(self._recent) - test.length, None
-                    )
-                ]
-            else:
+                fresh = min(seen - self._fired_at.get(rule, 0), _LONGEST_RUN)
                 hits = self._k_of_n(test, fresh)
                 if not hits:
                     continue
+            else:
+                run: _Run = test  # type: ignore[assignment]
+                if not self._fits(run) or seen - self._fired_at.get(rule, 0) < run.length:
+                    continue
+                start = len(self._recent) - run.length
+                hits = [
+                    SpcPoint(i, v, a) for i, v, a, _ in itertools.islice(self._recent, start, None)
+                ]
             self._fired_at[rule] = seen
-            alerts.append(SpcAlert(rule.value, f"{rule.value}: {test.text}", tuple(hits), point.at))
+            alerts.append(SpcAlert(rule.value, f"{rule.value}: {test.text}", tuple(hits), at))
         return alerts
 
     def _fits(self, run: _Run) -> bool:
@@ -280,13 +290,13 @@ class RuleJudge:
     def _k_of_n(self, test: _KOfN, fresh: int) -> list[SpcPoint]:
         """The points of the last ``test.of`` (of the ``fresh`` ones) beyond its sigma on
         the latest point's side, if at least ``test.need`` are."""
-        last_z = self._recent[-1][1]
+        last_z = self._recent[-1][3]
         if abs(last_z) <= test.beyond:
             return []
         sign = math.copysign(1.0, last_z)
         take = min(test.of, fresh)
         recent = itertools.islice(self._recent, len(self._recent) - take, None)
-        hits = [p for p, z in recent if z * sign > test.beyond]
+        hits = [SpcPoint(i, v, a) for i, v, a, z in recent if z * sign > test.beyond]
         return hits if len(hits) >= test.need else []
 
 
@@ -319,18 +329,18 @@ class SpcMonitor:
     def add(self, value: float, at: datetime) -> list[SpcAlert]:
         if not math.isfinite(value):
             raise SpcError(f"value {value!r} at {at.isoformat()} is not a finite number")
-        point = SpcPoint(self._count, float(value), at)
+        index, value = self._count, float(value)
         self._count += 1
-        alerts = self._rule_alerts(point)
+        alerts = self._rule_alerts(index, value, at)
         if self.judge_cpk:
-            alerts.extend(self._cpk_alert(point))
+            alerts.extend(self._cpk_alert(SpcPoint(index, value, at)))
         return alerts
 
-    def _rule_alerts(self, point: SpcPoint) -> list[SpcAlert]:
+    def _rule_alerts(self, index: int, value: float, at: datetime) -> list[SpcAlert]:
         if self.centre is None or self.sigma is None:
             if self._baseline:
-                self._ranges += abs(point.value - self._baseline[-1])
-            self._baseline.append(point.value)
+                self._ranges += abs(value - self._baseline[-1])
+            self._baseline.append(value)
             if len(self._baseline) >= self.spec.baseline_size:
                 # moving_range_sigma(self._baseline), from the running sum
                 sigma = self._ranges / (len(self._baseline) - 1) / D2_MOVING_RANGE
@@ -338,7 +348,7 @@ class SpcMonitor:
                     self.centre = sum(self._baseline) / len(self._baseline)
                     self.sigma = sigma
             return []
-        return self._judge.judge(point, (point.value - self.centre) / self.sigma)
+        return self._judge.judge_value(index, value, at, (value - self.centre) / self.sigma)
 
     def _cpk_alert(self, point: SpcPoint) -> list[SpcAlert]:
         spec = self.spec
