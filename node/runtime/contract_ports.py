@@ -58,7 +58,8 @@ class Subscription:
 
     @property
     def running(self) -> bool:
-        return self.task is not None and not self.task.done()
+        """Streaming or about to (not ended: its task may still be recording why)."""
+        return self.state != "ended" and self.task is not None and not self.task.done()
 
 
 class PeerContracts(Protocol):
