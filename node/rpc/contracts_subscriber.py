@@ -206,6 +206,9 @@ class ConsumerSubscriptions:
                     return
                 except Exception as exc:  # e.g. the database busy, the peer unknown just now
                     reason = f"{type(exc).__name__}: {exc}"
+                    if not sub.recorded:  # never opened: the caller gets the error itself
+                        sub.state, sub.error = "ended", reason
+                        raise
                 if not sub.recorded:  # never opened: refused now, as asked (nothing kept)
                     sub.state, sub.error = "ended", reason
                     logger.warning("subscription %s refused: %s", sub.subscription_id, reason)
