@@ -10,7 +10,6 @@ one call to the node's operator API; the commands hang off the ``contracts`` gro
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
 from typing import Annotated, Any
 
 import typer
@@ -21,20 +20,7 @@ from qdspace.node.cli.errors import clean_errors
 
 console = Console()
 
-_commands: list[tuple[str, Callable[..., None]]] = []
 
-
-def agreement_command(name: str) -> Callable[[Callable[..., None]], Callable[..., None]]:
-    """Keep ``command`` to be added under ``name`` to the group :func:`mount` is given."""
-
-    def keep(command: Callable[..., None]) -> Callable[..., None]:
-        _commands.append((name, command))
-        return command
-
-    return keep
-
-
-@agreement_command("show")
 @clean_errors
 def show(
     ctx: typer.Context, agreement: Annotated[str, typer.Argument(help="agreement id")]
@@ -44,7 +30,6 @@ def show(
         console.print_json(json.dumps(node.agreement(agreement)))
 
 
-@agreement_command("explain")
 @clean_errors
 def explain(
     ctx: typer.Context,
@@ -66,7 +51,6 @@ def explain(
         console.print(line, markup=False, highlight=False)
 
 
-@agreement_command("odrl")
 @clean_errors
 def odrl(
     ctx: typer.Context, agreement: Annotated[str, typer.Argument(help="agreement id")]
@@ -109,5 +93,5 @@ def report_lines(report: dict[str, Any]) -> list[str]:
 
 def mount(group: typer.Typer) -> None:
     """Add ``show``, ``explain`` and ``odrl`` to the ``contracts`` group."""
-    for name, command in _commands:
-        group.command(name)(command)
+    for command in (show, explain, odrl):
+        group.command(command.__name__)(command)

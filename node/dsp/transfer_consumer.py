@@ -136,24 +136,25 @@ class DspTransfers:
         provider, queued in the outbox (retried until the provider is reached); its answer
         brings a new address and the pull or stream continues where the rows held stop."""
         store, now = self.runtime.store, self.runtime.clock.now()
-        queued: list[str] = []
+        messages = []
         for process in store.transfers(role=Role.CONSUMER, state=TransferState.STARTED):
             row = store.dsp.by_local(TRANSFER, process.transfer_id)
             if row is None or not row.peer_pid:  # a gRPC transfer, or never acknowledged
                 continue
-            message = outbox_message(
-                row.peer_id,
-                row.local_id,
-                control_id(row.local_id, "resume"),
-                peer_url(row, "start"),
-                message_body(row, "start"),
+            messages.append(
+                outbox_message(
+                    row.peer_id,
+                    row.local_id,
+                    control_id(row.local_id, "resume"),
+                    peer_url(row, "start"),
+                    message_body(row, "start"),
+                )
             )
-            store.enqueue([message], now)
             logger.info("DSP transfer %s: asking %s for a new address", row.local_id, row.peer_id)
-            queued.append(row.local_id)
-        if queued:
+        if messages:
+            store.enqueue(messages, now)  # one transaction for them all
             self.kick()
-        return queued
+        return [m.process_id for m in messages]
 
     # ----------------------------------------------------------- callbacks
 

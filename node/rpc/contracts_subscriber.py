@@ -135,7 +135,7 @@ class ConsumerSubscriptions:
             if running is not None and running.running:
                 continue  # (a hosted tenant resumed: those it ran were stopped with it)
             held = store.last_received_seq(kept.subscription_id)
-            known = [int(p) for p in (kept.since, held) if p is not None and p != ""]
+            known = [int(p) for p in (kept.since, held) if p is not None]
             after = str(max(known)) if known else ""  # "" (never said): from now, as asked
             spec = kept.spec
             if kept.centre is not None and kept.sigma is not None and spec.sigma is None:
