@@ -31,6 +31,17 @@ class PeerError(NodeError):
         self.code = code
 
 
+class PeerRefused(PeerError):
+    """A peer answered a request and declined it (a 4xx with its reason): unlike a peer
+    that could not be reached or failed (which may yet have acted on it), the request is
+    known not to have been taken up, so what the caller opened for it can be closed."""
+
+    def __init__(self, message: str, status: int, reason: str, code: str | None = None):
+        super().__init__(message, code)
+        self.status = status
+        self.reason = reason
+
+
 class UnknownPeerError(PeerError, LookupError):
     """A peer name that is not in this node's configuration (the caller's mistake)."""
 

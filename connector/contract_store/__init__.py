@@ -49,6 +49,7 @@ from qdspace.connector.contract_store.common import (
     CONTRACT_METADATA,
     ConcurrentUpdateError,
     ensure_schema,
+    saving,
 )
 from qdspace.connector.contract_store.data_keys import DataKeys
 from qdspace.connector.contract_store.dsp import DspProcess, DspProcessStore
@@ -227,6 +228,22 @@ class ContractStore:
         outbox: Iterable[OutboxMessage] = (),
     ) -> None:
         self._transfers.save_transfer(before, after, outbox)
+
+    def open_dsp_transfer(
+        self,
+        process: TransferProcess | None,
+        binding: DspProcess,
+        outbox: Iterable[OutboxMessage],
+        at: datetime,
+    ) -> None:
+        """A provider's transfer opened over DSP (`process`; None: saved before), its DSP
+        binding and its start message, in one commit: a failure in between would leave a
+        transfer no consumer pid reaches, which the consumer's retry could not take up."""
+        with saving(self.engine, f"transfer {binding.local_id}") as connection:
+            if process is not None:
+                self._transfers.save_transfer_in(connection, None, process)
+            self.dsp.bind_in(connection, binding)
+            self._outbox.enqueue_in(connection, outbox, at)
 
     def load_transfer(self, transfer_id: str) -> TransferProcess:
         return self._transfers.load_transfer(transfer_id)

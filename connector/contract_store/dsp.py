@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 from sqlalchemy import (
     Column,
+    Connection,
     LargeBinary,
     PrimaryKeyConstraint,
     String,
@@ -65,18 +66,22 @@ class DspProcessStore(TableStore):
 
     def bind(self, process: DspProcess) -> None:
         with self.engine.begin() as connection:
-            connection.execute(
-                insert(dsp_table).values(
-                    kind=process.kind,
-                    local_id=process.local_id,
-                    role=process.role,
-                    peer_id=process.peer_id,
-                    peer_pid=process.peer_pid,
-                    own_pid=process.own_pid,
-                    callback=process.callback,
-                    asked_json=process.asked_json,
-                )
+            self.bind_in(connection, process)
+
+    def bind_in(self, connection: Connection, process: DspProcess) -> None:
+        """`bind` within the caller's transaction."""
+        connection.execute(
+            insert(dsp_table).values(
+                kind=process.kind,
+                local_id=process.local_id,
+                role=process.role,
+                peer_id=process.peer_id,
+                peer_pid=process.peer_pid,
+                own_pid=process.own_pid,
+                callback=process.callback,
+                asked_json=process.asked_json,
             )
+        )
 
     def _one(self, *where: object) -> DspProcess | None:
         with self.engine.connect() as connection:

@@ -22,15 +22,42 @@ import httpx
 from cryptography import x509
 from nacl.signing import SigningKey
 
+from qdspace.connector import dsp_codec as codec
 from qdspace.connector.contract_store import OutboxMessage
 from qdspace.node.dsp.auth import issue_token
-from qdspace.node.errors import IdentityError, PeerError
+from qdspace.node.errors import IdentityError, PeerError, PeerRefused
 from qdspace.node.identity.certs import MemberIdentity, identity_of
 
 TIMEOUT_S = 15.0
 #: a data-plane stream's longest silence (a live stream beats every few seconds)
 STREAM_READ_S = 60.0
 OUTBOX_KIND = "dsp"
+#: a provider's refusal relayed to our caller with its meaning (any other 4xx, the peer
+#: finding our message wrong, is not the operator's mistake: 502)
+_REFUSAL_CODES = {
+    401: "UNAUTHENTICATED",
+    403: "PERMISSION_DENIED",
+    404: "NOT_FOUND",
+    409: "FAILED_PRECONDITION",
+}
+REASON_CHARS = 300
+
+
+def peer_reason(response: httpx.Response) -> str:
+    """What a peer's error answer says, on one line: the ``reason`` of a DSP error body
+    (TransferError, ContractNegotiationError), else the start of its text."""
+    text = ""
+    try:
+        body = json.loads(response.content)
+    except ValueError:
+        body = None
+    if isinstance(body, dict) and body.get("reason") is not None:
+        text = codec.reason(body)
+    elif isinstance(body, dict) and isinstance(body.get("detail"), str):
+        text = body["detail"]
+    if not text:
+        text = response.content[:REASON_CHARS].decode(errors="replace")
+    return " ".join(text.split())[:REASON_CHARS] or f"HTTP {response.status_code}"
 
 
 def outbox_message(
@@ -101,9 +128,20 @@ class DspHttp:
             raise PeerError(f"DSP GET {url}: {type(exc).__name__}: {exc}") from None
 
     async def post(self, url: str, audience: str, body: dict[str, Any]) -> httpx.Response:
+        """POST a message; a 4xx answer is `PeerRefused` with the peer's reason, any other
+        status but 2xx a `PeerError`."""
         _server, response = await self.call("POST", url, audience, body)
-        if response.status_code >= 300:
-            raise PeerError(f"DSP POST {url}: HTTP {response.status_code}: {response.text[:300]}")
+        status = response.status_code
+        if 400 <= status < 500:
+            reason = peer_reason(response)
+            raise PeerRefused(
+                f"DSP POST {url}: refused (HTTP {status}): {reason}",
+                status,
+                reason,
+                _REFUSAL_CODES.get(status),
+            )
+        if status >= 300:
+            raise PeerError(f"DSP POST {url}: HTTP {status}: {peer_reason(response)}")
         return response
 
     async def send_queued(self, message: OutboxMessage) -> None:

@@ -11,21 +11,32 @@ exposes it as ``POST /v1/dsp/negotiations`` (`node.api.dsp`).
 from __future__ import annotations
 
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
 
 import httpx
+from nacl.signing import VerifyKey
 from starlette.concurrency import run_in_threadpool
 
 from qdspace.connector import dsp_codec as codec
 from qdspace.connector import dsp_negotiation as wire
 from qdspace.connector.contract_errors import UnknownContractError
-from qdspace.connector.contract_store import DspProcess
+from qdspace.connector.contract_store import DspProcess, OutboxMessage
 from qdspace.connector.dsp_jsonld import normalise
-from qdspace.connector.negotiation import ContractRequest, Role, open_negotiation
+from qdspace.connector.negotiation import (
+    ContractRequest,
+    Negotiation,
+    PartyKeys,
+    Role,
+    Termination,
+    apply,
+    open_negotiation,
+)
 from qdspace.node.dsp.client import DspHttp
-from qdspace.node.errors import PeerError
+from qdspace.node.errors import PeerError, PeerRefused
+from qdspace.node.identity.certs import MemberIdentity
 from qdspace.node.runtime.contracts import ContractRuntime
 from qdspace.policies.codec import policy_to_json
 from qdspace.policies.model import Policy
@@ -68,10 +79,29 @@ class DspConsumer:
         )
         await run_in_threadpool(store.dsp.bind, row)
         body = codec.request_message(pid, asked, self.base_url)
-        ack = await self.http.post(f"{url}/negotiations/request", provider, body)
+        try:
+            ack = await self.http.post(f"{url}/negotiations/request", provider, body)
+        except PeerRefused as exc:  # the provider holds no such negotiation: ours ends here
+            await run_in_threadpool(self._refused, server, pid, exc.reason)
+            raise
+
         provider_pid = _provider_pid(url, ack)
         await run_in_threadpool(store.dsp.set_peer_pid, "negotiation", pid, provider_pid)
         return {"negotiation_id": pid, "provider_pid": provider_pid, "provider": provider}
+
+    def _refused(self, provider: MemberIdentity, pid: str, reason: str) -> None:
+        """Our copy of a negotiation the provider refused to open: TERMINATED, saying why
+        (else it would wait in REQUESTED for an answer that never comes)."""
+        keys = PartyKeys(VerifyKey(provider.verify_key), self.runtime.verify_key)
+        at = self.runtime.clock.now()
+        why = f"refused by the provider: {reason}"
+
+        def step(before: Negotiation) -> tuple[Negotiation, Sequence[OutboxMessage]]:
+            at_least = max(at, before.updated_at)
+            message = Termination(f"{pid}:dsp-refused", pid, provider.member_id, why, at_least)
+            return apply(before, message, keys), ()
+
+        self.runtime.store.update_negotiation(pid, step)
 
 
 def _published_offer(url: str, dataset_id: str, response: httpx.Response) -> Policy:

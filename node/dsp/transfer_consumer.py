@@ -46,7 +46,11 @@ from qdspace.connector.transfer import (
     open_transfer,
 )
 from qdspace.connector.transfer import apply as apply_transfer
-from qdspace.connector.transfer_messages import TransferCompletion, TransferRequest
+from qdspace.connector.transfer_messages import (
+    TransferCompletion,
+    TransferRequest,
+    TransferTermination,
+)
 from qdspace.connector.transfer_wire import RowBatch
 from qdspace.node.dsp.client import DspHttp, outbox_message
 from qdspace.node.dsp.transfer_process import (
@@ -56,7 +60,7 @@ from qdspace.node.dsp.transfer_process import (
     message_body,
     peer_url,
 )
-from qdspace.node.errors import PeerError
+from qdspace.node.errors import PeerError, PeerRefused
 from qdspace.node.runtime.contracts import ContractRuntime
 
 logger = logging.getLogger("node.dsp")
@@ -123,7 +127,14 @@ class DspTransfers:
         await run_in_threadpool(store.dsp.bind, row)
         callback = f"{self.moves.base_url}/callback"
         body = wire.request_message(pid, agreement_id, callback)
-        ack = (await self.http.post(f"{url}/transfers/request", provider, body)).json()
+        try:
+            ack = (await self.http.post(f"{url}/transfers/request", provider, body)).json()
+        except PeerRefused as exc:  # the provider holds no such transfer: ours ends here
+            refused = TransferTermination(
+                f"{pid}:dsp-refused", pid, provider, f"refused by the provider: {exc.reason}", now
+            )
+            await run_in_threadpool(store.save_transfer, process, apply_transfer(process, refused))
+            raise
         provider_pid, consumer_pid, _ = wire.read_pids(ack, "TransferProcess")
         if consumer_pid != pid:
             raise PeerError(f"DSP {url}: the provider answered for another transfer")

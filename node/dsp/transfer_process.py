@@ -18,7 +18,9 @@ request's (DSP's TransferRequestMessage has neither). A live stream starts where
 provider's inspections stood when it accepted the request (the process's ``since``), not
 where they stand when the consumer first connects: rows stored in between are delivered.
 The answer, a TransferStartMessage with the data address and a fresh token
-(`node.dsp.edr`), is queued in the contract outbox for the consumer's callback.
+(`node.dsp.edr`), is queued in the contract outbox for the consumer's callback, in the
+commit that opens the transfer and binds its pids: a node that fails between them keeps
+none of it, and the consumer's retry of the same request is decided afresh.
 
 Incoming control messages get message ids made here (DSP has none): ``<id>:dsp-<kind>:
 <random>``; the machine accepts each kind again in the state it leads to (a retried
@@ -176,15 +178,16 @@ class DspTransferMoves:
             rt.stream_gate(stored, StreamRequest(local, terms.agreement_id, purpose or ""))
             process = open_transfer(request, Role.PROVIDER)
             start = TransferStart(f"{local}:p-start", local, self.me, process.checkpoint, now)
-            store.save_transfer(None, apply_transfer(process, start))
+            process, new = apply_transfer(process, start), True
         else:
-            rt.open_transfer(peer, request)
+            process, new = rt.decide_transfer(peer, request)
         row = DspProcess(
             TRANSFER, local, Role.PROVIDER.value, peer.member_id,
             f"urn:uuid:{uuid.uuid4()}", ask.callback, local,
         )  # fmt: skip
-        store.dsp.bind(row)
-        store.enqueue([self.start_for(row, self.load(row))], now)
+        # the process, its binding and the start: one commit (`open_dsp_transfer`)
+        start_message = self.start_for(row, process)
+        store.open_dsp_transfer(process if new else None, row, [start_message], now)
         return row
 
     def is_stream(self, process: TransferProcess) -> bool:

@@ -103,13 +103,23 @@ class ProviderTransfers(ContractBase):
 
     def open_transfer(self, peer: MemberIdentity, message: TransferRequest) -> TransferProcess:
         """Decide a transfer request; allowed: the process, STARTED at the genesis checkpoint."""
+        process, new = self.decide_transfer(peer, message)
+        if new:
+            self.store.save_transfer(None, process)
+        return process
+
+    def decide_transfer(
+        self, peer: MemberIdentity, message: TransferRequest
+    ) -> tuple[TransferProcess, bool]:
+        """`open_transfer` without saving: (the new process, True), or for a retried
+        request (the stored process after it, False); the caller saves a new one."""
         if message.sender_id != peer.member_id or message.provider_id != self.me.member_id:
             raise UnauthorizedSenderError(f"transfer request {message.message_id}: wrong parties")
         existing = self.store.find_transfer(message.transfer_id)
         if existing is not None:
             if existing.consumer_id != peer.member_id:  # say nothing about another's transfer
                 raise ContractDenied(f"transfer id {message.transfer_id} cannot be used")
-            return apply_transfer(existing, message)
+            return apply_transfer(existing, message), False
         stored = self.provider_agreement(message.agreement_id, peer)
         asset = self.assets[stored.signed.agreement.asset_id]
         if asset.is_stream:
@@ -132,9 +142,7 @@ class ProviderTransfers(ContractBase):
             process.checkpoint,
             self.clock.now(),
         )
-        process = apply_transfer(process, start)
-        self.store.save_transfer(None, process)
-        return process
+        return apply_transfer(process, start), True
 
     def _peer_transfer(self, peer: MemberIdentity, transfer_id: str) -> TransferProcess:
         """A transfer we provide to `peer`; one answer for unknown and foreign ids."""
