@@ -24,6 +24,7 @@ from sqlalchemy import (
     String,
     Table,
     UniqueConstraint,
+    delete,
     insert,
     select,
     update,
@@ -82,6 +83,13 @@ class DspProcessStore(TableStore):
                 asked_json=process.asked_json,
             )
         )
+
+    def unbind(self, kind: str, local_id: str) -> None:
+        """Remove the binding of a process that was never opened (its request refused
+        after the pids were bound), so the peer's retry is decided afresh."""
+        t = dsp_table
+        with self.engine.begin() as connection:
+            connection.execute(delete(t).where(t.c.kind == kind, t.c.local_id == local_id))
 
     def _one(self, *where: object) -> DspProcess | None:
         with self.engine.connect() as connection:

@@ -221,10 +221,19 @@ def create_dsp_app(binding: DspBinding, routers: Sequence[APIRouter] = ()) -> Fa
         message = wire.request_in(body, pid, peer.member_id, runtime.clock.now())
         binding.access.check(message.offer.target, peer)
         row = DspProcess(NEG, pid, Role.PROVIDER.value, peer.member_id, pid, callback, consumer_pid)
-        store.dsp.bind(row)
-        await run_in_threadpool(
-            runtime.handle_negotiation, peer, message, deliver=binding.deliver(row), signed=False
-        )
+        store.dsp.bind(row)  # before the answer is queued: the consumer may reply at once
+        try:
+            await run_in_threadpool(
+                runtime.handle_negotiation,
+                peer,
+                message,
+                deliver=binding.deliver(row),
+                signed=False,
+            )
+        except Exception:  # refused (or failed) before a negotiation was opened
+            if await run_in_threadpool(store.find_negotiation, pid) is None:
+                await run_in_threadpool(store.dsp.unbind, NEG, pid)
+            raise
         binding.kick()
         return codec.negotiation(pid, consumer_pid, "REQUESTED")
 

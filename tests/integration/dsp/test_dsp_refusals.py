@@ -29,7 +29,7 @@ from qdspace.connector import dsp_transfer as wire
 from qdspace.node.localnet.network import LocalNetwork
 
 from .conftest import ingest_sample, ok, runtime_of, wait_for
-from .peer import Peer, peer_with_callbacks
+from .peer import Peer, peer_with_callbacks, request
 from .test_dsp_transfer import negotiate
 
 pytestmark = pytest.mark.integration
@@ -212,3 +212,26 @@ def test_a_transfer_the_provider_failed_to_open_is_not_half_kept(dsp_net: LocalN
         engine.dispose()
     with dsp_net["cellex"].client() as supplier:
         assert transfers(supplier)[cpid]["state"] == "STARTED"
+
+
+def test_a_refused_negotiation_request_leaves_no_binding(dsp_net: LocalNetwork) -> None:
+    """A request Cellex refuses after binding its pids (an offer that names another
+    member as assigner) leaves no binding: the consumer's retry with the same consumerPid
+    and the published offer is decided afresh (Cellex answers it by callback), not
+    answered 404 for a process that never was."""
+    with peer_with_callbacks(dsp_net, "sunarc", "cellex") as (peer, callbacks):
+        offer = peer.catalog_offer("inspections")
+        cpid = f"urn:uuid:{uuid.uuid4()}"
+        wrong = request(cpid, {**offer, "assigner": "someone-else"}, callbacks.url)
+        refused = peer.post("/negotiations/request", wrong)
+        assert refused.status_code == 403, refused.text
+        again = peer.post("/negotiations/request", request(cpid, offer, callbacks.url))
+        assert again.status_code == 201, again.text
+        assert again.json()["consumerPid"] == cpid
+
+        def answered() -> Any:  # its terms for SunArc, or why not (no order of SunArc's yet)
+            with callbacks.lock:
+                return [b for p, b in callbacks.received if p.startswith(f"/negotiations/{cpid}/")]
+
+        (answer,) = wait_for("Cellex's answer by callback", answered)
+        assert answer["providerPid"] == again.json()["providerPid"], answer
