@@ -229,6 +229,13 @@ class ContractStore:
     ) -> None:
         self._transfers.save_transfer(before, after, outbox)
 
+    def receiving(self) -> list[tuple[TransferProcess, DspProcess | None]]:
+        """The transfers this node was receiving (consumer side, STARTED), each with its
+        DSP binding (None: one over the gRPC wire): what a restarted node takes up again."""
+        started = self.transfers(role=Role.CONSUMER, state=TransferState.STARTED)
+        bound = self.dsp.by_locals("transfer", (t.transfer_id for t in started))
+        return [(t, bound.get(t.transfer_id)) for t in started]
+
     def open_dsp_transfer(
         self,
         process: TransferProcess | None,
@@ -331,6 +338,9 @@ class ContractStore:
 
     def last_received_seq(self, source_id: str) -> int | None:
         return self._received.last_received_seq(source_id)
+
+    def delivered(self, source_id: str) -> int:
+        return self._received.delivered(source_id)
 
     def received_rows(
         self,

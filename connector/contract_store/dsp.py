@@ -14,7 +14,9 @@ once, when known, and never changed.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any
 
 from sqlalchemy import (
     Column,
@@ -62,6 +64,19 @@ class DspProcess:
     asked_json: bytes | None = None
 
 
+def _process(row: Any) -> DspProcess:
+    return DspProcess(
+        row.kind,
+        row.local_id,
+        row.role,
+        row.peer_id,
+        row.own_pid,
+        row.callback,
+        row.peer_pid,
+        None if row.asked_json is None else bytes(row.asked_json),
+    )
+
+
 class DspProcessStore(TableStore):
     """Bind, look up and complete the DSP side of negotiations and transfers."""
 
@@ -94,18 +109,22 @@ class DspProcessStore(TableStore):
     def _one(self, *where: object) -> DspProcess | None:
         with self.engine.connect() as connection:
             row = connection.execute(select(dsp_table).where(*where)).first()  # type: ignore[arg-type]
-        if row is None:
-            return None
-        return DspProcess(
-            row.kind,
-            row.local_id,
-            row.role,
-            row.peer_id,
-            row.own_pid,
-            row.callback,
-            row.peer_pid,
-            None if row.asked_json is None else bytes(row.asked_json),
-        )
+        return None if row is None else _process(row)
+
+    def by_locals(self, kind: str, local_ids: Iterable[str]) -> dict[str, DspProcess]:
+        """The bindings of those of `local_ids` that have one, by local id (one query
+        per 500 ids)."""
+        wanted = list(dict.fromkeys(local_ids))
+        found: dict[str, DspProcess] = {}
+        t = dsp_table
+        with self.engine.connect() as connection:
+            for start in range(0, len(wanted), 500):
+                chunk = wanted[start : start + 500]
+                rows = connection.execute(
+                    select(t).where(t.c.kind == kind, t.c.local_id.in_(chunk))
+                ).all()
+                found.update((row.local_id, _process(row)) for row in rows)
+        return found
 
     def by_own_pid(self, kind: str, pid: str) -> DspProcess | None:
         return self._one(dsp_table.c.kind == kind, dsp_table.c.own_pid == pid)

@@ -242,6 +242,17 @@ class ReceivedStore(TableStore):
             ).scalar()
         return None if value is None else int(value)
 
+    def delivered(self, source_id: str) -> int:
+        """How many rows the deliveries of this source brought (copies of rows held
+        included, replays of a delivery not), kept with its cursor: 0 when none yet."""
+        with self.engine.connect() as connection:
+            value = connection.execute(
+                select(received_source_table.c.delivered).where(
+                    received_source_table.c.source_id == source_id
+                )
+            ).scalar()
+        return 0 if value is None else int(value)
+
     def _payloads(
         self, connection: Connection, records: Sequence[Any], at: datetime
     ) -> list[bytes]:

@@ -90,12 +90,15 @@ def agreement_no_of(agreement_id: str) -> ColumnElement[int]:
 
 #: where each source's deliveries stop (`last_received_seq`): the highest seq a delivery
 #: of that transfer or subscription brought, moved forward once per delivery (it used to
-#: be read from an index of every row by (source, seq): a B-tree insert per record)
+#: be read from an index of every row by (source, seq): a B-tree insert per record), and
+#: how many rows its deliveries brought (`delivered`: a subscription's count of rows
+#: received, which outlives the process that counted them)
 received_source_table = Table(
     "contract_received_source",
     CONTRACT_METADATA,
     Column("source_id", String(ID_LENGTH), primary_key=True),
     Column("seq", BigInteger, nullable=False),
+    Column("delivered", BigInteger, nullable=False, server_default="0"),
 )
 #: the columns a received record is written with (all but the surrogate id), in the order
 #: the write path builds its value tuples

@@ -315,20 +315,23 @@ class MirrorWriter(TableStore):
                 .values(changes)
                 .on_conflict_do_nothing(index_elements=["agreement_id", "record_key", "version"])
             )
-        self._advance(connection, source_id, last)
+        self._advance(connection, source_id, last, len(seqs))
         result = MirrorResult(added, replaced, withdrawn, unchanged)
         if result.changed:
             count_change(connection, agreement_id, rewrite=rewritten)
         return result
 
-    def _advance(self, connection: Connection, source_id: str, seq: int) -> None:
-        """Move the source's cursor (`last_received_seq`) up to `seq`, never back."""
+    def _advance(self, connection: Connection, source_id: str, seq: int, rows: int) -> None:
+        """Move the source's cursor (`last_received_seq`) up to `seq`, never back, and count
+        the delivery's `rows` (a delivery that moves it nowhere, one replayed, is no news)."""
         mark = "?" if self.engine.dialect.paramstyle == "qmark" else "%s"
         connection.exec_driver_sql(
-            "INSERT INTO contract_received_source (source_id, seq) "
-            f"VALUES ({mark}, {mark}) ON CONFLICT (source_id) DO UPDATE SET seq = excluded.seq "
+            "INSERT INTO contract_received_source (source_id, seq, delivered) "
+            f"VALUES ({mark}, {mark}, {mark}) ON CONFLICT (source_id) DO UPDATE SET "
+            "seq = excluded.seq, "
+            "delivered = contract_received_source.delivered + excluded.delivered "
             "WHERE contract_received_source.seq < excluded.seq",
-            (source_id, seq),
+            (source_id, seq, rows),
         )
 
     def _write(

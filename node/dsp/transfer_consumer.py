@@ -148,8 +148,7 @@ class DspTransfers:
         brings a new address and the pull or stream continues where the rows held stop."""
         store, now = self.runtime.store, self.runtime.clock.now()
         messages = []
-        for process in store.transfers(role=Role.CONSUMER, state=TransferState.STARTED):
-            row = store.dsp.by_local(TRANSFER, process.transfer_id)
+        for _process, row in store.receiving():
             if row is None or not row.peer_pid:  # a gRPC transfer, or never acknowledged
                 continue
             messages.append(
@@ -254,10 +253,10 @@ class DspTransfers:
         if process.state is not TransferState.STARTED or delivery.address is None:
             return
         if not delivery.position:  # after a restart: where the rows we hold stop
-            held = await run_in_threadpool(
-                self.runtime.store.last_received_seq, process.transfer_id
-            )
+            store = self.runtime.store
+            held = await run_in_threadpool(store.last_received_seq, process.transfer_id)
             delivery.position = "" if held is None else str(held)
+            delivery.received = await run_in_threadpool(store.delivered, process.transfer_id)
         params = {"after": delivery.position} if delivery.position else {}
         reader = DataReader(local_id)
         address = delivery.address

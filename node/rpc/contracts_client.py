@@ -400,14 +400,10 @@ class ContractClient(ConsumerSubscriptions):
         return completed
 
     def resume_unfinished(self) -> list[str]:
-        """Start pulling every transfer this node was receiving when it stopped (over
-        gRPC: a DSP transfer needs a new data address first, `qdspace dsp resume`)."""
-        store = self.runtime.store
-        ids = [
-            t.transfer_id
-            for t in store.transfers(role=Role.CONSUMER, state=TransferState.STARTED)
-            if store.dsp.by_local("transfer", t.transfer_id) is None
-        ]
+        """Start pulling every transfer this node was receiving over gRPC when it stopped
+        (a DSP transfer asks its provider for a new data address first:
+        `DspTransfers.resume_after_restart`)."""
+        ids = [t.transfer_id for t, bound in self.runtime.store.receiving() if bound is None]
         for transfer_id in ids:
             logger.info("resuming transfer %s", transfer_id)
             self.start_pull(transfer_id)

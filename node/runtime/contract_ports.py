@@ -28,7 +28,9 @@ from qdspace.connector.transfer import TransferProcess
 @dataclass
 class Subscription:
     """A live subscription on the consumer side, with what its SPC monitor saw since this
-    node started it (or resumed it after a restart: `resumed`). `position` is where the
+    node started it (or resumed it after a restart: `resumed`). `received` counts every
+    row it brought, across restarts (kept with its cursor: `ContractStore.delivered`);
+    the latencies are the newest since this node started it. `position` is where the
     stream stands (it resumes after it); `error` the last reason the stream broke, while
     `state` is ``reconnecting``, or why it ended."""
 

@@ -107,6 +107,7 @@ def test_a_hosted_consumers_subscription_outlives_its_suspension_and_a_host_rest
     with host.operator(TENANT) as sunarc:
         back = sunarc.subscription(sid)  # the same subscription, taken up again
         assert back["resumed"] and back["running"] and back["state"] == "streaming", back
+        assert back["received"] == 3, back  # counted across the suspension
         assert [s["subscription_id"] for s in sunarc.subscriptions()] == [sid]
 
     host.stop()

@@ -34,6 +34,7 @@ from qdspace.connector.contract_store import (
     ContractStore,
     ContractStoreError,
     Deletion,
+    DspProcess,
     IncomingRow,
     OutboxMessage,
     ensure_schema,
@@ -644,3 +645,40 @@ def test_rows_sealed_before_pages_are_read_replaced_and_erased(
         ).scalar_one()
     assert bytes(left) == b""  # the old version's own ciphertext is gone
     assert sorted(r.payload for r in store.received_rows(agr)) == sorted([fixed, spaced])
+
+
+def test_a_sources_delivered_rows_are_counted_with_its_cursor(store: ContractStore) -> None:
+    """`delivered` counts the rows a source's deliveries brought, copies of rows held
+    included (as a subscription counts what arrived), a replayed delivery not (it moves
+    the cursor nowhere), and it is kept per source like the cursor."""
+    finalized(store, Role.CONSUMER)
+    agr = "agr-neg-1"
+    assert store.delivered("sub-1") == 0
+    first = [IncomingRow(10 + i, "ORD-1", rec(f"d{i}")) for i in range(3)]
+    store.store_received_rows(agr, "sub-1", first, at(1))
+    assert (store.delivered("sub-1"), store.last_received_seq("sub-1")) == (3, 12)
+    store.store_received_rows(agr, "sub-1", first, at(2))  # replayed: not news
+    assert store.delivered("sub-1") == 3
+    copies = [IncomingRow(20 + i, "ORD-1", rec(f"d{i}")) for i in range(2)]  # held already
+    assert store.store_received_rows(agr, "sub-1", copies, at(3)).added == 0
+    assert (store.delivered("sub-1"), store.last_received_seq("sub-1")) == (5, 21)
+    store.store_received_rows(agr, "sub-2", [IncomingRow(7, "ORD-1", rec("e"))], at(4))
+    assert (store.delivered("sub-1"), store.delivered("sub-2")) == (5, 1)
+
+
+def test_the_transfers_being_received_come_with_their_dsp_binding(store: ContractStore) -> None:
+    """`receiving`: the consumer's STARTED transfers, each with its DSP binding or None (a
+    gRPC one), what a restarted node takes up; a finished or a provided one is not."""
+    _n, started = _transfer(store)
+    assert store.receiving() == [(started, None)]
+    request = TransferRequest("d1", "urn:uuid:d", "sunarc", "agr-neg-1", "cellex", at(7))
+    dsp = apply_transfer(
+        open_transfer(request, Role.CONSUMER),
+        TransferStart("d2", "urn:uuid:d", "cellex", Checkpoint.genesis("urn:uuid:d"), at(8)),
+    )
+    store.save_transfer(None, dsp)
+    binding = DspProcess("transfer", "urn:uuid:d", "consumer", "cellex", "urn:uuid:d", "https://c")
+    store.dsp.bind(binding)
+    store.dsp.bind(DspProcess("negotiation", "tx-1", "consumer", "cellex", "urn:uuid:n", "h"))
+    got = {process.transfer_id: bound for process, bound in store.receiving()}
+    assert got == {"tx-1": None, "urn:uuid:d": binding}  # another kind's binding is not its

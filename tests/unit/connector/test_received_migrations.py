@@ -259,6 +259,10 @@ def test_rows_stored_under_0020_read_the_same_from_the_agreement_index_after_002
     upgrade and read, page, and come newest-first exactly as before it."""
     engine = bare_engine
     migrate(engine, "0020_case_listing")
+    with engine.begin() as connection:  # today's write path counts rows (0024, which keeps it)
+        connection.exec_driver_sql(
+            "ALTER TABLE contract_received_source ADD COLUMN delivered BIGINT NOT NULL DEFAULT 0"
+        )
     store = ContractStore(engine, KEK)
     for agreement_id in ("agr-a", "agr-b"):
         store.save_agreement(signed_agreement(agreement_id, 180), Role.CONSUMER)
