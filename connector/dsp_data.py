@@ -30,6 +30,10 @@ from qdspace.connector.transfer_wire import BatchRow, Checkpoint, RowBatch
 
 MAX_LINE = 4 * 1024 * 1024
 MAX_GROUP_ROWS = 100_000
+#: the bytes of one group's rows held until its last row arrives (a group is checked and
+#: committed whole, so a provider could otherwise make the consumer hold 100,000 lines of
+#: 4 MiB each); the node's own batches are at most 10,000 rows of a few hundred bytes
+MAX_GROUP_BYTES = 64 * 1024 * 1024
 MAX_ORDERS = 10_000
 MAX_TEXT = 128
 HEARTBEAT = b'{"heartbeat":true}\n'
@@ -116,6 +120,7 @@ class DataReader:
         self._head: Any = None
         self._want = 0
         self._rows: list[bytes] = []
+        self._bytes = 0  # of the open group's rows
 
     def feed(self, chunk: bytes) -> Iterator[RowBatch | LiveRows]:
         self._buffer += chunk
@@ -134,6 +139,9 @@ class DataReader:
     def _line(self, line: bytes) -> RowBatch | LiveRows | None:
         if self._head is not None:
             self._rows.append(line)
+            self._bytes += len(line)
+            if self._bytes > MAX_GROUP_BYTES:
+                raise DataPlaneFormatError(f"data plane: a group over {MAX_GROUP_BYTES} bytes")
             return self._close() if len(self._rows) == self._want else None
         try:
             header = orjson.loads(line)
@@ -153,7 +161,7 @@ class DataReader:
             count = len(positions) if isinstance(positions, list) else None
         if type(count) is not int or not 0 <= count <= MAX_GROUP_ROWS:
             raise DataPlaneFormatError(f"data plane: a group of {count!r} rows")
-        self._head, self._want, self._rows = header, count, []
+        self._head, self._want, self._rows, self._bytes = header, count, [], 0
         return self._close() if count == 0 else None
 
     def _close(self) -> RowBatch | LiveRows:

@@ -43,6 +43,27 @@ _REFUSAL_CODES = {
 REASON_CHARS = 300
 
 
+#: the most of a peer's answer to a control message or a catalog read that is read: the
+#: node's own answers are a few kilobytes, a dataset with its offers tens
+MAX_ANSWER_BYTES = 1024 * 1024
+_BODY_HEADERS = frozenset({"content-encoding", "content-length", "transfer-encoding"})
+
+
+async def _bounded(response: httpx.Response, what: str) -> bytes:
+    """The body of `response`, refused once it passes `MAX_ANSWER_BYTES` (a peer's
+    endless or gigantic answer is not held in memory first)."""
+    declared = response.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > MAX_ANSWER_BYTES:
+        raise PeerError(f"{what}: an answer of {declared} bytes (at most {MAX_ANSWER_BYTES})")
+    parts, size = [], 0
+    async for chunk in response.aiter_bytes():
+        size += len(chunk)
+        if size > MAX_ANSWER_BYTES:
+            raise PeerError(f"{what}: an answer over {MAX_ANSWER_BYTES} bytes")
+        parts.append(chunk)
+    return b"".join(parts)
+
+
 def peer_reason(response: httpx.Response) -> str:
     """What a peer's error answer says, on one line: the ``reason`` of a DSP error body
     (TransferError, ContractNegotiationError), else the start of its text."""
@@ -101,10 +122,17 @@ class DspHttp:
         if audience is not None:
             headers["authorization"] = f"Bearer {issue_token(self.key, self.me, audience)}"
         try:
-            response = await self._client.request(method, url, json=body, headers=headers)
+            async with self._client.stream(method, url, json=body, headers=headers) as streamed:
+                server = _server_of(streamed, url, audience)
+                content = await _bounded(streamed, f"DSP {method} {url}")
         except httpx.HTTPError as exc:
             raise PeerError(f"DSP {method} {url}: {type(exc).__name__}: {exc}") from None
-        return _server_of(response, url, audience), response
+        # the body as read (decoded already): without the headers that would decode it again
+        kept = [(k, v) for k, v in streamed.headers.items() if k.lower() not in _BODY_HEADERS]
+        response = httpx.Response(
+            streamed.status_code, headers=kept, content=content, request=streamed.request
+        )
+        return server, response
 
     @contextlib.asynccontextmanager
     async def stream(

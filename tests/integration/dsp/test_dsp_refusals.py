@@ -11,6 +11,7 @@ same request is decided afresh instead of being refused as a taken id."""
 
 from __future__ import annotations
 
+import gzip
 import json
 import ssl
 import threading
@@ -76,16 +77,35 @@ class RogueProvider:
         context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH, cafile=str(layout.ca_cert))
         context.load_cert_chain(layout.tls_cert, layout.tls_key)
         self.answer: tuple[int, bytes] = (403, b"")
+        self.headers: dict[str, str] = {}
+        self.endless = False  # answer with a body that never ends (no length)
+        self.sent = 0  # bytes of the last endless body written before the caller hung up
         self.requests: list[dict[str, Any]] = []
+        self.answered = threading.Event()
         rogue = self
 
         class Handler(BaseHTTPRequestHandler):
-            def _send(self, status: int, body: bytes) -> None:
+            def _send(self, status: int, body: bytes, as_told: bool = False) -> None:
+                endless = as_told and rogue.endless
+                told = rogue.headers if as_told else {}
                 self.send_response(status)
                 self.send_header("content-type", "application/json")
-                self.send_header("content-length", str(len(body)))
+                for name, value in told.items():
+                    self.send_header(name, value)
+                if not endless and "content-length" not in told:
+                    self.send_header("content-length", str(len(body)))
                 self.end_headers()
-                self.wfile.write(body)
+                if not endless:
+                    self.wfile.write(body)
+                    return
+                rogue.sent = 0
+                chunk = b'{"reason": ["' + b"x" * 65_536
+                try:
+                    while rogue.sent < 512 * 1024 * 1024:  # (a bound for the test's sake)
+                        self.wfile.write(chunk)
+                        rogue.sent += len(chunk)
+                except OSError:
+                    pass  # the caller hung up
 
             def do_GET(self) -> None:
                 if self.path.startswith("/catalog/datasets/"):
@@ -96,7 +116,8 @@ class RogueProvider:
             def do_POST(self) -> None:
                 size = int(self.headers.get("content-length") or 0)
                 rogue.requests.append(json.loads(self.rfile.read(size) or b"{}"))
-                self._send(*rogue.answer)
+                self._send(*rogue.answer, as_told=True)
+                rogue.answered.set()
 
             def log_message(self, format: str, *args: Any) -> None:
                 pass
@@ -167,6 +188,28 @@ def test_a_refused_negotiation_request_ends_the_consumers_copy(dsp_net: LocalNet
         answer, mine = attempt(503, b"")
         assert answer.status_code == 502, answer.text
         assert mine["state"] == "REQUESTED", mine
+
+        # a refusal compressed (read once, decoded once)
+        rogue.headers = {"content-encoding": "gzip"}
+        answer, mine = attempt(403, gzip.compress(_error(["order closed"])))
+        assert answer.status_code == 403, answer.text
+        assert "refused (HTTP 403): order closed" in answer.json()["detail"], answer.text
+        assert mine["reason"] == "refused by the provider: order closed", mine
+
+        # an answer said to be 5 GB long, and one that never ends: not read past 1 MiB
+        rogue.headers = {"content-length": str(5 * 1024**3)}
+        rogue.endless = True
+        answer, mine = attempt(403, b"")
+        assert answer.status_code == 502, answer.text
+        assert f"an answer of {5 * 1024**3} bytes" in answer.json()["detail"], answer.text
+        assert mine["state"] == "REQUESTED", mine  # nothing it said was read
+        rogue.headers = {}
+        rogue.answered.clear()
+        answer, mine = attempt(200, b"")
+        assert answer.status_code == 502, answer.text
+        assert "an answer over 1048576 bytes" in answer.json()["detail"], answer.text
+        assert rogue.answered.wait(30)  # the rogue saw the caller hang up
+        assert rogue.sent < 64 * 1024 * 1024, rogue.sent
 
 
 def test_a_transfer_the_provider_failed_to_open_is_not_half_kept(dsp_net: LocalNetwork) -> None:

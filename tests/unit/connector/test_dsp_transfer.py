@@ -171,3 +171,24 @@ def test_an_endless_line_and_a_cut_body_are_refused() -> None:
     list(cut.feed(batch_bytes(_batch([b'{"a":1}', b'{"b":2}'], True))[:-9]))
     with pytest.raises(DataPlaneFormatError, match="ended"):
         cut.finish()
+
+
+def test_a_group_too_big_to_hold_is_refused_before_it_is_held() -> None:
+    """A provider announces 100,000 rows (allowed) and sends lines of 1 MiB each (each
+    allowed): the reader refuses once the group's rows pass 64 MiB, not after holding
+    100 GB of them; a group of the node's own size is read."""
+    reader = DataReader("t1")
+    head = b'{"event": {"positions": ["1"], "orders": ["PO-1"], "index": []}}\n'
+    head = head.replace(b'["1"]', b"[" + b",".join([b'"1"'] * 100_000) + b"]")
+    list(reader.feed(head))
+    line = b'{"pad":"' + b"x" * (1024 * 1024) + b'"}\n'
+    fed = 0
+    with pytest.raises(DataPlaneFormatError, match="a group over"):
+        for _ in range(80):  # (bounded: without the limit this test fails, it does not swap)
+            list(reader.feed(line))
+            fed += 1
+    assert 60 <= fed <= 64
+    rows = [b'{"k":"' + b"y" * 300 + b'"}'] * 10_000
+    ok = DataReader("t1")
+    (batch,) = list(ok.feed(batch_bytes(_batch(rows, True))))
+    assert isinstance(batch, RowBatch) and batch.count == 10_000
