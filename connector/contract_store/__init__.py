@@ -145,6 +145,13 @@ class ContractStore:
     ) -> None:
         self._negotiations.save_negotiation(before, after, outbox)
 
+    def open_dsp_negotiation(self, negotiation: Negotiation, binding: DspProcess) -> None:
+        """A negotiation opened over DSP and its binding, in one commit (the consumer's:
+        saved before its request goes out, since the provider's callbacks may come first)."""
+        self._negotiations.save_negotiation(
+            None, negotiation, also=lambda connection: self.dsp.bind_in(connection, binding)
+        )
+
     def load_negotiation(self, negotiation_id: str) -> Negotiation:
         return self._negotiations.load_negotiation(negotiation_id)
 
@@ -243,9 +250,9 @@ class ContractStore:
         outbox: Iterable[OutboxMessage],
         at: datetime,
     ) -> None:
-        """A provider's transfer opened over DSP (`process`; None: saved before), its DSP
-        binding and its start message, in one commit: a failure in between would leave a
-        transfer no consumer pid reaches, which the consumer's retry could not take up."""
+        """A transfer opened over DSP (`process`; None: saved before), its DSP binding and
+        (a provider's) its start message, in one commit: a failure in between would leave
+        a transfer no pid reaches, which the consumer's retry could not take up."""
         with saving(self.engine, f"transfer {binding.local_id}") as connection:
             if process is not None:
                 self._transfers.save_transfer_in(connection, None, process)

@@ -108,10 +108,15 @@ class NegotiationStore(TableStore):
         before: Negotiation | None,
         after: Negotiation,
         outbox: Iterable[OutboxMessage] = (),
+        *,
+        also: Callable[[Connection], None] | None = None,
     ) -> None:
-        """Persist `after` (loaded as `before`, None when new) and queue `outbox`, atomically."""
+        """Persist `after` (loaded as `before`, None when new) and queue `outbox`, atomically
+        (with what `also` writes on the same connection: a DSP binding)."""
         with saving(self.engine, f"negotiation {after.negotiation_id}") as connection:
             kept = self._save_in(connection, before, after, outbox)
+            if also is not None:
+                also(connection)
         _keep_offer(kept, after.offer)
 
     def _save_in(

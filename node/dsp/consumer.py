@@ -65,9 +65,7 @@ class DspConsumer:
         me, now = self.runtime.me.member_id, self.runtime.clock.now()
         request = ContractRequest(wire.message_id(pid, "request"), pid, me, asked, now)
         store = self.runtime.store
-        await run_in_threadpool(
-            store.save_negotiation, None, open_negotiation(request, Role.CONSUMER, signed=False)
-        )
+        opened = open_negotiation(request, Role.CONSUMER, signed=False)
         row = DspProcess(
             "negotiation",
             pid,
@@ -77,7 +75,7 @@ class DspConsumer:
             url,
             asked_json=policy_to_json(asked),
         )
-        await run_in_threadpool(store.dsp.bind, row)
+        await run_in_threadpool(store.open_dsp_negotiation, opened, row)  # one commit
         body = codec.request_message(pid, asked, self.base_url)
         try:
             ack = await self.http.post(f"{url}/negotiations/request", provider, body)

@@ -123,8 +123,7 @@ class DspTransfers:
         request = TransferRequest(f"{pid}:dsp-request", pid, me, agreement_id, provider, now)
         process = open_transfer(request, Role.CONSUMER)
         row = DspProcess(TRANSFER, pid, Role.CONSUMER.value, provider, pid, url)
-        await run_in_threadpool(store.save_transfer, None, process)
-        await run_in_threadpool(store.dsp.bind, row)
+        await run_in_threadpool(store.open_dsp_transfer, process, row, (), now)  # one commit
         callback = f"{self.moves.base_url}/callback"
         body = wire.request_message(pid, agreement_id, callback)
         try:
