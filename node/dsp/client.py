@@ -7,6 +7,12 @@ server presented is the member the message was meant for (host names do not iden
 members; the certificate does). Callbacks are queued in the contract outbox
 (`outbox_message`, kind ``dsp``) in the commit that decided them, and delivered with
 retries by `OutboxDispatcher` through `send_queued`.
+
+Every byte a peer answers is an attack until checked: an answer is read up to
+`MAX_ANSWER_BYTES` as it arrives (a declared length over it is refused unread), and a
+refusal (a 4xx) is `PeerRefused` with the peer's reason on one line, so the caller can
+close what it opened for the request; a peer that failed (5xx) or could not be reached
+may have taken the request up, and is a plain `PeerError`.
 """
 
 from __future__ import annotations
@@ -40,9 +46,8 @@ _REFUSAL_CODES = {
     404: "NOT_FOUND",
     409: "FAILED_PRECONDITION",
 }
+#: a peer's reason, as relayed (one line)
 REASON_CHARS = 300
-
-
 #: the most of a peer's answer to a control message or a catalog read that is read: the
 #: node's own answers are a few kilobytes, a dataset with its offers tens
 MAX_ANSWER_BYTES = 1024 * 1024

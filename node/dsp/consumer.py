@@ -10,6 +10,7 @@ exposes it as ``POST /v1/dsp/negotiations`` (`node.api.dsp`).
 
 from __future__ import annotations
 
+import logging
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -22,7 +23,7 @@ from starlette.concurrency import run_in_threadpool
 
 from qdspace.connector import dsp_codec as codec
 from qdspace.connector import dsp_negotiation as wire
-from qdspace.connector.contract_errors import UnknownContractError
+from qdspace.connector.contract_errors import ContractError, UnknownContractError
 from qdspace.connector.contract_store import DspProcess, OutboxMessage
 from qdspace.connector.dsp_jsonld import normalise
 from qdspace.connector.negotiation import (
@@ -42,6 +43,8 @@ from qdspace.policies.codec import policy_to_json
 from qdspace.policies.model import Policy
 from qdspace.policies.odrl.jsonld import decode
 from qdspace.policies.odrl.vocab import PolicyKind
+
+logger = logging.getLogger("node.dsp")
 
 
 @dataclass
@@ -82,7 +85,6 @@ class DspConsumer:
         except PeerRefused as exc:  # the provider holds no such negotiation: ours ends here
             await run_in_threadpool(self._refused, server, pid, exc.reason)
             raise
-
         provider_pid = _provider_pid(url, ack)
         await run_in_threadpool(store.dsp.set_peer_pid, "negotiation", pid, provider_pid)
         return {"negotiation_id": pid, "provider_pid": provider_pid, "provider": provider}
@@ -99,7 +101,10 @@ class DspConsumer:
             message = Termination(f"{pid}:dsp-refused", pid, provider.member_id, why, at_least)
             return apply(before, message, keys), ()
 
-        self.runtime.store.update_negotiation(pid, step)
+        try:
+            self.runtime.store.update_negotiation(pid, step)
+        except ContractError as exc:  # (it finished meanwhile): the refusal is still told
+            logger.warning("DSP negotiation %s refused, left as it is: %s", pid, exc)
 
 
 def _published_offer(url: str, dataset_id: str, response: httpx.Response) -> Policy:

@@ -32,6 +32,7 @@ from starlette.concurrency import run_in_threadpool
 from qdspace.connector import dsp_transfer as wire
 from qdspace.connector.contract_errors import (
     ContractDenied,
+    ContractError,
     IllegalTransitionError,
     UnknownContractError,
 )
@@ -129,16 +130,27 @@ class DspTransfers:
         try:
             ack = (await self.http.post(f"{url}/transfers/request", provider, body)).json()
         except PeerRefused as exc:  # the provider holds no such transfer: ours ends here
-            refused = TransferTermination(
-                f"{pid}:dsp-refused", pid, provider, f"refused by the provider: {exc.reason}", now
-            )
-            await run_in_threadpool(store.save_transfer, process, apply_transfer(process, refused))
+            await run_in_threadpool(self._refused, pid, provider, exc.reason)
             raise
         provider_pid, consumer_pid, _ = wire.read_pids(ack, "TransferProcess")
         if consumer_pid != pid:
             raise PeerError(f"DSP {url}: the provider answered for another transfer")
         await run_in_threadpool(store.dsp.set_peer_pid, TRANSFER, pid, provider_pid)
         return self.row(pid), process
+
+    def _refused(self, pid: str, provider: str, reason: str) -> None:
+        """Our copy of a transfer the provider refused to open: TERMINATED, saying why
+        (else it would wait in REQUESTED for a start that never comes). A provider that
+        refused and still called back has moved it meanwhile: the copy as it is now ends."""
+        store = self.runtime.store
+        try:
+            before = store.load_transfer(pid)
+            at = max(self.runtime.clock.now(), before.updated_at)
+            why = f"refused by the provider: {reason}"
+            refused = TransferTermination(f"{pid}:dsp-refused", pid, provider, why, at)
+            store.save_transfer(before, apply_transfer(before, refused))
+        except ContractError as exc:  # (it finished meanwhile): the refusal is still told
+            logger.warning("DSP transfer %s refused, left as it is: %s", pid, exc)
 
     def resume_after_restart(self) -> list[str]:
         """Ask again for a data address of every DSP transfer this node was receiving when
