@@ -32,7 +32,6 @@ from qdspace.connector.versions import Withdrawal, withdraw
 from qdspace.node.api.contracts_models import (
     AgreementFull,
     AgreementPublic,
-    AlertsPublic,
     CatalogEntryPublic,
     ChangePublic,
     ClockBody,
@@ -42,22 +41,17 @@ from qdspace.node.api.contracts_models import (
     NegotiationPublic,
     NegotiationResult,
     ReceivedPublic,
-    SubscribeBody,
-    SubscriptionEnded,
-    SubscriptionPublic,
     TerminateBody,
     TransferBody,
     TransferPublic,
     WithdrawalPublic,
     WithdrawBody,
-    _time,
     agreement_full,
     agreement_public,
-    alert_public,
+    api_time,
     change_public,
     entry_public,
     negotiation_public,
-    subscription_public,
     transfer_public,
 )
 from qdspace.node.api.deps import (
@@ -74,6 +68,14 @@ from qdspace.node.api.deps import (
 from qdspace.node.api.models import ID_MAX, ID_PATTERN, IdPath
 from qdspace.node.api.policy_models import JsonLd, PolicyExplanation
 from qdspace.node.api.problems import PeerTimeout
+from qdspace.node.api.subscription_models import (
+    AlertsPublic,
+    SubscribeBody,
+    SubscriptionEnded,
+    SubscriptionPublic,
+    alert_public,
+    subscription_public,
+)
 from qdspace.node.errors import PeerError
 from qdspace.node.runtime.contract_ports import Subscription
 from qdspace.node.runtime.contracts import ContractRuntime
@@ -351,7 +353,7 @@ def contracts_router() -> APIRouter:
             kind=done.kind,
             key=done.key,
             version=done.version,
-            withdrawn_at=_time(done.withdrawn_at),
+            withdrawn_at=api_time(done.withdrawn_at),
         )
 
     @router.post("/subscriptions", response_model=SubscriptionPublic)
@@ -441,13 +443,13 @@ def contracts_router() -> APIRouter:
     def clock(rt: Runtime) -> ClockPublic:
         c = rt.clock
         return ClockPublic(
-            now=_time(c.now()), offset_days=c.offset / timedelta(days=1), control=c.control
+            now=api_time(c.now()), offset_days=c.offset / timedelta(days=1), control=c.control
         )
 
     @router.post("/clock", response_model=ClockPublic)
     async def move_clock(rt: Runtime, body: ClockBody) -> ClockPublic:
         c = rt.clock
         await _domain(_sync(c.set_offset, timedelta(days=body.offset_days)))
-        return ClockPublic(now=_time(c.now()), offset_days=body.offset_days, control=c.control)
+        return ClockPublic(now=api_time(c.now()), offset_days=body.offset_days, control=c.control)
 
     return router

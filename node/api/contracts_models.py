@@ -8,7 +8,6 @@ as its JSON-LD document (``dict``): its shape is the ODRL standard's, not this A
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
@@ -18,10 +17,8 @@ from qdspace.connector.agreement import SignedReceipt
 from qdspace.connector.assets import CatalogEntry
 from qdspace.connector.contract_store import DutyReport, ReceivedChange, StoredAgreement
 from qdspace.connector.negotiation import Negotiation
-from qdspace.connector.spc import QualityAlert
 from qdspace.connector.transfer import TransferProcess
 from qdspace.node.api.models import Id, Text
-from qdspace.node.runtime.contract_ports import Subscription
 from qdspace.policies.canonical import format_datetime
 from qdspace.policies.codec import policy_to_dict
 from qdspace.policies.retention import DutyStatus
@@ -76,15 +73,6 @@ class WithdrawBody(BaseModel):
 
     kind: Id
     key: dict[Id, Text] = Field(min_length=1, max_length=MAX_LIST)
-
-
-class SubscribeBody(BaseModel):
-    agreement_id: Id
-    purpose: Id = "spc-monitoring"
-    characteristic: Id = "score"
-    usl: Finite | None = 0.5
-    lsl: Finite | None = None
-    baseline_size: int = Field(default=20, ge=2, le=MAX_BASELINE)
 
 
 class TerminateBody(BaseModel):
@@ -202,62 +190,6 @@ class WithdrawalPublic(BaseModel):
     withdrawn_at: str | None
 
 
-class AlertPublic(BaseModel):
-    alert_id: str
-    rule: str
-    description: str
-    agreement_id: str
-    order_id: str
-    station: str
-    characteristic: str
-    points: list[float]
-    at: str | None
-
-
-class SubscriptionPublic(BaseModel):
-    """A live subscription: ``state`` is ``connecting``, ``streaming``, ``reconnecting``
-    (``error`` says why the stream broke) or ``ended`` (``error`` says why); ``received``,
-    the latencies count since this node started it or resumed it after a restart
-    (``resumed``); ``reconnects`` how often its stream was opened again."""
-
-    subscription_id: str
-    provider: str
-    agreement_id: str
-    running: bool
-    state: str
-    resumed: bool
-    reconnects: int
-    received: int
-    position: str
-    error: str
-    latency_ms_p50: float | None
-    latency_ms_max: float | None
-    #: the newest alerts its monitor raised (at most 100, oldest first), how many it
-    #: raised in all, and how many since this node started it went unsent, past the
-    #: 10,000 one subscription keeps
-    alerts: list[AlertPublic]
-    alerts_total: int
-    alerts_unsent: int
-
-
-class SubscriptionEnded(BaseModel):
-    """A subscription ended by ``DELETE /v1/contracts/subscriptions/{id}``."""
-
-    subscription_id: str
-    reason: str
-
-
-class AlertsPublic(BaseModel):
-    """The SPC alerts this node's subscriptions raised and those consumers sent it, each
-    list oldest first (its newest ``limit`` when one was asked for), and how many of
-    each there are in all."""
-
-    raised: list[AlertPublic]
-    received: list[AlertPublic]
-    raised_total: int = 0
-    received_total: int = 0
-
-
 class OrderClosedPublic(BaseModel):
     order_id: str
     closed_at: str | None
@@ -337,7 +269,7 @@ class ClockPublic(BaseModel):
 # -- domain -> API -----------------------------------------------------------------------
 
 
-def _time(value: datetime | None) -> str | None:
+def api_time(value: datetime | None) -> str | None:
     return None if value is None else format_datetime(value)
 
 
@@ -368,10 +300,10 @@ def agreement_public(stored: StoredAgreement) -> AgreementPublic:
         provider_id=terms.provider_id,
         consumer_id=terms.consumer_id,
         asset_id=terms.asset_id,
-        agreed_at=_time(terms.agreed_at),
+        agreed_at=api_time(terms.agreed_at),
         digest=terms.digest().hex(),
         active=stored.active,
-        terminated_at=_time(stored.terminated_at),
+        terminated_at=api_time(stored.terminated_at),
         termination_reason=stored.termination_reason,
         provider_signature=signed.provider_signature.hex(),
         consumer_signature=None
@@ -415,45 +347,7 @@ def change_public(c: ReceivedChange) -> ChangePublic:
         withdrawn=c.withdrawn,
         content_sha256=c.content_sha256,
         source_id=c.source_id,
-        received_at=_time(c.received_at),
-    )
-
-
-def alert_public(a: QualityAlert) -> AlertPublic:
-    return AlertPublic(
-        alert_id=a.alert_id,
-        rule=a.alert.rule,
-        description=a.alert.description,
-        agreement_id=a.agreement_id,
-        order_id=a.order_id,
-        station=a.station,
-        characteristic=a.characteristic,
-        points=[p.value for p in a.alert.points],
-        at=_time(a.alert.at),
-    )
-
-
-def subscription_public(
-    s: Subscription, alerts: Sequence[QualityAlert] = (), alerts_total: int = 0
-) -> SubscriptionPublic:
-    """`s` with the newest of its alerts kept (`alerts`, oldest first) and their count."""
-    lat = sorted(s.latencies_ms)
-    return SubscriptionPublic(
-        subscription_id=s.subscription_id,
-        provider=s.provider,
-        agreement_id=s.agreement_id,
-        running=s.running,
-        state=s.state,
-        resumed=s.resumed,
-        reconnects=s.reconnects,
-        received=s.received,
-        position=s.position,
-        error=s.error,
-        latency_ms_p50=lat[len(lat) // 2] if lat else None,
-        latency_ms_max=lat[-1] if lat else None,
-        alerts=[alert_public(a) for a in alerts],
-        alerts_total=alerts_total,
-        alerts_unsent=s.alerts_unsent,
+        received_at=api_time(c.received_at),
     )
 
 
@@ -464,7 +358,7 @@ def duty_public(report: DutyReport) -> DutyPublic:
         consumer_id=duty.consumer_id,
         order_id=duty.order_id,
         retention_days=duty.retention_days,
-        deadline=_time(duty.deadline),
+        deadline=api_time(duty.deadline),
         status=report.status.value,
         receipt_id=None if report.receipt is None else report.receipt.receipt_id,
     )
@@ -484,7 +378,7 @@ def receipt_public(s: SignedReceipt) -> ReceiptPublic:
         consumer_id=r.consumer_id,
         row_count=r.row_count,
         content_sha256=r.content_sha256,
-        deleted_at=_time(r.deleted_at),
+        deleted_at=api_time(r.deleted_at),
         signature=s.signature.hex(),
         reason=r.reason,
     )

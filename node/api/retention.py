@@ -27,7 +27,7 @@ from qdspace.node.api.contracts_models import (
     ReceiptPublic,
     SweepFailurePublic,
     SweepPublic,
-    _time,
+    api_time,
     duty_counts_public,
     duty_public,
     receipt_public,
@@ -48,7 +48,7 @@ def retention_router() -> APIRouter:
     async def close_order(rt: Runtime, outbox: Outbox, order_id: IdPath) -> OrderClosedPublic:
         closed_at, ids = await run_in_threadpool(rt.close_order, order_id)
         await outbox.flush()
-        return OrderClosedPublic(order_id=order_id, closed_at=_time(closed_at), agreements=ids)
+        return OrderClosedPublic(order_id=order_id, closed_at=api_time(closed_at), agreements=ids)
 
     @router.get("/closures", response_model=list[ClosurePublic])
     def closures(rt: Runtime, page: Paging, response: Response) -> list[ClosurePublic]:
@@ -59,8 +59,8 @@ def retention_router() -> APIRouter:
                 ClosurePublic(
                     agreement_id=c.agreement_id,
                     order_id=c.order_id,
-                    closed_at=_time(c.closed_at),
-                    deadline=_time(c.deadline),
+                    closed_at=api_time(c.closed_at),
+                    deadline=api_time(c.deadline),
                 )
                 for c in rt.store.closures(limit=limit, offset=offset)
             ]

@@ -22,8 +22,8 @@ from starlette.responses import RedirectResponse, Response
 
 from qdspace.node.api.contracts_models import (
     CatalogEntryPublic,
-    _time,
     agreement_full,
+    api_time,
     duty_public,
     entry_public,
     negotiation_public,
@@ -203,8 +203,8 @@ def routes(console: Console) -> list[tuple[str, Endpoint, str]]:
         closures = [
             {
                 "order_id": c.order_id,
-                "closed_at": _time(c.closed_at),
-                "deadline": _time(c.deadline),
+                "closed_at": api_time(c.closed_at),
+                "deadline": api_time(c.deadline),
                 "left": countdown(c.deadline, now),
             }
             for c in rt.store.closures(agreement_id)

@@ -15,8 +15,11 @@ import time
 from dataclasses import dataclass, field
 from html import escape
 
-from qdspace.node.api.contracts_models import AlertPublic, alert_public
 from qdspace.node.api.observe import readiness
+from qdspace.node.api.subscription_models import (
+    AlertPublic,
+    alert_public,
+)
 from qdspace.node.context import NodeContext
 from qdspace.node.member_ids import peer_name
 
