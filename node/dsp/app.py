@@ -204,6 +204,15 @@ def create_dsp_app(binding: DspBinding, routers: Sequence[APIRouter] = ()) -> Fa
         pids = binding.pids(row)
         return codec.negotiation(pids.provider, pids.consumer, n.state.value)
 
+    async def provider_move(
+        peer: MemberIdentity, message: NegotiationMessage, row: DspProcess
+    ) -> None:
+        """The provider decides a consumer's message (unsigned: the DSP form), its answer
+        queued for the consumer's callback in the same commit."""
+        await run_in_threadpool(
+            runtime.handle_negotiation, peer, message, deliver=binding.deliver(row), signed=False
+        )
+
     @app.post("/negotiations/request", status_code=201)
     async def negotiation_request(request: Request) -> dict[str, Any]:
         peer = caller(request)
@@ -223,13 +232,7 @@ def create_dsp_app(binding: DspBinding, routers: Sequence[APIRouter] = ()) -> Fa
         row = DspProcess(NEG, pid, Role.PROVIDER.value, peer.member_id, pid, callback, consumer_pid)
         store.dsp.bind(row)  # before the answer is queued: the consumer may reply at once
         try:
-            await run_in_threadpool(
-                runtime.handle_negotiation,
-                peer,
-                message,
-                deliver=binding.deliver(row),
-                signed=False,
-            )
+            await provider_move(peer, message, row)
         except Exception:  # refused (or failed) before a negotiation was opened
             if await run_in_threadpool(store.find_negotiation, pid) is None:
                 await run_in_threadpool(store.dsp.unbind, NEG, pid)
@@ -267,13 +270,7 @@ def create_dsp_app(binding: DspBinding, routers: Sequence[APIRouter] = ()) -> Fa
         if any(mid == message.message_id for mid, _ in n.seen):
             return Response(status_code=200)  # a retry of a message already applied
         if row.role == Role.PROVIDER.value:
-            await run_in_threadpool(
-                runtime.handle_negotiation,
-                peer,
-                message,
-                deliver=binding.deliver(row),
-                signed=False,
-            )
+            await provider_move(peer, message, row)
         else:
             asked = parse_policy(row.asked_json) if row.asked_json else n.offer
             await run_in_threadpool(

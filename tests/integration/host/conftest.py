@@ -71,6 +71,18 @@ class Host:
             self.api, self.tokens[tenant], timeout=120, ca_file=self.files.tls.ca_cert
         )
 
+    def add_tenant(self, name: str, role: str, *options: str) -> None:
+        """``qdspace host tenant add`` (its gRPC port from `ports`) and its operator token."""
+        done = qdspace("host", "tenant", "add", "--dir", str(self.directory), "--name", name,
+                       "--role", role, "--authority", str(self.net.authority_dir),
+                       "--grpc-port", str(self.ports[name]), *options)  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        out = self.workdir / f"{name}.token"
+        done = qdspace("host", "tenant", "token", "--dir", str(self.directory), "--name", name,
+                       "--out", str(out))  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        self.tokens[name] = out.read_text().strip()
+
     def host_token(self) -> str:
         return self.files.host_token.read_text().strip()
 

@@ -33,15 +33,7 @@ def host(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Host]:
     done = qdspace("host", "init", "--dir", str(hosted.directory), "--api-port",
                    str(hosted.api_port))  # fmt: skip
     assert done.returncode == 0, done.stderr
-    done = qdspace("host", "tenant", "add", "--dir", str(hosted.directory), "--name", TENANT,
-                   "--role", "oem", "--authority", str(net.authority_dir),
-                   "--grpc-port", str(hosted.ports[TENANT]))  # fmt: skip
-    assert done.returncode == 0, done.stderr
-    out = workdir / "tenant.token"
-    done = qdspace("host", "tenant", "token", "--dir", str(hosted.directory), "--name", TENANT,
-                   "--out", str(out))  # fmt: skip
-    assert done.returncode == 0, done.stderr
-    hosted.tokens[TENANT] = out.read_text().strip()
+    hosted.add_tenant(TENANT, "oem")
     add_peers(hosted.directory / "tenants" / TENANT, {"cellex": net["cellex"].grpc_address})
     add_peers(net["cellex"].directory, {TENANT: f"127.0.0.1:{hosted.ports[TENANT]}"})
     net.start()

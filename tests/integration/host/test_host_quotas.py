@@ -43,16 +43,8 @@ def host(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Host]:
                    str(hosted.api_port))  # fmt: skip
     assert done.returncode == 0, done.stderr
     quotas = {BUSY: ["--max-rows", "5", "--max-streams", "2"], CALM: []}
-    for name, port in ports.items():
-        done = qdspace("host", "tenant", "add", "--dir", str(hosted.directory), "--name", name,
-                       "--role", "supplier", "--authority", str(net.authority_dir),
-                       "--grpc-port", str(port), *quotas[name])  # fmt: skip
-        assert done.returncode == 0, done.stderr
-        out = workdir / f"{name}.token"
-        done = qdspace("host", "tenant", "token", "--dir", str(hosted.directory), "--name", name,
-                       "--out", str(out))  # fmt: skip
-        assert done.returncode == 0, done.stderr
-        hosted.tokens[name] = out.read_text().strip()
+    for name in ports:
+        hosted.add_tenant(name, "supplier", *quotas[name])
     add_peers(net["sunarc"].directory, {n: f"127.0.0.1:{p}" for n, p in ports.items()})
     try:
         hosted.start()
