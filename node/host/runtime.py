@@ -15,6 +15,7 @@ takes effect, so it holds across restarts.
 from __future__ import annotations
 
 import asyncio
+import gc
 import hashlib
 import hmac
 import logging
@@ -365,11 +366,17 @@ class HostRuntime:
         return tenant.app
 
     async def warm_apps(self) -> None:
-        """Build every serving tenant's app, one at a time, yielding to requests between."""
+        """Build every serving tenant's app, one at a time, yielding to requests between;
+        then move what the start loaded out of the collector's view."""
         for tenant in list(self.tenants.values()):
             if tenant.ctx is not None and not tenant.error and tenant.app is None:
                 self.app_of(tenant)
                 await asyncio.sleep(0)
+        # As a node does once it serves (`node.run`): every tenant's modules, apps, stores
+        # and certificates live as long as the host, and one host holds them all, so a full
+        # collection (a tenant's transfer or chart allocates many short-lived objects) would
+        # walk them all again each time, stalling every tenant's loop with it.
+        gc.freeze()
 
     # -- stopping ----------------------------------------------------------------------
 
