@@ -65,6 +65,8 @@ class DspTransferPublic(BaseModel):
     received: int
     delivery: str
     error: str
+    #: why it was suspended or ended (a provider's refusal: ``refused by the provider: ...``)
+    reason: str | None = None
 
 
 class DspTransferBody(BaseModel):
@@ -104,6 +106,7 @@ async def _public(transfers: Any, transfer_id: str) -> DspTransferPublic:
         received=delivery.received,
         delivery=delivery.address.delivery if delivery.address is not None else "",
         error=delivery.error,
+        reason=process.reason,
     )
 
 

@@ -30,9 +30,11 @@ FINAL = ("COMPLETED", "TERMINATED")
 def _print(t: dict[str, Any]) -> None:
     console.print(
         f"[bold]{t['transfer_id']}[/bold] {t['state']} ({t['role']} with {t['peer'][:24]}): "
-        f"{t['offset']} rows committed, {t['received']} received this run",
+        f"{t['offset']} rows committed, {t['received']} received",
         soft_wrap=True,
     )
+    if t.get("reason") and t["state"] in ("SUSPENDED", "TERMINATED"):
+        console.print(f"  {t['state'].lower()}: {t['reason']}", soft_wrap=True)
     if t.get("error"):
         console.print(f"  data plane stopped: {t['error']}", soft_wrap=True)
 

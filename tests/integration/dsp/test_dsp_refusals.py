@@ -25,8 +25,10 @@ from typing import Any
 import httpx
 import pytest
 from sqlalchemy import create_engine, text
+from typer.testing import CliRunner
 
 from qdspace.connector import dsp_transfer as wire
+from qdspace.node.cli import app
 from qdspace.node.localnet.network import LocalNetwork
 
 from .conftest import ingest_sample, ok, runtime_of, wait_for
@@ -66,6 +68,14 @@ def test_a_refused_transfer_request_ends_the_consumers_copy(dsp_net: LocalNetwor
     assert mine["reason"] == "refused by the provider: agreement terminated", mine
     with dsp_net["cellex"].client() as supplier:
         assert mine["transfer_id"] not in transfers(supplier)  # the provider holds none
+    oem_dir = str(dsp_net["sunarc"].directory)
+    runner = CliRunner()
+    asked = runner.invoke(app, ["dsp", "transfer", "--dir", oem_dir, agreement])
+    assert asked.exit_code == 1 and "agreement terminated" in asked.output, asked.output
+    assert "Traceback" not in asked.output
+    shown = runner.invoke(app, ["dsp", "status", "--dir", oem_dir, mine["transfer_id"]])
+    assert shown.exit_code == 0, shown.output
+    assert "terminated: refused by the provider: agreement terminated" in shown.output
 
 
 class RogueProvider:
