@@ -63,7 +63,7 @@ from qdspace.connector.contract_store.received_model import (
     received_row_table,
     received_source_table,
 )
-from qdspace.connector.contract_store.received_pages import Pages, slot_payload
+from qdspace.connector.contract_store.received_pages import Pages, slot_payload, slot_payloads
 from qdspace.connector.contract_store.received_write import MirrorWriter, count_change
 from qdspace.connector.contract_store.transfers import TransferStore
 from qdspace.connector.transfer import TransferProcess
@@ -258,9 +258,10 @@ class ReceivedStore(TableStore):
     ) -> list[bytes]:
         """The bytes of held rows: from their sealed pages (each page opened once), or
         from their own ciphertext (rows stored before pages)."""
-        opened = self._pages.open_pages(
-            connection, (r.page_id for r in records if r.page_id is not None), at
-        )
+        paged = [r for r in records if r.page_id is not None]
+        opened = self._pages.open_pages(connection, (r.page_id for r in paged), at)
+        if len(paged) == len(records):  # every row in a page: their envelopes in one pass
+            return slot_payloads(opened, records)
         payloads = []
         for row in records:
             if row.page_id is not None:

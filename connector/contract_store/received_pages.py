@@ -55,7 +55,7 @@ from qdspace.connector.contract_errors import ContractStoreError, RecordEnvelope
 from qdspace.connector.contract_store.common import CONTRACT_METADATA, ID_LENGTH
 from qdspace.connector.contract_store.data_keys import DataKeys
 from qdspace.connector.contract_store.received_model import ROW_COLUMNS
-from qdspace.connector.transfer_wire import record_meta
+from qdspace.connector.transfer_wire import record_envelopes, record_meta
 
 received_page_table = Table(
     "contract_received_page",
@@ -336,14 +336,7 @@ def index_page(
 def slot_payload(opened: dict[int, OpenPage], row: Any) -> bytes:
     """The bytes of one received row held in a page, checked against its index entry
     (agreement, order, seq, record key, version)."""
-    page = opened.get(int(row.page_id))
-    slot, seq = int(row.slot), int(row.seq)
-    if page is None or page.agreement_id != row.agreement_id or page.order_id != row.order_id:
-        raise _broken(row, "its page is not its place")
-    seqs, payloads = page.seqs, page.payloads
-    if not 0 <= slot < len(payloads) or seqs[slot] != seq or not payloads[slot]:
-        raise _broken(row, "not in its page")
-    payload = payloads[slot]
+    payload = _in_place(opened, row)
     try:
         meta = record_meta(payload)
     except RecordEnvelopeError:
@@ -351,6 +344,35 @@ def slot_payload(opened: dict[int, OpenPage], row: Any) -> bytes:
     if meta.key != row.record_key or meta.version != int(row.version):
         raise _broken(row, "another record")
     return payload
+
+
+def slot_payloads(opened: dict[int, OpenPage], rows: Sequence[Any]) -> list[bytes]:
+    """`slot_payload` of each of `rows`, the same bytes and the same refusals, with the
+    records' envelopes read for all of them in one pass (`record_envelopes`: ~0.5 us a row
+    against ~1.4 for a dict per row through `record_meta`); a row that pass refuses is
+    read by `slot_payload`, whose refusal names it."""
+    payloads = [_in_place(opened, row) for row in rows]
+    try:
+        keys, versions, _withdrawn = record_envelopes(payloads)
+    except RecordEnvelopeError:
+        return [slot_payload(opened, row) for row in rows]
+    for row, key, version in zip(rows, keys, versions, strict=True):
+        if key != row.record_key or version != int(row.version):
+            raise _broken(row, "another record")
+    return payloads
+
+
+def _in_place(opened: dict[int, OpenPage], row: Any) -> bytes:
+    """The bytes in the slot of its page that `row`'s index entry names, once the page is
+    its place (agreement, order) and the slot holds its seq."""
+    page = opened.get(int(row.page_id))
+    slot, seq = int(row.slot), int(row.seq)
+    if page is None or page.agreement_id != row.agreement_id or page.order_id != row.order_id:
+        raise _broken(row, "its page is not its place")
+    seqs, payloads = page.seqs, page.payloads
+    if not 0 <= slot < len(payloads) or seqs[slot] != seq or not payloads[slot]:
+        raise _broken(row, "not in its page")
+    return payloads[slot]
 
 
 def _broken(row: Any, why: str) -> ContractStoreError:

@@ -682,3 +682,37 @@ def test_the_transfers_being_received_come_with_their_dsp_binding(store: Contrac
     store.dsp.bind(DspProcess("negotiation", "tx-1", "consumer", "cellex", "urn:uuid:n", "h"))
     got = {process.transfer_id: bound for process, bound in store.receiving()}
     assert got == {"tx-1": None, "urn:uuid:d": binding}  # another kind's binding is not its
+
+
+@pytest.mark.parametrize(
+    ("column", "value", "why"),
+    [
+        ("record_key", "k-other", "another record"),
+        ("version", 2, "another record"),
+        ("seq", 99, "not in its page"),
+        ("slot", 40, "not in its page"),
+    ],
+)
+def test_a_held_rows_index_entry_that_is_not_its_page_slots_is_refused(
+    store: ContractStore, engine: Engine, column: str, value: object, why: str
+) -> None:
+    """Each row read from a page is checked against its index entry (the page's place,
+    the slot's seq, and the record's own key and version, read for the whole read in one
+    pass): an entry changed under the store names the row and why, on every reader."""
+    finalized(store, Role.CONSUMER)
+    agr = "agr-neg-1"
+    rows = [IncomingRow(10 + i, "ORD-1", rec(f"k{i}")) for i in range(30)]
+    store.store_received_rows(agr, "sub-1", rows, at(1))
+    assert len(store.received_rows(agr)) == 30
+    table = received_row_table
+    with engine.begin() as connection:
+        connection.execute(table.update().where(table.c.seq == 17).values({column: value}))
+    for read in (
+        lambda: store.received_rows(agr),
+        lambda: store.received_newest(agr, 25),
+        lambda: store.received_since(agr, 0),
+    ):
+        with pytest.raises(
+            ContractStoreError, match=f"sub-1#(17|99) fails its integrity check: {why}"
+        ):
+            read()
