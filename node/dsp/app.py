@@ -230,7 +230,9 @@ def create_dsp_app(binding: DspBinding, routers: Sequence[APIRouter] = ()) -> Fa
         message = wire.request_in(body, pid, peer.member_id, runtime.clock.now())
         binding.access.check(message.offer.target, peer)
         row = DspProcess(NEG, pid, Role.PROVIDER.value, peer.member_id, pid, callback, consumer_pid)
-        store.dsp.bind(row)  # before the answer is queued: the consumer may reply at once
+        # before the answer is queued (the consumer may reply at once); a write, so off the
+        # loop: it may wait for the database's write lock
+        await run_in_threadpool(store.dsp.bind, row)
         try:
             await provider_move(peer, message, row)
         except Exception:  # refused (or failed) before a negotiation was opened
@@ -262,7 +264,7 @@ def create_dsp_app(binding: DspBinding, routers: Sequence[APIRouter] = ()) -> Fa
             raise codec.DspMessageError(f"$.{own}", "does not match the process addressed")
         their_pid = codec.text(body, theirs)
         if row.peer_pid is None:
-            store.dsp.set_peer_pid(NEG, row.local_id, their_pid)
+            await run_in_threadpool(store.dsp.set_peer_pid, NEG, row.local_id, their_pid)
         elif their_pid != row.peer_pid:
             raise codec.DspMessageError(f"$.{theirs}", "does not match the process addressed")
         n = store.load_negotiation(row.local_id)

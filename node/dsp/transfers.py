@@ -115,6 +115,8 @@ def transfer_router(
         return row
 
     def check_pids(row: DspProcess, provider_pid: str, consumer_pid: str) -> None:
+        """The message's pids are the process's; the peer's, the first time, is recorded
+        (a write: called in a worker thread)."""
         own_provider, own_consumer = pids(row)
         if (row.role == Role.PROVIDER.value and provider_pid != own_provider) or (
             row.role == Role.CONSUMER.value and consumer_pid != own_consumer
@@ -146,7 +148,7 @@ def transfer_router(
         peer = caller(request)
         row = addressed(pid, peer, role)
         provider_pid, consumer_pid, message = wire.read_pids(await body_of(request), _MESSAGE[kind])
-        check_pids(row, provider_pid, consumer_pid)
+        await run_in_threadpool(check_pids, row, provider_pid, consumer_pid)
         address = wire.read_data_address(message) if role is Role.CONSUMER else None
         after = await run_in_threadpool(moves.incoming, peer, row, kind, message)
         kick()
