@@ -349,6 +349,9 @@ class ContractStore:
     def delivered(self, source_id: str) -> int:
         return self._received.delivered(source_id)
 
+    def received_source(self, source_id: str) -> tuple[int | None, int]:
+        return self._received.received_source(source_id)
+
     def received_rows(
         self,
         agreement_id: str,

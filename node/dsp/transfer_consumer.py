@@ -264,10 +264,9 @@ class DspTransfers:
         if process.state is not TransferState.STARTED or delivery.address is None:
             return
         if not delivery.position:  # after a restart: where the rows we hold stop
-            store = self.runtime.store
-            held = await run_in_threadpool(store.last_received_seq, process.transfer_id)
+            source = self.runtime.store.received_source
+            held, delivery.received = await run_in_threadpool(source, process.transfer_id)
             delivery.position = "" if held is None else str(held)
-            delivery.received = await run_in_threadpool(store.delivered, process.transfer_id)
         params = {"after": delivery.position} if delivery.position else {}
         reader = DataReader(local_id)
         address = delivery.address

@@ -134,8 +134,7 @@ class ConsumerSubscriptions:
             running = self.subscriptions.get(kept.subscription_id)
             if running is not None and running.running:
                 continue  # (a hosted tenant resumed: those it ran were stopped with it)
-            held = store.last_received_seq(kept.subscription_id)
-            received = store.delivered(kept.subscription_id)
+            held, received = store.received_source(kept.subscription_id)
             known = [int(p) for p in (kept.since, held) if p is not None]
             after = str(max(known)) if known else ""  # "" (never said): from now, as asked
             spec = kept.spec
