@@ -193,16 +193,17 @@ async def start_dsp(ctx: NodeContext, sock: socket.socket) -> _Uvicorn:
         raise NodeError("the DSP listener needs the node's contract machinery")
     layout, settings = ctx.settings.layout, ctx.settings
     base = https_url(settings.dsp_host, sock.getsockname()[1])
+    authenticator = PeerAuthenticator(ctx.revocations, ctx.peers.pinned)
     http = DspHttp(
         ctx.keys.identity.member_id,
         ctx.keys.signing_key,
         layout.tls_cert,
         layout.tls_key,
         layout.ca_cert,
+        standing=authenticator.check_standing,  # the servers it calls, as its callers
     )
     _client, outbox = client_of(ctx)
     outbox.senders[OUTBOX_KIND] = http.send_queued
-    authenticator = PeerAuthenticator(ctx.revocations, ctx.peers.pinned)
     access = DspAccess(parse_access(settings.dsp_access), ctx.peers.attested_bpn)
     binding = DspBinding(runtime, authenticator, base, outbox.kick, access)
     ctx.dsp = DspConsumer(runtime, http, base)

@@ -2,9 +2,16 @@
 
 Every message the node sends over the binding (a callback, a consumer's request) goes
 through `DspHttp.post`: the client presents the member certificate, verifies the
-peer's against the space CA, and after the exchange checks that the certificate the
-server presented is the member the message was meant for (host names do not identify
-members; the certificate does). Callbacks are queued in the contract outbox
+peer's against the space CA, and checks that the certificate the server presented is
+the member the message is meant for, in good standing (not revoked, the certificate its
+directory entry pins), **before a byte of the request is written**: host names do not
+identify members, and a callback address is whatever URL the consumer named, so a
+member could point the provider's callbacks (its agreement, a transfer's data address
+and token) at another member's server. The check runs when the TLS handshake completes
+(httpcore's ``trace`` hook, `_HandshakeCheck`), and each member called has its own
+connection pool, so a connection verified as one member never carries a message meant
+for another; a pooled connection's member is checked again before each call (it may
+have been revoked since). Callbacks are queued in the contract outbox
 (`outbox_message`, kind ``dsp``) in the commit that decided them, and delivered with
 retries by `OutboxDispatcher` through `send_queued`.
 
@@ -20,7 +27,7 @@ from __future__ import annotations
 import contextlib
 import json
 import ssl
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +40,7 @@ from qdspace.connector.contract_store import OutboxMessage
 from qdspace.node.dsp.auth import issue_token
 from qdspace.node.errors import IdentityError, PeerError, PeerRefused
 from qdspace.node.identity.certs import MemberIdentity, identity_of
+from qdspace.node.rpc.auth import Refused
 
 TIMEOUT_S = 15.0
 #: a data-plane stream's longest silence (a live stream beats every few seconds)
@@ -93,30 +101,117 @@ def outbox_message(
     return OutboxMessage(peer_id, OUTBOX_KIND, process_id, message_id, payload)
 
 
-def _server_of(response: httpx.Response, url: str, audience: str | None) -> MemberIdentity:
-    """The member whose certificate the server presented (must be `audience`, if named)."""
-    stream = response.extensions.get("network_stream")
+#: raises when a member is not in good standing (`PeerAuthenticator.check_standing`)
+Standing = Callable[[MemberIdentity], None]
+_Trace = Callable[[str, dict[str, Any]], Awaitable[None]]
+
+
+def _member_of(stream: Any, url: str) -> MemberIdentity:
+    """The member whose certificate the server presented on the TLS `stream`."""
     ssl_object = stream.get_extra_info("ssl_object") if stream is not None else None
     der = ssl_object.getpeercert(binary_form=True) if ssl_object is not None else None
     try:
-        server = identity_of(x509.load_der_x509_certificate(der or b""))
+        return identity_of(x509.load_der_x509_certificate(der or b""))
     except (ValueError, IdentityError) as exc:
         raise PeerError(f"DSP {url}: the server's certificate names no member: {exc}") from None
+
+
+def _check_server(
+    server: MemberIdentity, url: str, audience: str | None, standing: Standing | None
+) -> None:
+    """Refuse a server that is not `audience` (if named) or not in good standing."""
     if audience is not None and server.member_id != audience:
         raise PeerError(f"DSP {url} is served by {server.member_id}, not {audience}")
+    if standing is not None:
+        try:
+            standing(server)
+        except Refused as exc:
+            raise PeerError(f"DSP {url}: server {server.member_id}: {exc.reason}") from None
+
+
+def _server_of(
+    response: httpx.Response, url: str, audience: str | None, standing: Standing | None
+) -> MemberIdentity:
+    """The member whose certificate the server presented (must be `audience`, if named)."""
+    server = _member_of(response.extensions.get("network_stream"), url)
+    _check_server(server, url, audience, standing)
     return server
+
+
+class _HandshakeCheck:
+    """httpcore's ``trace`` hook for one call: once a new connection's TLS handshake
+    completes, the server's certificate is checked, and a server that is not the member
+    the call is for is hung up on before the request is written (its pool then drops the
+    connection). `seen` keeps the member each audience's connections were made with."""
+
+    def __init__(
+        self,
+        url: str,
+        audience: str | None,
+        standing: Standing | None,
+        seen: dict[str, MemberIdentity],
+    ) -> None:
+        self.url, self.audience, self.standing, self.seen = url, audience, standing, seen
+
+    async def __call__(self, event: str, info: dict[str, Any]) -> None:
+        if event != "connection.start_tls.complete":
+            return
+        stream = info["return_value"]
+        try:
+            server = _member_of(stream, self.url)
+            _check_server(server, self.url, self.audience, self.standing)
+        except PeerError:
+            await stream.aclose()
+            raise
+        if self.audience is not None:
+            self.seen[self.audience] = server
 
 
 class DspHttp:
     """The node's DSP client (one per node)."""
 
-    def __init__(self, me: str, key: SigningKey, cert: Path, tls_key: Path, ca: Path) -> None:
+    def __init__(
+        self,
+        me: str,
+        key: SigningKey,
+        cert: Path,
+        tls_key: Path,
+        ca: Path,
+        standing: Standing | None = None,
+    ) -> None:
         self.me = me
         self.key = key
+        self.standing = standing
         context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(ca))
         context.check_hostname = False  # members are told apart by certificate, below
         context.load_cert_chain(cert, tls_key)
-        self._client = httpx.AsyncClient(verify=context, timeout=TIMEOUT_S)
+        self._context = context
+        #: one pool per member called (None: whoever answers a discovery read)
+        self._clients: dict[str | None, httpx.AsyncClient] = {}
+        #: the member each audience's pooled connections were verified as
+        self._seen: dict[str, MemberIdentity] = {}
+
+    async def _client_for(self, url: str, audience: str | None) -> httpx.AsyncClient:
+        """The pool for calls to `audience`; its connections were all made to that member,
+        which is checked again here (revoked since?): a member no longer in good standing
+        gets its pool closed, and the next handshake decides."""
+        seen = self._seen.get(audience) if audience is not None else None
+        if seen is not None and self.standing is not None:
+            try:
+                self.standing(seen)
+            except Refused:
+                del self._seen[seen.member_id]
+                stale = self._clients.pop(audience, None)
+                if stale is not None:
+                    await stale.aclose()
+        client = self._clients.get(audience)
+        if client is None:
+            client = httpx.AsyncClient(verify=self._context, timeout=TIMEOUT_S)
+            self._clients[audience] = client
+        return client
+
+    def _trace(self, url: str, audience: str | None) -> _Trace:
+        return _HandshakeCheck(url, audience, self.standing, self._seen)
 
     async def call(
         self, method: str, url: str, audience: str | None, body: dict[str, Any] | None = None
@@ -126,9 +221,13 @@ class DspHttp:
         headers = {}
         if audience is not None:
             headers["authorization"] = f"Bearer {issue_token(self.key, self.me, audience)}"
+        client = await self._client_for(url, audience)
+        extensions = {"trace": self._trace(url, audience)}
         try:
-            async with self._client.stream(method, url, json=body, headers=headers) as streamed:
-                server = _server_of(streamed, url, audience)
+            async with client.stream(
+                method, url, json=body, headers=headers, extensions=extensions
+            ) as streamed:
+                server = _server_of(streamed, url, audience, self.standing)
                 content = await _bounded(streamed, f"DSP {method} {url}")
         except httpx.HTTPError as exc:
             raise PeerError(f"DSP {method} {url}: {type(exc).__name__}: {exc}") from None
@@ -148,11 +247,13 @@ class DspHttp:
         other than 200 is a `PeerError` with the provider's reason."""
         headers = {"authorization": f"Bearer {token}"}
         timeout = httpx.Timeout(TIMEOUT_S, read=STREAM_READ_S)
+        client = await self._client_for(url, audience)
+        extensions = {"trace": self._trace(url, audience)}
         try:
-            async with self._client.stream(
-                "GET", url, params=params, headers=headers, timeout=timeout
+            async with client.stream(
+                "GET", url, params=params, headers=headers, timeout=timeout, extensions=extensions
             ) as response:
-                _server_of(response, url, audience)
+                _server_of(response, url, audience, self.standing)
                 if response.status_code != 200:
                     text = (await response.aread())[:300].decode(errors="replace")
                     raise PeerError(f"DSP GET {url}: HTTP {response.status_code}: {text}")
@@ -183,4 +284,6 @@ class DspHttp:
         await self.post(data["url"], message.peer_id, data["body"])
 
     async def close(self) -> None:
-        await self._client.aclose()
+        clients, self._clients = list(self._clients.values()), {}
+        for client in clients:
+            await client.aclose()

@@ -29,17 +29,28 @@ POLICY_CTX = [
 
 
 class Callbacks:
-    """The member's DSP callback address: records each message the provider POSTs."""
+    """The member's DSP callback address: records each message the provider POSTs, and
+    counts the connections it accepted (a TLS handshake done) and every request line it
+    was sent, whatever its method."""
 
     def __init__(self, net: LocalNetwork, name: str) -> None:
         layout = net[name].layout
         context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         context.load_cert_chain(layout.tls_cert, layout.tls_key)
         self.received: list[tuple[str, dict[str, Any]]] = []
+        self.connections = 0
+        self.lines: list[bytes] = []
         lock = self.lock = threading.Lock()
         received = self.received
+        callbacks = self
 
         class Handler(BaseHTTPRequestHandler):
+            def handle_one_request(self) -> None:
+                super().handle_one_request()
+                if self.raw_requestline:
+                    with lock:
+                        callbacks.lines.append(self.raw_requestline)
+
             def do_POST(self) -> None:
                 size = int(self.headers.get("content-length") or 0)
                 body = json.loads(self.rfile.read(size) or b"{}")
@@ -52,7 +63,13 @@ class Callbacks:
             def log_message(self, format: str, *args: Any) -> None:
                 pass
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        class Server(ThreadingHTTPServer):
+            def verify_request(self, request: Any, client_address: Any) -> bool:
+                with lock:  # accepted: the TLS handshake is done
+                    callbacks.connections += 1
+                return True
+
+        self.server = Server(("127.0.0.1", 0), Handler)
         self.server.socket = context.wrap_socket(self.server.socket, server_side=True)
         self.url = f"https://127.0.0.1:{self.server.server_address[1]}"
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
