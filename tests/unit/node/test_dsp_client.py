@@ -166,19 +166,25 @@ def client(space: Space) -> DspHttp:
     return DspHttp(me.member_id, me.signing, me.cert, me.key, space.ca, standing=standing)
 
 
-def test_a_server_that_is_another_member_is_sent_nothing(space: Space, serve: Any) -> None:
-    voltis = serve(space.members["voltis"])
-    cellex = space.members["cellex"].member_id
+def post_once(space: Space, url: str, audience: str) -> None:
+    """One POST by a new client (closed after)."""
 
     async def post() -> None:
         http = client(space)
         try:
-            await http.post(f"{voltis.url}/negotiations/x/agreement", cellex, {"secret": 1})
+            await http.post(url, audience, {"secret": 1})
         finally:
             await http.close()
 
+    asyncio.run(post())
+
+
+def test_a_server_that_is_another_member_is_sent_nothing(space: Space, serve: Any) -> None:
+    voltis = serve(space.members["voltis"])
+    cellex = space.members["cellex"].member_id
+
     with pytest.raises(PeerError, match=f"is served by {space.members['voltis'].member_id}"):
-        asyncio.run(post())
+        post_once(space, f"{voltis.url}/negotiations/x/agreement", cellex)
     assert voltis.accepted() == 1  # the handshake happened: the check is what refused
     assert voltis.lines == []
 
@@ -211,13 +217,6 @@ def test_a_revoked_server_is_refused_at_the_handshake(space: Space, serve: Any) 
     space.revoke("cellex")
     cellex = serve(space.members["cellex"])
 
-    async def post() -> None:
-        http = client(space)
-        try:
-            await http.post(f"{cellex.url}/a", space.members["cellex"].member_id, {"n": 1})
-        finally:
-            await http.close()
-
     with pytest.raises(PeerError, match="revoked"):
-        asyncio.run(post())
+        post_once(space, f"{cellex.url}/a", space.members["cellex"].member_id)
     assert cellex.accepted() == 1 and cellex.lines == []
