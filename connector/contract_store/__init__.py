@@ -301,8 +301,10 @@ class ContractStore:
     def enqueue(self, messages: Iterable[OutboxMessage], at: datetime) -> None:
         self._outbox.enqueue(messages, at)
 
-    def due_messages(self, now: datetime, limit: int = 100) -> list[PendingMessage]:
-        return self._outbox.due_messages(now, limit)
+    def due_messages(
+        self, now: datetime, limit: int = 100, exclude: frozenset[str] = frozenset()
+    ) -> list[PendingMessage]:
+        return self._outbox.due_messages(now, limit, exclude)
 
     def outbox_backlog(self) -> int:
         return self._outbox.backlog()

@@ -62,17 +62,18 @@ outbox_table = Table(
 
 
 @functools.cache
-def _due_statement(limit: int) -> Select[Any]:
+def _due_statement(limit: int, excluding: bool) -> Select[Any]:
     """The dispatcher's poll (twice a second on every node, busy or idle), built once per
-    limit: its cache key is memoised and only ``now`` is bound per call; building it per
-    call cost SQLAlchemy more than the query (bench/PROFILE-negotiation.md, round 4)."""
+    limit: its cache key is memoised and only ``now`` (and the peers left out, when
+    `excluding`) is bound per call; building it per call cost SQLAlchemy more than the
+    query (bench/PROFILE-negotiation.md, round 4)."""
     table = outbox_table
-    return (
-        select(table)
-        .where(table.c.sent_at.is_(None), table.c.next_attempt_at <= bindparam("now"))
-        .order_by(table.c.id)
-        .limit(limit)
+    statement = select(table).where(
+        table.c.sent_at.is_(None), table.c.next_attempt_at <= bindparam("now")
     )
+    if excluding:
+        statement = statement.where(table.c.peer_id.not_in(bindparam("busy", expanding=True)))
+    return statement.order_by(table.c.id).limit(limit)
 
 
 @dataclass(frozen=True)
@@ -129,10 +130,16 @@ class OutboxStore(TableStore):
         with self.engine.begin() as connection:
             self.enqueue_in(connection, messages, at)
 
-    def due_messages(self, now: datetime, limit: int = 100) -> list[PendingMessage]:
-        """Unsent messages whose next attempt is due, oldest first."""
+    def due_messages(
+        self, now: datetime, limit: int = 100, exclude: frozenset[str] = frozenset()
+    ) -> list[PendingMessage]:
+        """Unsent messages whose next attempt is due, oldest first (none for the peers in
+        `exclude`)."""
+        params: dict[str, Any] = {"now": now}
+        if exclude:
+            params["busy"] = sorted(exclude)
         with self.engine.connect() as connection:
-            rows = connection.execute(_due_statement(limit), {"now": now}).all()
+            rows = connection.execute(_due_statement(limit, bool(exclude)), params).all()
         return [
             PendingMessage(
                 id=row.id,

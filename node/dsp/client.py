@@ -16,7 +16,8 @@ have been revoked since). Callbacks are queued in the contract outbox
 retries by `OutboxDispatcher` through `send_queued`.
 
 Every byte a peer answers is an attack until checked: an answer is read up to
-`MAX_ANSWER_BYTES` as it arrives (a declared length over it is refused unread), and a
+`MAX_ANSWER_BYTES` as it arrives (a declared length over it is refused unread), within
+`TIMEOUT_S` for the whole exchange (not only per read: a peer dripping bytes), and a
 refusal (a 4xx) is `PeerRefused` with the peer's reason on one line, so the caller can
 close what it opened for the request; a peer that failed (5xx) or could not be reached
 may have taken the request up, and is a plain `PeerError`.
@@ -24,6 +25,7 @@ may have taken the request up, and is a plain `PeerError`.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import ssl
@@ -224,13 +226,21 @@ class DspHttp:
         client = await self._client_for(url, audience)
         extensions = {"trace": self._trace(url, audience)}
         try:
-            async with client.stream(
-                method, url, json=body, headers=headers, extensions=extensions
-            ) as streamed:
-                server = _server_of(streamed, url, audience, self.standing)
-                content = await _bounded(streamed, f"DSP {method} {url}")
+            # the whole exchange within TIMEOUT_S: httpx's timeouts bound each read, so a
+            # peer dripping its answer a byte at a time would otherwise hold the caller
+            # (the outbox's delivery to that peer) for as long as it liked
+            async with asyncio.timeout(TIMEOUT_S):
+                async with client.stream(
+                    method, url, json=body, headers=headers, extensions=extensions
+                ) as streamed:
+                    server = _server_of(streamed, url, audience, self.standing)
+                    content = await _bounded(streamed, f"DSP {method} {url}")
         except httpx.HTTPError as exc:
             raise PeerError(f"DSP {method} {url}: {type(exc).__name__}: {exc}") from None
+        except TimeoutError:
+            raise PeerError(
+                f"DSP {method} {url}: no whole answer within {TIMEOUT_S:.0f} s"
+            ) from None
         # the body as read (decoded already): without the headers that would decode it again
         kept = [(k, v) for k, v in streamed.headers.items() if k.lower() not in _BODY_HEADERS]
         response = httpx.Response(

@@ -21,6 +21,7 @@ from datetime import timedelta
 import grpc
 
 from qdspace.connector.contract_store import OutboxMessage
+from qdspace.connector.contract_store.outbox import PendingMessage
 from qdspace.node.context import NodeContext
 from qdspace.node.errors import PeerError
 from qdspace.node.rpc.contracts_client import TIMEOUT_S, ContractClient, call_peer
@@ -33,7 +34,14 @@ logger = logging.getLogger("node.contracts")
 
 
 class OutboxDispatcher:
-    """Sends queued notifications to their peers, retrying with backoff until delivered."""
+    """Sends queued notifications to their peers, retrying with backoff until delivered.
+
+    Each peer is delivered to by a task of its own, its messages one at a time in the
+    order they were queued, and the peers at once: a peer that takes its time answering
+    (down, slow, or a member holding the connection open on purpose) holds up only the
+    messages queued for it, never another peer's. A peer being delivered to is left out
+    of the next polls until its task ends, so its backlog cannot fill a poll's page
+    (`due_messages`' limit) and starve the others."""
 
     def __init__(self, runtime: ContractRuntime, peers: PeerDirectory, interval_s: float = 0.5):
         self.runtime = runtime
@@ -42,6 +50,8 @@ class OutboxDispatcher:
         self._kick = asyncio.Event()
         # delivers messages of other transports, by outbox kind (``dsp``: the DSP binding)
         self.senders: dict[str, Callable[[OutboxMessage], Awaitable[None]]] = {}
+        #: the delivery under way to each peer
+        self._busy: dict[str, asyncio.Task[int]] = {}
 
     def kick(self) -> None:
         self._kick.set()
@@ -49,38 +59,69 @@ class OutboxDispatcher:
     async def run(self) -> None:
         while True:
             try:
-                await self.deliver_due()
+                self._start_due()
             except Exception:  # a broken database must not end the loop
                 logger.exception("outbox delivery failed")
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._kick.wait(), self.interval_s)
             self._kick.clear()
 
-    async def deliver_due(self) -> int:
-        """Send what is due. The poll for due messages runs on the event loop: it is a
-        read (~0.1 ms; in SQLite's WAL mode a read never waits for a writer), and it runs
-        twice a second on every node, where a worker-thread hop would cost about as much
-        as the query. Marking a message sent or failed is a write, which waits for the
-        database's write lock as long as another writer (an ingest, a transfer's commit)
-        holds it: those run in a worker thread, so a long write elsewhere never stalls
-        the loop's RPCs."""
+    def _start_due(self) -> list[asyncio.Task[int]]:
+        """Start delivering what is due to each peer not being delivered to already (one
+        task a peer). The poll runs on the event loop: it is a read (~0.1 ms; in SQLite's
+        WAL mode a read never waits for a writer), and it runs twice a second on every
+        node, where a worker-thread hop would cost about as much as the query."""
+        store = self.runtime.store
+        due = store.due_messages(self.runtime.clock.now(), exclude=frozenset(self._busy))
+        by_peer: dict[str, list[PendingMessage]] = {}
+        for pending in due:
+            by_peer.setdefault(pending.message.peer_id, []).append(pending)
+        started = []
+        for peer_id, messages in by_peer.items():
+            task = asyncio.create_task(self._deliver(messages), name=f"outbox:{peer_id}")
+            self._busy[peer_id] = task
+            task.add_done_callback(self._done)
+            started.append(task)
+        return started
+
+    def _done(self, task: asyncio.Task[int]) -> None:
+        peer_id = task.get_name().removeprefix("outbox:")
+        if self._busy.get(peer_id) is task:
+            del self._busy[peer_id]
+
+    async def _deliver(self, messages: list[PendingMessage]) -> int:
+        """Send one peer's due `messages` in order; returns how many were delivered.
+        Marking a message sent or failed is a write, which waits for the database's
+        write lock as long as another writer (an ingest, a transfer's commit) holds it:
+        those run in a worker thread, so a long write elsewhere never stalls the loop."""
         store = self.runtime.store
         sent = 0
-        for pending in store.due_messages(self.runtime.clock.now()):
+        for pending in messages:
             message = pending.message
             try:
-                await self._send(message)
-            except (PeerError, grpc.aio.AioRpcError) as exc:
-                backoff = timedelta(seconds=min(60.0, 0.5 * 2**pending.attempts))
-                retry_at = self.runtime.clock.now() + backoff
-                await asyncio.to_thread(store.mark_failed, pending.id, str(exc), retry_at)
-                logger.warning(
-                    "outbox: %s to %s failed: %s", message.message_id, message.peer_id, exc
-                )
+                try:
+                    await self._send(message)
+                except (PeerError, grpc.aio.AioRpcError) as exc:
+                    backoff = timedelta(seconds=min(60.0, 0.5 * 2**pending.attempts))
+                    retry_at = self.runtime.clock.now() + backoff
+                    await asyncio.to_thread(store.mark_failed, pending.id, str(exc), retry_at)
+                    logger.warning(
+                        "outbox: %s to %s failed: %s", message.message_id, message.peer_id, exc
+                    )
+                    continue
+                await asyncio.to_thread(store.mark_sent, pending.id, self.runtime.clock.now())
+            except Exception:  # a broken database: this message is tried again later
+                logger.exception("outbox: %s to %s", message.message_id, message.peer_id)
                 continue
-            await asyncio.to_thread(store.mark_sent, pending.id, self.runtime.clock.now())
             sent += 1
         return sent
+
+    async def deliver_due(self) -> int:
+        """Deliver what is due now (to every peer at once, each peer's in order), and
+        wait for it; returns how many were delivered. A peer already being delivered to
+        is left to its own task."""
+        started = self._start_due()
+        return sum(await asyncio.gather(*started))
 
     async def _send(self, message: OutboxMessage) -> None:
         sender = self.senders.get(message.kind)
@@ -92,13 +133,26 @@ class OutboxDispatcher:
         await call_peer(message.peer_id, "notify", lambda: stub.Notify(wire, timeout=TIMEOUT_S))
 
     async def flush(self, timeout_s: float = 10.0) -> None:
-        """Deliver everything due now (used by routes that promise the peer was told)."""
+        """Deliver everything due now, for at most `timeout_s` (used by routes that
+        promise the peer was told); a delivery still under way then goes on."""
         deadline = time.monotonic() + timeout_s
         while self.runtime.store.due_messages(self.runtime.clock.now()):
-            await self.deliver_due()
-            if time.monotonic() > deadline:
+            waiting = set(self._start_due()) | set(self._busy.values())
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
                 return
-            await asyncio.sleep(0.05)
+            if waiting:
+                await asyncio.wait(waiting, timeout=remaining)  # (cancels none of them)
+            else:
+                await asyncio.sleep(0.05)
+
+    async def stop(self) -> None:
+        """Cancel the deliveries under way (a message cut off is sent again later: its
+        receiver knows it by its id)."""
+        tasks = list(self._busy.values())
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
 
 
 def client_of(ctx: NodeContext) -> tuple[ContractClient, OutboxDispatcher]:
@@ -150,6 +204,7 @@ class ContractJobs:
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.dispatcher.stop()
         await self.client.close()
 
 

@@ -10,6 +10,7 @@ from typing import Any
 
 import httpx
 import pytest
+from sqlalchemy import create_engine, text
 
 from qdspace.connector.sample import write_sample_files
 from qdspace.node.localnet.network import LocalNetwork, MemberSpec
@@ -17,13 +18,12 @@ from qdspace.node.localnet.network import LocalNetwork, MemberSpec
 SCHEMAS = Path(__file__).parents[2] / "unit" / "policies" / "dsp_2025_1"
 
 
-@pytest.fixture(scope="module")
-def dsp_net(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalNetwork]:
+def dsp_network(
+    tmp_path_factory: pytest.TempPathFactory, members: list[MemberSpec]
+) -> Iterator[LocalNetwork]:
+    """`members` as real node processes with their DSP listeners on, for a module."""
     net = LocalNetwork(
-        tmp_path_factory.mktemp("dsp"),
-        [MemberSpec("sunarc", "oem"), MemberSpec("cellex", "supplier")],
-        chain=False,
-        env={"QDSPACE_DSP_PORT": "0"},
+        tmp_path_factory.mktemp("dsp"), members, chain=False, env={"QDSPACE_DSP_PORT": "0"}
     )
     net.create()
     net.start()
@@ -31,6 +31,32 @@ def dsp_net(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalNetwork]:
         yield net
     finally:
         net.stop()
+
+
+@pytest.fixture(scope="module")
+def dsp_net(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalNetwork]:
+    yield from dsp_network(
+        tmp_path_factory, [MemberSpec("sunarc", "oem"), MemberSpec("cellex", "supplier")]
+    )
+
+
+def outbox_errors(net: LocalNetwork, name: str, column: str, value: str) -> list[str]:
+    """The errors of member `name`'s outbox messages whose `column` (``peer_id``,
+    ``process_id``) is `value`, as recorded by its last failed delivery."""
+    assert column in ("peer_id", "process_id")
+    engine = create_engine(net[name].db_url)
+    try:
+        with engine.connect() as connection:
+            rows = connection.execute(
+                text(
+                    f"SELECT last_error FROM contract_outbox WHERE {column} = :value "
+                    "AND last_error IS NOT NULL"
+                ),
+                {"value": value},
+            )
+            return [str(row[0]) for row in rows]
+    finally:
+        engine.dispose()
 
 
 def runtime_of(net: LocalNetwork, name: str) -> dict[str, Any]:

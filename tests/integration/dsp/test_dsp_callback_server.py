@@ -13,30 +13,13 @@ import uuid
 from typing import Any
 
 import pytest
-from sqlalchemy import create_engine, text
 
 from qdspace.node.localnet.network import LocalNetwork
 
-from .conftest import ok, wait_for
+from .conftest import ok, outbox_errors, wait_for
 from .peer import Callbacks, Peer, request
 
 pytestmark = pytest.mark.integration
-
-
-def outbox_errors(net: LocalNetwork, name: str, process_id: str) -> list[str]:
-    engine = create_engine(net[name].db_url)
-    try:
-        with engine.connect() as connection:
-            rows = connection.execute(
-                text(
-                    "SELECT last_error FROM contract_outbox WHERE process_id = :pid "
-                    "AND last_error IS NOT NULL"
-                ),
-                {"pid": process_id},
-            )
-            return [str(row[0]) for row in rows]
-    finally:
-        engine.dispose()
 
 
 def test_a_callback_address_served_by_another_member_is_sent_nothing(
@@ -52,7 +35,9 @@ def test_a_callback_address_served_by_another_member_is_sent_nothing(
         ppid = ok(peer.post("/negotiations/request", asked))["providerPid"]
 
         def refused() -> Any:
-            return [e for e in outbox_errors(dsp_net, "cellex", ppid) if "served by" in e]
+            return [
+                e for e in outbox_errors(dsp_net, "cellex", "process_id", ppid) if "served by" in e
+            ]
 
         errors = wait_for("Cellex's outbox to refuse the server", refused)
         assert all(f"is served by {cellex}, not {sunarc}" in e for e in errors), errors

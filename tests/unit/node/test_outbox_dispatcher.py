@@ -77,3 +77,77 @@ def test_marking_a_sent_message_waits_for_the_write_lock_off_the_event_loop(
     # the loop ran on while the mark waited for the lock (blocked, it could not tick at all)
     assert ticks >= int(HELD_S / 0.02) // 4, ticks
     assert rt.store.due_messages(rt.clock.now()) == [], "marked sent once the lock was free"
+
+
+def test_a_peer_that_never_answers_holds_up_only_its_own_messages(tmp_path: Path) -> None:
+    """Voltis takes its messages and never answers (a member holding the connection open
+    on purpose), and holds more of them than one poll reads: Cellex's message, queued
+    after all of them, is delivered meanwhile; a flush gives up at its deadline; and
+    Voltis's are delivered, in order, once it answers."""
+    rt = runtime(tmp_path)
+    now = rt.clock.now()
+    held = [OutboxMessage("voltis", "probe", f"p-{i}", f"v-{i:03d}", b"x") for i in range(150)]
+    rt.store.enqueue(held, now)
+    rt.store.enqueue([OutboxMessage("cellex", "probe", "q-1", "c-1", b"y")], now)
+    dispatcher = OutboxDispatcher(rt, PeerDirectory.__new__(PeerDirectory), interval_s=0.05)
+    sent: list[str] = []
+
+    async def main() -> None:
+        answer = asyncio.Event()
+
+        async def send(m: OutboxMessage) -> None:
+            if m.peer_id == "voltis":
+                await answer.wait()
+            sent.append(m.message_id)
+
+        dispatcher.senders["probe"] = send
+        loop = asyncio.create_task(dispatcher.run())
+        try:
+            for _ in range(500):  # ~10 s: the delivery to Cellex does not wait for Voltis
+                if "c-1" in sent:
+                    break
+                await asyncio.sleep(0.02)
+            assert sent == ["c-1"], sent
+            await asyncio.wait_for(dispatcher.flush(timeout_s=0.2), 10)  # bounded
+            answer.set()
+            for _ in range(1000):
+                if len(sent) == 151:
+                    break
+                await asyncio.sleep(0.02)
+        finally:
+            loop.cancel()
+            await dispatcher.stop()
+
+    try:
+        asyncio.run(main())
+    finally:
+        rt.qdm.dispose()
+    assert sent[1:] == [m.message_id for m in held]  # each peer's in the order queued
+    assert rt.store.due_messages(rt.clock.now()) == []
+
+
+def test_stopping_cancels_a_delivery_under_way_and_keeps_its_message(tmp_path: Path) -> None:
+    rt = runtime(tmp_path)
+    rt.store.enqueue([OutboxMessage("voltis", "probe", "p", "v-1", b"x")], rt.clock.now())
+    dispatcher = OutboxDispatcher(rt, PeerDirectory.__new__(PeerDirectory))
+    started = asyncio.Event()
+
+    async def send(m: OutboxMessage) -> None:
+        started.set()
+        await asyncio.Event().wait()  # never answers
+
+    dispatcher.senders["probe"] = send
+
+    async def main() -> None:
+        delivery = asyncio.create_task(dispatcher.deliver_due())
+        await asyncio.wait_for(started.wait(), 10)
+        await dispatcher.stop()
+        (outcome,) = await asyncio.gather(delivery, return_exceptions=True)
+        assert isinstance(outcome, asyncio.CancelledError), outcome
+
+    try:
+        asyncio.run(main())
+        (pending,) = rt.store.due_messages(rt.clock.now())  # still due: sent again later
+        assert pending.message.message_id == "v-1" and pending.attempts == 0
+    finally:
+        rt.qdm.dispose()
