@@ -146,7 +146,8 @@ FAULTS: Mapping[str, Fault] = {
     # the DSP binding's data plane (node.dsp.edr): a missing, forged, expired or revoked token
     "qdspace.node.dsp.edr.DataTokenError": F("UNAUTHENTICATED", 401, 1),
     "qdspace.node.errors.WireFormatError": F("INVALID_ARGUMENT", 400, 1),
-    "qdspace.node.errors.LimitExceeded": F("RESOURCE_EXHAUSTED", None),
+    # a member over its calls or streams in flight (gRPC; the DSP listener: 429)
+    "qdspace.node.errors.LimitExceeded": F("RESOURCE_EXHAUSTED", 429),
     "qdspace.node.errors.NumberOutOfRange": F("INVALID_ARGUMENT", 400),
     # -- connector: records, ingest, genealogy -----------------------------
     "qdspace.connector.errors.ConnectorError": F(None, None, 1),

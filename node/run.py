@@ -179,6 +179,7 @@ async def start_dsp(ctx: NodeContext, sock: socket.socket) -> _Uvicorn:
     from qdspace.node.dsp.access import DspAccess, parse_access
     from qdspace.node.dsp.app import DspBinding, body_of, create_dsp_app
     from qdspace.node.dsp.auth import PeerCertH11
+    from qdspace.node.dsp.caps import DspCallCaps
     from qdspace.node.dsp.client import OUTBOX_KIND, DspHttp
     from qdspace.node.dsp.consumer import DspConsumer
     from qdspace.node.dsp.edr import DataTokens
@@ -187,6 +188,7 @@ async def start_dsp(ctx: NodeContext, sock: socket.socket) -> _Uvicorn:
     from qdspace.node.dsp.transfers import transfer_router
     from qdspace.node.rpc.auth import PeerAuthenticator
     from qdspace.node.rpc.contracts_jobs import client_of
+    from qdspace.node.rpc.limits import CallCaps, CallLimiter
 
     runtime = ctx.contracts
     if runtime is None:
@@ -212,8 +214,13 @@ async def start_dsp(ctx: NodeContext, sock: socket.socket) -> _Uvicorn:
     ctx.dsp_transfers = transfers = DspTransfers(moves, http, outbox.kick)
     draining = asyncio.Event()  # set when the listener stops: live data streams end
     routes = transfer_router(authenticator, transfers, body_of, outbox.kick, draining)
+    caps = CallCaps(  # a member's requests in flight, as on the gRPC listener
+        server_calls=settings.rpc_max_calls,
+        per_peer_calls=settings.rpc_max_calls_per_peer,
+        per_peer_streams=settings.rpc_max_streams_per_peer,
+    )
     config = uvicorn.Config(
-        create_dsp_app(binding, [routes]),
+        DspCallCaps(create_dsp_app(binding, [routes]), CallLimiter(caps)),
         log_level="warning",
         access_log=False,
         lifespan="off",

@@ -33,6 +33,7 @@ from qdspace.connector.errors import ConnectorError
 from qdspace.connector.negotiation import Negotiation, NegotiationMessage, Role
 from qdspace.node.dsp.access import DspAccess
 from qdspace.node.dsp.auth import bearer, peer_of, verify_token
+from qdspace.node.dsp.caps import drain_body, error_kind
 from qdspace.node.dsp.client import outbox_message
 from qdspace.node.errors import NodeError
 from qdspace.node.faults import http_status
@@ -120,14 +121,6 @@ async def body_of(request: Request) -> Any:
     return decode(bytes(data))
 
 
-def _error_kind(path: str) -> str:
-    if path.startswith(("/transfers", "/callback/transfers", "/data")):
-        return "TransferError"
-    if path.startswith("/catalog"):
-        return "CatalogError"
-    return "ContractNegotiationError"
-
-
 def create_dsp_app(binding: DspBinding, routers: Sequence[APIRouter] = ()) -> FastAPI:
     """The listener's app; `routers`: more of the binding (the transfers, `node.dsp.transfers`)."""
     app = FastAPI(title="qdspace DSP 2025-1", openapi_url=None, docs_url=None, redoc_url=None)
@@ -145,9 +138,11 @@ def create_dsp_app(binding: DspBinding, routers: Sequence[APIRouter] = ()) -> Fa
             logger.warning("DSP %s %s: %s", request.method, request.url.path, exc)
             reason = str(exc)
         pid = request.path_params.get("pid", "")
-        body = codec.error(_error_kind(request.url.path), str(status), reason, pid, pid)
-        # a body too large is not read to its end: the connection goes with the answer
-        headers = {"connection": "close"} if isinstance(exc, BodyTooLarge) else None
+        body = codec.error(error_kind(request.url.path), str(status), reason, pid, pid)
+        headers = None
+        if isinstance(exc, BodyTooLarge):  # not read to its end: the connection goes with it
+            headers = {"connection": "close"}
+            await drain_body(request.receive, request.headers.get("content-length"))
         return JSONResponse(body, status_code=status, headers=headers)
 
     # A caller's mistake is answered by the exception middleware (the connection stays

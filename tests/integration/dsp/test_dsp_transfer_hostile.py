@@ -304,3 +304,50 @@ def test_a_retried_request_is_the_same_process(setup: dict[str, Any]) -> None:
     first, again = (sunarc.post("/transfers/request", body) for _ in range(2))
     assert first.status_code == again.status_code == 201, (first.text, again.text)
     assert first.json()["providerPid"] == again.json()["providerPid"]
+
+
+def test_a_member_is_held_to_its_streams_in_flight(
+    trio: LocalNetwork, setup: dict[str, Any]
+) -> None:
+    """SunArc opens live data streams up to its cap (`rpc_max_streams_per_peer`, 8, as on
+    the gRPC listener): the next is a 429 TransferError naming the cap, answered before
+    its token is read; Polycell's calls and SunArc's own control calls go on meanwhile;
+    once SunArc closes a stream, its next one is admitted."""
+    from .test_dsp_transfer import negotiate
+
+    with trio["sunarc"].client() as oem:
+        live = negotiate(oem, runtime_of(trio, "cellex")["dsp"], "live-inspections")
+    sunarc, tokens = setup["sunarc"], setup["tokens"]
+    cpid = f"urn:uuid:{uuid.uuid4()}"
+    ack = sunarc.post("/transfers/request", wire.request_message(cpid, live, "https://127.0.0.1:9"))
+    assert ack.status_code == 201, ack.text
+    ppid = ack.json()["providerPid"]
+    headers = {"authorization": f"Bearer {tokens.issue(ppid, sunarc.me, 1)}"}
+
+    def open_stream() -> httpx.Response:
+        request = sunarc.http.build_request("GET", f"/data/{ppid}", headers=headers)
+        return sunarc.http.send(request, stream=True)
+
+    held = [open_stream() for _ in range(8)]
+    try:
+        assert [r.status_code for r in held] == [200] * 8, [r.status_code for r in held]
+        over = sunarc.data(ppid, "not-even-a-token")  # refused before the token is read
+        refused(over, 429)
+        assert "8 streams open" in over.json()["reason"][0], over.text
+        assert sunarc.http.get(f"/transfers/{ppid}", headers=sunarc.auth()).status_code == 200
+        catalog = {"@context": CTX, "@type": "CatalogRequestMessage"}
+        assert setup["polycell"].post("/catalog/request", catalog).status_code == 200
+        held.pop().close()
+
+        def admitted() -> Any:  # the slot is freed once the server sees the hang-up
+            again = open_stream()
+            if again.status_code == 200:
+                held.append(again)
+                return True
+            again.close()
+            return False
+
+        wait_for("a stream slot freed by the closed stream", admitted)
+    finally:
+        for response in held:
+            response.close()

@@ -1,0 +1,128 @@
+"""How many requests one member may hold open on the DSP listener at once.
+
+The gRPC listener counts each member's calls and streams in flight (`node.rpc.limits`:
+``rpc_max_calls_per_peer`` unary calls and ``rpc_max_streams_per_peer`` streams a member,
+``rpc_max_calls`` in all). The DSP listener is the same node's door for the same members,
+so it counts the same way with the same caps: without them one member could open as many
+live data streams as it liked (each reads its pages in the listener's worker threads,
+for hours) or flood the control endpoints, and every other member's DSP calls would wait
+behind its. A request holds a slot from its first byte to the last byte of its answer;
+a data-plane GET (``/data/...``: a pull, a live stream) holds a stream slot, any other
+request a call slot. A member over its cap is answered 429 at once, with a DSP error
+naming the cap, before its token is checked or its body parsed (a body of up to a
+mebibyte is read and dropped first, so that the client reads the answer: `drain_body`);
+the others are not affected. Slots are keyed by the member of the client certificate
+the TLS handshake verified; a request without one is left to the routes, which refuse it
+(401).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from typing import Any
+
+from cryptography import x509
+from starlette.responses import JSONResponse
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from qdspace.connector import dsp_codec as codec
+from qdspace.node.errors import IdentityError, LimitExceeded
+from qdspace.node.faults import http_status
+from qdspace.node.identity.certs import MemberIdentity, identity_of
+from qdspace.node.rpc.limits import CallLimiter
+
+#: certificates read (by their DER bytes): members are few, each certificate read once
+_CACHE_SIZE = 1024
+
+
+#: what is read and dropped of a request body the listener refuses (over `MAX_BODY`, a
+#: member over its cap) before the answer and the close: a connection closed with the
+#: client's bytes unread behind it is reset, and a reset can cost the client the answer
+#: already sent to it (it reads a broken connection instead)
+DRAIN_BYTES = 1024 * 1024
+DRAIN_S = 2.0
+
+
+async def drain_body(receive: Receive, declared: str | None) -> None:
+    """Read the rest of a refused request body, if it is at most `DRAIN_BYTES` (as
+    declared, and as it arrives) and arrives within `DRAIN_S`; a larger or slower one is
+    cut off (the connection is closed with the answer either way)."""
+    if declared and (not declared.isdigit() or int(declared) > DRAIN_BYTES):
+        return
+    read = 0
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(DRAIN_S):
+            while read <= DRAIN_BYTES:
+                message = await receive()
+                if message["type"] != "http.request":
+                    return  # the client is gone
+                read += len(message.get("body", b""))
+                if not message.get("more_body", False):
+                    return
+
+
+def error_kind(path: str) -> str:
+    """The DSP error body's type for a request to `path`."""
+    if path.startswith(("/transfers", "/callback/transfers", "/data")):
+        return "TransferError"
+    if path.startswith("/catalog"):
+        return "CatalogError"
+    return "ContractNegotiationError"
+
+
+class DspCallCaps:
+    """ASGI middleware: a slot of `limiter` per request of a member (see the module)."""
+
+    def __init__(self, app: ASGIApp, limiter: CallLimiter) -> None:
+        self.app = app
+        self.limiter = limiter
+        self._members: dict[bytes, MemberIdentity | None] = {}
+
+    def _member(self, scope: Scope) -> MemberIdentity | None:
+        der = scope.get("extensions", {}).get("tls", {}).get("client_cert_der")
+        if not der:
+            return None
+        if der in self._members:
+            return self._members[der]
+        try:
+            member: MemberIdentity | None = identity_of(x509.load_der_x509_certificate(der))
+        except (ValueError, IdentityError):
+            member = None  # the routes refuse it, saying why
+        if len(self._members) >= _CACHE_SIZE:
+            self._members.clear()
+        self._members[der] = member
+        return member
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        member = self._member(scope) if scope["type"] == "http" else None
+        if member is None:
+            await self.app(scope, receive, send)
+            return
+        path: str = scope.get("path", "")
+        try:
+            release = self.limiter.acquire(
+                member.member_id, member.name, stream=path.startswith("/data/")
+            )
+        except LimitExceeded as exc:
+            await drain_body(receive, _header(scope, b"content-length"))
+            await _refuse(exc, path)(scope, receive, send)
+            return
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            release()
+
+
+def _header(scope: Scope, name: bytes) -> str | None:
+    for key, value in scope.get("headers", ()):
+        if key.lower() == name:
+            return bytes(value).decode("latin-1")
+    return None
+
+
+def _refuse(exc: LimitExceeded, path: str) -> Any:
+    status = http_status(exc)
+    body = codec.error(error_kind(path), str(status), str(exc))
+    # the body is not read: the connection goes with the answer
+    return JSONResponse(body, status_code=status, headers={"connection": "close"})
