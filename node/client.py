@@ -330,6 +330,11 @@ class OperatorClient:
         result: Rows = self._get("/v1/contracts/received/changes", agreement_id=agreement_id)
         return result
 
+    def outbox(self) -> dict[str, Any]:
+        """What the node owes its peers, by peer (``GET /v1/outbox``)."""
+        result: dict[str, Any] = self._get("/v1/outbox")
+        return result
+
     def withdraw(self, kind: str, key: dict[str, str]) -> dict[str, Any]:
         result: dict[str, Any] = self._post("/v1/contracts/withdrawals", {"kind": kind, "key": key})
         return result

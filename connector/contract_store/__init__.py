@@ -118,7 +118,9 @@ class ContractStore:
     def __init__(self, engine: Engine, key_encryption_key: bytes) -> None:
         self.engine = engine
         self._keys = DataKeys(engine, key_encryption_key)
-        self._outbox = OutboxStore(engine)
+        # the outbox: queued with the steps that decide its messages, read as it is owed
+        # (`outbox.owed`) directly
+        self._outbox = self.outbox = OutboxStore(engine)
         self._agreements = AgreementStore(engine)
         self._negotiations = NegotiationStore(engine, self._agreements, self._outbox)
         self._transfers = TransferStore(engine, self._outbox)

@@ -96,6 +96,19 @@ class PendingMessage:
     last_error: str | None
 
 
+@dataclass(frozen=True)
+class PeerBacklog:
+    """What the outbox owes one peer: its undelivered messages, the oldest queued, the
+    next attempt due, the most attempts any of them took and the last error recorded."""
+
+    peer_id: str
+    undelivered: int
+    oldest_queued_at: datetime
+    next_attempt_at: datetime
+    attempts: int
+    last_error: str | None
+
+
 class OutboxStore(TableStore):
     """Queue, list due, and mark sent or failed."""
 
@@ -158,6 +171,37 @@ class OutboxStore(TableStore):
         statement = select(func.count()).where(outbox_table.c.sent_at.is_(None))
         with self.engine.connect() as connection:
             return int(connection.execute(statement).scalar_one())
+
+    def owed(self) -> list[PeerBacklog]:
+        """The undelivered messages by peer (the peer owed the most first): two
+        statements, the counts grouped, then each peer's error of the message tried last
+        (its next attempt the latest: a failure moves it on by the backoff)."""
+        table = outbox_table
+        unsent = table.c.sent_at.is_(None)
+        grouped = (
+            select(
+                table.c.peer_id,
+                func.count(),
+                func.min(table.c.created_at),
+                func.min(table.c.next_attempt_at),
+                func.max(table.c.attempts),
+            )
+            .where(unsent)
+            .group_by(table.c.peer_id)
+        )
+        errors = (
+            select(table.c.peer_id, table.c.last_error, table.c.next_attempt_at)
+            .where(unsent, table.c.last_error.is_not(None))
+            .order_by(table.c.next_attempt_at)
+        )
+        with self.engine.connect() as connection:
+            counts = connection.execute(grouped).all()
+            last = {row.peer_id: row.last_error for row in connection.execute(errors)}
+        owed = [
+            PeerBacklog(peer, n, oldest, due, attempts, last.get(peer))
+            for peer, n, oldest, due, attempts in counts
+        ]
+        return sorted(owed, key=lambda b: (-b.undelivered, b.peer_id))
 
     def mark_sent(self, message_id: int, at: datetime) -> None:
         with self.engine.begin() as connection:

@@ -57,6 +57,7 @@ from qdspace.node.api.models import (
     UpstreamPublic,
 )
 from qdspace.node.api.observe import mount_observability
+from qdspace.node.api.outbox import outbox_router
 from qdspace.node.api.problems import (
     ApiProblem,
     UnsupportedMediaType,
@@ -221,6 +222,7 @@ def create_app(ctx: NodeContext) -> FastAPI:
     mount_ledger_routes(app, ctx)
     app.include_router(contracts_router())
     app.include_router(retention_router())
+    app.include_router(outbox_router())
     app.include_router(investigations_router())
     app.include_router(traces_router())
     app.include_router(defects_router())

@@ -365,6 +365,31 @@ def terminate(
     console.print(f"agreement {agreement} terminated at {result['terminated_at']}")
 
 
+@contracts_app.command("outbox")
+@clean_errors
+def outbox(ctx: typer.Context, as_json: JsonOpt = False) -> None:
+    """What this node owes its peers (terminations, receipts, closures, alerts, DSP
+    callbacks), by peer: how many, since when, the next try and the last error."""
+    with subcommand_target(ctx).client() as node:
+        owed = node.outbox()
+    if as_json:
+        print_json(owed)
+        return
+    if not owed["peers"]:
+        console.print("nothing owed: every message was delivered")
+        return
+    table = Table("peer", "undelivered", "oldest queued", "next try", "tries", "last error")
+    for p in owed["peers"]:
+        tries = f"{p['attempts']}{' (delivering)' if p['delivering'] else ''}"
+        error = p["last_error"] or "-"
+        table.add_row(
+            p["peer_id"], str(p["undelivered"]), p["oldest_queued_at"], p["next_attempt_at"],
+            tries, error,
+        )  # fmt: skip
+    console.print(table)
+    console.print(f"{owed['undelivered']} message(s) owed to {len(owed['peers'])} peer(s)")
+
+
 @contracts_app.command("changes")
 @clean_errors
 def changes(

@@ -56,6 +56,10 @@ class OutboxDispatcher:
     def kick(self) -> None:
         self._kick.set()
 
+    def delivering(self) -> frozenset[str]:
+        """The peers a delivery is under way to now."""
+        return frozenset(self._busy)
+
     async def run(self) -> None:
         while True:
             try:

@@ -118,3 +118,7 @@ class OutboxDelivery(Protocol):
     """Delivers the node's due notices to peers (terminations, receipts, closures)."""
 
     async def flush(self, timeout_s: float = 10.0) -> None: ...
+
+    def delivering(self) -> frozenset[str]:
+        """The peers a delivery is under way to now."""
+        ...

@@ -16,7 +16,9 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from typer.testing import CliRunner
 
+from qdspace.node.cli import app
 from qdspace.node.dsp.client import TIMEOUT_S
 from qdspace.node.localnet.network import LocalNetwork, MemberSpec
 
@@ -128,6 +130,22 @@ def test_a_member_holding_its_callbacks_open_holds_up_no_other_peer(net: LocalNe
         (error, *_) = wait_for("Cellex to give up on Voltis", given_up, timeout=4 * TIMEOUT_S)
         assert f"within {TIMEOUT_S:.0f} s" in error, error
         wait_for("the tarpit to see Cellex hang up", lambda: tarpit.hung_up >= 1)
+
+        # Cellex's operator sees who is owed what and why, by API and by CLI
+        with net["cellex"].client() as supplier:
+            owed = ok(supplier.get("/v1/outbox"))
+        (to_voltis,) = [p for p in owed["peers"] if p["peer_id"] == voltis]
+        assert to_voltis["undelivered"] >= 3 and to_voltis["attempts"] >= 1, to_voltis
+        assert "no whole answer within" in (to_voltis["last_error"] or ""), to_voltis
+        sunarc = net["sunarc"].keys().identity.member_id
+        assert all(p["peer_id"] != sunarc for p in owed["peers"]), owed  # all delivered
+        assert owed["undelivered"] == sum(p["undelivered"] for p in owed["peers"])
+        shown = CliRunner().invoke(
+            app, ["contracts", "--dir", str(net["cellex"].directory), "outbox"],
+            env={"COLUMNS": "250"},
+        )  # fmt: skip
+        assert shown.exit_code == 0, shown.output
+        assert voltis in shown.output and "no whole answer within" in shown.output, shown.output
     finally:
         hostile.http.close()
         tarpit.close()
