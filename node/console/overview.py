@@ -51,6 +51,8 @@ class Link:
     provides: int = 0  # this member provides to the peer
     consumes: int = 0  # this member consumes from the peer
     active: int = 0
+    owed: int = 0  # messages the outbox has not delivered to the peer yet
+    owed_error: str | None = None  # the last error delivering them
 
 
 @dataclass
@@ -95,6 +97,10 @@ def local_state(ctx: NodeContext) -> Overview:
             else:
                 link.consumes += held.total
             link.active += held.active
+        for owed in rt.store.outbox.owed():  # what the outbox could not deliver yet
+            name = peer_name(owed.peer_id)
+            link = links.setdefault(name, Link(name))
+            link.owed, link.owed_error = owed.undelivered, owed.last_error
     return Overview(
         ident.name,
         ident.member_id,
@@ -145,8 +151,10 @@ async def peer_check(ctx: NodeContext) -> Check:
 def network_svg(me: str, links: list[Link], size: int = 360) -> str:
     """This member in the middle, its peers on a circle, a line per pair that agreed.
 
-    Arrows point from provider to consumer; the label counts agreements. The SVG has a
-    title and a description for screen readers, and the page lists the same in a table.
+    Arrows point from provider to consumer; the label counts agreements; a peer the
+    outbox owes messages (down, refusing, holding its connections open) has a red ring
+    and the count. The SVG has a title and a description for screen readers, and the
+    page lists the same in a table.
     """
     centre = size / 2
     radius = size / 2 - 60
@@ -186,11 +194,18 @@ def network_svg(me: str, links: list[Link], size: int = 360) -> str:
                 f'text-anchor="middle">{total} agr.</text>'
             )
         colour = "#e8f0f8" if total else "#f4f4f4"
+        # a peer the outbox owes messages: a red ring and the count under its name
+        ring = 'stroke="#b00020" stroke-width="3"' if link.owed else 'stroke="#333"'
         parts.append(
-            f'<circle cx="{x:.1f}" cy="{y:.1f}" r="28" fill="{colour}" stroke="#333"/>'
+            f'<circle cx="{x:.1f}" cy="{y:.1f}" r="28" fill="{colour}" {ring}/>'
             f'<text x="{x:.1f}" y="{y + 4:.1f}" text-anchor="middle" class="node-label">'
             f"{escape(link.peer)}</text>"
         )
+        if link.owed:
+            parts.append(
+                f'<text x="{x:.1f}" y="{y + 44:.1f}" text-anchor="middle" class="owed" '
+                f'fill="#b00020">{link.owed} owed</text>'
+            )
     parts.append(
         f'<circle cx="{centre}" cy="{centre}" r="32" fill="#1f4e79"/>'
         f'<text x="{centre}" y="{centre + 4}" text-anchor="middle" class="node-label me" '

@@ -146,6 +146,14 @@ def test_a_member_holding_its_callbacks_open_holds_up_no_other_peer(net: LocalNe
         )  # fmt: skip
         assert shown.exit_code == 0, shown.output
         assert voltis in shown.output and "no whole answer within" in shown.output, shown.output
+        # and on the console's network picture: Voltis ringed red, with what it is owed
+        browser = net["cellex"].client(token="")
+        login = browser.post("/console/login", data={"token": net["cellex"].token})
+        assert login.status_code == 303, login.text
+        page = browser.get("/console/").text
+        browser.close()
+        assert f'fill="#b00020">{to_voltis["undelivered"]} owed</text>' in page, page
+        assert "no whole answer within" in page
     finally:
         hostile.http.close()
         tarpit.close()
