@@ -42,6 +42,11 @@ class PeerRefused(PeerError):
         self.reason = reason
 
 
+class PeerBusy(PeerError):
+    """A peer answered 429: we hold as many requests in flight there as it allows (its
+    DSP listener's caps, `node.dsp.caps`). The same request later may pass."""
+
+
 class UnknownPeerError(PeerError, LookupError):
     """A peer name that is not in this node's configuration (the caller's mistake)."""
 

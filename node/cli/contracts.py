@@ -378,16 +378,18 @@ def outbox(ctx: typer.Context, as_json: JsonOpt = False) -> None:
     if not owed["peers"]:
         console.print("nothing owed: every message was delivered")
         return
-    table = Table("peer", "undelivered", "oldest queued", "next try", "tries", "last error")
+    table = Table("peer", "undelivered", "oldest queued", "next try", "tries")
     for p in owed["peers"]:
         tries = f"{p['attempts']}{' (delivering)' if p['delivering'] else ''}"
-        error = p["last_error"] or "-"
         table.add_row(
-            p["peer_id"], str(p["undelivered"]), p["oldest_queued_at"], p["next_attempt_at"],
-            tries, error,
+            p["peer_id"], str(p["undelivered"]), p["oldest_queued_at"], p["next_attempt_at"], tries
         )  # fmt: skip
     console.print(table)
     console.print(f"{owed['undelivered']} message(s) owed to {len(owed['peers'])} peer(s)")
+    for p in owed["peers"]:  # whole, on lines of their own: an error is a sentence or two
+        if p["last_error"]:
+            line = f"{p['peer_id']}: last error: {p['last_error']}"
+            console.print(line, soft_wrap=True, highlight=False, markup=False)
 
 
 @contracts_app.command("changes")

@@ -40,7 +40,7 @@ from nacl.signing import SigningKey
 from qdspace.connector import dsp_codec as codec
 from qdspace.connector.contract_store import OutboxMessage
 from qdspace.node.dsp.auth import issue_token
-from qdspace.node.errors import IdentityError, PeerError, PeerRefused
+from qdspace.node.errors import IdentityError, PeerBusy, PeerError, PeerRefused
 from qdspace.node.identity.certs import MemberIdentity, identity_of
 from qdspace.node.rpc.auth import Refused
 
@@ -254,7 +254,8 @@ class DspHttp:
     ) -> AsyncIterator[httpx.Response]:
         """A streamed GET of a data-plane endpoint with its data token (not an ID token:
         the data address's token is the authorization, EDC's EDR pattern); a status
-        other than 200 is a `PeerError` with the provider's reason."""
+        other than 200 is a `PeerError` with the provider's reason (429, the provider's
+        cap on our streams in flight: `PeerBusy`)."""
         headers = {"authorization": f"Bearer {token}"}
         timeout = httpx.Timeout(TIMEOUT_S, read=STREAM_READ_S)
         client = await self._client_for(url, audience)
@@ -264,9 +265,11 @@ class DspHttp:
                 "GET", url, params=params, headers=headers, timeout=timeout, extensions=extensions
             ) as response:
                 _server_of(response, url, audience, self.standing)
-                if response.status_code != 200:
-                    text = (await response.aread())[:300].decode(errors="replace")
-                    raise PeerError(f"DSP GET {url}: HTTP {response.status_code}: {text}")
+                status = response.status_code
+                if status != 200:
+                    told = httpx.Response(status, content=await _bounded(response, "DSP GET"))
+                    what = f"DSP GET {url}: HTTP {status}: {peer_reason(told)}"
+                    raise PeerBusy(what) if status == 429 else PeerError(what)
                 yield response
         except httpx.HTTPError as exc:
             raise PeerError(f"DSP GET {url}: {type(exc).__name__}: {exc}") from None

@@ -61,12 +61,17 @@ from qdspace.node.dsp.transfer_process import (
     message_body,
     peer_url,
 )
-from qdspace.node.errors import PeerError, PeerRefused
+from qdspace.node.errors import PeerBusy, PeerError, PeerRefused
 from qdspace.node.runtime.contracts import ContractRuntime
 
 logger = logging.getLogger("node.dsp")
 
 BATCH_ROWS = 1000
+
+
+#: the first pause before asking a busy provider again (429), and the longest
+BUSY_FIRST_S = 1.0
+BUSY_MAX_S = 30.0
 
 
 @dataclass
@@ -199,15 +204,28 @@ class DspTransfers:
         delivery.task = asyncio.create_task(self._guarded(local_id, run))
 
     async def _guarded(self, local_id: str, run: Any) -> None:
+        """`run` the data plane of a transfer; a provider at its cap of our streams in
+        flight (429: our other transfers from it hold them) is asked again after a pause
+        that doubles to `BUSY_MAX_S`, the reason shown meanwhile; any other failure stops
+        it (it stays resumable, the operator sees why)."""
         delivery = self.delivery(local_id)
-        try:
-            delivery.error = ""
-            await run(local_id, delivery)
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:  # the transfer stays resumable; the operator sees why
-            delivery.error = f"{type(exc).__name__}: {exc}"
-            logger.warning("DSP transfer %s stopped: %s", local_id, delivery.error)
+        pause = BUSY_FIRST_S
+        while True:
+            try:
+                delivery.error = ""
+                await run(local_id, delivery)
+                return
+            except asyncio.CancelledError:
+                raise
+            except PeerBusy as exc:
+                delivery.error = f"waiting for a stream slot at the provider ({pause:.0f} s): {exc}"
+                logger.info("DSP transfer %s: %s", local_id, delivery.error)
+                await asyncio.sleep(pause)
+                pause = min(BUSY_MAX_S, pause * 2)
+            except Exception as exc:  # the transfer stays resumable; the operator sees why
+                delivery.error = f"{type(exc).__name__}: {exc}"
+                logger.warning("DSP transfer %s stopped: %s", local_id, delivery.error)
+                return
 
     # ---------------------------------------------------------- data plane
 
