@@ -19,11 +19,17 @@ SCHEMAS = Path(__file__).parents[2] / "unit" / "policies" / "dsp_2025_1"
 
 
 def dsp_network(
-    tmp_path_factory: pytest.TempPathFactory, members: list[MemberSpec]
+    tmp_path_factory: pytest.TempPathFactory,
+    members: list[MemberSpec],
+    env: dict[str, str] | None = None,
 ) -> Iterator[LocalNetwork]:
-    """`members` as real node processes with their DSP listeners on, for a module."""
+    """`members` as real node processes with their DSP listeners on (and `env`: more
+    settings), for a module."""
     net = LocalNetwork(
-        tmp_path_factory.mktemp("dsp"), members, chain=False, env={"QDSPACE_DSP_PORT": "0"}
+        tmp_path_factory.mktemp("dsp"),
+        members,
+        chain=False,
+        env={"QDSPACE_DSP_PORT": "0", **(env or {})},
     )
     net.create()
     net.start()

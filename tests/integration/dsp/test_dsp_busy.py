@@ -13,7 +13,7 @@ import pytest
 
 from qdspace.node.localnet.network import LocalNetwork, MemberSpec
 
-from .conftest import ingest_sample, ok, runtime_of, wait_for
+from .conftest import dsp_network, ingest_sample, ok, runtime_of, wait_for
 from .test_dsp_transfer import (
     SUNARC_ORDER,
     inspection_row,
@@ -27,18 +27,8 @@ pytestmark = pytest.mark.integration
 
 @pytest.fixture(scope="module")
 def net(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalNetwork]:
-    network = LocalNetwork(
-        tmp_path_factory.mktemp("dsp-busy"),
-        [MemberSpec("sunarc", "oem"), MemberSpec("cellex", "supplier")],
-        chain=False,
-        env={"QDSPACE_DSP_PORT": "0", "QDSPACE_RPC_MAX_STREAMS_PER_PEER": "1"},
-    )
-    network.create()
-    network.start()
-    try:
-        yield network
-    finally:
-        network.stop()
+    members = [MemberSpec("sunarc", "oem"), MemberSpec("cellex", "supplier")]
+    yield from dsp_network(tmp_path_factory, members, {"QDSPACE_RPC_MAX_STREAMS_PER_PEER": "1"})
 
 
 def test_a_transfer_over_the_providers_stream_cap_waits_for_a_slot(net: LocalNetwork) -> None:
