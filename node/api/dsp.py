@@ -52,7 +52,9 @@ class NegotiateBody(BaseModel):
 class DspTransferPublic(BaseModel):
     """A transfer over the DSP binding: our id, the pids, our role, its state, how far it
     got (`offset`: rows committed by a pull; `received`: rows this run received,
-    pulled or live) and why its data plane stopped (`error`, empty when it did not)."""
+    pulled or live), why its data plane stopped (`error`, empty when it did not) and
+    what it waits for to open it (`waiting`: a stream slot at a busy provider, which is
+    asked again; empty when it does not wait)."""
 
     transfer_id: str
     provider_pid: str
@@ -65,6 +67,7 @@ class DspTransferPublic(BaseModel):
     received: int
     delivery: str
     error: str
+    waiting: str
     #: why it was suspended or ended (a provider's refusal: ``refused by the provider: ...``)
     reason: str | None = None
 
@@ -106,6 +109,7 @@ async def _public(transfers: Any, transfer_id: str) -> DspTransferPublic:
         received=delivery.received,
         delivery=delivery.address.delivery if delivery.address is not None else "",
         error=delivery.error,
+        waiting=delivery.waiting,
         reason=process.reason,
     )
 

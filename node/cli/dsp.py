@@ -35,6 +35,8 @@ def _print(t: dict[str, Any]) -> None:
     )
     if t.get("reason") and t["state"] in ("SUSPENDED", "TERMINATED"):
         console.print(f"  {t['state'].lower()}: {t['reason']}", soft_wrap=True)
+    if t.get("waiting"):
+        console.print(f"  waiting for {t['waiting']}", soft_wrap=True)
     if t.get("error"):
         console.print(f"  data plane stopped: {t['error']}", soft_wrap=True)
 

@@ -82,7 +82,8 @@ class Delivery:
     task: asyncio.Task[Any] | None = None
     received: int = 0
     position: str = ""
-    error: str = ""
+    error: str = ""  # why its data plane stopped
+    waiting: str = ""  # why it waits to open its data plane (the provider is busy)
 
 
 @dataclass
@@ -218,11 +219,12 @@ class DspTransfers:
             except asyncio.CancelledError:
                 raise
             except PeerBusy as exc:
-                delivery.error = f"waiting for a stream slot at the provider ({pause:.0f} s): {exc}"
-                logger.info("DSP transfer %s: %s", local_id, delivery.error)
+                delivery.waiting = f"a stream slot at the provider (again in {pause:.0f} s): {exc}"
+                logger.info("DSP transfer %s waits for %s", local_id, delivery.waiting)
                 await asyncio.sleep(pause)
                 pause = min(BUSY_MAX_S, pause * 2)
             except Exception as exc:  # the transfer stays resumable; the operator sees why
+                delivery.waiting = ""
                 delivery.error = f"{type(exc).__name__}: {exc}"
                 logger.warning("DSP transfer %s stopped: %s", local_id, delivery.error)
                 return
@@ -242,6 +244,7 @@ class DspTransfers:
         reader = DataReader(local_id)
         address = delivery.address
         async with self.http.stream(address.endpoint, row.peer_id, address.token, params) as body:
+            delivery.waiting = ""  # the provider took it
             async for chunk in body.aiter_bytes():
                 for group in reader.feed(chunk):
                     if not isinstance(group, RowBatch):
@@ -289,6 +292,7 @@ class DspTransfers:
         reader = DataReader(local_id)
         address = delivery.address
         async with self.http.stream(address.endpoint, row.peer_id, address.token, params) as body:
+            delivery.waiting = ""  # the provider took it
             async for chunk in body.aiter_bytes():
                 for group in reader.feed(chunk):
                     if isinstance(group, LiveRows) and group.rows:

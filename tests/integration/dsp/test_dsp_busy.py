@@ -10,7 +10,9 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from typer.testing import CliRunner
 
+from qdspace.node.cli import app
 from qdspace.node.localnet.network import LocalNetwork, MemberSpec
 
 from .conftest import dsp_network, ingest_sample, ok, runtime_of, wait_for
@@ -34,22 +36,28 @@ def net(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalNetwork]:
 def test_a_transfer_over_the_providers_stream_cap_waits_for_a_slot(net: LocalNetwork) -> None:
     ingest_sample(net, "cellex")
     cellex = runtime_of(net, "cellex")["dsp"]
+    oem_dir = str(net["sunarc"].directory)
     with net["sunarc"].client() as oem, net["cellex"].client() as supplier:
         _first_agreement, first = start_live_transfer(oem, cellex)
         second_agreement, second = start_live_transfer(oem, cellex)
 
         def waiting() -> Any:
-            error = transfer_state(oem, second)["error"]
-            return "waiting for a stream slot" in error and error
+            return transfer_state(oem, second)["waiting"]
 
-        error = wait_for("the second transfer to wait for a slot", waiting)
-        assert "HTTP 429" in error and "1 streams open" in error, error
+        why = wait_for("the second transfer to wait for a slot", waiting)
+        assert why.startswith("a stream slot at the provider"), why
+        assert "HTTP 429" in why and "1 streams open" in why, why
+        assert transfer_state(oem, second)["error"] == ""  # waiting, not stopped
+        shown = CliRunner().invoke(app, ["dsp", "status", "--dir", oem_dir, second])
+        assert shown.exit_code == 0 and "waiting for a stream slot" in shown.output, shown.output
+        assert "stopped" not in shown.output, shown.output
         ok(oem.post(f"/v1/dsp/transfers/{first}/suspend", json={"reason": "make room"}))
 
         tag = uuid.uuid4().hex[:8]
 
         def streaming() -> Any:
-            return transfer_state(oem, second)["error"] == ""
+            state = transfer_state(oem, second)
+            return state["waiting"] == "" and state["error"] == ""
 
         wait_for("the second transfer to get the slot", streaming, timeout=60)
         row = inspection_row(tag, 1, SUNARC_ORDER)
