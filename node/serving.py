@@ -30,6 +30,7 @@ from qdspace.node.runtime.directory import DirectoryFollower, FollowerSettings
 from qdspace.node.runtime.trace_producer import TraceRoom
 
 if TYPE_CHECKING:
+    from qdspace.node.config import NodeSettings
     from qdspace.node.rpc.contracts_jobs import ContractJobs
     from qdspace.node.runtime.federation_member import FederationMember
     from qdspace.node.runtime.ledger import NodeLedger
@@ -57,6 +58,16 @@ def trace_room(ctx: NodeContext) -> TraceRoom | None:
     return room
 
 
+def call_caps(settings: NodeSettings) -> CallCaps:
+    """A member's calls and streams in flight, and all calls, as the settings cap them
+    (the gRPC listener's and the DSP listener's, `node.dsp.caps`)."""
+    return CallCaps(
+        server_calls=settings.rpc_max_calls,
+        per_peer_calls=settings.rpc_max_calls_per_peer,
+        per_peer_streams=settings.rpc_max_streams_per_peer,
+    )
+
+
 def build_peer_server(
     ctx: NodeContext,
     port: int | None = None,
@@ -74,11 +85,7 @@ def build_peer_server(
 
         registrations.extend(contract_registrations(ctx.contracts, ctx.metrics))
     settings = ctx.settings
-    caps = CallCaps(
-        server_calls=settings.rpc_max_calls,
-        per_peer_calls=settings.rpc_max_calls_per_peer,
-        per_peer_streams=settings.rpc_max_streams_per_peer,
-    )
+    caps = call_caps(settings)
     return build_server(
         ctx.keys,
         PeerAuthenticator(ctx.revocations, ctx.peers.pinned),

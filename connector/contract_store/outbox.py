@@ -190,7 +190,7 @@ class OutboxStore(TableStore):
             .group_by(table.c.peer_id)
         )
         errors = (
-            select(table.c.peer_id, table.c.last_error, table.c.next_attempt_at)
+            select(table.c.peer_id, table.c.last_error)
             .where(unsent, table.c.last_error.is_not(None))
             .order_by(table.c.next_attempt_at)
         )

@@ -23,6 +23,7 @@ import contextlib
 from typing import Any
 
 from cryptography import x509
+from starlette.datastructures import Headers
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
@@ -31,10 +32,6 @@ from qdspace.node.errors import IdentityError, LimitExceeded
 from qdspace.node.faults import http_status
 from qdspace.node.identity.certs import MemberIdentity, identity_of
 from qdspace.node.rpc.limits import CallLimiter
-
-#: certificates read (by their DER bytes): members are few, each certificate read once
-_CACHE_SIZE = 1024
-
 
 #: what is read and dropped of a request body the listener refuses (over `MAX_BODY`, a
 #: member over its cap) before the answer and the close: a connection closed with the
@@ -77,22 +74,16 @@ class DspCallCaps:
     def __init__(self, app: ASGIApp, limiter: CallLimiter) -> None:
         self.app = app
         self.limiter = limiter
-        self._members: dict[bytes, MemberIdentity | None] = {}
 
-    def _member(self, scope: Scope) -> MemberIdentity | None:
+    @staticmethod
+    def _member(scope: Scope) -> MemberIdentity | None:
         der = scope.get("extensions", {}).get("tls", {}).get("client_cert_der")
         if not der:
             return None
-        if der in self._members:
-            return self._members[der]
         try:
-            member: MemberIdentity | None = identity_of(x509.load_der_x509_certificate(der))
+            return identity_of(x509.load_der_x509_certificate(der))
         except (ValueError, IdentityError):
-            member = None  # the routes refuse it, saying why
-        if len(self._members) >= _CACHE_SIZE:
-            self._members.clear()
-        self._members[der] = member
-        return member
+            return None  # the routes refuse it, saying why
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         member = self._member(scope) if scope["type"] == "http" else None
@@ -105,7 +96,7 @@ class DspCallCaps:
                 member.member_id, member.name, stream=path.startswith("/data/")
             )
         except LimitExceeded as exc:
-            await drain_body(receive, _header(scope, b"content-length"))
+            await drain_body(receive, Headers(scope=scope).get("content-length"))
             await _refuse(exc, path)(scope, receive, send)
             return
         try:
@@ -114,15 +105,8 @@ class DspCallCaps:
             release()
 
 
-def _header(scope: Scope, name: bytes) -> str | None:
-    for key, value in scope.get("headers", ()):
-        if key.lower() == name:
-            return bytes(value).decode("latin-1")
-    return None
-
-
 def _refuse(exc: LimitExceeded, path: str) -> Any:
     status = http_status(exc)
     body = codec.error(error_kind(path), str(status), str(exc))
-    # the body is not read: the connection goes with the answer
+    # the body is not read to its end (at most `DRAIN_BYTES`): the connection goes with it
     return JSONResponse(body, status_code=status, headers={"connection": "close"})

@@ -193,7 +193,7 @@ class DspHttp:
         #: the member each audience's pooled connections were verified as
         self._seen: dict[str, MemberIdentity] = {}
 
-    async def _client_for(self, url: str, audience: str | None) -> httpx.AsyncClient:
+    async def _client_for(self, audience: str | None) -> httpx.AsyncClient:
         """The pool for calls to `audience`; its connections were all made to that member,
         which is checked again here (revoked since?): a member no longer in good standing
         gets its pool closed, and the next handshake decides."""
@@ -223,7 +223,7 @@ class DspHttp:
         headers = {}
         if audience is not None:
             headers["authorization"] = f"Bearer {issue_token(self.key, self.me, audience)}"
-        client = await self._client_for(url, audience)
+        client = await self._client_for(audience)
         extensions = {"trace": self._trace(url, audience)}
         try:
             # the whole exchange within TIMEOUT_S: httpx's timeouts bound each read, so a
@@ -258,7 +258,7 @@ class DspHttp:
         cap on our streams in flight: `PeerBusy`)."""
         headers = {"authorization": f"Bearer {token}"}
         timeout = httpx.Timeout(TIMEOUT_S, read=STREAM_READ_S)
-        client = await self._client_for(url, audience)
+        client = await self._client_for(audience)
         extensions = {"trace": self._trace(url, audience)}
         try:
             async with client.stream(

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -84,12 +85,11 @@ class OutboxDispatcher:
         for peer_id, messages in by_peer.items():
             task = asyncio.create_task(self._deliver(messages), name=f"outbox:{peer_id}")
             self._busy[peer_id] = task
-            task.add_done_callback(self._done)
+            task.add_done_callback(functools.partial(self._done, peer_id))
             started.append(task)
         return started
 
-    def _done(self, task: asyncio.Task[int]) -> None:
-        peer_id = task.get_name().removeprefix("outbox:")
+    def _done(self, peer_id: str, task: asyncio.Task[int]) -> None:
         if self._busy.get(peer_id) is task:
             del self._busy[peer_id]
 
@@ -141,7 +141,8 @@ class OutboxDispatcher:
         promise the peer was told); a delivery still under way then goes on."""
         deadline = time.monotonic() + timeout_s
         while self.runtime.store.due_messages(self.runtime.clock.now()):
-            waiting = set(self._start_due()) | set(self._busy.values())
+            self._start_due()
+            waiting = set(self._busy.values())  # what it started, and what was under way
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 return
