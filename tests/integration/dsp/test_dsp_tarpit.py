@@ -134,6 +134,12 @@ def test_a_member_holding_its_callbacks_open_holds_up_no_other_peer(net: LocalNe
         # Cellex's operator sees who is owed what and why, by API and by CLI
         with net["cellex"].client() as supplier:
             owed = ok(supplier.get("/v1/outbox"))
+        # only Cellex's operator: no token, another member's token, a forged one are 401
+        for token in ("", net["sunarc"].token, "x" * 5000):
+            with net["cellex"].client(token=token) as stranger:
+                answer = stranger.get("/v1/outbox")
+                assert answer.status_code == 401, (token[:8], answer.text)
+                assert voltis not in answer.text and "Traceback" not in answer.text
         (to_voltis,) = [p for p in owed["peers"] if p["peer_id"] == voltis]
         assert to_voltis["undelivered"] >= 3 and to_voltis["attempts"] >= 1, to_voltis
         assert "no whole answer within" in (to_voltis["last_error"] or ""), to_voltis
