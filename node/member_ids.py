@@ -10,6 +10,7 @@ node's vocabulary but not its internals) all read names the same way.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Container
 
 from qdspace.node.errors import NodeError
 
@@ -27,3 +28,17 @@ def peer_name(member_id: str) -> str:
     if not name or len(digest) != DIGEST_HEX:
         raise NodeError(f"{member_id!r} is not a member id")
     return name
+
+
+def addressed_name(peer: str, known: Container[str] = ()) -> str:
+    """The member name of a peer as a message is addressed to it: the outbox addresses
+    gRPC notifications by the peer's name and the DSP binding's callbacks by its member
+    id. A name in `known` (the peers this node knows by name) is taken as it is, since a
+    name may itself end in a dash and twelve hex digits; anything else that is no member
+    id is shown as it was addressed."""
+    if peer in known:
+        return peer
+    try:
+        return peer_name(peer)
+    except NodeError:
+        return peer

@@ -21,7 +21,7 @@ from qdspace.node.api.subscription_models import (
     alert_public,
 )
 from qdspace.node.context import NodeContext
-from qdspace.node.member_ids import peer_name
+from qdspace.node.member_ids import addressed_name, peer_name
 
 #: how long the overview waits for one peer's hello before it calls the peer unreachable
 PEER_TIMEOUT_S = 2.0
@@ -98,9 +98,10 @@ def local_state(ctx: NodeContext) -> Overview:
                 link.consumes += held.total
             link.active += held.active
         for owed in rt.store.outbox.owed():  # what the outbox could not deliver yet
-            name = peer_name(owed.peer_id)
+            name = addressed_name(owed.peer_id, links)
             link = links.setdefault(name, Link(name))
-            link.owed, link.owed_error = owed.undelivered, owed.last_error
+            link.owed += owed.undelivered  # (by name and by member id: both count)
+            link.owed_error = link.owed_error or owed.last_error
     return Overview(
         ident.name,
         ident.member_id,

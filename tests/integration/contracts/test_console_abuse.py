@@ -58,12 +58,16 @@ def browser_client(member: MemberProcess) -> httpx.Client:
 def login(member: MemberProcess) -> tuple[httpx.Client, str]:
     """A client holding a console session, and the session's CSRF token."""
     client = browser_client(member)
-    answer = client.post("/console/login", data={"token": member.token})
-    assert answer.status_code == 303, answer.text
-    page = client.get("/console/")
-    assert page.status_code == 200
-    match = CSRF.search(page.text)
-    assert match is not None
+    try:
+        answer = client.post("/console/login", data={"token": member.token})
+        assert answer.status_code == 303, answer.text
+        page = client.get("/console/")
+        assert page.status_code == 200, page.text[:500]
+        match = CSRF.search(page.text)
+        assert match is not None
+    except BaseException:
+        client.close()  # (not left to the collector, to warn in another test)
+        raise
     return client, match.group(1)
 
 
