@@ -52,9 +52,10 @@ class NegotiateBody(BaseModel):
 class DspTransferPublic(BaseModel):
     """A transfer over the DSP binding: our id, the pids, our role, its state, how far it
     got (`offset`: rows committed by a pull; `received`: rows this run received,
-    pulled or live), why its data plane stopped (`error`, empty when it did not) and
-    what it waits for to open it (`waiting`: a stream slot at a busy provider, which is
-    asked again; empty when it does not wait)."""
+    pulled or live), why its data plane stopped (`error`, empty when it did not), what
+    it waits for to open it again and why (`waiting`: a stream slot at a busy provider,
+    a provider gone away, a new data address; empty when it does not wait) and how
+    often it tried to open it again after a failure (`reconnects`)."""
 
     transfer_id: str
     provider_pid: str
@@ -68,6 +69,7 @@ class DspTransferPublic(BaseModel):
     delivery: str
     error: str
     waiting: str
+    reconnects: int = 0
     #: why it was suspended or ended (a provider's refusal: ``refused by the provider: ...``)
     reason: str | None = None
 
@@ -110,6 +112,7 @@ async def _public(transfers: Any, transfer_id: str) -> DspTransferPublic:
         delivery=delivery.address.delivery if delivery.address is not None else "",
         error=delivery.error,
         waiting=delivery.waiting,
+        reconnects=delivery.reconnects,
         reason=process.reason,
     )
 

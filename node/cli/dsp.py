@@ -37,6 +37,9 @@ def _print(t: dict[str, Any]) -> None:
         console.print(f"  {t['state'].lower()}: {t['reason']}", soft_wrap=True)
     if t.get("waiting"):
         console.print(f"  waiting for {t['waiting']}", soft_wrap=True)
+    if t.get("reconnects"):
+        tries = t["reconnects"]
+        console.print(f"  data plane opened again after a failure: {tries} tries", soft_wrap=True)
     if t.get("error"):
         console.print(f"  data plane stopped: {t['error']}", soft_wrap=True)
 

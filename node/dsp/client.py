@@ -255,7 +255,8 @@ class DspHttp:
         """A streamed GET of a data-plane endpoint with its data token (not an ID token:
         the data address's token is the authorization, EDC's EDR pattern); a status
         other than 200 is a `PeerError` with the provider's reason (429, the provider's
-        cap on our streams in flight: `PeerBusy`)."""
+        cap on our streams in flight: `PeerBusy`; any other 4xx, a refusal: `PeerRefused`,
+        401 when the token expired or was revoked)."""
         headers = {"authorization": f"Bearer {token}"}
         timeout = httpx.Timeout(TIMEOUT_S, read=STREAM_READ_S)
         client = await self._client_for(audience)
@@ -268,8 +269,13 @@ class DspHttp:
                 status = response.status_code
                 if status != 200:
                     told = httpx.Response(status, content=await _bounded(response, "DSP GET"))
-                    what = f"DSP GET {url}: HTTP {status}: {peer_reason(told)}"
-                    raise PeerBusy(what) if status == 429 else PeerError(what)
+                    reason = peer_reason(told)
+                    what = f"DSP GET {url}: HTTP {status}: {reason}"
+                    if status == 429:
+                        raise PeerBusy(what)
+                    if 400 <= status < 500:
+                        raise PeerRefused(what, status, reason, _REFUSAL_CODES.get(status))
+                    raise PeerError(what)
                 yield response
         except httpx.HTTPError as exc:
             raise PeerError(f"DSP GET {url}: {type(exc).__name__}: {exc}") from None

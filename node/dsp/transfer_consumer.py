@@ -16,6 +16,18 @@ asks each provider again for every transfer it was receiving (`resume_after_rest
 through the outbox, so a provider that is down is asked until it answers), and a pull
 continues from its checkpoint, a live stream after the last stream position stored (the
 received rows' seq), so nothing is fetched twice.
+
+The provider's side goes away too (it restarts, its network drops, a stream is cut): a
+data plane that fails in a way that may pass (no connection, a 5xx, the body cut short,
+a live stream the provider ended while the transfer is still STARTED here) is opened
+again after a pause that doubles from `RETRY_FIRST_S` to `RETRY_MAX_S` and starts over
+once rows flow, as the gRPC subscriber reconnects, the reason shown as `waiting` (a
+consumer that stopped at the first cut would hold a copy that silently stops mirroring
+the provider's). A token the provider no longer takes (401: it expired, or the provider
+moved the transfer on) is not retried: the node asks for a new address, once, through
+the outbox, and the answer restarts the data plane. What will not pass by waiting (a
+refusal, a batch that breaks the checkpoint chain, a malformed body) stops it with its
+error, resumable by the operator.
 """
 
 from __future__ import annotations
@@ -23,7 +35,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -37,7 +49,7 @@ from qdspace.connector.contract_errors import (
     UnknownContractError,
 )
 from qdspace.connector.contract_store import DspProcess, IncomingRow, IncomingRun
-from qdspace.connector.dsp_data import DataReader, LiveRows
+from qdspace.connector.dsp_data import DataPlaneFormatError, DataReader, LiveRows
 from qdspace.connector.negotiation import Role
 from qdspace.connector.transfer import (
     TransferProcess,
@@ -69,9 +81,13 @@ logger = logging.getLogger("node.dsp")
 BATCH_ROWS = 1000
 
 
-#: the first pause before asking a busy provider again (429), and the longest
-BUSY_FIRST_S = 1.0
-BUSY_MAX_S = 30.0
+#: the first pause before opening a data plane again (a busy provider, one gone away),
+#: and the longest
+RETRY_FIRST_S = 1.0
+RETRY_MAX_S = 30.0
+#: how long a refused token waits before a new address is asked for: a suspension or
+#: termination the provider sent as it closed the stream arrives meanwhile
+REASK_GRACE_S = 1.0
 
 
 @dataclass
@@ -83,7 +99,13 @@ class Delivery:
     received: int = 0
     position: str = ""
     error: str = ""  # why its data plane stopped
-    waiting: str = ""  # why it waits to open its data plane (the provider is busy)
+    waiting: str = ""  # what it waits for to open its data plane again, and why
+    reconnects: int = 0  # how often it tried to open its data plane again after a failure
+    reasked: bool = False  # a new address was asked for since the data plane last opened
+
+
+#: a data plane's run: True when it is done, False when the provider ended it early
+DataPlane = Callable[[str, Delivery], Awaitable[bool]]
 
 
 @dataclass
@@ -204,38 +226,83 @@ class DspTransfers:
         run = self._follow if delivery.address.delivery == wire.STREAM else self._pull
         delivery.task = asyncio.create_task(self._guarded(local_id, run))
 
-    async def _guarded(self, local_id: str, run: Any) -> None:
-        """`run` the data plane of a transfer; a provider at its cap of our streams in
-        flight (429: our other transfers from it hold them) is asked again after a pause
-        that doubles to `BUSY_MAX_S`, the reason shown meanwhile; any other failure stops
-        it (it stays resumable, the operator sees why)."""
+    async def _guarded(self, local_id: str, run: DataPlane) -> None:
+        """`run` the data plane of a transfer until it is done, opening it again after a
+        failure that may pass (see the module docstring); any other failure stops it (it
+        stays resumable, the operator sees why)."""
         delivery = self.delivery(local_id)
-        pause = BUSY_FIRST_S
+        pause = RETRY_FIRST_S
         while True:
+            before = delivery.received
             try:
                 delivery.error = ""
-                await run(local_id, delivery)
-                return
+                if await run(local_id, delivery):
+                    delivery.waiting = ""
+                    return
+                wait_for = "the provider to serve the live stream again"
+                why = "the provider ended the stream"
             except asyncio.CancelledError:
                 raise
-            except PeerBusy as exc:
-                delivery.waiting = f"a stream slot at the provider (again in {pause:.0f} s): {exc}"
-                logger.info("DSP transfer %s waits for %s", local_id, delivery.waiting)
-                await asyncio.sleep(pause)
-                pause = min(BUSY_MAX_S, pause * 2)
-            except Exception as exc:  # the transfer stays resumable; the operator sees why
-                delivery.waiting = ""
-                delivery.error = f"{type(exc).__name__}: {exc}"
-                logger.warning("DSP transfer %s stopped: %s", local_id, delivery.error)
+            except PeerBusy as exc:  # our other transfers from it hold its stream slots
+                wait_for, why = "a stream slot at the provider", str(exc)
+            except PeerRefused as exc:
+                if exc.status == 401 and not delivery.reasked:
+                    await self._ask_again(local_id, delivery, exc.reason)
+                    return
+                self._stopped(local_id, delivery, exc)
                 return
+            except PeerError as exc:  # no connection, a 5xx, a body cut short
+                wait_for, why = "the provider to answer again", str(exc)
+            except Exception as exc:
+                self._stopped(local_id, delivery, exc)
+                return
+            if delivery.received > before:
+                pause = RETRY_FIRST_S  # rows flowed: the next cut starts the pauses over
+            delivery.waiting = f"{wait_for} (again in {pause:.0f} s): {why}"
+            delivery.reconnects += 1
+            logger.info("DSP transfer %s waits for %s", local_id, delivery.waiting)
+            await asyncio.sleep(pause)
+            pause = min(RETRY_MAX_S, pause * 2)
+
+    def _stopped(self, local_id: str, delivery: Delivery, exc: Exception) -> None:
+        delivery.waiting = ""
+        delivery.error = f"{type(exc).__name__}: {exc}"
+        logger.warning("DSP transfer %s stopped: %s", local_id, delivery.error)
+
+    async def _ask_again(self, local_id: str, delivery: Delivery, reason: str) -> None:
+        """The provider no longer takes our token: ask it for a new data address (its
+        TransferStartMessage restarts the data plane, `on_start`), unless the transfer
+        was suspended or ended here meanwhile. Asked once until a data plane opens: a
+        provider that refuses the new address's token too stops it."""
+        delivery.waiting = f"a new data address from the provider: {reason}"
+        await asyncio.sleep(REASK_GRACE_S)
+        store = self.runtime.store
+        process: TransferProcess = await run_in_threadpool(store.load_transfer, local_id)
+        if process.state is not TransferState.STARTED:
+            delivery.waiting = ""
+            return
+        delivery.reasked = True
+        delivery.address = None  # (a start meanwhile would pull with the refused token)
+        row = self.row(local_id)
+        message = outbox_message(
+            row.peer_id,
+            row.local_id,
+            control_id(row.local_id, "resume"),
+            peer_url(row, "start"),
+            message_body(row, "start"),
+        )
+        await run_in_threadpool(store.enqueue, [message], self.runtime.clock.now())
+        self.kick()
+        logger.info("DSP transfer %s: asking %s for a new address", local_id, row.peer_id)
 
     # ---------------------------------------------------------- data plane
 
-    async def _pull(self, local_id: str, delivery: Delivery) -> None:
+    async def _pull(self, local_id: str, delivery: Delivery) -> bool:
+        """Pull from the checkpoint to the last batch; True when done (or nothing to do)."""
         store = self.runtime.store
         process: TransferProcess = await run_in_threadpool(store.load_transfer, local_id)
         if process.state is not TransferState.STARTED or delivery.address is None:
-            return
+            return True
         row = self.row(local_id)
         cp = process.checkpoint
         params = {"batch_rows": str(self.batch_rows)}
@@ -244,18 +311,24 @@ class DspTransfers:
         reader = DataReader(local_id)
         address = delivery.address
         async with self.http.stream(address.endpoint, row.peer_id, address.token, params) as body:
-            delivery.waiting = ""  # the provider took it
+            self._opened(delivery)
             async for chunk in body.aiter_bytes():
                 for group in reader.feed(chunk):
                     if not isinstance(group, RowBatch):
-                        raise PeerError(f"DSP transfer {local_id}: live rows in a pull")
+                        raise DataPlaneFormatError(f"DSP transfer {local_id}: live rows in a pull")
                     process = await self._commit(process, group)
                     delivery.received = process.offset
                     if group.last:
                         await self._complete(row, process, group)
-                        return
+                        return True
         reader.finish()
         raise PeerError(f"DSP transfer {local_id}: the data ended before its last batch")
+
+    @staticmethod
+    def _opened(delivery: Delivery) -> None:
+        """The provider took our token and serves the data plane."""
+        delivery.waiting = ""
+        delivery.reasked = False
 
     async def _commit(self, process: TransferProcess, batch: RowBatch) -> TransferProcess:
         after = accept_batch(process, batch)
@@ -277,13 +350,15 @@ class DspTransfers:
         )
         logger.info("DSP transfer %s completed: %d rows", tid, last.checkpoint.offset)
 
-    async def _follow(self, local_id: str, delivery: Delivery) -> None:
+    async def _follow(self, local_id: str, delivery: Delivery) -> bool:
+        """Follow a live stream; True when there is nothing to follow (the transfer is no
+        longer STARTED here), False when the provider ended the stream."""
         row = self.row(local_id)
         process: TransferProcess = await run_in_threadpool(
             self.runtime.store.load_transfer, local_id
         )
         if process.state is not TransferState.STARTED or delivery.address is None:
-            return
+            return True
         if not delivery.position:  # after a restart: where the rows we hold stop
             source = self.runtime.store.received_source
             held, delivery.received = await run_in_threadpool(source, process.transfer_id)
@@ -292,12 +367,13 @@ class DspTransfers:
         reader = DataReader(local_id)
         address = delivery.address
         async with self.http.stream(address.endpoint, row.peer_id, address.token, params) as body:
-            delivery.waiting = ""  # the provider took it
+            self._opened(delivery)
             async for chunk in body.aiter_bytes():
                 for group in reader.feed(chunk):
                     if isinstance(group, LiveRows) and group.rows:
                         await self._store_live(process, delivery, group)
         reader.finish()
+        return False
 
     async def _store_live(
         self, process: TransferProcess, delivery: Delivery, group: LiveRows

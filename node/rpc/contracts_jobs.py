@@ -29,6 +29,7 @@ from qdspace.node.rpc.contracts_client import TIMEOUT_S, ContractClient, call_pe
 from qdspace.node.rpc.peers import PeerDirectory
 from qdspace.node.runtime.contracts import ContractRuntime
 from qdspace.node.runtime.contracts_cases import CASE_KIND
+from qdspace.node.runtime.contracts_notices import NOTIFICATION
 from qdspace.protocols.v1 import notification_pb2, notification_pb2_grpc
 
 logger = logging.getLogger("node.contracts")
@@ -132,6 +133,10 @@ class OutboxDispatcher:
         if sender is not None:
             await sender(message)
             return
+        if message.kind != NOTIFICATION:  # another binding's, not serving (yet): kept
+            raise PeerError(
+                f"no sender of {message.kind!r} messages runs here (yet): kept for later"
+            )
         wire = notification_pb2.NotificationMessage.FromString(message.payload)
         stub = notification_pb2_grpc.NotificationStub(self.peers.channel(message.peer_id))
         await call_peer(message.peer_id, "notify", lambda: stub.Notify(wire, timeout=TIMEOUT_S))

@@ -176,3 +176,74 @@ def test_a_restarted_consumer_resumes_a_live_stream_after_the_rows_it_holds(
         held = ok(oem.get("/v1/contracts/received", params={"agreement_id": agreement}))
         mine = [r["inspection_id"] for r in held["rows"] if r["inspection_id"].startswith("DSP")]
         assert mine == [f"DSP-{tag}-001", f"DSP-{tag}-002"]
+
+
+def test_a_live_stream_outlives_its_providers_restarts(pair: LocalNetwork) -> None:
+    """The provider restarts twice while SunArc follows its live stream. The first time
+    the data address's token has expired meanwhile (Cellex hands out 2-second tokens
+    then): SunArc asks for a new address by itself. The second time the token is still
+    good: SunArc opens the stream again with it. Each time, rows stored after the restart
+    arrive after the rows held, none twice, with no operator's resume (a consumer whose
+    stream simply ended would hold a copy that stopped mirroring)."""
+    if not pair["sunarc"].running:
+        pair.start(["sunarc"])
+    if pair["cellex"].running:
+        assert pair.stop(["cellex"], timeout=KILL_AFTER_S) == {"cellex": 0}
+    pair.env["QDSPACE_DSP_TOKEN_TTL_S"] = "2"
+    try:
+        pair.start(["cellex"])
+    finally:
+        del pair.env["QDSPACE_DSP_TOKEN_TTL_S"]
+    ingest_sample(pair, "cellex")
+    provider = runtime_of(pair, "cellex")["dsp"]
+    port = urlsplit(provider).port
+    tag = uuid.uuid4().hex[:8]
+
+    def post(i: int) -> None:
+        with pair["cellex"].client() as supplier:
+            rows = {"rows": [inspection_row(tag, i, SUNARC_ORDER)]}
+            assert ok(supplier.post("/v1/ingest/inspection", json=rows))["accepted"] == 1
+
+    def restart_cellex() -> None:
+        assert pair.stop(["cellex"], timeout=KILL_AFTER_S) == {"cellex": 0}
+        waiting = wait_for(
+            "SunArc to wait for the provider",
+            lambda: transfer_state(oem, tid)["waiting"],
+        )
+        assert waiting.startswith("the provider to "), waiting
+        pair.env["QDSPACE_DSP_PORT"] = str(port)  # the data address names this port
+        try:
+            pair.start(["cellex"])
+        finally:
+            pair.env["QDSPACE_DSP_PORT"] = "0"
+
+    def mine() -> list[str]:
+        held = ok(oem.get("/v1/contracts/received", params={"agreement_id": agreement}))
+        return [r["inspection_id"] for r in held["rows"] if r["inspection_id"].startswith("DSP")]
+
+    def asked_again() -> int:
+        log = pair["sunarc"].log_path.parent / "node.log"
+        return log.read_text().count(f"DSP transfer {tid}: asking")
+
+    with pair["sunarc"].client() as oem:
+        agreement, tid = start_live_transfer(oem, provider)
+        post(1)
+        wait_for("the first row", lambda: transfer_state(oem, tid)["received"] == 1)
+        time.sleep(2.5)  # the token expires (the open stream goes on)
+
+        restart_cellex()  # with tokens of the default lifetime from now on
+        post(2)
+        wait_for("the row after the first restart", lambda: len(mine()) >= 2, timeout=60)
+        assert asked_again() == 1  # the expired token was refused: a new address, once
+
+        restart_cellex()
+        post(3)
+        wait_for("the row after the second restart", lambda: len(mine()) >= 3, timeout=60)
+        assert asked_again() == 1  # the address held was still good: no new one asked
+
+        time.sleep(1.5)  # a stream that started over would re-send rows 1 and 2 by now
+        assert mine() == [f"DSP-{tag}-{i:03d}" for i in (1, 2, 3)]
+        state = transfer_state(oem, tid)
+        assert state["state"] == "STARTED" and state["received"] == 3, state
+        assert state["waiting"] == "" and state["error"] == "", state
+        assert state["reconnects"] >= 2, state

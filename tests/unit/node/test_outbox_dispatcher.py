@@ -151,3 +151,23 @@ def test_stopping_cancels_a_delivery_under_way_and_keeps_its_message(tmp_path: P
         assert pending.message.message_id == "v-1" and pending.attempts == 0
     finally:
         rt.qdm.dispose()
+
+
+def test_a_message_no_sender_runs_for_is_kept_for_later_not_read_as_a_notification(
+    tmp_path: Path,
+) -> None:
+    """A node restarted with DSP callbacks in its outbox starts delivering before the DSP
+    listener registers its sender (or runs with the listener turned off): such a message
+    is a delivery that failed (kept, tried again later, the reason recorded), not a DSP
+    body parsed as a gRPC notification (a DecodeError, a traceback at every poll)."""
+    rt = runtime(tmp_path)
+    rt.store.enqueue([OutboxMessage("voltis", "dsp", "p", "v-1", b'{"url":"x"}')], rt.clock.now())
+    dispatcher = OutboxDispatcher(rt, PeerDirectory.__new__(PeerDirectory))
+    try:
+        assert asyncio.run(dispatcher.deliver_due()) == 0
+        assert rt.store.due_messages(rt.clock.now()) == []  # not before its backoff
+        (owed,) = rt.store.outbox.owed()
+        assert owed.undelivered == 1 and owed.attempts == 1
+        assert owed.last_error is not None and "no sender of 'dsp' messages" in owed.last_error
+    finally:
+        rt.qdm.dispose()
