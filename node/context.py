@@ -29,6 +29,7 @@ from qdspace.node.runtime.contracts import ContractRuntime, build_runtime
 
 if TYPE_CHECKING:
     from qdspace.federation.job_files import VersionAnchor
+    from qdspace.node.rpc.limits import CallLimiter
     from qdspace.node.runtime.contract_ports import OutboxDelivery, PeerContracts
     from qdspace.node.runtime.directory import DirectoryFollower
     from qdspace.node.runtime.federation_member import FederationMember
@@ -82,6 +83,9 @@ class NodeContext:
     key_files: KeyFiles = PLAIN
     #: a managed host's row and storage quotas of this tenant; None on a node (no quota)
     ingest_admission: IngestAdmission | None = None
+    #: members' calls and streams in flight here: one count for the gRPC and the DSP
+    #: listener (`node.serving.call_limiter`), made with the first of them
+    calls: CallLimiter | None = None
 
     @property
     def directory(self) -> Path:

@@ -33,7 +33,7 @@ from qdspace.node.errors import NodeError
 from qdspace.node.http_listener import DEFAULT_GRACE_S, NodeHttpServer
 from qdspace.node.identity.revocation import StaleRevocationList
 from qdspace.node.listeners import bind_socket, check_server_tls, https_url, runtime_record
-from qdspace.node.serving import MemberServer, attach_anchoring, call_caps
+from qdspace.node.serving import MemberServer, attach_anchoring, call_limiter
 from qdspace.util.files import write_atomic
 
 logger = logging.getLogger("node")
@@ -188,7 +188,6 @@ async def start_dsp(ctx: NodeContext, sock: socket.socket) -> _Uvicorn:
     from qdspace.node.dsp.transfers import transfer_router
     from qdspace.node.rpc.auth import PeerAuthenticator
     from qdspace.node.rpc.contracts_jobs import client_of
-    from qdspace.node.rpc.limits import CallLimiter
 
     runtime = ctx.contracts
     if runtime is None:
@@ -214,7 +213,7 @@ async def start_dsp(ctx: NodeContext, sock: socket.socket) -> _Uvicorn:
     ctx.dsp_transfers = transfers = DspTransfers(moves, http, outbox.kick)
     draining = asyncio.Event()  # set when the listener stops: live data streams end
     routes = transfer_router(authenticator, transfers, body_of, outbox.kick, draining)
-    limiter = CallLimiter(call_caps(settings))  # a member's requests, as on the gRPC listener
+    limiter = call_limiter(ctx)  # one count with the gRPC listener's
     config = uvicorn.Config(
         DspCallCaps(create_dsp_app(binding, [routes]), limiter),
         log_level="warning",

@@ -22,7 +22,7 @@ from qdspace.node.context import NodeContext
 from qdspace.node.errors import ConfigError
 from qdspace.node.rpc.auth import PeerAuthenticator
 from qdspace.node.rpc.federation_service import FederationServicer
-from qdspace.node.rpc.limits import CallCaps
+from qdspace.node.rpc.limits import CallCaps, CallLimiter
 from qdspace.node.rpc.node_service import NodeServicer
 from qdspace.node.rpc.server import PeerServer, build_server
 from qdspace.node.rpc.trace_service import TraceServicer
@@ -60,12 +60,21 @@ def trace_room(ctx: NodeContext) -> TraceRoom | None:
 
 def call_caps(settings: NodeSettings) -> CallCaps:
     """A member's calls and streams in flight, and all calls, as the settings cap them
-    (the gRPC listener's and the DSP listener's, `node.dsp.caps`)."""
+    (for the gRPC listener and the DSP listener, `node.dsp.caps`: `call_limiter`)."""
     return CallCaps(
         server_calls=settings.rpc_max_calls,
         per_peer_calls=settings.rpc_max_calls_per_peer,
         per_peer_streams=settings.rpc_max_streams_per_peer,
     )
+
+
+def call_limiter(ctx: NodeContext) -> CallLimiter:
+    """The node's one count of its members' calls and streams in flight, which both the
+    gRPC listener and the DSP listener admit against: a member at its cap of streams on
+    one is at it on the other (separate counts would let it hold twice the cap)."""
+    if ctx.calls is None:
+        ctx.calls = CallLimiter(call_caps(ctx.settings))
+    return ctx.calls
 
 
 def build_peer_server(
@@ -85,14 +94,13 @@ def build_peer_server(
 
         registrations.extend(contract_registrations(ctx.contracts, ctx.metrics))
     settings = ctx.settings
-    caps = call_caps(settings)
     return build_server(
         ctx.keys,
         PeerAuthenticator(ctx.revocations, ctx.peers.pinned),
         registrations,
         settings.grpc_host,
         settings.grpc_port if port is None else port,
-        caps,
+        call_limiter(ctx),
         ctx.metrics,
         admission,
     )

@@ -1,19 +1,20 @@
 """How many requests one member may hold open on the DSP listener at once.
 
 The gRPC listener counts each member's calls and streams in flight (`node.rpc.limits`:
-``rpc_max_calls_per_peer`` unary calls and ``rpc_max_streams_per_peer`` streams a member,
-``rpc_max_calls`` in all). The DSP listener is the same node's door for the same members,
-so it counts the same way with the same caps: without them one member could open as many
-live data streams as it liked (each reads its pages in the listener's worker threads,
-for hours) or flood the control endpoints, and every other member's DSP calls would wait
-behind its. A request holds a slot from its first byte to the last byte of its answer;
-a data-plane GET (``/data/...``: a pull, a live stream) holds a stream slot, any other
-request a call slot. A member over its cap is answered 429 at once, with a DSP error
-naming the cap, before its token is checked or its body parsed (a body of up to a
-mebibyte is read and dropped first, so that the client reads the answer: `drain_body`);
-the others are not affected. Slots are keyed by the member of the client certificate
-the TLS handshake verified; a request without one is left to the routes, which refuse it
-(401).
+``rpc_max_calls_per_peer`` unary calls and ``rpc_max_streams_per_peer`` streams a
+member, ``rpc_max_calls`` in all). The DSP listener is the same node's door for the same
+members, so it counts against the same caps, in the same count
+(`node.serving.call_limiter`: a member holding its streams on one listener has none left
+on the other): without them one member could open as many live data streams as it liked
+(each reads its pages in the listener's worker threads, for hours) or flood the control
+endpoints, and every other member's DSP calls would wait behind its. A request holds a
+slot from its first byte to the last byte of its answer; a data-plane GET
+(``/data/...``: a pull, a live stream) holds a stream slot, any other request a call
+slot. A member over its cap is answered 429 at once, with a DSP error naming the cap,
+before its token is checked or its body parsed (a body of up to a mebibyte is read and
+dropped first, so that the client reads the answer: `drain_body`); the others are not
+affected. Slots are keyed by the member of the client certificate the TLS handshake
+verified; a request without one is left to the routes, which refuse it (401).
 """
 
 from __future__ import annotations

@@ -63,7 +63,7 @@ def build_server(
     registrars: Sequence[Registrar],
     host: str,
     port: int,
-    caps: CallCaps | None = None,
+    limiter: CallLimiter | None = None,
     metrics: NodeMetrics | None = None,
     admission: Sequence[grpc.aio.ServerInterceptor] = (),
 ) -> PeerServer:
@@ -75,7 +75,7 @@ def build_server(
     if metrics is not None:  # outermost: a refused call is timed and logged with its id too
         interceptors.append(ObserveCalls(metrics))
     interceptors.extend(admission)
-    interceptors.append(AuthInterceptor(authenticator, CallLimiter(caps or CallCaps())))
+    interceptors.append(AuthInterceptor(authenticator, limiter or CallLimiter(CallCaps())))
     server = grpc.aio.server(
         interceptors=interceptors,
         options=[

@@ -5,6 +5,7 @@ query parameters all get a 4xx TransferError, never a 5xx; nothing is half-done.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import ssl
 import time
@@ -13,6 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import grpc
 import httpx
 import pytest
 from jsonschema import Draft201909Validator
@@ -23,6 +25,7 @@ from qdspace.connector import dsp_transfer as wire
 from qdspace.node.dsp.auth import issue_token
 from qdspace.node.dsp.edr import DataTokens
 from qdspace.node.localnet.network import LocalNetwork, MemberSpec
+from qdspace.node.rpc.client import open_channel
 
 from .conftest import SCHEMAS, ingest_sample, ok, runtime_of, wait_for
 
@@ -311,8 +314,10 @@ def test_a_member_is_held_to_its_streams_in_flight(
 ) -> None:
     """SunArc opens live data streams up to its cap (`rpc_max_streams_per_peer`, 8, as on
     the gRPC listener): the next is a 429 TransferError naming the cap, answered before
-    its token is read; Polycell's calls and SunArc's own control calls go on meanwhile;
-    once SunArc closes a stream, its next one is admitted."""
+    its token is read, and so is a gRPC stream to the same node (one count for both
+    listeners: separate ones let a member hold the cap on each); Polycell's calls and
+    SunArc's own control calls go on meanwhile; once SunArc closes a stream, its next
+    one is admitted."""
     from .test_dsp_transfer import negotiate
 
     with trio["sunarc"].client() as oem:
@@ -334,6 +339,9 @@ def test_a_member_is_held_to_its_streams_in_flight(
         over = sunarc.data(ppid, "not-even-a-token")  # refused before the token is read
         refused(over, 429)
         assert "8 streams open" in over.json()["reason"][0], over.text
+        code, details = asyncio.run(grpc_stream(trio, "sunarc", "cellex"))
+        assert code == grpc.StatusCode.RESOURCE_EXHAUSTED, (code, details)
+        assert "8 streams open" in details, details
         assert sunarc.http.get(f"/transfers/{ppid}", headers=sunarc.auth()).status_code == 200
         catalog = {"@context": CTX, "@type": "CatalogRequestMessage"}
         assert setup["polycell"].post("/catalog/request", catalog).status_code == 200
@@ -348,6 +356,30 @@ def test_a_member_is_held_to_its_streams_in_flight(
             return False
 
         wait_for("a stream slot freed by the closed stream", admitted)
+        held.pop().close()
+        wait_for(
+            "the slot freed for a gRPC stream",
+            lambda: (
+                asyncio.run(grpc_stream(trio, "sunarc", "cellex"))[0]
+                != grpc.StatusCode.RESOURCE_EXHAUSTED
+            ),
+        )
     finally:
         for response in held:
             response.close()
+
+
+async def grpc_stream(net: LocalNetwork, caller: str, callee: str) -> tuple[Any, str]:
+    """`caller` opens a gRPC stream (a subscription, with an empty request) on `callee`'s
+    peer listener; the status it ends with and its details."""
+    channel = open_channel(net[caller].keys(), net[callee].grpc_address, callee)
+    try:
+        call = channel.unary_stream("/qdspace.v1.Subscription/Subscribe")(b"", timeout=10)
+        try:
+            async for _ in call:
+                pass
+        except grpc.aio.AioRpcError as exc:
+            return exc.code(), exc.details() or ""
+        return grpc.StatusCode.OK, ""
+    finally:
+        await channel.close()
