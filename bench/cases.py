@@ -99,7 +99,7 @@ def fill(store: QualityStore, count: int) -> str:
         for table in (case_event_table, case_table):
             conn.execute(table.delete())
     for i in range(count):
-        contracts.append_case_events([sign_event(e, KEYS[e.author_id]) for e in _log(i)], [], T0)
+        contracts.cases.append([sign_event(e, KEYS[e.author_id]) for e in _log(i)], [], T0)
     return f"{count:,} cases"
 
 
@@ -107,19 +107,19 @@ def measure(store: QualityStore, runs: int) -> dict[str, Any]:
     contracts = ContractStore(store.engine, b"k" * 32)
 
     def page() -> list[tuple[str, int, int]]:
-        rows = contracts.case_rows(TODAY, limit=SHOWN)
-        contracts.count_cases()
+        rows = contracts.cases.case_rows(TODAY, limit=SHOWN)
+        contracts.cases.count_cases()
         return [(r.case_id, r.open_actions, r.overdue_actions) for r in rows]
 
     def page_folded() -> list[tuple[str, int, int]]:
-        every = contracts.cases()
+        every = contracts.cases.cases()
         return [(c.case_id, len(c.open_actions()), len(overdue(c, TODAY))) for c in every][:SHOWN]
 
     def late() -> list[str]:
-        return sorted(c.case_id for c in contracts.overdue_cases(TODAY))
+        return sorted(c.case_id for c in contracts.cases.overdue_cases(TODAY))
 
     def late_folded() -> list[str]:
-        return sorted(c.case_id for c in contracts.cases() if overdue(c, TODAY))
+        return sorted(c.case_id for c in contracts.cases.cases() if overdue(c, TODAY))
 
     for new, old, what in ((page(), page_folded(), "the page"), (late(), late_folded(), "late")):
         if new != old:

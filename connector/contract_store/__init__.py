@@ -26,13 +26,14 @@ the invariants it keeps:
 
 `ContractStore` wires them together (which aggregate takes another's step into its
 transaction) and delegates each call to the module that owns it, under the name the
-method has there.
+method has there; an aggregate whose steps no other aggregate joins (`outbox` for its
+reads, `dsp`, `subscriptions`, `notices`, `cases`) is its attribute, used directly.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
-from datetime import date, datetime
+from datetime import datetime
 
 from sqlalchemy import Engine
 
@@ -72,11 +73,8 @@ from qdspace.connector.contract_store.received import (
 )
 from qdspace.connector.contract_store.subscriptions import StoredSubscription, SubscriptionStore
 from qdspace.connector.contract_store.transfers import TransferStore
-from qdspace.connector.investigation import QualityCase
-from qdspace.connector.investigation_wire import SignedEvent
 from qdspace.connector.negotiation import Negotiation, NegotiationState, Role
 from qdspace.connector.purge import Holding
-from qdspace.connector.spc import Investigation, QualityAlert
 from qdspace.connector.transfer import TransferProcess, TransferState
 from qdspace.policies.retention import DutyStatus
 
@@ -130,8 +128,10 @@ class ContractStore:
             engine, self._agreements, self._received, self._receipts, self._outbox
         )
         self._duties = DutyView(engine)
-        self._notices = NoticeStore(engine)
-        self._cases = CaseStore(engine, self._outbox)
+        # alerts and investigations peers sent (`notices`), and the quality cases with
+        # their signed event logs (`cases`): their own aggregates, used directly
+        self.notices = NoticeStore(engine)
+        self.cases = CaseStore(engine, self._outbox)
         # the DSP binding's pids and callbacks (`dsp`): its own aggregate, used directly
         self.dsp = DspProcessStore(engine)
         # a consumer's live subscriptions (`subscriptions`): their own aggregate, used directly
@@ -453,51 +453,3 @@ class ContractStore:
 
     def receipt(self, receipt_id: str) -> SignedReceipt | None:
         return self._receipts.receipt(receipt_id)
-
-    # ------------------------------------------------------------- notices
-
-    def record_alert(self, sender_id: str, notice: QualityAlert, at: datetime) -> bool:
-        return self._notices.record_alert(sender_id, notice, at)
-
-    def record_investigation(self, sender_id: str, case: Investigation, at: datetime) -> bool:
-        return self._notices.record_investigation(sender_id, case, at)
-
-    def received_alerts(
-        self, sender_id: str | None = None, *, limit: int | None = None, newest_first: bool = False
-    ) -> list[QualityAlert]:
-        return self._notices.received_alerts(sender_id, limit=limit, newest_first=newest_first)
-
-    def count_received_alerts(self) -> int:
-        return self._notices.count_received_alerts()
-
-    def received_investigations(self, sender_id: str | None = None) -> list[Investigation]:
-        return self._notices.received_investigations(sender_id)
-
-    # -------------------------------------------------------- quality cases
-
-    def append_case_events(
-        self,
-        events: Sequence[SignedEvent],
-        outbox: Sequence[OutboxMessage],
-        at: datetime,
-        quota_for: str | None = None,
-    ) -> bool:
-        return self._cases.append(events, outbox, at, quota_for)
-
-    def case_log(self, opener_id: str, case_id: str) -> CaseLog:
-        return self._cases.case_log(opener_id, case_id)
-
-    def find_case(self, case_id: str) -> CaseLog:
-        return self._cases.find_case(case_id)
-
-    def case_rows(self, today: date, *, limit: int | None = None, offset: int = 0) -> list[CaseRow]:
-        return self._cases.case_rows(today, limit=limit, offset=offset)
-
-    def count_cases(self) -> int:
-        return self._cases.count_cases()
-
-    def overdue_cases(self, today: date) -> list[QualityCase]:
-        return self._cases.overdue_cases(today)
-
-    def cases(self) -> list[QualityCase]:
-        return self._cases.cases()

@@ -429,14 +429,14 @@ def contracts_router() -> APIRouter:
         of this node's subscriptions as many)."""
         newest = limit is not None
         raised = rt.store.subscriptions.raised_alerts(limit=limit, newest_first=newest)
-        received = rt.store.received_alerts(limit=limit, newest_first=newest)
+        received = rt.store.notices.received_alerts(limit=limit, newest_first=newest)
         if newest:
             raised, received = raised[::-1], received[::-1]
         return AlertsPublic(
             raised=[alert_public(a) for a in raised],
             received=[alert_public(a) for a in received],
             raised_total=rt.store.subscriptions.count_raised_alerts() if newest else len(raised),
-            received_total=rt.store.count_received_alerts() if newest else len(received),
+            received_total=rt.store.notices.count_received_alerts() if newest else len(received),
         )
 
     @router.get("/clock", response_model=ClockPublic)

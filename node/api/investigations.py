@@ -268,7 +268,7 @@ def investigations_router() -> APIRouter:
         me, today = rt.me.member_id, _today(rt)
 
         def read(limit: int | None, offset: int) -> list[CaseSummary]:
-            found = rt.store.case_rows(today, limit=limit, offset=offset)
+            found = rt.store.cases.case_rows(today, limit=limit, offset=offset)
             return [row_summary(r, me) for r in found]
 
         return page.read(read, response)
@@ -286,13 +286,13 @@ def investigations_router() -> APIRouter:
                 owner_id=a.owner_id,
                 due=a.due,
             )
-            for c in rt.store.overdue_cases(today)
+            for c in rt.store.cases.overdue_cases(today)
             for a in overdue(c, today)
         ]
 
     @router.get("/{case_id}", response_model=CasePublic)
     def show(rt: Runtime, case_id: IdPath) -> CasePublic:
-        return case_public(rt.store.find_case(case_id), rt.me.member_id, _today(rt))
+        return case_public(rt.store.cases.find_case(case_id), rt.me.member_id, _today(rt))
 
     @router.post("/{case_id}/actions/{action_id}/done", response_model=CasePublic)
     async def action_done(

@@ -58,12 +58,12 @@ def routes(console: Console) -> list[tuple[str, Endpoint, str]]:
 
         rt = runtime()
         me, today = rt.me.member_id, rt.clock.now().date()
-        late = [(c, a) for c in rt.store.overdue_cases(today) for a in overdue(c, today)]
-        shown = rt.store.case_rows(today, limit=SHOWN_CASES)
+        late = [(c, a) for c in rt.store.cases.overdue_cases(today) for a in overdue(c, today)]
+        shown = rt.store.cases.case_rows(today, limit=SHOWN_CASES)
         alerts, alert_count = newest_alerts(ctx)
         return {
             "cases": [row_summary(r, me) for r in shown],
-            "case_count": rt.store.count_cases(),
+            "case_count": rt.store.cases.count_cases(),
             "overdue": [
                 {"case_id": c.case_id, "subject": c.terms.subject, "action": a, "owner": a.owner_id}
                 for c, a in late
@@ -80,7 +80,7 @@ def routes(console: Console) -> list[tuple[str, Endpoint, str]]:
     def case_view(case_id: str) -> dict[str, Any]:
         rt = runtime()
         me = rt.me.member_id
-        log = rt.store.find_case(case_id)
+        log = rt.store.cases.find_case(case_id)
         public = case_public(log, me, rt.clock.now().date())
         return {
             "c": public,

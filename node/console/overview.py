@@ -124,8 +124,8 @@ def newest_alerts(ctx: NodeContext) -> tuple[list[AlertPublic], int]:
     if ctx.contracts is not None:
         store = ctx.contracts.store
         raised = store.subscriptions.raised_alerts(limit=SHOWN_ALERTS, newest_first=True)[::-1]
-        received = store.received_alerts(limit=SHOWN_ALERTS, newest_first=True)[::-1]
-        count = store.subscriptions.count_raised_alerts() + store.count_received_alerts()
+        received = store.notices.received_alerts(limit=SHOWN_ALERTS, newest_first=True)[::-1]
+        count = store.subscriptions.count_raised_alerts() + store.notices.count_received_alerts()
     return [alert_public(a) for a in [*raised, *received][-SHOWN_ALERTS:]], count
 
 

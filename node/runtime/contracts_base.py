@@ -68,7 +68,7 @@ class ContractBase:
     @property
     def investigations(self) -> list[Investigation]:
         """The investigations peers opened with us (kept in the contract store)."""
-        return self.store.received_investigations()
+        return self.store.notices.received_investigations()
 
     # ------------------------------------------------------------- catalog
 

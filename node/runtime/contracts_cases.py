@@ -2,7 +2,7 @@
 
 A case (`connector.investigation`) is opened by one member with one other; every move
 is an event signed by its author, appended to this node's copy of the log and queued
-for the other party in the same commit (`ContractStore.append_case_events`), so it is
+for the other party in the same commit (`CaseStore.append`), so it is
 delivered through the outbox with retries. A peer's event arrives as a notification:
 it is verified with the peer's key before it is parsed, must be authored by the peer
 that sent it, must belong to a case between the peer and us (an unknown case and
@@ -64,21 +64,21 @@ class QualityCases(ContractNotices):
         now = self.clock.now()
         signed = [sign_event(e, self.signing_key) for e in opening(case_id, terms, now)]
         outbox = [self._case_note(s, terms.receiver_id) for s in signed]
-        self.store.append_case_events(signed, outbox, now)
+        self.store.cases.append(signed, outbox, now)
         logger.info("quality case %s opened with %s", case_id, peer_name(terms.receiver_id))
-        return self.store.case_log(self.me.member_id, case_id)
+        return self.store.cases.case_log(self.me.member_id, case_id)
 
     def case_step(self, case_id: str, step: Step, action_id: str = "", note: str = "") -> CaseLog:
         """Our next move in a case held here (acknowledge, accept, an action done, close)."""
-        log = self.store.find_case(case_id)
+        log = self.store.cases.find_case(case_id)
         case, me = log.case, self.me.member_id
         if step in (Step.OPEN, Step.SEND, Step.RECEIVE):
             raise CaseDenied(f"{step.value} is made by the node itself, not asked for")
         event = next_event(case, me, step, self.clock.now(), action_id, note)
         signed = sign_event(event, self.signing_key)
         other = case.receiver_id if me == case.opener_id else case.opener_id
-        self.store.append_case_events([signed], [self._case_note(signed, other)], event.at)
-        after = self.store.case_log(case.opener_id, case_id)
+        self.store.cases.append([signed], [self._case_note(signed, other)], event.at)
+        after = self.store.cases.case_log(case.opener_id, case_id)
         self._anchor_if_closed(after)
         return after
 
@@ -92,7 +92,7 @@ class QualityCases(ContractNotices):
         (``<opener id>:<case id>``, one URL path segment), for a regulator."""
         opener_id, _, case_id = ref_id.partition(":")
         try:
-            log = self.store.case_log(opener_id, case_id)
+            log = self.store.cases.case_log(opener_id, case_id)
         except UnknownCaseError:
             return None
         if log.case.state is not CaseState.CLOSED:
@@ -119,7 +119,7 @@ class QualityCases(ContractNotices):
             if event.terms.receiver_id != me:
                 raise refused
         try:
-            log = self.store.case_log(event.opener_id, event.case_id)
+            log = self.store.cases.case_log(event.opener_id, event.case_id)
         except UnknownCaseError:
             if event.step is not Step.OPEN:
                 raise refused from None
@@ -146,8 +146,8 @@ class QualityCases(ContractNotices):
             events.append(received)
             outbox.append(self._case_note(received, peer.member_id))
         quota = peer.member_id if log is None else None
-        first = self.store.append_case_events(events, outbox, self.clock.now(), quota)
+        first = self.store.cases.append(events, outbox, self.clock.now(), quota)
         if first:
             logger.info("quality case %s: %s by %s", event.case_id, event.step.value, peer.name)
-            self._anchor_if_closed(self.store.case_log(event.opener_id, event.case_id))
+            self._anchor_if_closed(self.store.cases.case_log(event.opener_id, event.case_id))
         return first

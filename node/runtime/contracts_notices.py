@@ -67,12 +67,12 @@ class ContractNotices(ContractBase):
         if isinstance(body, SignedReceipt):
             return self._receipt(peer, body)
         if isinstance(body, QualityAlert):
-            first = self.store.record_alert(peer.member_id, body, self.clock.now())
+            first = self.store.notices.record_alert(peer.member_id, body, self.clock.now())
             if first:
                 logger.warning("quality alert from %s: %s", peer.name, body.alert.description)
             return first
         assert isinstance(body, Investigation)
-        first = self.store.record_investigation(peer.member_id, body, self.clock.now())
+        first = self.store.notices.record_investigation(peer.member_id, body, self.clock.now())
         if first:
             logger.warning("investigation from %s: %s", peer.name, body.subject[:200])
         return first

@@ -94,7 +94,7 @@ def _logs(count: int, seed: int) -> list[list[SignedEvent]]:
 
 def _keep(store: ContractStore, logs: list[list[SignedEvent]]) -> None:
     for log in logs:
-        store.append_case_events(log, [], T0)
+        store.cases.append(log, [], T0)
 
 
 @pytest.mark.parametrize("seed", [1, 2])
@@ -102,11 +102,11 @@ def test_rows_and_overdue_cases_are_what_folding_every_log_gives(
     store: ContractStore, seed: int
 ) -> None:
     _keep(store, _logs(60, seed))
-    every = store.cases()  # each log folded, the most recently updated first
-    assert len({c.state for c in every}) >= 3 and store.count_cases() == len(every)
+    every = store.cases.cases()  # each log folded, the most recently updated first
+    assert len({c.state for c in every}) >= 3 and store.cases.count_cases() == len(every)
     assert any(overdue(c, D0 + timedelta(days=20)) for c in every)
     for today in (D0 - timedelta(days=20), D0, D0 + timedelta(days=5), D0 + timedelta(days=60)):
-        rows = store.case_rows(today)
+        rows = store.cases.case_rows(today)
         assert [(r.opener_id, r.case_id) for r in rows] == [(c.opener_id, c.case_id) for c in every]
         for row, case in zip(rows, every, strict=True):
             assert (row.kind, row.severity, row.subject, row.state) == (
@@ -116,11 +116,11 @@ def test_rows_and_overdue_cases_are_what_folding_every_log_gives(
             assert row.open_actions == len(case.open_actions())
             assert row.overdue_actions == len(overdue(case, today))
         assert rows == [CaseRow.of(c, today) for c in every]  # as the API's case page says
-        pages = [store.case_rows(today, limit=7, offset=o) for o in range(0, len(rows), 7)]
+        pages = [store.cases.case_rows(today, limit=7, offset=o) for o in range(0, len(rows), 7)]
         assert [r for page in pages for r in page] == rows
         late = [c for c in every if overdue(c, today)]
         first_due = {c.case_id: min(a.due for a in overdue(c, today)) for c in late}
-        found = store.overdue_cases(today)
+        found = store.cases.overdue_cases(today)
         assert sorted(c.case_id for c in found) == sorted(c.case_id for c in late)
         assert [first_due[c.case_id] for c in found] == sorted(first_due.values())
 
@@ -199,10 +199,10 @@ def test_cases_kept_before_0020_are_listed_as_if_kept_now(tmp_path: Path) -> Non
     fresh = ContractStore(fresh_engine, bytes(32))
     _keep(fresh, logs)
     for today in (D0, D0 + timedelta(days=30)):
-        assert upgraded.case_rows(today) == fresh.case_rows(today)
-        assert upgraded.overdue_cases(today) == fresh.overdue_cases(today)
-    assert any(r.open_actions for r in fresh.case_rows(D0))
-    assert upgraded.overdue_cases(D0 + timedelta(days=30))
+        assert upgraded.cases.case_rows(today) == fresh.cases.case_rows(today)
+        assert upgraded.cases.overdue_cases(today) == fresh.cases.overdue_cases(today)
+    assert any(r.open_actions for r in fresh.cases.case_rows(D0))
+    assert upgraded.cases.overdue_cases(D0 + timedelta(days=30))
     old.dispose()
     fresh_engine.dispose()
 
@@ -212,7 +212,7 @@ def test_a_listing_reads_rows_and_folds_only_the_late(store: ContractStore) -> N
     that read a case's events)."""
     _keep(store, _logs(40, 4))
     today = D0 + timedelta(days=5)
-    late = {c.case_id for c in store.cases() if overdue(c, today)}
+    late = {c.case_id for c in store.cases.cases() if overdue(c, today)}
     reads: list[str] = []
 
     @sa.event.listens_for(store.engine, "before_cursor_execute")
@@ -221,7 +221,7 @@ def test_a_listing_reads_rows_and_folds_only_the_late(store: ContractStore) -> N
             reads.append(statement)
 
     try:
-        rows = store.case_rows(today)
+        rows = store.cases.case_rows(today)
     finally:
         sa.event.remove(store.engine, "before_cursor_execute", count)
     assert len(rows) == 40 and len(reads) == len(late) < 40

@@ -62,38 +62,38 @@ def outbox_count(engine: Engine) -> int:
 
 def test_a_case_is_kept_as_its_signed_log(store: ContractStore) -> None:
     opened = [sign_event(e, O_KEY) for e in opening("qc-1", terms(), T0)]
-    assert store.append_case_events(opened, [note(opened[0].event)], T0)
-    log = store.case_log(OEM, "qc-1")
+    assert store.cases.append(opened, [note(opened[0].event)], T0)
+    log = store.cases.case_log(OEM, "qc-1")
     assert log.case.state is CaseState.SENT and len(log.events) == 2
-    assert store.find_case("qc-1") == log
-    assert [c.case_id for c in store.cases()] == ["qc-1"]
+    assert store.cases.find_case("qc-1") == log
+    assert [c.case_id for c in store.cases.cases()] == ["qc-1"]
     assert outbox_count(store._outbox.engine) == 1
     # the same events again: acknowledged as not new, nothing queued twice
-    assert not store.append_case_events(opened, [note(opened[0].event)], T0)
+    assert not store.cases.append(opened, [note(opened[0].event)], T0)
     assert outbox_count(store._outbox.engine) == 1
     with pytest.raises(UnknownCaseError):
-        store.case_log(SUP, "qc-1")
+        store.cases.case_log(SUP, "qc-1")
 
 
 def test_a_replay_with_other_content_is_refused(store: ContractStore) -> None:
     opened = [sign_event(e, O_KEY) for e in opening("qc-1", terms(), T0)]
-    store.append_case_events(opened, [], T0)
-    received = next_event(store.case_log(OEM, "qc-1").case, SUP, Step.RECEIVE, T0)
-    store.append_case_events([sign_event(received, S_KEY)], [], T0)
+    store.cases.append(opened, [], T0)
+    received = next_event(store.cases.case_log(OEM, "qc-1").case, SUP, Step.RECEIVE, T0)
+    store.cases.append([sign_event(received, S_KEY)], [], T0)
     changed = CaseEvent(OEM, "qc-1", SUP, 1, Step.RECEIVE, T0, note="other")
     with pytest.raises(CaseReplayError, match="other content"):
-        store.append_case_events([sign_event(changed, S_KEY)], [note(changed)], T0)
-    assert store.case_log(OEM, "qc-1").events[-1].event == received
+        store.cases.append([sign_event(changed, S_KEY)], [note(changed)], T0)
+    assert store.cases.case_log(OEM, "qc-1").events[-1].event == received
 
 
 def test_an_illegal_move_is_refused_and_nothing_is_queued(store: ContractStore) -> None:
     opened = [sign_event(e, O_KEY) for e in opening("qc-1", terms(), T0)]
-    store.append_case_events(opened, [], T0)
+    store.cases.append(opened, [], T0)
     jump = CaseEvent(OEM, "qc-1", SUP, 1, Step.ACCEPT, T0)
     with pytest.raises(CaseTransitionError, match="is SENT: ACCEPT"):
-        store.append_case_events([sign_event(jump, S_KEY)], [note(jump)], T0)
+        store.cases.append([sign_event(jump, S_KEY)], [note(jump)], T0)
     assert outbox_count(store._outbox.engine) == 0
-    assert store.case_log(OEM, "qc-1").case.state is CaseState.SENT
+    assert store.cases.case_log(OEM, "qc-1").case.state is CaseState.SENT
 
 
 def test_cases_a_peer_opens_are_bounded(
@@ -102,18 +102,18 @@ def test_cases_a_peer_opens_are_bounded(
     monkeypatch.setattr(case_module, "MAX_RECEIVED_PER_SENDER", 2)
     for i in range(2):
         opened = [sign_event(e, O_KEY) for e in opening(f"qc-{i}", terms(), T0)]
-        store.append_case_events(opened, [], T0, quota_for=OEM)
+        store.cases.append(opened, [], T0, quota_for=OEM)
     third = [sign_event(e, O_KEY) for e in opening("qc-3", terms(), T0)]
     with pytest.raises(NotificationQuotaError, match="2 quality cases"):
-        store.append_case_events(third, [], T0, quota_for=OEM)
-    assert len(store.cases()) == 2
+        store.cases.append(third, [], T0, quota_for=OEM)
+    assert len(store.cases.cases()) == 2
 
 
 def test_a_case_id_is_used_once_whoever_opens_it(store: ContractStore) -> None:
     opened = [sign_event(e, O_KEY) for e in opening("qc-1", terms(), T0)]
-    store.append_case_events(opened, [], T0)
+    store.cases.append(opened, [], T0)
     shadow = CaseTerms(CaseKind.ALERT, SUP, OEM, Severity.MINOR, "same id, other opener")
     copied = [sign_event(e, S_KEY) for e in opening("qc-1", shadow, T0)]
     with pytest.raises(CaseReplayError, match="already in use"):
-        store.append_case_events(copied, [], T0, quota_for=SUP)
-    assert store.find_case("qc-1").case.opener_id == OEM
+        store.cases.append(copied, [], T0, quota_for=SUP)
+    assert store.cases.find_case("qc-1").case.opener_id == OEM

@@ -434,14 +434,14 @@ def test_received_quality_alerts_are_kept_once_and_read_back_whole(store: Contra
         characteristic="score",
     )
     second = QualityAlert("alert-2", SpcAlert("CPK", "Cpk 0.81 < 1.33", points[:1], at(4)))
-    assert store.record_alert("sunarc", first, at(5))
-    assert not store.record_alert("sunarc", first, at(6))  # a retried notification
-    assert store.record_alert("sunarc", second, at(7))
-    assert store.record_alert("polycell", first, at(8))  # ids are per sender
-    assert store.received_alerts("sunarc") == [first, second]
-    assert len(store.received_alerts()) == 3
+    assert store.notices.record_alert("sunarc", first, at(5))
+    assert not store.notices.record_alert("sunarc", first, at(6))  # a retried notification
+    assert store.notices.record_alert("sunarc", second, at(7))
+    assert store.notices.record_alert("polycell", first, at(8))  # ids are per sender
+    assert store.notices.received_alerts("sunarc") == [first, second]
+    assert len(store.notices.received_alerts()) == 3
     reopened = ContractStore(store.engine, KEK)  # durable: another process sees them
-    assert reopened.received_alerts("polycell") == [first]
+    assert reopened.notices.received_alerts("polycell") == [first]
 
 
 def test_the_newest_received_alerts_and_their_count_are_read_without_the_rest(
@@ -454,14 +454,14 @@ def test_the_newest_received_alerts_and_their_count_are_read_without_the_rest(
     for i in range(12):
         alert = QualityAlert(f"a-{i % 5}", SpcAlert("RULE_1", f"beyond 3 sigma {i}", points, at(i)))
         sender = ("sunarc", "polycell", "siliwafer")[i % 3]
-        store.record_alert(sender, alert, at(i // 2))  # two arrive at each instant
-    whole = store.received_alerts()
-    assert len(whole) == store.count_received_alerts() == 12
+        store.notices.record_alert(sender, alert, at(i // 2))  # two arrive at each instant
+    whole = store.notices.received_alerts()
+    assert len(whole) == store.notices.count_received_alerts() == 12
     for limit in (None, 0, 1, 5, 12, 20):
-        assert store.received_alerts(limit=limit) == whole[:limit]
-        assert store.received_alerts(limit=limit, newest_first=True) == whole[::-1][:limit]
+        assert store.notices.received_alerts(limit=limit) == whole[:limit]
+        assert store.notices.received_alerts(limit=limit, newest_first=True) == whole[::-1][:limit]
     assert (
-        store.received_alerts("sunarc", limit=2, newest_first=True)
+        store.notices.received_alerts("sunarc", limit=2, newest_first=True)
         == [a for a in whole if a.alert.description in ("beyond 3 sigma 9", "beyond 3 sigma 6")][
             ::-1
         ]
@@ -478,13 +478,14 @@ def test_each_sender_keeps_a_bounded_number_of_alerts_and_investigations(
         for i in range(3)
     ]
     cases = [Investigation(f"inv-{i}", "microcracks", "check batch") for i in range(3)]
-    for record, items in ((store.record_alert, alerts), (store.record_investigation, cases)):
+    received = store.notices
+    for record, items in ((received.record_alert, alerts), (received.record_investigation, cases)):
         assert record("mallory", items[0], at(2)) and record("mallory", items[1], at(3))
         assert not record("mallory", items[1], at(4))  # a retry is no new entry
         with pytest.raises(NotificationQuotaError, match=r"mallory already has 2 .* kept here"):
             record("mallory", items[2], at(5))
         assert record("sunarc", items[2], at(6))  # the bound is per sender
-    assert [c.investigation_id for c in store.received_investigations("mallory")] == [
+    assert [c.investigation_id for c in store.notices.received_investigations("mallory")] == [
         "inv-0",
         "inv-1",
     ]

@@ -429,11 +429,11 @@ def test_the_overview_lists_the_newest_alerts_and_counts_them_all(node: NodeCont
 
     assert node.contracts is not None
     store, at = node.contracts.store, datetime(2026, 6, 3, tzinfo=UTC)
-    before = store.count_received_alerts()
+    before = store.notices.count_received_alerts()
     point = (SpcPoint(0, 0.9, at),)
     for i in range(SHOWN_ALERTS + 7):
         alert = QualityAlert(f"ov-{i}", SpcAlert("RULE_1", "beyond 3 sigma", point, at))
-        store.record_alert("sunarc", alert, at + timedelta(seconds=i))
+        store.notices.record_alert("sunarc", alert, at + timedelta(seconds=i))
     state = local_state(node)
     assert state.alert_count == before + SHOWN_ALERTS + 7
     assert [a.alert_id for a in state.alerts] == [f"ov-{i}" for i in range(7, SHOWN_ALERTS + 7)]

@@ -92,9 +92,9 @@ def test_a_case_between_two_runtimes(
     )
     case_id = oem.open_case(terms).case.case_id
     assert deliver(oem, sup, twice=True) == 2  # OPEN, SEND; each retried once
-    assert sup.store.find_case(case_id).case.state is CaseState.RECEIVED
+    assert sup.store.cases.find_case(case_id).case.state is CaseState.RECEIVED
     assert deliver(sup, oem) == 1  # the automatic RECEIVE
-    assert oem.store.find_case(case_id).case.state is CaseState.RECEIVED
+    assert oem.store.cases.find_case(case_id).case.state is CaseState.RECEIVED
     sup.case_step(case_id, Step.ACKNOWLEDGE)
     sup.case_step(case_id, Step.ACCEPT)
     with pytest.raises(CaseDenied, match="made by the node itself"):
@@ -106,7 +106,7 @@ def test_a_case_between_two_runtimes(
     assert deliver(oem, sup) == 1
     oem.case_step(case_id, Step.CLOSE)
     assert deliver(oem, sup) == 1
-    mine, theirs = oem.store.find_case(case_id), sup.store.find_case(case_id)
+    mine, theirs = oem.store.cases.find_case(case_id), sup.store.cases.find_case(case_id)
     assert mine.case == theirs.case and mine.case.state is CaseState.CLOSED
     assert len(oem_anchored) == len(sup_anchored) == 1
     assert oem_anchored[0][0] == CASE_KIND
