@@ -37,6 +37,7 @@ from __future__ import annotations
 from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
+from urllib.parse import quote
 
 from qdspace.node.client_dsp import DspCalls
 from qdspace.node.client_federation import FederationCalls
@@ -333,6 +334,12 @@ class OperatorClient:
     def outbox(self) -> dict[str, Any]:
         """What the node owes its peers, by peer (``GET /v1/outbox``)."""
         result: dict[str, Any] = self._get("/v1/outbox")
+        return result
+
+    def retry_outbox(self, peer_id: str) -> dict[str, Any]:
+        """Queue again what was set aside after `peer_id`'s refusals
+        (``POST /v1/outbox/{peer_id}/retry``)."""
+        result: dict[str, Any] = self._post(f"/v1/outbox/{quote(peer_id, safe='')}/retry", {})
         return result
 
     def withdraw(self, kind: str, key: dict[str, str]) -> dict[str, Any]:

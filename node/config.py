@@ -40,6 +40,7 @@ DEFAULT_REGULATOR_PORT = 9443
 DEFAULT_DSP_TOKEN_TTL_S = 300
 #: how often a node following an authority service re-fetches the member directory
 DEFAULT_DIRECTORY_REFRESH_S = 30.0
+DEFAULT_OUTBOX_REFUSED_AFTER = 12
 #: how often it re-fetches the revocation list (a revoked member is refused within this)
 DEFAULT_CRL_REFRESH_S = 60.0
 
@@ -88,6 +89,9 @@ class NodeSettings(BaseSettings):
     rpc_max_calls: int = Field(default=DEFAULT_SERVER_CALLS, ge=1)
     rpc_max_calls_per_peer: int = Field(default=DEFAULT_PER_PEER_CALLS, ge=1)
     rpc_max_streams_per_peer: int = Field(default=DEFAULT_PER_PEER_STREAMS, ge=1)
+    # refusals in a row after which the outbox sets a message aside (no longer tried;
+    # ``qdspace contracts outbox --retry`` queues it again): 12 take about six minutes
+    outbox_refused_after: int = Field(default=DEFAULT_OUTBOX_REFUSED_AFTER, ge=1, le=1000)
     # the authority service (``qdspace authority serve``); "" = none: static peers and a
     # CRL file kept fresh by other means (air-gapped sites, ``node init --authority``)
     authority_url: str = ""

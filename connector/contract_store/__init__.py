@@ -314,8 +314,10 @@ class ContractStore:
     def mark_sent(self, message_id: int, at: datetime) -> None:
         self._outbox.mark_sent(message_id, at)
 
-    def mark_failed(self, message_id: int, error: str, retry_at: datetime) -> None:
-        self._outbox.mark_failed(message_id, error, retry_at)
+    def mark_failed(
+        self, message_id: int, error: str, retry_at: datetime, *, refused: bool = False
+    ) -> None:
+        self._outbox.mark_failed(message_id, error, retry_at, refused=refused)
 
     # -------------------------------------------------------- received rows
 

@@ -14,13 +14,20 @@ Invariants: a message is queued once per (peer, message id): queueing it again (
 handler retried after a crash or a concurrent update) is ignored, so the peer is not
 sent a second copy. Messages go out oldest first; a failure records its error (cut to
 2,000 characters) and when to try again, and every attempt is counted.
+
+A peer that cannot be reached is tried until it can. A peer that answers and refuses
+the message (`mark_failed` with ``refused``) is tried again too, since some refusals
+pass (its directory has not caught up with us yet, a message overtook the one before
+it), but refusals in a row are counted, and the caller sets a message aside once they
+reach its limit (`set_aside`): kept, with its last error, no longer due, listed apart
+in `owed` (``refused``), and queued again only when the operator asks (`retry_refused`).
 """
 
 from __future__ import annotations
 
 import functools
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
@@ -57,6 +64,10 @@ outbox_table = Table(
     Column("attempts", Integer, nullable=False),
     Column("sent_at", UTCDateTime(), nullable=True),
     Column("last_error", Text, nullable=True),
+    #: refusals in a row (a failure of another kind starts the count over)
+    Column("refusals", Integer, nullable=False, server_default="0"),
+    #: when the message was set aside after its refusals (no longer tried); NULL: tried
+    Column("refused_at", UTCDateTime(), nullable=True),
     UniqueConstraint("peer_id", "message_id", name="uq_contract_outbox_message"),
 )
 
@@ -69,7 +80,9 @@ def _due_statement(limit: int, excluding: bool) -> Select[Any]:
     query (bench/PROFILE-negotiation.md, round 4)."""
     table = outbox_table
     statement = select(table).where(
-        table.c.sent_at.is_(None), table.c.next_attempt_at <= bindparam("now")
+        table.c.sent_at.is_(None),
+        table.c.refused_at.is_(None),
+        table.c.next_attempt_at <= bindparam("now"),
     )
     if excluding:
         statement = statement.where(table.c.peer_id.not_in(bindparam("busy", expanding=True)))
@@ -94,19 +107,24 @@ class PendingMessage:
     attempts: int
     created_at: datetime
     last_error: str | None
+    refusals: int = 0  # refusals in a row so far
 
 
 @dataclass(frozen=True)
 class PeerBacklog:
-    """What the outbox owes one peer: its undelivered messages, the oldest queued, the
-    next attempt due, the most attempts any of them took and the last error recorded."""
+    """What the outbox owes one peer: its undelivered messages still tried, the oldest
+    queued, the next attempt due, the most attempts any of them took, the last error
+    recorded, and the messages set aside after the peer refused them (`refused`; the
+    others' fields are None when every message to the peer is set aside)."""
 
     peer_id: str
     undelivered: int
-    oldest_queued_at: datetime
-    next_attempt_at: datetime
+    oldest_queued_at: datetime | None
+    next_attempt_at: datetime | None
     attempts: int
     last_error: str | None
+    refused: int = 0
+    refused_error: str | None = None
 
 
 class OutboxStore(TableStore):
@@ -162,46 +180,61 @@ class OutboxStore(TableStore):
                 attempts=row.attempts,
                 created_at=row.created_at,
                 last_error=row.last_error,
+                refusals=row.refusals,
             )
             for row in rows
         ]
 
     def backlog(self) -> int:
-        """How many messages wait to be delivered (due now or later)."""
+        """How many messages are not delivered: due now or later, or set aside after the
+        peer's refusals (a node about to be deleted still owes those)."""
         statement = select(func.count()).where(outbox_table.c.sent_at.is_(None))
         with self.engine.connect() as connection:
             return int(connection.execute(statement).scalar_one())
 
     def owed(self) -> list[PeerBacklog]:
         """The undelivered messages by peer (the peer owed the most first): two
-        statements, the counts grouped, then each peer's error of the message tried last
-        (its next attempt the latest: a failure moves it on by the backoff)."""
+        statements, the counts grouped (those still tried apart from those set aside),
+        then each peer's error of the message tried last (its next attempt the latest: a
+        failure moves it on by the backoff) and of the one set aside last."""
         table = outbox_table
         unsent = table.c.sent_at.is_(None)
+        tried = table.c.refused_at.is_(None)
         grouped = (
             select(
                 table.c.peer_id,
+                tried.label("tried"),
                 func.count(),
                 func.min(table.c.created_at),
                 func.min(table.c.next_attempt_at),
                 func.max(table.c.attempts),
             )
             .where(unsent)
-            .group_by(table.c.peer_id)
+            .group_by(table.c.peer_id, tried)
         )
         errors = (
-            select(table.c.peer_id, table.c.last_error)
+            select(table.c.peer_id, tried.label("tried"), table.c.last_error)
             .where(unsent, table.c.last_error.is_not(None))
-            .order_by(table.c.next_attempt_at)
+            .order_by(table.c.next_attempt_at, table.c.refused_at)
         )
         with self.engine.connect() as connection:
             counts = connection.execute(grouped).all()
-            last = {row.peer_id: row.last_error for row in connection.execute(errors)}
-        owed = [
-            PeerBacklog(peer, n, oldest, due, attempts, last.get(peer))
-            for peer, n, oldest, due, attempts in counts
-        ]
-        return sorted(owed, key=lambda b: (-b.undelivered, b.peer_id))
+            last = {(r.peer_id, bool(r.tried)): r.last_error for r in connection.execute(errors)}
+        owed: dict[str, PeerBacklog] = {}
+        for peer, still_tried, n, oldest, due, attempts in counts:
+            before = owed.get(peer) or PeerBacklog(peer, 0, None, None, 0, None)
+            if still_tried:
+                owed[peer] = replace(
+                    before,
+                    undelivered=n,
+                    oldest_queued_at=oldest,
+                    next_attempt_at=due,
+                    attempts=attempts,
+                    last_error=last.get((peer, True)),
+                )
+            else:
+                owed[peer] = replace(before, refused=n, refused_error=last.get((peer, False)))
+        return sorted(owed.values(), key=lambda b: (-b.undelivered, -b.refused, b.peer_id))
 
     def mark_sent(self, message_id: int, at: datetime) -> None:
         with self.engine.begin() as connection:
@@ -211,14 +244,51 @@ class OutboxStore(TableStore):
                 .values(sent_at=at, attempts=outbox_table.c.attempts + 1)
             )
 
-    def mark_failed(self, message_id: int, error: str, retry_at: datetime) -> None:
+    def mark_failed(
+        self, message_id: int, error: str, retry_at: datetime, *, refused: bool = False
+    ) -> None:
+        """A failed attempt: its error, when to try again, and whether the peer refused
+        it (counted in a row) or could not be reached or failed (the count starts over)."""
+        table = outbox_table
         with self.engine.begin() as connection:
             connection.execute(
-                update(outbox_table)
-                .where(outbox_table.c.id == message_id)
+                update(table)
+                .where(table.c.id == message_id)
                 .values(
                     last_error=error[:2000],
                     next_attempt_at=retry_at,
-                    attempts=outbox_table.c.attempts + 1,
+                    attempts=table.c.attempts + 1,
+                    refusals=table.c.refusals + 1 if refused else 0,
                 )
             )
+
+    def set_aside(self, message_id: int, error: str, at: datetime) -> None:
+        """The peer refused the message once more, its last try: kept, no longer due."""
+        table = outbox_table
+        with self.engine.begin() as connection:
+            connection.execute(
+                update(table)
+                .where(table.c.id == message_id)
+                .values(
+                    last_error=error[:2000],
+                    attempts=table.c.attempts + 1,
+                    refusals=table.c.refusals + 1,
+                    refused_at=at,
+                )
+            )
+
+    def retry_refused(self, peer_id: str, now: datetime) -> int:
+        """Queue again the messages to `peer_id` set aside after its refusals (due now,
+        no refusal counted); returns how many."""
+        table = outbox_table
+        with self.engine.begin() as connection:
+            result = connection.execute(
+                update(table)
+                .where(
+                    table.c.peer_id == peer_id,
+                    table.c.sent_at.is_(None),
+                    table.c.refused_at.is_not(None),
+                )
+                .values(refused_at=None, refusals=0, next_attempt_at=now)
+            )
+            return int(result.rowcount)

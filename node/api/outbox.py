@@ -7,23 +7,35 @@ connections open needs to see which peer, how much is waiting since when, and th
 error, without reading logs: this route lists the undelivered messages by peer, with
 whether a delivery to that peer is under way now. One read of the store (two
 statements), no peer is called.
+
+A message the peer refused `outbox_refused_after` times in a row is set aside (no longer
+tried; `connector.contract_store.outbox`) and listed apart (``refused``, with the
+refusal); ``POST /v1/outbox/{peer_id}/retry`` queues that peer's again, once whatever
+made it refuse is settled.
 """
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Depends
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Path
 from pydantic import BaseModel
 from starlette.concurrency import run_in_threadpool
 
+from qdspace.connector.contract_store.common import ID_LENGTH
 from qdspace.connector.contract_store.outbox import PeerBacklog
 from qdspace.node.api.contracts_models import api_time
 from qdspace.node.api.deps import Outbox, Runtime, require_operator
 
+#: a peer as the outbox addresses it: a member id, or a member's name (`NAME_PATTERN`)
+PeerId = Annotated[str, Path(min_length=1, max_length=ID_LENGTH, pattern=r"^[A-Za-z0-9._-]+$")]
+
 
 class PeerOwedPublic(BaseModel):
-    """The undelivered messages to one peer: how many, the oldest queued, the next
-    attempt due, the most attempts one of them took, the last error recorded, and
-    whether a delivery to it is under way now."""
+    """The undelivered messages to one peer: how many are still tried, the oldest
+    queued, the next attempt due ("" when none is tried), the most attempts one of them
+    took, the last error recorded, whether a delivery to it is under way now, and how
+    many were set aside after its refusals (`refused`, with the last refusal)."""
 
     peer_id: str
     undelivered: int
@@ -32,13 +44,24 @@ class PeerOwedPublic(BaseModel):
     attempts: int
     last_error: str | None
     delivering: bool
+    refused: int = 0
+    refused_error: str | None = None
 
 
 class OutboxPublic(BaseModel):
-    """Every message the node owes its peers, by peer (the peer owed the most first)."""
+    """Every message the node owes its peers, by peer (the peer owed the most first):
+    those still tried (`undelivered`) and those set aside after refusals (`refused`)."""
 
     undelivered: int
     peers: list[PeerOwedPublic]
+    refused: int = 0
+
+
+class RetriedPublic(BaseModel):
+    """The messages to a peer set aside after its refusals, queued again (due now)."""
+
+    peer_id: str
+    requeued: int
 
 
 def _public(owed: PeerBacklog, delivering: frozenset[str]) -> PeerOwedPublic:
@@ -50,6 +73,8 @@ def _public(owed: PeerBacklog, delivering: frozenset[str]) -> PeerOwedPublic:
         attempts=owed.attempts,
         last_error=owed.last_error,
         delivering=owed.peer_id in delivering,
+        refused=owed.refused,
+        refused_error=owed.refused_error,
     )
 
 
@@ -61,6 +86,20 @@ def outbox_router() -> APIRouter:
         peers = await run_in_threadpool(rt.store.outbox.owed)
         delivering = outbox.delivering()
         listed = [_public(p, delivering) for p in peers]
-        return OutboxPublic(undelivered=sum(p.undelivered for p in peers), peers=listed)
+        return OutboxPublic(
+            undelivered=sum(p.undelivered for p in peers),
+            peers=listed,
+            refused=sum(p.refused for p in peers),
+        )
+
+    @router.post("/outbox/{peer_id}/retry", response_model=RetriedPublic)
+    async def retry(rt: Runtime, outbox: Outbox, peer_id: PeerId) -> RetriedPublic:
+        """Queue again what was set aside after `peer_id` refused it (as the outbox
+        addresses it: a member id, or a peer name for gRPC notifications)."""
+        now = rt.clock.now()
+        requeued = await run_in_threadpool(rt.store.outbox.retry_refused, peer_id, now)
+        if requeued:
+            outbox.kick()
+        return RetriedPublic(peer_id=peer_id, requeued=requeued)
 
     return router

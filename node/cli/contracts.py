@@ -367,28 +367,51 @@ def terminate(
 
 @contracts_app.command("outbox")
 @clean_errors
-def outbox(ctx: typer.Context, as_json: JsonOpt = False) -> None:
+def outbox(
+    ctx: typer.Context,
+    retry: Annotated[
+        str | None,
+        typer.Option(
+            metavar="PEER",
+            help="queue again the messages set aside after this peer refused them",
+        ),
+    ] = None,
+    as_json: JsonOpt = False,
+) -> None:
     """What this node owes its peers (terminations, receipts, closures, alerts, DSP
-    callbacks), by peer: how many, since when, the next try and the last error."""
+    callbacks), by peer: how many, since when, the next try and the last error, and the
+    messages set aside after a peer refused them again and again."""
     with subcommand_target(ctx).client() as node:
+        if retry is not None:
+            retried = node.retry_outbox(retry)
         owed = node.outbox()
+    if retry is not None and not as_json:
+        console.print(f"{retried['requeued']} message(s) to {retry} queued again")
     if as_json:
         print_json(owed)
         return
     if not owed["peers"]:
         console.print("nothing owed: every message was delivered")
         return
-    table = Table("peer", "undelivered", "oldest queued", "next try", "tries")
+    table = Table("peer", "undelivered", "oldest queued", "next try", "tries", "set aside")
     for p in owed["peers"]:
         tries = f"{p['attempts']}{' (delivering)' if p['delivering'] else ''}"
         table.add_row(
-            p["peer_id"], str(p["undelivered"]), p["oldest_queued_at"], p["next_attempt_at"], tries
+            p["peer_id"], str(p["undelivered"]), p["oldest_queued_at"] or "-",
+            p["next_attempt_at"] or "-", tries, str(p["refused"]),
         )  # fmt: skip
     console.print(table)
     console.print(f"{owed['undelivered']} message(s) owed to {len(owed['peers'])} peer(s)")
     for p in owed["peers"]:  # whole, on lines of their own: an error is a sentence or two
         if p["last_error"]:
             line = f"{p['peer_id']}: last error: {p['last_error']}"
+            console.print(line, soft_wrap=True, highlight=False, markup=False)
+    for p in owed["peers"]:
+        if p["refused"]:
+            line = (
+                f"{p['peer_id']}: {p['refused']} set aside after its refusals "
+                f"(qdspace contracts outbox --retry {p['peer_id']}): {p['refused_error']}"
+            )
             console.print(line, soft_wrap=True, highlight=False, markup=False)
 
 

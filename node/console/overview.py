@@ -53,6 +53,7 @@ class Link:
     active: int = 0
     owed: int = 0  # messages the outbox has not delivered to the peer yet
     owed_error: str | None = None  # the last error delivering them
+    refused: int = 0  # messages set aside after the peer refused them again and again
 
 
 @dataclass
@@ -101,7 +102,8 @@ def local_state(ctx: NodeContext) -> Overview:
             name = addressed_name(owed.peer_id, links)
             link = links.setdefault(name, Link(name))
             link.owed += owed.undelivered  # (by name and by member id: both count)
-            link.owed_error = link.owed_error or owed.last_error
+            link.refused += owed.refused
+            link.owed_error = link.owed_error or owed.last_error or owed.refused_error
     return Overview(
         ident.name,
         ident.member_id,
@@ -196,16 +198,19 @@ def network_svg(me: str, links: list[Link], size: int = 360) -> str:
             )
         colour = "#e8f0f8" if total else "#f4f4f4"
         # a peer the outbox owes messages: a red ring and the count under its name
-        ring = 'stroke="#b00020" stroke-width="3"' if link.owed else 'stroke="#333"'
+        ring = 'stroke="#b00020" stroke-width="3"' if link.owed or link.refused else ""
+        ring = ring or 'stroke="#333"'
         parts.append(
             f'<circle cx="{x:.1f}" cy="{y:.1f}" r="28" fill="{colour}" {ring}/>'
             f'<text x="{x:.1f}" y="{y + 4:.1f}" text-anchor="middle" class="node-label">'
             f"{escape(link.peer)}</text>"
         )
-        if link.owed:
+        said = [f"{link.owed} owed"] if link.owed else []
+        said += [f"{link.refused} set aside"] if link.refused else []
+        if said:
             parts.append(
                 f'<text x="{x:.1f}" y="{y + 44:.1f}" text-anchor="middle" class="owed" '
-                f'fill="#b00020">{link.owed} owed</text>'
+                f'fill="#b00020">{", ".join(said)}</text>'
             )
     parts.append(
         f'<circle cx="{centre}" cy="{centre}" r="32" fill="#1f4e79"/>'

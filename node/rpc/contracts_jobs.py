@@ -23,8 +23,9 @@ import grpc
 
 from qdspace.connector.contract_store import OutboxMessage
 from qdspace.connector.contract_store.outbox import PendingMessage
+from qdspace.node.config import DEFAULT_OUTBOX_REFUSED_AFTER
 from qdspace.node.context import NodeContext
-from qdspace.node.errors import PeerError
+from qdspace.node.errors import PeerBusy, PeerError, PeerRefused
 from qdspace.node.rpc.contracts_client import TIMEOUT_S, ContractClient, call_peer
 from qdspace.node.rpc.peers import PeerDirectory
 from qdspace.node.runtime.contracts import ContractRuntime
@@ -33,6 +34,34 @@ from qdspace.node.runtime.contracts_notices import NOTIFICATION
 from qdspace.protocols.v1 import notification_pb2, notification_pb2_grpc
 
 logger = logging.getLogger("node.contracts")
+
+
+#: gRPC statuses by which a peer that answered refuses a message: the same message gets
+#: the same answer (not: UNAVAILABLE, DEADLINE_EXCEEDED, RESOURCE_EXHAUSTED, INTERNAL...)
+REFUSALS = frozenset(
+    {
+        "INVALID_ARGUMENT",
+        "NOT_FOUND",
+        "ALREADY_EXISTS",
+        "PERMISSION_DENIED",
+        "FAILED_PRECONDITION",
+        "OUT_OF_RANGE",
+        "UNIMPLEMENTED",
+        "UNAUTHENTICATED",
+    }
+)
+
+
+def refused(exc: Exception) -> bool:
+    """Whether a failed delivery is the peer's refusal (it answered, and said no), not a
+    peer that could not be reached, was busy or failed."""
+    if isinstance(exc, PeerBusy):
+        return False
+    if isinstance(exc, PeerRefused):  # the DSP binding's 4xx
+        return exc.status not in (408, 429)
+    if isinstance(exc, grpc.aio.AioRpcError):
+        return exc.code().name in REFUSALS
+    return isinstance(exc, PeerError) and exc.code in REFUSALS
 
 
 class OutboxDispatcher:
@@ -45,10 +74,18 @@ class OutboxDispatcher:
     of the next polls until its task ends, so its backlog cannot fill a poll's page
     (`due_messages`' limit) and starve the others."""
 
-    def __init__(self, runtime: ContractRuntime, peers: PeerDirectory, interval_s: float = 0.5):
+    def __init__(
+        self,
+        runtime: ContractRuntime,
+        peers: PeerDirectory,
+        interval_s: float = 0.5,
+        refused_after: int = DEFAULT_OUTBOX_REFUSED_AFTER,
+    ):
         self.runtime = runtime
         self.peers = peers
         self.interval_s = interval_s
+        #: refusals in a row after which a message is set aside (`refused`)
+        self.refused_after = refused_after
         self._kick = asyncio.Event()
         # delivers messages of other transports, by outbox kind (``dsp``: the DSP binding)
         self.senders: dict[str, Callable[[OutboxMessage], Awaitable[None]]] = {}
@@ -107,12 +144,7 @@ class OutboxDispatcher:
                 try:
                     await self._send(message)
                 except (PeerError, grpc.aio.AioRpcError) as exc:
-                    backoff = timedelta(seconds=min(60.0, 0.5 * 2**pending.attempts))
-                    retry_at = self.runtime.clock.now() + backoff
-                    await asyncio.to_thread(store.mark_failed, pending.id, str(exc), retry_at)
-                    logger.warning(
-                        "outbox: %s to %s failed: %s", message.message_id, message.peer_id, exc
-                    )
+                    await self._failed(pending, exc)
                     continue
                 await asyncio.to_thread(store.mark_sent, pending.id, self.runtime.clock.now())
             except Exception:  # a broken database: this message is tried again later
@@ -120,6 +152,28 @@ class OutboxDispatcher:
                 continue
             sent += 1
         return sent
+
+    async def _failed(self, pending: PendingMessage, exc: Exception) -> None:
+        """Record a failed delivery: tried again after a backoff, or, refused by the peer
+        `refused_after` times in a row, set aside (`connector.contract_store.outbox`)."""
+        outbox, message = self.runtime.store.outbox, pending.message
+        now = self.runtime.clock.now()
+        said_no = refused(exc)
+        if said_no and pending.refusals + 1 >= self.refused_after:
+            await asyncio.to_thread(outbox.set_aside, pending.id, str(exc), now)
+            logger.warning(
+                "outbox: %s to %s set aside after %d refusals in a row (`qdspace contracts "
+                "outbox --retry %s` queues it again): %s",
+                message.message_id,
+                message.peer_id,
+                pending.refusals + 1,
+                message.peer_id,
+                exc,
+            )
+            return
+        retry_at = now + timedelta(seconds=min(60.0, 0.5 * 2**pending.attempts))
+        await asyncio.to_thread(outbox.mark_failed, pending.id, str(exc), retry_at, refused=said_no)
+        logger.warning("outbox: %s to %s failed: %s", message.message_id, message.peer_id, exc)
 
     async def deliver_due(self) -> int:
         """Deliver what is due now (to every peer at once, each peer's in order), and
@@ -174,7 +228,11 @@ def client_of(ctx: NodeContext) -> tuple[ContractClient, OutboxDispatcher]:
     client, outbox = ctx.contract_client, ctx.outbox
     if isinstance(client, ContractClient) and isinstance(outbox, OutboxDispatcher):
         return client, outbox
-    made = ContractClient(runtime, ctx.peers, ctx.metrics), OutboxDispatcher(runtime, ctx.peers)
+    refused_after = ctx.settings.outbox_refused_after
+    made = (
+        ContractClient(runtime, ctx.peers, ctx.metrics),
+        OutboxDispatcher(runtime, ctx.peers, refused_after=refused_after),
+    )
     ctx.contract_client, ctx.outbox = made
     return made
 

@@ -122,3 +122,7 @@ class OutboxDelivery(Protocol):
     def delivering(self) -> frozenset[str]:
         """The peers a delivery is under way to now."""
         ...
+
+    def kick(self) -> None:
+        """Poll for due messages now (something was queued)."""
+        ...

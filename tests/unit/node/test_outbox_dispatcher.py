@@ -15,6 +15,7 @@ from nacl.signing import SigningKey
 from qdspace.connector.contract_store import ContractStore, ensure_schema
 from qdspace.connector.contract_store.outbox import OutboxMessage
 from qdspace.connector.storage import create_store_engine
+from qdspace.node.errors import PeerBusy, PeerError, PeerRefused
 from qdspace.node.identity.certs import MemberIdentity
 from qdspace.node.member_ids import member_id_for
 from qdspace.node.rpc.contracts_jobs import OutboxDispatcher
@@ -169,5 +170,58 @@ def test_a_message_no_sender_runs_for_is_kept_for_later_not_read_as_a_notificati
         (owed,) = rt.store.outbox.owed()
         assert owed.undelivered == 1 and owed.attempts == 1
         assert owed.last_error is not None and "no sender of 'dsp' messages" in owed.last_error
+    finally:
+        rt.qdm.dispose()
+
+
+def test_a_message_its_peer_keeps_refusing_is_set_aside_and_one_it_cannot_reach_is_not(
+    tmp_path: Path,
+) -> None:
+    """Cellex answers every try with a refusal (the DSP binding's 404, then gRPC's
+    NOT_FOUND): after `refused_after` of them in a row the message is set aside, no
+    longer tried; Voltis cannot be reached (UNAVAILABLE, a 503, a busy 429): it is tried
+    on and on. A refusal after an outage counts from one again."""
+    rt = runtime(tmp_path)
+    rt.store.enqueue(
+        [
+            OutboxMessage("cellex", "probe", "p", "c-1", b"x"),
+            OutboxMessage("voltis", "probe", "q", "v-1", b"y"),
+        ],
+        rt.clock.now(),
+    )
+    dispatcher = OutboxDispatcher(rt, PeerDirectory.__new__(PeerDirectory), refused_after=3)
+    failures = {
+        "cellex": [
+            PeerRefused("DSP POST: refused (HTTP 404)", 404, "no transfer here", "NOT_FOUND"),
+            PeerError("peer cellex: notify: UNAVAILABLE: down", "UNAVAILABLE"),  # starts over
+            PeerError("peer cellex: notify: NOT_FOUND: no such case", "NOT_FOUND"),
+            PeerRefused("DSP POST: refused (HTTP 404)", 404, "no transfer here", "NOT_FOUND"),
+            PeerRefused("DSP POST: refused (HTTP 409)", 409, "wrong state", None),
+        ],
+        "voltis": [
+            PeerError("peer voltis: notify: UNAVAILABLE: down", "UNAVAILABLE"),
+            PeerError("DSP POST: HTTP 503: busy"),
+            PeerBusy("DSP GET: HTTP 429: over its cap"),
+            PeerError("peer voltis: notify: DEADLINE_EXCEEDED", "DEADLINE_EXCEEDED"),
+            PeerError("peer voltis: notify: UNAVAILABLE: down", "UNAVAILABLE"),
+        ],
+    }
+
+    async def send(m: OutboxMessage) -> None:
+        raise failures[m.peer_id].pop(0)
+
+    dispatcher.senders["probe"] = send
+    later = rt.clock.now() + dt.timedelta(days=1)  # past every backoff
+    try:
+        for _ in range(5):
+            due = rt.store.due_messages(later)
+            asyncio.run(dispatcher._deliver(due))
+        assert failures == {"cellex": [], "voltis": []}  # each was tried five times
+        owed = {b.peer_id: b for b in rt.store.outbox.owed()}
+        assert (owed["cellex"].undelivered, owed["cellex"].refused) == (0, 1)
+        assert owed["cellex"].refused_error is not None
+        assert "HTTP 409" in owed["cellex"].refused_error
+        assert (owed["voltis"].undelivered, owed["voltis"].refused) == (1, 0)
+        assert [m.message.peer_id for m in rt.store.due_messages(later)] == ["voltis"]
     finally:
         rt.qdm.dispose()
