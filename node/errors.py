@@ -68,6 +68,11 @@ class NumberOutOfRange(ValueError):
     """A number in a peer's message is NaN, infinite or outside what its field can mean."""
 
 
+class NulInString(ValueError):
+    """A string in a peer's message holds a NUL character: no id, name or text of the
+    protocol does, and PostgreSQL refuses one in any string it is given."""
+
+
 class DspNotServed(NodeError):
     """A DSP operation asked of a node that runs no DSP listener (its `dsp_port` is unset):
     the operator's request is fine, the node's configuration does not allow it (409)."""

@@ -149,6 +149,7 @@ FAULTS: Mapping[str, Fault] = {
     # a member over its calls or streams in flight (gRPC; the DSP listener: 429)
     "qdspace.node.errors.LimitExceeded": F("RESOURCE_EXHAUSTED", 429),
     "qdspace.node.errors.NumberOutOfRange": F("INVALID_ARGUMENT", 400),
+    "qdspace.node.errors.NulInString": F("INVALID_ARGUMENT", 400),
     # -- connector: records, ingest, genealogy -----------------------------
     "qdspace.connector.errors.ConnectorError": F(None, None, 1),
     "qdspace.connector.errors.UnknownKind": F(None, 404, 1),

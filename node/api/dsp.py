@@ -14,6 +14,7 @@ from pydantic import BaseModel, StringConstraints, field_validator
 from starlette.concurrency import run_in_threadpool
 
 from qdspace.node.api.deps import Ctx, require_operator
+from qdspace.node.api.models import ID_PATTERN
 from qdspace.node.dsp.consumer import DspConsumer
 from qdspace.node.errors import DspNotServed
 
@@ -75,14 +76,16 @@ class DspTransferPublic(BaseModel):
 
 
 class DspTransferBody(BaseModel):
-    agreement_id: Annotated[str, StringConstraints(min_length=1, max_length=128)]
+    agreement_id: Annotated[
+        str, StringConstraints(min_length=1, max_length=128, pattern=ID_PATTERN)
+    ]
 
 
 class DspControlBody(BaseModel):
-    reason: Annotated[str, StringConstraints(max_length=500)] = ""
+    reason: Annotated[str, StringConstraints(max_length=500, pattern=r"^[^\x00]*$")] = ""
 
 
-TransferId = Annotated[str, Path(min_length=1, max_length=128)]
+TransferId = Annotated[str, Path(min_length=1, max_length=128, pattern=ID_PATTERN)]
 
 
 def _transfers(ctx: Any) -> Any:

@@ -21,7 +21,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from fastapi import APIRouter, FastAPI, Request
+from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 
@@ -121,9 +121,31 @@ async def body_of(request: Request) -> Any:
     return decode(bytes(data))
 
 
+def _printable(value: str) -> bool:
+    return 0 < len(value) <= codec.MAX_PID and value.isprintable()
+
+
+def printable_path(request: Request) -> None:
+    """Every path parameter of every route (a process id, a dataset id) is a printable
+    string of at most `codec.MAX_PID` characters, as the ids in a message body must be:
+    refused with a 400 DSP error before any route reads it (a NUL reached PostgreSQL,
+    which refuses it in any string outright, and a member's request was a 500)."""
+    for name, value in request.path_params.items():
+        if not _printable(str(value)):
+            raise codec.DspMessageError(
+                f"path {name}", f"must be a printable string of 1 to {codec.MAX_PID} characters"
+            )
+
+
 def create_dsp_app(binding: DspBinding, routers: Sequence[APIRouter] = ()) -> FastAPI:
     """The listener's app; `routers`: more of the binding (the transfers, `node.dsp.transfers`)."""
-    app = FastAPI(title="qdspace DSP 2025-1", openapi_url=None, docs_url=None, redoc_url=None)
+    app = FastAPI(
+        title="qdspace DSP 2025-1",
+        openapi_url=None,
+        docs_url=None,
+        redoc_url=None,
+        dependencies=[Depends(printable_path)],
+    )
     for extra in routers:
         app.include_router(extra)
     runtime = binding.runtime
@@ -137,7 +159,8 @@ def create_dsp_app(binding: DspBinding, routers: Sequence[APIRouter] = ()) -> Fa
         else:
             logger.warning("DSP %s %s: %s", request.method, request.url.path, exc)
             reason = str(exc)
-        pid = request.path_params.get("pid", "")
+        pid = str(request.path_params.get("pid", ""))
+        pid = pid if _printable(pid) else ""  # (not echoed when that is what was wrong)
         body = codec.error(error_kind(request.url.path), str(status), reason, pid, pid)
         headers = None
         if isinstance(exc, BodyTooLarge):  # not read to its end: the connection goes with it

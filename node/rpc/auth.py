@@ -32,7 +32,7 @@ import grpc
 from cryptography import x509
 from google.protobuf.message import Message
 
-from qdspace.node.errors import IdentityError, WireFormatError
+from qdspace.node.errors import IdentityError, NulInString, WireFormatError
 from qdspace.node.identity.certs import MemberIdentity, identity_of
 from qdspace.node.identity.directory import FingerprintMismatch
 from qdspace.node.identity.revocation import RevocationList, StaleRevocationList
@@ -43,7 +43,7 @@ from qdspace.node.rpc.limits import (
     CallLimiter,
     LimitExceeded,
     NumberOutOfRange,
-    check_numbers,
+    check_values,
     max_request_bytes,
 )
 from qdspace.node.rpc.wrap import PerMethod
@@ -278,8 +278,8 @@ class _Call:
             await self._refuse(context, Refused(status_code(WireFormatError), reason))
         try:
             if isinstance(message, Message):  # (a chunked upload's own decoder gives bytes)
-                check_numbers(message)
-        except NumberOutOfRange as exc:
+                check_values(message)
+        except (NumberOutOfRange, NulInString) as exc:
             await self._refuse(context, Refused(status_code(exc), str(exc)))
         return message
 

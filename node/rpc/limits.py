@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import math
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
 from google.protobuf.descriptor import FieldDescriptor
@@ -27,6 +27,7 @@ from google.protobuf.message import Message
 
 from qdspace.federation.chunks import MAX_CHUNK_BYTES
 from qdspace.node.errors import LimitExceeded as LimitExceeded  # their home was here
+from qdspace.node.errors import NulInString
 from qdspace.node.errors import NumberOutOfRange as NumberOutOfRange
 
 KIB = 1024
@@ -116,10 +117,12 @@ class CallLimiter:
 _TIME_SUFFIXES = {"_unix_us": 253_402_300_799_999_999, "_unix_ms": 253_402_300_799_999}
 
 
-def check_numbers(message: Message, path: str = "") -> None:
+def check_values(message: Message, path: str = "") -> None:
     """Every float/double anywhere in `message` must be finite (NaN passes no range check,
-    so a NaN score or bound would slip through every later comparison), and every
-    timestamp a date (a year-300000 timestamp overflows the code that reads it)."""
+    so a NaN score or bound would slip through every later comparison), every timestamp
+    a date (a year-300000 timestamp overflows the code that reads it), and every string
+    free of NUL characters (an id with one reached PostgreSQL, which refuses it in any
+    string: a member's lookup was an INTERNAL error)."""
     for field, value in message.ListFields():
         where = f"{path}{field.name}"
         limit = next((v for k, v in _TIME_SUFFIXES.items() if field.name.endswith(k)), None)
@@ -133,18 +136,29 @@ def check_numbers(message: Message, path: str = "") -> None:
             for v in values:
                 if not math.isfinite(v):
                     raise NumberOutOfRange(f"field {where} is {v}; numbers must be finite")
+        elif field.type == FieldDescriptor.TYPE_STRING:
+            _check_strings(value if _repeated(field) else [value], where)
         elif field.type == FieldDescriptor.TYPE_MESSAGE:
             if field.message_type.GetOptions().map_entry:
+                _check_strings([k for k in value if isinstance(k, str)], f"{where} (a key)")
                 for item in value.values():
                     if isinstance(item, Message):
-                        check_numbers(item, f"{where}.")
+                        check_values(item, f"{where}.")
                     elif isinstance(item, float) and not math.isfinite(item):
                         raise NumberOutOfRange(f"field {where} is {item}; numbers must be finite")
+                    elif isinstance(item, str):
+                        _check_strings([item], where)
             elif _repeated(field):
                 for i, item in enumerate(value):
-                    check_numbers(item, f"{where}[{i}].")
+                    check_values(item, f"{where}[{i}].")
             else:
-                check_numbers(value, f"{where}.")
+                check_values(value, f"{where}.")
+
+
+def _check_strings(values: Iterable[str], where: str) -> None:
+    for text in values:
+        if "\x00" in text:
+            raise NulInString(f"field {where} holds a NUL character; no string may")
 
 
 def _repeated(field: FieldDescriptor) -> bool:

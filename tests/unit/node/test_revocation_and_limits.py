@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from qdspace.node.errors import NulInString
 from qdspace.node.identity.authority import Authority
 from qdspace.node.identity.revocation import (
     RevocationList,
@@ -20,9 +21,9 @@ from qdspace.node.rpc.limits import (
     CallLimiter,
     LimitExceeded,
     NumberOutOfRange,
-    check_numbers,
+    check_values,
 )
-from qdspace.protocols.v1 import notification_pb2
+from qdspace.protocols.v1 import notification_pb2, subscription_pb2, trace_pb2
 
 
 @pytest.fixture
@@ -79,17 +80,53 @@ def test_caps_per_member_and_in_all() -> None:
 
 def test_non_finite_numbers_anywhere_in_a_message_are_refused() -> None:
     good = notification_pb2.QualityAlert(points=[notification_pb2.AlertPoint(value=0.4)])
-    check_numbers(notification_pb2.NotificationMessage(quality_alert=good))
+    check_values(notification_pb2.NotificationMessage(quality_alert=good))
     for bad in (float("nan"), float("inf"), -float("inf")):
         alert = notification_pb2.QualityAlert(
             points=[notification_pb2.AlertPoint(value=0.1), notification_pb2.AlertPoint(value=bad)]
         )
         with pytest.raises(NumberOutOfRange, match=r"quality_alert.points\[1\].value"):
-            check_numbers(notification_pb2.NotificationMessage(quality_alert=alert))
+            check_values(notification_pb2.NotificationMessage(quality_alert=alert))
 
 
 def test_timestamps_must_be_dates() -> None:
-    check_numbers(notification_pb2.NotificationMessage(sent_at_unix_us=1_764_655_200_000_000))
+    check_values(notification_pb2.NotificationMessage(sent_at_unix_us=1_764_655_200_000_000))
     for bad in (-1, 2**62):
         with pytest.raises(NumberOutOfRange, match="sent_at_unix_us"):
-            check_numbers(notification_pb2.NotificationMessage(sent_at_unix_us=bad))
+            check_values(notification_pb2.NotificationMessage(sent_at_unix_us=bad))
+
+
+def test_a_nul_in_any_string_of_a_message_is_refused() -> None:
+    """No id, name or text of the protocol holds a NUL, and PostgreSQL refuses one in
+    any string: a NUL anywhere (a field, a repeated field, a nested message) is refused
+    before the message reaches a servicer, naming the field."""
+    check_values(trace_pb2.InvestigateRequest(agreement_id="agr-1", batch_ids=["B-1"]))
+    for message, where in (
+        (subscription_pb2.SubscribeRequest(agreement_id="agr\x00"), r"^field agreement_id "),
+        (trace_pb2.InvestigateRequest(batch_ids=["B-1", "\x00"]), r"^field batch_ids "),
+        (
+            notification_pb2.NotificationMessage(
+                quality_alert=notification_pb2.QualityAlert(rule="RULE_1\x00")
+            ),
+            r"^field quality_alert\.rule ",
+        ),
+    ):
+        with pytest.raises(NulInString, match=where):
+            check_values(message)
+
+
+def test_a_nul_in_a_map_key_is_refused() -> None:
+    from qdspace.protocols.v1 import federation_pb2
+
+    field = next(
+        f
+        for f in federation_pb2.UnmaskResponse.DESCRIPTOR.fields
+        if f.message_type is not None and f.message_type.GetOptions().map_entry
+    )
+    good = federation_pb2.UnmaskResponse()
+    getattr(good, field.name)["sunarc"].CopyFrom(getattr(good, field.name)["sunarc"])
+    check_values(good)
+    bad = federation_pb2.UnmaskResponse()
+    getattr(bad, field.name)["sun\x00arc"].CopyFrom(getattr(bad, field.name)["x"])
+    with pytest.raises(NulInString, match=f"field {field.name} \\(a key\\)"):
+        check_values(bad)

@@ -1,0 +1,214 @@
+"""A NUL character in every id a member or an operator can send, against real nodes whose
+databases are on PostgreSQL.
+
+SQLite stores a NUL in a string like any other character, so the SQLite suites never saw
+this: PostgreSQL refuses one in any string it is given, and an id with a NUL that reached
+a lookup turned the caller's mistake into a server error. Found by sending one in every
+place: the gRPC peer listener's ``Negotiation.Get``, ``Subscription.Subscribe`` and
+``Trace.Upstream`` answered INTERNAL, the DSP listener answered 500 (and dropped the
+connection) for a NUL in any process id of its paths, the operator API 500 for one in a
+DSP transfer id. Now the peer listener refuses a NUL in any string field of any message
+before a servicer sees it (`node.rpc.limits.check_values`), the DSP listener any path
+parameter that is not printable (`node.dsp.app.printable_path`), and the operator API's
+ids carry `ID_PATTERN`. Each is asserted here as SunArc, a real member, sends them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import re
+import ssl
+from collections.abc import Iterator
+from typing import Any
+
+import grpc
+import httpx
+import pytest
+from google.protobuf.descriptor import FieldDescriptor
+from google.protobuf.message import Message
+
+from qdspace.node.dsp.auth import issue_token
+from qdspace.node.localnet.network import LocalNetwork, MemberSpec
+from qdspace.node.rpc.client import open_channel
+from qdspace.protocols.v1 import (
+    catalog_pb2,
+    federation_pb2,
+    negotiation_pb2,
+    node_pb2,
+    notification_pb2,
+    subscription_pb2,
+    trace_pb2,
+    transfer_pb2,
+)
+
+pytestmark = pytest.mark.integration
+
+PG_ENV = "QDSPACE_TEST_PG_URL"
+MODULES = [
+    catalog_pb2,
+    federation_pb2,
+    negotiation_pb2,
+    node_pb2,
+    notification_pb2,
+    subscription_pb2,
+    trace_pb2,
+    transfer_pb2,
+]
+POISONS = ("\x00", "a\x00b")
+#: the DSP listener's routes with a process (or dataset) id in their path
+DSP_GETS = ["/catalog/datasets/{}", "/negotiations/{}", "/transfers/{}", "/data/{}"]
+DSP_POSTS = [
+    *(f"/negotiations/{{}}/{k}" for k in ("events", "termination", "request", "offers")),
+    "/negotiations/{}/agreement",
+    "/negotiations/{}/agreement/verification",
+    *(f"/transfers/{{}}/{k}" for k in ("start", "suspension", "termination", "completion")),
+    *(f"/callback/transfers/{{}}/{k}" for k in ("start", "suspension", "termination")),
+    "/callback/transfers/{}/completion",
+]
+
+
+@pytest.fixture(scope="module")
+def net(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalNetwork]:
+    pg_url = os.environ.get(PG_ENV)
+    if not pg_url:
+        pytest.skip(f"NULs against PostgreSQL need {PG_ENV} (.ci/run starts a server)")
+    network = LocalNetwork(
+        tmp_path_factory.mktemp("nul-pg"),
+        [MemberSpec("sunarc", "oem"), MemberSpec("cellex", "supplier")],
+        chain=False,
+        pg_url=pg_url,
+        env={"QDSPACE_DSP_PORT": "0"},
+    )
+    try:
+        network.create()
+        network.start()
+        yield network
+    finally:
+        network.stop()
+        network.drop_databases()
+
+
+def poisoned(cls: type[Message], value: str) -> bytes:
+    """A request of `cls` with every string field (top level) set to `value`."""
+    message = cls()
+    for field in message.DESCRIPTOR.fields:
+        if field.type == FieldDescriptor.TYPE_STRING:
+            if field.is_repeated:
+                getattr(message, field.name).append(value)
+            else:
+                setattr(message, field.name, value)
+    return message.SerializeToString()
+
+
+def request_class(name: str) -> type[Message]:
+    for module in MODULES:
+        found = getattr(module, name, None)
+        if found is not None:
+            return found  # type: ignore[no-any-return]
+    raise AssertionError(f"no message {name}")
+
+
+async def call_every_method(net: LocalNetwork) -> dict[str, set[str]]:
+    """Each gRPC method of the peer listener, called by SunArc with NULs in every string:
+    the status codes each answered."""
+    channel = open_channel(net["sunarc"].keys(), net["cellex"].grpc_address, "cellex")
+    answered: dict[str, set[str]] = {}
+    try:
+        for module in MODULES:
+            for service in module.DESCRIPTOR.services_by_name.values():
+                for method in service.methods:
+                    path = f"/{service.full_name}/{method.name}"
+                    cls = request_class(method.input_type.name)
+                    for value in POISONS:
+                        raw = poisoned(cls, value)
+                        try:
+                            if method.client_streaming:
+                                await channel.stream_unary(path)(iter([raw]), timeout=10)
+                            elif method.server_streaming:
+                                async for _ in channel.unary_stream(path)(raw, timeout=10):
+                                    pass
+                            else:
+                                await channel.unary_unary(path)(raw, timeout=10)
+                            code = "OK"
+                        except grpc.aio.AioRpcError as exc:
+                            code = exc.code().name
+                            if method.name in ("Get", "Subscribe", "Upstream"):
+                                assert "NUL" in (exc.details() or ""), (path, exc.details())
+                        answered.setdefault(path, set()).add(code)
+    finally:
+        await channel.close()
+    return answered
+
+
+def test_no_grpc_method_fails_on_a_nul(net: LocalNetwork) -> None:
+    answered = asyncio.run(call_every_method(net))
+    assert len(answered) >= 25, sorted(answered)  # every service's methods were called
+    failed = {p: c for p, c in answered.items() if c & {"INTERNAL", "UNKNOWN"}}
+    assert not failed, failed
+    for path in (
+        "/qdspace.v1.Negotiation/Get",
+        "/qdspace.v1.Subscription/Subscribe",
+        "/qdspace.v1.Trace/Upstream",
+    ):
+        assert answered[path] == {"INVALID_ARGUMENT"}, (path, answered[path])
+
+
+def member_dsp_client(net: LocalNetwork) -> tuple[httpx.Client, dict[str, str]]:
+    """SunArc's certificate calling Cellex's DSP listener, and its ID token's header."""
+    layout = net["sunarc"].layout
+    context = ssl.create_default_context(cafile=str(layout.ca_cert))
+    context.check_hostname = False
+    context.load_cert_chain(layout.tls_cert, layout.tls_key)
+    keys = net["sunarc"].keys()
+    audience = net["cellex"].keys().identity.member_id
+    base = json.loads(net["cellex"].layout.runtime.read_text())["dsp"]
+    token = issue_token(keys.signing_key, keys.identity.member_id, audience)
+    client = httpx.Client(verify=context, base_url=base, timeout=20)
+    return client, {"authorization": f"Bearer {token}"}
+
+
+def test_the_dsp_listener_refuses_a_process_id_with_a_nul(net: LocalNetwork) -> None:
+    client, headers = member_dsp_client(net)
+    body: dict[str, Any] = {
+        "@context": "https://w3id.org/dspace/2025/1/context.jsonld",
+        "@type": "TransferStartMessage",
+        "providerPid": "\x00",
+        "consumerPid": "\x00",
+    }
+    try:
+        for value in ("%00", "a%00b", "%01", "%7f"):
+            for route in DSP_GETS:
+                answer = client.get(route.format(value), headers=headers)
+                assert answer.status_code == 400, (route, value, answer.text)
+                assert "printable" in answer.text and "\\u0000" not in answer.text
+            for route in DSP_POSTS:
+                answer = client.post(route.format(value), headers=headers, json=body)
+                assert answer.status_code == 400, (route, value, answer.text)
+        # the connection was kept all along: a server error would have closed it
+        assert client.get("/.well-known/dspace-version").status_code == 200
+    finally:
+        client.close()
+
+
+def test_no_operator_route_fails_on_a_nul_in_its_path(net: LocalNetwork) -> None:
+    with net["cellex"].client() as operator:
+        spec = operator.get("/openapi.json").json()
+        tried = 0
+        for path, operations in spec["paths"].items():
+            names = re.findall(r"{(\w+)(?::path)?}", path)
+            if not names:
+                continue
+            for method in operations:
+                for value in ("%00", "a%00b", "%01"):
+                    url = re.sub(r"{\w+(?::path)?}", value, path)
+                    body = {} if method in ("post", "put", "patch") else None
+                    answer = operator.request(method.upper(), url, json=body)
+                    assert answer.status_code < 500, (method, url, answer.text[:300])
+                    tried += 1
+        assert tried >= 30, tried
+        for route in ("/v1/dsp/transfers/%00", "/v1/outbox/%00/retry"):
+            method = "POST" if route.endswith("retry") else "GET"
+            answer = operator.request(method, route)
+            assert 400 <= answer.status_code < 500, (route, answer.text)
