@@ -211,10 +211,15 @@ def callback(body: Mapping[str, Any], *, required: bool) -> str:
 
 
 def reason(body: Mapping[str, Any]) -> str:
+    """The peer's reasons, joined, as one line of at most `MAX_REASON` printable
+    characters: kept with the process and shown to the operator, so a control character
+    (a NUL, which PostgreSQL refuses in any string; a line break forging a log line)
+    becomes a space."""
     reasons = body.get("reason", [])
     items = reasons if isinstance(reasons, list) else [reasons]
     out = "; ".join(str(r if not isinstance(r, Mapping) else r.get("@value", "")) for r in items)
-    return out[:MAX_REASON] or "terminated by the peer"
+    out = "".join(c if c.isprintable() else " " for c in out[:MAX_REASON]).strip()
+    return out or "terminated by the peer"
 
 
 def _contexts(body: Mapping[str, Any]) -> tuple[str, ...]:
