@@ -22,6 +22,7 @@ from typing import Any
 
 from qdspace.connector.dictionary import DataDictionary
 from qdspace.connector.errors import DictionaryError
+from qdspace.connector.field_parsers import INT_MAX
 
 #: a column loop's verdict on one value: "this row needs the row validator"
 BAD: Any = object()
@@ -254,7 +255,7 @@ def _positive_integer(s: str) -> Any:
         n = int(s)
     except ValueError:
         return BAD
-    return n if n >= 1 else BAD
+    return n if 1 <= n <= INT_MAX else BAD
 
 
 def integer_min1(values: list[Any]) -> list[Any]:

@@ -164,8 +164,18 @@ def number(
     return result
 
 
+#: the largest value an SQL INTEGER column holds (PostgreSQL's are 32-bit; SQLite would
+#: take more, and the same row must be good or bad on both)
+INT_MAX = 2_147_483_647
+
+
 def integer(
-    p: Problems, row: Mapping[str, Any], name: str, *, minimum: int | None = None
+    p: Problems,
+    row: Mapping[str, Any],
+    name: str,
+    *,
+    minimum: int | None = None,
+    maximum: int = INT_MAX,
 ) -> int | None:
     value = raw(row, name)
     if value is None:
@@ -183,6 +193,9 @@ def integer(
         return None
     if minimum is not None and result < minimum:
         p.fail(name, f"{result} is below the minimum {minimum}")
+        return None
+    if result > maximum:
+        p.fail(name, f"{result} is above the maximum {maximum}")
         return None
     return result
 

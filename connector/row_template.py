@@ -41,7 +41,7 @@ COLUMNS: dict[str, tuple[Column, ...]] = {
         Column("customer", "yes", _ID, note="member name of the buyer"),
         Column("supplier", "yes", _ID, note="member name of the seller"),
         Column("product", "yes", "text (<= 128)"),
-        Column("quantity", "yes", "integer >= 1"),
+        Column("quantity", "yes", "integer 1..2147483647"),
         Column("status", "no", "code", "order_status", "default open"),
         Column("opened_at", "yes", _TIME),
         Column("closed_at", "if status is closed", _TIME, note="not before opened_at"),
