@@ -23,6 +23,7 @@ from datetime import UTC, datetime, timedelta
 from qdspace.connector.agreement import SignedAgreement, agreement_from_bytes
 from qdspace.connector.assets import AssetKind, CatalogEntry
 from qdspace.connector.contract_errors import ContractError
+from qdspace.connector.contract_store.common import ID_LENGTH
 from qdspace.connector.negotiation import (
     Accepted,
     Agreement,
@@ -61,8 +62,15 @@ def datetime_from_us(value: int) -> datetime:
 
 
 def required(value: str, what: str) -> str:
+    """An id a peer sent: present, printable and no longer than the columns that keep
+    ids (`ID_LENGTH`; PostgreSQL refuses a longer one where SQLite takes it, and a
+    member's 200-character negotiation id was an INTERNAL error)."""
     if not value:
         raise WireFormatError(f"{what} is missing")
+    if len(value) > ID_LENGTH or not value.isprintable():
+        raise WireFormatError(
+            f"{what} must be 1 to {ID_LENGTH} printable characters, got {len(value)}"
+        )
     return value
 
 

@@ -11,6 +11,11 @@ DSP transfer id. Now the peer listener refuses a NUL in any string field of any 
 before a servicer sees it (`node.rpc.limits.check_values`), the DSP listener any path
 parameter that is not printable (`node.dsp.app.printable_path`), and the operator API's
 ids carry `ID_PATTERN`. Each is asserted here as SunArc, a real member, sends them.
+
+The same class: an id longer than the columns that keep ids (128 characters). SQLite
+stores it; PostgreSQL refused a 200-character negotiation, message, transfer or
+subscription id in a well-formed message with an INTERNAL error. The peer listener's
+decoders now bound every id they read (`node.rpc.contracts_serde.required`).
 """
 
 from __future__ import annotations
@@ -212,3 +217,67 @@ def test_no_operator_route_fails_on_a_nul_in_its_path(net: LocalNetwork) -> None
             method = "POST" if route.endswith("retry") else "GET"
             answer = operator.request(method, route)
             assert 400 <= answer.status_code < 500, (route, answer.text)
+
+
+async def send_long_ids(net: LocalNetwork) -> list[tuple[str, str]]:
+    """SunArc's well-formed messages with over-long ids: a contract request on Cellex's
+    own offer, a transfer request, a subscription; (status, details) of each."""
+    channel = open_channel(net["sunarc"].keys(), net["cellex"].grpc_address, "cellex")
+    me = net["sunarc"].keys().identity.member_id
+    now_us = 1_796_000_000_000_000
+    answers: list[tuple[str, str]] = []
+    try:
+        listed = await channel.unary_unary(
+            "/qdspace.v1.Catalog/ListAssets",
+            request_serializer=catalog_pb2.CatalogRequest.SerializeToString,
+            response_deserializer=catalog_pb2.CatalogReply.FromString,
+        )(catalog_pb2.CatalogRequest(), timeout=10)
+        offer = listed.assets[0].offer_json
+        sends = [
+            negotiation_pb2.NegotiationMessage(
+                message_id=mid,
+                negotiation_id=nid,
+                sender_id=me,
+                at_unix_us=now_us,
+                request=negotiation_pb2.ContractRequest(offer_json=offer),
+            )
+            for mid, nid in (("m" * 200, "n-1"), ("m-2", "n" * 200), ("é" * 129, "n-3"))
+        ]
+        for message in sends:
+            answers.append(await unary(channel, "/qdspace.v1.Negotiation/Send", message))
+        transfer = transfer_pb2.TransferMessage(
+            message_id="t-1", transfer_id="t" * 200, sender_id=me, at_unix_us=now_us
+        )
+        transfer.request.agreement_id, transfer.request.provider_id = "agr-1", me
+        answers.append(await unary(channel, "/qdspace.v1.Transfer/Send", transfer))
+        ask = subscription_pb2.SubscribeRequest(
+            subscription_id="s" * 200, agreement_id="agr-1", purpose="qa"
+        )
+        try:
+            stream = channel.unary_stream("/qdspace.v1.Subscription/Subscribe")
+            async for _ in stream(ask.SerializeToString(), timeout=10):
+                pass
+            answers.append(("OK", ""))
+        except grpc.aio.AioRpcError as exc:
+            answers.append((exc.code().name, exc.details() or ""))
+    finally:
+        await channel.close()
+    return answers
+
+
+async def unary(channel: grpc.aio.Channel, path: str, message: Message) -> tuple[str, str]:
+    try:
+        await channel.unary_unary(path)(message.SerializeToString(), timeout=10)
+    except grpc.aio.AioRpcError as exc:
+        return exc.code().name, exc.details() or ""
+    return "OK", ""
+
+
+def test_an_id_longer_than_its_column_is_refused_by_the_peer_listener(
+    net: LocalNetwork,
+) -> None:
+    answers = asyncio.run(send_long_ids(net))
+    assert len(answers) == 5
+    for code, details in answers:
+        assert code == "INVALID_ARGUMENT", (code, details)
+        assert "must be 1 to 128 printable characters" in details, details

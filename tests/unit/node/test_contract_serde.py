@@ -66,7 +66,13 @@ from qdspace.protocols.v1 import (
     transfer_pb2,
 )
 
-ids = st.text(st.characters(codec="utf-8", exclude_categories=("Cs",)), min_size=1, max_size=12)
+#: ids as the wire takes them: printable (no control, separator or surrogate characters
+#: but the plain space), 1 to 128 characters (`contracts_serde.required`)
+ids = st.text(
+    st.characters(codec="utf-8", exclude_categories=("Cs", "Cc", "Cf", "Co", "Cn", "Zl", "Zp")),
+    min_size=1,
+    max_size=12,
+).filter(str.isprintable)
 texts = st.text(st.characters(codec="utf-8", exclude_categories=("Cs",)), max_size=20)
 instants = st.datetimes(
     min_value=datetime(1970, 1, 1), max_value=datetime(2200, 1, 1), timezones=st.just(UTC)
@@ -214,6 +220,13 @@ def test_transfer_messages_and_batches_round_trip(
     )
 
 
+ids_up_to_128 = st.text(
+    st.characters(codec="utf-8", exclude_categories=("Cs", "Cc", "Cf", "Co", "Cn", "Zl", "Zp")),
+    min_size=1,
+    max_size=128,
+).filter(str.isprintable)
+
+
 @st.composite
 def sized_batches(draw: st.DrawFn) -> RowBatch:
     """Batches whose lengths cross the varint widths (1 to 3 bytes) of every field."""
@@ -231,7 +244,7 @@ def sized_batches(draw: st.DrawFn) -> RowBatch:
     if count == 1 and not payload:
         payload = b"{}"
     return RowBatch(
-        draw(st.text(min_size=1, max_size=200)),
+        draw(ids_up_to_128),  # ("é" and wider characters: past 128 bytes, a 2-byte varint)
         payload,
         count,
         tuple(orders) if count else (),
