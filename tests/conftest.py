@@ -160,3 +160,34 @@ def postgres_schema() -> Iterator[Callable[[str], Engine]]:
             return engine
 
         yield make
+
+
+@pytest.fixture(scope="module")
+def pg_networks(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[..., Any]]:
+    """``pg_networks(members, env=None)``: real node processes whose databases are each a
+    schema of the test PostgreSQL server (no chain), started, for the module; stopped and
+    their schemas dropped at its end. Skips the module without ``QDSPACE_TEST_PG_URL``."""
+    from qdspace.node.localnet.network import LocalNetwork, MemberSpec
+
+    made: list[LocalNetwork] = []
+
+    def make(members: list[MemberSpec], env: dict[str, str] | None = None) -> LocalNetwork:
+        if not PG_URL:
+            pytest.skip("needs QDSPACE_TEST_PG_URL (a PostgreSQL server; .ci/run starts one)")
+        net = LocalNetwork(
+            tmp_path_factory.mktemp("pg-net"), members, chain=False, pg_url=PG_URL, env=env
+        )
+        made.append(net)
+        net.create()
+        net.start()
+        assert all(m.pg_url for m in net.members.values())
+        return net
+
+    try:
+        yield make
+    finally:
+        for net in made:
+            try:
+                net.stop()
+            finally:
+                net.drop_databases()

@@ -11,9 +11,8 @@ control character) is made a space before it is stored, and the termination is t
 
 from __future__ import annotations
 
-import os
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable
 
 import pytest
 
@@ -30,8 +29,6 @@ from .test_dsp_transfer import (
 
 pytestmark = pytest.mark.integration
 
-PG_ENV = "QDSPACE_TEST_PG_URL"
-
 __all__ = [
     "test_live_stream_suspend_resume_terminate_over_dsp",
     "test_pull_transfer_over_dsp_alone",
@@ -39,25 +36,9 @@ __all__ = [
 
 
 @pytest.fixture(scope="module")
-def dsp_net(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalNetwork]:
-    pg_url = os.environ.get(PG_ENV)
-    if not pg_url:
-        pytest.skip(f"the DSP binding on PostgreSQL needs {PG_ENV} (.ci/run starts a server)")
-    net = LocalNetwork(
-        tmp_path_factory.mktemp("dsp-pg"),
-        [MemberSpec("sunarc", "oem"), MemberSpec("cellex", "supplier")],
-        chain=False,
-        pg_url=pg_url,
-        env={"QDSPACE_DSP_PORT": "0"},
-    )
-    try:
-        net.create()
-        net.start()
-        assert all(m.pg_url for m in net.members.values())
-        yield net
-    finally:
-        net.stop()
-        net.drop_databases()
+def dsp_net(pg_networks: Callable[..., LocalNetwork]) -> LocalNetwork:
+    members = [MemberSpec("sunarc", "oem"), MemberSpec("cellex", "supplier")]
+    return pg_networks(members, {"QDSPACE_DSP_PORT": "0"})
 
 
 def test_a_termination_whose_reason_holds_a_nul_is_taken(dsp_net: LocalNetwork) -> None:

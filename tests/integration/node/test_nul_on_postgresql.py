@@ -22,10 +22,9 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import re
 import ssl
-from collections.abc import Iterator
+from collections.abc import Callable
 from typing import Any
 
 import grpc
@@ -50,7 +49,6 @@ from qdspace.protocols.v1 import (
 
 pytestmark = pytest.mark.integration
 
-PG_ENV = "QDSPACE_TEST_PG_URL"
 MODULES = [
     catalog_pb2,
     federation_pb2,
@@ -75,24 +73,9 @@ DSP_POSTS = [
 
 
 @pytest.fixture(scope="module")
-def net(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalNetwork]:
-    pg_url = os.environ.get(PG_ENV)
-    if not pg_url:
-        pytest.skip(f"NULs against PostgreSQL need {PG_ENV} (.ci/run starts a server)")
-    network = LocalNetwork(
-        tmp_path_factory.mktemp("nul-pg"),
-        [MemberSpec("sunarc", "oem"), MemberSpec("cellex", "supplier")],
-        chain=False,
-        pg_url=pg_url,
-        env={"QDSPACE_DSP_PORT": "0"},
-    )
-    try:
-        network.create()
-        network.start()
-        yield network
-    finally:
-        network.stop()
-        network.drop_databases()
+def net(pg_networks: Callable[..., LocalNetwork]) -> LocalNetwork:
+    members = [MemberSpec("sunarc", "oem"), MemberSpec("cellex", "supplier")]
+    return pg_networks(members, {"QDSPACE_DSP_PORT": "0"})
 
 
 def poisoned(cls: type[Message], value: str) -> bytes:
