@@ -98,9 +98,10 @@ def record_meta(payload: bytes) -> RecordMeta:
     if not isinstance(row, dict):
         raise RecordEnvelopeError("a received row is not a JSON object")
     key, version, withdrawn = row.get(KEY_FIELD), row.get(VERSION_FIELD), row.get(WITHDRAWN_FIELD)
-    if not isinstance(key, str) or not 0 < len(key) <= MAX_RECORD_KEY:
+    if not isinstance(key, str) or not 0 < len(key) <= MAX_RECORD_KEY or "\x00" in key:
         raise RecordEnvelopeError(
-            f"a received row has no record key ({KEY_FIELD!r}, 1..{MAX_RECORD_KEY} characters)"
+            f"a received row has no record key ({KEY_FIELD!r}, 1..{MAX_RECORD_KEY} characters"
+            ", no NUL)"
         )
     if type(version) is not int or not 1 <= version <= MAX_VERSION:
         raise RecordEnvelopeError(
@@ -209,6 +210,9 @@ def record_envelopes(payloads: Sequence[bytes], seqs: Sequence[int] | None = Non
         rest = (_one_meta(decoder, p, _seq(seqs, i)) for i, p in enumerate(payloads) if i)
         return _columns([first, *rest])
     keys: list[str] = list(map(_KEY_OF, rows))
+    if "\x00" in "".join(keys):  # (a key PostgreSQL refuses): the row is named, refused
+        index = next(i for i, key in enumerate(keys) if "\x00" in key)
+        _record_meta_at(payloads[index], _seq(seqs, index))
     versions: list[int] = list(map(_VERSION_OF, rows))
     flags = list(map(_WITHDRAWN_OF, rows))
     if flags.count(None) == len(flags):

@@ -47,7 +47,7 @@ from qdspace.connector.contract_errors import (
     ForeignRecordError,
 )
 from qdspace.connector.contract_store.agreements import AgreementStore
-from qdspace.connector.contract_store.common import DriverStatement, TableStore
+from qdspace.connector.contract_store.common import ID_LENGTH, DriverStatement, TableStore
 from qdspace.connector.contract_store.data_keys import DataKeys
 from qdspace.connector.contract_store.received_model import (
     ROW_COLUMNS,
@@ -170,6 +170,11 @@ class MirrorWriter(TableStore):
             raise ContractDenied(f"agreement {agreement_id} terminated: its rows are refused")
         policy = stored.signed.agreement.policy
         for order in set(orders):
+            if not 0 < len(order) <= ID_LENGTH or "\x00" in order:  # (not storable)
+                raise ForeignRecordError(
+                    f"agreement {agreement_id}: an order id of {len(order)} characters, or "
+                    f"with a NUL, is no order: its rows are refused"
+                )
             if not order_in_scope(policy, order):
                 raise ForeignRecordError(
                     f"agreement {agreement_id} does not cover order {order!r}: its rows are refused"

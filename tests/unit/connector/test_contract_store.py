@@ -26,6 +26,7 @@ from qdspace.connector.contract_errors import (
     ForeignRecordError,
     KeyShreddedError,
     NotificationQuotaError,
+    RecordEnvelopeError,
     UnknownContractError,
 )
 from qdspace.connector.contract_store import (
@@ -520,6 +521,27 @@ def test_received_records_are_held_once_in_their_latest_version(store: ContractS
     assert changes[0].content_sha256 == hashlib.sha256(newer[0].payload).hexdigest()
     with pytest.raises(ForeignRecordError, match="ORD-9"):
         store.store_received_rows("agr-neg-1", "s", [IncomingRow(1, "ORD-9", rec("k9"))], at(5))
+
+
+def test_a_provider_s_unstorable_key_or_order_is_refused_not_a_database_error(
+    store: ContractStore,
+) -> None:
+    """A record key or an order id with a NUL, or an order id longer than the columns
+    hold: PostgreSQL refuses them outright (a driver error mid-delivery), SQLite would
+    store them. Both refuse the delivery as the provider's (nothing of it is stored), on
+    the batch path (many rows, one decoder) and the row path alike."""
+    finalized(store, Role.CONSUMER)
+    good = [IncomingRow(i, "ORD-1", rec(f"k{i}", verdict="ok")) for i in range(1, 40)]
+    for bad in (
+        [*good, IncomingRow(40, "ORD-1", rec("k\x0040", verdict="ok"))],
+        [IncomingRow(1, "ORD-1", rec("\x00"))],
+    ):
+        with pytest.raises(RecordEnvelopeError, match="no NUL"):
+            store.store_received_rows("agr-neg-1", "s", bad, at(5))
+    for order in ("ORD\x00-1", "O" * 129):
+        with pytest.raises(ForeignRecordError, match="is no order"):
+            store.store_received_rows("agr-neg-1", "s", [IncomingRow(1, order, rec("k1"))], at(5))
+    assert store.count_received("agr-neg-1") == 0
 
 
 def test_sealed_pages_hold_exactly_the_records_held(store: ContractStore, engine: Engine) -> None:
