@@ -11,6 +11,7 @@ consumer's retention sweep that deletes what expired and signs the receipts.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from datetime import UTC, datetime, timedelta
 
@@ -29,6 +30,7 @@ from qdspace.connector.contract_errors import (
     UnknownContractError,
 )
 from qdspace.connector.contract_store import OutboxMessage, StoredAgreement
+from qdspace.connector.contract_store.common import ID_LENGTH
 from qdspace.connector.negotiation import Role
 from qdspace.connector.qdm import Order
 from qdspace.connector.retention_sweep import SweepReport, sweep
@@ -43,11 +45,24 @@ logger = logging.getLogger("node.contracts")
 NOTIFICATION = "notification"
 
 
+def bounded_id(notification_id: str) -> str:
+    """A notification id as the outbox and the peers keep it: at most `ID_LENGTH`
+    characters. An id made of member ids and an order id (``order-closed:...``, a case
+    event's ``case:<opener>/<case>/<author>/<seq>``) passes that with long company names;
+    such an id becomes its kind and a digest of the whole (the same id always gives the
+    same digest, so a repeat is still recognised as one)."""
+    if len(notification_id) <= ID_LENGTH:
+        return notification_id
+    kind = notification_id.partition(":")[0][:32]
+    return f"{kind}:sha256:{hashlib.sha256(notification_id.encode()).hexdigest()}"
+
+
 class ContractNotices(ContractBase):
     """Notifications, order closings, terminations and sweeps (a mixin of `ContractRuntime`)."""
 
     def notification(self, peer: str, body: object, notification_id: str) -> OutboxMessage:
         """An outbox entry carrying `body` to the member called `peer`."""
+        notification_id = bounded_id(notification_id)
         note = Notification(notification_id, self.me.member_id, self.clock.now(), body)  # type: ignore[arg-type]
         payload = notification_to_proto(note).SerializeToString()
         return OutboxMessage(peer, NOTIFICATION, notification_id, notification_id, payload)
