@@ -28,7 +28,9 @@ from sqlalchemy.exc import IntegrityError
 
 from qdspace.ledger.errors import LedgerError, UnknownLeaf
 from qdspace.ledger.leaves import (
+    MAX_REF_ID,
     Leaf,
+    check_ref_id,
     check_ref_ids,
     kind_code,
     packed_leaf_hashes,
@@ -257,8 +259,17 @@ class LeafStore:
         return found
 
     def leaf(self, kind: str, ref_id: str) -> StoredLeaf:
-        """The queued leaf for ``(kind, ref_id)``; UnknownLeaf if it was never enqueued."""
+        """The queued leaf for ``(kind, ref_id)``; UnknownLeaf if it was never enqueued
+        (an id no leaf can have, `check_ref_id`, is not looked up: PostgreSQL refuses a
+        NUL in any string, and a regulator's lookup of one was a server error)."""
         code = kind_code(kind)
+        try:
+            check_ref_id(ref_id)
+        except LedgerError:
+            raise UnknownLeaf(
+                f"no {kind} with id {ref_id[:40]!r} was ever anchored or queued "
+                f"(a reference id is 1..{MAX_REF_ID} printable characters)"
+            ) from None
         with self.engine.connect() as conn:
             seq = conn.execute(
                 select(ref_table.c.seq).where(

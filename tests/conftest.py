@@ -164,18 +164,21 @@ def postgres_schema() -> Iterator[Callable[[str], Engine]]:
 
 @pytest.fixture(scope="module")
 def pg_networks(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[..., Any]]:
-    """``pg_networks(members, env=None)``: real node processes whose databases are each a
-    schema of the test PostgreSQL server (no chain), started, for the module; stopped and
-    their schemas dropped at its end. Skips the module without ``QDSPACE_TEST_PG_URL``."""
+    """``pg_networks(members, env=None, chain=False)``: real node processes whose
+    databases are each a schema of the test PostgreSQL server (with an embedded chain
+    when asked), started, for the module; stopped and their schemas dropped at its end.
+    Skips the module without ``QDSPACE_TEST_PG_URL``."""
     from qdspace.node.localnet.network import LocalNetwork, MemberSpec
 
     made: list[LocalNetwork] = []
 
-    def make(members: list[MemberSpec], env: dict[str, str] | None = None) -> LocalNetwork:
+    def make(
+        members: list[MemberSpec], env: dict[str, str] | None = None, chain: bool = False
+    ) -> LocalNetwork:
         if not PG_URL:
             pytest.skip("needs QDSPACE_TEST_PG_URL (a PostgreSQL server; .ci/run starts one)")
         net = LocalNetwork(
-            tmp_path_factory.mktemp("pg-net"), members, chain=False, pg_url=PG_URL, env=env
+            tmp_path_factory.mktemp("pg-net"), members, chain=chain, pg_url=PG_URL, env=env
         )
         made.append(net)
         net.create()

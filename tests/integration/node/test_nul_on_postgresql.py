@@ -10,7 +10,10 @@ connection) for a NUL in any process id of its paths, the operator API 500 for o
 DSP transfer id. Now the peer listener refuses a NUL in any string field of any message
 before a servicer sees it (`node.rpc.limits.check_values`), the DSP listener any path
 parameter that is not printable (`node.dsp.app.printable_path`), and the operator API's
-ids carry `ID_PATTERN`. Each is asserted here as SunArc, a real member, sends them.
+ids carry `ID_PATTERN`. On a node that anchors (its leaf index on PostgreSQL too), a
+regulator's proof lookup of a reference id with a NUL was a 500: an id no leaf can have
+is now unknown without a look-up (`LeafQueue.leaf`). Each is asserted here as SunArc, a
+real member (or the space's regulator), sends them.
 
 The same class: an id longer than the columns that keep ids (128 characters). SQLite
 stores it; PostgreSQL refused a 200-character negotiation, message, transfer or
@@ -33,7 +36,9 @@ import pytest
 from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import Message
 
+from qdspace.node.api.regulator_auth import issue_credential
 from qdspace.node.dsp.auth import issue_token
+from qdspace.node.identity.member import load_member_keys
 from qdspace.node.localnet.network import LocalNetwork, MemberSpec
 from qdspace.node.rpc.client import open_channel
 from qdspace.protocols.v1 import (
@@ -264,3 +269,22 @@ def test_an_id_longer_than_its_column_is_refused_by_the_peer_listener(
     for code, details in answers:
         assert code == "INVALID_ARGUMENT", (code, details)
         assert "must be 1 to 128 printable characters" in details, details
+
+
+def test_a_regulators_proof_lookup_with_a_nul_is_unknown_not_a_server_error(
+    pg_networks: Callable[..., LocalNetwork],
+) -> None:
+    anchored = pg_networks(
+        [MemberSpec("cellex", "supplier"), MemberSpec("regulator", "regulator")], chain=True
+    )
+    member = anchored["cellex"]
+    keys = load_member_keys(anchored["regulator"].directory)
+    credential = issue_credential(keys, load_member_keys(member.directory).identity.member_id)
+    with member.regulator_client(credential) as regulator:
+        for route in ("inspections", "agreements", "deletion-receipts", "model-versions"):
+            for value in ("%00", "a%00b"):
+                answer = regulator.get(f"/v1/regulator/{route}/{value}/proof")
+                assert answer.status_code == 404, (route, value, answer.text)
+        answer = regulator.get("/v1/regulator/proofs/inspection/a%00b")
+        assert answer.status_code == 404, answer.text
+        assert regulator.get("/healthz").status_code == 200  # the connection was kept
