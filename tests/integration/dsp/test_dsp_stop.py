@@ -233,12 +233,12 @@ def test_a_live_stream_outlives_its_providers_restarts(pair: LocalNetwork) -> No
 
         restart_cellex()  # with tokens of the default lifetime from now on
         post(2)
-        wait_for("the row after the first restart", lambda: len(mine()) >= 2, timeout=60)
+        wait_for("the row after the first restart", lambda: len(mine()) >= 2, timeout=150)
         assert asked_again() == 1  # the expired token was refused: a new address, once
 
         restart_cellex()
         post(3)
-        wait_for("the row after the second restart", lambda: len(mine()) >= 3, timeout=60)
+        wait_for("the row after the second restart", lambda: len(mine()) >= 3, timeout=150)
         assert asked_again() == 1  # the address held was still good: no new one asked
 
         time.sleep(1.5)  # a stream that started over would re-send rows 1 and 2 by now
