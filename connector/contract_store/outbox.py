@@ -249,32 +249,23 @@ class OutboxStore(TableStore):
     ) -> None:
         """A failed attempt: its error, when to try again, and whether the peer refused
         it (counted in a row) or could not be reached or failed (the count starts over)."""
-        table = outbox_table
-        with self.engine.begin() as connection:
-            connection.execute(
-                update(table)
-                .where(table.c.id == message_id)
-                .values(
-                    last_error=error[:2000],
-                    next_attempt_at=retry_at,
-                    attempts=table.c.attempts + 1,
-                    refusals=table.c.refusals + 1 if refused else 0,
-                )
-            )
+        refusals = outbox_table.c.refusals + 1 if refused else 0
+        self._failed(message_id, error, next_attempt_at=retry_at, refusals=refusals)
 
     def set_aside(self, message_id: int, error: str, at: datetime) -> None:
         """The peer refused the message once more, its last try: kept, no longer due."""
+        refusals = outbox_table.c.refusals + 1
+        self._failed(message_id, error, refusals=refusals, refused_at=at)
+
+    def _failed(self, message_id: int, error: str, **values: Any) -> None:
+        """Record a failed attempt (its error cut to 2,000 characters, counted) and
+        `values`."""
         table = outbox_table
         with self.engine.begin() as connection:
             connection.execute(
                 update(table)
                 .where(table.c.id == message_id)
-                .values(
-                    last_error=error[:2000],
-                    attempts=table.c.attempts + 1,
-                    refusals=table.c.refusals + 1,
-                    refused_at=at,
-                )
+                .values(last_error=error[:2000], attempts=table.c.attempts + 1, **values)
             )
 
     def retry_refused(self, peer_id: str, now: datetime) -> int:
