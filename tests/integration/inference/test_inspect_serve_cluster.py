@@ -317,13 +317,17 @@ def test_activation_switches_the_served_version(node: Path, cluster: Cluster) ->
         summary = service.summary()
     finally:
         service.kill()
-    print("activation run:", {k: summary[k] for k in ("served", "fps", "swaps", "model_versions")})
+    figures = ("taken", "served", "dropped", "bad_frames", "fps", "swaps", "model_versions")
+    print("activation run:", {k: summary[k] for k in figures}, "alarms:", summary["alarms"])
     assert summary["stopped_by"] == "signal"
     assert summary["swaps"] == 1 and summary["version"] == second.version
     versions = summary["model_versions"]
     assert isinstance(versions, dict) and set(versions) == {first.version, second.version}
     assert len(set(dict(summary["replica_nodes"]).values())) == 2  # type: ignore[call-overload]
-    assert summary["served"] == summary["taken"] and summary["dropped"] == 0
+    # a CI run once had 63 of 162 frames counted bad here, not reproduced since: the
+    # service's own alarm lines say which frames and why
+    said = [line for line in service.lines if "inference.alarm" in line][-20:]
+    assert summary["served"] == summary["taken"] and summary["dropped"] == 0, "\n".join(said)
     judged = dict(summary["replica_frames"])  # type: ignore[call-overload]
     assert len(judged) == 2 and sum(judged.values()) == summary["served"]
     rows = _rows(node)[before:]
