@@ -6,14 +6,20 @@ method name (a fixed set: the node's services) and status code, and sets the req
 the caller sent as ``x-request-id`` metadata (or a fresh one) for the call's log lines,
 which therefore carry the id of the operator request on the other member that caused
 them. The client interceptors send the current request id with every outgoing peer call.
+
+A call its caller ended (cancelled, or went away while a stream's reply waited to be
+written) is timed as ``CANCELLED``, not ``UNKNOWN``: a dashboard that counts UNKNOWN as
+the node's faults must not count consumers that disconnect.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, suppress
+from contextvars import Token
 from typing import Any
 
 import grpc
@@ -26,7 +32,7 @@ METADATA_KEY = "x-request-id"
 logger = logging.getLogger("node.rpc")
 
 
-def _code(context: grpc.aio.ServicerContext, failed: bool) -> str:
+def _code(context: grpc.aio.ServicerContext, failed: bool, abandoned: bool) -> str:
     code: object = context.code()
     if isinstance(code, grpc.StatusCode):
         return str(code.name)
@@ -34,6 +40,8 @@ def _code(context: grpc.aio.ServicerContext, failed: bool) -> str:
         for status in grpc.StatusCode:
             if status.value[0] == code:
                 return str(status.name)
+    if abandoned or (failed and context.cancelled()):  # the caller went away: no fault
+        return "CANCELLED"
     return "UNKNOWN" if failed else "OK"
 
 
@@ -69,15 +77,34 @@ class ObserveCalls(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         self, method: str, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[None]:
         token = REQUEST_ID.set(_request_id(context))
-        started, failed = time.perf_counter(), True
+        started, failed, abandoned = time.perf_counter(), True, False
         try:
             yield
             failed = False
+        except (GeneratorExit, asyncio.CancelledError):
+            # the call's task was cancelled (its caller cancelled, the server stops), or
+            # its stream was closed before its end (a write to a caller that went away
+            # failed): the caller's doing, not the call's fault
+            abandoned = True
+            raise
         finally:
             elapsed = time.perf_counter() - started
-            code = _code(context, failed)
+            code = _code(context, failed, abandoned)
             self._metrics.grpc_latency.labels(method=method, code=code).observe(elapsed)
-            REQUEST_ID.reset(token)
+            _reset(token)
+
+
+def _reset(token: Token[str | None]) -> None:
+    """Put back the request id a call replaced, in the context that set it.
+
+    A streaming call whose caller went away while its reply waited to be written leaves
+    its generator suspended at a ``yield``; the event loop later closes it from a task of
+    its own, in another context, where the token is not valid (``ValueError``, logged as
+    an ERROR traceback on every such stream). There the call's context is gone with its
+    task, so there is nothing to put back.
+    """
+    with suppress(ValueError):
+        REQUEST_ID.reset(token)
 
 
 def with_request_id(details: grpc.aio.ClientCallDetails) -> grpc.aio.ClientCallDetails:
