@@ -108,6 +108,40 @@ class JsonFormatter(_FormatOnce):
         return json.dumps(line, default=str)
 
 
+class CallerGoneFilter(logging.Filter):
+    """gRPC's "ExecuteBatchError raised in core" ERROR (with a traceback), said as what it is.
+
+    gRPC logs it when a server stream's reply cannot be written because the call ended
+    under it: the caller cancelled or its connection dropped a moment before the server
+    learnt of it (when it has learnt, gRPC says nothing). A consumer that disconnects
+    from a live stream is routine, so its line is INFO, one line, naming the method.
+    """
+
+    PREFIX = "ExecuteBatchError raised in core by servicer method"
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno >= logging.ERROR and str(record.msg).startswith(self.PREFIX):
+            method = str(record.msg)[len(self.PREFIX) :].strip()
+            record.levelno, record.levelname = logging.INFO, "INFO"
+            record.msg, record.args = (
+                "a reply of %s was not written: its caller went away",
+                (method,),
+            )
+            record.exc_info = record.exc_text = None
+        return True
+
+
+#: the logger gRPC's core reports servicer errors through
+GRPC_CORE_LOGGER = "grpc._cython.cygrpc"
+
+
+def quiet_callers_gone() -> None:
+    """Install `CallerGoneFilter` on gRPC's core logger (once)."""
+    core = logging.getLogger(GRPC_CORE_LOGGER)
+    if not any(isinstance(f, CallerGoneFilter) for f in core.filters):
+        core.addFilter(CallerGoneFilter())
+
+
 def log_format(option: str | None = None) -> str:
     """The format asked for: the option, else ``QDSPACE_LOG_FORMAT``, else text."""
     chosen = (option or os.environ.get(LOG_FORMAT_ENV) or "text").strip().lower()
@@ -128,6 +162,7 @@ def setup_logging(level: str, logfile: Path | None = None, fmt: str = "text") ->
         handler.setFormatter(formatter)
         handler.addFilter(RequestIdFilter())
     logging.basicConfig(level=level, handlers=handlers, force=True)
+    quiet_callers_gone()
     logging.getLogger("alembic").setLevel(logging.WARNING)
     # one line per request the node makes to the authority service: its own log says more
     logging.getLogger("httpx").setLevel(logging.WARNING)
