@@ -35,6 +35,7 @@ from qdspace.node.identity.revocation import StaleRevocationList
 from qdspace.node.listeners import bind_socket, check_server_tls, https_url, runtime_record
 from qdspace.node.serving import MemberServer, attach_anchoring, call_limiter
 from qdspace.util.files import write_atomic
+from qdspace.util.startup import collector_paused
 
 logger = logging.getLogger("node")
 
@@ -104,8 +105,9 @@ async def serve(ctx: NodeContext, stop: asyncio.Event) -> None:
     if settings.dsp_port is not None:  # bound before anything serves, like the others
         dsp_sock = bind_socket("DSP", settings.dsp_host, settings.dsp_port)
     grace = settings.shutdown_grace_s
-    api = https_server(create_app(ctx), api_cert, api_key, grace=grace)
-    regulator = https_server(create_regulator_app(ctx), member_cert, member_key, grace=grace)
+    with collector_paused():  # routes and their models, built once (util.startup)
+        api = https_server(create_app(ctx), api_cert, api_key, grace=grace)
+        regulator = https_server(create_regulator_app(ctx), member_cert, member_key, grace=grace)
     await member.start()
     tasks: list[asyncio.Task[None]] = []
     dsp: _Uvicorn | None = None

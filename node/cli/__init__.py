@@ -115,9 +115,12 @@ def node_start(
     ] = None,
 ) -> None:
     """Run the node (peer gRPC, operator API and regulator API) until SIGTERM."""
-    from qdspace.node.config import NodeSettings
-    from qdspace.node.logs import log_format as chosen_format
-    from qdspace.node.run import run_node
+    from qdspace.util.startup import collector_paused
+
+    with collector_paused():  # the server stack, loaded once (util.startup)
+        from qdspace.node.config import NodeSettings
+        from qdspace.node.logs import log_format as chosen_format
+        from qdspace.node.run import run_node
 
     settings = NodeSettings.load(directory)
     try:

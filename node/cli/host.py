@@ -141,10 +141,13 @@ def host_start(
     ] = None,
 ) -> None:
     """Serve every tenant (peer gRPC each, one operator listener) until SIGTERM."""
-    from qdspace.node.host.config import HostSettings
-    from qdspace.node.host.serve import run_host
-    from qdspace.node.logs import log_format as chosen_format
-    from qdspace.node.logs import setup_logging
+    from qdspace.util.startup import collector_paused
+
+    with collector_paused():  # the server stack, loaded once (util.startup)
+        from qdspace.node.host.config import HostSettings
+        from qdspace.node.host.serve import run_host
+        from qdspace.node.logs import log_format as chosen_format
+        from qdspace.node.logs import setup_logging
 
     settings = HostSettings.load(directory.resolve())
     try:

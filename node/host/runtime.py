@@ -41,6 +41,7 @@ from qdspace.node.host.tenants import tenant_key_files
 from qdspace.node.identity.revocation import StaleRevocationList
 from qdspace.node.logs import MEMBER
 from qdspace.node.serving import MemberServer, attach_anchoring
+from qdspace.util.startup import collector_paused
 
 if TYPE_CHECKING:
     from starlette.types import ASGIApp
@@ -370,7 +371,8 @@ class HostRuntime:
         then move what the start loaded out of the collector's view."""
         for tenant in list(self.tenants.values()):
             if tenant.ctx is not None and not tenant.error and tenant.app is None:
-                self.app_of(tenant)
+                with collector_paused():  # its routes and models, built once (util.startup)
+                    self.app_of(tenant)
                 await asyncio.sleep(0)
         # As a node does once it serves (`node.run`): every tenant's modules, apps, stores
         # and certificates live as long as the host, and one host holds them all, so a full
