@@ -135,6 +135,9 @@ def _log_to(path: Path, console: Console) -> None:
     to_file.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     to_console = RichHandler(console=console, show_path=False, show_time=False)
     to_console.setLevel(logging.WARNING)
+    # the console shows the level itself; without a formatter of its own, basicConfig
+    # gives it logging's default one and every line read "WARNING  WARNING:inference:..."
+    to_console.setFormatter(logging.Formatter("%(message)s"))
     logging.basicConfig(level=logging.INFO, handlers=[to_file, to_console], force=True)
     logging.getLogger("alembic").setLevel(logging.WARNING)
 
