@@ -22,6 +22,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit
 
 from qdspace.connector import dsp_codec as codec
 from qdspace.policies.odrl.jsonld import DSP_CONTEXT
@@ -191,3 +192,38 @@ def read_data_address(message: Mapping[str, Any]) -> DataAddress | None:
     if delivery not in (BATCHES, STREAM):
         raise codec.DspMessageError(f"{where}.endpointProperties", f"delivery {delivery!r}")
     return DataAddress(endpoint, token.removeprefix("Bearer "), delivery)
+
+
+def _origin(url: str) -> tuple[str, str, int] | None:
+    """(scheme, host, port) of an https URL; None for anything else (or a bad port)."""
+    try:
+        parts = urlsplit(url)
+        port = parts.port or 443
+    except ValueError:
+        return None
+    if parts.scheme.lower() != "https" or not parts.hostname:
+        return None
+    return "https", parts.hostname.lower(), port
+
+
+def check_endpoint(address: DataAddress, provider_url: str) -> None:
+    """A data address must be served where the provider's DSP address is: the same
+    scheme, host and port (`DspMessageError` at ``$.dataAddress.endpoint`` otherwise).
+
+    The endpoint is the provider's to name, and the consumer then connects to it by
+    itself, again after every failure for as long as the transfer runs. Any other host
+    would let a member make this node open connections to hosts and ports of its choosing
+    (a service inside the consumer's network, a port scan from there) and look up names
+    of its choosing. A provider of this kind serves its data plane on its DSP listener
+    (``https://<dsp address>/data/<providerPid>``), so a real one always passes.
+    """
+    want = _origin(provider_url)
+    got = _origin(address.endpoint)
+    if want is None or got != want:
+        host = want and (f"[{want[1]}]" if ":" in want[1] else want[1])
+        where = f"{host}:{want[2]}" if want is not None else provider_url[:200]
+        raise codec.DspMessageError(
+            "$.dataAddress.endpoint",
+            f"must be served at the provider's DSP address https://{where}, "
+            f"not {address.endpoint[:200]!r}",
+        )

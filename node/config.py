@@ -61,6 +61,23 @@ def check_advertised(address: str) -> str:
     return address
 
 
+def check_advertised_dsp(url: str) -> str:
+    """``https://HOST[:PORT]`` other members reach the DSP listener at, or ""."""
+    if not url:
+        return url
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError:
+        port, parts = None, urlsplit("")
+    plain = not (parts.username or parts.password or parts.query or parts.fragment)
+    if parts.scheme != "https" or not parts.hostname or parts.path not in ("", "/") or not plain:
+        raise ValueError(f"advertise_dsp {url[:200]!r} must be https://HOST[:PORT]")
+    if port == 0:
+        raise ValueError(f"advertise_dsp {url[:200]!r}: port 0 is not reachable")
+    return url.rstrip("/")
+
+
 class NodeSettings(BaseSettings):
     """Everything a node process needs to start; paths are absolute after loading."""
 
@@ -104,6 +121,11 @@ class NodeSettings(BaseSettings):
     # 0 = any free port (recorded in the run file as ``dsp``)
     dsp_host: str = DEFAULT_HOST
     dsp_port: int | None = Field(default=None, ge=0, le=65535)
+    # https://HOST[:PORT] other members reach the DSP listener at: the base of the data
+    # addresses this node hands out and of the callback address it gives providers; ""
+    # = dsp_host and the bound port (right when dsp_host is routable, not a wildcard:
+    # a consumer takes a data address only at the DSP address it negotiated with)
+    advertise_dsp: str = ""
     # how long a data-plane token of a DSP transfer start is good for (`node.dsp.edr`)
     dsp_token_ttl_s: int = Field(default=DEFAULT_DSP_TOKEN_TTL_S, ge=1, le=86_400)
     # the member's business partner number, published in its directory entry (optional;
@@ -148,6 +170,11 @@ class NodeSettings(BaseSettings):
     @classmethod
     def _advertised(cls, address: str) -> str:
         return check_advertised(address)
+
+    @field_validator("advertise_dsp")
+    @classmethod
+    def _advertised_dsp(cls, url: str) -> str:
+        return check_advertised_dsp(url)
 
     @classmethod
     def settings_customise_sources(

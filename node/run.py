@@ -195,7 +195,8 @@ async def start_dsp(ctx: NodeContext, sock: socket.socket) -> _Uvicorn:
     if runtime is None:
         raise NodeError("the DSP listener needs the node's contract machinery")
     layout, settings = ctx.settings.layout, ctx.settings
-    base = https_url(settings.dsp_host, sock.getsockname()[1])
+    # what other members reach: the data addresses and callbacks this node hands out
+    base = settings.advertise_dsp or https_url(settings.dsp_host, sock.getsockname()[1])
     authenticator = PeerAuthenticator(ctx.revocations, ctx.peers.pinned)
     http = DspHttp(
         ctx.keys.identity.member_id,

@@ -150,6 +150,8 @@ def transfer_router(
         provider_pid, consumer_pid, message = wire.read_pids(await body_of(request), _MESSAGE[kind])
         await run_in_threadpool(check_pids, row, provider_pid, consumer_pid)
         address = wire.read_data_address(message) if role is Role.CONSUMER else None
+        if address is not None:  # served where we talk DSP to the provider, nowhere else
+            wire.check_endpoint(address, row.callback)
         after = await run_in_threadpool(moves.incoming, peer, row, kind, message)
         kick()
         if role is Role.CONSUMER:

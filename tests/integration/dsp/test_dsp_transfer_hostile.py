@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
 import ssl
 import time
 import uuid
@@ -383,3 +384,54 @@ async def grpc_stream(net: LocalNetwork, caller: str, callee: str) -> tuple[Any,
         return grpc.StatusCode.OK, ""
     finally:
         await channel.close()
+
+
+def test_a_data_address_off_the_providers_dsp_address_is_refused_and_never_dialled(
+    trio: LocalNetwork, setup: dict[str, Any]
+) -> None:
+    """Cellex, SunArc's provider in a live transfer over DSP, sends SunArc's node a start
+    (after its own suspension, so the state machine would take it) whose data address is
+    a host and port of its choosing: a decoy listener here, standing for a service inside
+    SunArc's network. Before, SunArc took it and connected there (and again after every
+    failure, for as long as the transfer ran). Now the start is a 400 naming the
+    provider's DSP address, the decoy is never dialled, and the transfer stays as it was
+    until the provider's own resume, at its own address, which still works."""
+    from .peer import Peer
+    from .test_dsp_transfer import start_live_transfer, transfer_state
+
+    cellex = runtime_of(trio, "cellex")["dsp"]
+    decoy = socket.socket()
+    decoy.bind(("127.0.0.1", 0))
+    decoy.listen(8)
+    decoy_port = decoy.getsockname()[1]
+    with trio["sunarc"].client() as oem, trio["cellex"].client() as supplier, decoy:
+        _agreement, tid = start_live_transfer(oem, cellex)
+        view = transfer_state(oem, tid)
+        ppid, cpid = view["provider_pid"], view["consumer_pid"]
+        ok(supplier.post(f"/v1/dsp/transfers/{tid}/suspend", json={"reason": "audit"}))
+        wait_for("SunArc to be told", lambda: transfer_state(oem, tid)["state"] == "SUSPENDED")
+
+        rogue = Peer(trio, "cellex", "sunarc")  # Cellex's own credentials, by hand
+        with rogue.http:
+            _rogue_starts(rogue, ppid, cpid, cellex, decoy_port)
+        decoy.settimeout(3.0)
+        with pytest.raises(TimeoutError):
+            decoy.accept()  # SunArc never connected to it
+        assert transfer_state(oem, tid)["state"] == "SUSPENDED"
+
+        assert ok(supplier.post(f"/v1/dsp/transfers/{tid}/resume"))["state"] == "STARTED"
+        wait_for("STARTED at SunArc", lambda: transfer_state(oem, tid)["state"] == "STARTED")
+        ok(oem.post(f"/v1/dsp/transfers/{tid}/terminate", json={"reason": "done"}))
+
+
+def _rogue_starts(rogue: Any, ppid: str, cpid: str, cellex: str, decoy_port: int) -> None:
+    """Two starts pointing at the decoy: by address, and behind user info naming Cellex."""
+    for endpoint in (
+        f"https://127.0.0.1:{decoy_port}/data/{ppid}",
+        f"https://{cellex.removeprefix('https://')}@127.0.0.1:{decoy_port}/data/{ppid}",
+    ):
+        address = wire.DataAddress(endpoint, "a-token", wire.STREAM)
+        start = wire.start_message(ppid, cpid, address)
+        answer = rogue.post(f"/callback/transfers/{cpid}/start", start)
+        refused(answer, 400)
+        assert "the provider's DSP address" in answer.text, answer.text

@@ -121,6 +121,40 @@ def test_data_address_reads_back_and_refuses_junk() -> None:
         wire.process(P, C, "DANCING")
 
 
+PROVIDER = "https://cellex.example:8600"
+
+
+@pytest.mark.parametrize(
+    "endpoint",
+    [
+        "https://cellex.example:8600/data/p1",
+        "https://CELLEX.example:8600/data/p1",  # a host name's case is not part of it
+    ],
+)
+def test_a_data_address_at_the_providers_dsp_address_is_taken(endpoint: str) -> None:
+    wire.check_endpoint(wire.DataAddress(endpoint, "t"), PROVIDER)
+    wire.check_endpoint(wire.DataAddress("https://h.example/data/p", "t"), "https://h.example:443")
+    wire.check_endpoint(wire.DataAddress("https://[::1]:8600/data/p", "t"), "https://[::1]:8600")
+
+
+@pytest.mark.parametrize(
+    "endpoint",
+    [
+        "https://cellex.example:8601/data/p1",  # another port of the same host
+        "https://10.0.0.5:8600/data/p1",  # a host inside the consumer's network
+        "https://169.254.169.254:443/latest/meta-data",
+        "https://cellex.example:8600@intranet.local:22/",  # user info: the host is after @
+        "https://cellex.example.evil.test:8600/data/p1",
+        "https://cellex.example:99999/data/p1",  # no port at all
+        "https://:8600/data/p1",
+    ],
+)
+def test_a_data_address_anywhere_else_is_refused_naming_the_providers(endpoint: str) -> None:
+    with pytest.raises(DspMessageError, match=r"https://cellex\.example:8600") as refused:
+        wire.check_endpoint(wire.DataAddress(endpoint, "t"), PROVIDER)
+    assert refused.value.where == "$.dataAddress.endpoint"
+
+
 def _batch(rows: list[bytes], last: bool) -> RowBatch:
     cp = Checkpoint.genesis("t1").extend(rows, "42")
     return RowBatch.of("t1", [BatchRow(r, "PO-1") for r in rows], cp, last)

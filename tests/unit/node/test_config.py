@@ -73,3 +73,28 @@ def test_authority_service_settings(tmp_path: Path) -> None:
         _write(tmp_path, **bad)
         with pytest.raises(ConfigError, match=field):
             NodeSettings.load(tmp_path)
+
+
+def test_the_advertised_dsp_address(tmp_path: Path) -> None:
+    _write(tmp_path)
+    assert NodeSettings.load(tmp_path).advertise_dsp == ""  # the bound host and port
+    for given, kept in (
+        ("https://cellex.example:8600/", "https://cellex.example:8600"),
+        ("https://cellex.example", "https://cellex.example"),
+        ("https://[2001:db8::7]:8600", "https://[2001:db8::7]:8600"),
+    ):
+        _write(tmp_path, advertise_dsp=given)
+        assert NodeSettings.load(tmp_path).advertise_dsp == kept
+    for bad in (
+        "http://cellex.example:8600",  # the listener is TLS only
+        "cellex.example:8600",
+        "https://cellex.example:8600/dsp",  # the routes hang off the root
+        "https://op:secret@cellex.example:8600",
+        "https://cellex.example:8600?x=1",
+        "https://cellex.example:99999",
+        "https://cellex.example:0",
+        "https://:8600",
+    ):
+        _write(tmp_path, advertise_dsp=bad)
+        with pytest.raises(ConfigError, match="advertise_dsp"):
+            NodeSettings.load(tmp_path)
