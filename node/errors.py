@@ -47,6 +47,14 @@ class PeerBusy(PeerError):
     DSP listener's caps, `node.dsp.caps`). The same request later may pass."""
 
 
+class NotTheMember(PeerError):
+    """The server at an address is not the member the call is for: another member, one
+    no longer in good standing, or no server of the space at all (no TLS, or a
+    certificate the space's CA did not issue). Unlike a peer that cannot be reached, this
+    does not pass by waiting; the outbox counts it as a refusal (an address a peer named
+    for itself, such as a DSP callback address, may point anywhere)."""
+
+
 class UnknownPeerError(PeerError, LookupError):
     """A peer name that is not in this node's configuration (the caller's mistake)."""
 

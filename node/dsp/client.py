@@ -40,7 +40,7 @@ from nacl.signing import SigningKey
 from qdspace.connector import dsp_codec as codec
 from qdspace.connector.contract_store import OutboxMessage
 from qdspace.node.dsp.auth import issue_token
-from qdspace.node.errors import IdentityError, PeerBusy, PeerError, PeerRefused
+from qdspace.node.errors import IdentityError, NotTheMember, PeerBusy, PeerError, PeerRefused
 from qdspace.node.identity.certs import MemberIdentity, identity_of
 from qdspace.node.rpc.auth import Refused
 
@@ -123,12 +123,35 @@ def _check_server(
 ) -> None:
     """Refuse a server that is not `audience` (if named) or not in good standing."""
     if audience is not None and server.member_id != audience:
-        raise PeerError(f"DSP {url} is served by {server.member_id}, not {audience}")
+        raise NotTheMember(f"DSP {url} is served by {server.member_id}, not {audience}")
     if standing is not None:
         try:
             standing(server)
         except Refused as exc:
-            raise PeerError(f"DSP {url}: server {server.member_id}: {exc.reason}") from None
+            raise NotTheMember(f"DSP {url}: server {server.member_id}: {exc.reason}") from None
+
+
+#: what OpenSSL says when the other end does not speak TLS at all (a plain HTTP server,
+#: another protocol): no server of the space is there
+_NOT_TLS = frozenset(
+    {"WRONG_VERSION_NUMBER", "RECORD_LAYER_FAILURE", "PACKET_LENGTH_TOO_LONG", "HTTP_REQUEST"}
+)
+
+
+def _transport_error(what: str, exc: httpx.HTTPError) -> PeerError:
+    """A transport failure as the outbox should count it: a server whose certificate the
+    space's CA did not issue, or one that speaks no TLS, is `NotTheMember` (it will not
+    pass by waiting); anything else (refused, reset, timed out) may pass."""
+    cause: BaseException | None = exc
+    for _ in range(8):  # httpx wraps httpcore's error, which wraps the ssl module's
+        if cause is None:
+            break
+        if isinstance(cause, ssl.SSLCertVerificationError) or (
+            isinstance(cause, ssl.SSLError) and cause.reason in _NOT_TLS
+        ):
+            return NotTheMember(f"{what}: no server of this space there: {cause}")
+        cause = cause.__cause__ or cause.__context__
+    return PeerError(f"{what}: {type(exc).__name__}: {exc}")
 
 
 def _server_of(
@@ -236,7 +259,7 @@ class DspHttp:
                     server = _server_of(streamed, url, audience, self.standing)
                     content = await _bounded(streamed, f"DSP {method} {url}")
         except httpx.HTTPError as exc:
-            raise PeerError(f"DSP {method} {url}: {type(exc).__name__}: {exc}") from None
+            raise _transport_error(f"DSP {method} {url}", exc) from None
         except TimeoutError:
             raise PeerError(
                 f"DSP {method} {url}: no whole answer within {TIMEOUT_S:.0f} s"
@@ -278,7 +301,7 @@ class DspHttp:
                     raise PeerError(what)
                 yield response
         except httpx.HTTPError as exc:
-            raise PeerError(f"DSP GET {url}: {type(exc).__name__}: {exc}") from None
+            raise _transport_error(f"DSP GET {url}", exc) from None
 
     async def post(self, url: str, audience: str, body: dict[str, Any]) -> httpx.Response:
         """POST a message; a 4xx answer is `PeerRefused` with the peer's reason, any other

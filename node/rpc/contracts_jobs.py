@@ -25,7 +25,7 @@ from qdspace.connector.contract_store import OutboxMessage
 from qdspace.connector.contract_store.outbox import PendingMessage
 from qdspace.node.config import DEFAULT_OUTBOX_REFUSED_AFTER
 from qdspace.node.context import NodeContext
-from qdspace.node.errors import PeerBusy, PeerError, PeerRefused
+from qdspace.node.errors import NotTheMember, PeerBusy, PeerError, PeerRefused
 from qdspace.node.rpc.contracts_client import TIMEOUT_S, ContractClient, call_peer
 from qdspace.node.rpc.peers import PeerDirectory
 from qdspace.node.runtime.contracts import ContractRuntime
@@ -57,6 +57,8 @@ def refused(exc: Exception) -> bool:
     peer that could not be reached, was busy or failed."""
     if isinstance(exc, PeerBusy):
         return False
+    if isinstance(exc, NotTheMember):  # the address is not the peer's: waiting won't help
+        return True
     if isinstance(exc, PeerRefused):  # the DSP binding's 4xx
         return exc.status not in (408, 429)
     if isinstance(exc, grpc.aio.AioRpcError):

@@ -8,6 +8,10 @@ by API, CLI and console, and queues it again (only Cellex's operator may)."""
 
 from __future__ import annotations
 
+import contextlib
+import socket
+import threading
+import time
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -33,6 +37,13 @@ def net(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalNetwork]:
     yield from dsp_network(tmp_path_factory, members, env={"QDSPACE_OUTBOX_REFUSED_AFTER": "2"})
 
 
+@pytest.fixture(scope="module")
+def sampled(net: LocalNetwork) -> LocalNetwork:
+    """The network, with Cellex's sample data in (once for the module)."""
+    ingest_sample(net, "cellex")
+    return net
+
+
 def attempts(net: LocalNetwork, peer_id: str) -> list[tuple[int, int, bool]]:
     """(attempts, refusals in a row, set aside) of Cellex's messages to `peer_id`."""
     engine = create_engine(net["cellex"].db_url)
@@ -51,9 +62,9 @@ def attempts(net: LocalNetwork, peer_id: str) -> list[tuple[int, int, bool]]:
 
 
 def test_callbacks_a_member_keeps_refusing_are_set_aside_until_the_operator_retries(
-    net: LocalNetwork,
+    sampled: LocalNetwork,
 ) -> None:
-    ingest_sample(net, "cellex")
+    net = sampled
     with net["sunarc"].client() as oem:
         agreement = negotiate(oem, runtime_of(net, "cellex")["dsp"], "inspections")
     sunarc = net["sunarc"].keys().identity.member_id
@@ -120,3 +131,89 @@ def test_callbacks_a_member_keeps_refusing_are_set_aside_until_the_operator_retr
     )
     assert done.exit_code == 0, done.output
     assert f"1 message(s) to {sunarc} queued again" in done.output, done.output
+
+
+class NoTls:
+    """A listener that answers whatever it is sent with a line of plain HTTP (no TLS: a
+    service inside the provider's network, say); counts the connections it took."""
+
+    def __init__(self) -> None:
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(16)
+        self.port = self.sock.getsockname()[1]
+        self.connections = 0
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            self.connections += 1
+            with conn:
+                conn.settimeout(2)
+                with contextlib.suppress(OSError):
+                    conn.recv(4096)
+                    conn.sendall(b"HTTP/1.0 400 Bad Request\r\n\r\n")
+
+
+def _outbox_row(net: LocalNetwork, process_id: str) -> tuple[int, int, bool, str]:
+    """(attempts, refusals in a row, set aside, last error) of Cellex's start message
+    (none yet: zeros)."""
+    engine = create_engine(net["cellex"].db_url)
+    try:
+        with engine.connect() as connection:
+            row = connection.execute(
+                text(
+                    "SELECT attempts, refusals, refused_at IS NOT NULL, last_error "
+                    "FROM contract_outbox WHERE process_id = :pid AND sent_at IS NULL"
+                ),
+                {"pid": process_id},
+            ).one_or_none()
+    finally:
+        engine.dispose()
+    if row is None:
+        return 0, 0, False, ""
+    return int(row[0]), int(row[1]), bool(row[2]), str(row[3] or "")
+
+
+@pytest.mark.parametrize("where", ["another member's server", "a server that speaks no TLS"])
+def test_a_callback_address_that_is_not_the_members_server_is_set_aside_too(
+    sampled: LocalNetwork, where: str
+) -> None:
+    """SunArc, by hand, asks Cellex for a transfer naming a callback address that is not
+    its own server: Cellex's own DSP listener, or a plain-HTTP listener inside Cellex's
+    network. Cellex's node never writes a byte of the callback there (the handshake
+    check), and, as it does for a peer that refuses, stops dialling it after
+    `outbox_refused_after` tries in a row (here 2). Before, such an address was "not
+    reached" and dialled every minute for as long as the message stayed queued: a member
+    could keep a provider connecting to hosts and ports of its choosing."""
+    net = sampled
+    with net["sunarc"].client() as oem:
+        agreement = negotiate(oem, runtime_of(net, "cellex")["dsp"], "inspections")
+    decoy = NoTls()
+    try:
+        if where == "another member's server":
+            callback = runtime_of(net, "cellex")["dsp"] + "/callback"
+            said = "is served by cellex-"
+        else:
+            callback = f"https://127.0.0.1:{decoy.port}/callback"
+            said = "no server of this space there"
+        hostile = Peer(net, "sunarc", "cellex")
+        cpid = f"urn:uuid:{uuid.uuid4()}"  # the transfer's id at Cellex, too
+        with hostile.http:
+            asked = wire.request_message(cpid, agreement, callback)
+            answer = hostile.post("/transfers/request", asked)
+            assert answer.status_code == 201, answer.text
+        row = wait_for("the start to be set aside", lambda: (r := _outbox_row(net, cpid))[2] and r)
+        assert row[:3] == (2, 2, True), row
+        assert said in row[3], row
+        tried = decoy.connections
+        time.sleep(3.0)  # past the back-off of a third try: none comes
+        assert _outbox_row(net, cpid)[:3] == (2, 2, True) and decoy.connections == tried
+        if where != "another member's server":
+            assert tried == 2
+    finally:
+        decoy.sock.close()
