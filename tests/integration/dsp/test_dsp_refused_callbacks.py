@@ -44,21 +44,28 @@ def sampled(net: LocalNetwork) -> LocalNetwork:
     return net
 
 
-def attempts(net: LocalNetwork, peer_id: str) -> list[tuple[int, int, bool]]:
-    """(attempts, refusals in a row, set aside) of Cellex's messages to `peer_id`."""
+def _unsent(net: LocalNetwork, column: str, value: str) -> list[tuple[int, int, bool, str]]:
+    """(attempts, refusals in a row, set aside, last error) of Cellex's undelivered
+    messages whose `column` (``peer_id``, ``process_id``) is `value`."""
+    assert column in ("peer_id", "process_id")
     engine = create_engine(net["cellex"].db_url)
     try:
         with engine.connect() as connection:
             rows = connection.execute(
                 text(
-                    "SELECT attempts, refusals, refused_at IS NOT NULL FROM contract_outbox "
-                    "WHERE peer_id = :peer AND sent_at IS NULL"
+                    "SELECT attempts, refusals, refused_at IS NOT NULL, last_error "
+                    f"FROM contract_outbox WHERE {column} = :value AND sent_at IS NULL"
                 ),
-                {"peer": peer_id},
+                {"value": value},
             ).all()
     finally:
         engine.dispose()
-    return [(int(a), int(r), bool(s)) for a, r, s in rows]
+    return [(int(a), int(r), bool(s), str(e or "")) for a, r, s, e in rows]
+
+
+def attempts(net: LocalNetwork, peer_id: str) -> list[tuple[int, int, bool]]:
+    """(attempts, refusals in a row, set aside) of Cellex's messages to `peer_id`."""
+    return [row[:3] for row in _unsent(net, "peer_id", peer_id)]
 
 
 def test_callbacks_a_member_keeps_refusing_are_set_aside_until_the_operator_retries(
@@ -160,23 +167,9 @@ class NoTls:
 
 
 def _outbox_row(net: LocalNetwork, process_id: str) -> tuple[int, int, bool, str]:
-    """(attempts, refusals in a row, set aside, last error) of Cellex's start message
-    (none yet: zeros)."""
-    engine = create_engine(net["cellex"].db_url)
-    try:
-        with engine.connect() as connection:
-            row = connection.execute(
-                text(
-                    "SELECT attempts, refusals, refused_at IS NOT NULL, last_error "
-                    "FROM contract_outbox WHERE process_id = :pid AND sent_at IS NULL"
-                ),
-                {"pid": process_id},
-            ).one_or_none()
-    finally:
-        engine.dispose()
-    if row is None:
-        return 0, 0, False, ""
-    return int(row[0]), int(row[1]), bool(row[2]), str(row[3] or "")
+    """Cellex's one undelivered message about transfer `process_id` (none yet: zeros)."""
+    rows = _unsent(net, "process_id", process_id)
+    return rows[0] if rows else (0, 0, False, "")
 
 
 @pytest.mark.parametrize("where", ["another member's server", "a server that speaks no TLS"])
