@@ -218,12 +218,14 @@ def check_endpoint(address: DataAddress, provider_url: str) -> None:
     (``https://<dsp address>/data/<providerPid>``), so a real one always passes.
     """
     want = _origin(provider_url)
-    got = _origin(address.endpoint)
-    if want is None or got != want:
-        host = want and (f"[{want[1]}]" if ":" in want[1] else want[1])
-        where = f"{host}:{want[2]}" if want is not None else provider_url[:200]
-        raise codec.DspMessageError(
-            "$.dataAddress.endpoint",
-            f"must be served at the provider's DSP address https://{where}, "
-            f"not {address.endpoint[:200]!r}",
-        )
+    if want is not None and _origin(address.endpoint) == want:
+        return
+    if want is None:
+        where = provider_url[:200]
+    else:
+        _, host, port = want
+        where = f"https://[{host}]:{port}" if ":" in host else f"https://{host}:{port}"
+    raise codec.DspMessageError(
+        "$.dataAddress.endpoint",
+        f"must be served at the provider's DSP address {where}, not {address.endpoint[:200]!r}",
+    )

@@ -29,6 +29,7 @@ from qdspace.node.rpc.limits import (
 )
 from qdspace.node.secret_files import FileEnvSource, secrets_dir
 from qdspace.util.files import write_atomic
+from qdspace.util.urls import plain_https
 
 if TYPE_CHECKING:
     from qdspace.connector.storage import QualityStore
@@ -66,14 +67,12 @@ def check_advertised_dsp(url: str) -> str:
     if not url:
         return url
     try:
-        parts = urlsplit(url)
-        port = parts.port
-    except ValueError:
-        port, parts = None, urlsplit("")
-    plain = not (parts.username or parts.password or parts.query or parts.fragment)
-    if parts.scheme != "https" or not parts.hostname or parts.path not in ("", "/") or not plain:
-        raise ValueError(f"advertise_dsp {url[:200]!r} must be https://HOST[:PORT]")
-    if port == 0:
+        parts = plain_https(url)
+    except ValueError as exc:
+        raise ValueError(f"advertise_dsp {url[:200]!r} {exc}") from None
+    if parts.path not in ("", "/"):
+        raise ValueError(f"advertise_dsp {url[:200]!r} must be https://HOST[:PORT]: no path")
+    if parts.port == 0:
         raise ValueError(f"advertise_dsp {url[:200]!r}: port 0 is not reachable")
     return url.rstrip("/")
 

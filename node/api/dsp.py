@@ -7,7 +7,6 @@ shows it, and ``.../suspend|resume|terminate`` control it on either side."""
 from __future__ import annotations
 
 from typing import Annotated, Any
-from urllib.parse import urlsplit
 
 from fastapi import APIRouter, Depends, Path
 from pydantic import BaseModel, StringConstraints, field_validator
@@ -17,6 +16,7 @@ from qdspace.node.api.deps import Ctx, require_operator
 from qdspace.node.api.models import ID_PATTERN
 from qdspace.node.dsp.consumer import DspConsumer
 from qdspace.node.errors import DspNotServed
+from qdspace.util.urls import plain_https
 
 
 class DspNegotiationStarted(BaseModel):
@@ -38,15 +38,7 @@ class NegotiateBody(BaseModel):
     @classmethod
     def _plain_https(cls, url: str) -> str:
         """A provider's DSP address: https://HOST[:PORT][/PATH], nothing else in it."""
-        parts = urlsplit(url)
-        if not parts.hostname or parts.username or parts.password:
-            raise ValueError("must be https://HOST[:PORT][/PATH] without user or password")
-        if parts.query or parts.fragment:
-            raise ValueError("must not carry a query or a fragment")
-        try:
-            parts.port  # noqa: B018 (a port out of range or not a number raises here)
-        except ValueError as exc:
-            raise ValueError(f"bad port: {exc}") from None
+        plain_https(url)
         return url
 
 

@@ -1,0 +1,27 @@
+"""The one reading of a plain ``https://`` address a member names for itself or a peer.
+
+An operator names a provider's DSP address (``provider_url``), and where other members
+reach this node's DSP listener (``advertise_dsp``). Both are dialled by the node, so both
+must be nothing but a scheme, a host, a port and (where the caller allows it) a path: no
+user or password (a host hidden behind ``user@``), no query or fragment, a port that is
+a number in range. The rules and their messages live here once.
+"""
+
+from __future__ import annotations
+
+from urllib.parse import SplitResult, urlsplit
+
+
+def plain_https(url: str) -> SplitResult:
+    """`url`'s parts when it is ``https://HOST[:PORT][/PATH]`` and nothing else;
+    ``ValueError`` saying what is wrong otherwise."""
+    parts = urlsplit(url)
+    if parts.scheme != "https" or not parts.hostname or parts.username or parts.password:
+        raise ValueError("must be https://HOST[:PORT][/PATH] without user or password")
+    if parts.query or parts.fragment:
+        raise ValueError("must not carry a query or a fragment")
+    try:
+        parts.port  # noqa: B018 (a port out of range or not a number raises here)
+    except ValueError as exc:
+        raise ValueError(f"bad port: {exc}") from None
+    return parts
