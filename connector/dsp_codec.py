@@ -31,6 +31,7 @@ from qdspace.policies.odrl.codec import parse_jsonld_policy, policy_to_jsonld
 from qdspace.policies.odrl.jsonld import DSP_CONTEXT, POLICY_CONTEXT
 from qdspace.policies.odrl.node_form import from_odrl
 from qdspace.policies.odrl.vocab import PolicyKind
+from qdspace.util.urls import host_port, https_origin
 
 VERSION = "2025-1"
 MAX_PID = 128
@@ -208,6 +209,28 @@ def callback(body: Mapping[str, Any], *, required: bool) -> str:
     if url and not url.startswith("https://"):
         raise DspMessageError("$.callbackAddress", "must be an https:// URL")
     return url.rstrip("/")
+
+
+def check_callback(url: str, published: str | None, member: str) -> None:
+    """A consumer's callback address (`callback`) must be served at ``published``, the
+    ``host:port`` its member's directory entry names for its DSP listener; None (the
+    member publishes none) refuses it too. `DspMessageError` at ``$.callbackAddress``
+    saying where it must be. See `node.dsp.callbacks` for why."""
+    origin = https_origin(url)
+    if published is None:
+        raise DspMessageError(
+            "$.callbackAddress",
+            f"member {member[:128]} publishes no DSP address in the member directory, so no "
+            "callback address of it is taken (its node sets advertise_dsp, or a dsp_host "
+            "other members reach, and publishes it)",
+        )
+    if origin is not None and host_port(*origin) == published.lower():
+        return
+    raise DspMessageError(
+        "$.callbackAddress",
+        f"must be served at https://{published}, the DSP address member {member[:128]} "
+        f"publishes in the member directory, not {url[:200]!r}",
+    )
 
 
 def reason(body: Mapping[str, Any]) -> str:

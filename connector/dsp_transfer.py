@@ -22,10 +22,10 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlsplit
 
 from qdspace.connector import dsp_codec as codec
 from qdspace.policies.odrl.jsonld import DSP_CONTEXT
+from qdspace.util.urls import host_port, https_origin
 
 HTTP_PULL = codec.HTTP_PULL
 ENDPOINT_TYPE = "https://w3id.org/idsa/v4.1/HTTP"
@@ -194,18 +194,6 @@ def read_data_address(message: Mapping[str, Any]) -> DataAddress | None:
     return DataAddress(endpoint, token.removeprefix("Bearer "), delivery)
 
 
-def _origin(url: str) -> tuple[str, str, int] | None:
-    """(scheme, host, port) of an https URL; None for anything else (or a bad port)."""
-    try:
-        parts = urlsplit(url)
-        port = parts.port or 443
-    except ValueError:
-        return None
-    if parts.scheme.lower() != "https" or not parts.hostname:
-        return None
-    return "https", parts.hostname.lower(), port
-
-
 def check_endpoint(address: DataAddress, provider_url: str) -> None:
     """A data address must be served where the provider's DSP address is: the same
     scheme, host and port (`DspMessageError` at ``$.dataAddress.endpoint`` otherwise).
@@ -217,14 +205,10 @@ def check_endpoint(address: DataAddress, provider_url: str) -> None:
     of its choosing. A provider of this kind serves its data plane on its DSP listener
     (``https://<dsp address>/data/<providerPid>``), so a real one always passes.
     """
-    want = _origin(provider_url)
-    if want is not None and _origin(address.endpoint) == want:
+    want = https_origin(provider_url)
+    if want is not None and https_origin(address.endpoint) == want:
         return
-    if want is None:
-        where = provider_url[:200]
-    else:
-        _, host, port = want
-        where = f"https://[{host}]:{port}" if ":" in host else f"https://{host}:{port}"
+    where = provider_url[:200] if want is None else f"https://{host_port(*want)}"
     raise codec.DspMessageError(
         "$.dataAddress.endpoint",
         f"must be served at the provider's DSP address {where}, not {address.endpoint[:200]!r}",

@@ -67,6 +67,8 @@ class NodeContext:
     dsp: Any = None
     #: the DSP binding's transfers (`node.dsp.transfer_consumer.DspTransfers`), when it listens
     dsp_transfers: Any = None
+    #: the host:port of the DSP listener published in the member directory, when it has one
+    dsp_endpoint: str | None = None
     #: anchors each global model version this node coordinates; None without a ledger
     anchor_version: VersionAnchor | None = None
     #: follows federated jobs as this member, starts and reads jobs (the operator's ``fl``)

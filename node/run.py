@@ -32,10 +32,17 @@ from qdspace.node.context import NodeContext, build_context
 from qdspace.node.errors import NodeError
 from qdspace.node.http_listener import DEFAULT_GRACE_S, NodeHttpServer
 from qdspace.node.identity.revocation import StaleRevocationList
-from qdspace.node.listeners import bind_socket, check_server_tls, https_url, runtime_record
+from qdspace.node.listeners import (
+    LOOPBACK_OF,
+    bind_socket,
+    check_server_tls,
+    https_url,
+    runtime_record,
+)
 from qdspace.node.serving import MemberServer, attach_anchoring, call_limiter
 from qdspace.util.files import write_atomic
 from qdspace.util.startup import collector_paused
+from qdspace.util.urls import host_port, https_origin
 
 logger = logging.getLogger("node")
 
@@ -175,12 +182,31 @@ async def serve(ctx: NodeContext, stop: asyncio.Event) -> None:
         logger.info("node %s stopped", settings.name)
 
 
+def published_dsp(settings: NodeSettings, base: str) -> str | None:
+    """The ``host:port`` this node publishes as its DSP endpoint in the member directory:
+    that of ``advertise_dsp``, or of the listener's own host; none for a listener bound
+    to a wildcard without ``advertise_dsp`` (its loopback form is of no use elsewhere),
+    and none without a directory to publish in."""
+    if not settings.authority_url:
+        return None
+    if not settings.advertise_dsp and settings.dsp_host in LOOPBACK_OF:
+        logger.warning(
+            "DSP listens on %s without advertise_dsp: its address is not published in the "
+            "member directory, and providers that follow it refuse this node's callbacks",
+            settings.dsp_host,
+        )
+        return None
+    origin = https_origin(base)
+    return None if origin is None else host_port(*origin)
+
+
 async def start_dsp(ctx: NodeContext, sock: socket.socket) -> _Uvicorn:
     """The DSP listener's server (mutual TLS with the space's certificates) and the DSP
     consumer and outbox sender it brings (`node.dsp`)."""
     from qdspace.node.dsp.access import DspAccess, parse_access
     from qdspace.node.dsp.app import DspBinding, body_of, create_dsp_app
     from qdspace.node.dsp.auth import PeerCertH11
+    from qdspace.node.dsp.callbacks import CallbackCheck
     from qdspace.node.dsp.caps import DspCallCaps
     from qdspace.node.dsp.client import OUTBOX_KIND, DspHttp
     from qdspace.node.dsp.consumer import DspConsumer
@@ -209,13 +235,16 @@ async def start_dsp(ctx: NodeContext, sock: socket.socket) -> _Uvicorn:
     _client, outbox = client_of(ctx)
     outbox.senders[OUTBOX_KIND] = http.send_queued
     access = DspAccess(parse_access(settings.dsp_access), ctx.peers.attested_bpn)
-    binding = DspBinding(runtime, authenticator, base, outbox.kick, access)
+    # consumers' callbacks only where their members publish DSP (`node.dsp.callbacks`)
+    callbacks = CallbackCheck(ctx.peers.listed if settings.authority_url else None)
+    binding = DspBinding(runtime, authenticator, base, outbox.kick, access, callbacks)
+    ctx.dsp_endpoint = published_dsp(settings, base)
     ctx.dsp = DspConsumer(runtime, http, base)
     tokens = DataTokens(ctx.keys.signing_key, settings.dsp_token_ttl_s)
     moves = DspTransferMoves(runtime, tokens, base)
     ctx.dsp_transfers = transfers = DspTransfers(moves, http, outbox.kick)
     draining = asyncio.Event()  # set when the listener stops: live data streams end
-    routes = transfer_router(authenticator, transfers, body_of, outbox.kick, draining)
+    routes = transfer_router(authenticator, transfers, body_of, outbox.kick, draining, callbacks)
     limiter = call_limiter(ctx)  # one count with the gRPC listener's
     config = uvicorn.Config(
         DspCallCaps(create_dsp_app(binding, [routes]), limiter),

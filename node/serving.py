@@ -123,6 +123,8 @@ def directory_follower(ctx: NodeContext, grpc_port: int) -> DirectoryFollower | 
                 "members reach this node at) in node.json to publish it in the directory"
             )
         endpoints = {"peer": advertised}
+        if ctx.dsp_endpoint is not None:  # set when the DSP listener started (`run.start_dsp`)
+            endpoints["dsp"] = ctx.dsp_endpoint
         return new_entry(ctx.keys.identity, ctx.keys.signing_key, endpoints, bpn=settings.bpn)
 
     crl_path = settings.crl_path or settings.layout.crl

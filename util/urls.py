@@ -25,3 +25,21 @@ def plain_https(url: str) -> SplitResult:
     except ValueError as exc:
         raise ValueError(f"bad port: {exc}") from None
     return parts
+
+
+def https_origin(url: str) -> tuple[str, int] | None:
+    """(host, port) of an ``https://`` URL, the host in lower case and the port 443 where
+    none is named; None for any other scheme, no host, or a port that is not one."""
+    try:
+        parts = urlsplit(url)
+        port = parts.port or 443
+    except ValueError:
+        return None
+    if parts.scheme.lower() != "https" or not parts.hostname:
+        return None
+    return parts.hostname.lower(), port
+
+
+def host_port(host: str, port: int) -> str:
+    """``host:port``, an IPv6 host in brackets (as a URL and the directory write it)."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"

@@ -33,6 +33,7 @@ from qdspace.connector.errors import ConnectorError
 from qdspace.connector.negotiation import Negotiation, NegotiationMessage, Role
 from qdspace.node.dsp.access import DspAccess
 from qdspace.node.dsp.auth import bearer, peer_of, verify_token
+from qdspace.node.dsp.callbacks import CallbackCheck
 from qdspace.node.dsp.caps import drain_body, error_kind
 from qdspace.node.dsp.client import outbox_message
 from qdspace.node.errors import NodeError
@@ -76,6 +77,7 @@ class DspBinding:
     base_url: str
     kick: Callable[[], None] = lambda: None
     access: DspAccess = field(default_factory=DspAccess)
+    callbacks: CallbackCheck = field(default_factory=CallbackCheck)
 
     @property
     def me(self) -> str:
@@ -247,6 +249,7 @@ def create_dsp_app(binding: DspBinding, routers: Sequence[APIRouter] = ()) -> Fa
         pid = f"urn:uuid:{uuid.uuid4()}"
         message = wire.request_in(body, pid, peer.member_id, runtime.clock.now())
         binding.access.check(message.offer.target, peer)
+        binding.callbacks.check(callback, peer)
         row = DspProcess(NEG, pid, Role.PROVIDER.value, peer.member_id, pid, callback, consumer_pid)
         # before the answer is queued (the consumer may reply at once); a write, so off the
         # loop: it may wait for the database's write lock

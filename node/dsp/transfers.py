@@ -42,6 +42,7 @@ from qdspace.connector.negotiation import Role
 from qdspace.connector.transfer import TransferProcess, TransferState
 from qdspace.connector.transfer_wire import Checkpoint, RowBatch, view_cursor
 from qdspace.node.dsp.auth import bearer, peer_of, verify_token
+from qdspace.node.dsp.callbacks import CallbackCheck
 from qdspace.node.dsp.edr import DataClaims, DataTokenError
 from qdspace.node.dsp.transfer_consumer import DspTransfers
 from qdspace.node.dsp.transfer_process import KINDS, agreed_scope, pids
@@ -95,9 +96,12 @@ def transfer_router(
     body_of: Callable[[Request], Awaitable[Any]],
     kick: Callable[[], None],
     draining: asyncio.Event | None = None,
+    callbacks: CallbackCheck | None = None,
 ) -> APIRouter:
     """The routes; ``draining`` set (the listener stopping) ends open live streams, whose
-    consumer resumes from its last position later."""
+    consumer resumes from its last position later; ``callbacks`` is where a consumer's
+    callback address may be (`node.dsp.callbacks`; none: anywhere)."""
+    callback_check = callbacks if callbacks is not None else CallbackCheck()
     stopping = draining if draining is not None else asyncio.Event()
     moves = transfers.moves
     runtime = moves.runtime
@@ -134,6 +138,7 @@ def transfer_router(
     async def request_transfer(request: Request) -> dict[str, Any]:
         peer = caller(request)
         ask = wire.read_request(await body_of(request))
+        callback_check.check(ask.callback, peer)
         row = await run_in_threadpool(moves.open, peer, ask)
         kick()
         provider_pid, consumer_pid = pids(row)

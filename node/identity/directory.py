@@ -6,7 +6,9 @@ that every node fetches and follows. Trust in it is layered:
 
 - each **entry** is written and signed by the member itself (Ed25519, the key whose
   verify key its certificate carries): member id, name, role, verify key, endpoints
-  (``peer`` host:port, optionally ``operator`` and ``regulator``), the sha256
+  (``peer`` host:port, optionally ``operator``, ``regulator`` and ``dsp``, the
+  host:port of its Dataspace Protocol listener, where alone a provider that follows
+  the directory sends that member's DSP callbacks), the sha256
   fingerprint and serial of its current certificate, an optional business partner
   number, and when it was published. Nobody can advertise an address or a certificate
   for a member without that member's signing key, not even the authority service;
@@ -53,8 +55,10 @@ from qdspace.util.numbers import decimal
 
 ENTRY_DOMAIN = b"qdspace/directory-entry/v1\x00"
 DOCUMENT_DOMAIN = b"qdspace/directory-document/v1\x00"
-#: the endpoints an entry may name; ``peer`` (the gRPC listener) is required
-ENDPOINT_KINDS = ("peer", "operator", "regulator")
+#: the endpoints an entry may name; ``peer`` (the gRPC listener) is required. A node that
+#: reads an entry naming a kind it does not know drops the entry: a member publishes
+#: ``dsp`` only when its node serves DSP (every node of a space runs this version first)
+ENDPOINT_KINDS = ("peer", "operator", "regulator", "dsp")
 DOCUMENT_FIELDS = frozenset({"space", "serial", "issued_at", "entries", "signature"})
 MAX_NAME = 128
 MAX_HOST = 253

@@ -85,6 +85,10 @@ class PeerDirectory:
         entry = self._by_member.get(member_id)
         return entry.cert_fingerprint if entry is not None else None
 
+    def listed(self, member_id: str) -> DirectoryEntry | None:
+        """``member_id``'s entry in the directory this node follows, if it is listed."""
+        return self._by_member.get(member_id)
+
     def attested_bpn(self, member_id: str) -> str | None:
         """The business partner number the authority's signed directory lists for
         ``member_id`` (the authority takes no entry naming another than it attested)."""

@@ -8,6 +8,7 @@ and Cellex answers it the clear 403 of an unattested number."""
 from __future__ import annotations
 
 import json
+import socket
 import subprocess
 import sys
 import uuid
@@ -17,6 +18,7 @@ from typing import Any
 
 import pytest
 
+from qdspace.connector.dsp_transfer import request_message as transfer_request
 from qdspace.node.config import NodeSettings
 from qdspace.node.identity.authority import Authority
 from qdspace.node.layout import NodeLayout
@@ -25,7 +27,7 @@ from qdspace.node.localnet.network import LocalNetwork, MemberProcess, MemberSpe
 from qdspace.util.ports import free_port
 
 from .conftest import ingest_sample, ok, runtime_of, wait_for
-from .peer import DSP, Peer
+from .peer import DSP, Peer, request
 
 pytestmark = pytest.mark.integration
 BPN = "BPNL00000003CRHK"
@@ -123,6 +125,11 @@ def test_an_attested_bpnl_opens_the_dataset_and_trades_over_dsp(space: LocalNetw
         ok(peer.get("/catalog/datasets/inspections"))
     finally:
         peer.http.close()
+    assert _negotiated(space)["state"] == "FINALIZED"
+
+
+def _negotiated(space: LocalNetwork) -> dict[str, Any]:
+    """SunArc's node negotiates for Cellex's inspections over DSP: the negotiation ended."""
     provider = runtime_of(space, "cellex")["dsp"]
     with space["sunarc"].client() as oem:
         body = {"provider_url": provider, "dataset_id": "inspections"}
@@ -134,7 +141,59 @@ def test_an_attested_bpnl_opens_the_dataset_and_trades_over_dsp(space: LocalNetw
             ]
             return mine and mine[0]["state"] in ("FINALIZED", "TERMINATED") and mine[0]
 
-        assert wait_for("the negotiation to end", ended, timeout=60)["state"] == "FINALIZED"
+        ended_as: dict[str, Any] = wait_for("the negotiation to end", ended, timeout=60)
+        return ended_as
+
+
+def test_a_callback_off_the_members_published_dsp_address_is_refused_and_never_dialled(
+    space: LocalNetwork,
+) -> None:
+    """SunArc's node publishes its DSP listener in the directory, and Cellex takes
+    SunArc's callbacks only there. SunArc, by hand with its own credentials, names a
+    decoy listener (a service inside Cellex's network, say) as the callback of a
+    contract request and of a transfer request, directly and behind user info naming its
+    own address: each is refused with 400 naming the published address, nothing is
+    opened for it, and Cellex never dials the decoy (on the old code: 201, and Cellex's
+    outbox dialled the decoy for as long as the answer stayed queued)."""
+
+    def published() -> Any:
+        return _cellex_lists(space).get("sunarc", {}).get("endpoints", {}).get("dsp")
+
+    listed = wait_for("SunArc's DSP address in Cellex's directory", published)
+    assert f"https://{listed}" == runtime_of(space, "sunarc")["dsp"]
+    agreed = _negotiated(space)
+    assert agreed["state"] == "FINALIZED"
+    decoy = socket.socket()
+    decoy.bind(("127.0.0.1", 0))
+    decoy.listen(8)
+    port = decoy.getsockname()[1]
+    peer = Peer(space, "sunarc", "cellex")
+    with decoy:
+        try:
+            offer = peer.catalog_offer("inspections")
+            for callback in (
+                f"https://127.0.0.1:{port}/cb",
+                f"https://{listed}@127.0.0.1:{port}/cb",
+            ):
+                cpid = f"urn:uuid:{uuid.uuid4()}"
+                asked = peer.post("/negotiations/request", request(cpid, offer, callback))
+                _refused_naming(asked, listed)
+                transfer = transfer_request(cpid, agreed["agreement_id"], callback)
+                _refused_naming(peer.post("/transfers/request", transfer), listed)
+                with space["cellex"].client() as supplier:
+                    mine = ok(supplier.get("/v1/contracts/negotiations"))
+                    assert not [n for n in mine if cpid in json.dumps(n)], mine
+        finally:
+            peer.http.close()
+        decoy.settimeout(3.0)
+        with pytest.raises(TimeoutError):
+            decoy.accept()  # Cellex never connected to it
+
+
+def _refused_naming(response: Any, listed: str) -> None:
+    assert response.status_code == 400, response.text
+    reason = response.json()["reason"][0]
+    assert "callbackAddress" in reason and f"https://{listed}" in reason, reason
 
 
 def test_a_claimed_bpnl_counts_for_nothing(space: LocalNetwork) -> None:
