@@ -142,6 +142,13 @@ class NotificationQuotaError(ContractError):
     grpc_status = "RESOURCE_EXHAUSTED"
 
 
+class NegotiationQuotaError(ContractError):
+    """A member opened as many negotiations here within the hour as it may; a new one
+    is refused (a retry of one it opened, or a counter-request, is not)."""
+
+    grpc_status = "RESOURCE_EXHAUSTED"
+
+
 class CaseError(ContractError):
     """Base of the quality investigation / alert errors (`connector.investigation`)."""
 

@@ -42,6 +42,8 @@ DEFAULT_DSP_TOKEN_TTL_S = 300
 #: how often a node following an authority service re-fetches the member directory
 DEFAULT_DIRECTORY_REFRESH_S = 30.0
 DEFAULT_OUTBOX_REFUSED_AFTER = 12
+#: new negotiations one member may open with this node (as provider) in any hour
+DEFAULT_NEGOTIATIONS_PER_HOUR = 600
 #: how often it re-fetches the revocation list (a revoked member is refused within this)
 DEFAULT_CRL_REFRESH_S = 60.0
 
@@ -108,6 +110,12 @@ class NodeSettings(BaseSettings):
     # refusals in a row after which the outbox sets a message aside (no longer tried;
     # ``qdspace contracts outbox --retry`` queues it again): 12 take about six minutes
     outbox_refused_after: int = Field(default=DEFAULT_OUTBOX_REFUSED_AFTER, ge=1, le=1000)
+    # new negotiations one member may open with this node in any hour (either transport):
+    # each is a row written on the member's initiative; past it a request is refused
+    # (RESOURCE_EXHAUSTED, 429) until the hour's oldest has aged out
+    negotiations_per_member_hour: int = Field(
+        default=DEFAULT_NEGOTIATIONS_PER_HOUR, ge=1, le=1_000_000
+    )
     # the authority service (``qdspace authority serve``); "" = none: static peers and a
     # CRL file kept fresh by other means (air-gapped sites, ``node init --authority``)
     authority_url: str = ""

@@ -160,6 +160,9 @@ class ContractStore:
     def find_negotiation(self, negotiation_id: str) -> Negotiation | None:
         return self._negotiations.find_negotiation(negotiation_id)
 
+    def negotiations_opened_by(self, consumer_id: str, since: datetime) -> int:
+        return self._negotiations.opened_by(consumer_id, since)
+
     def update_negotiation(
         self,
         negotiation_id: str,

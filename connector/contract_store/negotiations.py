@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from collections import namedtuple
 from collections.abc import Callable, Iterable, Sequence
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import (
@@ -26,11 +27,13 @@ from sqlalchemy import (
     Column,
     Connection,
     Engine,
+    Index,
     Integer,
     LargeBinary,
     String,
     Table,
     Text,
+    func,
     select,
     true,
 )
@@ -74,6 +77,8 @@ negotiation_table = Table(
     Column("updated_at", UTCDateTime(), nullable=False),
     # False: the peer does not sign (the DSP binding; revision 0008_dsp)
     Column("signed", Boolean, nullable=False, server_default=true()),
+    # what a consumer opened here lately (`opened_by`; revision 0026_negotiations_opened)
+    Index("ix_contract_negotiation_opened", "consumer_id", "created_at"),
 )
 _KIND = "negotiation"
 _LOAD, _COLUMNS = select_by_key(negotiation_table, "negotiation_id")
@@ -189,6 +194,18 @@ class NegotiationStore(TableStore):
 
     def count_negotiations(self) -> int:
         return count_rows(self.engine, negotiation_table)
+
+    def opened_by(self, consumer_id: str, since: datetime) -> int:
+        """How many negotiations `consumer_id` opened with us (we the provider) at or
+        after `since` (from ``ix_contract_negotiation_opened``)."""
+        table = negotiation_table
+        statement = select(func.count()).where(
+            table.c.consumer_id == consumer_id,
+            table.c.created_at >= since,
+            table.c.role == Role.PROVIDER.value,
+        )
+        with self.engine.connect() as connection:
+            return int(connection.execute(statement).scalar_one())
 
     def find_negotiation(self, negotiation_id: str) -> Negotiation | None:
         try:

@@ -55,6 +55,7 @@ _REFUSAL_CODES = {
     403: "PERMISSION_DENIED",
     404: "NOT_FOUND",
     409: "FAILED_PRECONDITION",
+    429: "RESOURCE_EXHAUSTED",  # a cap of the provider's (negotiations within the hour)
 }
 #: a peer's reason, as relayed (one line)
 REASON_CHARS = 300

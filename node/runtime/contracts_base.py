@@ -26,6 +26,7 @@ from qdspace.connector.contract_store import ContractStore
 from qdspace.connector.contract_store.common import DriverStatement
 from qdspace.connector.qdm import Order
 from qdspace.connector.spc import Investigation
+from qdspace.node.config import DEFAULT_NEGOTIATIONS_PER_HOUR
 from qdspace.node.identity.certs import MemberIdentity
 from qdspace.node.runtime.contracts_clock import ContractClock
 from qdspace.node.runtime.table_watch import TableWatch
@@ -60,6 +61,8 @@ class ContractBase:
     new_inspections: TableWatch | None = None
     # bumped whenever `assets` changes, so a transport may keep encoded catalogs until then
     catalog_generation: int = 0
+    # new negotiations a member may open with us in any hour (`negotiations_per_member_hour`)
+    negotiations_per_hour: int = DEFAULT_NEGOTIATIONS_PER_HOUR
 
     @property
     def verify_key(self) -> VerifyKey:

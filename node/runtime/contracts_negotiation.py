@@ -19,7 +19,7 @@ import logging
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import replace
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from nacl.signing import VerifyKey
 
@@ -27,6 +27,7 @@ from qdspace.connector.agreement import SignedAgreement, sign_agreement
 from qdspace.connector.assets import AssetKind
 from qdspace.connector.contract_errors import (
     ContractDenied,
+    NegotiationQuotaError,
     UnauthorizedSenderError,
     UnknownContractError,
 )
@@ -54,6 +55,8 @@ from qdspace.node.runtime.contracts_base import ContractBase
 from qdspace.policies.model import Policy
 
 logger = logging.getLogger("node.contracts")
+#: the window of `negotiations_per_hour`
+_QUOTA_WINDOW = timedelta(hours=1)
 
 #: how a transport has the replies to a negotiation delivered later (the DSP binding's
 #: callbacks): the outbox messages, committed with the state that owes them
@@ -182,6 +185,8 @@ class ProviderNegotiation(ContractBase):
             answers[0] = answer
             return negotiation, queued(negotiation, answer)
 
+        if isinstance(message, ContractRequest):
+            self._within_quota(peer, message.negotiation_id)
         # one load and one save, in one transaction, whether the negotiation is known or new
         negotiation = self.store.update_negotiation(message.negotiation_id, step, opening)
         finalized = NegotiationState.FINALIZED
@@ -189,6 +194,28 @@ class ProviderNegotiation(ContractBase):
             self.record_agreement(negotiation)
         sent = answers[0]
         return negotiation, self.replies(negotiation) if sent is None else sent
+
+    def _within_quota(self, peer: MemberIdentity, negotiation_id: str) -> None:
+        """Refuse a request that would open `peer`'s negotiation over
+        ``negotiations_per_hour`` opened within the hour (`NegotiationQuotaError`); a
+        request on a negotiation it holds (a retry, a counter-request) always passes.
+
+        A negotiation is a row written on the member's initiative, and over DSP an answer
+        queued for its callback: uncapped, one member could fill the provider's database
+        at the speed of its calls. Counted before the negotiation's own transaction, so
+        concurrent requests (at most the member's calls in flight) may pass the cap by as
+        many; the count reads ``ix_contract_negotiation_opened``."""
+        since = self.clock.now() - _QUOTA_WINDOW
+        opened = self.store.negotiations_opened_by(peer.member_id, since)
+        if opened < self.negotiations_per_hour:
+            return
+        if self.store.find_negotiation(negotiation_id) is not None:
+            return
+        raise NegotiationQuotaError(
+            f"member {peer.member_id} opened {opened} negotiations here within the hour, as "
+            f"many as this node takes from one member (negotiations_per_member_hour "
+            f"{self.negotiations_per_hour}): ask again once the hour's first has aged out"
+        )
 
     def record_agreement(self, negotiation: Negotiation) -> None:
         signed = negotiation.agreement
