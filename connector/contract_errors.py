@@ -149,6 +149,13 @@ class NegotiationQuotaError(ContractError):
     grpc_status = "RESOURCE_EXHAUSTED"
 
 
+class TransferQuotaError(ContractError):
+    """A member opened as many transfers here within the hour as it may; a new one is
+    refused (a retried request of one it opened is not)."""
+
+    grpc_status = "RESOURCE_EXHAUSTED"
+
+
 class CaseError(ContractError):
     """Base of the quality investigation / alert errors (`connector.investigation`)."""
 

@@ -44,6 +44,8 @@ DEFAULT_DIRECTORY_REFRESH_S = 30.0
 DEFAULT_OUTBOX_REFUSED_AFTER = 12
 #: new negotiations one member may open with this node (as provider) in any hour
 DEFAULT_NEGOTIATIONS_PER_HOUR = 600
+#: new transfer processes one member may open with this node (as provider) in any hour
+DEFAULT_TRANSFERS_PER_HOUR = 3600
 #: how often it re-fetches the revocation list (a revoked member is refused within this)
 DEFAULT_CRL_REFRESH_S = 60.0
 
@@ -116,6 +118,9 @@ class NodeSettings(BaseSettings):
     negotiations_per_member_hour: int = Field(
         default=DEFAULT_NEGOTIATIONS_PER_HOUR, ge=1, le=1_000_000
     )
+    # new transfer processes (pulls, DSP transfers) one member may open with this node in
+    # any hour, each a row and its message history; past it refused the same way
+    transfers_per_member_hour: int = Field(default=DEFAULT_TRANSFERS_PER_HOUR, ge=1, le=1_000_000)
     # the authority service (``qdspace authority serve``); "" = none: static peers and a
     # CRL file kept fresh by other means (air-gapped sites, ``node init --authority``)
     authority_url: str = ""

@@ -128,6 +128,7 @@ def build_context(settings: NodeSettings, key_files: KeyFiles = PLAIN) -> NodeCo
         store.close()
         raise
     contracts.negotiations_per_hour = settings.negotiations_per_member_hour
+    contracts.transfers_per_hour = settings.transfers_per_member_hour
     return NodeContext(
         settings, keys, revocations, store, peers, token, contracts=contracts, key_files=key_files
     )

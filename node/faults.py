@@ -196,6 +196,7 @@ FAULTS: Mapping[str, Fault] = {
     "qdspace.connector.contract_errors.ViewError": F("INVALID_ARGUMENT", 400, 1),
     "qdspace.connector.contract_errors.NotificationQuotaError": F("RESOURCE_EXHAUSTED", 429, 1),
     "qdspace.connector.contract_errors.NegotiationQuotaError": F("RESOURCE_EXHAUSTED", 429, 1),
+    "qdspace.connector.contract_errors.TransferQuotaError": F("RESOURCE_EXHAUSTED", 429, 1),
     "qdspace.connector.contract_errors.CaseError": F("FAILED_PRECONDITION", 409, 1),
     "qdspace.connector.contract_errors.CaseFormatError": F("INVALID_ARGUMENT", 400, 1),
     "qdspace.connector.contract_errors.CaseTransitionError": F("FAILED_PRECONDITION", 409, 1),

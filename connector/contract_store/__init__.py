@@ -163,6 +163,9 @@ class ContractStore:
     def negotiations_opened_by(self, consumer_id: str, since: datetime) -> int:
         return self._negotiations.opened_by(consumer_id, since)
 
+    def transfers_opened_by(self, consumer_id: str, since: datetime) -> int:
+        return self._transfers.opened_by(consumer_id, since)
+
     def update_negotiation(
         self,
         negotiation_id: str,

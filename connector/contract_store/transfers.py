@@ -29,6 +29,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Iterable
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import (
@@ -46,10 +47,12 @@ from sqlalchemy import (
 )
 from sqlmodel.sql.sqltypes import UTCDateTime
 
+from qdspace.connector import held_connection
 from qdspace.connector.contract_errors import UnknownContractError
 from qdspace.connector.contract_store.common import (
     CONTRACT_METADATA,
     ID_LENGTH,
+    DriverStatement,
     TableStore,
     count_rows,
     histories,
@@ -90,8 +93,15 @@ transfer_table = Table(
     Index("ix_contract_transfer_pull", "agreement_id", "scope_key", "watermark", "created_at"),
     # listings in the order transfers were made, a page at a time (the console: newest)
     Index("ix_contract_transfer_created", "created_at", "transfer_id"),
+    # what a consumer opened here lately (`opened_by`; revision 0027_transfers_opened)
+    Index("ix_contract_transfer_opened", "consumer_id", "created_at"),
 )
 _KIND = "transfer"
+#: read from the index alone: a peer's id as consumer is on our provider rows only
+_OPENED_BY = DriverStatement(
+    f"SELECT count(*) FROM {transfer_table.name} WHERE consumer_id = ? AND created_at >= ?",
+    [transfer_table.c.consumer_id.type, transfer_table.c.created_at.type],
+)
 
 
 def _scope(
@@ -192,6 +202,13 @@ class TransferStore(TableStore):
                 raise UnknownContractError(f"no transfer {transfer_id} here")
             seen = seen_messages(connection, _KIND, transfer_id)
         return _process(row, seen)
+
+    def opened_by(self, consumer_id: str, since: datetime) -> int:
+        """How many transfers `consumer_id` (a peer) opened with us at or after `since`
+        (from ``ix_contract_transfer_opened`` alone, straight to the driver)."""
+        with held_connection.connect(self.engine) as connection:
+            rows = _OPENED_BY.all(connection, (consumer_id, since))
+        return int(rows[0][0])
 
     def find_transfer(self, transfer_id: str) -> TransferProcess | None:
         try:

@@ -175,6 +175,7 @@ class DspTransferMoves:
         if stream:
             if store.find_transfer(local) is not None:
                 raise ContractDenied(f"transfer id {local[:128]} cannot be used")
+            rt.within_transfer_quota(peer)
             rt.stream_gate(stored, StreamRequest(local, terms.agreement_id, purpose or ""))
             process = open_transfer(request, Role.PROVIDER)
             start = TransferStart(f"{local}:p-start", local, self.me, process.checkpoint, now)

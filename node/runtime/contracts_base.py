@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import timedelta
 
 from nacl.signing import SigningKey, VerifyKey
 from sqlalchemy import Engine
@@ -26,7 +27,7 @@ from qdspace.connector.contract_store import ContractStore
 from qdspace.connector.contract_store.common import DriverStatement
 from qdspace.connector.qdm import Order
 from qdspace.connector.spc import Investigation
-from qdspace.node.config import DEFAULT_NEGOTIATIONS_PER_HOUR
+from qdspace.node.config import DEFAULT_NEGOTIATIONS_PER_HOUR, DEFAULT_TRANSFERS_PER_HOUR
 from qdspace.node.identity.certs import MemberIdentity
 from qdspace.node.runtime.contracts_clock import ContractClock
 from qdspace.node.runtime.table_watch import TableWatch
@@ -41,6 +42,28 @@ _CUSTOMER_ORDERS = DriverStatement(
     [_ORDERS.c.customer.type],
     [_ORDERS.c.order_id.type],
 )
+
+
+#: the window of the per-member quotas
+QUOTA_WINDOW = timedelta(hours=1)
+
+
+def over_quota(member_id: str, what: str, opened: int, setting: str, cap: int) -> str | None:
+    """Why a member that opened `opened` processes of a kind (`what`) within the hour may
+    open no more, or None while it is under `cap`.
+
+    Negotiations and transfers are rows written on a member's initiative (a transfer's
+    with the history of its messages, a DSP process's with an answer queued for the
+    callback): uncapped, one member could fill the provider's database at the speed of
+    its calls. Each is counted before its own transaction, so concurrent requests (at
+    most the member's calls in flight) may pass the cap by as many."""
+    if opened < cap:
+        return None
+    return (
+        f"member {member_id} opened {opened} {what} here within the hour, as many as this "
+        f"node takes from one member ({setting} {cap}): ask again once the hour's first "
+        "has aged out"
+    )
 
 
 @dataclass
@@ -61,8 +84,10 @@ class ContractBase:
     new_inspections: TableWatch | None = None
     # bumped whenever `assets` changes, so a transport may keep encoded catalogs until then
     catalog_generation: int = 0
-    # new negotiations a member may open with us in any hour (`negotiations_per_member_hour`)
+    # new negotiations and transfers a member may open with us in any hour (the settings
+    # `negotiations_per_member_hour`, `transfers_per_member_hour`; see `over_quota`)
     negotiations_per_hour: int = DEFAULT_NEGOTIATIONS_PER_HOUR
+    transfers_per_hour: int = DEFAULT_TRANSFERS_PER_HOUR
 
     @property
     def verify_key(self) -> VerifyKey:

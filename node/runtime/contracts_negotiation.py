@@ -19,7 +19,7 @@ import logging
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import replace
-from datetime import datetime, timedelta
+from datetime import datetime
 
 from nacl.signing import VerifyKey
 
@@ -51,12 +51,10 @@ from qdspace.connector.negotiation import (
 from qdspace.connector.offers import Answer, Verdict, answer_job_request, answer_request
 from qdspace.node.errors import NodeError
 from qdspace.node.identity.certs import MemberIdentity
-from qdspace.node.runtime.contracts_base import ContractBase
+from qdspace.node.runtime.contracts_base import QUOTA_WINDOW, ContractBase, over_quota
 from qdspace.policies.model import Policy
 
 logger = logging.getLogger("node.contracts")
-#: the window of `negotiations_per_hour`
-_QUOTA_WINDOW = timedelta(hours=1)
 
 #: how a transport has the replies to a negotiation delivered later (the DSP binding's
 #: callbacks): the outbox messages, committed with the state that owes them
@@ -197,25 +195,20 @@ class ProviderNegotiation(ContractBase):
 
     def _within_quota(self, peer: MemberIdentity, negotiation_id: str) -> None:
         """Refuse a request that would open `peer`'s negotiation over
-        ``negotiations_per_hour`` opened within the hour (`NegotiationQuotaError`); a
-        request on a negotiation it holds (a retry, a counter-request) always passes.
-
-        A negotiation is a row written on the member's initiative, and over DSP an answer
-        queued for its callback: uncapped, one member could fill the provider's database
-        at the speed of its calls. Counted before the negotiation's own transaction, so
-        concurrent requests (at most the member's calls in flight) may pass the cap by as
-        many; the count reads ``ix_contract_negotiation_opened``."""
-        since = self.clock.now() - _QUOTA_WINDOW
+        ``negotiations_per_hour`` opened within the hour (`NegotiationQuotaError`,
+        `over_quota`); a request on a negotiation it holds (a retry, a counter-request)
+        always passes."""
+        since = self.clock.now() - QUOTA_WINDOW
         opened = self.store.negotiations_opened_by(peer.member_id, since)
-        if opened < self.negotiations_per_hour:
-            return
-        if self.store.find_negotiation(negotiation_id) is not None:
-            return
-        raise NegotiationQuotaError(
-            f"member {peer.member_id} opened {opened} negotiations here within the hour, as "
-            f"many as this node takes from one member (negotiations_per_member_hour "
-            f"{self.negotiations_per_hour}): ask again once the hour's first has aged out"
+        why = over_quota(
+            peer.member_id,
+            "negotiations",
+            opened,
+            "negotiations_per_member_hour",
+            self.negotiations_per_hour,
         )
+        if why is not None and self.store.find_negotiation(negotiation_id) is None:
+            raise NegotiationQuotaError(why)
 
     def record_agreement(self, negotiation: Negotiation) -> None:
         signed = negotiation.agreement

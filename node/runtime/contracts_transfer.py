@@ -20,6 +20,7 @@ from sqlalchemy import func, select
 from qdspace.connector.assets import AssetKind
 from qdspace.connector.contract_errors import (
     ContractDenied,
+    TransferQuotaError,
     UnauthorizedSenderError,
     UnknownContractError,
 )
@@ -43,7 +44,7 @@ from qdspace.connector.transfer_wire import BatchRow, RowBatch
 from qdspace.node.identity.certs import MemberIdentity
 from qdspace.node.member_ids import peer_name
 from qdspace.node.rpc.contracts_transfer_serde import PullRequest
-from qdspace.node.runtime.contracts_base import ContractBase
+from qdspace.node.runtime.contracts_base import QUOTA_WINDOW, ContractBase, over_quota
 from qdspace.policies.evaluate import Request
 from qdspace.policies.model import Action
 
@@ -120,6 +121,7 @@ class ProviderTransfers(ContractBase):
             if existing.consumer_id != peer.member_id:  # say nothing about another's transfer
                 raise ContractDenied(f"transfer id {message.transfer_id} cannot be used")
             return apply_transfer(existing, message), False
+        self.within_transfer_quota(peer)
         stored = self.provider_agreement(message.agreement_id, peer)
         asset = self.assets[stored.signed.agreement.asset_id]
         if asset.is_stream:
@@ -143,6 +145,20 @@ class ProviderTransfers(ContractBase):
             self.clock.now(),
         )
         return apply_transfer(process, start), True
+
+    def within_transfer_quota(self, peer: MemberIdentity) -> None:
+        """Refuse `peer` a new transfer over ``transfers_per_hour`` opened within the
+        hour (`TransferQuotaError`, `over_quota`)."""
+        opened = self.store.transfers_opened_by(peer.member_id, self.clock.now() - QUOTA_WINDOW)
+        why = over_quota(
+            peer.member_id,
+            "transfers",
+            opened,
+            "transfers_per_member_hour",
+            self.transfers_per_hour,
+        )
+        if why is not None:
+            raise TransferQuotaError(why)
 
     def _peer_transfer(self, peer: MemberIdentity, transfer_id: str) -> TransferProcess:
         """A transfer we provide to `peer`; one answer for unknown and foreign ids."""
