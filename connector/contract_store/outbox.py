@@ -12,15 +12,18 @@ depends on them; the sender only needs this module.
 
 Invariants: a message is queued once per (peer, message id): queueing it again (a
 handler retried after a crash or a concurrent update) is ignored, so the peer is not
-sent a second copy. Messages go out oldest first; a failure records its error (cut to
-2,000 characters) and when to try again, and every attempt is counted.
+sent a second copy. Messages go out oldest first, and a process's messages to a peer in
+the order they were queued: one is not due while an earlier one of the same process and
+peer is still owed (failed and waiting for its retry; once set aside it holds nothing
+back). A failure records its error (cut to 2,000 characters) and when to try again, and
+every attempt is counted.
 
 A peer that cannot be reached is tried until it can. A peer that answers and refuses
 the message (`mark_failed` with ``refused``) is tried again too, since some refusals
-pass (its directory has not caught up with us yet, a message overtook the one before
-it), but refusals in a row are counted, and the caller sets a message aside once they
-reach its limit (`set_aside`): kept, with its last error, no longer due, listed apart
-in `owed` (``refused``), and queued again only when the operator asks (`retry_refused`).
+pass (its directory has not caught up with us yet), but refusals in a row are counted,
+and the caller sets a message aside once they reach its limit (`set_aside`): kept, with
+its last error, no longer due, listed apart in `owed` (``refused``), and queued again
+only when the operator asks (`retry_refused`).
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ from typing import Any
 from sqlalchemy import (
     Column,
     Connection,
+    Index,
     Integer,
     LargeBinary,
     Select,
@@ -44,11 +48,15 @@ from sqlalchemy import (
     bindparam,
     func,
     select,
+    text,
     update,
 )
 from sqlmodel.sql.sqltypes import UTCDateTime
 
 from qdspace.connector.contract_store.common import CONTRACT_METADATA, ID_LENGTH, TableStore
+
+#: the rows the partial indexes hold
+_UNSENT = text("sent_at IS NULL")
 
 outbox_table = Table(
     "contract_outbox",
@@ -69,6 +77,18 @@ outbox_table = Table(
     #: when the message was set aside after its refusals (no longer tried); NULL: tried
     Column("refused_at", UTCDateTime(), nullable=True),
     UniqueConstraint("peer_id", "message_id", name="uq_contract_outbox_message"),
+    # the undelivered messages alone (a node keeps every message it sent): the poll's
+    # scan in queue order, and each message's earlier ones of its process (revision
+    # 0028_outbox_unsent)
+    Index("ix_contract_outbox_unsent", "id", sqlite_where=_UNSENT, postgresql_where=_UNSENT),
+    Index(
+        "ix_contract_outbox_unsent_process",
+        "peer_id",
+        "process_id",
+        "id",
+        sqlite_where=_UNSENT,
+        postgresql_where=_UNSENT,
+    ),
 )
 
 
@@ -79,10 +99,26 @@ def _due_statement(limit: int, excluding: bool) -> Select[Any]:
     `excluding`) is bound per call; building it per call cost SQLAlchemy more than the
     query (bench/PROFILE-negotiation.md, round 4)."""
     table = outbox_table
+    earlier = table.alias("earlier")
+    # a message waits while one queued before it for the same process and peer is still
+    # owed (not set aside): the peer gets a process's messages in the order they were
+    # decided, never a suspension before the start it suspends
+    held = (
+        select(earlier.c.id)
+        .where(
+            earlier.c.peer_id == table.c.peer_id,
+            earlier.c.process_id == table.c.process_id,
+            earlier.c.id < table.c.id,
+            earlier.c.sent_at.is_(None),
+            earlier.c.refused_at.is_(None),
+        )
+        .exists()
+    )
     statement = select(table).where(
         table.c.sent_at.is_(None),
         table.c.refused_at.is_(None),
         table.c.next_attempt_at <= bindparam("now"),
+        ~held,
     )
     if excluding:
         statement = statement.where(table.c.peer_id.not_in(bindparam("busy", expanding=True)))

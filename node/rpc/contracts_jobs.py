@@ -70,7 +70,8 @@ class OutboxDispatcher:
     """Sends queued notifications to their peers, retrying with backoff until delivered.
 
     Each peer is delivered to by a task of its own, its messages one at a time in the
-    order they were queued, and the peers at once: a peer that takes its time answering
+    order they were queued (a poll holds back a process's message while one queued
+    before it is owed, `due_messages`), and the peers at once: a peer that takes its time answering
     (down, slow, or a member holding the connection open on purpose) holds up only the
     messages queued for it, never another peer's. A peer being delivered to is left out
     of the next polls until its task ends, so its backlog cannot fill a poll's page
