@@ -94,6 +94,11 @@ class TransferCursorError(ContractError, ValueError):
     grpc_status = "OUT_OF_RANGE"
 
 
+class TransferHistoryFull(ContractError):
+    """A transfer process that holds as many messages as one keeps (`connector.transfer.
+    MAX_MESSAGES`): it takes no more but its termination; a new transfer is the way on."""
+
+
 class PseudonymError(ContractError, ValueError):
     """A pseudonymisation key or input that cannot give unlinkable pseudonyms."""
 

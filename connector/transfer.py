@@ -31,8 +31,13 @@ watermark instead of the beginning, so the digest chain, resume and completion w
 exactly as for a full pull.
 
 Messages are idempotent by message id, like in `connector.negotiation` (the messages and
-their fingerprint are `connector.transfer_messages`). This module is the pure machine:
-no I/O, no bytes format; the stores and transports around it keep its processes.
+their fingerprint are `connector.transfer_messages`). A process keeps every message it
+applied, so their number is bounded: a consumer that resumed or re-read one transfer
+over and over (each a message the provider keeps, and reads back with the process) made
+its history grow without end. At `MAX_MESSAGES` a process takes nothing more but its
+termination (`TransferHistoryFull`); a new transfer goes on from there. This module is
+the pure machine: no I/O, no bytes format; the stores and transports around it keep its
+processes.
 """
 
 from __future__ import annotations
@@ -46,6 +51,7 @@ from qdspace.connector.contract_errors import (
     IllegalTransitionError,
     MessageReplayError,
     TransferCursorError,
+    TransferHistoryFull,
     TransferIntegrityError,
     UnauthorizedSenderError,
     UnknownProcessError,
@@ -61,6 +67,10 @@ from qdspace.connector.transfer_messages import (
     fingerprint,
 )
 from qdspace.connector.transfer_wire import Checkpoint, RowBatch, join_rows, parse_since
+
+#: the messages one transfer process keeps: a resume or a re-read is one each, and a
+#: transfer cut off a few dozen times is already an unusual one
+MAX_MESSAGES = 1000
 
 
 class TransferState(StrEnum):
@@ -174,6 +184,21 @@ def _complete(process: TransferProcess, message: TransferCompletion) -> Transfer
 
 
 _S = TransferState
+
+
+def _room_for(process: TransferProcess, *, terminating: bool = False) -> None:
+    """Refuse one more message past `MAX_MESSAGES` (but the termination of a process
+    that is not terminated yet)."""
+    if len(process.seen) < MAX_MESSAGES:
+        return
+    if terminating and process.state is not _S.TERMINATED:
+        return
+    raise TransferHistoryFull(
+        f"transfer {process.transfer_id} holds {len(process.seen)} messages, the most one "
+        "transfer keeps: request a new transfer"
+    )
+
+
 _ALLOWED: dict[type, frozenset[TransferState]] = {
     TransferStart: frozenset({_S.REQUESTED, _S.STARTED, _S.SUSPENDED}),
     TransferSuspension: frozenset({_S.STARTED, _S.SUSPENDED}),
@@ -206,6 +231,7 @@ def apply(process: TransferProcess, message: TransferMessage) -> TransferProcess
         raise IllegalTransitionError(
             f"transfer {process.transfer_id}", process.state.value, _describe(message)
         )
+    _room_for(process, terminating=isinstance(message, TransferTermination))
     process = replace(process, seen=(*process.seen, (message.message_id, digest)))
     if isinstance(message, TransferStart):
         process = _start(process, message)
@@ -263,6 +289,8 @@ def reread(process: TransferProcess, resume_from: Checkpoint) -> tuple[TransferP
     acknowledged = any(seen_id == ack for seen_id, _ in process.seen)
     if acknowledged:
         return base, False
+    # the new chain ends in a completion of its own: refused now, not after the rows
+    _room_for(process)
     return replace(base, final=None), True
 
 

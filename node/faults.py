@@ -186,6 +186,7 @@ FAULTS: Mapping[str, Fault] = {
     "qdspace.connector.contract_errors.RecordEnvelopeError": F("DATA_LOSS", 502, 1),
     "qdspace.connector.contract_errors.ForeignRecordError": F("PERMISSION_DENIED", 403, 1),
     "qdspace.connector.contract_errors.TransferCursorError": F("OUT_OF_RANGE", 400, 1),
+    "qdspace.connector.contract_errors.TransferHistoryFull": F("FAILED_PRECONDITION", 409, 1),
     "qdspace.connector.contract_errors.PseudonymError": F("INTERNAL", 500, 1),
     "qdspace.connector.contract_errors.ContractDenied": F("PERMISSION_DENIED", 403, 1),
     "qdspace.connector.contract_errors.ContractStoreError": F("INTERNAL", 500, 1),

@@ -21,8 +21,10 @@ import pytest
 from jsonschema import Draft201909Validator
 from nacl.signing import SigningKey
 from referencing import Registry, Resource
+from sqlalchemy import Engine, create_engine, text
 
 from qdspace.connector import dsp_transfer as wire
+from qdspace.connector.transfer import MAX_MESSAGES
 from qdspace.node.dsp.auth import issue_token
 from qdspace.node.dsp.edr import DataTokens
 from qdspace.node.localnet.network import LocalNetwork, MemberSpec
@@ -435,3 +437,83 @@ def _rogue_starts(rogue: Any, ppid: str, cpid: str, cellex: str, decoy_port: int
         answer = rogue.post(f"/callback/transfers/{cpid}/start", start)
         refused(answer, 400)
         assert "the provider's DSP address" in answer.text, answer.text
+
+
+def test_re_reading_a_transfer_over_and_over_stops_at_its_message_cap(
+    trio: LocalNetwork, setup: dict[str, Any]
+) -> None:
+    """SunArc opens a transfer by hand and GETs its data again and again: each re-read of
+    the completed transfer it never acknowledged is a new completion that Cellex keeps
+    with the process. The history is brought to a few below `MAX_MESSAGES` by writing
+    Cellex's message rows directly (a thousand GETs would take a minute); the GETs then
+    add one each until Cellex answers 409 (the cap named) and keeps no more; a new
+    transfer is the way on (on the old code: 200 for ever, one row each)."""
+    sunarc, tokens = setup["sunarc"], setup["tokens"]
+    cpid = f"urn:uuid:{uuid.uuid4()}"
+    callback = runtime_of(trio, "sunarc")["dsp"] + "/callback"
+
+    def request(pid: str) -> dict[str, Any]:
+        return wire.request_message(pid, setup["agreement"], callback)
+
+    ack = sunarc.post("/transfers/request", request(cpid))
+    assert ack.status_code == 201, ack.text
+    ppid = ack.json()["providerPid"]
+    token = tokens.issue(ppid, sunarc.me, 1)
+    assert sunarc.data(ppid, token).status_code == 200  # sent and completed
+    engine = create_engine(trio["cellex"].db_url)
+    try:
+        _pad_history(engine, cpid, MAX_MESSAGES - 2 - _messages(engine, cpid))
+        statuses = [sunarc.data(ppid, token).status_code for _ in range(4)]
+        assert statuses == [200, 200, 409, 409], statuses
+        assert _messages(engine, cpid) == MAX_MESSAGES
+        full = sunarc.data(ppid, token)
+        assert f"holds {MAX_MESSAGES} messages" in full.json()["reason"][0], full.text
+        again = sunarc.post("/transfers/request", request(f"urn:uuid:{uuid.uuid4()}"))
+        assert again.status_code == 201, again.text  # the way on: a new transfer
+    finally:
+        engine.dispose()
+
+
+def _messages(engine: Engine, transfer_id: str) -> int:
+    with engine.connect() as connection:
+        return int(
+            connection.execute(
+                text(
+                    "SELECT count(*) FROM contract_message "
+                    "WHERE process_kind = 'transfer' AND process_id = :t"
+                ),
+                {"t": transfer_id},
+            ).scalar_one()
+        )
+
+
+def _pad_history(engine: Engine, transfer_id: str, more: int) -> None:
+    """`more` messages appended to the transfer's history at Cellex, as that many resumes
+    would leave it (its message count with them: the compare-and-set of the next save)."""
+    with engine.begin() as connection:
+        last = connection.execute(
+            text(
+                "SELECT max(sequence) FROM contract_message "
+                "WHERE process_kind = 'transfer' AND process_id = :t"
+            ),
+            {"t": transfer_id},
+        ).scalar_one()
+        rows = [
+            {"t": transfer_id, "m": f"{transfer_id}:c-resume-pad{i}", "s": last + 1 + i}
+            for i in range(more)
+        ]
+        connection.execute(
+            text(
+                "INSERT INTO contract_message "
+                "(process_kind, process_id, message_id, sequence, fingerprint) "
+                f"VALUES ('transfer', :t, :m, :s, '{'0' * 64}')"
+            ),
+            rows,
+        )
+        connection.execute(
+            text(
+                "UPDATE contract_transfer SET message_count = message_count + :n "
+                "WHERE transfer_id = :t"
+            ),
+            {"n": more, "t": transfer_id},
+        )

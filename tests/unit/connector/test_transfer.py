@@ -13,17 +13,20 @@ from qdspace.connector.contract_errors import (
     IllegalTransitionError,
     MessageReplayError,
     TransferCursorError,
+    TransferHistoryFull,
     TransferIntegrityError,
     UnauthorizedSenderError,
     UnknownProcessError,
 )
 from qdspace.connector.negotiation import Role
 from qdspace.connector.transfer import (
+    MAX_MESSAGES,
     TransferProcess,
     TransferState,
     advance,
     apply,
     open_transfer,
+    reread,
     verify_checkpoint,
 )
 from qdspace.connector.transfer_messages import (
@@ -244,3 +247,36 @@ def test_a_row_envelope_names_its_record_version_and_tombstone() -> None:
     ):
         with pytest.raises(RecordEnvelopeError):
             record_meta(bad)
+
+
+def test_a_process_keeps_at_most_max_messages() -> None:
+    """A consumer resuming one transfer over and over (each resume a message the provider
+    keeps) reaches `MAX_MESSAGES`: then only its termination is taken, once; a retried
+    message it holds is still answered; a re-read that would complete a new chain is
+    refused before any row is sent."""
+    process = started(Role.PROVIDER)
+    genesis = Checkpoint.genesis("tx-1")
+    n = len(process.seen)
+    while n < MAX_MESSAGES:
+        process = apply(process, TransferStart(f"r{n}", "tx-1", "sunarc", genesis, at(n)))
+        n += 1
+    assert len(process.seen) == MAX_MESSAGES
+    last = TransferStart(f"r{n - 1}", "tx-1", "sunarc", genesis, at(n - 1))
+    assert apply(process, last) == process  # a retry: nothing new kept
+    with pytest.raises(TransferHistoryFull, match=f"holds {MAX_MESSAGES} messages"):
+        apply(process, TransferStart("one-more", "tx-1", "sunarc", genesis, at(n)))
+    with pytest.raises(TransferHistoryFull):
+        apply(process, TransferSuspension("pause", "tx-1", "sunarc", "pause", at(n)))
+    ended = apply(process, TransferTermination("end", "tx-1", "cellex", "enough", at(n)))
+    assert ended.state is S.TERMINATED and len(ended.seen) == MAX_MESSAGES + 1
+    with pytest.raises(TransferHistoryFull):
+        apply(ended, TransferTermination("end-2", "tx-1", "sunarc", "again", at(n)))
+
+    done = apply(
+        advance(started(Role.PROVIDER), DATA),
+        TransferCompletion("c", "tx-1", "cellex", genesis.extend(DATA), at(2)),
+    )
+    full = replace(done, seen=(*done.seen, *((f"x{i}", "f") for i in range(MAX_MESSAGES))))
+    with pytest.raises(TransferHistoryFull):
+        reread(full, genesis)  # the new chain's completion would be one more
+    assert reread(done, genesis)[1]  # under the cap: re-read and completed again
