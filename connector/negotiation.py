@@ -19,7 +19,9 @@ States and transitions (sender in brackets)::
     any non-terminal --Termination [either]-->  TERMINATED
 
 FINALIZED and TERMINATED are final. A second Termination of a TERMINATED
-negotiation is accepted as a no-op (both sides may give up at once).
+negotiation is accepted as a no-op (both sides may give up at once), and not kept: a
+peer sending terminations under new ids to a negotiation that ended would otherwise
+grow its history, a row each, for as long as it liked.
 
 Every message carries a message id. Applying a message whose id was already
 applied returns the negotiation unchanged (a retry after a lost reply); the
@@ -451,7 +453,7 @@ def apply(negotiation: Negotiation, message: NegotiationMessage, keys: PartyKeys
     state = negotiation.state
     if isinstance(message, Termination):
         if state is _S.TERMINATED:
-            return replace(negotiation, seen=seen)
+            return negotiation
         target = None if state is _S.FINALIZED else _S.TERMINATED
     else:
         target = _TRANSITIONS.get((state, type(message)))

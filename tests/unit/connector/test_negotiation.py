@@ -202,6 +202,10 @@ def test_termination_from_any_open_state_and_never_after_finalized() -> None:
     assert ended.state is S.TERMINATED and ended.reason == "changed our mind"
     again = apply(ended, Termination("m3", "neg-1", "cellex", "too", at(2)), KEYS)
     assert again.state is S.TERMINATED and again.reason == "changed our mind"
+    # a no-op, and not kept: terminations under ever new ids do not grow its history
+    for i in range(50):
+        again = apply(again, Termination(f"t{i}", "neg-1", "sunarc", "again", at(3)), KEYS)
+    assert again == ended
     with pytest.raises(IllegalTransitionError):
         apply(ended, Accepted("m4", "neg-1", "sunarc", at(3)), KEYS)
     agreement = agree(n)
