@@ -77,7 +77,7 @@ negotiation_table = Table(
     Column("updated_at", UTCDateTime(), nullable=False),
     # False: the peer does not sign (the DSP binding; revision 0008_dsp)
     Column("signed", Boolean, nullable=False, server_default=true()),
-    # what a consumer opened here lately (`opened_by`; revision 0026_negotiations_opened)
+    # what a consumer opened here lately (`opened_by`; revision 0026_member_quotas)
     Index("ix_contract_negotiation_opened", "consumer_id", "created_at"),
 )
 _KIND = "negotiation"

@@ -79,7 +79,7 @@ outbox_table = Table(
     UniqueConstraint("peer_id", "message_id", name="uq_contract_outbox_message"),
     # the undelivered messages alone (a node keeps every message it sent): the poll's
     # scan in queue order, and each message's earlier ones of its process (revision
-    # 0028_outbox_unsent)
+    # 0027_outbox_unsent)
     Index("ix_contract_outbox_unsent", "id", sqlite_where=_UNSENT, postgresql_where=_UNSENT),
     Index(
         "ix_contract_outbox_unsent_process",

@@ -93,7 +93,7 @@ transfer_table = Table(
     Index("ix_contract_transfer_pull", "agreement_id", "scope_key", "watermark", "created_at"),
     # listings in the order transfers were made, a page at a time (the console: newest)
     Index("ix_contract_transfer_created", "created_at", "transfer_id"),
-    # what a consumer opened here lately (`opened_by`; revision 0027_transfers_opened)
+    # what a consumer opened here lately (`opened_by`; revision 0026_member_quotas)
     Index("ix_contract_transfer_opened", "consumer_id", "created_at"),
 )
 _KIND = "transfer"

@@ -46,23 +46,24 @@ def dsp_net(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalNetwork]:
     )
 
 
+def rows_of(net: LocalNetwork, name: str, sql: str, **params: Any) -> list[Any]:
+    """The rows `sql` reads from member `name`'s own database (a file or PostgreSQL)."""
+    engine = create_engine(net[name].db_url)
+    try:
+        with engine.connect() as connection:
+            return list(connection.execute(text(sql), params))
+    finally:
+        engine.dispose()
+
+
 def outbox_errors(net: LocalNetwork, name: str, column: str, value: str) -> list[str]:
     """The errors of member `name`'s outbox messages whose `column` (``peer_id``,
     ``process_id``) is `value`, as recorded by its last failed delivery."""
     assert column in ("peer_id", "process_id")
-    engine = create_engine(net[name].db_url)
-    try:
-        with engine.connect() as connection:
-            rows = connection.execute(
-                text(
-                    f"SELECT last_error FROM contract_outbox WHERE {column} = :value "
-                    "AND last_error IS NOT NULL"
-                ),
-                {"value": value},
-            )
-            return [str(row[0]) for row in rows]
-    finally:
-        engine.dispose()
+    sql = (
+        f"SELECT last_error FROM contract_outbox WHERE {column} = :value AND last_error IS NOT NULL"
+    )
+    return [str(row[0]) for row in rows_of(net, name, sql, value=value)]
 
 
 def runtime_of(net: LocalNetwork, name: str) -> dict[str, Any]:

@@ -15,12 +15,11 @@ from contextlib import contextmanager
 from typing import Any
 
 import pytest
-from sqlalchemy import create_engine, text
 
 from qdspace.connector.dsp_transfer import request_message as transfer_request
 from qdspace.node.localnet.network import LocalNetwork, MemberSpec
 
-from .conftest import dsp_network, ingest_sample, ok
+from .conftest import dsp_network, ingest_sample, ok, rows_of
 from .peer import DSP, Callbacks, Peer, peer_with_callbacks, request
 
 pytestmark = pytest.mark.integration
@@ -53,23 +52,11 @@ def _opened_at_cellex(
     """The negotiations (or transfers) Cellex holds as provider with `consumer`; with
     `dsp_only` (none opened over gRPC), each with its DSP binding: a refused request
     leaves neither."""
-    member_id = net[consumer].keys().identity.member_id
-    engine = create_engine(net["cellex"].db_url)
-    try:
-        with engine.connect() as connection:
-            rows = connection.execute(
-                text(
-                    f"SELECT count(*) FROM contract_{kind} WHERE consumer_id = :m "
-                    "AND role = 'provider'"
-                ),
-                {"m": member_id},
-            ).scalar_one()
-            bound = connection.execute(
-                text("SELECT count(*) FROM dsp_process WHERE peer_id = :m AND kind = :k"),
-                {"m": member_id, "k": kind},
-            ).scalar_one()
-    finally:
-        engine.dispose()
+    member = net[consumer].keys().identity.member_id
+    sql = f"SELECT count(*) FROM contract_{kind} WHERE consumer_id = :m AND role = 'provider'"
+    ((rows,),) = rows_of(net, "cellex", sql, m=member)
+    bound_sql = "SELECT count(*) FROM dsp_process WHERE peer_id = :m AND kind = :k"
+    ((bound,),) = rows_of(net, "cellex", bound_sql, m=member, k=kind)
     assert rows == bound or not dsp_only, (kind, rows, bound)
     return int(rows)
 
@@ -121,22 +108,7 @@ def test_a_member_opens_at_most_the_cap_of_transfers_within_the_hour(
         assert "transfers_per_member_hour" in refused.text
         with _an_hour_later(net):
             ok(oem.post("/v1/contracts/transfers", json=pull))
-    assert _opened_at_cellex_grpc(net, "sunarc") == TRANSFERS + 1
-
-
-def _opened_at_cellex_grpc(net: LocalNetwork, consumer: str) -> int:
-    member_id = net[consumer].keys().identity.member_id
-    engine = create_engine(net["cellex"].db_url)
-    try:
-        with engine.connect() as connection:
-            return int(
-                connection.execute(
-                    text("SELECT count(*) FROM contract_transfer WHERE consumer_id = :m"),
-                    {"m": member_id},
-                ).scalar_one()
-            )
-    finally:
-        engine.dispose()
+    assert _opened_at_cellex(net, "sunarc", "transfer", dsp_only=False) == TRANSFERS + 1
 
 
 def _agreed_by_hand(peer: Peer, callbacks: Callbacks) -> str:

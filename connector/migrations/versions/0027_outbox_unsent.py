@@ -1,7 +1,7 @@
 """Index the outbox's undelivered messages alone, and keep a process's messages in order.
 
-Revision ID: 0028_outbox_unsent
-Revises: 0027_transfers_opened
+Revision ID: 0027_outbox_unsent
+Revises: 0026_member_quotas
 Create Date: 2026-12-06 07:30:00
 
 A node keeps every message it sent in ``contract_outbox``, and its dispatcher polls for
@@ -20,8 +20,8 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0028_outbox_unsent"
-down_revision = "0027_transfers_opened"
+revision = "0027_outbox_unsent"
+down_revision = "0026_member_quotas"
 branch_labels = None
 depends_on = None
 
