@@ -39,6 +39,7 @@ from qdspace.node.identity.certs import MemberIdentity
 from qdspace.node.member_ids import peer_name
 from qdspace.node.rpc.contracts_notification_serde import Notification, notification_to_proto
 from qdspace.node.runtime.contracts_base import ContractBase
+from qdspace.policies.evaluate import order_in_scope
 
 logger = logging.getLogger("node.contracts")
 
@@ -110,6 +111,12 @@ class ContractNotices(ContractBase):
             terms = stored.signed.agreement
             if stored.role is not Role.CONSUMER or terms.provider_id != peer.member_id:
                 raise ContractDenied(f"agreement {agreement_id} is not one {peer.name} gave us")
+            # a closure outside the agreement's scope would start a deletion duty, and a
+            # receipt we sign, for an order it never covered (and a row each, for ever)
+            if not order_in_scope(terms.policy, body.order_id):
+                raise ContractDenied(
+                    f"order {body.order_id[:128]} is not in the scope of agreement {agreement_id}"
+                )
             first = first or self.store.closure(agreement_id, body.order_id) is None
             self.store.record_order_closed(agreement_id, body.order_id, body.closed_at)
             logger.info("order %s closed under agreement %s", body.order_id, agreement_id)

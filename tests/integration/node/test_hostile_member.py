@@ -25,7 +25,7 @@ import pytest
 from grpc_health.v1 import health_pb2
 from sqlalchemy import create_engine, text
 
-from qdspace.connector.agreement import AgreementTermination
+from qdspace.connector.agreement import AgreementTermination, OrderClosed
 from qdspace.connector.spc import Investigation, QualityAlert, SpcAlert, SpcPoint
 from qdspace.connector.transfer_wire import Checkpoint
 from qdspace.node.identity.authority import Authority
@@ -593,6 +593,30 @@ def test_forged_and_third_party_notifications_are_refused(
     for name in ("cellex", "sunarc"):
         with net[name].client() as client:
             assert ok(client.get(f"/v1/contracts/agreements/{victim}"))["terminated_at"] is None
+
+
+def test_a_closure_of_an_order_outside_the_agreement_is_refused(
+    net: LocalNetwork, agreements: dict[str, str]
+) -> None:
+    """Cellex, by hand, tells SunArc it closed an order SunArc's agreement does not cover
+    (Mallory's, one that does not exist): refused, and SunArc records no closure, so no
+    deletion duty and no receipt it would sign for an order it never held (on the old
+    code: recorded, a row for every order id Cellex cared to name)."""
+    cellex_id = _keys(net, "cellex").identity.member_id
+    agreement = agreements["sunarc"]
+    for order in (MALLORY_ORDER, f"PO-{uuid.uuid4().hex[:12]}"):
+        closed = OrderClosed(order, _now(), (agreement,))
+        note = Notification(f"n-{uuid.uuid4().hex}", cellex_id, _now(), closed)
+        code, details, _ = _notify(net, "cellex", "sunarc", note)
+        assert code is grpc.StatusCode.PERMISSION_DENIED, (code, details)
+        assert f"order {order} is not in the scope of agreement {agreement}" in details
+    held = db_rows(
+        net,
+        "sunarc",
+        "SELECT order_id FROM contract_order_closure WHERE agreement_id = :a",
+        a=agreement,
+    )
+    assert held == []
 
 
 def test_replayed_notifications_are_done_once_and_bounded(net: LocalNetwork) -> None:
