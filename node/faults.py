@@ -104,6 +104,7 @@ FAULTS: Mapping[str, Fault] = {
     # the authority service (node.authority): its refusals, and a node or CLI calling it
     "qdspace.node.authority.service.NotAMember": F("PERMISSION_DENIED", 403, 1),
     "qdspace.node.authority.service.StaleEntry": F("FAILED_PRECONDITION", 409, 1),
+    "qdspace.node.authority.service.PublishedTooOften": F("RESOURCE_EXHAUSTED", 429, 1),
     "qdspace.node.authority.client.AuthorityUnavailable": F("UNAVAILABLE", 503, 2),
     "qdspace.node.authority.client.AuthorityRefused": F(None, 502, 1),
     "qdspace.node.join.CaPinMismatch": F("UNAUTHENTICATED", 403, 1),  # node join: not our CA

@@ -11,6 +11,15 @@ The directory document (``directory.json``) is signed with the CA key every time
 changes. Its serial is the larger of the previous serial + 1 and the current time in
 milliseconds, so it only grows, even when the file is lost and the service restarts:
 nodes refuse a lower serial than the one they hold (a replayed old directory).
+
+Each published entry re-signs and rewrites the whole document, and every node fetches the
+new one: a member publishing newer entries of itself as fast as it can would keep the
+service signing and writing and every node downloading. A member's entry changes when
+its node moves (a restart on other ports, a new certificate, a new address), so the
+service takes `PUBLISH_BURST` publishes of one member at once and then one every
+`PUBLISH_EVERY_S` (a `util.token_bucket.TokenBucket` per member, in memory: a restart of
+the service starts them full); over it, `PublishedTooOften` (429) says when to try again,
+and the node's follower tries at its next refresh.
 """
 
 from __future__ import annotations
@@ -48,6 +57,7 @@ from qdspace.node.identity.register import IssuedMember
 from qdspace.node.layout import AuthorityLayout
 from qdspace.policies.errors import BpnNotAttested
 from qdspace.util.files import write_atomic
+from qdspace.util.token_bucket import TokenBucket
 
 logger = logging.getLogger("node.authority")
 
@@ -55,6 +65,15 @@ logger = logging.getLogger("node.authority")
 CLOCK_SKEW = dt.timedelta(minutes=5)
 #: a certificate PEM longer than this is not a member certificate
 MAX_CERT_PEM = 16 * 1024
+
+
+#: publishes of one member taken at once, then one every `PUBLISH_EVERY_S`
+PUBLISH_BURST = 10
+PUBLISH_EVERY_S = 60.0
+
+
+class PublishedTooOften(DirectoryError):
+    """A member that published its entry more often than the service takes (module)."""
 
 
 class NotAMember(DirectoryError):
@@ -105,6 +124,7 @@ class AuthorityService:
         self.lock = threading.RLock()
         self._register: _Register | None = None
         self._document = self._load_document()
+        self._publishes: dict[str, TokenBucket] = {}
 
     @classmethod
     def open(cls, directory: Path) -> AuthorityService:
@@ -269,6 +289,7 @@ class AuthorityService:
                     f"entry of {entry.name} published at {entry.published_at} is not newer "
                     f"than the one held ({held.published_at})"
                 )
+            self._take_publish(entry.member_id, entry.name)
             others = [
                 e
                 for e in self._document.entries
@@ -283,6 +304,22 @@ class AuthorityService:
             document.serial,
         )
         return document
+
+    def _take_publish(self, member_id: str, name: str) -> None:
+        """One of the member's publishes, or `PublishedTooOften` (see the module)."""
+        now = time.monotonic()
+        bucket = self._publishes.get(member_id)
+        if bucket is None:
+            bucket = self._publishes[member_id] = TokenBucket(
+                1 / PUBLISH_EVERY_S, PUBLISH_BURST, now
+            )
+        wait_s = bucket.take(now)
+        if wait_s > 0:
+            raise PublishedTooOften(
+                f"{name} published its entry more often than this authority takes "
+                f"({PUBLISH_BURST} at once, then one every {PUBLISH_EVERY_S:.0f} s): "
+                f"try again in {wait_s:.0f} s"
+            )
 
     def _certificate(self, cert_pem: str) -> x509.Certificate:
         if len(cert_pem) > MAX_CERT_PEM:

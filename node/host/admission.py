@@ -37,7 +37,6 @@ from qdspace.node.host.errors import QuotaExceeded
 from qdspace.node.host.quotas import (
     Quota,
     Slots,
-    TokenBucket,
     Usage,
     call_refusal,
     check_ingest,
@@ -45,6 +44,7 @@ from qdspace.node.host.quotas import (
     stream_refusal,
 )
 from qdspace.node.rpc.wrap import around_calls
+from qdspace.util.token_bucket import TokenBucket
 
 logger = logging.getLogger("node.host")
 

@@ -6,8 +6,9 @@ requests per second with a burst, streams open at once, calls in flight at once)
 values checked here once whether they come from the CLI, ``host.json``, the registry
 or the host API, and the counters the running host keeps per tenant:
 
-- `TokenBucket`: ``rps`` tokens a second up to ``burst``; a call takes one or is
-  refused with the seconds until one is there (the Retry-After);
+- `TokenBucket` (`util.token_bucket`, shared with the authority's limit on directory
+  publishes): ``rps`` tokens a second up to ``burst``; a call takes one or is refused
+  with the seconds until one is there (the Retry-After);
 - `Slots`: streams or calls held at once; taking and giving back are one step under a
   lock, so two calls racing for the last slot cannot both have it;
 - `check_ingest`: would an ingest of ``rows`` rows and ``size`` bytes pass the row or
@@ -231,38 +232,6 @@ class QuotaSettings(BaseModel):
 
 
 # -- the counters of a running host ------------------------------------------------------
-
-
-class TokenBucket:
-    """``rate`` tokens a second, at most ``burst`` held; it starts full."""
-
-    def __init__(self, rate: float, burst: int, now: float) -> None:
-        self.rate = rate
-        self.burst = burst
-        self._tokens = float(burst)
-        self._at = now
-        self._lock = threading.Lock()
-
-    def _refill(self, now: float) -> None:
-        if now > self._at:
-            self._tokens = min(float(self.burst), self._tokens + (now - self._at) * self.rate)
-            self._at = now
-
-    def take(self, now: float) -> float:
-        """0.0 when a token was taken; else the seconds until one will be there."""
-        with self._lock:
-            self._refill(now)
-            if self._tokens >= 1.0:
-                self._tokens -= 1.0
-                return 0.0
-            return (1.0 - self._tokens) / self.rate
-
-    def change(self, rate: float, burst: int, now: float) -> None:
-        """New limits; the tokens held are kept (up to the new burst)."""
-        with self._lock:
-            self._refill(now)
-            self.rate, self.burst = rate, burst
-            self._tokens = min(self._tokens, float(burst))
 
 
 class Slots:

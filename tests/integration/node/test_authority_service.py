@@ -26,6 +26,7 @@ from qdspace.node.authority.client import (
     ca_fingerprint,
     fetch_ca_unpinned,
 )
+from qdspace.node.authority.service import PUBLISH_BURST
 from qdspace.node.identity.authority import Authority
 from qdspace.node.identity.certs import cert_to_pem, fingerprint, identity_of, new_tls_key
 from qdspace.node.identity.csr import build_request
@@ -205,6 +206,28 @@ def test_a_member_publishes_its_entry(service: Service, tmp_path: Path) -> None:
     assert mine is not None and mine.cert_fingerprint == keys.identity.fingerprint
     # the same entry again is a replay
     _problem(_publish(service, keys, mine), 409, "not newer")
+
+
+def test_a_member_that_publishes_too_often_is_refused(service: Service, tmp_path: Path) -> None:
+    """A member publishing newer entries of itself as fast as it can (each one the whole
+    directory re-signed, rewritten and fetched by every node): the service takes
+    `PUBLISH_BURST` at once, then answers 429 saying when to try again, and the directory
+    does not change; another member still publishes (on the old code: every one taken,
+    the serial growing with each)."""
+    keys = _member(service, tmp_path, "chatty")
+    for n in range(PUBLISH_BURST):
+        address = f"127.0.0.1:{7100 + n}"
+        entry = new_entry(keys.identity, keys.signing_key, {"peer": address})
+        assert _publish(service, keys, entry).status_code == 200, n
+    held = _directory(service)
+    entry = new_entry(keys.identity, keys.signing_key, {"peer": "127.0.0.1:7999"})
+    _problem(_publish(service, keys, entry), 429, "more often than this authority takes")
+    after = _directory(service)
+    assert after.serial == held.serial
+    mine = after.document.entry(keys.identity.member_id)
+    assert mine is not None and mine.peer == f"127.0.0.1:{7100 + PUBLISH_BURST - 1}"
+    other = _member(service, tmp_path, "quiet")
+    assert _publish(service, other).status_code == 200
 
 
 def test_an_entry_signed_by_someone_else_is_refused(service: Service, tmp_path: Path) -> None:

@@ -24,7 +24,6 @@ from qdspace.node.host.quotas import (
     Quota,
     QuotaSettings,
     Slots,
-    TokenBucket,
     Usage,
     check_ingest,
     parse_count,
@@ -32,6 +31,7 @@ from qdspace.node.host.quotas import (
     parse_size,
     rate_refusal,
 )
+from qdspace.util.token_bucket import TokenBucket
 
 
 def test_the_bucket_gives_its_burst_then_the_rate() -> None:
