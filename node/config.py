@@ -46,6 +46,8 @@ DEFAULT_OUTBOX_REFUSED_AFTER = 12
 DEFAULT_NEGOTIATIONS_PER_HOUR = 600
 #: new transfer processes one member may open with this node (as provider) in any hour
 DEFAULT_TRANSFERS_PER_HOUR = 3600
+#: root-cause trace questions of one customer this node answers in an hour (10 at once)
+DEFAULT_TRACES_PER_HOUR = 120
 #: how often it re-fetches the revocation list (a revoked member is refused within this)
 DEFAULT_CRL_REFRESH_S = 60.0
 
@@ -121,6 +123,9 @@ class NodeSettings(BaseSettings):
     # new transfer processes (pulls, DSP transfers) one member may open with this node in
     # any hour, each a row and its message history; past it refused the same way
     transfers_per_member_hour: int = Field(default=DEFAULT_TRANSFERS_PER_HOUR, ge=1, le=1_000_000)
+    # root-cause trace questions one customer may have answered here in an hour (ten at
+    # once): each costs our analysis and asks our producers, who ask theirs
+    traces_per_member_hour: int = Field(default=DEFAULT_TRACES_PER_HOUR, ge=1, le=1_000_000)
     # the authority service (``qdspace authority serve``); "" = none: static peers and a
     # CRL file kept fresh by other means (air-gapped sites, ``node init --authority``)
     authority_url: str = ""

@@ -48,7 +48,7 @@ def trace_room(ctx: NodeContext) -> TraceRoom | None:
     from qdspace.node.rpc.trace_client import grpc_ask
     from qdspace.node.runtime.trace_runs import TraceRuns
 
-    room = TraceRoom(contracts, grpc_ask(ctx.peers))
+    room = TraceRoom(contracts, grpc_ask(ctx.peers), ctx.settings.traces_per_member_hour)
     ctx.traces = TraceRuns(
         room,
         TraceStore(ctx.store.engine),

@@ -22,6 +22,7 @@ from qdspace.connector.genealogy import (
     upstream,
 )
 from qdspace.connector.storage import QualityStore
+from qdspace.node.errors import LimitExceeded
 from qdspace.node.rpc.auth import current_peer
 from qdspace.node.rpc.codes import status_code
 from qdspace.node.rpc.trace_serde import answer_to_proto, question_from_proto
@@ -73,7 +74,7 @@ class TraceServicer(trace_pb2_grpc.TraceServicer):
         try:
             question = question_from_proto(request)
             answer = await self._room.answer(peer.identity, question, context.time_remaining())
-        except ConnectorError as exc:
+        except (ConnectorError, LimitExceeded) as exc:  # (a customer asking too often)
             await context.abort(status_code(exc), str(exc))
         return trace_pb2.InvestigateReply(answer=answer_to_proto(answer))
 

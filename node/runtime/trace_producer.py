@@ -45,11 +45,14 @@ from qdspace.connector.trace import (
     check_batch_ids,
 )
 from qdspace.connector.trace_data import batches, local_tier, tier_findings, tier_genealogy
+from qdspace.node.config import DEFAULT_TRACES_PER_HOUR
+from qdspace.node.errors import LimitExceeded
 from qdspace.node.identity.certs import MemberIdentity
 from qdspace.node.member_ids import peer_name
 from qdspace.node.runtime.contracts import ContractRuntime
 from qdspace.policies.model import Action
 from qdspace.util.numbers import decimal
+from qdspace.util.token_bucket import TokenBucket
 
 logger = logging.getLogger("node.trace")
 
@@ -107,14 +110,44 @@ def anchored_through(engine: Engine) -> dict[str, int]:
     return out
 
 
-class TraceRoom:
-    """Our part of traces (see the module docstring); built once per node."""
+#: answered traces one customer may ask for at once (then `traces_per_member_hour`)
+TRACE_BURST = 10
 
-    def __init__(self, contracts: ContractRuntime, ask: Ask | None) -> None:
+
+class TraceRoom:
+    """Our part of traces (see the module docstring); built once per node.
+
+    Each answered question costs our analysis of the batches' genealogy and findings,
+    and asks our producers in turn, who ask theirs: a customer asking as fast as its
+    calls allowed would keep every tier below it busy. So a customer's answered
+    questions are limited, `TRACE_BURST` at once and then ``per_hour`` an hour (a
+    `util.token_bucket.TokenBucket` per customer); a refused or malformed question
+    costs no token (it costs us a look-up, and our producers nothing)."""
+
+    def __init__(
+        self, contracts: ContractRuntime, ask: Ask | None, per_hour: int = DEFAULT_TRACES_PER_HOUR
+    ) -> None:
         self.contracts = contracts
         self.engine = contracts.qdm
         self.ask = ask
         self.me = contracts.me.name
+        self.per_hour = per_hour
+        self._asked: dict[str, TokenBucket] = {}
+
+    def _take(self, peer: MemberIdentity) -> None:
+        """One of `peer`'s answered questions, or `LimitExceeded` saying when to ask again."""
+        now = time.monotonic()
+        bucket = self._asked.get(peer.member_id)
+        if bucket is None:
+            burst = min(TRACE_BURST, self.per_hour)
+            bucket = self._asked[peer.member_id] = TokenBucket(self.per_hour / 3600, burst, now)
+        wait_s = bucket.take(now)
+        if wait_s > 0:
+            raise LimitExceeded(
+                f"{peer.name} asks {self.me} for traces more often than it answers "
+                f"(traces_per_member_hour {self.per_hour}, {bucket.burst} at once): ask "
+                f"again in {wait_s:.0f} s"
+            )
 
     # ----------------------------------------------------------------- refusals
 
@@ -149,6 +182,7 @@ class TraceRoom:
         ids = await asyncio.to_thread(self.authorize, peer, question)
         if question.depth >= MAX_DEPTH or len(question.path) > MAX_DEPTH:
             raise TraceError(f"a trace goes at most {MAX_DEPTH} tiers deep")
+        self._take(peer)
         path = (*question.path, self.me)
         return await self.tier(ids, path, question.depth + 1, deadline_s)
 

@@ -27,6 +27,7 @@ from qdspace.node.api.regulator_auth import issue_credential
 from qdspace.node.identity.member import load_member_keys
 from qdspace.node.localnet.network import LocalNetwork, MemberSpec
 from qdspace.node.rpc.client import open_channel
+from qdspace.node.runtime.trace_producer import TRACE_BURST
 from qdspace.protocols.v1 import trace_pb2
 
 pytestmark = pytest.mark.integration
@@ -353,6 +354,27 @@ def test_hostile_questions_are_bounded(net: LocalNetwork, agreements: dict[str, 
     # a claimed path through cellex itself (a cycle) ends there: no asking further down
     code, _ = _call(net, "mallory", _ask(mine, ["CB-M"], path=["cellex"], depth=1))
     assert code is grpc.StatusCode.OK
+
+
+def test_a_customer_asking_too_often_is_refused(
+    net: LocalNetwork, agreements: dict[str, str]
+) -> None:
+    """Mallory asks Cellex about its own batch as fast as it can: each answer costs
+    Cellex's analysis and asks SiWafer in turn, so after `TRACE_BURST` answered questions
+    (some of them asked by the tests above) Cellex refuses with RESOURCE_EXHAUSTED saying
+    when to ask again; refused questions cost no token (a refusal stays PERMISSION_DENIED),
+    and SunArc, another customer, is still answered (on the old code: every one answered)."""
+    mine = agreements["mallory"]
+    answers = [_call(net, "mallory", _ask(mine, ["CB-M"])) for _ in range(TRACE_BURST + 1)]
+    codes = [code for code, _ in answers]
+    assert grpc.StatusCode.RESOURCE_EXHAUSTED in codes, codes
+    first = codes.index(grpc.StatusCode.RESOURCE_EXHAUSTED)
+    assert set(codes[:first]) == {grpc.StatusCode.OK}, codes
+    assert "traces_per_member_hour 120, 10 at once" in answers[first][1], answers[first]
+    assert "ask again in" in answers[first][1]
+    refused = _call(net, "mallory", _ask(mine, ["CB-00"]))  # sunarc's batch: still refused
+    assert refused[0] is grpc.StatusCode.PERMISSION_DENIED, refused
+    assert _call(net, "sunarc", _ask(agreements["sunarc"], ["CB-00"]))[0] is grpc.StatusCode.OK
 
 
 def test_a_producer_down_makes_the_trace_partial(net: LocalNetwork) -> None:
