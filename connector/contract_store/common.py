@@ -242,6 +242,24 @@ def column_types(table: Table, names: Sequence[str]) -> list[TypeEngine[Any]]:
     return [table.c[name].type for name in names]
 
 
+@cache
+def _opened_by(table: Table) -> DriverStatement:
+    return DriverStatement(
+        f"SELECT count(*) FROM {table.name} WHERE consumer_id = ? AND created_at >= ?",
+        column_types(table, ("consumer_id", "created_at")),
+    )
+
+
+def opened_by(engine: Engine, table: Table, consumer_id: str, since: datetime) -> int:
+    """How many of `table`'s processes `consumer_id` (a peer) opened with us at or after
+    `since`: the count a provider's per-member quota reads on every request, so straight
+    to the driver and from the ``(consumer_id, created_at)`` index alone (a peer's id as
+    consumer is on our provider rows only; our own rows as consumer carry our id)."""
+    with held_connection.connect(engine) as connection:
+        rows = _opened_by(table).all(connection, (consumer_id, since))
+    return int(rows[0][0])
+
+
 def select_by_key(table: Table, key: str) -> tuple[DriverStatement, tuple[str, ...]]:
     """``SELECT <every column> FROM table WHERE key = ?`` and the column names, in order."""
     names = tuple(c.name for c in table.columns)

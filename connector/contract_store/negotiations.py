@@ -46,10 +46,10 @@ from qdspace.connector.contract_store.common import (
     CONTRACT_METADATA,
     ID_LENGTH,
     ConcurrentUpdateError,
-    DriverStatement,
     TableStore,
     count_rows,
     listing,
+    opened_by,
     save_process,
     saving,
     seen_messages,
@@ -81,12 +81,6 @@ negotiation_table = Table(
     Index("ix_contract_negotiation_opened", "consumer_id", "created_at"),
 )
 _KIND = "negotiation"
-#: read from the index alone: a peer's id as consumer is on our provider rows only (our
-#: own rows as consumer carry our id)
-_OPENED_BY = DriverStatement(
-    f"SELECT count(*) FROM {negotiation_table.name} WHERE consumer_id = ? AND created_at >= ?",
-    [negotiation_table.c.consumer_id.type, negotiation_table.c.created_at.type],
-)
 _LOAD, _COLUMNS = select_by_key(negotiation_table, "negotiation_id")
 _Row = namedtuple("_Row", _COLUMNS)  # type: ignore[misc]
 #: offers by the JSON stored for them (`agreement_memo.Memo`): the offer a negotiation
@@ -202,12 +196,8 @@ class NegotiationStore(TableStore):
         return count_rows(self.engine, negotiation_table)
 
     def opened_by(self, consumer_id: str, since: datetime) -> int:
-        """How many negotiations `consumer_id` (a peer) opened with us at or after
-        `since` (from ``ix_contract_negotiation_opened`` alone; asked on every request,
-        so straight to the driver, `_OPENED_BY`)."""
-        with held_connection.connect(self.engine) as connection:
-            rows = _OPENED_BY.all(connection, (consumer_id, since))
-        return int(rows[0][0])
+        """How many negotiations `consumer_id` opened with us since `since` (`common.opened_by`)."""
+        return opened_by(self.engine, negotiation_table, consumer_id, since)
 
     def find_negotiation(self, negotiation_id: str) -> Negotiation | None:
         try:

@@ -47,16 +47,15 @@ from sqlalchemy import (
 )
 from sqlmodel.sql.sqltypes import UTCDateTime
 
-from qdspace.connector import held_connection
 from qdspace.connector.contract_errors import UnknownContractError
 from qdspace.connector.contract_store.common import (
     CONTRACT_METADATA,
     ID_LENGTH,
-    DriverStatement,
     TableStore,
     count_rows,
     histories,
     listing,
+    opened_by,
     save_process,
     saving,
     seen_messages,
@@ -97,11 +96,6 @@ transfer_table = Table(
     Index("ix_contract_transfer_opened", "consumer_id", "created_at"),
 )
 _KIND = "transfer"
-#: read from the index alone: a peer's id as consumer is on our provider rows only
-_OPENED_BY = DriverStatement(
-    f"SELECT count(*) FROM {transfer_table.name} WHERE consumer_id = ? AND created_at >= ?",
-    [transfer_table.c.consumer_id.type, transfer_table.c.created_at.type],
-)
 
 
 def _scope(
@@ -204,11 +198,8 @@ class TransferStore(TableStore):
         return _process(row, seen)
 
     def opened_by(self, consumer_id: str, since: datetime) -> int:
-        """How many transfers `consumer_id` (a peer) opened with us at or after `since`
-        (from ``ix_contract_transfer_opened`` alone, straight to the driver)."""
-        with held_connection.connect(self.engine) as connection:
-            rows = _OPENED_BY.all(connection, (consumer_id, since))
-        return int(rows[0][0])
+        """How many transfers `consumer_id` opened with us since `since` (`common.opened_by`)."""
+        return opened_by(self.engine, transfer_table, consumer_id, since)
 
     def find_transfer(self, transfer_id: str) -> TransferProcess | None:
         try:

@@ -17,7 +17,7 @@ new one: a member publishing newer entries of itself as fast as it can would kee
 service signing and writing and every node downloading. A member's entry changes when
 its node moves (a restart on other ports, a new certificate, a new address), so the
 service takes `PUBLISH_BURST` publishes of one member at once and then one every
-`PUBLISH_EVERY_S` (a `util.token_bucket.TokenBucket` per member, in memory: a restart of
+`PUBLISH_EVERY_S` (`util.token_bucket.TokenBuckets`, a bucket per member, in memory: a restart of
 the service starts them full); over it, `PublishedTooOften` (429) says when to try again,
 and the node's follower tries at its next refresh.
 """
@@ -57,7 +57,7 @@ from qdspace.node.identity.register import IssuedMember
 from qdspace.node.layout import AuthorityLayout
 from qdspace.policies.errors import BpnNotAttested
 from qdspace.util.files import write_atomic
-from qdspace.util.token_bucket import TokenBucket
+from qdspace.util.token_bucket import TokenBuckets
 
 logger = logging.getLogger("node.authority")
 
@@ -124,7 +124,7 @@ class AuthorityService:
         self.lock = threading.RLock()
         self._register: _Register | None = None
         self._document = self._load_document()
-        self._publishes: dict[str, TokenBucket] = {}
+        self._publishes = TokenBuckets(1 / PUBLISH_EVERY_S, PUBLISH_BURST)
 
     @classmethod
     def open(cls, directory: Path) -> AuthorityService:
@@ -307,13 +307,7 @@ class AuthorityService:
 
     def _take_publish(self, member_id: str, name: str) -> None:
         """One of the member's publishes, or `PublishedTooOften` (see the module)."""
-        now = time.monotonic()
-        bucket = self._publishes.get(member_id)
-        if bucket is None:
-            bucket = self._publishes[member_id] = TokenBucket(
-                1 / PUBLISH_EVERY_S, PUBLISH_BURST, now
-            )
-        wait_s = bucket.take(now)
+        wait_s = self._publishes.take(member_id, time.monotonic())
         if wait_s > 0:
             raise PublishedTooOften(
                 f"{name} published its entry more often than this authority takes "

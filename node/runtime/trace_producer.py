@@ -52,7 +52,7 @@ from qdspace.node.member_ids import peer_name
 from qdspace.node.runtime.contracts import ContractRuntime
 from qdspace.policies.model import Action
 from qdspace.util.numbers import decimal
-from qdspace.util.token_bucket import TokenBucket
+from qdspace.util.token_bucket import TokenBuckets
 
 logger = logging.getLogger("node.trace")
 
@@ -121,7 +121,7 @@ class TraceRoom:
     and asks our producers in turn, who ask theirs: a customer asking as fast as its
     calls allowed would keep every tier below it busy. So a customer's answered
     questions are limited, `TRACE_BURST` at once and then ``per_hour`` an hour (a
-    `util.token_bucket.TokenBucket` per customer); a refused or malformed question
+    `util.token_bucket.TokenBuckets`, a bucket per customer); a refused or malformed question
     costs no token (it costs us a look-up, and our producers nothing)."""
 
     def __init__(
@@ -132,20 +132,15 @@ class TraceRoom:
         self.ask = ask
         self.me = contracts.me.name
         self.per_hour = per_hour
-        self._asked: dict[str, TokenBucket] = {}
+        self._asked = TokenBuckets(per_hour / 3600, min(TRACE_BURST, per_hour))
 
     def _take(self, peer: MemberIdentity) -> None:
         """One of `peer`'s answered questions, or `LimitExceeded` saying when to ask again."""
-        now = time.monotonic()
-        bucket = self._asked.get(peer.member_id)
-        if bucket is None:
-            burst = min(TRACE_BURST, self.per_hour)
-            bucket = self._asked[peer.member_id] = TokenBucket(self.per_hour / 3600, burst, now)
-        wait_s = bucket.take(now)
+        wait_s = self._asked.take(peer.member_id, time.monotonic())
         if wait_s > 0:
             raise LimitExceeded(
                 f"{peer.name} asks {self.me} for traces more often than it answers "
-                f"(traces_per_member_hour {self.per_hour}, {bucket.burst} at once): ask "
+                f"(traces_per_member_hour {self.per_hour}, {self._asked.burst} at once): ask "
                 f"again in {wait_s:.0f} s"
             )
 
