@@ -287,6 +287,7 @@ class OperatorClient:
         order_id: str | None = None,
         fields: list[str] | None = None,
         since_last: bool = False,
+        batch_rows: int = 0,
     ) -> dict[str, Any]:
         body = {
             "agreement_id": agreement_id,
@@ -294,6 +295,7 @@ class OperatorClient:
             "order_id": order_id,
             "fields": fields or None,
             "since_last": since_last,
+            "batch_rows": batch_rows,
         }
         result: dict[str, Any] = self._post("/v1/contracts/transfers", body)
         return result

@@ -386,6 +386,9 @@ class ContractStore:
     def count_received(self, agreement_id: str | None = None) -> int:
         return self._received.count_received(agreement_id)
 
+    def stored_rows(self) -> int:
+        return self._received.stored_rows()
+
     def key_destroyed(self, agreement_id: str, order_id: str) -> bool:
         return self._keys.key_destroyed(agreement_id, order_id)
 

@@ -5,11 +5,11 @@ negotiation ran against) for a transfer under a DSP agreement; the provider's
 TransferStartMessage arrives at the callback (`node.dsp.transfers`) with a data address
 (`on_start`), and the node then pulls it in the background: batch by batch, each
 batch's checkpoint verified against the consumer's own (`accept_batch`) and committed
-with its rows in one transaction (`commit_transfer_batch`, the gRPC consumer's store
+with its rows in one transaction (`commit_received_batch`, the gRPC consumer's store
 path), so a consumer cut off resumes exactly where its rows stop. At the last batch it
 records the provider's completion and acknowledges it with a TransferCompletionMessage.
 A live-stream address is followed instead, each group of rows stored as the gRPC
-subscription stores them (`store_received_rows`).
+subscription stores them (`store_received`).
 
 Data addresses live in memory only (a token lives minutes): after a restart the node
 asks each provider again for every transfer it was receiving (`resume_after_restart`,
@@ -334,8 +334,7 @@ class DspTransfers:
         after = accept_batch(process, batch)
         rows = IncomingRun(process.offset, batch.orders(), batch.payloads())
         now = self.runtime.clock.now()
-        store = self.runtime.store
-        await asyncio.to_thread(store.commit_transfer_batch, process, after, rows, now)
+        await asyncio.to_thread(self.runtime.commit_received_batch, process, after, rows, now)
         return after
 
     async def _complete(self, row: DspProcess, process: TransferProcess, last: RowBatch) -> None:
@@ -382,9 +381,9 @@ class DspTransfers:
             IncomingRow(int(p), r.order_id, r.payload)
             for p, r in zip(group.positions, group.rows, strict=True)
         ]
-        store, now = self.runtime.store, self.runtime.clock.now()
+        now = self.runtime.clock.now()
         await asyncio.to_thread(
-            store.store_received_rows, process.agreement_id, process.transfer_id, rows, now
+            self.runtime.store_received, process.agreement_id, process.transfer_id, rows, now
         )
         delivery.received += len(rows)
         delivery.position = group.positions[-1]

@@ -14,6 +14,11 @@ Ingest (`node.api.app`, through `NodeContext.ingest_admission`) is checked again
 row and storage quotas with the tenant's usage measured fresh (rows in its QDM tables;
 its SQLite file and WAL, or its PostgreSQL schema or database) and the upload counted as
 growth; one tenant's ingests pass one at a time, so two cannot both take the last rows.
+Rows the tenant receives from its providers (pulls and live subscriptions, each group
+before it is written, `receive`) count against the same quotas: a provider, or an order
+larger than the host allowed for, cannot fill the host's disk through a tenant. The rows
+held count the mirror of what providers sent (its records, tombstones and trail of
+changes) next to the QDM tables.
 
 A refusal is logged once, then summed up at most every ``LOG_EVERY_S`` (a flood must not
 turn into a flood of log lines).
@@ -23,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -32,14 +38,16 @@ from typing import Any
 import grpc
 from sqlalchemy import text
 
+from qdspace.connector.contract_store import ContractStore
 from qdspace.connector.storage import QualityStore
 from qdspace.node.host.errors import QuotaExceeded
 from qdspace.node.host.quotas import (
+    RECEIVED,
     Quota,
     Slots,
     Usage,
     call_refusal,
-    check_ingest,
+    check_growth,
     rate_refusal,
     stream_refusal,
 )
@@ -49,6 +57,9 @@ from qdspace.util.token_bucket import TokenBucket
 logger = logging.getLogger("node.host")
 
 LOG_EVERY_S = 10.0
+#: how long the usage measured for rows received from providers stands, grown by what
+#: was let in since, before it is measured again (a measure counts every table)
+RECEIVED_MEASURE_S = 5.0
 RETRY_AFTER = "retry-after"
 
 Release = Callable[[], None]
@@ -61,9 +72,12 @@ _SCHEMA_BYTES = text(
 )
 
 
-def measure_usage(store: QualityStore) -> Usage:
-    """Rows in the QDM tables and the database's bytes (blocking: run it in a thread)."""
+def measure_usage(store: QualityStore, contracts: ContractStore | None = None) -> Usage:
+    """Rows in the QDM tables and in the mirror of what providers sent (`contracts`), and
+    the database's bytes (blocking: run it in a thread)."""
     rows = sum(store.counts().values())
+    if contracts is not None:
+        rows += contracts.stored_rows()
     engine = store.engine
     if engine.dialect.name == "sqlite":
         database = Path(engine.url.database or "")
@@ -97,7 +111,9 @@ class TenantAdmission:
         self.streams = Slots(quota.max_streams)
         self.calls = Slots(quota.max_calls)
         self._ingest = asyncio.Lock()
-        self.usage: Usage | None = None  # as last measured
+        self._received = threading.Lock()
+        self._measured_at = -RECEIVED_MEASURE_S
+        self.usage: Usage | None = None  # as last measured (grown by rows received since)
         self.refused = 0  # calls refused since the last log line
         self._logged_at = 0.0
 
@@ -165,12 +181,41 @@ class TenantAdmission:
                 self.quota.max_rows is not None or self.quota.max_storage is not None
             ):
                 self.usage = await asyncio.to_thread(self._measure)
-                check_ingest(self.tenant, self.quota, self.usage, rows, size)
+                check_growth(self.tenant, self.quota, self.usage, rows, size)
             try:
                 yield
             finally:
                 if self._measure is not None:
                     self.usage = await asyncio.to_thread(self._measure)
+
+    # -- rows received from providers ---------------------------------------------------
+
+    def receive(self, rows: int, size: int) -> None:
+        """Before up to ``rows`` rows and ``size`` bytes received from a provider are
+        written (blocking: called in the worker thread that writes them); refused with
+        `RowQuotaExceeded` or `StorageQuotaExceeded` when they could pass a quota.
+
+        A pull or a live stream writes a group every few thousand rows, so the usage is
+        not measured for each: a measure stands for ``RECEIVED_MEASURE_S``, grown by every
+        group let in since (an upper bound: a re-delivery stores nothing). Groups of
+        several transfers pass this one at a time; an ingest racing them measures afresh,
+        so the two together can pass a quota by at most the group in flight."""
+        limited = self.quota.max_rows is not None or self.quota.max_storage is not None
+        if self._measure is None or not limited:
+            return
+        with self._received:
+            now = time.monotonic()
+            usage = self.usage
+            if usage is None or now - self._measured_at >= RECEIVED_MEASURE_S:
+                usage = self._measure()
+                self._measured_at = now
+            try:
+                check_growth(self.tenant, self.quota, usage, rows, size, RECEIVED)
+            except QuotaExceeded as exc:
+                self.usage = usage
+                self._note_refusal(exc)
+                raise
+            self.usage = Usage(usage.rows + rows, usage.size + size)
 
     def public(self) -> dict[str, Any]:
         """The quota and what is in use (for the host operator: counts, no data)."""

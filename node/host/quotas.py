@@ -11,10 +11,10 @@ or the host API, and the counters the running host keeps per tenant:
   with the seconds until one is there (the Retry-After);
 - `Slots`: streams or calls held at once; taking and giving back are one step under a
   lock, so two calls racing for the last slot cannot both have it;
-- `check_ingest`: would an ingest of ``rows`` rows and ``size`` bytes pass the row or
-  storage quota? The caller counts the request's rows and bytes as its growth (an upper
-  bound: duplicates are only known once written), so an ingest that might not fit is
-  refused before anything is written.
+- `check_growth`: would an ingest, or rows received from a provider, of ``rows`` rows and
+  ``size`` bytes pass the row or storage quota? The caller counts the request's rows and
+  bytes as its growth (an upper bound: duplicates are only known once written), so a
+  write that might not fit is refused before anything is written.
 
 The clock is the caller's (``now`` arguments), so the unit tests drive time by hand.
 """
@@ -288,19 +288,36 @@ def call_refusal(tenant: str, held: int, limit: int | None) -> CallQuotaExceeded
     )
 
 
-def check_ingest(tenant: str, quota: Quota, usage: Usage, rows: int, size: int) -> None:
-    """Refuse an ingest of up to ``rows`` new rows and ``size`` bytes that could pass the
-    row or storage quota (`RowQuotaExceeded`, `StorageQuotaExceeded`), saying which."""
+#: how `check_growth` names what brings the rows, and what was not stored
+INGEST = ("this ingest carries", "nothing was stored")
+RECEIVED = (
+    "rows received from a provider bring",
+    "they were not stored (the transfer or subscription goes on from them once there is room)",
+)
+
+
+def check_growth(
+    tenant: str,
+    quota: Quota,
+    usage: Usage,
+    rows: int,
+    size: int,
+    what: tuple[str, str] = INGEST,
+) -> None:
+    """Refuse a write of up to ``rows`` new rows and ``size`` bytes (an ingest, or rows
+    received from a provider: ``what``) that could pass the row or storage quota
+    (`RowQuotaExceeded`, `StorageQuotaExceeded`), saying which."""
     if rows < 0 or size < 0:
-        raise ValueError("an ingest has no negative rows or bytes")
+        raise ValueError("a write has no negative rows or bytes")
+    brings, kept = what
     if quota.max_rows is not None and usage.rows + rows > quota.max_rows:
         raise RowQuotaExceeded(
-            f"tenant {tenant} stores {usage.rows} rows and this ingest carries up to {rows} "
-            f"more: over its quota of {quota.max_rows} rows; nothing was stored"
+            f"tenant {tenant} stores {usage.rows} rows and {brings} up to {rows} "
+            f"more: over its quota of {quota.max_rows} rows; {kept}"
         )
     if quota.max_storage is not None and usage.size + size > quota.max_storage:
         raise StorageQuotaExceeded(
-            f"tenant {tenant}'s database holds {show_size(usage.size)} and this ingest brings "
+            f"tenant {tenant}'s database holds {show_size(usage.size)} and {brings} "
             f"{show_size(size)}: over its storage quota of {show_size(quota.max_storage)}; "
-            "nothing was stored"
+            f"{kept}"
         )

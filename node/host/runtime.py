@@ -175,11 +175,14 @@ class HostRuntime:
             settings = settings.model_copy(update={"db_url": db_url})
         ctx = build_context(settings, key_files)
         tenant.ctx = ctx
-        store = ctx.store
+        store, contracts = ctx.store, ctx.contracts
+        mirror = contracts.store if contracts is not None else None
         tenant.admission = TenantAdmission(
-            tenant.name, self.quota_of(tenant.record), lambda: measure_usage(store)
+            tenant.name, self.quota_of(tenant.record), lambda: measure_usage(store, mirror)
         )
         ctx.ingest_admission = tenant.admission
+        if contracts is not None:  # rows its providers send count too
+            contracts.received_room = tenant.admission
         digest = token_digest(ctx.operator_token)
         if digest in self._by_token:
             raise HostError(f"its operator token is tenant {self._by_token[digest].name}'s too")

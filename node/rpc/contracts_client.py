@@ -105,7 +105,7 @@ class _GroupCommits:
 
     `add` takes a verified batch (its rows and the process after it); `flush` waits for
     the commit in flight, then starts committing the rows gathered so far with the cursor
-    after their last batch (`commit_transfer_batch`: rows and cursor in one transaction)
+    after their last batch (`commit_received_batch`: rows and cursor in one transaction)
     in a worker thread; `settle` waits for it and raises what it raised. Rows are counted
     as received once committed."""
 
@@ -360,7 +360,7 @@ class ContractClient(ConsumerSubscriptions):
         peer = peer_name(process.provider_id)
         stub = transfer_pb2_grpc.TransferStub(self.peers.channel(peer))
         request = pull_request_to_proto(PullRequest(transfer_id, process.checkpoint, batch_rows))
-        commits = _GroupCommits(store.commit_transfer_batch, self.metrics, process)
+        commits = _GroupCommits(self.runtime.commit_received_batch, self.metrics, process)
         try:
             async for wire in stub.Pull(request):
                 batch = row_batch_from_proto(wire)

@@ -265,7 +265,6 @@ class ConsumerSubscriptions:
             response_deserializer=None,
             _registered_method=True,
         )
-        store = self.runtime.store
         request = StreamRequest(
             sub.subscription_id, sub.agreement_id, sub.purpose, after_position=sub.position
         )
@@ -292,9 +291,8 @@ class ConsumerSubscriptions:
                     IncomingRow(int(p), r.order_id, r.payload)
                     for p, r in zip(event.positions, event.rows, strict=True)
                 ]
-                await asyncio.to_thread(
-                    store.store_received_rows, sub.agreement_id, sub.subscription_id, rows, arrived
-                )
+                store = self.runtime.store_received
+                await asyncio.to_thread(store, sub.agreement_id, sub.subscription_id, rows, arrived)
             except (ContractError, ValueError) as exc:
                 raise _Ended(str(exc)) from None
             self.metrics.rows("received", "stream", len(rows), len(raw))

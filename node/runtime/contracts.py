@@ -11,7 +11,8 @@ The runtime is one object made of rooms: the shared state and catalog
 transfers and live streams (`contracts_transfer`), notifications, order closings and
 the retention sweep (`contracts_notices`), the purge of a member leaving the data
 space (`contracts_purge`, over the notices) and quality investigations and alerts
-(`contracts_cases`, over the notices), over the contract clock
+(`contracts_cases`, over the notices), the consumer's writes of received rows
+(`contracts_received`), over the contract clock
 (`contracts_clock`). This module joins them and builds the runtime from a node
 directory.
 """
@@ -38,6 +39,7 @@ from qdspace.node.runtime.contracts_consumer import ConsumerNegotiation
 from qdspace.node.runtime.contracts_explain import ContractExplain
 from qdspace.node.runtime.contracts_negotiation import ProviderNegotiation
 from qdspace.node.runtime.contracts_purge import ContractPurge
+from qdspace.node.runtime.contracts_received import ConsumerReceipts
 from qdspace.node.runtime.contracts_transfer import ProviderTransfers
 from qdspace.node.runtime.table_watch import TableWatch
 
@@ -50,6 +52,7 @@ class ContractRuntime(
     ProviderTransfers,
     ContractPurge,
     QualityCases,
+    ConsumerReceipts,
 ):
     """The node's contract machinery; see the module docstring."""
 

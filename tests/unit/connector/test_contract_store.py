@@ -519,6 +519,8 @@ def test_received_records_are_held_once_in_their_latest_version(store: ContractS
         ("k2", 2, True),
     ]
     assert changes[0].content_sha256 == hashlib.sha256(newer[0].payload).hexdigest()
+    # what a host's row quota counts: three records, k2's tombstone and the two changes
+    assert store.stored_rows() == 6
     with pytest.raises(ForeignRecordError, match="ORD-9"):
         store.store_received_rows("agr-neg-1", "s", [IncomingRow(1, "ORD-9", rec("k9"))], at(5))
 

@@ -11,6 +11,8 @@ import threading
 import pytest
 
 from qdspace.node import faults
+from qdspace.node.host import admission as admission_module
+from qdspace.node.host.admission import TenantAdmission
 from qdspace.node.host.errors import (
     CallQuotaExceeded,
     QuotaValueRefused,
@@ -25,7 +27,7 @@ from qdspace.node.host.quotas import (
     QuotaSettings,
     Slots,
     Usage,
-    check_ingest,
+    check_growth,
     parse_count,
     parse_rate,
     parse_size,
@@ -80,14 +82,14 @@ def test_slots_racing_takers_never_exceed_the_limit() -> None:
 
 def test_an_ingest_that_could_pass_a_quota_is_refused_naming_it() -> None:
     quota = Quota(max_rows=100, max_storage=1000)
-    check_ingest("t", quota, Usage(rows=90, size=500), rows=10, size=500)  # exactly fits
+    check_growth("t", quota, Usage(rows=90, size=500), rows=10, size=500)  # exactly fits
     with pytest.raises(RowQuotaExceeded, match=r"stores 90 rows .* up to 11 .* quota of 100 rows"):
-        check_ingest("t", quota, Usage(rows=90, size=0), rows=11, size=1)
+        check_growth("t", quota, Usage(rows=90, size=0), rows=11, size=1)
     with pytest.raises(StorageQuotaExceeded, match=r"storage quota of 1000 B"):
-        check_ingest("t", quota, Usage(rows=0, size=999), rows=1, size=2)
-    check_ingest("t", Quota(max_rows=None, max_storage=None), Usage(10**15, 10**18), 10**9, 1)
+        check_growth("t", quota, Usage(rows=0, size=999), rows=1, size=2)
+    check_growth("t", Quota(max_rows=None, max_storage=None), Usage(10**15, 10**18), 10**9, 1)
     with pytest.raises(ValueError):
-        check_ingest("t", quota, Usage(0, 0), rows=-1, size=0)
+        check_growth("t", quota, Usage(0, 0), rows=-1, size=0)
 
 
 @pytest.mark.parametrize(
@@ -168,3 +170,34 @@ def test_each_quota_error_has_its_row_in_the_fault_table() -> None:
     refusal = rate_refusal("busyco", Quota(rps=2, burst=4), 0.2)
     assert refusal.retry_after_s == 1
     assert "busyco" in str(refusal) and "2 requests per second, burst 4" in str(refusal)
+
+
+def test_rows_received_from_a_provider_are_let_in_while_they_fit(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A measure stands for a while, grown by every group let in; a refused group grows
+    nothing; a fresh measure (a re-delivery stored nothing) lets in what fits again."""
+    held = [70]
+    measures: list[int] = []
+
+    def measure() -> Usage:
+        measures.append(held[0])
+        return Usage(held[0], 1000)
+
+    admission = TenantAdmission("sunarc", Quota(max_rows=100, max_storage=5000), measure)
+    admission.receive(20, 100)
+    assert admission.usage == Usage(90, 1100) and measures == [70]
+    with pytest.raises(RowQuotaExceeded, match=r"stores 90 rows and rows received .* up to 11"):
+        admission.receive(11, 1)
+    with pytest.raises(StorageQuotaExceeded, match=r"they were not stored"):
+        admission.receive(1, 4000)
+    admission.receive(10, 0)  # exactly fits, on the same measure
+    assert admission.usage == Usage(100, 1100) and measures == [70]
+    monkeypatch.setattr(admission_module, "RECEIVED_MEASURE_S", 0.0)
+    held[0] = 80  # of the 30 let in, 10 were re-deliveries: measured again, 20 fit
+    admission.receive(20, 0)
+    assert measures == [70, 80] and admission.usage == Usage(100, 1000)
+
+    unlimited = TenantAdmission("oem", Quota(max_rows=None, max_storage=None), measure)
+    unlimited.receive(10**9, 10**12)  # nothing to check: nothing measured
+    assert measures == [70, 80]
