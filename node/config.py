@@ -48,6 +48,8 @@ DEFAULT_NEGOTIATIONS_PER_HOUR = 600
 DEFAULT_TRANSFERS_PER_HOUR = 3600
 #: root-cause trace questions of one customer this node answers in an hour (10 at once)
 DEFAULT_TRACES_PER_HOUR = 120
+#: free disk a node keeps for its own records (`node.disk_room`)
+DEFAULT_MIN_FREE_DISK_MIB = 1024
 #: how often it re-fetches the revocation list (a revoked member is refused within this)
 DEFAULT_CRL_REFRESH_S = 60.0
 
@@ -126,6 +128,9 @@ class NodeSettings(BaseSettings):
     # root-cause trace questions one customer may have answered here in an hour (ten at
     # once): each costs our analysis and asks our producers, who ask theirs
     traces_per_member_hour: int = Field(default=DEFAULT_TRACES_PER_HOUR, ge=1, le=1_000_000)
+    # free disk (MiB) a node on SQLite keeps for its own records: ingests and rows
+    # received from providers that would leave less are refused (`node.disk_room`); 0: off
+    min_free_disk_mib: int = Field(default=DEFAULT_MIN_FREE_DISK_MIB, ge=0, le=2**30)
     # the authority service (``qdspace authority serve``); "" = none: static peers and a
     # CRL file kept fresh by other means (air-gapped sites, ``node init --authority``)
     authority_url: str = ""

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from qdspace.connector.storage import QualityStore
 from qdspace.node.config import NodeSettings
+from qdspace.node.disk_room import disk_room
 from qdspace.node.identity.keyfiles import PLAIN, KeyFiles, PlainKeyFiles
 from qdspace.node.identity.member import MemberKeys, load_member_keys
 from qdspace.node.identity.revocation import RevocationList
@@ -38,12 +39,17 @@ if TYPE_CHECKING:
 
 
 class IngestAdmission(Protocol):
-    """What may be stored: a managed host's row and storage quotas (`node.host.admission`).
+    """What may be stored: a managed host's row and storage quotas (`node.host.admission`),
+    or a node's free disk (`node.disk_room`).
 
     ``admit(rows, size)`` is held around an ingest of up to ``rows`` new rows and
     ``size`` bytes; it refuses one that could pass a quota before anything is written,
     and lets one tenant's ingests through one at a time (so racing ingests cannot both
-    take the last rows of a quota)."""
+    take the last rows of a quota). ``counts_rows``: whether it reads ``rows`` at all
+    (counting an upload's lines reads it once more)."""
+
+    @property
+    def counts_rows(self) -> bool: ...
 
     def admit(self, rows: int, size: int) -> AbstractAsyncContextManager[None]: ...
 
@@ -83,7 +89,8 @@ class NodeContext:
     traces: TraceRuns | None = None
     #: how the node's secret files are read (plain files; a managed host's decrypt them)
     key_files: KeyFiles = PLAIN
-    #: a managed host's row and storage quotas of this tenant; None on a node (no quota)
+    #: a managed host's row and storage quotas of this tenant, or a node's free disk
+    #: (`node.disk_room`); None: nothing to check (on PostgreSQL, or the check off)
     ingest_admission: IngestAdmission | None = None
     #: members' calls and streams in flight here: one count for the gRPC and the DSP
     #: listener (`node.serving.call_limiter`), made with the first of them
@@ -129,6 +136,16 @@ def build_context(settings: NodeSettings, key_files: KeyFiles = PLAIN) -> NodeCo
         raise
     contracts.negotiations_per_hour = settings.negotiations_per_member_hour
     contracts.transfers_per_hour = settings.transfers_per_member_hour
+    room = disk_room(store.engine, settings.min_free_disk_mib)
+    contracts.received_room = room  # a managed host puts its tenant's quotas here instead
     return NodeContext(
-        settings, keys, revocations, store, peers, token, contracts=contracts, key_files=key_files
+        settings,
+        keys,
+        revocations,
+        store,
+        peers,
+        token,
+        contracts=contracts,
+        key_files=key_files,
+        ingest_admission=room,
     )

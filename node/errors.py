@@ -97,5 +97,11 @@ class PurgeNotConfirmed(NodeError, ValueError):
 
 
 class QuotaError(NodeError):
-    """A member over a quota its host set (`node.host.quotas`): its message (which quota,
-    its limit, the use) is the caller's to read, even where the status is a 5xx (507)."""
+    """A member over a quota its host set (`node.host.quotas`), or a node short of disk
+    (`DiskLow`): its message (which quota, its limit, the use) is the caller's to read,
+    even where the status is a 5xx (507)."""
+
+
+class DiskLow(QuotaError):
+    """A bulk write (an ingest, rows a provider sends) that would leave less free disk
+    than the node keeps for its own records (`node.disk_room`); nothing was written."""

@@ -124,6 +124,7 @@ FAULTS: Mapping[str, Fault] = {
     "qdspace.node.host.errors.QuotaExceeded": F("RESOURCE_EXHAUSTED", 429, 1),
     "qdspace.node.host.errors.RowQuotaExceeded": F("RESOURCE_EXHAUSTED", 507, 1),
     "qdspace.node.host.errors.StorageQuotaExceeded": F("RESOURCE_EXHAUSTED", 507, 1),
+    "qdspace.node.errors.DiskLow": F("RESOURCE_EXHAUSTED", 507, 1),  # node.disk_room
     # enrollment (the authority's CLI and HTTPS service): the caller's request, not the node
     "qdspace.node.identity.errors.CertificateRequestError": F("INVALID_ARGUMENT", 400, 1),
     "qdspace.node.identity.errors.EnrollmentError": F("PERMISSION_DENIED", 403, 1),

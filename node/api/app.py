@@ -176,7 +176,9 @@ def create_app(ctx: NodeContext) -> FastAPI:
         with tempfile.TemporaryDirectory(prefix="qdspace-upload-") as tmp:
             path = Path(tmp) / f"upload{suffix}"
             await _spool(request, path)
-            lines = await _run(_count_lines, path) if ctx.ingest_admission else 0
+            admission = ctx.ingest_admission
+            counted = admission is not None and admission.counts_rows
+            lines = await _run(_count_lines, path) if counted else 0
             async with _admitted(ctx, lines, path.stat().st_size):
                 report = await _run(
                     ingest_file, ctx.store, path, kind, charset=charset, source=source or path.name
@@ -237,7 +239,7 @@ def create_app(ctx: NodeContext) -> FastAPI:
 
 
 def _admitted(ctx: NodeContext, rows: int, size: int) -> AbstractAsyncContextManager[None]:
-    """The host's admission of an ingest (`NodeContext.ingest_admission`); none on a node."""
+    """The admission of an ingest (`NodeContext.ingest_admission`), if there is one."""
     if ctx.ingest_admission is None:
         return nullcontext()
     return ctx.ingest_admission.admit(rows, size)

@@ -168,6 +168,11 @@ class TenantAdmission:
             logger.warning("tenant %s: %s%s", self.tenant, exc, more)
             self._logged_at, self.refused = now, 0
 
+    @property
+    def counts_rows(self) -> bool:
+        """Whether an ingest's rows are checked (a row quota is set)."""
+        return self.quota.max_rows is not None
+
     def interceptor(self) -> QuotaInterceptor:
         return QuotaInterceptor(self)
 

@@ -1,0 +1,87 @@
+"""The free disk a node keeps for its own records: bulk writes stop short of a full disk.
+
+A node's SQLite database shares one filesystem with its WAL, its logs and its anchoring
+queue. On a full disk SQLite refuses every write ("database or disk is full"), the small
+ones that keep the node's promises too: a negotiation's next state, the outbox, the
+retention sweep's deletions and their signed receipts, a ledger entry. What fills a disk
+is bulk: ingests, and the rows providers send, which a provider can make as many of as it
+likes under an agreement. So those two ask `DiskRoom` first and are refused (`DiskLow`,
+RESOURCE_EXHAUSTED / 507, naming the free space and the setting) while they would leave
+less than ``min_free_disk_mib`` free (1 GiB by default; 0 turns the check off), the way
+Elasticsearch's disk watermarks stop writes before the disk is full: the node goes on
+serving, negotiating and deleting, and an operator who makes room (or lowers the setting)
+resumes the refused transfer from where it stopped.
+
+The check is one ``statvfs`` of the database's folder per ingest or per group of received
+rows (microseconds). A node on PostgreSQL writes to the server's disk, which it cannot
+see: it checks nothing (the server's own monitoring must). A managed host's tenants have
+their storage quotas instead (`node.host.admission`).
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+from sqlalchemy import Engine
+
+from qdspace.node.errors import DiskLow
+
+logger = logging.getLogger("node")
+
+MIB = 1024 * 1024
+
+
+def _mib(size: int) -> str:
+    return f"{size / MIB:,.0f} MiB"
+
+
+class DiskRoom:
+    """Refuses bulk writes that would leave less than ``min_free`` bytes free on the
+    filesystem of ``folder`` (see the module); an `IngestAdmission` and a
+    `ReceivedRoom`."""
+
+    #: an ingest's rows are not what fills a disk: its bytes are
+    counts_rows = False
+
+    def __init__(self, folder: Path, min_free: int) -> None:
+        self.folder = folder
+        self.min_free = min_free
+
+    def check(self, size: int, brings: str) -> None:
+        """Refuse a write of ``size`` bytes (what ``brings`` them, for the message)."""
+        free = shutil.disk_usage(self.folder).free
+        if free - size >= self.min_free:
+            return
+        raise DiskLow(
+            f"the disk of this node's database ({self.folder}) has {_mib(free)} free and "
+            f"{brings} {_mib(size)}: less than the {_mib(self.min_free)} it keeps free for "
+            "its own records (setting min_free_disk_mib); nothing of it was stored"
+        )
+
+    @asynccontextmanager
+    async def admit(self, rows: int, size: int) -> AsyncIterator[None]:
+        """Around an ingest of ``size`` bytes (`node.context.IngestAdmission`)."""
+        self.check(size, "this ingest brings")
+        yield
+
+    def receive(self, rows: int, size: int) -> None:
+        """Before rows received from a provider are written (`ReceivedRoom`)."""
+        try:
+            self.check(size, "rows received from a provider bring")
+        except DiskLow as exc:
+            logger.warning("%s", exc)
+            raise
+
+
+def disk_room(engine: Engine, min_free_mib: int) -> DiskRoom | None:
+    """The room of a node whose database is a SQLite file (its folder's filesystem);
+    None on PostgreSQL (its disk is the server's), for an in-memory database, or with the
+    check off (``min_free_mib`` 0)."""
+    database = engine.url.database
+    if min_free_mib <= 0 or engine.dialect.name != "sqlite" or database in (None, "", ":memory:"):
+        return None
+    return DiskRoom(Path(database).resolve().parent, min_free_mib * MIB)
