@@ -29,14 +29,11 @@ from pathlib import Path
 from sqlalchemy import Engine
 
 from qdspace.node.errors import DiskLow
+from qdspace.util.sizes import show_size
 
 logger = logging.getLogger("node")
 
 MIB = 1024 * 1024
-
-
-def _mib(size: int) -> str:
-    return f"{size / MIB:,.0f} MiB"
 
 
 class DiskRoom:
@@ -57,9 +54,10 @@ class DiskRoom:
         if free - size >= self.min_free:
             return
         raise DiskLow(
-            f"the disk of this node's database ({self.folder}) has {_mib(free)} free and "
-            f"{brings} {_mib(size)}: less than the {_mib(self.min_free)} it keeps free for "
-            "its own records (setting min_free_disk_mib); nothing of it was stored"
+            f"the disk of this node's database ({self.folder}) has {show_size(free)} free "
+            f"and {brings} {show_size(size)}: less than the {show_size(self.min_free)} it "
+            "keeps free for its own records (setting min_free_disk_mib); nothing of it was "
+            "stored"
         )
 
     @asynccontextmanager

@@ -77,7 +77,8 @@ def _quota_changes(
 
 
 def _quota_text(quota: dict[str, Any]) -> str:
-    from qdspace.node.host.quotas import show, show_size
+    from qdspace.node.host.quotas import show
+    from qdspace.util.sizes import show_size
 
     if not quota:
         return ""

@@ -23,7 +23,9 @@ a live stream the provider ended while the transfer is still STARTED here) is op
 again after a pause that doubles from `RETRY_FIRST_S` to `RETRY_MAX_S` and starts over
 once rows flow, as the gRPC subscriber reconnects, the reason shown as `waiting` (a
 consumer that stopped at the first cut would hold a copy that silently stops mirroring
-the provider's). A token the provider no longer takes (401: it expired, or the provider
+the provider's). Rows this node has no room for (its disk, `node.disk_room`) wait the
+same way: nothing of them was stored, and the data plane opens again from where its rows
+stop. A token the provider no longer takes (401: it expired, or the provider
 moved the transfer on) is not retried: the node asks for a new address, once, through
 the outbox, and the answer restarts the data plane. What will not pass by waiting (a
 refusal, a batch that breaks the checkpoint chain, a malformed body) stops it with its
@@ -73,7 +75,7 @@ from qdspace.node.dsp.transfer_process import (
     message_body,
     peer_url,
 )
-from qdspace.node.errors import PeerBusy, PeerError, PeerRefused
+from qdspace.node.errors import PeerBusy, PeerError, PeerRefused, QuotaError
 from qdspace.node.runtime.contracts import ContractRuntime
 
 logger = logging.getLogger("node.dsp")
@@ -245,6 +247,8 @@ class DspTransfers:
                 raise
             except PeerBusy as exc:  # our other transfers from it hold its stream slots
                 wait_for, why = "a stream slot at the provider", str(exc)
+            except QuotaError as exc:  # our disk (node.disk_room) or our host's quota
+                wait_for, why = "room to store the rows", str(exc)
             except PeerRefused as exc:
                 if exc.status == 401 and not delivery.reasked:
                     await self._ask_again(local_id, delivery, exc.reason)

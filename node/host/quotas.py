@@ -37,6 +37,7 @@ from qdspace.node.host.errors import (
     StorageQuotaExceeded,
     StreamQuotaExceeded,
 )
+from qdspace.util.sizes import show_size
 
 KIB = 1024
 GIB = KIB**3
@@ -183,18 +184,6 @@ def parse_size(text: str, name: str = "max-storage") -> int | None:
     if size < 1:
         raise QuotaValueRefused(f"--{name}: {text!r} is less than one byte")
     return int(size)
-
-
-def show_size(size: int | None) -> str:
-    """Bytes for people: ``2.0 GiB``; ``unlimited`` for None."""
-    if size is None:
-        return "unlimited"
-    value = float(size)
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if value < 1024 or unit == "TiB":
-            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    return f"{value:.1f} TiB"  # pragma: no cover - the loop returns
 
 
 def show(value: float | None) -> str:

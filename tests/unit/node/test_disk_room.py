@@ -18,14 +18,14 @@ def test_a_write_that_would_leave_less_than_the_kept_free_disk_is_refused(tmp_pa
     free = shutil.disk_usage(tmp_path).free
     DiskRoom(tmp_path, MIB).receive(10, MIB)  # this machine has more than 2 MiB free
     tight = DiskRoom(tmp_path, free + 100 * MIB)
-    with pytest.raises(DiskLow, match=r"rows received from a provider bring 1 MiB: less than"):
+    with pytest.raises(DiskLow, match=r"rows received from a provider bring 1.0 MiB: less than"):
         tight.receive(10, MIB)
 
     async def ingest() -> None:
         async with tight.admit(5, 2 * MIB):
             raise AssertionError("admitted")
 
-    with pytest.raises(DiskLow, match=r"this ingest brings 2 MiB.*min_free_disk_mib"):
+    with pytest.raises(DiskLow, match=r"this ingest brings 2.0 MiB.*min_free_disk_mib"):
         asyncio.run(ingest())
     # nothing is left when the write itself would take the rest
     with pytest.raises(DiskLow):
