@@ -18,7 +18,9 @@ Rows the tenant receives from its providers (pulls and live subscriptions, each 
 before it is written, `receive`) count against the same quotas: a provider, or an order
 larger than the host allowed for, cannot fill the host's disk through a tenant. The rows
 held count the mirror of what providers sent (its records, tombstones and trail of
-changes) next to the QDM tables.
+changes) next to the QDM tables. Before the quotas, both ask the free disk the tenant's
+node keeps (`node.disk_room`: the tenants of a host share its disk, and quotas that add
+up to more than it holds are the host operator's to avoid, not its to trust).
 
 A refusal is logged once, then summed up at most every ``LOG_EVERY_S`` (a flood must not
 turn into a flood of log lines).
@@ -40,6 +42,7 @@ from sqlalchemy import text
 
 from qdspace.connector.contract_store import ContractStore
 from qdspace.connector.storage import QualityStore
+from qdspace.node.disk_room import DiskRoom
 from qdspace.node.host.errors import QuotaExceeded
 from qdspace.node.host.quotas import (
     RECEIVED,
@@ -97,11 +100,17 @@ class TenantAdmission:
     """One tenant's quota counters (see the module)."""
 
     def __init__(
-        self, tenant: str, quota: Quota, measure: Callable[[], Usage] | None = None
+        self,
+        tenant: str,
+        quota: Quota,
+        measure: Callable[[], Usage] | None = None,
+        disk: DiskRoom | None = None,
     ) -> None:
         self.tenant = tenant
         self.quota = quota
         self._measure = measure
+        #: the free disk the tenant's node keeps (`node.disk_room`), asked before the quotas
+        self._disk = disk
         now = time.monotonic()
         self._bucket = (
             TokenBucket(quota.rps, quota.burst, now)
@@ -182,6 +191,8 @@ class TenantAdmission:
     async def admit(self, rows: int, size: int) -> AsyncIterator[None]:
         """Held around one ingest (`node.context.IngestAdmission`)."""
         async with self._ingest:
+            if self._disk is not None:
+                self._disk.check(size, "this ingest brings")
             if self._measure is not None and (
                 self.quota.max_rows is not None or self.quota.max_storage is not None
             ):
@@ -205,6 +216,8 @@ class TenantAdmission:
         group let in since (an upper bound: a re-delivery stores nothing). Groups of
         several transfers pass this one at a time; an ingest racing them measures afresh,
         so the two together can pass a quota by at most the group in flight."""
+        if self._disk is not None:
+            self._disk.receive(rows, size)
         limited = self.quota.max_rows is not None or self.quota.max_storage is not None
         if self._measure is None or not limited:
             return

@@ -5,12 +5,17 @@ Time is passed in by hand: nothing here sleeps, reads a clock or touches a file.
 
 from __future__ import annotations
 
+import asyncio
 import math
+import shutil
 import threading
+from pathlib import Path
 
 import pytest
 
 from qdspace.node import faults
+from qdspace.node.disk_room import MIB, DiskRoom
+from qdspace.node.errors import DiskLow
 from qdspace.node.host import admission as admission_module
 from qdspace.node.host.admission import TenantAdmission
 from qdspace.node.host.errors import (
@@ -201,3 +206,21 @@ def test_rows_received_from_a_provider_are_let_in_while_they_fit(
     unlimited = TenantAdmission("oem", Quota(max_rows=None, max_storage=None), measure)
     unlimited.receive(10**9, 10**12)  # nothing to check: nothing measured
     assert measures == [70, 80]
+
+
+def test_a_tenant_s_writes_ask_the_host_s_free_disk_before_its_quotas(tmp_path: Path) -> None:
+    """The tenants share the host's disk: a write that would leave less free than a
+    tenant's node keeps is refused even with no quota set."""
+    tight = DiskRoom(tmp_path, shutil.disk_usage(tmp_path).free + 100 * MIB)
+    admission = TenantAdmission("sunarc", Quota(max_rows=None, max_storage=None), None, tight)
+    with pytest.raises(DiskLow, match="rows received from a provider"):
+        admission.receive(1, 1)
+
+    async def ingest() -> None:
+        async with admission.admit(1, 1):
+            raise AssertionError("admitted")
+
+    with pytest.raises(DiskLow, match="this ingest brings"):
+        asyncio.run(ingest())
+    roomy = TenantAdmission("sunarc", Quota(max_rows=None, max_storage=None), None, None)
+    roomy.receive(1, 1)
