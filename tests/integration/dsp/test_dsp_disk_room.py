@@ -16,7 +16,7 @@ import pytest
 from qdspace.node.localnet.network import LocalNetwork, MemberSpec
 
 from .conftest import dsp_network, ingest_sample, ok, runtime_of, wait_for
-from .test_dsp_transfer import gate_rows, negotiate, received, transfer_state
+from .test_dsp_transfer import completed, gate_rows, negotiate, received, transfer_state
 
 pytestmark = pytest.mark.integration
 
@@ -66,12 +66,7 @@ def test_a_dsp_pull_with_no_room_on_the_consumer_s_disk_waits_for_it(pair: Local
     finally:
         pair.env["QDSPACE_DSP_PORT"] = "0"
     with pair["sunarc"].client() as oem:
-        done = wait_for(
-            "the DSP transfer to complete",
-            lambda: (s := transfer_state(oem, tid))["state"] in ("COMPLETED", "TERMINATED") and s,
-            timeout=60,
-        )
-        assert done["state"] == "COMPLETED", done
+        done = completed(oem, tid)
         got = received(oem, agreement)
     ids = [r["inspection_id"] for r in got["rows"]]
     assert len(ids) == len(set(ids)) == got["total"] == done["offset"] > 0

@@ -52,6 +52,17 @@ def transfer_state(oem: httpx.Client, tid: str) -> dict[str, Any]:
     return ok(oem.get(f"/v1/dsp/transfers/{tid}"))  # type: ignore[no-any-return]
 
 
+def completed(oem: httpx.Client, tid: str) -> dict[str, Any]:
+    """The transfer's state once it ended, asserted COMPLETED."""
+    done: dict[str, Any] = wait_for(
+        "the DSP transfer to complete",
+        lambda: (s := transfer_state(oem, tid))["state"] in ("COMPLETED", "TERMINATED") and s,
+        timeout=60,
+    )
+    assert done["state"] == "COMPLETED", done
+    return done
+
+
 def start_live_transfer(oem: httpx.Client, provider: str) -> tuple[str, str]:
     """A live-inspections agreement over DSP and the consumer's transfer under it, started
     with its data address; returns (agreement id, transfer id)."""
@@ -94,12 +105,7 @@ def test_pull_transfer_over_dsp_alone(dsp_net: LocalNetwork) -> None:
         started = ok(oem.post("/v1/dsp/transfers", json={"agreement_id": agreement}))
         tid = started["transfer_id"]
         assert started["role"] == "consumer" and started["provider_pid"].startswith("urn:uuid:")
-        done = wait_for(
-            "the DSP transfer to complete",
-            lambda: (s := transfer_state(oem, tid))["state"] in ("COMPLETED", "TERMINATED") and s,
-            timeout=60,
-        )
-        assert done["state"] == "COMPLETED", done
+        done = completed(oem, tid)
         got = received(oem, agreement)
     with dsp_net["cellex"].client() as supplier:
         theirs = {t["transfer_id"]: t for t in ok(supplier.get("/v1/contracts/transfers"))}
