@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from qdspace.connector.storage import QualityStore
 from qdspace.node.config import NodeSettings
-from qdspace.node.disk_room import disk_room
+from qdspace.node.disk_room import DiskRoom, disk_room
 from qdspace.node.identity.keyfiles import PLAIN, KeyFiles, PlainKeyFiles
 from qdspace.node.identity.member import MemberKeys, load_member_keys
 from qdspace.node.identity.revocation import RevocationList
@@ -46,10 +46,15 @@ class IngestAdmission(Protocol):
     ``size`` bytes; it refuses one that could pass a quota before anything is written,
     and lets one tenant's ingests through one at a time (so racing ingests cannot both
     take the last rows of a quota). ``counts_rows``: whether it reads ``rows`` at all
-    (counting an upload's lines reads it once more)."""
+    (counting an upload's lines reads it once more); ``disk``: the free disk it keeps."""
 
     @property
     def counts_rows(self) -> bool: ...
+
+    @property
+    def disk(self) -> DiskRoom | None:
+        """The free disk it keeps (`node.disk_room`), if it checks one."""
+        ...
 
     def admit(self, rows: int, size: int) -> AbstractAsyncContextManager[None]: ...
 

@@ -48,9 +48,18 @@ class DiskRoom:
         self.folder = folder
         self.min_free = min_free
 
+    @property
+    def disk(self) -> DiskRoom:
+        """Itself (`IngestAdmission.disk`)."""
+        return self
+
+    def free(self) -> int:
+        """The free bytes of the disk, now."""
+        return shutil.disk_usage(self.folder).free
+
     def check(self, size: int, brings: str) -> None:
         """Refuse a write of ``size`` bytes (what ``brings`` them, for the message)."""
-        free = shutil.disk_usage(self.folder).free
+        free = self.free()
         if free - size >= self.min_free:
             return
         raise DiskLow(

@@ -96,6 +96,7 @@ class NodeMetrics:
             buckets=(1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0),
             registry=r,
         )
+        self._disk: tuple[Gauge, Gauge] | None = None  # made by `sample_disk`
         for side in ("provider", "consumer"):
             self.subscriptions.labels(side=side)
         for direction in ("sent", "received"):
@@ -116,6 +117,26 @@ class NodeMetrics:
     def sample_outbox(self, backlog: Callable[[], float]) -> None:
         """Read the outbox backlog from ``backlog`` at every scrape."""
         self.outbox_backlog.set_function(backlog)
+
+    def sample_disk(self, free: Callable[[], float], kept: float) -> None:
+        """The free bytes of the database's disk, read at every scrape, and the bytes the
+        node keeps free (`node.disk_room`); only a node that checks its disk has them."""
+        if self._disk is None:
+            self._disk = (
+                Gauge(
+                    "qdspace_database_disk_free_bytes",
+                    "Free bytes on the filesystem of the node's SQLite database.",
+                    registry=self.registry,
+                ),
+                Gauge(
+                    "qdspace_database_disk_kept_free_bytes",
+                    "Free bytes the node keeps for its own records (min_free_disk_mib): "
+                    "ingests and rows received from providers that would leave less are refused.",
+                    registry=self.registry,
+                ),
+            )
+        self._disk[0].set_function(free)
+        self._disk[1].set(kept)
 
     def sample_anchoring(
         self, kind: str, depth: Callable[[], float], lag: Callable[[], float]

@@ -180,8 +180,12 @@ def _answer(checks: dict[str, ProbeCheck]) -> JSONResponse:
 
 
 def sample_node_state(ctx: NodeContext) -> None:
-    """Read the outbox backlog and the anchoring queue at scrape time, when the node has them."""
+    """Read the database disk's free space, the outbox backlog and the anchoring queue at
+    scrape time, when the node has them."""
     metrics = ctx.metrics
+    disk = ctx.ingest_admission.disk if ctx.ingest_admission is not None else None
+    if disk is not None:
+        metrics.sample_disk(lambda: float(disk.free()), float(disk.min_free))
     contracts = ctx.contracts
     if contracts is not None:
         store = contracts.store

@@ -110,7 +110,7 @@ class TenantAdmission:
         self.quota = quota
         self._measure = measure
         #: the free disk the tenant's node keeps (`node.disk_room`), asked before the quotas
-        self._disk = disk
+        self.disk = disk
         now = time.monotonic()
         self._bucket = (
             TokenBucket(quota.rps, quota.burst, now)
@@ -191,8 +191,8 @@ class TenantAdmission:
     async def admit(self, rows: int, size: int) -> AsyncIterator[None]:
         """Held around one ingest (`node.context.IngestAdmission`)."""
         async with self._ingest:
-            if self._disk is not None:
-                self._disk.check(size, "this ingest brings")
+            if self.disk is not None:
+                self.disk.check(size, "this ingest brings")
             if self._measure is not None and (
                 self.quota.max_rows is not None or self.quota.max_storage is not None
             ):
@@ -216,8 +216,8 @@ class TenantAdmission:
         group let in since (an upper bound: a re-delivery stores nothing). Groups of
         several transfers pass this one at a time; an ingest racing them measures afresh,
         so the two together can pass a quota by at most the group in flight."""
-        if self._disk is not None:
-            self._disk.receive(rows, size)
+        if self.disk is not None:
+            self.disk.receive(rows, size)
         limited = self.quota.max_rows is not None or self.quota.max_storage is not None
         if self._measure is None or not limited:
             return

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import shutil
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -173,6 +174,10 @@ def test_metrics_count_the_routes_called_and_the_rows_transferred(net: LocalNetw
     ]
     assert negotiation, "the negotiation's calls are timed at the provider"
     assert value(after, "qdspace_contract_outbox_backlog") >= 0
+    # the disk the node keeps free for its own records (min_free_disk_mib, 1024 by default)
+    assert value(after, "qdspace_database_disk_kept_free_bytes") == 1024 * 1024 * 1024
+    free = shutil.disk_usage(net["sunarc"].directory).free
+    assert abs(value(after, "qdspace_database_disk_free_bytes") - free) < 0.05 * free
     assert value(after, "qdspace_live_subscriptions", side="consumer") == 0
 
 
