@@ -22,6 +22,7 @@ from qdspace.node.api.subscription_models import (
 )
 from qdspace.node.context import NodeContext
 from qdspace.node.member_ids import addressed_name, peer_name
+from qdspace.util.sizes import show_size
 
 #: how long the overview waits for one peer's hello before it calls the peer unreachable
 PEER_TIMEOUT_S = 2.0
@@ -75,6 +76,9 @@ def local_state(ctx: NodeContext) -> Overview:
     """Everything but the peers' answers (blocking: run in a worker thread)."""
     ident = ctx.keys.identity
     checks = [Check(name, c.ok, c.detail) for name, c in readiness(ctx).items()]
+    disk = ctx.ingest_admission.disk if ctx.ingest_admission is not None else None
+    if disk is not None:  # not a readiness check: a node short of disk still serves
+        checks.append(disk_check(disk.free(), disk.min_free))
     lags = []
     if ctx.ledger is not None:
         from qdspace.ledger.leaves import KIND_CODES
@@ -114,6 +118,19 @@ def local_state(ctx: NodeContext) -> Overview:
         alerts,
         sorted(links.values(), key=lambda link: link.peer),
         count,
+    )
+
+
+def disk_check(free: int, kept: int) -> Check:
+    """The database disk's free space against what the node keeps free (`node.disk_room`)."""
+    detail = f"{show_size(free)} free; keeps {show_size(kept)} for its own records"
+    if free >= kept:
+        return Check("disk", True, detail)
+    return Check(
+        "disk",
+        False,
+        f"{detail}: ingests and rows received from providers are refused until there is "
+        "room (min_free_disk_mib)",
     )
 
 

@@ -190,7 +190,7 @@ def test_overview_shows_member_health_and_network(
     page = _login(browser, pair["sunarc"])
     sync_api.expect(page.locator("#member-name")).to_have_text("sunarc")
     sync_api.expect(page.locator("#member-role")).to_have_text("oem")
-    for check in ("database", "crl", "chain", "peers"):
+    for check in ("database", "crl", "chain", "peers", "disk"):
         sync_api.expect(page.locator(f'[data-check="{check}"] .badge')).to_have_text("OK")
     sync_api.expect(page.locator("svg.network")).to_contain_text("cellex")
     sync_api.expect(page.locator("#links")).to_contain_text("cellex")

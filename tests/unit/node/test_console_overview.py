@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from qdspace.connector.contract_store.outbox import OutboxMessage
-from qdspace.node.console.overview import local_state
+from qdspace.node.console.overview import disk_check, local_state
 from qdspace.node.context import NodeContext, build_context
 from qdspace.node.identity.authority import Authority
 from qdspace.node.init import init_node
@@ -61,3 +61,11 @@ def test_a_name_the_node_knows_is_taken_as_it_is() -> None:
     assert addressed_name("acme-0123456789ab") == "acme"
     assert addressed_name("sunarc") == "sunarc"
     assert addressed_name("") == ""
+
+
+def test_the_overview_shows_the_free_disk_the_node_keeps(node: NodeContext) -> None:
+    disk = {c.name: c for c in local_state(node).checks}["disk"]
+    assert disk.ok and "free; keeps 1.0 GiB for its own records" in disk.detail, disk
+    short = disk_check(512 * 1024 * 1024, 1024 * 1024 * 1024)
+    assert not short.ok and short.detail.startswith("512.0 MiB free; keeps 1.0 GiB")
+    assert "refused until there is room" in short.detail
