@@ -14,8 +14,10 @@ resumes the refused transfer from where it stopped.
 
 The check is one ``statvfs`` of the database's folder per ingest or per group of received
 rows (microseconds). A node on PostgreSQL writes to the server's disk, which it cannot
-see: it checks nothing (the server's own monitoring must). A managed host's tenants have
-their storage quotas instead (`node.host.admission`).
+see: it checks nothing (the server's own monitoring must). A managed host's tenants on
+SQLite share the host's disk: their admission asks it before their row and storage
+quotas (`node.host.admission`). The free space is also a gauge on ``/metrics`` and a
+check on the console's overview, so an operator sees it coming.
 """
 
 from __future__ import annotations
