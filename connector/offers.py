@@ -21,7 +21,7 @@ offer, and only with the job's members.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from enum import StrEnum
 
@@ -321,6 +321,35 @@ def answer_request(
         return Answer(Verdict.AGREE, ours)
     counter = make_offer(counter_uid, published.assigner, published.target, terms)
     return Answer(Verdict.COUNTER, counter, reason)
+
+
+@dataclass(frozen=True)
+class Narrowing:
+    """What a consumer asks of a provider's published offer: its purposes, and where it
+    wants less, only these orders and fields, a shorter retention, an end."""
+
+    purposes: frozenset[str]
+    orders: frozenset[str] | None = None
+    fields: frozenset[str] | None = None
+    retention_days: int | None = None
+    not_after: datetime | None = None
+
+
+def narrowed_request(published: Policy, ask: Narrowing) -> Policy:
+    """Consumer side: the provider's published offer narrowed as ``ask`` says, the rest of
+    the provider's terms kept, so that a provider deciding by `answer_request` agrees to
+    it as it stands. An offer not of the standard shape (another connector's) raises
+    `NonStandardPolicyError`: such an offer is asked for as published."""
+    pub = offer_terms(published)
+    terms = replace(
+        pub,
+        purposes=ask.purposes,
+        orders=ask.orders if ask.orders is not None else pub.orders,
+        fields=ask.fields if ask.fields is not None else pub.fields,
+        retention_days=pub.retention_days if ask.retention_days is None else ask.retention_days,
+        not_after=_earliest(ask.not_after, pub.not_after),
+    )
+    return make_offer(published.uid, published.assigner, published.target, terms)
 
 
 def answer_job_request(asset: Asset, requested: Policy, consumer: str) -> Answer:

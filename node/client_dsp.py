@@ -27,9 +27,28 @@ class DspCalls:
     def __init__(self, api: OperatorClient) -> None:
         self._api = api
 
-    def negotiate(self, provider_url: str, dataset_id: str) -> dict[str, Any]:
-        """Start a negotiation with a DSP provider; answers when the provider ACKed."""
-        body = {"provider_url": provider_url, "dataset_id": dataset_id}
+    def negotiate(
+        self,
+        provider_url: str,
+        dataset_id: str,
+        *,
+        purposes: list[str] | None = None,
+        orders: list[str] | None = None,
+        fields: list[str] | None = None,
+        retention_days: int | None = None,
+        valid_until: str | None = None,
+    ) -> dict[str, Any]:
+        """Start a negotiation with a DSP provider, on its published offer or on that offer
+        narrowed (``purposes`` and the rest); answers when the provider ACKed."""
+        narrowing = {
+            "purposes": purposes or None,
+            "orders": orders or None,
+            "fields": fields or None,
+            "retention_days": retention_days,
+            "valid_until": valid_until,
+        }
+        body: dict[str, Any] = {"provider_url": provider_url, "dataset_id": dataset_id}
+        body.update({k: v for k, v in narrowing.items() if v is not None})
         result: dict[str, Any] = self._api.request("POST", "/v1/dsp/negotiations", json=body)
         return result
 

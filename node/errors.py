@@ -105,3 +105,8 @@ class QuotaError(NodeError):
 class DiskLow(QuotaError):
     """A bulk write (an ingest, rows a provider sends) that would leave less free disk
     than the node keeps for its own records (`node.disk_room`); nothing was written."""
+
+
+class OfferNotNarrowable(NodeError, ValueError):
+    """Terms asked of a DSP provider whose published offer is not of this node's form
+    (another connector's): such an offer is asked for as published."""

@@ -86,6 +86,7 @@ FAULTS: Mapping[str, Fault] = {
     "qdspace.node.errors.ConfigError": F(None, 400, 1),
     "qdspace.node.errors.AnchoringBlocked": F("FAILED_PRECONDITION", 409, 1),  # an operator's flush
     "qdspace.node.errors.DspNotServed": F("FAILED_PRECONDITION", 409, 1),
+    "qdspace.node.errors.OfferNotNarrowable": F("FAILED_PRECONDITION", 409, 1),
     "qdspace.node.errors.PurgeNotConfirmed": F(None, 400, 1),  # an operator's purge
     "qdspace.node.errors.IdentityError": F("UNAUTHENTICATED", 403, 1),  # gRPC: a bad certificate
     "qdspace.node.identity.revocation.StaleRevocationList": F(

@@ -1,5 +1,6 @@
 """Operator routes of the DSP binding: ``POST /v1/dsp/negotiations`` starts a negotiation
-with any DSP provider through the node's consumer side (`node.dsp.consumer`);
+with any DSP provider through the node's consumer side (`node.dsp.consumer`), on its
+published offer or on that offer narrowed (purposes, orders, fields, retention, an end);
 ``POST /v1/dsp/transfers`` asks the provider of a DSP agreement for a transfer (pulled
 over the HTTP data plane, `node.dsp.transfer_consumer`), ``GET /v1/dsp/transfers/{id}``
 shows it, and ``.../suspend|resume|terminate`` control it on either side."""
@@ -9,11 +10,20 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Path
-from pydantic import BaseModel, StringConstraints, field_validator
+from pydantic import (
+    AwareDatetime,
+    BaseModel,
+    Field,
+    StringConstraints,
+    field_validator,
+    model_validator,
+)
 from starlette.concurrency import run_in_threadpool
 
+from qdspace.connector.offers import Narrowing
+from qdspace.node.api.contracts_models import MAX_DAYS, MAX_LIST
 from qdspace.node.api.deps import Ctx, require_operator
-from qdspace.node.api.models import ID_PATTERN
+from qdspace.node.api.models import ID_PATTERN, Id
 from qdspace.node.dsp.consumer import DspConsumer
 from qdspace.node.errors import DspNotServed
 from qdspace.util.urls import plain_https
@@ -33,6 +43,32 @@ class NegotiateBody(BaseModel):
         str, StringConstraints(min_length=9, max_length=2048, pattern=r"^https://[!-~]+$")
     ]
     dataset_id: Annotated[str, StringConstraints(min_length=1, max_length=128, pattern=r"^[!-~]+$")]
+    #: narrow the published offer (a provider of this node's offer form): the purposes
+    #: wanted, and only these orders and fields, a shorter retention, an end; none of
+    #: them: the offer as published
+    purposes: list[Id] | None = Field(default=None, min_length=1, max_length=MAX_LIST)
+    orders: list[Id] | None = Field(default=None, min_length=1, max_length=MAX_LIST)
+    fields: list[Id] | None = Field(default=None, min_length=1, max_length=MAX_LIST)
+    retention_days: int | None = Field(default=None, ge=0, le=MAX_DAYS)
+    valid_until: AwareDatetime | None = None
+
+    @model_validator(mode="after")
+    def _purposes_with_terms(self) -> NegotiateBody:
+        narrowed = (self.orders, self.fields, self.retention_days, self.valid_until)
+        if self.purposes is None and any(v is not None for v in narrowed):
+            raise ValueError("purposes: name the purposes wanted when narrowing the offer")
+        return self
+
+    def narrowing(self) -> Narrowing | None:
+        if self.purposes is None:
+            return None
+        return Narrowing(
+            purposes=frozenset(self.purposes),
+            orders=None if self.orders is None else frozenset(self.orders),
+            fields=None if self.fields is None else frozenset(self.fields),
+            retention_days=self.retention_days,
+            not_after=self.valid_until,
+        )
 
     @field_validator("provider_url")
     @classmethod
@@ -120,7 +156,8 @@ def router() -> APIRouter:
         consumer = ctx.dsp
         if not isinstance(consumer, DspConsumer):
             raise DspNotServed("this node runs no DSP listener (set dsp_port)")
-        return DspNegotiationStarted(**await consumer.negotiate(body.provider_url, body.dataset_id))
+        started = await consumer.negotiate(body.provider_url, body.dataset_id, body.narrowing())
+        return DspNegotiationStarted(**started)
 
     @api.post("/transfers", status_code=201, response_model=DspTransferPublic)
     async def transfer(body: DspTransferBody, ctx: Ctx) -> DspTransferPublic:

@@ -51,11 +51,29 @@ def negotiate(
     target: Target,
     provider_url: Annotated[str, typer.Argument(help="the provider's DSP address (https://)")],
     dataset: Annotated[str, typer.Argument(help="dataset id in its catalog")],
+    purpose: Annotated[
+        list[str] | None, typer.Option(help="narrow the offer to this purpose, repeatable")
+    ] = None,
+    order: Annotated[list[str] | None, typer.Option(help="only this order, repeatable")] = None,
+    field: Annotated[list[str] | None, typer.Option(help="only this field, repeatable")] = None,
+    retention_days: Annotated[int | None, typer.Option(help="ask for shorter retention")] = None,
+    valid_until: Annotated[
+        str | None, typer.Option(help="ISO 8601 instant the agreement ends")
+    ] = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Negotiate a dataset on the offer the provider's catalog publishes."""
+    """Negotiate a dataset on the offer the provider's catalog publishes, or on that offer
+    narrowed (--purpose, then --order, --field, --retention-days, --valid-until)."""
     with target.client() as node:
-        started = node.dsp.negotiate(provider_url, dataset)
+        started = node.dsp.negotiate(
+            provider_url,
+            dataset,
+            purposes=purpose,
+            orders=order,
+            fields=field,
+            retention_days=retention_days,
+            valid_until=valid_until,
+        )
     if as_json:
         print_json(started)
         return

@@ -1,12 +1,15 @@
 """The consumer's side of the DSP binding: start a negotiation with any DSP provider.
 
 `DspConsumer.negotiate` asks the provider at a DSP address for a dataset on the offer
-its catalog publishes: it learns who the provider is from the certificate its listener
-presents (never from what the provider writes about itself), opens the negotiation
-locally (unsigned: the DSP form), binds the pids, sends the ContractRequestMessage and
-returns; the rest arrives at the callback endpoints (`node.dsp.app`). The operator API
-exposes it as ``POST /v1/dsp/negotiations`` (`node.api.dsp`).
-"""
+its catalog publishes, or on that offer narrowed to what the operator wants (its
+purposes, one order, some fields, a shorter retention: `connector.offers.Narrowing`; a
+provider of this node's offer form agrees to narrower terms as they stand, as it agrees
+to a gRPC request for one order). It learns who the provider is from the certificate its
+listener presents (never from what the provider writes about itself), opens the
+negotiation locally (unsigned: the DSP form), binds the pids, sends the
+ContractRequestMessage and returns; the rest arrives at the callback endpoints
+(`node.dsp.app`). The operator API exposes it as ``POST /v1/dsp/negotiations``
+(`node.api.dsp`)."""
 
 from __future__ import annotations
 
@@ -35,8 +38,9 @@ from qdspace.connector.negotiation import (
     apply,
     open_negotiation,
 )
+from qdspace.connector.offers import Narrowing, NonStandardPolicyError, narrowed_request
 from qdspace.node.dsp.client import DspHttp
-from qdspace.node.errors import PeerError, PeerRefused
+from qdspace.node.errors import OfferNotNarrowable, PeerError, PeerRefused
 from qdspace.node.identity.certs import MemberIdentity
 from qdspace.node.runtime.contracts import ContractRuntime
 from qdspace.policies.codec import policy_to_json
@@ -53,7 +57,11 @@ class DspConsumer:
     http: DspHttp
     base_url: str
 
-    async def negotiate(self, provider_url: str, dataset_id: str) -> dict[str, Any]:
+    async def negotiate(
+        self, provider_url: str, dataset_id: str, ask: Narrowing | None = None
+    ) -> dict[str, Any]:
+        """Ask for ``dataset_id`` on the offer the provider publishes, or on that offer
+        narrowed as ``ask`` says (purposes, orders, fields, retention, an end)."""
         url = provider_url.rstrip("/")
         server, _ = await self.http.call("GET", f"{url}/.well-known/dspace-version", None)
         provider = server.member_id
@@ -64,6 +72,14 @@ class DspConsumer:
         if response.status_code != 200:
             raise PeerError(f"DSP {url}: dataset {dataset_id}: HTTP {response.status_code}")
         asked = _published_offer(url, dataset_id, response)
+        if ask is not None:
+            try:
+                asked = narrowed_request(asked, ask)
+            except NonStandardPolicyError as exc:
+                raise OfferNotNarrowable(
+                    f"DSP {url}: dataset {dataset_id}: its offer is not of the form this node "
+                    f"narrows ({exc}): ask for it as published, without terms"
+                ) from None
         pid = f"urn:uuid:{uuid.uuid4()}"
         me, now = self.runtime.me.member_id, self.runtime.clock.now()
         request = ContractRequest(wire.message_id(pid, "request"), pid, me, asked, now)

@@ -31,19 +31,22 @@ GRANTED = {
 }  # fmt: skip
 
 
-def negotiate(oem: httpx.Client, provider: str, dataset: str) -> str:
-    """A DSP negotiation to FINALIZED; returns the agreement id."""
-    started = ok(
-        oem.post("/v1/dsp/negotiations", json={"provider_url": provider, "dataset_id": dataset})
-    )
-    nid = started["negotiation_id"]
+def negotiation(oem: httpx.Client, provider: str, dataset: str, **narrowed: Any) -> Any:
+    """A DSP negotiation (on the published offer, or ``narrowed``) once it ended."""
+    body = {"provider_url": provider, "dataset_id": dataset, **narrowed}
+    nid = ok(oem.post("/v1/dsp/negotiations", json=body))["negotiation_id"]
 
     def done() -> Any:
         items = ok(oem.get("/v1/contracts/negotiations"))
         mine = [n for n in items if n["negotiation_id"] == nid]
         return mine and mine[0]["state"] in ("FINALIZED", "TERMINATED") and mine[0]
 
-    finished = wait_for("the DSP negotiation", done)
+    return wait_for("the DSP negotiation", done)
+
+
+def negotiate(oem: httpx.Client, provider: str, dataset: str, **narrowed: Any) -> str:
+    """A DSP negotiation to FINALIZED; returns the agreement id."""
+    finished = negotiation(oem, provider, dataset, **narrowed)
     assert finished["state"] == "FINALIZED", finished
     return str(finished["agreement_id"])
 

@@ -11,10 +11,12 @@ from hypothesis import strategies as st
 
 from qdspace.connector.offers import (
     QUALITY_PURPOSES,
+    Narrowing,
     NonStandardPolicyError,
     Verdict,
     acceptable_counter,
     answer_request,
+    narrowed_request,
     offer_terms,
     standard_assets,
 )
@@ -251,3 +253,40 @@ def test_an_agreed_request_carries_the_providers_own_policy_object() -> None:
     answer = answer_request(PUBLISHED, request, MINE, "c")  # type: ignore[arg-type]
     assert answer.verdict is Verdict.AGREE and answer.offer is not None
     assert answer.offer is not request and answer.offer.same_terms(request)  # type: ignore[attr-defined]
+
+
+def test_a_consumer_s_narrowed_request_is_agreed_as_it_stands() -> None:
+    """The DSP consumer narrows the published offer (`narrowed_request`); the provider's
+    own decision agrees to it unchanged, keeps its other terms, and never more."""
+    one = Narrowing(
+        purposes=frozenset({"quality-assurance"}),
+        orders=frozenset({"PO-1"}),
+        fields=frozenset({"inspection_id", "verdict"}),
+        retention_days=30,
+        not_after=datetime(2027, 1, 1, tzinfo=UTC),
+    )
+    asked = narrowed_request(PUBLISHED, one)
+    assert asked.uid == PUBLISHED.uid and asked.target == PUBLISHED.target
+    answer = answer_request(PUBLISHED, asked, frozenset({"PO-1", "PO-2"}), "c")
+    assert answer.verdict is Verdict.AGREE and answer.offer is not None
+    assert answer.offer.same_terms(asked)
+    terms = offer_terms(answer.offer)
+    assert (terms.orders, terms.fields, terms.retention_days) == (
+        frozenset({"PO-1"}),
+        frozenset({"inspection_id", "verdict"}),
+        30,
+    )
+    assert terms.receipt and not terms.allow_distribution  # the provider's, kept
+    # purposes alone: the provider's order scope decides (all of the consumer's orders)
+    wide = narrowed_request(PUBLISHED, Narrowing(purposes=frozenset({"quality-assurance"})))
+    countered = answer_request(PUBLISHED, wide, frozenset({"PO-1"}), "c")
+    assert countered.verdict is Verdict.COUNTER and acceptable_counter(wide, countered.offer)  # type: ignore[arg-type]
+    # another's order: the provider ends it
+    theirs = narrowed_request(PUBLISHED, replace(one, orders=frozenset({"PO-9"})))
+    assert answer_request(PUBLISHED, theirs, frozenset({"PO-1"}), "c").verdict is Verdict.TERMINATE
+
+
+def test_an_offer_of_another_form_is_not_narrowed() -> None:
+    foreign = replace(PUBLISHED, prohibitions=(*PUBLISHED.prohibitions, Prohibition(Action.USE)))
+    with pytest.raises(NonStandardPolicyError):
+        narrowed_request(foreign, Narrowing(purposes=frozenset({"quality-assurance"})))
