@@ -86,6 +86,14 @@ class DiskRoom:
             raise
 
 
+def disk_line(free: int, kept: int) -> str:
+    """The disk's state for people: its free space against what the node keeps."""
+    line = f"disk: {show_size(free)} free; keeps {show_size(kept)} for its own records"
+    if free < kept:
+        line += ": ingests and rows received from providers are refused (min_free_disk_mib)"
+    return line
+
+
 def disk_room(engine: Engine, min_free_mib: int) -> DiskRoom | None:
     """The room of a node whose database is a SQLite file (its folder's filesystem);
     None on PostgreSQL (its disk is the server's), for an in-memory database, or with the

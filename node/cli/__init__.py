@@ -137,6 +137,7 @@ def node_info(directory: DirOpt) -> None:
     """Show a node's identity, configuration and database counts."""
     from qdspace.node.client_transport import read_runtime  # not node.run: the server stack
     from qdspace.node.config import NodeSettings
+    from qdspace.node.disk_room import disk_line, disk_room
     from qdspace.node.identity.member import load_member_keys
 
     settings = NodeSettings.load(directory)
@@ -149,6 +150,9 @@ def node_info(directory: DirOpt) -> None:
     try:
         for table, n in store.counts().items():
             console.print(f"  {table}: {n}")
+        room = disk_room(store.engine, settings.min_free_disk_mib)
+        if room is not None:  # on SQLite: what ingests and received rows leave room for
+            console.print(disk_line(room.free(), room.min_free))
     finally:
         store.close()
 

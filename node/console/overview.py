@@ -21,8 +21,8 @@ from qdspace.node.api.subscription_models import (
     alert_public,
 )
 from qdspace.node.context import NodeContext
+from qdspace.node.disk_room import disk_line
 from qdspace.node.member_ids import addressed_name, peer_name
-from qdspace.util.sizes import show_size
 
 #: how long the overview waits for one peer's hello before it calls the peer unreachable
 PEER_TIMEOUT_S = 2.0
@@ -123,15 +123,7 @@ def local_state(ctx: NodeContext) -> Overview:
 
 def disk_check(free: int, kept: int) -> Check:
     """The database disk's free space against what the node keeps free (`node.disk_room`)."""
-    detail = f"{show_size(free)} free; keeps {show_size(kept)} for its own records"
-    if free >= kept:
-        return Check("disk", True, detail)
-    return Check(
-        "disk",
-        False,
-        f"{detail}: ingests and rows received from providers are refused until there is "
-        "room (min_free_disk_mib)",
-    )
+    return Check("disk", free >= kept, disk_line(free, kept).removeprefix("disk: "))
 
 
 def newest_alerts(ctx: NodeContext) -> tuple[list[AlertPublic], int]:

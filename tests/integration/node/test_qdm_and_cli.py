@@ -119,6 +119,9 @@ def test_cli_ingest_reports_lines_and_exits_non_zero(stopped_node: Path, tmp_pat
     assert "1 stored, 0 already present, 2 rejected" in r.stdout
     r = qdspace("ingest", "--dir", str(stopped_node), str(rows), "--kind", "environment")
     assert "0 stored, 1 already present, 2 rejected" in r.stdout
+    r = qdspace("node", "info", "--dir", str(stopped_node))
+    assert r.returncode == 0 and "  environment: 1" in r.stdout, r.stderr
+    assert "free; keeps 1.0 GiB for its own records" in r.stdout, r.stdout  # its disk
 
 
 def test_cli_errors_are_one_line_naming_the_file_or_port(stopped_node: Path) -> None:

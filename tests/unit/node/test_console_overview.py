@@ -68,4 +68,4 @@ def test_the_overview_shows_the_free_disk_the_node_keeps(node: NodeContext) -> N
     assert disk.ok and "free; keeps 1.0 GiB for its own records" in disk.detail, disk
     short = disk_check(512 * 1024 * 1024, 1024 * 1024 * 1024)
     assert not short.ok and short.detail.startswith("512.0 MiB free; keeps 1.0 GiB")
-    assert "refused until there is room" in short.detail
+    assert "are refused (min_free_disk_mib)" in short.detail
