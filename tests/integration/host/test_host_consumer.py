@@ -189,10 +189,11 @@ def test_a_live_subscription_past_the_row_quota_waits_for_room(host: Host) -> No
             found: dict[str, Any] = sunarc.subscription(sid)
             return found
 
-    eventually(
-        lambda: "quota of 1 rows" in subscription()["error"], "the quota named as the reason"
-    )
-    refused = subscription()
+    def refused_now() -> dict[str, Any] | None:  # one snapshot: it reopens between tries
+        found = subscription()
+        return found if "quota of 1 rows" in found["error"] else None
+
+    refused = eventually(refused_now, "the quota named as the reason")
     assert refused["state"] == "reconnecting" and refused["received"] == 0, refused
     with host.operator(TENANT) as sunarc:
         assert sunarc.received(agreement)["total"] == 0
