@@ -33,6 +33,7 @@ from qdspace.node.cli.connect import (
 )
 from qdspace.node.cli.connect import target as name_target
 from qdspace.node.cli.errors import clean_errors
+from qdspace.node.cli.terms import FieldOpt, OrderOpt, RetentionOpt, ValidUntilOpt
 
 console = Console()
 err = Console(stderr=True)
@@ -82,12 +83,10 @@ def negotiate(
     peer: Annotated[str, typer.Argument(help="provider member name")],
     asset: Annotated[str, typer.Argument(help="asset id from its catalog")],
     purpose: Annotated[list[str], typer.Option(help="purpose, repeatable")],
-    order: Annotated[list[str] | None, typer.Option(help="order id, repeatable")] = None,
-    field: Annotated[list[str] | None, typer.Option(help="field, repeatable")] = None,
-    retention_days: Annotated[int | None, typer.Option(help="ask for shorter retention")] = None,
-    valid_until: Annotated[
-        str | None, typer.Option(help="ISO 8601 instant the agreement ends")
-    ] = None,
+    order: OrderOpt = None,
+    field: FieldOpt = None,
+    retention_days: RetentionOpt = None,
+    valid_until: ValidUntilOpt = None,
 ) -> None:
     """Negotiate an agreement for an asset (request, counter-offer, signatures)."""
     with target.client() as node:

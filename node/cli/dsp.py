@@ -18,6 +18,7 @@ from rich.console import Console
 
 from qdspace.node.cli.connect import JsonOpt, Target, calls_node, print_json
 from qdspace.node.cli.errors import clean_errors
+from qdspace.node.cli.terms import FieldOpt, OrderOpt, RetentionOpt, ValidUntilOpt
 
 console = Console(highlight=False)
 
@@ -54,12 +55,10 @@ def negotiate(
     purpose: Annotated[
         list[str] | None, typer.Option(help="narrow the offer to this purpose, repeatable")
     ] = None,
-    order: Annotated[list[str] | None, typer.Option(help="only this order, repeatable")] = None,
-    field: Annotated[list[str] | None, typer.Option(help="only this field, repeatable")] = None,
-    retention_days: Annotated[int | None, typer.Option(help="ask for shorter retention")] = None,
-    valid_until: Annotated[
-        str | None, typer.Option(help="ISO 8601 instant the agreement ends")
-    ] = None,
+    order: OrderOpt = None,
+    field: FieldOpt = None,
+    retention_days: RetentionOpt = None,
+    valid_until: ValidUntilOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Negotiate a dataset on the offer the provider's catalog publishes, or on that offer
