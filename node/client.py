@@ -304,6 +304,10 @@ class OperatorClient:
         result: dict[str, Any] = self._post(f"/v1/contracts/transfers/{transfer_id}/resume")
         return result
 
+    def negotiation(self, negotiation_id: str) -> dict[str, Any]:
+        result: dict[str, Any] = self._get(f"/v1/contracts/negotiations/{negotiation_id}")
+        return result
+
     def transfers(self, limit: int | None = None, newest_first: bool = False) -> Rows:
         result: Rows = self._get(
             "/v1/contracts/transfers", limit=limit, newest_first=newest_first or None

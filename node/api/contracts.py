@@ -175,6 +175,11 @@ def contracts_router() -> APIRouter:
 
         return page.read(read, response)
 
+    @router.get("/negotiations/{negotiation_id}", response_model=NegotiationPublic)
+    async def negotiation(rt: Runtime, negotiation_id: IdPath) -> NegotiationPublic:
+        """One negotiation (a DSP one runs on after its request was acknowledged)."""
+        return negotiation_public(await _domain(_sync(rt.store.load_negotiation, negotiation_id)))
+
     @router.get("/agreements", response_model=list[AgreementPublic])
     def agreements(
         rt: Runtime,

@@ -21,6 +21,9 @@ from qdspace.node.cli.errors import clean_errors
 from qdspace.node.cli.terms import FieldOpt, OrderOpt, RetentionOpt, ValidUntilOpt
 
 console = Console(highlight=False)
+err = Console(stderr=True, highlight=False)
+#: how long ``dsp negotiate --wait`` waits for the provider's answers
+NEGOTIATION_WAIT_S = 60.0
 
 dsp_app = typer.Typer(
     no_args_is_help=True, help="trade over the Dataspace Protocol 2025-1 (EDC and other nodes)"
@@ -59,6 +62,9 @@ def negotiate(
     field: FieldOpt = None,
     retention_days: RetentionOpt = None,
     valid_until: ValidUntilOpt = None,
+    wait: Annotated[
+        bool, typer.Option(help=f"wait (up to {NEGOTIATION_WAIT_S:.0f} s) until it ends")
+    ] = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Negotiate a dataset on the offer the provider's catalog publishes, or on that offer
@@ -73,13 +79,31 @@ def negotiate(
             retention_days=retention_days,
             valid_until=valid_until,
         )
+        nid = started["negotiation_id"]
+        ended = _negotiation_end(node, nid, NEGOTIATION_WAIT_S) if wait else None
     if as_json:
-        print_json(started)
-        return
-    console.print(
-        f"negotiation {started['negotiation_id']} sent to {started['provider'][:24]} "
-        f"(provider pid {started['provider_pid']}); see `qdspace contracts`"
-    )
+        print_json({**started, **(ended or {})})
+    elif ended is None:
+        console.print(
+            f"negotiation {nid} sent to {started['provider'][:24]} "
+            f"(provider pid {started['provider_pid']}); see `qdspace contracts`"
+        )
+    elif ended["state"] == "FINALIZED":
+        console.print(f"agreement [bold]{ended['agreement_id']}[/bold] with {ended['provider_id']}")
+    else:
+        err.print(f"negotiation {nid} {ended['state']}: {ended['reason'] or 'no answer yet'}")
+    if ended is not None and ended["state"] != "FINALIZED":
+        raise typer.Exit(1)
+
+
+def _negotiation_end(node: Any, nid: str, wait: float) -> dict[str, Any]:
+    """The negotiation once FINALIZED or TERMINATED, or as it stands after ``wait`` s."""
+    deadline = time.monotonic() + wait
+    found: dict[str, Any] = node.negotiation(nid)
+    while found["state"] not in ("FINALIZED", "TERMINATED") and time.monotonic() < deadline:
+        time.sleep(0.1)
+        found = node.negotiation(nid)
+    return found
 
 
 @dsp_app.command("transfer")

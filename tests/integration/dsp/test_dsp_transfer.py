@@ -257,20 +257,21 @@ def test_the_cli_drives_a_dsp_transfer(dsp_net: LocalNetwork) -> None:
     runner = CliRunner()
     oem = str(dsp_net["sunarc"].directory)
     cellex = runtime_of(dsp_net, "cellex")["dsp"]
-    asked = runner.invoke(app, ["dsp", "negotiate", "--dir", oem, cellex, "inspections", "--json"])
+    asked = runner.invoke(
+        app, ["dsp", "negotiate", "--dir", oem, cellex, "inspections", "--wait", "--json"]
+    )
     assert asked.exit_code == 0, asked.output
-    nid = json.loads(asked.output)["negotiation_id"]
-    with dsp_net["sunarc"].client() as client:
-
-        def agreed() -> Any:
-            mine = [
-                n
-                for n in ok(client.get("/v1/contracts/negotiations"))
-                if n["negotiation_id"] == nid
-            ]
-            return mine and mine[0]["state"] == "FINALIZED" and mine[0]["agreement_id"]
-
-        agreement = wait_for("the DSP agreement", agreed)
+    agreed = json.loads(asked.output)
+    assert agreed["state"] == "FINALIZED" and agreed["provider_pid"], agreed
+    agreement = agreed["agreement_id"]
+    # narrowed, to an order that is not SunArc's: the provider's reason, exit 1
+    refused = runner.invoke(
+        app,
+        ["dsp", "negotiate", "--dir", oem, cellex, "inspections", "--wait",
+         "--purpose", "quality-assurance", "--order", "PO-2026-0043"],
+    )  # fmt: skip
+    assert refused.exit_code == 1 and "TERMINATED" in refused.output, refused.output
+    assert "not an order you placed" in refused.output, refused.output
     pulled = runner.invoke(app, ["dsp", "transfer", "--dir", oem, agreement, "--wait", "--json"])
     assert pulled.exit_code == 0, pulled.output
     done = json.loads(pulled.output)

@@ -474,6 +474,10 @@ def test_a_domain_error_maps_through_the_table(node: NodeContext, app: FastAPI) 
     answer = client.get("/v1/contracts/agreements/agr-none")
     assert answer.status_code == 404, answer.text
     assert answer.json()["type"].endswith("/not-found")
+    unknown = client.get("/v1/contracts/negotiations/neg-none")
+    assert unknown.status_code == 404 and "neg-none" in unknown.text, unknown.text
+    bent = client.get("/v1/contracts/negotiations/" + "n" * 300)  # past an id's length
+    assert 400 <= bent.status_code < 500 and "Traceback" not in bent.text, bent.text
 
 
 def test_a_no_ledger_node_answers_regulators_503(regulator_app: FastAPI) -> None:
