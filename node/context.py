@@ -106,6 +106,12 @@ class NodeContext:
         return self.settings.directory
 
     @property
+    def disk(self) -> DiskRoom | None:
+        """The free disk the node keeps (`node.disk_room`), if it checks one."""
+        admission = self.ingest_admission
+        return admission.disk if admission is not None else None
+
+    @property
     def layout(self) -> NodeLayout:
         """The paths of the node's directory."""
         return self.settings.layout

@@ -44,6 +44,7 @@ from qdspace.connector.contract_store.agreements import AgreementStore
 from qdspace.connector.contract_store.common import (
     DriverStatement,
     TableStore,
+    count_rows,
     listing,
     saving,
     utc_now,
@@ -353,11 +354,7 @@ class ReceivedStore(TableStore):
     def stored_rows(self) -> int:
         """Every row the mirror keeps, for a quota on stored rows: the records held, the
         tombstones of withdrawn ones and the trail of changes (each correction a row)."""
-        with self.engine.connect() as connection:
-            return sum(
-                int(connection.execute(select(func.count()).select_from(t)).scalar_one())
-                for t in (received_row_table, change_table)
-            )
+        return sum(count_rows(self.engine, t) for t in (received_row_table, change_table))
 
     def erase_order_in(
         self, connection: Connection, agreement_id: str, order_id: str, at: datetime

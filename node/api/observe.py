@@ -183,7 +183,7 @@ def sample_node_state(ctx: NodeContext) -> None:
     """Read the database disk's free space, the outbox backlog and the anchoring queue at
     scrape time, when the node has them."""
     metrics = ctx.metrics
-    disk = ctx.ingest_admission.disk if ctx.ingest_admission is not None else None
+    disk = ctx.disk
     if disk is not None:
         metrics.sample_disk(lambda: float(disk.free()), float(disk.min_free))
     contracts = ctx.contracts

@@ -76,7 +76,7 @@ def local_state(ctx: NodeContext) -> Overview:
     """Everything but the peers' answers (blocking: run in a worker thread)."""
     ident = ctx.keys.identity
     checks = [Check(name, c.ok, c.detail) for name, c in readiness(ctx).items()]
-    disk = ctx.ingest_admission.disk if ctx.ingest_admission is not None else None
+    disk = ctx.disk
     if disk is not None:  # not a readiness check: a node short of disk still serves
         checks.append(disk_check(disk.free(), disk.min_free))
     lags = []

@@ -178,6 +178,11 @@ class TenantAdmission:
             self._logged_at, self.refused = now, 0
 
     @property
+    def _limits_growth(self) -> bool:
+        """Whether a write's rows or bytes are checked (a row or storage quota is set)."""
+        return self.quota.max_rows is not None or self.quota.max_storage is not None
+
+    @property
     def counts_rows(self) -> bool:
         """Whether an ingest's rows are checked (a row quota is set)."""
         return self.quota.max_rows is not None
@@ -193,9 +198,7 @@ class TenantAdmission:
         async with self._ingest:
             if self.disk is not None:
                 self.disk.check(size, "this ingest brings")
-            if self._measure is not None and (
-                self.quota.max_rows is not None or self.quota.max_storage is not None
-            ):
+            if self._measure is not None and self._limits_growth:
                 self.usage = await asyncio.to_thread(self._measure)
                 check_growth(self.tenant, self.quota, self.usage, rows, size)
             try:
@@ -218,8 +221,7 @@ class TenantAdmission:
         so the two together can pass a quota by at most the group in flight."""
         if self.disk is not None:
             self.disk.receive(rows, size)
-        limited = self.quota.max_rows is not None or self.quota.max_storage is not None
-        if self._measure is None or not limited:
+        if self._measure is None or not self._limits_growth:
             return
         with self._received:
             now = time.monotonic()

@@ -29,7 +29,6 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource
 
 from qdspace.node.config import NodeSettings
 from qdspace.node.context import NodeContext, build_context
-from qdspace.node.disk_room import disk_room
 from qdspace.node.host.admission import TenantAdmission, measure_usage
 from qdspace.node.host.config import HostLayout, HostSettings
 from qdspace.node.host.errors import HostError, TenantSuspended, UnknownTenant
@@ -182,7 +181,7 @@ class HostRuntime:
             tenant.name,
             self.quota_of(tenant.record),
             lambda: measure_usage(store, mirror),
-            disk_room(store.engine, settings.min_free_disk_mib),  # the host's disk, shared
+            ctx.disk,  # the node's free disk (the host's, shared), asked before the quotas
         )
         ctx.ingest_admission = tenant.admission
         if contracts is not None:  # rows its providers send count too

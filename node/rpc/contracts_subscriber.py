@@ -291,8 +291,8 @@ class ConsumerSubscriptions:
                     IncomingRow(int(p), r.order_id, r.payload)
                     for p, r in zip(event.positions, event.rows, strict=True)
                 ]
-                store = self.runtime.store_received
-                await asyncio.to_thread(store, sub.agreement_id, sub.subscription_id, rows, arrived)
+                keep = self.runtime.store_received
+                await asyncio.to_thread(keep, sub.agreement_id, sub.subscription_id, rows, arrived)
             except (ContractError, ValueError) as exc:
                 raise _Ended(str(exc)) from None
             self.metrics.rows("received", "stream", len(rows), len(raw))
