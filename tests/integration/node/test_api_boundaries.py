@@ -155,8 +155,22 @@ def test_unknown_ids_are_404_problems(network: LocalNetwork) -> None:
             client.get("/v1/contracts/transfers/tr-none"),
             client.post("/v1/contracts/orders/PO-none/close"),
             client.post("/v1/ingest/photos", json={"rows": []}),
+            client.get("/v1/contracts/negotiations/neg-none"),
         ):
             problem(response, 404)
+
+
+def test_one_negotiation_refuses_hostile_ids_and_strangers(network: LocalNetwork) -> None:
+    """``GET /v1/contracts/negotiations/{id}``: over-long, control-character and
+    traversing ids are 4xx problems, never a 5xx or a traceback; no token is a 401."""
+    with network["sunarc"].client() as client:
+        path = "/v1/contracts/negotiations/"
+        for bad in ("n" * 300, "neg%00x", "neg%0A1", "..%2F..%2Fagreements", "%F0%9F%92%A5" * 40):
+            response = client.get(path + bad)
+            assert 400 <= response.status_code < 500, (bad, response.status_code)
+            assert "Traceback" not in response.text, bad
+        stranger = client.get(path + "neg-none", headers={"Authorization": "Bearer nope"})
+        assert stranger.status_code == 401
 
 
 # -- the credential: from the headers, before the body ---------------------------------
