@@ -24,8 +24,8 @@ from __future__ import annotations
 
 import logging
 import shutil
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 
 from sqlalchemy import Engine
@@ -77,13 +77,20 @@ class DiskRoom:
         self.check(size, "this ingest brings")
         yield
 
-    def receive(self, rows: int, size: int) -> None:
-        """Before rows received from a provider are written (`ReceivedRoom`)."""
+    def check_received(self, size: int) -> None:
+        """Refuse rows received from a provider (``size`` bytes) that do not fit, saying so
+        in the log too (nobody asked for them: the refusal reaches no caller)."""
         try:
             self.check(size, "rows received from a provider bring")
         except DiskLow as exc:
             logger.warning("%s", exc)
             raise
+
+    @contextmanager
+    def receive(self, rows: int, size: int) -> Iterator[None]:
+        """Around the write of rows received from a provider (`ReceivedRoom`)."""
+        self.check_received(size)
+        yield
 
 
 def disk_line(free: int, kept: int) -> str:

@@ -13,10 +13,11 @@ how many of the shared worker threads one tenant can hold at once.
 Ingest (`node.api.app`, through `NodeContext.ingest_admission`) is checked against the
 row and storage quotas with the tenant's usage measured fresh (rows in its QDM tables;
 its SQLite file and WAL, or its PostgreSQL schema or database) and the upload counted as
-growth; one tenant's ingests pass one at a time, so two cannot both take the last rows.
-Rows the tenant receives from its providers (pulls and live subscriptions, each group
-before it is written, `receive`) count against the same quotas: a provider, or an order
-larger than the host allowed for, cannot fill the host's disk through a tenant. The rows
+growth. Rows the tenant receives from its providers (pulls and live subscriptions, each
+group before it is written, `receive`) count against the same quotas: a provider, or an
+order larger than the host allowed for, cannot fill the host's disk through a tenant.
+Every write let in is counted in the usage until it ends and the next measure sees it,
+so an ingest and a pull (or two pulls) cannot both take the last rows of a quota. The rows
 held count the mirror of what providers sent (its records, tombstones and trail of
 changes) next to the QDM tables. Before the quotas, both ask the free disk the tenant's
 node keeps (`node.disk_room`: the tenants of a host share its disk, and quotas that add
@@ -32,8 +33,9 @@ import asyncio
 import logging
 import threading
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import asynccontextmanager, contextmanager
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +47,7 @@ from qdspace.connector.storage import QualityStore
 from qdspace.node.disk_room import DiskRoom
 from qdspace.node.host.errors import QuotaExceeded
 from qdspace.node.host.quotas import (
+    INGEST,
     RECEIVED,
     Quota,
     Slots,
@@ -119,10 +122,13 @@ class TenantAdmission:
         )
         self.streams = Slots(quota.max_streams)
         self.calls = Slots(quota.max_calls)
-        self._ingest = asyncio.Lock()
-        self._received = threading.Lock()
+        self._ingest = asyncio.Lock()  # one ingest at a time
+        #: guards the usage, the writes in flight and every measure
+        self._lock = threading.Lock()
         self._measured_at = -RECEIVED_MEASURE_S
-        self.usage: Usage | None = None  # as last measured (grown by rows received since)
+        #: as last measured, with the writes in flight then, grown by every write let in
+        self.usage: Usage | None = None
+        self._in_flight = Usage(0, 0)  # writes let in and not ended yet
         self.refused = 0  # calls refused since the last log line
         self._logged_at = 0.0
 
@@ -190,52 +196,86 @@ class TenantAdmission:
     def interceptor(self) -> QuotaInterceptor:
         return QuotaInterceptor(self)
 
-    # -- ingest ----------------------------------------------------------------------
+    # -- writes: ingests and rows received from providers ------------------------------
 
     @asynccontextmanager
     async def admit(self, rows: int, size: int) -> AsyncIterator[None]:
-        """Held around one ingest (`node.context.IngestAdmission`)."""
+        """Held around one ingest (`node.context.IngestAdmission`): measured afresh, its
+        rows and bytes held as in flight until it ends, then measured again."""
         async with self._ingest:
             if self.disk is not None:
                 self.disk.check(size, "this ingest brings")
-            if self._measure is not None and self._limits_growth:
-                self.usage = await asyncio.to_thread(self._measure)
-                check_growth(self.tenant, self.quota, self.usage, rows, size)
+            held = self._measure is not None and self._limits_growth
+            if held:
+                await asyncio.to_thread(partial(self._reserve, rows, size, what=INGEST, fresh=True))
             try:
                 yield
             finally:
+                if held:
+                    self._settle(rows, size)
                 if self._measure is not None:
-                    self.usage = await asyncio.to_thread(self._measure)
+                    await asyncio.to_thread(self._remeasure)
 
-    # -- rows received from providers ---------------------------------------------------
-
-    def receive(self, rows: int, size: int) -> None:
-        """Before up to ``rows`` rows and ``size`` bytes received from a provider are
-        written (blocking: called in the worker thread that writes them); refused with
+    @contextmanager
+    def receive(self, rows: int, size: int) -> Iterator[None]:
+        """Held around the write of up to ``rows`` rows and ``size`` bytes received from
+        a provider (blocking: entered in the worker thread that writes them); refused with
         `RowQuotaExceeded` or `StorageQuotaExceeded` when they could pass a quota.
 
         A pull or a live stream writes a group every few thousand rows, so the usage is
         not measured for each: a measure stands for ``RECEIVED_MEASURE_S``, grown by every
-        group let in since (an upper bound: a re-delivery stores nothing). Groups of
-        several transfers pass this one at a time; an ingest racing them measures afresh,
-        so the two together can pass a quota by at most the group in flight."""
+        group let in since (an upper bound: a re-delivery stores nothing)."""
         if self.disk is not None:
-            self.disk.receive(rows, size)
-        if self._measure is None or not self._limits_growth:
-            return
-        with self._received:
-            now = time.monotonic()
+            self.disk.check_received(size)
+        held = self._measure is not None and self._limits_growth
+        if held:
+            self._reserve(rows, size, what=RECEIVED, fresh=False)
+        try:
+            yield
+        finally:
+            if held:
+                self._settle(rows, size)
+
+    def _reserve(self, rows: int, size: int, *, what: tuple[str, str], fresh: bool) -> None:
+        """Check a write against the usage (measured now if ``fresh`` or if the measure
+        is stale) and count it in: in the usage, and as in flight until `_settle`.
+
+        Ingests and received groups of several transfers pass here one at a time, and
+        every measure adds the writes in flight then (written or not, the measure may
+        not have seen them), so two writes cannot both take the last rows of a quota:
+        the usage is an upper bound until the next measure corrects it."""
+        with self._lock:
+            if fresh or self.usage is None or self._stale():
+                self._remeasure_locked()
             usage = self.usage
-            if usage is None or now - self._measured_at >= RECEIVED_MEASURE_S:
-                usage = self._measure()
-                self._measured_at = now
+            assert usage is not None
             try:
-                check_growth(self.tenant, self.quota, usage, rows, size, RECEIVED)
+                check_growth(self.tenant, self.quota, usage, rows, size, what)
             except QuotaExceeded as exc:
-                self.usage = usage
-                self._note_refusal(exc)
+                if not fresh:  # a received group's refusal is logged; an ingest's is answered
+                    self._note_refusal(exc)
                 raise
             self.usage = Usage(usage.rows + rows, usage.size + size)
+            self._in_flight = Usage(self._in_flight.rows + rows, self._in_flight.size + size)
+
+    def _settle(self, rows: int, size: int) -> None:
+        """A write counted in by `_reserve` has ended (stored or not)."""
+        with self._lock:
+            self._in_flight = Usage(self._in_flight.rows - rows, self._in_flight.size - size)
+
+    def _stale(self) -> bool:
+        return time.monotonic() - self._measured_at >= RECEIVED_MEASURE_S
+
+    def _remeasure(self) -> None:
+        with self._lock:
+            self._remeasure_locked()
+
+    def _remeasure_locked(self) -> None:
+        assert self._measure is not None
+        measured = self._measure()
+        flight = self._in_flight
+        self.usage = Usage(measured.rows + flight.rows, measured.size + flight.size)
+        self._measured_at = time.monotonic()
 
     def public(self) -> dict[str, Any]:
         """The quota and what is in use (for the host operator: counts, no data)."""

@@ -14,6 +14,7 @@ live subscription's next reconnect). A node that is no host's tenant has no room
 from __future__ import annotations
 
 from collections.abc import Sequence
+from contextlib import AbstractContextManager
 from datetime import datetime
 from typing import Protocol
 
@@ -29,9 +30,10 @@ from qdspace.node.runtime.contracts_base import ContractBase
 class ReceivedRoom(Protocol):
     """Whether rows received from a provider may be written (see the module)."""
 
-    def receive(self, rows: int, size: int) -> None:
-        """Refuse (raise) a write of ``rows`` rows and ``size`` bytes that does not fit;
-        blocking (called in the worker thread that writes them)."""
+    def receive(self, rows: int, size: int) -> AbstractContextManager[None]:
+        """Held around the write of ``rows`` rows and ``size`` bytes (counted as in flight
+        until it ends); refuses (raises) one that does not fit. Blocking: entered in the
+        worker thread that writes them."""
         ...
 
 
@@ -50,14 +52,16 @@ class ConsumerReceipts(ContractBase):
     ) -> MirrorResult:
         """A pull's verified rows and the transfer's cursor after them, in one
         transaction (`ContractStore.commit_transfer_batch`), if there is room."""
-        if self.received_room is not None:
-            self.received_room.receive(len(rows), sum(map(len, rows.payloads)))
-        return self.store.commit_transfer_batch(before, after, rows, at)
+        if self.received_room is None:
+            return self.store.commit_transfer_batch(before, after, rows, at)
+        with self.received_room.receive(len(rows), sum(map(len, rows.payloads))):
+            return self.store.commit_transfer_batch(before, after, rows, at)
 
     def store_received(
         self, agreement_id: str, source_id: str, rows: Sequence[IncomingRow], at: datetime
     ) -> MirrorResult:
         """A live stream's rows (`ContractStore.store_received_rows`), if there is room."""
-        if self.received_room is not None:
-            self.received_room.receive(len(rows), sum(len(r.payload) for r in rows))
-        return self.store.store_received_rows(agreement_id, source_id, rows, at)
+        if self.received_room is None:
+            return self.store.store_received_rows(agreement_id, source_id, rows, at)
+        with self.received_room.receive(len(rows), sum(len(r.payload) for r in rows)):
+            return self.store.store_received_rows(agreement_id, source_id, rows, at)

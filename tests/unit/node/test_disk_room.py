@@ -16,10 +16,11 @@ from qdspace.node.errors import DiskLow
 
 def test_a_write_that_would_leave_less_than_the_kept_free_disk_is_refused(tmp_path: Path) -> None:
     free = shutil.disk_usage(tmp_path).free
-    DiskRoom(tmp_path, MIB).receive(10, MIB)  # this machine has more than 2 MiB free
+    with DiskRoom(tmp_path, MIB).receive(10, MIB):  # this machine has more than 2 MiB free
+        pass
     tight = DiskRoom(tmp_path, free + 100 * MIB)
     with pytest.raises(DiskLow, match=r"rows received from a provider bring 1.0 MiB: less than"):
-        tight.receive(10, MIB)
+        tight.check_received(MIB)
 
     async def ingest() -> None:
         async with tight.admit(5, 2 * MIB):
@@ -29,7 +30,7 @@ def test_a_write_that_would_leave_less_than_the_kept_free_disk_is_refused(tmp_pa
         asyncio.run(ingest())
     # nothing is left when the write itself would take the rest
     with pytest.raises(DiskLow):
-        DiskRoom(tmp_path, 0).receive(1, free + 100 * MIB)
+        DiskRoom(tmp_path, 0).check_received(free + 100 * MIB)
     assert faults.http_status(DiskLow("x")) == 507
     assert faults.grpc_status_name(DiskLow("x")) == "RESOURCE_EXHAUSTED"
 

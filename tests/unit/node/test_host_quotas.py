@@ -1,6 +1,6 @@
-"""The pure quota arithmetic of a managed host: token bucket, slots, ingest check, values.
-
-Time is passed in by hand: nothing here sleeps, reads a clock or touches a file.
+"""The quota arithmetic of a managed host (token bucket, slots, the growth check, values,
+time passed in by hand) and a tenant's admission of writes, with real threads where
+writes race.
 """
 
 from __future__ import annotations
@@ -9,6 +9,7 @@ import asyncio
 import math
 import shutil
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -177,6 +178,12 @@ def test_each_quota_error_has_its_row_in_the_fault_table() -> None:
     assert "busyco" in str(refusal) and "2 requests per second, burst 4" in str(refusal)
 
 
+def _receive(admission: TenantAdmission, rows: int, size: int) -> None:
+    """A group of received rows let in and written (here: nothing to write)."""
+    with admission.receive(rows, size):
+        pass
+
+
 def test_rows_received_from_a_provider_are_let_in_while_they_fit(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -190,22 +197,112 @@ def test_rows_received_from_a_provider_are_let_in_while_they_fit(
         return Usage(held[0], 1000)
 
     admission = TenantAdmission("sunarc", Quota(max_rows=100, max_storage=5000), measure)
-    admission.receive(20, 100)
+    _receive(admission, 20, 100)
     assert admission.usage == Usage(90, 1100) and measures == [70]
     with pytest.raises(RowQuotaExceeded, match=r"stores 90 rows and rows received .* up to 11"):
-        admission.receive(11, 1)
+        _receive(admission, 11, 1)
     with pytest.raises(StorageQuotaExceeded, match=r"they were not stored"):
-        admission.receive(1, 4000)
-    admission.receive(10, 0)  # exactly fits, on the same measure
+        _receive(admission, 1, 4000)
+    _receive(admission, 10, 0)  # exactly fits, on the same measure
     assert admission.usage == Usage(100, 1100) and measures == [70]
     monkeypatch.setattr(admission_module, "RECEIVED_MEASURE_S", 0.0)
     held[0] = 80  # of the 30 let in, 10 were re-deliveries: measured again, 20 fit
-    admission.receive(20, 0)
+    _receive(admission, 20, 0)
     assert measures == [70, 80] and admission.usage == Usage(100, 1000)
 
     unlimited = TenantAdmission("oem", Quota(max_rows=None, max_storage=None), measure)
-    unlimited.receive(10**9, 10**12)  # nothing to check: nothing measured
+    _receive(unlimited, 10**9, 10**12)  # nothing to check: nothing measured
     assert measures == [70, 80]
+
+
+def test_an_ingest_in_flight_counts_against_the_rows_a_provider_sends() -> None:
+    """An ingest let in holds its rows until it ends: a group received meanwhile sees
+    them, though no measure does yet, and the two cannot both take the last rows."""
+    held = [70]
+    admission = TenantAdmission(
+        "sunarc", Quota(max_rows=100, max_storage=None), lambda: Usage(held[0], 0)
+    )
+
+    async def ingest_then_receive() -> None:
+        async with admission.admit(25, 10):
+            # the ingest's 25 rows are not written yet: a fresh measure still reads 70
+            assert admission.usage == Usage(95, 10)
+            with pytest.raises(RowQuotaExceeded, match=r"stores 95 rows"):
+                _receive(admission, 10, 0)
+            _receive(admission, 5, 0)  # what is left after the ingest fits
+            held[0] = 100  # both written
+        assert admission.usage == Usage(100, 0)  # measured again at the ingest's end
+
+    asyncio.run(ingest_then_receive())
+
+
+def test_a_group_in_flight_counts_against_an_ingest_measured_meanwhile() -> None:
+    """An ingest measures afresh, and a group let in but not yet written is not in the
+    tables it counts: the group is counted in on top, so the ingest cannot take the rows
+    the group was let in with. Once the group has ended, the next measure counts it."""
+    held = [60]
+    admission = TenantAdmission(
+        "sunarc", Quota(max_rows=100, max_storage=None), lambda: Usage(held[0], 0)
+    )
+    group_in = threading.Event()
+    write = threading.Event()
+
+    def receive_group() -> None:
+        with admission.receive(30, 0):
+            group_in.set()
+            write.wait(5)
+            held[0] = 90  # written
+
+    writer = threading.Thread(target=receive_group)
+    writer.start()
+    assert group_in.wait(5)
+
+    async def ingest(rows: int) -> None:
+        async with admission.admit(rows, 0):
+            pass
+
+    try:
+        with pytest.raises(RowQuotaExceeded, match=r"stores 90 rows and this ingest"):
+            asyncio.run(ingest(11))  # 60 measured + 30 in flight + 11 > 100
+        asyncio.run(ingest(10))
+    finally:
+        write.set()
+        writer.join(5)
+    assert admission.usage == Usage(90, 0)
+    with pytest.raises(RowQuotaExceeded, match=r"stores 90 rows"):
+        asyncio.run(ingest(11))  # the group's 30 measured now, no longer in flight
+
+
+def test_concurrent_groups_never_pass_the_row_quota_together(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Eight writers race groups of 7 rows at a quota of 100, each group measured afresh
+    and written a moment after it is let in: the rows let in never pass the quota."""
+    monkeypatch.setattr(admission_module, "RECEIVED_MEASURE_S", 0.0)
+    stored = [0]
+    lock = threading.Lock()
+    admission = TenantAdmission(
+        "sunarc", Quota(max_rows=100, max_storage=None), lambda: Usage(stored[0], 0)
+    )
+    let_in: list[int] = []
+
+    def writer() -> None:
+        for _ in range(10):
+            try:
+                with admission.receive(7, 0):
+                    let_in.append(7)
+                    time.sleep(0.002)  # the write takes a while: no measure sees it yet
+                    with lock:
+                        stored[0] += 7
+            except RowQuotaExceeded:
+                pass
+
+    threads = [threading.Thread(target=writer) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(10)
+    assert 0 < sum(let_in) <= 100
 
 
 def test_a_tenant_s_writes_ask_the_host_s_free_disk_before_its_quotas(tmp_path: Path) -> None:
@@ -214,7 +311,7 @@ def test_a_tenant_s_writes_ask_the_host_s_free_disk_before_its_quotas(tmp_path: 
     tight = DiskRoom(tmp_path, shutil.disk_usage(tmp_path).free + 100 * MIB)
     admission = TenantAdmission("sunarc", Quota(max_rows=None, max_storage=None), None, tight)
     with pytest.raises(DiskLow, match="rows received from a provider"):
-        admission.receive(1, 1)
+        _receive(admission, 1, 1)
 
     async def ingest() -> None:
         async with admission.admit(1, 1):
@@ -223,4 +320,4 @@ def test_a_tenant_s_writes_ask_the_host_s_free_disk_before_its_quotas(tmp_path: 
     with pytest.raises(DiskLow, match="this ingest brings"):
         asyncio.run(ingest())
     roomy = TenantAdmission("sunarc", Quota(max_rows=None, max_storage=None), None, None)
-    roomy.receive(1, 1)
+    _receive(roomy, 1, 1)
