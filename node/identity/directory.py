@@ -8,7 +8,8 @@ that every node fetches and follows. Trust in it is layered:
   verify key its certificate carries): member id, name, role, verify key, endpoints
   (``peer`` host:port, optionally ``operator``, ``regulator`` and ``dsp``, the
   host:port of its Dataspace Protocol listener, where alone a provider that follows
-  the directory sends that member's DSP callbacks), the sha256
+  the directory sends that member's DSP callbacks; kinds a later version adds are kept
+  and not used, so a space can upgrade one node at a time), the sha256
   fingerprint and serial of its current certificate, an optional business partner
   number, and when it was published. Nobody can advertise an address or a certificate
   for a member without that member's signing key, not even the authority service;
@@ -55,10 +56,14 @@ from qdspace.util.numbers import decimal
 
 ENTRY_DOMAIN = b"qdspace/directory-entry/v1\x00"
 DOCUMENT_DOMAIN = b"qdspace/directory-document/v1\x00"
-#: the endpoints an entry may name; ``peer`` (the gRPC listener) is required. A node that
-#: reads an entry naming a kind it does not know drops the entry: a member publishes
-#: ``dsp`` only when its node serves DSP (every node of a space runs this version first)
+#: the endpoints this version publishes and uses; ``peer`` (the gRPC listener) is required.
+#: An entry may also name kinds a later version adds (up to ``MAX_ENDPOINTS`` in all, each
+#: a short lower-case name and a short visible-ASCII value): they are kept, so the entry's
+#: signature verifies and the member stays reachable at the kinds this node knows, and
+#: never used (nothing dials them). A node publishes only the kinds it knows.
 ENDPOINT_KINDS = ("peer", "operator", "regulator", "dsp")
+MAX_ENDPOINTS = 16
+MAX_ENDPOINT_VALUE = 512
 DOCUMENT_FIELDS = frozenset({"space", "serial", "issued_at", "entries", "signature"})
 MAX_NAME = 128
 MAX_HOST = 253
@@ -66,6 +71,8 @@ MAX_ENTRIES = 10_000
 _HEX64 = re.compile(r"[0-9a-f]{64}")
 _HEX = re.compile(r"[0-9a-f]{1,64}")
 _HOST = re.compile(r"[A-Za-z0-9._:\[\]-]+")
+_KIND = re.compile(r"[a-z][a-z0-9_-]{0,31}")
+_VISIBLE = re.compile(r"[!-~]+")
 
 
 class DirectoryError(IdentityError):
@@ -256,16 +263,42 @@ def check_address(address: str, what: str = "address") -> str:
     return address
 
 
-def _endpoints(value: Any) -> dict[str, str]:
+def _endpoints(value: Any, *, known_only: bool = False) -> dict[str, str]:
+    """An entry's endpoints: the known kinds' ``host:port`` checked, a later version's
+    kinds kept within bounds (see `ENDPOINT_KINDS`), or all known (``known_only``)."""
     if not isinstance(value, Mapping) or "peer" not in value:
         raise MalformedDirectory("directory entry: endpoints must be an object with a 'peer'")
+    if len(value) > MAX_ENDPOINTS:
+        raise MalformedDirectory(
+            f"directory entry: {len(value)} endpoints, more than the {MAX_ENDPOINTS} allowed"
+        )
     out: dict[str, str] = {}
     for kind, address in value.items():
-        if kind not in ENDPOINT_KINDS:
-            raise MalformedDirectory(f"directory entry: unknown endpoint {kind!r}")
-        if not isinstance(address, str):
-            raise MalformedDirectory(f"directory entry: endpoint {kind} must be host:port")
-        out[kind] = check_address(address, f"endpoint {kind}")
+        if kind in ENDPOINT_KINDS:
+            if not isinstance(address, str):
+                raise MalformedDirectory(f"directory entry: endpoint {kind} must be host:port")
+            out[kind] = check_address(address, f"endpoint {kind}")
+            continue
+        shown = repr(kind)[:40]
+        if known_only:
+            raise MalformedDirectory(
+                f"directory entry: unknown endpoint {shown}; one of: {', '.join(ENDPOINT_KINDS)}"
+            )
+        if not isinstance(kind, str) or not _KIND.fullmatch(kind):
+            raise MalformedDirectory(
+                f"directory entry: endpoint name {shown} is not 1-32 lower-case letters, "
+                "digits, '_' or '-' starting with a letter"
+            )
+        if (
+            not isinstance(address, str)
+            or len(address) > MAX_ENDPOINT_VALUE
+            or not _VISIBLE.fullmatch(address)
+        ):
+            raise MalformedDirectory(
+                f"directory entry: endpoint {kind} must be 1-{MAX_ENDPOINT_VALUE} visible "
+                "ASCII characters"
+            )
+        out[kind] = address
     return out
 
 
@@ -283,7 +316,7 @@ def new_entry(
         name=identity.name,
         role=identity.role,
         verify_key=identity.verify_key.hex(),
-        endpoints=_endpoints(endpoints),
+        endpoints=_endpoints(endpoints, known_only=True),
         cert_fingerprint=identity.fingerprint,
         cert_serial=f"{identity.serial:x}",
         published_at=published_at or _now(),

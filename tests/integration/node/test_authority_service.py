@@ -208,6 +208,40 @@ def test_a_member_publishes_its_entry(service: Service, tmp_path: Path) -> None:
     _problem(_publish(service, keys, mine), 409, "not newer")
 
 
+def test_an_entry_with_a_later_version_s_endpoint_is_listed_within_bounds(
+    service: Service, tmp_path: Path
+) -> None:
+    """A member on a newer version publishes an endpoint kind this version does not know:
+    the authority lists it as signed and a node reading the directory keeps the member
+    (on the old code the authority refused the entry, and older nodes dropped it, so a
+    space could not upgrade one node at a time). Past the bounds it is a 400 naming the
+    endpoint, and the directory keeps what it held."""
+    keys = _member(service, tmp_path, "newer")
+    base = new_entry(keys.identity, keys.signing_key, {"peer": "127.0.0.1:7002"})
+    endpoints = {"peer": "127.0.0.1:7002", "mqtt": "mqtts://newer.example:8883"}
+    entry = sign_entry(dataclasses.replace(base, endpoints=endpoints), keys.signing_key)
+    assert _publish(service, keys, entry).status_code == 200
+    listed = _directory(service)
+    mine = listed.document.entry(keys.identity.member_id)
+    assert mine is not None and mine.endpoints == endpoints and mine.peer == "127.0.0.1:7002"
+    assert not [d for d in listed.dropped if d.member == keys.identity.member_id]
+    for bad, message in [
+        ({"MQTT": "h:1"}, "endpoint name 'MQTT' is not"),
+        ({"mqtt": "x" * 600}, "endpoint mqtt must be 1-512 visible ASCII"),
+        ({f"k{i}": "h:1" for i in range(20)}, "more than the 16 allowed"),
+    ]:
+        later = dataclasses.replace(
+            base, endpoints={"peer": "127.0.0.1:7003", **bad}, published_at=_later()
+        )
+        _problem(_publish(service, keys, sign_entry(later, keys.signing_key)), 400, message)
+    held = _directory(service).document.entry(keys.identity.member_id)
+    assert held is not None and held.endpoints == endpoints
+
+
+def _later() -> str:
+    return (dt.datetime.now(dt.UTC) + dt.timedelta(seconds=1)).isoformat()
+
+
 def test_a_member_that_publishes_too_often_is_refused(service: Service, tmp_path: Path) -> None:
     """A member publishing newer entries of itself as fast as it can (each one the whole
     directory re-signed, rewritten and fetched by every node): the service takes

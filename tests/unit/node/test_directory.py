@@ -215,7 +215,17 @@ def test_two_members_under_one_name_are_both_dropped(authority: Authority, tmp_p
         ({"endpoints": {"peer": "nohost"}}, "not host:port"),
         ({"endpoints": {"peer": "h:70000"}}, "not host:port"),
         ({"endpoints": {"operator": "h:1"}}, "with a 'peer'"),
-        ({"endpoints": {"peer": "h:1", "admin": "h:2"}}, "unknown endpoint"),
+        ({"endpoints": {"peer": "h:1", "Admin": "h:2"}}, "endpoint name 'Admin' is not"),
+        ({"endpoints": {"peer": "h:1", "a" * 33: "h:2"}}, "is not 1-32 lower-case"),
+        ({"endpoints": {"peer": "h:1", "mqtt": 5}}, "endpoint mqtt must be 1-512 visible"),
+        ({"endpoints": {"peer": "h:1", "mqtt": "a b"}}, "endpoint mqtt must be 1-512 visible"),
+        ({"endpoints": {"peer": "h:1", "mqtt": "x" * 513}}, "endpoint mqtt must be 1-512"),
+        ({"endpoints": {"peer": "h:1", "mqtt": "h:\x00"}}, "endpoint mqtt must be 1-512"),
+        ({"endpoints": {"peer": "h:1", "dsp": "https://h:1"}}, "endpoint dsp .* not host:port"),
+        (
+            {"endpoints": {"peer": "h:1"} | {f"k{i}": "h:1" for i in range(16)}},
+            "17 endpoints, more than the 16 allowed",
+        ),
         ({"cert_fingerprint": "XYZ"}, "cert_fingerprint must be 64"),
         ({"published_at": "yesterday"}, "ISO 8601"),
         ({"published_at": "2026-01-01T00:00:00"}, "time zone"),
@@ -231,6 +241,29 @@ def test_malformed_entries_name_the_field(
     data = {**_entry(_member(authority, tmp_path, "cellex")).to_json(), **change}
     with pytest.raises(MalformedDirectory, match=message):
         DirectoryEntry.from_json(data)
+
+
+def test_an_endpoint_kind_of_a_later_version_is_kept_and_the_member_stays_listed(
+    authority: Authority, tmp_path: Path
+) -> None:
+    """A member on a newer version publishes a kind this one does not know: its entry
+    still verifies (the kind is kept as signed) and is listed with the kinds known here,
+    so a space upgrades one node at a time; this node publishes only what it knows."""
+    keys = _member(authority, tmp_path, "cellex")
+    endpoints = {"peer": "10.0.0.1:7443", "mqtt": "mqtts://cellex.example:8883/qdm"}
+    newer = sign_entry(dataclasses.replace(_entry(keys), endpoints=endpoints), keys.signing_key)
+    accepted = _accept(authority, _document(authority, [newer]))
+    assert not accepted.dropped
+    (entry,) = accepted.entries
+    assert entry.peer == "10.0.0.1:7443" and entry.endpoints.get("dsp") is None
+    assert entry.endpoints == endpoints and entry.signed_bytes() == newer.signed_bytes()
+    assert DirectoryEntry.from_json(entry.to_json()) == entry  # republished as signed
+    with pytest.raises(MalformedDirectory, match="unknown endpoint 'mqtt'; one of: peer"):
+        new_entry(keys.identity, keys.signing_key, endpoints)
+    # the kept kind is still under the member's signature
+    tampered = {**newer.to_json(), "endpoints": {**endpoints, "mqtt": "mqtts://evil:1"}}
+    with pytest.raises(BadMemberSignature):
+        verify_entry(DirectoryEntry.from_json(tampered))
 
 
 def test_a_malformed_entry_drops_alone(authority: Authority, tmp_path: Path) -> None:
