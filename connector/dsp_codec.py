@@ -233,6 +233,28 @@ def check_callback(url: str, published: str | None, member: str) -> None:
     )
 
 
+def check_static_callback(url: str, configured: str | None, name: str) -> None:
+    """With static peers (no directory): a consumer's callback address must be on the
+    host its peer address ``configured`` names (as written; any port); None (not a
+    static peer) refuses it. See `node.dsp.callbacks`."""
+    shown = name[:128]
+    if configured is None:
+        raise DspMessageError(
+            "$.callbackAddress",
+            f"member {shown} is not among this node's peers, so its callback address cannot "
+            "be checked (its operator adds it: qdspace node peer-add)",
+        )
+    host = configured.rpartition(":")[0].strip("[]").lower()
+    origin = https_origin(url)
+    if origin is not None and origin[0] == host:
+        return
+    raise DspMessageError(
+        "$.callbackAddress",
+        f"must be an https address on {host}, where this node's peers list member {shown} "
+        f"({configured}), not {url[:200]!r}",
+    )
+
+
 def reason(body: Mapping[str, Any]) -> str:
     """The peer's reasons, joined, as one line of at most `MAX_REASON` printable
     characters: kept with the process and shown to the operator, so a control character

@@ -235,8 +235,12 @@ async def start_dsp(ctx: NodeContext, sock: socket.socket) -> _Uvicorn:
     _client, outbox = client_of(ctx)
     outbox.senders[OUTBOX_KIND] = http.send_queued
     access = DspAccess(parse_access(settings.dsp_access), ctx.peers.attested_bpn)
-    # consumers' callbacks only where their members publish DSP (`node.dsp.callbacks`)
-    callbacks = CallbackCheck(ctx.peers.listed if settings.authority_url else None)
+    # consumers' callbacks only where their members publish DSP, or, with static peers,
+    # on the host a peer is configured at (`node.dsp.callbacks`)
+    if settings.authority_url:
+        callbacks = CallbackCheck(listed=ctx.peers.listed)
+    else:
+        callbacks = CallbackCheck(static=ctx.peers.static_address)
     binding = DspBinding(runtime, authenticator, base, outbox.kick, access, callbacks)
     ctx.dsp_endpoint = published_dsp(settings, base)
     ctx.dsp = DspConsumer(runtime, http, base)

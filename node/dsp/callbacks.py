@@ -17,9 +17,15 @@ signature and the authority's: the ``dsp`` endpoint of its directory entry
 So a node that follows a directory (``authority_url``) takes a callback address only at
 the published host and port (any path under it: a DSP base URL); a member that is not
 listed, or publishes no DSP address, has its requests refused before anything is opened
-or queued (400 at ``$.callbackAddress``, naming where the callback must be). A node with
-static ``peers`` and no directory has nothing to check against and takes the address
-as named (the handshake check above still applies).
+or queued (400 at ``$.callbackAddress``, naming where the callback must be).
+
+A node with static ``peers`` and no directory has only what its operator wrote: the
+member's gRPC address (``NAME=HOST:PORT``). A callback is taken only on that host (the
+same name or address, as written; any port: the member's own machine), so a member
+cannot point the provider into the provider's own network either; a member that is
+not among the static peers is refused, as an unlisted one is above. A name is compared
+as written, never resolved (resolving a name of the member's choosing is what the rule
+keeps the provider from doing).
 """
 
 from __future__ import annotations
@@ -33,19 +39,26 @@ from qdspace.node.identity.directory import DirectoryEntry
 
 #: a member's directory entry by member id (None: not listed)
 Listed = Callable[[str], DirectoryEntry | None]
+#: the ``host:port`` a static peer is configured at, by name (None: not a static peer)
+StaticAddress = Callable[[str], str | None]
 
 
 @dataclass(frozen=True)
 class CallbackCheck:
-    """The callback rule of one node: ``listed`` when it follows a directory, None when
-    it has none to check against."""
+    """The callback rule of one node: ``listed`` when it follows a directory, else
+    ``static`` (its static peers' addresses); with neither (a test's bare binding) any
+    address is taken."""
 
     listed: Listed | None = None
+    static: StaticAddress | None = None
 
     def check(self, callback: str, peer: MemberIdentity) -> None:
-        """Refuse `peer`'s `callback` unless its directory entry publishes it (see the
-        module docstring)."""
+        """Refuse `peer`'s `callback` unless its directory entry publishes it, or, with
+        static peers, unless it is on the host the peer is configured at (see the module
+        docstring)."""
         if self.listed is None:
+            if self.static is not None:
+                codec.check_static_callback(callback, self.static(peer.name), peer.name)
             return
         entry = self.listed(peer.member_id)
         if entry is None:

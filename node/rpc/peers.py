@@ -75,6 +75,10 @@ class PeerDirectory:
             return self._listed[name].peer
         raise UnknownPeerError(f"unknown peer {name!r}; known: {', '.join(self.names) or 'none'}")
 
+    def static_address(self, name: str) -> str | None:
+        """The address the node's settings name for peer ``name``, if they name one."""
+        return self._static.get(name)
+
     def fingerprint(self, name: str) -> str | None:
         """The certificate fingerprint the directory names for peer ``name``, if listed."""
         entry = self._listed.get(name)

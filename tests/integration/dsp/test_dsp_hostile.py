@@ -18,7 +18,8 @@ from referencing import Registry, Resource
 from qdspace.node.dsp.auth import issue_token
 from qdspace.node.localnet.network import LocalNetwork
 
-from .conftest import SCHEMAS, ingest_sample, ok, runtime_of, wait_for
+from .conftest import SCHEMAS, ingest_sample, ok, rows_of, runtime_of, wait_for
+from .peer import Peer, request
 
 pytestmark = pytest.mark.integration
 CTX = ["https://w3id.org/dspace/2025/1/context.jsonld"]
@@ -175,3 +176,40 @@ def test_hostile_bodies(member: Member, body: bytes, status: int) -> None:
         headers={"content-type": "application/json", "connection": "close"},
     )
     assert refused.status_code == status, refused.text
+
+
+@pytest.mark.parametrize(
+    "callback",
+    [
+        "https://10.255.255.1:5432/cb",  # into the provider's own network
+        "https://169.254.169.254/latest/meta-data",  # a cloud's metadata service
+        "https://localhost:8600/cb",  # the member's host, under a name its operator did not write
+    ],
+)
+def test_a_static_peer_s_callback_off_its_configured_host_is_refused(
+    dsp_net: LocalNetwork, callback: str
+) -> None:
+    """Cellex has static peers and no directory: SunArc (a real member, configured at
+    127.0.0.1) names a callback elsewhere. A 400 at $.callbackAddress naming the host it
+    must be on, nothing opened or queued (on the old code: the negotiation opened and the
+    outbox dialled the address, one try a minute)."""
+    count = "SELECT count(*) FROM dsp_process"
+    queued = "SELECT count(*) FROM contract_outbox"
+    before = rows_of(dsp_net, "cellex", count)[0][0], rows_of(dsp_net, "cellex", queued)[0][0]
+    peer = Peer(dsp_net, "sunarc", "cellex")
+    try:
+        offer = peer.catalog_offer("inspections")
+        refused = peer.post(
+            "/negotiations/request", request("urn:uuid:" + "1" * 32, offer, callback)
+        )
+    finally:
+        peer.http.close()
+    assert refused.status_code == 400, refused.text
+    valid(refused.json(), "negotiation/contract-negotiation-error-schema.json")
+    assert (
+        "$.callbackAddress" in refused.text
+        and "on 127.0.0.1, where this node's peers" in refused.text
+    )
+    assert "Traceback" not in refused.text
+    after = rows_of(dsp_net, "cellex", count)[0][0], rows_of(dsp_net, "cellex", queued)[0][0]
+    assert after == before

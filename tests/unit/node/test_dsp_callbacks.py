@@ -91,8 +91,35 @@ def test_the_check_reads_the_members_own_entry(sunarc: MemberKeys) -> None:
         CallbackCheck({}.get).check("https://sunarc.example:8600/cb", sunarc.identity)
 
 
-def test_without_a_directory_any_https_callback_is_taken(sunarc: MemberKeys) -> None:
-    CallbackCheck(None).check("https://anywhere.example:1/cb", sunarc.identity)
+def test_with_static_peers_a_callback_is_taken_only_on_the_peer_s_configured_host(
+    sunarc: MemberKeys,
+) -> None:
+    """Without a directory, the operator's ``NAME=HOST:PORT`` is all there is: any port of
+    that host (the member's machine), nowhere else; names compared as written."""
+    peers = {"sunarc": "SunArc.example:7443", "v6": "[fd00::5]:7443"}
+    check = CallbackCheck(static=peers.get)
+    check.check("https://sunarc.example:8600/callback", sunarc.identity)
+    check.check("https://SUNARC.example:1/cb", sunarc.identity)
+    for elsewhere in [
+        "https://10.0.0.5:5432/cb",  # the provider's own network
+        "https://169.254.169.254/latest",  # a cloud's metadata service
+        "https://sunarc.example.evil:8600/cb",
+        "https://sunarc.example:8600@10.0.0.5:22/cb",  # user info naming the host
+        "https://127.0.0.1:8600/cb",  # the same machine under another name is not the name
+    ]:
+        with pytest.raises(DspMessageError, match=r"on sunarc.example, where this node's peers"):
+            check.check(elsewhere, sunarc.identity)
+    with pytest.raises(DspMessageError, match=r"not among this node's peers.*peer-add"):
+        CallbackCheck(static={}.get).check("https://sunarc.example:8600/cb", sunarc.identity)
+    v6 = CallbackCheck(static=lambda _name: peers["v6"])
+    v6.check("https://[FD00::5]:8600/cb", sunarc.identity)
+    with pytest.raises(DspMessageError):
+        v6.check("https://[fd00::6]:8600/cb", sunarc.identity)
+
+
+def test_a_bare_binding_takes_any_https_callback(sunarc: MemberKeys) -> None:
+    """The routes' own default (tests of the routes alone): no rule to apply."""
+    CallbackCheck().check("https://anywhere.example:1/cb", sunarc.identity)
 
 
 def _settings(tmp_path: Path, **values: object) -> NodeSettings:
