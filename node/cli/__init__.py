@@ -340,9 +340,13 @@ def demo_stop(
 
 def main() -> None:
     """The ``qdspace`` script: only the command the call names is built (`dispatch`)."""
+    import os
     import sys
 
     from qdspace.node.cli.dispatch import command_for
+    from qdspace.util.consoles import widen_when_piped
+
+    widen_when_piped(sys.stdout, os.environ)  # tables piped to a file keep their ids whole
 
     command_for(app, sys.argv[1:])(prog_name="qdspace")
 

@@ -276,8 +276,10 @@ def _print_stopped(console: Console, outcome: dict[str, str]) -> None:
 
 def print_summary(console: Console, network: LocalNetwork, report: DemoReport) -> None:
     members = Table(title="members of the data space", title_justify="left")
-    for col in ("member", "role", "member id", "gRPC (mTLS)", "operator API", "regulator API"):
+    for col in ("member", "role"):
         members.add_column(col)
+    for col in ("member id", "gRPC (mTLS)", "operator API", "regulator API"):
+        members.add_column(col, overflow="fold")  # where to reach them: whole, if folded
     for name, m in network.members.items():
         runtime = json.loads(m.layout.runtime.read_text())
         members.add_row(
