@@ -15,6 +15,7 @@ on both sides.
 from __future__ import annotations
 
 import time
+from collections import Counter
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
@@ -260,5 +261,29 @@ def print_contracts(console: Console, report: DemoReport) -> None:
             )
     console.print(receipts)
     for supplier, duties in retention["duties"].items():
-        states = ", ".join(f"{d['order_id'] or '-'}: {d['status']}" for d in duties)
-        console.print(f"{supplier}'s deletion duties: {states}", highlight=False, soft_wrap=True)
+        console.print(
+            f"{supplier}'s deletion duties (one per agreement): {duty_states(duties)}",
+            highlight=False,
+            soft_wrap=True,
+        )
+
+
+def duty_states(duties: list[dict[str, Any]]) -> str:
+    """A provider's deletion duties by order: how many agreements, in which states
+    (``PO-1: 4 agreements, all fulfilled``), rather than the order once per agreement."""
+    by_order: dict[str, Counter[str]] = {}
+    for duty in duties:
+        by_order.setdefault(duty["order_id"] or "-", Counter())[duty["status"]] += 1
+    parts = []
+    for order, states in by_order.items():
+        total = sum(states.values())
+        if total == 1:
+            parts.append(f"{order}: {next(iter(states))}")
+            continue
+        which = (
+            f"all {next(iter(states))}"
+            if len(states) == 1
+            else ", ".join(f"{n} {state}" for state, n in states.most_common())
+        )
+        parts.append(f"{order}: {total} agreements, {which}")
+    return "; ".join(parts)
