@@ -95,8 +95,8 @@ FAULTS: Mapping[str, Fault] = {
     # the signed member directory (node.identity.directory): a node's or the authority's refusal
     "qdspace.node.identity.directory.DirectoryError": F("UNAUTHENTICATED", 403, 1),
     "qdspace.node.identity.directory.MalformedDirectory": F("INVALID_ARGUMENT", 400, 1),
-    "qdspace.node.identity.directory.BadAuthoritySignature": F("UNAUTHENTICATED", 403, 1),
-    "qdspace.node.identity.directory.DirectoryRollback": F("FAILED_PRECONDITION", 409, 1),
+    "qdspace.node.identity.directory_document.BadAuthoritySignature": F("UNAUTHENTICATED", 403, 1),
+    "qdspace.node.identity.directory_document.DirectoryRollback": F("FAILED_PRECONDITION", 409, 1),
     "qdspace.node.identity.directory.BadMemberSignature": F("UNAUTHENTICATED", 403, 1),
     "qdspace.node.identity.directory.MemberIdMismatch": F("UNAUTHENTICATED", 403, 1),
     "qdspace.node.identity.directory.CertificateMismatch": F("PERMISSION_DENIED", 403, 1),

@@ -42,15 +42,17 @@ from qdspace.node.errors import IdentityError
 from qdspace.node.identity.authority import Authority
 from qdspace.node.identity.certs import cert_to_pem, identity_of, load_key, verify_issued_by
 from qdspace.node.identity.directory import (
-    DirectoryDocument,
     DirectoryEntry,
     DirectoryError,
     MalformedDirectory,
     entry_matches_certificate,
+    verify_entry,
+)
+from qdspace.node.identity.directory_document import (
+    DirectoryDocument,
     parse_document,
     sign_document,
     verify_document,
-    verify_entry,
 )
 from qdspace.node.identity.files import read_file
 from qdspace.node.identity.register import IssuedMember

@@ -14,16 +14,13 @@ that every node fetches and follows. Trust in it is layered:
   number, and when it was published. Nobody can advertise an address or a certificate
   for a member without that member's signing key, not even the authority service;
 - the **document** (space, a serial that only grows, when it was issued, the entries)
-  is signed by the authority's CA key (ECDSA P-256), so a node can tell the authority's
-  word from a man in the middle's and refuses a document older than the one it holds
-  (a replayed directory could bring back a revoked member's address).
+  is signed by the authority's CA key (`node.identity.directory_document`, which also
+  decides which entries of a fetched document a node takes).
 
-A node refuses a whole document with a bad authority signature, for another space or
-with a lower serial than it holds; it drops (and its caller logs) single entries whose
-member signature does not verify, whose member id is not ``member_id_for(name,
-verify_key)``, or whose certificate serial is revoked. The certificate fingerprint is
-what peers pin: a TLS peer presenting another valid certificate of the same member (an
-old one, say, from a stolen backup) is refused while the directory names a newer one.
+This module is the entries: their fields and bounds, signing and verifying them, and
+whether one describes a given certificate. The certificate fingerprint is what peers
+pin: a TLS peer presenting another valid certificate of the same member (an old one,
+say, from a stolen backup) is refused while the directory names a newer one.
 
 Signatures cover the canonical JSON (sorted keys, no spaces, ASCII) of the object as
 received, minus its ``signature`` field, behind a domain-separation prefix, so an
@@ -38,14 +35,10 @@ import contextlib
 import datetime as dt
 import json
 import re
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field, fields, replace
+from collections.abc import Mapping
+from dataclasses import dataclass, fields, replace
 from typing import Any
 
-from cryptography import x509
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.asymmetric import ec
 from nacl.exceptions import BadSignatureError
 from nacl.signing import SigningKey, VerifyKey
 
@@ -55,7 +48,6 @@ from qdspace.node.member_ids import member_id_for
 from qdspace.util.numbers import decimal
 
 ENTRY_DOMAIN = b"qdspace/directory-entry/v1\x00"
-DOCUMENT_DOMAIN = b"qdspace/directory-document/v1\x00"
 #: the endpoints this version publishes and uses; ``peer`` (the gRPC listener) is required.
 #: An entry may also name kinds a later version adds (up to ``MAX_ENDPOINTS`` in all, each
 #: a short lower-case name and a short visible-ASCII value): they are kept, so the entry's
@@ -64,10 +56,8 @@ DOCUMENT_DOMAIN = b"qdspace/directory-document/v1\x00"
 ENDPOINT_KINDS = ("peer", "operator", "regulator", "dsp")
 MAX_ENDPOINTS = 16
 MAX_ENDPOINT_VALUE = 512
-DOCUMENT_FIELDS = frozenset({"space", "serial", "issued_at", "entries", "signature"})
 MAX_NAME = 128
 MAX_HOST = 253
-MAX_ENTRIES = 10_000
 _HEX64 = re.compile(r"[0-9a-f]{64}")
 _HEX = re.compile(r"[0-9a-f]{1,64}")
 _HOST = re.compile(r"[A-Za-z0-9._:\[\]-]+")
@@ -81,14 +71,6 @@ class DirectoryError(IdentityError):
 
 class MalformedDirectory(DirectoryError, ValueError):
     """A document or entry that is not what the directory format says (field named)."""
-
-
-class BadAuthoritySignature(DirectoryError):
-    """A document not signed by this data space's authority."""
-
-
-class DirectoryRollback(DirectoryError):
-    """A document older (lower serial) than the one a node already holds."""
 
 
 class BadMemberSignature(DirectoryError):
@@ -121,7 +103,8 @@ def _unsigned(data: Mapping[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in data.items() if k != "signature"}
 
 
-def _now() -> str:
+def now_text() -> str:
+    """Now, as an entry's or a document's time (UTC, microseconds)."""
     return dt.datetime.now(dt.UTC).isoformat(timespec="microseconds")
 
 
@@ -189,7 +172,7 @@ class DirectoryEntry:
             endpoints=_endpoints(data.get("endpoints")),
             cert_fingerprint=_hex64(data, "cert_fingerprint"),
             cert_serial=_serial(data.get("cert_serial")),
-            published_at=_timestamp(data, "published_at"),
+            published_at=timestamp_field(data, "published_at"),
             bpn=_optional_text(data, "bpn", MAX_NAME),
             signature=_signature(data.get("signature")),
         )
@@ -238,7 +221,8 @@ def _signature(value: Any) -> str:
     return value
 
 
-def _timestamp(data: Mapping[str, Any], key: str) -> str:
+def timestamp_field(data: Mapping[str, Any], key: str) -> str:
+    """``data[key]``, an ISO 8601 time with a time zone (`MalformedDirectory` otherwise)."""
     value = data.get(key)
     parsed: dt.datetime | None = None
     if isinstance(value, str) and len(value) <= 64:
@@ -319,7 +303,7 @@ def new_entry(
         endpoints=_endpoints(endpoints, known_only=True),
         cert_fingerprint=identity.fingerprint,
         cert_serial=f"{identity.serial:x}",
-        published_at=published_at or _now(),
+        published_at=published_at or now_text(),
         bpn=bpn,
     )
     return sign_entry(entry, signing_key)
@@ -367,163 +351,3 @@ def entry_matches_certificate(entry: DirectoryEntry, identity: MemberIdentity) -
             raise CertificateMismatch(
                 f"directory entry {entry.member_id}: {what} is not the certificate's"
             )
-
-
-# -- documents -------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class DirectoryDocument:
-    """The authority's signed list of entries (see the module docstring)."""
-
-    space: str
-    serial: int
-    issued_at: str
-    entries: tuple[DirectoryEntry, ...] = ()
-    signature: str = ""  # hex DER ECDSA-SHA256 by the CA key; "" while unsigned
-    #: the entries as received (what the signature covers); empty for a built document
-    raw_entries: tuple[Any, ...] = field(default=(), compare=False, repr=False)
-
-    def body(self) -> dict[str, Any]:
-        entries = list(self.raw_entries) or [e.to_json() for e in self.entries]
-        return {
-            "space": self.space,
-            "serial": self.serial,
-            "issued_at": self.issued_at,
-            "entries": entries,
-        }
-
-    def to_json(self) -> dict[str, Any]:
-        return {**self.body(), "signature": self.signature}
-
-    def signed_bytes(self) -> bytes:
-        return DOCUMENT_DOMAIN + canonical_json(self.body())
-
-    def entry(self, member_id: str) -> DirectoryEntry | None:
-        return next((e for e in self.entries if e.member_id == member_id), None)
-
-
-def sign_document(
-    space: str,
-    serial: int,
-    entries: Sequence[DirectoryEntry],
-    ca_key: ec.EllipticCurvePrivateKey,
-    *,
-    issued_at: str | None = None,
-) -> DirectoryDocument:
-    """A document of ``entries`` (sorted by member id), signed with the CA key."""
-    ordered = tuple(sorted(entries, key=lambda e: e.member_id))
-    document = DirectoryDocument(space, serial, issued_at or _now(), ordered)
-    signature = ca_key.sign(document.signed_bytes(), ec.ECDSA(hashes.SHA256()))
-    return replace(document, signature=signature.hex())
-
-
-def parse_document(data: Any) -> DirectoryDocument:
-    """The document's envelope; the entries are parsed one by one by `accept_document`
-    (a bad entry is dropped, not the whole document)."""
-    if not isinstance(data, Mapping):
-        raise MalformedDirectory("a directory document is a JSON object")
-    unknown = sorted(set(data) - DOCUMENT_FIELDS)
-    if unknown:
-        raise MalformedDirectory(f"directory document: unknown field {unknown[0]!r}")
-    space, serial, entries = data.get("space"), data.get("serial"), data.get("entries")
-    signature = data.get("signature")
-    if not isinstance(space, str) or not space:
-        raise MalformedDirectory("directory document: space must be a string")
-    if not isinstance(serial, int) or isinstance(serial, bool) or serial < 0:
-        raise MalformedDirectory("directory document: serial must be a non-negative integer")
-    if not isinstance(entries, list) or len(entries) > MAX_ENTRIES:
-        raise MalformedDirectory(f"directory document: entries must be a list (<= {MAX_ENTRIES})")
-    if not isinstance(signature, str) or not re.fullmatch(r"[0-9a-f]{2,512}", signature):
-        raise MalformedDirectory("directory document: signature must be hex")
-    issued_at = _timestamp(data, "issued_at")
-    return DirectoryDocument(space, serial, issued_at, (), signature, tuple(entries))
-
-
-def verify_document(document: DirectoryDocument, ca_cert: x509.Certificate) -> None:
-    public_key = ca_cert.public_key()
-    if not isinstance(public_key, ec.EllipticCurvePublicKey):
-        raise BadAuthoritySignature("the authority's key is not an EC key")
-    try:
-        public_key.verify(
-            bytes.fromhex(document.signature), document.signed_bytes(), ec.ECDSA(hashes.SHA256())
-        )
-    except (InvalidSignature, ValueError):
-        raise BadAuthoritySignature(
-            f"directory document serial {document.serial} is not signed by the authority"
-        ) from None
-
-
-@dataclass(frozen=True)
-class Dropped:
-    """An entry a node did not take, and why (for its log)."""
-
-    member: str
-    reason: str
-
-
-@dataclass(frozen=True)
-class AcceptedDirectory:
-    """A verified document and the entries a node may use."""
-
-    document: DirectoryDocument
-    entries: tuple[DirectoryEntry, ...]
-    dropped: tuple[Dropped, ...]
-
-    @property
-    def serial(self) -> int:
-        return self.document.serial
-
-
-def accept_document(
-    data: Any,
-    *,
-    ca_cert: x509.Certificate,
-    space: str,
-    held_serial: int | None,
-    is_revoked: Callable[[int], bool],
-) -> AcceptedDirectory:
-    """Verify a fetched document (whole-document refusals raise) and sort its entries
-    into the usable and the dropped (module docstring)."""
-    document = parse_document(data)
-    verify_document(document, ca_cert)
-    if document.space != space:
-        raise MalformedDirectory(
-            f"directory document is for space {document.space!r}, not {space!r}"
-        )
-    if held_serial is not None and document.serial < held_serial:
-        raise DirectoryRollback(
-            f"directory document serial {document.serial} is older than the held {held_serial}"
-        )
-    kept: list[DirectoryEntry] = []
-    dropped: list[Dropped] = []
-    for raw in document.raw_entries:
-        named = raw if isinstance(raw, Mapping) else {}
-        label = str(named.get("member_id") or named.get("name") or "?")[:MAX_NAME]
-        try:
-            entry = DirectoryEntry.from_json(raw)
-            verify_entry(entry)
-            if is_revoked(entry.serial):
-                raise DirectoryError(f"certificate serial {entry.cert_serial} is revoked")
-        except DirectoryError as exc:
-            dropped.append(Dropped(label, str(exc)))
-            continue
-        kept.append(entry)
-    kept, ambiguous = _unique_names(kept)
-    dropped += ambiguous
-    document = replace(document, entries=tuple(kept))
-    return AcceptedDirectory(document, tuple(kept), tuple(dropped))
-
-
-def _unique_names(entries: list[DirectoryEntry]) -> tuple[list[DirectoryEntry], list[Dropped]]:
-    """Peers are called by name: two members under one name are both dropped."""
-    by_name: dict[str, list[DirectoryEntry]] = {}
-    for entry in entries:
-        by_name.setdefault(entry.name, []).append(entry)
-    kept = [e for e in entries if len(by_name[e.name]) == 1]
-    dropped = [
-        Dropped(e.member_id, f"name {e.name!r} is claimed by {len(by_name[e.name])} entries")
-        for e in entries
-        if len(by_name[e.name]) > 1
-    ]
-    return kept, dropped

@@ -7,7 +7,7 @@ authority and not older than the file in force, writes it to ``crl_path``; the n
 authority is refused within one refresh interval (and a CRL that cannot be refreshed
 goes stale and closes the node to peers: revocation fails closed). Every
 ``directory_refresh_s`` it fetches the member directory, verifies it
-(`identity.directory.accept_document`: the authority's signature, no rollback, each
+(`identity.directory_document.accept_document`: the authority's signature, no rollback, each
 entry's member signature and its certificate not revoked), keeps it in
 ``DIR/directory.json`` (the next start begins from it, and refuses anything older) and
 hands the entries to the peer table. It publishes the node's own entry at start, and
@@ -34,11 +34,8 @@ from typing import Any, Protocol, TypeVar
 from cryptography import x509
 
 from qdspace.node.errors import IdentityError, NodeError
-from qdspace.node.identity.directory import (
-    AcceptedDirectory,
-    DirectoryEntry,
-    accept_document,
-)
+from qdspace.node.identity.directory import DirectoryEntry
+from qdspace.node.identity.directory_document import AcceptedDirectory, accept_document
 from qdspace.node.identity.revocation import RevocationList, StaleRevocationList
 from qdspace.util.files import write_atomic
 

@@ -30,7 +30,8 @@ from qdspace.node.authority.service import PUBLISH_BURST
 from qdspace.node.identity.authority import Authority
 from qdspace.node.identity.certs import cert_to_pem, fingerprint, identity_of, new_tls_key
 from qdspace.node.identity.csr import build_request
-from qdspace.node.identity.directory import accept_document, new_entry, sign_entry
+from qdspace.node.identity.directory import new_entry, sign_entry
+from qdspace.node.identity.directory_document import accept_document
 from qdspace.node.identity.member import MemberKeys, create_member_keys
 from qdspace.node.localnet.authority import AuthorityProcess
 

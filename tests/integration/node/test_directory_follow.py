@@ -28,13 +28,11 @@ from qdspace.node.authority.tls import ensure_server_cert
 from qdspace.node.errors import IdentityError
 from qdspace.node.identity.authority import Authority
 from qdspace.node.identity.certs import load_key
-from qdspace.node.identity.directory import (
+from qdspace.node.identity.directory import DirectoryEntry, new_entry, sign_entry
+from qdspace.node.identity.directory_document import (
     BadAuthoritySignature,
-    DirectoryEntry,
     DirectoryRollback,
-    new_entry,
     sign_document,
-    sign_entry,
 )
 from qdspace.node.identity.member import MemberKeys, create_member_keys
 from qdspace.node.identity.revocation import RevocationList

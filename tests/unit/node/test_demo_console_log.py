@@ -45,4 +45,3 @@ def test_a_warning_reads_once_on_the_console_and_fully_in_the_log(
     logged = (tmp_path / "demo.log").read_text()
     assert f"WARNING inference: {message}" in logged
     assert "a line for the log only" in logged and "a line for the log only" not in shown
-

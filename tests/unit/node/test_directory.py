@@ -15,22 +15,24 @@ from nacl.signing import SigningKey
 from qdspace.node.identity.authority import Authority
 from qdspace.node.identity.certs import load_key
 from qdspace.node.identity.directory import (
-    AcceptedDirectory,
-    BadAuthoritySignature,
     BadMemberSignature,
     CertificateMismatch,
     DirectoryEntry,
-    DirectoryRollback,
     FingerprintMismatch,
     MalformedDirectory,
     MemberIdMismatch,
-    accept_document,
     canonical_json,
     entry_matches_certificate,
     new_entry,
-    sign_document,
     sign_entry,
     verify_entry,
+)
+from qdspace.node.identity.directory_document import (
+    AcceptedDirectory,
+    BadAuthoritySignature,
+    DirectoryRollback,
+    accept_document,
+    sign_document,
 )
 from qdspace.node.identity.member import MemberKeys, create_member_keys
 from qdspace.node.layout import AuthorityLayout
