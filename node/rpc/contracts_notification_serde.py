@@ -45,6 +45,8 @@ class Notification:
     sender_id: str
     sent_at: datetime
     body: NotificationBody
+    #: the member id it is for ("" from a sender before the field: not checked)
+    recipient_id: str = ""
 
 
 def receipt_to_proto(signed: SignedReceipt) -> notification_pb2.DeletionReceipt:
@@ -104,6 +106,7 @@ def notification_to_proto(notification: Notification) -> notification_pb2.Notifi
         notification_id=notification.notification_id,
         sender_id=notification.sender_id,
         sent_at_unix_us=datetime_to_us(notification.sent_at),
+        recipient_id=notification.recipient_id,
     )
     body = notification.body
     if isinstance(body, OrderClosed):
@@ -193,4 +196,5 @@ def notification_from_proto(message: notification_pb2.NotificationMessage) -> No
         sender_id=required(message.sender_id, "sender_id"),
         sent_at=datetime_from_us(message.sent_at_unix_us),
         body=_body_from_proto(message),
+        recipient_id=message.recipient_id and required(message.recipient_id, "recipient_id"),
     )

@@ -342,7 +342,9 @@ class ConsumerSubscriptions:
             sub.characteristic,
         )
         self.metrics.spc_alerts.labels(rule=alert.rule).inc()
-        message = self.runtime.notification(sub.provider, notice, notice.alert_id)
+        # for the member the agreement names (the name it is reached by can change hands)
+        provider_id = self.runtime.store.agreement(sub.agreement_id).signed.agreement.provider_id
+        message = self.runtime.notification(provider_id, notice, notice.alert_id)
         keep = self.runtime.store.subscriptions.record_alert
         kept = keep(sub.subscription_id, notice, self.runtime.clock.now(), [message])
         if kept == "kept":

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import grpc
 
-from qdspace.node.errors import PeerError, UnknownPeerError
+from qdspace.node.errors import NotTheMember, PeerError, UnknownPeerError
 from qdspace.node.identity.directory import DirectoryEntry
 from qdspace.node.identity.member import MemberKeys
 from qdspace.node.rpc.client import open_channel
@@ -78,6 +78,32 @@ class PeerDirectory:
     def static_address(self, name: str) -> str | None:
         """The address the node's settings name for peer ``name``, if they name one."""
         return self._static.get(name)
+
+    async def confirm_member(self, name: str, member_id: str) -> None:
+        """Raise `NotTheMember` unless peer ``name`` is member ``member_id``: a name passes
+        to another member once its holder has left (the authority frees it), and what was
+        queued for the one must not reach the other. A listed name is the member its entry
+        says (calls to it are pinned to that entry's certificate); a static peer the
+        directory does not list is the member whose certificate it presents (one TLS
+        handshake, remembered per address). A peer that cannot be reached is not decided
+        here: `PeerError`, tried again later."""
+        entry = self._listed.get(name)
+        if entry is not None:
+            if entry.member_id != member_id:
+                raise NotTheMember(
+                    f"the member called {name} is now {entry.member_id}, not {member_id} "
+                    "(the name passed to another member): not sent"
+                )
+            return
+        address = self.address(name)
+        presented = await self._pins.presented_member(name, address)
+        if presented is None:
+            raise PeerError(f"peer {name} at {address}: no TLS handshake to tell its member")
+        if presented != member_id:
+            raise NotTheMember(
+                f"peer {name} at {address} is member {presented or '(none)'}, not {member_id} "
+                "(the name passed to another member): not sent"
+            )
 
     def fingerprint(self, name: str) -> str | None:
         """The certificate fingerprint the directory names for peer ``name``, if listed."""

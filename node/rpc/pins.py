@@ -17,12 +17,15 @@ logged; a handshake that cannot complete (peer down, TLS refused) is not decided
 the call goes ahead and fails, or succeeds, on its own terms, and the check runs again
 on the next call.
 
-The same handshake tells the serial of the certificate the peer presents, so a member the
-authority revoked is refused on the way out too, not only when it calls in: a node
-with static peers (no directory to drop the member from) would otherwise keep delivering
-its outbox to a revoked member. The serial is looked up in the revocation list on every
-call (a set lookup), so a revocation takes effect with the next CRL refresh, and a stale
-list refuses outgoing calls as it refuses incoming ones (UNAVAILABLE).
+The same handshake tells the member id in the certificate the peer presents, which
+`presented_member` gives a caller that must reach one member and not merely whoever holds
+its name now (the outbox's notifications, `node.rpc.peers.PeerDirectory.confirm_member`),
+and its serial, so a member the authority revoked is refused on the way out too, not only
+when it calls in: a node with static peers (no directory to drop the member from) would
+otherwise keep delivering its outbox to a revoked member. The serial is looked up in the
+revocation list on every call (a set lookup), so a revocation takes effect with the next
+CRL refresh, and a stale list refuses outgoing calls as it refuses incoming ones
+(UNAVAILABLE).
 """
 
 from __future__ import annotations
@@ -39,6 +42,7 @@ import grpc
 from cryptography import x509
 
 from qdspace.node.errors import IdentityError
+from qdspace.node.identity.certs import identity_of
 from qdspace.node.identity.directory import FingerprintMismatch
 from qdspace.node.identity.keyfiles import transient_key_file
 from qdspace.node.identity.member import MemberKeys
@@ -115,10 +119,13 @@ class PinChecker:
         self._verified: set[tuple[str, str]] = set()
         #: address -> (sha256, serial) of the certificate seen there
         self._seen: dict[str, tuple[str, int]] = {}
+        #: address -> the member id in the certificate seen there ("" when it names none)
+        self._members: dict[str, str] = {}
 
     def forget(self, address: str) -> None:
         self._verified = {pair for pair in self._verified if pair[0] != address}
         self._seen.pop(address, None)
+        self._members.pop(address, None)
 
     async def _presented(self, peer_name: str, address: str) -> tuple[str, int] | None:
         if address in self._seen:
@@ -128,9 +135,21 @@ class PinChecker:
         der = await presented_certificate(self._context, address, peer_name)
         if der is None:
             return None
-        seen = (hashlib.sha256(der).hexdigest(), x509.load_der_x509_certificate(der).serial_number)
+        cert = x509.load_der_x509_certificate(der)
+        seen = (hashlib.sha256(der).hexdigest(), cert.serial_number)
+        try:
+            self._members[address] = identity_of(cert).member_id
+        except IdentityError:  # chains to the space's CA, yet carries no member identity
+            self._members[address] = ""
         self._seen[address] = seen
         return seen
+
+    async def presented_member(self, peer_name: str, address: str) -> str | None:
+        """The member id in the certificate the peer at ``address`` presents ("" for a
+        certificate that names none); None when no handshake completed (undecided)."""
+        if await self._presented(peer_name, address) is None:
+            return None
+        return self._members.get(address, "")
 
     async def check(self, peer_name: str, address: str, expected: str | None) -> None:
         """Raise `FingerprintMismatch` when the peer presents another cert than ``expected``

@@ -54,7 +54,7 @@ class QualityCases(ContractNotices):
 
     def _case_note(self, signed: SignedEvent, other_id: str) -> OutboxMessage:
         event = signed.event
-        return self.notification(peer_name(other_id), signed, f"case:{event.event_id}")
+        return self.notification(other_id, signed, f"case:{event.event_id}")
 
     def open_case(self, terms: CaseTerms) -> CaseLog:
         """Open a case with `terms.receiver_id` and send it (OPEN and SEND)."""

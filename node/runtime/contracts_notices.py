@@ -61,17 +61,33 @@ def bounded_id(notification_id: str) -> str:
 class ContractNotices(ContractBase):
     """Notifications, order closings, terminations and sweeps (a mixin of `ContractRuntime`)."""
 
-    def notification(self, peer: str, body: object, notification_id: str) -> OutboxMessage:
-        """An outbox entry carrying `body` to the member called `peer`."""
+    def notification(self, member_id: str, body: object, notification_id: str) -> OutboxMessage:
+        """An outbox entry carrying `body` to the member `member_id`: addressed by its name
+        (how peers are reached) and naming the member it is for, so that it goes to no
+        other member that holds the name by then (`OutboxDispatcher`)."""
         notification_id = bounded_id(notification_id)
-        note = Notification(notification_id, self.me.member_id, self.clock.now(), body)  # type: ignore[arg-type]
+        note = Notification(
+            notification_id,
+            self.me.member_id,
+            self.clock.now(),
+            body,  # type: ignore[arg-type]
+            recipient_id=member_id,
+        )
         payload = notification_to_proto(note).SerializeToString()
+        peer = peer_name(member_id)
         return OutboxMessage(peer, NOTIFICATION, notification_id, notification_id, payload)
 
     def handle_notification(self, peer: MemberIdentity, note: Notification) -> bool:
         """Act on a peer's notification; False when it had been handled before."""
         if note.sender_id != peer.member_id:
             raise UnauthorizedSenderError(f"notification {note.notification_id}: wrong sender")
+        if note.recipient_id and note.recipient_id != self.me.member_id:
+            # queued for a member that held this node's name before (a name a member that
+            # left freed): not ours to act on
+            raise ContractDenied(
+                f"notification {note.notification_id} is for member {note.recipient_id}, "
+                f"not {self.me.member_id}"
+            )
         body = note.body
         if isinstance(body, OrderClosed):
             return self._order_closed(peer, body)
@@ -160,7 +176,7 @@ class ContractNotices(ContractBase):
             by_consumer.setdefault(consumer, []).append(agreement_id)
         outbox = [
             self.notification(
-                peer_name(consumer),
+                consumer,
                 OrderClosed(order_id, closed_at, tuple(sorted(agreements))),
                 f"order-closed:{self.me.member_id}:{order_id}:{consumer}",
             )
@@ -177,7 +193,7 @@ class ContractNotices(ContractBase):
         ended = self.store.terminate_agreement(agreement_id, reason, now)
         other = terms.consumer_id if stored.role is Role.PROVIDER else terms.provider_id
         body = AgreementTermination(agreement_id, reason, ended.terminated_at or now)
-        note = self.notification(peer_name(other), body, f"terminated:{agreement_id}")
+        note = self.notification(other, body, f"terminated:{agreement_id}")
         self.store.enqueue([note], now)
         return ended
 
@@ -186,7 +202,7 @@ class ContractNotices(ContractBase):
 
         def outbox(signed: SignedReceipt, provider_id: str) -> list[OutboxMessage]:
             rid = signed.receipt.receipt_id
-            return [self.notification(peer_name(provider_id), signed, f"receipt:{rid}")]
+            return [self.notification(provider_id, signed, f"receipt:{rid}")]
 
         report = sweep(
             self.store, self.signing_key, self.clock.now(), outbox=outbox, horizon=horizon

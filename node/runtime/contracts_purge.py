@@ -39,7 +39,6 @@ from qdspace.connector.purge import (
     plan_purge,
 )
 from qdspace.connector.retention_sweep import shred_and_sign
-from qdspace.node.member_ids import peer_name
 from qdspace.node.runtime.contracts_notices import ContractNotices
 from qdspace.policies.errors import PolicyError
 
@@ -73,7 +72,7 @@ class ContractPurge(ContractNotices):
 
         def outbox(signed: SignedReceipt, provider_id: str) -> list[OutboxMessage]:
             rid = signed.receipt.receipt_id
-            return [self.notification(peer_name(provider_id), signed, f"receipt:{rid}")]
+            return [self.notification(provider_id, signed, f"receipt:{rid}")]
 
         issued: list[SignedReceipt] = []
         failures: list[PurgeFailure] = []

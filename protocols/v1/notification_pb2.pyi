@@ -91,10 +91,11 @@ class QualityCaseEvent(_message.Message):
     def __init__(self, event_json: _Optional[bytes] = ..., signature: _Optional[bytes] = ...) -> None: ...
 
 class NotificationMessage(_message.Message):
-    __slots__ = ("notification_id", "sender_id", "sent_at_unix_us", "order_closed", "agreement_terminated", "deletion_receipt", "quality_alert", "investigation", "quality_case_event")
+    __slots__ = ("notification_id", "sender_id", "sent_at_unix_us", "recipient_id", "order_closed", "agreement_terminated", "deletion_receipt", "quality_alert", "investigation", "quality_case_event")
     NOTIFICATION_ID_FIELD_NUMBER: _ClassVar[int]
     SENDER_ID_FIELD_NUMBER: _ClassVar[int]
     SENT_AT_UNIX_US_FIELD_NUMBER: _ClassVar[int]
+    RECIPIENT_ID_FIELD_NUMBER: _ClassVar[int]
     ORDER_CLOSED_FIELD_NUMBER: _ClassVar[int]
     AGREEMENT_TERMINATED_FIELD_NUMBER: _ClassVar[int]
     DELETION_RECEIPT_FIELD_NUMBER: _ClassVar[int]
@@ -104,13 +105,14 @@ class NotificationMessage(_message.Message):
     notification_id: str
     sender_id: str
     sent_at_unix_us: int
+    recipient_id: str
     order_closed: OrderClosed
     agreement_terminated: AgreementTerminated
     deletion_receipt: DeletionReceipt
     quality_alert: QualityAlert
     investigation: Investigation
     quality_case_event: QualityCaseEvent
-    def __init__(self, notification_id: _Optional[str] = ..., sender_id: _Optional[str] = ..., sent_at_unix_us: _Optional[int] = ..., order_closed: _Optional[_Union[OrderClosed, _Mapping]] = ..., agreement_terminated: _Optional[_Union[AgreementTerminated, _Mapping]] = ..., deletion_receipt: _Optional[_Union[DeletionReceipt, _Mapping]] = ..., quality_alert: _Optional[_Union[QualityAlert, _Mapping]] = ..., investigation: _Optional[_Union[Investigation, _Mapping]] = ..., quality_case_event: _Optional[_Union[QualityCaseEvent, _Mapping]] = ...) -> None: ...
+    def __init__(self, notification_id: _Optional[str] = ..., sender_id: _Optional[str] = ..., sent_at_unix_us: _Optional[int] = ..., recipient_id: _Optional[str] = ..., order_closed: _Optional[_Union[OrderClosed, _Mapping]] = ..., agreement_terminated: _Optional[_Union[AgreementTerminated, _Mapping]] = ..., deletion_receipt: _Optional[_Union[DeletionReceipt, _Mapping]] = ..., quality_alert: _Optional[_Union[QualityAlert, _Mapping]] = ..., investigation: _Optional[_Union[Investigation, _Mapping]] = ..., quality_case_event: _Optional[_Union[QualityCaseEvent, _Mapping]] = ...) -> None: ...
 
 class NotificationAck(_message.Message):
     __slots__ = ("notification_id", "first_delivery")

@@ -16,6 +16,7 @@ import random
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,8 @@ from grpc_health.v1 import health_pb2
 from sqlalchemy import create_engine, text
 
 from qdspace.connector.agreement import AgreementTermination, OrderClosed
+from qdspace.connector.contract_store import OutboxMessage
+from qdspace.connector.contract_store.outbox import OutboxStore
 from qdspace.connector.spc import Investigation, QualityAlert, SpcAlert, SpcPoint
 from qdspace.connector.transfer_wire import Checkpoint
 from qdspace.node.identity.authority import Authority
@@ -634,6 +637,80 @@ def test_replayed_notifications_are_done_once_and_bounded(net: LocalNetwork) -> 
         i=case.investigation_id,
     )
     assert held == [{"sender_id": mallory_id}]  # persisted, once
+
+
+def test_a_notification_for_another_member_is_refused(net: LocalNetwork) -> None:
+    """Mallory delivers an investigation addressed to SunArc's member id to Cellex (what
+    a node that kept a notification for a name's former holder would do): refused, and
+    Cellex records nothing. A recipient id that is no id is a wire error."""
+    mallory_id = _keys(net, "mallory").identity.member_id
+    sunarc_id = _keys(net, "sunarc").identity.member_id
+    case = Investigation(f"inv-{uuid.uuid4().hex}", "EL cracks", "not yours", "CX-HOSTILE-2")
+    note = Notification(f"n-{uuid.uuid4().hex}", mallory_id, _now(), case, sunarc_id)
+    code, details, _ = _notify(net, "mallory", "cellex", note)
+    assert code is grpc.StatusCode.PERMISSION_DENIED, (code, details)
+    assert f"is for member {sunarc_id}" in details
+    sql = "SELECT sender_id FROM contract_investigation WHERE investigation_id = :i"
+    assert db_rows(net, "cellex", sql, i=case.investigation_id) == []
+    for bad in ("x" * 500, "cellex\x00"):
+        code, details, _ = _notify(net, "mallory", "cellex", replace(note, recipient_id=bad))
+        assert code is grpc.StatusCode.INVALID_ARGUMENT and "recipient_id" in details, details
+
+
+def test_a_notification_for_a_name_s_former_holder_does_not_reach_its_new_one(
+    net: LocalNetwork,
+) -> None:
+    """Cellex holds a notification for the member that was called mallory before (the
+    name passes on once its holder leaves: the authority frees it): it is not sent to the
+    Mallory that answers to the name now. Cellex's outbox keeps it, saying why, and
+    Mallory records nothing (on the old code it was delivered to whoever held the name,
+    an investigation's subject and all)."""
+    cellex_id = _keys(net, "cellex").identity.member_id
+    mallory_id = _keys(net, "mallory").identity.member_id
+    former = "mallory-" + ("0" * 12 if not mallory_id.endswith("0" * 12) else "1" * 12)
+    case = Investigation(f"inv-{uuid.uuid4().hex}", "EL cracks", "for the old holder", "CX-OLD")
+    note = Notification(f"n-{uuid.uuid4().hex}", cellex_id, _now(), case, former)
+    payload = notification_to_proto(note).SerializeToString()
+    nid = note.notification_id
+    engine = create_engine(f"sqlite:///{net['cellex'].directory / 'node.db'}")
+    try:
+        OutboxStore(engine).enqueue(
+            [OutboxMessage("mallory", "notification", nid, nid, payload)], _now()
+        )
+    finally:
+        engine.dispose()
+    sql = "SELECT last_error, sent_at FROM contract_outbox WHERE message_id = :m"
+
+    def held() -> Any:
+        rows = db_rows(net, "cellex", sql, m=nid)
+        return rows and rows[0]["last_error"] and rows[0]
+
+    row = wait_for("cellex's outbox to try it", held)
+    assert row["sent_at"] is None
+    assert f"is member {mallory_id}, not {former}" in row["last_error"], row
+    assert "not sent" in row["last_error"]
+    found = "SELECT sender_id FROM contract_investigation WHERE investigation_id = :i"
+    assert db_rows(net, "mallory", found, i=case.investigation_id) == []
+    # what Cellex owes the Mallory of today still reaches it
+    today = Investigation(f"inv-{uuid.uuid4().hex}", "EL cracks", "for mallory", "CX-NEW")
+    fresh = Notification(f"n-{uuid.uuid4().hex}", cellex_id, _now(), today, mallory_id)
+    fresh_id = fresh.notification_id
+    engine = create_engine(f"sqlite:///{net['cellex'].directory / 'node.db'}")
+    try:
+        message = OutboxMessage(
+            "mallory",
+            "notification",
+            fresh_id,
+            fresh_id,
+            notification_to_proto(fresh).SerializeToString(),
+        )
+        OutboxStore(engine).enqueue([message], _now())
+    finally:
+        engine.dispose()
+    wait_for(
+        "the notification for today's mallory",
+        lambda: db_rows(net, "mallory", found, i=today.investigation_id),
+    )
 
 
 def test_non_finite_numbers_from_a_peer_are_invalid(net: LocalNetwork) -> None:

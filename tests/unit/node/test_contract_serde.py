@@ -382,7 +382,11 @@ bodies = st.one_of(
 )
 
 
-@given(st.builds(notification_serde.Notification, ids, ids, instants, bodies))
+@given(
+    st.builds(
+        notification_serde.Notification, ids, ids, instants, bodies, st.one_of(st.just(""), ids)
+    )
+)
 def test_notifications_round_trip(notification: notification_serde.Notification) -> None:
     wire = notification_serde.notification_to_proto(notification).SerializeToString()
     decoded = notification_pb2.NotificationMessage.FromString(wire)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from qdspace.node.errors import UnknownPeerError
+from qdspace.node.errors import NotTheMember, PeerError, UnknownPeerError
 from qdspace.node.identity.authority import Authority
 from qdspace.node.identity.directory import DirectoryEntry, new_entry
 from qdspace.node.identity.member import MemberKeys, create_member_keys
@@ -62,6 +62,32 @@ def test_a_moved_peer_gets_a_new_channel(authority: Authority, tmp_path: Path) -
         peers.follow([_entry(cellex, "10.0.0.9:7443")])
         moved = peers.channel("cellex")
         assert moved is not first
+        await peers.close()
+
+    asyncio.run(scenario())
+
+
+def test_a_listed_name_is_confirmed_as_the_member_its_entry_names(
+    authority: Authority, tmp_path: Path
+) -> None:
+    """The directory says who holds a name now: a notification queued for the member
+    that held it before (the authority frees a name its holder left) is not sent to the
+    one that holds it now. A static peer the directory does not list is confirmed by the
+    certificate it presents: here nothing answers, so it is undecided (tried again)."""
+    me, cellex = _keys(authority, tmp_path, "me"), _keys(authority, tmp_path, "cellex")
+    peers = PeerDirectory(me, {"polycell": "127.0.0.1:9"})
+    peers.follow([_entry(cellex, "10.0.0.2:7443")])
+    former = "cellex-" + "0" * 12
+
+    async def scenario() -> None:
+        await peers.confirm_member("cellex", cellex.identity.member_id)
+        with pytest.raises(NotTheMember, match=f"is now {cellex.identity.member_id}, not {former}"):
+            await peers.confirm_member("cellex", former)
+        with pytest.raises(PeerError, match="no TLS handshake") as undecided:
+            await peers.confirm_member("polycell", "polycell-" + "0" * 12)
+        assert not isinstance(undecided.value, NotTheMember)
+        with pytest.raises(UnknownPeerError):
+            await peers.confirm_member("nobody", "nobody-" + "0" * 12)
         await peers.close()
 
     asyncio.run(scenario())
