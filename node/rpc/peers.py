@@ -85,7 +85,7 @@ class PeerDirectory:
         queued for the one must not reach the other. A listed name is the member its entry
         says (calls to it are pinned to that entry's certificate); a static peer the
         directory does not list is the member whose certificate it presents (one TLS
-        handshake, remembered per address). A peer that cannot be reached is not decided
+        handshake, each time). A peer that cannot be reached is not decided
         here: `PeerError`, tried again later."""
         entry = self._listed.get(name)
         if entry is not None:

@@ -145,8 +145,12 @@ class PinChecker:
         return seen
 
     async def presented_member(self, peer_name: str, address: str) -> str | None:
-        """The member id in the certificate the peer at ``address`` presents ("" for a
-        certificate that names none); None when no handshake completed (undecided)."""
+        """The member id in the certificate the peer at ``address`` presents now ("" for a
+        certificate that names none); None when no handshake completed (undecided). A
+        handshake of its own each time (what is remembered of the address is renewed): a
+        caller asks before it hands a member what is for that member alone, and the
+        server at an address can change hands between two such messages."""
+        self._seen.pop(address, None)
         if await self._presented(peer_name, address) is None:
             return None
         return self._members.get(address, "")
