@@ -2,8 +2,10 @@
 
 The call carries the time left as its gRPC deadline (the producer's budget for its own
 producers); the answer is decoded and checked (`trace_serde.answer_from_proto`) and must
-come from the producer asked. A refusal, a timeout or a malformed answer becomes a
-`PeerError` naming the producer and the status: the caller records it as a missing tier.
+come from the producer asked, which must be the member the agreement names (a name passes
+to another member once its holder leaves: `PeerDirectory.confirm_member`). A refusal, a
+timeout or a malformed answer becomes a `PeerError` naming the producer and the status:
+the caller records it as a missing tier.
 """
 
 from __future__ import annotations
@@ -19,7 +21,11 @@ from qdspace.protocols.v1 import trace_pb2_grpc
 
 
 def grpc_ask(peers: PeerDirectory) -> Ask:
-    async def ask(producer: str, question: TraceQuestion, timeout_s: float) -> TierAnswer:
+    async def ask(
+        producer: str, member_id: str, question: TraceQuestion, timeout_s: float
+    ) -> TierAnswer:
+        # the agreement's producer, not whoever holds its name now (`confirm_member`)
+        await peers.confirm_member(producer, member_id)
         stub = trace_pb2_grpc.TraceStub(peers.channel(producer))
         try:
             reply = await stub.Investigate(question_to_proto(question), timeout=timeout_s)

@@ -74,7 +74,8 @@ class TraceQuestion:
 
 
 #: asks producer `name` under `agreement_id` about `batch_ids`, within `timeout_s`
-Ask = Callable[[str, TraceQuestion, float], Awaitable[TierAnswer]]
+#: ask producer (name, member id the agreement names) a question within a time budget
+Ask = Callable[[str, str, TraceQuestion, float], Awaitable[TierAnswer]]
 
 
 def anchored_through(engine: Engine) -> dict[str, int]:
@@ -220,8 +221,9 @@ class TraceRoom:
 
     # ----------------------------------------------------------------- our producers
 
-    def own_agreement(self, producer: str) -> str | None:
-        """Our newest active traceability agreement with `producer`, if any."""
+    def own_agreement(self, producer: str) -> tuple[str, str] | None:
+        """Our newest active traceability agreement with `producer`, if any: its id and
+        the member id of its provider (who must answer, whoever holds the name now)."""
         found = [
             s
             for s in self.contracts.store.agreements(Role.CONSUMER, asset_id=TRACEABILITY_ASSET)
@@ -229,7 +231,9 @@ class TraceRoom:
             and s.signed.agreement.asset_id == TRACEABILITY_ASSET
             and peer_name(s.signed.agreement.provider_id) == producer
         ]
-        return found[-1].agreement_id if found else None
+        if not found:
+            return None
+        return found[-1].agreement_id, found[-1].signed.agreement.provider_id
 
     async def _ask_all(
         self, bought: Mapping[str, set[str]], path: tuple[str, ...], depth: int, left_s: float
@@ -246,8 +250,9 @@ class TraceRoom:
             if reason is not None or self.ask is None or agreement is None:
                 missing.append(MissingTier(producer, ids, reason or "this node cannot call peers"))
                 continue
-            question = TraceQuestion(agreement, list(ids), path, depth)
-            calls[producer] = self.ask(producer, question, left_s)
+            agreement_id, member_id = agreement
+            question = TraceQuestion(agreement_id, list(ids), path, depth)
+            calls[producer] = self.ask(producer, member_id, question, left_s)
         results = await asyncio.gather(*calls.values(), return_exceptions=True)
         for producer, result in zip(calls, results, strict=True):
             if isinstance(result, TierAnswer):
