@@ -657,6 +657,19 @@ def test_a_notification_for_another_member_is_refused(net: LocalNetwork) -> None
         assert code is grpc.StatusCode.INVALID_ARGUMENT and "recipient_id" in details, details
 
 
+def _queue(net: LocalNetwork, name: str, peer: str, note: Notification) -> None:
+    """Put ``note`` for ``peer`` into member ``name``'s outbox, as its runtime would."""
+    payload = notification_to_proto(note).SerializeToString()
+    nid = note.notification_id
+    engine = create_engine(f"sqlite:///{net[name].directory / 'node.db'}")
+    try:
+        OutboxStore(engine).enqueue(
+            [OutboxMessage(peer, "notification", nid, nid, payload)], _now()
+        )
+    finally:
+        engine.dispose()
+
+
 def test_a_notification_for_a_name_s_former_holder_does_not_reach_its_new_one(
     net: LocalNetwork,
 ) -> None:
@@ -670,19 +683,11 @@ def test_a_notification_for_a_name_s_former_holder_does_not_reach_its_new_one(
     former = "mallory-" + ("0" * 12 if not mallory_id.endswith("0" * 12) else "1" * 12)
     case = Investigation(f"inv-{uuid.uuid4().hex}", "EL cracks", "for the old holder", "CX-OLD")
     note = Notification(f"n-{uuid.uuid4().hex}", cellex_id, _now(), case, former)
-    payload = notification_to_proto(note).SerializeToString()
-    nid = note.notification_id
-    engine = create_engine(f"sqlite:///{net['cellex'].directory / 'node.db'}")
-    try:
-        OutboxStore(engine).enqueue(
-            [OutboxMessage("mallory", "notification", nid, nid, payload)], _now()
-        )
-    finally:
-        engine.dispose()
+    _queue(net, "cellex", "mallory", note)
     sql = "SELECT last_error, sent_at FROM contract_outbox WHERE message_id = :m"
 
     def held() -> Any:
-        rows = db_rows(net, "cellex", sql, m=nid)
+        rows = db_rows(net, "cellex", sql, m=note.notification_id)
         return rows and rows[0]["last_error"] and rows[0]
 
     row = wait_for("cellex's outbox to try it", held)
@@ -693,20 +698,12 @@ def test_a_notification_for_a_name_s_former_holder_does_not_reach_its_new_one(
     assert db_rows(net, "mallory", found, i=case.investigation_id) == []
     # what Cellex owes the Mallory of today still reaches it
     today = Investigation(f"inv-{uuid.uuid4().hex}", "EL cracks", "for mallory", "CX-NEW")
-    fresh = Notification(f"n-{uuid.uuid4().hex}", cellex_id, _now(), today, mallory_id)
-    fresh_id = fresh.notification_id
-    engine = create_engine(f"sqlite:///{net['cellex'].directory / 'node.db'}")
-    try:
-        message = OutboxMessage(
-            "mallory",
-            "notification",
-            fresh_id,
-            fresh_id,
-            notification_to_proto(fresh).SerializeToString(),
-        )
-        OutboxStore(engine).enqueue([message], _now())
-    finally:
-        engine.dispose()
+    _queue(
+        net,
+        "cellex",
+        "mallory",
+        Notification(f"n-{uuid.uuid4().hex}", cellex_id, _now(), today, mallory_id),
+    )
     wait_for(
         "the notification for today's mallory",
         lambda: db_rows(net, "mallory", found, i=today.investigation_id),
