@@ -191,12 +191,15 @@ class MemberServer:
     def prepare(self) -> None:
         """The member side of federated learning (the operator API reads it from the
         context, so it is made before the API app)."""
-        from qdspace.node.rpc.federation_link import grpc_coordinators
+        from qdspace.node.rpc.federation_link import coordinator_vouch, grpc_coordinators
         from qdspace.node.runtime.federation_member import FederationMember
 
         ctx = self.ctx
         self._federation = FederationMember(
-            grpc_coordinators(ctx), ctx.settings.directory, ctx.keys.identity.name
+            grpc_coordinators(ctx),
+            ctx.settings.directory,
+            ctx.keys.identity.name,
+            coordinator_vouch(ctx),
         )
         ctx.federation = self._federation
 

@@ -11,6 +11,7 @@ checking the roster against the node's live revocation list. The composition roo
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
@@ -30,8 +31,10 @@ from qdspace.node.runtime.federation_member import (
     Connect,
     MemberEvent,
     MemberResult,
+    NotTheCoordinator,
     Position,
     VersionHook,
+    Vouch,
 )
 
 if TYPE_CHECKING:
@@ -116,3 +119,37 @@ def grpc_coordinators(ctx: NodeContext) -> Connect:
         return GrpcCoordinator(ctx.keys, ctx.revocations.is_revoked, channel, coordinator, job_id)
 
     return connect
+
+
+def coordinator_vouch(ctx: NodeContext) -> Vouch:
+    """Who the coordinator of a job under contract must be: the member this node's active
+    agreement for the job's asset names as its provider (the coordinator offers the job's
+    asset and signs it), confirmed at the name this node reaches it by
+    (`PeerDirectory.confirm_member`: a name passes to another member once its holder
+    leaves). A job under no contract names nobody to check against."""
+
+    async def vouch(coordinator: str, job: JobSpec) -> None:
+        from qdspace.connector.negotiation import Role
+        from qdspace.node.member_ids import peer_name
+
+        asset = job.agreement_asset
+        contracts = ctx.contracts
+        if asset is None or contracts is None:
+            return
+        held = await asyncio.to_thread(contracts.store.agreements, Role.CONSUMER, asset_id=asset)
+        named = [
+            s.signed.agreement.provider_id
+            for s in held
+            if s.active
+            and s.signed.agreement.asset_id == asset
+            and peer_name(s.signed.agreement.provider_id) == coordinator
+        ]
+        if not named:
+            raise NotTheCoordinator(
+                f"{ctx.keys.identity.name} holds no agreement with {coordinator} for job "
+                f"{job.job_id}'s asset {asset}: negotiate its offer first (qdspace fl join "
+                "does), then join"
+            )
+        await ctx.peers.confirm_member(coordinator, named[-1])
+
+    return vouch

@@ -25,7 +25,7 @@ import asyncio
 import logging
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -131,6 +131,9 @@ class CoordinatorLink(Protocol):
 
 #: (coordinator name, job id) -> a link; raises ``UnknownPeerError`` for an unknown name
 Connect = Callable[[str, str], CoordinatorLink]
+#: (coordinator name, the job it describes): raises unless the coordinator is the member
+#: this node's agreement for the job names (`NotTheCoordinator`, or the peer's error)
+Vouch = Callable[[str, JobSpec], Awaitable[None]]
 
 
 # --- errors a caller can cause -----------------------------------------------------------
@@ -142,6 +145,10 @@ class FederationRequestError(NodeError, ValueError):
 
 class NotAJobMember(NodeError, PermissionError):
     """This node is not among the members the job's terms name."""
+
+
+class NotTheCoordinator(NodeError, PermissionError):
+    """A job under contract whose coordinator this node holds no agreement with."""
 
 
 class UnknownSession(NodeError, LookupError):
@@ -224,10 +231,14 @@ def held_out_scores(kind: ModelKind, params: Params, data: Dataset) -> dict[str,
 class FederationMember:
     """Starts, follows and reports this node's member sessions; starts and reads jobs."""
 
-    def __init__(self, connect: Connect, directory: Path, name: str) -> None:
+    def __init__(
+        self, connect: Connect, directory: Path, name: str, vouch: Vouch | None = None
+    ) -> None:
         self._connect = connect
         self.directory = directory
         self.name = name
+        #: who the coordinator of a job under contract must be (None: not checked)
+        self._vouch = vouch
         self._sessions: dict[str, MemberSession] = {}
 
     # -- coordinator side: jobs -----------------------------------------------------------
@@ -315,6 +326,10 @@ class FederationMember:
             spec = await link.job()
             if self.name not in spec.members:
                 raise NotAJobMember(f"{self.name} is not a member of job {spec.job_id}")
+            if self._vouch is not None and request.coordinator != self.name:
+                # model updates say much about the data they came from: they go to the
+                # member this node agreed with, not to whoever holds its name now
+                await self._vouch(request.coordinator, spec)
             kind = model_kind(spec.model)
             problems = job_problems(spec.model, spec.shapes, spec.training)
             if problems:
