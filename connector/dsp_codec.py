@@ -31,7 +31,7 @@ from qdspace.policies.odrl.codec import parse_jsonld_policy, policy_to_jsonld
 from qdspace.policies.odrl.jsonld import DSP_CONTEXT, POLICY_CONTEXT
 from qdspace.policies.odrl.node_form import from_odrl
 from qdspace.policies.odrl.vocab import PolicyKind
-from qdspace.util.urls import host_port, https_origin
+from qdspace.util.urls import host_port, https_origin, split_host_port
 
 VERSION = "2025-1"
 MAX_PID = 128
@@ -244,7 +244,7 @@ def check_static_callback(url: str, configured: str | None, name: str) -> None:
             f"member {shown} is not among this node's peers, so its callback address cannot "
             "be checked (its operator adds it: qdspace node peer-add)",
         )
-    host = configured.rpartition(":")[0].strip("[]").lower()
+    host = split_host_port(configured)[0].lower()
     origin = https_origin(url)
     if origin is not None and origin[0] == host:
         return

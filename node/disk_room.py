@@ -71,10 +71,14 @@ class DiskRoom:
             "stored"
         )
 
+    def check_ingest(self, size: int) -> None:
+        """Refuse an ingest of ``size`` bytes that does not fit (its caller is told)."""
+        self.check(size, "this ingest brings")
+
     @asynccontextmanager
     async def admit(self, rows: int, size: int) -> AsyncIterator[None]:
         """Around an ingest of ``size`` bytes (`node.context.IngestAdmission`)."""
-        self.check(size, "this ingest brings")
+        self.check_ingest(size)
         yield
 
     def check_received(self, size: int) -> None:

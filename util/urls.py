@@ -40,6 +40,13 @@ def https_origin(url: str) -> tuple[str, int] | None:
     return parts.hostname.lower(), port
 
 
+def split_host_port(address: str) -> tuple[str, str]:
+    """``host:port`` as (host, port), an IPv6 host without its brackets (`host_port`'s
+    inverse); the port as written, for the caller to check."""
+    host, _, port = address.rpartition(":")
+    return host.strip("[]"), port
+
+
 def host_port(host: str, port: int) -> str:
     """``host:port``, an IPv6 host in brackets (as a URL and the directory write it)."""
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"

@@ -204,10 +204,10 @@ class TenantAdmission:
         rows and bytes held as in flight until it ends, then measured again."""
         async with self._ingest:
             if self.disk is not None:
-                self.disk.check(size, "this ingest brings")
+                self.disk.check_ingest(size)
             held = self._measure is not None and self._limits_growth
             if held:
-                await asyncio.to_thread(partial(self._reserve, rows, size, what=INGEST, fresh=True))
+                await asyncio.to_thread(partial(self._reserve, rows, size, ingest=True))
             try:
                 yield
             finally:
@@ -229,30 +229,32 @@ class TenantAdmission:
             self.disk.check_received(size)
         held = self._measure is not None and self._limits_growth
         if held:
-            self._reserve(rows, size, what=RECEIVED, fresh=False)
+            self._reserve(rows, size, ingest=False)
         try:
             yield
         finally:
             if held:
                 self._settle(rows, size)
 
-    def _reserve(self, rows: int, size: int, *, what: tuple[str, str], fresh: bool) -> None:
-        """Check a write against the usage (measured now if ``fresh`` or if the measure
-        is stale) and count it in: in the usage, and as in flight until `_settle`.
+    def _reserve(self, rows: int, size: int, *, ingest: bool) -> None:
+        """Check a write against the usage (measured now for an ``ingest``, or if the
+        measure is stale) and count it in: in the usage, and as in flight until `_settle`.
 
         Ingests and received groups of several transfers pass here one at a time, and
         every measure adds the writes in flight then (written or not, the measure may
         not have seen them), so two writes cannot both take the last rows of a quota:
         the usage is an upper bound until the next measure corrects it."""
         with self._lock:
-            if fresh or self.usage is None or self._stale():
+            if ingest or self.usage is None or self._stale():
                 self._remeasure_locked()
             usage = self.usage
             assert usage is not None
             try:
-                check_growth(self.tenant, self.quota, usage, rows, size, what)
+                check_growth(
+                    self.tenant, self.quota, usage, rows, size, INGEST if ingest else RECEIVED
+                )
             except QuotaExceeded as exc:
-                if not fresh:  # a received group's refusal is logged; an ingest's is answered
+                if not ingest:  # a received group's refusal is logged; an ingest's is answered
                     self._note_refusal(exc)
                 raise
             self.usage = Usage(usage.rows + rows, usage.size + size)

@@ -313,10 +313,9 @@ class ContractClient(ConsumerSubscriptions):
             if last is not None and last.final is not None:
                 since = last.final.position
         terms = stored.signed.agreement
-        peer = peer_name(terms.provider_id)
         # the agreement's provider, not whoever holds its name now: rows from another
         # member would enter this node's copy as the provider's
-        await self.peers.confirm_member(peer, terms.provider_id)
+        peer = await self.peers.confirm_member(terms.provider_id)
         tid = f"trf-{uuid.uuid4().hex}"
         at = self.runtime.clock.now()
         request = TransferRequest(
@@ -360,8 +359,7 @@ class ContractClient(ConsumerSubscriptions):
         process = store.load_transfer(transfer_id)
         if process.state is not TransferState.STARTED:
             return process
-        peer = peer_name(process.provider_id)
-        await self.peers.confirm_member(peer, process.provider_id)
+        peer = await self.peers.confirm_member(process.provider_id)
         stub = transfer_pb2_grpc.TransferStub(self.peers.channel(peer))
         request = pull_request_to_proto(PullRequest(transfer_id, process.checkpoint, batch_rows))
         commits = _GroupCommits(self.runtime.commit_received_batch, self.metrics, process)

@@ -196,7 +196,7 @@ class OutboxDispatcher:
             )
         wire = notification_pb2.NotificationMessage.FromString(message.payload)
         if wire.recipient_id:  # only to that member, not to whoever holds its name now
-            await self.peers.confirm_member(message.peer_id, wire.recipient_id)
+            await self.peers.confirm_member(wire.recipient_id)
         stub = notification_pb2_grpc.NotificationStub(self.peers.channel(message.peer_id))
         await call_peer(message.peer_id, "notify", lambda: stub.Notify(wire, timeout=TIMEOUT_S))
 

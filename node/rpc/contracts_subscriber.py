@@ -259,7 +259,7 @@ class ConsumerSubscriptions:
         is ``streaming`` once the provider opened it)."""
         # the agreement's provider, not whoever holds its name now (`confirm_member`)
         stored = await asyncio.to_thread(self.runtime.store.agreement, sub.agreement_id)
-        await self.peers.confirm_member(sub.provider, stored.signed.agreement.provider_id)
+        await self.peers.confirm_member(stored.signed.agreement.provider_id)
         # the events' raw bytes are kept (deserialised here, not by the stub) so that the
         # metrics count what arrived without encoding each event again (`ByteSize()`)
         subscribe = self.peers.channel(sub.provider).unary_stream(

@@ -129,27 +129,17 @@ def coordinator_vouch(ctx: NodeContext) -> Vouch:
     leaves). A job under no contract names nobody to check against."""
 
     async def vouch(coordinator: str, job: JobSpec) -> None:
-        from qdspace.connector.negotiation import Role
-        from qdspace.node.member_ids import peer_name
-
         asset = job.agreement_asset
         contracts = ctx.contracts
         if asset is None or contracts is None:
             return
-        held = await asyncio.to_thread(contracts.store.agreements, Role.CONSUMER, asset_id=asset)
-        named = [
-            s.signed.agreement.provider_id
-            for s in held
-            if s.active
-            and s.signed.agreement.asset_id == asset
-            and peer_name(s.signed.agreement.provider_id) == coordinator
-        ]
-        if not named:
+        held = await asyncio.to_thread(contracts.agreed_with, asset, coordinator)
+        if held is None:
             raise NotTheCoordinator(
                 f"{ctx.keys.identity.name} holds no agreement with {coordinator} for job "
                 f"{job.job_id}'s asset {asset}: negotiate its offer first (qdspace fl join "
                 "does), then join"
             )
-        await ctx.peers.confirm_member(coordinator, named[-1])
+        await ctx.peers.confirm_member(held.signed.agreement.provider_id)
 
     return vouch

@@ -14,6 +14,7 @@ import grpc
 from qdspace.node.errors import NotTheMember, PeerError, UnknownPeerError
 from qdspace.node.identity.directory import DirectoryEntry
 from qdspace.node.identity.member import MemberKeys
+from qdspace.node.member_ids import peer_name
 from qdspace.node.rpc.client import open_channel
 from qdspace.node.rpc.pins import PinChecker, pin_interceptors
 from qdspace.protocols.v1 import node_pb2, node_pb2_grpc, trace_pb2, trace_pb2_grpc
@@ -79,14 +80,16 @@ class PeerDirectory:
         """The address the node's settings name for peer ``name``, if they name one."""
         return self._static.get(name)
 
-    async def confirm_member(self, name: str, member_id: str) -> None:
-        """Raise `NotTheMember` unless peer ``name`` is member ``member_id``: a name passes
-        to another member once its holder has left (the authority frees it), and what was
-        queued for the one must not reach the other. A listed name is the member its entry
-        says (calls to it are pinned to that entry's certificate); a static peer the
-        directory does not list is the member whose certificate it presents (one TLS
-        handshake, each time). A peer that cannot be reached is not decided
-        here: `PeerError`, tried again later."""
+    async def confirm_member(self, member_id: str) -> str:
+        """The name member ``member_id`` is called by (the one inside its id), once the
+        peer called so is confirmed to be that member; `NotTheMember` if it is another: a
+        name passes to another member once its holder has left (the authority frees it),
+        and what is owed to the one must not reach the other. A listed name is the member
+        its entry says (calls to it are pinned to that entry's certificate); a static peer
+        the directory does not list is the member whose certificate it presents (one TLS
+        handshake, each time). A peer that cannot be reached is not decided here:
+        `PeerError`, tried again later."""
+        name = peer_name(member_id)
         entry = self._listed.get(name)
         if entry is not None:
             if entry.member_id != member_id:
@@ -94,7 +97,7 @@ class PeerDirectory:
                     f"the member called {name} is now {entry.member_id}, not {member_id} "
                     "(the name passed to another member): not sent"
                 )
-            return
+            return name
         address = self.address(name)
         presented = await self._pins.presented_member(name, address)
         if presented is None:
@@ -104,6 +107,7 @@ class PeerDirectory:
                 f"peer {name} at {address} is member {presented or '(none)'}, not {member_id} "
                 "(the name passed to another member): not sent"
             )
+        return name
 
     def fingerprint(self, name: str) -> str | None:
         """The certificate fingerprint the directory names for peer ``name``, if listed."""

@@ -48,6 +48,7 @@ from qdspace.node.identity.keyfiles import transient_key_file
 from qdspace.node.identity.member import MemberKeys
 from qdspace.node.identity.revocation import StaleRevocationList
 from qdspace.node.rpc.observe import with_request_id
+from qdspace.util.urls import split_host_port
 
 logger = logging.getLogger("node.rpc")
 
@@ -82,8 +83,7 @@ async def presented_certificate(
     context: ssl.SSLContext, address: str, peer_name: str, timeout: float = HANDSHAKE_TIMEOUT_S
 ) -> bytes | None:
     """DER of the certificate the peer at ``address`` presents; None if no handshake."""
-    host, _, port = address.rpartition(":")
-    host = host.strip("[]")
+    host, port = split_host_port(address)
     try:
         _, writer = await asyncio.wait_for(
             asyncio.open_connection(host, int(port), ssl=context, server_hostname=peer_name),

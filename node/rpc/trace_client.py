@@ -25,7 +25,7 @@ def grpc_ask(peers: PeerDirectory) -> Ask:
         producer: str, member_id: str, question: TraceQuestion, timeout_s: float
     ) -> TierAnswer:
         # the agreement's producer, not whoever holds its name now (`confirm_member`)
-        await peers.confirm_member(producer, member_id)
+        await peers.confirm_member(member_id)
         stub = trace_pb2_grpc.TraceStub(peers.channel(producer))
         try:
             reply = await stub.Investigate(question_to_proto(question), timeout=timeout_s)

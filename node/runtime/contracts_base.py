@@ -23,12 +23,14 @@ from sqlalchemy import Engine
 from qdspace.connector import held_connection
 from qdspace.connector.assets import Asset, CatalogEntry, catalog
 from qdspace.connector.contract_errors import UnknownContractError
-from qdspace.connector.contract_store import ContractStore
+from qdspace.connector.contract_store import ContractStore, StoredAgreement
 from qdspace.connector.contract_store.common import DriverStatement
+from qdspace.connector.negotiation import Role
 from qdspace.connector.qdm import Order
 from qdspace.connector.spc import Investigation
 from qdspace.node.config import DEFAULT_NEGOTIATIONS_PER_HOUR, DEFAULT_TRANSFERS_PER_HOUR
 from qdspace.node.identity.certs import MemberIdentity
+from qdspace.node.member_ids import peer_name
 from qdspace.node.runtime.contracts_clock import ContractClock
 from qdspace.node.runtime.table_watch import TableWatch
 
@@ -116,6 +118,18 @@ class ContractBase:
         self.assets[asset.asset_id] = asset
         self.catalog_generation += 1
         logger.info("catalog: %s (%s) offered", asset.asset_id, asset.kind)
+
+    def agreed_with(self, asset_id: str, provider: str) -> StoredAgreement | None:
+        """Our newest active agreement, as consumer, for ``asset_id`` with the provider we
+        call ``provider`` (a member name); the member id it names is who must answer."""
+        found = [
+            s
+            for s in self.store.agreements(Role.CONSUMER, asset_id=asset_id)
+            if s.active
+            and s.signed.agreement.asset_id == asset_id
+            and peer_name(s.signed.agreement.provider_id) == provider
+        ]
+        return found[-1] if found else None
 
     def customer_orders(self, customer: str) -> frozenset[str]:
         with held_connection.connect(self.qdm) as connection:

@@ -14,7 +14,7 @@ live subscription's next reconnect). A node that is no host's tenant has no room
 from __future__ import annotations
 
 from collections.abc import Sequence
-from contextlib import AbstractContextManager
+from contextlib import AbstractContextManager, nullcontext
 from datetime import datetime
 from typing import Protocol
 
@@ -52,16 +52,16 @@ class ConsumerReceipts(ContractBase):
     ) -> MirrorResult:
         """A pull's verified rows and the transfer's cursor after them, in one
         transaction (`ContractStore.commit_transfer_batch`), if there is room."""
-        if self.received_room is None:
-            return self.store.commit_transfer_batch(before, after, rows, at)
-        with self.received_room.receive(len(rows), sum(map(len, rows.payloads))):
+        with self._room(len(rows), sum(map(len, rows.payloads))):
             return self.store.commit_transfer_batch(before, after, rows, at)
 
     def store_received(
         self, agreement_id: str, source_id: str, rows: Sequence[IncomingRow], at: datetime
     ) -> MirrorResult:
         """A live stream's rows (`ContractStore.store_received_rows`), if there is room."""
-        if self.received_room is None:
+        with self._room(len(rows), sum(len(r.payload) for r in rows)):
             return self.store.store_received_rows(agreement_id, source_id, rows, at)
-        with self.received_room.receive(len(rows), sum(len(r.payload) for r in rows)):
-            return self.store.store_received_rows(agreement_id, source_id, rows, at)
+
+    def _room(self, rows: int, size: int) -> AbstractContextManager[None]:
+        room = self.received_room
+        return nullcontext() if room is None else room.receive(rows, size)

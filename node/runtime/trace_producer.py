@@ -31,7 +31,6 @@ from sqlalchemy import Engine, inspect, select
 
 from qdspace.connector.assets import AssetKind
 from qdspace.connector.contract_errors import ContractError
-from qdspace.connector.negotiation import Role
 from qdspace.connector.rootcause import Finding
 from qdspace.connector.trace import (
     MAX_DEPTH,
@@ -48,7 +47,6 @@ from qdspace.connector.trace_data import batches, local_tier, tier_findings, tie
 from qdspace.node.config import DEFAULT_TRACES_PER_HOUR
 from qdspace.node.errors import LimitExceeded
 from qdspace.node.identity.certs import MemberIdentity
-from qdspace.node.member_ids import peer_name
 from qdspace.node.runtime.contracts import ContractRuntime
 from qdspace.policies.model import Action
 from qdspace.util.numbers import decimal
@@ -73,8 +71,8 @@ class TraceQuestion:
     depth: int = 0  # tiers above us
 
 
-#: asks producer `name` under `agreement_id` about `batch_ids`, within `timeout_s`
-#: ask producer (name, member id the agreement names) a question within a time budget
+#: asks producer `name`, the member `member_id` our agreement names, a question (its
+#: agreement and batch ids) within `timeout_s`
 Ask = Callable[[str, str, TraceQuestion, float], Awaitable[TierAnswer]]
 
 
@@ -224,16 +222,10 @@ class TraceRoom:
     def own_agreement(self, producer: str) -> tuple[str, str] | None:
         """Our newest active traceability agreement with `producer`, if any: its id and
         the member id of its provider (who must answer, whoever holds the name now)."""
-        found = [
-            s
-            for s in self.contracts.store.agreements(Role.CONSUMER, asset_id=TRACEABILITY_ASSET)
-            if s.active
-            and s.signed.agreement.asset_id == TRACEABILITY_ASSET
-            and peer_name(s.signed.agreement.provider_id) == producer
-        ]
-        if not found:
+        found = self.contracts.agreed_with(TRACEABILITY_ASSET, producer)
+        if found is None:
             return None
-        return found[-1].agreement_id, found[-1].signed.agreement.provider_id
+        return found.agreement_id, found.signed.agreement.provider_id
 
     async def _ask_all(
         self, bought: Mapping[str, set[str]], path: tuple[str, ...], depth: int, left_s: float

@@ -32,6 +32,7 @@ from qdspace.node.identity.directory import new_entry
 from qdspace.node.identity.member import MemberKeys, create_member_keys
 from qdspace.node.rpc.federation_link import coordinator_vouch
 from qdspace.node.rpc.peers import PeerDirectory
+from qdspace.node.runtime.contracts_base import ContractBase
 from qdspace.node.runtime.federation_member import (
     FederationMember,
     JoinRequest,
@@ -87,8 +88,17 @@ def _context(tmp_path: Path, members: dict[str, MemberKeys], listed: MemberKeys)
     peers.follow([new_entry(listed.identity, listed.signing_key, {"peer": "10.0.0.9:7443"})])
     identity = SimpleNamespace(name="cellex")
     return SimpleNamespace(
-        contracts=SimpleNamespace(store=store), peers=peers, keys=SimpleNamespace(identity=identity)
+        contracts=_Contracts(store), peers=peers, keys=SimpleNamespace(identity=identity)
     )
+
+
+class _Contracts:
+    """The contract runtime's agreement lookup (`ContractBase.agreed_with`) on a store."""
+
+    agreed_with = ContractBase.agreed_with
+
+    def __init__(self, store: ContractStore) -> None:
+        self.store = store
 
 
 def test_the_job_s_coordinator_must_be_the_member_the_agreement_names(
