@@ -29,7 +29,8 @@ typed door to the routes, not a second model of the API. Finding a node, verifyi
 TLS and reading its failures live in `node.client_transport`; the names callers use
 are re-exported here (``__all__``). The DSP binding's routes and the federated jobs'
 are features of their own (`node.client_dsp` as ``client.dsp``, `node.client_federation`
-as ``client.federation``).
+as ``client.federation``), as are quality investigations
+(`node.client_investigations` as ``client.investigations``).
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ from urllib.parse import quote
 
 from qdspace.node.client_dsp import DspCalls
 from qdspace.node.client_federation import FederationCalls
+from qdspace.node.client_investigations import InvestigationCalls
 from qdspace.node.client_transport import (
     DEFAULT_TIMEOUT_S,
     ClientError,
@@ -104,6 +106,7 @@ class OperatorClient:
         )
         self.dsp = DspCalls(self)  # ``/v1/dsp``: trading with Dataspace Protocol connectors
         self.federation = FederationCalls(self)  # ``/v1/federation``: jobs, member sessions
+        self.investigations = InvestigationCalls(self)  # ``/v1/investigations``: cases
 
     @classmethod
     def from_directory(cls, directory: Path, timeout: float = DEFAULT_TIMEOUT_S) -> OperatorClient:
@@ -436,36 +439,7 @@ class OperatorClient:
         result: dict[str, Any] = self._get(f"/v1/traces/{trace_id}/report")
         return result
 
-    # -- quality investigations and alerts --------------------------------------------------
-
-    def open_investigation(self, body: dict[str, Any]) -> dict[str, Any]:
-        """Open a quality investigation or alert with a peer (``OpenBody`` of the route)."""
-        result: dict[str, Any] = self._post("/v1/investigations", body)
-        return result
-
-    def investigations(self) -> Rows:
-        result: Rows = self._get("/v1/investigations")
-        return result
-
-    def overdue_actions(self) -> Rows:
-        result: Rows = self._get("/v1/investigations/overdue")
-        return result
-
-    def investigation(self, case_id: str) -> dict[str, Any]:
-        result: dict[str, Any] = self._get(f"/v1/investigations/{case_id}")
-        return result
-
-    def investigation_move(self, case_id: str, move: str, note: str = "") -> dict[str, Any]:
-        """``move``: ack, accept, decline or close."""
-        result: dict[str, Any] = self._post(f"/v1/investigations/{case_id}/{move}", {"note": note})
-        return result
-
-    def investigation_action_done(
-        self, case_id: str, action_id: str, note: str = ""
-    ) -> dict[str, Any]:
-        path = f"/v1/investigations/{case_id}/actions/{action_id}/done"
-        result: dict[str, Any] = self._post(path, {"note": note})
-        return result
+    # -- the demo clock --------------------------------------------------------------------
 
     def set_clock(self, offset_days: float) -> dict[str, Any]:
         result: dict[str, Any] = self._post("/v1/contracts/clock", {"offset_days": offset_days})

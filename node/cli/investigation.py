@@ -93,7 +93,7 @@ def open_case(
         "actions": [parse_action(a, i + 1) for i, a in enumerate(action or [])],
     }
     with target.client() as node:
-        case = node.open_investigation(body)
+        case = node.investigations.open(body)
     print_json(case) if as_json else _print_case(case)
 
 
@@ -106,7 +106,7 @@ def list_cases(
 ) -> None:
     """The investigations and alerts this member opened or received."""
     with target.client() as node:
-        cases = node.investigations()
+        cases = node.investigations.list()
     if as_json:
         print_json(cases)
         return
@@ -129,7 +129,7 @@ def show(
 ) -> None:
     """One case: its terms, actions and signed events."""
     with target.client() as node:
-        case = node.investigation(case_id)
+        case = node.investigations.get(case_id)
     if as_json:
         print_json(case)
         return
@@ -147,7 +147,7 @@ def overdue(
 ) -> None:
     """Actions in force past their due date and not done (exit 1 when there are any)."""
     with target.client() as node:
-        late = node.overdue_actions()
+        late = node.investigations.overdue()
     if as_json:
         print_json(late)
     for a in [] if as_json else late:
@@ -170,7 +170,7 @@ def _move(move: str, doc: str) -> None:
         as_json: JsonOpt = False,
     ) -> None:
         with target.client() as node:
-            case = node.investigation_move(case_id, move, note)
+            case = node.investigations.move(case_id, move, note)
         print_json(case) if as_json else _print_case(case)
 
     command.__doc__ = doc
@@ -195,5 +195,5 @@ def action_done(
 ) -> None:
     """Mark an action this member owns done."""
     with target.client() as node:
-        case = node.investigation_action_done(case_id, action_id, note)
+        case = node.investigations.action_done(case_id, action_id, note)
     print_json(case) if as_json else _print_case(case)

@@ -252,10 +252,10 @@ class _Parties:
         return case
 
     def show(self, who: str, case_id: str) -> dict[str, Any]:
-        return self.saw(who, self.clients[who].investigation(case_id))
+        return self.saw(who, self.clients[who].investigations.get(case_id))
 
     def move(self, who: str, case_id: str, move: str, note: str) -> dict[str, Any]:
-        return self.saw(who, self.clients[who].investigation_move(case_id, move, note))
+        return self.saw(who, self.clients[who].investigations.move(case_id, move, note))
 
     def until(self, who: str, case_id: str, what: str, done: Any) -> dict[str, Any]:
         def probe() -> dict[str, Any] | None:
@@ -268,7 +268,7 @@ class _Parties:
     def actions_done(self, who: str, case_id: str, actions: list[dict[str, Any]]) -> None:
         for action in actions:
             if action["owner"] == who:
-                self.clients[who].investigation_action_done(case_id, action["action_id"], "done")
+                self.clients[who].investigations.action_done(case_id, action["action_id"], "done")
 
 
 def _investigate(network: LocalNetwork, trace: dict[str, Any]) -> dict[str, Any]:
@@ -289,7 +289,7 @@ def _investigate(network: LocalNetwork, trace: dict[str, Any]) -> dict[str, Any]
     started = time.perf_counter()
     with network[OEM].operator(timeout=60) as oem, network[CELLS].operator(timeout=60) as cx:
         p = _Parties(oem, cx)
-        case_id = p.saw(OEM, oem.open_investigation(body))["case_id"]
+        case_id = p.saw(OEM, oem.investigations.open(body))["case_id"]
         p.until(CELLS, case_id, "received", lambda c: c["state"] == "RECEIVED")
         p.move(CELLS, case_id, "ack", "checking our PECVD logs")
         p.move(CELLS, case_id, "accept", "the excursion is confirmed on our side")
