@@ -216,6 +216,7 @@ FAULTS: Mapping[str, Fault] = {
     # a policy needing a business partner number the authority attested none for (DSP
     # access; an authority refusing a directory entry that names an unattested one)
     "qdspace.policies.errors.BpnNotAttested": F("PERMISSION_DENIED", 403, 1),
+    "qdspace.policies.errors.FrameworkNotAttested": F("PERMISSION_DENIED", 403, 1),
     # -- ledger --------------------------------------------------------------
     "qdspace.ledger.errors.LedgerError": F(None, 400, 1),
     "qdspace.ledger.errors.WrongChain": F(None, 400, 1),

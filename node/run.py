@@ -234,7 +234,9 @@ async def start_dsp(ctx: NodeContext, sock: socket.socket) -> _Uvicorn:
     )
     _client, outbox = client_of(ctx)
     outbox.senders[OUTBOX_KIND] = http.send_queued
-    access = DspAccess(parse_access(settings.dsp_access), ctx.peers.attested_bpn)
+    access = DspAccess(
+        parse_access(settings.dsp_access), ctx.peers.attested_bpn, ctx.peers.attested_frameworks
+    )
     # consumers' callbacks only where their members publish DSP, or, with static peers,
     # on the host a peer is configured at (`node.dsp.callbacks`)
     if settings.authority_url:

@@ -36,3 +36,8 @@ class PolicyDenied(PolicyError, PermissionError):
 class BpnNotAttested(PolicyDenied):
     """A policy asks for a business partner number the authority has not attested for the
     caller (a number the caller only claims counts for nothing)."""
+
+
+class FrameworkNotAttested(PolicyDenied):
+    """A policy asks for a framework agreement, and the authority attests none for the
+    caller (`node.identity.attestations`): only the authority's word counts."""

@@ -223,12 +223,29 @@ class AuthorityService:
                 "an empty one (members publish their entries again on their next start)"
             ) from None
         return DirectoryDocument(
-            document.space, document.serial, document.issued_at, entries, document.signature
+            document.space,
+            document.serial,
+            document.issued_at,
+            entries,
+            document.signature,
+            document.attested,
         )
+
+    def _attested(self, entries: list[DirectoryEntry]) -> dict[str, tuple[str, ...]]:
+        """What the register attests of the members these entries list (their
+        certificates' rows): the frameworks each signed."""
+        register = self._members_by_serial()
+        out = {}
+        for entry in entries:
+            member = register.get(entry.serial)
+            if member is not None and member.frameworks:
+                out[entry.member_id] = member.frameworks
+        return out
 
     def _save(self, entries: list[DirectoryEntry]) -> DirectoryDocument:
         serial = max(self._document.serial + 1, int(time.time() * 1000))
-        document = sign_document(self.space, serial, entries, self._ca_key)
+        attested = self._attested(entries)
+        document = sign_document(self.space, serial, entries, self._ca_key, attested=attested)
         write_atomic(
             self.files.member_directory,
             json.dumps(document.to_json(), indent=1).encode() + b"\n",
@@ -238,7 +255,9 @@ class AuthorityService:
         return document
 
     def document(self) -> DirectoryDocument:
-        """The directory, without members revoked (or expired) since it was signed."""
+        """The directory, without members revoked (or expired) since it was signed, and
+        with what the register attests now (``authority attest`` may run in another
+        process: the register's file changed)."""
         with self.lock:
             now = dt.datetime.now(dt.UTC)
             register = self._members_by_serial()
@@ -247,6 +266,9 @@ class AuthorityService:
             if len(kept) != len(entries):
                 gone = sorted({e.name for e in entries} - {e.name for e in kept})
                 logger.info("authority: directory drops %s (revoked or expired)", ", ".join(gone))
+                return self._save(kept)
+            if self._attested(kept) != dict(self._document.attested):
+                logger.info("authority: directory signs the register's new attestations")
                 return self._save(kept)
             return self._document
 

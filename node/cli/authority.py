@@ -3,8 +3,10 @@
 ``init`` creates it, ``enroll`` makes a one-time code for a joining member, ``sign`` turns
 a member's certificate request into its certificate (admitted by a code, or by the
 operator naming the member and role; ``--renew`` for a known member's new key), ``revoke``
-and ``crl`` keep the revocation list, ``list`` shows what was issued. The authority never
-sees a member's private key: everything it signs arrives as a request (``qdspace node csr``).
+and ``crl`` keep the revocation list, ``attest`` records the framework agreements a member
+signed (the service signs them into its directory), ``list`` shows what was issued. The
+authority never sees a member's private key: everything it signs arrives as a request
+(``qdspace node csr``).
 The authority service (``qdspace authority serve``) offers the same over HTTPS.
 """
 
@@ -153,6 +155,41 @@ def authority_revoke(
         console.print(f"revoked {m.name} ({m.member_id}, serial {m.serial})")
 
 
+@authority_app.command("attest")
+@clean_errors
+def authority_attest(
+    directory: AuthDirOpt,
+    member: Annotated[str, typer.Option(help="member name or id")],
+    framework: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="a framework agreement it signed, as DataExchangeGovernance:1.0 (repeatable)"
+        ),
+    ] = None,
+    withdraw: Annotated[
+        list[str] | None,
+        typer.Option(help="a framework agreement it no longer holds (repeatable)"),
+    ] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Attest the framework agreements a member signed; providers whose access policies
+    name one (``FrameworkAgreement``) read them from the signed directory."""
+    from qdspace.node.identity.authority import Authority
+
+    if not framework and not withdraw:
+        raise typer.BadParameter("name a --framework to attest or one to --withdraw")
+    row = Authority.load(directory).attest(member, add=framework or (), withdraw=withdraw or ())
+    if as_json:
+        print_json({"member_id": row.member_id, "name": row.name, "frameworks": row.frameworks})
+        return
+    held = ", ".join(row.frameworks) or "none"
+    console.print(
+        f"{row.name} ({row.member_id}) holds framework agreements: {held}. The authority "
+        "service signs them into its next directory; nodes take it at their next refresh.",
+        soft_wrap=True,
+    )
+
+
 @authority_app.command("crl")
 @clean_errors
 def authority_crl(
@@ -179,9 +216,12 @@ def authority_list(directory: AuthDirOpt, as_json: JsonOpt = False) -> None:
     if as_json:
         print_json([asdict(m) for m in issued])
         return
-    table = Table("name", "member id", "role", "serial", "valid until", "revoked")
+    table = Table("name", "member id", "role", "serial", "valid until", "revoked", "frameworks")
     for m in issued:
-        table.add_row(m.name, m.member_id, m.role, m.serial, m.not_after, m.revoked_at or "")
+        frameworks = ", ".join(m.frameworks)
+        table.add_row(
+            m.name, m.member_id, m.role, m.serial, m.not_after, m.revoked_at or "", frameworks
+        )
     console.print(table)
 
 

@@ -2,13 +2,15 @@
 
 ``dsp_access`` maps a dataset id (or ``*``, every dataset without its own entry) to an
 ODRL policy in JSON-LD, any form the node reads (a Catena-X access policy: ``access``
-permitted under ``BusinessPartnerNumber`` and ``Membership`` constraints). The catalog
-over DSP lists only the datasets whose policy the caller satisfies; asking for another
-one (its dataset entry, a negotiation) is refused: 403 `BpnNotAttested` when the policy
-needed a business partner number the authority attested none for, 404 otherwise (a
-dataset a member may not see does not exist for it). No entry: the dataset is visible
-to every member its role admits, as before. The caller's facts come from the
-authority's signed member directory (`attested_bpn`), see `policies.odrl.access`.
+permitted under ``BusinessPartnerNumber``, ``Membership`` and ``FrameworkAgreement``
+constraints). The catalog over DSP lists only the datasets whose policy the caller
+satisfies; asking for another one (its dataset entry, a negotiation) is refused: 403
+`BpnNotAttested` when the policy needed a business partner number the authority attested
+none for, 403 `FrameworkNotAttested` when it needed a framework agreement and the
+authority attests none for the caller, 404 otherwise (a dataset a member may not see
+does not exist for it). No entry: the dataset is visible to every member its role
+admits, as before. The caller's facts come from the authority's signed member directory
+(`attested_bpn`, `attested_frameworks`), see `policies.odrl.access`.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from typing import Any
 
 from qdspace.connector.contract_errors import UnknownContractError
 from qdspace.node.identity.certs import MemberIdentity
-from qdspace.policies.errors import BpnNotAttested, PolicyDenied
+from qdspace.policies.errors import BpnNotAttested, FrameworkNotAttested, PolicyDenied
 from qdspace.policies.odrl.access import CallerFacts, check_access
 from qdspace.policies.odrl.codec import parse_jsonld_policy
 from qdspace.policies.odrl.model import OdrlPolicy
@@ -44,6 +46,10 @@ def _nobody(member_id: str) -> str | None:
     return None
 
 
+def _unlisted(member_id: str) -> frozenset[str] | None:
+    return None
+
+
 def _now() -> datetime:
     return datetime.now(UTC)
 
@@ -54,10 +60,13 @@ class DspAccess:
 
     policies: Mapping[str, OdrlPolicy] = field(default_factory=dict)
     attested_bpn: Callable[[str], str | None] = _nobody
+    attested_frameworks: Callable[[str], frozenset[str] | None] = _unlisted
     clock: Callable[[], datetime] = _now
 
     def facts(self, peer: MemberIdentity) -> CallerFacts:
-        return CallerFacts(peer.member_id, self.attested_bpn(peer.member_id))
+        member = peer.member_id
+        frameworks = self.attested_frameworks(member)
+        return CallerFacts(member, self.attested_bpn(member), frameworks=frameworks)
 
     def check(self, dataset_id: str, peer: MemberIdentity) -> None:
         """Refuse `peer` a dataset its access policy does not grant it (see the module)."""
@@ -67,7 +76,7 @@ class DspAccess:
         what = f"dataset {dataset_id[:128]}"
         try:
             check_access(policy, self.facts(peer), self.clock(), what)
-        except BpnNotAttested:
+        except (BpnNotAttested, FrameworkNotAttested):
             raise
         except PolicyDenied:
             raise UnknownContractError(f"no dataset {dataset_id[:128]} here") from None

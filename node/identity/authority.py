@@ -21,9 +21,9 @@ from __future__ import annotations
 
 import datetime as dt
 import fcntl
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 from cryptography import x509
@@ -32,6 +32,7 @@ from cryptography.x509.oid import NameOID
 
 from qdspace.node.errors import IdentityError
 from qdspace.node.identity import enrollment as book
+from qdspace.node.identity.attestations import frameworks_of
 from qdspace.node.identity.certs import (
     build_ca_cert,
     build_crl,
@@ -146,6 +147,7 @@ class Authority:
         valid_days: int,
         not_before: dt.datetime | None,
         bpn: str | None,
+        frameworks: tuple[str, ...] = (),
     ) -> x509.Certificate:
         """Certify a verified request and record it in the register (the lock is held)."""
         if request.space != self.space:
@@ -177,6 +179,7 @@ class Authority:
                 not_after=cert.not_valid_after_utc.isoformat(),
                 hostnames=hosts,
                 bpn=bpn,
+                frameworks=frameworks,
             )
         )
         self._save_members(members)
@@ -264,7 +267,42 @@ class Authority:
                     f"{request.role!r}; it is {last.name!r} ({last.role}): a new name or role "
                     "is a new enrollment"
                 )
-            return self._issue(request, valid_days=valid_days, not_before=None, bpn=last.bpn)
+            return self._issue(
+                request,
+                valid_days=valid_days,
+                not_before=None,
+                bpn=last.bpn,
+                frameworks=last.frameworks,
+            )
+
+    # -- attestation ----------------------------------------------------------------------
+
+    def attest(
+        self, name_or_id: str, *, add: Sequence[str] = (), withdraw: Sequence[str] = ()
+    ) -> IssuedMember:
+        """Record that an active member signed the framework agreements ``add`` and no
+        longer holds ``withdraw`` (`node.identity.attestations`); its register row as it
+        now is. The authority service signs the change into its next directory."""
+        added = frameworks_of(add, "--framework")
+        gone = frameworks_of(withdraw, "--withdraw")
+        with self.locked():
+            members = self.members()
+            hits = [
+                m for m in members if name_or_id in (m.name, m.member_id) and m.revoked_at is None
+            ]
+            if not hits:
+                raise IdentityError(f"no active member named {name_or_id!r} in {self.directory}")
+            held = set(hits[-1].frameworks)
+            unknown = sorted(set(gone) - held)
+            if unknown:
+                raise IdentityError(
+                    f"{hits[-1].name} holds no attested framework {unknown[0]!r} to withdraw "
+                    f"(it holds {', '.join(sorted(held)) or 'none'})"
+                )
+            now = frameworks_of((held | set(added)) - set(gone))
+            updated = [replace(m, frameworks=now) if m in hits else m for m in members]
+            self._save_members(updated)
+        return replace(hits[-1], frameworks=now)
 
     # -- revocation -----------------------------------------------------------------------
 

@@ -1,16 +1,21 @@
 """The authority's signed directory document: the entries of a data space, and which a node takes.
 
 The **document** (space, a serial that only grows, when it was issued, the members'
-entries as they signed them) is signed by the authority's CA key (ECDSA P-256), so a
-node can tell the authority's word from a man in the middle's and refuses a document
-older than the one it holds (a replayed directory could bring back a revoked member's
-address). Each entry is the member's own, signed by it (`node.identity.directory`).
+entries as they signed them, and what the authority attests of them: the framework
+agreements each signed, `node.identity.attestations`) is signed by the authority's CA
+key (ECDSA P-256), so a node can tell the authority's word from a man in the middle's
+and refuses a document older than the one it holds (a replayed directory could bring
+back a revoked member's address). Each entry is the member's own, signed by it
+(`node.identity.directory`).
 
 A node refuses a whole document with a bad authority signature, for another space or
 with a lower serial than it holds; it drops (and its caller logs) single entries that do
 not parse, whose member signature does not verify, whose member id is not
 ``member_id_for(name, verify_key)``, whose certificate serial is revoked, or that share a
-name with another entry (peers are called by name). Pure, like the entries' module.
+name with another entry (peers are called by name); it reads attestations only of the
+entries it takes. A field a later version adds to the document (at most
+``MAX_EXTRA_FIELDS``) is kept, covered by the signature, and not read, so an authority can
+be upgraded before its nodes. Pure, like the entries' module.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from qdspace.node.identity.attestations import Attested, attested_json, parse_attested
 from qdspace.node.identity.directory import (
     MAX_NAME,
     DirectoryEntry,
@@ -37,8 +43,11 @@ from qdspace.node.identity.directory import (
 )
 
 DOCUMENT_DOMAIN = b"qdspace/directory-document/v1\x00"
-DOCUMENT_FIELDS = frozenset({"space", "serial", "issued_at", "entries", "signature"})
+DOCUMENT_FIELDS = frozenset({"space", "serial", "issued_at", "entries", "signature", "attested"})
 MAX_ENTRIES = 10_000
+#: fields of a later version's document kept (signed, unread) beside this version's
+MAX_EXTRA_FIELDS = 8
+_FIELD = re.compile(r"[a-z][a-z0-9_]{0,31}")
 
 
 class BadAuthoritySignature(DirectoryError):
@@ -58,12 +67,21 @@ class DirectoryDocument:
     issued_at: str
     entries: tuple[DirectoryEntry, ...] = ()
     signature: str = ""  # hex DER ECDSA-SHA256 by the CA key; "" while unsigned
+    #: member id -> the frameworks the authority attests for it (`node.identity.attestations`)
+    attested: Attested = field(default_factory=dict)
     #: the entries as received (what the signature covers); empty for a built document
     raw_entries: tuple[Any, ...] = field(default=(), compare=False, repr=False)
+    #: ``attested`` and a later version's fields as received (signed); None when built
+    raw_rest: Mapping[str, Any] | None = field(default=None, compare=False, repr=False)
 
     def body(self) -> dict[str, Any]:
         entries = list(self.raw_entries) or [e.to_json() for e in self.entries]
+        if self.raw_rest is not None:
+            rest = dict(self.raw_rest)
+        else:  # no attestation at all: the document a node before attestations reads
+            rest = {"attested": attested_json(self.attested)} if self.attested else {}
         return {
+            **rest,
             "space": self.space,
             "serial": self.serial,
             "issued_at": self.issued_at,
@@ -87,10 +105,13 @@ def sign_document(
     ca_key: ec.EllipticCurvePrivateKey,
     *,
     issued_at: str | None = None,
+    attested: Attested | None = None,
 ) -> DirectoryDocument:
-    """A document of ``entries`` (sorted by member id), signed with the CA key."""
+    """A document of ``entries`` (sorted by member id) and what the authority attests of
+    them (``attested``; members with nothing attested are left out), signed with the CA key."""
     ordered = tuple(sorted(entries, key=lambda e: e.member_id))
-    document = DirectoryDocument(space, serial, issued_at or now_text(), ordered)
+    kept = {m: tuple(f) for m, f in sorted((attested or {}).items()) if f}
+    document = DirectoryDocument(space, serial, issued_at or now_text(), ordered, attested=kept)
     signature = ca_key.sign(document.signed_bytes(), ec.ECDSA(hashes.SHA256()))
     return replace(document, signature=signature.hex())
 
@@ -101,8 +122,11 @@ def parse_document(data: Any) -> DirectoryDocument:
     if not isinstance(data, Mapping):
         raise MalformedDirectory("a directory document is a JSON object")
     unknown = sorted(set(data) - DOCUMENT_FIELDS)
-    if unknown:
-        raise MalformedDirectory(f"directory document: unknown field {unknown[0]!r}")
+    if len(unknown) > MAX_EXTRA_FIELDS or not all(_FIELD.fullmatch(str(k)) for k in unknown):
+        raise MalformedDirectory(
+            f"directory document: unknown fields {unknown[:3]} (at most {MAX_EXTRA_FIELDS} "
+            "a later version adds, each a short lower-case name)"
+        )
     space, serial, entries = data.get("space"), data.get("serial"), data.get("entries")
     signature = data.get("signature")
     if not isinstance(space, str) or not space:
@@ -114,7 +138,11 @@ def parse_document(data: Any) -> DirectoryDocument:
     if not isinstance(signature, str) or not re.fullmatch(r"[0-9a-f]{2,512}", signature):
         raise MalformedDirectory("directory document: signature must be hex")
     issued_at = timestamp_field(data, "issued_at")
-    return DirectoryDocument(space, serial, issued_at, (), signature, tuple(entries))
+    attested = parse_attested(data.get("attested"), MAX_ENTRIES)
+    rest = {k: data[k] for k in (*unknown, "attested") if k in data}
+    return DirectoryDocument(
+        space, serial, issued_at, (), signature, attested, tuple(entries), rest
+    )
 
 
 def verify_document(document: DirectoryDocument, ca_cert: x509.Certificate) -> None:
@@ -146,6 +174,8 @@ class AcceptedDirectory:
     document: DirectoryDocument
     entries: tuple[DirectoryEntry, ...]
     dropped: tuple[Dropped, ...]
+    #: the frameworks the authority attests, of the entries taken only
+    attested: Attested = field(default_factory=dict)
 
     @property
     def serial(self) -> int:
@@ -189,7 +219,9 @@ def accept_document(
     kept, ambiguous = _unique_names(kept)
     dropped += ambiguous
     document = replace(document, entries=tuple(kept))
-    return AcceptedDirectory(document, tuple(kept), tuple(dropped))
+    listed = {e.member_id for e in kept}
+    attested = {m: f for m, f in document.attested.items() if m in listed}
+    return AcceptedDirectory(document, tuple(kept), tuple(dropped), attested)
 
 
 def _unique_names(entries: list[DirectoryEntry]) -> tuple[list[DirectoryEntry], list[Dropped]]:

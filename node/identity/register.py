@@ -28,6 +28,8 @@ class IssuedMember:
     revocation_reason: str | None = None
     hostnames: tuple[str, ...] = field(default=())  # requested SANs beyond localhost and name
     bpn: str | None = None  # business partner number, when the enrollment code named one
+    #: framework agreements the authority attests the member signed (``authority attest``)
+    frameworks: tuple[str, ...] = field(default=())
 
     def answers_to(self) -> set[str]:
         """Every name gRPC could check this member's certificate against."""
@@ -38,7 +40,14 @@ def load_register(path: Path) -> list[IssuedMember]:
     try:
         rows = json.loads(read_file(path, "authority register"))
         return [
-            IssuedMember(**{**row, "hostnames": tuple(row.get("hostnames", ()))}) for row in rows
+            IssuedMember(
+                **{
+                    **row,
+                    "hostnames": tuple(row.get("hostnames", ())),
+                    "frameworks": tuple(row.get("frameworks", ())),
+                }
+            )
+            for row in rows
         ]
     except (ValueError, TypeError) as exc:
         raise IdentityError(f"authority register {path} is corrupt: {exc}") from None

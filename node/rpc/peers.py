@@ -12,6 +12,7 @@ from pathlib import Path
 import grpc
 
 from qdspace.node.errors import NotTheMember, PeerError, UnknownPeerError
+from qdspace.node.identity.attestations import Attested
 from qdspace.node.identity.directory import DirectoryEntry
 from qdspace.node.identity.member import MemberKeys
 from qdspace.node.member_ids import peer_name
@@ -57,6 +58,7 @@ class PeerDirectory:
         self._static = dict(addresses)
         self._listed: dict[str, DirectoryEntry] = {}
         self._by_member: dict[str, DirectoryEntry] = {}
+        self._attested: dict[str, frozenset[str]] = {}
         self._channels: dict[str, tuple[str, grpc.aio.Channel]] = {}
         self._retired: list[grpc.aio.Channel] = []
         self._pins = PinChecker(keys, cert_files, revoked)
@@ -123,19 +125,28 @@ class PeerDirectory:
         """``member_id``'s entry in the directory this node follows, if it is listed."""
         return self._by_member.get(member_id)
 
+    def attested_frameworks(self, member_id: str) -> frozenset[str] | None:
+        """The framework agreements the authority's signed directory attests ``member_id``
+        signed (`node.identity.attestations`; empty: none); None for a member it does not
+        list (no register speaks for a static peer)."""
+        if member_id not in self._by_member:
+            return None
+        return self._attested.get(member_id, frozenset())
+
     def attested_bpn(self, member_id: str) -> str | None:
         """The business partner number the authority's signed directory lists for
         ``member_id`` (the authority takes no entry naming another than it attested)."""
         entry = self._by_member.get(member_id)
         return entry.bpn if entry is not None else None
 
-    def follow(self, entries: Sequence[DirectoryEntry]) -> None:
-        """Take a verified directory's entries (this node's own is skipped); channels to
-        an address that changed are retired."""
+    def follow(self, entries: Sequence[DirectoryEntry], attested: Attested | None = None) -> None:
+        """Take a verified directory's entries (this node's own is skipped) and what the
+        authority attests of them; channels to an address that changed are retired."""
         own = self._keys.identity.member_id
         listed = {e.name: e for e in entries if e.member_id != own}
         self._listed = listed
         self._by_member = {e.member_id: e for e in listed.values()}
+        self._attested = {m: frozenset(f) for m, f in (attested or {}).items()}
         for name, (address, channel) in list(self._channels.items()):
             try:
                 current = self.address(name)

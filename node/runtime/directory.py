@@ -10,7 +10,8 @@ goes stale and closes the node to peers: revocation fails closed). Every
 (`identity.directory_document.accept_document`: the authority's signature, no rollback, each
 entry's member signature and its certificate not revoked), keeps it in
 ``DIR/directory.json`` (the next start begins from it, and refuses anything older) and
-hands the entries to the peer table. It publishes the node's own entry at start, and
+hands the entries, with the framework agreements the authority attests of them, to the
+peer table. It publishes the node's own entry at start, and
 again whenever the directory does not hold it as it is (the authority lost it, the
 certificate was renewed, the advertised address changed).
 
@@ -34,6 +35,7 @@ from typing import Any, Protocol, TypeVar
 from cryptography import x509
 
 from qdspace.node.errors import IdentityError, NodeError
+from qdspace.node.identity.attestations import Attested
 from qdspace.node.identity.directory import DirectoryEntry
 from qdspace.node.identity.directory_document import AcceptedDirectory, accept_document
 from qdspace.node.identity.revocation import RevocationList, StaleRevocationList
@@ -56,7 +58,9 @@ class AuthorityPort(Protocol):
 class PeerTable(Protocol):
     """Where verified entries go (``node.rpc.peers.PeerDirectory``)."""
 
-    def follow(self, entries: Sequence[DirectoryEntry]) -> None: ...
+    def follow(
+        self, entries: Sequence[DirectoryEntry], attested: Attested | None = None
+    ) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -118,7 +122,7 @@ class DirectoryFollower:
         except (OSError, ValueError, NodeError) as exc:
             logger.error("directory: ignoring the saved %s: %s", path, exc)
             return
-        self._peers.follow(accepted.entries)
+        self._peers.follow(accepted.entries, accepted.attested)
 
     def _take(self, data: Any, *, save: bool) -> AcceptedDirectory:
         accepted = accept_document(
@@ -167,7 +171,7 @@ class DirectoryFollower:
     def refresh_directory(self) -> AcceptedDirectory:
         """Fetch the directory, hand it to the peer table, publish our entry if it lacks it."""
         accepted = self.fetch_directory()
-        self._peers.follow(accepted.entries)
+        self._peers.follow(accepted.entries, accepted.attested)
         if self.needs_publishing(accepted):
             self.publish()
         return accepted
@@ -213,7 +217,7 @@ class DirectoryFollower:
         accepted = await self._attempt("refresh the directory", self.fetch_directory)
         if accepted is None:
             return
-        self._peers.follow(accepted.entries)
+        self._peers.follow(accepted.entries, accepted.attested)
         if self.needs_publishing(accepted):
             await self._attempt("publish our entry", self.publish)
 

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import json
 import socket
-import subprocess
-import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,14 +17,13 @@ from typing import Any
 import pytest
 
 from qdspace.connector.dsp_transfer import request_message as transfer_request
-from qdspace.node.config import NodeSettings
 from qdspace.node.identity.authority import Authority
 from qdspace.node.layout import NodeLayout
 from qdspace.node.localnet.authority import AuthorityProcess
 from qdspace.node.localnet.network import LocalNetwork, MemberProcess, MemberSpec
-from qdspace.util.ports import free_port
 
 from .conftest import ingest_sample, ok, runtime_of, wait_for
+from .joined import join_with_code
 from .peer import DSP, Peer, request
 
 pytestmark = pytest.mark.integration
@@ -60,27 +57,12 @@ MEMBERS = (
 
 
 def _join(workdir: Path, url: str, code: str, spec: MemberSpec) -> MemberProcess:
-    directory = workdir / "nodes" / spec.name
-    ports = free_port(), free_port(), free_port()
-    code_file = workdir / f"{spec.name}.code"
-    code_file.write_text(code + "\n")
-    done = subprocess.run(
-        [sys.executable, "-m", "qdspace", "node", "join", "--dir", str(directory),
-         "--authority-url", url, "--code-file", str(code_file),
-         "--grpc-port", str(ports[0]), "--api-port", str(ports[1]),
-         "--regulator-port", str(ports[2])],
-        capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
-    assert done.returncode == 0, done.stderr
-    settings = NodeSettings.load(directory)
-    update: dict[str, Any] = {"crl_refresh_s": 0.5, "directory_refresh_s": 0.5, "dsp_port": 0}
+    update: dict[str, Any] = {}
     if spec.name in ("sunarc", "polycell"):
         update["bpn"] = BPN  # its own claim; only the authority's word counts
     if spec.name == "cellex":
         update["dsp_access"] = {"inspections": NEEDS_BPN}
-    settings.model_copy(update=update).save()
-    token = NodeLayout(directory).operator_token.read_text().strip()
-    return MemberProcess(spec, directory, *ports, token=token)
+    return join_with_code(workdir, url, code, spec, update)
 
 
 @pytest.fixture(scope="module")

@@ -293,7 +293,8 @@ ENVELOPE = {"space": "s", "serial": 1, "issued_at": "x", "entries": [], "signatu
         ({**ENVELOPE, "entries": {}}, "entries"),
         ({**ENVELOPE, "signature": 5}, "signature"),
         (ENVELOPE, "ISO"),
-        ({**ENVELOPE, "x": 1}, "unknown field"),
+        ({**ENVELOPE, "X-1": 1}, "unknown fields"),
+        ({**ENVELOPE, **{f"later{i}": 1 for i in range(9)}}, "unknown fields"),
     ],
 )
 def test_malformed_documents_are_refused(authority: Authority, data: Any, message: str) -> None:

@@ -1,4 +1,5 @@
-"""Access policies on facts the node knows (an attested BPNL, membership), not claims."""
+"""Access policies on facts the node knows (an attested BPNL, attested framework agreements,
+membership), not claims."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from qdspace.policies.errors import BpnNotAttested, PolicyDenied
+from qdspace.policies.errors import BpnNotAttested, FrameworkNotAttested, PolicyDenied
 from qdspace.policies.odrl.access import CallerFacts, check_access
 from qdspace.policies.odrl.codec import parse_jsonld_policy
 from qdspace.policies.odrl.vocab import PolicyKind
@@ -60,7 +61,37 @@ def test_membership_alone_and_use_covering_access() -> None:
         check_access(_policy(MEMBER, action="read"), CallerFacts("m1", None), AT, "d")
 
 
-def test_a_fact_the_node_has_no_register_of_refuses() -> None:
-    framework = {"leftOperand": "FrameworkAgreement", "operator": "eq", "rightOperand": "Pcf:1.0"}
+def _framework(op: str = "eq", right: Any = "Pcf:1.0") -> dict[str, Any]:
+    return {"leftOperand": "FrameworkAgreement", "operator": op, "rightOperand": right}
+
+
+def test_a_caller_no_directory_lists_has_no_frameworks_to_show() -> None:
+    """No register speaks for it (a static peer): unknown, so refused, and said why."""
+    with pytest.raises(FrameworkNotAttested, match=r"attests none for m1") as refused:
+        check_access(_policy(_framework()), CallerFacts("m1", BPN), AT, "d")
+    assert "FrameworkAgreement" in str(refused.value)
+
+
+def test_an_attested_framework_grants_access() -> None:
+    facts = CallerFacts("m1", None, frameworks=frozenset({"Pcf:1.0", "Dcm:1.0"}))
+    assert check_access(_policy(_framework()), facts, AT, "d").permitted
+    anyof = _framework("isAnyOf", ["Pcf:1.0", "Other:2.0"])
+    assert check_access(_policy(anyof, MEMBER), facts, AT, "d").permitted
+
+
+def test_none_attested_is_a_clear_refusal_another_is_a_plain_one() -> None:
+    with pytest.raises(FrameworkNotAttested, match="attests none for m1"):
+        check_access(_policy(_framework()), CallerFacts("m1", BPN, frameworks=frozenset()), AT, "d")
+    other = CallerFacts("m1", BPN, frameworks=frozenset({"Dcm:1.0"}))
+    with pytest.raises(PolicyDenied) as denied:
+        check_access(_policy(_framework()), other, AT, "d")
+    assert not isinstance(denied.value, FrameworkNotAttested)
+
+
+def test_a_framework_prohibited_counts_against_the_empty_set_too() -> None:
+    """``neq`` on the register's word: a member attested nothing has not signed it."""
+    neq = _framework("neq", "Pcf:1.0")
+    assert check_access(_policy(neq), CallerFacts("m1", None, frameworks=frozenset()), AT, "d")
+    signed = CallerFacts("m1", None, frameworks=frozenset({"Pcf:1.0"}))
     with pytest.raises(PolicyDenied):
-        check_access(_policy(framework), CallerFacts("m1", BPN), AT, "d")
+        check_access(_policy(neq), signed, AT, "d")

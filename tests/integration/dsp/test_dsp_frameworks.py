@@ -1,0 +1,194 @@
+"""A framework agreement counts over DSP only as the authority attests it: Cellex's
+``inspections`` dataset is for members that signed ``DataExchangeGovernance:1.0`` (a
+Catena-X access policy). Members join through the authority service; the authority's
+operator attests with ``qdspace authority attest`` while the service runs, and Cellex
+reads the attestation from the next signed directory it fetches. Before it, SunArc gets
+the clear 403 of an unattested framework; after, it sees the dataset and trades for it;
+once withdrawn, the dataset closes again. Polycell holds another framework only: the
+dataset does not exist for it (404), as for a wrong BPNL. Polycell, hostile, publishes an
+entry of its own that claims the framework: the authority refuses it."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from qdspace.node.authority.client import AuthorityClient, AuthorityRefused
+from qdspace.node.identity.authority import Authority
+from qdspace.node.identity.certs import cert_to_pem
+from qdspace.node.identity.directory import new_entry
+from qdspace.node.identity.member import load_member_keys
+from qdspace.node.layout import NodeLayout
+from qdspace.node.localnet.authority import AuthorityProcess
+from qdspace.node.localnet.network import LocalNetwork, MemberSpec
+
+from .conftest import ingest_sample, ok, runtime_of, wait_for
+from .joined import join_with_code
+from .peer import DSP, Peer
+
+pytestmark = pytest.mark.integration
+DEG = "DataExchangeGovernance:1.0"
+CX = [
+    "https://w3id.org/dspace/2025/1/odrl-profile.jsonld",
+    "https://w3id.org/catenax/policy/context.jsonld",
+]
+NEEDS_DEG = {
+    "@context": CX,
+    "@type": "Set",
+    "@id": "urn:access:inspections",
+    "permission": [
+        {
+            "action": "access",
+            "constraint": [
+                {"leftOperand": "FrameworkAgreement", "operator": "eq", "rightOperand": DEG}
+            ],
+        }
+    ],
+}
+MEMBERS = (
+    MemberSpec("sunarc", "oem"),
+    MemberSpec("polycell", "oem"),
+    MemberSpec("cellex", "supplier"),
+)
+Space = tuple[LocalNetwork, Authority, str]
+
+
+@pytest.fixture(scope="module")
+def space(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Space]:
+    workdir = tmp_path_factory.mktemp("dsp-frameworks")
+    authority = Authority.init(workdir / "authority", "framework-space")
+    service = AuthorityProcess(authority.directory)
+    url = service.start()
+    network = LocalNetwork(workdir, members=(), chain=False)
+    try:
+        for spec in MEMBERS:
+            code = str(authority.create_enrollment(name=spec.name, role=spec.role))
+            update = {"dsp_access": {"inspections": NEEDS_DEG}} if spec.name == "cellex" else {}
+            network.members[spec.name] = join_with_code(workdir, url, code, spec, update)
+        network.start()
+        ingest_sample(network, "cellex")
+        yield network, authority, url
+    finally:
+        network.stop()
+        service.stop()
+
+
+def _held_by_cellex(network: LocalNetwork) -> dict[str, Any]:
+    """The directory document Cellex holds (as it saved it), or {}."""
+    path = NodeLayout(network["cellex"].directory).member_directory
+    try:
+        document: dict[str, Any] = json.loads(path.read_text())
+        return document
+    except (FileNotFoundError, ValueError):
+        return {}
+
+
+def _frameworks_at_cellex(network: LocalNetwork, name: str) -> list[str] | None:
+    held = _held_by_cellex(network)
+    ids = {e["name"]: e["member_id"] for e in held.get("entries", [])}
+    if name not in ids:
+        return None
+    frameworks: list[str] = held.get("attested", {}).get(ids[name], {}).get("frameworks", [])
+    return frameworks
+
+
+def _datasets(peer: Peer) -> set[str]:
+    body = {"@context": [DSP], "@type": "CatalogRequestMessage"}
+    return {d["@id"] for d in ok(peer.post("/catalog/request", body))["dataset"]}
+
+
+def _attest(authority: Authority, *args: str) -> str:
+    """``qdspace authority attest`` as the authority's operator runs it, beside the service."""
+    done = subprocess.run(
+        [sys.executable, "-m", "qdspace", "authority", "attest", "--dir",
+         str(authority.directory), *args],
+        capture_output=True, text=True, timeout=60, env={**os.environ, "COLUMNS": "200"},
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+def _negotiated(network: LocalNetwork) -> dict[str, Any]:
+    provider = runtime_of(network, "cellex")["dsp"]
+    with network["sunarc"].client() as oem:
+        body = {"provider_url": provider, "dataset_id": "inspections"}
+        nid = ok(oem.post("/v1/dsp/negotiations", json=body))["negotiation_id"]
+
+        def ended() -> Any:
+            mine = [
+                n for n in ok(oem.get("/v1/contracts/negotiations")) if n["negotiation_id"] == nid
+            ]
+            return mine and mine[0]["state"] in ("FINALIZED", "TERMINATED") and mine[0]
+
+        ended_as: dict[str, Any] = wait_for("the negotiation to end", ended, timeout=60)
+        return ended_as
+
+
+def test_an_attested_framework_opens_the_dataset_and_a_withdrawn_one_closes_it(
+    space: Space,
+) -> None:
+    network, authority, _ = space
+    wait_for("SunArc in Cellex's directory", lambda: _frameworks_at_cellex(network, "sunarc") == [])
+    peer = Peer(network, "sunarc", "cellex")
+    try:
+        refused = peer.get("/catalog/datasets/inspections")
+        assert refused.status_code == 403, refused.text
+        reason = refused.json()["reason"][0]
+        assert "framework agreement" in reason and "attests none" in reason, reason
+        assert "inspections" not in _datasets(peer)
+
+        said = _attest(authority, "--member", "sunarc", "--framework", DEG)
+        assert DEG in said and "next directory" in said, said
+        wait_for(
+            "Cellex to hold SunArc's attested framework",
+            lambda: _frameworks_at_cellex(network, "sunarc") == [DEG] or None,
+        )
+        assert "inspections" in _datasets(peer)
+        ok(peer.get("/catalog/datasets/inspections"))
+        assert _negotiated(network)["state"] == "FINALIZED"
+
+        _attest(authority, "--member", "sunarc", "--withdraw", DEG)
+        wait_for(
+            "Cellex to drop SunArc's withdrawn framework",
+            lambda: _frameworks_at_cellex(network, "sunarc") == [] or None,
+        )
+        again = peer.get("/catalog/datasets/inspections")
+        assert again.status_code == 403, again.text
+    finally:
+        peer.http.close()
+
+
+def test_another_framework_hides_the_dataset_and_a_members_own_claim_is_refused(
+    space: Space,
+) -> None:
+    network, authority, url = space
+    authority.attest("polycell", add=["Pcf:1.0"])
+    wait_for(
+        "Cellex to hold Polycell's framework",
+        lambda: _frameworks_at_cellex(network, "polycell") == ["Pcf:1.0"] or None,
+    )
+    peer = Peer(network, "polycell", "cellex")
+    try:
+        hidden = peer.get("/catalog/datasets/inspections")
+        assert hidden.status_code == 404, hidden.text
+        assert "inspections" not in _datasets(peer)
+    finally:
+        peer.http.close()
+
+    # Polycell signs an entry of its own naming the framework it wants
+    keys = load_member_keys(network["polycell"].directory)
+    entry = new_entry(keys.identity, keys.signing_key, {"peer": "127.0.0.1:1"}).to_json()
+    claimed = {**entry, "frameworks": [DEG]}
+    with (
+        AuthorityClient(url, cert_to_pem(authority.cert)) as client,
+        pytest.raises(AuthorityRefused) as refused,
+    ):
+        client.publish(claimed, keys.cert_pem)
+    assert refused.value.status == 400 and "unknown field 'frameworks'" in str(refused.value)
+    assert _frameworks_at_cellex(network, "polycell") == ["Pcf:1.0"]
