@@ -11,7 +11,11 @@ first call to an address the node makes one TLS handshake of its own (`ssl`, wit
 member certificate as a client certificate, ALPN h2, the peer's member name as the
 server name), reads the certificate the peer presents, and compares its sha256 with
 the entry's ``cert_fingerprint``. A match is remembered per (address, fingerprint), so
-a peer is checked again when its entry or address changes, not on every call. A
+a peer is checked again when its entry or address changes, not on every call. What was
+seen at an address is remembered too, but a refusal is never decided on it: a member
+that renews its certificate keeps its address, and the peers that called it before
+would otherwise refuse its new certificate (the one its entry now names) until they
+restarted. A
 mismatch fails the call with UNAUTHENTICATED, like any refused peer call, and is
 logged; a handshake that cannot complete (peer down, TLS refused) is not decided here:
 the call goes ahead and fails, or succeeds, on its own terms, and the check runs again
@@ -104,7 +108,9 @@ async def presented_certificate(
 
 class PinChecker:
     """Checks the certificate a peer presents: its fingerprint against the one its entry
-    names (once per pair), its serial against the revocation list (every call)."""
+    names (once per pair), its serial against the revocation list (every call). What the
+    peer at an address presented is remembered; a refusal is decided only on a handshake
+    made for it (the peer may have renewed its certificate since, at the same address)."""
 
     def __init__(
         self,
@@ -144,6 +150,11 @@ class PinChecker:
         self._seen[address] = seen
         return seen
 
+    def _refuses(self, seen: tuple[str, int], expected: str | None) -> bool:
+        presented, serial = seen
+        revoked = self._revoked is not None and self._revoked(serial)
+        return revoked or (expected is not None and presented != expected)
+
     async def presented_member(self, peer_name: str, address: str) -> str | None:
         """The member id in the certificate the peer at ``address`` presents now ("" for a
         certificate that names none); None when no handshake completed (undecided). A
@@ -161,7 +172,13 @@ class PinChecker:
         revoked, `StaleRevocationList` when the list is past its nextUpdate."""
         if self._revoked is None and (expected is None or (address, expected) in self._verified):
             return
+        remembered = address in self._seen
         seen = await self._presented(peer_name, address)
+        if seen is not None and remembered and self._refuses(seen, expected):
+            # what was seen here before may be a certificate the peer has since replaced
+            # (a renewal keeps the address): a refusal is decided on a fresh handshake
+            self._seen.pop(address, None)
+            seen = await self._presented(peer_name, address)
         if seen is None:
             return  # undecided: the call itself will meet the same peer
         presented, serial = seen

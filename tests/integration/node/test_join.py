@@ -219,6 +219,9 @@ def test_an_old_certificate_is_refused_once_renewed(space: Space, tmp_path: Path
     old_keys = load_member_keys(old)
     sunarc_address = space.network["sunarc"].grpc_address
     assert _hello(old_keys, old, "sunarc", sunarc_address).peer == "sunarc"
+    with space.network["sunarc"].client() as client:  # SunArc has seen the old certificate
+        before = client.post("/v1/peers/cellex/hello")
+    assert before.status_code == 200, before.text
     done = _qdspace("node", "renew", "--dir", str(cellex.directory))
     assert done.returncode == 0, done.stderr
     new_fingerprint = load_member_keys(cellex.directory).identity.fingerprint
@@ -237,6 +240,9 @@ def test_an_old_certificate_is_refused_once_renewed(space: Space, tmp_path: Path
     with cellex.client() as client:  # the renewed member itself is welcome
         answer = client.post("/v1/peers/sunarc/hello")
     assert answer.status_code == 200, answer.text
+    with space.network["sunarc"].client() as client:  # and called at its renewed certificate
+        called = client.post("/v1/peers/cellex/hello")
+    assert called.status_code == 200, called.text
 
 
 def test_a_member_revoked_at_the_authority_is_refused_after_the_crl_refresh(
