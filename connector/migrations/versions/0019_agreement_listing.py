@@ -17,6 +17,13 @@ them when an agreement is stored: the one order its scope names (``scope_order``
 retention days and whether the duty asks a receipt. Agreements stored before get them here,
 from their terms. Indexes: the order agreed (pages, the newest), one asset's agreements,
 one order's; deletion receipts (one per agreement and order) in the order deleted.
+
+The terms are read with the live code (`agreement_from_bytes`, `derived_terms`), not a
+copy frozen here, on purpose: a node reads every agreement it ever stored with its live
+code anyway (each transfer is decided on one, a regulator verifies them for years), so
+the live parser must keep reading these bytes, and a change that broke this migration
+would break the node first. `tests/unit/connector/test_agreement_listing.py` upgrades a
+0018 store holding agreements through it.
 """
 
 from __future__ import annotations

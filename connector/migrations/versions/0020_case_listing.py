@@ -13,6 +13,12 @@ each append: how many actions are not done (``open_actions``) and the earliest d
 overdue action could have (``overdue_from``, `connector.investigation.overdue_from`),
 indexed, so that only the cases late at a given day are folded. Cases kept before get
 them here, from their logs.
+
+The logs are folded with the live code (`event_from_bytes`, `fold`), not a copy frozen
+here, on purpose: a case's signed log is the record both parties and a regulator read
+back for as long as it is kept, so the live code must keep folding every stored log,
+and a change that broke this migration would break the node first.
+`tests/unit/connector/test_case_listing.py` upgrades a 0019 store through it.
 """
 
 from __future__ import annotations
