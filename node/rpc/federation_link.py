@@ -12,7 +12,7 @@ checking the roster against the node's live revocation list. The composition roo
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
 import grpc
@@ -21,7 +21,7 @@ from qdspace.federation.job import JobSpec
 from qdspace.federation.member import Trainer
 from qdspace.federation.params import Params
 from qdspace.federation.round_status import StatusView
-from qdspace.node.errors import UnknownPeerError
+from qdspace.node.errors import NotTheMember, PeerError, UnknownPeerError
 from qdspace.node.identity.member import MemberKeys
 from qdspace.node.rpc.client import open_channel
 from qdspace.node.rpc.federation_client import FederationClient, coordinator_key
@@ -40,6 +40,9 @@ from qdspace.node.runtime.federation_member import (
 if TYPE_CHECKING:
     from qdspace.node.context import NodeContext
 
+#: member id -> its name, once the server called by that name is confirmed to be it
+Confirm = Callable[[str], Awaitable[str]]
+
 
 class GrpcCoordinator:
     """One coordinator about one job, over an mTLS channel opened with the node's keys."""
@@ -51,9 +54,11 @@ class GrpcCoordinator:
         channel: grpc.aio.Channel,
         coordinator: str,
         job_id: str,
+        confirm: Confirm | None = None,
     ) -> None:
         self._keys = keys
         self._revoked = revoked
+        self._confirm = confirm
         self.coordinator = coordinator
         self._channel = channel
         self._client = FederationClient(self._channel, coordinator, job_id)
@@ -80,8 +85,24 @@ class GrpcCoordinator:
         on_event: Callable[[MemberEvent], None],
         on_version: VersionHook,
         poll_s: float,
+        coordinator_id: str | None = None,
     ) -> MemberResult:
         keys = self._keys
+        confirm = self._confirm
+        before_send = None
+        if coordinator_id is not None and confirm is not None:
+
+            async def before_send() -> None:
+                """The name still the member the session joined (`NotTheMember` ends the
+                session); a handshake that cannot complete is not decided here: the
+                call itself meets the same peer, as the pin check leaves it."""
+                try:
+                    await confirm(coordinator_id)
+                except NotTheMember:
+                    raise
+                except PeerError:
+                    return
+
         runner = MemberRunner(
             self._client,
             keys.identity.name,
@@ -94,6 +115,7 @@ class GrpcCoordinator:
             on_event=on_event,
             on_version=on_version,
             poll_s=poll_s,
+            before_send=before_send,
         )
         return await runner.run()
 
@@ -116,23 +138,32 @@ def grpc_coordinators(ctx: NodeContext) -> Connect:
             raise UnknownPeerError(
                 f"unknown coordinator {coordinator!r}; known peers: {ctx.peers.names}"
             )
-        return GrpcCoordinator(ctx.keys, ctx.revocations.is_revoked, channel, coordinator, job_id)
+        return GrpcCoordinator(
+            ctx.keys,
+            ctx.revocations.is_revoked,
+            channel,
+            coordinator,
+            job_id,
+            ctx.peers.confirm_member,
+        )
 
     return connect
 
 
 def coordinator_vouch(ctx: NodeContext) -> Vouch:
-    """Who the coordinator of a job under contract must be: the member this node's active
-    agreement for the job's asset names as its provider (the coordinator offers the job's
-    asset and signs it), confirmed at the name this node reaches it by
-    (`PeerDirectory.confirm_member`: a name passes to another member once its holder
-    leaves). A job under no contract names nobody to check against."""
+    """Who the coordinator of a job must be, for the whole session: under contract, the
+    member this node's active agreement for the job's asset names as its provider (the
+    coordinator offers the job's asset and signs it), confirmed at the name this node
+    reaches it by (`PeerDirectory.confirm_member`: a name passes to another member once
+    its holder leaves); under no contract, the member holding the name when this node
+    joins (`PeerDirectory.member_at`). Before each update it sends, the session confirms
+    the name is still that member's (`GrpcCoordinator.follow`)."""
 
-    async def vouch(coordinator: str, job: JobSpec) -> None:
+    async def vouch(coordinator: str, job: JobSpec) -> str | None:
         asset = job.agreement_asset
         contracts = ctx.contracts
         if asset is None or contracts is None:
-            return
+            return await ctx.peers.member_at(coordinator)
         held = await asyncio.to_thread(contracts.agreed_with, asset, coordinator)
         if held is None:
             raise NotTheCoordinator(
@@ -140,6 +171,8 @@ def coordinator_vouch(ctx: NodeContext) -> Vouch:
                 f"{job.job_id}'s asset {asset}: negotiate its offer first (qdspace fl join "
                 "does), then join"
             )
-        await ctx.peers.confirm_member(held.signed.agreement.provider_id)
+        provider_id = held.signed.agreement.provider_id
+        await ctx.peers.confirm_member(provider_id)
+        return provider_id
 
     return vouch

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -87,6 +87,7 @@ class MemberRunner:
         anchored: AnchorCheck | None = None,
         seed: int = 0,
         poll_s: float = DEFAULT_POLL_S,
+        before_send: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         self.client = client
         self.member = member
@@ -101,6 +102,8 @@ class MemberRunner:
         self._anchored = anchored
         self._rng = np.random.default_rng(seed)
         self._poll_s = poll_s
+        #: raises when the coordinator's name is no longer held by the member joined
+        self._before_send = before_send
         self._job: JobSpec | None = None
         self._version: ModelVersion | None = None
         self._params: Params | None = None
@@ -209,6 +212,11 @@ class MemberRunner:
             self._emit("trained", round_, f"{examples} local examples")
         return self._trained[round_]
 
+    async def _send(self) -> None:
+        """Before anything of ours leaves for the coordinator (an update, a key, a share)."""
+        if self._before_send is not None:
+            await self._before_send()
+
     async def _act(self, status: StatusView) -> None:
         round_, attempt, phase = status.round, status.attempt, status.phase
         job, client = self.job, self.client
@@ -219,6 +227,7 @@ class MemberRunner:
                 return
             trained, examples = await self._train(round_)
             update = plain_update(job, global_vector, trained, self._rng)
+            await self._send()
             await client.upload_update(round_, update, examples)
             self._sent.add(round_)
             self._emit("sent", round_, "update sent")
@@ -234,6 +243,7 @@ class MemberRunner:
             state = _SecureRound(sa, change)
             self._secure = {key: state}
             state.steps.add(Phase.ADVERTISE)
+            await self._send()
             await client.advertise(round_, attempt, sa.advertise(certificate))
         elif state is None or phase in state.steps:
             return
@@ -241,6 +251,7 @@ class MemberRunner:
             state.steps.add(phase)
             roster = await client.roster(round_, attempt)
             verify_keys = self._credentials()[2].keys(roster)
+            await self._send()
             await client.share_keys(round_, attempt, state.client.share_keys(roster, verify_keys))
         elif phase is Phase.MASKED_INPUT:
             state.steps.add(phase)
@@ -253,16 +264,19 @@ class MemberRunner:
             masking = await asyncio.to_thread(state.client.masking, masked_change, inbox)
             # each chunk is copied onto the wire before the next is made: one chunk buffer
             parts = masking.blocks(client.chunk_elements, reuse_buffer=True)
+            await self._send()
             await client.upload_masked_stream(round_, attempt, masking.size, parts)
             self._sent.add(round_)
             self._emit("sent", round_, "masked update sent")
         elif phase is Phase.CONSISTENCY:
             state.steps.add(phase)
             request = await client.unmask_request(round_, attempt)
+            await self._send()
             await client.confirm(round_, attempt, state.client.confirm(request))
         elif phase is Phase.UNMASK:
             state.steps.add(phase)
             request = await client.unmask_request(round_, attempt)
+            await self._send()
             await client.unmask(round_, attempt, state.client.unmask(request))
 
     def _credentials(self) -> tuple[SigningKey, bytes, CertificateKeys]:

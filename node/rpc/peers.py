@@ -111,6 +111,21 @@ class PeerDirectory:
             )
         return name
 
+    async def member_at(self, name: str) -> str:
+        """The member id of the one called by ``name`` now: its directory entry's, or, for
+        a static peer the directory does not list, the one in the certificate it presents
+        (a TLS handshake); `PeerError` when no handshake completes (undecided)."""
+        entry = self._listed.get(name)
+        if entry is not None:
+            return entry.member_id
+        address = self.address(name)
+        presented = await self._pins.presented_member(name, address)
+        if presented is None:
+            raise PeerError(f"peer {name} at {address}: no TLS handshake to tell its member")
+        if not presented:
+            raise NotTheMember(f"peer {name} at {address} presents a certificate of no member")
+        return presented
+
     def fingerprint(self, name: str) -> str | None:
         """The certificate fingerprint the directory names for peer ``name``, if listed."""
         entry = self._listed.get(name)

@@ -122,8 +122,10 @@ class CoordinatorLink(Protocol):
         on_event: Callable[[MemberEvent], None],
         on_version: VersionHook,
         poll_s: float,
+        coordinator_id: str | None = None,
     ) -> MemberResult:
-        """Take part in every round until the job ends (checking every version)."""
+        """Take part in every round until the job ends (checking every version); with
+        ``coordinator_id``, only while the coordinator's name is held by that member."""
         ...
 
     async def close(self) -> None: ...
@@ -131,9 +133,10 @@ class CoordinatorLink(Protocol):
 
 #: (coordinator name, job id) -> a link; raises ``UnknownPeerError`` for an unknown name
 Connect = Callable[[str, str], CoordinatorLink]
-#: (coordinator name, the job it describes): raises unless the coordinator is the member
-#: this node's agreement for the job names (`NotTheCoordinator`, or the peer's error)
-Vouch = Callable[[str, JobSpec], Awaitable[None]]
+#: (coordinator name, the job it describes) -> the member id the session is held to: the
+#: member this node's agreement for the job names (else `NotTheCoordinator`, or the
+#: peer's error), or, for a job under no contract, the member holding the name now
+Vouch = Callable[[str, JobSpec], Awaitable[str | None]]
 
 
 # --- errors a caller can cause -----------------------------------------------------------
@@ -326,10 +329,12 @@ class FederationMember:
             spec = await link.job()
             if self.name not in spec.members:
                 raise NotAJobMember(f"{self.name} is not a member of job {spec.job_id}")
+            held_to = None
             if self._vouch is not None and request.coordinator != self.name:
                 # model updates say much about the data they came from: they go to the
-                # member this node agreed with, not to whoever holds its name now
-                await self._vouch(request.coordinator, spec)
+                # member this node agreed with (or, under no contract, the one it joined),
+                # not to whoever holds its name later
+                held_to = await self._vouch(request.coordinator, spec)
             kind = model_kind(spec.model)
             problems = job_problems(spec.model, spec.shapes, spec.training)
             if problems:
@@ -357,7 +362,7 @@ class FederationMember:
         self._forget_old()
         self._sessions[session.session_id] = session
         session.task = asyncio.get_running_loop().create_task(
-            self._follow(session, link, spec, kind, own, held_out, request),
+            self._follow(session, link, spec, kind, own, held_out, request, held_to),
             name=f"federation member {spec.job_id}",
         )
         return session
@@ -383,6 +388,7 @@ class FederationMember:
         own: Dataset,
         held_out: Dataset | None,
         request: JoinRequest,
+        held_to: str | None,
     ) -> None:
         def on_event(event: MemberEvent) -> None:
             session.events.append(
@@ -413,6 +419,7 @@ class FederationMember:
                 on_event=on_event,
                 on_version=on_version,
                 poll_s=request.poll_s,
+                coordinator_id=held_to,
             )
             session.status = result.status
             session.contributed = list(result.contributed)

@@ -30,6 +30,7 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.serialization import Encoding
+from nacl.signing import SigningKey
 
 from qdspace.federation import logreg
 from qdspace.federation.errors import RefusalReason, RosterRefused
@@ -37,10 +38,12 @@ from qdspace.federation.job import JobSpec
 from qdspace.federation.member import secagg_client
 from qdspace.federation.params import params_to_bytes
 from qdspace.federation.round_status import Phase
+from qdspace.node.errors import NotTheMember
 from qdspace.node.identity.certs import load_cert, load_key
 from qdspace.node.identity.member import load_member_keys
 from qdspace.node.identity.revocation import RevocationList, member_revocations
 from qdspace.node.localnet.network import LocalNetwork
+from qdspace.node.member_ids import member_id_for
 from qdspace.node.rpc.client import open_channel
 from qdspace.node.rpc.federation_client import (
     FederationClient,
@@ -48,8 +51,10 @@ from qdspace.node.rpc.federation_client import (
     coordinator_key,
 )
 from qdspace.node.rpc.federation_keys import CertificateKeys
+from qdspace.node.rpc.federation_link import GrpcCoordinator
 from qdspace.node.rpc.federation_runner import MemberRunner
 from qdspace.node.rpc.federation_serde import advert_to_proto
+from qdspace.node.rpc.peers import PeerDirectory
 from qdspace.node.runtime.federation_member import MemberResult
 from qdspace.protocols.v1 import federation_pb2 as pb
 from qdspace.protocols.v1 import federation_pb2_grpc as pb_grpc
@@ -529,3 +534,68 @@ async def test_members_refuse_a_coordinator_of_another_secagg_protocol(
         served = read.read().decode(errors="replace")
     called = set(re.findall(r"grpc /qdspace\.v1\.(\w+/\w+) peer=cellex", served))
     assert called == {"Node/Hello", "Federation/GetJob", "Federation/GetStatus"}, served[-3000:]
+
+
+def test_a_member_sends_nothing_once_the_coordinators_name_answers_as_another_member(
+    network: LocalNetwork,
+) -> None:
+    """A session is held to the member that held the coordinator's name when the node
+    joined (or that its agreement names): before each update, key or share leaves, the
+    node confirms the server called by that name is still that member (a name passes to
+    another company once its holder leaves). Cellex follows a job at SunArc twice through
+    the node's own link (`GrpcCoordinator`, static peers, the check's real TLS
+    handshake): held to SunArc's member id it contributes; held to a member id of the
+    same name that is not the one answering (as when the name changed hands after the
+    join), it sends nothing and the session ends saying which member answered."""
+    keys = load_member_keys(network["cellex"].directory)
+    address = network[COORDINATOR].grpc_address
+    peers = PeerDirectory(keys, {COORDINATOR: address})
+    sunarc_id = load_member_keys(network[COORDINATOR].directory).identity.member_id
+    other_id = member_id_for(COORDINATOR, bytes(SigningKey.generate().verify_key))
+    trainer = logreg.trainer(logreg.make_blobs(300, DIMS, CLASSES, seed=3), epochs=1, lr=0.2)
+
+    async def follow(job: JobSpec, held_to: str) -> MemberResult:
+        link = GrpcCoordinator(
+            keys,
+            lambda serial: False,
+            open_channel(keys, address, COORDINATOR),
+            COORDINATOR,
+            job.job_id,
+            peers.confirm_member,
+        )
+        try:
+            follows = link.follow(
+                trainer,
+                on_event=lambda event: None,
+                on_version=lambda version, params: None,
+                poll_s=1.0,
+                coordinator_id=held_to,
+            )
+            return await asyncio.wait_for(follows, 60)
+        finally:
+            await link.close()
+
+    async def scenario() -> None:
+        held = terms("held-to-joined", min_members=1, phase_timeout_s=4.0)
+        await start(network, held)
+        result = await follow(held, sunarc_id)
+        assert result.contributed == [1], result
+        assert "cellex" in result.status.history[0].members
+
+        moved = terms("held-to-moved", min_members=1, phase_timeout_s=4.0)
+        await start(network, moved)
+        with pytest.raises(NotTheMember, match=f"is member {sunarc_id}, not {other_id}"):
+            await follow(moved, other_id)
+        keys_c = load_member_keys(network[COORDINATOR].directory)
+        channel = open_channel(keys_c, address, COORDINATOR)
+        try:
+            client = FederationClient(channel, COORDINATOR, moved.job_id)
+            deadline = time.monotonic() + 30
+            status = await client.status()
+            while not status.finished and time.monotonic() < deadline:
+                status = await client.status(status, wait_s=2.0)
+        finally:
+            await channel.close()
+        assert all("cellex" not in record.members for record in status.history), status
+
+    asyncio.run(scenario())

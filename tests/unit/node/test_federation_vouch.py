@@ -1,4 +1,5 @@
-"""A member node follows a job under contract only at the member its agreement names.
+"""A member node follows a job under contract only at the member its agreement names, and
+any job only while the coordinator's name is held by the member it joined.
 
 Model updates say much about the data they were trained on. A member joins a job by its
 coordinator's *name*; a name passes to another member once its holder leaves (the
@@ -7,7 +8,10 @@ but a member that took the name need not. So before a session starts, the node c
 that the job's agreement asset is one it agreed on with a provider of that name and
 that the server answering to the name is that provider (`coordinator_vouch`, on a real
 contract store and the node's peer table), and `FederationMember.join` starts nothing
-when it is not."""
+when it is not. The member id vouched for (for a job under no contract, the one holding
+the name at the join) is what the session is held to; that the session sends nothing
+once the name answers as another member is tested against a real coordinator in
+`tests/integration/federation/test_federation_hostile.py`."""
 
 from __future__ import annotations
 
@@ -109,13 +113,16 @@ def test_the_job_s_coordinator_must_be_the_member_the_agreement_names(
 
     async def scenario() -> None:
         agreed = coordinator_vouch(_context(tmp_path / "a", members, members["sunarc"]))
-        await agreed("sunarc", _job())  # the provider it agreed with: followed
-        await agreed("sunarc", _job(asset=None))  # a job under no contract: nothing to check
+        # the provider it agreed with: followed, and the session held to it
+        assert await agreed("sunarc", _job()) == old_id
+        # a job under no contract: held to the member holding the name at the join
+        assert await agreed("sunarc", _job(asset=None)) == old_id
         with pytest.raises(NotTheCoordinator, match="holds no agreement with sunarc for job"):
             await agreed("sunarc", _job(asset="fl-job:other"))
         taken = coordinator_vouch(_context(tmp_path / "b", members, members["successor"]))
         with pytest.raises(NotTheMember, match=f"is now {new_id}, not {old_id}"):
             await taken("sunarc", _job())
+        assert await taken("sunarc", _job(asset=None)) == new_id  # joined after: its holder
 
     (tmp_path / "a").mkdir()
     (tmp_path / "b").mkdir()
@@ -139,7 +146,7 @@ def test_join_starts_no_session_when_the_coordinator_is_not_vouched_for(tmp_path
     link = _Link()
     asked: list[tuple[str, str]] = []
 
-    async def vouch(coordinator: str, job: JobSpec) -> None:
+    async def vouch(coordinator: str, job: JobSpec) -> str | None:
         asked.append((coordinator, job.job_id))
         raise NotTheCoordinator("cellex holds no agreement with sunarc")
 
@@ -150,3 +157,35 @@ def test_join_starts_no_session_when_the_coordinator_is_not_vouched_for(tmp_path
     with pytest.raises(NotTheCoordinator):
         asyncio.run(member.join(request))
     assert asked == [("sunarc", "el-vouch")] and link.closed and member.sessions() == []
+
+
+class _FollowedLink(_Link):
+    """A coordinator whose job this member follows: records whom the session is held to."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.held_to: list[str | None] = []
+
+    async def follow(self, trainer: Any, **kwargs: Any) -> Any:
+        self.held_to.append(kwargs["coordinator_id"])
+        raise RuntimeError("the test stops the session here")
+
+
+def test_the_session_is_held_to_the_member_vouched_for(tmp_path: Path) -> None:
+    link = _FollowedLink()
+
+    async def vouch(coordinator: str, job: JobSpec) -> str | None:
+        return "sunarc-member-id-at-join"
+
+    member = FederationMember(lambda _c, _j: link, tmp_path, "cellex", vouch)  # type: ignore[arg-type,return-value]
+    data = tmp_path / "cellex.npz"
+    logreg.save_dataset(data, logreg.make_blobs(20, 4, 2, seed=1))
+
+    async def scenario() -> str | None:
+        session = await member.join(JoinRequest("el-vouch", "sunarc", data))
+        assert session.task is not None
+        await session.task
+        return session.error
+
+    assert asyncio.run(scenario()) == "the test stops the session here"
+    assert link.held_to == ["sunarc-member-id-at-join"] and link.closed
