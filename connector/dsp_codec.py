@@ -135,6 +135,18 @@ def request_message(consumer_pid: str, offer: Policy, callback: str) -> dict[str
     }
 
 
+def counter_request_message(provider_pid: str, consumer_pid: str, offer: Policy) -> dict[str, Any]:
+    """A consumer's counter-request: its terms in answer to the provider's offer, on the
+    process both know (``providerPid``; no callback address, the schema's other branch)."""
+    return {
+        "@context": _ctx(True),
+        "@type": "ContractRequestMessage",
+        "providerPid": provider_pid,
+        "consumerPid": consumer_pid,
+        "offer": message_offer(offer),
+    }
+
+
 def offer_message(provider_pid: str, consumer_pid: str, offer: Policy) -> dict[str, Any]:
     return {
         "@context": _ctx(True),

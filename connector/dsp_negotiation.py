@@ -120,6 +120,8 @@ def outgoing(
     p, c = pids.provider, pids.consumer
     if isinstance(message, ContractOffer):
         return f"/negotiations/{c}/offers", codec.offer_message(p, c, message.offer)
+    if isinstance(message, ContractRequest) and not from_provider:  # a counter-request
+        return f"/negotiations/{p}/request", codec.counter_request_message(p, c, message.offer)
     if isinstance(message, Agreement):
         terms = message.signed.agreement
         body = codec.agreement_message(p, c, terms.policy, terms.agreed_at)

@@ -274,6 +274,22 @@ def _earliest(a: datetime | None, b: datetime | None) -> datetime | None:
     return b if a is None else a if b is None else min(a, b)
 
 
+def meet(a: OfferTerms, b: OfferTerms) -> OfferTerms:
+    """The terms both ``a`` and ``b`` allow: the purposes, orders and fields in both, the
+    later start and earlier end, the shorter retention, a receipt if either asks one,
+    redistribution only if both allow it. Empty sets stay empty: the caller decides."""
+    return OfferTerms(
+        purposes=a.purposes & b.purposes,
+        orders=_narrow(a.orders, b.orders),
+        fields=_narrow(a.fields, b.fields),
+        not_before=_latest(a.not_before, b.not_before),
+        not_after=_earliest(a.not_after, b.not_after),
+        retention_days=min(a.retention_days, b.retention_days),
+        receipt=a.receipt or b.receipt,
+        allow_distribution=a.allow_distribution and b.allow_distribution,
+    )
+
+
 def answer_request(
     published: Policy, requested: Policy, customer_orders: frozenset[str], counter_uid: str
 ) -> Answer:
@@ -303,19 +319,9 @@ def answer_request(
         return Answer(
             Verdict.TERMINATE, reason=f"no order in scope: {asked} is not an order you placed"
         )
-    fields = _narrow(req.fields, pub.fields)
-    if fields is not None and not fields:
+    terms = replace(meet(req, pub), orders=orders)
+    if terms.fields is not None and not terms.fields:
         return Answer(Verdict.TERMINATE, reason="none of the requested fields is offered")
-    terms = OfferTerms(
-        purposes=purposes,
-        orders=orders,
-        fields=fields,
-        not_before=_latest(req.not_before, pub.not_before),
-        not_after=_earliest(req.not_after, pub.not_after),
-        retention_days=min(req.retention_days, pub.retention_days),
-        receipt=pub.receipt or req.receipt,
-        allow_distribution=pub.allow_distribution and req.allow_distribution,
-    )
     ours = make_offer(requested.uid, published.assigner, published.target, terms)
     if requested.type is PolicyType.OFFER and ours.same_terms(requested):
         return Answer(Verdict.AGREE, ours)
@@ -333,6 +339,27 @@ class Narrowing:
     fields: frozenset[str] | None = None
     retention_days: int | None = None
     not_after: datetime | None = None
+
+
+def counter_request(asked: Policy, counter: Policy, uid: str) -> Policy | str:
+    """Consumer side: what to ask back when the provider's counter-offer grants more than
+    was asked (`acceptable_counter` said no): the counter-offer narrowed to what was
+    asked (`meet`), on the provider's target and as its assigner, so that a provider
+    deciding by `answer_request` agrees to it as it stands. A reason instead when
+    nothing is left to ask: no purpose, order or field in both, or a counter-offer (or
+    our own request) not of the standard shape, which this node cannot narrow."""
+    try:
+        mine, theirs = offer_terms(asked), offer_terms(counter)
+    except NonStandardPolicyError as exc:
+        return f"the counter-offer grants more than was asked and cannot be narrowed ({exc})"
+    terms = meet(mine, theirs)
+    if not terms.purposes:
+        return "the counter-offer grants none of the purposes asked"
+    if terms.orders is not None and not terms.orders:
+        return "the counter-offer covers none of the orders asked"
+    if terms.fields is not None and not terms.fields:
+        return "the counter-offer grants none of the fields asked"
+    return make_offer(uid, counter.assigner, counter.target, terms)
 
 
 def narrowed_request(published: Policy, ask: Narrowing) -> Policy:

@@ -3,9 +3,20 @@
 Why here and not in a transport: the gRPC client gets the provider's answers in the
 reply to its own call, the DSP binding gets them later at its callback endpoints; both
 decide the consumer's next move with `consumer_answer` (accept a counter-offer that
-grants no more than was asked, countersign an agreement, or give up), so the rule
-exists once. `handle_provider_message` is the DSP side's one move: apply the provider's
-message, answer, and queue the answer for delivery in the same commit.
+grants no more than was asked, answer one that grants more with a counter-request of the
+counter-offer narrowed to what was asked, countersign an agreement, or give up), so the
+rule exists once.
+
+Why a counter-request, and only one: a provider's counter-offer may grant more in one
+term and less in another (another connector answers a request for two purposes with its
+own offer of one purpose and every field). Taking it would agree to more than the
+operator asked; giving up would lose what both allow. The consumer asks once for what
+both allow (`connector.offers.counter_request`), never for more than it first asked; a
+second counter-offer that still grants more ends the negotiation (a provider countering
+for ever would otherwise keep both busy).
+
+`handle_provider_message` is the DSP side's one move: apply the provider's message,
+answer, and queue the answer for delivery in the same commit.
 """
 
 from __future__ import annotations
@@ -20,6 +31,7 @@ from qdspace.connector.contract_errors import ContractDenied
 from qdspace.connector.contract_store import OutboxMessage
 from qdspace.connector.negotiation import (
     Accepted,
+    ContractRequest,
     Negotiation,
     NegotiationMessage,
     NegotiationState,
@@ -29,9 +41,12 @@ from qdspace.connector.negotiation import (
     Verification,
     apply,
 )
-from qdspace.connector.offers import acceptable_counter
+from qdspace.connector.offers import acceptable_counter, counter_request
 from qdspace.node.identity.certs import MemberIdentity
 from qdspace.node.runtime.contracts_negotiation import Deliver, ProviderNegotiation
+
+#: the end of our counter-request's message id (and of its terms' uid): one a negotiation
+COUNTER_REQUEST = ":counter-request"
 
 
 class ConsumerNegotiation(ProviderNegotiation):
@@ -47,8 +62,13 @@ class ConsumerNegotiation(ProviderNegotiation):
         if n.state is NegotiationState.OFFERED:
             if acceptable_counter(asked, n.offer):
                 return Accepted(mid, n.negotiation_id, me, at)
-            reason = "the counter-offer grants more than was asked"
-            return Termination(mid, n.negotiation_id, me, reason, at)
+            if any(seen.endswith(COUNTER_REQUEST) for seen, _ in n.seen):
+                reason = "the counter-offer grants more than was asked, after our counter-request"
+                return Termination(mid, n.negotiation_id, me, reason, at)
+            narrowed = counter_request(asked, n.offer, f"{n.negotiation_id}{COUNTER_REQUEST}")
+            if isinstance(narrowed, str):
+                return Termination(mid, n.negotiation_id, me, narrowed, at)
+            return ContractRequest(f"{mid}{COUNTER_REQUEST}", n.negotiation_id, me, narrowed, at)
         if n.state is NegotiationState.AGREED:
             assert n.agreement is not None
             if not n.signed:
