@@ -101,3 +101,21 @@ def ingest_sample(network: LocalNetwork, name: str) -> None:
                     f"/v1/ingest/{kind}", content=path.read_bytes(), headers=headers, params=params
                 )
             )
+
+
+def negotiated_over_dsp(
+    net: LocalNetwork, consumer: str, provider: str, dataset: str = "inspections"
+) -> dict[str, Any]:
+    """``consumer``'s node negotiates for ``provider``'s ``dataset`` over DSP, through its
+    operator API, on the published offer: the negotiation once it ended."""
+    url = runtime_of(net, provider)["dsp"]
+    with net[consumer].client() as client:
+        body = {"provider_url": url, "dataset_id": dataset}
+        nid = ok(client.post("/v1/dsp/negotiations", json=body))["negotiation_id"]
+
+        def ended() -> Any:
+            found = ok(client.get(f"/v1/contracts/negotiations/{nid}"))
+            return found["state"] in ("FINALIZED", "TERMINATED") and found
+
+        ended_as: dict[str, Any] = wait_for("the negotiation to end", ended, timeout=60)
+        return ended_as

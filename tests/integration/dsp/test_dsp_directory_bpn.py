@@ -22,7 +22,7 @@ from qdspace.node.layout import NodeLayout
 from qdspace.node.localnet.authority import AuthorityProcess
 from qdspace.node.localnet.network import LocalNetwork, MemberProcess, MemberSpec
 
-from .conftest import ingest_sample, ok, runtime_of, wait_for
+from .conftest import ingest_sample, negotiated_over_dsp, ok, runtime_of, wait_for
 from .joined import join_with_code
 from .peer import DSP, Peer, request
 
@@ -107,24 +107,7 @@ def test_an_attested_bpnl_opens_the_dataset_and_trades_over_dsp(space: LocalNetw
         ok(peer.get("/catalog/datasets/inspections"))
     finally:
         peer.http.close()
-    assert _negotiated(space)["state"] == "FINALIZED"
-
-
-def _negotiated(space: LocalNetwork) -> dict[str, Any]:
-    """SunArc's node negotiates for Cellex's inspections over DSP: the negotiation ended."""
-    provider = runtime_of(space, "cellex")["dsp"]
-    with space["sunarc"].client() as oem:
-        body = {"provider_url": provider, "dataset_id": "inspections"}
-        nid = ok(oem.post("/v1/dsp/negotiations", json=body))["negotiation_id"]
-
-        def ended() -> Any:
-            mine = [
-                n for n in ok(oem.get("/v1/contracts/negotiations")) if n["negotiation_id"] == nid
-            ]
-            return mine and mine[0]["state"] in ("FINALIZED", "TERMINATED") and mine[0]
-
-        ended_as: dict[str, Any] = wait_for("the negotiation to end", ended, timeout=60)
-        return ended_as
+    assert negotiated_over_dsp(space, "sunarc", "cellex")["state"] == "FINALIZED"
 
 
 def test_a_callback_off_the_members_published_dsp_address_is_refused_and_never_dialled(
@@ -143,7 +126,7 @@ def test_a_callback_off_the_members_published_dsp_address_is_refused_and_never_d
 
     listed = wait_for("SunArc's DSP address in Cellex's directory", published)
     assert f"https://{listed}" == runtime_of(space, "sunarc")["dsp"]
-    agreed = _negotiated(space)
+    agreed = negotiated_over_dsp(space, "sunarc", "cellex")
     assert agreed["state"] == "FINALIZED"
     decoy = socket.socket()
     decoy.bind(("127.0.0.1", 0))

@@ -28,7 +28,7 @@ from qdspace.node.layout import NodeLayout
 from qdspace.node.localnet.authority import AuthorityProcess
 from qdspace.node.localnet.network import LocalNetwork, MemberSpec
 
-from .conftest import ingest_sample, ok, runtime_of, wait_for
+from .conftest import ingest_sample, negotiated_over_dsp, ok, wait_for
 from .joined import join_with_code
 from .peer import DSP, Peer
 
@@ -114,22 +114,6 @@ def _attest(authority: Authority, *args: str) -> str:
     return done.stdout
 
 
-def _negotiated(network: LocalNetwork) -> dict[str, Any]:
-    provider = runtime_of(network, "cellex")["dsp"]
-    with network["sunarc"].client() as oem:
-        body = {"provider_url": provider, "dataset_id": "inspections"}
-        nid = ok(oem.post("/v1/dsp/negotiations", json=body))["negotiation_id"]
-
-        def ended() -> Any:
-            mine = [
-                n for n in ok(oem.get("/v1/contracts/negotiations")) if n["negotiation_id"] == nid
-            ]
-            return mine and mine[0]["state"] in ("FINALIZED", "TERMINATED") and mine[0]
-
-        ended_as: dict[str, Any] = wait_for("the negotiation to end", ended, timeout=60)
-        return ended_as
-
-
 def test_an_attested_framework_opens_the_dataset_and_a_withdrawn_one_closes_it(
     space: Space,
 ) -> None:
@@ -151,7 +135,7 @@ def test_an_attested_framework_opens_the_dataset_and_a_withdrawn_one_closes_it(
         )
         assert "inspections" in _datasets(peer)
         ok(peer.get("/catalog/datasets/inspections"))
-        assert _negotiated(network)["state"] == "FINALIZED"
+        assert negotiated_over_dsp(network, "sunarc", "cellex")["state"] == "FINALIZED"
 
         _attest(authority, "--member", "sunarc", "--withdraw", DEG)
         wait_for(
