@@ -194,8 +194,9 @@ def tenant_add(
     max_streams: MaxStreamsOpt = None,
     max_calls: MaxCallsOpt = None,
 ) -> None:
-    """Enroll a new tenant (its own keys, certificate and member id); served from the
-    next ``host start``. Quota options not given are the host's defaults."""
+    """Enroll a new tenant (its own keys, certificate and member id); served at once by a
+    running host, else from its next ``host start``. Quota options not given are the
+    host's defaults."""
     from qdspace.node.host.tenants import Enrollment, add_tenant
     from qdspace.node.identity.files import read_file
 
@@ -218,8 +219,25 @@ def tenant_add(
     )
     console.print(f"tenant [bold]{record.name}[/bold] ({record.role}) added")
     console.print(f"member id {record.member_id}; gRPC port {record.grpc_port}")
+    _serve_if_running(directory, record.name)
     hint = f"qdspace host tenant token --dir {directory} --name {name} --out FILE"
     console.print(f"its operator token: `{hint}`")
+
+
+def _serve_if_running(directory: Path, name: str) -> None:
+    """A running host serves the new tenant now (no restart of the others); its answer
+    says whether the tenant opened and started."""
+    from qdspace.node.host.client import call_host, running_host
+    from qdspace.node.host.errors import HostError
+
+    host = running_host(directory)
+    if host is None:
+        console.print("served from the host's next start (`qdspace host start`)")
+        return
+    shown = call_host(directory, host, "POST", f"/host/v1/tenants/{name}/start")
+    if shown["status"] == "failed":
+        raise HostError(f"tenant {name} was added but does not serve: {shown['error']}")
+    console.print(f"served now by the running host ({shown['status']}, port {shown['grpc_port']})")
 
 
 def _tenants(directory: Path) -> list[dict[str, Any]]:
@@ -383,115 +401,5 @@ def tenant_ledger(
     )
 
 
-@tenant_app.command("export")
-@clean_errors
-def tenant_export(
-    directory: HostDirOpt,
-    name: NameOpt,
-    out: Annotated[Path, typer.Option(help="the new node directory (must not exist, or be empty)")],
-    grpc_port: Annotated[
-        int | None, typer.Option(help="its gRPC port (default: the tenant's)")
-    ] = None,
-    api_port: Annotated[
-        int | None, typer.Option(help="its operator API port (default: the node default)")
-    ] = None,
-    regulator_port: Annotated[
-        int | None, typer.Option(help="its regulator API port (default: the tenant's)")
-    ] = None,
-    advertise_peer: Annotated[
-        str | None, typer.Option(help="host:port members reach it at (default: the tenant's)")
-    ] = None,
-) -> None:
-    """Export a tenant as a standalone node directory (same identity, data, agreements).
-
-    The host must be stopped or the tenant suspended; it stays suspended here."""
-    from qdspace.node.host.export import Ports, export_tenant
-
-    ports = Ports(grpc_port, api_port, regulator_port, advertise_peer)
-    done = export_tenant(directory, name, out, ports)
-    console.print(f"tenant {name} ({done.member_id}) exported to {done.destination}")
-    console.print(f"secret files unsealed (0600): {', '.join(done.unsealed) or 'none'}")
-    if done.db_url_file is not None:
-        console.print(
-            f"its PostgreSQL database stays where it is: start it with "
-            f"`QDSPACE_DB_URL_FILE={done.db_url_file} qdspace node start --dir {done.destination}`"
-        )
-    else:
-        console.print(f"start it with `qdspace node start --dir {done.destination}`")
-    console.print(
-        f"the tenant stays in this host, suspended, until `qdspace host tenant remove --dir "
-        f"{directory} --name {name} --yes` (never serve it from both places at once; removal "
-        "deletes the host's copy only, nothing is purged)"
-    )
-
-
-@tenant_app.command("remove")
-@clean_errors
-def tenant_remove(
-    directory: HostDirOpt,
-    name: NameOpt,
-    yes: Annotated[bool, typer.Option("--yes", help="confirm: this cannot be undone")] = False,
-    wait_s: Annotated[
-        float,
-        typer.Option(help="how long to wait for the deletion receipts' delivery and anchoring"),
-    ] = 120.0,
-) -> None:
-    """Remove a tenant: purge, deliver its deletion receipts, delete its files and keys.
-
-    Needs the host running (its providers must receive the receipts); an exported
-    tenant's removal deletes the host's copy only."""
-    import time
-
-    from qdspace.node.host.client import call_host, running_host
-    from qdspace.node.host.errors import RemovalNotConfirmed, TenantBusy
-    from qdspace.node.host.names import check_name
-    from qdspace.node.host.registry import Registry
-
-    check_name(name)
-    if not yes:
-        raise RemovalNotConfirmed(
-            f"removing tenant {name} deletes its data and keys for good; add --yes"
-        )
-    record = Registry(directory.resolve()).get(name)
-    host = running_host(directory)
-    if host is None:  # the host's runtime, imported only here: the common case asks the host
-        from qdspace.node.host.leaving import remove_offline
-
-        removed: dict[str, Any] = remove_offline(directory, name).__dict__
-    else:
-        path = f"/host/v1/tenants/{name}"
-        confirm = {"confirm": name}
-        if not record.exported_to:
-            counts = call_host(directory, host, "POST", f"{path}/purge", confirm)
-            console.print(
-                f"tenant {name}: purged: {counts['terminated']} agreements ended, "
-                f"{counts['rows_deleted']} rows deleted, {counts['receipts']} receipts signed"
-            )
-            for failure in counts["failures"]:
-                console.print(f"  not deleted: {failure}")
-            deadline = time.monotonic() + wait_s
-            owed = {"undelivered": int(counts["undelivered"]), "unanchored": 0}
-            if not owed["undelivered"]:
-                owed = call_host(directory, host, "GET", f"{path}/outbox")
-            while owed["undelivered"] or owed["unanchored"]:
-                left = (
-                    f"{owed['undelivered']} messages to its providers undelivered, "
-                    f"{owed['unanchored']} records not yet anchored"
-                )
-                if time.monotonic() > deadline:
-                    raise TenantBusy(
-                        f"tenant {name}: {left} after {wait_s:.0f}s; it was not removed "
-                        "(remove again later)"
-                    )
-                console.print(f"  waiting: {left}")
-                time.sleep(1.0)
-                owed = call_host(directory, host, "GET", f"{path}/outbox")
-        removed = call_host(directory, host, "POST", f"{path}/remove", confirm)
-    if removed["purged"]:
-        console.print(f"tenant {name} removed: receipts delivered, its files and keys deleted")
-    else:
-        console.print(f"tenant {name} removed from the host (exported: nothing purged)")
-    if removed["database"]:
-        console.print(
-            f"its PostgreSQL database was not dropped: drop it yourself ({removed['database']})"
-        )
+# the leaving commands (export, remove) register on `tenant_app` in their own module
+from qdspace.node.cli import host_leaving  # noqa: E402, F401

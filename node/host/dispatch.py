@@ -7,8 +7,9 @@ came, to that tenant's own FastAPI app (`node.api.app.create_app`), whose own ga
 the token once more. No path, header or body can name another tenant: the token is the
 only selector, so tenant A's token can reach tenant A's routes only.
 
-The host operator's token reaches the host-management app only (list, status, suspend,
-resume, and a tenant's purge and removal: `leaving`): it shows how tenants are hosted
+The host operator's token reaches the host-management app only (list, status, start a
+tenant added while the host runs, suspend, resume, and a tenant's purge and removal:
+`leaving`): it shows how tenants are hosted
 (member id, role, port, state, counts of a purge) and no tenant's data. A suspended
 tenant's token is answered 423 with a problem naming the suspension; an unknown or
 missing token 401, as a node answers.
@@ -140,6 +141,11 @@ def create_host_app(runtime: HostRuntime, host_token: str, started_at: float) ->
     @app.get(f"{HOST_PREFIX}/tenants/{{name}}", response_model=TenantPublic)
     def tenant_one(name: str) -> TenantPublic:
         return TenantPublic(**runtime.get(name).public())
+
+    @app.post(f"{HOST_PREFIX}/tenants/{{name}}/start", response_model=TenantPublic)
+    async def start(name: str) -> TenantPublic:
+        """Serve a tenant added since the host started (``tenant add`` calls it)."""
+        return TenantPublic(**(await runtime.add(name)).public())
 
     @app.post(f"{HOST_PREFIX}/tenants/{{name}}/suspend", response_model=TenantPublic)
     async def suspend(name: str, body: Suspension | None = None) -> TenantPublic:

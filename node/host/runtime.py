@@ -31,7 +31,7 @@ from qdspace.node.config import NodeSettings
 from qdspace.node.context import NodeContext, build_context
 from qdspace.node.host.admission import TenantAdmission, measure_usage
 from qdspace.node.host.config import HostLayout, HostSettings
-from qdspace.node.host.errors import HostError, TenantSuspended, UnknownTenant
+from qdspace.node.host.errors import HostError, TenantExists, TenantSuspended, UnknownTenant
 from qdspace.node.host.names import check_name
 from qdspace.node.host.quotas import Quota, QuotaSettings
 from qdspace.node.host.refusal import RefusingServer
@@ -150,6 +150,9 @@ class HostRuntime:
         self.registry = Registry(directory)
         self.tenants: dict[str, HostedTenant] = {}
         self._by_token: dict[bytes, HostedTenant] = {}
+        #: one tenant added while serving at a time; none once the host is stopping
+        self._adding = asyncio.Lock()
+        self._stopping = False
 
     # -- opening (blocking: keys, databases) ------------------------------------------
 
@@ -164,6 +167,10 @@ class HostRuntime:
             except Exception as exc:  # isolation: this tenant only
                 tenant.error = f"{type(exc).__name__}: {exc}"
                 logger.error("tenant %s: not serving: %s", record.name, tenant.error)
+
+    def _open_as_member(self, tenant: HostedTenant) -> None:
+        with as_member(tenant.name):
+            self._open(tenant)
 
     def _open(self, tenant: HostedTenant) -> None:
         directory = self.files.tenant(tenant.name)
@@ -234,6 +241,28 @@ class HostRuntime:
             ctx.settings.grpc_host,
             tenant.member.port,
         )
+
+    async def add(self, name: str) -> HostedTenant:
+        """Serve a tenant added to the registry while the host runs (``tenant add`` asks
+        for it), opened and started as ``host start`` does, without stopping the others;
+        one that fails to open or start is reported (``failed``, with the reason) as at
+        a start. A tenant this host already serves is a `TenantExists`."""
+        async with self._adding:
+            if self._stopping:
+                raise HostError("the host is stopping: the tenant is served from its next start")
+            if check_name(name) in self.tenants:
+                raise TenantExists(f"tenant {name} is already served by this host")
+            tenant = HostedTenant(self.registry.get(name))
+            try:
+                await asyncio.to_thread(self._open_as_member, tenant)
+                with as_member(tenant.name):
+                    await self._start(tenant)
+            except Exception as exc:  # isolation: this tenant only
+                tenant.error = f"{type(exc).__name__}: {exc}"
+                logger.error("tenant %s: not serving: %s", tenant.name, tenant.error)
+            self.tenants[tenant.name] = tenant
+            logger.info("tenant %s added while serving: %s", tenant.name, tenant.status)
+            return tenant
 
     async def _start_regulator(self, tenant: HostedTenant) -> None:
         """The tenant's regulator API on its own port, presenting its member certificate
@@ -389,7 +418,9 @@ class HostRuntime:
     # -- stopping ----------------------------------------------------------------------
 
     async def stop_all(self, grace: float) -> None:
-        for tenant in self.tenants.values():
+        async with self._adding:  # a tenant being added is in, or is not started
+            self._stopping = True
+        for tenant in list(self.tenants.values()):
             try:
                 await self._stop(tenant, grace)
             except Exception:  # the others still stop

@@ -319,3 +319,39 @@ def test_hostile_tenant_names_are_refused(host: Host) -> None:
         "cellex",
         "siliwafer",
     ]
+
+
+def test_a_tenant_added_while_the_host_runs_is_served_at_once(host: Host) -> None:
+    """A host onboards a small supplier without restarting the others: ``tenant add``
+    with the host running has it opened and started (its gRPC port answers a member's
+    call, its token reaches its API through the host's listener). The start route is the
+    host operator's: a tenant's token does not reach it, a tenant served already is a
+    409, a name the registry does not hold a 404, a hostile name a 400/404."""
+    host.ports["newco"] = free_port()
+    with host.operator("cellex") as cellex:
+        before = cellex.node()["name"]
+    done = qdspace("host", "tenant", "add", "--dir", str(host.directory), "--name", "newco",
+                   "--role", "supplier", "--authority", str(host.net.authority_dir),
+                   "--grpc-port", str(host.ports["newco"]))  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert "served now by the running host (serving" in done.stdout, done.stdout
+    out = host.workdir / "newco.token"
+    done = qdspace("host", "tenant", "token", "--dir", str(host.directory), "--name", "newco",
+                   "--out", str(out))  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    host.tokens["newco"] = out.read_text().strip()
+    with host.operator("newco") as newco:
+        assert newco.node()["name"] == "newco"
+    assert _hello(host, "newco").peer == "newco"
+    with host.operator("cellex") as cellex:  # the others kept serving, untouched
+        assert cellex.node()["name"] == before
+    with host.client(host.host_token()) as admin:
+        again = admin.post("/host/v1/tenants/newco/start")
+        assert again.status_code == 409 and "already served" in again.text, again.text
+        assert admin.post("/host/v1/tenants/nobody/start").status_code == 404
+        for bad in ("..%2Fnewco", "NEWCO"):
+            r = admin.post(f"/host/v1/tenants/{bad}/start")
+            assert r.status_code in (400, 404), (bad, r.text)
+        assert admin.get("/host/v1/status").json()["serving"] == 3
+    with host.client(host.tokens["newco"]) as tenant:
+        assert tenant.post("/host/v1/tenants/newco/start").status_code == 404  # not its API
