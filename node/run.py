@@ -19,7 +19,9 @@ import signal
 import socket
 import ssl
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import uvicorn
 
@@ -200,9 +202,18 @@ def published_dsp(settings: NodeSettings, base: str) -> str | None:
     return None if origin is None else host_port(*origin)
 
 
-async def start_dsp(ctx: NodeContext, sock: socket.socket) -> _Uvicorn:
+async def start_dsp(
+    ctx: NodeContext,
+    sock: socket.socket,
+    tls: tuple[Path, Path, str | None] | None = None,
+    wrap: Callable[[Any], Any] | None = None,
+) -> _Uvicorn:
     """The DSP listener's server (mutual TLS with the space's certificates) and the DSP
-    consumer and outbox sender it brings (`node.dsp`)."""
+    consumer and outbox sender it brings (`node.dsp`). ``tls``: the member certificate,
+    key and key password to present, else the node's files (a managed host hands a
+    tenant's as transient files: the server and client load them before this returns
+    and `start_listener` is awaited); ``wrap``: around the app (a host's suspension
+    gate)."""
     from qdspace.node.dsp.access import DspAccess, parse_access
     from qdspace.node.dsp.app import DspBinding, body_of, create_dsp_app
     from qdspace.node.dsp.auth import PeerCertH11
@@ -224,13 +235,15 @@ async def start_dsp(ctx: NodeContext, sock: socket.socket) -> _Uvicorn:
     # what other members reach: the data addresses and callbacks this node hands out
     base = settings.advertise_dsp or https_url(settings.dsp_host, sock.getsockname()[1])
     authenticator = PeerAuthenticator(ctx.revocations, ctx.peers.pinned)
+    cert, key, password = tls if tls is not None else (layout.tls_cert, layout.tls_key, None)
     http = DspHttp(
         ctx.keys.identity.member_id,
         ctx.keys.signing_key,
-        layout.tls_cert,
-        layout.tls_key,
+        cert,
+        key,
         layout.ca_cert,
         standing=authenticator.check_standing,  # the servers it calls, as its callers
+        key_password=password,
     )
     _client, outbox = client_of(ctx)
     outbox.senders[OUTBOX_KIND] = http.send_queued
@@ -252,14 +265,16 @@ async def start_dsp(ctx: NodeContext, sock: socket.socket) -> _Uvicorn:
     draining = asyncio.Event()  # set when the listener stops: live data streams end
     routes = transfer_router(authenticator, transfers, body_of, outbox.kick, draining, callbacks)
     limiter = call_limiter(ctx)  # one count with the gRPC listener's
+    app: Any = DspCallCaps(create_dsp_app(binding, [routes]), limiter)
     config = uvicorn.Config(
-        DspCallCaps(create_dsp_app(binding, [routes]), limiter),
+        wrap(app) if wrap is not None else app,
         log_level="warning",
         access_log=False,
         lifespan="off",
         http=PeerCertH11,
-        ssl_certfile=layout.tls_cert,
-        ssl_keyfile=layout.tls_key,
+        ssl_certfile=cert,
+        ssl_keyfile=key,
+        ssl_keyfile_password=password,
         ssl_ca_certs=str(layout.ca_cert),
         ssl_cert_reqs=ssl.CERT_REQUIRED,
         timeout_graceful_shutdown=settings.shutdown_grace_s,  # type: ignore[arg-type]

@@ -179,6 +179,10 @@ def tenant_add(
         int | None,
         typer.Option(help="its regulator API's port (default: next free in range, if any)"),
     ] = None,
+    dsp_port: Annotated[
+        int | None,
+        typer.Option(help="its Dataspace Protocol listener's port (default: no DSP)"),
+    ] = None,
     db_url_file: Annotated[
         Path | None,
         typer.Option(help="a file holding its own database URL (default: SQLite); kept sealed"),
@@ -214,11 +218,13 @@ def tenant_add(
         enrollment,
         grpc_port=grpc_port,
         regulator_port=regulator_port,
+        dsp_port=dsp_port,
         db_url=db_url,
         quota=quota,
     )
     console.print(f"tenant [bold]{record.name}[/bold] ({record.role}) added")
-    console.print(f"member id {record.member_id}; gRPC port {record.grpc_port}")
+    dsp = f"; DSP port {record.dsp_port}" if record.dsp_port else ""
+    console.print(f"member id {record.member_id}; gRPC port {record.grpc_port}{dsp}")
     _serve_if_running(directory, record.name)
     hint = f"qdspace host tenant token --dir {directory} --name {name} --out FILE"
     console.print(f"its operator token: `{hint}`")

@@ -204,13 +204,15 @@ class DspHttp:
         tls_key: Path,
         ca: Path,
         standing: Standing | None = None,
+        key_password: str | None = None,
     ) -> None:
         self.me = me
         self.key = key
         self.standing = standing
         context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(ca))
         context.check_hostname = False  # members are told apart by certificate, below
-        context.load_cert_chain(cert, tls_key)
+        # loaded now: the files may be transient (a hosted tenant's key is never plaintext)
+        context.load_cert_chain(cert, tls_key, password=key_password)
         self._context = context
         #: one pool per member called (None: whoever answers a discovery read)
         self._clients: dict[str | None, httpx.AsyncClient] = {}

@@ -53,6 +53,7 @@ class TenantPublic(BaseModel):
     status: str  # serving | suspended | failed
     grpc_port: int
     regulator_port: int = 0  # 0: its regulator API is not served
+    dsp_port: int | None = None  # its Dataspace Protocol listener's, when it has one
     reason: str = ""
     error: str = ""
     added_at: str

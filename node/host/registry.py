@@ -43,6 +43,7 @@ class TenantRecord(BaseModel):
     role: str
     grpc_port: int = Field(ge=0, le=65535)
     regulator_port: int = Field(default=0, ge=0, le=65535)  # 0: its regulator API not served
+    dsp_port: int = Field(default=0, ge=0, le=65535)  # 0: no Dataspace Protocol listener
     state: TenantState = TenantState.ACTIVE
     added_at: str
     changed_at: str

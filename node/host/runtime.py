@@ -37,6 +37,11 @@ from qdspace.node.host.quotas import Quota, QuotaSettings
 from qdspace.node.host.refusal import RefusingServer
 from qdspace.node.host.registry import Registry, TenantRecord, TenantState
 from qdspace.node.host.sealing import MasterKey
+from qdspace.node.host.tenant_listeners import (
+    start_dsp_listener,
+    start_regulator_listener,
+    stop_dsp_listener,
+)
 from qdspace.node.host.tenants import tenant_key_files
 from qdspace.node.identity.revocation import StaleRevocationList
 from qdspace.node.logs import MEMBER
@@ -100,6 +105,9 @@ class HostedTenant:
     regulator: Any = None
     regulator_task: asyncio.Task[None] | None = None
     regulator_port: int | None = None
+    #: the tenant's DSP listener (uvicorn) and its task, when it has a DSP port and serves
+    dsp: Any = None
+    dsp_task: asyncio.Task[None] | None = None
     #: why the tenant is not serving (it failed to open or start); "" when fine
     error: str = ""
     token_digest: bytes = b""
@@ -131,6 +139,7 @@ class HostedTenant:
             "status": self.status,
             "grpc_port": port if port is not None else self.record.grpc_port,
             "regulator_port": self.regulator_port or self.record.regulator_port,
+            "dsp_port": self.record.dsp_port or None,
             "reason": self.record.reason,
             "error": self.error,
             "added_at": self.record.added_at,
@@ -223,15 +232,18 @@ class HostRuntime:
         admission = [tenant.admission.interceptor()] if tenant.admission is not None else []
         tenant.member = MemberServer(ctx, admission)
         if ctx.settings.regulator_port:
-            await self._start_regulator(tenant)
+            await start_regulator_listener(self, tenant)
         if tenant.suspended:
             tenant.member.port = ctx.settings.grpc_port
             await self._refuse(tenant)
             return
         tenant.member.bind()
         tenant.member.prepare()
+        await start_dsp_listener(tenant)  # before the entry is published: it names the endpoint
         await tenant.member.start()
         ctx.serving = True
+        if ctx.dsp_transfers is not None:  # its providers' answers can land now
+            ctx.dsp_transfers.resume_after_restart()
         tenant.member.follow()
         logger.info(
             "tenant %s (%s, %s) serving gRPC on %s:%s",
@@ -263,35 +275,6 @@ class HostRuntime:
             self.tenants[tenant.name] = tenant
             logger.info("tenant %s added while serving: %s", tenant.name, tenant.status)
             return tenant
-
-    async def _start_regulator(self, tenant: HostedTenant) -> None:
-        """The tenant's regulator API on its own port, presenting its member certificate
-        (as a node's does), its key handed to TLS without a plaintext file."""
-        from qdspace.node.api.regulator_app import create_regulator_app
-        from qdspace.node.host.dispatch import SuspensionGate
-        from qdspace.node.identity.keyfiles import transient_key_file
-        from qdspace.node.listeners import bind_socket
-        from qdspace.node.run import https_server, start_listener
-
-        ctx = tenant.ctx
-        assert ctx is not None
-        settings = ctx.settings
-        sock = bind_socket(
-            f"regulator API of {tenant.name}", settings.regulator_host, settings.regulator_port
-        )
-        app = SuspensionGate(create_regulator_app(ctx), self, tenant)
-        with transient_key_file(ctx.keys.cert_pem, ctx.keys.tls_key) as (cert, key, password):
-            server = https_server(
-                app,
-                cert,
-                key,
-                lifespan="off",
-                key_password=password,
-                grace=settings.shutdown_grace_s,
-            )
-            tenant.regulator_task = await start_listener(server, sock)
-        tenant.regulator = server
-        tenant.regulator_port = sock.getsockname()[1]
 
     async def _refuse(self, tenant: HostedTenant) -> None:
         assert tenant.ctx is not None and tenant.member is not None
@@ -325,6 +308,7 @@ class HostRuntime:
             tenant.refusing = None
         else:
             tenant.ctx.serving = False
+            await stop_dsp_listener(tenant)
             await tenant.member.stop(0)
             await tenant.ctx.peers.close()
         await self._refuse(tenant)
@@ -346,6 +330,7 @@ class HostRuntime:
         await tenant.refusing.stop()
         tenant.refusing = None
         tenant.member.bind()
+        await start_dsp_listener(tenant)
         await tenant.member.start()
         tenant.ctx.serving = True
         tenant.member.follow()
@@ -436,6 +421,7 @@ class HostRuntime:
         if tenant.refusing is not None:
             await tenant.refusing.stop()
             tenant.refusing = None
+        await stop_dsp_listener(tenant)
         if tenant.member is not None:
             await tenant.member.stop(grace)
         if tenant.ctx is not None:

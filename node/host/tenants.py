@@ -159,10 +159,12 @@ def add_tenant(
     *,
     grpc_port: int | None = None,
     regulator_port: int | None = None,
+    dsp_port: int | None = None,
     db_url: str = "",
     quota: dict[str, Any] | None = None,
 ) -> TenantRecord:
     """Enroll a new tenant and add it to the book (served from the next ``host start``).
+    ``dsp_port``: its Dataspace Protocol listener's port (none: no DSP).
     ``db_url``: its own database (default SQLite in its directory), kept sealed.
     Nothing of it is left behind if a step fails (a spent code stays spent). ``quota``:
     its own quota values (others the host's defaults); none: it follows the defaults."""
@@ -179,14 +181,21 @@ def add_tenant(
         check_new_name(name, existing)
         used = {r.grpc_port for r in book.tenants.values()}
         used |= {r.regulator_port for r in book.tenants.values() if r.regulator_port}
+        used |= {r.dsp_port for r in book.tenants.values() if r.dsp_port}
         port, regulator = _ports(settings, used, grpc_port, regulator_port)
+        if dsp_port is not None and (dsp_port < 1 or dsp_port in used | {port, regulator}):
+            raise HostError(f"DSP port {dsp_port} is not free on this host (or not a port)")
         target = files.tenant(name)
         data_key = new_key()
         key_files = SealedKeyFiles(name, data_key)
         try:
             node = _enroll(target, name, role, enrollment, settings, port, key_files)
             if regulator:
-                node.model_copy(update={"regulator_port": regulator}).save()
+                node = node.model_copy(update={"regulator_port": regulator})
+                node.save()
+            if dsp_port is not None:  # on the host its gRPC listens on, as a node's
+                node = node.model_copy(update=_dsp_settings(settings, node, dsp_port))
+                node.save()
             if db_url:  # it may carry a password: sealed, never in node.json
                 key_files.write(files.sealed_db_url(name), db_url.encode())
             write_atomic(files.wrapped_key(name), master.wrap(name, data_key), mode=0o600)
@@ -200,12 +209,23 @@ def add_tenant(
             role=node.role,
             grpc_port=port,
             regulator_port=regulator,
+            dsp_port=dsp_port or 0,
             added_at=stamp,
             changed_at=stamp,
             quota=own,
         )
         book.tenants[name] = record
     return record
+
+
+def _dsp_settings(settings: HostSettings, node: NodeSettings, port: int) -> dict[str, Any]:
+    """The tenant's DSP listener: on the host its gRPC listens on; a tenant that follows
+    the authority's directory publishes it at the name the host advertises its gRPC
+    ports at (providers that follow the directory take its callbacks only there)."""
+    update: dict[str, Any] = {"dsp_port": port, "dsp_host": node.grpc_host}
+    if node.authority_url:
+        update["advertise_dsp"] = f"https://{settings.advertise_host or node.grpc_host}:{port}"
+    return update
 
 
 def _check_admitted(enrollment: Enrollment, name: str, role: str) -> None:

@@ -227,7 +227,7 @@ def test_the_host_token_manages_tenants_and_reads_no_tenant_data(host: Host) -> 
         assert status["tenants"] == 3 and status["failed"] == 1
         listed = admin.get("/host/v1/tenants").json()
         assert set(listed[0]) == {"name", "member_id", "role", "status", "grpc_port",
-                                  "regulator_port", "reason", "error", "added_at",
+                                  "regulator_port", "dsp_port", "reason", "error", "added_at",
                                   "changed_at", "own_quota", "quota", "use"}  # fmt: skip
         serving = next(t for t in listed if t["status"] == "serving")
         assert set(serving["use"]) == {"streams", "calls", "rows", "storage"}  # counts only

@@ -50,7 +50,7 @@ def space(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Space]:
     url = service.start()
     net = LocalNetwork(workdir, members=(), chain=False)
     port = free_port()
-    host = Host(workdir, workdir / "H", net, free_port(), {"siliwafer": port})
+    host = Host(workdir, workdir / "H", net, free_port(), {"siliwafer": port, "dsp": free_port()})
     try:
         done = qdspace("host", "init", "--dir", str(host.directory), "--api-port",
                        str(host.api_port))  # fmt: skip
@@ -58,7 +58,8 @@ def space(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Space]:
         code = _code_file(workdir, authority, "siliwafer", "supplier")
         done = qdspace("host", "tenant", "add", "--dir", str(host.directory), "--name",
                        "siliwafer", "--role", "supplier", "--authority-url", url,
-                       "--code-file", str(code), "--grpc-port", str(port))  # fmt: skip
+                       "--code-file", str(code), "--grpc-port", str(port),
+                       "--dsp-port", str(host.ports["dsp"]))  # fmt: skip
         assert done.returncode == 0, done.stderr
         tenant = host.directory / "tenants" / "siliwafer"
         NodeSettings.load(tenant).model_copy(update=FAST).save()
@@ -97,6 +98,8 @@ def test_a_joined_tenant_publishes_its_host_address_and_is_called(space: Space) 
     port = space.host.ports["siliwafer"]
     entry = eventually(lambda: _entry(space, "siliwafer"), "the tenant's directory entry")
     assert entry["endpoints"]["peer"] == f"127.0.0.1:{port}"
+    # its DSP listener, published where the host advertises its tenants (callbacks go there)
+    assert entry["endpoints"]["dsp"] == f"127.0.0.1:{space.host.ports['dsp']}"
     settings = NodeSettings.load(space.host.directory / "tenants" / "siliwafer")
     assert settings.authority_url == space.url and settings.member_id == entry["member_id"]
     sunarc = space.host.net["sunarc"]
