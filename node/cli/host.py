@@ -276,14 +276,13 @@ def tenant_list(directory: HostDirOpt, as_json: JsonOpt = False) -> None:
     if as_json:
         print_json(tenants)
         return
-    table = Table("name", "role", "member id", "gRPC port", "status", "quota", "note")
+    table = Table("name", "role", "member id", "ports", "status", "quota", "note")
     for t in tenants:
         note = t.get("error") or t.get("reason") or ""
         quota = _quota_text(t.get("quota") or {})
         quota += "" if t.get("own_quota") else " (host default)"
-        table.add_row(
-            t["name"], t["role"], t["member_id"], str(t["grpc_port"]), t["status"], quota, note
-        )
+        ports = f"{t['grpc_port']}" + (f" DSP {t['dsp_port']}" if t.get("dsp_port") else "")
+        table.add_row(t["name"], t["role"], t["member_id"], ports, t["status"], quota, note)
     console.print(table)
 
 
