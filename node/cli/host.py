@@ -3,7 +3,7 @@
 ``host init`` makes the host directory (settings, master key, host token, the operator
 listener's certificate); ``host tenant add`` enrolls a tenant with the authority like any
 member (by the authority's directory, or its URL and a one-time code); ``tenant list |
-suspend | resume | token | export | remove`` manage them; ``host start`` serves them all
+suspend | resume | renew | token | export | remove`` manage them; ``host start`` serves them all
 until SIGTERM.
 Suspending and resuming go through the running host when there is one (so its streams
 end at once), else they change the registry for the next start.
@@ -366,6 +366,38 @@ def tenant_suspend(
 def tenant_resume(directory: HostDirOpt, name: NameOpt) -> None:
     """Resume a suspended tenant."""
     _set_state(directory, name, "resume")
+
+
+@tenant_app.command("renew")
+@clean_errors
+def tenant_renew(
+    directory: HostDirOpt,
+    name: NameOpt,
+    authority: Annotated[
+        Path | None,
+        typer.Option(help="the authority's directory (default: the service the tenant joined)"),
+    ] = None,
+) -> None:
+    """Renew a tenant's member certificate (a new TLS key, the same member id); a running
+    host serves it at once (the tenant is opened again), else from its next start."""
+    from qdspace.node.host.client import call_host, running_host
+    from qdspace.node.host.renewal import renew_tenant
+
+    done = renew_tenant(directory, name, authority)
+    console.print(
+        f"tenant {name} ({done.member_id}): certificate renewed, serial {done.serial:x}, "
+        f"valid until {done.not_after}"
+    )
+    host = running_host(directory)
+    if host is None:
+        console.print("served from the host's next start (`qdspace host start`)")
+        return
+    shown = call_host(directory, host, "POST", f"/host/v1/tenants/{name}/reopen")
+    if shown["status"] == "failed":
+        from qdspace.node.host.errors import HostError
+
+        raise HostError(f"tenant {name} was renewed but does not serve: {shown['error']}")
+    console.print(f"served with it now by the running host ({shown['status']})")
 
 
 @tenant_app.command("token")

@@ -8,9 +8,9 @@ the token once more. No path, header or body can name another tenant: the token 
 only selector, so tenant A's token can reach tenant A's routes only.
 
 The host operator's token reaches the host-management app only (list, status, start a
-tenant added while the host runs, suspend, resume, and a tenant's purge and removal:
-`leaving`): it shows how tenants are hosted
-(member id, role, port, state, counts of a purge) and no tenant's data. A suspended
+tenant added while the host runs, open one again after a renewal, suspend, resume, and a
+tenant's purge and removal: `leaving`): it shows how tenants are hosted (member id,
+role, port, state, counts of a purge) and no tenant's data. A suspended
 tenant's token is answered 423 with a problem naming the suspension; an unknown or
 missing token 401, as a node answers.
 """
@@ -147,6 +147,11 @@ def create_host_app(runtime: HostRuntime, host_token: str, started_at: float) ->
     async def start(name: str) -> TenantPublic:
         """Serve a tenant added since the host started (``tenant add`` calls it)."""
         return TenantPublic(**(await runtime.add(name)).public())
+
+    @app.post(f"{HOST_PREFIX}/tenants/{{name}}/reopen", response_model=TenantPublic)
+    async def reopen(name: str) -> TenantPublic:
+        """Open a tenant again from its files (``tenant renew`` calls it)."""
+        return TenantPublic(**(await runtime.reopen(name)).public())
 
     @app.post(f"{HOST_PREFIX}/tenants/{{name}}/suspend", response_model=TenantPublic)
     async def suspend(name: str, body: Suspension | None = None) -> TenantPublic:

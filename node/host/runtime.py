@@ -276,6 +276,15 @@ class HostRuntime:
             logger.info("tenant %s added while serving: %s", tenant.name, tenant.status)
             return tenant
 
+    async def reopen(self, name: str) -> HostedTenant:
+        """Stop a tenant, close it and open and start it again from its directory (a
+        renewed certificate is served, and published, from then on); the others serve on."""
+        tenant = self.get(name)
+        async with tenant.lock:
+            with as_member(name):
+                await self.drop(tenant)
+        return await self.add(name)
+
     async def _refuse(self, tenant: HostedTenant) -> None:
         assert tenant.ctx is not None and tenant.member is not None
         port = tenant.member.port if tenant.member.port is not None else 0

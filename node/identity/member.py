@@ -200,11 +200,14 @@ def requested_hostnames(cert: x509.Certificate, name: str) -> tuple[str, ...]:
     return tuple(h for h in hosts if h not in always)
 
 
-def create_renewal_request(directory: Path, *, hostnames: Sequence[str] | None = None) -> Path:
+def create_renewal_request(
+    directory: Path, *, hostnames: Sequence[str] | None = None, key_files: KeyFiles = PLAIN
+) -> Path:
     """A request for a new certificate over a new TLS key, same signing key (same member id);
-    the new key waits in ``tls-next.key``. Hostnames default to the current certificate's."""
+    the new key waits in ``tls-next.key`` (written through ``key_files``: a hosted tenant's
+    is sealed). Hostnames default to the current certificate's."""
     files = NodeLayout(directory)
-    keys = load_member_keys(directory, check_validity=False)
+    keys = load_member_keys(directory, check_validity=False, key_files=key_files)
     ident = keys.identity
     space = keys.cert.subject.get_attributes_for_oid(x509.oid.NameOID.ORGANIZATION_NAME)
     if len(space) != 1:
@@ -218,7 +221,7 @@ def create_renewal_request(directory: Path, *, hostnames: Sequence[str] | None =
         signing_key=keys.signing_key,
         hostnames=requested_hostnames(keys.cert, ident.name) if hostnames is None else hostnames,
     )
-    write_atomic(files.next_tls_key, key_to_pem(tls_key), mode=0o600)
+    key_files.write(files.next_tls_key, key_to_pem(tls_key))
     write_atomic(files.request, csr, mode=0o644)
     return files.request
 
@@ -262,7 +265,7 @@ def install_certificate(
     # matching tls.crt, which load_member_keys completes (see _finish_renewal).
     write_atomic(files.tls_cert, cert_to_pem(cert))
     if renew:
-        os.replace(files.next_tls_key, files.tls_key)
+        _take_next_key(files, tls_key, key_files)
     files.request.unlink(missing_ok=True)
     return MemberKeys(signing_key, tls_key, cert, trusted[0], identity, trusted[1:])
 
@@ -277,8 +280,16 @@ def _finish_renewal(
     pending = load_key(files.next_tls_key, what, key_files.read(files.next_tls_key, what))
     if pending.public_key() != cert.public_key():
         return None
-    os.replace(files.next_tls_key, files.tls_key)
+    _take_next_key(files, pending, key_files)
     return pending
+
+
+def _take_next_key(files: NodeLayout, key: ec.EllipticCurvePrivateKey, key_files: KeyFiles) -> None:
+    """``tls-next.key`` becomes ``tls.key``: written anew (a sealed file is bound to its
+    name, so it cannot be renamed), then the waiting copy removed; a crash between the two
+    leaves both holding the new key, which the next load completes the same way."""
+    key_files.write(files.tls_key, key_to_pem(key))
+    files.next_tls_key.unlink(missing_ok=True)
 
 
 def load_signing_key(path: Path, key_files: KeyFiles = PLAIN) -> SigningKey:

@@ -355,3 +355,47 @@ def test_a_tenant_added_while_the_host_runs_is_served_at_once(host: Host) -> Non
         assert admin.get("/host/v1/status").json()["serving"] == 3
     with host.client(host.tokens["newco"]) as tenant:
         assert tenant.post("/host/v1/tenants/newco/start").status_code == 404  # not its API
+
+
+def _presented(host: Host, tenant: str) -> bytes:
+    """The certificate (DER) the tenant's gRPC port presents to a member's handshake."""
+    from qdspace.node.rpc.pins import client_context, presented_certificate
+
+    files = NodeLayout(host.net["sunarc"].directory)
+    context = client_context(host.net["sunarc"].keys(), (files.tls_cert, files.tls_key))
+    address = f"127.0.0.1:{host.ports[tenant]}"
+    der = asyncio.run(presented_certificate(context, address, tenant))
+    assert der is not None, f"no handshake with {tenant}"
+    return der
+
+
+def test_a_tenant_renewed_while_the_host_runs_serves_its_new_certificate(host: Host) -> None:
+    """``tenant renew``: a new TLS key (sealed, never plaintext) and certificate from the
+    authority, the same member id; the running host opens the tenant again and presents
+    the new certificate at once; its data is still there and members still reach it."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives.serialization import Encoding
+
+    tenant = host.directory / "tenants" / "siliwafer"
+    before = _presented(host, "siliwafer")
+    with host.operator("siliwafer") as sili:
+        counts = sili.qdm_counts()
+    done = qdspace("host", "tenant", "renew", "--dir", str(host.directory), "--name",
+                   "siliwafer", "--authority", str(host.net.authority_dir))  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert "certificate renewed" in done.stdout and "served with it now" in done.stdout
+    renewed = x509.load_pem_x509_certificate((tenant / "tls.crt").read_bytes())
+    after = _presented(host, "siliwafer")
+    assert after == renewed.public_bytes(Encoding.DER) and after != before
+    assert b"PRIVATE KEY" not in (tenant / "tls.key").read_bytes()  # sealed
+    assert not (tenant / "tls-next.key").exists()
+    member_id = Registry(host.directory).get("siliwafer").member_id
+    hello = _hello(host, "siliwafer")
+    assert (hello.peer, hello.peer_member_id) == ("siliwafer", member_id)
+    with host.operator("siliwafer") as sili:
+        assert sili.qdm_counts() == counts
+    with host.operator("cellex") as cellex:  # a neighbour, untouched
+        assert cellex.node()["name"] == "cellex"
+    nobody = qdspace("host", "tenant", "renew", "--dir", str(host.directory), "--name",
+                     "nobody", "--authority", str(host.net.authority_dir))  # fmt: skip
+    assert nobody.returncode == 1 and "no tenant 'nobody'" in nobody.stderr, nobody.stderr
