@@ -96,6 +96,12 @@ class NodeMetrics:
             buckets=(1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0),
             registry=r,
         )
+        self.certificate_expiry = Gauge(
+            "qdspace_member_certificate_expiry_timestamp_seconds",
+            "When the member certificate this node presents stops being valid (Unix time); "
+            "peers refuse it after: renew before (node renew, host tenant renew).",
+            registry=r,
+        )
         self._disk: tuple[Gauge, Gauge] | None = None  # made by `sample_disk`
         for side in ("provider", "consumer"):
             self.subscriptions.labels(side=side)

@@ -12,6 +12,7 @@ once here, so the two cannot drift: peers cannot tell a hosted tenant from a nod
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import logging
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
@@ -164,6 +165,30 @@ def attach_anchoring(ctx: NodeContext) -> NodeLedger | None:
     return ledger
 
 
+#: a member certificate this close to its end is warned about at every start
+CERTIFICATE_WARNING = dt.timedelta(days=30)
+
+
+def note_certificate(ctx: NodeContext, now: dt.datetime | None = None) -> str | None:
+    """Export when the member certificate ends (a metric to alert on) and warn when that
+    is within `CERTIFICATE_WARNING`: once it has passed, every peer refuses the member,
+    and a node running for months may never be restarted to see a warning. The
+    warning's text, or None."""
+    ident = ctx.keys.identity
+    ctx.metrics.certificate_expiry.set(ident.not_after.timestamp())
+    left = ident.not_after - (now or dt.datetime.now(dt.UTC))
+    if left > CERTIFICATE_WARNING:
+        return None
+    when = "has ended" if left.total_seconds() <= 0 else f"ends in {left.days} days"
+    warning = (
+        f"the member certificate of {ident.name} {when} ({ident.not_after:%Y-%m-%d %H:%M} UTC): "
+        "peers refuse it after; renew it (`qdspace node renew`, or for a hosted tenant "
+        "`qdspace host tenant renew`)"
+    )
+    logger.warning("%s", warning)
+    return warning
+
+
 class MemberServer:
     """One member's peer side: `bind`, `start`, `follow`, `stop` (and again, after stop).
 
@@ -190,7 +215,8 @@ class MemberServer:
 
     def prepare(self) -> None:
         """The member side of federated learning (the operator API reads it from the
-        context, so it is made before the API app)."""
+        context, so it is made before the API app); the certificate's end noted."""
+        note_certificate(self.ctx)
         from qdspace.node.rpc.federation_link import coordinator_vouch, grpc_coordinators
         from qdspace.node.runtime.federation_member import FederationMember
 

@@ -54,6 +54,7 @@ class TenantPublic(BaseModel):
     grpc_port: int
     regulator_port: int = 0  # 0: its regulator API is not served
     dsp_port: int | None = None  # its Dataspace Protocol listener's, when it has one
+    certificate_not_after: str | None = None  # when its member certificate ends (renew before)
     reason: str = ""
     error: str = ""
     added_at: str

@@ -140,6 +140,9 @@ class HostedTenant:
             "grpc_port": port if port is not None else self.record.grpc_port,
             "regulator_port": self.regulator_port or self.record.regulator_port,
             "dsp_port": self.record.dsp_port or None,
+            "certificate_not_after": (
+                self.ctx.keys.identity.not_after.isoformat() if self.ctx is not None else None
+            ),
             "reason": self.record.reason,
             "error": self.error,
             "added_at": self.record.added_at,

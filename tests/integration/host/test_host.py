@@ -227,7 +227,8 @@ def test_the_host_token_manages_tenants_and_reads_no_tenant_data(host: Host) -> 
         assert status["tenants"] == 3 and status["failed"] == 1
         listed = admin.get("/host/v1/tenants").json()
         assert set(listed[0]) == {"name", "member_id", "role", "status", "grpc_port",
-                                  "regulator_port", "dsp_port", "reason", "error", "added_at",
+                                  "regulator_port", "dsp_port", "certificate_not_after", "reason",
+                                  "error", "added_at",
                                   "changed_at", "own_quota", "quota", "use"}  # fmt: skip
         serving = next(t for t in listed if t["status"] == "serving")
         assert set(serving["use"]) == {"streams", "calls", "rows", "storage"}  # counts only
@@ -388,6 +389,9 @@ def test_a_tenant_renewed_while_the_host_runs_serves_its_new_certificate(host: H
     after = _presented(host, "siliwafer")
     assert after == renewed.public_bytes(Encoding.DER) and after != before
     assert b"PRIVATE KEY" not in (tenant / "tls.key").read_bytes()  # sealed
+    with host.client(host.host_token()) as admin:  # the host lists when it ends now
+        shown = admin.get("/host/v1/tenants/siliwafer").json()
+    assert shown["certificate_not_after"] == renewed.not_valid_after_utc.isoformat()
     assert not (tenant / "tls-next.key").exists()
     member_id = Registry(host.directory).get("siliwafer").member_id
     hello = _hello(host, "siliwafer")

@@ -179,6 +179,9 @@ def test_metrics_count_the_routes_called_and_the_rows_transferred(net: LocalNetw
     free = shutil.disk_usage(net["sunarc"].directory).free
     assert abs(value(after, "qdspace_database_disk_free_bytes") - free) < 0.05 * free
     assert value(after, "qdspace_live_subscriptions", side="consumer") == 0
+    # when the member certificate ends, to alert on before peers refuse it
+    ends = net["sunarc"].keys().identity.not_after.timestamp()
+    assert value(after, "qdspace_member_certificate_expiry_timestamp_seconds") == ends
 
 
 def test_live_subscriptions_are_gauged_and_their_rows_counted(net: LocalNetwork) -> None:
