@@ -380,7 +380,6 @@ def tenant_renew(
 ) -> None:
     """Renew a tenant's member certificate (a new TLS key, the same member id); a running
     host serves it at once (the tenant is opened again), else from its next start."""
-    from qdspace.node.host.client import call_host, running_host
     from qdspace.node.host.renewal import renew_tenant
 
     done = renew_tenant(directory, name, authority)
@@ -388,16 +387,22 @@ def tenant_renew(
         f"tenant {name} ({done.member_id}): certificate renewed, serial {done.serial:x}, "
         f"valid until {done.not_after}"
     )
+    _reopen_if_running(directory, name, "served with it")
+
+
+def _reopen_if_running(directory: Path, name: str, what: str) -> None:
+    """A running host opens the tenant again from its changed files (the others serve on)."""
+    from qdspace.node.host.client import call_host, running_host
+    from qdspace.node.host.errors import HostError
+
     host = running_host(directory)
     if host is None:
-        console.print("served from the host's next start (`qdspace host start`)")
+        console.print(f"{what} from the host's next start (`qdspace host start`)")
         return
     shown = call_host(directory, host, "POST", f"/host/v1/tenants/{name}/reopen")
     if shown["status"] == "failed":
-        from qdspace.node.host.errors import HostError
-
-        raise HostError(f"tenant {name} was renewed but does not serve: {shown['error']}")
-    console.print(f"served with it now by the running host ({shown['status']})")
+        raise HostError(f"tenant {name} was changed but does not serve: {shown['error']}")
+    console.print(f"{what} now: the running host opened tenant {name} again ({shown['status']})")
 
 
 @tenant_app.command("token")
@@ -428,14 +433,16 @@ def tenant_ledger(
     ],
 ) -> None:
     """Give a tenant a chain account: its key sealed like its other secrets, its records,
-    agreements and deletion receipts anchored from the host's next start."""
+    agreements and deletion receipts anchored from then on (a running host opens the
+    tenant again; else from its next start)."""
     from qdspace.node.host.anchoring import set_tenant_ledger
 
     address = set_tenant_ledger(directory, name, rpc_url, contract, chain_id, key_file)
     console.print(
         f"tenant {name}: anchors to {rpc_url} at {contract} as {address} (key sealed; "
-        f"{key_file} may be shredded); served from the host's next start"
+        f"{key_file} may be shredded)"
     )
+    _reopen_if_running(directory, name, "anchoring")
 
 
 # the leaving commands (export, remove) register on `tenant_app` in their own module

@@ -384,7 +384,7 @@ def test_a_tenant_renewed_while_the_host_runs_serves_its_new_certificate(host: H
     done = qdspace("host", "tenant", "renew", "--dir", str(host.directory), "--name",
                    "siliwafer", "--authority", str(host.net.authority_dir))  # fmt: skip
     assert done.returncode == 0, done.stderr
-    assert "certificate renewed" in done.stdout and "served with it now" in done.stdout
+    assert "certificate renewed" in done.stdout and "served with it now:" in done.stdout
     renewed = x509.load_pem_x509_certificate((tenant / "tls.crt").read_bytes())
     after = _presented(host, "siliwafer")
     assert after == renewed.public_bytes(Encoding.DER) and after != before

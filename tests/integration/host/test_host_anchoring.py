@@ -1,6 +1,7 @@
 """A hosted tenant anchors (issue 14 items 2 and 5), all real processes: the embedded EVM
 chain, a self-hosted provider (not anchoring) and a host whose tenant is given its chain
-account with `qdspace host tenant ledger` (the key sealed like its other secrets). The tenant's
+account with `qdspace host tenant ledger` while the host serves (the key sealed like its
+other secrets; the tenant is opened again and anchors from then on). The tenant's
 agreement is anchored from its own account; when it leaves, its removal waits until the
 signed deletion receipt is anchored too, since the anchoring queue lives in the database
 that removal deletes. Assertions poll with a deadline; nothing is timed.
@@ -73,15 +74,6 @@ def host(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Host, str]]
         tenant_dir = hosted.directory / "tenants" / LEAVER
         assert not (tenant_dir / "chain.key").exists() and not (tenant_dir / "ledger.json").exists()
 
-        key = workdir / "leaver-chain.key"
-        address = new_key_file(key).address
-        fund_from_dev_account(chain.url, address, MEMBER_FUNDS_WEI)
-        done = qdspace("host", "tenant", "ledger", "--dir", str(hosted.directory), "--name",
-                       LEAVER, *ledger_args, "--key-file", str(key))  # fmt: skip
-        assert done.returncode == 0 and address in done.stdout, done.stderr
-        assert (tenant_dir / "chain.key").read_bytes().startswith(FILE_MAGIC)  # sealed
-        key.unlink()  # what its operator may do now
-
         net.start()
         with net[PROVIDER].operator(timeout=120) as provider:
             for kind, path in write_sample_files(
@@ -98,6 +90,16 @@ def host(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Host, str]]
                 "order_id": ORDER, "model_version": "el-1", "image_hash": "ab" * 32,
                 "batch_id": "CX-CB-260001"} for i in range(5)])  # fmt: skip
         hosted.start()
+        # the chain account is given while the host serves: the tenant anchors from now
+        key = workdir / "leaver-chain.key"
+        address = new_key_file(key).address
+        fund_from_dev_account(chain.url, address, MEMBER_FUNDS_WEI)
+        done = qdspace("host", "tenant", "ledger", "--dir", str(hosted.directory), "--name",
+                       LEAVER, *ledger_args, "--key-file", str(key))  # fmt: skip
+        assert done.returncode == 0 and address in done.stdout, done.stderr
+        assert "anchoring now" in done.stdout, done.stdout
+        assert (tenant_dir / "chain.key").read_bytes().startswith(FILE_MAGIC)  # sealed
+        key.unlink()  # what its operator may do now
         yield hosted, address
     finally:
         hosted.stop()
