@@ -153,8 +153,9 @@ class NodeSettings(BaseSettings):
     # the member's business partner number, published in its directory entry (optional;
     # the authority takes the entry only with the number it attested at enrollment)
     bpn: str | None = None
-    # who may see which dataset over DSP: dataset id (or "*") -> an ODRL access policy in
-    # JSON-LD (`node.dsp.access`); none: every member its role admits
+    # who may see which dataset: dataset id (or "*") -> an ODRL access policy in JSON-LD
+    # (`node.runtime.access`), over DSP and gRPC alike (named for the binding it came
+    # with); none: every member its role admits
     dsp_access: dict[str, dict[str, Any]] = Field(default_factory=dict)
     # the node's own data dictionary file (JSON or YAML; relative: to the directory): its
     # elements replace the package's with the same id and add new ones (issue 20)
@@ -163,7 +164,7 @@ class NodeSettings(BaseSettings):
     @field_validator("dsp_access")
     @classmethod
     def _access_policies(cls, value: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
-        from qdspace.node.dsp.access import parse_access
+        from qdspace.node.runtime.access import parse_access
 
         parse_access(value)
         return value

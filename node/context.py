@@ -26,6 +26,7 @@ from qdspace.node.identity.revocation import RevocationList
 from qdspace.node.layout import NodeLayout
 from qdspace.node.metrics import NodeMetrics
 from qdspace.node.rpc.peers import PeerDirectory
+from qdspace.node.runtime.access import DatasetAccess, parse_access
 from qdspace.node.runtime.contracts import ContractRuntime, build_runtime
 
 if TYPE_CHECKING:
@@ -145,6 +146,10 @@ def build_context(settings: NodeSettings, key_files: KeyFiles = PLAIN) -> NodeCo
     except BaseException:
         store.close()
         raise
+    # who may see which dataset, on the caller's attested facts (both bindings ask it)
+    contracts.access = DatasetAccess(
+        parse_access(settings.dsp_access), peers.attested_bpn, peers.attested_frameworks
+    )
     contracts.negotiations_per_hour = settings.negotiations_per_member_hour
     contracts.transfers_per_hour = settings.transfers_per_member_hour
     room = disk_room(store.engine, settings.min_free_disk_mib)

@@ -214,7 +214,6 @@ async def start_dsp(
     tenant's as transient files: the server and client load them before this returns
     and `start_listener` is awaited); ``wrap``: around the app (a host's suspension
     gate)."""
-    from qdspace.node.dsp.access import DspAccess, parse_access
     from qdspace.node.dsp.app import DspBinding, body_of, create_dsp_app
     from qdspace.node.dsp.auth import PeerCertH11
     from qdspace.node.dsp.callbacks import CallbackCheck
@@ -247,9 +246,7 @@ async def start_dsp(
     )
     _client, outbox = client_of(ctx)
     outbox.senders[OUTBOX_KIND] = http.send_queued
-    access = DspAccess(
-        parse_access(settings.dsp_access), ctx.peers.attested_bpn, ctx.peers.attested_frameworks
-    )
+    access = runtime.access  # the same check as the gRPC catalog's and negotiations'
     # consumers' callbacks only where their members publish DSP, or, with static peers,
     # on the host a peer is configured at (`node.dsp.callbacks`)
     if settings.authority_url:

@@ -31,7 +31,6 @@ from qdspace.connector.contract_errors import UnknownContractError
 from qdspace.connector.contract_store import DspProcess, OutboxMessage
 from qdspace.connector.errors import ConnectorError
 from qdspace.connector.negotiation import Negotiation, NegotiationMessage, Role
-from qdspace.node.dsp.access import DspAccess
 from qdspace.node.dsp.auth import bearer, peer_of, verify_token
 from qdspace.node.dsp.callbacks import CallbackCheck
 from qdspace.node.dsp.caps import drain_body, error_kind
@@ -40,6 +39,7 @@ from qdspace.node.errors import NodeError
 from qdspace.node.faults import http_status
 from qdspace.node.identity.certs import MemberIdentity
 from qdspace.node.rpc.auth import PeerAuthenticator
+from qdspace.node.runtime.access import DatasetAccess
 from qdspace.node.runtime.contracts import ContractRuntime
 from qdspace.policies.codec import parse_policy
 from qdspace.policies.errors import PolicyError
@@ -76,7 +76,7 @@ class DspBinding:
     authenticator: PeerAuthenticator
     base_url: str
     kick: Callable[[], None] = lambda: None
-    access: DspAccess = field(default_factory=DspAccess)
+    access: DatasetAccess = field(default_factory=DatasetAccess)
     callbacks: CallbackCheck = field(default_factory=CallbackCheck)
 
     @property

@@ -107,15 +107,22 @@ class CatalogServicer(catalog_pb2_grpc.CatalogServicer):
 
     def __init__(self, runtime: ContractRuntime):
         self._rt = runtime
-        self._replies: dict[tuple[str, str, int], catalog_pb2.CatalogReply] = {}
+        #: (role, kind, catalog generation, ids the access policies hide) -> the reply
+        self._replies: dict[tuple[str, str, int, tuple[str, ...]], catalog_pb2.CatalogReply] = {}
 
     async def ListAssets(
         self, request: catalog_pb2.CatalogRequest, context: grpc.aio.ServicerContext
     ) -> catalog_pb2.CatalogReply:
-        key = (_peer().role, request.kind, self._rt.catalog_generation)
+        peer = _peer()
+        hidden: tuple[str, ...] = ()
+        if self._rt.access.policies:  # what the access policies hide from this member
+            shown = {e.asset_id for e in self._rt.catalog_for(peer, request.kind)}
+            every = self._rt.catalog(peer.role, request.kind)
+            hidden = tuple(sorted(e.asset_id for e in every if e.asset_id not in shown))
+        key = (peer.role, request.kind, self._rt.catalog_generation, hidden)
         reply = self._replies.get(key)
         if reply is None:
-            entries = self._rt.catalog(key[0], request.kind)
+            entries = self._rt.catalog_for(peer, request.kind)
             reply = catalog_to_proto(self._rt.me.member_id, entries)
             if request.kind in _KINDS:  # not one per string a peer makes up
                 if len(self._replies) >= _MAX_REPLIES:
@@ -126,10 +133,10 @@ class CatalogServicer(catalog_pb2_grpc.CatalogServicer):
     async def GetAsset(
         self, request: catalog_pb2.AssetRequest, context: grpc.aio.ServicerContext
     ) -> catalog_pb2.Asset:
-        role = _peer().role
         try:
             with _guard("GetAsset"):
-                asset = self._rt.asset_for(request.asset_id, role)  # NOT_FOUND when not for role
+                # NOT_FOUND when not for its role or hidden by an access policy
+                asset = self._rt.asset_for_peer(request.asset_id, _peer())
         except _Abort as abort:
             await context.abort(abort.code, abort.reason)
         entry = catalog_entry(asset, self._rt.me.member_id)

@@ -31,6 +31,7 @@ from qdspace.connector.spc import Investigation
 from qdspace.node.config import DEFAULT_NEGOTIATIONS_PER_HOUR, DEFAULT_TRANSFERS_PER_HOUR
 from qdspace.node.identity.certs import MemberIdentity
 from qdspace.node.member_ids import peer_name
+from qdspace.node.runtime.access import DatasetAccess
 from qdspace.node.runtime.contracts_clock import ContractClock
 from qdspace.node.runtime.table_watch import TableWatch
 
@@ -90,6 +91,9 @@ class ContractBase:
     # `negotiations_per_member_hour`, `transfers_per_member_hour`; see `over_quota`)
     negotiations_per_hour: int = DEFAULT_NEGOTIATIONS_PER_HOUR
     transfers_per_hour: int = DEFAULT_TRANSFERS_PER_HOUR
+    # who may see which dataset (the setting ``dsp_access``; none: every member its role
+    # admits): every catalog read and negotiation, over either binding, asks it
+    access: DatasetAccess = field(default_factory=DatasetAccess)
 
     @property
     def verify_key(self) -> VerifyKey:
@@ -111,6 +115,18 @@ class ContractBase:
         if asset is None or not asset.visible_to(role):
             raise UnknownContractError(f"{self.me.name} offers no asset {asset_id!r} to {role}s")
         return asset
+
+    def asset_for_peer(self, asset_id: str, peer: MemberIdentity) -> Asset:
+        """`asset_for` the peer's role, if the dataset's access policy lets this peer see
+        it (`node.runtime.access`: 404 as if it did not exist, 403 for an unattested BPNL
+        or framework agreement)."""
+        asset = self.asset_for(asset_id, peer.role)
+        self.access.check(asset_id, peer)
+        return asset
+
+    def catalog_for(self, peer: MemberIdentity, kind: str = "") -> list[CatalogEntry]:
+        """`catalog` for the peer's role, without what the access policies hide from it."""
+        return [e for e in self.catalog(peer.role, kind) if self.access.visible(e.asset_id, peer)]
 
     def offer_asset(self, asset: Asset) -> None:
         """Add an asset to the catalog while running (a federated job its coordinator

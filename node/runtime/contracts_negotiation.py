@@ -76,7 +76,7 @@ class ProviderNegotiation(ContractBase):
     def _decide(self, n: Negotiation, peer: MemberIdentity, mid: str) -> Answer:
         """What we grant for the offer on the table, decided now (orders the peer placed
         today, the asset as offered today): an AGREE carries the policy we built."""
-        asset = self.asset_for(n.asset_id, peer.role)
+        asset = self.asset_for_peer(n.asset_id, peer)
         if asset.kind is AssetKind.FEDERATED_JOB:
             return answer_job_request(asset, n.offer, peer.name)
         return answer_request(

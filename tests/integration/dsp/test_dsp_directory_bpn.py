@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 
 from qdspace.connector.dsp_transfer import request_message as transfer_request
+from qdspace.node.client import ClientError
 from qdspace.node.identity.authority import Authority
 from qdspace.node.layout import NodeLayout
 from qdspace.node.localnet.authority import AuthorityProcess
@@ -189,3 +190,27 @@ def test_a_claimed_bpnl_counts_for_nothing(space: LocalNetwork) -> None:
         assert asked.status_code == 403, asked.text
     finally:
         peer.http.close()
+
+
+def test_the_access_policy_holds_over_grpc_too(space: LocalNetwork) -> None:
+    """The same dataset over the node's own binding: Polycell (no BPNL attested) does not
+    find ``inspections`` in Cellex's gRPC catalog and is refused a negotiation for it,
+    403 saying why; SunArc (attested) finds it. (Before, the access policy held over
+    DSP only, and Polycell negotiated over gRPC what DSP refused it.)"""
+    wait_for("Polycell to hold Cellex's entry", lambda: _listed_at(space, "polycell", "cellex"))
+    with space["polycell"].operator(timeout=60) as polycell:
+        seen = {a["asset_id"] for a in polycell.catalog("cellex")}
+        assert "inspections" not in seen and "operator-log" in seen, seen
+        with pytest.raises(ClientError) as refused:
+            polycell.negotiate("cellex", "inspections", ["quality-assurance"])
+    assert refused.value.status == 403 and "attested none" in str(refused.value), refused.value
+    with space["sunarc"].operator(timeout=60) as sunarc:
+        assert "inspections" in {a["asset_id"] for a in sunarc.catalog("cellex")}
+
+
+def _listed_at(space: LocalNetwork, holder: str, name: str) -> bool | None:
+    path = NodeLayout(space[holder].directory).member_directory
+    try:
+        return name in {e["name"] for e in json.loads(path.read_text())["entries"]} or None
+    except (FileNotFoundError, ValueError):
+        return None

@@ -9,8 +9,8 @@ import pytest
 
 from qdspace.connector.contract_errors import UnknownContractError
 from qdspace.node.config import NodeSettings
-from qdspace.node.dsp.access import DspAccess, parse_access
 from qdspace.node.identity.certs import MemberIdentity
+from qdspace.node.runtime.access import DatasetAccess, parse_access
 from qdspace.policies.errors import BpnNotAttested
 
 BPN = "BPNL00000003CRHK"
@@ -43,7 +43,7 @@ def test_the_attested_bpnl_decides_not_the_caller() -> None:
     policies = parse_access(
         {"inspections": _policy("BusinessPartnerNumber", BPN), "*": _policy("Membership", "active")}
     )
-    access = DspAccess(policies, {"m-attested": BPN, "m-other": "BPNL000000000001"}.get)
+    access = DatasetAccess(policies, {"m-attested": BPN, "m-other": "BPNL000000000001"}.get)
     assert access.visible("inspections", _member("m-attested"))
     assert access.visible("operator-log", _member("m-unknown"))  # "*": membership is enough
     with pytest.raises(BpnNotAttested, match="attested none for m-unknown"):
@@ -51,7 +51,7 @@ def test_the_attested_bpnl_decides_not_the_caller() -> None:
     with pytest.raises(UnknownContractError):  # another number: not found, not a hint
         access.check("inspections", _member("m-other"))
     assert not access.visible("inspections", _member("m-unknown"))
-    assert DspAccess().visible("inspections", _member("anyone"))  # no setting: as before
+    assert DatasetAccess().visible("inspections", _member("anyone"))  # no setting: as before
 
 
 def test_a_bad_access_policy_refuses_the_settings(tmp_path: Path) -> None:

@@ -1,16 +1,24 @@
-"""Which datasets a caller of the DSP binding may see and ask for (setting ``dsp_access``).
+"""Which datasets a member may see and ask for, over either binding (setting ``dsp_access``).
 
 ``dsp_access`` maps a dataset id (or ``*``, every dataset without its own entry) to an
 ODRL policy in JSON-LD, any form the node reads (a Catena-X access policy: ``access``
 permitted under ``BusinessPartnerNumber``, ``Membership`` and ``FrameworkAgreement``
-constraints). The catalog over DSP lists only the datasets whose policy the caller
-satisfies; asking for another one (its dataset entry, a negotiation) is refused: 403
+constraints). The catalog lists only the datasets whose policy the caller satisfies, over
+DSP and over gRPC alike; asking for another one (its dataset entry, a negotiation) is
+refused: 403
 `BpnNotAttested` when the policy needed a business partner number the authority attested
 none for, 403 `FrameworkNotAttested` when it needed a framework agreement and the
 authority attests none for the caller, 404 otherwise (a dataset a member may not see
 does not exist for it). No entry: the dataset is visible to every member its role
 admits, as before. The caller's facts come from the authority's signed member directory
 (`attested_bpn`, `attested_frameworks`), see `policies.odrl.access`.
+
+Why one check for both bindings: the policies came with the DSP binding (hence the
+setting's name), and for a while only it applied them, so a member refused a dataset
+over DSP (no attested BPNL, no framework agreement) saw it in the gRPC catalog and
+negotiated for it there. A dataset's access policy is the provider's, whatever the
+wire: the contract runtime holds this check (`ContractBase.access`) and every catalog
+read and every negotiation asks it.
 """
 
 from __future__ import annotations
@@ -55,7 +63,7 @@ def _now() -> datetime:
 
 
 @dataclass
-class DspAccess:
+class DatasetAccess:
     """The access policies and where the caller's facts come from."""
 
     policies: Mapping[str, OdrlPolicy] = field(default_factory=dict)
