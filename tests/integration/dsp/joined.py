@@ -3,6 +3,7 @@ enrollment code, as a new company would), its settings then changed for the test
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -10,7 +11,7 @@ from typing import Any
 
 from qdspace.node.config import NodeSettings
 from qdspace.node.layout import NodeLayout
-from qdspace.node.localnet.network import MemberProcess, MemberSpec
+from qdspace.node.localnet.network import LocalNetwork, MemberProcess, MemberSpec
 from qdspace.util.ports import free_port
 
 #: a directory and CRL followed twice a second, a DSP listener on any free port
@@ -38,3 +39,13 @@ def join_with_code(
     settings.model_copy(update={**FOLLOW_FAST, **update}).save()
     token = NodeLayout(directory).operator_token.read_text().strip()
     return MemberProcess(spec, directory, *ports, token=token)
+
+
+def held_directory(net: LocalNetwork, holder: str) -> dict[str, Any]:
+    """The member directory document ``holder``'s node holds (as it saved it), or {}."""
+    path = NodeLayout(net[holder].directory).member_directory
+    try:
+        document: dict[str, Any] = json.loads(path.read_text())
+        return document
+    except (FileNotFoundError, ValueError):
+        return {}

@@ -19,12 +19,11 @@ import pytest
 from qdspace.connector.dsp_transfer import request_message as transfer_request
 from qdspace.node.client import ClientError
 from qdspace.node.identity.authority import Authority
-from qdspace.node.layout import NodeLayout
 from qdspace.node.localnet.authority import AuthorityProcess
 from qdspace.node.localnet.network import LocalNetwork, MemberProcess, MemberSpec
 
 from .conftest import ingest_sample, negotiated_over_dsp, ok, runtime_of, wait_for
-from .joined import join_with_code
+from .joined import held_directory, join_with_code
 from .peer import DSP, Peer, request
 
 pytestmark = pytest.mark.integration
@@ -87,11 +86,7 @@ def space(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalNetwork]:
 
 def _cellex_lists(network: LocalNetwork) -> dict[str, Any]:
     """The entries of the directory Cellex holds, by name."""
-    path = NodeLayout(network["cellex"].directory).member_directory
-    try:
-        return {e["name"]: e for e in json.loads(path.read_text())["entries"]}
-    except (FileNotFoundError, ValueError):
-        return {}
+    return {e["name"]: e for e in held_directory(network, "cellex").get("entries", [])}
 
 
 def _datasets(peer: Peer) -> set[str]:
@@ -209,8 +204,5 @@ def test_the_access_policy_holds_over_grpc_too(space: LocalNetwork) -> None:
 
 
 def _listed_at(space: LocalNetwork, holder: str, name: str) -> bool | None:
-    path = NodeLayout(space[holder].directory).member_directory
-    try:
-        return name in {e["name"] for e in json.loads(path.read_text())["entries"]} or None
-    except (FileNotFoundError, ValueError):
-        return None
+    entries = held_directory(space, holder).get("entries", [])
+    return name in {e["name"] for e in entries} or None

@@ -10,12 +10,10 @@ entry of its own that claims the framework: the authority refuses it."""
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
 from collections.abc import Iterator
-from typing import Any
 
 import pytest
 
@@ -24,12 +22,11 @@ from qdspace.node.identity.authority import Authority
 from qdspace.node.identity.certs import cert_to_pem
 from qdspace.node.identity.directory import new_entry
 from qdspace.node.identity.member import load_member_keys
-from qdspace.node.layout import NodeLayout
 from qdspace.node.localnet.authority import AuthorityProcess
 from qdspace.node.localnet.network import LocalNetwork, MemberSpec
 
 from .conftest import ingest_sample, negotiated_over_dsp, ok, wait_for
-from .joined import join_with_code
+from .joined import held_directory, join_with_code
 from .peer import DSP, Peer
 
 pytestmark = pytest.mark.integration
@@ -79,18 +76,8 @@ def space(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Space]:
         service.stop()
 
 
-def _held_by_cellex(network: LocalNetwork) -> dict[str, Any]:
-    """The directory document Cellex holds (as it saved it), or {}."""
-    path = NodeLayout(network["cellex"].directory).member_directory
-    try:
-        document: dict[str, Any] = json.loads(path.read_text())
-        return document
-    except (FileNotFoundError, ValueError):
-        return {}
-
-
 def _frameworks_at_cellex(network: LocalNetwork, name: str) -> list[str] | None:
-    held = _held_by_cellex(network)
+    held = held_directory(network, "cellex")
     ids = {e["name"]: e["member_id"] for e in held.get("entries", [])}
     if name not in ids:
         return None
