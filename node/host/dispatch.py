@@ -221,6 +221,11 @@ class HostDispatcher:
             return
         tenant = self.runtime.by_token(token)
         if tenant is None:
+            name = self.runtime.reopening(token)
+            if name is not None:  # closed for a second (a renewal): not an unknown token
+                why = f"tenant {name} is being opened again by its host: try again shortly"
+                await send_problem(send, 503, why, path, 1)
+                return
             await send_problem(send, 401, UNKNOWN_TOKEN, path)
             return
         with as_member(tenant.name):  # its log lines name it

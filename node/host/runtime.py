@@ -165,6 +165,8 @@ class HostRuntime:
         #: one tenant added while serving at a time; none once the host is stopping
         self._adding = asyncio.Lock()
         self._stopping = False
+        #: token digest -> name of a tenant closed to be opened again (`reopen`)
+        self._reopening: dict[bytes, str] = {}
 
     # -- opening (blocking: keys, databases) ------------------------------------------
 
@@ -283,10 +285,19 @@ class HostRuntime:
         """Stop a tenant, close it and open and start it again from its directory (a
         renewed certificate is served, and published, from then on); the others serve on."""
         tenant = self.get(name)
-        async with tenant.lock:
-            with as_member(name):
-                await self.drop(tenant)
-        return await self.add(name)
+        digest = tenant.token_digest
+        self._reopening[digest] = tenant.name  # its staff are told to wait, not "unknown"
+        try:
+            async with tenant.lock:
+                with as_member(name):
+                    await self.drop(tenant)
+            return await self.add(name)
+        finally:
+            self._reopening.pop(digest, None)
+
+    def reopening(self, token: str) -> str | None:
+        """The tenant whose token this is, while it is being opened again (else None)."""
+        return self._reopening.get(token_digest(token))
 
     async def _refuse(self, tenant: HostedTenant) -> None:
         assert tenant.ctx is not None and tenant.member is not None

@@ -349,13 +349,15 @@ def test_a_tenant_added_while_the_host_runs_is_served_at_once(host: Host) -> Non
     with host.client(host.host_token()) as admin:
         again = admin.post("/host/v1/tenants/newco/start")
         assert again.status_code == 409 and "already served" in again.text, again.text
-        assert admin.post("/host/v1/tenants/nobody/start").status_code == 404
-        for bad in ("..%2Fnewco", "NEWCO"):
-            r = admin.post(f"/host/v1/tenants/{bad}/start")
-            assert r.status_code in (400, 404), (bad, r.text)
+        for verb in ("start", "reopen"):
+            assert admin.post(f"/host/v1/tenants/nobody/{verb}").status_code == 404
+            for bad in ("..%2Fnewco", "NEWCO"):
+                r = admin.post(f"/host/v1/tenants/{bad}/{verb}")
+                assert r.status_code in (400, 404), (verb, bad, r.text)
         assert admin.get("/host/v1/status").json()["serving"] == 3
     with host.client(host.tokens["newco"]) as tenant:
-        assert tenant.post("/host/v1/tenants/newco/start").status_code == 404  # not its API
+        for verb in ("start", "reopen"):  # the host operator's routes, not a tenant's
+            assert tenant.post(f"/host/v1/tenants/newco/{verb}").status_code == 404
 
 
 def _presented(host: Host, tenant: str) -> bytes:
