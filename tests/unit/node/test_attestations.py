@@ -212,3 +212,20 @@ def test_the_service_signs_what_the_register_attests_of_listed_members(
     assert reopened.document().attested == {a.identity.member_id: (DEG,)}
     authority.attest("sunarc", withdraw=[DEG])
     assert _accept(authority, service.document().to_json()).attested == {}
+
+
+def test_the_attest_command_refuses_in_one_line(authority: Authority, tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from qdspace.node.cli import app
+
+    _member(authority, tmp_path, "sunarc")
+    where = ["authority", "attest", "--dir", str(authority.directory)]
+    runner = CliRunner()
+    bad = runner.invoke(app, [*where, "--member", "sunarc", "--framework", "bad name"])
+    assert bad.exit_code == 1 and "not a framework agreement's name" in bad.output
+    nobody = runner.invoke(app, [*where, "--member", "nobody", "--framework", DEG])
+    assert nobody.exit_code == 1 and "no active member named 'nobody'" in nobody.output
+    assert "Traceback" not in bad.output + nobody.output
+    done = runner.invoke(app, [*where, "--member", "sunarc", "--framework", DEG, "--json"])
+    assert done.exit_code == 0 and '"frameworks": [' in done.output, done.output
