@@ -137,6 +137,7 @@ def create_app(ctx: NodeContext) -> FastAPI:
             verify_key_hex=ident.verify_key.hex(),
             database=ctx.store.url,
             peers=ctx.peers.addresses(),
+            attested_frameworks=ctx.peers.own_frameworks(),
         )
 
     @app.get("/v1/qdm/counts", dependencies=[Operator], tags=["qdm"])

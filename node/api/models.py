@@ -53,6 +53,9 @@ class NodeInfo(BaseModel):
     verify_key_hex: str
     database: str
     peers: dict[str, str]
+    #: the framework agreements the authority's directory attests this member signed
+    #: (None: the node follows no directory, so no register speaks for it)
+    attested_frameworks: list[str] | None = None
 
 
 class RowErrorPublic(BaseModel):

@@ -59,6 +59,7 @@ class PeerDirectory:
         self._listed: dict[str, DirectoryEntry] = {}
         self._by_member: dict[str, DirectoryEntry] = {}
         self._attested: dict[str, frozenset[str]] = {}
+        self._own_frameworks: list[str] | None = None  # until a directory is followed
         self._channels: dict[str, tuple[str, grpc.aio.Channel]] = {}
         self._retired: list[grpc.aio.Channel] = []
         self._pins = PinChecker(keys, cert_files, revoked)
@@ -140,6 +141,11 @@ class PeerDirectory:
         """``member_id``'s entry in the directory this node follows, if it is listed."""
         return self._by_member.get(member_id)
 
+    def own_frameworks(self) -> list[str] | None:
+        """The framework agreements the followed directory attests this member signed
+        (None before a directory is followed: no register speaks for it)."""
+        return self._own_frameworks
+
     def attested_frameworks(self, member_id: str) -> frozenset[str] | None:
         """The framework agreements the authority's signed directory attests ``member_id``
         signed (`node.identity.attestations`; empty: none); None for a member it does not
@@ -162,6 +168,7 @@ class PeerDirectory:
         self._listed = listed
         self._by_member = {e.member_id: e for e in listed.values()}
         self._attested = {m: frozenset(f) for m, f in (attested or {}).items()}
+        self._own_frameworks = sorted(self._attested.get(own, ()))
         for name, (address, channel) in list(self._channels.items()):
             try:
                 current = self.address(name)

@@ -122,6 +122,7 @@ def test_an_attested_framework_opens_the_dataset_and_a_withdrawn_one_closes_it(
         )
         assert "inspections" in _datasets(peer)
         ok(peer.get("/catalog/datasets/inspections"))
+        wait_for("SunArc to see what the authority attests of it", lambda: _own(network) == [DEG])
         assert negotiated_over_dsp(network, "sunarc", "cellex")["state"] == "FINALIZED"
 
         _attest(authority, "--member", "sunarc", "--withdraw", DEG)
@@ -163,3 +164,10 @@ def test_another_framework_hides_the_dataset_and_a_members_own_claim_is_refused(
         client.publish(claimed, keys.cert_pem)
     assert refused.value.status == 400 and "unknown field 'frameworks'" in str(refused.value)
     assert _frameworks_at_cellex(network, "polycell") == ["Pcf:1.0"]
+
+
+def _own(network: LocalNetwork) -> list[str] | None:
+    """What SunArc's node says the authority attests of it (``GET /v1/node``)."""
+    with network["sunarc"].operator() as sunarc:
+        own: list[str] | None = sunarc.node()["attested_frameworks"]
+        return own
