@@ -35,7 +35,15 @@ ROOT = Path(__file__).resolve().parents[3]
 DEPLOY = ROOT / "deploy"
 
 # variables the node reads outside NodeSettings (logging, the chain account key)
-OTHER_VARIABLES = {"QDSPACE_LOG_FORMAT", "QDSPACE_CHAIN_KEY", "QDSPACE_CHAIN_KEY_FILE"}
+#: variables read by something else than the node's settings (the log format, the chain
+#: key, a managed host's master key and operator token files)
+OTHER_VARIABLES = {
+    "QDSPACE_LOG_FORMAT",
+    "QDSPACE_CHAIN_KEY",
+    "QDSPACE_CHAIN_KEY_FILE",
+    "QDSPACE_HOST_KEY_FILE",
+    "QDSPACE_HOST_TOKEN_FILE",
+}
 
 
 def parse_cli(argv: Sequence[str]) -> Any:
