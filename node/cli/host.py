@@ -3,8 +3,8 @@
 ``host init`` makes the host directory (settings, master key, host token, the operator
 listener's certificate); ``host tenant add`` enrolls a tenant with the authority like any
 member (by the authority's directory, or its URL and a one-time code); ``tenant list |
-suspend | resume | renew | token | export | remove`` manage them; ``host start`` serves them all
-until SIGTERM.
+suspend | resume | renew | dsp | token | export | remove`` manage them; ``host start``
+serves them all until SIGTERM.
 Suspending and resuming go through the running host when there is one (so its streams
 end at once), else they change the registry for the next start.
 
@@ -403,6 +403,26 @@ def _reopen_if_running(directory: Path, name: str, what: str) -> None:
     if shown["status"] == "failed":
         raise HostError(f"tenant {name} was changed but does not serve: {shown['error']}")
     console.print(f"{what} now: the running host opened tenant {name} again ({shown['status']})")
+
+
+@tenant_app.command("dsp")
+@clean_errors
+def tenant_dsp(
+    directory: HostDirOpt,
+    name: NameOpt,
+    port: Annotated[int | None, typer.Option(help="its Dataspace Protocol listener's port")] = None,
+    off: Annotated[bool, typer.Option("--off", help="no DSP listener")] = False,
+) -> None:
+    """Give a tenant a DSP listener on a port of its own (or none, with --off); a running
+    host opens the tenant again, so it serves (and publishes) it at once."""
+    from qdspace.node.host.tenants import set_tenant_dsp
+
+    if (port is None) == (not off):
+        raise typer.BadParameter("give --port N or --off")
+    record = set_tenant_dsp(directory, name, None if off else port)
+    shown = f"DSP port {record.dsp_port}" if record.dsp_port else "no DSP listener"
+    console.print(f"tenant {name}: {shown}")
+    _reopen_if_running(directory, name, "served")
 
 
 @tenant_app.command("token")

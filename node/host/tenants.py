@@ -27,7 +27,7 @@ from qdspace.node.host.config import (
     HostSettings,
     read_host_secret,
 )
-from qdspace.node.host.errors import HostError
+from qdspace.node.host.errors import HostError, UnknownTenant
 from qdspace.node.host.names import check_name, check_new_name
 from qdspace.node.host.quotas import QuotaSettings
 from qdspace.node.host.registry import Registry, TenantRecord, now
@@ -216,6 +216,33 @@ def add_tenant(
         )
         book.tenants[name] = record
     return record
+
+
+def set_tenant_dsp(directory: Path, name: str, port: int | None) -> TenantRecord:
+    """Give a tenant a DSP listener on ``port`` (free on this host), or none (None):
+    recorded in the book and in its ``node.json``, served from its next opening."""
+    files = HostLayout(directory.resolve())
+    settings = HostSettings.load(files.directory)
+    registry = Registry(files.directory)
+    with registry.editing() as book:
+        record = book.tenants.get(check_name(name))
+        if record is None:
+            raise UnknownTenant(f"no tenant {name!r} on this host")
+        if port is not None:
+            others = [r for r in book.tenants.values() if r.name != record.name]
+            used = {r.grpc_port for r in others} | {r.regulator_port for r in others}
+            used |= {r.dsp_port for r in others} | {record.grpc_port, record.regulator_port}
+            if port < 1 or port in used - {0}:
+                raise HostError(f"DSP port {port} is not free on this host (or not a port)")
+        node = NodeSettings.load(files.tenant(name))
+        if port is None:
+            update: dict[str, Any] = {"dsp_port": None, "advertise_dsp": ""}
+        else:
+            update = _dsp_settings(settings, node, port)
+        node.model_copy(update=update).save()
+        record.dsp_port = port or 0
+        record.changed_at = now()
+        return record.model_copy()
 
 
 def _dsp_settings(settings: HostSettings, node: NodeSettings, port: int) -> dict[str, Any]:

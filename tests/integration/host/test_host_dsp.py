@@ -134,3 +134,30 @@ def test_a_member_over_the_tenants_request_rate_is_answered_429(host: Host) -> N
         done = qdspace("host", "tenant", "quota", "--dir", directory, "--name", "cellex",
                        "--reset")  # fmt: skip
         assert done.returncode == 0, done.stderr
+
+
+def test_a_tenants_dsp_port_changes_while_the_host_runs(host: Host) -> None:
+    """``tenant dsp``: moved to another port, the tenant serves DSP there at once (the
+    host opens it again) and not on the old one; ``--off`` closes it; a port another
+    tenant's listener holds is refused, nothing changed."""
+    directory = str(host.directory)
+    old, new = host.dsp_port, free_port()  # type: ignore[attr-defined]
+    taken = qdspace("host", "tenant", "dsp", "--dir", directory, "--name", "cellex",
+                    "--port", str(host.ports["cellex"]))  # fmt: skip
+    assert taken.returncode == 1 and "not free on this host" in taken.stderr, taken.stderr
+    done = qdspace("host", "tenant", "dsp", "--dir", directory, "--name", "cellex",
+                   "--port", str(new))  # fmt: skip
+    assert done.returncode == 0 and "served now" in done.stdout, done.stdout + done.stderr
+    host.dsp_port = new  # type: ignore[attr-defined]
+    with _as_sunarc(host) as member:
+        assert member.get("/catalog/datasets/inspections").status_code == 200
+    host.dsp_port = old  # type: ignore[attr-defined]
+    with _as_sunarc(host) as member, pytest.raises(httpx.ConnectError):
+        member.get("/catalog/datasets/inspections")
+    done = qdspace("host", "tenant", "dsp", "--dir", directory, "--name", "cellex", "--off")
+    assert done.returncode == 0 and "no DSP listener" in done.stdout, done.stderr
+    host.dsp_port = new  # type: ignore[attr-defined]
+    with _as_sunarc(host) as member, pytest.raises(httpx.ConnectError):
+        member.get("/catalog/datasets/inspections")
+    with host.client(host.host_token()) as admin:
+        assert admin.get("/host/v1/tenants/cellex").json()["dsp_port"] is None
