@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
-from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from qdspace.node.errors import ConfigError
@@ -32,6 +32,7 @@ from qdspace.util.files import write_atomic
 from qdspace.util.urls import plain_https
 
 if TYPE_CHECKING:
+    from qdspace.connector.offer_choices import OfferChoice
     from qdspace.connector.storage import QualityStore
 
 DEFAULT_HOST = "127.0.0.1"
@@ -83,6 +84,29 @@ def check_advertised_dsp(url: str) -> str:
     if parts.port == 0:
         raise ValueError(f"advertise_dsp {url[:200]!r}: port 0 is not reachable")
     return url.rstrip("/")
+
+
+class OfferSetting(BaseModel):
+    """One standard asset's terms as this provider chooses them (`connector.offer_choices`)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    offered: bool = True  # false: not in the catalog at all
+    purposes: list[str] | None = None  # among the asset's
+    fields: list[str] | None = None  # among the fields its standard offer shares
+    retention_days: int | None = None  # 1 to 3650 days
+    receipt: bool | None = None  # a signed deletion receipt
+
+    def choice(self) -> OfferChoice:
+        from qdspace.connector.offer_choices import OfferChoice
+
+        return OfferChoice(
+            self.offered,
+            None if self.purposes is None else frozenset(self.purposes),
+            None if self.fields is None else frozenset(self.fields),
+            self.retention_days,
+            self.receipt,
+        )
 
 
 class NodeSettings(BaseSettings):
@@ -157,6 +181,9 @@ class NodeSettings(BaseSettings):
     # (`node.runtime.access`), over DSP and gRPC alike (named for the binding it came
     # with); none: every member its role admits
     dsp_access: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    # the provider's own terms for its standard assets: asset id -> fewer fields or
+    # purposes, its retention, its receipt duty, or not offered (`connector.offer_choices`)
+    offers: dict[str, OfferSetting] = Field(default_factory=dict)
     # the node's own data dictionary file (JSON or YAML; relative: to the directory): its
     # elements replace the package's with the same id and add new ones (issue 20)
     dictionary_file: Path | None = None
@@ -168,6 +195,21 @@ class NodeSettings(BaseSettings):
 
         parse_access(value)
         return value
+
+    @field_validator("offers")
+    @classmethod
+    def _offer_choices(cls, value: dict[str, OfferSetting]) -> dict[str, OfferSetting]:
+        if not value:  # the standard offers (and no connector import on the CLI's path)
+            return value
+        from qdspace.connector.offer_choices import check_choices
+        from qdspace.connector.offers import standard_assets
+
+        standard = {a.asset_id: a for a in standard_assets("any-provider")}
+        check_choices({k: v.choice() for k, v in value.items()}, standard)
+        return value
+
+    def offer_choices(self) -> dict[str, OfferChoice]:
+        return {k: v.choice() for k, v in self.offers.items()}
 
     @field_validator("peers")
     @classmethod

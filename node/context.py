@@ -141,7 +141,12 @@ def build_context(settings: NodeSettings, key_files: KeyFiles = PLAIN) -> NodeCo
     )
     try:
         contracts = build_runtime(
-            settings.directory, keys.identity, keys.signing_key, store.engine, key_files
+            settings.directory,
+            keys.identity,
+            keys.signing_key,
+            store.engine,
+            key_files,
+            settings.offer_choices(),
         )
     except BaseException:
         store.close()

@@ -20,6 +20,7 @@ directory.
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,7 +28,7 @@ from nacl.signing import SigningKey
 from sqlalchemy import Engine
 
 from qdspace.connector.contract_store import ContractStore
-from qdspace.connector.offers import standard_assets
+from qdspace.connector.offer_choices import OfferChoice, chosen_assets
 from qdspace.connector.qdm import Inspection
 from qdspace.node.errors import NodeError
 from qdspace.node.identity.certs import MemberIdentity
@@ -73,6 +74,7 @@ def build_runtime(
     signing_key: SigningKey,
     qdm: Engine,
     key_files: KeyFiles = PLAIN,
+    offers: Mapping[str, OfferChoice] | None = None,
 ) -> ContractRuntime:
     """The contract runtime over the node's own database (its contract tables come with
     the QDM schema: `open_store` migrates to the newest revision, ``0002_contracts``)."""
@@ -81,7 +83,8 @@ def build_runtime(
     store = ContractStore(qdm, kek)
     control = os.environ.get(CLOCK_CONTROL_ENV, "") == "1"
     clock = ContractClock(files.contract_clock, control=control)
-    assets = {a.asset_id: a for a in standard_assets(me.member_id)}
+    # the standard assets, with the terms the provider chose (the setting ``offers``)
+    assets = {a.asset_id: a for a in chosen_assets(me.member_id, offers or {})}
     secret = _secret(files.pseudonym_secret, "pseudonym secret", key_files)
     runtime = ContractRuntime(me, signing_key, store, qdm, clock, secret, assets)
     runtime.new_inspections = TableWatch(qdm, Inspection.__tablename__)
