@@ -6,11 +6,15 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from qdspace.node.config import NodeSettings
+from qdspace.node.identity.authority import Authority
 from qdspace.node.layout import NodeLayout
+from qdspace.node.localnet.authority import AuthorityProcess
 from qdspace.node.localnet.network import LocalNetwork, MemberProcess, MemberSpec
 from qdspace.util.ports import free_port
 
@@ -49,3 +53,29 @@ def held_directory(net: LocalNetwork, holder: str) -> dict[str, Any]:
         return document
     except (FileNotFoundError, ValueError):
         return {}
+
+
+#: a member to join: its spec, the BPNL its enrollment code attests (or None), and the
+#: settings it starts with
+Joining = tuple[MemberSpec, str | None, dict[str, Any]]
+
+
+@contextmanager
+def joined_space(
+    workdir: Path, space: str, members: Sequence[Joining]
+) -> Iterator[tuple[LocalNetwork, Authority, str]]:
+    """A space whose members joined through a running authority service, started:
+    (the network, the authority, the service's URL); all stopped after."""
+    authority = Authority.init(workdir / "authority", space)
+    service = AuthorityProcess(authority.directory)
+    url = service.start()
+    network = LocalNetwork(workdir, members=(), chain=False)
+    try:
+        for spec, bpn, update in members:
+            code = str(authority.create_enrollment(name=spec.name, role=spec.role, bpn=bpn))
+            network.members[spec.name] = join_with_code(workdir, url, code, spec, update)
+        network.start()
+        yield network, authority, url
+    finally:
+        network.stop()
+        service.stop()

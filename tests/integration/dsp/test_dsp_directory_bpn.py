@@ -11,19 +11,16 @@ import json
 import socket
 import uuid
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 from qdspace.connector.dsp_transfer import request_message as transfer_request
 from qdspace.node.client import ClientError
-from qdspace.node.identity.authority import Authority
-from qdspace.node.localnet.authority import AuthorityProcess
-from qdspace.node.localnet.network import LocalNetwork, MemberProcess, MemberSpec
+from qdspace.node.localnet.network import LocalNetwork, MemberSpec
 
 from .conftest import ingest_sample, negotiated_over_dsp, ok, runtime_of, wait_for
-from .joined import held_directory, join_with_code
+from .joined import held_directory, joined_space
 from .peer import DSP, Peer, request
 
 pytestmark = pytest.mark.integration
@@ -56,32 +53,22 @@ MEMBERS = (
 )
 
 
-def _join(workdir: Path, url: str, code: str, spec: MemberSpec) -> MemberProcess:
+def _settings(spec: MemberSpec) -> dict[str, Any]:
     update: dict[str, Any] = {}
     if spec.name in ("sunarc", "polycell"):
         update["bpn"] = BPN  # its own claim; only the authority's word counts
     if spec.name == "cellex":
         update["dsp_access"] = {"inspections": NEEDS_BPN}
-    return join_with_code(workdir, url, code, spec, update)
+    return update
 
 
 @pytest.fixture(scope="module")
 def space(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalNetwork]:
     workdir = tmp_path_factory.mktemp("dsp-directory")
-    authority = Authority.init(workdir / "authority", "bpn-space")
-    service = AuthorityProcess(authority.directory)
-    url = service.start()
-    network = LocalNetwork(workdir, members=(), chain=False)
-    try:
-        for spec, bpn in MEMBERS:
-            code = str(authority.create_enrollment(name=spec.name, role=spec.role, bpn=bpn))
-            network.members[spec.name] = _join(workdir, url, code, spec)
-        network.start()
+    joining = [(spec, bpn, _settings(spec)) for spec, bpn in MEMBERS]
+    with joined_space(workdir, "bpn-space", joining) as (network, _, _url):
         ingest_sample(network, "cellex")
         yield network
-    finally:
-        network.stop()
-        service.stop()
 
 
 def _cellex_lists(network: LocalNetwork) -> dict[str, Any]:

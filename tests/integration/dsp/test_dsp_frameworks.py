@@ -22,11 +22,10 @@ from qdspace.node.identity.authority import Authority
 from qdspace.node.identity.certs import cert_to_pem
 from qdspace.node.identity.directory import new_entry
 from qdspace.node.identity.member import load_member_keys
-from qdspace.node.localnet.authority import AuthorityProcess
 from qdspace.node.localnet.network import LocalNetwork, MemberSpec
 
 from .conftest import ingest_sample, negotiated_over_dsp, ok, wait_for
-from .joined import held_directory, join_with_code
+from .joined import held_directory, joined_space
 from .peer import DSP, Peer
 
 pytestmark = pytest.mark.integration
@@ -59,21 +58,11 @@ Space = tuple[LocalNetwork, Authority, str]
 @pytest.fixture(scope="module")
 def space(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Space]:
     workdir = tmp_path_factory.mktemp("dsp-frameworks")
-    authority = Authority.init(workdir / "authority", "framework-space")
-    service = AuthorityProcess(authority.directory)
-    url = service.start()
-    network = LocalNetwork(workdir, members=(), chain=False)
-    try:
-        for spec in MEMBERS:
-            code = str(authority.create_enrollment(name=spec.name, role=spec.role))
-            update = {"dsp_access": {"inspections": NEEDS_DEG}} if spec.name == "cellex" else {}
-            network.members[spec.name] = join_with_code(workdir, url, code, spec, update)
-        network.start()
+    access = {"dsp_access": {"inspections": NEEDS_DEG}}
+    joining = [(spec, None, access if spec.name == "cellex" else {}) for spec in MEMBERS]
+    with joined_space(workdir, "framework-space", joining) as (network, authority, url):
         ingest_sample(network, "cellex")
         yield network, authority, url
-    finally:
-        network.stop()
-        service.stop()
 
 
 def _frameworks_at_cellex(network: LocalNetwork, name: str) -> list[str] | None:
