@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import gc
 import logging
+import os
 import warnings
 from collections.abc import Generator, Iterator
 from pathlib import Path
@@ -45,16 +46,27 @@ def local_ray() -> Iterator[None]:
     yield
 
 
+#: what Ray raises when its processes did not come up within its deadlines
+_SLOW_START = ("timed out during startup", "Timed out waiting for file")
+
+
 def _init_ray(ray: Any) -> None:
-    """``ray.init``, tried once more when the node did not come up in time: on two
-    loaded cores (the suite's other worker may be starting a Ray of its own beside it)
-    the raylet can miss Ray's start-up deadline, and a second start, after the first is
-    torn down, comes up. Any other failure is raised as it is. Process handles Ray drops
-    while starting (a helper process that failed under load) are collected here, their
-    ResourceWarnings with them, not reported against whichever test runs next."""
+    """``ray.init``, tried again when Ray's processes did not come up in time: on two
+    loaded cores (the suite's other worker may be starting nodes, or a Ray of its own,
+    beside it) the GCS can miss its port-file deadline (given 120 s here instead of
+    Ray's default) and the raylet its fixed 30 s registration deadline, and a start
+    after the failed one is torn down comes up. Any other failure is raised as it is.
+    Process handles Ray drops while starting (a helper process that failed under load)
+    are collected here, their ResourceWarnings with them, not reported against
+    whichever test runs next."""
+    os.environ.setdefault("RAY_gcs_server_port_wait_time_s", "120")
+    # Ray turns token auth on by itself once ~/.ray/auth_token exists (a local start on
+    # this machine may write one); this Ray is the test process's own, as the cluster
+    # test's is (`test_inspect_serve_cluster`), so it starts without
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ResourceWarning)
-        for attempt in (1, 2):
+        for attempt in (1, 2, 3):
             try:
                 ray.init(
                     num_cpus=2,
@@ -64,7 +76,7 @@ def _init_ray(ray: Any) -> None:
                 )
                 break
             except Exception as exc:
-                if attempt == 2 or "timed out during startup" not in str(exc):
+                if attempt == 3 or not any(slow in str(exc) for slow in _SLOW_START):
                     raise
                 ray.shutdown()
             finally:
