@@ -212,8 +212,8 @@ async def start_dsp(
     consumer and outbox sender it brings (`node.dsp`). ``tls``: the member certificate,
     key and key password to present, else the node's files (a managed host hands a
     tenant's as transient files: the server and client load them before this returns
-    and `start_listener` is awaited); ``wrap``: around the app (a host's suspension
-    gate)."""
+    and `start_listener` is awaited); ``wrap``: around the app (a host's quota gate for
+    its tenant)."""
     from qdspace.node.dsp.app import DspBinding, body_of, create_dsp_app
     from qdspace.node.dsp.auth import PeerCertH11
     from qdspace.node.dsp.callbacks import CallbackCheck

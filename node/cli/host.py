@@ -231,19 +231,27 @@ def tenant_add(
 
 
 def _serve_if_running(directory: Path, name: str) -> None:
-    """A running host serves the new tenant now (no restart of the others); its answer
-    says whether the tenant opened and started."""
+    """A running host serves the new tenant now (no restart of the others)."""
+    shown = _on_running_host(directory, name, "start", "added")
+    if shown is None:
+        console.print("served from the host's next start (`qdspace host start`)")
+        return
+    console.print(f"served now by the running host ({shown['status']}, port {shown['grpc_port']})")
+
+
+def _on_running_host(directory: Path, name: str, verb: str, done: str) -> dict[str, Any] | None:
+    """The running host's answer to ``verb`` (``start``, ``reopen``) for tenant ``name``,
+    None when no host runs; a tenant that does not serve after it is a `HostError`."""
     from qdspace.node.host.client import call_host, running_host
     from qdspace.node.host.errors import HostError
 
     host = running_host(directory)
     if host is None:
-        console.print("served from the host's next start (`qdspace host start`)")
-        return
-    shown = call_host(directory, host, "POST", f"/host/v1/tenants/{name}/start")
+        return None
+    shown: dict[str, Any] = call_host(directory, host, "POST", f"/host/v1/tenants/{name}/{verb}")
     if shown["status"] == "failed":
-        raise HostError(f"tenant {name} was added but does not serve: {shown['error']}")
-    console.print(f"served now by the running host ({shown['status']}, port {shown['grpc_port']})")
+        raise HostError(f"tenant {name} was {done} but does not serve: {shown['error']}")
+    return shown
 
 
 def _tenants(directory: Path) -> list[dict[str, Any]]:
@@ -392,16 +400,10 @@ def tenant_renew(
 
 def _reopen_if_running(directory: Path, name: str, what: str) -> None:
     """A running host opens the tenant again from its changed files (the others serve on)."""
-    from qdspace.node.host.client import call_host, running_host
-    from qdspace.node.host.errors import HostError
-
-    host = running_host(directory)
-    if host is None:
+    shown = _on_running_host(directory, name, "reopen", "changed")
+    if shown is None:
         console.print(f"{what} from the host's next start (`qdspace host start`)")
         return
-    shown = call_host(directory, host, "POST", f"/host/v1/tenants/{name}/reopen")
-    if shown["status"] == "failed":
-        raise HostError(f"tenant {name} was changed but does not serve: {shown['error']}")
     console.print(f"{what} now: the running host opened tenant {name} again ({shown['status']})")
 
 

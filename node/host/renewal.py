@@ -53,18 +53,15 @@ def renew_tenant(directory: Path, name: str, authority_dir: Path | None = None) 
         )
     key_files = tenant_key_files(files, load_master_key(files), name)
     request = read_file(create_renewal_request(target, key_files=key_files), "renewal request")
-    layout = NodeLayout(target)
+    ca_pem = read_file(NodeLayout(target).ca_cert, "authority certificate")
     if authority_dir is not None:
         from qdspace.node.identity.authority import Authority
         from qdspace.node.identity.certs import cert_to_pem
 
-        authority = Authority.load(authority_dir)
-        cert_pem = cert_to_pem(authority.renew(request))
-        ca_pem = read_file(layout.ca_cert, "authority certificate")
+        cert_pem = cert_to_pem(Authority.load(authority_dir).renew(request))
     else:
         from qdspace.node.authority.client import AuthorityClient
 
-        ca_pem = read_file(layout.ca_cert, "authority certificate")
         with AuthorityClient(settings.authority_url, ca_pem) as service:
             cert_pem = service.renew(request)
     keys = install_certificate(target, cert_pem, ca_pem, renew=True, key_files=key_files)

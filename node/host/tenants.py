@@ -13,7 +13,7 @@ from __future__ import annotations
 import secrets
 import shutil
 import socket
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -179,12 +179,10 @@ def add_tenant(
         if files.tenants.is_dir():
             existing |= {p.name for p in files.tenants.iterdir()}
         check_new_name(name, existing)
-        used = {r.grpc_port for r in book.tenants.values()}
-        used |= {r.regulator_port for r in book.tenants.values() if r.regulator_port}
-        used |= {r.dsp_port for r in book.tenants.values() if r.dsp_port}
+        used = _ports_of(book.tenants.values())
         port, regulator = _ports(settings, used, grpc_port, regulator_port)
-        if dsp_port is not None and (dsp_port < 1 or dsp_port in used | {port, regulator}):
-            raise HostError(f"DSP port {dsp_port} is not free on this host (or not a port)")
+        if dsp_port is not None:
+            _check_dsp_port(dsp_port, used | {port, regulator})
         target = files.tenant(name)
         data_key = new_key()
         key_files = SealedKeyFiles(name, data_key)
@@ -230,10 +228,7 @@ def set_tenant_dsp(directory: Path, name: str, port: int | None) -> TenantRecord
             raise UnknownTenant(f"no tenant {name!r} on this host")
         if port is not None:
             others = [r for r in book.tenants.values() if r.name != record.name]
-            used = {r.grpc_port for r in others} | {r.regulator_port for r in others}
-            used |= {r.dsp_port for r in others} | {record.grpc_port, record.regulator_port}
-            if port < 1 or port in used - {0}:
-                raise HostError(f"DSP port {port} is not free on this host (or not a port)")
+            _check_dsp_port(port, _ports_of(others) | {record.grpc_port, record.regulator_port})
         node = NodeSettings.load(files.tenant(name))
         if port is None:
             update: dict[str, Any] = {"dsp_port": None, "advertise_dsp": ""}
@@ -243,6 +238,16 @@ def set_tenant_dsp(directory: Path, name: str, port: int | None) -> TenantRecord
         record.dsp_port = port or 0
         record.changed_at = now()
         return record.model_copy()
+
+
+def _ports_of(records: Iterable[TenantRecord]) -> set[int]:
+    """Every port the tenants' listeners hold (gRPC, regulator API, DSP)."""
+    return {p for r in records for p in (r.grpc_port, r.regulator_port, r.dsp_port) if p}
+
+
+def _check_dsp_port(port: int, used: set[int]) -> None:
+    if port < 1 or port in used - {0}:
+        raise HostError(f"DSP port {port} is not free on this host (or not a port)")
 
 
 def _dsp_settings(settings: HostSettings, node: NodeSettings, port: int) -> dict[str, Any]:

@@ -115,14 +115,17 @@ class CatalogServicer(catalog_pb2_grpc.CatalogServicer):
     ) -> catalog_pb2.CatalogReply:
         peer = _peer()
         hidden: tuple[str, ...] = ()
+        entries = None
         if self._rt.access.policies:  # what the access policies hide from this member
-            shown = {e.asset_id for e in self._rt.catalog_for(peer, request.kind)}
+            entries = self._rt.catalog_for(peer, request.kind)
+            shown = {e.asset_id for e in entries}
             every = self._rt.catalog(peer.role, request.kind)
             hidden = tuple(sorted(e.asset_id for e in every if e.asset_id not in shown))
         key = (peer.role, request.kind, self._rt.catalog_generation, hidden)
         reply = self._replies.get(key)
         if reply is None:
-            entries = self._rt.catalog_for(peer, request.kind)
+            if entries is None:
+                entries = self._rt.catalog_for(peer, request.kind)
             reply = catalog_to_proto(self._rt.me.member_id, entries)
             if request.kind in _KINDS:  # not one per string a peer makes up
                 if len(self._replies) >= _MAX_REPLIES:

@@ -15,9 +15,8 @@ a peer is checked again when its entry or address changes, not on every call. Wh
 seen at an address is remembered too, but a refusal is never decided on it: a member
 that renews its certificate keeps its address, and the peers that called it before
 would otherwise refuse its new certificate (the one its entry now names) until they
-restarted. A
-mismatch fails the call with UNAUTHENTICATED, like any refused peer call, and is
-logged; a handshake that cannot complete (peer down, TLS refused) is not decided here:
+restarted. A mismatch fails the call with UNAUTHENTICATED, like any refused peer call,
+and is logged; a handshake that cannot complete (peer down, TLS refused) is not decided here:
 the call goes ahead and fails, or succeeds, on its own terms, and the check runs again
 on the next call.
 
