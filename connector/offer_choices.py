@@ -5,11 +5,12 @@ results, process data along the genealogy, the operator log, the live stream and
 traceability answers, each for the quality purposes, the fields a supplier commonly
 shares, deletion within 180 days with a signed receipt. A supplier decides what leaves
 its hands: it may share fewer fields (a process parameter that is know-how), for fewer
-purposes, keep the data with its customers for longer or shorter, ask no receipt, or
-not offer an asset at all. An `OfferChoice` per asset says so; `chosen_assets` builds
-the catalog from them, and `answer_request` then agrees only within the chosen offer
-(the release gate releases only what an agreement grants), so a choice holds on every
-binding.
+purposes, keep the data with its customers for longer or shorter, ask no receipt, offer
+it only to members that signed a framework agreement (the space authority attests who
+did; checked at the negotiation and at every release), or not offer an asset at all. An
+`OfferChoice` per asset says so; `chosen_assets` builds the catalog from them, and
+`answer_request` then agrees only within the chosen offer (the release gate releases
+only what an agreement grants), so a choice holds on every binding.
 
 Choices only narrow what the standard offer says, except the retention, which is the
 provider's to set (1 to `MAX_RETENTION_DAYS` days): a field the standard offer leaves
@@ -25,7 +26,7 @@ from dataclasses import dataclass, replace
 
 from qdspace.connector.assets import Asset
 from qdspace.connector.offers import offer_terms, standard_assets
-from qdspace.policies.model import make_offer
+from qdspace.policies.model import FRAMEWORK_NAME, make_offer
 
 MAX_RETENTION_DAYS = 3650
 
@@ -39,6 +40,8 @@ class OfferChoice:
     fields: frozenset[str] | None = None
     retention_days: int | None = None
     receipt: bool | None = None
+    # a framework agreement the consumer must have signed (the authority attests it)
+    framework: str | None = None
 
 
 def _names(values: frozenset[str]) -> str:
@@ -70,6 +73,11 @@ def check_choices(choices: Mapping[str, OfferChoice], standard: Mapping[str, Ass
                     f"{where}.fields: {_names(extra) or 'none given'} not among the fields "
                     f"{asset_id} is offered with ({_names(offered)})"
                 )
+        if choice.framework is not None and not FRAMEWORK_NAME.fullmatch(choice.framework):
+            raise ValueError(
+                f"{where}.framework: {choice.framework[:80]!r} is not a framework agreement's "
+                "name (1-64 letters, digits and '._:-', as in DataExchangeGovernance:1.0)"
+            )
         days = choice.retention_days
         if days is not None and not 1 <= days <= MAX_RETENTION_DAYS:
             raise ValueError(
@@ -99,6 +107,7 @@ def chosen_assets(provider_id: str, choices: Mapping[str, OfferChoice]) -> list[
                 choice.retention_days if choice.retention_days is not None else terms.retention_days
             ),
             receipt=choice.receipt if choice.receipt is not None else terms.receipt,
+            framework=choice.framework,
         )
         offer = make_offer(asset.offer.uid, provider_id, asset.asset_id, terms)
         out.append(replace(asset, offer=offer))

@@ -160,6 +160,7 @@ _STANDARD_OPERATORS: dict[LeftOperand, frozenset[Operator]] = {
     LeftOperand.ORDER: frozenset({Operator.IS_ANY_OF}),
     LeftOperand.FIELDS: frozenset({Operator.IS_PART_OF}),
     LeftOperand.DATETIME: frozenset({Operator.GTEQ, Operator.LT}),
+    LeftOperand.FRAMEWORK: frozenset({Operator.EQ}),
 }
 
 
@@ -205,10 +206,14 @@ def offer_terms(policy: Policy) -> OfferTerms:
     purposes: frozenset[str] = frozenset()
     orders = fields = None
     not_before = not_after = None
+    framework: str | None = None
     seen: set[tuple[str, str]] = set()
     for c in permission.constraints:
         _standard_constraint(policy, c, seen)
         right = c.right_operand
+        if c.left_operand is LeftOperand.FRAMEWORK and isinstance(right, str):
+            framework = right
+            continue
         if not isinstance(right, frozenset | datetime):
             raise NonStandardPolicyError(f"policy {policy.uid}: {c.left_operand} {right!r}")
         if c.left_operand is LeftOperand.PURPOSE and isinstance(right, frozenset):
@@ -241,6 +246,7 @@ def offer_terms(policy: Policy) -> OfferTerms:
         retention_days=duty.retention_days if duty.constraints else DEFAULT_RETENTION_DAYS,
         receipt=duty.receipt,
         allow_distribution=not distribute,
+        framework=framework,
     )
 
 
@@ -277,7 +283,9 @@ def _earliest(a: datetime | None, b: datetime | None) -> datetime | None:
 def meet(a: OfferTerms, b: OfferTerms) -> OfferTerms:
     """The terms both ``a`` and ``b`` allow: the purposes, orders and fields in both, the
     later start and earlier end, the shorter retention, a receipt if either asks one,
-    redistribution only if both allow it. Empty sets stay empty: the caller decides."""
+    redistribution only if both allow it, the framework agreement either asks (``a``'s
+    when both ask different ones: the callers put the provider's there). Empty sets
+    stay empty: the caller decides."""
     return OfferTerms(
         purposes=a.purposes & b.purposes,
         orders=_narrow(a.orders, b.orders),
@@ -287,11 +295,16 @@ def meet(a: OfferTerms, b: OfferTerms) -> OfferTerms:
         retention_days=min(a.retention_days, b.retention_days),
         receipt=a.receipt or b.receipt,
         allow_distribution=a.allow_distribution and b.allow_distribution,
+        framework=a.framework or b.framework,
     )
 
 
 def answer_request(
-    published: Policy, requested: Policy, customer_orders: frozenset[str], counter_uid: str
+    published: Policy,
+    requested: Policy,
+    customer_orders: frozenset[str],
+    counter_uid: str,
+    frameworks: frozenset[str] | None = None,
 ) -> Answer:
     """The provider's answer to a consumer asking for `requested` under `published`.
 
@@ -301,8 +314,19 @@ def answer_request(
     that rebuilt policy says exactly what the consumer asked; the agreement is then
     drafted from the rebuilt policy (`Answer.offer`). A request it cannot read (an
     operator it does not offer, an extra rule) is countered with its own terms.
+
+    An offer that asks for a framework agreement keeps asking for it (a consumer cannot
+    ask it away), and is agreed only with a consumer the space authority attests it
+    for (`frameworks`, None: unknown): else the negotiation ends saying so.
     """
     pub = offer_terms(published)
+    if pub.framework is not None and pub.framework not in (frameworks or ()):
+        attested = ", ".join(sorted(frameworks or ())) or "none"
+        return Answer(
+            Verdict.TERMINATE,
+            reason=f"{published.target} is offered to members that signed the framework "
+            f"agreement {pub.framework}; the space authority attests {attested} for you",
+        )
     reason = "the request asked for more than is offered"
     try:
         req = offer_terms(requested)
@@ -319,7 +343,7 @@ def answer_request(
         return Answer(
             Verdict.TERMINATE, reason=f"no order in scope: {asked} is not an order you placed"
         )
-    terms = replace(meet(req, pub), orders=orders)
+    terms = replace(meet(req, pub), orders=orders, framework=pub.framework)
     if terms.fields is not None and not terms.fields:
         return Answer(Verdict.TERMINATE, reason="none of the requested fields is offered")
     ours = make_offer(requested.uid, published.assigner, published.target, terms)
@@ -352,7 +376,7 @@ def counter_request(asked: Policy, counter: Policy, uid: str) -> Policy | str:
         mine, theirs = offer_terms(asked), offer_terms(counter)
     except NonStandardPolicyError as exc:
         return f"the counter-offer grants more than was asked and cannot be narrowed ({exc})"
-    terms = meet(mine, theirs)
+    terms = replace(meet(mine, theirs), framework=theirs.framework)
     if not terms.purposes:
         return "the counter-offer grants none of the purposes asked"
     if terms.orders is not None and not terms.orders:

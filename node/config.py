@@ -96,6 +96,7 @@ class OfferSetting(BaseModel):
     fields: list[str] | None = None  # among the fields its standard offer shares
     retention_days: int | None = None  # 1 to 3650 days
     receipt: bool | None = None  # a signed deletion receipt
+    framework: str | None = None  # only for members the authority attests signed it
 
     def choice(self) -> OfferChoice:
         from qdspace.connector.offer_choices import OfferChoice
@@ -106,6 +107,7 @@ class OfferSetting(BaseModel):
             None if self.fields is None else frozenset(self.fields),
             self.retention_days,
             self.receipt,
+            self.framework,
         )
 
 

@@ -19,6 +19,7 @@ from qdspace.policies.canonical import canonical_json, format_datetime, parse_da
 from qdspace.policies.errors import PolicySyntaxError
 from qdspace.policies.model import (
     CONTEXT,
+    FRAMEWORK_TERM,
     SET_OPERATORS,
     Action,
     Constraint,
@@ -80,10 +81,18 @@ def _duty_to_dict(duty: Duty) -> dict[str, Any]:
     return out
 
 
+def _context_of(policy: Policy) -> list[Any]:
+    """The policy's JSON-LD context: the node's, with the Catena-X term only when used."""
+    terms = dict(CONTEXT[1])
+    if policy.uses_framework:
+        terms[FRAMEWORK_TERM[0]] = FRAMEWORK_TERM[1]
+    return [CONTEXT[0], terms]
+
+
 def policy_to_dict(policy: Policy) -> dict[str, Any]:
     """The ODRL JSON object of `policy` (empty lists and a missing assignee are omitted)."""
     out: dict[str, Any] = {
-        "@context": [CONTEXT[0], dict(CONTEXT[1])],
+        "@context": _context_of(policy),
         "@type": str(policy.type),
         "uid": policy.uid,
         "assigner": policy.assigner,
@@ -214,8 +223,10 @@ def _prohibition(value: Any, path: str) -> Prohibition:
     return Prohibition(_action(raw, path), constraints)
 
 
-def _context(value: Any) -> None:
-    expected = [CONTEXT[0], dict(CONTEXT[1])]
+def _context(value: Any, policy: Policy) -> None:
+    """The context must be the one `policy_to_dict` writes for this policy: a term the
+    policy does not use, or one it uses without its definition, reads two ways."""
+    expected = _context_of(policy)
     if value != expected:
         raise PolicySyntaxError("$.@context", f"expected {json.dumps(expected)}")
 
@@ -223,9 +234,8 @@ def _context(value: Any) -> None:
 def policy_from_dict(value: Any) -> Policy:
     """Parse an already-decoded ODRL JSON object; see the module docstring."""
     raw = _object(value, "$", _POLICY_KEYS, {"@context", "@type", "uid", "assigner", "target"})
-    _context(raw["@context"])
     assignee = raw.get("assignee")
-    return Policy(
+    policy = Policy(
         uid=_text(raw["uid"], "$.uid"),
         type=_enum(PolicyType, raw["@type"], "$.@type", "policy type"),
         assigner=_text(raw["assigner"], "$.assigner"),
@@ -235,6 +245,8 @@ def policy_from_dict(value: Any) -> Policy:
         obligations=_list(raw.get("obligation", []), "$.obligation", _duty),
         assignee=None if assignee is None else _text(assignee, "$.assignee"),
     )
+    _context(raw["@context"], policy)
+    return policy
 
 
 def parse_policy(document: str | bytes | Mapping[str, Any]) -> Policy:

@@ -58,6 +58,9 @@ class Request:
     fields: frozenset[str] | None = None  # None: every granted field
     terminated: bool = False
     order_closed_at: datetime | None = None
+    # the framework agreements the space authority attests the consumer signed (None:
+    # unknown, as for a peer outside a directory: a framework constraint then fails)
+    frameworks: frozenset[str] | None = None
 
     def __post_init__(self) -> None:
         if self.action not in RULE_ACTIONS:
@@ -147,8 +150,23 @@ def _constraint_failure(constraint: Constraint, request: Request) -> str | None:
                 return None
             scope = _describe(constraint)
             return f"order {request.order_id} is outside the agreement's scope ({scope})"
+        case LeftOperand.FRAMEWORK:
+            return _framework_failure(constraint, request.frameworks)
         case _:
             return None  # fields narrow the grant (see _granted_fields); retention is a duty
+
+
+def _framework_failure(constraint: Constraint, held: frozenset[str] | None) -> str | None:
+    right = constraint.right_operand
+    needed = right if isinstance(right, frozenset) else frozenset({str(right)})
+    if held and needed & held:
+        return None
+    one = " or ".join(sorted(needed))
+    attested = ", ".join(sorted(held)) if held else "none"
+    return (
+        f"the agreement is for members that signed the framework agreement {one}; "
+        f"the space authority attests {attested} for the consumer"
+    )
 
 
 def _granted_fields(permission: Permission, asset_fields: frozenset[str]) -> frozenset[str]:

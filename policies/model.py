@@ -12,7 +12,17 @@ is one the evaluator fully understands:
   ``delete`` (with a retention constraint and an optional signed receipt);
 - left operands: ``purpose``, ``order`` (order scope), ``fields`` (which fields
   may leave), ``dateTime`` (validity bounds), ``retention`` (days after the
-  order closes, only inside a ``delete`` duty).
+  order closes, only inside a ``delete`` duty), and Catena-X's
+  ``FrameworkAgreement`` (a framework the space authority must attest the
+  consumer signed, in a permission only).
+
+Why ``FrameworkAgreement`` has a place in a usage policy and not only in an access
+policy: an access policy decides who sees a dataset today; a usage policy is what
+both sides sign, so the requirement travels with the agreement and the provider
+checks it at every release (withdrawn attestation, no more data), and a Catena-X
+connector reading the offer finds the term it expects there. Its context entry is
+written only into a policy that uses it, so every policy without it keeps the
+bytes (and the signatures) it had before the term existed.
 
 Semantic checks (which operator fits which operand, where an operand may
 appear) run in `Policy.__post_init__` and report JSON paths, so a policy built
@@ -21,6 +31,7 @@ in code and one parsed from a peer's JSON are held to the same rules.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
@@ -40,7 +51,12 @@ CONTEXT: tuple[str, dict[str, str]] = (
         "receipt": "qds:receipt",
     },
 )
+# The context entry of the one Catena-X term (`LeftOperand.FRAMEWORK`), added to a
+# policy's context only when it uses the term (see the module docstring).
+FRAMEWORK_TERM = ("FrameworkAgreement", "https://w3id.org/catenax/policy/FrameworkAgreement")
 DEFAULT_RETENTION_DAYS = 180
+# A framework agreement's name, as the space authority attests it (DataExchangeGovernance:1.0)
+FRAMEWORK_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:\-]{0,63}")
 
 
 class PolicyType(StrEnum):
@@ -66,6 +82,7 @@ class LeftOperand(StrEnum):
     FIELDS = "fields"
     DATETIME = "dateTime"
     RETENTION = "retention"
+    FRAMEWORK = "FrameworkAgreement"
 
 
 class Operator(StrEnum):
@@ -90,9 +107,12 @@ ALLOWED_OPERATORS: dict[LeftOperand, frozenset[Operator]] = {
     LeftOperand.FIELDS: FIELD_ALLOW_OPERATORS | {Operator.IS_NONE_OF},
     LeftOperand.DATETIME: frozenset({Operator.LT, Operator.LTEQ, Operator.GT, Operator.GTEQ}),
     LeftOperand.RETENTION: frozenset({Operator.LTEQ, Operator.EQ}),
+    # eq: the consumer holds this one; isAnyOf: it holds one of these
+    LeftOperand.FRAMEWORK: frozenset({Operator.EQ, Operator.IS_ANY_OF}),
 }
 PERMISSION_OPERANDS = frozenset(
     {LeftOperand.PURPOSE, LeftOperand.ORDER, LeftOperand.FIELDS, LeftOperand.DATETIME}
+    | {LeftOperand.FRAMEWORK}
 )
 PROHIBITION_OPERANDS = frozenset({LeftOperand.PURPOSE, LeftOperand.ORDER, LeftOperand.DATETIME})
 DUTY_OPERANDS = frozenset({LeftOperand.RETENTION})
@@ -135,6 +155,16 @@ class Constraint:
         elif left is LeftOperand.RETENTION:
             if isinstance(right, bool) or not isinstance(right, int) or right < 0:
                 raise PolicySyntaxError(path, "retention needs a whole number of days >= 0")
+        elif left is LeftOperand.FRAMEWORK:
+            names = right if isinstance(right, frozenset) else {right}
+            if not names or not all(
+                isinstance(x, str) and FRAMEWORK_NAME.fullmatch(x) for x in names
+            ):
+                raise PolicySyntaxError(
+                    path,
+                    f"{self.operator} on {left} needs framework agreement names (1-64 letters, "
+                    "digits and '._:-', as in DataExchangeGovernance:1.0)",
+                )
         elif left is LeftOperand.FIELDS or self.operator in SET_OPERATORS:
             if not isinstance(right, frozenset) or not all(isinstance(x, str) for x in right):
                 raise PolicySyntaxError(path, f"{self.operator} on {left} needs a list of strings")
@@ -248,6 +278,13 @@ class Policy:
         attached = tuple(duty for p in self.permissions for duty in p.duties)
         return attached + self.obligations
 
+    @property
+    def uses_framework(self) -> bool:
+        """Whether a permission asks for a framework agreement (its context says so)."""
+        return any(
+            c.left_operand is LeftOperand.FRAMEWORK for p in self.permissions for c in p.constraints
+        )
+
     def same_terms(self, other: Policy) -> bool:
         """True when both policies grant, forbid and oblige the same about the same asset."""
         return (
@@ -271,6 +308,8 @@ class OfferTerms:
     retention_days: int = DEFAULT_RETENTION_DAYS
     receipt: bool = True
     allow_distribution: bool = False
+    # a framework agreement the consumer must hold, attested by the space authority
+    framework: str | None = None
     extra_prohibitions: tuple[Prohibition, ...] = field(default=())
 
 
@@ -285,6 +324,8 @@ def make_offer(uid: str, assigner: str, target: str, terms: OfferTerms) -> Polic
         constraints.append(Constraint(LeftOperand.DATETIME, Operator.GTEQ, terms.not_before))
     if terms.not_after is not None:
         constraints.append(Constraint(LeftOperand.DATETIME, Operator.LT, terms.not_after))
+    if terms.framework is not None:
+        constraints.append(Constraint(LeftOperand.FRAMEWORK, Operator.EQ, terms.framework))
     retention = Constraint(LeftOperand.RETENTION, Operator.LTEQ, terms.retention_days)
     duty = Duty(Action.DELETE, (retention,), receipt=terms.receipt)
     prohibitions = terms.extra_prohibitions

@@ -24,14 +24,13 @@ letters, digits and ``._:-``, starting with a letter or digit; at most
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable, Mapping
 from typing import Any
 
 from qdspace.node.identity.directory import MalformedDirectory
+from qdspace.policies.model import FRAMEWORK_NAME
 
 MAX_FRAMEWORKS = 32
-_FRAMEWORK = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:\-]{0,63}")
 #: the kind of attestation this version reads (a member's object may hold up to
 #: ``MAX_KINDS`` kinds; a later version's are kept in the signed document, not read)
 FRAMEWORKS = "frameworks"
@@ -47,7 +46,7 @@ class MalformedAttestation(MalformedDirectory):
 
 def check_framework(name: Any, where: str = "framework") -> str:
     """``name`` if it is a framework's name (module), else `MalformedAttestation`."""
-    if not isinstance(name, str) or not _FRAMEWORK.fullmatch(name):
+    if not isinstance(name, str) or not FRAMEWORK_NAME.fullmatch(name):
         shown = repr(name)[:80]
         raise MalformedAttestation(
             f"{where}: {shown} is not a framework agreement's name (1-64 letters, digits and "

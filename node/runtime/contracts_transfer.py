@@ -82,8 +82,14 @@ class ProviderTransfers(ContractBase):
         """The decision and row gate for one request under a stored agreement, now.
 
         Besides the agreement, the consumer must still be the customer of every order
-        a row belongs to (read now, not when the agreement was signed)."""
+        a row belongs to (read now, not when the agreement was signed), and hold any
+        framework agreement the agreement asks for (the authority's word now)."""
         terms = stored.signed.agreement
+        frameworks = (
+            self.access.attested_frameworks(terms.consumer_id)
+            if terms.policy.uses_framework
+            else None
+        )
         asset = self.assets[terms.asset_id]
         closed = self.store.closed_orders(terms.agreement_id)
         request = Request(
@@ -95,6 +101,7 @@ class ProviderTransfers(ContractBase):
             fields=fields,
             terminated=stored.terminated_at is not None,
             order_closed_at=closed.get(order_id) if order_id else None,
+            frameworks=frameworks,
         )
         pseudonyms = Pseudonymizer(self.pseudonym_secret, terms.agreement_id)
         owned = self.customer_orders(peer_name(terms.consumer_id))

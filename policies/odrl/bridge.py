@@ -83,6 +83,8 @@ def to_context(request: Request, **member: Fact) -> Context:
         facts["order"] = request.order_id
     if request.fields is not None:
         facts["fields"] = request.fields
+    if request.frameworks is not None:
+        facts["frameworkAgreement"] = request.frameworks
     deferred = frozenset() if request.order_id is not None else frozenset({"order"})
     return Context(action=str(request.action), facts=facts, deferred=deferred)
 

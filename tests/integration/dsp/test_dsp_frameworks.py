@@ -6,7 +6,13 @@ reads the attestation from the next signed directory it fetches. Before it, SunA
 the clear 403 of an unattested framework; after, it sees the dataset and trades for it;
 once withdrawn, the dataset closes again. Polycell holds another framework only: the
 dataset does not exist for it (404), as for a wrong BPNL. Polycell, hostile, publishes an
-entry of its own that claims the framework: the authority refuses it."""
+entry of its own that claims the framework: the authority refuses it.
+
+The same framework in a *usage* policy: Cellex offers its operator log only to members
+that signed it (``offers``' ``framework``). The offer carries Catena-X's
+``FrameworkAgreement`` term over DSP; SunArc, unattested, is refused at the negotiation;
+attested, it agrees and pulls; once the authority withdraws the attestation, Cellex
+releases nothing more under the agreement it signed."""
 
 from __future__ import annotations
 
@@ -18,6 +24,8 @@ from collections.abc import Iterator
 import pytest
 
 from qdspace.node.authority.client import AuthorityClient, AuthorityRefused
+from qdspace.node.client_transport import ClientError
+from qdspace.node.config import OfferSetting
 from qdspace.node.identity.authority import Authority
 from qdspace.node.identity.certs import cert_to_pem
 from qdspace.node.identity.directory import new_entry
@@ -30,6 +38,8 @@ from .peer import DSP, Peer
 
 pytestmark = pytest.mark.integration
 DEG = "DataExchangeGovernance:1.0"
+QA = "quality-assurance"
+SAMPLE_ORDER = "PO-2026-0042"  # SunArc's order with Cellex in the sample data
 CX = [
     "https://w3id.org/dspace/2025/1/odrl-profile.jsonld",
     "https://w3id.org/catenax/policy/context.jsonld",
@@ -58,7 +68,10 @@ Space = tuple[LocalNetwork, Authority, str]
 @pytest.fixture(scope="module")
 def space(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Space]:
     workdir = tmp_path_factory.mktemp("dsp-frameworks")
-    access = {"dsp_access": {"inspections": NEEDS_DEG}}
+    access = {
+        "dsp_access": {"inspections": NEEDS_DEG},
+        "offers": {"operator-log": OfferSetting(framework=DEG)},
+    }
     joining = [(spec, None, access if spec.name == "cellex" else {}) for spec in MEMBERS]
     with joined_space(workdir, "framework-space", joining) as (network, authority, url):
         ingest_sample(network, "cellex")
@@ -160,3 +173,54 @@ def _own(network: LocalNetwork) -> list[str] | None:
     with network["sunarc"].operator() as sunarc:
         own: list[str] | None = sunarc.node()["attested_frameworks"]
         return own
+
+
+def test_a_usage_policy_for_framework_signatories_holds_at_every_release(space: Space) -> None:
+    network, authority, _ = space
+    wait_for("SunArc in Cellex's directory", lambda: _frameworks_at_cellex(network, "sunarc") == [])
+    wait_for("Cellex in SunArc's directory", lambda: _known(network, "sunarc", "cellex"))
+    peer = Peer(network, "sunarc", "cellex")
+    try:  # visible to all (no access policy), with the requirement in the offer itself
+        entry = ok(peer.get("/catalog/datasets/operator-log"))
+    finally:
+        peer.http.close()
+    (offer,) = entry["hasPolicy"] if isinstance(entry["hasPolicy"], list) else [entry["hasPolicy"]]
+    needs = [
+        c for p in offer["permission"] for c in p["constraint"] if "FrameworkAgreement" in str(c)
+    ]
+    assert [c["rightOperand"] for c in needs] == [DEG], offer
+
+    with network["sunarc"].operator(timeout=120) as sunarc:
+        ask = {"orders": [SAMPLE_ORDER]}
+        refused = sunarc.negotiate("cellex", "operator-log", [QA], **ask)
+        assert refused["state"] == "TERMINATED", refused
+        assert f"framework agreement {DEG}" in refused["reason"], refused["reason"]
+        assert "attests none" in refused["reason"], refused["reason"]
+
+        _attest(authority, "--member", "sunarc", "--framework", DEG)
+        wait_for(
+            "Cellex to hold SunArc's attested framework",
+            lambda: _frameworks_at_cellex(network, "sunarc") == [DEG] or None,
+        )
+        agreed = sunarc.negotiate("cellex", "operator-log", [QA], **ask)
+        assert agreed["state"] == "FINALIZED", agreed
+        agreement_id = agreed["agreement_id"]
+        (permission,) = sunarc.agreement(agreement_id)["policy"]["permission"]
+        signed = {c["leftOperand"]: c["rightOperand"] for c in permission["constraint"]}
+        assert signed["FrameworkAgreement"] == DEG
+        pulled = sunarc.transfer(agreement_id, QA, order_id=SAMPLE_ORDER)
+        assert pulled["offset"] > 0, pulled
+
+        _attest(authority, "--member", "sunarc", "--withdraw", DEG)
+        wait_for(
+            "Cellex to drop SunArc's withdrawn framework",
+            lambda: _frameworks_at_cellex(network, "sunarc") == [] or None,
+        )
+        with pytest.raises(ClientError) as denied:
+            sunarc.transfer(agreement_id, QA, order_id=SAMPLE_ORDER)
+    assert denied.value.status == 403, denied.value
+    assert f"framework agreement {DEG}" in str(denied.value), denied.value
+
+
+def _known(network: LocalNetwork, holder: str, name: str) -> bool:
+    return any(e["name"] == name for e in held_directory(network, holder).get("entries", []))

@@ -22,6 +22,7 @@ from qdspace.policies.odrl.codec import parse_jsonld_policy, policy_to_expanded,
 from qdspace.policies.odrl.evaluate import Context, evaluate_policy
 from qdspace.policies.odrl.jsonld import expand
 from qdspace.policies.odrl.model import OdrlPolicy
+from qdspace.policies.odrl.node_form import from_odrl
 from qdspace.policies.odrl.vocab import PolicyKind
 
 SCHEMAS = Path(__file__).parent / "dsp_2025_1"
@@ -47,8 +48,12 @@ def validate(instance: Any, definition: str) -> None:
     validator.validate(instance)
 
 
-def offer_policy() -> Any:
+DEG = "DataExchangeGovernance:1.0"
+
+
+def offer_policy(framework: str | None = None) -> Any:
     terms = OfferTerms(
+        framework=framework,
         purposes=frozenset({"quality-assurance"}),
         orders=frozenset({"PO-1", "PO-2"}),
         fields=frozenset({"serial", "verdict"}),
@@ -90,6 +95,23 @@ def test_catena_x_policy_validates_and_round_trips() -> None:
     doc = policy_to_jsonld(parsed, catalog=True)
     validate(doc, "Offer")
     assert parse_jsonld_policy(doc) == parsed
+
+
+def test_a_framework_requirement_reads_back_as_the_catena_x_term() -> None:
+    """Published over DSP, the node's framework constraint is Catena-X's
+    ``FrameworkAgreement``: a Catena-X connector finds the term it expects, and the node
+    reads the term back (also as another connector spells it) into its own form."""
+    policy = offer_policy(DEG)
+    doc = policy_to_jsonld(to_odrl(policy), catalog=True)
+    validate(doc, "Offer")
+    iris = json.dumps(expand(doc, None))
+    assert "https://w3id.org/catenax/policy/FrameworkAgreement" in iris
+    assert from_odrl(parse_jsonld_policy(doc), target="urn:asset:cells") == policy
+    theirs = json.loads(
+        json.dumps(doc).replace('"FrameworkAgreement"', '"cx-policy:FrameworkAgreement"')
+    )
+    theirs["@context"] = [*doc["@context"], "https://w3id.org/catenax/policy/context.jsonld"]
+    assert from_odrl(parse_jsonld_policy(theirs), target="urn:asset:cells") == policy
 
 
 def test_typed_right_operands() -> None:
@@ -316,13 +338,25 @@ def test_an_unevaluable_constraint_never_permits(
     order=st.sampled_from(["PO-1", "PO-3", None]),
     action=st.sampled_from([Action.READ, Action.STREAM, Action.DISTRIBUTE, Action.USE]),
     days=st.integers(-30, 400),
+    framework=st.sampled_from([None, DEG]),
+    held=st.sampled_from([None, frozenset(), frozenset({DEG}), frozenset({"Pcf:1.0", DEG})]),
 )
 def test_bridge_decides_like_the_node_evaluator(
-    purpose: str | None, order: str | None, action: Action, days: int
+    purpose: str | None,
+    order: str | None,
+    action: Action,
+    days: int,
+    framework: str | None,
+    held: frozenset[str] | None,
 ) -> None:
-    legacy = offer_policy()
+    legacy = offer_policy(framework)
     request = Request(
-        action, T0 + timedelta(days=days), frozenset({"serial", "verdict"}), purpose, order
+        action,
+        T0 + timedelta(days=days),
+        frozenset({"serial", "verdict"}),
+        purpose,
+        order,
+        frameworks=held,
     )
     old = evaluate(legacy, request)
     new = evaluate_policy(to_odrl(legacy), to_context(request))

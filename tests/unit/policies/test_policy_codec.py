@@ -15,6 +15,9 @@ from qdspace.policies.codec import parse_policy, policy_to_dict, policy_to_json
 from qdspace.policies.errors import PolicyError, PolicySyntaxError
 from qdspace.policies.model import (
     ALLOWED_OPERATORS,
+    CONTEXT,
+    FRAMEWORK_NAME,
+    FRAMEWORK_TERM,
     PERMISSION_OPERANDS,
     PROHIBITION_OPERANDS,
     SET_OPERATORS,
@@ -47,6 +50,11 @@ def constraints(draw: st.DrawFn, operands: frozenset[LeftOperand]) -> Constraint
         right = draw(instants)
     elif left is LeftOperand.RETENTION:
         right = draw(st.integers(0, 3650))
+    elif left is LeftOperand.FRAMEWORK:
+        one = st.from_regex(FRAMEWORK_NAME, fullmatch=True)
+        right = draw(
+            st.frozensets(one, min_size=1, max_size=3) if operator in SET_OPERATORS else one
+        )
     elif left is LeftOperand.FIELDS or operator in SET_OPERATORS:
         right = draw(st.frozensets(names, max_size=4))
     else:
@@ -295,6 +303,44 @@ def test_duplicate_keys_are_refused() -> None:
     doubled = text.replace('"uid":', '"uid":"other","uid":', 1)
     with pytest.raises(PolicySyntaxError, match="duplicate key 'uid'"):
         parse_policy(doubled)
+
+
+def test_the_framework_term_is_in_the_context_of_a_policy_that_uses_it_only() -> None:
+    plain = make_offer("o1", "cellex", "inspections", OfferTerms(purposes=frozenset({"qa"})))
+    bound = make_offer(
+        "o1", "cellex", "inspections", OfferTerms(purposes=frozenset({"qa"}), framework="Deg:1.0")
+    )
+    # a policy without the term keeps its bytes (and its signatures) as before the term
+    assert policy_to_dict(plain)["@context"] == [CONTEXT[0], dict(CONTEXT[1])]
+    with_term = policy_to_dict(bound)
+    assert with_term["@context"][1][FRAMEWORK_TERM[0]] == FRAMEWORK_TERM[1]
+    assert with_term["permission"][0]["constraint"][-1] == {
+        "leftOperand": "FrameworkAgreement",
+        "operator": "eq",
+        "rightOperand": "Deg:1.0",
+    }
+    assert parse_policy(policy_to_json(bound)) == bound
+    # the term used without its definition, or defined and not used, reads two ways
+    missing = policy_to_dict(bound)
+    missing["@context"] = [CONTEXT[0], dict(CONTEXT[1])]
+    with pytest.raises(PolicySyntaxError, match=r"\$\.@context"):
+        parse_policy(missing)
+    extra = policy_to_dict(plain)
+    extra["@context"][1][FRAMEWORK_TERM[0]] = FRAMEWORK_TERM[1]
+    with pytest.raises(PolicySyntaxError, match=r"\$\.@context"):
+        parse_policy(extra)
+
+
+@pytest.mark.parametrize("right", ["", "has space", "x" * 65, ["Deg:1.0", "-bad"], []])
+def test_a_framework_constraint_names_frameworks(right: Any) -> None:
+    raw = policy_to_dict(
+        make_offer("o1", "c", "t", OfferTerms(purposes=frozenset({"qa"}), framework="Deg:1.0"))
+    )
+    constraint = raw["permission"][0]["constraint"][-1]
+    constraint.update(rightOperand=right, operator="isAnyOf" if isinstance(right, list) else "eq")
+    with pytest.raises(PolicySyntaxError, match=r"framework agreement names|non-empty") as refused:
+        parse_policy(raw)
+    assert refused.value.path == "$.permission[0].constraint[1].rightOperand"
 
 
 def test_policy_errors_share_one_base() -> None:

@@ -386,3 +386,28 @@ def test_enforce_rows_never_releases_what_the_policy_does_not_allow(
     # Allowed and at least one row of the requested order: something is released.
     if req.order_id is not None and any(r.get("order_id") == req.order_id for r in data):
         assert len(out) >= 1
+
+
+@pytest.mark.parametrize(
+    ("held", "allowed"),
+    [
+        (None, False),  # unknown (a peer outside any directory)
+        (frozenset(), False),
+        (frozenset({"Pcf:1.0"}), False),
+        (frozenset({"Pcf:1.0", "DataExchangeGovernance:1.0"}), True),
+    ],
+)
+def test_a_framework_agreement_is_required_at_every_release(
+    held: frozenset[str] | None, allowed: bool
+) -> None:
+    policy = agreement(framework="DataExchangeGovernance:1.0")
+    decision = evaluate(policy, request(frameworks=held))
+    assert decision.allowed is allowed, decision.reason
+    if not allowed:
+        assert "framework agreement DataExchangeGovernance:1.0" in decision.reason
+        assert ("attests none" in decision.reason) is (not held)
+    # without the requirement, what the consumer holds does not matter
+    assert evaluate(agreement(), request(frameworks=held)).allowed
+    either = Constraint(LeftOperand.FRAMEWORK, Operator.IS_ANY_OF, frozenset({"A:1", "Pcf:1.0"}))
+    anyof = replace(policy, permissions=(Permission(Action.USE, (either,)),))
+    assert evaluate(anyof, request(frameworks=held)).allowed is bool(held)
