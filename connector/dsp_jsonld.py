@@ -10,9 +10,12 @@ name. So each peer message is expanded (its meaning, by IRI) and compacted again
 the node's contexts (`POLICY_CONTEXT`); the codec then reads one form.
 
 A peer's JSON-LD is hostile until checked, before pyld sees it: bounded size and depth
-(`check_bounds`), only contexts the node ships, by URL, never fetched, no ``@import``,
-at most `MAX_CONTEXTS` contexts (`check_contexts`), and no ``@graph`` or ``@included``
-(a message is one node; several could smuggle a second message past the type check).
+(`check_bounds`), at most `MAX_MESSAGE_OBJECTS` objects (`check_objects`: the node's own
+contexts scope terms to DSP types, and pyld applies a scoped context again at each node
+of its type), no scoped context and few terms of its own, only contexts the node ships,
+by URL, never fetched, no ``@import``, at most `MAX_CONTEXTS` contexts
+(`check_contexts`), and no ``@graph`` or ``@included`` (a message is one node; several
+could smuggle a second message past the type check).
 After expansion the document must be exactly one node of the DSP type expected.
 A term without a definition is refused by name rather than dropped.
 """
@@ -27,6 +30,7 @@ from qdspace.policies.odrl.jsonld import (
     POLICY_CONTEXT,
     check_bounds,
     check_contexts,
+    check_objects,
     compact,
     expand,
 )
@@ -101,6 +105,7 @@ def normalise(body: Any, kind: str) -> dict[str, Any]:
     _compact_type(body, kind)
     try:
         check_bounds(body)
+        check_objects(body)
         check_contexts(body)
         _no_multiple_nodes(body)
         expanded = expand(body, None)

@@ -227,6 +227,17 @@ class OutboxStore(TableStore):
             for row in rows
         ]
 
+    def queued_for(self, peer_id: str, process_id: str) -> tuple[int, int]:
+        """(unsent, all) messages queued for one process of one peer."""
+        table = outbox_table.c
+        unsent = func.count(table.id).filter(table.sent_at.is_(None))
+        statement = select(func.count(), unsent).where(
+            table.peer_id == peer_id, table.process_id == process_id
+        )
+        with self.engine.connect() as connection:
+            total, waiting = connection.execute(statement).one()  # (peer, process) index
+        return int(waiting), int(total)
+
     def backlog(self) -> int:
         """How many messages are not delivered: due now or later, or set aside after the
         peer's refusals (a node about to be deleted still owes those)."""

@@ -205,7 +205,7 @@ def create_dsp_app(binding: DspBinding, routers: Sequence[APIRouter] = ()) -> Fa
     @app.post("/catalog/request")
     async def catalog_request(request: Request) -> dict[str, Any]:
         peer = caller(request)
-        codec.read_message(await body_of(request), "CatalogRequestMessage")
+        await run_in_threadpool(codec.read_message, await body_of(request), "CatalogRequestMessage")
         return codec.catalog(binding.me, datasets(peer), binding.base_url)
 
     @app.get("/catalog/datasets/{pid}")
@@ -236,7 +236,9 @@ def create_dsp_app(binding: DspBinding, routers: Sequence[APIRouter] = ()) -> Fa
     @app.post("/negotiations/request", status_code=201)
     async def negotiation_request(request: Request) -> dict[str, Any]:
         peer = caller(request)
-        body = codec.read_message(await body_of(request), "ContractRequestMessage")
+        body = await run_in_threadpool(
+            codec.read_message, await body_of(request), "ContractRequestMessage"
+        )
         consumer_pid = codec.text(body, "consumerPid")
         callback = codec.callback(body, required=True)
         if body.get("providerPid") is not None:
@@ -275,7 +277,7 @@ def create_dsp_app(binding: DspBinding, routers: Sequence[APIRouter] = ()) -> Fa
     ) -> Response:
         peer = caller(request)
         row = owned(NEG, pid, peer)
-        body = codec.read_message(await body_of(request), kind)
+        body = await run_in_threadpool(codec.read_message, await body_of(request), kind)
         own, theirs = (
             ("providerPid", "consumerPid")
             if row.role == "provider"

@@ -43,6 +43,7 @@ from qdspace.node.dsp.auth import issue_token
 from qdspace.node.errors import IdentityError, NotTheMember, PeerBusy, PeerError, PeerRefused
 from qdspace.node.identity.certs import MemberIdentity, identity_of
 from qdspace.node.rpc.auth import Refused
+from qdspace.policies.odrl.jsonld import decode
 
 TIMEOUT_S = 15.0
 #: a data-plane stream's longest silence (a live stream beats every few seconds)
@@ -84,8 +85,8 @@ def peer_reason(response: httpx.Response) -> str:
     """What a peer's error answer says, on one line: the ``reason`` of a DSP error body
     (TransferError, ContractNegotiationError), else the start of its text."""
     text = ""
-    try:
-        body = json.loads(response.content)
+    try:  # bounded: a body nested a hundred thousand deep is a refusal's text, not a crash
+        body = decode(response.content)
     except ValueError:
         body = None
     if isinstance(body, dict) and body.get("reason") is not None:

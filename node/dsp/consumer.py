@@ -45,7 +45,7 @@ from qdspace.node.identity.certs import MemberIdentity
 from qdspace.node.runtime.contracts import ContractRuntime
 from qdspace.policies.codec import policy_to_json
 from qdspace.policies.model import Policy
-from qdspace.policies.odrl.jsonld import decode
+from qdspace.policies.odrl.jsonld import check_objects, decode
 from qdspace.policies.odrl.vocab import PolicyKind
 
 logger = logging.getLogger("node.dsp")
@@ -71,7 +71,7 @@ class DspConsumer:
             raise UnknownContractError(f"DSP {url}: the provider has no dataset {dataset_id!r}")
         if response.status_code != 200:
             raise PeerError(f"DSP {url}: dataset {dataset_id}: HTTP {response.status_code}")
-        asked = _published_offer(url, dataset_id, response)
+        asked = await run_in_threadpool(_published_offer, url, dataset_id, response)
         if ask is not None:
             try:
                 asked = narrowed_request(asked, ask)
@@ -101,7 +101,7 @@ class DspConsumer:
         except PeerRefused as exc:  # the provider holds no such negotiation: ours ends here
             await run_in_threadpool(self._refused, server, pid, exc.reason)
             raise
-        provider_pid = _provider_pid(url, ack)
+        provider_pid = await run_in_threadpool(_provider_pid, url, ack)
         await run_in_threadpool(store.dsp.set_peer_pid, "negotiation", pid, provider_pid)
         return {"negotiation_id": pid, "provider_pid": provider_pid, "provider": provider}
 
@@ -128,6 +128,7 @@ def _published_offer(url: str, dataset_id: str, response: httpx.Response) -> Pol
     cannot read is the provider's failure (`PeerError`, 502), not the operator's."""
     try:
         data = decode(response.content)
+        check_objects(data)
         offers = data.get("hasPolicy") if isinstance(data, dict) else None
         offers = offers if isinstance(offers, list) else [offers] if offers else []
         if not offers:

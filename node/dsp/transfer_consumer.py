@@ -77,6 +77,7 @@ from qdspace.node.dsp.transfer_process import (
 )
 from qdspace.node.errors import PeerBusy, PeerError, PeerRefused, QuotaError
 from qdspace.node.runtime.contracts import ContractRuntime
+from qdspace.policies.odrl.jsonld import decode
 
 logger = logging.getLogger("node.dsp")
 
@@ -158,11 +159,11 @@ class DspTransfers:
         callback = f"{self.moves.base_url}/callback"
         body = wire.request_message(pid, agreement_id, callback)
         try:
-            ack = (await self.http.post(f"{url}/transfers/request", provider, body)).json()
+            ack = await self.http.post(f"{url}/transfers/request", provider, body)
         except PeerRefused as exc:  # the provider holds no such transfer: ours ends here
             await run_in_threadpool(self._refused, pid, provider, exc.reason)
             raise
-        provider_pid, consumer_pid, _ = wire.read_pids(ack, "TransferProcess")
+        provider_pid, consumer_pid = await run_in_threadpool(_acknowledged, url, ack.content)
         if consumer_pid != pid:
             raise PeerError(f"DSP {url}: the provider answered for another transfer")
         await run_in_threadpool(store.dsp.set_peer_pid, TRANSFER, pid, provider_pid)
@@ -419,3 +420,13 @@ class DspTransfers:
     def status(self, local_id: str) -> tuple[DspProcess, TransferProcess, Delivery]:
         row = self.row(local_id)
         return row, self.moves.load(row), self.delivery(local_id)
+
+
+def _acknowledged(url: str, content: bytes) -> tuple[str, str]:
+    """The pids of a provider's TransferProcess acknowledgement (bounded, off the event
+    loop: its JSON-LD is the provider's); what cannot be read is the provider's failure."""
+    try:
+        provider_pid, consumer_pid, _ = wire.read_pids(decode(content), "TransferProcess")
+    except ValueError as exc:
+        raise PeerError(f"DSP {url}: unreadable acknowledgement: {exc}") from None
+    return provider_pid, consumer_pid

@@ -69,6 +69,11 @@ TRANSFER = "transfer"
 KINDS = ("start", "suspension", "termination", "completion")
 
 
+#: a retried TransferRequestMessage queues the start again only while the process has
+#: queued fewer messages than this (a consumer retrying in a loop costs rows and POSTs)
+MAX_STARTS = 16
+
+
 def control_id(local_id: str, kind: str) -> str:
     return f"{local_id}:dsp-{kind}:{uuid.uuid4().hex[:12]}"
 
@@ -154,7 +159,9 @@ class DspTransferMoves:
         existing = store.dsp.by_peer_pid(TRANSFER, peer.member_id, ask.consumer_pid)
         if existing is not None:  # a retry: the start again (it may have been lost)
             process = self.load(existing)
-            if process.state is TransferState.STARTED:
+            unsent, queued = store.outbox.queued_for(peer.member_id, existing.local_id)
+            # not while one is still owed, and not for ever: each is a row and a POST
+            if process.state is TransferState.STARTED and not unsent and queued < MAX_STARTS:
                 store.enqueue([self.start_for(existing, process)], rt.clock.now())
             return existing
         if store.dsp.by_local(TRANSFER, ask.consumer_pid) is not None:

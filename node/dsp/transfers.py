@@ -137,7 +137,7 @@ def transfer_router(
     @api.post("/transfers/request", status_code=201)
     async def request_transfer(request: Request) -> dict[str, Any]:
         peer = caller(request)
-        ask = wire.read_request(await body_of(request))
+        ask = await run_in_threadpool(wire.read_request, await body_of(request))
         callback_check.check(ask.callback, peer)
         row = await run_in_threadpool(moves.open, peer, ask)
         kick()
@@ -152,7 +152,9 @@ def transfer_router(
     async def control(request: Request, pid: str, kind: str, role: Role) -> Response:
         peer = caller(request)
         row = addressed(pid, peer, role)
-        provider_pid, consumer_pid, message = wire.read_pids(await body_of(request), _MESSAGE[kind])
+        provider_pid, consumer_pid, message = await run_in_threadpool(
+            wire.read_pids, await body_of(request), _MESSAGE[kind]
+        )
         await run_in_threadpool(check_pids, row, provider_pid, consumer_pid)
         address = wire.read_data_address(message) if role is Role.CONSUMER else None
         if address is not None:  # served where we talk DSP to the provider, nowhere else

@@ -149,6 +149,11 @@ class OutboxDispatcher:
                 except (PeerError, grpc.aio.AioRpcError) as exc:
                     await self._failed(pending, exc)
                     continue
+                except Exception as exc:  # a fault of ours in sending (or in reading the
+                    # answer): an attempt like any other, backed off, never sent in a loop
+                    logger.exception("outbox: sending %s failed", message.message_id)
+                    await self._failed(pending, PeerError(f"sending failed: {exc!r:.200}"))
+                    continue
                 await asyncio.to_thread(store.mark_sent, pending.id, self.runtime.clock.now())
             except Exception:  # a broken database: this message is tried again later
                 logger.exception("outbox: %s to %s", message.message_id, message.peer_id)

@@ -9,7 +9,8 @@ A peer's document is bounded *before* pyld sees it (size, nesting depth, number
 of values), because expansion is recursive and a nesting bomb must be a
 refusal, not a stack overflow. Its contexts are checked before pyld too
 (`check_contexts`): only packaged ones by URL, no ``@import``, at most
-`MAX_CONTEXTS` of them.
+`MAX_CONTEXTS` of them, no scoped context and at most `MAX_INLINE_TERMS` terms
+defined inline (pyld's work grows with terms times the nodes they apply to).
 
 pyld keeps module-wide state: a cache of resolved contexts shared by every call
 (keyed by URL or by an inline context's text) and a default document loader
@@ -60,6 +61,12 @@ MAX_DEPTH = 32
 MAX_VALUES = 20_000
 #: contexts in one document, nested ones included (a peer's list of them is a cost it sets)
 MAX_CONTEXTS = 16
+#: term definitions in a document's inline contexts, all together (EDC declares a handful
+#: of namespace prefixes; each definition is work pyld redoes for every node it applies to)
+MAX_INLINE_TERMS = 64
+#: JSON objects in one DSP message (tens in any real one): the contexts the node ships
+#: scope terms to DSP types, which pyld applies again at every node of the type (~0.4 ms)
+MAX_MESSAGE_OBJECTS = 1024
 
 
 @cache
@@ -94,6 +101,22 @@ def check_bounds(document: Any, path: str = "$") -> None:
             stack.extend((item, depth + 1) for item in value)
         elif isinstance(value, float) and (value != value or abs(value) == float("inf")):
             raise PolicySyntaxError(path, "NaN and infinity are not JSON")
+
+
+def check_objects(document: Any, limit: int = MAX_MESSAGE_OBJECTS, path: str = "$") -> None:
+    """Refuse a document with more than `limit` JSON objects (each may be a node pyld
+    processes with its type's scoped context); `check_bounds` has bounded it already."""
+    stack: list[Any] = [document]
+    count = 0
+    while stack:
+        value = stack.pop()
+        if isinstance(value, Mapping):
+            count += 1
+            if count > limit:
+                raise PolicySyntaxError(path, f"document has more than {limit} objects")
+            stack.extend(value.values())
+        elif isinstance(value, list):
+            stack.extend(value)
 
 
 def _reject_constant(name: str) -> Any:
@@ -146,20 +169,25 @@ def _options(**extra: Any) -> dict[str, Any]:
 
 
 def _contexts_in(context: Any, path: str) -> Iterator[tuple[Any, str]]:
-    """Each context of a ``@context`` value, and the contexts nested in its term definitions."""
+    """Each context of a ``@context`` value (a term's own, scoped, context is refused in
+    `_check_context`, so none is nested here)."""
     for item in context if isinstance(context, list) else [context]:
         yield item, path
-        if isinstance(item, Mapping):
-            for term, definition in item.items():
-                if isinstance(definition, Mapping) and "@context" in definition:
-                    yield from _contexts_in(definition["@context"], f"{path}.{term[:40]}")
 
 
 def check_contexts(document: Any, path: str = "$") -> None:
     """Refuse contexts this node will not process: a URL it does not ship (never fetched),
-    ``@import``, a context that is not a string, object or null, more than `MAX_CONTEXTS`."""
+    ``@import``, a context that is not a string, object or null, more than `MAX_CONTEXTS`,
+    a scoped context (a term definition with a ``@context`` of its own), more than
+    `MAX_INLINE_TERMS` inline term definitions.
+
+    Why scoped contexts are refused: pyld processes a type-scoped context again for every
+    node of that type, so a 32 KB message with a thousand-term context scoped to a type
+    and a thousand nodes of it kept the node's event loop busy for seconds (and minutes
+    within `MAX_DOCUMENT_BYTES`). The contexts the node ships may scope terms; a peer's
+    inline context only names prefixes and terms."""
     stack: list[tuple[Any, str]] = [(document, path)]
-    count = 0
+    count = terms = 0
     while stack:
         value, where = stack.pop()
         if isinstance(value, list):
@@ -172,8 +200,13 @@ def check_contexts(document: Any, path: str = "$") -> None:
                 for context, at in _contexts_in(item, f"{where}.@context"):
                     count += 1
                     _check_context(context, at)
+                    terms += len(context) if isinstance(context, Mapping) else 0
                 if count > MAX_CONTEXTS:
                     raise PolicySyntaxError(where, f"more than {MAX_CONTEXTS} contexts")
+                if terms > MAX_INLINE_TERMS:
+                    raise PolicySyntaxError(
+                        where, f"more than {MAX_INLINE_TERMS} term definitions in inline contexts"
+                    )
             elif isinstance(item, Mapping | list):
                 stack.append((item, f"{where}.{key[:40]}"))
 
@@ -187,6 +220,12 @@ def _check_context(context: Any, where: str) -> None:
     elif isinstance(context, Mapping):
         if "@import" in context:
             raise PolicySyntaxError(where, "@import is not accepted (no context is fetched)")
+        for term, definition in context.items():
+            if isinstance(definition, Mapping) and "@context" in definition:
+                raise PolicySyntaxError(
+                    f"{where}.{term[:40]}",
+                    "a scoped context (a term's own @context) is not accepted",
+                )
     elif context is not None:
         raise PolicySyntaxError(where, "a context is a URL, an object or null")
 
@@ -224,4 +263,9 @@ def expand(document: Mapping[str, Any], default_context: tuple[str, ...] | None)
 def compact(expanded: Any, context: tuple[str, ...] = POLICY_CONTEXT) -> dict[str, Any]:
     """Compact an expanded document with `context` (the DSP 2025-1 one plus our profile)."""
     ctx = {"@context": list(context)}
-    return cast(dict[str, Any], jsonld.compact(expanded, ctx, _options(compactArrays=True)))
+    try:
+        return cast(dict[str, Any], jsonld.compact(expanded, ctx, _options(compactArrays=True)))
+    except jsonld.JsonLdError as exc:  # a peer's node our contexts cannot compact
+        raise PolicySyntaxError("$", f"not valid JSON-LD: {exc.type}: {exc.code}") from None
+    except RecursionError:
+        raise PolicySyntaxError("$", "document is nested too deeply") from None

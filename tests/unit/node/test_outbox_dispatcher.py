@@ -10,11 +10,13 @@ import sqlite3
 import threading
 from pathlib import Path
 
+import httpx
 from nacl.signing import SigningKey
 
 from qdspace.connector.contract_store import ContractStore, ensure_schema
 from qdspace.connector.contract_store.outbox import OutboxMessage
 from qdspace.connector.storage import create_store_engine
+from qdspace.node.dsp.client import peer_reason
 from qdspace.node.errors import PeerBusy, PeerError, PeerRefused
 from qdspace.node.identity.certs import MemberIdentity
 from qdspace.node.member_ids import member_id_for
@@ -225,3 +227,39 @@ def test_a_message_its_peer_keeps_refusing_is_set_aside_and_one_it_cannot_reach_
         assert [m.message.peer_id for m in rt.store.due_messages(later)] == ["voltis"]
     finally:
         rt.qdm.dispose()
+
+
+def test_a_sender_s_own_fault_is_an_attempt_backed_off_not_a_message_sent_in_a_loop(
+    tmp_path: Path,
+) -> None:
+    """A DSP peer's error answer nested 200,000 deep made reading its reason raise a
+    RecursionError, which the dispatcher took for a database fault: no attempt counted, no
+    backoff, the message sent again at every poll (twice a second) for ever. Now its
+    reason is read bounded, and any fault of a sender is a failed attempt, backed off."""
+    rt = runtime(tmp_path)
+    rt.store.enqueue([OutboxMessage("cellex", "probe", "p", "c-1", b"x")], rt.clock.now())
+    dispatcher = OutboxDispatcher(rt, PeerDirectory.__new__(PeerDirectory))
+    tries: list[str] = []
+
+    async def send(m: OutboxMessage) -> None:
+        tries.append(m.message_id)
+        raise RecursionError("maximum recursion depth exceeded")
+
+    dispatcher.senders["probe"] = send
+    try:
+        for _ in range(3):
+            asyncio.run(dispatcher._deliver(rt.store.due_messages(rt.clock.now())))
+        assert tries == ["c-1"], "tried once, then backed off"
+        (owed,) = rt.store.outbox.owed()
+        assert owed.undelivered == 1 and owed.refused == 0
+        (pending,) = rt.store.due_messages(rt.clock.now() + dt.timedelta(days=1))
+        assert pending.attempts == 1 and "RecursionError" in (pending.last_error or "")
+    finally:
+        rt.qdm.dispose()
+
+
+def test_a_peer_s_reason_is_read_bounded() -> None:
+    deep = httpx.Response(400, content=b"[" * 200_000)
+    assert peer_reason(deep).startswith("[[[")
+    nested = httpx.Response(409, json={"reason": ["wrong state"], "@type": "TransferError"})
+    assert peer_reason(nested) == "wrong state"

@@ -188,6 +188,12 @@ def _set(*constraints: Any, **extra: Any) -> dict[str, Any]:
     }
 
 
+def _with_context(inline: dict[str, Any]) -> dict[str, Any]:
+    """A policy with an inline context of its own beside the ODRL profile."""
+    profile = "https://w3id.org/dspace/2025/1/odrl-profile.jsonld"
+    return _set(_atom(), **{"@context": [profile, inline]})
+
+
 def _atom(left: str = "purpose", op: str = "eq", right: Any = "a") -> dict[str, Any]:
     return {"leftOperand": left, "operator": op, "rightOperand": right}
 
@@ -227,6 +233,8 @@ def _nest(depth: int) -> dict[str, Any]:
         ),
         ({"@id": "urn:p", "@type": "Set", "permission": [{"action": "fly"}]}, "unknown action"),
         (_set(_atom(), conflict="maybe"), "unknown conflict"),
+        (_with_context({"T": {"@id": "urn:t", "@context": {"a": "urn:a"}}}), "scoped context"),
+        (_with_context({f"a{i}": f"urn:a{i}" for i in range(65)}), "more than 64 term defin"),
         (
             _set(
                 {
