@@ -9,17 +9,27 @@ not failed, and the report can say which tier is missing.
 
 Every answer crossed a company border and is an attack until checked:
 `check_answer` bounds sizes, depth (a producer cannot nest answers beyond
-`MAX_DEPTH`), texts and numbers before anything reads it. Pure: no I/O here.
+`MAX_DEPTH`), texts and numbers before anything reads it. Per-level bounds are not
+enough: eight nested levels per level, four deep, each at its limits, make a reply that
+takes minutes to rank and a report of gigabytes, so the answer as a whole is bounded too
+(`AnswerSize`, `MAX_LEVELS` and the ``MAX_TOTAL_*`` limits), and the wire decoder checks
+the same counts on the message before it builds a single object. Only the top level is
+the word of the member asked; the levels below it are relayed, so each must be a
+producer of the level above it (named among its parents), appear once and not close a
+cycle: a producer cannot invent a rival's tier out of nothing. Operator ids never leave
+a company raw: `pseudonymize_own` replaces them, with the agreement's pseudonyms, in the
+findings a tier sends its customer. Pure: no I/O here.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from qdspace.connector.errors import ConnectorError
 from qdspace.connector.genealogy import BatchInfo
+from qdspace.connector.pseudonym import Pseudonymizer
 from qdspace.connector.rootcause import Finding
 
 #: the purpose a traceability agreement grants (ODRL ``purpose isAnyOf``)
@@ -38,6 +48,15 @@ MAX_LINKS = 500
 MAX_PARENTS = 64
 MAX_UPSTREAM = 8  # producers one tier asks in turn
 MAX_TEXT = 300
+# the answer as a whole, all its levels together
+MAX_LEVELS = 16
+MAX_TOTAL_LINKS = 4 * MAX_LINKS
+MAX_TOTAL_PARENTS = MAX_LINKS * MAX_PARENTS  # one level at its limits
+MAX_TOTAL_IDS = 20_000  # implicated, window, missing batch ids and evidence ids
+#: categorical factors whose categories name people (`trace_data._operators`)
+PERSONAL_FACTORS = ("operator",)
+#: evidence ids of these tables point at rows about people
+PERSONAL_EVIDENCE = ("qdm_operator_log",)
 
 
 class TraceError(ConnectorError, ValueError):
@@ -136,16 +155,58 @@ def _check_finding(f: Finding, where: str) -> None:
         if len(w.batches) > MAX_BATCHES or w.end < w.start or w.readings < 0:
             raise TraceError(f"{where} {f.key}: malformed window")
         _finite(w.peak_sigma, f"{where} {f.key} peak sigma")
+        for b in w.batches:
+            check_id(b, f"{where} {f.key} window batch id")
 
 
-def check_answer(answer: TierAnswer, depth: int = 0, *, member: str | None = None) -> None:
-    """Raise `TraceError` unless `answer` is within every bound; `member`, when given,
-    is who must have answered at the top (a producer cannot answer as another)."""
-    where = f"answer of {answer.member[:MAX_ID]!r}"
-    if depth > MAX_DEPTH:
-        raise TraceError(f"{where}: nested deeper than {MAX_DEPTH} tiers")
-    if member is not None and answer.member != member:
-        raise TraceError(f"{where}: answered by {answer.member[:MAX_ID]!r}, asked {member!r}")
+@dataclass(frozen=True)
+class AnswerSize:
+    """What an answer holds, all its levels together (see `check_size`)."""
+
+    levels: int = 0
+    links: int = 0
+    parents: int = 0
+    ids: int = 0
+
+    def __add__(self, other: AnswerSize) -> AnswerSize:
+        return AnswerSize(
+            self.levels + other.levels,
+            self.links + other.links,
+            self.parents + other.parents,
+            self.ids + other.ids,
+        )
+
+
+def level_size(implicated: int, links: int, parents: int, ids: int, missing: int = 0) -> AnswerSize:
+    """One level's part of an `AnswerSize` (`ids`: its findings' window and evidence ids,
+    `missing`: the batch ids of its missing tiers)."""
+    return AnswerSize(1, links, parents, implicated + ids + missing)
+
+
+def check_size(size: AnswerSize, where: str) -> None:
+    """`TraceError` once an answer, all its levels so far together, is beyond a total."""
+    for name, value, limit in (
+        ("levels", size.levels, MAX_LEVELS),
+        ("batch links", size.links, MAX_TOTAL_LINKS),
+        ("parent batches", size.parents, MAX_TOTAL_PARENTS),
+        ("batch and evidence ids", size.ids, MAX_TOTAL_IDS),
+    ):
+        if value > limit:
+            raise TraceError(f"{where}: more than {limit} {name} in one answer")
+
+
+def _size(answer: TierAnswer) -> AnswerSize:
+    return level_size(
+        len(answer.implicated),
+        len(answer.links),
+        sum(len(link.parents) for link in answer.links),
+        sum(len(f.evidence) + sum(len(w.batches) for w in f.windows) for f in answer.findings),
+        sum(len(m.batch_ids) for m in answer.missing),
+    )
+
+
+def _check_level(answer: TierAnswer, where: str) -> None:
+    """The bounds of one level on its own."""
     check_id(answer.member, "member")
     if len(answer.implicated) > MAX_BATCHES or len(answer.links) > MAX_LINKS:
         raise TraceError(f"{where}: too many batches")
@@ -170,7 +231,81 @@ def check_answer(answer: TierAnswer, depth: int = 0, *, member: str | None = Non
         _text(m.reason, f"{where} missing reason")
         if len(m.batch_ids) > MAX_BATCHES:
             raise TraceError(f"{where}: too many missing batches")
+        for b in m.batch_ids:
+            check_id(b, f"{where} missing batch id")
     for f in answer.findings:
         _check_finding(f, where)
+
+
+def _check_relayed(answer: TierAnswer, where: str) -> None:
+    """The levels directly below `answer` (and its missing tiers) must be producers it
+    names among its parents, each level once (`check_answer` refuses cycles)."""
+    producers = {p.producer for link in answer.links for p in link.parents}
+    seen: set[str] = set()
     for up in answer.upstream:
-        check_answer(up, depth + 1)
+        name = up.member[:MAX_ID]
+        if up.member not in producers:
+            raise TraceError(f"{where}: relays a level of {name!r}, no producer of its batches")
+        if up.member in seen:
+            raise TraceError(f"{where}: relays a level of {name!r} twice")
+        seen.add(up.member)
+    for m in answer.missing:
+        if m.member not in producers:
+            raise TraceError(f"{where}: names {m.member[:MAX_ID]!r} missing, no producer of it")
+
+
+def check_answer(
+    answer: TierAnswer,
+    depth: int = 0,
+    *,
+    member: str | None = None,
+    path: tuple[str, ...] = (),
+) -> None:
+    """Raise `TraceError` unless `answer` is within every bound, alone and as a whole,
+    and every level below the top is a producer of the level above it (see the module
+    docstring); `member`, when given, is who must have answered at the top (a producer
+    cannot answer as another) and `path` the members above it (the asker last)."""
+    if member is not None and answer.member != member:
+        raise TraceError(
+            f"answer of {answer.member[:MAX_ID]!r}: answered by "
+            f"{answer.member[:MAX_ID]!r}, asked {member!r}"
+        )
+    total = AnswerSize()
+    todo = [(depth, answer, path)]
+    while todo:  # top-down: a bomb stops at the first level beyond a total
+        level, tier, above = todo.pop()
+        where = f"answer of {tier.member[:MAX_ID]!r}"
+        if level > MAX_DEPTH:
+            raise TraceError(f"{where}: nested deeper than {MAX_DEPTH} tiers")
+        _check_level(tier, where)
+        total += _size(tier)
+        check_size(total, where)
+        if tier.member in above:
+            raise TraceError(f"{where}: already on the trace's path above it (a cycle)")
+        _check_relayed(tier, where)
+        todo += [(level + 1, up, (*above, tier.member)) for up in reversed(tier.upstream)]
+
+
+def _personal(key: str) -> tuple[str, str] | None:
+    factor, sep, category = key.partition("=")
+    return (factor, category) if sep and factor in PERSONAL_FACTORS else None
+
+
+def _pseudonymize(f: Finding, pseudonyms: Pseudonymizer) -> Finding:
+    personal = _personal(f.key)
+    key = f"{personal[0]}={pseudonyms.pseudonym(personal[1])}" if personal else f.key
+    evidence: list[str] = []
+    for e in f.evidence:
+        table, sep, row = e.partition(":")
+        hidden = sep and table in PERSONAL_EVIDENCE
+        evidence.append(f"{table}:{pseudonyms.pseudonym(row)}" if hidden else e)
+    return replace(f, key=key, evidence=tuple(evidence))
+
+
+def pseudonymize_own(answer: TierAnswer, pseudonyms: Pseudonymizer) -> TierAnswer:
+    """`answer` as it may go to a customer: the categories of `PERSONAL_FACTORS` (an
+    operator id) and the row ids of `PERSONAL_EVIDENCE` in its own findings replaced by
+    their pseudonyms under the customer's agreement (stable within it, so the customer
+    still sees that two findings name the same operator). The levels below are the
+    producers' and came pseudonymized under their own agreements."""
+    return replace(answer, findings=tuple(_pseudonymize(f, pseudonyms) for f in answer.findings))

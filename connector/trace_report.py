@@ -10,6 +10,13 @@ members are implicated, each one's share of responsibility is weighted by the
 confidence of its data (`rootcause.responsibility`). Tiers that did not answer are
 named, so a partial report says what it could not see.
 
+Only the producers the OEM asked answered in their own name; every level below them was
+relayed by one of them, so each cause and each missing tier of such a level names the
+member that reported it (``reported_by``): nobody should read a relayed level as its
+member's own word. A path step lists at most `MAX_STEP_IDS` batch ids (and how many more
+there were), and the tiers' genealogy is indexed once per report, not scanned per cause:
+a report is as large and as slow as its causes, not as its tiers' genealogy.
+
 The report's canonical bytes (`report_bytes`: sorted-key JSON) are what the node stores,
 hashes and anchors; a regulator later hashes the bytes the node shows and compares.
 Pure: no I/O.
@@ -18,16 +25,19 @@ Pure: no I/O.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from qdspace.connector.genealogy import BatchInfo
 from qdspace.connector.rootcause import DEFAULT_ALPHA, Finding, responsibility
-from qdspace.connector.trace import MissingTier, TierAnswer
+from qdspace.connector.trace import MAX_UPSTREAM, TierAnswer
 
 #: non-significant findings listed after the significant ones (what was looked at)
 MAX_WEAK_CAUSES = 3
+#: batch ids named in one step of a cause's path (the rest are counted)
+MAX_STEP_IDS = 10
 
 
 @dataclass(frozen=True)
@@ -39,6 +49,11 @@ class PathStep:
     ids: tuple[str, ...]
     start: str = ""
     end: str = ""
+    more: int = 0  # ids beyond `MAX_STEP_IDS`, not listed
+
+
+def _step(member: str, level: str, ids: Sequence[str]) -> PathStep:
+    return PathStep(member, level, tuple(ids[:MAX_STEP_IDS]), more=max(len(ids) - MAX_STEP_IDS, 0))
 
 
 @dataclass(frozen=True)
@@ -56,6 +71,17 @@ class Cause:
     confidence: dict[str, float | None]
     path: tuple[PathStep, ...]
     evidence: tuple[str, ...]
+    reported_by: str = ""  # the member that relayed this cause's level, if not its own
+
+
+@dataclass(frozen=True)
+class ReportedMissing:
+    """A tier that did not answer, and who said so when it is not the OEM's own word."""
+
+    member: str
+    batch_ids: tuple[str, ...]
+    reason: str
+    reported_by: str = ""
 
 
 @dataclass(frozen=True)
@@ -67,7 +93,7 @@ class TraceReport:
     implicated: tuple[str, ...]
     causes: tuple[Cause, ...]
     responsibility: Mapping[str, float]
-    missing: tuple[MissingTier, ...]
+    missing: tuple[ReportedMissing, ...]
     timings_ms: Mapping[str, float] = field(default_factory=dict)
 
     @property
@@ -89,9 +115,39 @@ def _chains(root: TierAnswer) -> list[list[TierAnswer]]:
     return out
 
 
-def _kind_of(tier: TierAnswer, batch_ids: Sequence[str]) -> str:
-    kinds = {link.batch.kind for link in tier.links if link.batch.batch_id in batch_ids}
-    return "/".join(sorted(k for k in kinds if k)) or "batch"
+def _reported_by(chain: Sequence[TierAnswer]) -> str:
+    """Who relayed the last tier of `chain` to the root: the producer the root asked,
+    for every tier below it ("" for the root's own tier and its producers' own)."""
+    return chain[1].member if len(chain) > 2 else ""
+
+
+@dataclass(frozen=True)
+class _Genealogy:
+    """One tier's links, indexed: a batch's kind, its parents, and a parent's children."""
+
+    kind: Mapping[str, str]
+    parents: Mapping[str, tuple[BatchInfo, ...]]
+    children: Mapping[str, frozenset[str]]
+
+    @classmethod
+    def of(cls, tier: TierAnswer) -> _Genealogy:
+        children: dict[str, set[str]] = {}
+        for link in tier.links:
+            for p in link.parents:
+                children.setdefault(p.batch_id, set()).add(link.batch.batch_id)
+        return cls(
+            {link.batch.batch_id: link.batch.kind for link in tier.links},
+            {link.batch.batch_id: link.parents for link in tier.links},
+            {k: frozenset(v) for k, v in children.items()},
+        )
+
+    def kind_of(self, batch_ids: Iterable[str]) -> str:
+        kinds = {k for b in batch_ids if (k := self.kind.get(b, ""))}
+        return "/".join(sorted(kinds)) or "batch"
+
+    def made_from(self, batch_ids: Iterable[str]) -> set[str]:
+        """Which of this tier's batches used any of `batch_ids`."""
+        return {c for b in batch_ids for c in self.children.get(b, ())}
 
 
 def _batches_of(finding: Finding, tier: TierAnswer) -> tuple[str, ...]:
@@ -99,45 +155,44 @@ def _batches_of(finding: Finding, tier: TierAnswer) -> tuple[str, ...]:
     return tuple(found) if found else tuple(sorted(tier.implicated))
 
 
-def _path(chain: list[TierAnswer], finding: Finding) -> tuple[PathStep, ...]:
+def _path(
+    chain: list[TierAnswer], finding: Finding, index: Mapping[int, _Genealogy]
+) -> tuple[PathStep, ...]:
     """OEM batch -> ... -> the cause's batches -> process window -> the batches they were
     made from (one tier further down, where known)."""
     tier = chain[-1]
+    own = index[id(tier)]
     batches = _batches_of(finding, tier)
-    steps = [PathStep(tier.member, _kind_of(tier, batches), batches)]
-    lower = set(batches)
+    steps = [_step(tier.member, own.kind_of(batches), batches)]
+    lower: set[str] = set(batches)
     for above in reversed(chain[:-1]):  # back up: which of its batches used ours
-        mine = tuple(
-            sorted(
-                link.batch.batch_id
-                for link in above.links
-                if lower & {p.batch_id for p in link.parents}
-            )
-        )
-        steps.insert(0, PathStep(above.member, _kind_of(above, mine), mine))
-        lower = set(mine)
+        genealogy = index[id(above)]
+        lower = genealogy.made_from(lower)
+        steps.insert(0, _step(above.member, genealogy.kind_of(lower), sorted(lower)))
     if finding.windows:
         start = min(w.start for w in finding.windows).isoformat()
         end = max(w.end for w in finding.windows).isoformat()
         steps.append(PathStep(tier.member, "window", (finding.key,), start, end))
     else:
         steps.append(PathStep(tier.member, "factor", (finding.key,)))
-    parents = sorted(
-        {
-            (p.producer, p.kind, p.batch_id)
-            for link in tier.links
-            if link.batch.batch_id in batches
-            for p in link.parents
-        }
-    )
-    for producer in sorted({p for p, _, _ in parents}):
-        ids = tuple(b for p, _, b in parents if p == producer)
-        kind = "/".join(sorted({k for p, k, _ in parents if p == producer and k})) or "batch"
-        steps.append(PathStep(producer, kind, ids))
+    by_producer: dict[str, dict[str, set[str]]] = {}  # producer -> kind -> batch ids
+    for b in batches:
+        for p in own.parents.get(b, ()):
+            by_producer.setdefault(p.producer, {}).setdefault(p.kind, set()).add(p.batch_id)
+    for producer in sorted(by_producer)[:MAX_UPSTREAM]:
+        kinds = by_producer[producer]
+        ids = sorted({b for group in kinds.values() for b in group})
+        steps.append(_step(producer, "/".join(sorted(k for k in kinds if k)) or "batch", ids))
     return tuple(steps)
 
 
-def _cause(rank: int, chain: list[TierAnswer], f: Finding, alpha: float) -> Cause:
+def _cause(
+    rank: int,
+    chain: list[TierAnswer],
+    f: Finding,
+    alpha: float,
+    index: Mapping[int, _Genealogy],
+) -> Cause:
     c = f.confidence
     return Cause(
         rank=rank,
@@ -156,8 +211,9 @@ def _cause(rank: int, chain: list[TierAnswer], f: Finding, alpha: float) -> Caus
             "anchored": c.anchored,
             "calibrated": c.calibrated,
         },
-        path=_path(chain, f),
+        path=_path(chain, f, index),
         evidence=f.evidence,
+        reported_by=_reported_by(chain),
     )
 
 
@@ -169,7 +225,16 @@ def rank_causes(root: TierAnswer, alpha: float = DEFAULT_ALPHA) -> list[Cause]:
     strong = [cf for cf in pool if cf[1].significant(alpha)]
     weak = [cf for cf in pool if not cf[1].significant(alpha) and cf[1].strength > 0]
     chosen = strong + weak[:MAX_WEAK_CAUSES]
-    return [_cause(i + 1, chain, f, alpha) for i, (chain, f) in enumerate(chosen)]
+    index = {id(tier): _Genealogy.of(tier) for _, tier in root.walk()}
+    return [_cause(i + 1, chain, f, alpha, index) for i, (chain, f) in enumerate(chosen)]
+
+
+def _missing(root: TierAnswer) -> tuple[ReportedMissing, ...]:
+    return tuple(
+        ReportedMissing(m.member, m.batch_ids, m.reason, chain[1].member if len(chain) > 1 else "")
+        for chain in _chains(root)
+        for m in chain[-1].missing
+    )
 
 
 def build_report(
@@ -192,7 +257,7 @@ def build_report(
         implicated=tuple(sorted(root.implicated)),
         causes=tuple(rank_causes(root, alpha)),
         responsibility=responsibility(by_member, alpha),
-        missing=tuple(root.all_missing()),
+        missing=_missing(root),
         timings_ms=dict(timings_ms),
     )
 
@@ -207,6 +272,7 @@ def report_to_json(report: TraceReport) -> dict[str, Any]:
         "partial": report.partial,
         "missing": [
             {"member": m.member, "batch_ids": list(m.batch_ids), "reason": m.reason}
+            | ({"reported_by": m.reported_by} if m.reported_by else {})
             for m in report.missing
         ],
         "responsibility": dict(report.responsibility),
@@ -228,9 +294,11 @@ def report_to_json(report: TraceReport) -> dict[str, Any]:
                 "path": [
                     {"member": s.member, "level": s.level, "ids": list(s.ids)}
                     | ({"start": s.start, "end": s.end} if s.start else {})
+                    | ({"more": s.more} if s.more else {})
                     for s in c.path
                 ],
             }
+            | ({"reported_by": c.reported_by} if c.reported_by else {})
             for c in report.causes
         ],
     }

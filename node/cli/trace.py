@@ -4,7 +4,8 @@ Thin commands over the node's operator API (``/v1/traces``): the node holds the
 agreements under which its producers are asked, so the CLI only names the node
 (``--dir`` or ``--api-url``/``--token-file``), calls `OperatorClient` and prints the
 answer. The client is imported when a command runs, so these start without the server
-stack.
+stack. Everything in a report but our own layout came from peers (member names, keys,
+reasons): it is printed escaped (`_plain`), never read as Rich markup.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from qdspace.node.cli.connect import (
     JsonOpt,
@@ -29,12 +31,20 @@ trace_app = typer.Typer(
 )
 
 
+def _plain(value: object) -> str:
+    """A value from a peer or the node, as text Rich shows as it is."""
+    return escape(str(value))
+
+
 def _print_trace(t: dict[str, Any]) -> None:
-    console.print(f"[bold]{t['trace_id']}[/bold] {t['state']} started {t['started_at']}")
+    console.print(
+        f"[bold]{_plain(t['trace_id'])}[/bold] {_plain(t['state'])} "
+        f"started {_plain(t['started_at'])}"
+    )
     if t.get("report_sha256"):
-        console.print(f"  report sha256 {t['report_sha256']}")
+        console.print(f"  report sha256 {_plain(t['report_sha256'])}")
     if t.get("error"):
-        console.print(f"  error: {t['error']}", soft_wrap=True)
+        console.print(f"  error: {_plain(t['error'])}", soft_wrap=True)
 
 
 @trace_app.command("start")
@@ -100,22 +110,28 @@ def report(
         return
     doc = found["report"]
     partial = " PARTIAL" if doc["partial"] else ""
-    console.print(f"[bold]{doc['trace_id']}[/bold]{partial} sha256 {found['report_sha256']}")
+    console.print(
+        f"[bold]{_plain(doc['trace_id'])}[/bold]{partial} sha256 {_plain(found['report_sha256'])}"
+    )
     for m in doc["missing"]:
-        console.print(f"  missing tier {m['member']}: {m['reason']}", soft_wrap=True)
+        said = f" (reported by {m['reported_by']})" if m.get("reported_by") else ""
+        console.print(_plain(f"  missing tier {m['member']}: {m['reason']}{said}"), soft_wrap=True)
     for c in doc["causes"]:
         path = " -> ".join(
             f"{s['member']}:{s['level']}:{','.join(s['ids'][:3])}" for s in c["path"]
         )
         mark = "" if c["significant"] else " (not significant)"
+        said = f" (reported by {c['reported_by']})" if c.get("reported_by") else ""
         console.print(
-            f"  {c['rank']}. {c['member']} {c['key']} score {c['score']:.3f} "
-            f"p {c['adjusted_p']:.2g} confidence {c['confidence']['score']}{mark}",
+            _plain(
+                f"  {c['rank']}. {c['member']}{said} {c['key']} score {c['score']:.3f} "
+                f"p {c['adjusted_p']:.2g} confidence {c['confidence']['score']}{mark}"
+            ),
             soft_wrap=True,
         )
-        console.print(f"     {path}", soft_wrap=True)
+        console.print(_plain(f"     {path}"), soft_wrap=True)
     shares = ", ".join(f"{k} {v:.0%}" for k, v in doc["responsibility"].items())
-    console.print(f"  responsibility: {shares}")
+    console.print(_plain(f"  responsibility: {shares}"))
     total = doc["timings_ms"].get("total")
     if total is not None:
         console.print(f"  took {total:.0f} ms")

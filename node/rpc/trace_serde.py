@@ -1,24 +1,40 @@
 """``qdspace.v1.Trace`` messages <-> trace domain objects, in one place.
 
-Decoding an answer is where a producer's bytes become ours: nesting is bounded while
-decoding (a depth bomb stops at `MAX_DEPTH` + 1 levels before any recursion), times
-must parse, and `connector.trace.check_answer` bounds the rest before anything reads it.
+Decoding an answer is where a producer's bytes become ours. A reply may be tens of
+megabytes of tiny repeated fields (millions of empty links): building an object for each
+before counting them would hold the event loop for minutes and take gigabytes. So
+`answer_from_proto` first counts on the message itself (`_check_counts`: the repeated
+fields' lengths, level by level and all levels together, against the same limits
+`connector.trace.check_answer` uses), builds objects only for a reply within them, then
+has `check_answer` bound the rest (texts, numbers, who relays whom). Times must parse.
 """
 
 from __future__ import annotations
 
 from datetime import datetime
 
+from google.protobuf.message import DecodeError
+
 from qdspace.connector.genealogy import BatchInfo
 from qdspace.connector.rootcause import DataConfidence, Finding, RootCauseError, Window
 from qdspace.connector.trace import (
+    MAX_BATCHES,
     MAX_DEPTH,
+    MAX_EVIDENCE,
+    MAX_FINDINGS,
+    MAX_LINKS,
+    MAX_PARENTS,
     MAX_PATH,
+    MAX_UPSTREAM,
+    MAX_WINDOWS,
+    AnswerSize,
     BatchLink,
     MissingTier,
     TierAnswer,
     TraceError,
     check_answer,
+    check_size,
+    level_size,
 )
 from qdspace.node.runtime.trace_producer import TraceQuestion
 from qdspace.protocols.v1 import trace_pb2
@@ -148,6 +164,43 @@ def answer_to_proto(a: TierAnswer) -> trace_pb2.TierAnswer:
     )
 
 
+def _level_counts(m: trace_pb2.TierAnswer, where: str) -> AnswerSize:
+    """One level's counts, each repeated field's length checked before it is walked."""
+    if len(m.implicated) > MAX_BATCHES or len(m.links) > MAX_LINKS:
+        raise TraceError(f"{where}: too many batches")
+    if len(m.findings) > MAX_FINDINGS or len(m.upstream) > MAX_UPSTREAM:
+        raise TraceError(f"{where}: too many findings or upstream answers")
+    if len(m.missing) > MAX_UPSTREAM:
+        raise TraceError(f"{where}: malformed")
+    parents = 0
+    for link in m.links:
+        if len(link.parents) > MAX_PARENTS:
+            raise TraceError(f"{where}: a batch has too many parents")
+        parents += len(link.parents)
+    ids = 0
+    for f in m.findings:
+        if len(f.evidence) > MAX_EVIDENCE or len(f.windows) > MAX_WINDOWS:
+            raise TraceError(f"{where}: too much evidence")
+        ids += len(f.evidence) + sum(len(w.batches) for w in f.windows)
+    missing = sum(len(x.batch_ids) for x in m.missing)
+    return level_size(len(m.implicated), len(m.links), parents, ids, missing)
+
+
+def _check_counts(m: trace_pb2.TierAnswer) -> None:
+    """`TraceError` unless every level of `m` and all of them together are within the
+    counts `check_answer` allows: read before a single domain object is built."""
+    total = AnswerSize()
+    todo = [(0, m)]
+    while todo:
+        depth, level = todo.pop()
+        where = f"answer of {level.member[:64]!r}"
+        if depth > MAX_DEPTH:
+            raise TraceError(f"{where}: nested deeper than {MAX_DEPTH} tiers")
+        total += _level_counts(level, where)
+        check_size(total, where)
+        todo += [(depth + 1, up) for up in level.upstream]
+
+
 def _answer_from(m: trace_pb2.TierAnswer, depth: int) -> TierAnswer:
     if depth > MAX_DEPTH:
         raise TraceError(f"answer nested deeper than {MAX_DEPTH} tiers")
@@ -166,8 +219,23 @@ def _answer_from(m: trace_pb2.TierAnswer, depth: int) -> TierAnswer:
     )
 
 
-def answer_from_proto(m: trace_pb2.TierAnswer, member: str) -> TierAnswer:
-    """A producer's answer, decoded and checked (`TraceError` names what is wrong)."""
+def answer_from_proto(
+    m: trace_pb2.TierAnswer, member: str, path: tuple[str, ...] = ()
+) -> TierAnswer:
+    """A producer's answer, counted, decoded and checked (`TraceError` names what is
+    wrong); `member` is who was asked and `path` the members above it, the asker last."""
+    _check_counts(m)
     answer = _answer_from(m, 0)
-    check_answer(answer, member=member)
+    check_answer(answer, member=member, path=path)
     return answer
+
+
+def reply_from_bytes(data: bytes, member: str, path: tuple[str, ...] = ()) -> TierAnswer:
+    """An ``InvestigateReply`` as it came off the wire, parsed, counted, decoded and checked
+    (slow for a large reply: the caller runs it in a worker thread)."""
+    reply = trace_pb2.InvestigateReply()
+    try:
+        reply.ParseFromString(data)
+    except DecodeError:
+        raise TraceError(f"{member}: the answer is not a trace reply") from None
+    return answer_from_proto(reply.answer, member, path)

@@ -15,8 +15,12 @@ and the answer is partial, not failed. The path of members already asked goes al
 a genealogy that loops back through a member ends there, and `MAX_DEPTH` bounds the
 depth whatever a caller claims.
 
-The OEM's own trace starts here too (`tier` with no caller): the top of the trace is the
-same computation over the OEM's module batches.
+The OEM's own trace starts here too (`tier` with only itself on the path): the top of
+the trace is the same computation over the OEM's module batches.
+
+Our own findings are computed over raw ids (an operator is an operator inside the
+company) and pseudonymized only when they go to a customer (`connector.trace.
+pseudonymize_own`, with the pseudonyms of the customer's agreement, the gate's).
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ from sqlalchemy import Engine, inspect, select
 
 from qdspace.connector.assets import AssetKind
 from qdspace.connector.contract_errors import ContractError
+from qdspace.connector.pseudonym import Pseudonymizer
 from qdspace.connector.rootcause import Finding
 from qdspace.connector.trace import (
     MAX_DEPTH,
@@ -42,6 +47,7 @@ from qdspace.connector.trace import (
     TraceError,
     TraceRefused,
     check_batch_ids,
+    pseudonymize_own,
 )
 from qdspace.connector.trace_data import batches, local_tier, tier_findings, tier_genealogy
 from qdspace.node.config import DEFAULT_TRACES_PER_HOUR
@@ -145,8 +151,11 @@ class TraceRoom:
 
     # ----------------------------------------------------------------- refusals
 
-    def authorize(self, peer: MemberIdentity, question: TraceQuestion) -> frozenset[str]:
-        """The batch ids the caller may ask about, or the one `TraceRefused`."""
+    def authorize(
+        self, peer: MemberIdentity, question: TraceQuestion
+    ) -> tuple[frozenset[str], Pseudonymizer]:
+        """The batch ids the caller may ask about and the pseudonyms of its agreement, or
+        the one `TraceRefused`."""
         ids = check_batch_ids(question.batch_ids)
         refused = TraceRefused(f"no traceability answer for these batches to {peer.name}")
         try:
@@ -157,6 +166,7 @@ class TraceRoom:
         if asset is None or asset.kind is not AssetKind.TRACEABILITY or not stored.active:
             raise refused
         rows = batches(self.engine, ids)
+        pseudonyms: Pseudonymizer | None = None
         for batch_id in ids:
             row = rows.get(batch_id)
             if row is None or row["customer"] != peer.name or row["producer"] != self.me:
@@ -167,18 +177,22 @@ class TraceRoom:
             )
             if order is None or not gate.decision.allowed:
                 raise refused
-        return ids
+            pseudonyms = gate.pseudonymizer
+        if pseudonyms is None:
+            raise refused
+        return ids, pseudonyms
 
     async def answer(
         self, peer: MemberIdentity, question: TraceQuestion, deadline_s: float | None
     ) -> TierAnswer:
         """A customer's question, answered (the servicer's one call)."""
-        ids = await asyncio.to_thread(self.authorize, peer, question)
+        ids, pseudonyms = await asyncio.to_thread(self.authorize, peer, question)
         if question.depth >= MAX_DEPTH or len(question.path) > MAX_DEPTH:
             raise TraceError(f"a trace goes at most {MAX_DEPTH} tiers deep")
         self._take(peer)
         path = (*question.path, self.me)
-        return await self.tier(ids, path, question.depth + 1, deadline_s)
+        ours = await self.tier(ids, path, question.depth + 1, deadline_s)
+        return pseudonymize_own(ours, pseudonyms)
 
     # ----------------------------------------------------------------- our part
 
@@ -189,7 +203,8 @@ class TraceRoom:
     async def tier(
         self, ids: frozenset[str], path: tuple[str, ...], depth: int, deadline_s: float | None
     ) -> TierAnswer:
-        """Our part for `ids` with our producers' answers below it."""
+        """Our part for `ids` with our producers' answers below it; `path` holds the
+        members asked above us and ourselves last (the OEM's: only itself)."""
         started = time.perf_counter()
         budget = DEFAULT_DEADLINE_S if deadline_s is None else deadline_s
         rows, links, bought = await asyncio.to_thread(tier_genealogy, self.engine, ids, self.me)

@@ -7,7 +7,9 @@ own part and our producers' answers (`TraceRoom.tier`, the same computation ever
 does), ranked into a report (`connector.trace_report`), stored with its SHA-256 and
 queued for anchoring as ledger kind ``trace_report`` (a no-op without a chain), so a
 regulator can later check that the report was not changed. `run` does the same and
-waits (the bench and the tests that want the report in hand).
+waits (the bench and the tests that want the report in hand). Ranking and encoding run
+in a worker thread: a report over many tiers takes a while, and the event loop serves
+the node's calls meanwhile.
 """
 
 from __future__ import annotations
@@ -20,9 +22,9 @@ from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
 from datetime import datetime
 
-from qdspace.connector.trace import MAX_BATCHES, TraceError, check_id
+from qdspace.connector.trace import MAX_BATCHES, TierAnswer, TraceError, check_id
 from qdspace.connector.trace_data import failed_batches
-from qdspace.connector.trace_report import build_report, report_bytes
+from qdspace.connector.trace_report import TraceReport, build_report, report_bytes
 from qdspace.connector.trace_store import DONE, StoredTrace, TraceStore
 from qdspace.node.runtime.trace_producer import TraceRoom
 
@@ -66,6 +68,18 @@ class Selection:
         if "serials" in doc:
             doc["serials"] = list(self.serials)
         return doc
+
+
+def _report(
+    trace_id: str,
+    selection: Mapping[str, object],
+    root: TierAnswer,
+    at: datetime,
+    finished: datetime,
+    timings: Mapping[str, float],
+) -> tuple[TraceReport, bytes]:
+    report = build_report(trace_id, selection, root, at, finished, timings)
+    return report, report_bytes(report)
 
 
 class TraceRuns:
@@ -126,13 +140,14 @@ class TraceRuns:
         started: float,
     ) -> StoredTrace:
         try:
-            root = await self.room.tier(ids, (), 0, TRACE_DEADLINE_S)
+            root = await self.room.tier(ids, (self.room.me,), 0, TRACE_DEADLINE_S)
             timings: dict[str, float] = {"resolve": resolve_ms}
             for depth, tier in root.walk():
                 timings[f"tier{depth}:{tier.member}"] = tier.elapsed_ms
             timings["total"] = (time.perf_counter() - started) * 1000
-            report = build_report(trace_id, selection.to_json(), root, at, self.now(), timings)
-            data = report_bytes(report)
+            report, data = await asyncio.to_thread(
+                _report, trace_id, selection.to_json(), root, at, self.now(), timings
+            )
             digest = await asyncio.to_thread(self.store.finish, trace_id, data, self.now())
             self.record(REPORT_KIND, trace_id, data)
             logger.info("trace %s: %d causes, report %s", trace_id, len(report.causes), digest)

@@ -16,17 +16,23 @@ import asyncio
 import random
 import time
 from collections.abc import Iterator
+from concurrent import futures
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import grpc
 import httpx
 import pytest
+from google.protobuf.internal.encoder import _VarintBytes
 
+from qdspace.connector.genealogy import BatchInfo
+from qdspace.connector.trace import BatchLink, TierAnswer
 from qdspace.node.api.regulator_auth import issue_credential
 from qdspace.node.identity.member import load_member_keys
 from qdspace.node.localnet.network import LocalNetwork, MemberSpec
 from qdspace.node.rpc.client import open_channel
+from qdspace.node.rpc.server import server_credentials
+from qdspace.node.rpc.trace_serde import answer_to_proto
 from qdspace.node.runtime.trace_producer import TRACE_BURST
 from qdspace.protocols.v1 import trace_pb2
 
@@ -384,3 +390,88 @@ def test_a_producer_down_makes_the_trace_partial(net: LocalNetwork) -> None:
     assert report["partial"] is True
     assert [m["member"] for m in report["missing"]] == ["siwafer"]
     assert report["causes"][0]["key"] == "PECVD-1/pecvd_chamber_vacuum"
+
+
+class RogueProducer:
+    """Cellex's certificate on Cellex's address (a member gone rogue, or its host taken
+    over), answering ``Trace/Investigate`` with the bytes it is given."""
+
+    def __init__(self, net: LocalNetwork) -> None:
+        self.reply = b""
+        self.asked = 0
+        self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+        handler = grpc.method_handlers_generic_handler(
+            "qdspace.v1.Trace",
+            {
+                "Investigate": grpc.unary_unary_rpc_method_handler(
+                    self._investigate,
+                    request_deserializer=trace_pb2.InvestigateRequest.FromString,
+                    response_serializer=None,
+                )
+            },
+        )
+        self.server.add_generic_rpc_handlers((handler,))
+        cellex = net["cellex"]
+        self.server.add_secure_port(cellex.grpc_address, server_credentials(cellex.keys()))
+
+    def _investigate(self, request: trace_pb2.InvestigateRequest, context: Any) -> bytes:
+        self.asked += 1
+        return self.reply
+
+    def __enter__(self) -> RogueProducer:
+        self.server.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.stop(0)
+
+
+def _reply(answer: TierAnswer) -> bytes:
+    return trace_pb2.InvestigateReply(answer=answer_to_proto(answer)).SerializeToString()
+
+
+def _empty_links(count: int) -> bytes:
+    """A reply of `count` empty batch links (two bytes each on the wire)."""
+    top = trace_pb2.TierAnswer(member="cellex").SerializeToString()
+    one = trace_pb2.TierAnswer(member="cellex")
+    one.links.add()
+    link = one.SerializeToString()[len(top) :]
+    answer = top + link * count
+    return b"\x0a" + _VarintBytes(len(answer)) + answer
+
+
+def test_a_rogue_producer_can_neither_invent_a_tier_nor_stall_the_oem(
+    net: LocalNetwork, agreements: dict[str, str]
+) -> None:
+    """Cellex's node stops and a rogue takes its place. It answers SunArc's trace with
+    its own level and, below it, a level it says Mallory answered (Mallory sells it
+    nothing): on the old code the OEM's anchored report carried Mallory's tier as
+    Mallory's word. The answer is refused whole, and Cellex is a missing tier saying
+    why. Then it answers with three million empty links (6 MB): refused on the message's
+    counts, before one object is built (on the old code, seconds of the OEM's event loop
+    and a gigabyte), and the OEM logs no traceback."""
+    mallory = TierAnswer("mallory", ("MX-01",), 1, (), ())
+    wafer = BatchInfo("WF-01", "wafer", "wafer", "siwafer", 100)
+    spoof = TierAnswer(
+        "cellex",
+        ("CB-01",),
+        1,
+        (BatchLink(BatchInfo("CB-01", "cell", "cell", "cellex", 100), (wafer,)),),
+        (),
+        upstream=(mallory,),
+    )
+    assert net.stop(["cellex"]) == {"cellex": 0}
+    with RogueProducer(net) as rogue:
+        rogue.reply = _reply(spoof)
+        report = run_trace(net, {"batch": "MB-01"})["report"]
+        missing = {m["member"]: m["reason"] for m in report["missing"]}
+        assert "relays a level of 'mallory'" in missing.get("cellex", ""), report["missing"]
+        assert "mallory" not in report["responsibility"], report["responsibility"]
+        assert not any(c["member"] == "mallory" for c in report["causes"])
+
+        rogue.reply = _empty_links(3_000_000)
+        report = run_trace(net, {"batch": "MB-01"})["report"]
+        missing = {m["member"]: m["reason"] for m in report["missing"]}
+        assert "cellex" in missing and "batch" in missing["cellex"], report["missing"]
+        assert rogue.asked == 2
+    assert "Traceback" not in net["sunarc"].log_path.read_text(errors="replace")
