@@ -24,7 +24,6 @@ leaving the data space deletes everything it holds at once); the consumer signs 
 from __future__ import annotations
 
 import hashlib
-import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
@@ -49,6 +48,7 @@ from qdspace.policies.canonical import (
 from qdspace.policies.codec import policy_from_dict, policy_to_dict
 from qdspace.policies.errors import PolicyError
 from qdspace.policies.model import Policy, PolicyType
+from qdspace.util.json_depth import loads as bounded_json
 
 AGREEMENT_SCHEMA = "qdspace.v1/agreement"
 RECEIPT_SCHEMA = "qdspace.v1/deletion-receipt"
@@ -133,7 +133,7 @@ def _load_canonical(
         return out
 
     try:
-        decoded = json.loads(data, object_pairs_hook=pairs)
+        decoded = bounded_json(data, object_pairs_hook=pairs)
     except (ValueError, UnicodeDecodeError) as exc:
         raise AgreementError(f"{what}: malformed JSON: {exc}") from None
     if not isinstance(decoded, dict) or not keys <= set(decoded) <= keys | optional:

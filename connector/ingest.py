@@ -12,7 +12,6 @@ from __future__ import annotations
 import codecs
 import csv
 import json
-import re
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,6 +19,7 @@ from typing import Any, Protocol
 
 from qdspace.connector.errors import IngestFileError, UnknownKind
 from qdspace.connector.row_template import FIELDS
+from qdspace.util.json_depth import MAX_JSON_DEPTH, json_too_deep
 
 KINDS: tuple[str, ...] = tuple(FIELDS)
 SUFFIXES = (".csv", ".jsonl", ".ndjson")
@@ -36,30 +36,6 @@ SUFFIXES = (".csv", ".jsonl", ".ndjson")
 #: A failing batch still rolls back whole (up to this many rows, named by line) and the
 #: batches before it stay committed; progress is reported per batch.
 BULK_BATCH_ROWS = 50_000
-
-
-#: a QDM row is a flat object; nothing a caller sends needs deeper JSON than this
-MAX_JSON_DEPTH = 32
-_JSON_STRING = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"', re.DOTALL)
-_JSON_BRACKET = re.compile(r"[\[\]{}]")
-
-
-def json_too_deep(text: str, limit: int = MAX_JSON_DEPTH) -> bool:
-    """Whether ``text`` nests arrays/objects deeper than ``limit`` (strings ignored).
-
-    Checked before ``json.loads``: its decoder recurses in C, and in a process whose
-    recursion limit a library raised (py-evm sets 100,000) a few hundred kilobytes of
-    ``[`` overflow the C stack and kill the process instead of raising.
-    """
-    depth = 0
-    for bracket in _JSON_BRACKET.findall(_JSON_STRING.sub("", text)):
-        if bracket in "[{":
-            depth += 1
-            if depth > limit:
-                return True
-        else:
-            depth -= 1
-    return False
 
 
 class UnsupportedCharset(IngestFileError):

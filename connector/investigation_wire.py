@@ -10,7 +10,6 @@ event that parses into something else.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import date
@@ -32,6 +31,7 @@ from qdspace.connector.investigation import (
     Step,
 )
 from qdspace.policies.canonical import parse_datetime
+from qdspace.util.json_depth import loads as bounded_json
 
 _EVENT_CONTEXT = b"qdspace.v1/quality-case-event\x00"
 
@@ -135,7 +135,7 @@ def event_from_bytes(data: bytes) -> CaseEvent:
     """Parse canonical event bytes; anything else (extra keys, other form) is refused."""
     what = "event"
     try:
-        decoded = json.loads(data)
+        decoded = bounded_json(data)
     except (ValueError, UnicodeDecodeError) as exc:
         raise CaseFormatError(f"event: malformed JSON: {exc}") from None
     keys = {"schema", "openerId", "caseId", "authorId", "seq", "step", "at", "terms"}

@@ -36,7 +36,6 @@ verify keys passed in, so no caller can forget to.
 from __future__ import annotations
 
 import hashlib
-import json
 from dataclasses import dataclass, fields, replace
 from datetime import datetime
 from enum import StrEnum
@@ -67,6 +66,7 @@ from qdspace.policies.canonical import (
 )
 from qdspace.policies.codec import policy_to_dict
 from qdspace.policies.model import Policy, PolicyType, to_agreement
+from qdspace.util.json_depth import loads as bounded_json
 
 
 class NegotiationState(StrEnum):
@@ -381,7 +381,7 @@ def expect_agreement(negotiation: Negotiation, data: bytes) -> bool:
     the bytes (malformed, other terms) is left to the parser and the checks of `apply`,
     which refuse it as before; this only ever skips work."""
     try:
-        raw = json.loads(data)
+        raw = bounded_json(data)
         agreed_at = parse_datetime(raw["agreedAt"])
         expected = draft_agreement(negotiation, raw["agreementId"], agreed_at)
         return remember_agreement(expected, data)

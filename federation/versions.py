@@ -24,6 +24,7 @@ from numpy.typing import NDArray
 
 from qdspace.federation.errors import VersionError
 from qdspace.federation.params import params_digest
+from qdspace.util.json_depth import loads as bounded_json
 
 LEDGER_KIND = "model_version"
 GENESIS_PARENT = bytes(32)
@@ -103,7 +104,7 @@ class ModelVersion:
     @classmethod
     def from_bytes(cls, data: bytes) -> ModelVersion:
         try:
-            parsed = json.loads(data)
+            parsed = bounded_json(data)
         except ValueError as exc:
             raise VersionError("model version record is not JSON") from exc
         version = cls.from_dict(parsed)

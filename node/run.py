@@ -43,6 +43,7 @@ from qdspace.node.listeners import (
 )
 from qdspace.node.serving import MemberServer, attach_anchoring, call_limiter
 from qdspace.util.files import write_atomic
+from qdspace.util.recursion import hold_recursion_limit
 from qdspace.util.startup import collector_paused
 from qdspace.util.urls import host_port, https_origin
 
@@ -281,6 +282,7 @@ async def start_dsp(
 
 def run_node(directory: Path) -> None:
     """Load, wire and serve a node until SIGTERM/SIGINT."""
+    hold_recursion_limit()  # before any peer's byte is read (util.recursion)
     settings = NodeSettings.load(directory)
     ctx = build_context(settings)  # refuses to start without a revocation list
     try:

@@ -33,6 +33,7 @@ from qdspace.policies.model import (
     RightOperand,
     check_operator,
 )
+from qdspace.util.json_depth import loads as bounded_json
 
 _POLICY_KEYS = {
     "@context",
@@ -254,7 +255,7 @@ def parse_policy(document: str | bytes | Mapping[str, Any]) -> Policy:
     if isinstance(document, Mapping):
         return policy_from_dict(document)
     try:
-        decoded = json.loads(
+        decoded = bounded_json(
             document, object_pairs_hook=_no_duplicates, parse_constant=_reject_constant
         )
     except PolicySyntaxError:

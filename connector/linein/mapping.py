@@ -19,8 +19,9 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
-from qdspace.connector.ingest import BadLine, json_too_deep
+from qdspace.connector.ingest import BadLine
 from qdspace.connector.linein.config import MqttConfig, MqttTopic, OpcuaNode
+from qdspace.util.json_depth import json_too_deep
 
 Row = dict[str, Any]
 #: an MQTT payload larger than this is no single reading

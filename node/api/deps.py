@@ -37,6 +37,7 @@ from qdspace.node.api.problems import ApiProblem, NotAuthenticated
 from qdspace.node.context import NodeContext
 from qdspace.node.runtime.contract_ports import OutboxDelivery, PeerContracts
 from qdspace.node.runtime.contracts import ContractRuntime
+from qdspace.util.json_depth import loads as bounded_json
 
 _T = TypeVar("_T")
 _bearer = HTTPBearer(auto_error=False)
@@ -155,7 +156,7 @@ def decode_cursor(cursor: str) -> int:
     """The position a cursor stands for; `BadCursor` for anything this node did not make."""
     try:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
-        offset = json.loads(raw)["o"]
+        offset = bounded_json(raw)["o"]
     except (binascii.Error, ValueError, TypeError, KeyError):
         raise BadCursor("cursor: not a cursor this node handed out") from None
     if not isinstance(offset, int) or isinstance(offset, bool) or not 0 <= offset <= MAX_POSITION:

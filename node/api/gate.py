@@ -34,10 +34,10 @@ from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from qdspace.connector.ingest import MAX_JSON_DEPTH, json_too_deep
 from qdspace.node import faults
 from qdspace.node.api.problems import PROBLEM_MEDIA_TYPE, problem_bytes
 from qdspace.node.errors import IdentityError
+from qdspace.util.json_depth import MAX_JSON_DEPTH, json_too_deep
 from qdspace.util.numbers import decimal
 
 log = logging.getLogger("node.api")

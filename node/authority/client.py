@@ -13,7 +13,6 @@ service's own problem detail when it said no.
 from __future__ import annotations
 
 import hashlib
-import json
 import ssl
 from typing import Any
 from urllib.parse import urlsplit
@@ -21,6 +20,7 @@ from urllib.parse import urlsplit
 import httpx
 
 from qdspace.node.errors import ConfigError, NodeError
+from qdspace.util.json_depth import loads as bounded_json
 
 DEFAULT_TIMEOUT_S = 10.0
 #: the largest answer read from the service (a directory of thousands of members fits)
@@ -82,7 +82,7 @@ class AuthorityClient:
     def _json(self, method: str, path: str, body: Any = None) -> Any:
         raw = self._call(method, path, body)
         try:
-            return json.loads(raw)
+            return bounded_json(raw)
         except ValueError:
             raise AuthorityRefused(f"{self.url}{path} answered with no JSON", 502) from None
 
@@ -159,7 +159,7 @@ def _fields(answer: Any, names: tuple[str, ...], path: str) -> dict[str, str]:
 
 def _detail(data: bytes) -> str:
     try:
-        problem = json.loads(data)
+        problem = bounded_json(data)
         return str(problem.get("detail") or problem.get("title"))[:500]
     except (ValueError, AttributeError):
         return data[:200].decode("utf-8", "replace") or "no detail"

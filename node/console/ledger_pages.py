@@ -21,8 +21,10 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from qdspace.ledger.leaves import KIND_CODES
+from qdspace.ledger.proofs import PROOF_DEPTH
 from qdspace.ledger.queue_schema import ANCHORED
 from qdspace.node.console.render import Console, Endpoint
+from qdspace.util.json_depth import loads as bounded_json
 
 #: the newest anchored batches the page lists
 BATCHES_SHOWN = 50
@@ -113,7 +115,7 @@ def routes(console: Console) -> list[tuple[str, Endpoint, str]]:
                     413, f"file too large (a proof or passport is under {MAX_DOCUMENT >> 10} kB)"
                 )
         try:
-            document = json.loads(body)
+            document = bounded_json(body, limit=PROOF_DEPTH)
         except (UnicodeDecodeError, ValueError):
             return refused(400, "not a JSON document (drop the proof's .json file or a passport)")
         if not isinstance(document, dict):

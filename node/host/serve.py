@@ -26,6 +26,7 @@ from qdspace.node.host.runtime import HostRuntime
 from qdspace.node.host.tenants import load_host_token, load_master_key
 from qdspace.node.listeners import bind_socket, check_server_tls, https_url
 from qdspace.util.files import write_atomic
+from qdspace.util.recursion import hold_recursion_limit
 
 logger = logging.getLogger("node.host")
 
@@ -76,6 +77,7 @@ def run_host(directory: Path) -> None:
     """Load, open and serve every tenant of the host until SIGTERM/SIGINT."""
     from qdspace.node.run import https_server, start_listener
 
+    hold_recursion_limit()  # before any tenant's or peer's byte is read (util.recursion)
     started = time.perf_counter()
     directory = directory.resolve()
     files = HostLayout(directory)

@@ -31,6 +31,7 @@ from qdspace.node.errors import IdentityError
 from qdspace.node.identity.certs import MemberIdentity, Trust, identity_of, verify_issued_by
 from qdspace.node.identity.member import MemberKeys
 from qdspace.node.identity.revocation import RevocationList
+from qdspace.util.json_depth import loads as bounded_json
 
 REGULATOR_ROLE = "regulator"
 DEFAULT_TTL_S = 300
@@ -125,7 +126,7 @@ def _check_standing(
 
 def _check_claims(raw: bytes, ident: MemberIdentity, audience: str, now: float | None) -> None:
     try:
-        claims = json.loads(raw)
+        claims = bounded_json(raw)
         aud, iat, exp, sub = claims["aud"], int(claims["iat"]), int(claims["exp"]), claims["sub"]
     except (ValueError, KeyError, TypeError):
         raise CredentialError("regulator credential: claims are malformed") from None

@@ -31,6 +31,7 @@ from pyld import jsonld
 from pyld.context_resolver import ContextResolver
 
 from qdspace.policies.errors import PolicySyntaxError
+from qdspace.util.json_depth import loads as bounded_json
 
 DSP_CONTEXT = "https://w3id.org/dspace/2025/1/context.jsonld"
 DSP_ODRL_CONTEXT = "https://w3id.org/dspace/2025/1/odrl-profile.jsonld"
@@ -137,7 +138,12 @@ def decode(text: str | bytes) -> Any:
     if len(text) > MAX_DOCUMENT_BYTES:
         raise PolicySyntaxError("$", f"document is larger than {MAX_DOCUMENT_BYTES} bytes")
     try:
-        value = json.loads(text, object_pairs_hook=_no_duplicates, parse_constant=_reject_constant)
+        value = bounded_json(
+            text,
+            limit=MAX_DEPTH,
+            object_pairs_hook=_no_duplicates,
+            parse_constant=_reject_constant,
+        )
     except PolicySyntaxError:
         raise
     except RecursionError:

@@ -167,6 +167,13 @@ def test_drops_that_are_too_large_not_json_or_no_document_are_4xx(
     refused(client.post(verify, content=b'{"type": "qdspace.proof/1"}', headers=headers), 400, 422)
     deep = b"[" * 5000 + b"]" * 5000
     refused(client.post(verify, content=deep, headers=headers), 400)
+    # deeper still, and not labelled JSON (past the API's JSON depth gate): it took a
+    # managed host down (its recursion limit raised by py_ecc, the decoder's C recursion
+    # overflowed the stack); now it is refused, and the node serves on
+    plain = {"x-csrf-token": csrf, "content-type": "text/plain"}
+    bomb = b"[" * 300_000
+    assert "not a JSON document" in refused(client.post(verify, content=bomb, headers=plain), 400)
+    assert client.get("/console/").status_code == 200
 
 
 def test_bad_and_foreign_ids_are_4xx_pages(sunarc: tuple[httpx.Client, str], case_id: str) -> None:

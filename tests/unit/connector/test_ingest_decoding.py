@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 
 from qdspace.connector.errors import IngestFileError
-from qdspace.connector.ingest import UnsupportedCharset, charset_of, json_too_deep, read_rows
+from qdspace.connector.ingest import UnsupportedCharset, charset_of, read_rows
+from qdspace.util.json_depth import json_too_deep
 
 HEADER = b"location,measured_at,temperature\r\n"
 
