@@ -98,6 +98,9 @@ class NodeContext:
     #: a managed host's row and storage quotas of this tenant, or a node's free disk
     #: (`node.disk_room`); None: nothing to check (on PostgreSQL, or the check off)
     ingest_admission: IngestAdmission | None = None
+    #: where a caller may name files (`node.api.caller_paths`): None on a node of its own,
+    #: a hosted tenant's own files folder on a managed host
+    caller_files: Path | None = None
     #: members' calls and streams in flight here: one count for the gRPC and the DSP
     #: listener (`node.serving.call_limiter`), made with the first of them
     calls: CallLimiter | None = None

@@ -107,6 +107,11 @@ class DiskLow(QuotaError):
     than the node keeps for its own records (`node.disk_room`); nothing was written."""
 
 
+class OutsideTenantFiles(NodeError, PermissionError):
+    """A hosted tenant's staff named a file outside its own files folder
+    (`node.api.caller_paths`)."""
+
+
 class OfferNotNarrowable(NodeError, ValueError):
     """Terms asked of a DSP provider whose published offer is not of this node's form
     (another connector's): such an offer is asked for as published."""

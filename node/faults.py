@@ -88,6 +88,7 @@ FAULTS: Mapping[str, Fault] = {
     "qdspace.node.errors.DspNotServed": F("FAILED_PRECONDITION", 409, 1),
     "qdspace.node.errors.OfferNotNarrowable": F("FAILED_PRECONDITION", 409, 1),
     "qdspace.node.errors.PurgeNotConfirmed": F(None, 400, 1),  # an operator's purge
+    "qdspace.node.errors.OutsideTenantFiles": F(None, 403, 1),  # a hosted tenant's path
     "qdspace.node.errors.IdentityError": F("UNAUTHENTICATED", 403, 1),  # gRPC: a bad certificate
     "qdspace.node.identity.revocation.StaleRevocationList": F(
         "UNAVAILABLE", 403, 1

@@ -20,7 +20,6 @@ route's annotations as objects.
 
 import base64
 import binascii
-from pathlib import Path
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Response, params
@@ -30,6 +29,7 @@ from qdspace.federation.el_cnn import with_shapes
 from qdspace.federation.job import JobSpec
 from qdspace.federation.params import Params, params_from_bytes
 from qdspace.federation.round_status import Phase, StatusView
+from qdspace.node.api.caller_paths import caller_path
 from qdspace.node.api.deps import Paging
 from qdspace.node.api.models import Id, IdPath
 from qdspace.node.context import NodeContext
@@ -250,8 +250,8 @@ def federation_router(ctx: NodeContext, operator: params.Depends) -> APIRouter:
         request = JoinRequest(
             job_id=body.job_id,
             coordinator=body.coordinator or member.name,
-            data=Path(body.data),
-            test=None if body.test is None else Path(body.test),
+            data=caller_path(body.data, ctx.caller_files, "data"),
+            test=None if body.test is None else caller_path(body.test, ctx.caller_files, "test"),
             deploy=body.deploy,
             image_size=body.image_size,
             poll_s=body.poll_s,

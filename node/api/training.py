@@ -24,6 +24,7 @@ from fastapi.params import Depends
 from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 
+from qdspace.node.api.caller_paths import caller_path
 from qdspace.node.api.deps import Paging
 from qdspace.node.runtime.own_training import TrainingRun, TrainingRunner
 
@@ -104,8 +105,11 @@ def training_public(run: TrainingRun) -> TrainingPublic:
     )
 
 
-def create_training_router(directory: Path, dependencies: Sequence[Depends]) -> APIRouter:
-    """The ``/v1/inspection/trainings`` routes of the node in ``directory``."""
+def create_training_router(
+    directory: Path, dependencies: Sequence[Depends], files: Path | None = None
+) -> APIRouter:
+    """The ``/v1/inspection/trainings`` routes of the node in ``directory``; ``files``: a
+    hosted tenant's folder, the only place its paths may name (`node.api.caller_paths`)."""
     from qdspace.inference.labels import LabelRule
     from qdspace.inference.own_training import OwnTrainRequest
 
@@ -116,9 +120,9 @@ def create_training_router(directory: Path, dependencies: Sequence[Depends]) -> 
     async def start(body: TrainingBody) -> TrainingPublic:
         """Check the images now (400 naming the row at fault); train in the background."""
         request = OwnTrainRequest(
-            images=Path(body.images),
-            labels=None if body.labels is None else Path(body.labels),
-            splits=None if body.splits is None else Path(body.splits),
+            images=caller_path(body.images, files, "images"),
+            labels=None if body.labels is None else caller_path(body.labels, files, "labels"),
+            splits=None if body.splits is None else caller_path(body.splits, files, "splits"),
             rule=LabelRule(body.grades, tuple(body.positive), tuple(body.negative)),
             classes=body.classes,
             epochs=body.epochs,

@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource
 
+from qdspace.node.api.caller_paths import TENANT_FILES
 from qdspace.node.config import NodeSettings
 from qdspace.node.context import NodeContext, build_context
 from qdspace.node.host.admission import TenantAdmission, measure_usage
@@ -205,6 +206,7 @@ class HostRuntime:
             ctx.disk,  # the node's free disk (the host's, shared), asked before the quotas
         )
         ctx.ingest_admission = tenant.admission
+        ctx.caller_files = directory / TENANT_FILES  # the only files its staff may name
         if contracts is not None:  # rows its providers send count too
             contracts.received_room = tenant.admission
         digest = token_digest(ctx.operator_token)

@@ -405,3 +405,38 @@ def test_a_tenant_renewed_while_the_host_runs_serves_its_new_certificate(host: H
     nobody = qdspace("host", "tenant", "renew", "--dir", str(host.directory), "--name",
                      "nobody", "--authority", str(host.net.authority_dir))  # fmt: skip
     assert nobody.returncode == 1 and "no tenant 'nobody'" in nobody.stderr, nobody.stderr
+
+
+def test_a_tenant_names_files_in_its_own_files_folder_only(host: Host) -> None:
+    """Siliwafer's staff name files for a training and a federated session. The host's
+    token as a labels file (its error quoted the first line: the token, with which they
+    then suspended other tenants), the master key, another tenant's database, a link out
+    of its folder, a way up out of it: each 403 saying where files must be, nothing
+    quoted, nothing opened. A labels file in its own folder is read (its wrong header
+    named, as on a node of its own)."""
+    secret = host.host_token()
+    files = host.files.tenant("siliwafer") / "files"
+    (files / "cells").mkdir(parents=True, exist_ok=True)
+    (files / "cells" / "labels.csv").write_text("wrong,header\n")
+    link = files / "out"
+    if not link.exists():
+        link.symlink_to(host.directory)
+    outside = [
+        host.files.host_token,
+        host.files.master_key,
+        host.files.tenant("cellex") / "node.db",
+        link / "host.token",
+        files / ".." / ".." / "cellex" / "node.db",
+    ]
+    with host.client(host.tokens["siliwafer"]) as sili:
+        for path in outside:
+            body = {"images": str(files / "cells"), "labels": str(path)}
+            refused = sili.post("/v1/inspection/trainings", json=body)
+            assert refused.status_code == 403, refused.text
+            assert "files folder" in refused.text and secret not in refused.text
+            join = {"job_id": "j", "coordinator": "cellex", "data": str(path)}
+            refused = sili.post("/v1/federation/sessions", json=join)
+            assert refused.status_code == 403, refused.text
+        own = sili.post("/v1/inspection/trainings", json={"images": str(files / "cells")})
+        assert own.status_code == 400 and "expected 'file,label'" in own.text, own.text
+    assert "Traceback" not in host.log.read_text(errors="replace")
