@@ -116,6 +116,12 @@ class JobSpec:
             )
         if t > self.min_members:
             out.append(f"threshold {t} must not exceed min_members {self.min_members}")
+        if t >= n:
+            out.append(
+                f"threshold {t} leaves no member enough peers: each masks its update with at "
+                f"least {t} others (so that one of them is honest), so a job needs at least "
+                f"{t + 1} members"
+            )
         others = n - 1 if self.coordinator in self.members else n
         if t > others:
             out.append(

@@ -341,10 +341,11 @@ class Coordinator:
     def _close_secagg(self, now: float) -> None:
         server = self._server()
         if self.phase is Phase.ADVERTISE:
-            if len(server.advertised) < self.job.min_members:
+            # each member masks with at least t others (`SecAggClient.masking`)
+            needed = max(self.job.min_members, self.job.threshold + 1)
+            if len(server.advertised) < needed:
                 raise SecAggAbort(
-                    f"{len(server.advertised)} members advertised keys, job needs "
-                    f"{self.job.min_members}"
+                    f"{len(server.advertised)} members advertised keys, the round needs {needed}"
                 )
             server.close_adverts()
             self.phase = Phase.SHARE_KEYS

@@ -84,6 +84,7 @@ from qdspace.federation.secagg_messages import (
     verify_share,
     vouchers,
 )
+from qdspace.util.json_depth import loads as bounded_json
 
 
 def _seal_payload(
@@ -259,7 +260,7 @@ class SecAggClient:
             raise SecAggError(f"a second share from {share.sender}")
         try:
             plain = Box(self._cipher_sk, PublicKey(sender.cipher_pk)).decrypt(share.ciphertext)
-            job, rnd, attempt, frm, to, key_hex, seed_hex, key_sig, seed_sig = json.loads(plain)
+            job, rnd, attempt, frm, to, key_hex, seed_hex, key_sig, seed_sig = bounded_json(plain)
             key = SignedShare(bytes.fromhex(key_hex), bytes.fromhex(key_sig))
             seed = SignedShare(bytes.fromhex(seed_hex), bytes.fromhex(seed_sig))
         except (CryptoError, ValueError, TypeError) as exc:
@@ -303,9 +304,16 @@ class SecAggClient:
         adverts = {a.member: a for a in self._roster}
         for share in inbox:
             self._open(share, adverts)
-        if len(self._received) < self.config.threshold:
+        # our pairwise masks hide our update only if one of the peers we mask with is honest:
+        # a coordinator that relays us the shares of itself and one accomplice only (our
+        # own share made the count) would know every pairwise secret we use. At least t
+        # peers besides us, where t > c + 1, always include one beyond the coordinator and
+        # the c members it may collude with.
+        peers = len(self._received.keys() - {self.member})
+        if peers < self.config.threshold:
             raise SecAggAbort(
-                f"only {len(self._received)} members shared keys, threshold {self.config.threshold}"
+                f"only {peers} other members shared keys with {self.member}, threshold "
+                f"{self.config.threshold}"
             )
         ctx = self.config.context
         secret = bytes(self._mask_sk)

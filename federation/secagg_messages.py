@@ -28,6 +28,13 @@ sets of ``t`` honest signers, which cannot be disjoint when ``t > n/2`` (enforce
 of share of one member, and the coordinator's own single share cannot make up ``t``.
 With ``c`` members colluding with the coordinator the same argument needs
 ``2t >= n + c`` and ``t > c + 1``; the job's ``t`` bounds how much collusion it covers.
+Two things the argument takes for granted are checked too: whose signature is the
+coordinator's (the member refuses terms naming a coordinator other than the member it
+talks to, `node.rpc.federation_client`: else the coordinator's own signature counted),
+and that a member's pairwise masks are not all shared with the coordinator's side (a
+member masks only with the keys of at least ``t`` others, `SecAggClient.masking`: a
+coordinator relaying it only its own and one accomplice's shares knew every pairwise
+secret it used, and unmasked it with the honest members' seed shares).
 
 Everything here is plain data and pure checks: the transport maps the messages to
 protobuf (``node.rpc.federation_serde``) and the member and aggregator state machines

@@ -166,9 +166,10 @@ class SecAggServer:
         """End step 2; members that sent no shares are out of the round."""
         if self.phase is not Phase.SHARE_KEYS:
             raise SecAggError(f"cannot close key sharing in phase {self.phase.name}")
-        if len(self._shared) < self.config.threshold:
+        if len(self._shared) <= self.config.threshold:  # each masks with t others
             raise SecAggAbort(
-                f"{len(self._shared)} members shared keys, threshold {self.config.threshold}"
+                f"{len(self._shared)} members shared keys: each needs the keys of at least "
+                f"{self.config.threshold} others (threshold {self.config.threshold})"
             )
         self.phase = Phase.MASKED_INPUT
         return self._shared

@@ -12,8 +12,11 @@ They are plain numpy functions, so they are tested without sockets.
 - ``Krum`` / multi-Krum (Blanchard et al. 2017): pick the update(s) closest to their
   ``n - f - 2`` nearest neighbours.
 - ``NormBounding`` (Sun et al. 2019): clip each update's change to an L2 bound, then
-  average. It is the one robust strategy that still works under secure aggregation,
-  because members clip before masking and the aggregator only needs the sum.
+  average. Under secure aggregation the members clip before masking and the aggregator
+  only needs the sum, so honest members are bounded as in plain rounds; a hostile member
+  is not: the coordinator never sees its update, and nothing checks the clip on a
+  masked input (that needs a norm proof, as in RoFL or EIFFeL), so one member can move
+  each coordinate by up to about 2 * n * clip. Plain rounds bound every member.
 
 Robust strategies ignore ``num_examples`` on purpose: a poisoned member could claim
 any number of examples to buy itself weight.

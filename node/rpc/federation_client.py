@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import json
 import uuid
 from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass
@@ -62,6 +61,7 @@ from qdspace.node.runtime.federation_member import Position
 from qdspace.protocols.v1 import federation_pb2 as pb
 from qdspace.protocols.v1 import federation_pb2_grpc as pb_grpc
 from qdspace.protocols.v1 import node_pb2, node_pb2_grpc
+from qdspace.util.json_depth import loads as bounded_json
 
 CALL_TIMEOUT_S = 60.0
 
@@ -236,9 +236,23 @@ class FederationClient:
 
     async def job(self) -> JobSpec:
         reply = await self._call("GetJob", pb.JobRef(job_id=self.job_id))
-        job = JobSpec.from_dict(json.loads(reply.terms))
+        try:
+            terms = bounded_json(reply.terms)
+        except ValueError as exc:
+            raise PeerError(
+                f"coordinator {self.coordinator} sent unreadable terms: {exc}"
+            ) from None
+        job = JobSpec.from_dict(terms)
         if job.digest() != reply.job_digest or job.job_id != self.job_id:
             raise PeerError(f"coordinator {self.coordinator} sent terms of another job")
+        if job.coordinator != self.coordinator:
+            # the terms decide whose consistency signature counts (never the coordinator's):
+            # terms naming another coordinator would count this one's own signatures, and
+            # let it show two survivor splits and unmask one member's update
+            raise PeerError(
+                f"coordinator {self.coordinator} sent terms naming "
+                f"{job.coordinator[:80]!r} as the coordinator"
+            )
         self._job = job
         return job
 

@@ -452,7 +452,8 @@ async def test_a_member_process_of_secagg_v1_is_refused_by_name_and_no_sum_is_ma
     refused at its key advert with ``wrong_protocol``, by name, and takes no part; the
     round cannot reach its threshold without it, so every attempt aborts and the job
     fails with no version published. The v2 member beside it runs as usual."""
-    job = terms("el-hostile-v1", members=("cellex", "polycell"), phase_timeout_s=3.0)
+    # sunarc is a member that never joins: a secure round needs t + 1 members present
+    job = terms("el-hostile-v1", members=("cellex", "polycell", "sunarc"), phase_timeout_s=3.0)
     job = dataclasses.replace(job, secure_aggregation=True, threshold=2, update_clip=1.0)
     await start(network, job)
     v1 = await asyncio.create_subprocess_exec(
@@ -511,7 +512,7 @@ async def test_members_refuse_a_coordinator_of_another_secagg_protocol(
         job = terms(
             f"el-hostile-coordinator-{len(announced)}",
             coordinator="polycell",
-            members=("cellex", "sunarc"),
+            members=("cellex", "polycell", "sunarc"),
         )
         job = dataclasses.replace(job, secure_aggregation=True, threshold=2, update_clip=1.0)
         await start(network, job)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Collection
+from typing import Any
 
 import numpy as np
 import pytest
@@ -207,8 +208,8 @@ def test_too_many_dropouts_abort_the_round() -> None:
 
 def test_aggregator_refuses_what_does_not_fit_with_a_reason() -> None:
     cfg = config(2)
-    server = SecAggServer(cfg, {"a", "b", "c"})
-    clients = {m: client(m, cfg) for m in "abc"}
+    server = SecAggServer(cfg, {"a", "b", "c", "d"})
+    clients = {m: client(m, cfg) for m in "abcd"}
     mallory = SecAggClient("mallory", cfg, SigningKey.generate())
     with pytest.raises(UpdateRefused) as exc:
         server.receive_advert(mallory.advertise(), VERIFY["a"])
@@ -228,9 +229,10 @@ def test_aggregator_refuses_what_does_not_fit_with_a_reason() -> None:
     assert exc.value.reason is RefusalReason.WRONG_PHASE
     server.receive_shares("a", shares["a"])
     server.receive_shares("b", shares["b"])
+    server.receive_shares("c", shares["c"])
     server.close_shares()
     with pytest.raises(UpdateRefused) as exc:
-        server.receive_masked(MaskedInput("c", np.zeros(LENGTH, np.uint32)))
+        server.receive_masked(MaskedInput("d", np.zeros(LENGTH, np.uint32)))
     assert exc.value.reason is RefusalReason.DROPPED
     with pytest.raises(UpdateRefused) as exc:
         server.receive_masked(MaskedInput("a", np.zeros(LENGTH + 1, np.uint32)))
@@ -337,3 +339,26 @@ def test_blockwise_masks_equal_whole_expansions() -> None:
     assert np.array_equal(q.encode(vec).view(np.int32), np.rint(scaled).astype(np.int32))
     with pytest.raises(SecAggError, match="sign"):
         MaskStreams([(bytes(16), 2)])
+
+
+def test_a_member_masks_with_at_least_t_peers_so_that_one_is_honest() -> None:
+    """A coordinator X and one accomplice M (n=5, t=3, c=1: inside the bound the design
+    covers) hand honest A an inbox with only their own shares. A used to mask with X and
+    M alone (its own share made the count of three), so once the honest members revealed
+    A's self-mask seed, X removed every mask from A's update. Now A refuses to mask with
+    fewer than t others."""
+    cfg = config(3)
+    members = ("a", "b", "c", "m0", "m1")  # m0 plays the accomplice, m1 the coordinator
+
+    def a_with_shares_of(senders: set[str]) -> tuple[SecAggClient, list[Any]]:
+        clients = {m: client(m, cfg) for m in members}
+        roster = sorted((c.advertise() for c in clients.values()), key=lambda a: a.member)
+        shares = [s for c in clients.values() for s in c.share_keys(roster, VERIFY)]
+        return clients["a"], [s for s in shares if s.receiver == "a" and s.sender in senders]
+
+    member, isolated = a_with_shares_of({"m0", "m1"})
+    with pytest.raises(SecAggAbort, match="only 2 other members shared keys with a"):
+        member.mask(inputs(1)["m0"], isolated)
+    # with the shares of t others it masks (one of them is honest whoever colludes)
+    member, three = a_with_shares_of({"m0", "m1", "b"})
+    assert member.mask(inputs(1)["m0"], three).vector.size == LENGTH

@@ -118,7 +118,13 @@ def test_a_v2_round_removes_every_mask_bit_for_bit() -> None:
 
 
 def test_a_secure_jobs_status_names_the_protocol(tmp_path: Path) -> None:
-    secure_job = host_job(job_id="el-s", secure_aggregation=True, threshold=2, update_clip=1.0)
+    secure_job = host_job(
+        job_id="el-s",
+        secure_aggregation=True,
+        threshold=2,
+        update_clip=1.0,
+        members=("sunarc", "cellex", "polycell"),
+    )
     secure = JobHost.create(tmp_path, secure_job, INITIAL, KEY, now=0.0).view(0.0)
     plain = JobHost.create(tmp_path, host_job(job_id="el-p"), INITIAL, KEY, now=0.0).view(0.0)
     assert secure.secagg_protocol == PROTOCOL and plain.secagg_protocol == ""

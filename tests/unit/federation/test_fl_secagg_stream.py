@@ -83,9 +83,9 @@ def test_summing_into_the_first_uploaded_buffer_gives_the_exact_sum(owned: bool)
 
 @pytest.mark.parametrize("owned", [False, True])
 def test_the_server_sums_into_an_input_only_when_it_owns_it(owned: bool) -> None:
-    vectors = _vectors(2, seed=3)
+    vectors = _vectors(3, seed=3)
     server, clients = keys_shared(vectors, config(2, LENGTH))
-    first, second = (c.mask(vectors[m], server.inbox(m)) for m, c in clients.items())
+    first, second, _ = (c.mask(vectors[m], server.inbox(m)) for m, c in clients.items())
     sent = first.vector.copy()
     server.receive_masked(MaskedInput(first.member, first.vector, owned=owned))
     server.receive_masked(second)
@@ -96,7 +96,7 @@ def test_the_server_sums_into_an_input_only_when_it_owns_it(owned: bool) -> None
 
 
 def test_a_masked_input_is_made_once_and_only_whole() -> None:
-    server, clients = keys_shared(("m0", "m1"), config(2, LENGTH))
+    server, clients = keys_shared(("m0", "m1", "m2"), config(2, LENGTH))
     masking = clients["m0"].masking(_vectors(1, 1)["m0"], server.inbox("m0"))
     blocks = masking.blocks(BLOCK)
     next(blocks)
