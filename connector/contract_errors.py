@@ -161,6 +161,13 @@ class TransferQuotaError(ContractError):
     grpc_status = "RESOURCE_EXHAUSTED"
 
 
+class MessageOutOfTime(ContractError, ValueError):
+    """A peer's message dated further ahead of our clock than clocks drift, or a request
+    opening a negotiation dated further behind it (`connector.peer_time`)."""
+
+    grpc_status = "INVALID_ARGUMENT"
+
+
 class CaseError(ContractError):
     """Base of the quality investigation / alert errors (`connector.investigation`)."""
 

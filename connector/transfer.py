@@ -111,10 +111,13 @@ def _describe(message: TransferMessage) -> str:
     return f"{type(message).__name__} message {message.message_id}"
 
 
-def open_transfer(request: TransferRequest, role: Role) -> TransferProcess:
+def open_transfer(
+    request: TransferRequest, role: Role, received_at: datetime | None = None
+) -> TransferProcess:
     """A transfer process in REQUESTED; the policy decision is the caller's, beforehand.
 
-    An incremental pull's genesis checkpoint is at its watermark (`TransferRequest.since`)."""
+    An incremental pull's genesis checkpoint is at its watermark (`TransferRequest.since`).
+    `received_at`: our clock when a peer's request opens it (`connector.peer_time`)."""
     since = parse_since(request.since)
     genesis = Checkpoint.genesis(request.transfer_id)
     return TransferProcess(
@@ -125,8 +128,8 @@ def open_transfer(request: TransferRequest, role: Role) -> TransferProcess:
         consumer_id=request.sender_id,
         state=TransferState.REQUESTED,
         checkpoint=replace(genesis, position=since),
-        created_at=request.at,
-        updated_at=request.at,
+        created_at=request.at if received_at is None else received_at,
+        updated_at=request.at if received_at is None else received_at,
         seen=((request.message_id, fingerprint(request)),),
         purpose=request.purpose,
         order_id=request.order_id,

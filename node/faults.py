@@ -196,6 +196,7 @@ FAULTS: Mapping[str, Fault] = {
     "qdspace.connector.contract_errors.ContractStoreError": F("INTERNAL", 500, 1),
     "qdspace.connector.contract_errors.UnknownContractError": F("NOT_FOUND", 404, 1),
     "qdspace.connector.contract_errors.KeyShreddedError": F("FAILED_PRECONDITION", 409, 1),
+    "qdspace.connector.contract_errors.MessageOutOfTime": F("INVALID_ARGUMENT", 400, 1),
     "qdspace.connector.contract_store.common.ConcurrentUpdateError": F("ABORTED", 409, 1),
     "qdspace.connector.contract_errors.SpcError": F("INVALID_ARGUMENT", 400, 1),
     "qdspace.connector.contract_errors.ViewError": F("INVALID_ARGUMENT", 400, 1),

@@ -428,8 +428,8 @@ class ContractStore:
     def holdings(self) -> list[Holding]:
         return self._closures.holdings()
 
-    def record_receipt(self, signed: SignedReceipt) -> None:
-        self._closures.record_receipt(signed)
+    def record_receipt(self, signed: SignedReceipt) -> bool:
+        return self._closures.record_receipt(signed)
 
     def deletion_duties(
         self,

@@ -32,7 +32,7 @@ from sqlalchemy import Column, Engine, String, Table, false, func, select
 from sqlmodel.sql.sqltypes import UTCDateTime
 
 from qdspace.connector.agreement import SignedReceipt
-from qdspace.connector.contract_errors import ContractStoreError
+from qdspace.connector.contract_errors import ContractDenied, ContractStoreError
 from qdspace.connector.contract_store.agreements import AgreementStore, held_as
 from qdspace.connector.contract_store.common import (
     CONTRACT_METADATA,
@@ -206,10 +206,19 @@ class ClosureStore(TableStore):
             return None
         return signed
 
-    def record_receipt(self, signed: SignedReceipt) -> None:
+    def record_receipt(self, signed: SignedReceipt) -> bool:
         """Provider side: store a receipt whose signature the caller verified; it must
-        answer a recorded duty (an agreement given, an order closed)."""
+        answer a duty of an agreement given, for an order in its scope (closed or, for a
+        consumer deleting early, not yet). True when stored; False when the duty holds
+        a receipt already (nothing written: the caller anchors nothing either).
+
+        Why the scope and the length: a consumer signs its own receipts, so without them
+        one agreement let it store (and have us anchor) a receipt for every order id it
+        could invent, each as long as it liked."""
         receipt = signed.receipt
+        for name, value in (("receipt id", receipt.receipt_id), ("order id", receipt.order_id)):
+            if not value or len(value) > ID_LENGTH:
+                raise ContractDenied(f"receipt: {name} of {len(value)} characters")
         with self.engine.begin() as connection:
             stored = self._agreements.agreement_in(connection, receipt.agreement_id)
             closure = connection.execute(
@@ -225,6 +234,11 @@ class ClosureStore(TableStore):
             )
             if duty is None:
                 raise ContractStoreError(f"agreement {receipt.agreement_id} has no delete duty")
+            if not order_in_scope(stored.signed.agreement.policy, receipt.order_id):
+                raise ContractDenied(
+                    f"receipt {receipt.receipt_id}: order {receipt.order_id} is not in the "
+                    f"scope of agreement {receipt.agreement_id}"
+                )
             check_receipt_claims(
                 duty,
                 agreement_id=receipt.agreement_id,
@@ -233,7 +247,7 @@ class ClosureStore(TableStore):
                 content_sha256=receipt.content_sha256,
                 order_id=receipt.order_id,
             )
-            self._receipts.save_receipt_in(connection, signed)
+            return self._receipts.save_receipt_in(connection, signed)
 
     def holdings(self) -> list[Holding]:
         """Consumer side: per (agreement held as consumer, order), what is held (rows,

@@ -159,7 +159,11 @@ class NegotiationServicer(negotiation_pb2_grpc.NegotiationServicer):
         try:
             with _guard("Negotiation/Send"):
                 message = negotiation_message_from_proto(request)
-                negotiation, replies = self._rt.handle_negotiation(_peer(), message)
+                # a write: in a worker thread, or it holds every member's calls and streams
+                # while another writer has the database's write lock (up to its timeout)
+                negotiation, replies = await asyncio.to_thread(
+                    self._rt.handle_negotiation, _peer(), message
+                )
         except _Abort as abort:
             await context.abort(abort.code, abort.reason)
         ack = negotiation_ack_to_proto(negotiation)

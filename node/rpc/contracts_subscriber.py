@@ -301,7 +301,10 @@ class ConsumerSubscriptions:
             self.metrics.rows("received", "stream", len(rows), len(raw))
             sub.received += len(rows)
             sub.position = event.positions[-1]
-            self._spc(sub, watch.monitor, event.rows)
+            # the monitor and the alerts it raises (a write each) in a worker thread: a
+            # provider's event of out-of-control rows raised thousands of them, seconds of
+            # our event loop for one message
+            await asyncio.to_thread(self._spc, sub, watch.monitor, event.rows)
             await self._keep_baseline(sub, watch)
 
     async def _keep_baseline(self, sub: Subscription, watch: _Watch) -> None:

@@ -49,6 +49,7 @@ from qdspace.connector.negotiation import (
     open_negotiation,
 )
 from qdspace.connector.offers import Answer, Verdict, answer_job_request, answer_request
+from qdspace.connector.peer_time import check_fresh, check_sent_at
 from qdspace.node.errors import NodeError
 from qdspace.node.identity.certs import MemberIdentity
 from qdspace.node.runtime.contracts_base import QUOTA_WINDOW, ContractBase, over_quota
@@ -156,6 +157,7 @@ class ProviderNegotiation(ContractBase):
                 f"message id {message.message_id}: ids <negotiation>:p<number> are the "
                 "provider's own (its answers); a consumer's message needs another"
             )
+        check_sent_at(message.at, self.clock.now(), f"message {message.message_id[:128]}")
         keys = PartyKeys(self.verify_key, VerifyKey(peer.verify_key))
         before_states: list[NegotiationState] = []
         # the answer this call built, None when the message was a retry (its answer is then
@@ -181,6 +183,9 @@ class ProviderNegotiation(ContractBase):
             if message.offer.assigner != self.me.member_id:
                 raise ContractDenied(f"the request is for {message.offer.assigner}'s offer")
             self.asset_for(message.offer.target, peer.role)
+            # the request's time is the agreement's requestedAt (both sides check it), so it
+            # stands; it must be now, give or take the drift (quotas count by it)
+            check_fresh(message.at, self.clock.now(), f"request {message.message_id[:128]}")
             opened = open_negotiation(message, Role.PROVIDER, signed=signed)
             negotiation, answer = self._provider_move(opened, peer)
             answers[0] = answer

@@ -144,11 +144,11 @@ class ContractNotices(ContractBase):
         )
         if signed.receipt.consumer_id != peer.member_id:
             raise ContractDenied(f"receipt {signed.receipt.receipt_id} is not from {peer.name}")
-        known = {s.receipt.receipt_id for s in self.store.receipts(signed.receipt.agreement_id)}
-        self.store.record_receipt(signed)
+        if not self.store.record_receipt(signed):  # its duty holds one: nothing to anchor
+            return False
         self.record("deletion_receipt", signed.receipt.receipt_id, signed.receipt.canonical_bytes())
         logger.info("deletion receipt %s from %s verified", signed.receipt.receipt_id, peer.name)
-        return signed.receipt.receipt_id not in known
+        return True
 
     # ------------------------------------------------- closing and deletion
 

@@ -28,6 +28,7 @@ from qdspace.connector.contract_store import StoredAgreement
 from qdspace.connector.encoding import StreamRequest, live_page, stream_batches
 from qdspace.connector.negotiation import Role
 from qdspace.connector.paging import incremental_refusal, parse_position
+from qdspace.connector.peer_time import check_sent_at
 from qdspace.connector.pseudonym import Pseudonymizer
 from qdspace.connector.qdm import Inspection
 from qdspace.connector.release_gate import ReleaseGate
@@ -123,6 +124,7 @@ class ProviderTransfers(ContractBase):
         request (the stored process after it, False); the caller saves a new one."""
         if message.sender_id != peer.member_id or message.provider_id != self.me.member_id:
             raise UnauthorizedSenderError(f"transfer request {message.message_id}: wrong parties")
+        check_sent_at(message.at, self.clock.now(), f"transfer request {message.message_id[:128]}")
         existing = self.store.find_transfer(message.transfer_id)
         if existing is not None:
             if existing.consumer_id != peer.member_id:  # say nothing about another's transfer
@@ -143,7 +145,7 @@ class ProviderTransfers(ContractBase):
         if not decision.decision.allowed:
             logger.warning("transfer %s denied: %s", message.transfer_id, decision.decision.reason)
             raise ContractDenied(decision.decision.reason)
-        process = open_transfer(message, Role.PROVIDER)
+        process = open_transfer(message, Role.PROVIDER, received_at=self.clock.now())
         start = TransferStart(
             f"{message.transfer_id}:p-start",
             message.transfer_id,
@@ -227,6 +229,7 @@ class ProviderTransfers(ContractBase):
         assert isinstance(message, TransferMessage)
         if message.sender_id != peer.member_id:
             raise UnauthorizedSenderError(f"message {message.message_id}: wrong sender")
+        check_sent_at(message.at, self.clock.now(), f"message {message.message_id[:128]}")
         if isinstance(message, TransferRequest):
             return self.open_transfer(peer, message)
         before = self._peer_transfer(peer, message.transfer_id)
