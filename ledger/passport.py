@@ -9,6 +9,7 @@ passport that leaves out, adds or alters a batch fails, as does any changed byte
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import json
 from typing import Annotated, Literal
 
@@ -36,6 +37,10 @@ Kind = Literal[
     "quality_case",
     "trace_report",
 ]
+
+
+#: the hex digits of a member id that come from its key (`node.member_ids.DIGEST_HEX`)
+MEMBER_ID_DIGEST = 12
 
 
 class _Doc(BaseModel):
@@ -183,6 +188,18 @@ def verify_passport(
                 else "signed by another key than the one given",
             )
         )
+    # a member id ends in 12 hex digits of its key's SHA-256 (`node.member_ids`): a
+    # passport signed by one key but naming another member's id is nobody's word
+    digest = hashlib.sha256(unhex(passport.verify_key)).hexdigest()[:MEMBER_ID_DIGEST]
+    if passport.member_id.rpartition("-")[2] != digest:
+        checks.append(
+            Check(
+                "member",
+                False,
+                f"member id {passport.member_id} is not the id of the key that signed it",
+            )
+        )
+        return Verdict.of(checks)
     try:
         VerifyKey(unhex(passport.verify_key)).verify(
             passport.signed_bytes(), unhex(passport.signature)

@@ -333,8 +333,17 @@ def offline_checks(proof: InclusionProof) -> list[Check]:
     return checks
 
 
-def chain_checks(proof: InclusionProof, client: LedgerClient) -> list[Check]:
-    """What the chain must confirm: the root, its size, kind, block and transaction."""
+def chain_checks(
+    proof: InclusionProof, client: LedgerClient, anchorer: str | None = None
+) -> list[Check]:
+    """What the chain must confirm: the root, its size, kind, block and transaction, and,
+    with `anchorer`, that this account anchored it.
+
+    Why the account: the contract takes a root from anyone who can send a transaction,
+    and a one-leaf root of (kind, any ref id, any hash) with an empty audit path is a
+    valid proof of a record nobody kept: a stranger on a shared chain made 'deletion
+    receipt dr-victim-0001' verify. A proof says something about a member only when the
+    member's own account anchored its root; a node verifies proofs for its own account."""
     root = unhex(proof.root)
     if client.chain_id != proof.chain_id:
         return [
@@ -368,8 +377,20 @@ def chain_checks(proof: InclusionProof, client: LedgerClient) -> list[Check]:
                 f"{proof.contract} on chain {proof.chain_id}",
             )
         ]
+    checks = [Check("anchored", True, f"root anchored by {event.anchorer}")]
+    if anchorer is not None:
+        ours = event.anchorer.lower() == anchorer.lower()
+        checks.append(
+            Check(
+                "anchorer",
+                ours,
+                f"anchored by the member's account {anchorer}"
+                if ours
+                else f"anchored by {event.anchorer}, not by the member's account {anchorer}",
+            )
+        )
     return [
-        Check("anchored", True, f"root anchored by {event.anchorer}"),
+        *checks,
         _eq("leaf_count", event.leaf_count, proof.size, "leaves in the anchored batch"),
         _eq("kind", event.kind, KIND_CODES[proof.kind], "kind code on chain"),
         _eq("block", event.block_number, proof.block_number, "block of the anchor"),
@@ -405,9 +426,12 @@ class ConfirmationCache:
         self._lock = threading.Lock()
 
     @staticmethod
-    def key(proof: InclusionProof, client: LedgerClient) -> tuple[str, ...]:
+    def key(
+        proof: InclusionProof, client: LedgerClient, anchorer: str | None = None
+    ) -> tuple[str, ...]:
         """Everything the chain checks depend on."""
         return (
+            (anchorer or "").lower(),
             client.rpc_url,
             client.address,
             proof.kind,
@@ -442,17 +466,19 @@ def verify_proof(
     proof: InclusionProof,
     client: LedgerClient | None,
     cache: ConfirmationCache | None = None,
+    anchorer: str | None = None,
 ) -> Verdict:
-    """Offline checks, then (with a client) the chain's confirmation (cached per root)."""
+    """Offline checks, then (with a client) the chain's confirmation (cached per root);
+    `anchorer`: the account that must have anchored the root (`chain_checks`)."""
     checks = offline_checks(proof)
     if all(c.ok for c in checks):
         if client is None:
             checks.append(Check("chain", False, "no chain access given; anchoring unchecked"))
         else:
-            key = ConfirmationCache.key(proof, client) if cache is not None else None
+            key = ConfirmationCache.key(proof, client, anchorer) if cache is not None else None
             confirmed = cache.get(key) if cache is not None and key is not None else None
             if confirmed is None:
-                confirmed = chain_checks(proof, client)
+                confirmed = chain_checks(proof, client, anchorer)
                 if cache is not None and key is not None:
                     cache.put(key, confirmed)
             checks.extend(confirmed)

@@ -21,15 +21,21 @@ from qdspace.ledger.proofs import (
 
 
 def verify_document(
-    data: str | bytes, rpc_url: str | None, *, verify_key: bytes | None = None
+    data: str | bytes,
+    rpc_url: str | None,
+    *,
+    verify_key: bytes | None = None,
+    anchorer: str | None = None,
 ) -> tuple[str, Verdict]:
-    """Verify a proof or passport; returns its type and the verdict."""
+    """Verify a proof or passport; returns its type and the verdict. `anchorer`: the
+    member's chain account, which must have anchored a proof's root (anyone can anchor
+    a root: without it a proof says only that some account did)."""
     binary = isinstance(data, bytes) and data.startswith(BINARY_MAGIC)
     kind = PROOF_TYPE if binary else document_type(data)
     if kind == PROOF_TYPE:
         proof = InclusionProof.parse(data)
         client = None if rpc_url is None else LedgerClient(rpc_url, proof.contract)
-        return kind, verify_proof(proof, client)
+        return kind, verify_proof(proof, client, anchorer=anchorer)
     if kind == PASSPORT_TYPE:
         passport = Passport.parse(data)
         client = None if rpc_url is None else LedgerClient(rpc_url, passport.contract)

@@ -116,6 +116,7 @@ def proof_public(
     kind: str,
     ref_id: str,
     confirmations: ConfirmationCache | None = None,
+    anchorer: str | None = None,
 ) -> ProofPublic:
     """The proof of an anchored leaf, verified against the chain now (the regulator's
     ``/proofs`` and the operator console's ledger page)."""
@@ -123,7 +124,7 @@ def proof_public(
         proof = build_proof(queue, kind, ref_id)  # an unknown id is 404 before any load
         record = record_loader(kind, ref_id) if record_loader is not None else None
         proof = with_record(proof, record)
-        verdict = verify_proof(proof, client, confirmations)
+        verdict = verify_proof(proof, client, confirmations, anchorer)
     except LedgerError as exc:
         raise_http(exc)
     return ProofPublic(
@@ -141,16 +142,21 @@ def proof_public(
     )
 
 
-def verify_posted(document: dict[str, Any], client: LedgerClient) -> VerifyResult:
+def verify_posted(
+    document: dict[str, Any], client: LedgerClient, anchorer: str | None = None
+) -> VerifyResult:
     """A posted proof or passport verified against ``client``'s chain (the regulator's
-    ``/verify`` and the console's drop zone); `HTTPException` for what is no document."""
+    ``/verify`` and the console's drop zone); `HTTPException` for what is no document.
+    A proof must be of a root `anchorer` (this node's account) anchored: a node answers
+    for its own records (`ledger.proofs.chain_checks`)."""
     doc_type = document.get("type")
     try:
         if doc_type == PROOF_TYPE:
             proof = InclusionProof.parse(document)
             _same_chain(client, proof.chain_id)
             return VerifyResult(
-                type=PROOF_TYPE, verdict=verdict_public(verify_proof(proof, client))
+                type=PROOF_TYPE,
+                verdict=verdict_public(verify_proof(proof, client, anchorer=anchorer)),
             )
         if doc_type == PASSPORT_TYPE:
             passport = Passport.model_validate(document)
@@ -172,15 +178,17 @@ def regulator_router(
     require_regulator: Callable[..., Any],
     record_loader: RecordLoader | None = None,
     passport_issuer: PassportIssuer | None = None,
+    anchorer: str | None = None,
 ) -> APIRouter:
-    """Routes under ``/v1/regulator``; ``require_regulator`` is a FastAPI dependency."""
+    """Routes under ``/v1/regulator``; ``require_regulator`` is a FastAPI dependency;
+    ``anchorer``: this node's chain account, which must have anchored what is verified."""
     confirmations = ConfirmationCache()  # a batch's proofs share one root: ask the chain once
     router = APIRouter(
         prefix="/v1/regulator", tags=["regulator"], dependencies=[Depends(require_regulator)]
     )
 
     def proof_of(kind: str, ref_id: str) -> ProofPublic:
-        return proof_public(queue, client, record_loader, kind, ref_id, confirmations)
+        return proof_public(queue, client, record_loader, kind, ref_id, confirmations, anchorer)
 
     @router.get("/proofs/{kind}/{ref_id:path}", response_model=ProofPublic)
     def get_proof(kind: str, ref_id: str) -> ProofPublic:
@@ -202,7 +210,7 @@ def regulator_router(
     @router.post("/verify", response_model=VerifyResult)
     def verify(document: Annotated[dict[str, Any], Body()]) -> VerifyResult:
         """Verify a posted proof or passport against this node's chain."""
-        return verify_posted(document, client)
+        return verify_posted(document, client, anchorer)
 
     if passport_issuer is not None:
         issuer = passport_issuer

@@ -33,6 +33,10 @@ def verify(
     verify_key: Annotated[
         str | None, typer.Option(help="pin a passport to this member key (hex)")
     ] = None,
+    anchorer: Annotated[
+        str | None,
+        typer.Option(help="pin a proof to the member's chain account (0x...) that anchored it"),
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="print the verdict as JSON")] = False,
 ) -> None:
     """Verify an inclusion proof or a quality data passport against the chain."""
@@ -47,7 +51,7 @@ def verify(
     except ValueError:
         raise fail("--verify-key is not hex", EXIT_UNUSABLE) from None
     try:
-        kind, verdict = verify_document(data, rpc, verify_key=pinned)
+        kind, verdict = verify_document(data, rpc, verify_key=pinned, anchorer=anchorer)
     except DocumentFormatError as exc:
         raise fail(f"{document}: {exc}", EXIT_UNUSABLE) from None
     except ChainUnavailable as exc:

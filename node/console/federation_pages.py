@@ -86,7 +86,14 @@ def routes(console: Console) -> list[tuple[str, Endpoint, str]]:
             return {"valid": None, "reason": "this node anchors to no chain"}
         held = ctx.ledger
         try:
-            proof = proof_public(held.queue, held.client, held.load_record, "model_version", ref)
+            proof = proof_public(
+                held.queue,
+                held.client,
+                held.load_record,
+                "model_version",
+                ref,
+                anchorer=held.account,
+            )
         except HTTPException as exc:
             return {"valid": None, "reason": f"not anchored yet ({exc.detail})"}
         except Exception as exc:  # a chain that does not answer is shown, not raised

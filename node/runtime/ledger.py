@@ -264,6 +264,12 @@ class NodeLedger:
     _stop: threading.Event = field(default_factory=threading.Event)
     _thread: threading.Thread | None = None
 
+    @property
+    def account(self) -> str:
+        """The chain account this node anchors from: a proof is this member's only when
+        this account anchored its root (`ledger.proofs.chain_checks`)."""
+        return str(self.anchorer.signer.address)
+
     def start(self) -> None:
         """Run the anchorer and the QDM sweep in background threads."""
         self.anchorer.start()
@@ -378,7 +384,7 @@ def is_anchored(ctx: NodeContext, kind: str, ref_id: str, payload: bytes) -> boo
         return False
     try:
         proof = with_record(build_proof(ledger.queue, kind, ref_id), payload)
-        return verify_proof(proof, ledger.client).valid
+        return verify_proof(proof, ledger.client, anchorer=ledger.account).valid
     except LedgerError:
         return False
 

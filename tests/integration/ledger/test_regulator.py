@@ -9,6 +9,7 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Annotated
 
 import httpx
@@ -20,17 +21,27 @@ from nacl.signing import SigningKey
 
 from qdspace.ledger.anchor_policy import AnchorPolicy
 from qdspace.ledger.anchorer import Anchorer
-from qdspace.ledger.keys import ChainSigner
+from qdspace.ledger.deploy import fund_from_dev_account
+from qdspace.ledger.keys import ChainSigner, new_key_file
 from qdspace.ledger.passport import Passport, issue_passport
-from qdspace.ledger.proofs import InclusionProof
+from qdspace.ledger.proofs import InclusionProof, build_proof
 from qdspace.ledger.queue import LeafQueue
+from qdspace.ledger.queue_schema import ensure_schema
 from qdspace.node.api.regulator import regulator_router
+from qdspace.node.member_ids import member_id_for
 
-from .conftest import ChainProcess, funded_chain
+from .conftest import ONE_ETH, ChainProcess, funded_chain, sqlite_engine
 
 pytestmark = pytest.mark.integration
 
+
+def _id(name: str, key: SigningKey) -> str:
+    """The member id a passport signed with `key` must carry (`node.member_ids`)."""
+    return member_id_for(name, bytes(key.verify_key))
+
+
 TOKEN = "regulator-secret"
+JSON = {"content-type": "application/json"}
 RECORDS = {
     ("inspection", "EL-0001"): b'{"verdict":"ok"}',
     ("agreement", "agr-1"): b'{"agreement":"one"}',
@@ -78,7 +89,13 @@ def _api(chain: ChainProcess, signer: ChainSigner, queue: LeafQueue) -> Iterator
 
     def issue(from_block: int, to_block: int | None) -> Passport:
         return issue_passport(
-            queue, client, member_key, "cellex-1", signer.address, from_block, to_block
+            queue,
+            client,
+            member_key,
+            _id("cellex", member_key),
+            signer.address,
+            from_block,
+            to_block,
         )
 
     app = FastAPI()
@@ -89,6 +106,7 @@ def _api(chain: ChainProcess, signer: ChainSigner, queue: LeafQueue) -> Iterator
             require_regulator=regulator,
             record_loader=lambda kind, ref: RECORDS.get((kind, ref)),
             passport_issuer=issue,
+            anchorer=signer.address,  # what the node passes: its own account
         )
     )
     with (
@@ -183,3 +201,32 @@ def test_passport_endpoint_returns_a_verifiable_passport(shared_api: httpx.Clien
     verified = shared_api.post("/v1/regulator/verify", json=doc)
     assert verified.status_code == 200 and verified.json()["verdict"]["valid"] is True
     assert shared_api.get("/v1/regulator/passport?from_block=5&to_block=2").status_code == 422
+
+
+def test_a_proof_of_a_root_another_account_anchored_is_not_this_members(
+    api: httpx.Client, chain: ChainProcess, tmp_path: Path
+) -> None:
+    """The contract takes a root from anyone who can send a transaction: a stranger on
+    the same chain anchors its own one-leaf batch of a deletion receipt 'dr-victim-0001'
+    (the real anchoring path, its own funded account) and posts the proof. On the old
+    code it verified VALID, 'all checks passed': a receipt the member never kept. Now
+    the member's regulator listener says it was not anchored by the member's account;
+    the member's own proofs stay valid."""
+    stranger = new_key_file(tmp_path / "stranger" / "chain.key")
+    fund_from_dev_account(chain.url, stranger.address, ONE_ETH)
+    engine = sqlite_engine(tmp_path / "stranger.db")
+    ensure_schema(engine)
+    theirs = LeafQueue(engine)
+    forger = Anchorer(theirs, chain.client(), stranger, AnchorPolicy())
+    forger.enqueue("deletion_receipt", "dr-victim-0001", b'{"deleted":40}')
+    assert forger.flush(timeout_s=30)
+    proof = build_proof(theirs, "deletion_receipt", "dr-victim-0001")
+    engine.dispose()
+    posted = api.post("/v1/regulator/verify", content=proof.to_json(), headers=JSON)
+    verdict = posted.json()["verdict"]
+    assert verdict["valid"] is False, verdict
+    (check,) = [c for c in verdict["checks"] if c["name"] == "anchorer"]
+    assert "not by the member's account" in check["detail"] and stranger.address in check["detail"]
+    own = api.get("/v1/regulator/deletion-receipts/del-1/proof").json()
+    assert own["verdict"]["valid"] is True
+    assert any(c["name"] == "anchorer" and c["ok"] for c in own["verdict"]["checks"])

@@ -22,10 +22,17 @@ from qdspace.ledger.queue import LeafQueue
 from qdspace.ledger.queue_schema import ensure_schema
 from qdspace.ledger.verify import verify_document
 from qdspace.node.cli.ledger import ledger_app
+from qdspace.node.member_ids import member_id_for
 
 from .conftest import ChainProcess, funded_chain, sqlite_engine
 
 pytestmark = pytest.mark.integration
+
+
+def _id(name: str, key: SigningKey) -> str:
+    """The member id a passport signed with `key` must carry (`node.member_ids`)."""
+    return member_id_for(name, bytes(key.verify_key))
+
 
 RECORDS = {
     ("inspection", f"EL-CX-{i:03d}"): f'{{"station":"EL-2","verdict":"crack","n":{i}}}'.encode()
@@ -96,6 +103,13 @@ def test_cli_verifies_a_proof_and_rejects_a_forged_record(shared: Anchored, tmp_
     binary.write_bytes(proof.to_bytes())
     code, out = _cli("verify", str(binary), "--rpc", shared.chain.url)
     assert code == 0 and "VALID qdspace.inclusion-proof" in out, out
+    # pinned to the member's account: valid; to another account: not this member's anchor
+    mine = shared.signer.address
+    code, out = _cli("verify", str(binary), "--rpc", shared.chain.url, "--anchorer", mine)
+    assert code == 0 and "anchored by the member's account" in out, out
+    someone = "0x" + "12" * 20
+    code, out = _cli("verify", str(binary), "--rpc", shared.chain.url, "--anchorer", someone)
+    assert code == 1 and "not by the member's account" in out, out
     binary.write_bytes(proof.to_bytes()[:-1])
     code, out = _cli("verify", str(binary), "--rpc", shared.chain.url)
     assert code == 2 and "malformed proof" in out
@@ -175,7 +189,7 @@ def test_passport_verifies_and_catches_tampering_and_omissions(
     member_key = SigningKey.generate()
     client = anchored.chain.client()
     passport = issue_passport(
-        anchored.queue, client, member_key, "cellex-1", anchored.signer.address
+        anchored.queue, client, member_key, _id("cellex", member_key), anchored.signer.address
     )
     assert passport.activity["inspection"].leaves == 7
     assert passport.activity["inspection"].batches == 2
@@ -194,7 +208,10 @@ def test_passport_verifies_and_catches_tampering_and_omissions(
     verdict = verify_passport(resigned, client)
     assert not verdict.valid and "activity.inspection" in verdict.reason  # signed, but a lie
     tampered = passport.model_copy(update={"member_id": "polycell-1"})
-    assert "signature" in verify_passport(tampered, client).reason
+    assert "not the id of the key" in verify_passport(tampered, client).reason
+    # another member's id with the signer's own digest still breaks the signature
+    renamed = passport.model_copy(update={"member_id": _id("polycell", member_key)})
+    assert "signature" in verify_passport(renamed, client).reason
     other = SigningKey.generate()
     assert "signer" in verify_passport(passport, client, bytes(other.verify_key)).reason
 
@@ -214,7 +231,9 @@ def test_passport_verifies_and_catches_tampering_and_omissions(
         client,
     )
     assert not stale.valid
-    fresh = issue_passport(anchored.queue, client, member_key, "cellex-1", anchored.signer.address)
+    fresh = issue_passport(
+        anchored.queue, client, member_key, _id("cellex", member_key), anchored.signer.address
+    )
     verdict = verify_passport(fresh, client)
     assert not verdict.valid and "activity.inspection" in verdict.reason
     # the original passport, for its own period, still verifies
@@ -246,10 +265,10 @@ def test_a_root_another_member_anchored_first_is_not_in_our_passport(
     assert verify_document(proof.model_dump_json(), chain.url)[1].valid  # adopted: still good
 
     key = SigningKey.generate()
-    ours = issue_passport(other_queue, client, key, "cellex-1", other_signer.address)
+    ours = issue_passport(other_queue, client, key, _id("cellex", key), other_signer.address)
     assert "quality_case" not in ours.activity
     assert verify_passport(ours, client).valid, verify_passport(ours, client).reason
-    theirs = issue_passport(queue, client, key, "sunarc-1", signer.address)
+    theirs = issue_passport(queue, client, key, _id("sunarc", key), signer.address)
     assert theirs.activity["quality_case"].leaves == 1
     assert verify_passport(theirs, client).valid
     engine.dispose()
