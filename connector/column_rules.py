@@ -22,7 +22,7 @@ from typing import Any
 
 from qdspace.connector.dictionary import DataDictionary
 from qdspace.connector.errors import DictionaryError
-from qdspace.connector.field_parsers import INT_MAX
+from qdspace.connector.field_parsers import INT_MAX, has_surrogate
 
 #: a column loop's verdict on one value: "this row needs the row validator"
 BAD: Any = object()
@@ -76,11 +76,17 @@ def per_value(values: list[Any], required: bool, accept: Callable[[str], Any]) -
     return out
 
 
+def _unicode(s: str) -> bool:
+    """No lone surrogate in ``s`` (the database cannot store one); ASCII is checked in C."""
+    return s.isascii() or not has_surrogate(s)
+
+
 def text(required: bool, max_len: int) -> Callable[[list[Any]], list[Any]]:
     def rule(values: list[Any]) -> list[Any]:
         stripped = _stripped(values) if values else None
         if stripped is not None:
-            if max(map(len, stripped)) <= max_len and "\x00" not in "".join(stripped):
+            joined = "".join(stripped)
+            if max(map(len, stripped)) <= max_len and "\x00" not in joined and _unicode(joined):
                 if all(stripped):
                     return stripped
                 if not required:
@@ -90,7 +96,7 @@ def text(required: bool, max_len: int) -> Callable[[list[Any]], list[Any]]:
         return slow(values)
 
     def accept(s: str) -> Any:
-        return s if len(s) <= max_len and "\x00" not in s else BAD
+        return s if len(s) <= max_len and "\x00" not in s and _unicode(s) else BAD
 
     def slow(values: list[Any]) -> list[Any]:
         return per_value(values, required, accept)
@@ -160,7 +166,10 @@ class Timestamp:
             if len(zones) == 1 and next(iter(zones)) is UTC:
                 return times  # already in UTC (``Z`` or ``+00:00``): no copy per value
             if None not in zones:
-                return list(map(_IN_UTC, times))
+                try:
+                    return list(map(_IN_UTC, times))
+                except OverflowError:  # a time near year 1 or 9999 leaves the range in UTC
+                    pass
         return self.slow(values)
 
     def slow(self, values: list[Any]) -> list[Any]:
@@ -172,7 +181,12 @@ def _one_time(s: str) -> Any:
         t = datetime.fromisoformat(s)
     except ValueError:
         return BAD
-    return BAD if t.tzinfo is None else t.astimezone(UTC)
+    if t.tzinfo is None:
+        return BAD
+    try:
+        return t.astimezone(UTC)
+    except OverflowError:
+        return BAD
 
 
 def timestamp(required: bool) -> Callable[[list[Any]], list[Any]]:

@@ -126,7 +126,8 @@ class DataDictionary:
             if grade is None:
                 accepted = f"; grade codes: {', '.join(domain.grades)}" if domain.grades else ""
                 raise DictionaryError(
-                    f"{code!r} is neither a number nor a grade code of {element.name}{accepted}"
+                    f"{_quoted(code)} is neither a number nor a grade code of "
+                    f"{element.name}{accepted}"
                 )
             if unit and unit.lower() not in ("grade", "code", "class"):
                 raise DictionaryError(
@@ -219,7 +220,12 @@ def _number(value: Any) -> float | None:
     if isinstance(value, bool):
         return None
     if isinstance(value, int | float):
-        number = float(value)
+        try:
+            number = float(value)
+        except OverflowError:  # an int of more than 308 digits
+            big = int(value).bit_length() > 14_000  # str() of more than 4300 digits raises
+            digits = "more than 4300" if big else str(len(str(abs(value))))
+            raise DictionaryError(f"an integer of {digits} digits is no finite number") from None
     else:
         text = str(value).strip().replace(",", ".") if value is not None else ""
         try:
@@ -227,8 +233,14 @@ def _number(value: Any) -> float | None:
         except ValueError:
             return None
     if not math.isfinite(number):
-        raise DictionaryError(f"{value!r} is not a finite number")
+        raise DictionaryError(f"{_quoted(value)} is not a finite number")
     return number
+
+
+def _quoted(value: Any, limit: int = 80) -> str:
+    """``repr(value)`` cut short: a reason should not carry a 60 kB value whole."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 @cache

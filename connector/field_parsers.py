@@ -82,6 +82,31 @@ class Problems:
         return row
 
 
+#: why a text with a lone surrogate is refused (JSON's "\\ud800" decodes to one)
+SURROGATE_REASON = "contains a lone surrogate (not valid Unicode; the database cannot store it)"
+#: a raw value quoted in a reason is cut to this many characters
+QUOTE_MAX = 80
+
+
+def has_surrogate(value: str) -> bool:
+    """Whether ``value`` holds a lone surrogate (U+D800..U+DFFF), which no UTF-8 database
+    column takes; a JSON escape like ``"\\ud800"`` decodes to one."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
+
+
+def short(value: Any, limit: int = QUOTE_MAX) -> str:
+    """``repr(value)`` cut to ``limit`` characters, for a reason that quotes a raw value
+    (a 400-digit number or a 60 kB text would otherwise travel in every report)."""
+    if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 1000:
+        return f"an integer of about {int(value.bit_length() * 0.30103)} digits"
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 def raw(row: Mapping[str, Any], name: str) -> Any:
     value = row.get(name)
     if isinstance(value, str):
@@ -108,6 +133,9 @@ def text(
             if "\x00" in value:  # PostgreSQL refuses it, and no code or name holds one
                 p.fail(name, "contains a NUL character")
                 return None
+            if not value.isascii() and has_surrogate(value):
+                p.fail(name, SURROGATE_REASON)
+                return None
             return value
         value = None
     if value is None:
@@ -117,6 +145,9 @@ def text(
         return None
     if isinstance(value, bool) or not isinstance(value, int | float | str):
         p.fail(name, f"expected text, got {type(value).__name__}")
+        return None
+    if isinstance(value, int) and value.bit_length() > 1000:  # str() of 4301 digits raises
+        p.fail(name, f"longer than {max_len} characters")
         return None
     value = str(value)
     if len(value) > max_len:
@@ -145,15 +176,18 @@ def number(
             return None
         return None
     if isinstance(value, bool):
-        p.fail(name, f"expected a number, got {value!r}")
+        p.fail(name, f"expected a number, got {short(value)}")
         return None
     try:
         result = float(value)
+    except OverflowError:  # an int of more than 308 digits
+        p.fail(name, f"expected a finite number, got {short(value)}")
+        return None
     except (TypeError, ValueError):
-        p.fail(name, f"expected a number, got {value!r}")
+        p.fail(name, f"expected a number, got {short(value)}")
         return None
     if result != result or result in (float("inf"), float("-inf")):
-        p.fail(name, f"expected a finite number, got {value!r}")
+        p.fail(name, f"expected a finite number, got {short(value)}")
         return None
     if minimum is not None and result < minimum:
         p.fail(name, f"{result:g} is below the minimum {minimum:g}")
@@ -182,20 +216,20 @@ def integer(
         p.fail(name, "missing")
         return None
     if isinstance(value, bool):
-        p.fail(name, f"expected an integer, got {value!r}")
+        p.fail(name, f"expected an integer, got {short(value)}")
         return None
     try:
         result = int(value) if not isinstance(value, float) or value.is_integer() else None
     except (TypeError, ValueError):
         result = None
     if result is None:
-        p.fail(name, f"expected an integer, got {value!r}")
+        p.fail(name, f"expected an integer, got {short(value)}")
         return None
     if minimum is not None and result < minimum:
-        p.fail(name, f"{result} is below the minimum {minimum}")
+        p.fail(name, f"{short(result)} is below the minimum {minimum}")
         return None
     if result > maximum:
-        p.fail(name, f"{result} is above the maximum {maximum}")
+        p.fail(name, f"{short(result)} is above the maximum {maximum}")
         return None
     return result
 
@@ -216,12 +250,16 @@ def timestamp(
         try:
             parsed = datetime.fromisoformat(str(value))
         except ValueError:
-            p.fail(name, f"not an ISO-8601 time: {value!r}")
+            p.fail(name, f"not an ISO-8601 time: {short(value)}")
             return None
     if parsed.tzinfo is None:
-        p.fail(name, f"time {value!r} has no zone; add Z or an offset like +01:00")
+        p.fail(name, f"time {short(value)} has no zone; add Z or an offset like +01:00")
         return None
-    return parsed.astimezone(UTC)
+    try:
+        return parsed.astimezone(UTC)
+    except OverflowError:  # 0001-01-01T00:00+01:00 is in year 0 in UTC
+        p.fail(name, f"time {short(value)} is out of range in UTC (years 1 to 9999)")
+        return None
 
 
 def req_timestamp(p: Problems, row: Mapping[str, Any], name: str) -> datetime | None:

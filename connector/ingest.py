@@ -38,6 +38,10 @@ SUFFIXES = (".csv", ".jsonl", ".ndjson")
 BULK_BATCH_ROWS = 50_000
 
 
+#: why a JSON number Python will not read is refused (``sys.get_int_max_str_digits``)
+TOO_MANY_DIGITS = "a number with more than 4300 digits"
+
+
 class UnsupportedCharset(IngestFileError):
     """A declared charset this reader cannot decode line by line (unknown, or UTF-16/32)."""
 
@@ -232,6 +236,9 @@ def _jsonl_rows(lines: _DecodedLines) -> Iterator[tuple[int, Mapping[str, Any] |
             row = json.loads(text)
         except json.JSONDecodeError as exc:
             yield number, ("-", f"invalid JSON: {exc.msg} at column {exc.colno}")
+            continue
+        except ValueError:  # Python refuses to read an integer of more than 4300 digits
+            yield number, ("-", f"invalid JSON: {TOO_MANY_DIGITS}")
             continue
         if not isinstance(row, dict):
             yield number, ("-", f"a row must be a JSON object, got {type(row).__name__}")

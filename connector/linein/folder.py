@@ -14,6 +14,11 @@ gives a file while writing it, ``*.tmp``, ``*.part``, dot-files, are never read)
    ``rename`` into ``done/`` (every row stored) or ``failed/`` (a row refused, or the
    file unreadable), its errors file with it.
 
+A file that breaks the ingest in a way no rule foresaw (an exception, not a refused
+row) goes to ``failed/`` with that exception as its error: left in the folder it would
+end the watcher again after every restart. Only a store that cannot be written leaves
+the file where it is, to be taken again later.
+
 watchdog only tells us early that something changed; the folder is also rescanned
 every few seconds, so an event lost (a network share, an overflowing inotify queue)
 delays a file but never skips it. One watcher per folder: the ledger is locked.
@@ -48,6 +53,10 @@ LEDGER = ".qdspace-ledger.jsonl"
 ERRORS_SUFFIX = ".errors.csv"
 #: names of files still being written (and our own): never read
 PARTIAL = ("*.tmp", "*.part", "*.partial", "*.crdownload", "*.swp", "*~", ".*", "*.errors.csv")
+#: a file name's bytes at most (Linux NAME_MAX); a name moved aside is cut so that with
+#: ERRORS_SUFFIX and write_errors' ".tmp" it still fits
+NAME_MAX = 255
+TARGET_MAX = NAME_MAX - len(ERRORS_SUFFIX + ".tmp")
 #: the folder is listed this often even without events (events can be lost)
 RESCAN_S = 5.0
 POLL_S = 0.2
@@ -140,7 +149,8 @@ def sha256_of(path: Path) -> str:
 def write_errors(path: Path, problems: Iterable[RowError]) -> None:
     """``path`` (line, field, reason), written whole or not at all."""
     tmp = path.with_name(path.name + ".tmp")
-    with tmp.open("w", encoding="utf-8", newline="") as out:
+    # backslashreplace: a reason may quote text no UTF-8 file holds (a lone surrogate)
+    with tmp.open("w", encoding="utf-8", errors="backslashreplace", newline="") as out:
         writer = csv.writer(out)
         writer.writerow(["line", "field", "reason"])
         for p in problems:
@@ -148,14 +158,27 @@ def write_errors(path: Path, problems: Iterable[RowError]) -> None:
     os.replace(tmp, path)
 
 
+def fitted(name: str, limit: int = TARGET_MAX) -> str:
+    """``name``, or when longer than ``limit`` bytes its stem cut with a short hash of
+    the whole name added (the suffix kept): ``name.errors.csv.tmp`` must fit NAME_MAX."""
+    raw = os.fsencode(name)
+    if len(raw) <= limit:
+        return name
+    stem, suffix = os.path.splitext(raw)
+    tag = b"." + hashlib.sha256(raw).hexdigest()[:8].encode()
+    room = max(0, limit - len(suffix) - len(tag))
+    return os.fsdecode(stem[:room].decode("utf-8", "ignore").encode() + tag + suffix)
+
+
 def free_name(folder: Path, name: str, digest: str) -> Path:
-    """``folder/name``, or with the content hash in it when that name is taken."""
-    target = folder / name
+    """``folder/name`` (`fitted`), or with the content hash in it when that name is taken."""
+    target = folder / fitted(name)
     if not target.exists():
         return target
     stem, suffix = os.path.splitext(name)
     for i in range(1, 1000):
-        target = folder / f"{stem}.{digest[:12]}{'.' + str(i) if i > 1 else ''}{suffix}"
+        name_i = f"{stem}.{digest[:12]}{'.' + str(i) if i > 1 else ''}{suffix}"
+        target = folder / fitted(name_i)
         if not target.exists():
             return target
     raise ConnectorError(f"{folder}: no free name for {name}")
@@ -188,6 +211,9 @@ class FolderConnector:
         self.totals = FolderTotals()
         self.settling = Settling(config.settle_s)
         self._ignored: set[str] = set()
+        #: files that could be neither ingested nor moved aside, by (size, mtime): left
+        #: alone (and not logged again) until they change
+        self._stuck: dict[str, tuple[int, int]] = {}
 
     def status(self) -> str:
         return str(self.totals)
@@ -252,11 +278,35 @@ class FolderConnector:
                 continue
             present.add(entry.name)
             st = entry.stat(follow_symlinks=False)
-            if self.settling.look(entry.name, (st.st_size, st.st_mtime_ns), now):
+            stat = (st.st_size, st.st_mtime_ns)
+            if self._stuck.get(entry.name) == stat:
+                continue
+            if self.settling.look(entry.name, stat, now):
                 self.settling.forget(entry.name)
-                self.take(Path(entry.path), kind, (st.st_size, st.st_mtime_ns), ledger)
+                self._take_or_fail(Path(entry.path), kind, stat, ledger)
         for gone in set(self.settling.seen) - present:
             self.settling.forget(gone)
+
+    def _take_or_fail(self, path: Path, kind: str, stat: tuple[int, int], ledger: Ledger) -> None:
+        """`take`; a file it fails on (not the store: that is retried) goes to failed/."""
+        try:
+            self.take(path, kind, stat, ledger)
+        except StorageError:
+            raise
+        except Exception as exc:
+            reason = f"could not be ingested: {type(exc).__name__}: {exc}"
+            log.error("folder %s: %s %s; moved to failed", self.watch, path.name, reason)
+            try:
+                digest = sha256_of(path)
+                self._place(path, False, digest, [RowError(path.name, 0, "-", reason)])
+            except Exception as again:
+                self._stuck[path.name] = stat
+                log.error(
+                    "folder %s: %s could not be moved to failed either (%s); left in place",
+                    self.watch,
+                    path.name,
+                    again,
+                )
 
     def take(self, path: Path, kind: str, stat: tuple[int, int], ledger: Ledger) -> None:
         """Ingest one settled file (unless its content was ingested before), then move it."""

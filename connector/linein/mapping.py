@@ -19,7 +19,7 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
-from qdspace.connector.ingest import BadLine
+from qdspace.connector.ingest import TOO_MANY_DIGITS, BadLine
 from qdspace.connector.linein.config import MqttConfig, MqttTopic, OpcuaNode
 from qdspace.util.json_depth import json_too_deep
 
@@ -119,6 +119,8 @@ def mqtt_row(config: MqttConfig, mapping: MqttTopic, topic: str, payload: bytes)
         body = json.loads(text)
     except json.JSONDecodeError as exc:
         return ("-", f"payload is not JSON: {exc.msg} at column {exc.colno}")
+    except ValueError:  # an integer of more than 4300 digits
+        return ("-", f"payload is not JSON Python reads: {TOO_MANY_DIGITS}")
     if not isinstance(body, dict):
         return ("-", f"payload must be a JSON object, got {type(body).__name__}")
     if config.value_field not in body:
@@ -161,4 +163,7 @@ def _time(value: Any) -> datetime | str:
         return f"not an ISO-8601 time: {value!r}"
     if parsed.tzinfo is None:
         return f"time {value!r} has no zone; add Z or an offset"
-    return parsed.astimezone(UTC)
+    try:
+        return parsed.astimezone(UTC)
+    except OverflowError:  # 0001-01-01T00:00+01:00 is in year 0 in UTC
+        return f"time {value!r} is out of range in UTC (years 1 to 9999)"

@@ -17,9 +17,10 @@ in batches (one ingest call per batch, then the PUBACKs in the order the message
 arrived, as MQTT 3.1.1 asks). A message acknowledged on another connection than the
 one it came on is left alone: the broker sends it again on the new one. A payload
 that cannot be read, or a reading the dictionary refuses, is reported with its topic
-and acknowledged (sending it again would not mend it); a store that cannot be
-written ends the session without acknowledging, and the next session gets the
-messages again.
+and acknowledged (sending it again would not mend it); so is one that breaks the
+mapping or the ingest in a way no rule foresaw (an exception: it is refused with it as
+the reason, never the end of the listener). Only a store that cannot be written ends
+the session without acknowledging, and the next session gets the messages again.
 """
 
 from __future__ import annotations
@@ -45,6 +46,9 @@ log = logging.getLogger("qdspace.connector.linein.mqtt")
 BATCH = 500
 #: Sparkplug B: a rebirth is asked of one edge node at most this often
 REBIRTH_HOLDOFF_S = 10.0
+#: Sparkplug B: rebirths asked per holdoff window at most (edge node names are the
+#: publisher's to invent: one NCMD each would be an amplifier, and a table that grows)
+MAX_REBIRTHS = 100
 
 
 @dataclass(frozen=True)
@@ -172,10 +176,20 @@ class MqttConnector:
             batch = [first]
             while not queue.empty() and len(batch) < BATCH:
                 batch.append(queue.get_nowait())
-            items = [item for m in batch for item in self._items(m)]
+            items = [item for m in batch for item in self._read(m)]
             await asyncio.to_thread(self.sink.put, items)
             self._ack(client, batch)
             self._ask_rebirth(client)
+
+    def _read(self, message: Message) -> list[Item]:
+        """The readings of one message; one that breaks the mapping is refused with the
+        exception as its reason (and acknowledged): raised, it would end the listener,
+        and the broker would deliver it again after every restart."""
+        try:
+            return self._items(message)
+        except Exception as exc:
+            source = f"mqtt:{message.topic or '?'}"
+            return [(source, ("-", f"could not be read: {type(exc).__name__}: {exc}"))]
 
     def _items(self, message: Message) -> list[Item]:
         """The readings of one message (a Sparkplug B payload may carry many, or none)."""
@@ -196,14 +210,29 @@ class MqttConnector:
         if not self._births.unknown:
             return
         now = time.monotonic()
+        self._rebirth_asked = {
+            k: t for k, t in self._rebirth_asked.items() if now - t < REBIRTH_HOLDOFF_S
+        }
         for group, node in sorted(self._births.unknown):
-            if now - self._rebirth_asked.get((group, node), -REBIRTH_HOLDOFF_S) < REBIRTH_HOLDOFF_S:
+            if (group, node) in self._rebirth_asked:
                 continue
+            if len(self._rebirth_asked) >= MAX_REBIRTHS:
+                log.warning(
+                    "mqtt %s:%d: %d rebirths asked in %.0f s; %s/%s and others not asked now",
+                    self.config.host,
+                    self.config.port,
+                    MAX_REBIRTHS,
+                    REBIRTH_HOLDOFF_S,
+                    group,
+                    node,
+                )
+                break
             topic, payload = rebirth_request(group, node, int(time.time() * 1000))
             client.publish(topic, payload, qos=0)
             self._rebirth_asked[(group, node)] = now
             log.warning(
-                "mqtt %s:%d: edge node %s/%s used an alias no BIRTH named: rebirth asked on %s",
+                "mqtt %s:%d: edge node %s/%s: a metric no BIRTH seen named or typed, or a gap "
+                "in seq: rebirth asked on %s",
                 self.config.host,
                 self.config.port,
                 group,

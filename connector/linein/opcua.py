@@ -55,6 +55,12 @@ CLOCK_SKEW = timedelta(minutes=5)
 CONTEXT_LOOKBACK = timedelta(days=7)
 #: a backfill reads a node's history again at most this often while reads bring more
 HISTORY_REREADS = 5
+#: live, a context node's changes are kept this far behind the newest source time seen
+#: (a reading delivered later than that takes the value current at the cut); the
+#: history grows with every change otherwise, for as long as the connector runs
+HISTORY_KEEP = timedelta(hours=1)
+#: and at most this many per context node (beyond, the oldest quarter goes)
+MAX_HISTORY = 10_000
 
 
 def _utc(at: datetime) -> datetime:
@@ -76,9 +82,27 @@ class _ContextHistory:
         self.values = [v for _, v in values]
 
     def add(self, when: datetime, value: Any) -> None:
-        i = bisect.bisect_right(self.times, when)
-        self.times.insert(i, when)
-        self.values.insert(i, value)
+        if not self.times or when >= self.times[-1]:  # in order, the common case: O(1)
+            self.times.append(when)
+            self.values.append(value)
+        else:
+            i = bisect.bisect_right(self.times, when)
+            self.times.insert(i, when)
+            self.values.insert(i, value)
+        if len(self.times) > MAX_HISTORY:  # a quarter at once: amortized O(1) per add
+            self._drop(len(self.times) - MAX_HISTORY * 3 // 4)
+
+    def trim(self, before: datetime) -> None:
+        """Forget the changes before ``before``, but the one current at it."""
+        self._drop(bisect.bisect_right(self.times, before) - 1)
+
+    def _drop(self, n: int) -> None:
+        if n > 0:
+            del self.times[:n]
+            del self.values[:n]
+
+    def __len__(self) -> int:
+        return len(self.times)
 
     def at(self, when: datetime) -> tuple[bool, Any]:
         i = bisect.bisect_right(self.times, when)
@@ -106,6 +130,8 @@ class OpcuaConnector:
         self.context: dict[str, Any] = {}
         #: context values by source time (the server's history, then what arrived live)
         self.history: dict[str, _ContextHistory] = {}
+        #: the newest source time delivered live (the history is trimmed behind it)
+        self.newest: datetime | None = None
         self.sessions = 0
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -315,6 +341,18 @@ class OpcuaConnector:
         if since is not None:
             self.history.setdefault(node_id, _ContextHistory([])).add(_utc(since), value)
 
+    def _trim_history(self, changes: list[tuple[str, Any]]) -> None:
+        """Forget the context changes no reading still to come can need (see HISTORY_KEEP);
+        our clock bounds the newest time seen (a source clock far ahead would trim all)."""
+        times = [t for _, dv in changes if (t := _taken(dv)) is not None]
+        if not times:
+            return
+        newest = min(max(times), datetime.now(UTC) + CLOCK_SKEW)
+        if self.newest is None or newest > self.newest:
+            self.newest = newest
+        for values in self.history.values():
+            values.trim(self.newest - HISTORY_KEEP)
+
     async def _pump(
         self, queue: asyncio.Queue[tuple[str, Any]], stop: asyncio.Event, lost: asyncio.Event
     ) -> None:
@@ -338,5 +376,6 @@ class OpcuaConnector:
                 ]
                 if items:
                     await asyncio.to_thread(self.sink.put, items)
+                self._trim_history(changes)
         if lost.is_set():
             raise ConnectionError("connection lost")

@@ -5,25 +5,55 @@ A connector collects what arrived as ``(source, row)`` pairs (``row`` may be a
 which stores them through :meth:`QualityStore.ingest_rows` (validation through the
 dictionary, one transaction per source, ``ON CONFLICT DO NOTHING`` on the natural
 key) and only then returns: an MQTT message is acknowledged, a file moved, after it.
-Every refused reading is logged as ``source:n: field: reason`` and kept in
-:attr:`MeasurementSink.rejected` for status and tests.
+Every refused reading is logged as ``source:n: field: reason`` and the newest
+``KEEP_REJECTED`` are kept in :attr:`MeasurementSink.rejected` for status and tests.
+
+Why bounded: a connector runs for months, and a line tool gone wrong sends the same bad
+reading for days, to as many topics as it likes. So the sink keeps counts, not
+histories: the refused readings it keeps are the newest few, each reason cut short
+(a 60 kB value quoted whole in every reason was the audit's case), and it numbers the
+readings of at most ``MAX_SOURCES`` sources apart (the rest share one count).
+
+Why a reading that *breaks* the ingest is refused too: a reading no validation rule
+foresaw (an exception the store did not turn into a refusal) must not end the
+listener, or it ends again after every restart (the broker redelivers the message, the
+file stays in the folder). The batch is then stored reading by reading and the one that
+raises is refused with the exception as its reason; only a :class:`StorageError` (the
+database itself) goes up, so that nothing is acknowledged and it is all retried.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+from collections import deque
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
 
-from qdspace.connector.ingest import BadLine, RowError
+from qdspace.connector.errors import StorageError
+from qdspace.connector.ingest import BadLine, IngestReport, RowError
 from qdspace.connector.storage import QualityStore
 
 log = logging.getLogger("qdspace.connector.linein")
 
 Item = tuple[str, "dict[str, Any] | BadLine"]
+
+#: refused readings kept (the newest) for status and tests; the totals count them all
+KEEP_REJECTED = 1000
+#: a kept reason is cut to this many characters
+REASON_MAX = 200
+#: sources (topics, nodes) numbered apart at most; the rest share the count of OTHER
+MAX_SOURCES = 1000
+OTHER = "(other sources)"
+
+
+def cut(problem: RowError) -> RowError:
+    """``problem`` with its reason cut to ``REASON_MAX`` characters."""
+    if len(problem.reason) <= REASON_MAX:
+        return problem
+    return replace(problem, reason=problem.reason[: REASON_MAX - 3] + "...")
 
 
 @dataclass
@@ -46,7 +76,7 @@ class MeasurementSink:
     name: str
     kind: str = "measurement"
     totals: Totals = field(default_factory=Totals)
-    rejected: list[RowError] = field(default_factory=list)
+    rejected: deque[RowError] = field(default_factory=lambda: deque(maxlen=KEEP_REJECTED))
     _counters: dict[str, int] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -55,23 +85,52 @@ class MeasurementSink:
         groups: dict[str, list[tuple[int, Any]]] = {}
         with self._lock:
             for source, row in items:
-                n = self._counters.get(source, 0) + 1
-                self._counters[source] = n
-                groups.setdefault(source, []).append((n, row))
+                groups.setdefault(source, []).append((self._number(source), row))
             problems: list[RowError] = []
             for source, rows in groups.items():
-                report = self.store.ingest_rows(self.kind, rows, source=source)
+                report = self._ingest(source, rows)
                 self.totals.stored += report.accepted
                 self.totals.duplicates += report.duplicates
                 self.totals.corrected += report.corrected
                 self.totals.rejected += len({e.line for e in report.rejected})
-                problems.extend(report.rejected)
+                problems.extend(cut(p) for p in report.rejected)
             for problem in problems:
                 log.warning("%s: rejected %s", self.name, problem)
             self.rejected.extend(problems)
         if items:
             log.info("%s: %d readings: %s so far", self.name, len(items), self.totals)
         return problems
+
+    def _number(self, source: str) -> int:
+        """The next reading number of ``source`` (shared with others past MAX_SOURCES)."""
+        key = source if source in self._counters or len(self._counters) < MAX_SOURCES else OTHER
+        n = self._counters.get(key, 0) + 1
+        self._counters[key] = n
+        return n
+
+    def _ingest(self, source: str, rows: list[tuple[int, Any]]) -> IngestReport:
+        """One source's readings; a reading that breaks the ingest is refused, not raised."""
+        try:
+            return self.store.ingest_rows(self.kind, rows, source=source)
+        except StorageError:
+            raise
+        except Exception:
+            log.debug("%s: ingest of %s failed; reading by reading", self.name, source)
+        report = IngestReport(kind=self.kind, source=source)
+        for line, row in rows:
+            try:
+                one = self.store.ingest_rows(self.kind, [(line, row)], source=source)
+            except StorageError:
+                raise
+            except Exception as exc:
+                reason = f"could not be stored: {type(exc).__name__}: {exc}"
+                report.rejected.append(RowError(source, line, "-", reason))
+                continue
+            report.accepted += one.accepted
+            report.duplicates += one.duplicates
+            report.corrected += one.corrected
+            report.rejected.extend(one.rejected)
+        return report
 
     def latest(self, equipment: str, element: str) -> datetime | None:
         """The newest stored reading of ``element`` on ``equipment`` (backfill start)."""

@@ -424,3 +424,51 @@ def test_cli_killed_mid_stream_and_restarted_loses_and_duplicates_nothing(
     got = [(datetime.fromisoformat(str(r[2])).replace(tzinfo=UTC), r[3]) for r in rows]
     assert [g[0] for g in got] == [w[0] for w in want]
     assert [g[1] for g in got] == pytest.approx([w[1] for w in want])
+
+
+async def test_poison_messages_are_refused_and_the_listener_goes_on(
+    broker: Broker, store: QualityStore
+) -> None:
+    """Readings no rule foresaw (a time out of range in UTC, a value too long for a float
+    or for Python's JSON, a lone surrogate in the batch id; QoS 1, from a real broker)
+    each end as a refused reading, acknowledged: the listener stays up and stores the
+    good reading after them, and a restarted connector is not sent them again."""
+    cfg = MqttConfig.model_validate(config(broker.port))
+    connector = MqttConnector(cfg, MeasurementSink(store, "poison"))
+    stop = asyncio.Event()
+    task = asyncio.create_task(connector.run(stop))
+    topic = "plant/PECVD-1/pecvd/pressure"
+    poison = [
+        reading(0, 1.0) | {"ts": "0001-01-01T00:00:00+01:00"},
+        reading(1, 1.0) | {"ts": "9999-12-31T23:59:59-01:00"},
+        json.dumps(reading(2, 1.0)).replace("1.0", "1" * 400).encode(),
+        json.dumps(reading(3, 1.0)).replace("1.0", "1" * 5000).encode(),
+        reading(4, 1.0, batch_id="\ud800"),
+    ]
+    tool = Publisher(broker.port)
+    try:
+        await until(lambda: connector.sessions == 1 and connector._connected)
+        await asyncio.sleep(0.2)  # the SUBACK
+        for body in poison:
+            await asyncio.to_thread(tool.send, topic, body)
+        await asyncio.to_thread(tool.send, topic, reading(5, 1.5))
+        await until(lambda: count(store) == 1 and len(connector.sink.rejected) == len(poison))
+        assert not task.done()
+    finally:
+        tool.close()
+        stop.set()
+        await asyncio.wait_for(task, 10)
+    reasons = [p.reason for p in connector.sink.rejected]
+    assert sum("out of range in UTC" in r for r in reasons) == 2
+    assert any("integer of 400 digits" in r for r in reasons)
+    assert any("more than 4300 digits" in r for r in reasons)
+    assert any("lone surrogate" in r for r in reasons)
+    # all acknowledged: the next session of the same client gets nothing again
+    again = MqttConnector(cfg, MeasurementSink(store, "poison again"))
+    stop = asyncio.Event()
+    task = asyncio.create_task(again.run(stop))
+    await until(lambda: again.sessions == 1)
+    await asyncio.sleep(1.0)
+    stop.set()
+    await asyncio.wait_for(task, 10)
+    assert again.session_present and not again.sink.rejected and count(store) == 1

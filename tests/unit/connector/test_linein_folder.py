@@ -1,11 +1,26 @@
-"""Pure parts of the export-folder connector: which files are ours, when one has settled."""
+"""The export-folder connector: which files are ours, when one has settled, and what a file
+that cannot be read becomes (failed/ with its errors, never the end of the watcher)."""
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import pytest
 
+from qdspace.connector.linein import folder as folder_module
 from qdspace.connector.linein.config import FolderConfig
-from qdspace.connector.linein.folder import Settling, kind_of
+from qdspace.connector.linein.folder import (
+    ERRORS_SUFFIX,
+    LEDGER,
+    NAME_MAX,
+    FolderConnector,
+    Ledger,
+    Settling,
+    free_name,
+    kind_of,
+)
+from qdspace.connector.storage import open_store
 
 CONFIG = FolderConfig.model_validate(
     {
@@ -46,3 +61,92 @@ def test_a_file_settles_only_when_unchanged_for_settle_s() -> None:
     zero = Settling(0.0)
     assert not zero.look("b.csv", (1, 1), now=0.0)  # never at the first look
     assert zero.look("b.csv", (1, 1), now=0.0)
+
+
+def test_long_names_are_cut_so_the_errors_file_fits_name_max(tmp_path: Path) -> None:
+    name = "x" * 240 + ".jsonl"
+    target = free_name(tmp_path, name, "ab" * 32)
+    assert target.suffix == ".jsonl" and target.name.startswith("x" * 100)
+    assert len(os.fsencode(target.name + ERRORS_SUFFIX + ".tmp")) <= NAME_MAX
+    assert free_name(tmp_path, "y" * 240 + ".jsonl", "ab" * 32).name != target.name
+    target.write_text("")  # taken: the content hash goes in, still within the limit
+    again = free_name(tmp_path, name, "cd" * 32)
+    assert again != target and len(os.fsencode(again.name + ERRORS_SUFFIX + ".tmp")) <= NAME_MAX
+    assert free_name(tmp_path, "short.csv", "ab" * 32).name == "short.csv"
+
+
+POISON_FILES = {
+    "year1.jsonl": '{"equipment":"f1","parameter":"firing_peak_temperature","value":5,'
+    '"unit":"°C","measured_at":"0001-01-01T00:00:00+01:00"}\n',
+    "bigint.jsonl": '{"equipment":"f1","parameter":"firing_peak_temperature","value":'
+    + "9" * 400
+    + ',"unit":"°C","measured_at":"2024-01-01T00:00:00Z"}\n',
+    "surrogate.jsonl": '{"equipment":"f1","parameter":"firing_peak_temperature","value":5,'
+    '"unit":"°C","measured_at":"2024-01-01T00:00:00Z","batch_id":"\\ud800"}\n',
+    "huge.jsonl": '{"equipment":"f1","parameter":"firing_peak_temperature","value":'
+    + "9" * 5000
+    + ',"unit":"°C","measured_at":"2024-01-01T00:00:00Z"}\n',
+    "y" * 240 + ".jsonl": '{"equipment":"f1","parameter":"firing_peak_temperature",'
+    '"value":"bad","unit":"°C","measured_at":"2024-01-01T00:00:00Z"}\n',
+    "year1.csv": "equipment,parameter,value,unit,measured_at\n"
+    "f1,firing_peak_temperature,5,°C,0001-01-01T00:00:00+01:00\n",
+    "good.csv": "equipment,parameter,value,unit,measured_at\n"
+    "f1,firing_peak_temperature,5,°C,2024-01-01T00:00:00Z\n",
+}
+
+
+def test_poison_files_go_to_failed_with_their_errors_and_the_scan_goes_on(
+    tmp_path: Path,
+) -> None:
+    watch = tmp_path / "watch"
+    watch.mkdir()
+    for name, body in POISON_FILES.items():
+        (watch / name).write_text(body, encoding="utf-8")
+    store = open_store(f"sqlite:///{tmp_path}/q.db")
+    config = FolderConfig(watch=watch, files=[{"pattern": "*", "kind": "measurement"}], settle_s=0)
+    folder = FolderConnector(config, store)
+    folder.done.mkdir()
+    folder.failed.mkdir()
+    ledger = Ledger(watch / LEDGER)
+    try:
+        folder.scan(ledger)  # first look
+        folder.scan(ledger)  # settled: taken
+    finally:
+        ledger.close()
+        store.close()
+    assert [p.name for p in watch.iterdir() if p.is_file() and p.name != LEDGER] == []
+    assert folder.totals.done == 1 and folder.totals.failed == len(POISON_FILES) - 1
+    errors = sorted(p for p in folder.failed.iterdir() if p.name.endswith(ERRORS_SUFFIX))
+    assert len(errors) == len(POISON_FILES) - 1
+    text = "".join(p.read_text(encoding="utf-8") for p in errors)
+    for reason in ("out of range in UTC", "integer of 400 digits", "lone surrogate",
+                   "more than 4300 digits", "neither a number nor a grade code"):  # fmt: skip
+        assert reason in text
+
+
+def test_a_file_that_breaks_the_ingest_goes_to_failed_not_the_watcher(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    watch = tmp_path / "watch"
+    watch.mkdir()
+    (watch / "a.csv").write_text(POISON_FILES["good.csv"], encoding="utf-8")
+    store = open_store(f"sqlite:///{tmp_path}/q.db")
+
+    def broken(*_a: object, **_k: object) -> None:
+        raise RuntimeError("unforeseen")
+
+    monkeypatch.setattr(folder_module, "ingest_file", broken)
+    config = FolderConfig(watch=watch, files=[{"pattern": "*", "kind": "measurement"}], settle_s=0)
+    folder = FolderConnector(config, store)
+    folder.done.mkdir()
+    folder.failed.mkdir()
+    ledger = Ledger(watch / LEDGER)
+    try:
+        folder.scan(ledger)
+        folder.scan(ledger)
+    finally:
+        ledger.close()
+        store.close()
+    assert not (watch / "a.csv").exists() and (folder.failed / "a.csv").exists()
+    errors = (folder.failed / ("a.csv" + ERRORS_SUFFIX)).read_text(encoding="utf-8")
+    assert "RuntimeError: unforeseen" in errors

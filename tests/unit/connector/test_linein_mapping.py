@@ -94,3 +94,41 @@ def test_a_config_is_checked_against_the_dictionary(tmp_path: Path) -> None:
     path.write_text('{"endpoint": "http://x", "nodes": []}')
     with pytest.raises(ConnectorConfigError, match=r"c.yaml: endpoint: String should match"):
         read_config(path, OpcuaConfig)
+
+
+def test_an_opcua_context_history_is_trimmed_behind_the_newest_reading() -> None:
+    """Live context changes were kept for ever (and inserted in O(n)): the history keeps
+    what a reading still to come can need, the value current at the cut included."""
+    from datetime import timedelta
+    from types import SimpleNamespace
+
+    from qdspace.connector.linein import opcua
+
+    connector = opcua.OpcuaConnector.__new__(opcua.OpcuaConnector)
+    connector.context, connector.history, connector.newest = {}, {}, None
+    start = datetime.now(UTC) - timedelta(hours=5)
+
+    def change(minutes: int, value: str) -> tuple[str, object]:
+        at = start + timedelta(minutes=minutes)
+        dv = SimpleNamespace(Value=SimpleNamespace(Value=value), SourceTimestamp=at)
+        dv.ServerTimestamp = None
+        return ("ns=2;s=Batch", dv)
+
+    changes = [change(m, f"B{m}") for m in range(0, 300, 10)]
+    for node_id, dv in changes:
+        connector._context_change(node_id, dv)
+    connector._trim_history(changes)
+    history = connector.history["ns=2;s=Batch"]
+    assert len(history) == 7  # the last hour, and the batch current at its start
+    assert history.at(start + timedelta(minutes=235)) == (True, "B230")
+    assert history.at(start + timedelta(minutes=295)) == (True, "B290")
+
+
+def test_an_opcua_context_history_is_capped(monkeypatch: pytest.MonkeyPatch) -> None:
+    from qdspace.connector.linein import opcua
+
+    monkeypatch.setattr(opcua, "MAX_HISTORY", 100)
+    history = opcua._ContextHistory([])
+    for i in range(1000):
+        history.add(T.replace(microsecond=i), i)
+    assert len(history) <= 100 and history.at(T.replace(microsecond=999)) == (True, 999)

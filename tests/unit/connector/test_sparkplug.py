@@ -1,5 +1,6 @@
 """Sparkplug B payloads to measurement rows: BIRTH names and types, DATA by alias,
-signed integers, the reasons a metric is refused, what is skipped."""
+signed integers, the reasons a metric is refused, what is skipped; a metric of no known
+type refused and a rebirth asked, seq gaps, deaths, and the book's bounds."""
 
 from __future__ import annotations
 
@@ -8,8 +9,10 @@ from typing import Any
 
 import pytest
 
+from qdspace.connector.linein import sparkplug
 from qdspace.connector.linein.config import MqttConfig
 from qdspace.connector.linein.sparkplug import (
+    NO_TYPE,
     BirthBook,
     parse_topic,
     rebirth_request,
@@ -165,3 +168,62 @@ def test_an_unknown_alias_notes_its_edge_node_for_a_rebirth() -> None:
         sp.Boolean,
         True,
     )
+
+
+def test_a_metric_without_a_known_type_is_refused_and_a_rebirth_asked() -> None:
+    """After a connector restart the book is empty: an Int32 -5 sent by name, untyped,
+    would read 4294967291. It is refused (not guessed) and the node noted for a rebirth."""
+    book = BirthBook()
+    data = sp.Payload(timestamp=MS, seq=3)
+    data.metrics.add(name="Firing/Offset", int_value=-5 & 0xFFFFFFFF)
+    (row,) = sparkplug_rows(CONFIG, book, "spBv1.0/cellex/NDATA/line-2", data.SerializeToString())
+    assert row == ("metric Firing/Offset", NO_TYPE)
+    assert book.unknown == {("cellex", "line-2")}
+
+
+def seq_payload(seq: int, *metrics: dict[str, Any]) -> bytes:
+    p = sp.Payload(timestamp=MS, seq=seq)
+    for m in metrics:
+        p.metrics.add(**m)
+    return p.SerializeToString()
+
+
+def test_a_gap_in_seq_asks_for_a_rebirth() -> None:
+    book = BirthBook()
+    node = "spBv1.0/cellex/NBIRTH/line-2"
+    typed = {"name": "Firing/Offset", "alias": 9, "datatype": sp.Int32, "int_value": 1}
+    sparkplug_rows(CONFIG, book, node, seq_payload(254, typed))
+    for seq in (255, 0, 1):  # wraps at 256
+        sparkplug_rows(CONFIG, book, "spBv1.0/cellex/NDATA/line-2", seq_payload(seq))
+    assert not book.unknown
+    sparkplug_rows(CONFIG, book, "spBv1.0/cellex/NDATA/line-2", seq_payload(3))  # 2 lost
+    assert book.unknown == {("cellex", "line-2")}
+
+
+def test_deaths_drop_what_the_birth_said() -> None:
+    book = BirthBook()
+    sparkplug_rows(CONFIG, book, "spBv1.0/cellex/NBIRTH/line-2", payload())
+    sparkplug_rows(CONFIG, book, DEVICE, birth())
+    sparkplug_rows(CONFIG, book, "spBv1.0/cellex/DBIRTH/line-2/PECVD-2", birth())
+    assert len(book.types) == 3
+    sparkplug_rows(CONFIG, book, "spBv1.0/cellex/DDEATH/line-2/PECVD-2", payload())
+    assert set(book.types) == {("cellex", "line-2", None), ("cellex", "line-2", "PECVD-1")}
+    sparkplug_rows(CONFIG, book, "spBv1.0/cellex/NDEATH/line-2", payload())
+    assert not book.types and not book.aliases and not book.devices and not book.seq
+    assert book.known == 0
+
+
+def test_the_book_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(sparkplug, "MAX_NODES", 2)
+    monkeypatch.setattr(sparkplug, "MAX_DEVICES", 2)
+    book = BirthBook()
+    for node in ("n1", "n2"):
+        assert sparkplug_rows(CONFIG, book, f"spBv1.0/g/NBIRTH/{node}", payload()) == []
+    (refused,) = sparkplug_rows(CONFIG, book, "spBv1.0/g/NBIRTH/n3", payload())
+    assert refused[0] == "-" and "at most 2" in str(refused[1])
+    sparkplug_rows(CONFIG, book, "spBv1.0/g/DBIRTH/n1/d1", birth())  # node + 1 device
+    (refused,) = sparkplug_rows(CONFIG, book, "spBv1.0/g/DBIRTH/n1/d2", birth())
+    assert "devices known already" in str(refused[1])
+    sparkplug_rows(CONFIG, book, "spBv1.0/g/NDEATH/n2", payload())  # room again
+    assert sparkplug_rows(CONFIG, book, "spBv1.0/g/NBIRTH/n3", payload()) == []
+    assert len(book.devices) == 2
