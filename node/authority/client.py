@@ -5,9 +5,17 @@ the CA itself (`fetch_ca_unpinned`): a joining member has no trust anchor yet, s
 takes the certificate unverified and compares its sha256 with the fingerprint in its
 enrollment code (kubeadm's discovery-token-ca-cert-hash) before trusting anything else.
 Answers are read up to a size cap, so a hostile or broken server cannot make a node
-hold an unbounded body. Failures are one-line errors: `AuthorityUnavailable` when the
-service cannot be reached (or its TLS does not verify), `AuthorityRefused` with the
-service's own problem detail when it said no.
+hold an unbounded body.
+
+The CA that signs the service's certificate signs every member's too, and a member's may
+name any host it asked for (and ``localhost``): verified against the CA alone, a
+member's server passed for the authority, and a joining node sent it its one-time
+enrollment code. A connection to the service refuses, at the handshake and before a byte
+of the request leaves, a certificate that carries a member's verify key
+(`refuse_member_certificate`): the service's own certificate carries none. Failures are
+one-line errors: `AuthorityUnavailable` when the service cannot be reached (or its TLS
+does not verify), `AuthorityRefused` with the service's own problem detail when it said
+no.
 """
 
 from __future__ import annotations
@@ -59,12 +67,47 @@ def ca_fingerprint(pem: bytes) -> str:
     return hashlib.sha256(der).hexdigest()
 
 
+def refuse_member_certificate(der: bytes | None) -> None:
+    """`ssl.SSLCertVerificationError` for a member's certificate (one carrying a member
+    verify key): whatever names it holds, it is not the authority service's."""
+    from cryptography import x509
+
+    from qdspace.node.identity.certs import VERIFY_KEY_OID
+
+    if der is None:
+        raise ssl.SSLCertVerificationError("the server presented no certificate")
+    cert = x509.load_der_x509_certificate(der)
+    try:
+        cert.extensions.get_extension_for_oid(VERIFY_KEY_OID)
+    except x509.ExtensionNotFound:
+        return
+    names = cert.subject.get_attributes_for_oid(x509.oid.NameOID.COMMON_NAME)
+    who = str(names[0].value) if names else f"serial {cert.serial_number:x}"
+    raise ssl.SSLCertVerificationError(
+        f"the server presents member {who}'s certificate, not the authority service's"
+    )
+
+
+class _ServiceSocket(ssl.SSLSocket):
+    """A TLS connection that refuses a member's certificate once the handshake is done,
+    before the request is written (httpx wraps every connection it opens with it)."""
+
+    def do_handshake(self, block: bool = False) -> None:
+        super().do_handshake(block)
+        try:
+            refuse_member_certificate(self.getpeercert(binary_form=True))
+        except ssl.SSLCertVerificationError:
+            self.close()  # the caller never gets this socket to close
+            raise
+
+
 class AuthorityClient:
     """A verified HTTPS client of one authority service."""
 
     def __init__(self, url: str, ca_pem: bytes, timeout: float = DEFAULT_TIMEOUT_S) -> None:
         self.url = check_url(url)
         context = ssl.create_default_context(cadata=ca_pem.decode())
+        context.sslsocket_class = _ServiceSocket  # the service's certificate, no member's
         self._http = httpx.Client(base_url=self.url, verify=context, timeout=timeout)
 
     def close(self) -> None:

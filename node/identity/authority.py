@@ -70,6 +70,19 @@ MEMBER_VALID_DAYS = 825
 CRL_VALID_DAYS = 7
 
 
+#: renewals a member may make within `RENEWAL_WINDOW` (each writes a register row and
+#: re-signs: a loop of them grew the register without end)
+RENEWALS_PER_WINDOW = 4
+RENEWAL_WINDOW = dt.timedelta(days=1)
+
+
+def _issued_within(member: IssuedMember, window: dt.timedelta) -> bool:
+    if member.issued_at is None:
+        return False
+    issued = dt.datetime.fromisoformat(member.issued_at)
+    return dt.datetime.now(dt.UTC) - issued < window
+
+
 class Authority:
     """A loaded authority directory."""
 
@@ -180,6 +193,8 @@ class Authority:
                 hostnames=hosts,
                 bpn=bpn,
                 frameworks=frameworks,
+                verify_key=request.verify_key.hex(),
+                issued_at=dt.datetime.now(dt.UTC).isoformat(),
             )
         )
         self._save_members(members)
@@ -261,6 +276,19 @@ class Authority:
                     "(a new member enrolls with a code)"
                 )
             last = active[-1]
+            # a member id holds 48 bits of its key's hash: a key ground to the same id is
+            # another party's, whatever id it yields
+            if last.verify_key is not None and last.verify_key != request.verify_key.hex():
+                raise RenewalRefused(
+                    f"renewal of {last.member_id} is signed by another key than the member's: "
+                    "renewal refused (a new key is a new enrollment)"
+                )
+            recent = [m for m in active if _issued_within(m, RENEWAL_WINDOW)]
+            if len(recent) >= RENEWALS_PER_WINDOW:
+                raise RenewalRefused(
+                    f"member {last.member_id} renewed {len(recent)} times within "
+                    f"{RENEWAL_WINDOW.days} day: try again later"
+                )
             if (request.name, request.role) != (last.name, last.role):
                 raise RenewalRefused(
                     f"renewal of {last.member_id} asks for name {request.name!r} and role "

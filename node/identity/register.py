@@ -30,6 +30,11 @@ class IssuedMember:
     bpn: str | None = None  # business partner number, when the enrollment code named one
     #: framework agreements the authority attests the member signed (``authority attest``)
     frameworks: tuple[str, ...] = field(default=())
+    #: the member's Ed25519 verify key (hex): a renewal must be signed by the same key
+    #: (a member id holds only 48 bits of its hash); None in rows from before it was kept
+    verify_key: str | None = None
+    #: when the certificate was issued (renewals are counted by it); None in older rows
+    issued_at: str | None = None
 
     def answers_to(self) -> set[str]:
         """Every name gRPC could check this member's certificate against."""
@@ -58,14 +63,24 @@ def save_register(path: Path, members: list[IssuedMember]) -> None:
     write_atomic(path, data)
 
 
+def current_rows(members: list[IssuedMember]) -> list[IssuedMember]:
+    """Each active member's newest row: the names its current certificate answers to (an
+    earlier certificate's hostnames no longer hold a name for it after a renewal)."""
+    newest: dict[str, IssuedMember] = {}
+    for m in members:
+        if m.revoked_at is None:
+            newest[m.member_id] = m
+    return list(newest.values())
+
+
 def check_names_free(
     members: list[IssuedMember], member_id: str | None, name: str, hostnames: Sequence[str]
 ) -> None:
     """Refuse a name or hostname another active member answers to: gRPC takes the peer's
     member name as the TLS target name, so a certificate carrying another member's name
     (as its CN or as a SAN) could pass for that member."""
-    for m in members:
-        if m.revoked_at is not None or m.member_id == member_id:
+    for m in current_rows(members):
+        if m.member_id == member_id:
             continue
         theirs = {n.lower() for n in m.answers_to()}
         if name.lower() in theirs:
