@@ -41,7 +41,10 @@ def parse_datetime(text: str) -> datetime:
         raise ValueError(f"{text!r} is not an ISO 8601 date-time") from exc
     if value.tzinfo is None or value.utcoffset() is None:
         raise ValueError(f"{text!r} has no time zone (add Z or an offset)")
-    return value.astimezone(UTC)
+    try:
+        return value.astimezone(UTC)
+    except OverflowError:  # year 9999 at -05:00, year 1 at +14:00
+        raise ValueError(f"{text!r} is outside the years 1 to 9999 in UTC") from None
 
 
 _PLAIN_TYPES = frozenset({str, int, bool, type(None)})

@@ -11,14 +11,14 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import AwareDatetime, BaseModel, Field
+from pydantic import BaseModel, Field
 
 from qdspace.connector.agreement import SignedReceipt
 from qdspace.connector.assets import CatalogEntry
 from qdspace.connector.contract_store import DutyReport, ReceivedChange, StoredAgreement
 from qdspace.connector.negotiation import Negotiation
 from qdspace.connector.transfer import TransferProcess
-from qdspace.node.api.models import Id, Text
+from qdspace.node.api.models import Id, Text, UtcDatetime
 from qdspace.policies.canonical import format_datetime
 from qdspace.policies.codec import policy_to_dict
 from qdspace.policies.retention import DutyStatus
@@ -52,7 +52,7 @@ class NegotiateBody(BaseModel):
     orders: list[Id] | None = Field(default=None, max_length=MAX_LIST)
     fields: list[Id] | None = Field(default=None, max_length=MAX_LIST)
     retention_days: int | None = Field(default=None, ge=0, le=MAX_DAYS)
-    valid_until: AwareDatetime | None = None
+    valid_until: UtcDatetime | None = None
     #: ask for exactly the offer of the provider's catalog (a federated job's terms)
     as_offered: bool = False
 

@@ -14,7 +14,7 @@ from datetime import datetime
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query
-from pydantic import AwareDatetime, BaseModel, StringConstraints
+from pydantic import BaseModel, StringConstraints
 from starlette.concurrency import run_in_threadpool
 
 from qdspace.connector.spc_defects import PChart, p_chart
@@ -25,6 +25,7 @@ from qdspace.connector.verdict_data import (
     batch_defects,
 )
 from qdspace.node.api.deps import Ctx, require_operator
+from qdspace.node.api.models import UtcDatetime
 from qdspace.node.api.problems import ApiProblem
 
 Text = Annotated[
@@ -111,8 +112,8 @@ def defects_router() -> APIRouter:
     @router.get("/defects", response_model=PChartPublic)
     async def defects(
         ctx: Ctx,
-        since: AwareDatetime | None = None,
-        until: AwareDatetime | None = None,
+        since: UtcDatetime | None = None,
+        until: UtcDatetime | None = None,
         station: Text | None = None,
         order: Text | None = None,
         standard: Annotated[float | None, Query(ge=0.0, le=1.0, allow_inf_nan=False)] = None,

@@ -46,8 +46,10 @@ _bearer = HTTPBearer(auto_error=False)
 MAX_PAGE = 10_000
 NEXT_CURSOR_HEADER = "X-Next-Cursor"
 #: the highest position a cursor can stand for (an offset or a row id: a 64-bit integer
-#: in both databases; a forged one beyond it would reach the driver as an overflow)
-MAX_POSITION = 2**63 - 1
+#: in both databases; a forged one beyond it would reach the driver as an overflow). Half
+#: the range, so that a route's offset plus a page and one more row stays inside it (a
+#: forged cursor at 2**63 - 1 overflowed the ledger leaves' LIMIT: a 500)
+MAX_POSITION = 2**62
 
 
 class NoContracts(ApiProblem):

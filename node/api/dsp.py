@@ -11,7 +11,6 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Path
 from pydantic import (
-    AwareDatetime,
     BaseModel,
     Field,
     StringConstraints,
@@ -23,7 +22,7 @@ from starlette.concurrency import run_in_threadpool
 from qdspace.connector.offers import Narrowing
 from qdspace.node.api.contracts_models import MAX_DAYS, MAX_LIST
 from qdspace.node.api.deps import Ctx, require_operator
-from qdspace.node.api.models import ID_PATTERN, Id
+from qdspace.node.api.models import ID_PATTERN, Id, UtcDatetime
 from qdspace.node.dsp.consumer import DspConsumer
 from qdspace.node.errors import DspNotServed
 from qdspace.util.urls import plain_https
@@ -50,7 +49,7 @@ class NegotiateBody(BaseModel):
     orders: list[Id] | None = Field(default=None, min_length=1, max_length=MAX_LIST)
     fields: list[Id] | None = Field(default=None, min_length=1, max_length=MAX_LIST)
     retention_days: int | None = Field(default=None, ge=0, le=MAX_DAYS)
-    valid_until: AwareDatetime | None = None
+    valid_until: UtcDatetime | None = None
 
     @model_validator(mode="after")
     def _purposes_with_terms(self) -> NegotiateBody:

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Annotated, Any
 
 from fastapi import Path
-from pydantic import BaseModel, Field, StringConstraints
+from pydantic import AfterValidator, AwareDatetime, BaseModel, Field, StringConstraints
 
 #: ids and names a caller sends: printable, bounded (no NUL or control characters, which
 #: some databases refuse outright)
@@ -15,6 +16,20 @@ TEXT_MAX = 2000
 Id = Annotated[str, StringConstraints(min_length=1, max_length=ID_MAX, pattern=ID_PATTERN)]
 Text = Annotated[str, StringConstraints(max_length=TEXT_MAX, pattern=r"^[^\x00]*$")]
 IdPath = Annotated[str, Path(min_length=1, max_length=ID_MAX, pattern=ID_PATTERN)]
+
+
+def _in_utc(value: datetime) -> datetime:
+    """The instant in UTC; an instant whose UTC value leaves years 1-9999 (year 9999 at
+    -05:00, year 1 at +14:00) is refused here, as a 422 naming the field, instead of
+    overflowing where the database is asked (a 500)."""
+    try:
+        return value.astimezone(UTC)
+    except OverflowError:
+        raise ValueError("outside the years 1 to 9999 in UTC") from None
+
+
+#: a date-time with a zone, as a caller sends it (query or body), held in UTC
+UtcDatetime = Annotated[AwareDatetime, AfterValidator(_in_utc)]
 
 
 class Health(BaseModel):

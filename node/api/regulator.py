@@ -86,6 +86,10 @@ class VerifyResult(BaseModel):
     verdict: VerdictPublic
 
 
+#: the highest block number a caller may name (a 64-bit integer in the databases)
+MAX_BLOCK = 2**63 - 1
+
+
 def verdict_public(verdict: Verdict) -> VerdictPublic:
     """Domain verdict to its API model."""
     return VerdictPublic(
@@ -217,8 +221,8 @@ def regulator_router(
 
         @router.get("/passport", response_model=Passport)
         def passport(
-            from_block: Annotated[int, Query(ge=0)] = 0,
-            to_block: Annotated[int | None, Query(ge=0)] = None,
+            from_block: Annotated[int, Query(ge=0, le=MAX_BLOCK)] = 0,
+            to_block: Annotated[int | None, Query(ge=0, le=MAX_BLOCK)] = None,
         ) -> Passport:
             """This member's signed quality data passport for a block range."""
             if to_block is not None and to_block < from_block:

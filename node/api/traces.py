@@ -15,11 +15,12 @@ from datetime import datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Response
-from pydantic import AwareDatetime, BaseModel, Field, JsonValue, StringConstraints
+from pydantic import BaseModel, Field, JsonValue, StringConstraints
 from starlette.concurrency import run_in_threadpool
 
 from qdspace.connector.trace_store import StoredTrace, TraceSummary
 from qdspace.node.api.deps import Ctx, Paging, require_operator
+from qdspace.node.api.models import UtcDatetime
 from qdspace.node.api.problems import ApiProblem
 from qdspace.node.runtime.trace_runs import MAX_SERIALS, Selection, TraceRuns
 
@@ -35,8 +36,8 @@ class NoTraces(ApiProblem):
 class StartBody(BaseModel):
     batch: TraceText | None = None
     serials: list[TraceText] = Field(default_factory=list, max_length=MAX_SERIALS)
-    since: AwareDatetime | None = None
-    until: AwareDatetime | None = None
+    since: UtcDatetime | None = None
+    until: UtcDatetime | None = None
     defect_class: TraceText | None = None
 
 

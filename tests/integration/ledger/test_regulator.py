@@ -201,6 +201,9 @@ def test_passport_endpoint_returns_a_verifiable_passport(shared_api: httpx.Clien
     verified = shared_api.post("/v1/regulator/verify", json=doc)
     assert verified.status_code == 200 and verified.json()["verdict"]["valid"] is True
     assert shared_api.get("/v1/regulator/passport?from_block=5&to_block=2").status_code == 422
+    # past 64 bits: a 422 naming the parameter, not an overflow in the database (a 500)
+    huge = shared_api.get(f"/v1/regulator/passport?from_block=0&to_block={2**64}")
+    assert huge.status_code == 422 and "to_block" in huge.text, huge.text
 
 
 def test_a_proof_of_a_root_another_account_anchored_is_not_this_members(

@@ -78,6 +78,14 @@ class Client:
 
         return asyncio.run(call())
 
+    def post(self, path: str, body: Any) -> httpx.Response:
+        async def call() -> httpx.Response:
+            transport = httpx.ASGITransport(app=self.app)
+            async with httpx.AsyncClient(transport=transport, base_url="http://node") as c:
+                return await c.post(path, headers=self.auth, json=body)
+
+        return asyncio.run(call())
+
 
 def api_routes(routes: Any) -> Iterator[APIRoute]:
     """Every APIRoute, also inside included routers (which newer FastAPI keeps whole)."""
@@ -360,6 +368,8 @@ def test_a_cursor_beyond_any_position_is_a_400_problem(node: NodeContext, app: F
     import base64
     import json as jsonlib
 
+    from qdspace.node.api.deps import MAX_POSITION
+
     def forged(position: object) -> str:
         raw = jsonlib.dumps({"o": position}).encode()
         return base64.urlsafe_b64encode(raw).decode().rstrip("=")
@@ -370,11 +380,11 @@ def test_a_cursor_beyond_any_position_is_a_400_problem(node: NodeContext, app: F
         "/v1/contracts/duties": {"limit": 2},
     }
     for path, params in lists.items():
-        for position in (2**63, 10**30, 1.5, "7", None, True):
+        for position in (MAX_POSITION + 1, 2**63, 10**30, 1.5, "7", None, True):
             answer = client.get(path, cursor=forged(position), **params)
             assert answer.status_code == 400, (path, position, answer.text)
             assert answer.headers["content-type"].startswith("application/problem+json")
-        assert client.get(path, cursor=forged(2**63 - 1), **params).status_code == 200
+        assert client.get(path, cursor=forged(MAX_POSITION), **params).status_code == 200
 
 
 def test_closures_page_by_agreement_and_order(node: NodeContext, app: FastAPI) -> None:
@@ -568,3 +578,47 @@ def test_every_integer_query_past_64_bits_is_a_4xx_problem(node: NodeContext, ap
                 tried += 1
                 assert 400 <= answer.status_code < 500, (path, p["name"], value, answer.text)
     assert tried >= 10, tried
+
+
+#: instants with a zone whose UTC value leaves years 1-9999
+OUT_OF_RANGE = ("9999-12-31T23:00:00-05:00", "0001-01-01T00:00:00+14:00")
+
+
+def test_times_outside_the_years_1_to_9999_in_utc_are_4xx_naming_the_field(
+    node: NodeContext, app: FastAPI
+) -> None:
+    """Valid ISO 8601 with a zone, but a year 10000 or 0 in UTC: the defects chart, a
+    trace and a withdrawal's key answered 500 (an OverflowError where the database was
+    asked, or where the key was read); now 4xx saying which field and why."""
+    client = Client(app, node.operator_token)
+    for when in OUT_OF_RANGE:
+        answer = client.get("/v1/inspection/defects", since=when)
+        assert answer.status_code == 422, answer.text
+        assert "since" in answer.text and "years 1 to 9999" in answer.text
+        body = {"since": when, "until": "2020-01-01T00:00:00Z"}
+        answer = client.post("/v1/traces", body)
+        assert answer.status_code in (422, 503), answer.text  # 503: no trace service here
+        if answer.status_code == 422:
+            assert "years 1 to 9999" in answer.text
+        key = {"location": "x", "measured_at": when}
+        answer = client.post("/v1/contracts/withdrawals", {"kind": "environment", "key": key})
+        assert 400 <= answer.status_code < 500, answer.text
+        assert "measured_at" in answer.text
+
+
+def test_a_cursor_at_the_top_of_the_range_is_refused_where_it_is_read() -> None:
+    """Every route adds a page and one more row to a cursor's offset: a forged cursor at
+    2**63 - 1 overflowed the ledger leaves' LIMIT (a 500). A cursor stands for at most
+    2**62 now, so offset + page + 1 fits a 64-bit integer."""
+    from qdspace.node.api.deps import (
+        MAX_PAGE,
+        MAX_POSITION,
+        BadCursor,
+        decode_cursor,
+        encode_cursor,
+    )
+
+    assert decode_cursor(encode_cursor(MAX_POSITION)) == MAX_POSITION
+    assert MAX_POSITION + MAX_PAGE + 1 < 2**63
+    with pytest.raises(BadCursor):
+        decode_cursor(encode_cursor(MAX_POSITION + 1))
