@@ -41,7 +41,7 @@ from qdspace.connector.rootcause import (
     Reading,
     local_findings,
 )
-from qdspace.connector.trace import MAX_FINDINGS, BatchLink, TierAnswer
+from qdspace.connector.trace import MAX_FINDINGS, MAX_LINKS, MAX_PARENTS, BatchLink, TierAnswer
 
 #: comparable batches read at most (the nearest in time to the implicated ones)
 COMPARABLE_LIMIT = 60
@@ -222,17 +222,32 @@ def read_evidence(
     return LocalEvidence(every, observations, confidence)
 
 
+def _within_bounds(parents: list[BatchInfo], me: str) -> list[BatchInfo]:
+    """A link's parents as its customer takes them: at most `MAX_PARENTS`, the bought
+    ones first (they name the producers the trace goes on to)."""
+    if len(parents) <= MAX_PARENTS:
+        return parents
+    bought = [p for p in parents if p.producer not in (me, "unknown")]
+    rest = [p for p in parents if p.producer in (me, "unknown")]
+    return (bought + rest)[:MAX_PARENTS]
+
+
 def walk_genealogy(
     engine: Engine, roots: Sequence[str], me: str
 ) -> tuple[list[BatchLink], dict[str, set[str]]]:
     """Links of the batches made here, from `roots` down; and the bought batches the
-    walk reached, by producer (each batch visited once; at most `MAX_WALK`)."""
+    walk reached, by producer (each batch visited once; at most `MAX_WALK`).
+
+    The answer stays within what its customer accepts (`connector.trace.check_answer`):
+    at most `MAX_LINKS` links, nearest first, each with at most `MAX_PARENTS` parents.
+    Beyond them a customer refused the whole answer, and an honest supplier with a
+    large genealogy showed as a missing tier."""
     links: list[BatchLink] = []
     bought: dict[str, set[str]] = defaultdict(set)
     seen: set[str] = set(roots)
     frontier = list(roots)
     with engine.connect() as conn:
-        while frontier and len(seen) <= MAX_WALK:
+        while frontier and len(seen) <= MAX_WALK and len(links) < MAX_LINKS:
             edges: dict[str, list[str]] = defaultdict(list)
             for chunk in _chunks(frontier):
                 for child, parent in conn.execute(
@@ -244,12 +259,17 @@ def walk_genealogy(
             rows = batches(engine, {*frontier, *(p for ps in edges.values() for p in ps)})
             nxt: list[str] = []
             for child in frontier:
-                if child not in rows:
+                if child not in rows or len(links) >= MAX_LINKS:
                     continue
                 parents = sorted(set(edges.get(child, [])))
                 infos = tuple(
-                    _info(rows[p]) if p in rows else BatchInfo(p, "", "", "unknown", 0.0)
-                    for p in parents
+                    _within_bounds(
+                        [
+                            _info(rows[p]) if p in rows else BatchInfo(p, "", "", "unknown", 0.0)
+                            for p in parents
+                        ],
+                        me,
+                    )
                 )
                 links.append(BatchLink(_info(rows[child]), infos))
                 for p in infos:

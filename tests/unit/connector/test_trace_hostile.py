@@ -10,6 +10,7 @@ import threading
 from collections.abc import Iterator
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
@@ -355,3 +356,42 @@ def test_the_oem_ranks_off_the_event_loop_and_stands_first_on_the_path(
     assert b'"tier1:cellex"' in data
     assert asked == [("sunarc",)]
     assert threads and threads[0] is not threading.main_thread()
+
+
+def test_an_honest_tier_with_a_large_genealogy_answers_within_its_customers_bounds(
+    tmp_path: Path,
+) -> None:
+    """A supplier's walk could reach 2,000 batches and a batch may be made of a hundred
+    parents, but its customer refuses a level of more than 500 links or a link of more
+    than 64 parents: the whole answer was refused and an honest supplier showed as a
+    missing tier. The walk now stops at the customer's bounds, nearest batches first,
+    bought parents first (they name whom the trace asks next)."""
+    from qdspace.connector.storage import open_store
+    from qdspace.connector.trace import MAX_LINKS, MAX_PARENTS, TierAnswer, check_answer
+    from qdspace.connector.trace_data import walk_genealogy
+
+    store = open_store(f"sqlite:///{tmp_path}/q.db")
+    made = "2026-06-01T06:00:00Z"
+
+    def batch(bid: str, producer: str) -> dict[str, object]:
+        return {"batch_id": bid, "material": "cell", "kind": "cell", "producer": producer,
+                "quantity": 1, "made_at": made}  # fmt: skip
+
+    rows = [batch("ROOT", "cellex")]
+    rows += [batch(f"C-{i:04d}", "cellex") for i in range(700)]
+    rows += [batch(f"W-{i:03d}", "siwafer") for i in range(100)]
+    edges = [{"child_batch_id": "ROOT", "parent_batch_id": f"C-{i:04d}"} for i in range(700)]
+    # one cell made of 100 parents: 90 of its own line's and the 10 wafers bought
+    edges += [{"child_batch_id": "C-0000", "parent_batch_id": f"C-{i:04d}"} for i in range(1, 91)]
+    edges += [{"child_batch_id": "C-0000", "parent_batch_id": f"W-{i:03d}"} for i in range(10)]
+    assert not store.ingest_rows("batch", enumerate(rows, 1)).rejected
+    assert not store.ingest_rows("genealogy", enumerate(edges, 1)).rejected
+    links, bought = walk_genealogy(store.engine, ["ROOT"], "cellex")
+    assert len(links) <= MAX_LINKS and all(len(link.parents) <= MAX_PARENTS for link in links)
+    first_cell = next(link for link in links if link.batch.batch_id == "C-0000")
+    assert sum(p.producer == "siwafer" for p in first_cell.parents) == 10  # kept first
+    assert bought == {"siwafer": {f"W-{i:03d}" for i in range(10)}}
+    answer = TierAnswer("cellex", ("ROOT",), 1, tuple(links), ())
+    check_answer(answer, member="cellex")  # its customer takes it
+    assert links[0].batch.batch_id == "ROOT"
+    store.engine.dispose()
