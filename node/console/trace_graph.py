@@ -76,7 +76,10 @@ def trace_svg(report: dict[str, Any]) -> str:
             parts.append(_arrow(x + BOX_W, y + BOX_H / 2, x + BOX_W + GAP_X, y + BOX_H / 2))
             x += BOX_W + GAP_X
         css = "cause significant" if cause.get("significant") else "cause weak"
-        label = f"#{cause.get('rank', row + 1)} {cause.get('member', '')}: {cause.get('key', '')}"
+        who = str(cause.get("member", ""))
+        if cause.get("reported_by"):  # a relayed level: who said it, not the member's word
+            who += f" via {cause['reported_by']}"
+        label = f"#{cause.get('rank', row + 1)} {who}: {cause.get('key', '')}"
         facts = f"confidence {_confidence(cause)} · score {float(cause.get('score') or 0):.2f}"
         parts.append(
             _box(x, y, CAUSE_W, [label, facts], css).replace(
