@@ -4,6 +4,7 @@ rule that keeps names unambiguous: no two active members answer to the same name
 
 from __future__ import annotations
 
+import ipaddress
 import json
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -77,17 +78,26 @@ def check_names_free(
     members: list[IssuedMember], member_id: str | None, name: str, hostnames: Sequence[str]
 ) -> None:
     """Refuse a name or hostname another active member answers to: gRPC takes the peer's
-    member name as the TLS target name, so a certificate carrying another member's name
-    (as its CN or as a SAN) could pass for that member."""
+    member name as the TLS target name, and a regulator or DSP peer reaches a member by
+    the host name it asked for, so a certificate carrying another member's name or host
+    name (as its CN or as a SAN) could pass for that member. Loopback addresses are
+    shared by every member on one machine (a local network) and hold nothing."""
     for m in current_rows(members):
         if m.member_id == member_id:
             continue
         theirs = {n.lower() for n in m.answers_to()}
         if name.lower() in theirs:
             raise NameTaken(f"the name {name!r} is already taken by member {m.member_id}")
-        clash = sorted(h for h in hostnames if h.lower() == m.name.lower())
+        clash = sorted(h for h in hostnames if h.lower() in theirs and not _loopback(h))
         if clash:
             raise NameTaken(
-                f"hostname {clash[0]!r} is the name of member {m.member_id}; a certificate "
+                f"hostname {clash[0]!r} is a name of member {m.member_id}; a certificate "
                 "carrying it could pass for that member"
             )
+
+
+def _loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host.lower() == "localhost"

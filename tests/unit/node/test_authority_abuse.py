@@ -135,3 +135,13 @@ def test_renewals_hold_only_their_latest_names_and_are_counted(authority: Author
         authority.renew(_renewal("evil", key))
     with pytest.raises(RenewalRefused, match="try again later"):
         authority.renew(_renewal("evil", key))
+
+
+def test_a_member_cannot_ask_for_a_host_name_another_member_holds(authority: Authority) -> None:
+    """A regulator or a DSP peer reaches a member by the host name it asked for: another
+    member asking for the same name got it, and could pass for it. Loopback addresses
+    (every member of a local network on one machine) hold nothing."""
+    _enroll(authority, "victim", SigningKey.generate(), ("victim.example.com", "127.0.0.1"))
+    with pytest.raises(NameTaken, match=r"'victim\.example\.com' is a name of member victim"):
+        _enroll(authority, "evil", SigningKey.generate(), ("victim.example.com",))
+    assert _enroll(authority, "other", SigningKey.generate(), ("127.0.0.1", "other.example"))
