@@ -134,6 +134,12 @@ class LeafQueue(LeafStore):
             raise LedgerError(f"no batch {batch_id}")
         return Batch.from_row(row)
 
+    def batch_with_root(self, root: bytes) -> Batch | None:
+        """The batch whose root is ``root`` (roots are unique), if this queue holds one."""
+        with self.engine.connect() as conn:
+            row = conn.execute(select(batch_table).where(batch_table.c.root == root)).first()
+        return None if row is None else Batch.from_row(row)
+
     def batch_of(self, leaf: StoredLeaf) -> Batch:
         """The batch holding ``leaf``; NotAnchored if it is still pending."""
         with self.engine.connect() as conn:

@@ -125,7 +125,7 @@ def mount_regulator_routes(app: FastAPI, ctx: NodeContext) -> None:
             require_regulator=require,
             record_loader=ledger.load_record,
             passport_issuer=issue,
-            anchorer=ledger.account,
+            anchorer_of=ledger.anchorer_of,
         )
     )
 

@@ -90,6 +90,10 @@ class VerifyResult(BaseModel):
 MAX_BLOCK = 2**63 - 1
 
 
+#: a proof's root (hex) -> the account that must have anchored it for this member
+AnchorerOf = Callable[[str], str]
+
+
 def verdict_public(verdict: Verdict) -> VerdictPublic:
     """Domain verdict to its API model."""
     return VerdictPublic(
@@ -120,7 +124,7 @@ def proof_public(
     kind: str,
     ref_id: str,
     confirmations: ConfirmationCache | None = None,
-    anchorer: str | None = None,
+    anchorer_of: AnchorerOf | None = None,
 ) -> ProofPublic:
     """The proof of an anchored leaf, verified against the chain now (the regulator's
     ``/proofs`` and the operator console's ledger page)."""
@@ -128,6 +132,7 @@ def proof_public(
         proof = build_proof(queue, kind, ref_id)  # an unknown id is 404 before any load
         record = record_loader(kind, ref_id) if record_loader is not None else None
         proof = with_record(proof, record)
+        anchorer = None if anchorer_of is None else anchorer_of(proof.root)
         verdict = verify_proof(proof, client, confirmations, anchorer)
     except LedgerError as exc:
         raise_http(exc)
@@ -147,12 +152,13 @@ def proof_public(
 
 
 def verify_posted(
-    document: dict[str, Any], client: LedgerClient, anchorer: str | None = None
+    document: dict[str, Any], client: LedgerClient, anchorer_of: AnchorerOf | None = None
 ) -> VerifyResult:
     """A posted proof or passport verified against ``client``'s chain (the regulator's
     ``/verify`` and the console's drop zone); `HTTPException` for what is no document.
-    A proof must be of a root `anchorer` (this node's account) anchored: a node answers
-    for its own records (`ledger.proofs.chain_checks`)."""
+    A proof's root must have been anchored by the account `anchorer_of` names for it
+    (this node's, or the member's whose anchoring of the same leaves it adopted): a node
+    answers for its own records (`ledger.proofs.chain_checks`)."""
     doc_type = document.get("type")
     try:
         if doc_type == PROOF_TYPE:
@@ -160,7 +166,13 @@ def verify_posted(
             _same_chain(client, proof.chain_id)
             return VerifyResult(
                 type=PROOF_TYPE,
-                verdict=verdict_public(verify_proof(proof, client, anchorer=anchorer)),
+                verdict=verdict_public(
+                    verify_proof(
+                        proof,
+                        client,
+                        anchorer=None if anchorer_of is None else anchorer_of(proof.root),
+                    )
+                ),
             )
         if doc_type == PASSPORT_TYPE:
             passport = Passport.model_validate(document)
@@ -182,17 +194,17 @@ def regulator_router(
     require_regulator: Callable[..., Any],
     record_loader: RecordLoader | None = None,
     passport_issuer: PassportIssuer | None = None,
-    anchorer: str | None = None,
+    anchorer_of: AnchorerOf | None = None,
 ) -> APIRouter:
     """Routes under ``/v1/regulator``; ``require_regulator`` is a FastAPI dependency;
-    ``anchorer``: this node's chain account, which must have anchored what is verified."""
+    ``anchorer_of``: the account that must have anchored a root (`verify_posted`)."""
     confirmations = ConfirmationCache()  # a batch's proofs share one root: ask the chain once
     router = APIRouter(
         prefix="/v1/regulator", tags=["regulator"], dependencies=[Depends(require_regulator)]
     )
 
     def proof_of(kind: str, ref_id: str) -> ProofPublic:
-        return proof_public(queue, client, record_loader, kind, ref_id, confirmations, anchorer)
+        return proof_public(queue, client, record_loader, kind, ref_id, confirmations, anchorer_of)
 
     @router.get("/proofs/{kind}/{ref_id:path}", response_model=ProofPublic)
     def get_proof(kind: str, ref_id: str) -> ProofPublic:
@@ -214,7 +226,7 @@ def regulator_router(
     @router.post("/verify", response_model=VerifyResult)
     def verify(document: Annotated[dict[str, Any], Body()]) -> VerifyResult:
         """Verify a posted proof or passport against this node's chain."""
-        return verify_posted(document, client, anchorer)
+        return verify_posted(document, client, anchorer_of)
 
     if passport_issuer is not None:
         issuer = passport_issuer

@@ -92,7 +92,7 @@ def routes(console: Console) -> list[tuple[str, Endpoint, str]]:
                 held.load_record,
                 "model_version",
                 ref,
-                anchorer=held.account,
+                anchorer_of=held.anchorer_of,
             )
         except HTTPException as exc:
             return {"valid": None, "reason": f"not anchored yet ({exc.detail})"}

@@ -75,7 +75,7 @@ def routes(console: Console) -> list[tuple[str, Endpoint, str]]:
             raise HTTPException(400, "record id: 1 to 256 printable characters")
         held = ledger()
         return proof_public(
-            held.queue, held.client, held.load_record, kind, ref_id, anchorer=held.account
+            held.queue, held.client, held.load_record, kind, ref_id, anchorer_of=held.anchorer_of
         )
 
     async def proof_page(request: Request) -> Response:
@@ -124,7 +124,7 @@ def routes(console: Console) -> list[tuple[str, Endpoint, str]]:
             return refused(400, "not a proof or passport object")
         held = ledger()
         try:
-            result = await run_in_threadpool(verify_posted, document, held.client, held.account)
+            result = await run_in_threadpool(verify_posted, document, held.client, held.anchorer_of)
         except HTTPException as exc:  # not a document of ours: the answer says why
             return refused(exc.status_code, str(exc.detail))
         verdict = result.verdict

@@ -34,7 +34,7 @@ from qdspace.ledger.errors import AccountKeyError, LedgerError
 from qdspace.ledger.leaves import KIND_CODES
 from qdspace.ledger.proofs import InclusionProof, build_proof, verify_proof
 from qdspace.ledger.queue import LeafQueue
-from qdspace.ledger.queue_schema import StoredLeaf, ensure_schema
+from qdspace.ledger.queue_schema import ANCHORED, StoredLeaf, ensure_schema
 from qdspace.ledger.tx import ANCHOR_GAS, DEFAULT_MAX_IN_FLIGHT
 from qdspace.node.context import NodeContext
 from qdspace.node.errors import ConfigError
@@ -251,6 +251,25 @@ class QdmSweeper:
 # -- the node's ledger -------------------------------------------------------------------
 
 
+def root_anchorer(queue: LeafQueue, own: str) -> Callable[[str], str]:
+    """A proof's root (hex) -> the account that must have anchored it for the proof to be
+    this member's (`ledger.proofs.chain_checks`): the one this node's queue recorded for
+    a batch of that root (its own account, or the account of a member that anchored the
+    same leaves first, which this node adopted: both parties anchor an agreement), else
+    its own (a root it never held: a stranger's)."""
+
+    def of(root_hex: str) -> str:
+        try:
+            batch = queue.batch_with_root(bytes.fromhex(root_hex.removeprefix("0x")))
+        except ValueError:
+            batch = None
+        if batch is not None and batch.state == ANCHORED and batch.sender:
+            return batch.sender
+        return own
+
+    return of
+
+
 @dataclass
 class NodeLedger:
     """Everything the node needs to anchor and to answer a regulator."""
@@ -266,9 +285,12 @@ class NodeLedger:
 
     @property
     def account(self) -> str:
-        """The chain account this node anchors from: a proof is this member's only when
-        this account anchored its root (`ledger.proofs.chain_checks`)."""
+        """The chain account this node anchors from."""
         return str(self.anchorer.signer.address)
+
+    def anchorer_of(self, root_hex: str) -> str:
+        """The account that must have anchored a proof's root (`root_anchorer`)."""
+        return root_anchorer(self.queue, self.account)(root_hex)
 
     def start(self) -> None:
         """Run the anchorer and the QDM sweep in background threads."""
@@ -384,7 +406,7 @@ def is_anchored(ctx: NodeContext, kind: str, ref_id: str, payload: bytes) -> boo
         return False
     try:
         proof = with_record(build_proof(ledger.queue, kind, ref_id), payload)
-        return verify_proof(proof, ledger.client, anchorer=ledger.account).valid
+        return verify_proof(proof, ledger.client, anchorer=ledger.anchorer_of(proof.root)).valid
     except LedgerError:
         return False
 

@@ -29,6 +29,7 @@ from qdspace.ledger.queue import LeafQueue
 from qdspace.ledger.queue_schema import ensure_schema
 from qdspace.node.api.regulator import regulator_router
 from qdspace.node.member_ids import member_id_for
+from qdspace.node.runtime.ledger import root_anchorer
 
 from .conftest import ONE_ETH, ChainProcess, funded_chain, sqlite_engine
 
@@ -106,7 +107,7 @@ def _api(chain: ChainProcess, signer: ChainSigner, queue: LeafQueue) -> Iterator
             require_regulator=regulator,
             record_loader=lambda kind, ref: RECORDS.get((kind, ref)),
             passport_issuer=issue,
-            anchorer=signer.address,  # what the node passes: its own account
+            anchorer_of=root_anchorer(queue, signer.address),  # what the node passes
         )
     )
     with (
@@ -233,3 +234,28 @@ def test_a_proof_of_a_root_another_account_anchored_is_not_this_members(
     own = api.get("/v1/regulator/deletion-receipts/del-1/proof").json()
     assert own["verdict"]["valid"] is True
     assert any(c["name"] == "anchorer" and c["ok"] for c in own["verdict"]["checks"])
+
+
+def test_a_root_another_member_anchored_first_with_our_leaves_is_still_ours(
+    chain: ChainProcess, signer: ChainSigner, queue: LeafQueue, tmp_path: Path
+) -> None:
+    """Both parties anchor an agreement: the same leaves make the same root, the contract
+    keeps the first, and the second node adopts it (its queue records who anchored it).
+    The second node's proof of its own agreement names the first member's account, and
+    verifies: the root is one this node holds. A root it never held still does not."""
+    other = new_key_file(tmp_path / "other" / "chain.key")
+    fund_from_dev_account(chain.url, other.address, ONE_ETH)
+    engine = sqlite_engine(tmp_path / "other.db")
+    ensure_schema(engine)
+    first = Anchorer(LeafQueue(engine), chain.client(), other, AnchorPolicy())
+    for (kind, ref), record in RECORDS.items():  # the counterparty anchors them all first
+        first.enqueue(kind, ref, record)
+    assert first.flush(timeout_s=30)
+    engine.dispose()
+    with _api(chain, signer, queue) as http:  # ours: the same leaves, adopted
+        body = http.get("/v1/regulator/agreements/agr-1/proof").json()
+        assert body["verdict"]["valid"] is True, body["verdict"]
+        checks = {c["name"]: c for c in body["verdict"]["checks"]}
+        assert other.address in checks["anchorer"]["detail"] and checks["anchorer"]["ok"]
+        again = http.post("/v1/regulator/verify", json=body["proof"]).json()
+        assert again["verdict"]["valid"] is True
