@@ -151,6 +151,9 @@ _TESTS: dict[Rule, _KOfN | _Run] = {
     Rule.NELSON8: _Run(8, "mixture", "8 consecutive points beyond 1 sigma on both sides"),
 }
 _LONGEST_RUN = 15
+#: the points an alert carries to the supplier at most, the newest (a run rule reads 15;
+#: a Cpk alert's window may hold thousands, which no notice needs whole)
+MAX_ALERT_POINTS = 32
 
 
 def characteristic_value(record: Mapping[str, Any], characteristic: str) -> float | None:

@@ -23,7 +23,13 @@ from qdspace.connector.agreement import (
 )
 from qdspace.connector.contract_errors import ContractError
 from qdspace.connector.investigation_wire import SealedEvent, SignedEvent
-from qdspace.connector.spc import Investigation, QualityAlert, SpcAlert, SpcPoint
+from qdspace.connector.spc import (
+    MAX_ALERT_POINTS,
+    Investigation,
+    QualityAlert,
+    SpcAlert,
+    SpcPoint,
+)
 from qdspace.node.errors import WireFormatError
 from qdspace.node.rpc.contracts_serde import datetime_from_us, datetime_to_us, required
 from qdspace.protocols.v1 import notification_pb2
@@ -84,7 +90,29 @@ def _alert_to_proto(notice: QualityAlert) -> notification_pb2.QualityAlert:
     )
 
 
+#: a notice's texts and ids, as a peer may send them: each is kept here, up to
+#: `MAX_RECEIVED_PER_SENDER` of a kind per sender, so their size is what bounds the
+#: space a member may fill (10,000 alerts of 256 KB each were 2.5 GB)
+NOTICE_TEXT = 4000
+NOTICE_ID = 128
+NOTICE_CODE = 16  # an SPC rule's or an investigation status's name
+
+
+def _bounded(value: str, what: str, limit: int) -> str:
+    if len(value) > limit:
+        raise WireFormatError(f"{what}: {len(value)} characters (at most {limit})")
+    return value
+
+
 def _alert_from_proto(message: notification_pb2.QualityAlert) -> QualityAlert:
+    if len(message.points) > MAX_ALERT_POINTS:
+        raise WireFormatError(
+            f"quality alert: {len(message.points)} points (at most {MAX_ALERT_POINTS})"
+        )
+    for name in ("alert_id", "agreement_id", "order_id", "station", "characteristic"):
+        _bounded(getattr(message, name), f"quality alert {name}", NOTICE_ID)
+    _bounded(message.rule, "quality alert rule", NOTICE_CODE)
+    _bounded(message.description, "quality alert description", NOTICE_TEXT)
     points = tuple(
         SpcPoint(p.index, p.value, datetime_from_us(p.at_unix_us)) for p in message.points
     )
@@ -165,7 +193,7 @@ def _body_from_proto(message: notification_pb2.NotificationMessage) -> Notificat
             ended = message.agreement_terminated
             return AgreementTermination(
                 required(ended.agreement_id, "agreement_id"),
-                ended.reason,
+                _bounded(ended.reason, "termination reason", NOTICE_TEXT),
                 datetime_from_us(ended.terminated_at_unix_us),
             )
         case "deletion_receipt":
@@ -174,6 +202,11 @@ def _body_from_proto(message: notification_pb2.NotificationMessage) -> Notificat
             return _alert_from_proto(message.quality_alert)
         case "investigation":
             opened = message.investigation
+            for name in ("investigation_id", "batch_id", "order_id"):
+                _bounded(getattr(opened, name), f"investigation {name}", NOTICE_ID)
+            _bounded(opened.status, "investigation status", NOTICE_CODE)
+            for name in ("subject", "description"):
+                _bounded(getattr(opened, name), f"investigation {name}", NOTICE_TEXT)
             return Investigation(
                 investigation_id=required(opened.investigation_id, "investigation_id"),
                 subject=opened.subject,

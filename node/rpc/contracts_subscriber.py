@@ -32,6 +32,7 @@ from qdspace.connector.contract_store import IncomingRow, StoredSubscription
 from qdspace.connector.contract_store.subscriptions import MAX_RAISED_PER_SUBSCRIPTION
 from qdspace.connector.encoding import StreamRequest
 from qdspace.connector.spc import (
+    MAX_ALERT_POINTS,
     QualityAlert,
     SpcAlert,
     SpcMonitor,
@@ -339,6 +340,8 @@ class ConsumerSubscriptions:
         # per id (a second with the same id would be taken for a repeat)
         record_id = f"{record.get(KEY_FIELD)}:{record.get(VERSION_FIELD)}"
         digest = hashlib.sha256(f"{sub.subscription_id}:{alert.rule}:{record_id}".encode())
+        if len(alert.points) > MAX_ALERT_POINTS:  # the newest: what a notice may carry
+            alert = replace(alert, points=alert.points[-MAX_ALERT_POINTS:])
         notice = QualityAlert(
             f"alert-{digest.hexdigest()[:16]}",
             alert,

@@ -46,3 +46,45 @@ def test_the_peer_takes_the_bounded_id_and_would_refuse_the_long_one() -> None:
     assert notification_from_proto(notification_to_proto(sent)) == sent
     with pytest.raises(WireFormatError, match="notification_id must be 1 to 128"):
         notification_from_proto(notification_to_proto(Notification(long_id, PROVIDER, AT, body)))
+
+
+def test_a_notice_is_bounded_where_it_arrives() -> None:
+    """Each alert or investigation a member sends is kept here (10,000 of a kind per
+    sender): one of 256 KB each let a member fill 2.5 GB. Texts, ids and an alert's
+    points are now bounded on the wire, a reason saying which and how long; notices of
+    the sizes a node sends itself pass."""
+    from qdspace.connector.spc import Investigation, QualityAlert, SpcAlert, SpcPoint
+
+    points = tuple(SpcPoint(i, 1.0, AT) for i in range(8))
+    alert = QualityAlert(
+        "alert-1", SpcAlert("WE1", "one point beyond 3 sigma", points, AT), "agr-1",
+        "ORD-1", "el-1", "score",
+    )  # fmt: skip
+    sent = Notification("alert:1", CONSUMER, AT, alert)
+    assert notification_from_proto(notification_to_proto(sent)) == sent
+    huge = SpcAlert("WE1", "x" * 300_000, points, AT)
+    oversized = [
+        (Notification("alert:2", CONSUMER, AT, QualityAlert("a-2", huge, "agr-1")), "description"),
+        (
+            Notification(
+                "alert:3", CONSUMER, AT,
+                QualityAlert("a-3", SpcAlert("WE1", "d", points * 10, AT), "agr-1"),
+            ),
+            "80 points",
+        ),
+        (
+            Notification(
+                "inv:1", CONSUMER, AT, Investigation("inv-1", "subject", "y" * 5000)
+            ),
+            "investigation description",
+        ),
+        (
+            Notification(
+                "inv:2", CONSUMER, AT, Investigation("inv-2", "s", "d", status="x" * 17)
+            ),
+            "investigation status",
+        ),
+    ]  # fmt: skip
+    for note, said in oversized:
+        with pytest.raises(WireFormatError, match=said):
+            notification_from_proto(notification_to_proto(note))
