@@ -35,7 +35,6 @@ from qdspace.ledger.leaves import KIND_CODES, KIND_NAMES, leaf_preimage
 from qdspace.ledger.merkle import HASH_SIZE, MerkleTree, leaf_hash, verify_inclusion
 from qdspace.ledger.queue import LeafQueue
 from qdspace.ledger.queue_schema import ANCHORED
-from qdspace.util.json_depth import loads as bounded_json
 
 if TYPE_CHECKING:
     from qdspace.ledger.client import LedgerClient
@@ -487,15 +486,3 @@ def verify_proof(
 
 #: how deep a proof or passport document may nest (its Merkle paths are lists of lists)
 PROOF_DEPTH = 64
-
-
-def document_type(data: str | bytes) -> str:
-    """The ``type`` of a proof or passport document; ProofFormatError if it has none."""
-    try:
-        doc = bounded_json(data, limit=PROOF_DEPTH)
-    except ValueError as exc:
-        raise ProofFormatError(f"not JSON: {exc}") from None
-    kind = doc.get("type") if isinstance(doc, dict) else None
-    if not isinstance(kind, str):
-        raise ProofFormatError("document has no 'type' field")
-    return kind

@@ -12,12 +12,25 @@ from qdspace.ledger.errors import ProofFormatError
 from qdspace.ledger.passport import PASSPORT_TYPE, Passport, verify_passport
 from qdspace.ledger.proofs import (
     BINARY_MAGIC,
+    PROOF_DEPTH,
     PROOF_TYPE,
     InclusionProof,
     Verdict,
-    document_type,
     verify_proof,
 )
+from qdspace.util.json_depth import loads as bounded_json
+
+
+def document_type(data: str | bytes) -> str:
+    """The ``type`` of a proof or passport document; ProofFormatError if it has none."""
+    try:
+        doc = bounded_json(data, limit=PROOF_DEPTH)
+    except ValueError as exc:
+        raise ProofFormatError(f"not JSON: {exc}") from None
+    kind = doc.get("type") if isinstance(doc, dict) else None
+    if not isinstance(kind, str):
+        raise ProofFormatError("document has no 'type' field")
+    return kind
 
 
 def verify_document(

@@ -15,13 +15,13 @@ from qdspace.ledger.merkle import proof_length
 from qdspace.ledger.proofs import (
     InclusionProof,
     build_proof,
-    document_type,
     offline_checks,
     verify_proof,
 )
 from qdspace.ledger.queue import LeafQueue
 from qdspace.ledger.queue_schema import ensure_schema
 from qdspace.ledger.tx import SignedAnchor
+from qdspace.ledger.verify import document_type
 
 RECORDS = {f"insp-{i}": f'{{"verdict":"ok","n":{i}}}'.encode() for i in range(11)}
 
