@@ -36,6 +36,7 @@ from qdspace.federation.admission import (
 from qdspace.federation.checkpoint import read_checkpoint, write_checkpoint
 from qdspace.federation.dp import Accountant, add_noise
 from qdspace.federation.errors import (
+    BadShares,
     CheckpointError,
     FederationError,
     PrivacyError,
@@ -85,6 +86,10 @@ class Coordinator:
     attempt_base: int = 0
     #: when the current round first opened in this process (``now`` of that call)
     round_opened_at: float = 0.0
+    #: members this coordinator found at fault in a secure round (their signed shares did
+    #: not rebuild the secret they committed to): left out of every later attempt, so one
+    #: member cannot make each attempt abort until the job fails
+    excluded: frozenset[str] = frozenset()
 
     def __post_init__(self) -> None:
         self._updates: dict[str, ClientUpdate] = {}
@@ -127,7 +132,7 @@ class Coordinator:
             return
         if self.job.secure_aggregation:
             config = self.job.secagg_config(self.round, self.attempt)
-            self._secagg = SecAggServer(config, set(self.job.members))
+            self._secagg = SecAggServer(config, set(self.job.members) - self.excluded)
             self.phase = Phase.ADVERTISE
         else:
             self.phase = Phase.TRAINING
@@ -223,7 +228,7 @@ class Coordinator:
         self._admit(member, round_, Phase.ADVERTISE, now, attempt)
         server = self._server()
         server.receive_advert(advert, key)
-        if len(server.advertised) == len(self.job.members):
+        if len(server.advertised) == len(set(self.job.members) - self.excluded):
             self._close(now)
 
     def roster(self, member: str, round_: int, attempt: int) -> tuple[KeyAdvert, ...]:
@@ -313,6 +318,9 @@ class Coordinator:
                 self._close_secagg(now)
         except SecAggAbort as exc:
             self.detail = f"round {self.round} attempt {self.attempt} aborted: {exc}"
+            if isinstance(exc, BadShares):  # found at fault by us: out of the job
+                self.excluded = self.excluded | {exc.member}
+                self.detail += f"; {exc.member} is left out of the job's later attempts"
             self._open_round(now)
 
     def _close_training(self, now: float) -> None:
@@ -418,6 +426,7 @@ class Coordinator:
             "phase": self.phase.value,
             "attempt": self.attempt,
             "detail": self.detail,
+            "excluded": sorted(self.excluded),
             "vector_len": int(self.global_vector.size),
         }
         write_checkpoint(path, meta, self.global_vector, fsync=fsync, keep_previous=keep_previous)
@@ -454,6 +463,7 @@ class Coordinator:
             history=history,
             max_attempts=int(meta["max_attempts"]),
             seed=seed,
+            excluded=frozenset(str(m) for m in meta.get("excluded", ())),
         )
         if meta["phase"] in (Phase.DONE.value, Phase.FAILED.value):
             coord._finish(Phase(meta["phase"]), meta["detail"])
