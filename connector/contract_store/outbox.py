@@ -228,15 +228,34 @@ class OutboxStore(TableStore):
         ]
 
     def queued_for(self, peer_id: str, process_id: str) -> tuple[int, int]:
-        """(unsent, all) messages queued for one process of one peer."""
+        """(owed, all) messages queued for one process of one peer (owed: not sent and
+        not set aside)."""
         table = outbox_table.c
-        unsent = func.count(table.id).filter(table.sent_at.is_(None))
+        unsent = func.count(table.id).filter(table.sent_at.is_(None), table.refused_at.is_(None))
         statement = select(func.count(), unsent).where(
             table.peer_id == peer_id, table.process_id == process_id
         )
         with self.engine.connect() as connection:
             total, waiting = connection.execute(statement).one()  # (peer, process) index
         return int(waiting), int(total)
+
+    def hasten(self, peer_id: str, process_id: str, now: datetime) -> int:
+        """Make what one process of one peer is owed due now (its backoff cut short: the
+        peer asked again, so it is there to take it); how many messages that was."""
+        table = outbox_table
+        statement = (
+            update(table)
+            .where(
+                table.c.peer_id == peer_id,
+                table.c.process_id == process_id,
+                table.c.sent_at.is_(None),
+                table.c.refused_at.is_(None),
+                table.c.next_attempt_at > now,
+            )
+            .values(next_attempt_at=now)
+        )
+        with self.engine.begin() as connection:
+            return int(connection.execute(statement).rowcount or 0)
 
     def backlog(self) -> int:
         """How many messages are not delivered: due now or later, or set aside after the

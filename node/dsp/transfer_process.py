@@ -159,9 +159,12 @@ class DspTransferMoves:
         existing = store.dsp.by_peer_pid(TRANSFER, peer.member_id, ask.consumer_pid)
         if existing is not None:  # a retry: the start again (it may have been lost)
             process = self.load(existing)
-            unsent, queued = store.outbox.queued_for(peer.member_id, existing.local_id)
-            # not while one is still owed, and not for ever: each is a row and a POST
-            if process.state is TransferState.STARTED and not unsent and queued < MAX_STARTS:
+            owed, queued = store.outbox.queued_for(peer.member_id, existing.local_id)
+            # not a new start while one is owed (that one is made due now: the consumer is
+            # there), and not for ever: each is a row and a POST
+            if process.state is TransferState.STARTED and owed:
+                store.outbox.hasten(peer.member_id, existing.local_id, rt.clock.now())
+            elif process.state is TransferState.STARTED and queued < MAX_STARTS:
                 store.enqueue([self.start_for(existing, process)], rt.clock.now())
             return existing
         if store.dsp.by_local(TRANSFER, ask.consumer_pid) is not None:

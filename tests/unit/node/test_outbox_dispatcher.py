@@ -263,3 +263,32 @@ def test_a_peer_s_reason_is_read_bounded() -> None:
     assert peer_reason(deep).startswith("[[[")
     nested = httpx.Response(409, json={"reason": ["wrong state"], "@type": "TransferError"})
     assert peer_reason(nested) == "wrong state"
+
+
+def test_what_a_process_is_owed_is_made_due_when_its_peer_asks_again(tmp_path: Path) -> None:
+    """A DSP consumer retrying its transfer request is not sent a new start while one is
+    owed (a row and a POST a retry, before); the owed one is made due at once instead
+    of waiting out its backoff. A message set aside after refusals is not owed."""
+    rt = runtime(tmp_path)
+    now = rt.clock.now()
+    outbox = rt.store.outbox
+    rt.store.enqueue(
+        [
+            OutboxMessage("cellex", "probe", "proc-1", "start-1", b"x"),
+            OutboxMessage("cellex", "probe", "proc-2", "start-2", b"y"),
+        ],
+        now,
+    )
+    first, second = rt.store.due_messages(now)
+    later = now + dt.timedelta(minutes=10)
+    outbox.mark_failed(first.id, "unreachable", later)
+    outbox.set_aside(second.id, "refused", now)
+    try:
+        assert rt.store.due_messages(now) == []
+        assert outbox.queued_for("cellex", "proc-1") == (1, 1)
+        assert outbox.queued_for("cellex", "proc-2") == (0, 1)  # set aside: not owed
+        assert outbox.hasten("cellex", "proc-1", now) == 1
+        assert [m.message.message_id for m in rt.store.due_messages(now)] == ["start-1"]
+        assert outbox.hasten("cellex", "proc-2", now) == 0
+    finally:
+        rt.qdm.dispose()
