@@ -10,7 +10,7 @@ name. So each peer message is expanded (its meaning, by IRI) and compacted again
 the node's contexts (`POLICY_CONTEXT`); the codec then reads one form.
 
 A peer's JSON-LD is hostile until checked, before pyld sees it: bounded size and depth
-(`check_bounds`), at most `MAX_MESSAGE_OBJECTS` objects (`check_objects`: the node's own
+(`check_bounds`), at most `MAX_MESSAGE_OBJECTS` objects (`check_bounds` too: the node's own
 contexts scope terms to DSP types, and pyld applies a scoped context again at each node
 of its type), no scoped context and few terms of its own, only contexts the node ships,
 by URL, never fetched, no ``@import``, at most `MAX_CONTEXTS` contexts
@@ -27,10 +27,10 @@ from typing import Any
 
 from qdspace.policies.errors import PolicyError, PolicySyntaxError
 from qdspace.policies.odrl.jsonld import (
+    MAX_MESSAGE_OBJECTS,
     POLICY_CONTEXT,
     check_bounds,
     check_contexts,
-    check_objects,
     compact,
     expand,
 )
@@ -104,8 +104,7 @@ def normalise(body: Any, kind: str) -> dict[str, Any]:
         raise DspFormError("$", "a DSP message is a JSON object")
     _compact_type(body, kind)
     try:
-        check_bounds(body)
-        check_objects(body)
+        check_bounds(body, max_objects=MAX_MESSAGE_OBJECTS)
         check_contexts(body)
         _no_multiple_nodes(body)
         expanded = expand(body, None)

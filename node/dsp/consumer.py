@@ -45,7 +45,7 @@ from qdspace.node.identity.certs import MemberIdentity
 from qdspace.node.runtime.contracts import ContractRuntime
 from qdspace.policies.codec import policy_to_json
 from qdspace.policies.model import Policy
-from qdspace.policies.odrl.jsonld import check_objects, decode
+from qdspace.policies.odrl.jsonld import MAX_MESSAGE_OBJECTS, check_bounds, decode
 from qdspace.policies.odrl.vocab import PolicyKind
 
 logger = logging.getLogger("node.dsp")
@@ -128,7 +128,7 @@ def _published_offer(url: str, dataset_id: str, response: httpx.Response) -> Pol
     cannot read is the provider's failure (`PeerError`, 502), not the operator's."""
     try:
         data = decode(response.content)
-        check_objects(data)
+        check_bounds(data, max_objects=MAX_MESSAGE_OBJECTS)
         offers = data.get("hasPolicy") if isinstance(data, dict) else None
         offers = offers if isinstance(offers, list) else [offers] if offers else []
         if not offers:

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from functools import cache
 from importlib import resources
 from typing import Any, cast
@@ -85,10 +86,12 @@ def load_document(url: str, options: Mapping[str, Any] | None = None) -> dict[st
     return {"contextUrl": None, "documentUrl": url, "document": json.loads(_context_text(name))}
 
 
-def check_bounds(document: Any, path: str = "$") -> None:
-    """Refuse documents too deep or too large to process safely (iteratively, no recursion)."""
+def check_bounds(document: Any, path: str = "$", max_objects: int | None = None) -> None:
+    """Refuse documents too deep or too large to process safely (iteratively, no recursion);
+    with `max_objects` (a DSP message: `MAX_MESSAGE_OBJECTS`), more JSON objects than that
+    too (each may be a node pyld processes with its type's scoped context)."""
     stack: list[tuple[Any, int]] = [(document, 1)]
-    count = 0
+    count = objects = 0
     while stack:
         value, depth = stack.pop()
         count += 1
@@ -97,27 +100,14 @@ def check_bounds(document: Any, path: str = "$") -> None:
         if depth > MAX_DEPTH:
             raise PolicySyntaxError(path, f"document is nested deeper than {MAX_DEPTH} levels")
         if isinstance(value, Mapping):
+            objects += 1
+            if max_objects is not None and objects > max_objects:
+                raise PolicySyntaxError(path, f"document has more than {max_objects} objects")
             stack.extend((item, depth + 1) for item in value.values())
         elif isinstance(value, list):
             stack.extend((item, depth + 1) for item in value)
         elif isinstance(value, float) and (value != value or abs(value) == float("inf")):
             raise PolicySyntaxError(path, "NaN and infinity are not JSON")
-
-
-def check_objects(document: Any, limit: int = MAX_MESSAGE_OBJECTS, path: str = "$") -> None:
-    """Refuse a document with more than `limit` JSON objects (each may be a node pyld
-    processes with its type's scoped context); `check_bounds` has bounded it already."""
-    stack: list[Any] = [document]
-    count = 0
-    while stack:
-        value = stack.pop()
-        if isinstance(value, Mapping):
-            count += 1
-            if count > limit:
-                raise PolicySyntaxError(path, f"document has more than {limit} objects")
-            stack.extend(value.values())
-        elif isinstance(value, list):
-            stack.extend(value)
 
 
 def _reject_constant(name: str) -> Any:
@@ -174,13 +164,6 @@ def _options(**extra: Any) -> dict[str, Any]:
     return {"documentLoader": load_document, "contextResolver": resolver, "base": None, **extra}
 
 
-def _contexts_in(context: Any, path: str) -> Iterator[tuple[Any, str]]:
-    """Each context of a ``@context`` value (a term's own, scoped, context is refused in
-    `_check_context`, so none is nested here)."""
-    for item in context if isinstance(context, list) else [context]:
-        yield item, path
-
-
 def check_contexts(document: Any, path: str = "$") -> None:
     """Refuse contexts this node will not process: a URL it does not ship (never fetched),
     ``@import``, a context that is not a string, object or null, more than `MAX_CONTEXTS`,
@@ -203,9 +186,10 @@ def check_contexts(document: Any, path: str = "$") -> None:
             continue
         for key, item in value.items():
             if key == "@context":
-                for context, at in _contexts_in(item, f"{where}.@context"):
+                # a term's own (scoped) context is refused in `_check_context`: none nests
+                for context in item if isinstance(item, list) else [item]:
                     count += 1
-                    _check_context(context, at)
+                    _check_context(context, f"{where}.@context")
                     terms += len(context) if isinstance(context, Mapping) else 0
                 if count > MAX_CONTEXTS:
                     raise PolicySyntaxError(where, f"more than {MAX_CONTEXTS} contexts")
@@ -236,6 +220,23 @@ def _check_context(context: Any, where: str) -> None:
         raise PolicySyntaxError(where, "a context is a URL, an object or null")
 
 
+@contextmanager
+def _refused_by_pyld() -> Iterator[None]:
+    """What pyld refuses, as a `PolicySyntaxError` (our loader's own, however pyld wrapped
+    it, or the JSON-LD error's type and code)."""
+    try:
+        yield
+    except PolicySyntaxError:
+        raise
+    except jsonld.JsonLdError as exc:
+        cause = _policy_cause(exc)
+        if cause is not None:
+            raise cause from None
+        raise PolicySyntaxError("$", f"not valid JSON-LD: {exc.type}: {exc.code}") from None
+    except RecursionError:
+        raise PolicySyntaxError("$", "document is nested too deeply") from None
+
+
 def expand(document: Mapping[str, Any], default_context: tuple[str, ...] | None) -> list[Any]:
     """Expand `document`; `default_context` applies when it carries none of its own."""
     check_bounds(document)
@@ -248,17 +249,8 @@ def expand(document: Mapping[str, Any], default_context: tuple[str, ...] | None)
     def on_dropped(term: str | None) -> None:
         dropped.append(str(term))
 
-    try:
+    with _refused_by_pyld():
         expanded = jsonld.expand(doc, _options(), on_property_dropped=on_dropped)
-    except PolicySyntaxError:
-        raise
-    except jsonld.JsonLdError as exc:
-        cause = _policy_cause(exc)
-        if cause is not None:
-            raise cause from None
-        raise PolicySyntaxError("$", f"not valid JSON-LD: {exc.type}: {exc.code}") from None
-    except RecursionError:
-        raise PolicySyntaxError("$", "document is nested too deeply") from None
     if dropped:
         # A term without a definition vanishes in expansion; the node refuses rather than
         # ignore a part of a policy (it could be the part that forbids).
@@ -269,9 +261,5 @@ def expand(document: Mapping[str, Any], default_context: tuple[str, ...] | None)
 def compact(expanded: Any, context: tuple[str, ...] = POLICY_CONTEXT) -> dict[str, Any]:
     """Compact an expanded document with `context` (the DSP 2025-1 one plus our profile)."""
     ctx = {"@context": list(context)}
-    try:
+    with _refused_by_pyld():  # a peer's node our contexts cannot compact is refused too
         return cast(dict[str, Any], jsonld.compact(expanded, ctx, _options(compactArrays=True)))
-    except jsonld.JsonLdError as exc:  # a peer's node our contexts cannot compact
-        raise PolicySyntaxError("$", f"not valid JSON-LD: {exc.type}: {exc.code}") from None
-    except RecursionError:
-        raise PolicySyntaxError("$", "document is nested too deeply") from None
