@@ -34,6 +34,7 @@ from qdspace.node.member_ids import peer_name
 from qdspace.node.runtime.access import DatasetAccess
 from qdspace.node.runtime.contracts_clock import ContractClock
 from qdspace.node.runtime.table_watch import TableWatch
+from qdspace.policies.model import Policy
 
 logger = logging.getLogger("node.contracts")
 #: straight to the driver: SQLAlchemy's per-execution machinery costs more than the query on
@@ -123,6 +124,12 @@ class ContractBase:
         asset = self.asset_for(asset_id, peer.role)
         self.access.check(asset_id, peer)
         return asset
+
+    def frameworks_for(self, policy: Policy, member_id: str) -> frozenset[str] | None:
+        """The framework agreements the authority attests `member_id` signed, looked up
+        only when `policy` asks for one (None otherwise, and for a member it lists none
+        of: `policies.evaluate.Request.frameworks`)."""
+        return self.access.attested_frameworks(member_id) if policy.uses_framework else None
 
     def catalog_for(self, peer: MemberIdentity, kind: str = "") -> list[CatalogEntry]:
         """`catalog` for the peer's role, without what the access policies hide from it."""

@@ -80,9 +80,7 @@ class ProviderNegotiation(ContractBase):
         asset = self.asset_for_peer(n.asset_id, peer)
         if asset.kind is AssetKind.FEDERATED_JOB:
             return answer_job_request(asset, n.offer, peer.name)
-        frameworks = (
-            self.access.attested_frameworks(peer.member_id) if asset.offer.uses_framework else None
-        )
+        frameworks = self.frameworks_for(asset.offer, peer.member_id)
         return answer_request(
             asset.offer, n.offer, self.customer_orders(peer.name), f"{mid}:counter", frameworks
         )

@@ -86,11 +86,7 @@ class ProviderTransfers(ContractBase):
         a row belongs to (read now, not when the agreement was signed), and hold any
         framework agreement the agreement asks for (the authority's word now)."""
         terms = stored.signed.agreement
-        frameworks = (
-            self.access.attested_frameworks(terms.consumer_id)
-            if terms.policy.uses_framework
-            else None
-        )
+        frameworks = self.frameworks_for(terms.policy, terms.consumer_id)
         asset = self.assets[terms.asset_id]
         closed = self.store.closed_orders(terms.agreement_id)
         request = Request(
