@@ -225,9 +225,9 @@ class ProviderTransfers(ContractBase):
         assert isinstance(message, TransferMessage)
         if message.sender_id != peer.member_id:
             raise UnauthorizedSenderError(f"message {message.message_id}: wrong sender")
-        check_sent_at(message.at, self.clock.now(), f"message {message.message_id[:128]}")
         if isinstance(message, TransferRequest):
-            return self.open_transfer(peer, message)
+            return self.open_transfer(peer, message)  # its time checked where it is decided
+        check_sent_at(message.at, self.clock.now(), f"message {message.message_id[:128]}")
         before = self._peer_transfer(peer, message.transfer_id)
         after = apply_transfer(before, message)
         if after != before:
