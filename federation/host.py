@@ -325,6 +325,11 @@ class JobHost:
     ) -> None:
         self._run(lambda: self.coordinator.submit_unmask(member, round_, attempt, response, now))
 
+    def submit_report(
+        self, member: str, round_: int, attempt: int, accused: str, now: float
+    ) -> None:
+        self._run(lambda: self.coordinator.submit_report(member, round_, attempt, accused, now))
+
     # --- publishing and checkpoints ----------------------------------------------------
 
     def _run(self, call: Callable[[], None]) -> None:

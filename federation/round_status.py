@@ -15,6 +15,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import Any
 
 from qdspace.federation.errors import RefusalReason, UpdateRefused
 
@@ -60,6 +61,18 @@ class RoundRecord:
     #: seconds from the round's opening to its aggregation, on the coordinator's clock
     #: (after a restart, from the reopening); None in checkpoints older than the field
     seconds: float | None = None
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> RoundRecord:
+        """A record as ``dataclasses.asdict`` wrote it into a checkpoint."""
+        return cls(
+            data["round"],
+            data["version"],
+            tuple(data["members"]),
+            tuple(data["bounded"]),
+            data["epsilon"],
+            data.get("seconds"),
+        )
 
 
 @dataclass(frozen=True, slots=True)

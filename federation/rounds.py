@@ -87,8 +87,9 @@ class Coordinator:
     #: when the current round first opened in this process (``now`` of that call)
     round_opened_at: float = 0.0
     #: members this coordinator found at fault in a secure round (their signed shares did
-    #: not rebuild the secret they committed to): left out of every later attempt, so one
-    #: member cannot make each attempt abort until the job fails
+    #: not rebuild the secret they committed to), and those bad-share reports leave out
+    #: (``SecAggServer.left_out``): left out of every later attempt, so one member
+    #: cannot make each attempt abort until the job fails
     excluded: frozenset[str] = frozenset()
 
     def __post_init__(self) -> None:
@@ -113,6 +114,7 @@ class Coordinator:
         return coord
 
     def _open_round(self, now: float) -> None:
+        self._leave_out_reported()
         self._updates = {}
         self._secagg = None
         if self.round > self.job.rounds:
@@ -124,6 +126,14 @@ class Coordinator:
             except PrivacyError as exc:
                 self._finish(Phase.DONE, f"stopped before round {self.round}: {exc}")
                 return
+        present, needed = set(self.job.members) - self.excluded, self._secure_quorum
+        if self.job.secure_aggregation and len(present) < needed:
+            self._finish(
+                Phase.FAILED,
+                f"{self.detail}; {len(present)} members are left in the job, "
+                f"a secure round needs {needed}",
+            )
+            return
         if self.attempt == self.attempt_base:  # the round's first attempt here
             self.round_opened_at = now
         self.attempt += 1
@@ -137,6 +147,18 @@ class Coordinator:
         else:
             self.phase = Phase.TRAINING
         self.deadline = now + self.job.phase_timeout_s
+
+    @property
+    def _secure_quorum(self) -> int:
+        """Members a secure round needs: each masks with at least t others."""
+        return max(self.job.min_members, self.job.threshold + 1)
+
+    def _leave_out_reported(self) -> None:
+        """The ending attempt's bad-share reports leave members out of the job."""
+        if self._secagg is not None and self._secagg.reports:
+            out, said = self._secagg.left_out(self._secure_quorum)
+            self.excluded = self.excluded | out
+            self.detail += f"; {said}"
 
     def _finish(self, phase: Phase, detail: str) -> None:
         self.phase, self.detail, self.deadline = phase, detail, 0.0
@@ -192,6 +214,8 @@ class Coordinator:
                 raise UpdateRefused(RefusalReason.DROPPED, f"{member} did not share keys")
             if member in server.survivors:
                 raise UpdateRefused(RefusalReason.DUPLICATE, f"{member} already sent its input")
+            if member in server.reports:
+                raise UpdateRefused(RefusalReason.DROPPED, f"{member} reported bad shares")
 
     # --- plain rounds ------------------------------------------------------------------
 
@@ -265,7 +289,17 @@ class Coordinator:
         self._admit(member, round_, Phase.MASKED_INPUT, now, attempt)
         server = self._server()
         server.receive_masked(masked)
-        if len(server.survivors) == len(server.shared):
+        if len(server.survivors) + len(server.reports) == len(server.shared):
+            self._close(now)
+
+    def submit_report(
+        self, member: str, round_: int, attempt: int, accused: str, now: float
+    ) -> None:
+        """``member`` found ``accused``'s key shares unusable and sends no masked input."""
+        self._admit(member, round_, Phase.MASKED_INPUT, now, attempt)
+        server = self._server()
+        server.receive_report(member, accused)
+        if len(server.survivors) + len(server.reports) == len(server.shared):
             self._close(now)
 
     def unmask_request(self, member: str, round_: int, attempt: int) -> UnmaskRequest:
@@ -350,7 +384,7 @@ class Coordinator:
         server = self._server()
         if self.phase is Phase.ADVERTISE:
             # each member masks with at least t others (`SecAggClient.masking`)
-            needed = max(self.job.min_members, self.job.threshold + 1)
+            needed = self._secure_quorum
             if len(server.advertised) < needed:
                 raise SecAggAbort(
                     f"{len(server.advertised)} members advertised keys, the round needs {needed}"
@@ -444,17 +478,7 @@ class Coordinator:
         meta, vector = read_checkpoint(path)
         if meta.get("job_digest") != job.digest().hex():
             raise CheckpointError(f"checkpoint {path} belongs to another job or other terms")
-        history = [
-            RoundRecord(
-                r["round"],
-                r["version"],
-                tuple(r["members"]),
-                tuple(r["bounded"]),
-                r["epsilon"],
-                r.get("seconds"),
-            )
-            for r in meta["history"]
-        ]
+        history = [RoundRecord.from_dict(r) for r in meta["history"]]
         coord = cls(
             job,
             vector,

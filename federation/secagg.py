@@ -17,7 +17,9 @@ The steps:
    with NaCl ``Box`` under the cipher keys; the aggregator only routes ciphertexts.
 3. **Masked input**: each member quantises its clipped update into Z_(2^32), adds
    ``PRG(b)`` and, for every other member ``v``, ``+/- PRG(X25519(s_u, s_v))`` (the
-   pairwise masks cancel in the sum).
+   pairwise masks cancel in the sum). A member whose inbox holds a share that does not
+   open raises ``BadShares`` naming its dealer; its node reports the dealer to the
+   aggregator instead (``SecAggServer.receive_report`` says what follows).
 4. **Consistency**: the aggregator announces who survived (masked input arrived) and
    who dropped; each survivor signs that split.
 5. **Unmask**: with the split and ``t`` signatures on it, the survivors reveal shares

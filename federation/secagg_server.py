@@ -72,6 +72,7 @@ class SecAggServer:
     _dropped: tuple[str, ...] = ()
     _confirmations: dict[str, Confirmation] = field(default_factory=dict)
     _responses: dict[str, UnmaskResponse] = field(default_factory=dict)
+    _reports: dict[str, str] = field(default_factory=dict)
 
     def _expect(self, phase: Phase, member: str, what: str) -> None:
         if member not in self.members:
@@ -104,6 +105,11 @@ class SecAggServer:
     def dropped(self) -> tuple[str, ...]:
         """Members that shared keys but sent no masked input (known once step 3 closed)."""
         return self._dropped
+
+    @property
+    def reports(self) -> Mapping[str, str]:
+        """Who reported whose key shares bad (step 3): reporter -> the member it names."""
+        return self._reports
 
     @property
     def confirmed(self) -> frozenset[str]:
@@ -191,6 +197,12 @@ class SecAggServer:
             raise UpdateRefused(RefusalReason.DROPPED, f"{masked.member} did not share keys")
         if masked.member in self._survivors:
             raise UpdateRefused(RefusalReason.DUPLICATE, f"{masked.member} already sent its input")
+        if masked.member in self._reports:
+            raise UpdateRefused(
+                RefusalReason.DROPPED,
+                f"{masked.member} reported {self._reports[masked.member]}'s shares: "
+                "it sends no masked input this attempt",
+            )
         length = self.config.vector_len
         if isinstance(masked, MaskedPieces):
             if masked.nbytes != 4 * length:
@@ -219,6 +231,71 @@ class SecAggServer:
         else:
             self._total += vec
         self._survivors = (*self._survivors, masked.member)
+
+    def receive_report(self, reporter: str, accused: str) -> None:
+        """Step 3, instead of a masked input: ``reporter`` found the share ``accused``
+        dealt it unusable (it does not decrypt, is not signed, or is for another round).
+
+        The share is sealed to the reporter, so the coordinator cannot tell which of the
+        two lies; it knows one of them does (it relayed the ciphertext ``accused`` sent
+        over its own channel). What follows is :meth:`left_out`'s. One report a member
+        an attempt, so one member cannot name several others at once.
+        """
+        self._expect(Phase.MASKED_INPUT, reporter, "bad-share report")
+        if reporter not in self._shared:
+            raise UpdateRefused(RefusalReason.DROPPED, f"{reporter} did not share keys")
+        if reporter in self._survivors:
+            raise UpdateRefused(
+                RefusalReason.DUPLICATE, f"{reporter} sent its masked input: it used every share"
+            )
+        if reporter in self._reports:
+            raise UpdateRefused(
+                RefusalReason.DUPLICATE,
+                f"{reporter} already reported {self._reports[reporter]}'s shares this attempt",
+            )
+        if accused == reporter or accused not in self._shared:
+            raise UpdateRefused(
+                RefusalReason.WRONG_SHAPE,
+                f"{reporter} reported shares of a member that dealt it none this attempt",
+            )
+        self._reports[reporter] = accused
+
+    def left_out(self, quorum: int) -> tuple[frozenset[str], str]:
+        """Who leaves the job after this attempt's bad-share reports, and why (in words).
+
+        A member named by ``t`` reporters or more is left out alone: secure aggregation's
+        privacy already rests on fewer than ``t`` members colluding, so ``t`` reporters
+        cannot all lie (a member dealing garbage to everyone is out after one attempt,
+        the members it cheated stay); a report it made itself is not believed. Any other
+        report leaves out both sides (either may be the liar, so a false report costs
+        its maker its own seat), but only while ``quorum`` members are left: a job that
+        could still run is not ended by reports (the reporter only sat this round out).
+        """
+        named: dict[str, list[str]] = {}
+        for reporter, accused in sorted(self._reports.items()):
+            named.setdefault(accused, []).append(reporter)
+        alone = {a for a, by in named.items() if len(by) >= self.config.threshold}
+        said = [
+            f"{', '.join(named[a])} reported {a}'s shares: {a} is left out" for a in sorted(alone)
+        ]
+        pairs = [
+            (r, a)
+            for a, by in sorted(named.items())
+            if a not in alone
+            for r in by
+            if r not in alone
+        ]
+        both = {m for pair in pairs for m in pair}
+        if pairs and len(set(self.members) - alone - both) >= quorum:
+            said += [f"{r} reported {a}'s shares: both are left out" for r, a in pairs]
+            return frozenset(alone | both), "; ".join(said)
+        if pairs:
+            reports = "; ".join(f"{r} reported {a}'s shares" for r, a in pairs)
+            said.append(
+                f"{reports}: leaving both sides out would leave fewer than {quorum} members, "
+                "so they stay"
+            )
+        return frozenset(alone), "; ".join(said)
 
     def close_masked(self) -> UnmaskRequest:
         """End step 3; the split every survivor is asked to sign."""

@@ -44,6 +44,7 @@ METHOD_ROLES: Mapping[str, frozenset[str]] = {
             "GetUnmaskRequest",
             "ConfirmSurvivors",
             "Unmask",
+            "ReportBadShares",
             "GetVersionProof",
         )
     },

@@ -392,3 +392,7 @@ class FederationClient:
 
     async def unmask(self, round_: int, attempt: int, response: UnmaskResponse) -> None:
         await self._call("Unmask", unmask_to_proto(response, self._ref(round_, attempt)))
+
+    async def report_bad_shares(self, round_: int, attempt: int, accused: str) -> None:
+        request = pb.BadSharesReport(ref=self._ref(round_, attempt), accused=accused)
+        await self._call("ReportBadShares", request)

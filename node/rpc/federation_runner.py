@@ -14,7 +14,10 @@ itself: the roster's keys are taken only from adverts signed under the key each
 member's certificate binds to it (``federation_keys``), it signs the survivor set
 it is shown, and it reveals shares only for a set enough other members signed.
 When it refuses, the round's abort is reported as an ``aborted`` event that names
-the cause (a swapped key, an inconsistent survivor set, a member's bad shares).
+the cause (a swapped key, an inconsistent survivor set, a member's bad shares). A
+member whose shares to us do not open is reported to the coordinator, which leaves it
+and us out of the job's later attempts (it cannot tell which of us lies), so a member
+dealing bad shares cannot make every attempt abort.
 A coordinator that is briefly unreachable (restarting) is polled again for up to
 ``OUTAGE_S``: a restarted coordinator resumes the job.
 """
@@ -33,7 +36,13 @@ from nacl.signing import SigningKey, VerifyKey
 
 from qdspace.federation import secagg
 from qdspace.federation.chunks import prefer_heap_for_large_buffers
-from qdspace.federation.errors import FederationError, RefusalReason, SecAggAbort, SecAggError
+from qdspace.federation.errors import (
+    BadShares,
+    FederationError,
+    RefusalReason,
+    SecAggAbort,
+    SecAggError,
+)
 from qdspace.federation.job import JobSpec
 from qdspace.federation.member import Trainer, plain_update, prepare_change, secagg_client
 from qdspace.federation.params import Params, Vector, flatten
@@ -261,7 +270,11 @@ class MemberRunner:
             # the shares are opened and the seeds derived first; then each chunk (of the
             # client's chunk size: the wire's message limit) is masked while the one
             # before it is being sent
-            masking = await asyncio.to_thread(state.client.masking, masked_change, inbox)
+            try:
+                masking = await asyncio.to_thread(state.client.masking, masked_change, inbox)
+            except BadShares as exc:  # the coordinator leaves both of us out of the job
+                await client.report_bad_shares(round_, attempt, exc.member)
+                raise
             # each chunk is copied onto the wire before the next is made: one chunk buffer
             parts = masking.blocks(client.chunk_elements, reuse_buffer=True)
             await self._send()

@@ -257,6 +257,14 @@ class FederationServicer(pb_grpc.FederationServicer):
         view = await self._jobs.unmask(_ref(request.ref), caller, response)
         return _accepted(view, f"unmask shares of {caller.name} accepted")
 
+    @handler
+    async def ReportBadShares(
+        self, request: pb.BadSharesReport, context: grpc.aio.ServicerContext
+    ) -> pb.Accepted:
+        caller = current_peer().identity
+        view = await self._jobs.report_bad_shares(_ref(request.ref), caller, request.accused)
+        return _accepted(view, f"report of {caller.name} taken: it and the member it named leave")
+
     # --- ledger proofs ------------------------------------------------------------------
 
     @handler

@@ -439,6 +439,11 @@ class FederationJobs:
     ) -> StatusView:
         return await self._submit(ref, caller, JobHost.submit_unmask, response)
 
+    async def report_bad_shares(
+        self, ref: RoundRef, caller: MemberIdentity, accused: str
+    ) -> StatusView:
+        return await self._submit(ref, caller, JobHost.submit_report, accused)
+
     # --- ledger proofs -------------------------------------------------------------------
 
     async def version_proof(self, job_id: str, caller: MemberIdentity, version: int) -> str:

@@ -289,3 +289,11 @@ class UnmaskResponse(_message.Message):
     seed_shares: _containers.MessageMap[str, RevealedShare]
     key_shares: _containers.MessageMap[str, RevealedShare]
     def __init__(self, ref: _Optional[_Union[RoundRef, _Mapping]] = ..., member: _Optional[str] = ..., seed_shares: _Optional[_Mapping[str, RevealedShare]] = ..., key_shares: _Optional[_Mapping[str, RevealedShare]] = ...) -> None: ...
+
+class BadSharesReport(_message.Message):
+    __slots__ = ("ref", "accused")
+    REF_FIELD_NUMBER: _ClassVar[int]
+    ACCUSED_FIELD_NUMBER: _ClassVar[int]
+    ref: RoundRef
+    accused: str
+    def __init__(self, ref: _Optional[_Union[RoundRef, _Mapping]] = ..., accused: _Optional[str] = ...) -> None: ...

@@ -104,6 +104,11 @@ class FederationStub:
                 request_serializer=protocols_dot_v1_dot_federation__pb2.UnmaskResponse.SerializeToString,
                 response_deserializer=protocols_dot_v1_dot_federation__pb2.Accepted.FromString,
                 _registered_method=True)
+        self.ReportBadShares = channel.unary_unary(
+                '/qdspace.v1.Federation/ReportBadShares',
+                request_serializer=protocols_dot_v1_dot_federation__pb2.BadSharesReport.SerializeToString,
+                response_deserializer=protocols_dot_v1_dot_federation__pb2.Accepted.FromString,
+                _registered_method=True)
         self.GetVersionProof = channel.unary_unary(
                 '/qdspace.v1.Federation/GetVersionProof',
                 request_serializer=protocols_dot_v1_dot_federation__pb2.VersionRef.SerializeToString,
@@ -201,6 +206,12 @@ class FederationServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ReportBadShares(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def GetVersionProof(self, request, context):
         """The ledger proof of a published version, for a member to check before deploying it.
         """
@@ -279,6 +290,11 @@ def add_FederationServicer_to_server(servicer, server):
             'Unmask': grpc.unary_unary_rpc_method_handler(
                     servicer.Unmask,
                     request_deserializer=protocols_dot_v1_dot_federation__pb2.UnmaskResponse.FromString,
+                    response_serializer=protocols_dot_v1_dot_federation__pb2.Accepted.SerializeToString,
+            ),
+            'ReportBadShares': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReportBadShares,
+                    request_deserializer=protocols_dot_v1_dot_federation__pb2.BadSharesReport.FromString,
                     response_serializer=protocols_dot_v1_dot_federation__pb2.Accepted.SerializeToString,
             ),
             'GetVersionProof': grpc.unary_unary_rpc_method_handler(
@@ -664,6 +680,33 @@ class Federation:
             target,
             '/qdspace.v1.Federation/Unmask',
             protocols_dot_v1_dot_federation__pb2.UnmaskResponse.SerializeToString,
+            protocols_dot_v1_dot_federation__pb2.Accepted.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReportBadShares(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/qdspace.v1.Federation/ReportBadShares',
+            protocols_dot_v1_dot_federation__pb2.BadSharesReport.SerializeToString,
             protocols_dot_v1_dot_federation__pb2.Accepted.FromString,
             options,
             channel_credentials,

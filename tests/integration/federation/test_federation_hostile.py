@@ -149,6 +149,9 @@ def calls(job_id: str) -> dict[str, Call]:
         "ConfirmSurvivors": lambda stub: stub.ConfirmSurvivors(
             pb.ConfirmRequest(ref=ref, confirmation=pb.Confirmation(member="cellex"))
         ),
+        "ReportBadShares": lambda stub: stub.ReportBadShares(
+            pb.BadSharesReport(ref=ref, accused="sunarc")
+        ),
     }
 
 
@@ -600,3 +603,75 @@ def test_a_member_sends_nothing_once_the_coordinators_name_answers_as_another_me
         assert all("cellex" not in record.members for record in status.history), status
 
     asyncio.run(scenario())
+
+
+async def _phase(client: FederationClient, phase: Phase, timeout: float = 60.0) -> Any:
+    """The job's status once it has reached ``phase`` (long polls on the coordinator)."""
+    deadline = time.monotonic() + timeout
+    status = await client.status()
+    while status.phase is not phase:
+        assert time.monotonic() < deadline and not status.finished, status
+        status = await client.status(status, wait_s=2.0)
+    return status
+
+
+async def test_members_report_a_dealer_of_garbage_shares_and_the_coordinator_leaves_it_out(
+    network: LocalNetwork,
+) -> None:
+    """cellex, a real member over its own mutual-TLS channel, deals key shares that do
+    not decrypt to both other members and abuses ``ReportBadShares`` itself (naming
+    itself, naming 100 KB of nobody, naming an honest member, reporting twice). The two
+    honest members run the node's own runner: each finds cellex's share unusable and
+    reports it; two reports make the threshold, so cellex is left out alone and its own
+    report is not believed. Two members are then too few for a secure round, and the job
+    fails at once, saying who reported whom. Before, nobody told the coordinator: each
+    attempt aborted at the members and was reopened with cellex in it, until the job
+    failed after its last attempt, with no word of cellex."""
+    job = terms("el-hostile-garbage", members=("cellex", "polycell", "sunarc"), min_members=3)
+    job = dataclasses.replace(job, secure_aggregation=True, threshold=2, update_clip=1.0)
+    await start(network, job)
+    honest = [
+        asyncio.create_task(run_member(network, m, job, seed=s, timeout=180))
+        for s, m in enumerate(("polycell", "sunarc"))
+    ]
+    keys = load_member_keys(network["cellex"].directory)
+    channel = open_channel(keys, network[COORDINATOR].grpc_address, COORDINATOR)
+    try:
+        client = FederationClient(channel, COORDINATOR, job.job_id)
+        status = await _phase(client, Phase.ADVERTISE)
+        rnd, attempt = status.round, status.attempt
+        cellex = secagg_client(job, "cellex", rnd, attempt, keys.signing_key)
+        await client.advertise(rnd, attempt, cellex.advertise(keys.cert.public_bytes(Encoding.DER)))
+        await _phase(client, Phase.SHARE_KEYS)
+        roster = await client.roster(rnd, attempt)
+        checker = CertificateKeys(keys.ca_cert, job.members)
+        shares = cellex.share_keys(roster, checker.keys(roster))
+        garbage = [dataclasses.replace(s, ciphertext=bytes(len(s.ciphertext))) for s in shares]
+        await client.share_keys(rnd, attempt, garbage)
+        await _phase(client, Phase.MASKED_INPUT)
+        for accused, code in (("cellex", "INVALID_ARGUMENT"), ("x" * 100_000, "INVALID_ARGUMENT")):
+            with pytest.raises(FederationRefused) as refused:
+                await client.report_bad_shares(rnd, attempt, accused)
+            assert refused.value.code == code, refused.value
+            assert "dealt it none" in str(refused.value) and len(str(refused.value)) < 300
+        with pytest.raises(FederationRefused) as stale:
+            await client.report_bad_shares(rnd, attempt + 1, "polycell")
+        assert stale.value.reason is RefusalReason.WRONG_ROUND, stale.value
+        await client.report_bad_shares(rnd, attempt, "polycell")
+        # a second report is refused: as a duplicate, or as late once the two honest
+        # reports have closed the attempt (and the job)
+        with pytest.raises(FederationRefused) as twice:
+            await client.report_bad_shares(rnd, attempt, "sunarc")
+        assert twice.value.reason in (RefusalReason.DUPLICATE, RefusalReason.WRONG_ROUND)
+        results = await asyncio.gather(*honest)
+    finally:
+        await channel.close()
+    for result in results:
+        assert result.status.phase is Phase.FAILED, result.status
+        assert result.aborted and "bad shares from cellex" in result.aborted[0], result.aborted
+        assert result.contributed == []
+    detail = results[0].status.detail
+    assert "polycell, sunarc reported cellex's shares: cellex is left out" in detail, detail
+    assert "cellex reported" not in detail, detail
+    assert "2 members are left in the job, a secure round needs 3" in detail, detail
+    assert results[0].status.attempt == 1 and results[0].status.version == 0
