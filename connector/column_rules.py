@@ -23,6 +23,7 @@ from typing import Any
 from qdspace.connector.dictionary import DataDictionary
 from qdspace.connector.errors import DictionaryError
 from qdspace.connector.field_parsers import INT_MAX, has_surrogate
+from qdspace.util.instants import OutsideUtc, in_utc
 
 #: a column loop's verdict on one value: "this row needs the row validator"
 BAD: Any = object()
@@ -184,8 +185,8 @@ def _one_time(s: str) -> Any:
     if t.tzinfo is None:
         return BAD
     try:
-        return t.astimezone(UTC)
-    except OverflowError:
+        return in_utc(t)
+    except OutsideUtc:
         return BAD
 
 

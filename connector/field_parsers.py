@@ -22,11 +22,12 @@ field takes which rule.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from qdspace.connector.dictionary import DataDictionary
 from qdspace.connector.errors import DictionaryError
+from qdspace.util.instants import OutsideUtc, in_utc
 
 Row = dict[str, Any]
 
@@ -256,9 +257,9 @@ def timestamp(
         p.fail(name, f"time {short(value)} has no zone; add Z or an offset like +01:00")
         return None
     try:
-        return parsed.astimezone(UTC)
-    except OverflowError:  # 0001-01-01T00:00+01:00 is in year 0 in UTC
-        p.fail(name, f"time {short(value)} is out of range in UTC (years 1 to 9999)")
+        return in_utc(parsed)
+    except OutsideUtc as exc:
+        p.fail(name, f"time {short(value)} is {exc}")
         return None
 
 

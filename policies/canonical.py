@@ -16,6 +16,7 @@ from enum import Enum
 from typing import Any
 
 from qdspace.policies.errors import PolicyError
+from qdspace.util.instants import OutsideUtc, in_utc
 
 
 class CanonicalEncodingError(PolicyError, TypeError):
@@ -42,9 +43,9 @@ def parse_datetime(text: str) -> datetime:
     if value.tzinfo is None or value.utcoffset() is None:
         raise ValueError(f"{text!r} has no time zone (add Z or an offset)")
     try:
-        return value.astimezone(UTC)
-    except OverflowError:  # year 9999 at -05:00, year 1 at +14:00
-        raise ValueError(f"{text!r} is outside the years 1 to 9999 in UTC") from None
+        return in_utc(value)
+    except OutsideUtc as exc:
+        raise ValueError(f"{text!r} is {exc}") from None
 
 
 _PLAIN_TYPES = frozenset({str, int, bool, type(None)})

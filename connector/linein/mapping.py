@@ -21,6 +21,7 @@ from typing import Any
 
 from qdspace.connector.ingest import TOO_MANY_DIGITS, BadLine
 from qdspace.connector.linein.config import MqttConfig, MqttTopic, OpcuaNode
+from qdspace.util.instants import OutsideUtc, in_utc
 from qdspace.util.json_depth import json_too_deep
 
 Row = dict[str, Any]
@@ -164,6 +165,6 @@ def _time(value: Any) -> datetime | str:
     if parsed.tzinfo is None:
         return f"time {value!r} has no zone; add Z or an offset"
     try:
-        return parsed.astimezone(UTC)
-    except OverflowError:  # 0001-01-01T00:00+01:00 is in year 0 in UTC
-        return f"time {value!r} is out of range in UTC (years 1 to 9999)"
+        return in_utc(parsed)
+    except OutsideUtc as exc:
+        return f"time {value!r} is {exc}"

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
 from typing import Annotated, Any
 
 from fastapi import Path
 from pydantic import AfterValidator, AwareDatetime, BaseModel, Field, StringConstraints
+
+from qdspace.util.instants import in_utc
 
 #: ids and names a caller sends: printable, bounded (no NUL or control characters, which
 #: some databases refuse outright)
@@ -18,18 +19,10 @@ Text = Annotated[str, StringConstraints(max_length=TEXT_MAX, pattern=r"^[^\x00]*
 IdPath = Annotated[str, Path(min_length=1, max_length=ID_MAX, pattern=ID_PATTERN)]
 
 
-def _in_utc(value: datetime) -> datetime:
-    """The instant in UTC; an instant whose UTC value leaves years 1-9999 (year 9999 at
-    -05:00, year 1 at +14:00) is refused here, as a 422 naming the field, instead of
-    overflowing where the database is asked (a 500)."""
-    try:
-        return value.astimezone(UTC)
-    except OverflowError:
-        raise ValueError("outside the years 1 to 9999 in UTC") from None
-
-
-#: a date-time with a zone, as a caller sends it (query or body), held in UTC
-UtcDatetime = Annotated[AwareDatetime, AfterValidator(_in_utc)]
+#: a date-time with a zone, as a caller sends it (query or body), held in UTC; an instant
+#: whose UTC value leaves years 1-9999 is refused as a 422 naming the field (`in_utc`
+#: raises a ValueError), instead of overflowing where the database is asked (a 500)
+UtcDatetime = Annotated[AwareDatetime, AfterValidator(in_utc)]
 
 
 class Health(BaseModel):
