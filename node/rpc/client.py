@@ -3,10 +3,22 @@
 The channel checks that the server's certificate names the peer we meant to reach
 (``ssl_target_name_override`` = the peer's member name), so a member cannot answer
 for another even with a valid certificate.
+
+A reply is read up to the channel's 64 MiB, except where a method's replies are known
+to be smaller (`REPLY_LIMITS`): a producer's ``Trace/Investigate`` answer is bounded by
+`connector.trace`'s totals, and a reply beyond them would only be refused after it was
+read and parsed (`node.rpc.trace_client`). gRPC python sets a receive limit per channel,
+not per call, so these limits go in the channel's service config (``methodConfig`` /
+``maxResponseMessageBytes``, which gRPC applies on top of the channel's limit): the
+method's calls keep the peer's one cached channel (its TLS connection and its pin
+checks), and gRPC refuses a larger reply on its length prefix (RESOURCE_EXHAUSTED,
+"Received message larger than max"), before buffering it. Service configs a resolver
+might publish (DNS TXT records) are not taken, so nobody outside can lift them.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 
 import grpc
@@ -18,6 +30,21 @@ CHANNEL_OPTIONS = [
     ("grpc.max_send_message_length", 64 * 1024 * 1024),
     ("grpc.keepalive_time_ms", 30_000),
 ]
+#: the largest ``Trace/Investigate`` reply read: an honest answer at every bound of
+#: `connector.trace` encodes to 20,831,026 bytes (`node.rpc.trace_client` says how it
+#: was measured and what the margin is for)
+TRACE_REPLY_BYTES = 22 * 1024 * 1024
+#: (service, method) -> the largest reply read, below the channel's limit
+REPLY_LIMITS = {("qdspace.v1.Trace", "Investigate"): TRACE_REPLY_BYTES}
+
+
+def service_config(limits: dict[tuple[str, str], int]) -> str:
+    """The channel's service config (JSON): each method's reply limit."""
+    methods = [
+        {"name": [{"service": service, "method": method}], "maxResponseMessageBytes": limit}
+        for (service, method), limit in sorted(limits.items())
+    ]
+    return json.dumps({"methodConfig": methods})
 
 
 def channel_credentials(keys: MemberKeys) -> grpc.ChannelCredentials:
@@ -38,7 +65,12 @@ def open_channel(
     (``interceptors``, when given, send the request id themselves: `node.rpc.pins`'
     check the peer's certificate against its directory entry and add the id in one
     interceptor per call; without them, `node.rpc.observe`'s send it)."""
-    options = [*CHANNEL_OPTIONS, ("grpc.ssl_target_name_override", peer_name)]
+    options = [
+        *CHANNEL_OPTIONS,
+        ("grpc.ssl_target_name_override", peer_name),
+        ("grpc.service_config", service_config(REPLY_LIMITS)),
+        ("grpc.service_config_disable_resolution", 1),
+    ]
     from qdspace.node.rpc.observe import request_id_interceptors
 
     return grpc.aio.secure_channel(

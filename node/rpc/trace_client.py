@@ -8,28 +8,66 @@ timeout or a malformed answer becomes a `PeerError` naming the producer and the 
 the caller records it as a missing tier.
 
 The reply comes back as bytes and is parsed, counted and decoded in a worker thread
-(`trace_serde.reply_from_bytes`): a producer's reply may be large (the peer channel
-takes up to 64 MiB), and the event loop serves every other call meanwhile. A reply
-beyond `MAX_REPLY_BYTES`, more than any answer within `connector.trace`'s totals, is
-refused unread.
+(`trace_serde.reply_from_bytes`): the event loop serves every other call meanwhile.
+
+How large a reply is read: `MAX_REPLY_BYTES` (22 MiB), set on the peer channel for this
+method alone (`node.rpc.client.REPLY_LIMITS`), so gRPC refuses a larger reply on its
+length prefix, before it is buffered or parsed. Before, any reply up to the channel's
+64 MiB was received, and one up to 24 MiB parsed, before the counts refused it. The
+limit is what an honest answer needs: the largest answer `connector.trace.check_answer`
+accepts, every total reached (16 levels, 2,000 links, 32,000 parents, 20,000 ids spent
+on 300-character evidence ids, 40 findings a level with 20 windows each, 8 missing
+tiers a level) and every text at its character limit in ASCII, encodes to 20,831,026
+bytes (19.9 MiB; `tests/unit/node/test_trace_reply_limit.py` builds it and fails when
+the bounds or the messages change it). The 10.7 % above it is room for texts that are
+not all ASCII (the bounds count characters, not bytes: at every bound, one character in
+nine may take two bytes); an answer at every bound with every text in 2-byte characters
+(37 MiB) or wider was refused before too (the old 24 MiB cap), only later. A reply
+beyond the limit is a missing tier that says so (its size and the limit), like any other
+refusal, and the trace goes on with the other tiers.
+
+The channel is the peer's one cached channel: a per-method limit needs no channel, or
+TLS connection, of its own (`node.rpc.client` says how it is set).
 """
 
 from __future__ import annotations
 
 import asyncio
+import re
 
 import grpc
 
 from qdspace.connector.trace import TierAnswer, TraceError
 from qdspace.node.errors import PeerError
+from qdspace.node.rpc.client import TRACE_REPLY_BYTES
 from qdspace.node.rpc.peers import PeerDirectory
 from qdspace.node.rpc.trace_serde import question_to_proto, reply_from_bytes
 from qdspace.node.runtime.trace_producer import Ask, TraceQuestion
 from qdspace.protocols.v1 import trace_pb2
 
 INVESTIGATE = "/qdspace.v1.Trace/Investigate"
-#: the largest reply read: an answer at every total of `connector.trace` is smaller
-MAX_REPLY_BYTES = 24 * 1024 * 1024
+#: the largest reply read (see the module docstring)
+MAX_REPLY_BYTES = TRACE_REPLY_BYTES
+#: how gRPC words a reply refused for its size ("... (25165825 vs. 23068672)")
+_TOO_LARGE = re.compile(r"larger than max \((\d+) vs\. (\d+)\)")
+
+
+def too_large(producer: str, size: int, limit: int = MAX_REPLY_BYTES) -> str:
+    """The reason a reply too large to read gives its missing tier."""
+    return f"{producer}: a reply of {size} bytes exceeds the limit of {limit} bytes"
+
+
+def _refusal(producer: str, exc: grpc.aio.AioRpcError) -> PeerError:
+    """The call's failure, as the missing tier's reason."""
+    code = exc.code().name
+    details = exc.details() or ""
+    if exc.code() is grpc.StatusCode.DEADLINE_EXCEEDED:
+        return PeerError(f"{producer}: no answer before the deadline", code)
+    if exc.code() is grpc.StatusCode.RESOURCE_EXHAUSTED and (sizes := _TOO_LARGE.search(details)):
+        # refused by our side's gRPC on the reply's length prefix: never read
+        size, limit = int(sizes[1]), int(sizes[2])
+        return PeerError(f"{too_large(producer, size, limit)} ({code}, not read)", code)
+    return PeerError(f"{producer}: {code}: {details[:200]}", code)
 
 
 def grpc_ask(peers: PeerDirectory) -> Ask:
@@ -47,12 +85,9 @@ def grpc_ask(peers: PeerDirectory) -> Ask:
         try:
             reply: bytes = await call(question_to_proto(question), timeout=timeout_s)
         except grpc.aio.AioRpcError as exc:
-            code = exc.code().name
-            if exc.code() is grpc.StatusCode.DEADLINE_EXCEEDED:
-                raise PeerError(f"{producer}: no answer before the deadline", code) from None
-            raise PeerError(f"{producer}: {code}: {(exc.details() or '')[:200]}", code) from None
-        if len(reply) > MAX_REPLY_BYTES:
-            raise TraceError(f"{producer}: an answer of {len(reply)} bytes is too large")
+            raise _refusal(producer, exc) from None
+        if len(reply) > MAX_REPLY_BYTES:  # a channel without the method's limit
+            raise TraceError(too_large(producer, len(reply)))
         return await asyncio.to_thread(reply_from_bytes, reply, producer, question.path)
 
     return ask

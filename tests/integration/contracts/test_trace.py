@@ -7,7 +7,9 @@ everywhere; SiWafer's data is clean. Each customer holds a traceability agreemen
 its producer (purpose ``root-cause-analysis``). Mallory, an OEM with an agreement of
 its own with Cellex, abuses ``Trace/Investigate`` over real mutual TLS. The report is
 anchored on the chain and verified through the regulator's proof route; with SiWafer
-down, the trace is partial and names the missing tier. Tests run in file order.
+down, the trace is partial and names the missing tier; a rogue in Cellex's place cannot
+invent a tier, stall the OEM or have it read a reply beyond the trace's receive limit.
+Tests run in file order.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from qdspace.node.identity.member import load_member_keys
 from qdspace.node.localnet.network import LocalNetwork, MemberSpec
 from qdspace.node.rpc.client import open_channel
 from qdspace.node.rpc.server import server_credentials
+from qdspace.node.rpc.trace_client import MAX_REPLY_BYTES
 from qdspace.node.rpc.trace_serde import answer_to_proto
 from qdspace.node.runtime.trace_producer import TRACE_BURST
 from qdspace.protocols.v1 import trace_pb2
@@ -473,5 +476,40 @@ def test_a_rogue_producer_can_neither_invent_a_tier_nor_stall_the_oem(
         report = run_trace(net, {"batch": "MB-01"})["report"]
         missing = {m["member"]: m["reason"] for m in report["missing"]}
         assert "cellex" in missing and "batch" in missing["cellex"], report["missing"]
+        assert rogue.asked == 2
+    assert "Traceback" not in net["sunarc"].log_path.read_text(errors="replace")
+
+
+def _sized(size: int) -> bytes:
+    """A reply of exactly `size` bytes: an answer whose member name is the rest."""
+    for pad in range(16):
+        answer = trace_pb2.TierAnswer(member="x" * (size - pad))
+        wire = trace_pb2.InvestigateReply(answer=answer).SerializeToString()
+        if len(wire) == size:
+            return wire
+    raise AssertionError(size)
+
+
+def test_a_reply_over_the_receive_limit_is_refused_unread(net: LocalNetwork) -> None:
+    """The rogue in Cellex's place (its node stopped above) answers with a reply of
+    exactly the trace's receive limit: the OEM reads it and refuses its words. Then with
+    one byte more: the OEM's gRPC refuses it on its length prefix, before it is buffered
+    or parsed (on the old code, any reply up to 64 MiB was read and one up to 24 MiB
+    parsed), and Cellex is a missing tier that says how large the reply was and what the
+    limit is; the trace itself is done, with the OEM's own tier, and nothing raised."""
+    with RogueProducer(net) as rogue:
+        rogue.reply = _sized(MAX_REPLY_BYTES)
+        report = run_trace(net, {"batch": "MB-01"})["report"]
+        missing = {m["member"]: m["reason"] for m in report["missing"]}
+        assert "answered by 'xxx" in missing.get("cellex", ""), report["missing"]
+
+        rogue.reply = _sized(MAX_REPLY_BYTES + 1)
+        report = run_trace(net, {"batch": "MB-01"})["report"]
+        missing = {m["member"]: m["reason"] for m in report["missing"]}
+        assert missing == {
+            "cellex": f"cellex: a reply of {MAX_REPLY_BYTES + 1} bytes exceeds the limit of "
+            f"{MAX_REPLY_BYTES} bytes (RESOURCE_EXHAUSTED, not read)"
+        }, report["missing"]
+        assert report["partial"] is True and report["implicated"] == ["MB-01"]
         assert rogue.asked == 2
     assert "Traceback" not in net["sunarc"].log_path.read_text(errors="replace")
