@@ -25,10 +25,24 @@ the backfill reads it and takes, for each reading, the newest context value at o
 before the reading's source time (a gap can span a batch change). Live data changes are
 matched the same way against that history and the context changes seen since, so the
 re-subscription's first value (an old reading) keeps the batch it was taken in too.
-For a reading older than all that is known of the context, the current value is used.
+For a reading older than all that was ever known of the context (at a start, before the
+server's context history begins), the current value is used.
 Each drained batch of notifications takes its context changes before its readings: a
 server may group one publish's notifications by monitored item rather than by time
 (asyncua does), so a batch change can arrive behind a reading taken after it.
+
+A reading older than the oldest context change still *kept* is refused: its batch (or
+order) was known once, but the live history keeps only ``HISTORY_KEEP`` behind the
+newest reading and at most ``MAX_HISTORY`` changes, and the one in force when it was
+taken is gone. Such a reading used to take the value current now: another batch, where
+one changed since, silently. Refused, not stored without its batch: the connector
+cannot tell a reading that arrives late for the first time (a gateway flushing its
+buffer) from one delivered again (the re-subscription's first value of a node unchanged
+for hours), and a reading delivered again with other content is stored as a
+correction, so a guess or no batch alike would overwrite the batch it was stored with.
+A refusal changes nothing stored; the sink counts it and logs it with its node, value
+and time (``opcua:NODE:n: batch_id: value 1.2 taken ...: the batch then is forgotten
+...``), and a reading that was new can be loaded from a file with its batch.
 """
 
 from __future__ import annotations
@@ -41,6 +55,7 @@ from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from qdspace.connector.ingest import BadLine
 from qdspace.connector.linein.config import OpcuaConfig, OpcuaNode
 from qdspace.connector.linein.mapping import opcua_row
 from qdspace.connector.linein.sink import Item, MeasurementSink
@@ -56,8 +71,9 @@ CONTEXT_LOOKBACK = timedelta(days=7)
 #: a backfill reads a node's history again at most this often while reads bring more
 HISTORY_REREADS = 5
 #: live, a context node's changes are kept this far behind the newest source time seen
-#: (a reading delivered later than that takes the value current at the cut); the
-#: history grows with every change otherwise, for as long as the connector runs
+#: (with the one current at the cut: a reading delivered later takes it, one older than
+#: that change is refused); the history grows with every change otherwise, for as long
+#: as the connector runs
 HISTORY_KEEP = timedelta(hours=1)
 #: and at most this many per context node (beyond, the oldest quarter goes)
 MAX_HISTORY = 10_000
@@ -80,6 +96,9 @@ class _ContextHistory:
         values.sort(key=lambda tv: tv[0])
         self.times = [t for t, _ in values]
         self.values = [v for _, v in values]
+        #: once changes were dropped (trim, cap): the oldest change kept then; the value
+        #: in force before it was known and is forgotten (None: nothing dropped yet)
+        self.horizon: datetime | None = None
 
     def add(self, when: datetime, value: Any) -> None:
         if not self.times or when >= self.times[-1]:  # in order, the common case: O(1)
@@ -100,6 +119,13 @@ class _ContextHistory:
         if n > 0:
             del self.times[:n]
             del self.values[:n]
+            oldest = self.times[0]  # trim and cap always keep one
+            self.horizon = oldest if self.horizon is None else max(self.horizon, oldest)
+
+    def forgotten(self, when: datetime) -> datetime | None:
+        """The horizon, where the value current at ``when`` was dropped (``when`` is before
+        it: a change arriving late, older than it, cannot say what came between); else None."""
+        return self.horizon if self.horizon is not None and when < self.horizon else None
 
     def __len__(self) -> int:
         return len(self.times)
@@ -107,6 +133,28 @@ class _ContextHistory:
     def at(self, when: datetime) -> tuple[bool, Any]:
         i = bisect.bisect_right(self.times, when)
         return (True, self.values[i - 1]) if i else (False, None)
+
+
+def forgotten_context(
+    node: OpcuaNode, value: Any, taken: datetime, forgotten: Mapping[str, datetime]
+) -> BadLine | None:
+    """Why a reading of ``node`` taken at ``taken`` is refused: the batch or order it
+    takes from a context node was in force before that node's history horizon (in
+    ``forgotten``), so it is no longer known (None: its context is known, or unused)."""
+    for field_name, fixed, node_id in (
+        ("batch_id", node.batch_id, node.batch_id_node),
+        ("order_id", node.order_id, node.order_id_node),
+    ):
+        if fixed or not node_id or node_id not in forgotten:
+            continue
+        what = field_name.removesuffix("_id")
+        return (
+            field_name,
+            f"value {str(value)[:32]} taken {taken.isoformat()}: the {what} then is forgotten "
+            f"(older than the oldest {what} change kept, {forgotten[node_id].isoformat()}); "
+            "not stored with a guess",
+        )
+    return None
 
 
 class _Changes:
@@ -315,21 +363,31 @@ class OpcuaConnector:
                 out[node_id] = _ContextHistory(timed)
         return out
 
-    def _context_at(self, dv: Any) -> Mapping[str, Any]:
-        """The context as it was when ``dv`` was taken (where history tells)."""
-        taken = dv.SourceTimestamp or dv.ServerTimestamp
+    def _context_at(self, dv: Any) -> tuple[Mapping[str, Any], dict[str, datetime]]:
+        """The context as it was when ``dv`` was taken (where history tells), and the
+        context nodes whose value then is forgotten, each with its history's horizon."""
+        taken = _taken(dv)
         if not self.history or taken is None:
-            return self.context
+            return self.context, {}
         context = dict(self.context)
+        forgotten: dict[str, datetime] = {}
         for node_id, values in self.history.items():
-            known, value = values.at(_utc(taken))
+            horizon = values.forgotten(taken)
+            if horizon is not None:
+                forgotten[node_id] = horizon
+                continue
+            known, value = values.at(taken)
             if known:
                 context[node_id] = value
-        return context
+        return context, forgotten
 
     def _item(self, node: OpcuaNode, dv: Any) -> Item:
         value = dv.Value.Value if dv.Value is not None else None
-        context = self._context_at(dv)
+        context, forgotten = self._context_at(dv)
+        taken = _taken(dv)
+        lost = None if taken is None else forgotten_context(node, value, taken, forgotten)
+        if lost is not None:
+            return (f"opcua:{node.node_id}", lost)
         row = opcua_row(node, value, dv.SourceTimestamp, dv.ServerTimestamp, context)
         return (f"opcua:{node.node_id}", row)
 

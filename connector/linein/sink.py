@@ -3,8 +3,9 @@
 A connector collects what arrived as ``(source, row)`` pairs (``row`` may be a
 ``(field, reason)`` pair that mapping refused) and calls :meth:`MeasurementSink.put`,
 which stores them through :meth:`QualityStore.ingest_rows` (validation through the
-dictionary, one transaction per source, ``ON CONFLICT DO NOTHING`` on the natural
-key) and only then returns: an MQTT message is acknowledged, a file moved, after it.
+dictionary, one transaction per source and ``LINE_BATCH`` readings, ``ON CONFLICT DO
+NOTHING`` on the natural key) and only then returns: an MQTT message is acknowledged, a
+file moved, after it.
 Every refused reading is logged as ``source:n: field: reason`` and the newest
 ``KEEP_REJECTED`` are kept in :attr:`MeasurementSink.rejected` for status and tests.
 
@@ -20,6 +21,17 @@ listener, or it ends again after every restart (the broker redelivers the messag
 file stays in the folder). The batch is then stored reading by reading and the one that
 raises is refused with the exception as its reason; only a :class:`StorageError` (the
 database itself) goes up, so that nothing is acknowledged and it is all retried.
+
+Why the sink cuts a source's readings into calls of ``LINE_BATCH`` itself, each one
+transaction: so that every reading is counted once, as stored, duplicate, corrected or
+refused. A call that raises has stored nothing (its one transaction rolled back), so
+its readings stored one by one on the retry are counted as what they are. Handed to the
+store whole (a Sparkplug burst can bring far more than 5,000 readings of one topic),
+the store commits them 5,000 at a time: a fault in a later batch came up after the
+earlier ones were committed, and the retry reading by reading counted every one of
+those as a duplicate of itself (5,002 readings arrived, 1 stored, 5,000 duplicates).
+A retry is also bounded by it: ``LINE_BATCH`` transactions at most, not one per
+reading of the whole burst.
 """
 
 from __future__ import annotations
@@ -44,6 +56,8 @@ Item = tuple[str, "dict[str, Any] | BadLine"]
 KEEP_REJECTED = 1000
 #: a kept reason is cut to this many characters
 REASON_MAX = 200
+#: readings of one source stored per call of the store, in one transaction (its default)
+LINE_BATCH = 5000
 #: sources (topics, nodes) numbered apart at most; the rest share the count of OTHER
 MAX_SOURCES = 1000
 OTHER = "(other sources)"
@@ -88,17 +102,24 @@ class MeasurementSink:
                 groups.setdefault(source, []).append((self._number(source), row))
             problems: list[RowError] = []
             for source, rows in groups.items():
-                report = self._ingest(source, rows)
-                self.totals.stored += report.accepted
-                self.totals.duplicates += report.duplicates
-                self.totals.corrected += report.corrected
-                self.totals.rejected += len({e.line for e in report.rejected})
-                problems.extend(cut(p) for p in report.rejected)
-            for problem in problems:
-                log.warning("%s: rejected %s", self.name, problem)
-            self.rejected.extend(problems)
+                for start in range(0, len(rows), LINE_BATCH):
+                    problems.extend(
+                        self._count(self._ingest(source, rows[start : start + LINE_BATCH]))
+                    )
         if items:
             log.info("%s: %d readings: %s so far", self.name, len(items), self.totals)
+        return problems
+
+    def _count(self, report: IngestReport) -> list[RowError]:
+        """Add a committed call's report to the totals; its refusals, logged and kept."""
+        self.totals.stored += report.accepted
+        self.totals.duplicates += report.duplicates
+        self.totals.corrected += report.corrected
+        self.totals.rejected += len({e.line for e in report.rejected})
+        problems = [cut(p) for p in report.rejected]
+        for problem in problems:
+            log.warning("%s: rejected %s", self.name, problem)
+        self.rejected.extend(problems)
         return problems
 
     def _number(self, source: str) -> int:
@@ -109,9 +130,10 @@ class MeasurementSink:
         return n
 
     def _ingest(self, source: str, rows: list[tuple[int, Any]]) -> IngestReport:
-        """One source's readings; a reading that breaks the ingest is refused, not raised."""
+        """Up to ``LINE_BATCH`` readings of one source in one transaction; where that
+        raises (and so stored none), one by one: the one that breaks it is refused."""
         try:
-            return self.store.ingest_rows(self.kind, rows, source=source)
+            return self.store.ingest_rows(self.kind, rows, source=source, batch_size=LINE_BATCH)
         except StorageError:
             raise
         except Exception:

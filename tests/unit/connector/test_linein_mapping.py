@@ -132,3 +132,95 @@ def test_an_opcua_context_history_is_capped(monkeypatch: pytest.MonkeyPatch) -> 
     for i in range(1000):
         history.add(T.replace(microsecond=i), i)
     assert len(history) <= 100 and history.at(T.replace(microsecond=999)) == (True, 999)
+
+
+def test_a_reading_older_than_the_context_kept_is_refused_not_given_another_batch(
+    tmp_path: Path,
+) -> None:
+    """A reading delivered more than HISTORY_KEEP late, taken before the oldest batch
+    change the trimmed history kept, took the batch current *now* (B200 where B100 was
+    in force). It is refused with the reason; one not older than that change keeps
+    the batch it was taken in, and a node with a fixed batch is not concerned."""
+    from datetime import timedelta
+    from types import SimpleNamespace
+
+    from qdspace.connector.linein import opcua
+    from qdspace.connector.linein.sink import MeasurementSink
+    from qdspace.connector.storage import open_store
+
+    cfg = OpcuaConfig.model_validate(
+        {
+            "endpoint": "opc.tcp://x:4840",
+            "nodes": [
+                {"node_id": "ns=2;s=P", "element": "pecvd_chamber_vacuum", "unit": "mbar",
+                 "equipment": "PECVD-1", "batch_id_node": "ns=2;s=Batch"},
+                {"node_id": "ns=2;s=Q", "element": "pecvd_chamber_vacuum", "unit": "mbar",
+                 "equipment": "PECVD-2", "batch_id_node": "ns=2;s=Batch", "batch_id": "FIX"},
+            ],
+        }
+    )  # fmt: skip
+    pressure, fixed = cfg.nodes
+    connector = opcua.OpcuaConnector.__new__(opcua.OpcuaConnector)
+    connector.context, connector.history, connector.newest = {}, {}, None
+    start = datetime.now(UTC) - timedelta(hours=5)
+
+    def dv(minutes: int, value: object) -> SimpleNamespace:
+        at = start + timedelta(minutes=minutes)
+        return SimpleNamespace(
+            Value=SimpleNamespace(Value=value), SourceTimestamp=at, ServerTimestamp=None
+        )
+
+    changes = [("ns=2;s=Batch", dv(m, f"B{m}")) for m in range(0, 250, 50)]
+    changes.append(("ns=2;s=P", dv(290, 1.0)))  # the newest reading: the cut is at 230
+    for node_id, change in changes[:-1]:
+        connector._context_change(node_id, change)
+    connector._trim_history(changes)
+    assert connector.history["ns=2;s=Batch"].times[0] == start + timedelta(minutes=200)
+
+    items = [
+        connector._item(pressure, dv(210, 1.21)),  # late, after the oldest change kept
+        connector._item(pressure, dv(120, 1.12)),  # taken in B100: forgotten
+        connector._item(fixed, dv(120, 2.12)),
+    ]
+    store = open_store(f"sqlite:///{tmp_path}/q.db")
+    try:
+        sink = MeasurementSink(store, "opcua-test")
+        problems = sink.put(items)
+        with store.engine.connect() as c:
+            rows = c.exec_driver_sql(
+                "SELECT equipment, value, batch_id FROM qdm_measurement ORDER BY equipment"
+            ).all()
+    finally:
+        store.close()
+    assert [tuple(r) for r in rows] == [("PECVD-1", 121.0, "B200"), ("PECVD-2", 212.0, "FIX")]
+    (problem,) = problems
+    assert (problem.source, problem.line, problem.field) == ("opcua:ns=2;s=P", 2, "batch_id")
+    assert "value 1.12 taken" in problem.reason
+    assert "older than the oldest batch change kept" in problem.reason
+
+
+def test_a_context_history_knows_what_it_forgot_not_what_it_never_knew(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Before anything is dropped, a time before the first change is unknown, not
+    forgotten (the connector then takes the current value, as at a start); once the cap
+    drops the oldest changes, a time before the oldest kept is forgotten, also after a
+    change older than that arrives late (what came between is gone)."""
+    from datetime import timedelta
+
+    from qdspace.connector.linein import opcua
+
+    monkeypatch.setattr(opcua, "MAX_HISTORY", 100)
+    history = opcua._ContextHistory([])
+    for i in range(100):
+        history.add(T + timedelta(seconds=i), i)
+    assert history.at(T - timedelta(seconds=1)) == (False, None)
+    assert history.forgotten(T - timedelta(seconds=1)) is None
+    history.add(T + timedelta(seconds=100), 100)  # past the cap: the oldest quarter goes
+    horizon = history.times[0]
+    assert history.horizon == horizon and horizon > T
+    assert history.forgotten(T) == horizon
+    assert history.forgotten(horizon - timedelta(microseconds=1)) == horizon
+    assert history.forgotten(horizon) is None and history.at(horizon) == (True, history.values[0])
+    history.add(T, "late")
+    assert history.forgotten(T) == horizon and history.horizon == horizon

@@ -7,17 +7,19 @@ the good reading beside it is stored; the sink stays bounded however much is ref
 from __future__ import annotations
 
 from collections.abc import Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from qdspace.connector import storage as storage_module
+from qdspace.connector.batch_validate import BatchValidator
 from qdspace.connector.ingest import ingest_file
 from qdspace.connector.linein import sink as sink_module
 from qdspace.connector.linein.config import MqttConfig
 from qdspace.connector.linein.mapping import mqtt_mapping, mqtt_row
-from qdspace.connector.linein.sink import REASON_MAX, MeasurementSink
+from qdspace.connector.linein.sink import REASON_MAX, Item, MeasurementSink
 from qdspace.connector.storage import QualityStore, open_store
 
 T = "2025-03-01T08:00:00Z"
@@ -162,3 +164,64 @@ def test_the_sink_keeps_counts_not_histories(
 def test_the_sink_keeps_the_newest_refusals_by_default(store: QualityStore) -> None:
     sink = MeasurementSink(store, "t")
     assert sink.rejected.maxlen == sink_module.KEEP_REJECTED
+
+
+def _at(second: int, value: float = 750) -> dict[str, Any]:
+    taken = datetime(2025, 3, 1, tzinfo=UTC) + timedelta(seconds=second)
+    return {**GOOD, "value": value, "measured_at": taken}
+
+
+@pytest.fixture
+def breaking_validation(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The real store's validation raises (as no rule foresaw) on a batch that holds a
+    reading of batch ``boom``; everything else is the real SQLite store."""
+    validate = BatchValidator.validate
+
+    def breaking(self: BatchValidator, items: Any, *args: Any, **kwargs: Any) -> Any:
+        if any(isinstance(r, dict) and r.get("batch_id") == "boom" for _, r in items):
+            raise RuntimeError("unforeseen")
+        return validate(self, items, *args, **kwargs)
+
+    monkeypatch.setattr(BatchValidator, "validate", breaking)
+
+
+@pytest.mark.usefixtures("breaking_validation")
+def test_a_fault_past_the_first_store_batch_counts_each_reading_once(store: QualityStore) -> None:
+    """More readings of one source than the store commits at once (a Sparkplug burst):
+    the store committed the first 5,000 before the fault in the next batch came up, and
+    the retry reading by reading counted all of those as duplicates (1 stored, 5,000
+    duplicates of 5,002). Each is counted once, and what was stored before the burst is
+    still a duplicate, or a correction, as it was."""
+    store.ingest_rows("measurement", [(1, _at(0)), (2, _at(1, value=700))])
+    sink = MeasurementSink(store, "t")
+    items: list[Item] = [("mqtt:a", _at(i)) for i in range(5000)]
+    items += [("mqtt:a", {**_at(6000), "batch_id": "boom"}), ("mqtt:a", _at(5000))]
+    problems = sink.put(items)
+    t = sink.totals
+    assert (t.stored, t.duplicates, t.corrected, t.rejected) == (4999, 1, 1, 1)
+    assert t.stored + t.duplicates + t.corrected + t.rejected == len(items)
+    (p,) = problems
+    assert (p.line, p.field) == (5001, "-") and "RuntimeError: unforeseen" in p.reason
+    assert store.counts()["measurement"] == 5001
+
+
+def test_a_fault_after_a_batchs_insert_stores_none_of_it(
+    store: QualityStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What the sink's count rests on: a call of one transaction that raises, even after
+    its rows are inserted (here where the store looks for corrections), stored none of
+    them, so the retry reading by reading counts each as what it is."""
+    correct = storage_module.correct_rows
+
+    def breaking(connection: Any, kind: str, rows: Any) -> int:
+        if len(rows) > 1:
+            raise RuntimeError("unforeseen")
+        return correct(connection, kind, rows)
+
+    store.ingest_rows("measurement", [(1, _at(0))])
+    monkeypatch.setattr(storage_module, "correct_rows", breaking)
+    sink = MeasurementSink(store, "t")
+    sink.put([("mqtt:a", _at(i)) for i in range(10)])
+    t = sink.totals
+    assert (t.stored, t.duplicates, t.corrected, t.rejected) == (9, 1, 0, 0)
+    assert store.counts()["measurement"] == 10
