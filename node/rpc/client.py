@@ -6,19 +6,22 @@ for another even with a valid certificate.
 
 A reply is read up to the channel's 64 MiB, except where a method's replies are known
 to be smaller (`REPLY_LIMITS`): a producer's ``Trace/Investigate`` answer is bounded by
-`connector.trace`'s totals, and a reply beyond them would only be refused after it was
-read and parsed (`node.rpc.trace_client`). gRPC python sets a receive limit per channel,
-not per call, so these limits go in the channel's service config (``methodConfig`` /
-``maxResponseMessageBytes``, which gRPC applies on top of the channel's limit): the
-method's calls keep the peer's one cached channel (its TLS connection and its pin
-checks), and gRPC refuses a larger reply on its length prefix (RESOURCE_EXHAUSTED,
-"Received message larger than max"), before buffering it. Service configs a resolver
-might publish (DNS TXT records) are not taken, so nobody outside can lift them.
+`connector.trace`'s totals and a provider's catalog by `node.rpc.contracts_serde`'s, and
+a reply beyond them would only be refused after it was read and parsed
+(`node.rpc.trace_client`; 60 MiB of catalog held a consumer's event loop 18 s). gRPC
+python sets a receive limit per channel, not per call, so these limits go in the
+channel's service config (``methodConfig`` / ``maxResponseMessageBytes``, which gRPC
+applies on top of the channel's limit): the method's calls keep the peer's one cached
+channel (its TLS connection and its pin checks), and gRPC refuses a larger reply on its
+length prefix (RESOURCE_EXHAUSTED, "Received message larger than max"), before
+buffering it. Service configs a resolver might publish (DNS TXT records) are not taken,
+so nobody outside can lift them.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Sequence
 
 import grpc
@@ -34,8 +37,31 @@ CHANNEL_OPTIONS = [
 #: `connector.trace` encodes to 20,831,026 bytes (`node.rpc.trace_client` says how it
 #: was measured and what the margin is for)
 TRACE_REPLY_BYTES = 22 * 1024 * 1024
+#: a provider's whole catalog, and one asset of it: `MAX_CATALOG_ASSETS` assets at ~1-4 KB
+#: honestly (`node.rpc.contracts_serde`), an asset with an offer of `MAX_OFFER_BYTES` and
+#: every text at its bound under 80 KB
+CATALOG_REPLY_BYTES = 4 * 1024 * 1024
+ASSET_REPLY_BYTES = 128 * 1024
 #: (service, method) -> the largest reply read, below the channel's limit
-REPLY_LIMITS = {("qdspace.v1.Trace", "Investigate"): TRACE_REPLY_BYTES}
+REPLY_LIMITS = {
+    ("qdspace.v1.Trace", "Investigate"): TRACE_REPLY_BYTES,
+    ("qdspace.v1.Catalog", "ListAssets"): CATALOG_REPLY_BYTES,
+    ("qdspace.v1.Catalog", "GetAsset"): ASSET_REPLY_BYTES,
+}
+
+
+#: how gRPC words a reply refused for its size ("... (25165825 vs. 23068672)")
+_TOO_LARGE = re.compile(r"larger than max \((\d+) vs\. (\d+)\)")
+
+
+def oversized_reply(exc: grpc.aio.AioRpcError) -> tuple[int, int] | None:
+    """(size, limit) when our side's gRPC refused the reply for its size: the peer sent
+    more than `REPLY_LIMITS` allow (its fault, a 502; not the peer's own RESOURCE_EXHAUSTED,
+    a quota that a retry may pass)."""
+    if exc.code() is not grpc.StatusCode.RESOURCE_EXHAUSTED:
+        return None
+    found = _TOO_LARGE.search(exc.details() or "")
+    return None if found is None else (int(found[1]), int(found[2]))
 
 
 def service_config(limits: dict[tuple[str, str], int]) -> str:

@@ -50,9 +50,10 @@ from qdspace.connector.transfer import (
 )
 from qdspace.connector.transfer import apply as apply_transfer
 from qdspace.connector.transfer_messages import TransferCompletion, TransferRequest, TransferStart
-from qdspace.node.errors import PeerError
+from qdspace.node.errors import PeerError, WireFormatError
 from qdspace.node.member_ids import member_id_for, peer_name
 from qdspace.node.metrics import NodeMetrics
+from qdspace.node.rpc.client import oversized_reply
 from qdspace.node.rpc.contracts_serde import (
     catalog_entry_from_proto,
     catalog_from_proto,
@@ -93,6 +94,11 @@ async def call_peer(peer: str, what: str, call: Callable[[], Any]) -> Any:
         return await call()
     except grpc.aio.AioRpcError as exc:
         code = exc.code().name
+        if (sizes := oversized_reply(exc)) is not None:  # its fault: a 502, not its quota
+            size, limit = sizes
+            raise PeerError(
+                f"peer {peer}: {what}: a reply of {size} bytes, more than the {limit} read"
+            ) from None
         raise PeerError(f"peer {peer}: {what}: {code}: {exc.details()}", code) from None
 
 
@@ -197,18 +203,32 @@ class ContractClient(ConsumerSubscriptions):
     # ------------------------------------------------------------- catalog
 
     async def catalog(self, peer: str, kind: str = "") -> list[CatalogEntry]:
+        """The peer's catalog, read in a worker thread (every offer is a policy to parse;
+        the reply is bounded on the channel, `node.rpc.client.REPLY_LIMITS`). What the
+        provider sent that cannot be read is its failure (502), not the caller's."""
         stub = catalog_pb2_grpc.CatalogStub(self.peers.channel(peer))
         request = catalog_pb2.CatalogRequest(kind=kind)
         reply = await call_peer(
             peer, "catalog", lambda: stub.ListAssets(request, timeout=TIMEOUT_S)
         )
-        return catalog_from_proto(reply)
+        try:
+            return await asyncio.to_thread(catalog_from_proto, reply)
+        except WireFormatError as exc:
+            raise PeerError(f"peer {peer}: catalog: {exc}") from None
 
     async def asset(self, peer: str, asset_id: str) -> CatalogEntry:
         stub = catalog_pb2_grpc.CatalogStub(self.peers.channel(peer))
         request = catalog_pb2.AssetRequest(asset_id=asset_id)
         reply = await call_peer(peer, "asset", lambda: stub.GetAsset(request, timeout=TIMEOUT_S))
-        return catalog_entry_from_proto(reply)
+        try:
+            entry = await asyncio.to_thread(catalog_entry_from_proto, reply)
+        except WireFormatError as exc:
+            raise PeerError(f"peer {peer}: asset: {exc}") from None
+        if entry.asset_id != asset_id or entry.offer.target != asset_id:
+            raise PeerError(
+                f"peer {peer}: asked for asset {asset_id[:128]!r}, it answered with another"
+            )
+        return entry
 
     # --------------------------------------------------------- negotiation
 

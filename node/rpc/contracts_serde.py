@@ -105,7 +105,37 @@ def catalog_entry_to_proto(entry: CatalogEntry) -> catalog_pb2.Asset:
     )
 
 
+#: what a consumer reads of a provider's catalog. An honest catalog is the standard
+#: assets (five, ~1 KB each) and one asset a federated job the provider coordinates; a
+#: provider's offer is a policy of the node's own form (~1 KB). A reply beyond these is
+#: refused before any offer is parsed (parsing 60 MiB of offers held a node 18 s).
+MAX_CATALOG_ASSETS = 1_000
+MAX_OFFER_BYTES = 64 * 1024
+MAX_ASSET_FIELDS = 512
+#: characters: ids and kinds, a field's name, a title, a description
+_TEXT_BOUNDS = {"asset_id": 256, "provider_id": 256, "kind": 64, "title": 512, "description": 4000}
+_FIELD_CHARS = 256
+
+
+def check_asset(message: catalog_pb2.Asset) -> None:
+    """Refuse an asset whose texts, fields or offer exceed what a provider writes."""
+    where = f"asset {message.asset_id[:64]!r}"
+    for name, limit in _TEXT_BOUNDS.items():
+        if len(getattr(message, name)) > limit:
+            raise WireFormatError(f"{where}: its {name} is longer than {limit} characters")
+    for name in ("fields", "pseudonymized_fields"):
+        values = getattr(message, name)
+        if len(values) > MAX_ASSET_FIELDS or any(len(v) > _FIELD_CHARS for v in values):
+            raise WireFormatError(
+                f"{where}: its {name} hold more than {MAX_ASSET_FIELDS} names or a name "
+                f"longer than {_FIELD_CHARS} characters"
+            )
+    if len(message.offer_json) > MAX_OFFER_BYTES:
+        raise WireFormatError(f"{where}: its offer is larger than {MAX_OFFER_BYTES} bytes")
+
+
 def catalog_entry_from_proto(message: catalog_pb2.Asset) -> CatalogEntry:
+    check_asset(message)
     try:
         kind = AssetKind(message.kind)
     except ValueError:
@@ -129,7 +159,18 @@ def catalog_to_proto(provider_id: str, entries: Sequence[CatalogEntry]) -> catal
 
 
 def catalog_from_proto(message: catalog_pb2.CatalogReply) -> list[CatalogEntry]:
-    return [catalog_entry_from_proto(a) for a in message.assets]
+    """A provider's catalog; counted, bounded and checked for repeated ids before any offer
+    is parsed (`check_asset`)."""
+    assets = message.assets
+    if len(assets) > MAX_CATALOG_ASSETS:
+        raise WireFormatError(
+            f"the catalog lists {len(assets)} assets, more than {MAX_CATALOG_ASSETS}"
+        )
+    for asset in assets:
+        check_asset(asset)
+    if len({a.asset_id for a in assets}) != len(assets):
+        raise WireFormatError("the catalog lists an asset id twice")
+    return [catalog_entry_from_proto(a) for a in assets]
 
 
 # ------------------------------------------------------------- negotiation

@@ -33,13 +33,12 @@ TLS connection, of its own (`node.rpc.client` says how it is set).
 from __future__ import annotations
 
 import asyncio
-import re
 
 import grpc
 
 from qdspace.connector.trace import TierAnswer, TraceError
 from qdspace.node.errors import PeerError
-from qdspace.node.rpc.client import TRACE_REPLY_BYTES
+from qdspace.node.rpc.client import TRACE_REPLY_BYTES, oversized_reply
 from qdspace.node.rpc.peers import PeerDirectory
 from qdspace.node.rpc.trace_serde import question_to_proto, reply_from_bytes
 from qdspace.node.runtime.trace_producer import Ask, TraceQuestion
@@ -48,8 +47,6 @@ from qdspace.protocols.v1 import trace_pb2
 INVESTIGATE = "/qdspace.v1.Trace/Investigate"
 #: the largest reply read (see the module docstring)
 MAX_REPLY_BYTES = TRACE_REPLY_BYTES
-#: how gRPC words a reply refused for its size ("... (25165825 vs. 23068672)")
-_TOO_LARGE = re.compile(r"larger than max \((\d+) vs\. (\d+)\)")
 
 
 def too_large(producer: str, size: int, limit: int = MAX_REPLY_BYTES) -> str:
@@ -63,10 +60,9 @@ def _refusal(producer: str, exc: grpc.aio.AioRpcError) -> PeerError:
     details = exc.details() or ""
     if exc.code() is grpc.StatusCode.DEADLINE_EXCEEDED:
         return PeerError(f"{producer}: no answer before the deadline", code)
-    if exc.code() is grpc.StatusCode.RESOURCE_EXHAUSTED and (sizes := _TOO_LARGE.search(details)):
+    if (sizes := oversized_reply(exc)) is not None:
         # refused by our side's gRPC on the reply's length prefix: never read
-        size, limit = int(sizes[1]), int(sizes[2])
-        return PeerError(f"{too_large(producer, size, limit)} ({code}, not read)", code)
+        return PeerError(f"{too_large(producer, *sizes)} ({code}, not read)", code)
     return PeerError(f"{producer}: {code}: {details[:200]}", code)
 
 

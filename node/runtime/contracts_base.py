@@ -114,7 +114,8 @@ class ContractBase:
     def asset_for(self, asset_id: str, role: str) -> Asset:
         asset = self.assets.get(asset_id)
         if asset is None or not asset.visible_to(role):
-            raise UnknownContractError(f"{self.me.name} offers no asset {asset_id!r} to {role}s")
+            shown = asset_id[:128]  # a caller's id, cut: it goes into the log with the answer
+            raise UnknownContractError(f"{self.me.name} offers no asset {shown!r} to {role}s")
         return asset
 
     def asset_for_peer(self, asset_id: str, peer: MemberIdentity) -> Asset:

@@ -130,7 +130,7 @@ def test_an_honest_answer_at_every_bound_fits_the_limit_with_its_margin() -> Non
     assert len(wire) * (1 + MARGIN) <= MAX_REPLY_BYTES <= len(wire) * (1 + SLACK)
 
 
-def test_only_trace_replies_get_the_limit_and_no_resolver_lifts_it(
+def test_only_trace_and_catalog_replies_get_a_limit_and_no_resolver_lifts_it(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     opened: list[list[tuple[str, Any]]] = []
@@ -143,14 +143,16 @@ def test_only_trace_replies_get_the_limit_and_no_resolver_lifts_it(
     assert options["grpc.max_receive_message_length"] == 64 * 1024 * 1024
     assert options["grpc.service_config_disable_resolution"] == 1
     config = json.loads(options["grpc.service_config"])
-    assert config == {
-        "methodConfig": [
-            {
-                "name": [{"service": "qdspace.v1.Trace", "method": "Investigate"}],
-                "maxResponseMessageBytes": MAX_REPLY_BYTES,
-            }
-        ]
+    limits = {
+        (m["name"][0]["service"], m["name"][0]["method"]): m["maxResponseMessageBytes"]
+        for m in config["methodConfig"]
     }
+    assert limits == {
+        ("qdspace.v1.Trace", "Investigate"): MAX_REPLY_BYTES,
+        ("qdspace.v1.Catalog", "ListAssets"): client.CATALOG_REPLY_BYTES,
+        ("qdspace.v1.Catalog", "GetAsset"): client.ASSET_REPLY_BYTES,
+    }
+    assert all(len(m["name"]) == 1 for m in config["methodConfig"])
     assert trace_client.INVESTIGATE == "/qdspace.v1.Trace/Investigate"
 
 
