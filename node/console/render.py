@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 from starlette.exceptions import HTTPException
@@ -65,6 +66,16 @@ def _short(text: str | None, keep: int = 12) -> str:
     return text if len(text) <= 2 * keep + 1 else f"{text[:keep]}…{text[-keep:]}"
 
 
+def _segment(value: object) -> str:
+    """``value`` as one URL path segment: every byte but the unreserved ones escaped.
+
+    Ids in the console's links are often a peer's choice (a case id, an action id, a
+    trace report named in a case, an agreement id): Jinja's own ``urlencode`` leaves
+    ``/`` alone, so ``../contracts/negotiate`` in a case id made its Accept button post
+    to another page of ours."""
+    return quote(str(value), safe="")
+
+
 def _when(ts: float | None) -> str:
     if ts is None:
         return ""
@@ -100,6 +111,7 @@ class Console:
             lstrip_blocks=True,
         )
         env.filters["ago"] = _ago
+        env.filters["segment"] = _segment
         env.filters["short"] = _short
         env.filters["when"] = _when
         return cls(ctx, env, sessions or Sessions(), root, nav, login)
