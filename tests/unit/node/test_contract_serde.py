@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 from datetime import UTC, date, datetime
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
@@ -348,17 +350,35 @@ def test_catalog_round_trips(
     offer: Policy, kind: AssetKind, fields: frozenset[str], pseudo: frozenset[str], text: str
 ) -> None:
     entry = CatalogEntry(offer.assigner, offer.target, text, kind, fields, pseudo, offer, text)
-    reply = serde.catalog_to_proto("cellex", [entry, entry])
+    other = dataclasses.replace(entry, asset_id=f"{entry.asset_id}-2")
+    reply = serde.catalog_to_proto("cellex", [entry, other])
     decoded = catalog_pb2.CatalogReply.FromString(reply.SerializeToString())
-    assert serde.catalog_from_proto(decoded) == [entry, entry]
+    assert serde.catalog_from_proto(decoded) == [entry, other]
+    twice = catalog_pb2.CatalogReply.FromString(
+        serde.catalog_to_proto("cellex", [entry, entry]).SerializeToString()
+    )
+    with pytest.raises(serde.WireFormatError, match="asset id twice"):
+        serde.catalog_from_proto(twice)
 
 
 points = st.lists(
     st.builds(SpcPoint, st.integers(0, 10**9), st.floats(allow_nan=False), instants), max_size=4
 ).map(tuple)
+#: what a notice's ids and codes may hold (printable: no control character, `str.isprintable`)
+_printable = st.characters(
+    codec="utf-8", exclude_categories=("Cs", "Cc", "Cf", "Co", "Cn", "Zl", "Zp", "Zs")
+) | st.just(" ")
+notice_codes = st.text(_printable, max_size=16)
+#: and its texts: printable but for line breaks
+notice_texts = st.text(_printable | st.just("\n"), max_size=20)
 bodies = st.one_of(
-    st.builds(OrderClosed, ids, instants, st.lists(ids, max_size=3).map(tuple)),
-    st.builds(AgreementTermination, ids, texts, instants),
+    st.builds(
+        OrderClosed,
+        ids,
+        instants,
+        st.lists(st.text(_printable, min_size=1, max_size=12), max_size=3).map(tuple),
+    ),
+    st.builds(AgreementTermination, ids, notice_texts, instants),
     st.builds(
         lambda agreement, count, digest, at, order: sign_receipt(
             DeletionReceipt(agreement, "sunarc", count, digest, at, order), KEY
@@ -367,19 +387,53 @@ bodies = st.one_of(
         st.integers(0, 10**9),
         st.text("0123456789abcdef", min_size=64, max_size=64),
         instants,
-        texts,
+        notice_codes,
     ),
     st.builds(
         QualityAlert,
         ids,
-        st.builds(SpcAlert, st.sampled_from(["WE1", "NELSON3", "CPK"]), texts, points, instants),
-        texts,
-        texts,
-        texts,
-        texts,
+        st.builds(
+            SpcAlert, st.sampled_from(["WE1", "NELSON3", "CPK"]), notice_texts, points, instants
+        ),
+        notice_codes,
+        notice_codes,
+        notice_codes,
+        notice_codes,
     ),
-    st.builds(Investigation, ids, texts, texts, texts, texts, texts),
+    st.builds(
+        Investigation, ids, notice_texts, notice_texts, notice_codes, notice_codes, notice_codes
+    ),
 )
+
+
+@pytest.mark.parametrize(
+    ("body", "what"),
+    [
+        (AgreementTermination("agr-1", "done\x1b[2K", datetime(2026, 1, 1, tzinfo=UTC)), "reason"),
+        (Investigation("inv-1", "x\r2026-12-06 INFO forged", "d"), "investigation subject"),
+        (
+            QualityAlert(
+                "al-1", SpcAlert("WE1", "drift\x1b[2K", (), datetime(2026, 1, 1, tzinfo=UTC))
+            ),
+            "quality alert description",
+        ),
+        (
+            QualityAlert(
+                "al-2", SpcAlert("WE1", "d", (), datetime(2026, 1, 1, tzinfo=UTC)), "a\tb"
+            ),
+            "quality alert agreement_id",
+        ),
+        (OrderClosed("PO-1", datetime(2026, 1, 1, tzinfo=UTC), ("agr\n1",)), "agreement_ids"),
+    ],
+)
+def test_control_characters_in_a_notice_are_refused_where_it_arrives(body: Any, what: str) -> None:
+    """A notice's texts are kept, shown and logged: a terminal escape, a carriage return
+    or a line break where no text needs one is a wire error naming the field (on the old
+    code each was decoded and kept as sent)."""
+    note = notification_serde.Notification("n-1", "cellex", datetime(2026, 1, 1, tzinfo=UTC), body)
+    wire = notification_serde.notification_to_proto(note)
+    with pytest.raises(serde.WireFormatError, match=what):
+        notification_serde.notification_from_proto(wire)
 
 
 @given(
