@@ -47,6 +47,10 @@ DEFAULT_OUTBOX_REFUSED_AFTER = 12
 DEFAULT_NEGOTIATIONS_PER_HOUR = 600
 #: new transfer processes one member may open with this node (as provider) in any hour
 DEFAULT_TRANSFERS_PER_HOUR = 3600
+#: quality cases one member may open with this node in any hour
+DEFAULT_CASES_PER_HOUR = 120
+#: bytes of quality case data (its openings and moves) this node keeps from one member
+DEFAULT_CASE_BYTES_PER_MEMBER = 256 * 2**20
 #: root-cause trace questions of one customer this node answers in an hour (10 at once)
 DEFAULT_TRACES_PER_HOUR = 120
 #: free disk a node keeps for its own records (`node.disk_room`)
@@ -151,6 +155,12 @@ class NodeSettings(BaseSettings):
     # new transfer processes (pulls, DSP transfers) one member may open with this node in
     # any hour, each a row and its message history; past it refused the same way
     transfers_per_member_hour: int = Field(default=DEFAULT_TRANSFERS_PER_HOUR, ge=1, le=1_000_000)
+    # quality cases (investigations, alerts; no agreement needed) one member may open
+    # with this node in any hour, and the bytes of case data (its openings and moves, all
+    # cases together) kept from it: past either an event is refused (RESOURCE_EXHAUSTED,
+    # nothing kept; the sender's outbox retries it)
+    cases_per_member_hour: int = Field(default=DEFAULT_CASES_PER_HOUR, ge=1, le=1_000_000)
+    case_bytes_per_member: int = Field(default=DEFAULT_CASE_BYTES_PER_MEMBER, ge=1, le=2**40)
     # root-cause trace questions one customer may have answered here in an hour (ten at
     # once): each costs our analysis and asks our producers, who ask theirs
     traces_per_member_hour: int = Field(default=DEFAULT_TRACES_PER_HOUR, ge=1, le=1_000_000)

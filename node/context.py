@@ -160,6 +160,8 @@ def build_context(settings: NodeSettings, key_files: KeyFiles = PLAIN) -> NodeCo
     )
     contracts.negotiations_per_hour = settings.negotiations_per_member_hour
     contracts.transfers_per_hour = settings.transfers_per_member_hour
+    contracts.cases_per_hour = settings.cases_per_member_hour
+    contracts.case_bytes_per_member = settings.case_bytes_per_member
     room = disk_room(store.engine, settings.min_free_disk_mib)
     contracts.received_room = room  # a managed host puts its tenant's quotas here instead
     return NodeContext(

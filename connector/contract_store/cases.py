@@ -20,22 +20,33 @@ Invariants:
   compared and set; the loser gets `ConcurrentUpdateError`).
 - a case id is used once here, whoever opened it (the operator names a case by its id),
   so a member cannot shadow another's case by opening one under the same id;
-- a peer may have opened at most `MAX_RECEIVED_PER_SENDER` cases here; the events of
-  one case are bounded by the state machine itself (seven steps and one per action).
+- every event kept is dated no earlier than the events it follows
+  (`investigation.check_order`), so a log never shows a move before what it answers;
+- a peer keeps at most what its `CaseBudget` allows, checked in the transaction that
+  would store more, so a refused event leaves nothing behind: at most
+  `MAX_RECEIVED_PER_SENDER` cases opened here, at most ``per_hour`` of them opened within
+  an hour (counted by our clock, on an index), and at most ``max_bytes`` of case data
+  from it, a running total per author (`contract_quality_case_usage`) of what each kept
+  event costs (`kept_bytes`), updated in the same transaction. The events of one case
+  are few (the state machine allows each party three or four steps and one per action
+  it owns: at most 53 each), but each may be large (an opening ~240 KB, a note 16 KB),
+  so bytes, not counts, bound what a member makes this node keep.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import date, datetime
+from datetime import date, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import (
+    BigInteger,
     Column,
     Connection,
     Date,
     Engine,
+    Index,
     Integer,
     LargeBinary,
     String,
@@ -44,6 +55,7 @@ from sqlalchemy import (
     UniqueConstraint,
     func,
     select,
+    text,
     update,
 )
 from sqlmodel.sql.sqltypes import UTCDateTime
@@ -71,11 +83,21 @@ from qdspace.connector.investigation import (
     QualityCase,
     Severity,
     apply,
+    check_order,
     fold,
     overdue,
     overdue_from,
 )
 from qdspace.connector.investigation_wire import SignedEvent, event_from_bytes
+
+#: what a kept event costs beyond its signed bytes and signature: its row's keys (a case
+#: id alone may take 512 bytes in UTF-8), index entries, row headers (`kept_bytes`)
+ROW_OVERHEAD = 1024
+#: the window of `CaseBudget.per_hour`
+RATE_WINDOW = timedelta(hours=1)
+#: the openings, as the partial index over them and the count that reads it both say
+#: (a literal, not a bound value, so that PostgreSQL's generic plans match the index)
+_OPENINGS = text("step = 'OPEN'")
 
 case_table = Table(
     "contract_quality_case",
@@ -109,7 +131,51 @@ case_event_table = Table(
     Column("data", LargeBinary, nullable=False),
     Column("signature", LargeBinary, nullable=False),
     Column("kept_at", UTCDateTime(), nullable=False),
+    # the cases a member opened here lately, counted by our clock (revision 0028)
+    Index(
+        "ix_contract_quality_case_event_opened",
+        "author_id",
+        "kept_at",
+        sqlite_where=_OPENINGS,
+        postgresql_where=_OPENINGS,
+    ),
 )
+#: the bytes of case data kept here from each member (`kept_bytes` of the events it
+#: authored), a running total kept in the transaction of each append (revision 0028)
+case_usage_table = Table(
+    "contract_quality_case_usage",
+    CONTRACT_METADATA,
+    Column("member_id", String(ID_LENGTH), primary_key=True),
+    Column("kept_bytes", BigInteger, nullable=False),
+)
+
+
+def kept_bytes(data_size: int, signature_size: int, subject: str | None = None) -> int:
+    """What keeping one event costs, in bytes: its canonical JSON and signature and
+    `ROW_OVERHEAD`, and for an opening (`subject` given) also the case row, which repeats
+    the subject."""
+    size = data_size + signature_size + ROW_OVERHEAD
+    if subject is not None:
+        size += len(subject.encode()) + ROW_OVERHEAD
+    return size
+
+
+def event_cost(signed: SignedEvent) -> int:
+    """`kept_bytes` of a signed event."""
+    event = signed.event
+    subject = event.terms.subject if event.terms is not None else None
+    return kept_bytes(len(event.canonical_bytes()), len(signed.signature), subject)
+
+
+@dataclass(frozen=True)
+class CaseBudget:
+    """What one peer may make this node keep of quality cases (the node's settings
+    ``case_bytes_per_member`` and ``cases_per_member_hour``): bytes of the events it
+    authored, all cases together, and cases opened within any hour."""
+
+    member_id: str
+    max_bytes: int
+    per_hour: int
 
 
 @dataclass(frozen=True)
@@ -175,19 +241,22 @@ class CaseStore(TableStore):
         events: Sequence[SignedEvent],
         outbox: Sequence[OutboxMessage],
         at: datetime,
-        quota_for: str | None = None,
+        budget: CaseBudget | None = None,
     ) -> bool:
-        """Apply `events` (one case's, in order) and queue `outbox` in one commit.
+        """Apply `events` (one case's, in order) and queue `outbox` in one commit; `at`:
+        this node's clock.
 
         False when every event was held already (a replay: nothing changes, nothing is
-        queued). `quota_for`: the peer whose new case counts against its quota."""
+        queued). `budget`: the peer whose events these are (and whose new case it may
+        be), held to it (`NotificationQuotaError`, nothing kept); None for our own."""
         first = events[0].event
         key = (first.opener_id, first.case_id)
         with saving(self.engine, f"case {first.case_id}") as connection:
             log = self._log_in(connection, *key)
             held = {(s.event.author_id, s.event.seq): s for s in log}
             case = fold(s.event for s in log) if log else None
-            count, new = len(log), []
+            count = len(log)
+            new: list[SignedEvent] = []
             for signed in events:
                 event = signed.event
                 if (event.opener_id, event.case_id) != key:
@@ -200,18 +269,22 @@ class CaseStore(TableStore):
                         )
                     continue
                 case = apply(case, event)
+                check_order([s.event for s in (*log, *new)], event)
                 new.append(signed)
             if not new:
                 return False
             assert case is not None
             if count == 0:
-                self._check_new(connection, first.case_id, quota_for)
+                self._check_new(connection, first.case_id, budget, at)
+            self._charge(connection, new, budget)
             self._insert_events(connection, new, count, at)
             self._save_case(connection, case, count, count + len(new))
             self._outbox.enqueue_in(connection, outbox, at)
         return True
 
-    def _check_new(self, connection: Connection, case_id: str, quota_for: str | None) -> None:
+    def _check_new(
+        self, connection: Connection, case_id: str, budget: CaseBudget | None, at: datetime
+    ) -> None:
         """A new case's id is free here (whoever opened it: the operator finds cases by id
         alone), and its opener has room."""
         taken = connection.execute(
@@ -219,10 +292,11 @@ class CaseStore(TableStore):
         ).scalar_one()
         if taken:
             raise CaseReplayError(f"case id {case_id} is already in use here")
-        if quota_for is not None:
-            self._check_quota(connection, quota_for)
+        if budget is not None:
+            self._check_quota(connection, budget, at)
 
-    def _check_quota(self, connection: Connection, opener_id: str) -> None:
+    def _check_quota(self, connection: Connection, budget: CaseBudget, at: datetime) -> None:
+        opener_id = budget.member_id
         held = connection.execute(
             select(func.count()).where(case_table.c.opener_id == opener_id)
         ).scalar_one()
@@ -231,6 +305,57 @@ class CaseStore(TableStore):
                 f"{opener_id} already has {held} quality cases here "
                 f"(limit {MAX_RECEIVED_PER_SENDER})"
             )
+        t = case_event_table
+        lately = connection.execute(
+            select(func.count()).where(
+                t.c.author_id == opener_id, _OPENINGS, t.c.kept_at > at - RATE_WINDOW
+            )
+        ).scalar_one()
+        if lately >= budget.per_hour:
+            raise NotificationQuotaError(
+                f"member {opener_id} opened {lately} quality cases here within the hour, as "
+                f"many as this node takes from one member (cases_per_member_hour "
+                f"{budget.per_hour}): open it again once the hour's first has aged out"
+            )
+
+    def _charge(
+        self, connection: Connection, new: list[SignedEvent], budget: CaseBudget | None
+    ) -> None:
+        """Add what `new` costs to its authors' running totals; refuse the budget's
+        member one that would take it past ``max_bytes`` (a conditional UPDATE, so two
+        appends racing cannot both pass)."""
+        costs: dict[str, int] = {}
+        for signed in new:
+            author = signed.event.author_id
+            costs[author] = costs.get(author, 0) + event_cost(signed)
+        t = case_usage_table
+        for author, cost in costs.items():
+            connection.execute(
+                self._upsert(t).values(member_id=author, kept_bytes=0).on_conflict_do_nothing()
+            )
+            statement = update(t).where(t.c.member_id == author)
+            if budget is None or author != budget.member_id:
+                connection.execute(statement.values(kept_bytes=t.c.kept_bytes + cost))
+                continue
+            room = statement.where(t.c.kept_bytes + cost <= budget.max_bytes)
+            if connection.execute(room.values(kept_bytes=t.c.kept_bytes + cost)).rowcount != 1:
+                held = connection.execute(
+                    select(t.c.kept_bytes).where(t.c.member_id == author)
+                ).scalar_one()
+                raise NotificationQuotaError(
+                    f"member {author} has {held} bytes of quality cases kept here; this "
+                    f"takes {cost} more, past what this node keeps from one member "
+                    f"(case_bytes_per_member {budget.max_bytes})"
+                )
+
+    def kept_bytes_of(self, member_id: str) -> int:
+        """The bytes of case data kept here from `member_id` (`kept_bytes` of its events)."""
+        t = case_usage_table
+        with self.engine.connect() as connection:
+            held = connection.execute(
+                select(t.c.kept_bytes).where(t.c.member_id == member_id)
+            ).scalar_one_or_none()
+        return int(held or 0)
 
     def _insert_events(
         self, connection: Connection, new: list[SignedEvent], count: int, at: datetime

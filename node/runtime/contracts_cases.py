@@ -6,8 +6,15 @@ for the other party in the same commit (`CaseStore.append`), so it is
 delivered through the outbox with retries. A peer's event arrives as a notification:
 it is verified with the peer's key before it is parsed, must be authored by the peer
 that sent it, must belong to a case between the peer and us (an unknown case and
-somebody else's get the same answer, so a non-party learns nothing), and must be the
-author's next legal move. The same event again is acknowledged and changes nothing.
+somebody else's get the same answer, so a non-party learns nothing), must be the
+author's next legal move, dated no further ahead of our clock than clocks drift and not
+before the event it follows (`investigation.check_order`); our own moves are dated
+``max(now, that event)``. The same event again is acknowledged and changes nothing.
+
+A case needs no agreement, so what a peer makes us keep of cases has bounds of its own
+(`CaseBudget`, refused with RESOURCE_EXHAUSTED and nothing kept): at most
+``cases_per_member_hour`` cases opened within any hour and ``case_bytes_per_member``
+bytes of the events it authored, all its cases together.
 
 The receiver's node answers an arriving case by itself with RECEIVE, so both logs, and
 both states, agree once delivery is done. A closed case is anchored on the ledger (when
@@ -18,18 +25,24 @@ from __future__ import annotations
 
 import logging
 import uuid
+from collections.abc import Iterable
+from dataclasses import replace
+from datetime import datetime
 
 from nacl.signing import VerifyKey
 
 from qdspace.connector.contract_errors import CaseDenied, CaseReplayError, UnknownCaseError
 from qdspace.connector.contract_store import CaseLog, OutboxMessage
+from qdspace.connector.contract_store.cases import CaseBudget
 from qdspace.connector.investigation import (
+    CaseEvent,
     CaseState,
     CaseTerms,
     Step,
     apply,
     closure_record,
     next_event,
+    not_before,
     opening,
 )
 from qdspace.connector.investigation_wire import (
@@ -38,10 +51,12 @@ from qdspace.connector.investigation_wire import (
     open_signed_event,
     sign_event,
 )
+from qdspace.connector.peer_time import check_sent_at
+from qdspace.node.config import DEFAULT_CASE_BYTES_PER_MEMBER, DEFAULT_CASES_PER_HOUR
 from qdspace.node.identity.certs import MemberIdentity
 from qdspace.node.member_ids import peer_name
 from qdspace.node.rpc.contracts_notification_serde import Notification
-from qdspace.node.runtime.contracts_notices import ContractNotices
+from qdspace.node.runtime.contracts_notices import ContractNotices, bounded_id
 
 logger = logging.getLogger("node.contracts")
 
@@ -52,9 +67,26 @@ CASE_KIND = "quality_case"
 class QualityCases(ContractNotices):
     """Open cases, make our moves, take the peer's (a mixin of `ContractRuntime`)."""
 
+    #: cases one member may open here within any hour (setting ``cases_per_member_hour``)
+    cases_per_hour: int = DEFAULT_CASES_PER_HOUR
+    #: bytes of case data kept here from one member (setting ``case_bytes_per_member``)
+    case_bytes_per_member: int = DEFAULT_CASE_BYTES_PER_MEMBER
+
+    def _dated(self, log: Iterable[CaseEvent], step: Step) -> datetime:
+        """When our next `step` is made: now, or the event it follows if the peer's clock
+        ran ahead of ours (within the skew we accept), so that the peer takes it too."""
+        now = self.clock.now()
+        after = not_before(log, self.me.member_id, step)
+        return now if after is None else max(now, after)
+
     def _case_note(self, signed: SignedEvent, other_id: str) -> OutboxMessage:
+        """The outbox entry of our event, one process per case: the outbox delivers a
+        case's events in the order they were made, so a SEND never overtakes its OPEN
+        while the peer holds that back (its hourly cap: RESOURCE_EXHAUSTED, retried) and
+        is refused as an event of a case it does not know."""
         event = signed.event
-        return self.notification(other_id, signed, f"case:{event.event_id}")
+        note = self.notification(other_id, signed, f"case:{event.event_id}")
+        return replace(note, process_id=bounded_id(f"case:{event.opener_id}/{event.case_id}"))
 
     def open_case(self, terms: CaseTerms) -> CaseLog:
         """Open a case with `terms.receiver_id` and send it (OPEN and SEND)."""
@@ -74,10 +106,11 @@ class QualityCases(ContractNotices):
         case, me = log.case, self.me.member_id
         if step in (Step.OPEN, Step.SEND, Step.RECEIVE):
             raise CaseDenied(f"{step.value} is made by the node itself, not asked for")
-        event = next_event(case, me, step, self.clock.now(), action_id, note)
+        at = self._dated((s.event for s in log.events), step)
+        event = next_event(case, me, step, at, action_id, note)
         signed = sign_event(event, self.signing_key)
         other = case.receiver_id if me == case.opener_id else case.opener_id
-        self.store.cases.append([signed], [self._case_note(signed, other)], event.at)
+        self.store.cases.append([signed], [self._case_note(signed, other)], self.clock.now())
         after = self.store.cases.case_log(case.opener_id, case_id)
         self._anchor_if_closed(after)
         return after
@@ -137,16 +170,18 @@ class QualityCases(ContractNotices):
 
     def _take(self, peer: MemberIdentity, signed: SignedEvent, log: CaseLog | None) -> bool:
         event, me = signed.event, self.me.member_id
+        now = self.clock.now()
+        check_sent_at(event.at, now, f"quality case event {event.event_id}")
         after = apply(None if log is None else log.case, event)
         events, outbox = [signed], []
         if after.state is CaseState.SENT and after.receiver_id == me:
-            received = sign_event(
-                next_event(after, me, Step.RECEIVE, self.clock.now()), self.signing_key
-            )
+            held = () if log is None else tuple(s.event for s in log.events)
+            at = self._dated((*held, event), Step.RECEIVE)
+            received = sign_event(next_event(after, me, Step.RECEIVE, at), self.signing_key)
             events.append(received)
             outbox.append(self._case_note(received, peer.member_id))
-        quota = peer.member_id if log is None else None
-        first = self.store.cases.append(events, outbox, self.clock.now(), quota)
+        budget = CaseBudget(peer.member_id, self.case_bytes_per_member, self.cases_per_hour)
+        first = self.store.cases.append(events, outbox, now, budget)
         if first:
             logger.info("quality case %s: %s by %s", event.case_id, event.step.value, peer.name)
             self._anchor_if_closed(self.store.cases.case_log(event.opener_id, event.case_id))
