@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 
 from qdspace.policies.errors import PolicyError
@@ -27,6 +27,10 @@ RECEIPT_CONTENT = (
     "order_id",
 )
 _SHA256_HEX = re.compile(r"[0-9a-f]{64}")
+#: the latest instant a deadline names: one that would lie past the year 9999 (a close
+#: time near its end, or thousands of years' retention) is this, "never" in practice,
+#: instead of an OverflowError in whoever asks for it
+LATEST_DEADLINE = datetime.max.replace(tzinfo=UTC)
 
 
 class ReceiptMismatchError(PolicyError, ValueError):
@@ -39,12 +43,21 @@ def retention_days(policy: Policy) -> int | None:
     return min(days) if days else None
 
 
+def deadline_after(closed_at: datetime, days: int) -> datetime:
+    """`closed_at` + `days` (a retention: not negative), or `LATEST_DEADLINE` where
+    that is past the year 9999."""
+    try:
+        return closed_at + timedelta(days=days)
+    except OverflowError:
+        return LATEST_DEADLINE
+
+
 def retention_deadline(policy: Policy, order_closed_at: datetime | None) -> datetime | None:
     """When the data must be gone: order close + retention; None while the order is open."""
     days = retention_days(policy)
     if days is None or order_closed_at is None:
         return None
-    return order_closed_at + timedelta(days=days)
+    return deadline_after(order_closed_at, days)
 
 
 def is_expired(policy: Policy, order_closed_at: datetime | None, now: datetime) -> bool:
@@ -92,7 +105,7 @@ class DeletionDuty:
     def deadline(self) -> datetime | None:
         if self.order_closed_at is None:
             return None
-        return self.order_closed_at + timedelta(days=self.retention_days)
+        return deadline_after(self.order_closed_at, self.retention_days)
 
 
 def deletion_duty(

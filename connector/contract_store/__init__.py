@@ -395,9 +395,14 @@ class ContractStore:
     # ------------------------------------------------- closures and deletion
 
     def record_order_closed(
-        self, agreement_id: str, order_id: str, closed_at: datetime
+        self,
+        agreement_id: str,
+        order_id: str,
+        closed_at: datetime,
+        *,
+        now: datetime | None = None,
     ) -> OrderClosure:
-        return self._closures.record_order_closed(agreement_id, order_id, closed_at)
+        return self._closures.record_order_closed(agreement_id, order_id, closed_at, now=now)
 
     def close_order(self, provider_id: str, order_id: str, closed_at: datetime) -> list[str]:
         return self._closures.close_order(provider_id, order_id, closed_at)

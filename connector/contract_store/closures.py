@@ -20,6 +20,32 @@ audit trail go, its data key is destroyed (see `data_keys`), and the signed rece
 and the message carrying it are stored, in one transaction; a receipt that does not
 describe exactly what was deleted aborts it. A receipt is recorded only as the answer
 to a recorded duty, and only if its claims match it.
+
+Which closures bind the consumer (the rule a data-protection officer would expect): a
+deletion receipt states that data was deleted, so it is signed for what was held. An
+agreement that names its orders bounds its closures itself (one per order named, each
+outside refused), and each binds: at its deadline the consumer answers it, with a
+receipt of zero rows if it never received any, so that the provider sees the duty it
+expects answered. An agreement whose order scope is open (it names no order, or every
+order but some: `open_order_scope`; a negotiation narrows the scope to the consumer's
+orders, an agreement made otherwise may not) would let the provider "close" any order
+id it invents, and have the consumer sign, anchor and send a receipt for each (300 invented
+closures were 300 receipts for orders never held). Under such an agreement a closure
+binds only while something of its order is held here (its data key is live): the
+closure is kept (data of the order received after it, before its deadline, is still
+deleted on time), but one that reaches its deadline with nothing held lapses without
+a receipt, an anchor or a message, in the sweep and in a purge alike. Those kept with
+nothing held are at most `MAX_UNHELD_CLOSURES` per agreement at a time (a closure a
+peer reports beyond that is refused, `NotificationQuotaError`), and lapsed ones are
+dropped as new ones arrive, so an invented closure costs one bounded row, for a
+while, and nothing signed. (The provider, not knowing what the consumer held, sees
+such a duty of an order the consumer never received go unanswered.)
+
+A closure dates a deadline, so the consumer's runtime checks the provider's date
+before it is recorded (`node.runtime.contracts_notices`); the provider dates each
+consumer's closure no earlier than the latest of that consumer's agreements concerned
+was signed (`close_order`): an order closed before an agreement was made starts that
+agreement's retention at its signing, the agreed retention is never cut short.
 """
 
 from __future__ import annotations
@@ -27,12 +53,32 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
-from sqlalchemy import Column, Engine, String, Table, false, func, select
+from sqlalchemy import (
+    Column,
+    ColumnElement,
+    Connection,
+    Engine,
+    Row,
+    String,
+    Table,
+    and_,
+    delete,
+    false,
+    func,
+    literal,
+    or_,
+    select,
+)
 from sqlmodel.sql.sqltypes import UTCDateTime
 
 from qdspace.connector.agreement import SignedReceipt
-from qdspace.connector.contract_errors import ContractDenied, ContractStoreError
+from qdspace.connector.contract_errors import (
+    ContractDenied,
+    ContractStoreError,
+    NotificationQuotaError,
+)
 from qdspace.connector.contract_store.agreements import AgreementStore, held_as
 from qdspace.connector.contract_store.common import (
     CONTRACT_METADATA,
@@ -47,6 +93,7 @@ from qdspace.connector.contract_store.received import Deletion, ReceivedStore, r
 from qdspace.connector.negotiation import Role
 from qdspace.connector.purge import Holding
 from qdspace.policies.evaluate import order_in_scope
+from qdspace.policies.model import Policy
 from qdspace.policies.retention import (
     check_receipt_claims,
     deletion_duty,
@@ -60,6 +107,34 @@ closure_table = Table(
     Column("closed_at", UTCDateTime(), nullable=False),
     Column("deadline", UTCDateTime(), nullable=True, index=True),
 )
+#: How many closures of orders nothing is held of one agreement with an open order scope
+#: may have kept here at a time (see the module's docstring)
+MAX_UNHELD_CLOSURES = 10_000
+#: an order id no order has (ids are printable): a scope that admits it admits orders
+#: it does not name
+_UNNAMED_ORDER = "\x00"
+
+
+def open_order_scope(policy: Policy) -> bool:
+    """Whether an agreement's order scope admits orders it does not name (it names none,
+    or every order but some): under it a provider may close any order id at all."""
+    return order_in_scope(policy, _UNNAMED_ORDER)
+
+
+def held(agreement_id: ColumnElement[str], order_id: ColumnElement[str]) -> ColumnElement[bool]:
+    """An SQL condition: something of (agreement, order) is held here. Its data key is
+    live from the first row received (rows are stored encrypted under it) until the
+    deletion that erases them destroys it (`data_keys`)."""
+    keys = data_key_table.c
+    return (
+        select(keys.agreement_id)
+        .where(
+            keys.agreement_id == agreement_id,
+            keys.order_id == order_id,
+            keys.wrapped_key.is_not(None),
+        )
+        .exists()
+    )
 
 
 class _AnsweredMeanwhile(Exception):
@@ -92,13 +167,25 @@ class ClosureStore(TableStore):
         self._outbox = outbox
 
     def record_order_closed(
-        self, agreement_id: str, order_id: str, closed_at: datetime
+        self,
+        agreement_id: str,
+        order_id: str,
+        closed_at: datetime,
+        *,
+        now: datetime | None = None,
     ) -> OrderClosure:
-        """Record that the provider closed `order_id` (idempotent: the first time stands)."""
+        """Record that the provider closed `order_id` (idempotent: the first time stands).
+
+        ``now`` marks a closure a peer reported (the consumer's side): under an agreement
+        with an open order scope, one of an order nothing is held of is kept only within
+        `MAX_UNHELD_CLOSURES` (those lapsed by ``now`` are dropped first), else refused."""
         with self.engine.begin() as connection:
             stored = self._agreements.agreement_in(connection, agreement_id)
-            duty = deletion_duty(stored.signed.agreement.policy, closed_at, order_id)
+            policy = stored.signed.agreement.policy
+            duty = deletion_duty(policy, closed_at, order_id)
             deadline = None if duty is None else duty.deadline
+            if now is not None and open_order_scope(policy):
+                self._make_room(connection, agreement_id, order_id, now)
             statement = self._upsert(closure_table).on_conflict_do_nothing(
                 index_elements=["agreement_id", "order_id"]
             )
@@ -114,17 +201,62 @@ class ClosureStore(TableStore):
         assert closure is not None
         return closure
 
+    def _make_room(
+        self, connection: Connection, agreement_id: str, order_id: str, now: datetime
+    ) -> None:
+        """Refuse a new closure of an order nothing is held of under `agreement_id` when
+        `MAX_UNHELD_CLOSURES` such are kept; those lapsed (past their deadline, or with
+        no duty at all, and unanswered) go first: they bind nothing any more."""
+        c = closure_table.c
+        mine = c.agreement_id == agreement_id
+        this = and_(mine, c.order_id == order_id)
+        if connection.execute(select(func.count()).where(this)).scalar_one():
+            return  # recorded before: a repeat takes no room
+        if connection.execute(select(held(literal(agreement_id), literal(order_id)))).scalar():
+            return  # something of the order is held: the closure binds
+        unheld = and_(
+            mine, ~held(c.agreement_id, c.order_id), ~receipted(c.agreement_id, c.order_id)
+        )
+        lapsed = or_(c.deadline.is_(None), c.deadline <= now)
+        connection.execute(delete(closure_table).where(unheld, lapsed))
+        kept = connection.execute(select(func.count()).where(unheld)).scalar_one()
+        if kept >= MAX_UNHELD_CLOSURES:
+            raise NotificationQuotaError(
+                f"agreement {agreement_id} already has {kept} closures of orders nothing "
+                f"is held of kept here (limit {MAX_UNHELD_CLOSURES})"
+            )
+
+    def _binding(self, connection: Connection, rows: Sequence[Row[Any]]) -> list[Row[Any]]:
+        """The closures among `rows` (each with its ``held`` flag) that bind: something of
+        the order is held, or the agreement names its orders (the module's docstring)."""
+        scope_open: dict[str, bool] = {}
+        found = []
+        for row in rows:
+            if not row.held and row.agreement_id not in scope_open:
+                stored = self._agreements.agreement_in(connection, row.agreement_id)
+                scope_open[row.agreement_id] = open_order_scope(stored.signed.agreement.policy)
+            if row.held or not scope_open[row.agreement_id]:
+                found.append(row)
+        return found
+
     def close_order(self, provider_id: str, order_id: str, closed_at: datetime) -> list[str]:
         """Provider side: record the closure for every agreement it gave whose scope covers
-        the order; returns those agreement ids (their consumers must be told)."""
+        the order; returns those agreement ids (their consumers must be told).
+
+        Each consumer's closures are dated `closed_at`, or the signing of the latest of its
+        agreements concerned where that is later (one date, so one message tells it, and
+        within what it accepts: the module's docstring)."""
         concerned = [
-            stored.agreement_id
+            stored.signed.agreement
             for stored in self._agreements.concerning_order(provider_id, order_id)
             if order_in_scope(stored.signed.agreement.policy, order_id)
         ]
-        for agreement_id in concerned:
-            self.record_order_closed(agreement_id, order_id, closed_at)
-        return concerned
+        dated: dict[str, datetime] = {}
+        for terms in concerned:
+            dated[terms.consumer_id] = max(dated.get(terms.consumer_id, closed_at), terms.agreed_at)
+        for terms in concerned:
+            self.record_order_closed(terms.agreement_id, order_id, dated[terms.consumer_id])
+        return [terms.agreement_id for terms in concerned]
 
     def closure(self, agreement_id: str, order_id: str) -> OrderClosure | None:
         table = closure_table
@@ -158,10 +290,12 @@ class ClosureStore(TableStore):
         return {c.order_id: c.closed_at for c in self.closures(agreement_id)}
 
     def expired_closures(self, now: datetime) -> list[OrderClosure]:
-        """Consumer side: closures past their deadline that have no receipt yet."""
+        """Consumer side: closures past their deadline that have no receipt yet and bind
+        (a lapsed one, of an order nothing is held of under an agreement with an open
+        order scope, is left out: nothing to delete, no receipt to sign)."""
         table = closure_table
         statement = (
-            select(table)
+            select(table, held(table.c.agreement_id, table.c.order_id).label("held"))
             .where(
                 held_as(table.c.agreement_id, Role.CONSUMER),
                 table.c.deadline.is_not(None),
@@ -171,7 +305,7 @@ class ClosureStore(TableStore):
             .order_by(table.c.deadline, table.c.agreement_id, table.c.order_id)
         )
         with self.engine.connect() as connection:
-            rows = connection.execute(statement).all()
+            rows = self._binding(connection, connection.execute(statement).all())
         return [OrderClosure(r.agreement_id, r.order_id, r.closed_at, r.deadline) for r in rows]
 
     def shred(
@@ -269,12 +403,13 @@ class ClosureStore(TableStore):
                 )
             ):
                 facts.append(Holding(r[0], r[1], key_live=True))
-            for r in connection.execute(
-                select(closures.c.agreement_id, closures.c.order_id).where(
-                    held_as(closures.c.agreement_id, consumer)
-                )
-            ):
-                facts.append(Holding(r[0], r[1], closed=True))
+            closed = select(
+                closures.c.agreement_id,
+                closures.c.order_id,
+                held(closures.c.agreement_id, closures.c.order_id).label("held"),
+            ).where(held_as(closures.c.agreement_id, consumer))
+            for r in self._binding(connection, connection.execute(closed).all()):
+                facts.append(Holding(r.agreement_id, r.order_id, closed=True))
             # the duties answered, from the receipts' columns (none of them parsed)
             answered = select(receipt_table.c.agreement_id, receipt_table.c.order_id)
             for r in connection.execute(answered):

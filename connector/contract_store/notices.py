@@ -21,6 +21,7 @@ so two senders' ids never collide. Each sender may keep at most
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -115,6 +116,14 @@ def alert_of(row: Any) -> QualityAlert:
     )
 
 
+@dataclass(frozen=True)
+class ReceivedAlert:
+    """An SPC alert a peer sent us, with the member that sent it (its TLS identity)."""
+
+    sender_id: str
+    alert: QualityAlert
+
+
 class NoticeStore(TableStore):
     """Keep the alerts and investigations peers send, once each, within a bound."""
 
@@ -171,6 +180,14 @@ class NoticeStore(TableStore):
         keep 10,000 here (`MAX_RECEIVED_PER_SENDER`) and a page that shows the newest
         few reads those only (the newest 20 and `count_received_alerts`: reading all
         10,000 of one peer took ~0.5 s)."""
+        found = self.received_alerts_with_senders(sender_id, limit=limit, newest_first=newest_first)
+        return [r.alert for r in found]
+
+    def received_alerts_with_senders(
+        self, sender_id: str | None = None, *, limit: int | None = None, newest_first: bool = False
+    ) -> list[ReceivedAlert]:
+        """`received_alerts`, each with the member that sent it: what an operator is shown
+        (an alert says whose process drifted in whose eyes)."""
         table = alert_table
         statement = select(table)
         if sender_id is not None:
@@ -179,7 +196,7 @@ class NoticeStore(TableStore):
         statement = listing(statement, order, limit=limit, newest_first=newest_first)
         with self.engine.connect() as connection:
             rows = connection.execute(statement).all()
-        return [alert_of(row) for row in rows]
+        return [ReceivedAlert(row.sender_id, alert_of(row)) for row in rows]
 
     def count_received_alerts(self) -> int:
         """How many SPC alerts peers sent us are kept here."""

@@ -74,6 +74,7 @@ from qdspace.node.api.subscription_models import (
     SubscriptionEnded,
     SubscriptionPublic,
     alert_public,
+    received_alert_public,
     subscription_public,
 )
 from qdspace.node.errors import PeerError
@@ -434,12 +435,13 @@ def contracts_router() -> APIRouter:
         of this node's subscriptions as many)."""
         newest = limit is not None
         raised = rt.store.subscriptions.raised_alerts(limit=limit, newest_first=newest)
-        received = rt.store.notices.received_alerts(limit=limit, newest_first=newest)
+        notices = rt.store.notices
+        received = notices.received_alerts_with_senders(limit=limit, newest_first=newest)
         if newest:
             raised, received = raised[::-1], received[::-1]
         return AlertsPublic(
             raised=[alert_public(a) for a in raised],
-            received=[alert_public(a) for a in received],
+            received=[received_alert_public(r) for r in received],
             raised_total=rt.store.subscriptions.count_raised_alerts() if newest else len(raised),
             received_total=rt.store.notices.count_received_alerts() if newest else len(received),
         )

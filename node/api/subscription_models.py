@@ -12,9 +12,12 @@ from collections.abc import Sequence
 
 from pydantic import BaseModel, Field
 
+from qdspace.connector.contract_store.notices import ReceivedAlert
 from qdspace.connector.spc import QualityAlert
 from qdspace.node.api.contracts_models import MAX_BASELINE, Finite, api_time
 from qdspace.node.api.models import Id
+from qdspace.node.errors import NodeError
+from qdspace.node.member_ids import peer_name
 from qdspace.node.runtime.contract_ports import Subscription
 
 
@@ -28,6 +31,12 @@ class SubscribeBody(BaseModel):
 
 
 class AlertPublic(BaseModel):
+    """An SPC alert: raised here by one of this node's subscriptions (``sender_id`` and
+    ``sender`` empty), or sent by the member ``sender_id`` (named ``sender``), a consumer
+    of ours that saw our process drift in data it received under ``agreement_id``."""
+
+    sender_id: str = ""
+    sender: str = ""
     alert_id: str
     rule: str
     description: str
@@ -84,8 +93,11 @@ class AlertsPublic(BaseModel):
     received_total: int = 0
 
 
-def alert_public(a: QualityAlert) -> AlertPublic:
+def alert_public(a: QualityAlert, sender_id: str = "") -> AlertPublic:
+    """`a` as shown; `sender_id` the member that sent it ("" for one raised here)."""
     return AlertPublic(
+        sender_id=sender_id,
+        sender=_name(sender_id),
         alert_id=a.alert_id,
         rule=a.alert.rule,
         description=a.alert.description,
@@ -96,6 +108,21 @@ def alert_public(a: QualityAlert) -> AlertPublic:
         points=[p.value for p in a.alert.points],
         at=api_time(a.alert.at),
     )
+
+
+def received_alert_public(r: ReceivedAlert) -> AlertPublic:
+    """An alert a peer sent, with its sender."""
+    return alert_public(r.alert, r.sender_id)
+
+
+def _name(member_id: str) -> str:
+    """The member name in `member_id` ("" for none; the id itself if it is not one)."""
+    if not member_id:
+        return ""
+    try:
+        return peer_name(member_id)
+    except NodeError:
+        return member_id
 
 
 def subscription_public(

@@ -19,6 +19,7 @@ from qdspace.node.api.observe import readiness
 from qdspace.node.api.subscription_models import (
     AlertPublic,
     alert_public,
+    received_alert_public,
 )
 from qdspace.node.context import NodeContext
 from qdspace.node.disk_room import disk_line
@@ -135,9 +136,12 @@ def newest_alerts(ctx: NodeContext) -> tuple[list[AlertPublic], int]:
     if ctx.contracts is not None:
         store = ctx.contracts.store
         raised = store.subscriptions.raised_alerts(limit=SHOWN_ALERTS, newest_first=True)[::-1]
-        received = store.notices.received_alerts(limit=SHOWN_ALERTS, newest_first=True)[::-1]
+        received = store.notices.received_alerts_with_senders(
+            limit=SHOWN_ALERTS, newest_first=True
+        )[::-1]
         count = store.subscriptions.count_raised_alerts() + store.notices.count_received_alerts()
-    return [alert_public(a) for a in [*raised, *received][-SHOWN_ALERTS:]], count
+    shown = [alert_public(a) for a in raised] + [received_alert_public(r) for r in received]
+    return shown[-SHOWN_ALERTS:], count
 
 
 async def peer_check(ctx: NodeContext) -> Check:

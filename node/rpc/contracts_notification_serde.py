@@ -7,6 +7,12 @@ carries one of these bodies. The receipt is decoded as sent; its signature is ch
 whoever opens it (`connector.agreement.open_signed_receipt`); a quality case event
 arrives sealed (`SealedEvent`) and is opened by `connector.investigation.open_signed_event`.
 The basics come from `contracts_serde`.
+
+A notice's ids and codes must be printable and its texts printable but for line breaks
+(as a quality case's texts, `connector.investigation`): they are kept, shown to the
+operator and named in the log, and a carriage return, a terminal escape or another
+control character in them is no part of what they say (an alert's description with
+one forged lines in the receiving node's log).
 """
 
 from __future__ import annotations
@@ -67,6 +73,9 @@ def receipt_from_proto(message: notification_pb2.DeletionReceipt) -> SignedRecei
         receipt: DeletionReceipt = receipt_from_bytes(message.receipt_json)
     except ContractError as exc:
         raise WireFormatError(str(exc)) from None
+    for name in ("agreement_id", "consumer_id", "order_id"):
+        if not getattr(receipt, name).isprintable():
+            raise WireFormatError(f"receipt {name} has control characters")
     return SignedReceipt(receipt, message.signature)
 
 
@@ -99,8 +108,20 @@ NOTICE_CODE = 16  # an SPC rule's or an investigation status's name
 
 
 def _bounded(value: str, what: str, limit: int) -> str:
+    """An id or a code a peer sent: at most `limit` printable characters."""
     if len(value) > limit:
         raise WireFormatError(f"{what}: {len(value)} characters (at most {limit})")
+    if not value.isprintable():
+        raise WireFormatError(f"{what} has control characters")
+    return value
+
+
+def _text(value: str, what: str) -> str:
+    """A text a peer sent: at most `NOTICE_TEXT` characters, printable but for line breaks."""
+    if len(value) > NOTICE_TEXT:
+        raise WireFormatError(f"{what}: {len(value)} characters (at most {NOTICE_TEXT})")
+    if not value.replace("\n", " ").isprintable():
+        raise WireFormatError(f"{what} has control characters")
     return value
 
 
@@ -112,7 +133,7 @@ def _alert_from_proto(message: notification_pb2.QualityAlert) -> QualityAlert:
     for name in ("alert_id", "agreement_id", "order_id", "station", "characteristic"):
         _bounded(getattr(message, name), f"quality alert {name}", NOTICE_ID)
     _bounded(message.rule, "quality alert rule", NOTICE_CODE)
-    _bounded(message.description, "quality alert description", NOTICE_TEXT)
+    _text(message.description, "quality alert description")
     points = tuple(
         SpcPoint(p.index, p.value, datetime_from_us(p.at_unix_us)) for p in message.points
     )
@@ -187,13 +208,13 @@ def _body_from_proto(message: notification_pb2.NotificationMessage) -> Notificat
             return OrderClosed(
                 required(closed.order_id, "order_id"),
                 datetime_from_us(closed.closed_at_unix_us),
-                tuple(closed.agreement_ids),
+                tuple(required(a, "agreement_ids") for a in closed.agreement_ids),
             )
         case "agreement_terminated":
             ended = message.agreement_terminated
             return AgreementTermination(
                 required(ended.agreement_id, "agreement_id"),
-                _bounded(ended.reason, "termination reason", NOTICE_TEXT),
+                _text(ended.reason, "termination reason"),
                 datetime_from_us(ended.terminated_at_unix_us),
             )
         case "deletion_receipt":
@@ -206,7 +227,7 @@ def _body_from_proto(message: notification_pb2.NotificationMessage) -> Notificat
                 _bounded(getattr(opened, name), f"investigation {name}", NOTICE_ID)
             _bounded(opened.status, "investigation status", NOTICE_CODE)
             for name in ("subject", "description"):
-                _bounded(getattr(opened, name), f"investigation {name}", NOTICE_TEXT)
+                _text(getattr(opened, name), f"investigation {name}")
             return Investigation(
                 investigation_id=required(opened.investigation_id, "investigation_id"),
                 subject=opened.subject,

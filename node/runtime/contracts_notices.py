@@ -7,12 +7,31 @@ This room builds those outbox entries, acts on the ones peers send (each checked
 from a party to the agreement it names; a repeat is recognised and changes nothing), and
 holds the moves that cause them: closing an order, terminating an agreement, and the
 consumer's retention sweep that deletes what expired and signs the receipts.
+
+What a notice states is checked before anything is kept:
+
+- the time a peer gives an act under an agreement (an order's close, a termination, a
+  deletion) must lie between the agreement's signing and our clock plus the drift clocks
+  may have (`connector.peer_time`); outside it is refused (`MessageOutOfTime`). The time
+  decides: a close time starts the retention, so a closure dated 1970 made an agreed
+  retention zero (the sweep deleted at once) and one dated 9999 had no deadline a date
+  could hold; a receipt dated 1970 turned an overdue duty into one fulfilled on time.
+  A receipt is not held to its order's close: a consumer that deletes early (leaving
+  the data space) may date it before a closure it had not heard of;
+- a closure binds the consumer only as `connector.contract_store.closures` says (under
+  an agreement with an open order scope, only while something of the order is held);
+- an SPC alert must name an agreement we gave its sender (as a termination names one
+  between us): it says our process drifted, seen in data we gave, and it is shown to our
+  operator as that member's;
+- a peer's texts reach our log escaped (`%r`): a line break or a terminal escape in an
+  alert's description or an investigation's subject forged whole lines in it.
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
+from collections import Counter
 from datetime import UTC, datetime, timedelta
 
 from nacl.signing import VerifyKey
@@ -26,12 +45,14 @@ from qdspace.connector.agreement import (
 )
 from qdspace.connector.contract_errors import (
     ContractDenied,
+    MessageOutOfTime,
     UnauthorizedSenderError,
     UnknownContractError,
 )
 from qdspace.connector.contract_store import OutboxMessage, StoredAgreement
 from qdspace.connector.contract_store.common import ID_LENGTH
 from qdspace.connector.negotiation import Role
+from qdspace.connector.peer_time import check_sent_at
 from qdspace.connector.qdm import Order
 from qdspace.connector.retention_sweep import SweepReport, sweep
 from qdspace.connector.spc import Investigation, QualityAlert
@@ -93,21 +114,42 @@ class ContractNotices(ContractBase):
             return self._order_closed(peer, body)
         if isinstance(body, AgreementTermination):
             stored = self._agreement_between(peer, body.agreement_id)
+            self._within_agreement(body.terminated_at, stored, "the termination")
             first = stored.terminated_at is None
             self.store.terminate_agreement(body.agreement_id, body.reason, body.terminated_at)
             return first
         if isinstance(body, SignedReceipt):
             return self._receipt(peer, body)
         if isinstance(body, QualityAlert):
-            first = self.store.notices.record_alert(peer.member_id, body, self.clock.now())
-            if first:
-                logger.warning("quality alert from %s: %s", peer.name, body.alert.description)
-            return first
+            return self._alert(peer, body)
         assert isinstance(body, Investigation)
         first = self.store.notices.record_investigation(peer.member_id, body, self.clock.now())
         if first:
-            logger.warning("investigation from %s: %s", peer.name, body.subject[:200])
+            logger.warning("investigation from %s: %r", peer.name, body.subject[:200])
         return first
+
+    def _alert(self, peer: MemberIdentity, body: QualityAlert) -> bool:
+        """Keep an SPC alert a consumer sent about data we gave it under `body`'s agreement."""
+        stored = self._agreement_between(peer, body.agreement_id)
+        terms = stored.signed.agreement
+        if stored.role is not Role.PROVIDER or terms.consumer_id != peer.member_id:
+            raise ContractDenied(f"agreement {body.agreement_id} is not one we gave {peer.name}")
+        first = self.store.notices.record_alert(peer.member_id, body, self.clock.now())
+        if first:
+            logger.warning("quality alert from %s: %r", peer.name, body.alert.description)
+        return first
+
+    def _within_agreement(self, at: datetime, stored: StoredAgreement, what: str) -> None:
+        """Refuse a peer's `at` before the agreement was signed or ahead of our clock by
+        more than clocks drift (`connector.peer_time`)."""
+        agreement_id = stored.agreement_id
+        check_sent_at(at, self.clock.now(), f"{what} under agreement {agreement_id}")
+        signed = stored.signed.agreement.agreed_at
+        if at < signed:
+            raise MessageOutOfTime(
+                f"{what} under agreement {agreement_id} is dated {at.isoformat()}, before "
+                f"the agreement was signed ({signed.isoformat()})"
+            )
 
     def _agreement_between(self, peer: MemberIdentity, agreement_id: str) -> StoredAgreement:
         """An agreement `peer` is a party to; one answer for unknown and foreign ids."""
@@ -133,17 +175,23 @@ class ContractNotices(ContractBase):
                 raise ContractDenied(
                     f"order {body.order_id[:128]} is not in the scope of agreement {agreement_id}"
                 )
+            self._within_agreement(body.closed_at, stored, f"order {body.order_id}'s closure")
             first = first or self.store.closure(agreement_id, body.order_id) is None
-            self.store.record_order_closed(agreement_id, body.order_id, body.closed_at)
-            logger.info("order %s closed under agreement %s", body.order_id, agreement_id)
+            self.store.record_order_closed(
+                agreement_id, body.order_id, body.closed_at, now=self.clock.now()
+            )
+            logger.info("order %r closed under agreement %s", body.order_id, agreement_id)
         return first
 
     def _receipt(self, peer: MemberIdentity, body: SignedReceipt) -> bool:
         signed = open_signed_receipt(
             body.receipt.canonical_bytes(), body.signature, VerifyKey(peer.verify_key)
         )
-        if signed.receipt.consumer_id != peer.member_id:
-            raise ContractDenied(f"receipt {signed.receipt.receipt_id} is not from {peer.name}")
+        receipt = signed.receipt
+        if receipt.consumer_id != peer.member_id:
+            raise ContractDenied(f"receipt {receipt.receipt_id} is not from {peer.name}")
+        stored = self._agreement_between(peer, receipt.agreement_id)
+        self._within_agreement(receipt.deleted_at, stored, f"receipt {receipt.receipt_id}")
         if not self.store.record_receipt(signed):  # its duty holds one: nothing to anchor
             return False
         self.record("deletion_receipt", signed.receipt.receipt_id, signed.receipt.canonical_bytes())
@@ -170,17 +218,23 @@ class ContractNotices(ContractBase):
         if closed_at.tzinfo is None:
             closed_at = closed_at.replace(tzinfo=UTC)
         ids = self.store.close_order(self.me.member_id, order_id, closed_at)
-        by_consumer: dict[str, list[str]] = {}
+        # each consumer is told the date its closures were recorded with (the first one
+        # stands; one before an agreement's signing is moved to it: `close_order`)
+        by_consumer: dict[tuple[str, datetime], list[str]] = {}
         for agreement_id in ids:
             consumer = self.store.agreement(agreement_id).signed.agreement.consumer_id
-            by_consumer.setdefault(consumer, []).append(agreement_id)
+            closure = self.store.closure(agreement_id, order_id)
+            recorded = closed_at if closure is None else closure.closed_at
+            by_consumer.setdefault((consumer, recorded), []).append(agreement_id)
+        dates = Counter(consumer for consumer, _ in by_consumer)
         outbox = [
             self.notification(
                 consumer,
-                OrderClosed(order_id, closed_at, tuple(sorted(agreements))),
-                f"order-closed:{self.me.member_id}:{order_id}:{consumer}",
+                OrderClosed(order_id, recorded, tuple(sorted(agreements))),
+                f"order-closed:{self.me.member_id}:{order_id}:{consumer}"
+                + (f":{recorded.isoformat()}" if dates[consumer] > 1 else ""),
             )
-            for consumer, agreements in by_consumer.items()
+            for (consumer, recorded), agreements in by_consumer.items()
         ]
         self.store.enqueue(outbox, self.clock.now())
         return closed_at, ids
@@ -190,6 +244,9 @@ class ContractNotices(ContractBase):
         stored = self.store.agreement(agreement_id)
         terms = stored.signed.agreement
         now = self.clock.now()
+        # as the other party accepts it: printable but for line breaks (a tab an operator
+        # typed is a space)
+        reason = "".join(c if c == "\n" or c.isprintable() else " " for c in reason)
         ended = self.store.terminate_agreement(agreement_id, reason, now)
         other = terms.consumer_id if stored.role is Role.PROVIDER else terms.provider_id
         body = AgreementTermination(agreement_id, reason, ended.terminated_at or now)
