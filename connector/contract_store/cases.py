@@ -21,7 +21,7 @@ Invariants:
 - a case id is used once here, whoever opened it (the operator names a case by its id),
   so a member cannot shadow another's case by opening one under the same id;
 - every event kept is dated no earlier than the events it follows
-  (`investigation.check_order`), so a log never shows a move before what it answers;
+  (`investigation_time.check_order`), so a log never shows a move before what it answers;
 - a peer keeps at most what its `CaseBudget` allows, checked in the transaction that
   would store more, so a refused event leaves nothing behind: at most
   `MAX_RECEIVED_PER_SENDER` cases opened here, at most ``per_hour`` of them opened within
@@ -83,11 +83,11 @@ from qdspace.connector.investigation import (
     QualityCase,
     Severity,
     apply,
-    check_order,
     fold,
     overdue,
     overdue_from,
 )
+from qdspace.connector.investigation_time import check_order
 from qdspace.connector.investigation_wire import SignedEvent, event_from_bytes
 
 #: what a kept event costs beyond its signed bytes and signature: its row's keys (a case

@@ -42,9 +42,9 @@ from qdspace.connector.investigation import (
     apply,
     closure_record,
     next_event,
-    not_before,
     opening,
 )
+from qdspace.connector.investigation_time import not_before
 from qdspace.connector.investigation_wire import (
     SealedEvent,
     SignedEvent,
