@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import hashlib
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Generator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from functools import partial
@@ -321,7 +321,7 @@ def stream_batches(
     gate: ReleaseGate,
     *,
     batch_rows: int = DEFAULT_BATCH_ROWS,
-) -> Iterator[tuple[RowBatch, TransferProcess]]:
+) -> Generator[tuple[RowBatch, TransferProcess]]:
     """Provider side: the rows of the transfer's asset that may leave, after the
     process's position, in batches with the advanced process.
 

@@ -19,10 +19,11 @@ the provider's checkpoint so the consumer can check it (`verify_checkpoint`), an
 COMPLETED both final checkpoints must be equal. A resume (TransferStart with a
 checkpoint) continues the chain where it stopped, so no row is lost or
 duplicated: the consumer only accepts a start at exactly its own checkpoint
-(always a batch boundary: it commits whole batches), the provider only at or
-before its own (rewinding to what the consumer has and continuing the chain
-from the consumer's digest). The chain hashes whole batches, so a consumer cut off
-after the provider completed, resuming with another batch size, ends at another final
+(always a batch boundary: it commits whole batches), the provider only at its own
+or at an earlier one whose position it can vouch for (`check_rewind`: rewinding to
+what the consumer has and continuing the chain from the consumer's digest).
+The chain hashes whole batches, so a consumer cut off after the provider completed,
+resuming with another batch size, ends at another final
 checkpoint: until the consumer acknowledged the completion the provider rewinds a
 COMPLETED transfer too (`reread`) and completes the new chain under its own message id.
 
@@ -66,7 +67,14 @@ from qdspace.connector.transfer_messages import (
     TransferTermination,
     fingerprint,
 )
-from qdspace.connector.transfer_wire import Checkpoint, RowBatch, join_rows, parse_since
+from qdspace.connector.transfer_wire import (
+    Checkpoint,
+    RowBatch,
+    join_rows,
+    parse_since,
+    position_refusal,
+    view_cursor,
+)
 
 #: the messages one transfer process keeps: a resume or a re-read is one each, and a
 #: transfer cut off a few dozen times is already an unusual one
@@ -157,6 +165,42 @@ def _compare(process: TransferProcess, claimed: Checkpoint, what: str) -> None:
         )
 
 
+def check_rewind(process: TransferProcess, claimed: Checkpoint, what: str) -> None:
+    """Provider: refuse a consumer's claim to resume at a checkpoint before its own
+    unless the provider can vouch for what it can of it.
+
+    The provider keeps only its latest checkpoint, so of an earlier one it can check
+    the position, not the digest; an honest consumer is behind it by the batches that
+    were in flight (it commits whole batches after the provider saved them). The claim
+    must name a position (`position_refusal`), at or after the transfer's watermark and
+    strictly before the provider's own position (the rows the consumer holds were read
+    before the provider's last one); at offset 0 it is the genesis digest (no rows
+    held: nothing to vouch for but the start), at a later offset its position is past
+    the watermark (a row was read to release one). A forged digest then only spoils the
+    consumer's own chain; the rows streamed are the provider's rows after a position
+    it had reached, and its record stays its own until the stream passes that position
+    (`node.runtime.contracts_transfer`)."""
+    own = process.checkpoint
+    why = position_refusal(claimed.position)
+    if why is None:
+        at, since, mine = (
+            view_cursor(p) or 0 for p in (claimed.position, process.since, own.position)
+        )
+        if not (since <= at < mine or at == mine == since):  # a chain without positions
+            why = f"position {at} is not from {since} and before {mine}"
+        elif (
+            claimed.offset == 0 and claimed.digest != Checkpoint.genesis(process.transfer_id).digest
+        ):
+            why = "offset 0 with another digest than the transfer's genesis"
+        elif claimed.offset > 0 and at == since:
+            why = f"offset {claimed.offset} at the watermark, where no row was read"
+    if why is not None:
+        raise TransferCursorError(
+            f"transfer {process.transfer_id}: {what} at offset {claimed.offset} before the "
+            f"{process.role}'s {own.offset} refused: {why}"
+        )
+
+
 def verify_checkpoint(process: TransferProcess, claimed: Checkpoint) -> None:
     """Check a batch's checkpoint from the provider against the consumer's own."""
     _compare(process, claimed, "peer checkpoint")
@@ -170,6 +214,8 @@ def _start(process: TransferProcess, message: TransferStart) -> TransferProcess:
         )
     if process.role is Role.CONSUMER or claimed.offset >= process.offset:
         _compare(process, claimed, "start")
+    else:
+        check_rewind(process, claimed, "start")
     return replace(process, state=TransferState.STARTED, checkpoint=claimed)
 
 
@@ -288,6 +334,7 @@ def reread(process: TransferProcess, resume_from: Checkpoint) -> tuple[TransferP
     if resume_from.offset >= final.offset:
         _compare(replace(process, checkpoint=final), resume_from, "re-read")
         return base, False
+    check_rewind(replace(process, checkpoint=final), resume_from, "re-read")
     ack = _completion_base(process.transfer_id, Role.CONSUMER)
     acknowledged = any(seen_id == ack for seen_id, _ in process.seen)
     if acknowledged:

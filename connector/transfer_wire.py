@@ -271,6 +271,21 @@ def view_cursor(position: str) -> int | None:
     return value if value is not None and value <= MAX_VIEW_CURSOR else None
 
 
+#: the longest position a transfer's stored cursor holds (``cursor_position``, String(256))
+POSITION_LENGTH = 256
+
+
+def position_refusal(position: str) -> str | None:
+    """Why `position` is no checkpoint position (None when it is one): a view cursor
+    (`view_cursor`) no longer than the stored cursor takes (`POSITION_LENGTH`). Checked
+    where a peer's checkpoint is decoded and where a provider takes a resume, before
+    anything is stored: a longer one was written into the cursor column (refused after
+    it was stored on SQLite, a DataError on PostgreSQL)."""
+    if len(position) > POSITION_LENGTH or view_cursor(position) is None:
+        return f"position {position[:40]!r} is not a view cursor"
+    return None
+
+
 def parse_since(since: str) -> str:
     """A watermark as sent (``""``: a full pull); it is a view position (`view_cursor`)."""
     if view_cursor(since) is None:

@@ -213,7 +213,9 @@ class TransferServicer(transfer_pb2_grpc.TransferServicer):
             with _guard("Transfer/Pull"):
                 pull = pull_request_from_proto(request)
                 size = min(pull.max_batch_rows or DEFAULT_BATCH_ROWS, MAX_BATCH_ROWS)
-                batches = self._rt.pull(peer, pull, size)
+                # the gate is built again every RECHECK_S, as a live stream's is: a
+                # termination or a closed order ends the stream (PERMISSION_DENIED)
+                batches = self._rt.pull(peer, pull, size, recheck_s=RECHECK_S)
                 # Read and encode the next batch (in a worker thread) while this one is
                 # written: one batch ahead at most, so the provider's saved cursor runs at
                 # most two batches ahead of the consumer's (a resume rewinds to the latter).

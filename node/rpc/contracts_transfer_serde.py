@@ -24,7 +24,7 @@ from qdspace.connector.transfer_messages import (
     TransferSuspension,
     TransferTermination,
 )
-from qdspace.connector.transfer_wire import BatchRow, Checkpoint, RowBatch
+from qdspace.connector.transfer_wire import BatchRow, Checkpoint, RowBatch, position_refusal
 from qdspace.node.errors import WireFormatError
 from qdspace.node.rpc.contracts_serde import (
     datetime_from_us,
@@ -45,6 +45,10 @@ def checkpoint_to_proto(checkpoint: Checkpoint) -> transfer_pb2.Checkpoint:
 
 
 def checkpoint_from_proto(message: transfer_pb2.Checkpoint) -> Checkpoint:
+    """A checkpoint as sent; its position must be one (`position_refusal`), so a peer's
+    bad position is refused here and never reaches a stored cursor."""
+    if (why := position_refusal(message.position)) is not None:
+        raise WireFormatError(f"checkpoint: {why}")
     try:
         return Checkpoint(message.offset, message.digest, message.position)
     except ContractError as exc:

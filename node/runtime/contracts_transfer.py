@@ -3,7 +3,8 @@
 A transfer or a subscription is decided under a stored agreement this node gave the
 peer, and every row passes a `ReleaseGate` built now: the agreement's policy, the
 purpose and fields asked for, the orders still open and still the consumer's (read now,
-not when the agreement was signed). A pull resumes from the consumer's checkpoint and
+not when the agreement was signed), and built again every `PULL_RECHECK_S` while a
+pull is open. A pull resumes from the consumer's checkpoint and
 saves each step of the transfer process as its batches leave; a re-read of a finished
 transfer is sent again without changing anything. A live stream pages the released
 inspections after a position (`STREAM_PAGE` rows at a time).
@@ -12,8 +13,12 @@ inspections after a position (`STREAM_PAGE` rows at a time).
 from __future__ import annotations
 
 import logging
+import threading
+import time
 import uuid
+from collections import deque
 from collections.abc import Iterator
+from datetime import datetime
 
 from sqlalchemy import func, select
 
@@ -41,7 +46,7 @@ from qdspace.connector.transfer import (
 )
 from qdspace.connector.transfer import apply as apply_transfer
 from qdspace.connector.transfer_messages import TransferCompletion, TransferRequest, TransferStart
-from qdspace.connector.transfer_wire import BatchRow, RowBatch
+from qdspace.connector.transfer_wire import BatchRow, RowBatch, view_cursor
 from qdspace.node.identity.certs import MemberIdentity
 from qdspace.node.member_ids import peer_name
 from qdspace.node.rpc.contracts_transfer_serde import PullRequest
@@ -52,6 +57,54 @@ from qdspace.policies.model import Action
 logger = logging.getLogger("node.contracts")
 
 STREAM_PAGE = 500
+#: how often an open Pull builds its gate again (as a live stream does)
+PULL_RECHECK_S = 1.0
+
+_REREADS_LOCK = threading.Lock()
+
+
+def _rereads(runtime: object) -> dict[str, deque[datetime]]:
+    """The re-reads each member made of this runtime within the hour (`charge_reread`);
+    call with `_REREADS_LOCK` held."""
+    state: dict[str, deque[datetime]] = runtime.__dict__.setdefault("_rereads", {})
+    return state
+
+
+class ResentRows:
+    """What a pull sends again of what the provider had sent (`ProviderTransfers.pull`).
+
+    `restart`: the pull re-sends from the start (the consumer claims no row while the
+    provider sent some) or re-reads an acknowledged transfer: a re-read, counted at
+    once. Any other rewind is counted once it has re-sent more than `allowance` rows
+    (two batches: an honest consumer is behind by at most the batches in flight), so
+    a claimed offset that hides how far back its position lies is a re-read too.
+    `past`: the stream has passed the provider's own position (what it sends now is
+    new, so its record moves on)."""
+
+    def __init__(
+        self, own: TransferProcess, start: TransferProcess, save: bool, allowance: int
+    ) -> None:
+        mine = own.final if own.state is TransferState.COMPLETED and own.final else own.checkpoint
+        self.position = view_cursor(mine.position) or 0
+        behind = start.checkpoint.offset < mine.offset
+        self.restart = behind and (start.checkpoint.offset == 0 or not save)
+        self.counted = self.restart
+        self.past = not behind
+        self.rows = 0
+        self.allowance = allowance
+
+    def add(self, batch: RowBatch, after: TransferProcess) -> bool:
+        """Take one batch sent; True when the rewind becomes a re-read with it."""
+        if self.past:
+            return False
+        if (view_cursor(after.checkpoint.position) or 0) > self.position:
+            self.past = True  # (its rows are mostly new ones)
+            return False
+        self.rows += batch.count
+        if self.counted or self.rows <= self.allowance:
+            return False
+        self.counted = True
+        return True
 
 
 class ProviderTransfers(ContractBase):
@@ -152,13 +205,20 @@ class ProviderTransfers(ContractBase):
         return apply_transfer(process, start), True
 
     def within_transfer_quota(self, peer: MemberIdentity) -> None:
-        """Refuse `peer` a new transfer over ``transfers_per_hour`` opened within the
-        hour (`TransferQuotaError`, `over_quota`)."""
+        """Refuse `peer` a new transfer over ``transfers_per_hour`` opened or re-read
+        within the hour (`TransferQuotaError`, `over_quota`, `charge_reread`)."""
+        with _REREADS_LOCK:
+            times = _rereads(self).get(peer.member_id, ())
+            since = self.clock.now() - QUOTA_WINDOW
+            rereads = sum(1 for at in times if at > since)
+        self._within_transfer_quota(peer, rereads)
+
+    def _within_transfer_quota(self, peer: MemberIdentity, rereads: int) -> None:
         opened = self.store.transfers_opened_by(peer.member_id, self.clock.now() - QUOTA_WINDOW)
         why = over_quota(
             peer.member_id,
-            "transfers",
-            opened,
+            "transfers (re-reads counted)",
+            opened + rereads,
             "transfers_per_member_hour",
             self.transfers_per_hour,
         )
@@ -177,16 +237,32 @@ class ProviderTransfers(ContractBase):
         return process
 
     def pull(
-        self, peer: MemberIdentity, request: PullRequest, batch_rows: int
+        self,
+        peer: MemberIdentity,
+        request: PullRequest,
+        batch_rows: int,
+        recheck_s: float = PULL_RECHECK_S,
     ) -> Iterator[RowBatch]:
-        """Provider side of Pull: the batches after the consumer's checkpoint."""
-        process = self._peer_transfer(peer, request.transfer_id)
+        """Provider side of Pull: the batches after the consumer's checkpoint.
+
+        The gate is built again every `recheck_s` while the stream is open (as a live
+        stream's is): once the agreement is terminated or expired, the order closed or
+        no longer the consumer's, the next batch asked for raises `ContractDenied`, the
+        refusal a new Pull gets, and the transfer stays STARTED at the last batch sent.
+        What may still leave after such a change: the batches read within `recheck_s`
+        of the last check, plus the one a transport reads ahead of the consumer. A
+        slow consumer (the stream held open by flow control) gets no more than that
+        one batch, since its next read comes after `recheck_s` and is checked first.
+
+        A resume at an earlier checkpoint than the provider's (`check_rewind`) is not
+        stored until the stream passes the provider's own position: the provider's
+        record of what it sent is not replaced by the consumer's claim for the rows it
+        had sent already. A re-read (`charge_reread`) counts against the member's
+        transfer quota."""
+        own = process = self._peer_transfer(peer, request.transfer_id)
         save = True
         if process.state is TransferState.COMPLETED:  # see `connector.transfer.reread`
-            before = process
             process, save = reread(process, request.resume_from)
-            if save:
-                self.store.save_transfer(before, process)
         elif process.state not in (TransferState.STARTED, TransferState.SUSPENDED):
             raise ContractDenied(f"transfer {process.transfer_id} is {process.state}")
         elif request.resume_from != process.checkpoint or process.state is TransferState.SUSPENDED:
@@ -197,26 +273,68 @@ class ProviderTransfers(ContractBase):
                 request.resume_from,
                 self.clock.now(),
             )
-            before, process = process, apply_transfer(process, resume)
-            self.store.save_transfer(before, process)
+            process = apply_transfer(process, resume)
+        gate = self._pull_gate(peer, process)
+        resent = ResentRows(own, process, save, 2 * batch_rows)
+        if resent.restart:
+            self.charge_reread(peer)
+        saved, checked = own, time.monotonic()
+        batches = stream_batches(process, self.qdm, gate, batch_rows=batch_rows)
+        try:
+            while True:
+                if time.monotonic() - checked >= recheck_s:  # still allowed?
+                    batches.close()
+                    gate = self._pull_gate(peer, process)
+                    batches = stream_batches(process, self.qdm, gate, batch_rows=batch_rows)
+                    checked = time.monotonic()
+                step = next(batches, None)
+                if step is None:
+                    return
+                batch, after = step
+                if resent.add(batch, after):
+                    self.charge_reread(peer)
+                if batch.last and save:
+                    done = TransferCompletion(
+                        completion_id(after, Role.PROVIDER),
+                        process.transfer_id,
+                        self.me.member_id,
+                        after.checkpoint,
+                        self.clock.now(),
+                    )
+                    after = apply_transfer(after, done)
+                if save and (batch.last or resent.past):
+                    self.store.save_transfer(saved, after)
+                    saved = after
+                process = after
+                yield batch
+        finally:
+            batches.close()
+
+    def _pull_gate(self, peer: MemberIdentity, process: TransferProcess) -> ReleaseGate:
+        """The gate of a pull now (`gate`); one it does not allow is `ContractDenied`."""
         stored = self.provider_agreement(process.agreement_id, peer)
         gate = self.gate(stored, Action.READ, process.purpose, process.order_id, process.fields)
         if not gate.decision.allowed:
             raise ContractDenied(gate.decision.reason)
-        for batch, after in stream_batches(process, self.qdm, gate, batch_rows=batch_rows):
-            if batch.last and save:
-                done = TransferCompletion(
-                    completion_id(after, Role.PROVIDER),
-                    process.transfer_id,
-                    self.me.member_id,
-                    after.checkpoint,
-                    self.clock.now(),
-                )
-                after = apply_transfer(after, done)
-            if save:
-                self.store.save_transfer(process, after)
-            process = after
-            yield batch
+        return gate
+
+    def charge_reread(self, peer: MemberIdentity) -> None:
+        """Count one re-read by `peer` against ``transfers_per_member_hour`` (with the
+        transfers it opened), or refuse it (`TransferQuotaError`) when that is spent.
+
+        A re-read sends rows already sent again, as much work as a new transfer but
+        stored nowhere, so the quota on new transfers did not bound it: ten re-reads of
+        one acknowledged 20,000-row transfer made the provider read and encode 200,000
+        rows. A consumer that lost its copy still re-reads, within the quota. Counted
+        in this process (a restart forgets them), per member."""
+        now = self.clock.now()
+        with _REREADS_LOCK:
+            ledger = _rereads(self)
+            times = ledger.setdefault(peer.member_id, deque())
+            while times and times[0] <= now - QUOTA_WINDOW:
+                times.popleft()
+            self._within_transfer_quota(peer, len(times))
+            times.append(now)
 
     def transfer_message(self, peer: MemberIdentity, message: object) -> TransferProcess:
         """Apply a control message (completion ack, suspension, termination) of the consumer."""

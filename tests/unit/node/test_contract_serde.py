@@ -117,8 +117,10 @@ def signed_agreements(draw: st.DrawFn) -> SignedAgreement:
 
 
 signatures = st.binary(min_size=64, max_size=64)
+#: a checkpoint's position is a view cursor ("" or a row id: `position_refusal`)
+positions = st.one_of(st.just(""), st.integers(0, 2**63 - 1).map(str))
 checkpoints = st.builds(
-    Checkpoint, st.integers(0, 2**62), st.binary(min_size=32, max_size=32), texts
+    Checkpoint, st.integers(0, 2**62), st.binary(min_size=32, max_size=32), positions
 )
 
 
@@ -240,7 +242,7 @@ def sized_batches(draw: st.DrawFn) -> RowBatch:
     checkpoint = Checkpoint(
         draw(st.sampled_from([0, 1, 127, 128, 2**14, 2**62])),
         draw(st.binary(min_size=32, max_size=32)),
-        draw(st.text(max_size=200)),
+        draw(positions),
     )
     payload = b"\n".join([b"x" * line] * count)
     if count == 1 and not payload:

@@ -1,0 +1,377 @@
+"""The provider's guards on Pull, through the real runtime and `TransferServicer`, on
+SQLite and PostgreSQL (`db_backend`): a gate re-checked while a pull is open, resumes
+only at checkpoints the provider can vouch for, and re-reads within the transfer quota."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import AbstractContextManager, ExitStack
+from pathlib import Path
+
+import grpc
+import pytest
+from nacl.signing import SigningKey
+from sqlalchemy import text
+
+from qdspace.connector.agreement import ContractAgreement, countersign, sign_agreement
+from qdspace.connector.contract_errors import TransferCursorError, TransferQuotaError
+from qdspace.connector.contract_store import ContractStore
+from qdspace.connector.negotiation import Role
+from qdspace.connector.offer_choices import chosen_assets
+from qdspace.connector.storage import QualityStore, open_store
+from qdspace.connector.transfer import TransferProcess, TransferState, completion_id
+from qdspace.connector.transfer_messages import (
+    TransferCompletion,
+    TransferRequest,
+    TransferStart,
+)
+from qdspace.connector.transfer_wire import Checkpoint, RowBatch
+from qdspace.node.errors import WireFormatError
+from qdspace.node.identity.certs import MemberIdentity
+from qdspace.node.member_ids import member_id_for
+from qdspace.node.metrics import NodeMetrics
+from qdspace.node.rpc import auth, contracts_service
+from qdspace.node.rpc.contracts_service import TransferServicer
+from qdspace.node.rpc.contracts_transfer_serde import (
+    PullRequest,
+    pull_request_from_proto,
+    pull_request_to_proto,
+    transfer_message_from_proto,
+    transfer_message_to_proto,
+)
+from qdspace.node.runtime.contracts import ContractRuntime
+from qdspace.node.runtime.contracts_clock import ContractClock
+from qdspace.policies.model import to_agreement
+from qdspace.protocols.v1 import transfer_pb2
+
+ORDER = "PO-1"
+NOW = dt.datetime.now(dt.UTC)
+
+
+def _member(name: str, seed: bytes, role: str) -> tuple[SigningKey, MemberIdentity]:
+    key = SigningKey(seed * 32)
+    vk = bytes(key.verify_key)
+    until = dt.datetime(2100, 1, 1, tzinfo=dt.UTC)
+    return key, MemberIdentity(member_id_for(name, vk), name, role, vk, 1, until, name)
+
+
+class Provider:
+    """A provider runtime ("cellex") on a migrated QDM, a consumer ("sunarc") with an
+    agreement on its inspections of one order."""
+
+    def __init__(self, url: str, root: Path, rows: int) -> None:
+        self.qdm: QualityStore = open_store(url)
+        self.pkey, self.me = _member("cellex", b"p", "supplier")
+        self.ckey, self.consumer = _member("sunarc", b"c", "oem")
+        assets = {a.asset_id: a for a in chosen_assets(self.me.member_id, {})}
+        clock = ContractClock(root / "clock", control=False)
+        store = ContractStore(self.qdm.engine, bytes(32))
+        self.rt = ContractRuntime(
+            self.me, self.pkey, store, self.qdm.engine, clock, bytes(32), assets
+        )
+        order = {"customer": "sunarc", "supplier": "cellex", "product": "cell", "quantity": 10}
+        order |= {"order_id": ORDER, "status": "open", "opened_at": "2026-01-01T00:00:00Z"}
+        self.qdm.ingest_rows("order", enumerate([order], 1))
+        self.next = 0
+        self.add(rows)
+        self.agreement_id = self._agree()
+
+    def add(self, n: int) -> None:
+        rows = [
+            {
+                "inspection_id": f"INS-{self.next + i:06d}",
+                "station": "EL-1",
+                "inspected_at": (NOW - dt.timedelta(days=1, seconds=-i)).isoformat(),
+                "verdict": "pass",
+                "score": 0.5,
+                "model_version": "el-1",
+                "order_id": ORDER,
+                "batch_id": "CB-1",
+            }
+            for i in range(n)
+        ]
+        self.next += n
+        self.qdm.ingest_rows("inspection", enumerate(rows, 1))
+
+    def _agree(self) -> str:
+        agreement_id = f"agr-{uuid.uuid4().hex[:8]}"
+        policy = to_agreement(
+            self.rt.assets["inspections"].offer, agreement_id, self.consumer.member_id
+        )
+        t0 = NOW - dt.timedelta(days=2)
+        terms = ContractAgreement(
+            agreement_id, f"neg-{agreement_id}", self.me.member_id,
+            self.consumer.member_id, "inspections", policy, t0, t0,
+        )  # fmt: skip
+        signed = countersign(sign_agreement(terms, self.pkey), self.ckey, self.pkey.verify_key)
+        self.rt.store.save_agreement(signed, Role.PROVIDER)
+        return agreement_id
+
+    def open(self) -> TransferProcess:
+        tid = f"tx-{uuid.uuid4().hex[:8]}"
+        request = TransferRequest(
+            f"{tid}:req", tid, self.consumer.member_id, self.agreement_id, self.me.member_id,
+            dt.datetime.now(dt.UTC), "quality-assurance", ORDER, None, "",
+        )  # fmt: skip
+        return self.rt.transfer_message(self.consumer, request)
+
+    def pull(self, tid: str, resume: Checkpoint, batch_rows: int = 10) -> Iterator[RowBatch]:
+        return self.rt.pull(self.consumer, PullRequest(tid, resume, batch_rows), batch_rows)
+
+    def stored(self, tid: str) -> TransferProcess:
+        process = self.rt.store.find_transfer(tid)
+        assert process is not None
+        return process
+
+
+@pytest.fixture
+def provider_at(
+    db_backend: str,
+    tmp_path: Path,
+    fresh_pg_schema: Callable[[str], AbstractContextManager[tuple[str, str]]],
+) -> Iterator[Callable[[int], Provider]]:
+    with ExitStack() as stack:
+
+        def make(rows: int) -> Provider:
+            if db_backend == "sqlite":
+                url = f"sqlite:///{tmp_path / 'cellex.db'}"
+            else:
+                url, _ = stack.enter_context(fresh_pg_schema("pullguard"))
+            made = Provider(url, tmp_path, rows)
+            stack.callback(made.qdm.engine.dispose)
+            return made
+
+        yield make
+
+
+class _Aborted(Exception):
+    def __init__(self, code: grpc.StatusCode, reason: str) -> None:
+        super().__init__(reason)
+        self.code = code
+
+
+class _Context:
+    async def abort(self, code: grpc.StatusCode, reason: str) -> None:
+        raise _Aborted(code, reason)
+
+
+def _servicer_pull(p: Provider, tid: str, resume: Checkpoint) -> AsyncIterator[bytes]:
+    auth._CURRENT_PEER.set(auth.Peer(p.consumer, "ipv4:10.0.0.9:1"))
+    wire = pull_request_to_proto(PullRequest(tid, resume, 10)).SerializeToString()
+    request = transfer_pb2.PullRequest.FromString(wire)
+    return TransferServicer(p.rt, NodeMetrics()).Pull(request, _Context())  # type: ignore[arg-type]
+
+
+# ---------------------------------------------------------------- F1: the gate re-checked
+
+
+def test_an_open_pull_stops_releasing_once_the_agreement_is_terminated(
+    provider_at: Callable[[int], Provider], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A consumer reads one batch, the agreement is terminated, rows are ingested, and it
+    reads on slowly (one batch per re-check interval and more): the stream ends
+    PERMISSION_DENIED, as a new Pull would. What still leaves after the termination is
+    the bound of `ProviderTransfers.pull` for such a consumer: the batch the servicer had
+    read ahead and the one read within the interval after the last check, two batches,
+    never a row ingested after it; the stored transfer is not COMPLETED."""
+    monkeypatch.setattr(contracts_service, "RECHECK_S", 0.2)
+    p = provider_at(40)
+    process = p.open()
+
+    async def run() -> tuple[list[bytes], _Aborted | None]:
+        stream = _servicer_pull(p, process.transfer_id, process.checkpoint)
+        first = transfer_pb2.RowBatch.FromString(await anext(stream))
+        assert first.row_count == 10 and b"INS-000000" in first.payload
+        await asyncio.sleep(0.1)  # the read-ahead batch is read before the termination
+        p.rt.terminate(p.agreement_id, "breach")
+        p.add(30)  # ingested after it
+        after: list[bytes] = []
+        try:
+            async for wire in stream:
+                batch = transfer_pb2.RowBatch.FromString(wire)
+                after += batch.payload.split(b"\n") if batch.row_count else []
+                await asyncio.sleep(0.3)  # a slow consumer
+        except _Aborted as exc:
+            return after, exc
+        return after, None
+
+    after, refused = asyncio.run(run())
+    assert len(after) <= 20
+    later = [f"INS-{n:06d}".encode() for n in range(40, 70)]
+    assert not any(ins in row for row in after for ins in later)
+    assert refused is not None and refused.code is grpc.StatusCode.PERMISSION_DENIED
+    assert "terminated" in str(refused)
+    assert p.stored(process.transfer_id).state is TransferState.STARTED
+
+
+def test_a_pull_rechecking_every_batch_stops_at_the_next_batch(
+    provider_at: Callable[[int], Provider],
+) -> None:
+    p = provider_at(40)
+    process = p.open()
+    batches = p.rt.pull(
+        p.consumer, PullRequest(process.transfer_id, process.checkpoint, 10), 10, recheck_s=0
+    )
+    assert next(batches).count == 10
+    p.rt.terminate(p.agreement_id, "breach")
+    with pytest.raises(Exception, match="terminated"):
+        next(batches)
+    stored = p.stored(process.transfer_id)
+    assert stored.state is TransferState.STARTED and stored.offset == 10
+
+
+# ----------------------------------------------------- F2: resumes the provider vouches for
+
+
+def _first_batches(p: Provider, n: int) -> tuple[TransferProcess, Checkpoint]:
+    process = p.open()
+    batches = p.pull(process.transfer_id, process.checkpoint)
+    checkpoint = process.checkpoint
+    for _ in range(n):
+        checkpoint = next(batches).checkpoint
+    batches.close()
+    return p.stored(process.transfer_id), checkpoint
+
+
+def test_a_forged_resume_checkpoint_is_refused_and_not_recorded(
+    provider_at: Callable[[int], Provider],
+) -> None:
+    p = provider_at(40)
+    stored, _ = _first_batches(p, 3)
+    assert stored.offset == 30
+    forged = Checkpoint(0, b"\xee" * 32, str(2**63 - 1))
+    with pytest.raises(TransferCursorError):
+        list(p.pull(stored.transfer_id, forged))
+    forged_digest = Checkpoint(0, b"\xee" * 32, "")
+    with pytest.raises(TransferCursorError):
+        list(p.pull(stored.transfer_id, forged_digest))
+    assert p.stored(stored.transfer_id) == stored  # nothing the consumer said was kept
+
+
+def test_an_honest_resume_behind_the_provider_completes(
+    provider_at: Callable[[int], Provider],
+) -> None:
+    p = provider_at(40)
+    stored, consumer_at = _first_batches(p, 2)
+    list(p.pull(stored.transfer_id, stored.checkpoint))  # the provider ran ahead
+    assert p.stored(stored.transfer_id).state is TransferState.COMPLETED
+    rest = list(p.pull(stored.transfer_id, consumer_at))  # the consumer had only two
+    assert sum(b.count for b in rest) == 20
+    done = p.stored(stored.transfer_id)
+    assert done.state is TransferState.COMPLETED and done.final == rest[-1].checkpoint
+    assert done.final is not None and done.final.offset == 40
+
+
+def test_a_resume_before_the_provider_is_not_stored_until_it_passes_it(
+    provider_at: Callable[[int], Provider],
+) -> None:
+    p = provider_at(40)
+    stored, consumer_at = _first_batches(p, 1)
+    more = p.pull(stored.transfer_id, stored.checkpoint)
+    next(more), next(more)
+    more.close()
+    ahead = p.stored(stored.transfer_id)
+    assert ahead.offset == 30
+    resumed = p.pull(stored.transfer_id, consumer_at)
+    next(resumed)  # re-sends rows 10-20, which had left already
+    resumed.close()
+    assert p.stored(stored.transfer_id) == ahead  # the provider's own record is kept
+
+
+@pytest.mark.parametrize("position", ["x" * 300, "1" + "0" * 300, "12a"])
+def test_a_bad_position_is_refused_at_decode(position: str) -> None:
+    message = transfer_pb2.PullRequest(
+        transfer_id="tx-1",
+        resume_from=transfer_pb2.Checkpoint(offset=0, digest=b"\0" * 32, position=position),
+    )
+    with pytest.raises(WireFormatError, match="position"):
+        pull_request_from_proto(message)
+    start = TransferStart("m", "tx-1", "c", Checkpoint(0, b"\0" * 32), dt.datetime.now(dt.UTC))
+    wire = transfer_message_to_proto(start)
+    wire.start.checkpoint.position = position
+    with pytest.raises(WireFormatError, match="position"):
+        transfer_message_from_proto(wire)
+
+
+def test_a_long_position_never_reaches_the_stored_cursor(
+    provider_at: Callable[[int], Provider],
+) -> None:
+    """Past the decoder (a transport that skipped it): refused before it is stored, on
+    PostgreSQL too (no DataError), by Pull and by a TransferStart."""
+    p = provider_at(40)
+    stored, _ = _first_batches(p, 1)
+    long = Checkpoint(0, b"\0" * 32, "0" * 299 + "1")
+    with pytest.raises(TransferCursorError):
+        list(p.pull(stored.transfer_id, long))
+    start = TransferStart(
+        f"{stored.transfer_id}:c-x", stored.transfer_id, p.consumer.member_id, long,
+        dt.datetime.now(dt.UTC),
+    )  # fmt: skip
+    with pytest.raises(TransferCursorError):
+        p.rt.transfer_message(p.consumer, start)
+    with p.qdm.engine.connect() as connection:
+        length = connection.execute(
+            text("select length(cursor_position) from contract_transfer where transfer_id=:t"),
+            {"t": stored.transfer_id},
+        ).scalar_one()
+    assert length <= 256
+    assert p.stored(stored.transfer_id) == stored
+
+
+# ---------------------------------------------------------- F3: re-reads within the quota
+
+
+def _acknowledge(p: Provider, tid: str) -> TransferProcess:
+    done = p.stored(tid)
+    assert done.final is not None
+    ack = TransferCompletion(
+        completion_id(done, Role.CONSUMER), tid, p.consumer.member_id, done.final,
+        dt.datetime.now(dt.UTC),
+    )  # fmt: skip
+    return p.rt.transfer_message(p.consumer, ack)
+
+
+def test_re_reads_count_against_the_transfer_quota(
+    provider_at: Callable[[int], Provider],
+) -> None:
+    p = provider_at(40)
+    p.rt.transfers_per_hour = 3
+    process = p.open()
+    list(p.pull(process.transfer_id, process.checkpoint))
+    _acknowledge(p, process.transfer_id)
+    genesis = Checkpoint.genesis(process.transfer_id)
+    for _ in range(2):  # a consumer that lost its copy re-reads, within the quota
+        assert sum(b.count for b in p.pull(process.transfer_id, genesis)) == 40
+    with pytest.raises(TransferQuotaError, match="transfers_per_member_hour 3"):
+        list(p.pull(process.transfer_id, genesis))
+    with pytest.raises(TransferQuotaError):  # and the re-reads used up new transfers too
+        p.open()
+
+
+def test_a_rewind_hiding_how_far_back_it_goes_is_a_re_read(
+    provider_at: Callable[[int], Provider],
+) -> None:
+    """A claimed offset just under the provider's with a position near the start re-sends
+    nearly everything: counted once it re-sent more than two batches."""
+    p = provider_at(60)
+    p.rt.transfers_per_hour = 1
+    stored, first = _first_batches(p, 1)
+    list(p.pull(stored.transfer_id, first))  # the provider reaches the end... almost
+    done = p.stored(stored.transfer_id)
+    assert done.state is TransferState.COMPLETED
+    claim = Checkpoint(59, b"\xee" * 32, first.position)
+    with pytest.raises(TransferQuotaError, match="transfers_per_member_hour 1"):
+        list(p.pull(stored.transfer_id, claim))
+
+
+def test_an_honest_resume_is_no_re_read(provider_at: Callable[[int], Provider]) -> None:
+    p = provider_at(40)
+    p.rt.transfers_per_hour = 1
+    stored, consumer_at = _first_batches(p, 1)
+    more = p.pull(stored.transfer_id, stored.checkpoint)
+    next(more), next(more)
+    more.close()  # the provider is two batches ahead
+    assert sum(b.count for b in p.pull(stored.transfer_id, consumer_at)) == 30
