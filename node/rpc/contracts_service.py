@@ -283,7 +283,8 @@ class SubscriptionServicer(subscription_pb2_grpc.SubscriptionServicer):
         try:
             with _guard("Subscription/Subscribe"), self._live():
                 stream = stream_request_from_proto(request)
-                gate, position = rt.open_stream(peer, stream)
+                # (the agreement, its closures, the consumer's orders: reads of the database)
+                gate, position = await asyncio.to_thread(rt.open_stream, peer, stream)
                 checked = beat = time.monotonic()
                 yield _heartbeat(stream.subscription_id, datetime.now(UTC), position)
                 watch = rt.new_inspections
