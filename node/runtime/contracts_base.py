@@ -13,9 +13,11 @@ importing the others.
 from __future__ import annotations
 
 import logging
+import threading
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from nacl.signing import SigningKey, VerifyKey
 from sqlalchemy import Engine
@@ -70,6 +72,31 @@ def over_quota(member_id: str, what: str, opened: int, setting: str, cap: int) -
     )
 
 
+class RecentActs:
+    """When each member did something within the last `QUOTA_WINDOW`, kept in memory
+    (a restart forgets them): for quotas on acts that leave no row to count, such as a
+    transfer's re-reads. Thread-safe: the transports call from worker threads."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._times: dict[str, deque[datetime]] = {}
+
+    def count(self, member_id: str, now: datetime) -> int:
+        """The acts of `member_id` within the window before `now`."""
+        with self._lock:
+            return sum(1 for at in self._times.get(member_id, ()) if at > now - QUOTA_WINDOW)
+
+    def add(self, member_id: str, now: datetime, check: Callable[[int], None]) -> None:
+        """Count one more act of `member_id` at `now`, once ``check(acts so far)``
+        passes (it raises to refuse); the check and the count are one step."""
+        with self._lock:
+            times = self._times.setdefault(member_id, deque())
+            while times and times[0] <= now - QUOTA_WINDOW:
+                times.popleft()
+            check(len(times))
+            times.append(now)
+
+
 @dataclass
 class ContractBase:
     """The state and catalog shared by the contract moves; see the module docstring."""
@@ -95,6 +122,8 @@ class ContractBase:
     # who may see which dataset (the setting ``dsp_access``; none: every member its role
     # admits): every catalog read and negotiation, over either binding, asks it
     access: DatasetAccess = field(default_factory=DatasetAccess)
+    # re-reads of transfers sent already, per member (`ProviderTransfers.charge_reread`)
+    rereads: RecentActs = field(default_factory=RecentActs)
 
     @property
     def verify_key(self) -> VerifyKey:

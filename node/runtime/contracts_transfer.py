@@ -13,12 +13,9 @@ inspections after a position (`STREAM_PAGE` rows at a time).
 from __future__ import annotations
 
 import logging
-import threading
 import time
 import uuid
-from collections import deque
 from collections.abc import Iterator
-from datetime import datetime
 
 from sqlalchemy import func, select
 
@@ -59,15 +56,6 @@ logger = logging.getLogger("node.contracts")
 STREAM_PAGE = 500
 #: how often an open Pull builds its gate again (as a live stream does)
 PULL_RECHECK_S = 1.0
-
-_REREADS_LOCK = threading.Lock()
-
-
-def _rereads(runtime: object) -> dict[str, deque[datetime]]:
-    """The re-reads each member made of this runtime within the hour (`charge_reread`);
-    call with `_REREADS_LOCK` held."""
-    state: dict[str, deque[datetime]] = runtime.__dict__.setdefault("_rereads", {})
-    return state
 
 
 class ResentRows:
@@ -207,10 +195,7 @@ class ProviderTransfers(ContractBase):
     def within_transfer_quota(self, peer: MemberIdentity) -> None:
         """Refuse `peer` a new transfer over ``transfers_per_hour`` opened or re-read
         within the hour (`TransferQuotaError`, `over_quota`, `charge_reread`)."""
-        with _REREADS_LOCK:
-            times = _rereads(self).get(peer.member_id, ())
-            since = self.clock.now() - QUOTA_WINDOW
-            rereads = sum(1 for at in times if at > since)
+        rereads = self.rereads.count(peer.member_id, self.clock.now())
         self._within_transfer_quota(peer, rereads)
 
     def _within_transfer_quota(self, peer: MemberIdentity, rereads: int) -> None:
@@ -327,14 +312,11 @@ class ProviderTransfers(ContractBase):
         one acknowledged 20,000-row transfer made the provider read and encode 200,000
         rows. A consumer that lost its copy still re-reads, within the quota. Counted
         in this process (a restart forgets them), per member."""
-        now = self.clock.now()
-        with _REREADS_LOCK:
-            ledger = _rereads(self)
-            times = ledger.setdefault(peer.member_id, deque())
-            while times and times[0] <= now - QUOTA_WINDOW:
-                times.popleft()
-            self._within_transfer_quota(peer, len(times))
-            times.append(now)
+        self.rereads.add(
+            peer.member_id,
+            self.clock.now(),
+            lambda before: self._within_transfer_quota(peer, before),
+        )
 
     def transfer_message(self, peer: MemberIdentity, message: object) -> TransferProcess:
         """Apply a control message (completion ack, suspension, termination) of the consumer."""
