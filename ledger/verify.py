@@ -3,6 +3,12 @@
 Reads a proof (JSON or binary) or a passport, connects to the RPC URL given (nothing else:
 no node, no database), and returns a :class:`~ledger.proofs.Verdict`. Malformed documents raise a
 DocumentFormatError naming the field; an unreachable chain raises ChainUnavailable.
+
+Which contract is read is the verifier's to say (``contract``: the data space's anchor
+contract), not the document's: anyone can deploy a contract that emits an ``Anchored``
+log for any root, with any anchorer in it, and a proof naming such a contract checked
+out VALID, ``--anchorer`` pinned or not. Without ``contract`` the document's own contract
+is read, and the verdict says only that this contract logged the root.
 """
 
 from __future__ import annotations
@@ -39,19 +45,21 @@ def verify_document(
     *,
     verify_key: bytes | None = None,
     anchorer: str | None = None,
+    contract: str | None = None,
 ) -> tuple[str, Verdict]:
     """Verify a proof or passport; returns its type and the verdict. `anchorer`: the
     member's chain account, which must have anchored a proof's root (anyone can anchor
-    a root: without it a proof says only that some account did)."""
+    a root: without it a proof says only that some account did). `contract`: the anchor
+    contract read (a document naming another is not valid; see the module docstring)."""
     binary = isinstance(data, bytes) and data.startswith(BINARY_MAGIC)
     kind = PROOF_TYPE if binary else document_type(data)
     if kind == PROOF_TYPE:
         proof = InclusionProof.parse(data)
-        client = None if rpc_url is None else LedgerClient(rpc_url, proof.contract)
+        client = None if rpc_url is None else LedgerClient(rpc_url, contract or proof.contract)
         return kind, verify_proof(proof, client, anchorer=anchorer)
     if kind == PASSPORT_TYPE:
         passport = Passport.parse(data)
-        client = None if rpc_url is None else LedgerClient(rpc_url, passport.contract)
+        client = None if rpc_url is None else LedgerClient(rpc_url, contract or passport.contract)
         return kind, verify_passport(passport, client, verify_key)
     raise ProofFormatError(
         f"unknown document type {kind!r}; expected {PROOF_TYPE} or {PASSPORT_TYPE}"

@@ -35,7 +35,14 @@ def verify(
     ] = None,
     anchorer: Annotated[
         str | None,
-        typer.Option(help="pin a proof to the member's chain account (0x...) that anchored it"),
+        typer.Option(
+            help="pin a proof to the member's chain account (0x...) that anchored it "
+            "(needs --contract)"
+        ),
+    ] = None,
+    contract: Annotated[
+        str | None,
+        typer.Option(help="the data space's anchor contract (0x...): the one read"),
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="print the verdict as JSON")] = False,
 ) -> None:
@@ -50,8 +57,15 @@ def verify(
         pinned = None if verify_key is None else bytes.fromhex(verify_key.removeprefix("0x"))
     except ValueError:
         raise fail("--verify-key is not hex", EXIT_UNUSABLE) from None
+    if anchorer is not None and contract is None:
+        raise fail(
+            "--anchorer needs --contract: the contract a document names can log any anchorer",
+            EXIT_UNUSABLE,
+        )
     try:
-        kind, verdict = verify_document(data, rpc, verify_key=pinned, anchorer=anchorer)
+        kind, verdict = verify_document(
+            data, rpc, verify_key=pinned, anchorer=anchorer, contract=contract
+        )
     except DocumentFormatError as exc:
         raise fail(f"{document}: {exc}", EXIT_UNUSABLE) from None
     except ChainUnavailable as exc:
@@ -67,6 +81,12 @@ def verify(
             console.print(f"{mark} {check.name}: {check.detail}", highlight=False)
         word = "[green]VALID[/green]" if verdict.valid else "[red]INVALID[/red]"
         console.print(f"{word} {kind}: {verdict.reason}", highlight=False)
+        if contract is None:
+            console.print(
+                "[yellow]note[/yellow]: the contract the document names was read; anyone can "
+                "deploy one that logs any root. Pin the data space's with --contract.",
+                highlight=False,
+            )
     raise typer.Exit(EXIT_VALID if verdict.valid else EXIT_INVALID)
 
 

@@ -2,20 +2,27 @@
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+import httpx
 import pytest
 from nacl.signing import SigningKey
 from typer.testing import CliRunner
 
 from qdspace.ledger.anchor_policy import AnchorPolicy
 from qdspace.ledger.anchorer import Anchorer
+from qdspace.ledger.client import _ANCHORED_TOPIC as ANCHORED_TOPIC
 from qdspace.ledger.deploy import fund_from_dev_account
 from qdspace.ledger.errors import DocumentFormatError
 from qdspace.ledger.keys import ChainSigner, new_key_file
+from qdspace.ledger.leaves import KIND_CODES, leaf_preimage
+from qdspace.ledger.merkle import leaf_hash
 from qdspace.ledger.passport import Passport, issue_passport, verify_passport
 from qdspace.ledger.proofs import build_proof, verify_proof
 from qdspace.ledger.queue import LeafQueue
@@ -104,12 +111,17 @@ def test_cli_verifies_a_proof_and_rejects_a_forged_record(shared: Anchored, tmp_
     code, out = _cli("verify", str(binary), "--rpc", shared.chain.url)
     assert code == 0 and "VALID qdspace.inclusion-proof" in out, out
     # pinned to the member's account: valid; to another account: not this member's anchor
-    mine = shared.signer.address
-    code, out = _cli("verify", str(binary), "--rpc", shared.chain.url, "--anchorer", mine)
+    mine, space = shared.signer.address, shared.chain.deployment.address
+    pins = ("--rpc", shared.chain.url, "--contract", space)
+    code, out = _cli("verify", str(binary), *pins, "--anchorer", mine)
     assert code == 0 and "anchored by the member's account" in out, out
+    assert "Pin the data space's" not in out
     someone = "0x" + "12" * 20
-    code, out = _cli("verify", str(binary), "--rpc", shared.chain.url, "--anchorer", someone)
+    code, out = _cli("verify", str(binary), *pins, "--anchorer", someone)
     assert code == 1 and "not by the member's account" in out, out
+    # an account pinned without the contract pins nothing: refused as unusable
+    code, out = _cli("verify", str(binary), "--rpc", shared.chain.url, "--anchorer", mine)
+    assert code == 2 and "--anchorer needs --contract" in out, out
     binary.write_bytes(proof.to_bytes()[:-1])
     code, out = _cli("verify", str(binary), "--rpc", shared.chain.url)
     assert code == 2 and "malformed proof" in out
@@ -272,3 +284,71 @@ def test_a_root_another_member_anchored_first_is_not_in_our_passport(
     assert theirs.activity["quality_case"].leaves == 1
     assert verify_passport(theirs, client).valid
     engine.dispose()
+
+
+#: a contract of 24 bytes that logs its call data as an ``Anchored`` event (topic first,
+#: then root, kind, anchorer as topics; the rest as data): anyone may deploy one
+_LOGGER_RUNTIME = "36600060003760605160405160205160005160606080a400"
+_LOGGER_INIT = "601880600b6000396000f3" + _LOGGER_RUNTIME
+
+
+def _rpc(url: str, method: str, params: list[object]) -> Any:
+    reply = httpx.post(url, json={"jsonrpc": "2.0", "id": 1, "method": method, "params": params})
+    body = reply.json()
+    assert "error" not in body, body
+    return body["result"]
+
+
+def test_a_proof_naming_a_contract_of_its_own_is_not_valid_against_the_space(
+    shared: Anchored, tmp_path: Path
+) -> None:
+    """A stranger deploys a contract that logs an ``Anchored`` event for a root of its
+    choosing, naming the victim member's account as anchorer, and hands out a one-leaf
+    proof naming that contract: 'deletion receipt dr-victim-0001'. Read against the
+    contract the proof names, every check passed, ``--anchorer`` pinned too (the anchorer
+    is a topic the contract writes). Pinned to the data space's contract, it is INVALID;
+    unpinned, the verdict says which contract was read."""
+    url, dev = shared.chain.url, None
+    dev = _rpc(url, "eth_accounts", [])[1]
+    deployed = _rpc(
+        url,
+        "eth_sendTransaction",
+        [{"from": dev, "data": "0x" + _LOGGER_INIT, "gas": hex(200_000)}],
+    )
+    fake = _rpc(url, "eth_getTransactionReceipt", [deployed])["contractAddress"].lower()
+    victim = shared.signer.address.lower()
+    record = b'{"deletion":"never happened"}'
+    sha = hashlib.sha256(record).digest()
+    root = leaf_hash(leaf_preimage("deletion_receipt", "dr-victim-0001", sha))
+    block = int(_rpc(url, "eth_blockNumber", []), 16) + 1
+
+    def word(n: int) -> str:
+        return n.to_bytes(32, "big").hex()
+
+    data = (
+        ANCHORED_TOPIC[2:] + root.hex() + word(KIND_CODES["deletion_receipt"])
+        + "00" * 12 + victim[2:] + word(1) + word(block) + word(0)
+    )  # fmt: skip
+    logged = _rpc(
+        url,
+        "eth_sendTransaction",
+        [{"from": dev, "to": fake, "data": "0x" + data, "gas": hex(100_000)}],
+    )
+    assert int(_rpc(url, "eth_getTransactionReceipt", [logged])["blockNumber"], 16) == block
+    proof = {
+        "type": "qdspace.inclusion-proof", "version": 2, "kind": "deletion_receipt",
+        "ref_id": "dr-victim-0001", "record_sha256": "0x" + sha.hex(), "index": 0, "size": 1,
+        "path": "", "root": "0x" + root.hex(), "chain_id": shared.chain.deployment.chain_id,
+        "contract": fake, "tx_hash": logged, "block_number": block,
+        "record_b64": base64.b64encode(record).decode(),
+    }  # fmt: skip
+    path = tmp_path / "forged.json"
+    path.write_text(json.dumps(proof))
+    space = shared.chain.deployment.address
+    code, out = _cli("verify", str(path), "--rpc", url, "--contract", space, "--anchorer", victim)
+    assert code == 1 and "INVALID" in out and f"names contract {fake}" in out, out
+    _, verdict = verify_document(json.dumps(proof), url, anchorer=victim, contract=space)
+    assert not verdict.valid
+    # unpinned, the note says what was read (the proof's own contract)
+    code, out = _cli("verify", str(path), "--rpc", url)
+    assert "Pin the data space's with --contract" in out, out
