@@ -136,6 +136,11 @@ def check_asset(message: catalog_pb2.Asset) -> None:
 
 def catalog_entry_from_proto(message: catalog_pb2.Asset) -> CatalogEntry:
     check_asset(message)
+    return _entry(message)
+
+
+def _entry(message: catalog_pb2.Asset) -> CatalogEntry:
+    """An asset `check_asset` passed, decoded (its offer parsed)."""
     try:
         kind = AssetKind(message.kind)
     except ValueError:
@@ -170,7 +175,7 @@ def catalog_from_proto(message: catalog_pb2.CatalogReply) -> list[CatalogEntry]:
         check_asset(asset)
     if len({a.asset_id for a in assets}) != len(assets):
         raise WireFormatError("the catalog lists an asset id twice")
-    return [catalog_entry_from_proto(a) for a in assets]
+    return [_entry(a) for a in assets]
 
 
 # ------------------------------------------------------------- negotiation
