@@ -312,6 +312,13 @@ def completion_id(process: TransferProcess, sender: Role) -> str:
     return f"{base}-{n}"
 
 
+def acknowledged(process: TransferProcess) -> bool:
+    """Whether the consumer acknowledged the provider's completion of `process` (its
+    TransferCompletion, `completion_id` for `Role.CONSUMER`, is among the messages seen)."""
+    ack = _completion_base(process.transfer_id, Role.CONSUMER)
+    return any(seen_id == ack for seen_id, _ in process.seen)
+
+
 def reread(process: TransferProcess, resume_from: Checkpoint) -> tuple[TransferProcess, bool]:
     """Provider: a Pull of a COMPLETED transfer from the consumer's `resume_from`.
 
@@ -335,9 +342,7 @@ def reread(process: TransferProcess, resume_from: Checkpoint) -> tuple[TransferP
         _compare(replace(process, checkpoint=final), resume_from, "re-read")
         return base, False
     check_rewind(replace(process, checkpoint=final), resume_from, "re-read")
-    ack = _completion_base(process.transfer_id, Role.CONSUMER)
-    acknowledged = any(seen_id == ack for seen_id, _ in process.seen)
-    if acknowledged:
+    if acknowledged(process):
         return base, False
     # the new chain ends in a completion of its own: refused now, not after the rows
     _room_for(process)

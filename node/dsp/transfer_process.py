@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from qdspace.connector import dsp_codec as codec
@@ -47,6 +48,7 @@ from qdspace.connector.negotiation import Role
 from qdspace.connector.transfer import (
     TransferProcess,
     TransferState,
+    acknowledged,
     completion_id,
     open_transfer,
 )
@@ -225,15 +227,37 @@ class DspTransferMoves:
         """Apply a peer's control message of `kind` to the transfer `row` binds."""
         before = self.load(row)
         now = max(self.runtime.clock.now(), before.updated_at)
+        resume = kind == "start" and row.role == Role.PROVIDER.value  # a new address
+        if resume and before.state is TransferState.COMPLETED:
+            return self._readdress(peer, row, before, now)
         after = apply_transfer(before, self._message(peer.member_id, row, before, kind, message))
         outbox: list[OutboxMessage] = []
-        if kind == "start" and row.role == Role.PROVIDER.value:  # a resume: a new address
+        if resume:
             outbox.append(self.start_for(row, after))
         if after != before:
             self.runtime.store.save_transfer(before, after, outbox)
         elif outbox:
             self.runtime.store.enqueue(outbox, now)
         return after
+
+    def _readdress(
+        self, peer: MemberIdentity, row: DspProcess, process: TransferProcess, now: datetime
+    ) -> TransferProcess:
+        """A consumer's resume of a pull we completed: a new data address, the transfer
+        left as it is. We complete a pull when its last batch is sent, not when it is
+        stored: a consumer that could not store it (no room on its disk) or was cut off
+        before it did, and restarted (its addresses lived in memory), asks again, and
+        its pull re-reads from its own checkpoint (`connector.transfer.reread`). Refused
+        once it acknowledged the completion (it said it holds everything), and each such
+        answer counts as a re-read against ``transfers_per_member_hour`` (each is a row of
+        our outbox and a call to the consumer: unbounded, a member could fill both)."""
+        if acknowledged(process):
+            raise IllegalTransitionError(
+                f"transfer {row.own_pid}", process.state.value, "a resume after its acknowledgement"
+            )
+        self.runtime.charge_reread(peer)
+        self.runtime.store.enqueue([self.start_for(row, process)], now)
+        return process
 
     def _message(
         self, sender: str, row: DspProcess, process: TransferProcess, kind: str, message: Any

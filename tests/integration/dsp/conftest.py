@@ -86,11 +86,16 @@ def wait_for(what: str, probe: Callable[[], Any], timeout: float = 30.0) -> Any:
     raise AssertionError(f"timed out waiting for {what}")
 
 
-def ingest_sample(network: LocalNetwork, name: str) -> None:
-    """The member's sample QDM files, through its REST API."""
+def ingest_sample(network: LocalNetwork, name: str, inspections: int | None = None) -> None:
+    """The member's sample QDM files, through its REST API (its first `inspections`
+    inspections only, when given)."""
     member = network[name]
     folder = network.workdir / "dsp-sample" / name
     files = write_sample_files(folder, name, member.spec.role, bad_rows=False)
+    if inspections is not None:
+        path = files["inspection"]
+        kept = path.read_text().splitlines(keepends=True)[:inspections]
+        path.write_text("".join(kept))
     with member.client() as client:
         for kind, path in files.items():
             media = "text/csv" if path.suffix == ".csv" else "application/x-ndjson"

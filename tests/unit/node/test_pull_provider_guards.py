@@ -375,3 +375,48 @@ def test_an_honest_resume_is_no_re_read(provider_at: Callable[[int], Provider]) 
     next(more), next(more)
     more.close()  # the provider is two batches ahead
     assert sum(b.count for b in p.pull(stored.transfer_id, consumer_at)) == 30
+
+
+def test_a_dsp_resume_of_a_completed_pull_is_a_new_address_within_the_quota(
+    provider_at: Callable[[int], Provider],
+) -> None:
+    """A DSP consumer restarted after the provider sent (and completed) its pull, before
+    it stored it, asks for a new data address: answered (a TransferStartMessage queued
+    for its callback, the transfer left COMPLETED) until it acknowledged the completion,
+    each answer counted against ``transfers_per_member_hour`` (each is an outbox row and a
+    call to the consumer)."""
+    from qdspace.connector.contract_errors import IllegalTransitionError
+    from qdspace.connector.contract_store import DspProcess
+    from qdspace.node.dsp.edr import DataTokens
+    from qdspace.node.dsp.transfer_process import TRANSFER, DspTransferMoves
+
+    p = provider_at(25)
+    p.rt.transfers_per_hour = 3
+    process = p.open()  # one of the hour's three
+    list(p.pull(process.transfer_id, process.checkpoint))
+    assert p.stored(process.transfer_id).state is TransferState.COMPLETED
+    tid = process.transfer_id
+    row = DspProcess(
+        TRANSFER, tid, Role.PROVIDER.value, p.consumer.member_id, f"urn:uuid:{uuid.uuid4()}",
+        "https://127.0.0.1:9/callback", tid,
+    )  # fmt: skip
+    moves = DspTransferMoves(p.rt, DataTokens(p.pkey, 300), "https://127.0.0.1:8/dsp")
+    starts = "SELECT payload FROM contract_outbox WHERE process_id = :p ORDER BY id"
+
+    def queued() -> list[bytes]:
+        with p.qdm.engine.connect() as connection:
+            return [bytes(r.payload) for r in connection.execute(text(starts), {"p": tid})]
+
+    for n in (1, 2):
+        again = moves.incoming(p.consumer, row, "start", {})
+        assert again.state is TransferState.COMPLETED and again == p.stored(tid)
+        assert len(queued()) == n and b"dataAddress" in queued()[-1]
+    with pytest.raises(TransferQuotaError, match="transfers_per_member_hour 3"):
+        moves.incoming(p.consumer, row, "start", {})
+    assert len(queued()) == 2  # nothing queued for a refusal
+
+    p.rt.transfers_per_hour = 100
+    _acknowledge(p, tid)
+    with pytest.raises(IllegalTransitionError, match="acknowledgement"):
+        moves.incoming(p.consumer, row, "start", {})
+    assert len(queued()) == 2
