@@ -28,6 +28,10 @@ class AnchorPolicy:
     backoff_max_s: float = 30.0
     gas: int | None = ANCHOR_GAS  # None: ask the chain to estimate every transaction
     max_in_flight: int = DEFAULT_MAX_IN_FLIGHT  # transactions sent before awaiting receipts
+    # a batch whose transaction will not be mined is signed again at once, then after this,
+    # doubling with its attempts up to `resign_max_s` (see `qdspace.ledger.anchorer`)
+    resign_first_s: float = 2.0
+    resign_max_s: float = 900.0
 
     def __post_init__(self) -> None:
         if self.max_leaves < 1 or self.max_age_s < 0 or self.tick_s <= 0 or self.max_in_flight < 1:
@@ -35,6 +39,14 @@ class AnchorPolicy:
                 "anchor policy needs max_leaves >= 1, max_age_s >= 0, tick_s > 0, "
                 f"max_in_flight >= 1; got {self}"
             )
+
+    def resign_delay(self, attempts: int) -> float:
+        """How long a batch signed `attempts` times waits before it is signed again: not
+        at all the first time (an honest chain refuses a nonce another tool of the same
+        account used), then `resign_first_s`, doubling up to `resign_max_s`."""
+        if attempts <= 1:
+            return 0.0
+        return min(self.resign_first_s * 2.0 ** (attempts - 2), self.resign_max_s)
 
 
 @dataclass(frozen=True, slots=True)

@@ -21,6 +21,15 @@ the sealing (each seal let more arrive) nothing was sent until the stream paused
 the chain worked while nothing was sealed (200k leaves in 10k batches: 162k -> 195k
 leaves/s end to end, medians of five, ``bench/anchor.py``).
 
+A batch whose transaction can no longer be mined (its nonce was used, or it reverted, and
+the root is not on chain) goes back to sealed and is signed again under a new nonce: at
+once the first time, then after a pause that doubles with its attempts up to
+``resign_max_s`` (`AnchorPolicy.resign_delay`; kept in memory, so a restart tries once at
+once). An endpoint that answers every transaction with
+a "nonce too low" or a failed receipt made the anchorer sign the batch again every pass
+(six transactions for one root in three seconds, each of which a colluding chain could mine
+and charge for).
+
 An idle node does not ask its database every tick. A pass costs two queries per kind
 (~12 ms of CPU on SQLite, 24 ms a second at the default tick: a tenth of a core for a
 network of four idle nodes). Every leaf reaches the queue through this object's
@@ -92,6 +101,8 @@ class Anchorer:
         self._last_error: str | None = None
         # the next nonce to use; None means "ask the chain" (at start, after any failure)
         self._next_nonce: int | None = None
+        # batches sent back to sealed, by id: when (monotonic) they may be signed again
+        self._resign_at: dict[int, float] = {}
 
     # -- feeding -------------------------------------------------------------------------
 
@@ -180,7 +191,8 @@ class Anchorer:
         limit, waiting = self.policy.max_in_flight, 0
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="ledger-anchorer-send") as out:
             flight: tuple[list[Batch], Future[Outcome]] | None = None
-            todo = self.queue.batches(SEALED)
+            todo, held = self._signable()
+            waiting += held
             while True:
                 if flight is not None:
                     (sent, outcome), flight = flight, None
@@ -192,7 +204,7 @@ class Anchorer:
                                 break
                             sealed += more
                         if sealed > before:
-                            todo = self.queue.batches(SEALED)
+                            todo, _held = self._signable()
                     done = self._record(sent, *outcome.result())
                     anchored += done
                     if done < len(sent):  # refused or no receipt: the next pass resolves
@@ -207,6 +219,25 @@ class Anchorer:
                 if journaled:
                     flight = (journaled, out.submit(self._transmit, journaled))
         return StepReport(sealed, anchored, waiting), pending_left
+
+    def _signable(self) -> tuple[list[Batch], int]:
+        """The sealed batches that may be signed now, and how many wait to be signed again
+        (`_unsent`)."""
+        now, ready, held = time.monotonic(), list[Batch](), 0
+        for batch in self.queue.batches(SEALED):
+            if self._resign_at.get(batch.id, 0.0) > now:
+                held += 1
+            else:
+                ready.append(batch)
+        return ready, held
+
+    def _unsent(self, batch: Batch, why: str) -> None:
+        """`batch`'s transaction will not be mined: back to sealed, to be signed again
+        under a new nonce after `AnchorPolicy.resign_delay` (see the module docstring)."""
+        self.queue.mark_unsent(batch, why)
+        delay = self.policy.resign_delay(batch.attempts)
+        self._resign_at[batch.id] = time.monotonic() + delay
+        log.warning("anchorer: batch %s to be signed again in %.0f s: %s", batch.id, delay, why)
 
     def _seal_due(self, force: bool, limit: int) -> tuple[int, bool]:
         """Batches sealed, and whether leaves are left pending (not due yet, or due later).
@@ -350,13 +381,14 @@ class Anchorer:
                 if self._adopt_if_anchored(batch):
                     anchored += 1
                 else:
-                    self.queue.mark_unsent(batch, str(refusal))
+                    self._unsent(batch, str(refusal))
             else:
                 self.queue.note_error(batch, str(refusal))
                 self._last_error = str(refusal)
         return anchored
 
     def _settle(self, batch: Batch, receipt: TxReceipt) -> bool:
+        self._resign_at.pop(batch.id, None)
         if receipt.succeeded and batch.root in receipt.anchored_roots:
             self.queue.mark_anchored(
                 batch,
@@ -373,7 +405,7 @@ class Anchorer:
         if self._adopt_if_anchored(batch):
             return True
         self._forget_nonce()
-        self.queue.mark_unsent(batch, f"tx 0x{receipt.tx_hash.hex()} reverted")
+        self._unsent(batch, f"tx 0x{receipt.tx_hash.hex()} reverted")
         return False
 
     def _adopt_if_anchored(self, batch: Batch) -> bool:

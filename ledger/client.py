@@ -4,6 +4,18 @@ Reading (``lookup``, receipts, logs) needs only the URL and the contract address
 also needs a :class:`~ledger.keys.ChainSigner`. Transactions are signed locally and sent raw,
 so the same code works against the embedded chain, Hardhat, ganache and production nodes,
 and a signed transaction can be stored before it is sent and resent byte for byte.
+
+The endpoint is often a third party's (a hosted RPC service), and everything it answers is
+checked as a peer's bytes are. Its answers are read whole within ``timeout_s`` and up to
+`MAX_ANSWER_BYTES` (`_BoundedSession`; ``requests`` alone times each read, so an endpoint
+trickling a byte every half second held the anchorer, and with it the operator's flush and
+the readiness probe, for ever, and a 300 MB answer took 1.2 GiB); every transport failure
+is `ChainUnavailable`. The fees it quotes are signed only up to the node's caps
+(``max_fee_per_gas``, ``max_gas``: an endpoint quoting 3e15 wei a gas had the node sign away
+whatever the account held); a receipt must be the one asked for (a receipt of another
+transaction, or an invented one carrying an ``Anchored`` log of the root, had the anchorer
+record the batch ANCHORED for good); logs are read in pages of `LOG_PAGE_BLOCKS` blocks (an
+answer stays under the size cap, and hosted endpoints refuse wider ranges).
 """
 
 from __future__ import annotations
@@ -17,6 +29,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import requests
+import urllib3
 from eth_abi.abi import decode
 from eth_abi.exceptions import DecodingError
 from eth_utils.crypto import keccak
@@ -34,18 +47,25 @@ from qdspace.ledger.artifact import load_artifact
 from qdspace.ledger.errors import (
     AlreadyAnchored,
     ChainUnavailable,
+    FeeAboveCap,
     LedgerError,
     NonceConsumed,
     TransactionFailed,
     WrongChain,
 )
 from qdspace.ledger.keys import ChainSigner
-from qdspace.ledger.tx import GAS_MARGIN, SignedAnchor
+from qdspace.ledger.tx import DEFAULT_MAX_FEE_PER_GAS, DEFAULT_MAX_GAS, GAS_MARGIN, SignedAnchor
 
 log = logging.getLogger("ledger.client")
 
 DEFAULT_TIMEOUT_S = 10.0
 FEE_TTL_S = 5.0
+#: the most an answer of the endpoint may hold (a batch of 256 receipts with their logs is
+#: well under 1 MiB; a page of logs under 10 MiB)
+MAX_ANSWER_BYTES = 32 * 1024 * 1024
+#: blocks a log query covers at once (`anchored_by`)
+LOG_PAGE_BLOCKS = 2_000
+
 _ALREADY_ANCHORED = "0x" + keccak(text="AlreadyAnchored(bytes32)")[:4].hex()
 _ANCHORED_TOPIC = "0x" + keccak(text="Anchored(bytes32,uint8,uint64,address,uint64,uint64)").hex()
 _KNOWN_TX = ("already known", "known transaction", "already imported", "alreadyknown")
@@ -112,6 +132,68 @@ def _chain_errors(url: str) -> Iterator[None]:
         raise ChainUnavailable(f"chain at {url} is unreachable ({type(exc).__name__})") from None
     except requests.HTTPError as exc:
         raise ChainUnavailable(f"chain at {url} answered HTTP {exc.response}") from None
+    except (requests.RequestException, urllib3.exceptions.HTTPError) as exc:  # a body cut short
+        why = type(exc).__name__
+        raise ChainUnavailable(f"chain at {url} broke off its answer ({why})") from None
+
+
+class _BoundedSession(requests.Session):
+    """A session whose POST reads the whole answer within `deadline_s` and `max_bytes`
+    (see the module docstring): the body is read as it arrives, each read bounded by the
+    time left, and the answer refused (`ChainUnavailable`) once either is spent. web3's
+    provider and the batch requests both post through it."""
+
+    def __init__(self, url: str, deadline_s: float, max_bytes: int) -> None:
+        super().__init__()
+        self.url, self.deadline_s, self.max_bytes = url, deadline_s, max_bytes
+
+    def post(self, url: Any, data: Any = None, json: Any = None, **kwargs: Any) -> Any:
+        deadline = time.monotonic() + self.deadline_s
+        kwargs.update(stream=True, timeout=self.deadline_s)
+        response = super().post(url, data=data, json=json, **kwargs)
+        try:
+            response._content = self._body(response, deadline)
+        finally:
+            response.close()
+        return response
+
+    def _body(self, response: requests.Response, deadline: float) -> bytes:
+        declared = response.headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > self.max_bytes:
+            raise self._too_large()
+        body = bytearray()
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise self._too_slow()
+            _set_read_timeout(response, left)
+            try:
+                chunk = response.raw.read1(1 << 16)
+            except (urllib3.exceptions.ReadTimeoutError, TimeoutError):
+                raise self._too_slow() from None
+            if not chunk:
+                return bytes(body)
+            body += chunk
+            if len(body) > self.max_bytes:
+                raise self._too_large()
+
+    def _too_slow(self) -> ChainUnavailable:
+        return ChainUnavailable(
+            f"chain at {self.url} did not finish its answer within {self.deadline_s:g} s"
+        )
+
+    def _too_large(self) -> ChainUnavailable:
+        return ChainUnavailable(
+            f"chain at {self.url} answered more than {self.max_bytes // (1 << 20)} MiB"
+        )
+
+
+def _set_read_timeout(response: requests.Response, seconds: float) -> None:
+    """Bound the next read of `response`'s socket by `seconds` (the answer's time left)."""
+    sock = getattr(getattr(getattr(response.raw, "_fp", None), "fp", None), "raw", None)
+    sock = getattr(sock, "_sock", None)
+    if sock is not None:
+        sock.settimeout(max(seconds, 0.001))
 
 
 class LedgerClient:
@@ -124,10 +206,16 @@ class LedgerClient:
         *,
         expected_chain_id: int | None = None,
         timeout_s: float = DEFAULT_TIMEOUT_S,
+        max_fee_per_gas: int = DEFAULT_MAX_FEE_PER_GAS,
+        max_gas: int = DEFAULT_MAX_GAS,
     ) -> None:
         self.rpc_url = rpc_url
+        self._session = _BoundedSession(rpc_url, timeout_s, MAX_ANSWER_BYTES)
         provider = HTTPProvider(
-            rpc_url, request_kwargs={"timeout": timeout_s}, exception_retry_configuration=None
+            rpc_url,
+            request_kwargs={"timeout": timeout_s},
+            session=self._session,
+            exception_retry_configuration=None,
         )
         self.w3 = Web3(provider)
         if not Web3.is_address(contract_address):
@@ -137,7 +225,7 @@ class LedgerClient:
         self.expected_chain_id = expected_chain_id
         self._chain_id: int | None = None
         self._timeout_s = timeout_s
-        self._session = requests.Session()  # batch requests go around web3's middleware
+        self.max_fee_per_gas, self.max_gas = max_fee_per_gas, max_gas
         self._fee_lock = threading.Lock()
         self._fee_cache: tuple[float, dict[str, int]] | None = None
 
@@ -211,6 +299,11 @@ class LedgerClient:
             "chainId": self.chain_id,
         }
         tx["gas"] = int(self._estimate(tx, root) * GAS_MARGIN) if gas is None else gas
+        if tx["gas"] > self.max_gas:
+            raise FeeAboveCap(
+                f"chain at {self.rpc_url} wants a gas limit of {tx['gas']} for an anchor, "
+                f"over this node's cap of {self.max_gas} (ledger setting max_gas)"
+            )
         tx.update(self._fees())
         del tx["from"]
         signed = signer.sign(tx)
@@ -243,13 +336,27 @@ class LedgerClient:
         block = self._call(lambda: self.w3.eth.get_block("latest"))
         base = block.get("baseFeePerGas")
         if base is None:
-            fees = {"gasPrice": int(self._call(lambda: self.w3.eth.gas_price))}
+            price = int(self._call(lambda: self.w3.eth.gas_price))
+            self._within_cap(price, "a gas price")
+            fees = {"gasPrice": price}
         else:
             tip = int(self._call(lambda: self.w3.eth.max_priority_fee))
-            fees = {"maxFeePerGas": 2 * int(base) + tip, "maxPriorityFeePerGas": tip}
+            self._within_cap(int(base) + tip, "a base fee and tip")  # what it pays now
+            fees = {
+                "maxFeePerGas": min(2 * int(base) + tip, self.max_fee_per_gas),
+                "maxPriorityFeePerGas": tip,
+            }
         with self._fee_lock:
             self._fee_cache = (time.monotonic(), fees)
         return dict(fees)
+
+    def _within_cap(self, wei: int, what: str) -> None:
+        if not 0 <= wei <= self.max_fee_per_gas:
+            raise FeeAboveCap(
+                f"chain at {self.rpc_url} asks {what} of {wei / 1e9:.9g} gwei a gas unit, "
+                f"over this node's cap of {self.max_fee_per_gas / 1e9:.9g} gwei "
+                "(ledger setting max_fee_gwei); anchoring waits"
+            )
 
     def forget_fees(self) -> None:
         """Ask the chain for fees again at the next signature (after a refused transaction)."""
@@ -276,17 +383,23 @@ class LedgerClient:
             [("eth_getTransactionReceipt", ["0x" + bytes(h).hex()]) for h in tx_hashes]
         )
         out: list[TxReceipt | None] = []
-        for answer in answers:
+        for asked, answer in zip(tx_hashes, answers, strict=True):
             if "error" in answer:
-                raise ChainUnavailable(f"chain at {self.rpc_url}: {answer['error']}")
+                raise ChainUnavailable(f"chain at {self.rpc_url}: {str(answer['error'])[:500]}")
             rcpt = answer.get("result")
             try:
-                out.append(None if rcpt is None else self._parse_receipt(rcpt))
+                receipt = None if rcpt is None else self._parse_receipt(rcpt)
             except (KeyError, TypeError, ValueError, AttributeError, DecodingError) as exc:
                 raise ChainUnavailable(
                     f"chain at {self.rpc_url} answered a malformed receipt "
-                    f"({type(exc).__name__}: {exc})"
+                    f"({type(exc).__name__}: {str(exc)[:200]})"
                 ) from None
+            if receipt is not None and receipt.tx_hash != bytes(asked):
+                raise ChainUnavailable(
+                    f"chain at {self.rpc_url} answered the receipt of transaction "
+                    f"0x{receipt.tx_hash.hex()} when asked for 0x{bytes(asked).hex()}"
+                )
+            out.append(receipt)
         return out
 
     def send_raw_many(self, raws: Sequence[bytes]) -> list[LedgerError | None]:
@@ -366,28 +479,41 @@ class LedgerClient:
             "topics": [_ANCHORED_TOPIC, "0x" + root.hex()],
         }
         logs = self._call(lambda: self.w3.eth.get_logs(params))
-        return bytes(logs[0]["transactionHash"]) if logs else None
+        found = (self._log_event(entry) for entry in logs)
+        return next((e.tx_hash for e in found if e and e.root == root), None)
 
     def anchored_by(self, anchorer: str, from_block: int, to_block: int) -> list[AnchoredEvent]:
-        """Every root ``anchorer`` anchored in blocks ``from_block..to_block``, in chain order."""
-        account_topic = "0x" + bytes(12).hex() + Web3.to_checksum_address(anchorer)[2:].lower()
-        params: Any = {
-            "address": self.address,
-            "fromBlock": from_block,
-            "toBlock": to_block,
-            "topics": [_ANCHORED_TOPIC, None, None, account_topic],
-        }
-        logs = self._call(lambda: self.w3.eth.get_logs(params))
-        events = [
-            _event(
-                [bytes(t) for t in entry["topics"]],
-                bytes(entry["data"]),
-                bytes(entry["transactionHash"]),
-                entry,
-            )
-            for entry in logs
-        ]
+        """Every root ``anchorer`` anchored in blocks ``from_block..to_block``, in chain order
+        (asked `LOG_PAGE_BLOCKS` blocks at a time; logs of another contract, event or
+        anchorer, which an endpoint should not have answered, are left out)."""
+        anchorer = Web3.to_checksum_address(anchorer)
+        account_topic = "0x" + bytes(12).hex() + anchorer[2:].lower()
+        events: list[AnchoredEvent] = []
+        for first in range(from_block, to_block + 1, LOG_PAGE_BLOCKS):
+            params: Any = {
+                "address": self.address,
+                "fromBlock": first,
+                "toBlock": min(first + LOG_PAGE_BLOCKS - 1, to_block),
+                "topics": [_ANCHORED_TOPIC, None, None, account_topic],
+            }
+            logs = self._logs(params)
+            found = (self._log_event(entry) for entry in logs)
+            events += [e for e in found if e is not None and e.anchorer == anchorer]
         return sorted(events, key=lambda e: (e.block_number, e.log_index))
+
+    def _logs(self, params: Any) -> Any:
+        return self._call(lambda: self.w3.eth.get_logs(params))
+
+    def _log_event(self, entry: Any) -> AnchoredEvent | None:
+        """The ``Anchored`` event a log entry holds, or None for any other log."""
+        topics = [bytes(t) for t in entry.get("topics") or ()]
+        if (
+            len(topics) != 4
+            or "0x" + topics[0].hex() != _ANCHORED_TOPIC
+            or Web3.to_checksum_address(entry["address"]) != self.address
+        ):
+            return None
+        return _event(topics, bytes(entry["data"]), bytes(entry["transactionHash"]), entry)
 
     def latest_block(self) -> int:
         """The current block number."""

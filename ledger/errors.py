@@ -15,6 +15,11 @@ class ChainUnavailable(LedgerError, ConnectionError):
     """The JSON-RPC endpoint cannot be reached or did not answer; retrying later may work."""
 
 
+class FeeAboveCap(ChainUnavailable):
+    """The chain asks more for gas than this node's cap allows; retrying later may work
+    (fees fall), raising the cap (``max_fee_gwei``) works now."""
+
+
 class WrongChain(LedgerError):
     """The endpoint serves another chain id, or the anchor contract is not at the address."""
 

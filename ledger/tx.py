@@ -15,6 +15,11 @@ GAS_MARGIN = 1.25
 # fixed limit with ~1.5x margin over the estimate spares an EVM execution (and a round
 # trip) per transaction; the tests check the estimate stays under it on py-evm and ganache.
 ANCHOR_GAS = 120_000
+#: the most the node signs to pay a gas unit (wei; 500 gwei: some fifty times what busy
+#: public chains asked in 2025), and the highest gas limit it signs (``max_fee_gwei``,
+#: ``max_gas`` in ``ledger.json``): the endpoint quotes both, and may be a third party's
+DEFAULT_MAX_FEE_PER_GAS = 500 * 10**9
+DEFAULT_MAX_GAS = 1_000_000
 #: Anchor transactions the anchorer sends (consecutive nonces) before awaiting receipts.
 DEFAULT_MAX_IN_FLIGHT = 16
 

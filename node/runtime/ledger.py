@@ -35,7 +35,12 @@ from qdspace.ledger.leaves import KIND_CODES
 from qdspace.ledger.proofs import InclusionProof, build_proof, verify_proof
 from qdspace.ledger.queue import LeafQueue
 from qdspace.ledger.queue_schema import ANCHORED, StoredLeaf, ensure_schema
-from qdspace.ledger.tx import ANCHOR_GAS, DEFAULT_MAX_IN_FLIGHT
+from qdspace.ledger.tx import (
+    ANCHOR_GAS,
+    DEFAULT_MAX_FEE_PER_GAS,
+    DEFAULT_MAX_GAS,
+    DEFAULT_MAX_IN_FLIGHT,
+)
 from qdspace.node.context import NodeContext
 from qdspace.node.errors import ConfigError
 from qdspace.node.layout import LEDGER_FILE, NodeLayout
@@ -73,6 +78,10 @@ class LedgerSettings(BaseSettings):
     # anchor transactions sent (consecutive nonces, one JSON-RPC batch request) before their
     # receipts are awaited; 1 for an endpoint that refuses batch requests
     max_in_flight: int = Field(DEFAULT_MAX_IN_FLIGHT, ge=1, le=256)
+    # the most the node signs to pay for a gas unit (gwei) and the highest gas limit it
+    # signs: the endpoint quotes fees and estimates, and it may be a third party's
+    max_fee_gwei: float = Field(DEFAULT_MAX_FEE_PER_GAS / 1e9, gt=0, le=1e9)
+    max_gas: int = Field(DEFAULT_MAX_GAS, ge=21_000, le=30_000_000)
 
     @classmethod
     def settings_customise_sources(
@@ -348,6 +357,15 @@ def attach_ledger(ctx: NodeContext) -> NodeLedger | None:
         return None
     if not settings.contract:
         raise ConfigError(f"{ctx.layout.ledger}: rpc_url given but no contract address")
+    if settings.chain_id is None:  # else it signs for whatever chain the endpoint names
+        raise ConfigError(
+            f"{ctx.layout.ledger}: rpc_url given but no chain_id: the node signs anchor "
+            "transactions only for the chain id it is told (the data space's, from its operator)"
+        )
+    if settings.gas > settings.max_gas:
+        raise ConfigError(
+            f"{ctx.layout.ledger}: gas {settings.gas} is over max_gas {settings.max_gas}"
+        )
     from qdspace.ledger.anchor_policy import AnchorPolicy
     from qdspace.ledger.anchorer import Anchorer  # web3: only with a chain
     from qdspace.ledger.client import LedgerClient
@@ -355,7 +373,11 @@ def attach_ledger(ctx: NodeContext) -> NodeLedger | None:
     try:
         signer = _signer(ctx, settings.key_file)
         client = LedgerClient(
-            settings.rpc_url, settings.contract, expected_chain_id=settings.chain_id
+            settings.rpc_url,
+            settings.contract,
+            expected_chain_id=settings.chain_id,
+            max_fee_per_gas=round(settings.max_fee_gwei * 1e9),
+            max_gas=settings.max_gas,
         )
     except LedgerError as exc:
         raise ConfigError(f"ledger: {exc}") from None

@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -109,3 +110,26 @@ def test_a_corrected_record_is_anchored_next_to_the_version_it_replaced(tmp_path
     assert stored is not None and hashlib.sha256(stored).digest() != first.record_sha256
     assert "version" not in json.loads(canonical_row("inspection", {**row, "version": 1}))
     store.close()
+
+
+def test_a_node_anchors_only_for_the_chain_id_it_was_told(tmp_path: Path) -> None:
+    """Without ``chain_id`` a node would sign for whatever chain its endpoint names; and a
+    fixed gas limit over the node's own cap is a contradiction: both refused at start."""
+    from types import SimpleNamespace
+
+    from qdspace.node.layout import NodeLayout
+    from qdspace.node.runtime.ledger import attach_ledger
+
+    ctx: Any = SimpleNamespace(directory=tmp_path, layout=NodeLayout(tmp_path))
+    path = tmp_path / "ledger.json"
+    path.write_text(json.dumps({"rpc_url": "http://127.0.0.1:9", "contract": "0x" + "11" * 20}))
+    with pytest.raises(ConfigError, match="no chain_id: the node signs"):
+        attach_ledger(ctx)
+    write_ledger_file(tmp_path, "http://127.0.0.1:9", "0x" + "11" * 20, 424242)
+    settings = json.loads(path.read_text()) | {"gas": 2_000_000}
+    path.write_text(json.dumps(settings))
+    with pytest.raises(ConfigError, match="gas 2000000 is over max_gas 1000000"):
+        attach_ledger(ctx)
+    path.write_text(json.dumps(settings | {"max_fee_gwei": -1}))
+    with pytest.raises(ConfigError, match="max_fee_gwei"):
+        attach_ledger(ctx)
