@@ -26,7 +26,10 @@ before the reading's source time (a gap can span a batch change). Live data chan
 matched the same way against that history and the context changes seen since, so the
 re-subscription's first value (an old reading) keeps the batch it was taken in too.
 For a reading older than all that was ever known of the context (at a start, before the
-server's context history begins), the current value is used.
+server's context history begins), the current value is used. A server without context
+history still says when the current value was set (its source time, read at every
+connection): after an outage, backfilled readings taken before that keep the value seen
+live before the outage (they took the current one: another batch, where it changed).
 Each drained batch of notifications takes its context changes before its readings: a
 server may group one publish's notifications by monitored item rather than by time
 (asyncua does), so a batch change can arrive behind a reading taken after it.
@@ -262,8 +265,11 @@ class OpcuaConnector:
         return sorted(ua.NodeId.from_string(i).to_string() for i in ids if i)
 
     async def _read_context(self, client: Any) -> None:
+        """Each context node's value now, with its source time: after an outage it is a
+        change the connector did not see live, and the backfill must know when it came
+        (readings taken before it keep the value seen before the outage)."""
         for node_id in self._context_ids():
-            self.context[node_id] = await client.get_node(node_id).read_value()
+            self._context_change(node_id, await client.get_node(node_id).read_data_value())
 
     async def _backfill_starts(self) -> dict[str, tuple[datetime, bool]]:
         """Per node: where its backfill starts, and whether that is a stored reading's time

@@ -396,3 +396,38 @@ async def test_sign_and_encrypt_with_certificates(store: QualityStore, tmp_path:
         assert insecure.sessions == 0
     finally:
         await plant.stop()
+
+
+async def test_after_an_outage_a_backfill_without_batch_history_reads_when_the_batch_changed(
+    plant: Plant, store: QualityStore, tmp_path: Path
+) -> None:
+    """The tool keeps no history of its batch variable. The connector saw batch B-1 live;
+    while it was away the tool took a reading in B-1, changed to B-2 and took another.
+    Back, it reads the batch variable's value with its source time (when B-2 began), so the
+    backfill stores the first reading in B-1 and the second in B-2 (it stored both in B-1,
+    the last batch it had seen, reading only the value)."""
+
+    async def batch(name: str, at: datetime) -> None:
+        dv = ua.DataValue(ua.Variant(name, ua.VariantType.String), SourceTimestamp=at)
+        await plant.batch.write_value(dv)
+
+    await batch("B-1", T0 + timedelta(seconds=1))
+    connector = OpcuaConnector(config(plant.port, tmp_path), MeasurementSink(store, "opcua-test"))
+    run = Running(connector)
+    await until(lambda: connector.context.get("ns=2;s=PECVD1.Batch") == "B-1")
+    await plant.write(1.2, T0 + timedelta(seconds=2))
+    await until(lambda: any(r[0].second == 2 for r in stored(store) if r[0] > T0))
+    await run.close()
+
+    await plant.write(1.3, T0 + timedelta(seconds=3))
+    await asyncio.sleep(0.08)  # the server's historizing subscription samples
+    await batch("B-2", T0 + timedelta(seconds=4))
+    await plant.write(1.5, T0 + timedelta(seconds=5))
+    await asyncio.sleep(0.08)
+    await plant.write(1.6, T0 + timedelta(seconds=6))  # current: also delivered live
+    await asyncio.sleep(0.3)
+    run = Running(connector)  # the same connector: what it saw live is still known
+    await until(lambda: len([r for r in stored(store) if r[0] > T0]) >= 4)
+    await run.close()
+    by_second = {r[0].second: r[4] for r in stored(store) if r[0] > T0}
+    assert by_second == {2: "B-1", 3: "B-1", 5: "B-2", 6: "B-2"}
