@@ -67,6 +67,7 @@ from qdspace.connector.contract_errors import (
     CaseTransitionError,
 )
 from qdspace.policies.canonical import canonical_json, format_datetime
+from qdspace.util.text import printable_lines
 
 EVENT_SCHEMA = "qdspace.v1/quality-case-event"
 CLOSURE_SCHEMA = "qdspace.v1/quality-case-closure"
@@ -158,7 +159,7 @@ def _text(value: str, what: str, limit: int = MAX_ID, empty: bool = False) -> No
         raise CaseFormatError(
             f"{what} must be a {'' if empty else 'non-empty '}string of at most {limit} characters"
         )
-    if not value.replace("\n", " ").isprintable():
+    if not printable_lines(value):
         raise CaseFormatError(f"{what} has control characters")
 
 

@@ -39,6 +39,7 @@ from qdspace.connector.spc import (
 from qdspace.node.errors import WireFormatError
 from qdspace.node.rpc.contracts_serde import datetime_from_us, datetime_to_us, required
 from qdspace.protocols.v1 import notification_pb2
+from qdspace.util.text import printable_lines
 
 NotificationBody = (
     OrderClosed
@@ -120,7 +121,7 @@ def _text(value: str, what: str) -> str:
     """A text a peer sent: at most `NOTICE_TEXT` characters, printable but for line breaks."""
     if len(value) > NOTICE_TEXT:
         raise WireFormatError(f"{what}: {len(value)} characters (at most {NOTICE_TEXT})")
-    if not value.replace("\n", " ").isprintable():
+    if not printable_lines(value):
         raise WireFormatError(f"{what} has control characters")
     return value
 

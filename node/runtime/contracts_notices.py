@@ -61,6 +61,7 @@ from qdspace.node.member_ids import peer_name
 from qdspace.node.rpc.contracts_notification_serde import Notification, notification_to_proto
 from qdspace.node.runtime.contracts_base import ContractBase
 from qdspace.policies.evaluate import order_in_scope
+from qdspace.util.text import to_printable_lines
 
 logger = logging.getLogger("node.contracts")
 
@@ -244,9 +245,7 @@ class ContractNotices(ContractBase):
         stored = self.store.agreement(agreement_id)
         terms = stored.signed.agreement
         now = self.clock.now()
-        # as the other party accepts it: printable but for line breaks (a tab an operator
-        # typed is a space)
-        reason = "".join(c if c == "\n" or c.isprintable() else " " for c in reason)
+        reason = to_printable_lines(reason)  # as the other party accepts it
         ended = self.store.terminate_agreement(agreement_id, reason, now)
         other = terms.consumer_id if stored.role is Role.PROVIDER else terms.provider_id
         body = AgreementTermination(agreement_id, reason, ended.terminated_at or now)
