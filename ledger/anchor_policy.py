@@ -32,12 +32,21 @@ class AnchorPolicy:
     # doubling with its attempts up to `resign_max_s` (see `qdspace.ledger.anchorer`)
     resign_first_s: float = 2.0
     resign_max_s: float = 900.0
+    # how far behind the chain's head an anchored batch's block is checked again for a
+    # reorganisation (0: never, for a chain that does not reorganise, as the embedded one)
+    reorg_depth: int = 0
 
     def __post_init__(self) -> None:
-        if self.max_leaves < 1 or self.max_age_s < 0 or self.tick_s <= 0 or self.max_in_flight < 1:
+        if (
+            self.max_leaves < 1
+            or self.max_age_s < 0
+            or self.tick_s <= 0
+            or self.max_in_flight < 1
+            or self.reorg_depth < 0
+        ):
             raise LedgerError(
                 "anchor policy needs max_leaves >= 1, max_age_s >= 0, tick_s > 0, "
-                f"max_in_flight >= 1; got {self}"
+                f"max_in_flight >= 1, reorg_depth >= 0; got {self}"
             )
 
     def resign_delay(self, attempts: int) -> float:

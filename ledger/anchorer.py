@@ -30,6 +30,15 @@ a "nonce too low" or a failed receipt made the anchorer sign the batch again eve
 (six transactions for one root in three seconds, each of which a colluding chain could mine
 and charge for).
 
+A chain may reorganise: a block with an anchoring transaction is replaced, and the
+transaction is mined in a later block or dropped. A receipt is taken as it comes (a batch is
+ANCHORED at once, so its proofs are served at once); with ``reorg_depth`` set, the batches
+anchored in the last ``reorg_depth`` blocks are checked again (at most every
+`REORG_CHECK_S`, the hashes of their blocks in one request): a batch whose block is no
+longer the chain's is recorded where its transaction was mined again, or goes back to
+signed and its same signed bytes are sent again (`LeafQueue.mark_reorganised`). Proofs
+handed out before that name the old block and then fail: fetch them again.
+
 An idle node does not ask its database every tick. A pass costs two queries per kind
 (~12 ms of CPU on SQLite, 24 ms a second at the default tick: a tenth of a core for a
 network of four idle nodes). Every leaf reaches the queue through this object's
@@ -67,6 +76,8 @@ log = logging.getLogger("ledger.anchorer")
 
 #: an idle anchorer still looks at its queue this often (see the module's notes)
 IDLE_RECHECK_S = 30.0
+#: recently anchored batches are checked for a reorganisation at most this often
+REORG_CHECK_S = 10.0
 
 
 class Anchorer:
@@ -103,6 +114,7 @@ class Anchorer:
         self._next_nonce: int | None = None
         # batches sent back to sealed, by id: when (monotonic) they may be signed again
         self._resign_at: dict[int, float] = {}
+        self._reorg_checked = float("-inf")  # when (monotonic) recent blocks were checked
 
     # -- feeding -------------------------------------------------------------------------
 
@@ -161,18 +173,64 @@ class Anchorer:
         if not self._chain_checked:  # never sign for a chain or contract we did not expect
             self.client.check()
             self._chain_checked = True
-        anchored = waiting = 0
+        anchored = 0
+        waiting = self._recheck_recent()
         journaled = self.queue.batches(SIGNED)
         if journaled:
             anchored = self._resolve(journaled)
             waiting = len(journaled) - anchored
-        if waiting:  # a window is stuck: resolve it (next pass) before signing more
+        if waiting:  # a window is stuck (or taken by a reorganisation): resolve it first
             sealed, pending_left = self._seal_due(force, self.policy.max_in_flight)
             stuck = waiting + len(self.queue.batches(SEALED))
             return StepReport(sealed, anchored, stuck), pending_left
         # a window of what is due now goes out; the pipeline seals what follows while it is out
         sealed, pending_left = self._seal_due(force, self.policy.max_in_flight)
         return self._pipeline(force, sealed, anchored, pending_left)
+
+    def _recheck_recent(self) -> int:
+        """Check the blocks of the batches anchored within ``reorg_depth`` of the head (see
+        the module docstring); returns how many went back to be sent again."""
+        depth = self.policy.reorg_depth
+        if depth == 0 or time.monotonic() - self._reorg_checked < REORG_CHECK_S:
+            return 0
+        self._reorg_checked = time.monotonic()
+        head = self.client.latest_block()
+        recent = self.queue.anchored_in_blocks(max(head - depth, 0), head)
+        if not recent:
+            return 0
+        canonical = self.client.block_hashes(sorted({b.block_number or 0 for b in recent}))
+        moved = 0
+        for batch in recent:
+            if canonical.get(batch.block_number or 0) == batch.block_hash:
+                continue
+            receipt = self.client.receipt(batch.tx_hash) if batch.tx_hash else None
+            if (
+                receipt is not None
+                and receipt.succeeded
+                and batch.root in receipt.anchored_roots
+                and self.client.block_hashes([receipt.block_number]).get(receipt.block_number)
+                == receipt.block_hash
+            ):
+                self.queue.mark_anchored(
+                    batch,
+                    receipt.tx_hash,
+                    receipt.block_number,
+                    receipt.block_hash,
+                    self.client.chain_id,
+                    self.client.address,
+                )
+                log.warning(
+                    "anchorer: batch %s: block %s was reorganised away; mined again in %s",
+                    batch.id,
+                    batch.block_number,
+                    receipt.block_number,
+                )
+                continue
+            why = f"block {batch.block_number} was reorganised away with its transaction"
+            self.queue.mark_reorganised(batch, why)
+            log.warning("anchorer: batch %s: %s; sending it again", batch.id, why)
+            moved += 1
+        return moved
 
     def _pipeline(
         self, force: bool, sealed: int, anchored: int, pending_left: bool

@@ -527,6 +527,23 @@ class LedgerClient:
             return None
         return int(block["timestamp"])
 
+    def block_hashes(self, numbers: Sequence[int]) -> dict[int, bytes]:
+        """The canonical hashes of blocks (one JSON-RPC batch request); a block the chain
+        does not have is left out."""
+        calls = [("eth_getBlockByNumber", [hex(n), False]) for n in numbers]
+        out: dict[int, bytes] = {}
+        for number, answer in zip(numbers, self._batch(calls), strict=True):
+            block = answer.get("result")
+            if "error" in answer or not isinstance(block, dict):
+                continue
+            try:
+                out[number] = bytes(HexBytes(block["hash"]))
+            except (KeyError, TypeError, ValueError) as exc:
+                raise ChainUnavailable(
+                    f"chain at {self.rpc_url} answered a malformed block ({type(exc).__name__})"
+                ) from None
+        return out
+
     def block_hash(self, block_number: int) -> bytes | None:
         """The canonical hash of a block, or None if the chain has no such block."""
         try:

@@ -241,6 +241,25 @@ class LeafQueue(LeafStore):
             **moved,
         )
 
+    def mark_reorganised(self, batch: Batch, error: str) -> Batch:
+        """An anchored batch whose block the chain no longer has (a reorganisation took it,
+        and its transaction is in no other block): back to signed where we hold the
+        signed transaction (resent as it is: the same nonce and bytes, so it is never
+        anchored twice), else (a root another member anchored) back to sealed."""
+        gone: dict[str, object] = {"block_number": None, "block_hash": None, "anchored_at": None}
+        if batch.raw_tx is not None and batch.nonce is not None:
+            return self._move(batch, ANCHORED, state=SIGNED, last_error=error, **gone)
+        return self._move(
+            batch,
+            ANCHORED,
+            state=SEALED,
+            tx_hash=None,
+            nonce=None,
+            sent_at=None,
+            last_error=error,
+            **gone,
+        )
+
     def mark_unsent(self, batch: Batch, error: str) -> Batch:
         """Forget a signed transaction that can no longer be mined (its nonce was used)."""
         return self._move(

@@ -249,12 +249,20 @@ def join(
     rpc: Annotated[str, typer.Option("--rpc", help="chain JSON-RPC URL")],
     contract: Annotated[str, typer.Option(help="anchor contract address")],
     chain_id: Annotated[int, typer.Option(help="the chain id the node must see")],
+    reorg_depth: Annotated[
+        int,
+        typer.Option(
+            min=0,
+            help="blocks behind the head within which anchored batches are checked for a "
+            "reorganisation (0 for a chain with instant finality)",
+        ),
+    ] = 64,
 ) -> None:
     """Point a node at a chain (writes DIR/ledger.json); the key: DIR/chain.key or env."""
     from qdspace.node.layout import NodeLayout
     from qdspace.node.runtime.ledger import write_ledger_file
 
-    path = write_ledger_file(directory.resolve(), rpc, contract, chain_id)
+    path = write_ledger_file(directory.resolve(), rpc, contract, chain_id, reorg_depth)
     key = NodeLayout(directory.resolve()).chain_key
     where = str(key) if key.exists() else "$QDSPACE_CHAIN_KEY"
     console.print(f"{path} written; the node anchors from its next start with the key in {where}")

@@ -82,6 +82,9 @@ class LedgerSettings(BaseSettings):
     # signs: the endpoint quotes fees and estimates, and it may be a third party's
     max_fee_gwei: float = Field(DEFAULT_MAX_FEE_PER_GAS / 1e9, gt=0, le=1e9)
     max_gas: int = Field(DEFAULT_MAX_GAS, ge=21_000, le=30_000_000)
+    # how far behind the head anchored batches are checked for a reorganisation (0: the
+    # chain does not reorganise, as the embedded one; `qdspace ledger join` writes 64)
+    reorg_depth: int = Field(0, ge=0, le=100_000)
 
     @classmethod
     def settings_customise_sources(
@@ -121,10 +124,14 @@ class LedgerSettings(BaseSettings):
         return bool(self.rpc_url)
 
 
-def write_ledger_file(directory: Path, rpc_url: str, contract: str, chain_id: int) -> Path:
-    """What the launcher writes into each member's directory."""
+def write_ledger_file(
+    directory: Path, rpc_url: str, contract: str, chain_id: int, reorg_depth: int = 0
+) -> Path:
+    """What the launcher (or `qdspace ledger join`) writes into a member's directory."""
     path = NodeLayout(directory).ledger
-    doc = {"rpc_url": rpc_url, "contract": contract, "chain_id": chain_id}
+    doc: dict[str, Any] = {"rpc_url": rpc_url, "contract": contract, "chain_id": chain_id}
+    if reorg_depth:
+        doc["reorg_depth"] = reorg_depth
     path.write_text(json.dumps(doc, indent=2) + "\n")
     return path
 
@@ -389,6 +396,7 @@ def attach_ledger(ctx: NodeContext) -> NodeLedger | None:
         max_age_s=settings.flush_s,
         gas=settings.gas or None,
         max_in_flight=settings.max_in_flight,
+        reorg_depth=settings.reorg_depth,
     )
     anchorer = Anchorer(queue, client, signer, policy)
     ledger = NodeLedger(settings, queue, client, anchorer, QdmSweeper(engine, anchorer))

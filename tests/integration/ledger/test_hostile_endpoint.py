@@ -33,7 +33,7 @@ from qdspace.ledger.client import MAX_ANSWER_BYTES, LedgerClient
 from qdspace.ledger.errors import ChainUnavailable, FeeAboveCap
 from qdspace.ledger.keys import ChainSigner
 from qdspace.ledger.queue import LeafQueue
-from qdspace.ledger.queue_schema import ANCHORED, SEALED, ensure_schema
+from qdspace.ledger.queue_schema import ANCHORED, SEALED, SIGNED, ensure_schema
 
 pytestmark = pytest.mark.integration
 
@@ -59,6 +59,9 @@ class Endpoint:
         self.estimate = 80_000
         self.send_error: str | None = None
         self.receipt: str = "none"  # none | mined | other
+        self.head = 100
+        self.blocks: dict[int, str] = {}  # block hashes other than `_word(number)`
+        self.mined_in = 123  # the block a `mined` receipt names
         server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         server.daemon_threads = True
         threading.Thread(target=server.serve_forever, daemon=True).start()
@@ -101,8 +104,12 @@ class Endpoint:
             return "0x6000"
         if method == "eth_getTransactionCount":
             return hex(self.nonce)
+        if method == "eth_blockNumber":
+            return hex(self.head)
         if method == "eth_getBlockByNumber":
-            block: dict[str, Any] = {"number": "0x64", "hash": _word(7), "timestamp": "0x1"}
+            number = self.head if params[0] == "latest" else int(params[0], 16)
+            digest = self.blocks.get(number, _word(number))
+            block: dict[str, Any] = {"number": hex(number), "hash": digest, "timestamp": "0x1"}
             if self.base_fee is not None:
                 block["baseFeePerGas"] = hex(self.base_fee)
             return block
@@ -136,13 +143,14 @@ class Endpoint:
         tx_hash = asked if self.receipt == "mined" else _word(0xBAD)
         account = "0x" + "00" * 12 + sender[2:].lower()
         topics = [ANCHORED_TOPIC, "0x" + data[4:36].hex(), _word(1), account]
+        block, digest = hex(self.mined_in), self.blocks.get(self.mined_in, _word(self.mined_in))
         log = {
             "address": CONTRACT, "topics": topics, "logIndex": "0x0",
-            "data": _word(1) + _word(123)[2:] + _word(1)[2:],
-            "blockNumber": "0x7b", "transactionHash": tx_hash, "blockHash": _word(9),
+            "data": _word(1) + _word(self.mined_in)[2:] + _word(1)[2:],
+            "blockNumber": block, "transactionHash": tx_hash, "blockHash": digest,
         }  # fmt: skip
         return {
-            "transactionHash": tx_hash, "blockNumber": "0x7b", "blockHash": _word(9),
+            "transactionHash": tx_hash, "blockNumber": block, "blockHash": digest,
             "status": "0x1", "logs": [log],
         }  # fmt: skip
 
@@ -231,6 +239,43 @@ def test_a_refused_transaction_is_signed_again_only_after_a_pause(endpoint: Endp
     assert delays == [0.0, 2.0, 4.0, 900.0]
 
 
+def test_a_batch_whose_block_was_reorganised_away_is_sent_again(
+    endpoint: Endpoint, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Mined in block 123, which a reorganisation replaces: the batch goes back to signed
+    and its very same transaction is sent again; mined again in block 125, it is recorded
+    there. Without ``reorg_depth`` (the embedded chain's default) nothing is checked."""
+    anchorer, queue = _anchorer(endpoint, reorg_depth=64)
+    anchorer.enqueue("agreement", "ag-1", b"record")
+    endpoint.receipt, endpoint.head = "mined", 124
+    anchorer.step(force=True)
+    (first,) = queue.batches(ANCHORED)
+    assert first.block_number == 123 and len(endpoint.sent) == 1
+
+    endpoint.blocks[123] = _word(0xFEED)  # another block 123 now; the transaction dropped
+    endpoint.receipt, endpoint.head = "none", 126
+    anchorer._reorg_checked = float("-inf")  # (checked at most every REORG_CHECK_S)
+    anchorer.step()
+    (back,) = queue.batches(SIGNED)
+    assert back.id == first.id and back.block_number is None
+    assert "block 123 was reorganised away with its transaction" in caplog.text
+    assert endpoint.sent == [endpoint.sent[0]] * 2  # the same signed bytes again
+
+    endpoint.receipt, endpoint.mined_in, endpoint.head = "mined", 125, 130
+    anchorer.step()
+    (again,) = queue.batches(ANCHORED)
+    assert again.block_number == 125 and again.tx_hash == first.tx_hash
+    assert again.block_hash == bytes.fromhex(_word(125)[2:])
+
+    calm, calm_queue = _anchorer(endpoint)  # reorg_depth 0
+    calm.enqueue("agreement", "ag-2", b"record")
+    endpoint.mined_in = 127
+    calm.step(force=True)
+    endpoint.blocks[127], endpoint.receipt = _word(0xBEEF), "none"
+    calm.step()
+    assert len(calm_queue.batches(ANCHORED)) == 1  # not looked at again
+
+
 # -- transport ---------------------------------------------------------------------------
 
 
@@ -246,7 +291,7 @@ def _raw_server(serve: Callable[[socket.socket], None]) -> Iterator[str]:
                 conn, _ = listener.accept()
             except OSError:
                 return
-            conn.recv(65536)
+            _read_request(conn)  # all of it: closing on unread bytes resets the connection
             try:
                 serve(conn)
             except OSError:
@@ -258,6 +303,20 @@ def _raw_server(serve: Callable[[socket.socket], None]) -> Iterator[str]:
     yield f"http://127.0.0.1:{listener.getsockname()[1]}"
     stop.set()
     listener.close()
+
+
+def _read_request(conn: socket.socket) -> None:
+    data = b""
+    while b"\r\n\r\n" not in data:
+        data += conn.recv(65536)
+    head, _, body = data.partition(b"\r\n\r\n")
+    length = next(
+        int(line.split(b":")[1])
+        for line in head.split(b"\r\n")
+        if line.lower().startswith(b"content-length")
+    )
+    while len(body) < length:
+        body += conn.recv(65536)
 
 
 def _receipt_call(url: str, timeout_s: float = 1.0) -> BaseException | None:
