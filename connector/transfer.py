@@ -383,3 +383,42 @@ def accept_batch(process: TransferProcess, batch: RowBatch) -> TransferProcess:
     advanced = advance_payload(process, batch.payload, batch.count, batch.checkpoint.position)
     verify_checkpoint(advanced, batch.checkpoint)
     return advanced
+
+
+class ResentRows:
+    """What a pull sends again of what the provider had sent (the node's
+    `ProviderTransfers.pull`; beside `check_rewind` and `reread`, which decide where it may
+    start).
+
+    `restart`: the pull re-sends from the start (the consumer claims no row while the
+    provider sent some) or re-reads an acknowledged transfer: a re-read, counted at
+    once. Any other rewind is counted once it has re-sent more than `allowance` rows
+    (two batches: an honest consumer is behind by at most the batches in flight), so
+    a claimed offset that hides how far back its position lies is a re-read too.
+    `past`: the stream has passed the provider's own position (what it sends now is
+    new, so its record moves on)."""
+
+    def __init__(
+        self, own: TransferProcess, start: TransferProcess, save: bool, allowance: int
+    ) -> None:
+        mine = own.final if own.state is TransferState.COMPLETED and own.final else own.checkpoint
+        self.position = view_cursor(mine.position) or 0
+        behind = start.checkpoint.offset < mine.offset
+        self.restart = behind and (start.checkpoint.offset == 0 or not save)
+        self.counted = self.restart
+        self.past = not behind
+        self.rows = 0
+        self.allowance = allowance
+
+    def add(self, batch: RowBatch, after: TransferProcess) -> bool:
+        """Take one batch sent; True when the rewind becomes a re-read with it."""
+        if self.past:
+            return False
+        if (view_cursor(after.checkpoint.position) or 0) > self.position:
+            self.past = True  # (its rows are mostly new ones)
+            return False
+        self.rows += batch.count
+        if self.counted or self.rows <= self.allowance:
+            return False
+        self.counted = True
+        return True

@@ -35,6 +35,7 @@ from qdspace.connector.pseudonym import Pseudonymizer
 from qdspace.connector.qdm import Inspection
 from qdspace.connector.release_gate import ReleaseGate
 from qdspace.connector.transfer import (
+    ResentRows,
     TransferProcess,
     TransferState,
     completion_id,
@@ -43,7 +44,7 @@ from qdspace.connector.transfer import (
 )
 from qdspace.connector.transfer import apply as apply_transfer
 from qdspace.connector.transfer_messages import TransferCompletion, TransferRequest, TransferStart
-from qdspace.connector.transfer_wire import BatchRow, RowBatch, view_cursor
+from qdspace.connector.transfer_wire import BatchRow, RowBatch
 from qdspace.node.identity.certs import MemberIdentity
 from qdspace.node.member_ids import peer_name
 from qdspace.node.rpc.contracts_transfer_serde import PullRequest
@@ -56,43 +57,6 @@ logger = logging.getLogger("node.contracts")
 STREAM_PAGE = 500
 #: how often an open Pull builds its gate again (as a live stream does)
 PULL_RECHECK_S = 1.0
-
-
-class ResentRows:
-    """What a pull sends again of what the provider had sent (`ProviderTransfers.pull`).
-
-    `restart`: the pull re-sends from the start (the consumer claims no row while the
-    provider sent some) or re-reads an acknowledged transfer: a re-read, counted at
-    once. Any other rewind is counted once it has re-sent more than `allowance` rows
-    (two batches: an honest consumer is behind by at most the batches in flight), so
-    a claimed offset that hides how far back its position lies is a re-read too.
-    `past`: the stream has passed the provider's own position (what it sends now is
-    new, so its record moves on)."""
-
-    def __init__(
-        self, own: TransferProcess, start: TransferProcess, save: bool, allowance: int
-    ) -> None:
-        mine = own.final if own.state is TransferState.COMPLETED and own.final else own.checkpoint
-        self.position = view_cursor(mine.position) or 0
-        behind = start.checkpoint.offset < mine.offset
-        self.restart = behind and (start.checkpoint.offset == 0 or not save)
-        self.counted = self.restart
-        self.past = not behind
-        self.rows = 0
-        self.allowance = allowance
-
-    def add(self, batch: RowBatch, after: TransferProcess) -> bool:
-        """Take one batch sent; True when the rewind becomes a re-read with it."""
-        if self.past:
-            return False
-        if (view_cursor(after.checkpoint.position) or 0) > self.position:
-            self.past = True  # (its rows are mostly new ones)
-            return False
-        self.rows += batch.count
-        if self.counted or self.rows <= self.allowance:
-            return False
-        self.counted = True
-        return True
 
 
 class ProviderTransfers(ContractBase):
