@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import time
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -32,24 +31,12 @@ from qdspace.node.rpc.client import open_channel
 from qdspace.node.rpc.contracts_notification_serde import Notification, notification_to_proto
 from qdspace.protocols.v1 import notification_pb2
 
+from .conftest import ok, wait_for
+
 pytestmark = pytest.mark.integration
 
 NOTIFY = "/qdspace.v1.Notification/Notify"
 CASE: dict[str, str] = {}
-
-
-def ok(response: httpx.Response) -> Any:
-    assert response.status_code < 400, f"HTTP {response.status_code}: {response.text}"
-    return response.json()
-
-
-def wait_for(what: str, probe: Any, timeout: float = 30.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if value := probe():
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 @pytest.fixture(scope="module")

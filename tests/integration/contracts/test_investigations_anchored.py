@@ -7,30 +7,15 @@ it (no actions), SunArc closes it; each node then anchors the closure record
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
-from typing import Any
 
-import httpx
 import pytest
 
 from qdspace.node.localnet.network import LocalNetwork, MemberSpec
 
+from .conftest import ok, wait_for
+
 pytestmark = pytest.mark.integration
-
-
-def ok(response: httpx.Response) -> Any:
-    assert response.status_code < 400, f"HTTP {response.status_code}: {response.text}"
-    return response.json()
-
-
-def wait_for(what: str, probe: Any, timeout: float = 30.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if value := probe():
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 @pytest.fixture(scope="module")

@@ -19,7 +19,6 @@ from datetime import UTC, date, datetime
 from typing import Any
 
 import grpc
-import httpx
 import pytest
 from sqlalchemy import create_engine, text
 
@@ -42,6 +41,8 @@ from qdspace.node.rpc.client import open_channel
 from qdspace.node.rpc.contracts_notification_serde import Notification, notification_to_proto
 from qdspace.policies.canonical import parse_datetime
 
+from .conftest import ok, wait_for
+
 pytestmark = pytest.mark.integration
 
 NOTIFY = "/qdspace.v1.Notification/Notify"
@@ -49,20 +50,6 @@ PER_HOUR = 4
 BUDGET = 320_000
 G = "\U0001d11e"  # one printable character, four bytes in UTF-8
 CASE: dict[str, str] = {}
-
-
-def ok(response: httpx.Response) -> Any:
-    assert response.status_code < 400, f"HTTP {response.status_code}: {response.text}"
-    return response.json()
-
-
-def wait_for(what: str, probe: Any, timeout: float = 30.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if value := probe():
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 @pytest.fixture(scope="module")

@@ -39,6 +39,8 @@ from qdspace.node.rpc.trace_serde import answer_to_proto
 from qdspace.node.runtime.trace_producer import TRACE_BURST
 from qdspace.protocols.v1 import trace_pb2
 
+from .conftest import ok
+
 pytestmark = pytest.mark.integration
 
 RCA = "root-cause-analysis"
@@ -51,11 +53,6 @@ UNITS = {
     "firing_peak_temperature": "°C",
     "wafer_thickness": "µm",
 }
-
-
-def ok(response: httpx.Response) -> Any:
-    assert response.status_code < 400, f"HTTP {response.status_code}: {response.text}"
-    return response.json()
 
 
 def iso(at: datetime) -> str:

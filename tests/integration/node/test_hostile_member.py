@@ -48,6 +48,8 @@ from qdspace.protocols.v1 import (
     transfer_pb2,
 )
 
+from .conftest import ok, wait_for
+
 pytestmark = pytest.mark.integration
 
 SPC = "spc-monitoring"
@@ -71,24 +73,10 @@ CALLER_CAUSED = {
 }
 
 
-def ok(response: httpx.Response) -> Any:
-    assert response.status_code < 400, f"HTTP {response.status_code}: {response.text}"
-    return response.json()
-
-
 def negotiate(client: httpx.Client, peer: str, asset: str, **terms: Any) -> dict[str, Any]:
     body = {"peer": peer, "asset_id": asset, "purposes": [QA], **terms}
     result: dict[str, Any] = ok(client.post("/v1/contracts/negotiations", json=body))
     return result
-
-
-def wait_for(what: str, probe: Any, timeout: float = 30.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if value := probe():
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def db_rows(net: LocalNetwork, name: str, sql: str, **params: Any) -> list[dict[str, Any]]:

@@ -20,7 +20,6 @@ from collections.abc import Iterator
 from typing import Any
 
 import grpc
-import httpx
 import pytest
 from sqlalchemy import create_engine, text
 
@@ -35,16 +34,13 @@ from qdspace.node.rpc.contracts_notification_serde import (
     notification_to_proto,
 )
 
+from .conftest import ok
+
 pytestmark = pytest.mark.integration
 
 LIVE_ORDER = "PO-NOTICE-LIVE"
 HELD_ORDER = "PO-NOTICE-HELD"
 NOTIFY = "/qdspace.v1.Notification/Notify"
-
-
-def ok(response: httpx.Response) -> Any:
-    assert response.status_code < 400, f"HTTP {response.status_code}: {response.text}"
-    return response.json()
 
 
 @pytest.fixture(scope="module")

@@ -26,6 +26,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from qdspace.node.identity.authority import Authority
 from qdspace.node.localnet.network import LocalNetwork, MemberProcess, MemberSpec
 
+from .conftest import ok
+
 pytestmark = [pytest.mark.integration]
 
 QA = "quality-assurance"
@@ -35,11 +37,6 @@ ORDER = "PO-OBS-0001"
 ROWS = 45
 HTTP = "qdspace_http_request_duration_seconds"
 GRPC = "qdspace_grpc_server_handling_seconds"
-
-
-def ok(response: httpx.Response) -> Any:
-    assert response.status_code < 400, f"HTTP {response.status_code}: {response.text}"
-    return response.json()
 
 
 @pytest.fixture(scope="module")
