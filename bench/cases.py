@@ -36,7 +36,11 @@ from nacl.signing import SigningKey  # noqa: E402
 
 from bench.support.stores import each_store, timed  # noqa: E402
 from qdspace.connector.contract_store import ContractStore  # noqa: E402
-from qdspace.connector.contract_store.cases import case_event_table, case_table  # noqa: E402
+from qdspace.connector.contract_store.cases import (  # noqa: E402
+    case_event_table,
+    case_table,
+    case_usage_table,
+)
 from qdspace.connector.investigation import (  # noqa: E402
     ActionItem,
     ActionKind,
@@ -96,7 +100,7 @@ def fill(store: QualityStore, count: int) -> str:
     """``count`` cases, as the module's docstring says."""
     contracts = ContractStore(store.engine, b"k" * 32)
     with contracts.engine.begin() as conn:  # a PostgreSQL database kept from a last run
-        for table in (case_event_table, case_table):
+        for table in (case_event_table, case_table, case_usage_table):
             conn.execute(table.delete())
     for i in range(count):
         contracts.cases.append([sign_event(e, KEYS[e.author_id]) for e in _log(i)], [], T0)

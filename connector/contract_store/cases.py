@@ -150,6 +150,18 @@ case_usage_table = Table(
 )
 
 
+#: a member's running total moved on by a cost (SQLite and PostgreSQL both spell the
+#: upsert so); `_ADD_WITHIN` only while it stays within a cap (no row changed: over it)
+_ADD_USAGE = text(
+    f"INSERT INTO {case_usage_table.name} (member_id, kept_bytes) VALUES (:member, :cost) "
+    "ON CONFLICT (member_id) DO UPDATE SET kept_bytes = "
+    f"{case_usage_table.name}.kept_bytes + excluded.kept_bytes"
+)
+_ADD_WITHIN = text(
+    f"{_ADD_USAGE.text} WHERE {case_usage_table.name}.kept_bytes + excluded.kept_bytes <= :max"
+)
+
+
 def kept_bytes(data_size: int, signature_size: int, subject: str | None = None) -> int:
     """What keeping one event costs, in bytes: its canonical JSON and signature and
     `ROW_OVERHEAD`, and for an opening (`subject` given) also the case row, which repeats
@@ -322,28 +334,26 @@ class CaseStore(TableStore):
         self, connection: Connection, new: list[SignedEvent], budget: CaseBudget | None
     ) -> None:
         """Add what `new` costs to its authors' running totals; refuse the budget's
-        member one that would take it past ``max_bytes`` (a conditional UPDATE, so two
-        appends racing cannot both pass)."""
+        member one that would take it past ``max_bytes``. One upsert an author, the
+        budget's conditional (``... DO UPDATE ... WHERE kept_bytes + cost <= max``: two
+        appends racing cannot both pass); the statements are built once (building them
+        per append cost more than running them: 0.5 ms of an append's 1.5)."""
         costs: dict[str, int] = {}
         for signed in new:
             author = signed.event.author_id
             costs[author] = costs.get(author, 0) + event_cost(signed)
-        t = case_usage_table
         for author, cost in costs.items():
-            connection.execute(
-                self._upsert(t).values(member_id=author, kept_bytes=0).on_conflict_do_nothing()
-            )
-            statement = update(t).where(t.c.member_id == author)
             if budget is None or author != budget.member_id:
-                connection.execute(statement.values(kept_bytes=t.c.kept_bytes + cost))
+                connection.execute(_ADD_USAGE, {"member": author, "cost": cost})
                 continue
-            room = statement.where(t.c.kept_bytes + cost <= budget.max_bytes)
-            if connection.execute(room.values(kept_bytes=t.c.kept_bytes + cost)).rowcount != 1:
+            room = {"member": author, "cost": cost, "max": budget.max_bytes}
+            if cost > budget.max_bytes or connection.execute(_ADD_WITHIN, room).rowcount != 1:
+                t = case_usage_table
                 held = connection.execute(
                     select(t.c.kept_bytes).where(t.c.member_id == author)
-                ).scalar_one()
+                ).scalar_one_or_none()
                 raise NotificationQuotaError(
-                    f"member {author} has {held} bytes of quality cases kept here; this "
+                    f"member {author} has {held or 0} bytes of quality cases kept here; this "
                     f"takes {cost} more, past what this node keeps from one member "
                     f"(case_bytes_per_member {budget.max_bytes})"
                 )
