@@ -46,8 +46,11 @@ class IngestAdmission(Protocol):
     ``admit(rows, size)`` is held around an ingest of up to ``rows`` new rows and
     ``size`` bytes; it refuses one that could pass a quota before anything is written,
     and lets one tenant's ingests through one at a time (so racing ingests cannot both
-    take the last rows of a quota). ``counts_rows``: whether it reads ``rows`` at all
-    (counting an upload's lines reads it once more); ``disk``: the free disk it keeps."""
+    take the last rows of a quota). ``check_upload(size)`` refuses an upload of ``size``
+    bytes as it arrives, before it is read whole or spooled (against what was stored at
+    the last measure: cheap, asked every few MiB). ``counts_rows``: whether it reads
+    ``rows`` at all (counting an upload's lines reads it once more); ``disk``: the free
+    disk it keeps."""
 
     @property
     def counts_rows(self) -> bool: ...
@@ -58,6 +61,8 @@ class IngestAdmission(Protocol):
         ...
 
     def admit(self, rows: int, size: int) -> AbstractAsyncContextManager[None]: ...
+
+    def check_upload(self, size: int) -> None: ...
 
 
 @dataclass

@@ -75,6 +75,10 @@ class DiskRoom:
         """Refuse an ingest of ``size`` bytes that does not fit (its caller is told)."""
         self.check(size, "this ingest brings")
 
+    def check_upload(self, size: int) -> None:
+        """Refuse an upload of ``size`` bytes as it arrives (`IngestAdmission`)."""
+        self.check_ingest(size)
+
     @asynccontextmanager
     async def admit(self, rows: int, size: int) -> AsyncIterator[None]:
         """Around an ingest of ``size`` bytes (`node.context.IngestAdmission`)."""

@@ -60,18 +60,23 @@ from qdspace.node.api.observe import mount_observability
 from qdspace.node.api.outbox import outbox_router
 from qdspace.node.api.problems import (
     ApiProblem,
+    BodyTooLarge,
     UnsupportedMediaType,
     install_problem_handlers,
 )
 from qdspace.node.api.retention import retention_router
 from qdspace.node.api.traces import traces_router
 from qdspace.node.api.training import create_training_router
-from qdspace.node.context import NodeContext
+from qdspace.node.context import IngestAdmission, NodeContext
 
 RAW_SUFFIX = {"text/csv": ".csv", "application/x-ndjson": ".jsonl", "application/jsonl": ".jsonl"}
 JSON_MEDIA = "application/json"
 #: an upload is spooled to a temporary file in chunks of this size, never held whole
 SPOOL_CHUNK = 1 << 20
+#: a JSON ingest is parsed whole: its body is held in memory, so it is kept small
+JSON_INGEST_LIMIT = 16 << 20
+#: an upload arriving is checked against what may be stored every this many bytes
+CHECK_EVERY = 8 << 20
 FEDERATION_JOBS = FEDERATION_PREFIX + "/jobs"
 PeerName = Annotated[str, PathParam(min_length=1, max_length=128)]
 
@@ -155,9 +160,13 @@ def create_app(ctx: NodeContext) -> FastAPI:
         """Rows as JSON (``{"rows": [...]}``), CSV or JSON Lines (``charset`` honoured)."""
         check_kind(kind)
         media, charset = _media_type(request.headers.get("content-type", JSON_MEDIA))
+        admission = ctx.ingest_admission
+        declared = request.headers.get("content-length", "")
+        if admission is not None and declared.isdigit():  # before a byte of it is read
+            await _run(admission.check_upload, int(declared))
         if media == JSON_MEDIA:
-            body = await request.body()
-            payload = IngestRows.model_validate_json(body)
+            body = await _json_body(request, admission)
+            payload = await _run(IngestRows.model_validate_json, body)  # off the event loop
             async with _admitted(ctx, len(payload.rows), len(body)):
                 report = await _run(
                     ctx.store.ingest_rows,
@@ -174,10 +183,11 @@ def create_app(ctx: NodeContext) -> FastAPI:
                 "text/csv or application/x-ndjson"
             )
         source = Path(request.query_params.get("source", f"upload{suffix}")).name
-        with tempfile.TemporaryDirectory(prefix="qdspace-upload-") as tmp:
+        # on the node's own disk (the one its free-disk check and quotas measure), not
+        # the shared temporary folder
+        with tempfile.TemporaryDirectory(prefix=".upload-", dir=ctx.directory) as tmp:
             path = Path(tmp) / f"upload{suffix}"
-            await _spool(request, path)
-            admission = ctx.ingest_admission
+            await _spool(request, path, admission)
             counted = admission is not None and admission.counts_rows
             lines = await _run(_count_lines, path) if counted else 0
             async with _admitted(ctx, lines, path.stat().st_size):
@@ -273,12 +283,38 @@ def _media_type(header: str) -> tuple[str, str | None]:
     return media.lower(), charset
 
 
-async def _spool(request: Request, path: Path) -> None:
-    """The request body into ``path`` as it arrives (`BodyLimit` has capped its size)."""
-    size = 0
+async def _spool(request: Request, path: Path, admission: IngestAdmission | None) -> None:
+    """The request body into ``path`` as it arrives (`BodyLimit` has capped its size),
+    refused once it no longer fits what may be stored (`IngestAdmission.check_upload`,
+    asked every `CHECK_EVERY` bytes)."""
+    size, checked = 0, 0
     with path.open("wb") as out:
         async for chunk in request.stream():
             size += len(chunk)
             out.write(chunk)
+            if admission is not None and size - checked >= CHECK_EVERY:
+                await _run(admission.check_upload, size)
+                checked = size
     if size == 0:
         raise EmptyUpload("the upload is empty: send a header line and rows")
+
+
+async def _json_body(request: Request, admission: IngestAdmission | None) -> bytes:
+    """A JSON ingest's body, read up to `JSON_INGEST_LIMIT` (it is parsed whole, into a
+    few times its size in memory: larger uploads go as CSV or JSON Lines, which are
+    spooled to disk and read in batches), refused as it arrives once it no longer fits
+    what may be stored."""
+    body = bytearray()
+    checked = 0
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > JSON_INGEST_LIMIT:
+            raise BodyTooLarge(
+                f"a JSON ingest is at most {JSON_INGEST_LIMIT >> 20} MiB: send larger "
+                "uploads as text/csv or application/x-ndjson (spooled to disk, read in "
+                "batches)"
+            )
+        if admission is not None and len(body) - checked >= CHECK_EVERY:
+            await _run(admission.check_upload, len(body))
+            checked = len(body)
+    return bytes(body)

@@ -4,7 +4,8 @@ Every tenant of a host shares one event loop and one pool of worker threads, so
 fairness is decided at the door: each peer gRPC call (an interceptor outside the
 authentication and decoding, `QuotaInterceptor`) and each operator API call (the host's
 dispatcher, before the tenant's app) first takes a token of the tenant's `TokenBucket`
-and a slot (a stream, or a call in flight); a call over a quota is refused there with
+and a slot (a stream, or a call in flight; the tenant's staff have a bucket and slots of
+their own, so members cannot spend them); a call over a quota is refused there with
 RESOURCE_EXHAUSTED / 429 and the seconds to wait, having cost a dictionary lookup and a
 lock. A tenant that floods the host gets its quota's worth of service, no more, and
 its neighbours' calls do not queue behind its surplus. The calls-in-flight quota bounds
@@ -99,6 +100,21 @@ def measure_usage(store: QualityStore, contracts: ContractStore | None = None) -
         return Usage(rows, int(connection.execute(query).scalar_one()))
 
 
+def _bucket(quota: Quota, now: float) -> TokenBucket | None:
+    """A token bucket of the quota's rate, or None (no rate quota)."""
+    if quota.rps is None or quota.burst is None:
+        return None
+    return TokenBucket(quota.rps, quota.burst, now)
+
+
+def _changed(bucket: TokenBucket | None, quota: Quota, now: float) -> TokenBucket | None:
+    """`bucket` under a new quota: its tokens kept where it goes on."""
+    if bucket is None or quota.rps is None or quota.burst is None:
+        return _bucket(quota, now)
+    bucket.change(quota.rps, quota.burst, now)
+    return bucket
+
+
 class TenantAdmission:
     """One tenant's quota counters (see the module)."""
 
@@ -115,13 +131,11 @@ class TenantAdmission:
         #: the free disk the tenant's node keeps (`node.disk_room`), asked before the quotas
         self.disk = disk
         now = time.monotonic()
-        self._bucket = (
-            TokenBucket(quota.rps, quota.burst, now)
-            if quota.rps is not None and quota.burst is not None
-            else None
-        )
+        self._bucket = _bucket(quota, now)
+        self._staff_bucket = _bucket(quota, now)
         self.streams = Slots(quota.max_streams)
         self.calls = Slots(quota.max_calls)
+        self.staff_calls = Slots(quota.max_calls)
         self._ingest = asyncio.Lock()  # one ingest at a time
         #: guards the usage, the writes in flight and every measure
         self._lock = threading.Lock()
@@ -135,32 +149,35 @@ class TenantAdmission:
     def change(self, quota: Quota) -> None:
         """New limits, live: held slots stay held, the bucket keeps its tokens."""
         now = time.monotonic()
-        if quota.rps is None or quota.burst is None:
-            self._bucket = None
-        elif self._bucket is None:
-            self._bucket = TokenBucket(quota.rps, quota.burst, now)
-        else:
-            self._bucket.change(quota.rps, quota.burst, now)
+        self._bucket = _changed(self._bucket, quota, now)
+        self._staff_bucket = _changed(self._staff_bucket, quota, now)
         self.streams.limit = quota.max_streams
         self.calls.limit = quota.max_calls
+        self.staff_calls.limit = quota.max_calls
         self.quota = quota
 
     # -- calls -----------------------------------------------------------------------
 
-    def admit_call(self, *, stream: bool) -> Release:
-        """A token and a slot for one call; its release, or a `QuotaExceeded` refusal."""
+    def admit_call(self, *, stream: bool, staff: bool = False) -> Release:
+        """A token and a slot for one call; its release, or a `QuotaExceeded` refusal.
+
+        The tenant's own staff (its operator API, ``staff``) draw on a bucket and call
+        slots of their own, of the same size as the members': sharing one, any member
+        flooding the tenant's gRPC or DSP listener locked its staff out of their own
+        API (429) for as long as it kept at it."""
         try:
-            return self._admit(stream)
+            return self._admit(stream, staff)
         except QuotaExceeded as exc:
             self._note_refusal(exc)
             raise
 
-    def _admit(self, stream: bool) -> Release:
-        if self._bucket is not None:
-            wait = self._bucket.take(time.monotonic())
+    def _admit(self, stream: bool, staff: bool) -> Release:
+        bucket = self._staff_bucket if staff else self._bucket
+        if bucket is not None:
+            wait = bucket.take(time.monotonic())
             if wait:
                 raise rate_refusal(self.tenant, self.quota, wait)
-        slots = self.streams if stream else self.calls
+        slots = self.staff_calls if staff else self.streams if stream else self.calls
         if not slots.take():
             if stream:
                 raise stream_refusal(self.tenant, slots.held, slots.limit)
@@ -215,6 +232,21 @@ class TenantAdmission:
                     self._settle(rows, size)
                 if self._measure is not None:
                     await asyncio.to_thread(self._remeasure)
+
+    def check_upload(self, size: int) -> None:
+        """Refuse an upload of ``size`` bytes as it arrives, before it is read whole or
+        spooled (`IngestAdmission`): the disk, and the storage quota against the usage as
+        last measured (an ingest is measured afresh when it is admitted)."""
+        if self.disk is not None:
+            self.disk.check_ingest(size)
+        if self._measure is None or self.quota.max_storage is None:
+            return
+        with self._lock:
+            if self.usage is None:
+                self._remeasure_locked()
+            usage = self.usage
+        assert usage is not None
+        check_growth(self.tenant, self.quota, usage, 0, size, INGEST)
 
     @contextmanager
     def receive(self, rows: int, size: int) -> Iterator[None]:

@@ -231,7 +231,11 @@ class HostDispatcher:
         with as_member(tenant.name):  # its log lines name it
             try:
                 app = self.runtime.check_serving(tenant)
-                release = tenant.admission.admit_call(stream=False) if tenant.admission else None
+                release = (
+                    tenant.admission.admit_call(stream=False, staff=True)
+                    if tenant.admission
+                    else None
+                )
             except QuotaExceeded as exc:  # before the tenant's app does any work
                 status = faults.http_status(exc)
                 await send_problem(send, status, str(exc), path, exc.retry_after_s)

@@ -218,8 +218,9 @@ def test_a_rate_quota_changed_live_refuses_with_retry_after_and_holds_across_a_r
     assert answers[:2] == ["ok", "ok"], answers
     assert all("RESOURCE_EXHAUSTED" in a and "request rate quota" in a for a in answers[2:])
     assert "0.2 requests per second, burst 2" in answers[2]
-    with host.client(host.tokens[BUSY]) as busy:  # its operator API shares the bucket
-        r = busy.get("/v1/node")
+    with host.client(host.tokens[BUSY]) as busy:  # its staff have a bucket of their own
+        assert [busy.get("/v1/node").status_code for _ in range(2)] == [200, 200]
+        r = busy.get("/v1/node")  # past their own burst
         assert r.status_code == 429, r.text
         assert int(r.headers["retry-after"]) >= 1 and "retry in" in r.json()["detail"]
     assert _hellos(host, CALM, 5) == ["ok"] * 5  # the neighbour is not throttled
@@ -289,3 +290,72 @@ def test_a_hostile_quota_at_add_leaves_no_tenant(host: Host) -> None:
     assert done.returncode == 1 and "not a size" in done.stderr, done.stderr
     assert not (host.directory / "tenants" / "newco").exists()
     assert "newco" not in _listed(host)
+
+
+def _uploads_left(host: Host, tenant: str) -> list[str]:
+    """Spooled uploads left in the tenant's directory (none once an ingest has ended)."""
+    return [p.name for p in (host.directory / "tenants" / tenant).glob(".upload-*")]
+
+
+def test_an_upload_over_the_storage_quota_is_refused_as_it_arrives(host: Host) -> None:
+    """CALM may store 2 MiB more than it holds. A 48 MB CSV sent without a length is
+    refused once what arrived no longer fits (it was spooled whole to the host's shared
+    temporary folder first); the same with its length declared is refused before a byte
+    is read; a JSON ingest is held in memory to be parsed, so it is refused over 16 MiB
+    whatever the quota (a tenant's 90 MB JSON body took the host 3.7 GB and held every
+    tenant's calls 3.6 s)."""
+    with host.client(host.tokens[CALM]) as api:
+        held = api.get("/v1/qdm/counts").json()
+    assert _quota(host, "--name", CALM, "--max-storage", "3MiB").returncode == 0
+    header = b"inspection_id,station,inspected_at,verdict\n"
+    row = b"X-%08d,EL-1,2026-12-01T06:00:00Z,pass" + b" " * 60 + b"\n"
+
+    def csv(rows: int) -> Iterator[bytes]:
+        yield header
+        for start in range(0, rows, 10_000):
+            yield b"".join(row % i for i in range(start, start + 10_000))
+
+    try:
+        with host.client(host.tokens[CALM]) as api:
+            streamed = api.post(
+                "/v1/ingest/inspection",
+                content=csv(480_000),
+                headers={"content-type": "text/csv"},
+            )
+            assert streamed.status_code == 507, streamed.text
+            assert "over its storage quota of 3.0 MiB" in streamed.json()["detail"]
+            declared = api.post(
+                "/v1/ingest/inspection",
+                content=b"".join(csv(480_000)),
+                headers={"content-type": "text/csv"},
+            )
+            assert declared.status_code == 507, declared.text
+            assert api.get("/v1/qdm/counts").json() == held  # nothing of either stored
+        assert _uploads_left(host, CALM) == []
+    finally:
+        assert _quota(host, "--name", CALM, "--reset").returncode == 0
+
+    body = json.dumps({"rows": [_inspection(i) for i in range(70_000)]}).encode()
+    assert len(body) > 16 << 20
+    with host.client(host.tokens[CALM]) as api:
+        big = api.post(
+            "/v1/ingest/inspection", content=body, headers={"content-type": "application/json"}
+        )
+    assert big.status_code == 413, big.text
+    assert "a JSON ingest is at most 16 MiB" in big.json()["detail"], big.text
+
+
+def test_a_member_flooding_a_tenant_does_not_lock_its_staff_out(host: Host) -> None:
+    """SunArc calls BUSY faster than its rate quota allows: its calls past the quota are
+    refused, and BUSY's staff are still served (they drew on one bucket: 429 for as long
+    as the member kept at it)."""
+    assert _quota(host, "--name", BUSY, "--rps", "unlimited").returncode == 0  # fresh buckets
+    assert _quota(host, "--name", BUSY, "--rps", "2", "--burst", "4").returncode == 0
+    try:
+        answers = _hellos(host, BUSY, 12)
+        assert "ok" in answers and any("rate quota" in a for a in answers), answers
+        with host.client(host.tokens[BUSY]) as api:
+            staff = [api.get("/v1/node").status_code for _ in range(3)]
+        assert staff == [200, 200, 200], staff
+    finally:
+        assert _quota(host, "--name", BUSY, "--max-rows", "5", "--rps", "100").returncode == 0
