@@ -79,3 +79,15 @@ def test_a_node_process_holds_its_recursion_limit_whatever_it_imports_later() ->
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.split() == ["1000", "refused"]
+
+
+@pytest.mark.timeout(30)  # a hang guard, not a timing: the old pattern took ~15 minutes
+@pytest.mark.parametrize("unit", ['\\"', '"\\', '\\\\"', '\\'])
+def test_quotes_without_an_end_are_read_in_one_pass(unit: str) -> None:
+    """512 kB of escaped quotes and no closing one: the string pattern rescanned the rest
+    of the text from every quote (64 kB: 13 s on the event loop of the API's JSON gate
+    and the MQTT listener); brackets after an unterminated quote are inside the string."""
+    text = '"' + unit * (512_000 // len(unit))
+    assert not json_too_deep(text)
+    assert not json_too_deep(text + "[" * 100)
+    assert json_too_deep("[" * 40 + text)
