@@ -1,7 +1,8 @@
 """Pure mapping: what a line source delivered -> a QDM measurement row, or why not.
 
-No sockets, no files, no clock: the connectors hand in what they decoded (an OPC UA
-value with its timestamps, an MQTT topic and payload) and get back a row for
+No sockets, no files, no clock of its own: the connectors hand in what they decoded (an
+OPC UA value with its timestamps, an MQTT topic and payload) and their clock's now, and
+get back a row for
 :func:`connector.validate.parse_measurement` (which converts the unit through the
 dictionary) or a ``(field, reason)`` pair that the sink reports with the source.
 
@@ -10,13 +11,22 @@ parameter, measured_at), so a reading delivered twice (a re-subscription's initi
 value, an MQTT redelivery, a backfill overlapping what arrived live) is stored once
 only if it carries the time it was *taken*. A reading without one cannot be told
 from a new one, so it is refused rather than stamped with the time it arrived.
+
+What a source says is checked as a peer's bytes are (anyone who can publish on the
+plant's broker is a source): a reading taken more than `AHEAD` after our clock is refused
+(one stamped 9999 became the newest reading of its equipment for good, and the OPC UA
+backfill, which starts after the newest stored, then read no history of it again); an
+equipment, batch or order id must be printable text (an escape sequence stored as a
+batch id made the lot untraceable) and is never cut or made up from another type (two
+76-character lot ids equal in their first 64 were stored as one lot; an object became its
+Python text): what is not so is refused with its field.
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from qdspace.connector.ingest import TOO_MANY_DIGITS, BadLine
@@ -27,6 +37,25 @@ from qdspace.util.json_depth import json_too_deep
 Row = dict[str, Any]
 #: an MQTT payload larger than this is no single reading
 MAX_PAYLOAD_BYTES = 64 * 1024
+#: a reading may be stamped this far after our clock (a machine's clock runs ahead)
+AHEAD = timedelta(minutes=5)
+
+
+def refused_source(row: Row, now: datetime) -> BadLine | None:
+    """Why a row a line source delivered is refused before validation (its time ahead of
+    `now` by more than `AHEAD`, an id that is not printable text), else None."""
+    taken = row["measured_at"]
+    if taken > now + AHEAD:
+        return (
+            "measured_at",
+            f"{taken.isoformat()} is more than {AHEAD.seconds // 60} minutes after this "
+            f"node's clock ({now.isoformat(timespec='seconds')})",
+        )
+    for name in ("equipment", "batch_id", "order_id"):
+        value = row.get(name)
+        if isinstance(value, str) and not value.isprintable():
+            return (name, f"{value[:64]!r} is not printable text")
+    return None
 
 
 def measurement(
@@ -36,8 +65,8 @@ def measurement(
     value: Any,
     unit: str,
     measured_at: datetime,
-    batch_id: str | None = None,
-    order_id: str | None = None,
+    batch_id: Any = None,
+    order_id: Any = None,
 ) -> Row:
     """A measurement row as a delivered file would carry it."""
     row: Row = {
@@ -60,8 +89,10 @@ def opcua_row(
     source_time: datetime | None,
     server_time: datetime | None,
     context: Mapping[str, Any],
+    now: datetime | None = None,
 ) -> Row | BadLine:
-    """A data change of ``node``; ``context`` holds the current values of context nodes."""
+    """A data change of ``node``; ``context`` holds the current values of context nodes
+    (``now``: our clock, else read here)."""
     taken = source_time or server_time
     if taken is None:
         return (
@@ -72,7 +103,7 @@ def opcua_row(
         return ("value", f"expected a number or a grade code, got {type(value).__name__}")
     batch = node.batch_id or _text(context.get(node.batch_id_node or ""))
     order = node.order_id or _text(context.get(node.order_id_node or ""))
-    return measurement(
+    row = measurement(
         equipment=node.equipment,
         element=node.element,
         value=value,
@@ -81,13 +112,23 @@ def opcua_row(
         batch_id=batch,
         order_id=order,
     )
+    return refused_source(row, now or datetime.now(UTC)) or row
 
 
-def _text(value: Any) -> str | None:
+def _text(value: Any) -> Any:
+    """A context node's value as an id: a number as its digits, a text as it is (checked
+    whole by the validation: never cut), nothing for none."""
     if value is None or isinstance(value, bool):
         return None
-    text = str(value).strip()
-    return text[:64] or None
+    if isinstance(value, int | float):
+        return str(value)
+    return value.strip() or None if isinstance(value, str) else value
+
+
+def _given(value: Any, fallback: str | None) -> Any:
+    """A payload's id field as sent (the validation refuses one that is no id), or the
+    mapping's when the payload has none."""
+    return fallback if value is None or value == "" else value
 
 
 def topic_matches(pattern: str, topic: str) -> bool:
@@ -106,8 +147,15 @@ def mqtt_mapping(config: MqttConfig, topic: str) -> MqttTopic | None:
     return next((t for t in config.topics if topic_matches(t.topic, topic)), None)
 
 
-def mqtt_row(config: MqttConfig, mapping: MqttTopic, topic: str, payload: bytes) -> Row | BadLine:
-    """One message: a JSON object with value, time and optionally unit, batch, order."""
+def mqtt_row(
+    config: MqttConfig,
+    mapping: MqttTopic,
+    topic: str,
+    payload: bytes,
+    now: datetime | None = None,
+) -> Row | BadLine:
+    """One message: a JSON object with value, time and optionally unit, batch, order
+    (``now``: our clock, else read here)."""
     if len(payload) > MAX_PAYLOAD_BYTES:
         return ("-", f"payload of {len(payload)} bytes; at most {MAX_PAYLOAD_BYTES}")
     try:
@@ -136,16 +184,21 @@ def mqtt_row(config: MqttConfig, mapping: MqttTopic, topic: str, payload: bytes)
             return ("equipment", f"topic {topic!r} has no level {mapping.equipment_level}")
         equipment = levels[mapping.equipment_level]
     assert equipment is not None
-    unit = body.get(config.unit_field) or mapping.unit
-    return measurement(
+    unit = body.get(config.unit_field)
+    if unit is None:
+        unit = mapping.unit
+    if not isinstance(unit, str):
+        return (config.unit_field, f"expected a unit's symbol, got {type(unit).__name__}")
+    row = measurement(
         equipment=equipment,
         element=mapping.element,
         value=body[config.value_field],
-        unit=unit if isinstance(unit, str) else str(unit),
+        unit=unit,
         measured_at=taken,
-        batch_id=_text(body.get(config.batch_field)) or mapping.batch_id,
-        order_id=_text(body.get(config.order_field)) or mapping.order_id,
+        batch_id=_given(body.get(config.batch_field), mapping.batch_id),
+        order_id=_given(body.get(config.order_field), mapping.order_id),
     )
+    return refused_source(row, now or datetime.now(UTC)) or row
 
 
 def _time(value: Any) -> datetime | str:

@@ -43,6 +43,7 @@ from qdspace.connector.linein.mapping import (
     MAX_PAYLOAD_BYTES,
     Row,
     measurement,
+    refused_source,
     topic_matches,
 )
 
@@ -82,10 +83,15 @@ def parse_topic(topic: str) -> SparkplugTopic | None:
     levels = topic.split("/")
     if len(levels) not in (4, 5) or levels[0] != NAMESPACE or not all(levels[1:]):
         return None
+    if any(len(level) > MAX_LEVEL for level in levels):  # (the book keeps them as keys)
+        return None
     return SparkplugTopic(levels[1], levels[2], levels[3], levels[4] if len(levels) == 5 else None)
 
 
 Key = tuple[str, str, "str | None"]
+#: a group, edge node or device name is at most this long (an equipment id is 64
+#: characters at most; 10,000 BIRTHs of devices named by 16 kB each took 157 MB)
+MAX_LEVEL = 64
 
 
 @dataclass
@@ -327,7 +333,7 @@ def _row(
             return ("equipment", f"topic {topic!r} has no level {mapping.equipment_level}")
         equipment = levels[mapping.equipment_level]
     assert equipment is not None
-    return measurement(
+    row = measurement(
         equipment=equipment,
         element=mapping.element,
         value=value,
@@ -336,3 +342,4 @@ def _row(
         batch_id=mapping.batch_id,
         order_id=mapping.order_id,
     )
+    return refused_source(row, datetime.now(UTC)) or row

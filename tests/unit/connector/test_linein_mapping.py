@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from qdspace.connector.dictionary import default_dictionary
+from qdspace.connector.field_parsers import RowInvalid
 from qdspace.connector.linein.config import (
     ConnectorConfigError,
     MqttConfig,
@@ -224,3 +225,58 @@ def test_a_context_history_knows_what_it_forgot_not_what_it_never_knew(
     assert history.forgotten(horizon) is None and history.at(horizon) == (True, history.values[0])
     history.add(T, "late")
     assert history.forgotten(T) == horizon and history.horizon == horizon
+
+
+NOW = datetime(2026, 12, 6, 23, 0, tzinfo=UTC)
+LONG_LOT = "L" * 64
+
+
+@pytest.mark.parametrize(
+    ("fields", "field", "reason"),
+    [
+        ({"ts": "9999-12-31T23:00:00Z"}, "measured_at", "more than 5 minutes after"),
+        ({"ts": "2026-12-06T23:06:00Z"}, "measured_at", "more than 5 minutes after"),
+        ({"batch_id": "\x1b[2J\rB-1"}, "batch_id", "not printable text"),
+        ({"order_id": "PO-1\u2028forged"}, "order_id", "not printable text"),
+        ({"batch_id": {"evil": [1, 2]}}, "batch_id", "expected text, got dict"),
+        ({"batch_id": LONG_LOT + "-A"}, "batch_id", "longer than 64 characters"),
+        ({"unit": False}, "unit", "expected a unit's symbol, got bool"),
+        ({"unit": 0}, "unit", "expected a unit's symbol, got int"),
+    ],
+)
+def test_what_a_publisher_sends_is_checked_not_mended(
+    fields: dict[str, object], field: str, reason: str
+) -> None:
+    """A time ahead of our clock, an id that is no printable text, cut or made up from an
+    object, a unit that is no symbol: refused with its field, whether by the mapping or by
+    the validation after it (they were stored: 9999 as the newest reading for good, the
+    escape sequence as a lot no trace can name, two lots equal in 64 characters as one,
+    ``{'evil': [1, 2]}`` as a batch, the mapping's unit for ``false``)."""
+    import json
+
+    topic = "plant/PECVD-2/pecvd/silane"
+    body = {"value": 1.2, "unit": "slm", "ts": "2026-12-06T22:59:00Z", **fields}
+    row = mqtt_row(MQTT, MQTT.topics[0], topic, json.dumps(body).encode(), NOW)
+    if isinstance(row, tuple):
+        assert row[0] == field and reason in row[1], row
+        return
+    with pytest.raises(RowInvalid) as refused:
+        parse_measurement(row, default_dictionary())
+    assert field in str(refused.value) and reason in str(refused.value), refused.value
+
+
+def test_a_reading_within_the_clock_skew_and_long_ids_in_bounds_are_stored() -> None:
+    body = b'{"value": 1.2, "unit": "slm", "ts": "2026-12-06T23:04:00Z", "batch_id": "%s"}'
+    row = mqtt_row(MQTT, MQTT.topics[0], "plant/P/pecvd/x", body % LONG_LOT.encode(), NOW)
+    assert isinstance(row, dict)
+    assert parse_measurement(row, default_dictionary())["batch_id"] == LONG_LOT
+    cfg = OpcuaConfig.model_validate(
+        {"endpoint": "opc.tcp://x:4840",
+         "nodes": [{"node_id": "i=1", "element": "silane_flow", "equipment": "P",
+                    "batch_id_node": "i=2"}]}
+    )  # fmt: skip
+    ahead = datetime(2027, 1, 1, tzinfo=UTC)
+    assert opcua_row(cfg.nodes[0], 1.0, ahead, None, {}, NOW)[0] == "measured_at"
+    assert opcua_row(cfg.nodes[0], 1.0, T, None, {"i=2": "B\x00"}, NOW)[0] == "batch_id"
+    numbered = opcua_row(cfg.nodes[0], 1.0, T, None, {"i=2": 260001}, NOW)
+    assert isinstance(numbered, dict) and numbered["batch_id"] == "260001"
