@@ -472,3 +472,45 @@ async def test_poison_messages_are_refused_and_the_listener_goes_on(
     stop.set()
     await asyncio.wait_for(task, 10)
     assert again.session_present and not again.sink.rejected and count(store) == 1
+
+
+async def test_while_the_store_is_behind_the_queue_holds_a_bounded_number_of_messages(
+    broker: Broker, store: QualityStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The store holds its first call until 60 readings were published: meanwhile at most
+    `QUEUED` (5 here) wait in the connector, and paho reads no more (the broker keeps
+    them); released, the connector stores every reading, none twice (before: all 59
+    waited in memory and came as one batch)."""
+    from qdspace.connector.linein import mqtt as mqtt_module
+
+    monkeypatch.setattr(mqtt_module, "QUEUED", 5)
+    sink = MeasurementSink(store, "slow")
+    held, sizes = threading.Event(), []
+    put = sink.put
+
+    def slow_put(items: Any) -> Any:
+        sizes.append(len(items))
+        held.wait(60)
+        return put(items)
+
+    sink.put = slow_put  # type: ignore[method-assign]
+    connector = MqttConnector(MqttConfig.model_validate(config(broker.port)), sink)
+    stop = asyncio.Event()
+    task = asyncio.create_task(connector.run(stop))
+    tool = Publisher(broker.port)
+    try:
+        await until(lambda: connector.sessions == 1 and connector._connected)
+        await asyncio.sleep(0.2)  # the SUBACK
+        topic = "plant/PECVD-1/pecvd/pressure"
+        for i in range(60):
+            await asyncio.to_thread(tool.send, topic, reading(i, 1.0 + i / 100))
+        await asyncio.sleep(0.5)
+        assert sizes == [1], sizes  # the first, held in the store
+        held.set()
+        await until(lambda: count(store) == 60, timeout=60)
+    finally:
+        held.set()
+        tool.close()
+        stop.set()
+        await asyncio.wait_for(task, 10)
+    assert sum(sizes) == 60 and max(sizes[1:]) <= 6, sizes
