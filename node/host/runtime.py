@@ -112,6 +112,8 @@ class HostedTenant:
     #: why the tenant is not serving (it failed to open or start); "" when fine
     error: str = ""
     token_digest: bytes = b""
+    #: its operator token (compared in constant time: `HostRuntime.by_token`)
+    token: str = field(default="", repr=False)
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     #: its quotas at work (`admission`); None until it opened
     admission: TenantAdmission | None = None
@@ -191,6 +193,7 @@ class HostRuntime:
         directory = self.files.tenant(tenant.name)
         settings: NodeSettings = TenantSettings.load(directory)
         key_files = tenant_key_files(self.files, self.master, tenant.name)
+        self._know_token(tenant, key_files, settings)
         sealed_url = self.files.sealed_db_url(tenant.name)
         if sealed_url.exists():  # its own PostgreSQL database or schema
             db_url = key_files.read(sealed_url, "database URL").decode().strip()
@@ -210,15 +213,29 @@ class HostRuntime:
         if contracts is not None:  # rows its providers send count too
             contracts.received_room = tenant.admission
         digest = token_digest(ctx.operator_token)
-        if digest in self._by_token:
+        if self._by_token.get(digest, tenant) is not tenant:
             raise HostError(f"its operator token is tenant {self._by_token[digest].name}'s too")
-        tenant.token_digest = digest
+        tenant.token_digest, tenant.token = digest, ctx.operator_token
         self._by_token[digest] = tenant
         try:
             ctx.revocations.check_fresh()
         except StaleRevocationList as exc:  # as a node: a refreshed file is picked up live
             logger.error("tenant %s: %s", tenant.name, exc)
         tenant.ledger = attach_anchoring(ctx)
+
+    def _know_token(self, tenant: HostedTenant, key_files: Any, settings: NodeSettings) -> None:
+        """Take the tenant's operator token before anything else of it is opened: a tenant
+        that then fails to open (a broken database) answers its staff 503 "not serving",
+        not 401 as if their token were wrong."""
+        try:
+            token = key_files.read(settings.operator_token_path, "operator token")
+        except Exception:  # the open that follows fails, saying why
+            return
+        text = token.decode().strip()
+        digest = token_digest(text)
+        if self._by_token.get(digest, tenant) is tenant:
+            tenant.token_digest, tenant.token = digest, text
+            self._by_token[digest] = tenant
 
     # -- serving ----------------------------------------------------------------------
 
@@ -384,9 +401,9 @@ class HostRuntime:
         """The tenant whose operator token this is (looked up by its hash, then compared
         in constant time), or None."""
         tenant = self._by_token.get(token_digest(token))
-        if tenant is None or tenant.ctx is None:
+        if tenant is None or not tenant.token:
             return None
-        if not hmac.compare_digest(token.encode(), tenant.ctx.operator_token.encode()):
+        if not hmac.compare_digest(token.encode(), tenant.token.encode()):
             return None
         return tenant
 
@@ -394,8 +411,9 @@ class HostRuntime:
         """The tenant's app, or the reason it cannot answer (`TenantSuspended`, `HostError`)."""
         if tenant.suspended:
             raise TenantSuspended(suspension_message(tenant.name, tenant.record.reason))
-        if tenant.error or tenant.ctx is None:
-            raise HostError(f"tenant {tenant.name} is not serving: {tenant.error or 'starting'}")
+        if tenant.error or tenant.ctx is None:  # (its staff are not told the host's inside)
+            why = "its host is looking into it" if tenant.error else "it is starting"
+            raise HostError(f"tenant {tenant.name} is not serving: {why}")
         return self.app_of(tenant)
 
     def app_of(self, tenant: HostedTenant) -> ASGIApp:

@@ -103,6 +103,12 @@ def test_the_tenants_start_and_the_broken_one_is_reported(host: Host) -> None:
     assert "database" in listed["brokenco"]["error"].lower(), listed["brokenco"]
     assert "brokenco: not serving" in host.log.read_text()
     assert _hello(host, "siliwafer").peer == "siliwafer"  # the others serve regardless
+    with host.client(host.tokens["brokenco"]) as staff:  # their token is right: 503, not 401
+        answer = staff.get("/v1/node")
+    assert answer.status_code == 503, answer.text
+    detail = answer.json()["detail"]
+    assert "tenant brokenco is not serving: its host is looking into it" in detail
+    assert "database" not in detail.lower()  # the host's inside stays the host's
 
 
 def test_a_member_negotiates_and_pulls_from_a_hosted_tenant_as_from_a_node(host: Host) -> None:
