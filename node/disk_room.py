@@ -94,6 +94,10 @@ class DiskRoom:
             logger.warning("%s", exc)
             raise
 
+    def check_kept(self, size: int, what: str) -> None:
+        """Refuse ``size`` more bytes of ``what`` that do not fit (`ReceivedRoom`)."""
+        self.check(size, f"{what} brings")
+
     @contextmanager
     def receive(self, rows: int, size: int) -> Iterator[None]:
         """Around the write of rows received from a provider (`ReceivedRoom`)."""

@@ -49,6 +49,7 @@ from qdspace.node.disk_room import DiskRoom
 from qdspace.node.host.errors import QuotaExceeded
 from qdspace.node.host.quotas import (
     INGEST,
+    KEPT_NOT,
     RECEIVED,
     Quota,
     Slots,
@@ -247,6 +248,23 @@ class TenantAdmission:
             usage = self.usage
         assert usage is not None
         check_growth(self.tenant, self.quota, usage, 0, size, INGEST)
+
+    def check_kept(self, size: int, what: str) -> None:
+        """Refuse ``size`` more bytes of ``what`` (quality case data, a peer's or the
+        staff's) that do not fit (`ReceivedRoom`): the disk, and the storage quota
+        against the usage as last measured (measured again once stale). Quality cases
+        were written on no quota: 100 of its staff's took a tenant's database to 150x its
+        storage quota, and a member's opened at a tenant locked its own ingests out."""
+        if self.disk is not None:
+            self.disk.check(size, f"{what} brings")
+        if self._measure is None or self.quota.max_storage is None:
+            return
+        with self._lock:
+            if self.usage is None or self._stale():
+                self._remeasure_locked()
+            usage = self.usage
+        assert usage is not None
+        check_growth(self.tenant, self.quota, usage, 0, size, (f"{what} brings", KEPT_NOT))
 
     @contextmanager
     def receive(self, rows: int, size: int) -> Iterator[None]:

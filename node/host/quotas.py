@@ -279,6 +279,7 @@ def call_refusal(tenant: str, held: int, limit: int | None) -> CallQuotaExceeded
 
 #: how `check_growth` names what brings the rows, and what was not stored
 INGEST = ("this ingest carries", "nothing was stored")
+KEPT_NOT = "it was not kept"
 RECEIVED = (
     "rows received from a provider bring",
     "they were not stored (the transfer or subscription goes on from them once there is room)",

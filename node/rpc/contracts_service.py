@@ -20,6 +20,7 @@ import grpc
 
 from qdspace.connector.assets import AssetKind, catalog_entry
 from qdspace.connector.contract_errors import ContractDenied, ContractError
+from qdspace.node.errors import QuotaError
 from qdspace.node.identity.certs import MemberIdentity
 from qdspace.node.metrics import NodeMetrics
 from qdspace.node.rpc.auth import current_peer
@@ -84,6 +85,10 @@ def _guard(what: str) -> Iterator[None]:
         raise _Abort(code, str(exc)) from None
     except (WireFormatError, PolicyError) as exc:
         raise _Abort(status_code(exc, grpc.StatusCode.INVALID_ARGUMENT), str(exc)) from None
+    except QuotaError as exc:  # no room here for what the peer sent (disk, a host's quota)
+        code = status_code(exc, grpc.StatusCode.RESOURCE_EXHAUSTED)
+        logger.warning("%s refused: %s: %s", what, code.name, exc)
+        raise _Abort(code, str(exc)) from None
 
 
 def _settle(future: asyncio.Future[Any]) -> None:

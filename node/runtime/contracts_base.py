@@ -16,8 +16,10 @@ import logging
 import threading
 from collections import deque
 from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from typing import Protocol
 
 from nacl.signing import SigningKey, VerifyKey
 from sqlalchemy import Engine
@@ -97,6 +99,23 @@ class RecentActs:
             times.append(now)
 
 
+class ReceivedRoom(Protocol):
+    """Whether what members send may be kept here: a managed host's row and storage
+    quotas of its tenant (`node.host.admission.TenantAdmission`), or a node's free disk
+    (`node.disk_room.DiskRoom`)."""
+
+    def receive(self, rows: int, size: int) -> AbstractContextManager[None]:
+        """Held around the write of ``rows`` rows and ``size`` bytes a provider sent
+        (counted as in flight until it ends); refuses (raises) one that does not fit.
+        Blocking: entered in the worker thread that writes them."""
+        ...
+
+    def check_kept(self, size: int, what: str) -> None:
+        """Refuse (raise) ``size`` more bytes of ``what`` (quality case data: a peer's, or
+        our own staff's) that do not fit, against what was kept at the last measure."""
+        ...
+
+
 @dataclass
 class ContractBase:
     """The state and catalog shared by the contract moves; see the module docstring."""
@@ -124,6 +143,19 @@ class ContractBase:
     access: DatasetAccess = field(default_factory=DatasetAccess)
     # re-reads of transfers sent already, per member (`ProviderTransfers.charge_reread`)
     rereads: RecentActs = field(default_factory=RecentActs)
+    # what may be kept here (`ReceivedRoom`): set by the node (its free disk) or a managed
+    # host (its tenant's quotas); None: nothing is asked
+    received_room: ReceivedRoom | None = None
+
+    def _room(self, rows: int, size: int) -> AbstractContextManager[None]:
+        """Around a write of rows a provider sent (`ReceivedRoom.receive`)."""
+        room = self.received_room
+        return nullcontext() if room is None else room.receive(rows, size)
+
+    def _keep(self, size: int, what: str) -> None:
+        """Refuse ``size`` bytes of ``what`` that do not fit (`ReceivedRoom.check_kept`)."""
+        if self.received_room is not None:
+            self.received_room.check_kept(size, what)
 
     @property
     def verify_key(self) -> VerifyKey:

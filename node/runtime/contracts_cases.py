@@ -33,7 +33,7 @@ from nacl.signing import VerifyKey
 
 from qdspace.connector.contract_errors import CaseDenied, CaseReplayError, UnknownCaseError
 from qdspace.connector.contract_store import CaseLog, OutboxMessage
-from qdspace.connector.contract_store.cases import CaseBudget
+from qdspace.connector.contract_store.cases import CaseBudget, event_cost
 from qdspace.connector.investigation import (
     CaseEvent,
     CaseState,
@@ -96,6 +96,7 @@ class QualityCases(ContractNotices):
         now = self.clock.now()
         signed = [sign_event(e, self.signing_key) for e in opening(case_id, terms, now)]
         outbox = [self._case_note(s, terms.receiver_id) for s in signed]
+        self._keep(sum(map(event_cost, signed)), "this quality case")
         self.store.cases.append(signed, outbox, now)
         logger.info("quality case %s opened with %s", case_id, peer_name(terms.receiver_id))
         return self.store.cases.case_log(self.me.member_id, case_id)
@@ -110,6 +111,7 @@ class QualityCases(ContractNotices):
         event = next_event(case, me, step, at, action_id, note)
         signed = sign_event(event, self.signing_key)
         other = case.receiver_id if me == case.opener_id else case.opener_id
+        self._keep(event_cost(signed), "this move of a quality case")
         self.store.cases.append([signed], [self._case_note(signed, other)], self.clock.now())
         after = self.store.cases.case_log(case.opener_id, case_id)
         self._anchor_if_closed(after)
@@ -181,6 +183,7 @@ class QualityCases(ContractNotices):
             events.append(received)
             outbox.append(self._case_note(received, peer.member_id))
         budget = CaseBudget(peer.member_id, self.case_bytes_per_member, self.cases_per_hour)
+        self._keep(sum(map(event_cost, events)), f"quality case data from {peer.name}")
         first = self.store.cases.append(events, outbox, now, budget)
         if first:
             logger.info("quality case %s: %s by %s", event.case_id, event.step.value, peer.name)

@@ -14,9 +14,7 @@ live subscription's next reconnect). A node that is no host's tenant has no room
 from __future__ import annotations
 
 from collections.abc import Sequence
-from contextlib import AbstractContextManager, nullcontext
 from datetime import datetime
-from typing import Protocol
 
 from qdspace.connector.contract_store.received_model import (
     IncomingRow,
@@ -24,24 +22,13 @@ from qdspace.connector.contract_store.received_model import (
     MirrorResult,
 )
 from qdspace.connector.transfer import TransferProcess
-from qdspace.node.runtime.contracts_base import ContractBase
+from qdspace.node.runtime.contracts_base import ContractBase, ReceivedRoom
 
-
-class ReceivedRoom(Protocol):
-    """Whether rows received from a provider may be written (see the module)."""
-
-    def receive(self, rows: int, size: int) -> AbstractContextManager[None]:
-        """Held around the write of ``rows`` rows and ``size`` bytes (counted as in flight
-        until it ends); refuses (raises) one that does not fit. Blocking: entered in the
-        worker thread that writes them."""
-        ...
+__all__ = ["ConsumerReceipts", "ReceivedRoom"]
 
 
 class ConsumerReceipts(ContractBase):
     """The consumer's writes of received rows (a mixin of `ContractRuntime`)."""
-
-    #: a managed host's quotas of this tenant; None on a node of its own
-    received_room: ReceivedRoom | None = None
 
     def commit_received_batch(
         self,
@@ -61,7 +48,3 @@ class ConsumerReceipts(ContractBase):
         """A live stream's rows (`ContractStore.store_received_rows`), if there is room."""
         with self._room(len(rows), sum(len(r.payload) for r in rows)):
             return self.store.store_received_rows(agreement_id, source_id, rows, at)
-
-    def _room(self, rows: int, size: int) -> AbstractContextManager[None]:
-        room = self.received_room
-        return nullcontext() if room is None else room.receive(rows, size)

@@ -10,7 +10,9 @@ from __future__ import annotations
 import asyncio
 import json
 import threading
+import uuid
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from typing import Any
 
 import grpc
@@ -18,10 +20,15 @@ import httpx
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from qdspace.connector.investigation import CaseKind, CaseTerms, Severity, opening
+from qdspace.connector.investigation_wire import SealedEvent, sign_event
 from qdspace.node.errors import PeerError
+from qdspace.node.identity.member import load_member_keys
 from qdspace.node.init import add_peers
 from qdspace.node.layout import NodeLayout
 from qdspace.node.localnet.network import LocalNetwork, MemberSpec
+from qdspace.node.rpc.client import open_channel
+from qdspace.node.rpc.contracts_notification_serde import Notification, notification_to_proto
 from qdspace.node.rpc.peers import PeerDirectory
 from qdspace.util.ports import free_port
 
@@ -359,3 +366,54 @@ def test_a_member_flooding_a_tenant_does_not_lock_its_staff_out(host: Host) -> N
         assert staff == [200, 200, 200], staff
     finally:
         assert _quota(host, "--name", BUSY, "--max-rows", "5", "--rps", "100").returncode == 0
+
+
+def test_a_member_s_quality_cases_count_against_the_tenant_s_storage_quota(host: Host) -> None:
+    """SunArc (its own key, over mutual TLS) opens a quality case with CALM, whose database
+    is past its storage quota: refused RESOURCE_EXHAUSTED naming the quota, nothing kept
+    (cases were kept on no quota: a member's 60 cases took a tenant to 30x its quota and
+    locked its own ingests out); with room again, the same case is taken."""
+    with host.client(host.tokens[CALM]) as api:
+        calm_id = api.get("/v1/node").json()["member_id"]
+    sunarc = load_member_keys(host.net["sunarc"].directory)
+    terms = CaseTerms(
+        CaseKind.INVESTIGATION, sunarc.identity.member_id, calm_id, Severity.MAJOR, "EL cracks"
+    )
+    event = opening(f"qc-{uuid.uuid4().hex}", terms, datetime.now(UTC))[0]
+    signed = sign_event(event, sunarc.signing_key)
+    sealed = SealedEvent(event.canonical_bytes(), signed.signature)
+
+    def notify() -> tuple[grpc.StatusCode, str]:
+        note = Notification(
+            f"n-{uuid.uuid4().hex}", sunarc.identity.member_id, datetime.now(UTC), sealed
+        )
+        raw = notification_to_proto(note).SerializeToString()
+
+        async def call() -> tuple[grpc.StatusCode, str]:
+            address = f"127.0.0.1:{host.ports[CALM]}"
+            async with open_channel(sunarc, address, CALM) as channel:
+                method = channel.unary_unary(
+                    "/qdspace.v1.Notification/Notify",
+                    request_serializer=None,
+                    response_deserializer=None,
+                )
+                try:
+                    await method(raw, timeout=20)
+                except grpc.aio.AioRpcError as err:
+                    return err.code(), err.details() or ""
+            return grpc.StatusCode.OK, ""
+
+        return asyncio.run(call())
+
+    assert _quota(host, "--name", CALM, "--max-storage", "1KiB").returncode == 0
+    try:
+        code, why = notify()
+        assert code is grpc.StatusCode.RESOURCE_EXHAUSTED, (code, why)
+        assert "quality case data from sunarc brings" in why and "storage quota" in why, why
+        with host.client(host.tokens[CALM]) as api:
+            assert api.get("/v1/investigations").json() == []
+    finally:
+        assert _quota(host, "--name", CALM, "--reset").returncode == 0
+    assert notify() == (grpc.StatusCode.OK, "")
+    with host.client(host.tokens[CALM]) as api:
+        assert [c["case_id"] for c in api.get("/v1/investigations").json()] == [event.case_id]

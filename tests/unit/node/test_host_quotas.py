@@ -321,3 +321,31 @@ def test_a_tenant_s_writes_ask_the_host_s_free_disk_before_its_quotas(tmp_path: 
         asyncio.run(ingest())
     roomy = TenantAdmission("sunarc", Quota(max_rows=None, max_storage=None), None, None)
     _receive(roomy, 1, 1)
+
+
+def test_quality_case_data_and_uploads_are_checked_against_the_storage_quota(
+    tmp_path: Path,
+) -> None:
+    """Case data (a member's or the staff's) and an upload as it arrives are checked
+    against the storage quota on the last measure (quality cases were kept on no quota:
+    a tenant's database grew to 150x it); nothing is reserved by a check."""
+    measures: list[int] = []
+
+    def measure() -> Usage:
+        measures.append(1)
+        return Usage(10, 4000)
+
+    admission = TenantAdmission("calmco", Quota(max_rows=None, max_storage=5000), measure)
+    admission.check_kept(1000, "quality case data from sunarc")  # exactly fits
+    with pytest.raises(StorageQuotaExceeded) as refused:
+        admission.check_kept(1001, "quality case data from sunarc")
+    assert "quality case data from sunarc brings 1001 B" in str(refused.value)
+    assert "it was not kept" in str(refused.value)
+    admission.check_upload(1000)
+    with pytest.raises(StorageQuotaExceeded, match="this ingest carries"):
+        admission.check_upload(1001)
+    assert admission.usage == Usage(10, 4000) and len(measures) == 1  # nothing reserved
+    room = DiskRoom(tmp_path, 0)
+    room.check_kept(10, "this quality case")
+    with pytest.raises(DiskLow, match="this quality case brings"):
+        room.check_kept(shutil.disk_usage(tmp_path).free + 1, "this quality case")
