@@ -18,10 +18,10 @@ from typing import Any
 #: a QDM row is a flat object; a policy, an agreement, a proof is a few levels deep
 MAX_JSON_DEPTH = 32
 #: a string, or an unterminated one to the end of the text (a lone backslash there
-#: too): every match succeeds once begun, so a text of many quotes and no closing one is one pass (a pattern that had to
-#: close each string rescanned the rest of the text from every quote: quadratic, 13 s of
-#: the event loop for 64 kB of ``"\\"\\"...``; the brackets after an unterminated quote are
-#: inside a string to the JSON decoder too)
+#: too): every match succeeds once begun, so a text of many quotes and no closing one
+#: is one pass (a pattern that had to close each string rescanned the rest of the text
+#: from every quote: quadratic, 13 s of the event loop for 64 kB of ``"\\"\\"...``);
+#: the brackets after an unterminated quote are inside a string to the JSON decoder too
 _JSON_STRING = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*(?:"|\\?\Z)', re.DOTALL)
 _JSON_BRACKET = re.compile(r"[\[\]{}]")
 
