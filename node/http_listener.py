@@ -15,6 +15,12 @@ later), lets each in-flight request finish within ``grace`` seconds
 every connection that has no request in flight as soon as its last response has left
 the buffer, without waiting for the peer's half of the TLS close. What is left when the
 grace is over is dropped as well.
+
+`HeadDeadlineH11` closes a connection whose request head (request line and headers) has
+not arrived whole within `HEAD_TIMEOUT_S` of the connection (or of its last response):
+uvicorn times only idle keep-alive connections, so 300 connections each sending half a
+request held 300 sockets and their buffers for as long as their clients liked, before any
+token was checked (one process serves every tenant of a host).
 """
 
 from __future__ import annotations
@@ -25,7 +31,9 @@ import socket
 from collections.abc import Iterator
 from typing import Any
 
+import h11
 import uvicorn
+from uvicorn.protocols.http.h11_impl import H11Protocol
 
 #: how long a stop lets in-flight requests finish, unless the settings say
 #: (``shutdown_grace_s``)
@@ -79,3 +87,45 @@ class NodeHttpServer(uvicorn.Server):
                 if now - seen.setdefault(id(connection), now) >= LINGER_S:
                     transport.abort()
             await asyncio.sleep(SWEEP_S)
+
+
+#: how long a connection may take to send a request's head (a slow client gets 10 s)
+HEAD_TIMEOUT_S = 10.0
+
+
+class HeadDeadlineH11(H11Protocol):
+    """uvicorn's h11 protocol, closing a connection whose request head is late (see the
+    module docstring). Its timer runs while the peer owes a head (`h11.IDLE`): from the
+    connection, and from the first byte of a next request (an idle keep-alive connection
+    is uvicorn's to time)."""
+
+    _head_timer: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: Any) -> None:
+        super().connection_made(transport)
+        self._await_head()
+
+    def data_received(self, data: bytes) -> None:
+        super().data_received(data)
+        if self.conn.their_state is h11.IDLE:  # a head begun, not whole yet
+            self._await_head()
+        else:
+            self._head_arrived()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._head_arrived()
+        super().connection_lost(exc)
+
+    def _await_head(self) -> None:
+        if self._head_timer is None:
+            self._head_timer = self.loop.call_later(HEAD_TIMEOUT_S, self._head_late)
+
+    def _head_arrived(self) -> None:
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
+
+    def _head_late(self) -> None:
+        self._head_timer = None
+        if self.conn.their_state is h11.IDLE and not self.transport.is_closing():
+            self.transport.close()

@@ -32,7 +32,7 @@ from qdspace.node.client_transport import runtime_file  # where clients read it
 from qdspace.node.config import NodeSettings
 from qdspace.node.context import NodeContext, build_context
 from qdspace.node.errors import NodeError
-from qdspace.node.http_listener import DEFAULT_GRACE_S, NodeHttpServer
+from qdspace.node.http_listener import DEFAULT_GRACE_S, HeadDeadlineH11, NodeHttpServer
 from qdspace.node.identity.revocation import StaleRevocationList
 from qdspace.node.listeners import (
     LOOPBACK_OF,
@@ -79,6 +79,7 @@ def https_server(
         ssl_certfile=cert,
         ssl_keyfile=key,
         ssl_keyfile_password=key_password,
+        http=HeadDeadlineH11,
         timeout_graceful_shutdown=grace,  # type: ignore[arg-type]  # asyncio.timeout's float
     )
     return _Uvicorn(config)

@@ -26,9 +26,9 @@ import jwt
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from nacl.signing import SigningKey
-from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from qdspace.node.errors import IdentityError
+from qdspace.node.http_listener import HeadDeadlineH11
 from qdspace.node.identity.certs import MemberIdentity, identity_of
 from qdspace.node.rpc.auth import PeerAuthenticator, Refused
 
@@ -100,8 +100,9 @@ def bearer(header: str | None) -> str:
     return token.strip()
 
 
-class PeerCertH11(H11Protocol):
-    """uvicorn's h11 protocol, passing the verified client certificate to the app."""
+class PeerCertH11(HeadDeadlineH11):
+    """uvicorn's h11 protocol, passing the verified client certificate to the app (and
+    closing a connection whose request head is late: `HeadDeadlineH11`)."""
 
     def connection_made(self, transport: Any) -> None:
         super().connection_made(transport)
