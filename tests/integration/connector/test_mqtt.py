@@ -505,7 +505,7 @@ async def test_while_the_store_is_behind_the_queue_holds_a_bounded_number_of_mes
         for i in range(60):
             await asyncio.to_thread(tool.send, topic, reading(i, 1.0 + i / 100))
         await asyncio.sleep(0.5)
-        assert sizes == [1], sizes  # the first, held in the store
+        assert len(sizes) == 1 and sizes[0] <= 6, sizes  # the first call, held in the store
         held.set()
         await until(lambda: count(store) == 60, timeout=60)
     finally:
@@ -513,4 +513,4 @@ async def test_while_the_store_is_behind_the_queue_holds_a_bounded_number_of_mes
         tool.close()
         stop.set()
         await asyncio.wait_for(task, 10)
-    assert sum(sizes) == 60 and max(sizes[1:]) <= 6, sizes
+    assert sum(sizes) == 60 and max(sizes) <= 6, sizes

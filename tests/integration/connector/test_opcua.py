@@ -197,7 +197,9 @@ async def restart_backfill_and_outage(plant: Plant, store: QualityStore, tmp_pat
     await plant.start()
     await until(lambda: run.connector.sessions >= 2, timeout=15)
     await plant.batch.write_value("B-9")
-    await asyncio.sleep(0.3)
+    # the connector has B-9 (it counts a session once connected, and may still read the
+    # batch before the write: readings backfilled then took B-0, under load)
+    await until(lambda: run.connector.context.get("ns=2;s=PECVD1.Batch") == "B-9")
     for i in range(8, 11):
         await plant.write(1.0 + i / 10, T0 + timedelta(seconds=i))
         await asyncio.sleep(0.08)
