@@ -31,6 +31,7 @@ turn into a flood of log lines).
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import threading
 import time
@@ -56,11 +57,12 @@ from qdspace.node.host.quotas import (
     Usage,
     call_refusal,
     check_growth,
+    member_rate_refusal,
     rate_refusal,
     stream_refusal,
 )
 from qdspace.node.rpc.wrap import around_calls
-from qdspace.util.token_bucket import TokenBucket
+from qdspace.util.token_bucket import TokenBucket, TokenBuckets
 
 logger = logging.getLogger("node.host")
 
@@ -108,6 +110,15 @@ def _bucket(quota: Quota, now: float) -> TokenBucket | None:
     return TokenBucket(quota.rps, quota.burst, now)
 
 
+def _member_buckets(quota: Quota) -> TokenBuckets | None:
+    """One bucket a member, of half the quota's rate and burst, or None (no rate quota).
+    Keyed by a digest of the member's certificate: only members that passed the mutual
+    TLS handshake call, so there are as many as the data space has members."""
+    if quota.rps is None or quota.burst is None:
+        return None
+    return TokenBuckets(quota.rps / 2, max(1, quota.burst // 2))
+
+
 def _changed(bucket: TokenBucket | None, quota: Quota, now: float) -> TokenBucket | None:
     """`bucket` under a new quota: its tokens kept where it goes on."""
     if bucket is None or quota.rps is None or quota.burst is None:
@@ -134,6 +145,7 @@ class TenantAdmission:
         now = time.monotonic()
         self._bucket = _bucket(quota, now)
         self._staff_bucket = _bucket(quota, now)
+        self._members = _member_buckets(quota)
         self.streams = Slots(quota.max_streams)
         self.calls = Slots(quota.max_calls)
         self.staff_calls = Slots(quota.max_calls)
@@ -152,6 +164,7 @@ class TenantAdmission:
         now = time.monotonic()
         self._bucket = _changed(self._bucket, quota, now)
         self._staff_bucket = _changed(self._staff_bucket, quota, now)
+        self._members = _member_buckets(quota)  # (each member's starts full again)
         self.streams.limit = quota.max_streams
         self.calls.limit = quota.max_calls
         self.staff_calls.limit = quota.max_calls
@@ -159,20 +172,27 @@ class TenantAdmission:
 
     # -- calls -----------------------------------------------------------------------
 
-    def admit_call(self, *, stream: bool, staff: bool = False) -> Release:
+    def admit_call(self, *, stream: bool, staff: bool = False, member: bytes = b"") -> Release:
         """A token and a slot for one call; its release, or a `QuotaExceeded` refusal.
 
         The tenant's own staff (its operator API, ``staff``) draw on a bucket and call
         slots of their own, of the same size as the members': sharing one, any member
         flooding the tenant's gRPC or DSP listener locked its staff out of their own
-        API (429) for as long as it kept at it."""
+        API (429) for as long as it kept at it. A member's call (``member``: what tells
+        members apart, the certificate its TLS handshake verified) first takes a token
+        of that member's own bucket, half the tenant's: one member flooding the tenant
+        leaves the other half of its rate to the others."""
         try:
-            return self._admit(stream, staff)
+            return self._admit(stream, staff, member)
         except QuotaExceeded as exc:
             self._note_refusal(exc)
             raise
 
-    def _admit(self, stream: bool, staff: bool) -> Release:
+    def _admit(self, stream: bool, staff: bool, member: bytes) -> Release:
+        if member and self._members is not None:
+            wait = self._members.take(hashlib.sha256(member).hexdigest(), time.monotonic())
+            if wait:
+                raise member_rate_refusal(self.tenant, self.quota, wait)
         bucket = self._staff_bucket if staff else self._bucket
         if bucket is not None:
             wait = bucket.take(time.monotonic())
@@ -364,7 +384,7 @@ class QuotaInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         self, context: grpc.aio.ServicerContext, stream: bool
     ) -> AsyncIterator[None]:
         try:
-            release = self._admission.admit_call(stream=stream)
+            release = self._admission.admit_call(stream=stream, member=_peer_cert(context))
         except QuotaExceeded as exc:
             trailer = ((RETRY_AFTER, str(exc.retry_after_s)),) if exc.retry_after_s else ()
             await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc), trailer)
@@ -373,3 +393,12 @@ class QuotaInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[misc]
             yield
         finally:
             release()
+
+
+def _peer_cert(context: grpc.aio.ServicerContext) -> bytes:
+    """The certificate the caller's TLS handshake verified (b"": none, e.g. in a test)."""
+    try:
+        certs = context.auth_context().get("x509_pem_cert") or ()
+    except Exception:  # a context without TLS (the interceptor runs before authentication)
+        return b""
+    return bytes(certs[0]) if certs else b""

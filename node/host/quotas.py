@@ -263,6 +263,16 @@ def rate_refusal(tenant: str, quota: Quota, wait_s: float) -> RateLimited:
     )
 
 
+def member_rate_refusal(tenant: str, quota: Quota, wait_s: float) -> RateLimited:
+    retry = max(1, math.ceil(wait_s))
+    return RateLimited(
+        f"this member's calls to tenant {tenant} are over the share one member may take of "
+        f"its request rate quota (half of {show(quota.rps)} requests per second, burst "
+        f"{show(quota.burst)}); retry in {retry} s",
+        retry_after_s=retry,
+    )
+
+
 def stream_refusal(tenant: str, held: int, limit: int | None) -> StreamQuotaExceeded:
     return StreamQuotaExceeded(
         f"tenant {tenant} has {held} streams open (its quota: {show(limit)}); "

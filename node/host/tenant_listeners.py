@@ -123,7 +123,10 @@ class TenantQuotaGate:
             return
         path: str = scope.get("path", "")
         try:
-            release = self.admission.admit_call(stream=path.startswith("/data/"))
+            tls = scope.get("extensions", {}).get("tls", {})
+            release = self.admission.admit_call(
+                stream=path.startswith("/data/"), member=tls.get("client_cert_der") or b""
+            )
         except QuotaExceeded as exc:
             await drain_body(receive, Headers(scope=scope).get("content-length"))
             await _over_quota(exc, path)(scope, receive, send)

@@ -219,14 +219,15 @@ def test_streams_past_the_quota_are_refused_at_open_even_when_racing(host: Host)
 def test_a_rate_quota_changed_live_refuses_with_retry_after_and_holds_across_a_restart(
     host: Host,
 ) -> None:
-    done = _quota(host, "--name", BUSY, "--rps", "0.2", "--burst", "2")
+    done = _quota(host, "--name", BUSY, "--rps", "0.2", "--burst", "4")
     assert done.returncode == 0 and "(host running)" in done.stdout, done.stderr
     answers = _hellos(host, BUSY, 5)
-    assert answers[:2] == ["ok", "ok"], answers
+    assert answers[:2] == ["ok", "ok"], answers  # one member: half the burst
     assert all("RESOURCE_EXHAUSTED" in a and "request rate quota" in a for a in answers[2:])
-    assert "0.2 requests per second, burst 2" in answers[2]
+    assert "share one member may take" in answers[2], answers
+    assert "half of 0.2 requests per second, burst 4" in answers[2], answers
     with host.client(host.tokens[BUSY]) as busy:  # its staff have a bucket of their own
-        assert [busy.get("/v1/node").status_code for _ in range(2)] == [200, 200]
+        assert [busy.get("/v1/node").status_code for _ in range(4)] == [200] * 4
         r = busy.get("/v1/node")  # past their own burst
         assert r.status_code == 429, r.text
         assert int(r.headers["retry-after"]) >= 1 and "retry in" in r.json()["detail"]
@@ -236,7 +237,7 @@ def test_a_rate_quota_changed_live_refuses_with_retry_after_and_holds_across_a_r
 
     host.stop()
     quota = _listed(host)[BUSY]["quota"]
-    assert (quota["rps"], quota["burst"], quota["max_rows"]) == (0.2, 2, 5)
+    assert (quota["rps"], quota["burst"], quota["max_rows"]) == (0.2, 4, 5)
     host.start()
     answers = _hellos(host, BUSY, 3)
     assert answers[:2] == ["ok", "ok"] and "request rate quota" in answers[2], answers

@@ -349,3 +349,21 @@ def test_quality_case_data_and_uploads_are_checked_against_the_storage_quota(
     room.check_kept(10, "this quality case")
     with pytest.raises(DiskLow, match="this quality case brings"):
         room.check_kept(shutil.disk_usage(tmp_path).free + 1, "this quality case")
+
+
+def test_one_member_takes_at_most_half_the_tenant_s_rate() -> None:
+    """A member flooding a tenant is refused at half its burst, its own refusal naming
+    the share; another member still gets the other half, the staff their own bucket
+    (all three drew on one bucket: the flooding member took it all)."""
+    admission = TenantAdmission("calmco", Quota(rps=0.001, burst=4))
+    flood, other = b"flooding member's certificate", b"another member's certificate"
+    for _ in range(2):
+        admission.admit_call(stream=False, member=flood)()
+    with pytest.raises(RateLimited, match="share one member may take"):
+        admission.admit_call(stream=False, member=flood)
+    for _ in range(2):
+        admission.admit_call(stream=False, member=other)()
+    with pytest.raises(RateLimited, match="over its request rate quota"):  # the tenant's
+        admission.admit_call(stream=False, member=b"a third member")
+    for _ in range(4):
+        admission.admit_call(stream=False, staff=True)()
