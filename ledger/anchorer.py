@@ -30,14 +30,8 @@ a "nonce too low" or a failed receipt made the anchorer sign the batch again eve
 (six transactions for one root in three seconds, each of which a colluding chain could mine
 and charge for).
 
-A chain may reorganise: a block with an anchoring transaction is replaced, and the
-transaction is mined in a later block or dropped. A receipt is taken as it comes (a batch is
-ANCHORED at once, so its proofs are served at once); with ``reorg_depth`` set, the batches
-anchored in the last ``reorg_depth`` blocks are checked again (at most every
-`REORG_CHECK_S`, the hashes of their blocks in one request): a batch whose block is no
-longer the chain's is recorded where its transaction was mined again, or goes back to
-signed and its same signed bytes are sent again (`LeafQueue.mark_reorganised`). Proofs
-handed out before that name the old block and then fail: fetch them again.
+A chain may reorganise: with ``reorg_depth`` set, a pass checks the batches anchored near
+the chain's head again (at most every `REORG_CHECK_S`; :mod:`qdspace.ledger.reorg`).
 
 An idle node does not ask its database every tick. A pass costs two queries per kind
 (~12 ms of CPU on SQLite, 24 ms a second at the default tick: a tenth of a core for a
@@ -69,6 +63,7 @@ from qdspace.ledger.keys import ChainSigner
 from qdspace.ledger.leaves import KIND_CODES, Leaf, kind_code
 from qdspace.ledger.queue import LeafQueue
 from qdspace.ledger.queue_schema import SEALED, SIGNED, Batch, StoredLeaf
+from qdspace.ledger.reorg import recheck_recent
 from qdspace.ledger.sender import Outcome, transmit
 from qdspace.ledger.tx import SignedAnchor
 
@@ -188,49 +183,13 @@ class Anchorer:
         return self._pipeline(force, sealed, anchored, pending_left)
 
     def _recheck_recent(self) -> int:
-        """Check the blocks of the batches anchored within ``reorg_depth`` of the head (see
-        the module docstring); returns how many went back to be sent again."""
+        """The reorganisation check (`qdspace.ledger.reorg`), at most every `REORG_CHECK_S`;
+        returns how many batches went back to be sent again."""
         depth = self.policy.reorg_depth
         if depth == 0 or time.monotonic() - self._reorg_checked < REORG_CHECK_S:
             return 0
         self._reorg_checked = time.monotonic()
-        head = self.client.latest_block()
-        recent = self.queue.anchored_in_blocks(max(head - depth, 0), head)
-        if not recent:
-            return 0
-        canonical = self.client.block_hashes(sorted({b.block_number or 0 for b in recent}))
-        moved = 0
-        for batch in recent:
-            if canonical.get(batch.block_number or 0) == batch.block_hash:
-                continue
-            receipt = self.client.receipt(batch.tx_hash) if batch.tx_hash else None
-            if (
-                receipt is not None
-                and receipt.succeeded
-                and batch.root in receipt.anchored_roots
-                and self.client.block_hashes([receipt.block_number]).get(receipt.block_number)
-                == receipt.block_hash
-            ):
-                self.queue.mark_anchored(
-                    batch,
-                    receipt.tx_hash,
-                    receipt.block_number,
-                    receipt.block_hash,
-                    self.client.chain_id,
-                    self.client.address,
-                )
-                log.warning(
-                    "anchorer: batch %s: block %s was reorganised away; mined again in %s",
-                    batch.id,
-                    batch.block_number,
-                    receipt.block_number,
-                )
-                continue
-            why = f"block {batch.block_number} was reorganised away with its transaction"
-            self.queue.mark_reorganised(batch, why)
-            log.warning("anchorer: batch %s: %s; sending it again", batch.id, why)
-            moved += 1
-        return moved
+        return recheck_recent(self.queue, self.client, depth)
 
     def _pipeline(
         self, force: bool, sealed: int, anchored: int, pending_left: bool

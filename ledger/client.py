@@ -7,10 +7,8 @@ and a signed transaction can be stored before it is sent and resent byte for byt
 
 The endpoint is often a third party's (a hosted RPC service), and everything it answers is
 checked as a peer's bytes are. Its answers are read whole within ``timeout_s`` and up to
-`MAX_ANSWER_BYTES` (`_BoundedSession`; ``requests`` alone times each read, so an endpoint
-trickling a byte every half second held the anchorer, and with it the operator's flush and
-the readiness probe, for ever, and a 300 MB answer took 1.2 GiB); every transport failure
-is `ChainUnavailable`. The fees it quotes are signed only up to the node's caps
+`MAX_ANSWER_BYTES`, every transport failure a `ChainUnavailable` (`qdspace.ledger.rpc_http`
+says why). The fees it quotes are signed only up to the node's caps
 (``max_fee_per_gas``, ``max_gas``: an endpoint quoting 3e15 wei a gas had the node sign away
 whatever the account held); a receipt must be the one asked for (a receipt of another
 transaction, or an invented one carrying an ``Anchored`` log of the root, had the anchorer
@@ -23,13 +21,10 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-import requests
-import urllib3
 from eth_abi.abi import decode
 from eth_abi.exceptions import DecodingError
 from eth_utils.crypto import keccak
@@ -54,15 +49,13 @@ from qdspace.ledger.errors import (
     WrongChain,
 )
 from qdspace.ledger.keys import ChainSigner
+from qdspace.ledger.rpc_http import MAX_ANSWER_BYTES, BoundedSession, chain_errors
 from qdspace.ledger.tx import DEFAULT_MAX_FEE_PER_GAS, DEFAULT_MAX_GAS, GAS_MARGIN, SignedAnchor
 
 log = logging.getLogger("ledger.client")
 
 DEFAULT_TIMEOUT_S = 10.0
 FEE_TTL_S = 5.0
-#: the most an answer of the endpoint may hold (a batch of 256 receipts with their logs is
-#: well under 1 MiB; a page of logs under 10 MiB)
-MAX_ANSWER_BYTES = 32 * 1024 * 1024
 #: blocks a log query covers at once (`anchored_by`)
 LOG_PAGE_BLOCKS = 2_000
 
@@ -124,78 +117,6 @@ class TxReceipt:
         return next((e for e in self.anchored if e.root == root), None)
 
 
-@contextmanager
-def _chain_errors(url: str) -> Iterator[None]:
-    try:
-        yield
-    except (requests.ConnectionError, requests.Timeout) as exc:
-        raise ChainUnavailable(f"chain at {url} is unreachable ({type(exc).__name__})") from None
-    except requests.HTTPError as exc:
-        raise ChainUnavailable(f"chain at {url} answered HTTP {exc.response}") from None
-    except (requests.RequestException, urllib3.exceptions.HTTPError) as exc:  # a body cut short
-        why = type(exc).__name__
-        raise ChainUnavailable(f"chain at {url} broke off its answer ({why})") from None
-
-
-class _BoundedSession(requests.Session):
-    """A session whose POST reads the whole answer within `deadline_s` and `max_bytes`
-    (see the module docstring): the body is read as it arrives, each read bounded by the
-    time left, and the answer refused (`ChainUnavailable`) once either is spent. web3's
-    provider and the batch requests both post through it."""
-
-    def __init__(self, url: str, deadline_s: float, max_bytes: int) -> None:
-        super().__init__()
-        self.url, self.deadline_s, self.max_bytes = url, deadline_s, max_bytes
-
-    def post(self, url: Any, data: Any = None, json: Any = None, **kwargs: Any) -> Any:
-        deadline = time.monotonic() + self.deadline_s
-        kwargs.update(stream=True, timeout=self.deadline_s)
-        response = super().post(url, data=data, json=json, **kwargs)
-        try:
-            response._content = self._body(response, deadline)
-        finally:
-            response.close()
-        return response
-
-    def _body(self, response: requests.Response, deadline: float) -> bytes:
-        declared = response.headers.get("content-length", "")
-        if declared.isdigit() and int(declared) > self.max_bytes:
-            raise self._too_large()
-        body = bytearray()
-        while True:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise self._too_slow()
-            _set_read_timeout(response, left)
-            try:
-                chunk = response.raw.read1(1 << 16)
-            except (urllib3.exceptions.ReadTimeoutError, TimeoutError):
-                raise self._too_slow() from None
-            if not chunk:
-                return bytes(body)
-            body += chunk
-            if len(body) > self.max_bytes:
-                raise self._too_large()
-
-    def _too_slow(self) -> ChainUnavailable:
-        return ChainUnavailable(
-            f"chain at {self.url} did not finish its answer within {self.deadline_s:g} s"
-        )
-
-    def _too_large(self) -> ChainUnavailable:
-        return ChainUnavailable(
-            f"chain at {self.url} answered more than {self.max_bytes // (1 << 20)} MiB"
-        )
-
-
-def _set_read_timeout(response: requests.Response, seconds: float) -> None:
-    """Bound the next read of `response`'s socket by `seconds` (the answer's time left)."""
-    sock = getattr(getattr(getattr(response.raw, "_fp", None), "fp", None), "raw", None)
-    sock = getattr(sock, "_sock", None)
-    if sock is not None:
-        sock.settimeout(max(seconds, 0.001))
-
-
 class LedgerClient:
     """The anchor contract at ``contract_address`` on the chain at ``rpc_url``."""
 
@@ -210,7 +131,7 @@ class LedgerClient:
         max_gas: int = DEFAULT_MAX_GAS,
     ) -> None:
         self.rpc_url = rpc_url
-        self._session = _BoundedSession(rpc_url, timeout_s, MAX_ANSWER_BYTES)
+        self._session = BoundedSession(rpc_url, timeout_s, MAX_ANSWER_BYTES)
         provider = HTTPProvider(
             rpc_url,
             request_kwargs={"timeout": timeout_s},
@@ -230,7 +151,7 @@ class LedgerClient:
         self._fee_cache: tuple[float, dict[str, int]] | None = None
 
     def _call(self, fn: Callable[[], T]) -> T:
-        with _chain_errors(self.rpc_url):
+        with chain_errors(self.rpc_url):
             return fn()
 
     @property
@@ -433,7 +354,7 @@ class LedgerClient:
         # one call goes as a plain request: endpoints without batch support then work with
         # ``max_in_flight = 1``
         single = len(body) == 1
-        with _chain_errors(self.rpc_url):
+        with chain_errors(self.rpc_url):
             response = self._session.post(
                 self.rpc_url, json=body[0] if single else body, timeout=self._timeout_s
             )
