@@ -21,6 +21,7 @@ response model each.
 from __future__ import annotations
 
 import tempfile
+from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager, nullcontext
 from pathlib import Path
 from typing import Annotated, Any
@@ -285,16 +286,12 @@ def _media_type(header: str) -> tuple[str, str | None]:
 
 async def _spool(request: Request, path: Path, admission: IngestAdmission | None) -> None:
     """The request body into ``path`` as it arrives (`BodyLimit` has capped its size),
-    refused once it no longer fits what may be stored (`IngestAdmission.check_upload`,
-    asked every `CHECK_EVERY` bytes)."""
-    size, checked = 0, 0
+    refused once it no longer fits what may be stored (`_arriving`)."""
+    size = 0
     with path.open("wb") as out:
-        async for chunk in request.stream():
+        async for chunk in _arriving(request, admission):
             size += len(chunk)
             out.write(chunk)
-            if admission is not None and size - checked >= CHECK_EVERY:
-                await _run(admission.check_upload, size)
-                checked = size
     if size == 0:
         raise EmptyUpload("the upload is empty: send a header line and rows")
 
@@ -303,10 +300,9 @@ async def _json_body(request: Request, admission: IngestAdmission | None) -> byt
     """A JSON ingest's body, read up to `JSON_INGEST_LIMIT` (it is parsed whole, into a
     few times its size in memory: larger uploads go as CSV or JSON Lines, which are
     spooled to disk and read in batches), refused as it arrives once it no longer fits
-    what may be stored."""
+    what may be stored (`_arriving`)."""
     body = bytearray()
-    checked = 0
-    async for chunk in request.stream():
+    async for chunk in _arriving(request, admission):
         body += chunk
         if len(body) > JSON_INGEST_LIMIT:
             raise BodyTooLarge(
@@ -314,7 +310,17 @@ async def _json_body(request: Request, admission: IngestAdmission | None) -> byt
                 "uploads as text/csv or application/x-ndjson (spooled to disk, read in "
                 "batches)"
             )
-        if admission is not None and len(body) - checked >= CHECK_EVERY:
-            await _run(admission.check_upload, len(body))
-            checked = len(body)
     return bytes(body)
+
+
+async def _arriving(request: Request, admission: IngestAdmission | None) -> AsyncIterator[bytes]:
+    """An upload's chunks as they arrive, each taken by the caller before what arrived so
+    far is checked against what may be stored (`IngestAdmission.check_upload`, every
+    `CHECK_EVERY` bytes)."""
+    size = checked = 0
+    async for chunk in request.stream():
+        yield chunk
+        size += len(chunk)
+        if admission is not None and size - checked >= CHECK_EVERY:
+            await _run(admission.check_upload, size)
+            checked = size
