@@ -260,14 +260,7 @@ class TenantAdmission:
         last measured (an ingest is measured afresh when it is admitted)."""
         if self.disk is not None:
             self.disk.check_ingest(size)
-        if self._measure is None or self.quota.max_storage is None:
-            return
-        with self._lock:
-            if self.usage is None:
-                self._remeasure_locked()
-            usage = self.usage
-        assert usage is not None
-        check_growth(self.tenant, self.quota, usage, 0, size, INGEST)
+        self._check_storage(size, INGEST, measure_stale=False)
 
     def check_kept(self, size: int, what: str) -> None:
         """Refuse ``size`` more bytes of ``what`` (quality case data, a peer's or the
@@ -277,14 +270,20 @@ class TenantAdmission:
         storage quota, and a member's opened at a tenant locked its own ingests out."""
         if self.disk is not None:
             self.disk.check(size, f"{what} brings")
+        self._check_storage(size, (f"{what} brings", KEPT_NOT), measure_stale=True)
+
+    def _check_storage(self, size: int, what: tuple[str, str], *, measure_stale: bool) -> None:
+        """`check_growth` of ``size`` bytes against the storage quota, on the usage as
+        last measured (measured now if never, or if ``measure_stale`` and it is stale);
+        nothing is reserved."""
         if self._measure is None or self.quota.max_storage is None:
             return
         with self._lock:
-            if self.usage is None or self._stale():
+            if self.usage is None or (measure_stale and self._stale()):
                 self._remeasure_locked()
             usage = self.usage
         assert usage is not None
-        check_growth(self.tenant, self.quota, usage, 0, size, (f"{what} brings", KEPT_NOT))
+        check_growth(self.tenant, self.quota, usage, 0, size, what)
 
     @contextmanager
     def receive(self, rows: int, size: int) -> Iterator[None]:
