@@ -212,11 +212,6 @@ class HostRuntime:
         ctx.caller_files = directory / TENANT_FILES  # the only files its staff may name
         if contracts is not None:  # rows its providers send count too
             contracts.received_room = tenant.admission
-        digest = token_digest(ctx.operator_token)
-        if self._by_token.get(digest, tenant) is not tenant:
-            raise HostError(f"its operator token is tenant {self._by_token[digest].name}'s too")
-        tenant.token_digest, tenant.token = digest, ctx.operator_token
-        self._by_token[digest] = tenant
         try:
             ctx.revocations.check_fresh()
         except StaleRevocationList as exc:  # as a node: a refreshed file is picked up live
@@ -226,16 +221,18 @@ class HostRuntime:
     def _know_token(self, tenant: HostedTenant, key_files: Any, settings: NodeSettings) -> None:
         """Take the tenant's operator token before anything else of it is opened: a tenant
         that then fails to open (a broken database) answers its staff 503 "not serving",
-        not 401 as if their token were wrong."""
+        not 401 as if their token were wrong. A token another tenant holds is refused
+        (`HostError`) before anything of this one is opened."""
         try:
             token = key_files.read(settings.operator_token_path, "operator token")
         except Exception:  # the open that follows fails, saying why
             return
         text = token.decode().strip()
         digest = token_digest(text)
-        if self._by_token.get(digest, tenant) is tenant:
-            tenant.token_digest, tenant.token = digest, text
-            self._by_token[digest] = tenant
+        if self._by_token.get(digest, tenant) is not tenant:
+            raise HostError(f"its operator token is tenant {self._by_token[digest].name}'s too")
+        tenant.token_digest, tenant.token = digest, text
+        self._by_token[digest] = tenant
 
     # -- serving ----------------------------------------------------------------------
 
