@@ -399,8 +399,7 @@ class LedgerClient:
             "toBlock": block_number,
             "topics": [_ANCHORED_TOPIC, "0x" + root.hex()],
         }
-        logs = self._call(lambda: self.w3.eth.get_logs(params))
-        found = (self._log_event(entry) for entry in logs)
+        found = (self._log_event(entry) for entry in self._logs(params))
         return next((e.tx_hash for e in found if e and e.root == root), None)
 
     def anchored_by(self, anchorer: str, from_block: int, to_block: int) -> list[AnchoredEvent]:
@@ -417,8 +416,7 @@ class LedgerClient:
                 "toBlock": min(first + LOG_PAGE_BLOCKS - 1, to_block),
                 "topics": [_ANCHORED_TOPIC, None, None, account_topic],
             }
-            logs = self._logs(params)
-            found = (self._log_event(entry) for entry in logs)
+            found = (self._log_event(entry) for entry in self._logs(params))
             events += [e for e in found if e is not None and e.anchorer == anchorer]
         return sorted(events, key=lambda e: (e.block_number, e.log_index))
 

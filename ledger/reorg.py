@@ -39,8 +39,7 @@ def recheck_recent(queue: LeafQueue, client: LedgerClient, depth: int) -> int:
             receipt is not None
             and receipt.succeeded
             and batch.root in receipt.anchored_roots
-            and client.block_hashes([receipt.block_number]).get(receipt.block_number)
-            == receipt.block_hash
+            and client.block_hash(receipt.block_number) == receipt.block_hash
         ):
             queue.mark_anchored(
                 batch,
