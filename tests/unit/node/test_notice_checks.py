@@ -36,7 +36,6 @@ from qdspace.connector.negotiation import Role
 from qdspace.connector.spc import Investigation, QualityAlert, SpcAlert, SpcPoint
 from qdspace.connector.storage import create_store_engine
 from qdspace.node.identity.certs import MemberIdentity
-from qdspace.node.member_ids import member_id_for
 from qdspace.node.rpc.codes import status_code
 from qdspace.node.rpc.contracts_notification_serde import (
     Notification,
@@ -52,16 +51,11 @@ from qdspace.policies.model import OfferTerms, make_offer, to_agreement
 from qdspace.policies.retention import DeletionDuty, DutyStatus
 from qdspace.protocols.v1 import notification_pb2
 
+from .conftest import seeded_member
+
 SIGNED = dt.datetime(2026, 6, 1, tzinfo=dt.UTC)
 EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 FAR = dt.datetime(9999, 12, 31, 23, 59, 59, tzinfo=dt.UTC)
-
-
-def _member(name: str, seed: bytes, role: str) -> tuple[SigningKey, MemberIdentity]:
-    key = SigningKey(seed * 32)
-    vk = bytes(key.verify_key)
-    until = dt.datetime(2100, 1, 1, tzinfo=dt.UTC)
-    return key, MemberIdentity(member_id_for(name, vk), name, role, vk, 1, until, name)
 
 
 class Node:
@@ -69,7 +63,7 @@ class Node:
     ledger leaves it would have anchored."""
 
     def __init__(self, root: Path, name: str, seed: bytes, role: str) -> None:
-        key, me = _member(name, seed, role)
+        key, me = seeded_member(name, seed, role)
         engine = create_store_engine(f"sqlite:///{root / f'{name}.db'}")
         ensure_schema(engine)
         clock = ContractClock(root / f"{name}.clock", control=False)
@@ -127,8 +121,8 @@ def consumer(tmp_path: Path) -> Node:
     return Node(tmp_path, "sunarc", b"o", "oem")
 
 
-CELLEX_KEY, CELLEX = _member("cellex", b"s", "supplier")
-MALLORY_KEY, MALLORY = _member("mallory", b"m", "oem")
+CELLEX_KEY, CELLEX = seeded_member("cellex", b"s", "supplier")
+MALLORY_KEY, MALLORY = seeded_member("mallory", b"m", "oem")
 
 
 # ----------------------------------------------------------- closures (F3, F4)
@@ -236,7 +230,7 @@ def test_the_provider_dates_a_closure_no_earlier_than_the_agreement(tmp_path: Pa
     """An order closed before an agreement concerning it was signed starts that agreement's
     retention at the signing: what the consumer accepts, the agreed retention whole."""
     cellex = Node(tmp_path, "cellex", b"s", "supplier")
-    _, sunarc = _member("sunarc", b"o", "oem")
+    _, sunarc = seeded_member("sunarc", b"o", "oem")
     _agree(cellex, Role.PROVIDER, SigningKey(b"o" * 32), sunarc, "agr-1", frozenset({"PO-1"}))
     store = cellex.rt.store
     assert store.close_order(cellex.rt.me.member_id, "PO-1", EPOCH) == ["agr-1"]
@@ -269,7 +263,7 @@ def test_a_receipt_dated_outside_its_agreement_is_refused(tmp_path: Path) -> Non
     code it read fulfilled on time). One dated before the closure, after the signing (a
     consumer that deleted early, leaving the data space), is taken."""
     cellex = Node(tmp_path, "cellex", b"s", "supplier")
-    sunarc_key, sunarc = _member("sunarc", b"o", "oem")
+    sunarc_key, sunarc = seeded_member("sunarc", b"o", "oem")
     _agree(cellex, Role.PROVIDER, sunarc_key, sunarc, "agr-1", frozenset({"PO-1"}))
     store = cellex.rt.store
     store.record_order_closed("agr-1", "PO-1", dt.datetime(2026, 7, 1, tzinfo=dt.UTC))
@@ -305,7 +299,7 @@ def test_an_alert_must_name_an_agreement_we_gave_its_sender(tmp_path: Path) -> N
     old code both were kept and shown with no sender). SunArc's own is kept, its sender
     with it."""
     cellex = Node(tmp_path, "cellex", b"s", "supplier")
-    sunarc_key, sunarc = _member("sunarc", b"o", "oem")
+    sunarc_key, sunarc = seeded_member("sunarc", b"o", "oem")
     _agree(cellex, Role.PROVIDER, sunarc_key, sunarc, "agr-sunarc", frozenset({"PO-1"}))
     answers = []
     for agreement_id in ("agr-sunarc", "agr-nowhere", ""):
@@ -331,7 +325,7 @@ def test_a_line_break_in_a_peers_text_makes_no_second_log_line(
     """An alert's description and an investigation's subject may hold line breaks; in
     the log they are escaped, so a peer cannot write a line of its own there."""
     cellex = Node(tmp_path, "cellex", b"s", "supplier")
-    sunarc_key, sunarc = _member("sunarc", b"o", "oem")
+    sunarc_key, sunarc = seeded_member("sunarc", b"o", "oem")
     _agree(cellex, Role.PROVIDER, sunarc_key, sunarc, "agr-sunarc", frozenset({"PO-1"}))
     forged = "drift\n2026-12-06 20:00:00,000 INFO node.contracts: deletion receipt verified"
     with caplog.at_level(logging.INFO, logger="node.contracts"):

@@ -34,25 +34,19 @@ from qdspace.connector.negotiation import ContractRequest, Role
 from qdspace.connector.offers import standard_assets
 from qdspace.connector.storage import create_store_engine
 from qdspace.node.identity.certs import MemberIdentity
-from qdspace.node.member_ids import member_id_for
 from qdspace.node.rpc.contracts_notification_serde import Notification
 from qdspace.node.runtime.contracts import ContractRuntime
 from qdspace.node.runtime.contracts_clock import ContractClock
 from qdspace.policies.model import OfferTerms, make_offer, to_agreement
 
+from .conftest import seeded_member
+
 EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 FAR = dt.datetime(9999, 12, 31, 23, 59, tzinfo=dt.UTC)
 
 
-def _member(name: str, seed: bytes, role: str) -> tuple[SigningKey, MemberIdentity]:
-    key = SigningKey(seed * 32)
-    vk = bytes(key.verify_key)
-    until = dt.datetime(2100, 1, 1, tzinfo=dt.UTC)
-    return key, MemberIdentity(member_id_for(name, vk), name, role, vk, 1, until, name)
-
-
 def _runtime(root: Path, name: str, seed: bytes, role: str, **assets: Any) -> ContractRuntime:
-    key, me = _member(name, seed, role)
+    key, me = seeded_member(name, seed, role)
     engine = create_store_engine(f"sqlite:///{root / f'{name}.db'}")
     ensure_schema(engine)
     clock = ContractClock(root / f"{name}.clock", control=False)
@@ -77,7 +71,7 @@ def test_a_request_dated_1970_counts_against_the_hourly_quota(tmp_path: Path) ->
     cellex = _runtime(tmp_path, "cellex", b"p", "supplier")
     cellex.assets = {a.asset_id: a for a in standard_assets(cellex.me.member_id)}
     cellex.negotiations_per_hour = 5
-    _, sunarc = _member("sunarc", b"c", "oem")
+    _, sunarc = seeded_member("sunarc", b"c", "oem")
     opened = 0
     for i in range(20):
         with pytest.raises(MessageOutOfTime, match="behind this node's clock"):
@@ -95,7 +89,7 @@ def test_a_request_dated_1970_counts_against_the_hourly_quota(tmp_path: Path) ->
 def test_a_message_dated_ahead_of_our_clock_is_refused(tmp_path: Path) -> None:
     cellex = _runtime(tmp_path, "cellex", b"p", "supplier")
     cellex.assets = {a.asset_id: a for a in standard_assets(cellex.me.member_id)}
-    _, sunarc = _member("sunarc", b"c", "oem")
+    _, sunarc = seeded_member("sunarc", b"c", "oem")
     with pytest.raises(MessageOutOfTime, match="ahead of this node's clock"):
         cellex.handle_negotiation(sunarc, _request(cellex, sunarc, "neg-far", FAR))
     assert cellex.store.negotiations() == []
@@ -106,7 +100,7 @@ def test_a_message_dated_ahead_of_our_clock_is_refused(tmp_path: Path) -> None:
 
 def _provider_with_agreement(root: Path) -> tuple[ContractRuntime, SigningKey, MemberIdentity]:
     sunarc = _runtime(root, "sunarc", b"o", "oem")
-    ckey, cellex = _member("cellex", b"s", "supplier")
+    ckey, cellex = seeded_member("cellex", b"s", "supplier")
     terms = OfferTerms(
         purposes=frozenset({"qa"}), orders=frozenset({"PO-1"}), retention_days=30, receipt=True
     )

@@ -13,7 +13,6 @@ from pathlib import Path
 
 import grpc
 import pytest
-from nacl.signing import SigningKey
 from sqlalchemy import text
 
 from qdspace.connector.agreement import ContractAgreement, countersign, sign_agreement
@@ -30,8 +29,6 @@ from qdspace.connector.transfer_messages import (
 )
 from qdspace.connector.transfer_wire import Checkpoint, RowBatch
 from qdspace.node.errors import WireFormatError
-from qdspace.node.identity.certs import MemberIdentity
-from qdspace.node.member_ids import member_id_for
 from qdspace.node.metrics import NodeMetrics
 from qdspace.node.rpc import auth, contracts_service
 from qdspace.node.rpc.contracts_service import TransferServicer
@@ -47,15 +44,10 @@ from qdspace.node.runtime.contracts_clock import ContractClock
 from qdspace.policies.model import to_agreement
 from qdspace.protocols.v1 import transfer_pb2
 
+from .conftest import seeded_member
+
 ORDER = "PO-1"
 NOW = dt.datetime.now(dt.UTC)
-
-
-def _member(name: str, seed: bytes, role: str) -> tuple[SigningKey, MemberIdentity]:
-    key = SigningKey(seed * 32)
-    vk = bytes(key.verify_key)
-    until = dt.datetime(2100, 1, 1, tzinfo=dt.UTC)
-    return key, MemberIdentity(member_id_for(name, vk), name, role, vk, 1, until, name)
 
 
 class Provider:
@@ -64,8 +56,8 @@ class Provider:
 
     def __init__(self, url: str, root: Path, rows: int) -> None:
         self.qdm: QualityStore = open_store(url)
-        self.pkey, self.me = _member("cellex", b"p", "supplier")
-        self.ckey, self.consumer = _member("sunarc", b"c", "oem")
+        self.pkey, self.me = seeded_member("cellex", b"p", "supplier")
+        self.ckey, self.consumer = seeded_member("sunarc", b"c", "oem")
         assets = {a.asset_id: a for a in chosen_assets(self.me.member_id, {})}
         clock = ContractClock(root / "clock", control=False)
         store = ContractStore(self.qdm.engine, bytes(32))

@@ -1,0 +1,19 @@
+"""Helpers of the node's unit tests."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from nacl.signing import SigningKey
+
+from qdspace.node.identity.certs import MemberIdentity
+from qdspace.node.member_ids import member_id_for
+
+
+def seeded_member(name: str, seed: bytes, role: str) -> tuple[SigningKey, MemberIdentity]:
+    """A member's signing key (from `seed`, one byte repeated) and its identity, its
+    certificate valid until 2100."""
+    key = SigningKey(seed * 32)
+    vk = bytes(key.verify_key)
+    until = dt.datetime(2100, 1, 1, tzinfo=dt.UTC)
+    return key, MemberIdentity(member_id_for(name, vk), name, role, vk, 1, until, name)
