@@ -20,7 +20,8 @@ from qdspace.node.rpc.contracts_serde import negotiation_message_to_proto
 from qdspace.node.rpc.contracts_service import NegotiationServicer
 from qdspace.policies.model import OfferTerms, make_offer
 
-from .test_peer_time_and_receipts import _member, _runtime
+from .conftest import seeded_member
+from .test_peer_time_and_receipts import _runtime
 
 HELD_S = 1.5
 
@@ -33,7 +34,7 @@ class _Context:
 def test_a_negotiation_waits_for_the_write_lock_off_the_event_loop(tmp_path: Path) -> None:
     cellex = _runtime(tmp_path, "cellex", b"p", "supplier")
     cellex.assets = {a.asset_id: a for a in standard_assets(cellex.me.member_id)}
-    _, sunarc = _member("sunarc", b"c", "oem")
+    _, sunarc = seeded_member("sunarc", b"c", "oem")
     offer = make_offer(
         "neg-1:request",
         cellex.me.member_id,
