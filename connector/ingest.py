@@ -81,6 +81,7 @@ class RowSink(Protocol):
         source: str = ...,
         batch_size: int = ...,
         on_progress: Callable[[int], None] | None = ...,
+        corrections: bool = ...,
     ) -> IngestReport: ...
 
 

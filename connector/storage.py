@@ -29,8 +29,14 @@ from qdspace.connector.bulk_insert import BulkInserter, Prepared
 from qdspace.connector.dictionary import DataDictionary, default_dictionary
 from qdspace.connector.errors import StorageError
 from qdspace.connector.ingest import IngestReport, RowError, check_kind
-from qdspace.connector.qdm import TABLES
-from qdspace.connector.versions import Withdrawal, correct_rows, serialize_writes, withdraw
+from qdspace.connector.qdm import NATURAL_KEYS, TABLES
+from qdspace.connector.versions import (
+    Withdrawal,
+    conflicts,
+    correct_rows,
+    serialize_writes,
+    withdraw,
+)
 
 if TYPE_CHECKING:
     from alembic.config import Config
@@ -199,6 +205,7 @@ class QualityStore:
         source: str = "api",
         batch_size: int = 5000,
         on_progress: Callable[[int], None] | None = None,
+        corrections: bool = True,
     ) -> IngestReport:
         """Validate ``(line, row)`` pairs and store the good rows, one transaction for
         each ``batch_size`` delivered rows (5,000 by default, for a line's connectors; a
@@ -216,6 +223,10 @@ class QualityStore:
         given as ``(field, reason)`` instead of a row is reported as it is. A database
         failure rolls the current batch back and raises :class:`StorageError` naming the
         lines of that batch; batches before it stay committed.
+
+        ``corrections=False`` (a line's connectors) only adds records: a row whose
+        natural key is stored with other content, or withdrawn, is refused with the
+        column that differs and changes nothing (`connector.versions.conflicts`).
         """
         check_kind(kind)
         if batch_size < 1:
@@ -246,7 +257,7 @@ class QualityStore:
         if len(items) < batch_size:  # the source is spent: one batch, nothing to overlap
             done = len(items)
             if items:
-                self._flush(kind, items, ready, validator, inserter, report, _nothing)
+                self._flush(kind, items, ready, validator, inserter, report, _nothing, corrections)
         else:
             # More may follow: the next batch is read (SQLite: and validated and encoded)
             # by a worker thread while the database works on this one. The worker is
@@ -262,7 +273,9 @@ class QualityStore:
                 while items:
                     more = len(items) == batch_size
                     ahead = _Ahead(worker, next_batch if more else None)
-                    self._flush(kind, items, ready, validator, inserter, report, ahead.start)
+                    self._flush(
+                        kind, items, ready, validator, inserter, report, ahead.start, corrections
+                    )
                     done += len(items)
                     if ahead.future is None:
                         break
@@ -282,6 +295,7 @@ class QualityStore:
         inserter: BulkInserter,
         report: IngestReport,
         start_next: Callable[[], None],
+        corrections: bool = True,
     ) -> None:
         """Write one batch of delivered rows in a transaction of its own (``ready``: the
         batch validated and prepared already; None: validated chunk by chunk as it is
@@ -307,13 +321,18 @@ class QualityStore:
                 inserted = inserter.write_chunks(connection, chunks, start_next)
                 good = sum(len(b.lines) for b in results)
                 corrected = 0
+                refused: list[RowError] = []
                 if inserted < good:  # some natural keys are stored: corrections?
                     columns = inserter.columns
-                    corrected = correct_rows(
-                        connection,
-                        kind,
-                        [dict(zip(columns, r, strict=True)) for b in results for r in b.rows],
-                    )
+                    rows = [dict(zip(columns, r, strict=True)) for b in results for r in b.rows]
+                    if corrections:
+                        corrected = correct_rows(connection, kind, rows)
+                    else:
+                        lines = [line for b in results for line in b.lines]
+                        refused = [
+                            RowError(report.source, lines[i], column, _not_added(kind, column))
+                            for i, column in conflicts(connection, kind, rows)
+                        ]
                 start_next()  # before the commit (and on SQLite its checkpoint)
         except (SQLAlchemyError, dbapi_error) as exc:
             orig = getattr(exc, "orig", None)
@@ -325,9 +344,10 @@ class QualityStore:
             ) from exc
         for b in results:
             report.rejected.extend(RowError(report.source, *e) for e in b.errors)
+        report.rejected.extend(refused)
         report.accepted += inserted
         report.corrected += corrected
-        report.duplicates += good - inserted - corrected
+        report.duplicates += good - inserted - corrected - len(refused)
 
     def _inserter(self, kind: str) -> BulkInserter:
         """The prebuilt bulk statements of ``kind`` on this database (made once)."""
@@ -359,6 +379,16 @@ class QualityStore:
 
     def close(self) -> None:
         self.engine.dispose()
+
+
+def _not_added(kind: str, column: str) -> str:
+    """Why a row that would change a stored record was refused (``corrections=False``)."""
+    key = ", ".join(NATURAL_KEYS[kind])
+    if column == "withdrawn_at":
+        what = f"the stored {kind} with this {key} is withdrawn"
+    else:
+        what = f"differs from the stored {kind} with this {key}"
+    return f"{what}; this source only adds records (correct one from a file or the API)"
 
 
 def _nothing() -> None:

@@ -133,6 +133,35 @@ def correct_rows(connection: Connection, kind: str, rows: Sequence[Mapping[str, 
     return changed_rows
 
 
+def conflicts(
+    connection: Connection, kind: str, rows: Sequence[Mapping[str, Any]]
+) -> list[tuple[int, str]]:
+    """Which of ``rows`` (validated, complete) name a stored record they would change:
+    ``(index, column)`` with the first content column that differs, or ``withdrawn_at``
+    where the stored record is withdrawn. Nothing is written: a source that may only add
+    records (a line's connectors) refuses these rows instead of correcting the record
+    (see `connector.linein.sink`). One query a row: it runs only for a batch where some
+    rows were not inserted, and a line's batches are small."""
+    if not rows:
+        return []
+    table = qdm_table(kind)
+    keys, content = NATURAL_KEYS[kind], content_columns(kind)
+    mark, differs = _mark(connection), _differs(connection)
+    first = " ".join(f"WHEN {c} {differs} {mark} THEN '{c}'" for c in content)
+    sql = (
+        f"SELECT CASE WHEN withdrawn_at IS NOT NULL THEN 'withdrawn_at' {first} END "
+        f"FROM {table.name} WHERE {' AND '.join(f'{k} = {mark}' for k in keys)}"
+    )
+    found: list[tuple[int, str]] = []
+    for index, row in enumerate(rows):
+        values = [_bind(connection, table, c, row.get(c)) for c in content]
+        params = (*values, *(_bind(connection, table, k, row[k]) for k in keys))
+        column = connection.exec_driver_sql(sql, params).scalar_one_or_none()
+        if column is not None:
+            found.append((index, str(column)))
+    return found
+
+
 #: adds to a kind's rewrite count (`qdm.Rewrites`), creating it at the first
 _COUNT = (
     "INSERT INTO qdm_rewrites (kind, rewrites) VALUES ({m}, {m}) "

@@ -41,8 +41,9 @@ taken is gone. Such a reading used to take the value current now: another batch,
 one changed since, silently. Refused, not stored without its batch: the connector
 cannot tell a reading that arrives late for the first time (a gateway flushing its
 buffer) from one delivered again (the re-subscription's first value of a node unchanged
-for hours), and a reading delivered again with other content is stored as a
-correction, so a guess or no batch alike would overwrite the batch it was stored with.
+for hours). A guess (or no batch) would store a reading that is new under the wrong
+batch; one delivered again with another batch than the stored one is refused whatever
+the connector did (a line source never changes a stored reading, `connector.linein.sink`).
 A refusal changes nothing stored; the sink counts it and logs it with its node, value
 and time (``opcua:NODE:n: batch_id: value 1.2 taken ...: the batch then is forgotten
 ...``), and a reading that was new can be loaded from a file with its batch.

@@ -9,6 +9,16 @@ file moved, after it.
 Every refused reading is logged as ``source:n: field: reason`` and the newest
 ``KEEP_REJECTED`` are kept in :attr:`MeasurementSink.rejected` for status and tests.
 
+Why a line source only adds readings (``corrections=False``): a reading that arrives
+again with other content under a stored natural key (equipment, parameter, time) was,
+like a file's row, stored as a correction, a new version of the record. But whoever may
+publish to a topic is not whoever may rewrite the plant's history: a publisher (a tool
+gone wrong, anything with the broker's password) could overwrite any stored reading by
+sending its key with another value, and a retained message the broker delivers again
+after an engineer withdrew a reading brought it back. So a line's reading that would
+change a stored record is refused, with the field that differs, and the record stays as
+it is; a correction comes from a file or the API, where a person answers for it.
+
 Why bounded: a connector runs for months, and a line tool gone wrong sends the same bad
 reading for days, to as many topics as it likes. So the sink keeps counts, not
 histories: the refused readings it keeps are the newest few, each reason cut short
@@ -23,9 +33,9 @@ raises is refused with the exception as its reason; only a :class:`StorageError`
 database itself) goes up, so that nothing is acknowledged and it is all retried.
 
 Why the sink cuts a source's readings into calls of ``LINE_BATCH`` itself, each one
-transaction: so that every reading is counted once, as stored, duplicate, corrected or
-refused. A call that raises has stored nothing (its one transaction rolled back), so
-its readings stored one by one on the retry are counted as what they are. Handed to the
+transaction: so that every reading is counted once, as stored, duplicate or refused. A
+call that raises has stored nothing (its one transaction rolled back), so its readings
+stored one by one on the retry are counted as what they are. Handed to the
 store whole (a Sparkplug burst can bring far more than 5,000 readings of one topic),
 the store commits them 5,000 at a time: a fault in a later batch came up after the
 earlier ones were committed, and the retry reading by reading counted every one of
@@ -74,14 +84,10 @@ def cut(problem: RowError) -> RowError:
 class Totals:
     stored: int = 0
     duplicates: int = 0
-    corrected: int = 0
     rejected: int = 0
 
     def __str__(self) -> str:
-        return (
-            f"{self.stored} stored, {self.duplicates} duplicates, "
-            f"{self.corrected} corrected, {self.rejected} rejected"
-        )
+        return f"{self.stored} stored, {self.duplicates} duplicates, {self.rejected} rejected"
 
 
 @dataclass
@@ -114,7 +120,6 @@ class MeasurementSink:
         """Add a committed call's report to the totals; its refusals, logged and kept."""
         self.totals.stored += report.accepted
         self.totals.duplicates += report.duplicates
-        self.totals.corrected += report.corrected
         self.totals.rejected += len({e.line for e in report.rejected})
         problems = [cut(p) for p in report.rejected]
         for problem in problems:
@@ -133,7 +138,9 @@ class MeasurementSink:
         """Up to ``LINE_BATCH`` readings of one source in one transaction; where that
         raises (and so stored none), one by one: the one that breaks it is refused."""
         try:
-            return self.store.ingest_rows(self.kind, rows, source=source, batch_size=LINE_BATCH)
+            return self.store.ingest_rows(
+                self.kind, rows, source=source, batch_size=LINE_BATCH, corrections=False
+            )
         except StorageError:
             raise
         except Exception:
@@ -141,7 +148,9 @@ class MeasurementSink:
         report = IngestReport(kind=self.kind, source=source)
         for line, row in rows:
             try:
-                one = self.store.ingest_rows(self.kind, [(line, row)], source=source)
+                one = self.store.ingest_rows(
+                    self.kind, [(line, row)], source=source, corrections=False
+                )
             except StorageError:
                 raise
             except Exception as exc:
@@ -150,7 +159,6 @@ class MeasurementSink:
                 continue
             report.accepted += one.accepted
             report.duplicates += one.duplicates
-            report.corrected += one.corrected
             report.rejected.extend(one.rejected)
         return report
 

@@ -104,9 +104,9 @@ class Publisher:
         self.client.connect("127.0.0.1", port)
         self.client.loop_start()
 
-    def send(self, topic: str, body: Any) -> None:
+    def send(self, topic: str, body: Any, *, retain: bool = False) -> None:
         payload = body if isinstance(body, bytes) else json.dumps(body).encode()
-        self.client.publish(topic, payload, qos=1).wait_for_publish(10)
+        self.client.publish(topic, payload, qos=1, retain=retain).wait_for_publish(10)
 
     def close(self) -> None:
         self.client.disconnect()
@@ -472,6 +472,59 @@ async def test_poison_messages_are_refused_and_the_listener_goes_on(
     stop.set()
     await asyncio.wait_for(task, 10)
     assert again.session_present and not again.sink.rejected and count(store) == 1
+
+
+async def test_a_publisher_cannot_rewrite_or_bring_back_a_stored_reading(
+    broker: Broker, store: QualityStore
+) -> None:
+    """Whoever may publish may add readings, not rewrite the plant's history: a reading
+    sent again under a stored key with another value is refused with the field that
+    differs (before: stored as a correction, the old value gone), and a retained message
+    the broker delivers again to a new session after an engineer withdrew its reading
+    is refused (before: the withdrawal was undone). What is stored stays as it was."""
+    topic = "plant/PECVD-1/pecvd/pressure"
+    first = MqttConnector(
+        MqttConfig.model_validate(config(broker.port)), MeasurementSink(store, "first")
+    )
+    stop = asyncio.Event()
+    task = asyncio.create_task(first.run(stop))
+    tool = Publisher(broker.port)
+    try:
+        await until(lambda: first.sessions == 1 and first._connected)
+        await asyncio.sleep(0.2)  # the SUBACK
+        await asyncio.to_thread(tool.send, topic, reading(0, 1.5), retain=True)
+        await asyncio.to_thread(tool.send, topic, reading(1, 2.0))
+        await until(lambda: count(store) == 2)
+        await asyncio.to_thread(tool.send, topic, reading(1, 9.9))  # the same key, rewritten
+        await until(lambda: first.sink.totals.rejected == 1)
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 10)
+    (changed,) = first.sink.rejected
+    assert (changed.source, changed.field) == (f"mqtt:{topic}", "value")
+    assert "differs from the stored measurement" in changed.reason
+
+    key = {"equipment": "PECVD-1", "parameter": "pecvd_chamber_vacuum", "measured_at": T0}
+    store.withdraw("measurement", key, datetime.now(UTC))
+    second = MqttConnector(
+        MqttConfig.model_validate(config(broker.port, client_id="qdspace-second")),
+        MeasurementSink(store, "second"),
+    )
+    stop = asyncio.Event()
+    task = asyncio.create_task(second.run(stop))
+    try:
+        # a new session: the broker hands it the retained reading withdrawn meanwhile
+        await until(lambda: second.sink.totals.rejected == 1)
+    finally:
+        tool.close()
+        stop.set()
+        await asyncio.wait_for(task, 10)
+    (again,) = second.sink.rejected
+    assert again.field == "withdrawn_at" and "is withdrawn" in again.reason
+    sql = "SELECT value, version, withdrawn_at IS NULL FROM qdm_measurement ORDER BY measured_at"
+    with store.engine.connect() as c:
+        rows = [tuple(r) for r in c.execute(text(sql))]
+    assert rows == [(pytest.approx(150.0), 2, False), (pytest.approx(200.0), 1, True)]
 
 
 async def test_while_the_store_is_behind_the_queue_holds_a_bounded_number_of_messages(

@@ -118,6 +118,47 @@ def test_a_changed_row_is_a_new_version_and_a_withdrawal_a_tombstone(store: Qual
     assert store.counts()["inspection"] == 4  # a tombstone is still a row
 
 
+def test_a_source_that_only_adds_changes_no_stored_record(store: QualityStore) -> None:
+    """``corrections=False`` (a line's connectors): a row that would change a stored
+    record, or bring a withdrawn one back, is refused with the column that differs, and
+    the record, its version and the rewrite count stay as they were; new rows and rows
+    equal to what is stored go on as always, in the same call."""
+    store.ingest_rows("inspection", [(i, _inspection(i)) for i in range(1, 4)])
+    at = datetime(2026, 11, 3, 9, 0, tzinfo=UTC)
+    store.withdraw("inspection", {"inspection_id": "EL-00003"}, at)
+    with store.engine.connect() as connection:
+        before = versions.rewrites(connection, "inspection")
+    report = store.ingest_rows(
+        "inspection",
+        [
+            (1, _inspection(1)),  # as stored
+            (2, _inspection(2, verdict="fail", defect_class="crack")),  # would correct
+            (3, _inspection(3)),  # would bring the withdrawn one back
+            (4, _inspection(4)),  # new
+            (5, _inspection(5, score=7)),  # bad
+        ],
+        source="mqtt:el",
+        corrections=False,
+    )
+    assert (report.accepted, report.duplicates, report.corrected) == (1, 1, 0)
+    problems = {(e.line, e.field): e.reason for e in report.rejected}
+    assert set(problems) == {(2, "verdict"), (3, "withdrawn_at"), (5, "score")}
+    assert problems[(2, "verdict")].startswith(
+        "differs from the stored inspection with this inspection_id; this source only adds"
+    )
+    assert "is withdrawn" in problems[(3, "withdrawn_at")]
+    sql = "SELECT inspection_id, version, verdict, withdrawn_at IS NULL FROM qdm_inspection"
+    with store.engine.connect() as connection:
+        rows = {r[0]: tuple(r[1:]) for r in connection.execute(text(sql + " ORDER BY id"))}
+        assert versions.rewrites(connection, "inspection") == before
+    assert rows == {
+        "EL-00001": (1, "pass", True),
+        "EL-00002": (1, "pass", True),
+        "EL-00003": (2, "pass", False),
+        "EL-00004": (1, "pass", True),
+    }
+
+
 def test_rewrites_are_counted_by_kind_in_the_transaction_that_makes_them(
     store: QualityStore,
 ) -> None:

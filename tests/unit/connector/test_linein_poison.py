@@ -191,17 +191,19 @@ def test_a_fault_past_the_first_store_batch_counts_each_reading_once(store: Qual
     the store committed the first 5,000 before the fault in the next batch came up, and
     the retry reading by reading counted all of those as duplicates (1 stored, 5,000
     duplicates of 5,002). Each is counted once, and what was stored before the burst is
-    still a duplicate, or a correction, as it was."""
+    still a duplicate, or a refused change, as it was."""
     store.ingest_rows("measurement", [(1, _at(0)), (2, _at(1, value=700))])
     sink = MeasurementSink(store, "t")
     items: list[Item] = [("mqtt:a", _at(i)) for i in range(5000)]
     items += [("mqtt:a", {**_at(6000), "batch_id": "boom"}), ("mqtt:a", _at(5000))]
     problems = sink.put(items)
     t = sink.totals
-    assert (t.stored, t.duplicates, t.corrected, t.rejected) == (4999, 1, 1, 1)
-    assert t.stored + t.duplicates + t.corrected + t.rejected == len(items)
-    (p,) = problems
-    assert (p.line, p.field) == (5001, "-") and "RuntimeError: unforeseen" in p.reason
+    assert (t.stored, t.duplicates, t.rejected) == (4999, 1, 2)
+    assert t.stored + t.duplicates + t.rejected == len(items)
+    changed, broken = problems
+    assert (changed.line, changed.field) == (2, "value") and "differs" in changed.reason
+    assert (broken.line, broken.field) == (5001, "-")
+    assert "RuntimeError: unforeseen" in broken.reason
     assert store.counts()["measurement"] == 5001
 
 
@@ -209,19 +211,19 @@ def test_a_fault_after_a_batchs_insert_stores_none_of_it(
     store: QualityStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """What the sink's count rests on: a call of one transaction that raises, even after
-    its rows are inserted (here where the store looks for corrections), stored none of
-    them, so the retry reading by reading counts each as what it is."""
-    correct = storage_module.correct_rows
+    its rows are inserted (here where the store looks for changed records), stored none
+    of them, so the retry reading by reading counts each as what it is."""
+    find = storage_module.conflicts
 
-    def breaking(connection: Any, kind: str, rows: Any) -> int:
+    def breaking(connection: Any, kind: str, rows: Any) -> Any:
         if len(rows) > 1:
             raise RuntimeError("unforeseen")
-        return correct(connection, kind, rows)
+        return find(connection, kind, rows)
 
     store.ingest_rows("measurement", [(1, _at(0))])
-    monkeypatch.setattr(storage_module, "correct_rows", breaking)
+    monkeypatch.setattr(storage_module, "conflicts", breaking)
     sink = MeasurementSink(store, "t")
     sink.put([("mqtt:a", _at(i)) for i in range(10)])
     t = sink.totals
-    assert (t.stored, t.duplicates, t.corrected, t.rejected) == (9, 1, 0, 0)
+    assert (t.stored, t.duplicates, t.rejected) == (9, 1, 0)
     assert store.counts()["measurement"] == 10
