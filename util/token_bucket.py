@@ -1,16 +1,17 @@
 """A token bucket: a rate with a burst, for limits on what one caller may do how often.
 
 The clock is the caller's (``now`` arguments, seconds on any monotonic scale), so tests
-drive time by hand. Used by a host's per-tenant request rate (`node.host.admission`);
-`TokenBuckets`, one bucket per caller made on its first call, by the authority service's
-limit on how often a member republishes its directory entry (`node.authority.service`)
-and a producer's limit on a customer's root-cause questions
-(`node.runtime.trace_producer`).
+drive time by hand. Used by a host's per-tenant request rate (`node.host.admission`,
+with `SharedBuckets` for the share each calling member may take of it); `TokenBuckets`,
+one bucket per caller made on its first call, by the authority service's limit on how
+often a member republishes its directory entry (`node.authority.service`) and a
+producer's limit on a customer's root-cause questions (`node.runtime.trace_producer`).
 """
 
 from __future__ import annotations
 
 import threading
+from collections import OrderedDict
 
 
 class TokenBucket:
@@ -60,4 +61,56 @@ class TokenBuckets:
             bucket = self._buckets.get(key)
             if bucket is None:
                 bucket = self._buckets[key] = TokenBucket(self.rate, self.burst, now)
+        return bucket.take(now)
+
+
+class SharedBuckets:
+    """One `TokenBucket` per key, the rate and burst shared equally among the keys that
+    took (or tried to take) a token within the last ``window`` seconds, in at least
+    ``least`` shares.
+
+    Why shares of the callers *now*, not a fixed fraction each: with each member held to
+    a fixed half of a tenant's rate, two members flooding together still took all of it,
+    and a third member's calls were refused for as long as they kept at it. Here a
+    third caller's first try (refused or not) makes it one of three: from their next
+    call the two flooding ones get a third each, and what they leave of the tenant's
+    rate is the third one's. A caller's bucket takes its new share when it next calls
+    (a flooding one calls at once); one that stops calling for ``window`` seconds is
+    forgotten, and the others' shares grow again. Memory is bounded by the callers of
+    one window.
+    """
+
+    def __init__(self, rate: float, burst: int, *, window: float = 30.0, least: int = 2) -> None:
+        self.rate = rate
+        self.burst = burst
+        self.window = window
+        self.least = least
+        #: key -> (its bucket, when it last called), the least recent first
+        self._callers: OrderedDict[str, tuple[TokenBucket, float]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    @property
+    def shares(self) -> int:
+        """How many shares the rate is cut into now (callers of the window, at least
+        ``least``)."""
+        return max(self.least, len(self._callers))
+
+    def take(self, key: str, now: float) -> float:
+        """`TokenBucket.take` of `key`'s bucket, at its share of the rate."""
+        with self._lock:
+            found = self._callers.pop(key, None)
+            while self._callers:
+                oldest, (_, seen) = next(iter(self._callers.items()))
+                if seen >= now - self.window:
+                    break
+                del self._callers[oldest]
+            shares = max(self.least, len(self._callers) + 1)
+            rate, burst = self.rate / shares, max(1, self.burst // shares)
+            if found is None:
+                bucket = TokenBucket(rate, burst, now)
+            else:
+                bucket = found[0]
+                if bucket.rate != rate or bucket.burst != burst:
+                    bucket.change(rate, burst, now)
+            self._callers[key] = (bucket, now)
         return bucket.take(now)

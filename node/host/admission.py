@@ -5,7 +5,8 @@ fairness is decided at the door: each peer gRPC call (an interceptor outside the
 authentication and decoding, `QuotaInterceptor`) and each operator API call (the host's
 dispatcher, before the tenant's app) first takes a token of the tenant's `TokenBucket`
 and a slot (a stream, or a call in flight; the tenant's staff have a bucket and slots of
-their own, so members cannot spend them); a call over a quota is refused there with
+their own, so members cannot spend them; each member calling takes an equal share of the
+members' rate, so members cannot starve each other); a call over a quota is refused there with
 RESOURCE_EXHAUSTED / 429 and the seconds to wait, having cost a dictionary lookup and a
 lock. A tenant that floods the host gets its quota's worth of service, no more, and
 its neighbours' calls do not queue behind its surplus. The calls-in-flight quota bounds
@@ -62,7 +63,7 @@ from qdspace.node.host.quotas import (
     stream_refusal,
 )
 from qdspace.node.rpc.wrap import around_calls
-from qdspace.util.token_bucket import TokenBucket, TokenBuckets
+from qdspace.util.token_bucket import SharedBuckets, TokenBucket
 
 logger = logging.getLogger("node.host")
 
@@ -71,6 +72,8 @@ LOG_EVERY_S = 10.0
 #: was let in since, before it is measured again (a measure counts every table)
 RECEIVED_MEASURE_S = 5.0
 RETRY_AFTER = "retry-after"
+#: a member that called a tenant within this many seconds has a share of its rate
+MEMBER_WINDOW_S = 30.0
 
 Release = Callable[[], None]
 
@@ -110,13 +113,14 @@ def _bucket(quota: Quota, now: float) -> TokenBucket | None:
     return TokenBucket(quota.rps, quota.burst, now)
 
 
-def _member_buckets(quota: Quota) -> TokenBuckets | None:
-    """One bucket a member, of half the quota's rate and burst, or None (no rate quota).
-    Keyed by a digest of the member's certificate: only members that passed the mutual
-    TLS handshake call, so there are as many as the data space has members."""
+def _member_buckets(quota: Quota) -> SharedBuckets | None:
+    """One bucket a member, of an equal share of the quota's rate and burst among the
+    members calling now (at least two shares: one member alone takes half), or None (no
+    rate quota). Keyed by a digest of the member's certificate: only members that passed
+    the mutual TLS handshake call, so there are as many as the data space has members."""
     if quota.rps is None or quota.burst is None:
         return None
-    return TokenBuckets(quota.rps / 2, max(1, quota.burst // 2))
+    return SharedBuckets(quota.rps, quota.burst, window=MEMBER_WINDOW_S)
 
 
 def _changed(bucket: TokenBucket | None, quota: Quota, now: float) -> TokenBucket | None:
@@ -180,8 +184,9 @@ class TenantAdmission:
         flooding the tenant's gRPC or DSP listener locked its staff out of their own
         API (429) for as long as it kept at it. A member's call (``member``: what tells
         members apart, the certificate its TLS handshake verified) first takes a token
-        of that member's own bucket, half the tenant's: one member flooding the tenant
-        leaves the other half of its rate to the others."""
+        of that member's own bucket, an equal share of the tenant's among the members
+        calling it now (`SharedBuckets`; half while one calls): members flooding the
+        tenant, one or several, leave each other member calling it its share."""
         try:
             return self._admit(stream, staff, member)
         except QuotaExceeded as exc:
@@ -190,9 +195,10 @@ class TenantAdmission:
 
     def _admit(self, stream: bool, staff: bool, member: bytes) -> Release:
         if member and self._members is not None:
-            wait = self._members.take(hashlib.sha256(member).hexdigest(), time.monotonic())
+            members = self._members
+            wait = members.take(hashlib.sha256(member).hexdigest(), time.monotonic())
             if wait:
-                raise member_rate_refusal(self.tenant, self.quota, wait)
+                raise member_rate_refusal(self.tenant, self.quota, members.shares, wait)
         bucket = self._staff_bucket if staff else self._bucket
         if bucket is not None:
             wait = bucket.take(time.monotonic())

@@ -263,12 +263,14 @@ def rate_refusal(tenant: str, quota: Quota, wait_s: float) -> RateLimited:
     )
 
 
-def member_rate_refusal(tenant: str, quota: Quota, wait_s: float) -> RateLimited:
+def member_rate_refusal(tenant: str, quota: Quota, shares: int, wait_s: float) -> RateLimited:
     retry = max(1, math.ceil(wait_s))
+    share = "half" if shares <= 2 else f"1/{shares}"
+    calling = "" if shares <= 2 else f"; {shares} members call it"
     return RateLimited(
         f"this member's calls to tenant {tenant} are over the share one member may take of "
-        f"its request rate quota (half of {show(quota.rps)} requests per second, burst "
-        f"{show(quota.burst)}); retry in {retry} s",
+        f"its request rate quota ({share} of {show(quota.rps)} requests per second, burst "
+        f"{show(quota.burst)}{calling}); retry in {retry} s",
         retry_after_s=retry,
     )
 

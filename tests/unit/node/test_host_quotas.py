@@ -11,6 +11,7 @@ import shutil
 import threading
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -359,11 +360,52 @@ def test_one_member_takes_at_most_half_the_tenant_s_rate() -> None:
     flood, other = b"flooding member's certificate", b"another member's certificate"
     for _ in range(2):
         admission.admit_call(stream=False, member=flood)()
-    with pytest.raises(RateLimited, match="share one member may take"):
+    with pytest.raises(RateLimited, match="share one member may take") as refused:
         admission.admit_call(stream=False, member=flood)
+    assert "(half of 0.001 requests per second, burst 4)" in str(refused.value)
     for _ in range(2):
         admission.admit_call(stream=False, member=other)()
     with pytest.raises(RateLimited, match="over its request rate quota"):  # the tenant's
         admission.admit_call(stream=False, member=b"a third member")
     for _ in range(4):
         admission.admit_call(stream=False, staff=True)()
+
+
+def test_members_flooding_together_leave_another_member_its_share(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Two members flooding a tenant (each at most half of its rate) took all of it, and
+    a third member was refused for as long as they kept at it. Now the third one's
+    first try makes the rate three shares: the two flooding ones are held to a third
+    each from their next call, and the third member is served from what they leave.
+    When it has not called for the window, the two get half each again."""
+    clock = [1000.0]
+    monkeypatch.setattr(admission_module, "time", SimpleNamespace(monotonic=lambda: clock[0]))
+    admission = TenantAdmission("calmco", Quota(rps=30, burst=30))
+    floods = (b"first flooding member", b"second flooding member")
+    third = b"a member that calls 50 times a second"
+    served = dict.fromkeys((*floods, third), 0)
+    refused: list[str] = []
+
+    def run(seconds: float, *, with_third: bool) -> None:
+        for step in range(round(seconds * 1000)):  # 1 ms steps; the floods call every one
+            clock[0] += 0.001
+            for member in (*floods, third) if with_third and step % 20 == 0 else floods:
+                try:
+                    admission.admit_call(stream=False, member=member)()
+                    served[member] += 1
+                except RateLimited as exc:
+                    if member == third:
+                        refused.append(str(exc))
+
+    run(2, with_third=False)  # the floods alone: half each, all of the tenant's rate
+    assert served[floods[0]] + served[floods[1]] == pytest.approx(30 + 30 * 2, abs=2)
+    served = dict.fromkeys(served, 0)
+    run(10, with_third=True)  # 10 s at 30 a second: 100 for each of the three, about
+    assert 90 <= served[third] <= 110, served
+    assert all(served[f] <= 100 + 10 for f in floods), served
+    assert any("(1/3 of 30 requests per second, burst 30; 3 members call it)" in r for r in refused)
+    run(admission_module.MEMBER_WINDOW_S + 1, with_third=False)
+    served = dict.fromkeys(served, 0)
+    run(5, with_third=False)
+    assert served[floods[0]] == pytest.approx(75, abs=2), served  # half of 30 a second again
