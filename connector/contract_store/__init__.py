@@ -234,6 +234,12 @@ class ContractStore:
     def terminate_agreement(self, agreement_id: str, reason: str, at: datetime) -> StoredAgreement:
         return self._agreements.terminate_agreement(agreement_id, reason, at)
 
+    @property
+    def terminations(self) -> int:
+        """Agreements this process terminated (`AgreementStore`): a releasing stream
+        that sees the count move checks its agreement again before the next batch."""
+        return self._agreements.terminations
+
     # ----------------------------------------------------------- transfers
 
     def save_transfer(

@@ -15,6 +15,7 @@ time and reason, stands.
 
 from __future__ import annotations
 
+import threading
 from collections import namedtuple
 from dataclasses import dataclass
 from datetime import datetime
@@ -25,6 +26,7 @@ from sqlalchemy import (
     Column,
     ColumnElement,
     Connection,
+    Engine,
     Index,
     Integer,
     LargeBinary,
@@ -194,7 +196,19 @@ def held_as(agreement_id: ColumnElement[str], role: Role) -> ColumnElement[bool]
 
 
 class AgreementStore(TableStore):
-    """Save, read, list and terminate agreements."""
+    """Save, read, list and terminate agreements.
+
+    `terminations` counts the agreements this process terminated (its own party's
+    termination, the other party's notice, a purge): a stream that releases rows under
+    an agreement builds its gate again every second (the expiry, an order no longer
+    the consumer's), and one that sees the count move rebuilds it before its next batch,
+    so what leaves after a termination here is at most the batch being sent, not a
+    second of them."""
+
+    def __init__(self, engine: Engine) -> None:
+        super().__init__(engine)
+        self.terminations = 0
+        self._terminations_lock = threading.Lock()
 
     def save_agreement_in(
         self,
@@ -360,4 +374,7 @@ class AgreementStore(TableStore):
                 .where(table.c.agreement_id == agreement_id, table.c.terminated_at.is_(None))
                 .values(terminated_at=at, termination_reason=reason)
             )
-            return self.agreement_in(connection, agreement_id)
+            ended = self.agreement_in(connection, agreement_id)
+        with self._terminations_lock:
+            self.terminations += 1
+        return ended

@@ -249,8 +249,10 @@ def transfer_router(
             checked = beat = time.monotonic()
             watch = runtime.new_inspections
             seen = watch.generation if watch is not None else 0
+            ended = runtime.store.terminations
             while not stopping.is_set():
-                if time.monotonic() - checked > RECHECK_S:
+                if time.monotonic() - checked > RECHECK_S or runtime.store.terminations != ended:
+                    ended = runtime.store.terminations
                     try:
                         await run_in_threadpool(current, row, claims)
                         stored = await run_in_threadpool(

@@ -294,8 +294,11 @@ class SubscriptionServicer(subscription_pb2_grpc.SubscriptionServicer):
                 yield _heartbeat(stream.subscription_id, datetime.now(UTC), position)
                 watch = rt.new_inspections
                 seen = watch.generation if watch is not None else 0
+                ended = rt.store.terminations
                 while True:
-                    if time.monotonic() - checked > RECHECK_S:  # terminated or expired since?
+                    # terminated or expired since? (at once after a termination here)
+                    if time.monotonic() - checked > RECHECK_S or rt.store.terminations != ended:
+                        ended = rt.store.terminations
                         stored = await asyncio.to_thread(
                             rt.provider_agreement, stream.agreement_id, peer
                         )

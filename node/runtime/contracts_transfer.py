@@ -199,7 +199,9 @@ class ProviderTransfers(ContractBase):
         no longer the consumer's, the next batch asked for raises `ContractDenied`, the
         refusal a new Pull gets, and the transfer stays STARTED at the last batch sent.
         What may still leave after such a change: the batches read within `recheck_s`
-        of the last check, plus the one a transport reads ahead of the consumer. A
+        of the last check, plus the one a transport reads ahead of the consumer; after
+        a termination made in this process (`ContractStore.terminations`), only the
+        batch read ahead. A
         slow consumer (the stream held open by flow control) gets no more than that
         one batch, since its next read comes after `recheck_s` and is checked first.
 
@@ -228,10 +230,13 @@ class ProviderTransfers(ContractBase):
         if resent.restart:
             self.charge_reread(peer)
         saved, checked = own, time.monotonic()
+        ended = self.store.terminations
         batches = stream_batches(process, self.qdm, gate, batch_rows=batch_rows)
         try:
             while True:
-                if time.monotonic() - checked >= recheck_s:  # still allowed?
+                # still allowed? (every recheck_s; at once after a termination here)
+                if time.monotonic() - checked >= recheck_s or self.store.terminations != ended:
+                    ended = self.store.terminations
                     batches.close()
                     gate = self._pull_gate(peer, process)
                     batches = stream_batches(process, self.qdm, gate, batch_rows=batch_rows)
