@@ -388,11 +388,24 @@ def chain_checks(
                 else f"anchored by {event.anchorer}, not by the member's account {anchorer}",
             )
         )
+    block = _eq("block", event.block_number, proof.block_number, "block of the anchor")
+    if event.block_number == receipt.block_number != proof.block_number:
+        # The proof's own transaction, in another block than the proof names: a
+        # reorganisation replaced that block and the same transaction was mined again
+        # (the anchorer resends the same signed bytes, `ledger.reorg`). The proof still
+        # fails (every byte of it is checked), saying so, and where to get one that holds.
+        block = Check(
+            "block",
+            False,
+            f"block of the anchor: chain says {event.block_number}, proof says "
+            f"{proof.block_number}: the chain holds this transaction in another block now "
+            "(a reorganisation since the proof was made); fetch the proof again",
+        )
     return [
         *checks,
         _eq("leaf_count", event.leaf_count, proof.size, "leaves in the anchored batch"),
         _eq("kind", event.kind, KIND_CODES[proof.kind], "kind code on chain"),
-        _eq("block", event.block_number, proof.block_number, "block of the anchor"),
+        block,
         Check(
             "transaction",
             receipt.block_number == proof.block_number,

@@ -32,6 +32,7 @@ from qdspace.ledger.anchorer import Anchorer
 from qdspace.ledger.client import MAX_ANSWER_BYTES, LedgerClient
 from qdspace.ledger.errors import ChainUnavailable, FeeAboveCap
 from qdspace.ledger.keys import ChainSigner
+from qdspace.ledger.proofs import build_proof, verify_proof
 from qdspace.ledger.queue import LeafQueue
 from qdspace.ledger.queue_schema import ANCHORED, SEALED, SIGNED, ensure_schema
 
@@ -142,11 +143,13 @@ class Endpoint:
         sender = Account.recover_transaction(raw)
         tx_hash = asked if self.receipt == "mined" else _word(0xBAD)
         account = "0x" + "00" * 12 + sender[2:].lower()
-        topics = [ANCHORED_TOPIC, "0x" + data[4:36].hex(), _word(1), account]
+        # anchor(root, leaf count, kind): the log carries them as the contract's would
+        root, count, kind = ("0x" + data[i : i + 32].hex() for i in (4, 36, 68))
+        topics = [ANCHORED_TOPIC, root, kind, account]
         block, digest = hex(self.mined_in), self.blocks.get(self.mined_in, _word(self.mined_in))
         log = {
             "address": CONTRACT, "topics": topics, "logIndex": "0x0",
-            "data": _word(1) + _word(self.mined_in)[2:] + _word(1)[2:],
+            "data": count + _word(self.mined_in)[2:] + _word(1)[2:],
             "blockNumber": block, "transactionHash": tx_hash, "blockHash": digest,
         }  # fmt: skip
         return {
@@ -244,13 +247,18 @@ def test_a_batch_whose_block_was_reorganised_away_is_sent_again(
 ) -> None:
     """Mined in block 123, which a reorganisation replaces: the batch goes back to signed
     and its very same transaction is sent again; mined again in block 125, it is recorded
-    there. Without ``reorg_depth`` (the embedded chain's default) nothing is checked."""
+    there. A proof handed out before names block 123: it fails (every byte of a proof is
+    checked), saying that the chain moved the transaction and to fetch the proof again,
+    and the proof fetched again holds. Without
+    ``reorg_depth`` (the embedded chain's default) nothing is checked."""
     anchorer, queue = _anchorer(endpoint, reorg_depth=64)
     anchorer.enqueue("agreement", "ag-1", b"record")
     endpoint.receipt, endpoint.head = "mined", 124
     anchorer.step(force=True)
     (first,) = queue.batches(ANCHORED)
     assert first.block_number == 123 and len(endpoint.sent) == 1
+    before = build_proof(queue, "agreement", "ag-1")
+    assert verify_proof(before, anchorer.client).valid
 
     endpoint.blocks[123] = _word(0xFEED)  # another block 123 now; the transaction dropped
     endpoint.receipt, endpoint.head = "none", 126
@@ -266,6 +274,12 @@ def test_a_batch_whose_block_was_reorganised_away_is_sent_again(
     (again,) = queue.batches(ANCHORED)
     assert again.block_number == 125 and again.tx_hash == first.tx_hash
     assert again.block_hash == bytes.fromhex(_word(125)[2:])
+    verdict = verify_proof(before, anchorer.client)
+    assert not verdict.valid
+    (block,) = [c for c in verdict.checks if not c.ok and c.name == "block"]
+    assert "chain says 125, proof says 123: the chain holds this transaction" in block.detail
+    assert "fetch the proof again" in block.detail
+    assert verify_proof(build_proof(queue, "agreement", "ag-1"), anchorer.client).valid
 
     calm, calm_queue = _anchorer(endpoint)  # reorg_depth 0
     calm.enqueue("agreement", "ag-2", b"record")
