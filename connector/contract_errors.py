@@ -50,6 +50,11 @@ class OfferMismatchError(ContractError, ValueError):
     grpc_status = "INVALID_ARGUMENT"
 
 
+class PolicyTooLarge(OfferMismatchError):
+    """A negotiation message whose policy is larger than a negotiation takes (its
+    canonical JSON over `connector.negotiation.MAX_POLICY_BYTES`)."""
+
+
 class AgreementError(ContractError, ValueError):
     """Agreement or receipt bytes that are not a well-formed canonical document."""
 

@@ -55,6 +55,7 @@ from qdspace.connector.contract_errors import (
     IllegalTransitionError,
     MessageReplayError,
     OfferMismatchError,
+    PolicyTooLarge,
     UnauthorizedSenderError,
     UnknownProcessError,
 )
@@ -228,6 +229,25 @@ def _plain(value: Any) -> Any:
             plain["signed"] = False
         return plain
     return to_jsonable(value)
+
+
+#: the largest policy (its canonical JSON, `offer_json`) a negotiation message may carry.
+#: Why: a provider keeps what a member requests (the request's policy with the
+#: negotiation, refused or not), and a request naming 1,900 orders made 234 KB stored per
+#: call, at 600 calls an hour. A published offer is held to the same in the catalog
+#: (`node.rpc.contracts_serde.MAX_OFFER_BYTES`), and a request narrows an offer.
+MAX_POLICY_BYTES = 64 * 1024
+
+
+def check_policy_size(policy: Policy, what: str) -> int:
+    """The size of `policy`'s canonical JSON, or `PolicyTooLarge` over `MAX_POLICY_BYTES`."""
+    size = len(offer_json(policy))
+    if size > MAX_POLICY_BYTES:
+        raise PolicyTooLarge(
+            f"{what}: its policy is {size} bytes of JSON, more than the {MAX_POLICY_BYTES} a "
+            "negotiation takes (ask for fewer orders at a time)"
+        )
+    return size
 
 
 def offer_json(policy: Policy) -> bytes:

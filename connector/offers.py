@@ -339,7 +339,7 @@ def answer_request(
     orders = _narrow(_narrow(req.orders, pub.orders), customer_orders)
     assert orders is not None
     if not orders:
-        asked = ", ".join(sorted(req.orders or ())) or "any order"
+        asked = _some(sorted(req.orders or ())) or "any order"
         return Answer(
             Verdict.TERMINATE, reason=f"no order in scope: {asked} is not an order you placed"
         )
@@ -435,3 +435,15 @@ def acceptable_counter(requested: Policy, counter: Policy) -> bool:
     if req.fields is not None:
         within = within and got.fields is not None and got.fields <= req.fields
     return within and bool(got.purposes) and (got.orders is None or bool(got.orders))
+
+
+#: orders a refusal names at most (the rest counted): its reason is kept with the
+#: negotiation and sent back, and a request may name thousands
+NAMED_ORDERS = 5
+
+
+def _some(orders: list[str]) -> str:
+    """The first `NAMED_ORDERS` of `orders`, and how many more."""
+    shown = ", ".join(orders[:NAMED_ORDERS])
+    more = len(orders) - NAMED_ORDERS
+    return f"{shown} and {more} more" if more > 0 else shown

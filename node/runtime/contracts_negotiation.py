@@ -44,6 +44,7 @@ from qdspace.connector.negotiation import (
     Role,
     Termination,
     apply,
+    check_policy_size,
     draft_agreement,
     fingerprint,
     open_negotiation,
@@ -191,6 +192,10 @@ class ProviderNegotiation(ContractBase):
 
         if isinstance(message, ContractRequest):
             self._within_quota(peer, message.negotiation_id)
+            # kept with the negotiation (twice at most: the row and its reason), so
+            # bounded, and asked of the node's free disk or a tenant's storage quota
+            size = check_policy_size(message.offer, f"request {message.message_id[:128]}")
+            self._keep(2 * size, f"a negotiation request of {peer.name}")
         # one load and one save, in one transaction, whether the negotiation is known or new
         negotiation = self.store.update_negotiation(message.negotiation_id, step, opening)
         finalized = NegotiationState.FINALIZED
