@@ -12,6 +12,13 @@ peer's server interceptor sets it again on the receiving side. asyncio copies co
 variables into the tasks and worker threads a request starts, so every line logged for
 that request carries it without being passed around.
 
+The log file (``node.log``, a host's ``host.log``) rotates: at `LOG_FILE_BYTES` it is
+renamed ``node.log.1`` (the older ones moved up to ``.LOG_FILE_KEEP``, the oldest
+dropped). Why: every call a member makes is a line, refused ones too, and a member
+calling a node as fast as it is answered wrote ~0.5-0.8 GB an hour into a file nothing
+ever cut, on the disk the node keeps its database on. Rotated, the log holds at most
+(1 + `LOG_FILE_KEEP`) x `LOG_FILE_BYTES` whatever anyone sends.
+
 A managed host (`node.host`) serves many members in one process, so its lines also name
 the member they belong to: `MEMBER` is set for a tenant's servers, jobs and requests
 (the tasks they start inherit it), shown as ``[name]`` before a text message and as
@@ -22,6 +29,7 @@ from __future__ import annotations
 
 import json
 import logging
+import logging.handlers
 import os
 import re
 import sys
@@ -36,6 +44,9 @@ MEMBER: ContextVar[str | None] = ContextVar("qdspace_member", default=None)
 LOG_FORMAT_ENV = "QDSPACE_LOG_FORMAT"
 LOG_FORMATS = ("text", "json")
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+#: the size at which the log file is rotated, and how many rotated files are kept
+LOG_FILE_BYTES = 64 * 1024 * 1024
+LOG_FILE_KEEP = 4
 #: what a caller's request id may look like; anything else is replaced by a fresh one
 _REQUEST_ID_SHAPE = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 
@@ -151,12 +162,17 @@ def log_format(option: str | None = None) -> str:
 
 
 def setup_logging(level: str, logfile: Path | None = None, fmt: str = "text") -> None:
-    """Text to stderr (and ``logfile``) as before, or JSON lines to stdout (and ``logfile``)."""
+    """Text to stderr (and ``logfile``) as before, or JSON lines to stdout (and ``logfile``,
+    rotated at `LOG_FILE_BYTES`)."""
     stream = sys.stdout if fmt == "json" else sys.stderr
     handlers: list[logging.Handler] = [logging.StreamHandler(stream)]
     if logfile is not None:
         logfile.parent.mkdir(parents=True, exist_ok=True)
-        handlers.append(logging.FileHandler(logfile))
+        handlers.append(
+            logging.handlers.RotatingFileHandler(
+                logfile, maxBytes=LOG_FILE_BYTES, backupCount=LOG_FILE_KEEP
+            )
+        )
     formatter = JsonFormatter() if fmt == "json" else TextFormatter(TEXT_FORMAT)
     for handler in handlers:
         handler.setFormatter(formatter)

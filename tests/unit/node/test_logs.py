@@ -12,7 +12,11 @@ from __future__ import annotations
 import io
 import json
 import logging
+from pathlib import Path
 
+import pytest
+
+from qdspace.node import logs
 from qdspace.node.logs import MEMBER, JsonFormatter, RequestIdFilter, TextFormatter
 
 
@@ -59,3 +63,33 @@ def test_handlers_with_other_formatters_each_get_their_own_format() -> None:
     assert (
         other_text.getvalue() == f"{logger.name} | grpc /qdspace.v1.Negotiation/Send peer=sunarc\n"
     )
+
+
+def test_the_log_file_rotates_and_holds_a_bounded_size(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A member's calls are lines of the log, refused ones too, as fast as it calls: the
+    file rotates at `LOG_FILE_BYTES` and keeps `LOG_FILE_KEEP` older ones (it grew
+    without end), and the newest lines are in the file named as before."""
+    monkeypatch.setattr(logs, "LOG_FILE_BYTES", 4096)
+    monkeypatch.setattr(logs, "LOG_FILE_KEEP", 2)
+    logfile = tmp_path / "logs" / "node.log"
+    root = logging.getLogger()
+    kept = root.handlers[:], root.level
+    try:
+        logs.setup_logging("INFO", logfile)
+        flood = logging.getLogger("node.rpc")
+        for i in range(2000):
+            flood.info("grpc /qdspace.v1.Negotiation/Send peer=mallory refused call %d", i)
+        for handler in root.handlers:
+            handler.flush()
+    finally:
+        for handler in root.handlers:
+            handler.close()
+        root.handlers[:] = kept[0]
+        root.setLevel(kept[1])
+    files = sorted(p.name for p in logfile.parent.iterdir())
+    assert files == ["node.log", "node.log.1", "node.log.2"]
+    total = sum(p.stat().st_size for p in logfile.parent.iterdir())
+    assert total <= 3 * 4096
+    assert "refused call 1999" in logfile.read_text()
