@@ -36,7 +36,9 @@ their fingerprint are `connector.transfer_messages`). A process keeps every mess
 applied, so their number is bounded: a consumer that resumed or re-read one transfer
 over and over (each a message the provider keeps, and reads back with the process) made
 its history grow without end. At `MAX_MESSAGES` a process takes nothing more but its
-termination (`TransferHistoryFull`); a new transfer goes on from there. This module is
+termination (`TransferHistoryFull`); a new transfer goes on from there. A suspension of
+a suspended transfer, or a termination of a terminated one, changes nothing and is not
+kept (each was another row, up to that bound, on every transfer a member held). This module is
 the pure machine: no I/O, no bytes format; the stores and transports around it keep its
 processes.
 """
@@ -280,6 +282,10 @@ def apply(process: TransferProcess, message: TransferMessage) -> TransferProcess
         raise IllegalTransitionError(
             f"transfer {process.transfer_id}", process.state.value, _describe(message)
         )
+    if (isinstance(message, TransferSuspension) and process.state is _S.SUSPENDED) or (
+        isinstance(message, TransferTermination) and process.state is _S.TERMINATED
+    ):
+        return process  # it is so already: nothing to keep (see the module docstring)
     _room_for(process, terminating=isinstance(message, TransferTermination))
     process = replace(process, seen=(*process.seen, (message.message_id, digest)))
     if isinstance(message, TransferStart):

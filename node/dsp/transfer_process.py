@@ -231,6 +231,8 @@ class DspTransferMoves:
         if resume and before.state is TransferState.COMPLETED:
             return self._readdress(peer, row, before, now)
         after = apply_transfer(before, self._message(peer.member_id, row, before, kind, message))
+        if row.role == Role.PROVIDER.value and kind in ("start", "suspension") and after != before:
+            self.runtime.charge_control(peer, before)  # a kept message (a start: an answer)
         outbox: list[OutboxMessage] = []
         if resume:
             outbox.append(self.start_for(row, after))

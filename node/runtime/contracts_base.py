@@ -141,8 +141,9 @@ class ContractBase:
     # who may see which dataset (the setting ``dsp_access``; none: every member its role
     # admits): every catalog read and negotiation, over either binding, asks it
     access: DatasetAccess = field(default_factory=DatasetAccess)
-    # re-reads of transfers sent already, per member (`ProviderTransfers.charge_reread`)
-    rereads: RecentActs = field(default_factory=RecentActs)
+    # re-reads of transfers sent already, and a consumer's resumes and suspensions, per
+    # member (`ProviderTransfers.charge_reread`, `charge_control`)
+    transfer_acts: RecentActs = field(default_factory=RecentActs)
     # what may be kept here (`ReceivedRoom`): set by the node (its free disk) or a managed
     # host (its tenant's quotas); None: nothing is asked
     received_room: ReceivedRoom | None = None

@@ -43,7 +43,12 @@ from qdspace.connector.transfer import (
     reread,
 )
 from qdspace.connector.transfer import apply as apply_transfer
-from qdspace.connector.transfer_messages import TransferCompletion, TransferRequest, TransferStart
+from qdspace.connector.transfer_messages import (
+    TransferCompletion,
+    TransferRequest,
+    TransferStart,
+    TransferSuspension,
+)
 from qdspace.connector.transfer_wire import BatchRow, RowBatch
 from qdspace.node.identity.certs import MemberIdentity
 from qdspace.node.member_ids import peer_name
@@ -57,6 +62,10 @@ logger = logging.getLogger("node.contracts")
 STREAM_PAGE = 500
 #: how often an open Pull builds its gate again (as a live stream does)
 PULL_RECHECK_S = 1.0
+#: messages a transfer holds before a consumer's resumes and suspensions of it count
+#: against its member's transfer quota (`charge_control`): its request and start, and a
+#: dozen cuts and resumes
+FREE_CONTROL_MESSAGES = 16
 
 
 class ProviderTransfers(ContractBase):
@@ -159,15 +168,15 @@ class ProviderTransfers(ContractBase):
     def within_transfer_quota(self, peer: MemberIdentity) -> None:
         """Refuse `peer` a new transfer over ``transfers_per_hour`` opened or re-read
         within the hour (`TransferQuotaError`, `over_quota`, `charge_reread`)."""
-        rereads = self.rereads.count(peer.member_id, self.clock.now())
-        self._within_transfer_quota(peer, rereads)
+        acts = self.transfer_acts.count(peer.member_id, self.clock.now())
+        self._within_transfer_quota(peer, acts)
 
-    def _within_transfer_quota(self, peer: MemberIdentity, rereads: int) -> None:
+    def _within_transfer_quota(self, peer: MemberIdentity, acts: int) -> None:
         opened = self.store.transfers_opened_by(peer.member_id, self.clock.now() - QUOTA_WINDOW)
         why = over_quota(
             peer.member_id,
-            "transfers (re-reads counted)",
-            opened + rereads,
+            "transfers (re-reads, resumes and suspensions counted)",
+            opened + acts,
             "transfers_per_member_hour",
             self.transfers_per_hour,
         )
@@ -217,6 +226,7 @@ class ProviderTransfers(ContractBase):
         elif process.state not in (TransferState.STARTED, TransferState.SUSPENDED):
             raise ContractDenied(f"transfer {process.transfer_id} is {process.state}")
         elif request.resume_from != process.checkpoint or process.state is TransferState.SUSPENDED:
+            self.charge_control(peer, process)  # a message the transfer keeps
             resume = TransferStart(
                 f"{process.transfer_id}:c-resume-{uuid.uuid4().hex[:12]}",
                 process.transfer_id,
@@ -281,11 +291,26 @@ class ProviderTransfers(ContractBase):
         one acknowledged 20,000-row transfer made the provider read and encode 200,000
         rows. A consumer that lost its copy still re-reads, within the quota. Counted
         in this process (a restart forgets them), per member."""
-        self.rereads.add(
+        self.transfer_acts.add(
             peer.member_id,
             self.clock.now(),
             lambda before: self._within_transfer_quota(peer, before),
         )
+
+    def charge_control(self, peer: MemberIdentity, process: TransferProcess) -> None:
+        """Count a consumer's resume or suspension of `process` against
+        ``transfers_per_member_hour`` as a re-read is (`charge_reread`), or refuse it,
+        once the transfer holds `FREE_CONTROL_MESSAGES` messages.
+
+        Each is a message the transfer keeps (and over DSP a resume is also an answer in
+        the outbox and a call to the consumer), and nothing else bounded how often a
+        member sends them: suspending and resuming its transfers as fast as it was
+        answered, a member added 259 message rows a second to the provider's database
+        (~0.5 GB an hour), up to `connector.transfer.MAX_MESSAGES` on every transfer it
+        opened. The first few of a transfer are free: an honest consumer cut off a few
+        times resumes without spending its quota."""
+        if len(process.seen) >= FREE_CONTROL_MESSAGES:
+            self.charge_reread(peer)
 
     def transfer_message(self, peer: MemberIdentity, message: object) -> TransferProcess:
         """Apply a control message (completion ack, suspension, termination) of the consumer."""
@@ -299,6 +324,8 @@ class ProviderTransfers(ContractBase):
         check_sent_at(message.at, self.clock.now(), f"message {message.message_id[:128]}")
         before = self._peer_transfer(peer, message.transfer_id)
         after = apply_transfer(before, message)
+        if isinstance(message, TransferSuspension) and after != before:
+            self.charge_control(peer, before)  # before it is saved: refused, nothing kept
         if after != before:
             self.store.save_transfer(before, after)
         return after

@@ -5,6 +5,7 @@ only at checkpoints the provider can vouch for, and re-reads within the transfer
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -420,3 +421,41 @@ def test_a_dsp_resume_of_a_completed_pull_is_a_new_address_within_the_quota(
     with pytest.raises(IllegalTransitionError, match="acknowledgement"):
         moves.incoming(p.consumer, row, "start", {})
     assert len(queued()) == 2
+
+
+def test_suspending_and_resuming_in_a_loop_spends_the_transfer_quota(
+    provider_at: Callable[[int], Provider],
+) -> None:
+    """Each suspension and resume is a message the transfer keeps, and nothing bounded how
+    often a member sent them (259 rows a second over the wire, up to 1,000 a transfer).
+    A transfer's first `FREE_CONTROL_MESSAGES` cost nothing (an honest consumer cut off a
+    few times); past them each counts against ``transfers_per_member_hour`` like a
+    re-read, and once that is spent the next is refused and nothing more is kept."""
+    from qdspace.connector.transfer_messages import TransferSuspension
+    from qdspace.node.runtime.contracts_transfer import FREE_CONTROL_MESSAGES
+
+    p = provider_at(400)
+    p.rt.transfers_per_hour = 4
+    process = p.open()  # one of the hour's four
+    tid, refused = process.transfer_id, None
+    for i in range(200):
+        try:
+            pause = TransferSuspension(
+                f"{tid}:c-pause-{i}", tid, p.consumer.member_id, "pause", dt.datetime.now(dt.UTC)
+            )
+            p.rt.transfer_message(p.consumer, pause)
+            next(p.pull(tid, p.stored(tid).checkpoint))  # resumed (a TransferStart kept)
+        except TransferQuotaError as exc:
+            refused = exc
+            break
+    assert refused is not None and "resumes and suspensions counted" in str(refused)
+    held = len(p.stored(tid).seen)
+    assert FREE_CONTROL_MESSAGES <= held <= FREE_CONTROL_MESSAGES + 3, held
+    pause = TransferSuspension(
+        f"{tid}:c-pause-x", tid, p.consumer.member_id, "pause", dt.datetime.now(dt.UTC)
+    )
+    with contextlib.suppress(TransferQuotaError):  # suspended already: nothing kept
+        p.rt.transfer_message(p.consumer, pause)
+    with pytest.raises(TransferQuotaError):
+        next(p.pull(tid, p.stored(tid).checkpoint))
+    assert len(p.stored(tid).seen) == held
