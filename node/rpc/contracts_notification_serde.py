@@ -104,6 +104,9 @@ def _alert_to_proto(notice: QualityAlert) -> notification_pb2.QualityAlert:
 #: `MAX_RECEIVED_PER_SENDER` of a kind per sender, so their size is what bounds the
 #: space a member may fill (10,000 alerts of 256 KB each were 2.5 GB)
 NOTICE_TEXT = 4000
+#: ... and at most this many bytes of UTF-8: 4,000 characters of 4 bytes each made an
+#: investigation of 33 KB, 330 MB for the 10,000 one member may have kept
+NOTICE_TEXT_BYTES = 8000
 NOTICE_ID = 128
 NOTICE_CODE = 16  # an SPC rule's or an investigation status's name
 
@@ -118,9 +121,13 @@ def _bounded(value: str, what: str, limit: int) -> str:
 
 
 def _text(value: str, what: str) -> str:
-    """A text a peer sent: at most `NOTICE_TEXT` characters, printable but for line breaks."""
+    """A text a peer sent: at most `NOTICE_TEXT` characters and `NOTICE_TEXT_BYTES` bytes,
+    printable but for line breaks."""
     if len(value) > NOTICE_TEXT:
         raise WireFormatError(f"{what}: {len(value)} characters (at most {NOTICE_TEXT})")
+    size = len(value.encode("utf-8", "surrogatepass"))
+    if size > NOTICE_TEXT_BYTES:
+        raise WireFormatError(f"{what}: {size} bytes of UTF-8 (at most {NOTICE_TEXT_BYTES})")
     if not printable_lines(value):
         raise WireFormatError(f"{what} has control characters")
     return value

@@ -66,6 +66,9 @@ from qdspace.util.text import to_printable_lines
 logger = logging.getLogger("node.contracts")
 
 NOTIFICATION = "notification"
+#: what a kept notice costs beside its texts (its row, ids and index entries), asked of
+#: the node's free disk or a tenant's storage quota before it is kept (`ContractBase._keep`)
+NOTICE_ROW_BYTES = 1024
 
 
 def bounded_id(notification_id: str) -> str:
@@ -124,6 +127,10 @@ class ContractNotices(ContractBase):
         if isinstance(body, QualityAlert):
             return self._alert(peer, body)
         assert isinstance(body, Investigation)
+        text = len(body.subject.encode("utf-8", "surrogatepass")) + len(
+            body.description.encode("utf-8", "surrogatepass")
+        )
+        self._keep(text + NOTICE_ROW_BYTES, f"an investigation from {peer.name}")
         first = self.store.notices.record_investigation(peer.member_id, body, self.clock.now())
         if first:
             logger.warning("investigation from %s: %r", peer.name, body.subject[:200])
@@ -135,6 +142,9 @@ class ContractNotices(ContractBase):
         terms = stored.signed.agreement
         if stored.role is not Role.PROVIDER or terms.consumer_id != peer.member_id:
             raise ContractDenied(f"agreement {body.agreement_id} is not one we gave {peer.name}")
+        size = len(body.alert.description.encode("utf-8", "surrogatepass"))
+        size += NOTICE_ROW_BYTES + 64 * len(body.alert.points)  # its points as JSON
+        self._keep(size, f"a quality alert from {peer.name}")
         first = self.store.notices.record_alert(peer.member_id, body, self.clock.now())
         if first:
             logger.warning("quality alert from %s: %r", peer.name, body.alert.description)

@@ -24,7 +24,7 @@ import pytest
 from sqlalchemy import create_engine, text
 
 from qdspace.connector.agreement import OrderClosed
-from qdspace.connector.spc import QualityAlert, SpcAlert, SpcPoint
+from qdspace.connector.spc import Investigation, QualityAlert, SpcAlert, SpcPoint
 from qdspace.node.identity.member import load_member_keys
 from qdspace.node.localnet.network import LocalNetwork, MemberSpec
 from qdspace.node.rpc.client import open_channel
@@ -253,3 +253,23 @@ def test_the_closure_of_an_order_held_is_answered_with_one_receipt(net: LocalNet
     assert [(r["order_id"], r["row_count"]) for r in receipts] == [(HELD_ORDER, 3)]
     sent = "SELECT message_id FROM contract_outbox WHERE message_id = :m"
     assert len(_rows(net, "sunarc", sent, m=f"receipt:{receipts[0]['receipt_id']}")) == 1
+
+
+def test_an_investigation_is_held_to_bytes_not_only_characters(net: LocalNetwork) -> None:
+    """Mallory opens investigations with Cellex whose texts are 4,000 characters of four
+    bytes each: 33 KB kept per notice, 330 MB for the 10,000 a member may have kept. A
+    text is now held to 8,000 bytes of UTF-8 as well as 4,000 characters; the refusal says
+    which, and nothing is kept. One of plain text is kept as before."""
+    wide = "\U0001f525" * 4000  # 4,000 characters, 16,000 bytes
+    code, details = _notify(
+        net, "mallory", "cellex", Investigation(f"inv-{uuid.uuid4().hex}", "a flood", wide)
+    )
+    assert code is grpc.StatusCode.INVALID_ARGUMENT, (code, details)
+    assert "16000 bytes of UTF-8 (at most 8000)" in details
+    plain = Investigation(f"inv-{uuid.uuid4().hex}", "EL cracks in B-7", "x" * 4000)
+    assert _notify(net, "mallory", "cellex", plain)[0] is grpc.StatusCode.OK
+    kept = _rows(
+        net, "cellex", "SELECT investigation_id FROM contract_investigation WHERE "
+        "investigation_id IN (:a)", a=plain.investigation_id,
+    )  # fmt: skip
+    assert [r["investigation_id"] for r in kept] == [plain.investigation_id]

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import shutil
 from pathlib import Path
 
 import grpc
@@ -335,3 +336,21 @@ def test_a_line_break_in_a_peers_text_makes_no_second_log_line(
     assert len(lines) == 2, lines
     for line in lines:
         assert "\n" not in line and "drift\\n2026-12-06" in line
+
+
+def test_an_investigation_is_kept_only_where_there_is_room(tmp_path: Path) -> None:
+    """A peer's investigation is asked of the node's free disk (or a tenant's storage
+    quota) before it is kept, as quality case data is: where the disk is down to the
+    floor the node keeps, it is refused and nothing is kept (it was kept regardless)."""
+    from qdspace.node.disk_room import DiskRoom
+    from qdspace.node.errors import DiskLow
+
+    cellex = Node(tmp_path, "cellex", b"s", "supplier")
+    free = shutil.disk_usage(tmp_path).free
+    cellex.rt.received_room = DiskRoom(tmp_path, free + 2**30)  # a floor above what is free
+    notice = Investigation("inv-1", "EL cracks in B-7", "seen on three lots")
+    with pytest.raises(DiskLow, match="an investigation from mallory"):
+        cellex.deliver(MALLORY, notice)
+    assert cellex.rt.store.notices.received_investigations() == []
+    cellex.rt.received_room = DiskRoom(tmp_path, 0)
+    assert cellex.deliver(MALLORY, notice)
