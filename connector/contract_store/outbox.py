@@ -24,6 +24,9 @@ pass (its directory has not caught up with us yet), but refusals in a row are co
 and the caller sets a message aside once they reach its limit (`set_aside`): kept, with
 its last error, no longer due, listed apart in `owed` (``refused``), and queued again
 only when the operator asks (`retry_refused`).
+
+A delivered message is kept for a while (`prune_sent`, run by the node's contract jobs
+for messages delivered more than `OUTBOX_KEEP_DAYS` ago), then deleted.
 """
 
 from __future__ import annotations
@@ -55,6 +58,8 @@ from sqlmodel.sql.sqltypes import UTCDateTime
 
 from qdspace.connector.contract_store.common import CONTRACT_METADATA, ID_LENGTH, TableStore
 
+#: how long a delivered message is kept (`prune_sent`)
+OUTBOX_KEEP_DAYS = 30
 #: the rows the partial indexes hold
 _UNSENT = text("sent_at IS NULL")
 
@@ -256,6 +261,23 @@ class OutboxStore(TableStore):
         )
         with self.engine.begin() as connection:
             return int(connection.execute(statement).rowcount or 0)
+
+    def prune_sent(self, before: datetime, limit: int = 10_000) -> int:
+        """Delete up to `limit` messages delivered before `before` (oldest first); how
+        many. Why: a node kept every message it ever sent, so each answer a member's
+        request made (a negotiation's, a DSP start's) stayed forever. What was delivered
+        is the peer's now; a handler that queues a message again is a retry of moments
+        ago, long before a delivered message is pruned, so it is still not sent twice."""
+        table = outbox_table
+        oldest = (
+            select(table.c.id)
+            .where(table.c.sent_at.is_not(None), table.c.sent_at < before)
+            .order_by(table.c.id)
+            .limit(limit)
+        )
+        with self.engine.begin() as connection:
+            gone = connection.execute(table.delete().where(table.c.id.in_(oldest)))
+        return int(gone.rowcount or 0)
 
     def backlog(self) -> int:
         """How many messages are not delivered: due now or later, or set aside after the

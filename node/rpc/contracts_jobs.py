@@ -22,7 +22,7 @@ from datetime import timedelta
 import grpc
 
 from qdspace.connector.contract_store import OutboxMessage
-from qdspace.connector.contract_store.outbox import PendingMessage
+from qdspace.connector.contract_store.outbox import OUTBOX_KEEP_DAYS, PendingMessage
 from qdspace.node.config import DEFAULT_OUTBOX_REFUSED_AFTER
 from qdspace.node.context import NodeContext
 from qdspace.node.errors import NotTheMember, PeerBusy, PeerError, PeerRefused
@@ -249,6 +249,8 @@ def client_of(ctx: NodeContext) -> tuple[ContractClient, OutboxDispatcher]:
 
 SWEEP_INTERVAL_S = 30.0
 SWEEP_HORIZON = timedelta(hours=1)
+#: how often delivered outbox messages older than `OUTBOX_KEEP_DAYS` are pruned
+PRUNE_INTERVAL_S = 3600.0
 
 
 class ContractJobs:
@@ -268,8 +270,12 @@ class ContractJobs:
 
     async def _sweep_loop(self) -> None:
         runtime = self.client.runtime
+        pruned_at = -PRUNE_INTERVAL_S
         while True:
             await asyncio.sleep(SWEEP_INTERVAL_S)
+            if time.monotonic() - pruned_at >= PRUNE_INTERVAL_S:
+                pruned_at = time.monotonic()
+                await self._prune_outbox()
             try:
                 report = await asyncio.to_thread(runtime.sweep, SWEEP_HORIZON)
             except Exception:  # the next run tries again
@@ -277,6 +283,16 @@ class ContractJobs:
                 continue
             if report.receipts:
                 self.dispatcher.kick()
+
+    async def _prune_outbox(self) -> None:
+        """Delete delivered outbox messages older than `OUTBOX_KEEP_DAYS`, a chunk at a time."""
+        runtime = self.client.runtime
+        before = runtime.clock.now() - timedelta(days=OUTBOX_KEEP_DAYS)
+        try:
+            while await asyncio.to_thread(runtime.store.outbox.prune_sent, before) > 0:
+                pass
+        except Exception:  # the next run tries again
+            logger.exception("pruning the outbox failed")
 
     async def stop(self) -> None:
         for task in self._tasks:

@@ -84,3 +84,27 @@ def test_the_poll_reads_the_undelivered_messages_only(contract_engine: Engine) -
     assert "USING INDEX ix_contract_outbox_unsent" in plan, plan
     assert "USING INDEX ix_contract_outbox_unsent_process" in plan, plan
     assert "SCAN contract_outbox |" not in plan + " |", plan
+
+
+def test_delivered_messages_are_pruned_after_their_keep_and_nothing_else(
+    contract_engine: Engine,
+) -> None:
+    """A node kept every message it ever sent (each answer a member's requests made stayed
+    forever). `prune_sent` deletes what was delivered before the cutoff, a chunk at a
+    time, oldest first; what is owed, set aside, or delivered since stays, and queueing a
+    message still kept again sends nothing twice."""
+    store = ContractStore(contract_engine, KEK)
+    store.enqueue(
+        [OutboxMessage(SUNARC, "dsp", f"t-{i}", f"t-{i}:start", b"x") for i in range(5)], T0
+    )
+    due = store.due_messages(at(0))
+    for i, message in enumerate(due[:3]):  # three delivered, at 0, 10 and 20 s
+        store.outbox.mark_sent(message.id, at(10 * i))
+    store.outbox.set_aside(due[3].id, "refused", at(5))
+    assert store.outbox.prune_sent(at(15), limit=1) == 1  # the oldest delivered
+    assert store.outbox.prune_sent(at(15)) == 1
+    assert store.outbox.prune_sent(at(15)) == 0
+    store.enqueue([OutboxMessage(SUNARC, "dsp", "t-2", "t-2:start", b"x")], at(30))
+    assert _ids(store, at(100)) == ["t-4:start"]  # t-2's delivery is kept: not sent again
+    assert store.outbox.backlog() == 2  # the owed one and the one set aside
+    assert store.outbox.queued_for(SUNARC, "t-2") == (0, 1)
