@@ -239,8 +239,8 @@ class JobHost:
                 RefusalReason.OUT_OF_RANGE,
                 f"update of {member} claims {examples} examples, the limit is {MAX_EXAMPLES}",
             )
-        try:
-            params = params_from_bytes(payload)
+        try:  # the header must name the job's shapes before anything is cut up
+            params = params_from_bytes(payload, self.job.shapes)
         except FederationError as exc:
             raise UpdateRefused(RefusalReason.WRONG_SHAPE, f"update of {member}: {exc}") from exc
         self._run(lambda: self.coordinator.submit_update(member, round_, params, examples, now))

@@ -23,6 +23,12 @@ from qdspace.federation.secagg_messages import SecAggConfig
 from qdspace.federation.strategies import SUM_BASED, StrategyName, StrategySpec, build_strategy
 
 TRAINING_PURPOSE = "model-training"
+#: Most scalars a job's model may have: 2**26 (256 MiB of float32). The largest model
+#: the project ships is an ``el-cnn`` at ``el_cnn.MAX_WIDTH`` (11.8 M scalars, 47 MB;
+#: the update benchmark sends 46.8 MB), so this leaves over five times that. Terms come
+#: from a peer: without a cap a coordinator could set shapes whose download limit (and
+#: every round buffer a member allocates for them) is any size it likes.
+MAX_VECTOR_LEN = 1 << 26
 DEFAULT_PHASE_TIMEOUT_S = 120.0
 #: Longest phase deadline terms may set (a day): terms come from a peer.
 MAX_PHASE_TIMEOUT_S = 86_400.0
@@ -38,7 +44,8 @@ class JobSpec:
 
     ``threshold`` is secure aggregation's ``t`` (at least that many members must stay
     until unmasking); ``update_clip`` is the L2 bound members apply to their change
-    before sending it (needed for secure aggregation, implied by DP's clip).
+    before sending it, and the coordinator applies again to every change it sees in a
+    plain round (needed for secure aggregation, implied by DP's clip).
     ``phase_timeout_s`` is the deadline of each phase; stragglers miss the round.
     """
 
@@ -77,8 +84,7 @@ class JobSpec:
             out.append("members are listed more than once")
         if not 1 <= self.min_members <= len(self.members):
             out.append(f"min_members {self.min_members} must be in 1..{len(self.members)}")
-        if not self.shapes or size_of(self.shapes) == 0:
-            out.append("the model has no parameters")
+        out.extend(self._shape_problems())
         if not 0 < self.phase_timeout_s <= MAX_PHASE_TIMEOUT_S:
             out.append(f"phase timeout must be in (0, {MAX_PHASE_TIMEOUT_S:g}] seconds")
         if self.update_clip is not None and not 0 < self.update_clip < math.inf:
@@ -100,6 +106,24 @@ class JobSpec:
                 f"{self.strategy.name.value} is not one (use fedavg, fedprox or norm_bounding)"
             )
         return out
+
+    def _shape_problems(self) -> list[str]:
+        """Every dimension at least 1 (a negative one made ``((-1,), (3,))`` a model of
+        "2" scalars), and at most ``MAX_VECTOR_LEN`` scalars in all."""
+        if not self.shapes:
+            return ["the model has no parameters"]
+        for i, shape in enumerate(self.shapes):
+            if any(d > MAX_VECTOR_LEN for d in shape):
+                return [
+                    f"tensor {i} has a dimension over {MAX_VECTOR_LEN:,}: a job may have at "
+                    f"most {MAX_VECTOR_LEN:,} parameters"
+                ]
+            if not all(d >= 1 for d in shape):
+                return [f"tensor {i} has shape {list(shape)[:8]}: every dimension must be >= 1"]
+        if (n := size_of(self.shapes)) > MAX_VECTOR_LEN:
+            count = f"{n:,}" if n < 10**18 else "over 10**18"  # many dimensions: no 90 digits
+            return [f"the model has {count} parameters, a job may have at most {MAX_VECTOR_LEN:,}"]
+        return []
 
     def _threshold_problems(self) -> list[str]:
         """``t`` must be a strict majority of the members (else a coordinator showing two
@@ -137,7 +161,8 @@ class JobSpec:
 
     @property
     def clip(self) -> float | None:
-        """The L2 bound every member applies to its change (``None``: no clipping)."""
+        """The L2 bound on every member's change (``None``: no clipping): each member
+        applies it before sending, the coordinator to each plain update it receives."""
         if self.dp is not None:
             return self.dp.clip
         if self.update_clip is not None:

@@ -26,7 +26,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from qdspace.federation import el_cnn, logreg, mlp
-from qdspace.federation.el_features import el_features
+from qdspace.federation.el_features import el_features, feature_count
 from qdspace.federation.errors import FederationError, TrainingError
 from qdspace.federation.logreg import Dataset
 from qdspace.federation.member import Trainer
@@ -77,6 +77,29 @@ def _load_el(path: Path, shapes: Shapes, terms: Mapping[str, float]) -> Dataset:
     return Dataset(x, y)
 
 
+#: Widest hidden layer an ``el-mlp`` job may have: the demo uses 8, the accuracy
+#: benchmark 32; 4096 (1.4 M scalars over the EL features) is far past what the few
+#: hundred features need, and far short of what could exhaust a member's memory.
+MAX_MLP_HIDDEN = 4096
+
+
+def _mlp_problems(shapes: Shapes, terms: Mapping[str, float]) -> list[str]:
+    """An ``el-mlp`` job's shapes must be ``mlp.model_shapes`` over the EL features (what
+    members compute and the ONNX export takes) with a hidden width in 1..MAX_MLP_HIDDEN:
+    the coordinator picks the shapes, and a member must not follow it into a model of
+    any size (hidden 5e7 made a 62 GiB download limit)."""
+    dims = feature_count()
+    hidden = shapes[3][0] if len(shapes) == 6 and len(shapes[3]) == 1 else 0
+    if 1 <= hidden <= MAX_MLP_HIDDEN and tuple(shapes) == mlp.model_shapes(dims, hidden):
+        return []
+    c = mlp.CLASSES
+    return [
+        f"shapes {[list(s) for s in shapes[:6]]} are not an el-mlp model: over the {dims} EL "
+        f"features they must be [[{dims}], [{dims}], [{dims}, H], [H], [H, {c}], [{c}]] "
+        f"with a hidden width H in 1..{MAX_MLP_HIDDEN}"
+    ]
+
+
 def _mlp_scores(params: Params, data: Dataset) -> NDArray[np.float64]:
     return mlp.defect_scores(params, data.x)
 
@@ -105,7 +128,9 @@ def _cnn_accuracy(params: Params, data: Dataset) -> float:
 
 KINDS: dict[str, ModelKind] = {
     "logreg": ModelKind("logreg", _load_logreg, logreg.trainer_for, logreg.accuracy),
-    "el-mlp": ModelKind("el-mlp", _load_el, mlp.trainer_for, mlp.accuracy, _mlp_scores),
+    "el-mlp": ModelKind(
+        "el-mlp", _load_el, mlp.trainer_for, mlp.accuracy, _mlp_scores, _mlp_problems
+    ),
     el_cnn.MODEL: ModelKind(
         el_cnn.MODEL,
         el_cnn.load_images,

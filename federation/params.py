@@ -4,12 +4,21 @@ A model is a list of float32 tensors in a fixed order (PyTorch ``state_dict`` or
 for the EL CNN). Aggregation works on one flat vector; these helpers convert between
 the two, check a member's update against the job's expected shapes, and give the
 one canonical byte form that is hashed, signed and streamed in chunks.
+
+The canonical bytes come from peers (a member's update, a coordinator's version), so
+their header is read as hostile: its JSON is depth-bounded before it is decoded, every
+dimension must be a whole number in ``0..MAX_DIMENSION``, sizes are computed with
+Python integers (numpy's int64 product wraps: ``[2**62, 4]`` had "0" scalars), and a
+reader that knows the model's shapes compares the header with them before anything is
+cut up. Whatever is wrong becomes a ``ParamsError`` naming it, so a coordinator
+refuses the upload (``wrong_shape``) instead of failing inside the RPC.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import math
 import struct
 from collections.abc import Callable, Sequence
 from typing import Protocol
@@ -18,6 +27,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from qdspace.federation.errors import ParamsError, RefusalReason, UpdateRefused
+from qdspace.util.json_depth import loads as bounded_json
 
 Params = list[NDArray[np.float32]]
 Vector = NDArray[np.float32]
@@ -32,6 +42,10 @@ class Hasher(Protocol):
 
 MAGIC = b"QDFP1\n"
 _HEADER_LEN = struct.Struct(">I")
+#: The header is ``{"dtype": ..., "shapes": [[...], ...]}``: three levels, never more.
+_HEADER_DEPTH = 3
+#: Largest dimension a header may give (a signed 32-bit index, as numpy and ONNX take).
+MAX_DIMENSION = 2**31 - 1
 
 
 def shapes_of(params: Sequence[NDArray[np.generic]]) -> Shapes:
@@ -40,8 +54,8 @@ def shapes_of(params: Sequence[NDArray[np.generic]]) -> Shapes:
 
 
 def size_of(shapes: Shapes) -> int:
-    """How many scalars a model of ``shapes`` has."""
-    return sum(int(np.prod(shape, dtype=np.int64)) for shape in shapes)
+    """How many scalars a model of ``shapes`` has (exact: Python integers never wrap)."""
+    return sum(math.prod(int(d) for d in shape) for shape in shapes)
 
 
 def flatten(params: Sequence[NDArray[np.generic]]) -> Vector:
@@ -64,7 +78,7 @@ def unflatten(vector: NDArray[np.generic], shapes: Shapes, *, copy: bool = True)
     out: Params = []
     offset = 0
     for shape in shapes:
-        size = int(np.prod(shape, dtype=np.int64))
+        size = math.prod(int(d) for d in shape)
         part = flat[offset : offset + size].reshape(shape)
         out.append(part.copy() if copy else part)
         offset += size
@@ -197,7 +211,31 @@ def encode_vector_chunks(
     return tuple(messages), tuple(pieces)
 
 
-def _parse(data: bytes | bytearray | memoryview) -> tuple[Shapes, memoryview]:
+def _shown(shapes: object, limit: int = 120) -> str:
+    """``shapes`` for a refusal message, cut short (a header may list thousands)."""
+    text = repr(shapes)
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def _header_shapes(raw: object) -> Shapes:
+    """The ``shapes`` of a decoded header, once each is a list of whole dimensions in
+    ``0..MAX_DIMENSION`` (``bool`` is no dimension, though Python counts it an ``int``)."""
+    if not isinstance(raw, list):
+        raise ParamsError(f"parameter header shapes must be a list, got {_shown(raw)}")
+    for i, shape in enumerate(raw):
+        if not isinstance(shape, list) or not all(
+            type(d) is int and 0 <= d <= MAX_DIMENSION for d in shape
+        ):
+            raise ParamsError(
+                f"parameter header tensor {i} has shape {_shown(shape)}: every dimension "
+                f"must be a whole number in 0..{MAX_DIMENSION}"
+            )
+    return tuple(tuple(shape) for shape in raw)
+
+
+def _parse(
+    data: bytes | bytearray | memoryview, expected: Shapes | None = None
+) -> tuple[Shapes, memoryview]:
     view = memoryview(data).cast("B") if not isinstance(data, bytes) else memoryview(data)
     if bytes(view[: len(MAGIC)]) != MAGIC:
         raise ParamsError("parameter bytes do not start with the QDFP1 magic")
@@ -205,14 +243,26 @@ def _parse(data: bytes | bytearray | memoryview) -> tuple[Shapes, memoryview]:
     if len(view) < start:
         raise ParamsError("parameter bytes are truncated inside the header length")
     (head_len,) = _HEADER_LEN.unpack(view[len(MAGIC) : start])
+    if start + head_len > len(view):
+        raise ParamsError(
+            f"parameter header announces {head_len} bytes, only {len(view) - start} follow"
+        )
     try:
-        header = json.loads(bytes(view[start : start + head_len]).decode("ascii"))
-        shapes: Shapes = tuple(tuple(int(d) for d in s) for s in header["shapes"])
-        dtype = header["dtype"]
-    except (ValueError, KeyError, TypeError) as exc:
-        raise ParamsError(f"parameter header is not valid: {exc}") from exc
+        text = bytes(view[start : start + head_len]).decode("ascii")
+        header = bounded_json(text, limit=_HEADER_DEPTH)
+    except ValueError as exc:  # not ASCII, not JSON, or nested deeper than a header is
+        raise ParamsError(f"parameter header is not valid: {exc}") from None
+    if not isinstance(header, dict) or "shapes" not in header or "dtype" not in header:
+        raise ParamsError("parameter header is not an object with dtype and shapes")
+    dtype = header["dtype"]
     if dtype != "<f4":
-        raise ParamsError(f"parameter dtype {dtype!r} is not little-endian float32")
+        raise ParamsError(f"parameter dtype {_shown(dtype, 40)} is not little-endian float32")
+    shapes = _header_shapes(header["shapes"])
+    if expected is not None and shapes != expected:
+        raise ParamsError(
+            f"parameter header has shapes {_shown([list(s) for s in shapes])}, "
+            f"the model has {_shown([list(s) for s in expected])}"
+        )
     body = view[start + head_len :]
     if len(body) != 4 * size_of(shapes):
         raise ParamsError(
@@ -221,21 +271,26 @@ def _parse(data: bytes | bytearray | memoryview) -> tuple[Shapes, memoryview]:
     return shapes, body
 
 
-def body_of(data: bytes | bytearray | memoryview) -> Vector:
-    """The flat float32 parameter vector of canonical bytes, as a view (no copy)."""
-    _, body = _parse(data)
+def body_of(data: bytes | bytearray | memoryview, expected: Shapes | None = None) -> Vector:
+    """The flat float32 parameter vector of canonical bytes, as a view (no copy);
+    ``expected``: the model's shapes, which the header must give exactly."""
+    _, body = _parse(data, expected)
     flat: Vector = np.frombuffer(body, dtype="<f4")
     return flat
 
 
-def params_from_bytes(data: bytes | bytearray | memoryview) -> Params:
-    """Parse ``params_to_bytes`` output; anything truncated or malformed is refused.
+def params_from_bytes(
+    data: bytes | bytearray | memoryview, expected: Shapes | None = None
+) -> Params:
+    """Parse ``params_to_bytes`` output; anything truncated or malformed is refused
+    (``ParamsError``), and so is a header whose shapes are not ``expected`` when given
+    (checked before the body is cut up: a peer's bytes name the job's model or nothing).
 
     A writable buffer (what ``Assembler.finish`` returns) is parsed in place: the
     tensors are views into it, so the caller must not reuse the buffer. Read-only
     input (``bytes``) is copied, so the tensors are always writable.
     """
-    shapes, body = _parse(data)
+    shapes, body = _parse(data, expected)
     flat = np.frombuffer(body, dtype="<f4")
     if not flat.flags.writeable:
         flat = flat.copy()

@@ -10,6 +10,12 @@ answered if that is enough; stragglers are then refused with ``DEADLINE_PASSED``
 A round that ends with too few members is tried again (a fresh attempt, new
 deadline) up to ``max_attempts`` times.
 
+A job's clip (``JobSpec.clip``) is enforced here on every change the coordinator
+sees, not left to the members that agreed to it: in plain rounds each update is
+clipped before any strategy runs (FedAvg, median and Krum included), so one hostile
+member cannot move the model further than the bound. Under secure aggregation the
+coordinator never sees a single change, so there the bound is each member's own.
+
 Between rounds the coordinator's state is written as a checkpoint and a restarted
 coordinator resumes from it (``checkpoint`` / ``resume``): which state survives and
 how the round in flight is reopened is decided here, the file's bytes are
@@ -19,6 +25,7 @@ how the round in flight is reopened is decided here, the file's bytes are
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -58,7 +65,13 @@ from qdspace.federation.secagg_messages import (
     UnmaskResponse,
 )
 from qdspace.federation.secagg_server import SecAggServer
-from qdspace.federation.strategies import ClientUpdate, build_strategy, clip_to_norm
+from qdspace.federation.strategies import (
+    ClientUpdate,
+    NormBounding,
+    build_strategy,
+    clip_to_norm,
+    l2_norm,
+)
 
 DEFAULT_MAX_ATTEMPTS = 3
 #: Elements per block of the in-place mean (1 MiB of float32).
@@ -366,8 +379,8 @@ class Coordinator:
             self._open_round(now)
             return
         updates = [self._updates[m] for m in sorted(self._updates)]
+        clip = self.job.clip
         if self.job.sum_mode:
-            clip = self.job.clip
             deltas = [u.vector - self.global_vector for u in updates]
             bounded = []
             if clip is not None:
@@ -377,8 +390,40 @@ class Coordinator:
             total = np.asarray(np.sum(deltas, axis=0, dtype=np.float64), dtype=np.float32)
             self._apply_sum(total, tuple(u.member for u in updates), tuple(bounded), now)
             return
-        agg = build_strategy(self.job.strategy).aggregate(self.global_vector, updates)
-        self._advance(agg.vector, agg.used, agg.bounded, now)
+        strategy = build_strategy(self.job.strategy)
+        ours: tuple[str, ...] = ()
+        if clip is not None and not (isinstance(strategy, NormBounding) and strategy.bound <= clip):
+            updates, ours = self._clip_updates(updates, clip)
+        agg = strategy.aggregate(self.global_vector, updates)
+        self._advance(agg.vector, agg.used, tuple(sorted({*ours, *agg.bounded})), now)
+
+    def _clip_updates(
+        self, updates: list[ClientUpdate], clip: float
+    ) -> tuple[list[ClientUpdate], tuple[str, ...]]:
+        """Each update whose change from the global model is longer than ``clip`` (L2),
+        scaled back to it; and who was. The job's clip is a term every member agreed
+        to, so the coordinator enforces it on what arrives rather than trust each member
+        to have applied it: a hostile member's 1e30 update moved a FedAvg model by 5e29.
+        Updates within the bound are kept as sent (bit for bit)."""
+        base = self.global_vector
+        out: list[ClientUpdate] = []
+        bounded: list[str] = []
+        for u in updates:
+            with np.errstate(over="ignore"):  # a change past float32's range: see below
+                change = np.subtract(u.vector, base, dtype=np.float32)  # ours
+            norm = l2_norm(change)
+            if norm <= clip:
+                out.append(u)
+                continue
+            if math.isinf(norm):  # the difference itself overflowed: scale it in float64
+                wide = np.subtract(u.vector, base, dtype=np.float64)
+                change = (wide * (clip / float(np.linalg.norm(wide)))).astype(np.float32)
+            else:
+                np.multiply(change, np.float32(clip / norm), out=change)
+            np.add(change, base, out=change)
+            out.append(ClientUpdate(u.member, change, u.num_examples))
+            bounded.append(u.member)
+        return out, tuple(bounded)
 
     def _close_secagg(self, now: float) -> None:
         server = self._server()

@@ -240,10 +240,21 @@ class Krum:
         return Aggregate(mean, tuple(updates[int(i)].member for i in chosen))
 
 
+def l2_norm(flat: NDArray[Any]) -> float:
+    """The L2 norm of a flat vector, in one float32 pass; if the squares overflow float32
+    (a hostile 1e30 change), measured again in float64, so a clip keeps the change's
+    direction instead of scaling it by ``bound / inf``."""
+    with np.errstate(over="ignore"):  # an overflow is seen below, not warned about
+        norm = math.sqrt(float(np.dot(flat, flat)))
+    if math.isinf(norm):
+        norm = float(np.linalg.norm(np.asarray(flat, dtype=np.float64)))
+    return norm
+
+
 def clip_to_norm(delta: Vector, bound: float) -> tuple[Vector, bool]:
     """Scale ``delta`` down to L2 norm ``bound`` if it is longer; say whether it was."""
     flat = np.asarray(delta, dtype=np.float32).ravel()
-    norm = math.sqrt(float(np.dot(flat, flat)))
+    norm = l2_norm(flat)
     if norm <= bound:
         return delta, False
     return (delta * np.float32(bound / norm)).astype(np.float32, copy=False), True
@@ -252,7 +263,7 @@ def clip_to_norm(delta: Vector, bound: float) -> tuple[Vector, bool]:
 def clip_in_place(delta: Vector, bound: float) -> bool:
     """``clip_to_norm`` into ``delta``'s own memory (a float32 array the caller owns): the
     same values, without a 50 MB temporary; says whether it scaled."""
-    norm = math.sqrt(float(np.dot(delta.ravel(), delta.ravel())))
+    norm = l2_norm(delta.ravel())
     if norm <= bound:
         return False
     np.multiply(delta, np.float32(bound / norm), out=delta)

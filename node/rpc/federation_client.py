@@ -2,8 +2,11 @@
 
 ``FederationClient`` turns each RPC into a typed call: uploads stream in chunks
 (serialized once, written in one copy each), the model download is hashed as it
-arrives and never allowed to grow past what the job's shapes need, and every gRPC
-error becomes a ``FederationRefused`` with the coordinator's machine-readable reason.
+arrives and never allowed to grow past what the job's shapes need, its header must
+name exactly the job's shapes (a coordinator's version of another shape is refused
+with a ``PeerError`` naming both, not a ``ValueError`` from deep in numpy), and every
+gRPC error becomes a ``FederationRefused`` with the coordinator's machine-readable
+reason.
 It decides nothing: what to send when is the round loop's (``federation_runner``).
 """
 
@@ -22,7 +25,7 @@ from nacl.signing import VerifyKey
 from numpy.typing import NDArray
 
 from qdspace.federation.chunks import DEFAULT_CHUNK_BYTES, Assembler, Chunk, check_chunk_bytes
-from qdspace.federation.errors import RefusalReason
+from qdspace.federation.errors import ParamsError, RefusalReason
 from qdspace.federation.job import JobSpec
 from qdspace.federation.params import (
     Params,
@@ -303,9 +306,15 @@ class FederationClient:
         payload = assembler.finish()
         digest = assembler.digest
         assert digest is not None
-        params = params_from_bytes(payload)
+        try:  # the job's shapes, not the ones the coordinator's header names
+            params = params_from_bytes(payload, job.shapes)
+        except ParamsError as exc:
+            raise PeerError(
+                f"coordinator {self.coordinator} sent version {version} of job "
+                f"{self.job_id} that is not the job's model: {exc}"
+            ) from None
         signed = SignedVersion(header.record, header.signature)
-        return Download(signed, params, body_of(payload), digest)
+        return Download(signed, params, body_of(payload, job.shapes), digest)
 
     async def _upload(
         self, method: str, header: pb.UploadHeader, payload: bytes | memoryview

@@ -234,6 +234,39 @@ async def test_median_keeps_a_poisoned_member_out(network: LocalNetwork) -> None
     assert final_accuracy(results["sunarc"]) < reference - 0.1
 
 
+async def test_a_plain_job_bounds_a_hostile_members_update_to_the_jobs_clip(
+    network: LocalNetwork,
+) -> None:
+    """``update_clip`` in a plain FedAvg job: Cellex's runner clips its own change, SunArc
+    sends 1e30 everywhere and claims a million examples. The coordinator clips each
+    change that arrives to the job's bound, so the published model moves by at most the
+    clip (it moved by 5e29 when only honest members clipped) and the round's record
+    names SunArc as bounded."""
+    job = job_terms("el-plain-clip", members=("cellex", "sunarc"), rounds=1, update_clip=1.0)
+    await start_job(network, job)
+
+    async def hostile() -> None:
+        keys = load_member_keys(network[COORDINATOR].directory)
+        channel = open_channel(keys, network[COORDINATOR].grpc_address, COORDINATOR)
+        try:
+            client = FederationClient(channel, COORDINATOR, job.job_id)
+            await client.upload_update(1, [np.full(s, 1e30, np.float32) for s in SHAPES], 10**6)
+        finally:
+            await channel.close()
+
+    cellex, _ = await asyncio.gather(
+        run_member(network, "cellex", job.job_id, honest("cellex")), hostile()
+    )
+    assert cellex.status.phase is Phase.DONE, cellex.status
+    record = cellex.status.history[0]
+    # (cellex clipped its own change; float rounding may have it clipped once more)
+    assert record.members == ("cellex", "sunarc") and "sunarc" in record.bounded, record
+    assert cellex.params is not None and [v.version for v in cellex.versions] == [0, 1]
+    start = flatten(logreg.init_params(DIMS, CLASSES)).astype(np.float64)
+    moved = float(np.linalg.norm(flatten(cellex.params).astype(np.float64) - start))
+    assert moved <= 1.0 + 1e-5, moved
+
+
 async def _raw_upload(
     network: LocalNetwork, member: str, header: pb.UploadHeader, payload: bytes
 ) -> grpc.aio.AioRpcError:

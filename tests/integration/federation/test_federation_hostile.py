@@ -16,8 +16,10 @@ import asyncio
 import dataclasses
 import datetime as dt
 import hashlib
+import json
 import math
 import re
+import struct
 import subprocess
 import sys
 import time
@@ -36,7 +38,7 @@ from qdspace.federation import logreg
 from qdspace.federation.errors import RefusalReason, RosterRefused
 from qdspace.federation.job import JobSpec
 from qdspace.federation.member import secagg_client
-from qdspace.federation.params import params_to_bytes
+from qdspace.federation.params import MAGIC, encoded_size, params_to_bytes
 from qdspace.federation.round_status import Phase
 from qdspace.node.errors import NotTheMember
 from qdspace.node.identity.certs import load_cert, load_key
@@ -443,6 +445,78 @@ async def test_short_oversized_corrupt_and_nan_updates_are_refused_and_nothing_i
     try:
         view = await FederationClient(channel, COORDINATOR, job.job_id).upload_update(1, params, 10)
         assert view.round == 1
+    finally:
+        await channel.close()
+
+
+async def test_malformed_update_headers_are_refused_by_name_not_with_internal(
+    network: LocalNetwork,
+) -> None:
+    """Cellex uploads updates of the job's exact size whose header the coordinator used
+    to trust: negative dimensions (numpy's reshape raised), a header of nothing but ``[``
+    (the JSON decoder raised RecursionError) and dimensions whose int64 product wraps to
+    0. Each reached gRPC as INTERNAL with a traceback in the coordinator's log; each is
+    now a ``wrong_shape`` refusal naming the problem, and the honest update sent
+    afterwards is the one the round accepts."""
+    shapes = logreg.model_shapes(500, CLASSES)  # 4 KB: room for 4,000 levels of '['
+    job = terms("el-hostile-headers", shapes=shapes)
+    keys = load_member_keys(network[COORDINATOR].directory)
+    channel = open_channel(keys, network[COORDINATOR].grpc_address, COORDINATOR)
+    try:
+        await FederationClient(channel, COORDINATOR, job.job_id).start_job(
+            job, logreg.init_params(500, CLASSES)
+        )
+    finally:
+        await channel.close()
+    size = encoded_size(shapes)
+    scalars = 500 * CLASSES + CLASSES
+
+    def crafted(head: bytes, body: int) -> bytes:
+        head += b" " * (size - len(MAGIC) - 4 - body - len(head))  # JSON whitespace
+        return MAGIC + struct.pack(">I", len(head)) + head + b"\0" * body
+
+    def shaped(dims: list[list[int]]) -> bytes:
+        return json.dumps({"dtype": "<f4", "shapes": dims}).encode()
+
+    cases = {
+        "negative": (crafted(shaped([[-2, -scalars // 2]]), 4 * scalars), "has shape [-2, -"),
+        "nested": (crafted(b"[" * (size - len(MAGIC) - 4), 0), "nested deeper than"),
+        "wrapping": (crafted(shaped([[2**62, 4]]), 0), "whole number in 0..2147483647"),
+    }
+    coordinator = network[COORDINATOR]
+    seen_from = coordinator.log_path.stat().st_size
+    for name, (payload, why) in cases.items():
+        assert len(payload) == size, name
+
+        async def messages(data: bytes = payload) -> Any:
+            yield pb.UploadChunk(
+                header=pb.UploadHeader(
+                    job_id=job.job_id,
+                    round=1,
+                    total_bytes=len(data),
+                    sha256=hashlib.sha256(data).digest(),
+                    num_examples=10,
+                )
+            )
+            yield pb.UploadChunk(data=data)
+
+        error = await refused(
+            network, "cellex", lambda stub, m=messages: stub.UploadUpdate(m(), timeout=30)
+        )
+        assert error.code() is grpc.StatusCode.INVALID_ARGUMENT, (name, error.details())
+        details = error.details()
+        assert details.startswith("wrong_shape: update of cellex: parameter header"), details
+        assert why in details, (name, details)
+    with coordinator.log_path.open("rb") as read:
+        read.seek(seen_from)
+        logged = read.read().decode(errors="replace")
+    assert "Traceback" not in logged, logged[-3000:]
+    keys = load_member_keys(network["cellex"].directory)
+    channel = open_channel(keys, coordinator.grpc_address, COORDINATOR)
+    try:
+        client = FederationClient(channel, COORDINATOR, job.job_id)
+        view = await client.upload_update(1, logreg.init_params(500, CLASSES), 10)
+        assert view.round == 1 and view.phase is Phase.TRAINING  # sunarc's is still due
     finally:
         await channel.close()
 
