@@ -163,6 +163,9 @@ class ContractStore:
     def negotiations_opened_by(self, consumer_id: str, since: datetime) -> int:
         return self._negotiations.opened_by(consumer_id, since)
 
+    def prune_ended_negotiations(self, before: datetime, limit: int = 1000) -> int:
+        return self._negotiations.prune_ended(before, limit)
+
     def transfers_opened_by(self, consumer_id: str, since: datetime) -> int:
         return self._transfers.opened_by(consumer_id, since)
 

@@ -49,6 +49,7 @@ from qdspace.connector.contract_store.common import (
     TableStore,
     count_rows,
     listing,
+    message_table,
     opened_by,
     save_process,
     saving,
@@ -107,6 +108,37 @@ class NegotiationStore(TableStore):
         super().__init__(engine)
         self._agreements = agreements
         self._outbox = outbox
+
+    def prune_ended(self, before: datetime, limit: int = 1000) -> int:
+        """Delete up to `limit` negotiations that ended without an agreement (TERMINATED,
+        no agreement id) and last changed before `before`, with their messages; how many.
+
+        Why: every request a member sends is kept with its negotiation, refused or not,
+        and nothing took them away again; a member's quota bounds how many it opens an
+        hour, not how many are kept. A refusal is answered at once and a retry of it
+        comes within moments, so one that ended long ago is nobody's business any more
+        (an agreement, and the negotiation that reached it, is kept with its duties)."""
+        table = negotiation_table
+        ended = (
+            select(table.c.negotiation_id)
+            .where(
+                table.c.state == NegotiationState.TERMINATED.value,
+                table.c.agreement_id.is_(None),
+                table.c.updated_at < before,
+            )
+            .limit(limit)
+        )
+        with self.engine.begin() as connection:
+            ids = list(connection.execute(ended).scalars())
+            if not ids:
+                return 0
+            connection.execute(
+                message_table.delete().where(
+                    message_table.c.process_kind == _KIND, message_table.c.process_id.in_(ids)
+                )
+            )
+            connection.execute(table.delete().where(table.c.negotiation_id.in_(ids)))
+        return len(ids)
 
     def save_negotiation(
         self,

@@ -249,8 +249,10 @@ def client_of(ctx: NodeContext) -> tuple[ContractClient, OutboxDispatcher]:
 
 SWEEP_INTERVAL_S = 30.0
 SWEEP_HORIZON = timedelta(hours=1)
-#: how often delivered outbox messages older than `OUTBOX_KEEP_DAYS` are pruned
+#: how often delivered outbox messages older than `OUTBOX_KEEP_DAYS`, and negotiations
+#: that ended without an agreement more than `ENDED_NEGOTIATION_KEEP` ago, are pruned
 PRUNE_INTERVAL_S = 3600.0
+ENDED_NEGOTIATION_KEEP = timedelta(days=90)
 
 
 class ContractJobs:
@@ -270,12 +272,12 @@ class ContractJobs:
 
     async def _sweep_loop(self) -> None:
         runtime = self.client.runtime
-        pruned_at = -PRUNE_INTERVAL_S
+        pruned_at = time.monotonic()  # the first an hour after the start
         while True:
             await asyncio.sleep(SWEEP_INTERVAL_S)
             if time.monotonic() - pruned_at >= PRUNE_INTERVAL_S:
                 pruned_at = time.monotonic()
-                await self._prune_outbox()
+                await self._prune()
             try:
                 report = await asyncio.to_thread(runtime.sweep, SWEEP_HORIZON)
             except Exception:  # the next run tries again
@@ -284,15 +286,21 @@ class ContractJobs:
             if report.receipts:
                 self.dispatcher.kick()
 
-    async def _prune_outbox(self) -> None:
-        """Delete delivered outbox messages older than `OUTBOX_KEEP_DAYS`, a chunk at a time."""
+    async def _prune(self) -> None:
+        """Delete delivered outbox messages older than `OUTBOX_KEEP_DAYS` and negotiations
+        that ended without an agreement `ENDED_NEGOTIATION_KEEP` ago, a chunk at a time."""
         runtime = self.client.runtime
-        before = runtime.clock.now() - timedelta(days=OUTBOX_KEEP_DAYS)
+        now = runtime.clock.now()
+        store = runtime.store
         try:
-            while await asyncio.to_thread(runtime.store.outbox.prune_sent, before) > 0:
+            sent = now - timedelta(days=OUTBOX_KEEP_DAYS)
+            while await asyncio.to_thread(store.outbox.prune_sent, sent) > 0:
+                pass
+            ended = now - ENDED_NEGOTIATION_KEEP
+            while await asyncio.to_thread(store.prune_ended_negotiations, ended) > 0:
                 pass
         except Exception:  # the next run tries again
-            logger.exception("pruning the outbox failed")
+            logger.exception("pruning the outbox or ended negotiations failed")
 
     async def stop(self) -> None:
         for task in self._tasks:

@@ -12,7 +12,7 @@ import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from nacl.signing import SigningKey
-from sqlalchemy import Engine, create_engine, inspect, select
+from sqlalchemy import Engine, create_engine, inspect, select, text
 
 from qdspace.connector.agreement import (
     DeletionReceipt,
@@ -56,6 +56,7 @@ from qdspace.connector.negotiation import (
     NegotiationState,
     PartyKeys,
     Role,
+    Termination,
     Verification,
     apply,
     draft_agreement,
@@ -130,6 +131,37 @@ def test_negotiation_round_trips_with_its_history_and_agreement(store: ContractS
     with pytest.raises(UnknownContractError):
         store.load_negotiation("neg-x")
     assert store.find_negotiation("neg-x") is None
+
+
+def test_negotiations_that_ended_without_agreement_are_pruned_after_their_keep(
+    store: ContractStore, engine: Engine
+) -> None:
+    """Every request a member sent stayed, refused or not. `prune_ended` deletes the
+    negotiations that ended without an agreement before the cutoff, with their messages;
+    a finalized one, one still open and one that ended after the cutoff stay."""
+    finalized(store, Role.PROVIDER, "neg-kept")
+
+    def opened(neg: str, seconds: float) -> Negotiation:
+        first = ContractRequest(f"{neg}-m1", neg, "sunarc", offer(), at(seconds))
+        n = open_negotiation(first, Role.PROVIDER)
+        store.save_negotiation(None, n)
+        return n
+
+    for neg, seconds in (("neg-old", 10), ("neg-new", 100)):
+        n = opened(neg, seconds)
+        ended = apply(n, Termination(f"{neg}-m2", neg, "cellex", "no", at(seconds)), KEYS)
+        store.save_negotiation(n, ended)
+    opened("neg-open", 10)
+    assert store.prune_ended_negotiations(at(50)) == 1
+    assert store.prune_ended_negotiations(at(50)) == 0
+    assert store.find_negotiation("neg-old") is None
+    left = sorted(n.negotiation_id for n in store.negotiations())
+    assert left == ["neg-kept", "neg-new", "neg-open"]
+    with engine.connect() as connection:
+        held = connection.execute(
+            text("SELECT count(*) FROM contract_message WHERE process_id = 'neg-old'")
+        ).scalar_one()
+    assert held == 0
 
 
 def test_negotiations_are_listed_a_page_at_a_time(store: ContractStore) -> None:
