@@ -62,6 +62,9 @@ logger = logging.getLogger("node.contracts")
 STREAM_PAGE = 500
 #: how often an open Pull builds its gate again (as a live stream does)
 PULL_RECHECK_S = 1.0
+#: what a new transfer keeps here (its row, request and start), asked of the node's free
+#: disk or a tenant's storage quota before it is opened (measured: 2.4 KB)
+TRANSFER_ROW_BYTES = 4096
 #: messages a transfer holds before a consumer's resumes and suspensions of it count
 #: against its member's transfer quota (`charge_control`): its request and start, and a
 #: dozen cuts and resumes
@@ -141,6 +144,7 @@ class ProviderTransfers(ContractBase):
                 raise ContractDenied(f"transfer id {message.transfer_id} cannot be used")
             return apply_transfer(existing, message), False
         self.within_transfer_quota(peer)
+        self._keep(TRANSFER_ROW_BYTES, f"a transfer request of {peer.name}")
         stored = self.provider_agreement(message.agreement_id, peer)
         asset = self.assets[stored.signed.agreement.asset_id]
         if asset.is_stream:

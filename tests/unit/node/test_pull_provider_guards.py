@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import shutil
 import datetime as dt
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -459,3 +460,22 @@ def test_suspending_and_resuming_in_a_loop_spends_the_transfer_quota(
     with pytest.raises(TransferQuotaError):
         next(p.pull(tid, p.stored(tid).checkpoint))
     assert len(p.stored(tid).seen) == held
+
+
+def test_a_transfer_is_opened_only_where_there_is_room(
+    provider_at: Callable[[int], Provider], tmp_path: Path
+) -> None:
+    """A new transfer keeps its row and messages here: it is asked of the node's free disk
+    (or a tenant's storage quota) first, as a negotiation request is; where the disk is
+    down to the floor the node keeps, it is refused and nothing is kept."""
+    from qdspace.node.disk_room import DiskRoom
+    from qdspace.node.errors import DiskLow
+
+    p = provider_at(10)
+    free = shutil.disk_usage(tmp_path).free
+    p.rt.received_room = DiskRoom(tmp_path, free + 2**30)
+    with pytest.raises(DiskLow, match="a transfer request of sunarc"):
+        p.open()
+    assert p.rt.store.transfers_opened_by(p.consumer.member_id, NOW - dt.timedelta(hours=1)) == 0
+    p.rt.received_room = DiskRoom(tmp_path, 0)
+    assert p.open().state is TransferState.STARTED
