@@ -58,7 +58,11 @@ from qdspace.connector.retention_sweep import SweepReport, sweep
 from qdspace.connector.spc import Investigation, QualityAlert
 from qdspace.node.identity.certs import MemberIdentity
 from qdspace.node.member_ids import peer_name
-from qdspace.node.rpc.contracts_notification_serde import Notification, notification_to_proto
+from qdspace.node.rpc.contracts_notification_serde import (
+    MAX_CLOSED_AGREEMENTS,
+    Notification,
+    notification_to_proto,
+)
 from qdspace.node.runtime.contracts_base import ContractBase
 from qdspace.policies.evaluate import order_in_scope
 from qdspace.util.text import to_printable_lines
@@ -241,11 +245,13 @@ class ContractNotices(ContractBase):
         outbox = [
             self.notification(
                 consumer,
-                OrderClosed(order_id, recorded, tuple(sorted(agreements))),
+                OrderClosed(order_id, recorded, part),
                 f"order-closed:{self.me.member_id}:{order_id}:{consumer}"
-                + (f":{recorded.isoformat()}" if dates[consumer] > 1 else ""),
+                + (f":{recorded.isoformat()}" if dates[consumer] > 1 else "")
+                + (f":{k}" if k else ""),
             )
             for (consumer, recorded), agreements in by_consumer.items()
+            for k, part in enumerate(_parts(sorted(agreements)))
         ]
         self.store.enqueue(outbox, self.clock.now())
         return closed_at, ids
@@ -277,3 +283,10 @@ class ContractNotices(ContractBase):
             receipt = signed.receipt
             self.record("deletion_receipt", receipt.receipt_id, receipt.canonical_bytes())
         return report
+
+
+def _parts(agreement_ids: list[str]) -> list[tuple[str, ...]]:
+    """`agreement_ids` in closures of at most `MAX_CLOSED_AGREEMENTS` each (a receiver
+    refuses a larger one)."""
+    step = MAX_CLOSED_AGREEMENTS
+    return [tuple(agreement_ids[i : i + step]) for i in range(0, len(agreement_ids), step)]

@@ -151,6 +151,28 @@ def test_invented_closures_under_an_agreement_naming_no_order_sign_nothing(
     assert consumer.rt.sweep().receipts == ()  # and nothing the next time
 
 
+def test_a_closure_names_each_agreement_once_and_a_bounded_number(consumer: Node) -> None:
+    """A closure naming one agreement 6,000 times (228 KB, under the call's size cap) cost
+    the receiver 6.1 s of CPU, a transaction per copy. Repeats, and more than
+    `MAX_CLOSED_AGREEMENTS` agreements, are refused where the notice is decoded, before any
+    read; a provider with more agreements than that sends several closures."""
+    from qdspace.node.errors import WireFormatError
+    from qdspace.node.rpc.contracts_notification_serde import MAX_CLOSED_AGREEMENTS
+    from qdspace.node.runtime.contracts_notices import _parts
+
+    _agree(consumer, Role.CONSUMER, CELLEX_KEY, CELLEX, "agr-open")
+    with pytest.raises(WireFormatError, match="2 agreement ids \\(1 distinct\\)"):
+        consumer.deliver(CELLEX, OrderClosed("PO-1", SIGNED, ("agr-open", "agr-open")))
+    many = tuple(f"agr-{i}" for i in range(MAX_CLOSED_AGREEMENTS + 1))
+    with pytest.raises(WireFormatError, match=f"at most {MAX_CLOSED_AGREEMENTS}, each once"):
+        consumer.deliver(CELLEX, OrderClosed("PO-1", SIGNED, many))
+    assert consumer.rt.store.closure("agr-open", "PO-1") is None
+    assert consumer.deliver(CELLEX, OrderClosed("PO-1", SIGNED, ("agr-open",)))
+    parts = _parts(sorted(many))
+    assert [len(p) for p in parts] == [MAX_CLOSED_AGREEMENTS, 1]
+    assert sorted(a for p in parts for a in p) == sorted(many)
+
+
 def test_a_closure_binds_data_received_after_it_and_a_named_order_always(
     consumer: Node,
 ) -> None:
