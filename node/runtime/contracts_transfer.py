@@ -62,6 +62,8 @@ logger = logging.getLogger("node.contracts")
 STREAM_PAGE = 500
 #: how often an open Pull builds its gate again (as a live stream does)
 PULL_RECHECK_S = 1.0
+#: the fewest rows a pulled batch holds (but the last), see `ProviderTransfers.pull`
+MIN_BATCH_ROWS = 10
 #: what a new transfer keeps here (its row, request and start), asked of the node's free
 #: disk or a tenant's storage quota before it is opened (measured: 2.4 KB)
 TRANSFER_ROW_BYTES = 4096
@@ -222,7 +224,13 @@ class ProviderTransfers(ContractBase):
         stored until the stream passes the provider's own position: the provider's
         record of what it sent is not replaced by the consumer's claim for the rows it
         had sent already. A re-read (`charge_reread`) counts against the member's
-        transfer quota."""
+        transfer quota.
+
+        Batches hold at least `MIN_BATCH_ROWS` rows (the last may hold fewer), whatever
+        the consumer asks: each batch of a fresh pull saves the transfer's position, a
+        transaction, and a pull of one row a batch cost the provider 400 us a row, 33
+        times a batch of 100."""
+        batch_rows = max(batch_rows, MIN_BATCH_ROWS)
         own = process = self._peer_transfer(peer, request.transfer_id)
         save = True
         if process.state is TransferState.COMPLETED:  # see `connector.transfer.reread`

@@ -479,3 +479,17 @@ def test_a_transfer_is_opened_only_where_there_is_room(
     assert p.rt.store.transfers_opened_by(p.consumer.member_id, NOW - dt.timedelta(hours=1)) == 0
     p.rt.received_room = DiskRoom(tmp_path, 0)
     assert p.open().state is TransferState.STARTED
+
+
+def test_a_pull_asking_one_row_a_batch_gets_the_fewest_a_batch_holds(
+    provider_at: Callable[[int], Provider],
+) -> None:
+    """Each batch of a fresh pull saves the transfer's position (a transaction): one row
+    a batch cost the provider 400 us a row, 33 times a batch of 100. A batch holds at
+    least `MIN_BATCH_ROWS` rows (the last what is left), whatever the consumer asks."""
+    from qdspace.node.runtime.contracts_transfer import MIN_BATCH_ROWS
+
+    p = provider_at(MIN_BATCH_ROWS * 2 + 3)
+    process = p.open()
+    counts = [b.count for b in p.pull(process.transfer_id, process.checkpoint, batch_rows=1)]
+    assert counts == [MIN_BATCH_ROWS, MIN_BATCH_ROWS, 3]
