@@ -422,6 +422,20 @@ class CaseStore(TableStore):
         if done.rowcount != 1:
             raise ConcurrentUpdateError(f"case {case.case_id} was changed concurrently")
 
+    def held_event(self, opener_id: str, case_id: str, author_id: str, seq: int) -> bytes | None:
+        """The canonical bytes of the event `author_id` numbered `seq` in this case, or None
+        (one row by its key: a retry is recognised without reading the case's log)."""
+        t = case_event_table
+        statement = select(t.c.data).where(
+            t.c.opener_id == opener_id,
+            t.c.case_id == case_id,
+            t.c.author_id == author_id,
+            t.c.seq == seq,
+        )
+        with self.engine.connect() as connection:
+            found = connection.execute(statement).scalar_one_or_none()
+        return None if found is None else bytes(found)
+
     def case_log(self, opener_id: str, case_id: str) -> CaseLog:
         """A case and its signed log; `UnknownCaseError` when none is held here."""
         with self.engine.connect() as connection:

@@ -147,6 +147,17 @@ class QualityCases(ContractNotices):
         event, me = signed.event, self.me.member_id
         if event.author_id != peer.member_id:
             raise CaseDenied(f"event {event.event_id} is not {peer.name}'s own")
+        # a retry (the sender's outbox sends again until it hears back): known by one row,
+        # before the case's log is read and parsed (8.5 ms for a case opened with 213 KB)
+        known = self.store.cases.held_event(
+            event.opener_id, event.case_id, event.author_id, event.seq
+        )
+        if known is not None:
+            if known != event.canonical_bytes():
+                raise CaseReplayError(
+                    f"event {event.event_id} was received before with other content"
+                )
+            return False
         refused = CaseDenied(f"no quality case {event.case_id} between us")
         log: CaseLog | None = None
         if event.step is Step.OPEN:
@@ -158,16 +169,8 @@ class QualityCases(ContractNotices):
         except UnknownCaseError:
             if event.step is not Step.OPEN:
                 raise refused from None
-        if log is not None:
-            if {me, peer.member_id} != set(log.case.parties()):
-                raise refused
-            for held in log.events:
-                if (held.event.author_id, held.event.seq) == (event.author_id, event.seq):
-                    if held.event.canonical_bytes() != event.canonical_bytes():
-                        raise CaseReplayError(
-                            f"event {event.event_id} was received before with other content"
-                        )
-                    return False
+        if log is not None and {me, peer.member_id} != set(log.case.parties()):
+            raise refused
         return self._take(peer, signed, log)
 
     def _take(self, peer: MemberIdentity, signed: SignedEvent, log: CaseLog | None) -> bool:
