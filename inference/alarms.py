@@ -31,6 +31,7 @@ VERDICT_REJECTED = "verdict_rejected"  # the node's store refused rows as invali
 MODEL_REFUSED = "model_refused"  # a new model version did not load; the old one serves on
 SWAP_FAILED = "swap_failed"  # replicas were lost during a swap; it is tried again
 DRIFT = "drift"  # rolling FPR/FNR above its threshold
+STATION_FAILED = "station_failed"  # a station (or the loop of all) failed: the line stops
 
 
 @dataclass(frozen=True)

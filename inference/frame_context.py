@@ -18,6 +18,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from qdspace.inference.errors import FrameError, InferenceError
+from qdspace.inference.frames import read_bounded
 
 #: the QDM columns' length; a longer value is refused, never cut
 MAX_ID_CHARS = 64
@@ -85,15 +86,14 @@ def context_from_name(pattern: re.Pattern[str], stem: str) -> ProductionContext:
 
 def context_from_sidecar(path: Path, frame_id: str) -> ProductionContext | None:
     """The context in ``path`` (None: no sidecar there); a malformed one is a FrameError."""
-    try:
-        with path.open("rb") as handle:
-            raw = handle.read(MAX_SIDECAR_BYTES + 1)
+    try:  # bounded, regular files only: a FIFO named <stem>.json must not hang the station
+        raw = read_bounded(path, MAX_SIDECAR_BYTES)
     except FileNotFoundError:
         return None
+    except ValueError as exc:
+        raise FrameError(frame_id, f"{path.name}: {exc}") from None
     except OSError as exc:
-        raise FrameError(frame_id, f"{path.name}: cannot read: {exc.strerror}") from None
-    if len(raw) > MAX_SIDECAR_BYTES:
-        raise FrameError(frame_id, f"{path.name}: larger than {MAX_SIDECAR_BYTES} bytes")
+        raise FrameError(frame_id, f"{path.name}: cannot read: {exc.strerror or exc}") from None
     try:
         body = json.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:

@@ -4,12 +4,25 @@ One preprocessing function (``to_model_input``) is shared by training, serving a
 explanations, so a model never sees pixels prepared differently from the ones it was
 trained on. Frames are grayscale ``uint8`` arrays of shape ``(height, width)``, as an EL
 camera writes them; anything else is refused with a ``FrameError`` naming the frame.
+
+A frame file comes from a folder any process on the line PC can write to, so reading
+one must not let a file stop the line: ``read_bounded`` opens without blocking (a FIFO
+named ``x.png`` would wait forever for a writer), refuses what is not a regular file (a
+symlink to ``/dev/zero`` would be read until memory runs out) and reads at most
+``MAX_FRAME_BYTES``; ``read_image`` lets Pillow open only the formats a station takes
+(not EPS, which would run Ghostscript), refuses a size outside the station's limits
+from the header, before a pixel is decoded (a 700 KB PNG can declare 13370 x 13370
+RGBA, 700 MB decoded), and turns whatever a malformed file makes a decoder raise
+(``SyntaxError``, ``TypeError``, ...) into the ``FrameError`` a station counts and
+alarms as a bad frame.
 """
 
 from __future__ import annotations
 
 import hashlib
 import io
+import os
+import stat
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -22,6 +35,10 @@ from qdspace.inference.errors import FrameError
 MIN_SIDE = 16
 MAX_SIDE = 4096
 FRAME_DTYPE = np.uint8
+#: a frame file's size cap: a 4096 x 4096 frame at 4 bytes a pixel, uncompressed
+MAX_FRAME_BYTES = 64 << 20
+#: what Pillow may open a frame file as (the formats of ``sources.IMAGE_SUFFIXES``)
+FRAME_FORMATS = ("PNG", "JPEG", "BMP", "TIFF")
 
 Frame = NDArray[np.uint8]
 ModelInput = NDArray[np.float32]
@@ -47,16 +64,77 @@ def check_frame(frame: object, frame_id: str) -> Frame:
     return frame
 
 
+def read_bounded(path: Path, max_bytes: int) -> bytes:
+    """The bytes of the regular file ``path`` (symlinks followed), at most ``max_bytes``.
+
+    Raises ``ValueError`` saying why for anything else (a FIFO, a device, a folder, a
+    file over the cap) without reading it, and ``OSError`` when it cannot be read. The
+    type is checked before opening (opening a device can act on it) and again on the
+    open descriptor, opened non-blocking, so a file swapped in between is caught too.
+    """
+    _check_regular(os.stat(path), max_bytes)
+    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0)
+    fd = os.open(path, flags | getattr(os, "O_CLOEXEC", 0))
+    with open(fd, "rb", closefd=True) as handle:
+        _check_regular(os.fstat(fd), max_bytes)
+        data = handle.read(max_bytes + 1)
+    if len(data) > max_bytes:  # it grew since fstat
+        raise ValueError(f"larger than {max_bytes:,} bytes")
+    return data
+
+
+def _check_regular(status: os.stat_result, max_bytes: int) -> None:
+    mode = status.st_mode
+    if not stat.S_ISREG(mode):
+        raise ValueError(f"not a regular file ({_file_kind(mode)})")
+    if status.st_size > max_bytes:
+        raise ValueError(f"larger than {max_bytes:,} bytes ({status.st_size:,})")
+
+
+def _file_kind(mode: int) -> str:
+    kinds = (
+        (stat.S_ISDIR, "a folder"),
+        (stat.S_ISFIFO, "a FIFO"),
+        (stat.S_ISCHR, "a character device"),
+        (stat.S_ISBLK, "a block device"),
+        (stat.S_ISSOCK, "a socket"),
+    )
+    return next((name for test, name in kinds if test(mode)), f"file type {stat.S_IFMT(mode):o}")
+
+
 def read_image(path: Path, frame_id: str | None = None) -> Frame:
-    """Decode an image file into a grayscale frame; a corrupt file raises ``FrameError``."""
+    """Decode an image file into a grayscale frame; any file a station cannot judge
+    (not a regular file, too big, not a PNG/JPEG/BMP/TIFF that decodes, a size outside
+    ``[MIN_SIDE, MAX_SIDE]``) raises ``FrameError`` naming the frame and the file."""
     name = frame_id if frame_id is not None else path.name
     try:
-        data = path.read_bytes()
-        with Image.open(io.BytesIO(data)) as image:
+        data = read_bounded(path, MAX_FRAME_BYTES)
+    except ValueError as exc:
+        raise FrameError(name, f"cannot read image {path}: {exc}") from None
+    except OSError as exc:
+        raise FrameError(name, f"cannot read image {path}: {exc.strerror or exc}") from None
+    try:
+        with Image.open(io.BytesIO(data), formats=FRAME_FORMATS) as image:
+            width, height = image.size
+            if not (MIN_SIDE <= height <= MAX_SIDE and MIN_SIDE <= width <= MAX_SIDE):
+                raise FrameError(
+                    name,
+                    f"image {path} is {width}x{height} pixels; each side must be in "
+                    f"[{MIN_SIDE}, {MAX_SIDE}] (refused before decoding)",
+                )
             image.load()
             gray = image.convert("L")
-    except (OSError, UnidentifiedImageError, ValueError, Image.DecompressionBombError) as exc:
-        raise FrameError(name, f"cannot read image {path}: {exc}") from exc
+    except FrameError:
+        raise
+    except UnidentifiedImageError:
+        raise FrameError(
+            name, f"image {path} is not a {'/'.join(FRAME_FORMATS)} file (by its content)"
+        ) from None
+    except Exception as exc:  # a malformed file makes decoders raise anything
+        raise FrameError(
+            name,
+            f"cannot decode image {path} as {'/'.join(FRAME_FORMATS)}: {type(exc).__name__}: {exc}",
+        ) from None
     return check_frame(np.asarray(gray, dtype=np.uint8), name)
 
 

@@ -12,6 +12,12 @@ Images of any size and mode are accepted: RGB and palette images become grayscal
 trained at, with the same bilinear filter serving uses (``inference.frames``). The
 result is an :class:`~inference.dataset.ElImages`, so training, export and the
 registry treat own images exactly like the bundled ones.
+
+What an image costs is its decoded bytes, not its pixels: a few hundred KB of deflate
+TIFF in mode F (4 bytes a pixel) at 8000 x 8000 decodes to 256 MB, so the header's
+size and mode are held to ``MAX_DECODED_BYTES`` before anything is decoded, and
+32-bit and 16-bit images are brought to 8 bits a band of rows at a time instead of
+through full float64 copies.
 """
 
 from __future__ import annotations
@@ -19,23 +25,29 @@ from __future__ import annotations
 import hashlib
 import io
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageMode, UnidentifiedImageError
 
 from qdspace.inference.dataset import DECODE_THREADS, ElImages
 from qdspace.inference.errors import DatasetError
-from qdspace.inference.frames import resize_frame
+from qdspace.inference.frames import read_bounded, resize_frame
 from qdspace.inference.labels import LabelRow, LabelRule, parse_labels
 
 MAX_LABELS_BYTES = 32 << 20
 MAX_IMAGE_BYTES = 256 << 20
 MAX_PIXELS = 64_000_000
+#: decoded bytes an image may take: a 64 MP RGB photo (3 bytes a pixel) still loads,
+#: 4-byte modes (RGBA, CMYK, I, F) up to 48 MP
+MAX_DECODED_BYTES = 3 * MAX_PIXELS
+#: rows of a 16/32-bit image brought to 8 bits at a time
+CONVERT_ROWS = 256
 IMAGE_FORMATS = ("PNG", "JPEG", "BMP", "TIFF")
 SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N")
 OWN_CELL_TYPE = "own"
@@ -129,9 +141,9 @@ def load_labelled_images(
 def decode_image(path: Path, where: str, size: int) -> tuple[NDArray[np.uint8], str]:
     """Grayscale pixels resized to ``size`` and the sha256 of the file's bytes."""
     try:
-        if path.stat().st_size > MAX_IMAGE_BYTES:
-            raise DatasetError(f"{where}: larger than {MAX_IMAGE_BYTES:,} bytes")
-        data = path.read_bytes()
+        data = read_bounded(path, MAX_IMAGE_BYTES)
+    except ValueError as exc:  # not a regular file (swapped since it was checked), too big
+        raise DatasetError(f"{where}: {exc}") from None
     except OSError as exc:
         raise DatasetError(f"{where}: cannot read ({exc.strerror or exc})") from None
     try:
@@ -139,6 +151,13 @@ def decode_image(path: Path, where: str, size: int) -> tuple[NDArray[np.uint8], 
             width, height = image.size
             if width * height > MAX_PIXELS or min(width, height) < 1:
                 raise DatasetError(f"{where}: {width}x{height} pixels; at most {MAX_PIXELS:,}")
+            per_pixel = _bytes_per_pixel(image.mode)
+            if width * height * per_pixel > MAX_DECODED_BYTES:
+                raise DatasetError(
+                    f"{where}: {width}x{height} pixels in mode {image.mode} ({per_pixel} bytes "
+                    f"a pixel) decode to {width * height * per_pixel:,} bytes; "
+                    f"at most {MAX_DECODED_BYTES:,}"
+                )
             image.draft("L", (size, size))  # JPEG: decode at a reduced scale
             gray = _grayscale(image)
     except DatasetError:
@@ -150,15 +169,39 @@ def decode_image(path: Path, where: str, size: int) -> tuple[NDArray[np.uint8], 
     return resize_frame(gray, size), hashlib.sha256(data).hexdigest()
 
 
+def _bytes_per_pixel(mode: str) -> int:
+    """Bytes a pixel of ``mode`` holds (bands x band size); 4 for a mode Pillow does not
+    describe."""
+    try:
+        described = ImageMode.getmode(mode)
+    except KeyError:
+        return 4
+    return len(described.bands) * np.dtype(described.typestr).itemsize
+
+
 def _grayscale(image: Image.Image) -> NDArray[np.uint8]:
     """8-bit grayscale of any mode: 16-bit scaled (not clipped), float/int32 stretched."""
     image.load()
     if image.mode in SIXTEEN_BIT_MODES:
-        wide = np.asarray(image, dtype=np.uint32)
-        return (wide >> 8).astype(np.uint8)
+        return _by_rows(image, lambda rows: (rows >> 8).astype(np.uint8))
     if image.mode in ("I", "F"):
-        values = np.asarray(image, dtype=np.float64)
-        low, high = float(values.min()), float(values.max())
-        span = high - low if high > low else 1.0
-        return np.clip((values - low) * (255.0 / span), 0, 255).astype(np.uint8)
+        low, high = (float(v) for v in np.asarray(image.getextrema(), dtype=np.float64))
+        scale = 255.0 / (high - low if high > low else 1.0)
+        return _by_rows(
+            image,
+            lambda rows: np.clip((rows.astype(np.float64) - low) * scale, 0, 255).astype(np.uint8),
+        )
     return np.asarray(image.convert("L"), dtype=np.uint8)
+
+
+def _by_rows(
+    image: Image.Image, convert: Callable[[NDArray[Any]], NDArray[np.uint8]]
+) -> NDArray[np.uint8]:
+    """``convert`` applied to ``CONVERT_ROWS`` rows at a time: a full-size copy of a
+    32-bit image in float64 is twice its decoded size, here only a band is."""
+    width, height = image.size
+    out = np.empty((height, width), dtype=np.uint8)
+    for top in range(0, height, CONVERT_ROWS):
+        bottom = min(top + CONVERT_ROWS, height)
+        out[top:bottom] = convert(np.asarray(image.crop((0, top, width, bottom))))
+    return out

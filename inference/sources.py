@@ -43,7 +43,12 @@ class FrameSource(Protocol):
     """What a station reads frames from."""
 
     def next_frame(self) -> SourceFrame | None:
-        """The next frame, ``None`` when exhausted; raises ``FrameError`` for an unreadable one."""
+        """The next frame, ``None`` when exhausted; raises ``FrameError`` for an unreadable one.
+
+        A station calls it on a thread of its own, one call at a time, so it may block
+        on a file (a source whose class sets ``reads_in_loop = True`` is read on the
+        station's loop: it must never block); anything else it raises is counted as a
+        bad frame too."""
         ...
 
 
@@ -69,6 +74,10 @@ class _Cursor:
 
 class ArrayFrames:
     """Frames held in memory (for instance the EL data set), with optional labels."""
+
+    #: a read takes a frame from memory and cannot block: a station takes it on its
+    #: loop instead of a thread of its own (`inference.line`)
+    reads_in_loop = True
 
     def __init__(
         self,
