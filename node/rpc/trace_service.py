@@ -7,9 +7,17 @@ A batch that does not exist and a batch sold to somebody else get the same answe
 `TraceRefused` for every reason a caller may not ask) and encodes the answer; the
 caller's gRPC deadline is the producer's budget for asking its own producers. Statuses
 come from the node's fault table (`qdspace.node.faults`).
+
+Nothing here reads the database or encodes a large message on the event loop, which
+serves every other peer's calls: ``Upstream``'s reads and ``Investigate``'s encoding
+(an honest answer with its producers' may be 20 MB, a quarter of a second to build) run
+in a worker thread, and a question naming more batch ids than one may is refused on
+its count before a list of them is made.
 """
 
 from __future__ import annotations
+
+import asyncio
 
 import grpc
 
@@ -22,6 +30,7 @@ from qdspace.connector.genealogy import (
     upstream,
 )
 from qdspace.connector.storage import QualityStore
+from qdspace.connector.trace import MAX_BATCHES, TraceError
 from qdspace.node.errors import LimitExceeded
 from qdspace.node.rpc.auth import current_peer
 from qdspace.node.rpc.codes import status_code
@@ -55,11 +64,16 @@ class TraceServicer(trace_pb2_grpc.TraceServicer):
     ) -> trace_pb2.UpstreamReply:
         peer = current_peer()
         try:
-            batch, parents = upstream(self._store.engine, request.batch_id, customer=peer.name)
+            reply = await asyncio.to_thread(self._upstream, request.batch_id, peer.name)
         except (UnknownBatch, NotYourBatch) as exc:  # one status and one answer for both
             await context.abort(status_code(exc), not_yours(request, peer.name))
         except GenealogyError as exc:
             await context.abort(status_code(exc), str(exc))
+        return reply
+
+    def _upstream(self, batch_id: str, customer: str) -> trace_pb2.UpstreamReply:
+        """``Upstream``'s reads and reply, in a worker thread."""
+        batch, parents = upstream(self._store.engine, batch_id, customer=customer)
         return trace_pb2.UpstreamReply(
             batch=batch_to_proto(batch), parents=[batch_to_proto(p) for p in parents]
         )
@@ -72,11 +86,13 @@ class TraceServicer(trace_pb2_grpc.TraceServicer):
             await context.abort(grpc.StatusCode.UNIMPLEMENTED, "this node answers no traces")
         assert self._room is not None
         try:
+            if len(request.batch_ids) > MAX_BATCHES:  # (`check_batch_ids`'s words)
+                raise TraceError(f"a trace question names at most {MAX_BATCHES} batches")
             question = question_from_proto(request)
             answer = await self._room.answer(peer.identity, question, context.time_remaining())
         except (ConnectorError, LimitExceeded) as exc:  # (a customer asking too often)
             await context.abort(status_code(exc), str(exc))
-        return trace_pb2.InvestigateReply(answer=answer_to_proto(answer))
+        return trace_pb2.InvestigateReply(answer=await asyncio.to_thread(answer_to_proto, answer))
 
     def register(self, server: grpc.aio.Server) -> None:
         trace_pb2_grpc.add_TraceServicer_to_server(self, server)

@@ -1,15 +1,19 @@
 """A member's part of a root-cause trace: answer a customer, ask its own producers.
 
-`TraceRoom.answer` is the one method the ``Trace/Investigate`` servicer calls. It
-refuses unless the caller holds an active traceability agreement with us (asset
-``traceability``, purpose ``root-cause-analysis``, the batch's order in its scope) and
-bought every batch it names; a batch that does not exist, one sold to another and a
-missing agreement all get one and the same `TraceRefused`, so a caller learns nothing
-about which batch ids we hold. Then `tier` walks our own genealogy down to what we
-bought, asks the producers of it in turn and, while they work on their parts, computes
-ours over our own QDM (local findings, never raw rows): a trace takes as long as its
-slowest tier, not the sum of them. Each producer is asked under our own traceability
-agreement with it and within what is left of the caller's deadline;
+`TraceRoom.answer` is the one method the ``Trace/Investigate`` servicer calls. It takes
+one of the caller's question tokens first, so a member past its limit is refused before
+we look anything up for it; then it refuses unless the caller holds an active
+traceability agreement with us (asset ``traceability``, purpose ``root-cause-analysis``,
+the batch's order in its scope) and bought every batch it names; a batch that does not
+exist, one sold to another and a missing agreement all get one and the same
+`TraceRefused`, so a caller learns nothing about which batch ids we hold. Authorizing
+reads the agreement's closed orders and the caller's orders once or twice, however many
+batch ids it names (`authorize`: a decision per distinct order, not per batch). Then
+`tier` walks our own genealogy down to what we bought, asks the producers of it in turn
+and, while they work on their parts, computes ours over our own QDM (local findings,
+never raw rows): a trace takes as long as its slowest tier, not the sum of them. Each
+producer is asked under our own traceability agreement with it and within what is left
+of the caller's deadline;
 one that is offline, slow, refuses or has no agreement with us becomes a `MissingTier`,
 and the answer is partial, not failed. The path of members already asked goes along, so
 a genealogy that loops back through a member ends there, and `MAX_DEPTH` bounds the
@@ -29,13 +33,15 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from sqlalchemy import Engine, inspect, select
 
 from qdspace.connector.assets import AssetKind
 from qdspace.connector.contract_errors import ContractError
+from qdspace.connector.contract_store import StoredAgreement
 from qdspace.connector.pseudonym import Pseudonymizer
+from qdspace.connector.release_gate import ReleaseGate
 from qdspace.connector.rootcause import Finding
 from qdspace.connector.trace import (
     MAX_DEPTH,
@@ -126,8 +132,11 @@ class TraceRoom:
     and asks our producers in turn, who ask theirs: a customer asking as fast as its
     calls allowed would keep every tier below it busy. So a customer's answered
     questions are limited, `TRACE_BURST` at once and then ``per_hour`` an hour (a
-    `util.token_bucket.TokenBuckets`, a bucket per customer); a refused or malformed question
-    costs no token (it costs us a look-up, and our producers nothing)."""
+    `util.token_bucket.TokenBuckets`, a bucket per customer). The token is taken before
+    any look-up: authorizing 500 batch ids costs database reads too, so a refused
+    question costs its token like an answered one, and a member past its limit is told
+    so without our reading anything. Only a malformed question (too many ids, a bad id,
+    too deep), refused on its shape alone, costs none."""
 
     def __init__(
         self, contracts: ContractRuntime, ask: Ask | None, per_hour: int = DEFAULT_TRACES_PER_HOUR
@@ -166,30 +175,62 @@ class TraceRoom:
         if asset is None or asset.kind is not AssetKind.TRACEABILITY or not stored.active:
             raise refused
         rows = batches(self.engine, ids)
-        pseudonyms: Pseudonymizer | None = None
+        orders: set[str | None] = set()
         for batch_id in ids:
             row = rows.get(batch_id)
             if row is None or row["customer"] != peer.name or row["producer"] != self.me:
                 raise refused
             order = row["order_id"]
-            gate = self.contracts.gate(
-                stored, Action.USE, ROOT_CAUSE_PURPOSE, str(order) if order else None, None
-            )
-            if order is None or not gate.decision.allowed:
+            if order is None:
                 raise refused
-            pseudonyms = gate.pseudonymizer
-        if pseudonyms is None:
+            orders.add(str(order) if order else None)
+        gates = self._order_gates(stored, orders)
+        if not all(gate.decision.allowed for gate in gates):
             raise refused
-        return ids, pseudonyms
+        return ids, gates[0].pseudonymizer
+
+    def _order_gates(self, stored: StoredAgreement, orders: set[str | None]) -> list[ReleaseGate]:
+        """The release gate `ContractRuntime.gate` would build for each of `orders` under
+        `stored` (root-cause use), reading the closed orders twice and the customer's
+        orders once, however many orders.
+
+        ``contracts.gate`` reads both each time it is called: once per batch id that was
+        batch ids times orders (seconds for 500 ids of a customer with 10,000 orders).
+        So the gate is built once without an order (its request, time, frameworks,
+        pseudonyms and the customer's orders, read now), the closed orders are read
+        once more (their times), and a gate is made per distinct order with only what
+        ``contracts.gate`` sets per order: the order and its closing time. `ReleaseGate`
+        itself decides, as for every other release (the agreement's policy, then whether
+        the customer placed the order). The gates are for their decisions only: each
+        holds its own order's closing time alone, and no row passes through them."""
+        base = self.contracts.gate(stored, Action.USE, ROOT_CAUSE_PURPOSE, None, None)
+        terms = stored.signed.agreement
+        closed = self.contracts.store.closed_orders(terms.agreement_id)
+        gates = [base] if None in orders else []  # a batch of order "": as before, no order
+        for order in sorted(o for o in orders if o is not None):
+            closed_at = closed.get(order)
+            gates.append(
+                ReleaseGate(
+                    base.asset,
+                    terms.policy,
+                    replace(base.request, order_id=order, order_closed_at=closed_at),
+                    base.pseudonymizer,
+                    closed_orders={} if closed_at is None else {order: closed_at},
+                    owned_orders=base.owned_orders,
+                )
+            )
+        return gates
 
     async def answer(
         self, peer: MemberIdentity, question: TraceQuestion, deadline_s: float | None
     ) -> TierAnswer:
-        """A customer's question, answered (the servicer's one call)."""
-        ids, pseudonyms = await asyncio.to_thread(self.authorize, peer, question)
+        """A customer's question, answered (the servicer's one call): its shape checked,
+        then its token taken, then the look-ups of `authorize` (off the event loop)."""
+        check_batch_ids(question.batch_ids)
         if question.depth >= MAX_DEPTH or len(question.path) > MAX_DEPTH:
             raise TraceError(f"a trace goes at most {MAX_DEPTH} tiers deep")
-        self._take(peer)
+        self._take(peer)  # before any look-up: a refused question costs its token too
+        ids, pseudonyms = await asyncio.to_thread(self.authorize, peer, question)
         path = (*question.path, self.me)
         ours = await self.tier(ids, path, question.depth + 1, deadline_s)
         return pseudonymize_own(ours, pseudonyms)
@@ -242,16 +283,22 @@ class TraceRoom:
             return None
         return found.agreement_id, found.signed.agreement.provider_id
 
+    def _own_agreements(self, producers: list[str]) -> dict[str, tuple[str, str] | None]:
+        return {producer: self.own_agreement(producer) for producer in producers}
+
     async def _ask_all(
         self, bought: Mapping[str, set[str]], path: tuple[str, ...], depth: int, left_s: float
     ) -> tuple[list[TierAnswer], list[MissingTier]]:
         answers: list[TierAnswer] = []
         missing: list[MissingTier] = []
         calls: dict[str, Awaitable[TierAnswer]] = {}
-        for producer in sorted(bought)[:MAX_UPSTREAM]:
+        producers = sorted(bought)[:MAX_UPSTREAM]
+        askable = [p for p in producers if self._cannot_ask(p, path, depth, left_s) is None]
+        agreements = await asyncio.to_thread(self._own_agreements, askable)  # reads the store
+        for producer in producers:
             ids = tuple(sorted(bought[producer]))[:500]
             reason = self._cannot_ask(producer, path, depth, left_s)
-            agreement = None if reason else self.own_agreement(producer)
+            agreement = agreements.get(producer)
             if reason is None and agreement is None:
                 reason = f"no traceability agreement of {self.me} with {producer}"
             if reason is not None or self.ask is None or agreement is None:

@@ -367,9 +367,11 @@ def test_a_customer_asking_too_often_is_refused(
 ) -> None:
     """Mallory asks Cellex about its own batch as fast as it can: each answer costs
     Cellex's analysis and asks SiWafer in turn, so after `TRACE_BURST` answered questions
-    (some of them asked by the tests above) Cellex refuses with RESOURCE_EXHAUSTED saying
-    when to ask again; refused questions cost no token (a refusal stays PERMISSION_DENIED),
-    and SunArc, another customer, is still answered (on the old code: every one answered)."""
+    (some of them asked by the tests above, refused ones too: each costs Cellex its
+    look-ups) Cellex refuses with RESOURCE_EXHAUSTED saying when to ask again, before it
+    looks anything up: a question about SunArc's batch gets the same RESOURCE_EXHAUSTED,
+    not a refusal. SunArc, another customer, is still answered (on the old code: every
+    one answered)."""
     mine = agreements["mallory"]
     answers = [_call(net, "mallory", _ask(mine, ["CB-M"])) for _ in range(TRACE_BURST + 1)]
     codes = [code for code, _ in answers]
@@ -378,8 +380,8 @@ def test_a_customer_asking_too_often_is_refused(
     assert set(codes[:first]) == {grpc.StatusCode.OK}, codes
     assert "traces_per_member_hour 120, 10 at once" in answers[first][1], answers[first]
     assert "ask again in" in answers[first][1]
-    refused = _call(net, "mallory", _ask(mine, ["CB-00"]))  # sunarc's batch: still refused
-    assert refused[0] is grpc.StatusCode.PERMISSION_DENIED, refused
+    refused = _call(net, "mallory", _ask(mine, ["CB-00"]))  # sunarc's batch: not looked up
+    assert refused[0] is grpc.StatusCode.RESOURCE_EXHAUSTED, refused
     assert _call(net, "sunarc", _ask(agreements["sunarc"], ["CB-00"]))[0] is grpc.StatusCode.OK
 
 
