@@ -18,6 +18,17 @@ by URL, never fetched, no ``@import``, at most `MAX_CONTEXTS` contexts
 could smuggle a second message past the type check).
 After expansion the document must be exactly one node of the DSP type expected.
 A term without a definition is refused by name rather than dropped.
+
+At most `MAX_MESSAGE_VALUES` JSON values outside the contexts (`check_values`), counted
+on the raw JSON before pyld runs: pyld's work grows with the values a message carries
+(~25 us each to expand and compact, and the policy codec reads the offer with pyld
+again, ~7 us more), and `check_bounds` admits 20,000 of them in the 256 KiB a DSP body
+may be. The policy codec reads at most `MAX_RIGHT_VALUES` (1,024) values in a constraint
+but 256 constraints, so 18 constraints of 1,000 orders each passed every bound: ~0.6 s
+of pyld per request, before the runtime's quota or its 64 KiB policy cap
+(`connector.negotiation.MAX_POLICY_BYTES`) was asked. The largest honest message is one
+constraint of 1,024 values (the orders asked) beside the asset's fields, the purposes
+and the message's own few dozen: twice `MAX_RIGHT_VALUES` admits it with room.
 """
 
 from __future__ import annotations
@@ -26,6 +37,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from qdspace.policies.errors import PolicyError, PolicySyntaxError
+from qdspace.policies.odrl.codec import MAX_RIGHT_VALUES
 from qdspace.policies.odrl.jsonld import (
     MAX_MESSAGE_OBJECTS,
     POLICY_CONTEXT,
@@ -36,6 +48,9 @@ from qdspace.policies.odrl.jsonld import (
 )
 from qdspace.policies.odrl.vocab import DSPACE
 
+#: JSON values (objects, arrays, strings, numbers...) in one DSP message, its contexts
+#: aside (see the module: a constraint's most values, and room for the rest)
+MAX_MESSAGE_VALUES = 2 * MAX_RIGHT_VALUES
 #: keywords that make a document more than one node
 _MULTI_NODE = ("@graph", "@included")
 #: DSP properties whose value the DSP context reads as an IRI (``@type: @id``) or a DSP
@@ -52,6 +67,37 @@ class DspFormError(ValueError):
         super().__init__(f"{where}: {message}")
         self.where = where
         self.reason = message
+
+
+def check_values(body: Mapping[str, Any], limit: int = MAX_MESSAGE_VALUES) -> None:
+    """Refuse a message of more than `limit` JSON values outside its ``@context``s
+    (`DspFormError` at the top-level key where the count passed it), before pyld sees it.
+
+    Counted by value, not by byte: pyld's work is per value, and a byte limit does not
+    bound it: an honest request of 1,024 orders is ~18 KB with ids of the form
+    ``PO-2026-0001`` and ~45 KB with 40-character ids, and 45 KB hold 11,000
+    one-character values. Every key counts, whatever it is called: a peer's inline
+    context may alias any term (``"o": "dspace:offer"``), so the policy is not found by
+    its key."""
+    count = 0
+    for key, top in body.items():
+        if key == "@context":
+            continue
+        stack: list[Any] = [top]
+        while stack:
+            value = stack.pop()
+            count += 1
+            if count > limit:
+                raise DspFormError(
+                    f"$.{str(key)[:40]}",
+                    f"a DSP message carries at most {limit} JSON values besides its "
+                    f"@context (a policy of up to {MAX_RIGHT_VALUES} values in a constraint, "
+                    "and the message's own): ask for fewer orders at a time",
+                )
+            if isinstance(value, Mapping):
+                stack.extend(v for k, v in value.items() if k != "@context")
+            elif isinstance(value, list):
+                stack.extend(value)
 
 
 def _no_multiple_nodes(document: Any) -> None:
@@ -105,6 +151,7 @@ def normalise(body: Any, kind: str) -> dict[str, Any]:
     _compact_type(body, kind)
     try:
         check_bounds(body, max_objects=MAX_MESSAGE_OBJECTS)
+        check_values(body)
         check_contexts(body)
         _no_multiple_nodes(body)
         expanded = expand(body, None)

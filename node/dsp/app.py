@@ -11,6 +11,13 @@ consumer's callbacks: a pid names our process and our role in it.
 A process that is not the caller's is "not found" (404), exactly as one that does not
 exist. Errors are DSP error bodies with the status of the node's fault table
 (`node.faults`: a bad ID token 401, a body over `MAX_BODY` 413, before any parsing).
+
+These routes share the event loop with the node's gRPC calls, so nothing that costs
+more than a dictionary look-up runs on it: decoding a large body, reading a message
+(pyld), reading its policy (pyld again), every database read and write and the runtime's
+move run in worker threads (`run_in_threadpool`), and a message's size is bounded by the
+count of its values before any of it (`connector.dsp_jsonld.check_values`). The catalog's
+datasets are built once per catalog generation (`node.dsp.catalog`).
 """
 
 from __future__ import annotations
@@ -30,10 +37,11 @@ from qdspace.connector import dsp_negotiation as wire
 from qdspace.connector.contract_errors import UnknownContractError
 from qdspace.connector.contract_store import DspProcess, OutboxMessage
 from qdspace.connector.errors import ConnectorError
-from qdspace.connector.negotiation import Negotiation, NegotiationMessage, Role
+from qdspace.connector.negotiation import ContractRequest, Negotiation, NegotiationMessage, Role
 from qdspace.node.dsp.auth import bearer, peer_of, verify_token
 from qdspace.node.dsp.callbacks import CallbackCheck
 from qdspace.node.dsp.caps import drain_body, error_kind
+from qdspace.node.dsp.catalog import DspCatalog
 from qdspace.node.dsp.client import outbox_message
 from qdspace.node.errors import NodeError
 from qdspace.node.faults import http_status
@@ -48,8 +56,26 @@ from qdspace.util.numbers import decimal
 
 logger = logging.getLogger("node.dsp")
 
+#: one limit for every DSP route (256 KiB). Not a smaller one for the negotiation routes
+#: to bound the policy a message carries: what pyld costs is per value, not per byte. A
+#: body limit that admits an honest request of 1,024 orders with 40-character ids
+#: (~45 KB) admits 11,000 one-character values, 5x the values that request has. The
+#: values are counted instead (`connector.dsp_jsonld.MAX_MESSAGE_VALUES`, before pyld).
 MAX_BODY = MAX_DOCUMENT_BYTES
+#: a body up to this size is decoded on the event loop (~15 us for a small message);
+#: a larger one in a worker thread (decoding 188 KB with its bounds checks: ~25 ms)
+INLINE_DECODE_BYTES = 16 * 1024
 NEG = "negotiation"
+
+
+@dataclass(frozen=True)
+class Opening:
+    """A consumer's ContractRequestMessage read: the process it opens (our `pid`)."""
+
+    pid: str
+    consumer_pid: str
+    callback: str
+    message: ContractRequest
 
 
 class BodyTooLarge(ValueError):
@@ -120,7 +146,9 @@ async def body_of(request: Request) -> Any:
         data += chunk
         if len(data) > MAX_BODY:
             raise BodyTooLarge(f"body is over {MAX_BODY} bytes")
-    return decode(bytes(data))
+    if len(data) <= INLINE_DECODE_BYTES:
+        return decode(bytes(data))
+    return await run_in_threadpool(decode, bytes(data))
 
 
 def _printable(value: str) -> bool:
@@ -193,29 +221,18 @@ def create_dsp_app(binding: DspBinding, routers: Sequence[APIRouter] = ()) -> Fa
 
     # ------------------------------------------------------------ catalog
 
-    def datasets(peer: MemberIdentity) -> list[dict[str, Any]]:
-        out = []
-        for entry in runtime.catalog(peer.role):
-            if not binding.access.visible(entry.asset_id, peer):
-                continue
-            asset = runtime.asset_for(entry.asset_id, peer.role)
-            out.append(codec.dataset(asset.asset_id, [asset.offer], asset.title, binding.base_url))
-        return out
+    catalog = DspCatalog(runtime, binding.access, binding.base_url)
 
     @app.post("/catalog/request")
-    async def catalog_request(request: Request) -> dict[str, Any]:
+    async def catalog_request(request: Request) -> Response:
         peer = caller(request)
         await run_in_threadpool(codec.read_message, await body_of(request), "CatalogRequestMessage")
-        return codec.catalog(binding.me, datasets(peer), binding.base_url)
+        return Response(await catalog.catalog(peer), media_type="application/json")
 
     @app.get("/catalog/datasets/{pid}")
-    async def dataset(pid: str, request: Request) -> dict[str, Any]:
-        peer = caller(request)
-        binding.access.check(pid, peer)
-        for item in datasets(peer):
-            if item["@id"] == pid:
-                return codec.dataset_response(item)
-        raise UnknownContractError(f"no dataset {pid[:128]} here")
+    async def dataset(pid: str, request: Request) -> JSONResponse:
+        item = await catalog.dataset(pid, caller(request))
+        return JSONResponse(codec.dataset_response(item))
 
     # -------------------------------------------------------- negotiation
 
@@ -233,12 +250,10 @@ def create_dsp_app(binding: DspBinding, routers: Sequence[APIRouter] = ()) -> Fa
             runtime.handle_negotiation, peer, message, deliver=binding.deliver(row), signed=False
         )
 
-    @app.post("/negotiations/request", status_code=201)
-    async def negotiation_request(request: Request) -> dict[str, Any]:
-        peer = caller(request)
-        body = await run_in_threadpool(
-            codec.read_message, await body_of(request), "ContractRequestMessage"
-        )
+    def read_request(data: Any, peer: MemberIdentity) -> Opening | dict[str, Any]:
+        """A ContractRequestMessage read (pyld, twice): the process it opens, or the state
+        of the one it opened already (a retry). Blocking."""
+        body = codec.read_message(data, "ContractRequestMessage")
         consumer_pid = codec.text(body, "consumerPid")
         callback = codec.callback(body, required=True)
         if body.get("providerPid") is not None:
@@ -250,6 +265,17 @@ def create_dsp_app(binding: DspBinding, routers: Sequence[APIRouter] = ()) -> Fa
             return state(existing)
         pid = f"urn:uuid:{uuid.uuid4()}"
         message = wire.request_in(body, pid, peer.member_id, runtime.clock.now())
+        return Opening(pid, consumer_pid, callback, message)
+
+    @app.post("/negotiations/request", status_code=201)
+    async def negotiation_request(request: Request) -> dict[str, Any]:
+        peer = caller(request)
+        data = await body_of(request)
+        opening = await run_in_threadpool(read_request, data, peer)
+        if isinstance(opening, dict):
+            return opening
+        pid, consumer_pid, callback = opening.pid, opening.consumer_pid, opening.callback
+        message = opening.message
         binding.access.check(message.offer.target, peer)
         binding.callbacks.check(callback, peer)
         row = DspProcess(NEG, pid, Role.PROVIDER.value, peer.member_id, pid, callback, consumer_pid)
@@ -267,7 +293,8 @@ def create_dsp_app(binding: DspBinding, routers: Sequence[APIRouter] = ()) -> Fa
 
     @app.get("/negotiations/{pid}")
     async def negotiation_get(pid: str, request: Request) -> dict[str, Any]:
-        return state(owned(NEG, pid, caller(request)))
+        peer = caller(request)
+        return await run_in_threadpool(lambda: state(owned(NEG, pid, peer)))
 
     async def negotiation_message(
         request: Request,
@@ -276,32 +303,41 @@ def create_dsp_app(binding: DspBinding, routers: Sequence[APIRouter] = ()) -> Fa
         build: Callable[[Any, DspProcess, MemberIdentity, Negotiation], NegotiationMessage],
     ) -> Response:
         peer = caller(request)
-        row = owned(NEG, pid, peer)
-        body = await run_in_threadpool(codec.read_message, await body_of(request), kind)
-        own, theirs = (
-            ("providerPid", "consumerPid")
-            if row.role == "provider"
-            else ("consumerPid", "providerPid")
-        )
-        if codec.text(body, own) != row.own_pid:
-            raise codec.DspMessageError(f"$.{own}", "does not match the process addressed")
-        their_pid = codec.text(body, theirs)
-        if row.peer_pid is None:
-            await run_in_threadpool(store.dsp.set_peer_pid, NEG, row.local_id, their_pid)
-        elif their_pid != row.peer_pid:
-            raise codec.DspMessageError(f"$.{theirs}", "does not match the process addressed")
-        n = store.load_negotiation(row.local_id)
-        message = build(body, row, peer, n)
-        if any(mid == message.message_id for mid, _ in n.seen):
-            return Response(status_code=200)  # a retry of a message already applied
-        if row.role == Role.PROVIDER.value:
-            await provider_move(peer, message, row)
-        else:
-            asked = parse_policy(row.asked_json) if row.asked_json else n.offer
-            await run_in_threadpool(
-                runtime.handle_provider_message, peer, message, asked, binding.deliver(row)
+        # the process first (a database read, off the loop): a pid not the caller's is a
+        # 404 before its body is read
+        row = await run_in_threadpool(owned, NEG, pid, peer)
+        data = await body_of(request)
+
+        def apply() -> bool:
+            """Read the message (pyld), load the process and move it. Blocking; False
+            for a retry of a message already applied."""
+            body = codec.read_message(data, kind)
+            own, theirs = (
+                ("providerPid", "consumerPid")
+                if row.role == "provider"
+                else ("consumerPid", "providerPid")
             )
-        binding.kick()
+            if codec.text(body, own) != row.own_pid:
+                raise codec.DspMessageError(f"$.{own}", "does not match the process addressed")
+            their_pid = codec.text(body, theirs)
+            if row.peer_pid is None:
+                store.dsp.set_peer_pid(NEG, row.local_id, their_pid)
+            elif their_pid != row.peer_pid:
+                raise codec.DspMessageError(f"$.{theirs}", "does not match the process addressed")
+            n = store.load_negotiation(row.local_id)
+            message = build(body, row, peer, n)
+            if any(mid == message.message_id for mid, _ in n.seen):
+                return False
+            if row.role == Role.PROVIDER.value:  # as `provider_move`, in this thread
+                deliver = binding.deliver(row)
+                runtime.handle_negotiation(peer, message, deliver=deliver, signed=False)
+            else:
+                asked = parse_policy(row.asked_json) if row.asked_json else n.offer
+                runtime.handle_provider_message(peer, message, asked, binding.deliver(row))
+            return True
+
+        if await run_in_threadpool(apply):
+            binding.kick()
         return Response(status_code=200)
 
     def now_for(n: Negotiation) -> Any:
