@@ -16,6 +16,8 @@ from qdspace.federation.params import encoded_size, params_to_bytes
 from qdspace.federation.round_status import Phase
 from qdspace.federation.versions import LEDGER_KIND, verify_version
 
+from .conftest import logreg_job
+
 SHAPES = logreg.model_shapes(4, 2)
 MEMBERS = ("cellex", "polycell")
 KEY = SigningKey(bytes(range(32)))
@@ -23,18 +25,7 @@ INITIAL = logreg.init_params(4, 2)
 
 
 def job(**overrides: object) -> JobSpec:
-    terms: dict[str, object] = {
-        "job_id": "el-1",
-        "coordinator": "sunarc",
-        "model": "logreg",
-        "shapes": SHAPES,
-        "rounds": 2,
-        "min_members": 2,
-        "members": MEMBERS,
-        "phase_timeout_s": 10.0,
-    }
-    terms.update(overrides)
-    return JobSpec(**terms)  # type: ignore[arg-type]
+    return logreg_job(SHAPES, MEMBERS, **overrides)
 
 
 def trained(value: float) -> bytes:

@@ -44,23 +44,14 @@ from qdspace.node.errors import PeerError
 from qdspace.node.rpc.federation_client import FederationClient
 from qdspace.protocols.v1 import federation_pb2 as pb
 
+from .conftest import logreg_job
+
 SHAPES = logreg.model_shapes(500, 2)
 MEMBERS = ("cellex", "polycell", "sunarc")
 
 
 def job(**overrides: object) -> JobSpec:
-    terms: dict[str, object] = {
-        "job_id": "el-1",
-        "coordinator": "sunarc",
-        "model": "logreg",
-        "shapes": SHAPES,
-        "rounds": 2,
-        "min_members": 2,
-        "members": MEMBERS,
-        "phase_timeout_s": 10.0,
-    }
-    terms.update(overrides)
-    return JobSpec(**terms)  # type: ignore[arg-type]
+    return logreg_job(SHAPES, MEMBERS, **overrides)
 
 
 def crafted(header: bytes, body_bytes: int, total: int) -> bytes:

@@ -46,7 +46,7 @@ from qdspace.node.runtime.contracts_clock import ContractClock
 from qdspace.policies.model import to_agreement
 from qdspace.protocols.v1 import transfer_pb2
 
-from .conftest import seeded_member
+from .conftest import Aborted, AbortingContext, seeded_member
 
 ORDER = "PO-1"
 NOW = dt.datetime.now(dt.UTC)
@@ -141,22 +141,11 @@ def provider_at(
         yield make
 
 
-class _Aborted(Exception):
-    def __init__(self, code: grpc.StatusCode, reason: str) -> None:
-        super().__init__(reason)
-        self.code = code
-
-
-class _Context:
-    async def abort(self, code: grpc.StatusCode, reason: str) -> None:
-        raise _Aborted(code, reason)
-
-
 def _servicer_pull(p: Provider, tid: str, resume: Checkpoint) -> AsyncIterator[bytes]:
     auth._CURRENT_PEER.set(auth.Peer(p.consumer, "ipv4:10.0.0.9:1"))
     wire = pull_request_to_proto(PullRequest(tid, resume, 10)).SerializeToString()
     request = transfer_pb2.PullRequest.FromString(wire)
-    return TransferServicer(p.rt, NodeMetrics()).Pull(request, _Context())  # type: ignore[arg-type]
+    return TransferServicer(p.rt, NodeMetrics()).Pull(request, AbortingContext())  # type: ignore[arg-type]
 
 
 # ---------------------------------------------------------------- F1: the gate re-checked
@@ -175,7 +164,7 @@ def test_an_open_pull_stops_releasing_once_the_agreement_is_terminated(
     p = provider_at(40)
     process = p.open()
 
-    async def run() -> tuple[list[bytes], _Aborted | None]:
+    async def run() -> tuple[list[bytes], Aborted | None]:
         stream = _servicer_pull(p, process.transfer_id, process.checkpoint)
         first = transfer_pb2.RowBatch.FromString(await anext(stream))
         assert first.row_count == 10 and b"INS-000000" in first.payload
@@ -188,7 +177,7 @@ def test_an_open_pull_stops_releasing_once_the_agreement_is_terminated(
                 batch = transfer_pb2.RowBatch.FromString(wire)
                 after += batch.payload.split(b"\n") if batch.row_count else []
                 await asyncio.sleep(0.3)  # a slow consumer
-        except _Aborted as exc:
+        except Aborted as exc:
             return after, exc
         return after, None
 

@@ -52,7 +52,7 @@ from qdspace.node.runtime.trace_producer import TRACE_BURST, TraceQuestion, Trac
 from qdspace.policies.model import Action, OfferTerms, make_offer, to_agreement
 from qdspace.protocols.v1 import trace_pb2
 
-from .conftest import seeded_member
+from .conftest import Aborted, AbortingContext, seeded_member
 
 NOW = dt.datetime.now(dt.UTC)
 #: the orders the agreement names (PO-X, sunarc's too, is outside it)
@@ -344,20 +344,6 @@ def test_a_refused_question_costs_its_token_a_malformed_one_does_not(provider: P
 # ---------------------------------------------------------------- off the event loop
 
 
-class _Aborted(Exception):
-    def __init__(self, code: grpc.StatusCode, reason: str) -> None:
-        super().__init__(reason)
-        self.code = code
-
-
-class _Context:
-    async def abort(self, code: grpc.StatusCode, reason: str) -> None:
-        raise _Aborted(code, reason)
-
-    def time_remaining(self) -> float:
-        return 5.0
-
-
 def _threads(monkeypatch: pytest.MonkeyPatch, module: Any, name: str) -> list[threading.Thread]:
     """Patch `module.name` to note the thread each call runs in."""
     seen: list[threading.Thread] = []
@@ -382,7 +368,7 @@ def test_the_servicer_reads_and_encodes_in_a_worker_thread(
     encodes = _threads(monkeypatch, trace_service, "answer_to_proto")
     agreements = _threads(monkeypatch, p.room, "own_agreement")
     servicer = TraceServicer(p.qdm, p.room)
-    context: Any = _Context()
+    context: Any = AbortingContext()
 
     async def serve() -> tuple[threading.Thread, list[Any]]:
         auth._CURRENT_PEER.set(auth.Peer(p.sunarc, "ipv4:10.0.0.9:1"))
@@ -392,7 +378,7 @@ def test_the_servicer_reads_and_encodes_in_a_worker_thread(
                 got.append(
                     await servicer.Upstream(trace_pb2.UpstreamRequest(batch_id=batch_id), context)
                 )
-            except _Aborted as exc:
+            except Aborted as exc:
                 got.append((exc.code, str(exc)))
         request = trace_pb2.InvestigateRequest(agreement_id=p.agreement_id, batch_ids=["B-1a"])
         got.append(await servicer.Investigate(request, context))
@@ -421,10 +407,10 @@ def test_a_question_over_the_batch_limit_is_refused_on_its_count(
 
     async def serve() -> None:
         auth._CURRENT_PEER.set(auth.Peer(p.sunarc, "ipv4:10.0.0.9:1"))
-        context: Any = _Context()
+        context: Any = AbortingContext()
         await servicer.Investigate(request, context)
 
-    with pytest.raises(_Aborted) as refused:
+    with pytest.raises(Aborted) as refused:
         asyncio.run(serve())
     assert refused.value.code is grpc.StatusCode.INVALID_ARGUMENT
     assert "at most 500 batches" in str(refused.value)
