@@ -49,6 +49,7 @@ from qdspace.node.dsp.transfer_process import KINDS, agreed_scope, pids
 from qdspace.node.identity.certs import MemberIdentity
 from qdspace.node.rpc.auth import PeerAuthenticator
 from qdspace.node.rpc.contracts_transfer_serde import PullRequest
+from qdspace.node.runtime.contracts_base import GateRecheck
 from qdspace.util.numbers import decimal
 
 logger = logging.getLogger("node.dsp")
@@ -246,13 +247,11 @@ def transfer_router(
         async def events() -> AsyncIterator[bytes]:
             nonlocal gate, position
             yield HEARTBEAT
-            checked = beat = time.monotonic()
+            recheck, beat = GateRecheck(runtime.store, RECHECK_S), time.monotonic()
             watch = runtime.new_inspections
             seen = watch.generation if watch is not None else 0
-            ended = runtime.store.terminations
             while not stopping.is_set():
-                if time.monotonic() - checked > RECHECK_S or runtime.store.terminations != ended:
-                    ended = runtime.store.terminations
+                if recheck.due():
                     try:
                         await run_in_threadpool(current, row, claims)
                         stored = await run_in_threadpool(
@@ -262,7 +261,7 @@ def transfer_router(
                     except (DataTokenError, ContractError) as exc:
                         logger.info("DSP live %s stopped: %s", row.own_pid, exc)
                         return
-                    checked = time.monotonic()
+                    recheck.rebuilt()
                 rows, positions, position = await run_in_threadpool(
                     runtime.stream_page, gate, position
                 )

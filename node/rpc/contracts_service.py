@@ -44,6 +44,7 @@ from qdspace.node.rpc.contracts_transfer_serde import (
     transfer_message_from_proto,
 )
 from qdspace.node.runtime.contracts import ContractRuntime
+from qdspace.node.runtime.contracts_base import GateRecheck
 from qdspace.node.runtime.table_watch import FALLBACK_POLL_S
 from qdspace.policies.errors import PolicyError
 from qdspace.protocols.v1 import (
@@ -301,20 +302,17 @@ class SubscriptionServicer(subscription_pb2_grpc.SubscriptionServicer):
                 stream = stream_request_from_proto(request)
                 # (the agreement, its closures, the consumer's orders: reads of the database)
                 gate, position = await asyncio.to_thread(rt.open_stream, peer, stream)
-                checked = beat = time.monotonic()
+                recheck, beat = GateRecheck(rt.store, RECHECK_S), time.monotonic()
                 yield _heartbeat(stream.subscription_id, datetime.now(UTC), position)
                 watch = rt.new_inspections
                 seen = watch.generation if watch is not None else 0
-                ended = rt.store.terminations
                 while True:
-                    # terminated or expired since? (at once after a termination here)
-                    if time.monotonic() - checked > RECHECK_S or rt.store.terminations != ended:
-                        ended = rt.store.terminations
+                    if recheck.due():  # terminated or expired since?
                         stored = await asyncio.to_thread(
                             rt.provider_agreement, stream.agreement_id, peer
                         )
                         gate = await asyncio.to_thread(rt.stream_gate, stored, stream)
-                        checked = time.monotonic()
+                        recheck.rebuilt()
                     # the database is read in a worker thread, never on the event loop
                     rows, positions, position = await asyncio.to_thread(
                         rt.stream_page, gate, position

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections import deque
 from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
@@ -97,6 +98,33 @@ class RecentActs:
                 times.popleft()
             check(len(times))
             times.append(now)
+
+
+class GateRecheck:
+    """When a stream releasing rows under an agreement (a pull, a live subscription, a DSP
+    live stream) must build its gate again: every `every_s` seconds (an expiry, an order
+    closed or no longer the consumer's), and at once after a termination made in this
+    process (`ContractStore.terminations`), so that nothing more than the batch in hand
+    leaves after it."""
+
+    def __init__(self, store: ContractStore, every_s: float) -> None:
+        self._store = store
+        self._every_s = every_s
+        self._at = time.monotonic()
+        self._ended = store.terminations
+
+    def due(self) -> bool:
+        """Whether the gate is to be built again now (the terminations seen are taken
+        as checked: call `rebuilt` once it is)."""
+        ended = self._store.terminations
+        if time.monotonic() - self._at < self._every_s and ended == self._ended:
+            return False
+        self._ended = ended
+        return True
+
+    def rebuilt(self) -> None:
+        """The gate was built again: the next check is `every_s` from now."""
+        self._at = time.monotonic()
 
 
 class ReceivedRoom(Protocol):

@@ -13,7 +13,6 @@ inspections after a position (`STREAM_PAGE` rows at a time).
 from __future__ import annotations
 
 import logging
-import time
 import uuid
 from collections.abc import Iterator
 
@@ -53,7 +52,12 @@ from qdspace.connector.transfer_wire import BatchRow, RowBatch
 from qdspace.node.identity.certs import MemberIdentity
 from qdspace.node.member_ids import peer_name
 from qdspace.node.rpc.contracts_transfer_serde import PullRequest
-from qdspace.node.runtime.contracts_base import QUOTA_WINDOW, ContractBase, over_quota
+from qdspace.node.runtime.contracts_base import (
+    QUOTA_WINDOW,
+    ContractBase,
+    GateRecheck,
+    over_quota,
+)
 from qdspace.policies.evaluate import Request
 from qdspace.policies.model import Action
 
@@ -251,18 +255,15 @@ class ProviderTransfers(ContractBase):
         resent = ResentRows(own, process, save, 2 * batch_rows)
         if resent.restart:
             self.charge_reread(peer)
-        saved, checked = own, time.monotonic()
-        ended = self.store.terminations
+        saved, recheck = own, GateRecheck(self.store, recheck_s)
         batches = stream_batches(process, self.qdm, gate, batch_rows=batch_rows)
         try:
             while True:
-                # still allowed? (every recheck_s; at once after a termination here)
-                if time.monotonic() - checked >= recheck_s or self.store.terminations != ended:
-                    ended = self.store.terminations
+                if recheck.due():  # still allowed?
                     batches.close()
                     gate = self._pull_gate(peer, process)
                     batches = stream_batches(process, self.qdm, gate, batch_rows=batch_rows)
-                    checked = time.monotonic()
+                    recheck.rebuilt()
                 step = next(batches, None)
                 if step is None:
                     return
