@@ -96,6 +96,18 @@ def _bind(connection: Connection, table: Table, name: str, value: Any) -> Any:
     return processor(value) if processor is not None else value
 
 
+def _bound(
+    connection: Connection,
+    table: Table,
+    row: Mapping[str, Any],
+    content: Sequence[str],
+    keys: Sequence[str],
+) -> tuple[list[Any], list[Any]]:
+    """A row's content values and natural key, each bound as its column binds it."""
+    values = [_bind(connection, table, c, row.get(c)) for c in content]
+    return values, [_bind(connection, table, k, row[k]) for k in keys]
+
+
 #: the advisory lock every QDM writer holds on PostgreSQL (see the module docstring)
 QDM_WRITE_LOCK = 0x7164_6D5F_7772  # "qdm_wr"
 
@@ -126,8 +138,8 @@ def correct_rows(connection: Connection, kind: str, rows: Sequence[Mapping[str, 
     )
     params = []
     for row in rows:
-        values = [_bind(connection, table, c, row.get(c)) for c in content]
-        params.append((*values, *(_bind(connection, table, k, row[k]) for k in keys), *values))
+        values, key = _bound(connection, table, row, content, keys)
+        params.append((*values, *key, *values))
     changed_rows = int(connection.exec_driver_sql(sql, params).rowcount)
     count_rewrites(connection, kind, changed_rows)
     return changed_rows
@@ -154,9 +166,8 @@ def conflicts(
     )
     found: list[tuple[int, str]] = []
     for index, row in enumerate(rows):
-        values = [_bind(connection, table, c, row.get(c)) for c in content]
-        params = (*values, *(_bind(connection, table, k, row[k]) for k in keys))
-        column = connection.exec_driver_sql(sql, params).scalar_one_or_none()
+        values, key = _bound(connection, table, row, content, keys)
+        column = connection.exec_driver_sql(sql, (*values, *key)).scalar_one_or_none()
         if column is not None:
             found.append((index, str(column)))
     return found
