@@ -241,14 +241,10 @@ def create_dsp_app(binding: DspBinding, routers: Sequence[APIRouter] = ()) -> Fa
         pids = binding.pids(row)
         return codec.negotiation(pids.provider, pids.consumer, n.state.value)
 
-    async def provider_move(
-        peer: MemberIdentity, message: NegotiationMessage, row: DspProcess
-    ) -> None:
+    def provider_move(peer: MemberIdentity, message: NegotiationMessage, row: DspProcess) -> None:
         """The provider decides a consumer's message (unsigned: the DSP form), its answer
-        queued for the consumer's callback in the same commit."""
-        await run_in_threadpool(
-            runtime.handle_negotiation, peer, message, deliver=binding.deliver(row), signed=False
-        )
+        queued for the consumer's callback in the same commit. Blocking."""
+        runtime.handle_negotiation(peer, message, deliver=binding.deliver(row), signed=False)
 
     def read_request(data: Any, peer: MemberIdentity) -> Opening | dict[str, Any]:
         """A ContractRequestMessage read (pyld, twice): the process it opens, or the state
@@ -283,7 +279,7 @@ def create_dsp_app(binding: DspBinding, routers: Sequence[APIRouter] = ()) -> Fa
         # loop: it may wait for the database's write lock
         await run_in_threadpool(store.dsp.bind, row)
         try:
-            await provider_move(peer, message, row)
+            await run_in_threadpool(provider_move, peer, message, row)
         except Exception:  # refused (or failed) before a negotiation was opened
             if await run_in_threadpool(store.find_negotiation, pid) is None:
                 await run_in_threadpool(store.dsp.unbind, NEG, pid)
@@ -328,9 +324,8 @@ def create_dsp_app(binding: DspBinding, routers: Sequence[APIRouter] = ()) -> Fa
             message = build(body, row, peer, n)
             if any(mid == message.message_id for mid, _ in n.seen):
                 return False
-            if row.role == Role.PROVIDER.value:  # as `provider_move`, in this thread
-                deliver = binding.deliver(row)
-                runtime.handle_negotiation(peer, message, deliver=deliver, signed=False)
+            if row.role == Role.PROVIDER.value:
+                provider_move(peer, message, row)
             else:
                 asked = parse_policy(row.asked_json) if row.asked_json else n.offer
                 runtime.handle_provider_message(peer, message, asked, binding.deliver(row))
