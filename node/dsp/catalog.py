@@ -18,11 +18,11 @@ is never shown a dataset by the cache that its view does not list.
 
 from __future__ import annotations
 
-import json
 import threading
 from typing import Any
 
 from starlette.concurrency import run_in_threadpool
+from starlette.responses import JSONResponse
 
 from qdspace.connector import dsp_codec as codec
 from qdspace.connector.contract_errors import UnknownContractError
@@ -36,9 +36,8 @@ MAX_VIEWS = 64
 
 
 def render(content: Any) -> bytes:
-    """JSON as the routes answer it (Starlette's `JSONResponse.render`)."""
-    text = json.dumps(content, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
-    return text.encode("utf-8")
+    """JSON as the routes answer it (Starlette's `JSONResponse`), kept as bytes."""
+    return bytes(JSONResponse(content).body)
 
 
 class DspCatalog:
