@@ -114,12 +114,18 @@ def check_id(value: str, what: str) -> str:
     return value
 
 
+def check_batch_count(count: int) -> None:
+    """A question names 1..MAX_BATCHES batch ids (checked on a count, before a peer's
+    list of them is decoded)."""
+    if not count:
+        raise TraceError("a trace question names at least one batch")
+    if count > MAX_BATCHES:
+        raise TraceError(f"a trace question names at most {MAX_BATCHES} batches")
+
+
 def check_batch_ids(batch_ids: list[str]) -> frozenset[str]:
     """The batch ids of a question: 1..MAX_BATCHES valid ids (duplicates folded)."""
-    if not batch_ids:
-        raise TraceError("a trace question names at least one batch")
-    if len(batch_ids) > MAX_BATCHES:
-        raise TraceError(f"a trace question names at most {MAX_BATCHES} batches")
+    check_batch_count(len(batch_ids))
     return frozenset(check_id(b, "batch id") for b in batch_ids)
 
 

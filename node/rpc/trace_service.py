@@ -30,7 +30,7 @@ from qdspace.connector.genealogy import (
     upstream,
 )
 from qdspace.connector.storage import QualityStore
-from qdspace.connector.trace import MAX_BATCHES, TraceError
+from qdspace.connector.trace import check_batch_count
 from qdspace.node.errors import LimitExceeded
 from qdspace.node.rpc.auth import current_peer
 from qdspace.node.rpc.codes import status_code
@@ -86,8 +86,7 @@ class TraceServicer(trace_pb2_grpc.TraceServicer):
             await context.abort(grpc.StatusCode.UNIMPLEMENTED, "this node answers no traces")
         assert self._room is not None
         try:
-            if len(request.batch_ids) > MAX_BATCHES:  # (`check_batch_ids`'s words)
-                raise TraceError(f"a trace question names at most {MAX_BATCHES} batches")
+            check_batch_count(len(request.batch_ids))  # before a list of them is made
             question = question_from_proto(request)
             answer = await self._room.answer(peer.identity, question, context.time_remaining())
         except (ConnectorError, LimitExceeded) as exc:  # (a customer asking too often)
