@@ -37,7 +37,8 @@ MAX_SIDE = 4096
 FRAME_DTYPE = np.uint8
 #: a frame file's size cap: a 4096 x 4096 frame at 4 bytes a pixel, uncompressed
 MAX_FRAME_BYTES = 64 << 20
-#: what Pillow may open a frame file as (the formats of ``sources.IMAGE_SUFFIXES``)
+#: what Pillow may open a frame file, or an own training image, as (the formats of
+#: ``sources.IMAGE_SUFFIXES``; `inference.image_folder` opens the same)
 FRAME_FORMATS = ("PNG", "JPEG", "BMP", "TIFF")
 
 Frame = NDArray[np.uint8]

@@ -37,7 +37,7 @@ from PIL import Image, ImageMode, UnidentifiedImageError
 
 from qdspace.inference.dataset import DECODE_THREADS, ElImages
 from qdspace.inference.errors import DatasetError
-from qdspace.inference.frames import read_bounded, resize_frame
+from qdspace.inference.frames import FRAME_FORMATS, read_bounded, resize_frame
 from qdspace.inference.labels import LabelRow, LabelRule, parse_labels
 
 MAX_LABELS_BYTES = 32 << 20
@@ -48,7 +48,6 @@ MAX_PIXELS = 64_000_000
 MAX_DECODED_BYTES = 3 * MAX_PIXELS
 #: rows of a 16/32-bit image brought to 8 bits at a time
 CONVERT_ROWS = 256
-IMAGE_FORMATS = ("PNG", "JPEG", "BMP", "TIFF")
 SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N")
 OWN_CELL_TYPE = "own"
 
@@ -147,7 +146,7 @@ def decode_image(path: Path, where: str, size: int) -> tuple[NDArray[np.uint8], 
     except OSError as exc:
         raise DatasetError(f"{where}: cannot read ({exc.strerror or exc})") from None
     try:
-        with Image.open(io.BytesIO(data), formats=IMAGE_FORMATS) as image:
+        with Image.open(io.BytesIO(data), formats=FRAME_FORMATS) as image:
             width, height = image.size
             if width * height > MAX_PIXELS or min(width, height) < 1:
                 raise DatasetError(f"{where}: {width}x{height} pixels; at most {MAX_PIXELS:,}")
