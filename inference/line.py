@@ -33,6 +33,7 @@ import asyncio
 import enum
 import gc
 import logging
+import math
 import queue
 import threading
 import time
@@ -112,6 +113,12 @@ class StationSpec:
     fps: float
     order_id: str | None = None
     batch_id: str | None = None
+
+    def __post_init__(self) -> None:
+        if not (math.isfinite(self.fps) and self.fps > 0):
+            raise InferenceError(
+                f"station {self.name}: fps must be a positive number, not {self.fps}"
+            )
 
 
 @dataclass(frozen=True)
@@ -236,6 +243,8 @@ class InspectionLine:
         self._ended = threading.Event()
         self._error: BaseException | None = None
         self._failed_station: str | None = None
+        self._failed_stations: set[str | None] = set()
+        self._failed_lock = threading.Lock()
         self._frozen = False
 
     def start(self) -> None:
@@ -316,14 +325,23 @@ class InspectionLine:
             self._ended.set()
 
     def _failed(self, station: str | None, exc: BaseException) -> None:
-        """A station (``None``: the loop of all) failed: alarm, and stop the line."""
+        """A station (``None``: the loop of all) failed: alarm, and stop the line.
+
+        A station fails once: frames it had in flight may fail the same way before they
+        see the stop (a listener that raises on every alarm), and one station stopping the
+        line is one ``station_failed`` alarm, not one per frame."""
+        self._stopping.set()
+        self._ended.set()
+        with self._failed_lock:
+            if station in self._failed_stations:
+                logger.debug("inference.line: %s failed again while stopping: %r", station, exc)
+                return
+            self._failed_stations.add(station)
+            if self._error is None:
+                self._error, self._failed_station = exc, station
         logger.error(
             "inference.line: station loop failed at %s", station or "the loop", exc_info=exc
         )
-        if self._error is None:
-            self._error, self._failed_station = exc, station
-        self._stopping.set()
-        self._ended.set()
         try:
             self.alarms.raise_alarm(
                 kinds.STATION_FAILED, station, f"the line stops: {type(exc).__name__}: {exc}"
@@ -402,6 +420,12 @@ class InspectionLine:
                 self.stats.count(spec.name, "late_ticks")
                 next_tick = now
             next_tick += period
+            if reader is None:
+                # a read from memory never waits: without this a station behind its ticks
+                # would take frames without ever letting the ones in flight be judged
+                await asyncio.sleep(0)
+                if self._stopping.is_set():
+                    break
             item = await self._read(spec, reader)
             if item is _NoFrame.SKIP:
                 continue

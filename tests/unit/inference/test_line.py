@@ -14,6 +14,7 @@ from PIL import Image
 
 from qdspace.connector.storage import open_store
 from qdspace.inference import alarms as kinds
+from qdspace.inference.errors import InferenceError
 from qdspace.inference.frames import image_sha256
 from qdspace.inference.line import InspectionLine, LineConfig, LocalJudge, StationSpec
 from qdspace.inference.model import OnnxClassifier
@@ -362,3 +363,35 @@ def test_the_mes_context_fills_what_the_frames_do_not_say(
         "y0": (None, None, "B-DEF"),
         "y1": (None, None, "B-DEF"),
     }
+
+
+def test_a_station_faster_than_the_loop_still_lets_its_frames_be_judged(
+    model_bytes: tuple[bytes, bytes],
+) -> None:
+    """A memory station asked for more frames than the loop can take never waits for a
+    tick: its frames in flight must still be judged while it runs, not only at stop."""
+    frames = ArrayFrames(_frames(4), [f"f{i}" for i in range(4)], loop=True)
+    line = InspectionLine(
+        LocalJudge(OnnxClassifier(model_bytes[0], device="cpu")),
+        ListSink(),
+        [StationSpec("el-1", frames, 1e9)],
+        LineConfig(run_id="fast", freeze_gc=False),
+    )
+    line.start()
+    try:
+        judged = 0
+        for _ in range(200):
+            judged = line.snapshot().judged_latency.count
+            if judged:
+                break
+            threading.Event().wait(0.05)
+    finally:
+        final = line.stop()
+    assert judged > 0, "no frame was judged while the station ran"
+    assert final.stored == final.judged_latency.count > 0
+
+
+@pytest.mark.parametrize("fps", [0.0, -1.0, float("nan"), float("inf")])
+def test_a_station_needs_a_positive_finite_rate(fps: float) -> None:
+    with pytest.raises(InferenceError, match=r"station el-1: fps must be a positive number"):
+        StationSpec("el-1", _source(1), fps)

@@ -254,3 +254,31 @@ def test_a_failing_station_is_alarmed_and_ends_the_line(
     assert isinstance(caught.value.__cause__, ConnectionError)
     failed = [a for a in line.alarms.recent() if a.kind == kinds.STATION_FAILED]
     assert [(a.station, "alarm relay unreachable" in a.message) for a in failed] == [("el-1", True)]
+
+
+def test_a_station_fails_once_though_its_frames_in_flight_fail_too(
+    model_bytes: tuple[bytes, bytes],
+) -> None:
+    """Frames a station had in flight when it failed may fail the same way before they see
+    the stop: the line still raises one ``station_failed`` alarm for that station."""
+
+    def listener(alarm: Alarm) -> None:
+        if alarm.kind == kinds.BAD_FRAME:
+            raise ConnectionError("alarm relay unreachable")
+
+    bad = ArrayFrames(["not a frame"] * 5, [f"x{i}" for i in range(5)], loop=False)
+    line = InspectionLine(
+        LocalJudge(OnnxClassifier(model_bytes[0], device="cpu")),
+        ListSink(),
+        # far faster than the loop goes: the station takes its next frame at once
+        [StationSpec("el-1", bad, 1e6)],
+        LineConfig(run_id="once", freeze_gc=False),
+        alarms=AlarmLog(listener),
+    )
+    line.start()
+    assert line.wait(RUN_S)
+    with pytest.raises(InferenceError, match=r"at station el-1: ConnectionError"):
+        line.stop()
+    assert line.alarms.counts()[kinds.BAD_FRAME] >= 2, "only one frame was in flight"
+    failed = [a.station for a in line.alarms.recent() if a.kind == kinds.STATION_FAILED]
+    assert failed == ["el-1"]
