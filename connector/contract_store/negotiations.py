@@ -30,9 +30,11 @@ from sqlalchemy import (
     Index,
     Integer,
     LargeBinary,
+    Select,
     String,
     Table,
     Text,
+    func,
     select,
     true,
 )
@@ -56,6 +58,7 @@ from qdspace.connector.contract_store.common import (
     seen_messages,
     select_by_key,
 )
+from qdspace.connector.contract_store.dsp import dsp_table
 from qdspace.connector.contract_store.outbox import OutboxMessage, OutboxStore
 from qdspace.connector.negotiation import Negotiation, NegotiationState, Role, offer_json
 from qdspace.policies.codec import parse_policy
@@ -101,6 +104,28 @@ def _keep_offer(data: bytes | None, offer: Policy) -> None:
         _OFFERS.put(data, offer)
 
 
+def _delete_chosen(engine: Engine, chosen: Select[Any]) -> int:
+    """Delete the negotiations whose ids `chosen` selects, with their messages and their
+    DSP bindings (a negotiation opened over the DSP binding), in one transaction; how
+    many (a prune's batch)."""
+    with engine.begin() as connection:
+        ids = list(connection.execute(chosen).scalars())
+        if not ids:
+            return 0
+        connection.execute(
+            message_table.delete().where(
+                message_table.c.process_kind == _KIND, message_table.c.process_id.in_(ids)
+            )
+        )
+        connection.execute(
+            dsp_table.delete().where(dsp_table.c.kind == _KIND, dsp_table.c.local_id.in_(ids))
+        )
+        connection.execute(
+            negotiation_table.delete().where(negotiation_table.c.negotiation_id.in_(ids))
+        )
+    return len(ids)
+
+
 class NegotiationStore(TableStore):
     """Save, load and list negotiations."""
 
@@ -128,17 +153,45 @@ class NegotiationStore(TableStore):
             )
             .limit(limit)
         )
-        with self.engine.begin() as connection:
-            ids = list(connection.execute(ended).scalars())
-            if not ids:
-                return 0
-            connection.execute(
-                message_table.delete().where(
-                    message_table.c.process_kind == _KIND, message_table.c.process_id.in_(ids)
-                )
+        return _delete_chosen(self.engine, ended)
+
+    def prune_ended_beyond(self, per_member: int, limit: int = 1000) -> int:
+        """Delete up to `limit` of the negotiations a member opened with us (we are the
+        provider) that ended without an agreement, beyond the `per_member` newest of that
+        member's (by last change), with their messages; how many.
+
+        Why: `prune_ended` bounds how long a refused request is kept, not how many; at
+        its quota a member has hundreds of requests an hour refused, each with a policy of
+        up to `check_policy_size`, and all of them were kept for the whole keep. The
+        newest `per_member` are kept (a member's recent refusals, for the operator to
+        read); nothing is taken from a negotiation that reached an agreement, one still
+        under way, nor one we opened as consumer (its ``consumer_id`` is our own id).
+
+        Cost: each call ranks every refused negotiation a member opened with us, found
+        through the index on ``state`` (the ranking needs no index of its own: the
+        prune runs hourly, and these rows are bounded by this cap and the quota of an
+        hour, members times (cap + quota)); on SQLite reading a row's ``updated_at``
+        walks its stored offer, which is what the cap bounds."""
+        table = negotiation_table
+        rank = (
+            func.row_number()
+            .over(
+                partition_by=table.c.consumer_id,
+                order_by=(table.c.updated_at.desc(), table.c.negotiation_id.desc()),
             )
-            connection.execute(table.delete().where(table.c.negotiation_id.in_(ids)))
-        return len(ids)
+            .label("rank")
+        )
+        ranked = (
+            select(table.c.negotiation_id, rank)
+            .where(
+                table.c.state == NegotiationState.TERMINATED.value,
+                table.c.agreement_id.is_(None),
+                table.c.role == Role.PROVIDER.value,
+            )
+            .subquery()
+        )
+        beyond = select(ranked.c.negotiation_id).where(ranked.c.rank > per_member).limit(limit)
+        return _delete_chosen(self.engine, beyond)
 
     def save_negotiation(
         self,

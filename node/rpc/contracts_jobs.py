@@ -250,9 +250,18 @@ def client_of(ctx: NodeContext) -> tuple[ContractClient, OutboxDispatcher]:
 SWEEP_INTERVAL_S = 30.0
 SWEEP_HORIZON = timedelta(hours=1)
 #: how often delivered outbox messages older than `OUTBOX_KEEP_DAYS`, and negotiations
-#: that ended without an agreement more than `ENDED_NEGOTIATION_KEEP` ago, are pruned
+#: that ended without an agreement more than `ENDED_NEGOTIATION_KEEP` ago or beyond
+#: `ENDED_NEGOTIATIONS_PER_MEMBER` of a member's, are pruned
 PRUNE_INTERVAL_S = 3600.0
 ENDED_NEGOTIATION_KEEP = timedelta(days=90)
+#: how many negotiations a member opened with us that ended without an agreement are kept
+#: (the newest). The keep alone let one member, at its quota (600 an hour by default)
+#: with policies of up to 64 KiB, leave ~80 GB of refused requests for 90 days; with the
+#: cap a member holds at most this plus an hour's quota between two prunes: ~1,600 rows
+#: of up to ~128 KiB each (the policy, twice at most: offer and reason), ~200 MB. 1,000 is
+#: more than an hour at the default quota and more than an honest member's refusals over
+#: the whole keep (11 a day), so only a member sending refused requests in bulk reaches it
+ENDED_NEGOTIATIONS_PER_MEMBER = 1000
 
 
 class ContractJobs:
@@ -288,7 +297,8 @@ class ContractJobs:
 
     async def _prune(self) -> None:
         """Delete delivered outbox messages older than `OUTBOX_KEEP_DAYS` and negotiations
-        that ended without an agreement `ENDED_NEGOTIATION_KEEP` ago, a chunk at a time."""
+        that ended without an agreement `ENDED_NEGOTIATION_KEEP` ago or beyond a member's
+        `ENDED_NEGOTIATIONS_PER_MEMBER` newest, a chunk at a time."""
         runtime = self.client.runtime
         now = runtime.clock.now()
         store = runtime.store
@@ -298,6 +308,9 @@ class ContractJobs:
                 pass
             ended = now - ENDED_NEGOTIATION_KEEP
             while await asyncio.to_thread(store.prune_ended_negotiations, ended) > 0:
+                pass
+            cap = ENDED_NEGOTIATIONS_PER_MEMBER
+            while await asyncio.to_thread(store.prune_ended_negotiations_beyond, cap) > 0:
                 pass
         except Exception:  # the next run tries again
             logger.exception("pruning the outbox or ended negotiations failed")

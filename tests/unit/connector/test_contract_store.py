@@ -152,6 +152,8 @@ def test_negotiations_that_ended_without_agreement_are_pruned_after_their_keep(
         ended = apply(n, Termination(f"{neg}-m2", neg, "cellex", "no", at(seconds)), KEYS)
         store.save_negotiation(n, ended)
     opened("neg-open", 10)
+    store.dsp.bind(_dsp_binding("neg-old"))
+    store.dsp.bind(_dsp_binding("neg-new"))
     assert store.prune_ended_negotiations(at(50)) == 1
     assert store.prune_ended_negotiations(at(50)) == 0
     assert store.find_negotiation("neg-old") is None
@@ -162,6 +164,83 @@ def test_negotiations_that_ended_without_agreement_are_pruned_after_their_keep(
             text("SELECT count(*) FROM contract_message WHERE process_id = 'neg-old'")
         ).scalar_one()
     assert held == 0
+    # its DSP binding went with it; the one of a negotiation kept stays
+    assert store.dsp.by_own_pid("negotiation", "urn:neg-old") is None
+    assert store.dsp.by_own_pid("negotiation", "urn:neg-new") is not None
+
+
+def _dsp_binding(negotiation_id: str) -> DspProcess:
+    """The DSP binding of a negotiation a member opened with us over the DSP."""
+    return DspProcess(
+        "negotiation",
+        negotiation_id,
+        "provider",
+        "sunarc",
+        f"urn:{negotiation_id}",
+        "https://sunarc.example/callback",
+        f"urn:consumer-{negotiation_id}",
+    )
+
+
+def test_negotiations_that_ended_without_agreement_are_capped_per_member(
+    store: ContractStore, engine: Engine
+) -> None:
+    """A member could keep its quota's worth of refused requests every hour for the whole
+    keep. `prune_ended_beyond` deletes, per member that opened them with us, the oldest
+    that ended without an agreement beyond the cap, with their messages, a batch at a
+    time; another member's, a finalized one, one still open and one we opened as consumer
+    stay."""
+    cap = 3
+
+    def refused(neg: str, consumer: str, seconds: float, role: Role = Role.PROVIDER) -> None:
+        first = ContractRequest(f"{neg}-m1", neg, consumer, offer(), at(seconds))
+        n = open_negotiation(first, role)
+        store.save_negotiation(None, n)
+        ended = apply(n, Termination(f"{neg}-m2", neg, "cellex", "no", at(seconds)), KEYS)
+        store.save_negotiation(n, ended)
+
+    for i in range(cap + 4):  # the hostile member: 4 beyond the cap
+        refused(f"neg-h{i}", "hostile", 10 + i)
+    for i in range(cap):  # another member, at the cap: nothing to take
+        refused(f"neg-o{i}", "other", i)
+    # the hostile member's oldest: one still open, one terminated after an agreement
+    open_one = ContractRequest("neg-open-m1", "neg-open", "hostile", offer(), at(0))
+    store.save_negotiation(None, open_negotiation(open_one, Role.PROVIDER))
+    first = ContractRequest("neg-agreed-m1", "neg-agreed", "hostile", offer(), at(1))
+    n = open_negotiation(first, Role.PROVIDER)
+    store.save_negotiation(None, n)
+    signed = sign_agreement(draft_agreement(n, "agr-neg-agreed", at(2)), P_KEY)
+    for message in (
+        Agreement("neg-agreed-m2", "neg-agreed", "cellex", signed, at(2)),
+        Termination("neg-agreed-m3", "neg-agreed", "cellex", "no", at(3)),
+    ):
+        before, n = n, apply(n, message, KEYS)
+        store.save_negotiation(before, n)
+    assert n.state is NegotiationState.TERMINATED and n.agreement is not None
+    for i in range(cap + 1):  # ours as consumer, refused, with our own id as consumer
+        refused(f"neg-c{i}", "us", i, Role.CONSUMER)
+
+    store.dsp.bind(_dsp_binding("neg-h0"))
+    store.dsp.bind(_dsp_binding("neg-h6"))
+    assert store.prune_ended_negotiations_beyond(cap, limit=3) == 3
+    assert store.prune_ended_negotiations_beyond(cap, limit=3) == 1
+    assert store.prune_ended_negotiations_beyond(cap, limit=3) == 0
+    left = sorted(n.negotiation_id for n in store.negotiations())
+    kept = ["neg-h4", "neg-h5", "neg-h6"]  # the hostile member's newest
+    others = ["neg-o0", "neg-o1", "neg-o2", "neg-agreed", "neg-open"]
+    ours = [f"neg-c{i}" for i in range(cap + 1)]
+    assert left == sorted(kept + others + ours)
+    assert store.load_negotiation("neg-agreed").agreement is not None
+    with engine.connect() as connection:
+        held = connection.execute(
+            text(
+                "SELECT count(*) FROM contract_message "
+                "WHERE process_id IN ('neg-h0', 'neg-h1', 'neg-h2', 'neg-h3')"
+            )
+        ).scalar_one()
+    assert held == 0
+    assert store.dsp.by_own_pid("negotiation", "urn:neg-h0") is None
+    assert store.dsp.by_own_pid("negotiation", "urn:neg-h6") is not None
 
 
 def test_negotiations_are_listed_a_page_at_a_time(store: ContractStore) -> None:

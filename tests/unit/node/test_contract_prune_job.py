@@ -1,0 +1,80 @@
+"""The hourly prune of the contract jobs: besides the negotiations that ended without an
+agreement long ago, it deletes a member's beyond `ENDED_NEGOTIATIONS_PER_MEMBER` (a member
+at its quota otherwise kept hundreds of refused requests an hour for the whole keep)."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+from nacl.signing import SigningKey
+
+from qdspace.connector.contract_store import ContractStore, ensure_schema
+from qdspace.connector.negotiation import (
+    ContractRequest,
+    PartyKeys,
+    Role,
+    Termination,
+    apply,
+    open_negotiation,
+)
+from qdspace.connector.storage import create_store_engine
+from qdspace.node.identity.certs import MemberIdentity
+from qdspace.node.member_ids import member_id_for
+from qdspace.node.rpc import contracts_jobs
+from qdspace.node.rpc.contracts_jobs import ContractJobs
+from qdspace.node.runtime.contracts import ContractRuntime
+from qdspace.node.runtime.contracts_clock import ContractClock
+from qdspace.policies.model import OfferTerms, make_offer
+
+KEY = SigningKey(b"o" * 32)
+KEYS = PartyKeys(KEY.verify_key, SigningKey(b"c" * 32).verify_key)
+
+
+def runtime(root: Path) -> ContractRuntime:
+    vk = bytes(KEY.verify_key)
+    me = MemberIdentity(
+        member_id_for("sunarc", vk),
+        "sunarc",
+        "oem",
+        vk,
+        1,
+        dt.datetime(2100, 1, 1, tzinfo=dt.UTC),
+        "sunarc",
+    )
+    engine = create_store_engine(f"sqlite:///{root / 'node.db'}")
+    ensure_schema(engine)
+    clock = ContractClock(root / "node.clock", control=False)
+    return ContractRuntime(me, KEY, ContractStore(engine, bytes(32)), engine, clock, bytes(32), {})
+
+
+def refused(store: ContractStore, neg: str, consumer: str, at: dt.datetime) -> None:
+    terms = OfferTerms(purposes=frozenset({"qa"}), orders=frozenset({"ORD-1"}), retention_days=30)
+    offer = make_offer("offer-1", "sunarc", "inspections", terms)
+    n = open_negotiation(ContractRequest(f"{neg}-m1", neg, consumer, offer, at), Role.PROVIDER)
+    store.save_negotiation(None, n)
+    store.save_negotiation(n, apply(n, Termination(f"{neg}-m2", neg, "sunarc", "no", at), KEYS))
+
+
+def test_the_prune_job_caps_what_a_member_keeps_of_refused_negotiations(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Refused within the keep, so only the cap takes them: the hostile member keeps its
+    newest, the other member (under the cap) all of its own."""
+    monkeypatch.setattr(contracts_jobs, "ENDED_NEGOTIATIONS_PER_MEMBER", 2)
+    rt = runtime(tmp_path)
+    now = rt.clock.now()
+    for i in range(5):
+        refused(rt.store, f"neg-h{i}", "hostile", now - dt.timedelta(minutes=10 - i))
+    refused(rt.store, "neg-o0", "other", now - dt.timedelta(minutes=30))
+    jobs = ContractJobs.__new__(ContractJobs)  # no loops started: only the prune is driven
+    jobs.client = SimpleNamespace(runtime=rt)  # type: ignore[assignment]
+    try:
+        asyncio.run(jobs._prune())
+        left = sorted(n.negotiation_id for n in rt.store.negotiations())
+    finally:
+        rt.qdm.dispose()
+    assert left == ["neg-h3", "neg-h4", "neg-o0"]
