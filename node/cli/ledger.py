@@ -8,14 +8,19 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from qdspace.ledger.errors import ChainUnavailable, DocumentFormatError, LedgerError
 from qdspace.node.cli.choices import LeafKind
 from qdspace.node.cli.errors import fail
+
+if TYPE_CHECKING:  # the verifier imports web3: loaded when `verify` runs, not at startup
+    from qdspace.ledger.proofs import Verdict
+    from qdspace.ledger.verify import Verification
 
 ledger_app = typer.Typer(no_args_is_help=True, help="ledger anchoring: verify, passport, chain")
 console = Console()
@@ -29,7 +34,15 @@ def verify(
     document: Annotated[
         Path, typer.Argument(help="proof (JSON or binary .qdp) or passport (JSON) file")
     ],
-    rpc: Annotated[str, typer.Option("--rpc", help="chain JSON-RPC URL (read access)")],
+    rpc: Annotated[
+        list[str],
+        typer.Option(
+            "--rpc",
+            "--rpc-url",
+            help="chain JSON-RPC URL (read access); give it again for more endpoints, run "
+            "by others: VALID only if every one confirms the same anchor",
+        ),
+    ],
     verify_key: Annotated[
         str | None, typer.Option(help="pin a passport to this member key (hex)")
     ] = None,
@@ -46,8 +59,9 @@ def verify(
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="print the verdict as JSON")] = False,
 ) -> None:
-    """Verify an inclusion proof or a quality data passport against the chain."""
-    from qdspace.ledger.verify import verify_document
+    """Verify an inclusion proof or a quality data passport against the chain (against each
+    endpoint given: one endpoint that lies consistently can make a forged proof VALID)."""
+    from qdspace.ledger.verify import verify_across
 
     try:
         data = document.read_bytes()
@@ -63,9 +77,7 @@ def verify(
             EXIT_UNUSABLE,
         )
     try:
-        kind, verdict = verify_document(
-            data, rpc, verify_key=pinned, anchorer=anchorer, contract=contract
-        )
+        done = verify_across(data, rpc, verify_key=pinned, anchorer=anchorer, contract=contract)
     except DocumentFormatError as exc:
         raise fail(f"{document}: {exc}", EXIT_UNUSABLE) from None
     except ChainUnavailable as exc:
@@ -73,21 +85,62 @@ def verify(
     except LedgerError as exc:
         raise fail(f"{document}: {exc}", EXIT_INVALID) from None
     if as_json:
-        checks = [{"name": c.name, "ok": c.ok, "detail": c.detail} for c in verdict.checks]
-        console.print_json(json.dumps({"type": kind, "valid": verdict.valid, "checks": checks}))
+        console.print_json(json.dumps(_verification_json(done)))
     else:
-        for check in verdict.checks:
-            mark = "[green]ok[/green]  " if check.ok else "[red]FAIL[/red]"
-            console.print(f"{mark} {check.name}: {check.detail}", highlight=False)
-        word = "[green]VALID[/green]" if verdict.valid else "[red]INVALID[/red]"
-        console.print(f"{word} {kind}: {verdict.reason}", highlight=False)
-        if contract is None:
-            console.print(
-                "[yellow]note[/yellow]: the contract the document names was read; anyone can "
-                "deploy one that logs any root. Pin the data space's with --contract.",
-                highlight=False,
-            )
-    raise typer.Exit(EXIT_VALID if verdict.valid else EXIT_INVALID)
+        _print_verification(done, pinned_contract=contract is not None)
+    raise typer.Exit(EXIT_VALID if done.verdict.valid else EXIT_INVALID)
+
+
+def _checks_json(verdict: Verdict) -> list[dict[str, object]]:
+    return [{"name": c.name, "ok": c.ok, "detail": c.detail} for c in verdict.checks]
+
+
+def _verification_json(done: Verification) -> dict[str, object]:
+    """The verdict as JSON: `checks` the verdict's own (one endpoint: its checks, as
+    before several could be given), `endpoints` each endpoint's verdict and report."""
+    endpoints = [
+        {
+            "rpc_url": e.rpc_url,
+            "valid": e.verdict.valid,
+            "reason": e.verdict.reason,
+            "report": e.report,
+            "checks": _checks_json(e.verdict),
+        }
+        for e in done.endpoints
+    ]
+    verdict = done.verdict
+    return {
+        "type": done.kind,
+        "valid": verdict.valid,
+        "checks": _checks_json(verdict),
+        "endpoints": endpoints,
+    }
+
+
+def _print_checks(verdict: Verdict, indent: str = "") -> None:
+    for check in verdict.checks:
+        mark = "[green]ok[/green]  " if check.ok else "[red]FAIL[/red]"
+        console.print(f"{indent}{mark} {check.name}: {escape(check.detail)}", highlight=False)
+
+
+def _print_verification(done: Verification, *, pinned_contract: bool) -> None:
+    """Each endpoint's checks (when there are several), then the verdict's own."""
+    if len(done.endpoints) > 1:
+        for e in done.endpoints:
+            word = "[green]VALID[/green]" if e.verdict.valid else "[red]INVALID[/red]"
+            console.print(f"endpoint {escape(e.rpc_url)}: {word}", highlight=False)
+            _print_checks(e.verdict, indent="  ")
+            console.print(f"  reports: {escape(e.report)}", highlight=False)
+    verdict = done.verdict
+    _print_checks(verdict)
+    word = "[green]VALID[/green]" if verdict.valid else "[red]INVALID[/red]"
+    console.print(f"{word} {done.kind}: {escape(verdict.reason)}", highlight=False)
+    if not pinned_contract:
+        console.print(
+            "[yellow]note[/yellow]: the contract the document names was read; anyone can "
+            "deploy one that logs any root. Pin the data space's with --contract.",
+            highlight=False,
+        )
 
 
 @ledger_app.command("passport")
