@@ -61,6 +61,10 @@ class RoundRecord:
     #: seconds from the round's opening to its aggregation, on the coordinator's clock
     #: (after a restart, from the reopening); None in checkpoints older than the field
     seconds: float | None = None
+    #: a secure round whose unmasked sum was longer than its members' changes within the
+    #: clip can be, and was scaled back (`Coordinator._bound_secure_sum`); False in
+    #: checkpoints older than the field
+    sum_bounded: bool = False
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> RoundRecord:
@@ -72,6 +76,7 @@ class RoundRecord:
             tuple(data["bounded"]),
             data["epsilon"],
             data.get("seconds"),
+            bool(data.get("sum_bounded", False)),
         )
 
 

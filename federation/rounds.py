@@ -14,7 +14,9 @@ A job's clip (``JobSpec.clip``) is enforced here on every change the coordinator
 sees, not left to the members that agreed to it: in plain rounds each update is
 clipped before any strategy runs (FedAvg, median and Krum included), so one hostile
 member cannot move the model further than the bound. Under secure aggregation the
-coordinator never sees a single change, so there the bound is each member's own.
+coordinator never sees a single change, so it bounds their sum instead: longer than
+honest members' changes within the clip can add up to, it is scaled back
+(``RoundRecord.sum_bounded``), and the model moves by at most the clip there too.
 
 Between rounds the coordinator's state is written as a checkpoint and a restarted
 coordinator resumes from it (``checkpoint`` / ``resume``): which state survives and
@@ -447,12 +449,55 @@ class Coordinator:
             self.phase = Phase.UNMASK
         elif self.phase is Phase.UNMASK:
             result = server.finish()
-            self._apply_sum(result.total, result.members, (), now)
+            total, over = self._bound_secure_sum(result.total, len(result.members))
+            self._apply_sum(total, result.members, (), now, sum_bounded=over)
             return
         self.deadline = now + self.job.phase_timeout_s
 
+    def _sum_bound(self, members: int, size: int) -> float:
+        """The longest sum (L2) of `members` changes each within the job's clip, as a
+        secure round decodes it: their clips, plus the distributed noise each member adds
+        (``sqrt(d)`` standard deviations of the sum's noise and six more) and the
+        quantizer's rounding in every coordinate."""
+        clip = self.job.clip
+        assert clip is not None  # a secure job has one (`JobSpec.problems`)
+        bound = members * clip
+        dp = self.job.dp
+        if dp is not None:
+            noise = math.sqrt(members) * dp.member_noise_std(self.job.min_members)
+            bound += noise * (math.sqrt(size) + 6.0)
+        quantizer = self._server().config.quantizer
+        return bound + quantizer.max_error(members) * math.sqrt(size)
+
+    def _bound_secure_sum(self, total: Vector, members: int) -> tuple[Vector, bool]:
+        """The unmasked sum, scaled back to `_sum_bound` if it is longer; whether it was.
+
+        The coordinator never sees a member's change under secure aggregation, so it
+        cannot clip one; but a masked input is any ring element the member likes (each
+        coordinate up to the quantizer's room for all members' sum), and one hostile
+        member's input moved the model by ``sqrt(d)`` times the clip. Honest members'
+        sum is never longer than this bound, so bounding the sum takes nothing from them
+        and moves the model by at most the clip (the mean), as clipping does in a plain
+        round; who sent the long input stays unknown (that is the protocol's point)."""
+        flat = np.asarray(total, dtype=np.float32)
+        bound = self._sum_bound(members, flat.size)
+        norm = l2_norm(flat.ravel())
+        if norm <= bound:
+            return total, False
+        if math.isinf(norm) or not flat.flags.writeable or flat is not total:
+            wide = np.asarray(total, dtype=np.float64)
+            return (wide * (bound / float(np.linalg.norm(wide)))).astype(np.float32), True
+        np.multiply(flat, np.float32(bound / norm), out=flat)
+        return flat, True
+
     def _apply_sum(
-        self, total: Vector, members: tuple[str, ...], bounded: tuple[str, ...], now: float
+        self,
+        total: Vector,
+        members: tuple[str, ...],
+        bounded: tuple[str, ...],
+        now: float,
+        *,
+        sum_bounded: bool = False,
     ) -> None:
         dp = self.job.dp
         if dp is not None:
@@ -465,13 +510,19 @@ class Coordinator:
                 part = mean[start : start + _BLOCK]
                 np.divide(part, count, out=part)
                 np.add(part, base[start : start + _BLOCK], out=part)
-            self._advance(mean, members, bounded, now)
+            self._advance(mean, members, bounded, now, sum_bounded=sum_bounded)
             return
         mean = (mean / np.float32(len(members))).astype(np.float32)
-        self._advance(self.global_vector + mean, members, bounded, now)
+        self._advance(self.global_vector + mean, members, bounded, now, sum_bounded=sum_bounded)
 
     def _advance(
-        self, vector: Vector, members: tuple[str, ...], bounded: tuple[str, ...], now: float
+        self,
+        vector: Vector,
+        members: tuple[str, ...],
+        bounded: tuple[str, ...],
+        now: float,
+        *,
+        sum_bounded: bool = False,
     ) -> None:
         self.global_vector = np.asarray(vector, dtype=np.float32)
         self.version += 1
@@ -479,8 +530,15 @@ class Coordinator:
         if self._accountant is not None:
             eps = self._accountant.spent(len(self.history) + 1).epsilon
         seconds = max(0.0, now - self.round_opened_at)
-        self.history.append(RoundRecord(self.round, self.version, members, bounded, eps, seconds))
+        self.history.append(
+            RoundRecord(self.round, self.version, members, bounded, eps, seconds, sum_bounded)
+        )
         self.detail = f"round {self.round} aggregated from {len(members)} members"
+        if sum_bounded:
+            self.detail += (
+                "; their sum was longer than the job's clip allows and was scaled back "
+                "(a masked input was over the clip)"
+            )
         self.round += 1
         self.attempt = self.attempt_base = 0
         self._open_round(now)

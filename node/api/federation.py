@@ -59,6 +59,8 @@ class RoundPublic(BaseModel):
     members: list[str]
     bounded: list[str]
     epsilon: float | None
+    #: a secure round whose sum was scaled back to what the clip allows
+    sum_bounded: bool = False
 
 
 class JobStatus(BaseModel):
@@ -149,6 +151,7 @@ def status_public(view: StatusView) -> JobStatus:
                 members=list(r.members),
                 bounded=list(r.bounded),
                 epsilon=r.epsilon,
+                sum_bounded=r.sum_bounded,
             )
             for r in view.history
         ],

@@ -27,6 +27,7 @@ def record_to_proto(record: RoundRecord) -> pb.RoundRecord:
         bounded=list(record.bounded),
         has_epsilon=record.epsilon is not None,
         epsilon=record.epsilon or 0.0,
+        sum_bounded=record.sum_bounded,
     )
 
 
@@ -37,6 +38,7 @@ def record_from_proto(msg: pb.RoundRecord) -> RoundRecord:
         members=tuple(msg.members),
         bounded=tuple(msg.bounded),
         epsilon=msg.epsilon if msg.has_epsilon else None,
+        sum_bounded=msg.sum_bounded,
     )
 
 

@@ -21,20 +21,22 @@ class JobTerms(_message.Message):
     def __init__(self, terms: _Optional[bytes] = ..., job_digest: _Optional[bytes] = ...) -> None: ...
 
 class RoundRecord(_message.Message):
-    __slots__ = ("round", "version", "members", "bounded", "has_epsilon", "epsilon")
+    __slots__ = ("round", "version", "members", "bounded", "has_epsilon", "epsilon", "sum_bounded")
     ROUND_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     MEMBERS_FIELD_NUMBER: _ClassVar[int]
     BOUNDED_FIELD_NUMBER: _ClassVar[int]
     HAS_EPSILON_FIELD_NUMBER: _ClassVar[int]
     EPSILON_FIELD_NUMBER: _ClassVar[int]
+    SUM_BOUNDED_FIELD_NUMBER: _ClassVar[int]
     round: int
     version: int
     members: _containers.RepeatedScalarFieldContainer[str]
     bounded: _containers.RepeatedScalarFieldContainer[str]
     has_epsilon: bool
     epsilon: float
-    def __init__(self, round: _Optional[int] = ..., version: _Optional[int] = ..., members: _Optional[_Iterable[str]] = ..., bounded: _Optional[_Iterable[str]] = ..., has_epsilon: _Optional[bool] = ..., epsilon: _Optional[float] = ...) -> None: ...
+    sum_bounded: bool
+    def __init__(self, round: _Optional[int] = ..., version: _Optional[int] = ..., members: _Optional[_Iterable[str]] = ..., bounded: _Optional[_Iterable[str]] = ..., has_epsilon: _Optional[bool] = ..., epsilon: _Optional[float] = ..., sum_bounded: _Optional[bool] = ...) -> None: ...
 
 class JobStatus(_message.Message):
     __slots__ = ("job_id", "round", "attempt", "phase", "deadline_in_s", "version", "detail", "rounds", "history", "job_digest", "delta", "agreement_asset", "secagg_protocol")

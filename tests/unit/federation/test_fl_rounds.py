@@ -199,6 +199,7 @@ def secure_round(
     *,
     skip_mask: Collection[str] = (),
     skip_unmask: Collection[str] = (),
+    poison: dict[str, np.ndarray] | None = None,
 ) -> dict[str, np.ndarray]:
     rnd, attempt, rng = coord.round, coord.attempt, np.random.default_rng(coord.round)
     clients: dict[str, SecAggClient] = {
@@ -215,6 +216,8 @@ def secure_round(
     for m, c in clients.items():
         trained = flatten(train(m, coord))
         changes[m] = prepare_change(coord.job, coord.global_vector, trained, rng)
+        if poison is not None and m in poison:  # masked as it is: never clipped
+            changes[m] = poison[m]
         masked = c.mask(changes[m], coord.inbox(m, rnd, attempt))
         if m not in skip_mask:
             coord.submit_masked(m, rnd, attempt, masked, now)
@@ -255,6 +258,31 @@ def test_secure_rounds_average_clipped_changes_and_survive_dropouts() -> None:
     before = coord.global_vector.copy()
     changes = secure_round(coord, now=coord.deadline - 1, skip_unmask={"sunarc"})
     assert coord.history[2].members == MEMBERS and coord.phase is Phase.DONE
+    np.testing.assert_allclose(
+        coord.global_vector, before + np.mean(list(changes.values()), axis=0), atol=1e-6
+    )
+
+
+def test_a_secure_sum_longer_than_the_clip_allows_is_scaled_back() -> None:
+    """A hostile member masks a change with every coordinate at the clip (each one within
+    the quantizer's room, its length sqrt(d) times the clip): the coordinator cannot clip
+    what it never sees, so it bounds the sum, and the model moves by at most the clip."""
+    clip = 1.0
+    spec = job(secure_aggregation=True, update_clip=clip, threshold=2)
+    coord = Coordinator.start(spec, INITIAL, now=0.0)
+    before = coord.global_vector.copy()
+    hostile = np.full(INITIAL.size, clip, np.float32)
+    assert np.linalg.norm(hostile) > 5 * clip
+    changes = secure_round(coord, now=1.0, poison={"sunarc": hostile})
+    moved = float(np.linalg.norm(coord.global_vector - before))
+    unbounded = float(np.linalg.norm(np.mean(list(changes.values()), axis=0)))
+    assert unbounded > 1.5 * clip  # what the round moved the model by before
+    assert moved <= clip * 1.001
+    assert coord.history[0].sum_bounded and "scaled back" in coord.status().detail
+    # an honest round after it: its sum is within the bound and taken as it is
+    before = coord.global_vector.copy()
+    changes = secure_round(coord, now=2.0)
+    assert not coord.history[1].sum_bounded
     np.testing.assert_allclose(
         coord.global_vector, before + np.mean(list(changes.values()), axis=0), atol=1e-6
     )
@@ -433,3 +461,4 @@ def test_secure_round_with_distributed_dp_sums_noisy_changes_and_reports_epsilon
     np.testing.assert_allclose(coord.global_vector, before + noisy.mean(axis=0), atol=1e-5)
     record = coord.history[0]
     assert record.epsilon is not None and record.epsilon > 0 and coord.phase is Phase.DONE
+    assert not record.sum_bounded  # honest noise is within the bound on the sum
