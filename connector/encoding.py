@@ -50,7 +50,7 @@ from qdspace.connector.paging import (
     asset_source,
     natural_key,
     parse_position,
-    read_asset,
+    read_live,
     read_pages,
 )
 from qdspace.connector.pseudonym import Pseudonymizer
@@ -366,17 +366,21 @@ def live_page(
     """Provider side of the live stream: the rows released after cursor `after` (at most
     `limit` read), each with its record envelope (a withdrawn record as a tombstone) and
     its cursor, and the cursor to continue after. The record keys are those a pull under
-    the same agreement gives, so the consumer stores a record seen on both once."""
+    the same agreement gives, so the consumer stores a record seen on both once.
+
+    Only the rows of the orders the gate can let out (`ReleaseGate.orders`: this
+    customer's, in the agreement's scope) are read; the gate still decides each. Every
+    row up to the cursor returned that the gate lets out is in this page or an earlier
+    one (`paging.read_live`), which is what a heartbeat's position promises."""
     table, _, _ = asset_source(engine, gate.asset, None)
     keys = natural_key(table)
     make_key = RecordKeys(gate.pseudonymizer, table)
     fields = gate.query_fields | set(keys) | set(VERSION_COLUMNS)
     rows: list[BatchRow] = []
     positions: list[str] = []
-    position = after
     order_key = gate.asset.order_key
-    for cursor, row in read_asset(engine, gate.asset, None, fields, after=after, limit=limit):
-        position = cursor
+    read, position = read_live(engine, gate.asset, gate.orders, fields, after=after, limit=limit)
+    for cursor, row in read:
         released = gate(row)
         if released is None:
             continue

@@ -5,7 +5,9 @@ stable cursor (the table's insertion id, so rows added later come after and a re
 read neither skips nor repeats), fetched page by page in short transactions: a long
 transfer never holds a transaction open. `read_pages` is the transfer path's reader:
 the same pages as raw driver tuples of exactly the columns asked for, for
-`encoding.PageEncoder` to check and encode a page at a time.
+`encoding.PageEncoder` to check and encode a page at a time. `read_live` is the live
+stream's: the rows of the orders a subscriber's gate can release, skipping the other
+customers' rows in the query, and the cursor to continue after.
 
 Because a correction or withdrawal moves the record to a fresh id (`connector.qdm`),
 reading after a cursor finds every change after it: that is what an incremental pull
@@ -24,10 +26,10 @@ may leave (`release_gate`) nor how they are written (`encoding`).
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Collection, Iterable, Iterator, Sequence
 from typing import Any
 
-from sqlalchemy import Engine, Table, bindparam, select, union
+from sqlalchemy import Engine, Table, and_, bindparam, func, select, union
 
 from qdspace.connector.assets import Asset, AssetKind
 from qdspace.connector.contract_errors import ViewError
@@ -54,6 +56,8 @@ ID_LIST_MAX = 5000
 #: or encoder) instead of by an IN list: a range is read in order, an IN list one
 #: look-up at a time (bench/genealogy_read.py)
 DENSE_SPAN = 4
+#: orders a live read lists in its statement at most (more: it reads every order's rows)
+ORDER_LIST_MAX = ID_LIST_MAX
 
 
 def _table(model: type[Any]) -> Table:
@@ -301,6 +305,39 @@ def read_asset(
         if attributed is not None:
             row[asset.order_key] = attributed
         yield cursor, row
+
+
+def read_live(
+    engine: Engine,
+    asset: Asset,
+    orders: Collection[str] | None,
+    fields: Iterable[str],
+    *,
+    after: int,
+    limit: int,
+) -> tuple[list[Positioned], int]:
+    """A live stream's next rows of `asset` after cursor `after` (at most `limit`), of
+    `orders` only (None: of every order), and the cursor to continue after.
+
+    The other orders' rows are skipped by the query (by the index on the order key), not
+    read and dropped: a customer's stream costs its own rows, not every customer's. The
+    cursor is the last row's; after a short read, every row of `orders` up to the table's
+    last id when the read began was read, so it is that id: a quiet customer's stream
+    moves on with the table and never looks at the skipped rows again. An asset whose
+    rows carry no order, or more orders than `ORDER_LIST_MAX`, is read whole (the cursor
+    then the last row's, or `after`)."""
+    table, where, _ = asset_source(engine, asset, None)
+    key = asset.order_key
+    if orders is None or key not in table.c or len(orders) > ORDER_LIST_MAX:
+        rows = list(_pages(engine, table, fields, where, after, limit, DEFAULT_PAGE_SIZE))
+        return rows, rows[-1][0] if rows else after
+    with engine.connect() as connection:
+        upto = int(connection.execute(select(func.max(table.c.id))).scalar() or 0)
+    scope = and_(table.c.id <= upto, table.c[key].in_(sorted(orders)))
+    rows = list(_pages(engine, table, fields, scope, after, limit, DEFAULT_PAGE_SIZE))
+    if len(rows) < limit:
+        return rows, max(after, upto)
+    return rows, rows[-1][0] if rows else after
 
 
 def parse_position(position: str) -> int:

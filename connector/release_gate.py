@@ -26,7 +26,7 @@ from typing import Any
 from qdspace.connector.assets import Asset
 from qdspace.connector.contract_errors import ViewError
 from qdspace.connector.pseudonym import Pseudonymizer
-from qdspace.policies.evaluate import Decision, Request, RowGate
+from qdspace.policies.evaluate import Decision, Request, RowGate, scope_orders
 from qdspace.policies.model import Policy
 
 
@@ -76,6 +76,7 @@ class ReleaseGate:
         foreign = owned_orders is not None and order is not None and order not in owned_orders
         if self._decision.allowed and foreign:  # the agreement's own reason comes first
             self._decision = Decision(False, f"order {order} is not an order you placed with us")
+        self._orders = self._releasable(agreement)
 
     @property
     def decision(self) -> Decision:
@@ -84,6 +85,25 @@ class ReleaseGate:
     def owns(self, order: Any) -> bool:
         """Whether a row of `order` may go to this consumer at all (see `owned_orders`)."""
         return self.owned_orders is None or (isinstance(order, str) and order in self.owned_orders)
+
+    @property
+    def orders(self) -> frozenset[str] | None:
+        """The orders whose rows the gate can let out, when they are finitely many: the
+        request's order, the agreement's order scope and `owned_orders`, intersected
+        (None: no list bounds them). A reader may skip other orders' rows in its query;
+        the gate still decides every row it reads."""
+        return self._orders
+
+    def _releasable(self, agreement: Policy) -> frozenset[str] | None:
+        if not self._decision.allowed:
+            return frozenset()
+        order = self.request.order_id
+        asked = None if order is None else frozenset({order})
+        found: frozenset[str] | None = None
+        for bound in (asked, scope_orders(agreement), self.owned_orders):
+            if bound is not None:
+                found = bound if found is None else found & bound
+        return found
 
     @property
     def query_fields(self) -> frozenset[str]:

@@ -291,12 +291,10 @@ def _orders_allowed(constraint: Constraint) -> frozenset[str] | None:
             )
 
 
-def single_order(policy: Policy) -> str | None:
-    """The one order `order_in_scope` can be true for, when the scope names exactly one
-    (the common contract: one order's data); None when it covers several, every order,
-    every order but some, or none. A store keeps it beside the agreement so that an order
-    closure reads the agreements of that order (and those that name none), not every one
-    (`connector.contract_store.agreements`)."""
+def scope_orders(policy: Policy) -> frozenset[str] | None:
+    """The orders `order_in_scope` can be true for, when they are finitely many (None:
+    a permission covers every order, or every order but some). No row of another order
+    is let out under the policy, so a reader may narrow its query to these."""
     found: set[str] = set()
     for permission in policy.permissions:
         allowed: frozenset[str] | None = None  # no order constraint: every order
@@ -308,7 +306,17 @@ def single_order(policy: Policy) -> str | None:
         if allowed is None:
             return None
         found |= allowed
-    return next(iter(found)) if len(found) == 1 else None
+    return frozenset(found)
+
+
+def single_order(policy: Policy) -> str | None:
+    """The one order `order_in_scope` can be true for, when the scope names exactly one
+    (the common contract: one order's data); None when it covers several, every order,
+    every order but some, or none. A store keeps it beside the agreement so that an order
+    closure reads the agreements of that order (and those that name none), not every one
+    (`connector.contract_store.agreements`)."""
+    found = scope_orders(policy)
+    return next(iter(found)) if found is not None and len(found) == 1 else None
 
 
 class RowGate:
