@@ -104,6 +104,9 @@ class MqttConfig(_Strict):
     cert_file: Path | None = None
     key_file: Path | None = None
     qos: Literal[0, 1] = 1
+    #: MQTT 5 lets the connector tell the broker the largest packet it takes (a larger
+    #: message is dropped at the broker, never read here); 3.1.1 for a broker without 5
+    protocol: Literal["mqtt5", "mqtt311"] = "mqtt5"
     #: a JSON object per message, or Sparkplug B protobuf payloads (metrics by name)
     payload_format: Literal["json", "sparkplug_b"] = "json"
     keepalive_s: int = Field(default=30, ge=5, le=3600)

@@ -4,7 +4,8 @@ Payloads are a JSON object per message, or Sparkplug B protobuf (``payload_forma
 sparkplug_b``, one reading per mapped metric: :mod:`connector.linein.sparkplug`).
 
 Exactly once *on our side* is two halves. The broker keeps a persistent session for our
-fixed client id (``clean_session=False``), so a QoS 1 message we have not acknowledged
+fixed client id (MQTT 5: ``clean_start=False`` and a session that never expires; 3.1.1:
+``clean_session=False``), so a QoS 1 message we have not acknowledged
 is delivered again when we reconnect, whether we crashed, were killed or lost the
 network: nothing is lost. We acknowledge a message (``manual_ack``: paho sends no
 PUBACK by itself) only after :class:`~connector.linein.sink.MeasurementSink` committed
@@ -14,7 +15,7 @@ PUBACK is a duplicate, stored once.
 
 paho's network thread only queues messages onto the event loop; the loop stores them
 in batches (one ingest call per batch, then the PUBACKs in the order the messages
-arrived, as MQTT 3.1.1 asks). A message acknowledged on another connection than the
+arrived, as MQTT asks). A message acknowledged on another connection than the
 one it came on is left alone: the broker sends it again on the new one. A payload
 that cannot be read, or a reading the dictionary refuses, is reported with its topic
 and acknowledged (sending it again would not mend it); so is one that breaks the
@@ -25,8 +26,18 @@ the session without acknowledging, and the next session gets the messages again.
 Messages wait for the store in a bounded queue (`QUEUED`): while the store is behind,
 paho's network thread waits for room and reads no more, and TCP holds the broker back
 (an unbounded queue took 380 MB in eight seconds of a QoS 0 flood while the database
-was locked). A payload is read whole by paho before it is refused for its size: set the
-broker's ``message_size_limit`` (mosquitto) to 65536 to stop larger ones at the broker.
+was locked).
+
+A message far larger than a reading can be (`MAX_PAYLOAD_BYTES`) never reaches us: we speak
+MQTT 5 (``protocol: mqtt5``, the default) and declare a Maximum Packet Size in CONNECT
+(`MAX_PACKET_BYTES`), and a broker must not send a larger packet to us (mosquitto drops
+it for this client and logs ``Dropping too large outgoing PUBLISH``), so a hostile
+publisher on a shared broker cannot make paho read megabytes. The declared size leaves
+room for the topic and properties, so a payload a little over the limit still arrives
+and is refused here for its size (the second line, and the only one with ``protocol:
+mqtt311``, for a broker without MQTT 5: there paho reads a payload whole before it is
+refused, so set the broker's ``message_size_limit`` (mosquitto) to 65536). Sparkplug B
+3.0 allows MQTT 5 (its clean-start rule binds edge nodes, not a consumer like this one).
 """
 
 from __future__ import annotations
@@ -42,7 +53,7 @@ from typing import Any
 
 from qdspace.connector.errors import StorageError
 from qdspace.connector.linein.config import MqttConfig
-from qdspace.connector.linein.mapping import mqtt_mapping, mqtt_row
+from qdspace.connector.linein.mapping import MAX_PAYLOAD_BYTES, mqtt_mapping, mqtt_row
 from qdspace.connector.linein.sink import Item, MeasurementSink
 from qdspace.connector.linein.sparkplug import BirthBook, rebirth_request, sparkplug_rows
 
@@ -59,6 +70,27 @@ REBIRTH_HOLDOFF_S = 10.0
 #: Sparkplug B: rebirths asked per holdoff window at most (edge node names are the
 #: publisher's to invent: one NCMD each would be an amplifier, and a table that grows)
 MAX_REBIRTHS = 100
+#: MQTT 5: the largest packet the broker may send us (Maximum Packet Size): a payload of
+#: `MAX_PAYLOAD_BYTES` with a topic, header and properties of up to as much again
+MAX_PACKET_BYTES = 2 * MAX_PAYLOAD_BYTES
+#: MQTT 5 Session Expiry Interval meaning "never": the broker keeps our session and its
+#: messages until we come back, as ``clean_session=False`` does in MQTT 3.1.1
+SESSION_NEVER_EXPIRES = 0xFFFFFFFF
+
+
+def _session(config: MqttConfig) -> dict[str, Any]:
+    """MQTT 5 CONNECT options: resume the session we left, keep it while we are away,
+    and send us no packet over `MAX_PACKET_BYTES` (3.1.1: none, the client was given
+    ``clean_session=False`` and the broker cannot be told a size)."""
+    if config.protocol != "mqtt5":
+        return {}
+    from paho.mqtt.packettypes import PacketTypes
+    from paho.mqtt.properties import Properties
+
+    properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+    properties.SessionExpiryInterval = SESSION_NEVER_EXPIRES
+    properties.MaximumPacketSize = MAX_PACKET_BYTES
+    return {"clean_start": False, "properties": properties}
 
 
 @dataclass(frozen=True)
@@ -106,7 +138,9 @@ class MqttConnector:
         queue: asyncio.Queue[Message] = asyncio.Queue(maxsize=QUEUED)
         ending = threading.Event()
         client = self._client(loop, queue, ending)
-        client.connect_async(self.config.host, self.config.port, self.config.keepalive_s)
+        client.connect_async(
+            self.config.host, self.config.port, self.config.keepalive_s, **_session(self.config)
+        )
         client.loop_start()  # connects, and reconnects after every loss, in its thread
         try:
             await self._pump(client, queue, stop)
@@ -127,11 +161,12 @@ class MqttConnector:
         from paho.mqtt.enums import CallbackAPIVersion
 
         config = self.config
+        if config.protocol == "mqtt5":  # the session is asked for in CONNECT: _session
+            version: dict[str, Any] = {"protocol": paho.MQTTv5}
+        else:
+            version = {"protocol": paho.MQTTv311, "clean_session": False}
         client = paho.Client(
-            CallbackAPIVersion.VERSION2,
-            client_id=config.client_id,
-            clean_session=False,
-            manual_ack=True,
+            CallbackAPIVersion.VERSION2, client_id=config.client_id, manual_ack=True, **version
         )
         client.reconnect_delay_set(
             min_delay=max(1, round(config.reconnect_s)),

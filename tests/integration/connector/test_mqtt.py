@@ -567,3 +567,44 @@ async def test_while_the_store_is_behind_the_queue_holds_a_bounded_number_of_mes
         stop.set()
         await asyncio.wait_for(task, 10)
     assert sum(sizes) == 60 and max(sizes) <= 6, sizes
+
+
+@pytest.mark.parametrize("protocol", ["mqtt5", "mqtt311"])
+async def test_a_payload_far_over_the_limit_is_dropped_by_the_broker_not_read(
+    broker: Broker, store: QualityStore, protocol: str
+) -> None:
+    """MQTT 5: the connector declares a Maximum Packet Size, so mosquitto drops a 10 MB
+    payload for it instead of sending it (before: paho read all 10 MB and the connector
+    then refused it for its size); one a little over the limit still arrives and is
+    refused here, and the reading after them is stored. MQTT 3.1.1 (a broker without 5)
+    has no such declaration: there the 10 MB arrive and are refused for their size."""
+    from qdspace.connector.linein.mapping import MAX_PAYLOAD_BYTES
+
+    cfg = MqttConfig.model_validate(config(broker.port, protocol=protocol))
+    connector = MqttConnector(cfg, MeasurementSink(store, "big"))
+    stop = asyncio.Event()
+    task = asyncio.create_task(connector.run(stop))
+    topic = "plant/PECVD-1/pecvd/pressure"
+    tool = Publisher(broker.port)
+    try:
+        await until(lambda: connector.sessions == 1 and connector._connected)
+        await asyncio.sleep(0.2)  # the SUBACK
+        await asyncio.to_thread(tool.send, topic, b"x" * 10_000_000)
+        await asyncio.to_thread(tool.send, topic, b"y" * (MAX_PAYLOAD_BYTES + 1))
+        await asyncio.to_thread(tool.send, topic, reading(0, 1.5))
+        await until(lambda: count(store) == 1)
+    finally:
+        tool.close()
+        stop.set()
+        await asyncio.wait_for(task, 10)
+    reasons = [p.reason for p in connector.sink.rejected]
+    dropped = "Dropping too large outgoing PUBLISH for qdspace-test"
+    if protocol == "mqtt5":
+        assert reasons == [f"payload of {MAX_PAYLOAD_BYTES + 1} bytes; at most 65536"]
+        assert dropped in (broker.dir / "log").read_text()
+    else:
+        assert reasons == [
+            "payload of 10000000 bytes; at most 65536",
+            f"payload of {MAX_PAYLOAD_BYTES + 1} bytes; at most 65536",
+        ]
+        assert dropped not in (broker.dir / "log").read_text()
