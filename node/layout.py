@@ -27,7 +27,8 @@ below is the one place that says what lives where::
     ├── chain.key              the node's chain account key (optional, 0600)
     ├── logs/
     │   ├── node.log           the node's own log
-    │   └── process.log        stdout/stderr of a node started by localnet
+    │   └── process.log        stdout/stderr of a node started by localnet (rotated
+    │                          by the node like node.log: node.logs)
     ├── run/                   present while the node runs
     │   ├── runtime.json       pid, listener URLs (https) and CA file; removed on stop
     │   └── contract-clock.json  the contract clock's offset (tests, the demo)

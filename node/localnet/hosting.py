@@ -26,6 +26,7 @@ import httpx
 
 from qdspace.node.client import OperatorClient, http_client
 from qdspace.node.errors import NodeError
+from qdspace.node.logs import process_log_env
 
 if TYPE_CHECKING:
     from qdspace.node.localnet.network import MemberSpec
@@ -114,7 +115,8 @@ class HostProcess:
 
     @property
     def log_path(self) -> Path:
-        """stdout and stderr of the process (the host's own log is ``logs/host.log``)."""
+        """stdout and stderr of the process (the host's own log is ``logs/host.log``),
+        kept bounded by the host (`node.logs`)."""
         return self.directory / "logs" / "process.log"
 
     @property
@@ -157,7 +159,7 @@ class HostProcess:
                 [self.python, "-m", "qdspace", "host", "start", "--dir", str(self.directory)],
                 stdout=log,
                 stderr=subprocess.STDOUT,
-                env=self.env,
+                env={**self.env, **process_log_env(self.log_path)},  # the host rotates it
                 start_new_session=True,
             )
 

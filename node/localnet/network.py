@@ -12,6 +12,10 @@ keep their SQLite files inside the host's directory, also when ``pg_url`` is giv
 With ``pg_url`` (a PostgreSQL server, as in ``QDSPACE_TEST_PG_URL``) every member's
 database is instead a schema of its own on that server, created with the network and
 dropped by `LocalNetwork.drop_databases`, so the whole network runs on PostgreSQL.
+
+A node's or host's stdout and stderr go to its ``logs/process.log``, which the process
+rotates itself, as its own log (`node.logs.keep_output_bounded`): the nodes of a demo
+left running outlive this process, so nothing here may be the one that reads or cuts it.
 """
 
 from __future__ import annotations
@@ -42,6 +46,7 @@ from qdspace.node.layout import NodeLayout
 from qdspace.node.localnet.chain import ChainProcess
 from qdspace.node.localnet.hosting import HostProcess, HostSpec, Participant, TenantMember
 from qdspace.node.localnet.line import LineProcess
+from qdspace.node.logs import process_log_env
 from qdspace.util.ports import free_port, port_range
 
 START_TIMEOUT_S = 60.0
@@ -107,6 +112,7 @@ class MemberProcess:
 
     @property
     def log_path(self) -> Path:
+        """stdout and stderr of the process, kept bounded by the node (`node.logs`)."""
         return self.layout.process_log
 
     @property
@@ -276,7 +282,7 @@ class LocalNetwork:
             [self.python, "-m", "qdspace", "node", "start", "--dir", str(member.directory)],
             stdout=log,
             stderr=subprocess.STDOUT,
-            env=self.env,
+            env={**self.env, **process_log_env(member.log_path)},  # the node rotates it
             start_new_session=True,
         )
         log.close()
