@@ -11,6 +11,9 @@ consumer's callbacks: a pid names our process and our role in it.
 A process that is not the caller's is "not found" (404), exactly as one that does not
 exist. Errors are DSP error bodies with the status of the node's fault table
 (`node.faults`: a bad ID token 401, a body over `MAX_BODY` 413, before any parsing).
+A request that would open a process (a negotiation here, a transfer in
+`node.dsp.transfers`) is refused for the member's hourly quota before its body is read
+(`before_body`: 429): a member over its quota costs a count, not a read and a parse.
 
 These routes share the event loop with the node's gRPC calls, so nothing that costs
 more than a dictionary look-up runs on it: decoding a large body, reading a message
@@ -82,6 +85,10 @@ class BodyTooLarge(ValueError):
     """A DSP request body over `MAX_BODY` (HTTP 413, `node.faults`)."""
 
 
+#: set in a request's state when it was refused before its body was read (`before_body`)
+_UNREAD = "dsp_body_unread"
+
+
 #: the error families answered as DSP errors by the fault table (`node.faults`)
 ERROR_FAMILIES: tuple[type[Exception], ...] = (
     ValueError,
@@ -151,6 +158,22 @@ async def body_of(request: Request) -> Any:
     return await run_in_threadpool(decode, bytes(data))
 
 
+async def before_body(request: Request, check: Callable[[], None]) -> None:
+    """Run `check` (a database read, so in a worker thread) before the request's body is
+    read. What it raises is answered as a body over `MAX_BODY` is: the body read and
+    dropped up to `caps.DRAIN_BYTES`, never parsed, and the connection closed with the
+    answer."""
+    try:
+        await run_in_threadpool(check)
+    except Exception:
+        setattr(request.state, _UNREAD, True)
+        raise
+
+
+def _unread(request: Request, exc: Exception) -> bool:
+    return isinstance(exc, BodyTooLarge) or getattr(request.state, _UNREAD, False) is True
+
+
 def _printable(value: str) -> bool:
     return 0 < len(value) <= codec.MAX_PID and value.isprintable()
 
@@ -193,7 +216,7 @@ def create_dsp_app(binding: DspBinding, routers: Sequence[APIRouter] = ()) -> Fa
         pid = pid if _printable(pid) else ""  # (not echoed when that is what was wrong)
         body = codec.error(error_kind(request.url.path), str(status), reason, pid, pid)
         headers = None
-        if isinstance(exc, BodyTooLarge):  # not read to its end: the connection goes with it
+        if _unread(request, exc):  # not read to its end: the connection goes with it
             headers = {"connection": "close"}
             await drain_body(request.receive, request.headers.get("content-length"))
         return JSONResponse(body, status_code=status, headers=headers)
@@ -265,7 +288,23 @@ def create_dsp_app(binding: DspBinding, routers: Sequence[APIRouter] = ()) -> Fa
 
     @app.post("/negotiations/request", status_code=201)
     async def negotiation_request(request: Request) -> dict[str, Any]:
+        """A consumer's ContractRequestMessage opens a negotiation (201), or is a retry of
+        one it opened (its state, by its consumerPid).
+
+        A member that opened ``negotiations_per_member_hour`` within the hour is refused
+        (429, `NegotiationQuotaError`) before its body is read: reading and parsing it
+        (pyld, up to `connector.dsp_jsonld.MAX_MESSAGE_VALUES` values) would cost the
+        node ~65 ms of a worker for every request the member sends over its quota.
+        Without the body the consumerPid is unknown, so a retry of a request it made is
+        refused too while the member is over its quota. We take that: the retry brings
+        nothing the consumer cannot have otherwise, as DSP has it: our answer to the
+        request (with our providerPid) goes to its callback address whatever the retry
+        gets, and ``GET /negotiations/{pid}`` answers the state at any time; after the
+        hour the retry is answered again. The runtime checks the quota again
+        (`ContractRuntime.handle_negotiation`, for the gRPC wire too), where a request on
+        a negotiation that exists passes."""
         peer = caller(request)
+        await before_body(request, lambda: runtime.within_negotiation_quota(peer))
         data = await body_of(request)
         opening = await run_in_threadpool(read_request, data, peer)
         if isinstance(opening, dict):

@@ -16,7 +16,9 @@ never ends.
 
 A pid that is not the caller's is 404, as one that does not exist; a message the
 transfer's state does not accept is 409; a bad message or parameter 400; a missing or
-bad token 401 (`node.faults`). Errors are TransferError bodies (`node.dsp.app`).
+bad token 401; a request of a member that opened ``transfers_per_member_hour`` within
+the hour 429, before its body is read (`node.dsp.app.before_body`) (`node.faults`).
+Errors are TransferError bodies (`node.dsp.app`).
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ from qdspace.connector.encoding import StreamRequest
 from qdspace.connector.negotiation import Role
 from qdspace.connector.transfer import TransferProcess, TransferState
 from qdspace.connector.transfer_wire import Checkpoint, RowBatch, view_cursor
+from qdspace.node.dsp.app import before_body
 from qdspace.node.dsp.auth import bearer, peer_of, verify_token
 from qdspace.node.dsp.callbacks import CallbackCheck
 from qdspace.node.dsp.edr import DataClaims, DataTokenError
@@ -137,7 +140,17 @@ def transfer_router(
 
     @api.post("/transfers/request", status_code=201)
     async def request_transfer(request: Request) -> dict[str, Any]:
+        """A consumer's TransferRequestMessage opens a transfer (201), or is a retry of one
+        it opened (the start queued again, `DspTransferMoves.open`).
+
+        A member over ``transfers_per_member_hour`` (re-reads, resumes and suspensions
+        counted) is refused (429, `TransferQuotaError`) before its body is read and
+        parsed (pyld), as a negotiation request is (`node.dsp.app`): its retries too, as
+        the consumerPid is in the body. The start of a transfer it opened still reaches
+        its callback through the outbox (retried there), and ``GET /transfers/{pid}``
+        answers the state; the runtime checks the quota again where it opens one."""
         peer = caller(request)
+        await before_body(request, lambda: runtime.within_transfer_quota(peer))
         ask = await run_in_threadpool(wire.read_request, await body_of(request))
         callback_check.check(ask.callback, peer)
         row = await run_in_threadpool(moves.open, peer, ask)

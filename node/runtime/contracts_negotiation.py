@@ -209,17 +209,29 @@ class ProviderNegotiation(ContractBase):
         ``negotiations_per_hour`` opened within the hour (`NegotiationQuotaError`,
         `over_quota`); a request on a negotiation it holds (a retry, a counter-request)
         always passes."""
+        why = self._negotiation_quota_spent(peer)
+        if why is not None and self.store.find_negotiation(negotiation_id) is None:
+            raise NegotiationQuotaError(why)
+
+    def within_negotiation_quota(self, peer: MemberIdentity) -> None:
+        """Refuse `peer` any request for a negotiation once it opened
+        ``negotiations_per_hour`` within the hour (`NegotiationQuotaError`), a retry
+        too: for a transport that asks before it reads the request (the DSP binding,
+        which would otherwise read and parse every request of a member over its quota)."""
+        why = self._negotiation_quota_spent(peer)
+        if why is not None:
+            raise NegotiationQuotaError(why)
+
+    def _negotiation_quota_spent(self, peer: MemberIdentity) -> str | None:
         since = self.clock.now() - QUOTA_WINDOW
         opened = self.store.negotiations_opened_by(peer.member_id, since)
-        why = over_quota(
+        return over_quota(
             peer.member_id,
             "negotiations",
             opened,
             "negotiations_per_member_hour",
             self.negotiations_per_hour,
         )
-        if why is not None and self.store.find_negotiation(negotiation_id) is None:
-            raise NegotiationQuotaError(why)
 
     def record_agreement(self, negotiation: Negotiation) -> None:
         signed = negotiation.agreement

@@ -4,8 +4,10 @@ takes at most ``negotiations_per_member_hour`` (3 here) new negotiations and
 and gRPC together. A member (Polycell for negotiations, SunArc for transfers), by hand
 with its own credentials, opens them over DSP until it is refused (429, the cap named,
 nothing written), its node's gRPC request is refused for the same count, the other
-member's count is its own, a request on a process the member holds still passes, and
-once the hour has gone by (Cellex's contract clock moved) it may open one again."""
+member's count is its own, and once the hour has gone by (Cellex's contract clock
+moved) it may open one again. Over DSP the quota is checked before a request's body is
+read (`node.dsp.app`), so a retried request of a process the member holds is refused
+too while it is over: the process's state is still a GET away."""
 
 from __future__ import annotations
 
@@ -76,17 +78,20 @@ def test_a_member_opens_at_most_the_cap_of_transfers_within_the_hour(
     sampled: LocalNetwork,
 ) -> None:
     """SunArc holds a DSP agreement (negotiated by hand) and opens transfers under it by
-    hand until it is refused; a retried request of one it opened still passes; a gRPC pull
-    by its node is refused for the same count; an hour later it may open one again."""
+    hand until it is refused; a retried request of one it opened is refused too (the
+    quota comes before the body), its state still read; a gRPC pull by its node is
+    refused for the same count; an hour later it may open one again."""
     net = sampled
     with peer_with_callbacks(net, "sunarc", "cellex") as (sunarc, callbacks):
         agreement = _agreed_by_hand(sunarc, callbacks)
         first = f"urn:uuid:{uuid.uuid4()}"
         callback = callbacks.url
+        first_ppid = ""
         for n in range(TRANSFERS):
             tid = first if n == 0 else f"urn:uuid:{uuid.uuid4()}"
             asked = sunarc.post("/transfers/request", transfer_request(tid, agreement, callback))
             assert asked.status_code == 201, asked.text
+            first_ppid = first_ppid or ok(asked)["providerPid"]
         assert _opened_at_cellex(net, "sunarc", "transfer") == TRANSFERS
 
         over = transfer_request(f"urn:uuid:{uuid.uuid4()}", agreement, callback)
@@ -96,7 +101,8 @@ def test_a_member_opens_at_most_the_cap_of_transfers_within_the_hour(
         assert _opened_at_cellex(net, "sunarc", "transfer") == TRANSFERS
 
         again = sunarc.post("/transfers/request", transfer_request(first, agreement, callback))
-        assert again.status_code in (200, 201), again.text  # a retry of one it holds
+        assert again.status_code == 429, again.text  # a retry: refused before it is read
+        assert ok(sunarc.get(f"/transfers/{first_ppid}"))["state"] == "STARTED"
 
     with net["sunarc"].client() as oem:
         body = {"peer": "cellex", "asset_id": "inspections", "purposes": [QA], "orders": [ORDER]}
@@ -147,9 +153,11 @@ def test_a_member_opens_at_most_the_cap_within_the_hour(sampled: LocalNetwork) -
     with peer_with_callbacks(trio, "polycell", "cellex") as (polycell, callbacks):
         offer = polycell.catalog_offer("inspections")
         first = f"urn:uuid:{uuid.uuid4()}"
+        first_ppid = ""
         for n in range(CAP):
             asked = _ask(polycell, offer, callbacks.url, first if n == 0 else None)
             assert asked.status_code == 201, asked.text
+            first_ppid = first_ppid or ok(asked)["providerPid"]
         assert _opened_at_cellex(trio, "polycell") == CAP
 
         over = _ask(polycell, offer, callbacks.url)
@@ -158,8 +166,9 @@ def test_a_member_opens_at_most_the_cap_within_the_hour(sampled: LocalNetwork) -
         assert f"negotiations_per_member_hour {CAP}" in reason, reason
         assert _opened_at_cellex(trio, "polycell") == CAP  # nothing written for it
 
-        again = _ask(polycell, offer, callbacks.url, first)  # a retry of one it holds
-        assert again.status_code in (200, 201), again.text
+        again = _ask(polycell, offer, callbacks.url, first)  # a retry of one it holds:
+        assert again.status_code == 429, again.text  # refused before its body is read
+        assert polycell.state(first_ppid) == "TERMINATED"  # (no orders): its state, a GET
 
         # Polycell's node, over gRPC: the same count
         with trio["polycell"].client() as oem:
