@@ -117,6 +117,8 @@ def transfer_router(
         return identity
 
     def addressed(pid: str, peer: MemberIdentity, role: Role) -> DspProcess:
+        """The caller's process of `role` by our pid, or "not found". A database read:
+        called in a worker thread, off the loop the node's other calls share."""
         row = moves.owned(pid, peer)
         if row.role != role.value:
             raise UnknownContractError(f"no transfer {pid[:128]} here")
@@ -160,12 +162,12 @@ def transfer_router(
 
     @api.get("/transfers/{pid}")
     async def transfer_get(pid: str, request: Request) -> dict[str, Any]:
-        row = addressed(pid, caller(request), Role.PROVIDER)
+        row = await run_in_threadpool(addressed, pid, caller(request), Role.PROVIDER)
         return await run_in_threadpool(moves.state_body, row)
 
     async def control(request: Request, pid: str, kind: str, role: Role) -> Response:
         peer = caller(request)
-        row = addressed(pid, peer, role)
+        row = await run_in_threadpool(addressed, pid, peer, role)
         provider_pid, consumer_pid, message = await run_in_threadpool(
             wire.read_pids, await body_of(request), _MESSAGE[kind]
         )
@@ -218,7 +220,7 @@ def transfer_router(
 
     @api.get("/data/{pid}")
     async def data(pid: str, request: Request) -> Response:
-        peer, row, claims = authorised(pid, request)
+        peer, row, claims = await run_in_threadpool(authorised, pid, request)
         process = await run_in_threadpool(current, row, claims)
         params = request.query_params
         if await run_in_threadpool(moves.is_stream, process):

@@ -24,8 +24,12 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from qdspace.connector.contract_store import ContractStore
 from qdspace.connector.offer_choices import chosen_assets
 from qdspace.connector.storage import open_store
-from qdspace.node.dsp.app import DspBinding, create_dsp_app
+from qdspace.node.dsp.app import DspBinding, body_of, create_dsp_app
 from qdspace.node.dsp.auth import issue_token
+from qdspace.node.dsp.edr import DataTokens
+from qdspace.node.dsp.transfer_consumer import DspTransfers
+from qdspace.node.dsp.transfer_process import DspTransferMoves
+from qdspace.node.dsp.transfers import transfer_router
 from qdspace.node.identity.certs import (
     MemberIdentity,
     build_ca_cert,
@@ -224,3 +228,13 @@ def cellex(tmp_path: Path) -> Iterator[Provider]:
     made = provider(tmp_path)
     yield made
     made.close()
+
+
+def with_transfers(cellex: Provider) -> None:
+    """Cellex's DSP app with the transfer routes too (`node.dsp.transfers`)."""
+    runtime = cellex.runtime
+    moves = DspTransferMoves(runtime, DataTokens(runtime.signing_key, 600), ENDPOINT)
+    transfers = DspTransfers(moves, http=None)  # type: ignore[arg-type]  # (nothing sent)
+    routes = transfer_router(cellex.authority.authenticator, transfers, body_of, lambda: None)
+    binding = DspBinding(runtime, cellex.authority.authenticator, ENDPOINT)
+    cellex.app = create_dsp_app(binding, [routes])

@@ -14,13 +14,7 @@ import httpx
 import pytest
 from pyld import jsonld
 
-from qdspace.node.dsp.app import DspBinding, body_of, create_dsp_app
-from qdspace.node.dsp.edr import DataTokens
-from qdspace.node.dsp.transfer_consumer import DspTransfers
-from qdspace.node.dsp.transfer_process import DspTransferMoves
-from qdspace.node.dsp.transfers import transfer_router
-
-from .conftest import DSP, ENDPOINT, Caller, Calls, Provider
+from .conftest import DSP, Caller, Calls, Provider, with_transfers
 from .test_dsp_negotiation_off_loop import POLICY_CTX
 
 NOT_JSON = b'{"@type": "ContractRequestMessage", "consumerPid": '  # cut off
@@ -87,16 +81,6 @@ def test_members_under_their_negotiation_quota_are_answered_as_before(
 
     assert raw_post(polycell, "/negotiations/request", NOT_JSON).status_code == 400
     assert ask(polycell).status_code == 201  # another member's count is its own
-
-
-def with_transfers(cellex: Provider) -> None:
-    """Cellex's DSP app with the transfer routes too (`node.dsp.transfers`)."""
-    runtime = cellex.runtime
-    moves = DspTransferMoves(runtime, DataTokens(runtime.signing_key, 600), ENDPOINT)
-    transfers = DspTransfers(moves, http=None)  # type: ignore[arg-type]  # (nothing sent)
-    routes = transfer_router(cellex.authority.authenticator, transfers, body_of, lambda: None)
-    binding = DspBinding(runtime, cellex.authority.authenticator, ENDPOINT)
-    cellex.app = create_dsp_app(binding, [routes])
 
 
 def test_a_member_over_its_transfer_quota_is_refused_before_its_body_is_read(
