@@ -19,7 +19,8 @@ could smuggle a second message past the type check).
 After expansion the document must be exactly one node of the DSP type expected.
 A term without a definition is refused by name rather than dropped.
 
-At most `MAX_MESSAGE_VALUES` JSON values outside the contexts (`check_values`), counted
+At most `MAX_MESSAGE_VALUES` JSON values outside the contexts (`check_values`; a message
+that carries no policy `MAX_PLAIN_MESSAGE_VALUES`), counted
 on the raw JSON before pyld runs: pyld's work grows with the values a message carries
 (~25 us each to expand and compact, and the policy codec reads the offer with pyld
 again, ~7 us more), and `check_bounds` admits 20,000 of them in the 256 KiB a DSP body
@@ -51,6 +52,14 @@ from qdspace.policies.odrl.vocab import DSPACE
 #: JSON values (objects, arrays, strings, numbers...) in one DSP message, its contexts
 #: aside (see the module: a constraint's most values, and room for the rest)
 MAX_MESSAGE_VALUES = 2 * MAX_RIGHT_VALUES
+#: the messages that carry a policy (an offer or an agreement), which `MAX_MESSAGE_VALUES`
+#: is sized for; every other is a few ids, a callback, a reason or a data address, held
+#: to `MAX_PLAIN_MESSAGE_VALUES` (a catalog request's body was parsed, up to 2,048
+#: values and ~65 ms of pyld, for a filter the catalog does not read)
+POLICY_MESSAGES = frozenset(
+    {"ContractRequestMessage", "ContractOfferMessage", "ContractAgreementMessage"}
+)
+MAX_PLAIN_MESSAGE_VALUES = 256
 #: keywords that make a document more than one node
 _MULTI_NODE = ("@graph", "@included")
 #: DSP properties whose value the DSP context reads as an IRI (``@type: @id``) or a DSP
@@ -67,6 +76,11 @@ class DspFormError(ValueError):
         super().__init__(f"{where}: {message}")
         self.where = where
         self.reason = message
+
+
+def message_values(kind: str) -> int:
+    """How many JSON values a DSP message of type `kind` may carry (`check_values`)."""
+    return MAX_MESSAGE_VALUES if kind in POLICY_MESSAGES else MAX_PLAIN_MESSAGE_VALUES
 
 
 def check_values(body: Mapping[str, Any], limit: int = MAX_MESSAGE_VALUES) -> None:
@@ -88,11 +102,15 @@ def check_values(body: Mapping[str, Any], limit: int = MAX_MESSAGE_VALUES) -> No
             value = stack.pop()
             count += 1
             if count > limit:
+                why = (
+                    f"(a policy of up to {MAX_RIGHT_VALUES} values in a constraint, and the "
+                    "message's own): ask for fewer orders at a time"
+                    if limit >= MAX_MESSAGE_VALUES
+                    else "(only a contract request, offer or agreement carries a policy)"
+                )
                 raise DspFormError(
                     f"$.{str(key)[:40]}",
-                    f"a DSP message carries at most {limit} JSON values besides its "
-                    f"@context (a policy of up to {MAX_RIGHT_VALUES} values in a constraint, "
-                    "and the message's own): ask for fewer orders at a time",
+                    f"a DSP message carries at most {limit} JSON values besides its @context {why}",
                 )
             if isinstance(value, Mapping):
                 stack.extend(v for k, v in value.items() if k != "@context")
@@ -151,7 +169,7 @@ def normalise(body: Any, kind: str) -> dict[str, Any]:
     _compact_type(body, kind)
     try:
         check_bounds(body, max_objects=MAX_MESSAGE_OBJECTS)
-        check_values(body)
+        check_values(body, message_values(kind))
         check_contexts(body)
         _no_multiple_nodes(body)
         expanded = expand(body, None)

@@ -10,7 +10,12 @@ import pytest
 from pyld import jsonld
 
 from qdspace.connector import dsp_codec as codec
-from qdspace.connector.dsp_jsonld import MAX_MESSAGE_VALUES, DspFormError, check_values
+from qdspace.connector.dsp_jsonld import (
+    MAX_MESSAGE_VALUES,
+    MAX_PLAIN_MESSAGE_VALUES,
+    DspFormError,
+    check_values,
+)
 from qdspace.policies.odrl.codec import MAX_RIGHT_VALUES
 
 DSP = "https://w3id.org/dspace/2025/1/context.jsonld"
@@ -62,3 +67,33 @@ def test_contexts_do_not_count_and_the_largest_honest_request_is_read() -> None:
     read = codec.read_message(message(orders), "ContractRequestMessage")
     (permission,) = read["offer"]["permission"]
     assert len(permission["constraint"][1]["rightOperand"]) == MAX_RIGHT_VALUES
+
+
+def test_a_message_without_a_policy_carries_few_values(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A catalog request (its filter unread) or a termination carries no policy: 300
+    values, which a contract request may carry, are refused before pyld; an honest one,
+    with a reason of a few lines, is read."""
+    bulk = {"filter": [{"x": f"v{i}"} for i in range(150)]}
+    catalog = {"@context": [DSP], "@type": "CatalogRequestMessage", **bulk}
+    ended = {
+        "@context": [DSP],
+        "@type": "ContractNegotiationTerminationMessage",
+        "providerPid": "urn:uuid:p-1",
+        "consumerPid": "urn:uuid:c-1",
+        "reason": [f"line {i}" for i in range(300)],
+    }
+    assert codec.read_message(
+        {"@context": [DSP], "@type": "CatalogRequestMessage"}, "CatalogRequestMessage"
+    )
+    honest = {**ended, "reason": ["no orders held", "ask again"]}
+    assert codec.read_message(honest, "ContractNegotiationTerminationMessage")["providerPid"]
+
+    def no_pyld(*args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("pyld ran")
+
+    monkeypatch.setattr(jsonld, "expand", no_pyld)
+    for body in (catalog, ended):
+        with pytest.raises(DspFormError) as refused:
+            codec.read_message(body, str(body["@type"]))
+        assert f"at most {MAX_PLAIN_MESSAGE_VALUES} JSON values" in str(refused.value)
+        assert "carries a policy" in str(refused.value)
