@@ -9,8 +9,9 @@ their own, so members cannot spend them; each member calling takes an equal shar
 members' rate, so members cannot starve each other); a call over a quota is refused there with
 RESOURCE_EXHAUSTED / 429 and the seconds to wait, having cost a dictionary lookup and a
 lock. A tenant that floods the host gets its quota's worth of service, no more, and
-its neighbours' calls do not queue behind its surplus. The calls-in-flight quota bounds
-how many of the shared worker threads one tenant can hold at once.
+its neighbours' calls do not queue behind its surplus. The calls-in-flight quota counts
+calls, not threads, and allows more than a pool has: the shared worker threads are
+taken in turns, each tenant within its share (`node.host.workers`).
 
 Ingest (`node.api.app`, through `NodeContext.ingest_admission`) is checked against the
 row and storage quotas with the tenant's usage measured fresh (rows in its QDM tables;

@@ -59,6 +59,8 @@ HOST_TOKEN_ENV = "QDSPACE_HOST_TOKEN_FILE"
 
 DEFAULT_API_PORT = 8600
 DEFAULT_TENANT_PORTS = "7600-7699"
+#: the HTTP routes' worker threads (anyio's own number)
+DEFAULT_HTTP_WORKER_THREADS = 40
 
 
 @dataclass(frozen=True)
@@ -146,6 +148,11 @@ class HostSettings(BaseModel):
     shutdown_grace_s: float = Field(default=5.0, ge=0)
     #: every tenant's quota unless it has its own (``host tenant quota``; null: no limit)
     quota: QuotaSettings = Field(default_factory=QuotaSettings)
+    #: worker threads for the tenants' blocking work in gRPC handlers and jobs (null:
+    #: asyncio's own number, min(32, CPUs + 4)) and in HTTP routes; one tenant holds at
+    #: most half of each, 1/n while n tenants use it (`node.host.workers`)
+    worker_threads: int | None = Field(default=None, ge=2, le=1024)
+    http_worker_threads: int = Field(default=DEFAULT_HTTP_WORKER_THREADS, ge=2, le=1024)
     log_level: str = "INFO"
 
     @field_validator("tenant_grpc_ports")

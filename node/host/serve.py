@@ -2,9 +2,10 @@
 
 The order is a node's: everything that can fail for the host as a whole (settings, the
 master key, the host token, the listener's certificate, its port) is checked before any
-tenant starts, so a host that cannot run says so in one line. Then each tenant opens and
-starts on its own (`runtime.HostRuntime`: a tenant that fails is reported and skipped),
-and the one operator listener comes up. While it runs the host writes
+tenant starts, so a host that cannot run says so in one line. The loop's worker threads
+are shared among the tenants in turns before anything uses them (`workers`). Then each
+tenant opens and starts on its own (`runtime.HostRuntime`: a tenant that fails is
+reported and skipped), and the one operator listener comes up. While it runs the host writes
 ``HOST/run/host.json`` (pid, the listener's URL and CA file, each tenant's gRPC address
 and state, the seconds the start took).
 """
@@ -24,6 +25,7 @@ from qdspace.node.host.config import HostLayout, HostSettings
 from qdspace.node.host.dispatch import HostDispatcher, create_host_app
 from qdspace.node.host.runtime import HostRuntime
 from qdspace.node.host.tenants import load_host_token, load_master_key
+from qdspace.node.host.workers import default_threads, install_worker_shares
 from qdspace.node.listeners import bind_socket, check_server_tls, https_url
 from qdspace.util.files import write_atomic
 from qdspace.util.recursion import hold_recursion_limit
@@ -90,6 +92,8 @@ def run_host(directory: Path) -> None:
     async def main() -> None:
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
+        threads = settings.worker_threads or default_threads()
+        install_worker_shares(loop, threads, settings.http_worker_threads)  # before any use
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
         sock = bind_socket("host operator API", settings.api_host, settings.api_port)

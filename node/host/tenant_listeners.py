@@ -16,7 +16,8 @@ suspension stops it, so its open data streams end as the tenant's gRPC streams d
 a resume starts it again on the same port. Its requests count against the tenant's
 quotas as its gRPC calls do (`TenantQuotaGate`: the rate, the calls and streams in
 flight), besides the per-member caps every node's DSP listener keeps
-(`node.dsp.caps`).
+(`node.dsp.caps`), and run as the tenant's (`node.logs.MEMBER`): their log lines name
+it, and their worker threads are taken within its share (`node.host.workers`).
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from qdspace.connector import dsp_codec as codec
 from qdspace.node.dsp.caps import drain_body, error_kind
 from qdspace.node.host.errors import QuotaExceeded
+from qdspace.node.logs import MEMBER
 
 if TYPE_CHECKING:
     from qdspace.node.host.admission import TenantAdmission
@@ -131,9 +133,11 @@ class TenantQuotaGate:
             await drain_body(receive, Headers(scope=scope).get("content-length"))
             await _over_quota(exc, path)(scope, receive, send)
             return
+        token = MEMBER.set(self.admission.tenant)  # its worker threads are its share's
         try:
             await self.app(scope, receive, send)
         finally:
+            MEMBER.reset(token)
             release()
 
 

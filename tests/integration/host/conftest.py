@@ -49,6 +49,9 @@ class Host:
     tokens: dict[str, str] = field(default_factory=dict)
     regulator_ports: dict[str, int] = field(default_factory=dict)
     process: subprocess.Popen[bytes] | None = None
+    #: what runs ``host start`` (after the interpreter), and variables added to its environment
+    launcher: tuple[str, ...] = ("-m", "qdspace")
+    env: dict[str, str] = field(default_factory=dict)
 
     @property
     def files(self) -> HostLayout:
@@ -89,10 +92,11 @@ class Host:
     def start(self) -> None:
         with self.log.open("ab") as log:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "qdspace", "host", "start", "--dir", str(self.directory)],
+                [sys.executable, *self.launcher, "host", "start", "--dir", str(self.directory)],
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
+                env={**os.environ, **self.env} if self.env else None,
             )
         process = self.process
 
