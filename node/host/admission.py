@@ -272,25 +272,35 @@ class TenantAdmission:
     def check_kept(self, size: int, what: str) -> None:
         """Refuse ``size`` more bytes of ``what`` (quality case data, a peer's or the
         staff's) that do not fit (`ReceivedRoom`): the disk, and the storage quota
-        against the usage as last measured (measured again once stale). Quality cases
+        against the usage as last measured (measured again once stale), and counted in
+        until the next measure (`_check_storage`). Quality cases
         were written on no quota: 100 of its staff's took a tenant's database to 150x its
         storage quota, and a member's opened at a tenant locked its own ingests out."""
         if self.disk is not None:
             self.disk.check(size, f"{what} brings")
-        self._check_storage(size, (f"{what} brings", KEPT_NOT), measure_stale=True)
+        self._check_storage(size, (f"{what} brings", KEPT_NOT), measure_stale=True, count=True)
 
-    def _check_storage(self, size: int, what: tuple[str, str], *, measure_stale: bool) -> None:
+    def _check_storage(
+        self, size: int, what: tuple[str, str], *, measure_stale: bool, count: bool = False
+    ) -> None:
         """`check_growth` of ``size`` bytes against the storage quota, on the usage as
-        last measured (measured now if never, or if ``measure_stale`` and it is stale);
-        nothing is reserved."""
+        last measured (measured now if never, or if ``measure_stale`` and it is stale).
+
+        ``count``: the bytes let in are added to the usage until the next measure (case
+        data is written right after its check, and nothing else counts it): checked one
+        at a time under the lock, racing writes of a member's cases could each pass on
+        the same measure and together go over the quota. An upload is not counted: its
+        ingest is measured afresh when it is admitted."""
         if self._measure is None or self.quota.max_storage is None:
             return
         with self._lock:
             if self.usage is None or (measure_stale and self._stale()):
                 self._remeasure_locked()
             usage = self.usage
-        assert usage is not None
-        check_growth(self.tenant, self.quota, usage, 0, size, what)
+            assert usage is not None
+            check_growth(self.tenant, self.quota, usage, 0, size, what)
+            if count:
+                self.usage = Usage(usage.rows, usage.size + size)
 
     @contextmanager
     def receive(self, rows: int, size: int) -> Iterator[None]:

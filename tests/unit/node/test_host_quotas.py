@@ -329,7 +329,9 @@ def test_quality_case_data_and_uploads_are_checked_against_the_storage_quota(
 ) -> None:
     """Case data (a member's or the staff's) and an upload as it arrives are checked
     against the storage quota on the last measure (quality cases were kept on no quota:
-    a tenant's database grew to 150x it); nothing is reserved by a check."""
+    a tenant's database grew to 150x it). An upload reserves nothing (its ingest is
+    measured afresh); case data let in counts until the next measure, so cases written
+    one after another on the same measure cannot together pass the quota."""
     measures: list[int] = []
 
     def measure() -> Usage:
@@ -337,15 +339,20 @@ def test_quality_case_data_and_uploads_are_checked_against_the_storage_quota(
         return Usage(10, 4000)
 
     admission = TenantAdmission("calmco", Quota(max_rows=None, max_storage=5000), measure)
-    admission.check_kept(1000, "quality case data from sunarc")  # exactly fits
-    with pytest.raises(StorageQuotaExceeded) as refused:
-        admission.check_kept(1001, "quality case data from sunarc")
-    assert "quality case data from sunarc brings 1001 B" in str(refused.value)
-    assert "it was not kept" in str(refused.value)
     admission.check_upload(1000)
     with pytest.raises(StorageQuotaExceeded, match="this ingest carries"):
         admission.check_upload(1001)
     assert admission.usage == Usage(10, 4000) and len(measures) == 1  # nothing reserved
+    with pytest.raises(StorageQuotaExceeded) as refused:
+        admission.check_kept(1001, "quality case data from sunarc")
+    assert "quality case data from sunarc brings 1001 B" in str(refused.value)
+    assert "it was not kept" in str(refused.value)
+    admission.check_kept(600, "quality case data from sunarc")
+    assert admission.usage == Usage(10, 4600)  # counted in until the next measure
+    with pytest.raises(StorageQuotaExceeded):  # the first would have let this one in too
+        admission.check_kept(600, "quality case data from sunarc")
+    admission.check_kept(400, "quality case data from sunarc")  # exactly fits
+    assert len(measures) == 1
     room = DiskRoom(tmp_path, 0)
     room.check_kept(10, "this quality case")
     with pytest.raises(DiskLow, match="this quality case brings"):
