@@ -224,7 +224,7 @@ def keep_output_bounded() -> threading.Thread | None:
     size = os.environ.pop(PROCESS_LOG_BYTES_ENV, "")
     if not named:
         return None
-    limit = int(size) if size.isdigit() and int(size) > 0 else LOG_FILE_BYTES
+    limit = int(size) if size.isascii() and size.isdigit() and int(size) > 0 else LOG_FILE_BYTES
     path = Path(named)
     fds = _fds_on(path)
     if not fds:

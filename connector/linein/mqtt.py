@@ -37,7 +37,9 @@ room for the topic and properties, so a payload a little over the limit still ar
 and is refused here for its size (the second line, and the only one with ``protocol:
 mqtt311``, for a broker without MQTT 5: there paho reads a payload whole before it is
 refused, so set the broker's ``message_size_limit`` (mosquitto) to 65536). Sparkplug B
-3.0 allows MQTT 5 (its clean-start rule binds edge nodes, not a consumer like this one).
+3.0 runs over MQTT 3.1.1 or 5; this connector only reads its messages (it is no edge node)
+and keeps a persistent session under either, as it did under 3.1.1. A broker that does
+not speak 5 refuses the connection, logged as an error that names the setting.
 """
 
 from __future__ import annotations
@@ -186,6 +188,15 @@ class MqttConnector:
 
         def on_connect(client: Any, _u: Any, flags: Any, reason: Any, _p: Any) -> None:
             if reason.is_failure:
+                if config.protocol == "mqtt5" and "protocol version" in str(reason).lower():
+                    log.error(
+                        "mqtt %s:%d: the broker does not speak MQTT 5 (%s): set "
+                        "'protocol: mqtt311' in the connector's configuration",
+                        config.host,
+                        config.port,
+                        reason,
+                    )
+                    return
                 log.warning("mqtt %s:%d: connection refused: %s", config.host, config.port, reason)
                 return
             with self._lock:

@@ -165,8 +165,9 @@ async def before_body(request: Request, check: Callable[[], None]) -> None:
     answer."""
     try:
         await run_in_threadpool(check)
-    except Exception:
-        setattr(request.state, _UNREAD, True)
+    except Exception as exc:
+        if http_status(exc) < 500:  # the caller's refusal; a 500 is answered by Starlette's
+            setattr(request.state, _UNREAD, True)  # handler, which can no longer drain
         raise
 
 

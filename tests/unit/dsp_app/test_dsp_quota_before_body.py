@@ -14,7 +14,7 @@ import httpx
 import pytest
 from pyld import jsonld
 
-from .conftest import DSP, Caller, Calls, Provider, with_transfers
+from .conftest import DSP, ENDPOINT, Caller, Calls, Provider, with_certificate, with_transfers
 from .test_dsp_negotiation_off_loop import POLICY_CTX
 
 NOT_JSON = b'{"@type": "ContractRequestMessage", "consumerPid": '  # cut off
@@ -110,3 +110,25 @@ def test_a_member_over_its_transfer_quota_is_refused_before_its_body_is_read(
     }
     assert sunarc.post("/transfers/request", valid).status_code == 429
     assert calls.counts == {}  # pyld never ran
+
+
+def test_a_server_fault_in_the_quota_check_is_still_a_dsp_error(
+    cellex: Provider, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The quota count failing on the server's side (not the caller's refusal) is answered
+    as any server fault is: a DSP error body, not Starlette's bare 500 after a second
+    failure draining a body that handler can no longer read."""
+
+    def broken(peer: object) -> None:
+        raise RuntimeError("the count failed")
+
+    monkeypatch.setattr(cellex.runtime, "within_negotiation_quota", broken)
+    sunarc = cellex.client(cellex.authority.member("sunarc", "oem", b"o"))
+    # as a server answers: Starlette re-raises a server fault after answering it
+    app = with_certificate(cellex.app, sunarc.member.der)
+    transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+    sunarc.http = httpx.AsyncClient(transport=transport, base_url=ENDPOINT)
+    answer = raw_post(sunarc, "/negotiations/request", NOT_JSON)
+    assert answer.status_code == 500, answer.text
+    assert answer.json()["@type"] == "ContractNegotiationError"
+    assert answer.json()["reason"] == ["internal error"]
