@@ -166,8 +166,10 @@ class ContractStore:
     def prune_ended_negotiations(self, before: datetime, limit: int = 1000) -> int:
         return self._negotiations.prune_ended(before, limit)
 
-    def prune_ended_negotiations_beyond(self, per_member: int, limit: int = 1000) -> int:
-        return self._negotiations.prune_ended_beyond(per_member, limit)
+    def prune_ended_negotiations_beyond(
+        self, per_member: int, opened_before: datetime, limit: int = 1000
+    ) -> int:
+        return self._negotiations.prune_ended_beyond(per_member, opened_before, limit)
 
     def transfers_opened_by(self, consumer_id: str, since: datetime) -> int:
         return self._transfers.opened_by(consumer_id, since)

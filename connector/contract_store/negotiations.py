@@ -155,7 +155,9 @@ class NegotiationStore(TableStore):
         )
         return _delete_chosen(self.engine, ended)
 
-    def prune_ended_beyond(self, per_member: int, limit: int = 1000) -> int:
+    def prune_ended_beyond(
+        self, per_member: int, opened_before: datetime, limit: int = 1000
+    ) -> int:
         """Delete up to `limit` of the negotiations a member opened with us (we are the
         provider) that ended without an agreement, beyond the `per_member` newest of that
         member's (by last change), with their messages; how many.
@@ -171,7 +173,12 @@ class NegotiationStore(TableStore):
         through the index on ``state`` (the ranking needs no index of its own: the
         prune runs hourly, and these rows are bounded by this cap and the quota of an
         hour, members times (cap + quota)); on SQLite reading a row's ``updated_at``
-        walks its stored offer, which is what the cap bounds."""
+        walks its stored offer, which is what the cap bounds.
+
+        Only negotiations opened before `opened_before` are taken: the member's hourly
+        quota counts the negotiations it opened within the hour, so one deleted within
+        that window would give the member its quota again (with a quota above the cap,
+        a member could open twice its quota an hour)."""
         table = negotiation_table
         rank = (
             func.row_number()
@@ -182,7 +189,7 @@ class NegotiationStore(TableStore):
             .label("rank")
         )
         ranked = (
-            select(table.c.negotiation_id, rank)
+            select(table.c.negotiation_id, table.c.created_at, rank)
             .where(
                 table.c.state == NegotiationState.TERMINATED.value,
                 table.c.agreement_id.is_(None),
@@ -190,7 +197,11 @@ class NegotiationStore(TableStore):
             )
             .subquery()
         )
-        beyond = select(ranked.c.negotiation_id).where(ranked.c.rank > per_member).limit(limit)
+        beyond = (
+            select(ranked.c.negotiation_id)
+            .where(ranked.c.rank > per_member, ranked.c.created_at < opened_before)
+            .limit(limit)
+        )
         return _delete_chosen(self.engine, beyond)
 
     def save_negotiation(

@@ -29,6 +29,7 @@ from qdspace.node.errors import NotTheMember, PeerBusy, PeerError, PeerRefused
 from qdspace.node.rpc.contracts_client import TIMEOUT_S, ContractClient, call_peer
 from qdspace.node.rpc.peers import PeerDirectory
 from qdspace.node.runtime.contracts import ContractRuntime
+from qdspace.node.runtime.contracts_base import QUOTA_WINDOW
 from qdspace.node.runtime.contracts_cases import CASE_KIND
 from qdspace.node.runtime.contracts_notices import NOTIFICATION
 from qdspace.protocols.v1 import notification_pb2, notification_pb2_grpc
@@ -309,8 +310,9 @@ class ContractJobs:
             ended = now - ENDED_NEGOTIATION_KEEP
             while await asyncio.to_thread(store.prune_ended_negotiations, ended) > 0:
                 pass
-            cap = ENDED_NEGOTIATIONS_PER_MEMBER
-            while await asyncio.to_thread(store.prune_ended_negotiations_beyond, cap) > 0:
+            cap, quota_start = ENDED_NEGOTIATIONS_PER_MEMBER, now - QUOTA_WINDOW
+            prune = store.prune_ended_negotiations_beyond
+            while await asyncio.to_thread(prune, cap, quota_start) > 0:
                 pass
         except Exception:  # the next run tries again
             logger.exception("pruning the outbox or ended negotiations failed")

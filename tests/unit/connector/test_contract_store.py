@@ -222,9 +222,14 @@ def test_negotiations_that_ended_without_agreement_are_capped_per_member(
 
     store.dsp.bind(_dsp_binding("neg-h0"))
     store.dsp.bind(_dsp_binding("neg-h6"))
-    assert store.prune_ended_negotiations_beyond(cap, limit=3) == 3
-    assert store.prune_ended_negotiations_beyond(cap, limit=3) == 1
-    assert store.prune_ended_negotiations_beyond(cap, limit=3) == 0
+    # those opened within the member's quota window stay (the quota counts them): here
+    # the window starts at 12 s, so only the two opened before it go first
+    assert store.prune_ended_negotiations_beyond(cap, at(12), limit=3) == 2
+    assert store.prune_ended_negotiations_beyond(cap, at(12), limit=3) == 0
+    assert store.find_negotiation("neg-h2") is not None
+    assert store.prune_ended_negotiations_beyond(cap, at(100), limit=1) == 1
+    assert store.prune_ended_negotiations_beyond(cap, at(100), limit=3) == 1
+    assert store.prune_ended_negotiations_beyond(cap, at(100), limit=3) == 0
     left = sorted(n.negotiation_id for n in store.negotiations())
     kept = ["neg-h4", "neg-h5", "neg-h6"]  # the hostile member's newest
     others = ["neg-o0", "neg-o1", "neg-o2", "neg-agreed", "neg-open"]

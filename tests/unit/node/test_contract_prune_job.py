@@ -63,13 +63,14 @@ def test_the_prune_job_caps_what_a_member_keeps_of_refused_negotiations(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Refused within the keep, so only the cap takes them: the hostile member keeps its
-    newest, the other member (under the cap) all of its own."""
+    newest, the other member (under the cap) all of its own; none opened within the hour
+    the member's quota counts is taken (it would give the member its quota again)."""
     monkeypatch.setattr(contracts_jobs, "ENDED_NEGOTIATIONS_PER_MEMBER", 2)
     rt = runtime(tmp_path)
     now = rt.clock.now()
-    for i in range(5):
-        refused(rt.store, f"neg-h{i}", "hostile", now - dt.timedelta(minutes=10 - i))
-    refused(rt.store, "neg-o0", "other", now - dt.timedelta(minutes=30))
+    for i in range(5):  # the last three within the hour its quota counts
+        refused(rt.store, f"neg-h{i}", "hostile", now - dt.timedelta(minutes=90 - 20 * i))
+    refused(rt.store, "neg-o0", "other", now - dt.timedelta(minutes=120))
     jobs = ContractJobs.__new__(ContractJobs)  # no loops started: only the prune is driven
     jobs.client = SimpleNamespace(runtime=rt)  # type: ignore[assignment]
     try:
@@ -77,4 +78,4 @@ def test_the_prune_job_caps_what_a_member_keeps_of_refused_negotiations(
         left = sorted(n.negotiation_id for n in rt.store.negotiations())
     finally:
         rt.qdm.dispose()
-    assert left == ["neg-h3", "neg-h4", "neg-o0"]
+    assert left == ["neg-h2", "neg-h3", "neg-h4", "neg-o0"]  # h2: beyond the cap, in the hour
