@@ -16,7 +16,8 @@ clipped before any strategy runs (FedAvg, median and Krum included), so one host
 member cannot move the model further than the bound. Under secure aggregation the
 coordinator never sees a single change, so it bounds their sum instead: longer than
 honest members' changes within the clip can add up to, it is scaled back
-(``RoundRecord.sum_bounded``), and the model moves by at most the clip there too.
+(``RoundRecord.sum_bounded``), and the model moves by at most the clip there too (with
+distributed noise, by little more than the noise).
 
 Between rounds the coordinator's state is written as a checkpoint and a restarted
 coordinator resumes from it (``checkpoint`` / ``resume``): which state survives and
@@ -456,18 +457,27 @@ class Coordinator:
 
     def _sum_bound(self, members: int, size: int) -> float:
         """The longest sum (L2) of `members` changes each within the job's clip, as a
-        secure round decodes it: their clips, plus the distributed noise each member adds
-        (``sqrt(d)`` standard deviations of the sum's noise and six more) and the
-        quantizer's rounding in every coordinate."""
+        secure round decodes it: their clips and the quantizer's rounding in every
+        coordinate, and the distributed noise each member adds, bounded by its square.
+
+        The noise's length is ``sigma * sqrt(d)``, but the sum's square grows by
+        ``sigma^2 * d`` plus at most six standard deviations of that square
+        (``sigma^2 * sqrt(2d)`` each) and of the cross term with the changes
+        (``2 * sigma * |changes|`` each): a bound on the square leaves a hostile input
+        room of the order of ``sigma * d**0.25``, where one on the length left it
+        ``sigma * sqrt(d)``, which on a large model is many clips. A relative 1e-4 on
+        top keeps float32 rounding of an honest, aligned sum from counting as over."""
         clip = self.job.clip
         assert clip is not None  # a secure job has one (`JobSpec.problems`)
-        bound = members * clip
+        quantizer = self._server().config.quantizer
+        changes = members * clip + quantizer.max_error(members) * math.sqrt(size)
+        square = changes * changes
         dp = self.job.dp
         if dp is not None:
-            noise = math.sqrt(members) * dp.member_noise_std(self.job.min_members)
-            bound += noise * (math.sqrt(size) + 6.0)
-        quantizer = self._server().config.quantizer
-        return bound + quantizer.max_error(members) * math.sqrt(size)
+            sigma = math.sqrt(members) * dp.member_noise_std(self.job.min_members)
+            noise = sigma * sigma * (size + 6.0 * math.sqrt(2.0 * size))
+            square += noise + 6.0 * 2.0 * sigma * changes
+        return math.sqrt(square) * (1.0 + 1e-4)
 
     def _bound_secure_sum(self, total: Vector, members: int) -> tuple[Vector, bool]:
         """The unmasked sum, scaled back to `_sum_bound` if it is longer; whether it was.
@@ -476,9 +486,10 @@ class Coordinator:
         cannot clip one; but a masked input is any ring element the member likes (each
         coordinate up to the quantizer's room for all members' sum), and one hostile
         member's input moved the model by ``sqrt(d)`` times the clip. Honest members'
-        sum is never longer than this bound, so bounding the sum takes nothing from them
-        and moves the model by at most the clip (the mean), as clipping does in a plain
-        round; who sent the long input stays unknown (that is the protocol's point)."""
+        sum is within this bound, so bounding the sum takes nothing from them; without
+        noise it moves the model by at most the clip (the mean), as clipping does in a
+        plain round, and with distributed noise by little more than the noise does. Who
+        sent the long input stays unknown (that is the protocol's point)."""
         flat = np.asarray(total, dtype=np.float32)
         bound = self._sum_bound(members, flat.size)
         norm = l2_norm(flat.ravel())
