@@ -53,6 +53,7 @@ from qdspace.node.identity.certs import Trust
 from qdspace.node.rpc.federation_client import FederationClient, FederationRefused
 from qdspace.node.rpc.federation_keys import CertificateKeys, Revoked
 from qdspace.node.runtime.federation_member import MemberEvent, MemberResult, VersionHook
+from qdspace.util.threads import on_own_thread
 
 logger = logging.getLogger("node.rpc")
 
@@ -214,9 +215,13 @@ class MemberRunner:
             await asyncio.to_thread(self._on_version, checked, params)
 
     async def _train(self, round_: int) -> tuple[Vector, int]:
+        """Train for `round_` (once), on a thread of its own for the call: training takes
+        seconds to minutes, and on a managed host the shared worker threads are taken
+        within each tenant's share (`node.host.workers`), where a round's training would
+        hold its tenant's share for that long and its calls would wait behind it."""
         if round_ not in self._trained:
             assert self._params is not None
-            trained, examples = await asyncio.to_thread(self._trainer, self._params, round_)
+            trained, examples = await on_own_thread(self._trainer, self._params, round_)
             self._trained = {round_: (_flat(trained), examples)}
             self._emit("trained", round_, f"{examples} local examples")
         return self._trained[round_]
