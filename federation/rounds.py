@@ -17,7 +17,8 @@ member cannot move the model further than the bound. Under secure aggregation th
 coordinator never sees a single change, so it bounds their sum instead: longer than
 honest members' changes within the clip can add up to, it is scaled back
 (``RoundRecord.sum_bounded``), and the model moves by at most the clip there too (with
-distributed noise, by little more than the noise).
+distributed noise, a member may still send, in place of its share of the noise, a change
+of that share's length: the sum cannot tell them apart).
 
 Between rounds the coordinator's state is written as a checkpoint and a restarted
 coordinator resumes from it (``checkpoint`` / ``resume``): which state survives and
@@ -460,13 +461,14 @@ class Coordinator:
         secure round decodes it: their clips and the quantizer's rounding in every
         coordinate, and the distributed noise each member adds, bounded by its square.
 
-        The noise's length is ``sigma * sqrt(d)``, but the sum's square grows by
-        ``sigma^2 * d`` plus at most six standard deviations of that square
-        (``sigma^2 * sqrt(2d)`` each) and of the cross term with the changes
-        (``2 * sigma * |changes|`` each): a bound on the square leaves a hostile input
-        room of the order of ``sigma * d**0.25``, where one on the length left it
-        ``sigma * sqrt(d)``, which on a large model is many clips. A relative 1e-4 on
-        top keeps float32 rounding of an honest, aligned sum from counting as over."""
+        The noise adds ``sigma^2 * d`` to the sum's square, give or take six standard
+        deviations of that (``sigma^2 * sqrt(2d)`` each) and of its cross term with the
+        changes (``2 * sigma * |changes|`` each); bounding the square, not the length,
+        keeps the slack to that. What it cannot bound: a member that leaves out its own
+        share of the noise and sends a change of that share's length instead
+        (``sigma / sqrt(members) * sqrt(d)``, in a direction of its choosing): the sum
+        cannot tell a member's noise from its change. A relative 1e-4 on top keeps
+        float32 rounding of an honest, aligned sum from counting as over."""
         clip = self.job.clip
         assert clip is not None  # a secure job has one (`JobSpec.problems`)
         quantizer = self._server().config.quantizer
@@ -488,7 +490,7 @@ class Coordinator:
         member's input moved the model by ``sqrt(d)`` times the clip. Honest members'
         sum is within this bound, so bounding the sum takes nothing from them; without
         noise it moves the model by at most the clip (the mean), as clipping does in a
-        plain round, and with distributed noise by little more than the noise does. Who
+        plain round (with distributed noise, see `_sum_bound` for what is left). Who
         sent the long input stays unknown (that is the protocol's point)."""
         flat = np.asarray(total, dtype=np.float32)
         bound = self._sum_bound(members, flat.size)

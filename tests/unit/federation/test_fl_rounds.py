@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from pathlib import Path
 
 import numpy as np
@@ -200,6 +200,7 @@ def secure_round(
     skip_mask: Collection[str] = (),
     skip_unmask: Collection[str] = (),
     poison: dict[str, np.ndarray] | None = None,
+    trained_for: Callable[[str, Coordinator], np.ndarray] | None = None,
 ) -> dict[str, np.ndarray]:
     rnd, attempt, rng = coord.round, coord.attempt, np.random.default_rng(coord.round)
     clients: dict[str, SecAggClient] = {
@@ -214,7 +215,7 @@ def secure_round(
         coord.submit_shares(m, rnd, attempt, c.share_keys(roster, VERIFY), now)
     assert coord.phase is Phase.MASKED_INPUT
     for m, c in clients.items():
-        trained = flatten(train(m, coord))
+        trained = flatten(train(m, coord)) if trained_for is None else trained_for(m, coord)
         changes[m] = prepare_change(coord.job, coord.global_vector, trained, rng)
         if poison is not None and m in poison:  # masked as it is: never clipped
             changes[m] = poison[m]
@@ -286,6 +287,38 @@ def test_a_secure_sum_longer_than_the_clip_allows_is_scaled_back() -> None:
     np.testing.assert_allclose(
         coord.global_vector, before + np.mean(list(changes.values()), axis=0), atol=1e-6
     )
+
+
+def test_a_secure_sum_under_distributed_noise_is_bounded() -> None:
+    """With distributed noise the bound must leave room for every member's noise (on a
+    model of 100k parameters ~390 clips long in all), so an honest round is taken as it
+    is; a member that sends twice its share of the noise's length in one direction, and
+    no noise, is scaled back. (One that sends its share's length, in place of its noise,
+    is not: the sum cannot tell a member's noise from its change.)"""
+    big = logreg.model_shapes(2_000, 50)
+    dp = DPConfig(clip=1.0, noise_multiplier=1.0, mode=NoiseMode.DISTRIBUTED)
+    spec = job(shapes=big, secure_aggregation=True, dp=dp, threshold=2, rounds=2)
+    start = np.zeros(sum(int(np.prod(s)) for s in big), np.float32)
+    coord = Coordinator.start(spec, start, now=0.0, seed=3)
+    rng = np.random.default_rng(7)
+
+    def trained(member: str, c: Coordinator) -> np.ndarray:
+        return c.global_vector + rng.normal(0.0, 0.01, c.global_vector.size).astype(np.float32)
+
+    secure_round(coord, now=1.0, trained_for=trained)
+    assert not coord.history[0].sum_bounded  # honest: noise and all, taken as it is
+    share = dp.member_noise_std(spec.min_members) * np.sqrt(start.size)  # ~224 clips
+    # (each coordinate within what the quantizer takes: the masked input is clipped there)
+    hostile = np.zeros(start.size, np.float32)
+    width = int((2 * share / 5.0) ** 2) + 1
+    hostile[:width] = 5.0  # a direction of twice the share's length
+    before = coord.global_vector.copy()
+    changes = secure_round(coord, now=2.0, trained_for=trained, poison={"sunarc": hostile})
+    assert coord.history[1].sum_bounded
+    direction = hostile / np.linalg.norm(hostile)
+    pushed = float(np.dot(np.sum(list(changes.values()), axis=0), direction))
+    moved = float(np.dot(coord.global_vector - before, direction)) * len(changes)
+    assert pushed > 1.9 * share and moved < 0.8 * pushed
 
 
 def test_secure_round_refuses_out_of_phase_and_impersonation() -> None:
