@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import json
 import random
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager, ExitStack
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -96,10 +97,11 @@ def row(n: int, order: str | None) -> dict[str, Any]:
 
 
 class Qdm:
-    """A provider QDM (an SQLite file) that rows are added to in id order."""
+    """A provider QDM (an SQLite file, or a PostgreSQL schema) that rows are added to in
+    id order."""
 
-    def __init__(self, path: Path) -> None:
-        self.store = open_store(f"sqlite:///{path}")
+    def __init__(self, url: str) -> None:
+        self.store = open_store(url)
         self.engine: Engine = self.store.engine
         self.count = 0
 
@@ -111,10 +113,23 @@ class Qdm:
 
 
 @pytest.fixture
-def qdm(tmp_path: Path) -> Iterator[Qdm]:
-    store = Qdm(tmp_path / "qdm.sqlite")
-    yield store
-    store.store.close()
+def qdm(
+    db_backend: str,
+    tmp_path: Path,
+    fresh_pg_schema: Callable[[str], AbstractContextManager[tuple[str, str]]],
+) -> Iterator[Qdm]:
+    """The provider's QDM on each backend: the order list is an IN list on PostgreSQL's
+    planner too."""
+    with ExitStack() as stack:
+        if db_backend == "sqlite":
+            url = f"sqlite:///{tmp_path / 'qdm.sqlite'}"
+        else:
+            url, _ = stack.enter_context(fresh_pg_schema("live"))
+        store = Qdm(url)
+        try:
+            yield store
+        finally:
+            store.store.close()
 
 
 def unnarrowed(engine: Engine, gate: ReleaseGate, after: int) -> list[tuple[str, BatchRow]]:
@@ -204,7 +219,7 @@ ALL_ORDERS = [*A_ORDERS, *B_ORDERS, "C-1"]
 @pytest.fixture(scope="module")
 def mixed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Qdm]:
     """300 rows of six orders (and some of none), in random order."""
-    store = Qdm(tmp_path_factory.mktemp("live") / "qdm.sqlite")
+    store = Qdm(f"sqlite:///{tmp_path_factory.mktemp('live') / 'qdm.sqlite'}")
     rng = random.Random(5)
     store.add([rng.choice([*ALL_ORDERS, None]) for _ in range(300)])
     yield store
