@@ -22,7 +22,7 @@ from starlette.responses import RedirectResponse, Response
 from qdspace.connector.investigation import MAX_ID, STEPS, Party, QualityCase, Step, overdue
 from qdspace.node.api.investigations import MOVES, case_public, row_summary
 from qdspace.node.console.auth import form_of
-from qdspace.node.console.render import Console, Endpoint
+from qdspace.node.console.render import Console, Endpoint, segment
 from qdspace.node.console.trace_pages import checked_text
 from qdspace.node.member_ids import peer_name
 from qdspace.node.runtime.contracts import ContractRuntime
@@ -105,7 +105,7 @@ def routes(console: Console) -> list[tuple[str, Endpoint, str]]:
         await run_in_threadpool(rt.case_step, case_id, move, action_id, note)
         if ctx.outbox is not None:
             await ctx.outbox.flush()
-        return RedirectResponse(f"{root}/investigations/{case_id}", status_code=303)
+        return RedirectResponse(f"{root}/investigations/{segment(case_id)}", status_code=303)
 
     async def move(request: Request) -> Response:
         name = str(request.path_params["move"])

@@ -31,7 +31,7 @@ from qdspace.node.api.contracts_models import (
     transfer_public,
 )
 from qdspace.node.console.auth import form_of
-from qdspace.node.console.render import Console, Endpoint
+from qdspace.node.console.render import Console, Endpoint, segment
 from qdspace.policies.model import Policy
 from qdspace.policies.retention import ATTENTION_ORDER, DutyStatus, retention_days
 
@@ -185,7 +185,9 @@ def routes(console: Console) -> list[tuple[str, Endpoint, str]]:
         negotiation = await client.negotiate_offer(peer, asset)
         done = negotiation_public(negotiation)
         if done.agreement_id and done.state == "FINALIZED":
-            return RedirectResponse(f"{root}/contracts/agreements/{done.agreement_id}", 303)
+            return RedirectResponse(
+                f"{root}/contracts/agreements/{segment(done.agreement_id)}", 303
+            )
         reason = done.reason or done.state
         return console.page(
             request,

@@ -32,6 +32,14 @@ BATCHES_SHOWN = 50
 MAX_DOCUMENT = 1 << 20
 
 
+def download_name(kind: str, ref_id: str) -> str:
+    """The proof file's name: ASCII letters, digits and ``-_.`` of the record id (often a
+    peer's), the rest ``_``. A header is Latin-1: a record id in another script (``检查-1``,
+    which ``isalnum`` lets through) made the download link a 400."""
+    kept = "".join(c if c.isascii() and (c.isalnum() or c in "-_.") else "_" for c in ref_id)
+    return f"proof-{kind}-{kept[:80]}.json"
+
+
 def routes(console: Console) -> list[tuple[str, Endpoint, str]]:
     ctx = console.ctx
 
@@ -92,12 +100,11 @@ def routes(console: Console) -> list[tuple[str, Endpoint, str]]:
         ref_id = request.query_params.get("ref_id", "").strip()
         proof = await run_in_threadpool(lookup, kind, ref_id)
         body = json.dumps(proof.proof.model_dump(mode="json"), indent=2)
-        safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in ref_id)[:80]
         return Response(
             body,
             media_type="application/json",
             headers={
-                "content-disposition": f'attachment; filename="proof-{kind}-{safe}.json"',
+                "content-disposition": f'attachment; filename="{download_name(kind, ref_id)}"',
                 "cache-control": "no-store",
                 "x-content-type-options": "nosniff",
             },

@@ -34,6 +34,8 @@ SECURITY_HEADERS = {
         "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
         "connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'"
     ),
+    # frame-ancestors says the same to every current browser; this, to older ones too
+    "x-frame-options": "DENY",
     "x-content-type-options": "nosniff",
     "referrer-policy": "same-origin",
     "cache-control": "no-store",
@@ -66,13 +68,14 @@ def _short(text: str | None, keep: int = 12) -> str:
     return text if len(text) <= 2 * keep + 1 else f"{text[:keep]}…{text[-keep:]}"
 
 
-def _segment(value: object) -> str:
+def segment(value: object) -> str:
     """``value`` as one URL path segment: every byte but the unreserved ones escaped.
 
-    Ids in the console's links are often a peer's choice (a case id, an action id, a
-    trace report named in a case, an agreement id): Jinja's own ``urlencode`` leaves
-    ``/`` alone, so ``../contracts/negotiate`` in a case id made its Accept button post
-    to another page of ours."""
+    Ids in the console's links and redirects are often a peer's choice (a case id, an
+    action id, a trace report named in a case, an agreement id): Jinja's own ``urlencode``
+    leaves ``/`` alone, so ``../contracts/negotiate`` in a case id made its Accept button
+    post to another page of ours, and a redirect quoted by Starlette keeps ``?`` and
+    ``#``, so the page after a move on case ``x?y`` was case ``x``'s."""
     return quote(str(value), safe="")
 
 
@@ -111,7 +114,7 @@ class Console:
             lstrip_blocks=True,
         )
         env.filters["ago"] = _ago
-        env.filters["segment"] = _segment
+        env.filters["segment"] = segment
         env.filters["short"] = _short
         env.filters["when"] = _when
         return cls(ctx, env, sessions or Sessions(), root, nav, login)

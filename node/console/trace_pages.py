@@ -21,7 +21,7 @@ from starlette.responses import RedirectResponse, Response
 from qdspace.connector.trace_store import DONE
 from qdspace.node.api.traces import _public as trace_public
 from qdspace.node.console.auth import form_of
-from qdspace.node.console.render import Console, Endpoint
+from qdspace.node.console.render import Console, Endpoint, segment
 from qdspace.node.console.trace_graph import trace_svg
 from qdspace.node.runtime.trace_runs import Selection, TraceRuns
 
@@ -63,7 +63,7 @@ def routes(console: Console) -> list[tuple[str, Endpoint, str]]:
             batch=batch, defect_class=checked_text(defect, "defect class") if defect else None
         )
         trace_id = await runs().start(selection)
-        return RedirectResponse(f"{root}/traces/{trace_id}", status_code=303)
+        return RedirectResponse(f"{root}/traces/{segment(trace_id)}", status_code=303)
 
     def view(trace_id: str) -> dict[str, Any]:
         stored = runs().get(trace_id)
