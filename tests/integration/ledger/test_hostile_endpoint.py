@@ -12,12 +12,10 @@ signed transactions for one root).
 
 from __future__ import annotations
 
-import json
 import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
@@ -36,6 +34,8 @@ from qdspace.ledger.proofs import build_proof, verify_proof
 from qdspace.ledger.queue import LeafQueue
 from qdspace.ledger.queue_schema import ANCHORED, SEALED, SIGNED, ensure_schema
 
+from .rpc_server import JsonRpcServer
+
 pytestmark = pytest.mark.integration
 
 CONTRACT = "0x" + "cc" * 20
@@ -48,7 +48,7 @@ def _word(n: int) -> str:
     return "0x" + n.to_bytes(32, "big").hex()
 
 
-class Endpoint:
+class Endpoint(JsonRpcServer):
     """A scriptable JSON-RPC endpoint; `sent` holds every raw transaction it was given."""
 
     def __init__(self) -> None:
@@ -63,34 +63,9 @@ class Endpoint:
         self.head = 100
         self.blocks: dict[int, str] = {}  # block hashes other than `_word(number)`
         self.mined_in = 123  # the block a `mined` receipt names
-        server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
-        server.daemon_threads = True
-        threading.Thread(target=server.serve_forever, daemon=True).start()
-        self.server = server
-        self.url = f"http://127.0.0.1:{server.server_address[1]}"
+        super().__init__()
 
-    def _handler(self) -> type[BaseHTTPRequestHandler]:
-        endpoint = self
-
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def do_POST(self) -> None:
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                out = [endpoint.one(r) for r in body] if isinstance(body, list) else None
-                data = json.dumps(out if out is not None else endpoint.one(body)).encode()
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-            def log_message(self, format: str, *args: Any) -> None:
-                pass
-
-        return Handler
-
-    def one(self, request: dict[str, Any]) -> dict[str, Any]:
+    def answer(self, request: dict[str, Any]) -> dict[str, Any]:
         try:
             result = self.call(request["method"], request.get("params") or [])
         except RuntimeError as exc:
@@ -156,10 +131,6 @@ class Endpoint:
             "transactionHash": tx_hash, "blockNumber": block, "blockHash": digest,
             "status": "0x1", "logs": [log],
         }  # fmt: skip
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
 
 
 @pytest.fixture

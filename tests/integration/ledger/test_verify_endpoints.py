@@ -15,10 +15,8 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
-import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +41,7 @@ from qdspace.node.member_ids import member_id_for
 from qdspace.util.ports import free_port
 
 from .conftest import ChainProcess, funded_chain
+from .rpc_server import JsonRpcServer
 
 pytestmark = pytest.mark.integration
 
@@ -57,17 +56,13 @@ def _faithful(method: str, params: list[Any], result: Any) -> Any:
     return result
 
 
-class Proxy:
+class Proxy(JsonRpcServer):
     """A JSON-RPC endpoint that answers what the chain at `upstream` answers, each result
     passed through `lie` first (`_faithful`: an honest second endpoint)."""
 
     def __init__(self, upstream: str, lie: Lie = _faithful) -> None:
         self.upstream, self.lie = upstream, lie
-        server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
-        server.daemon_threads = True
-        threading.Thread(target=server.serve_forever, daemon=True).start()
-        self.server = server
-        self.url = f"http://127.0.0.1:{server.server_address[1]}"
+        super().__init__()
 
     def answer(self, request: dict[str, Any]) -> dict[str, Any]:
         reply: dict[str, Any] = httpx.post(self.upstream, json=request, timeout=10).json()
@@ -75,31 +70,6 @@ class Proxy:
             params = request.get("params") or []
             reply["result"] = self.lie(request["method"], params, reply["result"])
         return reply
-
-    def _handler(self) -> type[BaseHTTPRequestHandler]:
-        proxy = self
-
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def do_POST(self) -> None:
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                out = [proxy.answer(r) for r in body] if isinstance(body, list) else None
-                data = json.dumps(out if out is not None else proxy.answer(body)).encode()
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-            def log_message(self, format: str, *args: Any) -> None:
-                pass
-
-        return Handler
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
 
 
 @dataclass
