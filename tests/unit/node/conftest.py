@@ -3,12 +3,27 @@
 from __future__ import annotations
 
 import datetime as dt
+from pathlib import Path
 
 import grpc
 from nacl.signing import SigningKey
 
+from qdspace.connector.contract_store import ContractStore, ensure_schema
+from qdspace.connector.storage import create_store_engine
 from qdspace.node.identity.certs import MemberIdentity
 from qdspace.node.member_ids import member_id_for
+from qdspace.node.runtime.contracts import ContractRuntime
+from qdspace.node.runtime.contracts_clock import ContractClock
+
+
+def sqlite_runtime(root: Path) -> ContractRuntime:
+    """SunArc's contract runtime (key of seed ``o``) on a fresh SQLite file in `root`, its
+    contract clock not controlled."""
+    key, me = seeded_member("sunarc", b"o", "oem")
+    engine = create_store_engine(f"sqlite:///{root / 'node.db'}")
+    ensure_schema(engine)
+    clock = ContractClock(root / "node.clock", control=False)
+    return ContractRuntime(me, key, ContractStore(engine, bytes(32)), engine, clock, bytes(32), {})
 
 
 def seeded_member(name: str, seed: bytes, role: str) -> tuple[SigningKey, MemberIdentity]:

@@ -12,7 +12,7 @@ from types import SimpleNamespace
 import pytest
 from nacl.signing import SigningKey
 
-from qdspace.connector.contract_store import ContractStore, ensure_schema
+from qdspace.connector.contract_store import ContractStore
 from qdspace.connector.negotiation import (
     ContractRequest,
     PartyKeys,
@@ -21,34 +21,14 @@ from qdspace.connector.negotiation import (
     apply,
     open_negotiation,
 )
-from qdspace.connector.storage import create_store_engine
-from qdspace.node.identity.certs import MemberIdentity
-from qdspace.node.member_ids import member_id_for
 from qdspace.node.rpc import contracts_jobs
 from qdspace.node.rpc.contracts_jobs import ContractJobs
-from qdspace.node.runtime.contracts import ContractRuntime
-from qdspace.node.runtime.contracts_clock import ContractClock
 from qdspace.policies.model import OfferTerms, make_offer
+
+from .conftest import sqlite_runtime
 
 KEY = SigningKey(b"o" * 32)
 KEYS = PartyKeys(KEY.verify_key, SigningKey(b"c" * 32).verify_key)
-
-
-def runtime(root: Path) -> ContractRuntime:
-    vk = bytes(KEY.verify_key)
-    me = MemberIdentity(
-        member_id_for("sunarc", vk),
-        "sunarc",
-        "oem",
-        vk,
-        1,
-        dt.datetime(2100, 1, 1, tzinfo=dt.UTC),
-        "sunarc",
-    )
-    engine = create_store_engine(f"sqlite:///{root / 'node.db'}")
-    ensure_schema(engine)
-    clock = ContractClock(root / "node.clock", control=False)
-    return ContractRuntime(me, KEY, ContractStore(engine, bytes(32)), engine, clock, bytes(32), {})
 
 
 def refused(store: ContractStore, neg: str, consumer: str, at: dt.datetime) -> None:
@@ -66,7 +46,7 @@ def test_the_prune_job_caps_what_a_member_keeps_of_refused_negotiations(
     newest, the other member (under the cap) all of its own; none opened within the hour
     the member's quota counts is taken (it would give the member its quota again)."""
     monkeypatch.setattr(contracts_jobs, "ENDED_NEGOTIATIONS_PER_MEMBER", 2)
-    rt = runtime(tmp_path)
+    rt = sqlite_runtime(tmp_path)
     now = rt.clock.now()
     for i in range(5):  # the last three within the hour its quota counts
         refused(rt.store, f"neg-h{i}", "hostile", now - dt.timedelta(minutes=90 - 20 * i))

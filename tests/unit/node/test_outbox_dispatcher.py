@@ -11,45 +11,22 @@ import threading
 from pathlib import Path
 
 import httpx
-from nacl.signing import SigningKey
 
-from qdspace.connector.contract_store import ContractStore, ensure_schema
 from qdspace.connector.contract_store.outbox import OutboxMessage
-from qdspace.connector.storage import create_store_engine
 from qdspace.node.dsp.client import peer_reason
 from qdspace.node.errors import PeerBusy, PeerError, PeerRefused
-from qdspace.node.identity.certs import MemberIdentity
-from qdspace.node.member_ids import member_id_for
 from qdspace.node.rpc.contracts_jobs import OutboxDispatcher
 from qdspace.node.rpc.peers import PeerDirectory
-from qdspace.node.runtime.contracts import ContractRuntime
-from qdspace.node.runtime.contracts_clock import ContractClock
+
+from .conftest import sqlite_runtime
 
 HELD_S = 1.0
-
-
-def runtime(root: Path) -> ContractRuntime:
-    key = SigningKey(b"o" * 32)
-    vk = bytes(key.verify_key)
-    me = MemberIdentity(
-        member_id_for("sunarc", vk),
-        "sunarc",
-        "oem",
-        vk,
-        1,
-        dt.datetime(2100, 1, 1, tzinfo=dt.UTC),
-        "sunarc",
-    )
-    engine = create_store_engine(f"sqlite:///{root / 'node.db'}")
-    ensure_schema(engine)
-    clock = ContractClock(root / "node.clock", control=False)
-    return ContractRuntime(me, key, ContractStore(engine, bytes(32)), engine, clock, bytes(32), {})
 
 
 def test_marking_a_sent_message_waits_for_the_write_lock_off_the_event_loop(
     tmp_path: Path,
 ) -> None:
-    rt = runtime(tmp_path)
+    rt = sqlite_runtime(tmp_path)
     message = OutboxMessage("cellex", "probe", "proc-1", "msg-1", b"payload")
     rt.store.enqueue([message], rt.clock.now())
     dispatcher = OutboxDispatcher(rt, PeerDirectory.__new__(PeerDirectory))
@@ -87,7 +64,7 @@ def test_a_peer_that_never_answers_holds_up_only_its_own_messages(tmp_path: Path
     on purpose), and holds more of them than one poll reads: Cellex's message, queued
     after all of them, is delivered meanwhile; a flush gives up at its deadline; and
     Voltis's are delivered, in order, once it answers."""
-    rt = runtime(tmp_path)
+    rt = sqlite_runtime(tmp_path)
     now = rt.clock.now()
     held = [OutboxMessage("voltis", "probe", f"p-{i}", f"v-{i:03d}", b"x") for i in range(150)]
     rt.store.enqueue(held, now)
@@ -130,7 +107,7 @@ def test_a_peer_that_never_answers_holds_up_only_its_own_messages(tmp_path: Path
 
 
 def test_stopping_cancels_a_delivery_under_way_and_keeps_its_message(tmp_path: Path) -> None:
-    rt = runtime(tmp_path)
+    rt = sqlite_runtime(tmp_path)
     rt.store.enqueue([OutboxMessage("voltis", "probe", "p", "v-1", b"x")], rt.clock.now())
     dispatcher = OutboxDispatcher(rt, PeerDirectory.__new__(PeerDirectory))
     started = asyncio.Event()
@@ -163,7 +140,7 @@ def test_a_message_no_sender_runs_for_is_kept_for_later_not_read_as_a_notificati
     listener registers its sender (or runs with the listener turned off): such a message
     is a delivery that failed (kept, tried again later, the reason recorded), not a DSP
     body parsed as a gRPC notification (a DecodeError, a traceback at every poll)."""
-    rt = runtime(tmp_path)
+    rt = sqlite_runtime(tmp_path)
     rt.store.enqueue([OutboxMessage("voltis", "dsp", "p", "v-1", b'{"url":"x"}')], rt.clock.now())
     dispatcher = OutboxDispatcher(rt, PeerDirectory.__new__(PeerDirectory))
     try:
@@ -183,7 +160,7 @@ def test_a_message_its_peer_keeps_refusing_is_set_aside_and_one_it_cannot_reach_
     NOT_FOUND): after `refused_after` of them in a row the message is set aside, no
     longer tried; Voltis cannot be reached (UNAVAILABLE, a 503, a busy 429): it is tried
     on and on. A refusal after an outage counts from one again."""
-    rt = runtime(tmp_path)
+    rt = sqlite_runtime(tmp_path)
     rt.store.enqueue(
         [
             OutboxMessage("cellex", "probe", "p", "c-1", b"x"),
@@ -236,7 +213,7 @@ def test_a_sender_s_own_fault_is_an_attempt_backed_off_not_a_message_sent_in_a_l
     RecursionError, which the dispatcher took for a database fault: no attempt counted, no
     backoff, the message sent again at every poll (twice a second) for ever. Now its
     reason is read bounded, and any fault of a sender is a failed attempt, backed off."""
-    rt = runtime(tmp_path)
+    rt = sqlite_runtime(tmp_path)
     rt.store.enqueue([OutboxMessage("cellex", "probe", "p", "c-1", b"x")], rt.clock.now())
     dispatcher = OutboxDispatcher(rt, PeerDirectory.__new__(PeerDirectory))
     tries: list[str] = []
@@ -269,7 +246,7 @@ def test_what_a_process_is_owed_is_made_due_when_its_peer_asks_again(tmp_path: P
     """A DSP consumer retrying its transfer request is not sent a new start while one is
     owed (a row and a POST a retry, before); the owed one is made due at once instead
     of waiting out its backoff. A message set aside after refusals is not owed."""
-    rt = runtime(tmp_path)
+    rt = sqlite_runtime(tmp_path)
     now = rt.clock.now()
     outbox = rt.store.outbox
     rt.store.enqueue(
