@@ -27,29 +27,14 @@ import pytest
 
 from qdspace.node.localnet.network import LocalNetwork, MemberSpec
 
+from .chromium import launched, playwright_or_skip
 from .conftest import CELLEX_ORDER, ingest_sample, negotiate, ok, wait_for
 
 pytestmark = pytest.mark.integration
 
-CHROMIUM = os.environ.get("QDSPACE_CHROMIUM", "/usr/bin/chromium")
 SPC = "spc-monitoring"
-#: what the probe of this machine kind found Chromium needs on a closed network, as root
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 
-if not Path(CHROMIUM).exists() and not os.environ.get("CI"):
-    pytest.skip(
-        f"no chromium at {CHROMIUM}: `apt-get install chromium` (CI installs it)",
-        allow_module_level=True,
-    )
-sync_api = pytest.importorskip("playwright.sync_api", reason="pip install playwright (dev extra)")
+sync_api = playwright_or_skip()
 
 
 def _row(tag: str, i: int, score: float) -> dict[str, Any]:
@@ -133,12 +118,8 @@ def live(pair: LocalNetwork) -> dict[str, Any]:
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
-    with sync_api.sync_playwright() as p:
-        launched = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
-        try:
-            yield launched
-        finally:
-            launched.close()
+    with launched(sync_api) as chromium:
+        yield chromium
 
 
 @pytest.fixture(scope="module")

@@ -25,12 +25,10 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, date, datetime, timedelta
-from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
@@ -45,26 +43,12 @@ from qdspace.node.localnet.network import LocalNetwork, MemberProcess, MemberSpe
 from qdspace.node.rpc.client import open_channel
 from qdspace.node.rpc.contracts_notification_serde import Notification, notification_to_proto
 
+from .chromium import launched, playwright_or_skip
 from .conftest import CELLEX_ORDER, ingest_sample, negotiate, ok, wait_for
 
 pytestmark = pytest.mark.integration
 
-CHROMIUM = os.environ.get("QDSPACE_CHROMIUM", "/usr/bin/chromium")
-CHROMIUM_ARGS = [  # as in test_console_browser: Chromium on a closed network, as root
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
-if not Path(CHROMIUM).exists() and not os.environ.get("CI"):
-    pytest.skip(
-        f"no chromium at {CHROMIUM}: `apt-get install chromium` (CI installs it)",
-        allow_module_level=True,
-    )
-sync_api = pytest.importorskip("playwright.sync_api", reason="pip install playwright (dev extra)")
+sync_api = playwright_or_skip()
 
 #: a peer's free text: a script, an image and an SVG with handlers, an element with an id,
 #: and the ends of the elements whose content is not markup (title, textarea, style)
@@ -223,12 +207,8 @@ def trace_id(net: LocalNetwork) -> str:
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
-    with sync_api.sync_playwright() as p:
-        launched = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
-        try:
-            yield launched
-        finally:
-            launched.close()
+    with launched(sync_api) as chromium:
+        yield chromium
 
 
 @pytest.fixture
