@@ -2,7 +2,7 @@
 
 One session at a time: connect (with the configured security mode and certificates),
 subscribe, backfill, and store data changes until the connection is lost or the
-connector is stopped; then wait ``reconnect_s`` and start over.
+connector is stopped; then wait and start over.
 
 The order is what makes an outage lose nothing. The subscription is created FIRST, so
 every value written from then on arrives live (queued while the backfill runs); the
@@ -19,159 +19,128 @@ the newest stored reading of the node, so it stores no duplicates of its own; wh
 live path and the backfill both deliver (the subscription's first value is the current
 one) has the same source timestamp and so the same natural key: stored once.
 
-A backfilled reading is stored with the batch and order that were current when it was
-taken, not those current now: where the server keeps the history of a context node too,
-the backfill reads it and takes, for each reading, the newest context value at or
-before the reading's source time (a gap can span a batch change). Live data changes are
-matched the same way against that history and the context changes seen since, so the
-re-subscription's first value (an old reading) keeps the batch it was taken in too.
-For a reading older than all that was ever known of the context (at a start, before the
-server's context history begins), the current value is used. A server without context
-history still says when the current value was set (its source time, read at every
-connection): after an outage, backfilled readings taken before that keep the value seen
-live before the outage (they took the current one: another batch, where it changed).
-Each drained batch of notifications takes its context changes before its readings: a
-server may group one publish's notifications by monitored item rather than by time
-(asyncua does), so a batch change can arrive behind a reading taken after it.
+A reading is stored with the batch and order current when it was taken
+(`connector.linein.opcua_context`): the backfill reads the history of the context nodes
+too, and live data changes are matched against that history and the context changes
+seen since, so the re-subscription's first value (an old reading) keeps the batch it was
+taken in. For a reading older than all that was ever known of the context (at a start,
+before the server's context history begins), the current value is used. A server
+without context history still says when the current value was set (its source time, read
+at every connection): after an outage, backfilled readings taken before that keep the
+value seen live before the outage. Each drained batch of notifications takes its
+context changes before its readings: a server may group one publish's notifications by
+monitored item rather than by time (asyncua does), so a batch change can arrive behind a
+reading taken after it.
 
-A reading older than the oldest context change still *kept* is refused: its batch (or
-order) was known once, but the live history keeps only ``HISTORY_KEEP`` behind the
-newest reading and at most ``MAX_HISTORY`` changes, and the one in force when it was
-taken is gone. Such a reading used to take the value current now: another batch, where
-one changed since, silently. Refused, not stored without its batch: the connector
-cannot tell a reading that arrives late for the first time (a gateway flushing its
-buffer) from one delivered again (the re-subscription's first value of a node unchanged
-for hours). A guess (or no batch) would store a reading that is new under the wrong
-batch; one delivered again with another batch than the stored one is refused whatever
-the connector did (a line source never changes a stored reading, `connector.linein.sink`).
-A refusal changes nothing stored; the sink counts it and logs it with its node, value
-and time (``opcua:NODE:n: batch_id: value 1.2 taken ...: the batch then is forgotten
-...``), and a reading that was new can be loaded from a file with its batch.
+What a server sends is checked as a peer's bytes are, and each check bounds what grew
+here without bound:
+
+- every data value is screened where it arrives, before it waits anywhere
+  (`connector.linein.opcua_values`: numbers and short texts only, Good status only, no
+  null time);
+- history is read a page at a time, with a cap on what one read through a node takes
+  (`connector.linein.opcua_history`);
+- data changes wait for the store in a queue of ``QUEUED``. Where the store falls behind
+  (a server that sends thousands a second), the rest of the session's changes are dropped
+  and counted by node, and the session ends once the queue is stored; the next one
+  backfills them from the server's history. Dropping all after the first keeps what is
+  stored of each node a prefix of what was sent, so the backfill, which starts after the
+  newest stored reading, misses none. (The queue had no bound: it held every change the
+  store had not taken yet, all 6,000 of a burst the test's server sends in a second.) A
+  server that keeps no history loses the dropped changes: memory that grows with what a
+  server sends is not an option on a line PC, and the log says what was dropped of which
+  node;
+- a session that fails for any reason is logged and retried (an exception no one
+  foresaw ended the connector for good); the wait doubles after each session that ends
+  before the longest wait, up to ``MAX_BACKOFF`` times ``reconnect_s`` (a server that
+  drops every connection at once was reconnected to every ``reconnect_s``, for ever).
+
+The node ids are the configuration's: the connector browses nothing, and a notification
+is matched to its node by the client handle asyncua gave it (one for a handle it did not
+give is dropped there), so a server cannot make the connector store under a node id of
+its choosing. What asyncua itself takes in (a message's size, its chunks) is asyncua's to
+bound: it adopts the limits the server acknowledges (100 MB from asyncua's own server).
 """
 
 from __future__ import annotations
 
 import asyncio
-import bisect
 import contextlib
 import logging
+from collections import deque
 from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from qdspace.connector.ingest import BadLine
 from qdspace.connector.linein.config import OpcuaConfig, OpcuaNode
 from qdspace.connector.linein.mapping import opcua_row
+from qdspace.connector.linein.opcua_context import (
+    HISTORY_KEEP,
+    MAX_HISTORY,
+    ContextHistory,
+    Refused,
+    forgotten_context,
+    refused_context,
+)
+from qdspace.connector.linein.opcua_history import MAX_BACKFILL, HistoryRead, is_fresh
+from qdspace.connector.linein.opcua_values import OpcuaServerError, Reading, screened
 from qdspace.connector.linein.sink import Item, MeasurementSink
+
+__all__ = ["OpcuaConnector", "OpcuaServerError", "Reading", "screened"]
 
 log = logging.getLogger("qdspace.connector.linein.opcua")
 
 #: readings stored per ingest call at most (a burst is split)
 BATCH = 500
+#: data changes waiting for the store at most; beyond, the session's others are dropped
+#: (and backfilled by the next session)
+QUEUED = 20 * BATCH
 #: a backfill reads this far past our clock: a tool's clock may run ahead of ours
 CLOCK_SKEW = timedelta(minutes=5)
 #: a context node's history is read this far before the oldest reading backfilled
 CONTEXT_LOOKBACK = timedelta(days=7)
 #: a backfill reads a node's history again at most this often while reads bring more
 HISTORY_REREADS = 5
-#: live, a context node's changes are kept this far behind the newest source time seen
-#: (with the one current at the cut: a reading delivered later takes it, one older than
-#: that change is refused); the history grows with every change otherwise, for as long
-#: as the connector runs
-HISTORY_KEEP = timedelta(hours=1)
-#: and at most this many per context node (beyond, the oldest quarter goes)
-MAX_HISTORY = 10_000
-
-
-def _utc(at: datetime) -> datetime:
-    return at.replace(tzinfo=UTC) if at.tzinfo is None else at.astimezone(UTC)
-
-
-def _taken(dv: Any) -> datetime | None:
-    """When a reading was taken: its source time, else the server's, in UTC."""
-    at = dv.SourceTimestamp or dv.ServerTimestamp
-    return None if at is None else _utc(at)
-
-
-class _ContextHistory:
-    """A context node's values by source time: which was current at a given moment."""
-
-    def __init__(self, values: list[tuple[datetime, Any]]) -> None:
-        values.sort(key=lambda tv: tv[0])
-        self.times = [t for t, _ in values]
-        self.values = [v for _, v in values]
-        #: once changes were dropped (trim, cap): the oldest change kept then; the value
-        #: in force before it was known and is forgotten (None: nothing dropped yet)
-        self.horizon: datetime | None = None
-
-    def add(self, when: datetime, value: Any) -> None:
-        if not self.times or when >= self.times[-1]:  # in order, the common case: O(1)
-            self.times.append(when)
-            self.values.append(value)
-        else:
-            i = bisect.bisect_right(self.times, when)
-            self.times.insert(i, when)
-            self.values.insert(i, value)
-        if len(self.times) > MAX_HISTORY:  # a quarter at once: amortized O(1) per add
-            self._drop(len(self.times) - MAX_HISTORY * 3 // 4)
-
-    def trim(self, before: datetime) -> None:
-        """Forget the changes before ``before``, but the one current at it."""
-        self._drop(bisect.bisect_right(self.times, before) - 1)
-
-    def _drop(self, n: int) -> None:
-        if n > 0:
-            del self.times[:n]
-            del self.values[:n]
-            oldest = self.times[0]  # trim and cap always keep one
-            self.horizon = oldest if self.horizon is None else max(self.horizon, oldest)
-
-    def forgotten(self, when: datetime) -> datetime | None:
-        """The horizon, where the value current at ``when`` was dropped (``when`` is before
-        it: a change arriving late, older than it, cannot say what came between); else None."""
-        return self.horizon if self.horizon is not None and when < self.horizon else None
-
-    def __len__(self) -> int:
-        return len(self.times)
-
-    def at(self, when: datetime) -> tuple[bool, Any]:
-        i = bisect.bisect_right(self.times, when)
-        return (True, self.values[i - 1]) if i else (False, None)
-
-
-def forgotten_context(
-    node: OpcuaNode, value: Any, taken: datetime, forgotten: Mapping[str, datetime]
-) -> BadLine | None:
-    """Why a reading of ``node`` taken at ``taken`` is refused: the batch or order it
-    takes from a context node was in force before that node's history horizon (in
-    ``forgotten``), so it is no longer known (None: its context is known, or unused)."""
-    for field_name, fixed, node_id in (
-        ("batch_id", node.batch_id, node.batch_id_node),
-        ("order_id", node.order_id, node.order_id_node),
-    ):
-        if fixed or not node_id or node_id not in forgotten:
-            continue
-        what = field_name.removesuffix("_id")
-        return (
-            field_name,
-            f"value {str(value)[:32]} taken {taken.isoformat()}: the {what} then is forgotten "
-            f"(older than the oldest {what} change kept, {forgotten[node_id].isoformat()}); "
-            "not stored with a guess",
-        )
-    return None
+#: the wait before reconnecting grows to at most this many times ``reconnect_s``
+MAX_BACKOFF = 16
 
 
 class _Changes:
-    """asyncua's subscription handler: data changes onto a queue (in the event loop)."""
+    """asyncua's subscription handler: data changes, screened, onto a bounded queue (in the
+    event loop). Once the queue is full, it drops every change of the session that comes
+    after, counted by node (see the module's docstring)."""
 
-    def __init__(self, queue: asyncio.Queue[tuple[str, Any]]) -> None:
+    def __init__(self, queue: asyncio.Queue[tuple[str, Reading]]) -> None:
         self.queue = queue
+        #: changes dropped by node id (the subscribed nodes': a bounded count)
+        self.dropped: dict[str, int] = {}
 
     def datachange_notification(self, node: Any, value: Any, data: Any) -> None:
-        self.queue.put_nowait((node.nodeid.to_string(), data.monitored_item.Value))
+        node_id = node.nodeid.to_string()
+        if not self.dropped and not self.queue.full():
+            self.queue.put_nowait((node_id, screened(data.monitored_item.Value)))
+            return
+        if not self.dropped:
+            log.error(
+                "opcua %s: %d data changes wait for the store: this session's next changes "
+                "are dropped, and the next session backfills them from the server's history",
+                node_id,
+                self.queue.qsize(),
+            )
+        self.dropped[node_id] = self.dropped.get(node_id, 0) + 1
 
     def status_change_notification(self, status: Any) -> None:
         log.warning("opcua: subscription status %s", status)
+
+    def overflow(self) -> OpcuaServerError:
+        """The error that ends a session whose changes came faster than they were stored."""
+        most = sorted(self.dropped.items(), key=lambda kv: -kv[1])[:5]
+        nodes = ", ".join(f"{node_id}: {n}" for node_id, n in most)
+        return OpcuaServerError(
+            f"data changes came faster than they were stored: {sum(self.dropped.values())} "
+            f"dropped after {QUEUED} waited ({nodes}); the next session backfills them "
+            "where the server keeps their history"
+        )
 
 
 class OpcuaConnector:
@@ -181,31 +150,58 @@ class OpcuaConnector:
         self.by_id = {n.node_id: n for n in config.nodes}
         self.context: dict[str, Any] = {}
         #: context values by source time (the server's history, then what arrived live)
-        self.history: dict[str, _ContextHistory] = {}
+        self.history: dict[str, ContextHistory] = {}
         #: the newest source time delivered live (the history is trimmed behind it)
         self.newest: datetime | None = None
         self.sessions = 0
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Sessions until ``stop`` is set; every failure is logged and retried."""
+        """Sessions until ``stop`` is set; every failure is logged and retried, after a
+        wait that doubles while sessions end early (see the module's docstring)."""
         from asyncua import ua
-        from asyncua.ua.uaerrors import UaError
 
         # the ids as the server reports them back in notifications
         self.by_id = {ua.NodeId.from_string(n.node_id).to_string(): n for n in self.config.nodes}
+        loop = asyncio.get_running_loop()
+        first = self.config.reconnect_s
+        longest = first * MAX_BACKOFF
+        wait = first
         while not stop.is_set():
+            began = loop.time()
             try:
                 await self._session(stop)
-            except (OSError, TimeoutError, ConnectionError, UaError) as exc:
-                log.warning(
-                    "opcua %s: %s: %s; reconnecting in %.1f s",
-                    self.config.endpoint,
-                    type(exc).__name__,
-                    exc,
-                    self.config.reconnect_s,
-                )
+            except Exception as exc:  # a broken server's answer can raise anything
+                if loop.time() - began >= longest:
+                    wait = first  # the session held: start the waits over
+                self._failed(exc, wait)
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), self.config.reconnect_s)
+                await asyncio.wait_for(stop.wait(), wait)
+            wait = min(wait * 2, longest)
+
+    def _failed(self, exc: Exception, wait: float) -> None:
+        """Log why a session ended: one line where it was foreseen (the network, the
+        server's answers), with the traceback where it was not."""
+        from asyncua.ua.uaerrors import UaError
+
+        where = self.config.endpoint
+        if isinstance(exc, OSError | TimeoutError | ConnectionError | UaError | OpcuaServerError):
+            why = str(exc) or (
+                f"no answer in {self.config.timeout_s:.1f} s"
+                if isinstance(exc, TimeoutError)
+                else "-"
+            )
+            log.warning(
+                "opcua %s: %s: %s; reconnecting in %.1f s", where, type(exc).__name__, why, wait
+            )
+        else:
+            log.error(
+                "opcua %s: session failed: %s: %s; reconnecting in %.1f s",
+                where,
+                type(exc).__name__,
+                exc,
+                wait,
+                exc_info=exc,
+            )
 
     async def _client(self) -> Any:
         from asyncua import ua
@@ -241,18 +237,18 @@ class OpcuaConnector:
         self.sessions += 1
         log.info("opcua %s: connected (%s)", self.config.endpoint, self.config.security.mode)
         try:
-            queue: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
+            changes = _Changes(asyncio.Queue(maxsize=QUEUED))
             starts = await self._backfill_starts() if self.config.history else {}
             await self._read_context(client)
             # subscribe first: from here on every value arrives live (queued meanwhile)
             subscription = await client.create_subscription(
-                self.config.publishing_interval_ms, _Changes(queue)
+                self.config.publishing_interval_ms, changes
             )
             watched = [*self.by_id, *self._context_ids()]
             await subscription.subscribe_data_change([client.get_node(i) for i in watched])
             # then the history of what was written before (the gap since the last session)
-            await self._backfill(client, starts)
-            await self._pump(queue, stop, lost)
+            await self._backfill(client, starts, stop)
+            await self._pump(changes, stop, lost)
         finally:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(client.disconnect(), self.config.timeout_s)
@@ -270,7 +266,8 @@ class OpcuaConnector:
         change the connector did not see live, and the backfill must know when it came
         (readings taken before it keep the value seen before the outage)."""
         for node_id in self._context_ids():
-            self._context_change(node_id, await client.get_node(node_id).read_data_value())
+            dv = await client.get_node(node_id).read_data_value()
+            self._context_change(node_id, screened(dv))
 
     async def _backfill_starts(self) -> dict[str, tuple[datetime, bool]]:
         """Per node: where its backfill starts, and whether that is a stored reading's time
@@ -285,95 +282,134 @@ class OpcuaConnector:
                 starts[node.node_id] = (since, True)
         return starts
 
-    async def _backfill(self, client: Any, starts: Mapping[str, tuple[datetime, bool]]) -> None:
-        """Each node's history from just after its newest stored reading up to now."""
+    async def _backfill(
+        self, client: Any, starts: Mapping[str, tuple[datetime, bool]], stop: asyncio.Event
+    ) -> None:
+        """Each node's history from just after its newest stored reading up to now, read
+        again after ``history_settle_s`` while a read brings readings the one before did
+        not have: a server historizes a write a moment after it is made. What a reread
+        must not store again is known by its time: ``MAX_BACKFILL`` times a node at most."""
         if not self.config.history:
             return
         end = datetime.now(UTC) + CLOCK_SKEW
         oldest = min(start for start, _ in starts.values())
         self.history.update(await self._context_history(client, oldest, end))
-        histories = await self._settled_histories(client, starts, end)
+        #: per node read to its end: the times of what was read (for the rereads)
+        seen: dict[str, set[datetime]] = {}
         for node in self.config.nodes:
+            if stop.is_set():
+                return
             start, stored = starts[node.node_id]
-            values = histories.get(node.node_id)
-            if values is None:
+            times: set[datetime] = set()
+            done = await self._backfill_node(client, node, starts[node.node_id], end, times, stop)
+            if done is None:
                 continue
-            if stored:  # the stored reading itself and anything older: not again
-                values = [dv for dv in values if (_taken(dv) or start) > start]
-            items = [self._item(node, dv) for dv in values]
-            for i in range(0, len(items), BATCH):
-                await asyncio.to_thread(self.sink.put, items[i : i + BATCH])
+            n, whole = done
             log.info(
                 "opcua %s: backfilled %d readings after %s%s",
                 node.node_id,
-                len(items),
+                n,
                 start.isoformat(),
                 " (the newest stored)" if stored else "",
             )
-
-    async def _settled_histories(
-        self, client: Any, starts: Mapping[str, tuple[datetime, bool]], end: datetime
-    ) -> dict[str, list[Any]]:
-        """Each node's history from its start to ``end`` (a node without one is left
-        out), read again after ``history_settle_s`` while a read brings values the one
-        before did not have: a server historizes a write a moment after it is made."""
-        from asyncua.ua.uaerrors import UaStatusCodeError
-
-        async def read(node_id: str) -> list[Any]:
-            node = client.get_node(node_id)
-            return list(await node.read_raw_history(starts[node_id][0], end))
-
-        out: dict[str, list[Any]] = {}
-        for node_id in starts:
-            try:
-                out[node_id] = await read(node_id)
-            except UaStatusCodeError as exc:
-                log.info("opcua %s: no history for backfill: %s", node_id, exc)
+            if whole:  # a read cut at MAX_BACKFILL would bring the same again
+                seen[node.node_id] = times
         settle = self.config.history_settle_s
-        for _ in range(HISTORY_REREADS if settle > 0 and out else 0):
+        for _ in range(HISTORY_REREADS if settle > 0 and seen else 0):
             await asyncio.sleep(settle)
             grew = False
-            for node_id, values in out.items():
-                try:
-                    again = await read(node_id)
-                except UaStatusCodeError as exc:  # keep what the read before brought
-                    log.info("opcua %s: history reread failed: %s", node_id, exc)
+            for node in self.config.nodes:
+                if node.node_id not in seen or stop.is_set():
                     continue
-                if len(again) > len(values):
-                    log.debug("opcua %s: history grew %d -> %d", node_id, len(values), len(again))
-                    out[node_id], grew = again, True
+                times = seen[node.node_id]
+                done = await self._backfill_node(
+                    client, node, starts[node.node_id], end, times, stop, again=True
+                )
+                if done is not None and done[0]:
+                    log.debug("opcua %s: history brought %d more", node.node_id, done[0])
+                    grew = True
             if not grew:
                 break
-        return out
+
+    async def _backfill_node(
+        self,
+        client: Any,
+        node: OpcuaNode,
+        start_stored: tuple[datetime, bool],
+        end: datetime,
+        seen: set[datetime],
+        stop: asyncio.Event,
+        *,
+        again: bool = False,
+    ) -> tuple[int, bool] | None:
+        """Store the readings of ``node``'s history that are not in ``seen`` (nor as old
+        as the newest stored, where one is), a page at a time, and add their times to
+        ``seen``: how many, and whether the history was read to its end (None: the
+        server keeps none of it). A reading without a time is refused when not ``again``;
+        ``stop`` ends the read after the page being stored."""
+        from asyncua.ua.uaerrors import UaStatusCodeError
+
+        start, stored = start_stored
+        n = 0
+        read = HistoryRead(client, node.node_id, start, end, MAX_BACKFILL)
+        try:
+            async with contextlib.aclosing(read.pages()) as pages:
+                async for page in pages:
+                    fresh = [r for r in page if is_fresh(r, start if stored else None, seen, again)]
+                    seen.update(r.taken for r in fresh if r.taken is not None)
+                    items = [self._item(node, r) for r in fresh]
+                    for i in range(0, len(items), BATCH):
+                        await asyncio.to_thread(self.sink.put, items[i : i + BATCH])
+                    n += len(items)
+                    if stop.is_set():
+                        return n, False
+        except UaStatusCodeError as exc:
+            log.info("opcua %s: no history for backfill: %s", node.node_id, exc)
+            return (n, False) if again else None
+        except OpcuaServerError as exc:
+            log.error("opcua %s: no backfill: %s", node.node_id, exc)
+            return (n, False) if again else None
+        return n, not read.capped
 
     async def _context_history(
         self, client: Any, start: datetime, end: datetime
-    ) -> dict[str, _ContextHistory]:
-        """The history of every context node the server keeps one of."""
+    ) -> dict[str, ContextHistory]:
+        """The history of every context node the server keeps one of (its newest
+        ``MAX_HISTORY`` changes; none where it holds more than ``MAX_BACKFILL``)."""
         from asyncua.ua.uaerrors import UaStatusCodeError
 
-        out: dict[str, _ContextHistory] = {}
+        out: dict[str, ContextHistory] = {}
         for node_id in self._context_ids():
+            timed: deque[tuple[datetime, Any]] = deque(maxlen=MAX_HISTORY)
+            cut = False
+            read = HistoryRead(client, node_id, start - CONTEXT_LOOKBACK, end, MAX_BACKFILL)
             try:
-                values = await client.get_node(node_id).read_raw_history(
-                    start - CONTEXT_LOOKBACK, end
-                )
+                async for page in read.pages():
+                    for r in page:
+                        if r.taken is not None:
+                            cut = cut or len(timed) == MAX_HISTORY
+                            value = r.value if r.refused is None else Refused(r.refused)
+                            timed.append((r.taken, value))
             except UaStatusCodeError as exc:
                 log.info("opcua %s: no context history: %s", node_id, exc)
                 continue
-            timed = [
-                (_utc(dv.SourceTimestamp or dv.ServerTimestamp), dv.Value.Value)
-                for dv in values
-                if dv.Value is not None and (dv.SourceTimestamp or dv.ServerTimestamp)
-            ]
-            if timed:
-                out[node_id] = _ContextHistory(timed)
+            except OpcuaServerError as exc:
+                log.error("opcua %s: no context history: %s", node_id, exc)
+                continue
+            if read.capped:
+                log.error(
+                    "opcua %s: context history not used: more than %d values (the batch or "
+                    "order then is taken as without history)",
+                    node_id,
+                    MAX_BACKFILL,
+                )
+            elif timed:
+                out[node_id] = ContextHistory(list(timed), cut=cut)
         return out
 
-    def _context_at(self, dv: Any) -> tuple[Mapping[str, Any], dict[str, datetime]]:
-        """The context as it was when ``dv`` was taken (where history tells), and the
-        context nodes whose value then is forgotten, each with its history's horizon."""
-        taken = _taken(dv)
+    def _context_at(self, taken: datetime | None) -> tuple[Mapping[str, Any], dict[str, datetime]]:
+        """The context as it was at ``taken`` (where history tells), and the context
+        nodes whose value then is forgotten, each with its history's horizon."""
         if not self.history or taken is None:
             return self.context, {}
         context = dict(self.context)
@@ -388,28 +424,31 @@ class OpcuaConnector:
                 context[node_id] = value
         return context, forgotten
 
-    def _item(self, node: OpcuaNode, dv: Any) -> Item:
-        value = dv.Value.Value if dv.Value is not None else None
-        context, forgotten = self._context_at(dv)
-        taken = _taken(dv)
-        lost = None if taken is None else forgotten_context(node, value, taken, forgotten)
-        if lost is not None:
-            return (f"opcua:{node.node_id}", lost)
-        row = opcua_row(node, value, dv.SourceTimestamp, dv.ServerTimestamp, context)
-        return (f"opcua:{node.node_id}", row)
+    def _item(self, node: OpcuaNode, reading: Reading) -> Item:
+        source = f"opcua:{node.node_id}"
+        if reading.refused is not None:
+            return (source, ("value", reading.refused))
+        taken = reading.taken
+        context, forgotten = self._context_at(taken)
+        lost = None if taken is None else forgotten_context(node, reading.value, taken, forgotten)
+        refused = lost or refused_context(node, context)
+        if refused is not None:
+            return (source, refused)
+        row = opcua_row(node, reading.value, reading.source, reading.server, context)
+        return (source, row)
 
-    def _context_change(self, node_id: str, dv: Any) -> None:
-        """A context node's new value: current from now on, and in its history by source time."""
-        value = dv.Value.Value if dv.Value is not None else None
+    def _context_change(self, node_id: str, reading: Reading) -> None:
+        """A context node's new value: current from now on, and in its history by source
+        time (a refused value as such: the readings that take it are refused)."""
+        value = reading.value if reading.refused is None else Refused(reading.refused)
         self.context[node_id] = value
-        since = dv.SourceTimestamp or dv.ServerTimestamp
-        if since is not None:
-            self.history.setdefault(node_id, _ContextHistory([])).add(_utc(since), value)
+        if reading.taken is not None:
+            self.history.setdefault(node_id, ContextHistory([])).add(reading.taken, value)
 
-    def _trim_history(self, changes: list[tuple[str, Any]]) -> None:
+    def _trim_history(self, changes: list[tuple[str, Reading]]) -> None:
         """Forget the context changes no reading still to come can need (see HISTORY_KEEP);
         our clock bounds the newest time seen (a source clock far ahead would trim all)."""
-        times = [t for _, dv in changes if (t := _taken(dv)) is not None]
+        times = [t for _, r in changes if (t := r.taken) is not None]
         if not times:
             return
         newest = min(max(times), datetime.now(UTC) + CLOCK_SKEW)
@@ -418,29 +457,30 @@ class OpcuaConnector:
         for values in self.history.values():
             values.trim(self.newest - HISTORY_KEEP)
 
-    async def _pump(
-        self, queue: asyncio.Queue[tuple[str, Any]], stop: asyncio.Event, lost: asyncio.Event
-    ) -> None:
+    async def _pump(self, changes: _Changes, stop: asyncio.Event, lost: asyncio.Event) -> None:
+        queue = changes.queue
         while not (stop.is_set() or lost.is_set()):
+            if changes.dropped and queue.empty():  # all that was queued is stored
+                raise changes.overflow()
             with contextlib.suppress(TimeoutError):
                 first = await asyncio.wait_for(queue.get(), 0.2)
-                changes = [first]
-                while not queue.empty() and len(changes) < BATCH:
-                    changes.append(queue.get_nowait())
+                batch = [first]
+                while not queue.empty() and len(batch) < BATCH:
+                    batch.append(queue.get_nowait())
                 # context changes first: a server's publish groups its notifications by
                 # monitored item, not by time (asyncua's does), so a batch change may come
                 # after a reading taken later than it; each reading then takes its context
                 # by source time from the history, which holds every change delivered
-                for node_id, dv in changes:
+                for node_id, reading in batch:
                     if node_id not in self.by_id:  # a context node: the batch / order
-                        self._context_change(node_id, dv)
+                        self._context_change(node_id, reading)
                 items = [
-                    self._item(self.by_id[node_id], dv)
-                    for node_id, dv in changes
+                    self._item(self.by_id[node_id], reading)
+                    for node_id, reading in batch
                     if node_id in self.by_id
                 ]
                 if items:
                     await asyncio.to_thread(self.sink.put, items)
-                self._trim_history(changes)
+                self._trim_history(batch)
         if lost.is_set():
             raise ConnectionError("connection lost")

@@ -2,12 +2,17 @@
 real SQLite QDM, a connector restart backfills from history without duplicates, values
 written while the connector connects, subscribes and backfills are all stored, a
 server restart is survived, a bad reading is reported and does not stop it, and one
-session runs with SignAndEncrypt and certificates."""
+session runs with SignAndEncrypt and certificates. A hostile or broken server (values that
+are no reading, Bad samples and batches, a flood of changes, a history that never ends or
+answers with events, a port that drops or never answers) is refused with the node and
+why, held to bounded memory, and retried ever more slowly."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import re
+import time
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -191,6 +196,9 @@ async def restart_backfill_and_outage(plant: Plant, store: QualityStore, tmp_pat
     await plant.batch.write_value("B-7")
     run = Running(OpcuaConnector(config(plant.port, tmp_path), sink))
     await until(lambda: len(stored(store)) >= 8)
+    # the re-subscription's first value (1.7), which the backfill stored before the live
+    # queue is taken (it stores each history page as it comes, so 8 are there earlier)
+    await until(lambda: sink.totals.duplicates >= 1)
     # the server restarts mid-stream (new process state, same endpoint)
     await plant.stop()
     await asyncio.sleep(0.5)
@@ -228,7 +236,9 @@ async def test_a_batch_change_published_behind_a_later_reading_still_applies_to_
     sink = MeasurementSink(store, "opcua-test")
     cfg = config(plant.port, tmp_path, publishing_interval_ms=1500)
     run = Running(OpcuaConnector(cfg, sink))
-    await until(lambda: any(r[0] == T0 for r in stored(store)))  # subscribed and pumping
+    # subscribed and pumping: the subscription's first value (T0) came after the backfill
+    # stored it (the backfill stores each history page as it comes: T0 stored is not enough)
+    await until(lambda: sink.totals.duplicates >= 1)
     first = datetime.now(UTC).replace(microsecond=0) + timedelta(seconds=1)
     await plant.write(1.1, first)
     await plant.batch.write_value(
@@ -433,3 +443,348 @@ async def test_after_an_outage_a_backfill_without_batch_history_reads_when_the_b
     await run.close()
     by_second = {r[0].second: r[4] for r in stored(store) if r[0] > T0}
     assert by_second == {2: "B-1", 3: "B-1", 5: "B-2", 6: "B-2"}
+
+
+# A hostile or broken server: what it sends is refused with its node and why, and nothing
+# it does grows the connector's memory without bound or ends the connector.
+
+PRESSURE = "ns=2;s=PECVD1.ChamberPressure"
+BATCH = "ns=2;s=PECVD1.Batch"
+
+
+def sends_any_type(plant: Plant, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The server sends whatever it likes for its Double variable (asyncua's address
+    space refuses a write of another type, as a conformant server's does)."""
+    assert plant.server is not None
+    aspace = plant.server.iserver.aspace
+    monkeypatch.setattr(aspace, "_is_expected_variant_type", lambda *_: True)
+
+
+async def send(
+    plant: Plant, value: ua.Variant, at: datetime | None, status: int | None = None
+) -> None:
+    """A data change of the pressure as the server sends it (no server time)."""
+    assert plant.server is not None
+    code = ua.StatusCode(status if status is not None else ua.StatusCodes.Good)
+    dv = ua.DataValue(value, StatusCode=code, SourceTimestamp=at)
+    aspace = plant.server.iserver.aspace
+    await aspace.write_attribute_value(plant.pressure.nodeid, ua.AttributeIds.Value, dv)
+
+
+async def test_a_value_that_can_be_no_reading_is_refused_with_its_node_and_what_it_is(
+    plant: Plant,
+    store: QualityStore,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Each value the server sends for the pressure that is no reading is refused with the
+    node and what it is, and the next good one is stored. Before, a 5 MB text, a 3 MB
+    byte string and a 1,000,000-element array each waited in the queue whole (refused
+    only when stored, the text as "not a finite number"); an Uncertain value was stored
+    as a good reading, and one stamped with OPC UA's null time as taken in 1601."""
+    sends_any_type(plant, monkeypatch)
+    sink = MeasurementSink(store, "opcua-test")
+    caplog.set_level(logging.WARNING, "qdspace.connector.linein")
+    run = Running(OpcuaConnector(config(plant.port, tmp_path, history=False), sink))
+    await until(lambda: any(r[0] == T0 for r in stored(store)))  # subscribed and pumping
+    at = datetime.now(UTC).replace(microsecond=0) - timedelta(minutes=10)
+    v = ua.VariantType
+    cases = [
+        (ua.Variant("7" * 5_000_000, v.String), None, "a text of 5000000 characters"),
+        (ua.Variant(b"\0" * 3_000_000, v.ByteString), None, "a byte string of 3000000 bytes"),
+        (ua.Variant([1.0] * 1_000_000, v.Double), None, "an array of 1000000 elements"),
+        (ua.Variant(ua.Argument(Name="x"), v.ExtensionObject), None, "of type Argument"),
+        (ua.Variant(float("nan"), v.Double), None, "nan is not a finite number"),
+        (ua.Variant(float("inf"), v.Double), None, "inf is not a finite number"),
+        (ua.Variant(None, v.Null), None, "got NoneType"),
+        (ua.Variant(2**64 - 1, v.UInt64), None, "above the range"),
+        (
+            ua.Variant(0.5, v.Double),
+            ua.StatusCodes.UncertainLastUsableValue,
+            "status UncertainLastUsableValue: the server says the value is not good",
+        ),
+    ]
+    for i, (value, status, _) in enumerate(cases):
+        await send(plant, value, at + timedelta(seconds=i), status)
+    await send(plant, ua.Variant(0.6, v.Double), datetime(1601, 1, 1, tzinfo=UTC))
+    await send(plant, ua.Variant(0.7, v.Double), datetime(9999, 12, 31, tzinfo=UTC))
+    await send(plant, ua.Variant(1.9, v.Double), at + timedelta(seconds=30))
+    await until(lambda: any(r[0] == at + timedelta(seconds=30) for r in stored(store)))
+    await until(lambda: len(sink.rejected) >= len(cases) + 2)
+    assert not run.task.done()
+    await run.close()
+    assert [r[:2] for r in stored(store)] == [(T0, 90.0), (at + timedelta(seconds=30), 190.0)]
+    assert {e.source for e in sink.rejected} == {f"opcua:{PRESSURE}"}
+    reasons = [f"{e.field}: {e.reason}" for e in sink.rejected]
+    for _, _, why in cases:
+        assert any(why in r for r in reasons), why
+    assert "measured_at: no source or server timestamp" in "\n".join(reasons)  # 1601
+    assert "measured_at: 9999-12-31T00:00:00+00:00 is more than 5 minutes" in "\n".join(reasons)
+    assert f"rejected opcua:{PRESSURE}:" in caplog.text
+    assert "7777777777" not in caplog.text  # no value quoted at length
+
+
+async def test_a_sample_the_servers_history_marks_bad_is_not_backfilled_as_a_reading(
+    plant: Plant, store: QualityStore, tmp_path: Path
+) -> None:
+    """A historian keeps a Bad sample with the last value it had (here 0.0 mbar): the
+    backfill stored it as a good reading of 0 Pa, and an Uncertain one as certain. Both
+    are refused with their status; the good one beside them is stored."""
+    assert plant.server is not None
+    storage = plant.server.iserver.history_manager.storage
+    at = T0 + timedelta(seconds=1)
+    samples = [
+        (0.0, ua.StatusCodes.BadSensorFailure),
+        (0.5, ua.StatusCodes.UncertainSubNormal),
+        (1.3, ua.StatusCodes.Good),
+    ]
+    for i, (value, status) in enumerate(samples):
+        dv = ua.DataValue(
+            ua.Variant(value, ua.VariantType.Double),
+            StatusCode=ua.StatusCode(status),
+            SourceTimestamp=at + timedelta(seconds=i),
+        )
+        await storage.save_node_value(plant.pressure.nodeid, dv)
+    sink = MeasurementSink(store, "opcua-test")
+    run = Running(OpcuaConnector(config(plant.port, tmp_path), sink))
+    await until(lambda: any(r[0] == at + timedelta(seconds=2) for r in stored(store)))
+    await until(lambda: len(sink.rejected) >= 2)
+    await run.close()
+    assert [r[:2] for r in stored(store)] == [(T0, 90.0), (at + timedelta(seconds=2), 130.0)]
+    reasons = sorted(f"{e.source}: {e.field}: {e.reason}" for e in sink.rejected)
+    assert reasons == [
+        f"opcua:{PRESSURE}: value: status {name}: the server says the value is not good"
+        for name in ("BadSensorFailure", "UncertainSubNormal")
+    ]
+
+
+async def test_a_batch_the_server_marks_bad_or_sends_oversized_refuses_its_readings(
+    plant: Plant, store: QualityStore, tmp_path: Path
+) -> None:
+    """The batch variable goes Bad (the server then sends it without a value): readings
+    taken meanwhile were stored without a batch, untraceable. Then it holds a 2 MB text:
+    the connector kept it whole as the current batch and in the batch history. Both now
+    refuse the readings that take them, naming the batch node; the text is not kept; a
+    good batch after them is stored with its reading."""
+    sink = MeasurementSink(store, "opcua-test")
+    run = Running(OpcuaConnector(config(plant.port, tmp_path, history=False), sink))
+    await until(lambda: any(r[0] == T0 for r in stored(store)))  # subscribed and pumping
+    t = datetime.now(UTC).replace(microsecond=0) - timedelta(minutes=10)
+
+    async def batch(dv: ua.DataValue) -> None:
+        await plant.batch.write_value(dv)
+
+    bad = ua.StatusCode(ua.StatusCodes.BadCommunicationError)
+    text = ua.VariantType.String
+    s = [t + timedelta(seconds=i) for i in range(6)]
+    await batch(ua.DataValue(ua.Variant("B-1", text), StatusCode=bad, SourceTimestamp=s[0]))
+    await plant.write(1.1, s[1])
+    await batch(ua.DataValue(ua.Variant("L" * 2_000_000, text), SourceTimestamp=s[2]))
+    await plant.write(1.2, s[3])
+    await batch(ua.DataValue(ua.Variant("B-5", text), SourceTimestamp=s[4]))
+    await plant.write(1.3, s[5])
+    await until(lambda: len(sink.rejected) >= 2)
+    await until(lambda: len(stored(store)) >= 2)
+    await run.close()
+    assert [(r[0], r[4]) for r in stored(store)] == [(T0, "B-0"), (s[5], "B-5")]
+    reasons = sorted(f"{e.field}: {e.reason}" for e in sink.rejected)
+    assert reasons == [
+        f"batch_id: context node {BATCH}: a text of 2000000 characters (a number, a grade "
+        "code or an id has at most 64)",
+        f"batch_id: context node {BATCH}: status BadCommunicationError: the server says "
+        "the value is not good",
+    ]
+    kept = [*run.connector.context.values(), *run.connector.history[BATCH].values]
+    assert max(len(repr(v)) for v in kept) < 200
+
+
+class SlowSink(MeasurementSink):
+    """A store that takes half a second a call (a busy database): slower than the server."""
+
+    def put(self, items: Any) -> Any:
+        time.sleep(0.5)
+        return super().put(items)
+
+
+async def test_a_flood_of_data_changes_waits_in_a_bounded_queue_and_is_backfilled(
+    plant: Plant,
+    store: QualityStore,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The server sends 6,000 data changes as fast as it can write them (its queues let
+    every one through); the store takes 1,000 a second. The queue held every change the
+    store had not taken yet (4,000 and more here, and without bound where the server goes
+    on). It holds ``QUEUED`` at most now: the rest of the session's changes are dropped,
+    counted and logged with the node, the session ends once the queue is stored, and the
+    next one backfills what was dropped from the server's history: all 6,000 stored once."""
+    from qdspace.connector.linein import opcua
+
+    monkeypatch.setattr(opcua, "QUEUED", 1000)
+    assert plant.server is not None
+    plant.server.iserver.max_monitored_item_queue_size = 1_000_000  # (its history: 10,000)
+    deepest = 0
+    handler = opcua._Changes.datachange_notification
+
+    def spy(self: Any, node: Any, value: Any, data: Any) -> None:
+        nonlocal deepest
+        handler(self, node, value, data)
+        deepest = max(deepest, self.queue.qsize())
+
+    monkeypatch.setattr(opcua._Changes, "datachange_notification", spy)
+    sink = SlowSink(store, "opcua-test")
+    caplog.set_level(logging.WARNING, "qdspace.connector.linein")
+    run = Running(OpcuaConnector(config(plant.port, tmp_path), sink))
+    # subscribed and pumping: the subscription's first value came after the backfill's
+    await until(lambda: sink.totals.duplicates >= 1)
+    at = datetime.now(UTC).replace(microsecond=0) - timedelta(minutes=20)
+    written = [at + timedelta(milliseconds=i) for i in range(6000)]
+    for i, when in enumerate(written):
+        await plant.write(1.0 + (i % 500) / 1000, when)
+    await until(lambda: {r[0] for r in stored(store)} >= set(written), timeout=120)
+    await run.close()
+    assert deepest <= 1000
+    taken = [r[0] for r in stored(store)]
+    assert len(taken) == len(set(taken)) == 6001
+    assert f"opcua {PRESSURE}: 1000 data changes wait for the store" in caplog.text
+    assert f"dropped after 1000 waited ({PRESSURE}: " in caplog.text
+    assert run.connector.sessions >= 2
+
+
+class EndlessHistory(HistoryDict):
+    """A historian whose every answer holds 100 more values of a historized node, and a
+    continuation point: reading its history never ends."""
+
+    async def read_node_history(
+        self, node_id: ua.NodeId, start: datetime | None, end: datetime | None, nb_values: int
+    ) -> tuple[list[ua.DataValue], datetime | None]:
+        if node_id not in self._datachanges or start is None:
+            return await super().read_node_history(node_id, start, end, nb_values)
+        await asyncio.sleep(0.01)
+        n = min(nb_values or 100, 100)
+        values = [
+            ua.DataValue(
+                ua.Variant(1.0 + i / 1000, ua.VariantType.Double),
+                SourceTimestamp=start + timedelta(milliseconds=i),
+            )
+            for i in range(n)
+        ]
+        return values, start + timedelta(milliseconds=n)
+
+
+async def test_a_history_that_never_ends_is_read_to_a_cap_and_live_readings_flow(
+    store: QualityStore,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The backfill followed the server's continuation points for as long as it sent them,
+    holding every value read: with one that never stops, the connector read (and grew)
+    for ever and stored no live reading. It reads ``MAX_BACKFILL`` values of a node at
+    most, a page at a time, says so with the node, and goes on live."""
+    from qdspace.connector.linein import opcua
+
+    monkeypatch.setattr(opcua, "MAX_BACKFILL", 2000)
+    plant = Plant(free_port(), history=EndlessHistory)
+    await plant.start()
+    try:
+        sink = MeasurementSink(store, "opcua-test")
+        caplog.set_level(logging.WARNING, "qdspace.connector.linein")
+        run = Running(OpcuaConnector(config(plant.port, tmp_path), sink))
+        await until(lambda: run.connector.sessions == 1)
+        later = datetime.now(UTC).replace(microsecond=0) - timedelta(minutes=1)
+        await plant.write(1.7, later)
+        await until(lambda: any(r[0] == later for r in stored(store)), timeout=20)
+        await run.close()
+    finally:
+        await plant.stop()
+    assert f"opcua {PRESSURE}: history from " in caplog.text
+    assert "holds more than 2000 values; the rest is not read" in caplog.text
+    assert 2000 <= len(stored(store)) <= 2003  # the cap, T0, and the live reading
+
+
+async def test_a_history_answer_of_another_kind_is_logged_with_its_node_and_it_goes_on(
+    plant: Plant,
+    store: QualityStore,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A server answers a history read with events where data values were asked for: the
+    connector raised AttributeError and ended for good (no session, no reading, ever
+    again). It logs the node and what came, backfills nothing of it, and goes on live."""
+    assert plant.server is not None
+
+    async def events(params: ua.HistoryReadParameters) -> list[ua.HistoryReadResult]:
+        return [ua.HistoryReadResult(HistoryData=ua.HistoryEvent()) for _ in params.NodesToRead]
+
+    monkeypatch.setattr(plant.server.iserver.history_manager, "read_history", events)
+    sink = MeasurementSink(store, "opcua-test")
+    caplog.set_level(logging.WARNING, "qdspace.connector.linein")
+    run = Running(OpcuaConnector(config(plant.port, tmp_path), sink))
+    await until(lambda: run.connector.sessions == 1)
+    later = datetime.now(UTC).replace(microsecond=0) - timedelta(minutes=1)
+    await plant.write(1.7, later)
+    await until(lambda: run.task.done() or any(r[0] == later for r in stored(store)))
+    assert not run.task.done()
+    await run.close()
+    assert (
+        f"opcua {PRESSURE}: no backfill: history of {PRESSURE}: the server answered with "
+        "HistoryEvent, not data values" in caplog.text
+    )
+
+
+class Gateway:
+    """What answers on the plant's port: drops every connection at once, or accepts it and
+    never answers (a server gone wrong, or a broken gateway before it)."""
+
+    def __init__(self, silent: bool) -> None:
+        self.silent = silent
+        self.connections = 0
+        self.server: asyncio.Server | None = None
+
+    async def start(self) -> int:
+        self.server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
+        return int(self.server.sockets[0].getsockname()[1])
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        if self.silent:
+            await reader.read()  # until the client gives up
+        writer.close()
+
+    def close(self) -> None:
+        assert self.server is not None
+        self.server.close()
+
+
+@pytest.mark.parametrize("silent", [False, True])
+async def test_a_server_that_drops_or_never_answers_is_retried_ever_more_slowly(
+    silent: bool,
+    store: QualityStore,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A server that drops every connection at once was reconnected to every
+    ``reconnect_s`` for ever; the wait now doubles per failed session, up to 16 times
+    ``reconnect_s``. One that never answers is given up on after ``timeout_s`` and said so
+    (it was logged as ``TimeoutError: ;``). The waits are read from the log, so how fast
+    this machine connects does not matter."""
+    gateway = Gateway(silent)
+    port = await gateway.start()
+    caplog.set_level(logging.WARNING, "qdspace.connector.linein")
+    cfg = config(port, tmp_path, reconnect_s=0.1, timeout_s=0.5)
+    run = Running(OpcuaConnector(cfg, MeasurementSink(store, "opcua-test")))
+
+    def waits() -> list[float]:
+        return [float(w) for w in re.findall(r"reconnecting in ([0-9.]+) s", caplog.text)]
+
+    await until(lambda: len(waits()) >= 7, timeout=60)
+    await run.close()
+    gateway.close()
+    assert waits()[:7] == [0.1, 0.2, 0.4, 0.8, 1.6, 1.6, 1.6]
+    assert gateway.connections >= 7 and run.connector.sessions == 0
+    if silent:
+        assert "TimeoutError: no answer in 0.5 s; reconnecting in" in caplog.text

@@ -109,11 +109,11 @@ def test_an_opcua_context_history_is_trimmed_behind_the_newest_reading() -> None
     connector.context, connector.history, connector.newest = {}, {}, None
     start = datetime.now(UTC) - timedelta(hours=5)
 
-    def change(minutes: int, value: str) -> tuple[str, object]:
+    def change(minutes: int, value: str) -> tuple[str, opcua.Reading]:
         at = start + timedelta(minutes=minutes)
         dv = SimpleNamespace(Value=SimpleNamespace(Value=value), SourceTimestamp=at)
         dv.ServerTimestamp = None
-        return ("ns=2;s=Batch", dv)
+        return ("ns=2;s=Batch", opcua.screened(dv))
 
     changes = [change(m, f"B{m}") for m in range(0, 300, 10)]
     for node_id, dv in changes:
@@ -126,10 +126,10 @@ def test_an_opcua_context_history_is_trimmed_behind_the_newest_reading() -> None
 
 
 def test_an_opcua_context_history_is_capped(monkeypatch: pytest.MonkeyPatch) -> None:
-    from qdspace.connector.linein import opcua
+    from qdspace.connector.linein import opcua_context
 
-    monkeypatch.setattr(opcua, "MAX_HISTORY", 100)
-    history = opcua._ContextHistory([])
+    monkeypatch.setattr(opcua_context, "MAX_HISTORY", 100)
+    history = opcua_context.ContextHistory([])
     for i in range(1000):
         history.add(T.replace(microsecond=i), i)
     assert len(history) <= 100 and history.at(T.replace(microsecond=999)) == (True, 999)
@@ -165,10 +165,12 @@ def test_a_reading_older_than_the_context_kept_is_refused_not_given_another_batc
     connector.context, connector.history, connector.newest = {}, {}, None
     start = datetime.now(UTC) - timedelta(hours=5)
 
-    def dv(minutes: int, value: object) -> SimpleNamespace:
+    def dv(minutes: int, value: object) -> opcua.Reading:
         at = start + timedelta(minutes=minutes)
-        return SimpleNamespace(
-            Value=SimpleNamespace(Value=value), SourceTimestamp=at, ServerTimestamp=None
+        return opcua.screened(
+            SimpleNamespace(
+                Value=SimpleNamespace(Value=value), SourceTimestamp=at, ServerTimestamp=None
+            )
         )
 
     changes = [("ns=2;s=Batch", dv(m, f"B{m}")) for m in range(0, 250, 50)]
@@ -209,10 +211,10 @@ def test_a_context_history_knows_what_it_forgot_not_what_it_never_knew(
     change older than that arrives late (what came between is gone)."""
     from datetime import timedelta
 
-    from qdspace.connector.linein import opcua
+    from qdspace.connector.linein import opcua_context
 
-    monkeypatch.setattr(opcua, "MAX_HISTORY", 100)
-    history = opcua._ContextHistory([])
+    monkeypatch.setattr(opcua_context, "MAX_HISTORY", 100)
+    history = opcua_context.ContextHistory([])
     for i in range(100):
         history.add(T + timedelta(seconds=i), i)
     assert history.at(T - timedelta(seconds=1)) == (False, None)
