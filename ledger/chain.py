@@ -8,7 +8,9 @@ mined into its own block at once (auto-mining), and a request (or a whole batch 
 answered only after its writes are fsynced, so an acknowledged transaction is never lost.
 
 Run: ``python -m qdspace.ledger.chain --port 8545 --state-dir ./chain`` (``--port 0`` picks a free
-port; the address is written to ``STATE_DIR/endpoint.json`` once the chain is ready).
+port; the address is written to ``STATE_DIR/endpoint.json`` once the chain is ready). The
+local network runs it with its output on ``chain.log`` for as long as a demo is kept
+running, so the process keeps that file bounded itself (`util.process_log`).
 """
 
 from __future__ import annotations
@@ -46,6 +48,7 @@ from web3.types import RPCEndpoint, RPCResponse
 from qdspace.ledger.artifact import load_artifact
 from qdspace.ledger.chain_store import JournaledMemoryDB
 from qdspace.util.files import write_atomic
+from qdspace.util.process_log import keep_output_bounded
 
 log = logging.getLogger("ledger.chain")
 
@@ -370,7 +373,9 @@ def run(state_dir: Path, host: str, port: int, chain_id: int, deploy: bool) -> N
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m qdspace.ledger.chain``: the embedded chain as a process."""
+    """``python -m qdspace.ledger.chain``: the embedded chain as a process (its output
+    file kept bounded when its launcher names it: `keep_output_bounded`)."""
+    keep_output_bounded()
     parser = argparse.ArgumentParser(
         prog="python -m qdspace.ledger.chain",
         description=__doc__,

@@ -23,15 +23,8 @@ A process the local network starts (``node start``, ``host start``: `node.localn
 writes its stdout and stderr to ``logs/process.log``: the stderr copy of every log line,
 and what no handler sees (a crash's traceback, gRPC core's own lines, warnings). That
 file is bounded the same way, by the process itself (`keep_output_bounded`, from
-`setup_logging`): ``qdspace demo --keep-running`` ends while its nodes go on, so
-nothing in the parent may stand between a node and its output, and a pipe to a reader
-thread would also lose a dying node's last words. The parent only opens the file and
-names it in `PROCESS_LOG_ENV` (`process_log_env`); the child's fds 1 and 2 stay the
-file itself, written by the kernel even as the process dies, and a thread in the child
-checks the file's size every `OUTPUT_CHECK_S`: past the limit it renames it
-``process.log.1`` (older ones moved up, the oldest dropped), as the log handler does,
-opens a new one and puts it under fds 1 and 2 (``dup2``). A file can pass the limit by
-what is written in one check; a child of the process keeps the fd it was born with.
+`setup_logging`; `util.process_log` says how and why, and the local network's other
+processes, which do not log through here, use it too).
 
 A managed host (`node.host`) serves many members in one process, so its lines also name
 the member they belong to: `MEMBER` is set for a tenant's servers, jobs and requests
@@ -47,12 +40,17 @@ import logging.handlers
 import os
 import re
 import sys
-import threading
-import time
 import uuid
 from contextvars import ContextVar
 from datetime import UTC, datetime
 from pathlib import Path
+
+from qdspace.util.process_log import LOG_FILE_BYTES as LOG_FILE_BYTES
+from qdspace.util.process_log import LOG_FILE_KEEP as LOG_FILE_KEEP
+from qdspace.util.process_log import PROCESS_LOG_BYTES_ENV as PROCESS_LOG_BYTES_ENV
+from qdspace.util.process_log import PROCESS_LOG_ENV as PROCESS_LOG_ENV
+from qdspace.util.process_log import keep_output_bounded as keep_output_bounded
+from qdspace.util.process_log import process_log_env as process_log_env
 
 REQUEST_ID: ContextVar[str | None] = ContextVar("qdspace_request_id", default=None)
 #: the hosted member a line belongs to (a managed host's tenant); None in a node
@@ -60,16 +58,6 @@ MEMBER: ContextVar[str | None] = ContextVar("qdspace_member", default=None)
 LOG_FORMAT_ENV = "QDSPACE_LOG_FORMAT"
 LOG_FORMATS = ("text", "json")
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
-#: the size at which the log file is rotated, and how many rotated files are kept
-LOG_FILE_BYTES = 64 * 1024 * 1024
-LOG_FILE_KEEP = 4
-#: the file a process's stdout and stderr go to, named by the local network that started
-#: it: the process keeps that file bounded itself (`keep_output_bounded`)
-PROCESS_LOG_ENV = "QDSPACE_PROCESS_LOG"
-#: the size at which that file is rotated, when not `LOG_FILE_BYTES` (the tests: less)
-PROCESS_LOG_BYTES_ENV = "QDSPACE_PROCESS_LOG_BYTES"
-#: how often a process looks at the size of its output file
-OUTPUT_CHECK_S = 0.5
 #: what a caller's request id may look like; anything else is replaced by a fresh one
 _REQUEST_ID_SHAPE = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 
@@ -206,76 +194,3 @@ def setup_logging(level: str, logfile: Path | None = None, fmt: str = "text") ->
     logging.getLogger("alembic").setLevel(logging.WARNING)
     # one line per request the node makes to the authority service: its own log says more
     logging.getLogger("httpx").setLevel(logging.WARNING)
-
-
-def process_log_env(path: Path) -> dict[str, str]:
-    """The environment a process started with its stdout and stderr on ``path`` is given,
-    so that it keeps ``path`` bounded itself (`keep_output_bounded`)."""
-    return {PROCESS_LOG_ENV: str(path)}
-
-
-def keep_output_bounded() -> threading.Thread | None:
-    """Rotate this process's stdout/stderr file (`PROCESS_LOG_ENV`) at its limit from a
-    daemon thread; None when no file is named or fds 1 and 2 are not on it.
-
-    The variables are taken out of the environment: a process this one starts has fds
-    of its own and must not rotate this one's file too."""
-    named = os.environ.pop(PROCESS_LOG_ENV, "")
-    size = os.environ.pop(PROCESS_LOG_BYTES_ENV, "")
-    if not named:
-        return None
-    limit = int(size) if size.isascii() and size.isdigit() and int(size) > 0 else LOG_FILE_BYTES
-    path = Path(named)
-    fds = _fds_on(path)
-    if not fds:
-        return None
-    thread = threading.Thread(
-        target=_rotate_output, args=(path, fds, limit), name="qdspace-process-log", daemon=True
-    )
-    thread.start()
-    return thread
-
-
-def _fds_on(path: Path) -> list[int]:
-    """Which of fds 1 and 2 are the file ``path`` (nothing when it is gone or elsewhere)."""
-    try:
-        target = os.stat(path)
-        return [
-            fd
-            for fd in (1, 2)
-            if (os.fstat(fd).st_dev, os.fstat(fd).st_ino) == (target.st_dev, target.st_ino)
-        ]
-    except OSError:
-        return []
-
-
-def _rotate_output(path: Path, fds: list[int], limit: int) -> None:
-    while True:
-        time.sleep(OUTPUT_CHECK_S)
-        try:
-            if os.fstat(fds[0]).st_size < limit:
-                continue
-            if _fds_on(path) != fds:  # moved or replaced by someone else: not ours to cut
-                return
-            _rotate_onto(path, fds)
-        except OSError as exc:  # a full or vanished disk: the output goes on, unrotated
-            logging.getLogger("qdspace.node.logs").warning(
-                "process log %s: not rotated any more: %s", path, exc
-            )
-            return
-
-
-def _rotate_onto(path: Path, fds: list[int]) -> None:
-    """``path`` to ``path.1`` (the older ones up, the oldest dropped), a new ``path``
-    under ``fds``: what is written meanwhile lands in one or the other, none is lost."""
-    for i in range(LOG_FILE_KEEP - 1, 0, -1):
-        older = path.with_name(f"{path.name}.{i}")
-        if older.exists():
-            os.replace(older, path.with_name(f"{path.name}.{i + 1}"))
-    os.replace(path, path.with_name(f"{path.name}.1"))
-    fresh = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
-    try:
-        for fd in fds:
-            os.dup2(fresh, fd)
-    finally:
-        os.close(fresh)

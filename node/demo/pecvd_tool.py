@@ -14,6 +14,8 @@ each tool's last reading.
 Run as its own process by the demo (``python -m qdspace.node.demo.pecvd_tool --dir D
 --port P``) so that it outlives the demo with ``--keep-running``; once serving it writes
 ``D/tool.json`` (endpoint, node ids, readings published per node), stops on SIGTERM.
+It keeps its output file (the demo's ``line/pecvd-tool.log``) bounded itself, as a node
+does (`util.process_log`): a demo kept running runs for weeks.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from qdspace.connector.sample_pecvd import MEMBER, TOOLS, pecvd_readings
+from qdspace.util.process_log import keep_output_bounded
 
 log = logging.getLogger("qdspace.demo.pecvd_tool")
 NAMESPACE = "urn:cellex:line:pecvd"
@@ -159,6 +162,7 @@ async def _historian(server: Any, nodes: dict[tuple[str, str], Any]) -> dict[tup
 
 
 def main() -> None:
+    keep_output_bounded()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dir", type=Path, required=True)
     parser.add_argument("--port", type=int, required=True)

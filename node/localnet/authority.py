@@ -1,12 +1,15 @@
 """An ``authority serve`` process for local networks, tests and benchmarks.
 
 It binds port 0 unless told otherwise and is found through the run file the service
-writes (``AUTHORITY/run/authority.json``), so parallel tests never race for a port.
+writes (``AUTHORITY/run/authority.json``), so parallel tests never race for a port. Its
+stdout and stderr go to ``logs/authority.log``, which the service keeps bounded itself, as
+a node does its ``process.log`` (`process_log_env`): a demo kept running runs for weeks.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -16,6 +19,7 @@ from pathlib import Path
 
 from qdspace.node.errors import NodeError
 from qdspace.node.layout import AuthorityLayout
+from qdspace.node.logs import process_log_env
 
 START_TIMEOUT_S = 60.0
 
@@ -56,9 +60,10 @@ class AuthorityProcess:
         args += ["--host", self.host, "--port", str(self.port)]
         for name in self.hostnames:
             args += ["--hostname", name]
+        env = {**(os.environ if self.env is None else self.env), **process_log_env(self.log_path)}
         with self.log_path.open("ab") as log:
             self.process = subprocess.Popen(
-                args, stdout=log, stderr=subprocess.STDOUT, env=self.env, start_new_session=True
+                args, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True
             )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

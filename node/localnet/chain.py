@@ -1,6 +1,7 @@
 """The local network's chain: one embedded EVM process for all nodes.
 
-The process is ``python -m qdspace.ledger.chain``.
+The process is ``python -m qdspace.ledger.chain``, its stdout and stderr on ``chain.log``,
+which it keeps bounded itself as a node does its ``process.log`` (`process_log_env`).
 
 The launcher starts it before the nodes, gives every member a funded account key
 (``DIR/chain.key``) and a ``DIR/ledger.json`` naming the URL and the anchor contract, and
@@ -31,6 +32,7 @@ from qdspace.ledger.errors import LedgerError
 from qdspace.ledger.keys import new_key_file
 from qdspace.node.errors import NodeError
 from qdspace.node.layout import NodeLayout
+from qdspace.node.logs import process_log_env
 from qdspace.node.runtime.ledger import write_ledger_file
 from qdspace.util.ports import free_port
 
@@ -88,12 +90,13 @@ class ChainProcess:
         self.state_dir.mkdir(parents=True, exist_ok=True)
         cmd = [self.python, "-m", "qdspace.ledger.chain", "--port", str(self.port)]
         cmd += ["--state-dir", str(self.state_dir)]
+        env = {**(os.environ if self.env is None else self.env), **process_log_env(self.log_path)}
         with self.log_path.open("ab") as log:
             self.process = subprocess.Popen(
                 cmd,
                 stdout=log,
                 stderr=subprocess.STDOUT,
-                env=self.env,
+                env=env,  # the chain rotates its log
                 start_new_session=True,
             )
         # a network dropped without stop() (or the interpreter exiting) takes its chain along

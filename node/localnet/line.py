@@ -4,7 +4,8 @@ read it (an OPC UA server, ``qdspace connect opcua``), beside the nodes.
 They are started like the nodes (own session, log file, the network's interpreter and
 environment), stopped before them by :meth:`LocalNetwork.stop` (a connector writes into
 a node's database), and recorded by :meth:`LocalNetwork.leave_running` for ``qdspace
-demo stop``, each with a marker that is on its command line.
+demo stop``, each with a marker that is on its command line. Each keeps its log file
+bounded itself, as a node does its ``process.log`` (`process_log_env`).
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ from __future__ import annotations
 import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from qdspace.node.logs import process_log_env
 
 
 @dataclass
@@ -36,7 +39,7 @@ class LineProcess:
                 self.argv,
                 stdout=log,
                 stderr=subprocess.STDOUT,
-                env=env,
+                env={**env, **process_log_env(self.log_path)},  # the process rotates it
                 start_new_session=True,
             )
 
