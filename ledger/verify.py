@@ -19,6 +19,10 @@ anchor (block number and hash, the log's fields; for a passport, the account's e
 a verifier then trusts the endpoints only together. An unreachable one fails the whole
 verification (ChainUnavailable naming it) instead of being skipped: the verifier asked
 for all of them.
+
+Endpoints are named in what is shown (the verdict's reasons, an unreachable endpoint's
+error) as `qdspace.util.redact.redact_url` shows them: a hosted endpoint's URL carries
+its API key, and a verdict ends up in tickets and logs.
 """
 
 from __future__ import annotations
@@ -42,6 +46,7 @@ from qdspace.ledger.proofs import (
     verify_proof,
 )
 from qdspace.util.json_depth import loads as bounded_json
+from qdspace.util.redact import redact_url, redact_url_in
 
 #: what an endpoint reports when the document failed before any chain read
 NOTHING_ASKED = "nothing asked (the document fails without the chain)"
@@ -55,6 +60,11 @@ class EndpointVerdict:
     rpc_url: str
     verdict: Verdict
     report: str
+
+    @property
+    def shown_url(self) -> str:
+        """The endpoint as it may be printed (its API key left out)."""
+        return redact_url(self.rpc_url)
 
 
 @dataclass(frozen=True, slots=True)
@@ -220,9 +230,8 @@ def _ask_each(
         try:
             verdict = verify(client)
         except ChainUnavailable as exc:
-            if url in str(exc):
-                raise
-            raise ChainUnavailable(f"endpoint {url}: {exc}") from None
+            said, shown = redact_url_in(str(exc), url), redact_url(url)
+            raise ChainUnavailable(said if shown in said else f"endpoint {shown}: {said}") from None
         results.append(EndpointVerdict(url, verdict, report(client)))
     return tuple(results)
 
@@ -242,9 +251,11 @@ def combine(results: Sequence[EndpointVerdict]) -> Verdict:
             False,
             "endpoints disagree: "
             + "; ".join(
-                f"{r.rpc_url} ({'valid' if r.verdict.valid else 'invalid'}): {r.report}"
+                f"{r.shown_url} ({'valid' if r.verdict.valid else 'invalid'}): {r.report}"
                 for r in results
             ),
         )
-    each = [Check("endpoint", r.verdict.valid, f"{r.rpc_url}: {r.verdict.reason}") for r in results]
+    each = [
+        Check("endpoint", r.verdict.valid, f"{r.shown_url}: {r.verdict.reason}") for r in results
+    ]
     return Verdict.of([agree, *each])

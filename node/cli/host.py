@@ -458,10 +458,11 @@ def tenant_ledger(
     agreements and deletion receipts anchored from then on (a running host opens the
     tenant again; else from its next start)."""
     from qdspace.node.host.anchoring import set_tenant_ledger
+    from qdspace.util.redact import redact_url
 
     address = set_tenant_ledger(directory, name, rpc_url, contract, chain_id, key_file)
-    console.print(
-        f"tenant {name}: anchors to {rpc_url} at {contract} as {address} (key sealed; "
+    console.print(  # the URL as stored, shown without the API key a hosted one carries
+        f"tenant {name}: anchors to {redact_url(rpc_url)} at {contract} as {address} (key sealed; "
         f"{key_file} may be shredded)"
     )
     _reopen_if_running(directory, name, "anchoring")

@@ -2,6 +2,9 @@
 
 ``verify`` needs nothing but the document and read access to the chain; exit code 0 means
 valid, 1 invalid, 2 that the document is malformed or the chain unreachable.
+
+A chain's JSON-RPC URL is printed only as `qdspace.util.redact.redact_url` shows it (a
+hosted endpoint's URL carries its API key; what a command prints ends up in tickets).
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from rich.markup import escape
 from qdspace.ledger.errors import ChainUnavailable, DocumentFormatError, LedgerError
 from qdspace.node.cli.choices import LeafKind
 from qdspace.node.cli.errors import fail
+from qdspace.util.redact import redact_url_in
 
 if TYPE_CHECKING:  # the verifier imports web3: loaded when `verify` runs, not at startup
     from qdspace.ledger.proofs import Verdict
@@ -100,7 +104,7 @@ def _verification_json(done: Verification) -> dict[str, object]:
     before several could be given), `endpoints` each endpoint's verdict and report."""
     endpoints = [
         {
-            "rpc_url": e.rpc_url,
+            "rpc_url": e.shown_url,
             "valid": e.verdict.valid,
             "reason": e.verdict.reason,
             "report": e.report,
@@ -128,7 +132,7 @@ def _print_verification(done: Verification, *, pinned_contract: bool) -> None:
     if len(done.endpoints) > 1:
         for e in done.endpoints:
             word = "[green]VALID[/green]" if e.verdict.valid else "[red]INVALID[/red]"
-            console.print(f"endpoint {escape(e.rpc_url)}: {word}", highlight=False)
+            console.print(f"endpoint {escape(e.shown_url)}: {word}", highlight=False)
             _print_checks(e.verdict, indent="  ")
             console.print(f"  reports: {escape(e.report)}", highlight=False)
     verdict = done.verdict
@@ -163,9 +167,11 @@ def passport(
     from qdspace.node.identity.member import load_member_keys
     from qdspace.node.runtime.ledger import LedgerSettings
 
+    url = ""  # the chain's, once known: an error naming it shows it redacted
     try:
         node = NodeSettings.load(directory)
         settings = LedgerSettings.load(node.directory)
+        url = settings.rpc_url
         if not settings.enabled:
             raise fail(f"{node.directory}: no chain configured (ledger.json)", EXIT_UNUSABLE)
         keys = load_member_keys(node.directory)
@@ -183,7 +189,7 @@ def passport(
         )
         engine.dispose()
     except (LedgerError, NodeError) as exc:
-        raise fail(str(exc), EXIT_UNUSABLE) from None
+        raise fail(redact_url_in(str(exc), url), EXIT_UNUSABLE) from None
     text = doc.to_json() + "\n"
     if out is None:
         typer.echo(text, nl=False)
@@ -231,7 +237,7 @@ def deploy(
     try:
         record = deploy_anchor(rpc, load_signer(key_file))
     except LedgerError as exc:
-        raise fail(str(exc), EXIT_UNUSABLE) from None
+        raise fail(redact_url_in(str(exc), rpc), EXIT_UNUSABLE) from None
     if out is not None:
         out.write_text(record.to_json() + "\n")
     console.print(

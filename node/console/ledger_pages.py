@@ -8,11 +8,16 @@ what a regulator would see. The drop zone posts the file's JSON with the session
 header; a file that is too large (413), not JSON (400), or not a proof or passport (the
 regulator's verification status, 4xx) is answered with a fragment that says so, and a
 proof or passport that does not hold is a 200 with the INVALID verdict and its reason.
+
+The chain's URL, and the anchorer's last error that may name it, are shown redacted
+(`qdspace.util.redact`): a hosted endpoint's URL carries its API key, and a page ends up
+in screenshots and tickets.
 """
 
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from typing import Any
 
 from starlette.concurrency import run_in_threadpool
@@ -25,6 +30,7 @@ from qdspace.ledger.proofs import PROOF_DEPTH
 from qdspace.ledger.queue_schema import ANCHORED
 from qdspace.node.console.render import Console, Endpoint
 from qdspace.util.json_depth import loads as bounded_json
+from qdspace.util.redact import redact_url, redact_url_in
 
 #: the newest anchored batches the page lists
 BATCHES_SHOWN = 50
@@ -51,9 +57,12 @@ def routes(console: Console) -> list[tuple[str, Endpoint, str]]:
     def overview() -> dict[str, Any]:
         held = ledger()
         batches = held.queue.batches(ANCHORED, newest=BATCHES_SHOWN)[::-1]
+        url, status = held.settings.rpc_url, held.anchorer.status()
+        if status.last_error:
+            status = replace(status, last_error=redact_url_in(status.last_error, url))
         return {
-            "anchoring": held.anchorer.status(),
-            "rpc_url": held.settings.rpc_url,
+            "anchoring": status,
+            "rpc_url": redact_url(url),
             "contract": held.client.address,
             "batches": [
                 {

@@ -310,3 +310,53 @@ def test_cli_takes_several_endpoints_and_shows_each(
     dead = f"http://127.0.0.1:{free_port()}"
     code, out = _cli("verify", str(genuine), "--rpc", space.chain.url, "--rpc", dead, *pins)
     assert code == 2 and dead in " ".join(out.split()), out
+
+
+def _keyed(url: str) -> tuple[str, tuple[str, ...]]:
+    """`url` as a hosted endpoint is written (an API key in the path and in the query, a
+    user and password), and the secrets in it (the proxy ignores all of them)."""
+    key, token, password = "9aa3d95b3bc440fa88ea12eaa4456161", "Qx7Zr2LmNpW4tYv8", "hunter2-s3cret"
+    host = url.removeprefix("http://")
+    return f"http://alice:{password}@{host}/v3/{key}?apikey={token}", (key, token, password)
+
+
+def test_the_cli_never_shows_an_endpoints_api_key_password_or_query(
+    space: Space, proxies: Callable[[Lie], Proxy], tmp_path: Path
+) -> None:
+    """Hosted endpoints carry their API key in the URL; what `verify` prints (text or
+    JSON, a disagreement, an unreachable endpoint) ends up in tickets: each endpoint is
+    named by scheme, host and port (and a path's short words) only."""
+    forged, lie = _forged_deletion(space)
+    liar, liar_secrets = _keyed(proxies(lie).url)
+    faithful, faithful_secrets = _keyed(proxies(_faithful).url)
+    secrets = (*liar_secrets, *faithful_secrets)
+    shown = [u.split("@")[1].split("/")[0] for u in (liar, faithful)]  # 127.0.0.1:PORT
+    forged_file, genuine_file = tmp_path / "forged.json", tmp_path / "proof.json"
+    forged_file.write_text(forged.to_json())
+    genuine_file.write_text(space.proof("agreement", "agr-1").to_json())
+    pins = ("--contract", space.contract, "--anchorer", space.signer.address)
+
+    code, out = _cli("verify", str(forged_file), "--rpc", space.chain.url, "--rpc", liar, *pins,
+                     "--json")  # fmt: skip
+    assert code == 1, out
+    verdict = json.loads(out)
+    assert verdict["endpoints"][1]["rpc_url"] == f"http://{shown[0]}/v3/…?…"
+    assert f"http://{shown[0]}/v3/…?… (valid)" in verdict["checks"][0]["detail"]
+    outputs = [out]
+    for args in [
+        ("verify", str(forged_file), "--rpc", space.chain.url, "--rpc", liar, *pins),
+        ("verify", str(genuine_file), "--rpc", liar, "--rpc", faithful, *pins),
+    ]:
+        code, out = _cli(*args)
+        assert code in (0, 1), out
+        outputs.append(out)
+    assert f"endpoint http://{shown[1]}/v3/…?…: VALID" in " ".join(outputs[2].split())
+
+    dead, dead_secrets = _keyed(f"http://127.0.0.1:{free_port()}")
+    code, out = _cli("verify", str(genuine_file), "--rpc", faithful, "--rpc", dead, *pins)
+    assert code == 2, out
+    flat = " ".join(out.split())
+    assert f"chain at http://{dead.split('@')[1].split('/')[0]}/v3/…?… is unreachable" in flat
+    for printed in [*outputs, out]:
+        leaked = [s for s in (*secrets, *dead_secrets) if s in printed]
+        assert not leaked, (leaked, printed)
