@@ -3,6 +3,12 @@
 Templates autoescape everything; no page carries inline script or style, so the Content
 Security Policy can forbid both (``script-src 'self'``): a value that slipped through
 escaping still could not run.
+
+Every id a route takes from its path (a case, an agreement, a trace, a model version) is
+checked once, before the route runs (`path_id`, called by `Console.routes`' guard): a
+dot segment (``.``, ``..``, also sent as ``%2e%2e``, which no client folds away), an
+empty id and one with a control character are refused with a 400 page saying so, by
+every route alike. A route checks its own length limit on top.
 """
 
 from __future__ import annotations
@@ -68,6 +74,21 @@ def _short(text: str | None, keep: int = 12) -> str:
     return text if len(text) <= 2 * keep + 1 else f"{text[:keep]}…{text[-keep:]}"
 
 
+#: path segments that name a folder, never a record: no route takes them as an id
+DOT_SEGMENTS = frozenset({".", ".."})
+
+
+def path_id(name: str, value: str) -> str:
+    """A route's path parameter `name` as an id: not a dot segment, not blank, nothing
+    but printable characters; else a 400 naming the parameter (``case_id``: "case id")."""
+    what = name.replace("_", " ")
+    if value.strip() in DOT_SEGMENTS:
+        raise HTTPException(400, f"{what}: {value.strip()!r} is a path segment, not an id")
+    if not value.strip() or not value.isprintable():
+        raise HTTPException(400, f"{what}: must be printable characters, not blank")
+    return value
+
+
 def segment(value: object) -> str:
     """``value`` as one URL path segment: every byte but the unreserved ones escaped.
 
@@ -75,8 +96,12 @@ def segment(value: object) -> str:
     action id, a trace report named in a case, an agreement id): Jinja's own ``urlencode``
     leaves ``/`` alone, so ``../contracts/negotiate`` in a case id made its Accept button
     post to another page of ours, and a redirect quoted by Starlette keeps ``?`` and
-    ``#``, so the page after a move on case ``x?y`` was case ``x``'s."""
-    return quote(str(value), safe="")
+    ``#``, so the page after a move on case ``x?y`` was case ``x``'s. A dot segment is
+    escaped too (``%2E%2E``): a browser would resolve ``..`` to the page above."""
+    text = str(value)
+    if text in DOT_SEGMENTS:
+        return "%2E" * len(text)
+    return quote(text, safe="")
 
 
 def _when(ts: float | None) -> str:
@@ -171,6 +196,8 @@ class Console:
         def guard(endpoint: Endpoint) -> Endpoint:
             async def guarded(request: Request) -> Response:
                 try:
+                    for name, value in request.path_params.items():
+                        path_id(name, str(value))
                     return await endpoint(request)
                 except Exception as exc:  # answered as a page by the fault table
                     return await self.failed(request, exc)

@@ -189,6 +189,11 @@ def test_bad_and_foreign_ids_are_4xx_pages(sunarc: tuple[httpx.Client, str], cas
         ("/console/traces/tr-nothing", (404,)),
         ("/console/traces/" + "t" * 100, (400,)),
         ("/console/traces/tr-nothing/panel", (404,)),
+        # a dot segment is no id (`%2e%2e` reaches the route as `..`), a blank one neither
+        ("/console/investigations/%2e%2e", (400,)),
+        ("/console/contracts/agreements/%2E", (400,)),
+        ("/console/traces/%2e%2e/panel", (400,)),
+        ("/console/contracts/agreements/%20", (400,)),
         ("/console/ledger/proof?kind=agreement&ref_id=" + foreign, (404,)),
         ("/console/ledger/proof?kind=nonsense&ref_id=x", (404,)),
         ("/console/ledger/proof.json?kind=agreement&ref_id=%09", (400,)),
