@@ -7,11 +7,16 @@ Four layers stand between a caller and a route, each for one reason:
 - `node.api.gate.BodyLimit` caps the body before it is parsed (ingest has its own,
   larger limit, and spools uploads to disk), `JsonDepthLimit` its nesting;
 - `node.api.observe.ObserveRequests` (outermost) gives each request its id and times it;
+- `node.api.headers.SecurityHeaders` puts a Content-Security-Policy on every answer
+  (the console's pages carry their own);
 - `node.api.problems` answers every error as an RFC 9457 problem by the node's fault
   table (`qdspace.node.faults`).
 
 The web console (`qdspace.node.console`) is mounted at ``/console``: its own login and
-session cookie, the same listener, the same runtime calls.
+session cookie, the same listener, the same runtime calls. Being one origin is why the
+app serves no Swagger UI or ReDoc page (FastAPI loads their script from a CDN, which
+would run with the operator's session; `node.api.headers`): the schema is at
+``/openapi.json``.
 
 Routes get the node's parts as typed dependencies (`node.api.deps`: the node context on
 ``app.state.node``, the contract runtime, the operator, the page asked for) and answer a
@@ -43,6 +48,7 @@ from qdspace.node.api.gate import (
     BodyLimit,
     JsonDepthLimit,
 )
+from qdspace.node.api.headers import SecurityHeaders
 from qdspace.node.api.inspection import create_inspection_router
 from qdspace.node.api.investigations import investigations_router
 from qdspace.node.api.ledger import mount_ledger_routes
@@ -105,12 +111,14 @@ def create_app(ctx: NodeContext) -> FastAPI:
         title=f"qdspace node {ctx.settings.name}",
         version="0.1.0",
         description="Operator and management API of a qdspace connector node.",
+        docs_url=None,  # no CDN script on the console's origin (`node.api.headers`)
+        redoc_url=None,
     )
 
     app.state.node = ctx  # what `node.api.deps` hands to routes
     Operator = Depends(require_operator)
     install_problem_handlers(app)
-    # added innermost first: BearerGate -> BodyLimit -> JsonDepthLimit -> routes
+    # added innermost first: SecurityHeaders -> BearerGate -> BodyLimit -> JsonDepthLimit
     app.add_middleware(JsonDepthLimit, exempt=(INGEST_PREFIX,))
     app.add_middleware(
         BodyLimit,
@@ -118,6 +126,7 @@ def create_app(ctx: NodeContext) -> FastAPI:
     )
     # the regulator routes are on their own listener (`node.api.regulator_app`)
     app.add_middleware(BearerGate, operator_token=ctx.operator_token)
+    app.add_middleware(SecurityHeaders)
 
     @app.get("/healthz", response_model=Health, tags=["health"])
     def healthz() -> Health:

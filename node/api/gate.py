@@ -42,9 +42,9 @@ from qdspace.util.numbers import decimal
 
 log = logging.getLogger("node.api")
 
-#: paths anyone may read: health probes, metrics and the API's own documentation
+#: paths anyone may read: health probes, metrics and the API's schema (no doc pages)
 OPEN_PATHS = frozenset(
-    {"/healthz", "/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json"}
+    {"/healthz", "/openapi.json"}
     | {"/livez", "/readyz", "/startupz", "/metrics"}  # probes and Prometheus' scrape
 )
 #: the web console (`qdspace.node.console`) checks its own session cookie (`SessionGate`)

@@ -9,7 +9,8 @@ this app mounts no operator route at all, and the operator app no regulator rout
 
 The same layers as the operator app (`node.api.app`), in the same order: request ids
 and timing outermost, then the bearer gate (here: the regulator credential on every
-path but ``/healthz`` and the API documents), the body caps, the routes. ``/healthz``
+path but ``/healthz`` and the API schema), the body caps, the routes; the same security
+headers, and no documentation page loading a CDN's script (`node.api.headers`). ``/healthz``
 answers the node's name and member id without a credential: a regulator needs the
 member id as its credential's audience before it can call anything else. ``/metrics``
 and the probes stay on the operator listener.
@@ -20,6 +21,7 @@ from __future__ import annotations
 from fastapi import FastAPI
 
 from qdspace.node.api.gate import BearerGate, BodyLimit, JsonDepthLimit
+from qdspace.node.api.headers import SecurityHeaders
 from qdspace.node.api.ledger import mount_regulator_routes
 from qdspace.node.api.models import Health
 from qdspace.node.api.observe import ObserveRequests
@@ -34,6 +36,8 @@ def create_regulator_app(ctx: NodeContext) -> FastAPI:
         title=f"qdspace node {ctx.settings.name}: regulator API",
         version="0.1.0",
         description="Read-only proofs, verification and passports for regulators.",
+        docs_url=None,  # no CDN script on the console's origin (`node.api.headers`)
+        redoc_url=None,
     )
     app.state.node = ctx
     install_problem_handlers(app)
@@ -45,10 +49,11 @@ def create_regulator_app(ctx: NodeContext) -> FastAPI:
             token, ca_cert=ctx.keys.trust, revocations=ctx.revocations, audience=member_id
         )
 
-    # added innermost first: BearerGate -> BodyLimit -> JsonDepthLimit -> routes
+    # added innermost first: SecurityHeaders -> BearerGate -> BodyLimit -> JsonDepthLimit
     app.add_middleware(JsonDepthLimit)
     app.add_middleware(BodyLimit)
     app.add_middleware(BearerGate, operator_token=None, regulator_check=regulator_check)
+    app.add_middleware(SecurityHeaders)
 
     @app.get("/healthz", response_model=Health, tags=["health"])
     def healthz() -> Health:

@@ -86,6 +86,8 @@ def create_authority_app(service: AuthorityService) -> FastAPI:
     app = FastAPI(
         title="qdspace authority",
         summary="CA, revocation list, enrollment and member directory of a data space",
+        docs_url=None,  # FastAPI's doc pages load a CDN's script; the schema stays
+        redoc_url=None,
     )
     install_problem_handlers(app)
     app.add_middleware(JsonDepthLimit)

@@ -236,8 +236,8 @@ def print_left_running(console: Console, network: LocalNetwork) -> None:
         table.add_row("chain (JSON-RPC)", str(network.chain.pid), network.chain.url)
     for name, m in network.members.items():
         pid = "-" if m.process is None else str(m.process.pid)
-        table.add_row(f"{name} operator API", pid, f"{m.api_url}/docs")
-        table.add_row(f"{name} regulator API", pid, f"{m.regulator_url}/docs")
+        table.add_row(f"{name} operator API", pid, f"{m.api_url}/openapi.json")
+        table.add_row(f"{name} regulator API", pid, f"{m.regulator_url}/openapi.json")
         table.add_row(f"{name} web console", pid, f"{m.api_url}/console/")
     for name, line in network.line.items():  # the simulated PECVD line and its connector
         table.add_row(name, "-" if line.process is None else str(line.process.pid), line.marker)

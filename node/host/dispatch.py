@@ -114,7 +114,13 @@ class HostStatus(BaseModel):
 
 def create_host_app(runtime: HostRuntime, host_token: str, started_at: float) -> FastAPI:
     """The host operator's API: tenants and their state, never their data."""
-    app = FastAPI(title="qdspace host", version="0.1.0", description="Managed host API.")
+    app = FastAPI(
+        title="qdspace host",
+        version="0.1.0",
+        description="Managed host API.",
+        docs_url=None,  # FastAPI's doc pages load a CDN's script, here on the tenants' origin
+        redoc_url=None,
+    )
     install_problem_handlers(app)
     app.add_middleware(BearerGate, operator_token=host_token)
 
