@@ -51,6 +51,7 @@ from qdspace.ledger.errors import (
 from qdspace.ledger.keys import ChainSigner
 from qdspace.ledger.rpc_http import MAX_ANSWER_BYTES, BoundedSession, chain_errors
 from qdspace.ledger.tx import DEFAULT_MAX_FEE_PER_GAS, DEFAULT_MAX_GAS, GAS_MARGIN, SignedAnchor
+from qdspace.util.redact import redact_url
 
 log = logging.getLogger("ledger.client")
 
@@ -131,6 +132,8 @@ class LedgerClient:
         max_gas: int = DEFAULT_MAX_GAS,
     ) -> None:
         self.rpc_url = rpc_url
+        #: the URL as messages show it (a hosted endpoint's carries its API key)
+        self.shown_url = redact_url(rpc_url)
         self._session = BoundedSession(rpc_url, timeout_s, MAX_ANSWER_BYTES)
         provider = HTTPProvider(
             rpc_url,
@@ -165,7 +168,7 @@ class LedgerClient:
         """WrongChain unless the endpoint serves the expected chain and the contract is there."""
         if self.expected_chain_id is not None and self.chain_id != self.expected_chain_id:
             raise WrongChain(
-                f"chain at {self.rpc_url} has chain id {self.chain_id}, "
+                f"chain at {self.shown_url} has chain id {self.chain_id}, "
                 f"expected {self.expected_chain_id}"
             )
         code = self._call(lambda: self.w3.eth.get_code(self.address))
@@ -222,7 +225,7 @@ class LedgerClient:
         tx["gas"] = int(self._estimate(tx, root) * GAS_MARGIN) if gas is None else gas
         if tx["gas"] > self.max_gas:
             raise FeeAboveCap(
-                f"chain at {self.rpc_url} wants a gas limit of {tx['gas']} for an anchor, "
+                f"chain at {self.shown_url} wants a gas limit of {tx['gas']} for an anchor, "
                 f"over this node's cap of {self.max_gas} (ledger setting max_gas)"
             )
         tx.update(self._fees())
@@ -274,7 +277,7 @@ class LedgerClient:
     def _within_cap(self, wei: int, what: str) -> None:
         if not 0 <= wei <= self.max_fee_per_gas:
             raise FeeAboveCap(
-                f"chain at {self.rpc_url} asks {what} of {wei / 1e9:.9g} gwei a gas unit, "
+                f"chain at {self.shown_url} asks {what} of {wei / 1e9:.9g} gwei a gas unit, "
                 f"over this node's cap of {self.max_fee_per_gas / 1e9:.9g} gwei "
                 "(ledger setting max_fee_gwei); anchoring waits"
             )
@@ -306,18 +309,18 @@ class LedgerClient:
         out: list[TxReceipt | None] = []
         for asked, answer in zip(tx_hashes, answers, strict=True):
             if "error" in answer:
-                raise ChainUnavailable(f"chain at {self.rpc_url}: {str(answer['error'])[:500]}")
+                raise ChainUnavailable(f"chain at {self.shown_url}: {str(answer['error'])[:500]}")
             rcpt = answer.get("result")
             try:
                 receipt = None if rcpt is None else self._parse_receipt(rcpt)
             except (KeyError, TypeError, ValueError, AttributeError, DecodingError) as exc:
                 raise ChainUnavailable(
-                    f"chain at {self.rpc_url} answered a malformed receipt "
+                    f"chain at {self.shown_url} answered a malformed receipt "
                     f"({type(exc).__name__}: {str(exc)[:200]})"
                 ) from None
             if receipt is not None and receipt.tx_hash != bytes(asked):
                 raise ChainUnavailable(
-                    f"chain at {self.rpc_url} answered the receipt of transaction "
+                    f"chain at {self.shown_url} answered the receipt of transaction "
                     f"0x{receipt.tx_hash.hex()} when asked for 0x{bytes(asked).hex()}"
                 )
             out.append(receipt)
@@ -362,14 +365,14 @@ class LedgerClient:
         try:
             doc = response.json()
         except ValueError:
-            raise ChainUnavailable(f"chain at {self.rpc_url} answered no JSON") from None
+            raise ChainUnavailable(f"chain at {self.shown_url} answered no JSON") from None
         if single and isinstance(doc, dict):
             doc = [doc]
         if isinstance(doc, dict):  # a server that refuses batches answers one error object
-            raise ChainUnavailable(f"chain at {self.rpc_url} refused a batch: {doc.get('error')}")
+            raise ChainUnavailable(f"chain at {self.shown_url} refused a batch: {doc.get('error')}")
         by_id = {a.get("id"): a for a in doc if isinstance(a, dict)}
         if len(by_id) != len(calls) or any(i not in by_id for i in range(len(calls))):
-            raise ChainUnavailable(f"chain at {self.rpc_url} answered a batch incompletely")
+            raise ChainUnavailable(f"chain at {self.shown_url} answered a batch incompletely")
         return [by_id[i] for i in range(len(calls))]
 
     def _parse_receipt(self, rcpt: dict[str, Any]) -> TxReceipt:
@@ -459,7 +462,7 @@ class LedgerClient:
                 out[number] = bytes(HexBytes(block["hash"]))
             except (KeyError, TypeError, ValueError) as exc:
                 raise ChainUnavailable(
-                    f"chain at {self.rpc_url} answered a malformed block ({type(exc).__name__})"
+                    f"chain at {self.shown_url} answered a malformed block ({type(exc).__name__})"
                 ) from None
         return out
 

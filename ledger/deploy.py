@@ -20,6 +20,7 @@ from qdspace.ledger.artifact import load_artifact
 from qdspace.ledger.client import LedgerClient
 from qdspace.ledger.errors import ChainUnavailable, LedgerError, TransactionFailed
 from qdspace.ledger.keys import ChainSigner
+from qdspace.util.redact import redact_url
 
 DEPLOY_GAS = 1_000_000
 RECEIPT_TIMEOUT_S = 60.0
@@ -94,7 +95,9 @@ def deploy_anchor(
         tx_hash = bytes(w3.eth.send_raw_transaction(signed.raw_transaction))
         receipt = _wait_receipt(w3, tx_hash, timeout_s)
     except OSError as exc:
-        raise ChainUnavailable(f"chain at {rpc_url} is unreachable ({exc})") from None
+        raise ChainUnavailable(  # the error text repeats the URL (its key)
+            f"chain at {redact_url(rpc_url)} is unreachable ({type(exc).__name__})"
+        ) from None
     if int(receipt["status"]) != 1 or not receipt["contractAddress"]:
         raise TransactionFailed(f"deploying the anchor contract failed in tx 0x{tx_hash.hex()}")
     return Deployment(
@@ -113,12 +116,16 @@ def fund_from_dev_account(
     try:
         accounts = w3.eth.accounts
         if not accounts:
-            raise LedgerError(f"chain at {rpc_url} has no unlocked dev account to fund from")
+            raise LedgerError(
+                f"chain at {redact_url(rpc_url)} has no unlocked dev account to fund from"
+            )
         tx_hash = w3.eth.send_transaction(
             {"from": accounts[0], "to": Web3.to_checksum_address(address), "value": wei}  # type: ignore[typeddict-item]
         )
         receipt = _wait_receipt(w3, bytes(tx_hash), timeout_s)
     except OSError as exc:
-        raise ChainUnavailable(f"chain at {rpc_url} is unreachable ({exc})") from None
+        raise ChainUnavailable(  # the error text repeats the URL (its key)
+            f"chain at {redact_url(rpc_url)} is unreachable ({type(exc).__name__})"
+        ) from None
     if int(receipt["status"]) != 1:
         raise TransactionFailed(f"funding {address} failed")

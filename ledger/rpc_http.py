@@ -20,6 +20,7 @@ import requests
 import urllib3
 
 from qdspace.ledger.errors import ChainUnavailable
+from qdspace.util.redact import redact_url
 
 #: the most an answer of the endpoint may hold (a batch of 256 receipts with their logs is
 #: well under 1 MiB; a page of logs under 10 MiB)
@@ -31,12 +32,14 @@ def chain_errors(url: str) -> Iterator[None]:
     try:
         yield
     except (requests.ConnectionError, requests.Timeout) as exc:
-        raise ChainUnavailable(f"chain at {url} is unreachable ({type(exc).__name__})") from None
+        raise ChainUnavailable(
+            f"chain at {redact_url(url)} is unreachable ({type(exc).__name__})"
+        ) from None
     except requests.HTTPError as exc:
-        raise ChainUnavailable(f"chain at {url} answered HTTP {exc.response}") from None
+        raise ChainUnavailable(f"chain at {redact_url(url)} answered HTTP {exc.response}") from None
     except (requests.RequestException, urllib3.exceptions.HTTPError) as exc:  # a body cut short
         why = type(exc).__name__
-        raise ChainUnavailable(f"chain at {url} broke off its answer ({why})") from None
+        raise ChainUnavailable(f"chain at {redact_url(url)} broke off its answer ({why})") from None
 
 
 class BoundedSession(requests.Session):
@@ -81,12 +84,13 @@ class BoundedSession(requests.Session):
 
     def _too_slow(self) -> ChainUnavailable:
         return ChainUnavailable(
-            f"chain at {self.url} did not finish its answer within {self.deadline_s:g} s"
+            f"chain at {redact_url(self.url)} did not finish its answer "
+            f"within {self.deadline_s:g} s"
         )
 
     def _too_large(self) -> ChainUnavailable:
         return ChainUnavailable(
-            f"chain at {self.url} answered more than {self.max_bytes // (1 << 20)} MiB"
+            f"chain at {redact_url(self.url)} answered more than {self.max_bytes // (1 << 20)} MiB"
         )
 
 

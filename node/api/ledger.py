@@ -27,6 +27,7 @@ from qdspace.node.api.regulator_auth import regulator_dependency
 from qdspace.node.context import NodeContext
 from qdspace.node.errors import AnchoringBlocked
 from qdspace.node.runtime.ledger import NodeLedger, node_ledger, probe_chain
+from qdspace.util.redact import redact_url
 
 if TYPE_CHECKING:
     from qdspace.ledger.passport import Passport
@@ -46,6 +47,7 @@ class LedgerStatusPublic(BaseModel):
     """
 
     address: str
+    #: as shown anywhere (`qdspace.util.redact`): a hosted endpoint's URL carries its API key
     rpc_url: str
     contract: str
     pending: dict[str, int]
@@ -143,7 +145,7 @@ def mount_operator_routes(app: FastAPI, ledger: NodeLedger) -> None:
         seen = probe_chain(prober) if probe else None
         return LedgerStatusPublic(
             address=st.address,
-            rpc_url=ledger.settings.rpc_url,
+            rpc_url=redact_url(ledger.settings.rpc_url),
             contract=ledger.client.address,
             pending=st.pending,
             batches=st.batches,
