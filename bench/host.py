@@ -230,7 +230,17 @@ def _make_host(workdir: Path, net: LocalNetwork, name: str, tenants: int) -> tup
     enrollment = Enrollment(authority_dir=net.authority_dir)
     for i in range(tenants):
         add_tenant(directory, f"{name}-t{i}", "supplier", enrollment, grpc_port=_port())
+        _unpaced(HostLayout(directory).tenant(f"{name}-t{i}") / "node.json")
     return directory, api_port
+
+
+def _unpaced(node_json: Path) -> None:
+    """A tenant without the node's per-member request rate (`node.rpc.member_rates`): the
+    flood of ``fairness.off`` is the unlimited one it has always been, and ``fairness.on``
+    measures the host's tenant quotas, not the rate every node has besides."""
+    doc = json.loads(node_json.read_text())
+    doc.update(rpc_rate_per_peer=1_000_000, rpc_burst_per_peer=1_000_000)
+    node_json.write_text(json.dumps(doc, indent=2) + "\n")
 
 
 def _spawn_host(

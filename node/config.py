@@ -23,7 +23,9 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 from qdspace.node.errors import ConfigError
 from qdspace.node.layout import NodeLayout
 from qdspace.node.rpc.limits import (
+    DEFAULT_PER_PEER_BURST,
     DEFAULT_PER_PEER_CALLS,
+    DEFAULT_PER_PEER_RATE,
     DEFAULT_PER_PEER_STREAMS,
     DEFAULT_SERVER_CALLS,
 )
@@ -143,6 +145,13 @@ class NodeSettings(BaseSettings):
     rpc_max_calls: int = Field(default=DEFAULT_SERVER_CALLS, ge=1)
     rpc_max_calls_per_peer: int = Field(default=DEFAULT_PER_PEER_CALLS, ge=1)
     rpc_max_streams_per_peer: int = Field(default=DEFAULT_PER_PEER_STREAMS, ge=1)
+    # requests a second one member may send to this node (gRPC calls and DSP requests
+    # together, a stream counting once), and how many at once after a quiet spell; past
+    # them a request is refused (RESOURCE_EXHAUSTED / 429) saying when to retry
+    rpc_rate_per_peer: float = Field(
+        default=DEFAULT_PER_PEER_RATE, ge=0.01, le=1_000_000, allow_inf_nan=False
+    )
+    rpc_burst_per_peer: int = Field(default=DEFAULT_PER_PEER_BURST, ge=1, le=1_000_000)
     # refusals in a row after which the outbox sets a message aside (no longer tried;
     # ``qdspace contracts outbox --retry`` queues it again): 12 take about six minutes
     outbox_refused_after: int = Field(default=DEFAULT_OUTBOX_REFUSED_AFTER, ge=1, le=1000)

@@ -66,6 +66,8 @@ def call_caps(settings: NodeSettings) -> CallCaps:
         server_calls=settings.rpc_max_calls,
         per_peer_calls=settings.rpc_max_calls_per_peer,
         per_peer_streams=settings.rpc_max_streams_per_peer,
+        per_peer_rate=settings.rpc_rate_per_peer,
+        per_peer_burst=settings.rpc_burst_per_peer,
     )
 
 

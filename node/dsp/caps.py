@@ -1,4 +1,5 @@
-"""How many requests one member may hold open on the DSP listener at once.
+"""How many requests one member may hold open on the DSP listener at once, and how often
+it may send one.
 
 The gRPC listener counts each member's calls and streams in flight (`node.rpc.limits`:
 ``rpc_max_calls_per_peer`` unary calls and ``rpc_max_streams_per_peer`` streams a
@@ -15,12 +16,27 @@ before its token is checked or its body parsed (a body of up to a mebibyte is re
 dropped first, so that the client reads the answer: `drain_body`); the others are not
 affected. Slots are keyed by the member of the client certificate the TLS handshake
 verified; a request without one is left to the routes, which refuse it (401).
+
+Before its slot, a request takes a token of its member's request rate, the same bucket
+as the member's gRPC calls (`CallLimiter.pace`, ``rpc_rate_per_peer`` a second and
+``rpc_burst_per_peer`` at once): a member that sends cheap requests one after the other
+(a negotiation's state, the catalog, messages on a process it holds) never holds many
+slots, and would otherwise take the listener's loop and workers from everybody else.
+Over it, the answer is the refusal above (the fault table's 429 and a DSP error body
+naming the settings, as a member over its hourly quota of negotiations is answered), with
+a Retry-After: the seconds until the member's next token. Unlike the other refusals the
+connection is kept when the request's body was read to its end (a request without one,
+a small one): a client that paces itself by Retry-After goes on on the same connection,
+and each request of one that does not costs the node its parsing and a look-up, not a
+TLS handshake as well. A flood of refusals is logged once, then summed up
+(`node.rpc.member_rates`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from typing import Any
 
 from cryptography import x509
@@ -32,7 +48,9 @@ from qdspace.connector import dsp_codec as codec
 from qdspace.node.errors import IdentityError, LimitExceeded
 from qdspace.node.faults import http_status
 from qdspace.node.identity.certs import MemberIdentity, identity_of
-from qdspace.node.rpc.limits import CallLimiter
+from qdspace.node.rpc.limits import CallLimiter, RateExceeded
+
+logger = logging.getLogger("node.dsp")
 
 #: what is read and dropped of a request body the listener refuses (over `MAX_BODY`, a
 #: member over its cap) before the answer and the close: a connection closed with the
@@ -42,22 +60,23 @@ DRAIN_BYTES = 1024 * 1024
 DRAIN_S = 2.0
 
 
-async def drain_body(receive: Receive, declared: str | None) -> None:
+async def drain_body(receive: Receive, declared: str | None) -> bool:
     """Read the rest of a refused request body, if it is at most `DRAIN_BYTES` (as
     declared, and as it arrives) and arrives within `DRAIN_S`; a larger or slower one is
-    cut off (the connection is closed with the answer either way)."""
+    cut off. True when the body was read to its end (the connection could go on)."""
     if declared and (not declared.isdigit() or int(declared) > DRAIN_BYTES):
-        return
+        return False
     read = 0
     with contextlib.suppress(TimeoutError):
         async with asyncio.timeout(DRAIN_S):
             while read <= DRAIN_BYTES:
                 message = await receive()
                 if message["type"] != "http.request":
-                    return  # the client is gone
+                    return False  # the client is gone
                 read += len(message.get("body", b""))
                 if not message.get("more_body", False):
-                    return
+                    return True
+    return False
 
 
 def error_kind(path: str) -> str:
@@ -93,12 +112,13 @@ class DspCallCaps:
             return
         path: str = scope.get("path", "")
         try:
+            self.limiter.pace(member.member_id, member.name)
             release = self.limiter.acquire(
                 member.member_id, member.name, stream=path.startswith("/data/")
             )
         except LimitExceeded as exc:
-            await drain_body(receive, Headers(scope=scope).get("content-length"))
-            await _refuse(exc, path)(scope, receive, send)
+            read = await drain_body(receive, Headers(scope=scope).get("content-length"))
+            await _refuse(exc, path, read)(scope, receive, send)
             return
         try:
             await self.app(scope, receive, send)
@@ -106,8 +126,16 @@ class DspCallCaps:
             release()
 
 
-def _refuse(exc: LimitExceeded, path: str) -> Any:
+def _refuse(exc: LimitExceeded, path: str, read: bool) -> Any:
+    """The 429 of a member over a cap or its request rate (`read`: its body read to the end)."""
     status = http_status(exc)
     body = codec.error(error_kind(path), str(status), str(exc))
-    # the body is not read to its end (at most `DRAIN_BYTES`): the connection goes with it
-    return JSONResponse(body, status_code=status, headers={"connection": "close"})
+    headers = {}
+    if isinstance(exc, RateExceeded):
+        headers["retry-after"] = str(exc.retry_after_s)
+        if exc.report:  # a flood's first refusal, then one line every few seconds
+            since = f" ({exc.refused} refused since the last line)" if exc.refused > 1 else ""
+            logger.warning("DSP request refused: %s%s", exc, since)
+    if not (read and "retry-after" in headers):  # the connection goes with it (the module)
+        headers["connection"] = "close"
+    return JSONResponse(body, status_code=status, headers=headers)

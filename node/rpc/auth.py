@@ -10,8 +10,11 @@ Only then is the request admitted and decoded: the interceptor takes the raw byt
 (the servicers' deserializers are moved behind the gate), so a caller who is refused
 never gets a byte parsed, a request over its method's size cap is RESOURCE_EXHAUSTED,
 bytes that are not the method's message are INVALID_ARGUMENT with one log line (no
-traceback to flood the log with), and so are NaN or infinite numbers. A caller holds
-a slot per call (`node.rpc.limits`). Open streams are re-checked every
+traceback to flood the log with), and so are NaN or infinite numbers. Each call takes a
+token of its member's request rate right after authentication, before its role is
+checked (a member over it is RESOURCE_EXHAUSTED with a ``retry-after`` trailer, logged
+once and then summed up, not a line per call), and holds a slot while it runs
+(`node.rpc.limits`). Open streams are re-checked every
 ``STREAM_RECHECK_S``: when the member is revoked, or the CRL went stale, the stream
 ends with UNAUTHENTICATED instead of feeding a member that is no longer one.
 """
@@ -43,6 +46,7 @@ from qdspace.node.rpc.limits import (
     CallLimiter,
     LimitExceeded,
     NumberOutOfRange,
+    RateExceeded,
     check_values,
     max_request_bytes,
 )
@@ -78,11 +82,36 @@ def current_peer() -> Peer:
     return _CURRENT_PEER.get()
 
 
+#: the trailer saying when a call refused for its member's request rate may be retried
+RETRY_AFTER = "retry-after"
+
+
 class Refused(Exception):
-    def __init__(self, code: grpc.StatusCode, reason: str):
+    """``retry_after_s``: a `RETRY_AFTER` trailer (0: none); ``logged``: whether the refusal
+    has its log line (not each of a flood's: `rate_refusal`), ``note`` added to it."""
+
+    def __init__(
+        self,
+        code: grpc.StatusCode,
+        reason: str,
+        retry_after_s: int = 0,
+        *,
+        logged: bool = True,
+        note: str = "",
+    ):
         super().__init__(reason)
         self.code = code
         self.reason = reason
+        self.retry_after_s = retry_after_s
+        self.logged = logged
+        self.note = note
+
+
+def rate_refusal(exc: RateExceeded) -> Refused:
+    """A call over its member's request rate, answered with its retry-after trailer and
+    logged only where the flood is to be reported (`node.rpc.member_rates`)."""
+    note = f" ({exc.refused} refused since the last line)" if exc.refused > 1 else ""
+    return Refused(status_code(exc), str(exc), exc.retry_after_s, logged=exc.report, note=note)
 
 
 Pinned = Callable[[str], str | None]
@@ -215,10 +244,14 @@ class _Call:
         self._max_bytes = max_request_bytes(method)
 
     async def _refuse(self, context: grpc.aio.ServicerContext, refusal: Refused) -> NoReturn:
-        peer = _CURRENT_PEER.get(None)
-        who = f"{peer.name} at {peer.address}" if peer is not None else context.peer()
-        logger.warning("refused %s from %s: %s", self.method, who, refusal.reason)
-        await context.abort(refusal.code, refusal.reason)
+        if refusal.logged:
+            peer = _CURRENT_PEER.get(None)
+            who = f"{peer.name} at {peer.address}" if peer is not None else context.peer()
+            logger.warning(
+                "refused %s from %s: %s%s", self.method, who, refusal.reason, refusal.note
+            )
+        trailer = ((RETRY_AFTER, str(refusal.retry_after_s)),) if refusal.retry_after_s else ()
+        await context.abort(refusal.code, refusal.reason, trailer)
         raise refusal  # abort raises; this keeps type checkers honest
 
     async def admit(self, context: grpc.aio.ServicerContext, *, stream: bool) -> Callable[[], None]:
@@ -226,6 +259,10 @@ class _Call:
         address = context.peer()
         try:
             peer = self._auth.authenticate(context.auth_context(), address)
+            try:
+                self._limiter.pace(peer.member_id, peer.name)
+            except RateExceeded as exc:
+                raise rate_refusal(exc) from None
             authorise(peer, self.method)
             try:
                 release = self._limiter.acquire(peer.member_id, peer.name, stream=stream)

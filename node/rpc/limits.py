@@ -12,13 +12,24 @@ before any request is decoded:
   only for the federation's chunked upload streams, the only way to send bulk data;
 - a member may hold ``per_peer_calls`` unary calls and ``per_peer_streams`` streams at
   once on this node, and the node serves at most ``server_calls`` calls in all; a call
-  over a cap is refused with RESOURCE_EXHAUSTED and the cap it hit.
+  over a cap is refused with RESOURCE_EXHAUSTED and the cap it hit;
+- a member may send ``per_peer_rate`` requests a second, ``per_peer_burst`` at once
+  (`node.rpc.member_rates`: a token bucket per member, checked by `CallLimiter.pace`
+  right after the caller is authenticated): what a member that never holds many calls
+  at once, but sends the next the moment one is answered, may take of the node's CPU. A
+  request over it is refused with the seconds until the member's next token
+  (`RateExceeded`: RESOURCE_EXHAUSTED and a ``retry-after`` trailer, a 429 with
+  Retry-After on the DSP listener).
+
+The DSP listener admits against the same limiter (`node.dsp.caps`): one count of calls
+and one bucket per member for both doors.
 """
 
 from __future__ import annotations
 
 import math
 import threading
+import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
@@ -29,6 +40,7 @@ from qdspace.federation.chunks import MAX_CHUNK_BYTES
 from qdspace.node.errors import LimitExceeded as LimitExceeded  # their home was here
 from qdspace.node.errors import NulInString
 from qdspace.node.errors import NumberOutOfRange as NumberOutOfRange
+from qdspace.node.rpc.member_rates import MemberRates
 
 KIB = 1024
 #: What a unary request may weigh unless its method says otherwise.
@@ -53,6 +65,18 @@ METHOD_MAX_BYTES: Mapping[str, int] = {
 DEFAULT_SERVER_CALLS = 512
 DEFAULT_PER_PEER_CALLS = 32
 DEFAULT_PER_PEER_STREAMS = 8
+#: requests a second one member may send to this node, sustained (gRPC calls, a stream
+#: counting once, and DSP requests together). Honest peers send a few a second: a
+#: transfer or a live stream is one call, a federation round a few calls a member, a
+#: negotiation four messages; a benchmark's catalog load (40 calls) and the hostile
+#: member test's fuzzing (~300 calls) fit in the burst. A cheap DSP read costs the node
+#: about a millisecond of CPU: 100 a second is a tenth of a core for one member, where a
+#: tight loop took all of it (past the rate, a request costs only the transport's work:
+#: TLS, HTTP/2 or HTTP/1.1 and the certificate; nothing behind it runs).
+DEFAULT_PER_PEER_RATE = 100.0
+#: requests one member may send at once after a quiet spell (ten seconds at its rate):
+#: an outbox's backlog after an outage, a console's burst of reads
+DEFAULT_PER_PEER_BURST = 1000
 
 
 def max_request_bytes(method: str) -> int:
@@ -64,17 +88,55 @@ class CallCaps:
     server_calls: int = DEFAULT_SERVER_CALLS
     per_peer_calls: int = DEFAULT_PER_PEER_CALLS
     per_peer_streams: int = DEFAULT_PER_PEER_STREAMS
+    per_peer_rate: float = DEFAULT_PER_PEER_RATE
+    per_peer_burst: int = DEFAULT_PER_PEER_BURST
+
+
+class RateExceeded(LimitExceeded):
+    """A member's request over its request rate (`CallLimiter.pace`); the message names the
+    settings and when to retry. ``report``: whether to log this refusal, for ``refused``
+    refusals since the last logged one (a flood is logged once, then summed up:
+    `node.rpc.member_rates`)."""
+
+    def __init__(self, message: str, retry_after_s: int, report: bool, refused: int) -> None:
+        super().__init__(message)
+        #: whole seconds after which the member has a token again (at least 1)
+        self.retry_after_s = retry_after_s
+        self.report = report
+        self.refused = refused
 
 
 class CallLimiter:
-    """Counts the calls in flight, in all and per member; `admit` holds a slot for one call."""
+    """Counts the calls in flight, in all and per member (`acquire` holds a slot for one
+    call), and paces each member's requests (`pace` takes a token of its bucket).
+    ``clock``: seconds on a monotonic scale (a test's own)."""
 
-    def __init__(self, caps: CallCaps) -> None:
+    def __init__(self, caps: CallCaps, clock: Callable[[], float] = time.monotonic) -> None:
         self.caps = caps
         self._lock = threading.Lock()
         self._total = 0
         self._calls: dict[str, int] = {}
         self._streams: dict[str, int] = {}
+        self._rates = MemberRates(caps.per_peer_rate, caps.per_peer_burst)
+        self._clock = clock
+
+    def pace(self, member: str, name: str) -> None:
+        """Take a token of `member`'s bucket (display name `name`) for one request, or
+        refuse it with `RateExceeded`. Called once the caller is known (its certificate
+        verified) and before anything of its request is read."""
+        verdict = self._rates.take(member, self._clock())
+        if verdict.admitted:
+            return
+        retry = max(1, math.ceil(verdict.wait_s))
+        caps = self.caps
+        raise RateExceeded(
+            f"member {name} is over its request rate on this node (rpc_rate_per_peer "
+            f"{caps.per_peer_rate:g} a second, rpc_burst_per_peer {caps.per_peer_burst}); "
+            f"retry in {retry} s",
+            retry,
+            verdict.report,
+            verdict.refused,
+        )
 
     def acquire(self, member: str, name: str, *, stream: bool) -> Callable[[], None]:
         """Hold a slot for one call of `member` (display name `name`); returns its release."""
