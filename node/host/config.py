@@ -149,8 +149,9 @@ class HostSettings(BaseModel):
     #: every tenant's quota unless it has its own (``host tenant quota``; null: no limit)
     quota: QuotaSettings = Field(default_factory=QuotaSettings)
     #: worker threads for the tenants' blocking work in gRPC handlers and jobs (null:
-    #: asyncio's own number, min(32, CPUs + 4)) and in HTTP routes; one tenant holds at
-    #: most half of each, 1/n while n tenants use it (`node.host.workers`)
+    #: asyncio's own number, min(32, CPUs + 4)) and in HTTP routes; idle ones are lent
+    #: to whoever has work (all but one to one tenant), a freed one goes to the waiting
+    #: tenant holding the fewest (`node.host.workers`)
     worker_threads: int | None = Field(default=None, ge=2, le=1024)
     http_worker_threads: int = Field(default=DEFAULT_HTTP_WORKER_THREADS, ge=2, le=1024)
     log_level: str = "INFO"
