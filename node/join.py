@@ -4,7 +4,12 @@ authority service (``qdspace node join``, ``qdspace node renew`` with an authori
 A joining member knows two things: the authority service's URL and a one-time
 enrollment code. It has no trust anchor yet, so it fetches the CA certificate without
 verifying TLS and accepts it only if its sha256 is the fingerprint the code carries
-(the code came over another channel: mail, a ticket, a phone call). From then on every
+(the code came over another channel: mail, a ticket, a phone call). The answer must be
+that one certificate and nothing else, and only the certificate pinned is kept: the
+fingerprint was taken of the first PEM block alone, and a second one appended on the way
+(someone in between, with a CA of their own) was trusted for the service's TLS, which
+sent them the code, and written to the node's trust bundle as a CA trusted to issue member
+certificates. From then on every
 call is verified against that CA: the code's preview (which name and role it admits),
 the enrollment with a certificate request made here (the private keys never leave this
 directory), and the node directory is finished by `init.install_node` as for an
@@ -17,6 +22,8 @@ import shutil
 from collections.abc import Sequence
 from pathlib import Path
 
+from cryptography import x509
+
 from qdspace.node.authority.client import AuthorityClient, ca_fingerprint, fetch_ca_unpinned
 from qdspace.node.config import (
     DEFAULT_API_PORT,
@@ -28,6 +35,7 @@ from qdspace.node.config import (
     check_authority_url,
 )
 from qdspace.node.errors import ConfigError, IdentityError
+from qdspace.node.identity.certs import cert_to_pem
 from qdspace.node.identity.enrollment import EnrollmentCode
 from qdspace.node.identity.files import read_file
 from qdspace.node.identity.keyfiles import PLAIN, KeyFiles
@@ -46,8 +54,22 @@ class CaPinMismatch(IdentityError):
 
 
 def pinned_ca(authority_url: str, code: EnrollmentCode) -> bytes:
-    """The service's CA certificate, if its fingerprint is the code's (else refused)."""
-    ca_pem = fetch_ca_unpinned(authority_url)
+    """The service's CA certificate, if its fingerprint is the code's (else refused): one
+    certificate, re-encoded from the one that was pinned (module docstring)."""
+    fetched = fetch_ca_unpinned(authority_url)
+    try:
+        certs = x509.load_pem_x509_certificates(fetched)
+    except ValueError:
+        raise CaPinMismatch(
+            f"the authority at {authority_url} presents no PEM CA certificate: not joining"
+        ) from None
+    if len(certs) != 1:
+        raise CaPinMismatch(
+            f"the authority at {authority_url} presents {len(certs)} certificates as its "
+            "CA; a data space has one, and only it is pinned: not joining (someone in "
+            "between may have added their own)"
+        )
+    ca_pem = cert_to_pem(certs[0])
     found = ca_fingerprint(ca_pem)
     if found != code.ca_fingerprint:
         raise CaPinMismatch(

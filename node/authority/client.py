@@ -16,6 +16,12 @@ of the request leaves, a certificate that carries a member's verify key
 one-line errors: `AuthorityUnavailable` when the service cannot be reached (or its TLS
 does not verify), `AuthorityRefused` with the service's own problem detail when it said
 no.
+
+A node's ``ca.crt`` is a trust bundle: the authority's CA first, then any CA of another
+PKI the operator trusts to issue *member* certificates. The service is verified against
+the first alone (`service_ca`): trusting the whole bundle let any of those other CAs
+issue a server certificate for the authority's host name and stand in for the service
+(withhold the revocation list, answer renewals).
 """
 
 from __future__ import annotations
@@ -88,6 +94,19 @@ def refuse_member_certificate(der: bytes | None) -> None:
     )
 
 
+def service_ca(ca_pem: bytes) -> str:
+    """The authority's CA out of a trust bundle (its first certificate): the one CA the
+    service's own certificate may be verified against (module docstring)."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
+
+    try:
+        first = x509.load_pem_x509_certificates(ca_pem)[0]
+    except (ValueError, IndexError):
+        raise ConfigError("the authority's CA certificate is not PEM") from None
+    return first.public_bytes(serialization.Encoding.PEM).decode()
+
+
 class _ServiceSocket(ssl.SSLSocket):
     """A TLS connection that refuses a member's certificate once the handshake is done,
     before the request is written (httpx wraps every connection it opens with it)."""
@@ -106,7 +125,7 @@ class AuthorityClient:
 
     def __init__(self, url: str, ca_pem: bytes, timeout: float = DEFAULT_TIMEOUT_S) -> None:
         self.url = check_url(url)
-        context = ssl.create_default_context(cadata=ca_pem.decode())
+        context = ssl.create_default_context(cadata=service_ca(ca_pem))
         context.sslsocket_class = _ServiceSocket  # the service's certificate, no member's
         self._http = httpx.Client(base_url=self.url, verify=context, timeout=timeout)
 

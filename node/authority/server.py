@@ -4,6 +4,12 @@ The port is bound before anything starts (port 0 picks a free one), the server
 certificate is issued by the CA for ``--hostname`` names (`node.authority.tls`), and
 ``AUTHORITY/run/authority.json`` records the pid and URL while the service runs, so
 tests and scripts that asked for port 0 can find it. SIGTERM or SIGINT stop it.
+
+It is the most exposed listener of a data space (anyone with the URL may ask for an
+enrollment), so it closes a connection whose request head is late as the node's
+listeners do (`node.http_listener.HeadDeadlineH11`): uvicorn times only idle keep-alive
+connections, and connections that sent half a request, or nothing, were held for as
+long as their clients liked.
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ import uvicorn
 from qdspace.node.authority.app import create_authority_app
 from qdspace.node.authority.service import AuthorityService
 from qdspace.node.authority.tls import DEFAULT_HOSTNAMES, ensure_server_cert
+from qdspace.node.http_listener import HeadDeadlineH11
 from qdspace.node.listeners import bind_socket
 from qdspace.util.files import read_json_record, write_atomic
 
@@ -61,6 +68,7 @@ def serve_authority(
         access_log=False,
         ssl_certfile=str(files.server_cert),
         ssl_keyfile=str(files.server_key),
+        http=HeadDeadlineH11,
     )
     server = uvicorn.Server(config)
     url = service_url(host, bound, names)

@@ -161,8 +161,10 @@ class Authority:
         not_before: dt.datetime | None,
         bpn: str | None,
         frameworks: tuple[str, ...] = (),
+        redeeming: str | None = None,
     ) -> x509.Certificate:
-        """Certify a verified request and record it in the register (the lock is held)."""
+        """Certify a verified request and record it in the register (the lock is held);
+        ``redeeming`` is the id of the enrollment code that admits it."""
         if request.space != self.space:
             raise RequestNotGranted(
                 f"the request is for data space {request.space!r}; this authority "
@@ -171,8 +173,10 @@ class Authority:
         name, member_id = request.name, request.member_id
         members = self.members()
         hosts = tuple(h for h in request.hostnames if h not in ("localhost", name))
-        check_names_free(members, member_id, name, hosts)
-        start = not_before or dt.datetime.now(dt.UTC) - dt.timedelta(minutes=5)
+        now = dt.datetime.now(dt.UTC)
+        waiting = book.pending_names(book.load_book(self.files.enrollments), now, but=redeeming)
+        check_names_free(members, member_id, name, hosts, waiting)
+        start = not_before or now - dt.timedelta(minutes=5)
         cert = build_member_cert(
             ca_cert=self.cert,
             ca_key=self._key,
@@ -257,7 +261,13 @@ class Authority:
             codes = book.load_book(self.files.enrollments)
             entry = book.find(codes, parsed, fingerprint(self.cert))
             _granted(request, entry.name, entry.role, f"enrollment code {entry.code_id} admits")
-            cert = self._issue(request, valid_days=valid_days, not_before=not_before, bpn=entry.bpn)
+            cert = self._issue(
+                request,
+                valid_days=valid_days,
+                not_before=not_before,
+                bpn=entry.bpn,
+                redeeming=entry.code_id,
+            )
             codes[entry.code_id] = entry.redeemed(request.member_id, dt.datetime.now(dt.UTC))
             book.save_book(self.files.enrollments, codes)
         return cert
@@ -315,11 +325,7 @@ class Authority:
         gone = frameworks_of(withdraw, "--withdraw")
         with self.locked():
             members = self.members()
-            hits = [
-                m for m in members if name_or_id in (m.name, m.member_id) and m.revoked_at is None
-            ]
-            if not hits:
-                raise IdentityError(f"no active member named {name_or_id!r} in {self.directory}")
+            hits = self._active_rows(members, name_or_id)
             held = set(hits[-1].frameworks)
             unknown = sorted(set(gone) - held)
             if unknown:
@@ -332,6 +338,22 @@ class Authority:
             self._save_members(updated)
         return replace(hits[-1], frameworks=now)
 
+    def _active_rows(self, members: list[IssuedMember], name_or_id: str) -> list[IssuedMember]:
+        """The active rows of the one member ``name_or_id`` names (by name or by id); a
+        register from before names and ids were kept apart (`register.check_names_free`)
+        may hold a name that is another member's id: refused, not both taken."""
+        hits = [m for m in members if name_or_id in (m.name, m.member_id) and m.revoked_at is None]
+        if not hits:
+            raise IdentityError(f"no active member named {name_or_id!r} in {self.directory}")
+        by_id = {m.member_id: m for m in hits}
+        if len(by_id) > 1:
+            listed = ", ".join(f"{m.name} ({m.member_id})" for m in by_id.values())
+            raise IdentityError(
+                f"{name_or_id!r} names {len(by_id)} active members, {listed}: name one by "
+                "a name or id no other answers to"
+            )
+        return hits
+
     # -- revocation -----------------------------------------------------------------------
 
     def revoke(self, name_or_id: str, reason: str = "unspecified") -> list[IssuedMember]:
@@ -342,9 +364,7 @@ class Authority:
     def _revoke(self, name_or_id: str, reason: str) -> list[IssuedMember]:
         members = self.members()
         now = dt.datetime.now(dt.UTC).isoformat()
-        hits = [m for m in members if name_or_id in (m.name, m.member_id) and m.revoked_at is None]
-        if not hits:
-            raise IdentityError(f"no active member named {name_or_id!r} in {self.directory}")
+        hits = self._active_rows(members, name_or_id)
         updated = [
             IssuedMember(**{**asdict(m), "revoked_at": now, "revocation_reason": reason})
             if m in hits

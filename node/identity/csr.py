@@ -13,7 +13,14 @@ the space, the name and the role. The authority signs only requests that carry b
 
 `read_request` checks all of it and says what is wrong; it is pure (bytes in, a
 `CertificateRequest` or a `CertificateRequestError` out), so the CLI's ``authority sign``
-and the authority service check requests the same way.
+and the authority service check requests the same way. A request is an applicant's bytes,
+so every way `cryptography` can refuse one (a duplicated extension, a key of a kind it
+does not know) is a `CertificateRequestError` too: before, those escaped as the service's
+500. Names and hostnames are matched whole (``fullmatch``: a ``$`` also matches before a
+final newline, and ``victim.example\n`` passed as a hostname, slipping past the check that
+it is another member's). A member is never called ``localhost`` nor an IP address: every
+member certificate carries ``localhost`` and ``127.0.0.1``, and one name as an IP address
+becomes an address SAN, so such a name is not the member's own.
 """
 
 from __future__ import annotations
@@ -26,6 +33,7 @@ from dataclasses import dataclass
 
 import nacl.signing
 from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
@@ -77,12 +85,26 @@ def _spki(public_key: ec.EllipticCurvePublicKey) -> bytes:
 
 
 def check_name(name: str) -> str:
-    if not NAME_PATTERN.match(name):
+    if not NAME_PATTERN.fullmatch(name):
         raise CertificateRequestError(
             f"member name {name!r} is not usable: 1-63 letters, digits, '.', '_' or '-', "
             "starting with a letter or digit"
         )
+    if name.lower() == "localhost" or _is_ip(name):
+        raise CertificateRequestError(
+            f"member name {name!r} is not usable: it is localhost or an IP address, which "
+            "is no member's own name (every member certificate carries localhost and "
+            "127.0.0.1)"
+        )
     return name
+
+
+def _is_ip(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True
 
 
 def check_role(role: str) -> str:
@@ -102,7 +124,7 @@ def check_hostnames(hostnames: Sequence[str]) -> tuple[str, ...]:
             continue
         except ValueError:
             pass
-        if not _HOSTNAME.match(host):
+        if not _HOSTNAME.fullmatch(host):
             raise CertificateRequestError(
                 f"hostname {host!r} is not a DNS name or IP address (no wildcards)"
             )
@@ -183,9 +205,16 @@ def read_request(pem: bytes) -> CertificateRequest:
         _ = csr.extensions  # parsed on first access: a malformed extension raises here
     except ValueError as exc:
         raise CertificateRequestError(f"not a PEM certificate request: {exc}") from None
-    if not csr.is_signature_valid:
+    except x509.DuplicateExtension as exc:  # not a ValueError
+        raise CertificateRequestError(f"certificate request is malformed: {exc}") from None
+    try:
+        signed, public_key = csr.is_signature_valid, csr.public_key()
+    except UnsupportedAlgorithm as exc:
+        raise CertificateRequestError(
+            f"certificate request's key must be an EC P-256 key ({exc})"
+        ) from None
+    if not signed:
         raise CertificateRequestError("certificate request's signature does not verify")
-    public_key = csr.public_key()
     if not isinstance(public_key, ec.EllipticCurvePublicKey) or not isinstance(
         public_key.curve, ec.SECP256R1
     ):

@@ -15,7 +15,9 @@ and hands it to the joining company out of band. The code is one copy-pasteable 
 A code admits one certificate, for the name and role it was made for (and the business
 partner number, if one was given), until it expires (24 h by default). The book is read
 and written only under the authority's lock (see `Authority.locked`), so two requests
-racing with one code get one certificate between them.
+racing with one code get one certificate between them. While a code waits to be
+redeemed its name is held for it: no certificate may ask for it as a hostname
+(`pending_names`, `register.check_names_free`).
 
 This module holds the code and the book's entries; `Authority` (authority.py) redeems them.
 """
@@ -156,6 +158,18 @@ def load_book(path: Path) -> dict[str, Enrollment]:
 def save_book(path: Path, book: dict[str, Enrollment]) -> None:
     data = json.dumps([asdict(e) for e in book.values()], indent=2).encode() + b"\n"
     write_atomic(path, data)
+
+
+def pending_names(
+    book: dict[str, Enrollment], now: dt.datetime, *, but: str | None = None
+) -> set[str]:
+    """The names of the codes still waiting to be redeemed (unused, unexpired), but the
+    code ``but``: no certificate may ask for one as a hostname (`register.check_names_free`)."""
+    return {
+        e.name
+        for e in book.values()
+        if e.code_id != but and e.used_at is None and now < dt.datetime.fromisoformat(e.expires_at)
+    }
 
 
 def find(book: dict[str, Enrollment], code: EnrollmentCode, ca_fingerprint: str) -> Enrollment:

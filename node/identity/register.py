@@ -1,12 +1,21 @@
 """The authority's register of issued member certificates (``members.json``), and the
 rule that keeps names unambiguous: no two active members answer to the same name.
+
+Nor does a name equal another active member's id (``acme-3f2a9b01c4d7``): the operator
+names a member by either (``authority revoke --member``, ``attest --member``), so a code
+for a name that is someone's id made one command reach two members (revoke the newcomer,
+revoke the incumbent too; attest the incumbent, attest the newcomer with it). And a
+hostname a certificate asks for is not a name an enrollment code still waiting to be
+redeemed was made for (``reserved``): a member renewing with ``bosch`` as a hostname
+between the operator making Bosch's code and Bosch using it got a certificate answering
+to ``bosch``, and Bosch's enrollment was refused as a name taken.
 """
 
 from __future__ import annotations
 
 import ipaddress
 import json
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -75,25 +84,43 @@ def current_rows(members: list[IssuedMember]) -> list[IssuedMember]:
 
 
 def check_names_free(
-    members: list[IssuedMember], member_id: str | None, name: str, hostnames: Sequence[str]
+    members: list[IssuedMember],
+    member_id: str | None,
+    name: str,
+    hostnames: Sequence[str],
+    reserved: Collection[str] = (),
 ) -> None:
     """Refuse a name or hostname another active member answers to: gRPC takes the peer's
     member name as the TLS target name, and a regulator or DSP peer reaches a member by
     the host name it asked for, so a certificate carrying another member's name or host
     name (as its CN or as a SAN) could pass for that member. Loopback addresses are
-    shared by every member on one machine (a local network) and hold nothing."""
+    shared by every member on one machine (a local network) and hold nothing. A name
+    that is another active member's id, and a hostname that a pending enrollment code
+    names (``reserved``), are refused too (module docstring)."""
     for m in current_rows(members):
         if m.member_id == member_id:
             continue
         theirs = {n.lower() for n in m.answers_to()}
         if name.lower() in theirs:
             raise NameTaken(f"the name {name!r} is already taken by member {m.member_id}")
+        if name.lower() == m.member_id.lower():
+            raise NameTaken(
+                f"the name {name!r} is the member id of member {m.name}; the operator names "
+                "members by either, so it would name two"
+            )
         clash = sorted(h for h in hostnames if h.lower() in theirs and not _loopback(h))
         if clash:
             raise NameTaken(
                 f"hostname {clash[0]!r} is a name of member {m.member_id}; a certificate "
                 "carrying it could pass for that member"
             )
+    waiting = {n.lower() for n in reserved}
+    held = sorted(h for h in hostnames if h.lower() in waiting)
+    if held:
+        raise NameTaken(
+            f"hostname {held[0]!r} is the name an enrollment code waiting to be redeemed "
+            "was made for; a certificate carrying it could pass for that member"
+        )
 
 
 def _loopback(host: str) -> bool:
