@@ -34,6 +34,8 @@ def redact_url(url: str) -> str:
     """`url` with its credentials left out, by the rule of the module docstring:
     ``https://u:p@mainnet.infura.io:443/v3/KEY?apikey=K`` is shown as
     ``https://mainnet.infura.io:443/v3/…?…``."""
+    if "@" in url:  # user and password go, whatever they hold (see `_without_userinfo`)
+        url = _without_userinfo(url)
     try:
         parts = urlsplit(url)
     except ValueError:  # e.g. an unbalanced IPv6 bracket: nothing of it is shown
@@ -49,6 +51,17 @@ def redact_url(url: str) -> str:
     if parts.fragment:
         shown += "#" + HIDDEN
     return shown
+
+
+def _without_userinfo(url: str) -> str:
+    """`url` without everything up to its last ``@`` (the scheme kept): a password pasted
+    unencoded may hold ``/``, ``?`` or ``#``, where a URL parser ends the host part, so
+    that the ``@`` after it was read as part of the path and the password was shown. An
+    ``@`` in a path or a query takes more with it: shown less, never more."""
+    scheme, sep, rest = url.partition("//")
+    if sep and "@" in rest:
+        return f"{scheme}//{rest.rpartition('@')[2]}"
+    return url.rpartition("@")[2]
 
 
 def _segment(segment: str) -> str:

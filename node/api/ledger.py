@@ -27,7 +27,7 @@ from qdspace.node.api.regulator_auth import regulator_dependency
 from qdspace.node.context import NodeContext
 from qdspace.node.errors import AnchoringBlocked
 from qdspace.node.runtime.ledger import NodeLedger, node_ledger, probe_chain
-from qdspace.util.redact import redact_url
+from qdspace.util.redact import redact_url, redact_url_in
 
 if TYPE_CHECKING:
     from qdspace.ledger.passport import Passport
@@ -154,7 +154,9 @@ def mount_operator_routes(app: FastAPI, ledger: NodeLedger) -> None:
             latest_block=None if seen is None else seen.latest_block,
             probe_ms=None if seen is None else round(seen.ms, 1),
             probe_error=None if seen is None else seen.error,
-            last_error=st.last_error,
+            last_error=redact_url_in(st.last_error, ledger.settings.rpc_url)
+            if st.last_error
+            else None,
         )
 
     @app.get(

@@ -21,6 +21,9 @@ from qdspace.util.redact import redact_url, redact_url_in
         ("https://api.etherscan.io/api?module=proxy&apikey=YourApiKeyToken",
          "https://api.etherscan.io/api?…"),
         ("https://alice:s3cret@rpc.example.org:8545/", "https://rpc.example.org:8545/"),
+        ("https://alice:secret#1@rpc.example.org/", "https://rpc.example.org/"),
+        ("https://alice:Xy7/Kp2q@rpc.example.org/v3/abc", "https://rpc.example.org/v3/abc"),
+        ("https://a:b?c@rpc.example.org:8545", "https://rpc.example.org:8545"),
         ("https://rpc.example.org/rpc#token=abc", "https://rpc.example.org/rpc#…"),
         ("https://api.avax.network/ext/bc/C/rpc", "https://api.avax.network/ext/bc/C/rpc"),
         ("https://rpc.ankr.com/eth/a%2Fb", "https://rpc.ankr.com/eth/…"),
@@ -39,7 +42,11 @@ def test_a_url_is_shown_with_scheme_host_port_and_short_words_only(url: str, sho
 KEY = st.text("abcdefABCDEF0123456789-_", min_size=11, max_size=64)
 
 
-@given(key=KEY, password=KEY, query=KEY, port=st.integers(1, 65535))
+#: a password as pasted: anything, unencoded (``/``, ``?``, ``#``, ``@``, ``:`` too)
+PASSWORD = st.text("abcdefABCDEF0123456789-_/?#@:%", min_size=11, max_size=64)
+
+
+@given(key=KEY, password=PASSWORD, query=KEY, port=st.integers(1, 65535))
 def test_no_key_in_the_path_query_or_userinfo_is_ever_shown(
     key: str, password: str, query: str, port: int
 ) -> None:
@@ -48,6 +55,11 @@ def test_no_key_in_the_path_query_or_userinfo_is_ever_shown(
     assert shown == f"https://rpc.example.org:{port}/v3/…?…"
     for secret in (key, password, query):
         assert secret not in shown
+
+
+def test_a_url_without_a_scheme_shows_no_user_or_password() -> None:
+    shown = redact_url("alice:s3cretpw@host:8545/")
+    assert "alice" not in shown and "s3cretpw" not in shown
 
 
 def test_an_error_message_naming_the_url_names_it_redacted() -> None:
