@@ -55,8 +55,12 @@ def _get(app: object, *paths: str) -> list[httpx.Response]:
     return asyncio.run(run())
 
 
-def _no_doc_pages(app: object) -> None:
-    """No documentation page, nothing that loads a script; the schema is still there."""
+def _no_doc_pages(app: FastAPI) -> None:
+    """No documentation page, nothing that loads a script; the schema is still there. (A
+    gated app answers /docs 401 to a caller without a token: the app itself is asked,
+    since an operator with its token would get the page.)"""
+    assert (app.docs_url, app.redoc_url) == (None, None)
+    assert not [r for r in app.routes if getattr(r, "path", "") in ("/docs", "/redoc")]
     docs, redoc, schema = _get(app, "/docs", "/redoc", "/openapi.json")
     for page in (docs, redoc):
         assert page.status_code in (401, 404), (page.request.url, page.status_code)
