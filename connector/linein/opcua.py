@@ -154,6 +154,8 @@ class OpcuaConnector:
         #: the newest source time delivered live (the history is trimmed behind it)
         self.newest: datetime | None = None
         self.sessions = 0
+        #: when this session's connection was made (loop time; None: not connected)
+        self._connected_at: float | None = None
 
     async def run(self, stop: asyncio.Event) -> None:
         """Sessions until ``stop`` is set; every failure is logged and retried, after a
@@ -167,12 +169,15 @@ class OpcuaConnector:
         longest = first * MAX_BACKOFF
         wait = first
         while not stop.is_set():
-            began = loop.time()
+            self._connected_at = None
             try:
                 await self._session(stop)
             except Exception as exc:  # a broken server's answer can raise anything
-                if loop.time() - began >= longest:
-                    wait = first  # the session held: start the waits over
+                # the session held (timed from its connection, not from the attempt: a
+                # server that never answers takes ``timeout_s`` each time, and must not
+                # pass for one that held): start the waits over
+                if self._connected_at is not None and loop.time() - self._connected_at >= longest:
+                    wait = first
                 self._failed(exc, wait)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), wait)
@@ -234,6 +239,7 @@ class OpcuaConnector:
 
         client.connection_lost_callback = on_lost
         await client.connect()
+        self._connected_at = asyncio.get_running_loop().time()
         self.sessions += 1
         log.info("opcua %s: connected (%s)", self.config.endpoint, self.config.security.mode)
         try:

@@ -18,6 +18,7 @@ bound here is one a server once got around:
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import AsyncGenerator
 from datetime import datetime
@@ -54,6 +55,8 @@ class HistoryRead:
         self.client, self.node_id, self.start, self.end = client, node_id, start, end
         self.limit = limit
         self.capped = False
+        #: the server's continuation point not yet followed: released if the read stops
+        self._point: bytes | None = None
 
     async def pages(self) -> AsyncGenerator[list[Reading], None]:
         """The readings, oldest first. Raises ``UaStatusCodeError`` where the server keeps
@@ -68,12 +71,23 @@ class HistoryRead:
             ReturnBounds=True,
         )
         node = self.client.get_node(self.node_id)
-        point: bytes | None = None
+        try:
+            async with contextlib.aclosing(self._read(node, details)) as pages:
+                async for page in pages:
+                    yield page
+        finally:
+            if self._point is not None:
+                await _release(node, details, self._point)
+
+    async def _read(self, node: Any, details: Any) -> AsyncGenerator[list[Reading], None]:
         after: datetime | None = None  # paged by time: what was read up to
         read = 0
+        self._point = None
         for _ in range(MAX_HISTORY_READS):
-            result = await node.history_read(details, point)
+            result = await node.history_read(details, self._point)
+            self._point = None  # (followed: the server has let it go)
             result.StatusCode.check()
+            self._point = result.ContinuationPoint or None
             values = getattr(result.HistoryData, "DataValues", None)
             if not isinstance(values, list):
                 raise OpcuaServerError(
@@ -96,8 +110,7 @@ class HistoryRead:
                     self.limit,
                 )
                 return
-            point = result.ContinuationPoint or None
-            if point is None:
+            if self._point is None:
                 if len(values) < HISTORY_PAGE:
                     return  # all of it
                 # a full page and no continuation point: page on from its newest time
@@ -117,3 +130,22 @@ class HistoryRead:
             self.node_id,
             MAX_HISTORY_READS,
         )
+
+
+async def _release(node: Any, details: Any, point: bytes) -> None:
+    """Tell the server a continuation point will not be followed (a read stopped early:
+    capped, or the connector stopping), so that it frees it: a server keeps a few per
+    session, and one whose points were all held refused every later node's history."""
+    from asyncua import ua
+
+    params = ua.HistoryReadParameters()
+    params.HistoryReadDetails = details
+    params.TimestampsToReturn = ua.TimestampsToReturn.Both
+    params.ReleaseContinuationPoints = True
+    params.NodesToRead.append(
+        ua.HistoryReadValueId(NodeId=node.nodeid, IndexRange="", ContinuationPoint=point)
+    )
+    try:
+        await node.session.history_read(params)
+    except Exception as exc:  # the read is over either way; the server may be gone
+        log.info("opcua %s: continuation point not released: %s", node.nodeid, exc)

@@ -683,12 +683,24 @@ async def test_a_history_that_never_ends_is_read_to_a_cap_and_live_readings_flow
     """The backfill followed the server's continuation points for as long as it sent them,
     holding every value read: with one that never stops, the connector read (and grew)
     for ever and stored no live reading. It reads ``MAX_BACKFILL`` values of a node at
-    most, a page at a time, says so with the node, and goes on live."""
+    most, a page at a time, says so with the node, goes on live, and gives the server the
+    continuation point it did not follow back (a server keeps few)."""
     from qdspace.connector.linein import opcua
 
     monkeypatch.setattr(opcua, "MAX_BACKFILL", 2000)
     plant = Plant(free_port(), history=EndlessHistory)
     await plant.start()
+    assert plant.server is not None
+    manager = plant.server.iserver.history_manager
+    read_history = manager.read_history
+    released: list[bytes] = []
+
+    async def noting(params: ua.HistoryReadParameters) -> list[ua.HistoryReadResult]:
+        if params.ReleaseContinuationPoints:
+            released.extend(v.ContinuationPoint for v in params.NodesToRead)
+        return await read_history(params)
+
+    monkeypatch.setattr(manager, "read_history", noting)
     try:
         sink = MeasurementSink(store, "opcua-test")
         caplog.set_level(logging.WARNING, "qdspace.connector.linein")
@@ -703,6 +715,7 @@ async def test_a_history_that_never_ends_is_read_to_a_cap_and_live_readings_flow
     assert f"opcua {PRESSURE}: history from " in caplog.text
     assert "holds more than 2000 values; the rest is not read" in caplog.text
     assert 2000 <= len(stored(store)) <= 2003  # the cap, T0, and the live reading
+    assert len(released) == 1 and released[0]  # the point after the cap, given back
 
 
 async def test_a_history_answer_of_another_kind_is_logged_with_its_node_and_it_goes_on(
