@@ -58,18 +58,20 @@ logger = logging.getLogger("node.dsp")
 #: already sent to it (it reads a broken connection instead)
 DRAIN_BYTES = 1024 * 1024
 DRAIN_S = 2.0
+#: what is read of a body refused for its member's request rate, to keep the connection
+RATE_DRAIN_BYTES = 64 * 1024
 
 
-async def drain_body(receive: Receive, declared: str | None) -> bool:
-    """Read the rest of a refused request body, if it is at most `DRAIN_BYTES` (as
+async def drain_body(receive: Receive, declared: str | None, most: int = DRAIN_BYTES) -> bool:
+    """Read the rest of a refused request body, if it is at most `most` bytes (as
     declared, and as it arrives) and arrives within `DRAIN_S`; a larger or slower one is
     cut off. True when the body was read to its end (the connection could go on)."""
-    if declared and (not declared.isdigit() or int(declared) > DRAIN_BYTES):
+    if declared and (not declared.isdigit() or int(declared) > most):
         return False
     read = 0
     with contextlib.suppress(TimeoutError):
         async with asyncio.timeout(DRAIN_S):
-            while read <= DRAIN_BYTES:
+            while read <= most:
                 message = await receive()
                 if message["type"] != "http.request":
                     return False  # the client is gone
@@ -117,7 +119,11 @@ class DspCallCaps:
                 member.member_id, member.name, stream=path.startswith("/data/")
             )
         except LimitExceeded as exc:
-            read = await drain_body(receive, Headers(scope=scope).get("content-length"))
+            # over its rate a member is refused often: only a small body is read to keep
+            # the connection (a flood of 1 MiB bodies read in full would cost what it saves)
+            most = RATE_DRAIN_BYTES if isinstance(exc, RateExceeded) else DRAIN_BYTES
+            declared = Headers(scope=scope).get("content-length")
+            read = await drain_body(receive, declared, most)
             await _refuse(exc, path, read)(scope, receive, send)
             return
         try:

@@ -9,8 +9,9 @@ request a member sends (a gRPC call, a stream counting once, or a DSP request) t
 token of the member's bucket, ``rate`` tokens a second up to ``burst``
 (`util.token_bucket.TokenBucket`, the bucket the host and the authority use). A request
 without one is refused with the seconds until the next: past what the transport spent
-on it (TLS, the HTTP/2 or HTTP/1.1 framing), it costs a lock and a dictionary look-up,
-not the servicer's or route's work (database reads, worker threads, pyld).
+on it (TLS, the HTTP/2 or HTTP/1.1 framing, the client certificate read; on the DSP
+listener a body of at most 64 KiB read and dropped), it costs a lock and a dictionary
+look-up, not the servicer's or route's work (database reads, worker threads, pyld).
 
 The table is bounded without changing what anyone is allowed: a bucket nobody took from
 for ``burst / rate`` seconds is full again, the same as a new one, so it is dropped

@@ -17,7 +17,7 @@ import httpx
 import pytest
 from pyld import jsonld
 
-from qdspace.node.dsp.caps import DRAIN_BYTES, DspCallCaps
+from qdspace.node.dsp.caps import DRAIN_BYTES, RATE_DRAIN_BYTES, DspCallCaps
 from qdspace.node.rpc.limits import CallCaps, CallLimiter, RateExceeded
 
 from .conftest import Caller, Calls, Provider, with_transfers
@@ -107,9 +107,14 @@ def test_over_its_rate_a_request_is_refused_before_its_token_or_body_is_read(
     assert no_token.status_code == 429, no_token.text  # not 401: the token is never checked
     assert calls.counts == {}  # pyld never ran
 
-    # a body too large to drain goes with the connection, as the other refusals' do
+    # a body too large to drain goes with the connection, as the other refusals' do; over
+    # the rate that is one of more than 64 KiB (a flood of 1 MiB bodies is not read)
     big = raw_post(mallory, "/catalog/request", b"x", **{"content-length": str(DRAIN_BYTES + 1)})
     assert big.status_code == 429 and big.headers.get("connection") == "close"
+    larger = raw_post(mallory, "/catalog/request", b"x" * (RATE_DRAIN_BYTES + 1))
+    assert larger.status_code == 429 and larger.headers.get("connection") == "close"
+    small = raw_post(mallory, "/catalog/request", b"x" * RATE_DRAIN_BYTES)
+    assert small.status_code == 429 and "connection" not in small.headers  # read: kept
 
     now[0] += 1.0  # the Retry-After later, a token is back
     assert mallory.catalog().status_code == 200
