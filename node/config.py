@@ -31,6 +31,7 @@ from qdspace.node.rpc.limits import (
 )
 from qdspace.node.secret_files import FileEnvSource, secrets_dir
 from qdspace.util.files import write_atomic
+from qdspace.util.hosts import is_host_port
 from qdspace.util.urls import plain_https
 
 if TYPE_CHECKING:
@@ -70,10 +71,13 @@ def check_authority_url(url: str) -> str:
 
 
 def check_advertised(address: str) -> str:
-    """``host:port`` to publish in the member directory, or ""; ValueError otherwise."""
-    host, _, port = address.rpartition(":")
-    if address and (not host or not port.isdigit() or not 0 < int(port) < 65536):
-        raise ValueError(f"advertise_peer {address!r} is not host:port")
+    """``host:port`` to publish in the member directory, or ""; ValueError otherwise. The
+    directory's own rule (`util.hosts`): the authority would refuse anything else, later."""
+    if address and not is_host_port(address):
+        raise ValueError(
+            f"advertise_peer {address[:300]!r} is not host:port (a DNS name, an IPv4 "
+            "address or a bracketed IPv6 address, and a port 1-65535)"
+        )
     return address
 
 

@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
-import ipaddress
 import json
 import re
 from collections.abc import Mapping
@@ -46,7 +45,7 @@ from nacl.signing import SigningKey, VerifyKey
 from qdspace.node.errors import IdentityError
 from qdspace.node.identity.certs import ROLES, MemberIdentity
 from qdspace.node.member_ids import member_id_for
-from qdspace.util.numbers import decimal
+from qdspace.util.hosts import is_host_port
 
 ENTRY_DOMAIN = b"qdspace/directory-entry/v1\x00"
 #: the endpoints this version publishes and uses; ``peer`` (the gRPC listener) is required.
@@ -58,12 +57,8 @@ ENDPOINT_KINDS = ("peer", "operator", "regulator", "dsp")
 MAX_ENDPOINTS = 16
 MAX_ENDPOINT_VALUE = 512
 MAX_NAME = 128
-MAX_HOST = 253
 _HEX64 = re.compile(r"[0-9a-f]{64}")
 _HEX = re.compile(r"[0-9a-f]{1,64}")
-#: a host of a published address: a DNS name or an IPv4 address (an IPv6 address is
-#: bracketed, `check_address`); no ``:`` outside brackets, so no gRPC target scheme
-_HOST = re.compile(r"[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,62})(?:\.[A-Za-z0-9_-]{1,63})*\.?")
 _KIND = re.compile(r"[a-z][a-z0-9_-]{0,31}")
 _VISIBLE = re.compile(r"[!-~]+")
 
@@ -238,33 +233,13 @@ def timestamp_field(data: Mapping[str, Any], key: str) -> str:
 
 def check_address(address: str, what: str = "address") -> str:
     """``host:port`` with a port in 1..65535: a DNS name or an IPv4 address, or an IPv6
-    address in brackets. Other nodes dial it as a gRPC target, and gRPC reads a target
-    ``unix:PATH``, ``unix-abstract:NAME`` or ``vsock:CID:PORT`` as a local socket: a
-    member publishing ``unix-abstract:x:1`` as its peer made every node that followed
-    the directory connect to a socket on its own machine."""
-    host, sep, port = address.rpartition(":")
-    if (
-        not sep
-        or not host
-        or len(host) > MAX_HOST
-        or not _host(host)
-        or not 0 < (decimal(port, 5) or 0) < 65536
-    ):
+    address in brackets; never a gRPC target naming a local socket (`util.hosts`)."""
+    if not is_host_port(address):
         raise MalformedDirectory(
             f"{what} {address[:300]!r} is not host:port (a DNS name, an IPv4 address or "
             "a bracketed IPv6 address, and a port 1-65535)"
         )
     return address
-
-
-def _host(host: str) -> bool:
-    if host.startswith("[") and host.endswith("]"):
-        try:
-            ipaddress.IPv6Address(host[1:-1])
-        except ValueError:
-            return False
-        return True
-    return _HOST.fullmatch(host) is not None
 
 
 def _endpoints(value: Any, *, known_only: bool = False) -> dict[str, str]:
