@@ -142,14 +142,14 @@ def read_rows(
     except OSError as exc:
         raise IngestFileError(f"{name}: cannot read: {exc.strerror}") from None
     with handle:
-        lines = _DecodedLines(handle, encoding)
+        lines = DecodedLines(handle, encoding)
         if suffix == ".csv":
-            yield from _csv_rows(name, lines, kind)
+            yield from csv_rows(name, lines, kind)
         else:
-            yield from _jsonl_rows(lines)
+            yield from jsonl_rows(lines)
 
 
-class _DecodedLines:
+class DecodedLines:
     """Physical lines decoded strictly; a line that does not decode is remembered, not mended.
 
     The CSV reader needs text, so an undecodable line reaches it as an empty string and
@@ -184,8 +184,8 @@ class _DecodedLines:
             return None
 
 
-def _csv_rows(
-    name: str, lines: _DecodedLines, kind: str
+def csv_rows(
+    name: str, lines: DecodedLines, kind: str
 ) -> Iterator[tuple[int, Mapping[str, Any] | BadLine]]:
     reader = csv.reader(lines)
     try:
@@ -206,7 +206,7 @@ def _csv_rows(
 
 
 def _csv_records(
-    header: list[str], reader: Any, lines: _DecodedLines
+    header: list[str], reader: Any, lines: DecodedLines
 ) -> Iterator[tuple[int, Mapping[str, Any] | BadLine]]:
     first = reader.line_num + 1
     for values in reader:
@@ -222,7 +222,7 @@ def _csv_records(
             yield line, dict(zip(header, values, strict=True))
 
 
-def _jsonl_rows(lines: _DecodedLines) -> Iterator[tuple[int, Mapping[str, Any] | BadLine]]:
+def jsonl_rows(lines: DecodedLines) -> Iterator[tuple[int, Mapping[str, Any] | BadLine]]:
     for text in lines:
         number = lines.number
         if number in lines.bad:

@@ -13,11 +13,18 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from qdspace.connector.dictionary import DataDictionary, UnitDomain
 from qdspace.connector.errors import ConnectorError, DictionaryError
-from qdspace.connector.ingest import KINDS
+from qdspace.connector.ingest import KINDS, charset_of
 
 
 class ConnectorConfigError(ConnectorError, ValueError):
@@ -151,6 +158,14 @@ class FolderConfig(_Strict):
     #: a file is read once its size and time have not changed for this long
     settle_s: float = Field(default=1.0, ge=0, le=3600)
     charset: str | None = None
+
+    @field_validator("charset")
+    @classmethod
+    def _charset(cls, charset: str | None) -> str | None:
+        # checked here, not at the first file: a charset the reader cannot use would
+        # send every export to failed/ (and the ledger would then skip them when resent)
+        charset_of(charset)
+        return charset
 
 
 C = TypeVar("C", bound=BaseModel)

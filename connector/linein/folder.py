@@ -1,7 +1,7 @@
 """Export-folder connector (watchdog): each MES export ingested once, then moved aside.
 
 An MES drops CSV or JSON Lines exports into a folder; a file is ours once it has
-*settled* (its size and modification time unchanged for ``settle_s``; names an exporter
+*settled* (its size, modification time and inode unchanged for ``settle_s``; names an exporter
 gives a file while writing it, ``*.tmp``, ``*.part``, dot-files, are never read). Then:
 
 1. its SHA-256 is looked up in the folder's ledger (``.qdspace-ledger.jsonl``): content
@@ -9,7 +9,8 @@ gives a file while writing it, ``*.tmp``, ``*.part``, dot-files, are never read)
    before the move) is not read again and goes where the first copy went;
 2. its rows go through the store's ingest (validated through the data dictionary,
    stored idempotently by natural key: a crash mid-file and a retry store nothing twice);
-3. rows refused are written beside it as ``FILE.errors.csv`` (line, field, reason);
+3. rows refused are written beside it as ``FILE.errors.csv`` (line, field, reason; the
+   first ``folder_read.KEEP_PROBLEMS``, the rest counted);
 4. the ledger line is appended and flushed to disk, and the file is moved with one
    ``rename`` into ``done/`` (every row stored) or ``failed/`` (a row refused, or the
    file unreadable), its errors file with it.
@@ -22,20 +23,30 @@ the file where it is, to be taken again later.
 watchdog only tells us early that something changed; the folder is also rescanned
 every few seconds, so an event lost (a network share, an overflowing inotify queue)
 delays a file but never skips it. One watcher per folder: the ledger is locked.
+
+Whoever writes into the folder is not trusted with anything outside it: entries that are
+no plain file of their own (links, FIFOs, folders, hard links) are left alone and logged
+once, and every file is read, written and moved through descriptors checked first (why,
+case by case: `folder_files`); what a file holds is read bounded (`folder_read`). The
+ledger is opened the same way and read line by line whatever it holds (`folder_ledger`:
+a ledger planted as a link to a shell start-up file had every name the exporter chose
+appended to it; a tampered or torn one costs its bad lines, never the start). A name is
+logged quoted when it holds a control character (`folder_files.shown`): names are the
+exporter's, and a newline in one would forge a log line. A folder of many files is
+rescanned at the same cost however long it keeps them (what each name is, is worked out
+once). ``done`` or ``failed`` set to the watched folder itself is refused at the start:
+a file moved there was found again and moved again, under a longer name each time.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import csv
-import fcntl
-import hashlib
-import json
 import logging
 import os
+import secrets
 import time
-from collections.abc import Iterable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from fnmatch import fnmatch
@@ -43,27 +54,47 @@ from pathlib import Path
 from typing import IO, Any
 
 from qdspace.connector.errors import ConnectorError, StorageError
-from qdspace.connector.ingest import SUFFIXES, IngestReport, RowError, ingest_file
+from qdspace.connector.ingest import SUFFIXES, RowError
 from qdspace.connector.linein.config import FolderConfig
+from qdspace.connector.linein.folder_files import (
+    ERRORS_SUFFIX,
+    NAME_MAX,
+    Folder,
+    NotAnExport,
+    Replaced,
+    free_name,
+    move,
+    refusal,
+    sha256_of,
+    shown,
+    write_errors,
+)
+from qdspace.connector.linein.folder_ledger import LEDGER, FolderBusy, Ledger
+from qdspace.connector.linein.folder_read import FileRead, read_export
 from qdspace.connector.storage import QualityStore
+
+__all__ = [
+    "ERRORS_SUFFIX",
+    "LEDGER",
+    "NAME_MAX",
+    "FolderBusy",
+    "FolderConnector",
+    "Ledger",
+    "Settling",
+    "free_name",
+    "kind_of",
+]
 
 log = logging.getLogger("qdspace.connector.linein.folder")
 
-LEDGER = ".qdspace-ledger.jsonl"
-ERRORS_SUFFIX = ".errors.csv"
 #: names of files still being written (and our own): never read
 PARTIAL = ("*.tmp", "*.part", "*.partial", "*.crdownload", "*.swp", "*~", ".*", "*.errors.csv")
-#: a file name's bytes at most (Linux NAME_MAX); a name moved aside is cut so that with
-#: ERRORS_SUFFIX and write_errors' ".tmp" it still fits
-NAME_MAX = 255
-TARGET_MAX = NAME_MAX - len(ERRORS_SUFFIX + ".tmp")
 #: the folder is listed this often even without events (events can be lost)
 RESCAN_S = 5.0
 POLL_S = 0.2
 
-
-class FolderBusy(ConnectorError):
-    """Another watcher holds this folder's ledger."""
+#: what a file was when the scan looked: size, modification time, inode
+Look = tuple[int, int, int]
 
 
 def kind_of(config: FolderConfig, name: str) -> str | None:
@@ -75,12 +106,12 @@ def kind_of(config: FolderConfig, name: str) -> str | None:
 
 @dataclass
 class Settling:
-    """Files seen and their (size, mtime) when last looked at; ready once unchanged."""
+    """Files seen and how they were when last looked at; ready once unchanged."""
 
     settle_s: float
-    seen: dict[str, tuple[tuple[int, int], float]] = field(default_factory=dict)
+    seen: dict[str, tuple[tuple[int, ...], float]] = field(default_factory=dict)
 
-    def look(self, name: str, stat: tuple[int, int], now: float) -> bool:
+    def look(self, name: str, stat: tuple[int, ...], now: float) -> bool:
         """Whether ``name`` has kept ``stat`` for ``settle_s`` (the first look starts it;
         so a file is read at the second look at the earliest)."""
         last = self.seen.get(name)
@@ -108,97 +139,15 @@ class FolderTotals:
         )
 
 
-class Ledger:
-    """Content hashes of the files ingested from a folder, and where each went."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self._handle: IO[str] = path.open("a+", encoding="utf-8")
-        try:
-            fcntl.flock(self._handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            self._handle.close()
-            raise FolderBusy(f"{path}: another watcher has this folder") from None
-        self._handle.seek(0)
-        self.entries: dict[str, dict[str, Any]] = {}
-        for n, line in enumerate(self._handle, 1):
-            try:
-                entry = json.loads(line)
-                self.entries[str(entry["sha256"])] = entry
-            except (ValueError, KeyError, TypeError):  # a torn last line after a crash
-                log.warning("%s:%d: not a ledger entry, ignored", path, n)
-
-    def record(self, entry: dict[str, Any]) -> None:
-        self._handle.write(json.dumps(entry, sort_keys=True) + "\n")
-        self._handle.flush()
-        os.fsync(self._handle.fileno())
-        self.entries[entry["sha256"]] = entry
+@dataclass
+class _Folders:
+    watch: Folder
+    done: Folder
+    failed: Folder
 
     def close(self) -> None:
-        self._handle.close()
-
-
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        while block := handle.read(1 << 20):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def write_errors(path: Path, problems: Iterable[RowError]) -> None:
-    """``path`` (line, field, reason), written whole or not at all."""
-    tmp = path.with_name(path.name + ".tmp")
-    # backslashreplace: a reason may quote text no UTF-8 file holds (a lone surrogate)
-    with tmp.open("w", encoding="utf-8", errors="backslashreplace", newline="") as out:
-        writer = csv.writer(out)
-        writer.writerow(["line", "field", "reason"])
-        for p in problems:
-            writer.writerow([p.line, p.field, p.reason])
-    os.replace(tmp, path)
-
-
-def fitted(name: str, limit: int = TARGET_MAX) -> str:
-    """``name``, or when longer than ``limit`` bytes its stem cut with a short hash of
-    the whole name added (the suffix kept): ``name.errors.csv.tmp`` must fit NAME_MAX."""
-    raw = os.fsencode(name)
-    if len(raw) <= limit:
-        return name
-    stem, suffix = os.path.splitext(raw)
-    tag = b"." + hashlib.sha256(raw).hexdigest()[:8].encode()
-    room = max(0, limit - len(suffix) - len(tag))
-    return os.fsdecode(stem[:room].decode("utf-8", "ignore").encode() + tag + suffix)
-
-
-def free_name(folder: Path, name: str, digest: str) -> Path:
-    """``folder/name`` (`fitted`), or with the content hash in it when that name is taken."""
-    target = folder / fitted(name)
-    if not target.exists():
-        return target
-    stem, suffix = os.path.splitext(name)
-    for i in range(1, 1000):
-        name_i = f"{stem}.{digest[:12]}{'.' + str(i) if i > 1 else ''}{suffix}"
-        target = folder / fitted(name_i)
-        if not target.exists():
-            return target
-    raise ConnectorError(f"{folder}: no free name for {name}")
-
-
-def move(source: Path, target: Path) -> None:
-    """One rename; across file systems a copy renamed into place, then the source removed."""
-    try:
-        os.replace(source, target)
-    except OSError as exc:
-        if exc.errno != 18:  # EXDEV
-            raise
-        tmp = target.with_name(f".{target.name}.tmp")
-        with source.open("rb") as src, tmp.open("wb") as dst:
-            while block := src.read(1 << 20):
-                dst.write(block)
-            dst.flush()
-            os.fsync(dst.fileno())
-        os.replace(tmp, target)
-        source.unlink()
+        for f in (self.watch, self.done, self.failed):
+            f.close()
 
 
 class FolderConnector:
@@ -210,42 +159,71 @@ class FolderConnector:
         self.failed = config.failed or config.watch / "failed"
         self.totals = FolderTotals()
         self.settling = Settling(config.settle_s)
-        self._ignored: set[str] = set()
-        #: files that could be neither ingested nor moved aside, by (size, mtime): left
+        #: what each name in the folder is read as (None: not ours), worked out once
+        self._kinds: dict[str, str | None] = {}
+        #: names logged as left alone (no rule, or no plain file), not logged again
+        self._told: set[str] = set()
+        #: files that could be neither ingested nor moved aside, by how they looked: left
         #: alone (and not logged again) until they change
-        self._stuck: dict[str, tuple[int, int]] = {}
+        self._stuck: dict[str, Look] = {}
+        self._folders: _Folders | None = None
+        self._unlisted: str | None = None
 
     def status(self) -> str:
         return str(self.totals)
 
+    def open_folders(self) -> _Folders:
+        """The watched folder, done/ and failed/ (made if missing), held open."""
+        if self._folders is None:
+            watch = Folder.open(self.watch, follow=True)
+            try:
+                done = Folder.open(self.done, create=True)
+                failed = Folder.open(self.failed, create=True)
+            except BaseException:
+                watch.close()
+                raise
+            self._folders = _Folders(watch, done, failed)
+            for f in (done, failed):
+                if f.same_as(watch):
+                    self.close()
+                    raise ConnectorError(
+                        f"{f.path}: is the watched folder itself; a file moved there "
+                        "would be found and moved again, for ever"
+                    )
+        return self._folders
+
+    def close(self) -> None:
+        if self._folders is not None:
+            self._folders.close()
+            self._folders = None
+
     async def run(self, stop: asyncio.Event) -> None:
         """Ingest what settles in the folder until ``stop`` is set."""
-        if not self.watch.is_dir():
-            raise ConnectorError(f"{self.watch}: not a folder")
-        self.done.mkdir(parents=True, exist_ok=True)
-        self.failed.mkdir(parents=True, exist_ok=True)
-        ledger = Ledger(self.watch / LEDGER)
-        loop = asyncio.get_running_loop()
-        wake = asyncio.Event()
-        observer = self._observer(lambda: loop.call_soon_threadsafe(wake.set))
-        log.info("folder %s: watching (done: %s, failed: %s)", self.watch, self.done, self.failed)
-        try:
+        async with contextlib.AsyncExitStack() as stack:
+            self.open_folders()
+            stack.callback(self.close)
+            ledger = Ledger(self.watch / LEDGER)
+            stack.callback(ledger.close)
+            loop = asyncio.get_running_loop()
+            wake = asyncio.Event()
+            observer = self._observer(lambda: loop.call_soon_threadsafe(wake.set))
+            stack.push_async_callback(asyncio.to_thread, observer.join, 5)
+            stack.callback(observer.stop)
+            log.info(
+                "folder %s: watching (done: %s, failed: %s)", self.watch, self.done, self.failed
+            )
             last_scan = 0.0
             while not stop.is_set():
                 if wake.is_set() or time.monotonic() - last_scan >= RESCAN_S or self._pending():
                     wake.clear()
                     last_scan = time.monotonic()
                     try:
-                        await asyncio.to_thread(self.scan, ledger)
+                        await asyncio.to_thread(self.scan, ledger, stop.is_set)
                     except StorageError as exc:  # the file stays; it is taken again later
                         log.error("folder %s: store failed: %s", self.watch, exc)
                         self.settling.seen.clear()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), POLL_S)
-        finally:
-            observer.stop()
-            await asyncio.to_thread(observer.join, 5)
-            ledger.close()
 
     def _observer(self, notify: Any) -> Any:
         from watchdog.events import FileSystemEvent, FileSystemEventHandler
@@ -263,123 +241,174 @@ class FolderConnector:
     def _pending(self) -> bool:
         return bool(self.settling.seen)
 
-    def scan(self, ledger: Ledger) -> None:
-        """Look at every file in the folder once; ingest the ones that have settled."""
+    def _kind(self, name: str) -> str | None:
+        if name not in self._kinds:
+            self._kinds[name] = kind_of(self.config, name)
+        return self._kinds[name]
+
+    def _tell_once(self, name: str, why: str) -> None:
+        if name not in self._told:
+            self._told.add(name)
+            log.info("folder %s: %s %s; left alone", self.watch, shown(name), why)
+
+    def scan(self, ledger: Ledger, stopping: Callable[[], bool] = lambda: False) -> None:
+        """Look at every file in the folder once; ingest the ones that have settled
+        (until ``stopping()``: a backlog of thousands of files does not hold a stop up)."""
+        folders = self.open_folders()
         now = time.monotonic()
-        present = set()
-        for entry in sorted(os.scandir(self.watch), key=lambda e: e.name):
-            if not entry.is_file(follow_symlinks=False):
-                continue
-            kind = kind_of(self.config, entry.name)
-            if kind is None:
-                if entry.name not in self._ignored and not entry.name.startswith("."):
-                    self._ignored.add(entry.name)
-                    log.info("folder %s: %s matches no rule; left alone", self.watch, entry.name)
-                continue
-            present.add(entry.name)
-            st = entry.stat(follow_symlinks=False)
-            stat = (st.st_size, st.st_mtime_ns)
-            if self._stuck.get(entry.name) == stat:
-                continue
-            if self.settling.look(entry.name, stat, now):
-                self.settling.forget(entry.name)
-                self._take_or_fail(Path(entry.path), kind, stat, ledger)
-        for gone in set(self.settling.seen) - present:
-            self.settling.forget(gone)
-
-    def _take_or_fail(self, path: Path, kind: str, stat: tuple[int, int], ledger: Ledger) -> None:
-        """`take`; a file it fails on (not the store: that is retried) goes to failed/."""
         try:
-            self.take(path, kind, stat, ledger)
-        except StorageError:
-            raise
-        except Exception as exc:
-            reason = f"could not be ingested: {type(exc).__name__}: {exc}"
-            log.error("folder %s: %s %s; moved to failed", self.watch, path.name, reason)
-            try:
-                digest = sha256_of(path)
-                self._place(path, False, digest, [RowError(path.name, 0, "-", reason)])
-            except Exception as again:
-                self._stuck[path.name] = stat
-                log.error(
-                    "folder %s: %s could not be moved to failed either (%s); left in place",
-                    self.watch,
-                    path.name,
-                    again,
-                )
+            entries = folders.watch.entries()
+        except OSError as exc:  # a network share gone: tried again at the next scan
+            if self._unlisted != exc.strerror:
+                log.error("folder %s: cannot be listed: %s", self.watch, exc.strerror)
+            self._unlisted = exc.strerror
+            return
+        self._unlisted = None
+        names = {e.name for e in entries}
+        for entry in entries:
+            if stopping():
+                return
+            self._look(entry, now, ledger)
+        for known in (self._kinds, self._stuck, self.settling.seen):
+            for gone in set(known) - names:
+                known.pop(gone, None)
+        self._told &= names
 
-    def take(self, path: Path, kind: str, stat: tuple[int, int], ledger: Ledger) -> None:
-        """Ingest one settled file (unless its content was ingested before), then move it."""
-        digest = sha256_of(path)
+    def _look(self, entry: os.DirEntry[str], now: float, ledger: Ledger) -> None:
+        name = entry.name
+        kind = self._kind(name)
+        if kind is None:
+            if entry.is_file(follow_symlinks=False) and not name.startswith("."):
+                self._tell_once(name, "matches no rule")
+            return
+        try:
+            st = entry.stat(follow_symlinks=False)
+        except OSError:  # gone since the listing
+            self.settling.forget(name)
+            return
+        why = refusal(st)
+        if why is not None:
+            self._tell_once(name, why)
+            self.settling.forget(name)
+            return
+        look = (st.st_size, st.st_mtime_ns, st.st_ino)
+        if self._stuck.get(name) == look:
+            return
+        if self.settling.look(name, look, now):
+            self.settling.forget(name)
+            self._take_or_fail(name, kind, st, ledger)
+
+    def _take_or_fail(self, name: str, kind: str, listed: os.stat_result, ledger: Ledger) -> None:
+        """`take`; a file it fails on (not the store: that is retried) goes to failed/."""
+        folders = self.open_folders()
+        try:
+            handle = folders.watch.open_export(name, listed)
+        except NotAnExport as exc:
+            log.warning("folder %s: %s; left alone", self.watch, exc)
+            return
+        except FileNotFoundError:  # gone since the listing
+            return
+        except OSError as exc:
+            self._fail(name, listed, None, f"cannot be read: {exc.strerror}")
+            return
+        with handle:
+            try:
+                self.take(handle, name, kind, ledger)
+            except StorageError:
+                raise
+            except Replaced as exc:
+                log.warning("folder %s: %s: read once it settles", self.watch, exc)
+            except Exception as exc:
+                reason = f"could not be ingested: {type(exc).__name__}: {exc}"
+                self._fail(name, listed, handle, reason)
+
+    def _fail(
+        self, name: str, listed: os.stat_result, handle: IO[bytes] | None, reason: str
+    ) -> None:
+        log.error("folder %s: %s %s; moved to failed", self.watch, shown(name), reason)
+        try:
+            self._place(name, handle, False, secrets.token_hex(6), [RowError(name, 0, "-", reason)])
+        except Exception as again:
+            self._stuck[name] = (listed.st_size, listed.st_mtime_ns, listed.st_ino)
+            log.error(
+                "folder %s: %s could not be moved to failed either (%s); left in place",
+                self.watch,
+                shown(name),
+                again,
+            )
+
+    def take(self, handle: IO[bytes], name: str, kind: str, ledger: Ledger) -> None:
+        """Ingest one settled file, open as ``handle`` (unless its content was ingested
+        before), then move it."""
+        before = os.fstat(handle.fileno())
+        digest = sha256_of(handle)
         earlier = ledger.entries.get(digest)
         if earlier is not None:
             self.totals.duplicates += 1
             log.warning(
                 "folder %s: %s has the content of %s (ingested %s): not read again",
                 self.watch,
-                path.name,
-                earlier.get("name"),
+                shown(name),
+                shown(str(earlier.get("name"))),
                 earlier.get("at"),
             )
-            self._place(path, earlier.get("outcome") == "done", digest)
+            self._place(name, handle, earlier.get("outcome") == "done", digest)
             return
-        problems, report = self._ingest(path, kind)
-        after = path.stat()
-        if (after.st_size, after.st_mtime_ns) != stat:  # written to while we read it
-            log.warning("folder %s: %s changed while read; read again later", self.watch, path)
+        read = read_export(self.store, handle, name, Path(name).suffix, kind, self.config.charset)
+        after = os.fstat(handle.fileno())
+        if read.digest != digest or (after.st_size, after.st_mtime_ns) != (
+            before.st_size,
+            before.st_mtime_ns,
+        ):
+            log.warning(
+                "folder %s: %s changed while read; read again later", self.watch, shown(name)
+            )
             return
-        ok = not problems
+        ok = not read.problems
         ledger.record(
             {
                 "sha256": digest,
-                "name": path.name,
+                "name": name,
                 "kind": kind,
                 "at": datetime.now(UTC).isoformat(timespec="seconds"),
-                "stored": report.accepted + report.corrected if report else 0,
-                "duplicates": report.duplicates if report else 0,
-                "refused": len({p.line for p in problems}),
+                "stored": read.stored + read.corrected,
+                "duplicates": read.duplicates,
+                "refused": read.refused,
                 "outcome": "done" if ok else "failed",
             }
         )
-        target = self._place(path, ok, digest, problems)
-        self.totals.rows += report.accepted + report.corrected if report else 0
-        self.totals.rejected_rows += len({p.line for p in problems})
+        self.totals.rows += read.stored + read.corrected
+        self.totals.rejected_rows += read.refused
+        target = self._place(name, handle, ok, digest, read.problems, read.more)
         log.info(
-            "folder %s: %s -> %s: %s",
-            self.watch,
-            path.name,
-            target,
-            _summary(report, problems),
+            "folder %s: %s -> %s: %s", self.watch, shown(name), shown(str(target)), _summary(read)
         )
 
-    def _ingest(self, path: Path, kind: str) -> tuple[list[RowError], IngestReport | None]:
-        try:
-            report = ingest_file(self.store, path, kind, charset=self.config.charset)
-        except ConnectorError as exc:
-            if not isinstance(exc, ValueError):  # the store, not the file: try again later
-                raise
-            return [RowError(path.name, 0, "-", str(exc))], None
-        return report.rejected, report
-
     def _place(
-        self, path: Path, ok: bool, digest: str, problems: list[RowError] | None = None
+        self,
+        name: str,
+        handle: IO[bytes] | None,
+        ok: bool,
+        digest: str,
+        problems: list[RowError] | None = None,
+        more: int = 0,
     ) -> Path:
-        folder = self.done if ok else self.failed
-        target = free_name(folder, path.name, digest)
+        folders = self.open_folders()
+        to = folders.done if ok else folders.failed
+        target = free_name(to, name, digest)
         if problems:
-            write_errors(target.with_name(target.name + ERRORS_SUFFIX), problems)
-        move(path, target)
+            write_errors(to, target + ERRORS_SUFFIX, problems, more)
+        move(folders.watch, name, handle, to, target)
         if ok:
             self.totals.done += 1
         else:
             self.totals.failed += 1
-        return target
+        return to.path / target
 
 
-def _summary(report: IngestReport | None, problems: list[RowError]) -> str:
-    if report is None:
-        return f"not read: {problems[0].reason}"
-    return (
-        f"{report.accepted} stored, {report.corrected} corrected, "
-        f"{report.duplicates} duplicates, {len({p.line for p in problems})} rows refused"
+def _summary(read: FileRead) -> str:
+    text = (
+        f"{read.stored} stored, {read.corrected} corrected, "
+        f"{read.duplicates} duplicates, {read.refused} rows refused"
     )
+    return text if read.stopped is None else f"{text}; not read on: {read.stopped}"

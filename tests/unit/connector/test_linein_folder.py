@@ -20,6 +20,7 @@ from qdspace.connector.linein.folder import (
     free_name,
     kind_of,
 )
+from qdspace.connector.linein.folder_files import Folder
 from qdspace.connector.storage import open_store
 
 CONFIG = FolderConfig.model_validate(
@@ -64,15 +65,20 @@ def test_a_file_settles_only_when_unchanged_for_settle_s() -> None:
 
 
 def test_long_names_are_cut_so_the_errors_file_fits_name_max(tmp_path: Path) -> None:
-    name = "x" * 240 + ".jsonl"
-    target = free_name(tmp_path, name, "ab" * 32)
-    assert target.suffix == ".jsonl" and target.name.startswith("x" * 100)
-    assert len(os.fsencode(target.name + ERRORS_SUFFIX + ".tmp")) <= NAME_MAX
-    assert free_name(tmp_path, "y" * 240 + ".jsonl", "ab" * 32).name != target.name
-    target.write_text("")  # taken: the content hash goes in, still within the limit
-    again = free_name(tmp_path, name, "cd" * 32)
-    assert again != target and len(os.fsencode(again.name + ERRORS_SUFFIX + ".tmp")) <= NAME_MAX
-    assert free_name(tmp_path, "short.csv", "ab" * 32).name == "short.csv"
+    held = Folder.open(tmp_path)
+    try:
+        name = "x" * 240 + ".jsonl"
+        target = tmp_path / free_name(held, name, "ab" * 32)
+        assert target.suffix == ".jsonl" and target.name.startswith("x" * 100)
+        assert len(os.fsencode(target.name + ERRORS_SUFFIX + ".tmp")) <= NAME_MAX
+        assert free_name(held, "y" * 240 + ".jsonl", "ab" * 32) != target.name
+        target.write_text("")  # taken: the content hash goes in, still within the limit
+        again = free_name(held, name, "cd" * 32)
+        assert again != target.name
+        assert len(os.fsencode(again + ERRORS_SUFFIX + ".tmp")) <= NAME_MAX
+        assert free_name(held, "short.csv", "ab" * 32) == "short.csv"
+    finally:
+        held.close()
 
 
 POISON_FILES = {
@@ -135,7 +141,7 @@ def test_a_file_that_breaks_the_ingest_goes_to_failed_not_the_watcher(
     def broken(*_a: object, **_k: object) -> None:
         raise RuntimeError("unforeseen")
 
-    monkeypatch.setattr(folder_module, "ingest_file", broken)
+    monkeypatch.setattr(folder_module, "read_export", broken)
     config = FolderConfig(watch=watch, files=[{"pattern": "*", "kind": "measurement"}], settle_s=0)
     folder = FolderConnector(config, store)
     folder.done.mkdir()

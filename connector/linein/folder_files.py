@@ -1,0 +1,269 @@
+"""The export folder's file-system side, safe against whoever writes into the folder.
+
+An MES exporter (or a script gone wrong, or anyone with the share's password) can put
+any entry into the watched folder, and rename or replace one at any moment. Nothing it
+does there may make the connector read, write or move a file outside the folder, block,
+or move an export it never read. Why each rule:
+
+* The folders are held open (`Folder`): every name is looked up in the folder checked
+  at the start. A ``done/`` swapped for a symbolic link to ``/etc`` would otherwise
+  receive the exports and their errors files (the audit's case); a ``done``/``failed``
+  that is a link, or no folder, is refused at the start with what it is.
+* An export is opened once (`Folder.open_export`: ``O_NOFOLLOW | O_NONBLOCK``), checked
+  to be a plain file with one name and the very file the scan listed, and then hashed,
+  read and, across file systems, copied from that one descriptor. Between the listing
+  and the read the name can be swapped for a link to the node's key file (read, and its
+  first line quoted into the errors file) or for a FIFO (an open that blocks for ever,
+  and with it the watcher). A hard link is not read either: its other name can be any
+  file of that file system the exporter may link (``fs.protected_hardlinks`` off).
+* Files we write (an errors file, a copy across file systems) are created ``O_EXCL |
+  O_NOFOLLOW`` under a temporary name and renamed into place (`Folder.create`): a
+  symbolic link planted under that name was written through, truncating its target.
+* A file is moved aside only while its name is still the file read (`move`): an exporter
+  that writes every export under one name (``latest.csv``, replaced by a rename) may put
+  the next one there while this one is read; that one is read once it settles, never
+  moved unread. (Between that check and the rename a few microseconds remain; POSIX
+  has no rename-if-unchanged.)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import errno
+import hashlib
+import io
+import os
+import stat
+from collections.abc import Iterable
+from pathlib import Path
+from typing import IO
+
+from qdspace.connector.errors import ConnectorError, IngestFileError
+from qdspace.connector.ingest import RowError
+
+ERRORS_SUFFIX = ".errors.csv"
+#: a file name's bytes at most (Linux NAME_MAX); a name moved aside is cut so that with
+#: ERRORS_SUFFIX and the ".tmp" of a file being written it still fits
+NAME_MAX = 255
+TARGET_MAX = NAME_MAX - len(ERRORS_SUFFIX + ".tmp")
+
+_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+#: O_NONBLOCK: a FIFO put in a file's place opens at once (and is then refused)
+_READ = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+_NEW = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+class NotAnExport(IngestFileError):
+    """An entry that is no plain file of its own (a link, FIFO, device, folder, hard link),
+    or one replaced since the scan listed it: not read, left where it is."""
+
+
+class Replaced(ConnectorError):
+    """The name of a file read now names another file: the new one is read later."""
+
+
+def shown(name: str) -> str:
+    """``name`` as logged: as it is, or quoted with its control characters (a newline
+    would forge a log line) and bytes that are no UTF-8 escaped."""
+    return name if name.isprintable() else repr(name)
+
+
+def refusal(st: os.stat_result) -> str | None:
+    """Why the entry whose (not followed) status is ``st`` is not read; None: it is."""
+    if stat.S_ISLNK(st.st_mode):
+        return "is a symbolic link: not read (it may point anywhere); copy the file in"
+    if stat.S_ISDIR(st.st_mode):
+        return "is a folder: not read"
+    if not stat.S_ISREG(st.st_mode):
+        return "is no plain file (a FIFO, socket or device): not read"
+    if st.st_nlink > 1:
+        return (
+            f"has {st.st_nlink} names (a hard link): not read (its other name may be any "
+            "file); copy the file in"
+        )
+    return None
+
+
+def same_file(a: os.stat_result, b: os.stat_result) -> bool:
+    return (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
+
+
+class Folder:
+    """A folder held open: its names are looked up in it, wherever its path now leads."""
+
+    def __init__(self, path: Path, fd: int) -> None:
+        self.path = path
+        self.fd = fd
+
+    @classmethod
+    def open(cls, path: Path, *, create: bool = False, follow: bool = False) -> Folder:
+        """``path`` (made when ``create``); a symbolic link is refused unless ``follow``
+        (the watched folder: the operator's own path, which the exporter cannot replace)."""
+        if create:
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                with contextlib.suppress(FileExistsError):
+                    os.mkdir(path)
+            except OSError as exc:
+                raise ConnectorError(f"{path}: cannot be made: {exc.strerror}") from None
+        try:
+            st = os.stat(path, follow_symlinks=follow)
+        except OSError as exc:
+            raise ConnectorError(f"{path}: cannot open: {exc.strerror}") from None
+        if stat.S_ISLNK(st.st_mode):
+            raise ConnectorError(
+                f"{path}: is a symbolic link; give the folder itself (whoever writes beside "
+                "it could point the link anywhere)"
+            )
+        if not stat.S_ISDIR(st.st_mode):
+            raise ConnectorError(f"{path}: not a folder")
+        try:
+            fd = os.open(path, _DIR & ~os.O_NOFOLLOW if follow else _DIR)
+        except OSError as exc:  # replaced since the look just now
+            raise ConnectorError(f"{path}: cannot open as a folder: {exc.strerror}") from None
+        return cls(path, fd)
+
+    def close(self) -> None:
+        os.close(self.fd)
+
+    def same_as(self, other: Folder) -> bool:
+        return same_file(os.fstat(self.fd), os.fstat(other.fd))
+
+    def entries(self) -> list[os.DirEntry[str]]:
+        """The folder's entries by name (their stat is looked up in this folder)."""
+        with os.scandir(self.fd) as found:
+            return sorted(found, key=lambda e: e.name)
+
+    def lstat(self, name: str) -> os.stat_result:
+        return os.stat(name, dir_fd=self.fd, follow_symlinks=False)
+
+    def taken(self, name: str) -> bool:
+        try:
+            self.lstat(name)
+        except FileNotFoundError:
+            return False
+        return True
+
+    def open_export(self, name: str, listed: os.stat_result) -> IO[bytes]:
+        """``name`` open for reading, if it is still the plain file ``listed`` (its
+        not-followed status when the folder was listed); else `NotAnExport`."""
+        try:
+            fd = os.open(name, _READ, dir_fd=self.fd)
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                raise NotAnExport(f"{shown(name)}: {refusal(self.lstat(name))}") from None
+            raise
+        try:
+            st = os.fstat(fd)
+            why = refusal(st)
+            if why is None and not same_file(st, listed):
+                why = "was replaced since it was listed: read once the new file settles"
+            if why is not None:
+                raise NotAnExport(f"{shown(name)}: {why}")
+            return os.fdopen(fd, "rb")
+        except BaseException:
+            os.close(fd)
+            raise
+
+    def create(self, name: str) -> IO[bytes]:
+        """A new file ``name``, for writing; whatever had the name (a file left by a
+        crash, a planted link) is removed first, never written through."""
+        try:
+            fd = os.open(name, _NEW, 0o666, dir_fd=self.fd)
+        except FileExistsError:
+            os.unlink(name, dir_fd=self.fd)  # a link itself, never its target
+            fd = os.open(name, _NEW, 0o666, dir_fd=self.fd)
+        return os.fdopen(fd, "wb")
+
+    def rename(self, name: str, to: Folder, new: str) -> None:
+        os.replace(name, new, src_dir_fd=self.fd, dst_dir_fd=to.fd)
+
+    def unlink(self, name: str) -> None:
+        os.unlink(name, dir_fd=self.fd)
+
+
+def sha256_of(handle: IO[bytes]) -> str:
+    """The SHA-256 of the open file ``handle`` (read from its start; left at its start)."""
+    handle.seek(0)
+    digest = hashlib.sha256()
+    while block := handle.read(1 << 20):
+        digest.update(block)
+    handle.seek(0)
+    return digest.hexdigest()
+
+
+def write_errors(folder: Folder, name: str, problems: Iterable[RowError], more: int = 0) -> None:
+    """``folder/name`` (line, field, reason), written whole or not at all; ``more``
+    problems not listed are counted in a last line."""
+    tmp = name + ".tmp"
+    # backslashreplace: a reason may quote text no UTF-8 file holds (a lone surrogate)
+    with io.TextIOWrapper(
+        folder.create(tmp), encoding="utf-8", errors="backslashreplace", newline=""
+    ) as out:
+        writer = csv.writer(out)
+        writer.writerow(["line", "field", "reason"])
+        for p in problems:
+            writer.writerow([p.line, p.field, p.reason])
+        if more:
+            writer.writerow(["-", "-", f"and {more} more problems, not listed"])
+    folder.rename(tmp, folder, name)
+
+
+def fitted(name: str, limit: int = TARGET_MAX) -> str:
+    """``name``, or when longer than ``limit`` bytes its stem cut with a short hash of
+    the whole name added (the suffix kept): ``name.errors.csv.tmp`` must fit NAME_MAX."""
+    raw = os.fsencode(name)
+    if len(raw) <= limit:
+        return name
+    stem, suffix = os.path.splitext(raw)
+    tag = b"." + hashlib.sha256(raw).hexdigest()[:8].encode()
+    room = max(0, limit - len(suffix) - len(tag))
+    return os.fsdecode(stem[:room].decode("utf-8", "ignore").encode() + tag + suffix)
+
+
+def free_name(folder: Folder, name: str, digest: str) -> str:
+    """``name`` (`fitted`), or with the content hash in it when that name is taken in
+    ``folder`` (an earlier export of that name is never overwritten)."""
+    target = fitted(name)
+    if not folder.taken(target):
+        return target
+    stem, suffix = os.path.splitext(name)
+    for i in range(1, 1000):
+        target = fitted(f"{stem}.{digest[:12]}{'.' + str(i) if i > 1 else ''}{suffix}")
+        if not folder.taken(target):
+            return target
+    raise ConnectorError(f"{folder.path}: no free name for {shown(name)}")
+
+
+def move(src: Folder, name: str, handle: IO[bytes] | None, to: Folder, target: str) -> None:
+    """Move ``src/name`` to ``to/target`` by one rename; across file systems a copy
+    from ``handle`` renamed into place, then ``name`` removed. With ``handle`` (the file
+    read) only while ``name`` is still that file (else `Replaced`)."""
+    if handle is not None:
+        _still(src, name, handle)
+    try:
+        src.rename(name, to, target)
+        return
+    except OSError as exc:
+        if exc.errno != errno.EXDEV or handle is None:
+            raise
+    tmp = f".{target}.tmp"
+    handle.seek(0)
+    with to.create(tmp) as dst:
+        while block := handle.read(1 << 20):
+            dst.write(block)
+        dst.flush()
+        os.fsync(dst.fileno())
+    to.rename(tmp, to, target)
+    _still(src, name, handle)
+    src.unlink(name)
+
+
+def _still(src: Folder, name: str, handle: IO[bytes]) -> None:
+    try:
+        now = src.lstat(name)
+    except FileNotFoundError:
+        now = None
+    if now is None or not same_file(now, os.fstat(handle.fileno())):
+        raise Replaced(f"{shown(name)} was replaced while it was read")
