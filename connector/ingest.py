@@ -12,7 +12,7 @@ from __future__ import annotations
 import codecs
 import csv
 import json
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -57,19 +57,49 @@ class RowError:
         return f"{self.source}:{self.line}: {self.field}: {self.reason}"
 
 
+#: problems one report keeps (the first found); the others are counted (`IngestReport`)
+KEEP_REJECTED = 10_000
+
+
 @dataclass
 class IngestReport:
+    """What came of one ingest. Its problems are counted, but only the first
+    `KEEP_REJECTED` are kept (`reject`): an upload may be 512 MiB, and one of two-byte
+    lines that are no rows is some 250 million problems, which kept whole (and answered
+    whole) took some 140 bytes of memory each: a node, or a managed host with every
+    tenant, ran out of memory on one careless or hostile upload."""
+
     kind: str
     source: str
     accepted: int = 0
     duplicates: int = 0
+    #: the first `KEEP_REJECTED` problems, in the order they were found
     rejected: list[RowError] = field(default_factory=list)
     #: rows whose natural key was stored with other content: new versions of those records
     corrected: int = 0
+    #: every problem found, kept in `rejected` or not
+    problems: int = 0
+    #: lines refused (a line may have several problems)
+    refused_lines: int = 0
+
+    def reject(self, errors: Iterable[RowError]) -> None:
+        """Count ``errors`` (about lines no other call names) and keep them while fewer
+        than `KEEP_REJECTED` are kept."""
+        found = list(errors)
+        room = KEEP_REJECTED - len(self.rejected)
+        if room > 0:
+            self.rejected.extend(found[:room])
+        self.problems += len(found)
+        self.refused_lines += len({e.line for e in found})
+
+    @property
+    def more(self) -> int:
+        """Problems found and not kept."""
+        return self.problems - len(self.rejected)
 
     @property
     def seen(self) -> int:
-        return self.accepted + self.corrected + self.duplicates + len(self.rejected)
+        return self.accepted + self.corrected + self.duplicates + self.problems
 
 
 class RowSink(Protocol):
@@ -211,7 +241,8 @@ def _csv_records(
     first = reader.line_num + 1
     for values in reader:
         line, first = first, reader.line_num + 1
-        bad = [lines.bad[n] for n in range(line, reader.line_num + 1) if n in lines.bad]
+        # a reason is dropped once used: kept, one a bad line, they grew with the file
+        bad = [r for n in range(line, reader.line_num + 1) if (r := lines.bad.pop(n, None))]
         if bad:
             yield line, ("-", bad[0])
         elif not values:
@@ -225,8 +256,9 @@ def _csv_records(
 def jsonl_rows(lines: DecodedLines) -> Iterator[tuple[int, Mapping[str, Any] | BadLine]]:
     for text in lines:
         number = lines.number
-        if number in lines.bad:
-            yield number, ("-", lines.bad[number])
+        reason = lines.bad.pop(number, None)  # (dropped once used, as for CSV)
+        if reason is not None:
+            yield number, ("-", reason)
             continue
         if not text.strip():
             continue

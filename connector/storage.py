@@ -305,7 +305,7 @@ class QualityStore:
         if ready is not None:
             results.append(ready[0])
             if not ready[0].lines:
-                report.rejected.extend(RowError(report.source, *e) for e in ready[0].errors)
+                report.reject(RowError(report.source, *e) for e in ready[0].errors)
                 start_next()
                 return
             chunks: Iterable[Prepared] = (ready[1],)
@@ -343,8 +343,8 @@ class QualityStore:
                 f"(earlier batches are committed: {report.accepted} rows): {reason}"
             ) from exc
         for b in results:
-            report.rejected.extend(RowError(report.source, *e) for e in b.errors)
-        report.rejected.extend(refused)
+            report.reject(RowError(report.source, *e) for e in b.errors)
+        report.reject(refused)
         report.accepted += inserted
         report.corrected += corrected
         report.duplicates += good - inserted - corrected - len(refused)

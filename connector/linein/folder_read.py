@@ -78,8 +78,9 @@ class FileRead:
         self.stored += report.accepted
         self.corrected += report.corrected
         self.duplicates += report.duplicates
-        self.refused += len({p.line for p in report.rejected})
+        self.refused += report.refused_lines
         self.keep(report.rejected)
+        self.more += report.more
 
     def keep(self, problems: list[RowError]) -> None:
         room = max(0, KEEP_PROBLEMS - len(self.problems))
@@ -120,11 +121,7 @@ def rows_of(
     """``read_rows`` of the open file (its name and suffix given)."""
     decoded = DecodedLines(lines, charset_of(charset))
     rows = csv_rows(lines.name, decoded, kind) if suffix == ".csv" else jsonl_rows(decoded)
-    for line, row in rows:
-        yield line, row
-        if decoded.bad:  # the reasons of this row's lines are used: drop them
-            for n in [n for n in decoded.bad if n <= line]:
-                del decoded.bad[n]
+    yield from rows  # (the decoder drops each line's reason once it is used)
 
 
 def read_export(

@@ -120,7 +120,7 @@ class MeasurementSink:
         """Add a committed call's report to the totals; its refusals, logged and kept."""
         self.totals.stored += report.accepted
         self.totals.duplicates += report.duplicates
-        self.totals.rejected += len({e.line for e in report.rejected})
+        self.totals.rejected += report.refused_lines
         problems = [cut(p) for p in report.rejected]
         for problem in problems:
             log.warning("%s: rejected %s", self.name, problem)
@@ -155,11 +155,11 @@ class MeasurementSink:
                 raise
             except Exception as exc:
                 reason = f"could not be stored: {type(exc).__name__}: {exc}"
-                report.rejected.append(RowError(source, line, "-", reason))
+                report.reject([RowError(source, line, "-", reason)])
                 continue
             report.accepted += one.accepted
             report.duplicates += one.duplicates
-            report.rejected.extend(one.rejected)
+            report.reject(one.rejected)
         return report
 
     def latest(self, equipment: str, element: str) -> datetime | None:

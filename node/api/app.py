@@ -103,6 +103,8 @@ def report_to_public(report: IngestReport) -> IngestResult:
             RowErrorPublic(source=e.source, line=e.line, field=e.field, reason=e.reason)
             for e in report.rejected
         ],
+        problems=report.problems,
+        refused_lines=report.refused_lines,
     )
 
 

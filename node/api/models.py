@@ -78,9 +78,14 @@ class IngestResult(BaseModel):
     source: str
     accepted: int
     duplicates: int
+    #: the first 10,000 problems found (`problems` counts them all)
     rejected: list[RowErrorPublic]
     #: rows whose record was stored with other content: new versions (corrections)
     corrected: int = 0
+    #: every problem found, listed in `rejected` or not
+    problems: int = 0
+    #: lines refused (a line may have several problems)
+    refused_lines: int = 0
 
 
 class IngestRows(BaseModel):

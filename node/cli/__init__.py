@@ -219,10 +219,11 @@ def ingest(
         store.close()
     for row_error in report.rejected:
         err.print(escape(str(row_error)), highlight=False, soft_wrap=True)
-    bad_rows = len({e.line for e in report.rejected})
+    if report.more:
+        err.print(f"... and {report.more} more problems (the first {len(report.rejected)} shown)")
     console.print(
         f"{file}: {report.accepted} stored, {report.duplicates} already present, "
-        f"{bad_rows} rejected ({len(report.rejected)} problems)"
+        f"{report.refused_lines} rejected ({report.problems} problems)"
         + (f", {report.corrected} corrected (new versions)" if report.corrected else ""),
         soft_wrap=True,
     )

@@ -17,7 +17,7 @@ BAD = [
     "[::1:80",  # an unbalanced bracket
     "host:0",
     "host:65536",
-    "host:１２",  # digits, not ASCII ones
+    "host:\uff11\uff12",  # digits, not ASCII ones
     ":7443",
     "host",
     "a" * 254 + ":1",
@@ -37,5 +37,5 @@ def test_anything_else_is_refused_by_the_directory_and_the_node_s_setting(addres
     assert not is_host_port(address)
     with pytest.raises(MalformedDirectory, match="is not host:port"):
         check_address(address)
-    with pytest.raises(ValueError, match="advertise_peer .* is not host:port"):
+    with pytest.raises(ValueError, match=r"advertise_peer .* is not host:port"):
         check_advertised(address)
