@@ -5,8 +5,11 @@ An MES drops CSV or JSON Lines exports into a folder; a file is ours once it has
 gives a file while writing it, ``*.tmp``, ``*.part``, dot-files, are never read). Then:
 
 1. its SHA-256 is looked up in the folder's ledger (``.qdspace-ledger.jsonl``): content
-   ingested before (the same export dropped twice, or a crash after the ingest but
-   before the move) is not read again and goes where the first copy went;
+   stored whole before (the same export dropped twice, or a crash after the ingest but
+   before the move) is not read again and goes to ``done/``. Content that went to
+   ``failed/`` is read again: the operator who fixed what refused it (the dictionary, a
+   unit, the charset) drops the same file back, and rows it stored the first time are
+   not stored twice (step 2);
 2. its rows go through the store's ingest (validated through the data dictionary,
    stored idempotently by natural key: a crash mid-file and a retry store nothing twice);
 3. rows refused are written beside it as ``FILE.errors.csv`` (line, field, reason; the
@@ -343,6 +346,15 @@ class FolderConnector:
         before = os.fstat(handle.fileno())
         digest = sha256_of(handle)
         earlier = ledger.entries.get(digest)
+        if earlier is not None and earlier.get("outcome") != "done":
+            log.info(
+                "folder %s: %s has the content of %s, which failed %s: read again",
+                self.watch,
+                shown(name),
+                shown(str(earlier.get("name"))),
+                earlier.get("at"),
+            )
+            earlier = None
         if earlier is not None:
             self.totals.duplicates += 1
             log.warning(
@@ -352,7 +364,7 @@ class FolderConnector:
                 shown(str(earlier.get("name"))),
                 earlier.get("at"),
             )
-            self._place(name, handle, earlier.get("outcome") == "done", digest)
+            self._place(name, handle, True, digest)
             return
         read = read_export(self.store, handle, name, Path(name).suffix, kind, self.config.charset)
         after = os.fstat(handle.fileno())

@@ -156,3 +156,29 @@ def test_a_file_that_breaks_the_ingest_goes_to_failed_not_the_watcher(
     assert not (watch / "a.csv").exists() and (folder.failed / "a.csv").exists()
     errors = (folder.failed / ("a.csv" + ERRORS_SUFFIX)).read_text(encoding="utf-8")
     assert "RuntimeError: unforeseen" in errors
+
+
+def test_content_that_failed_is_read_again_when_dropped_again(tmp_path: Path) -> None:
+    """An export that went to failed/ and is dropped back unchanged (its operator fixed
+    what refused it) was set aside unread as "ingested before"; it is read again, and
+    the rows stored the first time are not stored twice."""
+    watch = tmp_path / "watch"
+    watch.mkdir()
+    body = POISON_FILES["good.csv"] + POISON_FILES["good.csv"].splitlines()[1] + ",x\n"
+    store = open_store(f"sqlite:///{tmp_path}/q.db")
+    config = FolderConfig(watch=watch, files=[{"pattern": "*", "kind": "measurement"}], settle_s=0)
+    folder = FolderConnector(config, store)
+    folder.done.mkdir()
+    folder.failed.mkdir()
+    ledger = Ledger(watch / LEDGER)
+    try:
+        for name in ("a.csv", "again.csv"):
+            (watch / name).write_text(body, encoding="utf-8")
+            folder.scan(ledger)
+            folder.scan(ledger)
+    finally:
+        ledger.close()
+        store.close()
+    assert (folder.totals.failed, folder.totals.duplicates) == (2, 0)  # read both times
+    assert folder.totals.rows == 1  # the good row, stored the first time only
+    assert (folder.failed / ("again.csv" + ERRORS_SUFFIX)).exists()
