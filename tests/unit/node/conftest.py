@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
+import pytest
 from nacl.signing import SigningKey
 
 from qdspace.connector.contract_store import ContractStore, ensure_schema
 from qdspace.connector.storage import create_store_engine
+from qdspace.node.context import NodeContext, build_context
+from qdspace.node.identity.authority import Authority
 from qdspace.node.identity.certs import MemberIdentity
+from qdspace.node.init import init_node
 from qdspace.node.member_ids import member_id_for
 from qdspace.node.runtime.contracts import ContractRuntime
 from qdspace.node.runtime.contracts_clock import ContractClock
@@ -52,3 +57,25 @@ class AbortingContext:
 
     def time_remaining(self) -> float:
         return 5.0
+
+
+def cellex_context(root: Path) -> NodeContext:
+    """A real node directory (Cellex, a supplier, on SQLite, with an authority of its
+    own) under ``root``, and its context; the caller closes it."""
+    Authority.init(root / "authority", "test-space")
+    settings = init_node(
+        root / "cellex",
+        root / "authority",
+        name="cellex",
+        role="supplier",
+        db_url=f"sqlite:///{root / 'cellex.db'}",
+    )
+    return build_context(settings)
+
+
+@pytest.fixture(scope="module")
+def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NodeContext]:
+    """`cellex_context`, one for the test module."""
+    ctx = cellex_context(tmp_path_factory.mktemp("node"))
+    yield ctx
+    ctx.close()

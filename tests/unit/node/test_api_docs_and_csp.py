@@ -10,7 +10,6 @@ node directory, the authority's, a managed host's.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -21,29 +20,12 @@ from qdspace.node.api.app import create_app
 from qdspace.node.api.regulator_app import create_regulator_app
 from qdspace.node.authority.app import create_authority_app
 from qdspace.node.authority.service import AuthorityService
-from qdspace.node.context import NodeContext, build_context
+from qdspace.node.context import NodeContext
 from qdspace.node.host.config import HostSettings
 from qdspace.node.host.dispatch import create_host_app
 from qdspace.node.host.runtime import HostRuntime
 from qdspace.node.host.tenants import init_host, load_host_token, load_master_key
 from qdspace.node.identity.authority import Authority
-from qdspace.node.init import init_node
-
-
-@pytest.fixture(scope="module")
-def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NodeContext]:
-    tmp = tmp_path_factory.mktemp("node")
-    Authority.init(tmp / "authority", "test-space")
-    settings = init_node(
-        tmp / "cellex",
-        tmp / "authority",
-        name="cellex",
-        role="supplier",
-        db_url=f"sqlite:///{tmp / 'cellex.db'}",
-    )
-    ctx = build_context(settings)
-    yield ctx
-    ctx.close()
 
 
 def _get(app: object, *paths: str) -> list[httpx.Response]:

@@ -23,25 +23,7 @@ from qdspace.node.api.deps import NEXT_CURSOR_HEADER, decode_cursor, encode_curs
 from qdspace.node.api.ledger import mount_operator_routes
 from qdspace.node.api.regulator import regulator_router
 from qdspace.node.api.regulator_app import create_regulator_app
-from qdspace.node.context import NodeContext, build_context
-from qdspace.node.identity.authority import Authority
-from qdspace.node.init import init_node
-
-
-@pytest.fixture(scope="module")
-def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NodeContext]:
-    tmp = tmp_path_factory.mktemp("node")
-    Authority.init(tmp / "authority", "test-space")
-    settings = init_node(
-        tmp / "cellex",
-        tmp / "authority",
-        name="cellex",
-        role="supplier",
-        db_url=f"sqlite:///{tmp / 'cellex.db'}",
-    )
-    ctx = build_context(settings)
-    yield ctx
-    ctx.close()
+from qdspace.node.context import NodeContext
 
 
 @pytest.fixture(scope="module")

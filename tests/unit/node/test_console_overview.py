@@ -13,25 +13,17 @@ import pytest
 
 from qdspace.connector.contract_store.outbox import OutboxMessage
 from qdspace.node.console.overview import disk_check, local_state
-from qdspace.node.context import NodeContext, build_context
-from qdspace.node.identity.authority import Authority
-from qdspace.node.init import init_node
+from qdspace.node.context import NodeContext
 from qdspace.node.member_ids import addressed_name
+
+from .conftest import cellex_context
 
 VOLTIS_ID = "voltis-0123456789ab"
 
 
 @pytest.fixture
 def node(tmp_path: Path) -> Iterator[NodeContext]:
-    Authority.init(tmp_path / "authority", "test-space")
-    settings = init_node(
-        tmp_path / "cellex",
-        tmp_path / "authority",
-        name="cellex",
-        role="supplier",
-        db_url=f"sqlite:///{tmp_path / 'cellex.db'}",
-    )
-    ctx = build_context(settings)
+    ctx = cellex_context(tmp_path)  # (a fresh node for each test here)
     yield ctx
     ctx.close()
 

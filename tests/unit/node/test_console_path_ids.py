@@ -12,16 +12,12 @@ from __future__ import annotations
 
 import asyncio
 import re
-from collections.abc import Iterator
 
 import httpx
-import pytest
 
 from qdspace.node.api.app import create_app
 from qdspace.node.console.render import segment
-from qdspace.node.context import NodeContext, build_context
-from qdspace.node.identity.authority import Authority
-from qdspace.node.init import init_node
+from qdspace.node.context import NodeContext
 
 #: every route of the operator console that takes an id from its path, the id as {}
 ROUTES = [
@@ -39,22 +35,6 @@ ROUTES = [
 DOTS = ["%2e%2e", "%2E%2E", "%2e", ".%2e", "%20..%20"]
 BAD = ["%20", "%09", "a%00b", "a%1Bb", "%E2%80%A8"]  # blank, tab, NUL, ESC, U+2028
 CSRF = re.compile(r'data-csrf="([^"]+)"')
-
-
-@pytest.fixture(scope="module")
-def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NodeContext]:
-    tmp = tmp_path_factory.mktemp("node")
-    Authority.init(tmp / "authority", "test-space")
-    settings = init_node(
-        tmp / "cellex",
-        tmp / "authority",
-        name="cellex",
-        role="supplier",
-        db_url=f"sqlite:///{tmp / 'cellex.db'}",
-    )
-    ctx = build_context(settings)
-    yield ctx
-    ctx.close()
 
 
 def _answers(node: NodeContext, calls: list[tuple[str, str]]) -> list[httpx.Response]:
