@@ -26,16 +26,13 @@ import ssl
 import threading
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
-import httpx
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from nacl.signing import SigningKey
 
-from qdspace.node.identity.authority import Authority
 from qdspace.node.identity.certs import (
     VERIFY_KEY_OID,
     cert_to_pem,
@@ -46,46 +43,21 @@ from qdspace.node.identity.csr import POP_OID, build_request, pop_message
 from qdspace.node.identity.directory import new_entry, sign_entry
 from qdspace.node.identity.directory_document import accept_document
 from qdspace.node.identity.member import MemberKeys, create_member_keys
-from qdspace.node.localnet.authority import AuthorityProcess
 from qdspace.node.member_ids import member_id_for
+
+from .authority_service import Service, authority_service, problem
 
 pytestmark = pytest.mark.integration
 
 SPACE = "hostile-space"
 
 
-@dataclasses.dataclass
-class Service:
-    authority: Authority
-    process: AuthorityProcess
-    url: str
-    http: httpx.Client
-
-    def post(self, path: str, body: Any) -> httpx.Response:
-        response = self.http.post(path, json=body)
-        assert response.status_code < 500, response.text
-        return response
-
-
 @pytest.fixture(scope="module")
 def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
-    directory = tmp_path_factory.mktemp("hostile-authority") / "authority"
-    authority = Authority.init(directory, SPACE)
-    process = AuthorityProcess(directory)
-    url = process.start()
-    context = ssl.create_default_context(cadata=cert_to_pem(authority.cert).decode())
-    http = httpx.Client(base_url=url, verify=context, timeout=30)
-    try:
-        yield Service(authority, process, url, http)
-    finally:
-        http.close()
-        process.stop()
-
-
-def _problem(response: httpx.Response, status: int, needle: str) -> None:
-    assert response.status_code == status, response.text
-    assert response.headers["content-type"].startswith("application/problem+json")
-    assert needle in response.json()["detail"], response.json()
+    with authority_service(
+        tmp_path_factory.mktemp("hostile-authority") / "authority", SPACE
+    ) as served:
+        yield served
 
 
 def _code(service: Service, name: str) -> str:
@@ -173,8 +145,8 @@ def test_a_request_cryptography_cannot_read_is_a_400_and_spends_nothing(
     unknown = _oid_der(x509.ObjectIdentifier("1.2.840.10045.2.9"))
     foreign_key = _edited(_hand_made("oddreq", key), key, ec_public_key, unknown)
     for csr, needle in ((duplicated, "Duplicate"), (foreign_key, "must be an EC P-256 key")):
-        _problem(service.post("/v1/enrollment", {"code": code, "csr_pem": csr}), 400, needle)
-        _problem(service.post("/v1/renewal", {"csr_pem": csr}), 400, needle)
+        problem(service.post("/v1/enrollment", {"code": code, "csr_pem": csr}), 400, needle)
+        problem(service.post("/v1/renewal", {"csr_pem": csr}), 400, needle)
     assert service.post("/v1/enrollment/preview", {"code": code}).status_code == 200
 
 
@@ -182,7 +154,7 @@ def test_a_hostname_with_a_trailing_newline_is_refused(service: Service) -> None
     code = _code(service, "newline")
     csr = _hand_made("newline", new_tls_key(), hosts=("ok.example\n",)).decode()
     answer = service.post("/v1/enrollment", {"code": code, "csr_pem": csr})
-    _problem(answer, 400, "hostname 'ok.example\\n' is not a DNS name")
+    problem(answer, 400, "hostname 'ok.example\\n' is not a DNS name")
     assert "newline" not in {m.name for m in service.authority.members()}
 
 
@@ -205,7 +177,7 @@ def test_a_waiting_code_s_name_cannot_be_asked_for_as_a_hostname(
     )
     code = _code(service, "bosch")  # made; Bosch has not used it yet
     answer = service.post("/v1/renewal", {"csr_pem": _renewal(squatter, ("bosch",))})
-    _problem(answer, 409, "hostname 'bosch' is the name an enrollment code waiting")
+    problem(answer, 409, "hostname 'bosch' is the name an enrollment code waiting")
     other = _code(service, "zf")
     csr = build_request(
         space=SPACE,
@@ -215,7 +187,7 @@ def test_a_waiting_code_s_name_cannot_be_asked_for_as_a_hostname(
         signing_key=SigningKey.generate(),
         hostnames=("bosch",),
     ).decode()
-    _problem(service.post("/v1/enrollment", {"code": other, "csr_pem": csr}), 409, "'bosch'")
+    problem(service.post("/v1/enrollment", {"code": other, "csr_pem": csr}), 409, "'bosch'")
     mine = build_request(
         space=SPACE,
         name="bosch",
@@ -237,7 +209,7 @@ def test_a_peer_address_grpc_reads_as_a_local_socket_is_refused(
     for address in ("unix-abstract:qdspace:1", "vsock:2:7443", "unix:run.sock:1", "[x:1"):
         entry = sign_entry(dataclasses.replace(base, endpoints={"peer": address}), keys.signing_key)
         body = {"entry": entry.to_json(), "cert_pem": keys.cert_pem.decode()}
-        _problem(service.post("/v1/directory/entries", body), 400, "is not host:port")
+        problem(service.post("/v1/directory/entries", body), 400, "is not host:port")
     listed = accept_document(
         service.http.get("/v1/directory").json(),
         ca_cert=service.authority.cert,

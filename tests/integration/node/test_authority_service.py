@@ -9,7 +9,6 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import json
-import ssl
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -33,37 +32,18 @@ from qdspace.node.identity.csr import build_request
 from qdspace.node.identity.directory import new_entry, sign_entry
 from qdspace.node.identity.directory_document import accept_document
 from qdspace.node.identity.member import MemberKeys, create_member_keys
-from qdspace.node.localnet.authority import AuthorityProcess
+
+from .authority_service import Service, authority_service, problem
 
 pytestmark = pytest.mark.integration
 
 
-@dataclasses.dataclass
-class Service:
-    authority: Authority
-    process: AuthorityProcess
-    url: str
-    http: httpx.Client
-
-    def post(self, path: str, body: Any) -> httpx.Response:
-        response = self.http.post(path, json=body)
-        assert response.status_code < 500, response.text
-        return response
-
-
 @pytest.fixture(scope="module")
 def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
-    directory = tmp_path_factory.mktemp("authority-service") / "authority"
-    authority = Authority.init(directory, "svc-space")
-    process = AuthorityProcess(directory)
-    url = process.start()
-    context = ssl.create_default_context(cadata=cert_to_pem(authority.cert).decode())
-    http = httpx.Client(base_url=url, verify=context, timeout=30)
-    try:
-        yield Service(authority, process, url, http)
-    finally:
-        http.close()
-        process.stop()
+    with authority_service(
+        tmp_path_factory.mktemp("authority-service") / "authority", "svc-space"
+    ) as served:
+        yield served
 
 
 def _request(name: str, role: str, space: str = "svc-space", key: SigningKey | None = None) -> str:
@@ -74,13 +54,6 @@ def _request(name: str, role: str, space: str = "svc-space", key: SigningKey | N
         tls_key=new_tls_key(),
         signing_key=key or SigningKey.generate(),
     ).decode()
-
-
-def _problem(response: httpx.Response, status: int, needle: str) -> None:
-    assert response.status_code == status, response.text
-    assert response.headers["content-type"].startswith("application/problem+json")
-    assert needle in response.json()["detail"], response.json()
-    assert "Traceback" not in response.text
 
 
 def test_the_ca_is_pinned_by_its_fingerprint(service: Service) -> None:
@@ -118,8 +91,8 @@ def test_enrollment_by_code_and_request(service: Service) -> None:
     again = service.post(
         "/v1/enrollment", {"code": code, "csr_pem": _request("cellex", "supplier")}
     )
-    _problem(again, 409, "already used")
-    _problem(service.post("/v1/enrollment/preview", {"code": code}), 409, "already used")
+    problem(again, 409, "already used")
+    problem(service.post("/v1/enrollment/preview", {"code": code}), 409, "already used")
 
 
 def test_an_expired_code_is_refused(service: Service) -> None:
@@ -130,26 +103,26 @@ def test_an_expired_code_is_refused(service: Service) -> None:
     answer = service.post(
         "/v1/enrollment", {"code": str(code), "csr_pem": _request("late", "supplier")}
     )
-    _problem(answer, 410, "expired")
+    problem(answer, 410, "expired")
 
 
 def test_a_foreign_or_forged_code_is_refused(service: Service, tmp_path: Path) -> None:
     foreign = Authority.init(tmp_path / "foreign-ca", "svc-space")
     code = str(foreign.create_enrollment(name="mole", role="oem"))
-    _problem(service.post("/v1/enrollment/preview", {"code": code}), 403, "refused")
+    problem(service.post("/v1/enrollment/preview", {"code": code}), 403, "refused")
     answer = service.post("/v1/enrollment", {"code": code, "csr_pem": _request("mole", "oem")})
-    _problem(answer, 403, "refused")
+    problem(answer, 403, "refused")
     good = str(service.authority.create_enrollment(name="mole", role="oem"))
     forged = good[: good.rindex(".") - 4] + "AAAA" + good[good.rindex(".") :]
-    _problem(service.post("/v1/enrollment/preview", {"code": forged}), 403, "refused")
-    _problem(service.post("/v1/enrollment/preview", {"code": "qdse1.garbage"}), 400, "")
+    problem(service.post("/v1/enrollment/preview", {"code": forged}), 403, "refused")
+    problem(service.post("/v1/enrollment/preview", {"code": "qdse1.garbage"}), 400, "")
 
 
 def test_a_request_for_another_name_or_role_is_refused(service: Service) -> None:
     code = str(service.authority.create_enrollment(name="polycell", role="supplier"))
     for name, role in (("sunarc", "supplier"), ("polycell", "oem"), ("polycell", "regulator")):
         answer = service.post("/v1/enrollment", {"code": code, "csr_pem": _request(name, role)})
-        _problem(answer, 403, "admits")
+        problem(answer, 403, "admits")
     # the refusals did not spend the code
     ok = service.post("/v1/enrollment", {"code": code, "csr_pem": _request("polycell", "supplier")})
     assert ok.status_code == 200, ok.text
@@ -206,7 +179,7 @@ def test_a_member_publishes_its_entry(service: Service, tmp_path: Path) -> None:
     mine = directory.document.entry(keys.identity.member_id)
     assert mine is not None and mine.cert_fingerprint == keys.identity.fingerprint
     # the same entry again is a replay
-    _problem(_publish(service, keys, mine), 409, "not newer")
+    problem(_publish(service, keys, mine), 409, "not newer")
 
 
 def test_an_entry_with_a_later_version_s_endpoint_is_listed_within_bounds(
@@ -234,7 +207,7 @@ def test_an_entry_with_a_later_version_s_endpoint_is_listed_within_bounds(
         later = dataclasses.replace(
             base, endpoints={"peer": "127.0.0.1:7003", **bad}, published_at=_later()
         )
-        _problem(_publish(service, keys, sign_entry(later, keys.signing_key)), 400, message)
+        problem(_publish(service, keys, sign_entry(later, keys.signing_key)), 400, message)
     held = _directory(service).document.entry(keys.identity.member_id)
     assert held is not None and held.endpoints == endpoints
 
@@ -256,7 +229,7 @@ def test_a_member_that_publishes_too_often_is_refused(service: Service, tmp_path
         assert _publish(service, keys, entry).status_code == 200, n
     held = _directory(service)
     entry = new_entry(keys.identity, keys.signing_key, {"peer": "127.0.0.1:7999"})
-    _problem(_publish(service, keys, entry), 429, "more often than this authority takes")
+    problem(_publish(service, keys, entry), 429, "more often than this authority takes")
     after = _directory(service)
     assert after.serial == held.serial
     mine = after.document.entry(keys.identity.member_id)
@@ -272,13 +245,13 @@ def test_an_entry_signed_by_someone_else_is_refused(service: Service, tmp_path: 
     hijacked = sign_entry(
         dataclasses.replace(entry, endpoints={"peer": "6.6.6.6:7001"}), attacker.signing_key
     )
-    _problem(_publish(service, victim, hijacked), 403, "not its member's")
+    problem(_publish(service, victim, hijacked), 403, "not its member's")
     # the victim's entry with the attacker's certificate: not the certificate's member
-    _problem(_publish(service, attacker, entry), 403, "is not the certificate's")
+    problem(_publish(service, attacker, entry), 403, "is not the certificate's")
     # a certificate of another authority is not a member's
     foreign = Authority.init(tmp_path / "foreign-dir", "svc-space")
     outsider = create_member_keys(tmp_path / "outsider", foreign, name="outsider", role="oem")
-    _problem(_publish(service, outsider), 403, "not issued by")
+    problem(_publish(service, outsider), 403, "not issued by")
     names = {e.name for e in _directory(service).entries}
     assert "victim" not in names and "outsider" not in names
 
@@ -294,7 +267,7 @@ def test_a_revoked_member_cannot_publish_and_leaves_the_directory(
     after = _directory(service)
     assert "leaver" not in {e.name for e in after.entries}
     assert after.serial > before.serial
-    _problem(_publish(service, keys), 403, "revoked")
+    problem(_publish(service, keys), 403, "revoked")
 
 
 def test_renewal_keeps_the_member_and_refuses_the_revoked(service: Service, tmp_path: Path) -> None:
@@ -313,9 +286,9 @@ def test_renewal_keeps_the_member_and_refuses_the_revoked(service: Service, tmp_
     assert renewed.member_id == keys.identity.member_id
     assert renewed.fingerprint != keys.identity.fingerprint
     # a stranger's key cannot renew anyone; a revoked member cannot renew
-    _problem(service.post("/v1/renewal", {"csr_pem": _request("renewer", "supplier")}), 403, "")
+    problem(service.post("/v1/renewal", {"csr_pem": _request("renewer", "supplier")}), 403, "")
     Authority.load(service.authority.directory).revoke("renewer")
-    _problem(service.post("/v1/renewal", {"csr_pem": request}), 403, "revoked")
+    problem(service.post("/v1/renewal", {"csr_pem": request}), 403, "revoked")
 
 
 def test_the_crl_is_reissued_past_half_its_validity(service: Service) -> None:
@@ -361,8 +334,8 @@ def test_a_business_partner_number_counts_only_as_attested(service: Service) -> 
             "/v1/directory/entries", {"entry": entry.to_json(), "cert_pem": cert_pem}
         )
 
-    _problem(publish("bpnholder", claimed), 403, "attested BPNL00000000ATST")
-    _problem(publish("bpnless", claimed), 403, "attested none")
+    problem(publish("bpnholder", claimed), 403, "attested BPNL00000000ATST")
+    problem(publish("bpnless", claimed), 403, "attested none")
     assert publish("bpnless", None).status_code == 200
     assert publish("bpnholder", attested).status_code == 200
     listed = {e.name: e.bpn for e in _directory(service).entries}
