@@ -63,6 +63,10 @@ class JobSpec:
     dp: DPConfig | None = None
     phase_timeout_s: float = DEFAULT_PHASE_TIMEOUT_S
     training: Mapping[str, float] = field(default_factory=dict)
+    #: The purpose is part of the terms (and their digest) but only one is known: a
+    #: member's agreement grants its model updates for training and nothing else
+    #: (``federation.agreements``), so terms naming another purpose are refused by
+    #: coordinator and member alike rather than carried along unread.
     purpose: str = TRAINING_PURPOSE
     #: Contract asset id (``federation.agreements``): when set, the coordinator accepts
     #: keys and updates only from members holding an active agreement for it.
@@ -78,6 +82,11 @@ class JobSpec:
         out = []
         if not self.job_id or not self.coordinator or not self.model:
             out.append("job id, coordinator and model must be named")
+        if self.purpose != TRAINING_PURPOSE:
+            out.append(
+                f"purpose {self.purpose[:80]!r} is not {TRAINING_PURPOSE!r}: members agree to "
+                "give model updates for training only (federation.agreements)"
+            )
         if self.rounds < 1:
             out.append(f"rounds must be >= 1, got {self.rounds}")
         if len(set(self.members)) != len(self.members):

@@ -77,6 +77,40 @@ def _load_el(path: Path, shapes: Shapes, terms: Mapping[str, float]) -> Dataset:
     return Dataset(x, y)
 
 
+#: Most local epochs per round the numpy kinds (``logreg``, ``el-mlp``) run, as for
+#: ``el-cnn`` (``el_cnn.MAX_EPOCHS``), and their batch size range.
+MAX_EPOCHS = el_cnn.MAX_EPOCHS
+MAX_BATCH = 4096
+
+
+def _sgd_term_problems(terms: Mapping[str, float]) -> list[str]:
+    """What is wrong with the ``training`` terms of a numpy kind (empty: nothing).
+
+    Terms come from the coordinator and each member runs them on its own machine:
+    unchecked, ``epochs`` 1e12 kept a member's CPU busy for good, ``batch`` 0 failed
+    inside numpy, and a negative batch trained on nothing. The same bounds as ``el-cnn``'s
+    (``el_cnn.term_problems``); a member refuses other terms before its first round."""
+    out = []
+    epochs = terms.get("epochs", 1)
+    if epochs != int(epochs) or not 1 <= epochs <= MAX_EPOCHS:
+        out.append(f"epochs must be a whole number in 1..{MAX_EPOCHS}, got {epochs:g}")
+    batch = terms.get("batch", 32)
+    if batch != int(batch) or not 1 <= batch <= MAX_BATCH:
+        out.append(f"batch must be a whole number in 1..{MAX_BATCH}, got {batch:g}")
+    lr = terms.get("lr", 0.1)
+    if not 0 < lr <= 1:
+        out.append(f"lr must be in (0, 1], got {lr:g}")
+    if not 0 <= terms.get("weight_decay", 0.0) <= 1:
+        out.append("weight_decay must be in [0, 1]")
+    return out
+
+
+def _logreg_problems(shapes: Shapes, terms: Mapping[str, float]) -> list[str]:
+    """A ``logreg`` job's training terms (``_sgd_term_problems``); its shapes are any a
+    member's data fits (``logreg.load_dataset`` refuses others)."""
+    return _sgd_term_problems(terms)
+
+
 #: Widest hidden layer an ``el-mlp`` job may have: the demo uses 8, the accuracy
 #: benchmark 32; 4096 (1.4 M scalars over the EL features) is far past what the few
 #: hundred features need, and far short of what could exhaust a member's memory.
@@ -87,16 +121,19 @@ def _mlp_problems(shapes: Shapes, terms: Mapping[str, float]) -> list[str]:
     """An ``el-mlp`` job's shapes must be ``mlp.model_shapes`` over the EL features (what
     members compute and the ONNX export takes) with a hidden width in 1..MAX_MLP_HIDDEN:
     the coordinator picks the shapes, and a member must not follow it into a model of
-    any size (hidden 5e7 made a 62 GiB download limit)."""
+    any size (hidden 5e7 made a 62 GiB download limit). Its training terms are bounded as
+    ``logreg``'s are (``_sgd_term_problems``)."""
+    out = _sgd_term_problems(terms)
     dims = feature_count()
     hidden = shapes[3][0] if len(shapes) == 6 and len(shapes[3]) == 1 else 0
     if 1 <= hidden <= MAX_MLP_HIDDEN and tuple(shapes) == mlp.model_shapes(dims, hidden):
-        return []
+        return out
     c = mlp.CLASSES
     return [
+        *out,
         f"shapes {[list(s) for s in shapes[:6]]} are not an el-mlp model: over the {dims} EL "
         f"features they must be [[{dims}], [{dims}], [{dims}, H], [H], [H, {c}], [{c}]] "
-        f"with a hidden width H in 1..{MAX_MLP_HIDDEN}"
+        f"with a hidden width H in 1..{MAX_MLP_HIDDEN}",
     ]
 
 
@@ -127,7 +164,9 @@ def _cnn_accuracy(params: Params, data: Dataset) -> float:
 
 
 KINDS: dict[str, ModelKind] = {
-    "logreg": ModelKind("logreg", _load_logreg, logreg.trainer_for, logreg.accuracy),
+    "logreg": ModelKind(
+        "logreg", _load_logreg, logreg.trainer_for, logreg.accuracy, problems=_logreg_problems
+    ),
     "el-mlp": ModelKind(
         "el-mlp", _load_el, mlp.trainer_for, mlp.accuracy, _mlp_scores, _mlp_problems
     ),

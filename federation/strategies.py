@@ -126,10 +126,25 @@ class FedAvg:
         weights /= weights.sum()
         # One update at a time into one float32 buffer: no (n x d) stack and no float64
         # copies of 50 MB models (the rounding error stays ~1e-7 relative).
-        total = np.multiply(updates[0].vector, np.float32(weights[0]), dtype=np.float32)
-        for w, u in zip(weights[1:], updates[1:], strict=True):
-            total += np.float32(w) * u.vector
+        with np.errstate(over="ignore"):  # an overflow is seen below, not warned about
+            total = np.multiply(updates[0].vector, np.float32(weights[0]), dtype=np.float32)
+            for w, u in zip(weights[1:], updates[1:], strict=True):
+                total += np.float32(w) * u.vector
+        if not math.isfinite(float(total.sum(dtype=np.float64))):
+            total = _wide_mean(weights, updates)
         return Aggregate(total, _names(updates))
+
+
+def _wide_mean(weights: NDArray[np.float64], updates: Sequence[ClientUpdate]) -> Vector:
+    """The weighted mean in float64, for when float32 overflowed: members' values near
+    float32's limit (finite, so accepted unclipped) and float32 weights that round up
+    summed past it, and the coordinator published and signed a model of infinities,
+    which no member could train from again. The mean of finite values is within their
+    range, so it is finite in float32 too."""
+    wide = np.zeros(updates[0].vector.shape, dtype=np.float64)
+    for w, u in zip(weights, updates, strict=True):
+        wide += np.asarray(u.vector, dtype=np.float64) * float(w)
+    return wide.astype(np.float32)
 
 
 @dataclass(frozen=True, slots=True)

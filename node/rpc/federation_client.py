@@ -7,6 +7,8 @@ name exactly the job's shapes (a coordinator's version of another shape is refus
 with a ``PeerError`` naming both, not a ``ValueError`` from deep in numpy), and every
 gRPC error becomes a ``FederationRefused`` with the coordinator's machine-readable
 reason.
+Once it has read a job's terms it holds the coordinator to them: terms with another
+digest on a later read are refused (the member's checks ran on the first ones).
 It decides nothing: what to send when is the round loop's (``federation_runner``).
 """
 
@@ -255,6 +257,16 @@ class FederationClient:
             raise PeerError(
                 f"coordinator {self.coordinator} sent terms naming "
                 f"{job.coordinator[:80]!r} as the coordinator"
+            )
+        if self._job is not None and job.digest() != self._job.digest():
+            # the member checked the first terms (model, training, DP, secure aggregation)
+            # before it joined; terms swapped later (DP or masking dropped, say) must not
+            # be the ones its round loop follows
+            raise PeerError(
+                f"coordinator {self.coordinator} sent terms of job {self.job_id} other than "
+                f"the ones it sent before (digest {job.digest().hex()[:16]}, first "
+                f"{self._job.digest().hex()[:16]}): a member takes part only in the terms "
+                "it joined"
             )
         self._job = job
         return job

@@ -3,7 +3,9 @@
 ``MemberRunner`` downloads each global version and checks its signature (and, given
 a hook, its ledger anchor) before anything uses it, trains on the member's own data
 through a ``Trainer``, and sends only its clipped change, masked when the job uses
-secure aggregation. It talks to the coordinator only through ``FederationClient``
+secure aggregation. It takes a version only if it is the one the status announced
+and newer than its own (an old signed version served again is refused), and it
+trains no round past the job's terms. It talks to the coordinator only through ``FederationClient``
 (``federation_client``) and stays in ``rpc/`` because it lives on that client's
 refusals (``FederationRefused`` and their gRPC status codes). The node's side of a
 member's job (``runtime.federation_member``) reaches it through its ``CoordinatorLink``
@@ -42,6 +44,7 @@ from qdspace.federation.errors import (
     RefusalReason,
     SecAggAbort,
     SecAggError,
+    VersionError,
 )
 from qdspace.federation.job import JobSpec
 from qdspace.federation.member import Trainer, plain_update, prepare_change, secagg_client
@@ -160,6 +163,7 @@ class MemberRunner:
                 await self._download(status.version)
             if status.finished:
                 break
+            self._check_round(status)
             try:
                 await self._act(status)
             except FederationRefused as exc:
@@ -207,12 +211,42 @@ class MemberRunner:
             anchored=self._anchored,
             digest=got.sha256,
         )
+        self._check_newer(checked, version)
         self._version, self._params, self._global = checked, params, got.vector
         assert self._result is not None
         self._result.versions.append(checked)
         self._emit("model", checked.round, f"version {checked.version} verified")
         if self._on_version is not None:
             await asyncio.to_thread(self._on_version, checked, params)
+
+    def _check_newer(self, checked: ModelVersion, announced: int) -> None:
+        """A downloaded version must be the one the status announced, and newer than ours.
+
+        Once versions were missed there is no parent to check against (``_download``),
+        and every version the coordinator ever signed verifies: a coordinator announcing
+        version 9 could serve its signed version 2 again, and the member took the old
+        model as its newest (hot-swapped it, deployed it at the end of the job)."""
+        current = self._version
+        if checked.version != announced or (
+            current is not None and checked.version <= current.version
+        ):
+            have = "none" if current is None else str(current.version)
+            raise VersionError(
+                f"coordinator {self.client.coordinator} announced version {announced} of job "
+                f"{self.job.job_id} and served version {checked.version} (this member has "
+                f"{have}): a member takes only the announced, newer version"
+            )
+
+    def _check_round(self, status: StatusView) -> None:
+        """A job runs the rounds its terms name: a coordinator that opens round
+        ``rounds + 1`` (or later) asks for training the member never agreed to."""
+        if not status.finished and status.round > self.job.rounds:
+            raise FederationRefused(
+                f"coordinator {self.client.coordinator} opened round {status.round} of job "
+                f"{self.job.job_id}, whose terms end after {self.job.rounds} rounds",
+                "FAILED_PRECONDITION",
+                RefusalReason.OUT_OF_RANGE,
+            )
 
     async def _train(self, round_: int) -> tuple[Vector, int]:
         """Train for `round_` (once), on a thread of its own for the call: training takes
