@@ -206,7 +206,8 @@ def test_deaths_drop_what_the_birth_said() -> None:
     sparkplug_rows(CONFIG, book, DEVICE, birth())
     sparkplug_rows(CONFIG, book, "spBv1.0/cellex/DBIRTH/line-2/PECVD-2", birth())
     assert len(book.types) == 3
-    sparkplug_rows(CONFIG, book, "spBv1.0/cellex/DDEATH/line-2/PECVD-2", payload())
+    # in seq order (the births all said 0): a DDEATH out of order is ignored
+    sparkplug_rows(CONFIG, book, "spBv1.0/cellex/DDEATH/line-2/PECVD-2", seq_payload(1))
     assert set(book.types) == {("cellex", "line-2", None), ("cellex", "line-2", "PECVD-1")}
     sparkplug_rows(CONFIG, book, "spBv1.0/cellex/NDEATH/line-2", payload())
     assert not book.types and not book.aliases and not book.devices and not book.seq
