@@ -216,20 +216,39 @@ class AuthorityService:
         try:
             document = parse_document(json.loads(read_file(path, "member directory")))
             verify_document(document, self.authority.cert)
-            entries = tuple(DirectoryEntry.from_json(raw) for raw in document.raw_entries)
         except (ValueError, DirectoryError) as exc:
             raise IdentityError(
                 f"member directory {path} is corrupt ({exc}); move it aside to start "
                 "an empty one (members publish their entries again on their next start)"
             ) from None
-        return DirectoryDocument(
+        entries, dropped = [], []
+        for raw in document.raw_entries:
+            try:
+                entries.append(DirectoryEntry.from_json(raw))
+            except (ValueError, DirectoryError) as exc:
+                dropped.append(str(exc))
+        loaded = DirectoryDocument(
             document.space,
             document.serial,
             document.issued_at,
-            entries,
+            tuple(entries),
             document.signature,
             document.attested,
         )
+        if not dropped:
+            return loaded
+        # an entry this version's rules refuse (an address gRPC would read as a local
+        # socket, an IPv6 address without brackets, both once taken): that member is
+        # left out and publishes again; the service starts (it would not, before)
+        logger.warning(
+            "member directory %s: %d entries left out, no longer valid (%s); their "
+            "members publish again on their next refresh",
+            path,
+            len(dropped),
+            "; ".join(d[:200] for d in dropped[:5]),
+        )
+        self._document = loaded
+        return self._save(entries)
 
     def _attested(self, entries: list[DirectoryEntry]) -> dict[str, tuple[str, ...]]:
         """What the register attests of the members these entries list (their
