@@ -29,6 +29,7 @@ from qdspace.node.rpc.server import PeerServer, build_server
 from qdspace.node.rpc.trace_service import TraceServicer
 from qdspace.node.runtime.directory import DirectoryFollower, FollowerSettings
 from qdspace.node.runtime.trace_producer import TraceRoom
+from qdspace.util.urls import host_port
 
 if TYPE_CHECKING:
     from qdspace.node.config import NodeSettings
@@ -117,7 +118,8 @@ def directory_follower(ctx: NodeContext, grpc_port: int) -> DirectoryFollower | 
     from qdspace.node.authority.client import AuthorityClient
     from qdspace.node.identity.directory import DirectoryEntry, new_entry
 
-    advertised = settings.advertise_peer or f"{settings.grpc_host}:{grpc_port}"
+    # an IPv6 listener is published bracketed, as the directory takes it (`util.hosts`)
+    advertised = settings.advertise_peer or host_port(settings.grpc_host, grpc_port)
 
     def own_entry() -> DirectoryEntry:
         if not settings.advertise_peer and settings.grpc_host in ("0.0.0.0", "::", ""):

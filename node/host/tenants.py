@@ -35,6 +35,7 @@ from qdspace.node.host.sealing import MasterKey, SealedKeyFiles, new_key
 from qdspace.node.identity.certs import build_ca_cert, cert_to_pem, key_to_pem, new_tls_key
 from qdspace.node.layout import NodeLayout
 from qdspace.util.files import write_atomic
+from qdspace.util.urls import host_port
 
 HOST_CA_VALID_DAYS = 3650
 
@@ -287,7 +288,7 @@ def _enroll(
     key_files: SealedKeyFiles,
 ) -> NodeSettings:
     """The tenant's node directory, enrolled; ``node.json`` names the host's addresses."""
-    advertise = f"{settings.advertise_host or settings.tenant_grpc_host}:{port}"
+    advertise = host_port(settings.advertise_host or settings.tenant_grpc_host, port)
     if enrollment.authority_dir is not None:
         from qdspace.node.init import init_node
 
