@@ -83,8 +83,10 @@ class IngestReport:
     refused_lines: int = 0
 
     def reject(self, errors: Iterable[RowError]) -> None:
-        """Count ``errors`` (about lines no other call names) and keep them while fewer
-        than `KEEP_REJECTED` are kept."""
+        """Count ``errors`` and keep them while fewer than `KEEP_REJECTED` are kept. The
+        callers pass all of a line's problems in one call (a batch's, or one row's), so
+        `refused_lines` counts each line once; problems of one line split over two calls
+        would count it twice."""
         found = list(errors)
         room = KEEP_REJECTED - len(self.rejected)
         if room > 0:

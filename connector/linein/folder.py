@@ -180,8 +180,8 @@ class FolderConnector:
         if self._folders is None:
             watch = Folder.open(self.watch, follow=True)
             try:
-                done = Folder.open(self.done, create=True)
-                failed = Folder.open(self.failed, create=True)
+                done = Folder.open(self.done, create=True, follow=self._own(self.done))
+                failed = Folder.open(self.failed, create=True, follow=self._own(self.failed))
             except BaseException:
                 watch.close()
                 raise
@@ -194,6 +194,14 @@ class FolderConnector:
                         "would be found and moved again, for ever"
                     )
         return self._folders
+
+    def _own(self, path: Path) -> bool:
+        """Whether ``path`` (done/ or failed/) is the operator's own, outside the watched
+        folder, and may be a symbolic link (an archive on another disk, say): one inside
+        it the exporter could replace by a link pointing anywhere."""
+        watch, where = Path(os.path.abspath(self.watch)), Path(os.path.abspath(path))
+        configured = path in (self.config.done, self.config.failed)
+        return configured and watch != where and watch not in where.parents
 
     def close(self) -> None:
         if self._folders is not None:
@@ -310,6 +318,11 @@ class FolderConnector:
             log.warning("folder %s: %s; left alone", self.watch, exc)
             return
         except FileNotFoundError:  # gone since the listing
+            return
+        except BlockingIOError:  # another holds a lease on it (a share's oplock): later
+            log.info(
+                "folder %s: %s is held by another process; read later", self.watch, shown(name)
+            )
             return
         except OSError as exc:
             self._fail(name, listed, None, f"cannot be read: {exc.strerror}")

@@ -14,8 +14,9 @@ or move an export it never read. Why each rule:
   read and, across file systems, copied from that one descriptor. Between the listing
   and the read the name can be swapped for a link to the node's key file (read, and its
   first line quoted into the errors file) or for a FIFO (an open that blocks for ever,
-  and with it the watcher). A hard link is not read either: its other name can be any
-  file of that file system the exporter may link (``fs.protected_hardlinks`` off).
+  and with it the watcher). A hard link is not read either where the kernel lets
+  anyone link any file (``fs.protected_hardlinks`` off): its other name can be any file
+  of that file system; with the setting on (the default) it is read (`hardlinks_protected`).
 * Files we write (an errors file, a copy across file systems) are created ``O_EXCL |
   O_NOFOLLOW`` under a temporary name and renamed into place (`Folder.create`): a
   symbolic link planted under that name was written through, truncating its target.
@@ -31,6 +32,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import errno
+import functools
 import hashlib
 import io
 import os
@@ -77,12 +79,26 @@ def refusal(st: os.stat_result) -> str | None:
         return "is a folder: not read"
     if not stat.S_ISREG(st.st_mode):
         return "is no plain file (a FIFO, socket or device): not read"
-    if st.st_nlink > 1:
+    if st.st_nlink > 1 and not hardlinks_protected():
         return (
             f"has {st.st_nlink} names (a hard link): not read (its other name may be any "
             "file); copy the file in"
         )
     return None
+
+
+@functools.cache
+def hardlinks_protected() -> bool:
+    """Whether the kernel lets a user hard-link only files it owns or may read and write
+    (``fs.protected_hardlinks``, on by default in Linux distributions). Then a hard link
+    in the folder names nothing its writer could not read anyway (an MES that publishes
+    exports by linking them from its archive), and it is read; otherwise its other name
+    may be any file on the disk (``/etc/shadow``, a key), and it is refused."""
+    try:
+        with open("/proc/sys/fs/protected_hardlinks", "rb") as setting:
+            return setting.read().strip() == b"1"
+    except OSError:  # not Linux, or no /proc: assume the worst
+        return False
 
 
 def same_file(a: os.stat_result, b: os.stat_result) -> bool:

@@ -65,7 +65,8 @@ class Ledger:
             self._handle.close()
             raise FolderBusy(f"{path}: another watcher has this folder") from None
         self._handle.seek(0)
-        #: content hash -> name, time and outcome of its first file
+        #: content hash -> name, time and outcome of the last file of it read (a content
+        #: that failed and was read again: its latest outcome)
         self.entries: dict[str, dict[str, Any]] = {}
         for n, line in enumerate(self._lines(), 1):
             entry = _entry(line)

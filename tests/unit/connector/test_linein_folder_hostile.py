@@ -11,6 +11,7 @@ ingest) a hook on the connector's own settling, ledger or store does what it wou
 from __future__ import annotations
 
 import csv
+import errno
 import logging
 import os
 import threading
@@ -223,12 +224,24 @@ def test_a_fifo_swapped_in_after_the_listing_does_not_block_the_watcher(rig: Rig
     assert rig.stored("F2") == 2 and (rig.folder.done / "b.csv").exists()
 
 
-def test_a_hard_link_is_not_read(rig: Rig) -> None:
+@pytest.mark.parametrize("protected", [False, True])
+def test_a_hard_link_is_read_only_where_the_kernel_protects_them(
+    rig: Rig, monkeypatch: pytest.MonkeyPatch, protected: bool
+) -> None:
+    """Without ``fs.protected_hardlinks`` a writer may link any file of the disk into
+    the folder: refused. With it (the default) a link names only a file its writer could
+    read anyway (an MES linking exports from its archive): read."""
+    from qdspace.connector.linein import folder_files
+
+    monkeypatch.setattr(folder_files, "hardlinks_protected", lambda: protected)
     elsewhere = rig.outside / "other.csv"
     elsewhere.write_text(export("OTHER"))
     os.link(elsewhere, rig.watch / "a.csv")
     rig.scan()
-    assert rig.stored() == 0 and (rig.watch / "a.csv").exists()
+    if protected:
+        assert rig.stored() == 2 and (rig.folder.done / "a.csv").exists()
+    else:
+        assert rig.stored() == 0 and (rig.watch / "a.csv").exists()
 
 
 def test_links_fifos_and_folders_named_like_exports_are_left_alone_and_logged_once(
@@ -489,3 +502,41 @@ def test_a_move_across_file_systems_copies_the_file_read(tmp_path: Path) -> None
         for p in done.glob("*"):
             p.unlink()
         done.rmdir()
+
+
+def test_done_the_operator_points_outside_the_folder_may_be_a_link(tmp_path: Path) -> None:
+    """done/ and failed/ the operator configured outside the watched folder are its own
+    paths (an archive on another disk, reached by a link): followed; inside the watched
+    folder, where the exporter could plant one, a link is refused (above)."""
+    archive = tmp_path / "archive"
+    archive.mkdir()
+    (tmp_path / "done-link").symlink_to(archive)
+    r = make_rig(tmp_path, done=tmp_path / "done-link")
+    (r.watch / "a.csv").write_text(export("F1"))
+    try:
+        r.scan()
+    finally:
+        r.folder.close()
+        r.store.close()
+    assert (archive / "a.csv").exists() and not (r.watch / "a.csv").exists()
+
+
+def test_a_file_another_process_holds_is_read_later_not_failed(
+    rig: Rig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A lease held on the file (a share's oplock) makes a non-blocking open say
+    EWOULDBLOCK: the export waits for the next scan instead of going to failed/."""
+    from qdspace.connector.linein import folder_files
+
+    (rig.watch / "a.csv").write_text(export("F1"))
+    open_export = folder_files.Folder.open_export
+
+    def held(self: Any, name: str, listed: Any) -> Any:
+        raise BlockingIOError(errno.EWOULDBLOCK, "Resource temporarily unavailable")
+
+    monkeypatch.setattr(folder_files.Folder, "open_export", held)
+    rig.scan()
+    assert (rig.watch / "a.csv").exists() and not list(rig.folder.failed.iterdir())
+    monkeypatch.setattr(folder_files.Folder, "open_export", open_export)
+    rig.scan()
+    assert (rig.folder.done / "a.csv").exists()
