@@ -102,9 +102,19 @@ class NodeMetrics:
             "peers refuse it after: renew before (node renew, host tenant renew).",
             registry=r,
         )
+        self.dsp_refused = Counter(
+            "qdspace_dsp_requests_refused",
+            "DSP requests of members refused before any work (node.dsp.caps), by the limit "
+            "met: rate (rpc_rate_per_peer) or in_flight (the calls and streams caps). A "
+            "gRPC call refused so is a RESOURCE_EXHAUSTED in qdspace_grpc_server_handling.",
+            ["limit"],
+            registry=r,
+        )
         self._disk: tuple[Gauge, Gauge] | None = None  # made by `sample_disk`
         for side in ("provider", "consumer"):
             self.subscriptions.labels(side=side)
+        for limit in ("rate", "in_flight"):
+            self.dsp_refused.labels(limit=limit)
         for direction in ("sent", "received"):
             for mode in ("pull", "stream"):
                 self.transfer_rows.labels(direction=direction, mode=mode)

@@ -264,7 +264,7 @@ async def start_dsp(
     draining = asyncio.Event()  # set when the listener stops: live data streams end
     routes = transfer_router(authenticator, transfers, body_of, outbox.kick, draining, callbacks)
     limiter = call_limiter(ctx)  # one count with the gRPC listener's
-    app: Any = DspCallCaps(create_dsp_app(binding, [routes]), limiter)
+    app: Any = DspCallCaps(create_dsp_app(binding, [routes]), limiter, ctx.metrics)
     config = uvicorn.Config(
         wrap(app) if wrap is not None else app,
         log_level="warning",

@@ -48,6 +48,7 @@ from qdspace.connector import dsp_codec as codec
 from qdspace.node.errors import IdentityError, LimitExceeded
 from qdspace.node.faults import http_status
 from qdspace.node.identity.certs import MemberIdentity, identity_of
+from qdspace.node.metrics import NodeMetrics
 from qdspace.node.rpc.limits import CallLimiter, RateExceeded
 
 logger = logging.getLogger("node.dsp")
@@ -93,9 +94,13 @@ def error_kind(path: str) -> str:
 class DspCallCaps:
     """ASGI middleware: a slot of `limiter` per request of a member (see the module)."""
 
-    def __init__(self, app: ASGIApp, limiter: CallLimiter) -> None:
+    def __init__(
+        self, app: ASGIApp, limiter: CallLimiter, metrics: NodeMetrics | None = None
+    ) -> None:
         self.app = app
         self.limiter = limiter
+        #: where refusals are counted (``qdspace_dsp_requests_refused``); None: nowhere
+        self.metrics = metrics
 
     @staticmethod
     def _member(scope: Scope) -> MemberIdentity | None:
@@ -119,6 +124,9 @@ class DspCallCaps:
                 member.member_id, member.name, stream=path.startswith("/data/")
             )
         except LimitExceeded as exc:
+            if self.metrics is not None:
+                limit = "rate" if isinstance(exc, RateExceeded) else "in_flight"
+                self.metrics.dsp_refused.labels(limit=limit).inc()
             # over its rate a member is refused often: only a small body is read to keep
             # the connection (a flood of 1 MiB bodies read in full would cost what it saves)
             most = RATE_DRAIN_BYTES if isinstance(exc, RateExceeded) else DRAIN_BYTES

@@ -18,6 +18,7 @@ import pytest
 from pyld import jsonld
 
 from qdspace.node.dsp.caps import DRAIN_BYTES, RATE_DRAIN_BYTES, DspCallCaps
+from qdspace.node.metrics import NodeMetrics
 from qdspace.node.rpc.limits import CallCaps, CallLimiter, RateExceeded
 
 from .conftest import Caller, Calls, Provider, with_transfers
@@ -26,10 +27,10 @@ BURST = 10
 NOT_JSON = b'{"@type": "ContractRequestMessage", "consumerPid": '  # cut off
 
 
-def limited(cellex: Provider, now: list[float]) -> CallLimiter:
+def limited(cellex: Provider, now: list[float], metrics: NodeMetrics | None = None) -> CallLimiter:
     """Cellex's app behind the caps, `BURST` requests a member on the clock `now`."""
     limiter = CallLimiter(CallCaps(per_peer_rate=1.0, per_peer_burst=BURST), clock=lambda: now[0])
-    cellex.app = DspCallCaps(cellex.app, limiter)
+    cellex.app = DspCallCaps(cellex.app, limiter, metrics)
     return limiter
 
 
@@ -45,7 +46,8 @@ def test_a_flooding_member_is_refused_while_another_is_served(
     cellex: Provider, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.WARNING, logger="node.dsp")
-    limited(cellex, [1000.0])
+    metrics = NodeMetrics()
+    limited(cellex, [1000.0], metrics)
     mallory = cellex.client(cellex.authority.member("mallory", "oem", b"m"))
     sunarc = cellex.client(cellex.authority.member("sunarc", "oem", b"o"))
 
@@ -61,6 +63,10 @@ def test_a_flooding_member_is_refused_while_another_is_served(
     assert [r.status_code for r in served] == [200] * 5  # at the same time as the flood
     codes = [r.status_code for r in flood]
     assert codes.count(200) == BURST and codes.count(429) == 90, codes
+    counted = metrics.registry.get_sample_value(
+        "qdspace_dsp_requests_refused_total", {"limit": "rate"}
+    )
+    assert counted == 90  # on /metrics
     refused = next(r for r in flood if r.status_code == 429)
     body = refused.json()
     assert body["@type"] == "CatalogError" and body["code"] == "429"
