@@ -38,6 +38,7 @@ from qdspace.federation.job_files import (
     read_job_directory,
     save_checkpoint,
 )
+from qdspace.federation.member_pins import MemberPins
 from qdspace.federation.params import check_update, encoded_size, flatten, params_from_bytes
 from qdspace.federation.round_status import Phase, RoundRecord, RoundStatus, StatusView
 from qdspace.federation.rounds import Coordinator
@@ -53,9 +54,6 @@ from qdspace.federation.secagg_messages import (
 )
 
 logger = logging.getLogger("federation")
-
-#: Largest example count an update may claim (the weight of plain FedAvg).
-MAX_EXAMPLES = 10**12
 
 
 class JobExists(FederationError, ValueError):
@@ -86,6 +84,8 @@ class JobHost:
         self._anchor = anchor
         self._saved_phase = coordinator.phase
         self._saved_attempt = (coordinator.round, coordinator.attempt)
+        #: the member id holding each member name, pinned on its first accepted call
+        self.pins = MemberPins.load(directory)
 
     # --- lifecycle ---------------------------------------------------------------------
 
@@ -234,10 +234,12 @@ class JobHost:
         examples: int,
         now: float,
     ) -> None:
-        if not 0 <= examples <= MAX_EXAMPLES:
+        cap = self.job.examples_cap
+        if not 0 <= examples <= cap:
+            term = "" if self.job.max_examples_per_member is None else " (max_examples_per_member)"
             raise UpdateRefused(
                 RefusalReason.OUT_OF_RANGE,
-                f"update of {member} claims {examples} examples, the limit is {MAX_EXAMPLES}",
+                f"update of {member} claims {examples} examples, the limit is {cap}{term}",
             )
         try:  # the header must name the job's shapes before anything is cut up
             params = params_from_bytes(payload, self.job.shapes)

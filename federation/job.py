@@ -3,7 +3,8 @@
 A job is a contract: its canonical bytes are what the usage-policy agreement
 (``use`` for purpose ``model-training``, no distribution) refers to, so every
 setting that changes what a member reveals (strategy, secure aggregation, the
-clipping bound, differential privacy) is part of it and of its digest.
+clipping bound, differential privacy) or how its update is weighed (the cap on
+claimed examples) is part of it and of its digest.
 """
 
 from __future__ import annotations
@@ -32,6 +33,9 @@ MAX_VECTOR_LEN = 1 << 26
 DEFAULT_PHASE_TIMEOUT_S = 120.0
 #: Longest phase deadline terms may set (a day): terms come from a peer.
 MAX_PHASE_TIMEOUT_S = 86_400.0
+#: Largest example count an update may claim (the weight of plain FedAvg), whatever the
+#: terms; ``JobSpec.max_examples_per_member`` may set a lower one.
+MAX_EXAMPLES = 10**12
 
 
 class JobSpecError(FederationError, ValueError):
@@ -47,6 +51,11 @@ class JobSpec:
     before sending it, and the coordinator applies again to every change it sees in a
     plain round (needed for secure aggregation, implied by DP's clip).
     ``phase_timeout_s`` is the deadline of each phase; stragglers miss the round.
+    ``max_examples_per_member`` is the most examples one update may claim (its weight
+    in a weighted FedAvg): without it one member claiming up to ``MAX_EXAMPLES`` takes
+    nearly all of the weight. The coordinator refuses an update claiming more
+    (``OUT_OF_RANGE``), so a member with more data claims at most this many; ``None``
+    keeps only the ``MAX_EXAMPLES`` limit.
     """
 
     job_id: str
@@ -71,6 +80,7 @@ class JobSpec:
     #: Contract asset id (``federation.agreements``): when set, the coordinator accepts
     #: keys and updates only from members holding an active agreement for it.
     agreement_asset: str | None = None
+    max_examples_per_member: int | None = None
 
     def __post_init__(self) -> None:
         problems = list(self._problems())
@@ -98,6 +108,7 @@ class JobSpec:
             out.append(f"phase timeout must be in (0, {MAX_PHASE_TIMEOUT_S:g}] seconds")
         if self.update_clip is not None and not 0 < self.update_clip < math.inf:
             out.append("update clip must be a finite number > 0")
+        out.extend(self._examples_problems())
         if any(not math.isfinite(v) for v in self.training.values()):
             out.append("training settings must be finite numbers")
         if self.secure_aggregation:
@@ -115,6 +126,23 @@ class JobSpec:
                 f"{self.strategy.name.value} is not one (use fedavg, fedprox or norm_bounding)"
             )
         return out
+
+    def _examples_problems(self) -> list[str]:
+        cap = self.max_examples_per_member
+        if cap is None:
+            return []
+        if isinstance(cap, bool) or not isinstance(cap, int) or not 1 <= cap <= MAX_EXAMPLES:
+            return [
+                "max_examples_per_member must be a whole number in 1..10**12, "
+                f"got {str(cap)[:40]!r}"
+            ]
+        return []
+
+    @property
+    def examples_cap(self) -> int:
+        """The most examples one update may claim under these terms."""
+        cap = self.max_examples_per_member
+        return MAX_EXAMPLES if cap is None else cap
 
     def _shape_problems(self) -> list[str]:
         """Every dimension at least 1 (a negative one made ``((-1,), (3,))`` a model of
@@ -204,23 +232,31 @@ class JobSpec:
         )
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "job_id": self.job_id,
-            "coordinator": self.coordinator,
-            "model": self.model,
-            "shapes": [list(s) for s in self.shapes],
-            "rounds": self.rounds,
-            "min_members": self.min_members,
-            "members": list(self.members),
-            "strategy": self.strategy.to_dict(),
-            "secure_aggregation": self.secure_aggregation,
-            "threshold": self.threshold,
-            "update_clip": self.update_clip,
-            "dp": None if self.dp is None else self.dp.to_dict(),
-            "phase_timeout_s": self.phase_timeout_s,
-            "training": {k: float(v) for k, v in sorted(self.training.items())},
-            "purpose": self.purpose,
-        } | ({} if self.agreement_asset is None else {"agreement_asset": self.agreement_asset})
+        return (
+            {
+                "job_id": self.job_id,
+                "coordinator": self.coordinator,
+                "model": self.model,
+                "shapes": [list(s) for s in self.shapes],
+                "rounds": self.rounds,
+                "min_members": self.min_members,
+                "members": list(self.members),
+                "strategy": self.strategy.to_dict(),
+                "secure_aggregation": self.secure_aggregation,
+                "threshold": self.threshold,
+                "update_clip": self.update_clip,
+                "dp": None if self.dp is None else self.dp.to_dict(),
+                "phase_timeout_s": self.phase_timeout_s,
+                "training": {k: float(v) for k, v in sorted(self.training.items())},
+                "purpose": self.purpose,
+            }
+            | ({} if self.agreement_asset is None else {"agreement_asset": self.agreement_asset})
+            | (
+                {}
+                if self.max_examples_per_member is None
+                else {"max_examples_per_member": self.max_examples_per_member}
+            )
+        )
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> JobSpec:
@@ -246,6 +282,8 @@ class JobSpec:
                 agreement_asset=(
                     None if data.get("agreement_asset") is None else str(data["agreement_asset"])
                 ),
+                # not int(): 2.5 or "7" are refused by the terms' check, not rounded
+                max_examples_per_member=data.get("max_examples_per_member"),
             )
         except (KeyError, TypeError, ValueError) as exc:
             if isinstance(exc, FederationError):

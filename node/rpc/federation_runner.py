@@ -276,7 +276,9 @@ class MemberRunner:
             trained, examples = await self._train(round_)
             update = plain_update(job, global_vector, trained, self._rng)
             await self._send()
-            await client.upload_update(round_, update, examples)
+            # an honest member with more data than the terms' cap claims the cap (the
+            # coordinator refuses a claim over it: `JobSpec.max_examples_per_member`)
+            await client.upload_update(round_, update, min(examples, job.examples_cap))
             self._sent.add(round_)
             self._emit("sent", round_, "update sent")
             return

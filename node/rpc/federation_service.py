@@ -145,7 +145,8 @@ class FederationServicer(pb_grpc.FederationServicer):
     async def ListJobs(
         self, request: pb.JobRef, context: grpc.aio.ServicerContext
     ) -> pb.ListJobsReply:
-        views = await self._jobs.jobs_of(current_peer().name, request.job_id)
+        caller = current_peer().identity
+        views = await self._jobs.jobs_of(caller.name, request.job_id, member_id=caller.member_id)
         return pb.ListJobsReply(jobs=[status_to_proto(v) for v in views])
 
     @handler

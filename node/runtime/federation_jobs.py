@@ -6,7 +6,9 @@ rest of the node. Serving it to members needs more, and none of it is about gRPC
 - **admission**: every job call but listing needs membership *and*, for a job under
   contract, an agreement in force (FINALIZED, not terminated, policy allows training
   now), checked against the node's contract store; the coordinator takes part in its
-  own job without a contract with itself;
+  own job without a contract with itself. Each name is pinned to the member id of its
+  first accepted call (``federation.member_pins``): a name the authority reissued to
+  another member gets no place in a running job;
 - **one lock per job**: each call runs under its job's lock in a worker thread, so
   aggregating a 50 MB round does not stall the event loop, and a call that moves the
   job on wakes the long polls waiting for that (``status`` answers as soon as the job
@@ -158,12 +160,14 @@ class FederationJobs:
     async def _admit(self, job_id: str, caller: MemberIdentity) -> JobSlot:
         """The job, if the caller is one of its members holding an agreement in force."""
         slot = self._slot(job_id)
-        job, member = slot.host.job, caller.name
+        job, member, pins = slot.host.job, caller.name, slot.host.pins
         if member not in job.members and member != self._me.name:
             raise UpdateRefused(
                 RefusalReason.NOT_A_MEMBER, f"{member} is not a member of job {job_id}"
             )
+        pins.check(job_id, member, caller.member_id)  # a reissued name keeps no place
         await self._require_agreement(job, caller.member_id)
+        pins.pin(job_id, member, caller.member_id)
         return slot
 
     async def _locked(self, slot: JobSlot, call: Callable[[], T]) -> T:
@@ -279,8 +283,11 @@ class FederationJobs:
         )
         return host.view(self._clock())
 
-    async def jobs_of(self, member: str, job_id: str = "") -> list[StatusView]:
-        """The jobs ``member`` takes part in (or only ``job_id``); no agreement needed."""
+    async def jobs_of(
+        self, member: str, job_id: str = "", *, member_id: str | None = None
+    ) -> list[StatusView]:
+        """The jobs ``member`` takes part in (or only ``job_id``); no agreement needed.
+        With ``member_id``, not those where the name is pinned to another member id."""
         now = self._clock()
         views = []
         for name in sorted(self._jobs):
@@ -288,6 +295,9 @@ class FederationJobs:
             if job_id and job_id != name:
                 continue
             host = slot.host
+            pinned = host.pins.get(member)
+            if member_id is not None and pinned not in (None, member_id):
+                continue  # the name was reissued: that job is its former holder's
             if member in host.job.members or member == self._me.name:
                 views.append(await self._locked(slot, functools.partial(host.view, now)))
         return views

@@ -307,3 +307,18 @@ def test_a_member_refuses_terms_for_a_purpose_other_than_training() -> None:
 
     error = asyncio.run(read())
     assert "purpose 'marketing-profiles' is not 'model-training'" in str(error)
+
+
+def test_a_member_claims_no_more_examples_than_the_terms_cap() -> None:
+    """Terms that cap the examples one update may claim (`max_examples_per_member`): a
+    member with more data claims the cap, which the coordinator takes, instead of its
+    count, which the coordinator refuses."""
+    job = terms(max_examples_per_member=5)
+    signed = versions(job, 2)
+    hostile = Hostile(
+        [job],
+        [status(job, 1, Phase.TRAINING, 0), status(job, 4, Phase.DONE, 1)],
+        serve=lambda v: signed[v],
+    )
+    asyncio.run(follow(hostile))  # (40 local examples)
+    assert [h.num_examples for h in hostile.uploads] == [5]
