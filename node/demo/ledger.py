@@ -239,9 +239,16 @@ def print_ledger(console: Console, report: DemoReport) -> None:
         + ("valid" if doc["passport"]["valid"] else f"INVALID {doc['passport']['reason']}"),
         highlight=False,
     )
-    console.print(
-        f"check yourself: qdspace verify {doc['files']}/proof-{first['ref_id'] if first else ''}"
-        f".json --rpc {doc['chain']}",
-        highlight=False,
-        soft_wrap=True,
+    command = (
+        f"qdspace verify {doc['files']}/proof-{first['ref_id'] if first else ''}"
+        f".json --rpc {doc['chain']}"
     )
+    if report.kept_running:
+        console.print(f"check yourself: {command}", highlight=False, soft_wrap=True)
+    else:  # the chain stops with the demo: the command would find nobody at that URL
+        console.print(
+            f"check yourself: the chain stops with this demo; run `qdspace demo "
+            f"--keep-running` and then {command}",
+            highlight=False,
+            soft_wrap=True,
+        )

@@ -36,6 +36,8 @@ class DemoReport:
     # one entry per later chapter (contracts, inspection, ledger, federation): JSON-able
     chapters: dict[str, Any] = field(default_factory=dict)
     seconds: float = 0.0
+    #: the network (the chain with it) is left running after the demo (``--keep-running``)
+    kept_running: bool = False
 
 
 #: a step of the story: runs against the network, keeps its results on the report

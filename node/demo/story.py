@@ -162,7 +162,7 @@ def run_demo(
     if fresh and workdir.exists():
         shutil.rmtree(workdir)
     network = LocalNetwork(workdir, hosts=REFERENCE_HOSTS)
-    report = DemoReport(workdir=str(network.workdir))
+    report = DemoReport(workdir=str(network.workdir), kept_running=keep_running)
     _log_to(network.workdir / "demo.log", console)
     progress = Progress(
         SpinnerColumn(),
