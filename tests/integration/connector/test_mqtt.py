@@ -7,13 +7,10 @@ resumes its persistent session and loses and duplicates nothing."""
 from __future__ import annotations
 
 import asyncio
-import getpass
 import json
 import logging
 import os
-import shutil
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -35,57 +32,11 @@ from qdspace.connector.linein.config import MqttConfig
 from qdspace.connector.linein.mqtt import MqttConnector
 from qdspace.connector.linein.sink import MeasurementSink
 from qdspace.connector.storage import QualityStore, open_store
-from qdspace.util.ports import free_port
+
+from .mosquitto import Broker, Publisher
 
 pytestmark = pytest.mark.integration
-MOSQUITTO = shutil.which("mosquitto") or next(
-    (p for p in ("/usr/sbin/mosquitto", "/usr/local/sbin/mosquitto") if os.path.exists(p)), None
-)
-if MOSQUITTO is None:
-    pytest.skip(
-        "mosquitto is not installed (apt-get install mosquitto; .ci/run does)",
-        allow_module_level=True,
-    )
 T0 = (datetime.now(UTC) - timedelta(hours=1)).replace(microsecond=0)
-
-
-class Broker:
-    """mosquitto on loopback, its sessions saved on disk across a restart."""
-
-    def __init__(self, tmp: Path) -> None:
-        self.port = free_port()
-        self.dir = tmp / "mosquitto"
-        self.dir.mkdir()
-        self.conf = self.dir / "mosquitto.conf"
-        self.conf.write_text(
-            f"listener {self.port} 127.0.0.1\nallow_anonymous true\n"
-            # as root mosquitto drops to user mosquitto, who may not write our folder
-            f"user {getpass.getuser()}\n"
-            f"persistence true\npersistence_location {self.dir}/\n"
-            "max_queued_messages 10000\n"
-        )
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        assert MOSQUITTO is not None
-        with (self.dir / "log").open("ab") as log:
-            self.proc = subprocess.Popen(
-                [MOSQUITTO, "-c", str(self.conf)], stdout=subprocess.DEVNULL, stderr=log
-            )
-        deadline = time.monotonic() + 10
-        while True:
-            with socket.socket() as s:
-                if s.connect_ex(("127.0.0.1", self.port)) == 0:
-                    return
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                raise AssertionError(f"mosquitto did not start: {(self.dir / 'log').read_text()}")
-            time.sleep(0.05)
-
-    def stop(self) -> None:
-        if self.proc is not None:
-            self.proc.terminate()  # saves the sessions to persistence_location
-            self.proc.wait(10)
-            self.proc = None
 
 
 @pytest.fixture
@@ -94,23 +45,6 @@ def broker(tmp_path: Path) -> Iterator[Broker]:
     b.start()
     yield b
     b.stop()
-
-
-class Publisher:
-    """A line tool publishing QoS 1 readings (waits for each PUBACK from the broker)."""
-
-    def __init__(self, port: int) -> None:
-        self.client = paho.Client(CallbackAPIVersion.VERSION2, client_id="pecvd-tool")
-        self.client.connect("127.0.0.1", port)
-        self.client.loop_start()
-
-    def send(self, topic: str, body: Any, *, retain: bool = False) -> None:
-        payload = body if isinstance(body, bytes) else json.dumps(body).encode()
-        self.client.publish(topic, payload, qos=1, retain=retain).wait_for_publish(10)
-
-    def close(self) -> None:
-        self.client.disconnect()
-        self.client.loop_stop()
 
 
 def reading(i: int, value: float, unit: str = "mbar", **extra: Any) -> dict[str, Any]:

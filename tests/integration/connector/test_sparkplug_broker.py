@@ -6,12 +6,7 @@ payloads of thousands of readings are stored in bounded batches."""
 from __future__ import annotations
 
 import asyncio
-import getpass
 import logging
-import os
-import shutil
-import socket
-import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -22,8 +17,6 @@ from typing import Any
 import pytest
 
 pytest.importorskip("paho.mqtt", reason="the connect extra (paho-mqtt) is not installed")
-import paho.mqtt.client as paho
-from paho.mqtt.enums import CallbackAPIVersion
 from sqlalchemy import text
 
 from qdspace.connector.linein.config import MqttConfig
@@ -31,17 +24,10 @@ from qdspace.connector.linein.mqtt import MqttConnector
 from qdspace.connector.linein.sink import MeasurementSink
 from qdspace.connector.storage import QualityStore, open_store
 from qdspace.protocols.sparkplug import sparkplug_b_pb2 as sp
-from qdspace.util.ports import free_port
+
+from .mosquitto import Broker, Publisher
 
 pytestmark = pytest.mark.integration
-MOSQUITTO = shutil.which("mosquitto") or next(
-    (p for p in ("/usr/sbin/mosquitto", "/usr/local/sbin/mosquitto") if os.path.exists(p)), None
-)
-if MOSQUITTO is None:
-    pytest.skip(
-        "mosquitto is not installed (apt-get install mosquitto; .ci/run does)",
-        allow_module_level=True,
-    )
 MS = int((datetime.now(UTC) - timedelta(hours=1)).timestamp()) * 1000
 DEVICE = "spBv1.0/cellex/{}/line-2/{}"
 
@@ -49,27 +35,10 @@ DEVICE = "spBv1.0/cellex/{}/line-2/{}"
 @pytest.fixture
 def port(tmp_path: Path) -> Iterator[int]:
     """mosquitto on a free loopback port."""
-    assert MOSQUITTO is not None
-    port = free_port()
-    conf = tmp_path / "mosquitto.conf"
-    conf.write_text(
-        f"listener {port} 127.0.0.1\nallow_anonymous true\nuser {getpass.getuser()}\n"
-        "max_queued_messages 10000\n"
-    )
-    log = tmp_path / "mosquitto.log"
-    with log.open("wb") as out:
-        proc = subprocess.Popen([MOSQUITTO, "-c", str(conf)], stdout=out, stderr=out)
-    deadline = time.monotonic() + 10
-    while True:
-        with socket.socket() as s:
-            if s.connect_ex(("127.0.0.1", port)) == 0:
-                break
-        if proc.poll() is not None or time.monotonic() > deadline:
-            raise AssertionError(f"mosquitto did not start: {log.read_text()}")
-        time.sleep(0.05)
-    yield port
-    proc.terminate()
-    proc.wait(10)
+    broker = Broker(tmp_path)
+    broker.start()
+    yield broker.port
+    broker.stop()
 
 
 @pytest.fixture
@@ -77,22 +46,6 @@ def store(tmp_path: Path) -> Iterator[QualityStore]:
     s = open_store(f"sqlite:///{tmp_path}/qdm.db")
     yield s
     s.close()
-
-
-class Client:
-    """A client of the broker that publishes QoS 1 (waits for each PUBACK)."""
-
-    def __init__(self, port: int, client_id: str) -> None:
-        self.client = paho.Client(CallbackAPIVersion.VERSION2, client_id=client_id)
-        self.client.connect("127.0.0.1", port)
-        self.client.loop_start()
-
-    def send(self, topic: str, payload: bytes) -> None:
-        self.client.publish(topic, payload, qos=1).wait_for_publish(10)
-
-    def close(self) -> None:
-        self.client.disconnect()
-        self.client.loop_stop()
 
 
 def message(*metrics: dict[str, Any], seq: int | None, ts: int = MS) -> bytes:
@@ -154,7 +107,7 @@ async def test_a_forged_ndeath_from_another_client_is_ignored(
     connector = connector_for(port, store)
     stop = asyncio.Event()
     task = asyncio.create_task(connector.run(stop))
-    edge, hostile = Client(port, "edge-line-2"), Client(port, "hostile")
+    edge, hostile = Publisher(port, "edge-line-2"), Publisher(port, "hostile")
     send = asyncio.to_thread
     try:
         await until(lambda: connector.sessions == 1 and connector._connected)
@@ -195,7 +148,7 @@ async def test_a_topic_level_with_a_line_separator_is_refused_and_logged_escaped
     connector = connector_for(port, store)
     stop = asyncio.Event()
     task = asyncio.create_task(connector.run(stop))
-    hostile = Client(port, "hostile")
+    hostile = Publisher(port, "hostile")
     forged = "spBv1.0/cellex/DDATA/line-2\u2028INFO fake line/PECVD-\u202e1"
     try:
         await until(lambda: connector.sessions == 1 and connector._connected)
@@ -240,7 +193,7 @@ async def test_thousands_of_readings_per_message_are_stored_in_bounded_batches(
     connector = connector_for(port, store, sink)
     stop = asyncio.Event()
     task = asyncio.create_task(connector.run(stop))
-    edge = Client(port, "edge-line-2")
+    edge = Publisher(port, "edge-line-2")
     send = asyncio.to_thread
     try:
         await until(lambda: connector.sessions == 1 and connector._connected)
