@@ -489,4 +489,6 @@ class OpcuaConnector:
                     await asyncio.to_thread(self.sink.put, items)
                 self._trim_history(batch)
         if lost.is_set():
+            if changes.dropped:  # what was dropped is said however the session ends
+                log.warning("opcua %s: %s", self.config.endpoint, changes.overflow())
             raise ConnectionError("connection lost")
