@@ -30,6 +30,14 @@ A managed host (`node.host`) serves many members in one process, so its lines al
 the member they belong to: `MEMBER` is set for a tenant's servers, jobs and requests
 (the tasks they start inherit it), shown as ``[name]`` before a text message and as
 ``member`` in JSON. A node never sets it, and its lines stay as they were.
+
+A record is one line, whatever its message holds (`one_line`). Messages quote what peers
+sent: an id, a name, a refusal's reason. A member that put a line break in a negotiation id
+or a federation member name wrote lines of its own making into the provider's log (a
+forged ``WARNING`` after a real one), and one that sent 900 KB of it wrote a 900 KB line.
+So the text format shows control characters escaped (``\\n``, ``\\x1b``; JSON escapes them
+itself), and a message is cut at `MESSAGE_CHARS` with the count of what was left out, in
+both formats. A traceback (``exc_info``) is ours and keeps its lines.
 """
 
 from __future__ import annotations
@@ -58,6 +66,12 @@ MEMBER: ContextVar[str | None] = ContextVar("qdspace_member", default=None)
 LOG_FORMAT_ENV = "QDSPACE_LOG_FORMAT"
 LOG_FORMATS = ("text", "json")
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+#: the longest message a record shows; the rest is counted (`one_line`)
+MESSAGE_CHARS = 8192
+#: control characters (C0, DEL, C1) and Unicode's line and paragraph separators, as text
+#: that shows them: what some viewers would take for the end of a line is never one
+_ESCAPES = {c: f"\\x{c:02x}" for c in (*range(0x20), *range(0x7F, 0xA0))}
+_ESCAPES.update({0x09: "\\t", 0x0A: "\\n", 0x0D: "\\r", 0x2028: "\\u2028", 0x2029: "\\u2029"})
 #: what a caller's request id may look like; anything else is replaced by a fresh one
 _REQUEST_ID_SHAPE = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 
@@ -71,6 +85,17 @@ def accepted_request_id(value: str | None) -> str:
     if value and _REQUEST_ID_SHAPE.match(value):
         return value
     return new_request_id()
+
+
+def one_line(message: str, escape: bool = True) -> str:
+    """``message`` as one line of at most `MESSAGE_CHARS` (and a count of the rest): control
+    characters shown escaped (``escape``; JSON, which escapes them itself, passes False)."""
+    if len(message) > MESSAGE_CHARS:
+        left = len(message) - MESSAGE_CHARS
+        message = f"{message[:MESSAGE_CHARS]}... ({left} more characters)"
+    if escape and not message.isprintable():
+        message = message.translate(_ESCAPES)
+    return message
 
 
 class RequestIdFilter(logging.Filter):
@@ -103,6 +128,7 @@ class TextFormatter(_FormatOnce):
     """`TEXT_FORMAT`, the message led by ``[member]`` on a managed host's tenant lines."""
 
     def formatMessage(self, record: logging.LogRecord) -> str:
+        record.message = one_line(record.message)
         member = getattr(record, "member", None)
         if member:
             record.message = f"[{member}] {record.message}"
@@ -117,7 +143,7 @@ class JsonFormatter(_FormatOnce):
             "time": datetime.fromtimestamp(record.created, UTC).isoformat(),
             "level": record.levelname,
             "logger": record.name,
-            "message": record.getMessage(),
+            "message": one_line(record.getMessage(), escape=False),
         }
         request_id = getattr(record, "request_id", None) or REQUEST_ID.get()
         if request_id:

@@ -93,3 +93,36 @@ def test_the_log_file_rotates_and_holds_a_bounded_size(
     total = sum(p.stat().st_size for p in logfile.parent.iterdir())
     assert total <= 3 * 4096
     assert "refused call 1999" in logfile.read_text()
+
+
+def test_a_message_quoting_a_peer_is_one_line_of_bounded_length() -> None:
+    """A member put a line break in an id the node quotes in a refusal: the text log showed
+    the forged line after it as a line of the node's own. And a 900 KB id was a 900 KB
+    line. A message is now one line (control characters escaped) cut at MESSAGE_CHARS."""
+    logger, (text, as_json) = _logger(TextFormatter("%(levelname)s: %(message)s"), JsonFormatter())
+    forged = "neg-1\n2026-12-07 11:00:00,000 WARNING node.rpc: forged\r\x1b[2K\u2028"
+    logger.warning("no negotiation %s here", forged)
+    logger.warning("no negotiation %s here", "x" * 900_000)
+    lines = text.getvalue().splitlines()
+    assert len(lines) == 2
+    assert lines[0] == (
+        "WARNING: no negotiation neg-1\\n2026-12-07 11:00:00,000 WARNING node.rpc: "
+        "forged\\r\\x1b[2K\\u2028 here"
+    )
+    assert len(lines[1]) < logs.MESSAGE_CHARS + 100
+    left = len("no negotiation ") + 900_000 + len(" here") - logs.MESSAGE_CHARS
+    assert lines[1].endswith(f"... ({left} more characters)")
+    first, second = map(json.loads, as_json.getvalue().splitlines())
+    assert first["message"] == f"no negotiation {forged} here"  # JSON escapes it itself
+    assert len(second["message"]) < logs.MESSAGE_CHARS + 100
+
+
+def test_a_traceback_keeps_its_lines() -> None:
+    logger, (text,) = _logger(TextFormatter("%(levelname)s: %(message)s"))
+    try:
+        raise RuntimeError("ours")
+    except RuntimeError:
+        logger.exception("a fault")
+    lines = text.getvalue().splitlines()
+    assert lines[0] == "ERROR: a fault" and lines[1].startswith("Traceback")
+    assert lines[-1] == "RuntimeError: ours"
