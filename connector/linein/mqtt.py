@@ -23,25 +23,49 @@ mapping or the ingest in a way no rule foresaw (an exception: it is refused with
 the reason, never the end of the listener). Only a store that cannot be written ends
 the session without acknowledging, and the next session gets the messages again.
 
-Messages wait for the store in a bounded queue (`QUEUED`): while the store is behind,
-paho's network thread waits for room and reads no more, and TCP holds the broker back
-(an unbounded queue took 380 MB in eight seconds of a QoS 0 flood while the database
-was locked). A batch ends at `BATCH_READINGS` readings too: a Sparkplug B message
-brings up to 10,000, and a batch of 500 such messages (3.5 million readings, some 900 MB,
-read on the event loop for two minutes) was read whole before any was stored.
+Messages wait for the store in a queue bounded by count and by bytes (`QUEUED`,
+`QUEUED_BYTES`: :mod:`connector.linein.mqtt_queue`): while the store is behind, paho's
+network thread waits for room and reads no more, and TCP holds the broker back (an
+unbounded queue took 380 MB in eight seconds of a QoS 0 flood while the database was
+locked; 2,000 messages of 128 KiB are some 260 MB, hence the bytes). A batch ends at
+`BATCH_READINGS` readings too: a Sparkplug B message brings up to 10,000, and a batch of
+500 such messages (3.5 million readings, some 900 MB, read on the event loop for two
+minutes) was read whole before any was stored; and a batch keeps of a message it read
+only what acknowledging it takes, not its payload.
+
+Every refused reading counts once in the rejected count (the sink's totals, logged and
+printed as the connector's status), though not every one has a line of its own: a
+Sparkplug B message's refusals are one logged line per reason, with the count (7,000
+metrics of an unknown alias are one line, not 7,000), and the sink counts lines, so the
+connector hands the sink the metrics such lines stand for (before, the 7,000 counted as
+one).
 
 A message far larger than a reading can be (`MAX_PAYLOAD_BYTES`) never reaches us: we speak
 MQTT 5 (``protocol: mqtt5``, the default) and declare a Maximum Packet Size in CONNECT
-(`MAX_PACKET_BYTES`), and a broker must not send a larger packet to us (mosquitto drops
-it for this client and logs ``Dropping too large outgoing PUBLISH``), so a hostile
+(`MAX_PACKET_BYTES`), and a broker must not send a larger packet to us, so a hostile
 publisher on a shared broker cannot make paho read megabytes. The declared size leaves
 room for the topic and properties, so a payload a little over the limit still arrives
 and is refused here for its size (the second line, and the only one with ``protocol:
 mqtt311``, for a broker without MQTT 5: there paho reads a payload whole before it is
-refused, so set the broker's ``message_size_limit`` (mosquitto) to 65536). Sparkplug B
-3.0 runs over MQTT 3.1.1 or 5; this connector only reads its messages (it is no edge node)
-and keeps a persistent session under either, as it did under 3.1.1. A broker that does
-not speak 5 refuses the connection, logged as an error that names the setting.
+refused, so set the broker's ``message_size_limit`` (mosquitto) to 65536).
+
+Nothing on our side records a message the broker dropped for its size (over
+`MAX_PACKET_BYTES`). MQTT 5 has the
+server discard it and "behave as if it had completed sending" it [MQTT-3.1.2-25]: we
+get nothing, no disconnect, no reason code; the publisher's PUBACK says Success; and
+mosquitto (2.0) counts it in no ``$SYS`` topic (``publish/messages/dropped`` counts
+queue-limit drops only; tried). The one record is the broker's log, at notice level
+(in mosquitto's default ``log_type``): ``Dropping too large outgoing PUBLISH for
+<client id> (<n> bytes)``; watch it there. Sparkplug B shows the loss indirectly: the
+edge node's next message skips a ``seq``, logged here with a rebirth request. An operator
+who would rather have every message reach the connector (and an oversized one refused
+and counted here, read whole first) sets ``protocol: mqtt311``, which declares no size;
+the broker's ``message_size_limit`` then bounds what is read.
+
+Sparkplug B 3.0 runs over MQTT 3.1.1 or 5; this connector only reads its messages (it is
+no edge node) and keeps a persistent session under either, as it did under 3.1.1. A
+broker that does not speak 5 refuses the connection, logged as an error that names the
+setting.
 """
 
 from __future__ import annotations
@@ -52,14 +76,14 @@ import contextlib
 import logging
 import threading
 import time
-from dataclasses import dataclass
 from typing import Any
 
 from qdspace.connector.errors import StorageError
 from qdspace.connector.linein.config import MqttConfig
 from qdspace.connector.linein.mapping import MAX_PAYLOAD_BYTES, mqtt_mapping, mqtt_row
+from qdspace.connector.linein.mqtt_queue import Message, MessageQueue, Receipt
 from qdspace.connector.linein.sink import Item, MeasurementSink
-from qdspace.connector.linein.sparkplug import BirthBook, rebirth_request, sparkplug_rows
+from qdspace.connector.linein.sparkplug import BirthBook, read_sparkplug, rebirth_request
 
 log = logging.getLogger("qdspace.connector.linein.mqtt")
 
@@ -73,6 +97,9 @@ BATCH_READINGS = 20_000
 #: messages received and not yet stored, at most (an unbounded queue grew by 380 MB in
 #: eight seconds of a QoS 0 flood while the database was locked)
 QUEUED = 4 * BATCH
+#: their payloads and topics, bytes at most (2,000 messages of `MAX_PACKET_BYTES` were
+#: some 260 MB; the queue overshoots by the one message let in below it)
+QUEUED_BYTES = 32 * 1024 * 1024
 #: Sparkplug B: a rebirth is asked of one edge node at most this often
 REBIRTH_HOLDOFF_S = 10.0
 #: Sparkplug B: rebirths asked per holdoff window at most (edge node names are the
@@ -108,15 +135,6 @@ def _source(topic: str) -> str:
     return f"mqtt:{topic}" if topic.isprintable() else f"mqtt:{topic!a}"
 
 
-@dataclass(frozen=True)
-class Message:
-    session: int  # which connection it came on (acknowledged only on that one)
-    topic: str | None  # None: not UTF-8 (a broker should have refused it)
-    payload: bytes
-    mid: int
-    qos: int
-
-
 class MqttConnector:
     def __init__(self, config: MqttConfig, sink: MeasurementSink) -> None:
         self.config = config
@@ -150,7 +168,7 @@ class MqttConnector:
 
     async def _client_run(self, stop: asyncio.Event) -> None:
         loop = asyncio.get_running_loop()
-        queue: asyncio.Queue[Message] = asyncio.Queue(maxsize=QUEUED)
+        queue = MessageQueue(QUEUED, QUEUED_BYTES)
         ending = threading.Event()
         client = self._client(loop, queue, ending)
         client.connect_async(
@@ -169,7 +187,7 @@ class MqttConnector:
     def _client(
         self,
         loop: asyncio.AbstractEventLoop,
-        queue: asyncio.Queue[Message],
+        queue: MessageQueue,
         ending: threading.Event,
     ) -> Any:
         import paho.mqtt.client as paho
@@ -236,8 +254,8 @@ class MqttConnector:
             except UnicodeDecodeError:
                 topic = None
             message = Message(self.sessions, topic, bytes(msg.payload), msg.mid, msg.qos)
-            # the queue is bounded: while the store is behind, paho's thread waits here and
-            # reads no more from the broker (TCP holds the rest back)
+            # the queue is bounded (messages and bytes): while the store is behind, paho's
+            # thread waits here and reads no more from the broker (TCP holds the rest back)
             queued = asyncio.run_coroutine_threadsafe(queue.put(message), loop)
             while True:
                 try:
@@ -253,42 +271,49 @@ class MqttConnector:
         client.on_message = on_message
         return client
 
-    async def _pump(self, client: Any, queue: asyncio.Queue[Message], stop: asyncio.Event) -> None:
+    async def _pump(self, client: Any, queue: MessageQueue, stop: asyncio.Event) -> None:
         while not stop.is_set():
             try:
                 first = await asyncio.wait_for(queue.get(), 0.2)
             except TimeoutError:
                 continue
-            batch, items = [first], self._read(first)
-            while not queue.empty() and len(batch) < BATCH and len(items) < BATCH_READINGS:
-                batch.append(queue.get_nowait())
-                items.extend(self._read(batch[-1]))
-            await asyncio.to_thread(self.sink.put, items)
-            self._ack(client, batch)
+            items, more = self._read(first)
+            receipts = [first.receipt]
+            while not queue.empty() and len(receipts) < BATCH and len(items) < BATCH_READINGS:
+                message = queue.get_nowait()
+                read, n = self._read(message)
+                items.extend(read)
+                more += n
+                receipts.append(message.receipt)
+            await asyncio.to_thread(self.sink.put, items, more)
+            self._ack(client, receipts)
             self._ask_rebirth(client)
 
-    def _read(self, message: Message) -> list[Item]:
-        """The readings of one message; one that breaks the mapping is refused with the
-        exception as its reason (and acknowledged): raised, it would end the listener,
-        and the broker would deliver it again after every restart."""
+    def _read(self, message: Message) -> tuple[list[Item], int]:
+        """The readings of one message, and how many readings its refusal lines stand
+        for beyond one each. One that breaks the mapping is refused with the exception
+        as its reason (and acknowledged): raised, it would end the listener, and the
+        broker would deliver it again after every restart."""
         try:
             return self._items(message)
         except Exception as exc:
             source = _source(message.topic or "?")
-            return [(source, ("-", f"could not be read: {type(exc).__name__}: {exc}"))]
+            return [(source, ("-", f"could not be read: {type(exc).__name__}: {exc}"))], 0
 
-    def _items(self, message: Message) -> list[Item]:
-        """The readings of one message (a Sparkplug B payload may carry many, or none)."""
+    def _items(self, message: Message) -> tuple[list[Item], int]:
+        """The readings of one message (a Sparkplug B payload may carry many, or none),
+        and the readings its refusal lines stand for beyond one each."""
         if message.topic is None:
-            return [("mqtt:?", ("topic", "topic is not UTF-8"))]
+            return [("mqtt:?", ("topic", "topic is not UTF-8"))], 0
         source = _source(message.topic)
         if self.config.payload_format == "sparkplug_b":
-            rows = sparkplug_rows(self.config, self._births, message.topic, message.payload)
-            return [(source, row) for row in rows]
+            read = read_sparkplug(self.config, self._births, message.topic, message.payload)
+            lines = sum(isinstance(row, tuple) for row in read.rows)
+            return [(source, row) for row in read.rows], read.refused - lines
         mapping = mqtt_mapping(self.config, message.topic)
         if mapping is None:
-            return [(source, ("topic", "matches no configured topic filter"))]
-        return [(source, mqtt_row(self.config, mapping, message.topic, message.payload))]
+            return [(source, ("topic", "matches no configured topic filter"))], 0
+        return [(source, mqtt_row(self.config, mapping, message.topic, message.payload))], 0
 
     def _ask_rebirth(self, client: Any) -> None:
         """Sparkplug B: ask each edge node that used an unknown alias to be born again
@@ -327,7 +352,7 @@ class MqttConnector:
             )
         self._births.unknown.clear()
 
-    def _ack(self, client: Any, batch: list[Message]) -> None:
+    def _ack(self, client: Any, batch: list[Receipt]) -> None:
         """PUBACK every stored message that came on the current connection, in order."""
         with self._lock:
             for m in batch:

@@ -100,8 +100,11 @@ class MeasurementSink:
     _counters: dict[str, int] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
-    def put(self, items: Sequence[Item]) -> list[RowError]:
-        """Store ``items``; returns the problems of the refused ones (also logged)."""
+    def put(self, items: Sequence[Item], more_refused: int = 0) -> list[RowError]:
+        """Store ``items``; returns the problems of the refused ones (also logged).
+        ``more_refused``: readings refused beyond one per refusal line in ``items`` (a
+        Sparkplug B line may stand for thousands of metrics), counted once the items are
+        stored (a store that fails stores nothing of them, and the broker sends them again)."""
         groups: dict[str, list[tuple[int, Any]]] = {}
         with self._lock:
             for source, row in items:
@@ -112,6 +115,7 @@ class MeasurementSink:
                     problems.extend(
                         self._count(self._ingest(source, rows[start : start + LINE_BATCH]))
                     )
+            self.totals.rejected += more_refused
         if items:
             log.info("%s: %d readings: %s so far", self.name, len(items), self.totals)
         return problems

@@ -37,7 +37,9 @@ nodes of 1,000 devices each held a million empty BIRTHs, some 670 MB) or
 topic level is at most ``MAX_LEVEL`` characters of printable text without ``+`` or
 ``#`` (it is a key here, the topic of the rebirth we publish, and a log line). One
 payload's refusals are one line per reason (7,000 metrics of an alias no BIRTH named
-were 7,000 logged lines).
+were 7,000 logged lines), with the number of metrics it stands for in the line and in
+`SparkplugRead.refused`: the connector counts that many refused readings, not one
+(before, a message whose 7,000 metrics were refused counted as one).
 
 Why a death is checked: a death makes the connector forget a BIRTH, and the DATA after
 it is then refused (and acknowledged: lost) until the edge node is born again. So an
@@ -327,6 +329,23 @@ def rebirth_request(group: str, edge_node: str, now_ms: int) -> tuple[str, bytes
     return f"{NAMESPACE}/{group}/NCMD/{edge_node}", payload.SerializeToString()
 
 
+@dataclass(frozen=True)
+class SparkplugRead:
+    """One message's readings and refusals (one line per reason), and how many metrics
+    the refusals stand for in all: the count of refused readings the connector reports."""
+
+    rows: list[Row | BadLine]
+    refused: int
+
+
+def _refusal(line: BadLine) -> SparkplugRead:
+    return SparkplugRead([line], 1)
+
+
+def _nothing() -> SparkplugRead:
+    return SparkplugRead([], 0)
+
+
 def _mapping(config: MqttConfig, topic: str, name: str) -> MqttTopic | None:
     return next(
         (t for t in config.topics if t.metric == name and topic_matches(t.topic, topic)), None
@@ -337,48 +356,58 @@ def sparkplug_rows(
     config: MqttConfig, book: BirthBook, topic: str, payload: bytes
 ) -> list[Row | BadLine]:
     """The readings of one Sparkplug B message (none for a command, death or state)."""
+    return read_sparkplug(config, book, topic, payload).rows
+
+
+def read_sparkplug(
+    config: MqttConfig, book: BirthBook, topic: str, payload: bytes
+) -> SparkplugRead:
+    """The readings of one Sparkplug B message, with the number of metrics refused. A
+    message refused whole (not protobuf, too many metrics, its BIRTH refused) counts as
+    one: which of its metrics were readings is unknown."""
     from google.protobuf.message import DecodeError
 
     from qdspace.protocols.sparkplug.sparkplug_b_pb2 import Payload
 
     if topic.startswith(f"{NAMESPACE}/STATE/"):  # a host application's birth or death
-        return []
+        return _nothing()
     where = read_topic(topic)
     if isinstance(where, str):
-        return [("topic", where)]
+        return _refusal(("topic", where))
     if where.kind not in BIRTHS | DATA | DEATHS:
-        return []
+        return _nothing()
     if len(payload) > MAX_PAYLOAD_BYTES:
-        return [("-", f"payload of {len(payload)} bytes; at most {MAX_PAYLOAD_BYTES}")]
+        return _refusal(("-", f"payload of {len(payload)} bytes; at most {MAX_PAYLOAD_BYTES}"))
     decoded = Payload()
     try:
         decoded.ParseFromString(payload)
     except DecodeError as exc:
         if where.kind in DEATHS:  # a death all the same, if the book takes it as one
             ignored = book.death(where, None)
-            return [("-", ignored)] if ignored else []
-        return [("-", f"payload is not a Sparkplug B protobuf: {exc}")]
+            return _refusal(("-", ignored)) if ignored else _nothing()
+        return _refusal(("-", f"payload is not a Sparkplug B protobuf: {exc}"))
     metrics = list(decoded.metrics)
     if len(metrics) > MAX_METRICS:
-        return [("-", f"{len(metrics)} metrics in one payload; at most {MAX_METRICS}")]
+        return _refusal(("-", f"{len(metrics)} metrics in one payload; at most {MAX_METRICS}"))
     in_order = True
     if where.kind not in ("NDEATH", "NBIRTH"):  # an NDEATH is the broker's will: no seq
         in_order = book.sequence(where, decoded)
     if where.kind in DEATHS:
         if not in_order:
-            return [("-", "DDEATH out of seq order: ignored (a rebirth is asked)")]
+            return _refusal(("-", "DDEATH out of seq order: ignored (a rebirth is asked)"))
         ignored = book.death(where, metrics)
-        return [("-", ignored)] if ignored else []
+        return _refusal(("-", ignored)) if ignored else _nothing()
     problems: list[BadLine] = []
     if where.kind in BIRTHS:
         keep = {t.metric: t.metric for t in config.topics if t.metric is not None}
         aliases, types, problems = birth_tables(metrics, keep)
         refused = book.birth(where, aliases, types, _bdseq(metrics))
         if refused is not None:
-            return [("-", f"BIRTH refused: {refused}")]
+            return _refusal(("-", f"BIRTH refused: {refused}"))
         if where.kind == "NBIRTH":
             book.sequence(where, decoded)  # starts the node's seq
-    return [*problems, *_readings(config, book, where, topic, decoded, metrics)]
+    read = _readings(config, book, where, topic, decoded, metrics)
+    return SparkplugRead([*problems, *read.rows], len(problems) + read.refused)
 
 
 def _readings(
@@ -388,7 +417,7 @@ def _readings(
     topic: str,
     decoded: Any,
     metrics: list[Any],
-) -> list[Row | BadLine]:
+) -> SparkplugRead:
     """One row per mapped metric; the refusals one line per reason, with their count."""
     rows: list[Row | BadLine] = []
     refused: dict[BadLine, int] = {}
@@ -420,10 +449,11 @@ def _readings(
         refused[("metric", f"{_aliases(list(unknown))} {verb} named by no BIRTH seen")] = sum(
             unknown.values()
         )
-    return rows + [
+    rows.extend(
         (what, why if n == 1 else f"{why} ({n} metrics of this message)")
         for (what, why), n in refused.items()
-    ]
+    )
+    return SparkplugRead(rows, sum(refused.values()))
 
 
 def _row(

@@ -1,7 +1,8 @@
 """Sparkplug B against a real mosquitto, from a hostile client on the broker: a forged
 NDEATH does not make the connector forget an edge node, a topic level with a line or
-text-direction separator (mosquitto passes them) is refused and logged escaped, and
-payloads of thousands of readings are stored in bounded batches."""
+text-direction separator (mosquitto passes them) is refused and logged escaped,
+payloads of thousands of readings are stored in bounded batches, and thousands of
+refused metrics are one logged line but counted one by one."""
 
 from __future__ import annotations
 
@@ -184,10 +185,10 @@ async def test_thousands_of_readings_per_message_are_stored_in_bounded_batches(
     held, sizes = threading.Event(), []
     put = sink.put
 
-    def slow_put(items: Any) -> Any:
+    def slow_put(items: Any, more_refused: int = 0) -> Any:
         sizes.append(len(items))
         held.wait(60)
-        return put(items)
+        return put(items, more_refused)
 
     sink.put = slow_put  # type: ignore[method-assign]
     connector = connector_for(port, store, sink)
@@ -218,3 +219,32 @@ async def test_thousands_of_readings_per_message_are_stored_in_bounded_batches(
         rows(store) == [("PECVD-1", pytest.approx(150.0))] + [("PECVD-1", pytest.approx(100.0))] * 6
     )
     assert not sink.rejected
+
+
+async def test_refused_metrics_are_counted_one_by_one_and_logged_once(
+    port: int, store: QualityStore, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A hostile client publishes a DDATA of 7,000 metrics by an alias no BIRTH named:
+    one logged line says so with the count, and the connector's rejected count (its log
+    and the status the CLI prints, `sink.totals`) says 7,000. Before, 1: the sink
+    counted the line, not the metrics it stood for."""
+    caplog.set_level(logging.INFO, "qdspace.connector.linein")
+    connector = connector_for(port, store)
+    stop = asyncio.Event()
+    task = asyncio.create_task(connector.run(stop))
+    hostile = Publisher(port, "hostile")
+    try:
+        await until(lambda: connector.sessions == 1 and connector._connected)
+        await asyncio.sleep(0.2)  # the SUBACK
+        many = message(*[{"alias": 7, "int_value": 1}] * 7000, seq=0)
+        await asyncio.to_thread(hostile.send, DEVICE.format("DDATA", "PECVD-1"), many)
+        await asyncio.to_thread(hostile.send, DEVICE.format("DDATA", "MARK"), marker(1))
+        await until(lambda: ("MARK", pytest.approx(900.0)) in rows(store))
+    finally:
+        hostile.close()
+        stop.set()
+        await asyncio.wait_for(task, 10)
+    assert str(connector.sink.totals) == "1 stored, 0 duplicates, 7000 rejected"
+    (line,) = [r.message for r in caplog.records if "rejected mqtt:" in r.message]
+    assert line.endswith("alias 7 was named by no BIRTH seen (7000 metrics of this message)")
+    assert "7000 rejected so far" in caplog.text
