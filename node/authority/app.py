@@ -6,20 +6,23 @@ CSR with a proof of possession of the member's signing key, an entry signed by t
 key). The gates in front are the node API's own (`node.api.gate`): bodies are capped
 at `BODY_LIMIT` before they are read and JSON nesting before it is parsed; every
 error is an RFC 9457 problem by the fault table (`node.api.problems`), 4xx for the
-caller's mistakes, never a traceback.
+caller's mistakes, never a traceback. Enrollment and renewal are counted per client
+address (`node.authority.attempts`): an address over its budget of refusals gets a 429
+problem with Retry-After.
 """
 
 from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
 
 from qdspace.node.api.gate import BodyLimit, JsonDepthLimit
-from qdspace.node.api.problems import install_problem_handlers
-from qdspace.node.authority.service import AuthorityService
+from qdspace.node.api.problems import install_problem_handlers, problem_response
+from qdspace.node.authority.attempts import client_key
+from qdspace.node.authority.service import AuthorityService, TooManyAttempts
 from qdspace.node.identity.certs import cert_to_pem, identity_of
 
 #: the largest request body any route reads (a CSR or an entry and its certificate)
@@ -81,6 +84,19 @@ class Health(BaseModel):
     space: str
 
 
+def _client(request: Request) -> str:
+    """The address the caller's attempts are counted by (`attempts.client_key`)."""
+    return client_key(request.client.host if request.client else None)
+
+
+async def _too_many(request: Request, exc: Exception) -> JSONResponse:
+    """A 429 problem with the seconds until the address may try again."""
+    assert isinstance(exc, TooManyAttempts)
+    return problem_response(
+        429, str(exc), request.url.path, headers={"Retry-After": str(exc.retry_after_s)}
+    )
+
+
 def create_authority_app(service: AuthorityService) -> FastAPI:
     """The FastAPI app of ``qdspace authority serve`` over ``service``."""
     app = FastAPI(
@@ -90,6 +106,7 @@ def create_authority_app(service: AuthorityService) -> FastAPI:
         redoc_url=None,
     )
     install_problem_handlers(app)
+    app.add_exception_handler(TooManyAttempts, _too_many)
     app.add_middleware(JsonDepthLimit)
     app.add_middleware(BodyLimit, default=BODY_LIMIT)
     app.state.authority = service
@@ -109,15 +126,15 @@ def create_authority_app(service: AuthorityService) -> FastAPI:
         return Response(service.crl_pem(), media_type=PEM_MEDIA)
 
     @app.post("/v1/enrollment/preview")
-    def preview(body: PreviewRequest) -> Preview:
+    def preview(body: PreviewRequest, request: Request) -> Preview:
         """The name and role an enrollment code admits (the code is not spent)."""
-        name, role = service.preview(body.code)
+        name, role = service.preview(body.code, _client(request))
         return Preview(name=name, role=role, space=service.space)
 
     @app.post("/v1/enrollment")
-    def enroll(body: EnrollRequest) -> Enrolled:
+    def enroll(body: EnrollRequest, request: Request) -> Enrolled:
         """Certify a joining member's request (PKCS#10), admitted by its one-time code."""
-        cert = service.enroll(body.code, body.csr_pem)
+        cert = service.enroll(body.code, body.csr_pem, _client(request))
         return Enrolled(
             cert_pem=cert_to_pem(cert).decode(),
             ca_pem=service.ca_pem().decode(),
@@ -126,9 +143,11 @@ def create_authority_app(service: AuthorityService) -> FastAPI:
         )
 
     @app.post("/v1/renewal")
-    def renew(body: RenewRequest) -> Renewed:
-        """A new certificate for an active member's new TLS key (request signed by its key)."""
-        return Renewed(cert_pem=cert_to_pem(service.renew(body.csr_pem)).decode())
+    def renew(body: RenewRequest, request: Request) -> Renewed:
+        """A new certificate for a member's new TLS key while its certificate is valid
+        (request signed by its key)."""
+        cert = service.renew(body.csr_pem, _client(request))
+        return Renewed(cert_pem=cert_to_pem(cert).decode())
 
     @app.get("/v1/directory")
     def directory() -> JSONResponse:
@@ -136,8 +155,9 @@ def create_authority_app(service: AuthorityService) -> FastAPI:
         return JSONResponse(service.document().to_json())
 
     @app.post("/v1/directory/entries")
-    def publish(body: PublishRequest) -> Published:
+    def publish(body: PublishRequest, request: Request) -> Published:
         """A member publishes (or replaces) its own entry, signed with its key."""
-        return Published(serial=service.publish(body.entry, body.cert_pem).serial)
+        document = service.publish(body.entry, body.cert_pem, _client(request))
+        return Published(serial=document.serial)
 
     return app

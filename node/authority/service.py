@@ -20,6 +20,13 @@ service takes `PUBLISH_BURST` publishes of one member at once and then one every
 `PUBLISH_EVERY_S` (`util.token_bucket.TokenBuckets`, a bucket per member, in memory: a restart of
 the service starts them full); over it, `PublishedTooOften` (429) says when to try again,
 and the node's follower tries at its next refresh.
+
+Enrollment preview, enrollment and renewal are open to anyone who reaches the service:
+each client address has a budget of refused attempts (`node.authority.attempts`), and
+an address over it is answered `TooManyAttempts` (429 with Retry-After) before any work.
+Every refusal is logged for the operator, but through one budget of log lines for all
+callers (`attempts.LogBudget`), and a flood of 429s once per address and then summed up:
+a caller cannot flood the log, however many addresses it has.
 """
 
 from __future__ import annotations
@@ -28,6 +35,7 @@ import contextlib
 import datetime as dt
 import json
 import logging
+import math
 import threading
 import time
 from collections.abc import Iterator, Mapping
@@ -38,7 +46,8 @@ from typing import Any
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from qdspace.node.errors import IdentityError
+from qdspace.node.authority.attempts import UNKNOWN_CLIENT, Admission, AttemptRates, LogBudget
+from qdspace.node.errors import IdentityError, LimitExceeded
 from qdspace.node.identity.authority import Authority
 from qdspace.node.identity.certs import cert_to_pem, identity_of, load_key, verify_issued_by
 from qdspace.node.identity.directory import (
@@ -78,6 +87,15 @@ class PublishedTooOften(DirectoryError):
     """A member that published its entry more often than the service takes (module)."""
 
 
+class TooManyAttempts(LimitExceeded):
+    """An address over its budget of refused attempts (`node.authority.attempts`);
+    ``retry_after_s``: whole seconds until it has one again (at least 1)."""
+
+    def __init__(self, message: str, retry_after_s: int) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
 class NotAMember(DirectoryError):
     """A certificate the authority did not issue, or revoked, or that has expired."""
 
@@ -99,14 +117,12 @@ def _stamp(path: Path) -> tuple[int, int]:
     return (st.st_mtime_ns, st.st_size)
 
 
-@contextlib.contextmanager
-def _logged_refusal(what: str) -> Iterator[None]:
-    """Log a refused request (the caller gets the problem; the operator sees the attempt)."""
-    try:
-        yield
-    except (IdentityError, ValueError, PermissionError) as exc:
-        logger.warning("authority: refused %s: %s", what, exc)
-        raise
+#: what a refused request raises (the caller's mistake, answered 4xx; never a bug of ours)
+REFUSALS = (IdentityError, ValueError, PermissionError)
+
+
+def _held_back(lines: int) -> str:
+    return f" ({lines} refusal lines held back before this one)" if lines else ""
 
 
 def _in_good_standing(member: IssuedMember | None, now: dt.datetime) -> bool:
@@ -120,13 +136,21 @@ def _in_good_standing(member: IssuedMember | None, now: dt.datetime) -> bool:
 class AuthorityService:
     """The authority's state while ``authority serve`` runs (module docstring)."""
 
-    def __init__(self, authority: Authority, ca_key: ec.EllipticCurvePrivateKey) -> None:
+    def __init__(
+        self,
+        authority: Authority,
+        ca_key: ec.EllipticCurvePrivateKey,
+        attempts: AttemptRates | None = None,
+        log_lines: LogBudget | None = None,
+    ) -> None:
         self.authority = authority
         self._ca_key = ca_key
         self.lock = threading.RLock()
         self._register: _Register | None = None
         self._document = self._load_document()
         self._publishes = TokenBuckets(1 / PUBLISH_EVERY_S, PUBLISH_BURST)
+        self.attempts = attempts or AttemptRates()
+        self._log_lines = log_lines or LogBudget()
 
     @classmethod
     def open(cls, directory: Path) -> AuthorityService:
@@ -172,24 +196,83 @@ class AuthorityService:
         except ValueError as exc:
             raise IdentityError(f"revocation list {path} is corrupt: {exc}") from None
 
+    # -- refusals: counted per address, logged within a budget ------------------------------
+
+    def _log_refusal(self, what: str, client: str, exc: BaseException) -> None:
+        """Log a refused request (the caller gets the problem; the operator sees the
+        attempt), unless the log budget holds it back."""
+        held = self._log_lines.line(time.monotonic())
+        if held is not None:
+            note = _held_back(held)
+            logger.warning("authority: refused %s from %s: %s%s", what, client, exc, note)
+
+    @contextlib.contextmanager
+    def _logged_refusal(self, what: str, client: str) -> Iterator[None]:
+        try:
+            yield
+        except REFUSALS as exc:
+            self._log_refusal(what, client, exc)
+            raise
+
+    @contextlib.contextmanager
+    def _attempt(self, what: str, client: str) -> Iterator[None]:
+        """One attempt of ``client`` at enrollment or renewal: refused before any work
+        when the address is over its budget of refusals, and a refusal counted against it
+        (module docstring)."""
+        admission = self.attempts.admit(client, time.monotonic())
+        if not admission.admitted:
+            raise self._too_many(what, client, admission)
+        try:
+            yield
+        except REFUSALS as exc:
+            self._log_refusal(what, client, exc)
+            raise
+        except BaseException:
+            self.attempts.spare(client, time.monotonic())  # our failure, not a refusal
+            raise
+        self.attempts.spare(client, time.monotonic())
+
+    def _too_many(self, what: str, client: str, admission: Admission) -> TooManyAttempts:
+        """The 429 of an address over its budget, reported once and then summed up."""
+        rates = self.attempts
+        limits = f"{rates.burst} at once, then one every {rates.every_s:g} s"
+        retry = max(1, math.ceil(admission.wait_s))
+        if admission.report:
+            held = self._log_lines.line(time.monotonic())
+            if held is not None:
+                logger.warning(
+                    "authority: %s from %s over its refused attempts (%s): %d answered "
+                    "429 since the last line about it%s",
+                    what,
+                    client,
+                    limits,
+                    admission.refused,
+                    _held_back(held),
+                )
+        return TooManyAttempts(
+            f"too many refused attempts from {client} ({limits}): try again in {retry} s",
+            retry,
+        )
+
     # -- enrollment and renewal -------------------------------------------------------------
 
-    def preview(self, code: str) -> tuple[str, str]:
+    def preview(self, code: str, client: str = UNKNOWN_CLIENT) -> tuple[str, str]:
         """The (name, role) an enrollment code admits (the code stays unspent)."""
-        with _logged_refusal("an enrollment preview"):
+        with self._attempt("an enrollment preview", client):
             return self.authority.preview_enrollment(code)
 
-    def enroll(self, code: str, csr_pem: str) -> x509.Certificate:
+    def enroll(self, code: str, csr_pem: str, client: str = UNKNOWN_CLIENT) -> x509.Certificate:
         """The certificate for a joining member's request, admitted by (and spending) ``code``."""
-        with _logged_refusal("an enrollment"):
+        with self._attempt("an enrollment", client):
             cert = self.authority.sign_request(csr_pem.encode(), code=code)
         ident = identity_of(cert)
         logger.info("authority: enrolled %s (%s) as %s", ident.name, ident.member_id, ident.role)
         return cert
 
-    def renew(self, csr_pem: str) -> x509.Certificate:
-        """A new certificate for an active member's new TLS key (same signing key)."""
-        with _logged_refusal("a renewal"):
+    def renew(self, csr_pem: str, client: str = UNKNOWN_CLIENT) -> x509.Certificate:
+        """A new certificate for a member's new TLS key (same signing key), while its
+        certificate is valid (`Authority.renew`)."""
+        with self._attempt("a renewal", client):
             cert = self.authority.renew(csr_pem.encode())
         ident = identity_of(cert)
         logger.info(
@@ -291,15 +374,20 @@ class AuthorityService:
                 return self._save(kept)
             return self._document
 
-    def publish(self, entry_data: Any, cert_pem: str) -> DirectoryDocument:
+    def publish(
+        self, entry_data: Any, cert_pem: str, client: str = UNKNOWN_CLIENT
+    ) -> DirectoryDocument:
         """Take a member's signed entry (with its certificate) into the directory.
 
         Refused: an entry that does not parse, whose signature is not its member's, that
         does not describe the certificate it came with, whose certificate this authority
         did not issue or has revoked, that names a business partner number other than
         the one attested at enrollment, or that is not newer than the entry held for it.
+        Refusals are logged within the log budget but not counted against ``client``'s
+        budget of attempts: the nodes of one host share its address, and a follower's
+        stale or too frequent entry is no attack (members' publishes have their own rate).
         """
-        with _logged_refusal("a directory entry"):
+        with self._logged_refusal("a directory entry", client):
             return self._publish(entry_data, cert_pem)
 
     def _publish(self, entry_data: Any, cert_pem: str) -> DirectoryDocument:

@@ -13,8 +13,9 @@ both spend one code or lose each other's entry.
 
 The authority certifies what a member *asks for* (a `CertificateRequest`, csr.py) and never
 sees a member's private key: `sign_request` (a new member, admitted by an enrollment code
-or by the operator naming the member and role) and `renew` (a known member's new TLS key)
-build the certificate from the verified request alone.
+or by the operator naming the member and role) and `renew` (a known member's new TLS key,
+while its certificate is valid: an expired member enrolls again) build the certificate
+from the verified request alone.
 """
 
 from __future__ import annotations
@@ -221,7 +222,7 @@ class Authority:
             check_names_free(self.members(), None, name, ())
             codes = book.load_book(self.files.enrollments)
             codes[code.code_id] = entry
-            book.save_book(self.files.enrollments, codes)
+            book.save_book(self.files.enrollments, codes, now)
         return code
 
     def preview_enrollment(self, code: str) -> tuple[str, str]:
@@ -273,19 +274,14 @@ class Authority:
         return cert
 
     def renew(self, csr_pem: bytes, *, valid_days: int = MEMBER_VALID_DAYS) -> x509.Certificate:
-        """A new certificate for a known, active member's new TLS key (same signing key, so
-        the same member id), with the same name and role."""
+        """A new certificate for a known member's new TLS key (same signing key, so the
+        same member id), with the same name and role, while one of its certificates is
+        valid: not revoked and not expired (`_renewable`)."""
         request = read_request(csr_pem)
         with self.locked():
             mine = [m for m in self.members() if m.member_id == request.member_id]
             active = [m for m in mine if m.revoked_at is None]
-            if not active:
-                state = "is revoked" if mine else "is not in this authority's register"
-                raise RenewalRefused(
-                    f"member {request.member_id} {state}: renewal refused "
-                    "(a new member enrolls with a code)"
-                )
-            last = active[-1]
+            last = _renewable(request.member_id, mine, active)
             # a member id holds 48 bits of its key's hash: a key ground to the same id is
             # another party's, whatever id it yields
             if last.verify_key is not None and last.verify_key != request.verify_key.hex():
@@ -393,6 +389,35 @@ class Authority:
         ]
         crl = build_crl(self.cert, self._key, revocations, valid)
         write_atomic(self.files.crl, crl)
+
+
+def _renewable(
+    member_id: str, mine: list[IssuedMember], active: list[IssuedMember]
+) -> IssuedMember:
+    """The member's newest certificate still valid, which a renewal continues.
+
+    A renewal is authorised by the member's signing key alone (the register keeps its
+    verify key), and the key outlives the certificate: a member whose certificate had
+    expired (peers refuse it, the directory drops it), or whoever holds its signing key
+    from an old backup, renewed it back in for as long as the operator had not revoked
+    it. There was no grace window by design: expiry was simply not looked at. Past its
+    end a member joins again like any newcomer, with a code from the operator, who
+    decides whether it is still a member."""
+    if not active:
+        state = "is revoked" if mine else "is not in this authority's register"
+        raise RenewalRefused(
+            f"member {member_id} {state}: renewal refused (a new member enrolls with a code)"
+        )
+    now = dt.datetime.now(dt.UTC)
+    valid = [m for m in active if dt.datetime.fromisoformat(m.not_after) > now]
+    if not valid:
+        raise RenewalRefused(
+            f"the certificate of member {member_id} ({active[-1].name}) expired at "
+            f"{active[-1].not_after}: renewal refused; an expired member enrolls again with "
+            "a code from the operator (who first revokes the expired one: `authority "
+            "revoke`, then `authority enroll`)"
+        )
+    return valid[-1]
 
 
 def _granted(request: CertificateRequest, name: str, role: str, who: str) -> None:

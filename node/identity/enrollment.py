@@ -19,6 +19,14 @@ racing with one code get one certificate between them. While a code waits to be
 redeemed its name is held for it: no certificate may ask for it as a hostname
 (`pending_names`, `register.check_names_free`).
 
+The book is pruned each time it is written (`prune`): a code that expired unredeemed
+goes `KEEP_EXPIRED` after its expiry (the book grew by every code ever made). Nothing
+needs it: an unknown code is refused as a wrong one is, and a code's name is held only
+while it waits (`pending_names`). That keep time is for the operator, who may still
+read why a member's code did not work (a late member is told it expired, not unknown). A
+redeemed code's row stays: it is the record of which code admitted which member id
+(``used_by``), one row per member enrolled, as the register keeps one per certificate.
+
 This module holds the code and the book's entries; `Authority` (authority.py) redeems them.
 """
 
@@ -46,6 +54,8 @@ from qdspace.util.files import write_atomic
 CODE_PREFIX = "qdse1"
 DEFAULT_TTL = dt.timedelta(hours=24)
 MAX_TTL = dt.timedelta(days=30)
+#: how long a code that expired unredeemed stays in the book past its expiry (`prune`)
+KEEP_EXPIRED = dt.timedelta(days=30)
 _CODE = re.compile(
     r"^" + CODE_PREFIX + r"\.(?P<id>[0-9a-f]{16})\.(?P<secret>[A-Za-z0-9_-]{43})"
     r"\.(?P<fp>[0-9a-f]{64})$"
@@ -155,9 +165,22 @@ def load_book(path: Path) -> dict[str, Enrollment]:
         raise IdentityError(f"enrollment book {path} is corrupt: {exc}") from None
 
 
-def save_book(path: Path, book: dict[str, Enrollment]) -> None:
-    data = json.dumps([asdict(e) for e in book.values()], indent=2).encode() + b"\n"
+def save_book(path: Path, book: dict[str, Enrollment], now: dt.datetime | None = None) -> None:
+    """Write the book atomically (the lock held), pruned as of ``now`` (`prune`)."""
+    kept = prune(book, now or dt.datetime.now(dt.UTC))
+    data = json.dumps([asdict(e) for e in kept.values()], indent=2).encode() + b"\n"
     write_atomic(path, data)
+
+
+def prune(book: dict[str, Enrollment], now: dt.datetime) -> dict[str, Enrollment]:
+    """The book without the codes that expired unredeemed more than `KEEP_EXPIRED` before
+    ``now``; redeemed codes stay (module docstring)."""
+    cutoff = now - KEEP_EXPIRED
+    return {
+        code_id: e
+        for code_id, e in book.items()
+        if e.used_at is not None or dt.datetime.fromisoformat(e.expires_at) > cutoff
+    }
 
 
 def pending_names(

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import ssl
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -31,10 +31,13 @@ class Service:
 
 
 @contextmanager
-def authority_service(directory: Path, space: str) -> Iterator[Service]:
-    """A new authority of data space ``space`` in ``directory``, served until the end."""
+def authority_service(
+    directory: Path, space: str, host: str = "127.0.0.1", hostnames: Sequence[str] = ()
+) -> Iterator[Service]:
+    """A new authority of data space ``space`` in ``directory``, served until the end (on
+    ``host``, its TLS certificate for ``hostnames``: the service's default without)."""
     authority = Authority.init(directory, space)
-    process = AuthorityProcess(directory)
+    process = AuthorityProcess(directory, host=host, hostnames=hostnames)
     url = process.start()
     context = ssl.create_default_context(cadata=cert_to_pem(authority.cert).decode())
     http = httpx.Client(base_url=url, verify=context, timeout=30)

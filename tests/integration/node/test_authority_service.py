@@ -291,6 +291,21 @@ def test_renewal_keeps_the_member_and_refuses_the_revoked(service: Service, tmp_
     problem(service.post("/v1/renewal", {"csr_pem": request}), 403, "revoked")
 
 
+def test_an_expired_member_cannot_renew(service: Service) -> None:
+    """Its signing key outlives its certificate: it renewed itself back in, unrevoked."""
+    key = SigningKey.generate()
+    three_days_ago = dt.datetime.now(dt.UTC) - dt.timedelta(days=3)
+    service.authority.sign_request(
+        _request("lapsed", "supplier", key=key).encode(),
+        approve_name="lapsed",
+        approve_role="supplier",
+        valid_days=1,
+        not_before=three_days_ago,
+    )
+    answer = service.post("/v1/renewal", {"csr_pem": _request("lapsed", "supplier", key=key)})
+    problem(answer, 403, "expired at")
+
+
 def test_the_crl_is_reissued_past_half_its_validity(service: Service) -> None:
     Authority.load(service.authority.directory).issue_crl(dt.timedelta(seconds=2))
     time.sleep(1.1)

@@ -6,10 +6,13 @@
 - a renewal was authorised by the member id alone, 48 bits of the key's hash: a key
   ground to the same id got a certificate in another member's name;
 - each renewal's hostnames held names for good (the old rows stayed), and renewals were
-  not counted: a member reserved other companies' names and grew the register."""
+  not counted: a member reserved other companies' names and grew the register;
+- a renewal is authorised by the member's signing key, which outlives its certificate: a
+  member whose certificate had expired (never revoked) renewed itself back in."""
 
 from __future__ import annotations
 
+import datetime as dt
 import http.server
 import ssl
 import threading
@@ -145,3 +148,33 @@ def test_a_member_cannot_ask_for_a_host_name_another_member_holds(authority: Aut
     with pytest.raises(NameTaken, match=r"'victim\.example\.com' is a name of member victim"):
         _enroll(authority, "evil", SigningKey.generate(), ("victim.example.com",))
     assert _enroll(authority, "other", SigningKey.generate(), ("127.0.0.1", "other.example"))
+
+
+def test_an_expired_member_cannot_renew_and_enrolls_again(authority: Authority) -> None:
+    key = SigningKey.generate()
+    csr = build_request(
+        space=SPACE, name="lapsed", role="supplier", tls_key=new_tls_key(), signing_key=key
+    )
+    three_days_ago = dt.datetime.now(dt.UTC) - dt.timedelta(days=3)
+    authority.sign_request(
+        csr, approve_name="lapsed", approve_role="supplier", valid_days=1, not_before=three_days_ago
+    )
+    with pytest.raises(RenewalRefused, match=r"expired at .*enrolls again with a code"):
+        authority.renew(_renewal("lapsed", key))
+    assert len(authority.members()) == 1  # nothing issued
+    # the way back the refusal names: the operator revokes the expired member, a new code
+    authority.revoke("lapsed", "certificate expired")
+    _enroll(authority, "lapsed", key)
+    assert authority.renew(_renewal("lapsed", key))  # valid again: renews
+
+
+def test_a_member_renews_while_its_newest_certificate_is_valid(authority: Authority) -> None:
+    """An older certificate of the member that expired is no reason to refuse."""
+    key = SigningKey.generate()
+    csr = _renewal("keeper", key)
+    long_ago = dt.datetime.now(dt.UTC) - dt.timedelta(days=3)
+    authority.sign_request(
+        csr, approve_name="keeper", approve_role="supplier", valid_days=1, not_before=long_ago
+    )
+    authority.sign_request(_renewal("keeper", key), approve_name="keeper", approve_role="supplier")
+    assert authority.renew(_renewal("keeper", key))
