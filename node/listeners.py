@@ -27,6 +27,7 @@ from pathlib import Path
 
 from qdspace.node.config import NodeSettings
 from qdspace.node.errors import ConfigError, PortInUseError
+from qdspace.util.urls import host_port
 
 #: wildcard addresses are recorded for local clients as the loopback of their family
 LOOPBACK_OF = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}
@@ -44,7 +45,9 @@ def bind_socket(what: str, host: str, port: int) -> socket.socket:
         sock.bind((host, port))
     except OSError as exc:
         sock.close()
-        raise PortInUseError(f"cannot bind {what} port {host}:{port}: {exc.strerror}") from None
+        raise PortInUseError(
+            f"cannot bind {what} port {host_port(host, port)}: {exc.strerror}"
+        ) from None
     sock.listen(128)
     sock.set_inheritable(True)
     return sock

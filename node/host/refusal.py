@@ -18,6 +18,7 @@ import grpc
 from qdspace.node.errors import PortInUseError
 from qdspace.node.identity.member import MemberKeys
 from qdspace.node.rpc.server import server_credentials
+from qdspace.util.urls import host_port
 
 
 class _Refuse(grpc.GenericRpcHandler):  # type: ignore[misc]
@@ -39,7 +40,7 @@ class RefusingServer:
     def __init__(self, keys: MemberKeys, host: str, port: int, message: str) -> None:
         self._server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
         self._server.add_generic_rpc_handlers((_Refuse(message),))
-        address = f"{host}:{port}"
+        address = host_port(host, port)  # an IPv6 host in brackets: gRPC refuses ::1:7443
         try:
             bound = self._server.add_secure_port(address, server_credentials(keys))
         except RuntimeError as exc:

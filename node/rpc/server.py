@@ -20,6 +20,7 @@ from qdspace.node.rpc.auth import AuthInterceptor, PeerAuthenticator
 from qdspace.node.rpc.client import CHANNEL_OPTIONS
 from qdspace.node.rpc.limits import TRANSPORT_MAX_BYTES, CallCaps, CallLimiter
 from qdspace.node.rpc.observe import ObserveCalls
+from qdspace.util.urls import host_port
 
 #: What the server sends; a peer's download is chunked too, this is only the ceiling.
 SERVER_MAX_SEND_BYTES = 64 * 1024 * 1024
@@ -89,7 +90,7 @@ def build_server(
         register(server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    address = f"{host}:{port}"
+    address = host_port(host, port)  # an IPv6 host in brackets: gRPC refuses ::1:7443
     try:
         bound = server.add_secure_port(address, server_credentials(keys))
     except RuntimeError as exc:
