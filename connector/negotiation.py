@@ -26,11 +26,12 @@ grow its history, a row each, for as long as it liked.
 Every message carries a message id. Applying a message whose id was already
 applied returns the negotiation unchanged (a retry after a lost reply); the
 same id with different content raises `MessageReplayError`. A message from the
-wrong party raises `UnauthorizedSenderError`, one the state does not accept
-`IllegalTransitionError` (naming state and message), an offer or agreement
-that does not fit the negotiation `OfferMismatchError`, and a bad signature
-`AgreementSignatureError`. Signatures are checked here, with the parties'
-verify keys passed in, so no caller can forget to.
+wrong party raises `UnauthorizedSenderError`, checked first and naming no party (an
+outsider who learned a negotiation id learns neither who trades nor which message
+ids they used), one the state does not accept `IllegalTransitionError` (naming state
+and message), an offer or agreement that does not fit the negotiation
+`OfferMismatchError`, and a bad signature `AgreementSignatureError`. Signatures
+are checked here, with the parties' verify keys passed in, so no caller can forget to.
 """
 
 from __future__ import annotations
@@ -348,17 +349,19 @@ def open_negotiation(
 
 
 def _check_sender(negotiation: Negotiation, message: NegotiationMessage) -> None:
+    """Refuse a message its sender may not send. The refusal names roles, never the
+    parties: an outsider who learned a negotiation id must not learn who trades with whom."""
     allowed: tuple[str, ...]
     if isinstance(message, _CONSUMER_SENDS):
-        allowed = (negotiation.consumer_id,)
+        allowed, who = (negotiation.consumer_id,), "its consumer"
     elif isinstance(message, _PROVIDER_SENDS):
-        allowed = (negotiation.provider_id,)
+        allowed, who = (negotiation.provider_id,), "its provider"
     else:
-        allowed = (negotiation.consumer_id, negotiation.provider_id)
+        allowed, who = (negotiation.consumer_id, negotiation.provider_id), "one of its parties"
     if message.sender_id not in allowed:
         raise UnauthorizedSenderError(
             f"negotiation {negotiation.negotiation_id}: {_describe(message)} from "
-            f"{message.sender_id}, but only {' or '.join(allowed)} may send it"
+            f"{message.sender_id}, but only {who} may send it"
         )
 
 
@@ -459,6 +462,9 @@ def apply(negotiation: Negotiation, message: NegotiationMessage, keys: PartyKeys
             f"{_describe(message)} is for negotiation {message.negotiation_id}, "
             f"not {negotiation.negotiation_id}"
         )
+    # the sender before the replay: an outsider's message is refused the same way whether
+    # or not its id was used (MessageReplayError would tell it the ids the parties used)
+    _check_sender(negotiation, message)
     digest = fingerprint(message)
     for seen_id, seen_digest in negotiation.seen:
         if seen_id == message.message_id:
@@ -468,7 +474,6 @@ def apply(negotiation: Negotiation, message: NegotiationMessage, keys: PartyKeys
                 f"negotiation {negotiation.negotiation_id}: message id {seen_id} "
                 "was already used for a different message"
             )
-    _check_sender(negotiation, message)
     seen = (*negotiation.seen, (message.message_id, digest))
     state = negotiation.state
     if isinstance(message, Termination):

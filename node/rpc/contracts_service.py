@@ -19,7 +19,7 @@ from typing import Any
 import grpc
 
 from qdspace.connector.assets import AssetKind, catalog_entry
-from qdspace.connector.contract_errors import ContractDenied, ContractError
+from qdspace.connector.contract_errors import ContractError, UnknownContractError
 from qdspace.node.errors import QuotaError
 from qdspace.node.identity.certs import MemberIdentity
 from qdspace.node.metrics import NodeMetrics
@@ -35,6 +35,7 @@ from qdspace.node.rpc.contracts_serde import (
     negotiation_message_from_proto,
     negotiation_message_to_proto,
     negotiation_to_proto,
+    required,
 )
 from qdspace.node.rpc.contracts_transfer_serde import (
     pull_request_from_proto,
@@ -184,13 +185,21 @@ class NegotiationServicer(negotiation_pb2_grpc.NegotiationServicer):
     async def Get(
         self, request: negotiation_pb2.NegotiationQuery, context: grpc.aio.ServicerContext
     ) -> negotiation_pb2.NegotiationStatus:
+        """The caller's own negotiation. Another member's is answered exactly as one that
+        is not here (NOT_FOUND, the same words), as Trace, Pull and the DSP binding do:
+        a member who learns or guesses a negotiation id learns nothing from asking."""
         caller = _peer().member_id
 
         def get() -> negotiation_pb2.NegotiationStatus:
+            # checked as every other id a peer sends: it goes into the refusal and the log
+            negotiation_id = required(request.negotiation_id, "negotiation_id")
             # a read and the offer's parse (4 ms for a 58 KB policy): off the event loop
-            negotiation = self._rt.store.load_negotiation(request.negotiation_id)
-            if caller not in (negotiation.provider_id, negotiation.consumer_id):
-                raise ContractDenied(f"negotiation {request.negotiation_id} is not yours")
+            negotiation = self._rt.store.find_negotiation(negotiation_id)
+            if negotiation is None or caller not in (
+                negotiation.provider_id,
+                negotiation.consumer_id,
+            ):
+                raise UnknownContractError(f"no negotiation {negotiation_id} here")
             return negotiation_to_proto(negotiation)
 
         try:

@@ -204,16 +204,23 @@ class ContractBase:
     def asset_for(self, asset_id: str, role: str) -> Asset:
         asset = self.assets.get(asset_id)
         if asset is None or not asset.visible_to(role):
-            shown = asset_id[:128]  # a caller's id, cut: it goes into the log with the answer
-            raise UnknownContractError(f"{self.me.name} offers no asset {shown!r} to {role}s")
+            raise self._no_asset(asset_id, role)
         return asset
+
+    def _no_asset(self, asset_id: str, role: str) -> UnknownContractError:
+        shown = asset_id[:128]  # a caller's id, cut: it goes into the log with the answer
+        return UnknownContractError(f"{self.me.name} offers no asset {shown!r} to {role}s")
 
     def asset_for_peer(self, asset_id: str, peer: MemberIdentity) -> Asset:
         """`asset_for` the peer's role, if the dataset's access policy lets this peer see
-        it (`node.runtime.access`: 404 as if it did not exist, 403 for an unattested BPNL
-        or framework agreement)."""
+        it (`node.runtime.access`: 404 in the very words of a dataset that does not
+        exist, so the answer does not tell a hidden one from none; 403 for an unattested
+        BPNL or framework agreement)."""
         asset = self.asset_for(asset_id, peer.role)
-        self.access.check(asset_id, peer)
+        try:
+            self.access.check(asset_id, peer)
+        except UnknownContractError:
+            raise self._no_asset(asset_id, peer.role) from None
         return asset
 
     def frameworks_for(self, policy: Policy, member_id: str) -> frozenset[str] | None:

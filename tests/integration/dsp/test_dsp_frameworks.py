@@ -16,11 +16,14 @@ releases nothing more under the agreement it signed."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import subprocess
 import sys
 from collections.abc import Iterator
+from typing import Any
 
+import grpc
 import pytest
 
 from qdspace.node.authority.client import AuthorityClient, AuthorityRefused
@@ -31,6 +34,8 @@ from qdspace.node.identity.certs import cert_to_pem
 from qdspace.node.identity.directory import new_entry
 from qdspace.node.identity.member import load_member_keys
 from qdspace.node.localnet.network import LocalNetwork, MemberSpec
+from qdspace.node.rpc.client import open_channel
+from qdspace.protocols.v1 import catalog_pb2, catalog_pb2_grpc
 
 from .conftest import ingest_sample, negotiated_over_dsp, ok, wait_for
 from .joined import held_directory, joined_space
@@ -166,6 +171,42 @@ def test_another_framework_hides_the_dataset_and_a_members_own_claim_is_refused(
         client.publish(claimed, keys.cert_pem)
     assert refused.value.status == 400 and "unknown field 'frameworks'" in str(refused.value)
     assert _frameworks_at_cellex(network, "polycell") == ["Pcf:1.0"]
+
+
+def test_a_hidden_dataset_is_not_found_over_grpc_either(space: Space) -> None:
+    """Polycell (another framework only) asks Cellex's gRPC Catalog, with its own member
+    certificate, for what DSP hides from it: ``inspections`` is not listed and GetAsset
+    answers NOT_FOUND, while a dataset its policy does not hide is listed and served."""
+    network, authority, _ = space
+    authority.attest("polycell", add=["Pcf:1.0"])
+    wait_for(
+        "Cellex to hold Polycell's framework",
+        lambda: _frameworks_at_cellex(network, "polycell") == ["Pcf:1.0"] or None,
+    )
+    keys = load_member_keys(network["polycell"].directory)
+
+    async def refusal(catalog: Any, asset_id: str) -> tuple[grpc.StatusCode, str]:
+        try:
+            await catalog.GetAsset(catalog_pb2.AssetRequest(asset_id=asset_id))
+        except grpc.aio.AioRpcError as refused:
+            return refused.code(), refused.details() or ""
+        return grpc.StatusCode.OK, "served"
+
+    async def ask() -> tuple[set[str], tuple[grpc.StatusCode, str], tuple[grpc.StatusCode, str]]:
+        async with open_channel(keys, network["cellex"].grpc_address, "cellex") as channel:
+            catalog = catalog_pb2_grpc.CatalogStub(channel)
+            listed = await catalog.ListAssets(catalog_pb2.CatalogRequest(), timeout=10)
+            shown = await catalog.GetAsset(catalog_pb2.AssetRequest(asset_id="operator-log"))
+            assert shown.asset_id == "operator-log"
+            hidden = await refusal(catalog, "inspections")
+            unknown = await refusal(catalog, "no-such-set")
+            return {a.asset_id for a in listed.assets}, hidden, unknown
+
+    listed, hidden, unknown = asyncio.run(ask())
+    assert "operator-log" in listed and "inspections" not in listed, listed
+    assert hidden[0] is grpc.StatusCode.NOT_FOUND, hidden
+    # in the words of a dataset that is not there: the answer does not tell them apart
+    assert (hidden[0], hidden[1].replace("inspections", "no-such-set")) == unknown
 
 
 def _own(network: LocalNetwork) -> list[str] | None:

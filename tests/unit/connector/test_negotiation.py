@@ -164,9 +164,9 @@ def test_every_message_is_idempotent_and_ids_cannot_be_reused() -> None:
 
 def test_wrong_sender_wrong_state_and_wrong_process_are_refused() -> None:
     n = open_negotiation(request(), Role.PROVIDER)
-    with pytest.raises(UnauthorizedSenderError, match="only cellex"):
+    with pytest.raises(UnauthorizedSenderError, match="only its provider"):
         apply(n, ContractOffer("m2", "neg-1", "sunarc", offer(), at(1)), KEYS)
-    with pytest.raises(UnauthorizedSenderError):
+    with pytest.raises(UnauthorizedSenderError, match="only one of its parties"):
         apply(n, Termination("m2", "neg-1", "mallory", "x", at(1)), KEYS)
     with pytest.raises(IllegalTransitionError, match="REQUESTED: Accepted message m2"):
         apply(n, Accepted("m2", "neg-1", "sunarc", at(1)), KEYS)
@@ -175,6 +175,29 @@ def test_wrong_sender_wrong_state_and_wrong_process_are_refused() -> None:
     other_asset = replace(offer(), target="images")
     with pytest.raises(OfferMismatchError):
         apply(n, ContractOffer("m2", "neg-1", "cellex", other_asset, at(1)), KEYS)
+
+
+def test_an_outsider_learns_neither_the_parties_nor_the_message_ids_used() -> None:
+    """Mallory, no party, sends into sunarc's negotiation with cellex: under a fresh
+    message id and under the ids sunarc and cellex used, every kind of message. Each is
+    refused as a wrong sender (not a replay, which would confirm the id), in words that
+    name neither party."""
+    n = open_negotiation(request(), Role.PROVIDER)
+    n = apply(n, ContractOffer("m2", "neg-1", "cellex", offer("offer-2", days=30), at(1)), KEYS)
+    forged: list[NegotiationMessage] = []
+    for mid in ("m-new", "m1", "m2"):
+        forged += [
+            Termination(mid, "neg-1", "mallory", "x", at(2)),
+            Accepted(mid, "neg-1", "mallory", at(2)),
+            ContractOffer(mid, "neg-1", "mallory", offer(), at(2)),
+            replace(request(mid), sender_id="mallory"),
+        ]
+    for message in forged:
+        with pytest.raises(UnauthorizedSenderError) as refused:
+            apply(n, message, KEYS)
+        said = str(refused.value)
+        assert "sunarc" not in said and "cellex" not in said, said
+        assert f"message {message.message_id} from mallory, but only " in said, said
 
 
 def test_agreement_that_differs_from_the_terms_or_is_forged_is_refused() -> None:
