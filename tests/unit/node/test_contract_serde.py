@@ -378,7 +378,8 @@ bodies = st.one_of(
         OrderClosed,
         ids,
         instants,
-        st.lists(st.text(_printable, min_size=1, max_size=12), max_size=3).map(tuple),
+        # each agreement once: a closure naming one twice is refused where it arrives
+        st.lists(st.text(_printable, min_size=1, max_size=12), max_size=3, unique=True).map(tuple),
     ),
     st.builds(AgreementTermination, ids, notice_texts, instants),
     st.builds(
