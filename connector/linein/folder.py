@@ -1,8 +1,9 @@
 """Export-folder connector (watchdog): each MES export ingested once, then moved aside.
 
 An MES drops CSV or JSON Lines exports into a folder; a file is ours once it has
-*settled* (its size, modification time and inode unchanged for ``settle_s``; names an exporter
-gives a file while writing it, ``*.tmp``, ``*.part``, dot-files, are never read). Then:
+*settled* (its size, modification and change times and inode unchanged for ``settle_s``;
+names an exporter gives a file while writing it, ``*.tmp``, ``*.part``, dot-files, are
+never read). Then:
 
 1. its SHA-256 is looked up in the folder's ledger (``.qdspace-ledger.jsonl``): content
    stored whole before (the same export dropped twice, or a crash after the ingest but
@@ -16,7 +17,8 @@ gives a file while writing it, ``*.tmp``, ``*.part``, dot-files, are never read)
    first ``folder_read.KEEP_PROBLEMS``, the rest counted);
 4. the ledger line is appended and flushed to disk, and the file is moved with one
    ``rename`` into ``done/`` (every row stored) or ``failed/`` (a row refused, or the
-   file unreadable), its errors file with it.
+   file unreadable), its errors file with it; only while its name is still the file
+   read, unchanged since it settled (`folder_files.move`: else it is read again).
 
 A file that breaks the ingest in a way no rule foresaw (an exception, not a refused
 row) goes to ``failed/`` with that exception as its error: left in the folder it would
@@ -38,7 +40,11 @@ logged quoted when it holds a control character (`folder_files.shown`): names ar
 exporter's, and a newline in one would forge a log line. A folder of many files is
 rescanned at the same cost however long it keeps them (what each name is, is worked out
 once). ``done`` or ``failed`` set to the watched folder itself is refused at the start:
-a file moved there was found again and moved again, under a longer name each time.
+a file moved there was found again and moved again, under a longer name each time. Inside
+the watched folder (``done/``, the default) every part of their path is the exporter's to
+replace by a link, and none is followed (`Folder.within`); outside it, the path is the
+operator's own and is followed. "Inside" is judged against the watched folder's path as
+given and as resolved: ``done`` given through another path to the same folder is inside.
 """
 
 from __future__ import annotations
@@ -70,6 +76,7 @@ from qdspace.connector.linein.folder_files import (
     refusal,
     sha256_of,
     shown,
+    unchanged,
     write_errors,
 )
 from qdspace.connector.linein.folder_ledger import LEDGER, FolderBusy, Ledger
@@ -96,8 +103,14 @@ PARTIAL = ("*.tmp", "*.part", "*.partial", "*.crdownload", "*.swp", "*~", ".*", 
 RESCAN_S = 5.0
 POLL_S = 0.2
 
-#: what a file was when the scan looked: size, modification time, inode
-Look = tuple[int, int, int]
+#: what a file was when the scan looked: size, modification and change times, inode
+Look = tuple[int, int, int, int]
+
+
+def look_of(st: os.stat_result) -> Look:
+    """What settling watches of a file: whatever a write, a truncate, a ``utime`` or a
+    rename into place changes (the change time even when the others are set back)."""
+    return (st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
 
 
 def kind_of(config: FolderConfig, name: str) -> str | None:
@@ -180,8 +193,12 @@ class FolderConnector:
         if self._folders is None:
             watch = Folder.open(self.watch, follow=True)
             try:
-                done = Folder.open(self.done, create=True, follow=self._own(self.done))
-                failed = Folder.open(self.failed, create=True, follow=self._own(self.failed))
+                done = self._aside(watch, self.done)
+                try:
+                    failed = self._aside(watch, self.failed)
+                except BaseException:
+                    done.close()
+                    raise
             except BaseException:
                 watch.close()
                 raise
@@ -195,13 +212,24 @@ class FolderConnector:
                     )
         return self._folders
 
-    def _own(self, path: Path) -> bool:
-        """Whether ``path`` (done/ or failed/) is the operator's own, outside the watched
-        folder, and may be a symbolic link (an archive on another disk, say): one inside
-        it the exporter could replace by a link pointing anywhere."""
-        watch, where = Path(os.path.abspath(self.watch)), Path(os.path.abspath(path))
-        configured = path in (self.config.done, self.config.failed)
-        return configured and watch != where and watch not in where.parents
+    def _aside(self, watch: Folder, path: Path) -> Folder:
+        """done/ or failed/, made if missing: inside the watched folder opened part by
+        part from it, no part followed (the exporter could replace any by a link pointing
+        anywhere); outside it the operator's own path, which may be a symbolic link (an
+        archive on another disk, say)."""
+        parts = self._inside(path)
+        if parts is None:
+            return Folder.open(path, create=True, follow=True)
+        return watch.within(parts, path, create=True)
+
+    def _inside(self, path: Path) -> tuple[str, ...] | None:
+        """The parts of ``path`` below the watched folder (given, or resolved: the
+        operator may name one folder by two paths), or None: it is outside."""
+        where = Path(os.path.abspath(path))
+        for watch in {Path(os.path.abspath(self.watch)), Path(os.path.realpath(self.watch))}:
+            if watch == where or watch in where.parents:
+                return where.relative_to(watch).parts
+        return None
 
     def close(self) -> None:
         if self._folders is not None:
@@ -302,7 +330,7 @@ class FolderConnector:
             self._tell_once(name, why)
             self.settling.forget(name)
             return
-        look = (st.st_size, st.st_mtime_ns, st.st_ino)
+        look = look_of(st)
         if self._stuck.get(name) == look:
             return
         if self.settling.look(name, look, now):
@@ -329,7 +357,7 @@ class FolderConnector:
             return
         with handle:
             try:
-                self.take(handle, name, kind, ledger)
+                self.take(handle, name, kind, ledger, listed)
             except StorageError:
                 raise
             except Replaced as exc:
@@ -343,9 +371,10 @@ class FolderConnector:
     ) -> None:
         log.error("folder %s: %s %s; moved to failed", self.watch, shown(name), reason)
         try:
-            self._place(name, handle, False, secrets.token_hex(6), [RowError(name, 0, "-", reason)])
+            problem = [RowError(name, 0, "-", reason)]
+            self._place(name, handle, listed, False, secrets.token_hex(6), problem)
         except Exception as again:
-            self._stuck[name] = (listed.st_size, listed.st_mtime_ns, listed.st_ino)
+            self._stuck[name] = look_of(listed)
             log.error(
                 "folder %s: %s could not be moved to failed either (%s); left in place",
                 self.watch,
@@ -353,10 +382,11 @@ class FolderConnector:
                 again,
             )
 
-    def take(self, handle: IO[bytes], name: str, kind: str, ledger: Ledger) -> None:
+    def take(
+        self, handle: IO[bytes], name: str, kind: str, ledger: Ledger, listed: os.stat_result
+    ) -> None:
         """Ingest one settled file, open as ``handle`` (unless its content was ingested
-        before), then move it."""
-        before = os.fstat(handle.fileno())
+        before), then move it (while it is still as ``listed``)."""
         digest = sha256_of(handle)
         earlier = ledger.entries.get(digest)
         if earlier is not None and earlier.get("outcome") != "done":
@@ -369,7 +399,6 @@ class FolderConnector:
             )
             earlier = None
         if earlier is not None:
-            self.totals.duplicates += 1
             log.warning(
                 "folder %s: %s has the content of %s (ingested %s): not read again",
                 self.watch,
@@ -377,14 +406,11 @@ class FolderConnector:
                 shown(str(earlier.get("name"))),
                 earlier.get("at"),
             )
-            self._place(name, handle, True, digest)
+            self._place(name, handle, listed, True, digest)
+            self.totals.duplicates += 1
             return
         read = read_export(self.store, handle, name, Path(name).suffix, kind, self.config.charset)
-        after = os.fstat(handle.fileno())
-        if read.digest != digest or (after.st_size, after.st_mtime_ns) != (
-            before.st_size,
-            before.st_mtime_ns,
-        ):
+        if read.digest != digest or not unchanged(os.fstat(handle.fileno()), listed):
             log.warning(
                 "folder %s: %s changed while read; read again later", self.watch, shown(name)
             )
@@ -404,7 +430,7 @@ class FolderConnector:
         )
         self.totals.rows += read.stored + read.corrected
         self.totals.rejected_rows += read.refused
-        target = self._place(name, handle, ok, digest, read.problems, read.more)
+        target = self._place(name, handle, listed, ok, digest, read.problems, read.more)
         log.info(
             "folder %s: %s -> %s: %s", self.watch, shown(name), shown(str(target)), _summary(read)
         )
@@ -413,6 +439,7 @@ class FolderConnector:
         self,
         name: str,
         handle: IO[bytes] | None,
+        listed: os.stat_result,
         ok: bool,
         digest: str,
         problems: list[RowError] | None = None,
@@ -423,7 +450,13 @@ class FolderConnector:
         target = free_name(to, name, digest)
         if problems:
             write_errors(to, target + ERRORS_SUFFIX, problems, more)
-        move(folders.watch, name, handle, to, target)
+        try:
+            move(folders.watch, name, handle, to, target, listed)
+        except Replaced:  # the file stays, to be read again: its errors go
+            if problems:
+                with contextlib.suppress(OSError):
+                    to.unlink(target + ERRORS_SUFFIX)
+            raise
         if ok:
             self.totals.done += 1
         else:

@@ -17,14 +17,33 @@ or move an export it never read. Why each rule:
   and with it the watcher). A hard link is not read either where the kernel lets
   anyone link any file (``fs.protected_hardlinks`` off): its other name can be any file
   of that file system; with the setting on (the default) it is read (`hardlinks_protected`).
+* ``done``/``failed`` inside the watched folder (the default) are opened from the watched
+  folder one component at a time, none of them followed if it is a link
+  (`Folder.within`): a ``done`` configured as ``archive/done`` had only its last part
+  checked, and an ``archive`` the exporter made a link to any folder the node may write
+  received the exports (and the made folders) there. A path outside the watched folder
+  is the operator's own and is followed (an archive reached by a link).
 * Files we write (an errors file, a copy across file systems) are created ``O_EXCL |
   O_NOFOLLOW`` under a temporary name and renamed into place (`Folder.create`): a
   symbolic link planted under that name was written through, truncating its target.
-* A file is moved aside only while its name is still the file read (`move`): an exporter
-  that writes every export under one name (``latest.csv``, replaced by a rename) may put
-  the next one there while this one is read; that one is read once it settles, never
-  moved unread. (Between that check and the rename a few microseconds remain; POSIX
-  has no rename-if-unchanged.)
+  They are the owner's only (``util.files.PRIVATE``, as the node's other data files): an
+  errors file quotes the rows it refuses, and a copy holds them all.
+* A file is moved aside only while its name is still the file read, unchanged since it
+  was listed (`move`): an exporter that writes every export under one name
+  (``latest.csv``, replaced by a rename) may put the next one there while this one is
+  read, or rewrite it in place after the read, setting its size and time back (a copy
+  tool keeping times); the new content is read once it settles, never moved unread.
+  In place is seen by the inode's change time (``st_ctime``), which every write, truncate
+  and ``utime`` moves on and no unprivileged writer can set back; the file kept it
+  through settling (and it is checked again when the file is opened), so a change after
+  the read falls in a later clock tick (Linux 6.13 and later also time a change that
+  follows a ``stat`` finely). Rehashing the file before the move would cost a second
+  read and leave the same window. What remains: the few microseconds between that
+  check and the rename (POSIX has no rename-if-unchanged); a change in the same clock
+  tick (a few milliseconds) as the one before the file settled, possible only with a
+  ``settle_s`` shorter than that tick on an older kernel; a wall clock stepped back; a
+  writer through a shared ``mmap``, whose change time may lag; and a network file
+  system whose cached attributes lag behind another client's write.
 """
 
 from __future__ import annotations
@@ -37,12 +56,13 @@ import hashlib
 import io
 import os
 import stat
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import IO
 
 from qdspace.connector.errors import ConnectorError, IngestFileError
 from qdspace.connector.ingest import RowError
+from qdspace.util.files import PRIVATE
 
 ERRORS_SUFFIX = ".errors.csv"
 #: a file name's bytes at most (Linux NAME_MAX); a name moved aside is cut so that with
@@ -105,6 +125,25 @@ def same_file(a: os.stat_result, b: os.stat_result) -> bool:
     return (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
 
 
+def unchanged(a: os.stat_result, b: os.stat_result) -> bool:
+    """Whether ``a`` and ``b`` are the same file with the same content and status, as far
+    as the kernel tells: size, modification time and change time (see the module's notes)."""
+    look = ("st_size", "st_mtime_ns", "st_ctime_ns")
+    return same_file(a, b) and all(getattr(a, k) == getattr(b, k) for k in look)
+
+
+def folder_refusal(st: os.stat_result) -> str | None:
+    """Why the entry whose (not followed) status is ``st`` is not used as a folder."""
+    if stat.S_ISLNK(st.st_mode):
+        return (
+            "is a symbolic link; give the folder itself (whoever writes beside it could "
+            "point the link anywhere)"
+        )
+    if not stat.S_ISDIR(st.st_mode):
+        return "not a folder"
+    return None
+
+
 class Folder:
     """A folder held open: its names are looked up in it, wherever its path now leads."""
 
@@ -127,18 +166,24 @@ class Folder:
             st = os.stat(path, follow_symlinks=follow)
         except OSError as exc:
             raise ConnectorError(f"{path}: cannot open: {exc.strerror}") from None
-        if stat.S_ISLNK(st.st_mode):
-            raise ConnectorError(
-                f"{path}: is a symbolic link; give the folder itself (whoever writes beside "
-                "it could point the link anywhere)"
-            )
-        if not stat.S_ISDIR(st.st_mode):
-            raise ConnectorError(f"{path}: not a folder")
+        why = folder_refusal(st)
+        if why is not None:
+            raise ConnectorError(f"{path}: {why}")
         try:
             fd = os.open(path, _DIR & ~os.O_NOFOLLOW if follow else _DIR)
         except OSError as exc:  # replaced since the look just now
             raise ConnectorError(f"{path}: cannot open as a folder: {exc.strerror}") from None
         return cls(path, fd)
+
+    def within(self, parts: Sequence[str], path: Path, *, create: bool = False) -> Folder:
+        """The folder ``path``, ``parts`` below this one (made when ``create``), each part
+        looked up in the one above it held open and refused if it is a link: every part
+        is the exporter's to replace."""
+        fd, where = os.dup(self.fd), self.path
+        for part in parts:
+            where = where / part
+            fd = _step(fd, part, where, path, create)
+        return Folder(path, fd)
 
     def close(self) -> None:
         os.close(self.fd)
@@ -175,6 +220,8 @@ class Folder:
             why = refusal(st)
             if why is None and not same_file(st, listed):
                 why = "was replaced since it was listed: read once the new file settles"
+            elif why is None and not unchanged(st, listed):
+                why = "was changed since it was listed: read once it settles"
             if why is not None:
                 raise NotAnExport(f"{shown(name)}: {why}")
             return os.fdopen(fd, "rb")
@@ -183,13 +230,13 @@ class Folder:
             raise
 
     def create(self, name: str) -> IO[bytes]:
-        """A new file ``name``, for writing; whatever had the name (a file left by a
-        crash, a planted link) is removed first, never written through."""
+        """A new file ``name``, for writing, the owner's only; whatever had the name (a
+        file left by a crash, a planted link) is removed first, never written through."""
         try:
-            fd = os.open(name, _NEW, 0o666, dir_fd=self.fd)
+            fd = os.open(name, _NEW, PRIVATE, dir_fd=self.fd)
         except FileExistsError:
             os.unlink(name, dir_fd=self.fd)  # a link itself, never its target
-            fd = os.open(name, _NEW, 0o666, dir_fd=self.fd)
+            fd = os.open(name, _NEW, PRIVATE, dir_fd=self.fd)
         return os.fdopen(fd, "wb")
 
     def rename(self, name: str, to: Folder, new: str) -> None:
@@ -197,6 +244,24 @@ class Folder:
 
     def unlink(self, name: str) -> None:
         os.unlink(name, dir_fd=self.fd)
+
+
+def _step(fd: int, part: str, where: Path, path: Path, create: bool) -> int:
+    """The folder ``part`` in the folder open as ``fd``, not followed; ``fd`` is closed
+    whatever comes of it."""
+    said = f"{path}:" if where == path else f"{path}: {where}"
+    try:
+        if create:
+            with contextlib.suppress(FileExistsError):  # a link there too: refused below
+                os.mkdir(part, dir_fd=fd)
+        why = folder_refusal(os.stat(part, dir_fd=fd, follow_symlinks=False))
+        if why is not None:
+            raise ConnectorError(f"{said} {why}")
+        return os.open(part, _DIR, dir_fd=fd)
+    except OSError as exc:  # missing, or replaced since the look just now
+        raise ConnectorError(f"{said} cannot open as a folder: {exc.strerror}") from None
+    finally:
+        os.close(fd)
 
 
 def sha256_of(handle: IO[bytes]) -> str:
@@ -252,12 +317,20 @@ def free_name(folder: Folder, name: str, digest: str) -> str:
     raise ConnectorError(f"{folder.path}: no free name for {shown(name)}")
 
 
-def move(src: Folder, name: str, handle: IO[bytes] | None, to: Folder, target: str) -> None:
+def move(
+    src: Folder,
+    name: str,
+    handle: IO[bytes] | None,
+    to: Folder,
+    target: str,
+    listed: os.stat_result | None,
+) -> None:
     """Move ``src/name`` to ``to/target`` by one rename; across file systems a copy
     from ``handle`` renamed into place, then ``name`` removed. With ``handle`` (the file
-    read) only while ``name`` is still that file (else `Replaced`)."""
+    read) only while ``name`` is still that file, unchanged since it was ``listed``
+    (else `Replaced`)."""
     if handle is not None:
-        _still(src, name, handle)
+        _still(src, name, handle, listed)
     try:
         src.rename(name, to, target)
         return
@@ -272,14 +345,17 @@ def move(src: Folder, name: str, handle: IO[bytes] | None, to: Folder, target: s
         dst.flush()
         os.fsync(dst.fileno())
     to.rename(tmp, to, target)
-    _still(src, name, handle)
+    _still(src, name, handle, listed)
     src.unlink(name)
 
 
-def _still(src: Folder, name: str, handle: IO[bytes]) -> None:
+def _still(src: Folder, name: str, handle: IO[bytes], listed: os.stat_result | None) -> None:
     try:
         now = src.lstat(name)
     except FileNotFoundError:
         now = None
-    if now is None or not same_file(now, os.fstat(handle.fileno())):
+    held = os.fstat(handle.fileno())
+    if now is None or not same_file(now, held):
         raise Replaced(f"{shown(name)} was replaced while it was read")
+    if listed is not None and not unchanged(held, listed):
+        raise Replaced(f"{shown(name)} was changed in place since it was read")

@@ -18,6 +18,7 @@ import threading
 import tracemalloc
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -410,7 +411,8 @@ def test_a_file_gone_between_the_listing_and_its_look_does_not_end_the_scan(rig:
 
 
 def test_a_ledger_that_is_garbage_costs_its_lines_not_the_start(rig: Rig) -> None:
-    good = b'{"sha256": "ab", "name": "a.csv", "outcome": "done"}\n'
+    at = datetime.now(UTC).isoformat(timespec="seconds")
+    good = f'{{"sha256": "ab", "name": "a.csv", "at": "{at}", "outcome": "done"}}\n'.encode()
     (rig.watch / LEDGER).write_bytes(
         good
         + b"\xff\xfe not utf-8\n"
