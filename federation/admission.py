@@ -37,10 +37,22 @@ def refuse_stranger(members: Collection[str], job_id: str, member: str) -> None:
 
 
 def refuse_impersonation(member: str, claimed: str) -> None:
+    """Refuse a message ``member`` sent in another's name. The name claimed is the
+    sender's text, answered and logged: shown cut and quoted when it is not a short
+    printable name (a member claimed a 900 KB one, line breaks and all)."""
     if member != claimed:
         raise UpdateRefused(
-            RefusalReason.NOT_A_MEMBER, f"{member} sent a message in the name of {claimed}"
+            RefusalReason.NOT_A_MEMBER,
+            f"{member} sent a message in the name of {shown_name(claimed)}",
         )
+
+
+def shown_name(name: str) -> str:
+    """A member name a peer sent, as a refusal shows it: as it is when it is a short
+    printable name, else its first 64 characters quoted (escapes visible)."""
+    if len(name) <= 64 and name.isprintable():
+        return name
+    return f"{name[:64]!r}" + (f" (+{len(name) - 64} characters)" if len(name) > 64 else "")
 
 
 def refuse_out_of_turn(

@@ -40,7 +40,13 @@ from qdspace.federation.job_files import (
 )
 from qdspace.federation.member_pins import MemberPins
 from qdspace.federation.params import check_update, encoded_size, flatten, params_from_bytes
-from qdspace.federation.round_status import Phase, RoundRecord, RoundStatus, StatusView
+from qdspace.federation.round_status import (
+    STATUS_HISTORY,
+    Phase,
+    RoundRecord,
+    RoundStatus,
+    StatusView,
+)
 from qdspace.federation.rounds import Coordinator
 from qdspace.federation.secagg_masks import PROTOCOL
 from qdspace.federation.secagg_messages import (
@@ -169,7 +175,9 @@ class JobHost:
         return self.coordinator.status()
 
     def view(self, now: float) -> StatusView:
-        """``status`` with the job's history, for the wire."""
+        """``status`` with the last ``STATUS_HISTORY`` rounds of the job's history, for the
+        wire (every member's every poll gets one: not the whole history, which grows
+        with the job); ``history`` keeps them all."""
         status = self.status(now)
         job = self.job
         return StatusView(
@@ -181,7 +189,7 @@ class JobHost:
             version=status.version,
             detail=status.detail,
             rounds=job.rounds,
-            history=tuple(self.coordinator.history),
+            history=tuple(self.coordinator.history[-STATUS_HISTORY:]),
             job_digest=job.digest(),
             delta=None if job.dp is None else job.dp.delta,
             agreement_asset=job.agreement_asset,

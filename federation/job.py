@@ -33,6 +33,12 @@ MAX_VECTOR_LEN = 1 << 26
 DEFAULT_PHASE_TIMEOUT_S = 120.0
 #: Longest phase deadline terms may set (a day): terms come from a peer.
 MAX_PHASE_TIMEOUT_S = 86_400.0
+#: Most rounds a job may have. Terms come from a peer and a round costs each member a
+#: training run and an upload: without a ceiling a coordinator could keep members (and
+#: the history every status used to carry) going for as long as ``uint32`` allows. The
+#: longest job the project runs has 50 rounds; a member's own ceiling is usually lower
+#: (``member_floor.MemberFloor.max_rounds``).
+MAX_ROUNDS = 10_000
 #: Largest example count an update may claim (the weight of plain FedAvg), whatever the
 #: terms; ``JobSpec.max_examples_per_member`` may set a lower one.
 MAX_EXAMPLES = 10**12
@@ -99,6 +105,11 @@ class JobSpec:
             )
         if self.rounds < 1:
             out.append(f"rounds must be >= 1, got {self.rounds}")
+        elif self.rounds > MAX_ROUNDS:
+            count = f"{self.rounds:,}" if self.rounds < 10**18 else "over 10**18"
+            out.append(
+                f"rounds must be in 1..{MAX_ROUNDS:,} (the most a job may have), got {count}"
+            )
         if len(set(self.members)) != len(self.members):
             out.append("members are listed more than once")
         if not 1 <= self.min_members <= len(self.members):

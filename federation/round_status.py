@@ -7,7 +7,16 @@ job's files (``host``). This is that shared vocabulary, kept apart so a reader o
 status finds its rules here and every importer stays clear of the machinery.
 
 A ``StatusView`` arrives from a peer (a member polls its coordinator), so its numbers
-are checked on construction; ``poll_wait`` bounds the long poll a peer may ask for.
+are checked on construction, and so is its phase: a phase this node does not know is
+the coordinator's protocol error (``Phase._missing_``), refused like an out-of-range
+number rather than surfacing as a bare ``ValueError`` wherever it was parsed.
+``poll_wait`` bounds the long poll a peer may ask for.
+
+A status is sent on every poll of every member, so it carries only the last
+``STATUS_HISTORY`` rounds of the history: the whole history grew with the job (up to
+``job.MAX_ROUNDS`` records, each naming its members) and was sent again on each poll.
+How many rounds were aggregated in all is the status's ``version`` (each aggregated
+round makes one version); the coordinator's checkpoint keeps the whole history.
 """
 
 from __future__ import annotations
@@ -18,11 +27,14 @@ from enum import StrEnum
 from typing import Any
 
 from qdspace.federation.errors import RefusalReason, UpdateRefused
+from qdspace.federation.job import MAX_ROUNDS
 
 #: Longest long poll a member may ask for (longer asks are cut to this).
 MAX_WAIT_S = 30.0
 #: Largest phase deadline a coordinator's status may announce (a day).
 MAX_DEADLINE_S = 86_400.0
+#: Rounds of the history a status carries (the most recent ones).
+STATUS_HISTORY = 100
 
 
 class Phase(StrEnum):
@@ -34,6 +46,16 @@ class Phase(StrEnum):
     UNMASK = "unmask"
     DONE = "done"
     FAILED = "failed"
+
+    @classmethod
+    def _missing_(cls, value: object) -> Phase:
+        """A phase no round has (from a coordinator's status, say): the sender's protocol
+        error, named with the field and the value, like an out-of-range number."""
+        known = ", ".join(p.value for p in cls)
+        raise UpdateRefused(
+            RefusalReason.OUT_OF_RANGE,
+            f"status field phase has the unknown value {str(value)[:40]!r} (known: {known})",
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,6 +131,10 @@ class StatusView:
             bad.append(f"deadline_in_s {self.deadline_in_s}")
         if self.delta is not None and not (math.isfinite(self.delta) and 0.0 < self.delta < 1.0):
             bad.append(f"delta {self.delta}")
+        if not 0 <= self.rounds <= MAX_ROUNDS:
+            bad.append(f"rounds {self.rounds} (at most {MAX_ROUNDS:,})")
+        if len(self.history) > self.rounds:  # a round is aggregated at most once
+            bad.append(f"{len(self.history)} history records for a job of {self.rounds} rounds")
         for record in self.history:
             eps = record.epsilon
             if eps is not None and not (math.isfinite(eps) and eps >= 0.0):

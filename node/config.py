@@ -37,6 +37,7 @@ from qdspace.util.urls import plain_https
 if TYPE_CHECKING:
     from qdspace.connector.offer_choices import OfferChoice
     from qdspace.connector.storage import QualityStore
+    from qdspace.federation.member_floor import MemberFloor
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_GRPC_PORT = 7443
@@ -60,6 +61,10 @@ DEFAULT_TRACES_PER_HOUR = 120
 DEFAULT_MIN_FREE_DISK_MIB = 1024
 #: how often it re-fetches the revocation list (a revoked member is refused within this)
 DEFAULT_CRL_REFRESH_S = 60.0
+#: the most rounds of a federated job this node joins as a member, and the delta it
+#: counts a job's epsilon at (`federation.member_floor`'s defaults, tested equal)
+DEFAULT_FL_MAX_ROUNDS = 1_000
+DEFAULT_FL_EPSILON_DELTA = 1e-5
 
 
 def check_authority_url(url: str) -> str:
@@ -118,6 +123,38 @@ class OfferSetting(BaseModel):
             self.retention_days,
             self.receipt,
             self.framework,
+        )
+
+
+class FederationFloorSetting(BaseModel):
+    """What this node accepts of a federated job's terms before it joins as a member
+    (`federation.member_floor`): the coordinator writes the terms, this node decides.
+
+    ``min_noise_multiplier`` or ``max_epsilon`` ask for differential privacy (a job
+    without DP is then refused); the defaults ask for none and join jobs of at most
+    ``DEFAULT_FL_MAX_ROUNDS`` rounds, with or without secure aggregation.
+    """
+
+    model_config = ConfigDict(extra="forbid")  # a misspelt floor must not be no floor
+
+    # noise on what the coordinator sees of this node's update, times the clip
+    min_noise_multiplier: float | None = Field(default=None, gt=0, allow_inf_nan=False)
+    # epsilon this node's updates may spend over all of a job's rounds
+    max_epsilon: float | None = Field(default=None, gt=0, allow_inf_nan=False)
+    # the delta that epsilon is counted at (not the job's: a coordinator picks that)
+    epsilon_delta: float = Field(default=DEFAULT_FL_EPSILON_DELTA, gt=0, lt=1)
+    require_secure_aggregation: bool = False
+    max_rounds: int = Field(default=DEFAULT_FL_MAX_ROUNDS, ge=1)
+
+    def floor(self) -> MemberFloor:
+        from qdspace.federation.member_floor import MemberFloor
+
+        return MemberFloor(
+            self.min_noise_multiplier,
+            self.max_epsilon,
+            self.epsilon_delta,
+            self.require_secure_aggregation,
+            self.max_rounds,
         )
 
 
@@ -212,6 +249,9 @@ class NodeSettings(BaseSettings):
     # the node's own data dictionary file (JSON or YAML; relative: to the directory): its
     # elements replace the package's with the same id and add new ones (issue 20)
     dictionary_file: Path | None = None
+    # the least a federated job's terms must give this node for it to join as a member:
+    # DP noise or epsilon, secure aggregation, rounds (`FederationFloorSetting`)
+    federation_floor: FederationFloorSetting = Field(default_factory=FederationFloorSetting)
 
     @field_validator("dsp_access")
     @classmethod

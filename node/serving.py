@@ -230,6 +230,7 @@ class MemberServer:
             ctx.settings.directory,
             ctx.keys.identity.name,
             coordinator_vouch(ctx),
+            floor=ctx.settings.federation_floor.floor(),
         )
         ctx.federation = self._federation
 

@@ -63,8 +63,7 @@ def status_table(views: list[Status]) -> Table:
 def _progress_line(view: Status) -> str:
     if view["finished"]:
         return (
-            f"{view['job_id']}: {view['phase']} after {len(view['history'])} rounds "
-            f"({view['detail']})"
+            f"{view['job_id']}: {view['phase']} after {view['version']} rounds ({view['detail']})"
         )
     return (
         f"{view['job_id']}: round {view['round']}/{view['rounds']} attempt {view['attempt']} "

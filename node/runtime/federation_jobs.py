@@ -44,6 +44,7 @@ from typing import Any, TypeVar
 
 from nacl.signing import SigningKey, VerifyKey
 
+from qdspace.federation.admission import refuse_impersonation
 from qdspace.federation.chunks import prefer_heap_for_large_buffers
 from qdspace.federation.errors import FederationError, RefusalReason, RosterRefused, UpdateRefused
 from qdspace.federation.host import JobExists, JobHost, UnknownJob, load_jobs
@@ -401,11 +402,7 @@ class FederationJobs:
 
     def _advert_key(self, slot: JobSlot, caller: MemberIdentity, advert: KeyAdvert) -> VerifyKey:
         """The caller's signing key, once its advert is seen to carry the caller's certificate."""
-        if advert.member != caller.name:
-            raise UpdateRefused(
-                RefusalReason.NOT_A_MEMBER,
-                f"{caller.name} sent a message in the name of {advert.member}",
-            )
+        refuse_impersonation(caller.name, advert.member)
         if self._ca is None:
             raise RosterRefused(f"{self._me.name} has no authority certificate to check adverts")
         identity = CertificateKeys(self._ca, slot.host.job.members).identity(advert)

@@ -14,9 +14,11 @@ wires in the gRPC one, ``node.rpc.federation_link``); nothing here knows gRPC or
 It also starts jobs and reads their status on a coordinator for the operator.
 
 Everything a caller sends is checked before a session starts: the job must exist and
-name this node, the data must load with the job's shapes, a node that cannot deploy
-refuses ``deploy`` at once. Only then does the session run, as a task of the node's
-event loop; whatever ends it later is kept on the session as its error.
+name this node, its terms must meet this node's own floor (``federation.member_floor``:
+the noise, secure aggregation and rounds its settings ask of any job), the data must
+load with the job's shapes, a node that cannot deploy refuses ``deploy`` at once. Only
+then does the session run, as a task of the node's event loop; whatever ends it later
+is kept on the session as its error.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ from qdspace.federation.el_cnn import MODEL as EL_CNN
 from qdspace.federation.job import JobSpec
 from qdspace.federation.logreg import Dataset
 from qdspace.federation.member import Trainer
+from qdspace.federation.member_floor import MemberFloor, floor_problems
 from qdspace.federation.models import ModelKind, job_problems, model_kind
 from qdspace.federation.params import Params, size_of
 from qdspace.federation.round_status import Phase, StatusView
@@ -235,11 +238,18 @@ class FederationMember:
     """Starts, follows and reports this node's member sessions; starts and reads jobs."""
 
     def __init__(
-        self, connect: Connect, directory: Path, name: str, vouch: Vouch | None = None
+        self,
+        connect: Connect,
+        directory: Path,
+        name: str,
+        vouch: Vouch | None = None,
+        floor: MemberFloor | None = None,
     ) -> None:
         self._connect = connect
         self.directory = directory
         self.name = name
+        #: what this node accepts of any job's terms (its settings' ``federation_floor``)
+        self.floor = MemberFloor() if floor is None else floor
         #: who the coordinator of a job under contract must be (None: not checked)
         self._vouch = vouch
         self._sessions: dict[str, MemberSession] = {}
@@ -329,6 +339,12 @@ class FederationMember:
             spec = await link.job()
             if self.name not in spec.members:
                 raise NotAJobMember(f"{self.name} is not a member of job {spec.job_id}")
+            below = floor_problems(spec, self.floor)
+            if below:
+                raise FederationRequestError(
+                    f"{self.name} refuses job {spec.job_id}: its terms are below this node's "
+                    "federation_floor (node.json): " + "; ".join(below)
+                )
             held_to = None
             if self._vouch is not None and request.coordinator != self.name:
                 # model updates say much about the data they came from: they go to the

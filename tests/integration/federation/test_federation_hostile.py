@@ -227,6 +227,15 @@ async def test_members_cannot_speak_for_another_member(network: LocalNetwork) ->
         error = await refused(network, "cellex", call)
         assert error.code() is grpc.StatusCode.PERMISSION_DENIED, method
         assert "cellex sent a message in the name of" in error.details(), (method, error)
+    # a name of the sender's making is answered (and logged) cut and quoted: a member's
+    # 900 KB name with line breaks was echoed whole
+    forged_name = "polycell\n2026-12-07 11:00:00,000 WARNING forged" + "x" * 900_000
+    error = await refused(
+        network, "cellex", lambda stub: stub.Unmask(pb.UnmaskResponse(ref=ref, member=forged_name))
+    )
+    assert error.code() is grpc.StatusCode.PERMISSION_DENIED
+    assert "in the name of 'polycell\\n2026" in error.details(), error.details()[:200]
+    assert len(error.details()) < 300
 
 
 async def test_a_second_upload_stream_of_a_member_is_refused_while_one_is_in_flight(
