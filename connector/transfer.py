@@ -264,6 +264,13 @@ def apply(process: TransferProcess, message: TransferMessage) -> TransferProcess
         raise UnknownProcessError(
             f"{_describe(message)} is for transfer {message.transfer_id}, not {process.transfer_id}"
         )
+    # the sender before the replay: an outsider is refused alike whether or not the
+    # message id it sent was used (MessageReplayError would tell it the parties' ids)
+    if message.sender_id not in (process.provider_id, process.consumer_id):
+        raise UnauthorizedSenderError(
+            f"transfer {process.transfer_id}: {_describe(message)} from {message.sender_id}, "
+            "who is not a party to it"
+        )
     digest = fingerprint(message)
     for seen_id, seen_digest in process.seen:
         if seen_id == message.message_id:
@@ -273,11 +280,6 @@ def apply(process: TransferProcess, message: TransferMessage) -> TransferProcess
                 f"transfer {process.transfer_id}: message id {seen_id} was already used "
                 "for a different message"
             )
-    if message.sender_id not in (process.provider_id, process.consumer_id):
-        raise UnauthorizedSenderError(
-            f"transfer {process.transfer_id}: {_describe(message)} from {message.sender_id}, "
-            "who is not a party to it"
-        )
     if isinstance(message, TransferRequest) or process.state not in _ALLOWED[type(message)]:
         raise IllegalTransitionError(
             f"transfer {process.transfer_id}", process.state.value, _describe(message)

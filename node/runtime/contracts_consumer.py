@@ -27,7 +27,7 @@ from typing import Any
 from nacl.signing import VerifyKey
 
 from qdspace.connector.agreement import countersign
-from qdspace.connector.contract_errors import ContractDenied
+from qdspace.connector.contract_errors import UnknownContractError
 from qdspace.connector.contract_store import OutboxMessage
 from qdspace.connector.negotiation import (
     Accepted,
@@ -89,7 +89,9 @@ class ConsumerNegotiation(ProviderNegotiation):
 
         def step(before: Negotiation) -> tuple[Negotiation, Sequence[OutboxMessage]]:
             if before.role is not Role.CONSUMER or before.provider_id != peer.member_id:
-                raise ContractDenied(f"negotiation {before.negotiation_id} is not yours")
+                # answered as for an id not in use (the store's words): whoever learned the
+                # id is not told that it is, nor which side of it this node is
+                raise UnknownContractError(f"no negotiation {before.negotiation_id} here")
             after = apply(before, message, keys)
             if after == before:
                 return after, ()

@@ -164,6 +164,10 @@ class ProviderNegotiation(ContractBase):
         answers: list[list[NegotiationMessage] | None] = [None]
 
         def step(before: Negotiation) -> tuple[Negotiation, Sequence[OutboxMessage]]:
+            if peer.member_id not in (before.provider_id, before.consumer_id):
+                # an outsider who learned the id is answered as for an id not in use: not
+                # told that it is, nor which side of it this node is
+                raise UnknownContractError(f"no negotiation {before.negotiation_id} here")
             if before.role is not Role.PROVIDER:
                 raise ContractDenied(f"negotiation {before.negotiation_id}: we are its consumer")
             before_states.append(before.state)

@@ -236,6 +236,9 @@ def test_get_refuses_ids_no_id_can_be_and_writes_nothing_of_them_to_the_log(
 def test_an_outsiders_termination_moves_nothing_and_names_no_party(
     net: LocalNetwork, finalized: str, open_one: str
 ) -> None:
+    """Answered as a Termination for a negotiation no one holds: the outsider learns
+    neither that the id is in use, nor which message ids the parties used, nor who they
+    are (before: PERMISSION_DENIED naming both parties, ALREADY_EXISTS for a used id)."""
     parties = _member_ids(net, "sunarc", "cellex")
     before = {
         ("cellex", finalized): _held(net, "cellex", finalized),
@@ -243,25 +246,30 @@ def test_an_outsiders_termination_moves_nothing_and_names_no_party(
         ("cellex", open_one): _held(net, "cellex", open_one),
     }
     assert before[("cellex", open_one)][0] in ("OFFERED", "AGREED")
-    answers: dict[tuple[str, str], list[tuple[str, grpc.StatusCode, str, str]]] = {}
+    said = []
     for target, nid in before:
         used = _message_ids(net, target, nid)
         assert used, (target, nid)
-        got = []
         for message_id in used:  # each id the parties used, and a fresh one of its form
             fresh = _fresh_like(nid, message_id)
+            nobody = f"neg-{uuid.uuid4().hex}"  # a negotiation no one holds
+            unheld = _fresh_like(nobody, message_id.replace(nid, nobody))
             code, details = asyncio.run(_terminate(net, target, nid, message_id))
             fresh_code, fresh_details = asyncio.run(_terminate(net, target, nid, fresh))
-            assert (code, details.replace(message_id, "MID")) == (
+            none_code, none_details = asyncio.run(_terminate(net, target, nobody, unheld))
+            shown = (code, details.replace(message_id, "MID").replace(nid, "NID"))
+            assert shown == (
                 fresh_code,
-                fresh_details.replace(fresh, "MID"),
+                fresh_details.replace(fresh, "MID").replace(nid, "NID"),
             ), (target, message_id)  # a used id is refused as a fresh one: no replay confirmed
-            got.append((message_id, code, details, fresh_details))
-        answers[(target, nid)] = got
-    for (target, _), got in answers.items():
-        for message_id, code, details, fresh_details in got:
-            assert code is grpc.StatusCode.PERMISSION_DENIED, (target, message_id, code, details)
-            for member_id in parties:
-                assert member_id not in details + fresh_details, (target, details)
+            assert shown == (
+                none_code,
+                none_details.replace(unheld, "MID").replace(nobody, "NID"),
+            ), (target, message_id)  # and as one for a negotiation no one holds
+            assert code in (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.PERMISSION_DENIED)
+            said.append(details + fresh_details)
+    for details in said:
+        for member_id in parties:
+            assert member_id not in details, details
     after = {key: _held(net, *key) for key in before}
     assert after == before

@@ -127,6 +127,11 @@ def test_idempotent_messages_and_refusals() -> None:
         apply(once, replace(suspend, message_id="m9", transfer_id="tx-2"))
     with pytest.raises(UnauthorizedSenderError, match="not a party"):
         apply(once, replace(suspend, message_id="m9", sender_id="polycell"))
+    # an outsider re-using a message id the parties used is refused as any outsider: a
+    # MessageReplayError told it which ids they used
+    for used in ("m1", "m2", "m3"):
+        with pytest.raises(UnauthorizedSenderError, match="not a party"):
+            apply(once, replace(suspend, message_id=used, sender_id="polycell", reason="x"))
     fresh = open_transfer(REQUEST, Role.PROVIDER)
     with pytest.raises(UnauthorizedSenderError, match="only the provider"):
         apply(fresh, TransferStart("m2", "tx-1", "sunarc", Checkpoint.genesis("tx-1"), at(1)))
