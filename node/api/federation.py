@@ -26,7 +26,7 @@ from fastapi import APIRouter, Depends, HTTPException, Query, Response, params
 from pydantic import BaseModel, Field
 
 from qdspace.federation.el_cnn import with_shapes
-from qdspace.federation.job import JobSpec
+from qdspace.federation.job import MAX_ROUNDS, JobSpec
 from qdspace.federation.params import Params, params_from_bytes
 from qdspace.federation.round_status import Phase, StatusView
 from qdspace.node.api.caller_paths import caller_path
@@ -46,7 +46,6 @@ PREFIX = "/v1/federation"
 START_BODY_LIMIT = 96 << 20
 MAX_PATH = 4096
 MAX_WAIT_S = 60.0
-MAX_ROUNDS = 100_000
 #: the largest dimension of a tensor in a job's terms (and of a model in scalars)
 MAX_DIM = 2**31 - 1
 Finite = Annotated[float, Field(allow_inf_nan=False)]

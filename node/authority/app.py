@@ -22,7 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from qdspace.node.api.gate import BodyLimit, JsonDepthLimit
 from qdspace.node.api.problems import install_problem_handlers, problem_response
 from qdspace.node.authority.attempts import client_key
-from qdspace.node.authority.service import AuthorityService, TooManyAttempts
+from qdspace.node.authority.service import AuthorityService, PublishedTooOften, TooManyAttempts
 from qdspace.node.identity.certs import cert_to_pem, identity_of
 
 #: the largest request body any route reads (a CSR or an entry and its certificate)
@@ -90,8 +90,8 @@ def _client(request: Request) -> str:
 
 
 async def _too_many(request: Request, exc: Exception) -> JSONResponse:
-    """A 429 problem with the seconds until the address may try again."""
-    assert isinstance(exc, TooManyAttempts)
+    """A 429 problem with the seconds until the caller may try again."""
+    assert isinstance(exc, TooManyAttempts | PublishedTooOften)
     return problem_response(
         429, str(exc), request.url.path, headers={"Retry-After": str(exc.retry_after_s)}
     )
@@ -107,6 +107,7 @@ def create_authority_app(service: AuthorityService) -> FastAPI:
     )
     install_problem_handlers(app)
     app.add_exception_handler(TooManyAttempts, _too_many)
+    app.add_exception_handler(PublishedTooOften, _too_many)
     app.add_middleware(JsonDepthLimit)
     app.add_middleware(BodyLimit, default=BODY_LIMIT)
     app.state.authority = service

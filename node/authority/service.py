@@ -84,7 +84,12 @@ PUBLISH_EVERY_S = 60.0
 
 
 class PublishedTooOften(DirectoryError):
-    """A member that published its entry more often than the service takes (module)."""
+    """A member that published its entry more often than the service takes (module);
+    ``retry_after_s``: whole seconds until it may again (at least 1)."""
+
+    def __init__(self, message: str, retry_after_s: int) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
 
 
 class TooManyAttempts(LimitExceeded):
@@ -440,10 +445,12 @@ class AuthorityService:
         """One of the member's publishes, or `PublishedTooOften` (see the module)."""
         wait_s = self._publishes.take(member_id, time.monotonic())
         if wait_s > 0:
+            retry = max(1, math.ceil(wait_s))
             raise PublishedTooOften(
                 f"{name} published its entry more often than this authority takes "
                 f"({PUBLISH_BURST} at once, then one every {PUBLISH_EVERY_S:.0f} s): "
-                f"try again in {wait_s:.0f} s"
+                f"try again in {retry} s",
+                retry,
             )
 
     def _certificate(self, cert_pem: str) -> x509.Certificate:

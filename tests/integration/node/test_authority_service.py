@@ -229,7 +229,9 @@ def test_a_member_that_publishes_too_often_is_refused(service: Service, tmp_path
         assert _publish(service, keys, entry).status_code == 200, n
     held = _directory(service)
     entry = new_entry(keys.identity, keys.signing_key, {"peer": "127.0.0.1:7999"})
-    problem(_publish(service, keys, entry), 429, "more often than this authority takes")
+    refused = _publish(service, keys, entry)
+    problem(refused, 429, "more often than this authority takes")
+    assert 1 <= int(refused.headers["Retry-After"]) <= 60  # one every PUBLISH_EVERY_S
     after = _directory(service)
     assert after.serial == held.serial
     mine = after.document.entry(keys.identity.member_id)
