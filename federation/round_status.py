@@ -84,7 +84,7 @@ class RoundRecord:
     #: (after a restart, from the reopening); None in checkpoints older than the field
     seconds: float | None = None
     #: a secure round whose unmasked sum was longer than its members' changes within the
-    #: clip can be, and was scaled back (`Coordinator._bound_secure_sum`); False in
+    #: clip can be, and was scaled back (`round_aggregate.bound_secure_sum`); False in
     #: checkpoints older than the field
     sum_bounded: bool = False
 
