@@ -183,12 +183,21 @@ def note_certificate(ctx: NodeContext, now: dt.datetime | None = None) -> str | 
     left = ident.not_after - (now or dt.datetime.now(dt.UTC))
     if left > CERTIFICATE_WARNING:
         return None
-    when = "has ended" if left.total_seconds() <= 0 else f"ends in {left.days} days"
-    warning = (
-        f"the member certificate of {ident.name} {when} ({ident.not_after:%Y-%m-%d %H:%M} UTC): "
-        "peers refuse it after; renew it (`qdspace node renew`, or for a hosted tenant "
-        "`qdspace host tenant renew`)"
-    )
+    end = f"{ident.not_after:%Y-%m-%d %H:%M} UTC"
+    if left.total_seconds() <= 0:
+        # the authority renews only a certificate still valid (`Authority.renew`)
+        warning = (
+            f"the member certificate of {ident.name} has ended ({end}): peers refuse it, "
+            "and it can no longer be renewed; ask the authority's operator to revoke it and "
+            "make a new enrollment code (`qdspace authority revoke`, `qdspace authority "
+            "enroll`), then join again (`qdspace node join`)"
+        )
+    else:
+        warning = (
+            f"the member certificate of {ident.name} ends in {left.days} days ({end}): "
+            "peers refuse it after, and it can be renewed only before; renew it (`qdspace "
+            "node renew`, or for a hosted tenant `qdspace host tenant renew`)"
+        )
     logger.warning("%s", warning)
     return warning
 

@@ -43,4 +43,6 @@ def test_the_end_is_exported_and_warned_about_within_30_days(
     assert soon is not None and "cellex ends in 12 days" in soon and "node renew" in soon
     assert soon in caplog.text
     gone = note_certificate(ctx, now=end + dt.timedelta(seconds=1))
-    assert gone is not None and "has ended" in gone and "host tenant renew" in gone
+    # an expired member no longer renews: the way back is a new code
+    assert gone is not None and "has ended" in gone and "can no longer be renewed" in gone
+    assert "authority revoke" in gone and "authority enroll" in gone and "node renew" not in gone
