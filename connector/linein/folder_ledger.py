@@ -69,6 +69,11 @@ LEDGER_LINE_MAX = 1 << 16
 KEEP_DAYS = 180
 #: entries kept at most, the newest (about 25 MB of ledger, 69 days at one file a minute)
 KEEP_ENTRIES = 100_000
+#: what an entry may hold: a content hash (ours are 64 hex digits), a file name (at most
+#: 255 bytes on Linux, so at most 255 characters), a time, an outcome this module writes
+HASH_MAX_CHARS = 128
+NAME_MAX_CHARS = 255
+OUTCOMES = ("done", "failed")
 #: lines the ledger may hold beyond the entries kept before it is compacted (at least)
 COMPACT_SLACK = 1_024
 #: lines that are no entries logged one by one at the start (the rest counted: the
@@ -245,11 +250,22 @@ class Ledger:
 
 
 def _entry(line: bytes) -> dict[str, Any] | None:
+    """The entry a line holds, or None: one that is not what this module writes is a bad
+    line. Every field is checked for its shape, not only its presence: the ledger is the
+    exporter's to write into, and 100,000 kept entries of 64 KiB names were some 8 GB
+    held at every start (and written back by each compaction)."""
     try:
         entry = loads(line)  # bytes that are no UTF-8 or too deep: a ValueError
     except ValueError:
         return None
-    if not isinstance(entry, dict) or not isinstance(entry.get("sha256"), str):
+    if not isinstance(entry, dict):
+        return None
+    digest, name, at = entry.get("sha256"), entry.get("name"), entry.get("at")
+    if not (isinstance(digest, str) and 0 < len(digest) <= HASH_MAX_CHARS):
+        return None
+    if not (isinstance(name, str) and len(name) <= NAME_MAX_CHARS):
+        return None
+    if not (isinstance(at, str) and len(at) <= 40) or entry.get("outcome") not in OUTCOMES:
         return None
     return _slim(entry)
 

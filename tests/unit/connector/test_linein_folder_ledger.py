@@ -218,3 +218,26 @@ def test_a_watcher_that_opened_the_ledger_a_compaction_replaced_does_not_get_it(
     finally:
         first.close()
     assert list(os.listdir(tmp_path)) == [LEDGER]
+
+
+def test_lines_shaped_unlike_an_entry_are_bad_lines_not_kept(tmp_path: Path) -> None:
+    """The ledger is the exporter's to write into: entries with a 60 KB name, hash or
+    time, or an outcome this module never writes, are bad lines (each was kept whole:
+    100,000 of them some 8 GB held at every start)."""
+    path = tmp_path / LEDGER
+    big = "n" * 60_000
+    with path.open("wb") as out:
+        out.write(line("ok1"))
+        out.write(json.dumps({"sha256": "big-name", "name": big, "at": NOW.isoformat(),
+                              "outcome": "done"}).encode() + b"\n")  # fmt: skip
+        out.write(line("h" * 60_000))
+        out.write(line("big-at", outcome="done").replace(NOW.isoformat().encode(), big.encode()))
+        out.write(line("odd-outcome", outcome="maybe"))
+        out.write(json.dumps({"sha256": "no-name", "at": NOW.isoformat(), "outcome": "done"})
+                  .encode() + b"\n")  # fmt: skip
+        out.write(line("ok2", outcome="failed"))
+    ledger = Ledger(path)
+    try:
+        assert set(ledger.entries) == {"ok1", "ok2"}
+    finally:
+        ledger.close()
