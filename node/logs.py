@@ -37,7 +37,8 @@ or a federation member name wrote lines of its own making into the provider's lo
 forged ``WARNING`` after a real one), and one that sent 900 KB of it wrote a 900 KB line.
 So the text format shows control characters escaped (``\\n``, ``\\x1b``; JSON escapes them
 itself), and a message is cut at `MESSAGE_CHARS` with the count of what was left out, in
-both formats. A traceback (``exc_info``) is ours and keeps its lines.
+both formats. A traceback (``exc_info``) keeps its lines, each indented and escaped: its
+last line quotes the exception's message, which may be a peer's text too.
 """
 
 from __future__ import annotations
@@ -52,6 +53,7 @@ import uuid
 from contextvars import ContextVar
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from qdspace.util.process_log import LOG_FILE_BYTES as LOG_FILE_BYTES
 from qdspace.util.process_log import LOG_FILE_KEEP as LOG_FILE_KEEP
@@ -98,6 +100,15 @@ def one_line(message: str, escape: bool = True) -> str:
     return message
 
 
+def _indented(text: str) -> str:
+    """``text`` (a traceback) with each of its lines indented by two spaces, control
+    characters within a line escaped (`one_line`'s escapes, without its cut)."""
+    return "\n".join(
+        "  " + (line if line.isprintable() else line.translate(_ESCAPES))
+        for line in text.rstrip("\n").split("\n")  # the rest of what ends a line, escaped
+    )
+
+
 class RequestIdFilter(logging.Filter):
     """Puts the current request id (or None) on every record as ``request_id``."""
 
@@ -126,6 +137,15 @@ class _FormatOnce(logging.Formatter):
 
 class TextFormatter(_FormatOnce):
     """`TEXT_FORMAT`, the message led by ``[member]`` on a managed host's tenant lines."""
+
+    def formatException(self, ei: Any) -> str:
+        """The traceback, every line of it indented and escaped: its last line quotes the
+        exception's message, which may be a peer's text (line breaks and all), and an
+        indented line never reads as a record of its own (records start with the time)."""
+        return _indented(super().formatException(ei))
+
+    def formatStack(self, stack_info: str) -> str:
+        return _indented(super().formatStack(stack_info))
 
     def formatMessage(self, record: logging.LogRecord) -> str:
         record.message = one_line(record.message)

@@ -117,12 +117,21 @@ def test_a_message_quoting_a_peer_is_one_line_of_bounded_length() -> None:
     assert len(second["message"]) < logs.MESSAGE_CHARS + 100
 
 
-def test_a_traceback_keeps_its_lines() -> None:
-    logger, (text,) = _logger(TextFormatter("%(levelname)s: %(message)s"))
+def test_a_traceback_keeps_its_lines_indented_and_escaped() -> None:
+    """A traceback's last line quotes the exception's message, which may be a peer's
+    text: every traceback line is indented (a record starts with its time, so none can
+    read as a record of its own) and its control characters escaped."""
+    logger, (text,) = _logger(TextFormatter("%(asctime)s %(levelname)s: %(message)s"))
     try:
-        raise RuntimeError("ours")
+        raise RuntimeError("peer said x\n2026-12-07 11:00:00,000 WARNING forged\u2028end")
     except RuntimeError:
         logger.exception("a fault")
     lines = text.getvalue().splitlines()
-    assert lines[0] == "ERROR: a fault" and lines[1].startswith("Traceback")
-    assert lines[-1] == "RuntimeError: ours"
+    assert (
+        lines[0].endswith("ERROR: a fault") and lines[1] == "  Traceback (most recent call last):"
+    )
+    assert all(line.startswith("  ") for line in lines[1:])
+    assert lines[-2:] == [
+        "  RuntimeError: peer said x",
+        "  2026-12-07 11:00:00,000 WARNING forged\\u2028end",
+    ]
