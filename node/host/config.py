@@ -21,13 +21,19 @@
 A tenant's directory is a node directory on purpose: leaving the host is a copy and an
 unseal, not a conversion. The host's settings never come from ``QDSPACE_*`` variables
 meant for a node (one ``QDSPACE_DB_URL`` would point every tenant at one database); only
-the two secrets above have variables of their own.
+the two secrets above have variables of their own. A tenant's settings are read without
+them (`tenants.TenantSettings`), but its chain settings (``ledger.json``, read by the
+node's own code) let ``QDSPACE_LEDGER_*`` win, so a host started with a chain URL,
+contract, chain id or key file (or ``QDSPACE_CHAIN_KEY``) in its environment would
+anchor every tenant there, signing for all with the one key and paying for all from one
+account: `check_environment` refuses to start then.
 """
 
 from __future__ import annotations
 
 import json
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -56,6 +62,16 @@ RUNTIME_FILE = "host.json"
 
 MASTER_KEY_ENV = "QDSPACE_HOST_KEY_FILE"
 HOST_TOKEN_ENV = "QDSPACE_HOST_TOKEN_FILE"
+
+#: a node's chain account variables: each tenant has its own (``host tenant ledger``);
+#: the tuning ones (``QDSPACE_LEDGER_MAX_FEE_GWEI``...) may apply to all alike
+TENANT_CHAIN_VARIABLES = (
+    "QDSPACE_LEDGER_RPC_URL",
+    "QDSPACE_LEDGER_CONTRACT",
+    "QDSPACE_LEDGER_CHAIN_ID",
+    "QDSPACE_LEDGER_KEY_FILE",
+    "QDSPACE_CHAIN_KEY",
+)
 
 DEFAULT_API_PORT = 8600
 DEFAULT_TENANT_PORTS = "7600-7699"
@@ -211,3 +227,16 @@ def read_host_secret(path: Path, what: str, variable: str) -> str:
         raise ConfigError(f"{what} not found: {path} (or set ${variable})") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"cannot read {what} {path}: {exc}") from None
+
+
+def check_environment(environ: Mapping[str, str]) -> None:
+    """Refuse (`ConfigError`) a host environment naming a chain account: every tenant's
+    chain settings would take it (see the module)."""
+    wanted = {name.upper() for name in TENANT_CHAIN_VARIABLES}
+    found = sorted(name for name, value in environ.items() if value and name.upper() in wanted)
+    if found:
+        raise ConfigError(
+            f"{found[0]} is set for the host: every tenant would anchor with it (one chain "
+            "account signing and paying for all); give each tenant its own with `qdspace "
+            "host tenant ledger` and unset it"
+        )

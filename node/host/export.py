@@ -20,7 +20,10 @@ before anything is copied, and stays so (``exported_to`` names where it went) un
 (the member lives on, with its data, elsewhere).
 
 The export is assembled in a hidden folder next to the destination and renamed into
-place only when complete: a failed export leaves no half-written node directory.
+place only when complete: a failed export leaves no half-written node directory. It is
+never assembled inside the host directory (`check_destination`): sealing keeps a
+tenant's secrets out of the clear wherever the host's disk is copied, and another
+tenant's ``files`` folder is where that tenant's staff name files to read.
 """
 
 from __future__ import annotations
@@ -37,7 +40,7 @@ from qdspace.node.host.config import SEALED_DB_URL_FILE, WRAPPED_KEY_FILE, HostL
 from qdspace.node.host.errors import TenantActive
 from qdspace.node.host.registry import Registry, TenantState
 from qdspace.node.host.sealing import FILE_MAGIC, SealedKeyFiles
-from qdspace.node.host.tenants import load_master_key, tenant_key_files
+from qdspace.node.host.tenants import TenantSettings, load_master_key, tenant_key_files
 from qdspace.node.layout import CONFIG_FILE, DATABASE_FILE, LOGS_DIR, RUN_DIR
 from qdspace.node.runtime.backup import backup_sqlite
 from qdspace.util.files import write_atomic
@@ -78,8 +81,18 @@ class Ports:
     advertise_peer: str | None = None
 
 
-def check_destination(out: Path) -> Path:
+def check_destination(out: Path, host: Path) -> Path:
+    """``out`` resolved, when it is a new (or empty) directory outside the host directory
+    ``host`` (resolved): an export is the tenant's secrets in the clear, and inside the
+    host directory they lie where its backups and its tenants' folders are (in another
+    tenant's ``files`` folder its staff read the exported signing key back as a labels
+    file's first line)."""
     out = out.resolve()
+    if out.is_relative_to(host):
+        raise ConfigError(
+            f"{out} is inside the host directory {host}: an export holds the tenant's keys "
+            "in the clear, so it goes to a directory outside it; nothing was exported"
+        )
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise ConfigError(f"{out} exists and is not an empty directory; export into a new one")
     if not out.parent.is_dir():
@@ -107,7 +120,6 @@ def _node_json(source: Path, staging: Path, ports: Ports) -> str:
     """The tenant's ``node.json`` as written (relative paths stay relative), with the
     chosen ports; checked as a node would load it. Returns the member id it names."""
     from qdspace.node.config import NodeSettings
-    from qdspace.node.host.runtime import TenantSettings
 
     settings: NodeSettings = TenantSettings.load(source)  # a clear error if damaged
     data: dict[str, Any] = json.loads((source / CONFIG_FILE).read_text())
@@ -134,7 +146,7 @@ def export_tenant(
     files = HostLayout(directory.resolve())
     registry = Registry(files.directory)
     record = registry.get(name)
-    out = check_destination(out)
+    out = check_destination(out, files.directory)
     running = running_host(files.directory) is not None
     if running and record.state is not TenantState.SUSPENDED:
         raise TenantActive(

@@ -18,11 +18,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from qdspace.node.config import NodeSettings
 from qdspace.node.errors import ConfigError
 from qdspace.node.host.config import HostLayout
 from qdspace.node.host.registry import Registry
-from qdspace.node.host.tenants import load_master_key, tenant_key_files
+from qdspace.node.host.tenants import TenantSettings, load_master_key, tenant_key_files
 from qdspace.node.identity.files import read_file
 from qdspace.node.identity.member import create_renewal_request, install_certificate
 from qdspace.node.layout import NodeLayout
@@ -45,7 +44,7 @@ def renew_tenant(directory: Path, name: str, authority_dir: Path | None = None) 
     files = HostLayout(directory.resolve())
     Registry(files.directory).get(name)  # an unknown tenant is refused first
     target = files.tenant(name)
-    settings = NodeSettings.load(target)
+    settings = TenantSettings.load(target)  # its authority_url, not the shell's
     if authority_dir is None and not settings.authority_url:
         raise ConfigError(
             f"tenant {name} did not join through an authority service: give the "

@@ -25,8 +25,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource
-
 from qdspace.node.api.caller_paths import TENANT_FILES
 from qdspace.node.config import NodeSettings
 from qdspace.node.context import NodeContext, build_context
@@ -43,7 +41,7 @@ from qdspace.node.host.tenant_listeners import (
     start_regulator_listener,
     stop_dsp_listener,
 )
-from qdspace.node.host.tenants import tenant_key_files
+from qdspace.node.host.tenants import TenantSettings, tenant_key_files
 from qdspace.node.identity.revocation import StaleRevocationList
 from qdspace.node.logs import MEMBER
 from qdspace.node.serving import MemberServer, attach_anchoring
@@ -55,22 +53,6 @@ if TYPE_CHECKING:
     from qdspace.node.runtime.ledger import NodeLedger
 
 logger = logging.getLogger("node.host")
-
-
-class TenantSettings(NodeSettings):
-    """A tenant's ``node.json`` as written: a host's environment (``QDSPACE_DB_URL``...)
-    is the host's, never every tenant's."""
-
-    @classmethod
-    def settings_customise_sources(
-        cls,
-        settings_cls: type[BaseSettings],
-        init_settings: PydanticBaseSettingsSource,
-        env_settings: PydanticBaseSettingsSource,
-        dotenv_settings: PydanticBaseSettingsSource,
-        file_secret_settings: PydanticBaseSettingsSource,
-    ) -> tuple[PydanticBaseSettingsSource, ...]:
-        return (init_settings,)
 
 
 @contextmanager

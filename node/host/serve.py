@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from qdspace.node.host.config import HostLayout, HostSettings
+from qdspace.node.host.config import HostLayout, HostSettings, check_environment
 from qdspace.node.host.dispatch import HostDispatcher, create_host_app
 from qdspace.node.host.runtime import HostRuntime
 from qdspace.node.host.tenants import load_host_token, load_master_key
@@ -83,6 +83,7 @@ def run_host(directory: Path) -> None:
     started = time.perf_counter()
     directory = directory.resolve()
     files = HostLayout(directory)
+    check_environment(os.environ)  # before anything of a tenant is opened
     settings = HostSettings.load(directory)
     master = load_master_key(files)
     host_token = load_host_token(files)

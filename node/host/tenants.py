@@ -18,6 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource
+
 from qdspace.node.config import NodeSettings
 from qdspace.node.errors import ConfigError
 from qdspace.node.host.config import (
@@ -38,6 +40,26 @@ from qdspace.util.files import write_atomic
 from qdspace.util.urls import host_port
 
 HOST_CA_VALID_DAYS = 3650
+
+
+class TenantSettings(NodeSettings):
+    """A tenant's ``node.json`` as written, never under the ``QDSPACE_*`` variables of the
+    process reading it: those are the host's, or its operator's shell's (``QDSPACE_DB_URL``
+    meant for a node on the same machine), never every tenant's. Every read of a tenant's
+    settings goes through here, above all one written back (``tenant dsp``): loaded as a
+    node, ``QDSPACE_DB_URL`` was saved into each tenant's ``node.json`` and the host
+    opened them all on that one database, where one tenant's staff read another's rows."""
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (init_settings,)
 
 
 def init_host(directory: Path, settings: HostSettings) -> HostLayout:
@@ -230,7 +252,7 @@ def set_tenant_dsp(directory: Path, name: str, port: int | None) -> TenantRecord
         if port is not None:
             others = [r for r in book.tenants.values() if r.name != record.name]
             _check_dsp_port(port, _ports_of(others) | {record.grpc_port, record.regulator_port})
-        node = NodeSettings.load(files.tenant(name))
+        node = TenantSettings.load(files.tenant(name))  # written back: as written, no env
         if port is None:
             update: dict[str, Any] = {"dsp_port": None, "advertise_dsp": ""}
         else:
