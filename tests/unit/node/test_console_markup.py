@@ -120,3 +120,26 @@ def test_a_proof_file_is_named_in_ascii_whatever_the_record_id() -> None:
     name = download_name("agreement", "a" * 300)
     assert name == f"proof-agreement-{'a' * 80}.json"
     name.encode("ascii")
+
+
+def test_a_job_status_with_part_of_its_history_says_so() -> None:
+    """A status carries a job's last 100 rounds (`round_status.STATUS_HISTORY`): the
+    federation page says how many of how many it shows, and says nothing of a job whose
+    whole history it holds."""
+    from qdspace.node.console.render import Console
+
+    env = Console.build(None, "/console").env  # type: ignore[arg-type]
+    template = env.get_template("federation.html")
+
+    def job(shown: int, version: int) -> dict[str, object]:
+        rounds = [{"round": r, "version": r, "members": ["cellex"], "bounded": [],
+                   "epsilon": None} for r in range(version - shown + 1, version + 1)]  # fmt: skip
+        return {"job_id": "j1", "phase": "training", "round": version + 1, "rounds": 500,
+                "version": version, "attempt": 1, "finished": False, "agreement_asset": None,
+                "detail": "", "history": rounds}  # fmt: skip
+
+    page = template.render(root="/console", nav=(), jobs=[job(100, 150)], job_members={})
+    assert "The last 100 of 150 rounds" in page
+    assert page.count("<tr><td>") >= 100
+    whole = template.render(root="/console", nav=(), jobs=[job(2, 2)], job_members={})
+    assert "The last" not in whole
