@@ -22,7 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from qdspace.node.errors import ConfigError
 from qdspace.node.host.config import HostLayout
-from qdspace.node.host.errors import UnknownTenant
+from qdspace.node.host.errors import TenantBusy, UnknownTenant
 from qdspace.node.host.names import check_name
 from qdspace.node.host.quotas import QuotaSettings
 from qdspace.util.files import write_atomic
@@ -108,6 +108,14 @@ class Registry:
             record = book.tenants.get(check_name(name))
             if record is None:
                 raise UnknownTenant(f"no tenant {name!r} on this host")
+            if state is TenantState.ACTIVE and record.exported_to:
+                # served here as well, one member would run in two places: the same
+                # certificate answering peers from two addresses, two stores diverging
+                raise TenantBusy(
+                    f"tenant {name} was exported to {record.exported_to}: the member runs "
+                    "from there now and is not served here again; `tenant remove` deletes "
+                    "the host's copy"
+                )
             record.state = state
             record.reason = reason if state is TenantState.SUSPENDED else ""
             record.changed_at = now()

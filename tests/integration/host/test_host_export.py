@@ -207,6 +207,10 @@ def test_an_exported_tenant_runs_as_a_node_with_its_identity_and_data(host: Host
     )
     state = Registry(host.directory).get("sunarc")
     assert state.state.value == "suspended" and state.exported_to == str(out.resolve())
+    # served here again it would be one member in two places: resume is refused
+    done = qdspace("host", "tenant", "resume", "--dir", str(host.directory), "--name", "sunarc")
+    assert done.returncode != 0 and "was exported to" in done.stderr + done.stdout, done
+    assert Registry(host.directory).get("sunarc").state.value == "suspended"
 
     token = files.operator_token.read_text().strip()
     node = MemberProcess(MemberSpec("sunarc", "oem"), out, grpc, api, reg, token=token)
