@@ -97,6 +97,10 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.close()
 
 
+#: seconds a PostgreSQL connection may take to open (libpq ``connect_timeout``)
+PG_CONNECT_S = 10
+
+
 def create_store_engine(url: str) -> Engine:
     url = normalise_url(url)
     try:
@@ -117,8 +121,12 @@ def create_store_engine(url: str) -> Engine:
         engine = create_engine(url, connect_args={"timeout": 30}, **lifo)
         event.listen(engine, "connect", _sqlite_pragmas)
         return engine
+    # a server that takes the connection and never answers (a host's tenant on its own
+    # PostgreSQL, a firewall dropping packets) held the opening for ever, and a managed
+    # host opens its tenants one after another: libpq's own bound, unless the URL sets one
+    timeout = {} if "connect_timeout" in parsed.query else {"connect_timeout": PG_CONNECT_S}
     try:
-        return create_engine(url, pool_pre_ping=True)
+        return create_engine(url, pool_pre_ping=True, connect_args=timeout)
     except (ArgumentError, ImportError) as exc:
         raise StorageError(f"database URL {safe_url(url)}: {exc}") from None
 

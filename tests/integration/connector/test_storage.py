@@ -422,6 +422,26 @@ def test_unreachable_postgresql_names_the_server_without_password() -> None:
     assert "s3cret" not in str(caught.value)
 
 
+def test_a_postgresql_server_that_never_answers_is_given_up(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A server that takes the TCP connection and says nothing (a tenant's own database
+    behind a host, a hung server) held `open_store` for ever, and a managed host opening
+    its tenants one by one with it: libpq's connect_timeout bounds it now."""
+    import socket
+
+    from qdspace.connector import storage
+
+    monkeypatch.setattr(storage, "PG_CONNECT_S", 1)
+    with socket.socket() as silent:  # listens, never reads or answers
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)
+        port = silent.getsockname()[1]
+        with pytest.raises(StorageError) as caught:
+            open_store(f"postgresql://qdspace:s3cret@127.0.0.1:{port}/qdspace")
+    assert f"127.0.0.1:{port}" in str(caught.value) and "s3cret" not in str(caught.value)
+
+
 def test_writers_take_turns_so_ids_become_visible_in_order(store: QualityStore) -> None:
     """A reader's id cursor is a watermark only if no lower id commits after a higher one."""
     import threading
