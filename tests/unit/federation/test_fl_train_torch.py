@@ -53,3 +53,20 @@ def test_parameters_that_do_not_fit_are_refused() -> None:
         set_params(net, params[:-1])
     with pytest.raises(TrainingError, match="empty"):
         train_local(net, params, INPUTS[:0], LABELS[:0], LocalConfig())
+
+
+def test_a_member_trains_on_no_more_threads_than_its_cpus_whatever_the_terms_ask() -> None:
+    """The coordinator writes ``threads`` (up to 64); PyTorch's count is the process's: a
+    member took all 64 on a 2-core machine (or a managed host's shared one)."""
+    import os
+
+    cpus = len(os.sched_getaffinity(0))
+    before = torch.get_num_threads()
+    try:
+        net = model()
+        train_local(net, get_params(net), INPUTS, LABELS, LocalConfig(threads=64))
+        assert torch.get_num_threads() == min(64, cpus)
+        train_local(net, get_params(net), INPUTS, LABELS, LocalConfig(threads=1))
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
