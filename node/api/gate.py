@@ -36,7 +36,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from qdspace.node import faults
 from qdspace.node.api.problems import PROBLEM_MEDIA_TYPE, problem_bytes
-from qdspace.node.errors import IdentityError
+from qdspace.node.errors import IdentityError, LimitExceeded
 from qdspace.util.json_depth import MAX_JSON_DEPTH, json_too_deep
 from qdspace.util.numbers import decimal
 
@@ -126,6 +126,13 @@ class BearerGate:
             return
         except IdentityError as exc:
             await send_problem(send, faults.http_status(exc), str(exc), path)
+            return
+        except LimitExceeded as exc:  # a caller over its request rate (the check paces it)
+            if getattr(exc, "report", True):  # a flood: logged once, then summed up
+                refused = getattr(exc, "refused", 1)
+                log.warning("api %s: refused (%d since the last line): %s", path, refused, exc)
+            retry = int(getattr(exc, "retry_after_s", 1))
+            await send_problem(send, 429, str(exc), path, retry_after_s=retry)
             return
         except Exception as exc:  # a credential nobody could read: fail closed, say so
             log.warning("api %s: credential check failed: %r", path, exc)

@@ -44,10 +44,17 @@ def create_regulator_app(ctx: NodeContext) -> FastAPI:
     member_id = ctx.keys.identity.member_id
 
     def regulator_check(token: str) -> object:
-        """The routes check again in their own dependency; a signature costs microseconds."""
-        return check_credential(
+        """The routes check again in their own dependency; a signature costs microseconds.
+        A regulator's requests take tokens of its bucket in the node's member rate
+        (``rpc_rate_per_peer``, `node.rpc.member_rates`), as a member's gRPC and DSP
+        requests do: a proof or a passport's verification reads the chain, and nothing
+        else bounded how often one regulator could ask."""
+        principal = check_credential(
             token, ca_cert=ctx.keys.trust, revocations=ctx.revocations, audience=member_id
         )
+        if ctx.calls is not None:  # made with the peer listener, before any request
+            ctx.calls.pace(principal.member_id, principal.name)
+        return principal
 
     # added innermost first: SecurityHeaders -> BearerGate -> BodyLimit -> JsonDepthLimit
     app.add_middleware(JsonDepthLimit)
