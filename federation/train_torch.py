@@ -7,15 +7,14 @@ the line's CNN (``inference.training``) on a member's own EL cells. Parameters g
 float32 numpy arrays in ``state_dict`` order, the currency of ``federation``.
 
 The terms' ``threads`` are the coordinator's to write, and PyTorch's thread count is the
-whole process's: a member trains on at most the CPUs it may run on (`local_threads`),
+whole process's: a member trains on at most the CPUs it may run on,
 whatever the terms ask (up to 64, which on a small member, or in a managed host serving
-many, oversubscribed every core it shares).
+many, oversubscribed every core it shares): `util.cpus.threads_for`.
 """
 
 from __future__ import annotations
 
 import importlib
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -27,6 +26,7 @@ from qdspace.federation.el_cnn import CLASSES, CnnTerms, widths_of
 from qdspace.federation.errors import TrainingError
 from qdspace.federation.logreg import Dataset
 from qdspace.federation.params import Params, check_update, shapes_of
+from qdspace.util.cpus import threads_for
 
 
 def _torch() -> Any:
@@ -36,16 +36,6 @@ def _torch() -> Any:
         raise TrainingError(
             "local training needs PyTorch: install it with `pip install 'qdspace[train]'`"
         ) from exc
-
-
-def local_threads(asked: int) -> int:
-    """The threads a member trains on: what the terms ask, at most the CPUs this process
-    may run on (module docstring), at least one."""
-    try:
-        cpus = len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):  # not Linux
-        cpus = os.cpu_count() or 1
-    return max(1, min(asked, cpus))
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,7 +80,7 @@ def train_local(
     torch = _torch()
     if len(labels) == 0:
         raise TrainingError("cannot train on an empty local data set")
-    torch.set_num_threads(local_threads(config.threads))
+    torch.set_num_threads(threads_for(config.threads))
     set_params(model, params)
     anchor = [p.detach().clone() for p in model.parameters()]
     criterion = loss_fn if loss_fn is not None else torch.nn.CrossEntropyLoss()
@@ -138,7 +128,7 @@ def train_el_cnn(
     widths = widths_of(shapes_of(params))
     if len(data) == 0:
         raise TrainingError("cannot train on an empty local data set")
-    torch.set_num_threads(local_threads(terms.threads))
+    torch.set_num_threads(threads_for(terms.threads))
     seed = terms.seed * 100_003 + round_
     torch.manual_seed(seed)
     model = training.ElCnn(CLASSES, widths)

@@ -44,6 +44,7 @@ from qdspace.inference.model import (
     OUTPUT_NAME,
 )
 from qdspace.inference.weights import Weights, check_shapes, shapes_of
+from qdspace.util.cpus import threads_for
 
 try:
     import onnx
@@ -241,7 +242,7 @@ def train_model(
     """
     if len(data) == 0:
         raise InferenceError("cannot train on an empty set of cells")
-    torch.set_num_threads(config.threads)
+    torch.set_num_threads(threads_for(config.threads))  # the process's: `util.cpus`
     model = build_model(config)
     if initial is not None:
         set_weights(model, initial)
