@@ -38,6 +38,19 @@ class TokenBucket:
                 return 0.0
             return (1.0 - self._tokens) / self.rate
 
+    def level(self, now: float) -> float:
+        """The tokens held at ``now`` (nothing taken)."""
+        with self._lock:
+            self._refill(now)
+            return self._tokens
+
+    def give_back(self, now: float) -> None:
+        """Return a token taken for something that turned out not to count (up to the
+        burst): an attempt admitted on a token and then not refused."""
+        with self._lock:
+            self._refill(now)
+            self._tokens = min(float(self.burst), self._tokens + 1.0)
+
     def change(self, rate: float, burst: int, now: float) -> None:
         """New limits; the tokens held are kept (up to the new burst)."""
         with self._lock:

@@ -18,13 +18,12 @@ its /64 (one subscriber holds a whole prefix, and would otherwise have 2^64 budg
 Behind a reverse proxy every client is the proxy's address: the service trusts no
 forwarded-for header, so run it where it sees its callers.
 
-Memory is bounded as in `node.rpc.member_rates` (whose table this follows; that one
-counts every request, this one only refusals, and needs to look at a bucket without
-taking from it, which `util.token_bucket.TokenBucket` does not offer): a budget full
-again is the same as none, so it is dropped (the least recently refused first), and the
-table holds at most ``max_clients``, past which the least recently refused address is
-dropped early (it starts full on its next refusal). An attacker with more addresses
-than that gets a full budget at each of them per round, but holds no more memory.
+The budgets are `node.rpc.member_rates.MemberRates`, the node's per-member request
+rate, keyed by address and given back for what was not refused (``give_back``): a
+budget full again is the same as none, so it is dropped, and the table holds at most
+``max_clients``, past which the least recently seen address is dropped early (it starts
+full on its next refusal). An attacker with more addresses than that gets a full budget
+at each of them per round, but holds no more memory.
 
 The log sees a flood once: an address's first attempt over its budget is reported,
 then at most one line every ``report_every_s`` with the number refused since. Lines of
@@ -41,9 +40,8 @@ from __future__ import annotations
 import ipaddress
 import math
 import threading
-from collections import OrderedDict
-from dataclasses import dataclass
 
+from qdspace.node.rpc.member_rates import MemberRates, RateVerdict
 from qdspace.util.token_bucket import TokenBucket
 
 #: refused attempts one address may make at once, then one every `DEFAULT_EVERY_S`
@@ -76,32 +74,10 @@ def client_key(host: str | None) -> str:
     return str(address)
 
 
-@dataclass(frozen=True)
-class Admission:
-    """What one attempt gets: admitted (``wait_s`` 0.0, a token held), or refused with the
-    seconds until the address has a token again; ``report``: whether to log this refusal,
-    for the ``refused`` attempts of the address refused since its last logged one."""
-
-    wait_s: float
-    report: bool = False
-    refused: int = 0
-
-    @property
-    def admitted(self) -> bool:
-        return self.wait_s == 0.0
-
-
-ADMITTED = Admission(0.0)
-
-
-class _Client:
-    __slots__ = ("at", "over", "reported_at", "tokens")
-
-    def __init__(self, tokens: float, now: float) -> None:
-        self.tokens = tokens
-        self.at = now
-        self.over = 0  # attempts refused for the budget since the last report
-        self.reported_at: float | None = None
+#: what one attempt gets: admitted (``wait_s`` 0.0, a token held), or refused with the
+#: seconds until the address has a token again; ``report``: whether to log this refusal,
+#: for the ``refused`` attempts of the address refused since its last logged one
+Admission = RateVerdict
 
 
 class AttemptRates:
@@ -124,58 +100,20 @@ class AttemptRates:
             raise ValueError(f"the table must hold at least one address, not {max_clients}")
         self.burst = burst
         self.every_s = float(every_s)
-        self.max_clients = max_clients
-        self.report_every_s = report_every_s
-        self._clients: OrderedDict[str, _Client] = OrderedDict()  # least recently used first
-        self._lock = threading.Lock()
+        self._rates = MemberRates(
+            1.0 / self.every_s, burst, max_members=max_clients, report_every_s=report_every_s
+        )
 
     def __len__(self) -> int:
-        return len(self._clients)
-
-    def _level(self, entry: _Client, now: float) -> float:
-        """The tokens ``entry`` holds at ``now`` (not written back)."""
-        return min(float(self.burst), entry.tokens + max(0.0, now - entry.at) / self.every_s)
+        return len(self._rates)
 
     def admit(self, client: str, now: float) -> Admission:
         """A token of ``client``'s budget for one attempt, or the refusal (`Admission`)."""
-        with self._lock:
-            self._forget_full(now)
-            entry = self._clients.get(client)
-            if entry is None:
-                if len(self._clients) >= self.max_clients:
-                    self._clients.popitem(last=False)  # the least recently used
-                entry = self._clients[client] = _Client(float(self.burst), now)
-            tokens = self._level(entry, now)
-            if tokens < 1.0:
-                return self._refusal(entry, (1.0 - tokens) * self.every_s, now)
-            entry.tokens, entry.at = tokens - 1.0, max(entry.at, now)
-            self._clients.move_to_end(client)
-            return ADMITTED
+        return self._rates.take(client, now)
 
     def spare(self, client: str, now: float) -> None:
         """Give back the token an admitted attempt held: it was not refused."""
-        with self._lock:
-            entry = self._clients.get(client)
-            if entry is not None:
-                entry.tokens = min(float(self.burst), self._level(entry, now) + 1.0)
-                entry.at = max(entry.at, now)
-
-    def _forget_full(self, now: float) -> None:
-        """Drop the budgets that are full again (the least recently used come first)."""
-        clients = self._clients
-        while clients:
-            entry = next(iter(clients.values()))
-            if self._level(entry, now) < self.burst:
-                return
-            clients.popitem(last=False)
-
-    def _refusal(self, entry: _Client, wait: float, now: float) -> Admission:
-        entry.over += 1
-        last = entry.reported_at
-        if last is not None and now - last < self.report_every_s:
-            return Admission(wait)
-        refused, entry.over, entry.reported_at = entry.over, 0, now
-        return Admission(wait, report=True, refused=refused)
+        self._rates.give_back(client, now)
 
 
 class LogBudget:
