@@ -13,10 +13,10 @@ on it (TLS, the HTTP/2 or HTTP/1.1 framing, the client certificate read; on the 
 listener a body of at most 64 KiB read and dropped), it costs a lock and a dictionary
 look-up, not the servicer's or route's work (database reads, worker threads, pyld).
 
-The table is bounded without changing what anyone is allowed: a bucket that is full
-again (at the latest ``burst / rate`` seconds after anyone took from it) is the same as
-a new one, so it is dropped (the least recently used are checked first, and each take
-drops what is due from the front).
+The table is bounded without changing what anyone is allowed: a bucket nobody took from
+for ``burst / rate`` seconds is full again, the same as a new one, so it is dropped
+(the least recently used are checked first, so each take drops at most what is due);
+one that was given a token back (`give_back`) may be full sooner, and is read then.
 Members are known (certificates of the space's authority), but the table still holds at
 most ``max_members``: past that, the least recently seen member's bucket is dropped early
 (it starts full again on its next request); with the default that takes more members
@@ -64,10 +64,12 @@ ADMITTED = RateVerdict(0.0)
 
 
 class _Member:
-    __slots__ = ("bucket", "reported_at", "unreported")
+    __slots__ = ("bucket", "given_back", "reported_at", "seen", "unreported")
 
-    def __init__(self, bucket: TokenBucket) -> None:
+    def __init__(self, bucket: TokenBucket, now: float) -> None:
         self.bucket = bucket
+        self.seen = now
+        self.given_back = False  # a token came back: it may be full before full_after_s
         self.unreported = 0
         self.reported_at: float | None = None
 
@@ -96,6 +98,8 @@ class MemberRates:
         self.burst = burst
         self.max_members = max_members
         self.report_every_s = report_every_s
+        #: a bucket untouched this long is full again: it is the same as a new one
+        self.full_after_s = burst / self.rate
         self._members: OrderedDict[str, _Member] = OrderedDict()  # least recently seen first
         self._lock = threading.Lock()
 
@@ -110,9 +114,12 @@ class MemberRates:
             if entry is None:
                 if len(self._members) >= self.max_members:
                     self._members.popitem(last=False)  # the least recently seen
-                entry = self._members[member] = _Member(TokenBucket(self.rate, self.burst, now))
+                entry = self._members[member] = _Member(
+                    TokenBucket(self.rate, self.burst, now), now
+                )
             else:
                 self._members.move_to_end(member)
+                entry.seen = max(entry.seen, now)
             wait = entry.bucket.take(now)
             if wait == 0.0:
                 return ADMITTED
@@ -125,13 +132,18 @@ class MemberRates:
             entry = self._members.get(member)
             if entry is not None:
                 entry.bucket.give_back(now)
+                entry.given_back = True
 
     def _forget_full(self, now: float) -> None:
         """Drop the buckets that are full again (the least recently seen come first)."""
         members = self._members
         while members:
             entry = next(iter(members.values()))
-            if entry.bucket.level(now) < self.burst:
+            # full again: untouched for full_after_s, or sooner for a token given back
+            # (read from the bucket only then: a lock, on every request otherwise)
+            if now - entry.seen < self.full_after_s and not (
+                entry.given_back and entry.bucket.level(now) >= self.burst
+            ):
                 return
             members.popitem(last=False)
 
