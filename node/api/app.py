@@ -26,6 +26,7 @@ response model each.
 from __future__ import annotations
 
 import tempfile
+import threading
 from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager, nullcontext
 from pathlib import Path
@@ -82,10 +83,22 @@ JSON_MEDIA = "application/json"
 SPOOL_CHUNK = 1 << 20
 #: a JSON ingest is parsed whole: its body is held in memory, so it is kept small
 JSON_INGEST_LIMIT = 16 << 20
+#: JSON ingests held and parsed at once in this process, at most (each its body and a
+#: few times that parsed): a managed host's tenants share the process, and each tenant's
+#: staff could hold 32 at once, gigabytes between them; one more waits for none, it is
+#: refused (429) and CSV or JSON Lines, spooled to disk, is the way for many at once
+JSON_INGESTS_AT_ONCE = 4
+_json_ingests = threading.BoundedSemaphore(JSON_INGESTS_AT_ONCE)
 #: an upload arriving is checked against what may be stored every this many bytes
 CHECK_EVERY = 8 << 20
 FEDERATION_JOBS = FEDERATION_PREFIX + "/jobs"
 PeerName = Annotated[str, PathParam(min_length=1, max_length=128)]
+
+
+class IngestsBusy(ApiProblem):
+    """Every place for a JSON ingest in this process is taken (`JSON_INGESTS_AT_ONCE`)."""
+
+    status = 429
 
 
 class EmptyUpload(ApiProblem):
@@ -177,16 +190,28 @@ def create_app(ctx: NodeContext) -> FastAPI:
         if admission is not None and declared.isdigit():  # before a byte of it is read
             await _run(admission.check_upload, int(declared))
         if media == JSON_MEDIA:
-            body = await _json_body(request, admission)
-            payload = await _run(IngestRows.model_validate_json, body)  # off the event loop
-            async with _admitted(ctx, len(payload.rows), len(body)):
-                report = await _run(
-                    ctx.store.ingest_rows,
-                    kind,
-                    [(i + 1, row) for i, row in enumerate(payload.rows)],
-                    source=payload.source,
-                    batch_size=BULK_BATCH_ROWS,
+            if not _json_ingests.acquire(blocking=False):  # before a byte of it is read
+                raise IngestsBusy(
+                    f"{JSON_INGESTS_AT_ONCE} JSON ingests are being read here already (each "
+                    "is held in memory whole): try again in a moment, or send many rows as "
+                    "text/csv or application/x-ndjson (spooled to disk, read in batches)"
                 )
+            try:
+                body = await _json_body(request, admission)
+                payload = await _run(IngestRows.model_validate_json, body)  # off the loop
+                size = len(body)
+                del body  # parsed: the rows are what is held now
+                rows = [(i + 1, row) for i, row in enumerate(payload.rows)]
+                async with _admitted(ctx, len(rows), size):
+                    report = await _run(
+                        ctx.store.ingest_rows,
+                        kind,
+                        rows,
+                        source=payload.source,
+                        batch_size=BULK_BATCH_ROWS,
+                    )
+            finally:
+                _json_ingests.release()
             return report_to_public(report)
         suffix = RAW_SUFFIX.get(media)
         if suffix is None:
