@@ -377,3 +377,21 @@ class NodeSettings(BaseSettings):
     def save(self) -> None:
         data = self.model_dump(mode="json", exclude={"directory"})
         write_atomic(self.layout.config, json.dumps(data, indent=2).encode() + b"\n")
+
+
+class NodeSettingsAsWritten(NodeSettings):
+    """``node.json`` as written, never under the ``QDSPACE_*`` variables of the process
+    reading it: what ``node init`` writes (the values given), and what a managed host
+    reads of a tenant (the host's environment is the host's, or its operator's shell's,
+    never every tenant's: `node.host.tenants.TenantSettings`)."""
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (init_settings,)

@@ -16,13 +16,13 @@ import tempfile
 from pathlib import Path
 
 from cryptography.x509.oid import NameOID
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource
 
 from qdspace.node.config import (
     DEFAULT_API_PORT,
     DEFAULT_GRPC_PORT,
     DEFAULT_REGULATOR_PORT,
     NodeSettings,
+    NodeSettingsAsWritten,
 )
 from qdspace.node.errors import ConfigError, IdentityError
 from qdspace.node.identity.authority import Authority
@@ -35,21 +35,6 @@ from qdspace.node.identity.member import (
 )
 from qdspace.node.layout import NodeLayout
 from qdspace.util.files import write_atomic
-
-
-class _AsGiven(NodeSettings):
-    """Settings of the values given only (what ``node init`` writes to ``node.json``)."""
-
-    @classmethod
-    def settings_customise_sources(
-        cls,
-        settings_cls: type[BaseSettings],
-        init_settings: PydanticBaseSettingsSource,
-        env_settings: PydanticBaseSettingsSource,
-        dotenv_settings: PydanticBaseSettingsSource,
-        file_secret_settings: PydanticBaseSettingsSource,
-    ) -> tuple[PydanticBaseSettingsSource, ...]:
-        return (init_settings,)
 
 
 def _write_node(
@@ -70,7 +55,7 @@ def _write_node(
     ``target``; the settings name ``directory``, where the node will live."""
     # the values given, without the QDSPACE_* environment or secret files: a secret
     # there (QDSPACE_DB_URL_FILE) belongs to the process, never to node.json
-    settings = _AsGiven(
+    settings = NodeSettingsAsWritten(
         directory=directory,
         name=keys.identity.name,
         role=keys.identity.role,

@@ -18,9 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource
-
-from qdspace.node.config import NodeSettings
+from qdspace.node.config import NodeSettings, NodeSettingsAsWritten
 from qdspace.node.errors import ConfigError
 from qdspace.node.host.config import (
     HOST_TOKEN_ENV,
@@ -42,24 +40,13 @@ from qdspace.util.urls import host_port
 HOST_CA_VALID_DAYS = 3650
 
 
-class TenantSettings(NodeSettings):
+class TenantSettings(NodeSettingsAsWritten):
     """A tenant's ``node.json`` as written, never under the ``QDSPACE_*`` variables of the
     process reading it: those are the host's, or its operator's shell's (``QDSPACE_DB_URL``
     meant for a node on the same machine), never every tenant's. Every read of a tenant's
     settings goes through here, above all one written back (``tenant dsp``): loaded as a
     node, ``QDSPACE_DB_URL`` was saved into each tenant's ``node.json`` and the host
     opened them all on that one database, where one tenant's staff read another's rows."""
-
-    @classmethod
-    def settings_customise_sources(
-        cls,
-        settings_cls: type[BaseSettings],
-        init_settings: PydanticBaseSettingsSource,
-        env_settings: PydanticBaseSettingsSource,
-        dotenv_settings: PydanticBaseSettingsSource,
-        file_secret_settings: PydanticBaseSettingsSource,
-    ) -> tuple[PydanticBaseSettingsSource, ...]:
-        return (init_settings,)
 
 
 def init_host(directory: Path, settings: HostSettings) -> HostLayout:
