@@ -33,6 +33,8 @@ from starlette.requests import Request
 from starlette.responses import PlainTextResponse, RedirectResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from qdspace.node.errors import LimitExceeded
+
 COOKIE = "qdspace_console"
 CSRF_HEADER = "x-csrf-token"
 SESSION_TTL_S = 8 * 3600
@@ -80,6 +82,11 @@ class Sessions:
 
     def close(self, session_id: str) -> None:
         self._held.pop(session_id, None)
+
+    def pace(self, session: Session) -> None:
+        """Take what one request of ``session`` costs of its holder's request rate, or
+        raise `LimitExceeded` (with ``retry_after_s``): nothing for the operator's own
+        console; a regulator's is held to the rate its API requests are."""
 
 
 def token_matches(given: str, operator_token: str) -> bool:
@@ -164,6 +171,13 @@ class SessionGate:
             if refused:
                 await PlainTextResponse(refused, status_code=403)(scope, receive, send)
                 return
+        try:
+            self.sessions.pace(session)
+        except LimitExceeded as exc:
+            retry = str(getattr(exc, "retry_after_s", 1))
+            answer = PlainTextResponse(str(exc), status_code=429, headers={"Retry-After": retry})
+            await answer(scope, receive, send)
+            return
         scope["console_session"] = session
         await self.app(scope, receive, send)
 

@@ -39,7 +39,7 @@ from qdspace.node.console.auth import (
 from qdspace.node.console.render import Console, Endpoint
 from qdspace.node.context import NodeContext
 from qdspace.node.errors import IdentityError
-from qdspace.node.identity.credential import check_credential
+from qdspace.node.identity.credential import RegulatorPrincipal, check_credential
 
 log = logging.getLogger("node.console")
 REGULATOR_NAV = (("verify", "Verify", "/"),)
@@ -55,12 +55,14 @@ class CredentialSessions(Sessions):
         super().__init__(ttl_s=REGULATOR_SESSION_TTL_S)
         self.ctx = ctx
         self._tokens: dict[str, str] = {}
+        self._who: dict[str, RegulatorPrincipal] = {}
 
-    def check(self, token: str) -> None:
-        """Raises `IdentityError` unless ``token`` is a regulator credential for us."""
+    def check(self, token: str) -> RegulatorPrincipal:
+        """The regulator ``token`` is a credential of; `IdentityError` unless it is one
+        for us."""
         if not token or len(token) > MAX_CREDENTIAL or not token.isascii():
             raise IdentityError("not a regulator credential")
-        check_credential(
+        return check_credential(
             token,
             ca_cert=self.ctx.keys.trust,
             revocations=self.ctx.revocations,
@@ -68,10 +70,21 @@ class CredentialSessions(Sessions):
         )
 
     def open_for(self, token: str) -> Session:
+        who = self.check(token)
         session = self.open()
         self._tokens[session.session_id] = token
+        self._who[session.session_id] = who
         self._tokens = {k: v for k, v in self._tokens.items() if k in self._held}
+        self._who = {k: v for k, v in self._who.items() if k in self._held}
         return session
+
+    def pace(self, session: Session) -> None:
+        """A console request takes a token of the regulator's bucket in the node's member
+        rate, as its API requests do (`node.api.regulator_app`): the console's proof and
+        verify pages read the chain too, and were a way around that rate."""
+        who = self._who.get(session.session_id)
+        if who is not None and self.ctx.calls is not None:
+            self.ctx.calls.pace(who.member_id, who.name)
 
     def get(self, session_id: str | None) -> Session | None:
         session = super().get(session_id)
@@ -87,6 +100,7 @@ class CredentialSessions(Sessions):
     def close(self, session_id: str) -> None:
         super().close(session_id)
         self._tokens.pop(session_id, None)
+        self._who.pop(session_id, None)
 
 
 def create_regulator_console(ctx: NodeContext, root: str = "/console") -> Starlette:

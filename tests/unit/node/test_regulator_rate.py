@@ -58,3 +58,27 @@ def test_a_regulator_over_its_rate_is_refused_and_another_is_served(tmp_path: Pa
         assert other == 503  # another regulator has a bucket of its own
     finally:
         ctx.close()
+
+
+def test_a_regulators_console_session_is_held_to_the_same_rate(tmp_path: Path) -> None:
+    """The regulator console's pages (proofs and verification read the chain too) went
+    around the API's rate: a logged-in session now takes a token of the regulator's bucket
+    on every request, and past it gets a 429 with Retry-After."""
+    ctx = cellex_context(tmp_path)
+    try:
+        ctx.calls = CallLimiter(CallCaps(per_peer_rate=1.0, per_peer_burst=BURST), lambda: 0.0)
+        init_node(tmp_path / "bafa", tmp_path / "authority", name="bafa", role="regulator")
+        token = issue_credential(load_member_keys(tmp_path / "bafa"), ctx.keys.identity.member_id)
+        app = create_regulator_app(ctx)
+
+        async def browse() -> list[httpx.Response]:
+            transport = httpx.ASGITransport(app=app)
+            async with httpx.AsyncClient(transport=transport, base_url="https://node") as client:
+                login = await client.post("/console/login", data={"token": token})
+                assert login.status_code == 303, login.text
+                return [await client.get("/console/") for _ in range(BURST + 2)]
+
+        codes = [a.status_code for a in asyncio.run(browse())]
+        assert codes[:BURST] == [200] * BURST and codes[BURST:] == [429, 429], codes
+    finally:
+        ctx.close()
