@@ -95,16 +95,19 @@ def one_line(message: str, escape: bool = True) -> str:
     if len(message) > MESSAGE_CHARS:
         left = len(message) - MESSAGE_CHARS
         message = f"{message[:MESSAGE_CHARS]}... ({left} more characters)"
-    if escape and not message.isprintable():
-        message = message.translate(_ESCAPES)
-    return message
+    return _escaped(message) if escape else message
+
+
+def _escaped(text: str) -> str:
+    """``text`` with its control characters shown escaped (`_ESCAPES`)."""
+    return text if text.isprintable() else text.translate(_ESCAPES)
 
 
 def _indented(text: str) -> str:
     """``text`` (a traceback) with each of its lines indented by two spaces, control
     characters within a line escaped (`one_line`'s escapes, without its cut)."""
     return "\n".join(
-        "  " + (line if line.isprintable() else line.translate(_ESCAPES))
+        "  " + _escaped(line)
         for line in text.rstrip("\n").split("\n")  # the rest of what ends a line, escaped
     )
 

@@ -227,15 +227,16 @@ class AuthorityService:
         admission = self.attempts.admit(client, time.monotonic())
         if not admission.admitted:
             raise self._too_many(what, client, admission)
+        refused = False
         try:
-            yield
-        except REFUSALS as exc:
-            self._log_refusal(what, client, exc)
+            with self._logged_refusal(what, client):
+                yield
+        except REFUSALS:
+            refused = True  # its token stays taken
             raise
-        except BaseException:
-            self.attempts.spare(client, time.monotonic())  # our failure, not a refusal
-            raise
-        self.attempts.spare(client, time.monotonic())
+        finally:
+            if not refused:  # done, or our own failure: not the caller's refusal
+                self.attempts.spare(client, time.monotonic())
 
     def _too_many(self, what: str, client: str, admission: Admission) -> TooManyAttempts:
         """The 429 of an address over its budget, reported once and then summed up."""

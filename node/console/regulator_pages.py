@@ -54,8 +54,8 @@ class CredentialSessions(Sessions):
     def __init__(self, ctx: NodeContext) -> None:
         super().__init__(ttl_s=REGULATOR_SESSION_TTL_S)
         self.ctx = ctx
-        self._tokens: dict[str, str] = {}
-        self._who: dict[str, RegulatorPrincipal] = {}
+        #: session id -> its credential (checked again on every use) and whose it is
+        self._tokens: dict[str, tuple[str, RegulatorPrincipal]] = {}
 
     def check(self, token: str) -> RegulatorPrincipal:
         """The regulator ``token`` is a credential of; `IdentityError` unless it is one
@@ -70,28 +70,29 @@ class CredentialSessions(Sessions):
         )
 
     def open_for(self, token: str) -> Session:
+        """A session for ``token``; `IdentityError` unless it is a regulator credential
+        for us."""
         who = self.check(token)
         session = self.open()
-        self._tokens[session.session_id] = token
-        self._who[session.session_id] = who
+        self._tokens[session.session_id] = (token, who)
         self._tokens = {k: v for k, v in self._tokens.items() if k in self._held}
-        self._who = {k: v for k, v in self._who.items() if k in self._held}
         return session
 
     def pace(self, session: Session) -> None:
         """A console request takes a token of the regulator's bucket in the node's member
         rate, as its API requests do (`node.api.regulator_app`): the console's proof and
         verify pages read the chain too, and were a way around that rate."""
-        who = self._who.get(session.session_id)
-        if who is not None and self.ctx.calls is not None:
-            self.ctx.calls.pace(who.member_id, who.name)
+        held = self._tokens.get(session.session_id)
+        if held is not None and self.ctx.calls is not None:
+            self.ctx.calls.pace(held[1].member_id, held[1].name)
 
     def get(self, session_id: str | None) -> Session | None:
         session = super().get(session_id)
         if session is None:
             return None
         try:
-            self.check(self._tokens.get(session.session_id, ""))
+            held = self._tokens.get(session.session_id)
+            self.check(held[0] if held else "")
         except Exception:  # expired, revoked or unreadable: the session ends
             self.close(session.session_id)
             return None
@@ -100,7 +101,6 @@ class CredentialSessions(Sessions):
     def close(self, session_id: str) -> None:
         super().close(session_id)
         self._tokens.pop(session_id, None)
-        self._who.pop(session_id, None)
 
 
 def create_regulator_console(ctx: NodeContext, root: str = "/console") -> Starlette:
@@ -117,11 +117,11 @@ def create_regulator_console(ctx: NodeContext, root: str = "/console") -> Starle
             return console.page(request, "login.html", status=403, error="cross-origin login")
         token = form.get("token", "").strip()
         try:
-            sessions.check(token)
+            session = sessions.open_for(token)  # the credential checked once, here
         except IdentityError as exc:
             return console.page(request, "login.html", status=401, error=str(exc)[:300])
         response = RedirectResponse(f"{root}/", status_code=303)
-        set_session_cookie(response, sessions.open_for(token), root)
+        set_session_cookie(response, session, root)
         return response
 
     async def logout(request: Request) -> Response:
