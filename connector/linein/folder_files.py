@@ -144,6 +144,17 @@ def folder_refusal(st: os.stat_result) -> str | None:
     return None
 
 
+def created(name: str, dir_fd: int, flags: int = _NEW) -> int:
+    """A descriptor of a new file ``name`` in the folder ``dir_fd``, the owner's only
+    (``flags`` with ``O_CREAT | O_EXCL | O_NOFOLLOW``); whatever had the name (a file
+    left by a crash, a planted link) is removed first, never written through."""
+    try:
+        return os.open(name, flags, PRIVATE, dir_fd=dir_fd)
+    except FileExistsError:
+        os.unlink(name, dir_fd=dir_fd)  # a link itself, never its target
+        return os.open(name, flags, PRIVATE, dir_fd=dir_fd)
+
+
 class Folder:
     """A folder held open: its names are looked up in it, wherever its path now leads."""
 
@@ -230,14 +241,8 @@ class Folder:
             raise
 
     def create(self, name: str) -> IO[bytes]:
-        """A new file ``name``, for writing, the owner's only; whatever had the name (a
-        file left by a crash, a planted link) is removed first, never written through."""
-        try:
-            fd = os.open(name, _NEW, PRIVATE, dir_fd=self.fd)
-        except FileExistsError:
-            os.unlink(name, dir_fd=self.fd)  # a link itself, never its target
-            fd = os.open(name, _NEW, PRIVATE, dir_fd=self.fd)
-        return os.fdopen(fd, "wb")
+        """A new file ``name``, for writing, the owner's only (`created`)."""
+        return os.fdopen(created(name, self.fd), "wb")
 
     def rename(self, name: str, to: Folder, new: str) -> None:
         os.replace(name, new, src_dir_fd=self.fd, dst_dir_fd=to.fd)

@@ -57,6 +57,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from qdspace.connector.errors import ConnectorError
+from qdspace.connector.linein.folder_files import created
 from qdspace.util.files import PRIVATE
 from qdspace.util.json_depth import loads
 
@@ -231,14 +232,9 @@ class Ledger:
         self._limit = self._next_limit()
 
     def _create(self, name: str) -> IO[bytes]:
-        """A new file ``name``; whatever had the name (a crash's leftover, a planted link)
-        is removed first, never written through."""
-        try:
-            fd = os.open(name, _NEW, PRIVATE, dir_fd=self._dir)
-        except FileExistsError:
-            os.unlink(name, dir_fd=self._dir)  # a link itself, never its target
-            fd = os.open(name, _NEW, PRIVATE, dir_fd=self._dir)
-        return os.fdopen(fd, "a+b")
+        """A new file ``name`` (`folder_files.created`: a leftover or a planted link under
+        the name is removed first, never written through)."""
+        return os.fdopen(created(name, self._dir, _NEW), "a+b")
 
     def _not_compacted(self, exc: OSError) -> None:
         log.warning("%s: could not be compacted (%s); tried again later", self.path, exc)
