@@ -44,7 +44,11 @@ a file moved there was found again and moved again, under a longer name each tim
 the watched folder (``done/``, the default) every part of their path is the exporter's to
 replace by a link, and none is followed (`Folder.within`); outside it, the path is the
 operator's own and is followed. "Inside" is judged against the watched folder's path as
-given and as resolved: ``done`` given through another path to the same folder is inside.
+given and as resolved, and ``done``'s too: ``done`` given through another path to the same
+folder, or through the operator's own link into it, is inside and opened part by part from
+the watched folder (following the link would follow whatever the exporter put in place of
+a part). A folder that still turns out to lie inside once open (a link changed between the
+look and the open) is refused at the start.
 """
 
 from __future__ import annotations
@@ -73,6 +77,7 @@ from qdspace.connector.linein.folder_files import (
     Replaced,
     free_name,
     move,
+    parts_below,
     refusal,
     sha256_of,
     shown,
@@ -217,19 +222,20 @@ class FolderConnector:
         part from it, no part followed (the exporter could replace any by a link pointing
         anywhere); outside it the operator's own path, which may be a symbolic link (an
         archive on another disk, say)."""
-        parts = self._inside(path)
-        if parts is None:
-            return Folder.open(path, create=True, follow=True)
-        return watch.within(parts, path, create=True)
-
-    def _inside(self, path: Path) -> tuple[str, ...] | None:
-        """The parts of ``path`` below the watched folder (given, or resolved: the
-        operator may name one folder by two paths), or None: it is outside."""
-        where = Path(os.path.abspath(path))
-        for watch in {Path(os.path.abspath(self.watch)), Path(os.path.realpath(self.watch))}:
-            if watch == where or watch in where.parents:
-                return where.relative_to(watch).parts
-        return None
+        # the operator may name one folder by two paths, and reach the watched folder
+        # through a link of its own: resolved up to the watched folder, and no further
+        parts = parts_below(path, watch)
+        if parts is not None:
+            return watch.within(parts, path, create=True)
+        aside = Folder.open(path, create=True, follow=True)
+        if aside.below(watch):  # a way in that no path showed (a link swapped since)
+            aside.close()
+            raise ConnectorError(
+                f"{path}: leads into the watched folder {self.watch} through a link, where "
+                "the exporter could replace any part of it by a link of its own; name it "
+                "by its path inside the watched folder, or place it outside"
+            )
+        return aside
 
     def close(self) -> None:
         if self._folders is not None:

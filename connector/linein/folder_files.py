@@ -74,6 +74,10 @@ _DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 #: O_NONBLOCK: a FIFO put in a file's place opens at once (and is then refused)
 _READ = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 _NEW = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+#: most parents `Folder.below` walks up (a path of PATH_MAX bytes has fewer)
+_MAX_DEPTH = 4096
+#: most links `parts_below` follows (as the kernel's own ELOOP limit)
+_MAX_HOPS = 40
 
 
 class NotAnExport(IngestFileError):
@@ -202,6 +206,27 @@ class Folder:
     def same_as(self, other: Folder) -> bool:
         return same_file(os.fstat(self.fd), os.fstat(other.fd))
 
+    def below(self, other: Folder) -> bool:
+        """Whether this folder is ``other`` or lies under it on disk, whatever paths led
+        to either: its parents are walked up by ``..`` from the folder held open."""
+        goal = os.fstat(other.fd)
+        fd = os.dup(self.fd)
+        try:
+            st = os.fstat(fd)
+            for _ in range(_MAX_DEPTH):
+                if same_file(st, goal):
+                    return True
+                parent = os.open("..", _DIR, dir_fd=fd)
+                os.close(fd)
+                fd = parent
+                up = os.fstat(fd)
+                if same_file(up, st):  # the root: its .. is itself
+                    return False
+                st = up
+            return False
+        finally:
+            os.close(fd)
+
     def entries(self) -> list[os.DirEntry[str]]:
         """The folder's entries by name (their stat is looked up in this folder)."""
         with os.scandir(self.fd) as found:
@@ -249,6 +274,43 @@ class Folder:
 
     def unlink(self, name: str) -> None:
         os.unlink(name, dir_fd=self.fd)
+
+
+def parts_below(path: Path, folder: Folder) -> tuple[str, ...] | None:
+    """The parts of ``path`` below ``folder`` on disk, or None: it does not pass through it.
+
+    ``path`` is resolved part by part, its links followed, as ``realpath`` would, until
+    the folder reached so far is ``folder`` (the same inode, whatever path led there):
+    what is left, links not yet followed among it, is returned unresolved, for
+    `Folder.within` to open without following any. Resolving the whole path first would
+    follow a link the exporter put inside the watched folder out of it."""
+    goal = os.fstat(folder.fd)
+    pending = list(Path(os.path.abspath(path)).parts[1:])
+    at, hops = Path("/"), 0
+    while True:
+        try:
+            if same_file(os.stat(at), goal):
+                return tuple(pending)
+            if not pending:
+                return None
+            part = pending.pop(0)
+            if part == "..":
+                at = at.parent
+                continue
+            st = os.lstat(at / part)
+        except OSError:  # missing, not a folder, not ours to look at: not through it
+            return None
+        if stat.S_ISLNK(st.st_mode):
+            hops += 1
+            if hops > _MAX_HOPS:
+                return None
+            target = Path(os.readlink(at / part))
+            if target.is_absolute():
+                at, pending = Path("/"), [*target.parts[1:], *pending]
+            else:
+                pending = [*target.parts, *pending]
+            continue
+        at = at / part
 
 
 def _step(fd: int, part: str, where: Path, path: Path, create: bool) -> int:
@@ -344,10 +406,15 @@ def move(
             raise
     tmp = f".{target}.tmp"
     handle.seek(0)
+    held = os.fstat(handle.fileno())
     with to.create(tmp) as dst:
         while block := handle.read(1 << 20):
             dst.write(block)
         dst.flush()
+        # what a rename keeps: the exporter's permission bits (never set-id or sticky
+        # ones, which a copy must not make ours) and its times
+        os.fchmod(dst.fileno(), stat.S_IMODE(held.st_mode) & 0o777)
+        os.utime(dst.fileno(), ns=(held.st_atime_ns, held.st_mtime_ns))
         os.fsync(dst.fileno())
     to.rename(tmp, to, target)
     _still(src, name, handle, listed)

@@ -189,3 +189,90 @@ def test_a_duplicate_rewritten_in_place_after_its_hash_is_not_moved_unread(rig: 
         ledger.close()
     assert rig.stored("FB") == 2
     assert (rig.folder.done / "again.csv").read_text() == export("FB")
+
+
+# ------------------------------------------------ the operator's own paths
+
+
+def test_a_link_of_the_operators_into_the_folder_follows_no_link_of_the_exporters(
+    tmp_path: Path,
+) -> None:
+    """done/ named through the operator's own link to ``watch/sub/done``: the exporter
+    replaces ``sub`` by a link to a folder of the node's (here ``outside``). Resolved
+    whole, the path led out of the watched folder and files were moved there; resolved
+    only up to the watched folder, ``sub`` is a part inside it, and a link there is
+    refused at the start."""
+    r = make_rig(tmp_path, done=tmp_path / "done-link")
+    (r.watch / "sub" / "done").mkdir(parents=True)
+    (tmp_path / "done-link").symlink_to(r.watch / "sub" / "done")
+    (r.watch / "sub" / "done").rmdir()
+    (r.watch / "sub").rmdir()
+    (r.outside / "done").mkdir()
+    (r.watch / "sub").symlink_to(r.outside)  # the exporter's
+    (r.watch / "a.csv").write_text(export("F1"))
+    try:
+        with pytest.raises(ConnectorError, match="watch/sub is a symbolic link"):
+            r.scan()
+    finally:
+        r.folder.close()
+        r.store.close()
+    assert not list((r.outside / "done").iterdir()) and (r.watch / "a.csv").exists()
+
+
+def test_a_link_of_the_operators_into_the_folder_is_inside(tmp_path: Path) -> None:
+    """The same link with no link of the exporter's on the way: done/ is the watched
+    folder's own ``sub/done``, found by no link when its parts are looked up from it."""
+    r = make_rig(tmp_path, done=tmp_path / "done-link")
+    (r.watch / "sub" / "done").mkdir(parents=True)
+    (tmp_path / "done-link").symlink_to(r.watch / "sub" / "done")
+    (r.watch / "a.csv").write_text(export("F1"))
+    try:
+        r.scan()
+    finally:
+        r.folder.close()
+        r.store.close()
+    assert (r.watch / "sub" / "done" / "a.csv").exists()
+
+
+def test_a_copy_across_file_systems_keeps_the_exporters_mode_and_time(
+    tmp_path: Path, loose_umask: None
+) -> None:
+    """A rename keeps the file's mode and times; the copy made in its place across file
+    systems was the node's private file (0600) with the time of the copy."""
+    shm = Path("/dev/shm")
+    if not shm.is_dir() or shm.stat().st_dev == tmp_path.stat().st_dev:
+        pytest.skip("no second file system at /dev/shm")
+    done = Path(os.path.realpath(shm)) / f"qdspace-done-{os.getpid()}-{tmp_path.name}"
+    r = make_rig(tmp_path, done=str(done))
+    try:
+        (r.watch / "a.csv").write_text(export("F1"))
+        os.chmod(r.watch / "a.csv", 0o4644)  # set-id: never carried over
+        os.utime(r.watch / "a.csv", ns=(1_600_000_000_000_000_000, 1_600_000_000_000_000_000))
+        r.scan()
+        st = (done / "a.csv").stat()
+        assert stat.S_IMODE(st.st_mode) == 0o644
+        assert st.st_mtime_ns == 1_600_000_000_000_000_000
+    finally:
+        r.folder.close()
+        r.store.close()
+        for p in done.glob("*"):
+            p.unlink()
+        done.rmdir()
+
+
+def test_a_folder_held_open_knows_whether_it_lies_under_another(tmp_path: Path) -> None:
+    """The check made once done/ is open (a link swapped between the look and the open):
+    by the folders' parents on disk, not their paths."""
+    from qdspace.connector.linein.folder_files import Folder
+
+    (tmp_path / "w" / "a" / "b").mkdir(parents=True)
+    (tmp_path / "o").mkdir()
+    (tmp_path / "way-in").symlink_to(tmp_path / "w" / "a")
+    watch = Folder.open(tmp_path / "w")
+    held = [Folder.open(tmp_path / p, follow=True) for p in ("w/a/b", "way-in", "o", "w")]
+    try:
+        assert [f.below(watch) for f in held] == [True, True, False, True]
+        assert not watch.below(held[0])
+    finally:
+        for f in [watch, *held]:
+            f.close()
