@@ -4,6 +4,10 @@ The member never sends data, only its change to the global model. When the job
 clips (secure aggregation, DP or norm bounding) the change is clipped here, before
 noise and masking, so the bound holds for whatever leaves the company; in
 distributed-DP jobs each member adds its share of the Gaussian noise here too.
+
+The noise is drawn afresh at every call, and a secure round calls once per attempt:
+every change sent is one more noisy copy of the member's data, which is why the node
+counts each one against the member's floor (``member_releases``) rather than each round.
 """
 
 from __future__ import annotations
@@ -23,7 +27,8 @@ from qdspace.federation.strategies import clip_in_place
 def prepare_change(
     job: JobSpec, global_vector: Vector, trained: Vector, rng: np.random.Generator
 ) -> Vector:
-    """The change to report: ``trained - global``, clipped and noised as the job says."""
+    """The change to report: ``trained - global``, clipped and noised as the job says
+    (fresh noise each call: each change sent is one release, ``member_releases``)."""
     change = np.subtract(trained, global_vector, dtype=np.float32)  # a fresh array: ours
     if job.clip is not None:
         clip_in_place(change, job.clip)

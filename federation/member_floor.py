@@ -23,11 +23,18 @@ as the terms themselves arrange it (``protecting_noise``):
   premise: fewer than ``threshold`` members collude with the coordinator).
 
 Epsilon is counted from that noise, at the member's own delta (a coordinator choosing a
-large delta would otherwise shrink it), over every round the terms allow (the job's own
-epsilon budget is the coordinator's to enforce), with no amplification by sampling:
-the member sends in every round it is asked to, whatever ``sample_rate`` the terms
-claim. The defaults ask for no DP, so plain jobs (and the demo's, secure aggregation
-without DP) are joined as before; they cap a job at ``DEFAULT_MAX_ROUNDS`` rounds.
+large delta would otherwise shrink it), with no amplification by sampling: the member
+sends in every round it is asked to, whatever ``sample_rate`` the terms claim. At
+``join`` it is counted over every round the terms allow (the job's own epsilon budget
+is the coordinator's to enforce), one release of this member's update per round: the
+least the job will take. A coordinator can take more, by failing and restarting the
+attempts of a round: each attempt the member sends a fresh noisy update (or masked
+input), and averaging them strips the noise. So while the job runs, the same epsilon
+(``member_epsilon``) is counted over the releases the member has actually made, and one
+more is sent only within ``max_epsilon`` and ``max_rounds`` (``member_releases``).
+The defaults ask for no DP, so plain jobs (and the demo's, secure aggregation without
+DP) are joined as before; they cap a job at ``DEFAULT_MAX_ROUNDS`` rounds, and so at as
+many releases.
 """
 
 from __future__ import annotations
@@ -129,7 +136,7 @@ def _dp_problems(job: JobSpec, floor: MemberFloor) -> list[str]:
         )
     most = floor.max_epsilon
     if most is not None:
-        epsilon = _epsilon(job.dp.clip, noise, floor.delta, job.rounds)
+        epsilon = member_epsilon(job, floor, job.rounds)
         if epsilon > most:
             out.append(
                 f"dp spends epsilon {epsilon:.3g} of this member's over the job's "
@@ -139,11 +146,18 @@ def _dp_problems(job: JobSpec, floor: MemberFloor) -> list[str]:
     return out
 
 
-def _epsilon(clip: float, noise: float, delta: float, rounds: int) -> float:
-    """Epsilon of ``rounds`` unsampled Gaussian rounds; infinite for noise too small to
-    square (the terms' multiplier is any number > 0)."""
-    counted = DPConfig(clip=clip, noise_multiplier=noise, delta=delta)
+def member_epsilon(job: JobSpec, floor: MemberFloor, releases: int) -> float:
+    """Epsilon of ``releases`` unsampled Gaussian releases of this member's update under
+    ``job``, counted from the noise that protects it (``protecting_noise``) at the
+    floor's delta; infinite without such noise, or with noise too small to square (the
+    terms' multiplier is any number > 0)."""
+    if releases <= 0:
+        return 0.0
+    noise, _ = protecting_noise(job)
+    if job.dp is None or noise <= 0.0:
+        return math.inf
+    counted = DPConfig(clip=job.dp.clip, noise_multiplier=noise, delta=floor.delta)
     try:
-        return Accountant(counted).spent(rounds).epsilon
+        return Accountant(counted).spent(releases).epsilon
     except (ZeroDivisionError, OverflowError):
         return math.inf

@@ -42,7 +42,9 @@ below is the one place that says what lives where::
     └── federation/
         ├── jobs/<job_id>/     a coordinated job (job.json, checkpoint.bin, version.json:
         │                      owned by qdspace.federation.job_files)
-        └── data/<job_id>.npz  a member's training share for a job (the demo writes it)
+        ├── data/<job_id>.npz  a member's training share for a job (the demo writes it)
+        └── releases/<coordinator>/<job_id>.json  the updates this member sent a job,
+                               counted against its floor (node.runtime.federation_releases)
 
     AUTHORITY/
     ├── ca.key / ca.crt        the authority's key (0600) and self-signed certificate

@@ -36,6 +36,7 @@ from qdspace.node.runtime.federation_member import (
     VersionHook,
     Vouch,
 )
+from qdspace.node.runtime.federation_releases import ReleaseGuard
 
 if TYPE_CHECKING:
     from qdspace.node.context import NodeContext
@@ -86,6 +87,7 @@ class GrpcCoordinator:
         on_version: VersionHook,
         poll_s: float,
         coordinator_id: str | None = None,
+        releases: ReleaseGuard | None = None,
     ) -> MemberResult:
         keys = self._keys
         confirm = self._confirm
@@ -116,6 +118,7 @@ class GrpcCoordinator:
             on_version=on_version,
             poll_s=poll_s,
             before_send=before_send,
+            releases=releases,
         )
         return await runner.run()
 

@@ -22,6 +22,14 @@ and us out of the job's later attempts (it cannot tell which of us lies), so a m
 dealing bad shares cannot make every attempt abort.
 A coordinator that is briefly unreachable (restarting) is polled again for up to
 ``OUTAGE_S``: a restarted coordinator resumes the job.
+
+Each update that leaves (a plain update, or an attempt's masked input: each drawn with
+fresh noise) is one release of the member's data, which a coordinator restarting
+attempts could otherwise ask for without end. Given a ``ReleaseGuard``
+(``runtime.federation_releases``), the runner asks it before training for a release and
+has it counted on disk before sending one; past the member's floor the round goes on
+without the member (a ``skipped`` event that names the job, the releases made and the
+floor setting).
 """
 
 from __future__ import annotations
@@ -56,6 +64,7 @@ from qdspace.node.identity.certs import Trust
 from qdspace.node.rpc.federation_client import FederationClient, FederationRefused
 from qdspace.node.rpc.federation_keys import CertificateKeys, Revoked
 from qdspace.node.runtime.federation_member import MemberEvent, MemberResult, VersionHook
+from qdspace.node.runtime.federation_releases import ReleaseGuard
 from qdspace.util.threads import on_own_thread
 
 logger = logging.getLogger("node.rpc")
@@ -101,6 +110,7 @@ class MemberRunner:
         seed: int = 0,
         poll_s: float = DEFAULT_POLL_S,
         before_send: Callable[[], Awaitable[None]] | None = None,
+        releases: ReleaseGuard | None = None,
     ) -> None:
         self.client = client
         self.member = member
@@ -117,6 +127,8 @@ class MemberRunner:
         self._poll_s = poll_s
         #: raises when the coordinator's name is no longer held by the member joined
         self._before_send = before_send
+        #: counts each update sent against the member's floor (None: not counted)
+        self._releases = releases
         self._job: JobSpec | None = None
         self._version: ModelVersion | None = None
         self._params: Params | None = None
@@ -265,6 +277,13 @@ class MemberRunner:
         if self._before_send is not None:
             await self._before_send()
 
+    async def _release(self, round_: int, attempt: int, *, send: bool) -> None:
+        """Before training for a release (``send=False``: checked only) and right before
+        sending one (counted on disk first): ``ReleaseRefused`` past the member's floor."""
+        if self._releases is not None:
+            step = self._releases.record if send else self._releases.check
+            await asyncio.to_thread(step, round_, attempt)
+
     async def _act(self, status: StatusView) -> None:
         round_, attempt, phase = status.round, status.attempt, status.phase
         job, client = self.job, self.client
@@ -273,9 +292,11 @@ class MemberRunner:
         if phase is Phase.TRAINING:
             if round_ in self._sent:
                 return
+            await self._release(round_, attempt, send=False)
             trained, examples = await self._train(round_)
             update = plain_update(job, global_vector, trained, self._rng)
             await self._send()
+            await self._release(round_, attempt, send=True)
             # an honest member with more data than the terms' cap claims the cap (the
             # coordinator refuses a claim over it: `JobSpec.max_examples_per_member`)
             await client.upload_update(round_, update, min(examples, job.examples_cap))
@@ -286,6 +307,7 @@ class MemberRunner:
         state = self._secure.get(key)
         if phase is Phase.ADVERTISE and state is None:
             signing_key, certificate, _ = self._credentials()
+            await self._release(round_, attempt, send=False)
             trained, _ = await self._train(round_)
             change = prepare_change(job, global_vector, trained, self._rng)
             sa = secagg_client(job, self.member, round_, attempt, signing_key)
@@ -319,6 +341,7 @@ class MemberRunner:
             # each chunk is copied onto the wire before the next is made: one chunk buffer
             parts = masking.blocks(client.chunk_elements, reuse_buffer=True)
             await self._send()
+            await self._release(round_, attempt, send=True)
             await client.upload_masked_stream(round_, attempt, masking.size, parts)
             self._sent.add(round_)
             self._emit("sent", round_, "masked update sent")

@@ -18,7 +18,9 @@ name this node, its terms must meet this node's own floor (``federation.member_f
 the noise, secure aggregation and rounds its settings ask of any job), the data must
 load with the job's shapes, a node that cannot deploy refuses ``deploy`` at once. Only
 then does the session run, as a task of the node's event loop; whatever ends it later
-is kept on the session as its error.
+is kept on the session as its error. The floor holds while it runs too: each update the
+session sends is counted on disk against it (``runtime.federation_releases``), so a
+coordinator restarting attempts, or a job joined again, gets no release past the floor.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from qdspace.federation.el_cnn import MODEL as EL_CNN
+from qdspace.federation.errors import FederationError
 from qdspace.federation.job import JobSpec
 from qdspace.federation.logreg import Dataset
 from qdspace.federation.member import Trainer
@@ -45,6 +48,8 @@ from qdspace.federation.round_status import Phase, StatusView
 from qdspace.federation.strategies import StrategyName
 from qdspace.federation.versions import ModelVersion
 from qdspace.node.errors import NodeError
+from qdspace.node.layout import NodeLayout
+from qdspace.node.runtime.federation_releases import ReleaseBook, ReleaseGuard
 
 logger = logging.getLogger("node.federation")
 
@@ -126,9 +131,11 @@ class CoordinatorLink(Protocol):
         on_version: VersionHook,
         poll_s: float,
         coordinator_id: str | None = None,
+        releases: ReleaseGuard | None = None,
     ) -> MemberResult:
         """Take part in every round until the job ends (checking every version); with
-        ``coordinator_id``, only while the coordinator's name is held by that member."""
+        ``coordinator_id``, only while the coordinator's name is held by that member; with
+        ``releases``, sending no update it refuses."""
         ...
 
     async def close(self) -> None: ...
@@ -252,6 +259,8 @@ class FederationMember:
         self.floor = MemberFloor() if floor is None else floor
         #: who the coordinator of a job under contract must be (None: not checked)
         self._vouch = vouch
+        #: every update this node sent, per job: counted against ``floor`` while it runs
+        self.releases = ReleaseBook(NodeLayout(directory).federation)
         self._sessions: dict[str, MemberSession] = {}
 
     # -- coordinator side: jobs -----------------------------------------------------------
@@ -345,6 +354,11 @@ class FederationMember:
                     f"{self.name} refuses job {spec.job_id}: its terms are below this node's "
                     "federation_floor (node.json): " + "; ".join(below)
                 )
+            try:
+                releases = self.releases.for_job(request.coordinator, spec, self.floor)
+            except FederationError as exc:  # an unreadable record
+                refused = f"{self.name} refuses job {spec.job_id}: {exc}"
+                raise FederationRequestError(refused) from None
             held_to = None
             if self._vouch is not None and request.coordinator != self.name:
                 # model updates say much about the data they came from: they go to the
@@ -378,7 +392,7 @@ class FederationMember:
         self._forget_old()
         self._sessions[session.session_id] = session
         session.task = asyncio.get_running_loop().create_task(
-            self._follow(session, link, spec, kind, own, held_out, request, held_to),
+            self._follow(session, link, spec, kind, own, held_out, request, held_to, releases),
             name=f"federation member {spec.job_id}",
         )
         return session
@@ -405,6 +419,7 @@ class FederationMember:
         held_out: Dataset | None,
         request: JoinRequest,
         held_to: str | None,
+        releases: ReleaseGuard,
     ) -> None:
         def on_event(event: MemberEvent) -> None:
             session.events.append(
@@ -436,6 +451,7 @@ class FederationMember:
                 on_version=on_version,
                 poll_s=request.poll_s,
                 coordinator_id=held_to,
+                releases=releases,
             )
             session.status = result.status
             session.contributed = list(result.contributed)
