@@ -335,6 +335,11 @@ def deletion_digest_of_bytes(payloads: Iterable[bytes]) -> tuple[int, str]:
 
 #: the longest `DeletionReceipt.reason` (a short statement, not a document)
 MAX_RECEIPT_REASON = 200
+#: the most rows one receipt may count: the largest integer every reader of the signed
+#: JSON holds exactly (JavaScript's too), far past any order, and below the 64-bit
+#: column it is stored in (a consumer's 2**63 ended the provider's record_receipt in an
+#: OverflowError from the database)
+MAX_RECEIPT_ROWS = 2**53 - 1
 #: the reason of a receipt for data deleted before its deadline because its holder
 #: leaves the data space (`connector.purge`)
 REASON_LEAVING = "early deletion: the consumer leaves the data space"
@@ -361,6 +366,8 @@ class DeletionReceipt:
     def __post_init__(self) -> None:
         if self.row_count < 0:
             raise AgreementError("receipt: row_count is negative")
+        if self.row_count > MAX_RECEIPT_ROWS:
+            raise AgreementError(f"receipt: row_count is over {MAX_RECEIPT_ROWS:,}")
         if len(self.content_sha256) != 64 or self.content_sha256.strip("0123456789abcdef"):
             raise AgreementError("receipt: content_sha256 is not 64 lowercase hex digits")
         if len(self.reason) > MAX_RECEIPT_REASON or not self.reason.isprintable():

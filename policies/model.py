@@ -55,6 +55,11 @@ CONTEXT: tuple[str, dict[str, str]] = (
 # policy's context only when it uses the term (see the module docstring).
 FRAMEWORK_TERM = ("FrameworkAgreement", "https://w3id.org/catenax/policy/FrameworkAgreement")
 DEFAULT_RETENTION_DAYS = 180
+#: the longest retention any policy may name, a peer's too: a century, longer than any
+#: record-keeping law asks. A deadline this far out is still a date (10**30 days was
+#: parsed, then ended the agreement's save in an OverflowError), and it fits the 32-bit
+#: column PostgreSQL stores it in.
+MAX_RETENTION_DAYS = 36_500
 # A framework agreement's name, as the space authority attests it (DataExchangeGovernance:1.0)
 FRAMEWORK_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:\-]{0,63}")
 
@@ -153,8 +158,14 @@ class Constraint:
             if not isinstance(right, datetime) or right.utcoffset() is None:
                 raise PolicySyntaxError(path, "dateTime needs an ISO 8601 instant with a zone")
         elif left is LeftOperand.RETENTION:
-            if isinstance(right, bool) or not isinstance(right, int) or right < 0:
-                raise PolicySyntaxError(path, "retention needs a whole number of days >= 0")
+            if (
+                isinstance(right, bool)
+                or not isinstance(right, int)
+                or not 0 <= right <= MAX_RETENTION_DAYS
+            ):
+                raise PolicySyntaxError(
+                    path, f"retention needs a whole number of days, 0 to {MAX_RETENTION_DAYS:,}"
+                )
         elif left is LeftOperand.FRAMEWORK:
             names = right if isinstance(right, frozenset) else {right}
             if not names or not all(

@@ -277,3 +277,14 @@ def test_receipt_refuses_nonsense() -> None:
         DeletionReceipt("agr-1", "sunarc", 1, "XYZ", T0)
     with pytest.raises(AgreementError, match="canonical"):
         receipt_from_bytes(build_receipt("a", "c", ROWS, T0).canonical_bytes() + b" ")
+
+
+def test_a_receipt_counting_more_rows_than_any_reader_holds_is_refused() -> None:
+    """A consumer's signed receipt of 2**63 rows ended the provider's record_receipt in an
+    OverflowError from the database (an INTERNAL answer and a traceback)."""
+    fields = build_receipt("a", "c", ROWS, T0).to_dict()
+    for count in (2**53, 2**63, 10**30):
+        with pytest.raises(AgreementError, match="row_count is over"):
+            receipt_from_bytes(canonical_json({**fields, "rowCount": count}))
+    held = receipt_from_bytes(canonical_json({**fields, "rowCount": 2**53 - 1}))
+    assert held.row_count == 2**53 - 1

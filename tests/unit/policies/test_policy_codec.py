@@ -169,7 +169,12 @@ def test_equivalent_spellings_normalise() -> None:
         (
             lambda d: d["permission"][0]["duty"][0]["constraint"][0].update(rightOperand=-1),
             "$.permission[0].duty[0].constraint[0].rightOperand",
-            ">= 0",
+            "0 to 36,500",
+        ),
+        (  # parsed, then the agreement's save ended in an OverflowError
+            lambda d: d["permission"][0]["duty"][0]["constraint"][0].update(rightOperand=10**30),
+            "$.permission[0].duty[0].constraint[0].rightOperand",
+            "0 to 36,500",
         ),
         (
             lambda d: d["permission"][0]["constraint"][0].update(rightOperand="quality"),
