@@ -7,8 +7,13 @@ key). The gates in front are the node API's own (`node.api.gate`): bodies are ca
 at `BODY_LIMIT` before they are read and JSON nesting before it is parsed; every
 error is an RFC 9457 problem by the fault table (`node.api.problems`), 4xx for the
 caller's mistakes, never a traceback. Enrollment and renewal are counted per client
-address (`node.authority.attempts`): an address over its budget of refusals gets a 429
-problem with Retry-After.
+address and per its network (`node.authority.attempts`): an address or network over its
+budget of refusals gets a 429 problem with Retry-After.
+
+The client address is the connection's, unless the operator named the peer a trusted
+proxy (`node.authority.forwarded`): then it is read from the proxy's X-Forwarded-For,
+and a malformed one is a 400 problem. By default no proxy is trusted and the header is
+ignored.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from qdspace.node.api.gate import BodyLimit, JsonDepthLimit
 from qdspace.node.api.problems import install_problem_handlers, problem_response
 from qdspace.node.authority.attempts import client_key
+from qdspace.node.authority.forwarded import HEADER, NO_PROXIES, TrustedProxies
 from qdspace.node.authority.service import AuthorityService, PublishedTooOften, TooManyAttempts
 from qdspace.node.identity.certs import cert_to_pem, identity_of
 
@@ -84,11 +90,6 @@ class Health(BaseModel):
     space: str
 
 
-def _client(request: Request) -> str:
-    """The address the caller's attempts are counted by (`attempts.client_key`)."""
-    return client_key(request.client.host if request.client else None)
-
-
 async def _too_many(request: Request, exc: Exception) -> JSONResponse:
     """A 429 problem with the seconds until the caller may try again."""
     assert isinstance(exc, TooManyAttempts | PublishedTooOften)
@@ -97,8 +98,17 @@ async def _too_many(request: Request, exc: Exception) -> JSONResponse:
     )
 
 
-def create_authority_app(service: AuthorityService) -> FastAPI:
-    """The FastAPI app of ``qdspace authority serve`` over ``service``."""
+def create_authority_app(
+    service: AuthorityService, proxies: TrustedProxies = NO_PROXIES
+) -> FastAPI:
+    """The FastAPI app of ``qdspace authority serve`` over ``service``, reading the
+    caller's address from the X-Forwarded-For of ``proxies`` only (module)."""
+
+    def _client(request: Request) -> str:
+        """The address the caller's attempts are counted by (`attempts.client_key`)."""
+        peer = request.client.host if request.client else None
+        return client_key(proxies.client(peer, request.headers.getlist(HEADER)))
+
     app = FastAPI(
         title="qdspace authority",
         summary="CA, revocation list, enrollment and member directory of a data space",

@@ -10,6 +10,11 @@ enrollment), so it closes a connection whose request head is late as the node's
 listeners do (`node.http_listener.HeadDeadlineH11`): uvicorn times only idle keep-alive
 connections, and connections that sent half a request, or nothing, were held for as
 long as their clients liked.
+
+Callers are counted by the address they connect from. Behind a reverse proxy, name it
+(``--trusted-proxy``, or ``$QDSPACE_AUTHORITY_TRUSTED_PROXIES``): from it alone the
+caller's address is read from X-Forwarded-For (`node.authority.forwarded`). uvicorn's
+own reading of that header is off: it believed any local caller's.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ from pathlib import Path
 import uvicorn
 
 from qdspace.node.authority.app import create_authority_app
+from qdspace.node.authority.forwarded import NO_PROXIES, TrustedProxies
 from qdspace.node.authority.service import AuthorityService
 from qdspace.node.authority.tls import DEFAULT_HOSTNAMES, ensure_server_cert
 from qdspace.node.http_listener import HeadDeadlineH11
@@ -52,9 +58,14 @@ def read_runtime(directory: Path) -> dict[str, object] | None:
 
 
 def serve_authority(
-    directory: Path, host: str, port: int, hostnames: Sequence[str] = DEFAULT_HOSTNAMES
+    directory: Path,
+    host: str,
+    port: int,
+    hostnames: Sequence[str] = DEFAULT_HOSTNAMES,
+    proxies: TrustedProxies = NO_PROXIES,
 ) -> None:
-    """Serve the authority in ``directory`` until SIGTERM/SIGINT."""
+    """Serve the authority in ``directory`` until SIGTERM/SIGINT, reading callers'
+    addresses from the X-Forwarded-For of ``proxies`` only (none by default)."""
     service = AuthorityService.open(directory)
     names = list(dict.fromkeys([*hostnames] or DEFAULT_HOSTNAMES))
     files = service.files
@@ -63,9 +74,10 @@ def serve_authority(
     sock = bind_socket("authority", host, port)
     bound = sock.getsockname()[1]
     config = uvicorn.Config(
-        create_authority_app(service),
+        create_authority_app(service, proxies),
         log_level="warning",
         access_log=False,
+        proxy_headers=False,  # X-Forwarded-For is read from trusted proxies only
         ssl_certfile=str(files.server_cert),
         ssl_keyfile=str(files.server_key),
         http=HeadDeadlineH11,
@@ -81,6 +93,8 @@ def serve_authority(
             runtime = {"pid": os.getpid(), "url": url, "started_at": time.time()}
             write_atomic(files.runtime, json.dumps(runtime).encode(), mode=0o644)
             logger.info("authority %s serving on %s", service.space, url)
+            if proxies:
+                logger.info("authority: callers behind trusted proxies %s", proxies)
         try:
             await task
         finally:

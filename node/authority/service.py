@@ -22,8 +22,9 @@ the service starts them full); over it, `PublishedTooOften` (429) says when to t
 and the node's follower tries at its next refresh.
 
 Enrollment preview, enrollment and renewal are open to anyone who reaches the service:
-each client address has a budget of refused attempts (`node.authority.attempts`), and
-an address over it is answered `TooManyAttempts` (429 with Retry-After) before any work.
+each client address, and each address's network, has a budget of refused attempts
+(`node.authority.attempts`), and an address or network over it is answered
+`TooManyAttempts` (429 with Retry-After, saying which budget is spent) before any work.
 Every refusal is logged for the operator, but through one budget of log lines for all
 callers (`attempts.LogBudget`), and a flood of 429s once per address and then summed up:
 a caller cannot flood the log, however many addresses it has.
@@ -239,9 +240,11 @@ class AuthorityService:
                 self.attempts.spare(client, time.monotonic())
 
     def _too_many(self, what: str, client: str, admission: Admission) -> TooManyAttempts:
-        """The 429 of an address over its budget, reported once and then summed up."""
-        rates = self.attempts
-        limits = f"{rates.burst} at once, then one every {rates.every_s:g} s"
+        """The 429 of an address, or of its network, over its budget (which one it says),
+        reported once and then summed up."""
+        network = admission.network
+        over = client if network is None else f"{client}'s network {network}"
+        limits = admission.budget or self.attempts.address_budget
         retry = max(1, math.ceil(admission.wait_s))
         if admission.report:
             held = self._log_lines.line(time.monotonic())
@@ -250,13 +253,13 @@ class AuthorityService:
                     "authority: %s from %s over its refused attempts (%s): %d answered "
                     "429 since the last line about it%s",
                     what,
-                    client,
+                    over,
                     limits,
                     admission.refused,
                     _held_back(held),
                 )
         return TooManyAttempts(
-            f"too many refused attempts from {client} ({limits}): try again in {retry} s",
+            f"too many refused attempts from {over} ({limits}): try again in {retry} s",
             retry,
         )
 

@@ -21,6 +21,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from qdspace.node.authority.forwarded import TRUSTED_PROXIES_ENV, TrustedProxies
 from qdspace.node.cli.choices import Role
 from qdspace.node.cli.connect import JsonOpt, print_json
 from qdspace.node.cli.errors import clean_errors
@@ -238,13 +239,33 @@ def authority_serve(
             "certificate names them; default localhost and 127.0.0.1)"
         ),
     ] = None,
+    trusted_proxy: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--trusted-proxy",
+            envvar=TRUSTED_PROXIES_ENV,
+            show_envvar=True,
+            help="address or network (CIDR) of a reverse proxy in front of the service "
+            "(repeatable; in the environment variable, separated by spaces). From these "
+            "peers only, a caller's address is read from X-Forwarded-For: the right-most "
+            "address that is not itself a trusted proxy; a malformed header from one is "
+            "answered 400. Default: none, the header is ignored and callers are counted "
+            "by the address they connect from (behind an unnamed proxy, all share its "
+            "budget of refused attempts)",
+        ),
+    ] = None,
     log_level: Annotated[str, typer.Option(help="log level")] = "INFO",
 ) -> None:
-    """Serve the CA certificate, CRL, enrollment and the signed member directory over HTTPS."""
+    """Serve the CA certificate, CRL, enrollment and the signed member directory over HTTPS.
+
+    Refused enrollment attempts have a budget per caller address (IPv6: per /64).
+    They have one per network too (IPv4: /24, IPv6: /48); over either, 429 and Retry-After.
+    """
     from qdspace.node.authority.server import serve_authority
     from qdspace.node.authority.tls import DEFAULT_HOSTNAMES
     from qdspace.node.logs import setup_logging
 
+    proxies = TrustedProxies.parse(trusted_proxy or ())
     setup_logging(log_level)
     names = hostname or ([host, *DEFAULT_HOSTNAMES] if host not in ("0.0.0.0", "::") else [])
-    serve_authority(directory, host, port, names or list(DEFAULT_HOSTNAMES))
+    serve_authority(directory, host, port, names or list(DEFAULT_HOSTNAMES), proxies)

@@ -4,8 +4,9 @@ refusals: the HTTP client verifies it against the authority's own CA."""
 from __future__ import annotations
 
 import dataclasses
+import os
 import ssl
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -32,12 +33,18 @@ class Service:
 
 @contextmanager
 def authority_service(
-    directory: Path, space: str, host: str = "127.0.0.1", hostnames: Sequence[str] = ()
+    directory: Path,
+    space: str,
+    host: str = "127.0.0.1",
+    hostnames: Sequence[str] = (),
+    env: Mapping[str, str] | None = None,
 ) -> Iterator[Service]:
     """A new authority of data space ``space`` in ``directory``, served until the end (on
-    ``host``, its TLS certificate for ``hostnames``: the service's default without)."""
+    ``host``, its TLS certificate for ``hostnames``: the service's default without; with
+    ``env`` added to the process's environment)."""
     authority = Authority.init(directory, space)
-    process = AuthorityProcess(directory, host=host, hostnames=hostnames)
+    environment = {**os.environ, **(env or {})}
+    process = AuthorityProcess(directory, host=host, hostnames=hostnames, env=environment)
     url = process.start()
     context = ssl.create_default_context(cadata=cert_to_pem(authority.cert).decode())
     http = httpx.Client(base_url=url, verify=context, timeout=30)
@@ -54,3 +61,18 @@ def problem(response: httpx.Response, status: int, needle: str) -> None:
     assert response.headers["content-type"].startswith("application/problem+json")
     assert needle in response.json()["detail"], response.json()
     assert "Traceback" not in response.text
+
+
+def client_from(service: Service, source: str) -> httpx.Client:
+    """A client of ``service`` whose connections leave from the address ``source`` (Linux
+    routes all of 127/8 to lo: each is another caller)."""
+    context = ssl.create_default_context(cadata=cert_to_pem(service.authority.cert).decode())
+    transport = httpx.HTTPTransport(verify=context, local_address=source)
+    return httpx.Client(base_url=service.url, transport=transport, timeout=30)
+
+
+def foreign_code(directory: Path, space: str) -> str:
+    """A well-formed code of another authority (in ``directory``): refused (403) as a
+    guessed one is, and worked through first."""
+    foreign = Authority.init(directory, space)
+    return str(foreign.create_enrollment(name="mole", role="oem"))

@@ -2,8 +2,10 @@
 (`node.authority.attempts`), on a clock the test drives: refusals cost, successes do not;
 attempts in flight hold their token; a table bounded under many addresses that forgets
 only full budgets; IPv6 counted by /64; a flood reported once then summed up, and log
-lines of all addresses within one budget. (The served service answering 429 with
-Retry-After: tests/integration/node/test_authority_flood.py.)"""
+lines of all addresses within one budget. Each address's network (/24, /48) has a budget
+too, in a table of its own that no flood of addresses evicts. (The served service
+answering 429 with Retry-After: tests/integration/node/test_authority_flood.py; behind
+proxies and by network: test_authority_proxies.py.)"""
 
 from __future__ import annotations
 
@@ -13,9 +15,12 @@ import pytest
 
 from qdspace.node.authority.attempts import (
     UNKNOWN_CLIENT,
+    Admission,
     AttemptRates,
+    Budget,
     LogBudget,
     client_key,
+    network_of,
 )
 from qdspace.node.authority.service import TooManyAttempts
 from qdspace.node.faults import http_status
@@ -128,3 +133,88 @@ def test_nonsense_limits_are_refused(burst: int, every_s: float) -> None:
 
 def test_too_many_attempts_is_a_429() -> None:
     assert http_status(TooManyAttempts("over", 3)) == 429
+
+
+def test_an_address_is_counted_in_its_network_too() -> None:
+    """An IPv4 address in its /24, an IPv6 /64 in its /48; no network for no address."""
+    assert network_of(client_key("192.0.2.7")) == "192.0.2.0/24"
+    assert network_of(client_key("2001:db8:1:2::1")) == "2001:db8:1::/48"
+    assert network_of(client_key("::ffff:192.0.2.7")) == "192.0.2.0/24"
+    assert network_of(UNKNOWN_CLIENT) is None
+    assert network_of("some-socket-path") is None
+
+
+def _spend(rates: AttemptRates, client: str, now: float = 0.0) -> list[Admission]:
+    """Attempts of ``client`` the service refuses, until one is over a budget."""
+    spent = []
+    while (admission := rates.admit(client, now)).admitted:
+        spent.append(admission)
+    return [*spent, admission]
+
+
+def test_many_64s_of_one_48_share_its_budget() -> None:
+    rates = AttemptRates(burst=3, every_s=1.0)  # a network: 30 at once, one every 0.1 s
+    assert rates.network_budget == Budget("network", 30, 0.1)
+    worked = 0
+    for subnet in range(100):  # 100 /64s: 300 refusals by their own budgets
+        spent = _spend(rates, client_key(f"2001:db8:1:{subnet:x}::1"))
+        worked += len(spent) - 1
+        if spent[-1].network is not None:
+            break
+    assert worked == 30 and subnet == 9  # ten /64s' worth, then the /48 is spent
+    over = spent[-1]
+    assert over.network == "2001:db8:1::/48" and over.budget == rates.network_budget
+    assert over.wait_s == 0.1 and over.report and over.refused == 1
+    assert rates.admit(client_key("2001:db8:2::1"), 0.0).admitted  # another /48: its own
+
+
+def test_an_address_over_its_own_budget_says_so_and_spends_no_network_token() -> None:
+    rates = AttemptRates(burst=2, every_s=1.0, network_burst=3, network_every_s=100.0)
+    over = _spend(rates, "192.0.2.7")[-1]
+    assert over.network is None and over.budget == rates.address_budget
+    for _ in range(50):  # its 429s give the network's token back: a 429 spends nothing
+        assert rates.admit("192.0.2.7", 0.0).network is None
+    assert rates.admit("192.0.2.8", 0.0).admitted  # the /24's third token is still there
+    assert rates.admit("192.0.2.9", 0.0).network == "192.0.2.0/24"
+
+
+def test_a_success_gives_both_tokens_back() -> None:
+    rates = AttemptRates(burst=1, every_s=100.0, network_burst=1, network_every_s=100.0)
+    for _ in range(10):
+        assert rates.admit("192.0.2.7", 0.0).admitted
+        rates.spare("192.0.2.7", 0.0)
+    assert rates.admit("192.0.2.8", 0.0).admitted  # the /24's one token was given back
+
+
+def test_a_flood_of_addresses_of_a_spent_network_holds_no_memory() -> None:
+    """Once its /48 is spent, new /64s are refused before the address table: they add no
+    budgets and push out nobody's (another caller's spent budget stays spent)."""
+    rates = AttemptRates(burst=2, every_s=1e6, max_clients=100, max_networks=10)
+    assert not _spend(rates, "192.0.2.7")[-1].admitted  # a victim... or a spent attacker
+    for subnet in range(20_000):  # /64s of one /48, one refusal each
+        rates.admit(client_key(f"2001:db8:1:{subnet:x}::1"), 1.0)
+    assert len(rates) <= 1 + 20 and rates.networks == 2  # 20: the /48's burst of /64s
+    assert rates.admit("192.0.2.7", 2.0).network is None  # still over its own budget
+
+
+def test_a_flood_of_addresses_cannot_evict_a_spent_network() -> None:
+    """The tables are apart: however many addresses (here 20,000 over a table of 100),
+    a network's budget is only pushed out by other networks."""
+    rates = AttemptRates(
+        burst=2, every_s=1e6, network_burst=2_500, max_clients=100, max_networks=10
+    )
+    for subnet in range(1_250):  # /64s of one /48: two refusals each spend the /48
+        for _ in range(2):
+            assert rates.admit(client_key(f"2001:db8:1:{subnet:x}::1"), 0.0).admitted
+    assert rates.admit(client_key("2001:db8:1:ffff::1"), 0.0).network == "2001:db8:1::/48"
+    for i in range(20_000):  # /64s of 9 other /48s, each refused once (all admitted)
+        assert rates.admit(client_key(f"2001:db8:{2 + i % 9:x}:{i:x}::1"), 1.0).admitted
+    assert len(rates) == 100 and rates.networks == 10
+    assert rates.admit(client_key("2001:db8:1:abcd::1"), 2.0).network == "2001:db8:1::/48"
+
+
+def test_many_networks_do_not_grow_their_table() -> None:
+    rates = AttemptRates(burst=2, every_s=1.0, max_clients=100, max_networks=50)
+    for i in range(10_000):
+        rates.admit(f"10.{i >> 8 & 255}.{i & 255}.1", float(i) * 1e-6)
+    assert len(rates) == 100 and rates.networks == 50
