@@ -80,6 +80,9 @@ def https_server(
         ssl_keyfile=key,
         ssl_keyfile_password=key_password,
         http=HeadDeadlineH11,
+        # uvicorn would believe X-Forwarded-For from loopback (FORWARDED_ALLOW_IPS): a
+        # caller on this machine could name any client address; nothing here asks for one
+        proxy_headers=False,
         timeout_graceful_shutdown=grace,  # type: ignore[arg-type]  # asyncio.timeout's float
     )
     return _Uvicorn(config)
@@ -271,6 +274,7 @@ async def start_dsp(
         access_log=False,
         lifespan="off",
         http=PeerCertH11,
+        proxy_headers=False,  # as `https_server`'s
         ssl_certfile=cert,
         ssl_keyfile=key,
         ssl_keyfile_password=password,
