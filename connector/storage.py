@@ -366,13 +366,19 @@ class QualityStore:
             self._inserters[kind] = found
         return found
 
-    def latest_measurement(self, equipment: str, parameter: str) -> datetime | None:
+    def latest_measurement(
+        self, equipment: str, parameter: str, not_after: datetime | None = None
+    ) -> datetime | None:
         """When the newest stored reading of ``parameter`` on ``equipment`` was taken (None:
-        none yet): where a line connector's backfill after an outage starts."""
+        none yet): where a line connector's backfill after an outage starts. With
+        ``not_after``, readings dated later are passed over: one dated 9999 (a file from an
+        exporter whose clock is wrong) would otherwise start every backfill after it."""
         table = _table("measurement")
         query = select(func.max(table.c.measured_at)).where(
             table.c.equipment == equipment, table.c.parameter == parameter
         )
+        if not_after is not None:
+            query = query.where(table.c.measured_at <= not_after)
         with self.engine.connect() as connection:
             found = connection.execute(query).scalar_one_or_none()
         if found is not None and found.tzinfo is None:

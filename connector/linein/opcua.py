@@ -277,11 +277,15 @@ class OpcuaConnector:
 
     async def _backfill_starts(self) -> dict[str, tuple[datetime, bool]]:
         """Per node: where its backfill starts, and whether that is a stored reading's time
-        (then the backfill takes only what is strictly newer)."""
+        (then the backfill takes only what is strictly newer). Readings stored with a time
+        ahead of our clock (another source's: a file from an exporter whose clock is
+        wrong) are passed over, or the backfill would start after them for good."""
         now = datetime.now(UTC)
         starts: dict[str, tuple[datetime, bool]] = {}
         for node in self.config.nodes:
-            since = await asyncio.to_thread(self.sink.latest, node.equipment, node.element)
+            since = await asyncio.to_thread(
+                self.sink.latest, node.equipment, node.element, now + CLOCK_SKEW
+            )
             if since is None:
                 starts[node.node_id] = (now - timedelta(seconds=self.config.backfill_max_s), False)
             else:

@@ -166,7 +166,10 @@ class MeasurementSink:
             report.reject(one.rejected)
         return report
 
-    def latest(self, equipment: str, element: str) -> datetime | None:
-        """The newest stored reading of ``element`` on ``equipment`` (backfill start)."""
+    def latest(
+        self, equipment: str, element: str, not_after: datetime | None = None
+    ) -> datetime | None:
+        """The newest stored reading of ``element`` on ``equipment`` (backfill start), of
+        those dated ``not_after`` at the latest."""
         name = self.store.dictionary.element(element).name
-        return self.store.latest_measurement(equipment, name)
+        return self.store.latest_measurement(equipment, name, not_after)

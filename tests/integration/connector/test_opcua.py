@@ -801,3 +801,35 @@ async def test_a_server_that_drops_or_never_answers_is_retried_ever_more_slowly(
     assert gateway.connections >= 7 and run.connector.sessions == 0
     if silent:
         assert "TimeoutError: no answer in 0.5 s; reconnecting in" in caplog.text
+
+
+async def test_a_reading_stored_ahead_of_our_clock_does_not_move_the_backfills_start(
+    plant: Plant, store: QualityStore, tmp_path: Path
+) -> None:
+    """A reading of the same parameter dated 9999 came in another way (a file from an
+    exporter whose clock was wrong): the backfill started after it, so every reading the
+    tool took during an outage was lost for good. Readings ahead of our clock are passed
+    over when the backfill's start is looked up."""
+    from qdspace.connector.linein.mapping import measurement
+
+    far = measurement(
+        equipment="PECVD-1",
+        element="pecvd_chamber_vacuum",
+        value=1.0,
+        unit="mbar",
+        measured_at=datetime(9999, 12, 31, 23, 0, tzinfo=UTC),
+    )
+    assert store.ingest_rows("measurement", [(1, far)]).accepted == 1
+    for i in range(1, 6):
+        await plant.write(1.0 + i / 10, T0 + timedelta(seconds=i))
+    sink = MeasurementSink(store, "opcua-test")
+    run = Running(OpcuaConnector(config(plant.port, tmp_path), sink))
+    try:
+        # 1 to 4 come from the history only: the subscription brings the newest value
+        await until(
+            lambda: (
+                {r[0] for r in stored(store)} >= {T0 + timedelta(seconds=i) for i in range(1, 6)}
+            )
+        )
+    finally:
+        await run.close()
