@@ -50,18 +50,28 @@ REPLY_LIMITS = {
 }
 
 
-#: how gRPC words a reply refused for its size ("... (25165825 vs. 23068672)")
-_TOO_LARGE = re.compile(r"larger than max \((\d+) vs\. (\d+)\)")
+#: how gRPC words a reply refused for its size ("... (25165825 vs. 23068672)"); the
+#: numbers are bounded: the text may be a peer's own (a status it sent), and ``int`` of
+#: over 4,300 digits raised ValueError out of the call
+_TOO_LARGE = re.compile(r"larger than max \((\d{1,12}) vs\. (\d{1,12})\)")
+#: the limits our side refuses replies at: the only ones such a text can be ours about
+_OUR_LIMITS = frozenset(
+    {*REPLY_LIMITS.values(), dict(CHANNEL_OPTIONS)["grpc.max_receive_message_length"]}
+)
 
 
 def oversized_reply(exc: grpc.aio.AioRpcError) -> tuple[int, int] | None:
     """(size, limit) when our side's gRPC refused the reply for its size: the peer sent
     more than `REPLY_LIMITS` allow (its fault, a 502; not the peer's own RESOURCE_EXHAUSTED,
-    a quota that a retry may pass)."""
+    a quota that a retry may pass). A text naming a limit that is none of ours, or a size
+    within it, is the peer's own words, not our refusal."""
     if exc.code() is not grpc.StatusCode.RESOURCE_EXHAUSTED:
         return None
     found = _TOO_LARGE.search(exc.details() or "")
-    return None if found is None else (int(found[1]), int(found[2]))
+    if found is None:
+        return None
+    size, limit = int(found[1]), int(found[2])
+    return (size, limit) if limit in _OUR_LIMITS and size > limit else None
 
 
 def service_config(limits: dict[tuple[str, str], int]) -> str:
