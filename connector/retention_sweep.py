@@ -7,6 +7,13 @@ deletion receipt signed with the consumer's Ed25519 key, all in one
 transaction; an optional `outbox` callback turns the receipt into protocol
 messages queued in that same transaction, so the provider is told even if the
 node crashes right after. The clock is a parameter, so tests can jump 181 days.
+
+The sweep also prunes the finished transfers that are of no more use (an ended
+agreement's, a receipted order's, a consumer's pull superseded by a later one of its
+scope: `connector.transfer_retention`), with their messages, DSP bindings and cursors,
+in one transaction, once an hour (`contract_store.transfer_prune`); agreements and
+receipts, the evidence, are never pruned. A failure to prune is logged and does not
+stop the deletions the sweep owes (the next run tries again).
 """
 
 from __future__ import annotations
@@ -21,7 +28,9 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from qdspace.connector.agreement import DeletionReceipt, SignedReceipt, sign_receipt
 from qdspace.connector.contract_store import ContractStore, Deletion, OutboxMessage
+from qdspace.connector.contract_store.transfer_prune import TransferPruner, TransferPruning
 from qdspace.connector.errors import ConnectorError
+from qdspace.connector.transfer_retention import TRANSFER_KEEP
 from qdspace.policies.errors import PolicyError
 
 log = logging.getLogger(__name__)
@@ -40,6 +49,8 @@ class SweepFailure:
 class SweepReport:
     receipts: tuple[SignedReceipt, ...]
     failures: tuple[SweepFailure, ...]
+    # the finished transfers pruned by this run (None: not due this run, or it failed)
+    pruned: TransferPruning | None = None
 
     @property
     def rows_deleted(self) -> int:
@@ -87,9 +98,11 @@ def sweep(
     *,
     outbox: ReceiptOutbox | None = None,
     horizon: timedelta = timedelta(0),
+    transfer_keep: timedelta = TRANSFER_KEEP,
 ) -> SweepReport:
     """Delete every (agreement, order) whose deadline is at or before ``now + horizon`` and
-    sign a receipt for each, stamped ``now``.
+    sign a receipt for each, stamped ``now``; then prune the finished transfers of no
+    more use that changed last before ``now - transfer_keep`` (`prune_transfers`).
 
     A sweeper that runs every H hours passes ``horizon=H``, so what would expire before
     its next run goes now, and no deletion is ever late. A failure on one (for example
@@ -124,7 +137,34 @@ def sweep(
             signed.receipt.receipt_id,
         )
         receipts.append(signed)
-    return SweepReport(tuple(receipts), tuple(failures))
+    pruned = prune_transfers(store, now, transfer_keep)
+    return SweepReport(tuple(receipts), tuple(failures), pruned)
+
+
+def prune_transfers(
+    store: ContractStore, now: datetime, keep: timedelta = TRANSFER_KEEP
+) -> TransferPruning | None:
+    """Prune the finished transfers of no more use (`TransferPruner.prune`: once an hour,
+    one transaction), logged with what went; None when not due, or when it failed (logged:
+    the deletions of the sweep come first, and the next run tries again)."""
+    try:
+        pruned = TransferPruner(store.engine).prune(now, keep=keep)
+    except (ConnectorError, PolicyError, SQLAlchemyError) as exc:
+        log.warning("retention sweep: pruning finished transfers failed: %s", exc)
+        return None
+    if pruned is not None and (pruned.transfers or pruned.notes_expired or pruned.acts_expired):
+        log.info(
+            "retention sweep: %d finished transfers pruned (%d messages, %d DSP bindings, "
+            "%d delivery cursors), %d notes of pruned transfers and %d re-reads expired%s",
+            pruned.transfers,
+            pruned.messages,
+            pruned.bindings,
+            pruned.cursors,
+            pruned.notes_expired,
+            pruned.acts_expired,
+            "; more are due" if pruned.more else "",
+        )
+    return pruned
 
 
 class RetentionSweeper:

@@ -22,6 +22,11 @@ incremental pull and growing with every one; ``ix_contract_transfer_pull`` on
 (agreement, scope key, watermark, created) finds it in one index search. Listings read
 their transfers in one statement and their message histories in a few (`transfers`), a
 page at a time where asked, in creation order (``ix_contract_transfer_created``).
+
+A finished transfer is not kept for ever: the retention sweep prunes it once nothing
+more can be done with it (`transfer_prune`), and leaves a note of it
+(`transfer_records`), so that asking for it again says it is no longer held
+(`TransferGoneError`) rather than that there never was one.
 """
 
 from __future__ import annotations
@@ -61,6 +66,7 @@ from qdspace.connector.contract_store.common import (
     seen_messages,
 )
 from qdspace.connector.contract_store.outbox import OutboxMessage, OutboxStore
+from qdspace.connector.contract_store.transfer_records import TransferGone, transfer_gone_table
 from qdspace.connector.negotiation import Role
 from qdspace.connector.transfer import TransferProcess, TransferState
 from qdspace.connector.transfer_wire import Checkpoint, view_cursor
@@ -193,6 +199,9 @@ class TransferStore(TableStore):
                 select(table).where(table.c.transfer_id == transfer_id)
             ).first()
             if row is None:
+                gone = _gone(connection, transfer_id)
+                if gone is not None:
+                    raise gone.error()
                 raise UnknownContractError(f"no transfer {transfer_id} here")
             seen = seen_messages(connection, _KIND, transfer_id)
         return _process(row, seen)
@@ -268,6 +277,23 @@ class TransferStore(TableStore):
         with self.engine.connect() as connection:
             transfer_id = connection.execute(found).scalar_one_or_none()
         return None if transfer_id is None else self.load_transfer(transfer_id)
+
+
+def _gone(connection: Connection, transfer_id: str) -> TransferGone | None:
+    """The note of `transfer_id` if it was held here and pruned (`transfer_records`)."""
+    table = transfer_gone_table
+    row = connection.execute(select(table).where(table.c.transfer_id == transfer_id)).first()
+    if row is None:
+        return None
+    return TransferGone(
+        row.transfer_id,
+        row.agreement_id,
+        Role(row.role),
+        row.consumer_id,
+        row.state,
+        row.ended_at,
+        row.pruned_at,
+    )
 
 
 def _process(row: Any, seen: tuple[Any, ...]) -> TransferProcess:

@@ -13,13 +13,11 @@ importing the others.
 from __future__ import annotations
 
 import logging
-import threading
 import time
-from collections import deque
 from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import timedelta
 from typing import Protocol
 
 from nacl.signing import SigningKey, VerifyKey
@@ -30,6 +28,7 @@ from qdspace.connector.assets import Asset, CatalogEntry, catalog
 from qdspace.connector.contract_errors import UnknownContractError
 from qdspace.connector.contract_store import ContractStore, StoredAgreement
 from qdspace.connector.contract_store.common import DriverStatement
+from qdspace.connector.contract_store.transfer_acts import TransferActs
 from qdspace.connector.negotiation import Role
 from qdspace.connector.qdm import Order
 from qdspace.connector.spc import Investigation
@@ -73,31 +72,6 @@ def over_quota(member_id: str, what: str, opened: int, setting: str, cap: int) -
         f"node takes from one member ({setting} {cap}): ask again once the hour's first "
         "has aged out"
     )
-
-
-class RecentActs:
-    """When each member did something within the last `QUOTA_WINDOW`, kept in memory
-    (a restart forgets them): for quotas on acts that leave no row to count, such as a
-    transfer's re-reads. Thread-safe: the transports call from worker threads."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._times: dict[str, deque[datetime]] = {}
-
-    def count(self, member_id: str, now: datetime) -> int:
-        """The acts of `member_id` within the window before `now`."""
-        with self._lock:
-            return sum(1 for at in self._times.get(member_id, ()) if at > now - QUOTA_WINDOW)
-
-    def add(self, member_id: str, now: datetime, check: Callable[[int], None]) -> None:
-        """Count one more act of `member_id` at `now`, once ``check(acts so far)``
-        passes (it raises to refuse); the check and the count are one step."""
-        with self._lock:
-            times = self._times.setdefault(member_id, deque())
-            while times and times[0] <= now - QUOTA_WINDOW:
-                times.popleft()
-            check(len(times))
-            times.append(now)
 
 
 class GateRecheck:
@@ -170,11 +144,15 @@ class ContractBase:
     # admits): every catalog read and negotiation, over either binding, asks it
     access: DatasetAccess = field(default_factory=DatasetAccess)
     # re-reads of transfers sent already, and a consumer's resumes and suspensions, per
-    # member (`ProviderTransfers.charge_reread`, `charge_control`)
-    transfer_acts: RecentActs = field(default_factory=RecentActs)
+    # member (`ProviderTransfers.charge_reread`, `charge_control`), counted in the contract
+    # database (a restart forgets none): made over the store's engine
+    transfer_acts: TransferActs = field(init=False, repr=False)
     # what may be kept here (`ReceivedRoom`): set by the node (its free disk) or a managed
     # host (its tenant's quotas); None: nothing is asked
     received_room: ReceivedRoom | None = None
+
+    def __post_init__(self) -> None:
+        self.transfer_acts = TransferActs(self.store.engine, QUOTA_WINDOW)
 
     def _room(self, rows: int, size: int) -> AbstractContextManager[None]:
         """Around a write of rows a provider sent (`ReceivedRoom.receive`)."""

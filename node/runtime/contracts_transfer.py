@@ -26,6 +26,7 @@ from qdspace.connector.contract_errors import (
     UnknownContractError,
 )
 from qdspace.connector.contract_store import StoredAgreement
+from qdspace.connector.contract_store.transfer_records import TransferGone, TransferGoneError
 from qdspace.connector.encoding import StreamRequest, live_page, stream_batches
 from qdspace.connector.negotiation import Role
 from qdspace.connector.paging import incremental_refusal, parse_position
@@ -144,10 +145,12 @@ class ProviderTransfers(ContractBase):
         if message.sender_id != peer.member_id or message.provider_id != self.me.member_id:
             raise UnauthorizedSenderError(f"transfer request {message.message_id}: wrong parties")
         check_sent_at(message.at, self.clock.now(), f"transfer request {message.message_id[:128]}")
-        existing = self.store.find_transfer(message.transfer_id)
+        existing = self._find_transfer(message.transfer_id)
         if existing is not None:
             if existing.consumer_id != peer.member_id:  # say nothing about another's transfer
                 raise ContractDenied(f"transfer id {message.transfer_id} cannot be used")
+            if isinstance(existing, TransferGone):  # its own, pruned: no new one in its place
+                raise existing.error()
             return apply_transfer(existing, message), False
         self.within_transfer_quota(peer)
         self._keep(TRANSFER_ROW_BYTES, f"a transfer request of {peer.name}")
@@ -193,15 +196,29 @@ class ProviderTransfers(ContractBase):
         if why is not None:
             raise TransferQuotaError(why)
 
+    def _find_transfer(self, transfer_id: str) -> TransferProcess | TransferGone | None:
+        """The transfer `transfer_id` held here, the note of it once the retention sweep
+        pruned it (`connector.transfer_retention`), or None."""
+        try:
+            return self.store.load_transfer(transfer_id)
+        except TransferGoneError as error:
+            return error.gone
+        except UnknownContractError:
+            return None
+
     def _peer_transfer(self, peer: MemberIdentity, transfer_id: str) -> TransferProcess:
-        """A transfer we provide to `peer`; one answer for unknown and foreign ids."""
-        process = self.store.find_transfer(transfer_id)
+        """A transfer we provide to `peer`; one answer for unknown and foreign ids. One of
+        `peer`'s that was pruned is not found, and the answer says it is no longer held
+        (`TransferGoneError`): a re-read of it gets that, not a denial."""
+        process = self._find_transfer(transfer_id)
         if (
             process is None
             or process.role is not Role.PROVIDER
             or process.consumer_id != peer.member_id
         ):
             raise ContractDenied(f"transfer {transfer_id} is not yours")
+        if isinstance(process, TransferGone):
+            raise process.error()
         return process
 
     def pull(
@@ -303,7 +320,8 @@ class ProviderTransfers(ContractBase):
         stored nowhere, so the quota on new transfers did not bound it: ten re-reads of
         one acknowledged 20,000-row transfer made the provider read and encode 200,000
         rows. A consumer that lost its copy still re-reads, within the quota. Counted
-        in this process (a restart forgets them), per member."""
+        per member in the contract database (`TransferActs`): a restart, or a hosted
+        tenant reloaded, gives no member a fresh quota."""
         self.transfer_acts.add(
             peer.member_id,
             self.clock.now(),
