@@ -21,7 +21,7 @@ import io
 import json
 import logging
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -50,6 +50,11 @@ MANIFEST_NAME = "manifest.json"
 MANIFEST_FORMAT = "qdspace.models/1"
 AUDIT_NAME = "audit.npz"
 GATE_NAME = "gate.json"
+
+#: ``(size, what)``: refuses (raises) a new file of ``size`` bytes before it is written:
+#: the node's free disk, or a managed host's tenant's storage quota, which counts these
+#: files (``node.context.NodeContext.check_kept``); the registry never imports the node
+KeptRoom = Callable[[int, str], None]
 
 
 @dataclass(frozen=True)
@@ -118,10 +123,15 @@ class AuditSet:
 
 
 class ModelRegistry:
-    """Model versions stored under ``<node_dir>/models``; safe across threads of one process."""
+    """Model versions stored under ``<node_dir>/models``; safe across threads of one process.
 
-    def __init__(self, node_dir: Path) -> None:
+    ``room``: asked before a new version's file (or an audit set) is written; what it
+    raises refuses the write and leaves the registry as it was (a hosted tenant's model
+    versions must not fill the host's disk past its storage quota)."""
+
+    def __init__(self, node_dir: Path, room: KeptRoom | None = None) -> None:
         self.root = Path(node_dir) / MODELS_DIR
+        self.room = room
         self._lock = threading.Lock()
 
     @property
@@ -202,6 +212,8 @@ class ModelRegistry:
             if version in known:
                 entry = ModelVersion.from_dict(known[version])
             else:
+                if self.room is not None:  # before a byte of it is written
+                    self.room(len(data), f"model version {version[:12]}")
                 self.root.mkdir(parents=True, exist_ok=True)
                 write_atomic(self.root / entry.file, data)
                 raw["versions"].append(entry.to_dict())
@@ -357,6 +369,8 @@ class ModelRegistry:
             labels=audit.labels,
             frame_ids=np.asarray(audit.frame_ids, dtype=str),
         )
+        if self.room is not None:
+            self.room(buffer.getbuffer().nbytes, "the audit set")
         self.root.mkdir(parents=True, exist_ok=True)
         write_atomic(self.root / AUDIT_NAME, buffer.getvalue())
         return audit

@@ -48,9 +48,11 @@ class IngestAdmission(Protocol):
     and lets one tenant's ingests through one at a time (so racing ingests cannot both
     take the last rows of a quota). ``check_upload(size)`` refuses an upload of ``size``
     bytes as it arrives, before it is read whole or spooled (against what was stored at
-    the last measure: cheap, asked every few MiB). ``counts_rows``: whether it reads
-    ``rows`` at all (counting an upload's lines reads it once more); ``disk``: the free
-    disk it keeps."""
+    the last measure: cheap, asked every few MiB). ``check_kept(size, what)`` refuses
+    ``size`` more bytes of a file the node is about to keep in its directory (a model
+    version: ``what`` names it) that do not fit, before it is written. ``counts_rows``:
+    whether it reads ``rows`` at all (counting an upload's lines reads it once more);
+    ``disk``: the free disk it keeps."""
 
     @property
     def counts_rows(self) -> bool: ...
@@ -63,6 +65,8 @@ class IngestAdmission(Protocol):
     def admit(self, rows: int, size: int) -> AbstractAsyncContextManager[None]: ...
 
     def check_upload(self, size: int) -> None: ...
+
+    def check_kept(self, size: int, what: str) -> None: ...
 
 
 @dataclass
@@ -124,6 +128,17 @@ class NodeContext:
     def layout(self) -> NodeLayout:
         """The paths of the node's directory."""
         return self.settings.layout
+
+    def check_kept(self, size: int, what: str) -> None:
+        """Refuse a file of ``size`` bytes the node is about to keep in its directory (a
+        model version, a coordinator's checkpoint; ``what`` names it in the refusal)
+        that does not fit, before a byte of it is written: the free disk a node keeps
+        (`DiskLow`), or a hosted tenant's storage quota, which counts those files
+        (`node.host.admission`; `StorageQuotaExceeded` naming the tenant, what it holds
+        and its quota). Nothing to check (None admission): it passes. Blocking (a
+        tenant's usage may be measured): call it from a worker thread."""
+        if self.ingest_admission is not None:
+            self.ingest_admission.check_kept(size, what)
 
     def close(self) -> None:
         self.store.close()

@@ -95,7 +95,8 @@ class DiskRoom:
             raise
 
     def check_kept(self, size: int, what: str) -> None:
-        """Refuse ``size`` more bytes of ``what`` that do not fit (`ReceivedRoom`)."""
+        """Refuse ``size`` more bytes of ``what`` that do not fit (`ReceivedRoom`; and
+        `IngestAdmission`, for a file the node keeps: a model version)."""
         self.check(size, f"{what} brings")
 
     @contextmanager

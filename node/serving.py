@@ -240,6 +240,7 @@ class MemberServer:
             ctx.keys.identity.name,
             coordinator_vouch(ctx),
             floor=ctx.settings.federation_floor.floor(),
+            room=ctx.check_kept,  # a deployed version: the free disk, a tenant's quota
         )
         ctx.federation = self._federation
 

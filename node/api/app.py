@@ -268,7 +268,9 @@ def create_app(ctx: NodeContext) -> FastAPI:
         return UpstreamPublic(batch=pub(reply.batch), parents=[pub(p) for p in reply.parents])
 
     app.include_router(create_inspection_router(ctx.directory, [Operator]))
-    app.include_router(create_training_router(ctx.directory, [Operator], ctx.caller_files))
+    app.include_router(
+        create_training_router(ctx.directory, [Operator], ctx.caller_files, ctx.check_kept)
+    )
     mount_ledger_routes(app, ctx)
     app.include_router(contracts_router())
     app.include_router(retention_router())

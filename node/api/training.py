@@ -14,7 +14,7 @@ No ``from __future__ import annotations``: FastAPI reads the route annotations a
 objects (the runner is made inside the factory).
 """
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Annotated
 
@@ -106,15 +106,19 @@ def training_public(run: TrainingRun) -> TrainingPublic:
 
 
 def create_training_router(
-    directory: Path, dependencies: Sequence[Depends], files: Path | None = None
+    directory: Path,
+    dependencies: Sequence[Depends],
+    files: Path | None = None,
+    room: Callable[[int, str], None] | None = None,
 ) -> APIRouter:
     """The ``/v1/inspection/trainings`` routes of the node in ``directory``; ``files``: a
-    hosted tenant's folder, the only place its paths may name (`node.api.caller_paths`)."""
+    hosted tenant's folder, the only place its paths may name (`node.api.caller_paths`);
+    ``room``: asked before a trained version is written (`NodeContext.check_kept`)."""
     from qdspace.inference.labels import LabelRule
     from qdspace.inference.own_training import OwnTrainRequest
 
     router = APIRouter(prefix=PREFIX, tags=["inspection"], dependencies=list(dependencies))
-    runner = TrainingRunner(directory)
+    runner = TrainingRunner(directory, room)
 
     @router.post("", response_model=TrainingPublic, status_code=202)
     async def start(body: TrainingBody) -> TrainingPublic:

@@ -37,7 +37,12 @@ MaxRowsOpt = Annotated[
     str | None, typer.Option("--max-rows", help="rows it may store ('unlimited': none)")
 ]
 MaxStorageOpt = Annotated[
-    str | None, typer.Option("--max-storage", help="its database's size, e.g. 2GiB, 500MB")
+    str | None,
+    typer.Option(
+        "--max-storage",
+        help="its database and the files it keeps (model versions, job checkpoints), "
+        "e.g. 2GiB, 500MB",
+    ),
 ]
 RpsOpt = Annotated[
     str | None, typer.Option("--rps", help="peer and API requests a second (burst: 2x)")

@@ -15,16 +15,22 @@ taken in turns, each tenant within its share (`node.host.workers`).
 
 Ingest (`node.api.app`, through `NodeContext.ingest_admission`) is checked against the
 row and storage quotas with the tenant's usage measured fresh (rows in its QDM tables;
-its SQLite file and WAL, or its PostgreSQL schema or database) and the upload counted as
-growth. Rows the tenant receives from its providers (pulls and live subscriptions, each
-group before it is written, `receive`) count against the same quotas: a provider, or an
-order larger than the host allowed for, cannot fill the host's disk through a tenant.
-Every write let in is counted in the usage until it ends and the next measure sees it,
-so an ingest and a pull (or two pulls) cannot both take the last rows of a quota. The rows
-held count the mirror of what providers sent (its records, tombstones and trail of
-changes) next to the QDM tables. Before the quotas, both ask the free disk the tenant's
-node keeps (`node.disk_room`: the tenants of a host share its disk, and quotas that add
-up to more than it holds are the host operator's to avoid, not its to trust).
+its SQLite file and WAL, or its PostgreSQL schema or database; and the files its node
+keeps in its folder, `kept_folders`: model versions, a coordinator's checkpoints) and the
+upload counted as growth. Model versions were on no quota: a tenant training or receiving
+version after version filled the host's disk under a storage quota that saw only its
+database. Now their bytes count, and a writer of such a file asks first
+(`NodeContext.check_kept`, here `check_kept`), refused before it writes when the file
+would pass the quota. Rows the tenant receives from its providers (pulls and live
+subscriptions, each group before it is written, `receive`) count against the same
+quotas: a provider, or an order larger than the host allowed for, cannot fill the host's
+disk through a tenant. Every write let in is counted in the usage until it ends and the
+next measure sees it, so an ingest and a pull (or two pulls) cannot both take the last
+rows of a quota. The rows held count the mirror of what providers sent (its records,
+tombstones and trail of changes) next to the QDM tables. Before the quotas, both ask the
+free disk the tenant's node keeps (`node.disk_room`: the tenants of a host share its
+disk, and quotas that add up to more than it holds are the host operator's to avoid, not
+its to trust).
 
 A refusal is logged once, then summed up at most every ``LOG_EVERY_S`` (a flood must not
 turn into a flood of log lines).
@@ -35,9 +41,10 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import os
 import threading
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from functools import partial
 from pathlib import Path
@@ -63,6 +70,7 @@ from qdspace.node.host.quotas import (
     rate_refusal,
     stream_refusal,
 )
+from qdspace.node.layout import NodeLayout
 from qdspace.node.rpc.wrap import around_calls
 from qdspace.util.token_bucket import SharedBuckets, TokenBucket
 
@@ -86,12 +94,51 @@ _SCHEMA_BYTES = text(
 )
 
 
-def measure_usage(store: QualityStore, contracts: ContractStore | None = None) -> Usage:
+def kept_folders(layout: NodeLayout) -> tuple[Path, ...]:
+    """The folders of a tenant's directory whose files grow with its use, and so count
+    in its storage: the model registry (an ONNX file a version, the audit set), the
+    federation's (a coordinated job's checkpoints in two slots and its versions, a
+    member's training shares) and the inspection tier's (split manifests, heatmaps).
+    Not counted: its keys and settings (a few KiB, fixed), the ``files`` folder (the
+    host operator's to fill, not the node's) and an upload being spooled (counted as the
+    ingest's growth while it is in flight)."""
+    return (layout.models, layout.federation, layout.inspection)
+
+
+def kept_bytes(folders: Iterable[Path]) -> int:
+    """The bytes of the files under ``folders`` (blocking). Links are not followed (a
+    link counts as itself); a folder missing, or a file removed while walked, counts
+    nothing."""
+    total = 0
+    stack = list(folders)
+    while stack:
+        folder = stack.pop()
+        try:
+            with os.scandir(folder) as entries:
+                for entry in entries:
+                    try:
+                        if entry.is_dir(follow_symlinks=False):
+                            stack.append(Path(entry.path))
+                        else:
+                            total += entry.stat(follow_symlinks=False).st_size
+                    except FileNotFoundError:
+                        continue
+        except (FileNotFoundError, NotADirectoryError):
+            continue
+    return total
+
+
+def measure_usage(
+    store: QualityStore, contracts: ContractStore | None = None, kept: Iterable[Path] = ()
+) -> Usage:
     """Rows in the QDM tables and in the mirror of what providers sent (`contracts`), and
-    the database's bytes (blocking: run it in a thread)."""
+    the database's bytes with those of the files under ``kept`` (`kept_folders`: the
+    files the tenant's node keeps, on the host's disk whatever its database) (blocking:
+    run it in a thread)."""
     rows = sum(store.counts().values())
     if contracts is not None:
         rows += contracts.stored_rows()
+    files = kept_bytes(kept)
     engine = store.engine
     if engine.dialect.name == "sqlite":
         database = Path(engine.url.database or "")
@@ -100,11 +147,11 @@ def measure_usage(store: QualityStore, contracts: ContractStore | None = None) -
             for p in (database, database.with_name(database.name + "-wal"))
             if p.is_file()
         )
-        return Usage(rows, size)
+        return Usage(rows, size + files)
     with engine.connect() as connection:  # PostgreSQL: its own schema, or its own database
         schema = connection.execute(text("SELECT current_schema()")).scalar_one()
         query = _DATABASE_BYTES if schema == "public" else _SCHEMA_BYTES
-        return Usage(rows, int(connection.execute(query).scalar_one()))
+        return Usage(rows, int(connection.execute(query).scalar_one()) + files)
 
 
 def _bucket(quota: Quota, now: float) -> TokenBucket | None:
@@ -271,7 +318,8 @@ class TenantAdmission:
 
     def check_kept(self, size: int, what: str) -> None:
         """Refuse ``size`` more bytes of ``what`` (quality case data, a peer's or the
-        staff's) that do not fit (`ReceivedRoom`): the disk, and the storage quota
+        staff's; a model version its node is about to write) that do not fit
+        (`ReceivedRoom`, `NodeContext.check_kept`): the disk, and the storage quota
         against the usage as last measured (measured again once stale), and counted in
         until the next measure (`_check_storage`). Quality cases
         were written on no quota: 100 of its staff's took a tenant's database to 150x its
@@ -357,6 +405,16 @@ class TenantAdmission:
     def _remeasure(self) -> None:
         with self._lock:
             self._remeasure_locked()
+
+    def refresh(self) -> None:
+        """Measure again if never measured or the measure is stale (blocking): the host
+        operator sees what the tenant holds now, the model versions it wrote since its
+        last ingest too, not the usage of that ingest."""
+        if self._measure is None:
+            return
+        with self._lock:
+            if self.usage is None or self._stale():
+                self._remeasure_locked()
 
     def _remeasure_locked(self) -> None:
         assert self._measure is not None

@@ -61,7 +61,8 @@ class TenantPublic(BaseModel):
     changed_at: str
     own_quota: bool = False  # False: the host's defaults
     quota: dict[str, float | int | None] = Field(default_factory=dict)  # null: no limit
-    use: dict[str, int | None] = Field(default_factory=dict)  # rows, storage: as last measured
+    #: rows, storage (its database and model files): measured when listed, if stale
+    use: dict[str, int | None] = Field(default_factory=dict)
 
 
 class QuotaChange(BaseModel):
@@ -124,8 +125,19 @@ def create_host_app(runtime: HostRuntime, host_token: str, started_at: float) ->
     install_problem_handlers(app)
     app.add_middleware(BearerGate, operator_token=host_token)
 
+    def measured(tenant: HostedTenant) -> TenantPublic:
+        """The tenant, its usage measured again if stale (blocking: for the routes run in
+        the thread pool): what it holds now, the model versions it wrote since its last
+        ingest too. A measure that fails leaves the last one shown."""
+        if tenant.admission is not None:
+            try:
+                tenant.admission.refresh()
+            except Exception as exc:  # its database gone meanwhile: not the caller's fault
+                log.warning("tenant %s: its usage was not measured: %s", tenant.name, exc)
+        return TenantPublic(**tenant.public())
+
     def tenants() -> list[TenantPublic]:
-        return [TenantPublic(**t.public()) for t in runtime.tenants.values()]
+        return [measured(t) for t in list(runtime.tenants.values())]
 
     @app.get("/healthz", tags=["health"])
     def healthz() -> dict[str, str]:
@@ -148,7 +160,7 @@ def create_host_app(runtime: HostRuntime, host_token: str, started_at: float) ->
 
     @app.get(f"{HOST_PREFIX}/tenants/{{name}}", response_model=TenantPublic)
     def tenant_one(name: str) -> TenantPublic:
-        return TenantPublic(**runtime.get(name).public())
+        return measured(runtime.get(name))
 
     @app.post(f"{HOST_PREFIX}/tenants/{{name}}/start", response_model=TenantPublic)
     async def start(name: str) -> TenantPublic:

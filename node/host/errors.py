@@ -82,4 +82,5 @@ class RowQuotaExceeded(QuotaExceeded):
 
 
 class StorageQuotaExceeded(QuotaExceeded):
-    """An ingest that could take the tenant's database past its storage quota."""
+    """A write (an ingest, rows received, a model version) that could take the tenant's
+    bytes (its database and the files its node keeps) past its storage quota."""

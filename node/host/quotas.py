@@ -11,10 +11,12 @@ or the host API, and the counters the running host keeps per tenant:
   with the seconds until one is there (the Retry-After);
 - `Slots`: streams or calls held at once; taking and giving back are one step under a
   lock, so two calls racing for the last slot cannot both have it;
-- `check_growth`: would an ingest, or rows received from a provider, of ``rows`` rows and
-  ``size`` bytes pass the row or storage quota? The caller counts the request's rows and
-  bytes as its growth (an upper bound: duplicates are only known once written), so a
-  write that might not fit is refused before anything is written.
+- `check_growth`: would an ingest, rows received from a provider, or a file the tenant's
+  node keeps (a model version), of ``rows`` rows and ``size`` bytes pass the row or
+  storage quota? The caller counts the request's rows and bytes as its growth (an upper
+  bound: duplicates are only known once written), so a write that might not fit is
+  refused before anything is written. The storage counted is the tenant's database and
+  the files its node keeps in its folder: model versions are as much of the host's disk.
 
 The clock is the caller's (``now`` arguments), so the unit tests drive time by hand.
 """
@@ -248,7 +250,8 @@ class Slots:
 
 @dataclass(frozen=True)
 class Usage:
-    """What a tenant holds: rows stored, its database's bytes."""
+    """What a tenant holds: rows stored, and its bytes: its database's and those of the
+    files its node keeps in its folder (model versions, checkpoints: `admission.kept_bytes`)."""
 
     rows: int
     size: int
@@ -319,7 +322,7 @@ def check_growth(
         )
     if quota.max_storage is not None and usage.size + size > quota.max_storage:
         raise StorageQuotaExceeded(
-            f"tenant {tenant}'s database holds {show_size(usage.size)} and {brings} "
-            f"{show_size(size)}: over its storage quota of {show_size(quota.max_storage)}; "
-            f"{kept}"
+            f"tenant {tenant} holds {show_size(usage.size)} (its database and model files) "
+            f"and {brings} {show_size(size)}: over its storage quota of "
+            f"{show_size(quota.max_storage)}; {kept}"
         )

@@ -1,4 +1,4 @@
-"""The tenants of a running host: opened one by one, served side by side, suspended alone.
+"""The tenants of a running host: opened side by side, served side by side, suspended alone.
 
 Each tenant is what a self-hosted node is minus its HTTP listeners: a `NodeContext` built
 from its own directory (its keys read through its sealed key files, its own database),
@@ -10,6 +10,10 @@ binding its port, starting, suspending) is tried on its own, and a failure is lo
 recorded on that tenant (``error``, shown to the host operator) and skipped; the other
 tenants open and serve regardless. A suspension is written to the registry before it
 takes effect, so it holds across restarts.
+
+At a start the tenants are opened side by side (`opening`): one whose database does not
+answer waits its connect timeout alone. They are listed, and their failures logged, in
+the registry's order, whichever opened first.
 """
 
 from __future__ import annotations
@@ -19,19 +23,22 @@ import gc
 import hashlib
 import hmac
 import logging
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from qdspace.node.api.caller_paths import TENANT_FILES
 from qdspace.node.config import NodeSettings
 from qdspace.node.context import NodeContext, build_context
-from qdspace.node.host.admission import TenantAdmission, measure_usage
+from qdspace.node.host.admission import TenantAdmission, kept_folders, measure_usage
 from qdspace.node.host.config import HostLayout, HostSettings
 from qdspace.node.host.errors import HostError, TenantExists, TenantSuspended, UnknownTenant
 from qdspace.node.host.names import check_name
+from qdspace.node.host.opening import open_side_by_side, schema_guard
 from qdspace.node.host.quotas import Quota, QuotaSettings
 from qdspace.node.host.refusal import RefusingServer
 from qdspace.node.host.registry import Registry, TenantRecord, TenantState
@@ -42,6 +49,7 @@ from qdspace.node.host.tenant_listeners import (
     stop_dsp_listener,
 )
 from qdspace.node.host.tenants import TenantSettings, tenant_key_files
+from qdspace.node.identity.keyfiles import KeyFiles
 from qdspace.node.identity.revocation import StaleRevocationList
 from qdspace.node.logs import MEMBER
 from qdspace.node.serving import MemberServer, attach_anchoring
@@ -152,26 +160,49 @@ class HostRuntime:
         self._stopping = False
         #: token digest -> name of a tenant closed to be opened again (`reopen`)
         self._reopening: dict[bytes, str] = {}
+        #: one schema migration at a time, tenants opening side by side (`opening`)
+        self._migrating = threading.Lock()
 
     # -- opening (blocking: keys, databases) ------------------------------------------
 
     def open_all(self) -> None:
-        """Open every tenant of the registry; one that fails is recorded and skipped."""
-        for record in self.registry.tenants():
-            tenant = HostedTenant(record)
-            self.tenants[record.name] = tenant
+        """Open every tenant of the registry; one that fails is recorded and skipped.
+        Files and tokens are read in the registry's order (of two tenants with one token
+        the later is refused), databases side by side (`opening`), failures logged in
+        the registry's order."""
+        tenants = [HostedTenant(record) for record in self.registry.tenants()]
+        failures: dict[str, Exception] = {}
+        opens = []
+        for tenant in tenants:
+            self.tenants[tenant.name] = tenant
             try:
-                with as_member(record.name):
-                    self._open(tenant)
+                with as_member(tenant.name):
+                    settings, key_files = self._prepare(tenant)
             except Exception as exc:  # isolation: this tenant only
-                tenant.error = f"{type(exc).__name__}: {exc}"
-                logger.error("tenant %s: not serving: %s", record.name, tenant.error)
+                failures[tenant.name] = exc
+                continue
+            opens.append((tenant, partial(self._open_as_member, tenant, settings, key_files)))
+        done = open_side_by_side([one for _, one in opens])
+        failures |= {t.name: exc for (t, _), exc in zip(opens, done, strict=True) if exc}
+        for tenant in tenants:
+            failure = failures.get(tenant.name)
+            if failure is not None:
+                tenant.error = f"{type(failure).__name__}: {failure}"
+                logger.error("tenant %s: not serving: %s", tenant.name, tenant.error)
 
-    def _open_as_member(self, tenant: HostedTenant) -> None:
+    def _open_as_member(
+        self, tenant: HostedTenant, settings: NodeSettings | None = None, key_files: Any = None
+    ) -> None:
+        """Open the tenant (``settings``, ``key_files``: as `_prepare` read them, or read
+        now), its log lines naming it."""
         with as_member(tenant.name):
-            self._open(tenant)
+            if settings is None or key_files is None:
+                settings, key_files = self._prepare(tenant)
+            self._open(tenant, settings, key_files)
 
-    def _open(self, tenant: HostedTenant) -> None:
+    def _prepare(self, tenant: HostedTenant) -> tuple[NodeSettings, KeyFiles]:
+        """The tenant's settings (its sealed database URL in) and key files, its operator
+        token known (`_know_token`): its files only, no database yet."""
         directory = self.files.tenant(tenant.name)
         settings: NodeSettings = TenantSettings.load(directory)
         key_files = tenant_key_files(self.files, self.master, tenant.name)
@@ -180,14 +211,20 @@ class HostRuntime:
         if sealed_url.exists():  # its own PostgreSQL database or schema
             db_url = key_files.read(sealed_url, "database URL").decode().strip()
             settings = settings.model_copy(update={"db_url": db_url})
-        ctx = build_context(settings, key_files)
+        return settings, key_files
+
+    def _open(self, tenant: HostedTenant, settings: NodeSettings, key_files: KeyFiles) -> None:
+        directory = self.files.tenant(tenant.name)
+        with schema_guard(settings.database_url, self._migrating):
+            ctx = build_context(settings, key_files)
         tenant.ctx = ctx
         store, contracts = ctx.store, ctx.contracts
         mirror = contracts.store if contracts is not None else None
+        kept = kept_folders(ctx.layout)  # its model versions are on the host's disk too
         tenant.admission = TenantAdmission(
             tenant.name,
             self.quota_of(tenant.record),
-            lambda: measure_usage(store, mirror),
+            lambda: measure_usage(store, mirror, kept),
             ctx.disk,  # the node's free disk (the host's, shared), asked before the quotas
         )
         ctx.ingest_admission = tenant.admission

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -195,16 +196,18 @@ def install(
     size: int,
     probe: NDArray[np.float32] | None = None,
     metrics: dict[str, float] | None = None,
+    room: Callable[[int, str], None] | None = None,
 ) -> Deployment:
     """Export, check and register a verified version in the member's registry; activate
-    it if the promotion gate lets it (else it stays registered, with the gate's figures)."""
+    it if the promotion gate lets it (else it stays registered, with the gate's figures).
+    ``room``: asked before the version is written (`NodeContext.check_kept`)."""
     from qdspace.inference.gate import GateDecision, PromotionRefusedError
     from qdspace.inference.registry import ModelRegistry
 
     if not anchor.valid:
         raise VersionError(f"version {version.ledger_ref}: anchor not verified: {anchor.reason}")
     data, difference = export_checked(version, params, size, probe)
-    registry = ModelRegistry(node_dir)
+    registry = ModelRegistry(node_dir, room)
     current = registry.active()
     entry = registry.register(
         data,

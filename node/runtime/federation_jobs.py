@@ -111,8 +111,11 @@ class FederationJobs:
         ca_cert: Trust | None = None,
         on_round: Callable[[RoundRecord], None] | None = None,
         on_finished: Callable[[JobSpec, Published], None] | None = None,
+        room: Callable[[int, str], None] | None = None,
     ) -> None:
         self._me = me
+        #: asked before a new job's directory is written (`NodeContext.check_kept`)
+        self._room = room
         self._on_finished = on_finished
         self._finishing: set[asyncio.Task[None]] = set()
         self._on_round = on_round
@@ -259,8 +262,12 @@ class FederationJobs:
         return job
 
     async def start(self, job: JobSpec, initial: memoryview, caller: str) -> StatusView:
-        """Publish ``job`` with its initial model as version 0 and serve it."""
+        """Publish ``job`` with its initial model as version 0 and serve it. Its
+        checkpoint's two slots (each the size of the model) are asked for first."""
         params = params_from_bytes(initial)
+        if self._room is not None:
+            kept = 2 * len(initial) + len(job.canonical_bytes())
+            await asyncio.to_thread(self._room, kept, f"federated job {job.job_id}")
         host = await asyncio.to_thread(
             JobHost.create,
             self._root,

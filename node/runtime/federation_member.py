@@ -251,9 +251,12 @@ class FederationMember:
         name: str,
         vouch: Vouch | None = None,
         floor: MemberFloor | None = None,
+        room: Callable[[int, str], None] | None = None,
     ) -> None:
         self._connect = connect
         self.directory = directory
+        #: asked before a deployed version is written (`NodeContext.check_kept`)
+        self._room = room
         self.name = name
         #: what this node accepts of any job's terms (its settings' ``federation_floor``)
         self.floor = MemberFloor() if floor is None else floor
@@ -492,7 +495,7 @@ class FederationMember:
         ledger = await asyncio.to_thread(member_ledger, self.directory)
         verdict = await verified_anchor(link, final, ledger)
         done = await asyncio.to_thread(
-            install, self.directory, final, params, verdict, size, metrics=metrics
+            install, self.directory, final, params, verdict, size, metrics=metrics, room=self._room
         )
         return {
             "member": self.name,

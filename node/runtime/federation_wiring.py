@@ -45,11 +45,14 @@ def jobs_from_context(ctx: NodeContext) -> FederationJobs:
         proofs=ledger_proofs(ctx),
         ca_cert=ctx.keys.trust,
         on_round=ctx.metrics.federation_round,
-        on_finished=register_final_cnn(ctx.directory),
+        on_finished=register_final_cnn(ctx.directory, ctx.check_kept),
+        room=ctx.check_kept,
     )
 
 
-def register_final_cnn(directory: Path) -> Callable[[JobSpec, Published], None]:
+def register_final_cnn(
+    directory: Path, room: Callable[[int, str], None] | None = None
+) -> Callable[[JobSpec, Published], None]:
     """The coordinator's hook on a finished job: an ``el-cnn`` job's final global version
     exported with ``qdspace train``'s export and registered in this node's model registry
     (not activated: activation goes through the promotion gate, ``inspect activate`` or a
@@ -76,7 +79,7 @@ def register_final_cnn(directory: Path) -> Callable[[JobSpec, Published], None]:
             kind = model_kind(job.model)
             metrics = held_out_scores(kind, params, kind.load(test, job.shapes, job.training))
         ref = published.version.ledger_ref
-        entry = ModelRegistry(directory).register(
+        entry = ModelRegistry(directory, room).register(
             data,
             source=f"federated:{ref}",
             metrics=metrics,

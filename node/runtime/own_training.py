@@ -15,6 +15,7 @@ import logging
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -78,8 +79,10 @@ def report_of(prepared: Any) -> dict[str, Any]:
 class TrainingRunner:
     """Starts trainings of the node in ``directory`` and keeps their progress."""
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, room: Callable[[int, str], None] | None = None) -> None:
         self.directory = directory
+        #: asked before a version is written (`inference.registry.KeptRoom`)
+        self.room = room
         self._lock = threading.Lock()
         self._busy = False
         self._runs: dict[str, TrainingRun] = {}
@@ -94,7 +97,7 @@ class TrainingRunner:
                 raise TrainingBusy("a training is already running on this node; wait for it")
             self._busy = True
         try:
-            registry = ModelRegistry(self.directory)
+            registry = ModelRegistry(self.directory, self.room)
             prepared = prepare(request, registry)
             run = TrainingRun(uuid.uuid4().hex[:16], time.time(), report_of(prepared))
             with self._lock:
