@@ -146,6 +146,10 @@ class DataDictionary:
             )
         factor, offset = conversion
         canonical = number * factor + offset
+        if not math.isfinite(canonical):  # a finite number past a float once converted
+            raise DictionaryError(
+                f"{number} {unit} is too large for {element.name} in {domain.canonical_unit}"
+            )
         if domain.minimum is not None and canonical < domain.minimum - 1e-12:
             raise DictionaryError(
                 f"{number} {unit} is below the range of {element.name} "

@@ -96,6 +96,24 @@ def test_an_extra_file_adds_and_replaces_without_code(tmp_path: Path) -> None:
     assert len(d) == len(default_dictionary()) + 1
 
 
+def test_a_number_past_a_float_once_converted_is_refused(tmp_path: Path) -> None:
+    """An element of the operator's with no maximum and a large factor: 1e308 mTorr was
+    finite when read and infinite once converted, and stored as such."""
+    vacuum = {
+        "id": "PLX-0002",
+        "name": "plx_vacuum",
+        "definition": "Chamber pressure.",
+        "data_type": "decimal",
+        "value_domain": {"unit": "Pa", "conversions": [{"units": ["kPa"], "factor": 1000}]},
+    }
+    extra = tmp_path / "plant.json"
+    extra.write_text(json.dumps(_doc([vacuum])))
+    d = load_dictionary(extra).dictionary
+    with pytest.raises(DictionaryError, match="1e\\+308 kPa is too large for plx_vacuum in Pa"):
+        d.measure("plx_vacuum", 1e308, "kPa")
+    assert d.measure("plx_vacuum", 1e300, "kPa").value == pytest.approx(1e303)
+
+
 def test_an_extra_file_may_be_yaml(tmp_path: Path) -> None:
     extra = tmp_path / "plant.yaml"
     extra.write_text(
