@@ -25,6 +25,7 @@ Python text): what is not so is refused with its field.
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -101,6 +102,10 @@ def opcua_row(
         )
     if isinstance(value, bool) or not isinstance(value, int | float | str):
         return ("value", f"expected a number or a grade code, got {type(value).__name__}")
+    for name, context_node in (("batch_id", node.batch_id_node), ("order_id", node.order_id_node)):
+        held = context.get(context_node or "")
+        if isinstance(held, float) and not math.isfinite(held):
+            return (name, f"context node {context_node} reads {held}: no id")
     batch = node.batch_id or _text(context.get(node.batch_id_node or ""))
     order = node.order_id or _text(context.get(node.order_id_node or ""))
     row = measurement(

@@ -282,3 +282,17 @@ def test_a_reading_within_the_clock_skew_and_long_ids_in_bounds_are_stored() -> 
     assert opcua_row(cfg.nodes[0], 1.0, T, None, {"i=2": "B\x00"}, NOW)[0] == "batch_id"
     numbered = opcua_row(cfg.nodes[0], 1.0, T, None, {"i=2": 260001}, NOW)
     assert isinstance(numbered, dict) and numbered["batch_id"] == "260001"
+
+
+@pytest.mark.parametrize("held", [float("nan"), float("inf"), float("-inf")])
+def test_a_context_node_reading_no_number_gives_no_batch_id(held: float) -> None:
+    """A batch node whose Double reads NaN (a PLC's "no batch") made every reading the
+    batch "nan"'s: refused, naming the context node."""
+    cfg = OpcuaConfig.model_validate(
+        {"endpoint": "opc.tcp://x:4840",
+         "nodes": [{"node_id": "i=1", "element": "silane_flow", "equipment": "P",
+                    "batch_id_node": "i=2", "order_id_node": "i=3"}]}
+    )  # fmt: skip
+    for name, node in (("batch_id", "i=2"), ("order_id", "i=3")):
+        refused = opcua_row(cfg.nodes[0], 1.0, T, None, {node: held}, NOW)
+        assert refused[0] == name and f"context node {node} reads" in str(refused[1])
