@@ -25,8 +25,14 @@ from typing import Any
 
 import orjson
 
-from qdspace.connector.contract_errors import TransferIntegrityError
-from qdspace.connector.transfer_wire import BatchRow, Checkpoint, RowBatch
+from qdspace.connector.contract_errors import TransferCursorError, TransferIntegrityError
+from qdspace.connector.transfer_wire import (
+    BatchRow,
+    Checkpoint,
+    RowBatch,
+    position_refusal,
+    row_seqs,
+)
 
 MAX_LINE = 4 * 1024 * 1024
 MAX_GROUP_ROWS = 100_000
@@ -87,12 +93,31 @@ def _text(value: Any, where: str) -> str:
     return value
 
 
+def _list(value: Any, where: str) -> list[Any]:
+    if not isinstance(value, list):
+        raise DataPlaneFormatError(f"data plane: {where} is not a list")
+    return value
+
+
+def _count(value: Any, where: str) -> int:
+    """A whole number >= 0 as sent: a JSON integer, nothing read as one (``int`` made
+    2.9 an offset of 2, ``true`` 1 and ``"2"`` 2, and -1 picked the last order)."""
+    if type(value) is not int or value < 0:  # (bool is not int here)
+        raise DataPlaneFormatError(
+            f"data plane: {where} is {repr(value)[:40]}, not an integer >= 0"
+        )
+    return value
+
+
 def _batch(transfer_id: str, head: Any, rows: list[bytes]) -> RowBatch:
     try:
-        orders = tuple(_text(o, "an order") for o in head["orders"][:MAX_ORDERS])
-        index = tuple(int(i) for i in head["index"])
-        cp = Checkpoint(int(head["offset"]), bytes.fromhex(head["digest"]), head["position"])
-        _text(cp.position, "the position")
+        orders = tuple(_text(o, "an order") for o in _list(head["orders"], "orders")[:MAX_ORDERS])
+        index = tuple(_count(i, f"index[{n}]") for n, i in enumerate(_list(head["index"], "index")))
+        offset = _count(head["offset"], "offset")
+        position = _text(head["position"], "the position")
+        if (why := position_refusal(position)) is not None:
+            raise DataPlaneFormatError(f"data plane: a batch's checkpoint: {why}")
+        cp = Checkpoint(offset, bytes.fromhex(head["digest"]), position)
         return RowBatch(
             transfer_id, b"\n".join(rows), len(rows), orders, index, cp, head["last"] is True
         )
@@ -102,12 +127,16 @@ def _batch(transfer_id: str, head: Any, rows: list[bytes]) -> RowBatch:
 
 def _live(head: Any, rows: list[bytes]) -> LiveRows:
     try:
-        positions = tuple(_text(p, "a position") for p in head["positions"])
-        orders = [_text(o, "an order") for o in head["orders"]]
-    except (KeyError, TypeError) as exc:
+        positions = tuple(_text(p, "a position") for p in _list(head["positions"], "positions"))
+        orders = [_text(o, "an order") for o in _list(head["orders"], "orders")]
+    except KeyError as exc:
         raise DataPlaneFormatError(f"data plane: a malformed event header: {exc}") from None
     if not (len(positions) == len(orders) == len(rows)):
         raise DataPlaneFormatError("data plane: an event's positions, orders and rows differ")
+    try:
+        row_seqs(positions)
+    except TransferCursorError as exc:
+        raise DataPlaneFormatError(f"data plane: an event's {exc}") from None
     return LiveRows(positions, tuple(map(BatchRow, rows, orders)))
 
 

@@ -286,6 +286,26 @@ def position_refusal(position: str) -> str | None:
     return None
 
 
+def row_seqs(positions: Sequence[str], field: str = "positions") -> list[int]:
+    """The stream seq of each row of a live delivery, from the positions its provider
+    sent (`field`, parallel to the rows): each must be a view cursor (`view_cursor`)
+    naming a row, so not ``""`` (the start). Checked where a peer's event or group is
+    decoded, before anything is stored: ``int`` read ``"-5"``, ``"1_000"``, ``" 7 "``
+    and ``"٣"`` as seqs the provider never wrote, and a position beyond 64 bits reached
+    the store as an OverflowError, which no retry mends (a subscription reconnected for
+    ever to receive the same event)."""
+    seqs = []
+    for index, position in enumerate(positions):
+        seq = view_cursor(position) if position else None
+        if seq is None:
+            raise TransferCursorError(
+                f"{field}[{index}]: position {position[:40]!r} is not a view cursor (a row id:"
+                f" ASCII digits, at most {MAX_VIEW_CURSOR})"
+            )
+        seqs.append(seq)
+    return seqs
+
+
 def parse_since(since: str) -> str:
     """A watermark as sent (``""``: a full pull); it is a view position (`view_cursor`)."""
     if view_cursor(since) is None:
@@ -390,7 +410,8 @@ class RowBatch:
                 f"batch of transfer {self.transfer_id}: rows without orders"
             )
         if self.order_index:
-            if len(self.order_index) != n or max(self.order_index) >= len(self.order_ids):
+            index = self.order_index
+            if len(index) != n or max(index) >= len(self.order_ids) or min(index) < 0:
                 raise TransferIntegrityError(
                     f"batch of transfer {self.transfer_id}: order index does not fit its rows"
                 )

@@ -66,7 +66,7 @@ from qdspace.connector.transfer_messages import (
     TransferRequest,
     TransferTermination,
 )
-from qdspace.connector.transfer_wire import RowBatch
+from qdspace.connector.transfer_wire import RowBatch, row_seqs
 from qdspace.node.dsp.client import DspHttp, outbox_message
 from qdspace.node.dsp.transfer_process import (
     TRANSFER,
@@ -382,9 +382,9 @@ class DspTransfers:
     async def _store_live(
         self, process: TransferProcess, delivery: Delivery, group: LiveRows
     ) -> None:
+        seqs = row_seqs(group.positions)  # (checked as the group was read, `dsp_data`)
         rows = [
-            IncomingRow(int(p), r.order_id, r.payload)
-            for p, r in zip(group.positions, group.rows, strict=True)
+            IncomingRow(seq, r.order_id, r.payload) for seq, r in zip(seqs, group.rows, strict=True)
         ]
         now = self.runtime.clock.now()
         await asyncio.to_thread(

@@ -21,7 +21,7 @@ import dataclasses
 import functools
 import logging
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Any, TypeVar
 
@@ -29,6 +29,7 @@ import grpc
 from nacl.signing import VerifyKey
 
 from qdspace.connector.assets import CatalogEntry
+from qdspace.connector.contract_errors import MessageOutOfTime
 from qdspace.connector.contract_store import IncomingRun
 from qdspace.connector.negotiation import (
     ContractRequest,
@@ -37,10 +38,12 @@ from qdspace.connector.negotiation import (
     NegotiationState,
     PartyKeys,
     Role,
+    Termination,
     apply,
     expect_agreement,
     open_negotiation,
 )
+from qdspace.connector.peer_time import check_sent_at
 from qdspace.connector.transfer import (
     TransferProcess,
     TransferState,
@@ -85,6 +88,8 @@ logger = logging.getLogger("node.contracts")
 
 TIMEOUT_S = 15.0
 MAX_ROUNDS = 8
+#: the characters of a refusal kept as our negotiation's reason
+MAX_REASON = 1000
 _T = TypeVar("_T")
 
 
@@ -286,10 +291,11 @@ class ContractClient(ConsumerSubscriptions):
             ack = await call_peer(
                 peer, "negotiation", functools.partial(stub.Send, wire, timeout=TIMEOUT_S)
             )
-            for reply in ack.replies:
-                if reply.WhichOneof("body") == "agreement":  # as expected: compared, not parsed
-                    expect_agreement(negotiation, reply.agreement.agreement.agreement_json)
-                negotiation = apply(negotiation, negotiation_message_from_proto(reply), keys)
+            try:
+                negotiation = self._take_replies(negotiation, ack.replies, keys)
+            except (WireFormatError, MessageOutOfTime) as exc:
+                self._refuse_replies(saved, keys, f"the provider's reply was refused: {exc}")
+                raise PeerError(f"peer {peer}: negotiation {nid}: {exc}") from None
             answer = self._answer(negotiation, asked)
             if answer is not None:
                 negotiation = apply(negotiation, answer, keys)
@@ -305,6 +311,30 @@ class ContractClient(ConsumerSubscriptions):
                 return negotiation
             message = answer
         raise PeerError(f"peer {peer}: negotiation {nid} did not finish in {MAX_ROUNDS} rounds")
+
+    def _take_replies(
+        self, negotiation: Negotiation, replies: Sequence[Any], keys: PartyKeys
+    ) -> Negotiation:
+        """`negotiation` after the provider's `replies`, each read and dated as a request
+        to this node is (`check_sent_at`): a reply dated ahead of our clock moved our copy
+        to that date, and our answers after it (dated ``max(now, last message)``)."""
+        now = self.runtime.clock.now()
+        for reply in replies:
+            if reply.WhichOneof("body") == "agreement":  # as expected: compared, not parsed
+                expect_agreement(negotiation, reply.agreement.agreement.agreement_json)
+            message = negotiation_message_from_proto(reply)
+            check_sent_at(message.at, now, f"the provider's reply {message.message_id[:128]}")
+            negotiation = apply(negotiation, message, keys)
+        return negotiation
+
+    def _refuse_replies(self, saved: Negotiation, keys: PartyKeys, why: str) -> None:
+        """Our copy (`saved`, as it stood when we called) ends TERMINATED, saying why: a
+        provider whose replies we refuse leaves it waiting for an answer that never comes
+        (none of its replies was applied; nothing else moves a gRPC negotiation here)."""
+        mid = f"{saved.negotiation_id}:c{len(saved.seen)}"
+        at = max(self.runtime.clock.now(), saved.updated_at)
+        end = Termination(mid, saved.negotiation_id, self.me, why[:MAX_REASON], at)
+        self.runtime.store.save_negotiation(saved, apply(saved, end, keys))
 
     def _answer(self, n: Negotiation, asked: Any) -> NegotiationMessage | None:
         """The consumer's next message in state `n` (`ContractRuntime.consumer_answer`)."""
@@ -352,9 +382,13 @@ class ContractClient(ConsumerSubscriptions):
         )
         stub = transfer_pb2_grpc.TransferStub(self.peers.channel(peer))
         wire = transfer_message_to_proto(request)
-        ack = transfer_ack_from_proto(
-            await call_peer(peer, "transfer request", lambda: stub.Send(wire, timeout=TIMEOUT_S))
+        reply = await call_peer(
+            peer, "transfer request", lambda: stub.Send(wire, timeout=TIMEOUT_S)
         )
+        try:
+            ack = transfer_ack_from_proto(reply)
+        except WireFormatError as exc:  # the provider's fault: a 502, not the caller's 400
+            raise PeerError(f"peer {peer}: transfer request: {exc}") from None
         process = open_transfer(request, Role.CONSUMER)
         start = TransferStart(f"{tid}:p-start", tid, terms.provider_id, ack.checkpoint, at)
         process = apply_transfer(process, start)

@@ -57,7 +57,18 @@ def datetime_to_us(value: datetime) -> int:
     return (value - _EPOCH) // timedelta(microseconds=1)
 
 
-def datetime_from_us(value: int) -> datetime:
+#: the microseconds of the first and the last instant a `datetime` holds (years 1 to 9999)
+MIN_US = (datetime.min.replace(tzinfo=UTC) - _EPOCH) // timedelta(microseconds=1)
+MAX_US = (datetime.max.replace(tzinfo=UTC) - _EPOCH) // timedelta(microseconds=1)
+
+
+def datetime_from_us(value: int, field: str = "a time") -> datetime:
+    """The instant `value` microseconds after the epoch; `field` names it in the refusal.
+    A peer's time beyond the years 1 to 9999 (``±2**62``, a year 10000) is its wire
+    format's fault, refused here: it was an OverflowError no caller expected (a
+    consumer's negotiation answered 500, a subscription reconnected for ever)."""
+    if not MIN_US <= value <= MAX_US:
+        raise WireFormatError(f"{field} is {value}; not a time between the years 1 and 9999")
     return _EPOCH + timedelta(microseconds=value)
 
 
@@ -230,7 +241,7 @@ def negotiation_message_from_proto(
         required(message.negotiation_id, "negotiation_id"),
         required(message.sender_id, "sender_id"),
     )
-    at = datetime_from_us(message.at_unix_us)
+    at = datetime_from_us(message.at_unix_us, "at_unix_us")
     match message.WhichOneof("body"):
         case "request":
             return ContractRequest(*head, policy_from_json(message.request.offer_json), at)
@@ -283,8 +294,8 @@ def negotiation_from_proto(message: negotiation_pb2.NegotiationStatus, role: Rol
         asset_id=message.asset_id,
         state=state,
         offer=policy_from_json(message.offer_json, "offer"),
-        created_at=datetime_from_us(message.created_at_unix_us),
-        updated_at=datetime_from_us(message.updated_at_unix_us),
+        created_at=datetime_from_us(message.created_at_unix_us, "created_at_unix_us"),
+        updated_at=datetime_from_us(message.updated_at_unix_us, "updated_at_unix_us"),
         agreement=signed_agreement_from_proto(message.agreement) if message.has_agreement else None,
         reason=message.reason or None,
     )

@@ -20,7 +20,7 @@ import hashlib
 import logging
 import math
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import AsyncIterable, Iterable, Sequence
 from dataclasses import dataclass, replace
 from datetime import timedelta
 from typing import Any
@@ -39,7 +39,7 @@ from qdspace.connector.spc import (
     SpcSpec,
     characteristic_value,
 )
-from qdspace.connector.transfer_wire import KEY_FIELD, VERSION_FIELD
+from qdspace.connector.transfer_wire import KEY_FIELD, VERSION_FIELD, row_seqs
 from qdspace.node.member_ids import peer_name
 from qdspace.node.metrics import NodeMetrics
 from qdspace.node.rpc.contracts_transfer_serde import (
@@ -272,8 +272,16 @@ class ConsumerSubscriptions:
         request = StreamRequest(
             sub.subscription_id, sub.agreement_id, sub.purpose, after_position=sub.position
         )
+        call = subscribe(stream_request_to_proto(request))
+        try:
+            await self._take(sub, watch, call)
+        finally:  # (a no-op once it ended) the provider's stream is not left open when we
+            call.cancel()  # stop reading it: a refused event held it open until collected
+
+    async def _take(self, sub: Subscription, watch: _Watch, events: AsyncIterable[bytes]) -> None:
+        """Store and watch the `events` of one stream until it ends."""
         opened = False
-        async for raw in subscribe(stream_request_to_proto(request)):
+        async for raw in events:
             try:
                 event = stream_event_from_proto(subscription_pb2.SubscriptionEvent.FromString(raw))
             except (ContractError, ValueError) as exc:
@@ -291,9 +299,10 @@ class ConsumerSubscriptions:
             arrived = self.runtime.clock.now()
             sub.latencies_ms.append((arrived - event.sent_at) / timedelta(milliseconds=1))
             try:
+                seqs = row_seqs(event.positions)  # (checked as the event was decoded)
                 rows = [
-                    IncomingRow(int(p), r.order_id, r.payload)
-                    for p, r in zip(event.positions, event.rows, strict=True)
+                    IncomingRow(seq, r.order_id, r.payload)
+                    for seq, r in zip(seqs, event.rows, strict=True)
                 ]
                 keep = self.runtime.store_received
                 await asyncio.to_thread(keep, sub.agreement_id, sub.subscription_id, rows, arrived)

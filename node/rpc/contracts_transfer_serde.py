@@ -24,7 +24,13 @@ from qdspace.connector.transfer_messages import (
     TransferSuspension,
     TransferTermination,
 )
-from qdspace.connector.transfer_wire import BatchRow, Checkpoint, RowBatch, position_refusal
+from qdspace.connector.transfer_wire import (
+    BatchRow,
+    Checkpoint,
+    RowBatch,
+    position_refusal,
+    row_seqs,
+)
 from qdspace.node.errors import WireFormatError
 from qdspace.node.rpc.contracts_serde import (
     datetime_from_us,
@@ -92,7 +98,7 @@ def transfer_message_from_proto(message: transfer_pb2.TransferMessage) -> Transf
         required(message.transfer_id, "transfer_id"),
         required(message.sender_id, "sender_id"),
     )
-    at = datetime_from_us(message.at_unix_us)
+    at = datetime_from_us(message.at_unix_us, "at_unix_us")
     match message.WhichOneof("body"):
         case "request":
             body = message.request
@@ -274,12 +280,16 @@ def stream_event_to_proto(event: StreamEvent) -> subscription_pb2.SubscriptionEv
 
 
 def stream_event_from_proto(message: subscription_pb2.SubscriptionEvent) -> StreamEvent:
+    """An event as sent; every row's position must be a row id (`row_seqs`), so a
+    provider's bad one is refused here, naming it, and never reaches the store."""
+    sent_at = datetime_from_us(message.sent_at_unix_us, "sent_at_unix_us")
     try:
+        row_seqs(message.positions)
         return StreamEvent(
             subscription_id=message.subscription_id,
             rows=_rows_from_proto(message.rows),
             positions=tuple(message.positions),
-            sent_at=datetime_from_us(message.sent_at_unix_us),
+            sent_at=sent_at,
             position=message.position,
         )
     except ContractError as exc:
