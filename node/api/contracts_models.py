@@ -18,6 +18,7 @@ from qdspace.connector.assets import CatalogEntry
 from qdspace.connector.contract_store import DutyReport, ReceivedChange, StoredAgreement
 from qdspace.connector.negotiation import Negotiation
 from qdspace.connector.transfer import TransferProcess
+from qdspace.node.api.bodies import Body
 from qdspace.node.api.models import Id, Text, UtcDatetime
 from qdspace.policies.canonical import format_datetime
 from qdspace.policies.codec import policy_to_dict
@@ -36,7 +37,7 @@ PolicyDoc = dict[str, Any]
 # -- request bodies ----------------------------------------------------------------------
 
 
-class ExplainBody(BaseModel):
+class ExplainBody(Body):
     """A hypothetical request to explain under an agreement (nothing is transferred)."""
 
     action: Literal["use", "read", "stream", "distribute"] = "read"
@@ -45,7 +46,7 @@ class ExplainBody(BaseModel):
     fields: list[Id] | None = Field(default=None, max_length=MAX_LIST)
 
 
-class NegotiateBody(BaseModel):
+class NegotiateBody(Body):
     peer: Id
     asset_id: Id
     purposes: list[Id] = Field(min_length=1, max_length=MAX_LIST)
@@ -57,7 +58,7 @@ class NegotiateBody(BaseModel):
     as_offered: bool = False
 
 
-class TransferBody(BaseModel):
+class TransferBody(Body):
     agreement_id: Id
     purpose: Id
     order_id: Id | None = None
@@ -68,24 +69,24 @@ class TransferBody(BaseModel):
     since_last: bool = False
 
 
-class WithdrawBody(BaseModel):
+class WithdrawBody(Body):
     """Withdraw one of our QDM records: consumers holding a copy get a tombstone."""
 
     kind: Id
     key: dict[Id, Text] = Field(min_length=1, max_length=MAX_LIST)
 
 
-class TerminateBody(BaseModel):
+class TerminateBody(Body):
     reason: Text = "terminated by the operator"
 
 
-class PurgeBody(BaseModel):
+class PurgeBody(Body):
     """A purge cannot be undone: the caller names the node it means (its member id)."""
 
     confirm: Id = Field(description="this node's member id, to confirm the purge")
 
 
-class ClockBody(BaseModel):
+class ClockBody(Body):
     offset_days: Finite = Field(ge=-MAX_DAYS, le=MAX_DAYS)
 
 

@@ -5,8 +5,9 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from fastapi import Path
-from pydantic import AfterValidator, AwareDatetime, BaseModel, Field, StringConstraints
+from pydantic import AfterValidator, AwareDatetime, BaseModel, Field, Strict, StringConstraints
 
+from qdspace.node.api.bodies import Body
 from qdspace.util.instants import in_utc
 
 #: ids and names a caller sends: printable, bounded (no NUL or control characters, which
@@ -21,8 +22,9 @@ IdPath = Annotated[str, Path(min_length=1, max_length=ID_MAX, pattern=ID_PATTERN
 
 #: a date-time with a zone, as a caller sends it (query or body), held in UTC; an instant
 #: whose UTC value leaves years 1-9999 is refused as a 422 naming the field (`in_utc`
-#: raises a ValueError), instead of overflowing where the database is asked (a 500)
-UtcDatetime = Annotated[AwareDatetime, AfterValidator(in_utc)]
+#: raises a ValueError), instead of overflowing where the database is asked (a 500).
+#: Not strict in a strict body (`bodies.Body`): JSON writes a date-time as a string.
+UtcDatetime = Annotated[AwareDatetime, Strict(False), AfterValidator(in_utc)]
 
 
 class Health(BaseModel):
@@ -88,7 +90,7 @@ class IngestResult(BaseModel):
     refused_lines: int = 0
 
 
-class IngestRows(BaseModel):
+class IngestRows(Body):
     rows: list[dict[str, Any]] = Field(description="QDM rows of one kind; line = index + 1")
     source: Id = "api"
 

@@ -14,6 +14,7 @@ from pydantic import BaseModel, Field
 
 from qdspace.connector.contract_store.notices import ReceivedAlert
 from qdspace.connector.spc import QualityAlert
+from qdspace.node.api.bodies import Body
 from qdspace.node.api.contracts_models import MAX_BASELINE, Finite, api_time
 from qdspace.node.api.models import Id
 from qdspace.node.errors import NodeError
@@ -21,7 +22,7 @@ from qdspace.node.member_ids import peer_name
 from qdspace.node.runtime.contract_ports import Subscription
 
 
-class SubscribeBody(BaseModel):
+class SubscribeBody(Body):
     agreement_id: Id
     purpose: Id = "spc-monitoring"
     characteristic: Id = "score"

@@ -4,9 +4,9 @@
 (serialized once, written in one copy each), the model download is hashed as it
 arrives and never allowed to grow past what the job's shapes need, its header must
 name exactly the job's shapes (a coordinator's version of another shape is refused
-with a ``PeerError`` naming both, not a ``ValueError`` from deep in numpy), and every
-gRPC error becomes a ``FederationRefused`` with the coordinator's machine-readable
-reason.
+with a ``PeerError`` naming both, not a ``ValueError`` from deep in numpy; so are bytes
+that are no ``ModelChunk``, not protobuf's ``DecodeError``), and every gRPC error
+becomes a ``FederationRefused`` with the coordinator's machine-readable reason.
 Once it has read a job's terms it holds the coordinator to them: terms with another
 digest on a later read are refused (the member's checks ran on the first ones).
 It decides nothing: what to send when is the round loop's (``federation_runner``).
@@ -23,6 +23,7 @@ from typing import Any
 
 import grpc
 import numpy as np
+from google.protobuf.message import DecodeError
 from nacl.signing import VerifyKey
 from numpy.typing import NDArray
 
@@ -298,7 +299,8 @@ class FederationClient:
         job = await self.job() if self._job is None else self._job
         try:
             stream = self._raw_download(request, timeout=CALL_TIMEOUT_S)
-            header, _ = decode_model_chunk(await anext(aiter(stream)))
+            first = await anext(aiter(stream), None)  # an empty stream is no model either
+            header = None if first is None else self._model_chunk(first, version)[0]
             if header is None:
                 raise PeerError(f"coordinator {self.coordinator}: model stream without a header")
             assembler = Assembler(
@@ -309,7 +311,7 @@ class FederationClient:
                 hash_always=True,
             )
             async for raw in stream:
-                again, data = decode_model_chunk(raw)
+                again, data = self._model_chunk(raw, version)
                 if again is not None:
                     raise PeerError(f"coordinator {self.coordinator}: a second model header")
                 assembler.add(Chunk(assembler.received, header.total_bytes, data))
@@ -327,6 +329,19 @@ class FederationClient:
             ) from None
         signed = SignedVersion(header.record, header.signature)
         return Download(signed, params, body_of(payload, job.shapes), digest)
+
+    def _model_chunk(
+        self, raw: bytes, version: int
+    ) -> tuple[pb.ModelHeader | None, memoryview | bytes]:
+        """One message of a download: bytes that are no ``ModelChunk`` are the
+        coordinator's fault (a ``PeerError``), not protobuf's ``DecodeError``."""
+        try:
+            return decode_model_chunk(raw)
+        except DecodeError as exc:
+            raise PeerError(
+                f"coordinator {self.coordinator} sent version {version} of job {self.job_id} "
+                f"in chunks that are not ModelChunk messages: {exc}"
+            ) from None
 
     async def _upload(
         self, method: str, header: pb.UploadHeader, payload: bytes | memoryview

@@ -174,10 +174,10 @@ def _bad_terms(job_id: str) -> list[tuple[Any, str]]:
     return [
         ({**ok, "rounds": 10**12}, "rounds must be in"),
         ({**ok, "rounds": -3}, "rounds must be >= 1"),
-        ({**ok, "shapes": [[1e308]]}, "a job may have at most"),
+        ({**ok, "shapes": [[1e308]]}, "shapes[0][0] must be a whole number"),
         ({**ok, "shapes": [[-6, 2], [2]]}, ""),
         ({**ok, "shapes": [[100_000, 100_000]]}, "a job may have at most"),
-        ({**ok, "phase_timeout_s": float("nan")}, "phase timeout"),
+        ({**ok, "phase_timeout_s": float("nan")}, "phase_timeout_s must be a finite number"),
         ({**ok, "training": {"lr": float("inf")}}, "finite"),
         ({k: v for k, v in ok.items() if k != "members"}, "members"),
         ({**ok, "members": "cellex"}, ""),
