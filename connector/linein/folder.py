@@ -228,7 +228,12 @@ class FolderConnector:
         if parts is not None:
             return watch.within(parts, path, create=True)
         aside = Folder.open(path, create=True, follow=True)
-        if aside.below(watch):  # a way in that no path showed (a link swapped since)
+        try:
+            inside = aside.below(watch)
+        except OSError as exc:
+            aside.close()
+            raise ConnectorError(f"{path}: cannot look at its parents: {exc.strerror}") from None
+        if inside:  # a way in that no path showed (a link swapped since)
             aside.close()
             raise ConnectorError(
                 f"{path}: leads into the watched folder {self.watch} through a link, where "

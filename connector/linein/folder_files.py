@@ -72,6 +72,8 @@ TARGET_MAX = NAME_MAX - len(ERRORS_SUFFIX + ".tmp")
 
 _DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 #: O_NONBLOCK: a FIFO put in a file's place opens at once (and is then refused)
+#: a folder looked at, not read: passing through it is enough (`Folder.below`)
+_UP = getattr(os, "O_PATH", os.O_RDONLY) | os.O_DIRECTORY | os.O_CLOEXEC
 _READ = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 _NEW = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 #: most parents `Folder.below` walks up (a path of PATH_MAX bytes has fewer)
@@ -216,7 +218,8 @@ class Folder:
             for _ in range(_MAX_DEPTH):
                 if same_file(st, goal):
                     return True
-                parent = os.open("..", _DIR, dir_fd=fd)
+                # O_PATH: a parent the node may only pass through (mode 0711) is not read
+                parent = os.open("..", _UP, dir_fd=fd)
                 os.close(fd)
                 fd = parent
                 up = os.fstat(fd)

@@ -276,3 +276,49 @@ def test_a_folder_held_open_knows_whether_it_lies_under_another(tmp_path: Path) 
     finally:
         for f in [watch, *held]:
             f.close()
+
+
+_PASS_THROUGH = """
+import sys
+from pathlib import Path
+from qdspace.connector.linein.config import FolderConfig
+from qdspace.connector.linein.folder import FolderConnector
+base = Path(sys.argv[1])
+cfg = FolderConfig.model_validate({
+    "watch": base / "watch", "done": base / "home" / "archive" / "done",
+    "failed": base / "home" / "archive" / "failed",
+    "files": [{"pattern": "*", "kind": "measurement"}], "settle_s": 0})
+FolderConnector(cfg, None).open_folders()
+print("opened")
+"""
+
+
+def test_done_under_a_folder_the_node_may_only_pass_through_opens() -> None:
+    """done/ outside the watched folder under a parent of another owner, mode 0711 (the
+    node passes through it, may not list it): walking up from done/ to check it is not
+    inside the watched folder opened each parent for reading, and the connector did not
+    start ("Permission denied: '..'")."""
+    import shutil
+    import subprocess
+    import sys
+    import tempfile
+
+    if os.geteuid() != 0 or shutil.which("setpriv") is None:
+        pytest.skip("needs root to run the node as another user (setpriv)")
+    nobody = 65534
+    base = Path(tempfile.mkdtemp(prefix="qdspace-pass-"))
+    try:
+        os.chmod(base, 0o755)
+        (base / "watch").mkdir()
+        (base / "home" / "archive").mkdir(parents=True)
+        os.chmod(base / "home", 0o711)  # root's: the node only passes through
+        for p in (base / "watch", base / "home" / "archive"):
+            os.chown(p, nobody, nobody)
+        ran = subprocess.run(
+            ["setpriv", f"--reuid={nobody}", f"--regid={nobody}", "--clear-groups",
+             sys.executable, "-c", _PASS_THROUGH, str(base)],
+            capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+        assert ran.stdout.strip() == "opened", ran.stderr[-2000:]
+    finally:
+        shutil.rmtree(base)
