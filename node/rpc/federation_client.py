@@ -28,7 +28,7 @@ from nacl.signing import VerifyKey
 from numpy.typing import NDArray
 
 from qdspace.federation.chunks import DEFAULT_CHUNK_BYTES, Assembler, Chunk, check_chunk_bytes
-from qdspace.federation.errors import ParamsError, RefusalReason
+from qdspace.federation.errors import FederationError, ParamsError, RefusalReason
 from qdspace.federation.job import JobSpec
 from qdspace.federation.params import (
     Params,
@@ -248,7 +248,12 @@ class FederationClient:
             raise PeerError(
                 f"coordinator {self.coordinator} sent unreadable terms: {exc}"
             ) from None
-        job = JobSpec.from_dict(terms)
+        try:
+            job = JobSpec.from_dict(terms)
+        except FederationError as exc:  # the coordinator's fault: a 502, not our caller's 400
+            raise PeerError(
+                f"coordinator {self.coordinator} sent terms that are not valid: {exc}"
+            ) from None
         if job.digest() != reply.job_digest or job.job_id != self.job_id:
             raise PeerError(f"coordinator {self.coordinator} sent terms of another job")
         if job.coordinator != self.coordinator:

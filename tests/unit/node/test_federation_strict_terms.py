@@ -210,15 +210,18 @@ async def post(node: NodeContext, root: Path, terms: bytes, path: str, body: byt
 
 
 @pytest.mark.parametrize(("field", "value", "named"), CASES)
-def test_a_member_refuses_a_coordinators_bad_terms_with_a_4xx(
+def test_a_member_refuses_a_coordinators_bad_terms_as_the_coordinators_fault(
     node: NodeContext, tmp_path: Path, field: str, value: str, named: str
 ) -> None:
+    """The terms are the coordinator's: its mistake is a 502 to our operator (the request
+    was fine), as terms that are no JSON at all are."""
     data = tmp_path / "own.npz"
     logreg.save_dataset(data, logreg.make_blobs(40, DIMS, CLASSES, seed=1))
     join = json.dumps({"job_id": "j1", "coordinator": "x", "data": str(data)}).encode()
     terms = raw_terms(field, value, coordinator="x")
     answer = asyncio.run(post(node, tmp_path, terms, "/v1/federation/sessions", join))
-    assert answer.status_code == 400, answer.text
+    assert answer.status_code == 502, answer.text
+    assert "sent terms that are not valid" in answer.json()["detail"]
     assert f"job terms are not valid: {named}" in answer.json()["detail"]
 
 
