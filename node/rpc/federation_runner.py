@@ -56,6 +56,7 @@ from qdspace.federation.errors import (
 )
 from qdspace.federation.job import JobSpec
 from qdspace.federation.member import Trainer, plain_update, prepare_change, secagg_client
+from qdspace.federation.member_releases import ReleaseRefused
 from qdspace.federation.params import Params, Vector, flatten
 from qdspace.federation.round_status import Phase, StatusView
 from qdspace.federation.secagg_messages import protocol_mismatch
@@ -129,6 +130,9 @@ class MemberRunner:
         self._before_send = before_send
         #: counts each update sent against the member's floor (None: not counted)
         self._releases = releases
+        #: why this member sends no more updates of the job (its floor is reached: the
+        #: count only grows), said once; it follows the job on for its versions
+        self._withheld: str | None = None
         self._job: JobSpec | None = None
         self._version: ModelVersion | None = None
         self._params: Params | None = None
@@ -177,7 +181,11 @@ class MemberRunner:
                 break
             self._check_round(status)
             try:
-                await self._act(status)
+                if self._withheld is None:
+                    await self._act(status)
+            except ReleaseRefused as exc:
+                self._withheld = str(exc)
+                self._emit("skipped", status.round, f"{exc}; no more updates of this job")
             except FederationRefused as exc:
                 if exc.code == "PERMISSION_DENIED" or exc.reason is RefusalReason.WRONG_PROTOCOL:
                     raise

@@ -127,6 +127,8 @@ class Restarting:
     recorded: Callable[[], int]
     attempt: int = 1
     phase: Phase = Phase.ADVERTISE
+    #: statuses asked for in a phase the member sent nothing in, before the job ends
+    patience: int = 1
     uploads: list[int] = field(default_factory=list)
     on_disk_at_upload: list[int] = field(default_factory=list)
     _others: dict[str, SecAggClient] = field(default_factory=dict)
@@ -161,7 +163,9 @@ class Restarting:
     async def get_status(self, request: pb.StatusRequest, context: Any) -> pb.JobStatus:
         seen = (request.known_attempt, request.known_phase) == (self.attempt, self.phase.value)
         if seen and self.phase not in (Phase.DONE, Phase.FAILED):
-            self.phase = Phase.FAILED  # the member sent nothing in this phase
+            self.patience -= 1
+            if self.patience <= 0:
+                self.phase = Phase.FAILED  # the member sent nothing in this phase
         return self.status()
 
     async def download(self, request: pb.DownloadRequest, context: Any) -> AsyncIterator[Any]:
@@ -267,14 +271,14 @@ def recorded(node: Path, job: JobSpec) -> int:
 
 
 def take_part(
-    node: Path, job: JobSpec, keys: dict[str, MemberKeys], floor: MemberFloor
+    node: Path, job: JobSpec, keys: dict[str, MemberKeys], floor: MemberFloor, patience: int = 1
 ) -> tuple[MemberSession, Restarting]:
     """A member node (a ``FederationMember`` on ``node``, as a restarted node makes it)
     joins ``job`` at a fresh restarting coordinator and follows it to its end."""
     data = node / "own.npz"
     if not data.exists():
         logreg.save_dataset(data, logreg.make_blobs(40, DIMS, 2, seed=1))
-    coordinator = Restarting(job, keys, lambda: recorded(node, job))
+    coordinator = Restarting(job, keys, lambda: recorded(node, job), patience=patience)
 
     async def run() -> MemberSession:
         server, port = await serving(coordinator)
@@ -319,6 +323,18 @@ def test_a_coordinator_restarting_attempts_gets_no_release_past_the_floor(
     assert f"over max_epsilon {floor.max_epsilon:g}" in refusal
     assert "federation_floor, node.json" in refusal
     assert session.status is not None and session.status.phase is Phase.FAILED
+
+
+def test_a_member_past_its_floor_says_so_once_and_follows_the_job_on(tmp_path: Path) -> None:
+    """A coordinator that waits in the attempt the member withholds from: the member's
+    count only grows, so it sends nothing more of the job; it said so, and logged it, at
+    every status it polled (an event list and a log line every poll, without end)."""
+    job, keys = secure_job(), member_keys()
+    session, coordinator = take_part(tmp_path, job, keys, floor_allowing(job, ALLOWED), 3)
+    assert session.state == "done", session.error
+    assert coordinator.uploads == [1, 2, 3] and coordinator.patience <= 0
+    [refusal] = withheld(session)
+    assert refusal.endswith("no more updates of this job")
 
 
 def test_the_count_survives_a_member_recreated_from_its_directory(tmp_path: Path) -> None:
