@@ -45,10 +45,14 @@ class TransferActs(TableStore):
         self._lock = threading.Lock()
 
     def count(self, member_id: str, now: datetime) -> int:
-        """The acts of `member_id` within the window before `now`."""
+        """The acts of `member_id` within the window before `now`. Acts dated after `now`
+        are not counted: they were made while the node's clock was moved forward (the
+        demo moves it 180 days), and would count for months once it is set back."""
         table = transfer_act_table
         statement = select(func.count()).where(
-            table.c.member_id == member_id, table.c.at > now - self.window
+            table.c.member_id == member_id,
+            table.c.at > now - self.window,
+            table.c.at <= now,
         )
         with held_connection.connect(self.engine) as connection:
             return int(connection.execute(statement).scalar_one())

@@ -231,6 +231,18 @@ def test_re_reads_are_counted_in_the_window_and_expire(store: ContractStore) -> 
     assert made is not None and made.acts_expired == 3
 
 
+def test_re_reads_made_while_the_clock_was_moved_forward_do_not_count_after(
+    store: ContractStore,
+) -> None:
+    """The demo moves the node's clock 180 days on and back: re-reads made meanwhile are
+    dated then, and counted for 180 days against a quota of one hour."""
+    acts = TransferActs(store.engine, timedelta(hours=1))
+    for minutes in range(3):
+        acts.add("m-1", T0 + timedelta(days=180, minutes=minutes), lambda n: None)
+    assert acts.count("m-1", T0) == 0
+    assert acts.count("m-1", T0 + timedelta(days=180, minutes=3)) == 3
+
+
 def _until(end: datetime, operator: Operator) -> Policy:
     """An agreement whose one permission lasts until `end` (`operator`: lt or lteq)."""
     terms = OfferTerms(purposes=frozenset({"qa"}), not_after=end)
