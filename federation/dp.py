@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from qdspace.federation.errors import PrivacyError
+from qdspace.federation.json_reader import JsonReader
 from qdspace.federation.params import Vector
 from qdspace.federation.strategies import clip_to_norm
 
@@ -42,6 +43,10 @@ DEFAULT_ORDERS: tuple[float, ...] = (
 class NoiseMode(StrEnum):
     CENTRAL = "central"
     DISTRIBUTED = "distributed"
+
+
+#: the modes a job's terms may give (`dp_fields`)
+NOISE_MODES = tuple(m.value for m in NoiseMode)
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,19 +85,15 @@ class DPConfig:
         }
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> DPConfig:
-        try:
-            max_eps = data.get("max_epsilon")
-            return cls(
-                clip=float(data["clip"]),
-                noise_multiplier=float(data["noise_multiplier"]),
-                delta=float(data.get("delta", 1e-5)),
-                mode=NoiseMode(data.get("mode", NoiseMode.DISTRIBUTED.value)),
-                max_epsilon=None if max_eps is None else float(max_eps),
-                sample_rate=float(data.get("sample_rate", 1.0)),
-            )
-        except (KeyError, ValueError, TypeError) as exc:
-            raise PrivacyError(f"DP settings are not valid: {exc}") from exc
+    def from_dict(cls, data: object, where: str = "dp") -> DPConfig:
+        """Settings as JSON gives them, read strictly (`dp_fields`): a value not of its
+        JSON type is a ``PrivacyError`` naming it (``dp.clip``), never coerced
+        (``"0.5"`` was a clip, ``1e400`` an infinite one, a list an ``AttributeError``)."""
+        read = JsonReader()
+        fields = dp_fields(read, where, data)
+        if read.problems:
+            raise PrivacyError(f"DP settings are not valid: {read.refusal()}")
+        return cls(**fields)
 
     def member_noise_std(self, min_members: int) -> float:
         """Standard deviation each member adds in distributed mode (0 in central mode)."""
@@ -105,6 +106,26 @@ class DPConfig:
     def central_noise_std(self) -> float:
         """Standard deviation the aggregator adds to the sum in central mode (else 0)."""
         return self.noise_multiplier * self.clip if self.mode is NoiseMode.CENTRAL else 0.0
+
+
+def dp_fields(read: JsonReader, where: str, value: object) -> dict[str, Any]:
+    """The fields of a `DPConfig` (its ``to_dict``), each checked by ``read`` under
+    ``where``: ``clip`` and ``noise_multiplier`` finite numbers, ``delta``,
+    ``sample_rate`` and ``max_epsilon`` (``null``: no budget) too when given, ``mode``
+    one of `NoiseMode`. Job terms read theirs with the terms' own reader."""
+    data = read.mapping(where, value)
+    out: dict[str, Any] = {
+        key: read.real(f"{where}.{key}", read.get(data, key))
+        for key in ("clip", "noise_multiplier")
+    }
+    for key in ("delta", "sample_rate"):
+        if key in data:
+            out[key] = read.real(f"{where}.{key}", data[key])
+    out["max_epsilon"] = read.maybe(read.real, f"{where}.max_epsilon", data.get("max_epsilon"))
+    if "mode" in data:
+        mode = read.choice(f"{where}.mode", data["mode"], NOISE_MODES)
+        out["mode"] = NoiseMode.DISTRIBUTED if mode is None else NoiseMode(mode)
+    return out
 
 
 def clip_update(delta: Vector, clip: float) -> Vector:

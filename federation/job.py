@@ -16,12 +16,19 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from qdspace.federation.dp import DPConfig
+from qdspace.federation.dp import DPConfig, dp_fields
 from qdspace.federation.errors import FederationError
+from qdspace.federation.json_reader import MISSING, JsonReader
 from qdspace.federation.params import Shapes, size_of
 from qdspace.federation.secagg_masks import Quantizer
 from qdspace.federation.secagg_messages import SecAggConfig
-from qdspace.federation.strategies import SUM_BASED, StrategyName, StrategySpec, build_strategy
+from qdspace.federation.strategies import (
+    SUM_BASED,
+    StrategyName,
+    StrategySpec,
+    build_strategy,
+    strategy_fields,
+)
 
 TRAINING_PURPOSE = "model-training"
 #: Most scalars a job's model may have: 2**26 (256 MiB of float32). The largest model
@@ -43,11 +50,12 @@ MAX_ROUNDS = 10_000
 #: terms; ``JobSpec.max_examples_per_member`` may set a lower one.
 MAX_EXAMPLES = 10**12
 
-#: Most problems one refusal of terms names (terms may hold 10**5 bad dimensions).
-MAX_PROBLEMS = 8
-#: Whole numbers in terms are below this: each count in them has a far lower bound, and
-#: one of thousands of digits would only make the message naming it that long.
-MAX_WHOLE = 2**63
+#: Most dimensions one tensor of a job's model may have. The models the project ships
+#: have at most four (an ``el-cnn`` convolution's ``(out, in, 3, 3)``; ``logreg`` and
+#: ``mlp`` two), so this leaves twice that. Terms come from a peer: without it a tensor
+#: of 100,000 dimensions of size 1 was a valid 1-scalar shape that every member kept,
+#: hashed, wrote into each parameter header and carried through PyTorch and ONNX.
+MAX_DIMENSIONS = 8
 
 
 class JobSpecError(FederationError, ValueError):
@@ -162,11 +170,17 @@ class JobSpec:
         return MAX_EXAMPLES if cap is None else cap
 
     def _shape_problems(self) -> list[str]:
-        """Every dimension at least 1 (a negative one made ``((-1,), (3,))`` a model of
-        "2" scalars), and at most ``MAX_VECTOR_LEN`` scalars in all."""
+        """At most ``MAX_DIMENSIONS`` dimensions a tensor, every one at least 1 (a negative
+        one made ``((-1,), (3,))`` a model of "2" scalars), and at most ``MAX_VECTOR_LEN``
+        scalars in all."""
         if not self.shapes:
             return ["the model has no parameters"]
         for i, shape in enumerate(self.shapes):
+            if len(shape) > MAX_DIMENSIONS:
+                return [
+                    f"tensor {i} has {len(shape):,} dimensions: a tensor may have at most "
+                    f"{MAX_DIMENSIONS}"
+                ]
             if any(d > MAX_VECTOR_LEN for d in shape):
                 return [
                     f"tensor {i} has a dimension over {MAX_VECTOR_LEN:,}: a job may have at "
@@ -283,19 +297,14 @@ class JobSpec:
         every value that is not is named in one ``JobSpecError``."""
         read = _TermsReader(data)
         fields = read.fields()
-        if problems := read.problems:
-            more = (
-                [f"and {len(problems) - MAX_PROBLEMS} more"] if len(problems) > MAX_PROBLEMS else []
-            )
-            raise JobSpecError(
-                "job terms are not valid: " + "; ".join(problems[:MAX_PROBLEMS] + more)
-            )
+        if read.problems:
+            raise JobSpecError(f"job terms are not valid: {read.refusal()}")
         strategy, dp = fields.pop("strategy"), fields.pop("dp")
         try:
             return cls(
                 **fields,
-                strategy=StrategySpec.from_dict(strategy),
-                dp=None if dp is None else DPConfig.from_dict(dp),
+                strategy=StrategySpec(StrategyName(strategy["name"]), strategy["params"]),
+                dp=None if dp is None else DPConfig(**dp),
             )
         except (KeyError, TypeError, ValueError, ArithmeticError) as exc:
             if isinstance(exc, FederationError):
@@ -310,162 +319,62 @@ class JobSpec:
         return hashlib.sha256(self.canonical_bytes()).digest()
 
 
-_MISSING: Any = object()
-
-
-class _TermsReader:
+class _TermsReader(JsonReader):
     """The fields of a ``JobSpec`` from terms as JSON gives them, each value checked
-    against its field's JSON type: whole numbers ``int`` (not ``bool``, not 2.0),
-    numbers finite ``float`` or ``int``, flags ``bool``, names ``str``. JSON's ``1e400``
-    reads as infinity and ``int()`` of it raised ``OverflowError`` (an INTERNAL answer,
-    an uncaught error in a member); ``int(2.9)`` and ``bool("false")`` changed what a
-    caller asked for. What does not fit is listed in ``problems`` under its place
-    (``shapes[0][1]``, ``dp.clip``) and read as a stand-in, so the rest is still checked.
+    against its field's JSON type (`qdspace.federation.json_reader`): ``int(2.9)``
+    rounds and ``bool("false")`` changed what a caller asked for, and ``int()`` of
+    JSON's ``1e400`` raised ``OverflowError`` (an INTERNAL answer, an uncaught error in
+    a member). What does not fit is listed in ``problems`` under its place
+    (``shapes[0][1]``, ``dp.clip``), so one refusal names every bad value.
     """
 
     def __init__(self, data: object) -> None:
-        self.problems: list[str] = []
-        self._data = self._object("terms", data)
+        super().__init__()
+        self._data = self.mapping("terms", data)
 
     def fields(self) -> dict[str, Any]:
         get = self._get
         return {
-            "job_id": self._text("job_id", get("job_id")),
-            "coordinator": self._text("coordinator", get("coordinator")),
-            "model": self._text("model", get("model")),
+            "job_id": self.text("job_id", get("job_id")),
+            "coordinator": self.text("coordinator", get("coordinator")),
+            "model": self.text("model", get("model")),
             "shapes": tuple(
                 self._shape(f"shapes[{i}]", s)
-                for i, s in enumerate(self._list("shapes", get("shapes")))
+                for i, s in enumerate(self.sequence("shapes", get("shapes")))
             ),
-            "rounds": self._whole("rounds", get("rounds")),
-            "min_members": self._whole("min_members", get("min_members")),
+            "rounds": self.whole("rounds", get("rounds")),
+            "min_members": self.whole("min_members", get("min_members")),
             "members": tuple(
-                self._text(f"members[{i}]", m)
-                for i, m in enumerate(self._list("members", get("members")))
+                self.text(f"members[{i}]", m)
+                for i, m in enumerate(self.sequence("members", get("members")))
             ),
-            "strategy": self._strategy(get("strategy", {"name": "fedavg"})),
-            "secure_aggregation": self._flag(
-                "secure_aggregation", get("secure_aggregation", False)
-            ),
-            "threshold": self._whole("threshold", get("threshold", 2)),
-            "update_clip": self._maybe(self._real, "update_clip", get("update_clip", None)),
-            "dp": self._maybe(self._dp, "dp", get("dp", None)),
-            "phase_timeout_s": self._real(
+            "strategy": strategy_fields(self, "strategy", get("strategy", {"name": "fedavg"})),
+            "secure_aggregation": self.flag("secure_aggregation", get("secure_aggregation", False)),
+            "threshold": self.whole("threshold", get("threshold", 2)),
+            "update_clip": self.maybe(self.real, "update_clip", get("update_clip", None)),
+            "dp": self.maybe(lambda where, v: dp_fields(self, where, v), "dp", get("dp", None)),
+            "phase_timeout_s": self.real(
                 "phase_timeout_s", get("phase_timeout_s", DEFAULT_PHASE_TIMEOUT_S)
             ),
-            "training": self._numbers("training", get("training", {})),
-            "purpose": self._text("purpose", get("purpose", TRAINING_PURPOSE)),
-            "agreement_asset": self._maybe(
-                self._text, "agreement_asset", get("agreement_asset", None)
+            "training": self.numbers("training", get("training", {})),
+            "purpose": self.text("purpose", get("purpose", TRAINING_PURPOSE)),
+            "agreement_asset": self.maybe(
+                self.text, "agreement_asset", get("agreement_asset", None)
             ),
-            "max_examples_per_member": self._maybe(
-                self._whole, "max_examples_per_member", get("max_examples_per_member", None)
+            "max_examples_per_member": self.maybe(
+                self.whole, "max_examples_per_member", get("max_examples_per_member", None)
             ),
         }
 
-    def _get(
-        self, key: str, default: Any = _MISSING, within: Mapping[str, Any] | None = None
-    ) -> Any:
-        data = self._data if within is None else within
-        if key in data:
-            return data[key]
-        return default
-
-    def _bad(self, where: str, what: str, value: Any) -> None:
-        if value is _MISSING:
-            self.problems.append(f"{where} is missing")
-        else:
-            self.problems.append(f"{where} must be {what}, got {_shown(value)}")
-
-    def _maybe(self, read: Any, where: str, value: Any) -> Any:
-        return None if value is None else read(where, value)
-
-    def _whole(self, where: str, value: Any) -> int:
-        if type(value) is not int:
-            self._bad(where, "a whole number", value)
-        elif not -MAX_WHOLE < value < MAX_WHOLE:
-            self._bad(where, "a whole number below 2**63", value)
-        else:
-            return value
-        return 0
-
-    def _real(self, where: str, value: Any) -> float:
-        if type(value) is int and value.bit_length() <= 1000:  # float() of more overflows
-            value = float(value)
-        if type(value) is float and math.isfinite(value):
-            return value
-        self._bad(where, "a finite number", value)
-        return 0.0
-
-    def _flag(self, where: str, value: Any) -> bool:
-        if type(value) is bool:
-            return value
-        self._bad(where, "true or false", value)
-        return False
-
-    def _text(self, where: str, value: Any) -> str:
-        if type(value) is str:
-            return value
-        self._bad(where, "a string", value)
-        return ""
-
-    def _list(self, where: str, value: Any) -> list[Any] | tuple[Any, ...]:
-        if isinstance(value, list | tuple):
-            return value
-        self._bad(where, "a list", value)
-        return []
-
-    def _object(self, where: str, value: Any) -> Mapping[str, Any]:
-        if isinstance(value, Mapping):
-            return value
-        self._bad(where, "an object", value)
-        return {}
+    def _get(self, key: str, default: Any = MISSING) -> Any:
+        return self.get(self._data, key, default)
 
     def _shape(self, where: str, value: Any) -> tuple[int, ...]:
-        dims = self._list(where, value)
-        return tuple(self._whole(f"{where}[{j}]", d) for j, d in enumerate(dims))
-
-    def _numbers(self, where: str, value: Any) -> dict[str, float]:
-        return {
-            str(k): self._real(f"{where}.{str(k)[:40]}", v)
-            for k, v in self._object(where, value).items()
-        }
-
-    def _strategy(self, value: Any) -> dict[str, Any]:
-        data = self._object("strategy", value)
-        name = self._text("strategy.name", self._get("name", within=data))
-        params = self._numbers("strategy.params", self._get("params", {}, data))
-        return {"name": name, "params": params}
-
-    def _dp(self, where: str, value: Any) -> dict[str, Any]:
-        data = self._object(where, value)
-        out: dict[str, Any] = {
-            key: self._real(f"{where}.{key}", self._get(key, within=data))
-            for key in ("clip", "noise_multiplier")
-        }
-        for key in ("delta", "sample_rate"):
-            if key in data:
-                out[key] = self._real(f"{where}.{key}", data[key])
-        out["max_epsilon"] = self._maybe(
-            self._real, f"{where}.max_epsilon", data.get("max_epsilon")
-        )
-        if "mode" in data:
-            out["mode"] = self._text(f"{where}.mode", data["mode"])
-        return out
-
-
-def _shown(value: Any) -> str:
-    """A value as a refusal names it: short, whatever its size."""
-    if value is None or isinstance(value, bool):
-        return json.dumps(value)
-    if isinstance(value, int):
-        return str(value) if abs(value) < 10**18 else "a number over 10**18"
-    if isinstance(value, float):
-        return repr(value)
-    if isinstance(value, str):
-        return repr(value[:40]) + ("..." if len(value) > 40 else "")
-    if isinstance(value, Mapping):
-        return "an object"
-    if isinstance(value, list | tuple):
-        return "a list"
-    return type(value).__name__
+        """A tensor's dimensions; more than ``MAX_DIMENSIONS`` are refused unread."""
+        dims = self.sequence(where, value)
+        if len(dims) > MAX_DIMENSIONS:
+            self.problems.append(
+                f"{where} must have at most {MAX_DIMENSIONS} dimensions, got {len(dims):,}"
+            )
+            return ()
+        return tuple(self.whole(f"{where}[{j}]", d) for j, d in enumerate(dims))

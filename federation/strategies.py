@@ -34,6 +34,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from qdspace.federation.errors import StrategyError
+from qdspace.federation.json_reader import JsonReader
 from qdspace.federation.params import Vector
 
 
@@ -52,6 +53,8 @@ class StrategyName(StrEnum):
 #: Strategies whose result is a function of the sum of updates only: they work with
 #: secure aggregation (the aggregator never sees a single update).
 SUM_BASED = frozenset({StrategyName.FEDAVG, StrategyName.FEDPROX, StrategyName.NORM_BOUNDING})
+#: the names a job's terms may give (`strategy_fields`)
+STRATEGY_NAMES = tuple(n.value for n in StrategyName)
 
 
 @dataclass(frozen=True, slots=True)
@@ -329,15 +332,25 @@ class StrategySpec:
         return {"name": self.name.value, "params": params}
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> StrategySpec:
-        try:
-            name = StrategyName(data["name"])
-        except (KeyError, ValueError) as exc:
-            raise StrategyError(f"unknown strategy {data.get('name')!r}") from exc
-        params = data.get("params", {})
-        if not isinstance(params, Mapping):
-            raise StrategyError("strategy params must be a mapping of names to numbers")
-        return cls(name, {str(k): float(v) for k, v in params.items()})
+    def from_dict(cls, data: object, where: str = "strategy") -> StrategySpec:
+        """A strategy as JSON gives it, read strictly (`strategy_fields`): a value not of
+        its JSON type is a ``StrategyError`` naming it (``strategy.params.mu``), never
+        coerced (``float("1e400")`` was an infinite setting, ``"0.1"`` a number)."""
+        read = JsonReader()
+        fields = strategy_fields(read, where, data)
+        if read.problems:
+            raise StrategyError(f"strategy settings are not valid: {read.refusal()}")
+        return cls(StrategyName(fields["name"]), fields["params"])
+
+
+def strategy_fields(read: JsonReader, where: str, value: object) -> dict[str, Any]:
+    """A strategy's name and params (``{"name": "fedprox", "params": {"mu": 0.01}}``),
+    each checked by ``read`` under ``where``: the name one of `StrategyName`, the params
+    an object of finite numbers. Job terms read theirs with the terms' own reader."""
+    data = read.mapping(where, value)
+    name = read.choice(f"{where}.name", read.get(data, "name"), STRATEGY_NAMES)
+    params = read.numbers(f"{where}.params", read.get(data, "params", {}))
+    return {"name": name, "params": params}
 
 
 _ALLOWED: dict[StrategyName, frozenset[str]] = {

@@ -19,7 +19,7 @@ from qdspace.connector.contract_store import DutyReport, ReceivedChange, StoredA
 from qdspace.connector.negotiation import Negotiation
 from qdspace.connector.transfer import TransferProcess
 from qdspace.node.api.bodies import Body
-from qdspace.node.api.models import Id, Text, UtcDatetime
+from qdspace.node.api.models import BodyDatetime, Id, Text
 from qdspace.policies.canonical import format_datetime
 from qdspace.policies.codec import policy_to_dict
 from qdspace.policies.retention import DutyStatus
@@ -53,7 +53,7 @@ class NegotiateBody(Body):
     orders: list[Id] | None = Field(default=None, max_length=MAX_LIST)
     fields: list[Id] | None = Field(default=None, max_length=MAX_LIST)
     retention_days: int | None = Field(default=None, ge=0, le=MAX_DAYS)
-    valid_until: UtcDatetime | None = None
+    valid_until: BodyDatetime | None = None
     #: ask for exactly the offer of the provider's catalog (a federated job's terms)
     as_offered: bool = False
 

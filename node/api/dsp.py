@@ -20,9 +20,10 @@ from pydantic import (
 from starlette.concurrency import run_in_threadpool
 
 from qdspace.connector.offers import Narrowing
+from qdspace.node.api.bodies import Body
 from qdspace.node.api.contracts_models import MAX_DAYS, MAX_LIST
 from qdspace.node.api.deps import Ctx, require_operator
-from qdspace.node.api.models import ID_PATTERN, Id, UtcDatetime
+from qdspace.node.api.models import ID_PATTERN, BodyDatetime, Id
 from qdspace.node.dsp.consumer import DspConsumer
 from qdspace.node.errors import DspNotServed
 from qdspace.util.urls import plain_https
@@ -37,7 +38,7 @@ class DspNegotiationStarted(BaseModel):
     provider: str
 
 
-class NegotiateBody(BaseModel):
+class NegotiateBody(Body):
     provider_url: Annotated[
         str, StringConstraints(min_length=9, max_length=2048, pattern=r"^https://[!-~]+$")
     ]
@@ -49,7 +50,7 @@ class NegotiateBody(BaseModel):
     orders: list[Id] | None = Field(default=None, min_length=1, max_length=MAX_LIST)
     fields: list[Id] | None = Field(default=None, min_length=1, max_length=MAX_LIST)
     retention_days: int | None = Field(default=None, ge=0, le=MAX_DAYS)
-    valid_until: UtcDatetime | None = None
+    valid_until: BodyDatetime | None = None
 
     @model_validator(mode="after")
     def _purposes_with_terms(self) -> NegotiateBody:
@@ -102,13 +103,13 @@ class DspTransferPublic(BaseModel):
     reason: str | None = None
 
 
-class DspTransferBody(BaseModel):
+class DspTransferBody(Body):
     agreement_id: Annotated[
         str, StringConstraints(min_length=1, max_length=128, pattern=ID_PATTERN)
     ]
 
 
-class DspControlBody(BaseModel):
+class DspControlBody(Body):
     reason: Annotated[str, StringConstraints(max_length=500, pattern=r"^[^\x00]*$")] = ""
 
 

@@ -29,6 +29,7 @@ from qdspace.federation.el_cnn import with_shapes
 from qdspace.federation.job import MAX_ROUNDS, JobSpec
 from qdspace.federation.params import Params, params_from_bytes
 from qdspace.federation.round_status import Phase, StatusView
+from qdspace.node.api.bodies import Body
 from qdspace.node.api.caller_paths import caller_path
 from qdspace.node.api.deps import Paging
 from qdspace.node.api.models import Id, IdPath
@@ -80,7 +81,7 @@ class JobStatus(BaseModel):
     history: list[RoundPublic]
 
 
-class StartJobBody(BaseModel):
+class StartJobBody(Body):
     terms: dict[str, Any] = Field(description="the job's terms (federation.job.JobSpec)")
     initial: str | None = Field(
         default=None,
@@ -90,7 +91,7 @@ class StartJobBody(BaseModel):
     coordinator: Id | None = Field(default=None, description="default: this node")
 
 
-class JoinBody(BaseModel):
+class JoinBody(Body):
     job_id: Id
     coordinator: Id | None = Field(default=None, description="default: this node")
     data: FilePath = Field(description="this member's training data (.npz) on the node's machine")

@@ -38,6 +38,7 @@ from qdspace.connector.investigation import (
     Step,
     overdue,
 )
+from qdspace.node.api.bodies import Body, FromText, IsoDate
 from qdspace.node.api.deps import Ctx, Outbox, Paging, Runtime, require_operator
 from qdspace.node.api.models import Id, IdPath
 from qdspace.node.member_ids import peer_name
@@ -54,19 +55,19 @@ CaseText = Annotated[
 ]
 
 
-class ActionBody(BaseModel):
+class ActionBody(Body):
     action_id: CaseId
-    kind: ActionKind
+    kind: FromText[ActionKind]
     #: the member name of the party that does it (ours or the peer's)
     owner: Id
-    due: date
+    due: IsoDate
     title: CaseText = ""
 
 
-class OpenBody(BaseModel):
+class OpenBody(Body):
     peer: Id
-    kind: CaseKind = CaseKind.INVESTIGATION
-    severity: Severity
+    kind: FromText[CaseKind] = CaseKind.INVESTIGATION
+    severity: FromText[Severity]
     subject: Annotated[CaseText, Field(min_length=1)]
     description: CaseText = ""
     batch_ids: list[CaseId] = Field(default_factory=list, max_length=MAX_LINKS)
@@ -75,7 +76,7 @@ class OpenBody(BaseModel):
     actions: list[ActionBody] = Field(default_factory=list, max_length=MAX_ACTIONS)
 
 
-class StepBody(BaseModel):
+class StepBody(Body):
     note: CaseText = ""
 
 

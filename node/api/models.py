@@ -5,9 +5,17 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from fastapi import Path
-from pydantic import AfterValidator, AwareDatetime, BaseModel, Field, Strict, StringConstraints
+from pydantic import (
+    AfterValidator,
+    AwareDatetime,
+    BaseModel,
+    BeforeValidator,
+    Field,
+    Strict,
+    StringConstraints,
+)
 
-from qdspace.node.api.bodies import Body
+from qdspace.node.api.bodies import Body, iso_only
 from qdspace.util.instants import in_utc
 
 #: ids and names a caller sends: printable, bounded (no NUL or control characters, which
@@ -25,6 +33,9 @@ IdPath = Annotated[str, Path(min_length=1, max_length=ID_MAX, pattern=ID_PATTERN
 #: raises a ValueError), instead of overflowing where the database is asked (a 500).
 #: Not strict in a strict body (`bodies.Body`): JSON writes a date-time as a string.
 UtcDatetime = Annotated[AwareDatetime, Strict(False), AfterValidator(in_utc)]
+#: `UtcDatetime` in a JSON body: an ISO 8601 string only (`bodies.iso_only`); lax
+#: parsing also read ``"valid_until": 5`` (or ``"5"``) as 5 seconds after 1970
+BodyDatetime = Annotated[UtcDatetime, BeforeValidator(iso_only)]
 
 
 class Health(BaseModel):

@@ -19,8 +19,9 @@ from pydantic import BaseModel, Field, JsonValue, StringConstraints
 from starlette.concurrency import run_in_threadpool
 
 from qdspace.connector.trace_store import StoredTrace, TraceSummary
+from qdspace.node.api.bodies import Body
 from qdspace.node.api.deps import Ctx, Paging, require_operator
-from qdspace.node.api.models import UtcDatetime
+from qdspace.node.api.models import BodyDatetime
 from qdspace.node.api.problems import ApiProblem
 from qdspace.node.runtime.trace_runs import MAX_SERIALS, Selection, TraceRuns
 
@@ -33,11 +34,11 @@ class NoTraces(ApiProblem):
     status = 503
 
 
-class StartBody(BaseModel):
+class StartBody(Body):
     batch: TraceText | None = None
     serials: list[TraceText] = Field(default_factory=list, max_length=MAX_SERIALS)
-    since: UtcDatetime | None = None
-    until: UtcDatetime | None = None
+    since: BodyDatetime | None = None
+    until: BodyDatetime | None = None
     defect_class: TraceText | None = None
 
 

@@ -24,6 +24,7 @@ from fastapi.params import Depends
 from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 
+from qdspace.node.api.bodies import Body
 from qdspace.node.api.caller_paths import caller_path
 from qdspace.node.api.deps import Paging
 from qdspace.node.runtime.own_training import TrainingRun, TrainingRunner
@@ -38,7 +39,7 @@ LabelName = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[^\x00-
 TrainingId = Annotated[str, PathParam(min_length=1, max_length=64)]
 
 
-class TrainingBody(BaseModel):
+class TrainingBody(Body):
     """A training on own images: where they are, how labels read, and the knobs."""
 
     images: AbsolutePath = Field(description="folder of images on the node's machine")
