@@ -33,6 +33,7 @@ from qdspace.connector.agreement import agreement_from_bytes
 from qdspace.connector.contract_store.agreements import agreement_table
 from qdspace.connector.contract_store.common import TableStore, message_table
 from qdspace.connector.contract_store.dsp import dsp_table
+from qdspace.connector.contract_store.outbox import outbox_table
 from qdspace.connector.contract_store.receipts import receipt_table
 from qdspace.connector.contract_store.received_model import received_source_table
 from qdspace.connector.contract_store.transfer_records import (
@@ -224,7 +225,14 @@ def _delete(
     """Delete the transfers `ids` that are still finished and unchanged since `before`,
     with their messages, DSP bindings and delivery cursors, and note each
     (`transfer_gone_table`): (transfers, messages, bindings, cursors)."""
-    t = transfer_table
+    t, o = transfer_table, outbox_table
+    # a message still owed for it (a peer away for a month) keeps it: its delivery may
+    # need the binding and the process it speaks of
+    owed = (
+        select(o.c.id)
+        .where(o.c.process_id == t.c.transfer_id, o.c.sent_at.is_(None), o.c.refused_at.is_(None))
+        .exists()
+    )
     counts = [0, 0, 0, 0]
     for chunk in _chunks(ids):
         gone = connection.execute(
@@ -233,6 +241,7 @@ def _delete(
                 t.c.transfer_id.in_(chunk),
                 t.c.state.in_([s.value for s in FINISHED]),
                 t.c.updated_at < before,
+                ~owed,
             )
             .returning(
                 t.c.transfer_id,

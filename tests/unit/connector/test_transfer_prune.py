@@ -193,6 +193,22 @@ def test_a_transfer_that_moved_on_since_it_was_chosen_is_kept_whole(
     assert store.load_transfer("p-1") == rewound and messages(store, "p-1") == 3
 
 
+def test_a_transfer_a_message_is_still_owed_for_is_kept(store: ContractStore) -> None:
+    """A terminated transfer whose termination the outbox still owes a peer away for a
+    month: its delivery may need the binding and the process, so it is kept until sent."""
+    from qdspace.connector.contract_store import OutboxMessage
+
+    agreement(store, "agr-ended", Role.PROVIDER)
+    store.terminate_agreement("agr-ended", "breach", T0)
+    transfer(store, "p-1", "agr-ended", Role.PROVIDER, TransferState.TERMINATED, T0)
+    store.enqueue([OutboxMessage("sunarc", "dsp-transfer", "p-1", "p-1:end", b"{}")], T0)
+    before = NOW - timedelta(days=30)
+    pruner = TransferPruner(store.engine)
+    with store.engine.begin() as connection:
+        went = transfer_prune._delete(connection, pruner._upsert, ["p-1"], before, NOW)
+    assert went == (0, 0, 0, 0) and store.find_transfer("p-1") is not None
+
+
 def test_a_run_prunes_a_batch_and_the_next_goes_on_until_none_is_due(
     store: ContractStore,
 ) -> None:
