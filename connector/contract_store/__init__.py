@@ -72,6 +72,7 @@ from qdspace.connector.contract_store.received import (
     received_row_table,
 )
 from qdspace.connector.contract_store.subscriptions import StoredSubscription, SubscriptionStore
+from qdspace.connector.contract_store.transfer_records import TransferGone
 from qdspace.connector.contract_store.transfers import TransferStore
 from qdspace.connector.negotiation import Negotiation, NegotiationState, Role
 from qdspace.connector.purge import Holding
@@ -286,6 +287,9 @@ class ContractStore:
 
     def find_transfer(self, transfer_id: str) -> TransferProcess | None:
         return self._transfers.find_transfer(transfer_id)
+
+    def find_transfer_or_gone(self, transfer_id: str) -> TransferProcess | TransferGone | None:
+        return self._transfers.find_transfer_or_gone(transfer_id)
 
     def transfers(
         self,

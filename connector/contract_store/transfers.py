@@ -66,7 +66,11 @@ from qdspace.connector.contract_store.common import (
     seen_messages,
 )
 from qdspace.connector.contract_store.outbox import OutboxMessage, OutboxStore
-from qdspace.connector.contract_store.transfer_records import TransferGone, transfer_gone_table
+from qdspace.connector.contract_store.transfer_records import (
+    TransferGone,
+    TransferGoneError,
+    transfer_gone_table,
+)
 from qdspace.connector.negotiation import Role
 from qdspace.connector.transfer import TransferProcess, TransferState
 from qdspace.connector.transfer_wire import Checkpoint, view_cursor
@@ -213,6 +217,16 @@ class TransferStore(TableStore):
     def find_transfer(self, transfer_id: str) -> TransferProcess | None:
         try:
             return self.load_transfer(transfer_id)
+        except UnknownContractError:
+            return None
+
+    def find_transfer_or_gone(self, transfer_id: str) -> TransferProcess | TransferGone | None:
+        """The transfer `transfer_id` held here, the note of it once the retention sweep
+        pruned it (`connector.transfer_retention`: no new one goes in its place), or None."""
+        try:
+            return self.load_transfer(transfer_id)
+        except TransferGoneError as error:
+            return error.gone
         except UnknownContractError:
             return None
 

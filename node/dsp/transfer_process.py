@@ -43,7 +43,6 @@ from qdspace.connector.contract_errors import (
     UnknownContractError,
 )
 from qdspace.connector.contract_store import DspProcess, OutboxMessage
-from qdspace.connector.contract_store.transfer_records import TransferGoneError
 from qdspace.connector.encoding import StreamRequest
 from qdspace.connector.negotiation import Role
 from qdspace.connector.transfer import (
@@ -186,7 +185,7 @@ class DspTransferMoves:
             purpose=purpose, order_id=order, since=since,
         )  # fmt: skip
         if stream:
-            if self._taken(local):
+            if store.find_transfer_or_gone(local) is not None:  # held, or pruned
                 raise ContractDenied(f"transfer id {local[:128]} cannot be used")
             rt.within_transfer_quota(peer)
             rt.stream_gate(stored, StreamRequest(local, terms.agreement_id, purpose or ""))
@@ -203,17 +202,6 @@ class DspTransferMoves:
         start_message = self.start_for(row, process)
         store.open_dsp_transfer(process if new else None, row, [start_message], now)
         return row
-
-    def _taken(self, transfer_id: str) -> bool:
-        """Whether a transfer of that id is held here, or was and was pruned (its note
-        kept: `connector.transfer_retention`): no new one in its place."""
-        try:
-            self.runtime.store.load_transfer(transfer_id)
-        except TransferGoneError:
-            return True
-        except UnknownContractError:
-            return False
-        return True
 
     def is_stream(self, process: TransferProcess) -> bool:
         terms = self.runtime.store.agreement(process.agreement_id).signed.agreement

@@ -26,7 +26,7 @@ from qdspace.connector.contract_errors import (
     UnknownContractError,
 )
 from qdspace.connector.contract_store import StoredAgreement
-from qdspace.connector.contract_store.transfer_records import TransferGone, TransferGoneError
+from qdspace.connector.contract_store.transfer_records import TransferGone
 from qdspace.connector.encoding import StreamRequest, live_page, stream_batches
 from qdspace.connector.negotiation import Role
 from qdspace.connector.paging import incremental_refusal, parse_position
@@ -145,7 +145,7 @@ class ProviderTransfers(ContractBase):
         if message.sender_id != peer.member_id or message.provider_id != self.me.member_id:
             raise UnauthorizedSenderError(f"transfer request {message.message_id}: wrong parties")
         check_sent_at(message.at, self.clock.now(), f"transfer request {message.message_id[:128]}")
-        existing = self._find_transfer(message.transfer_id)
+        existing = self.store.find_transfer_or_gone(message.transfer_id)
         if existing is not None:
             if existing.consumer_id != peer.member_id:  # say nothing about another's transfer
                 raise ContractDenied(f"transfer id {message.transfer_id} cannot be used")
@@ -196,21 +196,11 @@ class ProviderTransfers(ContractBase):
         if why is not None:
             raise TransferQuotaError(why)
 
-    def _find_transfer(self, transfer_id: str) -> TransferProcess | TransferGone | None:
-        """The transfer `transfer_id` held here, the note of it once the retention sweep
-        pruned it (`connector.transfer_retention`), or None."""
-        try:
-            return self.store.load_transfer(transfer_id)
-        except TransferGoneError as error:
-            return error.gone
-        except UnknownContractError:
-            return None
-
     def _peer_transfer(self, peer: MemberIdentity, transfer_id: str) -> TransferProcess:
         """A transfer we provide to `peer`; one answer for unknown and foreign ids. One of
         `peer`'s that was pruned is not found, and the answer says it is no longer held
         (`TransferGoneError`): a re-read of it gets that, not a denial."""
-        process = self._find_transfer(transfer_id)
+        process = self.store.find_transfer_or_gone(transfer_id)
         if (
             process is None
             or process.role is not Role.PROVIDER

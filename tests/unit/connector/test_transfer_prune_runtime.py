@@ -234,17 +234,17 @@ def test_the_re_read_count_survives_reopening_the_runtime(
         again.rt.transfer_message(again.consumer, again.request(f"tx-{uuid.uuid4().hex}"))
 
 
-def test_the_dsp_binding_opens_no_stream_under_a_pruned_transfers_id(
+def test_a_pruned_transfers_id_is_taken_for_a_dsp_stream_as_for_a_pull(
     opened: Callable[[bool], Provider],
 ) -> None:
     """A DSP live stream is opened under the consumer's own pid as the transfer's id; one
     that names a pruned transfer's id is refused as the gRPC request is above (the binding
     asked only whether a transfer of that id was held, and the pruned one is not)."""
-    from qdspace.node.dsp.transfer_process import DspTransferMoves
-
     p = opened(True)
     tid = p.pulled_and_acknowledged().transfer_id
     p.rt.terminate("agr-1", "breach")
     sweep(p.rt.store, p.pkey, dt.datetime.now(dt.UTC) + dt.timedelta(days=31))
-    moves = DspTransferMoves(p.rt, None, "https://cellex.example")  # type: ignore[arg-type]
-    assert moves._taken(tid) and not moves._taken(f"never-{uuid.uuid4()}")
+    store = p.rt.store
+    assert store.find_transfer(tid) is None  # what the binding asked before
+    assert store.find_transfer_or_gone(tid) is not None
+    assert store.find_transfer_or_gone(f"never-{uuid.uuid4()}") is None
