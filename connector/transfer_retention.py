@@ -10,14 +10,18 @@ process is the working state of one delivery, kept for what can still be done wi
 - one under way (REQUESTED, STARTED, SUSPENDED) is resumed: never pruned;
 - a TERMINATED one takes nothing more (no resume, no re-read): pruned after the keep;
 - a COMPLETED one is re-read by its consumer (one that lost its copy, or a consumer cut
-  off before it stored the end, whose re-read rewinds it: `connector.transfer.reread`),
-  and the consumer's copy holds the watermark its next incremental pull of the same
-  scope continues from (`last_completed_pull`). It is pruned after the keep once none of
-  that can happen any more: its agreement ended (terminated, or expired: no permission
-  of it grants anything any more, so the gate refuses every read), or the order it
-  carried was deleted and answered with a receipt (the rows are gone on the consumer;
-  the order is closed, past its retention), or, on the consumer, a later completed pull
-  of the same scope holds the watermark instead;
+  off before it stored the end, whose re-read rewinds it: `connector.transfer.reread`)
+  within the keep: on the provider it is pruned after the keep whatever its agreement
+  (a consumer pulling every few minutes under an agreement of years left the provider
+  a row per pull for years; past the keep, a new pull brings the rows as they are now,
+  which a re-read of a month-old delivery would not). The consumer's copy holds the
+  watermark its next incremental pull of the same scope continues from
+  (`last_completed_pull`; the provider checks no watermark against its records): there
+  it is pruned after the keep once its agreement ended (terminated, or expired: no
+  permission of it grants anything any more, so the gate refuses every read), or the
+  order it carried was deleted and answered with a receipt (the rows are gone; the order
+  is closed, past its retention), or a later completed pull of the same scope holds the
+  watermark instead;
 - a transfer under an agreement not held here (nothing can be read under it) is pruned
   after the keep like one whose agreement ended.
 
@@ -109,6 +113,8 @@ def of_no_more_use(transfer: FinishedTransfer, agreement: AgreementStanding | No
     if transfer.state not in FINISHED:
         return False
     if transfer.state is TransferState.TERMINATED or agreement is None or agreement.ended:
+        return True
+    if transfer.role is Role.PROVIDER:  # re-read within the keep only
         return True
     order = transfer.order_id or agreement.scope_order
     if order is not None and order in agreement.receipted:

@@ -105,7 +105,8 @@ TRANSFERS = [
     ("p-ended-done", "agr-ended", P, DONE, 5, "ORD-1", "10"),  # pruned: agreement terminated
     ("p-ended-started", "agr-ended", P, RUNNING, 5, "ORD-1", "10"),  # kept: under way
     ("p-ended-recent", "agr-ended", P, DONE, 199, "ORD-1", "10"),  # kept: within its keep
-    ("p-live-done", "agr-live", P, DONE, 5, "ORD-1", "10"),  # kept: re-readable
+    ("p-live-done", "agr-live", P, DONE, 5, "ORD-1", "10"),  # pruned: re-read in the keep only
+    ("p-live-recent", "agr-live", P, DONE, 199, "ORD-1", "10"),  # kept: re-readable
     ("p-live-ended", "agr-live", P, ENDED, 5, "ORD-1", "10"),  # pruned: terminated transfer
     ("p-expired-done", "agr-expired", P, DONE, 5, "ORD-1", "10"),  # pruned: expired
     ("c-ord1-done", "agr-mine", C, DONE, 5, "ORD-1", "10"),  # pruned: ORD-1 receipted
@@ -113,7 +114,9 @@ TRANSFERS = [
     ("c-ord2-new", "agr-mine", C, DONE, 5, "ORD-2", "20"),  # kept: the watermark
     ("c-ord2-running", "agr-mine", C, RUNNING, 5, "ORD-2", "10"),  # kept: under way
 ]
-PRUNED = {"p-ended-done", "p-live-ended", "p-expired-done", "c-ord1-done", "c-ord2-old"}
+PRUNED = {
+    "p-ended-done", "p-live-done", "p-live-ended", "p-expired-done", "c-ord1-done", "c-ord2-old"
+}  # fmt: skip
 
 
 def test_the_sweep_prunes_finished_transfers_of_no_more_use_and_keeps_the_evidence(
