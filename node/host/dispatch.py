@@ -125,19 +125,22 @@ def create_host_app(runtime: HostRuntime, host_token: str, started_at: float) ->
     install_problem_handlers(app)
     app.add_middleware(BearerGate, operator_token=host_token)
 
-    def measured(tenant: HostedTenant) -> TenantPublic:
+    def measured(tenant: HostedTenant, *, stale_ok: bool = False) -> TenantPublic:
         """The tenant, its usage measured again if stale (blocking: for the routes run in
         the thread pool): what it holds now, the model versions it wrote since its last
-        ingest too. A measure that fails leaves the last one shown."""
-        if tenant.admission is not None:
+        ingest too. A measure that fails leaves the last one shown. ``stale_ok`` (the
+        list of every tenant): measured only if never measured, as a measure counts a
+        tenant's rows and walks its folders, and the list asks it of each in turn."""
+        admission = tenant.admission
+        if admission is not None and not (stale_ok and admission.usage is not None):
             try:
-                tenant.admission.refresh()
+                admission.refresh()
             except Exception as exc:  # its database gone meanwhile: not the caller's fault
                 log.warning("tenant %s: its usage was not measured: %s", tenant.name, exc)
         return TenantPublic(**tenant.public())
 
     def tenants() -> list[TenantPublic]:
-        return [measured(t) for t in list(runtime.tenants.values())]
+        return [measured(t, stale_ok=True) for t in list(runtime.tenants.values())]
 
     @app.get("/healthz", tags=["health"])
     def healthz() -> dict[str, str]:
