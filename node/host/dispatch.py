@@ -26,6 +26,7 @@ from pydantic import BaseModel, Field
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from qdspace.node import faults
+from qdspace.node.api.bodies import Body
 from qdspace.node.api.gate import (
     OPEN_PATHS,
     BearerGate,
@@ -65,18 +66,18 @@ class TenantPublic(BaseModel):
     use: dict[str, int | None] = Field(default_factory=dict)
 
 
-class QuotaChange(BaseModel):
+class QuotaChange(Body):
     """New values of some quotas (null: no limit), or ``reset``: the host's defaults."""
 
     changes: dict[str, float | int | None] = Field(default_factory=dict, max_length=10)
     reset: bool = False
 
 
-class Suspension(BaseModel):
+class Suspension(Body):
     reason: str = Field("", max_length=500)
 
 
-class Confirmation(BaseModel):
+class Confirmation(Body):
     """A purge or removal cannot be undone: the body names the tenant it means."""
 
     confirm: str = Field(max_length=100)
