@@ -25,7 +25,7 @@ from qdspace.connector.verdict_data import (
     batch_defects,
 )
 from qdspace.node.api.deps import Ctx, require_operator
-from qdspace.node.api.models import UtcDatetime
+from qdspace.node.api.models import BodyDatetime
 from qdspace.node.api.problems import ApiProblem
 
 Text = Annotated[
@@ -112,8 +112,9 @@ def defects_router() -> APIRouter:
     @router.get("/defects", response_model=PChartPublic)
     async def defects(
         ctx: Ctx,
-        since: UtcDatetime | None = None,
-        until: UtcDatetime | None = None,
+        # ISO 8601 only: lax parsing read ?since=1700000000 as seconds after 1970
+        since: BodyDatetime | None = None,
+        until: BodyDatetime | None = None,
         station: Text | None = None,
         order: Text | None = None,
         standard: Annotated[float | None, Query(ge=0.0, le=1.0, allow_inf_nan=False)] = None,

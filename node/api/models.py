@@ -33,8 +33,9 @@ IdPath = Annotated[str, Path(min_length=1, max_length=ID_MAX, pattern=ID_PATTERN
 #: raises a ValueError), instead of overflowing where the database is asked (a 500).
 #: Not strict in a strict body (`bodies.Body`): JSON writes a date-time as a string.
 UtcDatetime = Annotated[AwareDatetime, Strict(False), AfterValidator(in_utc)]
-#: `UtcDatetime` in a JSON body: an ISO 8601 string only (`bodies.iso_only`); lax
-#: parsing also read ``"valid_until": 5`` (or ``"5"``) as 5 seconds after 1970
+#: `UtcDatetime` in a JSON body or a query: an ISO 8601 string only (`bodies.iso_only`);
+#: lax parsing also read ``"valid_until": 5`` (or ``"5"``, or ``?since=5``) as 5 seconds
+#: after 1970
 BodyDatetime = Annotated[UtcDatetime, BeforeValidator(iso_only)]
 
 
