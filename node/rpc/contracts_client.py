@@ -294,7 +294,16 @@ class ContractClient(ConsumerSubscriptions):
             try:
                 negotiation = self._take_replies(negotiation, ack.replies, keys)
             except (WireFormatError, MessageOutOfTime) as exc:
-                self._refuse_replies(saved, keys, f"the provider's reply was refused: {exc}")
+                end = self._refuse_replies(saved, keys, f"the provider's reply was refused: {exc}")
+                try:  # its copy ends too (an honest provider's clock may be what is wrong)
+                    told = negotiation_message_to_proto(end)
+                    await call_peer(
+                        peer, "negotiation", functools.partial(stub.Send, told, timeout=TIMEOUT_S)
+                    )
+                except PeerError as why:
+                    logger.warning(
+                        "negotiation %s: the provider was not told it ended: %s", nid, why
+                    )
                 raise PeerError(f"peer {peer}: negotiation {nid}: {exc}") from None
             answer = self._answer(negotiation, asked)
             if answer is not None:
@@ -327,14 +336,16 @@ class ContractClient(ConsumerSubscriptions):
             negotiation = apply(negotiation, message, keys)
         return negotiation
 
-    def _refuse_replies(self, saved: Negotiation, keys: PartyKeys, why: str) -> None:
+    def _refuse_replies(self, saved: Negotiation, keys: PartyKeys, why: str) -> Termination:
         """Our copy (`saved`, as it stood when we called) ends TERMINATED, saying why: a
         provider whose replies we refuse leaves it waiting for an answer that never comes
-        (none of its replies was applied; nothing else moves a gRPC negotiation here)."""
+        (none of its replies was applied; nothing else moves a gRPC negotiation here).
+        Returns the termination, for the provider to be told."""
         mid = f"{saved.negotiation_id}:c{len(saved.seen)}"
         at = max(self.runtime.clock.now(), saved.updated_at)
         end = Termination(mid, saved.negotiation_id, self.me, why[:MAX_REASON], at)
         self.runtime.store.save_negotiation(saved, apply(saved, end, keys))
+        return end
 
     def _answer(self, n: Negotiation, asked: Any) -> NegotiationMessage | None:
         """The consumer's next message in state `n` (`ContractRuntime.consumer_answer`)."""

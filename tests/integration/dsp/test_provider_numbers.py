@@ -349,8 +349,11 @@ def test_a_reply_dated_no_date_or_far_ahead_is_refused_and_nothing_left_half_way
         answer = oem.post("/v1/contracts/negotiations", json=body)
         assert answer.status_code == 502, answer.text
         assert said in answer.json()["detail"], answer.text
-        (request,) = rogue.sends[sends:]  # one round: our answer did not go out
+        # one round: no answer of ours to its reply, only the provider told that it ended
+        request, told = rogue.sends[sends:]
         nid = request.negotiation_id
+        assert told.negotiation_id == nid and told.WhichOneof("body") == "termination"
+        assert told.termination.reason.startswith("the provider's reply was refused: ")
         kept = ok(oem.get(f"/v1/contracts/negotiations/{nid}"))
     # our copy ended, saying why; none of the provider's reply was applied
     assert kept["state"] == "TERMINATED", kept
