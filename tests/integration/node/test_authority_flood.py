@@ -10,12 +10,10 @@ is timed: the bounds are computed from the time the test took.
 from __future__ import annotations
 
 import math
-import ssl
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import pytest
 
 from qdspace.node.authority.attempts import (
@@ -23,10 +21,8 @@ from qdspace.node.authority.attempts import (
     DEFAULT_EVERY_S,
     DEFAULT_REPORT_EVERY_S,
 )
-from qdspace.node.identity.authority import Authority
-from qdspace.node.identity.certs import cert_to_pem
 
-from .authority_service import Service, authority_service, problem
+from .authority_service import Service, authority_service, client_from, foreign_code, problem
 
 pytestmark = pytest.mark.integration
 
@@ -39,26 +35,12 @@ def service(tmp_path: Path) -> Iterator[Service]:
         yield served
 
 
-def _from(service: Service, source: str) -> httpx.Client:
-    """A client of the service whose connections leave from the address ``source``."""
-    context = ssl.create_default_context(cadata=cert_to_pem(service.authority.cert).decode())
-    transport = httpx.HTTPTransport(verify=context, local_address=source)
-    return httpx.Client(base_url=service.url, transport=transport, timeout=30)
-
-
-def _foreign_code(tmp_path: Path) -> str:
-    """A well-formed code of another authority: refused (403) as a guessed one is."""
-    return str(Authority.init(tmp_path / "foreign", "flood-space").create_enrollment(
-        name="mole", role="oem"
-    ))  # fmt: skip
-
-
 def test_a_flood_of_refused_codes_gets_429_and_is_logged_once(
     service: Service, tmp_path: Path
 ) -> None:
-    bad = _foreign_code(tmp_path)
+    bad = foreign_code(tmp_path / "foreign", "flood-space")
     started = time.monotonic()
-    with _from(service, "127.0.0.2") as mallory:
+    with client_from(service, "127.0.0.2") as mallory:
         answers = [mallory.post(PREVIEW, json={"code": bad}) for _ in range(DEFAULT_BURST)]
         assert [a.status_code for a in answers] == [403] * DEFAULT_BURST  # the burst, worked
         statuses = [mallory.post(PREVIEW, json={"code": bad}).status_code for _ in range(300)]
@@ -83,14 +65,14 @@ def test_a_flood_of_refused_codes_gets_429_and_is_logged_once(
 def test_an_address_over_its_budget_leaves_the_others_theirs(
     service: Service, tmp_path: Path
 ) -> None:
-    bad = _foreign_code(tmp_path)
-    with _from(service, "127.0.0.3") as mallory:
+    bad = foreign_code(tmp_path / "foreign", "flood-space")
+    with client_from(service, "127.0.0.3") as mallory:
         statuses = [mallory.post(PREVIEW, json={"code": bad}).status_code for _ in range(80)]
         assert 429 in statuses
         code = str(service.authority.create_enrollment(name="cellex", role="supplier"))
         # the flooding address is refused before any work, even with a good code
         problem(mallory.post(PREVIEW, json={"code": code}), 429, "try again in")
-    with _from(service, "127.0.0.4") as honest:
+    with client_from(service, "127.0.0.4") as honest:
         for _ in range(3 * DEFAULT_BURST):  # successes cost nothing
             answer = honest.post(PREVIEW, json={"code": code})
             assert answer.status_code == 200, answer.text
@@ -98,9 +80,9 @@ def test_an_address_over_its_budget_leaves_the_others_theirs(
 
 
 def test_an_address_may_try_again_after_retry_after(service: Service, tmp_path: Path) -> None:
-    bad = _foreign_code(tmp_path)
+    bad = foreign_code(tmp_path / "foreign", "flood-space")
     code = str(service.authority.create_enrollment(name="cellex", role="supplier"))
-    with _from(service, "127.0.0.5") as caller:
+    with client_from(service, "127.0.0.5") as caller:
         for _ in range(DEFAULT_BURST + 200):
             over = caller.post(PREVIEW, json={"code": bad})
             if over.status_code == 429:
