@@ -15,6 +15,12 @@ from the header, before a pixel is decoded (a 700 KB PNG can declare 13370 x 133
 RGBA, 700 MB decoded), and turns whatever a malformed file makes a decoder raise
 (``SyntaxError``, ``TypeError``, ...) into the ``FrameError`` a station counts and
 alarms as a bad frame.
+
+EL cameras often write 16-bit grayscale. Pillow's ``convert("L")`` clips such a frame
+at 255 (almost every pixel of a real one turns white), so a 16-bit frame is scaled to
+8 bits by the full 16-bit range (its top byte), as ``inference.image_folder`` does for
+the images a model is trained on: training and inspection see the same pixels. Modes
+no station writes (32-bit, float, CMYK, ...) are refused by name, not guessed at.
 """
 
 from __future__ import annotations
@@ -40,6 +46,12 @@ MAX_FRAME_BYTES = 64 << 20
 #: what Pillow may open a frame file, or an own training image, as (the formats of
 #: ``sources.IMAGE_SUFFIXES``; `inference.image_folder` opens the same)
 FRAME_FORMATS = ("PNG", "JPEG", "BMP", "TIFF")
+#: 16-bit grayscale as Pillow names it (byte orders), brought to 8 bits by the top byte
+#: here and when training images are read (``inference.image_folder``): both see the
+#: same pixels
+SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N")
+#: the image modes a frame file may have: 8-bit gray, colour (made gray), 16-bit gray
+FRAME_MODES = ("L", "RGB", "RGBA", "P", *SIXTEEN_BIT_MODES)
 
 Frame = NDArray[np.uint8]
 ModelInput = NDArray[np.float32]
@@ -123,8 +135,14 @@ def read_image(path: Path, frame_id: str | None = None) -> Frame:
                     f"image {path} is {width}x{height} pixels; each side must be in "
                     f"[{MIN_SIDE}, {MAX_SIDE}] (refused before decoding)",
                 )
+            if image.mode not in FRAME_MODES:
+                raise FrameError(
+                    name,
+                    f"image {path} has mode {image.mode}; a frame must be one of "
+                    f"{', '.join(FRAME_MODES)} (8- or 16-bit grayscale, or colour)",
+                )
             image.load()
-            gray = image.convert("L")
+            gray = _grayscale(image)
     except FrameError:
         raise
     except UnidentifiedImageError:
@@ -136,7 +154,16 @@ def read_image(path: Path, frame_id: str | None = None) -> Frame:
             name,
             f"cannot decode image {path} as {'/'.join(FRAME_FORMATS)}: {type(exc).__name__}: {exc}",
         ) from None
-    return check_frame(np.asarray(gray, dtype=np.uint8), name)
+    return check_frame(gray, name)
+
+
+def _grayscale(image: Image.Image) -> Frame:
+    """8-bit grayscale of a loaded image of a ``FRAME_MODES`` mode; 16-bit is scaled by
+    its top byte (the full 16-bit range), never clipped at 255."""
+    if image.mode in SIXTEEN_BIT_MODES:
+        wide = np.asarray(image)
+        return (wide >> 8).astype(np.uint8)
+    return np.asarray(image.convert("L"), dtype=np.uint8)
 
 
 def resize_frame(frame: Frame, size: int) -> Frame:

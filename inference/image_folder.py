@@ -37,7 +37,12 @@ from PIL import Image, ImageMode, UnidentifiedImageError
 
 from qdspace.inference.dataset import DECODE_THREADS, ElImages
 from qdspace.inference.errors import DatasetError
-from qdspace.inference.frames import FRAME_FORMATS, read_bounded, resize_frame
+from qdspace.inference.frames import (
+    FRAME_FORMATS,
+    SIXTEEN_BIT_MODES,
+    read_bounded,
+    resize_frame,
+)
 from qdspace.inference.labels import LabelRow, LabelRule, parse_labels
 
 MAX_LABELS_BYTES = 32 << 20
@@ -48,7 +53,6 @@ MAX_PIXELS = 64_000_000
 MAX_DECODED_BYTES = 3 * MAX_PIXELS
 #: rows of a 16/32-bit image brought to 8 bits at a time
 CONVERT_ROWS = 256
-SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N")
 OWN_CELL_TYPE = "own"
 
 

@@ -7,6 +7,13 @@ without the ``inspect`` extra must still start.
 The ONNX file describes itself: metadata properties name the input size, the class
 names and which classes count as defective, so a node that only inspects can judge
 frames with any registered version without knowing how it was trained.
+
+What a model says about its output is held to it too: the output must be declared
+``[batch, classes]`` (checked when the file is loaded, so a wrong one is refused at
+registration, not by an ``IndexError`` on every frame later), and every output row a
+session returns must have that shape and be finite. A NaN score would compare below
+any threshold and pass the cell, so a non-finite output is an ``InferenceError`` (a
+judge error for the station), never a verdict.
 """
 
 from __future__ import annotations
@@ -22,7 +29,7 @@ from typing import TYPE_CHECKING, Literal
 import numpy as np
 from numpy.typing import NDArray
 
-from qdspace.inference.errors import ModelLoadError
+from qdspace.inference.errors import InferenceError, ModelLoadError
 from qdspace.inference.extras import load_onnxruntime
 from qdspace.inference.frames import Frame, ModelInput, to_model_input
 
@@ -104,7 +111,19 @@ def _read_info(session: ort.InferenceSession, version: str, source: str) -> Mode
         raise ModelLoadError(source, f"expected input {INPUT_NAME!r} and output {OUTPUT_NAME!r}")
     if list(inputs[0].shape[1:]) != [1, size, size]:
         raise ModelLoadError(source, f"input shape {inputs[0].shape}, metadata says {size}px")
+    _check_output_shape(outputs[0].shape, names, source)
     return ModelInfo(version, size, names, defective)
+
+
+def _check_output_shape(shape: object, names: tuple[str, ...], source: str) -> None:
+    """The output must be declared ``[batch, len(names)]``; the batch side may be symbolic."""
+    dims = list(shape) if isinstance(shape, list | tuple) else None
+    if dims is None or len(dims) != 2 or dims[1] != len(names):
+        raise ModelLoadError(
+            source,
+            f"output {OUTPUT_NAME!r} has shape {shape}, expected [batch, {len(names)}] "
+            f"(one probability per class of {list(names)})",
+        )
 
 
 class OnnxClassifier:
@@ -167,10 +186,13 @@ class OnnxClassifier:
         return to_model_input(frames, self.info.input_size)
 
     def probabilities(self, batch: ModelInput) -> NDArray[np.float32]:
-        """Class probabilities ``(N, classes)`` for a prepared batch."""
+        """Class probabilities ``(N, classes)`` for a prepared batch.
+
+        Raises ``InferenceError`` when the output is not ``(N, classes)`` or holds NaN
+        or infinity: such an output is the model's failure, not a verdict on the frame.
+        """
         outputs = self._session.run([OUTPUT_NAME], {INPUT_NAME: batch})
-        probs: NDArray[np.float32] = np.asarray(outputs[0], dtype=np.float32)
-        return probs
+        return checked_probabilities(outputs[0], len(batch), self.info, self.source)
 
     def judge_batch(
         self, batch: ModelInput, threshold: float = DEFAULT_THRESHOLD
@@ -185,12 +207,37 @@ class OnnxClassifier:
         return self.judge_batch(self.prepare(frames), threshold)
 
 
+def checked_probabilities(
+    output: object, frames: int, info: ModelInfo, source: str = "<model>"
+) -> NDArray[np.float32]:
+    """A session's output as ``(frames, classes)`` float32, or ``InferenceError`` saying
+    why not: another shape, or a NaN/infinite value (named by its batch rows)."""
+    probs: NDArray[np.float32] = np.asarray(output, dtype=np.float32)
+    expected = (frames, len(info.class_names))
+    if probs.shape != expected:
+        raise InferenceError(
+            f"model {info.short_version} ({source}): output {OUTPUT_NAME!r} has shape "
+            f"{probs.shape} for {frames} frames, expected {expected}"
+        )
+    finite = np.isfinite(probs).all(axis=1)
+    if not finite.all():
+        rows = np.flatnonzero(~finite).tolist()
+        raise InferenceError(
+            f"model {info.short_version} ({source}): output {OUTPUT_NAME!r} is not finite "
+            f"(NaN or infinity) for batch rows {rows[:10]} of {frames}: no verdict"
+        )
+    return probs
+
+
 def judgements(
     probs: NDArray[np.float32], info: ModelInfo, threshold: float = DEFAULT_THRESHOLD
 ) -> list[Judgement]:
     """Turn class probabilities into verdicts; the defect class is the likeliest defective one."""
     defective = list(info.defective_classes)
-    scores = np.clip(probs[:, defective].sum(axis=1), 0.0, 1.0)
+    raw_scores = probs[:, defective].sum(axis=1)
+    if not np.isfinite(raw_scores).all():  # NaN >= threshold is False: it would pass
+        raise InferenceError(f"model {info.short_version}: a defect score is NaN or infinite")
+    scores = np.clip(raw_scores, 0.0, 1.0)
     worst = np.asarray(defective)[np.argmax(probs[:, defective], axis=1)]
     out: list[Judgement] = []
     for score, cls in zip(scores.tolist(), worst.tolist(), strict=True):

@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from qdspace.inference.errors import ModelLoadError
+from qdspace.inference.errors import InferenceError, ModelLoadError
 from qdspace.inference.errors import RegistryError as RegistryError  # its home was here
 from qdspace.inference.frames import Frame
 from qdspace.inference.gate import (
@@ -187,12 +187,14 @@ class ModelRegistry:
         notes: str = "",
         activate: bool = False,
     ) -> ModelVersion:
-        """Store ONNX bytes as a version (checked by loading them); idempotent per content.
+        """Store ONNX bytes as a version (checked by loading them and judging one plain
+        frame: a broken output raises ``ModelLoadError``); idempotent per content.
 
         With ``activate`` the version then goes through the gate (:meth:`activate`): a
         refused version stays registered and :class:`PromotionRefusedError` is raised.
         """
         model = OnnxClassifier(data, source="<registering>", device="cpu")
+        _trial_run(model)
         version = model.version
         entry = ModelVersion(
             version=version,
@@ -394,6 +396,25 @@ class ModelRegistry:
         if not path.exists():
             raise ModelLoadError(str(path), "registered but the file is missing")
         return OnnxClassifier.from_file(path, device, threads, expected_version=entry.version)
+
+
+def _trial_run(model: OnnxClassifier) -> None:
+    """Judge one plain frame before a version is stored: a model whose declared output
+    shape lies, or that answers NaN, is refused here rather than failing every frame on
+    the line. The frame is a smooth ramp, not a constant, so a model that normalises by
+    a frame's spread is not refused for a division by zero no camera frame would cause."""
+    side = model.info.input_size
+    ramp = np.linspace(0, 255, side * side).reshape(side, side).astype(np.uint8)
+    try:
+        model.judge([ramp])
+    except InferenceError as exc:
+        raise ModelLoadError(
+            "<registering>", f"a trial run on a plain frame failed: {exc}"
+        ) from exc
+    except Exception as exc:  # onnxruntime raises its own untyped errors
+        raise ModelLoadError(
+            "<registering>", f"a trial run on a plain frame failed: {type(exc).__name__}: {exc}"
+        ) from exc
 
 
 def version_of_file(path: Path) -> str:
