@@ -13,7 +13,11 @@ says why). The fees it quotes are signed only up to the node's caps
 whatever the account held); a receipt must be the one asked for (a receipt of another
 transaction, or an invented one carrying an ``Anchored`` log of the root, had the anchorer
 record the batch ANCHORED for good); logs are read in pages of `LOG_PAGE_BLOCKS` blocks (an
-answer stays under the size cap, and hosted endpoints refuse wider ranges).
+answer stays under the size cap, and hosted endpoints refuse wider ranges). Every chain
+number it answers is read by `qdspace.ledger.rpc_answers.chain_number` (SQLite keeps them),
+every malformed answer (a batch that is no list of answers, a log too short to decode,
+anything web3 cannot read) is a `ChainUnavailable`, never a ``TypeError`` that reaches a
+caller as a 500.
 """
 
 from __future__ import annotations
@@ -22,10 +26,8 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from eth_abi.abi import decode
 from eth_abi.exceptions import DecodingError
 from eth_utils.crypto import keccak
 from hexbytes import HexBytes
@@ -49,6 +51,10 @@ from qdspace.ledger.errors import (
     WrongChain,
 )
 from qdspace.ledger.keys import ChainSigner
+from qdspace.ledger.rpc_answers import AnchoredEvent as AnchoredEvent
+from qdspace.ledger.rpc_answers import OnChainRoot as OnChainRoot
+from qdspace.ledger.rpc_answers import TxReceipt as TxReceipt
+from qdspace.ledger.rpc_answers import anchored_event, batch_answers, chain_number
 from qdspace.ledger.rpc_http import MAX_ANSWER_BYTES, BoundedSession, chain_errors
 from qdspace.ledger.tx import DEFAULT_MAX_FEE_PER_GAS, DEFAULT_MAX_GAS, GAS_MARGIN, SignedAnchor
 from qdspace.util.redact import redact_url
@@ -65,57 +71,6 @@ _ANCHORED_TOPIC = "0x" + keccak(text="Anchored(bytes32,uint8,uint64,address,uint
 _KNOWN_TX = ("already known", "known transaction", "already imported", "alreadyknown")
 
 T = TypeVar("T")
-
-
-@dataclass(frozen=True, slots=True)
-class OnChainRoot:
-    """What the contract recorded for a root."""
-
-    root: bytes
-    leaf_count: int
-    kind: int
-    anchorer: str
-    block_number: int
-    timestamp: int
-
-
-@dataclass(frozen=True, slots=True)
-class AnchoredEvent:
-    """One ``Anchored`` log: which root, by whom, in which transaction."""
-
-    root: bytes
-    kind: int
-    leaf_count: int
-    anchorer: str
-    block_number: int
-    timestamp: int
-    tx_hash: bytes
-    log_index: int
-
-
-@dataclass(frozen=True, slots=True)
-class TxReceipt:
-    """The mined outcome of a transaction, with the ``Anchored`` logs our contract emitted in it.
-
-    The logs carry everything the contract stores for a root (count, kind, anchorer, block),
-    so a proof is confirmed from this one receipt; the contract refuses a known root, so the
-    log of a root is its only record.
-    """
-
-    tx_hash: bytes
-    block_number: int
-    block_hash: bytes
-    succeeded: bool
-    anchored: tuple[AnchoredEvent, ...] = ()
-
-    @property
-    def anchored_roots(self) -> tuple[bytes, ...]:
-        """The roots this transaction anchored."""
-        return tuple(e.root for e in self.anchored)
-
-    def event_for(self, root: bytes) -> AnchoredEvent | None:
-        """The ``Anchored`` log of ``root`` in this transaction, if any."""
-        return next((e for e in self.anchored if e.root == root), None)
 
 
 class LedgerClient:
@@ -153,15 +108,28 @@ class LedgerClient:
         self._fee_lock = threading.Lock()
         self._fee_cache: tuple[float, dict[str, int]] | None = None
 
-    def _call(self, fn: Callable[[], T]) -> T:
+    def _call(self, fn: Callable[[], T], keep: tuple[type[Web3Exception], ...] = ()) -> T:
+        """``fn()``'s web3 call, its failures a ChainUnavailable but those in ``keep``
+        (a revert `_estimate` reads, an RPC error `send_raw` reads)."""
         with chain_errors(self.rpc_url):
-            return fn()
+            try:
+                return fn()
+            except keep:
+                raise
+            except Web3Exception as exc:  # BadResponseFormat: an answer web3 cannot read
+                raise ChainUnavailable(
+                    f"chain at {self.shown_url} answered what web3 cannot read "
+                    f"({type(exc).__name__}: {str(exc)[:200]})"
+                ) from None
+
+    def _number(self, value: object, what: str) -> int:
+        return chain_number(value, what, self.shown_url)
 
     @property
     def chain_id(self) -> int:
         """The chain id the endpoint reports (asked once)."""
         if self._chain_id is None:
-            self._chain_id = int(self._call(lambda: self.w3.eth.chain_id))
+            self._chain_id = self._number(self._call(lambda: self.w3.eth.chain_id), "chain id")
         return self._chain_id
 
     def check(self) -> None:
@@ -179,19 +147,23 @@ class LedgerClient:
         """The contract's record of ``root``, or None if it was never anchored."""
         fn = self.contract.functions.lookup(root)
         try:
-            count, kind, anchorer, block, ts = self._call(lambda: fn.call())
+            count, kind, anchorer, block, ts = self._call(
+                lambda: fn.call(), keep=(BadFunctionCallOutput,)
+            )
         except BadFunctionCallOutput:
             raise WrongChain(
                 f"no anchor contract at {self.address} on chain {self.chain_id}"
             ) from None
         if block == 0:
             return None
-        return OnChainRoot(root, int(count), int(kind), str(anchorer), int(block), int(ts))
+        block = self._number(block, "the block of a root")
+        return OnChainRoot(root, int(count), int(kind), str(anchorer), block, int(ts))
 
     def pending_nonce(self, address: str) -> int:
         """The next nonce for ``address``, counting transactions still in the pool."""
         checksum = Web3.to_checksum_address(address)
-        return int(self._call(lambda: self.w3.eth.get_transaction_count(checksum, "pending")))
+        nonce = self._call(lambda: self.w3.eth.get_transaction_count(checksum, "pending"))
+        return self._number(nonce, "a nonce")
 
     def balance(self, address: str) -> int:
         """Balance in wei."""
@@ -243,7 +215,12 @@ class LedgerClient:
 
     def _estimate(self, tx: dict[str, Any], root: bytes) -> int:
         try:
-            return int(self._call(lambda: self.w3.eth.estimate_gas(tx)))  # type: ignore[arg-type]
+            return int(
+                self._call(
+                    lambda: self.w3.eth.estimate_gas(tx),  # type: ignore[arg-type]
+                    keep=(ContractLogicError,),
+                )
+            )
         except ContractLogicError as exc:
             # Chains spell revert data differently (ganache nests it); look for the
             # AlreadyAnchored selector anywhere, else ask the contract itself.
@@ -290,7 +267,9 @@ class LedgerClient:
     def send_raw(self, raw: bytes) -> bytes:
         """Send a signed transaction; resending one the pool already holds is not an error."""
         try:
-            return bytes(self._call(lambda: self.w3.eth.send_raw_transaction(raw)))
+            return bytes(
+                self._call(lambda: self.w3.eth.send_raw_transaction(raw), keep=(Web3RPCError,))
+            )
         except Web3RPCError as exc:
             refusal = self._refusal(raw, str(exc))
             if refusal is None:
@@ -368,15 +347,11 @@ class LedgerClient:
             raise ChainUnavailable(f"chain at {self.shown_url} answered no JSON") from None
         if single and isinstance(doc, dict):
             doc = [doc]
-        if isinstance(doc, dict):  # a server that refuses batches answers one error object
-            raise ChainUnavailable(f"chain at {self.shown_url} refused a batch: {doc.get('error')}")
-        by_id = {a.get("id"): a for a in doc if isinstance(a, dict)}
-        if len(by_id) != len(calls) or any(i not in by_id for i in range(len(calls))):
-            raise ChainUnavailable(f"chain at {self.shown_url} answered a batch incompletely")
-        return [by_id[i] for i in range(len(calls))]
+        return batch_answers(doc, len(calls), self.shown_url)
 
     def _parse_receipt(self, rcpt: dict[str, Any]) -> TxReceipt:
-        tx_hash, block = bytes(HexBytes(rcpt["transactionHash"])), int(rcpt["blockNumber"], 16)
+        tx_hash = bytes(HexBytes(rcpt["transactionHash"]))
+        block = self._number(rcpt["blockNumber"], "a malformed receipt: blockNumber")
         anchored = []
         for entry in rcpt.get("logs") or []:
             topics = [bytes(HexBytes(t)) for t in entry.get("topics") or []]
@@ -385,7 +360,8 @@ class LedgerClient:
                 and Web3.to_checksum_address(entry["address"]) == self.address
                 and "0x" + topics[0].hex() == _ANCHORED_TOPIC
             ):
-                anchored.append(_event(topics, bytes(HexBytes(entry["data"])), tx_hash, entry))
+                data = bytes(HexBytes(entry["data"]))
+                anchored.append(anchored_event(topics, data, tx_hash, entry, self.shown_url))
         return TxReceipt(
             tx_hash,
             block,
@@ -428,26 +404,33 @@ class LedgerClient:
 
     def _log_event(self, entry: Any) -> AnchoredEvent | None:
         """The ``Anchored`` event a log entry holds, or None for any other log."""
-        topics = [bytes(t) for t in entry.get("topics") or ()]
-        if (
-            len(topics) != 4
-            or "0x" + topics[0].hex() != _ANCHORED_TOPIC
-            or Web3.to_checksum_address(entry["address"]) != self.address
-        ):
-            return None
-        return _event(topics, bytes(entry["data"]), bytes(entry["transactionHash"]), entry)
+        try:
+            topics = [bytes(t) for t in entry.get("topics") or ()]
+            if (
+                len(topics) != 4
+                or "0x" + topics[0].hex() != _ANCHORED_TOPIC
+                or Web3.to_checksum_address(entry["address"]) != self.address
+            ):
+                return None
+            data, tx_hash = bytes(entry["data"]), bytes(entry["transactionHash"])
+            return anchored_event(topics, data, tx_hash, entry, self.shown_url)
+        except (KeyError, TypeError, ValueError, AttributeError, DecodingError) as exc:
+            raise ChainUnavailable(
+                f"chain at {self.shown_url} answered a malformed log "
+                f"({type(exc).__name__}: {str(exc)[:200]})"
+            ) from None
 
     def latest_block(self) -> int:
         """The current block number."""
-        return int(self._call(lambda: self.w3.eth.block_number))
+        return self._number(self._call(lambda: self.w3.eth.block_number), "a head block")
 
     def block_timestamp(self, block_number: int) -> int | None:
         """A block's timestamp (seconds), or None if the chain has no such block."""
         try:
-            block = self._call(lambda: self.w3.eth.get_block(block_number))
-        except Web3Exception:
+            block = self._call(lambda: self.w3.eth.get_block(block_number), keep=(Web3RPCError,))
+        except Web3RPCError:  # BlockNotFound, or an endpoint refusing the number
             return None
-        return int(block["timestamp"])
+        return self._number(block.get("timestamp"), "a block timestamp")
 
     def block_hashes(self, numbers: Sequence[int]) -> dict[int, bytes]:
         """The canonical hashes of blocks (one JSON-RPC batch request); a block the chain
@@ -469,22 +452,7 @@ class LedgerClient:
     def block_hash(self, block_number: int) -> bytes | None:
         """The canonical hash of a block, or None if the chain has no such block."""
         try:
-            block = self._call(lambda: self.w3.eth.get_block(block_number))
-        except Web3Exception:
+            block = self._call(lambda: self.w3.eth.get_block(block_number), keep=(Web3RPCError,))
+        except Web3RPCError:  # BlockNotFound, or an endpoint refusing the number
             return None
         return bytes(block["hash"])
-
-
-def _event(topics: list[bytes], data: bytes, tx_hash: bytes, entry: Any) -> AnchoredEvent:
-    count, block, ts = decode(["uint64", "uint64", "uint64"], data)
-    index = entry["logIndex"]
-    return AnchoredEvent(
-        topics[1],
-        int.from_bytes(topics[2], "big"),
-        int(count),
-        Web3.to_checksum_address(topics[3][12:]),
-        int(block),
-        int(ts),
-        tx_hash,
-        int(index, 16) if isinstance(index, str) else int(index),
-    )

@@ -4,6 +4,13 @@ Per kind: how many leaves and batches the member's chain account anchored in a b
 and the latest root. The member signs it with its Ed25519 key; anyone with chain read access
 recomputes the same summary from the contract's ``Anchored`` events of that account, so a
 passport that leaves out, adds or alters a batch fails, as does any changed byte.
+
+Anyone can sign a passport with their own key, so its period is bounded: blocks in
+0..2**63-1, ``to_block`` not before ``from_block``, at most `MAX_PERIOD_BLOCKS` blocks (a
+verifier reads the account's logs over the whole period, a page of blocks at a time: a
+self-signed period of blocks 0..10**12 had the regulator's ``/verify``, the console's drop
+zone and ``qdspace verify`` ask for 5*10**8 pages of logs, for hours). A block timestamp
+no calendar holds is the chain's fault (`ChainUnavailable`), not the document's.
 """
 
 from __future__ import annotations
@@ -15,14 +22,15 @@ from typing import Annotated, Literal
 
 from nacl.exceptions import BadSignatureError
 from nacl.signing import SigningKey, VerifyKey
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from web3 import Web3
 
 from qdspace.ledger.client import AnchoredEvent, LedgerClient
-from qdspace.ledger.errors import PassportFormatError
+from qdspace.ledger.errors import ChainUnavailable, PassportFormatError
 from qdspace.ledger.leaves import KIND_CODES, KIND_NAMES
 from qdspace.ledger.proofs import Check, Verdict, describe, hex32, unhex
 from qdspace.ledger.queue import LeafQueue
+from qdspace.ledger.rpc_answers import MAX_CHAIN_NUMBER
 
 PASSPORT_TYPE: Literal["qdspace.quality-data-passport"] = "qdspace.quality-data-passport"
 
@@ -41,6 +49,9 @@ Kind = Literal[
 
 #: the hex digits of a member id that come from its key (`node.member_ids.DIGEST_HEX`)
 MEMBER_ID_DIGEST = 12
+#: the most blocks a period may span: verifying it reads at most this many blocks of logs,
+#: in 500 requests of `ledger.client.LOG_PAGE_BLOCKS` (4.6 months of Ethereum mainnet)
+MAX_PERIOD_BLOCKS = 1_000_000
 
 
 class _Doc(BaseModel):
@@ -60,10 +71,29 @@ class KindActivity(_Doc):
 class Period(_Doc):
     """Inclusive block range, with the timestamps of its end blocks (UTC, ISO 8601)."""
 
-    from_block: int = Field(ge=0)
-    to_block: int = Field(ge=0)
+    from_block: int = Field(ge=0, le=MAX_CHAIN_NUMBER)
+    to_block: int = Field(ge=0, le=MAX_CHAIN_NUMBER)
     from_time: str
     to_time: str
+
+    @model_validator(mode="after")
+    def _bounded(self) -> Period:
+        problem = period_problem(self.from_block, self.to_block)
+        if problem is not None:
+            raise ValueError(problem)
+        return self
+
+
+def period_problem(from_block: int, to_block: int) -> str | None:
+    """What is wrong with a period of blocks ``from_block..to_block``, if anything."""
+    if to_block < from_block:
+        return f"period.to_block {to_block} is before period.from_block {from_block}"
+    if to_block - from_block >= MAX_PERIOD_BLOCKS:
+        return (
+            f"period.from_block..to_block spans {to_block - from_block + 1} blocks, over the "
+            f"{MAX_PERIOD_BLOCKS} a passport may cover"
+        )
+    return None
 
 
 class Passport(_Doc):
@@ -102,7 +132,12 @@ class Passport(_Doc):
 def _iso(ts: int | None) -> str:
     if ts is None:
         return ""
-    return dt.datetime.fromtimestamp(ts, dt.UTC).isoformat().replace("+00:00", "Z")
+    try:
+        return dt.datetime.fromtimestamp(ts, dt.UTC).isoformat().replace("+00:00", "Z")
+    except (OverflowError, ValueError, OSError):
+        raise ChainUnavailable(
+            f"the chain answered a block timestamp of {ts} s, a time no calendar holds"
+        ) from None
 
 
 def summarize(events: list[AnchoredEvent]) -> dict[Kind, KindActivity]:
@@ -130,11 +165,18 @@ def issue_passport(
     signing_key: SigningKey,
     member_id: str,
     anchorer: str,
-    from_block: int = 0,
+    from_block: int | None = None,
     to_block: int | None = None,
 ) -> Passport:
-    """Summarize the node's anchored batches in the block range and sign the summary."""
+    """Summarize the node's anchored batches in the block range and sign the summary
+    (``to_block`` None: the chain's head; ``from_block`` None: the longest period a
+    passport may cover, up to that block)."""
     last = client.latest_block() if to_block is None else to_block
+    if from_block is None:
+        from_block = max(0, last - MAX_PERIOD_BLOCKS + 1)
+    problem = period_problem(from_block, last)
+    if problem is not None:  # before the chain is asked more
+        raise PassportFormatError(f"{problem}: ask for a shorter period (from_block, to_block)")
     events = [
         AnchoredEvent(
             b.root,

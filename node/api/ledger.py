@@ -109,7 +109,7 @@ def mount_regulator_routes(app: FastAPI, ctx: NodeContext) -> None:
 
     member_id = ctx.keys.identity.member_id
 
-    def issue(from_block: int, to_block: int | None) -> Passport:
+    def issue(from_block: int | None, to_block: int | None) -> Passport:
         return issue_passport(
             ledger.queue,
             ledger.client,

@@ -34,7 +34,7 @@ from qdspace.ledger.queue import LeafQueue
 from qdspace.node import faults
 from qdspace.node.runtime.ledger import RecordLoader, with_record
 
-PassportIssuer = Callable[[int, int | None], Passport]
+PassportIssuer = Callable[[int | None, int | None], Passport]
 
 # Path segment -> leaf kind, for the per-kind routes a regulator reads most.
 KIND_ROUTES = {
@@ -233,11 +233,12 @@ def regulator_router(
 
         @router.get("/passport", response_model=Passport)
         def passport(
-            from_block: Annotated[int, Query(ge=0, le=MAX_BLOCK)] = 0,
+            from_block: Annotated[int | None, Query(ge=0, le=MAX_BLOCK)] = None,
             to_block: Annotated[int | None, Query(ge=0, le=MAX_BLOCK)] = None,
         ) -> Passport:
-            """This member's signed quality data passport for a block range."""
-            if to_block is not None and to_block < from_block:
+            """This member's signed quality data passport for a block range (by default
+            the longest a passport may cover, up to the chain's head)."""
+            if to_block is not None and from_block is not None and to_block < from_block:
                 raise HTTPException(422, "to_block must not be before from_block")
             try:
                 return issuer(from_block, to_block)

@@ -150,7 +150,10 @@ def _print_verification(done: Verification, *, pinned_contract: bool) -> None:
 @ledger_app.command("passport")
 def passport(
     directory: Annotated[Path, typer.Option("--dir", help="the member's node directory")],
-    from_block: Annotated[int, typer.Option(help="first block of the period")] = 0,
+    from_block: Annotated[
+        int | None,
+        typer.Option(help="first block of the period (default: as far back as a passport may go)"),
+    ] = None,
     to_block: Annotated[int | None, typer.Option(help="last block (default: latest)")] = None,
     out: Annotated[Path | None, typer.Option(help="write here instead of stdout")] = None,
 ) -> None:
