@@ -204,6 +204,8 @@ class TenantExecutor(ThreadPoolExecutor):
         #: future is cancelled or work is handed to a thread (both call back in here)
         self._lock = threading.Lock()
         self._closing = False
+        #: whether the shutdown cancels what waits (else it runs it all)
+        self._cancelling = False
 
     def submit(self, fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> Future[T]:
         key = self._key()
@@ -242,8 +244,13 @@ class TenantExecutor(ThreadPoolExecutor):
                 continue
             try:
                 inner = super().submit(self._run, key, work)
-            except RuntimeError:  # the pool is shut (the interpreter is exiting)
-                _cancel(work.future)
+            except RuntimeError:  # the pool is shut
+                if self._closing and not self._cancelling:
+                    # a worker handed this on as `shutdown` shut the pool: run here, as
+                    # shutdown runs what waits (cancelled, it failed its caller at random)
+                    self._run(key, work)  # (which hands on what follows)
+                    continue
+                _cancel(work.future)  # (the interpreter is exiting)
                 pending.extend(self._done(key))
                 continue
             inner.add_done_callback(functools.partial(self._dropped, key, work))
@@ -274,7 +281,7 @@ class TenantExecutor(ThreadPoolExecutor):
         (every tenant's at once: the thread count no longer applies); then as
         `ThreadPoolExecutor`."""
         with self._lock:
-            self._closing = True
+            self._closing, self._cancelling = True, cancel_futures
             dropped = self.shares.waiting_items() if cancel_futures else []
         for work in dropped:
             work.future.cancel()  # (each leaves its queue: `_withdraw`)

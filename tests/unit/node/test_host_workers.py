@@ -272,6 +272,38 @@ def test_the_executor_hands_on_errors_and_runs_what_waits_at_shutdown(jobs: Jobs
         pool.submit(lambda: None)
 
 
+def test_work_a_worker_hands_on_as_the_pool_shuts_is_run_not_cancelled(
+    jobs: Jobs, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A worker finishing takes the next waiting work (its tenant's turn) just as
+    ``shutdown`` shuts the pool: handing it to the shut pool failed, and the work was
+    cancelled though shutdown runs what waits (CI saw the race once)."""
+    pool = TenantExecutor(3)  # (busy alone runs two)
+    done = pool._done
+    shut = threading.Event()
+
+    def late(key: Any) -> Any:  # the worker stalls between its turn and the hand-on
+        started = done(key)
+        if started and threading.current_thread().name.startswith("host-worker"):
+            shut.wait(30)
+            while not pool._shutdown:  # (ThreadPoolExecutor's flag, set under its lock)
+                threading.Event().wait(0.001)
+        return started
+
+    monkeypatch.setattr(pool, "_done", late)
+    with as_tenant("busy"):
+        first = pool.submit(jobs.held("first"))
+        second = pool.submit(jobs.held("second"))
+        third = pool.submit(lambda: "third")
+    jobs.started(2)
+    jobs.release("first")  # its worker takes "third" and stalls before handing it on
+    releasing = threading.Thread(target=lambda: (shut.set(), jobs.release_all()))
+    releasing.start()
+    pool.shutdown(wait=True)
+    releasing.join()
+    assert (first.result(0), second.result(0), third.result(0)) == ("first", "second", "third")
+
+
 def test_a_shutdown_that_cancels_queued_work_leaves_no_future_pending(jobs: Jobs) -> None:
     pool = TenantExecutor(3)  # (busy alone runs two)
     with as_tenant("busy"):
