@@ -451,8 +451,17 @@ class LedgerClient:
 
     def block_hash(self, block_number: int) -> bytes | None:
         """The canonical hash of a block, or None if the chain has no such block."""
+        malformed = f"chain at {self.shown_url} answered a malformed block"
         try:
             block = self._call(lambda: self.w3.eth.get_block(block_number), keep=(Web3RPCError,))
         except Web3RPCError:  # BlockNotFound, or an endpoint refusing the number
             return None
-        return bytes(block["hash"])
+        except (TypeError, ValueError) as exc:  # web3's formatters: a hash of no hex
+            raise ChainUnavailable(f"{malformed} ({type(exc).__name__})") from None
+        try:
+            digest = bytes(HexBytes(block["hash"]))
+        except (KeyError, TypeError, ValueError) as exc:  # no hash, or no bytes of one
+            raise ChainUnavailable(f"{malformed} ({type(exc).__name__})") from None
+        if len(digest) != 32:
+            raise ChainUnavailable(f"{malformed} (a hash of {len(digest)} bytes)")
+        return digest

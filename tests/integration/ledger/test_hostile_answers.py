@@ -44,10 +44,17 @@ class Garbling(Endpoint):
         self.lookup_block: int | None = None
         self.head_answer: str | None = None
         self.log_data: str | None = None
+        self.block_hash: Any = _HONEST
         self.whole: Any = _HONEST
         super().__init__()
 
     def call(self, method: str, params: list[Any]) -> Any:
+        if method == "eth_getBlockByNumber" and self.block_hash is not _HONEST:
+            block = dict(super().call(method, params))
+            block.pop("hash")
+            if self.block_hash is not None:
+                block["hash"] = self.block_hash
+            return block
         if method == "eth_blockNumber" and self.head_answer is not None:
             return self.head_answer
         if method == "eth_call" and self.lookup_block is not None:  # lookup(): anchored
@@ -185,3 +192,14 @@ def test_a_log_too_short_to_decode_is_the_chain_unavailable(garbling: Garbling) 
     garbling.log_data = "0x" + _word(3)[2:] + _word(1)[2:] + _word(1)[2:]
     (event,) = client.anchored_by("0x" + "00" * 19 + "11", 0, 5)
     assert event.leaf_count == 3
+
+
+@pytest.mark.parametrize("hash_", [None, 5, "0xzz"])
+def test_a_block_without_a_hash_is_the_chain_unavailable(garbling: Garbling, hash_: Any) -> None:
+    """(None: the block has no ``hash`` at all; a KeyError reached the caller.)"""
+    client = LedgerClient(garbling.url, CONTRACT, timeout_s=5)
+    garbling.block_hash = hash_
+    with pytest.raises(ChainUnavailable):
+        client.block_hash(1)
+    garbling.block_hash = _HONEST
+    assert client.block_hash(1) is not None
