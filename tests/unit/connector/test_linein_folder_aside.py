@@ -234,11 +234,12 @@ def test_a_link_of_the_operators_into_the_folder_is_inside(tmp_path: Path) -> No
     assert (r.watch / "sub" / "done" / "a.csv").exists()
 
 
-def test_a_copy_across_file_systems_keeps_the_exporters_mode_and_time(
+def test_a_move_across_file_systems_copies_the_file_read_with_its_mode_and_time(
     tmp_path: Path, loose_umask: None
 ) -> None:
-    """A rename keeps the file's mode and times; the copy made in its place across file
-    systems was the node's private file (0600) with the time of the copy."""
+    """done/ on another file system: the file read is copied there, whole, and the copy
+    keeps the file's mode and times as a rename would; it was the node's private file
+    (0600) with the time of the copy."""
     shm = Path("/dev/shm")
     if not shm.is_dir() or shm.stat().st_dev == tmp_path.stat().st_dev:
         pytest.skip("no second file system at /dev/shm")
@@ -249,6 +250,8 @@ def test_a_copy_across_file_systems_keeps_the_exporters_mode_and_time(
         os.chmod(r.watch / "a.csv", 0o4644)  # set-id: never carried over
         os.utime(r.watch / "a.csv", ns=(1_600_000_000_000_000_000, 1_600_000_000_000_000_000))
         r.scan()
+        assert (done / "a.csv").read_text() == export("F1")
+        assert r.tree() == [LEDGER, "failed"] and r.stored() == 2
         st = (done / "a.csv").stat()
         assert stat.S_IMODE(st.st_mode) == 0o644
         assert st.st_mtime_ns == 1_600_000_000_000_000_000

@@ -487,25 +487,6 @@ def test_an_unreadable_file_goes_to_failed_with_why(rig: Rig) -> None:
     assert "cannot be read: Permission denied" in errors
 
 
-def test_a_move_across_file_systems_copies_the_file_read(tmp_path: Path) -> None:
-    shm = Path("/dev/shm")
-    if not shm.is_dir() or shm.stat().st_dev == tmp_path.stat().st_dev:
-        pytest.skip("no second file system at /dev/shm")
-    done = Path(os.path.realpath(shm)) / f"qdspace-done-{os.getpid()}-{tmp_path.name}"
-    r = make_rig(tmp_path, done=str(done))
-    try:
-        (r.watch / "a.csv").write_text(export("F1"))
-        r.scan()
-        assert (done / "a.csv").read_text() == export("F1")
-        assert r.tree() == [LEDGER, "failed"] and r.stored() == 2
-    finally:
-        r.folder.close()
-        r.store.close()
-        for p in done.glob("*"):
-            p.unlink()
-        done.rmdir()
-
-
 def test_done_the_operator_points_outside_the_folder_may_be_a_link(tmp_path: Path) -> None:
     """done/ and failed/ the operator configured outside the watched folder are its own
     paths (an archive on another disk, reached by a link): followed; inside the watched

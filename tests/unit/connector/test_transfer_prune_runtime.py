@@ -13,7 +13,6 @@ from pathlib import Path
 
 import grpc
 import pytest
-from nacl.signing import SigningKey
 
 from qdspace.connector.agreement import ContractAgreement, countersign, sign_agreement
 from qdspace.connector.contract_errors import (
@@ -29,7 +28,6 @@ from qdspace.connector.transfer import TransferProcess, TransferState, completio
 from qdspace.connector.transfer_messages import TransferCompletion, TransferRequest
 from qdspace.connector.transfer_wire import Checkpoint
 from qdspace.node.identity.certs import MemberIdentity
-from qdspace.node.member_ids import member_id_for
 from qdspace.node.metrics import NodeMetrics
 from qdspace.node.rpc import auth
 from qdspace.node.rpc.contracts_service import TransferServicer
@@ -39,31 +37,10 @@ from qdspace.node.runtime.contracts_clock import ContractClock
 from qdspace.policies.model import to_agreement
 from qdspace.protocols.v1 import transfer_pb2
 
+from ..servicer_doubles import Aborted, AbortingContext, seeded_member
+
 ORDER = "PO-1"
 NOW = dt.datetime.now(dt.UTC)
-
-
-def member(name: str, seed: bytes, role: str) -> tuple[SigningKey, MemberIdentity]:
-    key = SigningKey(seed * 32)
-    vk = bytes(key.verify_key)
-    until = dt.datetime(2100, 1, 1, tzinfo=dt.UTC)
-    return key, MemberIdentity(member_id_for(name, vk), name, role, vk, 1, until, name)
-
-
-class Aborted(Exception):
-    def __init__(self, code: grpc.StatusCode, reason: str) -> None:
-        super().__init__(reason)
-        self.code = code
-
-
-class AbortingContext:
-    """What `TransferServicer.Pull` uses of a servicer context: `abort` raises."""
-
-    async def abort(self, code: grpc.StatusCode, reason: str) -> None:
-        raise Aborted(code, reason)
-
-    def time_remaining(self) -> float:
-        return 5.0
 
 
 class Provider:
@@ -72,8 +49,8 @@ class Provider:
 
     def __init__(self, url: str, root: Path, fresh: bool = True) -> None:
         self.qdm: QualityStore = open_store(url)
-        self.pkey, self.me = member("cellex", b"p", "supplier")
-        self.ckey, self.consumer = member("sunarc", b"c", "oem")
+        self.pkey, self.me = seeded_member("cellex", b"p", "supplier")
+        self.ckey, self.consumer = seeded_member("sunarc", b"c", "oem")
         assets = {a.asset_id: a for a in chosen_assets(self.me.member_id, {})}
         clock = ContractClock(root / "clock", control=False)
         store = ContractStore(self.qdm.engine, bytes(32))
@@ -203,7 +180,7 @@ def test_a_re_read_of_a_pruned_transfer_is_told_it_is_no_longer_held(
     with pytest.raises(UnknownContractError, match="no longer held"):
         p.rt.transfer_message(p.consumer, p.request(tid))  # no new transfer under its id
     assert p.rt.store.find_transfer(tid) is None
-    _, stranger = member("polycell", b"x", "oem")
+    _, stranger = seeded_member("polycell", b"x", "oem")
     rows, refused = servicer_pull(p, stranger, tid)
     assert rows == 0 and refused is not None
     assert refused.code is grpc.StatusCode.PERMISSION_DENIED and "not yours" in str(refused)

@@ -2,23 +2,25 @@
 
 from __future__ import annotations
 
-import datetime as dt
+import asyncio
+import json
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
-import grpc
+import httpx
 import pytest
-from nacl.signing import SigningKey
 
 from qdspace.connector.contract_store import ContractStore, ensure_schema
 from qdspace.connector.storage import create_store_engine
+from qdspace.node.api.app import create_app
 from qdspace.node.context import NodeContext, build_context
 from qdspace.node.identity.authority import Authority
-from qdspace.node.identity.certs import MemberIdentity
 from qdspace.node.init import init_node
-from qdspace.node.member_ids import member_id_for
 from qdspace.node.runtime.contracts import ContractRuntime
 from qdspace.node.runtime.contracts_clock import ContractClock
+
+from ..servicer_doubles import seeded_member
 
 
 def sqlite_runtime(root: Path) -> ContractRuntime:
@@ -29,34 +31,6 @@ def sqlite_runtime(root: Path) -> ContractRuntime:
     ensure_schema(engine)
     clock = ContractClock(root / "node.clock", control=False)
     return ContractRuntime(me, key, ContractStore(engine, bytes(32)), engine, clock, bytes(32), {})
-
-
-def seeded_member(name: str, seed: bytes, role: str) -> tuple[SigningKey, MemberIdentity]:
-    """A member's signing key (from `seed`, one byte repeated) and its identity, its
-    certificate valid until 2100."""
-    key = SigningKey(seed * 32)
-    vk = bytes(key.verify_key)
-    until = dt.datetime(2100, 1, 1, tzinfo=dt.UTC)
-    return key, MemberIdentity(member_id_for(name, vk), name, role, vk, 1, until, name)
-
-
-class Aborted(Exception):
-    """What `AbortingContext.abort` raises: the status and reason a servicer aborted with."""
-
-    def __init__(self, code: grpc.StatusCode, reason: str) -> None:
-        super().__init__(reason)
-        self.code = code
-
-
-class AbortingContext:
-    """The part of a gRPC servicer context a servicer under test uses: `abort` raises
-    `Aborted`; 5 s of deadline remain."""
-
-    async def abort(self, code: grpc.StatusCode, reason: str) -> None:
-        raise Aborted(code, reason)
-
-    def time_remaining(self) -> float:
-        return 5.0
 
 
 def cellex_context(root: Path) -> NodeContext:
@@ -79,3 +53,21 @@ def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NodeContext]:
     ctx = cellex_context(tmp_path_factory.mktemp("node"))
     yield ctx
     ctx.close()
+
+
+async def operator_post(node: NodeContext, path: str, content: bytes) -> httpx.Response:
+    """``content`` posted as JSON with the operator's token to ``path`` of the node's
+    operator app, in process: a real HTTP request, where FastAPI's validation of a body
+    shows as a caller meets it."""
+    transport = httpx.ASGITransport(app=create_app(node))
+    async with httpx.AsyncClient(transport=transport, base_url="http://node") as client:
+        headers = {
+            "Authorization": f"Bearer {node.operator_token}",
+            "content-type": "application/json",
+        }
+        return await client.post(path, headers=headers, content=content)
+
+
+def post_json(node: NodeContext, path: str, body: dict[str, Any]) -> httpx.Response:
+    """`operator_post` of ``body`` written as JSON, from synchronous code."""
+    return asyncio.run(operator_post(node, path, json.dumps(body).encode()))

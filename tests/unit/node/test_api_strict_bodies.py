@@ -10,17 +10,16 @@ where a strict model would also refuse a date-time string, so only requests tell
 
 from __future__ import annotations
 
-import asyncio
 import json
 from collections.abc import Iterator
 from typing import Any
 
-import httpx
 import pytest
 
-from qdspace.node.api.app import create_app
 from qdspace.node.context import NodeContext
 from qdspace.node.rpc.contracts_jobs import client_of
+
+from .conftest import post_json
 
 NEGOTIATE = "/v1/contracts/negotiations"
 TRANSFER = "/v1/contracts/transfers"
@@ -38,19 +37,6 @@ def contract_client(node: NodeContext) -> Iterator[None]:
     client_of(node)
     yield
     node.contract_client, node.outbox = None, None
-
-
-def post(node: NodeContext, path: str, body: dict[str, Any]) -> httpx.Response:
-    async def send() -> httpx.Response:
-        transport = httpx.ASGITransport(app=create_app(node))
-        async with httpx.AsyncClient(transport=transport, base_url="http://node") as client:
-            headers = {
-                "Authorization": f"Bearer {node.operator_token}",
-                "content-type": "application/json",
-            }
-            return await client.post(path, headers=headers, content=json.dumps(body))
-
-    return asyncio.run(send())
 
 
 @pytest.mark.parametrize(
@@ -75,7 +61,7 @@ def post(node: NodeContext, path: str, body: dict[str, Any]) -> httpx.Response:
 def test_a_number_or_flag_in_another_type_is_a_422_naming_the_field(
     node: NodeContext, path: str, body: dict[str, Any], field: str
 ) -> None:
-    answer = post(node, path, body)
+    answer = post_json(node, path, body)
     assert answer.status_code == 422, answer.text
     problem = answer.json()
     assert [e["field"] for e in problem["errors"]] == [field], problem
@@ -86,9 +72,9 @@ def test_an_iso_datetime_is_still_taken_next_to_a_refused_number(node: NodeConte
     """A strict model in Python mode refuses a date-time string: the body's only error is
     the number sent as a flag, not the date-time."""
     body = {**OFFER, "valid_until": "2030-01-01T00:00:00Z", "retention_days": True}
-    problem = post(node, NEGOTIATE, body).json()
+    problem = post_json(node, NEGOTIATE, body).json()
     assert [e["field"] for e in problem["errors"]] == ["body.retention_days"], problem
-    naive = post(node, NEGOTIATE, {**OFFER, "valid_until": "2030-01-01T00:00:00"})
+    naive = post_json(node, NEGOTIATE, {**OFFER, "valid_until": "2030-01-01T00:00:00"})
     assert naive.status_code == 422 and "timezone" in naive.text, naive.text
 
 
@@ -117,6 +103,6 @@ def test_bodies_as_json_writes_them_pass_validation(
 ) -> None:
     """An integer for a float, an ISO date-time with its offset, a literal: the body is
     taken, and the node answers what comes next (no such peer or agreement here)."""
-    answer = post(node, path, body)
+    answer = post_json(node, path, body)
     assert answer.status_code in (403, 404), answer.text
     assert then in answer.json()["detail"], answer.text

@@ -13,22 +13,21 @@ pydantic's Python mode, where only a request shows what a caller meets.
 
 from __future__ import annotations
 
-import asyncio
 import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import grpc
-import httpx
 import pytest
 
-from qdspace.node.api.app import create_app
 from qdspace.node.context import NodeContext
 from qdspace.node.rpc.contracts_jobs import client_of
 from qdspace.node.rpc.federation_link import GrpcCoordinator
 from qdspace.node.runtime.federation_member import FederationMember
 from qdspace.node.serving import trace_room
+
+from .conftest import post_json
 
 JOIN = "/v1/federation/sessions"
 TRAIN = "/v1/inspection/trainings"
@@ -65,19 +64,6 @@ def services(node: NodeContext, tmp_path_factory: pytest.TempPathFactory) -> Ite
     node.federation = FederationMember(connect, tmp_path_factory.mktemp("fl"), "cellex")
     yield
     node.contract_client, node.outbox, node.traces, node.federation = None, None, None, None
-
-
-def post(node: NodeContext, path: str, body: dict[str, Any]) -> httpx.Response:
-    async def send() -> httpx.Response:
-        transport = httpx.ASGITransport(app=create_app(node))
-        async with httpx.AsyncClient(transport=transport, base_url="http://node") as client:
-            headers = {
-                "Authorization": f"Bearer {node.operator_token}",
-                "content-type": "application/json",
-            }
-            return await client.post(path, headers=headers, content=json.dumps(body))
-
-    return asyncio.run(send())
 
 
 def action(**change: Any) -> dict[str, Any]:
@@ -121,7 +107,7 @@ BAD = [
 def test_a_value_in_another_type_is_a_422_naming_the_field(
     node: NodeContext, path: str, body: dict[str, Any], field: str
 ) -> None:
-    answer = post(node, path, body)
+    answer = post_json(node, path, body)
     assert answer.status_code == 422, answer.text
     problem = answer.json()
     assert [e["field"] for e in problem["errors"]] == [field], problem
@@ -163,16 +149,16 @@ def test_bodies_as_json_writes_them_pass_validation(
 ) -> None:
     """Numbers, flags, enum members and ISO dates as JSON writes them: the body is taken,
     and the node answers what comes next (no such file, peer, listener or batch here)."""
-    answer = post(node, path, body)
+    answer = post_json(node, path, body)
     assert answer.status_code == status, answer.text
     assert then in answer.json()["detail"], answer.text
 
 
 def test_a_refused_date_says_what_form_it_takes(node: NodeContext) -> None:
     """The message says what to send instead of the seconds since 1970."""
-    problem = post(node, CASE, action(due=0)).json()
+    problem = post_json(node, CASE, action(due=0)).json()
     assert "ISO 8601" in problem["detail"], problem
-    problem = post(node, JOIN, {**JOINED, "deploy": "yes"}).json()
+    problem = post_json(node, JOIN, {**JOINED, "deploy": "yes"}).json()
     assert "valid boolean" in problem["detail"], problem
 
 
@@ -183,13 +169,13 @@ def test_the_enum_fields_still_refuse_a_member_they_do_not_have(node: NodeContex
         ({**OPENED, "kind": None}, "body.kind"),
         (action(kind="FIX"), "body.actions.0.kind"),
     ):
-        problem = post(node, CASE, body).json()
+        problem = post_json(node, CASE, body).json()
         assert [e["field"] for e in problem["errors"]] == [field], problem
 
 
 def test_the_paths_stay_plain_strings(node: NodeContext, tmp_path: Path) -> None:
     """Path fields are JSON strings, as the CLI sends them (``str(path.resolve())``)."""
-    problem = post(node, TRAIN, {"images": ["/a"]}).json()
+    problem = post_json(node, TRAIN, {"images": ["/a"]}).json()
     assert [e["field"] for e in problem["errors"]] == ["body.images"], problem
-    answer = post(node, JOIN, {**JOINED, "data": str(tmp_path / "none.npz")})
+    answer = post_json(node, JOIN, {**JOINED, "data": str(tmp_path / "none.npz")})
     assert answer.status_code == 400 and "not a file" in answer.text, answer.text

@@ -23,13 +23,11 @@ from pathlib import Path
 from typing import Any
 
 import grpc
-import httpx
 import pytest
 
 from qdspace.federation import logreg
 from qdspace.federation.job import JobSpec, JobSpecError
 from qdspace.federation.params import params_to_bytes
-from qdspace.node.api.app import create_app
 from qdspace.node.context import NodeContext
 from qdspace.node.rpc.auth import PeerAuthenticator
 from qdspace.node.rpc.client import open_channel
@@ -40,6 +38,8 @@ from qdspace.node.runtime.federation_jobs import FederationJobs
 from qdspace.node.runtime.federation_member import FederationMember
 from qdspace.protocols.v1 import federation_pb2 as pb
 from qdspace.protocols.v1 import federation_pb2_grpc as pb_grpc
+
+from .conftest import operator_post
 
 ME = "cellex"
 DIMS, CLASSES = 4, 2
@@ -197,13 +197,7 @@ async def post(node: NodeContext, root: Path, terms: bytes, path: str, body: byt
     before = node.federation
     node.federation = FederationMember(connect, root / "fl", ME)
     try:
-        transport = httpx.ASGITransport(app=create_app(node))
-        async with httpx.AsyncClient(transport=transport, base_url="http://node") as client:
-            headers = {
-                "Authorization": f"Bearer {node.operator_token}",
-                "content-type": "application/json",
-            }
-            return await client.post(path, headers=headers, content=body)
+        return await operator_post(node, path, body)
     finally:
         node.federation = before
         await server.stop(0)

@@ -20,7 +20,7 @@ from qdspace.node.rpc.contracts_serde import negotiation_message_to_proto
 from qdspace.node.rpc.contracts_service import NegotiationServicer
 from qdspace.policies.model import OfferTerms, make_offer
 
-from .conftest import seeded_member
+from ..servicer_doubles import seeded_member
 from .test_peer_time_and_receipts import _runtime
 
 HELD_S = 1.5

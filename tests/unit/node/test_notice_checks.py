@@ -52,7 +52,7 @@ from qdspace.policies.model import OfferTerms, make_offer, to_agreement
 from qdspace.policies.retention import DeletionDuty, DutyStatus
 from qdspace.protocols.v1 import notification_pb2
 
-from .conftest import seeded_member
+from ..servicer_doubles import seeded_member
 
 SIGNED = dt.datetime(2026, 6, 1, tzinfo=dt.UTC)
 EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)

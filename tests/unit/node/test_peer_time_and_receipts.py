@@ -39,7 +39,7 @@ from qdspace.node.runtime.contracts import ContractRuntime
 from qdspace.node.runtime.contracts_clock import ContractClock
 from qdspace.policies.model import OfferTerms, make_offer, to_agreement
 
-from .conftest import seeded_member
+from ..servicer_doubles import seeded_member
 
 EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 FAR = dt.datetime(9999, 12, 31, 23, 59, tzinfo=dt.UTC)

@@ -46,7 +46,7 @@ from qdspace.node.runtime.contracts_clock import ContractClock
 from qdspace.policies.model import to_agreement
 from qdspace.protocols.v1 import transfer_pb2
 
-from .conftest import Aborted, AbortingContext, seeded_member
+from ..servicer_doubles import Aborted, AbortingContext, seeded_member
 
 ORDER = "PO-1"
 NOW = dt.datetime.now(dt.UTC)

@@ -52,7 +52,7 @@ from qdspace.node.runtime.trace_producer import TRACE_BURST, TraceQuestion, Trac
 from qdspace.policies.model import Action, OfferTerms, make_offer, to_agreement
 from qdspace.protocols.v1 import trace_pb2
 
-from .conftest import Aborted, AbortingContext, seeded_member
+from ..servicer_doubles import Aborted, AbortingContext, seeded_member
 
 NOW = dt.datetime.now(dt.UTC)
 #: the orders the agreement names (PO-X, sunarc's too, is outside it)
