@@ -12,6 +12,7 @@ is stored with different content is a correction, stored as a new version
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import UTC, datetime
@@ -166,14 +167,22 @@ def current_revision(engine: Engine) -> str | None:
     return str(found[0][0]) if len(found) == 1 else None
 
 
+#: one Alembic upgrade at a time in this process: Alembic keeps its migration context and
+#: ``op`` in module globals, so two databases migrating at once (a host opening its
+#: tenants side by side) could run one's steps on the other's connection
+_ALEMBIC = threading.Lock()
+
+
 def migrate(engine: Engine, revision: str = "head") -> None:
     """Bring the schema to ``revision`` (newest by default). A database already at the
-    newest revision is left alone without loading Alembic (the common case at start)."""
+    newest revision is left alone without loading Alembic (the common case at start).
+    The look at the revision holds no lock: a database that does not answer waits alone,
+    never holding another's migration up (`_ALEMBIC`)."""
     if revision == "head" and current_revision(engine) == head_revision():
         return
     from alembic import command
 
-    with engine.begin() as connection:
+    with _ALEMBIC, engine.begin() as connection:
         command.upgrade(alembic_config(connection), revision)
 
 

@@ -23,7 +23,6 @@ import gc
 import hashlib
 import hmac
 import logging
-import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -38,7 +37,7 @@ from qdspace.node.host.admission import TenantAdmission, kept_folders, measure_u
 from qdspace.node.host.config import HostLayout, HostSettings
 from qdspace.node.host.errors import HostError, TenantExists, TenantSuspended, UnknownTenant
 from qdspace.node.host.names import check_name
-from qdspace.node.host.opening import open_side_by_side, schema_guard
+from qdspace.node.host.opening import open_side_by_side
 from qdspace.node.host.quotas import Quota, QuotaSettings
 from qdspace.node.host.refusal import RefusingServer
 from qdspace.node.host.registry import Registry, TenantRecord, TenantState
@@ -160,8 +159,6 @@ class HostRuntime:
         self._stopping = False
         #: token digest -> name of a tenant closed to be opened again (`reopen`)
         self._reopening: dict[bytes, str] = {}
-        #: one schema migration at a time, tenants opening side by side (`opening`)
-        self._migrating = threading.Lock()
 
     # -- opening (blocking: keys, databases) ------------------------------------------
 
@@ -215,8 +212,7 @@ class HostRuntime:
 
     def _open(self, tenant: HostedTenant, settings: NodeSettings, key_files: KeyFiles) -> None:
         directory = self.files.tenant(tenant.name)
-        with schema_guard(settings.database_url, self._migrating):
-            ctx = build_context(settings, key_files)
+        ctx = build_context(settings, key_files)
         tenant.ctx = ctx
         store, contracts = ctx.store, ctx.contracts
         mirror = contracts.store if contracts is not None else None
