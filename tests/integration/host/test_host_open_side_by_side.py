@@ -114,8 +114,8 @@ def test_a_tenant_whose_database_never_answers_does_not_hold_the_others(
 def test_tenants_that_all_migrate_at_once_each_open(tmp_path: Path) -> None:
     """A tenant's first opening (or the first after an upgrade) migrates its schema, and
     Alembic runs one migration per process at a time: eight tenants that all migrate,
-    opened side by side, each open (without the lock in `connector.storage.migrate` they failed on each
-    other's Alembic context: KeyError 'script' or 'config')."""
+    opened side by side, each open (without the lock in `connector.storage.migrate`
+    they failed on each other's Alembic context: KeyError 'script' or 'config')."""
     Authority.init(tmp_path / "authority", "test-space")
     files = init_host(tmp_path / "H", HostSettings())
     enrollment = Enrollment(authority_dir=tmp_path / "authority")
