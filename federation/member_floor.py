@@ -32,6 +32,10 @@ attempts of a round: each attempt the member sends a fresh noisy update (or mask
 input), and averaging them strips the noise. So while the job runs, the same epsilon
 (``member_epsilon``) is counted over the releases the member has actually made, and one
 more is sent only within ``max_epsilon`` and ``max_rounds`` (``member_releases``).
+A coordinator can also publish new jobs over the same data, each with a fresh count, so
+the releases of all its jobs are counted together as well, within
+``max_total_epsilon`` and ``max_total_rounds`` (``member_budget``; by default a few
+jobs' worth of the per-job caps).
 The defaults ask for no DP, so plain jobs (and the demo's, secure aggregation without
 DP) are joined as before; they cap a job at ``DEFAULT_MAX_ROUNDS`` rounds, and so at as
 many releases.
@@ -59,7 +63,9 @@ class MemberFloor:
     ``min_noise_multiplier`` and ``max_epsilon`` ask for differential privacy (a job
     without it is refused); ``None`` asks for none. ``delta`` is the one epsilon is
     counted at. ``require_secure_aggregation`` refuses jobs that send updates in the
-    clear; ``max_rounds`` refuses longer jobs.
+    clear; ``max_rounds`` refuses longer jobs. ``max_total_epsilon`` and
+    ``max_total_rounds`` cap the releases of all of one coordinator's jobs together
+    (``member_budget``); ``None`` is their default, a multiple of the per-job caps.
     """
 
     min_noise_multiplier: float | None = None
@@ -67,10 +73,15 @@ class MemberFloor:
     delta: float = DEFAULT_DELTA
     require_secure_aggregation: bool = False
     max_rounds: int = DEFAULT_MAX_ROUNDS
+    max_total_epsilon: float | None = None
+    max_total_rounds: int | None = None
 
     @property
     def wants_dp(self) -> bool:
-        return self.min_noise_multiplier is not None or self.max_epsilon is not None
+        return any(
+            v is not None
+            for v in (self.min_noise_multiplier, self.max_epsilon, self.max_total_epsilon)
+        )
 
     @property
     def dp_asked(self) -> str:
@@ -80,6 +91,7 @@ class MemberFloor:
             for name, value in (
                 ("min_noise_multiplier", self.min_noise_multiplier),
                 ("max_epsilon", self.max_epsilon),
+                ("max_total_epsilon", self.max_total_epsilon),
             )
             if value is not None
         ]

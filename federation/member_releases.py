@@ -20,6 +20,12 @@ its ``max_rounds``. Over it, the member withholds its update (``ReleaseRefused``
 the round goes on without it. A masked input counts when it is sent, not when it is
 unmasked: the member cannot see what the coordinator unmasks later.
 
+The count is per job, and a coordinator can publish as many jobs as it likes over the
+same data: the releases of all of one coordinator's jobs are counted together against a
+total as well (``member_budget``). For that each release keeps the noise that protected
+it (``member_floor.protecting_noise`` of its job's terms); records written before kept
+none (``[round, attempt]`` rows) and are read as before, their noise unknown.
+
 This module is the arithmetic and the record's shape only; the node keeps the record
 on disk, written before each release leaves, so a crash between the two can only
 over-count (``node.runtime.federation_releases``).
@@ -27,7 +33,8 @@ over-count (``node.runtime.federation_releases``).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, replace
 from typing import Any
 
 from qdspace.federation.errors import FederationError
@@ -50,10 +57,17 @@ class ReleaseRecordError(FederationError, ValueError):
 @dataclass(frozen=True, slots=True)
 class Release:
     """One update of this member's that left for the coordinator: round and attempt
-    (attempt 1 for a plain round)."""
+    (attempt 1 for a plain round), and the noise multiplier that protected it from the
+    coordinator (0: none; None: not known, a record written before noise was kept)."""
 
     round: int
     attempt: int
+    noise: float | None = None
+
+    def to_row(self) -> list[int | float]:
+        if self.noise is None:
+            return [self.round, self.attempt]
+        return [self.round, self.attempt, self.noise]
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,8 +82,18 @@ class Releases:
     def count(self) -> int:
         return len(self.made)
 
+    @property
+    def unknown(self) -> int:
+        """How many releases were recorded without their noise (before it was kept)."""
+        return sum(1 for r in self.made if r.noise is None)
+
     def plus(self, release: Release) -> Releases:
         return Releases(self.coordinator, self.job_id, (*self.made, release))
+
+    def with_noise(self, noise: float) -> Releases:
+        """The same record, ``noise`` given to each release recorded without one."""
+        made = tuple(r if r.noise is not None else replace(r, noise=noise) for r in self.made)
+        return Releases(self.coordinator, self.job_id, made)
 
     def refusal(self, job: JobSpec, floor: MemberFloor) -> str | None:
         """Why one more release of ``job`` would pass ``floor`` (naming the job, the
@@ -104,7 +128,7 @@ class Releases:
         return {
             "coordinator": self.coordinator,
             "job_id": self.job_id,
-            "releases": [[r.round, r.attempt] for r in self.made],
+            "releases": [r.to_row() for r in self.made],
         }
 
     @classmethod
@@ -120,16 +144,30 @@ class Releases:
             )
         rows = data.get("releases")
         if not isinstance(rows, list) or len(rows) > MAX_RECORDED:
-            raise ReleaseRecordError("'releases' must be a list of [round, attempt] pairs")
-        made = []
-        for i, row in enumerate(rows):
-            if not (
-                isinstance(row, list)
-                and len(row) == 2
-                and all(type(v) is int and v >= 1 for v in row)
-            ):
-                raise ReleaseRecordError(
-                    f"releases[{i}] must be [round, attempt], two whole numbers >= 1"
-                )
-            made.append(Release(row[0], row[1]))
-        return cls(coordinator, job_id, tuple(made))
+            raise ReleaseRecordError(
+                "'releases' must be a list of [round, attempt] pairs (or [round, attempt, "
+                "noise] triples)"
+            )
+        return cls(coordinator, job_id, tuple(_release(i, row) for i, row in enumerate(rows)))
+
+
+def _release(i: int, row: object) -> Release:
+    """Row ``i`` of a record: ``[round, attempt, noise]``, or ``[round, attempt]`` as
+    written before the noise was kept."""
+    if not (
+        isinstance(row, list)
+        and len(row) in (2, 3)
+        and all(type(v) is int and v >= 1 for v in row[:2])
+    ):
+        raise ReleaseRecordError(
+            f"releases[{i}] must be [round, attempt] (or [round, attempt, noise]): two whole "
+            "numbers >= 1 (and the noise multiplier)"
+        )
+    if len(row) == 2:
+        return Release(row[0], row[1])
+    noise = row[2]
+    if type(noise) not in (int, float) or not 0 <= noise < math.inf:
+        raise ReleaseRecordError(
+            f"releases[{i}]: noise must be a finite number >= 0, got {str(noise)[:40]!r}"
+        )
+    return Release(row[0], row[1], float(noise))

@@ -132,7 +132,9 @@ class FederationFloorSetting(BaseModel):
 
     ``min_noise_multiplier`` or ``max_epsilon`` ask for differential privacy (a job
     without DP is then refused); the defaults ask for none and join jobs of at most
-    ``DEFAULT_FL_MAX_ROUNDS`` rounds, with or without secure aggregation.
+    ``DEFAULT_FL_MAX_ROUNDS`` rounds, with or without secure aggregation. The
+    ``max_total_*`` caps count the updates sent to one coordinator over all its jobs
+    (`federation.member_budget`): unset, a multiple of the per-job caps.
     """
 
     model_config = ConfigDict(extra="forbid")  # a misspelt floor must not be no floor
@@ -145,6 +147,11 @@ class FederationFloorSetting(BaseModel):
     epsilon_delta: float = Field(default=DEFAULT_FL_EPSILON_DELTA, gt=0, lt=1)
     require_secure_aggregation: bool = False
     max_rounds: int = Field(default=DEFAULT_FL_MAX_ROUNDS, ge=1)
+    # epsilon and updates this node's releases may spend at one coordinator, over all
+    # its jobs (a new job id is no new budget); unset: member_budget.TOTAL_JOBS times
+    # max_epsilon (none counted without it) and max_rounds
+    max_total_epsilon: float | None = Field(default=None, gt=0, allow_inf_nan=False)
+    max_total_rounds: int | None = Field(default=None, ge=1)
 
     def floor(self) -> MemberFloor:
         from qdspace.federation.member_floor import MemberFloor
@@ -155,6 +162,8 @@ class FederationFloorSetting(BaseModel):
             self.epsilon_delta,
             self.require_secure_aggregation,
             self.max_rounds,
+            self.max_total_epsilon,
+            self.max_total_rounds,
         )
 
 
