@@ -66,7 +66,9 @@ def check_frame(frame: object, frame_id: str) -> Frame:
     if not isinstance(frame, np.ndarray):
         raise FrameError(frame_id, f"expected a numpy array, got {type(frame).__name__}")
     if frame.dtype != FRAME_DTYPE:
-        raise FrameError(frame_id, f"dtype {frame.dtype}, expected uint8 grayscale")
+        raise FrameError(
+            frame_id, f"dtype {frame.dtype}, expected uint8 grayscale{_non_finite(frame)}"
+        )
     if frame.ndim != 2:
         raise FrameError(frame_id, f"shape {frame.shape}, expected (height, width) grayscale")
     height, width = frame.shape
@@ -75,6 +77,16 @@ def check_frame(frame: object, frame_id: str) -> Frame:
             frame_id, f"shape {frame.shape}, each side must be in [{MIN_SIDE}, {MAX_SIDE}]"
         )
     return frame
+
+
+def _non_finite(frame: NDArray[np.generic]) -> str:
+    """What a refused float frame holds that no model could judge: NaN or infinity.
+
+    Counted on the refusal path only, and only for an array up to a frame's size."""
+    if frame.dtype.kind not in "fc" or frame.size > MAX_SIDE * MAX_SIDE * 4:
+        return ""
+    bad = int(np.count_nonzero(~np.isfinite(frame)))
+    return f" (and it holds NaN or infinity in {bad:,} of {frame.size:,} values)" if bad else ""
 
 
 def read_bounded(path: Path, max_bytes: int) -> bytes:

@@ -475,6 +475,10 @@ class InspectionLine:
             )
             return
         latency_ms = (time.perf_counter() - captured) * 1000.0
+        if verdict.error is not None and verdict.fault == "model":  # e.g. NaN: a judge error
+            self.stats.count(spec.name, "judge_errors")
+            self.alarms.raise_alarm(kinds.JUDGE_FAILED, spec.name, verdict.error)
+            return
         if verdict.error is not None:
             self._bad_frame(spec.name, str(FrameError(item.frame_id, verdict.error)))
             return

@@ -12,8 +12,14 @@ What a model says about its output is held to it too: the output must be declare
 ``[batch, classes]`` (checked when the file is loaded, so a wrong one is refused at
 registration, not by an ``IndexError`` on every frame later), and every output row a
 session returns must have that shape and be finite. A NaN score would compare below
-any threshold and pass the cell, so a non-finite output is an ``InferenceError`` (a
-judge error for the station), never a verdict.
+any threshold and pass the cell, so a non-finite output is never a verdict.
+
+A batch is judged by one session run, and one frame's NaN row must not cost the other
+frames of the batch their verdicts (a Serve batch holds frames of several stations):
+``row_judgements`` splits a run's output into a verdict or a ``RowError`` per row. A
+wrong shape is the batch's failure (no row can be trusted), an ``InferenceError``. The
+whole-batch helpers (``judge``, ``probabilities``) still raise on any non-finite row:
+the registry's trial run and the explanations want all rows or none.
 """
 
 from __future__ import annotations
@@ -75,6 +81,13 @@ class Judgement:
     verdict: Verdict
     defect_class: str | None
     score: float
+
+
+@dataclass(frozen=True)
+class RowError:
+    """Why one row of a batched run has no verdict; the other rows' verdicts stand."""
+
+    reason: str
 
 
 def content_hash(data: bytes) -> str:
@@ -191,8 +204,18 @@ class OnnxClassifier:
         Raises ``InferenceError`` when the output is not ``(N, classes)`` or holds NaN
         or infinity: such an output is the model's failure, not a verdict on the frame.
         """
-        outputs = self._session.run([OUTPUT_NAME], {INPUT_NAME: batch})
-        return checked_probabilities(outputs[0], len(batch), self.info, self.source)
+        return checked_probabilities(self.run(batch), len(batch), self.info, self.source)
+
+    def run(self, batch: ModelInput) -> object:
+        """The session's raw output for a prepared batch, unchecked (one onnxruntime run)."""
+        return self._session.run([OUTPUT_NAME], {INPUT_NAME: batch})[0]
+
+    def judge_rows(
+        self, frames: Sequence[Frame], threshold: float = DEFAULT_THRESHOLD
+    ) -> list[Judgement | RowError]:
+        """One batched run; a verdict or a ``RowError`` per frame (see ``row_judgements``)."""
+        batch = self.prepare(frames)
+        return row_judgements(self.run(batch), len(batch), self.info, threshold, self.source)
 
     def judge_batch(
         self, batch: ModelInput, threshold: float = DEFAULT_THRESHOLD
@@ -207,11 +230,11 @@ class OnnxClassifier:
         return self.judge_batch(self.prepare(frames), threshold)
 
 
-def checked_probabilities(
+def shaped_probabilities(
     output: object, frames: int, info: ModelInfo, source: str = "<model>"
 ) -> NDArray[np.float32]:
-    """A session's output as ``(frames, classes)`` float32, or ``InferenceError`` saying
-    why not: another shape, or a NaN/infinite value (named by its batch rows)."""
+    """A session's output as ``(frames, classes)`` float32 (values unchecked), or
+    ``InferenceError`` naming the shape it has instead."""
     probs: NDArray[np.float32] = np.asarray(output, dtype=np.float32)
     expected = (frames, len(info.class_names))
     if probs.shape != expected:
@@ -219,6 +242,15 @@ def checked_probabilities(
             f"model {info.short_version} ({source}): output {OUTPUT_NAME!r} has shape "
             f"{probs.shape} for {frames} frames, expected {expected}"
         )
+    return probs
+
+
+def checked_probabilities(
+    output: object, frames: int, info: ModelInfo, source: str = "<model>"
+) -> NDArray[np.float32]:
+    """A session's output as ``(frames, classes)`` float32, or ``InferenceError`` saying
+    why not: another shape, or a NaN/infinite value (named by its batch rows)."""
+    probs = shaped_probabilities(output, frames, info, source)
     finite = np.isfinite(probs).all(axis=1)
     if not finite.all():
         rows = np.flatnonzero(~finite).tolist()
@@ -232,15 +264,75 @@ def checked_probabilities(
 def judgements(
     probs: NDArray[np.float32], info: ModelInfo, threshold: float = DEFAULT_THRESHOLD
 ) -> list[Judgement]:
-    """Turn class probabilities into verdicts; the defect class is the likeliest defective one."""
-    defective = list(info.defective_classes)
-    raw_scores = probs[:, defective].sum(axis=1)
-    if not np.isfinite(raw_scores).all():  # NaN >= threshold is False: it would pass
-        raise InferenceError(f"model {info.short_version}: a defect score is NaN or infinite")
-    scores = np.clip(raw_scores, 0.0, 1.0)
-    worst = np.asarray(defective)[np.argmax(probs[:, defective], axis=1)]
+    """Turn class probabilities into verdicts; the defect class is the likeliest defective one.
+
+    Raises ``InferenceError`` when any row's defect score is NaN or infinite."""
     out: list[Judgement] = []
-    for score, cls in zip(scores.tolist(), worst.tolist(), strict=True):
+    for row, judged in enumerate(_row_verdicts(probs, info, threshold)):
+        if judged is None:  # NaN >= threshold is False: it would pass
+            raise InferenceError(
+                f"model {info.short_version}: the defect score of batch row {row} is NaN or "
+                "infinite"
+            )
+        out.append(judged)
+    return out
+
+
+def row_judgements(
+    output: object,
+    frames: int,
+    info: ModelInfo,
+    threshold: float = DEFAULT_THRESHOLD,
+    source: str = "<model>",
+) -> list[Judgement | RowError]:
+    """Split one batched run's output into a verdict or a ``RowError`` per row (frame).
+
+    A row whose probabilities or defect score are NaN or infinite is that frame's
+    failure only; the other rows keep their verdicts. An output of the wrong shape
+    cannot be split into rows and raises ``InferenceError`` for the whole batch.
+    """
+    probs = shaped_probabilities(output, frames, info, source)
+    not_finite = set(np.flatnonzero(~np.isfinite(probs).all(axis=1)).tolist())
+    model = f"model {info.short_version} ({source})"
+    out: list[Judgement | RowError] = []
+    for row, judged in enumerate(_row_verdicts(probs, info, threshold)):
+        if row in not_finite:
+            out.append(
+                RowError(
+                    f"{model}: output {OUTPUT_NAME!r} is not finite (NaN or "
+                    f"infinity) in batch row {row} of {frames}: no verdict"
+                )
+            )
+        elif judged is None:
+            out.append(
+                RowError(
+                    f"{model}: the defect score is not finite (the defective "
+                    f"classes' probabilities overflow) in batch row {row} of "
+                    f"{frames}: no verdict"
+                )
+            )
+        else:
+            out.append(judged)
+    return out
+
+
+def _row_verdicts(
+    probs: NDArray[np.float32], info: ModelInfo, threshold: float
+) -> list[Judgement | None]:
+    """A verdict per row of ``(N, classes)`` probabilities; ``None`` where the defect
+    score is NaN or infinite (it would compare below any threshold and pass)."""
+    defective = list(info.defective_classes)
+    with np.errstate(over="ignore", invalid="ignore"):  # judged per row below
+        raw_scores = probs[:, defective].sum(axis=1)
+    finite = np.isfinite(raw_scores)
+    scores = np.clip(np.where(finite, raw_scores, 0.0), 0.0, 1.0)
+    # NaN wins argmax: only the class of a finite row is used
+    worst = np.asarray(defective)[np.argmax(probs[:, defective], axis=1)]
+    out: list[Judgement | None] = []
+    for ok, score, cls in zip(finite.tolist(), scores.tolist(), worst.tolist(), strict=True):
+        if not ok:
+            out.append(None)
+            continue
         failed = score >= threshold
         out.append(
             Judgement(

@@ -28,7 +28,7 @@ with warnings.catch_warnings():
 
 from qdspace.inference.errors import ModelLoadError, ServingError
 from qdspace.inference.model import DEFAULT_THRESHOLD, Device, OnnxClassifier, content_hash
-from qdspace.inference.verdicts import FrameRequest, ServedVerdict, judge_requests
+from qdspace.inference.verdicts import FrameRequest, ServedVerdict, judge_requests, model_failed
 
 logger = logging.getLogger("inference")
 
@@ -103,7 +103,10 @@ class InspectionModel:
     async def judge(self, requests: list[FrameRequest]) -> list[ServedVerdict]:
         """Judge a batch with the model current when the batch starts."""
         model = self._model
+        # never raises for one frame: a bad frame, or a NaN row, is that frame's answer
         answers = judge_requests(model, requests, self._settings.threshold)
+        if len(answers) != len(requests):  # Serve would fail every frame of the batch
+            raise ServingError(f"{len(answers)} verdicts for a batch of {len(requests)}")
         self._frames += len(requests)
         self._batches += 1
         self._batch_sizes[len(requests)] = self._batch_sizes.get(len(requests), 0) + 1
@@ -111,8 +114,19 @@ class InspectionModel:
         return answers
 
     async def judge_frames(self, requests: list[FrameRequest]) -> list[ServedVerdict]:
-        """Frames a station client sent together: each joins the dynamic batch queue."""
-        return list(await asyncio.gather(*(self.judge(r) for r in requests)))
+        """Frames a station client sent together: each joins the dynamic batch queue.
+
+        They may land in different batches: a batch that fails (a bug, not a bad frame,
+        which ``judge`` answers itself) fails its own frames, each with an error naming
+        it, never the frames of the trip that were judged in another batch."""
+        answers = await asyncio.gather(*(self.judge(r) for r in requests), return_exceptions=True)
+        version = self._model.version
+        return [
+            model_failed(r, version, f"the batch failed: {a!r}")
+            if isinstance(a, BaseException)
+            else a
+            for r, a in zip(requests, answers, strict=True)
+        ]
 
     async def swap(self, model_bytes: bytes, source: str) -> SwapOutcome:
         """Load a new version beside the current one, then switch; failure keeps the old."""

@@ -3,7 +3,22 @@
 ``judge_requests`` is the one batch function both the Ray Serve replica and the
 in-process judge run, so a bare onnxruntime baseline and the served tier do exactly
 the same work per frame. A bad frame in a batch gets an error verdict of its own and
-never fails the frames batched with it.
+never fails the frames batched with it: a Serve batch mixes the frames of several
+stations, and a frame the camera got wrong, or one the model answers with NaN, must
+not cost the cells beside it their verdicts (they would be counted as judge errors
+and never stored). So:
+
+- each frame is checked before the batch is run: one that cannot be judged (wrong
+  dtype, a float frame holding NaN, wrong shape) is answered ``fault="frame"``;
+- the checked frames go through one onnxruntime run, and its output is split by row
+  (``model.row_judgements``): a non-finite row is answered ``fault="model"``, the
+  other rows get their verdicts;
+- only when the batched run itself fails (onnxruntime raises, the output has the
+  wrong shape) is each frame run again alone, so the failure lands on the frames
+  that cause it. The happy path stays one run per batch.
+
+``served_verdicts`` is the pure merge of those three into one answer per request, in
+request order, each error naming its frame and station.
 """
 
 from __future__ import annotations
@@ -12,19 +27,29 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
-from qdspace.inference.errors import FrameError
-from qdspace.inference.frames import check_frame
-from qdspace.inference.model import DEFAULT_THRESHOLD, OnnxClassifier, Verdict
+from qdspace.inference.errors import FrameError, InferenceError
+from qdspace.inference.frames import Frame, check_frame
+from qdspace.inference.model import (
+    DEFAULT_THRESHOLD,
+    Judgement,
+    OnnxClassifier,
+    RowError,
+    Verdict,
+)
 
 logger = logging.getLogger("inference")
 
 INSPECTION_KIND = "inspection"
 #: QDM defect code for a failed cell when the model names severity, not a defect type
 UNTYPED_DEFECT_CODE = "other"
+
+#: whose fault a verdict's ``error`` is: the frame's (it cannot be judged: counted as a
+#: bad frame) or the model's (it gave no usable answer for it: a judge error)
+Fault = Literal["frame", "model"]
 
 
 @dataclass(frozen=True)
@@ -38,7 +63,8 @@ class FrameRequest:
 
 @dataclass(frozen=True)
 class ServedVerdict:
-    """The judge's answer for one frame; ``error`` is set (and verdict None) for a bad frame."""
+    """The judge's answer for one frame: a verdict, or (verdict None) an ``error`` naming
+    the frame and what is wrong, the frame's own ``fault`` or the model's."""
 
     frame_id: str
     verdict: Verdict | None
@@ -46,6 +72,8 @@ class ServedVerdict:
     score: float | None
     model_version: str | None
     error: str | None = None
+    #: whose fault ``error`` is, when it is set
+    fault: Fault = "frame"
 
 
 def judge_requests(
@@ -53,29 +81,105 @@ def judge_requests(
     requests: Sequence[FrameRequest],
     threshold: float = DEFAULT_THRESHOLD,
 ) -> list[ServedVerdict]:
-    """Judge a batch with one model; bad frames are answered with an error, not raised."""
-    good: list[int] = []
-    frames = []
-    answers: list[ServedVerdict | None] = [None] * len(requests)
-    for position, request in enumerate(requests):
+    """Judge a batch with one model: one answer per request, in order; a frame that
+    cannot be judged, or that the model fails on, gets an error of its own, never raised."""
+    checked: list[Frame | FrameError] = []
+    for request in requests:
         try:
-            frames.append(check_frame(request.frame, request.frame_id))
+            checked.append(check_frame(request.frame, request.frame_id))
         except FrameError as exc:
-            answers[position] = ServedVerdict(
-                request.frame_id, None, None, None, model.version, str(exc)
-            )
+            checked.append(exc)
+    frames = [c for c in checked if not isinstance(c, FrameError)]
+    outcomes = _judge_frames(model, frames, threshold) if frames else []
+    return served_verdicts(requests, checked, outcomes, model.version)
+
+
+def _judge_frames(
+    model: OnnxClassifier, frames: Sequence[Frame], threshold: float
+) -> list[Judgement | RowError]:
+    """One batched run split by row; if the run itself fails, each frame alone."""
+    try:
+        return model.judge_rows(frames, threshold)
+    except Exception as exc:  # onnxruntime raises its own untyped errors
+        if len(frames) == 1:
+            return [_run_failed(model, exc)]
+        logger.warning(
+            "inference.verdicts: a batch of %d frames failed (%s), judging each alone",
+            len(frames),
+            _describe(exc),
+        )
+    out: list[Judgement | RowError] = []
+    for frame in frames:
+        try:
+            out += model.judge_rows([frame], threshold)
+        except Exception as exc:  # this frame fails alone
+            out.append(_run_failed(model, exc))
+    return out
+
+
+def _run_failed(model: OnnxClassifier, exc: Exception) -> RowError:
+    if isinstance(exc, InferenceError):  # names the model already
+        return RowError(f"{exc}: no verdict")
+    return RowError(
+        f"model {model.info.short_version} ({model.source}): the run failed: "
+        f"{_describe(exc)}: no verdict"
+    )
+
+
+def _describe(exc: Exception) -> str:
+    return str(exc) if isinstance(exc, InferenceError) else f"{type(exc).__name__}: {exc}"
+
+
+def served_verdicts(
+    requests: Sequence[FrameRequest],
+    checked: Sequence[Frame | FrameError],
+    outcomes: Sequence[Judgement | RowError],
+    model_version: str,
+) -> list[ServedVerdict]:
+    """One answer per request, in order, from a batch's parts (pure: no model, no I/O).
+
+    ``checked`` holds, per request, the ``FrameError`` that kept its frame out of the
+    run, or the checked frame that went in; ``outcomes`` holds, in order, the
+    run's verdict or ``RowError`` for each frame that went in. Errors name the frame
+    and its station, so an operator can find the one frame in the log line.
+    """
+    if len(checked) != len(requests):
+        raise InferenceError(f"{len(checked)} frame checks for {len(requests)} requests")
+    judged = sum(1 for c in checked if not isinstance(c, FrameError))
+    if judged != len(outcomes):
+        raise InferenceError(f"{len(outcomes)} model answers for {judged} judged frames")
+    rows = iter(outcomes)
+    answers: list[ServedVerdict] = []
+    for request, check in zip(requests, checked, strict=True):
+        if isinstance(check, FrameError):
+            answers.append(_error(request, model_version, str(check), "frame"))
             continue
-        good.append(position)
-    if frames:
-        for position, judged in zip(good, model.judge(frames, threshold), strict=True):
-            answers[position] = ServedVerdict(
-                requests[position].frame_id,
-                judged.verdict,
-                judged.defect_class,
-                judged.score,
-                model.version,
+        outcome = next(rows)
+        if isinstance(outcome, RowError):
+            answers.append(model_failed(request, model_version, outcome.reason))
+            continue
+        answers.append(
+            ServedVerdict(
+                request.frame_id,
+                outcome.verdict,
+                outcome.defect_class,
+                outcome.score,
+                model_version,
             )
-    return [a for a in answers if a is not None]
+        )
+    return answers
+
+
+def model_failed(request: FrameRequest, model_version: str | None, reason: str) -> ServedVerdict:
+    """The answer for a frame the judge failed on (the model's fault), naming the frame."""
+    where = f"frame {request.frame_id} (station {request.station})"
+    return _error(request, model_version, f"{where}: {reason}", "model")
+
+
+def _error(
+    request: FrameRequest, model_version: str | None, message: str, fault: Fault
+) -> ServedVerdict:
+    return ServedVerdict(request.frame_id, None, None, None, model_version, message, fault)
 
 
 def inspection_row(

@@ -2,7 +2,8 @@
 
 The models are small hand-built ONNX graphs run by the real onnxruntime: a NaN defect
 score would compare below any threshold and pass the cell, so it must be a judge error
-(no verdict, no row); an output of the wrong shape must be refused when the version is
+(no verdict, no row) of that frame alone, never of the frames batched with it (one
+batched run, split by row); an output of the wrong shape must be refused when the version is
 registered, naming the output and its shape, not fail every frame later with a bare
 ``IndexError``.
 """
@@ -18,10 +19,12 @@ import numpy as np
 import pytest
 
 from qdspace.inference.errors import InferenceError, ModelLoadError
+from qdspace.inference.frames import ModelInput
 from qdspace.inference.line import InspectionLine, LineConfig, LocalJudge, StationSpec
 from qdspace.inference.model import MODEL_FORMAT, OnnxClassifier
 from qdspace.inference.registry import ModelRegistry
 from qdspace.inference.sources import ArrayFrames
+from qdspace.inference.verdicts import FrameRequest, judge_requests
 
 onnx = pytest.importorskip("onnx")
 helper, TensorProto = onnx.helper, onnx.TensorProto
@@ -104,6 +107,30 @@ def _lying_model() -> bytes:
         helper.make_node("Tile", ["m", "reps"], ["probs"]),
     ]
     return _serialise(nodes, "lying", frames, ["N", 2], [axis])
+
+
+def _batch_shaped_model() -> bytes:
+    """A good model, except that a batch holding a frame darker than ``CUTOFF`` answers
+    ``[N, 4]`` (the rows tiled twice): a whole-batch failure one frame causes."""
+    frames = helper.make_tensor_value_info("frames", TensorProto.FLOAT, ["N", 1, SIZE, SIZE])
+    axis = helper.make_tensor("axis", TensorProto.INT64, [1], [0])
+    one_i = helper.make_tensor("one_i", TensorProto.INT64, [], [1])
+    nodes = [
+        helper.make_node("ReduceMean", ["frames"], ["m"], axes=[2, 3], keepdims=0),  # [N, 1]
+        _const("one", 1.0),
+        _const("cut", CUTOFF),
+        helper.make_node("Sub", ["one", "m"], ["good"]),
+        helper.make_node("Concat", ["good", "m"], ["p"], axis=1),
+        helper.make_node("ReduceMin", ["m"], ["darkest"], keepdims=0),
+        helper.make_node("Less", ["darkest", "cut"], ["dark"]),
+        helper.make_node("Cast", ["dark"], ["extra"], to=TensorProto.INT64),
+        helper.make_node("Add", ["extra", "one_i"], ["k"]),
+        helper.make_node("Unsqueeze", ["one_i", "axis"], ["r0"]),
+        helper.make_node("Unsqueeze", ["k", "axis"], ["r1"]),
+        helper.make_node("Concat", ["r0", "r1"], ["reps"], axis=0),
+        helper.make_node("Tile", ["p", "reps"], ["probs"]),
+    ]
+    return _serialise(nodes, "batch-shaped", frames, ["N", 2], [axis, one_i])
 
 
 def _serialise(
@@ -200,3 +227,64 @@ def test_a_file_that_lies_about_its_output_shape_is_refused_by_the_trial_run(
     with pytest.raises(ModelLoadError, match="trial run"):
         registry.register(lying, "test")
     assert registry.versions() == []
+
+
+class _Counting(OnnxClassifier):
+    """The real classifier, noting the batch size of every onnxruntime run."""
+
+    def __init__(self, data: bytes, source: str) -> None:
+        super().__init__(data, source, device="cpu")
+        self.runs: list[int] = []
+
+    def run(self, batch: ModelInput) -> object:
+        self.runs.append(len(batch))
+        return super().run(batch)
+
+
+def test_a_nan_row_fails_its_frame_alone_in_one_batched_run() -> None:
+    """The model answers NaN for the dark frame only: the bright frames batched with it
+    keep their verdicts, from the one run; the dark one (and a float frame holding NaN,
+    refused before the run) get errors naming the frame, its station and the cause."""
+    model = _Counting(_model("nan"), "nan.onnx")
+    nan_frame = np.full((32, 32), np.nan)
+    requests = [
+        FrameRequest("el-1", "b0", _frame(BRIGHT)),
+        FrameRequest("el-2", "d1", _frame(DARK)),
+        FrameRequest("el-1", "x2", nan_frame),
+        FrameRequest("el-2", "b3", _frame(BRIGHT)),
+    ]
+    b0, d1, x2, b3 = judge_requests(model, requests)
+    assert model.runs == [3]
+    assert (b0.frame_id, b0.verdict, b0.error) == ("b0", "fail", None)
+    assert (b3.frame_id, b3.verdict, b3.error) == ("b3", "fail", None)
+    assert (d1.verdict, d1.score, d1.fault, d1.model_version) == (
+        None,
+        None,
+        "model",
+        model.version,
+    )
+    assert d1.error is not None and d1.error.startswith("frame d1 (station el-2): model ")
+    assert "nan.onnx" in d1.error and "not finite (NaN or infinity) in batch row 1 of 3" in d1.error
+    assert (x2.verdict, x2.fault) == (None, "frame")
+    assert x2.error == (
+        "frame x2: dtype float64, expected uint8 grayscale "
+        "(and it holds NaN or infinity in 1,024 of 1,024 values)"
+    )
+
+
+def test_a_batch_one_frame_breaks_is_judged_again_frame_by_frame() -> None:
+    """The batched run fails for all (a dark frame makes the output [N, 4]): each frame
+    is run again alone, so only the dark one fails, naming the shape it got."""
+    model = _Counting(_batch_shaped_model(), "tiled.onnx")
+    ids = ["b0", "d1", "b2"]
+    frames = [_frame(BRIGHT), _frame(DARK), _frame(BRIGHT)]
+    b0, d1, b2 = judge_requests(
+        model, [FrameRequest("el-1", i, f) for i, f in zip(ids, frames, strict=True)]
+    )
+    assert model.runs == [3, 1, 1, 1]
+    assert [b0.verdict, b2.verdict] == ["fail", "fail"] and b0.error is None is b2.error
+    assert (d1.verdict, d1.fault) == (None, "model")
+    assert d1.error is not None and d1.error.startswith("frame d1 (station el-1): model ")
+    assert "shape (1, 4) for 1 frames, expected (1, 2)" in d1.error
+    assert judge_requests(model, [FrameRequest("el-1", "b4", _frame(BRIGHT))])[0].verdict == "fail"
+    assert model.runs == [3, 1, 1, 1, 1]  # a batch the run does not fail: one run
