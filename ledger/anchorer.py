@@ -31,7 +31,10 @@ a "nonce too low" or a failed receipt made the anchorer sign the batch again eve
 and charge for).
 
 A chain may reorganise: with ``reorg_depth`` set, a pass checks the batches anchored near
-the chain's head again (at most every `REORG_CHECK_S`; :mod:`qdspace.ledger.reorg`).
+the chain's head again (at most every `REORG_CHECK_S`; :mod:`qdspace.ledger.reorg`). The
+endpoint may come to serve another chain: a pass looks (one request) whether it still serves
+ours before it first asks the chain for anything, and stops there when not
+(:mod:`qdspace.ledger.chain_watch`).
 
 An idle node does not ask its database every tick. A pass costs two queries per kind
 (~12 ms of CPU on SQLite, 24 ms a second at the default tick: a tenth of a core for a
@@ -52,6 +55,7 @@ from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 
 from qdspace.ledger.anchor_policy import AnchorPolicy, AnchorStatus, StepReport
+from qdspace.ledger.chain_watch import ChainWatch
 from qdspace.ledger.client import LedgerClient, TxReceipt
 from qdspace.ledger.errors import (
     AlreadyAnchored,
@@ -110,6 +114,7 @@ class Anchorer:
         # batches sent back to sealed, by id: when (monotonic) they may be signed again
         self._resign_at: dict[int, float] = {}
         self._reorg_checked = float("-inf")  # when (monotonic) recent blocks were checked
+        self._watch = ChainWatch(client, queue, self.policy.reorg_depth)
 
     # -- feeding -------------------------------------------------------------------------
 
@@ -144,9 +149,10 @@ class Anchorer:
         """Resolve journaled transactions, seal due batches, anchor sealed ones.
 
         ``force`` seals whatever waits regardless of age. Raises ChainUnavailable when the
-        chain cannot be reached; nothing is lost, the next step continues where this stopped.
-        Raises WrongChain (before signing anything) when the endpoint serves another chain id
-        than the client expects or has no anchor contract at the address.
+        chain cannot be reached, ChainSwapped (one) when it serves another chain than at the
+        start; nothing is lost, the next step continues where this stopped. Raises
+        WrongChain (before signing anything) when the endpoint serves another chain id than
+        the client expects or has no anchor contract at the address.
         """
         with self._step_lock:
             try:
@@ -168,6 +174,7 @@ class Anchorer:
         if not self._chain_checked:  # never sign for a chain or contract we did not expect
             self.client.check()
             self._chain_checked = True
+        self._watch.begin_pass()  # its `head` looks before the pass first asks the chain
         anchored = 0
         waiting = self._recheck_recent()
         journaled = self.queue.batches(SIGNED)
@@ -189,7 +196,7 @@ class Anchorer:
         if depth == 0 or time.monotonic() - self._reorg_checked < REORG_CHECK_S:
             return 0
         self._reorg_checked = time.monotonic()
-        return recheck_recent(self.queue, self.client, depth)
+        return recheck_recent(self.queue, self.client, depth, self._watch.head())
 
     def _pipeline(
         self, force: bool, sealed: int, anchored: int, pending_left: bool
@@ -298,6 +305,7 @@ class Anchorer:
         # contract first; they also ask for a gas estimate, so that a revert names its
         # reason before anything is spent.
         anchored, window = 0, list[tuple[Batch, SignedAnchor]]()
+        self._watch.head()  # ChainSwapped before anything is signed
         nonce = self._nonce()
         for batch in batches:
             if batch.attempts > 0 and self._adopt_if_anchored(batch):
@@ -346,6 +354,7 @@ class Anchorer:
     def _resolve(self, journaled: list[Batch]) -> int:
         """Settle journaled transactions: receipt found, root adopted, or the same bytes
         resent, in nonce order; returns how many are anchored now."""
+        self._watch.head()  # ChainSwapped before anything is sent
         journaled = sorted(journaled, key=lambda b: (b.nonce or 0, b.id))
         receipts = self.client.receipts([b.tx_hash or b"" for b in journaled])
         anchored, resend = 0, []

@@ -18,6 +18,11 @@ number it answers is read by `qdspace.ledger.rpc_answers.chain_number` (SQLite k
 every malformed answer (a batch that is no list of answers, a log too short to decode,
 anything web3 cannot read) is a `ChainUnavailable`, never a ``TypeError`` that reaches a
 caller as a 500.
+
+The endpoint may come to serve another chain while the node runs: the anchorer's chain watch
+(`qdspace.ledger.chain_watch`) looks each pass (`observe`), and while it sees another chain
+every other call is a `ChainSwapped` (`hold_reads`): nothing is signed for it, and a proof
+is not read as "not anchored" where the truth is "not this chain".
 """
 
 from __future__ import annotations
@@ -43,6 +48,7 @@ from web3.providers.rpc import HTTPProvider
 from qdspace.ledger.artifact import load_artifact
 from qdspace.ledger.errors import (
     AlreadyAnchored,
+    ChainSwapped,
     ChainUnavailable,
     FeeAboveCap,
     LedgerError,
@@ -52,9 +58,15 @@ from qdspace.ledger.errors import (
 )
 from qdspace.ledger.keys import ChainSigner
 from qdspace.ledger.rpc_answers import AnchoredEvent as AnchoredEvent
+from qdspace.ledger.rpc_answers import (
+    ChainView,
+    anchored_event,
+    batch_answers,
+    chain_number,
+    chain_view,
+)
 from qdspace.ledger.rpc_answers import OnChainRoot as OnChainRoot
 from qdspace.ledger.rpc_answers import TxReceipt as TxReceipt
-from qdspace.ledger.rpc_answers import anchored_event, batch_answers, chain_number
 from qdspace.ledger.rpc_http import MAX_ANSWER_BYTES, BoundedSession, chain_errors
 from qdspace.ledger.tx import DEFAULT_MAX_FEE_PER_GAS, DEFAULT_MAX_GAS, GAS_MARGIN, SignedAnchor
 from qdspace.util.redact import redact_url
@@ -107,10 +119,12 @@ class LedgerClient:
         self.max_fee_per_gas, self.max_gas = max_fee_per_gas, max_gas
         self._fee_lock = threading.Lock()
         self._fee_cache: tuple[float, dict[str, int]] | None = None
+        self._held: str | None = None  # why every call is refused (`hold_reads`)
 
     def _call(self, fn: Callable[[], T], keep: tuple[type[Web3Exception], ...] = ()) -> T:
         """``fn()``'s web3 call, its failures a ChainUnavailable but those in ``keep``
         (a revert `_estimate` reads, an RPC error `send_raw` reads)."""
+        self._refuse_if_held()
         with chain_errors(self.rpc_url):
             try:
                 return fn()
@@ -127,7 +141,7 @@ class LedgerClient:
 
     @property
     def chain_id(self) -> int:
-        """The chain id the endpoint reports (asked once)."""
+        """The chain id the endpoint reports (asked once; the chain watch notices a change)."""
         if self._chain_id is None:
             self._chain_id = self._number(self._call(lambda: self.w3.eth.chain_id), "chain id")
         return self._chain_id
@@ -326,8 +340,33 @@ class LedgerClient:
             return NonceConsumed(f"chain refused the transaction: {text}")
         return TransactionFailed(f"chain refused the transaction: {text}")
 
-    def _batch(self, calls: Sequence[tuple[str, list[Any]]]) -> list[dict[str, Any]]:
+    def observe(self, block_number: int | None = None) -> ChainView:
+        """The endpoint's chain id, head and (with `block_number`) that block's hash, in one
+        request, asked even while calls are held (the chain watch asks whether ours is back)."""
+        calls: list[tuple[str, list[Any]]] = [("eth_chainId", []), ("eth_blockNumber", [])]
+        if block_number is not None:
+            calls.append(("eth_getBlockByNumber", [hex(block_number), False]))
+        return chain_view(self._batch(calls, held_too=True), block_number, self.shown_url)
+
+    def hold_reads(self, why: str | None) -> None:
+        """Refuse every call but `observe` with ChainSwapped(`why`) (None: no longer)."""
+        self._held = why
+
+    @property
+    def held(self) -> str | None:
+        """Why every call but `observe` is refused now (`hold_reads`); None: none is."""
+        return self._held
+
+    def _refuse_if_held(self) -> None:
+        if (held := self._held) is not None:
+            raise ChainSwapped(held)
+
+    def _batch(
+        self, calls: Sequence[tuple[str, list[Any]]], *, held_too: bool = False
+    ) -> list[dict[str, Any]]:
         """One HTTP request with a JSON-RPC batch; the answers in call order."""
+        if not held_too:
+            self._refuse_if_held()
         if not calls:
             return []
         body: list[Any] = [

@@ -20,6 +20,13 @@ class FeeAboveCap(ChainUnavailable):
     (fees fall), raising the cap (``max_fee_gwei``) works now."""
 
 
+class ChainSwapped(ChainUnavailable):
+    """The endpoint now serves another chain than the one the node anchors to (another
+    chain id, or a chain that lost the node's blocks): nothing is signed, sent or read
+    there until ours answers again (`qdspace.ledger.chain_watch`); retrying later may work
+    (the endpoint is put back), pointing ``rpc_url`` back at the chain works now."""
+
+
 class WrongChain(LedgerError):
     """The endpoint serves another chain id, or the anchor contract is not at the address."""
 

@@ -10,6 +10,11 @@ signed and its same signed bytes are sent again (`LeafQueue.mark_reorganised`: t
 nonce, so it is never anchored twice). Before, receipts were taken at zero confirmations
 and never looked at again: a reorganisation left its batches ANCHORED with proofs that
 then fail. Proofs handed out before the check name the old block: fetch them again.
+
+A reorganisation may also leave the chain shorter than it was: the batches anchored in
+blocks above the new head are checked too (before, the check looked from the head down and
+never saw them). The anchorer's chain watch (`qdspace.ledger.chain_watch`) has made sure
+that it is still our chain, one that lost no more than ``reorg_depth`` blocks.
 """
 
 from __future__ import annotations
@@ -18,15 +23,18 @@ import logging
 
 from qdspace.ledger.client import LedgerClient
 from qdspace.ledger.queue import LeafQueue
+from qdspace.ledger.rpc_answers import MAX_CHAIN_NUMBER
 
 log = logging.getLogger("ledger.anchorer")
 
 
-def recheck_recent(queue: LeafQueue, client: LedgerClient, depth: int) -> int:
-    """Check the blocks of the batches anchored within `depth` blocks of the head; returns
-    how many went back to be sent again."""
-    head = client.latest_block()
-    recent = queue.anchored_in_blocks(max(head - depth, 0), head)
+def recheck_recent(
+    queue: LeafQueue, client: LedgerClient, depth: int, head: int | None = None
+) -> int:
+    """Check the blocks of the batches anchored within `depth` blocks of the head (`head`,
+    else the chain is asked) or above it; returns how many went back to be sent again."""
+    head = client.latest_block() if head is None else head
+    recent = queue.anchored_in_blocks(max(head - depth, 0), MAX_CHAIN_NUMBER)
     if not recent:
         return 0
     canonical = client.block_hashes(sorted({b.block_number or 0 for b in recent}))

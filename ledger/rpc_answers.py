@@ -10,7 +10,8 @@ anchorer every pass while it reported the chain reachable; ``-0x5`` (``int`` rea
 sign) recorded a batch ANCHORED in block -5. A batch answer of ``5``, ``null`` or an
 ``id`` of ``[1]`` escaped as a ``TypeError``, a log whose data is too short as eth_abi's
 ``InsufficientDataBytes``. Every chain number is read by `chain_number`, every batch
-answer by `batch_answers`, every ``Anchored`` log by `anchored_event`.
+answer by `batch_answers`, every ``Anchored`` log by `anchored_event`, the chain watch's
+look at the endpoint (`qdspace.ledger.chain_watch`) by `chain_view`.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from typing import Any
 
 from eth_abi.abi import decode
 from eth_abi.exceptions import DecodingError
+from hexbytes import HexBytes
 from web3 import Web3
 
 from qdspace.ledger.errors import ChainUnavailable
@@ -30,6 +32,8 @@ from qdspace.ledger.errors import ChainUnavailable
 MAX_CHAIN_NUMBER = 2**63 - 1
 #: a JSON-RPC quantity: ``0x`` and hex digits, no sign, no spaces, no underscores
 _QUANTITY = re.compile(r"0x0*([0-9a-fA-F]{1,16})")
+#: what web3 reads as a number (a sign included), to be refused by `chain_number` as it is
+_SIGNED_HEX = re.compile(r"-?0x[0-9a-fA-F]+")
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,6 +85,18 @@ class TxReceipt:
     def event_for(self, root: bytes) -> AnchoredEvent | None:
         """The ``Anchored`` log of ``root`` in this transaction, if any."""
         return next((e for e in self.anchored if e.root == root), None)
+
+
+@dataclass(frozen=True, slots=True)
+class ChainView:
+    """One look at the endpoint (`qdspace.ledger.client.LedgerClient.observe`): the chain id
+    it serves, its head, and the hash of the block asked for (None: it has no such block,
+    or none was asked for)."""
+
+    chain_id: int
+    head: int
+    block_number: int | None = None
+    block_hash: bytes | None = None
 
 
 def chain_number(value: object, what: str, shown_url: str) -> int:
@@ -136,3 +152,42 @@ def anchored_event(
         tx_hash,
         chain_number(entry["logIndex"], "a log index", shown_url),
     )
+
+
+def chain_view(
+    answers: list[dict[str, Any]], block_number: int | None, shown_url: str
+) -> ChainView:
+    """The answers to ``eth_chainId``, ``eth_blockNumber`` and (with `block_number`)
+    ``eth_getBlockByNumber`` as a `ChainView`. A block answered as an error or ``null`` is
+    one the chain does not have (endpoints answer either for a block beyond their head);
+    one of another number, or whose hash is no 32 bytes, is a ChainUnavailable."""
+    for answer, what in zip(answers[:2], ("chain id", "a head block"), strict=True):
+        if "error" in answer:
+            why = str(answer["error"])[:200]
+            raise ChainUnavailable(f"chain at {shown_url} answered no {what}: {why}")
+    chain_id = chain_number(_as_web3_reads(answers[0].get("result")), "chain id", shown_url)
+    head = chain_number(_as_web3_reads(answers[1].get("result")), "a head block", shown_url)
+    if block_number is None:
+        return ChainView(chain_id, head)
+    block = answers[2].get("result")
+    if "error" in answers[2] or block is None:
+        return ChainView(chain_id, head, block_number)
+    malformed = f"chain at {shown_url} answered a malformed block"
+    if not isinstance(block, dict):
+        raise ChainUnavailable(f"{malformed} (not an object)")
+    if chain_number(block.get("number"), "a block number", shown_url) != block_number:
+        raise ChainUnavailable(f"{malformed} (another number than block {block_number})")
+    try:
+        digest = bytes(HexBytes(block["hash"]))
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ChainUnavailable(f"{malformed} ({type(exc).__name__})") from None
+    if len(digest) != 32:
+        raise ChainUnavailable(f"{malformed} (a hash of {len(digest)} bytes)")
+    return ChainView(chain_id, head, block_number, digest)
+
+
+def _as_web3_reads(value: object) -> object:
+    """A hex quantity as the int web3 makes of it (so that a refusal reads as when web3 asked)."""
+    if isinstance(value, str) and _SIGNED_HEX.fullmatch(value):
+        return int(value, 16)
+    return value

@@ -142,7 +142,8 @@ def mount_operator_routes(app: FastAPI, ledger: NodeLedger) -> None:
 
     def status(probe: bool = True) -> LedgerStatusPublic:
         st = ledger.anchorer.status()
-        seen = probe_chain(prober) if probe else None
+        client = ledger.client
+        seen = probe_chain(prober, client.expected_chain_id, client.held) if probe else None
         return LedgerStatusPublic(
             address=st.address,
             rpc_url=redact_url(ledger.settings.rpc_url),

@@ -136,7 +136,8 @@ def readiness(ctx: NodeContext) -> dict[str, ProbeCheck]:
         def chain() -> str:
             from qdspace.node.runtime.ledger import probe_chain
 
-            probe = probe_chain(ledger.client)
+            client = ledger.client
+            probe = probe_chain(client, client.expected_chain_id, client.held)
             if not probe.reachable:
                 raise ConnectionError(probe.error or "chain did not answer")
             return f"block {probe.latest_block} in {probe.ms:.0f} ms"

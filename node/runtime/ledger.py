@@ -471,11 +471,22 @@ class ChainProbe:
     error: str | None
 
 
-def probe_chain(client: LedgerClient) -> ChainProbe:
-    """Ask the chain for its latest block now (``client`` carries the short timeout)."""
+def probe_chain(client: LedgerClient, chain_id: int | None, held: str | None = None) -> ChainProbe:
+    """Ask the chain for its id and latest block now, in one request (``client`` carries
+    the short timeout): it is reachable only as the node's chain ``chain_id`` (None: any
+    id; a node with a chain names its id), and not
+    while the anchorer's chain watch holds its reads (``held``: why; a chain started
+    afresh keeps its id, only the watch knows it by its blocks)."""
     started = time.perf_counter()
     try:
-        block = client.latest_block()
+        seen = client.observe()
     except LedgerError as exc:
         return ChainProbe(False, None, (time.perf_counter() - started) * 1000, str(exc))
-    return ChainProbe(True, block, (time.perf_counter() - started) * 1000, None)
+    ms = (time.perf_counter() - started) * 1000
+    if chain_id is not None and seen.chain_id != chain_id:
+        why = (
+            f"chain at {client.shown_url} serves chain id {seen.chain_id}, "
+            f"the node anchors to chain id {chain_id}"
+        )
+        return ChainProbe(False, seen.head, ms, why)
+    return ChainProbe(held is None, seen.head, ms, held)
