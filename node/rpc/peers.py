@@ -3,6 +3,7 @@ calls it makes to them."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
 from collections.abc import Callable, Sequence
@@ -21,6 +22,9 @@ from qdspace.node.rpc.pins import PinChecker, pin_interceptors
 from qdspace.protocols.v1 import node_pb2, node_pb2_grpc, trace_pb2, trace_pb2_grpc
 
 DEFAULT_TIMEOUT_S = 10.0
+#: how long calls already on a retired channel (a peer whose address changed) may go on
+#: before it is closed; a long transfer cut then resumes from its checkpoint
+RETIRE_GRACE_S = 120.0
 
 
 @dataclass(frozen=True)
@@ -61,7 +65,10 @@ class PeerDirectory:
         self._attested: dict[str, frozenset[str]] = {}
         self._own_frameworks: list[str] | None = None  # until a directory is followed
         self._channels: dict[str, tuple[str, grpc.aio.Channel]] = {}
+        #: channels retired off the event loop (a directory loaded at start), closed at `close`
         self._retired: list[grpc.aio.Channel] = []
+        #: the closes of channels retired on the loop, in their grace period
+        self._closing: dict[asyncio.Task[None], grpc.aio.Channel] = {}
         self._pins = PinChecker(keys, cert_files, revoked)
 
     @property
@@ -180,8 +187,18 @@ class PeerDirectory:
                 self._retire(channel)
 
     def _retire(self, channel: grpc.aio.Channel) -> None:
-        """Close a channel nobody will use again (calls on it may still be finishing)."""
-        self._retired.append(channel)
+        """Close a channel nobody will use again; calls on it may still be finishing, so
+        it closes once they end or after `RETIRE_GRACE_S`. Kept until `close` instead, a
+        member changing its published address (as often as the authority lets it) grew
+        every follower's list of open channels without end."""
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # no loop in this thread: at start, before any call
+            self._retired.append(channel)
+            return
+        task = loop.create_task(channel.close(grace=RETIRE_GRACE_S))
+        self._closing[task] = channel
+        task.add_done_callback(lambda done: self._closing.pop(done, None))
 
     def open_channel(self, name: str) -> grpc.aio.Channel:
         """A new channel to peer ``name`` (the caller closes it), pinned like `channel`'s."""
@@ -201,6 +218,10 @@ class PeerDirectory:
             await channel.close()
         for channel in self._retired:
             await channel.close()
+        for task, channel in list(self._closing.items()):  # no more grace: the node stops
+            task.cancel()
+            await channel.close()
+        self._closing.clear()
         self._channels.clear()
         self._retired.clear()
 

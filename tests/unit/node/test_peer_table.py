@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
+import grpc
 import pytest
 
 from qdspace.node.errors import NotTheMember, PeerError, UnknownPeerError
@@ -89,5 +90,33 @@ def test_a_listed_name_is_confirmed_as_the_member_its_entry_names(
         with pytest.raises(UnknownPeerError):
             await peers.confirm_member("nobody-" + "0" * 12)
         await peers.close()
+
+    asyncio.run(scenario())
+
+
+def test_a_channel_retired_on_the_loop_is_closed_not_kept(
+    authority: Authority, tmp_path: Path
+) -> None:
+    """A member changing its published address (as often as the authority lets it) left
+    every follower one more open channel a change, kept until the node stopped. A retired
+    channel closes once the calls on it end (here none), and a node's stop closes those
+    still in their grace period."""
+    me, cellex = _keys(authority, tmp_path, "me"), _keys(authority, tmp_path, "cellex")
+    peers = PeerDirectory(me, {})
+
+    async def scenario() -> None:
+        old = []
+        for port in range(20):
+            peers.follow([_entry(cellex, f"10.0.0.2:{7000 + port}")])
+            old.append(peers.channel("cellex"))
+        current = old.pop()
+        for _ in range(100):  # the closes run on the loop
+            if all(c.get_state() is grpc.ChannelConnectivity.SHUTDOWN for c in old):
+                break
+            await asyncio.sleep(0.01)
+        assert [c.get_state() for c in old] == [grpc.ChannelConnectivity.SHUTDOWN] * 19
+        assert current.get_state() is not grpc.ChannelConnectivity.SHUTDOWN
+        await peers.close()
+        assert current.get_state() is grpc.ChannelConnectivity.SHUTDOWN
 
     asyncio.run(scenario())
