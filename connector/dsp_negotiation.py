@@ -5,6 +5,18 @@ id, with a message id derived from that id and the DSP message kind (`message_id
 a retry is the same message (a counter-request's id also names the terms it asks).
 Outgoing: each message the machine produced for the peer becomes the DSP message and
 the path under the peer's address it is POSTed to.
+
+Every id made here fits the 128-character id columns (`codec.MAX_PID`). The local id is
+always our own ``urn:uuid`` (45 characters), but part of a message id comes from the peer:
+its offer's ``@id`` (up to 128 characters, `Policy`'s bound) and its member id. A message
+id that would be longer keeps its kind and takes a digest of the rest (`message_id`): a
+provider's offer with a 200-character ``@id`` was a 500 on PostgreSQL. The agreement id
+is the provider's ``policy.uid``, bounded by `Policy` itself.
+
+A provider's agreement is dated by the provider, and that date is what we countersign,
+keep and anchor: one dated ahead of our clock by more than clocks drift is refused
+(`peer_time.check_sent_at`, as the gRPC wire refuses a reply), or an agreement dated
+9999 was taken, and every notice and closure under it refused as dated before it.
 """
 
 from __future__ import annotations
@@ -17,7 +29,7 @@ from typing import Any
 
 from qdspace.connector import dsp_codec as codec
 from qdspace.connector.agreement import ContractAgreement, SignedAgreement
-from qdspace.connector.contract_errors import AgreementError
+from qdspace.connector.contract_errors import AgreementError, MessageOutOfTime
 from qdspace.connector.negotiation import (
     Accepted,
     Agreement,
@@ -28,6 +40,7 @@ from qdspace.connector.negotiation import (
     Termination,
     Verification,
 )
+from qdspace.connector.peer_time import check_sent_at
 from qdspace.policies.codec import policy_to_json
 from qdspace.policies.odrl.vocab import PolicyKind
 
@@ -39,7 +52,14 @@ class Pids:
 
 
 def message_id(local_id: str, kind: str) -> str:
-    return f"{local_id}:dsp-{kind}"
+    """``<local id>:dsp-<kind>``; where that is longer than an id may be, the part of
+    `kind` after its first ``:`` (a peer's offer id, a member id) is a digest of `kind`,
+    so that a retry still gets the same id."""
+    made = f"{local_id}:dsp-{kind}"
+    if len(made) <= codec.MAX_PID:
+        return made
+    head = kind.partition(":")[0]
+    return f"{local_id}:dsp-{head}:{hashlib.sha256(kind.encode()).hexdigest()[:32]}"
 
 
 def request_in(
@@ -72,6 +92,10 @@ def agreement_in(
     """A provider's agreement for our negotiation `local_id` (unsigned: the DSP form)."""
     policy = codec.read_policy(body, "agreement", PolicyKind.AGREEMENT)
     agreed_at = codec.agreement_time(body)
+    try:  # `at`: our clock (or the negotiation's last time, never ahead of it)
+        check_sent_at(agreed_at, at, "the agreement's timestamp")
+    except MessageOutOfTime as exc:
+        raise codec.DspMessageError("$.agreement.timestamp", str(exc)) from None
     if policy.assignee is None:
         raise codec.DspMessageError("$.agreement.assignee", "an agreement names its assignee")
     try:

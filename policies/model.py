@@ -62,6 +62,13 @@ DEFAULT_RETENTION_DAYS = 180
 MAX_RETENTION_DAYS = 36_500
 # A framework agreement's name, as the space authority attests it (DataExchangeGovernance:1.0)
 FRAMEWORK_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:\-]{0,63}")
+#: the longest policy uid: an Agreement's uid is its agreement id, kept in the 128-character
+#: id columns (``connector.contract_store.common.ID_LENGTH``, not imported: policies sit
+#: below the connector) and named by that id everywhere (``/v1/dsp/transfers`` takes 128
+#: at most). A peer's longer one, read from DSP or gRPC, was stored over-long on SQLite (an
+#: agreement no transfer could name) and a 500 on PostgreSQL; the bound is that of every
+#: id a peer sends (``node.rpc.contracts_serde.required``).
+MAX_UID = 128
 
 
 class PolicyType(StrEnum):
@@ -271,6 +278,10 @@ class Policy:
         for name in ("uid", "assigner", "target"):
             if not getattr(self, name):
                 raise PolicySyntaxError(f"$.{name}", f"{name} must be a non-empty string")
+        if len(self.uid) > MAX_UID:
+            raise PolicySyntaxError(
+                "$.uid", f"uid must be at most {MAX_UID} characters, got {len(self.uid)}"
+            )
         if self.assignee is not None and not self.assignee:
             raise PolicySyntaxError("$.assignee", "assignee must be a non-empty string")
         if self.type is PolicyType.AGREEMENT and self.assignee is None:

@@ -7,10 +7,10 @@ what they write depends on it (`agreement_in`); only a negotiation writes one, i
 transaction that finalises it (`save_agreement_in`).
 
 Invariants: the terms are written once. Storing an agreement again with other
-canonical bytes under the same id is an error, never an overwrite; the same terms
-again are a no-op, except that the consumer's signature, once it arrives, is added
-(and never removed). Termination is idempotent: the first termination, with its
-time and reason, stands.
+canonical bytes under the same id is an error (`AgreementIdTaken`), never an overwrite;
+the same terms again are a no-op, except that the consumer's signature, once it
+arrives, is added (and never removed). Termination is idempotent: the first
+termination, with its time and reason, stands.
 """
 
 from __future__ import annotations
@@ -46,7 +46,11 @@ from sqlmodel.sql.sqltypes import UTCDateTime
 
 from qdspace.connector import held_connection
 from qdspace.connector.agreement import SignedAgreement, agreement_from_bytes
-from qdspace.connector.contract_errors import ContractStoreError, UnknownContractError
+from qdspace.connector.contract_errors import (
+    ContractStoreError,
+    OfferMismatchError,
+    UnknownContractError,
+)
 from qdspace.connector.contract_store.common import (
     CONTRACT_METADATA,
     ID_LENGTH,
@@ -195,6 +199,20 @@ def held_as(agreement_id: ColumnElement[str], role: Role) -> ColumnElement[bool]
     )
 
 
+class AgreementIdTaken(OfferMismatchError, ContractStoreError):
+    """An agreement whose id this store holds for other terms (another negotiation's,
+    ours as provider or consumer, with whichever member).
+
+    A peer chooses the id of an agreement it provides (a DSP provider's ``@id``, a gRPC
+    provider's agreement id), so this is that peer's agreement refused: answered as any
+    agreement that does not fit its negotiation is (`OfferMismatchError`: 400,
+    INVALID_ARGUMENT), with no traceback, in the same words wherever and by whom the id
+    is held. It was a 500 and a logged traceback, and our negotiation stayed stuck. That
+    a held id is refused where a fresh one is taken cannot be hidden; which of our
+    agreements holds it is. The transaction that met it is rolled back: the negotiation
+    stays as it was, and takes an agreement under another id."""
+
+
 class AgreementStore(TableStore):
     """Save, read, list and terminate agreements.
 
@@ -254,7 +272,9 @@ class AgreementStore(TableStore):
             existing = found
         canonical, consumer_signature = existing
         if bytes(canonical) != signed.canonical_bytes:
-            raise ContractStoreError(f"agreement {terms.agreement_id} exists with other terms")
+            raise AgreementIdTaken(
+                f"agreement {terms.agreement_id} is refused: its id is taken for other terms"
+            )
         if consumer_signature is None and signed.consumer_signature is not None:
             _COUNTERSIGN.execute(connection, (signed.consumer_signature, terms.agreement_id))
 

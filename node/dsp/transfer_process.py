@@ -8,7 +8,14 @@ Two pids, one local id. The transfer's digest chain starts from its local id
 (`Checkpoint.genesis`), and both sides must build the same chain, so both keep the
 transfer under the same local id: the consumer's pid (the one id both know before the
 provider answers; a provider's own pid is a fresh ``urn:uuid``). A consumer pid that is
-already another member's transfer is refused, as the gRPC wire refuses a taken id.
+already another member's transfer is refused, as the gRPC wire refuses a taken id. The
+message ids of the transfer are made from its local id with an end of up to
+`LONGEST_SUFFIX` characters (``:dsp-request``, ``:p-start``, `control_id`), here and in
+the transfer machine, and every one of them is kept in a 128-character id column
+(`codec.MAX_PID`): a consumer pid longer than `MAX_CONSUMER_PID` is refused (400, naming
+``consumerPid``). A 128-character one was a 500 on PostgreSQL; a 105-character one opened
+a transfer whose suspension or termination (a 128-plus-character message id) then
+failed, leaving its data token valid.
 
 The provider decides a request exactly as on the gRPC wire (`ProviderTransfers.
 open_transfer`: the agreement, the release gate now); a live-stream asset is decided
@@ -78,6 +85,26 @@ MAX_STARTS = 16
 
 def control_id(local_id: str, kind: str) -> str:
     return f"{local_id}:dsp-{kind}:{uuid.uuid4().hex[:12]}"
+
+
+#: the longest end a message id of a transfer has after its local id: a control message's
+#: (`control_id`, of the binding's kinds and the consumer's ``resume`` and ``out``); the
+#: others are shorter (``:dsp-request``, ``:p-start``, ``:c-resume-<12 hex>``,
+#: ``:p-complete-<n>``)
+LONGEST_SUFFIX = max(len(control_id("", kind)) for kind in (*KINDS, "resume", "out"))
+#: the longest consumerPid a provider takes: it is the transfer's local id (see the module
+#: docstring), and its message ids must fit the id columns
+MAX_CONSUMER_PID = codec.MAX_PID - LONGEST_SUFFIX
+
+
+def check_consumer_pid(consumer_pid: str) -> None:
+    """Refuse a consumerPid too long to make the transfer's message ids from."""
+    if len(consumer_pid) > MAX_CONSUMER_PID:
+        raise codec.DspMessageError(
+            "$.consumerPid",
+            f"must be at most {MAX_CONSUMER_PID} characters (the transfer's message ids are "
+            f"made from it and must fit {codec.MAX_PID}), got {len(consumer_pid)}",
+        )
 
 
 def agreed_scope(policy: Policy) -> tuple[str | None, str | None]:
@@ -157,6 +184,7 @@ class DspTransferMoves:
     def open(self, peer: MemberIdentity, ask: wire.TransferAsk) -> DspProcess:
         """Provider: decide a TransferRequestMessage and queue the start (or a retry's
         binding as it was)."""
+        check_consumer_pid(ask.consumer_pid)
         store, rt = self.runtime.store, self.runtime
         existing = store.dsp.by_peer_pid(TRANSFER, peer.member_id, ask.consumer_pid)
         if existing is not None:  # a retry: the start again (it may have been lost)

@@ -72,6 +72,27 @@ def datetime_from_us(value: int, field: str = "a time") -> datetime:
     return _EPOCH + timedelta(microseconds=value)
 
 
+#: how much of `ID_LENGTH` a negotiation or transfer id a peer chose leaves for the ends
+#: the node adds to make its message ids (``:c12:counter-request``, ``:c-resume-`` and 12
+#: hex digits, ``:p-complete``), with room for the count
+PROCESS_ID_ENDING = 28
+#: the longest negotiation or transfer id a peer may choose: a 128-character one was
+#: taken, and the first message id made from it (``<id>:p-start``) ended the save in
+#: PostgreSQL's "value too long" (INTERNAL), or left the process unable to move on
+MAX_PROCESS_ID = ID_LENGTH - PROCESS_ID_ENDING
+
+
+def process_id(value: str, what: str) -> str:
+    """A negotiation or transfer id a peer sent (`required`, at most `MAX_PROCESS_ID`)."""
+    required(value, what)
+    if len(value) > MAX_PROCESS_ID:
+        raise WireFormatError(
+            f"{what} must be at most {MAX_PROCESS_ID} characters (the node makes message "
+            f"ids of up to {ID_LENGTH} from it), got {len(value)}"
+        )
+    return value
+
+
 def required(value: str, what: str) -> str:
     """An id a peer sent: present, printable and no longer than the columns that keep
     ids (`ID_LENGTH`; PostgreSQL refuses a longer one where SQLite takes it, and a
@@ -238,7 +259,7 @@ def negotiation_message_from_proto(
 ) -> NegotiationMessage:
     head = (
         required(message.message_id, "message_id"),
-        required(message.negotiation_id, "negotiation_id"),
+        process_id(message.negotiation_id, "negotiation_id"),
         required(message.sender_id, "sender_id"),
     )
     at = datetime_from_us(message.at_unix_us, "at_unix_us")
@@ -287,7 +308,7 @@ def negotiation_from_proto(message: negotiation_pb2.NegotiationStatus, role: Rol
     except ValueError:
         raise WireFormatError(f"unknown negotiation state {message.state!r}") from None
     return Negotiation(
-        negotiation_id=required(message.negotiation_id, "negotiation_id"),
+        negotiation_id=process_id(message.negotiation_id, "negotiation_id"),
         role=role,
         provider_id=message.provider_id,
         consumer_id=message.consumer_id,

@@ -37,6 +37,7 @@ from qdspace.node.rpc.contracts_serde import (
     datetime_to_us,
     fields_from_proto,
     fields_to_proto,
+    process_id,
     required,
 )
 from qdspace.protocols.v1 import subscription_pb2, transfer_pb2
@@ -95,7 +96,7 @@ def transfer_message_to_proto(message: TransferMessage) -> transfer_pb2.Transfer
 def transfer_message_from_proto(message: transfer_pb2.TransferMessage) -> TransferMessage:
     head = (
         required(message.message_id, "message_id"),
-        required(message.transfer_id, "transfer_id"),
+        process_id(message.transfer_id, "transfer_id"),
         required(message.sender_id, "sender_id"),
     )
     at = datetime_from_us(message.at_unix_us, "at_unix_us")
@@ -204,7 +205,7 @@ def row_batch_wire(batch: RowBatch) -> bytes:
 def row_batch_from_proto(message: transfer_pb2.RowBatch) -> RowBatch:
     try:
         return RowBatch(
-            transfer_id=required(message.transfer_id, "transfer_id"),
+            transfer_id=process_id(message.transfer_id, "transfer_id"),
             payload=message.payload,
             count=message.row_count,
             order_ids=tuple(message.order_ids),
@@ -235,7 +236,7 @@ def pull_request_from_proto(message: transfer_pb2.PullRequest) -> PullRequest:
     if message.max_batch_rows < 0:
         raise WireFormatError("max_batch_rows is negative")
     return PullRequest(
-        required(message.transfer_id, "transfer_id"),
+        process_id(message.transfer_id, "transfer_id"),
         checkpoint_from_proto(message.resume_from),
         message.max_batch_rows,
     )

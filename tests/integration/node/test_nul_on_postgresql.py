@@ -271,6 +271,46 @@ def test_an_id_longer_than_its_column_is_refused_by_the_peer_listener(
         assert "must be 1 to 128 printable characters" in details, details
 
 
+def test_a_process_id_is_refused_where_the_ids_made_from_it_would_not_fit(
+    net: LocalNetwork,
+) -> None:
+    """A negotiation or transfer id of 101 to 128 characters fits its column, but the
+    message ids the node makes of it (``<id>:p-complete``, ``<id>:c-resume-`` and 12 hex
+    digits, ``<id>:p1:counter``) do not: the provider's own answer then ended in
+    PostgreSQL's "value too long". Refused before anything is stored now."""
+
+    async def send() -> list[tuple[str, str]]:
+        channel = open_channel(net["sunarc"].keys(), net["cellex"].grpc_address, "cellex")
+        me = net["sunarc"].keys().identity.member_id
+        now_us = 1_796_000_000_000_000
+        try:
+            request = negotiation_pb2.NegotiationMessage(
+                message_id="m-101",
+                negotiation_id="n" * 101,
+                sender_id=me,
+                at_unix_us=now_us,
+                request=negotiation_pb2.ContractRequest(offer_json=b"{}"),
+            )
+            transfer = transfer_pb2.TransferMessage(
+                message_id="t-101", transfer_id="t" * 125, sender_id=me, at_unix_us=now_us
+            )
+            transfer.request.agreement_id, transfer.request.provider_id = "agr-1", me
+            return [
+                await unary(channel, "/qdspace.v1.Negotiation/Send", request),
+                await unary(channel, "/qdspace.v1.Transfer/Send", transfer),
+            ]
+        finally:
+            await channel.close()
+
+    (negotiation, transfer) = asyncio.run(send())
+    assert negotiation == (
+        "INVALID_ARGUMENT",
+        "negotiation_id must be at most 100 characters (the node makes message ids of up "
+        "to 128 from it), got 101",
+    )
+    assert transfer[0] == "INVALID_ARGUMENT" and "transfer_id must be at most 100" in transfer[1]
+
+
 def test_a_regulators_proof_lookup_with_a_nul_is_unknown_not_a_server_error(
     pg_networks: Callable[..., LocalNetwork],
 ) -> None:

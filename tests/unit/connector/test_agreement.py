@@ -156,7 +156,7 @@ def test_non_canonical_or_inconsistent_documents_are_refused() -> None:
         replace(terms(), agreed_at=datetime(2026, 5, 2))
 
 
-@pytest.mark.parametrize("text", ["x", "é€😀\u2028", '"\\', "\x00", "\u2029", "y" * 500])
+@pytest.mark.parametrize("text", ["x", "é€😀\u2028", '"\\', "\x00", "\u2029", "y" * 100])
 def test_canonical_bytes_are_those_of_the_general_encoder(text: str) -> None:
     """The agreement's bytes are encoded without `to_jsonable`'s walk (its dict holds JSON
     types only): they must be exactly `canonical_json` of it, as signed and anchored."""
