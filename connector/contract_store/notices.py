@@ -12,10 +12,12 @@ but nothing here is derived from them), so they need their own guard against a
 member filling the database.
 
 Invariants (keep-once within a bound): a notice is kept once per (sender, id): a
-retried notification is recognised and reported as not new; ids are the sender's,
-so two senders' ids never collide. Each sender may keep at most
-`MAX_RECEIVED_PER_SENDER` notices of each kind here; past it, a new one is refused
-(`NotificationQuotaError`) instead of stored.
+retried notification (the same content again) is recognised and reported as not new;
+the same id with other content is refused (`MessageReplayError`, nothing stored), not
+acknowledged as a retry: that would tell the sender its change was delivered while we
+kept the old one. Ids are the sender's, so two senders' ids never collide. Each sender
+may keep at most `MAX_RECEIVED_PER_SENDER` notices of each kind here; past it, a new
+one is refused (`NotificationQuotaError`) instead of stored.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from typing import Any
 from sqlalchemy import Column, String, Table, Text, func, select
 from sqlmodel.sql.sqltypes import UTCDateTime
 
-from qdspace.connector.contract_errors import NotificationQuotaError
+from qdspace.connector.contract_errors import MessageReplayError, NotificationQuotaError
 from qdspace.connector.contract_store.common import (
     CONTRACT_METADATA,
     ID_LENGTH,
@@ -124,38 +126,66 @@ class ReceivedAlert:
     alert: QualityAlert
 
 
+def _same_content(row: Any, content: dict[str, Any], what: str, sender_id: str) -> None:
+    """Refuse a notice whose id `row` was kept under with other content: the sender
+    must not read our answer as "delivered" while its change is dropped. The message
+    names neither the kept content nor the new (the sender knows what it sent)."""
+    if any(getattr(row, name) != value for name, value in content.items()):
+        raise MessageReplayError(
+            f"{what} from {sender_id} was received before with other content; "
+            "a changed notice needs a new id"
+        )
+
+
 class NoticeStore(TableStore):
     """Keep the alerts and investigations peers send, once each, within a bound."""
 
-    def _keep_once(self, table: Table, sender_id: str, same: Any, values: dict[str, Any]) -> bool:
+    def _keep_once(
+        self, table: Table, sender_id: str, same: Any, values: dict[str, Any], what: str
+    ) -> bool:
         """Insert one entry a peer sent, unless kept before (`same` names it among the
-        sender's); each sender may keep at most `MAX_RECEIVED_PER_SENDER` in `table`."""
+        sender's): then False if it was kept with the same content (a retry), else
+        `MessageReplayError` (`what` names it). Each sender may keep at most
+        `MAX_RECEIVED_PER_SENDER` in `table`."""
         mine = table.c.sender_id == sender_id
+        content = {k: v for k, v in values.items() if k != "received_at"}
+        held = select(*(table.c[k] for k in content)).where(mine, same)
         with self.engine.begin() as connection:
-            if connection.execute(select(func.count()).where(mine, same)).scalar_one():
+            before = connection.execute(held).first()
+            if before is not None:
+                _same_content(before, content, what, sender_id)
                 return False
-            held = connection.execute(select(func.count()).where(mine)).scalar_one()
-            if held >= MAX_RECEIVED_PER_SENDER:
+            count = connection.execute(select(func.count()).where(mine)).scalar_one()
+            if count >= MAX_RECEIVED_PER_SENDER:
                 raise NotificationQuotaError(
-                    f"{sender_id} already has {held} {table.name} entries kept here "
+                    f"{sender_id} already has {count} {table.name} entries kept here "
                     f"(limit {MAX_RECEIVED_PER_SENDER})"
                 )
-            connection.execute(
-                self._upsert(table).values(sender_id=sender_id, **values).on_conflict_do_nothing()
-            )
+            kept = connection.execute(
+                self._upsert(table)
+                .values(sender_id=sender_id, **values)
+                .on_conflict_do_nothing()
+                .returning(table.c.sender_id)  # (rowcount is not reliable on every driver)
+            ).first()
+            if kept is None:  # another process kept it since we looked: theirs stands
+                _same_content(connection.execute(held).one(), content, what, sender_id)
+                return False
         return True
 
     def record_alert(self, sender_id: str, notice: QualityAlert, at: datetime) -> bool:
-        """Keep an SPC alert a peer sent us; False when it was kept before (a retry)."""
+        """Keep an SPC alert a peer sent us; False when it was kept before (a retry),
+        `MessageReplayError` when its id was kept before with other content."""
         return self._keep_once(
             alert_table,
             sender_id,
             alert_table.c.alert_id == notice.alert_id,
             {**alert_values(notice), "received_at": at},
+            f"quality alert {notice.alert_id}",
         )
 
     def record_investigation(self, sender_id: str, case: Investigation, at: datetime) -> bool:
-        """Keep an investigation a peer opened with us; False when kept before (a retry)."""
+        """Keep an investigation a peer opened with us; False when kept before (a retry),
+        `MessageReplayError` when its id was kept before with other content."""
         table = investigation_table
         return self._keep_once(
             table,
@@ -170,6 +200,7 @@ class NoticeStore(TableStore):
                 "status": case.status,
                 "received_at": at,
             },
+            f"investigation {case.investigation_id}",
         )
 
     def received_alerts(
