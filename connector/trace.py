@@ -13,10 +13,23 @@ Every answer crossed a company border and is an attack until checked:
 enough: eight nested levels per level, four deep, each at its limits, make a reply that
 takes minutes to rank and a report of gigabytes, so the answer as a whole is bounded too
 (`AnswerSize`, `MAX_LEVELS` and the ``MAX_TOTAL_*`` limits), and the wire decoder checks
-the same counts on the message before it builds a single object. Only the top level is
-the word of the member asked; the levels below it are relayed, so each must be a
-producer of the level above it (named among its parents), appear once and not close a
-cycle: a producer cannot invent a rival's tier out of nothing. Operator ids never leave
+the same counts on the message before it builds a single object. Each tier's answer is
+checked against its question: it implicates only batches it was asked about, links only
+batches it made itself (those implicated and the ones they were made from), and each
+level it relays must be a producer of the level above it (named among its parents, for
+batches that level named as that producer's), appear once and not close a cycle.
+
+Those checks keep a relayed level in its place but cannot tell who wrote it: only the
+top level comes from the member asked (mutual TLS), and a producer could invent a level
+for any member its own links name, or replay one from an old trace. So every level
+carries a `LevelSeal`: its member's Ed25519 signature over the trace's id and nonce, the
+member that asked it, the batch ids it was asked about and its own content
+(`connector.trace_seal`); the OEM verifies every level and counts none it cannot.
+
+A tier's answer travels up to customers that check it as a whole again, so a tier that
+relays its producers' answers must leave room for the levels above them: a producer's
+reply is checked at the depth it will sit at and with room for the asker's own level
+(`check_answer`'s ``depth`` and ``reserve``). Operator ids never leave
 a company raw: `pseudonymize_own` replaces them, with the agreement's pseudonyms, in the
 findings a tier sends its customer. Pure: no I/O here.
 """
@@ -47,6 +60,11 @@ MAX_WINDOWS = 20
 MAX_LINKS = 500
 MAX_PARENTS = 64
 MAX_UPSTREAM = 8  # producers one tier asks in turn
+#: missing tiers of one level: each producer asked, and one entry for those not asked
+MAX_MISSING = MAX_UPSTREAM + 1
+#: a member id: its name, a dash and 12 hex digits (`node.member_ids`)
+MAX_MEMBER_ID = MAX_ID + 13
+SIGNATURE_BYTES = 64  # Ed25519
 MAX_TEXT = 300
 # the answer as a whole, all its levels together
 MAX_LEVELS = 16
@@ -86,6 +104,17 @@ class MissingTier:
 
 
 @dataclass(frozen=True)
+class LevelSeal:
+    """A member's signature over its level (`connector.trace_seal`): the member's id,
+    the member id that asked it and the batch ids it was asked about, all signed."""
+
+    member_id: str
+    asked_by: str
+    asked: tuple[str, ...]
+    signature: bytes
+
+
+@dataclass(frozen=True)
 class TierAnswer:
     """One member's part of a trace (see the module docstring)."""
 
@@ -97,6 +126,7 @@ class TierAnswer:
     upstream: tuple[TierAnswer, ...] = ()
     missing: tuple[MissingTier, ...] = ()
     elapsed_ms: float = 0.0
+    seal: LevelSeal | None = None
 
     def walk(self, depth: int = 0) -> Iterator[tuple[int, TierAnswer]]:
         """Every tier of the answer with its depth below this one, top-down."""
@@ -174,6 +204,11 @@ class AnswerSize:
     parents: int = 0
     ids: int = 0
 
+    @property
+    def weight(self) -> int:
+        """How much it holds, all counts together (to find the largest of several)."""
+        return self.levels + self.links + self.parents + self.ids
+
     def __add__(self, other: AnswerSize) -> AnswerSize:
         return AnswerSize(
             self.levels + other.levels,
@@ -184,31 +219,55 @@ class AnswerSize:
 
 
 def level_size(implicated: int, links: int, parents: int, ids: int, missing: int = 0) -> AnswerSize:
-    """One level's part of an `AnswerSize` (`ids`: its findings' window and evidence ids,
-    `missing`: the batch ids of its missing tiers)."""
+    """One level's part of an `AnswerSize` (`ids`: its findings' window and evidence ids
+    and the batch ids it was asked about, `missing`: the batch ids of its missing tiers)."""
     return AnswerSize(1, links, parents, implicated + ids + missing)
 
 
-def check_size(size: AnswerSize, where: str) -> None:
-    """`TraceError` once an answer, all its levels so far together, is beyond a total."""
+def check_size(size: AnswerSize, where: str, reserve: AnswerSize = AnswerSize()) -> None:
+    """`TraceError` once an answer, all its levels so far together, is beyond a total;
+    `reserve` is kept back for what the asker adds above it (its own level)."""
     for name, value, limit in (
-        ("levels", size.levels, MAX_LEVELS),
-        ("batch links", size.links, MAX_TOTAL_LINKS),
-        ("parent batches", size.parents, MAX_TOTAL_PARENTS),
-        ("batch and evidence ids", size.ids, MAX_TOTAL_IDS),
+        ("levels", size.levels, MAX_LEVELS - reserve.levels),
+        ("batch links", size.links, MAX_TOTAL_LINKS - reserve.links),
+        ("parent batches", size.parents, MAX_TOTAL_PARENTS - reserve.parents),
+        ("batch and evidence ids", size.ids, MAX_TOTAL_IDS - reserve.ids),
     ):
         if value > limit:
             raise TraceError(f"{where}: more than {limit} {name} in one answer")
 
 
 def _size(answer: TierAnswer) -> AnswerSize:
+    asked = len(answer.seal.asked) if answer.seal is not None else 0
     return level_size(
         len(answer.implicated),
         len(answer.links),
         sum(len(link.parents) for link in answer.links),
-        sum(len(f.evidence) + sum(len(w.batches) for w in f.windows) for f in answer.findings),
+        asked
+        + sum(len(f.evidence) + sum(len(w.batches) for w in f.windows) for f in answer.findings),
         sum(len(m.batch_ids) for m in answer.missing),
     )
+
+
+def answer_size(answer: TierAnswer) -> AnswerSize:
+    """What `answer` holds, all its levels together."""
+    total = AnswerSize()
+    for _, tier in answer.walk():
+        total += _size(tier)
+    return total
+
+
+def _check_seal(seal: LevelSeal, where: str) -> None:
+    """The shape of a level's seal (whether it verifies is the OEM's `trace_seal` check)."""
+    for value, what in ((seal.member_id, "member id"), (seal.asked_by, "asker's member id")):
+        if not 0 < len(value) <= MAX_MEMBER_ID or not value.isprintable():
+            raise TraceError(f"{where}: {what} must be 1..{MAX_MEMBER_ID} printable characters")
+    if len(seal.signature) != SIGNATURE_BYTES:
+        raise TraceError(f"{where}: a signature is {SIGNATURE_BYTES} bytes")
+    if not 0 < len(seal.asked) <= MAX_BATCHES:
+        raise TraceError(f"{where}: asked about 1..{MAX_BATCHES} batches")
+    for b in seal.asked:
+        check_id(b, f"{where} asked batch id")
 
 
 def _check_level(answer: TierAnswer, where: str) -> None:
@@ -218,8 +277,10 @@ def _check_level(answer: TierAnswer, where: str) -> None:
         raise TraceError(f"{where}: too many batches")
     if len(answer.findings) > MAX_FINDINGS or len(answer.upstream) > MAX_UPSTREAM:
         raise TraceError(f"{where}: too many findings or upstream answers")
-    if len(answer.missing) > MAX_UPSTREAM or answer.comparable_n < 0:
+    if len(answer.missing) > MAX_MISSING or answer.comparable_n < 0:
         raise TraceError(f"{where}: malformed")
+    if answer.seal is not None:
+        _check_seal(answer.seal, where)
     _finite(answer.elapsed_ms, f"{where} elapsed", 0.0, 1e9)
     for b in answer.implicated:
         check_id(b, f"{where} batch id")
@@ -243,10 +304,36 @@ def _check_level(answer: TierAnswer, where: str) -> None:
         _check_finding(f, where)
 
 
+def _check_own(answer: TierAnswer, asked: frozenset[str] | None, where: str) -> None:
+    """A level speaks of the batches it was asked about (`asked`, when known) and of the
+    batches it made itself: every link's batch is its own, implicated or one its other
+    links name as made from (a batch made in several steps inside the company)."""
+    if asked is not None and (extra := set(answer.implicated) - asked):
+        raise TraceError(f"{where}: implicates batch {min(extra)[:MAX_ID]!r}, not asked about")
+    ours = set(answer.implicated) | {p.batch_id for link in answer.links for p in link.parents}
+    for link in answer.links:
+        b = link.batch
+        if b.producer != answer.member:
+            raise TraceError(f"{where}: links batch {b.batch_id[:MAX_ID]!r} of another producer")
+        if b.batch_id not in ours:
+            raise TraceError(f"{where}: links batch {b.batch_id[:MAX_ID]!r}, not asked about")
+
+
+def _named_for(answer: TierAnswer) -> dict[str, frozenset[str]]:
+    """Per producer, the batch ids `answer`'s links name as bought from it."""
+    named: dict[str, set[str]] = {}
+    for link in answer.links:
+        for p in link.parents:
+            named.setdefault(p.producer, set()).add(p.batch_id)
+    return {k: frozenset(v) for k, v in named.items()}
+
+
 def _check_relayed(answer: TierAnswer, where: str) -> None:
     """The levels directly below `answer` (and its missing tiers) must be producers it
-    names among its parents, each level once (`check_answer` refuses cycles)."""
-    producers = {p.producer for link in answer.links for p in link.parents}
+    names among its parents, each level once (`check_answer` refuses cycles), and each
+    level must answer for batches `answer` names as that producer's."""
+    named = _named_for(answer)
+    producers = set(named)
     seen: set[str] = set()
     for up in answer.upstream:
         name = up.member[:MAX_ID]
@@ -255,6 +342,12 @@ def _check_relayed(answer: TierAnswer, where: str) -> None:
         if up.member in seen:
             raise TraceError(f"{where}: relays a level of {name!r} twice")
         seen.add(up.member)
+        asked = set(up.implicated) | set(up.seal.asked if up.seal is not None else ())
+        if extra := asked - named[up.member]:
+            raise TraceError(
+                f"{where}: relays a level of {name!r} about batch {min(extra)[:MAX_ID]!r}, "
+                f"not one it names as {name!r}'s"
+            )
     for m in answer.missing:
         if m.member not in producers:
             raise TraceError(f"{where}: names {m.member[:MAX_ID]!r} missing, no producer of it")
@@ -266,11 +359,15 @@ def check_answer(
     *,
     member: str | None = None,
     path: tuple[str, ...] = (),
+    asked: frozenset[str] | None = None,
+    reserve: AnswerSize = AnswerSize(),
 ) -> None:
     """Raise `TraceError` unless `answer` is within every bound, alone and as a whole,
     and every level below the top is a producer of the level above it (see the module
     docstring); `member`, when given, is who must have answered at the top (a producer
-    cannot answer as another) and `path` the members above it (the asker last)."""
+    cannot answer as another), `path` the members above it (the asker last), `asked` the
+    batch ids it was asked about, `depth` the tiers above it that the answer will be
+    relayed through and `reserve` what they add to it (their own levels)."""
     if member is not None and answer.member != member:
         raise TraceError(
             f"answer of {answer.member[:MAX_ID]!r}: answered by "
@@ -285,9 +382,10 @@ def check_answer(
             raise TraceError(f"{where}: nested deeper than {MAX_DEPTH} tiers")
         _check_level(tier, where)
         total += _size(tier)
-        check_size(total, where)
+        check_size(total, where, reserve)
         if tier.member in above:
             raise TraceError(f"{where}: already on the trace's path above it (a cycle)")
+        _check_own(tier, asked if tier is answer else None, where)
         _check_relayed(tier, where)
         todo += [(level + 1, up, (*above, tier.member)) for up in reversed(tier.upstream)]
 

@@ -13,9 +13,14 @@ named, so a partial report says what it could not see.
 Only the producers the OEM asked answered in their own name; every level below them was
 relayed by one of them, so each cause and each missing tier of such a level names the
 member that reported it (``reported_by``): nobody should read a relayed level as its
-member's own word. A path step lists at most `MAX_STEP_IDS` batch ids (and how many more
-there were), and the tiers' genealogy is indexed once per report, not scanned per cause:
-a report is as large and as slow as its causes, not as its tiers' genealogy.
+member's own word. Every level that reaches the report was signed by its own member for
+this trace and verified by the OEM's node (`connector.trace_seal.verified`); one that did
+not verify is already a missing tier saying why, so no share of responsibility rests on
+a level its member cannot be held to.
+
+A path step lists at most `MAX_STEP_IDS` batch ids (and how many more there were), and
+the tiers' genealogy is indexed once per report, not scanned per cause: a report is as
+large and as slow as its causes, not as its tiers' genealogy.
 
 The report's canonical bytes (`report_bytes`: sorted-key JSON) are what the node stores,
 hashes and anchors; a regulator later hashes the bytes the node shows and compares.

@@ -28,21 +28,33 @@ refusal, and the trace goes on with the other tiers.
 
 The channel is the peer's one cached channel: a per-method limit needs no channel, or
 TLS connection, of its own (`node.rpc.client` says how it is set).
+
+The reply is checked as the customers above us will check it once we relay it: at the
+question's depth, about the batch ids asked, and with room for our own level (a reply
+of 16 levels, fine for the OEM, would make ours 17 and our customer refuse all of it).
+The levels' signatures are verified only by the OEM (`member_key` gives it the key of a
+member by name: its directory entry, or for a static peer the one it presents, bound to
+the member id of its certificate).
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
+import uuid
 
 import grpc
 
-from qdspace.connector.trace import TierAnswer, TraceError
-from qdspace.node.errors import PeerError
+from qdspace.connector.trace import AnswerSize, TierAnswer, TraceError
+from qdspace.node.errors import NodeError, PeerError
+from qdspace.node.member_ids import member_id_for
 from qdspace.node.rpc.client import TRACE_REPLY_BYTES, oversized_reply
 from qdspace.node.rpc.peers import PeerDirectory
 from qdspace.node.rpc.trace_serde import question_to_proto, reply_from_bytes
-from qdspace.node.runtime.trace_producer import Ask, TraceQuestion
-from qdspace.protocols.v1 import trace_pb2
+from qdspace.node.runtime.trace_producer import TraceQuestion
+from qdspace.protocols.v1 import node_pb2, node_pb2_grpc, trace_pb2
+
+logger = logging.getLogger("node.trace")
 
 INVESTIGATE = "/qdspace.v1.Trace/Investigate"
 #: the largest reply read (see the module docstring)
@@ -66,10 +78,29 @@ def _refusal(producer: str, exc: grpc.aio.AioRpcError) -> PeerError:
     return PeerError(f"{producer}: {code}: {details[:200]}", code)
 
 
-def grpc_ask(peers: PeerDirectory) -> Ask:
-    async def ask(
-        producer: str, member_id: str, question: TraceQuestion, timeout_s: float
+#: how long the OEM waits for a member's key over a Hello (a static peer it does not list)
+KEY_TIMEOUT_S = 5.0
+
+
+def reply_reserve(question: TraceQuestion) -> AnswerSize:
+    """What the asker adds above the reply before its customer checks it: its own level,
+    unless the asker is the OEM (depth 0), whose own level goes to nobody."""
+    return AnswerSize(levels=1 if question.depth > 0 else 0)
+
+
+class GrpcAsk:
+    """`TraceRoom`'s `Ask` over mutual TLS, and the members' verify keys for the OEM."""
+
+    def __init__(self, peers: PeerDirectory) -> None:
+        self.peers = peers
+        #: member id -> verify key: a member id is made of its key (`member_id_for`), so
+        #: a key found for it once stays its key
+        self._keys: dict[str, bytes] = {}
+
+    async def __call__(
+        self, producer: str, member_id: str, question: TraceQuestion, timeout_s: float
     ) -> TierAnswer:
+        peers = self.peers
         # the agreement's producer, not whoever holds its name now (`confirm_member`)
         await peers.confirm_member(member_id)
         # no deserializer: the bytes, parsed off the event loop below
@@ -84,6 +115,47 @@ def grpc_ask(peers: PeerDirectory) -> Ask:
             raise _refusal(producer, exc) from None
         if len(reply) > MAX_REPLY_BYTES:  # a channel without the method's limit
             raise TraceError(too_large(producer, len(reply)))
-        return await asyncio.to_thread(reply_from_bytes, reply, producer, question.path)
+        return await asyncio.to_thread(
+            lambda: reply_from_bytes(
+                reply,
+                producer,
+                question.path,
+                depth=question.depth,
+                asked=frozenset(question.batch_ids),
+                reserve=reply_reserve(question),
+            )
+        )
 
-    return ask
+    async def member_key(self, name: str) -> tuple[str, bytes] | None:
+        """The member id and verify key of the member called `name` now (None: not
+        known or not reachable, so its levels stay unverified)."""
+        try:
+            member_id = await self.peers.member_at(name)
+            key = self._keys.get(member_id)
+            if key is None:
+                entry = self.peers.listed(member_id)
+                if entry is not None and entry.name == name:
+                    key = bytes.fromhex(entry.verify_key)
+                else:  # a static peer the directory does not list
+                    key = await self._hello(name)
+        except (NodeError, ValueError, grpc.aio.AioRpcError) as exc:
+            logger.info("trace: no verify key for %s: %s", name, exc)
+            return None
+        if member_id_for(name, key) != member_id:
+            logger.warning("trace: %s: its verify key does not match its member id", name)
+            return None
+        self._keys[member_id] = key
+        return member_id, key
+
+    async def _hello(self, name: str) -> bytes:
+        """The verify key a static peer states over its pinned mutual-TLS channel."""
+        stub = node_pb2_grpc.NodeStub(self.peers.channel(name))
+        request = node_pb2.HelloRequest(nonce=uuid.uuid4().hex)
+        reply = await stub.Hello(request, timeout=KEY_TIMEOUT_S)
+        if reply.server.name != name:
+            raise PeerError(f"peer {name} answered as {reply.server.name[:64]!r}")
+        return bytes(reply.server.verify_key)
+
+
+def grpc_ask(peers: PeerDirectory) -> GrpcAsk:
+    return GrpcAsk(peers)

@@ -6,7 +6,9 @@ before counting them would hold the event loop for minutes and take gigabytes. S
 `answer_from_proto` first counts on the message itself (`_check_counts`: the repeated
 fields' lengths, level by level and all levels together, against the same limits
 `connector.trace.check_answer` uses), builds objects only for a reply within them, then
-has `check_answer` bound the rest (texts, numbers, who relays whom). Times must parse.
+has `check_answer` bound the rest (texts, numbers, who relays whom, what was asked).
+Times must parse. A question's path entries, trace id and nonce are ids like its batch
+ids, checked as such: a peer's 200 KB of control characters are not passed on down.
 """
 
 from __future__ import annotations
@@ -23,16 +25,19 @@ from qdspace.connector.trace import (
     MAX_EVIDENCE,
     MAX_FINDINGS,
     MAX_LINKS,
+    MAX_MISSING,
     MAX_PARENTS,
     MAX_PATH,
     MAX_UPSTREAM,
     MAX_WINDOWS,
     AnswerSize,
     BatchLink,
+    LevelSeal,
     MissingTier,
     TierAnswer,
     TraceError,
     check_answer,
+    check_id,
     check_size,
     level_size,
 )
@@ -42,7 +47,12 @@ from qdspace.protocols.v1 import trace_pb2
 
 def question_to_proto(q: TraceQuestion) -> trace_pb2.InvestigateRequest:
     return trace_pb2.InvestigateRequest(
-        agreement_id=q.agreement_id, batch_ids=q.batch_ids, path=list(q.path), depth=q.depth
+        agreement_id=q.agreement_id,
+        batch_ids=q.batch_ids,
+        path=list(q.path),
+        depth=q.depth,
+        trace_id=q.trace_id,
+        nonce=q.nonce,
     )
 
 
@@ -51,8 +61,18 @@ def question_from_proto(message: trace_pb2.InvestigateRequest) -> TraceQuestion:
         raise TraceError(f"a trace goes at most {MAX_DEPTH} tiers deep")
     if len(message.agreement_id) > 128:
         raise TraceError("agreement id: at most 128 characters")
+    for i, member in enumerate(message.path):
+        check_id(member, f"path entry {i}")
+    for value, what in ((message.trace_id, "trace id"), (message.nonce, "trace nonce")):
+        if value:  # a question without them gets a level no OEM's trace verifies
+            check_id(value, what)
     return TraceQuestion(
-        message.agreement_id, list(message.batch_ids), tuple(message.path), message.depth
+        message.agreement_id,
+        list(message.batch_ids),
+        tuple(message.path),
+        message.depth,
+        message.trace_id,
+        message.nonce,
     )
 
 
@@ -146,7 +166,12 @@ def _finding_from(m: trace_pb2.Finding) -> Finding:
 
 
 def answer_to_proto(a: TierAnswer) -> trace_pb2.TierAnswer:
+    seal = a.seal or LevelSeal("", "", (), b"")
     return trace_pb2.TierAnswer(
+        member_id=seal.member_id,
+        asked_by=seal.asked_by,
+        asked=list(seal.asked),
+        signature=seal.signature,
         member=a.member,
         implicated=list(a.implicated),
         comparable_n=a.comparable_n,
@@ -170,7 +195,7 @@ def _level_counts(m: trace_pb2.TierAnswer, where: str) -> AnswerSize:
         raise TraceError(f"{where}: too many batches")
     if len(m.findings) > MAX_FINDINGS or len(m.upstream) > MAX_UPSTREAM:
         raise TraceError(f"{where}: too many findings or upstream answers")
-    if len(m.missing) > MAX_UPSTREAM:
+    if len(m.missing) > MAX_MISSING or len(m.asked) > MAX_BATCHES:
         raise TraceError(f"{where}: malformed")
     parents = 0
     for link in m.links:
@@ -183,22 +208,22 @@ def _level_counts(m: trace_pb2.TierAnswer, where: str) -> AnswerSize:
             raise TraceError(f"{where}: too much evidence")
         ids += len(f.evidence) + sum(len(w.batches) for w in f.windows)
     missing = sum(len(x.batch_ids) for x in m.missing)
-    return level_size(len(m.implicated), len(m.links), parents, ids, missing)
+    return level_size(len(m.implicated), len(m.links), parents, ids + len(m.asked), missing)
 
 
-def _check_counts(m: trace_pb2.TierAnswer) -> None:
+def _check_counts(m: trace_pb2.TierAnswer, depth: int, reserve: AnswerSize) -> None:
     """`TraceError` unless every level of `m` and all of them together are within the
     counts `check_answer` allows: read before a single domain object is built."""
     total = AnswerSize()
-    todo = [(0, m)]
+    todo = [(depth, m)]
     while todo:
-        depth, level = todo.pop()
+        level_depth, level = todo.pop()
         where = f"answer of {level.member[:64]!r}"
-        if depth > MAX_DEPTH:
+        if level_depth > MAX_DEPTH:
             raise TraceError(f"{where}: nested deeper than {MAX_DEPTH} tiers")
         total += _level_counts(level, where)
-        check_size(total, where)
-        todo += [(depth + 1, up) for up in level.upstream]
+        check_size(total, where, reserve)
+        todo += [(level_depth + 1, up) for up in level.upstream]
 
 
 def _answer_from(m: trace_pb2.TierAnswer, depth: int) -> TierAnswer:
@@ -216,21 +241,44 @@ def _answer_from(m: trace_pb2.TierAnswer, depth: int) -> TierAnswer:
         upstream=tuple(_answer_from(u, depth + 1) for u in m.upstream),
         missing=tuple(MissingTier(x.member, tuple(x.batch_ids), x.reason) for x in m.missing),
         elapsed_ms=m.elapsed_ms,
+        seal=_seal_from(m),
     )
 
 
+def _seal_from(m: trace_pb2.TierAnswer) -> LevelSeal | None:
+    """A level's seal; None for a level that carries none (counted as unverified)."""
+    if not (m.signature or m.member_id or m.asked_by or m.asked):
+        return None
+    return LevelSeal(m.member_id, m.asked_by, tuple(m.asked), m.signature)
+
+
 def answer_from_proto(
-    m: trace_pb2.TierAnswer, member: str, path: tuple[str, ...] = ()
+    m: trace_pb2.TierAnswer,
+    member: str,
+    path: tuple[str, ...] = (),
+    *,
+    depth: int = 0,
+    asked: frozenset[str] | None = None,
+    reserve: AnswerSize = AnswerSize(),
 ) -> TierAnswer:
     """A producer's answer, counted, decoded and checked (`TraceError` names what is
-    wrong); `member` is who was asked and `path` the members above it, the asker last."""
-    _check_counts(m)
-    answer = _answer_from(m, 0)
-    check_answer(answer, member=member, path=path)
+    wrong); `member` is who was asked, `path` the members above it (the asker last) and
+    `depth`, `asked` and `reserve` as `check_answer` takes them."""
+    _check_counts(m, depth, reserve)
+    answer = _answer_from(m, depth)
+    check_answer(answer, depth, member=member, path=path, asked=asked, reserve=reserve)
     return answer
 
 
-def reply_from_bytes(data: bytes, member: str, path: tuple[str, ...] = ()) -> TierAnswer:
+def reply_from_bytes(
+    data: bytes,
+    member: str,
+    path: tuple[str, ...] = (),
+    *,
+    depth: int = 0,
+    asked: frozenset[str] | None = None,
+    reserve: AnswerSize = AnswerSize(),
+) -> TierAnswer:
     """An ``InvestigateReply`` as it came off the wire, parsed, counted, decoded and checked
     (slow for a large reply: the caller runs it in a worker thread)."""
     reply = trace_pb2.InvestigateReply()
@@ -238,4 +286,4 @@ def reply_from_bytes(data: bytes, member: str, path: tuple[str, ...] = ()) -> Ti
         reply.ParseFromString(data)
     except DecodeError:
         raise TraceError(f"{member}: the answer is not a trace reply") from None
-    return answer_from_proto(reply.answer, member, path)
+    return answer_from_proto(reply.answer, member, path, depth=depth, asked=asked, reserve=reserve)

@@ -32,6 +32,7 @@ from qdspace.connector.genealogy import (
 from qdspace.connector.storage import QualityStore
 from qdspace.connector.trace import check_batch_count
 from qdspace.node.errors import LimitExceeded
+from qdspace.node.identity.certs import MemberIdentity
 from qdspace.node.rpc.auth import current_peer
 from qdspace.node.rpc.codes import status_code
 from qdspace.node.rpc.trace_serde import answer_to_proto, question_from_proto
@@ -64,16 +65,19 @@ class TraceServicer(trace_pb2_grpc.TraceServicer):
     ) -> trace_pb2.UpstreamReply:
         peer = current_peer()
         try:
-            reply = await asyncio.to_thread(self._upstream, request.batch_id, peer.name)
+            reply = await asyncio.to_thread(self._upstream, request.batch_id, peer.identity)
         except (UnknownBatch, NotYourBatch) as exc:  # one status and one answer for both
             await context.abort(status_code(exc), not_yours(request, peer.name))
         except GenealogyError as exc:
             await context.abort(status_code(exc), str(exc))
         return reply
 
-    def _upstream(self, batch_id: str, customer: str) -> trace_pb2.UpstreamReply:
-        """``Upstream``'s reads and reply, in a worker thread."""
-        batch, parents = upstream(self._store.engine, batch_id, customer=customer)
+    def _upstream(self, batch_id: str, caller: MemberIdentity) -> trace_pb2.UpstreamReply:
+        """``Upstream``'s reads and reply, in a worker thread: the batch's customer by
+        name, and by member id as far as our agreements tell (`genealogy.bought_by`)."""
+        batch, parents = upstream(
+            self._store.engine, batch_id, customer=caller.name, customer_id=caller.member_id
+        )
         return trace_pb2.UpstreamReply(
             batch=batch_to_proto(batch), parents=[batch_to_proto(p) for p in parents]
         )

@@ -20,7 +20,24 @@ a genealogy that loops back through a member ends there, and `MAX_DEPTH` bounds 
 depth whatever a caller claims.
 
 The OEM's own trace starts here too (`tier` with only itself on the path): the top of
-the trace is the same computation over the OEM's module batches.
+the trace is the same computation over the OEM's module batches, under a fresh trace id
+and nonce that every question of the trace carries down. Each tier signs the level it
+answers with its member key for that trace, that asker and those batch ids
+(`connector.trace_seal`), and the OEM keeps only the levels it can verify with the keys
+it knows for their members (`KeyLookup`: the member directory, or the peer's own
+handshake); a level it cannot verify becomes a missing tier saying why.
+
+A caller's deadline is our budget for asking our producers, but never more than
+`DEFAULT_DEADLINE_S`: a customer cannot keep our calls to our producers open for days.
+Every producer we buy from is asked or named missing: beyond the `MAX_UPSTREAM` asked,
+one missing tier names how many more there were, and the answer is partial.
+
+Each answer we relay is checked by our customer as a whole, with the same totals ours
+is: a producer's reply is checked at the depth it will sit at and with room for our own
+level (`node.rpc.trace_client`), and our assembled answer is checked the way our
+customer will check it; while it does not fit, the largest producer's answer is left
+out as a missing tier ("answer too large to relay"), so a producer that sends too much
+costs its own part, not ours.
 
 Our own findings are computed over raw ids (an operator is an operator inside the
 company) and pseudonymized only when they go to a customer (`connector.trace.
@@ -31,9 +48,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import secrets
 import time
+import uuid
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, replace
+from typing import Protocol, runtime_checkable
 
 from sqlalchemy import Engine, inspect, select
 
@@ -44,18 +64,24 @@ from qdspace.connector.pseudonym import Pseudonymizer
 from qdspace.connector.release_gate import ReleaseGate
 from qdspace.connector.rootcause import Finding
 from qdspace.connector.trace import (
+    MAX_BATCHES,
     MAX_DEPTH,
+    MAX_TEXT,
     MAX_UPSTREAM,
     ROOT_CAUSE_PURPOSE,
     TRACEABILITY_ASSET,
+    AnswerSize,
     MissingTier,
     TierAnswer,
     TraceError,
     TraceRefused,
+    answer_size,
+    check_answer,
     check_batch_ids,
     pseudonymize_own,
 )
 from qdspace.connector.trace_data import batches, local_tier, tier_findings, tier_genealogy
+from qdspace.connector.trace_seal import TraceNonce, seal_level, verified
 from qdspace.node.config import DEFAULT_TRACES_PER_HOUR
 from qdspace.node.errors import LimitExceeded
 from qdspace.node.identity.certs import MemberIdentity
@@ -66,7 +92,7 @@ from qdspace.util.token_bucket import TokenBuckets
 
 logger = logging.getLogger("node.trace")
 
-#: what a producer is given when the caller set no deadline
+#: what a producer is given when the caller set no deadline, and at most whatever it set
 DEFAULT_DEADLINE_S = 30.0
 #: kept back from the deadline for our own answer to travel back
 DEADLINE_MARGIN_S = 0.25
@@ -81,11 +107,26 @@ class TraceQuestion:
     batch_ids: list[str]
     path: tuple[str, ...] = ()  # members asked above us, top first
     depth: int = 0  # tiers above us
+    trace_id: str = ""  # the OEM's trace and its nonce: what our signed level binds
+    nonce: str = ""
 
 
 #: asks producer `name`, the member `member_id` our agreement names, a question (its
 #: agreement and batch ids) within `timeout_s`
 Ask = Callable[[str, str, TraceQuestion, float], Awaitable[TierAnswer]]
+#: the member id and Ed25519 verify key of the member called `name`, None if unknown
+KeyLookup = Callable[[str], Awaitable[tuple[str, bytes] | None]]
+
+
+@runtime_checkable
+class KeyedAsk(Protocol):
+    """An `Ask` that also knows members' verify keys (`node.rpc.trace_client.grpc_ask`)."""
+
+    async def __call__(
+        self, producer: str, member_id: str, question: TraceQuestion, timeout_s: float
+    ) -> TierAnswer: ...
+
+    async def member_key(self, name: str) -> tuple[str, bytes] | None: ...
 
 
 def anchored_through(engine: Engine) -> dict[str, int]:
@@ -139,11 +180,17 @@ class TraceRoom:
     too deep), refused on its shape alone, costs none."""
 
     def __init__(
-        self, contracts: ContractRuntime, ask: Ask | None, per_hour: int = DEFAULT_TRACES_PER_HOUR
+        self,
+        contracts: ContractRuntime,
+        ask: Ask | None,
+        per_hour: int = DEFAULT_TRACES_PER_HOUR,
+        keys: KeyLookup | None = None,
     ) -> None:
         self.contracts = contracts
         self.engine = contracts.qdm
         self.ask = ask
+        #: how the OEM learns the keys its producers' levels are verified with
+        self.keys = keys if keys is not None or not isinstance(ask, KeyedAsk) else ask.member_key
         self.me = contracts.me.name
         self.per_hour = per_hour
         self._asked = TokenBuckets(per_hour / 3600, min(TRACE_BURST, per_hour))
@@ -232,8 +279,12 @@ class TraceRoom:
         self._take(peer)  # before any look-up: a refused question costs its token too
         ids, pseudonyms = await asyncio.to_thread(self.authorize, peer, question)
         path = (*question.path, self.me)
-        ours = await self.tier(ids, path, question.depth + 1, deadline_s)
-        return pseudonymize_own(ours, pseudonyms)
+        trace = TraceNonce(question.trace_id, question.nonce)
+        ours = await self.tier(ids, path, question.depth + 1, deadline_s, trace)
+        sent = pseudonymize_own(ours, pseudonyms)
+        me = self.contracts.me.member_id
+        key = self.contracts.signing_key
+        return seal_level(sent, key, trace, me, peer.member_id, tuple(sorted(ids)))
 
     # ----------------------------------------------------------------- our part
 
@@ -242,24 +293,35 @@ class TraceRoom:
         return local_tier(self.engine, ids, self.me, anchored_through(self.engine))
 
     async def tier(
-        self, ids: frozenset[str], path: tuple[str, ...], depth: int, deadline_s: float | None
+        self,
+        ids: frozenset[str],
+        path: tuple[str, ...],
+        depth: int,
+        deadline_s: float | None,
+        trace: TraceNonce | None = None,
     ) -> TierAnswer:
         """Our part for `ids` with our producers' answers below it; `path` holds the
-        members asked above us and ourselves last (the OEM's: only itself)."""
+        members asked above us and ourselves last (the OEM's: only itself), `trace` the
+        trace's id and nonce (the OEM's top tier makes a fresh one). At the top (depth
+        0) only the levels verified as their members' own are kept; below it, the
+        answer is made to fit what our customer accepts (see the module docstring)."""
         started = time.perf_counter()
+        if trace is None:
+            trace = TraceNonce(uuid.uuid4().hex, secrets.token_hex(16))
         budget = DEFAULT_DEADLINE_S if deadline_s is None else deadline_s
+        budget = min(budget, DEFAULT_DEADLINE_S)  # a customer's 1e6 s is not ours to give
         rows, links, bought = await asyncio.to_thread(tier_genealogy, self.engine, ids, self.me)
         left = budget - (time.perf_counter() - started) - DEADLINE_MARGIN_S
         # our producers work on their parts while we work on ours: a trace takes as
         # long as its slowest tier, not the sum of all tiers
-        asking = asyncio.ensure_future(self._ask_all(bought, path, depth, left))
+        asking = asyncio.ensure_future(self._ask_all(bought, path, depth, left, trace))
         try:
             comparable_n, findings = await asyncio.to_thread(self._findings, rows)
         except BaseException:
             asking.cancel()
             raise
         upstream, missing = await asking
-        return TierAnswer(
+        answer = TierAnswer(
             member=self.me,
             implicated=tuple(sorted(rows)),
             comparable_n=comparable_n,
@@ -267,8 +329,23 @@ class TraceRoom:
             findings=tuple(findings),
             upstream=tuple(upstream),
             missing=tuple(missing),
-            elapsed_ms=(time.perf_counter() - started) * 1000,
         )
+        if depth == 0:
+            answer = await self._verified(answer, trace)
+        else:
+            answer = await asyncio.to_thread(fit_for_customer, answer, depth, path, len(ids))
+        return replace(answer, elapsed_ms=(time.perf_counter() - started) * 1000)
+
+    async def _verified(self, answer: TierAnswer, trace: TraceNonce) -> TierAnswer:
+        """Our answer (the OEM's) with only the levels below it that verify
+        (`connector.trace_seal.verified`), with the keys we know for their members."""
+        names = sorted({tier.member for depth, tier in answer.walk() if depth > 0})
+        keys: dict[str, tuple[str, bytes]] = {}
+        if self.keys is not None and names:
+            found = await asyncio.gather(*(self.keys(n) for n in names), return_exceptions=True)
+            keys = {n: k for n, k in zip(names, found, strict=True) if isinstance(k, tuple)}
+        me = self.contracts.me.member_id
+        return await asyncio.to_thread(verified, answer, me, trace, keys)
 
     def _findings(self, rows: Mapping[str, Mapping[str, object]]) -> tuple[int, list[Finding]]:
         return tier_findings(self.engine, rows, self.me, anchored_through(self.engine))
@@ -287,12 +364,19 @@ class TraceRoom:
         return {producer: self.own_agreement(producer) for producer in producers}
 
     async def _ask_all(
-        self, bought: Mapping[str, set[str]], path: tuple[str, ...], depth: int, left_s: float
+        self,
+        bought: Mapping[str, set[str]],
+        path: tuple[str, ...],
+        depth: int,
+        left_s: float,
+        trace: TraceNonce,
     ) -> tuple[list[TierAnswer], list[MissingTier]]:
         answers: list[TierAnswer] = []
         missing: list[MissingTier] = []
         calls: dict[str, Awaitable[TierAnswer]] = {}
         producers = sorted(bought)[:MAX_UPSTREAM]
+        if beyond := not_asked(bought):
+            missing.append(beyond)
         askable = [p for p in producers if self._cannot_ask(p, path, depth, left_s) is None]
         agreements = await asyncio.to_thread(self._own_agreements, askable)  # reads the store
         for producer in producers:
@@ -305,7 +389,9 @@ class TraceRoom:
                 missing.append(MissingTier(producer, ids, reason or "this node cannot call peers"))
                 continue
             agreement_id, member_id = agreement
-            question = TraceQuestion(agreement_id, list(ids), path, depth)
+            question = TraceQuestion(
+                agreement_id, list(ids), path, depth, trace.trace_id, trace.nonce
+            )
             calls[producer] = self.ask(producer, member_id, question, left_s)
         results = await asyncio.gather(*calls.values(), return_exceptions=True)
         for producer, result in zip(calls, results, strict=True):
@@ -327,6 +413,53 @@ class TraceRoom:
         if left_s < MIN_ASK_S:
             return "no time left before the deadline"
         return None
+
+
+def not_asked(bought: Mapping[str, set[str]]) -> MissingTier | None:
+    """The producers beyond the `MAX_UPSTREAM` a tier asks, as one missing tier (named
+    after the first of them, with their batch ids as far as they fit): neither asked
+    nor silently dropped, they make the trace partial."""
+    rest = sorted(bought)[MAX_UPSTREAM:]
+    if not rest:
+        return None
+    ids = tuple(b for producer in rest for b in sorted(bought[producer]))[:MAX_BATCHES]
+    reason = (
+        f"not asked: {len(rest)} producers beyond the {MAX_UPSTREAM} a tier asks "
+        f"({', '.join(rest)})"
+    )
+    return MissingTier(
+        rest[0], ids, reason[: MAX_TEXT - 3] + "..." if len(reason) > MAX_TEXT else reason
+    )
+
+
+def fit_for_customer(
+    answer: TierAnswer, depth: int, path: tuple[str, ...], asked: int
+) -> TierAnswer:
+    """`answer` (ours, at `depth`, asked about `asked` batch ids; `path` ends with us)
+    as our customer will accept it: checked the way it checks it, and while it does not
+    fit, the largest answer we relay left out as a missing tier ("answer too large to
+    relay"). A `TraceError` only if our own level alone does not fit."""
+    customer = depth - 1  # the depth our customer checks our answer at
+    # the members above us; a question claiming a path through us ends with us (we ask
+    # nobody on it), and our answer is not ours to refuse for that
+    above = tuple(m for m in path[:-1] if m != answer.member)
+    reserve = AnswerSize(levels=1 if customer > 0 else 0, ids=asked)
+    while True:
+        try:
+            check_answer(answer, customer, path=above, reserve=reserve)
+            return answer
+        except TraceError as exc:
+            if not answer.upstream:
+                raise
+            largest = max(answer.upstream, key=lambda up: answer_size(up).weight)
+            ids = largest.seal.asked if largest.seal is not None else largest.implicated
+            reason = f"answer too large to relay: {exc}"[:MAX_TEXT]
+            logger.warning("trace: %s: %s", largest.member, reason)
+            answer = replace(
+                answer,
+                upstream=tuple(up for up in answer.upstream if up is not largest),
+                missing=(*answer.missing, MissingTier(largest.member, ids, reason)),
+            )
 
 
 def _reason(exc: BaseException) -> str:

@@ -35,16 +35,20 @@ class UpstreamReply(_message.Message):
     def __init__(self, batch: _Optional[_Union[BatchRef, _Mapping]] = ..., parents: _Optional[_Iterable[_Union[BatchRef, _Mapping]]] = ...) -> None: ...
 
 class InvestigateRequest(_message.Message):
-    __slots__ = ("agreement_id", "batch_ids", "path", "depth")
+    __slots__ = ("agreement_id", "batch_ids", "path", "depth", "trace_id", "nonce")
     AGREEMENT_ID_FIELD_NUMBER: _ClassVar[int]
     BATCH_IDS_FIELD_NUMBER: _ClassVar[int]
     PATH_FIELD_NUMBER: _ClassVar[int]
     DEPTH_FIELD_NUMBER: _ClassVar[int]
+    TRACE_ID_FIELD_NUMBER: _ClassVar[int]
+    NONCE_FIELD_NUMBER: _ClassVar[int]
     agreement_id: str
     batch_ids: _containers.RepeatedScalarFieldContainer[str]
     path: _containers.RepeatedScalarFieldContainer[str]
     depth: int
-    def __init__(self, agreement_id: _Optional[str] = ..., batch_ids: _Optional[_Iterable[str]] = ..., path: _Optional[_Iterable[str]] = ..., depth: _Optional[int] = ...) -> None: ...
+    trace_id: str
+    nonce: str
+    def __init__(self, agreement_id: _Optional[str] = ..., batch_ids: _Optional[_Iterable[str]] = ..., path: _Optional[_Iterable[str]] = ..., depth: _Optional[int] = ..., trace_id: _Optional[str] = ..., nonce: _Optional[str] = ...) -> None: ...
 
 class Window(_message.Message):
     __slots__ = ("start", "end", "readings", "batches", "peak_sigma")
@@ -123,7 +127,7 @@ class MissingTier(_message.Message):
     def __init__(self, member: _Optional[str] = ..., batch_ids: _Optional[_Iterable[str]] = ..., reason: _Optional[str] = ...) -> None: ...
 
 class TierAnswer(_message.Message):
-    __slots__ = ("member", "implicated", "comparable_n", "links", "findings", "upstream", "missing", "elapsed_ms")
+    __slots__ = ("member", "implicated", "comparable_n", "links", "findings", "upstream", "missing", "elapsed_ms", "member_id", "asked_by", "asked", "signature")
     MEMBER_FIELD_NUMBER: _ClassVar[int]
     IMPLICATED_FIELD_NUMBER: _ClassVar[int]
     COMPARABLE_N_FIELD_NUMBER: _ClassVar[int]
@@ -132,6 +136,10 @@ class TierAnswer(_message.Message):
     UPSTREAM_FIELD_NUMBER: _ClassVar[int]
     MISSING_FIELD_NUMBER: _ClassVar[int]
     ELAPSED_MS_FIELD_NUMBER: _ClassVar[int]
+    MEMBER_ID_FIELD_NUMBER: _ClassVar[int]
+    ASKED_BY_FIELD_NUMBER: _ClassVar[int]
+    ASKED_FIELD_NUMBER: _ClassVar[int]
+    SIGNATURE_FIELD_NUMBER: _ClassVar[int]
     member: str
     implicated: _containers.RepeatedScalarFieldContainer[str]
     comparable_n: int
@@ -140,7 +148,11 @@ class TierAnswer(_message.Message):
     upstream: _containers.RepeatedCompositeFieldContainer[TierAnswer]
     missing: _containers.RepeatedCompositeFieldContainer[MissingTier]
     elapsed_ms: float
-    def __init__(self, member: _Optional[str] = ..., implicated: _Optional[_Iterable[str]] = ..., comparable_n: _Optional[int] = ..., links: _Optional[_Iterable[_Union[BatchLink, _Mapping]]] = ..., findings: _Optional[_Iterable[_Union[Finding, _Mapping]]] = ..., upstream: _Optional[_Iterable[_Union[TierAnswer, _Mapping]]] = ..., missing: _Optional[_Iterable[_Union[MissingTier, _Mapping]]] = ..., elapsed_ms: _Optional[float] = ...) -> None: ...
+    member_id: str
+    asked_by: str
+    asked: _containers.RepeatedScalarFieldContainer[str]
+    signature: bytes
+    def __init__(self, member: _Optional[str] = ..., implicated: _Optional[_Iterable[str]] = ..., comparable_n: _Optional[int] = ..., links: _Optional[_Iterable[_Union[BatchLink, _Mapping]]] = ..., findings: _Optional[_Iterable[_Union[Finding, _Mapping]]] = ..., upstream: _Optional[_Iterable[_Union[TierAnswer, _Mapping]]] = ..., missing: _Optional[_Iterable[_Union[MissingTier, _Mapping]]] = ..., elapsed_ms: _Optional[float] = ..., member_id: _Optional[str] = ..., asked_by: _Optional[str] = ..., asked: _Optional[_Iterable[str]] = ..., signature: _Optional[bytes] = ...) -> None: ...
 
 class InvestigateReply(_message.Message):
     __slots__ = ("answer",)

@@ -15,6 +15,7 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
+from nacl.signing import SigningKey
 
 from qdspace.connector.genealogy import BatchInfo
 from qdspace.connector.pseudonym import Pseudonymizer
@@ -129,9 +130,9 @@ def test_the_client_decodes_the_reply_off_the_event_loop(monkeypatch: pytest.Mon
     threads: list[threading.Thread] = []
     decode = trace_serde.reply_from_bytes
 
-    def spy(data: bytes, member: str, path: tuple[str, ...] = ()) -> TierAnswer:
+    def spy(data: bytes, member: str, path: tuple[str, ...] = (), **checks: Any) -> TierAnswer:
         threads.append(threading.current_thread())
-        return decode(data, member, path)
+        return decode(data, member, path, **checks)
 
     monkeypatch.setattr(trace_client, "reply_from_bytes", spy)
 
@@ -163,8 +164,9 @@ def test_bytes_that_are_no_reply_are_a_trace_error() -> None:
 
 
 def test_check_answer_bounds_the_answer_as_a_whole() -> None:
-    wafer = _tier("siwafer", "W", ("polysil",), MAX_LINKS, MAX_PARENTS)
+    wafer = _tier("siwafer", "C0.", ("polysil",), MAX_LINKS, MAX_PARENTS)
     check_answer(wafer)  # one level at its limits is fine
+    wafer = replace(wafer, implicated=("C0.0",))  # about a batch cellex names as siwafer's
     with pytest.raises(TraceError, match="in one answer"):
         check_answer(_tier("cellex", "C", ("siwafer",), MAX_LINKS, MAX_PARENTS, upstream=(wafer,)))
 
@@ -200,10 +202,10 @@ def test_a_relayed_tier_cannot_close_a_cycle_or_appear_twice() -> None:
     wafer = _tier("siwafer", "C0.", producers=("cellex",), upstream=(again,))
     with pytest.raises(TraceError, match="cycle"):
         check_answer(_tier("cellex", "C", upstream=(wafer,)), member="cellex")
-    wafer = _tier("siwafer", "W", ("polysil",))
+    wafer = _tier("siwafer", "C0.", ("polysil",))
     with pytest.raises(TraceError, match="twice"):
         check_answer(_tier("cellex", "C", upstream=(wafer, wafer)), member="cellex")
-    asker = _tier("sunarc", "M", producers=("cellex",))
+    asker = _tier("sunarc", "C0.", producers=("cellex",))
     cell = _tier("cellex", "C", producers=("sunarc",), upstream=(asker,))
     check_answer(cell, member="cellex")  # sunarc could be a producer of cellex ...
     with pytest.raises(TraceError, match="cycle"):  # ... but not when it is the asker
@@ -239,14 +241,15 @@ def test_a_tier_answers_its_customer_with_operator_pseudonyms(
     wafer = _tier("siwafer", "W", ("polysil",), findings=(replace(raw, key="operator=psn_x"),))
     ours = _tier("cellex", "C", findings=(raw,), upstream=(wafer,))
     pseudonyms = Pseudonymizer(SECRET, "agr-1")
-    contracts: Any = SimpleNamespace(qdm=None, me=SimpleNamespace(name="cellex"))
+    me = SimpleNamespace(name="cellex", member_id="cellex-000000000000")
+    contracts: Any = SimpleNamespace(qdm=None, me=me, signing_key=SigningKey.generate())
     room = TraceRoom(contracts, None)
 
     def authorize(peer: object, question: TraceQuestion) -> tuple[frozenset[str], Pseudonymizer]:
         return frozenset(question.batch_ids), pseudonyms
 
     async def tier(
-        ids: frozenset[str], path: tuple[str, ...], depth: int, deadline_s: float | None
+        ids: frozenset[str], path: tuple[str, ...], depth: int, deadline_s: float | None, *_: Any
     ) -> TierAnswer:
         return ours
 

@@ -77,11 +77,18 @@ def finding(tag: str, evidence: int) -> Finding:
     )
 
 
-def level(tag: str, upstream: tuple[TierAnswer, ...] = ()) -> TierAnswer:
+def named(tag: str, k: int) -> str:
+    """The batch a level `tag` names as bought from its `k`-th producer (first link)."""
+    return text(trace.MAX_ID, f"{tag}P0.{k}-")
+
+
+def level(tag: str, upstream: tuple[TierAnswer, ...] = (), first: str = "") -> TierAnswer:
     """One of `MAX_LEVELS` equal levels: its share of the totals' links, parents and ids
-    (one implicated batch, the rest 300-character evidence ids), `MAX_FINDINGS` findings
-    and `MAX_UPSTREAM` missing tiers; its parents name the producers of `upstream` and
-    of the missing tiers, as `check_answer` wants."""
+    (one implicated batch, `first`: the one the level above names as ours, the rest
+    300-character evidence ids), `MAX_FINDINGS` findings and `MAX_UPSTREAM` missing
+    tiers; its parents name the producers of `upstream` and of the missing tiers, and
+    each link after the first is made of a batch the one before it names, as
+    `check_answer` wants."""
     member = name(tag)
     links = trace.MAX_TOTAL_LINKS // trace.MAX_LEVELS
     parents = trace.MAX_TOTAL_PARENTS // trace.MAX_TOTAL_LINKS
@@ -90,7 +97,9 @@ def level(tag: str, upstream: tuple[TierAnswer, ...] = ()) -> TierAnswer:
     producers = [u.member for u in upstream] + list(absent)
     made = tuple(
         BatchLink(
-            ref(text(trace.MAX_ID, f"{tag}L{i}-"), member),
+            ref(first or text(trace.MAX_ID, f"{tag}L0-"), member)
+            if i == 0
+            else ref(text(trace.MAX_ID, f"{tag}P{i - 1}.0-"), member),
             tuple(
                 ref(text(trace.MAX_ID, f"{tag}P{i}.{j}-"), producers[j % len(producers)])
                 for j in range(parents)
@@ -111,8 +120,11 @@ def level(tag: str, upstream: tuple[TierAnswer, ...] = ()) -> TierAnswer:
 def maximal_answer() -> TierAnswer:
     """`MAX_LEVELS` levels: the top, `MAX_UPSTREAM` below it, the rest below the first."""
     rest = trace.MAX_LEVELS - 1 - trace.MAX_UPSTREAM
-    below = tuple(level(f"g{k}") for k in range(rest))
-    producers = (level("c0", below), *(level(f"c{k}") for k in range(1, trace.MAX_UPSTREAM)))
+    below = tuple(level(f"g{k}", first=named("c0", k)) for k in range(rest))
+    producers = (
+        level("c0", below, named("top", 0)),
+        *(level(f"c{k}", first=named("top", k)) for k in range(1, trace.MAX_UPSTREAM)),
+    )
     return level("top", producers)
 
 
