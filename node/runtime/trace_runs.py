@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import secrets
 import time
 import uuid
 from collections.abc import Callable, Mapping
@@ -25,6 +26,7 @@ from datetime import datetime
 from qdspace.connector.trace import MAX_BATCHES, TierAnswer, TraceError, check_id
 from qdspace.connector.trace_data import failed_batches
 from qdspace.connector.trace_report import TraceReport, build_report, report_bytes
+from qdspace.connector.trace_seal import TraceNonce
 from qdspace.connector.trace_store import DONE, StoredTrace, TraceStore
 from qdspace.node.runtime.trace_producer import TraceRoom
 
@@ -140,7 +142,9 @@ class TraceRuns:
         started: float,
     ) -> StoredTrace:
         try:
-            root = await self.room.tier(ids, (self.room.me,), 0, TRACE_DEADLINE_S)
+            # the report's id is the one every tier signs its level under, with a fresh nonce
+            nonce = TraceNonce(trace_id, secrets.token_hex(16))
+            root = await self.room.tier(ids, (self.room.me,), 0, TRACE_DEADLINE_S, nonce)
             timings: dict[str, float] = {"resolve": resolve_ms}
             for depth, tier in root.walk():
                 timings[f"tier{depth}:{tier.member}"] = tier.elapsed_ms
