@@ -63,10 +63,14 @@ def serve_authority(
     port: int,
     hostnames: Sequence[str] = DEFAULT_HOSTNAMES,
     proxies: TrustedProxies = NO_PROXIES,
+    *,
+    allow_local_endpoints: bool = False,
 ) -> None:
     """Serve the authority in ``directory`` until SIGTERM/SIGINT, reading callers'
-    addresses from the X-Forwarded-For of ``proxies`` only (none by default)."""
-    service = AuthorityService.open(directory)
+    addresses from the X-Forwarded-For of ``proxies`` only (none by default), taking
+    directory entries with loopback and private addresses if ``allow_local_endpoints``
+    (`AuthorityService`)."""
+    service = AuthorityService.open(directory, allow_local_endpoints=allow_local_endpoints)
     names = list(dict.fromkeys([*hostnames] or DEFAULT_HOSTNAMES))
     files = service.files
     if ensure_server_cert(files, service.authority.cert, service.ca_key, names):

@@ -28,6 +28,10 @@ each client address, and each address's network, has a budget of refused attempt
 Every refusal is logged for the operator, but through one budget of log lines for all
 callers (`attempts.LogBudget`), and a flood of 429s once per address and then summed up:
 a caller cannot flood the log, however many addresses it has.
+
+An entry may not name an address every follower would dial on its own machine or
+network (`node.authority.endpoints`): loopback and private ones only where the operator
+opted in (``authority serve --allow-local-endpoints``, a local network).
 """
 
 from __future__ import annotations
@@ -48,6 +52,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from qdspace.node.authority.attempts import UNKNOWN_CLIENT, Admission, AttemptRates, LogBudget
+from qdspace.node.authority.endpoints import check_endpoints
 from qdspace.node.errors import IdentityError, LimitExceeded
 from qdspace.node.identity.authority import Authority
 from qdspace.node.identity.certs import cert_to_pem, identity_of, load_key, verify_issued_by
@@ -148,8 +153,11 @@ class AuthorityService:
         ca_key: ec.EllipticCurvePrivateKey,
         attempts: AttemptRates | None = None,
         log_lines: LogBudget | None = None,
+        *,
+        allow_local_endpoints: bool = False,
     ) -> None:
         self.authority = authority
+        self.allow_local_endpoints = allow_local_endpoints
         self._ca_key = ca_key
         self.lock = threading.RLock()
         self._register: _Register | None = None
@@ -159,10 +167,12 @@ class AuthorityService:
         self._log_lines = log_lines or LogBudget()
 
     @classmethod
-    def open(cls, directory: Path) -> AuthorityService:
+    def open(cls, directory: Path, *, allow_local_endpoints: bool = False) -> AuthorityService:
+        """The service of the authority in ``directory``; ``allow_local_endpoints``: take
+        entries naming loopback and private addresses (a local network, module)."""
         authority = Authority.load(directory.resolve())
         ca_key = load_key(authority.files.ca_key, "authority key")
-        return cls(authority, ca_key)
+        return cls(authority, ca_key, allow_local_endpoints=allow_local_endpoints)
 
     @property
     def files(self) -> AuthorityLayout:
@@ -406,6 +416,7 @@ class AuthorityService:
         identity = identity_of(cert)
         entry_matches_certificate(entry, identity)
         verify_entry(entry)
+        check_endpoints(entry, allow_local=self.allow_local_endpoints)
         now = dt.datetime.now(dt.UTC)
         if entry.published > now + CLOCK_SKEW:
             raise MalformedDirectory(f"entry of {entry.name}: published_at is in the future")

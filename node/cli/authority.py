@@ -1,18 +1,22 @@
 """``qdspace authority ...``: the data space's CA on the operator's own machine.
 
-``init`` creates it, ``enroll`` makes a one-time code for a joining member, ``sign`` turns
+``init`` creates it, ``enroll`` makes a one-time code for a joining member (``cancel``
+withdraws one not yet redeemed: a name has one code waiting at a time), ``sign`` turns
 a member's certificate request into its certificate (admitted by a code, or by the
 operator naming the member and role; ``--renew`` for a known member's new key), ``revoke``
 and ``crl`` keep the revocation list, ``attest`` records the framework agreements a member
 signed (the service signs them into its directory), ``list`` shows what was issued. The
 authority never sees a member's private key: everything it signs arrives as a request
 (``qdspace node csr``).
+A number out of bounds (a code's lifetime, a CRL's validity: ``inf``, ``nan``, ``1e10``
+days, a CRL stale before it is copied) is refused as a one-line error, exit code 2.
 The authority service (``qdspace authority serve``) offers the same over HTTPS.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import math
 import re
 from pathlib import Path
 from typing import Annotated
@@ -24,22 +28,35 @@ from rich.table import Table
 from qdspace.node.authority.forwarded import TRUSTED_PROXIES_ENV, TrustedProxies
 from qdspace.node.cli.choices import Role
 from qdspace.node.cli.connect import JsonOpt, print_json
-from qdspace.node.cli.errors import clean_errors
+from qdspace.node.cli.errors import clean_errors, fail
 
 authority_app = typer.Typer(no_args_is_help=True, help="the data space's authority (CA)")
 console = Console()
 
 AuthDirOpt = Annotated[Path, typer.Option("--dir", help="authority directory")]
 _DURATION = re.compile(r"^(\d+(?:\.\d+)?)([smhd])$")
-_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
+#: the environment variable of ``serve --allow-local-endpoints``
+LOCAL_ENDPOINTS_ENV = "QDSPACE_AUTHORITY_ALLOW_LOCAL_ENDPOINTS"
+_UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+#: the exit code of a bad number on the command line (click's for a bad parameter)
+USAGE_EXIT = 2
 
 
-def parse_duration(text: str) -> dt.timedelta:
-    """``90s``, ``30m``, ``24h``, ``7d``."""
+def parse_duration(text: str, what: str, most: dt.timedelta) -> dt.timedelta:
+    """``90s``, ``30m``, ``24h``, ``7d``: more than nothing and at most ``most`` (a longer
+    one overflowed `datetime.timedelta` into a traceback), else a one-line error."""
     match = _DURATION.match(text.strip())
+    text = text if len(text) <= 40 else f"{text[:20]}...{text[-10:]}"
     if match is None:
-        raise typer.BadParameter(f"{text!r}: expected a number and s, m, h or d (e.g. 24h)")
-    return dt.timedelta(**{_UNITS[match[2]]: float(match[1])})
+        raise fail(f"{what} {text!r}: expected a number and s, m, h or d (e.g. 24h)", USAGE_EXIT)
+    seconds = float(match[1]) * _UNIT_S[match[2]]
+    if not 0 < seconds <= most.total_seconds():
+        raise fail(f"{what} {text!r}: more than 0 s and at most {_days(most)} days", USAGE_EXIT)
+    return dt.timedelta(seconds=seconds)
+
+
+def _days(span: dt.timedelta) -> str:
+    return f"{span.total_seconds() / 86400:g}"
 
 
 @authority_app.command("init")
@@ -72,8 +89,9 @@ def authority_enroll(
 ) -> None:
     """Make a one-time enrollment code for a member; it is shown once."""
     from qdspace.node.identity.authority import Authority
+    from qdspace.node.identity.enrollment import MAX_TTL
 
-    lifetime = parse_duration(ttl)
+    lifetime = parse_duration(ttl, "--ttl", MAX_TTL)
     authority = Authority.load(directory)
     if out is not None and out.exists():
         raise typer.BadParameter(f"{out} exists; an enrollment code is written to a new file")
@@ -83,17 +101,41 @@ def authority_enroll(
 
         write_atomic(out, f"{code}\n".encode(), mode=0o600)
         console.print(
-            f"enrollment code for [bold]{name}[/bold] ({role.value}), valid {ttl}, written to "
-            f"{out}; hand it to the member (`qdspace node join --code-file`)",
+            f"enrollment code {code.code_id} for [bold]{name}[/bold] ({role.value}), valid "
+            f"{ttl}, written to {out}; hand it to the member (`qdspace node join --code-file`)",
             soft_wrap=True,
         )
         return
     console.print(
-        f"enrollment code for [bold]{name}[/bold] ({role.value}), valid {ttl}, for one "
-        "certificate. It is not stored and will not be shown again:",
+        f"enrollment code {code.code_id} for [bold]{name}[/bold] ({role.value}), valid {ttl}, "
+        "for one certificate. It is not stored and will not be shown again:",
         soft_wrap=True,
     )
     print(str(code))
+
+
+@authority_app.command("cancel")
+@clean_errors
+def authority_cancel(
+    directory: AuthDirOpt,
+    code: Annotated[
+        str | None, typer.Option(help="the code to cancel: its id (16 hex) or the whole code")
+    ] = None,
+    name: Annotated[
+        str | None, typer.Option(help="cancel every code waiting for this member name")
+    ] = None,
+) -> None:
+    """Cancel an enrollment code not yet redeemed (a name has one waiting at a time)."""
+    from qdspace.node.identity.authority import Authority
+
+    if (code is None) == (name is None):
+        raise fail("give --code or --name (one of them)", USAGE_EXIT)
+    for entry in Authority.load(directory).cancel_enrollment(code=code, name=name):
+        console.print(
+            f"cancelled enrollment code {entry.code_id} for [bold]{entry.name}[/bold] "
+            f"({entry.role}, valid until {entry.expires_at})",
+            soft_wrap=True,
+        )
 
 
 @authority_app.command("sign")
@@ -195,11 +237,22 @@ def authority_attest(
 @clean_errors
 def authority_crl(
     directory: AuthDirOpt,
-    valid_days: Annotated[float, typer.Option(help="days until its nextUpdate")] = 7.0,
+    valid_days: Annotated[
+        float, typer.Option(help="days until its nextUpdate (1 hour to 90 days)")
+    ] = 7.0,
 ) -> None:
     """Re-issue the revocation list; nodes refuse every call once theirs is past nextUpdate."""
-    from qdspace.node.identity.authority import Authority
+    from qdspace.node.identity.admission import span
+    from qdspace.node.identity.authority import CRL_MAX_VALID, CRL_MIN_VALID, Authority
 
+    least, most = CRL_MIN_VALID.total_seconds() / 86400, CRL_MAX_VALID.total_seconds() / 86400
+    if not (math.isfinite(valid_days) and least <= valid_days <= most):
+        raise fail(
+            f"--valid-days {valid_days:g}: a revocation list is valid for {span(CRL_MIN_VALID)} "
+            f"to {span(CRL_MAX_VALID)} (one stale when it reaches the nodes makes them refuse "
+            "every call)",
+            USAGE_EXIT,
+        )
     path = Authority.load(directory).issue_crl(dt.timedelta(days=valid_days))
     console.print(f"revocation list re-issued: {path} (valid {valid_days:g} days)")
     console.print("nodes whose crl_path is this file reload it; copy it to the others")
@@ -254,6 +307,18 @@ def authority_serve(
             "budget of refused attempts)",
         ),
     ] = None,
+    allow_local_endpoints: Annotated[
+        bool,
+        typer.Option(
+            "--allow-local-endpoints",
+            envvar=LOCAL_ENDPOINTS_ENV,
+            show_envvar=True,
+            help="take members' directory entries that name loopback or private (RFC 1918, "
+            "unique local) addresses: a data space on one machine or one LAN (demo, tests). "
+            "Default: refused, as link-local addresses always are (every node following the "
+            "directory would dial them on its own machine or network)",
+        ),
+    ] = False,
     log_level: Annotated[str, typer.Option(help="log level")] = "INFO",
 ) -> None:
     """Serve the CA certificate, CRL, enrollment and the signed member directory over HTTPS.
@@ -268,4 +333,11 @@ def authority_serve(
     proxies = TrustedProxies.parse(trusted_proxy or ())
     setup_logging(log_level)
     names = hostname or ([host, *DEFAULT_HOSTNAMES] if host not in ("0.0.0.0", "::") else [])
-    serve_authority(directory, host, port, names or list(DEFAULT_HOSTNAMES), proxies)
+    serve_authority(
+        directory,
+        host,
+        port,
+        names or list(DEFAULT_HOSTNAMES),
+        proxies,
+        allow_local_endpoints=allow_local_endpoints,
+    )

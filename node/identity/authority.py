@@ -16,6 +16,13 @@ sees a member's private key: `sign_request` (a new member, admitted by an enroll
 or by the operator naming the member and role) and `renew` (a known member's new TLS key,
 while its certificate is valid: an expired member enrolls again) build the certificate
 from the verified request alone.
+
+One member id holds one role: a code is redeemed only by a key whose member id holds no
+valid certificate yet (`admission.check_not_enrolled`), and a name has at most one code
+waiting (`create_enrollment`; ``cancel_enrollment`` withdraws one). Two codes for one name (the
+operator re-issued it with another role, or because the first seemed lost) let one key
+redeem both and hold a supplier and a regulator certificate at once; a member's new TLS
+key is a renewal, and a code it was sent by mistake is cancelled.
 """
 
 from __future__ import annotations
@@ -32,6 +39,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from qdspace.node.errors import IdentityError
+from qdspace.node.identity import admission
 from qdspace.node.identity import enrollment as book
 from qdspace.node.identity.attestations import frameworks_of
 from qdspace.node.identity.certs import (
@@ -52,8 +60,10 @@ from qdspace.node.identity.csr import (
     check_role,
     read_request,
 )
-from qdspace.node.identity.enrollment import DEFAULT_TTL, EnrollmentCode
+from qdspace.node.identity.enrollment import DEFAULT_TTL, Enrollment, EnrollmentCode
 from qdspace.node.identity.errors import (
+    EnrollmentCodeUsed,
+    NameTaken,
     RenewalRefused,
     RequestNotGranted,
 )
@@ -69,19 +79,18 @@ from qdspace.util.files import write_atomic
 CA_VALID_DAYS = 3650
 MEMBER_VALID_DAYS = 825
 CRL_VALID_DAYS = 7
+#: the bounds of a re-issued CRL's validity (``authority crl --valid-days``): a list
+#: valid for less is stale before it reaches the nodes (and stale, they refuse every
+#: call); one valid for longer keeps a revocation from them for as long (a node holding
+#: a still-valid list does not look for the next)
+CRL_MIN_VALID = dt.timedelta(hours=1)
+CRL_MAX_VALID = dt.timedelta(days=90)
 
 
 #: renewals a member may make within `RENEWAL_WINDOW` (each writes a register row and
 #: re-signs: a loop of them grew the register without end)
 RENEWALS_PER_WINDOW = 4
 RENEWAL_WINDOW = dt.timedelta(days=1)
-
-
-def _issued_within(member: IssuedMember, window: dt.timedelta) -> bool:
-    if member.issued_at is None:
-        return False
-    issued = dt.datetime.fromisoformat(member.issued_at)
-    return dt.datetime.now(dt.UTC) - issued < window
 
 
 class Authority:
@@ -176,7 +185,7 @@ class Authority:
         hosts = tuple(h for h in request.hostnames if h not in ("localhost", name))
         now = dt.datetime.now(dt.UTC)
         waiting = book.pending_names(book.load_book(self.files.enrollments), now, but=redeeming)
-        check_names_free(members, member_id, name, hosts, waiting)
+        check_names_free(members, member_id, name, hosts, waiting, now)
         start = not_before or now - dt.timedelta(minutes=5)
         cert = build_member_cert(
             ca_cert=self.cert,
@@ -210,7 +219,9 @@ class Authority:
     def create_enrollment(
         self, *, name: str, role: str, ttl: dt.timedelta = DEFAULT_TTL, bpn: str | None = None
     ) -> EnrollmentCode:
-        """A one-time code admitting ``name`` as ``role``; only its hash is kept."""
+        """A one-time code admitting ``name`` as ``role``; only its hash is kept. Refused
+        while another code for ``name`` waits to be redeemed (module docstring): the
+        operator cancels that one first (`cancel_enrollment`)."""
         check_name(name)
         check_role(role)
         if bpn is not None and not (0 < len(bpn) <= 64 and bpn.isprintable()):
@@ -219,11 +230,54 @@ class Authority:
         now = dt.datetime.now(dt.UTC)
         entry = book.new_enrollment(code, name=name, role=role, ttl=ttl, bpn=bpn, now=now)
         with self.locked():
-            check_names_free(self.members(), None, name, ())
+            check_names_free(self.members(), None, name, (), now=now)
             codes = book.load_book(self.files.enrollments)
+            waiting = admission.waiting(codes, now, name=name)
+            if waiting:
+                first = waiting[0]
+                raise NameTaken(
+                    f"enrollment code {first.code_id} for {first.name!r} ({first.role}) waits "
+                    f"to be redeemed until {first.expires_at}; one name has one code at a "
+                    f"time: cancel it first (`qdspace authority cancel --code {first.code_id}`)"
+                )
             codes[code.code_id] = entry
             book.save_book(self.files.enrollments, codes, now)
         return code
+
+    def cancel_enrollment(
+        self, *, code: str | None = None, name: str | None = None
+    ) -> list[Enrollment]:
+        """Withdraw the code ``code`` (its id or the whole code), or every code waiting for
+        ``name``: their entries leave the book, and redeeming one is refused as an unknown
+        code is. A redeemed code is no longer the book's to cancel (its member is revoked
+        instead). The entries cancelled."""
+        if (code is None) == (name is None):
+            raise IdentityError("cancel an enrollment code by its id or by its name, one of them")
+        now = dt.datetime.now(dt.UTC)
+        with self.locked():
+            codes = book.load_book(self.files.enrollments)
+            if code is not None:
+                gone = [self._cancellable(codes, admission.code_id(code))]
+            else:
+                gone = admission.waiting(codes, now, name=str(name))
+                if not gone:
+                    raise IdentityError(f"no enrollment code waits for {name!r}")
+            for entry in gone:
+                del codes[entry.code_id]
+            book.save_book(self.files.enrollments, codes, now)
+        return gone
+
+    def _cancellable(self, codes: dict[str, Enrollment], code_id: str) -> Enrollment:
+        entry = codes.get(code_id)
+        if entry is None:
+            raise IdentityError(f"no enrollment code {code_id} in {self.directory}")
+        if entry.used_at is not None:
+            raise EnrollmentCodeUsed(
+                f"enrollment code {code_id} was redeemed at {entry.used_at} by member "
+                f"{entry.used_by}: there is nothing to cancel (`qdspace authority revoke "
+                "--member` removes the member)"
+            )
+        return entry
 
     def preview_enrollment(self, code: str) -> tuple[str, str]:
         """The (name, role) a code admits; refuses a malformed, unknown, used or expired one."""
@@ -252,8 +306,9 @@ class Authority:
                 raise IdentityError(
                     "signing a request needs an enrollment code, or the name and role to approve"
                 )
-            _granted(request, approve_name, approve_role, "the operator approved")
+            admission.granted(request, approve_name, approve_role, "the operator approved")
             with self.locked():
+                admission.check_not_enrolled(self.members(), request.member_id, "an approval")
                 return self._issue(request, valid_days=valid_days, not_before=not_before, bpn=None)
         if approve_name is not None or approve_role is not None:
             raise IdentityError("give an enrollment code or a name and role to approve, not both")
@@ -261,7 +316,11 @@ class Authority:
         with self.locked():
             codes = book.load_book(self.files.enrollments)
             entry = book.find(codes, parsed, fingerprint(self.cert))
-            _granted(request, entry.name, entry.role, f"enrollment code {entry.code_id} admits")
+            admission.granted(
+                request, entry.name, entry.role, f"enrollment code {entry.code_id} admits"
+            )
+            admitting = f"code {entry.code_id}"
+            admission.check_not_enrolled(self.members(), request.member_id, admitting)
             cert = self._issue(
                 request,
                 valid_days=valid_days,
@@ -276,12 +335,12 @@ class Authority:
     def renew(self, csr_pem: bytes, *, valid_days: int = MEMBER_VALID_DAYS) -> x509.Certificate:
         """A new certificate for a known member's new TLS key (same signing key, so the
         same member id), with the same name and role, while one of its certificates is
-        valid: not revoked and not expired (`_renewable`)."""
+        valid: not revoked and not expired (`admission.renewable`)."""
         request = read_request(csr_pem)
         with self.locked():
             mine = [m for m in self.members() if m.member_id == request.member_id]
             active = [m for m in mine if m.revoked_at is None]
-            last = _renewable(request.member_id, mine, active)
+            last = admission.renewable(request.member_id, mine, active)
             # a member id holds 48 bits of its key's hash: a key ground to the same id is
             # another party's, whatever id it yields
             if last.verify_key is not None and last.verify_key != request.verify_key.hex():
@@ -289,7 +348,7 @@ class Authority:
                     f"renewal of {last.member_id} is signed by another key than the member's: "
                     "renewal refused (a new key is a new enrollment)"
                 )
-            recent = [m for m in active if _issued_within(m, RENEWAL_WINDOW)]
+            recent = [m for m in active if admission.issued_within(m, RENEWAL_WINDOW)]
             if len(recent) >= RENEWALS_PER_WINDOW:
                 raise RenewalRefused(
                     f"member {last.member_id} renewed {len(recent)} times within "
@@ -372,9 +431,13 @@ class Authority:
         return hits
 
     def issue_crl(self, valid: dt.timedelta = dt.timedelta(days=CRL_VALID_DAYS)) -> Path:
-        """Re-issue the CRL from the register with a new nextUpdate (now + `valid`)."""
-        if valid <= dt.timedelta(0):
-            raise IdentityError("a revocation list must be valid for some time")
+        """Re-issue the CRL from the register with a new nextUpdate (now + `valid`, at
+        most `CRL_MAX_VALID`; ``authority crl`` asks for `CRL_MIN_VALID` at least)."""
+        if not dt.timedelta(0) < valid <= CRL_MAX_VALID:
+            raise IdentityError(
+                f"a revocation list is valid for more than 0 s and at most "
+                f"{admission.span(CRL_MAX_VALID)}, not {valid}"
+            )
         with self.locked():
             self._write_crl([m for m in self.members() if m.revoked_at], valid)
         return self.files.crl
@@ -389,41 +452,3 @@ class Authority:
         ]
         crl = build_crl(self.cert, self._key, revocations, valid)
         write_atomic(self.files.crl, crl)
-
-
-def _renewable(
-    member_id: str, mine: list[IssuedMember], active: list[IssuedMember]
-) -> IssuedMember:
-    """The member's newest certificate still valid, which a renewal continues.
-
-    A renewal is authorised by the member's signing key alone (the register keeps its
-    verify key), and the key outlives the certificate: a member whose certificate had
-    expired (peers refuse it, the directory drops it), or whoever holds its signing key
-    from an old backup, renewed it back in for as long as the operator had not revoked
-    it. There was no grace window by design: expiry was simply not looked at. Past its
-    end a member joins again like any newcomer, with a code from the operator, who
-    decides whether it is still a member."""
-    if not active:
-        state = "is revoked" if mine else "is not in this authority's register"
-        raise RenewalRefused(
-            f"member {member_id} {state}: renewal refused (a new member enrolls with a code)"
-        )
-    now = dt.datetime.now(dt.UTC)
-    valid = [m for m in active if dt.datetime.fromisoformat(m.not_after) > now]
-    if not valid:
-        raise RenewalRefused(
-            f"the certificate of member {member_id} ({active[-1].name}) expired at "
-            f"{active[-1].not_after}: renewal refused; an expired member enrolls again with "
-            "a code from the operator (who first revokes the expired one: `authority "
-            "revoke`, then `authority enroll`)"
-        )
-    return valid[-1]
-
-
-def _granted(request: CertificateRequest, name: str, role: str, who: str) -> None:
-    if request.name != name:
-        raise RequestNotGranted(f"the request is for the name {request.name!r}; {who} {name!r}")
-    if request.role != role:
-        raise RequestNotGranted(
-            f"the request asks for the role {request.role!r}; {who} {name!r} as {role!r}"
-        )

@@ -2,6 +2,8 @@
 
 It binds port 0 unless told otherwise and is found through the run file the service
 writes (``AUTHORITY/run/authority.json``), so parallel tests never race for a port. Its
+members run on this machine (or its LAN) and publish loopback or private addresses, so it
+takes them (``--allow-local-endpoints``) unless told ``allow_local_endpoints=False``. Its
 stdout and stderr go to ``logs/authority.log``, which the service keeps bounded itself, as
 a node does its ``process.log`` (`process_log_env`): a demo kept running runs for weeks.
 """
@@ -36,8 +38,10 @@ class AuthorityProcess:
         hostnames: Sequence[str] = (),
         python: str = sys.executable,
         env: dict[str, str] | None = None,
+        allow_local_endpoints: bool = True,
     ) -> None:
         self.directory = directory.resolve()
+        self.allow_local_endpoints = allow_local_endpoints
         self.host, self.port, self.hostnames = host, port, list(hostnames)
         self.python, self.env = python, env
         self.process: subprocess.Popen[bytes] | None = None
@@ -60,6 +64,8 @@ class AuthorityProcess:
         args += ["--host", self.host, "--port", str(self.port)]
         for name in self.hostnames:
             args += ["--hostname", name]
+        if self.allow_local_endpoints:
+            args.append("--allow-local-endpoints")
         env = {**(os.environ if self.env is None else self.env), **process_log_env(self.log_path)}
         with self.log_path.open("ab") as log:
             self.process = subprocess.Popen(

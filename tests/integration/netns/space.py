@@ -170,6 +170,7 @@ class AuthorityService:
     def start(self) -> None:
         argv = qdspace("authority", "serve", "--dir", str(self.directory), "--host", self.host.ip)
         argv += ["--port", str(AUTHORITY_PORT), "--hostname", self.host.ip]
+        argv += ["--allow-local-endpoints"]  # the hosts publish their 10.x addresses
         self.service = service = self.host.spawn("authority", argv)
         runtime = AuthorityLayout(self.directory).runtime
 

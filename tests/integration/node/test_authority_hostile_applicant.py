@@ -33,15 +33,18 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from nacl.signing import SigningKey
 
+from qdspace.node.identity import enrollment as book
 from qdspace.node.identity.certs import (
     VERIFY_KEY_OID,
     cert_to_pem,
+    fingerprint,
     member_subject,
     new_tls_key,
 )
 from qdspace.node.identity.csr import POP_OID, build_request, pop_message
 from qdspace.node.identity.directory import new_entry, sign_entry
 from qdspace.node.identity.directory_document import accept_document
+from qdspace.node.identity.enrollment import DEFAULT_TTL, EnrollmentCode
 from qdspace.node.identity.member import MemberKeys, create_member_keys
 from qdspace.node.member_ids import member_id_for
 
@@ -228,8 +231,24 @@ def test_a_peer_address_grpc_reads_as_a_local_socket_is_refused(
         assert service.post("/v1/directory/entries", body).status_code == 200, address
 
 
+def _code_of_an_older_book(service: Service, name: str) -> str:
+    """A second code waiting for ``name``, as a book from before one name had one code
+    at a time may hold (`Authority.create_enrollment` refuses to make it now)."""
+    authority = service.authority
+    code = EnrollmentCode.new(fingerprint(authority.cert))
+    now = dt.datetime.now(dt.UTC)
+    entry = book.new_enrollment(
+        code, name=name, role="supplier", ttl=DEFAULT_TTL, bpn=None, now=now
+    )
+    with authority.locked():
+        codes = book.load_book(authority.files.enrollments)
+        codes[code.code_id] = entry
+        book.save_book(authority.files.enrollments, codes, now)
+    return str(code)
+
+
 def test_two_codes_for_one_name_redeemed_at_once_give_one_member(service: Service) -> None:
-    codes = [_code(service, "twice") for _ in range(2)]
+    codes = [_code(service, "twice"), _code_of_an_older_book(service, "twice")]
     barrier = threading.Barrier(len(codes))
     answers: list[int] = []
 

@@ -48,7 +48,7 @@ def _member(authority: Authority, tmp_path: Path, name: str) -> MemberKeys:
 
 
 def _entry(keys: MemberKeys) -> DirectoryEntry:
-    return new_entry(keys.identity, keys.signing_key, {"peer": "10.0.0.1:7443"})
+    return new_entry(keys.identity, keys.signing_key, {"peer": "peer.example:7443"})
 
 
 def _signed(authority: Authority, entries: list[DirectoryEntry], attested: Any) -> Any:
