@@ -9,7 +9,14 @@ binding's 404), never anything about it.
 
 Invariants: a local process has at most one DSP binding; our own pid is unique per
 kind (it is what the peer addresses us with); the peer's pid and the callback are set
-once, when known, and never changed.
+once, when known, and never changed; a peer's pid names at most one process of a kind
+with that peer (a unique key, ``uq_dsp_process_peer_pid``, migration
+``0030_dsp_peer_pid``). Without that key, four ContractRequestMessages of one
+consumerPid sent at once each found no process of it and each opened one: four
+negotiations, four providerPids, and a retry then answered by whichever row the
+database returned first. Now the second binding of a pid is refused by the database,
+whatever wrote it, and `DspProcessStore.bind` hands back the binding it met (the
+retry it is).
 """
 
 from __future__ import annotations
@@ -31,7 +38,9 @@ from sqlalchemy import (
     select,
     update,
 )
+from sqlalchemy.exc import IntegrityError
 
+from qdspace.connector.contract_errors import MessageReplayError
 from qdspace.connector.contract_store.common import CONTRACT_METADATA, ID_LENGTH, TableStore
 
 dsp_table = Table(
@@ -47,7 +56,15 @@ dsp_table = Table(
     Column("asked_json", LargeBinary, nullable=True),
     PrimaryKeyConstraint("kind", "local_id"),
     UniqueConstraint("kind", "own_pid", name="uq_dsp_process_own_pid"),
+    # (NULLs are distinct: the bindings whose peer's pid is not known yet never meet)
+    UniqueConstraint("kind", "peer_id", "peer_pid", name="uq_dsp_process_peer_pid"),
 )
+
+
+class PeerPidTaken(MessageReplayError):
+    """A peer named as its pid of one process the pid it has for another of its
+    processes with us (a pid names one process, `uq_dsp_process_peer_pid`): nothing
+    was changed."""
 
 
 @dataclass(frozen=True)
@@ -80,9 +97,21 @@ def _process(row: Any) -> DspProcess:
 class DspProcessStore(TableStore):
     """Bind, look up and complete the DSP side of negotiations and transfers."""
 
-    def bind(self, process: DspProcess) -> None:
-        with self.engine.begin() as connection:
-            self.bind_in(connection, process)
+    def bind(self, process: DspProcess) -> DspProcess | None:
+        """Bind `process`: None once bound, or the binding its peer's pid has already
+        (a retry of the peer's that was bound meanwhile, by another thread or another
+        process on this database): then nothing is written."""
+        try:
+            with self.engine.begin() as connection:
+                self.bind_in(connection, process)
+        except IntegrityError:
+            met = None
+            if process.peer_pid is not None:
+                met = self.by_peer_pid(process.kind, process.peer_id, process.peer_pid)
+            if met is None:  # another key (our own pid, the local id): not a retry
+                raise
+            return met
+        return None
 
     def bind_in(self, connection: Connection, process: DspProcess) -> None:
         """`bind` within the caller's transaction."""
@@ -137,14 +166,21 @@ class DspProcessStore(TableStore):
         return self._one(t.c.kind == kind, t.c.peer_id == peer_id, t.c.peer_pid == pid)
 
     def set_peer_pid(self, kind: str, local_id: str, peer_pid: str, callback: str = "") -> None:
-        """Record the peer's pid (and callback, when it names one) once known."""
+        """Record the peer's pid (and callback, when it names one) once known; a pid
+        the peer has for another process with us already is `PeerPidTaken`."""
         t = dsp_table
         values: dict[str, str] = {"peer_pid": peer_pid}
         if callback:
             values["callback"] = callback
-        with self.engine.begin() as connection:
-            connection.execute(
-                update(t)
-                .where(t.c.kind == kind, t.c.local_id == local_id, t.c.peer_pid.is_(None))
-                .values(**values)
-            )
+        try:
+            with self.engine.begin() as connection:
+                connection.execute(
+                    update(t)
+                    .where(t.c.kind == kind, t.c.local_id == local_id, t.c.peer_pid.is_(None))
+                    .values(**values)
+                )
+        except IntegrityError:
+            raise PeerPidTaken(
+                f"{kind} {local_id[:128]}: the peer's pid {peer_pid[:128]!r} names another "
+                f"{kind} of it here already"
+            ) from None

@@ -16,8 +16,9 @@ rows; the retention sweep deletes those of members that went quiet
 
 The check and the count are one step within this process (a lock), as they were in
 memory: two re-reads of one member on two threads cannot both take the last one. Nodes
-sharing a database (none do) could pass the quota by their calls in flight, as the
-count of transfers opened may (`node.runtime.contracts_base.over_quota`).
+sharing a database (none do) could pass the quota by their calls in flight; within one
+node the count of transfers opened is one step with the opening too
+(`node.runtime.contracts_negotiation.ProviderNegotiation.opening`).
 """
 
 from __future__ import annotations

@@ -1,6 +1,8 @@
 """Operator routes of the DSP binding: ``POST /v1/dsp/negotiations`` starts a negotiation
 with any DSP provider through the node's consumer side (`node.dsp.consumer`), on its
 published offer or on that offer narrowed (purposes, orders, fields, retention, an end);
+a hosted member's staff with the providers its space publishes only
+(`node.dsp.providers`);
 ``POST /v1/dsp/transfers`` asks the provider of a DSP agreement for a transfer (pulled
 over the HTTP data plane, `node.dsp.transfer_consumer`), ``GET /v1/dsp/transfers/{id}``
 shows it, and ``.../suspend|resume|terminate`` control it on either side."""
@@ -24,7 +26,9 @@ from qdspace.node.api.bodies import Body
 from qdspace.node.api.contracts_models import MAX_DAYS, MAX_LIST
 from qdspace.node.api.deps import Ctx, require_operator
 from qdspace.node.api.models import ID_PATTERN, BodyDatetime, Id
+from qdspace.node.context import NodeContext
 from qdspace.node.dsp.consumer import DspConsumer
+from qdspace.node.dsp.providers import ProviderReach
 from qdspace.node.errors import DspNotServed
 from qdspace.util.urls import plain_https
 
@@ -148,6 +152,20 @@ async def _public(transfers: Any, transfer_id: str) -> DspTransferPublic:
     )
 
 
+def _reach(ctx: NodeContext) -> ProviderReach | None:
+    """The providers a hosted member's staff may name (`node.dsp.providers`): the DSP
+    endpoints of the directory it follows and its static peers' hosts, as they are now;
+    None on a node of its own (``caller_files`` unset: its operator names any)."""
+    if ctx.caller_files is None:
+        return None
+    held = ctx.follower.held if ctx.follower is not None else None
+    entries = held.entries if held is not None else ()
+    published = [e.endpoints["dsp"] for e in entries if "dsp" in e.endpoints]
+    peers = ctx.peers
+    static = [a for a in map(peers.static_address, peers.names) if a is not None]
+    return ProviderReach.of(published, static)
+
+
 def router() -> APIRouter:
     api = APIRouter(prefix="/v1/dsp", tags=["dsp"], dependencies=[Depends(require_operator)])
 
@@ -156,7 +174,9 @@ def router() -> APIRouter:
         consumer = ctx.dsp
         if not isinstance(consumer, DspConsumer):
             raise DspNotServed("this node runs no DSP listener (set dsp_port)")
-        started = await consumer.negotiate(body.provider_url, body.dataset_id, body.narrowing())
+        started = await consumer.negotiate(
+            body.provider_url, body.dataset_id, body.narrowing(), _reach(ctx)
+        )
         return DspNegotiationStarted(**started)
 
     @api.post("/transfers", status_code=201, response_model=DspTransferPublic)

@@ -265,6 +265,14 @@ def create_dsp_app(binding: DspBinding, routers: Sequence[APIRouter] = ()) -> Fa
         pids = binding.pids(row)
         return codec.negotiation(pids.provider, pids.consumer, n.state.value)
 
+    def retried(row: DspProcess) -> dict[str, Any]:
+        """The answer to a request of a consumerPid bound already (a retry): the state of
+        its negotiation, REQUESTED while the request that bound it is still being
+        decided. Blocking."""
+        n = store.find_negotiation(row.local_id)
+        pids = binding.pids(row)
+        return codec.negotiation(pids.provider, pids.consumer, n.state.value if n else "REQUESTED")
+
     def provider_move(peer: MemberIdentity, message: NegotiationMessage, row: DspProcess) -> None:
         """The provider decides a consumer's message (unsigned: the DSP form), its answer
         queued for the consumer's callback in the same commit. Blocking."""
@@ -281,11 +289,39 @@ def create_dsp_app(binding: DspBinding, routers: Sequence[APIRouter] = ()) -> Fa
                 "$.providerPid", "a counter-request goes to /negotiations/{providerPid}/request"
             )
         existing = store.dsp.by_peer_pid(NEG, peer.member_id, consumer_pid)
-        if existing is not None:  # a retry: the same process
-            return state(existing)
+        if existing is not None:  # a retry: the same process (asked again in `open_requested`)
+            return retried(existing)
         pid = f"urn:uuid:{uuid.uuid4()}"
         message = wire.request_in(body, pid, peer.member_id, runtime.clock.now())
         return Opening(pid, consumer_pid, callback, message)
+
+    def open_requested(
+        peer: MemberIdentity, message: ContractRequest, row: DspProcess
+    ) -> dict[str, Any]:
+        """Bind the pids, then decide the request (`provider_move`): a new negotiation,
+        REQUESTED; or, when its consumerPid is bound meanwhile, the state of the one
+        negotiation it has (the retry it is). Blocking.
+
+        Under the member's lock (`ContractRuntime.opening`): the member's requests are
+        bound and decided one at a time, so two of one consumerPid sent at once cannot
+        both find it unbound, and the quota's count and the opening it allows are one
+        step (`handle_negotiation`). The pids are bound before the answer is queued (the
+        consumer may reply at once), and unbound when the request is refused before a
+        negotiation opened (its retry is decided afresh)."""
+        with runtime.opening(peer):
+            existing = store.dsp.by_peer_pid(NEG, peer.member_id, row.peer_pid or "")
+            if existing is not None:
+                return retried(existing)
+            met = store.dsp.bind(row)  # the unique key: a binding made by another process
+            if met is not None:
+                return retried(met)
+            try:
+                provider_move(peer, message, row)
+            except Exception:  # refused (or failed) before a negotiation was opened
+                if store.find_negotiation(row.local_id) is None:
+                    store.dsp.unbind(NEG, row.local_id)
+                raise
+        return codec.negotiation(row.own_pid, row.peer_pid or "", "REQUESTED")
 
     @app.post("/negotiations/request", status_code=201)
     async def negotiation_request(request: Request) -> dict[str, Any]:
@@ -303,7 +339,8 @@ def create_dsp_app(binding: DspBinding, routers: Sequence[APIRouter] = ()) -> Fa
         gets, and ``GET /negotiations/{pid}`` answers the state at any time; after the
         hour the retry is answered again. The runtime checks the quota again
         (`ContractRuntime.handle_negotiation`, for the gRPC wire too), where a request on
-        a negotiation that exists passes."""
+        a negotiation that exists passes: counted with the opening, as one step per
+        member (`open_requested`), so requests sent at once cannot all pass it."""
         peer = caller(request)
         await before_body(request, lambda: runtime.within_negotiation_quota(peer))
         data = await body_of(request)
@@ -315,17 +352,9 @@ def create_dsp_app(binding: DspBinding, routers: Sequence[APIRouter] = ()) -> Fa
         binding.access.check(message.offer.target, peer)
         binding.callbacks.check(callback, peer)
         row = DspProcess(NEG, pid, Role.PROVIDER.value, peer.member_id, pid, callback, consumer_pid)
-        # before the answer is queued (the consumer may reply at once); a write, so off the
-        # loop: it may wait for the database's write lock
-        await run_in_threadpool(store.dsp.bind, row)
-        try:
-            await run_in_threadpool(provider_move, peer, message, row)
-        except Exception:  # refused (or failed) before a negotiation was opened
-            if await run_in_threadpool(store.find_negotiation, pid) is None:
-                await run_in_threadpool(store.dsp.unbind, NEG, pid)
-            raise
+        answer = await run_in_threadpool(open_requested, peer, message, row)
         binding.kick()
-        return codec.negotiation(pid, consumer_pid, "REQUESTED")
+        return answer
 
     @app.get("/negotiations/{pid}")
     async def negotiation_get(pid: str, request: Request) -> dict[str, Any]:

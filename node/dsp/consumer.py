@@ -9,15 +9,17 @@ listener presents (never from what the provider writes about itself), opens the
 negotiation locally (unsigned: the DSP form), binds the pids, sends the
 ContractRequestMessage and returns; the rest arrives at the callback endpoints
 (`node.dsp.app`). The operator API exposes it as ``POST /v1/dsp/negotiations``
-(`node.api.dsp`)."""
+(`node.api.dsp`); on a managed host, a tenant's staff reach only the providers its
+space publishes, and learn nothing of the host's network from a failure
+(`node.dsp.providers`)."""
 
 from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import quote
 
 import httpx
@@ -40,6 +42,7 @@ from qdspace.connector.negotiation import (
 )
 from qdspace.connector.offers import Narrowing, NonStandardPolicyError, narrowed_request
 from qdspace.node.dsp.client import DspHttp
+from qdspace.node.dsp.providers import ProviderNotReachable, ProviderReach
 from qdspace.node.errors import OfferNotNarrowable, PeerError, PeerRefused
 from qdspace.node.identity.certs import MemberIdentity
 from qdspace.node.runtime.contracts import ContractRuntime
@@ -49,6 +52,7 @@ from qdspace.policies.odrl.jsonld import MAX_MESSAGE_OBJECTS, check_bounds, deco
 from qdspace.policies.odrl.vocab import PolicyKind
 
 logger = logging.getLogger("node.dsp")
+T = TypeVar("T")
 
 
 @dataclass
@@ -58,15 +62,27 @@ class DspConsumer:
     base_url: str
 
     async def negotiate(
-        self, provider_url: str, dataset_id: str, ask: Narrowing | None = None
+        self,
+        provider_url: str,
+        dataset_id: str,
+        ask: Narrowing | None = None,
+        reach: ProviderReach | None = None,
     ) -> dict[str, Any]:
         """Ask for ``dataset_id`` on the offer the provider publishes, or on that offer
-        narrowed as ``ask`` says (purposes, orders, fields, retention, an end)."""
+        narrowed as ``ask`` says (purposes, orders, fields, retention, an end).
+
+        `reach`: the providers a hosted member's staff may have it call
+        (`node.dsp.providers`): any other URL is refused before a connection is opened,
+        and a failure to reach one is `ProviderNotReachable`, without the transport's
+        detail. None (a node's own operator): any provider, failures as they are."""
         url = provider_url.rstrip("/")
-        server, _ = await self.http.call("GET", f"{url}/.well-known/dspace-version", None)
+        if reach is not None and not reach.allows(url):
+            raise ProviderNotReachable(provider_url)
+        discovery = self.http.call("GET", f"{url}/.well-known/dspace-version", None)
+        server, _ = await _reached(discovery, provider_url, reach)
         provider = server.member_id
         path = f"{url}/catalog/datasets/{quote(dataset_id, safe='')}"
-        _, response = await self.http.call("GET", path, provider)
+        _, response = await _reached(self.http.call("GET", path, provider), provider_url, reach)
         if response.status_code == 404:
             raise UnknownContractError(f"DSP {url}: the provider has no dataset {dataset_id!r}")
         if response.status_code != 200:
@@ -97,7 +113,8 @@ class DspConsumer:
         await run_in_threadpool(store.open_dsp_negotiation, opened, row)  # one commit
         body = codec.request_message(pid, asked, self.base_url)
         try:
-            ack = await self.http.post(f"{url}/negotiations/request", provider, body)
+            sent = self.http.post(f"{url}/negotiations/request", provider, body)
+            ack = await _reached(sent, provider_url, reach)
         except PeerRefused as exc:  # the provider holds no such negotiation: ours ends here
             await run_in_threadpool(self._refused, server, pid, exc.reason)
             raise
@@ -121,6 +138,21 @@ class DspConsumer:
             self.runtime.store.update_negotiation(pid, step)
         except ContractError as exc:  # (it finished meanwhile): the refusal is still told
             logger.warning("DSP negotiation %s refused, left as it is: %s", pid, exc)
+
+
+async def _reached(call: Awaitable[T], url: str, reach: ProviderReach | None) -> T:
+    """`call`'s result; on a hosted member (`reach` given), a failure to reach the
+    provider (but a refusal its server answered) is `ProviderNotReachable`, its detail
+    only in the log (the host's: its network is what the detail tells of)."""
+    try:
+        return await call
+    except PeerRefused:
+        raise
+    except PeerError as exc:
+        if reach is None:
+            raise
+        logger.warning("DSP provider %s not reached: %s", url[:200], exc)
+        raise ProviderNotReachable(url) from None
 
 
 def _published_offer(url: str, dataset_id: str, response: httpx.Response) -> Policy:

@@ -186,50 +186,53 @@ class DspTransferMoves:
         binding as it was)."""
         check_consumer_pid(ask.consumer_pid)
         store, rt = self.runtime.store, self.runtime
-        existing = store.dsp.by_peer_pid(TRANSFER, peer.member_id, ask.consumer_pid)
-        if existing is not None:  # a retry: the start again (it may have been lost)
-            process = self.load(existing)
-            owed, queued = store.outbox.queued_for(peer.member_id, existing.local_id)
-            # not a new start while one is owed (that one is made due now: the consumer is
-            # there), and not for ever: each is a row and a POST
-            if process.state is TransferState.STARTED and owed:
-                store.outbox.hasten(peer.member_id, existing.local_id, rt.clock.now())
-            elif process.state is TransferState.STARTED and queued < MAX_STARTS:
-                store.enqueue([self.start_for(existing, process)], rt.clock.now())
-            return existing
-        if store.dsp.by_local(TRANSFER, ask.consumer_pid) is not None:
-            raise ContractDenied(f"transfer id {ask.consumer_pid[:128]} cannot be used")
-        stored = rt.provider_agreement(ask.agreement_id, peer)
-        terms = stored.signed.agreement
-        purpose, order = agreed_scope(terms.policy)
-        now = rt.clock.now()
-        local = ask.consumer_pid
-        stream = rt.assets[terms.asset_id].is_stream
-        # a live stream carries the rows stored after this moment, wherever the consumer's
-        # first connection to the data address happens to fall (`since`, kept with the process)
-        since = str(rt.last_inspection_id()) if stream else ""
-        request = TransferRequest(
-            f"{local}:dsp-request", local, peer.member_id, terms.agreement_id, self.me, now,
-            purpose=purpose, order_id=order, since=since,
-        )  # fmt: skip
-        if stream:
-            if store.find_transfer_or_gone(local) is not None:  # held, or pruned
-                raise ContractDenied(f"transfer id {local[:128]} cannot be used")
-            rt.within_transfer_quota(peer)
-            rt.stream_gate(stored, StreamRequest(local, terms.agreement_id, purpose or ""))
-            process = open_transfer(request, Role.PROVIDER)
-            start = TransferStart(f"{local}:p-start", local, self.me, process.checkpoint, now)
-            process, new = apply_transfer(process, start), True
-        else:
-            process, new = rt.decide_transfer(peer, request)
-        row = DspProcess(
-            TRANSFER, local, Role.PROVIDER.value, peer.member_id,
-            f"urn:uuid:{uuid.uuid4()}", ask.callback, local,
-        )  # fmt: skip
-        # the process, its binding and the start: one commit (`open_dsp_transfer`)
-        start_message = self.start_for(row, process)
-        store.open_dsp_transfer(process if new else None, row, [start_message], now)
-        return row
+        # the look for a retry, the quota and the save: one at a time per member, so
+        # concurrent requests neither open a transfer twice nor pass the quota together
+        with rt.opening(peer):
+            existing = store.dsp.by_peer_pid(TRANSFER, peer.member_id, ask.consumer_pid)
+            if existing is not None:  # a retry: the start again (it may have been lost)
+                process = self.load(existing)
+                owed, queued = store.outbox.queued_for(peer.member_id, existing.local_id)
+                # not a new start while one is owed (that one is made due now: the consumer is
+                # there), and not for ever: each is a row and a POST
+                if process.state is TransferState.STARTED and owed:
+                    store.outbox.hasten(peer.member_id, existing.local_id, rt.clock.now())
+                elif process.state is TransferState.STARTED and queued < MAX_STARTS:
+                    store.enqueue([self.start_for(existing, process)], rt.clock.now())
+                return existing
+            if store.dsp.by_local(TRANSFER, ask.consumer_pid) is not None:
+                raise ContractDenied(f"transfer id {ask.consumer_pid[:128]} cannot be used")
+            stored = rt.provider_agreement(ask.agreement_id, peer)
+            terms = stored.signed.agreement
+            purpose, order = agreed_scope(terms.policy)
+            now = rt.clock.now()
+            local = ask.consumer_pid
+            stream = rt.assets[terms.asset_id].is_stream
+            # a live stream carries the rows stored after this moment, wherever the consumer's
+            # first connection to the data address happens to fall (`since`, kept with the process)
+            since = str(rt.last_inspection_id()) if stream else ""
+            request = TransferRequest(
+                f"{local}:dsp-request", local, peer.member_id, terms.agreement_id, self.me, now,
+                purpose=purpose, order_id=order, since=since,
+            )  # fmt: skip
+            if stream:
+                if store.find_transfer_or_gone(local) is not None:  # held, or pruned
+                    raise ContractDenied(f"transfer id {local[:128]} cannot be used")
+                rt.within_transfer_quota(peer)
+                rt.stream_gate(stored, StreamRequest(local, terms.agreement_id, purpose or ""))
+                process = open_transfer(request, Role.PROVIDER)
+                start = TransferStart(f"{local}:p-start", local, self.me, process.checkpoint, now)
+                process, new = apply_transfer(process, start), True
+            else:
+                process, new = rt.decide_transfer(peer, request)
+            row = DspProcess(
+                TRANSFER, local, Role.PROVIDER.value, peer.member_id,
+                f"urn:uuid:{uuid.uuid4()}", ask.callback, local,
+            )  # fmt: skip
+            # the process, its binding and the start: one commit (`open_dsp_transfer`)
+            start_message = self.start_for(row, process)
+            store.open_dsp_transfer(process if new else None, row, [start_message], now)
+            return row
 
     def is_stream(self, process: TransferProcess) -> bool:
         terms = self.runtime.store.agreement(process.agreement_id).signed.agreement

@@ -63,8 +63,8 @@ def over_quota(member_id: str, what: str, opened: int, setting: str, cap: int) -
     Negotiations and transfers are rows written on a member's initiative (a transfer's
     with the history of its messages, a DSP process's with an answer queued for the
     callback): uncapped, one member could fill the provider's database at the speed of
-    its calls. Each is counted before its own transaction, so concurrent requests (at
-    most the member's calls in flight) may pass the cap by as many."""
+    its calls. Each is counted and opened under the member's lock (`opening`), so
+    requests sent side by side cannot all pass the count before any is written."""
     if opened < cap:
         return None
     return (

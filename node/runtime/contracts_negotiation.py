@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging
 import uuid
 from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import replace
 from datetime import datetime
 
@@ -54,6 +55,7 @@ from qdspace.connector.peer_time import check_fresh, check_sent_at
 from qdspace.node.errors import NodeError
 from qdspace.node.identity.certs import MemberIdentity
 from qdspace.node.runtime.contracts_base import QUOTA_WINDOW, ContractBase, over_quota
+from qdspace.node.runtime.member_locks import locks_of
 from qdspace.policies.model import Policy
 
 logger = logging.getLogger("node.contracts")
@@ -195,24 +197,34 @@ class ProviderNegotiation(ContractBase):
             return negotiation, queued(negotiation, answer)
 
         if isinstance(message, ContractRequest):
-            self._within_quota(peer, message.negotiation_id)
-            # kept with the negotiation (twice at most: the row and its reason), so
-            # bounded, and asked of the node's free disk or a tenant's storage quota
-            size = check_policy_size(message.offer, f"request {message.message_id[:128]}")
-            self._keep(2 * size, f"a negotiation request of {peer.name}")
-        # one load and one save, in one transaction, whether the negotiation is known or new
-        negotiation = self.store.update_negotiation(message.negotiation_id, step, opening)
+            # the quota's count and the negotiation it lets open: one step per member
+            with self.opening(peer):
+                self._within_quota(peer, message.negotiation_id)
+                # kept with the negotiation (twice at most: the row and its reason), so
+                # bounded, and asked of the node's free disk or a tenant's storage quota
+                size = check_policy_size(message.offer, f"request {message.message_id[:128]}")
+                self._keep(2 * size, f"a negotiation request of {peer.name}")
+                negotiation = self.store.update_negotiation(message.negotiation_id, step, opening)
+        else:  # one load and one save, in one transaction
+            negotiation = self.store.update_negotiation(message.negotiation_id, step, opening)
         finalized = NegotiationState.FINALIZED
         if negotiation.state is finalized and before_states and before_states[-1] is not finalized:
             self.record_agreement(negotiation)
         sent = answers[0]
         return negotiation, self.replies(negotiation) if sent is None else sent
 
+    def opening(self, peer: MemberIdentity) -> AbstractContextManager[None]:
+        """Held while `peer`'s quota is counted and what it allows is opened (blocking):
+        one request of a member at a time, so that requests sent side by side cannot
+        all pass the count before any of them is written (`node.runtime.member_locks`).
+        Reentrant: a transport may hold it around its own part of an opening."""
+        return locks_of(self).hold(peer.member_id)
+
     def _within_quota(self, peer: MemberIdentity, negotiation_id: str) -> None:
         """Refuse a request that would open `peer`'s negotiation over
         ``negotiations_per_hour`` opened within the hour (`NegotiationQuotaError`,
         `over_quota`); a request on a negotiation it holds (a retry, a counter-request)
-        always passes."""
+        always passes. Called under `opening`, with the save that opens it."""
         why = self._negotiation_quota_spent(peer)
         if why is not None and self.store.find_negotiation(negotiation_id) is None:
             raise NegotiationQuotaError(why)

@@ -59,6 +59,7 @@ from qdspace.node.runtime.contracts_base import (
     GateRecheck,
     over_quota,
 )
+from qdspace.node.runtime.member_locks import locks_of
 from qdspace.policies.evaluate import Request
 from qdspace.policies.model import Action
 
@@ -131,17 +132,22 @@ class ProviderTransfers(ContractBase):
         )
 
     def open_transfer(self, peer: MemberIdentity, message: TransferRequest) -> TransferProcess:
-        """Decide a transfer request; allowed: the process, STARTED at the genesis checkpoint."""
-        process, new = self.decide_transfer(peer, message)
-        if new:
-            self.store.save_transfer(None, process)
+        """Decide a transfer request; allowed: the process, STARTED at the genesis checkpoint.
+        The quota's count and the save of the transfer it allows are one step per member
+        (`node.runtime.member_locks`): requests sent side by side cannot all pass it."""
+        with locks_of(self).hold(peer.member_id):
+            process, new = self.decide_transfer(peer, message)
+            if new:
+                self.store.save_transfer(None, process)
         return process
 
     def decide_transfer(
         self, peer: MemberIdentity, message: TransferRequest
     ) -> tuple[TransferProcess, bool]:
         """`open_transfer` without saving: (the new process, True), or for a retried
-        request (the stored process after it, False); the caller saves a new one."""
+        request (the stored process after it, False); the caller saves a new one, and
+        holds the member's lock (``ContractRuntime.opening``) around this call and that
+        save, or requests sent side by side all pass the quota's count."""
         if message.sender_id != peer.member_id or message.provider_id != self.me.member_id:
             raise UnauthorizedSenderError(f"transfer request {message.message_id}: wrong parties")
         check_sent_at(message.at, self.clock.now(), f"transfer request {message.message_id[:128]}")
@@ -180,7 +186,9 @@ class ProviderTransfers(ContractBase):
 
     def within_transfer_quota(self, peer: MemberIdentity) -> None:
         """Refuse `peer` a new transfer over ``transfers_per_hour`` opened or re-read
-        within the hour (`TransferQuotaError`, `over_quota`, `charge_reread`)."""
+        within the hour (`TransferQuotaError`, `over_quota`, `charge_reread`). Before an
+        opening, call it under the member's lock with the save (`decide_transfer`);
+        alone, it is a refusal ahead of the work (the DSP binding's, before a body)."""
         acts = self.transfer_acts.count(peer.member_id, self.clock.now())
         self._within_transfer_quota(peer, acts)
 
@@ -311,12 +319,15 @@ class ProviderTransfers(ContractBase):
         one acknowledged 20,000-row transfer made the provider read and encode 200,000
         rows. A consumer that lost its copy still re-reads, within the quota. Counted
         per member in the contract database (`TransferActs`): a restart, or a hosted
-        tenant reloaded, gives no member a fresh quota."""
-        self.transfer_acts.add(
-            peer.member_id,
-            self.clock.now(),
-            lambda before: self._within_transfer_quota(peer, before),
-        )
+        tenant reloaded, gives no member a fresh quota. Under the member's lock, as a new
+        transfer's count and save are: a re-read and an opening side by side cannot
+        both take the quota's last one."""
+        with locks_of(self).hold(peer.member_id):
+            self.transfer_acts.add(
+                peer.member_id,
+                self.clock.now(),
+                lambda before: self._within_transfer_quota(peer, before),
+            )
 
     def charge_control(self, peer: MemberIdentity, process: TransferProcess) -> None:
         """Count a consumer's resume or suspension of `process` against
