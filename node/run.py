@@ -183,6 +183,8 @@ async def serve(ctx: NodeContext, stop: asyncio.Event) -> None:
             dsp.should_exit = True
         await member.stop(settings.shutdown_grace_s)
         await asyncio.gather(*tasks)
+        if ctx.dsp_transfers is not None:  # its pulls end before its database closes
+            await ctx.dsp_transfers.close()
         await ctx.peers.close()
         held_connection.release(ctx.store.engine)  # before ctx.close() disposes the engine
         runtime_file(settings.directory).unlink(missing_ok=True)
@@ -235,6 +237,8 @@ async def start_dsp(
     runtime = ctx.contracts
     if runtime is None:
         raise NodeError("the DSP listener needs the node's contract machinery")
+    if ctx.dsp_transfers is not None:  # a listener started before (a resumed tenant's)
+        await ctx.dsp_transfers.close()  # (closed at its stop: nothing to wait for then)
     layout, settings = ctx.settings.layout, ctx.settings
     # what other members reach: the data addresses and callbacks this node hands out
     base = settings.advertise_dsp or https_url(settings.dsp_host, sock.getsockname()[1])

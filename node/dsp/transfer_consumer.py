@@ -30,6 +30,15 @@ moved the transfer on) is not retried: the node asks for a new address, once, th
 the outbox, and the answer restarts the data plane. What will not pass by waiting (a
 refusal, a batch that breaks the checkpoint chain, a malformed body) stops it with its
 error, resumable by the operator.
+
+A node that stops serving closes its `DspTransfers` (`close`): a suspended hosted tenant,
+one stopped or opened again, a node shutting down. Every data plane ends then, none
+opens again, and the client's connections close; a batch being committed is committed to
+its end first (its rows and checkpoint are one transaction), so nothing is written after
+`close` returns: the database may be closed, or opened again by the node's next
+instance, which asks the providers for new addresses (`resume_after_restart`) and goes
+on from the rows held. A pull left running would go on filling the database of a tenant
+its host suspended, and after a reopen write beside the new instance's pull.
 """
 
 from __future__ import annotations
@@ -39,7 +48,7 @@ import logging
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from starlette.concurrency import run_in_threadpool
 
@@ -80,6 +89,7 @@ from qdspace.node.runtime.contracts import ContractRuntime
 from qdspace.policies.odrl.jsonld import decode
 
 logger = logging.getLogger("node.dsp")
+T = TypeVar("T")
 
 BATCH_ROWS = 1000
 
@@ -120,6 +130,8 @@ class DspTransfers:
     kick: Callable[[], None] = lambda: None
     batch_rows: int = BATCH_ROWS
     deliveries: dict[str, Delivery] = field(default_factory=dict)
+    #: set by `close`: no data plane opens any more
+    closed: bool = field(default=False, init=False)
 
     @property
     def runtime(self) -> ContractRuntime:
@@ -224,10 +236,23 @@ class DspTransfers:
 
     def start_pull(self, local_id: str) -> None:
         delivery = self.delivery(local_id)
-        if delivery.address is None or (delivery.task is not None and not delivery.task.done()):
+        if self.closed or delivery.address is None:
+            return
+        if delivery.task is not None and not delivery.task.done():
             return
         run = self._follow if delivery.address.delivery == wire.STREAM else self._pull
         delivery.task = asyncio.create_task(self._guarded(local_id, run))
+
+    async def close(self) -> None:
+        """End every data plane (cancelled and awaited: a batch being committed is
+        committed first) and close the DSP client's connections; none opens again (see
+        the module). Safe to call twice."""
+        self.closed = True
+        tasks = [d.task for d in self.deliveries.values() if d.task is not None]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await self.http.close()
 
     async def _guarded(self, local_id: str, run: DataPlane) -> None:
         """`run` the data plane of a transfer until it is done, opening it again after a
@@ -296,7 +321,7 @@ class DspTransfers:
             peer_url(row, "start"),
             message_body(row, "start"),
         )
-        await run_in_threadpool(store.enqueue, [message], self.runtime.clock.now())
+        await _to_end(run_in_threadpool(store.enqueue, [message], self.runtime.clock.now()))
         self.kick()
         logger.info("DSP transfer %s: asking %s for a new address", local_id, row.peer_id)
 
@@ -339,7 +364,8 @@ class DspTransfers:
         after = accept_batch(process, batch)
         rows = IncomingRun(process.offset, batch.orders(), batch.payloads())
         now = self.runtime.clock.now()
-        await asyncio.to_thread(self.runtime.commit_received_batch, process, after, rows, now)
+        commit = self.runtime.commit_received_batch
+        await _to_end(asyncio.to_thread(commit, process, after, rows, now))
         return after
 
     async def _complete(self, row: DspProcess, process: TransferProcess, last: RowBatch) -> None:
@@ -348,7 +374,7 @@ class DspTransfers:
             completion_id(process, Role.PROVIDER), tid, row.peer_id, last.checkpoint, now
         )
         completed = apply_transfer(process, done)
-        await run_in_threadpool(self.runtime.store.save_transfer, process, completed)
+        await _to_end(run_in_threadpool(self.runtime.store.save_transfer, process, completed))
         await self.http.post(
             peer_url(row, "completion"), row.peer_id, message_body(row, "completion")
         )
@@ -387,9 +413,8 @@ class DspTransfers:
             IncomingRow(seq, r.order_id, r.payload) for seq, r in zip(seqs, group.rows, strict=True)
         ]
         now = self.runtime.clock.now()
-        await asyncio.to_thread(
-            self.runtime.store_received, process.agreement_id, process.transfer_id, rows, now
-        )
+        store, ids = self.runtime.store_received, (process.agreement_id, process.transfer_id)
+        await _to_end(asyncio.to_thread(store, *ids, rows, now))
         delivery.received += len(rows)
         delivery.position = group.positions[-1]
 
@@ -420,6 +445,21 @@ class DspTransfers:
     def status(self, local_id: str) -> tuple[DspProcess, TransferProcess, Delivery]:
         row = self.row(local_id)
         return row, self.moves.load(row), self.delivery(local_id)
+
+
+async def _to_end(write: Awaitable[T]) -> T:
+    """`write` (a database write in a worker thread) awaited to its end even when the
+    task is cancelled meanwhile (`DspTransfers.close`): a cancelled await would leave the
+    thread writing into a database about to be closed, or opened again by the node's next
+    instance. The cancellation is raised once the write is done."""
+    work = asyncio.ensure_future(write)
+    try:
+        return await asyncio.shield(work)
+    except asyncio.CancelledError:
+        await asyncio.wait([work])
+        if not work.cancelled():
+            work.exception()  # (seen: the task ends with its cancellation, not this)
+        raise
 
 
 def _acknowledged(url: str, content: bytes) -> tuple[str, str]:

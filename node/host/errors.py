@@ -40,8 +40,9 @@ class TenantActive(HostError):
 
 
 class TenantBusy(HostError):
-    """The tenant cannot be removed yet: its purge's receipts are not all delivered, or
-    it is not serving (so its peers could not receive them)."""
+    """The tenant cannot be acted on now: it is being opened again (a renewal's reopen),
+    or it cannot be removed yet (its purge's receipts are not all delivered, or it is not
+    serving, so its peers could not receive them)."""
 
 
 class HostNotRunning(HostError):

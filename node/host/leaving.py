@@ -21,6 +21,12 @@ What is deleted: the tenant's directory (its sealed keys, its SQLite store) with
 wrapped data key first (crypto-shredding what a backup of the host disk still holds),
 then its registry entry. A tenant on its own PostgreSQL database: the database (or
 schema) is the host operator's to drop; the result names it (without its password).
+
+A removal holds the tenant's lifecycle lock (`HostRuntime.lifecycle`) from its purge to
+the deletion of the registry entry, and so does a purge or an outbox nudge alone: a
+``tenant renew`` (a reopen) or a suspension asked meanwhile waits for it, or it for them,
+and each finds the tenant as the step before left it. What is removed is the tenant
+serving when the removal holds the lock, never an object a reopen has replaced since.
 """
 
 from __future__ import annotations
@@ -86,39 +92,47 @@ def _serving(tenant: HostedTenant) -> Any:
 async def purge(runtime: HostRuntime, name: str) -> dict[str, Any]:
     """Run the tenant's purge and start delivering its receipts; counts only (the host
     operator reads no tenant data)."""
-    tenant = fresh(runtime, name)
-    async with tenant.lock:
+    async with runtime.lifecycle(name):
+        tenant = fresh(runtime, name)
         with as_member(name):
-            if tenant.record.exported_to:
-                raise TenantBusy(
-                    f"tenant {name} was exported to {tenant.record.exported_to}: the member "
-                    "lives on there with its data; `tenant remove` deletes the host's copy "
-                    "without a purge"
-                )
-            contracts = _serving(tenant)
-            report = await asyncio.to_thread(contracts.purge)
-            assert tenant.ctx is not None
-            client = tenant.ctx.contract_client
-            if client is not None:  # their rows are refused from now on; none is resumed
-                await client.end_subscriptions(
-                    "its agreement was purged", agreements=report.agreements
-                )
-            if tenant.ctx.outbox is not None:
-                await tenant.ctx.outbox.flush()
-            return {
-                "agreements": len(report.agreements),
-                "terminated": len(report.terminated),
-                "receipts": len(report.receipts),
-                "rows_deleted": report.rows_deleted,
-                "failures": [f"{f.agreement_id}/{f.order_id}: {f.error}" for f in report.failures],
-                "undelivered": contracts.store.outbox_backlog(),
-            }
+            return await _purge(tenant)
+
+
+async def _purge(tenant: HostedTenant) -> dict[str, Any]:
+    """`purge` (hold the tenant's lifecycle lock)."""
+    if tenant.record.exported_to:
+        raise TenantBusy(
+            f"tenant {tenant.name} was exported to {tenant.record.exported_to}: the member "
+            "lives on there with its data; `tenant remove` deletes the host's copy "
+            "without a purge"
+        )
+    contracts = _serving(tenant)
+    report = await asyncio.to_thread(contracts.purge)
+    assert tenant.ctx is not None
+    client = tenant.ctx.contract_client
+    if client is not None:  # their rows are refused from now on; none is resumed
+        await client.end_subscriptions("its agreement was purged", agreements=report.agreements)
+    if tenant.ctx.outbox is not None:
+        await tenant.ctx.outbox.flush()
+    return {
+        "agreements": len(report.agreements),
+        "terminated": len(report.terminated),
+        "receipts": len(report.receipts),
+        "rows_deleted": report.rows_deleted,
+        "failures": [f"{f.agreement_id}/{f.order_id}: {f.error}" for f in report.failures],
+        "undelivered": contracts.store.outbox_backlog(),
+    }
 
 
 async def outbox(runtime: HostRuntime, name: str) -> dict[str, int]:
     """How many messages the tenant still owes its peers and how many of its records wait
     for the chain (a nudge to deliver and anchor them)."""
-    tenant = runtime.get(name)
+    async with runtime.lifecycle(name):
+        return await _owed(runtime.get(name))
+
+
+async def _owed(tenant: HostedTenant) -> dict[str, int]:
+    """`outbox` (hold the tenant's lifecycle lock)."""
     contracts = _serving(tenant)
     assert tenant.ctx is not None
     if tenant.ctx.outbox is not None:
@@ -158,29 +172,33 @@ async def remove(runtime: HostRuntime, name: str, confirm: str) -> Removal:
     """Purge (again, idempotent), check the outbox is empty, tear the tenant down and
     delete it (see the module). Refused with `TenantBusy` while receipts are owed."""
     check_confirmed(name, confirm)
-    tenant = fresh(runtime, name)
-    exported = bool(tenant.record.exported_to)
-    if not exported:
-        await purge(runtime, name)
-        owed = await outbox(runtime, name)
-        if owed["undelivered"]:
-            raise TenantBusy(
-                f"tenant {name} still owes its peers {owed['undelivered']} messages (deletion "
-                "receipts); it was not removed: wait for delivery and remove again"
-            )
-        if owed["unanchored"]:  # its anchoring queue is in the database removal deletes
-            raise TenantBusy(
-                f"tenant {name} has {owed['unanchored']} records (deletion receipts among "
-                "them) not yet anchored on its chain; it was not removed: wait and remove again"
-            )
-    async with tenant.lock:
+    async with runtime.lifecycle(name):
+        tenant = fresh(runtime, name)
+        exported = bool(tenant.record.exported_to)
         with as_member(name):
+            if not exported:
+                await _purge(tenant)
+                _check_owed(name, await _owed(tenant))
             # an exported tenant's database serves the exported node now: nothing to drop
             database = _database(tenant) if tenant.ctx is not None and not exported else ""
             await runtime.drop(tenant)
             _delete(runtime.files, name)
     logger.warning("tenant %s removed%s", name, " (exported earlier)" if exported else "")
     return Removal(name, tenant.record.member_id, not exported, database)
+
+
+def _check_owed(name: str, owed: dict[str, int]) -> None:
+    """Refuse the removal (`TenantBusy`) while the tenant owes its peers or its chain."""
+    if owed["undelivered"]:
+        raise TenantBusy(
+            f"tenant {name} still owes its peers {owed['undelivered']} messages (deletion "
+            "receipts); it was not removed: wait for delivery and remove again"
+        )
+    if owed["unanchored"]:  # its anchoring queue is in the database removal deletes
+        raise TenantBusy(
+            f"tenant {name} has {owed['unanchored']} records (deletion receipts among "
+            "them) not yet anchored on its chain; it was not removed: wait and remove again"
+        )
 
 
 def _delete(files: HostLayout, name: str) -> None:

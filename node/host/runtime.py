@@ -11,6 +11,15 @@ recorded on that tenant (``error``, shown to the host operator) and skipped; the
 tenants open and serve regardless. A suspension is written to the registry before it
 takes effect, so it holds across restarts.
 
+One lifecycle step of a tenant at a time: adding, suspending, resuming, reopening,
+removing (`leaving`) and stopping a tenant each hold its lock (`HostRuntime.lifecycle`,
+kept by name: a reopen replaces the tenant's object, and holds the lock from closing the
+old one to serving the new one) and look the tenant up only once they hold it. Otherwise
+a step would act on an object another had replaced meanwhile: a removal racing a
+``tenant renew`` once deleted the tenant's registry entry and directory while the
+renewed instance went on serving, out of the operator's reach; a suspension racing it was
+recorded while the renewed instance served. The registry, the list and what serves agree.
+
 At a start the tenants are opened side by side (`opening`): one whose database does not
 answer waits its connect timeout alone. They are listed, and their failures logged, in
 the registry's order, whichever opened first.
@@ -20,22 +29,28 @@ from __future__ import annotations
 
 import asyncio
 import gc
-import hashlib
 import hmac
 import logging
-from collections.abc import Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from qdspace.node.api.caller_paths import TENANT_FILES
 from qdspace.node.config import NodeSettings
-from qdspace.node.context import NodeContext, build_context
+from qdspace.node.context import build_context
 from qdspace.node.host.admission import TenantAdmission, kept_folders, measure_usage
 from qdspace.node.host.config import HostLayout, HostSettings
-from qdspace.node.host.errors import HostError, TenantExists, TenantSuspended, UnknownTenant
+from qdspace.node.host.errors import (
+    HostError,
+    TenantBusy,
+    TenantExists,
+    TenantSuspended,
+    UnknownTenant,
+)
+from qdspace.node.host.hosted import HostedTenant as HostedTenant
+from qdspace.node.host.hosted import as_member as as_member
+from qdspace.node.host.hosted import suspension_message as suspension_message
+from qdspace.node.host.hosted import token_digest as token_digest
 from qdspace.node.host.names import check_name
 from qdspace.node.host.opening import open_side_by_side
 from qdspace.node.host.quotas import Quota, QuotaSettings
@@ -50,98 +65,14 @@ from qdspace.node.host.tenant_listeners import (
 from qdspace.node.host.tenants import TenantSettings, tenant_key_files
 from qdspace.node.identity.keyfiles import KeyFiles
 from qdspace.node.identity.revocation import StaleRevocationList
-from qdspace.node.logs import MEMBER
 from qdspace.node.serving import MemberServer, attach_anchoring
 from qdspace.util.startup import collector_paused
 
 if TYPE_CHECKING:
     from starlette.types import ASGIApp
 
-    from qdspace.node.runtime.ledger import NodeLedger
 
 logger = logging.getLogger("node.host")
-
-
-@contextmanager
-def as_member(name: str) -> Iterator[None]:
-    """Log lines (and the tasks started meanwhile, which inherit it) name the tenant."""
-    token = MEMBER.set(name)
-    try:
-        yield
-    finally:
-        MEMBER.reset(token)
-
-
-def token_digest(token: str) -> bytes:
-    return hashlib.sha256(token.encode()).digest()
-
-
-def suspension_message(name: str, reason: str = "") -> str:
-    why = f": {reason}" if reason else ""
-    return f"member {name} is suspended by its host{why}; try again later"
-
-
-@dataclass
-class HostedTenant:
-    """One tenant in the running host."""
-
-    record: TenantRecord
-    ctx: NodeContext | None = None
-    member: MemberServer | None = None
-    app: ASGIApp | None = None
-    ledger: NodeLedger | None = None
-    refusing: RefusingServer | None = None
-    #: the tenant's regulator listener (uvicorn) and its task, when it has a port
-    regulator: Any = None
-    regulator_task: asyncio.Task[None] | None = None
-    regulator_port: int | None = None
-    #: the tenant's DSP listener (uvicorn) and its task, when it has a DSP port and serves
-    dsp: Any = None
-    dsp_task: asyncio.Task[None] | None = None
-    #: why the tenant is not serving (it failed to open or start); "" when fine
-    error: str = ""
-    token_digest: bytes = b""
-    #: its operator token (compared in constant time: `HostRuntime.by_token`)
-    token: str = field(default="", repr=False)
-    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
-    #: its quotas at work (`admission`); None until it opened
-    admission: TenantAdmission | None = None
-
-    @property
-    def name(self) -> str:
-        return self.record.name
-
-    @property
-    def suspended(self) -> bool:
-        return self.record.state is TenantState.SUSPENDED
-
-    @property
-    def status(self) -> str:
-        if self.error:
-            return "failed"
-        return "suspended" if self.suspended else "serving"
-
-    def public(self) -> dict[str, Any]:
-        """What the host operator sees: no tenant data, only how it is hosted."""
-        port = self.member.port if self.member is not None else None
-        return {
-            "name": self.name,
-            "member_id": self.record.member_id,
-            "role": self.record.role,
-            "status": self.status,
-            "grpc_port": port if port is not None else self.record.grpc_port,
-            "regulator_port": self.regulator_port or self.record.regulator_port,
-            "dsp_port": self.record.dsp_port or None,
-            "certificate_not_after": (
-                self.ctx.keys.identity.not_after.isoformat() if self.ctx is not None else None
-            ),
-            "reason": self.record.reason,
-            "error": self.error,
-            "added_at": self.record.added_at,
-            "changed_at": self.record.changed_at,
-            "own_quota": self.record.quota is not None,
-            **(self.admission.public() if self.admission is not None else {}),
-        }
 
 
 class HostRuntime:
@@ -159,6 +90,14 @@ class HostRuntime:
         self._stopping = False
         #: token digest -> name of a tenant closed to be opened again (`reopen`)
         self._reopening: dict[bytes, str] = {}
+        #: each tenant's lifecycle lock, by name (`lifecycle`)
+        self._lifecycles: dict[str, asyncio.Lock] = {}
+
+    def lifecycle(self, name: str) -> asyncio.Lock:
+        """The lock every lifecycle step of tenant `name` holds (see the module): kept by
+        name, so it outlives the tenant objects a reopen replaces. Look the tenant up
+        (`get`) once holding it."""
+        return self._lifecycles.setdefault(check_name(name), asyncio.Lock())
 
     # -- opening (blocking: keys, databases) ------------------------------------------
 
@@ -295,6 +234,11 @@ class HostRuntime:
         for it), opened and started as ``host start`` does, without stopping the others;
         one that fails to open or start is reported (``failed``, with the reason) as at
         a start. A tenant this host already serves is a `TenantExists`."""
+        async with self.lifecycle(name):
+            return await self._add(name)
+
+    async def _add(self, name: str) -> HostedTenant:
+        """`add` (hold ``lifecycle(name)``)."""
         async with self._adding:
             if self._stopping:
                 raise HostError("the host is stopping: the tenant is served from its next start")
@@ -314,17 +258,19 @@ class HostRuntime:
 
     async def reopen(self, name: str) -> HostedTenant:
         """Stop a tenant, close it and open and start it again from its directory (a
-        renewed certificate is served, and published, from then on); the others serve on."""
-        tenant = self.get(name)
-        digest = tenant.token_digest
-        self._reopening[digest] = tenant.name  # its staff are told to wait, not "unknown"
-        try:
-            async with tenant.lock:
+        renewed certificate is served, and published, from then on); the others serve on.
+        Its lifecycle lock is held throughout: a suspension or removal asked meanwhile
+        applies to the tenant as reopened."""
+        async with self.lifecycle(name):
+            tenant = self.get(name)
+            digest = tenant.token_digest
+            self._reopening[digest] = tenant.name  # its staff are told to wait, not "unknown"
+            try:
                 with as_member(name):
                     await self.drop(tenant)
-            return await self.add(name)
-        finally:
-            self._reopening.pop(digest, None)
+                return await self._add(name)
+            finally:
+                self._reopening.pop(digest, None)
 
     def reopening(self, token: str) -> str | None:
         """The tenant whose token this is, while it is being opened again (else None)."""
@@ -340,16 +286,21 @@ class HostRuntime:
         await tenant.refusing.start()
 
     def get(self, name: str) -> HostedTenant:
+        """The tenant served as `name`; `TenantBusy` while it is being opened again
+        (`reopen`), `UnknownTenant` when there is none."""
         tenant = self.tenants.get(check_name(name))
         if tenant is None:
+            if name in self._reopening.values():
+                raise TenantBusy(f"tenant {name} is being opened again: try again in a moment")
             raise UnknownTenant(f"no tenant {name!r} on this host")
         return tenant
 
     async def suspend(self, name: str, reason: str = "") -> HostedTenant:
-        """Stop the tenant's peer side (open streams end now), answer its port with
-        UNAVAILABLE and its operator API with 423; recorded first, so it holds."""
-        tenant = self.get(name)
-        async with tenant.lock:
+        """Stop the tenant's peer side (open streams and its DSP transfers end now),
+        answer its port with UNAVAILABLE and its operator API with 423; recorded first,
+        so it holds."""
+        async with self.lifecycle(name):
+            tenant = self.get(name)
             with as_member(name):
                 return await self._suspend(tenant, reason)
 
@@ -364,14 +315,15 @@ class HostRuntime:
             tenant.ctx.serving = False
             await stop_dsp_listener(tenant)
             await tenant.member.stop(0)
+            await tenant.close_transfers()
             await tenant.ctx.peers.close()
         await self._refuse(tenant)
         logger.warning("tenant %s suspended%s", tenant.name, f": {reason}" if reason else "")
         return tenant
 
     async def resume(self, name: str) -> HostedTenant:
-        tenant = self.get(name)
-        async with tenant.lock:
+        async with self.lifecycle(name):
+            tenant = self.get(name)
             with as_member(name):
                 return await self._resume(tenant)
 
@@ -387,6 +339,8 @@ class HostRuntime:
         await start_dsp_listener(tenant)
         await tenant.member.start()
         tenant.ctx.serving = True
+        if tenant.ctx.dsp_transfers is not None:  # its pulls, stopped by the suspension
+            tenant.ctx.dsp_transfers.resume_after_restart()
         tenant.member.follow()
         logger.warning("tenant %s resumed", tenant.name)
         return tenant
@@ -399,8 +353,8 @@ class HostRuntime:
 
     async def set_quota(self, name: str, quota: QuotaSettings | None) -> HostedTenant:
         """A tenant's new quota (None: the host's defaults): recorded, then live."""
-        tenant = self.get(name)
-        async with tenant.lock:
+        async with self.lifecycle(name):
+            tenant = self.get(name)
             tenant.record = self.registry.set_quota(tenant.name, quota)
             if tenant.admission is not None:
                 tenant.admission.change(self.quota_of(tenant.record))
@@ -460,11 +414,15 @@ class HostRuntime:
     async def stop_all(self, grace: float) -> None:
         async with self._adding:  # a tenant being added is in, or is not started
             self._stopping = True
-        for tenant in list(self.tenants.values()):
-            try:
-                await self._stop(tenant, grace)
-            except Exception:  # the others still stop
-                logger.exception("tenant %s: stopping failed", tenant.name)
+        for name in list(self.tenants):
+            async with self.lifecycle(name):  # a step under way ends first
+                tenant = self.tenants.get(name)
+                if tenant is None:  # removed meanwhile
+                    continue
+                try:
+                    await self._stop(tenant, grace)
+                except Exception:  # the others still stop
+                    logger.exception("tenant %s: stopping failed", tenant.name)
 
     async def _stop(self, tenant: HostedTenant, grace: float) -> None:
         if tenant.ctx is not None:
@@ -479,20 +437,24 @@ class HostRuntime:
         await stop_dsp_listener(tenant)
         if tenant.member is not None:
             await tenant.member.stop(grace)
+        await tenant.close_transfers()
         if tenant.ctx is not None:
             await tenant.ctx.peers.close()
 
     async def drop(self, tenant: HostedTenant) -> None:
-        """Stop the tenant and close its database for good (`leaving.remove`): it is no
-        longer served, looked up by its token, or listed (hold ``tenant.lock``)."""
+        """Stop the tenant and close its database for good (`leaving.remove`, `reopen`):
+        it is no longer served, looked up by its token, or listed (hold its `lifecycle`).
+        Only this object's entries go: a name or token another object holds now stays."""
         await self._stop(tenant, 0)
         if tenant.ledger is not None:
             tenant.ledger.stop()
             tenant.ledger = None
         if tenant.ctx is not None:
             tenant.ctx.close()
-        self._by_token.pop(tenant.token_digest, None)
-        self.tenants.pop(tenant.name, None)
+        if self._by_token.get(tenant.token_digest) is tenant:
+            del self._by_token[tenant.token_digest]
+        if self.tenants.get(tenant.name) is tenant:
+            del self.tenants[tenant.name]
 
     def close_all(self) -> None:
         """Stop the ledgers' threads and close the databases (after `stop_all`)."""
