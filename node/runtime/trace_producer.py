@@ -60,6 +60,7 @@ from sqlalchemy import Engine, inspect, select
 from qdspace.connector.assets import AssetKind
 from qdspace.connector.contract_errors import ContractError
 from qdspace.connector.contract_store import StoredAgreement
+from qdspace.connector.genealogy import bought_by
 from qdspace.connector.pseudonym import Pseudonymizer
 from qdspace.connector.release_gate import ReleaseGate
 from qdspace.connector.rootcause import Finding
@@ -231,10 +232,21 @@ class TraceRoom:
             if order is None:
                 raise refused
             orders.add(str(order) if order else None)
+        if not self._placed_by(peer, orders):
+            raise refused
         gates = self._order_gates(stored, orders)
         if not all(gate.decision.allowed for gate in gates):
             raise refused
         return ids, gates[0].pseudonymizer
+
+    def _placed_by(self, peer: MemberIdentity, orders: set[str | None]) -> bool:
+        """Whether the member that placed each of `orders` is `peer`, as far as the
+        agreements held here tell (`genealogy.bought_by`): a batch row names its customer
+        by name, and a name passes to a newcomer once its holder leaves; the newcomer's own
+        traceability agreement (for any order, or naming its predecessor's) opened its
+        predecessor's batches to it."""
+        with self.engine.connect() as connection:
+            return all(bought_by(connection, peer.name, peer.member_id, order) for order in orders)
 
     def _order_gates(self, stored: StoredAgreement, orders: set[str | None]) -> list[ReleaseGate]:
         """The release gate `ContractRuntime.gate` would build for each of `orders` under

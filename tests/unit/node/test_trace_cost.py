@@ -416,3 +416,35 @@ def test_a_question_over_the_batch_limit_is_refused_on_its_count(
     assert "at most 500 batches" in str(refused.value)
     assert decoded == []
     assert p.room._asked.take(p.sunarc.member_id, time.monotonic()) == 0
+
+
+def test_a_newcomer_under_a_freed_name_is_refused_its_predecessors_batches(
+    provider: Provider,
+) -> None:
+    """The batch rows name their customer by name, and a name passes to a newcomer once
+    its holder leaves. A newcomer "sunarc" with a traceability agreement of its own, for
+    any order or naming its predecessor's, was answered about its predecessor's batches;
+    the member that placed an order is the one the agreements held name for it."""
+    p = provider
+    key, newcomer = seeded_member("sunarc", b"n", "oem")
+    assert newcomer.member_id != p.sunarc.member_id
+    later = NOW - dt.timedelta(days=5)
+    for scope in (frozenset(), frozenset({"PO-1"})):  # any order; the predecessor's order
+        agreement_id = f"agr-{uuid.uuid4().hex[:8]}"
+        terms = OfferTerms(frozenset({ROOT_CAUSE_PURPOSE}), orders=scope, retention_days=7)
+        policy = to_agreement(
+            make_offer(agreement_id, p.me.member_id, "traceability", terms),
+            agreement_id,
+            newcomer.member_id,
+        )
+        agreement = ContractAgreement(
+            agreement_id, f"neg-{agreement_id}", p.me.member_id,
+            newcomer.member_id, "traceability", policy, later, later,
+        )  # fmt: skip
+        signed = countersign(sign_agreement(agreement, p.pkey), key, p.pkey.verify_key)
+        p.rt.store.save_agreement(signed, Role.PROVIDER)
+        question = TraceQuestion(agreement_id, ["B-1a"])
+        decided = _decision(TraceRoom.authorize, p, question, newcomer)
+        assert decided == "refused: no traceability answer for these batches to sunarc"
+    # the member that placed the order is answered as before
+    assert _decision(TraceRoom.authorize, p, p.ask(["B-1a"]))[0] == frozenset({"B-1a"})
