@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import threading
+import uuid
 from collections.abc import Callable, Coroutine, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,6 +48,14 @@ from qdspace.node.runtime.contracts_clock import ContractClock
 
 DSP = "https://w3id.org/dspace/2025/1/context.jsonld"
 ENDPOINT = "https://cellex.example:8700"
+#: the JSON-LD context of a DSP message carrying a policy: the DSP's, its ODRL profile,
+#: ours and Catena-X's
+POLICY_CTX = [
+    DSP,
+    "https://w3id.org/dspace/2025/1/odrl-profile.jsonld",
+    "https://qdspace.dev/ns/policy/context.jsonld",
+    "https://w3id.org/catenax/policy/context.jsonld",
+]
 SPACE = "test-space"
 T = TypeVar("T")
 
@@ -193,6 +202,19 @@ class Caller:
 
     def catalog(self) -> httpx.Response:
         return self.post("/catalog/request", {"@context": [DSP], "@type": "CatalogRequestMessage"})
+
+
+def request_message(caller: Caller, cpid: str | None = None) -> dict[str, Any]:
+    """A ContractRequestMessage for Cellex's inspections on the offer its catalog shows
+    (`cpid`, else a fresh one)."""
+    dataset = caller.get("/catalog/datasets/inspections").json()
+    return {
+        "@context": POLICY_CTX,
+        "@type": "ContractRequestMessage",
+        "consumerPid": cpid or f"urn:uuid:{uuid.uuid4()}",
+        "offer": {**dataset["hasPolicy"][0], "target": "inspections"},
+        "callbackAddress": "https://sunarc.example/dsp",
+    }
 
 
 def provider(

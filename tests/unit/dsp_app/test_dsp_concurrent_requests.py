@@ -47,8 +47,16 @@ from qdspace.node.runtime.contracts import ContractRuntime
 from qdspace.node.runtime.contracts_clock import ContractClock
 
 from ..connector.test_transfer_prune_runtime import Provider as TransferProvider
-from .conftest import DSP, ENDPOINT, Authority, Caller, LoopThread, Provider, with_transfers
-from .test_dsp_negotiation_off_loop import POLICY_CTX
+from .conftest import (
+    DSP,
+    ENDPOINT,
+    Authority,
+    Caller,
+    LoopThread,
+    Provider,
+    request_message,
+    with_transfers,
+)
 from .test_dsp_peer_ids import agreed_as_provider, sunarc_of
 
 #: how long a request waits for the others at a rendezvous before the test fails
@@ -145,18 +153,6 @@ def rendezvous(
     return failed
 
 
-def request_body(caller: Caller, cpid: str) -> dict[str, Any]:
-    """A ContractRequestMessage for Cellex's inspections on the offer its catalog shows."""
-    dataset = caller.get("/catalog/datasets/inspections").json()
-    return {
-        "@context": POLICY_CTX,
-        "@type": "ContractRequestMessage",
-        "consumerPid": cpid,
-        "offer": {**dataset["hasPolicy"][0], "target": "inspections"},
-        "callbackAddress": "https://sunarc.example/dsp",
-    }
-
-
 def at_once(caller: Caller, bodies: list[dict[str, Any]]) -> list[httpx.Response]:
     """Each of `bodies` posted to ``/negotiations/request``, all at once."""
 
@@ -183,7 +179,7 @@ def test_one_consumer_pid_sent_eight_times_at_once_opens_one_negotiation(
 ) -> None:
     sunarc = cellex.client(cellex.authority.member("sunarc", "oem", b"o"))
     cpid = f"urn:uuid:{uuid.uuid4()}"
-    body = request_body(sunarc, cpid)
+    body = request_message(sunarc, cpid)
     # every request looks its consumerPid up before any of them binds it
     late = rendezvous(monkeypatch, cellex.runtime.store.dsp, "by_peer_pid", Meeting(8))
 
@@ -209,7 +205,7 @@ def test_six_requests_at_once_open_no_more_than_the_quota_of_one(
 ) -> None:
     cellex.runtime.negotiations_per_hour = 1
     sunarc = cellex.client(cellex.authority.member("sunarc", "oem", b"o"))
-    bodies = [request_body(sunarc, f"urn:uuid:{uuid.uuid4()}") for _ in range(6)]
+    bodies = [request_message(sunarc, f"urn:uuid:{uuid.uuid4()}") for _ in range(6)]
     # every request reads the member's count (before its body) before any goes on, and
     # again where it opens (the old code: all six counted none opened, and opened six)
     store = cellex.runtime.store

@@ -12,14 +12,7 @@ import pytest
 from pyld import jsonld
 from sqlalchemy import text
 
-from .conftest import DSP, Calls, Provider
-
-POLICY_CTX = [
-    DSP,
-    "https://w3id.org/dspace/2025/1/odrl-profile.jsonld",
-    "https://qdspace.dev/ns/policy/context.jsonld",
-    "https://w3id.org/catenax/policy/context.jsonld",
-]
+from .conftest import POLICY_CTX, Calls, Provider, request_message
 
 
 def offered(provider: Provider, cpid: str) -> dict[str, Any]:
@@ -47,16 +40,8 @@ def test_negotiation_routes_work_off_the_event_loop(
     ):
         calls.watch(monkeypatch, owner, name)
     sunarc = cellex.client(cellex.authority.member("sunarc", "oem", b"o"))
-    dataset = sunarc.get("/catalog/datasets/inspections").json()
-    offer = {**dataset["hasPolicy"][0], "target": "inspections"}
     cpid = f"urn:uuid:{uuid.uuid4()}"
-    asked = {
-        "@context": POLICY_CTX,
-        "@type": "ContractRequestMessage",
-        "consumerPid": cpid,
-        "offer": offer,
-        "callbackAddress": "https://sunarc.example/dsp",
-    }
+    asked = request_message(sunarc, cpid)
     opened = sunarc.post("/negotiations/request", asked)
     assert opened.status_code == 201, opened.text
     ppid = opened.json()["providerPid"]

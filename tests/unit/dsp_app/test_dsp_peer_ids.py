@@ -53,14 +53,15 @@ from qdspace.policies.model import MAX_UID, OfferTerms, Policy, make_offer, to_a
 from qdspace.policies.odrl.vocab import PolicyKind
 
 from . import conftest as base
-from .conftest import DSP, ENDPOINT, Caller, Provider, with_transfers
-
-POLICY_CTX = [
+from .conftest import (
     DSP,
-    "https://w3id.org/dspace/2025/1/odrl-profile.jsonld",
-    "https://qdspace.dev/ns/policy/context.jsonld",
-    "https://w3id.org/catenax/policy/context.jsonld",
-]
+    ENDPOINT,
+    POLICY_CTX,
+    Caller,
+    Provider,
+    request_message,
+    with_transfers,
+)
 
 
 def peer_pid(pid: str) -> str:
@@ -114,16 +115,8 @@ def outbox(cellex: Provider) -> list[dict[str, Any]]:
 
 def agreed_as_provider(cellex: Provider, sunarc: Caller) -> str:
     """Cellex agrees with SunArc as its provider over DSP (to FINALIZED): the agreement's id."""
-    dataset = sunarc.get("/catalog/datasets/inspections").json()
-    offer = {**dataset["hasPolicy"][0], "target": "inspections"}
     cpid = f"urn:uuid:{uuid.uuid4()}"
-    asked = {
-        "@context": POLICY_CTX,
-        "@type": "ContractRequestMessage",
-        "consumerPid": cpid,
-        "offer": offer,
-        "callbackAddress": "https://sunarc.example/dsp",
-    }
+    asked = request_message(sunarc, cpid)
     opened = sunarc.post("/negotiations/request", asked)
     assert opened.status_code == 201, opened.text
     ppid = opened.json()["providerPid"]

@@ -8,14 +8,21 @@ over its quota still reads the state of the negotiations it opened."""
 from __future__ import annotations
 
 import uuid
-from typing import Any
 
 import httpx
 import pytest
 from pyld import jsonld
 
-from .conftest import DSP, ENDPOINT, Caller, Calls, Provider, with_certificate, with_transfers
-from .test_dsp_negotiation_off_loop import POLICY_CTX
+from .conftest import (
+    DSP,
+    ENDPOINT,
+    Caller,
+    Calls,
+    Provider,
+    request_message,
+    with_certificate,
+    with_transfers,
+)
 
 NOT_JSON = b'{"@type": "ContractRequestMessage", "consumerPid": '  # cut off
 
@@ -28,15 +35,7 @@ def raw_post(caller: Caller, path: str, content: bytes) -> httpx.Response:
 
 def ask(caller: Caller, cpid: str | None = None) -> httpx.Response:
     """A ContractRequestMessage for Cellex's inspections on the offer its catalog shows."""
-    dataset = caller.get("/catalog/datasets/inspections").json()
-    body: dict[str, Any] = {
-        "@context": POLICY_CTX,
-        "@type": "ContractRequestMessage",
-        "consumerPid": cpid or f"urn:uuid:{uuid.uuid4()}",
-        "offer": {**dataset["hasPolicy"][0], "target": "inspections"},
-        "callbackAddress": "https://member.example/dsp",
-    }
-    return caller.post("/negotiations/request", body)
+    return caller.post("/negotiations/request", request_message(caller, cpid))
 
 
 def test_a_member_over_its_negotiation_quota_is_refused_before_its_body_is_read(
