@@ -10,9 +10,13 @@ release gate as the gRPC wire: a pull is `ProviderTransfers.pull` (resumable fro
 consumer's checkpoint: ``offset``, ``digest``, ``position``; ``batch_rows``), a live
 stream is the gRPC subscription's loop (`open_stream`, `stream_gate`, `stream_page`;
 ``after``: the last stream position held; without it, where the provider started the
-transfer). Both end when the token is revoked; a live stream also when the listener
-stops (``draining``), so a stopping node need not wait out its grace for a body that
-never ends.
+transfer). Both end when the token is revoked, and when the caller is no longer in good
+standing (`PeerAuthenticator.check_standing`: its certificate revoked or no longer the
+one its directory entry names, or the revocation list stale, which ends every stream as
+it does on the gRPC wire): a pull checks before each batch, a live stream every
+`RECHECK_S`, so a member revoked with a stream open gets nothing stored after it; a live
+stream also ends when the listener stops (``draining``), so a stopping node need not
+wait out its grace for a body that never ends.
 
 A pid that is not the caller's is 404, as one that does not exist; a message the
 transfer's state does not accept is 409; a bad message or parameter 400; a missing or
@@ -50,7 +54,7 @@ from qdspace.node.dsp.edr import DataClaims, DataTokenError
 from qdspace.node.dsp.transfer_consumer import DspTransfers
 from qdspace.node.dsp.transfer_process import KINDS, agreed_scope, pids
 from qdspace.node.identity.certs import MemberIdentity
-from qdspace.node.rpc.auth import PeerAuthenticator
+from qdspace.node.rpc.auth import PeerAuthenticator, Refused
 from qdspace.node.rpc.contracts_transfer_serde import PullRequest
 from qdspace.node.runtime.contracts_base import GateRecheck
 from qdspace.util.numbers import decimal
@@ -230,20 +234,31 @@ def transfer_router(
         pull = PullRequest(process.transfer_id, resume_point(params, process), size)
         batches = runtime.pull(peer, pull, size)
         first = await run_in_threadpool(next, batches, None)  # refusals are still statuses
-        return StreamingResponse(pulled(row, claims, first, batches), media_type=NDJSON)
+        return StreamingResponse(pulled(peer, row, claims, first, batches), media_type=NDJSON)
+
+    def served(peer: MemberIdentity, row: DspProcess, claims: DataClaims) -> None:
+        """Raise `Refused` when the caller is no longer in good standing (revoked, another
+        certificate pinned, or the revocation list stale: fails closed, as gRPC streams
+        do), `DataTokenError` when its token or transfer no longer lets data out."""
+        authenticator.check_standing(peer)
+        current(row, claims)
 
     async def pulled(
-        row: DspProcess, claims: DataClaims, first: RowBatch | None, batches: Iterator[RowBatch]
+        peer: MemberIdentity,
+        row: DspProcess,
+        claims: DataClaims,
+        first: RowBatch | None,
+        batches: Iterator[RowBatch],
     ) -> AsyncIterator[bytes]:
         batch = first
         while batch is not None:
+            try:  # before each batch: a member revoked mid-pull gets no more of it
+                await run_in_threadpool(served, peer, row, claims)
+            except (Refused, DataTokenError) as exc:  # revoked, suspended, terminated
+                logger.info("DSP data %s stopped: %s", row.own_pid, exc)
+                return
             yield batch_bytes(batch)
             if batch.last:
-                return
-            try:
-                await run_in_threadpool(current, row, claims)
-            except DataTokenError as exc:  # suspended or terminated meanwhile
-                logger.info("DSP data %s stopped: %s", row.own_pid, exc)
                 return
             batch = await run_in_threadpool(next, batches, None)
 
@@ -268,12 +283,12 @@ def transfer_router(
             while not stopping.is_set():
                 if recheck.due():
                     try:
-                        await run_in_threadpool(current, row, claims)
+                        await run_in_threadpool(served, peer, row, claims)
                         stored = await run_in_threadpool(
                             runtime.provider_agreement, process.agreement_id, peer
                         )
                         gate = await run_in_threadpool(runtime.stream_gate, stored, ask)
-                    except (DataTokenError, ContractError) as exc:
+                    except (Refused, DataTokenError, ContractError) as exc:
                         logger.info("DSP live %s stopped: %s", row.own_pid, exc)
                         return
                     recheck.rebuilt()

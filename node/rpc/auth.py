@@ -16,7 +16,10 @@ checked (a member over it is RESOURCE_EXHAUSTED with a ``retry-after`` trailer, 
 once and then summed up, not a line per call), and holds a slot while it runs
 (`node.rpc.limits`). Open streams are re-checked every
 ``STREAM_RECHECK_S``: when the member is revoked, or the CRL went stale, the stream
-ends with UNAUTHENTICATED instead of feeding a member that is no longer one.
+ends with UNAUTHENTICATED instead of feeding a member that is no longer one. Uploads
+(client-streaming calls: a federated update, a masked input, a job's initial model) are
+re-checked the same way, as each message arrives and while the servicer works, so an
+upload a member started before its revocation is refused, not accepted.
 """
 
 from __future__ import annotations
@@ -335,10 +338,13 @@ class _Call:
         return request
 
     def unary(self, behavior: Behavior, *, streaming_request: bool) -> Behavior:
+        if streaming_request:
+            return self.upload(behavior)
+
         async def wrapped(raw: Any, context: grpc.aio.ServicerContext) -> Any:
-            release = await self.admit(context, stream=streaming_request)
+            release = await self.admit(context, stream=False)
             try:
-                request = await self.request(raw, streaming_request, context)
+                request = await self.request(raw, False, context)
                 try:
                     return await behavior(request, context)
                 except Exception as exc:
@@ -347,6 +353,55 @@ class _Call:
                 release()
 
         return wrapped
+
+    def upload(self, behavior: Behavior) -> Behavior:
+        """A client-streaming call (an upload): its caller's standing is re-checked as its
+        messages arrive and while the servicer works on them, as an open stream's is; a
+        caller revoked mid-upload is refused (UNAUTHENTICATED) and the servicer's
+        work cancelled, so the upload is never accepted."""
+
+        async def uploaded(raw: Any, context: grpc.aio.ServicerContext) -> Any:
+            release = await self.admit(context, stream=True)
+            try:
+                lost: list[BaseException] = []
+                request = self._rechecked(await self.request(raw, True, context), context, lost)
+                task = asyncio.ensure_future(behavior(request, context))
+                await self._until_done(task, context, lost)
+                if lost:  # refused as a message arrived: whatever the servicer made of it
+                    if task.done() and not task.cancelled():
+                        task.exception()  # (the abort, or what it turned it into) is void
+                    raise lost[0]
+                try:
+                    return await task
+                except Exception as exc:
+                    await self._failed(context, exc)
+            finally:
+                release()
+
+        return uploaded
+
+    async def _rechecked(
+        self,
+        requests: AsyncIterator[Any],
+        context: grpc.aio.ServicerContext,
+        lost: list[BaseException],
+    ) -> AsyncIterator[Any]:
+        """An upload's `requests`, while the caller stays in good standing (checked at
+        most every `recheck_s` as messages arrive); the refusal is kept in `lost`."""
+        peer = current_peer()
+        checked = time.monotonic()
+        async for request in requests:
+            if time.monotonic() - checked > self._recheck_s:
+                try:
+                    self._auth.check_standing(peer.identity)
+                except Refused as refusal:
+                    try:
+                        await self._refuse(context, refusal)
+                    except BaseException as exc:
+                        lost.append(exc)
+                        raise
+                checked = time.monotonic()
+            yield request
 
     def stream(self, behavior: Behavior, *, streaming_request: bool) -> Behavior:
         if inspect.isasyncgenfunction(behavior):
@@ -408,13 +463,22 @@ class _Call:
                 await items.aclose()  # type: ignore[attr-defined]
 
     async def _until_done(
-        self, task: asyncio.Future[Any], context: grpc.aio.ServicerContext
+        self,
+        task: asyncio.Future[Any],
+        context: grpc.aio.ServicerContext,
+        lost: list[BaseException] | None = None,
     ) -> None:
-        """Wait for `task`, re-checking the caller's standing; cancel it and abort when lost."""
+        """Wait for `task`, re-checking the caller's standing; cancel it and abort when lost
+        (`lost`: a refusal already made elsewhere, which ends the wait at once)."""
         peer = current_peer()
         while True:
             done, _ = await asyncio.wait({task}, timeout=self._recheck_s)
             if done:
+                return
+            if lost:  # refused already (the call is aborted): the work is not wanted
+                task.cancel()
+                with contextlib.suppress(BaseException):
+                    await task
                 return
             try:
                 self._auth.check_standing(peer.identity)

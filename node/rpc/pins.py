@@ -9,16 +9,30 @@ to the authority until it expires or is revoked, and a peer presenting it is ref
 grpc-python has no hook to inspect the server certificate of a channel, so before the
 first call to an address the node makes one TLS handshake of its own (`ssl`, with its
 member certificate as a client certificate, ALPN h2, the peer's member name as the
-server name), reads the certificate the peer presents, and compares its sha256 with
-the entry's ``cert_fingerprint``. A match is remembered per (address, fingerprint), so
-a peer is checked again when its entry or address changes, not on every call. What was
-seen at an address is remembered too, but a refusal is never decided on it: a member
-that renews its certificate keeps its address, and the peers that called it before
-would otherwise refuse its new certificate (the one its entry now names) until they
-restarted. A mismatch fails the call with UNAUTHENTICATED, like any refused peer call,
-and is logged; a handshake that cannot complete (peer down, TLS refused) is not decided here:
-the call goes ahead and fails, or succeeds, on its own terms, and the check runs again
-on the next call.
+server name), reads the certificate the peer presents, and compares its sha256 with the
+entry's ``cert_fingerprint``. A match is remembered per (address, fingerprint), so a
+peer is checked again when its entry or address changes, not on every call. What was
+seen at an address is remembered too, but a refusal is decided on a fresh handshake
+where one completes: a member that renews its certificate keeps its address, and the
+peers that called it before would otherwise refuse its new certificate (the one its
+entry now names) until they restarted. A mismatch fails the call with UNAUTHENTICATED,
+like any refused peer call, and is logged. A handshake that cannot complete (peer down,
+TLS refused, a connection dropped) fails closed: the call is not made, UNAVAILABLE
+(retryable) naming the peer, and the check runs again on the next call. Letting it go
+ahead "on its own terms" let a peer that drops only the checker's connections receive
+every call unchecked (a revoked static peer, or an old certificate while its entry pins
+the new one). A refusal remembered from an earlier handshake is never downgraded either:
+when the fresh handshake fails, a revoked serial is refused as revoked, a certificate
+other than the pinned one as UNAVAILABLE (it may have been renewed since).
+
+What remains: the check runs on a connection of its own, not on the one the call then
+uses (grpc-python does not show a channel's peer certificate), and later calls to a
+checked address are decided on what was seen there. A peer that tells the two apart
+can present the pinned certificate to the checker and another to the calls. TLS still
+holds the call's certificate to the authority and to the member name called, so this
+takes a second valid certificate of that member (an old one not revoked yet: revoking
+it, as a renewal after a loss should, closes it), and it cannot pass off a revoked one
+to the checker.
 
 The same handshake tells the member id in the certificate the peer presents, which
 `presented_member` gives a caller that must reach one member and not merely whoever holds
@@ -39,7 +53,7 @@ import logging
 import ssl
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import grpc
 from cryptography import x509
@@ -82,6 +96,12 @@ class PeerRevoked(IdentityError):
     """The peer we are about to call presents a certificate the authority revoked."""
 
 
+class PeerUnchecked(IdentityError):
+    """The peer's certificate must be checked before a call (a revocation list or a pin
+    applies) and no handshake completed to check it: the call is not made (UNAVAILABLE,
+    retryable)."""
+
+
 async def presented_certificate(
     context: ssl.SSLContext, address: str, peer_name: str, timeout: float = HANDSHAKE_TIMEOUT_S
 ) -> bytes | None:
@@ -108,8 +128,9 @@ async def presented_certificate(
 class PinChecker:
     """Checks the certificate a peer presents: its fingerprint against the one its entry
     names (once per pair), its serial against the revocation list (every call). What the
-    peer at an address presented is remembered; a refusal is decided only on a handshake
-    made for it (the peer may have renewed its certificate since, at the same address)."""
+    peer at an address presented is remembered; a refusal is decided on a handshake made
+    for it (the peer may have renewed its certificate since, at the same address), and
+    where none completes the call is refused all the same (module docstring)."""
 
     def __init__(
         self,
@@ -168,18 +189,60 @@ class PinChecker:
     async def check(self, peer_name: str, address: str, expected: str | None) -> None:
         """Raise `FingerprintMismatch` when the peer presents another cert than ``expected``
         (None: a static peer the directory does not list), `PeerRevoked` when its cert is
-        revoked, `StaleRevocationList` when the list is past its nextUpdate."""
+        revoked, `StaleRevocationList` when the list is past its nextUpdate, `PeerUnchecked`
+        when a check applies and no handshake completed to decide it (the call is not
+        made: fail closed)."""
         if self._revoked is None and (expected is None or (address, expected) in self._verified):
             return
         remembered = address in self._seen
         seen = await self._presented(peer_name, address)
         if seen is not None and remembered and self._refuses(seen, expected):
             # what was seen here before may be a certificate the peer has since replaced
-            # (a renewal keeps the address): a refusal is decided on a fresh handshake
+            # (a renewal keeps the address): a refusal is decided on a fresh handshake,
+            # and stands when none completes (never downgraded to "undecided")
             self._seen.pop(address, None)
-            seen = await self._presented(peer_name, address)
+            fresh = await self._presented(peer_name, address)
+            if fresh is None:
+                self._seen[address] = seen  # looked at afresh on the next call again
+                self._refuse_remembered(peer_name, address, seen)
+            seen = fresh
         if seen is None:
-            return  # undecided: the call itself will meet the same peer
+            logger.info(
+                "not calling %s at %s: no TLS handshake completed to check its certificate",
+                peer_name,
+                address,
+            )
+            raise PeerUnchecked(
+                f"peer {peer_name} at {address}: no TLS handshake completed to check its "
+                "certificate (revocation, directory pin); not called, try again later"
+            )
+        self._decide(peer_name, address, seen, expected)
+
+    def _refuse_remembered(self, peer_name: str, address: str, seen: tuple[str, int]) -> NoReturn:
+        """What was seen at ``address`` before refuses the call and no fresh handshake
+        completed: a revoked serial stays revoked (`PeerRevoked`); another certificate
+        than the entry names may have been renewed since, so it is `PeerUnchecked`
+        (retryable), never a call made unchecked."""
+        presented, serial = seen
+        if self._revoked is not None and self._revoked(serial):
+            self._decide(peer_name, address, seen, None)
+        logger.info(
+            "not calling %s at %s: it presented certificate sha256 %s before, not the one its "
+            "entry names, and no fresh handshake completed",
+            peer_name,
+            address,
+            presented,
+        )
+        raise PeerUnchecked(
+            f"peer {peer_name} at {address} presented another certificate than its directory "
+            "entry names, and no TLS handshake completed to check it again; not called"
+        )
+
+    def _decide(
+        self, peer_name: str, address: str, seen: tuple[str, int], expected: str | None
+    ) -> None:
+        """Refuse (raise) the certificate ``seen`` at ``address`` when it is revoked or is
+        not ``expected``; remember the match otherwise."""
         presented, serial = seen
         if self._revoked is not None and self._revoked(serial):
             logger.warning(
@@ -215,7 +278,7 @@ Expected = Callable[[], str | None]
 def _refusal(exc: IdentityError) -> grpc.aio.AioRpcError:
     code = (
         grpc.StatusCode.UNAVAILABLE
-        if isinstance(exc, StaleRevocationList)
+        if isinstance(exc, StaleRevocationList | PeerUnchecked)
         else grpc.StatusCode.UNAUTHENTICATED
     )
     return grpc.aio.AioRpcError(code, grpc.aio.Metadata(), grpc.aio.Metadata(), str(exc))
@@ -233,7 +296,7 @@ class _Pinned:
     async def _check(self) -> None:
         try:
             await self._checker.check(self._name, self._address, self._expected())
-        except (FingerprintMismatch, PeerRevoked, StaleRevocationList) as exc:
+        except (FingerprintMismatch, PeerRevoked, PeerUnchecked, StaleRevocationList) as exc:
             raise _refusal(exc) from None
 
 
