@@ -109,6 +109,15 @@ async def call_peer(peer: str, what: str, call: Callable[[], Any]) -> Any:
 
 GROUP_BATCHES = 5  # verified batches committed in one transaction (at most) ...
 GROUP_ROWS = 10_000  # ... or this many rows
+#: a pull ends (PeerError) when its provider sends no batch for this long: an honest one
+#: reads a page (at most `MAX_BATCH_ROWS` rows) between two, one that holds the stream
+#: open without sending held the transfer's task for ever
+PULL_IDLE_S = 60.0
+#: ... or sends this many batches in a row that bring no row and are not the last: an
+#: honest provider's empty batch is a page of rows its gate withheld (at least
+#: `MIN_BATCH_ROWS` each), one that sends nothing but empty batches cost a commit of
+#: the cursor every `GROUP_BATCHES` for ever
+MAX_EMPTY_BATCHES = 1000
 
 
 class _GroupCommits:
@@ -172,6 +181,21 @@ class _GroupCommits:
         if flight is not None:
             await flight
             self._metrics.rows("received", "pull", *self._counts)
+
+
+async def _next_batch(call: Any, peer: str, transfer_id: str) -> Any:
+    """The pull's next batch (None at the stream's end), awaited `PULL_IDLE_S` at most:
+    a provider that sends nothing ends the pull with a PeerError saying so. What was
+    committed stays, with the cursor after it: a later pull (`resume`, or the node's
+    start) continues from there, as after any broken pull."""
+    try:
+        wire = await asyncio.wait_for(call.read(), PULL_IDLE_S)
+    except TimeoutError:
+        raise PeerError(
+            f"peer {peer}: transfer {transfer_id}: the provider sent no batch for "
+            f"{PULL_IDLE_S:g} s; the pull ends (resume it from its checkpoint)"
+        ) from None
+    return None if wire is grpc.aio.EOF else wire
 
 
 class ContractClient(ConsumerSubscriptions):
@@ -419,7 +443,9 @@ class ContractClient(ConsumerSubscriptions):
         groups (`GROUP_BATCHES` batches or `GROUP_ROWS` rows, whichever comes first), each
         group with the cursor after its last batch in one transaction, in a worker thread
         while the next batches arrive (one commit in flight at most): the stored cursor
-        is always at a batch boundary and a resume continues from it."""
+        is always at a batch boundary and a resume continues from it. A provider that
+        sends no batch for `PULL_IDLE_S`, or `MAX_EMPTY_BATCHES` empty ones in a row,
+        ends the pull (PeerError) as a broken stream does: the transfer stays STARTED."""
         store = self.runtime.store
         process = store.load_transfer(transfer_id)
         if process.state is not TransferState.STARTED:
@@ -428,8 +454,10 @@ class ContractClient(ConsumerSubscriptions):
         stub = transfer_pb2_grpc.TransferStub(self.peers.channel(peer))
         request = pull_request_to_proto(PullRequest(transfer_id, process.checkpoint, batch_rows))
         commits = _GroupCommits(self.runtime.commit_received_batch, self.metrics, process)
+        call = stub.Pull(request)
+        empty = 0  # batches in a row without a row
         try:
-            async for wire in stub.Pull(request):
+            while (wire := await _next_batch(call, peer, transfer_id)) is not None:
                 batch = row_batch_from_proto(wire)
                 after = accept_batch(process, batch)
                 commits.add(
@@ -441,6 +469,12 @@ class ContractClient(ConsumerSubscriptions):
                 if batch.last:
                     await commits.settle()
                     return await self._complete(stub, peer, process, batch.checkpoint)
+                empty = 0 if batch.count else empty + 1
+                if empty >= MAX_EMPTY_BATCHES:
+                    raise PeerError(
+                        f"peer {peer}: transfer {transfer_id}: {empty} batches in a row "
+                        "without a row; the pull ends (resume it from its checkpoint)"
+                    )
         except grpc.aio.AioRpcError as exc:
             await commits.settle()  # what was verified before the break is kept
             code = exc.code().name
@@ -448,6 +482,7 @@ class ContractClient(ConsumerSubscriptions):
                 f"peer {peer}: transfer {transfer_id}: {code}: {exc.details()}", code
             ) from None
         finally:
+            call.cancel()  # (a no-op once it ended) the provider's stream is not left open
             await commits.settle()
         raise PeerError(f"peer {peer}: transfer {transfer_id} stream ended before its last batch")
 

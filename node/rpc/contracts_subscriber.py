@@ -11,6 +11,11 @@ It outlives its stream: a provider's restart or a dropped network used to end it
 good, a consumer's restart to forget it, and the line's monitoring stopped with nobody
 told. It is recorded once the provider opens the stream, opened again when the stream
 breaks, and resumed when the node starts (`ConsumerSubscriptions`).
+
+The monitor is the consumer's early warning against its own supplier, so nothing the
+provider sends may switch it off: a row it cannot judge (no number, an unusable time) is
+passed over or judged at its arrival, the rows after it still are (`_watch_rows`), and
+every stored row is fed to the monitor exactly once, reconnections included (`_take`).
 """
 
 from __future__ import annotations
@@ -21,8 +26,8 @@ import logging
 import math
 import uuid
 from collections.abc import AsyncIterable, Iterable, Sequence
-from dataclasses import dataclass, replace
-from datetime import timedelta
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timedelta
 from typing import Any
 
 import grpc
@@ -81,10 +86,12 @@ _FINAL = frozenset(
 
 @dataclass
 class _Watch:
-    """One subscription's SPC monitor, kept across its reconnections."""
+    """One subscription's SPC monitor, kept across its reconnections, and the alerts it
+    raised that are not kept yet (a write failed: kept before the next event's)."""
 
     monitor: SpcMonitor
     baseline_kept: bool = False
+    unkept: list[tuple[SpcAlert, dict[str, Any]]] = field(default_factory=list)
 
 
 class ConsumerSubscriptions:
@@ -295,6 +302,7 @@ class ConsumerSubscriptions:
             if event.heartbeat:
                 if event.position:
                     sub.position = event.position
+                await self._keep_alerts(sub, watch)  # (those a failed write left)
                 continue
             arrived = self.runtime.clock.now()
             sub.latencies_ms.append((arrived - event.sent_at) / timedelta(milliseconds=1))
@@ -308,14 +316,38 @@ class ConsumerSubscriptions:
                 await asyncio.to_thread(keep, sub.agreement_id, sub.subscription_id, rows, arrived)
             except (ContractError, ValueError) as exc:
                 raise _Ended(str(exc)) from None
+            # Fed to the monitor after the rows are stored and before the position moves
+            # on; the feeding is in memory and raises nothing (`_watch_rows`), so a
+            # stored row is monitored exactly once: a store that fails leaves the
+            # position, the provider sends the rows again, the store keeps them once and
+            # the monitor sees them then. The alerts' writes come last: one that fails
+            # breaks the stream after the position moved (nothing is fed twice) and the
+            # alert waits in `watch.unkept` for the next event. (The monitor lives in
+            # memory: a node killed between the store and the feed resumes after the
+            # rows it stored, with the baseline it kept, and does not judge those rows.)
+            watch.unkept += await asyncio.to_thread(
+                self._watch_rows, sub, watch.monitor, event.rows, seqs, arrived
+            )
             self.metrics.rows("received", "stream", len(rows), len(raw))
             sub.received += len(rows)
             sub.position = event.positions[-1]
-            # the monitor and the alerts it raises (a write each) in a worker thread: a
-            # provider's event of out-of-control rows raised thousands of them, seconds of
-            # our event loop for one message
-            await asyncio.to_thread(self._spc, sub, watch.monitor, event.rows)
+            await self._keep_alerts(sub, watch)
             await self._keep_baseline(sub, watch)
+
+    async def _keep_alerts(self, sub: Subscription, watch: _Watch) -> None:
+        """Keep and queue the alerts raised and not kept yet, in a worker thread: a
+        provider's event of out-of-control rows raised thousands of them, a write each,
+        seconds of our event loop for one message."""
+        if watch.unkept:
+            await asyncio.to_thread(self._raise_alerts, sub, watch.unkept)
+
+    def _raise_alerts(
+        self, sub: Subscription, unkept: list[tuple[SpcAlert, dict[str, Any]]]
+    ) -> None:
+        while unkept:  # each taken off once kept (a repeat of a kept one is refused by id)
+            alert, record = unkept[0]
+            self._raise_alert(sub, alert, record)
+            del unkept[0]
 
     async def _keep_baseline(self, sub: Subscription, watch: _Watch) -> None:
         """Record the centre and sigma the monitor established, once (a resumed monitor
@@ -328,20 +360,63 @@ class ConsumerSubscriptions:
             keep = self.runtime.store.subscriptions.set_baseline
             await asyncio.to_thread(keep, sub.subscription_id, centre, sigma)
 
-    def _spc(self, sub: Subscription, monitor: SpcMonitor, rows: Sequence[Any]) -> None:
+    def _watch_rows(
+        self,
+        sub: Subscription,
+        monitor: SpcMonitor,
+        rows: Sequence[Any],
+        seqs: Sequence[int],
+        arrived: datetime,
+    ) -> list[tuple[SpcAlert, dict[str, Any]]]:
+        """Feed the stored `rows` to the monitor; the alerts raised, with their records.
+
+        A row is the provider's to write, so none may stop the monitoring of the rows
+        after it: one whose ``inspected_at`` is no instant with a zone is judged at its
+        arrival time (as one without it always was), not skipped, since a supplier could
+        otherwise hide an out-of-control value behind a broken time; one with no finite
+        number to judge (or no JSON object) is passed over, as a row without the
+        characteristic always was. Both are named in one warning each per event (a
+        provider's rows do not flood the log): the subscription, how many, and the first
+        row's position and fault. Nothing of the provider's making raises here."""
         import json
 
         from qdspace.policies.canonical import parse_datetime
 
-        for row in rows:
-            record = json.loads(row.payload)
-            value = characteristic_value(record, sub.characteristic)
-            if value is None:
-                continue
-            at = record.get("inspected_at")
-            when = parse_datetime(at) if isinstance(at, str) else self.runtime.clock.now()
-            for alert in monitor.add(value, when):
-                self._raise_alert(sub, alert, record)
+        raised: list[tuple[SpcAlert, dict[str, Any]]] = []
+        untimed: list[str] = []
+        skipped: list[str] = []
+        for row, seq in zip(rows, seqs, strict=True):
+            try:
+                record = json.loads(row.payload)
+                if not isinstance(record, dict):
+                    raise ValueError("the row is no JSON object")
+                value = characteristic_value(record, sub.characteristic)
+                if value is None:
+                    continue
+                at, when = record.get("inspected_at"), arrived
+                try:
+                    if at is not None and not isinstance(at, str):
+                        raise ValueError(f"inspected_at is a JSON {type(at).__name__}, no text")
+                    if at is not None:
+                        when = parse_datetime(at)
+                except ValueError as exc:
+                    untimed.append(f"row {seq}: {exc}"[:200])
+                raised += [(alert, record) for alert in monitor.add(value, when)]
+            except (ValueError, TypeError, ArithmeticError, RecursionError) as exc:
+                skipped.append(f"row {seq}: {exc}"[:200])
+        if untimed:
+            logger.warning(
+                "subscription %s: %d rows from %s had no usable inspected_at, judged at "
+                "their arrival (first: %s)",
+                sub.subscription_id, len(untimed), sub.provider, untimed[0],
+            )  # fmt: skip
+        if skipped:
+            logger.warning(
+                "subscription %s: %d rows from %s could not be judged, passed over "
+                "(first: %s)",
+                sub.subscription_id, len(skipped), sub.provider, skipped[0],
+            )  # fmt: skip
+        return raised
 
     def _raise_alert(self, sub: Subscription, alert: SpcAlert, record: dict[str, Any]) -> None:
         # named by the record that set it off (its key and version), not by the point's
@@ -359,12 +434,12 @@ class ConsumerSubscriptions:
             str(record.get("station") or ""),
             sub.characteristic,
         )
-        self.metrics.spc_alerts.labels(rule=alert.rule).inc()
         # for the member the agreement names (the name it is reached by can change hands)
         provider_id = self.runtime.store.agreement(sub.agreement_id).signed.agreement.provider_id
         message = self.runtime.notification(provider_id, notice, notice.alert_id)
         keep = self.runtime.store.subscriptions.record_alert
         kept = keep(sub.subscription_id, notice, self.runtime.clock.now(), [message])
+        self.metrics.spc_alerts.labels(rule=alert.rule).inc()
         if kept == "kept":
             sub.alerts_raised += 1
             logger.warning(
