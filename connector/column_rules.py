@@ -23,6 +23,7 @@ from typing import Any
 from qdspace.connector.dictionary import DataDictionary
 from qdspace.connector.errors import DictionaryError
 from qdspace.connector.field_parsers import INT_MAX, has_surrogate
+from qdspace.connector.numbers import NumberTextError, parse_number
 from qdspace.util.instants import OutsideUtc, in_utc
 
 #: a column loop's verdict on one value: "this row needs the row validator"
@@ -106,8 +107,13 @@ def text(required: bool, max_len: int) -> Callable[[list[Any]], list[Any]]:
 
 
 class Number:
-    """A finite decimal number within bounds -> float. A class rather than a closure so
-    that the batch can tell its number columns (see `decimal_texts`)."""
+    """A finite decimal number within bounds -> float, read by the one grammar of
+    `connector.numbers` (as the row validator reads it). A class rather than a closure so
+    that the batch can tell its number columns (see `decimal_texts`).
+
+    The column pass stays one ``float`` a value: on ASCII text without ``_`` or ``,``
+    (one C-level check of the joined column), ``float`` reads exactly that grammar; a
+    column with anything else in it (``1,5``, ``1_000``, ``١٢``) goes value by value."""
 
     def __init__(self, required: bool, minimum: float | None = None, maximum: float | None = None):
         self.required = required
@@ -117,6 +123,9 @@ class Number:
     def __call__(self, values: list[Any]) -> list[Any]:
         stripped = _stripped(values) if values else None
         if stripped is not None:
+            joined = "".join(stripped)
+            if not joined.isascii() or "_" in joined or "," in joined:
+                return self.slow(values)
             try:
                 floats = list(map(float, stripped))
             except ValueError:
@@ -129,8 +138,8 @@ class Number:
 
     def accept(self, s: str) -> Any:
         try:
-            f = float(s)
-        except ValueError:
+            f = parse_number(s)
+        except NumberTextError:
             return BAD
         # NaN fails both comparisons; inf and -inf fail one of them
         return f if self.low <= f <= self.high and _NINF < f < _INF else BAD

@@ -39,6 +39,7 @@ from qdspace.connector.dictionary import (
     EnumDomain,
     Grade,
     UnitDomain,
+    prefix_case_clash,
 )
 from qdspace.connector.errors import DictionaryError
 
@@ -223,13 +224,25 @@ def _where(path: Path, data: Any, exc: ValidationError) -> str:
 
 
 def _conversion_table(
-    unit: str, conversions: Iterable[ConversionModel]
+    path: Path, ident: str, unit: str, conversions: Iterable[ConversionModel]
 ) -> dict[str, tuple[float, float]]:
-    table: dict[str, tuple[float, float]] = {unit: (1.0, 0.0), unit.lower(): (1.0, 0.0)}
+    """Each unit as declared (no lower-cased copies: case is resolved at look-up, see
+    `connector.dictionary`). Two units that differ only in case and convert differently
+    are refused, except where the case they differ in is a prefix letter's (``mOhm`` and
+    ``MOhm`` are two units; ``Torr`` and ``TORR`` at two factors are a mistake)."""
+    table: dict[str, tuple[float, float]] = {unit: (1.0, 0.0)}
     for c in conversions:
         for name in c.units:
             table[name] = (c.factor, c.offset)
-            table[name.lower()] = (c.factor, c.offset)
+    folded: dict[str, str] = {}
+    for name, way in table.items():
+        other = folded.setdefault(name.lower(), name)
+        if other != name and table[other] != way and prefix_case_clash(name, other) is None:
+            raise DictionaryFileError(
+                f"{path}: element {ident}: value_domain: units {other!r} and {name!r} differ "
+                f"only in case but convert differently ({table[other]} and {way} as "
+                "(factor, offset)); case tells units apart only in a prefix letter"
+            )
     return table
 
 
@@ -265,7 +278,11 @@ def _element(path: Path, model: ElementModel, unit_sets: Mapping[str, UnitSetMod
             conversions = [*found.conversions, *conversions]
         grades = {g.code: Grade(g.code, g.lower, g.upper, g.meaning) for g in d.grades}
         domain = UnitDomain(
-            d.unit, _conversion_table(d.unit, conversions), d.minimum, d.maximum, grades
+            d.unit,
+            _conversion_table(path, model.id, d.unit, conversions),
+            d.minimum,
+            d.maximum,
+            grades,
         )
     return DataElement(model.id, model.name, model.definition, domain, aliases, systems)
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Mapping
+from math import isfinite
 from typing import Any
 
 from qdspace.connector.dictionary import DataDictionary, Measured
@@ -29,17 +30,51 @@ from qdspace.connector.field_parsers import (
     RowInvalid,
     code,
     integer,
-    number,
     raw,
     req_text,
     req_timestamp,
+    short,
     text,
     timestamp,
 )
+from qdspace.connector.field_parsers import number as _bounded_number
+from qdspace.connector.numbers import NumberTextError, parse_number
 from qdspace.connector.row_template import FIELDS
 
 _PSEUDONYM = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{2,63}$")
 _HEX = re.compile(r"^[0-9a-f]{16,64}$")
+
+
+def number(
+    p: Problems,
+    row: Mapping[str, Any],
+    name: str,
+    *,
+    required: bool = True,
+    minimum: float | None = None,
+    maximum: float | None = None,
+) -> float | None:
+    """A number field: text is read by the one grammar of `connector.numbers` (as a
+    measurement value is: ``1,5`` is 1.5, ``1,000`` and ``1_000`` are refused, naming the
+    field and the value); absence and JSON numbers as `field_parsers.number`, and the
+    bounds with its words."""
+    value = raw(row, name)
+    if value.__class__ is not str:
+        return _bounded_number(p, row, name, required=required, minimum=minimum, maximum=maximum)
+    try:
+        result = parse_number(value)
+    except NumberTextError as exc:
+        p.fail(name, exc.reason)
+        return None
+    if not isfinite(result):
+        p.fail(name, f"expected a finite number, got {short(value)}")
+    elif minimum is not None and result < minimum:
+        p.fail(name, f"{result:g} is below the minimum {minimum:g}")
+    elif maximum is not None and result > maximum:
+        p.fail(name, f"{result:g} is above the maximum {maximum:g}")
+    else:
+        return result
+    return None
 
 
 def parse_order(row: Mapping[str, Any], d: DataDictionary) -> Row:

@@ -404,11 +404,27 @@ NUMBER_FORMS: list[list[str]] = [
     ["0.1000000000000000055511151231257827", "2.2250738585072014", " 3.5 "],
     ["4.2", "1e3", "1"],
     ["4.2", "1e-400", "1"],
-    ["4.2", "1_000", "1"],
+    ["4.2", "1,5", "1"],
     ["4.2", ".5", "1"],
-    ["4.2", "\u0663", "1"],
+    ["4.2", "12,25e1", "1"],
     ["4.2", "", "1"],
 ]
+#: number texts outside the one grammar (`connector.numbers`): refused by the column rule
+#: and the row validator alike (``float`` took the first two, ``1,000`` was 1.0 elsewhere)
+NOT_NUMBERS: list[str] = ["1_000", "\u0663", "\uff11\uff12", "1,000", "1.000,5", "1,000,000"]
+
+
+@pytest.mark.parametrize("text", NOT_NUMBERS)
+def test_number_texts_outside_the_grammar_are_refused_alike(text: str) -> None:
+    items = [
+        (i + 2, {**GOOD["inspection"], "inspection_id": f"EL-{i}", "latency_ms": v})
+        for i, v in enumerate(["4.2", text, "1"])
+    ]
+    _same("inspection", items)
+    got = BatchValidator("inspection", D, insert_columns(TABLES["inspection"].__table__))
+    errors = got.validate(items).errors
+    assert [(line, field) for line, field, _ in errors] == [(3, "latency_ms")]
+    assert repr(text) in errors[0][2]
 
 
 @pytest.mark.parametrize("forms", NUMBER_FORMS)
