@@ -20,7 +20,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import BigInteger, Index, UniqueConstraint
+from sqlalchemy import BigInteger, Index, Text, UniqueConstraint
 from sqlmodel import Field, SQLModel
 
 metadata = SQLModel.metadata
@@ -224,6 +224,32 @@ class Rewrites(SQLModel, table=True):
     __tablename__ = "qdm_rewrites"
     kind: str = Field(primary_key=True, max_length=32)
     rewrites: int = Field(default=0, sa_type=BigInteger)
+
+
+class RecordHistory(SQLModel, table=True):
+    """A version of a QDM record as it was before a correction or withdrawal replaced it.
+
+    The record's own row takes the new content (`connector.versions`), so an auditor
+    could otherwise see only that it changed: its version number, and the hash of the
+    old content the ledger anchored. The replaced content is copied here in the writing
+    transaction; a record's versions are its history rows (by ``version``) and its row.
+    ``record_key`` is the natural key as JSON text (`versions.key_text`): the record's
+    ``id`` moves with every version, ``record_id`` is the id the replaced version had
+    (the one the ledger anchored). Not a QDM kind: nothing ingests or shares it.
+    """
+
+    __tablename__ = "qdm_record_history"
+    __table_args__ = (UniqueConstraint("kind", "record_key", "version", name="uq_record_history"),)
+    id: int | None = Field(default=None, primary_key=True)
+    kind: str = Field(max_length=32)
+    record_key: str = Field(max_length=400)
+    record_id: int
+    version: int
+    #: the replaced version's content columns and ``withdrawn_at``, as JSON
+    content: str = Field(sa_type=Text)
+    replaced_at: datetime
+    #: ``correction`` or ``withdrawal``
+    replaced_by: str = Field(max_length=16)
 
 
 #: kind name (as used by ingest, REST and CLI) -> table class

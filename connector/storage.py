@@ -32,9 +32,11 @@ from qdspace.connector.errors import StorageError
 from qdspace.connector.ingest import IngestReport, RowError, check_kind
 from qdspace.connector.qdm import NATURAL_KEYS, TABLES
 from qdspace.connector.versions import (
+    RecordVersion,
     Withdrawal,
     conflicts,
     correct_rows,
+    history,
     serialize_writes,
     withdraw,
 )
@@ -399,6 +401,13 @@ class QualityStore:
         check_kind(kind)
         with self.engine.begin() as connection:
             return withdraw(connection, kind, key, at)
+
+    def history(self, kind: str, key: Mapping[str, Any]) -> list[RecordVersion]:
+        """Every version of one record, oldest first, the current one last: what it
+        said before each correction or withdrawal (`connector.versions.history`)."""
+        check_kind(kind)
+        with self.engine.connect() as connection:
+            return history(connection, kind, key)
 
     def close(self) -> None:
         self.engine.dispose()

@@ -28,7 +28,7 @@ from starlette.concurrency import run_in_threadpool
 from qdspace.connector.negotiation import Negotiation, Role
 from qdspace.connector.spc import SpcSpec
 from qdspace.connector.transfer import TransferProcess
-from qdspace.connector.versions import Withdrawal, withdraw
+from qdspace.connector.versions import RecordVersion, Withdrawal, history, withdraw
 from qdspace.node.api.contracts_models import (
     AgreementFull,
     AgreementPublic,
@@ -41,6 +41,8 @@ from qdspace.node.api.contracts_models import (
     NegotiationPublic,
     NegotiationResult,
     ReceivedPublic,
+    RecordKeyBody,
+    RecordVersionPublic,
     TerminateBody,
     TransferBody,
     TransferPublic,
@@ -52,6 +54,7 @@ from qdspace.node.api.contracts_models import (
     change_public,
     entry_public,
     negotiation_public,
+    record_version_public,
     transfer_public,
 )
 from qdspace.node.api.deps import (
@@ -361,6 +364,17 @@ def contracts_router() -> APIRouter:
             version=done.version,
             withdrawn_at=api_time(done.withdrawn_at),
         )
+
+    @router.post("/records/history", response_model=list[RecordVersionPublic])
+    async def record_history(rt: Runtime, body: RecordKeyBody) -> list[RecordVersionPublic]:
+        """Every version of one of our QDM records, oldest first (the auditor's view of
+        its corrections and withdrawals). A read: POST only to carry the key."""
+
+        def run() -> list[RecordVersion]:
+            with rt.qdm.connect() as connection:
+                return history(connection, body.kind, body.key)
+
+        return [record_version_public(v) for v in await _domain(_sync(run))]
 
     @router.post("/subscriptions", response_model=SubscriptionPublic)
     async def subscribe(client: Client, body: SubscribeBody) -> SubscriptionPublic:

@@ -18,6 +18,7 @@ from qdspace.connector.assets import CatalogEntry
 from qdspace.connector.contract_store import DutyReport, ReceivedChange, StoredAgreement
 from qdspace.connector.negotiation import Negotiation
 from qdspace.connector.transfer import TransferProcess
+from qdspace.connector.versions import RecordVersion
 from qdspace.node.api.bodies import Body
 from qdspace.node.api.models import BodyDatetime, Id, Text
 from qdspace.policies.canonical import format_datetime
@@ -71,6 +72,13 @@ class TransferBody(Body):
 
 class WithdrawBody(Body):
     """Withdraw one of our QDM records: consumers holding a copy get a tombstone."""
+
+    kind: Id
+    key: dict[Id, Text] = Field(min_length=1, max_length=MAX_LIST)
+
+
+class RecordKeyBody(Body):
+    """One of our QDM records, by its kind and natural key (times as ISO 8601 text)."""
 
     kind: Id
     key: dict[Id, Text] = Field(min_length=1, max_length=MAX_LIST)
@@ -189,6 +197,17 @@ class WithdrawalPublic(BaseModel):
     key: dict[str, Any]
     version: int
     withdrawn_at: str | None
+
+
+class RecordVersionPublic(BaseModel):
+    """One version of a QDM record; ``replaced_at``/``replaced_by`` are null for the
+    current one."""
+
+    version: int
+    content: dict[str, Any]
+    withdrawn_at: str | None
+    replaced_at: str | None
+    replaced_by: str | None
 
 
 class OrderClosedPublic(BaseModel):
@@ -394,4 +413,14 @@ def entry_public(e: CatalogEntry) -> CatalogEntryPublic:
         fields=sorted(e.fields),
         pseudonymized=sorted(e.pseudonymized),
         offer=policy_to_dict(e.offer),
+    )
+
+
+def record_version_public(v: RecordVersion) -> RecordVersionPublic:
+    return RecordVersionPublic(
+        version=v.version,
+        content={k: api_time(x) if isinstance(x, datetime) else x for k, x in v.content.items()},
+        withdrawn_at=api_time(v.withdrawn_at),
+        replaced_at=api_time(v.replaced_at),
+        replaced_by=v.replaced_by,
     )

@@ -41,7 +41,7 @@ def _inspection(i: int, **changes: Any) -> dict[str, Any]:
 
 
 def test_schema_is_migrated_and_matches_the_models(store: QualityStore) -> None:
-    assert store.schema_version() == head_revision() == "0030_dsp_peer_pid"
+    assert store.schema_version() == head_revision() == "0031_record_history"
     with store.engine.connect() as connection:
         context = MigrationContext.configure(
             connection,
