@@ -89,6 +89,11 @@ def _field_before(payload: bytes, position: int) -> str:
 
 def record_meta(payload: bytes) -> RecordMeta:
     """The envelope of one row's bytes; a row without a usable one is refused."""
+    return _parsed_meta(payload)[0]
+
+
+def _parsed_meta(payload: bytes) -> tuple[RecordMeta, dict[str, Any]]:
+    """`record_meta` of a row, and the row as read."""
     try:
         row = orjson.loads(payload)
     except orjson.JSONDecodeError as exc:
@@ -108,13 +113,13 @@ def record_meta(payload: bytes) -> RecordMeta:
             f"record {key}: version {version!r} is not an integer in 1..{MAX_VERSION}"
         )
     if withdrawn is None:
-        return RecordMeta(key, version)
+        return RecordMeta(key, version), row
     if withdrawn is not True or set(row) != {KEY_FIELD, VERSION_FIELD, WITHDRAWN_FIELD}:
         raise RecordEnvelopeError(
             f"record {key}: a tombstone is {{{KEY_FIELD}, {VERSION_FIELD}, "
             f"{WITHDRAWN_FIELD}: true}} and nothing else"
         )
-    return RecordMeta(key, version, True)
+    return RecordMeta(key, version, True), row
 
 
 _Key = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_RECORD_KEY)]
@@ -184,8 +189,23 @@ def record_metas(payloads: Sequence[bytes], seqs: Sequence[int] | None = None) -
 
 
 def record_envelopes(payloads: Sequence[bytes], seqs: Sequence[int] | None = None) -> Envelopes:
+    """The envelopes of a delivery's rows, exactly as `record_meta` of each
+    (`read_envelopes`, without the member names)."""
+    return read_envelopes(payloads, seqs)[0]
+
+
+ENVELOPE_FIELDS = frozenset({KEY_FIELD, VERSION_FIELD, WITHDRAWN_FIELD})
+
+
+def read_envelopes(
+    payloads: Sequence[bytes], seqs: Sequence[int] | None = None
+) -> tuple[Envelopes, frozenset[str]]:
     """The envelopes of a delivery's rows, exactly as `record_meta` of each (the same
-    rows refused, the same envelopes), in one pass where it is safe.
+    rows refused, the same envelopes), in one pass where it is safe, and the member
+    names of its rows (all of them, the envelope's included): what the consumer checks
+    against the fields its agreement grants. Where the rows pass the first row's
+    msgspec type (the common page: one shape), the names are the first row's, since
+    the type forbids any other; a row checked by `record_meta` adds its own.
 
     Every row must be what the copy's readers (orjson) will read back: a JSON object, no
     NaN or infinity, no number beyond a double, valid UTF-8. `record_meta` builds each
@@ -198,17 +218,18 @@ def record_envelopes(payloads: Sequence[bytes], seqs: Sequence[int] | None = Non
     checked by `record_meta` as before, whose refusal names the row (its seq, when
     given) and where in it."""
     if not payloads:
-        return Envelopes([], [], frozenset())
-    first = _record_meta_at(payloads[0], _seq(seqs, 0))
+        return Envelopes([], [], frozenset()), frozenset()
+    names: set[str] = set()
+    first = _record_meta_at(payloads[0], _seq(seqs, 0), names)
     decoder = _row_decoder(payloads[0])
     if decoder is None:
-        rest = (_record_meta_at(p, _seq(seqs, i)) for i, p in enumerate(payloads) if i)
-        return _columns([first, *rest])
+        rest = (_record_meta_at(p, _seq(seqs, i), names) for i, p in enumerate(payloads) if i)
+        return _columns([first, *rest]), frozenset(names)
     try:
         rows = list(map(decoder.decode, payloads))
     except ValueError:  # msgspec's DecodeError; UnicodeDecodeError for a bad name
-        rest = (_one_meta(decoder, p, _seq(seqs, i)) for i, p in enumerate(payloads) if i)
-        return _columns([first, *rest])
+        rest = (_one_meta(decoder, p, _seq(seqs, i), names) for i, p in enumerate(payloads) if i)
+        return _columns([first, *rest]), frozenset(names)
     keys: list[str] = list(map(_KEY_OF, rows))
     if "\x00" in "".join(keys):  # (a key PostgreSQL refuses): the row is named, refused
         index = next(i for i, key in enumerate(keys) if "\x00" in key)
@@ -216,7 +237,7 @@ def record_envelopes(payloads: Sequence[bytes], seqs: Sequence[int] | None = Non
     versions: list[int] = list(map(_VERSION_OF, rows))
     flags = list(map(_WITHDRAWN_OF, rows))
     if flags.count(None) == len(flags):
-        return Envelopes(keys, versions, frozenset())
+        return Envelopes(keys, versions, frozenset()), frozenset(names)
     withdrawn: set[int] = set()
     for index, flag in enumerate(flags):
         if flag is not None:  # a tombstone (or `false`, which is refused): checked whole
@@ -224,17 +245,20 @@ def record_envelopes(payloads: Sequence[bytes], seqs: Sequence[int] | None = Non
             keys[index], versions[index] = meta.key, meta.version
             if meta.withdrawn:
                 withdrawn.add(index)
-    return Envelopes(keys, versions, frozenset(withdrawn))
+    return Envelopes(keys, versions, frozenset(withdrawn)), frozenset(names)
 
 
-def _one_meta(decoder: msgspec.json.Decoder[Any], payload: bytes, seq: int) -> RecordMeta:
-    """One row's envelope, by msgspec where it passes the row, else `record_meta`."""
+def _one_meta(
+    decoder: msgspec.json.Decoder[Any], payload: bytes, seq: int, names: set[str]
+) -> RecordMeta:
+    """One row's envelope, by msgspec where it passes the row (its names are the first
+    row's), else `record_meta` (its names added to `names`)."""
     try:
         row = decoder.decode(payload)
     except ValueError:  # msgspec's DecodeError; UnicodeDecodeError for a bad name
-        return _record_meta_at(payload, seq)
+        return _record_meta_at(payload, seq, names)
     if row.f2 is not None:
-        return _record_meta_at(payload, seq)
+        return _record_meta_at(payload, seq, names)
     return RecordMeta(row.f0, row.f1)
 
 
@@ -242,12 +266,16 @@ def _seq(seqs: Sequence[int] | None, index: int) -> int:
     return index if seqs is None else seqs[index]
 
 
-def _record_meta_at(payload: bytes, seq: int) -> RecordMeta:
-    """`record_meta`, its refusal naming the row (and, for bad JSON, the field)."""
+def _record_meta_at(payload: bytes, seq: int, names: set[str] | None = None) -> RecordMeta:
+    """`record_meta`, its refusal naming the row (and, for bad JSON, the field); the
+    row's member names added to `names` when given."""
     try:
-        return record_meta(payload)
+        meta, row = _parsed_meta(payload)
     except RecordEnvelopeError as exc:
         raise RecordEnvelopeError(f"row seq {seq}: {exc}") from None
+    if names is not None:
+        names.update(row)
+    return meta
 
 
 def tombstone_bytes(key: str, version: int) -> bytes:

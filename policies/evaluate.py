@@ -153,7 +153,7 @@ def _constraint_failure(constraint: Constraint, request: Request) -> str | None:
         case LeftOperand.FRAMEWORK:
             return _framework_failure(constraint, request.frameworks)
         case _:
-            return None  # fields narrow the grant (see _granted_fields); retention is a duty
+            return None  # fields narrow the grant (see granted_fields); retention is a duty
 
 
 def _framework_failure(constraint: Constraint, held: frozenset[str] | None) -> str | None:
@@ -169,7 +169,7 @@ def _framework_failure(constraint: Constraint, held: frozenset[str] | None) -> s
     )
 
 
-def _granted_fields(permission: Permission, asset_fields: frozenset[str]) -> frozenset[str]:
+def granted_fields(permission: Permission, asset_fields: frozenset[str]) -> frozenset[str]:
     granted = asset_fields
     for constraint in permission.constraints:
         if constraint.left_operand is not LeftOperand.FIELDS:
@@ -245,7 +245,7 @@ def evaluate(policy: Policy, request: Request) -> Decision:
         )
         if failure is None:
             matched = True
-            granted |= _granted_fields(permission, request.asset_fields)
+            granted |= granted_fields(permission, request.asset_fields)
         elif first_failure is None:
             first_failure = failure
     if not matched:

@@ -7,8 +7,9 @@ live stream, concurrently or not, stores each once (keep-once); a later version
 replaces the row, a tombstone withdraws it (kept, without content, so a late copy of
 an older version cannot bring it back), and every correction and withdrawal is kept
 in an audit trail (`received_changes`) with the hash of what arrived. A row, and a
-tombstone, is only accepted for an order its agreement covers, and only ever touches
-that agreement's rows. Each row is stored encrypted under its order's data key
+tombstone, is only accepted for an order its agreement covers (and not deleted), with
+only the fields it grants, while it is in force, and only ever touches that agreement's
+rows. Each row is stored encrypted under its order's data key
 (`data_keys`), bound to where it belongs: in a sealed page, one ciphertext per
 delivery and order (`received_pages`); rows stored before pages keep a ciphertext of
 their own, and readers open both. How a delivery is written is `received_write`; this
@@ -175,7 +176,8 @@ class ReceivedStore(TableStore):
 
         The seq of each row must be its offset in the transfer. A batch committed twice
         (a crash between commit and acknowledgement) changes nothing the second time, and
-        a crash before commit leaves the cursor where the rows stop.
+        a crash before commit leaves the cursor where the rows stop. A pull that asked
+        for one order (`order_id`) takes rows of that order only.
         """
         expected = range(before.checkpoint.offset, after.checkpoint.offset)
         if isinstance(rows, IncomingRun):
@@ -189,7 +191,12 @@ class ReceivedStore(TableStore):
             )
         with saving(self.engine, f"transfer {after.transfer_id}") as connection:
             result = self._writer.store_rows(
-                connection, after.agreement_id, after.transfer_id, rows, at
+                connection,
+                after.agreement_id,
+                after.transfer_id,
+                rows,
+                at,
+                only_order=after.order_id,
             )
             self._transfers.save_transfer_in(connection, before, after)
         return result

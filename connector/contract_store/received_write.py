@@ -1,9 +1,14 @@
 """Writing the consumer's mirror: keep-once, highest version wins, tombstones, scope.
 
 A delivery (a group of transfer batches, or a stream event) is mirrored in the caller's
-transaction. Each row's envelope is read (`record_envelopes`: a row without one is refused),
-every order must be one the agreement covers (checked before anything is written), and
-then:
+transaction. Each row's envelope is read (`read_envelopes`: a row without one is refused),
+and the delivery must be within its agreement, checked before anything is written
+(`_check_terms`): the agreement in force (not terminated, not expired), every order one
+it covers (for a pull of one order, that order) and not one whose data was deleted (a
+tombstone for it would fill the deleted order again, and nothing would delete it a
+second time), and no member a row carries outside the fields it grants (a provider's
+extra field is personal data the consumer never agreed to hold; decided once per row
+shape, from the member names `read_envelopes` gives). Then:
 
 * a first version (not a tombstone) whose key nothing else in the delivery touches is
   written by the upsert alone, which stores it only when the record is not held; the
@@ -45,10 +50,11 @@ from qdspace.connector.contract_errors import (
     ContractDenied,
     ContractStoreError,
     ForeignRecordError,
+    KeyShreddedError,
 )
 from qdspace.connector.contract_store.agreements import AgreementStore
 from qdspace.connector.contract_store.common import ID_LENGTH, DriverStatement, TableStore
-from qdspace.connector.contract_store.data_keys import DataKeys
+from qdspace.connector.contract_store.data_keys import DataKeys, data_key_table
 from qdspace.connector.contract_store.received_model import (
     ROW_COLUMNS,
     IncomingRow,
@@ -60,8 +66,11 @@ from qdspace.connector.contract_store.received_model import (
 )
 from qdspace.connector.contract_store.received_pages import Pages, index_page
 from qdspace.connector.negotiation import Role
-from qdspace.connector.transfer_wire import Envelopes, RecordMeta, record_envelopes
-from qdspace.policies.evaluate import order_in_scope
+from qdspace.connector.transfer_retention import grants_nothing_after
+from qdspace.connector.transfer_wire import ENVELOPE_FIELDS, Envelopes, RecordMeta, read_envelopes
+from qdspace.policies.canonical import format_datetime
+from qdspace.policies.evaluate import covers, granted_fields, order_in_scope
+from qdspace.policies.model import Action, Policy
 
 _REPLACED_COLUMNS = ROW_COLUMNS[2:]  # all but the agreement (number and id)
 _Held = tuple[int, bool, tuple[int, int] | None]  # version, withdrawn, (page, slot)
@@ -76,11 +85,37 @@ _A = received_agreement_table
 _NUMBER_SQL = "SELECT agreement_no FROM contract_received_agreement WHERE agreement_id = ?"
 _NUMBER = DriverStatement(_NUMBER_SQL, [_A.c.agreement_id.type])
 _NUMBER_LOCKED = DriverStatement(f"{_NUMBER_SQL} FOR UPDATE", [_A.c.agreement_id.type])
+#: the orders of a delivery whose data key is destroyed (`_refuse_deleted`)
+_DELETED_SQL = (
+    "SELECT order_id, destroyed_at FROM contract_data_key "
+    "WHERE agreement_id = ? AND wrapped_key IS NULL"
+)
+_K = data_key_table
+_DELETED = DriverStatement(
+    f"{_DELETED_SQL} AND order_id = ?",
+    [_K.c.agreement_id.type, _K.c.order_id.type],
+    [_K.c.order_id.type, _K.c.destroyed_at.type],
+)
 _COUNT_CHANGE = DriverStatement(
     "UPDATE contract_received_agreement SET revision = revision + 1, "
     "rewrites = rewrites + ? WHERE agreement_id = ?",
     [_A.c.rewrites.type, _A.c.agreement_id.type],
 )
+
+
+def fields_outside(policy: Policy, names: frozenset[str]) -> frozenset[str]:
+    """The members of received rows (`names`, their envelope aside) that no permission
+    of `policy` letting rows be read or streamed grants. The provider's gate sends the
+    asset's fields narrowed by each permission's ``fields`` constraints
+    (`policies.evaluate`); the consumer does not know the asset's fields, so the rows'
+    own names stand in for them: a name the constraints keep is one an honest provider
+    may send, any other is data the consumer never agreed to receive."""
+    fields = names - ENVELOPE_FIELDS
+    granted: frozenset[str] = frozenset()
+    for permission in policy.permissions:
+        if covers(permission.action, Action.READ) or covers(permission.action, Action.STREAM):
+            granted |= granted_fields(permission, fields)
+    return fields - granted
 
 
 def count_change(connection: Connection, agreement_id: str, *, rewrite: bool) -> None:
@@ -141,6 +176,9 @@ class MirrorWriter(TableStore):
         self._agreements = agreements
         self._pages = pages
         self._row_sql: tuple[str, tuple[str, ...] | None] | None = None
+        # (agreement, member names of a delivery) -> the names its agreement does not
+        # grant: a few row shapes per agreement, decided once each (the hot path)
+        self._outside: dict[tuple[str, frozenset[str]], frozenset[str]] = {}
 
     def _row_upsert(self) -> tuple[str, tuple[str, ...] | None]:
         """The driver SQL of the received-row upsert and, for a positional driver, the
@@ -160,16 +198,35 @@ class MirrorWriter(TableStore):
             self._row_sql = (compiled.string, order)
         return self._row_sql
 
-    def _check_orders(self, connection: Connection, agreement_id: str, orders: list[str]) -> None:
-        """Every row, and every tombstone, must be of an order the agreement covers, and
-        arrive while it is in force (a purge terminates it before it deletes)."""
+    def _check_terms(
+        self,
+        connection: Connection,
+        agreement_id: str,
+        orders: list[str],
+        names: frozenset[str],
+        at: datetime,
+        only_order: str | None,
+    ) -> None:
+        """Refuse the delivery, before anything is written, unless every row and every
+        tombstone is within the agreement: we are its consumer, it is in force (not
+        terminated: a purge terminates it before it deletes; not expired: some
+        permission still grants at `at`), each row is of an order it covers (and, for a
+        pull that asked for one order, of that order), carries no field it does not
+        grant (`fields_outside`), and is of no order whose data was deleted (its key
+        destroyed: a tombstone too would fill the order again, for good)."""
         stored = self._agreements.agreement_in(connection, agreement_id, hold=True)
         if stored.role is not Role.CONSUMER:
             raise ForeignRecordError(f"agreement {agreement_id}: we are not its consumer")
         if stored.terminated_at is not None:
             raise ContractDenied(f"agreement {agreement_id} terminated: its rows are refused")
         policy = stored.signed.agreement.policy
-        for order in set(orders):
+        if grants_nothing_after(policy, at):
+            raise ContractDenied(
+                f"agreement {agreement_id} expired: it grants nothing at "
+                f"{format_datetime(at)}, so its rows are refused"
+            )
+        distinct = set(orders)
+        for order in distinct:
             if not 0 < len(order) <= ID_LENGTH or "\x00" in order:  # (not storable)
                 raise ForeignRecordError(
                     f"agreement {agreement_id}: an order id of {len(order)} characters, or "
@@ -179,6 +236,41 @@ class MirrorWriter(TableStore):
                 raise ForeignRecordError(
                     f"agreement {agreement_id} does not cover order {order!r}: its rows are refused"
                 )
+            if only_order is not None and order != only_order:
+                raise ForeignRecordError(
+                    f"agreement {agreement_id}: a pull of order {only_order!r} brought rows of "
+                    f"order {order!r}: its rows are refused"
+                )
+        shape = (agreement_id, names)
+        outside = self._outside.get(shape)
+        if outside is None:
+            outside = fields_outside(policy, names)
+            if len(self._outside) >= 1024:
+                self._outside.clear()
+            self._outside[shape] = outside
+        if outside:
+            raise ForeignRecordError(
+                f"agreement {agreement_id} does not grant the fields {sorted(outside)} that "
+                f"received rows carry: the delivery is refused"
+            )
+        self._refuse_deleted(connection, agreement_id, distinct)
+
+    def _refuse_deleted(self, connection: Connection, agreement_id: str, orders: set[str]) -> None:
+        """Refuse a delivery to an order whose data key is destroyed (its rows were
+        deleted, a receipt given): one look-up for the delivery's orders (handed to the
+        driver for the common delivery, of one order)."""
+        if len(orders) == 1:
+            found = _DELETED.first(connection, (agreement_id, *orders))
+        else:
+            mark = "?" if self.engine.dialect.paramstyle == "qmark" else "%s"
+            marks = ", ".join([mark] * len(orders))
+            sql = f"{_DELETED_SQL.replace('?', mark)} AND order_id IN ({marks})"
+            found = connection.exec_driver_sql(sql, (agreement_id, *sorted(orders))).first()
+        if found is not None:
+            raise KeyShreddedError(
+                f"the data of agreement {agreement_id}, order {found[0]!r} was deleted "
+                f"(at {found[1]}); its key is destroyed: its rows, tombstones too, are refused"
+            )
 
     def _agreement_no(self, connection: Connection, agreement_id: str) -> int:
         """The agreement's number in the row index (`received_agreement_table`), given
@@ -230,6 +322,8 @@ class MirrorWriter(TableStore):
         source_id: str,
         rows: Sequence[IncomingRow] | IncomingRun,
         at: datetime,
+        *,
+        only_order: str | None = None,
     ) -> MirrorResult:
         """Keep-once without a look-up for the common case: a first version (not a
         tombstone) of a record whose key nothing else in the delivery touches is written
@@ -238,14 +332,16 @@ class MirrorWriter(TableStore):
         and any row sharing their key) is decided against what is held, as is every row
         of a delivery in which a sample of first versions is held already (a re-delivery:
         looking up is cheaper than writing and undoing). Either way is exact.
-        Rows with content go into one sealed page per order (`received_pages`)."""
+        Rows with content go into one sealed page per order (`received_pages`). A
+        delivery outside its agreement is refused whole (`_check_terms`; `only_order`:
+        the one order a pull asked for)."""
         seqs, orders, payloads = _delivery_columns(rows)
         if not payloads:
             return MirrorResult()
-        envelopes = record_envelopes(payloads, seqs)
+        envelopes, names = read_envelopes(payloads, seqs)
         keys, versions, tombstones = envelopes
         last = max(seqs)  # where this source's deliveries stop now
-        self._check_orders(connection, agreement_id, orders)
+        self._check_terms(connection, agreement_id, orders, names, at, only_order)
         number = self._agreement_no(connection, agreement_id)
         if versions.count(1) == len(keys) and not tombstones:
             careful: set[str] = set()  # first versions only: the common delivery
