@@ -50,6 +50,9 @@ class OpcuaNode(Context):
     #: node ids whose current value is the batch / order a reading belongs to
     batch_id_node: str | None = None
     order_id_node: str | None = None
+    #: store a reading without a source time under the server's time (a server that sets
+    #: none); else such a reading is refused: each re-subscription would store it again
+    server_time: bool = False
 
 
 class OpcuaSecurity(_Strict):
@@ -81,6 +84,9 @@ class OpcuaConfig(_Strict):
     #: a backfill reads history again after this long while reads bring more (0: once)
     history_settle_s: float = Field(default=0.5, ge=0, le=60)
     timeout_s: float = Field(default=4.0, gt=0, le=120)
+    #: a JSON file where the connector keeps how far it stored each node (relative to the
+    #: configuration file): the backfill after a restart starts there (`opcua_marks`)
+    state_file: Path | None = None
     nodes: list[OpcuaNode] = Field(min_length=1)
 
 
@@ -157,6 +163,13 @@ class FolderConfig(_Strict):
     files: list[FolderRule] = Field(min_length=1)
     #: a file is read once its size and time have not changed for this long
     settle_s: float = Field(default=1.0, ge=0, le=3600)
+    #: a file whose last byte is no newline may still be being written (an exporter that
+    #: paused mid-line): it is read only once unchanged this long, its last line then
+    #: refused as cut off (or, with ``unended_last_line: store``, stored as a row)
+    unended_s: float = Field(default=60.0, ge=0, le=86400)
+    #: what becomes of such a last line once ``unended_s`` has passed: "store" is for an
+    #: exporter that never ends its last line (its files are read ``unended_s`` late)
+    unended_last_line: Literal["refuse", "store"] = "refuse"
     charset: str | None = None
 
     @field_validator("charset")

@@ -3,7 +3,10 @@
 An MES drops CSV or JSON Lines exports into a folder; a file is ours once it has
 *settled* (its size, modification and change times and inode unchanged for ``settle_s``;
 names an exporter gives a file while writing it, ``*.tmp``, ``*.part``, dot-files, are
-never read). Then:
+never read; one whose last byte is no newline, the exporter may have paused mid-line,
+waits ``unended_s``, 60 s, and its last line is then refused as cut off; an exporter that
+legitimately never ends its last line still has its files read, ``unended_s`` late, and
+sets ``unended_last_line: store`` to have that line stored). Then:
 
 1. its SHA-256 is looked up in the folder's ledger (``.qdspace-ledger.jsonl``): content
    stored whole before (the same export dropped twice, or a crash after the ingest but
@@ -60,7 +63,7 @@ import os
 import secrets
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from fnmatch import fnmatch
 from pathlib import Path
@@ -86,6 +89,7 @@ from qdspace.connector.linein.folder_files import (
 )
 from qdspace.connector.linein.folder_ledger import LEDGER, FolderBusy, Ledger
 from qdspace.connector.linein.folder_read import FileRead, read_export
+from qdspace.connector.linein.folder_settle import Look, Settling, look_of
 from qdspace.connector.storage import QualityStore
 
 __all__ = [
@@ -108,41 +112,12 @@ PARTIAL = ("*.tmp", "*.part", "*.partial", "*.crdownload", "*.swp", "*~", ".*", 
 RESCAN_S = 5.0
 POLL_S = 0.2
 
-#: what a file was when the scan looked: size, modification and change times, inode
-Look = tuple[int, int, int, int]
-
-
-def look_of(st: os.stat_result) -> Look:
-    """What settling watches of a file: whatever a write, a truncate, a ``utime`` or a
-    rename into place changes (the change time even when the others are set back)."""
-    return (st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
-
 
 def kind_of(config: FolderConfig, name: str) -> str | None:
     """The QDM kind a file is read as (first matching rule), or None: not ours."""
     if any(fnmatch(name, p) for p in PARTIAL) or Path(name).suffix.lower() not in SUFFIXES:
         return None
     return next((r.kind for r in config.files if fnmatch(name, r.pattern)), None)
-
-
-@dataclass
-class Settling:
-    """Files seen and how they were when last looked at; ready once unchanged."""
-
-    settle_s: float
-    seen: dict[str, tuple[tuple[int, ...], float]] = field(default_factory=dict)
-
-    def look(self, name: str, stat: tuple[int, ...], now: float) -> bool:
-        """Whether ``name`` has kept ``stat`` for ``settle_s`` (the first look starts it;
-        so a file is read at the second look at the earliest)."""
-        last = self.seen.get(name)
-        if last is None or last[0] != stat:
-            self.seen[name] = (stat, now)
-            return False
-        return now - last[1] >= self.settle_s
-
-    def forget(self, name: str) -> None:
-        self.seen.pop(name, None)
 
 
 @dataclass
@@ -179,7 +154,7 @@ class FolderConnector:
         self.done = config.done or config.watch / "done"
         self.failed = config.failed or config.watch / "failed"
         self.totals = FolderTotals()
-        self.settling = Settling(config.settle_s)
+        self.settling = Settling(config.settle_s, config.unended_s)
         #: what each name in the folder is read as (None: not ours), worked out once
         self._kinds: dict[str, str | None] = {}
         #: names logged as left alone (no rule, or no plain file), not logged again
@@ -345,30 +320,45 @@ class FolderConnector:
         if self._stuck.get(name) == look:
             return
         if self.settling.look(name, look, now):
+            waited, since = name in self.settling.unended, self.settling.seen[name][1]
             self.settling.forget(name)
-            self._take_or_fail(name, kind, st, ledger)
+            if self._take_or_fail(name, kind, st, ledger, waited):
+                self.settling.hold(name, look, since)
 
-    def _take_or_fail(self, name: str, kind: str, listed: os.stat_result, ledger: Ledger) -> None:
-        """`take`; a file it fails on (not the store: that is retried) goes to failed/."""
+    def _take_or_fail(
+        self, name: str, kind: str, listed: os.stat_result, ledger: Ledger, waited: bool
+    ) -> bool:
+        """`take`; a file it fails on (not the store: that is retried) goes to failed/.
+        True: not taken, it does not end with a newline and has not ``waited`` for that."""
         folders = self.open_folders()
         try:
             handle = folders.watch.open_export(name, listed)
         except NotAnExport as exc:
             log.warning("folder %s: %s; left alone", self.watch, exc)
-            return
+            return False
         except FileNotFoundError:  # gone since the listing
-            return
+            return False
         except BlockingIOError:  # another holds a lease on it (a share's oplock): later
             log.info(
                 "folder %s: %s is held by another process; read later", self.watch, shown(name)
             )
-            return
+            return False
         except OSError as exc:
             self._fail(name, listed, None, f"cannot be read: {exc.strerror}")
-            return
+            return False
         with handle:
+            size = listed.st_size
+            if not waited and size and os.pread(handle.fileno(), 1, size - 1) != b"\n":
+                log.info(
+                    "folder %s: %s does not end with a newline (still written?): read once "
+                    "unchanged for %.0f s",
+                    self.watch,
+                    shown(name),
+                    self.config.unended_s,
+                )
+                return True
             try:
-                self.take(handle, name, kind, ledger, listed)
+                self.take(handle, name, kind, ledger, listed, refuse_unended=waited)
             except StorageError:
                 raise
             except Replaced as exc:
@@ -376,6 +366,7 @@ class FolderConnector:
             except Exception as exc:
                 reason = f"could not be ingested: {type(exc).__name__}: {exc}"
                 self._fail(name, listed, handle, reason)
+        return False
 
     def _fail(
         self, name: str, listed: os.stat_result, handle: IO[bytes] | None, reason: str
@@ -394,7 +385,14 @@ class FolderConnector:
             )
 
     def take(
-        self, handle: IO[bytes], name: str, kind: str, ledger: Ledger, listed: os.stat_result
+        self,
+        handle: IO[bytes],
+        name: str,
+        kind: str,
+        ledger: Ledger,
+        listed: os.stat_result,
+        *,
+        refuse_unended: bool = False,
     ) -> None:
         """Ingest one settled file, open as ``handle`` (unless its content was ingested
         before), then move it (while it is still as ``listed``)."""
@@ -420,7 +418,15 @@ class FolderConnector:
             self._place(name, handle, listed, True, digest)
             self.totals.duplicates += 1
             return
-        read = read_export(self.store, handle, name, Path(name).suffix, kind, self.config.charset)
+        read = read_export(
+            self.store,
+            handle,
+            name,
+            Path(name).suffix,
+            kind,
+            self.config.charset,
+            unended=refuse_unended and self.config.unended_last_line == "refuse",
+        )
         if read.digest != digest or not unchanged(os.fstat(handle.fileno()), listed):
             log.warning(
                 "folder %s: %s changed while read; read again later", self.watch, shown(name)

@@ -94,11 +94,12 @@ def opcua_row(
 ) -> Row | BadLine:
     """A data change of ``node``; ``context`` holds the current values of context nodes
     (``now``: our clock, else read here)."""
-    taken = source_time or server_time
+    taken = source_time or (server_time if node.server_time else None)
     if taken is None:
         return (
             "measured_at",
-            "no source or server timestamp (a re-delivery would be stored twice)",
+            "no source timestamp (a re-delivery would be stored twice under a new server "
+            "time; the node's server_time setting stores it under the server's)",
         )
     if isinstance(value, bool) or not isinstance(value, int | float | str):
         return ("value", f"expected a number or a grade code, got {type(value).__name__}")

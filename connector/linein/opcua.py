@@ -7,8 +7,9 @@ connector is stopped; then wait and start over.
 The order is what makes an outage lose nothing. The subscription is created FIRST, so
 every value written from then on arrives live (queued while the backfill runs); the
 backfill then reads the server's history (where it keeps one) for each node from just
-after the newest reading stored of it, so everything written before the subscription
-comes from history. Reading history first and subscribing second (as this connector
+after the newest reading the connector stored of it (its own mark, not another source's
+newer reading: `opcua_marks`), so everything written before the subscription comes from
+history. Reading history first and subscribing second (as this connector
 once did) loses every value written in between except the last (the subscription's
 first value): on a loaded machine that window is long enough to lose readings. A
 server historizes asynchronously (asyncua's own history is a subscription of its
@@ -74,6 +75,7 @@ from typing import Any
 
 from qdspace.connector.linein.config import OpcuaConfig, OpcuaNode
 from qdspace.connector.linein.mapping import opcua_row
+from qdspace.connector.linein.opcua_changes import _Changes
 from qdspace.connector.linein.opcua_context import (
     HISTORY_KEEP,
     MAX_HISTORY,
@@ -83,6 +85,13 @@ from qdspace.connector.linein.opcua_context import (
     refused_context,
 )
 from qdspace.connector.linein.opcua_history import MAX_BACKFILL, HistoryRead, is_fresh
+from qdspace.connector.linein.opcua_marks import (
+    Untimed,
+    Watermarks,
+    backfill_start,
+    floor_of,
+    source_of,
+)
 from qdspace.connector.linein.opcua_values import OpcuaServerError, Reading, screened
 from qdspace.connector.linein.sink import Item, MeasurementSink
 
@@ -105,44 +114,6 @@ HISTORY_REREADS = 5
 MAX_BACKOFF = 16
 
 
-class _Changes:
-    """asyncua's subscription handler: data changes, screened, onto a bounded queue (in the
-    event loop). Once the queue is full, it drops every change of the session that comes
-    after, counted by node (see the module's docstring)."""
-
-    def __init__(self, queue: asyncio.Queue[tuple[str, Reading]]) -> None:
-        self.queue = queue
-        #: changes dropped by node id (the subscribed nodes': a bounded count)
-        self.dropped: dict[str, int] = {}
-
-    def datachange_notification(self, node: Any, value: Any, data: Any) -> None:
-        node_id = node.nodeid.to_string()
-        if not self.dropped and not self.queue.full():
-            self.queue.put_nowait((node_id, screened(data.monitored_item.Value)))
-            return
-        if not self.dropped:
-            log.error(
-                "opcua %s: %d data changes wait for the store: this session's next changes "
-                "are dropped, and the next session backfills them from the server's history",
-                node_id,
-                self.queue.qsize(),
-            )
-        self.dropped[node_id] = self.dropped.get(node_id, 0) + 1
-
-    def status_change_notification(self, status: Any) -> None:
-        log.warning("opcua: subscription status %s", status)
-
-    def overflow(self) -> OpcuaServerError:
-        """The error that ends a session whose changes came faster than they were stored."""
-        most = sorted(self.dropped.items(), key=lambda kv: -kv[1])[:5]
-        nodes = ", ".join(f"{node_id}: {n}" for node_id, n in most)
-        return OpcuaServerError(
-            f"data changes came faster than they were stored: {sum(self.dropped.values())} "
-            f"dropped after {QUEUED} waited ({nodes}); the next session backfills them "
-            "where the server keeps their history"
-        )
-
-
 class OpcuaConnector:
     def __init__(self, config: OpcuaConfig, sink: MeasurementSink) -> None:
         self.config = config
@@ -154,6 +125,10 @@ class OpcuaConnector:
         #: the newest source time delivered live (the history is trimmed behind it)
         self.newest: datetime | None = None
         self.sessions = 0
+        #: how far the connector stored each node (the backfill's start), and readings
+        #: without a source time (see `opcua_marks`)
+        self.marks = Watermarks(config.state_file)
+        self.untimed = Untimed()
         #: when this session's connection was made (loop time; None: not connected)
         self._connected_at: float | None = None
 
@@ -256,8 +231,21 @@ class OpcuaConnector:
             await self._backfill(client, starts, stop)
             await self._pump(changes, stop, lost)
         finally:
+            self._mark(force=True)
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(client.disconnect(), self.config.timeout_s)
+
+    def _mark(self, force: bool = False) -> None:
+        self.marks.update([n.node_id for n in self.config.nodes], self.sink.newest, force)
+
+    def _put(self, items: list[Item | None]) -> None:
+        """Store ``items`` (None: a reading without a source time, refused and counted)."""
+        kept = [i for i in items if i is not None]
+        if len(kept) < len(items):
+            self.sink.put(kept, more_refused=len(items) - len(kept))
+        else:
+            self.sink.put(kept)
+        self._mark()
 
     def _context_ids(self) -> list[str]:
         ids = {n.batch_id_node for n in self.config.nodes} | {
@@ -276,20 +264,19 @@ class OpcuaConnector:
             self._context_change(node_id, screened(dv))
 
     async def _backfill_starts(self) -> dict[str, tuple[datetime, bool]]:
-        """Per node: where its backfill starts, and whether that is a stored reading's time
-        (then the backfill takes only what is strictly newer). Readings stored with a time
-        ahead of our clock (another source's: a file from an exporter whose clock is
-        wrong) are passed over, or the backfill would start after them for good."""
+        """Per node: where its backfill starts (after what this connector stored of it, not
+        another source: `opcua_marks`), and whether that is a stored reading's time (then
+        the backfill takes only what is strictly newer). Readings stored with a time ahead
+        of our clock (a file from an exporter whose clock is wrong) are passed over."""
         now = datetime.now(UTC)
+        floor = floor_of(now, self.config.backfill_max_s)
         starts: dict[str, tuple[datetime, bool]] = {}
         for node in self.config.nodes:
-            since = await asyncio.to_thread(
+            latest = await asyncio.to_thread(
                 self.sink.latest, node.equipment, node.element, now + CLOCK_SKEW
             )
-            if since is None:
-                starts[node.node_id] = (now - timedelta(seconds=self.config.backfill_max_s), False)
-            else:
-                starts[node.node_id] = (since, True)
+            mark = self.marks.of(node.node_id, self.sink.newest)
+            starts[node.node_id] = backfill_start(mark, latest, floor)
         return starts
 
     async def _backfill(
@@ -369,7 +356,7 @@ class OpcuaConnector:
                     seen.update(r.taken for r in fresh if r.taken is not None)
                     items = [self._item(node, r) for r in fresh]
                     for i in range(0, len(items), BATCH):
-                        await asyncio.to_thread(self.sink.put, items[i : i + BATCH])
+                        await asyncio.to_thread(self._put, items[i : i + BATCH])
                     n += len(items)
                     if stop.is_set():
                         return n, False
@@ -434,8 +421,12 @@ class OpcuaConnector:
                 context[node_id] = value
         return context, forgotten
 
-    def _item(self, node: OpcuaNode, reading: Reading) -> Item:
-        source = f"opcua:{node.node_id}"
+    def _item(self, node: OpcuaNode, reading: Reading) -> Item | None:
+        """The reading as the sink takes it; None: it has no source time (counted)."""
+        source = source_of(node.node_id)
+        if reading.source is None and not node.server_time:
+            self.untimed.refuse(node.node_id)
+            return None
         if reading.refused is not None:
             return (source, ("value", reading.refused))
         taken = reading.taken
@@ -445,7 +436,17 @@ class OpcuaConnector:
         if refused is not None:
             return (source, refused)
         row = opcua_row(node, reading.value, reading.source, reading.server, context)
+        self.untimed.last[node.node_id] = reading.value
         return (source, row)
+
+    def _repeated(self, node_id: str, reading: Reading, firsts: set[str]) -> bool:
+        """A server-time node's first value of the session that is the last one stored."""
+        first = node_id not in firsts
+        firsts.add(node_id)
+        node = self.by_id[node_id]
+        if not (first and node.server_time and reading.source is None):
+            return False
+        return self.untimed.repeated(node.node_id, reading.value)
 
     def _context_change(self, node_id: str, reading: Reading) -> None:
         """A context node's new value: current from now on, and in its history by source
@@ -469,6 +470,7 @@ class OpcuaConnector:
 
     async def _pump(self, changes: _Changes, stop: asyncio.Event, lost: asyncio.Event) -> None:
         queue = changes.queue
+        firsts: set[str] = set()  # the nodes whose subscription's first value came
         while not (stop.is_set() or lost.is_set()):
             if changes.dropped and queue.empty():  # all that was queued is stored
                 raise changes.overflow()
@@ -487,10 +489,10 @@ class OpcuaConnector:
                 items = [
                     self._item(self.by_id[node_id], reading)
                     for node_id, reading in batch
-                    if node_id in self.by_id
+                    if node_id in self.by_id and not self._repeated(node_id, reading, firsts)
                 ]
                 if items:
-                    await asyncio.to_thread(self.sink.put, items)
+                    await asyncio.to_thread(self._put, items)
                 self._trim_history(batch)
         if lost.is_set():
             if changes.dropped:  # what was dropped is said however the session ends

@@ -13,8 +13,9 @@ page and a context read all pass each data value through `screened` first.
   stored as if certain (a measurement row has no quality to say so). A refusal is
   counted and logged by the sink with its node, so a line whose sensor reports
   Uncertain is seen, not silently stored as measured.
-- OPC UA's null time (1601-01-01, a DateTime of 0) is no time: the reading falls back to
-  the server's time, or is refused (it was stored as taken in 1601).
+- OPC UA's null time (1601-01-01, a DateTime of 0) is no time (it was stored as taken in
+  1601). A reading without a source time is refused by the connector, unless its node
+  allows the server's time (`opcua_marks`: every re-subscription brings a new one).
 """
 
 from __future__ import annotations

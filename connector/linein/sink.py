@@ -42,6 +42,10 @@ earlier ones were committed, and the retry reading by reading counted every one 
 those as a duplicate of itself (5,002 readings arrived, 1 stored, 5,000 duplicates).
 A retry is also bounded by it: ``LINE_BATCH`` transactions at most, not one per
 reading of the whole burst.
+
+Why the sink keeps each source's newest reading time stored (`MeasurementSink.newest`):
+the OPC UA backfill after an outage starts after what *this* connector stored of a node
+(`opcua_marks`); the store's newest reading of the parameter may be another source's.
 """
 
 from __future__ import annotations
@@ -97,6 +101,9 @@ class MeasurementSink:
     kind: str = "measurement"
     totals: Totals = field(default_factory=Totals)
     rejected: deque[RowError] = field(default_factory=lambda: deque(maxlen=KEEP_REJECTED))
+    #: per source (``MAX_SOURCES`` at most): the newest time of a reading it delivered
+    #: that is stored (stored now, or found stored: a duplicate)
+    newest: dict[str, datetime] = field(default_factory=dict)
     _counters: dict[str, int] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -112,9 +119,10 @@ class MeasurementSink:
             problems: list[RowError] = []
             for source, rows in groups.items():
                 for start in range(0, len(rows), LINE_BATCH):
-                    problems.extend(
-                        self._count(self._ingest(source, rows[start : start + LINE_BATCH]))
-                    )
+                    chunk = rows[start : start + LINE_BATCH]
+                    report = self._ingest(source, chunk)
+                    problems.extend(self._count(report))
+                    self._advance(source, chunk, report)
             self.totals.rejected += more_refused
         if items:
             log.info("%s: %d readings: %s so far", self.name, len(items), self.totals)
@@ -130,6 +138,22 @@ class MeasurementSink:
             log.warning("%s: rejected %s", self.name, problem)
         self.rejected.extend(problems)
         return problems
+
+    def _advance(self, source: str, rows: list[tuple[int, Any]], report: IngestReport) -> None:
+        """Move ``newest[source]`` to the newest reading of ``rows`` not refused (none
+        where some refusals were not kept: which ones is not known then)."""
+        if report.more or (source not in self.newest and len(self.newest) >= MAX_SOURCES):
+            return
+        refused = {p.line for p in report.rejected}
+        times = [
+            at
+            for line, row in rows
+            if line not in refused
+            and isinstance(row, dict)
+            and isinstance(at := row.get("measured_at"), datetime)
+        ]
+        if times and (source not in self.newest or max(times) > self.newest[source]):
+            self.newest[source] = max(times)
 
     def _number(self, source: str) -> int:
         """The next reading number of ``source`` (shared with others past MAX_SOURCES)."""

@@ -79,7 +79,11 @@ def test_an_opcua_value_without_a_timestamp_is_refused() -> None:
     )
     assert opcua_row(cfg.nodes[0], 1.0, None, None, {})[0] == "measured_at"
     assert opcua_row(cfg.nodes[0], [1, 2], T, None, {})[0] == "value"
-    row = opcua_row(cfg.nodes[0], 1.0, None, T, {})
+    # the server's time is no reading's time (each re-subscription brings a fresh one)...
+    assert opcua_row(cfg.nodes[0], 1.0, None, T, {})[0] == "measured_at"
+    # ...unless the node says so
+    node = cfg.nodes[0].model_copy(update={"server_time": True})
+    row = opcua_row(node, 1.0, None, T, {})
     assert isinstance(row, dict) and row["measured_at"] == T
 
 
@@ -145,7 +149,7 @@ def test_a_reading_older_than_the_context_kept_is_refused_not_given_another_batc
     from datetime import timedelta
     from types import SimpleNamespace
 
-    from qdspace.connector.linein import opcua
+    from qdspace.connector.linein import opcua, opcua_marks
     from qdspace.connector.linein.sink import MeasurementSink
     from qdspace.connector.storage import open_store
 
@@ -163,6 +167,7 @@ def test_a_reading_older_than_the_context_kept_is_refused_not_given_another_batc
     pressure, fixed = cfg.nodes
     connector = opcua.OpcuaConnector.__new__(opcua.OpcuaConnector)
     connector.context, connector.history, connector.newest = {}, {}, None
+    connector.untimed = opcua_marks.Untimed()
     start = datetime.now(UTC) - timedelta(hours=5)
 
     def dv(minutes: int, value: object) -> opcua.Reading:
