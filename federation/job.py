@@ -5,10 +5,25 @@ A job is a contract: its canonical bytes are what the usage-policy agreement
 setting that changes what a member reveals (strategy, secure aggregation, the
 clipping bound, differential privacy) or how its update is weighed (the cap on
 claimed examples) is part of it and of its digest.
+
+Two terms have defaults that protect the model when the operator leaves them out, and
+why: in a plain FedAvg or FedProx round the coordinator averages what members send,
+so one hostile member sending 3e38 everywhere and claiming 10**12 examples made the
+signed version 1 its own model. Without an ``update_clip`` (or DP's clip, or
+norm bounding) such a job clips every change to ``DEFAULT_UPDATE_CLIP``, generous
+enough never to touch honest training (the project's models change by about 1 to 3
+a round) and small enough that one member moves the model by a bounded step, not to
+float32's limit; robust strategies (median, trimmed mean, Krum) need no clip. And a
+claimed example count buys weight only where the terms bound it: without
+``max_examples_per_member`` FedAvg and FedProx take the plain mean (``aggregator``),
+and terms asking for a weighted mean without that bound are refused. The defaults
+are derived, not written into the terms, so terms (and digests) made before them
+read the same; an explicit term the operator sets always wins.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import math
@@ -24,6 +39,10 @@ from qdspace.federation.secagg_masks import Quantizer
 from qdspace.federation.secagg_messages import SecAggConfig
 from qdspace.federation.strategies import (
     SUM_BASED,
+    FedAvg,
+    FedProx,
+    NormBounding,
+    Strategy,
     StrategyName,
     StrategySpec,
     build_strategy,
@@ -49,6 +68,13 @@ MAX_ROUNDS = 10_000
 #: Largest example count an update may claim (the weight of plain FedAvg), whatever the
 #: terms; ``JobSpec.max_examples_per_member`` may set a lower one.
 MAX_EXAMPLES = 10**12
+#: The L2 bound on a member's change in a plain FedAvg/FedProx job whose terms set none
+#: (``JobSpec.clip``): dozens of times the changes the project's models make in a round
+#: (``logreg`` about 1, the demo's CNN 1 to 3), so honest updates pass as sent, while a
+#: hostile one moves the model by at most this much (divided among the members).
+DEFAULT_UPDATE_CLIP = 100.0
+#: Strategies that average what members send: without a clip, one update sets the model.
+_MEANS = frozenset({StrategyName.FEDAVG, StrategyName.FEDPROX})
 
 #: Most dimensions one tensor of a job's model may have. The models the project ships
 #: have at most four (an ``el-cnn`` convolution's ``(out, in, 3, 3)``; ``logreg`` and
@@ -69,13 +95,15 @@ class JobSpec:
     ``threshold`` is secure aggregation's ``t`` (at least that many members must stay
     until unmasking); ``update_clip`` is the L2 bound members apply to their change
     before sending it, and the coordinator applies again to every change it sees in a
-    plain round (needed for secure aggregation, implied by DP's clip).
+    plain round (needed for secure aggregation, implied by DP's clip; a plain FedAvg or
+    FedProx job without one gets ``DEFAULT_UPDATE_CLIP``, see ``clip``).
     ``phase_timeout_s`` is the deadline of each phase; stragglers miss the round.
     ``max_examples_per_member`` is the most examples one update may claim (its weight
     in a weighted FedAvg): without it one member claiming up to ``MAX_EXAMPLES`` takes
     nearly all of the weight. The coordinator refuses an update claiming more
     (``OUT_OF_RANGE``), so a member with more data claims at most this many; ``None``
-    keeps only the ``MAX_EXAMPLES`` limit.
+    keeps only the ``MAX_EXAMPLES`` limit, and the mean is then unweighted
+    (``aggregator``).
     """
 
     job_id: str
@@ -128,6 +156,7 @@ class JobSpec:
             out.append("members are listed more than once")
         if not 1 <= self.min_members <= len(self.members):
             out.append(f"min_members {self.min_members} must be in 1..{len(self.members)}")
+        out.extend(self._strategy_floor_problems())
         out.extend(self._shape_problems())
         if not 0 < self.phase_timeout_s <= MAX_PHASE_TIMEOUT_S:
             out.append(f"phase timeout must be in (0, {MAX_PHASE_TIMEOUT_S:g}] seconds")
@@ -143,7 +172,7 @@ class JobSpec:
                     "under secure aggregation (use fedavg, fedprox or norm_bounding)"
                 )
             out.extend(self._threshold_problems())
-            if self.clip is None:
+            if self._agreed_clip is None:  # a masked sum is bounded by a clip members chose
                 out.append("secure aggregation needs a clipping bound (update_clip or dp)")
         if self.dp is not None and self.strategy.name not in SUM_BASED:
             out.append(
@@ -152,9 +181,29 @@ class JobSpec:
             )
         return out
 
+    def _strategy_floor_problems(self) -> list[str]:
+        """A round closes with ``min_members`` updates, so the strategy must work with that
+        many (Krum needs ``2f + 3``): else a round with fewer could never be aggregated."""
+        try:
+            need = build_strategy(self.strategy).min_updates
+        except FederationError:  # StrategyError
+            return []  # refused, saying why, by ``build_strategy`` in ``__post_init__``
+        if self.min_members < need:
+            return [
+                f"min_members {self.min_members} is under the {need} updates strategy "
+                f"{self.strategy.name.value} needs to aggregate a round"
+            ]
+        return []
+
     def _examples_problems(self) -> list[str]:
         cap = self.max_examples_per_member
         if cap is None:
+            if self.strategy.params.get("weighted", 0.0):
+                return [
+                    f"strategy {self.strategy.name.value} weighted by claimed examples needs "
+                    "max_examples_per_member: without it one member claiming 10**12 examples "
+                    "takes nearly all of the weight"
+                ]
             return []
         if isinstance(cap, bool) or not isinstance(cap, int) or not 1 <= cap <= MAX_EXAMPLES:
             return [
@@ -228,9 +277,8 @@ class JobSpec:
         return self.secure_aggregation or self.dp is not None
 
     @property
-    def clip(self) -> float | None:
-        """The L2 bound on every member's change (``None``: no clipping): each member
-        applies it before sending, the coordinator to each plain update it receives."""
+    def _agreed_clip(self) -> float | None:
+        """The clip the terms name (DP's, ``update_clip`` or norm bounding's bound)."""
         if self.dp is not None:
             return self.dp.clip
         if self.update_clip is not None:
@@ -238,6 +286,35 @@ class JobSpec:
         if self.strategy.name is StrategyName.NORM_BOUNDING:
             return self.strategy.params.get("bound", 1.0)
         return None
+
+    @property
+    def clip(self) -> float | None:
+        """The L2 bound on every member's change (``None``: no clipping): each member
+        applies it before sending, the coordinator to each plain update it receives.
+        A FedAvg or FedProx job whose terms name none gets ``DEFAULT_UPDATE_CLIP``
+        (module docstring); robust strategies get none."""
+        agreed = self._agreed_clip
+        if agreed is None and self.strategy.name in _MEANS:
+            return DEFAULT_UPDATE_CLIP
+        return agreed
+
+    @property
+    def weighs_examples(self) -> bool:
+        """Whether a plain round weighs each update by the examples it claims: only when
+        ``max_examples_per_member`` bounds the claim (FedAvg and FedProx weigh by default
+        then; norm bounding only when asked)."""
+        if self.max_examples_per_member is None:
+            return False
+        default = 0.0 if self.strategy.name is StrategyName.NORM_BOUNDING else 1.0
+        return bool(self.strategy.params.get("weighted", default))
+
+    def aggregator(self) -> Strategy:
+        """The strategy a plain round aggregates with: ``build_strategy`` of the terms,
+        with the mean unweighted unless ``weighs_examples``."""
+        strategy = build_strategy(self.strategy)
+        if isinstance(strategy, FedAvg | FedProx | NormBounding) and not self.weighs_examples:
+            return dataclasses.replace(strategy, weighted=False)
+        return strategy
 
     @property
     def vector_len(self) -> int:

@@ -1,7 +1,8 @@
 """A member's side of a round, minus the transport: what it sends, given what it trained.
 
 The member never sends data, only its change to the global model. When the job
-clips (secure aggregation, DP or norm bounding) the change is clipped here, before
+clips (secure aggregation, DP, norm bounding, or a plain mean under its default clip,
+`job.DEFAULT_UPDATE_CLIP`) the change is clipped here, before
 noise and masking, so the bound holds for whatever leaves the company; in
 distributed-DP jobs each member adds its share of the Gaussian noise here too.
 

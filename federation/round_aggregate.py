@@ -17,6 +17,10 @@ and argued about apart from the state machine (``rounds``) that decides when a r
 closes, and apart from the strategies (``strategies``) that a plain round hands the
 clipped updates to. Models run to 50 MB, so the arithmetic works in place where the
 array is the round's own.
+
+A change is measured as the strategies measure it (``strategies.bounded_change``: in
+float64 where float32 overflows, which made a clipped change NaN), and a step that
+takes the model past float32's range is refused (``AggregateNotFinite``), not published.
 """
 
 from __future__ import annotations
@@ -28,7 +32,12 @@ import numpy as np
 from qdspace.federation.job import JobSpec
 from qdspace.federation.params import Vector
 from qdspace.federation.secagg_masks import Quantizer
-from qdspace.federation.strategies import ClientUpdate, clip_to_norm, l2_norm
+from qdspace.federation.strategies import (
+    ClientUpdate,
+    bounded_change,
+    finite_aggregate,
+    l2_norm,
+)
 
 #: Elements per block of the in-place mean (1 MiB of float32).
 _BLOCK = 1 << 18
@@ -45,18 +54,12 @@ def clip_updates(
     out: list[ClientUpdate] = []
     bounded: list[str] = []
     for u in updates:
-        with np.errstate(over="ignore"):  # a change past float32's range: see below
-            change = np.subtract(u.vector, base, dtype=np.float32)  # ours
-        norm = l2_norm(change)
-        if norm <= clip:
+        change, was = bounded_change(u.vector, base, clip)  # a fresh array: ours
+        if not was:
             out.append(u)
             continue
-        if math.isinf(norm):  # the difference itself overflowed: scale it in float64
-            wide = np.subtract(u.vector, base, dtype=np.float64)
-            change = (wide * (clip / float(np.linalg.norm(wide)))).astype(np.float32)
-        else:
-            np.multiply(change, np.float32(clip / norm), out=change)
-        np.add(change, base, out=change)
+        with np.errstate(over="ignore"):  # past float32's limit: the strategy refuses it
+            np.add(change, base, out=change)
         out.append(ClientUpdate(u.member, change, u.num_examples))
         bounded.append(u.member)
     return out, tuple(bounded)
@@ -66,15 +69,21 @@ def sum_of_changes(
     updates: list[ClientUpdate], base: Vector, clip: float | None
 ) -> tuple[Vector, tuple[str, ...]]:
     """The sum of the updates' changes from ``base`` (a sum-mode job: the plain round
-    that adds as a secure one would), each clipped to ``clip`` first; and whose were."""
-    deltas = [u.vector - base for u in updates]
+    that adds as a secure one would), each clipped to ``clip`` first; and whose were.
+    Each change is measured as ``clip_updates`` measures it (``bounded_change``): in
+    float32 it overflowed for a model near float32's limit, and the clip made it NaN."""
+    total = np.zeros(base.shape, dtype=np.float64)
     bounded = []
-    if clip is not None:
-        clipped = [clip_to_norm(d, clip) for d in deltas]
-        deltas = [d for d, _ in clipped]
-        bounded = [u.member for u, (_, was) in zip(updates, clipped, strict=True) if was]
-    total = np.asarray(np.sum(deltas, axis=0, dtype=np.float64), dtype=np.float32)
-    return total, tuple(bounded)
+    for u in updates:
+        if clip is None:
+            total += np.subtract(u.vector, base, dtype=np.float64)
+            continue
+        change, was = bounded_change(u.vector, base, clip)
+        total += change
+        if was:
+            bounded.append(u.member)
+    with np.errstate(over="ignore"):  # past float32's range: ``mean_step`` refuses it
+        return total.astype(np.float32), tuple(bounded)
 
 
 def secure_sum_bound(job: JobSpec, quantizer: Quantizer, members: int, size: int) -> float:
@@ -132,12 +141,14 @@ def mean_step(total: Vector, count: int, base: Vector) -> Vector:
     summed in ``total``. A fresh, writable float32 ``total`` (the round's own) is
     divided and added to in place, a block at a time (no 50 MB temporaries)."""
     mean = np.asarray(total, dtype=np.float32)
-    if mean is total and mean.flags.writeable:
-        members = np.float32(count)
-        for start in range(0, mean.size, _BLOCK):  # both steps while a block is in cache
-            part = mean[start : start + _BLOCK]
-            np.divide(part, members, out=part)
-            np.add(part, base[start : start + _BLOCK], out=part)
-        return mean
-    mean = (mean / np.float32(count)).astype(np.float32)
-    return base + mean
+    with np.errstate(over="ignore", invalid="ignore"):  # refused below, not warned about
+        if mean is total and mean.flags.writeable:
+            members = np.float32(count)
+            for start in range(0, mean.size, _BLOCK):  # both steps while a block is in cache
+                part = mean[start : start + _BLOCK]
+                np.divide(part, members, out=part)
+                np.add(part, base[start : start + _BLOCK], out=part)
+        else:
+            mean = base + (mean / np.float32(count)).astype(np.float32)
+    # a model near float32's limit that the step pushes past it is never published
+    return finite_aggregate(mean, "mean")

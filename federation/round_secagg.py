@@ -17,17 +17,36 @@ holds the one protocol's nine calls. ``SecureRounds`` is a mixin of ``Coordinato
 (its public methods are the coordinator's, as the transport calls them); what it needs
 of the state machine (admitting a call, closing a phase, applying a sum, the status) it
 declares as abstract methods, so a coordinator that lost one fails when built.
+
+Why an attempt is not aggregated unless its reports left out both their sides: a
+member that reports bad shares sends no masked input, so a hostile dealer can, by
+dealing one garbage share, take one member out of the sum at will. With three members
+and threshold 2 the sum is then its own update and one other's, and from the published
+model it reads that member's update exactly (``2 * step - own``). Leaving both sides
+of the report out would end the job, so they stay (``SecAggServer.left_out``); the sum
+the dealer chose is not made: the attempt aborts (a failed job is better than a leak)
+and the accused is remembered (``Coordinator.accused``): named again in a later
+attempt, it is left out even if that ends the job, and that attempt is not aggregated
+either (its sum is still the one the accused chose). When both sides are left out,
+the sum is of the members left, at least the job's quorum, as in any round.
+
+Why a survivor that goes silent after its masked input is left out: its consistency
+signature or unmask response is needed while ``t`` is as large as the terms allow, so
+withholding it would make every attempt abort with nobody at fault. A survivor whose
+silence aborted the attempt is left out of the later ones, as a member whose shares
+failed is.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
+from typing import NoReturn
 
 from nacl.signing import VerifyKey
 
 from qdspace.federation.admission import refuse_impersonation, refuse_unreadable
-from qdspace.federation.errors import RefusalReason, SecAggAbort, UpdateRefused
+from qdspace.federation.errors import BadShares, RefusalReason, SecAggAbort, UpdateRefused
 from qdspace.federation.job import JobSpec
 from qdspace.federation.params import Vector
 from qdspace.federation.round_aggregate import bound_secure_sum
@@ -56,6 +75,7 @@ class SecureRounds(ABC):
     deadline: float
     detail: str
     excluded: frozenset[str]
+    accused: frozenset[str]
     _secagg: SecAggServer | None
 
     # --- what the state machine provides -----------------------------------------------
@@ -107,8 +127,9 @@ class SecureRounds(ABC):
     def _leave_out_reported(self) -> None:
         """The ending attempt's bad-share reports leave members out of the job."""
         if self._secagg is not None and self._secagg.reports:
-            out, said = self._secagg.left_out(self._secure_quorum)
+            out, stay, said = self._secagg.left_out(self._secure_quorum, self.accused)
             self.excluded = self.excluded | out
+            self.accused = (self.accused | stay) - out
             self.detail += f"; {said}"
 
     def _server(self) -> SecAggServer:
@@ -242,15 +263,43 @@ class SecureRounds(ABC):
             server.close_shares()
             self.phase = Phase.MASKED_INPUT
         elif self.phase is Phase.MASKED_INPUT:
+            out = server.left_out(self._secure_quorum, self.accused)[0]
+            if any(not {r, a} <= out for r, a in server.reports.items()):
+                raise SecAggAbort(
+                    "a bad-share report did not leave out both its sides: without the "
+                    "reporter the sum would be the one the accused chose, so it is not made"
+                )
             server.close_masked()
             self.phase = Phase.CONSISTENCY
         elif self.phase is Phase.CONSISTENCY:
-            server.close_consistency()
+            try:
+                server.close_consistency()
+            except SecAggAbort as exc:
+                self._leave_out_silent(server, server.confirmed, "consistency signature", exc)
             self.phase = Phase.UNMASK
         elif self.phase is Phase.UNMASK:
-            result = server.finish()
+            try:
+                result = server.finish()
+            except SecAggAbort as exc:
+                if isinstance(exc, BadShares):
+                    raise
+                self._leave_out_silent(server, server.responded, "unmask response", exc)
             quantizer = server.config.quantizer
             total, over = bound_secure_sum(result.total, self.job, quantizer, len(result.members))
             self._apply_sum(total, result.members, (), now, sum_bounded=over)
             return
         self.deadline = now + self.job.phase_timeout_s
+
+    def _leave_out_silent(
+        self, server: SecAggServer, answered: frozenset[str], what: str, exc: SecAggAbort
+    ) -> NoReturn:
+        """The attempt aborts for want of answers: survivors that sent their masked input
+        and then no ``what`` are left out of the later attempts (module docstring)."""
+        silent = sorted(set(server.survivors) - answered - {self.job.coordinator})
+        if not silent:
+            raise exc
+        self.excluded = self.excluded | set(silent)
+        raise SecAggAbort(
+            f"{exc}; {', '.join(silent)} sent a masked input and then no {what}: "
+            "left out of the job's later attempts"
+        ) from exc

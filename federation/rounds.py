@@ -43,6 +43,7 @@ from qdspace.federation.errors import (
     PrivacyError,
     RefusalReason,
     SecAggAbort,
+    SecAggError,
     UpdateRefused,
 )
 from qdspace.federation.job import JobSpec
@@ -50,7 +51,7 @@ from qdspace.federation.params import Vector, check_update, flatten
 from qdspace.federation.round_aggregate import clip_updates, mean_step, sum_of_changes
 from qdspace.federation.round_secagg import SecureRounds
 from qdspace.federation.round_status import Phase, RoundRecord, RoundStatus
-from qdspace.federation.strategies import ClientUpdate, NormBounding, build_strategy
+from qdspace.federation.strategies import ClientUpdate, NormBounding
 
 DEFAULT_MAX_ATTEMPTS = 3
 
@@ -81,6 +82,10 @@ class Coordinator(SecureRounds):
     #: (``SecAggServer.left_out``): left out of every later attempt, so one member
     #: cannot make each attempt abort until the job fails
     excluded: frozenset[str] = frozenset()
+    #: members named in a bad-share report whose two sides both stayed (leaving both out
+    #: would have ended the job); named again in a later attempt, such a member is left
+    #: out even if that ends the job (``SecAggServer.left_out``)
+    accused: frozenset[str] = frozenset()
 
     def __post_init__(self) -> None:
         self._updates: dict[str, ClientUpdate] = {}
@@ -206,12 +211,20 @@ class Coordinator(SecureRounds):
         return True
 
     def _close(self, now: float) -> None:
+        """Close the phase; whatever fails in closing it ends the attempt, never the call.
+
+        A closing is run by whichever call comes after the deadline (a status read, a
+        list of jobs, another member's upload): an error escaping from it would be
+        raised to every such call, the phase would never close and the job would be
+        stuck for good. Any secure-aggregation error (``SecAggError``, ``SecAggAbort``)
+        is therefore the end of this attempt and the start of the next.
+        """
         try:
             if self.phase is Phase.TRAINING:
                 self._close_training(now)
             else:
                 self._close_secagg(now)
-        except SecAggAbort as exc:
+        except (SecAggAbort, SecAggError) as exc:
             self.detail = f"round {self.round} attempt {self.attempt} aborted: {exc}"
             if isinstance(exc, BadShares):  # found at fault by us: out of the job
                 self.excluded = self.excluded | {exc.member}
@@ -219,10 +232,14 @@ class Coordinator(SecureRounds):
             self._open_round(now)
 
     def _close_training(self, now: float) -> None:
-        if len(self._updates) < self.job.min_members:
+        # the strategy's own floor too (Krum's 2f+3): the terms refuse a min_members
+        # under it, and a job agreed before that check must not freeze on it
+        strategy = self.job.aggregator()  # the mean unweighted unless the terms bound examples
+        needed = max(self.job.min_members, strategy.min_updates)
+        if len(self._updates) < needed:
             self.detail = (
                 f"round {self.round} attempt {self.attempt}: {len(self._updates)} updates by "
-                f"the deadline, job needs {self.job.min_members}"
+                f"the deadline, too few: the job needs {needed}"
             )
             self._open_round(now)
             return
@@ -232,7 +249,6 @@ class Coordinator(SecureRounds):
             total, bounded = sum_of_changes(updates, self.global_vector, clip)
             self._apply_sum(total, tuple(u.member for u in updates), bounded, now)
             return
-        strategy = build_strategy(self.job.strategy)
         ours: tuple[str, ...] = ()
         if clip is not None and not (isinstance(strategy, NormBounding) and strategy.bound <= clip):
             updates, ours = clip_updates(updates, self.global_vector, clip)
@@ -304,6 +320,7 @@ class Coordinator(SecureRounds):
             "attempt": self.attempt,
             "detail": self.detail,
             "excluded": sorted(self.excluded),
+            "accused": sorted(self.accused),
             "vector_len": int(self.global_vector.size),
         }
         write_checkpoint(path, meta, self.global_vector, fsync=fsync, keep_previous=keep_previous)
@@ -331,6 +348,7 @@ class Coordinator(SecureRounds):
             max_attempts=int(meta["max_attempts"]),
             seed=seed,
             excluded=frozenset(str(m) for m in meta.get("excluded", ())),
+            accused=frozenset(str(m) for m in meta.get("accused", ())),
         )
         if meta["phase"] in (Phase.DONE.value, Phase.FAILED.value):
             coord._finish(Phase(meta["phase"]), meta["detail"])

@@ -262,6 +262,28 @@ def _agree(secret_key: bytes, public_key: bytes) -> bytes:
         raise SecAggError("X25519 key agreement failed (invalid or low-order key)") from exc
 
 
+#: A fixed clamped scalar to probe a public key with: any X25519 point of small order
+#: (the all-zero key among them) multiplies to the identity, which libsodium refuses.
+_PROBE = bytes([0x48]) + bytes([0x51] * 30) + bytes([0x41])
+
+
+def key_problem(public_key: bytes) -> str | None:
+    """Why ``public_key`` cannot be an X25519 public key of a round (None: it can).
+
+    A key of small order agrees to the all-zero secret with every peer: pairing with
+    it fails for each honest member (``_agree``), so every attempt would abort with
+    nobody at fault. It is refused when advertised instead, naming its sender.
+    """
+    if not isinstance(public_key, bytes) or len(public_key) != 32:
+        size = len(public_key) if isinstance(public_key, bytes) else "no"
+        return f"is {size} bytes, an X25519 public key is 32"
+    try:
+        bindings.crypto_scalarmult(_PROBE, public_key)
+    except (RuntimeError, ValueError, TypeError):
+        return "is of small order (every key agreement with it gives the all-zero secret)"
+    return None
+
+
 def pair_seed(secret_key: bytes, peer_public: bytes, a: str, b: str, context: bytes) -> bytes:
     """The pairwise mask seed of members ``a`` and ``b``; both derive the same one."""
     low, high = sorted((a, b))

@@ -60,7 +60,7 @@ from qdspace.federation.errors import (
     SecAggError,
 )
 from qdspace.federation.params import Vector
-from qdspace.federation.secagg_masks import DOMAIN, PROTOCOL, Quantizer, Ring
+from qdspace.federation.secagg_masks import DOMAIN, PROTOCOL, Quantizer, Ring, key_problem
 
 
 @dataclass(frozen=True, slots=True)
@@ -258,9 +258,10 @@ def check_roster(
         raise SecAggAbort(
             f"{len(members)} members advertised keys, threshold is {config.threshold}"
         )
-    keys = [a.mask_pk for a in roster] + [a.cipher_pk for a in roster]
-    if len(set(keys)) != len(keys) or any(len(k) != 32 for k in keys):
-        raise RosterRefused("roster has repeated or malformed public keys")
+    taken: set[bytes] = set()
+    for advert in roster:
+        check_advert_keys(advert, taken)
+        taken |= {advert.mask_pk, advert.cipher_pk}
     for advert in roster:
         key = verify_keys.get(advert.member)
         if key is None:
@@ -268,6 +269,24 @@ def check_roster(
                 f"roster names {advert.member}, whose certificate-bound key is not known"
             )
         verify_advert(advert, config, key)
+
+
+def check_advert_keys(advert: KeyAdvert, taken: Collection[bytes] = ()) -> None:
+    """Refuse ``advert`` if a key of it is malformed or of small order, its two keys are
+    one, or a key repeats one of ``taken`` (another member's), naming the member.
+
+    Each of these makes the round fail for everyone else (masks with a small-order or a
+    repeated key do not pair up, a short key does not agree at all), so the coordinator
+    refuses such an advert when it arrives, and a member such a roster.
+    """
+    for name, key in (("mask key", advert.mask_pk), ("cipher key", advert.cipher_pk)):
+        problem = key_problem(key)
+        if problem is not None:
+            raise RosterRefused(f"key advert of {advert.member}: its {name} {problem}")
+    if advert.mask_pk == advert.cipher_pk:
+        raise RosterRefused(f"key advert of {advert.member}: its mask and cipher keys are one")
+    if advert.mask_pk in taken or advert.cipher_pk in taken:
+        raise RosterRefused(f"key advert of {advert.member} repeats another member's public key")
 
 
 def protocol_mismatch(who: str, protocol: str) -> str | None:

@@ -46,6 +46,7 @@ from qdspace.federation.secagg_messages import (
     SignedShare,
     UnmaskRequest,
     UnmaskResponse,
+    check_advert_keys,
     check_protocol,
     check_roster,
     roster_index,
@@ -140,6 +141,13 @@ class SecAggServer:
             verify_advert(advert, self.config, key)
         except SecAggError as exc:
             raise UpdateRefused(RefusalReason.BAD_SIGNATURE, str(exc)) from exc
+        # refused here, naming its sender, and not at the roster's close: a roster with
+        # one bad key could not be sent to anyone and the attempt would end for all
+        taken = {k for a in self._adverts.values() for k in (a.mask_pk, a.cipher_pk)}
+        try:
+            check_advert_keys(advert, taken)
+        except SecAggError as exc:
+            raise UpdateRefused(RefusalReason.WRONG_SHAPE, str(exc)) from exc
         self._adverts[advert.member] = advert
         self._keys[advert.member] = key
 
@@ -260,20 +268,27 @@ class SecAggServer:
             )
         self._reports[reporter] = accused
 
-    def left_out(self, quorum: int) -> tuple[frozenset[str], str]:
-        """Who leaves the job after this attempt's bad-share reports, and why (in words).
+    def left_out(
+        self, quorum: int, accused: Collection[str] = ()
+    ) -> tuple[frozenset[str], frozenset[str], str]:
+        """Who leaves the job after this attempt's bad-share reports, who stays accused,
+        and why (in words).
 
         A member named by ``t`` reporters or more is left out alone: secure aggregation's
         privacy already rests on fewer than ``t`` members colluding, so ``t`` reporters
         cannot all lie (a member dealing garbage to everyone is out after one attempt,
-        the members it cheated stay); a report it made itself is not believed. Any other
-        report leaves out both sides (either may be the liar, so a false report costs
-        its maker its own seat), but only while ``quorum`` members are left: a job that
-        could still run is not ended by reports (the reporter only sat this round out).
+        the members it cheated stay); a report it made itself is not believed. A member
+        in ``accused`` (named before in a report whose two sides stayed) that is named
+        again is left out, even if that ends the job. Any other report leaves out both
+        sides (either may be the liar, so a false report costs its maker its own seat),
+        but only while ``quorum`` members are left: else both stay, and the accused of
+        those reports are returned second, to be remembered. An attempt whose reports
+        do not leave out both their sides is not aggregated (``SecureRounds``; the
+        module docstring of ``round_secagg`` says why).
         """
         named: dict[str, list[str]] = {}
-        for reporter, accused in sorted(self._reports.items()):
-            named.setdefault(accused, []).append(reporter)
+        for reporter, accused_now in sorted(self._reports.items()):
+            named.setdefault(accused_now, []).append(reporter)
         alone = {a for a, by in named.items() if len(by) >= self.config.threshold}
         said = [
             f"{', '.join(named[a])} reported {a}'s shares: {a} is left out" for a in sorted(alone)
@@ -285,17 +300,26 @@ class SecAggServer:
             for r in by
             if r not in alone
         ]
+        again = {a for _, a in pairs if a in set(accused)}
+        said += [
+            f"{r} reported {a}'s shares, {a} was reported in an earlier attempt too: "
+            f"{a} is left out"
+            for r, a in pairs
+            if a in again
+        ]
+        pairs = [(r, a) for r, a in pairs if a not in again and r not in again]
+        out = alone | again
         both = {m for pair in pairs for m in pair}
-        if pairs and len(set(self.members) - alone - both) >= quorum:
+        if pairs and len(set(self.members) - out - both) >= quorum:
             said += [f"{r} reported {a}'s shares: both are left out" for r, a in pairs]
-            return frozenset(alone | both), "; ".join(said)
+            return frozenset(out | both), frozenset(), "; ".join(said)
         if pairs:
             reports = "; ".join(f"{r} reported {a}'s shares" for r, a in pairs)
             said.append(
                 f"{reports}: leaving both sides out would leave fewer than {quorum} members, "
-                "so they stay"
+                "so they stay (the accused is left out if reported again)"
             )
-        return frozenset(alone), "; ".join(said)
+        return frozenset(out), frozenset(a for _, a in pairs), "; ".join(said)
 
     def close_masked(self) -> UnmaskRequest:
         """End step 3; the split every survivor is asked to sign."""
@@ -380,6 +404,11 @@ class SecAggServer:
     @property
     def responses(self) -> int:
         return len(self._responses)
+
+    @property
+    def responded(self) -> frozenset[str]:
+        """Survivors whose unmask response arrived (step 5)."""
+        return frozenset(self._responses)
 
     def finish(self) -> SecAggResult:
         """Remove every mask left in the sum; needs ``threshold`` unmask responses."""

@@ -19,7 +19,14 @@ They are plain numpy functions, so they are tested without sockets.
   each coordinate by up to about 2 * n * clip. Plain rounds bound every member.
 
 Robust strategies ignore ``num_examples`` on purpose: a poisoned member could claim
-any number of examples to buy itself weight.
+any number of examples to buy itself weight (the mean ones weigh by it only where the
+job's terms bound the claim: ``JobSpec.aggregator``).
+
+No strategy returns a model with an infinite or NaN value: one would be signed and
+published, and no member could train from it again. Changes are measured in float64
+where float32 overflows (``bounded_change``), and an aggregate that is still not finite
+(a model already near float32's limit pushed past it) raises ``AggregateNotFinite``,
+which ends the round's attempt with that reason instead of publishing it.
 """
 
 from __future__ import annotations
@@ -33,7 +40,7 @@ from typing import Any, Protocol
 import numpy as np
 from numpy.typing import NDArray
 
-from qdspace.federation.errors import StrategyError
+from qdspace.federation.errors import SecAggAbort, StrategyError
 from qdspace.federation.json_reader import JsonReader
 from qdspace.federation.params import Vector
 
@@ -111,6 +118,26 @@ def _names(updates: Sequence[ClientUpdate]) -> tuple[str, ...]:
     return tuple(u.member for u in updates)
 
 
+class AggregateNotFinite(SecAggAbort):
+    """A round's aggregate has an infinite or NaN value, so it is not published.
+
+    A ``SecAggAbort`` because that is what ``Coordinator._close`` turns into the end of
+    the attempt (the reason in the round's detail, a fresh attempt, the job failed after
+    ``max_attempts``): any other error escaping a closing would be raised to whichever
+    call closed it, and the round would never close."""
+
+
+def finite_aggregate(vector: Vector, what: str) -> Vector:
+    """``vector`` if every value is finite; else ``AggregateNotFinite`` naming ``what``."""
+    if not np.isfinite(vector).all():
+        bad = int(np.count_nonzero(~np.isfinite(vector)))
+        raise AggregateNotFinite(
+            f"the {what} aggregate has {bad} infinite or NaN values (the global model is near "
+            "float32's limit and the round's step pushed it past): not published"
+        )
+    return vector
+
+
 @dataclass(frozen=True, slots=True)
 class FedAvg:
     """Mean of the members' parameters, weighted by their number of examples."""
@@ -129,13 +156,14 @@ class FedAvg:
         weights /= weights.sum()
         # One update at a time into one float32 buffer: no (n x d) stack and no float64
         # copies of 50 MB models (the rounding error stays ~1e-7 relative).
-        with np.errstate(over="ignore"):  # an overflow is seen below, not warned about
+        with np.errstate(over="ignore", invalid="ignore"):  # seen below, not warned about
             total = np.multiply(updates[0].vector, np.float32(weights[0]), dtype=np.float32)
             for w, u in zip(weights[1:], updates[1:], strict=True):
                 total += np.float32(w) * u.vector
-        if not math.isfinite(float(total.sum(dtype=np.float64))):
+            overflowed = not math.isfinite(float(total.sum(dtype=np.float64)))
+        if overflowed:
             total = _wide_mean(weights, updates)
-        return Aggregate(total, _names(updates))
+        return Aggregate(finite_aggregate(total, "fedavg"), _names(updates))
 
 
 def _wide_mean(weights: NDArray[np.float64], updates: Sequence[ClientUpdate]) -> Vector:
@@ -145,9 +173,10 @@ def _wide_mean(weights: NDArray[np.float64], updates: Sequence[ClientUpdate]) ->
     which no member could train from again. The mean of finite values is within their
     range, so it is finite in float32 too."""
     wide = np.zeros(updates[0].vector.shape, dtype=np.float64)
-    for w, u in zip(weights, updates, strict=True):
-        wide += np.asarray(u.vector, dtype=np.float64) * float(w)
-    return wide.astype(np.float32)
+    with np.errstate(over="ignore", invalid="ignore"):  # an infinite input: refused after
+        for w, u in zip(weights, updates, strict=True):
+            wide += np.asarray(u.vector, dtype=np.float64) * float(w)
+        return wide.astype(np.float32)
 
 
 @dataclass(frozen=True, slots=True)
@@ -155,6 +184,7 @@ class FedProx:
     """FedAvg on the server; ``mu`` is the members' proximal coefficient (job setting)."""
 
     mu: float = 0.01
+    weighted: bool = True
 
     def __post_init__(self) -> None:
         if self.mu < 0:
@@ -165,7 +195,7 @@ class FedProx:
         return 1
 
     def aggregate(self, global_vector: Vector, updates: Sequence[ClientUpdate]) -> Aggregate:
-        return FedAvg().aggregate(global_vector, updates)
+        return FedAvg(weighted=self.weighted).aggregate(global_vector, updates)
 
 
 def proximal_term(local: Vector, global_vector: Vector, mu: float) -> float:
@@ -189,7 +219,8 @@ class Median:
 
     def aggregate(self, global_vector: Vector, updates: Sequence[ClientUpdate]) -> Aggregate:
         stack = _stack(global_vector, updates, self.min_updates)
-        return Aggregate(np.median(stack, axis=0).astype(np.float32), _names(updates))
+        median = np.median(stack, axis=0).astype(np.float32)
+        return Aggregate(finite_aggregate(median, "median"), _names(updates))
 
 
 @dataclass(frozen=True, slots=True)
@@ -211,7 +242,8 @@ class TrimmedMean:
         k = int(np.floor(self.trim * len(updates)))
         ordered = np.sort(stack, axis=0)
         kept = ordered[k : len(updates) - k]
-        return Aggregate(kept.mean(axis=0, dtype=np.float64).astype(np.float32), _names(updates))
+        mean = kept.mean(axis=0, dtype=np.float64).astype(np.float32)
+        return Aggregate(finite_aggregate(mean, "trimmed mean"), _names(updates))
 
 
 def krum_scores(stack: NDArray[Any], byzantine: int) -> NDArray[np.float64]:
@@ -255,7 +287,8 @@ class Krum:
         scores = krum_scores(stack, self.byzantine)
         chosen = np.argsort(scores, kind="stable")[: self.select]
         mean = stack[chosen].mean(axis=0, dtype=np.float64).astype(np.float32)
-        return Aggregate(mean, tuple(updates[int(i)].member for i in chosen))
+        chosen_members = tuple(updates[int(i)].member for i in chosen)
+        return Aggregate(finite_aggregate(mean, "krum"), chosen_members)
 
 
 def l2_norm(flat: NDArray[Any]) -> float:
@@ -276,6 +309,23 @@ def clip_to_norm(delta: Vector, bound: float) -> tuple[Vector, bool]:
     if norm <= bound:
         return delta, False
     return (delta * np.float32(bound / norm)).astype(np.float32, copy=False), True
+
+
+def bounded_change(vector: Vector, base: Vector, bound: float) -> tuple[Vector, bool]:
+    """``vector - base`` (a fresh float32 array), scaled down to L2 norm ``bound`` if it
+    is longer; whether it was. A change past float32's range (a model near -3e38, an
+    update near 3e38) overflowed to ``inf``, and ``inf * (bound / inf)`` made NaN:
+    it is scaled in float64 then, keeping its direction."""
+    with np.errstate(over="ignore"):  # a change past float32's range: see below
+        change = np.subtract(vector, base, dtype=np.float32)
+    norm = l2_norm(change)
+    if norm <= bound:
+        return change, False
+    if math.isinf(norm):  # the difference itself overflowed: scale it in float64
+        wide = np.subtract(vector, base, dtype=np.float64)
+        return (wide * (bound / float(np.linalg.norm(wide)))).astype(np.float32), True
+    np.multiply(change, np.float32(bound / norm), out=change)
+    return change, True
 
 
 def clip_in_place(delta: Vector, bound: float) -> bool:
@@ -304,18 +354,16 @@ class NormBounding:
         return 1
 
     def aggregate(self, global_vector: Vector, updates: Sequence[ClientUpdate]) -> Aggregate:
-        stack = _stack(global_vector, updates, self.min_updates)
+        _check(global_vector, updates, self.min_updates)
         bounded: list[str] = []
-        deltas = []
-        for u, row in zip(updates, stack, strict=True):
-            clipped, was = clip_to_norm(row - global_vector, self.bound)
-            deltas.append(clipped)
+        clipped_updates = []
+        for u in updates:
+            change, was = bounded_change(u.vector, global_vector, self.bound)
             if was:
                 bounded.append(u.member)
-        clipped_updates = [
-            ClientUpdate(u.member, global_vector + d, u.num_examples)
-            for u, d in zip(updates, deltas, strict=True)
-        ]
+            with np.errstate(over="ignore"):  # past float32's limit: FedAvg refuses it
+                np.add(change, global_vector, out=change)
+            clipped_updates.append(ClientUpdate(u.member, change, u.num_examples))
         avg = FedAvg(weighted=self.weighted).aggregate(global_vector, clipped_updates)
         return Aggregate(avg.vector, avg.used, tuple(bounded))
 

@@ -189,18 +189,20 @@ class FederationServicer(pb_grpc.FederationServicer):
 
     async def _upload_round(self, requests: AsyncIterator[bytes], phase: Phase) -> pb.Accepted:
         """Read an update (or masked input) stream: the round checks the header, and the
-        caller's one upload slot for the job is held, before any data is read."""
+        caller's one upload slot for the job is held, before any data is read; the data
+        must come without stalls and before the phase's deadline (``FederationJobs.paced``)."""
         caller = current_peer().identity
         what = f"{'update' if phase is Phase.TRAINING else 'masked input'} of {caller.name}"
         header = await _read_header(requests, what)
         ref = RoundRef(header.job_id, header.round, header.attempt)
         async with self._jobs.upload(ref, caller, phase, header.total_bytes) as upload:
+            chunks = self._jobs.paced(upload, requests)  # cut off if it stalls or runs late
             payload: memoryview | tuple[memoryview, ...]
             if phase is Phase.TRAINING:
-                payload = await _read_payload(requests, header, upload.limit, what)
+                payload = await _read_payload(chunks, header, upload.limit, what)
             else:  # summed from the received messages: no copy into a buffer first
                 pieces = Pieces(header.total_bytes, header.sha256, limit=upload.limit, what=what)
-                await _read_stream(requests, header, pieces, what)
+                await _read_stream(chunks, header, pieces, what)
                 payload = pieces.finish()
             view = await self._jobs.submit(upload, payload, int(header.num_examples))
         return _accepted(view, f"{what} for round {header.round} accepted")

@@ -14,7 +14,8 @@ rest of the node. Serving it to members needs more, and none of it is about gRPC
   job on wakes the long polls waiting for that (``status`` answers as soon as the job
   moves on, or when the current phase's deadline passes);
 - **hostile members**: one upload stream per member and job is read at a time (a
-  second is refused as BUSY before its data is read), and a key advert must carry the
+  second is refused as BUSY before its data is read; one that stalls, runs late or
+  outlives its round is cut off, ``federation_uploads``), and a key advert must carry the
   caller's own certificate, which members check before trusting the key;
 - **the rest of the node**: jobs resume from disk, a job under contract is offered in
   the node's catalog so members can negotiate it, published versions are anchored
@@ -66,6 +67,7 @@ from qdspace.node.identity.certs import MemberIdentity, Trust
 from qdspace.node.rpc.federation_keys import CertificateKeys
 from qdspace.node.rpc.federation_serde import DOWNLOAD_FRAMING
 from qdspace.node.runtime.federation_slots import JobSlot, RoundRef, Upload, job_state
+from qdspace.node.runtime.federation_uploads import StreamWatch, UploadTimes, paced
 
 logger = logging.getLogger("node.federation")
 
@@ -112,8 +114,12 @@ class FederationJobs:
         on_round: Callable[[RoundRecord], None] | None = None,
         on_finished: Callable[[JobSpec, Published], None] | None = None,
         room: Callable[[int, str], None] | None = None,
+        upload_times: UploadTimes = UploadTimes(),
     ) -> None:
         self._me = me
+        #: how long an upload stream may stall or run (``federation_uploads``)
+        self._upload_times = upload_times
+        self._watches: dict[tuple[str, str], StreamWatch] = {}
         #: asked before a new job's directory is written (`NodeContext.check_kept`)
         self._room = room
         self._on_finished = on_finished
@@ -368,7 +374,7 @@ class FederationJobs:
     ) -> AsyncIterator[Upload]:
         """Claim the caller's one upload stream for the job, checked against the round
         before any data is read (an update in TRAINING, a masked input in MASKED_INPUT);
-        the claim ends when the block does."""
+        the claim ends when the block does, which ``paced`` sees to in time."""
         member = caller.name
         slot = await self._admit(ref.job_id, caller)
         key = (ref.job_id, member)
@@ -383,12 +389,30 @@ class FederationJobs:
         try:
             attempt = None if phase is Phase.TRAINING else ref.attempt
             expect = functools.partial(slot.host.expect_upload, member, ref.round, phase)
-            await self._locked(
-                slot, lambda: expect(self._clock(), attempt=attempt, total_bytes=total_bytes)
-            )
+
+            def claim() -> tuple[tuple[int, int, str], float]:
+                now = self._clock()
+                expect(now, attempt=attempt, total_bytes=total_bytes)
+                return job_state(slot.host)[:3], max(slot.host.coordinator.deadline - now, 0.0)
+
+            state, left = await self._locked(slot, claim)
+            what = f"{'update' if phase is Phase.TRAINING else 'masked input'} of {member}"
+            times, loop = self._upload_times, asyncio.get_running_loop()
+            deadline = loop.time() + left + times.slack_s
+            self._watches[key] = StreamWatch(slot, what, deadline, times.idle_s, state)
             yield Upload(slot, member, phase, ref, slot.host.upload_size(phase))
         finally:  # the stream held the member's upload slot until its payload was taken
             self._uploading.discard(key)
+            self._watches.pop(key, None)
+
+    def uploading(self, job_id: str) -> frozenset[str]:
+        """The members whose upload stream for ``job_id`` was taken and is read now."""
+        return frozenset(m for j, m in self._watches if j == job_id)
+
+    def paced(self, upload: Upload, requests: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+        """The rest of ``upload``'s stream, cut off (``DEADLINE_PASSED``) when it stalls,
+        runs past its phase's deadline or outlives its round (``federation_uploads``)."""
+        return paced(self._watches[(upload.ref.job_id, upload.member)], requests)
 
     async def submit(
         self, upload: Upload, payload: memoryview | tuple[memoryview, ...], examples: int

@@ -37,9 +37,10 @@ def channel_of(network: LocalNetwork, member: str) -> grpc.aio.Channel:
 async def test_updates_at_float32s_limit_never_make_a_model_of_infinities(
     network: LocalNetwork,
 ) -> None:
-    """Three members send every parameter at float32's largest value, claiming 1, 8 and
-    1 examples: the float32 weights (0.1, 0.8, 0.1) round up, and the float32 sum
-    overflowed: version 1 was all ``inf``. It is the weighted mean now, finite."""
+    """Three members send every parameter at float32's largest value (claiming 1, 8 and
+    1 examples, which an unweighted job ignores): the float32 sum overflowed, and version
+    1 was all ``inf``. It is the mean now, finite (the clip set past float32's range, as
+    the default clip would move the model by at most 100)."""
     members = ("cellex", "polycell", "sunarc")
     job = JobSpec(
         job_id="el-hostile-limit",
@@ -50,6 +51,7 @@ async def test_updates_at_float32s_limit_never_make_a_model_of_infinities(
         min_members=3,
         members=members,
         phase_timeout_s=60.0,
+        update_clip=1e300,  # past float32's range: the default clip would move it by 100
     )
     channels = {m: channel_of(network, m) for m in members}
     clients = {m: FederationClient(c, COORDINATOR, job.job_id) for m, c in channels.items()}

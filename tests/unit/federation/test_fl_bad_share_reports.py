@@ -191,16 +191,19 @@ def test_the_report_of_a_member_left_out_alone_is_not_believed() -> None:
 
 def test_reports_do_not_end_a_job_that_could_still_run() -> None:
     """Five members, threshold 3: a secure round needs 4, so leaving out a report's two
-    sides would end the job. They stay; the round went on without the reporter."""
+    sides would end the job. They stay, but the attempt is not aggregated (without the
+    reporter the sum would be the one the accused chose): the next attempt runs."""
     coord = _start(FIVE, rounds=2)
     clients, _ = _to_masked_input(coord, {"m": ("a",)})
     _finish(coord, clients, {"a": "m"})
-    assert coord.history[0].members == ("b", "c", "d", "m"), coord.detail
-    assert coord.excluded == frozenset() and coord.round == 2
+    assert coord.history == [] and coord.attempt == 2, coord.detail
+    assert coord.excluded == frozenset() and coord.accused == frozenset({"m"})
     assert (
         "a reported m's shares: leaving both sides out would leave fewer than 4 members, "
         "so they stay"
     ) in coord.detail
+    _clean_attempt(coord)
+    assert coord.round == 2 and coord.history[0].members == FIVE, coord.detail
 
 
 def test_a_job_left_with_too_few_members_fails_at_once_saying_why() -> None:
