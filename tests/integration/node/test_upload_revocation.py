@@ -11,6 +11,7 @@ would need a job and its rounds set up to accept an upload)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
@@ -89,9 +90,30 @@ def _upload_of_revoked(tmp_path: Path, chunks: Chunks, upload: _Upload) -> grpc.
             options=[("grpc.ssl_target_name_override", "me")],
         )
         try:
-            call = channel.stream_unary(METHOD)(chunks(authority, upload), timeout=GENEROUS_S)
-            with pytest.raises(grpc.aio.AioRpcError) as failed:
-                await call
+            call = channel.stream_unary(METHOD)(timeout=GENEROUS_S)
+
+            async def feed() -> None:
+                # written one by one, not as a request iterator: a write racing the
+                # server's refusal then fails here, and the call still ends with the
+                # server's status (an iterator's failed send ended the call INTERNAL)
+                async for chunk in chunks(authority, upload):
+                    if call.done():
+                        return
+                    try:
+                        await call.write(chunk)
+                    except Exception:  # the call ended meanwhile: its status says why
+                        return
+                with contextlib.suppress(Exception):
+                    await call.done_writing()
+
+            feeder = asyncio.create_task(feed())
+            try:
+                with pytest.raises(grpc.aio.AioRpcError) as failed:
+                    await call
+            finally:
+                feeder.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await feeder
             return failed.value
         finally:
             await channel.close()
