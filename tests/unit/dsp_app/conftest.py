@@ -218,13 +218,16 @@ def request_message(caller: Caller, cpid: str | None = None) -> dict[str, Any]:
 
 
 def provider(
-    folder: Path, access: Callable[[dict[str, str]], DatasetAccess] | None = None
+    folder: Path,
+    access: Callable[[dict[str, str]], DatasetAccess] | None = None,
+    url: str | None = None,
 ) -> Provider:
     """Cellex, whose customer SunArc placed order ``PO-1``; `access` makes the dataset
-    access check from the attested BPNs (member id -> BPN, changed by a test at will)."""
+    access check from the attested BPNs (member id -> BPN, changed by a test at will);
+    its database at `url` (a SQLite file in `folder` by default)."""
     authority = Authority(folder)
     cellex = authority.member("cellex", "supplier", b"p")
-    qdm = open_store(f"sqlite:///{folder / 'cellex.db'}")
+    qdm = open_store(url or f"sqlite:///{folder / 'cellex.db'}")
     order = {"customer": "sunarc", "supplier": "cellex", "product": "cell", "quantity": 10}
     order |= {"order_id": "PO-1", "status": "open", "opened_at": "2026-01-01T00:00:00Z"}
     qdm.ingest_rows("order", enumerate([order], 1))

@@ -37,23 +37,15 @@ import pytest
 from sqlalchemy import text
 
 from qdspace.connector.contract_errors import TransferQuotaError
-from qdspace.connector.contract_store import ContractStore, DspProcess
+from qdspace.connector.contract_store import DspProcess
 from qdspace.connector.contract_store.dsp import PeerPidTaken
-from qdspace.connector.offer_choices import chosen_assets
-from qdspace.connector.storage import open_store
-from qdspace.node.dsp.app import DspBinding, create_dsp_app
-from qdspace.node.runtime.access import DatasetAccess
-from qdspace.node.runtime.contracts import ContractRuntime
-from qdspace.node.runtime.contracts_clock import ContractClock
 
 from ..connector.test_transfer_prune_runtime import Provider as TransferProvider
 from .conftest import (
     DSP,
-    ENDPOINT,
-    Authority,
     Caller,
-    LoopThread,
     Provider,
+    provider,
     request_message,
     with_transfers,
 )
@@ -63,30 +55,6 @@ from .test_dsp_peer_ids import agreed_as_provider, sunarc_of
 RENDEZVOUS_S = 60.0
 #: how long requests wait for each other where the fixed code lets one at a time
 PATIENCE_S = 2.0
-
-
-def provider_on(folder: Path, url: str) -> Provider:
-    """Cellex (as `conftest.provider` makes it), its database at `url`."""
-    authority = Authority(folder)
-    cellex = authority.member("cellex", "supplier", b"p")
-    qdm = open_store(url)
-    order = {"customer": "sunarc", "supplier": "cellex", "product": "cell", "quantity": 10}
-    order |= {"order_id": "PO-1", "status": "open", "opened_at": "2026-01-01T00:00:00Z"}
-    qdm.ingest_rows("order", enumerate([order], 1))
-    assets = {a.asset_id: a for a in chosen_assets(cellex.identity.member_id, {})}
-    runtime = ContractRuntime(
-        cellex.identity,
-        cellex.key,
-        ContractStore(qdm.engine, bytes(32)),
-        qdm.engine,
-        ContractClock(folder / "clock", control=False),
-        bytes(32),
-        assets,
-    )
-    runtime.record = lambda kind, ref, data: None
-    runtime.access = DatasetAccess()
-    binding = DspBinding(runtime, authority.authenticator, ENDPOINT, access=runtime.access)
-    return Provider(runtime, authority, create_dsp_app(binding), {}, LoopThread(), [])
 
 
 @pytest.fixture
@@ -100,7 +68,7 @@ def cellex(
         url = f"sqlite:///{tmp_path / 'cellex.db'}"
         if db_backend == "postgres":
             url, _ = stack.enter_context(fresh_pg_schema("dspconcurrent"))
-        made = provider_on(tmp_path, url)
+        made = provider(tmp_path, url=url)
         try:
             yield made
         finally:

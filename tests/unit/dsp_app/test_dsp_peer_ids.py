@@ -73,7 +73,6 @@ def peer_pid(pid: str) -> str:
 def node(
     db_backend: str,
     tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
     fresh_pg_schema: Callable[[str], AbstractContextManager[tuple[str, str]]],
 ) -> Iterator[Provider]:
     """Cellex (`conftest.provider`) on a SQLite file, or on a schema of its own of the
@@ -84,9 +83,7 @@ def node(
         made.close()
         return
     with fresh_pg_schema("dsp_ids") as (url, _):
-        opened = base.open_store
-        monkeypatch.setattr(base, "open_store", lambda _sqlite: opened(url))
-        made = base.provider(tmp_path)
+        made = base.provider(tmp_path, url=url)
         try:
             yield made
         finally:
