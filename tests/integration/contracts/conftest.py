@@ -5,21 +5,58 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable, Iterator
+from concurrent import futures
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
+import grpc
 import httpx
 import pytest
 from sqlalchemy import create_engine, text
 
 from qdspace.connector.sample import write_sample_files
 from qdspace.node.localnet.network import LocalNetwork, MemberSpec
+from qdspace.node.rpc.server import server_credentials
+from qdspace.protocols.v1 import transfer_pb2
 
 CELLEX_ORDER = "PO-2026-0042"
 POLYCELL_ORDER = "PO-2026-0043"
 QA = "quality-assurance"
+
+
+class RogueProvider:
+    """Cellex's certificate on Cellex's address (its node stopped), answering
+    ``Transfer/Pull`` with a subclass's `_pull`; serves while open as a context."""
+
+    def __init__(self, net: LocalNetwork) -> None:
+        self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
+        handler = grpc.method_handlers_generic_handler(
+            "qdspace.v1.Transfer",
+            {
+                "Pull": grpc.unary_stream_rpc_method_handler(
+                    self._pull,
+                    request_deserializer=transfer_pb2.PullRequest.FromString,
+                    response_serializer=transfer_pb2.RowBatch.SerializeToString,
+                )
+            },
+        )
+        self.server.add_generic_rpc_handlers((handler,))
+        cellex = net["cellex"]
+        self.server.add_secure_port(cellex.grpc_address, server_credentials(cellex.keys()))
+
+    def _pull(
+        self, request: transfer_pb2.PullRequest, context: Any
+    ) -> Iterator[transfer_pb2.RowBatch]:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        self.server.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.stop(0)
 
 
 def ok(response: httpx.Response) -> Any:

@@ -19,10 +19,8 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterator
-from concurrent import futures
 from typing import Any
 
-import grpc
 import pytest
 
 from qdspace.connector.contract_errors import ForeignRecordError
@@ -34,13 +32,13 @@ from qdspace.node.localnet.network import LocalNetwork
 from qdspace.node.metrics import NodeMetrics
 from qdspace.node.rpc.contracts_client import ContractClient
 from qdspace.node.rpc.contracts_transfer_serde import checkpoint_from_proto, row_batch_to_proto
-from qdspace.node.rpc.server import server_credentials
 from qdspace.protocols.v1 import transfer_pb2
 
 from .conftest import (
     BIG_ORDER,
     CELLEX_ORDER,
     QA,
+    RogueProvider,
     bulk_inspection,
     ingest_inspections,
     negotiate,
@@ -59,27 +57,14 @@ def net(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalNetwork]:
     yield from oem_and_supplier(tmp_path_factory, "extra-fields")
 
 
-class RogueProvider:
+class Rogue(RogueProvider):
     """Cellex's certificate on Cellex's address, answering a Pull with one last batch of
     `rows` (payload, order) chained on from where the consumer stands."""
 
     def __init__(self, net: LocalNetwork, rows: list[tuple[dict[str, Any], str]]) -> None:
         self.rows = rows
         self.pulls = 0
-        self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
-        handler = grpc.method_handlers_generic_handler(
-            "qdspace.v1.Transfer",
-            {
-                "Pull": grpc.unary_stream_rpc_method_handler(
-                    self._pull,
-                    request_deserializer=transfer_pb2.PullRequest.FromString,
-                    response_serializer=transfer_pb2.RowBatch.SerializeToString,
-                )
-            },
-        )
-        self.server.add_generic_rpc_handlers((handler,))
-        cellex = net["cellex"]
-        self.server.add_secure_port(cellex.grpc_address, server_credentials(cellex.keys()))
+        super().__init__(net)
 
     def _pull(
         self, request: transfer_pb2.PullRequest, context: Any
@@ -88,13 +73,6 @@ class RogueProvider:
         rows = [BatchRow(row_bytes(row), order) for row, order in self.rows]
         checkpoint = checkpoint_from_proto(request.resume_from).extend(r.payload for r in rows)
         yield row_batch_to_proto(RowBatch.of(request.transfer_id, rows, checkpoint, last=True))
-
-    def __enter__(self) -> RogueProvider:
-        self.server.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.server.stop(0)
 
 
 def _agree(net: LocalNetwork) -> str:
@@ -137,7 +115,7 @@ async def _scenario(net: LocalNetwork, ctx: Any, agreement: str) -> None:
         ]
         personal = {"worker_name": "Alice Smith", "ssn": "123-45-6789"}
         hostile = [*honest, ({**honest[0][0], "@key": "rogue-9", **personal}, CELLEX_ORDER)]
-        with RogueProvider(net, hostile) as rogue:
+        with Rogue(net, hostile) as rogue:
             with pytest.raises(ForeignRecordError, match="ssn") as refused:
                 await client.pull(tid)
             assert refused.value.grpc_status == "PERMISSION_DENIED"
@@ -148,7 +126,7 @@ async def _scenario(net: LocalNetwork, ctx: Any, agreement: str) -> None:
 
         # the fields in order, but a row of an order the agreement does not cover
         astray = [*honest, ({**honest[0][0], "@key": "rogue-8"}, "PO-ELSEWHERE")]
-        with RogueProvider(net, astray), pytest.raises(ForeignRecordError, match="ELSEWHERE"):
+        with Rogue(net, astray), pytest.raises(ForeignRecordError, match="ELSEWHERE"):
             await client.pull(tid)
         assert store.count_received(agreement) == 0
         assert store.load_transfer(tid).offset == 0

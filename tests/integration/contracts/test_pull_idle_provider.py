@@ -19,10 +19,8 @@ from __future__ import annotations
 import asyncio
 import threading
 from collections.abc import Iterator
-from concurrent import futures
 from typing import Any
 
-import grpc
 import pytest
 
 from qdspace.connector.transfer import TransferState
@@ -33,13 +31,13 @@ from qdspace.node.localnet.network import LocalNetwork
 from qdspace.node.metrics import NodeMetrics
 from qdspace.node.rpc import contracts_client
 from qdspace.node.rpc.contracts_client import ContractClient
-from qdspace.node.rpc.server import server_credentials
 from qdspace.protocols.v1 import transfer_pb2
 
 from .conftest import (
     BIG_ORDER,
     CELLEX_ORDER,
     QA,
+    RogueProvider,
     bulk_inspection,
     ingest_inspections,
     negotiate,
@@ -60,27 +58,14 @@ def net(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalNetwork]:
     yield from oem_and_supplier(tmp_path_factory, "pull-idle")
 
 
-class RogueProvider:
+class Rogue(RogueProvider):
     """Cellex's certificate on Cellex's address, answering Pull as told (`mode`)."""
 
     def __init__(self, net: LocalNetwork, mode: str) -> None:
         self.mode = mode
         self.sent = 0
         self.left = threading.Event()  # the consumer left the stream
-        self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
-        handler = grpc.method_handlers_generic_handler(
-            "qdspace.v1.Transfer",
-            {
-                "Pull": grpc.unary_stream_rpc_method_handler(
-                    self._pull,
-                    request_deserializer=transfer_pb2.PullRequest.FromString,
-                    response_serializer=transfer_pb2.RowBatch.SerializeToString,
-                )
-            },
-        )
-        self.server.add_generic_rpc_handlers((handler,))
-        cellex = net["cellex"]
-        self.server.add_secure_port(cellex.grpc_address, server_credentials(cellex.keys()))
+        super().__init__(net)
 
     def _pull(
         self, request: transfer_pb2.PullRequest, context: Any
@@ -101,13 +86,6 @@ class RogueProvider:
                 checkpoint=request.resume_from,
                 last=False,
             )
-
-    def __enter__(self) -> RogueProvider:
-        self.server.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.server.stop(0)
 
 
 def _agree(net: LocalNetwork) -> str:
@@ -146,7 +124,7 @@ async def _scenario(net: LocalNetwork, ctx: Any, agreement: str) -> None:
         tid = process.transfer_id
         assert net.stop(["cellex"]) == {"cellex": 0}
 
-        with RogueProvider(net, "silent") as rogue:
+        with Rogue(net, "silent") as rogue:
             with pytest.raises(PeerError, match="sent no batch") as idle:
                 await client.pull(tid, batch_rows=10)
             assert "cellex" in str(idle.value) and tid in str(idle.value)
@@ -155,7 +133,7 @@ async def _scenario(net: LocalNetwork, ctx: Any, agreement: str) -> None:
         held = store.load_transfer(tid)
         assert held.state is TransferState.STARTED and held.offset == 0
 
-        with RogueProvider(net, "empty") as rogue:
+        with Rogue(net, "empty") as rogue:
             with pytest.raises(PeerError, match="batches in a row without a row") as empty:
                 await client.pull(tid, batch_rows=10)
             assert "cellex" in str(empty.value) and tid in str(empty.value)
