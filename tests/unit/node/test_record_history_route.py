@@ -6,9 +6,15 @@ ASGI): an auditor reads what a record said before each correction and withdrawal
 
 from __future__ import annotations
 
+import asyncio
+import json
+
+import httpx
+
+from qdspace.node.api.app import create_app
 from qdspace.node.context import NodeContext
 
-from .conftest import post_json
+from .conftest import operator_post, post_json
 
 PATH = "/v1/contracts/records/history"
 KEY = {"inspection_id": "EL-HIST-1"}
@@ -57,3 +63,30 @@ def test_an_unknown_record_or_a_wrong_key_is_a_4xx_saying_why(node: NodeContext)
     answer = post_json(node, PATH, {"kind": "nothing", "key": {"a": "b"}})
     assert 400 <= answer.status_code < 500, answer.text
     assert "unknown kind" in answer.text
+
+
+def test_a_caller_without_the_operators_token_or_with_a_hostile_body_is_refused(
+    node: NodeContext,
+) -> None:
+    """The route is the operator's: no token (a member or anyone else reaching the
+    listener) is a 401 that reads nothing; a key of the wrong shape, a huge one, a NaN
+    or a number where text goes is a 4xx, never a 500."""
+
+    async def anonymous() -> httpx.Response:
+        transport = httpx.ASGITransport(app=create_app(node))
+        async with httpx.AsyncClient(transport=transport, base_url="http://node") as client:
+            return await client.post(PATH, json={"kind": "inspection", "key": KEY})
+
+    assert asyncio.run(anonymous()).status_code == 401
+    bodies: list[bytes] = [
+        json.dumps({"kind": "inspection", "key": {"inspection_id": "x" * 1_000_000}}).encode(),
+        json.dumps({"kind": "inspection", "key": {f"k{i}": "v" for i in range(10_000)}}).encode(),
+        b'{"kind": "inspection", "key": {"inspection_id": NaN}}',
+        json.dumps({"kind": "inspection", "key": {"inspection_id": 5}}).encode(),
+        json.dumps({"kind": ["inspection"], "key": KEY}).encode(),
+        json.dumps({"kind": "inspection", "key": "EL-HIST-1"}).encode(),
+        b'{"kind": "inspection", "key": ',
+    ]
+    for body in bodies:
+        answer = asyncio.run(operator_post(node, PATH, body))
+        assert 400 <= answer.status_code < 500, (body[:80], answer.status_code, answer.text[:200])
